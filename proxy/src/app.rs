@@ -1,0 +1,108 @@
+//! Assembles the pingora server: one proxy service per listener, the admin service, the audit
+//! writer and the reload triggers.
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+use crate::admin::AdminApp;
+use crate::audit::AuditSink;
+use crate::config::{ConfigProblem, LogFormat, StaticConfig};
+use crate::proxy::{Shared, TenantProxy};
+use crate::snapshot::{Snapshot, SnapshotHandle};
+
+/// Everything `run` would load, validated without binding ports (`tenant-proxy check`).
+pub fn check(config_path: &std::path::Path) -> Result<(StaticConfig, Snapshot), Vec<ConfigProblem>> {
+    let static_config = StaticConfig::load(config_path)?;
+    let snapshot = Snapshot::load(&static_config)?;
+    Ok((static_config, snapshot))
+}
+
+/// Starts the logger.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Loads everything and serves until SIGTERM/SIGINT.
+pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
+    pingora::tls::install_default_crypto_provider();
+    let (static_config, snapshot) = check(config_path).map_err(problems_error)?;
+    init_logging(static_config.log_format, &static_config.log_level);
+    let static_config = Arc::new(static_config);
+
+    let handle = Arc::new(SnapshotHandle::new(static_config.clone(), snapshot));
+    let (audit, _writer) = AuditSink::start(&static_config.audit)?;
+    crate::reload::spawn(handle.clone());
+
+    let conf = ServerConf {
+        threads: static_config.threads,
+        grace_period_seconds: Some(static_config.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(static_config.graceful_shutdown_timeout.as_secs()),
+        ca_file: ca_bundle(&static_config)?,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let shared = Arc::new(Shared { config: static_config.clone(), snapshot: handle.clone(), audit: audit.clone() });
+    for listener in &static_config.listeners {
+        let addr = listener.listen.to_string();
+        let name = format!("proxy {}", listener.name);
+        let mut service = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            TenantProxy::new(listener.clone(), shared.clone()),
+            &name,
+        );
+        // CONNECT must reach our request filter so it gets a JSON refusal, not pingora's bare 405.
+        if let Some(app) = service.app_logic_mut() {
+            let mut options = app.server_options.take().unwrap_or_default();
+            options.allow_connect_method_proxying = true;
+            app.server_options = Some(options);
+        }
+        service.add_tcp(&addr);
+        server.add_service(service);
+        tracing::info!(listener = %listener.name, %addr, "proxy listening");
+    }
+
+    let mut admin = pingora::services::listening::Service::new("admin".into(), AdminApp::new(handle, audit));
+    admin.add_tcp(&static_config.admin_listen.to_string());
+    server.add_service(admin);
+    tracing::info!(addr = %static_config.admin_listen, "admin listening");
+
+    server.run_forever()
+}
+
+/// pingora trusts either the system roots or one CA file; with extra CAs configured we write a
+/// bundle of both so neither replaces the other.
+fn ca_bundle(config: &StaticConfig) -> anyhow::Result<Option<String>> {
+    if config.upstream.extra_ca_files.is_empty() {
+        return Ok(None);
+    }
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    let mut bundle = std::fs::read(&system).unwrap_or_default();
+    for f in &config.upstream.extra_ca_files {
+        bundle.push(b'\n');
+        bundle.extend(std::fs::read(f).with_context(|| format!("reading CA file `{}`", f.display()))?);
+    }
+    let mut file = tempfile::Builder::new().prefix("tenant-proxy-ca-").suffix(".pem").tempfile()?;
+    file.write_all(&bundle)?;
+    let (_, path) = file.keep()?;
+    Ok(Some(path.display().to_string()))
+}
+
+/// Formats problems as one error listing every problem.
+pub fn problems_error(problems: Vec<ConfigProblem>) -> anyhow::Error {
+    let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+    anyhow::anyhow!("configuration rejected:\n{}", list.join("\n"))
+}

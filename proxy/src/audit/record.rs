@@ -1,0 +1,77 @@
+//! The canonical audit record. It holds no secrets, query values or bodies: only ids, the
+//! decision and its reason, sizes, timings and a body digest. Field order is fixed so records
+//! can later be hash-chained over their serialized bytes.
+
+use serde::Serialize;
+
+use crate::error::ReasonCode;
+
+/// Allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Forwarded upstream.
+    Allow,
+    /// Refused by the proxy.
+    Deny,
+}
+
+/// One request's record.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    /// RFC 3339 UTC time the request arrived.
+    pub time: String,
+    /// Tenant id (also the partition).
+    pub tenant: String,
+    /// Workload id.
+    pub workload: String,
+    /// Principal kind.
+    pub principal_kind: &'static str,
+    /// Identity source that vouched for the workload.
+    pub identity_source: &'static str,
+    /// Run id.
+    pub run_id: String,
+    /// Whether the run id was signed.
+    pub run_signed: bool,
+    /// Request id.
+    pub request_id: String,
+    /// W3C trace id.
+    pub trace_id: String,
+    /// Listener name.
+    pub listener: String,
+    /// HTTP method.
+    pub method: String,
+    /// Upstream scheme, when the target was parsed.
+    pub scheme: Option<&'static str>,
+    /// Upstream host.
+    pub host: Option<String>,
+    /// Upstream port.
+    pub port: Option<u16>,
+    /// Path without query values.
+    pub path: Option<String>,
+    /// Route name in route mode.
+    pub route: Option<String>,
+    /// Model named by the JSON body.
+    pub model: Option<String>,
+    /// Decision.
+    pub decision: Decision,
+    /// Reason code (`allowed` or the refusal's code).
+    pub reason: ReasonCode,
+    /// Ids of the Cedar policies that decided.
+    pub policy_ids: Vec<String>,
+    /// Cedar evaluation errors (they deny).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policy_errors: Vec<String>,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Total time in the proxy, milliseconds.
+    pub latency_ms: f64,
+    /// Time from upstream connection to upstream response header, milliseconds.
+    pub upstream_latency_ms: Option<f64>,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+    /// SHA-256 of the request body, hex.
+    pub request_body_sha256: Option<String>,
+}

@@ -1,0 +1,587 @@
+//! Validated runtime configuration. Every value here passed the checks in this file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+
+use super::spec::{StaticSpec, TenantsSpec};
+use super::{read_toml, relative_to, ConfigProblem};
+use crate::ids::{TenantId, WorkloadId};
+
+/// The static configuration: listeners, admin, audit, upstream and process settings.
+#[derive(Debug, Clone)]
+pub struct StaticConfig {
+    /// The file this was read from.
+    pub path: PathBuf,
+    /// The tenant configuration file (resolved against `path`).
+    pub tenants_file: PathBuf,
+    /// Admin listener address.
+    pub admin_listen: SocketAddr,
+    /// Proxy listeners.
+    pub listeners: Vec<ListenerSettings>,
+    /// Audit sink settings.
+    pub audit: AuditSettings,
+    /// Upstream settings.
+    pub upstream: UpstreamSettings,
+    /// Largest request header block, in bytes.
+    pub max_header_bytes: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Worker threads per listener.
+    pub threads: usize,
+    /// Seconds to keep serving after SIGTERM.
+    pub grace_period: Duration,
+    /// Seconds in-flight requests get during shutdown.
+    pub graceful_shutdown_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A proxy listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// Bound address.
+    pub listen: SocketAddr,
+    /// Identity sources in the order they are tried.
+    pub identity: Vec<IdentitySourceKind>,
+    /// The workload every connection is, for `binding` listeners.
+    pub binding: Option<ListenerBinding>,
+}
+
+/// How a listener learns who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySourceKind {
+    /// The listener itself is bound to one workload (sidecar).
+    Binding,
+    /// A signed token in `Proxy-Authorization`.
+    Token,
+}
+
+/// A listener's fixed workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerBinding {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Workload.
+    pub workload: WorkloadId,
+}
+
+/// When audit batches are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync after every written batch.
+    Batch,
+    /// Leave flushing to the OS.
+    None,
+}
+
+/// Audit sink settings.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Root directory of the per-tenant partitions.
+    pub dir: PathBuf,
+    /// Queue capacity (records in flight or waiting).
+    pub queue_capacity: usize,
+    /// Durability policy.
+    pub fsync: FsyncPolicy,
+    /// Longest delay before a batch is written.
+    pub flush_interval: Duration,
+}
+
+/// Upstream connection settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-read timeout.
+    pub read_timeout: Duration,
+    /// Per-write timeout.
+    pub write_timeout: Duration,
+    /// Extra trusted CA files.
+    pub extra_ca_files: Vec<PathBuf>,
+}
+
+/// Collects problems while a spec is converted, so all of them are reported at once.
+struct Problems<'a> {
+    file: &'a Path,
+    list: Vec<ConfigProblem>,
+}
+
+impl<'a> Problems<'a> {
+    fn new(file: &'a Path) -> Self {
+        Self { file, list: Vec::new() }
+    }
+
+    fn push(&mut self, location: impl Into<String>, message: impl Into<String>) {
+        self.list.push(ConfigProblem::at(self.file, location, message));
+    }
+
+    fn duration(&mut self, location: &str, value: &str) -> Duration {
+        match humantime::parse_duration(value) {
+            Ok(d) => d,
+            Err(e) => {
+                self.push(location, format!("`{value}` is not a duration ({e}); write e.g. `5s`, `250ms`, `1h`"));
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, Vec<ConfigProblem>> {
+        if self.list.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.list)
+        }
+    }
+}
+
+impl StaticConfig {
+    /// Reads and validates the static configuration file.
+    pub fn load(path: &Path) -> Result<Self, Vec<ConfigProblem>> {
+        let spec: StaticSpec = read_toml(path).map_err(|p| vec![p])?;
+        Self::from_spec(path, spec)
+    }
+
+    fn from_spec(path: &Path, spec: StaticSpec) -> Result<Self, Vec<ConfigProblem>> {
+        let mut p = Problems::new(path);
+        let admin_listen = match spec.admin.listen.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                p.push("admin.listen", format!("`{}` is not an `ip:port` address", spec.admin.listen));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+
+        if spec.listeners.is_empty() {
+            p.push("listener", "at least one `[[listener]]` is required");
+        }
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        let mut listeners = Vec::new();
+        for (i, l) in spec.listeners.into_iter().enumerate() {
+            let at = |field: &str| format!("listener[{i}].{field}");
+            if !names.insert(l.name.clone()) {
+                p.push(at("name"), format!("duplicate listener name `{}`", l.name));
+            }
+            let listen = match l.listen.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if a == admin_listen || !addrs.insert(a) {
+                        p.push(at("listen"), format!("address `{a}` is used twice"));
+                    }
+                    a
+                }
+                Err(_) => {
+                    p.push(at("listen"), format!("`{}` is not an `ip:port` address", l.listen));
+                    SocketAddr::from(([127, 0, 0, 1], 0))
+                }
+            };
+            let mut identity = Vec::new();
+            for (j, source) in l.identity.iter().enumerate() {
+                match source.as_str() {
+                    "binding" => identity.push(IdentitySourceKind::Binding),
+                    "token" => identity.push(IdentitySourceKind::Token),
+                    other => p.push(
+                        format!("listener[{i}].identity[{j}]"),
+                        format!("unknown identity source `{other}`; expected `binding` or `token`"),
+                    ),
+                }
+            }
+            if l.identity.is_empty() {
+                p.push(at("identity"), "list at least one identity source (`binding`, `token`)");
+            }
+            let wants_binding = identity.contains(&IdentitySourceKind::Binding);
+            let binding = match (l.binding, wants_binding) {
+                (Some(b), true) => {
+                    let tenant = TenantId::new(&b.tenant)
+                        .map_err(|e| p.push(at("binding.tenant"), e.to_string()))
+                        .ok();
+                    let workload = WorkloadId::new(&b.workload)
+                        .map_err(|e| p.push(at("binding.workload"), e.to_string()))
+                        .ok();
+                    tenant.zip(workload).map(|(tenant, workload)| ListenerBinding { tenant, workload })
+                }
+                (None, true) => {
+                    p.push(at("binding"), "identity source `binding` needs `binding = { tenant, workload }`");
+                    None
+                }
+                (Some(_), false) => {
+                    p.push(at("binding"), "`binding` is set but `identity` does not list `binding`");
+                    None
+                }
+                (None, false) => None,
+            };
+            listeners.push(ListenerSettings { name: l.name, listen, identity, binding });
+        }
+
+        let fsync = match spec.audit.fsync.as_str() {
+            "batch" => FsyncPolicy::Batch,
+            "none" => FsyncPolicy::None,
+            other => {
+                p.push("audit.fsync", format!("`{other}` is not `batch` or `none`"));
+                FsyncPolicy::Batch
+            }
+        };
+        if spec.audit.queue_capacity == 0 {
+            p.push("audit.queue_capacity", "must be at least 1");
+        }
+        let flush_interval = p.duration("audit.flush_interval", &spec.audit.flush_interval);
+        let audit = AuditSettings {
+            dir: relative_to(path, &spec.audit.dir),
+            queue_capacity: spec.audit.queue_capacity.max(1),
+            fsync,
+            flush_interval,
+        };
+
+        let upstream = UpstreamSettings {
+            connect_timeout: p.duration("upstream.connect_timeout", &spec.upstream.connect_timeout),
+            read_timeout: p.duration("upstream.read_timeout", &spec.upstream.read_timeout),
+            write_timeout: p.duration("upstream.write_timeout", &spec.upstream.write_timeout),
+            extra_ca_files: spec.upstream.extra_ca_files.iter().map(|f| relative_to(path, f)).collect(),
+        };
+        for (i, f) in upstream.extra_ca_files.iter().enumerate() {
+            if !f.is_file() {
+                p.push(format!("upstream.extra_ca_files[{i}]"), format!("`{}` is not a readable file", f.display()));
+            }
+        }
+        if spec.limits.max_header_bytes < 1024 {
+            p.push("limits.max_header_bytes", "must be at least 1024");
+        }
+
+        let log_format = match spec.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                p.push("log.format", format!("`{other}` is not `text` or `json`"));
+                LogFormat::Text
+            }
+        };
+        if spec.server.threads == 0 {
+            p.push("server.threads", "must be at least 1");
+        }
+
+        let config = StaticConfig {
+            path: path.to_path_buf(),
+            tenants_file: relative_to(path, &spec.tenants_file),
+            admin_listen,
+            listeners,
+            audit,
+            upstream,
+            max_header_bytes: spec.limits.max_header_bytes,
+            max_body_bytes: spec.limits.max_body_bytes,
+            threads: spec.server.threads.max(1),
+            grace_period: p.duration("server.grace_period", &spec.server.grace_period),
+            graceful_shutdown_timeout: p
+                .duration("server.graceful_shutdown_timeout", &spec.server.graceful_shutdown_timeout),
+            log_format,
+            log_level: spec.log.level.unwrap_or_else(|| "info".into()),
+        };
+        p.finish(config)
+    }
+}
+
+/// The tenant configuration, validated but with keys and policies not yet loaded
+/// (see [`crate::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    /// The file this was read from.
+    pub path: PathBuf,
+    /// Policy directory (resolved).
+    pub policy_dir: PathBuf,
+    /// Lowercase header names removed before forwarding.
+    pub strip_headers: Vec<HeaderName>,
+    /// Token settings, if tokens are accepted.
+    pub token: Option<TokenConfig>,
+    /// Routes, longest prefix first.
+    pub routes: Vec<Route>,
+    /// Tenants.
+    pub tenants: BTreeMap<TenantId, TenantEntry>,
+}
+
+/// Token verification settings with resolved paths.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    /// JWKS path.
+    pub jwks_file: PathBuf,
+    /// Required audience.
+    pub audience: String,
+    /// Required issuer.
+    pub issuer: Option<String>,
+    /// Longest accepted lifetime.
+    pub max_lifetime: Duration,
+    /// Clock-skew leeway.
+    pub leeway: Duration,
+    /// Revocation list path.
+    pub revoked_jtis_file: Option<PathBuf>,
+}
+
+/// A tenant as configured.
+#[derive(Debug, Clone)]
+pub struct TenantEntry {
+    /// Plan.
+    pub plan: String,
+    /// Region.
+    pub region: String,
+    /// Workloads.
+    pub workloads: Vec<WorkloadId>,
+}
+
+/// A route-mode mapping from a path prefix to an upstream base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Name (policy `context.route`).
+    pub name: String,
+    /// Prefix, starts and ends with `/`.
+    pub prefix: String,
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Upstream host (lowercase, no brackets for IPv6).
+    pub host: String,
+    /// Upstream port.
+    pub port: u16,
+    /// Base path of the upstream, ends with `/`.
+    pub base_path: String,
+    /// Forward `baggage` to this upstream.
+    pub internal: bool,
+}
+
+/// Upstream URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    /// The default port.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+impl TenantConfig {
+    /// Reads and validates the tenant file (keys and policies are loaded by the snapshot).
+    pub fn load(path: &Path) -> Result<Self, Vec<ConfigProblem>> {
+        let spec: TenantsSpec = read_toml(path).map_err(|p| vec![p])?;
+        Self::from_spec(path, spec)
+    }
+
+    fn from_spec(path: &Path, spec: TenantsSpec) -> Result<Self, Vec<ConfigProblem>> {
+        let mut p = Problems::new(path);
+
+        let mut strip_headers = Vec::new();
+        for (i, h) in spec.strip_headers.iter().enumerate() {
+            match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                Ok(name) => strip_headers.push(name),
+                Err(_) => p.push(format!("strip_headers[{i}]"), format!("`{h}` is not a header name")),
+            }
+        }
+
+        let token = spec.token.map(|t| {
+            let max_lifetime = p.duration("token.max_lifetime", &t.max_lifetime);
+            if max_lifetime < Duration::from_secs(60) || max_lifetime > Duration::from_secs(24 * 3600) {
+                p.push("token.max_lifetime", "must be between 1m and 24h");
+            }
+            let leeway = p.duration("token.leeway", &t.leeway);
+            if leeway > Duration::from_secs(300) {
+                p.push("token.leeway", "must be at most 5m");
+            }
+            if t.audience.is_empty() {
+                p.push("token.audience", "must not be empty");
+            }
+            TokenConfig {
+                jwks_file: relative_to(path, &t.jwks_file),
+                audience: t.audience,
+                issuer: t.issuer,
+                max_lifetime,
+                leeway,
+                revoked_jtis_file: t.revoked_jtis_file.map(|f| relative_to(path, &f)),
+            }
+        });
+
+        let mut routes = Vec::new();
+        let mut seen_names = HashSet::new();
+        let mut seen_prefixes = HashSet::new();
+        for (i, r) in spec.routes.into_iter().enumerate() {
+            if !seen_names.insert(r.name.clone()) {
+                p.push(format!("route[{i}].name"), format!("duplicate route name `{}`", r.name));
+            }
+            if !(r.prefix.starts_with('/') && r.prefix.ends_with('/') && r.prefix.len() > 1) {
+                p.push(format!("route[{i}].prefix"), format!("`{}` must start and end with `/`, e.g. `/openai/`", r.prefix));
+            } else if !seen_prefixes.insert(r.prefix.clone()) {
+                p.push(format!("route[{i}].prefix"), format!("duplicate prefix `{}`", r.prefix));
+            }
+            match parse_base_url(&r.upstream) {
+                Ok((scheme, host, port, base_path)) => routes.push(Route {
+                    name: r.name,
+                    prefix: r.prefix,
+                    scheme,
+                    host,
+                    port,
+                    base_path,
+                    internal: r.internal,
+                }),
+                Err(msg) => p.push(format!("route[{i}].upstream"), msg),
+            }
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+
+        let mut tenants = BTreeMap::new();
+        for (id, t) in spec.tenants {
+            let tenant = match TenantId::new(&id) {
+                Ok(t) => t,
+                Err(e) => {
+                    p.push(format!("tenants.{id}"), e.to_string());
+                    continue;
+                }
+            };
+            let mut workloads = Vec::new();
+            let mut seen = HashSet::new();
+            for (i, w) in t.workloads.iter().enumerate() {
+                match WorkloadId::new(w) {
+                    Ok(w) if seen.insert(w.clone()) => workloads.push(w),
+                    Ok(w) => p.push(format!("tenants.{id}.workloads[{i}]"), format!("duplicate workload `{w}`")),
+                    Err(e) => p.push(format!("tenants.{id}.workloads[{i}]"), e.to_string()),
+                }
+            }
+            if t.workloads.is_empty() {
+                p.push(format!("tenants.{id}.workloads"), "list at least one workload");
+            }
+            tenants.insert(tenant, TenantEntry { plan: t.plan, region: t.region, workloads });
+        }
+
+        let config = TenantConfig {
+            path: path.to_path_buf(),
+            policy_dir: relative_to(path, &spec.policy_dir),
+            strip_headers,
+            token,
+            routes,
+            tenants,
+        };
+        p.finish(config)
+    }
+
+    /// Whether `tenant` has `workload`.
+    pub fn has_workload(&self, tenant: &TenantId, workload: &WorkloadId) -> bool {
+        self.tenants.get(tenant).is_some_and(|t| t.workloads.contains(workload))
+    }
+}
+
+/// Splits `https://host:port/base/` into its parts; the base path always ends with `/`.
+fn parse_base_url(url: &str) -> Result<(Scheme, String, u16, String), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        _ => return Err(format!("`{url}` must start with `http://` or `https://`")),
+    };
+    let authority = uri.authority().ok_or_else(|| format!("`{url}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("`{url}` must not contain user info"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{url}` must not contain a query"));
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let port = authority.port_u16().unwrap_or(scheme.default_port());
+    let mut base_path = uri.path().to_string();
+    if !base_path.ends_with('/') {
+        base_path.push('/');
+    }
+    Ok((scheme, host, port, base_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn testdata(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config/testdata").join(name)
+    }
+
+    #[test]
+    fn base_urls() {
+        let cases = [
+            ("https://api.openai.com/", Some((Scheme::Https, "api.openai.com", 443, "/"))),
+            ("http://127.0.0.1:18000", Some((Scheme::Http, "127.0.0.1", 18000, "/"))),
+            ("https://x.example/v1", Some((Scheme::Https, "x.example", 443, "/v1/"))),
+            ("ftp://x/", None),
+            ("https://u:p@x/", None),
+            ("not a url", None),
+        ];
+        for (url, want) in cases {
+            let got = parse_base_url(url).ok();
+            let got = got.as_ref().map(|(s, h, p, b)| (*s, h.as_str(), *p, b.as_str()));
+            assert_eq!(got, want, "{url}");
+        }
+    }
+
+    #[test]
+    fn good_fixtures_load() {
+        let s = StaticConfig::load(&testdata("good/tenant-proxy.toml")).expect("static");
+        assert_eq!(s.listeners.len(), 2);
+        let t = TenantConfig::load(&s.tenants_file).expect("tenants");
+        assert_eq!(t.tenants.len(), 2);
+        assert_eq!(t.routes[0].prefix, "/openai/v2/", "longest prefix first");
+    }
+
+    #[test]
+    fn broken_fixtures_are_rejected_with_location() {
+        let cases: &[(&str, &str)] = &[
+            ("unknown-field.toml", "unknown field `colour`"),
+            ("bad-listener.toml", "listener[0].identity[0]"),
+            ("binding-missing.toml", "listener[0].binding"),
+            ("bad-duration.toml", "upstream.connect_timeout"),
+        ];
+        for (file, want) in cases {
+            let problems = StaticConfig::load(&testdata(&format!("broken/{file}"))).expect_err(file);
+            let text = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+            assert!(text.contains(want), "{file}: {text}");
+        }
+        let cases: &[(&str, &str)] = &[
+            ("tenants-unknown-field.toml", "unknown field `plans`"),
+            ("tenants-bad-id.toml", "tenants.Acme"),
+            ("tenants-bad-route.toml", "route[0].prefix"),
+            ("tenants-bad-lifetime.toml", "token.max_lifetime"),
+        ];
+        for (file, want) in cases {
+            let problems = TenantConfig::load(&testdata(&format!("broken/{file}"))).expect_err(file);
+            let text = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+            assert!(text.contains(want), "{file}: {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_field_reports_line() {
+        let problems = StaticConfig::load(&testdata("broken/unknown-field.toml")).expect_err("broken");
+        assert!(problems[0].location.as_deref().is_some_and(|l| l.contains(':')), "{problems:?}");
+    }
+}

@@ -1,0 +1,295 @@
+//! Raw configuration as written in TOML. Nothing here is validated beyond its type; see
+//! [`super::model`] for the runtime types.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `tenant-proxy.toml`: the static part, read once at start.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticSpec {
+    /// The tenant configuration file, reloaded on change and on SIGHUP.
+    pub tenants_file: PathBuf,
+    /// The admin listener (health, readiness, metrics).
+    #[serde(default)]
+    pub admin: AdminSpec,
+    /// Proxy listeners; each names how it identifies workloads.
+    #[serde(rename = "listener", default)]
+    pub listeners: Vec<ListenerSpec>,
+    /// The audit sink.
+    pub audit: AuditSpec,
+    /// How upstreams are reached.
+    #[serde(default)]
+    pub upstream: UpstreamSpec,
+    /// Request size caps.
+    #[serde(default)]
+    pub limits: RequestLimitsSpec,
+    /// Process settings.
+    #[serde(default)]
+    pub server: ServerSpec,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSpec,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    /// Address of the admin listener; keep it on loopback or a private interface.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        Self { listen: default_admin_listen() }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// `host:port` to bind.
+    pub listen: String,
+    /// Identity sources tried in order: `binding`, `token`.
+    pub identity: Vec<String>,
+    /// For `binding`: the one workload every connection on this listener is.
+    pub binding: Option<BindingSpec>,
+}
+
+/// `binding = { tenant = "…", workload = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingSpec {
+    /// Tenant id.
+    pub tenant: String,
+    /// Workload id.
+    pub workload: String,
+}
+
+/// `[audit]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSpec {
+    /// Root of the per-tenant partitions (`DIR/<tenant>/<yyyy>/<mm>/<dd>.jsonl`).
+    pub dir: PathBuf,
+    /// Records that may wait to be written; when full, new requests are refused.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// `batch` (fsync after each written batch, the default) or `none`.
+    #[serde(default = "default_fsync")]
+    pub fsync: String,
+    /// Longest a record waits before its batch is written, e.g. `20ms`.
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: String,
+}
+
+fn default_queue_capacity() -> usize {
+    65_536
+}
+fn default_fsync() -> String {
+    "batch".into()
+}
+fn default_flush_interval() -> String {
+    "20ms".into()
+}
+
+/// `[upstream]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// TCP (and TLS) connect timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Longest wait for each read from the upstream (time to first byte included).
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: String,
+    /// Longest wait for each write to the upstream.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout: String,
+    /// PEM files of CAs trusted for upstream TLS in addition to the system roots.
+    #[serde(default)]
+    pub extra_ca_files: Vec<PathBuf>,
+}
+
+impl Default for UpstreamSpec {
+    fn default() -> Self {
+        Self {
+            connect_timeout: default_connect_timeout(),
+            read_timeout: default_read_timeout(),
+            write_timeout: default_write_timeout(),
+            extra_ca_files: Vec::new(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> String {
+    "5s".into()
+}
+fn default_read_timeout() -> String {
+    "120s".into()
+}
+fn default_write_timeout() -> String {
+    "30s".into()
+}
+
+/// `[limits]`: request size caps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLimitsSpec {
+    /// Largest total size of request header names and values (431 above it).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Largest request body (413 above it, before any upstream is dialed).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for RequestLimitsSpec {
+    fn default() -> Self {
+        Self { max_header_bytes: default_max_header_bytes(), max_body_bytes: default_max_body_bytes() }
+    }
+}
+
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_body_bytes() -> usize {
+    8 * 1024 * 1024
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// Worker threads per listener.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// How long to keep serving after SIGTERM before shutting down.
+    #[serde(default = "default_grace")]
+    pub grace_period: String,
+    /// How long in-flight requests get once shutdown starts.
+    #[serde(default = "default_grace")]
+    pub graceful_shutdown_timeout: String,
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        Self {
+            threads: default_threads(),
+            grace_period: default_grace(),
+            graceful_shutdown_timeout: default_grace(),
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    2
+}
+fn default_grace() -> String {
+    "5s".into()
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSpec {
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+    /// A `tracing` filter such as `info` or `tenant_proxy=debug`; `RUST_LOG` overrides it.
+    pub level: Option<String>,
+}
+
+/// The tenant file: everything that may change while the proxy runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsSpec {
+    /// Directory of Cedar schema and policies.
+    pub policy_dir: PathBuf,
+    /// Request headers that claim a tenant or workload; always removed before forwarding.
+    #[serde(default = "default_strip_headers")]
+    pub strip_headers: Vec<String>,
+    /// Signed workload tokens.
+    pub token: Option<TokenSpec>,
+    /// Route-mode prefixes.
+    #[serde(rename = "route", default)]
+    pub routes: Vec<RouteSpec>,
+    /// Tenants by id.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantSpec>,
+}
+
+fn default_strip_headers() -> Vec<String> {
+    ["x-tenant-id", "x-tenant", "x-workload-id", "x-org-id", "x-organization-id"]
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+/// `[token]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    /// JWKS file with the public keys tokens are signed with (EdDSA or ES256).
+    pub jwks_file: PathBuf,
+    /// Required `aud`.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Longest lifetime (`exp - iat`) accepted; longer-lived tokens are refused.
+    #[serde(default = "default_max_lifetime")]
+    pub max_lifetime: String,
+    /// Clock-skew allowance for `exp`, `nbf`, `iat`.
+    #[serde(default = "default_leeway")]
+    pub leeway: String,
+    /// File of revoked `jti`s, one per line (`#` comments allowed).
+    pub revoked_jtis_file: Option<PathBuf>,
+}
+
+fn default_audience() -> String {
+    "tenant-proxy".into()
+}
+fn default_max_lifetime() -> String {
+    "1h".into()
+}
+fn default_leeway() -> String {
+    "30s".into()
+}
+
+/// `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Route name (available to policies as `context.route`).
+    pub name: String,
+    /// Path prefix, starting and ending with `/`, e.g. `/openai/`.
+    pub prefix: String,
+    /// Base URL the prefix maps to, e.g. `https://api.openai.com/v1/`.
+    pub upstream: String,
+    /// An internal service: W3C `baggage` is forwarded to it (it is removed toward external hosts).
+    #[serde(default)]
+    pub internal: bool,
+}
+
+/// `[tenants.<id>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// Plan name, available to policies (`principal.tenant.plan`).
+    pub plan: String,
+    /// Region, available to policies (`principal.tenant.region`).
+    pub region: String,
+    /// Workload ids of this tenant.
+    pub workloads: Vec<String>,
+}

@@ -1,0 +1,154 @@
+//! Per-request state. The immutable [`TenantContext`] is built once, right after identity, and
+//! every later phase takes it by reference; [`RequestCtx::default`] has no identity and no
+//! authorization, so a phase reached without them refuses.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::audit::AuditSlot;
+use crate::config::IdentitySourceKind;
+use crate::error::Deny;
+use crate::identity::token::{Initiator, RunBudget};
+use crate::ids::{TenantId, WorkloadId};
+use crate::policy::Decision;
+use crate::target::Destination;
+use crate::trace::TraceContext;
+
+/// What kind of principal made the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    /// An agent workload (the only kind the proxy sees today).
+    Workload,
+}
+
+/// The run a request belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// The run id.
+    pub id: String,
+    /// True when the id came from a signed token; an unsigned run id is minted per request and
+    /// carries no budget.
+    pub signed: bool,
+}
+
+/// Who is calling and on whose behalf: one immutable value per request.
+#[derive(Debug)]
+pub struct TenantContext {
+    /// The tenant, from a verified identity only.
+    pub tenant: TenantId,
+    /// The workload within the tenant.
+    pub workload: WorkloadId,
+    /// Principal kind.
+    pub principal_kind: PrincipalKind,
+    /// Which identity source vouched for the workload.
+    pub identity_source: IdentitySourceKind,
+    /// The run.
+    pub run: Run,
+    /// The run's budget, from a signed token.
+    pub budget: Option<RunBudget>,
+    /// Scopes granted to the run.
+    pub scopes: Vec<String>,
+    /// Who started the run.
+    pub initiator: Option<Initiator>,
+    /// Upstream correlation id from the token.
+    pub correlation_id: Option<String>,
+    /// This request's id.
+    pub request_id: Arc<str>,
+    /// Trace context.
+    pub trace: TraceContext,
+}
+
+/// Proof that a request was authorized for exactly this destination. Only
+/// [`crate::proxy`]'s authorize step constructs it, after Cedar allowed the request.
+#[derive(Debug)]
+pub struct Permitted {
+    pub(crate) destination: Destination,
+}
+
+impl Permitted {
+    /// The destination that was authorized.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+}
+
+/// The outcome recorded for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still in progress (or the connection died before a decision).
+    Pending,
+    /// Allowed and forwarded.
+    Forwarded,
+    /// Refused by the proxy, before or after forwarding.
+    Refused(Deny),
+}
+
+/// pingora's per-request context.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// Request id (also in the tenant context once it exists).
+    pub request_id: Arc<str>,
+    /// When the request arrived.
+    pub started: Instant,
+    /// The tenant context; `None` until identity is resolved.
+    pub tenant: Option<Arc<TenantContext>>,
+    /// The target, once parsed.
+    pub destination: Option<Destination>,
+    /// Set only after Cedar allowed the request.
+    pub permit: Option<Permitted>,
+    /// The Cedar decision, for the audit record.
+    pub decision: Option<Decision>,
+    /// The model named by the JSON body, if any.
+    pub model: Option<String>,
+    /// A buffered request body to hand to the upstream.
+    pub body: Option<Bytes>,
+    /// SHA-256 of the request body (hex), if there was one.
+    pub body_sha256: Option<String>,
+    /// Request body size.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// When the upstream connection was ready.
+    pub upstream_started: Option<Instant>,
+    /// When the upstream response header arrived.
+    pub upstream_done: Option<Instant>,
+    /// Upstream response status.
+    pub upstream_status: Option<u16>,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// A reserved slot in the audit queue; every request that gets a tenant holds one.
+    pub audit_slot: Option<AuditSlot>,
+}
+
+impl RequestCtx {
+    /// A context that has no identity and is not authorized.
+    pub fn new() -> Self {
+        Self {
+            request_id: crate::trace::random_hex(16).into(),
+            started: Instant::now(),
+            tenant: None,
+            destination: None,
+            permit: None,
+            decision: None,
+            model: None,
+            body: None,
+            body_sha256: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream_started: None,
+            upstream_done: None,
+            upstream_status: None,
+            outcome: Outcome::Pending,
+            audit_slot: None,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,222 @@
+//! The one refusal type. Every way a request can be refused is a [`Deny`] variant, mapped to its
+//! HTTP status and stable reason code by one exhaustive `match`: the same code goes into the JSON
+//! body, the audit record and the metric label.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Why a request was refused. Messages follow cedar's style: lowercase, no trailing period,
+/// user input in backticks, never a secret or token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deny {
+    /// No identity source on this listener produced an identity.
+    IdentityRequired,
+    /// An identity was presented but is not valid (detail says why, never the token).
+    IdentityInvalid(String),
+    /// Cedar did not allow the request.
+    PolicyDenied,
+    /// The request is malformed or unsupported.
+    BadRequest(String),
+    /// The absolute URI's authority and the `Host` header disagree.
+    HostMismatch,
+    /// No route matches an origin-form request.
+    RouteNotFound,
+    /// `CONNECT` tunnels are not supported on this listener yet.
+    ConnectUnsupported,
+    /// Request headers exceed the configured cap.
+    HeadersTooLarge,
+    /// Request body exceeds the configured cap.
+    BodyTooLarge,
+    /// A chunked body too large to hold without a `Content-Length`.
+    LengthRequired,
+    /// The upstream refused or reset the connection, or could not be resolved.
+    UpstreamUnreachable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The audit sink cannot take another record.
+    AuditUnavailable,
+    /// A phase ran without the state it requires (a bug); refused rather than forwarded.
+    Internal,
+}
+
+/// A stable snake_case reason code. Used as JSON `code`, audit `reason` and metric label, so its
+/// set of values is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// The request was allowed and forwarded.
+    Allowed,
+    /// See [`Deny::IdentityRequired`].
+    IdentityRequired,
+    /// See [`Deny::IdentityInvalid`].
+    IdentityInvalid,
+    /// See [`Deny::PolicyDenied`].
+    PolicyDenied,
+    /// See [`Deny::BadRequest`].
+    BadRequest,
+    /// See [`Deny::HostMismatch`].
+    HostMismatch,
+    /// See [`Deny::RouteNotFound`].
+    RouteNotFound,
+    /// See [`Deny::ConnectUnsupported`].
+    ConnectUnsupported,
+    /// See [`Deny::HeadersTooLarge`].
+    RequestHeadersTooLarge,
+    /// See [`Deny::BodyTooLarge`].
+    RequestBodyTooLarge,
+    /// See [`Deny::LengthRequired`].
+    LengthRequired,
+    /// See [`Deny::UpstreamUnreachable`].
+    UpstreamUnreachable,
+    /// See [`Deny::UpstreamTimeout`].
+    UpstreamTimeout,
+    /// See [`Deny::AuditUnavailable`].
+    AuditUnavailable,
+    /// See [`Deny::Internal`].
+    Internal,
+}
+
+impl ReasonCode {
+    /// The snake_case text of the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::Allowed => "allowed",
+            ReasonCode::IdentityRequired => "identity_required",
+            ReasonCode::IdentityInvalid => "identity_invalid",
+            ReasonCode::PolicyDenied => "policy_denied",
+            ReasonCode::BadRequest => "bad_request",
+            ReasonCode::HostMismatch => "host_mismatch",
+            ReasonCode::RouteNotFound => "route_not_found",
+            ReasonCode::ConnectUnsupported => "connect_unsupported",
+            ReasonCode::RequestHeadersTooLarge => "request_headers_too_large",
+            ReasonCode::RequestBodyTooLarge => "request_body_too_large",
+            ReasonCode::LengthRequired => "length_required",
+            ReasonCode::UpstreamUnreachable => "upstream_unreachable",
+            ReasonCode::UpstreamTimeout => "upstream_timeout",
+            ReasonCode::AuditUnavailable => "audit_unavailable",
+            ReasonCode::Internal => "internal_error",
+        }
+    }
+}
+
+impl fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Deny {
+    /// HTTP status, reason code and message, from one exhaustive match.
+    pub fn describe(&self) -> (u16, ReasonCode, String) {
+        match self {
+            Deny::IdentityRequired => (
+                407,
+                ReasonCode::IdentityRequired,
+                "this listener needs a workload identity: send `Proxy-Authorization: Bearer <token>` or put the token in the proxy URL's password".into(),
+            ),
+            Deny::IdentityInvalid(why) => {
+                (407, ReasonCode::IdentityInvalid, format!("workload identity rejected: {why}"))
+            }
+            Deny::PolicyDenied => {
+                (403, ReasonCode::PolicyDenied, "no policy allows this workload to make this request".into())
+            }
+            Deny::BadRequest(why) => (400, ReasonCode::BadRequest, why.clone()),
+            Deny::HostMismatch => (
+                400,
+                ReasonCode::HostMismatch,
+                "the `Host` header does not match the request target's authority".into(),
+            ),
+            Deny::RouteNotFound => (
+                404,
+                ReasonCode::RouteNotFound,
+                "no route matches this path; use an absolute URL through the proxy or a configured route prefix".into(),
+            ),
+            Deny::ConnectUnsupported => (
+                405,
+                ReasonCode::ConnectUnsupported,
+                "`CONNECT` tunnels are not available on this listener; use plain HTTP through the proxy or a route prefix".into(),
+            ),
+            Deny::HeadersTooLarge => {
+                (431, ReasonCode::RequestHeadersTooLarge, "request headers exceed the configured limit".into())
+            }
+            Deny::BodyTooLarge => {
+                (413, ReasonCode::RequestBodyTooLarge, "request body exceeds the configured limit".into())
+            }
+            Deny::LengthRequired => (
+                411,
+                ReasonCode::LengthRequired,
+                "chunked request bodies over 64 KiB need a `Content-Length` header".into(),
+            ),
+            Deny::UpstreamUnreachable => {
+                (502, ReasonCode::UpstreamUnreachable, "the upstream could not be reached".into())
+            }
+            Deny::UpstreamTimeout => (504, ReasonCode::UpstreamTimeout, "the upstream did not answer in time".into()),
+            Deny::AuditUnavailable => (
+                503,
+                ReasonCode::AuditUnavailable,
+                "the audit log cannot record this request right now; retry shortly".into(),
+            ),
+            Deny::Internal => (500, ReasonCode::Internal, "internal error; the request was not forwarded".into()),
+        }
+    }
+
+    /// The reason code alone.
+    pub fn code(&self) -> ReasonCode {
+        self.describe().1
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorFields<'a> {
+    code: ReasonCode,
+    message: &'a str,
+    request_id: &'a str,
+}
+
+/// The JSON body of a refusal: `{"error":{"code":…,"message":…,"request_id":…}}`.
+pub fn error_body(code: ReasonCode, message: &str, request_id: &str) -> Vec<u8> {
+    let body = ErrorBody { error: ErrorFields { code, message, request_id } };
+    // Serializing this struct of strings cannot fail; fall back to a fixed body regardless.
+    serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"code":"internal_error"}}"#.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes() {
+        let cases = [
+            (Deny::IdentityRequired, 407, "identity_required"),
+            (Deny::IdentityInvalid("expired".into()), 407, "identity_invalid"),
+            (Deny::PolicyDenied, 403, "policy_denied"),
+            (Deny::HostMismatch, 400, "host_mismatch"),
+            (Deny::RouteNotFound, 404, "route_not_found"),
+            (Deny::HeadersTooLarge, 431, "request_headers_too_large"),
+            (Deny::BodyTooLarge, 413, "request_body_too_large"),
+            (Deny::UpstreamUnreachable, 502, "upstream_unreachable"),
+            (Deny::UpstreamTimeout, 504, "upstream_timeout"),
+            (Deny::AuditUnavailable, 503, "audit_unavailable"),
+        ];
+        for (deny, status, code) in cases {
+            let (s, c, _) = deny.describe();
+            assert_eq!((s, c.as_str()), (status, code), "{deny:?}");
+            // serde and as_str agree
+            assert_eq!(serde_json::to_value(c).ok(), Some(serde_json::Value::from(code)));
+        }
+    }
+
+    #[test]
+    fn body_shape() {
+        let body = error_body(ReasonCode::PolicyDenied, "no", "req-1");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], "policy_denied");
+        assert_eq!(v["error"]["request_id"], "req-1");
+    }
+}

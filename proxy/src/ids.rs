@@ -1,0 +1,118 @@
+//! Identifier newtypes shared by every module.
+//!
+//! Tenant and workload ids end up in file paths (audit partitions), Redis keys and metric
+//! labels, so they are restricted to a small alphabet at construction: an id that exists at
+//! runtime can never traverse a path, break a key's hash tag or inject a label.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not a valid {kind}: use 1-63 characters from a-z, 0-9, `-` and `_`, starting with a letter or digit")]
+pub struct InvalidId {
+    kind: &'static str,
+    value: String,
+}
+
+fn validate(kind: &'static str, value: &str) -> Result<(), InvalidId> {
+    let bytes = value.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        // Truncate what we echo back: the input may be hostile and long.
+        Err(InvalidId { kind, value: value.chars().take(64).collect() })
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Box<str>);
+
+        impl $name {
+            /// Validates and wraps `value`.
+            pub fn new(value: &str) -> Result<Self, InvalidId> {
+                validate($kind, value)?;
+                Ok(Self(value.into()))
+            }
+
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidId;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::new(&s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(&s).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A tenant: the customer account every request is attributed to.
+    TenantId,
+    "tenant id"
+);
+id_type!(
+    /// A workload within a tenant: one agent deployment (a sidecar, a service account).
+    WorkloadId,
+    "workload id"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_and_rejects() {
+        for ok in ["acme", "a", "tenant-1", "t_2", "0abc"] {
+            assert!(TenantId::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Acme", "../etc", "a/b", "-x", "_x", "a b", "a{b}", &"x".repeat(64)] {
+            assert!(TenantId::new(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! The request pipeline as pingora phases. Each phase is a few lines that call one concern:
+//!
+//! | phase | what happens |
+//! |---|---|
+//! | `request_filter` | reserve audit slot → resolve identity → tenant context → parse target → read body → authorize (Cedar) |
+//! | `upstream_peer` | requires the [`Permitted`] proof; resolves the host without blocking |
+//! | `upstream_request_filter` | origin-form URI, `Host`, strip identity and tenant headers, trace context |
+//! | `request_body_filter` | hands the buffered body to the upstream |
+//! | `response_*` | status, byte counts, `x-request-id` |
+//! | `logging` | audit record, metrics, one log line (every request, refusals too) |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+use sha2::{Digest, Sha256};
+
+use crate::audit::{AuditDecision, AuditRecord, AuditSink};
+use crate::config::{IdentitySourceKind, ListenerSettings, StaticConfig};
+use crate::ctx::{Outcome, Permitted, PrincipalKind, RequestCtx, Run, TenantContext};
+use crate::error::{error_body, Deny, ReasonCode};
+use crate::metrics::{Metrics, METRICS};
+use crate::policy::HttpRequestFacts;
+use crate::snapshot::{Snapshot, SnapshotHandle};
+use crate::target::Destination;
+use crate::trace::TraceContext;
+use crate::{body, identity, target};
+
+/// State shared by every listener's proxy.
+#[derive(Debug)]
+pub struct Shared {
+    /// Static configuration.
+    pub config: Arc<StaticConfig>,
+    /// The current tenant snapshot.
+    pub snapshot: Arc<SnapshotHandle>,
+    /// The audit queue.
+    pub audit: AuditSink,
+}
+
+/// The proxy for one listener.
+#[derive(Debug)]
+pub struct TenantProxy {
+    listener: Arc<ListenerSettings>,
+    shared: Arc<Shared>,
+}
+
+impl TenantProxy {
+    /// A proxy serving `listener`.
+    pub fn new(listener: ListenerSettings, shared: Arc<Shared>) -> Self {
+        Self { listener: Arc::new(listener), shared }
+    }
+
+    /// Everything that must hold before a request may be forwarded, in order. The order matters:
+    /// the audit slot first (an unauditable request is never served), identity before anything
+    /// reads the request, the body before the decision (the decision sees the model).
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Deny> {
+        ctx.audit_slot = Some(self.shared.audit.reserve()?);
+        let snapshot = self.shared.snapshot.load();
+
+        let req = session.req_header();
+        let proxy_auth = req.headers.get(http::header::PROXY_AUTHORIZATION).map(|v| v.as_bytes());
+        let who = identity::resolve(&self.listener, &snapshot, proxy_auth, unix_now())?;
+        let tenant = Arc::new(build_tenant_context(who, ctx.request_id.clone(), req));
+        ctx.tenant = Some(tenant.clone());
+
+        if req.method == http::Method::CONNECT {
+            return Err(Deny::ConnectUnsupported);
+        }
+        if header_bytes(req) > self.shared.config.max_header_bytes {
+            return Err(Deny::HeadersTooLarge);
+        }
+        let host = req.headers.get(http::header::HOST).map(|v| v.as_bytes());
+        let destination = target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?;
+        ctx.destination = Some(destination.clone());
+
+        if let Some(body) = body::read_full(session, self.shared.config.max_body_bytes).await? {
+            let content_type = session.req_header().headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes());
+            ctx.model = body::model_name(content_type, &body);
+            ctx.body_sha256 = Some(hex::encode(Sha256::digest(&body)));
+            ctx.bytes_in = body.len() as u64;
+            ctx.body = Some(body);
+        }
+
+        let permit = authorize(&snapshot, &tenant, destination, session.req_header(), ctx)?;
+        ctx.permit = Some(permit);
+        Ok(())
+    }
+
+    /// Writes the JSON refusal. The connection is closed afterwards: the request body may not
+    /// have been read, so the stream position is unknown.
+    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, deny: Deny) -> pingora::Result<()> {
+        let (status, code, message) = deny.describe();
+        ctx.outcome = Outcome::Refused(deny);
+        let body = error_body(code, &message, &ctx.request_id);
+        let mut resp = ResponseHeader::build(status, Some(6))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header("x-request-id", &*ctx.request_id)?;
+        if status == 407 {
+            resp.append_header(http::header::PROXY_AUTHENTICATE, "Bearer realm=\"tenant-proxy\"")?;
+            resp.append_header(http::header::PROXY_AUTHENTICATE, "Basic realm=\"tenant-proxy\"")?;
+        }
+        session.set_keepalive(None);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(Bytes::from(body)), true).await?;
+        Ok(())
+    }
+
+    fn emit(&self, session: &Session, ctx: &mut RequestCtx, status: u16) {
+        let (decision, reason) = match &ctx.outcome {
+            Outcome::Forwarded | Outcome::Pending => (AuditDecision::Allow, ReasonCode::Allowed),
+            Outcome::Refused(d) => (AuditDecision::Deny, d.code()),
+        };
+        let tenant_label = Metrics::tenant_label(ctx.tenant.as_ref().map(|t| t.tenant.as_str()));
+        let decision_label = match decision {
+            AuditDecision::Allow => "allow",
+            AuditDecision::Deny => "deny",
+        };
+        METRICS.requests.with_label_values(&[tenant_label, decision_label, reason.as_str()]).inc();
+        let elapsed = ctx.started.elapsed();
+        METRICS.request_duration.with_label_values(&[tenant_label]).observe(elapsed.as_secs_f64());
+        let upstream = match (ctx.upstream_started, ctx.upstream_done) {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
+            _ => None,
+        };
+        if let Some(u) = upstream {
+            METRICS.upstream_duration.with_label_values(&[tenant_label]).observe(u.as_secs_f64());
+        }
+        if matches!(reason, ReasonCode::UpstreamUnreachable | ReasonCode::UpstreamTimeout) {
+            METRICS.upstream_errors.with_label_values(&[tenant_label, reason.as_str()]).inc();
+        }
+
+        let req = session.req_header();
+        let dest = ctx.destination.as_ref();
+        tracing::info!(
+            request_id = %ctx.request_id,
+            tenant = tenant_label,
+            workload = ctx.tenant.as_ref().map(|t| t.workload.as_str()).unwrap_or("-"),
+            listener = %self.listener.name,
+            method = %req.method,
+            host = dest.map(|d| d.host.as_str()).unwrap_or("-"),
+            path = dest.map(|d| d.audit_path.as_str()).unwrap_or("-"),
+            decision = decision_label,
+            reason = reason.as_str(),
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+
+        // Records exist only where a tenant is known: an unidentified caller has no partition.
+        let (Some(tenant), Some(slot)) = (ctx.tenant.as_ref(), ctx.audit_slot.take()) else { return };
+        let policy = ctx.decision.as_ref();
+        slot.emit(AuditRecord {
+            time: rfc3339(SystemTime::now() - elapsed),
+            tenant: tenant.tenant.to_string(),
+            workload: tenant.workload.to_string(),
+            principal_kind: "workload",
+            identity_source: match tenant.identity_source {
+                IdentitySourceKind::Binding => "listener",
+                IdentitySourceKind::Token => "token",
+            },
+            run_id: tenant.run.id.clone(),
+            run_signed: tenant.run.signed,
+            request_id: ctx.request_id.to_string(),
+            trace_id: tenant.trace.trace_id.clone(),
+            listener: self.listener.name.clone(),
+            method: req.method.to_string(),
+            scheme: dest.map(|d| d.scheme.as_str()),
+            host: dest.map(|d| d.host.clone()),
+            port: dest.map(|d| d.port),
+            path: dest.map(|d| d.audit_path.clone()),
+            route: dest.and_then(|d| d.route.clone()),
+            model: ctx.model.clone(),
+            decision,
+            reason,
+            policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
+            policy_errors: policy.map(|p| p.errors.clone()).unwrap_or_default(),
+            status,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_latency_ms: upstream.map(|u| u.as_secs_f64() * 1000.0),
+            bytes_in: ctx.bytes_in,
+            bytes_out: ctx.bytes_out,
+            request_body_sha256: ctx.body_sha256.clone(),
+        });
+    }
+}
+
+/// Asks Cedar whether this workload may make this request; only an allow produces [`Permitted`].
+fn authorize(
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    destination: Destination,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+) -> Result<Permitted, Deny> {
+    let facts = HttpRequestFacts {
+        scheme: destination.scheme.as_str(),
+        host: &destination.host,
+        port: destination.port,
+        method: req.method.as_str(),
+        path: destination.audit_path.split('?').next().unwrap_or("/"),
+        model: ctx.model.as_deref(),
+        run_signed: tenant.run.signed,
+        scopes: &tenant.scopes,
+        route: destination.route.as_deref(),
+    };
+    let started = Instant::now();
+    let decision = snapshot.policy.authorize_http(&tenant.tenant, &tenant.workload, &facts);
+    METRICS.policy_eval_duration.observe(started.elapsed().as_secs_f64());
+    let allowed = decision.allowed;
+    if !decision.errors.is_empty() {
+        tracing::warn!(request_id = %tenant.request_id, tenant = %tenant.tenant, errors = ?decision.errors, "policy evaluation errors; denying");
+    }
+    ctx.decision = Some(decision);
+    if allowed {
+        Ok(Permitted { destination })
+    } else {
+        Err(Deny::PolicyDenied)
+    }
+}
+
+fn build_tenant_context(who: identity::ResolvedIdentity, request_id: Arc<str>, req: &RequestHeader) -> TenantContext {
+    let trace = TraceContext::continue_or_start(req.headers.get("traceparent").map(|v| v.as_bytes()));
+    let token = who.token;
+    let run = match token.as_ref().and_then(|t| t.run_id.clone()) {
+        Some(id) => Run { id, signed: true },
+        // An unsigned run is this request alone: it can neither carry nor reset a run budget.
+        None => Run { id: format!("unsigned-{request_id}"), signed: false },
+    };
+    TenantContext {
+        tenant: who.tenant,
+        workload: who.workload,
+        principal_kind: PrincipalKind::Workload,
+        identity_source: who.source,
+        budget: token.as_ref().and_then(|t| t.run_budget.clone()),
+        scopes: token.as_ref().map(|t| t.scopes.clone()).unwrap_or_default(),
+        initiator: token.as_ref().and_then(|t| t.initiator),
+        correlation_id: token.as_ref().and_then(|t| t.correlation_id.clone()),
+        run,
+        request_id,
+        trace,
+    }
+}
+
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.raw_path().len() + req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let t: time::OffsetDateTime = t.into();
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Maps a pingora error to the refusal the client sees.
+fn deny_for_error(e: &Error) -> Option<Deny> {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => Some(Deny::UpstreamTimeout),
+        _ => match e.esource() {
+            ErrorSource::Upstream => Some(Deny::UpstreamUnreachable),
+            // The client went away or sent garbage: nobody to answer, or pingora's own 400.
+            ErrorSource::Downstream => None,
+            ErrorSource::Internal | ErrorSource::Unset => Some(Deny::Internal),
+        },
+    }
+}
+
+/// Resolves the destination without blocking (pingora's own lookup blocks and panics on failure).
+async fn resolve_addr(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((host, port)).await.ok()?.next()
+}
+
+#[async_trait]
+impl ProxyHttp for TenantProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        match self.admit(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(deny) => {
+                self.refuse(session, ctx, deny).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        // SECURITY: no proof of authorization, no upstream.
+        let Some(permit) = ctx.permit.as_ref() else {
+            ctx.outcome = Outcome::Refused(Deny::Internal);
+            return Err(Error::explain(ErrorType::InternalError, "upstream_peer reached without authorization"));
+        };
+        let dest = permit.destination();
+        let Some(addr) = resolve_addr(&dest.host, dest.port).await else {
+            ctx.outcome = Outcome::Refused(Deny::UpstreamUnreachable);
+            return Err(Error::explain(ErrorType::ConnectNoRoute, "cannot resolve upstream host").into_up());
+        };
+        let tls = dest.scheme == crate::config::model::Scheme::Https;
+        let mut peer = HttpPeer::new(addr, tls, dest.host.clone());
+        let up = &self.shared.config.upstream;
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.upstream_started = Some(Instant::now());
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Fail fast: a refused or timed-out connect is reported, not retried in a loop.
+        e.set_retry(false);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let (Some(permit), Some(tenant)) = (ctx.permit.as_ref(), ctx.tenant.as_ref()) else {
+            return Err(Error::explain(ErrorType::InternalError, "upstream request without authorization"));
+        };
+        let dest = permit.destination();
+        let uri: http::Uri = dest
+            .upstream_path
+            .parse()
+            .map_err(|_| Error::explain(ErrorType::InternalError, "upstream path is not a valid URI"))?;
+        upstream.set_uri(uri);
+        upstream.insert_header(http::header::HOST, dest.host_header())?;
+        // SECURITY: identity material and agent-written tenant claims never leave the proxy.
+        upstream.remove_header(&http::header::PROXY_AUTHORIZATION);
+        upstream.remove_header("proxy-connection");
+        for name in &self.shared.snapshot.load().tenants.strip_headers {
+            upstream.remove_header(name);
+        }
+        // W3C baggage has no integrity and may name tenants: only internal routes get it.
+        if !dest.internal {
+            upstream.remove_header("baggage");
+        }
+        upstream.insert_header("traceparent", tenant.trace.traceparent())?;
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // The body was read in full before the decision; pingora passes only its retry-buffer
+        // tail here. Hand over the whole body (again, on a retry).
+        if let Some(full) = &ctx.body {
+            *body = Some(full.clone());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.upstream_done = Some(Instant::now());
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        upstream_response.insert_header("x-request-id", &*ctx.request_id)?;
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        if let Some(b) = body {
+            ctx.bytes_out += b.len() as u64;
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let deny = match &ctx.outcome {
+            Outcome::Refused(d) => Some(d.clone()),
+            _ => deny_for_error(e),
+        };
+        let Some(deny) = deny else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        let status = deny.describe().0;
+        if session.response_written().is_none() {
+            if let Err(write_err) = self.refuse(session, ctx, deny).await {
+                tracing::debug!(error = %write_err, "cannot write error response");
+            }
+        } else {
+            ctx.outcome = Outcome::Refused(deny);
+        }
+        FailToProxy { error_code: status, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.outcome == Outcome::Pending {
+            ctx.outcome = match e.and_then(deny_for_error) {
+                Some(d) => Outcome::Refused(d),
+                None => Outcome::Forwarded,
+            };
+        }
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        self.emit(session, ctx, status);
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        // pingora's default summary includes the full URL, whose query may carry secrets.
+        let dest = ctx.destination.as_ref();
+        format!(
+            "{} {}{} request_id={}",
+            session.req_header().method,
+            dest.map(|d| d.host.as_str()).unwrap_or("-"),
+            dest.map(|d| d.audit_path.as_str()).unwrap_or(""),
+            ctx.request_id
+        )
+    }
+}

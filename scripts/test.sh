@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, installing what the tests need first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_apt cmake
+ensure_apt curl
+ensure_apt python3
+ensure_py requests
+ensure_py httpx
+
+# The end-to-end tests start the real binary.
+cargo build -p tenant-proxy --bin tenant-proxy
+cargo test --workspace --no-fail-fast

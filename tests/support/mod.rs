@@ -1,0 +1,540 @@
+//! Test support: a recording origin, a proxy process on ephemeral loopback ports, token minting
+//! and small HTTP helpers. Everything listens on 127.0.0.1 only.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tenant_proxy::identity::token::{mint, MintRequest};
+use tenant_proxy::ids::{TenantId, WorkloadId};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `tenant-proxy` binary built by `cargo build -p tenant-proxy` (scripts/test.sh does it).
+pub fn proxy_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/tenant-proxy
+    let bin = exe.parent().unwrap().parent().unwrap().join("tenant-proxy");
+    assert!(bin.exists(), "{} not found: run `cargo build -p tenant-proxy` first (scripts/test.sh does)", bin.display());
+    bin
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recording origin
+
+/// A request as the origin received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// A plain-HTTP origin that records every request. Paths: `/slow/...` sleeps 3 s before
+/// answering, `/reset/...` closes the connection without a response, anything else answers 200
+/// with a small JSON body.
+pub struct Origin {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Origin {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let seen = seen2.clone();
+                std::thread::spawn(move || serve_conn(stream, seen));
+            }
+        });
+        Self { port, seen }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Requests whose target contains `needle`.
+    pub fn matching(&self, needle: &str) -> Vec<Recorded> {
+        self.requests().into_iter().filter(|r| r.target.contains(needle)).collect()
+    }
+}
+
+fn serve_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Recorded>>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let mut body = Vec::new();
+        if let Some(len) = headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body.resize(len, 0);
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+        } else if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut size = String::new();
+                reader.read_line(&mut size).unwrap();
+                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                let mut chunk = vec![0; n + 2];
+                reader.read_exact(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        seen.lock().unwrap().push(Recorded { method: method.clone(), target: target.clone(), headers, body });
+        if target.contains("/reset/") {
+            let _ = out.shutdown(Shutdown::Both);
+            return;
+        }
+        if target.contains("/slow/") {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let resp_body = format!(r#"{{"ok":true,"method":"{method}","path":"{target}"}}"#);
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            resp_body.len(),
+            resp_body
+        );
+        if out.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxy process
+
+pub const TEST_KEY: &str = "proxy/src/identity/testdata/ed25519-test.pem";
+pub const TEST_KEY_ES256: &str = "proxy/src/identity/testdata/es256-test.pem";
+pub const OTHER_KEY: &str = "proxy/src/identity/testdata/other-ed25519.pem";
+pub const TEST_JWKS: &str = "proxy/src/identity/testdata/test-jwks.json";
+
+/// How to lay out a proxy's configuration.
+pub struct ProxySpec {
+    /// Policy directory to copy (relative to the repo root) — the schema is always the repo's.
+    pub policies: &'static str,
+    /// Extra `[[route]]` tables (TOML) for the tenant file; `ORIGIN` is replaced by the origin port.
+    pub routes: String,
+    /// Extra static settings appended to `[upstream]`.
+    pub upstream: &'static str,
+    /// Extra static settings appended to `[limits]`.
+    pub limits: &'static str,
+}
+
+impl Default for ProxySpec {
+    fn default() -> Self {
+        Self { policies: "tests/fixtures/policies", routes: String::new(), upstream: "", limits: "" }
+    }
+}
+
+/// A running proxy with two listeners: `sidecar_port` bound to acme/bot and `shared_port`
+/// (tokens). Killed on drop.
+pub struct Proxy {
+    pub dir: tempfile::TempDir,
+    pub sidecar_port: u16,
+    pub shared_port: u16,
+    pub admin_port: u16,
+    child: Child,
+}
+
+pub const TENANTS: &str = r#"
+[tenants.acme]
+plan = "pro"
+region = "eu"
+workloads = ["bot", "researcher"]
+
+[tenants.globex]
+plan = "free"
+region = "us"
+workloads = ["agent"]
+
+[tenants.evalerr]
+plan = "pro"
+region = "eu"
+workloads = ["agent"]
+"#;
+
+impl Proxy {
+    pub fn start(spec: ProxySpec) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = repo_root();
+        copy_dir(&root.join(spec.policies), &dir.path().join("policies"));
+        std::fs::copy(root.join("policies/schema.cedarschema"), dir.path().join("policies/schema.cedarschema")).unwrap();
+        std::fs::copy(root.join(TEST_JWKS), dir.path().join("jwks.json")).unwrap();
+        std::fs::write(dir.path().join("revoked.txt"), "# revoked\nrevoked-jti-1\n").unwrap();
+        let (sidecar_port, shared_port, admin_port) = (free_port(), free_port(), free_port());
+        let static_toml = format!(
+            r#"tenants_file = "tenants.toml"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[[listener]]
+name = "sidecar"
+listen = "127.0.0.1:{sidecar_port}"
+identity = ["binding"]
+binding = {{ tenant = "acme", workload = "bot" }}
+[[listener]]
+name = "shared"
+listen = "127.0.0.1:{shared_port}"
+identity = ["token"]
+[audit]
+dir = "audit"
+flush_interval = "5ms"
+[upstream]
+connect_timeout = "1s"
+read_timeout = "10s"
+{}
+[limits]
+{}
+[server]
+threads = 2
+grace_period = "0s"
+graceful_shutdown_timeout = "1s"
+[log]
+level = "info"
+"#,
+            spec.upstream, spec.limits
+        );
+        std::fs::write(dir.path().join("tenant-proxy.toml"), static_toml).unwrap();
+        let tenants = format!(
+            r#"policy_dir = "policies"
+[token]
+jwks_file = "jwks.json"
+audience = "tenant-proxy"
+max_lifetime = "1h"
+leeway = "5s"
+revoked_jtis_file = "revoked.txt"
+{}
+{TENANTS}"#,
+            spec.routes
+        );
+        std::fs::write(dir.path().join("tenants.toml"), tenants).unwrap();
+
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let child = Command::new(proxy_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(dir.path().join("tenant-proxy.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let proxy = Proxy { dir, sidecar_port, shared_port, admin_port, child };
+        proxy.wait_ready();
+        proxy
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = raw_request(self.admin_port, "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("proxy did not become ready; log:\n{}", self.log());
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("proxy.log")).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        raw_request(self.admin_port, "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").unwrap().body_text()
+    }
+
+    /// Audit records of `tenant` (all days).
+    pub fn audit_records(&self, tenant: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let dir = self.path("audit").join(tenant);
+        for file in walk(&dir) {
+            for line in std::fs::read_to_string(file).unwrap().lines() {
+                out.push(serde_json::from_str(line).unwrap());
+            }
+        }
+        out
+    }
+
+    /// Waits until `tenant` has a record with `request_id`, and returns it.
+    pub fn audit_record(&self, tenant: &str, request_id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(r) = self.audit_records(tenant).into_iter().find(|r| r["request_id"] == request_id) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "no audit record {request_id} for {tenant}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn sighup(&self) {
+        Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status().unwrap();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub struct TokenOpts {
+    pub key: &'static str,
+    pub tenant: &'static str,
+    pub workload: &'static str,
+    pub audience: &'static str,
+    pub ttl_secs: u64,
+    pub issued_at: u64,
+    pub not_before: Option<u64>,
+    pub run_id: Option<&'static str>,
+    pub jti: Option<&'static str>,
+    pub kid: Option<&'static str>,
+}
+
+impl Default for TokenOpts {
+    fn default() -> Self {
+        Self {
+            key: TEST_KEY,
+            tenant: "acme",
+            workload: "bot",
+            audience: "tenant-proxy",
+            ttl_secs: 300,
+            issued_at: now(),
+            not_before: None,
+            run_id: None,
+            jti: None,
+            kid: Some("test-ed"),
+        }
+    }
+}
+
+pub fn token(o: TokenOpts) -> String {
+    let pem = std::fs::read_to_string(repo_root().join(o.key)).unwrap();
+    let req = MintRequest {
+        tenant: TenantId::new(o.tenant).unwrap(),
+        workload: WorkloadId::new(o.workload).unwrap(),
+        audience: o.audience.into(),
+        issuer: None,
+        ttl: Duration::from_secs(o.ttl_secs),
+        run_id: o.run_id.map(String::from),
+        run_budget: None,
+        scopes: vec![],
+        jti: o.jti.map(String::from),
+        kid: o.kid.map(String::from),
+        now_unix: o.issued_at,
+        not_before: o.not_before,
+    };
+    mint(&pem, &req).unwrap()
+}
+
+pub fn token_for(tenant: &'static str, workload: &'static str) -> String {
+    token(TokenOpts { tenant, workload, ..Default::default() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP client (for requests no ordinary client will send: spoofed Host, CONNECT, ...)
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, Vec<String>>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body_text()))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+    }
+    /// The refusal code of a JSON error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+    }
+    pub fn request_id(&self) -> String {
+        self.header("x-request-id").unwrap_or("").to_string()
+    }
+}
+
+/// Sends `raw` on a new connection and reads one response (Content-Length or close-delimited).
+pub fn raw_request(port: u16, raw: &str) -> std::io::Result<Response> {
+    raw_request_bytes(port, raw.as_bytes())
+}
+
+pub fn raw_request_bytes(port: u16, raw: &[u8]) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(raw)?;
+    let mut reader = BufReader::new(s);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad status line `{status_line}`"))
+    })?;
+    let mut headers: HashMap<String, Vec<String>> = HashMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.entry(k.trim().to_ascii_lowercase()).or_default().push(v.trim().to_string());
+        }
+    }
+    let mut body = Vec::new();
+    if let Some(len) = headers.get("content-length").and_then(|v| v[0].parse::<usize>().ok()) {
+        body.resize(len, 0);
+        reader.read_exact(&mut body)?;
+    } else if headers.get("transfer-encoding").is_some_and(|v| v[0].contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        let _ = reader.read_to_end(&mut body);
+    }
+    Ok(Response { status, headers, body })
+}
+
+/// An absolute-form GET through the proxy with an optional bearer token and extra header lines.
+pub fn forward_get(proxy_port: u16, url: &str, token: Option<&str>, extra: &str) -> Response {
+    let authority = url.split("//").nth(1).unwrap().split('/').next().unwrap();
+    let auth = token.map(|t| format!("Proxy-Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    raw_request(
+        proxy_port,
+        &format!("GET {url} HTTP/1.1\r\nHost: {authority}\r\n{auth}{extra}Connection: close\r\n\r\n"),
+    )
+    .unwrap()
+}
+
+/// Runs curl and returns (status, body). `args` come after the defaults.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .output()
+        .expect("curl is installed (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Runs a Python snippet with `env`; returns stdout (asserting success).
+pub fn python(code: &str, env: &[(&str, String)]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("python3 is installed");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
