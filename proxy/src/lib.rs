@@ -19,6 +19,7 @@ pub mod audit;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod ctx;
 pub mod error;
 pub mod identity;

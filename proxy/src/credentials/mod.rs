@@ -1,0 +1,3 @@
+//! Credentials: `$CRED{name}` handles resolved to per-tenant secrets.
+
+pub mod handle;
