@@ -158,7 +158,7 @@ pub struct ProxySpec {
     pub policies: &'static str,
     /// Extra `[[route]]` tables (TOML) for the tenant file; `ORIGIN` is replaced by the origin port.
     pub routes: String,
-    /// Extra static settings appended to `[upstream]`.
+    /// Settings of `[upstream]` besides `connect_timeout` (default: a 10 s read timeout).
     pub upstream: &'static str,
     /// Extra static settings appended to `[limits]`.
     pub limits: &'static str,
@@ -166,7 +166,12 @@ pub struct ProxySpec {
 
 impl Default for ProxySpec {
     fn default() -> Self {
-        Self { policies: "tests/fixtures/policies", routes: String::new(), upstream: "", limits: "" }
+        Self {
+            policies: "tests/fixtures/policies",
+            routes: String::new(),
+            upstream: "read_timeout = \"10s\"",
+            limits: "",
+        }
     }
 }
 
@@ -224,7 +229,6 @@ dir = "audit"
 flush_interval = "5ms"
 [upstream]
 connect_timeout = "1s"
-read_timeout = "10s"
 {}
 [limits]
 {}
@@ -301,6 +305,19 @@ revoked_jtis_file = "revoked.txt"
             }
         }
         out
+    }
+
+    /// Waits until `tenant` has at least `n` records, and returns them all.
+    pub fn wait_audit_records(&self, tenant: &str, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let recs = self.audit_records(tenant);
+            if recs.len() >= n {
+                return recs;
+            }
+            assert!(Instant::now() < deadline, "{tenant} has {} audit records, expected {n}", recs.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until `tenant` has a record with `request_id`, and returns it.

@@ -41,6 +41,10 @@ impl ConfigProblem {
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.location {
+            // `file:line:col: message` (the form editors jump to), `file: field: message` otherwise.
+            Some(loc) if loc.starts_with(|c: char| c.is_ascii_digit()) => {
+                write!(f, "{}:{}: {}", self.file.display(), loc, self.message)
+            }
             Some(loc) => write!(f, "{}: {}: {}", self.file.display(), loc, self.message),
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
