@@ -1,0 +1,117 @@
+//! A fast mock of the OpenAI and Anthropic HTTP APIs for demos and load tests.
+//!
+//! - `POST …/chat/completions`: a chat completion with a `usage` block (prompt tokens ≈ body
+//!   length / 4, completion tokens = `max_tokens` or 16); with `"stream": true`, an SSE stream
+//!   of chunks, a usage chunk when `stream_options.include_usage` is set, then `[DONE]`.
+//! - `POST …/messages`: an Anthropic message with `usage.input_tokens` / `output_tokens`.
+//! - anything else: 200 JSON echoing the method, path and received headers.
+
+use std::io;
+
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::http1::{read_body, read_head, Head};
+
+/// Serves the mock on `listener` until the task is dropped.
+pub async fn serve_mock(listener: TcpListener) -> io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let _ = serve_conn(stream).await;
+        });
+    }
+}
+
+async fn serve_conn(stream: TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while let Some(head) = read_head(&mut rd, &mut buf, true).await? {
+        let body = read_body(&mut rd, &mut buf, &head).await?;
+        let response = respond(&head, &body);
+        wr.write_all(&response).await?;
+        if head.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn respond(head: &Head, body: &[u8]) -> Vec<u8> {
+    let path = head.target.split('?').next().unwrap_or("");
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("mock-model").to_string();
+    let prompt_tokens = (body.len() / 4).max(1) as u64;
+    let completion_tokens = request
+        .get("max_tokens")
+        .or_else(|| request.get("max_output_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(16);
+    if head.method == "POST" && path.ends_with("/chat/completions") {
+        if request.get("stream").and_then(Value::as_bool) == Some(true) {
+            let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+            return sse_chat(&model, prompt_tokens, completion_tokens, include_usage);
+        }
+        let v = json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock."}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+        });
+        return json_response(200, &v);
+    }
+    if head.method == "POST" && path.ends_with("/messages") {
+        let v = json!({
+            "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "Hello from the mock."}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}
+        });
+        return json_response(200, &v);
+    }
+    let headers: serde_json::Map<String, Value> =
+        head.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    json_response(200, &json!({"method": head.method, "path": head.target, "headers": headers}))
+}
+
+fn json_response(status: u16, v: &Value) -> Vec<u8> {
+    let body = v.to_string();
+    let mut out = format!(
+        "HTTP/1.1 {status} OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+fn sse_chat(model: &str, prompt: u64, completion: u64, include_usage: bool) -> Vec<u8> {
+    let mut events = Vec::new();
+    for word in ["Hello", " from", " the", " mock."] {
+        events.push(json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}]
+        }));
+    }
+    events.push(json!({
+        "id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    }));
+    if include_usage {
+        events.push(json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model, "choices": [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        }));
+    }
+    let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut chunk = |data: &str| {
+        let payload = format!("data: {data}\n\n");
+        out.extend_from_slice(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes());
+    };
+    for e in &events {
+        chunk(&e.to_string());
+    }
+    chunk("[DONE]");
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
