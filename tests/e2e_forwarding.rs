@@ -18,7 +18,11 @@ upstream = "http://127.0.0.1:{}/"
 }
 
 fn start(origin: &Origin) -> Proxy {
-    Proxy::start(ProxySpec { routes: routes(origin), limits: "max_body_bytes = 4096", ..Default::default() })
+    Proxy::start(ProxySpec {
+        routes: routes(origin),
+        limits: "max_body_bytes = 4096",
+        ..Default::default()
+    })
 }
 
 #[test]
@@ -29,34 +33,69 @@ fn curl_forward_and_route_mode_allowed_and_denied() {
     let proxy_url = format!("http://researcher:{tok}@127.0.0.1:{}", proxy.shared_port);
 
     // Forward mode through HTTP_PROXY-style -x, token in the proxy URL.
-    let (status, body) = curl(&["-x", &proxy_url, &format!("http://127.0.0.1:{}/acme/fwd?q=secret", origin.port)]);
+    let (status, body) = curl(&[
+        "-x",
+        &proxy_url,
+        &format!("http://127.0.0.1:{}/acme/fwd?q=secret", origin.port),
+    ]);
     assert_eq!(status, 200, "{body}");
-    let (status, body) = curl(&["-x", &proxy_url, &format!("http://127.0.0.1:{}/globex/fwd", origin.port)]);
+    let (status, body) = curl(&[
+        "-x",
+        &proxy_url,
+        &format!("http://127.0.0.1:{}/globex/fwd", origin.port),
+    ]);
     assert_eq!(status, 403, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "policy_denied");
 
     // Route mode on the sidecar listener: /up/acme/x -> origin /acme/x.
-    let (status, body) = curl(&[&format!("http://127.0.0.1:{}/up/acme/route", proxy.sidecar_port)]);
+    let (status, body) = curl(&[&format!(
+        "http://127.0.0.1:{}/up/acme/route",
+        proxy.sidecar_port
+    )]);
     assert_eq!(status, 200, "{body}");
-    let (status, body) = curl(&[&format!("http://127.0.0.1:{}/up/forbidden/route", proxy.sidecar_port)]);
+    let (status, body) = curl(&[&format!(
+        "http://127.0.0.1:{}/up/forbidden/route",
+        proxy.sidecar_port
+    )]);
     assert_eq!(status, 403, "{body}");
 
     let seen = origin.requests();
     let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
-    assert_eq!(targets, vec!["/acme/fwd?q=secret", "/acme/route"], "only allowed calls reach the origin, in origin-form");
-    assert_eq!(seen[0].headers["host"], format!("127.0.0.1:{}", origin.port));
+    assert_eq!(
+        targets,
+        vec!["/acme/fwd?q=secret", "/acme/route"],
+        "only allowed calls reach the origin, in origin-form"
+    );
+    assert_eq!(
+        seen[0].headers["host"],
+        format!("127.0.0.1:{}", origin.port)
+    );
     assert!(seen[0].headers.contains_key("traceparent"));
 
     // The audit record keeps the query key, never its value.
     let recs = proxy.wait_audit_records("acme", 4);
-    let fwd = recs.iter().find(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/acme/fwd"))).unwrap();
+    let fwd = recs
+        .iter()
+        .find(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/acme/fwd"))
+        })
+        .unwrap();
     assert_eq!(fwd["path"], "/acme/fwd?q");
     assert_eq!(fwd["workload"], "researcher");
     assert_eq!(fwd["decision"], "allow");
     assert_eq!(fwd["policy_ids"], serde_json::json!(["acme-paths"]));
-    assert!(!std::fs::read_to_string(support::walk(&proxy.path("audit"))[0].clone()).unwrap().contains("secret"));
-    let route = recs.iter().find(|r| r["route"] == "up" && r["decision"] == "deny").unwrap();
+    assert!(
+        !std::fs::read_to_string(support::walk(&proxy.path("audit"))[0].clone())
+            .unwrap()
+            .contains("secret")
+    );
+    let route = recs
+        .iter()
+        .find(|r| r["route"] == "up" && r["decision"] == "deny")
+        .unwrap();
     assert_eq!(route["reason"], "policy_denied");
     assert_eq!(route["policy_ids"], serde_json::json!(["forbidden-paths"]));
 }
@@ -67,7 +106,10 @@ fn python_requests_and_httpx_through_http_proxy() {
     let proxy = start(&origin);
     let tok = token_for("globex", "agent");
     let env = [
-        ("HTTP_PROXY", format!("http://agent:{tok}@127.0.0.1:{}", proxy.shared_port)),
+        (
+            "HTTP_PROXY",
+            format!("http://agent:{tok}@127.0.0.1:{}", proxy.shared_port),
+        ),
         ("ORIGIN", format!("http://127.0.0.1:{}", origin.port)),
     ];
     let out = python(
@@ -86,14 +128,24 @@ with httpx.Client(timeout=20) as c:  # httpx reads HTTP_PROXY from the environme
         &env,
     );
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines, vec!["200", "403 policy_denied", "200", "403 policy_denied"], "{out}");
+    assert_eq!(
+        lines,
+        vec!["200", "403 policy_denied", "200", "403 policy_denied"],
+        "{out}"
+    );
     // The free-plan model rule decided the last refusal.
     let recs = proxy.wait_audit_records("globex", 4);
     let denied = recs.iter().find(|r| r["model"] == "gpt-4o").unwrap();
-    assert_eq!(denied["policy_ids"], serde_json::json!(["free-plan-models"]));
+    assert_eq!(
+        denied["policy_ids"],
+        serde_json::json!(["free-plan-models"])
+    );
     let posted = origin.matching("/globex/");
     assert_eq!(posted.len(), 2);
-    assert!(String::from_utf8_lossy(&posted[0].body).contains("gpt-4o-mini"), "body forwarded intact");
+    assert!(
+        String::from_utf8_lossy(&posted[0].body).contains("gpt-4o-mini"),
+        "body forwarded intact"
+    );
 }
 
 #[test]
@@ -148,7 +200,11 @@ fn malformed_targets_are_refused_before_dialing() {
     for (name, raw, status, code) in cases {
         let r = raw_request(p, &raw).unwrap();
         assert_eq!(r.status, status, "{name}: {}", r.body_text());
-        assert!(!r.body.is_empty(), "{name}: empty body, headers {:?}", r.headers);
+        assert!(
+            !r.body.is_empty(),
+            "{name}: empty body, headers {:?}",
+            r.headers
+        );
         assert_eq!(r.code(), code, "{name}");
         // Every one of these has a tenant (the sidecar listener) and so an audit record.
         let rec = proxy.audit_record("acme", &r.request_id());
@@ -164,7 +220,12 @@ fn malformed_targets_are_refused_before_dialing() {
     )
     .unwrap();
     assert_eq!(r.status, 400);
-    assert_eq!(origin.count(), 0, "nothing forwarded: {:?}", origin.requests());
+    assert_eq!(
+        origin.count(),
+        0,
+        "nothing forwarded: {:?}",
+        origin.requests()
+    );
 
     // A chunked body under the cap is forwarded whole.
     let r = raw_request(
@@ -187,9 +248,24 @@ fn upstream_failures_map_to_502_and_504() {
     });
     let p = proxy.sidecar_port;
     let cases = [
-        ("refused", format!("http://127.0.0.1:{dead_port}/acme/x"), 502, "upstream_unreachable"),
-        ("reset", format!("http://127.0.0.1:{}/reset/x", origin.port), 502, "upstream_unreachable"),
-        ("timeout", format!("http://127.0.0.1:{}/slow/x", origin.port), 504, "upstream_timeout"),
+        (
+            "refused",
+            format!("http://127.0.0.1:{dead_port}/acme/x"),
+            502,
+            "upstream_unreachable",
+        ),
+        (
+            "reset",
+            format!("http://127.0.0.1:{}/reset/x", origin.port),
+            502,
+            "upstream_unreachable",
+        ),
+        (
+            "timeout",
+            format!("http://127.0.0.1:{}/slow/x", origin.port),
+            504,
+            "upstream_timeout",
+        ),
     ];
     for (name, url, status, code) in cases {
         let r = forward_get(p, &url, None, "");
@@ -208,9 +284,18 @@ fn upstream_failures_map_to_502_and_504() {
     )
     .unwrap();
     assert_eq!(r.status, 502);
-    assert_eq!(origin.matching("/reset/post").len(), 1, "non-idempotent request retried");
+    assert_eq!(
+        origin.matching("/reset/post").len(),
+        1,
+        "non-idempotent request retried"
+    );
     let metrics = proxy.metrics();
-    assert!(metrics.contains(r#"tenant_proxy_upstream_errors_total{code="upstream_timeout",tenant="acme"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"tenant_proxy_upstream_errors_total{code="upstream_timeout",tenant="acme"} 1"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -218,9 +303,22 @@ fn policy_evaluation_error_denies() {
     let origin = Origin::start();
     let proxy = start(&origin);
     let tok = token_for("evalerr", "agent");
-    let r = forward_get(proxy.shared_port, &format!("http://127.0.0.1:{}/anything", origin.port), Some(&tok), "");
-    assert_eq!((r.status, r.code().as_str()), (403, "policy_denied"), "{}", r.body_text());
+    let r = forward_get(
+        proxy.shared_port,
+        &format!("http://127.0.0.1:{}/anything", origin.port),
+        Some(&tok),
+        "",
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "policy_denied"),
+        "{}",
+        r.body_text()
+    );
     let rec = proxy.audit_record("evalerr", &r.request_id());
-    assert!(!rec["policy_errors"].as_array().unwrap().is_empty(), "{rec}");
+    assert!(
+        !rec["policy_errors"].as_array().unwrap().is_empty(),
+        "{rec}"
+    );
     assert_eq!(origin.count(), 0);
 }

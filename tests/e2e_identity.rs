@@ -16,39 +16,151 @@ fn token_matrix_refuses_bad_tokens_and_forwards_nothing() {
     let t = now();
     let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
         ("missing", None, 407, "identity_required"),
-        ("malformed", Some("not-a-jwt".into()), 407, "identity_invalid"),
-        ("expired", Some(token(TokenOpts { issued_at: t - 600, ttl_secs: 300, ..Default::default() })), 407, "identity_invalid"),
         (
-            "not yet valid",
-            Some(token(TokenOpts { not_before: Some(t + 600), ..Default::default() })),
+            "malformed",
+            Some("not-a-jwt".into()),
             407,
             "identity_invalid",
         ),
-        ("issued in the future", Some(token(TokenOpts { issued_at: t + 600, ..Default::default() })), 407, "identity_invalid"),
-        ("wrong signature", Some(token(TokenOpts { key: OTHER_KEY, ..Default::default() })), 407, "identity_invalid"),
-        ("wrong audience", Some(token(TokenOpts { audience: "someone-else", ..Default::default() })), 407, "identity_invalid"),
-        ("over-long-lived", Some(token(TokenOpts { ttl_secs: 2 * 3600, ..Default::default() })), 407, "identity_invalid"),
-        ("revoked", Some(token(TokenOpts { jti: Some("revoked-jti-1"), ..Default::default() })), 407, "identity_invalid"),
-        ("unknown tenant", Some(token(TokenOpts { tenant: "initech", ..Default::default() })), 407, "identity_invalid"),
-        ("unknown workload", Some(token(TokenOpts { workload: "ghost", ..Default::default() })), 407, "identity_invalid"),
+        (
+            "expired",
+            Some(token(TokenOpts {
+                issued_at: t - 600,
+                ttl_secs: 300,
+                ..Default::default()
+            })),
+            407,
+            "identity_invalid",
+        ),
+        (
+            "not yet valid",
+            Some(token(TokenOpts {
+                not_before: Some(t + 600),
+                ..Default::default()
+            })),
+            407,
+            "identity_invalid",
+        ),
+        (
+            "issued in the future",
+            Some(token(TokenOpts {
+                issued_at: t + 600,
+                ..Default::default()
+            })),
+            407,
+            "identity_invalid",
+        ),
+        (
+            "wrong signature",
+            Some(token(TokenOpts {
+                key: OTHER_KEY,
+                ..Default::default()
+            })),
+            407,
+            "identity_invalid",
+        ),
+        (
+            "wrong audience",
+            Some(token(TokenOpts {
+                audience: "someone-else",
+                ..Default::default()
+            })),
+            407,
+            "identity_invalid",
+        ),
+        (
+            "over-long-lived",
+            Some(token(TokenOpts {
+                ttl_secs: 2 * 3600,
+                ..Default::default()
+            })),
+            407,
+            "identity_invalid",
+        ),
+        (
+            "revoked",
+            Some(token(TokenOpts {
+                jti: Some("revoked-jti-1"),
+                ..Default::default()
+            })),
+            407,
+            "identity_invalid",
+        ),
+        (
+            "unknown tenant",
+            Some(token(TokenOpts {
+                tenant: "initech",
+                ..Default::default()
+            })),
+            407,
+            "identity_invalid",
+        ),
+        (
+            "unknown workload",
+            Some(token(TokenOpts {
+                workload: "ghost",
+                ..Default::default()
+            })),
+            407,
+            "identity_invalid",
+        ),
     ];
     for (name, tok, status, code) in cases {
-        let r = forward_get(proxy.shared_port, &url(&origin, &format!("/acme/{}", name.replace(' ', "-"))), tok.as_deref(), "");
+        let r = forward_get(
+            proxy.shared_port,
+            &url(&origin, &format!("/acme/{}", name.replace(' ', "-"))),
+            tok.as_deref(),
+            "",
+        );
         assert_eq!(r.status, status, "{name}: {}", r.body_text());
         assert_eq!(r.code(), code, "{name}");
-        assert_eq!(r.json()["error"]["request_id"], r.request_id(), "{name}: request id in body and header");
+        assert_eq!(
+            r.json()["error"]["request_id"],
+            r.request_id(),
+            "{name}: request id in body and header"
+        );
         if status == 407 {
-            let challenges = r.headers.get("proxy-authenticate").cloned().unwrap_or_default();
-            assert!(challenges.iter().any(|c| c.starts_with("Basic")), "{name}: {challenges:?}");
+            let challenges = r
+                .headers
+                .get("proxy-authenticate")
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                challenges.iter().any(|c| c.starts_with("Basic")),
+                "{name}: {challenges:?}"
+            );
         }
     }
-    assert_eq!(origin.count(), 0, "nothing may reach the origin: {:?}", origin.requests());
+    assert_eq!(
+        origin.count(),
+        0,
+        "nothing may reach the origin: {:?}",
+        origin.requests()
+    );
 
     // The same request with a valid token goes through (so the refusals above were the tokens).
-    let ok = forward_get(proxy.shared_port, &url(&origin, "/acme/valid"), Some(&token(TokenOpts::default())), "");
+    let ok = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/acme/valid"),
+        Some(&token(TokenOpts::default())),
+        "",
+    );
     assert_eq!(ok.status, 200, "{}", ok.body_text());
-    let es = token(TokenOpts { key: TEST_KEY_ES256, kid: Some("test-es"), ..Default::default() });
-    assert_eq!(forward_get(proxy.shared_port, &url(&origin, "/acme/es256"), Some(&es), "").status, 200);
+    let es = token(TokenOpts {
+        key: TEST_KEY_ES256,
+        kid: Some("test-es"),
+        ..Default::default()
+    });
+    assert_eq!(
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, "/acme/es256"),
+            Some(&es),
+            ""
+        )
+        .status,
+        200
+    );
     assert_eq!(origin.count(), 2);
 
     // The token never appears in the proxy's log.
@@ -83,26 +195,60 @@ fn spoofed_tenant_headers_change_nothing_and_are_stripped() {
     // globex's workload claims to be acme in every header it can write.
     let tok = token_for("globex", "agent");
     let spoof = "X-Tenant-Id: acme\r\nX-Workload-Id: bot\r\nX-Tenant: acme\r\n";
-    let denied = forward_get(proxy.shared_port, &url(&origin, "/acme/data"), Some(&tok), spoof);
-    assert_eq!((denied.status, denied.code().as_str()), (403, "policy_denied"), "globex cannot reach acme's paths");
+    let denied = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/acme/data"),
+        Some(&tok),
+        spoof,
+    );
+    assert_eq!(
+        (denied.status, denied.code().as_str()),
+        (403, "policy_denied"),
+        "globex cannot reach acme's paths"
+    );
     let rec = proxy.audit_record("globex", &denied.request_id());
     assert_eq!(rec["tenant"], "globex");
-    assert!(proxy.audit_records("acme").iter().all(|r| r["request_id"] != denied.request_id().as_str()));
+    assert!(proxy
+        .audit_records("acme")
+        .iter()
+        .all(|r| r["request_id"] != denied.request_id().as_str()));
 
-    let allowed = forward_get(proxy.shared_port, &url(&origin, "/globex/data"), Some(&tok), spoof);
+    let allowed = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/globex/data"),
+        Some(&tok),
+        spoof,
+    );
     assert_eq!(allowed.status, 200);
     let seen = origin.matching("/globex/data");
     assert_eq!(seen.len(), 1);
-    for h in ["x-tenant-id", "x-workload-id", "x-tenant", "proxy-authorization"] {
-        assert!(!seen[0].headers.contains_key(h), "{h} must be stripped: {:?}", seen[0].headers);
+    for h in [
+        "x-tenant-id",
+        "x-workload-id",
+        "x-tenant",
+        "proxy-authorization",
+    ] {
+        assert!(
+            !seen[0].headers.contains_key(h),
+            "{h} must be stripped: {:?}",
+            seen[0].headers
+        );
     }
     assert_eq!(origin.matching("/acme/data").len(), 0);
 
     // On the sidecar listener (bound to acme/bot) a Proxy-Authorization for globex is not an
     // identity source at all: the binding decides, and the header is stripped.
-    let r = forward_get(proxy.sidecar_port, &url(&origin, "/acme/sidecar"), Some(&tok), "X-Tenant-Id: globex\r\n");
+    let r = forward_get(
+        proxy.sidecar_port,
+        &url(&origin, "/acme/sidecar"),
+        Some(&tok),
+        "X-Tenant-Id: globex\r\n",
+    );
     assert_eq!(r.status, 200, "{}", r.body_text());
-    assert_eq!(proxy.audit_record("acme", &r.request_id())["workload"], "bot");
+    assert_eq!(
+        proxy.audit_record("acme", &r.request_id())["workload"],
+        "bot"
+    );
     let seen = origin.matching("/acme/sidecar");
     assert!(!seen[0].headers.contains_key("proxy-authorization"));
     assert!(!seen[0].headers.contains_key("x-tenant-id"));

@@ -23,7 +23,10 @@ fn policy_reload_good_then_bad_keeps_last_good() {
     let origin = Origin::start();
     let proxy = Proxy::start(ProxySpec::default());
     let p = proxy.sidecar_port;
-    assert_eq!(forward_get(p, &url(&origin, "/newpath/x"), None, "").status, 403);
+    assert_eq!(
+        forward_get(p, &url(&origin, "/newpath/x"), None, "").status,
+        403
+    );
 
     // Good change: acme may now call /newpath/.
     std::fs::write(
@@ -31,21 +34,47 @@ fn policy_reload_good_then_bad_keeps_last_good() {
         r#"@id("acme-newpath") permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"http", resource) when { context.path like "/newpath/*" };"#,
     )
     .unwrap();
-    wait_for("good reload", || forward_get(p, &url(&origin, "/newpath/x"), None, "").status == 200);
-    assert!(proxy.metrics().contains(r#"tenant_proxy_config_reloads_total{result="ok"}"#));
+    wait_for("good reload", || {
+        forward_get(p, &url(&origin, "/newpath/x"), None, "").status == 200
+    });
+    assert!(proxy
+        .metrics()
+        .contains(r#"tenant_proxy_config_reloads_total{result="ok"}"#));
 
     // Bad change: a syntax error. The last good policy set stays enforced.
-    std::fs::write(proxy.path("policies/tenants/acme/broken.cedar"), "permit (principal, action, resource) when {").unwrap();
-    wait_for("rejected reload", || proxy.metrics().contains(r#"tenant_proxy_config_reloads_total{result="error"}"#));
-    assert_eq!(forward_get(p, &url(&origin, "/newpath/y"), None, "").status, 200, "last good set still allows");
-    assert_eq!(forward_get(p, &url(&origin, "/globex/y"), None, "").status, 403, "last good set still denies");
-    assert!(proxy.log().contains("broken.cedar"), "the log says why: {}", proxy.log());
+    std::fs::write(
+        proxy.path("policies/tenants/acme/broken.cedar"),
+        "permit (principal, action, resource) when {",
+    )
+    .unwrap();
+    wait_for("rejected reload", || {
+        proxy
+            .metrics()
+            .contains(r#"tenant_proxy_config_reloads_total{result="error"}"#)
+    });
+    assert_eq!(
+        forward_get(p, &url(&origin, "/newpath/y"), None, "").status,
+        200,
+        "last good set still allows"
+    );
+    assert_eq!(
+        forward_get(p, &url(&origin, "/globex/y"), None, "").status,
+        403,
+        "last good set still denies"
+    );
+    assert!(
+        proxy.log().contains("broken.cedar"),
+        "the log says why: {}",
+        proxy.log()
+    );
 
     // Fix it and remove the grant; then SIGHUP also reloads.
     std::fs::remove_file(proxy.path("policies/tenants/acme/broken.cedar")).unwrap();
     std::fs::remove_file(proxy.path("policies/tenants/acme/new.cedar")).unwrap();
     proxy.sighup();
-    wait_for("reload after fix", || forward_get(p, &url(&origin, "/newpath/z"), None, "").status == 403);
+    wait_for("reload after fix", || {
+        forward_get(p, &url(&origin, "/newpath/z"), None, "").status == 403
+    });
 }
 
 #[test]
@@ -53,15 +82,57 @@ fn tenant_file_reload_rejects_unknown_field() {
     let origin = Origin::start();
     let proxy = Proxy::start(ProxySpec::default());
     let tok = token_for("globex", "agent");
-    assert_eq!(forward_get(proxy.shared_port, &url(&origin, "/globex/a"), Some(&tok), "").status, 200);
+    assert_eq!(
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, "/globex/a"),
+            Some(&tok),
+            ""
+        )
+        .status,
+        200
+    );
     let path = proxy.path("tenants.toml");
     let good = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, good.replace("[tenants.globex]", "[tenants.globex]\nunexpected = 1")).unwrap();
-    wait_for("rejected reload", || proxy.metrics().contains(r#"tenant_proxy_config_reloads_total{result="error"}"#));
-    assert_eq!(forward_get(proxy.shared_port, &url(&origin, "/globex/b"), Some(&tok), "").status, 200);
+    std::fs::write(
+        &path,
+        good.replace("[tenants.globex]", "[tenants.globex]\nunexpected = 1"),
+    )
+    .unwrap();
+    wait_for("rejected reload", || {
+        proxy
+            .metrics()
+            .contains(r#"tenant_proxy_config_reloads_total{result="error"}"#)
+    });
+    assert_eq!(
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, "/globex/b"),
+            Some(&tok),
+            ""
+        )
+        .status,
+        200
+    );
     // Removing the tenant (validly) takes effect: its tokens stop working.
-    std::fs::write(&path, good.replace("workloads = [\"agent\"]\n\n[tenants.evalerr]", "workloads = [\"other\"]\n\n[tenants.evalerr]")).unwrap();
-    wait_for("tenant change", || forward_get(proxy.shared_port, &url(&origin, "/globex/c"), Some(&tok), "").status == 407);
+    std::fs::write(
+        &path,
+        good.replace(
+            "workloads = [\"agent\"]\n\n[tenants.evalerr]",
+            "workloads = [\"other\"]\n\n[tenants.evalerr]",
+        ),
+    )
+    .unwrap();
+    wait_for("tenant change", || {
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, "/globex/c"),
+            Some(&tok),
+            "",
+        )
+        .status
+            == 407
+    });
 }
 
 #[test]
@@ -71,14 +142,43 @@ fn audit_partitions_and_metrics_are_per_tenant() {
     let acme = token_for("acme", "bot");
     let globex = token_for("globex", "agent");
 
-    let a_ok = forward_get(proxy.shared_port, &url(&origin, "/acme/one"), Some(&acme), "");
-    let a_no = forward_get(proxy.shared_port, &url(&origin, "/globex/one"), Some(&acme), "");
+    let a_ok = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/acme/one"),
+        Some(&acme),
+        "",
+    );
+    let a_no = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/globex/one"),
+        Some(&acme),
+        "",
+    );
     assert_eq!((a_ok.status, a_no.status), (200, 403));
     proxy.audit_record("acme", &a_no.request_id());
     let recs = proxy.audit_records("acme");
     assert_eq!(recs.len(), 2);
     for r in &recs {
-        for field in ["time", "tenant", "workload", "run_id", "request_id", "trace_id", "method", "scheme", "host", "port", "path", "decision", "reason", "policy_ids", "status", "latency_ms", "bytes_in", "bytes_out"] {
+        for field in [
+            "time",
+            "tenant",
+            "workload",
+            "run_id",
+            "request_id",
+            "trace_id",
+            "method",
+            "scheme",
+            "host",
+            "port",
+            "path",
+            "decision",
+            "reason",
+            "policy_ids",
+            "status",
+            "latency_ms",
+            "bytes_in",
+            "bytes_out",
+        ] {
             assert!(r.get(field).is_some(), "missing {field}: {r}");
         }
         assert_eq!(r["run_signed"], false);
@@ -86,20 +186,49 @@ fn audit_partitions_and_metrics_are_per_tenant() {
     // Partition layout: audit/<tenant>/<yyyy>/<mm>/<dd>.jsonl, and nothing for globex yet.
     let files = walk(&proxy.path("audit"));
     assert_eq!(files.len(), 1, "{files:?}");
-    let rel = files[0].strip_prefix(proxy.path("audit")).unwrap().to_string_lossy().into_owned();
-    assert!(rel.starts_with("acme/") && rel.ends_with(".jsonl") && rel.split('/').count() == 4, "{rel}");
-    assert!(!proxy.path("audit/globex").exists(), "acme's traffic must not touch globex's partition");
+    let rel = files[0]
+        .strip_prefix(proxy.path("audit"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        rel.starts_with("acme/") && rel.ends_with(".jsonl") && rel.split('/').count() == 4,
+        "{rel}"
+    );
+    assert!(
+        !proxy.path("audit/globex").exists(),
+        "acme's traffic must not touch globex's partition"
+    );
 
     let metrics = proxy.metrics();
-    assert!(metrics.contains(r#"tenant_proxy_requests_total{code="allowed",decision="allow",tenant="acme"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"tenant_proxy_requests_total{code="policy_denied",decision="deny",tenant="acme"} 1"#));
-    assert!(!metrics.contains(r#"tenant="globex""#), "no globex series before globex traffic");
+    assert!(
+        metrics.contains(
+            r#"tenant_proxy_requests_total{code="allowed",decision="allow",tenant="acme"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        r#"tenant_proxy_requests_total{code="policy_denied",decision="deny",tenant="acme"} 1"#
+    ));
+    assert!(
+        !metrics.contains(r#"tenant="globex""#),
+        "no globex series before globex traffic"
+    );
 
-    let g = forward_get(proxy.shared_port, &url(&origin, "/globex/one"), Some(&globex), "");
+    let g = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/globex/one"),
+        Some(&globex),
+        "",
+    );
     assert_eq!(g.status, 200);
     let grec = proxy.audit_record("globex", &g.request_id());
     assert_eq!(grec["tenant"], "globex");
-    assert_eq!(proxy.audit_records("acme").len(), 2, "globex traffic leaves acme's partition untouched");
+    assert_eq!(
+        proxy.audit_records("acme").len(),
+        2,
+        "globex traffic leaves acme's partition untouched"
+    );
     assert_eq!(proxy.audit_records("globex").len(), 1);
 }
 
@@ -111,15 +240,27 @@ fn cross_tenant_decisions_use_only_the_callers_policies() {
     // any spelling of its identity.
     let g = token_for("globex", "agent");
     for path in ["/acme/x", "/acme/", "/ACME/x"] {
-        let r = forward_get(proxy.shared_port, &url(&origin, path), Some(&g), "X-Tenant-Id: acme\r\n");
+        let r = forward_get(
+            proxy.shared_port,
+            &url(&origin, path),
+            Some(&g),
+            "X-Tenant-Id: acme\r\n",
+        );
         assert_eq!(r.status, 403, "{path}");
         let rec = proxy.audit_record("globex", &r.request_id());
-        assert_eq!(rec["policy_ids"], serde_json::json!([]), "no acme policy decided: {rec}");
+        assert_eq!(
+            rec["policy_ids"],
+            serde_json::json!([]),
+            "no acme policy decided: {rec}"
+        );
     }
     assert_eq!(origin.count(), 0);
     // And acme's workload is not affected by globex's grants.
     let a = token_for("acme", "bot");
-    assert_eq!(forward_get(proxy.shared_port, &url(&origin, "/globex/x"), Some(&a), "").status, 403);
+    assert_eq!(
+        forward_get(proxy.shared_port, &url(&origin, "/globex/x"), Some(&a), "").status,
+        403
+    );
 }
 
 #[test]
@@ -141,25 +282,41 @@ fn audit_sink_failure_refuses_then_recovers() {
     let r = forward_get(proxy.sidecar_port, &url(&origin, "/acme/3"), None, "");
     assert_eq!(r.status, 503);
     assert_eq!(origin.count(), seen_before, "no request served unaudited");
-    assert!(proxy.metrics().contains("tenant_proxy_audit_write_errors_total"));
+    assert!(proxy
+        .metrics()
+        .contains("tenant_proxy_audit_write_errors_total"));
 
     // Repair: the writer retries, writes the held record, and admits requests again.
     std::fs::remove_file(proxy.path("audit/acme")).unwrap();
-    wait_for("recovery", || forward_get(proxy.sidecar_port, &url(&origin, "/acme/4"), None, "").status == 200);
+    wait_for("recovery", || {
+        forward_get(proxy.sidecar_port, &url(&origin, "/acme/4"), None, "").status == 200
+    });
     let recs = proxy.audit_records("acme");
-    assert!(recs.iter().any(|r| r["request_id"] == first.request_id().as_str()), "the held record was written, not lost");
+    assert!(
+        recs.iter()
+            .any(|r| r["request_id"] == first.request_id().as_str()),
+        "the held record was written, not lost"
+    );
 }
 
 #[test]
 fn check_reports_every_problem_with_location() {
     let dir = tempfile::tempdir().unwrap();
     let root = repo_root();
-    copy_dir(&root.join("tests/fixtures/policies"), &dir.path().join("policies"));
-    std::fs::copy(root.join("policies/schema.cedarschema"), dir.path().join("policies/schema.cedarschema")).unwrap();
+    copy_dir(
+        &root.join("tests/fixtures/policies"),
+        &dir.path().join("policies"),
+    );
+    std::fs::copy(
+        root.join("policies/schema.cedarschema"),
+        dir.path().join("policies/schema.cedarschema"),
+    )
+    .unwrap();
     std::fs::copy(root.join(TEST_JWKS), dir.path().join("jwks.json")).unwrap();
     let static_toml = "tenants_file = \"tenants.toml\"\n[audit]\ndir = \"audit\"\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\nidentity = [\"token\"]\n";
     std::fs::write(dir.path().join("tenant-proxy.toml"), static_toml).unwrap();
-    let tenants = format!("policy_dir = \"policies\"\n[token]\njwks_file = \"jwks.json\"\n{TENANTS}");
+    let tenants =
+        format!("policy_dir = \"policies\"\n[token]\njwks_file = \"jwks.json\"\n{TENANTS}");
     std::fs::write(dir.path().join("tenants.toml"), &tenants).unwrap();
     let check = |what: &str| {
         let out = std::process::Command::new(proxy_bin())
@@ -167,20 +324,39 @@ fn check_reports_every_problem_with_location() {
             .arg(dir.path().join("tenant-proxy.toml"))
             .output()
             .unwrap();
-        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)), what.to_string())
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            what.to_string(),
+        )
     };
     let (code, out, _) = check("good");
     assert_eq!(code, Some(0), "{out}");
 
     // Unknown field in the static file: line and column.
-    std::fs::write(dir.path().join("tenant-proxy.toml"), format!("{static_toml}colour = 1\n")).unwrap();
+    std::fs::write(
+        dir.path().join("tenant-proxy.toml"),
+        format!("{static_toml}colour = 1\n"),
+    )
+    .unwrap();
     let (code, out, _) = check("unknown field");
     assert_eq!(code, Some(1));
-    assert!(out.contains("tenant-proxy.toml") && out.contains("unknown field `colour`"), "{out}");
+    assert!(
+        out.contains("tenant-proxy.toml") && out.contains("unknown field `colour`"),
+        "{out}"
+    );
     std::fs::write(dir.path().join("tenant-proxy.toml"), static_toml).unwrap();
 
     // A policy syntax error and a schema violation, reported together with file and line.
-    std::fs::write(dir.path().join("policies/tenants/acme/syntax.cedar"), "permit (principal, action, resource)\nwhen { context.path like };").unwrap();
+    std::fs::write(
+        dir.path().join("policies/tenants/acme/syntax.cedar"),
+        "permit (principal, action, resource)\nwhen { context.path like };",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("policies/tenants/globex/schema.cedar"),
         "permit (principal, action == TenantProxy::Action::\"http\", resource)\nwhen { context.no_such_field == 1 };",
@@ -188,7 +364,16 @@ fn check_reports_every_problem_with_location() {
     .unwrap();
     let (code, out, _) = check("broken policies");
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("syntax.cedar:2:"), "syntax error with file and line: {out}");
-    assert!(out.contains("schema.cedar:2:"), "validation error with file and line: {out}");
-    assert!(out.contains("2 problem(s)") || out.matches("cedar").count() >= 2, "both reported: {out}");
+    assert!(
+        out.contains("syntax.cedar:2:"),
+        "syntax error with file and line: {out}"
+    );
+    assert!(
+        out.contains("schema.cedar:2:"),
+        "validation error with file and line: {out}"
+    );
+    assert!(
+        out.contains("2 problem(s)") || out.matches("cedar").count() >= 2,
+        "both reported: {out}"
+    );
 }

@@ -40,16 +40,29 @@ impl RunResult {
 }
 
 /// Sends `raw` (a complete request) over `concurrency` keep-alive connections to `addr`.
-pub async fn run(addr: std::net::SocketAddr, raw: Arc<Vec<u8>>, requests: usize, concurrency: usize, limit: Duration) -> RunResult {
+pub async fn run(
+    addr: std::net::SocketAddr,
+    raw: Arc<Vec<u8>>,
+    requests: usize,
+    concurrency: usize,
+    limit: Duration,
+) -> RunResult {
     let issued = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let deadline = started + limit;
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
         let (raw, issued) = (raw.clone(), issued.clone());
-        tasks.push(tokio::spawn(async move { worker(addr, raw, issued, requests, deadline).await }));
+        tasks.push(tokio::spawn(async move {
+            worker(addr, raw, issued, requests, deadline).await
+        }));
     }
-    let mut result = RunResult { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies: Vec::with_capacity(requests) };
+    let mut result = RunResult {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::with_capacity(requests),
+    };
     for t in tasks {
         if let Ok((lat, errors)) = t.await {
             result.requests += lat.len() + errors;
@@ -86,13 +99,21 @@ async fn worker(
                 }
             }
         }
-        let Some((stream, buf)) = conn.as_mut() else { continue };
+        let Some((stream, buf)) = conn.as_mut() else {
+            continue;
+        };
         let t0 = Instant::now();
         let ok = async {
             stream.write_all(&raw).await?;
-            let head = read_head(stream, buf, false).await?.ok_or_else(|| std::io::Error::other("closed"))?;
+            let head = read_head(stream, buf, false)
+                .await?
+                .ok_or_else(|| std::io::Error::other("closed"))?;
             read_body(stream, buf, &head).await?;
-            Ok::<_, std::io::Error>((head.status, head.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))))
+            Ok::<_, std::io::Error>((
+                head.status,
+                head.header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close")),
+            ))
         }
         .await;
         match ok {

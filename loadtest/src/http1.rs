@@ -24,7 +24,10 @@ pub struct Head {
 impl Head {
     /// The first value of `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -41,7 +44,11 @@ fn invalid(msg: &str) -> io::Error {
 }
 
 /// Reads one head (request if `request`, else response). `Ok(None)` when the stream ends first.
-pub async fn read_head<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, request: bool) -> io::Result<Option<Head>> {
+pub async fn read_head<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    request: bool,
+) -> io::Result<Option<Head>> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let parsed = if request {
@@ -59,21 +66,34 @@ pub async fn read_head<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, reque
         } else {
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(buf).map_err(|e| invalid(&e.to_string()))? {
-                httparse::Status::Complete(n) => {
-                    Some((n, String::new(), String::new(), resp.code.unwrap_or(0), collect(resp.headers)))
-                }
+                httparse::Status::Complete(n) => Some((
+                    n,
+                    String::new(),
+                    String::new(),
+                    resp.code.unwrap_or(0),
+                    collect(resp.headers),
+                )),
                 httparse::Status::Partial => None,
             }
         };
         if let Some((n, method, target, status, headers)) = parsed {
             buf.drain(..n);
-            return Ok(Some(Head { method, target, status, headers }));
+            return Ok(Some(Head {
+                method,
+                target,
+                status,
+                headers,
+            }));
         }
         if buf.len() > MAX_HEAD {
             return Err(invalid("head too large"));
         }
         if !fill(r, buf).await? {
-            return if buf.is_empty() { Ok(None) } else { Err(invalid("stream ended mid-head")) };
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(invalid("stream ended mid-head"))
+            };
         }
     }
 }
@@ -81,13 +101,25 @@ pub async fn read_head<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, reque
 fn collect(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
     headers
         .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect()
 }
 
 /// Reads the body that follows `head` (Content-Length or chunked; none otherwise).
-pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, head: &Head) -> io::Result<Vec<u8>> {
-    if head.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+pub async fn read_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    head: &Head,
+) -> io::Result<Vec<u8>> {
+    if head
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
         let mut body = Vec::new();
         loop {
             let line_end = loop {
@@ -114,7 +146,10 @@ pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, head:
             }
         }
     }
-    let len = head.header("content-length").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
+    let len = head
+        .header("content-length")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
     while buf.len() < len {
         if !fill(r, buf).await? {
             return Err(invalid("stream ended in body"));

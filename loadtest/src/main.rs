@@ -50,7 +50,9 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // One thread: the load generator and the mock share one core, pinned away from the proxy.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Cmd::Mock { listen } => rt.block_on(async {
             let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -58,7 +60,13 @@ fn main() -> anyhow::Result<()> {
             mock::serve_mock(listener).await?;
             Ok(())
         }),
-        Cmd::Run { proxy_bin, requests, concurrency, duration_limit, only } => {
+        Cmd::Run {
+            proxy_bin,
+            requests,
+            concurrency,
+            duration_limit,
+            only,
+        } => {
             let limit = parse_duration(&duration_limit)?;
             rt.block_on(run(proxy_bin, requests, concurrency, limit, only))
         }
@@ -67,7 +75,9 @@ fn main() -> anyhow::Result<()> {
 
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().with_context(|| format!("`{s}` is not a duration like 60s"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("`{s}` is not a duration like 60s"))?;
     Ok(match unit {
         "ms" => Duration::from_millis(n),
         "s" | "" => Duration::from_secs(n),
@@ -77,15 +87,22 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn default_proxy_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
     target.join("release/tenant-proxy")
 }
 
@@ -97,7 +114,10 @@ struct ProxyProcess {
 
 impl Drop for ProxyProcess {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -115,7 +135,10 @@ impl ProxyProcess {
     fn cpu(&self) -> anyhow::Result<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
         // Fields after the `(comm)`; utime and stime are fields 14 and 15 (1-based).
-        let rest = stat.rsplit_once(") ").map(|(_, r)| r).context("unexpected /proc stat format")?;
+        let rest = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r)
+            .context("unexpected /proc stat format")?;
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
             + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
@@ -130,7 +153,11 @@ impl ProxyProcess {
     }
 }
 
-async fn start_proxy(bin: &Path, dir: &Path, mock_port: u16) -> anyhow::Result<(ProxyProcess, u16, u16)> {
+async fn start_proxy(
+    bin: &Path,
+    dir: &Path,
+    mock_port: u16,
+) -> anyhow::Result<(ProxyProcess, u16, u16)> {
     if !bin.exists() {
         bail!("{} not found: build it with `cargo build --release -p tenant-proxy` or pass --proxy-bin", bin.display());
     }
@@ -210,14 +237,22 @@ workloads = ["agent"]
             return Ok((proc, proxy_port, admin_port));
         }
         if Instant::now() > deadline {
-            bail!("tenant-proxy did not become ready; last log lines:\n{}", proc.log_tail());
+            bail!(
+                "tenant-proxy did not become ready; last log lines:\n{}",
+                proc.log_tail()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 fn which(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn chat_request(target: &str, host: &str) -> Vec<u8> {
@@ -229,7 +264,13 @@ fn chat_request(target: &str, host: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn run(proxy_bin: Option<PathBuf>, requests: usize, concurrency: usize, limit: Duration, only: Vec<String>) -> anyhow::Result<()> {
+async fn run(
+    proxy_bin: Option<PathBuf>,
+    requests: usize,
+    concurrency: usize,
+    limit: Duration,
+    only: Vec<String>,
+) -> anyhow::Result<()> {
     let wanted = |row: &str| only.is_empty() || only.iter().any(|o| o == row);
     let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let mock_port = mock_listener.local_addr()?.port();
@@ -247,15 +288,33 @@ async fn run(proxy_bin: Option<PathBuf>, requests: usize, concurrency: usize, li
 
     let mut rows: Vec<(&str, SocketAddr, Vec<u8>)> = Vec::new();
     if wanted("direct") {
-        rows.push(("direct", mock_addr, chat_request("/v1/chat/completions", &mock_host)));
+        rows.push((
+            "direct",
+            mock_addr,
+            chat_request("/v1/chat/completions", &mock_host),
+        ));
     }
     if let Some((_, proxy_port, _)) = &proxy {
         let proxy_addr = SocketAddr::from(([127, 0, 0, 1], *proxy_port));
         if wanted("forward") {
-            rows.push(("forward", proxy_addr, chat_request(&format!("http://{mock_host}/v1/chat/completions"), &mock_host)));
+            rows.push((
+                "forward",
+                proxy_addr,
+                chat_request(
+                    &format!("http://{mock_host}/v1/chat/completions"),
+                    &mock_host,
+                ),
+            ));
         }
         if wanted("route") {
-            rows.push(("route", proxy_addr, chat_request("/openai/v1/chat/completions", &format!("127.0.0.1:{proxy_port}"))));
+            rows.push((
+                "route",
+                proxy_addr,
+                chat_request(
+                    "/openai/v1/chat/completions",
+                    &format!("127.0.0.1:{proxy_port}"),
+                ),
+            ));
         }
     }
 
@@ -266,8 +325,15 @@ async fn run(proxy_bin: Option<PathBuf>, requests: usize, concurrency: usize, li
         let raw = Arc::new(raw);
         let warm = client::run(addr, raw.clone(), 500, concurrency, limit).await;
         if warm.errors > 0 {
-            let tail = proxy.as_ref().map(|(p, _, _)| p.log_tail()).unwrap_or_default();
-            bail!("row `{name}`: {} of {} warm-up requests failed\n{tail}", warm.errors, warm.requests);
+            let tail = proxy
+                .as_ref()
+                .map(|(p, _, _)| p.log_tail())
+                .unwrap_or_default();
+            bail!(
+                "row `{name}`: {} of {} warm-up requests failed\n{tail}",
+                warm.errors,
+                warm.requests
+            );
         }
         let cpu_before = proxy.as_ref().map(|(p, _, _)| p.cpu()).transpose()?;
         let r = client::run(addr, raw, requests, concurrency, limit).await;

@@ -32,7 +32,10 @@ async fn serve_conn(stream: TcpStream) -> io::Result<()> {
         let body = read_body(&mut rd, &mut buf, &head).await?;
         let response = respond(&head, &body);
         wr.write_all(&response).await?;
-        if head.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+        if head
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
             return Ok(());
         }
     }
@@ -42,7 +45,11 @@ async fn serve_conn(stream: TcpStream) -> io::Result<()> {
 fn respond(head: &Head, body: &[u8]) -> Vec<u8> {
     let path = head.target.split('?').next().unwrap_or("");
     let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("mock-model").to_string();
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock-model")
+        .to_string();
     let prompt_tokens = (body.len() / 4).max(1) as u64;
     let completion_tokens = request
         .get("max_tokens")
@@ -51,7 +58,10 @@ fn respond(head: &Head, body: &[u8]) -> Vec<u8> {
         .unwrap_or(16);
     if head.method == "POST" && path.ends_with("/chat/completions") {
         if request.get("stream").and_then(Value::as_bool) == Some(true) {
-            let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+            let include_usage = request
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                == Some(true);
             return sse_chat(&model, prompt_tokens, completion_tokens, include_usage);
         }
         let v = json!({
@@ -69,9 +79,15 @@ fn respond(head: &Head, body: &[u8]) -> Vec<u8> {
         });
         return json_response(200, &v);
     }
-    let headers: serde_json::Map<String, Value> =
-        head.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    json_response(200, &json!({"method": head.method, "path": head.target, "headers": headers}))
+    let headers: serde_json::Map<String, Value> = head
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    json_response(
+        200,
+        &json!({"method": head.method, "path": head.target, "headers": headers}),
+    )
 }
 
 fn json_response(status: u16, v: &Value) -> Vec<u8> {
@@ -103,7 +119,9 @@ fn sse_chat(model: &str, prompt: u64, completion: u64, include_usage: bool) -> V
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         }));
     }
-    let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut out =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
     let mut chunk = |data: &str| {
         let payload = format!("data: {data}\n\n");
         out.extend_from_slice(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes());

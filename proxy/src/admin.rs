@@ -28,12 +28,14 @@ impl AdminApp {
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut resp = Response::new(body);
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     let len = resp.body().len();
-    resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     resp
 }
 
@@ -51,7 +53,11 @@ impl ServeHttp for AdminApp {
                     "tenants": snap.tenants.tenants.len(),
                     "audit_writable": audit_ok,
                 });
-                respond(if audit_ok { 200 } else { 503 }, "application/json", body.to_string().into_bytes())
+                respond(
+                    if audit_ok { 200 } else { 503 },
+                    "application/json",
+                    body.to_string().into_bytes(),
+                )
             }
             "/metrics" => respond(200, "text/plain; version=0.0.4", METRICS.render()),
             _ => respond(404, "text/plain", b"not found\n".to_vec()),

@@ -15,7 +15,9 @@ use crate::proxy::{Shared, TenantProxy};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 
 /// Everything `run` would load, validated without binding ports (`tenant-proxy check`).
-pub fn check(config_path: &std::path::Path) -> Result<(StaticConfig, Snapshot), Vec<ConfigProblem>> {
+pub fn check(
+    config_path: &std::path::Path,
+) -> Result<(StaticConfig, Snapshot), Vec<ConfigProblem>> {
     let static_config = StaticConfig::load(config_path)?;
     let snapshot = Snapshot::load(&static_config)?;
     Ok((static_config, snapshot))
@@ -25,7 +27,10 @@ pub fn check(config_path: &std::path::Path) -> Result<(StaticConfig, Snapshot), 
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -53,7 +58,11 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let shared = Arc::new(Shared { config: static_config.clone(), snapshot: handle.clone(), audit: audit.clone() });
+    let shared = Arc::new(Shared {
+        config: static_config.clone(),
+        snapshot: handle.clone(),
+        audit: audit.clone(),
+    });
     for listener in &static_config.listeners {
         let addr = listener.listen.to_string();
         let name = format!("proxy {}", listener.name);
@@ -73,7 +82,8 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         tracing::info!(listener = %listener.name, %addr, "proxy listening");
     }
 
-    let mut admin = pingora::services::listening::Service::new("admin".into(), AdminApp::new(handle, audit));
+    let mut admin =
+        pingora::services::listening::Service::new("admin".into(), AdminApp::new(handle, audit));
     admin.add_tcp(&static_config.admin_listen.to_string());
     server.add_service(admin);
     tracing::info!(addr = %static_config.admin_listen, "admin listening");
@@ -93,9 +103,14 @@ fn ca_bundle(config: &StaticConfig) -> anyhow::Result<Option<String>> {
     let mut bundle = std::fs::read(&system).unwrap_or_default();
     for f in &config.upstream.extra_ca_files {
         bundle.push(b'\n');
-        bundle.extend(std::fs::read(f).with_context(|| format!("reading CA file `{}`", f.display()))?);
+        bundle.extend(
+            std::fs::read(f).with_context(|| format!("reading CA file `{}`", f.display()))?,
+        );
     }
-    let mut file = tempfile::Builder::new().prefix("tenant-proxy-ca-").suffix(".pem").tempfile()?;
+    let mut file = tempfile::Builder::new()
+        .prefix("tenant-proxy-ca-")
+        .suffix(".pem")
+        .tempfile()?;
     file.write_all(&bundle)?;
     let (_, path) = file.keep()?;
     Ok(Some(path.display().to_string()))

@@ -19,7 +19,11 @@ const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 /// Reads the whole request body, refusing one over `cap` before anything is forwarded.
 /// Returns `None` for requests without a body.
 pub async fn read_full(session: &mut Session, cap: usize) -> Result<Option<Bytes>, Deny> {
-    let declared = match session.req_header().headers.get(http::header::CONTENT_LENGTH) {
+    let declared = match session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+    {
         Some(v) => Some(
             v.to_str()
                 .ok()
@@ -82,12 +86,17 @@ struct ModelField<'a> {
 pub fn model_name(content_type: Option<&[u8]>, body: &[u8]) -> Option<String> {
     let is_json = content_type.is_some_and(|ct| {
         let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
-        ct.starts_with("application/json") || (ct.starts_with("application/") && ct.contains("+json"))
+        ct.starts_with("application/json")
+            || (ct.starts_with("application/") && ct.contains("+json"))
     });
     if !is_json || body.is_empty() {
         return None;
     }
-    serde_json::from_slice::<ModelField<'_>>(body).ok()?.model.map(|m| m.into_owned()).filter(|m| m.len() <= 256)
+    serde_json::from_slice::<ModelField<'_>>(body)
+        .ok()?
+        .model
+        .map(|m| m.into_owned())
+        .filter(|m| m.len() <= 256)
 }
 
 #[cfg(test)]

@@ -128,9 +128,20 @@ impl Cli {
 
 fn token_command(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TokenCommand::Mint { key, tenant, workload, ttl, run_id, audience, kid, scope } => {
-            let pem = std::fs::read_to_string(&key).with_context(|| format!("reading `{}`", key.display()))?;
-            let ttl: Duration = humantime::parse_duration(&ttl).with_context(|| format!("`{ttl}` is not a duration"))?;
+        TokenCommand::Mint {
+            key,
+            tenant,
+            workload,
+            ttl,
+            run_id,
+            audience,
+            kid,
+            scope,
+        } => {
+            let pem = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading `{}`", key.display()))?;
+            let ttl: Duration = humantime::parse_duration(&ttl)
+                .with_context(|| format!("`{ttl}` is not a duration"))?;
             let now_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
             let req = MintRequest {
                 tenant: TenantId::new(&tenant)?,
@@ -140,7 +151,9 @@ fn token_command(command: TokenCommand) -> anyhow::Result<ExitCode> {
                 ttl,
                 run_id,
                 run_budget: None,
-                scopes: scope.map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+                scopes: scope
+                    .map(|s| s.split_whitespace().map(String::from).collect())
+                    .unwrap_or_default(),
                 jti: None,
                 kid,
                 now_unix,
@@ -149,7 +162,12 @@ fn token_command(command: TokenCommand) -> anyhow::Result<ExitCode> {
             println!("{}", token::mint(&pem, &req)?);
             Ok(ExitCode::SUCCESS)
         }
-        TokenCommand::Keygen { alg, kid, out, jwks } => {
+        TokenCommand::Keygen {
+            alg,
+            kid,
+            out,
+            jwks,
+        } => {
             let alg = match alg {
                 Alg::Eddsa => KeyAlgorithm::EdDSA,
                 Alg::Es256 => KeyAlgorithm::ES256,
@@ -157,7 +175,8 @@ fn token_command(command: TokenCommand) -> anyhow::Result<ExitCode> {
             let key = token::generate_key(alg, &kid)?;
             write_private(&out, key.private_pem.as_bytes())?;
             let mut set: serde_json::Value = match std::fs::read_to_string(&jwks) {
-                Ok(text) => serde_json::from_str(&text).with_context(|| format!("`{}` is not JSON", jwks.display()))?,
+                Ok(text) => serde_json::from_str(&text)
+                    .with_context(|| format!("`{}` is not JSON", jwks.display()))?,
                 Err(_) => serde_json::json!({ "keys": [] }),
             };
             let keys = set
@@ -167,7 +186,11 @@ fn token_command(command: TokenCommand) -> anyhow::Result<ExitCode> {
             keys.retain(|k| k.get("kid").and_then(|v| v.as_str()) != Some(kid.as_str()));
             keys.push(key.jwk);
             std::fs::write(&jwks, serde_json::to_vec_pretty(&set)?)?;
-            eprintln!("wrote private key to `{}` and public key `{kid}` to `{}`", out.display(), jwks.display());
+            eprintln!(
+                "wrote private key to `{}` and public key `{kid}` to `{}`",
+                out.display(),
+                jwks.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

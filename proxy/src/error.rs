@@ -181,7 +181,13 @@ struct ErrorFields<'a> {
 
 /// The JSON body of a refusal: `{"error":{"code":…,"message":…,"request_id":…}}`.
 pub fn error_body(code: ReasonCode, message: &str, request_id: &str) -> Vec<u8> {
-    let body = ErrorBody { error: ErrorFields { code, message, request_id } };
+    let body = ErrorBody {
+        error: ErrorFields {
+            code,
+            message,
+            request_id,
+        },
+    };
     // Serializing this struct of strings cannot fail; fall back to a fixed body regardless.
     serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"code":"internal_error"}}"#.to_vec())
 }
@@ -194,7 +200,11 @@ mod tests {
     fn statuses_and_codes() {
         let cases = [
             (Deny::IdentityRequired, 407, "identity_required"),
-            (Deny::IdentityInvalid("expired".into()), 407, "identity_invalid"),
+            (
+                Deny::IdentityInvalid("expired".into()),
+                407,
+                "identity_invalid",
+            ),
             (Deny::PolicyDenied, 403, "policy_denied"),
             (Deny::HostMismatch, 400, "host_mismatch"),
             (Deny::RouteNotFound, 404, "route_not_found"),
@@ -208,7 +218,10 @@ mod tests {
             let (s, c, _) = deny.describe();
             assert_eq!((s, c.as_str()), (status, code), "{deny:?}");
             // serde and as_str agree
-            assert_eq!(serde_json::to_value(c).ok(), Some(serde_json::Value::from(code)));
+            assert_eq!(
+                serde_json::to_value(c).ok(),
+                Some(serde_json::Value::from(code))
+            );
         }
     }
 

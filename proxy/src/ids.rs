@@ -27,7 +27,10 @@ fn validate(kind: &'static str, value: &str) -> Result<(), InvalidId> {
         Ok(())
     } else {
         // Truncate what we echo back: the input may be hostile and long.
-        Err(InvalidId { kind, value: value.chars().take(64).collect() })
+        Err(InvalidId {
+            kind,
+            value: value.chars().take(64).collect(),
+        })
     }
 }
 
@@ -111,7 +114,17 @@ mod tests {
         for ok in ["acme", "a", "tenant-1", "t_2", "0abc"] {
             assert!(TenantId::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Acme", "../etc", "a/b", "-x", "_x", "a b", "a{b}", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "Acme",
+            "../etc",
+            "a/b",
+            "-x",
+            "_x",
+            "a b",
+            "a{b}",
+            &"x".repeat(64),
+        ] {
             assert!(TenantId::new(bad).is_err(), "{bad}");
         }
     }

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric tenant-proxy exports.
@@ -38,40 +38,68 @@ const TENANT_NONE: &str = "none";
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
-    let latency_buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    let latency_buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
     let m = Metrics {
         requests: IntCounterVec::new(
-            Opts::new("tenant_proxy_requests_total", "Requests by tenant, decision and reason code"),
+            Opts::new(
+                "tenant_proxy_requests_total",
+                "Requests by tenant, decision and reason code",
+            ),
             &["tenant", "decision", "code"],
         )?,
         request_duration: HistogramVec::new(
-            HistogramOpts::new("tenant_proxy_request_duration_seconds", "Total request time in the proxy")
-                .buckets(latency_buckets.clone()),
+            HistogramOpts::new(
+                "tenant_proxy_request_duration_seconds",
+                "Total request time in the proxy",
+            )
+            .buckets(latency_buckets.clone()),
             &["tenant"],
         )?,
         upstream_duration: HistogramVec::new(
-            HistogramOpts::new("tenant_proxy_upstream_duration_seconds", "Upstream time to response header")
-                .buckets(latency_buckets),
+            HistogramOpts::new(
+                "tenant_proxy_upstream_duration_seconds",
+                "Upstream time to response header",
+            )
+            .buckets(latency_buckets),
             &["tenant"],
         )?,
         upstream_errors: IntCounterVec::new(
-            Opts::new("tenant_proxy_upstream_errors_total", "Upstream failures by tenant and code"),
+            Opts::new(
+                "tenant_proxy_upstream_errors_total",
+                "Upstream failures by tenant and code",
+            ),
             &["tenant", "code"],
         )?,
         config_reloads: IntCounterVec::new(
-            Opts::new("tenant_proxy_config_reloads_total", "Tenant configuration reloads by result"),
+            Opts::new(
+                "tenant_proxy_config_reloads_total",
+                "Tenant configuration reloads by result",
+            ),
             &["result"],
         )?,
-        audit_queue_depth: IntGauge::new("tenant_proxy_audit_queue_depth", "Audit records waiting to be written")?,
-        audit_records_written: IntCounter::new("tenant_proxy_audit_records_written_total", "Audit records written")?,
-        audit_write_errors: IntCounter::new("tenant_proxy_audit_write_errors_total", "Failed audit writes (retried)")?,
+        audit_queue_depth: IntGauge::new(
+            "tenant_proxy_audit_queue_depth",
+            "Audit records waiting to be written",
+        )?,
+        audit_records_written: IntCounter::new(
+            "tenant_proxy_audit_records_written_total",
+            "Audit records written",
+        )?,
+        audit_write_errors: IntCounter::new(
+            "tenant_proxy_audit_write_errors_total",
+            "Failed audit writes (retried)",
+        )?,
         audit_refusals: IntCounter::new(
             "tenant_proxy_audit_refusals_total",
             "Requests refused because the audit sink could not take their record",
         )?,
         policy_eval_duration: Histogram::with_opts(
             HistogramOpts::new("tenant_proxy_policy_eval_seconds", "Cedar evaluation time")
-                .buckets(vec![0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005]),
+                .buckets(vec![
+                    0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005,
+                ]),
         )?,
         registry,
     };
@@ -81,16 +109,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
     m.registry.register(Box::new(m.upstream_errors.clone()))?;
     m.registry.register(Box::new(m.config_reloads.clone()))?;
     m.registry.register(Box::new(m.audit_queue_depth.clone()))?;
-    m.registry.register(Box::new(m.audit_records_written.clone()))?;
-    m.registry.register(Box::new(m.audit_write_errors.clone()))?;
+    m.registry
+        .register(Box::new(m.audit_records_written.clone()))?;
+    m.registry
+        .register(Box::new(m.audit_write_errors.clone()))?;
     m.registry.register(Box::new(m.audit_refusals.clone()))?;
-    m.registry.register(Box::new(m.policy_eval_duration.clone()))?;
+    m.registry
+        .register(Box::new(m.policy_eval_duration.clone()))?;
     Ok(m)
 }
 
 /// The process-wide metrics.
 #[allow(clippy::expect_used)] // Metric definitions are static; a failure is a programming error caught by every test.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| build().expect("metric definitions are valid"));
+pub static METRICS: LazyLock<Metrics> =
+    LazyLock::new(|| build().expect("metric definitions are valid"));
 
 impl Metrics {
     /// The tenant label for a request (a fixed value when no tenant was identified).
@@ -116,6 +148,9 @@ mod tests {
     fn renders_catalogue() {
         METRICS.config_reloads.with_label_values(&["ok"]).inc();
         let text = String::from_utf8(METRICS.render()).expect("utf8");
-        assert!(text.contains("tenant_proxy_config_reloads_total{result=\"ok\"}"), "{text}");
+        assert!(
+            text.contains("tenant_proxy_config_reloads_total{result=\"ok\"}"),
+            "{text}"
+        );
     }
 }

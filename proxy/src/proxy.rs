@@ -53,7 +53,10 @@ pub struct TenantProxy {
 impl TenantProxy {
     /// A proxy serving `listener`.
     pub fn new(listener: ListenerSettings, shared: Arc<Shared>) -> Self {
-        Self { listener: Arc::new(listener), shared }
+        Self {
+            listener: Arc::new(listener),
+            shared,
+        }
     }
 
     /// Everything that must hold before a request may be forwarded, in order. The order matters:
@@ -64,7 +67,10 @@ impl TenantProxy {
         let snapshot = self.shared.snapshot.load();
 
         let req = session.req_header();
-        let proxy_auth = req.headers.get(http::header::PROXY_AUTHORIZATION).map(|v| v.as_bytes());
+        let proxy_auth = req
+            .headers
+            .get(http::header::PROXY_AUTHORIZATION)
+            .map(|v| v.as_bytes());
         let who = identity::resolve(&self.listener, &snapshot, proxy_auth, unix_now())?;
         let tenant = Arc::new(build_tenant_context(who, ctx.request_id.clone(), req));
         ctx.tenant = Some(tenant.clone());
@@ -80,7 +86,11 @@ impl TenantProxy {
         ctx.destination = Some(destination.clone());
 
         if let Some(body) = body::read_full(session, self.shared.config.max_body_bytes).await? {
-            let content_type = session.req_header().headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes());
+            let content_type = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes());
             ctx.model = body::model_name(content_type, &body);
             ctx.body_sha256 = Some(hex::encode(Sha256::digest(&body)));
             ctx.bytes_in = body.len() as u64;
@@ -94,7 +104,12 @@ impl TenantProxy {
 
     /// Writes the JSON refusal. The connection is closed afterwards: the request body may not
     /// have been read, so the stream position is unknown.
-    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, deny: Deny) -> pingora::Result<()> {
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        deny: Deny,
+    ) -> pingora::Result<()> {
         let (status, code, message) = deny.describe();
         ctx.outcome = Outcome::Refused(deny);
         let body = error_body(code, &message, &ctx.request_id);
@@ -103,12 +118,20 @@ impl TenantProxy {
         resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("x-request-id", &*ctx.request_id)?;
         if status == 407 {
-            resp.append_header(http::header::PROXY_AUTHENTICATE, "Bearer realm=\"tenant-proxy\"")?;
-            resp.append_header(http::header::PROXY_AUTHENTICATE, "Basic realm=\"tenant-proxy\"")?;
+            resp.append_header(
+                http::header::PROXY_AUTHENTICATE,
+                "Bearer realm=\"tenant-proxy\"",
+            )?;
+            resp.append_header(
+                http::header::PROXY_AUTHENTICATE,
+                "Basic realm=\"tenant-proxy\"",
+            )?;
         }
         session.set_keepalive(None);
         session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(Bytes::from(body)), true).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
         Ok(())
     }
 
@@ -122,18 +145,33 @@ impl TenantProxy {
             AuditDecision::Allow => "allow",
             AuditDecision::Deny => "deny",
         };
-        METRICS.requests.with_label_values(&[tenant_label, decision_label, reason.as_str()]).inc();
+        METRICS
+            .requests
+            .with_label_values(&[tenant_label, decision_label, reason.as_str()])
+            .inc();
         let elapsed = ctx.started.elapsed();
-        METRICS.request_duration.with_label_values(&[tenant_label]).observe(elapsed.as_secs_f64());
+        METRICS
+            .request_duration
+            .with_label_values(&[tenant_label])
+            .observe(elapsed.as_secs_f64());
         let upstream = match (ctx.upstream_started, ctx.upstream_done) {
             (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
             _ => None,
         };
         if let Some(u) = upstream {
-            METRICS.upstream_duration.with_label_values(&[tenant_label]).observe(u.as_secs_f64());
+            METRICS
+                .upstream_duration
+                .with_label_values(&[tenant_label])
+                .observe(u.as_secs_f64());
         }
-        if matches!(reason, ReasonCode::UpstreamUnreachable | ReasonCode::UpstreamTimeout) {
-            METRICS.upstream_errors.with_label_values(&[tenant_label, reason.as_str()]).inc();
+        if matches!(
+            reason,
+            ReasonCode::UpstreamUnreachable | ReasonCode::UpstreamTimeout
+        ) {
+            METRICS
+                .upstream_errors
+                .with_label_values(&[tenant_label, reason.as_str()])
+                .inc();
         }
 
         let req = session.req_header();
@@ -154,7 +192,9 @@ impl TenantProxy {
         );
 
         // Records exist only where a tenant is known: an unidentified caller has no partition.
-        let (Some(tenant), Some(slot)) = (ctx.tenant.as_ref(), ctx.audit_slot.take()) else { return };
+        let (Some(tenant), Some(slot)) = (ctx.tenant.as_ref(), ctx.audit_slot.take()) else {
+            return;
+        };
         let policy = ctx.decision.as_ref();
         slot.emit(AuditRecord {
             time: rfc3339(SystemTime::now() - elapsed),
@@ -211,8 +251,12 @@ fn authorize(
         route: destination.route.as_deref(),
     };
     let started = Instant::now();
-    let decision = snapshot.policy.authorize_http(&tenant.tenant, &tenant.workload, &facts);
-    METRICS.policy_eval_duration.observe(started.elapsed().as_secs_f64());
+    let decision = snapshot
+        .policy
+        .authorize_http(&tenant.tenant, &tenant.workload, &facts);
+    METRICS
+        .policy_eval_duration
+        .observe(started.elapsed().as_secs_f64());
     let allowed = decision.allowed;
     if !decision.errors.is_empty() {
         tracing::warn!(request_id = %tenant.request_id, tenant = %tenant.tenant, errors = ?decision.errors, "policy evaluation errors; denying");
@@ -225,13 +269,21 @@ fn authorize(
     }
 }
 
-fn build_tenant_context(who: identity::ResolvedIdentity, request_id: Arc<str>, req: &RequestHeader) -> TenantContext {
-    let trace = TraceContext::continue_or_start(req.headers.get("traceparent").map(|v| v.as_bytes()));
+fn build_tenant_context(
+    who: identity::ResolvedIdentity,
+    request_id: Arc<str>,
+    req: &RequestHeader,
+) -> TenantContext {
+    let trace =
+        TraceContext::continue_or_start(req.headers.get("traceparent").map(|v| v.as_bytes()));
     let token = who.token;
     let run = match token.as_ref().and_then(|t| t.run_id.clone()) {
         Some(id) => Run { id, signed: true },
         // An unsigned run is this request alone: it can neither carry nor reset a run budget.
-        None => Run { id: format!("unsigned-{request_id}"), signed: false },
+        None => Run {
+            id: format!("unsigned-{request_id}"),
+            signed: false,
+        },
     };
     TenantContext {
         tenant: who.tenant,
@@ -249,23 +301,34 @@ fn build_tenant_context(who: identity::ResolvedIdentity, request_id: Arc<str>, r
 }
 
 fn header_bytes(req: &RequestHeader) -> usize {
-    req.raw_path().len() + req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
+    req.raw_path().len()
+        + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn rfc3339(t: SystemTime) -> String {
     let t: time::OffsetDateTime = t.into();
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Maps a pingora error to the refusal the client sees.
 fn deny_for_error(e: &Error) -> Option<Deny> {
     use ErrorType::*;
     match e.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => Some(Deny::UpstreamTimeout),
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            Some(Deny::UpstreamTimeout)
+        }
         _ => match e.esource() {
             ErrorSource::Upstream => Some(Deny::UpstreamUnreachable),
             // The client went away or sent garbage: nobody to answer, or pingora's own 400.
@@ -291,7 +354,11 @@ impl ProxyHttp for TenantProxy {
         RequestCtx::new()
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
         match self.admit(session, ctx).await {
             Ok(()) => Ok(false),
             Err(deny) => {
@@ -301,16 +368,25 @@ impl ProxyHttp for TenantProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
         // SECURITY: no proof of authorization, no upstream.
         let Some(permit) = ctx.permit.as_ref() else {
             ctx.outcome = Outcome::Refused(Deny::Internal);
-            return Err(Error::explain(ErrorType::InternalError, "upstream_peer reached without authorization"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream_peer reached without authorization",
+            ));
         };
         let dest = permit.destination();
         let Some(addr) = resolve_addr(&dest.host, dest.port).await else {
             ctx.outcome = Outcome::Refused(Deny::UpstreamUnreachable);
-            return Err(Error::explain(ErrorType::ConnectNoRoute, "cannot resolve upstream host").into_up());
+            return Err(
+                Error::explain(ErrorType::ConnectNoRoute, "cannot resolve upstream host").into_up(),
+            );
         };
         let tls = dest.scheme == crate::config::model::Scheme::Https;
         let mut peer = HttpPeer::new(addr, tls, dest.host.clone());
@@ -355,13 +431,15 @@ impl ProxyHttp for TenantProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         let (Some(permit), Some(tenant)) = (ctx.permit.as_ref(), ctx.tenant.as_ref()) else {
-            return Err(Error::explain(ErrorType::InternalError, "upstream request without authorization"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream request without authorization",
+            ));
         };
         let dest = permit.destination();
-        let uri: http::Uri = dest
-            .upstream_path
-            .parse()
-            .map_err(|_| Error::explain(ErrorType::InternalError, "upstream path is not a valid URI"))?;
+        let uri: http::Uri = dest.upstream_path.parse().map_err(|_| {
+            Error::explain(ErrorType::InternalError, "upstream path is not a valid URI")
+        })?;
         upstream.set_uri(uri);
         upstream.insert_header(http::header::HOST, dest.host_header())?;
         // SECURITY: identity material and agent-written tenant claims never leave the proxy.
@@ -418,13 +496,21 @@ impl ProxyHttp for TenantProxy {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let deny = match &ctx.outcome {
             Outcome::Refused(d) => Some(d.clone()),
             _ => deny_for_error(e),
         };
         let Some(deny) = deny else {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
         let status = deny.describe().0;
         if session.response_written().is_none() {
@@ -434,7 +520,10 @@ impl ProxyHttp for TenantProxy {
         } else {
             ctx.outcome = Outcome::Refused(deny);
         }
-        FailToProxy { error_code: status, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -444,7 +533,10 @@ impl ProxyHttp for TenantProxy {
                 None => Outcome::Forwarded,
             };
         }
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
         self.emit(session, ctx, status);
     }
 

@@ -22,7 +22,13 @@ pub fn spawn(handle: Arc<SnapshotHandle>) {
         let mut dirs: Vec<PathBuf> = snap
             .watched_paths()
             .into_iter()
-            .map(|p| if p.is_dir() { p.to_path_buf() } else { p.parent().map(|d| d.to_path_buf()).unwrap_or_default() })
+            .map(|p| {
+                if p.is_dir() {
+                    p.to_path_buf()
+                } else {
+                    p.parent().map(|d| d.to_path_buf()).unwrap_or_default()
+                }
+            })
             .collect();
         dirs.sort();
         dirs.dedup();
@@ -53,36 +59,45 @@ pub fn spawn(handle: Arc<SnapshotHandle>) {
     };
 
     let sighup_tx = tx;
-    let _ = std::thread::Builder::new().name("sighup".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the SIGHUP listener");
-                return;
-            }
-        };
-        rt.block_on(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                tracing::error!("cannot listen for SIGHUP");
-                return;
-            };
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading");
-                if sighup_tx.send(()).is_err() {
+    let _ = std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the SIGHUP listener");
                     return;
                 }
+            };
+            rt.block_on(async move {
+                let Ok(mut hup) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                else {
+                    tracing::error!("cannot listen for SIGHUP");
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading");
+                    if sighup_tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            });
+        });
+
+    let _ = std::thread::Builder::new()
+        .name("reloader".into())
+        .spawn(move || {
+            // The watcher lives as long as this thread, which lives as long as the process.
+            let _watcher = watcher;
+            while rx.recv().is_ok() {
+                // Debounce: editors and atomic renames produce bursts of events.
+                std::thread::sleep(DEBOUNCE);
+                while rx.try_recv().is_ok() {}
+                let _ = handle.reload();
             }
         });
-    });
-
-    let _ = std::thread::Builder::new().name("reloader".into()).spawn(move || {
-        // The watcher lives as long as this thread, which lives as long as the process.
-        let _watcher = watcher;
-        while rx.recv().is_ok() {
-            // Debounce: editors and atomic renames produce bursts of events.
-            std::thread::sleep(DEBOUNCE);
-            while rx.try_recv().is_ok() {}
-            let _ = handle.reload();
-        }
-    });
 }

@@ -44,7 +44,12 @@ impl Snapshot {
                     problems.push(ConfigProblem::at(
                         &static_config.path,
                         format!("listener[{i}].binding"),
-                        format!("tenant `{}` has no workload `{}` in `{}`", b.tenant, b.workload, tenants.path.display()),
+                        format!(
+                            "tenant `{}` has no workload `{}` in `{}`",
+                            b.tenant,
+                            b.workload,
+                            tenants.path.display()
+                        ),
                     ));
                 }
             }
@@ -52,7 +57,10 @@ impl Snapshot {
                 problems.push(ConfigProblem::at(
                     &static_config.path,
                     format!("listener[{i}].identity"),
-                    format!("identity source `token` needs a `[token]` section in `{}`", tenants.path.display()),
+                    format!(
+                        "identity source `token` needs a `[token]` section in `{}`",
+                        tenants.path.display()
+                    ),
                 ));
             }
         }
@@ -61,9 +69,12 @@ impl Snapshot {
             None => None,
             Some(t) => {
                 let keys = std::fs::read_to_string(&t.jwks_file)
-                    .map_err(|e| ConfigProblem::file(&t.jwks_file, format!("cannot read JWKS: {e}")))
+                    .map_err(|e| {
+                        ConfigProblem::file(&t.jwks_file, format!("cannot read JWKS: {e}"))
+                    })
                     .and_then(|text| {
-                        KeySet::from_jwks_json(&text).map_err(|e| ConfigProblem::file(&t.jwks_file, e.to_string()))
+                        KeySet::from_jwks_json(&text)
+                            .map_err(|e| ConfigProblem::file(&t.jwks_file, e.to_string()))
                     });
                 let revoked = match &t.revoked_jtis_file {
                     None => Ok(HashSet::new()),
@@ -127,7 +138,10 @@ impl Snapshot {
 
     /// Files whose change should trigger a reload.
     pub fn watched_paths(&self) -> Vec<&Path> {
-        let mut paths = vec![self.tenants.path.as_path(), self.tenants.policy_dir.as_path()];
+        let mut paths = vec![
+            self.tenants.path.as_path(),
+            self.tenants.policy_dir.as_path(),
+        ];
         if let Some(t) = &self.tenants.token {
             paths.push(&t.jwks_file);
             if let Some(r) = &t.revoked_jtis_file {
@@ -159,7 +173,10 @@ pub struct SnapshotHandle {
 impl SnapshotHandle {
     /// Wraps the first snapshot.
     pub fn new(static_config: Arc<StaticConfig>, first: Snapshot) -> Self {
-        Self { current: ArcSwap::from_pointee(first), static_config }
+        Self {
+            current: ArcSwap::from_pointee(first),
+            static_config,
+        }
     }
 
     /// The snapshot requests use now.

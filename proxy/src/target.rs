@@ -27,7 +27,11 @@ pub struct Destination {
 impl Destination {
     /// `host[:port]` for the upstream `Host` header (port omitted when it is the default).
     pub fn host_header(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         if self.port == self.scheme.default_port() {
             host
         } else {
@@ -37,10 +41,17 @@ impl Destination {
 }
 
 /// Resolves the destination of a request from its raw request-target and `Host` header.
-pub fn resolve(raw_target: &[u8], host_header: Option<&[u8]>, routes: &[Route]) -> Result<Destination, Deny> {
+pub fn resolve(
+    raw_target: &[u8],
+    host_header: Option<&[u8]>,
+    routes: &[Route],
+) -> Result<Destination, Deny> {
     let target = std::str::from_utf8(raw_target)
         .map_err(|_| Deny::BadRequest("the request target is not valid UTF-8".into()))?;
-    let lower_start = target.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+    let lower_start = target
+        .get(..8)
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
     if lower_start.starts_with("http://") || lower_start.starts_with("https://") {
         forward(target, host_header)
     } else if target.starts_with('/') {
@@ -51,17 +62,26 @@ pub fn resolve(raw_target: &[u8], host_header: Option<&[u8]>, routes: &[Route]) 
 }
 
 fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, Deny> {
-    let uri: http::Uri =
-        target.parse().map_err(|_| Deny::BadRequest("the request target is not a valid absolute URL".into()))?;
+    let uri: http::Uri = target
+        .parse()
+        .map_err(|_| Deny::BadRequest("the request target is not a valid absolute URL".into()))?;
     let scheme = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
         Some("http") => Scheme::Http,
         Some("https") => Scheme::Https,
-        _ => return Err(Deny::BadRequest("only `http` and `https` URLs can be proxied".into())),
+        _ => {
+            return Err(Deny::BadRequest(
+                "only `http` and `https` URLs can be proxied".into(),
+            ))
+        }
     };
-    let authority = uri.authority().ok_or_else(|| Deny::BadRequest("the request target has no host".into()))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| Deny::BadRequest("the request target has no host".into()))?;
     // SECURITY: userinfo in the target could smuggle credentials or confuse host parsing.
     if authority.as_str().contains('@') {
-        return Err(Deny::BadRequest("user info in the request target is not allowed".into()));
+        return Err(Deny::BadRequest(
+            "user info in the request target is not allowed".into(),
+        ));
     }
     let host = normalize_host(authority.host())?;
     let port = authority.port_u16().unwrap_or(scheme.default_port());
@@ -71,7 +91,11 @@ fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, Deny
         }
     }
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let path_and_query = if path_and_query.is_empty() { "/" } else { path_and_query };
+    let path_and_query = if path_and_query.is_empty() {
+        "/"
+    } else {
+        path_and_query
+    };
     check_path(path_and_query)?;
     Ok(Destination {
         scheme,
@@ -96,7 +120,8 @@ fn route(target: &str, routes: &[Route]) -> Result<Destination, Deny> {
         .find(|r| path.starts_with(&r.prefix) || path == &r.prefix[..r.prefix.len() - 1])
         .ok_or(Deny::RouteNotFound)?;
     let rest = path.get(route.prefix.len()..).unwrap_or("");
-    let mut upstream_path = String::with_capacity(route.base_path.len() + rest.len() + 1 + query.map_or(0, str::len));
+    let mut upstream_path =
+        String::with_capacity(route.base_path.len() + rest.len() + 1 + query.map_or(0, str::len));
     upstream_path.push_str(&route.base_path);
     upstream_path.push_str(rest);
     if let Some(q) = query {
@@ -115,21 +140,32 @@ fn route(target: &str, routes: &[Route]) -> Result<Destination, Deny> {
 }
 
 fn normalize_host(host: &str) -> Result<String, Deny> {
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     let host = host.strip_suffix('.').unwrap_or(&host).to_string();
     if host.is_empty() {
-        return Err(Deny::BadRequest("the request target has an empty host".into()));
+        return Err(Deny::BadRequest(
+            "the request target has an empty host".into(),
+        ));
     }
     Ok(host)
 }
 
 fn host_header_matches(header: &[u8], host: &str, port: u16, scheme: Scheme) -> bool {
-    let Ok(value) = std::str::from_utf8(header) else { return false };
-    let Ok(authority) = value.trim().parse::<http::uri::Authority>() else { return false };
+    let Ok(value) = std::str::from_utf8(header) else {
+        return false;
+    };
+    let Ok(authority) = value.trim().parse::<http::uri::Authority>() else {
+        return false;
+    };
     if authority.as_str().contains('@') {
         return false;
     }
-    let Ok(h) = normalize_host(authority.host()) else { return false };
+    let Ok(h) = normalize_host(authority.host()) else {
+        return false;
+    };
     h == host && authority.port_u16().unwrap_or(scheme.default_port()) == port
 }
 
@@ -140,11 +176,15 @@ fn check_path(path_and_query: &str) -> Result<(), Deny> {
     for segment in path.split('/') {
         let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
         if decoded == "." || decoded == ".." {
-            return Err(Deny::BadRequest("dot segments (`.` or `..`) are not allowed in the path".into()));
+            return Err(Deny::BadRequest(
+                "dot segments (`.` or `..`) are not allowed in the path".into(),
+            ));
         }
     }
     if path.contains('\\') || path.to_ascii_lowercase().contains("%2f") {
-        return Err(Deny::BadRequest("encoded or backslash path separators are not allowed".into()));
+        return Err(Deny::BadRequest(
+            "encoded or backslash path separators are not allowed".into(),
+        ));
     }
     Ok(())
 }
@@ -155,7 +195,11 @@ pub fn audit_path(path_and_query: &str) -> String {
     match path_and_query.split_once('?') {
         None => path_and_query.to_string(),
         Some((path, query)) => {
-            let keys: Vec<&str> = query.split('&').filter(|kv| !kv.is_empty()).map(|kv| kv.split('=').next().unwrap_or("")).collect();
+            let keys: Vec<&str> = query
+                .split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| kv.split('=').next().unwrap_or(""))
+                .collect();
             format!("{path}?{}", keys.join("&"))
         }
     }
@@ -190,8 +234,16 @@ mod tests {
 
     #[test]
     fn forward_mode() {
-        let d = resolve(b"http://Example.com:8080/a?k=v", Some(b"example.com:8080"), &[]).expect("ok");
-        assert_eq!((d.host.as_str(), d.port, d.upstream_path.as_str()), ("example.com", 8080, "/a?k=v"));
+        let d = resolve(
+            b"http://Example.com:8080/a?k=v",
+            Some(b"example.com:8080"),
+            &[],
+        )
+        .expect("ok");
+        assert_eq!(
+            (d.host.as_str(), d.port, d.upstream_path.as_str()),
+            ("example.com", 8080, "/a?k=v")
+        );
         assert_eq!(d.audit_path, "/a?k");
         let d = resolve(b"http://example.com", None, &[]).expect("ok");
         assert_eq!((d.port, d.upstream_path.as_str()), (80, "/"));
@@ -202,14 +254,26 @@ mod tests {
 
     #[test]
     fn forward_mode_refusals() {
-        let mismatches: [(&[u8], &[u8]); 2] =
-            [(b"http://a.example/", b"b.example"), (b"http://a.example/", b"a.example:81")];
+        let mismatches: [(&[u8], &[u8]); 2] = [
+            (b"http://a.example/", b"b.example"),
+            (b"http://a.example/", b"a.example:81"),
+        ];
         for (target, host) in mismatches {
-            assert_eq!(resolve(target, Some(host), &[]).err(), Some(Deny::HostMismatch));
+            assert_eq!(
+                resolve(target, Some(host), &[]).err(),
+                Some(Deny::HostMismatch)
+            );
         }
         // Port 80 is http's default, so these agree.
         assert!(resolve(b"http://a.example:80/", Some(b"a.example"), &[]).is_ok());
-        for bad in [&b"http://u:p@a.example/"[..], b"ftp://a/", b"http:///x", b"http://a/../b", b"http://a/%2E%2e/b", b"*"] {
+        for bad in [
+            &b"http://u:p@a.example/"[..],
+            b"ftp://a/",
+            b"http:///x",
+            b"http://a/../b",
+            b"http://a/%2E%2e/b",
+            b"*",
+        ] {
             assert!(
                 matches!(resolve(bad, None, &[]), Err(Deny::BadRequest(_))),
                 "{:?}",
@@ -225,9 +289,21 @@ mod tests {
         assert_eq!(d.upstream_path, "/v1/chat/completions?x=1");
         assert_eq!(d.route.as_deref(), Some("openai"));
         let d = resolve(b"/openai/v2/models", None, &r).expect("ok");
-        assert_eq!((d.upstream_path.as_str(), d.route.as_deref()), ("/v2/models", Some("openai-v2")));
-        assert_eq!(resolve(b"/anthropic/v1/messages", None, &r).err(), Some(Deny::RouteNotFound));
-        assert_eq!(resolve(b"/openaiX/v1", None, &r).err(), Some(Deny::RouteNotFound));
-        assert!(matches!(resolve(b"/openai/../admin", None, &r), Err(Deny::BadRequest(_))));
+        assert_eq!(
+            (d.upstream_path.as_str(), d.route.as_deref()),
+            ("/v2/models", Some("openai-v2"))
+        );
+        assert_eq!(
+            resolve(b"/anthropic/v1/messages", None, &r).err(),
+            Some(Deny::RouteNotFound)
+        );
+        assert_eq!(
+            resolve(b"/openaiX/v1", None, &r).err(),
+            Some(Deny::RouteNotFound)
+        );
+        assert!(matches!(
+            resolve(b"/openai/../admin", None, &r),
+            Err(Deny::BadRequest(_))
+        ));
     }
 }

@@ -19,9 +19,19 @@ impl TraceContext {
     /// Continues `traceparent` when it is valid version-00 syntax, else starts a new trace.
     pub fn continue_or_start(traceparent: Option<&[u8]>) -> Self {
         if let Some((trace_id, parent, flags)) = traceparent.and_then(parse_traceparent) {
-            return Self { trace_id, span_id: random_hex(8), parent_span_id: Some(parent), flags };
+            return Self {
+                trace_id,
+                span_id: random_hex(8),
+                parent_span_id: Some(parent),
+                flags,
+            };
         }
-        Self { trace_id: random_hex(16), span_id: random_hex(8), parent_span_id: None, flags: 1 }
+        Self {
+            trace_id: random_hex(16),
+            span_id: random_hex(8),
+            parent_span_id: None,
+            flags: 1,
+        }
     }
 
     /// The `traceparent` value to send upstream (this proxy's span as the parent).
@@ -33,9 +43,17 @@ impl TraceContext {
 fn parse_traceparent(value: &[u8]) -> Option<(String, String, u8)> {
     let s = std::str::from_utf8(value).ok()?.trim();
     let mut parts = s.split('-');
-    let (version, trace_id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |p: &str, len: usize| p.len() == len && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if version != "00" || parts.next().is_some() || !hex(trace_id, 32) || !hex(parent, 16) || !hex(flags, 2) {
+    let (version, trace_id, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |p: &str, len: usize| {
+        p.len() == len && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if version != "00"
+        || parts.next().is_some()
+        || !hex(trace_id, 32)
+        || !hex(parent, 16)
+        || !hex(flags, 2)
+    {
         return None;
     }
     // All-zero ids are invalid per the spec.
@@ -67,7 +85,9 @@ mod tests {
         assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
         assert_ne!(t.span_id, "00f067aa0ba902b7");
-        assert!(t.traceparent().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(t
+            .traceparent()
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
 
         for bad in [
             &b"garbage"[..],
@@ -76,7 +96,11 @@ mod tests {
             b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
         ] {
             let t = TraceContext::continue_or_start(Some(bad));
-            assert!(t.parent_span_id.is_none(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                t.parent_span_id.is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
             assert_eq!(t.trace_id.len(), 32);
         }
     }

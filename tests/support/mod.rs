@@ -23,12 +23,20 @@ pub fn proxy_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test> -> target/<profile>/tenant-proxy
     let bin = exe.parent().unwrap().parent().unwrap().join("tenant-proxy");
-    assert!(bin.exists(), "{} not found: run `cargo build -p tenant-proxy` first (scripts/test.sh does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p tenant-proxy` first (scripts/test.sh does)",
+        bin.display()
+    );
     bin
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -76,7 +84,10 @@ impl Origin {
 
     /// Requests whose target contains `needle`.
     pub fn matching(&self, needle: &str) -> Vec<Recorded> {
-        self.requests().into_iter().filter(|r| r.target.contains(needle)).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.target.contains(needle))
+            .collect()
     }
 }
 
@@ -106,12 +117,18 @@ fn serve_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Recorded>>>) {
             }
         }
         let mut body = Vec::new();
-        if let Some(len) = headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if let Some(len) = headers
+            .get("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
             body.resize(len, 0);
             if reader.read_exact(&mut body).is_err() {
                 return;
             }
-        } else if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        } else if headers
+            .get("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"))
+        {
             loop {
                 let mut size = String::new();
                 reader.read_line(&mut size).unwrap();
@@ -124,7 +141,12 @@ fn serve_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Recorded>>>) {
                 body.extend_from_slice(&chunk[..n]);
             }
         }
-        seen.lock().unwrap().push(Recorded { method: method.clone(), target: target.clone(), headers, body });
+        seen.lock().unwrap().push(Recorded {
+            method: method.clone(),
+            target: target.clone(),
+            headers,
+            body,
+        });
         if target.contains("/reset/") {
             let _ = out.shutdown(Shutdown::Both);
             return;
@@ -207,7 +229,11 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let root = repo_root();
         copy_dir(&root.join(spec.policies), &dir.path().join("policies"));
-        std::fs::copy(root.join("policies/schema.cedarschema"), dir.path().join("policies/schema.cedarschema")).unwrap();
+        std::fs::copy(
+            root.join("policies/schema.cedarschema"),
+            dir.path().join("policies/schema.cedarschema"),
+        )
+        .unwrap();
         std::fs::copy(root.join(TEST_JWKS), dir.path().join("jwks.json")).unwrap();
         std::fs::write(dir.path().join("revoked.txt"), "# revoked\nrevoked-jti-1\n").unwrap();
         let (sidecar_port, shared_port, admin_port) = (free_port(), free_port(), free_port());
@@ -265,7 +291,13 @@ revoked_jtis_file = "revoked.txt"
             .stderr(log)
             .spawn()
             .unwrap();
-        let proxy = Proxy { dir, sidecar_port, shared_port, admin_port, child };
+        let proxy = Proxy {
+            dir,
+            sidecar_port,
+            shared_port,
+            admin_port,
+            child,
+        };
         proxy.wait_ready();
         proxy
     }
@@ -273,7 +305,10 @@ revoked_jtis_file = "revoked.txt"
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(r) = raw_request(self.admin_port, "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n") {
+            if let Ok(r) = raw_request(
+                self.admin_port,
+                "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+            ) {
                 if r.status == 200 {
                     return;
                 }
@@ -292,7 +327,12 @@ revoked_jtis_file = "revoked.txt"
     }
 
     pub fn metrics(&self) -> String {
-        raw_request(self.admin_port, "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").unwrap().body_text()
+        raw_request(
+            self.admin_port,
+            "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .body_text()
     }
 
     /// Audit records of `tenant` (all days).
@@ -315,7 +355,11 @@ revoked_jtis_file = "revoked.txt"
             if recs.len() >= n {
                 return recs;
             }
-            assert!(Instant::now() < deadline, "{tenant} has {} audit records, expected {n}", recs.len());
+            assert!(
+                Instant::now() < deadline,
+                "{tenant} has {} audit records, expected {n}",
+                recs.len()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -324,10 +368,17 @@ revoked_jtis_file = "revoked.txt"
     pub fn audit_record(&self, tenant: &str, request_id: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(r) = self.audit_records(tenant).into_iter().find(|r| r["request_id"] == request_id) {
+            if let Some(r) = self
+                .audit_records(tenant)
+                .into_iter()
+                .find(|r| r["request_id"] == request_id)
+            {
                 return r;
             }
-            assert!(Instant::now() < deadline, "no audit record {request_id} for {tenant}");
+            assert!(
+                Instant::now() < deadline,
+                "no audit record {request_id} for {tenant}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -337,7 +388,11 @@ revoked_jtis_file = "revoked.txt"
     }
 
     pub fn sighup(&self) {
-        Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
     }
 }
 
@@ -350,7 +405,9 @@ impl Drop for Proxy {
 
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -379,7 +436,10 @@ pub fn copy_dir(from: &Path, to: &Path) {
 // Tokens
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 pub struct TokenOpts {
@@ -432,7 +492,11 @@ pub fn token(o: TokenOpts) -> String {
 }
 
 pub fn token_for(tenant: &'static str, workload: &'static str) -> String {
-    token(TokenOpts { tenant, workload, ..Default::default() })
+    token(TokenOpts {
+        tenant,
+        workload,
+        ..Default::default()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -450,14 +514,21 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body_text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body_text()))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
     }
     /// The refusal code of a JSON error body.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
     pub fn request_id(&self) -> String {
         self.header("x-request-id").unwrap_or("").to_string()
@@ -476,9 +547,16 @@ pub fn raw_request_bytes(port: u16, raw: &[u8]) -> std::io::Result<Response> {
     let mut reader = BufReader::new(s);
     let mut status_line = String::new();
     reader.read_line(&mut status_line)?;
-    let status = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad status line `{status_line}`"))
-    })?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad status line `{status_line}`"),
+            )
+        })?;
     let mut headers: HashMap<String, Vec<String>> = HashMap::new();
     loop {
         let mut h = String::new();
@@ -488,14 +566,23 @@ pub fn raw_request_bytes(port: u16, raw: &[u8]) -> std::io::Result<Response> {
             break;
         }
         if let Some((k, v)) = h.split_once(':') {
-            headers.entry(k.trim().to_ascii_lowercase()).or_default().push(v.trim().to_string());
+            headers
+                .entry(k.trim().to_ascii_lowercase())
+                .or_default()
+                .push(v.trim().to_string());
         }
     }
     let mut body = Vec::new();
-    if let Some(len) = headers.get("content-length").and_then(|v| v[0].parse::<usize>().ok()) {
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v[0].parse::<usize>().ok())
+    {
         body.resize(len, 0);
         reader.read_exact(&mut body)?;
-    } else if headers.get("transfer-encoding").is_some_and(|v| v[0].contains("chunked")) {
+    } else if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v[0].contains("chunked"))
+    {
         loop {
             let mut size = String::new();
             reader.read_line(&mut size)?;
@@ -510,16 +597,24 @@ pub fn raw_request_bytes(port: u16, raw: &[u8]) -> std::io::Result<Response> {
     } else {
         let _ = reader.read_to_end(&mut body);
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// An absolute-form GET through the proxy with an optional bearer token and extra header lines.
 pub fn forward_get(proxy_port: u16, url: &str, token: Option<&str>, extra: &str) -> Response {
     let authority = url.split("//").nth(1).unwrap().split('/').next().unwrap();
-    let auth = token.map(|t| format!("Proxy-Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Proxy-Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     raw_request(
         proxy_port,
-        &format!("GET {url} HTTP/1.1\r\nHost: {authority}\r\n{auth}{extra}Connection: close\r\n\r\n"),
+        &format!(
+            "GET {url} HTTP/1.1\r\nHost: {authority}\r\n{auth}{extra}Connection: close\r\n\r\n"
+        ),
     )
     .unwrap()
 }
@@ -552,6 +647,10 @@ pub fn python(code: &str, env: &[(&str, String)]) -> String {
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("python3 is installed");
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

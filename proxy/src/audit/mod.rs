@@ -53,9 +53,13 @@ pub struct AuditStartError {
 
 impl AuditSink {
     /// Checks the directory is writable and starts the writer thread.
-    pub fn start(settings: &AuditSettings) -> Result<(Self, std::thread::JoinHandle<()>), AuditStartError> {
-        writer::probe_writable(&settings.dir)
-            .map_err(|source| AuditStartError { dir: settings.dir.display().to_string(), source })?;
+    pub fn start(
+        settings: &AuditSettings,
+    ) -> Result<(Self, std::thread::JoinHandle<()>), AuditStartError> {
+        writer::probe_writable(&settings.dir).map_err(|source| AuditStartError {
+            dir: settings.dir.display().to_string(),
+            source,
+        })?;
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let healthy = Arc::new(AtomicBool::new(true));
         let handle = writer::spawn(settings.clone(), rx, healthy.clone());

@@ -22,7 +22,11 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// `DIR/<tenant>/<yyyy>/<mm>/<dd>.jsonl` for a record time `yyyy-mm-ddT…`.
 pub fn partition_path(dir: &Path, tenant: &str, time: &str) -> PathBuf {
-    let (y, m, d) = (time.get(0..4).unwrap_or("0000"), time.get(5..7).unwrap_or("00"), time.get(8..10).unwrap_or("00"));
+    let (y, m, d) = (
+        time.get(0..4).unwrap_or("0000"),
+        time.get(5..7).unwrap_or("00"),
+        time.get(8..10).unwrap_or("00"),
+    );
     dir.join(tenant).join(y).join(m).join(format!("{d}.jsonl"))
 }
 
@@ -40,7 +44,14 @@ pub(super) fn spawn(
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("audit-writer".into())
-        .spawn(move || Writer { settings, files: HashMap::new(), healthy }.run(rx))
+        .spawn(move || {
+            Writer {
+                settings,
+                files: HashMap::new(),
+                healthy,
+            }
+            .run(rx)
+        })
         .unwrap_or_else(|e| {
             // Without a writer nothing can be audited: keep the sink refusing.
             tracing::error!(error = %e, "cannot start the audit writer thread");

@@ -8,8 +8,8 @@ pub mod model;
 pub mod spec;
 
 pub use model::{
-    AuditSettings, FsyncPolicy, IdentitySourceKind, ListenerBinding, ListenerSettings,
-    LogFormat, Route, StaticConfig, TenantConfig, UpstreamSettings,
+    AuditSettings, FsyncPolicy, IdentitySourceKind, ListenerBinding, ListenerSettings, LogFormat,
+    Route, StaticConfig, TenantConfig, UpstreamSettings,
 };
 
 use std::fmt;
@@ -29,12 +29,20 @@ pub struct ConfigProblem {
 impl ConfigProblem {
     /// A problem at a field of `file`.
     pub fn at(file: &Path, location: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { file: file.to_path_buf(), location: Some(location.into()), message: message.into() }
+        Self {
+            file: file.to_path_buf(),
+            location: Some(location.into()),
+            message: message.into(),
+        }
     }
 
     /// A problem with `file` as a whole.
     pub fn file(file: &Path, message: impl Into<String>) -> Self {
-        Self { file: file.to_path_buf(), location: None, message: message.into() }
+        Self {
+            file: file.to_path_buf(),
+            location: None,
+            message: message.into(),
+        }
     }
 }
 
@@ -60,7 +68,11 @@ pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
             let (line, col) = line_col(&text, span.start);
             format!("{line}:{col}")
         });
-        ConfigProblem { file: path.to_path_buf(), location, message: e.message().to_string() }
+        ConfigProblem {
+            file: path.to_path_buf(),
+            location,
+            message: e.message().to_string(),
+        }
     })
 }
 
@@ -77,6 +89,9 @@ pub(crate) fn relative_to(base_file: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_path_buf()
     } else {
-        base_file.parent().unwrap_or_else(|| Path::new(".")).join(path)
+        base_file
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(path)
     }
 }

@@ -125,18 +125,25 @@ struct Problems<'a> {
 
 impl<'a> Problems<'a> {
     fn new(file: &'a Path) -> Self {
-        Self { file, list: Vec::new() }
+        Self {
+            file,
+            list: Vec::new(),
+        }
     }
 
     fn push(&mut self, location: impl Into<String>, message: impl Into<String>) {
-        self.list.push(ConfigProblem::at(self.file, location, message));
+        self.list
+            .push(ConfigProblem::at(self.file, location, message));
     }
 
     fn duration(&mut self, location: &str, value: &str) -> Duration {
         match humantime::parse_duration(value) {
             Ok(d) => d,
             Err(e) => {
-                self.push(location, format!("`{value}` is not a duration ({e}); write e.g. `5s`, `250ms`, `1h`"));
+                self.push(
+                    location,
+                    format!("`{value}` is not a duration ({e}); write e.g. `5s`, `250ms`, `1h`"),
+                );
                 Duration::ZERO
             }
         }
@@ -163,7 +170,10 @@ impl StaticConfig {
         let admin_listen = match spec.admin.listen.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
-                p.push("admin.listen", format!("`{}` is not an `ip:port` address", spec.admin.listen));
+                p.push(
+                    "admin.listen",
+                    format!("`{}` is not an `ip:port` address", spec.admin.listen),
+                );
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         };
@@ -187,7 +197,10 @@ impl StaticConfig {
                     a
                 }
                 Err(_) => {
-                    p.push(at("listen"), format!("`{}` is not an `ip:port` address", l.listen));
+                    p.push(
+                        at("listen"),
+                        format!("`{}` is not an `ip:port` address", l.listen),
+                    );
                     SocketAddr::from(([127, 0, 0, 1], 0))
                 }
             };
@@ -203,7 +216,10 @@ impl StaticConfig {
                 }
             }
             if l.identity.is_empty() {
-                p.push(at("identity"), "list at least one identity source (`binding`, `token`)");
+                p.push(
+                    at("identity"),
+                    "list at least one identity source (`binding`, `token`)",
+                );
             }
             let wants_binding = identity.contains(&IdentitySourceKind::Binding);
             let binding = match (l.binding, wants_binding) {
@@ -214,19 +230,32 @@ impl StaticConfig {
                     let workload = WorkloadId::new(&b.workload)
                         .map_err(|e| p.push(at("binding.workload"), e.to_string()))
                         .ok();
-                    tenant.zip(workload).map(|(tenant, workload)| ListenerBinding { tenant, workload })
+                    tenant
+                        .zip(workload)
+                        .map(|(tenant, workload)| ListenerBinding { tenant, workload })
                 }
                 (None, true) => {
-                    p.push(at("binding"), "identity source `binding` needs `binding = { tenant, workload }`");
+                    p.push(
+                        at("binding"),
+                        "identity source `binding` needs `binding = { tenant, workload }`",
+                    );
                     None
                 }
                 (Some(_), false) => {
-                    p.push(at("binding"), "`binding` is set but `identity` does not list `binding`");
+                    p.push(
+                        at("binding"),
+                        "`binding` is set but `identity` does not list `binding`",
+                    );
                     None
                 }
                 (None, false) => None,
             };
-            listeners.push(ListenerSettings { name: l.name, listen, identity, binding });
+            listeners.push(ListenerSettings {
+                name: l.name,
+                listen,
+                identity,
+                binding,
+            });
         }
 
         let fsync = match spec.audit.fsync.as_str() {
@@ -252,11 +281,19 @@ impl StaticConfig {
             connect_timeout: p.duration("upstream.connect_timeout", &spec.upstream.connect_timeout),
             read_timeout: p.duration("upstream.read_timeout", &spec.upstream.read_timeout),
             write_timeout: p.duration("upstream.write_timeout", &spec.upstream.write_timeout),
-            extra_ca_files: spec.upstream.extra_ca_files.iter().map(|f| relative_to(path, f)).collect(),
+            extra_ca_files: spec
+                .upstream
+                .extra_ca_files
+                .iter()
+                .map(|f| relative_to(path, f))
+                .collect(),
         };
         for (i, f) in upstream.extra_ca_files.iter().enumerate() {
             if !f.is_file() {
-                p.push(format!("upstream.extra_ca_files[{i}]"), format!("`{}` is not a readable file", f.display()));
+                p.push(
+                    format!("upstream.extra_ca_files[{i}]"),
+                    format!("`{}` is not a readable file", f.display()),
+                );
             }
         }
         if spec.limits.max_header_bytes < 1024 {
@@ -286,8 +323,10 @@ impl StaticConfig {
             max_body_bytes: spec.limits.max_body_bytes,
             threads: spec.server.threads.max(1),
             grace_period: p.duration("server.grace_period", &spec.server.grace_period),
-            graceful_shutdown_timeout: p
-                .duration("server.graceful_shutdown_timeout", &spec.server.graceful_shutdown_timeout),
+            graceful_shutdown_timeout: p.duration(
+                "server.graceful_shutdown_timeout",
+                &spec.server.graceful_shutdown_timeout,
+            ),
             log_format,
             log_level: spec.log.level.unwrap_or_else(|| "info".into()),
         };
@@ -401,13 +440,18 @@ impl TenantConfig {
         for (i, h) in spec.strip_headers.iter().enumerate() {
             match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
                 Ok(name) => strip_headers.push(name),
-                Err(_) => p.push(format!("strip_headers[{i}]"), format!("`{h}` is not a header name")),
+                Err(_) => p.push(
+                    format!("strip_headers[{i}]"),
+                    format!("`{h}` is not a header name"),
+                ),
             }
         }
 
         let token = spec.token.map(|t| {
             let max_lifetime = p.duration("token.max_lifetime", &t.max_lifetime);
-            if max_lifetime < Duration::from_secs(60) || max_lifetime > Duration::from_secs(24 * 3600) {
+            if max_lifetime < Duration::from_secs(60)
+                || max_lifetime > Duration::from_secs(24 * 3600)
+            {
                 p.push("token.max_lifetime", "must be between 1m and 24h");
             }
             let leeway = p.duration("token.leeway", &t.leeway);
@@ -432,12 +476,24 @@ impl TenantConfig {
         let mut seen_prefixes = HashSet::new();
         for (i, r) in spec.routes.into_iter().enumerate() {
             if !seen_names.insert(r.name.clone()) {
-                p.push(format!("route[{i}].name"), format!("duplicate route name `{}`", r.name));
+                p.push(
+                    format!("route[{i}].name"),
+                    format!("duplicate route name `{}`", r.name),
+                );
             }
             if !(r.prefix.starts_with('/') && r.prefix.ends_with('/') && r.prefix.len() > 1) {
-                p.push(format!("route[{i}].prefix"), format!("`{}` must start and end with `/`, e.g. `/openai/`", r.prefix));
+                p.push(
+                    format!("route[{i}].prefix"),
+                    format!(
+                        "`{}` must start and end with `/`, e.g. `/openai/`",
+                        r.prefix
+                    ),
+                );
             } else if !seen_prefixes.insert(r.prefix.clone()) {
-                p.push(format!("route[{i}].prefix"), format!("duplicate prefix `{}`", r.prefix));
+                p.push(
+                    format!("route[{i}].prefix"),
+                    format!("duplicate prefix `{}`", r.prefix),
+                );
             }
             match parse_base_url(&r.upstream) {
                 Ok((scheme, host, port, base_path)) => routes.push(Route {
@@ -468,14 +524,27 @@ impl TenantConfig {
             for (i, w) in t.workloads.iter().enumerate() {
                 match WorkloadId::new(w) {
                     Ok(w) if seen.insert(w.clone()) => workloads.push(w),
-                    Ok(w) => p.push(format!("tenants.{id}.workloads[{i}]"), format!("duplicate workload `{w}`")),
+                    Ok(w) => p.push(
+                        format!("tenants.{id}.workloads[{i}]"),
+                        format!("duplicate workload `{w}`"),
+                    ),
                     Err(e) => p.push(format!("tenants.{id}.workloads[{i}]"), e.to_string()),
                 }
             }
             if t.workloads.is_empty() {
-                p.push(format!("tenants.{id}.workloads"), "list at least one workload");
+                p.push(
+                    format!("tenants.{id}.workloads"),
+                    "list at least one workload",
+                );
             }
-            tenants.insert(tenant, TenantEntry { plan: t.plan, region: t.region, workloads });
+            tenants.insert(
+                tenant,
+                TenantEntry {
+                    plan: t.plan,
+                    region: t.region,
+                    workloads,
+                },
+            );
         }
 
         let config = TenantConfig {
@@ -491,7 +560,9 @@ impl TenantConfig {
 
     /// Whether `tenant` has `workload`.
     pub fn has_workload(&self, tenant: &TenantId, workload: &WorkloadId) -> bool {
-        self.tenants.get(tenant).is_some_and(|t| t.workloads.contains(workload))
+        self.tenants
+            .get(tenant)
+            .is_some_and(|t| t.workloads.contains(workload))
     }
 }
 
@@ -503,14 +574,20 @@ fn parse_base_url(url: &str) -> Result<(Scheme, String, u16, String), String> {
         Some("https") => Scheme::Https,
         _ => return Err(format!("`{url}` must start with `http://` or `https://`")),
     };
-    let authority = uri.authority().ok_or_else(|| format!("`{url}` has no host"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{url}` has no host"))?;
     if authority.as_str().contains('@') {
         return Err(format!("`{url}` must not contain user info"));
     }
     if uri.query().is_some() {
         return Err(format!("`{url}` must not contain a query"));
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     let port = authority.port_u16().unwrap_or(scheme.default_port());
     let mut base_path = uri.path().to_string();
     if !base_path.ends_with('/') {
@@ -524,22 +601,35 @@ mod tests {
     use super::*;
 
     fn testdata(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config/testdata").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/config/testdata")
+            .join(name)
     }
 
     #[test]
     fn base_urls() {
         let cases = [
-            ("https://api.openai.com/", Some((Scheme::Https, "api.openai.com", 443, "/"))),
-            ("http://127.0.0.1:18000", Some((Scheme::Http, "127.0.0.1", 18000, "/"))),
-            ("https://x.example/v1", Some((Scheme::Https, "x.example", 443, "/v1/"))),
+            (
+                "https://api.openai.com/",
+                Some((Scheme::Https, "api.openai.com", 443, "/")),
+            ),
+            (
+                "http://127.0.0.1:18000",
+                Some((Scheme::Http, "127.0.0.1", 18000, "/")),
+            ),
+            (
+                "https://x.example/v1",
+                Some((Scheme::Https, "x.example", 443, "/v1/")),
+            ),
             ("ftp://x/", None),
             ("https://u:p@x/", None),
             ("not a url", None),
         ];
         for (url, want) in cases {
             let got = parse_base_url(url).ok();
-            let got = got.as_ref().map(|(s, h, p, b)| (*s, h.as_str(), *p, b.as_str()));
+            let got = got
+                .as_ref()
+                .map(|(s, h, p, b)| (*s, h.as_str(), *p, b.as_str()));
             assert_eq!(got, want, "{url}");
         }
     }
@@ -562,8 +652,13 @@ mod tests {
             ("bad-duration.toml", "upstream.connect_timeout"),
         ];
         for (file, want) in cases {
-            let problems = StaticConfig::load(&testdata(&format!("broken/{file}"))).expect_err(file);
-            let text = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+            let problems =
+                StaticConfig::load(&testdata(&format!("broken/{file}"))).expect_err(file);
+            let text = problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n");
             assert!(text.contains(want), "{file}: {text}");
         }
         let cases: &[(&str, &str)] = &[
@@ -573,15 +668,27 @@ mod tests {
             ("tenants-bad-lifetime.toml", "token.max_lifetime"),
         ];
         for (file, want) in cases {
-            let problems = TenantConfig::load(&testdata(&format!("broken/{file}"))).expect_err(file);
-            let text = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+            let problems =
+                TenantConfig::load(&testdata(&format!("broken/{file}"))).expect_err(file);
+            let text = problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n");
             assert!(text.contains(want), "{file}: {text}");
         }
     }
 
     #[test]
     fn unknown_field_reports_line() {
-        let problems = StaticConfig::load(&testdata("broken/unknown-field.toml")).expect_err("broken");
-        assert!(problems[0].location.as_deref().is_some_and(|l| l.contains(':')), "{problems:?}");
+        let problems =
+            StaticConfig::load(&testdata("broken/unknown-field.toml")).expect_err("broken");
+        assert!(
+            problems[0]
+                .location
+                .as_deref()
+                .is_some_and(|l| l.contains(':')),
+            "{problems:?}"
+        );
     }
 }

@@ -45,7 +45,9 @@ pub struct AdminSpec {
 
 impl Default for AdminSpec {
     fn default() -> Self {
-        Self { listen: default_admin_listen() }
+        Self {
+            listen: default_admin_listen(),
+        }
     }
 }
 
@@ -157,7 +159,10 @@ pub struct RequestLimitsSpec {
 
 impl Default for RequestLimitsSpec {
     fn default() -> Self {
-        Self { max_header_bytes: default_max_header_bytes(), max_body_bytes: default_max_body_bytes() }
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+        }
     }
 }
 
@@ -230,10 +235,16 @@ pub struct TenantsSpec {
 }
 
 fn default_strip_headers() -> Vec<String> {
-    ["x-tenant-id", "x-tenant", "x-workload-id", "x-org-id", "x-organization-id"]
-        .into_iter()
-        .map(String::from)
-        .collect()
+    [
+        "x-tenant-id",
+        "x-tenant",
+        "x-workload-id",
+        "x-org-id",
+        "x-organization-id",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
 }
 
 /// `[token]`.

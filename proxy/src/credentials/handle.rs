@@ -75,7 +75,11 @@ pub fn scan(input: &[u8]) -> Result<Vec<Piece<'_>>, HandleError> {
             continue;
         }
         let name_start = at + MARKER.len();
-        let name_len = input[name_start..].iter().take(MAX_NAME_LEN + 1).take_while(|b| valid_name_byte(**b)).count();
+        let name_len = input[name_start..]
+            .iter()
+            .take(MAX_NAME_LEN + 1)
+            .take_while(|b| valid_name_byte(**b))
+            .count();
         let close = name_start + name_len;
         if name_len == 0 || name_len > MAX_NAME_LEN || input.get(close) != Some(&b'}') {
             return Err(HandleError::Malformed { offset: at });
@@ -84,7 +88,8 @@ pub fn scan(input: &[u8]) -> Result<Vec<Piece<'_>>, HandleError> {
             pieces.push(Piece::Literal(&input[literal_start..at]));
         }
         // The name bytes are ASCII by construction.
-        let name = std::str::from_utf8(&input[name_start..close]).map_err(|_| HandleError::Malformed { offset: at })?;
+        let name = std::str::from_utf8(&input[name_start..close])
+            .map_err(|_| HandleError::Malformed { offset: at })?;
         pieces.push(Piece::Handle(name));
         literal_start = close + 1;
         pos = close + 1;
@@ -109,7 +114,9 @@ pub fn substitute<'a, E>(
     for piece in pieces {
         match piece {
             Piece::Literal(l) => out.extend_from_slice(l),
-            Piece::Handle(name) => out.extend_from_slice(&resolve(name).map_err(SubstituteError::Resolve)?),
+            Piece::Handle(name) => {
+                out.extend_from_slice(&resolve(name).map_err(SubstituteError::Resolve)?)
+            }
         }
     }
     Ok(Cow::Owned(out))
@@ -154,8 +161,14 @@ mod tests {
             ("$CRED{a/b}", Err(0)),
         ];
         for (input, want) in cases {
-            let got = scan(input.as_bytes()).map(|p| render(&p)).map_err(|HandleError::Malformed { offset }| offset);
-            assert_eq!(got.as_deref().map_err(|e| *e), want.as_ref().map(|s| *s).map_err(|e| *e), "{input}");
+            let got = scan(input.as_bytes())
+                .map(|p| render(&p))
+                .map_err(|HandleError::Malformed { offset }| offset);
+            assert_eq!(
+                got.as_deref().map_err(|e| *e),
+                want.as_ref().map(|s| *s).map_err(|e| *e),
+                "{input}"
+            );
         }
         let long = format!("$CRED{{{}}}", "a".repeat(MAX_NAME_LEN + 1));
         assert!(scan(long.as_bytes()).is_err());

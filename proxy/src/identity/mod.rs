@@ -41,7 +41,9 @@ pub fn resolve(
                 // SECURITY: a reload may have removed the bound workload; refuse rather than
                 // serve a workload the configuration no longer knows.
                 if !snapshot.tenants.has_workload(&b.tenant, &b.workload) {
-                    return Err(Deny::IdentityInvalid("this listener's workload is not in the configuration".into()));
+                    return Err(Deny::IdentityInvalid(
+                        "this listener's workload is not in the configuration".into(),
+                    ));
                 }
                 return Ok(ResolvedIdentity {
                     tenant: b.tenant.clone(),
@@ -51,7 +53,9 @@ pub fn resolve(
                 });
             }
             IdentitySourceKind::Token => {
-                let Some(value) = proxy_authorization else { continue };
+                let Some(value) = proxy_authorization else {
+                    continue;
+                };
                 return resolve_token(snapshot, value, now_unix);
             }
         }
@@ -59,23 +63,42 @@ pub fn resolve(
     Err(Deny::IdentityRequired)
 }
 
-fn resolve_token(snapshot: &Snapshot, header: &[u8], now_unix: u64) -> Result<ResolvedIdentity, Deny> {
-    let credential = parse_proxy_authorization(header)
-        .map_err(|_| Deny::IdentityInvalid("`Proxy-Authorization` is not `Bearer <token>` or `Basic`".into()))?;
+fn resolve_token(
+    snapshot: &Snapshot,
+    header: &[u8],
+    now_unix: u64,
+) -> Result<ResolvedIdentity, Deny> {
+    let credential = parse_proxy_authorization(header).map_err(|_| {
+        Deny::IdentityInvalid("`Proxy-Authorization` is not `Bearer <token>` or `Basic`".into())
+    })?;
     let (token, username) = match &credential {
         ProxyCredential::Bearer(t) => (*t, None),
-        ProxyCredential::Basic { username, password } => (password.as_str(), Some(username.as_str())),
+        ProxyCredential::Basic { username, password } => {
+            (password.as_str(), Some(username.as_str()))
+        }
     };
     // SECURITY: no verifier configured means no token can be valid.
-    let verifier = snapshot.tokens.as_ref().ok_or_else(|| Deny::IdentityInvalid("tokens are not accepted here".into()))?;
-    let verified = verifier.verify(token, now_unix).map_err(|e| Deny::IdentityInvalid(e.to_string()))?;
+    let verifier = snapshot
+        .tokens
+        .as_ref()
+        .ok_or_else(|| Deny::IdentityInvalid("tokens are not accepted here".into()))?;
+    let verified = verifier
+        .verify(token, now_unix)
+        .map_err(|e| Deny::IdentityInvalid(e.to_string()))?;
     if let Some(user) = username {
         if !user.is_empty() && user != verified.workload.as_str() {
-            return Err(Deny::IdentityInvalid("the proxy user name does not match the token's workload".into()));
+            return Err(Deny::IdentityInvalid(
+                "the proxy user name does not match the token's workload".into(),
+            ));
         }
     }
-    if !snapshot.tenants.has_workload(&verified.tenant, &verified.workload) {
-        return Err(Deny::IdentityInvalid("the token names a tenant or workload this proxy does not know".into()));
+    if !snapshot
+        .tenants
+        .has_workload(&verified.tenant, &verified.workload)
+    {
+        return Err(Deny::IdentityInvalid(
+            "the token names a tenant or workload this proxy does not know".into(),
+        ));
     }
     Ok(ResolvedIdentity {
         tenant: verified.tenant.clone(),

@@ -14,7 +14,9 @@ use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+use ring::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{TenantId, WorkloadId};
@@ -62,30 +64,43 @@ pub struct KeySet {
 
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeySet").field("kids", &self.keys.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("KeySet")
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
 impl KeySet {
     /// Parses a JWKS (`{"keys":[…]}`) of Ed25519 and P-256 keys.
     pub fn from_jwks_json(text: &str) -> Result<KeySet, KeySetError> {
-        let set: JwkSet = serde_json::from_str(text).map_err(|e| KeySetError::Parse(e.to_string()))?;
+        let set: JwkSet =
+            serde_json::from_str(text).map_err(|e| KeySetError::Parse(e.to_string()))?;
         if set.keys.is_empty() {
             return Err(KeySetError::Empty);
         }
         let mut keys = HashMap::new();
         for (index, jwk) in set.keys.iter().enumerate() {
-            let kid = jwk.common.key_id.clone().filter(|k| !k.is_empty()).ok_or(KeySetError::Kid { index })?;
+            let kid = jwk
+                .common
+                .key_id
+                .clone()
+                .filter(|k| !k.is_empty())
+                .ok_or(KeySetError::Kid { index })?;
             let alg = match &jwk.algorithm {
-                AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Algorithm::EdDSA,
-                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+                AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                    Algorithm::EdDSA
+                }
+                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                    Algorithm::ES256
+                }
                 _ => return Err(KeySetError::Unsupported { kid }),
             };
             let declared = jwk.common.key_algorithm.map(|a| format!("{a:?}"));
             if declared.as_deref().is_some_and(|d| d != format!("{alg:?}")) {
                 return Err(KeySetError::Unsupported { kid });
             }
-            let key = DecodingKey::from_jwk(jwk).map_err(|_| KeySetError::Unsupported { kid: kid.clone() })?;
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|_| KeySetError::Unsupported { kid: kid.clone() })?;
             if keys.insert(kid, (key, alg)).is_some() {
                 return Err(KeySetError::Kid { index });
             }
@@ -224,13 +239,20 @@ pub struct TokenVerifier {
 }
 
 fn valid_run_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 impl TokenVerifier {
     /// A verifier.
     pub fn new(settings: TokenSettings, keys: KeySet, revoked_jtis: HashSet<String>) -> Self {
-        Self { settings, keys, revoked: revoked_jtis }
+        Self {
+            settings,
+            keys,
+            revoked: revoked_jtis,
+        }
     }
 
     /// Verifies `token` at time `now_unix` (seconds).
@@ -241,7 +263,12 @@ impl TokenVerifier {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let (key, alg) = match &header.kid {
             Some(kid) => self.keys.keys.get(kid).ok_or(TokenError::UnknownKey)?,
-            None if self.keys.keys.len() == 1 => self.keys.keys.values().next().ok_or(TokenError::UnknownKey)?,
+            None if self.keys.keys.len() == 1 => self
+                .keys
+                .keys
+                .values()
+                .next()
+                .ok_or(TokenError::UnknownKey)?,
             None => return Err(TokenError::UnknownKey),
         };
         // SECURITY: the key decides the algorithm, never the token header.
@@ -262,7 +289,9 @@ impl TokenVerifier {
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
                 ErrorKind::InvalidAudience => TokenError::WrongAudience,
                 ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::UnsupportedAlgorithm,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    TokenError::UnsupportedAlgorithm
+                }
                 ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenError::MissingClaim("aud"),
                 ErrorKind::MissingRequiredClaim(c) if c == "iss" => TokenError::WrongIssuer,
                 _ => TokenError::Malformed,
@@ -275,7 +304,10 @@ impl TokenVerifier {
         if now_unix > exp.saturating_add(leeway) {
             return Err(TokenError::Expired);
         }
-        if c.nbf.is_some_and(|nbf| nbf > now_unix.saturating_add(leeway)) || iat > now_unix.saturating_add(leeway) {
+        if c.nbf
+            .is_some_and(|nbf| nbf > now_unix.saturating_add(leeway))
+            || iat > now_unix.saturating_add(leeway)
+        {
             return Err(TokenError::NotYetValid);
         }
         let max = self.settings.max_lifetime.as_secs();
@@ -300,7 +332,10 @@ impl TokenVerifier {
             workload,
             run_id: c.run_id,
             run_budget: c.run_budget,
-            scopes: c.scope.map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default(),
+            scopes: c
+                .scope
+                .map(|s| s.split_whitespace().map(String::from).collect())
+                .unwrap_or_default(),
             initiator: c.initiator,
             correlation_id: c.correlation_id,
             jti: c.jti,
@@ -328,7 +363,9 @@ pub struct GeneratedKey {
 
 impl fmt::Debug for GeneratedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GeneratedKey").field("jwk", &self.jwk).finish_non_exhaustive()
+        f.debug_struct("GeneratedKey")
+            .field("jwk", &self.jwk)
+            .finish_non_exhaustive()
     }
 }
 
@@ -354,15 +391,23 @@ pub fn generate_key(alg: KeyAlgorithm, kid: &str) -> Result<GeneratedKey, KeyErr
             let der = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?;
             let pair = Ed25519KeyPair::from_pkcs8(der.as_ref()).map_err(|_| KeyError::Generate)?;
             let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
-            (der, serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}))
+            (
+                der,
+                serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}),
+            )
         }
         KeyAlgorithm::ES256 => {
-            let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(|_| KeyError::Generate)?;
-            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng)
+            let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
                 .map_err(|_| KeyError::Generate)?;
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng)
+                    .map_err(|_| KeyError::Generate)?;
             let point = pair.public_key().as_ref();
             // Uncompressed point: 0x04 || X (32) || Y (32).
-            let (x, y) = (point.get(1..33).ok_or(KeyError::Generate)?, point.get(33..65).ok_or(KeyError::Generate)?);
+            let (x, y) = (
+                point.get(1..33).ok_or(KeyError::Generate)?,
+                point.get(33..65).ok_or(KeyError::Generate)?,
+            );
             let jwk = serde_json::json!({
                 "kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y),
                 "kid": kid, "alg": "ES256", "use": "sig"
@@ -377,7 +422,10 @@ pub fn generate_key(alg: KeyAlgorithm, kid: &str) -> Result<GeneratedKey, KeyErr
         pem.push('\n');
     }
     pem.push_str("-----END PRIVATE KEY-----\n");
-    Ok(GeneratedKey { private_pem: pem, jwk })
+    Ok(GeneratedKey {
+        private_pem: pem,
+        jwk,
+    })
 }
 
 /// What to put in a new token.
@@ -430,7 +478,11 @@ struct MintClaims<'a> {
 }
 
 fn pem_der(pem: &str) -> Option<Vec<u8>> {
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
     STANDARD.decode(body).ok()
 }
 
@@ -439,7 +491,9 @@ pub fn mint(private_pem: &str, req: &MintRequest) -> Result<String, KeyError> {
     let der = pem_der(private_pem).ok_or(KeyError::BadKey)?;
     let (alg, key) = if Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).is_ok() {
         (Algorithm::EdDSA, EncodingKey::from_ed_der(&der))
-    } else if EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &SystemRandom::new()).is_ok() {
+    } else if EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &SystemRandom::new())
+        .is_ok()
+    {
         (Algorithm::ES256, EncodingKey::from_ec_der(&der))
     } else {
         return Err(KeyError::BadKey);
@@ -454,7 +508,10 @@ pub fn mint(private_pem: &str, req: &MintRequest) -> Result<String, KeyError> {
         iat: req.now_unix,
         exp: req.now_unix + req.ttl.as_secs(),
         nbf: req.not_before,
-        jti: req.jti.clone().unwrap_or_else(|| crate::trace::random_hex(16)),
+        jti: req
+            .jti
+            .clone()
+            .unwrap_or_else(|| crate::trace::random_hex(16)),
         run_id: req.run_id.as_deref(),
         run_budget: req.run_budget.as_ref(),
         scope: (!req.scopes.is_empty()).then(|| req.scopes.join(" ")),
@@ -469,7 +526,11 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn testdata(name: &str) -> String {
-        std::fs::read_to_string(format!("{}/src/identity/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+        std::fs::read_to_string(format!(
+            "{}/src/identity/testdata/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture")
     }
 
     fn verifier() -> TokenVerifier {
@@ -480,7 +541,11 @@ mod tests {
             max_lifetime: Duration::from_secs(3600),
             leeway: Duration::from_secs(30),
         };
-        TokenVerifier::new(settings, keys, ["revoked-1".to_string()].into_iter().collect())
+        TokenVerifier::new(
+            settings,
+            keys,
+            ["revoked-1".to_string()].into_iter().collect(),
+        )
     }
 
     fn req() -> MintRequest {
@@ -491,7 +556,10 @@ mod tests {
             issuer: None,
             ttl: Duration::from_secs(300),
             run_id: Some("run-1".into()),
-            run_budget: Some(RunBudget { tokens: Some(1000), ..Default::default() }),
+            run_budget: Some(RunBudget {
+                tokens: Some(1000),
+                ..Default::default()
+            }),
             scopes: vec!["llm".into(), "tools".into()],
             jti: None,
             kid: Some("test-ed".into()),
@@ -501,7 +569,12 @@ mod tests {
     }
 
     fn forge(header: &str, claims: &str) -> String {
-        format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims), URL_SAFE_NO_PAD.encode(b"sig"))
+        format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims),
+            URL_SAFE_NO_PAD.encode(b"sig")
+        )
     }
 
     #[test]
@@ -510,28 +583,139 @@ mod tests {
         let es = testdata("es256-test.pem");
         let other = testdata("other-ed25519.pem");
         let v = verifier();
-        let ok = v.verify(&mint(&ed, &req()).expect("mint"), NOW).expect("valid");
-        assert_eq!((ok.tenant.as_str(), ok.workload.as_str(), ok.run_id.as_deref()), ("acme", "bot", Some("run-1")));
+        let ok = v
+            .verify(&mint(&ed, &req()).expect("mint"), NOW)
+            .expect("valid");
+        assert_eq!(
+            (
+                ok.tenant.as_str(),
+                ok.workload.as_str(),
+                ok.run_id.as_deref()
+            ),
+            ("acme", "bot", Some("run-1"))
+        );
         assert_eq!(ok.scopes, vec!["llm", "tools"]);
         assert_eq!(ok.run_budget.and_then(|b| b.tokens), Some(1000));
-        let es_tok = mint(&es, &MintRequest { kid: Some("test-es".into()), ..req() }).expect("mint");
+        let es_tok = mint(
+            &es,
+            &MintRequest {
+                kid: Some("test-es".into()),
+                ..req()
+            },
+        )
+        .expect("mint");
         assert!(v.verify(&es_tok, NOW).is_ok());
 
         let cases: Vec<(&str, String, u64, TokenError)> = vec![
             ("garbage", "abc".into(), NOW, TokenError::Malformed),
             ("two parts", "a.b".into(), NOW, TokenError::Malformed),
-            ("expired", mint(&ed, &req()).expect("mint"), NOW + 300 + 31, TokenError::Expired),
-            ("iat in future", mint(&ed, &req()).expect("mint"), NOW - 31, TokenError::NotYetValid),
-            ("nbf in future", mint(&ed, &MintRequest { not_before: Some(NOW + 60), ..req() }).expect("mint"), NOW, TokenError::NotYetValid),
-            ("other key same kid", mint(&other, &req()).expect("mint"), NOW, TokenError::BadSignature),
-            ("es key under ed kid", mint(&es, &req()).expect("mint"), NOW, TokenError::UnsupportedAlgorithm),
-            ("wrong audience", mint(&ed, &MintRequest { audience: "x".into(), ..req() }).expect("mint"), NOW, TokenError::WrongAudience),
-            ("too long-lived", mint(&ed, &MintRequest { ttl: Duration::from_secs(7200), ..req() }).expect("mint"), NOW, TokenError::LifetimeTooLong { max_secs: 3600 }),
-            ("revoked", mint(&ed, &MintRequest { jti: Some("revoked-1".into()), ..req() }).expect("mint"), NOW, TokenError::Revoked),
-            ("unknown kid", mint(&ed, &MintRequest { kid: Some("nope".into()), ..req() }).expect("mint"), NOW, TokenError::UnknownKey),
-            ("no kid, two keys", mint(&ed, &MintRequest { kid: None, ..req() }).expect("mint"), NOW, TokenError::UnknownKey),
-            ("alg none", forge(r#"{"alg":"none","kid":"test-ed"}"#, r#"{"tenant":"acme"}"#), NOW, TokenError::Malformed),
-            ("hs256", forge(r#"{"alg":"HS256","kid":"test-ed"}"#, r#"{"tenant":"acme"}"#), NOW, TokenError::UnsupportedAlgorithm),
+            (
+                "expired",
+                mint(&ed, &req()).expect("mint"),
+                NOW + 300 + 31,
+                TokenError::Expired,
+            ),
+            (
+                "iat in future",
+                mint(&ed, &req()).expect("mint"),
+                NOW - 31,
+                TokenError::NotYetValid,
+            ),
+            (
+                "nbf in future",
+                mint(
+                    &ed,
+                    &MintRequest {
+                        not_before: Some(NOW + 60),
+                        ..req()
+                    },
+                )
+                .expect("mint"),
+                NOW,
+                TokenError::NotYetValid,
+            ),
+            (
+                "other key same kid",
+                mint(&other, &req()).expect("mint"),
+                NOW,
+                TokenError::BadSignature,
+            ),
+            (
+                "es key under ed kid",
+                mint(&es, &req()).expect("mint"),
+                NOW,
+                TokenError::UnsupportedAlgorithm,
+            ),
+            (
+                "wrong audience",
+                mint(
+                    &ed,
+                    &MintRequest {
+                        audience: "x".into(),
+                        ..req()
+                    },
+                )
+                .expect("mint"),
+                NOW,
+                TokenError::WrongAudience,
+            ),
+            (
+                "too long-lived",
+                mint(
+                    &ed,
+                    &MintRequest {
+                        ttl: Duration::from_secs(7200),
+                        ..req()
+                    },
+                )
+                .expect("mint"),
+                NOW,
+                TokenError::LifetimeTooLong { max_secs: 3600 },
+            ),
+            (
+                "revoked",
+                mint(
+                    &ed,
+                    &MintRequest {
+                        jti: Some("revoked-1".into()),
+                        ..req()
+                    },
+                )
+                .expect("mint"),
+                NOW,
+                TokenError::Revoked,
+            ),
+            (
+                "unknown kid",
+                mint(
+                    &ed,
+                    &MintRequest {
+                        kid: Some("nope".into()),
+                        ..req()
+                    },
+                )
+                .expect("mint"),
+                NOW,
+                TokenError::UnknownKey,
+            ),
+            (
+                "no kid, two keys",
+                mint(&ed, &MintRequest { kid: None, ..req() }).expect("mint"),
+                NOW,
+                TokenError::UnknownKey,
+            ),
+            (
+                "alg none",
+                forge(r#"{"alg":"none","kid":"test-ed"}"#, r#"{"tenant":"acme"}"#),
+                NOW,
+                TokenError::Malformed,
+            ),
+            (
+                "hs256",
+                forge(r#"{"alg":"HS256","kid":"test-ed"}"#, r#"{"tenant":"acme"}"#),
+                NOW,
+                TokenError::UnsupportedAlgorithm,
+            ),
         ];
         for (name, token, now, want) in cases {
             assert_eq!(v.verify(&token, now).err(), Some(want), "{name}");
@@ -542,7 +726,14 @@ mod tests {
 
     #[test]
     fn errors_do_not_echo_tokens() {
-        let token = mint(&testdata("ed25519-test.pem"), &MintRequest { audience: "x".into(), ..req() }).expect("mint");
+        let token = mint(
+            &testdata("ed25519-test.pem"),
+            &MintRequest {
+                audience: "x".into(),
+                ..req()
+            },
+        )
+        .expect("mint");
         let err = verifier().verify(&token, NOW).expect_err("refused");
         assert!(!err.to_string().contains(&token[..20]));
     }
@@ -552,9 +743,18 @@ mod tests {
         let cases = [
             ("{}", "JWKS"),
             (r#"{"keys":[]}"#, "no keys"),
-            (r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#, "kid"),
-            (r#"{"keys":[{"kty":"RSA","kid":"r","n":"AQAB","e":"AQAB"}]}"#, "not an Ed25519"),
-            (r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","alg":"ES256","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#, "not an Ed25519"),
+            (
+                r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+                "kid",
+            ),
+            (
+                r#"{"keys":[{"kty":"RSA","kid":"r","n":"AQAB","e":"AQAB"}]}"#,
+                "not an Ed25519",
+            ),
+            (
+                r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","alg":"ES256","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+                "not an Ed25519",
+            ),
             (
                 r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
                 "unique",
@@ -578,6 +778,10 @@ mod tests {
         std::fs::write(format!("{dir}/es256-test.pem"), &es.private_pem).expect("w");
         std::fs::write(format!("{dir}/other-ed25519.pem"), &other.private_pem).expect("w");
         let jwks = serde_json::json!({ "keys": [ed.jwk, es.jwk] });
-        std::fs::write(format!("{dir}/test-jwks.json"), serde_json::to_vec_pretty(&jwks).expect("json")).expect("w");
+        std::fs::write(
+            format!("{dir}/test-jwks.json"),
+            serde_json::to_vec_pretty(&jwks).expect("json"),
+        )
+        .expect("w");
     }
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Entities, Entity, EntityId, EntityUid, Policy, PolicyId, PolicySet, RestrictedExpression, Schema,
-    ValidationMode, Validator,
+    Authorizer, Entities, Entity, EntityId, EntityUid, Policy, PolicyId, PolicySet,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 
@@ -26,7 +26,12 @@ struct Problems {
 
 impl Problems {
     fn file(&mut self, file: &Path, message: impl Into<String>) {
-        self.list.push(PolicyProblem { file: file.to_path_buf(), line: None, column: None, message: message.into() });
+        self.list.push(PolicyProblem {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            message: message.into(),
+        });
     }
 
     /// A problem from a cedar diagnostic, located in `text` by its first label.
@@ -43,7 +48,12 @@ impl Problems {
         if let Some(help) = d.help() {
             message.push_str(&format!(" (help: {help})"));
         }
-        self.list.push(PolicyProblem { file: file.to_path_buf(), line, column, message });
+        self.list.push(PolicyProblem {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message,
+        });
     }
 }
 
@@ -79,13 +89,20 @@ pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, V
                     let loaded = read_dir_policies(&e.path(), dir, &mut texts, &mut problems);
                     per_tenant.insert(id, loaded);
                 }
-                Ok(_) => problems.file(&e.path(), format!("policies for tenant `{name}`, which the configuration does not define")),
+                Ok(_) => problems.file(
+                    &e.path(),
+                    format!(
+                        "policies for tenant `{name}`, which the configuration does not define"
+                    ),
+                ),
                 Err(err) => problems.file(&e.path(), err.to_string()),
             }
         }
     }
 
-    let Some(schema) = schema else { return Err(problems.list) };
+    let Some(schema) = schema else {
+        return Err(problems.list);
+    };
     let validator = Validator::new(schema.clone());
     let mut compiled = HashMap::new();
     for tenant in tenants {
@@ -95,7 +112,13 @@ pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, V
         for l in global.iter().chain(own.iter()) {
             let id = l.policy.id().to_string();
             if origin.contains_key(&id) {
-                problems.file(&l.file, format!("policy id `{id}` is used twice in tenant `{}`'s policy set", tenant.id));
+                problems.file(
+                    &l.file,
+                    format!(
+                        "policy id `{id}` is used twice in tenant `{}`'s policy set",
+                        tenant.id
+                    ),
+                );
                 continue;
             }
             if let Err(e) = set.add(l.policy.clone()) {
@@ -105,16 +128,31 @@ pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, V
             origin.insert(id, (l.file.clone(), l.text_index));
         }
         // Global files are validated once per tenant set; report each problem only once.
-        for err in validator.validate(&set, ValidationMode::Strict).validation_errors() {
-            let Some((file, idx)) = origin.get(&err.policy_id().to_string()) else { continue };
-            let already = problems.list.iter().any(|p| p.file == *file && p.message.starts_with(&err.to_string()));
+        for err in validator
+            .validate(&set, ValidationMode::Strict)
+            .validation_errors()
+        {
+            let Some((file, idx)) = origin.get(&err.policy_id().to_string()) else {
+                continue;
+            };
+            let already = problems
+                .list
+                .iter()
+                .any(|p| p.file == *file && p.message.starts_with(&err.to_string()));
             if !already {
                 problems.diagnostic(file, &texts[*idx].1, err, err.to_string());
             }
         }
         match build_entities(tenant, &schema) {
             Ok((entities, principals)) => {
-                compiled.insert(tenant.id.clone(), TenantPolicies { policies: set, entities, principals });
+                compiled.insert(
+                    tenant.id.clone(),
+                    TenantPolicies {
+                        policies: set,
+                        entities,
+                        principals,
+                    },
+                );
             }
             Err(e) => problems.file(&schema_path, format!("tenant `{}`: {e}", tenant.id)),
         }
@@ -126,21 +164,39 @@ pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, V
     let engine = (|| -> Result<PolicyEngine, String> {
         Ok(PolicyEngine {
             tenants: compiled,
-            action_http: EntityUid::from_str(&format!("{}::Action::\"http\"", super::NAMESPACE)).map_err(|e| e.to_string())?,
+            action_http: EntityUid::from_str(&format!("{}::Action::\"http\"", super::NAMESPACE))
+                .map_err(|e| e.to_string())?,
             destination_type: type_name("Destination")?,
             authorizer: Authorizer::new(),
         })
     })();
-    engine.map_err(|e| vec![PolicyProblem { file: schema_path, line: None, column: None, message: e }])
+    engine.map_err(|e| {
+        vec![PolicyProblem {
+            file: schema_path,
+            line: None,
+            column: None,
+            message: e,
+        }]
+    })
 }
 
 /// Parses every `*.cedar` file in `dir` (sorted), giving each policy its `@id` or
 /// `<relative path>#<n>` as id.
-fn read_dir_policies(dir: &Path, root: &Path, texts: &mut Vec<(PathBuf, String)>, problems: &mut Problems) -> Vec<Loaded> {
+fn read_dir_policies(
+    dir: &Path,
+    root: &Path,
+    texts: &mut Vec<(PathBuf, String)>,
+    problems: &mut Problems,
+) -> Vec<Loaded> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    let mut files: Vec<PathBuf> =
-        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "cedar")).collect();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+        .collect();
     files.sort();
     for file in files {
         let text = match std::fs::read_to_string(&file) {
@@ -150,7 +206,11 @@ fn read_dir_policies(dir: &Path, root: &Path, texts: &mut Vec<(PathBuf, String)>
                 continue;
             }
         };
-        let rel = file.strip_prefix(root).unwrap_or(&file).to_string_lossy().into_owned();
+        let rel = file
+            .strip_prefix(root)
+            .unwrap_or(&file)
+            .to_string_lossy()
+            .into_owned();
         let set = match PolicySet::from_str(&text) {
             Ok(s) => s,
             Err(e) => {
@@ -162,10 +222,23 @@ fn read_dir_policies(dir: &Path, root: &Path, texts: &mut Vec<(PathBuf, String)>
         let text_index = texts.len() - 1;
         // `from_str` names policies `policy0`, `policy1`, … in source order.
         let mut policies: Vec<&Policy> = set.policies().collect();
-        policies.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(usize::MAX));
+        policies.sort_by_key(|p| {
+            p.id()
+                .to_string()
+                .trim_start_matches("policy")
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
         for (n, p) in policies.into_iter().enumerate() {
-            let id = p.annotation("id").map(str::to_string).unwrap_or_else(|| format!("{rel}#{n}"));
-            out.push(Loaded { policy: p.new_id(PolicyId::new(id)), file: file.clone(), text_index });
+            let id = p
+                .annotation("id")
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{rel}#{n}"));
+            out.push(Loaded {
+                policy: p.new_id(PolicyId::new(id)),
+                file: file.clone(),
+                text_index,
+            });
         }
     }
     out
@@ -174,12 +247,19 @@ fn read_dir_policies(dir: &Path, root: &Path, texts: &mut Vec<(PathBuf, String)>
 type Principals = HashMap<crate::ids::WorkloadId, EntityUid>;
 
 fn build_entities(tenant: &TenantInfo, schema: &Schema) -> Result<(Entities, Principals), String> {
-    let tenant_uid = EntityUid::from_type_name_and_id(type_name("Tenant")?, EntityId::new(tenant.id.as_str()));
+    let tenant_uid =
+        EntityUid::from_type_name_and_id(type_name("Tenant")?, EntityId::new(tenant.id.as_str()));
     let tenant_entity = Entity::new(
         tenant_uid.clone(),
         HashMap::from([
-            ("plan".to_string(), RestrictedExpression::new_string(tenant.plan.clone())),
-            ("region".to_string(), RestrictedExpression::new_string(tenant.region.clone())),
+            (
+                "plan".to_string(),
+                RestrictedExpression::new_string(tenant.plan.clone()),
+            ),
+            (
+                "region".to_string(),
+                RestrictedExpression::new_string(tenant.region.clone()),
+            ),
         ]),
         HashSet::new(),
     )
@@ -188,13 +268,22 @@ fn build_entities(tenant: &TenantInfo, schema: &Schema) -> Result<(Entities, Pri
     let mut entities = vec![tenant_entity];
     let mut principals = HashMap::new();
     for w in &tenant.workloads {
-        let uid = EntityUid::from_type_name_and_id(workload_type.clone(), EntityId::new(format!("{}/{}", tenant.id, w)));
+        let uid = EntityUid::from_type_name_and_id(
+            workload_type.clone(),
+            EntityId::new(format!("{}/{}", tenant.id, w)),
+        );
         entities.push(
             Entity::new(
                 uid.clone(),
                 HashMap::from([
-                    ("tenant".to_string(), RestrictedExpression::new_entity_uid(tenant_uid.clone())),
-                    ("name".to_string(), RestrictedExpression::new_string(w.to_string())),
+                    (
+                        "tenant".to_string(),
+                        RestrictedExpression::new_entity_uid(tenant_uid.clone()),
+                    ),
+                    (
+                        "name".to_string(),
+                        RestrictedExpression::new_string(w.to_string()),
+                    ),
                 ]),
                 HashSet::from([tenant_uid.clone()]),
             )

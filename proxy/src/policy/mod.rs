@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName, EntityUid, PolicySet,
-    Request, RestrictedExpression,
+    Authorizer, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName, EntityUid,
+    PolicySet, Request, RestrictedExpression,
 };
 
 use crate::ids::{TenantId, WorkloadId};
@@ -72,7 +72,11 @@ pub struct Decision {
 
 impl Decision {
     fn deny_with(error: impl Into<String>) -> Self {
-        Self { allowed: false, policy_ids: Vec::new(), errors: vec![error.into()] }
+        Self {
+            allowed: false,
+            policy_ids: Vec::new(),
+            errors: vec![error.into()],
+        }
     }
 }
 
@@ -114,9 +118,14 @@ pub struct PolicyEngine {
 
 impl fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let counts: HashMap<&str, usize> =
-            self.tenants.iter().map(|(t, p)| (t.as_str(), p.policies.policies().count())).collect();
-        f.debug_struct("PolicyEngine").field("policies_per_tenant", &counts).finish()
+        let counts: HashMap<&str, usize> = self
+            .tenants
+            .iter()
+            .map(|(t, p)| (t.as_str(), p.policies.policies().count()))
+            .collect();
+        f.debug_struct("PolicyEngine")
+            .field("policies_per_tenant", &counts)
+            .finish()
     }
 }
 
@@ -127,20 +136,40 @@ impl PolicyEngine {
     }
 
     /// Decides action `http`. Default deny; any evaluation error denies.
-    pub fn authorize_http(&self, tenant: &TenantId, workload: &WorkloadId, facts: &HttpRequestFacts<'_>) -> Decision {
+    pub fn authorize_http(
+        &self,
+        tenant: &TenantId,
+        workload: &WorkloadId,
+        facts: &HttpRequestFacts<'_>,
+    ) -> Decision {
         // SECURITY: a tenant or workload missing from the compiled set has no policies: deny.
-        let Some(t) = self.tenants.get(tenant) else { return Decision::deny_with("unknown tenant") };
-        let Some(principal) = t.principals.get(workload) else { return Decision::deny_with("unknown workload") };
-        let resource = EntityUid::from_type_name_and_id(self.destination_type.clone(), EntityId::new(facts.host));
+        let Some(t) = self.tenants.get(tenant) else {
+            return Decision::deny_with("unknown tenant");
+        };
+        let Some(principal) = t.principals.get(workload) else {
+            return Decision::deny_with("unknown workload");
+        };
+        let resource = EntityUid::from_type_name_and_id(
+            self.destination_type.clone(),
+            EntityId::new(facts.host),
+        );
         let context = match Context::from_pairs(http_context(facts)) {
             Ok(c) => c,
             Err(e) => return Decision::deny_with(e.to_string()),
         };
-        let request = match Request::new(principal.clone(), self.action_http.clone(), resource, context, None) {
+        let request = match Request::new(
+            principal.clone(),
+            self.action_http.clone(),
+            resource,
+            context,
+            None,
+        ) {
             Ok(r) => r,
             Err(e) => return Decision::deny_with(e.to_string()),
         };
-        let response = self.authorizer.is_authorized(&request, &t.policies, &t.entities);
+        let response = self
+            .authorizer
+            .is_authorized(&request, &t.policies, &t.entities);
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
         let mut policy_ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
@@ -148,33 +177,67 @@ impl PolicyEngine {
         // SECURITY: Cedar skips policies whose evaluation errors, so an erroring `forbid` would
         // not deny. Treat any error as a denial.
         let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
-        Decision { allowed, policy_ids, errors }
+        Decision {
+            allowed,
+            policy_ids,
+            errors,
+        }
     }
 
     /// Number of policies that apply to `tenant`.
     pub fn policy_count(&self, tenant: &TenantId) -> usize {
-        self.tenants.get(tenant).map_or(0, |t| t.policies.policies().count())
+        self.tenants
+            .get(tenant)
+            .map_or(0, |t| t.policies.policies().count())
     }
 }
 
 fn http_context(f: &HttpRequestFacts<'_>) -> Vec<(String, RestrictedExpression)> {
     let mut pairs = vec![
-        ("scheme".to_string(), RestrictedExpression::new_string(f.scheme.to_string())),
-        ("host".to_string(), RestrictedExpression::new_string(f.host.to_string())),
-        ("port".to_string(), RestrictedExpression::new_long(i64::from(f.port))),
-        ("method".to_string(), RestrictedExpression::new_string(f.method.to_string())),
-        ("path".to_string(), RestrictedExpression::new_string(f.path.to_string())),
-        ("run_signed".to_string(), RestrictedExpression::new_bool(f.run_signed)),
+        (
+            "scheme".to_string(),
+            RestrictedExpression::new_string(f.scheme.to_string()),
+        ),
+        (
+            "host".to_string(),
+            RestrictedExpression::new_string(f.host.to_string()),
+        ),
+        (
+            "port".to_string(),
+            RestrictedExpression::new_long(i64::from(f.port)),
+        ),
+        (
+            "method".to_string(),
+            RestrictedExpression::new_string(f.method.to_string()),
+        ),
+        (
+            "path".to_string(),
+            RestrictedExpression::new_string(f.path.to_string()),
+        ),
+        (
+            "run_signed".to_string(),
+            RestrictedExpression::new_bool(f.run_signed),
+        ),
         (
             "scopes".to_string(),
-            RestrictedExpression::new_set(f.scopes.iter().map(|s| RestrictedExpression::new_string(s.clone()))),
+            RestrictedExpression::new_set(
+                f.scopes
+                    .iter()
+                    .map(|s| RestrictedExpression::new_string(s.clone())),
+            ),
         ),
     ];
     if let Some(m) = f.model {
-        pairs.push(("model".to_string(), RestrictedExpression::new_string(m.to_string())));
+        pairs.push((
+            "model".to_string(),
+            RestrictedExpression::new_string(m.to_string()),
+        ));
     }
     if let Some(r) = f.route {
-        pairs.push(("route".to_string(), RestrictedExpression::new_string(r.to_string())));
+        pairs.push((
+            "route".to_string(),
+            RestrictedExpression::new_string(r.to_string()),
+        ));
     }
     pairs
 }

@@ -7,9 +7,15 @@ fn tenants() -> Vec<TenantInfo> {
         id: TenantId::new(id).expect("id"),
         plan: plan.into(),
         region: "eu".into(),
-        workloads: workloads.iter().map(|w| WorkloadId::new(w).expect("id")).collect(),
+        workloads: workloads
+            .iter()
+            .map(|w| WorkloadId::new(w).expect("id"))
+            .collect(),
     };
-    vec![t("acme", "pro", &["bot", "researcher"]), t("globex", "free", &["agent"])]
+    vec![
+        t("acme", "pro", &["bot", "researcher"]),
+        t("globex", "free", &["agent"]),
+    ]
 }
 
 fn facts<'a>(host: &'a str, path: &'a str, model: Option<&'a str>) -> HttpRequestFacts<'a> {
@@ -33,7 +39,11 @@ fn repo_policies() -> &'static Path {
 /// A policy dir with the repo's schema and the given files.
 fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(repo_policies().join("schema.cedarschema"), dir.path().join("schema.cedarschema")).expect("schema");
+    std::fs::copy(
+        repo_policies().join("schema.cedarschema"),
+        dir.path().join("schema.cedarschema"),
+    )
+    .expect("schema");
     for (rel, text) in files {
         let p = dir.path().join(rel);
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
@@ -53,14 +63,86 @@ fn wl(s: &str) -> WorkloadId {
 fn quickstart_policies() {
     let engine = PolicyEngine::load(repo_policies(), &tenants()).expect("repo policies load");
     let cases = [
-        ("acme allowed host", "acme", "bot", "api.openai.com", "/v1/chat/completions", Some("gpt-4o"), true, vec!["acme-llm-providers"]),
-        ("acme other host", "acme", "bot", "attacker.example", "/", None, false, vec![]),
-        ("acme researcher admin", "acme", "researcher", "api.openai.com", "/v1/organization/users", None, false, vec!["acme-researcher-no-admin"]),
-        ("globex mini model", "globex", "agent", "api.openai.com", "/v1/chat/completions", Some("gpt-4o-mini"), true, vec!["globex-openai"]),
-        ("globex big model", "globex", "agent", "api.openai.com", "/v1/chat/completions", Some("gpt-4o"), false, vec!["free-plan-models"]),
-        ("globex anthropic", "globex", "agent", "api.anthropic.com", "/v1/messages", None, false, vec![]),
-        ("metadata", "acme", "bot", "169.254.169.254", "/", None, false, vec!["forbid-metadata"]),
-        ("local mock", "globex", "agent", "127.0.0.1", "/v1/chat/completions", Some("gpt-4o-mini"), true, vec!["allow-local-mock"]),
+        (
+            "acme allowed host",
+            "acme",
+            "bot",
+            "api.openai.com",
+            "/v1/chat/completions",
+            Some("gpt-4o"),
+            true,
+            vec!["acme-llm-providers"],
+        ),
+        (
+            "acme other host",
+            "acme",
+            "bot",
+            "attacker.example",
+            "/",
+            None,
+            false,
+            vec![],
+        ),
+        (
+            "acme researcher admin",
+            "acme",
+            "researcher",
+            "api.openai.com",
+            "/v1/organization/users",
+            None,
+            false,
+            vec!["acme-researcher-no-admin"],
+        ),
+        (
+            "globex mini model",
+            "globex",
+            "agent",
+            "api.openai.com",
+            "/v1/chat/completions",
+            Some("gpt-4o-mini"),
+            true,
+            vec!["globex-openai"],
+        ),
+        (
+            "globex big model",
+            "globex",
+            "agent",
+            "api.openai.com",
+            "/v1/chat/completions",
+            Some("gpt-4o"),
+            false,
+            vec!["free-plan-models"],
+        ),
+        (
+            "globex anthropic",
+            "globex",
+            "agent",
+            "api.anthropic.com",
+            "/v1/messages",
+            None,
+            false,
+            vec![],
+        ),
+        (
+            "metadata",
+            "acme",
+            "bot",
+            "169.254.169.254",
+            "/",
+            None,
+            false,
+            vec!["forbid-metadata"],
+        ),
+        (
+            "local mock",
+            "globex",
+            "agent",
+            "127.0.0.1",
+            "/v1/chat/completions",
+            Some("gpt-4o-mini"),
+            true,
+            vec!["allow-local-mock"],
+        ),
     ];
     for (name, tenant, workload, host, path, model, allowed, ids) in cases {
         let d = engine.authorize_http(&id(tenant), &wl(workload), &facts(host, path, model));
@@ -78,13 +160,31 @@ fn tenant_policies_never_apply_to_another_tenant() {
     )]);
     let engine = PolicyEngine::load(dir.path(), &tenants()).expect("load");
     // The policy has an unconstrained principal, yet globex never sees it.
-    assert!(engine.authorize_http(&id("acme"), &wl("bot"), &facts("x.example", "/", None)).allowed);
+    assert!(
+        engine
+            .authorize_http(&id("acme"), &wl("bot"), &facts("x.example", "/", None))
+            .allowed
+    );
     let d = engine.authorize_http(&id("globex"), &wl("agent"), &facts("x.example", "/", None));
     assert!(!d.allowed && d.policy_ids.is_empty(), "{d:?}");
-    assert_eq!((engine.policy_count(&id("acme")), engine.policy_count(&id("globex"))), (1, 0));
+    assert_eq!(
+        (
+            engine.policy_count(&id("acme")),
+            engine.policy_count(&id("globex"))
+        ),
+        (1, 0)
+    );
     // Unknown tenant and workload deny.
-    assert!(!engine.authorize_http(&id("initech"), &wl("bot"), &facts("x.example", "/", None)).allowed);
-    assert!(!engine.authorize_http(&id("acme"), &wl("ghost"), &facts("x.example", "/", None)).allowed);
+    assert!(
+        !engine
+            .authorize_http(&id("initech"), &wl("bot"), &facts("x.example", "/", None))
+            .allowed
+    );
+    assert!(
+        !engine
+            .authorize_http(&id("acme"), &wl("ghost"), &facts("x.example", "/", None))
+            .allowed
+    );
 }
 
 #[test]
@@ -123,7 +223,11 @@ fn load_problems_are_reported_with_location() {
     for (name, files, want) in cases {
         let dir = dir_with(files);
         let problems = PolicyEngine::load(dir.path(), &tenants()).expect_err(name);
-        let text = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+        let text = problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(text.contains(want), "{name}: {text}");
     }
     let empty = tempfile::tempdir().expect("tempdir");
@@ -147,10 +251,16 @@ fn built_context_conforms_to_schema() {
     let text = std::fs::read_to_string(repo_policies().join("schema.cedarschema")).expect("schema");
     let (schema, _) = cedar_policy::Schema::from_cedarschema_str(&text).expect("schema parses");
     let scopes = vec!["llm".to_string()];
-    let f = HttpRequestFacts { model: Some("m"), route: Some("r"), scopes: &scopes, ..facts("h", "/", None) };
+    let f = HttpRequestFacts {
+        model: Some("m"),
+        route: Some("r"),
+        scopes: &scopes,
+        ..facts("h", "/", None)
+    };
     let principal = EntityUid::from_str("TenantProxy::Workload::\"acme/bot\"").expect("uid");
     let action = EntityUid::from_str("TenantProxy::Action::\"http\"").expect("uid");
     let resource = EntityUid::from_str("TenantProxy::Destination::\"h\"").expect("uid");
     let context = Context::from_pairs(http_context(&f)).expect("context");
-    Request::new(principal, action, resource, context, Some(&schema)).expect("request validates against the schema");
+    Request::new(principal, action, resource, context, Some(&schema))
+        .expect("request validates against the schema");
 }
