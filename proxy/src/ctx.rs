@@ -13,6 +13,7 @@ use crate::error::Deny;
 use crate::identity::token::{Initiator, RunBudget};
 use crate::ids::{TenantId, WorkloadId};
 use crate::policy::Decision;
+use crate::snapshot::Snapshot;
 use crate::target::Destination;
 use crate::trace::TraceContext;
 
@@ -95,6 +96,9 @@ pub struct RequestCtx {
     pub started: Instant,
     /// The tenant context; `None` until identity is resolved.
     pub tenant: Option<Arc<TenantContext>>,
+    /// The configuration snapshot this request was admitted under; every later phase uses the
+    /// same one, even if a reload lands mid-request.
+    pub snapshot: Option<Arc<Snapshot>>,
     /// The target, once parsed.
     pub destination: Option<Destination>,
     /// Set only after Cedar allowed the request.
@@ -130,6 +134,7 @@ impl RequestCtx {
             request_id: crate::trace::random_hex(16).into(),
             started: Instant::now(),
             tenant: None,
+            snapshot: None,
             destination: None,
             permit: None,
             decision: None,

@@ -65,6 +65,7 @@ impl TenantProxy {
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Deny> {
         ctx.audit_slot = Some(self.shared.audit.reserve()?);
         let snapshot = self.shared.snapshot.load();
+        ctx.snapshot = Some(snapshot.clone());
 
         let req = session.req_header();
         let proxy_auth = req
@@ -430,7 +431,11 @@ impl ProxyHttp for TenantProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let (Some(permit), Some(tenant)) = (ctx.permit.as_ref(), ctx.tenant.as_ref()) else {
+        let (Some(permit), Some(tenant), Some(snapshot)) = (
+            ctx.permit.as_ref(),
+            ctx.tenant.as_ref(),
+            ctx.snapshot.as_ref(),
+        ) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "upstream request without authorization",
@@ -445,7 +450,7 @@ impl ProxyHttp for TenantProxy {
         // SECURITY: identity material and agent-written tenant claims never leave the proxy.
         upstream.remove_header(&http::header::PROXY_AUTHORIZATION);
         upstream.remove_header("proxy-connection");
-        for name in &self.shared.snapshot.load().tenants.strip_headers {
+        for name in &snapshot.tenants.strip_headers {
             upstream.remove_header(name);
         }
         // W3C baggage has no integrity and may name tenants: only internal routes get it.

@@ -1,7 +1,5 @@
 //! W3C trace context: continue a valid incoming `traceparent`, or start a new trace.
 
-use std::fmt::Write as _;
-
 /// The trace a request belongs to and the span the proxy opens for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
@@ -64,14 +62,11 @@ fn parse_traceparent(value: &[u8]) -> Option<(String, String, u8)> {
     Some((trace_id.to_string(), parent.to_string(), flags))
 }
 
-/// `n` random bytes as lowercase hex.
+/// `n` random bytes (at most 16) as lowercase hex.
 pub fn random_hex(n: usize) -> String {
-    let mut out = String::with_capacity(n * 2);
-    for _ in 0..n {
-        let b: u8 = rand::random();
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    let value: u128 = rand::random();
+    let full = format!("{value:032x}");
+    full[..(n.min(16) * 2)].to_string()
 }
 
 #[cfg(test)]

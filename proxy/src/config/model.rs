@@ -643,38 +643,44 @@ mod tests {
         assert_eq!(t.routes[0].prefix, "/openai/v2/", "longest prefix first");
     }
 
+    fn problems_text<T: std::fmt::Debug>(
+        result: Result<T, Vec<ConfigProblem>>,
+        file: &str,
+    ) -> String {
+        let problems = result.expect_err(file);
+        problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     #[test]
     fn broken_fixtures_are_rejected_with_location() {
-        let cases: &[(&str, &str)] = &[
+        let static_cases = [
             ("unknown-field.toml", "unknown field `colour`"),
             ("bad-listener.toml", "listener[0].identity[0]"),
             ("binding-missing.toml", "listener[0].binding"),
             ("bad-duration.toml", "upstream.connect_timeout"),
         ];
-        for (file, want) in cases {
-            let problems =
-                StaticConfig::load(&testdata(&format!("broken/{file}"))).expect_err(file);
-            let text = problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("\n");
+        for (file, want) in static_cases {
+            let text = problems_text(
+                StaticConfig::load(&testdata(&format!("broken/{file}"))),
+                file,
+            );
             assert!(text.contains(want), "{file}: {text}");
         }
-        let cases: &[(&str, &str)] = &[
+        let tenant_cases = [
             ("tenants-unknown-field.toml", "unknown field `plans`"),
             ("tenants-bad-id.toml", "tenants.Acme"),
             ("tenants-bad-route.toml", "route[0].prefix"),
             ("tenants-bad-lifetime.toml", "token.max_lifetime"),
         ];
-        for (file, want) in cases {
-            let problems =
-                TenantConfig::load(&testdata(&format!("broken/{file}"))).expect_err(file);
-            let text = problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("\n");
+        for (file, want) in tenant_cases {
+            let text = problems_text(
+                TenantConfig::load(&testdata(&format!("broken/{file}"))),
+                file,
+            );
             assert!(text.contains(want), "{file}: {text}");
         }
     }

@@ -66,7 +66,7 @@ pub fn scan(input: &[u8]) -> Result<Vec<Piece<'_>>, HandleError> {
     while let Some(at) = find(input, pos) {
         // `$$CRED{`: an escape. Keep everything up to and including the second `$`'s marker,
         // minus the first `$`.
-        if at > 0 && input[at - 1] == b'$' && at - 1 >= literal_start {
+        if at > literal_start && input[at - 1] == b'$' {
             if at - 1 > literal_start {
                 pieces.push(Piece::Literal(&input[literal_start..at - 1]));
             }

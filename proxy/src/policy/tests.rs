@@ -201,6 +201,7 @@ fn evaluation_errors_deny() {
 }
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn load_problems_are_reported_with_location() {
     let cases: &[(&str, &[(&str, &str)], &str)] = &[
         ("syntax error", &[("global/bad.cedar", "permit (principal, action, resource)\nwhen { context.path like };")], "global/bad.cedar:2:"),
