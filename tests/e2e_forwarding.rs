@@ -33,9 +33,14 @@ fn curl_forward_and_route_mode_allowed_and_denied() {
     let proxy_url = format!("http://researcher:{tok}@127.0.0.1:{}", proxy.shared_port);
 
     // Forward mode through HTTP_PROXY-style -x, token in the proxy URL.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let (status, body) = curl(&[
         "-x",
         &proxy_url,
+        "-H",
+        &format!("traceparent: 00-{trace_id}-00f067aa0ba902b7-01"),
+        "-H",
+        "baggage: tenant=acme,user=alice",
         &format!("http://127.0.0.1:{}/acme/fwd?q=secret", origin.port),
     ]);
     assert_eq!(status, 200, "{body}");
@@ -71,7 +76,15 @@ fn curl_forward_and_route_mode_allowed_and_denied() {
         seen[0].headers["host"],
         format!("127.0.0.1:{}", origin.port)
     );
-    assert!(seen[0].headers.contains_key("traceparent"));
+    // The trace continues (same trace id, the proxy's span as parent); baggage, which has no
+    // integrity and may name tenants, does not reach an external host.
+    assert!(
+        seen[0].headers["traceparent"].starts_with(&format!("00-{trace_id}-")),
+        "{:?}",
+        seen[0].headers
+    );
+    assert!(!seen[0].headers["traceparent"].contains("00f067aa0ba902b7"));
+    assert!(!seen[0].headers.contains_key("baggage"));
 
     // The audit record keeps the query key, never its value.
     let recs = proxy.wait_audit_records("acme", 4);
@@ -85,6 +98,7 @@ fn curl_forward_and_route_mode_allowed_and_denied() {
         .unwrap();
     assert_eq!(fwd["path"], "/acme/fwd?q");
     assert_eq!(fwd["workload"], "researcher");
+    assert_eq!(fwd["trace_id"], trace_id);
     assert_eq!(fwd["decision"], "allow");
     assert_eq!(fwd["policy_ids"], serde_json::json!(["acme-paths"]));
     assert!(
@@ -243,7 +257,7 @@ fn upstream_failures_map_to_502_and_504() {
     let dead_port = free_port();
     let proxy = Proxy::start(ProxySpec {
         routes: routes(&origin),
-        upstream: "read_timeout = \"1s\"",
+        upstream: "read_timeout = \"1s\"".into(),
         ..Default::default()
     });
     let p = proxy.sidecar_port;
@@ -321,4 +335,181 @@ fn policy_evaluation_error_denies() {
         "{rec}"
     );
     assert_eq!(origin.count(), 0);
+}
+
+/// A TLS origin (Python's http.server behind `ssl`) with a certificate from a test CA made with
+/// the openssl CLI.
+struct TlsOrigin {
+    port: u16,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Drop for TlsOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_origin() -> TlsOrigin {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tenant-proxy test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let script = r#"
+import http.server, json, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = json.dumps({"tls": True, "path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("leaf.pem", "leaf.key")
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .current_dir(d)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("port");
+    TlsOrigin {
+        port,
+        ca: d.join("ca.pem"),
+        _dir: dir,
+        child,
+    }
+}
+
+#[test]
+fn route_to_tls_origin_verifies_with_extra_ca() {
+    let origin = tls_origin();
+    let routes = format!(
+        "[[route]]\nname = \"tls\"\nprefix = \"/tls/\"\nupstream = \"https://127.0.0.1:{}/\"\n",
+        origin.port
+    );
+
+    // Trusted: system roots plus the test CA.
+    let proxy = Proxy::start(ProxySpec {
+        routes: routes.clone(),
+        upstream: format!(
+            "read_timeout = \"5s\"\nextra_ca_files = [\"{}\"]",
+            origin.ca.display()
+        ),
+        ..Default::default()
+    });
+    let r = raw_request(
+        proxy.sidecar_port,
+        "GET /tls/acme/secure HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.json()["path"], "/acme/secure");
+    assert_eq!(r.json()["tls"], true);
+    assert_eq!(
+        proxy.audit_record("acme", &r.request_id())["scheme"],
+        "https"
+    );
+
+    // Not trusted: a 502 `upstream_tls`, never a fallback to plain text.
+    let untrusted = Proxy::start(ProxySpec {
+        routes,
+        ..Default::default()
+    });
+    let r = raw_request(
+        untrusted.sidecar_port,
+        "GET /tls/acme/secure HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (502, "upstream_tls"),
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(
+        untrusted.audit_record("acme", &r.request_id())["reason"],
+        "upstream_tls"
+    );
 }

@@ -377,3 +377,69 @@ fn check_reports_every_problem_with_location() {
         "both reported: {out}"
     );
 }
+
+#[test]
+fn jwks_and_revocation_list_reload() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let ed = token(TokenOpts {
+        jti: Some("to-revoke"),
+        ..Default::default()
+    });
+    let es = token(TokenOpts {
+        key: TEST_KEY_ES256,
+        kid: Some("test-es"),
+        ..Default::default()
+    });
+    assert_eq!(
+        forward_get(proxy.shared_port, &url(&origin, "/acme/a"), Some(&ed), "").status,
+        200
+    );
+
+    // Revoking a jti takes effect without restart.
+    std::fs::write(proxy.path("revoked.txt"), "revoked-jti-1\nto-revoke\n").unwrap();
+    wait_for("revocation", || {
+        forward_get(proxy.shared_port, &url(&origin, "/acme/b"), Some(&ed), "").status == 407
+    });
+
+    // Rotating the key set: drop the Ed25519 key, keep the ES256 one.
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(proxy.path("jwks.json")).unwrap()).unwrap();
+    let only_es: Vec<_> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kid"] == "test-es")
+        .cloned()
+        .collect();
+    let fresh_ed = token(TokenOpts::default());
+    assert_eq!(
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, "/acme/c"),
+            Some(&fresh_ed),
+            ""
+        )
+        .status,
+        200
+    );
+    std::fs::write(
+        proxy.path("jwks.json"),
+        serde_json::json!({ "keys": only_es }).to_string(),
+    )
+    .unwrap();
+    wait_for("key rotation", || {
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, "/acme/d"),
+            Some(&fresh_ed),
+            "",
+        )
+        .status
+            == 407
+    });
+    assert_eq!(
+        forward_get(proxy.shared_port, &url(&origin, "/acme/e"), Some(&es), "").status,
+        200
+    );
+}

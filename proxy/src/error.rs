@@ -34,6 +34,8 @@ pub enum Deny {
     UpstreamUnreachable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The upstream's TLS certificate did not verify (never downgraded to plain text).
+    UpstreamTls,
     /// The audit sink cannot take another record.
     AuditUnavailable,
     /// A phase ran without the state it requires (a bug); refused rather than forwarded.
@@ -71,6 +73,8 @@ pub enum ReasonCode {
     UpstreamUnreachable,
     /// See [`Deny::UpstreamTimeout`].
     UpstreamTimeout,
+    /// See [`Deny::UpstreamTls`].
+    UpstreamTls,
     /// See [`Deny::AuditUnavailable`].
     AuditUnavailable,
     /// See [`Deny::Internal`].
@@ -94,6 +98,7 @@ impl ReasonCode {
             ReasonCode::LengthRequired => "length_required",
             ReasonCode::UpstreamUnreachable => "upstream_unreachable",
             ReasonCode::UpstreamTimeout => "upstream_timeout",
+            ReasonCode::UpstreamTls => "upstream_tls",
             ReasonCode::AuditUnavailable => "audit_unavailable",
             ReasonCode::Internal => "internal_error",
         }
@@ -152,6 +157,11 @@ impl Deny {
                 (502, ReasonCode::UpstreamUnreachable, "the upstream could not be reached".into())
             }
             Deny::UpstreamTimeout => (504, ReasonCode::UpstreamTimeout, "the upstream did not answer in time".into()),
+            Deny::UpstreamTls => (
+                502,
+                ReasonCode::UpstreamTls,
+                "the upstream's TLS certificate could not be verified".into(),
+            ),
             Deny::AuditUnavailable => (
                 503,
                 ReasonCode::AuditUnavailable,

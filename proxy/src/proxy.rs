@@ -167,7 +167,7 @@ impl TenantProxy {
         }
         if matches!(
             reason,
-            ReasonCode::UpstreamUnreachable | ReasonCode::UpstreamTimeout
+            ReasonCode::UpstreamUnreachable | ReasonCode::UpstreamTimeout | ReasonCode::UpstreamTls
         ) {
             METRICS
                 .upstream_errors
@@ -330,6 +330,7 @@ fn deny_for_error(e: &Error) -> Option<Deny> {
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
             Some(Deny::UpstreamTimeout)
         }
+        TLSHandshakeFailure | InvalidCert | HandshakeError => Some(Deny::UpstreamTls),
         _ => match e.esource() {
             ErrorSource::Upstream => Some(Deny::UpstreamUnreachable),
             // The client went away or sent garbage: nobody to answer, or pingora's own 400.

@@ -181,7 +181,7 @@ pub struct ProxySpec {
     /// Extra `[[route]]` tables (TOML) for the tenant file; `ORIGIN` is replaced by the origin port.
     pub routes: String,
     /// Settings of `[upstream]` besides `connect_timeout` (default: a 10 s read timeout).
-    pub upstream: &'static str,
+    pub upstream: String,
     /// Extra static settings appended to `[limits]`.
     pub limits: &'static str,
 }
@@ -191,7 +191,7 @@ impl Default for ProxySpec {
         Self {
             policies: "tests/fixtures/policies",
             routes: String::new(),
-            upstream: "read_timeout = \"10s\"",
+            upstream: "read_timeout = \"10s\"".into(),
             limits: "",
         }
     }
