@@ -1,3 +1,77 @@
-//! Credentials: `$CRED{name}` handles resolved to per-tenant secrets.
+//! Credentials: `$CRED{name}` handles resolved to per-tenant secrets, only toward the
+//! destinations each secret is bound to.
+//!
+//! - [`handle`]: the handle syntax (strict, linear, total);
+//! - [`vault`]: the embedded encrypted vault; [`files`]: mounted secret files (Kubernetes);
+//! - [`apply`]: finds handles in a request and substitutes them after every check passes;
+//! - [`scrub`]: replaces a secret echoed back in a response with its handle.
 
+pub mod apply;
+pub mod binding;
+pub mod files;
 pub mod handle;
+pub mod scrub;
+pub mod secret;
+pub mod vault;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::ids::TenantId;
+use binding::{Binding, Position};
+use secret::SecretValue;
+
+/// One tenant's secret with where it may go.
+#[derive(Debug)]
+pub struct Credential {
+    /// Owning tenant.
+    pub tenant: TenantId,
+    /// Name (what `$CRED{name}` refers to).
+    pub name: String,
+    /// The value.
+    pub value: SecretValue,
+    /// Destinations it may be sent to.
+    pub bindings: Vec<Binding>,
+    /// Where in a request it may appear.
+    pub positions: Vec<Position>,
+    /// Expiry, unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+/// Every tenant's credentials, by tenant then name. Lookups are always scoped by the tenant of
+/// the verified identity: there is no way to name another tenant's credential.
+#[derive(Debug, Default)]
+pub struct CredentialSet {
+    tenants: HashMap<TenantId, HashMap<String, Arc<Credential>>>,
+}
+
+impl CredentialSet {
+    /// The credential `name` of `tenant`.
+    pub fn get(&self, tenant: &TenantId, name: &str) -> Option<&Arc<Credential>> {
+        self.tenants.get(tenant)?.get(name)
+    }
+
+    /// Whether any credential of `tenant` is bound to `host` (its credentials are managed there,
+    /// so a raw key from the agent is not accepted).
+    pub fn manages_host(&self, tenant: &TenantId, host: &str) -> bool {
+        self.tenants
+            .get(tenant)
+            .is_some_and(|creds| creds.values().any(|c| c.bindings.iter().any(|b| b.matches_host(host))))
+    }
+
+    /// Number of credentials of `tenant`.
+    pub fn count(&self, tenant: &TenantId) -> usize {
+        self.tenants.get(tenant).map_or(0, HashMap::len)
+    }
+
+    pub(crate) fn insert_tenant(&mut self, tenant: TenantId, creds: HashMap<String, Arc<Credential>>) {
+        self.tenants.insert(tenant, creds);
+    }
+}
+
+/// Whether `name` is a valid credential name (the handle grammar).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= handle::MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}

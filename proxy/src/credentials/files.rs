@@ -1,0 +1,82 @@
+//! Mounted secret files: `DIR/<tenant>/<name>` holds the value (the shape of a Kubernetes Secret
+//! mounted into a sidecar, one Secret per tenant). Bindings and positions come from the tenant
+//! configuration, since a mounted Secret carries only values.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::binding::{Binding, Position};
+use super::secret::SecretValue;
+use super::{valid_name, Credential, CredentialSet};
+use crate::ids::TenantId;
+
+/// A credential declared for the files backend.
+#[derive(Debug, Clone)]
+pub struct FileCredential {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Name (also the file name).
+    pub name: String,
+    /// Bindings.
+    pub bind: Vec<Binding>,
+    /// Positions.
+    pub positions: Vec<Position>,
+    /// Expiry.
+    pub expires: Option<u64>,
+}
+
+/// Reads every declared credential's value from `dir`. A trailing newline is removed.
+pub fn load(dir: &Path, declared: &[FileCredential]) -> Result<CredentialSet, String> {
+    let mut by_tenant: HashMap<TenantId, HashMap<String, Arc<Credential>>> = HashMap::new();
+    for d in declared {
+        if !valid_name(&d.name) {
+            return Err(format!("`{}` is not a credential name", d.name));
+        }
+        let path = dir.join(d.tenant.as_str()).join(&d.name);
+        let mut value = std::fs::read(&path).map_err(|e| format!("`{}`: {e}", path.display()))?;
+        while value.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            value.pop();
+        }
+        if value.is_empty() {
+            return Err(format!("`{}` is empty", path.display()));
+        }
+        let cred = Credential {
+            tenant: d.tenant.clone(),
+            name: d.name.clone(),
+            value: SecretValue::new(value),
+            bindings: d.bind.clone(),
+            positions: d.positions.clone(),
+            expires_at: d.expires,
+        };
+        by_tenant.entry(d.tenant.clone()).or_default().insert(d.name.clone(), Arc::new(cred));
+    }
+    let mut set = CredentialSet::default();
+    for (t, creds) in by_tenant {
+        set.insert_tenant(t, creds);
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_values_per_tenant() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir_all(dir.path().join("acme")).expect("mkdir");
+        std::fs::write(dir.path().join("acme/openai"), "sk-acme\n").expect("write");
+        let decl = FileCredential {
+            tenant: TenantId::new("acme").expect("id"),
+            name: "openai".into(),
+            bind: vec![Binding::host("api.openai.com")],
+            positions: vec![Position::Header],
+            expires: None,
+        };
+        let set = load(dir.path(), std::slice::from_ref(&decl)).expect("load");
+        assert_eq!(set.get(&decl.tenant, "openai").expect("cred").value.expose(), b"sk-acme");
+        let missing = FileCredential { name: "other".into(), ..decl };
+        assert!(load(dir.path(), &[missing]).is_err());
+    }
+}
