@@ -25,8 +25,15 @@ pub fn check(
 
 /// Starts the logger.
 pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // SECURITY: pingora's debug logs print whole request headers, which carry substituted
+    // credentials upstream; they stay off whatever level is asked for.
+    for directive in ["pingora_proxy=info", "pingora_core=info"] {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -13,6 +13,16 @@ use serde::Deserialize;
 
 use crate::error::Deny;
 
+/// A buffered request body. It may hold substituted secrets, so `Debug` shows only its length.
+#[derive(Clone)]
+pub struct BufferedBody(pub Bytes);
+
+impl std::fmt::Debug for BufferedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BufferedBody({} bytes)", self.0.len())
+    }
+}
+
 /// pingora's retry buffer size (`BODY_BUF_LIMIT`).
 const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 

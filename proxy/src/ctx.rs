@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use crate::body::BufferedBody;
+use crate::credentials::apply::Applied;
+use crate::credentials::scrub::Scrubber;
 
 use crate::audit::AuditSlot;
 use crate::config::IdentitySourceKind;
@@ -108,7 +110,13 @@ pub struct RequestCtx {
     /// The model named by the JSON body, if any.
     pub model: Option<String>,
     /// A buffered request body to hand to the upstream.
-    pub body: Option<Bytes>,
+    pub body: Option<BufferedBody>,
+    /// Credential substitutions to make upstream.
+    pub applied: Option<Applied>,
+    /// Scrubs substituted secrets echoed back in the response.
+    pub scrubber: Option<Scrubber>,
+    /// Credential names used, or the one refused (for the audit record).
+    pub credential_names: Vec<String>,
     /// SHA-256 of the request body (hex), if there was one.
     pub body_sha256: Option<String>,
     /// Request body size.
@@ -140,6 +148,9 @@ impl RequestCtx {
             decision: None,
             model: None,
             body: None,
+            applied: None,
+            scrubber: None,
+            credential_names: Vec::new(),
             body_sha256: None,
             bytes_in: 0,
             bytes_out: 0,

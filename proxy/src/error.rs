@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::credentials::apply::CredentialDeny;
+
 /// Why a request was refused. Messages follow cedar's style: lowercase, no trailing period,
 /// user input in backticks, never a secret or token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +18,8 @@ pub enum Deny {
     IdentityInvalid(String),
     /// Cedar did not allow the request.
     PolicyDenied,
+    /// A `$CRED{}` handle or agent-supplied key was refused.
+    Credential(CredentialDeny),
     /// The request is malformed or unsupported.
     BadRequest(String),
     /// The absolute URI's authority and the `Host` header disagree.
@@ -55,6 +59,20 @@ pub enum ReasonCode {
     IdentityInvalid,
     /// See [`Deny::PolicyDenied`].
     PolicyDenied,
+    /// The handle names no credential of this tenant.
+    CredentialUnknown,
+    /// The credential is not bound to this destination.
+    CredentialNotBound,
+    /// The handle is in a position the credential may not appear in.
+    CredentialPosition,
+    /// The credential has expired.
+    CredentialExpired,
+    /// Policy forbids using the credential here.
+    CredentialDenied,
+    /// A malformed handle.
+    CredentialMalformed,
+    /// A literal key where the proxy manages the credential.
+    RawCredential,
     /// See [`Deny::BadRequest`].
     BadRequest,
     /// See [`Deny::HostMismatch`].
@@ -89,6 +107,13 @@ impl ReasonCode {
             ReasonCode::IdentityRequired => "identity_required",
             ReasonCode::IdentityInvalid => "identity_invalid",
             ReasonCode::PolicyDenied => "policy_denied",
+            ReasonCode::CredentialUnknown => "credential_unknown",
+            ReasonCode::CredentialNotBound => "credential_not_bound",
+            ReasonCode::CredentialPosition => "credential_position",
+            ReasonCode::CredentialExpired => "credential_expired",
+            ReasonCode::CredentialDenied => "credential_denied",
+            ReasonCode::CredentialMalformed => "credential_malformed",
+            ReasonCode::RawCredential => "raw_credential",
             ReasonCode::BadRequest => "bad_request",
             ReasonCode::HostMismatch => "host_mismatch",
             ReasonCode::RouteNotFound => "route_not_found",
@@ -126,6 +151,37 @@ impl Deny {
             Deny::PolicyDenied => {
                 (403, ReasonCode::PolicyDenied, "no policy allows this workload to make this request".into())
             }
+            Deny::Credential(c) => match c {
+                CredentialDeny::Unknown(n) => {
+                    (403, ReasonCode::CredentialUnknown, format!("no credential `{n}` exists for this tenant"))
+                }
+                CredentialDeny::NotBound(n) => (
+                    403,
+                    ReasonCode::CredentialNotBound,
+                    format!("credential `{n}` may not be sent to this destination"),
+                ),
+                CredentialDeny::Position(n, pos) => (
+                    403,
+                    ReasonCode::CredentialPosition,
+                    format!("credential `{n}` may not appear in the request {pos}"),
+                ),
+                CredentialDeny::Expired(n) => (403, ReasonCode::CredentialExpired, format!("credential `{n}` has expired")),
+                CredentialDeny::PolicyDenied(n) => (
+                    403,
+                    ReasonCode::CredentialDenied,
+                    format!("no policy allows this workload to use credential `{n}` here"),
+                ),
+                CredentialDeny::Malformed(pos) => (
+                    400,
+                    ReasonCode::CredentialMalformed,
+                    format!("malformed `$CRED{{…}}` handle in the request {pos}; write `$$CRED{{` for a literal"),
+                ),
+                CredentialDeny::Raw(place) => (
+                    403,
+                    ReasonCode::RawCredential,
+                    format!("a literal credential in {place} is not accepted for this destination; use a `$CRED{{name}}` handle"),
+                ),
+            },
             Deny::BadRequest(why) => (400, ReasonCode::BadRequest, why.clone()),
             Deny::HostMismatch => (
                 400,

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub audit_refusals: IntCounter,
     /// Cedar evaluation time.
     pub policy_eval_duration: Histogram,
+    /// Credentials substituted into requests, by tenant.
+    pub credential_substitutions: IntCounterVec,
+    /// Secrets echoed by an upstream and replaced in the response, by tenant.
+    pub credential_scrubbed: IntCounterVec,
 }
 
 const TENANT_NONE: &str = "none";
@@ -100,6 +104,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
                 .buckets(vec![
                     0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005,
                 ]),
+        )?,
+        credential_substitutions: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_credential_substitutions_total",
+                "Credentials substituted into requests",
+            ),
+            &["tenant"],
+        )?,
+        credential_scrubbed: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_credential_scrubbed_total",
+                "Substituted secrets replaced in responses",
+            ),
+            &["tenant"],
         )?,
         registry,
     };

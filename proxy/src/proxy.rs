@@ -22,15 +22,21 @@ use pingora::{Error, ErrorSource, ErrorType};
 use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditDecision, AuditRecord, AuditSink};
+use crate::body::BufferedBody;
 use crate::config::{IdentitySourceKind, ListenerSettings, StaticConfig};
+use crate::credentials::apply::{Applied, RequestParts};
+use crate::credentials::binding::{Position, Target};
+use crate::credentials::scrub::Scrubber;
+use crate::credentials::Credential;
 use crate::ctx::{Outcome, Permitted, PrincipalKind, RequestCtx, Run, TenantContext};
 use crate::error::{error_body, Deny, ReasonCode};
 use crate::metrics::{Metrics, METRICS};
+use crate::policy::CredentialFacts;
 use crate::policy::HttpRequestFacts;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::target::Destination;
 use crate::trace::TraceContext;
-use crate::{body, identity, target};
+use crate::{body, credentials, identity, target};
 
 /// State shared by every listener's proxy.
 #[derive(Debug)]
@@ -95,11 +101,27 @@ impl TenantProxy {
             ctx.model = body::model_name(content_type, &body);
             ctx.body_sha256 = Some(hex::encode(Sha256::digest(&body)));
             ctx.bytes_in = body.len() as u64;
-            ctx.body = Some(body);
+            ctx.body = Some(BufferedBody(body));
         }
 
-        let permit = authorize(&snapshot, &tenant, destination, session.req_header(), ctx)?;
-        ctx.permit = Some(permit);
+        let model = ctx.model.clone();
+        let facts = http_facts(
+            &tenant,
+            &destination,
+            session.req_header(),
+            model.as_deref(),
+        );
+        authorize(&snapshot, &tenant, &facts, ctx)?;
+        apply_credentials(
+            &snapshot,
+            &tenant,
+            &destination,
+            &facts,
+            session.req_header(),
+            ctx,
+        )?;
+        // Every check passed: only now does the request carry proof of authorization.
+        ctx.permit = Some(Permitted { destination });
         Ok(())
     }
 
@@ -218,6 +240,7 @@ impl TenantProxy {
             path: dest.map(|d| d.audit_path.clone()),
             route: dest.and_then(|d| d.route.clone()),
             model: ctx.model.clone(),
+            credentials: ctx.credential_names.clone(),
             decision,
             reason,
             policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
@@ -233,28 +256,36 @@ impl TenantProxy {
 }
 
 /// Asks Cedar whether this workload may make this request; only an allow produces [`Permitted`].
-fn authorize(
-    snapshot: &Snapshot,
-    tenant: &TenantContext,
-    destination: Destination,
-    req: &RequestHeader,
-    ctx: &mut RequestCtx,
-) -> Result<Permitted, Deny> {
-    let facts = HttpRequestFacts {
+fn http_facts<'a>(
+    tenant: &'a TenantContext,
+    destination: &'a Destination,
+    req: &'a RequestHeader,
+    model: Option<&'a str>,
+) -> HttpRequestFacts<'a> {
+    HttpRequestFacts {
         scheme: destination.scheme.as_str(),
         host: &destination.host,
         port: destination.port,
         method: req.method.as_str(),
         path: destination.audit_path.split('?').next().unwrap_or("/"),
-        model: ctx.model.as_deref(),
+        model,
         run_signed: tenant.run.signed,
         scopes: &tenant.scopes,
         route: destination.route.as_deref(),
-    };
+    }
+}
+
+/// Asks Cedar whether this workload may make this request.
+fn authorize(
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    facts: &HttpRequestFacts<'_>,
+    ctx: &mut RequestCtx,
+) -> Result<(), Deny> {
     let started = Instant::now();
     let decision = snapshot
         .policy
-        .authorize_http(&tenant.tenant, &tenant.workload, &facts);
+        .authorize_http(&tenant.tenant, &tenant.workload, facts);
     METRICS
         .policy_eval_duration
         .observe(started.elapsed().as_secs_f64());
@@ -264,9 +295,78 @@ fn authorize(
     }
     ctx.decision = Some(decision);
     if allowed {
-        Ok(Permitted { destination })
+        Ok(())
     } else {
         Err(Deny::PolicyDenied)
+    }
+}
+
+/// Resolves `$CRED{}` handles in the caller's tenant scope, after the request itself was
+/// allowed; every handle must be known, unexpired, in an allowed position, bound to this
+/// destination and permitted by policy (`use_credential`).
+fn apply_credentials(
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    destination: &Destination,
+    facts: &HttpRequestFacts<'_>,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+) -> Result<(), Deny> {
+    let parts = RequestParts {
+        target: Target {
+            scheme: facts.scheme,
+            host: facts.host,
+            port: facts.port,
+            path: facts.path,
+            method: facts.method,
+        },
+        headers: &req.headers,
+        path_and_query: &destination.upstream_path,
+        body: ctx.body.as_ref().map(|b| &b.0),
+        content_type: req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    };
+    let mut authorize_use = |cred: &Credential, position: Position| {
+        let use_facts = CredentialFacts {
+            name: &cred.name,
+            position: position.as_str(),
+            http: facts,
+        };
+        snapshot
+            .policy
+            .authorize_credential(&tenant.tenant, &tenant.workload, &use_facts)
+            .allowed
+    };
+    let settings = &snapshot.tenants.credential_settings;
+    match credentials::apply::apply(
+        &snapshot.credentials,
+        settings,
+        &tenant.tenant,
+        &parts,
+        unix_now(),
+        &mut authorize_use,
+    ) {
+        Ok(mut applied) => {
+            if !applied.used.is_empty() {
+                ctx.credential_names = applied.used.iter().map(|c| c.name.clone()).collect();
+                METRICS
+                    .credential_substitutions
+                    .with_label_values(&[tenant.tenant.as_str()])
+                    .inc_by(applied.used.len() as u64);
+                ctx.scrubber = Some(Scrubber::new(applied.used.clone()));
+            }
+            if let Some(body) = applied.body.take() {
+                ctx.body = Some(BufferedBody(body));
+            }
+            ctx.applied = Some(applied);
+            Ok(())
+        }
+        Err(refusal) => {
+            ctx.credential_names = refusal.credential().map(String::from).into_iter().collect();
+            Err(Deny::Credential(refusal))
+        }
     }
 }
 
@@ -321,6 +421,59 @@ fn rfc3339(t: SystemTime) -> String {
     let t: time::OffsetDateTime = t.into();
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Writes the credential substitutions into the upstream request header.
+fn apply_to_upstream(
+    applied: &Applied,
+    upstream: &mut RequestHeader,
+    body: Option<&BufferedBody>,
+) -> pingora::Result<()> {
+    if let Some(pq) = &applied.path_and_query {
+        let uri: http::Uri = pq.parse().map_err(|_| {
+            Error::explain(
+                ErrorType::InternalError,
+                "substituted path is not a valid URI",
+            )
+        })?;
+        upstream.set_uri(uri);
+    }
+    for name in &applied.remove_headers {
+        upstream.remove_header(name);
+    }
+    let mut replaced: Vec<&http::HeaderName> = Vec::new();
+    for (name, value) in &applied.set_headers {
+        if !replaced.contains(&name) {
+            upstream.remove_header(name);
+            replaced.push(name);
+        }
+        upstream.append_header(name.clone(), value.clone())?;
+    }
+    if let (true, Some(body)) = (applied.body_rewritten, body) {
+        if upstream.headers.contains_key(http::header::CONTENT_LENGTH) {
+            upstream.insert_header(http::header::CONTENT_LENGTH, body.0.len().to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn scrub_headers(scrubber: &mut Scrubber, resp: &mut ResponseHeader) -> pingora::Result<()> {
+    let mut changes = Vec::new();
+    for (name, value) in resp.headers.iter() {
+        if let Some(clean) = scrubber.scrub_value(value.as_bytes()) {
+            changes.push((name.clone(), clean));
+        }
+    }
+    for (name, clean) in changes {
+        let value = http::HeaderValue::from_bytes(&clean).map_err(|_| {
+            Error::explain(
+                ErrorType::InternalError,
+                "scrubbed header is not a valid value",
+            )
+        })?;
+        resp.insert_header(name, value)?;
+    }
+    Ok(())
 }
 
 /// Maps a pingora error to the refusal the client sees.
@@ -447,6 +600,9 @@ impl ProxyHttp for TenantProxy {
             Error::explain(ErrorType::InternalError, "upstream path is not a valid URI")
         })?;
         upstream.set_uri(uri);
+        if let Some(applied) = &ctx.applied {
+            apply_to_upstream(applied, upstream, ctx.body.as_ref())?;
+        }
         upstream.insert_header(http::header::HOST, dest.host_header())?;
         // SECURITY: identity material and agent-written tenant claims never leave the proxy.
         upstream.remove_header(&http::header::PROXY_AUTHORIZATION);
@@ -472,7 +628,7 @@ impl ProxyHttp for TenantProxy {
         // The body was read in full before the decision; pingora passes only its retry-buffer
         // tail here. Hand over the whole body (again, on a retry).
         if let Some(full) = &ctx.body {
-            *body = Some(full.clone());
+            *body = Some(full.0.clone());
         }
         Ok(())
     }
@@ -485,6 +641,11 @@ impl ProxyHttp for TenantProxy {
     ) -> pingora::Result<()> {
         ctx.upstream_done = Some(Instant::now());
         ctx.upstream_status = Some(upstream_response.status.as_u16());
+        if let Some(scrubber) = ctx.scrubber.as_mut() {
+            scrub_headers(scrubber, upstream_response)?;
+            // Replacing a secret changes the body's length.
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+        }
         upstream_response.insert_header("x-request-id", &*ctx.request_id)?;
         Ok(())
     }
@@ -493,9 +654,20 @@ impl ProxyHttp for TenantProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<std::time::Duration>> {
+        if let Some(scrubber) = ctx.scrubber.as_mut() {
+            let before = scrubber.replaced;
+            *body = scrubber.scrub_chunk(body.take(), end_of_stream);
+            if scrubber.replaced > before {
+                let tenant = Metrics::tenant_label(ctx.tenant.as_ref().map(|t| t.tenant.as_str()));
+                METRICS
+                    .credential_scrubbed
+                    .with_label_values(&[tenant])
+                    .inc_by(scrubber.replaced - before);
+            }
+        }
         if let Some(b) = body {
             ctx.bytes_out += b.len() as u64;
         }

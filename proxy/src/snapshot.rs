@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::model::TenantConfig;
+use crate::config::model::{CredentialSource, MasterKeySource, TenantConfig};
 use crate::config::{ConfigProblem, IdentitySourceKind, StaticConfig};
+use crate::credentials::vault::{MasterKey, Vault};
+use crate::credentials::{files, CredentialSet};
 use crate::identity::token::{KeySet, TokenSettings, TokenVerifier};
 use crate::metrics::METRICS;
 use crate::policy::{PolicyEngine, TenantInfo};
@@ -25,6 +27,8 @@ pub struct Snapshot {
     pub tokens: Option<TokenVerifier>,
     /// Compiled policies.
     pub policy: PolicyEngine,
+    /// Every tenant's credentials (empty when none are configured).
+    pub credentials: Arc<CredentialSet>,
     /// Increments with every successful load.
     pub generation: u64,
 }
@@ -99,6 +103,11 @@ impl Snapshot {
             }
         };
 
+        let credentials = match &tenants.credential_source {
+            None => Some(CredentialSet::default()),
+            Some(source) => load_credentials(source).map_err(|p| problems.push(p)).ok(),
+        };
+
         let infos: Vec<TenantInfo> = tenants
             .tenants
             .iter()
@@ -125,11 +134,12 @@ impl Snapshot {
             }
         };
 
-        match policy {
-            Some(policy) if problems.is_empty() => Ok(Snapshot {
+        match (policy, credentials) {
+            (Some(policy), Some(credentials)) if problems.is_empty() => Ok(Snapshot {
                 tenants,
                 tokens,
                 policy,
+                credentials: Arc::new(credentials),
                 generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
             }),
             _ => Err(problems),
@@ -148,7 +158,41 @@ impl Snapshot {
                 paths.push(r);
             }
         }
+        match &self.tenants.credential_source {
+            Some(CredentialSource::Vault { file, master }) => {
+                paths.push(file);
+                if let MasterKeySource::File(f) = master {
+                    paths.push(f);
+                }
+            }
+            Some(CredentialSource::Files { dir, .. }) => paths.push(dir),
+            None => {}
+        }
         paths
+    }
+}
+
+fn load_credentials(source: &CredentialSource) -> Result<CredentialSet, ConfigProblem> {
+    match source {
+        CredentialSource::Vault { file, master } => {
+            let master = match master {
+                MasterKeySource::File(f) => MasterKey::from_file(f),
+                MasterKeySource::Env(v) => MasterKey::from_env(v),
+            }
+            .map_err(|e| ConfigProblem::file(file, e.to_string()))?;
+            if !file.exists() {
+                return Err(ConfigProblem::file(
+                    file,
+                    "the vault file does not exist; create it with `tenant-proxy cred put`",
+                ));
+            }
+            Vault::open(file, master)
+                .and_then(|v| v.decrypt_all())
+                .map_err(|e| ConfigProblem::file(file, e.to_string()))
+        }
+        CredentialSource::Files { dir, declared } => {
+            files::load(dir, declared).map_err(|e| ConfigProblem::file(dir, e))
+        }
     }
 }
 

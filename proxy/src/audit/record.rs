@@ -53,6 +53,8 @@ pub struct AuditRecord {
     pub route: Option<String>,
     /// Model named by the JSON body.
     pub model: Option<String>,
+    /// Credential names substituted (or the one refused). Never values.
+    pub credentials: Vec<String>,
     /// Decision.
     pub decision: Decision,
     /// Reason code (`allowed` or the refusal's code).

@@ -9,6 +9,9 @@ use http::header::HeaderName;
 
 use super::spec::{StaticSpec, TenantsSpec};
 use super::{read_toml, relative_to, ConfigProblem};
+use crate::credentials::apply::{CredentialSettings, RawCredentialMode};
+use crate::credentials::binding::{parse_binding, Position};
+use crate::credentials::files::FileCredential;
 use crate::ids::{TenantId, WorkloadId};
 
 /// The static configuration: listeners, admin, audit, upstream and process settings.
@@ -348,6 +351,10 @@ pub struct TenantConfig {
     pub token: Option<TokenConfig>,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
+    /// Credential source, if credentials are configured.
+    pub credential_source: Option<CredentialSource>,
+    /// Request-side credential settings.
+    pub credential_settings: CredentialSettings,
     /// Tenants.
     pub tenants: BTreeMap<TenantId, TenantEntry>,
 }
@@ -367,6 +374,34 @@ pub struct TokenConfig {
     pub leeway: Duration,
     /// Revocation list path.
     pub revoked_jtis_file: Option<PathBuf>,
+}
+
+/// Where credentials come from.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    /// The embedded vault.
+    Vault {
+        /// Vault file.
+        file: PathBuf,
+        /// Master key location.
+        master: MasterKeySource,
+    },
+    /// Mounted files.
+    Files {
+        /// Root directory.
+        dir: PathBuf,
+        /// Declared credentials.
+        declared: Vec<FileCredential>,
+    },
+}
+
+/// Where the vault's master key is read from.
+#[derive(Debug, Clone)]
+pub enum MasterKeySource {
+    /// A file of base64 text.
+    File(PathBuf),
+    /// An environment variable of base64 text.
+    Env(String),
 }
 
 /// A tenant as configured.
@@ -547,12 +582,75 @@ impl TenantConfig {
             );
         }
 
+        let mut credential_settings = CredentialSettings::default();
+        let credential_source = spec.credentials.and_then(|c| {
+            credential_settings.scan_body_max_bytes = c.scan_body_max_bytes;
+            credential_settings.raw_credential = match c.raw_credential.as_str() {
+                "refuse" => RawCredentialMode::Refuse,
+                "strip" => RawCredentialMode::Strip,
+                other => {
+                    p.push("credentials.raw_credential", format!("`{other}` is not `refuse` or `strip`"));
+                    RawCredentialMode::Refuse
+                }
+            };
+            match (c.vault_file, c.files_dir) {
+                (Some(file), None) => {
+                    let master = match (c.master_key_file, c.master_key_env) {
+                        (Some(f), None) => MasterKeySource::File(relative_to(path, &f)),
+                        (None, Some(v)) => MasterKeySource::Env(v),
+                        _ => {
+                            p.push("credentials", "a vault needs exactly one of `master_key_file` or `master_key_env`");
+                            return None;
+                        }
+                    };
+                    if !c.files.is_empty() {
+                        p.push("credentials.file", "`[[credentials.file]]` entries need `files_dir`, not a vault");
+                    }
+                    Some(CredentialSource::Vault { file: relative_to(path, &file), master })
+                }
+                (None, Some(dir)) => {
+                    let mut declared = Vec::new();
+                    for (i, f) in c.files.into_iter().enumerate() {
+                        let at = |field: &str| format!("credentials.file[{i}].{field}");
+                        let Ok(tenant) = TenantId::new(&f.tenant).map_err(|e| p.push(at("tenant"), e.to_string())) else {
+                            continue;
+                        };
+                        if !crate::credentials::valid_name(&f.name) {
+                            p.push(at("name"), format!("`{}` is not a credential name", f.name));
+                        }
+                        let mut bind = Vec::new();
+                        for b in &f.bind {
+                            match parse_binding(b) {
+                                Ok(b) => bind.push(b),
+                                Err(e) => p.push(at("bind"), e),
+                            }
+                        }
+                        if bind.is_empty() {
+                            p.push(at("bind"), "bind the credential to at least one destination");
+                        }
+                        let positions = parse_positions(&f.positions).unwrap_or_else(|e| {
+                            p.push(at("in"), e);
+                            vec![]
+                        });
+                        declared.push(FileCredential { tenant, name: f.name, bind, positions, expires: None });
+                    }
+                    Some(CredentialSource::Files { dir: relative_to(path, &dir), declared })
+                }
+                _ => {
+                    p.push("credentials", "set exactly one of `vault_file` or `files_dir`");
+                    None
+                }
+            }
+        });
+
         let config = TenantConfig {
             path: path.to_path_buf(),
             policy_dir: relative_to(path, &spec.policy_dir),
             strip_headers,
             token,
             routes,
+            credential_source,
+            credential_settings,
             tenants,
         };
         p.finish(config)
@@ -564,6 +662,22 @@ impl TenantConfig {
             .get(tenant)
             .is_some_and(|t| t.workloads.contains(workload))
     }
+}
+
+/// Parses `header`, `query`, `body` (default: `header` alone).
+pub fn parse_positions(names: &[String]) -> Result<Vec<Position>, String> {
+    if names.is_empty() {
+        return Ok(vec![Position::Header]);
+    }
+    names
+        .iter()
+        .map(|n| match n.as_str() {
+            "header" => Ok(Position::Header),
+            "query" => Ok(Position::Query),
+            "body" => Ok(Position::Body),
+            other => Err(format!("`{other}` is not `header`, `query` or `body`")),
+        })
+        .collect()
 }
 
 /// Splits `https://host:port/base/` into its parts; the base path always ends with `/`.

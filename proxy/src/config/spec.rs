@@ -229,6 +229,8 @@ pub struct TenantsSpec {
     /// Route-mode prefixes.
     #[serde(rename = "route", default)]
     pub routes: Vec<RouteSpec>,
+    /// Where tenants' secrets come from and how handles are treated.
+    pub credentials: Option<CredentialsSpec>,
     /// Tenants by id.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSpec>,
@@ -303,4 +305,49 @@ pub struct TenantSpec {
     pub region: String,
     /// Workload ids of this tenant.
     pub workloads: Vec<String>,
+}
+
+/// `[credentials]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsSpec {
+    /// The embedded encrypted vault (edit it with `tenant-proxy cred`).
+    pub vault_file: Option<PathBuf>,
+    /// File holding the base64 master key that unwraps the vault's data keys.
+    pub master_key_file: Option<PathBuf>,
+    /// Environment variable holding the base64 master key (instead of a file).
+    pub master_key_env: Option<String>,
+    /// Mounted secret files, `DIR/<tenant>/<name>` (instead of a vault).
+    pub files_dir: Option<PathBuf>,
+    /// Credentials read from `files_dir`, with their bindings.
+    #[serde(rename = "file", default)]
+    pub files: Vec<FileCredentialSpec>,
+    /// Largest JSON or form body scanned for handles (bytes).
+    #[serde(default = "default_scan_body_max")]
+    pub scan_body_max_bytes: usize,
+    /// `refuse` (default) or `strip` a literal key sent where the proxy manages the credential.
+    #[serde(default = "default_raw_credential")]
+    pub raw_credential: String,
+}
+
+fn default_scan_body_max() -> usize {
+    1024 * 1024
+}
+fn default_raw_credential() -> String {
+    "refuse".into()
+}
+
+/// `[[credentials.file]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCredentialSpec {
+    /// Tenant.
+    pub tenant: String,
+    /// Name (and file name).
+    pub name: String,
+    /// Destinations: `HOST`, `*.DOMAIN`, optionally `https://HOST:PORT/PATH`.
+    pub bind: Vec<String>,
+    /// Positions: `header`, `query`, `body` (default `header`).
+    #[serde(rename = "in", default)]
+    pub positions: Vec<String>,
 }

@@ -38,10 +38,17 @@ impl Default for CredentialSettings {
                 .into_iter()
                 .map(HeaderName::from_static)
                 .collect(),
-            credential_body_fields: ["api_key", "apiKey", "api-key", "x-api-key", "openai_api_key", "anthropic_api_key"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            credential_body_fields: [
+                "api_key",
+                "apiKey",
+                "api-key",
+                "x-api-key",
+                "openai_api_key",
+                "anthropic_api_key",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
         }
     }
 }
@@ -103,8 +110,8 @@ pub struct RequestParts<'a> {
     pub content_type: Option<&'a str>,
 }
 
-/// What to change in the upstream request.
-#[derive(Debug, Default)]
+/// What to change in the upstream request. Holds secret material: `Debug` shows counts only.
+#[derive(Default)]
 pub struct Applied {
     /// Credentials substituted (for the audit record and response scrubbing).
     pub used: Vec<Arc<Credential>>,
@@ -114,8 +121,29 @@ pub struct Applied {
     pub remove_headers: Vec<HeaderName>,
     /// A new upstream path and query, when a query value was substituted.
     pub path_and_query: Option<String>,
-    /// A new body, when the body was substituted.
+    /// A new body, when the body was substituted (moved into the request context).
     pub body: Option<Bytes>,
+    /// Whether the body was substituted (its length may have changed).
+    pub body_rewritten: bool,
+}
+
+impl std::fmt::Debug for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applied")
+            .field(
+                "used",
+                &self
+                    .used
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("set_headers", &self.set_headers.len())
+            .field("remove_headers", &self.remove_headers)
+            .field("path_rewritten", &self.path_and_query.is_some())
+            .field("body_rewritten", &self.body.is_some())
+            .finish()
+    }
 }
 
 impl Applied {
@@ -136,18 +164,36 @@ pub fn apply(
     authorize: &mut dyn FnMut(&Credential, Position) -> bool,
 ) -> Result<Applied, CredentialDeny> {
     let mut out = Applied::default();
-    let mut resolver = Resolver { set, tenant, target: req.target, now_unix, authorize, used: &mut out.used };
+    let mut resolver = Resolver {
+        set,
+        tenant,
+        target: req.target,
+        now_unix,
+        authorize,
+        used: &mut out.used,
+    };
 
-    for (name, value) in req.headers {
-        let bytes = value.as_bytes();
-        if handle::has_marker(bytes) {
-            let replaced = resolver.substitute(bytes, Position::Header, Encoding::Raw)?;
-            let v = HeaderValue::from_bytes(&replaced).map_err(|_| CredentialDeny::Malformed("header"))?;
-            out.set_headers.push((name.clone(), v));
-        } else if settings.credential_headers.contains(name) && !bytes.is_empty() && set.manages_host(tenant, req.target.host) {
+    for name in req.headers.keys() {
+        let values = req.headers.get_all(name);
+        if values.iter().any(|v| handle::has_marker(v.as_bytes())) {
+            // Emit every value of this header (substituted or not), so multi-valued headers
+            // keep all their values when they are replaced upstream.
+            for value in values {
+                let replaced =
+                    resolver.substitute(value.as_bytes(), Position::Header, Encoding::Raw)?;
+                let v = HeaderValue::from_bytes(&replaced)
+                    .map_err(|_| CredentialDeny::Malformed("header"))?;
+                out.set_headers.push((name.clone(), v));
+            }
+        } else if settings.credential_headers.contains(name)
+            && values.iter().any(|v| !v.is_empty())
+            && set.manages_host(tenant, req.target.host)
+        {
             // SECURITY: the agent must not override the managed secret with its own key.
             match settings.raw_credential {
-                RawCredentialMode::Refuse => return Err(CredentialDeny::Raw(format!("header `{name}`"))),
+                RawCredentialMode::Refuse => {
+                    return Err(CredentialDeny::Raw(format!("header `{name}`")))
+                }
                 RawCredentialMode::Strip => out.remove_headers.push(name.clone()),
             }
         }
@@ -158,7 +204,10 @@ pub fn apply(
         None => (req.path_and_query, None),
     };
     if has_marker_maybe_encoded(path.as_bytes()) {
-        return Err(first_handle_name(path.as_bytes()).map_or(CredentialDeny::Malformed("path"), |n| CredentialDeny::Position(n, "path")));
+        return Err(first_handle_name(path.as_bytes())
+            .map_or(CredentialDeny::Malformed("path"), |n| {
+                CredentialDeny::Position(n, "path")
+            }));
     }
     if let Some(q) = query {
         if has_marker_maybe_encoded(q.as_bytes()) {
@@ -173,18 +222,29 @@ pub fn apply(
             // Not scanned: but a handle right at the start must not go out raw.
             let head = &body[..body.len().min(64 * 1024)];
             if has_marker_maybe_encoded(head) {
-                return Err(first_handle_name(head).map_or(CredentialDeny::Malformed("body"), |n| CredentialDeny::Position(n, "body")));
+                return Err(first_handle_name(head)
+                    .map_or(CredentialDeny::Malformed("body"), |n| {
+                        CredentialDeny::Position(n, "body")
+                    }));
             }
-        } else if handle::has_marker(body) || (kind == BodyKind::Form && has_marker_maybe_encoded(body)) {
+        } else if handle::has_marker(body)
+            || (kind == BodyKind::Form && has_marker_maybe_encoded(body))
+        {
             let replaced = match kind {
-                BodyKind::Json => resolver.substitute(body, Position::Body, Encoding::JsonString)?.into_owned(),
+                BodyKind::Json => resolver
+                    .substitute(body, Position::Body, Encoding::JsonString)?
+                    .into_owned(),
                 BodyKind::Form => {
-                    let text = std::str::from_utf8(body).map_err(|_| CredentialDeny::Malformed("body"))?;
-                    resolver.substitute_pairs(text, Position::Body)?.into_bytes()
+                    let text =
+                        std::str::from_utf8(body).map_err(|_| CredentialDeny::Malformed("body"))?;
+                    resolver
+                        .substitute_pairs(text, Position::Body)?
+                        .into_bytes()
                 }
                 BodyKind::Other => Vec::new(),
             };
             out.body = Some(Bytes::from(replaced));
+            out.body_rewritten = true;
         } else if kind == BodyKind::Json && set.manages_host(tenant, req.target.host) {
             if let Some(field) = raw_key_field(body, &settings.credential_body_fields) {
                 // SECURITY: some gateways prefer a key in the body over their configured one.
@@ -205,7 +265,9 @@ enum BodyKind {
 impl BodyKind {
     fn of(content_type: Option<&str>) -> Self {
         let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        if ct.starts_with("application/json") || (ct.starts_with("application/") && ct.contains("+json")) {
+        if ct.starts_with("application/json")
+            || (ct.starts_with("application/") && ct.contains("+json"))
+        {
             BodyKind::Json
         } else if ct.starts_with("application/x-www-form-urlencoded") {
             BodyKind::Form
@@ -232,13 +294,23 @@ struct Resolver<'a, 'b> {
 }
 
 impl Resolver<'_, '_> {
-    fn resolve(&mut self, name: &str, position: Position) -> Result<Arc<Credential>, CredentialDeny> {
-        let cred = self.set.get(self.tenant, name).ok_or_else(|| CredentialDeny::Unknown(name.to_string()))?;
+    fn resolve(
+        &mut self,
+        name: &str,
+        position: Position,
+    ) -> Result<Arc<Credential>, CredentialDeny> {
+        let cred = self
+            .set
+            .get(self.tenant, name)
+            .ok_or_else(|| CredentialDeny::Unknown(name.to_string()))?;
         if cred.expires_at.is_some_and(|e| e <= self.now_unix) {
             return Err(CredentialDeny::Expired(name.to_string()));
         }
         if !cred.positions.contains(&position) {
-            return Err(CredentialDeny::Position(name.to_string(), position.as_str()));
+            return Err(CredentialDeny::Position(
+                name.to_string(),
+                position.as_str(),
+            ));
         }
         if !cred.bindings.iter().any(|b| b.allows(&self.target)) {
             return Err(CredentialDeny::NotBound(name.to_string()));
@@ -252,7 +324,12 @@ impl Resolver<'_, '_> {
         Ok(cred.clone())
     }
 
-    fn substitute<'i>(&mut self, input: &'i [u8], position: Position, enc: Encoding) -> Result<Cow<'i, [u8]>, CredentialDeny> {
+    fn substitute<'i>(
+        &mut self,
+        input: &'i [u8],
+        position: Position,
+        enc: Encoding,
+    ) -> Result<Cow<'i, [u8]>, CredentialDeny> {
         handle::substitute(input, |name| {
             let cred = self.resolve(name, position)?;
             Ok(Cow::Owned(encode(cred.value.expose(), enc)))
@@ -265,7 +342,11 @@ impl Resolver<'_, '_> {
 
     /// Substitutes in `k=v&…` pairs, percent-decoding each value first (clients encode `$`, `{`
     /// and `}`) and percent-encoding what is inserted.
-    fn substitute_pairs(&mut self, text: &str, position: Position) -> Result<String, CredentialDeny> {
+    fn substitute_pairs(
+        &mut self,
+        text: &str,
+        position: Position,
+    ) -> Result<String, CredentialDeny> {
         let mut out = String::with_capacity(text.len() + 64);
         for (i, pair) in text.split('&').enumerate() {
             if i > 0 {
@@ -284,13 +365,20 @@ impl Resolver<'_, '_> {
             let decoded = percent_decode(value.replace('+', " ").as_bytes());
             if handle::has_marker(&decoded) {
                 let mut pieces = Vec::new();
-                for piece in handle::scan(&decoded).map_err(|_| CredentialDeny::Malformed(position.as_str()))? {
+                for piece in handle::scan(&decoded)
+                    .map_err(|_| CredentialDeny::Malformed(position.as_str()))?
+                {
                     match piece {
                         handle::Piece::Literal(l) => pieces.extend_from_slice(l),
-                        handle::Piece::Handle(n) => pieces.extend_from_slice(self.resolve(n, position)?.value.expose()),
+                        handle::Piece::Handle(n) => {
+                            pieces.extend_from_slice(self.resolve(n, position)?.value.expose())
+                        }
                     }
                 }
-                out.push_str(&String::from_utf8_lossy(&encode(&pieces, Encoding::Percent)));
+                out.push_str(&String::from_utf8_lossy(&encode(
+                    &pieces,
+                    Encoding::Percent,
+                )));
             } else {
                 out.push_str(value);
             }
@@ -347,7 +435,8 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
 
 /// Whether `input` has a handle marker, literally or percent-encoded (`%24CRED%7B`).
 fn has_marker_maybe_encoded(input: &[u8]) -> bool {
-    handle::has_marker(input) || (input.contains(&b'%') && handle::has_marker(&percent_decode(input)))
+    handle::has_marker(input)
+        || (input.contains(&b'%') && handle::has_marker(&percent_decode(input)))
 }
 
 fn first_handle_name(input: &[u8]) -> Option<String> {
@@ -366,7 +455,11 @@ fn raw_key_field(body: &[u8], fields: &[String]) -> Option<String> {
     let obj = v.as_object()?;
     fields
         .iter()
-        .find(|f| obj.get(f.as_str()).and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty()))
+        .find(|f| {
+            obj.get(f.as_str())
+                .and_then(|v| v.as_str())
+                .is_some_and(|s| !s.is_empty())
+        })
         .cloned()
 }
 

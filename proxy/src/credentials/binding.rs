@@ -72,13 +72,23 @@ pub struct Target<'a> {
 impl Binding {
     /// A binding to `host` on any scheme, port, path and method.
     pub fn host(host: &str) -> Self {
-        Self { host: host.to_ascii_lowercase(), scheme: None, port: None, path_prefixes: vec![], methods: vec![] }
+        Self {
+            host: host.to_ascii_lowercase(),
+            scheme: None,
+            port: None,
+            path_prefixes: vec![],
+            methods: vec![],
+        }
     }
 
     /// Whether the binding's host pattern covers `host` (ignoring path and method).
     pub fn matches_host(&self, host: &str) -> bool {
         match self.host.strip_prefix("*.") {
-            Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host.as_bytes()[host.len() - suffix.len() - 1] == b'.',
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
             None => self.host == host,
         }
     }
@@ -86,20 +96,36 @@ impl Binding {
     /// Whether a request to `t` may carry the credential.
     pub fn allows(&self, t: &Target<'_>) -> bool {
         self.matches_host(t.host)
-            && self.scheme.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(t.scheme))
+            && self
+                .scheme
+                .as_deref()
+                .is_none_or(|s| s.eq_ignore_ascii_case(t.scheme))
             && self.port.is_none_or(|p| p == t.port)
-            && (self.path_prefixes.is_empty() || self.path_prefixes.iter().any(|p| t.path.starts_with(p.as_str())))
-            && (self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(t.method)))
+            && (self.path_prefixes.is_empty()
+                || self
+                    .path_prefixes
+                    .iter()
+                    .any(|p| t.path.starts_with(p.as_str())))
+            && (self.methods.is_empty()
+                || self
+                    .methods
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(t.method)))
     }
 
     /// Checks the pattern is well formed.
     pub fn validate(&self) -> Result<(), String> {
         let host = self.host.strip_prefix("*.").unwrap_or(&self.host);
         let ok = !host.is_empty()
-            && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b':'))
+            && host.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b':')
+            })
             && !host.contains('*');
         if !ok {
-            return Err(format!("`{}` is not a host or `*.domain` pattern (lowercase)", self.host));
+            return Err(format!(
+                "`{}` is not a host or `*.domain` pattern (lowercase)",
+                self.host
+            ));
         }
         if let Some(s) = &self.scheme {
             if s != "http" && s != "https" {
@@ -124,7 +150,13 @@ pub fn parse_binding(text: &str) -> Result<Binding, String> {
         None => (rest, None),
     };
     let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| format!("`{p}` is not a port"))?)),
+        Some((h, p)) => (
+            h,
+            Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{p}` is not a port"))?,
+            ),
+        ),
         None => (authority, None),
     };
     let b = Binding {
@@ -143,7 +175,13 @@ mod tests {
     use super::*;
 
     fn t<'a>(host: &'a str, path: &'a str, method: &'a str) -> Target<'a> {
-        Target { scheme: "https", host, port: 443, path, method }
+        Target {
+            scheme: "https",
+            host,
+            port: 443,
+            path,
+            method,
+        }
     }
 
     #[test]
@@ -159,8 +197,14 @@ mod tests {
         let narrow = parse_binding("https://api.openai.com:443/v1/").expect("ok");
         assert!(narrow.allows(&t("api.openai.com", "/v1/chat", "POST")));
         assert!(!narrow.allows(&t("api.openai.com", "/v2/chat", "POST")));
-        assert!(!narrow.allows(&Target { scheme: "http", ..t("api.openai.com", "/v1/chat", "POST") }));
-        let post_only = Binding { methods: vec!["POST".into()], ..Binding::host("a.example") };
+        assert!(!narrow.allows(&Target {
+            scheme: "http",
+            ..t("api.openai.com", "/v1/chat", "POST")
+        }));
+        let post_only = Binding {
+            methods: vec!["POST".into()],
+            ..Binding::host("a.example")
+        };
         assert!(!post_only.allows(&t("a.example", "/", "GET")));
         for bad in ["", "*.", "a*b.com", "ftp://x", "Upper.com:x"] {
             assert!(parse_binding(bad).is_err(), "{bad}");

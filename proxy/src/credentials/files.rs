@@ -49,7 +49,10 @@ pub fn load(dir: &Path, declared: &[FileCredential]) -> Result<CredentialSet, St
             positions: d.positions.clone(),
             expires_at: d.expires,
         };
-        by_tenant.entry(d.tenant.clone()).or_default().insert(d.name.clone(), Arc::new(cred));
+        by_tenant
+            .entry(d.tenant.clone())
+            .or_default()
+            .insert(d.name.clone(), Arc::new(cred));
     }
     let mut set = CredentialSet::default();
     for (t, creds) in by_tenant {
@@ -75,8 +78,17 @@ mod tests {
             expires: None,
         };
         let set = load(dir.path(), std::slice::from_ref(&decl)).expect("load");
-        assert_eq!(set.get(&decl.tenant, "openai").expect("cred").value.expose(), b"sk-acme");
-        let missing = FileCredential { name: "other".into(), ..decl };
+        assert_eq!(
+            set.get(&decl.tenant, "openai")
+                .expect("cred")
+                .value
+                .expose(),
+            b"sk-acme"
+        );
+        let missing = FileCredential {
+            name: "other".into(),
+            ..decl
+        };
         assert!(load(dir.path(), &[missing]).is_err());
     }
 }

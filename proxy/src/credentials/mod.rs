@@ -54,9 +54,11 @@ impl CredentialSet {
     /// Whether any credential of `tenant` is bound to `host` (its credentials are managed there,
     /// so a raw key from the agent is not accepted).
     pub fn manages_host(&self, tenant: &TenantId, host: &str) -> bool {
-        self.tenants
-            .get(tenant)
-            .is_some_and(|creds| creds.values().any(|c| c.bindings.iter().any(|b| b.matches_host(host))))
+        self.tenants.get(tenant).is_some_and(|creds| {
+            creds
+                .values()
+                .any(|c| c.bindings.iter().any(|b| b.matches_host(host)))
+        })
     }
 
     /// Number of credentials of `tenant`.
@@ -64,7 +66,11 @@ impl CredentialSet {
         self.tenants.get(tenant).map_or(0, HashMap::len)
     }
 
-    pub(crate) fn insert_tenant(&mut self, tenant: TenantId, creds: HashMap<String, Arc<Credential>>) {
+    pub(crate) fn insert_tenant(
+        &mut self,
+        tenant: TenantId,
+        creds: HashMap<String, Arc<Credential>>,
+    ) {
         self.tenants.insert(tenant, creds);
     }
 }
@@ -73,5 +79,7 @@ impl CredentialSet {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= handle::MAX_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }

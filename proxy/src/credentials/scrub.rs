@@ -22,8 +22,17 @@ pub struct Scrubber {
 impl Scrubber {
     /// A scrubber for the credentials a request used.
     pub fn new(secrets: Vec<Arc<Credential>>) -> Self {
-        let longest = secrets.iter().map(|c| c.value.expose().len()).max().unwrap_or(0);
-        Self { secrets, longest, carry: BytesMut::new(), replaced: 0 }
+        let longest = secrets
+            .iter()
+            .map(|c| c.value.expose().len())
+            .max()
+            .unwrap_or(0);
+        Self {
+            secrets,
+            longest,
+            carry: BytesMut::new(),
+            replaced: 0,
+        }
     }
 
     /// Replaces secrets in a complete value (a header).
@@ -43,11 +52,22 @@ impl Scrubber {
         }
         let (scrubbed, n) = replace_all(&self.carry, &self.secrets);
         self.replaced += n;
-        let keep = if end { 0 } else { (self.longest - 1).min(scrubbed.len()) };
+        let keep = if end {
+            0
+        } else {
+            (self.longest - 1).min(scrubbed.len())
+        };
         // Only hold back a tail that could still be the start of a secret.
         let keep = (0..=keep)
             .rev()
-            .find(|k| *k == 0 || self.secrets.iter().any(|s| s.value.expose().starts_with(&scrubbed[scrubbed.len() - k..])))
+            .find(|k| {
+                *k == 0
+                    || self.secrets.iter().any(|s| {
+                        s.value
+                            .expose()
+                            .starts_with(&scrubbed[scrubbed.len() - k..])
+                    })
+            })
             .unwrap_or(0);
         let emit_len = scrubbed.len() - keep;
         self.carry = BytesMut::from(&scrubbed[emit_len..]);
@@ -102,10 +122,20 @@ mod tests {
             let mut s = Scrubber::new(vec![cred("openai", "sk-secret-123")]);
             let mut out = Vec::new();
             let (a, b) = body.split_at(split);
-            out.extend_from_slice(&s.scrub_chunk(Some(Bytes::from(a.to_string())), false).unwrap_or_default());
-            out.extend_from_slice(&s.scrub_chunk(Some(Bytes::from(b.to_string())), false).unwrap_or_default());
+            out.extend_from_slice(
+                &s.scrub_chunk(Some(Bytes::from(a.to_string())), false)
+                    .unwrap_or_default(),
+            );
+            out.extend_from_slice(
+                &s.scrub_chunk(Some(Bytes::from(b.to_string())), false)
+                    .unwrap_or_default(),
+            );
             out.extend_from_slice(&s.scrub_chunk(None, true).unwrap_or_default());
-            assert_eq!(String::from_utf8(out).expect("utf8"), "echo: $CRED{openai} and again $CRED{openai}!", "split {split}");
+            assert_eq!(
+                String::from_utf8(out).expect("utf8"),
+                "echo: $CRED{openai} and again $CRED{openai}!",
+                "split {split}"
+            );
             assert_eq!(s.replaced, 2);
         }
     }
@@ -113,9 +143,15 @@ mod tests {
     #[test]
     fn headers_and_no_secrets() {
         let mut s = Scrubber::new(vec![cred("k", "abc")]);
-        assert_eq!(s.scrub_value(b"Bearer abc").as_deref(), Some(&b"Bearer $CRED{k}"[..]));
+        assert_eq!(
+            s.scrub_value(b"Bearer abc").as_deref(),
+            Some(&b"Bearer $CRED{k}"[..])
+        );
         assert_eq!(s.scrub_value(b"nothing"), None);
         let mut none = Scrubber::new(vec![]);
-        assert_eq!(none.scrub_chunk(Some(Bytes::from_static(b"x")), false), Some(Bytes::from_static(b"x")));
+        assert_eq!(
+            none.scrub_chunk(Some(Bytes::from_static(b"x")), false),
+            Some(Bytes::from_static(b"x"))
+        );
     }
 }

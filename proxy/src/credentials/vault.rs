@@ -83,33 +83,43 @@ impl MasterKey {
     /// Parses base64 text of exactly 32 bytes.
     pub fn from_base64(text: &str) -> Result<Self, VaultError> {
         let bytes = Zeroizing::new(
-            STANDARD.decode(text.trim()).map_err(|_| VaultError::MasterKey("not valid base64".into()))?,
+            STANDARD
+                .decode(text.trim())
+                .map_err(|_| VaultError::MasterKey("not valid base64".into()))?,
         );
-        let key: [u8; 32] =
-            bytes.as_slice().try_into().map_err(|_| VaultError::MasterKey("must be 32 bytes of base64".into()))?;
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::MasterKey("must be 32 bytes of base64".into()))?;
         Ok(Self(Zeroizing::new(key)))
     }
 
     /// Reads a key file (base64 text).
     pub fn from_file(path: &Path) -> Result<Self, VaultError> {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| VaultError::Io { path: path.to_path_buf(), source })?,
-        );
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| VaultError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            );
         Self::from_base64(&text)
     }
 
     /// Reads the key from an environment variable (base64 text).
     pub fn from_env(var: &str) -> Result<Self, VaultError> {
-        let text = Zeroizing::new(
-            std::env::var(var).map_err(|_| VaultError::MasterKey(format!("environment variable `{var}` is not set")))?,
-        );
+        let text = Zeroizing::new(std::env::var(var).map_err(|_| {
+            VaultError::MasterKey(format!("environment variable `{var}` is not set"))
+        })?);
         Self::from_base64(&text)
     }
 
     /// A new random key and its base64 text.
     pub fn generate() -> Result<(Self, Zeroizing<String>), VaultError> {
         let mut key = Zeroizing::new([0u8; 32]);
-        SystemRandom::new().fill(&mut *key).map_err(|_| VaultError::MasterKey("no randomness".into()))?;
+        SystemRandom::new()
+            .fill(&mut *key)
+            .map_err(|_| VaultError::MasterKey("no randomness".into()))?;
         let text = Zeroizing::new(STANDARD.encode(*key));
         Ok((Self(key), text))
     }
@@ -136,17 +146,30 @@ fn aead_key(bytes: &[u8]) -> Result<LessSafeKey, VaultError> {
 
 fn seal(key: &LessSafeKey, aad: &[u8], plaintext: &[u8]) -> Result<String, VaultError> {
     let mut nonce = [0u8; NONCE_LEN];
-    SystemRandom::new().fill(&mut nonce).map_err(|_| VaultError::Invalid("no randomness".into()))?;
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| VaultError::Invalid("no randomness".into()))?;
     let mut buf = Zeroizing::new(plaintext.to_vec());
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut *buf)
-        .map_err(|_| VaultError::Invalid("encryption failed".into()))?;
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut *buf,
+    )
+    .map_err(|_| VaultError::Invalid("encryption failed".into()))?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&buf);
     Ok(STANDARD.encode(out))
 }
 
-fn open(key: &LessSafeKey, aad: &[u8], sealed: &str, what: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-    let tampered = || VaultError::Tampered { what: what.to_string() };
+fn open(
+    key: &LessSafeKey,
+    aad: &[u8],
+    sealed: &str,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    let tampered = || VaultError::Tampered {
+        what: what.to_string(),
+    };
     let raw = STANDARD.decode(sealed).map_err(|_| tampered())?;
     if raw.len() < NONCE_LEN + AES_256_GCM.tag_len() {
         return Err(tampered());
@@ -154,7 +177,10 @@ fn open(key: &LessSafeKey, aad: &[u8], sealed: &str, what: &str) -> Result<Zeroi
     let (nonce, ct) = raw.split_at(NONCE_LEN);
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| tampered())?;
     let mut buf = Zeroizing::new(ct.to_vec());
-    let len = key.open_in_place(nonce, Aad::from(aad), &mut *buf).map_err(|_| tampered())?.len();
+    let len = key
+        .open_in_place(nonce, Aad::from(aad), &mut *buf)
+        .map_err(|_| tampered())?
+        .len();
     buf.truncate(len);
     Ok(buf)
 }
@@ -200,8 +226,15 @@ struct ValueAad<'a> {
 }
 
 fn value_aad(tenant: &str, name: &str, r: &CredentialRecord) -> Result<Vec<u8>, VaultError> {
-    serde_json::to_vec(&ValueAad { v: VERSION, tenant, name, bind: &r.bind, positions: &r.positions, expires: r.expires })
-        .map_err(|e| VaultError::Invalid(e.to_string()))
+    serde_json::to_vec(&ValueAad {
+        v: VERSION,
+        tenant,
+        name,
+        bind: &r.bind,
+        positions: &r.positions,
+        expires: r.expires,
+    })
+    .map_err(|e| VaultError::Invalid(e.to_string()))
 }
 
 fn data_key_aad(tenant: &str) -> Vec<u8> {
@@ -235,25 +268,55 @@ impl Vault {
     /// Opens `path` with `master`, checking that the key fits. A missing file is an empty vault.
     pub fn open(path: &Path, master: MasterKey) -> Result<Self, VaultError> {
         let file = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice::<VaultFile>(&bytes)
-                .map_err(|e| VaultError::Format { path: path.to_path_buf(), reason: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                VaultFile { version: VERSION, master_key_id: master.id(), tenants: BTreeMap::new() }
+            Ok(bytes) => {
+                serde_json::from_slice::<VaultFile>(&bytes).map_err(|e| VaultError::Format {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?
             }
-            Err(source) => return Err(VaultError::Io { path: path.to_path_buf(), source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => VaultFile {
+                version: VERSION,
+                master_key_id: master.id(),
+                tenants: BTreeMap::new(),
+            },
+            Err(source) => {
+                return Err(VaultError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         };
         if file.version != VERSION {
-            return Err(VaultError::Format { path: path.to_path_buf(), reason: format!("unsupported version {}", file.version) });
+            return Err(VaultError::Format {
+                path: path.to_path_buf(),
+                reason: format!("unsupported version {}", file.version),
+            });
         }
         if file.master_key_id != master.id() {
-            return Err(VaultError::WrongMasterKey { expected: file.master_key_id, got: master.id() });
+            return Err(VaultError::WrongMasterKey {
+                expected: file.master_key_id,
+                got: master.id(),
+            });
         }
-        Ok(Self { path: path.to_path_buf(), master, file })
+        Ok(Self {
+            path: path.to_path_buf(),
+            master,
+            file,
+        })
     }
 
     fn data_key(&self, tenant: &str) -> Result<LessSafeKey, VaultError> {
-        let record = self.file.tenants.get(tenant).ok_or_else(|| VaultError::Invalid(format!("no tenant `{tenant}`")))?;
-        let key = open(&self.master.aead()?, &data_key_aad(tenant), &record.data_key, &format!("{tenant} data key"))?;
+        let record = self
+            .file
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| VaultError::Invalid(format!("no tenant `{tenant}`")))?;
+        let key = open(
+            &self.master.aead()?,
+            &data_key_aad(tenant),
+            &record.data_key,
+            &format!("{tenant} data key"),
+        )?;
         aead_key(&key)
     }
 
@@ -262,11 +325,17 @@ impl Vault {
     pub fn decrypt_all(&self) -> Result<CredentialSet, VaultError> {
         let mut set = CredentialSet::default();
         for (tenant, record) in &self.file.tenants {
-            let tenant_id = TenantId::new(tenant).map_err(|e| VaultError::Invalid(e.to_string()))?;
+            let tenant_id =
+                TenantId::new(tenant).map_err(|e| VaultError::Invalid(e.to_string()))?;
             let key = self.data_key(tenant)?;
             let mut creds = HashMap::new();
             for (name, r) in &record.credentials {
-                let value = open(&key, &value_aad(tenant, name, r)?, &r.value, &format!("{tenant}/{name}"))?;
+                let value = open(
+                    &key,
+                    &value_aad(tenant, name, r)?,
+                    &r.value,
+                    &format!("{tenant}/{name}"),
+                )?;
                 creds.insert(
                     name.clone(),
                     Arc::new(Credential {
@@ -295,26 +364,45 @@ impl Vault {
         expires: Option<u64>,
     ) -> Result<(), VaultError> {
         if !valid_name(name) {
-            return Err(VaultError::Invalid(format!("`{name}` is not a credential name (1-64 of A-Z a-z 0-9 _ - .)")));
+            return Err(VaultError::Invalid(format!(
+                "`{name}` is not a credential name (1-64 of A-Z a-z 0-9 _ - .)"
+            )));
         }
         if bind.is_empty() {
-            return Err(VaultError::Invalid("a credential needs at least one `--bind` destination".into()));
+            return Err(VaultError::Invalid(
+                "a credential needs at least one `--bind` destination".into(),
+            ));
         }
         for b in &bind {
             b.validate().map_err(VaultError::Invalid)?;
         }
         if positions.is_empty() {
-            return Err(VaultError::Invalid("a credential needs at least one position (`--in`)".into()));
+            return Err(VaultError::Invalid(
+                "a credential needs at least one position (`--in`)".into(),
+            ));
         }
         let t = tenant.as_str();
         if !self.file.tenants.contains_key(t) {
             let mut dk = Zeroizing::new([0u8; 32]);
-            SystemRandom::new().fill(&mut *dk).map_err(|_| VaultError::Invalid("no randomness".into()))?;
+            SystemRandom::new()
+                .fill(&mut *dk)
+                .map_err(|_| VaultError::Invalid("no randomness".into()))?;
             let wrapped = seal(&self.master.aead()?, &data_key_aad(t), &*dk)?;
-            self.file.tenants.insert(t.to_string(), TenantRecord { data_key: wrapped, credentials: BTreeMap::new() });
+            self.file.tenants.insert(
+                t.to_string(),
+                TenantRecord {
+                    data_key: wrapped,
+                    credentials: BTreeMap::new(),
+                },
+            );
         }
         let key = self.data_key(t)?;
-        let mut record = CredentialRecord { value: String::new(), bind, positions, expires };
+        let mut record = CredentialRecord {
+            value: String::new(),
+            bind,
+            positions,
+            expires,
+        };
         record.value = seal(&key, &value_aad(t, name, &record)?, value.expose())?;
         if let Some(tr) = self.file.tenants.get_mut(t) {
             tr.credentials.insert(name.to_string(), record);
@@ -324,18 +412,29 @@ impl Vault {
 
     /// Removes a credential; true if it existed.
     pub fn remove(&mut self, tenant: &TenantId, name: &str) -> bool {
-        self.file.tenants.get_mut(tenant.as_str()).and_then(|t| t.credentials.remove(name)).is_some()
+        self.file
+            .tenants
+            .get_mut(tenant.as_str())
+            .and_then(|t| t.credentials.remove(name))
+            .is_some()
     }
 
     /// Lists a tenant's credentials (decrypting only to fingerprint them).
     pub fn list(&self, tenant: &TenantId) -> Result<Vec<Listing>, VaultError> {
-        let Some(record) = self.file.tenants.get(tenant.as_str()) else { return Ok(vec![]) };
+        let Some(record) = self.file.tenants.get(tenant.as_str()) else {
+            return Ok(vec![]);
+        };
         let key = self.data_key(tenant.as_str())?;
         record
             .credentials
             .iter()
             .map(|(name, r)| {
-                let value = open(&key, &value_aad(tenant.as_str(), name, r)?, &r.value, &format!("{tenant}/{name}"))?;
+                let value = open(
+                    &key,
+                    &value_aad(tenant.as_str(), name, r)?,
+                    &r.value,
+                    &format!("{tenant}/{name}"),
+                )?;
                 Ok(Listing {
                     name: name.clone(),
                     bind: r.bind.clone(),
@@ -351,7 +450,12 @@ impl Vault {
     pub fn rotate_master(&mut self, new: MasterKey) -> Result<(), VaultError> {
         let new_aead = new.aead()?;
         for (tenant, record) in self.file.tenants.iter_mut() {
-            let dk = open(&self.master.aead()?, &data_key_aad(tenant), &record.data_key, &format!("{tenant} data key"))?;
+            let dk = open(
+                &self.master.aead()?,
+                &data_key_aad(tenant),
+                &record.data_key,
+                &format!("{tenant} data key"),
+            )?;
             record.data_key = seal(&new_aead, &data_key_aad(tenant), &dk)?;
         }
         self.file.master_key_id = new.id();
@@ -361,9 +465,17 @@ impl Vault {
 
     /// Writes the vault atomically: temporary file in the same directory, fsync, rename.
     pub fn save(&self) -> Result<(), VaultError> {
-        let io = |source| VaultError::Io { path: self.path.clone(), source };
-        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
-        let bytes = serde_json::to_vec_pretty(&self.file).map_err(|e| VaultError::Invalid(e.to_string()))?;
+        let io = |source| VaultError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
+        let bytes = serde_json::to_vec_pretty(&self.file)
+            .map_err(|e| VaultError::Invalid(e.to_string()))?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         tmp.write_all(&bytes).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
@@ -388,10 +500,24 @@ mod tests {
         let path = dir.join("vault.json");
         let mut v = Vault::open(&path, master).expect("open");
         let bind = vec![Binding::host("api.openai.com")];
-        v.put(&tid("acme"), "openai", &SecretValue::new(b"sk-acme".to_vec()), bind.clone(), vec![Position::Header], None)
-            .expect("put");
-        v.put(&tid("globex"), "openai", &SecretValue::new(b"sk-globex".to_vec()), bind, vec![Position::Header], None)
-            .expect("put");
+        v.put(
+            &tid("acme"),
+            "openai",
+            &SecretValue::new(b"sk-acme".to_vec()),
+            bind.clone(),
+            vec![Position::Header],
+            None,
+        )
+        .expect("put");
+        v.put(
+            &tid("globex"),
+            "openai",
+            &SecretValue::new(b"sk-globex".to_vec()),
+            bind,
+            vec![Position::Header],
+            None,
+        )
+        .expect("put");
         v.save().expect("save");
         (path, text)
     }
@@ -401,11 +527,26 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let (path, key) = vault_with_two_tenants(dir.path());
         let text = std::fs::read_to_string(&path).expect("read");
-        assert!(!text.contains("sk-acme") && !text.contains("sk-globex"), "values are encrypted at rest");
+        assert!(
+            !text.contains("sk-acme") && !text.contains("sk-globex"),
+            "values are encrypted at rest"
+        );
         let v = Vault::open(&path, MasterKey::from_base64(&key).expect("key")).expect("open");
         let set = v.decrypt_all().expect("decrypt");
-        assert_eq!(set.get(&tid("acme"), "openai").expect("acme").value.expose(), b"sk-acme");
-        assert_eq!(set.get(&tid("globex"), "openai").expect("globex").value.expose(), b"sk-globex");
+        assert_eq!(
+            set.get(&tid("acme"), "openai")
+                .expect("acme")
+                .value
+                .expose(),
+            b"sk-acme"
+        );
+        assert_eq!(
+            set.get(&tid("globex"), "openai")
+                .expect("globex")
+                .value
+                .expose(),
+            b"sk-globex"
+        );
         assert!(set.get(&tid("initech"), "openai").is_none());
         let listing = v.list(&tid("acme")).expect("list");
         assert_eq!(listing.len(), 1);
@@ -417,10 +558,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let (path, key) = vault_with_two_tenants(dir.path());
         let (other, _) = MasterKey::generate().expect("key");
-        assert!(matches!(Vault::open(&path, other), Err(VaultError::WrongMasterKey { .. })));
+        assert!(matches!(
+            Vault::open(&path, other),
+            Err(VaultError::WrongMasterKey { .. })
+        ));
 
         // Move acme's sealed value to globex: globex's data key cannot open it.
-        let mut file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        let mut file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
         let acme_value = file["tenants"]["acme"]["credentials"]["openai"]["value"].clone();
         file["tenants"]["globex"]["credentials"]["openai"]["value"] = acme_value;
         std::fs::write(&path, file.to_string()).expect("write");
@@ -430,7 +575,11 @@ mod tests {
         // Rebind a credential by editing the file: its metadata is authenticated.
         let dir = tempfile::tempdir().expect("dir");
         let (path, key) = vault_with_two_tenants(dir.path());
-        let text = std::fs::read_to_string(&path).expect("read").replacen("api.openai.com", "attacker.example", 1);
+        let text = std::fs::read_to_string(&path).expect("read").replacen(
+            "api.openai.com",
+            "attacker.example",
+            1,
+        );
         std::fs::write(&path, text).expect("write");
         let v = Vault::open(&path, MasterKey::from_base64(&key).expect("key")).expect("open");
         assert!(matches!(v.decrypt_all(), Err(VaultError::Tampered { .. })));
@@ -449,7 +598,15 @@ mod tests {
             Err(VaultError::WrongMasterKey { .. })
         ));
         let v = Vault::open(&path, MasterKey::from_base64(&new_text).expect("key")).expect("open");
-        assert_eq!(v.decrypt_all().expect("decrypt").get(&tid("acme"), "openai").expect("acme").value.expose(), b"sk-acme");
+        assert_eq!(
+            v.decrypt_all()
+                .expect("decrypt")
+                .get(&tid("acme"), "openai")
+                .expect("acme")
+                .value
+                .expose(),
+            b"sk-acme"
+        );
     }
 
     #[test]
@@ -458,11 +615,25 @@ mod tests {
         let (master, _) = MasterKey::generate().expect("key");
         let mut v = Vault::open(&dir.path().join("v.json"), master).expect("open");
         let s = SecretValue::new(b"x".to_vec());
-        assert!(v.put(&tid("acme"), "bad name", &s, vec![Binding::host("a.example")], vec![Position::Header], None).is_err());
-        assert!(v.put(&tid("acme"), "ok", &s, vec![], vec![Position::Header], None).is_err());
+        assert!(v
+            .put(
+                &tid("acme"),
+                "bad name",
+                &s,
+                vec![Binding::host("a.example")],
+                vec![Position::Header],
+                None
+            )
+            .is_err());
+        assert!(v
+            .put(&tid("acme"), "ok", &s, vec![], vec![Position::Header], None)
+            .is_err());
         assert!(MasterKey::from_base64("c2hvcnQ=").is_err());
         std::fs::write(dir.path().join("garbage.json"), "{").expect("write");
         let (master, _) = MasterKey::generate().expect("key");
-        assert!(matches!(Vault::open(&dir.path().join("garbage.json"), master), Err(VaultError::Format { .. })));
+        assert!(matches!(
+            Vault::open(&dir.path().join("garbage.json"), master),
+            Err(VaultError::Format { .. })
+        ));
     }
 }

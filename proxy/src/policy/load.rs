@@ -161,12 +161,17 @@ pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, V
     if !problems.list.is_empty() {
         return Err(problems.list);
     }
+    let action = |name: &str| {
+        EntityUid::from_str(&format!("{}::Action::\"{name}\"", super::NAMESPACE))
+            .map_err(|e| e.to_string())
+    };
     let engine = (|| -> Result<PolicyEngine, String> {
         Ok(PolicyEngine {
             tenants: compiled,
-            action_http: EntityUid::from_str(&format!("{}::Action::\"http\"", super::NAMESPACE))
-                .map_err(|e| e.to_string())?,
+            action_http: action("http")?,
+            action_use_credential: action("use_credential")?,
             destination_type: type_name("Destination")?,
+            credential_type: type_name("Credential")?,
             authorizer: Authorizer::new(),
         })
     })();

@@ -59,6 +59,17 @@ pub struct HttpRequestFacts<'a> {
     pub route: Option<&'a str>,
 }
 
+/// What a policy may ask about a credential use.
+#[derive(Debug, Clone)]
+pub struct CredentialFacts<'a> {
+    /// Credential name.
+    pub name: &'a str,
+    /// Where it appears: `header`, `query`, `body`.
+    pub position: &'a str,
+    /// The request's destination and method.
+    pub http: &'a HttpRequestFacts<'a>,
+}
+
 /// A decision and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -112,7 +123,9 @@ struct TenantPolicies {
 pub struct PolicyEngine {
     tenants: HashMap<TenantId, TenantPolicies>,
     action_http: EntityUid,
+    action_use_credential: EntityUid,
     destination_type: EntityTypeName,
+    credential_type: EntityTypeName,
     authorizer: Authorizer,
 }
 
@@ -142,6 +155,74 @@ impl PolicyEngine {
         workload: &WorkloadId,
         facts: &HttpRequestFacts<'_>,
     ) -> Decision {
+        let resource = EntityUid::from_type_name_and_id(
+            self.destination_type.clone(),
+            EntityId::new(facts.host),
+        );
+        self.decide(
+            tenant,
+            workload,
+            &self.action_http,
+            resource,
+            http_context(facts),
+        )
+    }
+
+    /// Decides action `use_credential` for credential `facts.name` of `tenant`.
+    pub fn authorize_credential(
+        &self,
+        tenant: &TenantId,
+        workload: &WorkloadId,
+        facts: &CredentialFacts<'_>,
+    ) -> Decision {
+        let resource = EntityUid::from_type_name_and_id(
+            self.credential_type.clone(),
+            EntityId::new(facts.name),
+        );
+        let h = facts.http;
+        let context = vec![
+            (
+                "scheme".to_string(),
+                RestrictedExpression::new_string(h.scheme.to_string()),
+            ),
+            (
+                "host".to_string(),
+                RestrictedExpression::new_string(h.host.to_string()),
+            ),
+            (
+                "port".to_string(),
+                RestrictedExpression::new_long(i64::from(h.port)),
+            ),
+            (
+                "method".to_string(),
+                RestrictedExpression::new_string(h.method.to_string()),
+            ),
+            (
+                "path".to_string(),
+                RestrictedExpression::new_string(h.path.to_string()),
+            ),
+            (
+                "position".to_string(),
+                RestrictedExpression::new_string(facts.position.to_string()),
+            ),
+        ];
+        self.decide(
+            tenant,
+            workload,
+            &self.action_use_credential,
+            resource,
+            context,
+        )
+    }
+
+    fn decide(
+        &self,
+        tenant: &TenantId,
+        workload: &WorkloadId,
+        action: &EntityUid,
+        resource: EntityUid,
+        context: Vec<(String, RestrictedExpression)>,
+    ) -> Decision {
         // SECURITY: a tenant or workload missing from the compiled set has no policies: deny.
         let Some(t) = self.tenants.get(tenant) else {
             return Decision::deny_with("unknown tenant");
@@ -149,21 +230,12 @@ impl PolicyEngine {
         let Some(principal) = t.principals.get(workload) else {
             return Decision::deny_with("unknown workload");
         };
-        let resource = EntityUid::from_type_name_and_id(
-            self.destination_type.clone(),
-            EntityId::new(facts.host),
-        );
-        let context = match Context::from_pairs(http_context(facts)) {
+        let context = match Context::from_pairs(context) {
             Ok(c) => c,
             Err(e) => return Decision::deny_with(e.to_string()),
         };
-        let request = match Request::new(
-            principal.clone(),
-            self.action_http.clone(),
-            resource,
-            context,
-            None,
-        ) {
+        let request = match Request::new(principal.clone(), action.clone(), resource, context, None)
+        {
             Ok(r) => r,
             Err(e) => return Decision::deny_with(e.to_string()),
         };
