@@ -121,19 +121,23 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         registry,
     };
-    m.registry.register(Box::new(m.requests.clone()))?;
-    m.registry.register(Box::new(m.request_duration.clone()))?;
-    m.registry.register(Box::new(m.upstream_duration.clone()))?;
-    m.registry.register(Box::new(m.upstream_errors.clone()))?;
-    m.registry.register(Box::new(m.config_reloads.clone()))?;
-    m.registry.register(Box::new(m.audit_queue_depth.clone()))?;
-    m.registry
-        .register(Box::new(m.audit_records_written.clone()))?;
-    m.registry
-        .register(Box::new(m.audit_write_errors.clone()))?;
-    m.registry.register(Box::new(m.audit_refusals.clone()))?;
-    m.registry
-        .register(Box::new(m.policy_eval_duration.clone()))?;
+    let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        Box::new(m.requests.clone()),
+        Box::new(m.request_duration.clone()),
+        Box::new(m.upstream_duration.clone()),
+        Box::new(m.upstream_errors.clone()),
+        Box::new(m.config_reloads.clone()),
+        Box::new(m.audit_queue_depth.clone()),
+        Box::new(m.audit_records_written.clone()),
+        Box::new(m.audit_write_errors.clone()),
+        Box::new(m.audit_refusals.clone()),
+        Box::new(m.policy_eval_duration.clone()),
+        Box::new(m.credential_substitutions.clone()),
+        Box::new(m.credential_scrubbed.clone()),
+    ];
+    for c in collectors {
+        m.registry.register(c)?;
+    }
     Ok(m)
 }
 

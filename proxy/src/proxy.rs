@@ -643,6 +643,13 @@ impl ProxyHttp for TenantProxy {
         ctx.upstream_status = Some(upstream_response.status.as_u16());
         if let Some(scrubber) = ctx.scrubber.as_mut() {
             scrub_headers(scrubber, upstream_response)?;
+            if scrubber.replaced > 0 {
+                let tenant = Metrics::tenant_label(ctx.tenant.as_ref().map(|t| t.tenant.as_str()));
+                METRICS
+                    .credential_scrubbed
+                    .with_label_values(&[tenant])
+                    .inc_by(scrubber.replaced);
+            }
             // Replacing a secret changes the body's length.
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);
         }

@@ -144,7 +144,7 @@ fn serve_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Recorded>>>) {
         seen.lock().unwrap().push(Recorded {
             method: method.clone(),
             target: target.clone(),
-            headers,
+            headers: headers.clone(),
             body,
         });
         if target.contains("/reset/") {
@@ -153,6 +153,22 @@ fn serve_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Recorded>>>) {
         }
         if target.contains("/slow/") {
             std::thread::sleep(Duration::from_secs(3));
+        }
+        if target.contains("/echo/") {
+            // Reflects what it received, as a careless upstream would (in a header and the body).
+            let auth = headers.get("authorization").cloned().unwrap_or_default();
+            let body = format!(
+                "{{\"you_sent\":\"{auth}\",\"body\":{:?}}}",
+                String::from_utf8_lossy(&seen.lock().unwrap().last().unwrap().body)
+            );
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-echo: {auth}\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if out.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+            continue;
         }
         let resp_body = format!(r#"{{"ok":true,"method":"{method}","path":"{target}"}}"#);
         let resp = format!(
@@ -182,6 +198,10 @@ pub struct ProxySpec {
     pub routes: String,
     /// Settings of `[upstream]` besides `connect_timeout` (default: a 10 s read timeout).
     pub upstream: String,
+    /// Extra TOML appended to the tenant file (e.g. `[credentials]`).
+    pub tenants_extra: String,
+    /// Environment variables for the proxy process.
+    pub env: Vec<(String, String)>,
     /// Extra static settings appended to `[limits]`.
     pub limits: &'static str,
 }
@@ -192,6 +212,8 @@ impl Default for ProxySpec {
             policies: "tests/fixtures/policies",
             routes: String::new(),
             upstream: "read_timeout = \"10s\"".into(),
+            tenants_extra: String::new(),
+            env: Vec::new(),
             limits: "",
         }
     }
@@ -226,6 +248,11 @@ workloads = ["agent"]
 
 impl Proxy {
     pub fn start(spec: ProxySpec) -> Self {
+        Self::start_prepared(spec, |_| {})
+    }
+
+    /// Writes the configuration, runs `prepare` in the config directory, then starts the proxy.
+    pub fn start_prepared(spec: ProxySpec, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = repo_root();
         copy_dir(&root.join(spec.policies), &dir.path().join("policies"));
@@ -277,16 +304,19 @@ max_lifetime = "1h"
 leeway = "5s"
 revoked_jtis_file = "revoked.txt"
 {}
+{}
 {TENANTS}"#,
-            spec.routes
+            spec.routes, spec.tenants_extra
         );
         std::fs::write(dir.path().join("tenants.toml"), tenants).unwrap();
+        prepare(dir.path());
 
         let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
         let child = Command::new(proxy_bin())
             .arg("run")
             .arg("--config")
             .arg(dir.path().join("tenant-proxy.toml"))
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -653,4 +683,31 @@ pub fn python(code: &str, env: &[(&str, String)]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `tenant-proxy ARGS` in `dir` with `stdin`; returns (exit code, stdout+stderr).
+pub fn proxy_cli(dir: &Path, args: &[&str], stdin: &str) -> (i32, String) {
+    let mut child = Command::new(proxy_bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }

@@ -1,0 +1,501 @@
+//! Credentials end to end: each tenant's `$CRED{}` handles resolve to its own secrets, only
+//! toward bound destinations, and no secret leaks into logs, audit, metrics, errors or
+//! responses.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const ACME_OPENAI: &str = "sk-acme-canary-7f3a9c";
+const GLOBEX_OPENAI: &str = "sk-globex-canary-41d2e8";
+const GLOBEX_STRIPE: &str = "sk-stripe-canary-99aa01";
+
+const CREDENTIALS: &str = r#"
+[credentials]
+vault_file = "vault.json"
+master_key_file = "master.key"
+scan_body_max_bytes = 65536
+"#;
+
+fn put(dir: &Path, tenant: &str, name: &str, bind: &str, positions: &str, value: &str) {
+    let (code, out) = proxy_cli(
+        dir,
+        &[
+            "cred",
+            "--config",
+            "tenant-proxy.toml",
+            "put",
+            "--tenant",
+            tenant,
+            "--name",
+            name,
+            "--bind",
+            bind,
+            "--in",
+            positions,
+        ],
+        value,
+    );
+    assert_eq!(code, 0, "cred put: {out}");
+    assert!(!out.contains(value), "cred put printed the value: {out}");
+}
+
+fn prepare_vault(dir: &Path) {
+    let (code, out) = proxy_cli(dir, &["cred", "init-master", "--out", "master.key"], "");
+    assert_eq!(code, 0, "{out}");
+    put(
+        dir,
+        "acme",
+        "openai",
+        "127.0.0.1/acme/",
+        "header",
+        ACME_OPENAI,
+    );
+    put(
+        dir,
+        "globex",
+        "openai",
+        "127.0.0.1/globex/",
+        "header,body",
+        GLOBEX_OPENAI,
+    );
+    put(
+        dir,
+        "globex",
+        "stripe",
+        "127.0.0.1/globex/pay/",
+        "header",
+        GLOBEX_STRIPE,
+    );
+}
+
+fn start(env: Vec<(String, String)>, upstream: &str) -> Proxy {
+    Proxy::start_prepared(
+        ProxySpec {
+            tenants_extra: CREDENTIALS.into(),
+            env,
+            upstream: upstream.into(),
+            ..Default::default()
+        },
+        prepare_vault,
+    )
+}
+
+fn url(origin: &Origin, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", origin.port)
+}
+
+fn auth(value: &str) -> String {
+    format!("Authorization: Bearer {value}\r\n")
+}
+
+#[test]
+fn each_tenant_gets_its_own_secret_and_never_another() {
+    let origin = Origin::start();
+    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let globex = token_for("globex", "agent");
+
+    let a = forward_get(
+        proxy.sidecar_port,
+        &url(&origin, "/acme/llm"),
+        None,
+        &auth("$CRED{openai}"),
+    );
+    assert_eq!(a.status, 200, "{}", a.body_text());
+    let g = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/globex/llm"),
+        Some(&globex),
+        &auth("$CRED{openai}"),
+    );
+    assert_eq!(g.status, 200, "{}", g.body_text());
+    assert_eq!(
+        origin.matching("/acme/llm")[0].headers["authorization"],
+        format!("Bearer {ACME_OPENAI}")
+    );
+    assert_eq!(
+        origin.matching("/globex/llm")[0].headers["authorization"],
+        format!("Bearer {GLOBEX_OPENAI}")
+    );
+
+    // acme cannot name globex's credentials in any spelling.
+    let spellings = [
+        ("$CRED{stripe}", "credential_unknown"),
+        ("$CRED{globex.stripe}", "credential_unknown"),
+        ("$CRED{globex/stripe}", "credential_malformed"),
+        ("$CRED{../globex/stripe}", "credential_malformed"),
+        ("$CRED{STRIPE}", "credential_unknown"),
+        ("$CRED{stripe }", "credential_malformed"),
+    ];
+    for (handle, code) in spellings {
+        let r = forward_get(
+            proxy.sidecar_port,
+            &url(&origin, "/acme/pay"),
+            None,
+            &auth(handle),
+        );
+        assert_eq!(r.code(), code, "{handle}: {}", r.body_text());
+        assert!(!r.body_text().contains(GLOBEX_STRIPE));
+    }
+    assert_eq!(origin.matching("/acme/pay").len(), 0);
+    for r in origin.requests() {
+        let all = format!("{:?}", r.headers);
+        assert!(
+            !(all.contains(ACME_OPENAI) && all.contains(GLOBEX_OPENAI)),
+            "values mixed: {all}"
+        );
+    }
+    let rec = proxy.audit_record("acme", &a.request_id());
+    assert_eq!(rec["credentials"], serde_json::json!(["openai"]));
+    assert!(proxy
+        .metrics()
+        .contains(r#"tenant_proxy_credential_substitutions_total{tenant="acme"} 1"#));
+}
+
+#[test]
+fn exfiltration_attempts_are_refused_before_dialing() {
+    let origin = Origin::start();
+    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let globex = token_for("globex", "agent");
+    let o = origin.port;
+    let cases: Vec<(&str, String, Option<&str>, String, u16, &str)> = vec![
+        // Policy allows /acme/* on any host; the credential is bound to 127.0.0.1 only.
+        (
+            "unbound host",
+            format!("http://localhost:{o}/acme/x"),
+            None,
+            auth("$CRED{openai}"),
+            403,
+            "credential_not_bound",
+        ),
+        // Policy allows /public/*; the credential is bound to 127.0.0.1/acme/ only.
+        (
+            "bound host, other path",
+            url(&origin, "/public/x"),
+            None,
+            auth("$CRED{openai}"),
+            403,
+            "credential_not_bound",
+        ),
+        (
+            "agent's own key",
+            url(&origin, "/acme/x"),
+            None,
+            auth("sk-agent-own"),
+            403,
+            "raw_credential",
+        ),
+        (
+            "query toward header-only",
+            url(&origin, "/acme/x?key=$CRED{openai}"),
+            None,
+            String::new(),
+            403,
+            "credential_position",
+        ),
+        (
+            "stripe on the wrong path",
+            url(&origin, "/globex/llm"),
+            Some(globex.as_str()),
+            auth("$CRED{stripe}"),
+            403,
+            "credential_not_bound",
+        ),
+    ];
+    for (name, target, tok, extra, status, code) in cases {
+        let r = forward_get(
+            if tok.is_some() {
+                proxy.shared_port
+            } else {
+                proxy.sidecar_port
+            },
+            &target,
+            tok,
+            &extra,
+        );
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (status, code),
+            "{name}: {}",
+            r.body_text()
+        );
+    }
+    // In the body toward a credential allowed in headers only.
+    let body = r#"{"model":"gpt-4o-mini","key":"$CRED{openai}"}"#;
+    let r = raw_request(
+        proxy.sidecar_port,
+        &format!(
+            "POST http://127.0.0.1:{o}/acme/body HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.code(), "credential_position", "{}", r.body_text());
+    assert_eq!(
+        origin.count(),
+        0,
+        "nothing forwarded: {:?}",
+        origin.requests()
+    );
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert_eq!(
+        rec["credentials"],
+        serde_json::json!(["openai"]),
+        "the handle name, never the value"
+    );
+
+    // Allowed in the body for globex: substituted, JSON stays valid, Content-Length fixed.
+    let body = r#"{"model":"gpt-4o-mini","api":"$CRED{openai}"}"#;
+    let r = raw_request(
+        proxy.shared_port,
+        &format!(
+            "POST http://127.0.0.1:{o}/globex/body HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nProxy-Authorization: Bearer {globex}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let got: serde_json::Value =
+        serde_json::from_slice(&origin.matching("/globex/body")[0].body).unwrap();
+    assert_eq!(got["api"], GLOBEX_OPENAI);
+}
+
+#[test]
+fn canary_secret_appears_nowhere_but_the_bound_upstream() {
+    let origin = Origin::start();
+    // Debug logging on: the secret must still stay out of every log line.
+    let proxy = start(
+        vec![("RUST_LOG".into(), "debug".into())],
+        "read_timeout = \"1s\"",
+    );
+    let dead = free_port();
+    let paths = [
+        ("success", url(&origin, "/acme/ok"), 200),
+        ("echoing upstream", url(&origin, "/acme/echo/x"), 200),
+        (
+            "refusal",
+            format!("http://localhost:{}/acme/x", origin.port),
+            403,
+        ),
+        ("5xx reset", url(&origin, "/acme/reset/x"), 502),
+        ("timeout", url(&origin, "/acme/slow/x"), 504),
+        (
+            "unreachable",
+            format!("http://127.0.0.1:{dead}/acme/x"),
+            502,
+        ),
+    ];
+    let mut responses = Vec::new();
+    for (name, target, status) in &paths {
+        let r = forward_get(proxy.sidecar_port, target, None, &auth("$CRED{openai}"));
+        assert_eq!(r.status, *status, "{name}: {}", r.body_text());
+        responses.push((name, r));
+    }
+    for (name, r) in &responses {
+        let everything = format!("{:?}{}", r.headers, r.body_text());
+        assert!(
+            !everything.contains(ACME_OPENAI),
+            "{name}: the response carries the secret: {everything}"
+        );
+    }
+    // The echoing upstream saw the secret (it was bound), but the agent sees the handle.
+    let (_, echo) = &responses[1];
+    assert_eq!(echo.status, 200);
+    assert!(
+        echo.body_text().contains("$CRED{openai}"),
+        "{}",
+        echo.body_text()
+    );
+    assert_eq!(echo.header("x-echo"), Some("Bearer $CRED{openai}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let log = proxy.log();
+    assert!(log.contains("DEBUG"), "debug logging was on");
+    assert!(!log.contains(ACME_OPENAI), "the log has the secret");
+    for file in walk(&proxy.path("audit")) {
+        assert!(
+            !std::fs::read_to_string(&file)
+                .unwrap()
+                .contains(ACME_OPENAI),
+            "{}",
+            file.display()
+        );
+    }
+    let metrics = proxy.metrics();
+    assert!(!metrics.contains(ACME_OPENAI));
+    assert!(
+        metrics.contains(r#"tenant_proxy_credential_scrubbed_total{tenant="acme"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn rotation_under_load_never_fails_or_mixes_values() {
+    let origin = Origin::start();
+    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let values = ["sk-rot-v1-aaaa", "sk-rot-v2-bbbb", "sk-rot-v3-cccc"];
+    put(
+        proxy.dir.path(),
+        "acme",
+        "rotating",
+        "127.0.0.1/acme/",
+        "header",
+        values[0],
+    );
+    let port = proxy.sidecar_port;
+    let target = url(&origin, "/acme/rot");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, target) = (stop.clone(), target.clone());
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
+                {
+                    statuses
+                        .push(forward_get(port, &target, None, &auth("$CRED{rotating}")).status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    // Wait for the first value to be live (the reload after the put above), then rotate.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !origin
+        .matching("/acme/rot")
+        .iter()
+        .any(|r| r.headers["authorization"].contains(values[0]))
+    {
+        assert!(Instant::now() < deadline, "first value never used");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for v in &values[1..] {
+        std::thread::sleep(Duration::from_millis(400));
+        put(
+            proxy.dir.path(),
+            "acme",
+            "rotating",
+            "127.0.0.1/acme/",
+            "header",
+            v,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !origin
+        .matching("/acme/rot")
+        .iter()
+        .any(|r| r.headers["authorization"].contains(values[2]))
+    {
+        assert!(Instant::now() < deadline, "last value never used");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let per_worker: Vec<Vec<u16>> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let total: usize = per_worker.iter().map(Vec::len).sum();
+    assert!(total > 20, "load ran: {total} requests");
+    for statuses in &per_worker {
+        // Requests before the first reload may see `credential_unknown`; none after it may fail.
+        let first_ok = statuses
+            .iter()
+            .position(|s| *s == 200)
+            .expect("each worker got through");
+        let failed: Vec<&u16> = statuses[first_ok..].iter().filter(|s| **s != 200).collect();
+        assert!(
+            failed.is_empty(),
+            "requests failed during rotation: {failed:?}"
+        );
+    }
+    for r in origin.matching("/acme/rot") {
+        let v = r.headers["authorization"]
+            .trim_start_matches("Bearer ")
+            .to_string();
+        assert!(values.contains(&v.as_str()), "mixed or partial value `{v}`");
+    }
+}
+
+#[test]
+fn tampered_vault_or_wrong_master_key_fails_check_and_reload_keeps_last_good() {
+    let origin = Origin::start();
+    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let check = || {
+        proxy_cli(
+            proxy.dir.path(),
+            &["check", "--config", "tenant-proxy.toml"],
+            "",
+        )
+    };
+    assert_eq!(check().0, 0, "{}", check().1);
+
+    // Rebind acme's credential by editing the file: authentication fails.
+    let vault = proxy.path("vault.json");
+    let good = std::fs::read_to_string(&vault).unwrap();
+    std::fs::write(
+        &vault,
+        good.replacen("\"127.0.0.1\"", "\"attacker.example\"", 1),
+    )
+    .unwrap();
+    let (code, out) = check();
+    assert_eq!(code, 1);
+    assert!(out.contains("failed authentication"), "{out}");
+    // The running proxy rejected the reload and still uses the last good vault.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy
+        .metrics()
+        .contains(r#"tenant_proxy_config_reloads_total{result="error"}"#)
+    {
+        assert!(Instant::now() < deadline, "reload not attempted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = forward_get(
+        proxy.sidecar_port,
+        &url(&origin, "/acme/still"),
+        None,
+        &auth("$CRED{openai}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(
+        origin.matching("/acme/still")[0].headers["authorization"],
+        format!("Bearer {ACME_OPENAI}")
+    );
+    std::fs::write(&vault, &good).unwrap();
+
+    // A different master key.
+    let (code, _) = proxy_cli(
+        proxy.dir.path(),
+        &["cred", "init-master", "--out", "other.key"],
+        "",
+    );
+    assert_eq!(code, 0);
+    let tenants = std::fs::read_to_string(proxy.path("tenants.toml")).unwrap();
+    std::fs::write(
+        proxy.path("tenants.toml"),
+        tenants.replace("master.key", "other.key"),
+    )
+    .unwrap();
+    let (code, out) = check();
+    assert_eq!(code, 1);
+    assert!(out.contains("master key does not open this vault"), "{out}");
+    // `cred list` shows names and fingerprints, never values.
+    std::fs::write(proxy.path("tenants.toml"), tenants).unwrap();
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &[
+            "cred",
+            "--config",
+            "tenant-proxy.toml",
+            "list",
+            "--tenant",
+            "globex",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("openai") && out.contains("stripe") && out.contains("sha256:"),
+        "{out}"
+    );
+    assert!(!out.contains(GLOBEX_OPENAI) && !out.contains(GLOBEX_STRIPE));
+}
