@@ -264,12 +264,15 @@ enum BodyKind {
 
 impl BodyKind {
     fn of(content_type: Option<&str>) -> Self {
-        let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        if ct.starts_with("application/json")
-            || (ct.starts_with("application/") && ct.contains("+json"))
-        {
+        let ct = content_type.unwrap_or("");
+        let starts = |prefix: &str| {
+            ct.get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+        };
+        let essence = ct.split(';').next().unwrap_or("").trim_end();
+        if starts("application/json") || (starts("application/") && essence.ends_with("+json")) {
             BodyKind::Json
-        } else if ct.starts_with("application/x-www-form-urlencoded") {
+        } else if starts("application/x-www-form-urlencoded") {
             BodyKind::Form
         } else {
             BodyKind::Other
@@ -433,10 +436,14 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Whether `input` has a handle marker, literally or percent-encoded (`%24CRED%7B`).
+/// Whether `input` has a handle marker, literally or percent-encoded (`%24CRED%7B`). Decodes
+/// (and allocates) only when the bytes `CRED` occur at all.
 fn has_marker_maybe_encoded(input: &[u8]) -> bool {
-    handle::has_marker(input)
-        || (input.contains(&b'%') && handle::has_marker(&percent_decode(input)))
+    if handle::has_marker(input) {
+        return true;
+    }
+    let mentions_cred = input.windows(4).any(|w| w == b"CRED");
+    mentions_cred && input.contains(&b'%') && handle::has_marker(&percent_decode(input))
 }
 
 fn first_handle_name(input: &[u8]) -> Option<String> {
@@ -451,6 +458,13 @@ fn first_handle_name(input: &[u8]) -> Option<String> {
 }
 
 fn raw_key_field(body: &[u8], fields: &[String]) -> Option<String> {
+    // Cheap pre-check: parse only when a credential field name occurs in the bytes.
+    if !fields
+        .iter()
+        .any(|f| body.windows(f.len()).any(|w| w == f.as_bytes()))
+    {
+        return None;
+    }
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let obj = v.as_object()?;
     fields
