@@ -70,6 +70,14 @@ fn prepare_vault(dir: &Path) {
         "header",
         GLOBEX_STRIPE,
     );
+    put(
+        dir,
+        "globex",
+        "stripe_live",
+        "127.0.0.1/globex/",
+        "header",
+        "sk-live-canary-0000",
+    );
 }
 
 fn start(env: Vec<(String, String)>, upstream: &str) -> Proxy {
@@ -498,4 +506,89 @@ fn tampered_vault_or_wrong_master_key_fails_check_and_reload_keeps_last_good() {
         "{out}"
     );
     assert!(!out.contains(GLOBEX_OPENAI) && !out.contains(GLOBEX_STRIPE));
+}
+
+#[test]
+fn policy_can_forbid_a_bound_credential() {
+    let origin = Origin::start();
+    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let globex = token_for("globex", "agent");
+    // Bound to this destination, but the global policy forbids `stripe_live` on the free plan.
+    let r = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/globex/pay/x"),
+        Some(&globex),
+        &auth("$CRED{stripe_live}"),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "credential_denied"),
+        "{}",
+        r.body_text()
+    );
+    assert!(r.body_text().contains("stripe_live") && !r.body_text().contains("sk-live-canary"));
+    let ok = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/globex/pay/x"),
+        Some(&globex),
+        &auth("$CRED{stripe}"),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body_text());
+    assert_eq!(origin.count(), 1);
+}
+
+#[test]
+fn mounted_secret_files_backend_reloads_values() {
+    let origin = Origin::start();
+    let extra = r#"
+[credentials]
+files_dir = "secrets"
+[[credentials.file]]
+tenant = "acme"
+name = "openai"
+bind = ["127.0.0.1/acme/"]
+in = ["header"]
+"#;
+    let proxy = Proxy::start_prepared(
+        ProxySpec {
+            tenants_extra: extra.into(),
+            ..Default::default()
+        },
+        |dir| {
+            std::fs::create_dir_all(dir.join("secrets/acme")).unwrap();
+            std::fs::write(dir.join("secrets/acme/openai"), "sk-mounted-v1\n").unwrap();
+        },
+    );
+    let r = forward_get(
+        proxy.sidecar_port,
+        &url(&origin, "/acme/m1"),
+        None,
+        &auth("$CRED{openai}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(
+        origin.matching("/acme/m1")[0].headers["authorization"],
+        "Bearer sk-mounted-v1"
+    );
+    // Kubernetes updates a mounted Secret by swapping files: the next request uses the new value.
+    let tmp = proxy.path("secrets/acme/.openai.new");
+    std::fs::write(&tmp, "sk-mounted-v2").unwrap();
+    std::fs::rename(&tmp, proxy.path("secrets/acme/openai")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = forward_get(
+            proxy.sidecar_port,
+            &url(&origin, "/acme/m2"),
+            None,
+            &auth("$CRED{openai}"),
+        );
+        assert_eq!(r.status, 200);
+        if origin.matching("/acme/m2").last().unwrap().headers["authorization"]
+            == "Bearer sk-mounted-v2"
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rotated file never picked up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

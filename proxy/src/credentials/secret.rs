@@ -51,4 +51,19 @@ mod tests {
         assert_eq!(s.expose(), b"sk-canary-123");
         assert!(s.fingerprint().starts_with("sha256:"));
     }
+
+    #[test]
+    fn panic_messages_do_not_carry_the_value() {
+        let s = SecretValue::new(b"sk-canary-456".to_vec());
+        let payload = std::panic::catch_unwind(|| panic!("while handling {s:?} / {s}"))
+            .expect_err("panicked");
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            message.contains("redacted") && !message.contains("canary"),
+            "{message}"
+        );
+    }
 }
