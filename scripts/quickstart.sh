@@ -15,6 +15,16 @@ if [ ! -f quickstart/keys/dev-signing-key.pem ] || [ ! -f quickstart/keys/jwks.j
   "$bin/tenant-proxy" token keygen --kid dev --out quickstart/keys/dev-signing-key.pem --jwks quickstart/keys/jwks.json
 fi
 
+# A master key and a vault with demo keys bound to the local mock; generated once, never committed.
+if [ ! -f quickstart/keys/master.key ] || [ ! -f quickstart/keys/vault.json ]; then
+  rm -f quickstart/keys/vault.json
+  "$bin/tenant-proxy" cred init-master --out quickstart/keys/master.key
+  printf %s "sk-quickstart-acme-demo" | "$bin/tenant-proxy" cred --config quickstart/tenant-proxy.toml \
+    put --tenant acme --name openai --bind 127.0.0.1 --in header
+  printf %s "sk-quickstart-globex-demo" | "$bin/tenant-proxy" cred --config quickstart/tenant-proxy.toml \
+    put --tenant globex --name openai --bind 127.0.0.1 --in header
+fi
+
 "$bin/tenant-proxy" check --config quickstart/tenant-proxy.toml
 
 "$bin/tenant-proxy-loadtest" mock --listen 127.0.0.1:18000 &
