@@ -2,6 +2,8 @@
 //! toward bound destinations, and no secret leaks into logs, audit, metrics, errors or
 //! responses.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)] // test code: a failed step should panic
+
 mod support;
 
 use std::path::Path;
@@ -283,6 +285,7 @@ fn canary_secret_appears_nowhere_but_the_bound_upstream() {
     let paths = [
         ("success", url(&origin, "/acme/ok"), 200),
         ("echoing upstream", url(&origin, "/acme/echo/x"), 200),
+        ("upstream 4xx echoing", url(&origin, "/acme/e404/x"), 404),
         (
             "refusal",
             format!("http://localhost:{}/acme/x", origin.port),
@@ -334,7 +337,7 @@ fn canary_secret_appears_nowhere_but_the_bound_upstream() {
     let metrics = proxy.metrics();
     assert!(!metrics.contains(ACME_OPENAI));
     assert!(
-        metrics.contains(r#"tenant_proxy_credential_scrubbed_total{tenant="acme"} 2"#),
+        metrics.contains(r#"tenant_proxy_credential_scrubbed_total{tenant="acme"} 4"#),
         "{metrics}"
     );
 }
@@ -591,4 +594,105 @@ in = ["header"]
         assert!(Instant::now() < deadline, "rotated file never picked up");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn expiry_startup_failure_and_master_rotation() {
+    let origin = Origin::start();
+    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let dir = proxy.dir.path();
+    let (code, out) = proxy_cli(
+        dir,
+        &[
+            "cred",
+            "--config",
+            "tenant-proxy.toml",
+            "put",
+            "--tenant",
+            "acme",
+            "--name",
+            "short",
+            "--bind",
+            "127.0.0.1",
+            "--expires",
+            "2s",
+        ],
+        "sk-short-lived",
+    );
+    assert_eq!(code, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut saw_ok = false;
+    loop {
+        let r = forward_get(
+            proxy.sidecar_port,
+            &url(&origin, "/acme/exp"),
+            None,
+            &auth("$CRED{short}"),
+        );
+        saw_ok |= r.status == 200;
+        if r.code() == "credential_expired" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never expired: {}",
+            r.body_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(saw_ok, "usable before it expired");
+
+    // Rotating the master key: the vault opens with the new key only, values unchanged.
+    let (code, out) = proxy_cli(
+        dir,
+        &[
+            "cred",
+            "--config",
+            "tenant-proxy.toml",
+            "rotate-master",
+            "--new-key-file",
+            "master-2.key",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = proxy_cli(dir, &["check", "--config", "tenant-proxy.toml"], "");
+    assert_eq!(code, 1, "old key no longer opens the vault: {out}");
+    let tenants = std::fs::read_to_string(proxy.path("tenants.toml")).unwrap();
+    std::fs::write(
+        proxy.path("tenants.toml"),
+        tenants.replace("master.key", "master-2.key"),
+    )
+    .unwrap();
+    let (code, out) = proxy_cli(dir, &["check", "--config", "tenant-proxy.toml"], "");
+    assert_eq!(code, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = forward_get(
+            proxy.sidecar_port,
+            &url(&origin, "/acme/rotated"),
+            None,
+            &auth("$CRED{openai}"),
+        );
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.body_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        origin.matching("/acme/rotated").last().unwrap().headers["authorization"],
+        format!("Bearer {ACME_OPENAI}")
+    );
+
+    // A tampered vault stops `run` before it binds anything.
+    let vault = std::fs::read_to_string(proxy.path("vault.json")).unwrap();
+    std::fs::write(
+        proxy.path("vault.json"),
+        vault.replacen("\"header\"", "\"body\"", 1),
+    )
+    .unwrap();
+    let (code, out) = proxy_cli(dir, &["run", "--config", "tenant-proxy.toml"], "");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("failed authentication"), "{out}");
 }

@@ -1,6 +1,8 @@
 //! Forward mode and route mode end to end, with real clients, and every bad input the core
 //! pipeline must refuse before dialing the upstream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)] // test code: a failed step should panic
+
 mod support;
 
 use support::*;

@@ -1,5 +1,7 @@
 //! Reload, audit partitions, metrics and the cross-tenant checks on them; `check` on broken input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)] // test code: a failed step should panic
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -330,10 +330,7 @@ fn cred_command(config: &std::path::Path, command: CredCommand) -> anyhow::Resul
             for l in vault.list(&tenant)? {
                 let bind: Vec<String> = l.bind.iter().map(|b| b.host.clone()).collect();
                 let positions: Vec<&str> = l.positions.iter().map(|p| p.as_str()).collect();
-                let expires = l
-                    .expires
-                    .map(|e| format_unix(e))
-                    .unwrap_or_else(|| "never".into());
+                let expires = l.expires.map(format_unix).unwrap_or_else(|| "never".into());
                 println!(
                     "{}\tbind={}\tin={}\texpires={}\t{}",
                     l.name,

@@ -154,15 +154,20 @@ fn serve_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Recorded>>>) {
         if target.contains("/slow/") {
             std::thread::sleep(Duration::from_secs(3));
         }
-        if target.contains("/echo/") {
+        if target.contains("/echo/") || target.contains("/e404/") {
             // Reflects what it received, as a careless upstream would (in a header and the body).
             let auth = headers.get("authorization").cloned().unwrap_or_default();
             let body = format!(
                 "{{\"you_sent\":\"{auth}\",\"body\":{:?}}}",
                 String::from_utf8_lossy(&seen.lock().unwrap().last().unwrap().body)
             );
+            let status = if target.contains("/e404/") {
+                "404 Not Found"
+            } else {
+                "200 OK"
+            };
             let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-echo: {auth}\r\ncontent-length: {}\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-echo: {auth}\r\ncontent-length: {}\r\n\r\n{body}",
                 body.len()
             );
             if out.write_all(resp.as_bytes()).is_err() {

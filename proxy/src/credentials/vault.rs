@@ -178,7 +178,7 @@ fn open(
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| tampered())?;
     let mut buf = Zeroizing::new(ct.to_vec());
     let len = key
-        .open_in_place(nonce, Aad::from(aad), &mut *buf)
+        .open_in_place(nonce, Aad::from(aad), &mut buf)
         .map_err(|_| tampered())?
         .len();
     buf.truncate(len);

@@ -149,6 +149,7 @@ fn substitutes_each_tenants_own_value() {
 }
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn refusals() {
     let cases: Vec<(
         &str,
