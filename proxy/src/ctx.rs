@@ -18,6 +18,7 @@ use crate::policy::Decision;
 use crate::snapshot::Snapshot;
 use crate::target::Destination;
 use crate::trace::TraceContext;
+use crate::usage::{Usage, UsageMeter};
 
 /// What kind of principal made the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -117,6 +118,10 @@ pub struct RequestCtx {
     pub scrubber: Option<Scrubber>,
     /// Credential names used, or the one refused (for the audit record).
     pub credential_names: Vec<String>,
+    /// Reads LLM usage from the response as it streams.
+    pub usage_meter: Option<UsageMeter>,
+    /// The usage read, once the response ended.
+    pub usage: Option<Usage>,
     /// SHA-256 of the request body (hex), if there was one.
     pub body_sha256: Option<String>,
     /// Request body size.
@@ -151,6 +156,8 @@ impl RequestCtx {
             applied: None,
             scrubber: None,
             credential_names: Vec::new(),
+            usage_meter: None,
+            usage: None,
             body_sha256: None,
             bytes_in: 0,
             bytes_out: 0,

@@ -7,8 +7,9 @@
 //! 2. [`ctx::TenantContext`]: one immutable value every later phase receives;
 //! 3. [`target`] and [`body`]: where the call goes and what model it names;
 //! 4. [`policy`]: Cedar decides, default deny, errors deny;
-//! 5. forward, then [`audit`] one record per request in the tenant's own partition, and
-//!    [`metrics`] by opaque tenant id.
+//! 5. [`credentials`]: `$CRED{}` handles swapped for the tenant's own secrets toward bound hosts;
+//! 6. forward, meter LLM [`usage`] from the response, then [`audit`] one record per request in
+//!    the tenant's own partition, and [`metrics`] by opaque tenant id.
 //!
 //! Configuration ([`config`]) has a static part and a tenant part; the tenant part, with keys
 //! and policies, forms a [`snapshot`] swapped atomically on [`reload`].
@@ -31,3 +32,4 @@ pub mod reload;
 pub mod snapshot;
 pub mod target;
 pub mod trace;
+pub mod usage;

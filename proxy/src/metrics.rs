@@ -36,6 +36,8 @@ pub struct Metrics {
     pub credential_substitutions: IntCounterVec,
     /// Secrets echoed by an upstream and replaced in the response, by tenant.
     pub credential_scrubbed: IntCounterVec,
+    /// LLM tokens read from responses, by tenant and kind (`input`, `cached_input`, `output`).
+    pub llm_tokens: IntCounterVec,
 }
 
 const TENANT_NONE: &str = "none";
@@ -119,6 +121,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant"],
         )?,
+        llm_tokens: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_llm_tokens_total",
+                "LLM tokens read from responses",
+            ),
+            &["tenant", "kind"],
+        )?,
         registry,
     };
     let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -134,6 +143,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.policy_eval_duration.clone()),
         Box::new(m.credential_substitutions.clone()),
         Box::new(m.credential_scrubbed.clone()),
+        Box::new(m.llm_tokens.clone()),
     ];
     for c in collectors {
         m.registry.register(c)?;

@@ -36,6 +36,7 @@ use crate::policy::HttpRequestFacts;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::target::Destination;
 use crate::trace::TraceContext;
+use crate::usage::UsageMeter;
 use crate::{body, credentials, identity, target};
 
 /// State shared by every listener's proxy.
@@ -187,6 +188,18 @@ impl TenantProxy {
                 .with_label_values(&[tenant_label])
                 .observe(u.as_secs_f64());
         }
+        if let Some(u) = ctx.usage {
+            for (kind, n) in [
+                ("input", u.input_tokens),
+                ("cached_input", u.cached_input_tokens),
+                ("output", u.output_tokens),
+            ] {
+                METRICS
+                    .llm_tokens
+                    .with_label_values(&[tenant_label, kind])
+                    .inc_by(n);
+            }
+        }
         if matches!(
             reason,
             ReasonCode::UpstreamUnreachable | ReasonCode::UpstreamTimeout | ReasonCode::UpstreamTls
@@ -241,6 +254,7 @@ impl TenantProxy {
             route: dest.and_then(|d| d.route.clone()),
             model: ctx.model.clone(),
             credentials: ctx.credential_names.clone(),
+            usage: ctx.usage,
             decision,
             reason,
             policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
@@ -641,6 +655,18 @@ impl ProxyHttp for TenantProxy {
     ) -> pingora::Result<()> {
         ctx.upstream_done = Some(Instant::now());
         ctx.upstream_status = Some(upstream_response.status.as_u16());
+        // Meter LLM calls (the request named a model) whose response is readable as sent.
+        let encoded = upstream_response
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if ctx.model.is_some() && !encoded {
+            ctx.usage_meter = upstream_response
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(UsageMeter::for_content_type);
+        }
         if let Some(scrubber) = ctx.scrubber.as_mut() {
             scrub_headers(scrubber, upstream_response)?;
             if scrubber.replaced > 0 {
@@ -664,6 +690,15 @@ impl ProxyHttp for TenantProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<std::time::Duration>> {
+        // Usage is read from the bytes the upstream sent, before any scrubbing.
+        if let Some(meter) = ctx.usage_meter.as_mut() {
+            if let Some(b) = body.as_ref() {
+                meter.feed(b);
+            }
+            if end_of_stream {
+                ctx.usage = meter.finish();
+            }
+        }
         if let Some(scrubber) = ctx.scrubber.as_mut() {
             let before = scrubber.replaced;
             *body = scrubber.scrub_chunk(body.take(), end_of_stream);

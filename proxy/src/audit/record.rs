@@ -55,6 +55,8 @@ pub struct AuditRecord {
     pub model: Option<String>,
     /// Credential names substituted (or the one refused). Never values.
     pub credentials: Vec<String>,
+    /// LLM usage read from the response, when it reported any.
+    pub usage: Option<crate::usage::Usage>,
     /// Decision.
     pub decision: Decision,
     /// Reason code (`allowed` or the refusal's code).

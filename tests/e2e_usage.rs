@@ -1,0 +1,101 @@
+//! Usage metering end to end against the mock LLM upstream from `loadtest/`: JSON, SSE and
+//! Anthropic responses pass through unchanged and their token counts land in the audit record
+//! and the tenant's metrics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
+
+mod support;
+
+use support::*;
+
+/// Starts the loadtest mock on an ephemeral loopback port in its own runtime thread.
+fn start_mock() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = tenant_proxy_loadtest::mock::serve_mock(l).await;
+        });
+    });
+    port
+}
+
+fn post(proxy_port: u16, mock: u16, path: &str, body: &str) -> Response {
+    raw_request(
+        proxy_port,
+        &format!(
+            "POST http://127.0.0.1:{mock}{path} HTTP/1.1\r\nHost: 127.0.0.1:{mock}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap()
+}
+
+#[test]
+fn json_sse_and_anthropic_usage_is_metered_per_tenant() {
+    let mock = start_mock();
+    // The test policies open the `llm` route to every tenant.
+    let routes = format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n");
+    let proxy = Proxy::start(ProxySpec {
+        routes,
+        ..Default::default()
+    });
+    let call = |path: &str, body: &str| {
+        raw_request(
+            proxy.sidecar_port,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .unwrap()
+    };
+    let json = call(
+        "/llm/chat/completions",
+        r#"{"model":"gpt-4o-mini","max_tokens":7,"messages":[]}"#,
+    );
+    assert_eq!(json.status, 200, "{}", json.body_text());
+    assert_eq!(
+        json.json()["usage"]["completion_tokens"],
+        7,
+        "the client gets the upstream's body unchanged"
+    );
+    let sse = call(
+        "/llm/chat/completions",
+        r#"{"model":"gpt-4o-mini","max_tokens":9,"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+    );
+    assert_eq!(sse.status, 200);
+    assert!(
+        sse.body_text().ends_with("data: [DONE]\n\n"),
+        "{}",
+        sse.body_text()
+    );
+    let anthropic = call(
+        "/llm/messages",
+        r#"{"model":"claude-3-5-haiku","max_tokens":11,"messages":[]}"#,
+    );
+    assert_eq!(anthropic.status, 200);
+
+    for (r, output) in [(&json, 7), (&sse, 9), (&anthropic, 11)] {
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(rec["usage"]["output_tokens"], output, "{rec}");
+        assert!(rec["usage"]["input_tokens"].as_u64().unwrap() > 0, "{rec}");
+    }
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains(r#"tenant_proxy_llm_tokens_total{kind="output",tenant="acme"} 27"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"tenant_proxy_llm_tokens_total{kind="output",tenant="globex""#));
+
+    // A call that names no model is a plain tool call: counted, not metered.
+    let tool = post(proxy.sidecar_port, mock, "/acme/tool", "{}");
+    let rec = proxy.audit_record("acme", &tool.request_id());
+    assert!(rec["usage"].is_null(), "{rec}");
+}
