@@ -179,33 +179,11 @@ impl PolicyEngine {
             self.credential_type.clone(),
             EntityId::new(facts.name),
         );
-        let h = facts.http;
-        let context = vec![
-            (
-                "scheme".to_string(),
-                RestrictedExpression::new_string(h.scheme.to_string()),
-            ),
-            (
-                "host".to_string(),
-                RestrictedExpression::new_string(h.host.to_string()),
-            ),
-            (
-                "port".to_string(),
-                RestrictedExpression::new_long(i64::from(h.port)),
-            ),
-            (
-                "method".to_string(),
-                RestrictedExpression::new_string(h.method.to_string()),
-            ),
-            (
-                "path".to_string(),
-                RestrictedExpression::new_string(h.path.to_string()),
-            ),
-            (
-                "position".to_string(),
-                RestrictedExpression::new_string(facts.position.to_string()),
-            ),
-        ];
+        let mut context = request_pairs(facts.http);
+        context.push((
+            "position".to_string(),
+            RestrictedExpression::new_string(facts.position.to_string()),
+        ));
         self.decide(
             tenant,
             workload,
@@ -264,8 +242,9 @@ impl PolicyEngine {
     }
 }
 
-fn http_context(f: &HttpRequestFacts<'_>) -> Vec<(String, RestrictedExpression)> {
-    let mut pairs = vec![
+/// The context fields every action shares: destination and method.
+fn request_pairs(f: &HttpRequestFacts<'_>) -> Vec<(String, RestrictedExpression)> {
+    vec![
         (
             "scheme".to_string(),
             RestrictedExpression::new_string(f.scheme.to_string()),
@@ -286,6 +265,12 @@ fn http_context(f: &HttpRequestFacts<'_>) -> Vec<(String, RestrictedExpression)>
             "path".to_string(),
             RestrictedExpression::new_string(f.path.to_string()),
         ),
+    ]
+}
+
+fn http_context(f: &HttpRequestFacts<'_>) -> Vec<(String, RestrictedExpression)> {
+    let mut pairs = request_pairs(f);
+    pairs.extend([
         (
             "run_signed".to_string(),
             RestrictedExpression::new_bool(f.run_signed),
@@ -298,7 +283,7 @@ fn http_context(f: &HttpRequestFacts<'_>) -> Vec<(String, RestrictedExpression)>
                     .map(|s| RestrictedExpression::new_string(s.clone())),
             ),
         ),
-    ];
+    ]);
     if let Some(m) = f.model {
         pairs.push((
             "model".to_string(),
