@@ -262,7 +262,7 @@ fn token_command(command: TokenCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn cred_command(config: &std::path::Path, command: CredCommand) -> anyhow::Result<ExitCode> {
-    use crate::config::model::{parse_positions, CredentialSource, MasterKeySource, TenantConfig};
+    use crate::config::model::{parse_positions, CredentialSource, TenantConfig};
     use crate::credentials::binding::parse_binding;
     use crate::credentials::secret::SecretValue;
     use crate::credentials::vault::{MasterKey, Vault};
@@ -277,17 +277,13 @@ fn cred_command(config: &std::path::Path, command: CredCommand) -> anyhow::Resul
         crate::config::StaticConfig::load(config).map_err(crate::app::problems_error)?;
     let tenants =
         TenantConfig::load(&static_config.tenants_file).map_err(crate::app::problems_error)?;
-    let Some(CredentialSource::Vault { file, master }) = tenants.credential_source.clone() else {
+    let Some(CredentialSource::Vault(store)) = tenants.credential_source.clone() else {
         anyhow::bail!(
             "`{}` has no `[credentials] vault_file`; `cred` edits the embedded vault",
             tenants.path.display()
         );
     };
-    let master_key = match &master {
-        MasterKeySource::File(f) => MasterKey::from_file(f)?,
-        MasterKeySource::Env(v) => MasterKey::from_env(v)?,
-    };
-    let mut vault = Vault::open(&file, master_key)?;
+    let mut vault = Vault::open(&store.file, store.master.read()?)?;
     let known = |t: &str| -> anyhow::Result<TenantId> {
         let id = TenantId::new(t)?;
         if !tenants.tenants.contains_key(&id) {

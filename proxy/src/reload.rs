@@ -24,7 +24,7 @@ pub fn spawn(handle: Arc<SnapshotHandle>) {
             .into_iter()
             .map(|p| {
                 if p.is_dir() {
-                    p.to_path_buf()
+                    p
                 } else {
                     p.parent().map(|d| d.to_path_buf()).unwrap_or_default()
                 }

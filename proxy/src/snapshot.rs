@@ -4,16 +4,15 @@
 //! half-configured.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::model::{CredentialSource, MasterKeySource, TenantConfig};
+use crate::config::model::TenantConfig;
 use crate::config::{ConfigProblem, IdentitySourceKind, StaticConfig};
-use crate::credentials::vault::{MasterKey, Vault};
-use crate::credentials::{files, CredentialSet};
+use crate::credentials::CredentialSet;
 use crate::identity::token::{KeySet, TokenSettings, TokenVerifier};
 use crate::metrics::METRICS;
 use crate::policy::{PolicyEngine, TenantInfo};
@@ -105,7 +104,11 @@ impl Snapshot {
 
         let credentials = match &tenants.credential_source {
             None => Some(CredentialSet::default()),
-            Some(source) => load_credentials(source).map_err(|p| problems.push(p)).ok(),
+            Some(source) => source
+                .store()
+                .load()
+                .map_err(|e| problems.push(ConfigProblem::file(&e.path, e.message)))
+                .ok(),
         };
 
         let infos: Vec<TenantInfo> = tenants
@@ -147,52 +150,18 @@ impl Snapshot {
     }
 
     /// Files whose change should trigger a reload.
-    pub fn watched_paths(&self) -> Vec<&Path> {
-        let mut paths = vec![
-            self.tenants.path.as_path(),
-            self.tenants.policy_dir.as_path(),
-        ];
+    pub fn watched_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.tenants.path.clone(), self.tenants.policy_dir.clone()];
         if let Some(t) = &self.tenants.token {
-            paths.push(&t.jwks_file);
+            paths.push(t.jwks_file.clone());
             if let Some(r) = &t.revoked_jtis_file {
-                paths.push(r);
+                paths.push(r.clone());
             }
         }
-        match &self.tenants.credential_source {
-            Some(CredentialSource::Vault { file, master }) => {
-                paths.push(file);
-                if let MasterKeySource::File(f) = master {
-                    paths.push(f);
-                }
-            }
-            Some(CredentialSource::Files { dir, .. }) => paths.push(dir),
-            None => {}
+        if let Some(source) = &self.tenants.credential_source {
+            paths.extend(source.store().watched_paths());
         }
         paths
-    }
-}
-
-fn load_credentials(source: &CredentialSource) -> Result<CredentialSet, ConfigProblem> {
-    match source {
-        CredentialSource::Vault { file, master } => {
-            let master = match master {
-                MasterKeySource::File(f) => MasterKey::from_file(f),
-                MasterKeySource::Env(v) => MasterKey::from_env(v),
-            }
-            .map_err(|e| ConfigProblem::file(file, e.to_string()))?;
-            if !file.exists() {
-                return Err(ConfigProblem::file(
-                    file,
-                    "the vault file does not exist; create it with `tenant-proxy cred put`",
-                ));
-            }
-            Vault::open(file, master)
-                .and_then(|v| v.decrypt_all())
-                .map_err(|e| ConfigProblem::file(file, e.to_string()))
-        }
-        CredentialSource::Files { dir, declared } => {
-            files::load(dir, declared).map_err(|e| ConfigProblem::file(dir, e))
-        }
     }
 }
 

@@ -11,7 +11,9 @@ use super::spec::{StaticSpec, TenantsSpec};
 use super::{read_toml, relative_to, ConfigProblem};
 use crate::credentials::apply::{CredentialSettings, RawCredentialMode};
 use crate::credentials::binding::{parse_binding, Position};
-use crate::credentials::files::FileCredential;
+use crate::credentials::files::{FileCredential, FilesStore};
+use crate::credentials::vault::{MasterKeySource, VaultStore};
+use crate::credentials::CredentialStore;
 use crate::ids::{TenantId, WorkloadId};
 
 /// The static configuration: listeners, admin, audit, upstream and process settings.
@@ -379,29 +381,20 @@ pub struct TokenConfig {
 /// Where credentials come from.
 #[derive(Debug, Clone)]
 pub enum CredentialSource {
-    /// The embedded vault.
-    Vault {
-        /// Vault file.
-        file: PathBuf,
-        /// Master key location.
-        master: MasterKeySource,
-    },
+    /// The embedded vault (editable with `tenant-proxy cred`).
+    Vault(VaultStore),
     /// Mounted files.
-    Files {
-        /// Root directory.
-        dir: PathBuf,
-        /// Declared credentials.
-        declared: Vec<FileCredential>,
-    },
+    Files(FilesStore),
 }
 
-/// Where the vault's master key is read from.
-#[derive(Debug, Clone)]
-pub enum MasterKeySource {
-    /// A file of base64 text.
-    File(PathBuf),
-    /// An environment variable of base64 text.
-    Env(String),
+impl CredentialSource {
+    /// The store behind the source.
+    pub fn store(&self) -> &dyn CredentialStore {
+        match self {
+            CredentialSource::Vault(v) => v,
+            CredentialSource::Files(f) => f,
+        }
+    }
 }
 
 /// A tenant as configured.
@@ -606,7 +599,7 @@ impl TenantConfig {
                     if !c.files.is_empty() {
                         p.push("credentials.file", "`[[credentials.file]]` entries need `files_dir`, not a vault");
                     }
-                    Some(CredentialSource::Vault { file: relative_to(path, &file), master })
+                    Some(CredentialSource::Vault(VaultStore { file: relative_to(path, &file), master }))
                 }
                 (None, Some(dir)) => {
                     let mut declared = Vec::new();
@@ -634,7 +627,7 @@ impl TenantConfig {
                         });
                         declared.push(FileCredential { tenant, name: f.name, bind, positions, expires: None });
                     }
-                    Some(CredentialSource::Files { dir: relative_to(path, &dir), declared })
+                    Some(CredentialSource::Files(FilesStore { dir: relative_to(path, &dir), declared }))
                 }
                 _ => {
                     p.push("credentials", "set exactly one of `vault_file` or `files_dir`");

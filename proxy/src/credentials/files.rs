@@ -3,12 +3,12 @@
 //! configuration, since a mounted Secret carries only values.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::binding::{Binding, Position};
 use super::secret::SecretValue;
-use super::{valid_name, Credential, CredentialSet};
+use super::{valid_name, Credential, CredentialSet, CredentialStore, StoreError};
 use crate::ids::TenantId;
 
 /// A credential declared for the files backend.
@@ -24,6 +24,28 @@ pub struct FileCredential {
     pub positions: Vec<Position>,
     /// Expiry.
     pub expires: Option<u64>,
+}
+
+/// Mounted files as a [`CredentialStore`].
+#[derive(Debug, Clone)]
+pub struct FilesStore {
+    /// Root directory (`DIR/<tenant>/<name>`).
+    pub dir: PathBuf,
+    /// Declared credentials with their bindings.
+    pub declared: Vec<FileCredential>,
+}
+
+impl CredentialStore for FilesStore {
+    fn load(&self) -> Result<CredentialSet, StoreError> {
+        load(&self.dir, &self.declared).map_err(|message| StoreError {
+            path: self.dir.clone(),
+            message,
+        })
+    }
+
+    fn watched_paths(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
+    }
 }
 
 /// Reads every declared credential's value from `dir`. A trailing newline is removed.

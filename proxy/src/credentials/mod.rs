@@ -15,6 +15,7 @@ pub mod secret;
 pub mod vault;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::ids::TenantId;
@@ -73,6 +74,26 @@ impl CredentialSet {
     ) {
         self.tenants.insert(tenant, creds);
     }
+}
+
+/// A place tenants' secrets are read from. The proxy loads the whole set into its configuration
+/// snapshot at start and on every reload, so lookups on the hot path never wait on a store.
+/// Implement it to add a store (HashiCorp Vault, a cloud secret manager).
+pub trait CredentialStore: Send + Sync + std::fmt::Debug {
+    /// Reads every tenant's credentials; any unreadable or unauthenticated record fails the load.
+    fn load(&self) -> Result<CredentialSet, StoreError>;
+    /// Files or directories whose change should trigger a reload.
+    fn watched_paths(&self) -> Vec<PathBuf>;
+}
+
+/// Why a store could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    /// The file or directory at fault.
+    pub path: PathBuf,
+    /// What went wrong (never a secret).
+    pub message: String,
 }
 
 /// Whether `name` is a valid credential name (the handle grammar).

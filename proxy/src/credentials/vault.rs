@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 use super::binding::{Binding, Position};
 use super::secret::SecretValue;
-use super::{valid_name, Credential, CredentialSet};
+use super::{valid_name, Credential, CredentialSet, CredentialStore, StoreError};
 use crate::ids::TenantId;
 
 const VERSION: u32 = 1;
@@ -68,6 +68,60 @@ pub enum VaultError {
     /// Invalid input to an edit.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Where the vault's master key is read from.
+#[derive(Debug, Clone)]
+pub enum MasterKeySource {
+    /// A file of base64 text.
+    File(PathBuf),
+    /// An environment variable of base64 text.
+    Env(String),
+}
+
+impl MasterKeySource {
+    /// Reads the key.
+    pub fn read(&self) -> Result<MasterKey, VaultError> {
+        match self {
+            MasterKeySource::File(f) => MasterKey::from_file(f),
+            MasterKeySource::Env(v) => MasterKey::from_env(v),
+        }
+    }
+}
+
+/// The embedded vault as a [`CredentialStore`].
+#[derive(Debug, Clone)]
+pub struct VaultStore {
+    /// The vault file.
+    pub file: PathBuf,
+    /// Its master key.
+    pub master: MasterKeySource,
+}
+
+impl CredentialStore for VaultStore {
+    fn load(&self) -> Result<CredentialSet, StoreError> {
+        let err = |message: String| StoreError {
+            path: self.file.clone(),
+            message,
+        };
+        let master = self.master.read().map_err(|e| err(e.to_string()))?;
+        if !self.file.exists() {
+            return Err(err(
+                "the vault file does not exist; create it with `tenant-proxy cred put`".into(),
+            ));
+        }
+        Vault::open(&self.file, master)
+            .and_then(|v| v.decrypt_all())
+            .map_err(|e| err(e.to_string()))
+    }
+
+    fn watched_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.file.clone()];
+        if let MasterKeySource::File(f) = &self.master {
+            paths.push(f.clone());
+        }
+        paths
+    }
 }
 
 /// The key that wraps every tenant's data key. Wiped on drop, never printed.

@@ -55,7 +55,7 @@ impl SseParser {
         }
         if let Some(rest) = self.line.strip_prefix(b"data") {
             let value = match rest.first() {
-                None => Some(&rest[..]),
+                None => Some(rest),
                 Some(b':') => Some(rest[1..].strip_prefix(b" ").unwrap_or(&rest[1..])),
                 Some(_) => None, // a field named e.g. `dataX`
             };

@@ -350,3 +350,32 @@ fn policy_denial_and_no_work_without_handles() {
             && plain.body.is_none()
     );
 }
+
+#[test]
+fn strip_mode_removes_agent_keys_instead_of_refusing() {
+    let h = headers(&[("authorization", "Bearer sk-agent-own"), ("accept", "*/*")]);
+    let req = RequestParts {
+        target: Target {
+            scheme: "https",
+            host: "api.openai.com",
+            port: 443,
+            path: "/v1/x",
+            method: "POST",
+        },
+        headers: &h,
+        path_and_query: "/v1/x",
+        body: None,
+        content_type: None,
+    };
+    let settings = CredentialSettings {
+        raw_credential: RawCredentialMode::Strip,
+        ..CredentialSettings::default()
+    };
+    let applied = apply(&set(), &settings, &tid("acme"), &req, 100, &mut |_, _| true)
+        .expect("stripped, not refused");
+    assert_eq!(
+        applied.remove_headers,
+        vec![HeaderName::from_static("authorization")]
+    );
+    assert!(applied.set_headers.is_empty());
+}
