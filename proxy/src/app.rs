@@ -69,6 +69,7 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         config: static_config.clone(),
         snapshot: handle.clone(),
         audit: audit.clone(),
+        limits: Arc::new(crate::limits::memory::MemoryBackend::default()),
     });
     for listener in &static_config.listeners {
         let addr = listener.listen.to_string();

@@ -14,6 +14,7 @@ use crate::config::IdentitySourceKind;
 use crate::error::Deny;
 use crate::identity::token::{Initiator, RunBudget};
 use crate::ids::{TenantId, WorkloadId};
+use crate::limits::Admission;
 use crate::policy::Decision;
 use crate::snapshot::Snapshot;
 use crate::target::Destination;
@@ -122,6 +123,8 @@ pub struct RequestCtx {
     pub usage_meter: Option<UsageMeter>,
     /// The usage read, once the response ended.
     pub usage: Option<Usage>,
+    /// Limit leases and rate headline, while the request is in flight.
+    pub admission: Option<Admission>,
     /// SHA-256 of the request body (hex), if there was one.
     pub body_sha256: Option<String>,
     /// Request body size.
@@ -158,6 +161,7 @@ impl RequestCtx {
             credential_names: Vec::new(),
             usage_meter: None,
             usage: None,
+            admission: None,
             body_sha256: None,
             bytes_in: 0,
             bytes_out: 0,

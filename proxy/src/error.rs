@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::credentials::apply::CredentialDeny;
+use crate::limits::{LimitDeny, LimitKind, Scope};
 
 /// Why a request was refused. Messages follow cedar's style: lowercase, no trailing period,
 /// user input in backticks, never a secret or token.
@@ -20,6 +21,8 @@ pub enum Deny {
     PolicyDenied,
     /// A `$CRED{}` handle or agent-supplied key was refused.
     Credential(CredentialDeny),
+    /// A rate or concurrency ceiling was reached (429 with `Retry-After`).
+    Limited(LimitDeny),
     /// The request is malformed or unsupported.
     BadRequest(String),
     /// The absolute URI's authority and the `Host` header disagree.
@@ -73,6 +76,10 @@ pub enum ReasonCode {
     CredentialMalformed,
     /// A literal key where the proxy manages the credential.
     RawCredential,
+    /// A request-rate ceiling was reached.
+    RateLimited,
+    /// A concurrency ceiling was reached.
+    ConcurrencyLimited,
     /// See [`Deny::BadRequest`].
     BadRequest,
     /// See [`Deny::HostMismatch`].
@@ -114,6 +121,8 @@ impl ReasonCode {
             ReasonCode::CredentialDenied => "credential_denied",
             ReasonCode::CredentialMalformed => "credential_malformed",
             ReasonCode::RawCredential => "raw_credential",
+            ReasonCode::RateLimited => "rate_limited",
+            ReasonCode::ConcurrencyLimited => "concurrency_limited",
             ReasonCode::BadRequest => "bad_request",
             ReasonCode::HostMismatch => "host_mismatch",
             ReasonCode::RouteNotFound => "route_not_found",
@@ -182,6 +191,28 @@ impl Deny {
                     format!("a literal credential in {place} is not accepted for this destination; use a `$CRED{{name}}` handle"),
                 ),
             },
+            Deny::Limited(l) => {
+                let whose = match &l.key.scope {
+                    Scope::Tenant(_) => "this tenant",
+                    Scope::Workload(..) => "this workload",
+                };
+                match l.key.kind {
+                    LimitKind::Rate { per_period, period_secs, .. } => (
+                        429,
+                        ReasonCode::RateLimited,
+                        format!(
+                            "{whose} is over its ceiling of {per_period} requests per {}; retry after {}s",
+                            if period_secs == 1 { "second" } else { "minute" },
+                            l.retry_after.as_secs().max(1)
+                        ),
+                    ),
+                    LimitKind::Concurrency { max } => (
+                        429,
+                        ReasonCode::ConcurrencyLimited,
+                        format!("{whose} already has {max} requests in flight"),
+                    ),
+                }
+            }
             Deny::BadRequest(why) => (400, ReasonCode::BadRequest, why.clone()),
             Deny::HostMismatch => (
                 400,

@@ -25,6 +25,7 @@ pub mod ctx;
 pub mod error;
 pub mod identity;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

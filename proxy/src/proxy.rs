@@ -30,6 +30,7 @@ use crate::credentials::scrub::Scrubber;
 use crate::credentials::Credential;
 use crate::ctx::{Outcome, Permitted, PrincipalKind, RequestCtx, Run, TenantContext};
 use crate::error::{error_body, Deny, ReasonCode};
+use crate::limits::{self, LimitBackend};
 use crate::metrics::{Metrics, METRICS};
 use crate::policy::CredentialFacts;
 use crate::policy::HttpRequestFacts;
@@ -48,6 +49,8 @@ pub struct Shared {
     pub snapshot: Arc<SnapshotHandle>,
     /// The audit queue.
     pub audit: AuditSink,
+    /// Rate and concurrency counters.
+    pub limits: Arc<dyn LimitBackend>,
 }
 
 /// The proxy for one listener.
@@ -121,8 +124,34 @@ impl TenantProxy {
             session.req_header(),
             ctx,
         )?;
+        // Ceilings last: a request refused for any other reason does not use up the allowance.
+        self.admit_limits(&snapshot, &tenant, ctx)?;
         // Every check passed: only now does the request carry proof of authorization.
         ctx.permit = Some(Permitted { destination });
+        Ok(())
+    }
+
+    fn admit_limits(
+        &self,
+        snapshot: &Snapshot,
+        tenant: &TenantContext,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Deny> {
+        let Some(entry) = snapshot.tenants.tenants.get(&tenant.tenant) else {
+            return Err(Deny::Internal);
+        };
+        let workload_ceilings = entry.workload_limits.get(&tenant.workload);
+        if entry.limits.is_empty() && workload_ceilings.is_none() {
+            return Ok(());
+        }
+        let keys = limits::keys_for(
+            &tenant.tenant,
+            &tenant.workload,
+            &entry.limits,
+            workload_ceilings,
+        );
+        let admission = self.shared.limits.admit(&keys).map_err(Deny::Limited)?;
+        ctx.admission = Some(admission);
         Ok(())
     }
 
@@ -135,12 +164,19 @@ impl TenantProxy {
         deny: Deny,
     ) -> pingora::Result<()> {
         let (status, code, message) = deny.describe();
+        let deny_for_headers = deny.clone();
         ctx.outcome = Outcome::Refused(deny);
         let body = error_body(code, &message, &ctx.request_id);
         let mut resp = ResponseHeader::build(status, Some(6))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("x-request-id", &*ctx.request_id)?;
+        if let Deny::Limited(l) = &deny_for_headers {
+            resp.insert_header(
+                http::header::RETRY_AFTER,
+                l.retry_after.as_secs().max(1).to_string(),
+            )?;
+        }
         if status == 407 {
             resp.append_header(
                 http::header::PROXY_AUTHENTICATE,
@@ -680,6 +716,11 @@ impl ProxyHttp for TenantProxy {
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);
         }
         upstream_response.insert_header("x-request-id", &*ctx.request_id)?;
+        if let Some(h) = ctx.admission.as_ref().and_then(|a| a.headline) {
+            upstream_response.insert_header("x-ratelimit-limit", h.limit.to_string())?;
+            upstream_response.insert_header("x-ratelimit-remaining", h.remaining.to_string())?;
+            upstream_response.insert_header("x-ratelimit-reset", h.reset_secs.to_string())?;
+        }
         Ok(())
     }
 
@@ -752,6 +793,9 @@ impl ProxyHttp for TenantProxy {
                 Some(d) => Outcome::Refused(d),
                 None => Outcome::Forwarded,
             };
+        }
+        if let Some(admission) = ctx.admission.take() {
+            self.shared.limits.release(&admission.leases);
         }
         let status = session
             .response_written()

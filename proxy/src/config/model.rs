@@ -1,6 +1,6 @@
 //! Validated runtime configuration. Every value here passed the checks in this file.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use crate::credentials::files::{FileCredential, FilesStore};
 use crate::credentials::vault::{MasterKeySource, VaultStore};
 use crate::credentials::CredentialStore;
 use crate::ids::{TenantId, WorkloadId};
+use crate::limits::Ceilings;
 
 /// The static configuration: listeners, admin, audit, upstream and process settings.
 #[derive(Debug, Clone)]
@@ -406,6 +407,10 @@ pub struct TenantEntry {
     pub region: String,
     /// Workloads.
     pub workloads: Vec<WorkloadId>,
+    /// Ceilings on the tenant as a whole.
+    pub limits: Ceilings,
+    /// Ceilings on single workloads.
+    pub workload_limits: HashMap<WorkloadId, Ceilings>,
 }
 
 /// A route-mode mapping from a path prefix to an upstream base URL.
@@ -565,12 +570,33 @@ impl TenantConfig {
                     "list at least one workload",
                 );
             }
+            let limits = t.limits.unwrap_or_default();
+            if let Err(e) = limits.validate() {
+                p.push(format!("tenants.{id}.limits"), e);
+            }
+            let mut workload_limits = HashMap::new();
+            for (w, c) in t.workload_limits {
+                match WorkloadId::new(&w) {
+                    Ok(wid) if workloads.contains(&wid) => {
+                        if let Err(e) = c.validate() {
+                            p.push(format!("tenants.{id}.workload_limits.{w}"), e);
+                        }
+                        workload_limits.insert(wid, c);
+                    }
+                    _ => p.push(
+                        format!("tenants.{id}.workload_limits.{w}"),
+                        format!("`{w}` is not a workload of `{id}`"),
+                    ),
+                }
+            }
             tenants.insert(
                 tenant,
                 TenantEntry {
                     plan: t.plan,
                     region: t.region,
                     workloads,
+                    limits,
+                    workload_limits,
                 },
             );
         }

@@ -305,6 +305,12 @@ pub struct TenantSpec {
     pub region: String,
     /// Workload ids of this tenant.
     pub workloads: Vec<String>,
+    /// Ceilings on the tenant's traffic as a whole.
+    #[serde(default)]
+    pub limits: Option<crate::limits::Ceilings>,
+    /// Ceilings on single workloads, by workload id (checked in addition to the tenant's).
+    #[serde(default)]
+    pub workload_limits: BTreeMap<String, crate::limits::Ceilings>,
 }
 
 /// `[credentials]`.
