@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 ensure_apt cmake
 ensure_apt curl
 ensure_apt openssl
+ensure_apt redis-server
 ensure_apt python3
 ensure_py requests
 ensure_py httpx

@@ -9,6 +9,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::audit::AuditSink;
+use crate::limits::LimitBackend;
 use crate::metrics::METRICS;
 use crate::snapshot::SnapshotHandle;
 
@@ -17,12 +18,21 @@ use crate::snapshot::SnapshotHandle;
 pub struct AdminApp {
     snapshot: Arc<SnapshotHandle>,
     audit: AuditSink,
+    limits: Arc<dyn LimitBackend>,
 }
 
 impl AdminApp {
     /// An admin app over the live snapshot and audit sink.
-    pub fn new(snapshot: Arc<SnapshotHandle>, audit: AuditSink) -> Self {
-        Self { snapshot, audit }
+    pub fn new(
+        snapshot: Arc<SnapshotHandle>,
+        audit: AuditSink,
+        limits: Arc<dyn LimitBackend>,
+    ) -> Self {
+        Self {
+            snapshot,
+            audit,
+            limits,
+        }
     }
 }
 
@@ -47,14 +57,17 @@ impl ServeHttp for AdminApp {
             "/readyz" => {
                 let snap = self.snapshot.load();
                 let audit_ok = self.audit.is_healthy();
+                let limiter_ok = self.limits.is_ready();
+                let ready = audit_ok && limiter_ok;
                 let body = serde_json::json!({
-                    "ready": audit_ok,
+                    "ready": ready,
                     "config_generation": snap.generation,
                     "tenants": snap.tenants.tenants.len(),
                     "audit_writable": audit_ok,
+                    "limiter_connected": limiter_ok,
                 });
                 respond(
-                    if audit_ok { 200 } else { 503 },
+                    if ready { 200 } else { 503 },
                     "application/json",
                     body.to_string().into_bytes(),
                 )

@@ -10,7 +10,11 @@ use pingora::server::Server;
 
 use crate::admin::AdminApp;
 use crate::audit::AuditSink;
+use crate::config::model::LimiterSettings;
 use crate::config::{ConfigProblem, LogFormat, StaticConfig};
+use crate::limits::memory::MemoryBackend;
+use crate::limits::redis::RedisBackend;
+use crate::limits::LimitBackend;
 use crate::proxy::{Shared, TenantProxy};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 
@@ -65,11 +69,12 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let limits = limit_backend(&static_config.limiter)?;
     let shared = Arc::new(Shared {
         config: static_config.clone(),
         snapshot: handle.clone(),
         audit: audit.clone(),
-        limits: Arc::new(crate::limits::memory::MemoryBackend::default()),
+        limits: limits.clone(),
     });
     for listener in &static_config.listeners {
         let addr = listener.listen.to_string();
@@ -90,13 +95,30 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         tracing::info!(listener = %listener.name, %addr, "proxy listening");
     }
 
-    let mut admin =
-        pingora::services::listening::Service::new("admin".into(), AdminApp::new(handle, audit));
+    let mut admin = pingora::services::listening::Service::new(
+        "admin".into(),
+        AdminApp::new(handle, audit, limits),
+    );
     admin.add_tcp(&static_config.admin_listen.to_string());
     server.add_service(admin);
     tracing::info!(addr = %static_config.admin_listen, "admin listening");
 
     server.run_forever()
+}
+
+fn limit_backend(settings: &LimiterSettings) -> anyhow::Result<Arc<dyn LimitBackend>> {
+    Ok(match settings {
+        LimiterSettings::Memory => Arc::new(MemoryBackend::default()),
+        LimiterSettings::Redis {
+            url,
+            timeout,
+            lease_ttl,
+            on_unavailable,
+        } => Arc::new(
+            RedisBackend::start(url, *timeout, *lease_ttl, *on_unavailable)
+                .map_err(anyhow::Error::msg)?,
+        ),
+    })
 }
 
 /// pingora trusts either the system roots or one CA file; with extra CAs configured we write a

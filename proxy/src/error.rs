@@ -23,6 +23,8 @@ pub enum Deny {
     Credential(CredentialDeny),
     /// A rate or concurrency ceiling was reached (429 with `Retry-After`).
     Limited(LimitDeny),
+    /// The shared limiter could not be reached (503 with `Retry-After`).
+    LimiterUnavailable,
     /// The request is malformed or unsupported.
     BadRequest(String),
     /// The absolute URI's authority and the `Host` header disagree.
@@ -80,6 +82,8 @@ pub enum ReasonCode {
     RateLimited,
     /// A concurrency ceiling was reached.
     ConcurrencyLimited,
+    /// See [`Deny::LimiterUnavailable`].
+    LimiterUnavailable,
     /// See [`Deny::BadRequest`].
     BadRequest,
     /// See [`Deny::HostMismatch`].
@@ -123,6 +127,7 @@ impl ReasonCode {
             ReasonCode::RawCredential => "raw_credential",
             ReasonCode::RateLimited => "rate_limited",
             ReasonCode::ConcurrencyLimited => "concurrency_limited",
+            ReasonCode::LimiterUnavailable => "limiter_unavailable",
             ReasonCode::BadRequest => "bad_request",
             ReasonCode::HostMismatch => "host_mismatch",
             ReasonCode::RouteNotFound => "route_not_found",
@@ -213,6 +218,11 @@ impl Deny {
                     ),
                 }
             }
+            Deny::LimiterUnavailable => (
+                503,
+                ReasonCode::LimiterUnavailable,
+                "the limit counters cannot be reached; the request was not forwarded, retry shortly".into(),
+            ),
             Deny::BadRequest(why) => (400, ReasonCode::BadRequest, why.clone()),
             Deny::HostMismatch => (
                 400,

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub credential_scrubbed: IntCounterVec,
     /// LLM tokens read from responses, by tenant and kind (`input`, `cached_input`, `output`).
     pub llm_tokens: IntCounterVec,
+    /// Limiter backend calls that failed or timed out.
+    pub limiter_errors: IntCounter,
+    /// Admissions decided on local counters because the shared backend was unreachable.
+    pub limiter_fallback: IntCounter,
 }
 
 const TENANT_NONE: &str = "none";
@@ -128,6 +132,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant", "kind"],
         )?,
+        limiter_errors: IntCounter::new(
+            "tenant_proxy_limiter_errors_total",
+            "Limiter backend calls that failed or timed out",
+        )?,
+        limiter_fallback: IntCounter::new(
+            "tenant_proxy_limiter_fallback_total",
+            "Admissions decided on local counters because the shared limiter was unreachable",
+        )?,
         registry,
     };
     let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -144,6 +156,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.credential_substitutions.clone()),
         Box::new(m.credential_scrubbed.clone()),
         Box::new(m.llm_tokens.clone()),
+        Box::new(m.limiter_errors.clone()),
+        Box::new(m.limiter_fallback.clone()),
     ];
     for c in collectors {
         m.registry.register(c)?;

@@ -30,7 +30,7 @@ use crate::credentials::scrub::Scrubber;
 use crate::credentials::Credential;
 use crate::ctx::{Outcome, Permitted, PrincipalKind, RequestCtx, Run, TenantContext};
 use crate::error::{error_body, Deny, ReasonCode};
-use crate::limits::{self, LimitBackend};
+use crate::limits::{self, AdmitError, LimitBackend};
 use crate::metrics::{Metrics, METRICS};
 use crate::policy::CredentialFacts;
 use crate::policy::HttpRequestFacts;
@@ -125,13 +125,13 @@ impl TenantProxy {
             ctx,
         )?;
         // Ceilings last: a request refused for any other reason does not use up the allowance.
-        self.admit_limits(&snapshot, &tenant, ctx)?;
+        self.admit_limits(&snapshot, &tenant, ctx).await?;
         // Every check passed: only now does the request carry proof of authorization.
         ctx.permit = Some(Permitted { destination });
         Ok(())
     }
 
-    fn admit_limits(
+    async fn admit_limits(
         &self,
         snapshot: &Snapshot,
         tenant: &TenantContext,
@@ -150,7 +150,10 @@ impl TenantProxy {
             &entry.limits,
             workload_ceilings,
         );
-        let admission = self.shared.limits.admit(&keys).map_err(Deny::Limited)?;
+        let admission = self.shared.limits.admit(&keys).await.map_err(|e| match e {
+            AdmitError::Limited(l) => Deny::Limited(l),
+            AdmitError::Unavailable => Deny::LimiterUnavailable,
+        })?;
         ctx.admission = Some(admission);
         Ok(())
     }
@@ -171,11 +174,17 @@ impl TenantProxy {
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("x-request-id", &*ctx.request_id)?;
-        if let Deny::Limited(l) = &deny_for_headers {
-            resp.insert_header(
-                http::header::RETRY_AFTER,
-                l.retry_after.as_secs().max(1).to_string(),
-            )?;
+        match &deny_for_headers {
+            Deny::Limited(l) => {
+                resp.insert_header(
+                    http::header::RETRY_AFTER,
+                    l.retry_after.as_secs().max(1).to_string(),
+                )?;
+            }
+            Deny::LimiterUnavailable | Deny::AuditUnavailable => {
+                resp.insert_header(http::header::RETRY_AFTER, "1")?;
+            }
+            _ => {}
         }
         if status == 407 {
             resp.append_header(
@@ -795,7 +804,7 @@ impl ProxyHttp for TenantProxy {
             };
         }
         if let Some(admission) = ctx.admission.take() {
-            self.shared.limits.release(&admission.leases);
+            self.shared.limits.release(&admission).await;
         }
         let status = session
             .response_written()

@@ -205,6 +205,8 @@ pub struct ProxySpec {
     pub upstream: String,
     /// Extra TOML appended to the tenant file (e.g. `[credentials]`).
     pub tenants_extra: String,
+    /// Extra TOML appended to the static file (e.g. `[limiter]`).
+    pub static_extra: String,
     /// Environment variables for the proxy process.
     pub env: Vec<(String, String)>,
     /// Extra static settings appended to `[limits]`.
@@ -218,6 +220,7 @@ impl Default for ProxySpec {
             routes: String::new(),
             upstream: "read_timeout = \"10s\"".into(),
             tenants_extra: String::new(),
+            static_extra: String::new(),
             env: Vec::new(),
             limits: "",
         }
@@ -296,8 +299,9 @@ grace_period = "0s"
 graceful_shutdown_timeout = "1s"
 [log]
 level = "info"
+{}
 "#,
-            spec.upstream, spec.limits
+            spec.upstream, spec.limits, spec.static_extra
         );
         std::fs::write(dir.path().join("tenant-proxy.toml"), static_toml).unwrap();
         let tenants = format!(

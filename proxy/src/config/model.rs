@@ -36,6 +36,8 @@ pub struct StaticConfig {
     pub max_header_bytes: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Where limit counters live.
+    pub limiter: LimiterSettings,
     /// Worker threads per listener.
     pub threads: usize,
     /// Seconds to keep serving after SIGTERM.
@@ -46,6 +48,24 @@ pub struct StaticConfig {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+}
+
+/// The limiter backend.
+#[derive(Debug, Clone)]
+pub enum LimiterSettings {
+    /// Counters in this process.
+    Memory,
+    /// Counters in Redis.
+    Redis {
+        /// Connection URL.
+        url: String,
+        /// Per-call timeout.
+        timeout: Duration,
+        /// Concurrency lease lifetime.
+        lease_ttl: Duration,
+        /// Behaviour when Redis is unreachable.
+        on_unavailable: crate::limits::redis::Unavailable,
+    },
 }
 
 /// Log output format.
@@ -314,6 +334,50 @@ impl StaticConfig {
                 LogFormat::Text
             }
         };
+        let limiter = match spec.limiter.backend.as_deref() {
+            None | Some("memory") => LimiterSettings::Memory,
+            Some("redis") => {
+                let url = spec.limiter.redis_url.clone().unwrap_or_default();
+                if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                    p.push(
+                        "limiter.redis_url",
+                        "the `redis` backend needs `redis_url = \"redis://host:port\"`",
+                    );
+                }
+                let timeout = p.duration(
+                    "limiter.timeout",
+                    spec.limiter.timeout.as_deref().unwrap_or("50ms"),
+                );
+                let lease_ttl = p.duration(
+                    "limiter.lease_ttl",
+                    spec.limiter.lease_ttl.as_deref().unwrap_or("5m"),
+                );
+                let on_unavailable = match spec.limiter.on_unavailable.as_deref() {
+                    None | Some("fail_closed") => crate::limits::redis::Unavailable::FailClosed,
+                    Some("local_fallback") => crate::limits::redis::Unavailable::LocalFallback,
+                    Some(other) => {
+                        p.push(
+                            "limiter.on_unavailable",
+                            format!("`{other}` is not `fail_closed` or `local_fallback`"),
+                        );
+                        crate::limits::redis::Unavailable::FailClosed
+                    }
+                };
+                LimiterSettings::Redis {
+                    url,
+                    timeout,
+                    lease_ttl,
+                    on_unavailable,
+                }
+            }
+            Some(other) => {
+                p.push(
+                    "limiter.backend",
+                    format!("`{other}` is not `memory` or `redis`"),
+                );
+                LimiterSettings::Memory
+            }
+        };
         if spec.server.threads == 0 {
             p.push("server.threads", "must be at least 1");
         }
@@ -327,6 +391,7 @@ impl StaticConfig {
             upstream,
             max_header_bytes: spec.limits.max_header_bytes,
             max_body_bytes: spec.limits.max_body_bytes,
+            limiter,
             threads: spec.server.threads.max(1),
             grace_period: p.duration("server.grace_period", &spec.server.grace_period),
             graceful_shutdown_timeout: p.duration(

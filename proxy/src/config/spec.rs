@@ -26,6 +26,9 @@ pub struct StaticSpec {
     /// Request size caps.
     #[serde(default)]
     pub limits: RequestLimitsSpec,
+    /// Where rate and concurrency counters live.
+    #[serde(default)]
+    pub limiter: LimiterSpec,
     /// Process settings.
     #[serde(default)]
     pub server: ServerSpec,
@@ -171,6 +174,22 @@ fn default_max_header_bytes() -> usize {
 }
 fn default_max_body_bytes() -> usize {
     8 * 1024 * 1024
+}
+
+/// `[limiter]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimiterSpec {
+    /// `memory` (default: this process only) or `redis` (shared by replicas).
+    pub backend: Option<String>,
+    /// `redis://host:port/db` for the `redis` backend.
+    pub redis_url: Option<String>,
+    /// Longest wait for one Redis call (default `50ms`).
+    pub timeout: Option<String>,
+    /// How long a concurrency slot outlives a crashed replica (default `5m`).
+    pub lease_ttl: Option<String>,
+    /// `fail_closed` (default: refuse with `limiter_unavailable`) or `local_fallback`.
+    pub on_unavailable: Option<String>,
 }
 
 /// `[server]`.

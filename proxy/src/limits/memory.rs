@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Admission, LimitBackend, LimitDeny, LimitKey, LimitKind, RateHeadline};
+use super::{Admission, AdmitError, LimitBackend, LimitDeny, LimitKey, LimitKind, RateHeadline};
 
 const SHARDS: usize = 64;
 
@@ -54,8 +54,20 @@ impl MemoryBackend {
     }
 }
 
+#[async_trait::async_trait]
 impl LimitBackend for MemoryBackend {
-    fn admit(&self, keys: &[LimitKey]) -> Result<Admission, LimitDeny> {
+    async fn admit(&self, keys: &[LimitKey]) -> Result<Admission, AdmitError> {
+        self.admit_now(keys).map_err(AdmitError::Limited)
+    }
+
+    async fn release(&self, admission: &Admission) {
+        self.release_now(&admission.leases);
+    }
+}
+
+impl MemoryBackend {
+    /// Synchronous admit (no I/O): checks all keys, then commits all.
+    pub fn admit_now(&self, keys: &[LimitKey]) -> Result<Admission, LimitDeny> {
         let now = self.now();
         // Lock the shards involved in index order (no deadlock), decide, then commit.
         let mut shard_ids: Vec<usize> = keys.iter().map(shard_of).collect();
@@ -138,7 +150,8 @@ impl LimitBackend for MemoryBackend {
         Ok(admission)
     }
 
-    fn release(&self, leases: &[LimitKey]) {
+    /// Gives back concurrency slots.
+    pub fn release_now(&self, leases: &[LimitKey]) {
         for key in leases {
             let mut shard = self.shards[shard_of(key)]
                 .lock()
@@ -170,9 +183,9 @@ mod tests {
         };
         let keys = keys_for(&tid("acme"), &WorkloadId::new("bot").expect("id"), &c, None);
         for i in 0..3 {
-            assert!(m.admit(&keys).is_ok(), "burst request {i}");
+            assert!(m.admit_now(&keys).is_ok(), "burst request {i}");
         }
-        let deny = m.admit(&keys).expect_err("over the burst");
+        let deny = m.admit_now(&keys).expect_err("over the burst");
         assert!(
             deny.retry_after > Duration::ZERO && deny.retry_after <= Duration::from_millis(500),
             "{deny:?}"
@@ -194,15 +207,15 @@ mod tests {
         let bot = WorkloadId::new("bot").expect("id");
         let other = WorkloadId::new("other").expect("id");
         let keys_bot = keys_for(&tid("acme"), &bot, &tenant, Some(&workload));
-        let a = m.admit(&keys_bot).expect("first");
+        let a = m.admit_now(&keys_bot).expect("first");
         // The workload ceiling refuses; the tenant slot it would have taken is not consumed.
-        assert!(m.admit(&keys_bot).is_err());
+        assert!(m.admit_now(&keys_bot).is_err());
         let keys_other = keys_for(&tid("acme"), &other, &tenant, None);
-        let b = m.admit(&keys_other).expect("tenant has one slot left");
-        assert!(m.admit(&keys_other).is_err(), "tenant full");
-        m.release(&a.leases);
-        assert!(m.admit(&keys_other).is_ok(), "slot given back");
-        m.release(&b.leases);
+        let b = m.admit_now(&keys_other).expect("tenant has one slot left");
+        assert!(m.admit_now(&keys_other).is_err(), "tenant full");
+        m.release_now(&a.leases);
+        assert!(m.admit_now(&keys_other).is_ok(), "slot given back");
+        m.release_now(&b.leases);
     }
 
     #[test]
@@ -215,9 +228,9 @@ mod tests {
         let w = WorkloadId::new("bot").expect("id");
         let acme = keys_for(&tid("acme"), &w, &c, None);
         let globex = keys_for(&tid("globex"), &w, &c, None);
-        assert!(m.admit(&acme).is_ok());
-        assert!(m.admit(&acme).is_err(), "acme exhausted");
-        assert!(m.admit(&globex).is_ok(), "globex untouched by acme");
+        assert!(m.admit_now(&acme).is_ok());
+        assert!(m.admit_now(&acme).is_err(), "acme exhausted");
+        assert!(m.admit_now(&globex).is_ok(), "globex untouched by acme");
         assert_eq!(acme[0].to_string(), "tp:{acme}:rate_s");
     }
 
@@ -231,7 +244,7 @@ mod tests {
         let keys = keys_for(&tid("acme"), &WorkloadId::new("bot").expect("id"), &c, None);
         let admitted: usize = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| (0..100).filter(|_| m.admit(&keys).is_ok()).count()))
+                .map(|_| s.spawn(|| (0..100).filter(|_| m.admit_now(&keys).is_ok()).count()))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
         });

@@ -7,6 +7,7 @@
 //! single proxy; a shared backend for replicas implements the same trait.
 
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::time::Duration;
@@ -174,11 +175,22 @@ pub struct LimitDeny {
     pub retry_after: Duration,
 }
 
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdmitError {
+    /// A ceiling refused it.
+    Limited(LimitDeny),
+    /// The counters could not be reached in time (fail closed).
+    Unavailable,
+}
+
 /// What an admitted request holds until it ends.
 #[derive(Debug, Default)]
 pub struct Admission {
     /// Concurrency slots to give back.
     pub leases: Vec<LimitKey>,
+    /// The id the backend knows these leases by.
+    pub lease_id: String,
     /// The tightest rate ceiling: (limit, remaining, reset) for `X-RateLimit-*`.
     pub headline: Option<RateHeadline>,
 }
@@ -195,9 +207,14 @@ pub struct RateHeadline {
 }
 
 /// A place counters live.
+#[async_trait::async_trait]
 pub trait LimitBackend: Send + Sync + fmt::Debug {
-    /// Checks every key and, only if all admit, updates all of them.
-    fn admit(&self, keys: &[LimitKey]) -> Result<Admission, LimitDeny>;
+    /// Checks every key and, only if all admit, updates all of them, in one atomic step.
+    async fn admit(&self, keys: &[LimitKey]) -> Result<Admission, AdmitError>;
     /// Gives back the concurrency slots of a finished request.
-    fn release(&self, leases: &[LimitKey]);
+    async fn release(&self, admission: &Admission);
+    /// Whether the backend has ever been reachable (readiness).
+    fn is_ready(&self) -> bool {
+        true
+    }
 }

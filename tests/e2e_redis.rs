@@ -1,0 +1,198 @@
+//! The Redis limiter against a real `redis-server`: two proxies enforce one tenant ceiling
+//! together, keys carry the tenant hash tag, Redis down means a fast fail-closed refusal, and
+//! service comes back by itself when Redis does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+struct Redis {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        let redis = Redis {
+            port,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.command("PING").first().map(String::as_str) != Some("PONG") {
+            assert!(Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    /// Sends an inline command; returns the reply lines (status, bulk strings and array items).
+    fn command(&self, cmd: &str) -> Vec<String> {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return vec![];
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if s.write_all(format!("{cmd}\r\n").as_bytes()).is_err() {
+            return vec![];
+        }
+        let mut r = BufReader::new(s);
+        let mut first = String::new();
+        if r.read_line(&mut first).is_err() {
+            return vec![];
+        }
+        let first = first.trim_end().to_string();
+        match first.chars().next() {
+            Some('+') => vec![first[1..].to_string()],
+            Some('*') => {
+                let n: usize = first[1..].parse().unwrap_or(0);
+                (0..n)
+                    .map(|_| {
+                        let mut len = String::new();
+                        r.read_line(&mut len).unwrap();
+                        let mut v = String::new();
+                        r.read_line(&mut v).unwrap();
+                        v.trim_end().to_string()
+                    })
+                    .collect()
+            }
+            _ => vec![first],
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proxy_with_redis(port: u16) -> Proxy {
+    Proxy::start(ProxySpec {
+        static_extra: format!("[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"100ms\"\n"),
+        tenants_extra: "[tenants.acme.limits]\nrequests_per_minute = 6\nconcurrency = 10\n".into(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
+    let port = free_port();
+    let redis = Redis::start_on(port);
+    let origin = Origin::start();
+    let (a, b) = (proxy_with_redis(port), proxy_with_redis(port));
+    let url = format!("http://127.0.0.1:{}/acme/shared", origin.port);
+
+    // Eight calls spread over two replicas against a ceiling of six: exactly six pass.
+    let statuses: Vec<u16> = (0..8)
+        .map(|i| {
+            forward_get(
+                if i % 2 == 0 {
+                    a.sidecar_port
+                } else {
+                    b.sidecar_port
+                },
+                &url,
+                None,
+                "",
+            )
+            .status
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        6,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(origin.matching("/acme/shared").len(), 6);
+
+    // Every key carries the tenant as a hash tag; globex (no ceilings) has none; leases were
+    // given back.
+    let keys = redis.command("KEYS *");
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k.starts_with("tp:{acme}:")),
+        "{keys:?}"
+    );
+    assert_eq!(
+        redis.command("ZCARD tp:{acme}:conc"),
+        vec![":0".to_string()]
+    );
+    assert_eq!(
+        forward_get(
+            a.shared_port,
+            &format!("http://127.0.0.1:{}/globex/x", origin.port),
+            Some(&token_for("globex", "agent")),
+            ""
+        )
+        .status,
+        200
+    );
+    assert!(redis
+        .command("KEYS *")
+        .iter()
+        .all(|k| k.starts_with("tp:{acme}:")));
+
+    // Redis stops: refusals are immediate 503s with Retry-After, nothing is forwarded.
+    drop(redis);
+    let before = origin.count();
+    let started = Instant::now();
+    let r = forward_get(a.sidecar_port, &url, None, "");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no stall: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "limiter_unavailable"),
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(origin.count(), before);
+    assert_eq!(
+        a.audit_record("acme", &r.request_id())["reason"],
+        "limiter_unavailable"
+    );
+    assert!(a.metrics().contains("tenant_proxy_limiter_errors_total"));
+
+    // Redis comes back (empty): both replicas recover without a restart.
+    let _redis = Redis::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for p in [a.sidecar_port, b.sidecar_port] {
+        while forward_get(p, &url, None, "").status != 200 {
+            assert!(Instant::now() < deadline, "no recovery");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
