@@ -196,3 +196,30 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
         }
     }
 }
+
+#[test]
+fn local_fallback_keeps_enforcing_per_replica_and_is_counted() {
+    let port = free_port();
+    let redis = Redis::start_on(port);
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec {
+        static_extra: format!(
+            "[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"100ms\"\non_unavailable = \"local_fallback\"\n"
+        ),
+        tenants_extra: "[tenants.acme.limits]\nrequests_per_minute = 3\n".into(),
+        ..Default::default()
+    });
+    drop(redis);
+    let url = format!("http://127.0.0.1:{}/acme/fb", origin.port);
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| forward_get(proxy.sidecar_port, &url, None, "").status)
+        .collect();
+    // The local counters enforce the same ceiling on this replica.
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains("tenant_proxy_limiter_fallback_total 5"),
+        "{metrics}"
+    );
+    assert!(proxy.log().contains("enforcing local counters"));
+}

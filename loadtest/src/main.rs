@@ -41,7 +41,8 @@ enum Cmd {
         /// Longest time per row; the row stops early when it is reached.
         #[arg(long, default_value = "60s")]
         duration_limit: String,
-        /// Run only these rows (comma-separated: direct, forward, route).
+        /// Run only these rows (comma-separated: direct, forward, route, route+limits(memory),
+        /// route+limits(redis); the redis row needs `redis-server` on PATH).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -157,7 +158,10 @@ async fn start_proxy(
     bin: &Path,
     dir: &Path,
     mock_port: u16,
+    static_extra: &str,
+    tenants_extra: &str,
 ) -> anyhow::Result<(ProxyProcess, u16, u16)> {
+    std::fs::create_dir_all(dir)?;
     if !bin.exists() {
         bail!("{} not found: build it with `cargo build --release -p tenant-proxy` or pass --proxy-bin", bin.display());
     }
@@ -182,6 +186,7 @@ grace_period = "0s"
 graceful_shutdown_timeout = "1s"
 [log]
 level = "warn"
+{static_extra}
 "#,
             audit = dir.join("audit").display()
         ),
@@ -202,6 +207,7 @@ workloads = ["support-bot", "researcher"]
 plan = "free"
 region = "us"
 workloads = ["agent"]
+{tenants_extra}
 "#,
             policies = policies.display()
         ),
@@ -264,6 +270,46 @@ fn chat_request(target: &str, host: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A `redis-server` child on a free loopback port, killed on drop.
+struct RedisProcess {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_redis(dir: &Path) -> anyhow::Result<RedisProcess> {
+    let port = free_port()?;
+    std::fs::create_dir_all(dir)?;
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(RedisProcess { child, port })
+}
+
+/// Ceilings high enough never to refuse: the rows measure the cost of checking them.
+const LIMITS: &str =
+    "[tenants.acme.limits]\nrequests_per_second = 1000000\nburst = 1000000\nconcurrency = 100000\n";
+
 async fn run(
     proxy_bin: Option<PathBuf>,
     requests: usize,
@@ -279,66 +325,85 @@ async fn run(
     let mock_host = format!("127.0.0.1:{mock_port}");
 
     let dir = tempfile::tempdir()?;
-    let proxy = if wanted("forward") || wanted("route") {
-        let bin = proxy_bin.unwrap_or_else(default_proxy_bin);
-        Some(start_proxy(&bin, dir.path(), mock_port).await?)
-    } else {
-        None
-    };
-
-    let mut rows: Vec<(&str, SocketAddr, Vec<u8>)> = Vec::new();
+    let bin = proxy_bin.unwrap_or_else(default_proxy_bin);
+    let mut proxies: Vec<ProxyProcess> = Vec::new();
+    let mut rows: Vec<(&str, SocketAddr, Vec<u8>, Option<usize>)> = Vec::new();
     if wanted("direct") {
         rows.push((
             "direct",
             mock_addr,
             chat_request("/v1/chat/completions", &mock_host),
+            None,
         ));
     }
-    if let Some((_, proxy_port, _)) = &proxy {
-        let proxy_addr = SocketAddr::from(([127, 0, 0, 1], *proxy_port));
+    if wanted("forward") || wanted("route") {
+        let (p, port, _) = start_proxy(&bin, &dir.path().join("plain"), mock_port, "", "").await?;
+        proxies.push(p);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         if wanted("forward") {
-            rows.push((
-                "forward",
-                proxy_addr,
-                chat_request(
-                    &format!("http://{mock_host}/v1/chat/completions"),
-                    &mock_host,
-                ),
-            ));
+            let target = format!("http://{mock_host}/v1/chat/completions");
+            rows.push(("forward", addr, chat_request(&target, &mock_host), Some(0)));
         }
         if wanted("route") {
             rows.push((
                 "route",
-                proxy_addr,
-                chat_request(
-                    "/openai/v1/chat/completions",
-                    &format!("127.0.0.1:{proxy_port}"),
-                ),
+                addr,
+                chat_request("/openai/v1/chat/completions", &format!("127.0.0.1:{port}")),
+                Some(0),
             ));
         }
+    }
+    if wanted("route+limits(memory)") {
+        let (p, port, _) =
+            start_proxy(&bin, &dir.path().join("mem"), mock_port, "", LIMITS).await?;
+        proxies.push(p);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let raw = chat_request("/openai/v1/chat/completions", &format!("127.0.0.1:{port}"));
+        rows.push(("route+limits(memory)", addr, raw, Some(proxies.len() - 1)));
+    }
+    let redis = if wanted("route+limits(redis)") && which("redis-server") {
+        Some(start_redis(&dir.path().join("redis"))?)
+    } else {
+        None
+    };
+    if let Some(r) = &redis {
+        let static_extra = format!(
+            "[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\n",
+            r.port
+        );
+        let (p, port, _) = start_proxy(
+            &bin,
+            &dir.path().join("redis-proxy"),
+            mock_port,
+            &static_extra,
+            LIMITS,
+        )
+        .await?;
+        proxies.push(p);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let raw = chat_request("/openai/v1/chat/completions", &format!("127.0.0.1:{port}"));
+        rows.push(("route+limits(redis)", addr, raw, Some(proxies.len() - 1)));
     }
 
     println!("{requests} requests per row, {concurrency} keep-alive connections, chat-completions POST ({} bytes)\n", rows.first().map_or(0, |r| r.2.len()));
     println!("| path | requests | errors | req/s | p50 ms | p99 ms | proxy CPU µs/req |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, addr, raw) in rows {
+    for (name, addr, raw, proxy_index) in rows {
+        let proxy = proxy_index.and_then(|i| proxies.get(i));
         let raw = Arc::new(raw);
         let warm = client::run(addr, raw.clone(), 500, concurrency, limit).await;
         if warm.errors > 0 {
-            let tail = proxy
-                .as_ref()
-                .map(|(p, _, _)| p.log_tail())
-                .unwrap_or_default();
+            let tail = proxy.map(ProxyProcess::log_tail).unwrap_or_default();
             bail!(
                 "row `{name}`: {} of {} warm-up requests failed\n{tail}",
                 warm.errors,
                 warm.requests
             );
         }
-        let cpu_before = proxy.as_ref().map(|(p, _, _)| p.cpu()).transpose()?;
+        let cpu_before = proxy.map(ProxyProcess::cpu).transpose()?;
         let r = client::run(addr, raw, requests, concurrency, limit).await;
-        let cpu = match (&proxy, cpu_before) {
-            (Some((p, _, _)), Some(before)) if name != "direct" => {
+        let cpu = match (proxy, cpu_before) {
+            (Some(p), Some(before)) => {
                 let used = p.cpu()?.saturating_sub(before);
                 format!("{:.1}", used.as_secs_f64() * 1e6 / r.requests.max(1) as f64)
             }
@@ -353,5 +418,7 @@ async fn run(
             r.quantile_ms(0.99)
         );
     }
+    drop(proxies);
+    drop(redis);
     Ok(())
 }
