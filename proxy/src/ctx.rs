@@ -135,8 +135,6 @@ pub struct RequestCtx {
     pub upstream_started: Option<Instant>,
     /// When the upstream response header arrived.
     pub upstream_done: Option<Instant>,
-    /// Upstream response status.
-    pub upstream_status: Option<u16>,
     /// Outcome.
     pub outcome: Outcome,
     /// A reserved slot in the audit queue; every request that gets a tenant holds one.
@@ -167,7 +165,6 @@ impl RequestCtx {
             bytes_out: 0,
             upstream_started: None,
             upstream_done: None,
-            upstream_status: None,
             outcome: Outcome::Pending,
             audit_slot: None,
         }

@@ -281,7 +281,7 @@ impl TenantProxy {
             time: rfc3339(SystemTime::now() - elapsed),
             tenant: tenant.tenant.to_string(),
             workload: tenant.workload.to_string(),
-            principal_kind: "workload",
+            principal_kind: tenant.principal_kind,
             identity_source: match tenant.identity_source {
                 IdentitySourceKind::Binding => "listener",
                 IdentitySourceKind::Token => "token",
@@ -699,7 +699,6 @@ impl ProxyHttp for TenantProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         ctx.upstream_done = Some(Instant::now());
-        ctx.upstream_status = Some(upstream_response.status.as_u16());
         // Meter LLM calls (the request named a model) whose response is readable as sent.
         let encoded = upstream_response
             .headers

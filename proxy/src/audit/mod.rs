@@ -10,7 +10,6 @@ mod record;
 mod writer;
 
 pub use record::{AuditRecord, Decision as AuditDecision};
-pub use writer::partition_path;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -26,7 +26,7 @@ pub struct AuditRecord {
     /// Workload id.
     pub workload: String,
     /// Principal kind.
-    pub principal_kind: &'static str,
+    pub principal_kind: crate::ctx::PrincipalKind,
     /// Identity source that vouched for the workload.
     pub identity_source: &'static str,
     /// Run id.

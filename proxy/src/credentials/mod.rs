@@ -62,11 +62,6 @@ impl CredentialSet {
         })
     }
 
-    /// Number of credentials of `tenant`.
-    pub fn count(&self, tenant: &TenantId) -> usize {
-        self.tenants.get(tenant).map_or(0, HashMap::len)
-    }
-
     pub(crate) fn insert_tenant(
         &mut self,
         tenant: TenantId,

@@ -107,11 +107,6 @@ impl KeySet {
         }
         Ok(KeySet { keys })
     }
-
-    /// The key ids.
-    pub fn kids(&self) -> impl Iterator<Item = &str> {
-        self.keys.keys().map(String::as_str)
-    }
 }
 
 /// A run's budget as carried by its token.

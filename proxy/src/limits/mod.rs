@@ -66,15 +66,6 @@ pub enum Scope {
     Workload(TenantId, WorkloadId),
 }
 
-impl Scope {
-    /// The tenant this scope belongs to.
-    pub fn tenant(&self) -> &TenantId {
-        match self {
-            Scope::Tenant(t) | Scope::Workload(t, _) => t,
-        }
-    }
-}
-
 /// One ceiling to check.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LimitKey {
