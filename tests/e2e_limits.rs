@@ -135,3 +135,102 @@ fn workload_concurrency_lease_is_returned_when_the_request_ends() {
         "lease given back"
     );
 }
+
+fn chat(port: u16, body: &str) -> Response {
+    raw_request(
+        port,
+        &format!(
+            "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap()
+}
+
+fn llm_proxy(mock: u16, tenant_limits: &str) -> Proxy {
+    Proxy::start(ProxySpec {
+        routes: format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n"),
+        tenants_extra: tenant_limits.into(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn token_ceiling_reserves_before_and_settles_after() {
+    let mock = start_mock();
+    // No max_tokens: each call reserves body/4 + 150 (the assumed ceiling) but really uses
+    // about 30 (the mock answers 16 completion tokens), which settlement gives back.
+    let proxy = llm_proxy(
+        mock,
+        "[tenants.acme.limits]\ntokens_per_minute = 400\nassumed_max_tokens = 150\n",
+    );
+    let body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(chat(proxy.sidecar_port, body).status);
+    }
+    // Without settlement only 2 calls would fit (2 x ~159 = 318; a third would reach 477).
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        allowed >= 5,
+        "settlement returned unused reservations: {statuses:?}"
+    );
+    let r = chat(
+        proxy.sidecar_port,
+        r#"{"model":"gpt-4o-mini","max_tokens":1000,"messages":[]}"#,
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (429, "token_limit"),
+        "{}",
+        r.body_text()
+    );
+    assert!(r.header("retry-after").is_some());
+    let recs = proxy.wait_audit_records("acme", 7);
+    let ok = recs.iter().find(|r| r["decision"] == "allow").unwrap();
+    assert!(ok["tokens_reserved"].as_u64().unwrap() >= 150, "{ok}");
+    assert!(ok["usage"]["output_tokens"].as_u64().unwrap() == 16, "{ok}");
+    // A call without a model is counted as a call, never as tokens.
+    let tool = forward_get(
+        proxy.sidecar_port,
+        &format!("http://127.0.0.1:{mock}/acme/tool"),
+        None,
+        "",
+    );
+    assert_eq!(tool.status, 200);
+}
+
+#[test]
+fn sixty_four_concurrent_calls_never_overshoot_the_token_ceiling() {
+    let mock = start_mock();
+    let proxy = llm_proxy(mock, "[tenants.acme.limits]\ntokens_per_minute = 1000\n");
+    let port = proxy.sidecar_port;
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[]}"#;
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..64)
+            .map(|_| s.spawn(|| chat(port, body).status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        allowed > 0 && statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    let recs = proxy.wait_audit_records("acme", 64);
+    let spent: u64 = recs
+        .iter()
+        .filter_map(|r| {
+            r["usage"]
+                .as_object()
+                .map(|u| u["input_tokens"].as_u64().unwrap() + u["output_tokens"].as_u64().unwrap())
+        })
+        .sum();
+    println!(
+        "64 concurrent calls, ceiling 1000 tokens/min: {allowed} admitted, {spent} tokens spent"
+    );
+    assert!(
+        spent <= 1000,
+        "overshoot: {spent} tokens spent against a ceiling of 1000"
+    );
+}

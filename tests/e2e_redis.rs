@@ -223,3 +223,65 @@ fn local_fallback_keeps_enforcing_per_replica_and_is_counted() {
     );
     assert!(proxy.log().contains("enforcing local counters"));
 }
+
+#[test]
+fn replicas_share_one_token_ceiling() {
+    let port = free_port();
+    let _redis = Redis::start_on(port);
+    let mock = start_mock();
+    let start = || {
+        Proxy::start(ProxySpec {
+            static_extra: format!("[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"200ms\"\n"),
+            routes: format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n"),
+            tenants_extra: "[tenants.acme.limits]\ntokens_per_minute = 600\n".into(),
+            ..Default::default()
+        })
+    };
+    let (a, b) = (start(), start());
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[]}"#;
+    let call = |p: u16| {
+        raw_request(
+            p,
+            &format!(
+                "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .unwrap()
+        .status
+    };
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..32)
+            .map(|i| {
+                s.spawn(move || {
+                    call(if i % 2 == 0 {
+                        a.sidecar_port
+                    } else {
+                        b.sidecar_port
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    let mut recs = a.wait_audit_records("acme", 16);
+    recs.extend(b.wait_audit_records("acme", 16));
+    let spent: u64 = recs
+        .iter()
+        .filter_map(|r| {
+            r["usage"]
+                .as_object()
+                .map(|u| u["input_tokens"].as_u64().unwrap() + u["output_tokens"].as_u64().unwrap())
+        })
+        .sum();
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    println!("two replicas, 32 concurrent calls, ceiling 600 tokens/min: {admitted} admitted, {spent} tokens spent");
+    assert!(
+        admitted > 0 && spent <= 600,
+        "{admitted} admitted, {spent} spent"
+    );
+}

@@ -8,24 +8,6 @@ mod support;
 
 use support::*;
 
-/// Starts the loadtest mock on an ephemeral loopback port in its own runtime thread.
-fn start_mock() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            let _ = tenant_proxy_loadtest::mock::serve_mock(l).await;
-        });
-    });
-    port
-}
-
 fn post(proxy_port: u16, mock: u16, path: &str, body: &str) -> Response {
     raw_request(
         proxy_port,

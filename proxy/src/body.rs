@@ -87,31 +87,68 @@ pub async fn read_full(session: &mut Session, cap: usize) -> Result<Option<Bytes
 }
 
 #[derive(Deserialize)]
-struct ModelField<'a> {
+struct LlmFields<'a> {
     #[serde(borrow, default)]
     model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
 }
 
-/// The `model` a JSON request body names, if the body is a JSON object with a string `model`.
-pub fn model_name(content_type: Option<&[u8]>, body: &[u8]) -> Option<String> {
+/// What a JSON request body says about the LLM call it makes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LlmRequest {
+    /// The `model` it names.
+    pub model: Option<String>,
+    /// Its output ceiling (`max_tokens`, `max_completion_tokens` or `max_output_tokens`).
+    pub max_output_tokens: Option<u64>,
+}
+
+/// Reads `model` and the output ceiling from a JSON object body.
+pub fn llm_request(content_type: Option<&[u8]>, body: &[u8]) -> LlmRequest {
     let is_json = content_type.is_some_and(|ct| {
         let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
         ct.starts_with("application/json")
             || (ct.starts_with("application/") && ct.contains("+json"))
     });
     if !is_json || body.is_empty() {
-        return None;
+        return LlmRequest::default();
     }
-    serde_json::from_slice::<ModelField<'_>>(body)
-        .ok()?
-        .model
-        .map(|m| m.into_owned())
-        .filter(|m| m.len() <= 256)
+    match serde_json::from_slice::<LlmFields<'_>>(body) {
+        Ok(f) => LlmRequest {
+            model: f.model.map(|m| m.into_owned()).filter(|m| m.len() <= 256),
+            max_output_tokens: f
+                .max_tokens
+                .or(f.max_completion_tokens)
+                .or(f.max_output_tokens),
+        },
+        Err(_) => LlmRequest::default(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_ceiling_extraction() {
+        let json = Some(&b"application/json"[..]);
+        for (body, want) in [
+            (r#"{"model":"m","max_tokens":7}"#, Some(7)),
+            (r#"{"model":"m","max_completion_tokens":8}"#, Some(8)),
+            (r#"{"model":"m","max_output_tokens":9}"#, Some(9)),
+            (r#"{"model":"m"}"#, None),
+        ] {
+            assert_eq!(
+                llm_request(json, body.as_bytes()).max_output_tokens,
+                want,
+                "{body}"
+            );
+        }
+    }
 
     #[test]
     #[allow(clippy::type_complexity)]
@@ -128,7 +165,11 @@ mod tests {
             (json, "not json", None),
         ];
         for (ct, body, want) in cases {
-            assert_eq!(model_name(*ct, body.as_bytes()).as_deref(), *want, "{body}");
+            assert_eq!(
+                llm_request(*ct, body.as_bytes()).model.as_deref(),
+                *want,
+                "{body}"
+            );
         }
     }
 }

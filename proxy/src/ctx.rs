@@ -111,6 +111,8 @@ pub struct RequestCtx {
     pub decision: Option<Decision>,
     /// The model named by the JSON body, if any.
     pub model: Option<String>,
+    /// The output ceiling the JSON body sets, if any.
+    pub max_output_tokens: Option<u64>,
     /// A buffered request body to hand to the upstream.
     pub body: Option<BufferedBody>,
     /// Credential substitutions to make upstream.
@@ -125,6 +127,8 @@ pub struct RequestCtx {
     pub usage: Option<Usage>,
     /// Limit leases and rate headline, while the request is in flight.
     pub admission: Option<Admission>,
+    /// Tokens reserved for this call (for the audit record).
+    pub tokens_reserved: Option<u64>,
     /// SHA-256 of the request body (hex), if there was one.
     pub body_sha256: Option<String>,
     /// Request body size.
@@ -153,6 +157,7 @@ impl RequestCtx {
             permit: None,
             decision: None,
             model: None,
+            max_output_tokens: None,
             body: None,
             applied: None,
             scrubber: None,
@@ -160,6 +165,7 @@ impl RequestCtx {
             usage_meter: None,
             usage: None,
             admission: None,
+            tokens_reserved: None,
             body_sha256: None,
             bytes_in: 0,
             bytes_out: 0,

@@ -84,6 +84,8 @@ pub enum ReasonCode {
     ConcurrencyLimited,
     /// See [`Deny::LimiterUnavailable`].
     LimiterUnavailable,
+    /// An LLM token ceiling would be crossed.
+    TokenLimit,
     /// See [`Deny::BadRequest`].
     BadRequest,
     /// See [`Deny::HostMismatch`].
@@ -128,6 +130,7 @@ impl ReasonCode {
             ReasonCode::RateLimited => "rate_limited",
             ReasonCode::ConcurrencyLimited => "concurrency_limited",
             ReasonCode::LimiterUnavailable => "limiter_unavailable",
+            ReasonCode::TokenLimit => "token_limit",
             ReasonCode::BadRequest => "bad_request",
             ReasonCode::HostMismatch => "host_mismatch",
             ReasonCode::RouteNotFound => "route_not_found",
@@ -215,6 +218,14 @@ impl Deny {
                         429,
                         ReasonCode::ConcurrencyLimited,
                         format!("{whose} already has {max} requests in flight"),
+                    ),
+                    LimitKind::Tokens { per_minute } => (
+                        429,
+                        ReasonCode::TokenLimit,
+                        format!(
+                            "{whose} would exceed its {per_minute} LLM tokens per minute with this call's reservation; retry after {}s",
+                            l.retry_after.as_secs().max(1)
+                        ),
                     ),
                 }
             }

@@ -102,7 +102,9 @@ impl TenantProxy {
                 .headers
                 .get(http::header::CONTENT_TYPE)
                 .map(|v| v.as_bytes());
-            ctx.model = body::model_name(content_type, &body);
+            let llm = body::llm_request(content_type, &body);
+            ctx.model = llm.model;
+            ctx.max_output_tokens = llm.max_output_tokens;
             ctx.body_sha256 = Some(hex::encode(Sha256::digest(&body)));
             ctx.bytes_in = body.len() as u64;
             ctx.body = Some(BufferedBody(body));
@@ -144,16 +146,37 @@ impl TenantProxy {
         if entry.limits.is_empty() && workload_ceilings.is_none() {
             return Ok(());
         }
+        // An LLM call reserves its worst case: prompt estimate (4 bytes a token) plus its output
+        // ceiling; other calls count as calls, not tokens.
+        let llm_call = ctx.model.is_some();
+        let reserve = if llm_call {
+            let assumed = workload_ceilings
+                .and_then(|c| c.assumed_max_tokens)
+                .or(entry.limits.assumed_max_tokens)
+                .unwrap_or(1024);
+            ctx.bytes_in / 4 + ctx.max_output_tokens.unwrap_or(assumed)
+        } else {
+            0
+        };
         let keys = limits::keys_for(
             &tenant.tenant,
             &tenant.workload,
             &entry.limits,
             workload_ceilings,
+            llm_call,
         );
-        let admission = self.shared.limits.admit(&keys).await.map_err(|e| match e {
-            AdmitError::Limited(l) => Deny::Limited(l),
-            AdmitError::Unavailable => Deny::LimiterUnavailable,
-        })?;
+        let admission = self
+            .shared
+            .limits
+            .admit(&keys, reserve)
+            .await
+            .map_err(|e| match e {
+                AdmitError::Limited(l) => Deny::Limited(l),
+                AdmitError::Unavailable => Deny::LimiterUnavailable,
+            })?;
+        if !admission.token_windows.is_empty() {
+            ctx.tokens_reserved = Some(admission.reserved_tokens);
+        }
         ctx.admission = Some(admission);
         Ok(())
     }
@@ -300,6 +323,7 @@ impl TenantProxy {
             model: ctx.model.clone(),
             credentials: ctx.credential_names.clone(),
             usage: ctx.usage,
+            tokens_reserved: ctx.tokens_reserved,
             decision,
             reason,
             policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
@@ -803,6 +827,17 @@ impl ProxyHttp for TenantProxy {
             };
         }
         if let Some(admission) = ctx.admission.take() {
+            // Settle to what the response reported; with no report, a successful call keeps its
+            // whole reservation (never under-count) and a failed one gives it back.
+            let answered = session
+                .response_written()
+                .is_some_and(|r| r.status.is_success());
+            let used = match ctx.usage {
+                Some(u) => u.input_tokens + u.output_tokens,
+                None if answered && e.is_none() => admission.reserved_tokens,
+                None => 0,
+            };
+            self.shared.limits.settle(&admission, used).await;
             self.shared.limits.release(&admission).await;
         }
         let status = session

@@ -720,3 +720,21 @@ pub fn proxy_cli(dir: &Path, args: &[&str], stdin: &str) -> (i32, String) {
         ),
     )
 }
+
+/// Starts the loadtest mock on an ephemeral loopback port in its own runtime thread.
+pub fn start_mock() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = tenant_proxy_loadtest::mock::serve_mock(l).await;
+        });
+    });
+    port
+}

@@ -57,6 +57,8 @@ pub struct AuditRecord {
     pub credentials: Vec<String>,
     /// LLM usage read from the response, when it reported any.
     pub usage: Option<crate::usage::Usage>,
+    /// Tokens reserved against token ceilings before the call (settled to `usage` after it).
+    pub tokens_reserved: Option<u64>,
     /// Decision.
     pub decision: Decision,
     /// Reason code (`allowed` or the refusal's code).

@@ -17,6 +17,8 @@ enum State {
     Rate { tat: u64 },
     /// In-flight count.
     Concurrency { in_flight: u32 },
+    /// Tokens used or reserved in minute `window`.
+    Tokens { window: u64, used: u64 },
 }
 
 /// Counters in this process.
@@ -56,8 +58,12 @@ impl MemoryBackend {
 
 #[async_trait::async_trait]
 impl LimitBackend for MemoryBackend {
-    async fn admit(&self, keys: &[LimitKey]) -> Result<Admission, AdmitError> {
-        self.admit_now(keys).map_err(AdmitError::Limited)
+    async fn admit(&self, keys: &[LimitKey], tokens: u64) -> Result<Admission, AdmitError> {
+        self.admit_now(keys, tokens).map_err(AdmitError::Limited)
+    }
+
+    async fn settle(&self, admission: &Admission, used: u64) {
+        self.settle_now(admission, used);
     }
 
     async fn release(&self, admission: &Admission) {
@@ -67,8 +73,9 @@ impl LimitBackend for MemoryBackend {
 
 impl MemoryBackend {
     /// Synchronous admit (no I/O): checks all keys, then commits all.
-    pub fn admit_now(&self, keys: &[LimitKey]) -> Result<Admission, LimitDeny> {
+    pub fn admit_now(&self, keys: &[LimitKey], tokens: u64) -> Result<Admission, LimitDeny> {
         let now = self.now();
+        let window = now / 60_000_000_000;
         // Lock the shards involved in index order (no deadlock), decide, then commit.
         let mut shard_ids: Vec<usize> = keys.iter().map(shard_of).collect();
         shard_ids.sort_unstable();
@@ -140,6 +147,29 @@ impl MemoryBackend {
                     ));
                     admission.leases.push(key.clone());
                 }
+                LimitKind::Tokens { per_minute } => {
+                    let used = match shard.get(key) {
+                        Some(State::Tokens { window: w, used }) if *w == window => *used,
+                        _ => 0,
+                    };
+                    if used + tokens > per_minute {
+                        let next = (window + 1) * 60_000_000_000;
+                        return Err(LimitDeny {
+                            key: key.clone(),
+                            retry_after: Duration::from_nanos(next - now),
+                        });
+                    }
+                    updates.push((
+                        id,
+                        key.clone(),
+                        State::Tokens {
+                            window,
+                            used: used + tokens,
+                        },
+                    ));
+                    admission.token_windows.push((key.clone(), window));
+                    admission.reserved_tokens = tokens;
+                }
             }
         }
         for (id, key, state) in updates {
@@ -148,6 +178,20 @@ impl MemoryBackend {
             }
         }
         Ok(admission)
+    }
+
+    /// Settles token reservations made in their window; a later window starts afresh.
+    pub fn settle_now(&self, admission: &Admission, used: u64) {
+        for (key, window) in &admission.token_windows {
+            let mut shard = self.shards[shard_of(key)]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(State::Tokens { window: w, used: u }) = shard.get_mut(key) {
+                if w == window {
+                    *u = (*u + used).saturating_sub(admission.reserved_tokens);
+                }
+            }
+        }
     }
 
     /// Gives back concurrency slots.
@@ -181,11 +225,17 @@ mod tests {
             burst: Some(3),
             ..Default::default()
         };
-        let keys = keys_for(&tid("acme"), &WorkloadId::new("bot").expect("id"), &c, None);
+        let keys = keys_for(
+            &tid("acme"),
+            &WorkloadId::new("bot").expect("id"),
+            &c,
+            None,
+            false,
+        );
         for i in 0..3 {
-            assert!(m.admit_now(&keys).is_ok(), "burst request {i}");
+            assert!(m.admit_now(&keys, 0).is_ok(), "burst request {i}");
         }
-        let deny = m.admit_now(&keys).expect_err("over the burst");
+        let deny = m.admit_now(&keys, 0).expect_err("over the burst");
         assert!(
             deny.retry_after > Duration::ZERO && deny.retry_after <= Duration::from_millis(500),
             "{deny:?}"
@@ -206,16 +256,55 @@ mod tests {
         };
         let bot = WorkloadId::new("bot").expect("id");
         let other = WorkloadId::new("other").expect("id");
-        let keys_bot = keys_for(&tid("acme"), &bot, &tenant, Some(&workload));
-        let a = m.admit_now(&keys_bot).expect("first");
+        let keys_bot = keys_for(&tid("acme"), &bot, &tenant, Some(&workload), false);
+        let a = m.admit_now(&keys_bot, 0).expect("first");
         // The workload ceiling refuses; the tenant slot it would have taken is not consumed.
-        assert!(m.admit_now(&keys_bot).is_err());
-        let keys_other = keys_for(&tid("acme"), &other, &tenant, None);
-        let b = m.admit_now(&keys_other).expect("tenant has one slot left");
-        assert!(m.admit_now(&keys_other).is_err(), "tenant full");
+        assert!(m.admit_now(&keys_bot, 0).is_err());
+        let keys_other = keys_for(&tid("acme"), &other, &tenant, None, false);
+        let b = m
+            .admit_now(&keys_other, 0)
+            .expect("tenant has one slot left");
+        assert!(m.admit_now(&keys_other, 0).is_err(), "tenant full");
         m.release_now(&a.leases);
-        assert!(m.admit_now(&keys_other).is_ok(), "slot given back");
+        assert!(m.admit_now(&keys_other, 0).is_ok(), "slot given back");
         m.release_now(&b.leases);
+    }
+
+    #[test]
+    fn tokens_reserve_then_settle() {
+        let m = MemoryBackend::default();
+        let c = Ceilings {
+            tokens_per_minute: Some(200),
+            ..Default::default()
+        };
+        let keys = keys_for(
+            &tid("acme"),
+            &WorkloadId::new("bot").expect("id"),
+            &c,
+            None,
+            true,
+        );
+        let a = m.admit_now(&keys, 150).expect("150 of 200");
+        assert!(
+            m.admit_now(&keys, 150).is_err(),
+            "reserved, not yet settled"
+        );
+        m.settle_now(&a, 26);
+        let b = m
+            .admit_now(&keys, 150)
+            .expect("26 + 150 fits after settling");
+        m.settle_now(&b, 26);
+        let deny = m.admit_now(&keys, 150).expect_err("52 + 150 > 200");
+        assert!(deny.retry_after <= Duration::from_secs(60));
+        // A non-LLM call has no token key at all.
+        assert!(keys_for(
+            &tid("acme"),
+            &WorkloadId::new("bot").expect("id"),
+            &c,
+            None,
+            false
+        )
+        .is_empty());
     }
 
     #[test]
@@ -226,11 +315,11 @@ mod tests {
             ..Default::default()
         };
         let w = WorkloadId::new("bot").expect("id");
-        let acme = keys_for(&tid("acme"), &w, &c, None);
-        let globex = keys_for(&tid("globex"), &w, &c, None);
-        assert!(m.admit_now(&acme).is_ok());
-        assert!(m.admit_now(&acme).is_err(), "acme exhausted");
-        assert!(m.admit_now(&globex).is_ok(), "globex untouched by acme");
+        let acme = keys_for(&tid("acme"), &w, &c, None, false);
+        let globex = keys_for(&tid("globex"), &w, &c, None, false);
+        assert!(m.admit_now(&acme, 0).is_ok());
+        assert!(m.admit_now(&acme, 0).is_err(), "acme exhausted");
+        assert!(m.admit_now(&globex, 0).is_ok(), "globex untouched by acme");
         assert_eq!(acme[0].to_string(), "tp:{acme}:rate_s");
     }
 
@@ -241,10 +330,16 @@ mod tests {
             requests_per_minute: Some(50),
             ..Default::default()
         };
-        let keys = keys_for(&tid("acme"), &WorkloadId::new("bot").expect("id"), &c, None);
+        let keys = keys_for(
+            &tid("acme"),
+            &WorkloadId::new("bot").expect("id"),
+            &c,
+            None,
+            false,
+        );
         let admitted: usize = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| (0..100).filter(|_| m.admit_now(&keys).is_ok()).count()))
+                .map(|_| s.spawn(|| (0..100).filter(|_| m.admit_now(&keys, 0).is_ok()).count()))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
         });

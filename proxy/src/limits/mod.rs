@@ -26,6 +26,10 @@ pub struct Ceilings {
     pub requests_per_minute: Option<u32>,
     /// Requests in flight at once.
     pub concurrency: Option<u32>,
+    /// LLM tokens (input + output) per minute, reserved before a call and settled after it.
+    pub tokens_per_minute: Option<u64>,
+    /// Output tokens to reserve for an LLM call that sets no `max_tokens` (default 1024).
+    pub assumed_max_tokens: Option<u64>,
 }
 
 impl Ceilings {
@@ -34,6 +38,7 @@ impl Ceilings {
         self.requests_per_second.is_none()
             && self.requests_per_minute.is_none()
             && self.concurrency.is_none()
+            && self.tokens_per_minute.is_none()
     }
 
     /// Checks values are usable.
@@ -43,6 +48,11 @@ impl Ceilings {
             ("burst", self.burst),
             ("requests_per_minute", self.requests_per_minute),
             ("concurrency", self.concurrency),
+            (
+                "tokens_per_minute",
+                self.tokens_per_minute
+                    .map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+            ),
         ] {
             if v == Some(0) {
                 return Err(format!(
@@ -102,6 +112,11 @@ pub enum LimitKind {
         /// Most at once.
         max: u32,
     },
+    /// LLM tokens per calendar minute (reserved, then settled to actual usage).
+    Tokens {
+        /// Most per minute.
+        per_minute: u64,
+    },
 }
 
 impl LimitKind {
@@ -110,6 +125,7 @@ impl LimitKind {
             LimitKind::Rate { period_secs: 1, .. } => "rate_s",
             LimitKind::Rate { .. } => "rate_m",
             LimitKind::Concurrency { .. } => "conc",
+            LimitKind::Tokens { .. } => "tpm",
         }
     }
 }
@@ -120,6 +136,7 @@ pub fn keys_for(
     workload: &WorkloadId,
     tenant_ceilings: &Ceilings,
     workload_ceilings: Option<&Ceilings>,
+    llm_call: bool,
 ) -> Vec<LimitKey> {
     let mut keys = Vec::new();
     let mut push = |scope: Scope, c: &Ceilings| {
@@ -145,8 +162,14 @@ pub fn keys_for(
         }
         if let Some(max) = c.concurrency {
             keys.push(LimitKey {
-                scope,
+                scope: scope.clone(),
                 kind: LimitKind::Concurrency { max },
+            });
+        }
+        if let (Some(per_minute), true) = (c.tokens_per_minute, llm_call) {
+            keys.push(LimitKey {
+                scope,
+                kind: LimitKind::Tokens { per_minute },
             });
         }
     };
@@ -184,6 +207,10 @@ pub struct Admission {
     pub lease_id: String,
     /// The tightest rate ceiling: (limit, remaining, reset) for `X-RateLimit-*`.
     pub headline: Option<RateHeadline>,
+    /// Token ceilings reserved against, with the minute window of the reservation.
+    pub token_windows: Vec<(LimitKey, u64)>,
+    /// Tokens reserved on each of them.
+    pub reserved_tokens: u64,
 }
 
 /// Values for the `X-RateLimit-*` response headers.
@@ -200,8 +227,11 @@ pub struct RateHeadline {
 /// A place counters live.
 #[async_trait::async_trait]
 pub trait LimitBackend: Send + Sync + fmt::Debug {
-    /// Checks every key and, only if all admit, updates all of them, in one atomic step.
-    async fn admit(&self, keys: &[LimitKey]) -> Result<Admission, AdmitError>;
+    /// Checks every key and, only if all admit, updates all of them, in one atomic step;
+    /// `tokens` is reserved on every token ceiling.
+    async fn admit(&self, keys: &[LimitKey], tokens: u64) -> Result<Admission, AdmitError>;
+    /// Settles token reservations to what the call really used (`used` may be below or above).
+    async fn settle(&self, admission: &Admission, used: u64);
     /// Gives back the concurrency slots of a finished request.
     async fn release(&self, admission: &Admission);
     /// Whether the backend has ever been reachable (readiness).

@@ -17,7 +17,8 @@ use crate::metrics::METRICS;
 
 const ADMIT: &str = r#"
 -- ARGV[1] lease id, ARGV[2] lease ttl (ms); then per key: kind, a, b
--- kind 1 = rate (a = interval us, b = tolerance us); kind 2 = concurrency (a = max)
+-- kind 1 = rate (a = interval us, b = tolerance us); kind 2 = concurrency (a = max);
+-- kind 3 = tokens per minute (a = ceiling, b = reservation), a hash {w = minute, u = used}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local ttl = tonumber(ARGV[2])
@@ -32,9 +33,16 @@ for i = 1, #KEYS do
     if tat < now then tat = now end
     if now < tat - b then return {0, i, tat - b - now} end
     tats[i] = tat + a
-  else
+  elseif kind == 2 then
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now / 1000)
     if redis.call('ZCARD', KEYS[i]) >= a then return {0, i, 1000000} end
+  else
+    local w = math.floor(now / 60000000)
+    local cur = redis.call('HMGET', KEYS[i], 'w', 'u')
+    local used = 0
+    if tonumber(cur[1]) == w then used = tonumber(cur[2]) or 0 end
+    if used + b > a then return {0, i, (w + 1) * 60000000 - now} end
+    tats[i] = used + b
   end
 end
 local out = {1}
@@ -47,14 +55,32 @@ for i = 1, #KEYS do
     redis.call('SET', KEYS[i], tats[i], 'PX', math.ceil((tats[i] - now) / 1000) + 1000)
     table.insert(out, math.floor((b + a - (tats[i] - now)) / a))
     table.insert(out, tats[i] - now)
-  else
+  elseif kind == 2 then
     redis.call('ZADD', KEYS[i], now / 1000 + ttl, ARGV[1])
     redis.call('PEXPIRE', KEYS[i], ttl)
     table.insert(out, -1)
     table.insert(out, 0)
+  else
+    local w = math.floor(now / 60000000)
+    redis.call('HSET', KEYS[i], 'w', w, 'u', tats[i])
+    redis.call('PEXPIRE', KEYS[i], 120000)
+    table.insert(out, -1)
+    table.insert(out, w)
   end
 end
 return out
+"#;
+
+const SETTLE: &str = r#"
+-- ARGV[1] window of the reservation, ARGV[2] used - reserved (may be negative)
+for i = 1, #KEYS do
+  if tonumber(redis.call('HGET', KEYS[i], 'w')) == tonumber(ARGV[1]) then
+    local u = (tonumber(redis.call('HGET', KEYS[i], 'u')) or 0) + tonumber(ARGV[2])
+    if u < 0 then u = 0 end
+    redis.call('HSET', KEYS[i], 'u', u)
+  end
+end
+return 1
 "#;
 
 /// What to do when Redis cannot be reached.
@@ -71,6 +97,7 @@ pub enum Unavailable {
 pub struct RedisBackend {
     conn: Arc<ArcSwapOption<ConnectionManager>>,
     script: redis::Script,
+    settle_script: redis::Script,
     timeout: Duration,
     lease_ttl: Duration,
     on_unavailable: Unavailable,
@@ -121,6 +148,7 @@ impl RedisBackend {
         Ok(Self {
             conn,
             script: redis::Script::new(ADMIT),
+            settle_script: redis::Script::new(SETTLE),
             timeout,
             lease_ttl,
             on_unavailable,
@@ -128,7 +156,12 @@ impl RedisBackend {
         })
     }
 
-    async fn admit_redis(&self, keys: &[LimitKey], lease_id: &str) -> Result<Vec<i64>, String> {
+    async fn admit_redis(
+        &self,
+        keys: &[LimitKey],
+        lease_id: &str,
+        tokens: u64,
+    ) -> Result<Vec<i64>, String> {
         let conn = self
             .conn
             .load_full()
@@ -156,6 +189,9 @@ impl RedisBackend {
                 LimitKind::Concurrency { max } => {
                     invocation.arg(2).arg(max).arg(0);
                 }
+                LimitKind::Tokens { per_minute } => {
+                    invocation.arg(3).arg(per_minute).arg(tokens);
+                }
             }
         }
         match tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
@@ -170,10 +206,10 @@ impl RedisBackend {
 
 #[async_trait::async_trait]
 impl LimitBackend for RedisBackend {
-    async fn admit(&self, keys: &[LimitKey]) -> Result<Admission, AdmitError> {
+    async fn admit(&self, keys: &[LimitKey], tokens: u64) -> Result<Admission, AdmitError> {
         let lease_id = crate::trace::random_hex(16);
-        match self.admit_redis(keys, &lease_id).await {
-            Ok(reply) => decode(keys, &reply, lease_id),
+        match self.admit_redis(keys, &lease_id, tokens).await {
+            Ok(reply) => decode(keys, &reply, lease_id, tokens),
             Err(e) => {
                 METRICS.limiter_errors.inc();
                 match self.on_unavailable {
@@ -185,10 +221,41 @@ impl LimitBackend for RedisBackend {
                     Unavailable::LocalFallback => {
                         METRICS.limiter_fallback.inc();
                         tracing::warn!(error = %e, "limiter unavailable; enforcing local counters");
-                        self.fallback.admit_now(keys).map_err(AdmitError::Limited)
+                        self.fallback
+                            .admit_now(keys, tokens)
+                            .map_err(AdmitError::Limited)
                     }
                 }
             }
+        }
+    }
+
+    async fn settle(&self, admission: &Admission, used: u64) {
+        if admission.token_windows.is_empty() {
+            return;
+        }
+        self.fallback.settle_now(admission, used);
+        let Some(conn) = self.conn.load_full() else {
+            return;
+        };
+        let mut conn = (*conn).clone();
+        let delta = i128::from(used) - i128::from(admission.reserved_tokens);
+        let mut invocation = self.settle_script.prepare_invoke();
+        invocation
+            .arg(admission.token_windows[0].1)
+            .arg(i64::try_from(delta).unwrap_or(0));
+        for (key, _) in &admission.token_windows {
+            invocation.key(key.to_string());
+        }
+        // On failure the reservation stands until its window ends: spend is over-, never
+        // under-counted.
+        if let Err(e) =
+            tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn))
+                .await
+                .unwrap_or_else(|_| Ok(0))
+        {
+            METRICS.limiter_errors.inc();
+            tracing::warn!(error = %e, "token settlement failed; the reservation stands");
         }
     }
 
@@ -215,7 +282,12 @@ impl LimitBackend for RedisBackend {
     }
 }
 
-fn decode(keys: &[LimitKey], reply: &[i64], lease_id: String) -> Result<Admission, AdmitError> {
+fn decode(
+    keys: &[LimitKey],
+    reply: &[i64],
+    lease_id: String,
+    tokens: u64,
+) -> Result<Admission, AdmitError> {
     match reply.first() {
         Some(1) => {
             let mut admission = Admission {
@@ -239,6 +311,12 @@ fn decode(keys: &[LimitKey], reply: &[i64], lease_id: String) -> Result<Admissio
                         }
                     }
                     LimitKind::Concurrency { .. } => admission.leases.push(key.clone()),
+                    LimitKind::Tokens { .. } => {
+                        admission
+                            .token_windows
+                            .push((key.clone(), u64::try_from(reset_us.max(0)).unwrap_or(0)));
+                        admission.reserved_tokens = tokens;
+                    }
                 }
             }
             Ok(admission)
