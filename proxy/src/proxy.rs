@@ -837,8 +837,7 @@ impl ProxyHttp for TenantProxy {
                 None if answered && e.is_none() => admission.reserved_tokens,
                 None => 0,
             };
-            self.shared.limits.settle(&admission, used).await;
-            self.shared.limits.release(&admission).await;
+            self.shared.limits.finish(&admission, used).await;
         }
         let status = session
             .response_written()

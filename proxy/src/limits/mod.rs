@@ -234,6 +234,12 @@ pub trait LimitBackend: Send + Sync + fmt::Debug {
     async fn settle(&self, admission: &Admission, used: u64);
     /// Gives back the concurrency slots of a finished request.
     async fn release(&self, admission: &Admission);
+    /// Ends a request: settles its token reservations and gives back its slots. Backends that
+    /// can do both in one round trip override this.
+    async fn finish(&self, admission: &Admission, used: u64) {
+        self.settle(admission, used).await;
+        self.release(admission).await;
+    }
     /// Whether the backend has ever been reachable (readiness).
     fn is_ready(&self) -> bool {
         true

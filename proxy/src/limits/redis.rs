@@ -72,12 +72,19 @@ return out
 "#;
 
 const SETTLE: &str = r#"
--- ARGV[1] window of the reservation, ARGV[2] used - reserved (may be negative)
+-- Ends a request in one round trip. ARGV[1] window of the token reservation, ARGV[2] used -
+-- reserved (may be negative), ARGV[3] lease id, ARGV[4] how many of KEYS are token ceilings
+-- (the rest are concurrency sets to remove the lease from).
+local tokens = tonumber(ARGV[4])
 for i = 1, #KEYS do
-  if tonumber(redis.call('HGET', KEYS[i], 'w')) == tonumber(ARGV[1]) then
-    local u = (tonumber(redis.call('HGET', KEYS[i], 'u')) or 0) + tonumber(ARGV[2])
-    if u < 0 then u = 0 end
-    redis.call('HSET', KEYS[i], 'u', u)
+  if i <= tokens then
+    if tonumber(redis.call('HGET', KEYS[i], 'w')) == tonumber(ARGV[1]) then
+      local u = (tonumber(redis.call('HGET', KEYS[i], 'u')) or 0) + tonumber(ARGV[2])
+      if u < 0 then u = 0 end
+      redis.call('HSET', KEYS[i], 'u', u)
+    end
+  else
+    redis.call('ZREM', KEYS[i], ARGV[3])
   end
 end
 return 1
@@ -231,32 +238,11 @@ impl LimitBackend for RedisBackend {
     }
 
     async fn settle(&self, admission: &Admission, used: u64) {
-        if admission.token_windows.is_empty() {
-            return;
-        }
-        self.fallback.settle_now(admission, used);
-        let Some(conn) = self.conn.load_full() else {
-            return;
-        };
-        let mut conn = (*conn).clone();
-        let delta = i128::from(used) - i128::from(admission.reserved_tokens);
-        let mut invocation = self.settle_script.prepare_invoke();
-        invocation
-            .arg(admission.token_windows[0].1)
-            .arg(i64::try_from(delta).unwrap_or(0));
-        for (key, _) in &admission.token_windows {
-            invocation.key(key.to_string());
-        }
-        // On failure the reservation stands until its window ends: spend is over-, never
-        // under-counted.
-        if let Err(e) =
-            tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn))
-                .await
-                .unwrap_or_else(|_| Ok(0))
-        {
-            METRICS.limiter_errors.inc();
-            tracing::warn!(error = %e, "token settlement failed; the reservation stands");
-        }
+        self.finish_redis(admission, used, false).await;
+    }
+
+    async fn finish(&self, admission: &Admission, used: u64) {
+        self.finish_redis(admission, used, true).await;
     }
 
     fn is_ready(&self) -> bool {
@@ -264,21 +250,59 @@ impl LimitBackend for RedisBackend {
     }
 
     async fn release(&self, admission: &Admission) {
-        if admission.leases.is_empty() {
+        let none = Admission {
+            leases: admission.leases.clone(),
+            lease_id: admission.lease_id.clone(),
+            ..Admission::default()
+        };
+        self.finish_redis(&none, 0, true).await;
+    }
+}
+
+impl RedisBackend {
+    /// Settles token reservations and (when `release`) removes leases, in one script call.
+    async fn finish_redis(&self, admission: &Admission, used: u64, release: bool) {
+        let leases: &[LimitKey] = if release { &admission.leases } else { &[] };
+        if admission.token_windows.is_empty() && leases.is_empty() {
             return;
         }
-        // A slot taken from the local fallback goes back there (harmless if it was Redis's).
-        self.fallback.release_now(&admission.leases);
+        // A slot or reservation taken from the local fallback goes back there (harmless if it
+        // was Redis's).
+        self.fallback.settle_now(admission, used);
+        self.fallback.release_now(leases);
         let Some(conn) = self.conn.load_full() else {
             return;
         };
         let mut conn = (*conn).clone();
-        let mut pipe = redis::pipe();
-        for key in &admission.leases {
-            pipe.zrem(key.to_string(), &admission.lease_id).ignore();
+        let delta = i128::from(used) - i128::from(admission.reserved_tokens);
+        let window = admission.token_windows.first().map_or(0, |(_, w)| *w);
+        let mut invocation = self.settle_script.prepare_invoke();
+        invocation
+            .arg(window)
+            .arg(i64::try_from(delta).unwrap_or(0))
+            .arg(&admission.lease_id)
+            .arg(admission.token_windows.len());
+        for (key, _) in &admission.token_windows {
+            invocation.key(key.to_string());
         }
-        // On failure the slot expires with its lease TTL.
-        let _ = tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await;
+        for key in leases {
+            invocation.key(key.to_string());
+        }
+        // On failure a reservation stands until its window ends and a slot until its lease
+        // expires: spend is over-, never under-counted.
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                METRICS.limiter_errors.inc();
+                tracing::warn!(error = %e, "limiter settlement failed; reservations stand until they expire");
+            }
+            Err(_) => {
+                METRICS.limiter_errors.inc();
+                tracing::warn!(
+                    "limiter settlement timed out; reservations stand until they expire"
+                );
+            }
+        }
     }
 }
 
