@@ -78,10 +78,11 @@ fn tenant_rate_ceiling_refuses_fast_and_leaves_other_tenants_alone() {
             200
         );
     }
-    assert_eq!(
-        forward_get(proxy.sidecar_port, &url(&origin, "/acme/r"), None, "").status,
-        429
-    );
+    let sidecar = forward_get(proxy.sidecar_port, &url(&origin, "/acme/r"), None, "");
+    assert_eq!(sidecar.status, 429);
+    // Metrics are updated when a request's logging phase runs, after its response: wait for
+    // its audit record (written in the same step) before reading them.
+    proxy.audit_record("acme", &sidecar.request_id());
     let metrics = proxy.metrics();
     assert!(
         metrics.contains(
