@@ -104,7 +104,7 @@ fn workload_concurrency_lease_is_returned_when_the_request_ends() {
     let port = proxy.shared_port;
     let slow_url = url(&origin, "/slow/c");
     let tok = researcher.clone();
-    let slow = std::thread::spawn(move || forward_get(port, &slow_url, Some(&tok), "").status);
+    let slow = std::thread::spawn(move || forward_get(port, &slow_url, Some(&tok), ""));
     // Wait until the slow request is at the origin (holding its lease).
     let deadline = Instant::now() + Duration::from_secs(5);
     while origin.matching("/slow/c").is_empty() {
@@ -129,7 +129,10 @@ fn workload_concurrency_lease_is_returned_when_the_request_ends() {
         .status,
         200
     );
-    assert_eq!(slow.join().unwrap(), 200);
+    let slow = slow.join().unwrap();
+    assert_eq!(slow.status, 200);
+    // The lease is given back in the request's logging phase, which also writes its audit record.
+    proxy.audit_record("acme", &slow.request_id());
     assert_eq!(
         forward_get(port, &url(&origin, "/acme/c2"), Some(&researcher), "").status,
         200,
@@ -168,7 +171,10 @@ fn token_ceiling_reserves_before_and_settles_after() {
     let body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        statuses.push(chat(proxy.sidecar_port, body).status);
+        let r = chat(proxy.sidecar_port, body);
+        // Settlement runs in the logging phase, just before the audit record is written.
+        proxy.audit_record("acme", &r.request_id());
+        statuses.push(r.status);
     }
     // Without settlement only 2 calls would fit (2 x ~159 = 318; a third would reach 477).
     let allowed = statuses.iter().filter(|s| **s == 200).count();

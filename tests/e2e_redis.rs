@@ -138,6 +138,9 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
 
     // Every key carries the tenant as a hash tag; globex (no ceilings) has none; leases were
     // given back.
+    // Leases are returned in each request's logging phase, which then writes its audit record.
+    a.wait_audit_records("acme", 4);
+    b.wait_audit_records("acme", 4);
     let keys = redis.command("KEYS *");
     assert!(
         !keys.is_empty() && keys.iter().all(|k| k.starts_with("tp:{acme}:")),
