@@ -225,14 +225,7 @@ fn sixty_four_concurrent_calls_never_overshoot_the_token_ceiling() {
         "{statuses:?}"
     );
     let recs = proxy.wait_audit_records("acme", 64);
-    let spent: u64 = recs
-        .iter()
-        .filter_map(|r| {
-            r["usage"]
-                .as_object()
-                .map(|u| u["input_tokens"].as_u64().unwrap() + u["output_tokens"].as_u64().unwrap())
-        })
-        .sum();
+    let spent = tokens_spent(&recs);
     println!(
         "64 concurrent calls, ceiling 1000 tokens/min: {allowed} admitted, {spent} tokens spent"
     );

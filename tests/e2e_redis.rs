@@ -273,14 +273,7 @@ fn replicas_share_one_token_ceiling() {
     );
     let mut recs = a.wait_audit_records("acme", 16);
     recs.extend(b.wait_audit_records("acme", 16));
-    let spent: u64 = recs
-        .iter()
-        .filter_map(|r| {
-            r["usage"]
-                .as_object()
-                .map(|u| u["input_tokens"].as_u64().unwrap() + u["output_tokens"].as_u64().unwrap())
-        })
-        .sum();
+    let spent = tokens_spent(&recs);
     let admitted = statuses.iter().filter(|s| **s == 200).count();
     println!("two replicas, 32 concurrent calls, ceiling 600 tokens/min: {admitted} admitted, {spent} tokens spent");
     assert!(

@@ -738,3 +738,12 @@ pub fn start_mock() -> u16 {
     });
     port
 }
+
+/// LLM tokens (input + output) the audit records say were used.
+pub fn tokens_spent(records: &[serde_json::Value]) -> u64 {
+    records
+        .iter()
+        .filter_map(|r| r["usage"].as_object())
+        .map(|u| u["input_tokens"].as_u64().unwrap_or(0) + u["output_tokens"].as_u64().unwrap_or(0))
+        .sum()
+}
