@@ -162,6 +162,14 @@ with httpx.Client(timeout=20) as c:  # httpx reads HTTP_PROXY from the environme
         String::from_utf8_lossy(&posted[0].body).contains("gpt-4o-mini"),
         "body forwarded intact"
     );
+    // requests and httpx ask for gzip; LLM calls go upstream without it so usage can be metered.
+    for p in &posted {
+        assert!(
+            !p.headers.contains_key("accept-encoding"),
+            "{:?}",
+            p.headers
+        );
+    }
 }
 
 #[test]

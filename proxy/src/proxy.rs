@@ -698,6 +698,10 @@ impl ProxyHttp for TenantProxy {
             upstream.remove_header("baggage");
         }
         upstream.insert_header("traceparent", tenant.trace.traceparent())?;
+        // LLM responses are metered as they stream; a compressed one could not be read.
+        if ctx.model.is_some() {
+            upstream.remove_header(&http::header::ACCEPT_ENCODING);
+        }
         Ok(())
     }
 
