@@ -81,3 +81,48 @@ fn json_sse_and_anthropic_usage_is_metered_per_tenant() {
     let rec = proxy.audit_record("acme", &tool.request_id());
     assert!(rec["usage"].is_null(), "{rec}");
 }
+
+#[test]
+fn streams_are_metered_even_when_the_agent_did_not_ask_for_usage() {
+    let mock = start_mock();
+    let routes = format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n");
+    let proxy = Proxy::start(ProxySpec {
+        routes,
+        ..Default::default()
+    });
+    let call = |body: &str| {
+        raw_request(
+            proxy.sidecar_port,
+            &format!(
+                "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .unwrap()
+    };
+    // Not asked: the proxy asks the upstream, meters, and hides the extra event.
+    let quiet = call(r#"{"model":"gpt-4o-mini","max_tokens":5,"stream":true,"messages":[]}"#);
+    assert_eq!(quiet.status, 200);
+    let text = quiet.body_text();
+    assert!(
+        text.ends_with("data: [DONE]\n\n") && !text.contains("\"usage\""),
+        "{text}"
+    );
+    assert_eq!(
+        proxy.audit_record("acme", &quiet.request_id())["usage"]["output_tokens"],
+        5
+    );
+    // Asked: the agent gets its usage event, untouched.
+    let asked = call(
+        r#"{"model":"gpt-4o-mini","max_tokens":6,"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+    );
+    assert!(
+        asked.body_text().contains("\"usage\""),
+        "{}",
+        asked.body_text()
+    );
+    assert_eq!(
+        proxy.audit_record("acme", &asked.request_id())["usage"]["output_tokens"],
+        6
+    );
+}

@@ -125,6 +125,10 @@ pub struct RequestCtx {
     pub usage_meter: Option<UsageMeter>,
     /// The usage read, once the response ended.
     pub usage: Option<Usage>,
+    /// The proxy added `stream_options.include_usage` to the request.
+    pub injected_include_usage: bool,
+    /// Removes the usage event the agent did not ask for.
+    pub usage_stripper: Option<crate::usage::include_usage::UsageEventStripper>,
     /// Limit leases and rate headline, while the request is in flight.
     pub admission: Option<Admission>,
     /// Tokens reserved for this call (for the audit record).
@@ -164,6 +168,8 @@ impl RequestCtx {
             credential_names: Vec::new(),
             usage_meter: None,
             usage: None,
+            injected_include_usage: false,
+            usage_stripper: None,
             admission: None,
             tokens_reserved: None,
             body_sha256: None,

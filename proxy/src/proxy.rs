@@ -37,6 +37,7 @@ use crate::policy::HttpRequestFacts;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::target::Destination;
 use crate::trace::TraceContext;
+use crate::usage::include_usage::UsageEventStripper;
 use crate::usage::UsageMeter;
 use crate::{body, credentials, identity, target};
 
@@ -126,6 +127,9 @@ impl TenantProxy {
             session.req_header(),
             ctx,
         )?;
+        if ctx.model.is_some() {
+            request_stream_usage(&destination, ctx);
+        }
         // Ceilings last: a request refused for any other reason does not use up the allowance.
         self.admit_limits(&snapshot, &tenant, ctx).await?;
         // Every check passed: only now does the request carry proof of authorization.
@@ -506,12 +510,19 @@ fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// Asks an OpenAI stream to report usage when the agent did not (it is removed again from the
+/// response), so every streamed call is metered.
+fn request_stream_usage(destination: &Destination, ctx: &mut RequestCtx) {
+    let path = destination.upstream_path.split('?').next().unwrap_or("");
+    let Some(body) = &ctx.body else { return };
+    if let Some(new) = crate::usage::include_usage::request_usage(path, &body.0) {
+        ctx.body = Some(BufferedBody(Bytes::from(new)));
+        ctx.injected_include_usage = true;
+    }
+}
+
 /// Writes the credential substitutions into the upstream request header.
-fn apply_to_upstream(
-    applied: &Applied,
-    upstream: &mut RequestHeader,
-    body: Option<&BufferedBody>,
-) -> pingora::Result<()> {
+fn apply_to_upstream(applied: &Applied, upstream: &mut RequestHeader) -> pingora::Result<()> {
     if let Some(pq) = &applied.path_and_query {
         let uri: http::Uri = pq.parse().map_err(|_| {
             Error::explain(
@@ -531,11 +542,6 @@ fn apply_to_upstream(
             replaced.push(name);
         }
         upstream.append_header(name.clone(), value.clone())?;
-    }
-    if let (true, Some(body)) = (applied.body_rewritten, body) {
-        if upstream.headers.contains_key(http::header::CONTENT_LENGTH) {
-            upstream.insert_header(http::header::CONTENT_LENGTH, body.0.len().to_string())?;
-        }
     }
     Ok(())
 }
@@ -684,7 +690,13 @@ impl ProxyHttp for TenantProxy {
         })?;
         upstream.set_uri(uri);
         if let Some(applied) = &ctx.applied {
-            apply_to_upstream(applied, upstream, ctx.body.as_ref())?;
+            apply_to_upstream(applied, upstream)?;
+        }
+        // The body may have been rewritten (credentials, usage request): send its real length.
+        if let Some(body) = &ctx.body {
+            if upstream.headers.contains_key(http::header::CONTENT_LENGTH) {
+                upstream.insert_header(http::header::CONTENT_LENGTH, body.0.len().to_string())?;
+            }
         }
         upstream.insert_header(http::header::HOST, dest.host_header())?;
         // SECURITY: identity material and agent-written tenant claims never leave the proxy.
@@ -732,6 +744,15 @@ impl ProxyHttp for TenantProxy {
             .headers
             .get(http::header::CONTENT_ENCODING)
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if ctx.injected_include_usage
+            && upstream_response
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+        {
+            ctx.usage_stripper = Some(UsageEventStripper::default());
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+        }
         if ctx.model.is_some() && !encoded {
             ctx.usage_meter = upstream_response
                 .headers
@@ -775,6 +796,10 @@ impl ProxyHttp for TenantProxy {
             if end_of_stream {
                 ctx.usage = meter.finish();
             }
+        }
+        if let Some(stripper) = ctx.usage_stripper.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            *body = Some(stripper.feed(&chunk, end_of_stream));
         }
         if let Some(scrubber) = ctx.scrubber.as_mut() {
             let before = scrubber.replaced;

@@ -123,8 +123,6 @@ pub struct Applied {
     pub path_and_query: Option<String>,
     /// A new body, when the body was substituted (moved into the request context).
     pub body: Option<Bytes>,
-    /// Whether the body was substituted (its length may have changed).
-    pub body_rewritten: bool,
 }
 
 impl std::fmt::Debug for Applied {
@@ -244,7 +242,6 @@ pub fn apply(
                 BodyKind::Other => Vec::new(),
             };
             out.body = Some(Bytes::from(replaced));
-            out.body_rewritten = true;
         } else if kind == BodyKind::Json && set.manages_host(tenant, req.target.host) {
             if let Some(field) = raw_key_field(body, &settings.credential_body_fields) {
                 // SECURITY: some gateways prefer a key in the body over their configured one.

@@ -3,6 +3,7 @@
 //! in front of the client: chunks pass on unchanged, and the meter keeps only what it needs
 //! (the SSE line in progress, or a bounded copy of a JSON body).
 
+pub mod include_usage;
 pub mod sse;
 
 use serde_json::Value;
