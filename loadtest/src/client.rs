@@ -10,6 +10,14 @@ use tokio::net::TcpStream;
 
 use crate::http1::{read_body, read_head};
 
+/// How long one connect or one request/response exchange may take before it counts as an error.
+/// A hung proxy must not hang the benchmark, and 10 s is far above any healthy loopback latency.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection gives up after this many failures in a row: the target is down (say the proxy
+/// crashed), and hammering a refused port until the time limit would only bury the cause.
+const MAX_CONSECUTIVE_FAILURES: usize = 50;
+
 /// What one run measured.
 #[derive(Debug, Clone)]
 pub struct RunResult {
@@ -21,6 +29,9 @@ pub struct RunResult {
     pub elapsed: Duration,
     /// Latencies of successful requests, sorted.
     pub latencies: Vec<Duration>,
+    /// What went wrong with the first failed request seen (status and body start, or the I/O
+    /// error), so a broken proxy is reported with a reason rather than just a count.
+    pub first_error: Option<String>,
 }
 
 impl RunResult {
@@ -29,13 +40,15 @@ impl RunResult {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// The `q` quantile (0..=1) latency in milliseconds.
+    /// The `q` quantile (0..=1) latency in milliseconds (NaN when nothing succeeded).
     pub fn quantile_ms(&self, q: f64) -> f64 {
         if self.latencies.is_empty() {
             return f64::NAN;
         }
-        let idx = ((self.latencies.len() - 1) as f64 * q).round() as usize;
-        self.latencies[idx].as_secs_f64() * 1000.0
+        let idx = ((self.latencies.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        self.latencies
+            .get(idx)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
     }
 }
 
@@ -62,17 +75,45 @@ pub async fn run(
         errors: 0,
         elapsed: Duration::ZERO,
         latencies: Vec::with_capacity(requests),
+        first_error: None,
     };
     for t in tasks {
-        if let Ok((lat, errors)) = t.await {
-            result.requests += lat.len() + errors;
-            result.errors += errors;
-            result.latencies.extend(lat);
+        match t.await {
+            Ok(w) => {
+                result.requests += w.latencies.len() + w.errors;
+                result.errors += w.errors;
+                result.latencies.extend(w.latencies);
+                if result.first_error.is_none() {
+                    result.first_error = w.first_error;
+                }
+            }
+            Err(e) => {
+                result.errors += 1;
+                result
+                    .first_error
+                    .get_or_insert_with(|| format!("load task failed: {e}"));
+            }
         }
     }
     result.elapsed = started.elapsed();
-    result.latencies.sort();
+    result.latencies.sort_unstable();
     result
+}
+
+/// One connection's share of a run.
+struct WorkerResult {
+    latencies: Vec<Duration>,
+    errors: usize,
+    first_error: Option<String>,
+    consecutive_failures: usize,
+}
+
+impl WorkerResult {
+    fn fail(&mut self, why: String) {
+        self.errors += 1;
+        self.consecutive_failures += 1;
+        self.first_error.get_or_insert(why);
+    }
 }
 
 async fn worker(
@@ -81,20 +122,32 @@ async fn worker(
     issued: Arc<AtomicUsize>,
     total: usize,
     deadline: Instant,
-) -> (Vec<Duration>, usize) {
-    let mut latencies = Vec::new();
-    let mut errors = 0;
+) -> WorkerResult {
+    let mut out = WorkerResult {
+        latencies: Vec::new(),
+        errors: 0,
+        first_error: None,
+        consecutive_failures: 0,
+    };
     let mut conn: Option<(TcpStream, Vec<u8>)> = None;
     while issued.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
+        if out.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
+            break;
+        }
         if conn.is_none() {
-            match TcpStream::connect(addr).await {
-                Ok(s) => {
+            match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
                     conn = Some((s, Vec::with_capacity(16 * 1024)));
                 }
-                Err(_) => {
-                    errors += 1;
+                Ok(Err(e)) => {
+                    out.fail(format!("connect {addr}: {e}"));
+                    // Back off so a refused port does not turn into a busy loop.
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                Err(_) => {
+                    out.fail(format!("connect {addr}: timed out"));
                     continue;
                 }
             }
@@ -103,37 +156,41 @@ async fn worker(
             continue;
         };
         let t0 = Instant::now();
-        let ok = async {
+        let exchange = async {
             stream.write_all(&raw).await?;
             let head = read_head(stream, buf, false)
                 .await?
-                .ok_or_else(|| std::io::Error::other("closed"))?;
-            read_body(stream, buf, &head).await?;
-            Ok::<_, std::io::Error>((
-                head.status,
-                head.header("connection")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("close")),
-            ))
-        }
-        .await;
-        match ok {
-            Ok((200, close)) => {
-                latencies.push(t0.elapsed());
+                .ok_or_else(|| std::io::Error::other("connection closed before a response"))?;
+            let body = read_body(stream, buf, &head).await?;
+            let close = head
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            Ok::<_, std::io::Error>((head.status, close, body))
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(Ok((200, close, _))) => {
+                out.latencies.push(t0.elapsed());
+                out.consecutive_failures = 0;
                 if close {
                     conn = None;
                 }
             }
-            Ok((_, close)) => {
-                errors += 1;
+            Ok(Ok((status, close, body))) => {
+                let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+                out.fail(format!("HTTP {status}: {snippet}"));
                 if close {
                     conn = None;
                 }
+            }
+            Ok(Err(e)) => {
+                out.fail(format!("{e}"));
+                conn = None;
             }
             Err(_) => {
-                errors += 1;
+                out.fail(format!("no response within {REQUEST_TIMEOUT:?}"));
                 conn = None;
             }
         }
     }
-    (latencies, errors)
+    out
 }

@@ -122,18 +122,16 @@ pub async fn read_body<R: AsyncRead + Unpin>(
     {
         let mut body = Vec::new();
         loop {
-            let line_end = loop {
-                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-                    break i;
-                }
-                if !fill(r, buf).await? {
-                    return Err(invalid("stream ended in chunk size"));
-                }
-            };
-            let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+            let size_line = take_line(r, buf).await?;
+            let size_text = String::from_utf8_lossy(&size_line);
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
                 .map_err(|_| invalid("bad chunk size"))?;
-            buf.drain(..line_end + 2);
+            if size == 0 {
+                // The last chunk is followed by optional trailer lines and an empty line; consume
+                // them so the next pipelined message starts at the front of the buffer.
+                while !take_line(r, buf).await?.is_empty() {}
+                return Ok(body);
+            }
             while buf.len() < size + 2 {
                 if !fill(r, buf).await? {
                     return Err(invalid("stream ended in chunk"));
@@ -141,9 +139,6 @@ pub async fn read_body<R: AsyncRead + Unpin>(
             }
             body.extend_from_slice(&buf[..size]);
             buf.drain(..size + 2);
-            if size == 0 {
-                return Ok(body);
-            }
         }
     }
     let len = head
@@ -156,4 +151,22 @@ pub async fn read_body<R: AsyncRead + Unpin>(
         }
     }
     Ok(buf.drain(..len).collect())
+}
+
+/// Removes one CRLF-terminated line from the front of `buf` (reading more as needed) and returns
+/// it without the CRLF.
+async fn take_line<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<Vec<u8>> {
+    loop {
+        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = buf[..i].to_vec();
+            buf.drain(..i + 2);
+            return Ok(line);
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(invalid("chunk line too long"));
+        }
+        if !fill(r, buf).await? {
+            return Err(invalid("stream ended in chunked body"));
+        }
+    }
 }

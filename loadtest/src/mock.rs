@@ -15,12 +15,22 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::http1::{read_body, read_head, Head};
 
 /// Serves the mock on `listener` until the task is dropped.
+///
+/// Each connection is keep-alive HTTP/1.1 (pipelined requests are answered in order); request
+/// bodies may be `Content-Length` or chunked. Runs until dropped; the `io::Result` lets callers
+/// treat it like any other server future.
 pub async fn serve_mock(listener: TcpListener) -> io::Result<()> {
     loop {
-        let (stream, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let _ = serve_conn(stream).await;
-        });
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(async move {
+                    let _ = serve_conn(stream).await;
+                });
+            }
+            // Accept errors are transient (EMFILE under a connection storm, a peer resetting
+            // before accept): back off briefly instead of ending the mock mid-benchmark.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
     }
 }
 
@@ -29,6 +39,13 @@ async fn serve_conn(stream: TcpStream) -> io::Result<()> {
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = Vec::with_capacity(16 * 1024);
     while let Some(head) = read_head(&mut rd, &mut buf, true).await? {
+        // curl sends `Expect: 100-continue` for bodies over 1 KiB and waits a second for it.
+        if head
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+        {
+            wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
         let body = read_body(&mut rd, &mut buf, &head).await?;
         let response = respond(&head, &body);
         wr.write_all(&response).await?;

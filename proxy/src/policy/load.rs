@@ -1,149 +1,146 @@
 //! Reading, validating and compiling the policy directory.
 
 use std::collections::{HashMap, HashSet};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Entities, Entity, EntityId, EntityUid, Policy, PolicyId, PolicySet,
+    Authorizer, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
     RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 
-use super::{type_name, PolicyEngine, PolicyProblem, TenantInfo, TenantPolicies};
-use crate::ids::TenantId;
+use super::{PolicyEngine, PolicyProblem, TenantInfo, TenantPolicies, NAMESPACE};
+use crate::ids::{TenantId, WorkloadId};
 
-/// One parsed policy with where it came from.
+const SCHEMA_FILE: &str = "schema.cedarschema";
+
+/// One policy with its final id and where it came from.
 struct Loaded {
     policy: Policy,
+    id: String,
     file: PathBuf,
-    text_index: usize,
 }
 
-struct Problems {
-    list: Vec<PolicyProblem>,
+/// Problems collected so far, and the text of every file read, to locate later diagnostics.
+#[derive(Default)]
+struct Report {
+    problems: Vec<PolicyProblem>,
+    texts: HashMap<PathBuf, String>,
 }
 
-impl Problems {
-    fn file(&mut self, file: &Path, message: impl Into<String>) {
-        self.list.push(PolicyProblem {
+impl Report {
+    fn at(&mut self, file: &Path, line_col: Option<(usize, usize)>, message: impl Into<String>) {
+        let problem = PolicyProblem {
             file: file.to_path_buf(),
-            line: None,
-            column: None,
+            line: line_col.map(|(l, _)| l),
+            column: line_col.map(|(_, c)| c),
             message: message.into(),
-        });
+        };
+        // A global policy is checked once per tenant set; report each problem once.
+        if !self.problems.contains(&problem) {
+            self.problems.push(problem);
+        }
     }
 
-    /// A problem from a cedar diagnostic, located in `text` by its first label.
-    fn diagnostic(&mut self, file: &Path, text: &str, d: &dyn Diagnostic, fallback: String) {
-        let offset = d.labels().and_then(|mut l| l.next()).map(|l| l.offset());
-        let (line, column) = match offset {
-            Some(o) => {
-                let (l, c) = crate::config::line_col(text, o);
-                (Some(l), Some(c))
-            }
-            None => (None, None),
-        };
-        let mut message = fallback;
-        if let Some(help) = d.help() {
-            message.push_str(&format!(" (help: {help})"));
-        }
-        self.list.push(PolicyProblem {
-            file: file.to_path_buf(),
-            line,
-            column,
-            message,
-        });
+    fn file(&mut self, file: &Path, message: impl Into<String>) {
+        self.at(file, None, message);
     }
+
+    /// A cedar diagnostic, located by its first label in the text of `file`.
+    fn diagnostic(&mut self, file: &Path, d: &dyn Diagnostic) {
+        let label = d.labels().and_then(|mut labels| labels.next());
+        let line_col = match (&label, self.texts.get(file)) {
+            (Some(l), Some(text)) => Some(line_col(text, l.offset())),
+            _ => None,
+        };
+        let mut message = d.to_string();
+        if let Some(text) = label.as_ref().and_then(|l| l.label()) {
+            if !message.contains(text) {
+                message.push_str(&format!(" ({text})"));
+            }
+        }
+        if let Some(help) = d.help() {
+            message.push_str(&format!("; help: {help}"));
+        }
+        self.at(file, line_col, message);
+    }
+}
+
+/// 1-based line and character column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.as_bytes().get(..offset).unwrap_or(text.as_bytes());
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |p| p + 1);
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = before
+        .get(line_start..)
+        .unwrap_or_default()
+        .iter()
+        .filter(|b| (**b & 0xC0) != 0x80)
+        .count()
+        + 1;
+    (line, column)
 }
 
 pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, Vec<PolicyProblem>> {
-    let mut problems = Problems { list: Vec::new() };
-    let schema_path = dir.join("schema.cedarschema");
-    let schema = match std::fs::read_to_string(&schema_path) {
-        Err(e) => {
-            problems.file(&schema_path, format!("cannot read the schema: {e}"));
-            None
-        }
-        Ok(text) => match Schema::from_cedarschema_str(&text) {
-            Ok((schema, _warnings)) => Some(schema),
-            Err(e) => {
-                problems.diagnostic(&schema_path, &text, &e, e.to_string());
-                None
-            }
-        },
-    };
+    let mut report = Report::default();
+    let schema = read_schema(dir, &mut report);
 
-    let mut texts: Vec<(PathBuf, String)> = Vec::new();
-    let global = read_dir_policies(&dir.join("global"), dir, &mut texts, &mut problems);
-    let known: HashSet<&TenantId> = tenants.iter().map(|t| &t.id).collect();
-    let mut per_tenant: HashMap<TenantId, Vec<Loaded>> = HashMap::new();
-    let tenants_dir = dir.join("tenants");
-    if let Ok(entries) = std::fs::read_dir(&tenants_dir) {
-        let mut entries: Vec<_> = entries.flatten().filter(|e| e.path().is_dir()).collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name().to_string_lossy().into_owned();
-            match TenantId::new(&name) {
-                Ok(id) if known.contains(&id) => {
-                    let loaded = read_dir_policies(&e.path(), dir, &mut texts, &mut problems);
-                    per_tenant.insert(id, loaded);
-                }
-                Ok(_) => problems.file(
-                    &e.path(),
-                    format!(
-                        "policies for tenant `{name}`, which the configuration does not define"
-                    ),
-                ),
-                Err(err) => problems.file(&e.path(), err.to_string()),
+    let mut configured: HashSet<&TenantId> = HashSet::new();
+    for t in tenants {
+        if !configured.insert(&t.id) {
+            report.file(dir, format!("tenant `{}` is listed twice", t.id));
+        }
+        let mut workloads = HashSet::new();
+        for w in &t.workloads {
+            if !workloads.insert(w) {
+                report.file(
+                    dir,
+                    format!("workload `{w}` of tenant `{}` is listed twice", t.id),
+                );
             }
         }
     }
+    let global = read_policy_dir(dir, &dir.join("global"), &mut report);
+    let mut own = read_tenant_dirs(dir, &configured, &mut report);
 
-    let Some(schema) = schema else {
-        return Err(problems.list);
+    let names = match Names::new() {
+        Ok(n) => n,
+        Err(e) => {
+            report.file(dir, e);
+            return Err(report.problems);
+        }
     };
-    let validator = Validator::new(schema.clone());
+    let validator = schema.as_ref().map(|s| {
+        check_actions(s, &names, &dir.join(SCHEMA_FILE), &mut report);
+        Validator::new(s.clone())
+    });
+
+    // Strict validation checks each policy on its own, so validating the global files once and
+    // each tenant's files once is the same as validating every tenant's combined set, without
+    // repeating the global work per tenant.
+    check_unique_ids(&global, &[], &mut report);
+    if let Some(v) = &validator {
+        validate(v, &global, &mut report);
+    }
     let mut compiled = HashMap::new();
     for tenant in tenants {
-        let own = per_tenant.remove(&tenant.id).unwrap_or_default();
+        let mine = own.remove(&tenant.id).unwrap_or_default();
+        check_unique_ids(&mine, &global, &mut report);
+        if let Some(v) = &validator {
+            validate(v, &mine, &mut report);
+        }
+        let Some(schema) = &schema else { continue };
         let mut set = PolicySet::new();
-        let mut origin: HashMap<String, (PathBuf, usize)> = HashMap::new();
-        for l in global.iter().chain(own.iter()) {
-            let id = l.policy.id().to_string();
-            if origin.contains_key(&id) {
-                problems.file(
-                    &l.file,
-                    format!(
-                        "policy id `{id}` is used twice in tenant `{}`'s policy set",
-                        tenant.id
-                    ),
-                );
-                continue;
-            }
-            if let Err(e) = set.add(l.policy.clone()) {
-                problems.file(&l.file, e.to_string());
-                continue;
-            }
-            origin.insert(id, (l.file.clone(), l.text_index));
+        for l in global.iter().chain(&mine) {
+            // Duplicates were reported above; `add` refuses them again, which is fine.
+            let _ = set.add(l.policy.clone());
         }
-        // Global files are validated once per tenant set; report each problem only once.
-        for err in validator
-            .validate(&set, ValidationMode::Strict)
-            .validation_errors()
-        {
-            let Some((file, idx)) = origin.get(&err.policy_id().to_string()) else {
-                continue;
-            };
-            let already = problems
-                .list
-                .iter()
-                .any(|p| p.file == *file && p.message.starts_with(&err.to_string()));
-            if !already {
-                problems.diagnostic(file, &texts[*idx].1, err, err.to_string());
-            }
-        }
-        match build_entities(tenant, &schema) {
+        match build_entities(tenant, schema, &names) {
             Ok((entities, principals)) => {
                 compiled.insert(
                     tenant.id.clone(),
@@ -154,106 +151,342 @@ pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, V
                     },
                 );
             }
-            Err(e) => problems.file(&schema_path, format!("tenant `{}`: {e}", tenant.id)),
+            Err(e) => report.file(
+                &dir.join(SCHEMA_FILE),
+                format!("tenant `{}` does not fit the schema: {e}", tenant.id),
+            ),
         }
     }
 
-    if !problems.list.is_empty() {
-        return Err(problems.list);
+    if !report.problems.is_empty() {
+        return Err(report.problems);
     }
-    let action = |name: &str| {
-        EntityUid::from_str(&format!("{}::Action::\"{name}\"", super::NAMESPACE))
-            .map_err(|e| e.to_string())
-    };
-    let engine = (|| -> Result<PolicyEngine, String> {
-        Ok(PolicyEngine {
-            tenants: compiled,
-            action_http: action("http")?,
-            action_use_credential: action("use_credential")?,
-            destination_type: type_name("Destination")?,
-            credential_type: type_name("Credential")?,
-            authorizer: Authorizer::new(),
-        })
-    })();
-    engine.map_err(|e| {
-        vec![PolicyProblem {
-            file: schema_path,
-            line: None,
-            column: None,
-            message: e,
-        }]
+    Ok(PolicyEngine {
+        tenants: compiled,
+        action_http: names.action_http,
+        action_use_credential: names.action_use_credential,
+        destination_type: names.destination,
+        credential_type: names.credential,
+        authorizer: Authorizer::new(),
     })
 }
 
-/// Parses every `*.cedar` file in `dir` (sorted), giving each policy its `@id` or
-/// `<relative path>#<n>` as id.
-fn read_dir_policies(
-    dir: &Path,
-    root: &Path,
-    texts: &mut Vec<(PathBuf, String)>,
-    problems: &mut Problems,
-) -> Vec<Loaded> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
+/// The schema names the engine relies on, parsed once.
+struct Names {
+    tenant: EntityTypeName,
+    workload: EntityTypeName,
+    destination: EntityTypeName,
+    credential: EntityTypeName,
+    action_http: EntityUid,
+    action_use_credential: EntityUid,
+}
+
+impl Names {
+    fn new() -> Result<Self, String> {
+        let ty = |name: &str| {
+            EntityTypeName::from_str(&format!("{NAMESPACE}::{name}")).map_err(|e| e.to_string())
+        };
+        let action_type = ty("Action")?;
+        let action =
+            |name: &str| EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(name));
+        Ok(Self {
+            tenant: ty("Tenant")?,
+            workload: ty("Workload")?,
+            destination: ty("Destination")?,
+            credential: ty("Credential")?,
+            action_http: action("http"),
+            action_use_credential: action("use_credential"),
+        })
+    }
+}
+
+fn read_schema(dir: &Path, report: &mut Report) -> Option<Schema> {
+    let path = dir.join(SCHEMA_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            report.file(&path, format!("cannot read the schema: {e}"));
+            return None;
+        }
     };
-    let mut files: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
-        .collect();
-    files.sort();
-    for file in files {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.file(&file, format!("cannot read: {e}"));
-                continue;
+    let parsed = Schema::from_cedarschema_str(&text);
+    report.texts.insert(path.clone(), text);
+    match parsed {
+        Ok((schema, warnings)) => {
+            for w in warnings {
+                tracing::warn!(file = %path.display(), "{w}");
             }
-        };
-        let rel = file
-            .strip_prefix(root)
-            .unwrap_or(&file)
-            .to_string_lossy()
-            .into_owned();
-        let set = match PolicySet::from_str(&text) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.diagnostic(&file, &text, &e, e.to_string());
-                continue;
+            Some(schema)
+        }
+        Err(e) => {
+            report.diagnostic(&path, &e);
+            None
+        }
+    }
+}
+
+/// Every action the engine asks about must be declared, or all its requests would deny with no
+/// policy able to help.
+fn check_actions(schema: &Schema, names: &Names, path: &Path, report: &mut Report) {
+    let declared: HashSet<&EntityUid> = schema.actions().collect();
+    for action in [&names.action_http, &names.action_use_credential] {
+        if !declared.contains(action) {
+            report.file(
+                path,
+                format!("the schema does not declare action `{action}`"),
+            );
+        }
+    }
+}
+
+/// The entries of `dir`, sorted; a missing directory is empty, an unreadable one a problem.
+fn entries(dir: &Path, report: &mut Report) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(iter) => {
+            let mut paths = Vec::new();
+            for entry in iter {
+                match entry {
+                    Ok(e) => paths.push(e.path()),
+                    Err(e) => report.file(dir, format!("cannot list: {e}")),
+                }
             }
-        };
-        texts.push((file.clone(), text));
-        let text_index = texts.len() - 1;
-        // `from_str` names policies `policy0`, `policy1`, … in source order.
-        let mut policies: Vec<&Policy> = set.policies().collect();
-        policies.sort_by_key(|p| {
-            p.id()
-                .to_string()
-                .trim_start_matches("policy")
-                .parse::<usize>()
-                .unwrap_or(usize::MAX)
-        });
-        for (n, p) in policies.into_iter().enumerate() {
-            let id = p
-                .annotation("id")
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("{rel}#{n}"));
-            out.push(Loaded {
-                policy: p.new_id(PolicyId::new(id)),
-                file: file.clone(),
-                text_index,
-            });
+            paths.sort();
+            paths
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        // SECURITY: an unreadable directory may hold forbids; refuse rather than load without it.
+        Err(e) => {
+            report.file(dir, format!("cannot list: {e}"));
+            Vec::new()
+        }
+    }
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+fn is_cedar(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x == "cedar")
+}
+
+/// `tenants/<tenant>/`: each directory must name a configured tenant.
+fn read_tenant_dirs(
+    root: &Path,
+    configured: &HashSet<&TenantId>,
+    report: &mut Report,
+) -> HashMap<TenantId, Vec<Loaded>> {
+    let mut out = HashMap::new();
+    for path in entries(&root.join("tenants"), report) {
+        if is_hidden(&path) {
+            continue;
+        }
+        if !path.is_dir() {
+            if is_cedar(&path) {
+                report.file(
+                    &path,
+                    "a policy file directly under `tenants/` applies to no tenant: move it into \
+                     `tenants/<tenant>/` or `global/`",
+                );
+            }
+            continue;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match TenantId::new(&name) {
+            Ok(id) if configured.contains(&id) => {
+                let loaded = read_policy_dir(root, &path, report);
+                out.insert(id, loaded);
+            }
+            // SECURITY: policies for a tenant the configuration does not define are most likely
+            // a typo in the directory name, whose forbids would silently apply to no one.
+            Ok(_) => report.file(
+                &path,
+                format!("policies for tenant `{name}`, which the configuration does not define"),
+            ),
+            Err(e) => report.file(&path, e.to_string()),
         }
     }
     out
 }
 
-type Principals = HashMap<crate::ids::WorkloadId, EntityUid>;
+/// Parses every `*.cedar` file directly in `dir`, in name order.
+fn read_policy_dir(root: &Path, dir: &Path, report: &mut Report) -> Vec<Loaded> {
+    let mut out = Vec::new();
+    for path in entries(dir, report) {
+        if is_hidden(&path) {
+            continue;
+        }
+        if path.is_dir() {
+            // SECURITY: files in a subdirectory are not loaded; say so rather than let an author
+            // believe they apply.
+            report.file(
+                &path,
+                "subdirectories are not read: put policy files directly in the directory",
+            );
+            continue;
+        }
+        if is_cedar(&path) {
+            read_policy_file(root, &path, report, &mut out);
+        }
+    }
+    out
+}
 
-fn build_entities(tenant: &TenantInfo, schema: &Schema) -> Result<(Entities, Principals), String> {
+fn read_policy_file(root: &Path, file: &Path, report: &mut Report, out: &mut Vec<Loaded>) {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            report.file(file, format!("cannot read: {e}"));
+            return;
+        }
+    };
+    let parsed = PolicySet::from_str(&text);
+    report.texts.insert(file.to_path_buf(), text);
+    let set = match parsed {
+        Ok(set) => set,
+        Err(errors) => {
+            for e in errors.iter() {
+                report.diagnostic(file, e);
+            }
+            return;
+        }
+    };
+    for t in set.templates() {
+        let name = t
+            .annotation("id")
+            .map_or_else(|| t.id().to_string(), str::to_string);
+        report.file(
+            file,
+            format!("`{name}` is a template (it has `?principal` or `?resource`); only static policies are supported"),
+        );
+    }
+    let rel = relative(root, file);
+    // `from_str` names policies `policy0`, `policy1`, … in source order; the map it keeps them
+    // in does not preserve that order.
+    let mut policies: Vec<(usize, &Policy)> = set
+        .policies()
+        .map(|p| {
+            let n = p
+                .id()
+                .to_string()
+                .strip_prefix("policy")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(usize::MAX);
+            (n, p)
+        })
+        .collect();
+    policies.sort_by_key(|(n, _)| *n);
+    for (n, p) in policies {
+        let id = match p.annotation("id") {
+            Some("") => {
+                report.at(
+                    file,
+                    find_annotation(report.texts.get(file), "", 0),
+                    "`@id` needs a value, e.g. `@id(\"allow-openai\")`",
+                );
+                continue;
+            }
+            Some(id) => id.to_string(),
+            None => format!("{rel}#{n}"),
+        };
+        out.push(Loaded {
+            policy: p.new_id(PolicyId::new(&id)),
+            id,
+            file: file.to_path_buf(),
+        });
+    }
+}
+
+/// `file` relative to `root` with `/` separators, for default policy ids.
+fn relative(root: &Path, file: &Path) -> String {
+    match file.strip_prefix(root) {
+        Ok(rel) => rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/"),
+        Err(_) => file.display().to_string(),
+    }
+}
+
+/// Where the `nth` `@id("<id>")` of a file is, when it is written in that plain form.
+fn find_annotation(text: Option<&String>, id: &str, nth: usize) -> Option<(usize, usize)> {
+    let text = text?;
+    let needle = format!("@id(\"{id}\")");
+    let (offset, _) = text.match_indices(&needle).nth(nth)?;
+    Some(line_col(text, offset))
+}
+
+/// Policy ids must be unique in every set a policy joins: among `policies` themselves and
+/// against `others` (the global policies, for a tenant's own).
+fn check_unique_ids(policies: &[Loaded], others: &[Loaded], report: &mut Report) {
+    let mut seen: HashMap<&str, &Path> = others
+        .iter()
+        .map(|l| (l.id.as_str(), l.file.as_path()))
+        .collect();
+    // How many times each (file, id) was met, to point at the right `@id` in the file.
+    let mut met: HashMap<(&Path, &str), usize> = HashMap::new();
+    for l in policies {
+        let nth = met.entry((l.file.as_path(), l.id.as_str())).or_insert(0);
+        if let Some(first) = seen.get(l.id.as_str()) {
+            let at = find_annotation(report.texts.get(&l.file), &l.id, *nth);
+            report.at(
+                &l.file,
+                at,
+                format!(
+                    "policy id `{}` is already used in `{}`: ids must be unique in a tenant's policy set",
+                    l.id,
+                    first.display()
+                ),
+            );
+        } else {
+            seen.insert(&l.id, &l.file);
+        }
+        *nth += 1;
+    }
+}
+
+/// Strictly validates `policies` and reports each error at its source location.
+fn validate(validator: &Validator, policies: &[Loaded], report: &mut Report) {
+    let mut set = PolicySet::new();
+    let mut origin: HashMap<&str, &Path> = HashMap::new();
+    for l in policies {
+        if origin.contains_key(l.id.as_str()) {
+            continue;
+        }
+        if set.add(l.policy.clone()).is_ok() {
+            origin.insert(&l.id, &l.file);
+        }
+    }
+    let result = validator.validate(&set, ValidationMode::Strict);
+    for e in result.validation_errors() {
+        let id = e.policy_id().to_string();
+        match origin.get(id.as_str()) {
+            Some(file) => report.diagnostic(file, e),
+            None => report.file(Path::new(&id), e.to_string()),
+        }
+    }
+    for w in result.validation_warnings() {
+        let file = origin.get(w.policy_id().to_string().as_str()).copied();
+        tracing::warn!(file = %file.unwrap_or(Path::new("")).display(), "{w}");
+    }
+}
+
+type Principals = HashMap<WorkloadId, EntityUid>;
+
+/// The tenant entity and its workloads, checked against the schema.
+fn build_entities(
+    tenant: &TenantInfo,
+    schema: &Schema,
+    names: &Names,
+) -> Result<(Entities, Principals), String> {
     let tenant_uid =
-        EntityUid::from_type_name_and_id(type_name("Tenant")?, EntityId::new(tenant.id.as_str()));
+        EntityUid::from_type_name_and_id(names.tenant.clone(), EntityId::new(tenant.id.as_str()));
     let tenant_entity = Entity::new(
         tenant_uid.clone(),
         HashMap::from([
@@ -269,33 +502,53 @@ fn build_entities(tenant: &TenantInfo, schema: &Schema) -> Result<(Entities, Pri
         HashSet::new(),
     )
     .map_err(|e| e.to_string())?;
-    let workload_type = type_name("Workload")?;
-    let mut entities = vec![tenant_entity];
-    let mut principals = HashMap::new();
+    let mut entities = Vec::with_capacity(tenant.workloads.len() + 1);
+    entities.push(tenant_entity);
+    let mut principals = HashMap::with_capacity(tenant.workloads.len());
     for w in &tenant.workloads {
+        // The tenant is part of the id, so two tenants' workloads never share an entity.
         let uid = EntityUid::from_type_name_and_id(
-            workload_type.clone(),
+            names.workload.clone(),
             EntityId::new(format!("{}/{}", tenant.id, w)),
         );
-        entities.push(
-            Entity::new(
-                uid.clone(),
-                HashMap::from([
-                    (
-                        "tenant".to_string(),
-                        RestrictedExpression::new_entity_uid(tenant_uid.clone()),
-                    ),
-                    (
-                        "name".to_string(),
-                        RestrictedExpression::new_string(w.to_string()),
-                    ),
-                ]),
-                HashSet::from([tenant_uid.clone()]),
-            )
-            .map_err(|e| e.to_string())?,
-        );
+        let entity = Entity::new(
+            uid.clone(),
+            HashMap::from([
+                (
+                    "tenant".to_string(),
+                    RestrictedExpression::new_entity_uid(tenant_uid.clone()),
+                ),
+                (
+                    "name".to_string(),
+                    RestrictedExpression::new_string(w.to_string()),
+                ),
+            ]),
+            HashSet::from([tenant_uid.clone()]),
+        )
+        .map_err(|e| e.to_string())?;
+        entities.push(entity);
         principals.insert(w.clone(), uid);
     }
     let entities = Entities::from_entities(entities, Some(schema)).map_err(|e| e.to_string())?;
     Ok((entities, principals))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_col;
+
+    #[test]
+    fn line_col_counts_lines_and_characters() {
+        let cases = [
+            ("start", "abc", 0, (1, 1)),
+            ("same line", "abc", 2, (1, 3)),
+            ("second line", "ab\ncd", 4, (2, 2)),
+            ("after newline", "ab\n", 3, (2, 1)),
+            ("multibyte", "é\nxé_", 6, (2, 3)),
+            ("past the end", "ab", 99, (1, 3)),
+        ];
+        for (name, text, offset, want) in cases {
+            assert_eq!(line_col(text, offset), want, "{name}");
+        }
+    }
 }

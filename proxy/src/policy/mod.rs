@@ -2,106 +2,118 @@
 //!
 //! The policy directory holds `schema.cedarschema`, `global/*.cedar` (every tenant) and
 //! `tenants/<tenant>/*.cedar` (that tenant only). [`PolicyEngine::load`] parses and strictly
-//! validates everything once, then builds per tenant one policy set (global + its own) and one
-//! entity store (the tenant and its workloads). A request only builds its `Request` value: no
-//! parsing on the hot path, and one tenant's policies are never evaluated for another's calls.
+//! validates everything once and reports every problem with file, line and column. It then builds
+//! one policy set per tenant (global + that tenant's own files) and one entity store per tenant
+//! (the `Tenant` entity and its `Workload`s). A request builds only its `Request` value: nothing is
+//! parsed on the hot path, and one tenant's policies are never evaluated for another tenant.
+//!
+//! Cedar mapping of one HTTP request:
+//!
+//! | Cedar | value |
+//! |---|---|
+//! | principal | `TenantProxy::Workload::"<tenant>/<workload>"` (member of `TenantProxy::Tenant::"<tenant>"`) |
+//! | action | `TenantProxy::Action::"http"` |
+//! | resource | `TenantProxy::Destination::"<lowercase host>"` |
+//! | context | [`HttpRequestFacts`] (`scheme`, `host`, `port`, `method`, `path`, `model?`, `run_signed`, `scopes`, `route?`) |
 
 mod load;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName, EntityUid,
-    PolicySet, Request, RestrictedExpression,
+    PolicySet, Request, RestrictedExpression, Schema,
 };
 
 use crate::ids::{TenantId, WorkloadId};
 
-/// The Cedar namespace of the schema.
+/// The Cedar namespace every schema type and action lives in.
 pub const NAMESPACE: &str = "TenantProxy";
 
-/// A tenant as the policy engine sees it.
-#[derive(Debug, Clone)]
+/// A tenant as the policy engine sees it (from the tenant configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantInfo {
-    /// Id.
+    /// Tenant id; also the `TenantProxy::Tenant` entity id.
     pub id: TenantId,
-    /// Plan (`principal.tenant.plan`).
+    /// Plan, visible to policies as `principal.tenant.plan`.
     pub plan: String,
-    /// Region (`principal.tenant.region`).
+    /// Region, visible to policies as `principal.tenant.region`.
     pub region: String,
-    /// Workloads.
+    /// The tenant's workloads; each becomes `TenantProxy::Workload::"<tenant>/<workload>"`.
     pub workloads: Vec<WorkloadId>,
 }
 
-/// What a policy may ask about an HTTP request.
-#[derive(Debug, Clone)]
+/// What a policy may ask about an HTTP request (the `http` action's context).
+#[derive(Debug, Clone, Copy)]
 pub struct HttpRequestFacts<'a> {
     /// `http` or `https`.
     pub scheme: &'a str,
-    /// Lowercase host.
+    /// Destination host, lowercase, without port (normalized again here: see
+    /// [`PolicyEngine::authorize_http`]).
     pub host: &'a str,
-    /// Port.
+    /// Destination port.
     pub port: u16,
-    /// Method.
+    /// Request method, e.g. `POST`.
     pub method: &'a str,
-    /// Path without query.
+    /// Upstream path without the query.
     pub path: &'a str,
-    /// Model named by the JSON body.
+    /// The `model` the JSON request body names, if any.
     pub model: Option<&'a str>,
-    /// Whether the run id was signed.
+    /// Whether the run id came from a signed token.
     pub run_signed: bool,
-    /// Scopes from the token.
+    /// Scopes granted by the workload token (empty for other identities).
     pub scopes: &'a [String],
-    /// Route name in route mode.
+    /// Route name when the request came through route mode.
     pub route: Option<&'a str>,
 }
 
-/// What a policy may ask about a credential use.
-#[derive(Debug, Clone)]
+/// What a policy may ask about substituting a credential (the `use_credential` action's context).
+#[derive(Debug, Clone, Copy)]
 pub struct CredentialFacts<'a> {
-    /// Credential name.
+    /// Credential name, as in `$CRED{name}`; also the `TenantProxy::Credential` entity id.
     pub name: &'a str,
-    /// Where it appears: `header`, `query`, `body`.
+    /// Where the handle appears: `header`, `query` or `body`.
     pub position: &'a str,
-    /// The request's destination and method.
+    /// The request the credential would be sent with.
     pub http: &'a HttpRequestFacts<'a>,
 }
 
-/// A decision and why.
+/// An authorization decision and why it was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// True only for Allow without any evaluation error.
+    /// True only when Cedar allowed and no policy failed to evaluate.
     pub allowed: bool,
-    /// Ids of the deciding policies, sorted.
+    /// Ids of the policies that decided (the permits for an allow, the forbids for a deny),
+    /// sorted.
     pub policy_ids: Vec<String>,
-    /// Evaluation errors (any of them denies).
+    /// Evaluation errors and lookup failures; any of them denies.
     pub errors: Vec<String>,
 }
 
 impl Decision {
-    fn deny_with(error: impl Into<String>) -> Self {
+    fn deny_with(error: String) -> Self {
         Self {
             allowed: false,
             policy_ids: Vec::new(),
-            errors: vec![error.into()],
+            errors: vec![error],
         }
     }
 }
 
-/// A problem found while loading policies.
+/// A problem found while loading the policy directory, located as precisely as cedar allows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}{}: {message}", file.display(), location(*line, *column))]
 pub struct PolicyProblem {
-    /// The file.
+    /// The file (or directory) at fault.
     pub file: PathBuf,
-    /// 1-based line.
+    /// 1-based line, when known.
     pub line: Option<usize>,
-    /// 1-based column.
+    /// 1-based column in characters, when known.
     pub column: Option<usize>,
-    /// Cedar's diagnostic text.
+    /// What is wrong (cedar's own text for parse and validation errors).
     pub message: String,
 }
 
@@ -113,13 +125,15 @@ fn location(line: Option<usize>, column: Option<usize>) -> String {
     }
 }
 
+/// Everything one tenant's requests are evaluated against, built once at load.
 struct TenantPolicies {
     policies: PolicySet,
     entities: Entities,
     principals: HashMap<WorkloadId, EntityUid>,
 }
 
-/// Compiled policies for every tenant.
+/// Compiled policies and entities for every tenant. Immutable once loaded: share it behind an
+/// `Arc` and swap the whole engine on reload.
 pub struct PolicyEngine {
     tenants: HashMap<TenantId, TenantPolicies>,
     action_http: EntityUid,
@@ -131,101 +145,154 @@ pub struct PolicyEngine {
 
 impl fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let counts: HashMap<&str, usize> = self
+        let policies: usize = self
             .tenants
-            .iter()
-            .map(|(t, p)| (t.as_str(), p.policies.policies().count()))
-            .collect();
+            .values()
+            .map(|t| t.policies.num_of_policies())
+            .sum();
         f.debug_struct("PolicyEngine")
-            .field("policies_per_tenant", &counts)
-            .finish()
+            .field("tenants", &self.tenants.len())
+            .field("policies_in_all_sets", &policies)
+            .finish_non_exhaustive()
     }
 }
 
 impl PolicyEngine {
-    /// Loads, validates and compiles the policy directory for `tenants`; returns every problem.
+    /// Loads `schema.cedarschema`, `global/*.cedar` and `tenants/<tenant>/*.cedar` from `dir`,
+    /// strictly validates every policy against the schema, and builds one policy set (global +
+    /// the tenant's own) and one entity store (the tenant and its workloads) per tenant.
+    ///
+    /// Policy ids are the `@id("…")` annotation when present, else `<path relative to dir>#<n>`
+    /// (`n` counts policies in the file from 0). Returns every problem found, not just the first.
     pub fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, Vec<PolicyProblem>> {
         load::load(dir, tenants)
     }
 
-    /// Decides action `http`. Default deny; any evaluation error denies.
+    /// Decides action `http` for `workload` of `tenant`.
+    ///
+    /// Default deny. An unknown tenant or workload denies with an error, and so does any policy
+    /// evaluation error. The host is lowercased and a trailing dot removed before it becomes the
+    /// resource id and `context.host`, so a `forbid` on a host cannot be dodged by spelling it
+    /// differently.
     pub fn authorize_http(
         &self,
         tenant: &TenantId,
         workload: &WorkloadId,
         facts: &HttpRequestFacts<'_>,
     ) -> Decision {
-        let resource = EntityUid::from_type_name_and_id(
-            self.destination_type.clone(),
-            EntityId::new(facts.host),
-        );
-        self.decide(
-            tenant,
-            workload,
-            &self.action_http,
-            resource,
-            http_context(facts),
-        )
+        let (set, principal) = match self.lookup(tenant, workload) {
+            Ok(found) => found,
+            Err(deny) => return deny,
+        };
+        match self.http_request(principal, facts, None) {
+            Ok(request) => self.decide(set, &request),
+            Err(e) => Decision::deny_with(e),
+        }
     }
 
-    /// Decides action `use_credential` for credential `facts.name` of `tenant`.
+    /// Decides action `use_credential`: may `workload` have credential `facts.name` of `tenant`
+    /// substituted into this request? Same fail-closed rules as [`Self::authorize_http`].
     pub fn authorize_credential(
         &self,
         tenant: &TenantId,
         workload: &WorkloadId,
         facts: &CredentialFacts<'_>,
     ) -> Decision {
+        let (set, principal) = match self.lookup(tenant, workload) {
+            Ok(found) => found,
+            Err(deny) => return deny,
+        };
+        match self.credential_request(principal, facts, None) {
+            Ok(request) => self.decide(set, &request),
+            Err(e) => Decision::deny_with(e),
+        }
+    }
+
+    /// Number of policies in `tenant`'s set (global + its own); 0 for an unknown tenant.
+    pub fn policy_count(&self, tenant: &TenantId) -> usize {
+        self.tenants
+            .get(tenant)
+            .map_or(0, |t| t.policies.num_of_policies())
+    }
+
+    fn lookup(
+        &self,
+        tenant: &TenantId,
+        workload: &WorkloadId,
+    ) -> Result<(&TenantPolicies, &EntityUid), Decision> {
+        // SECURITY: a tenant or workload that is not in the compiled set has no entity, so
+        // `principal.tenant` would not resolve; deny instead of evaluating against nothing.
+        let set = self
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| Decision::deny_with(format!("unknown tenant `{tenant}`")))?;
+        let principal = set.principals.get(workload).ok_or_else(|| {
+            Decision::deny_with(format!(
+                "unknown workload `{workload}` of tenant `{tenant}`"
+            ))
+        })?;
+        Ok((set, principal))
+    }
+
+    /// The `http` request. `schema` is `None` on the hot path: the context is built by this
+    /// module from typed facts, and a unit test checks it against the schema.
+    fn http_request(
+        &self,
+        principal: &EntityUid,
+        facts: &HttpRequestFacts<'_>,
+        schema: Option<&Schema>,
+    ) -> Result<Request, String> {
+        let host = normalize_host(facts.host);
+        let resource =
+            EntityUid::from_type_name_and_id(self.destination_type.clone(), EntityId::new(&host));
+        let context = Context::from_pairs(http_pairs(facts, &host)).map_err(|e| e.to_string())?;
+        Request::new(
+            principal.clone(),
+            self.action_http.clone(),
+            resource,
+            context,
+            schema,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn credential_request(
+        &self,
+        principal: &EntityUid,
+        facts: &CredentialFacts<'_>,
+        schema: Option<&Schema>,
+    ) -> Result<Request, String> {
         let resource = EntityUid::from_type_name_and_id(
             self.credential_type.clone(),
             EntityId::new(facts.name),
         );
-        let mut context = request_pairs(facts.http);
-        context.push((
+        let host = normalize_host(facts.http.host);
+        let mut pairs = destination_pairs(facts.http, &host);
+        pairs.push((
             "position".to_string(),
             RestrictedExpression::new_string(facts.position.to_string()),
         ));
-        self.decide(
-            tenant,
-            workload,
-            &self.action_use_credential,
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+        Request::new(
+            principal.clone(),
+            self.action_use_credential.clone(),
             resource,
             context,
+            schema,
         )
+        .map_err(|e| e.to_string())
     }
 
-    fn decide(
-        &self,
-        tenant: &TenantId,
-        workload: &WorkloadId,
-        action: &EntityUid,
-        resource: EntityUid,
-        context: Vec<(String, RestrictedExpression)>,
-    ) -> Decision {
-        // SECURITY: a tenant or workload missing from the compiled set has no policies: deny.
-        let Some(t) = self.tenants.get(tenant) else {
-            return Decision::deny_with("unknown tenant");
-        };
-        let Some(principal) = t.principals.get(workload) else {
-            return Decision::deny_with("unknown workload");
-        };
-        let context = match Context::from_pairs(context) {
-            Ok(c) => c,
-            Err(e) => return Decision::deny_with(e.to_string()),
-        };
-        let request = match Request::new(principal.clone(), action.clone(), resource, context, None)
-        {
-            Ok(r) => r,
-            Err(e) => return Decision::deny_with(e.to_string()),
-        };
+    fn decide(&self, set: &TenantPolicies, request: &Request) -> Decision {
         let response = self
             .authorizer
-            .is_authorized(&request, &t.policies, &t.entities);
+            .is_authorized(request, &set.policies, &set.entities);
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
         let mut policy_ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
-        policy_ids.sort();
-        // SECURITY: Cedar skips policies whose evaluation errors, so an erroring `forbid` would
-        // not deny. Treat any error as a denial.
+        policy_ids.sort_unstable();
+        // SECURITY: Cedar skips a policy whose evaluation errors, so an erroring `forbid` would
+        // not deny. Any error denies.
         let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
         Decision {
             allowed,
@@ -233,57 +300,55 @@ impl PolicyEngine {
             errors,
         }
     }
+}
 
-    /// Number of policies that apply to `tenant`.
-    pub fn policy_count(&self, tenant: &TenantId) -> usize {
-        self.tenants
-            .get(tenant)
-            .map_or(0, |t| t.policies.policies().count())
+/// Lowercases `host` and drops one trailing dot (`Example.COM.` names the same host as
+/// `example.com`), borrowing when it is already normal.
+fn normalize_host(host: &str) -> Cow<'_, str> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
     }
 }
 
-/// The context fields every action shares: destination and method.
-fn request_pairs(f: &HttpRequestFacts<'_>) -> Vec<(String, RestrictedExpression)> {
-    vec![
+/// The context fields both actions share: where the request goes and how.
+fn destination_pairs(f: &HttpRequestFacts<'_>, host: &str) -> Vec<(String, RestrictedExpression)> {
+    let string = |k: &str, v: &str| {
         (
-            "scheme".to_string(),
-            RestrictedExpression::new_string(f.scheme.to_string()),
-        ),
-        (
-            "host".to_string(),
-            RestrictedExpression::new_string(f.host.to_string()),
-        ),
-        (
-            "port".to_string(),
-            RestrictedExpression::new_long(i64::from(f.port)),
-        ),
-        (
-            "method".to_string(),
-            RestrictedExpression::new_string(f.method.to_string()),
-        ),
-        (
-            "path".to_string(),
-            RestrictedExpression::new_string(f.path.to_string()),
-        ),
-    ]
+            k.to_string(),
+            RestrictedExpression::new_string(v.to_string()),
+        )
+    };
+    let mut pairs = Vec::with_capacity(9);
+    pairs.push(string("scheme", f.scheme));
+    pairs.push(string("host", host));
+    pairs.push((
+        "port".to_string(),
+        RestrictedExpression::new_long(i64::from(f.port)),
+    ));
+    pairs.push(string("method", f.method));
+    pairs.push(string("path", f.path));
+    pairs
 }
 
-fn http_context(f: &HttpRequestFacts<'_>) -> Vec<(String, RestrictedExpression)> {
-    let mut pairs = request_pairs(f);
-    pairs.extend([
-        (
-            "run_signed".to_string(),
-            RestrictedExpression::new_bool(f.run_signed),
+/// The `HttpContext` record of the schema.
+fn http_pairs(f: &HttpRequestFacts<'_>, host: &str) -> Vec<(String, RestrictedExpression)> {
+    let mut pairs = destination_pairs(f, host);
+    pairs.push((
+        "run_signed".to_string(),
+        RestrictedExpression::new_bool(f.run_signed),
+    ));
+    pairs.push((
+        "scopes".to_string(),
+        RestrictedExpression::new_set(
+            f.scopes
+                .iter()
+                .map(|s| RestrictedExpression::new_string(s.clone())),
         ),
-        (
-            "scopes".to_string(),
-            RestrictedExpression::new_set(
-                f.scopes
-                    .iter()
-                    .map(|s| RestrictedExpression::new_string(s.clone())),
-            ),
-        ),
-    ]);
+    ));
+    // Optional attributes are absent, not empty, so policies test them with `context has`.
     if let Some(m) = f.model {
         pairs.push((
             "model".to_string(),
@@ -297,10 +362,6 @@ fn http_context(f: &HttpRequestFacts<'_>) -> Vec<(String, RestrictedExpression)>
         ));
     }
     pairs
-}
-
-fn type_name(name: &str) -> Result<EntityTypeName, String> {
-    EntityTypeName::from_str(&format!("{NAMESPACE}::{name}")).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -1,20 +1,30 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::*;
 
+fn repo_policies() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"))
+}
+
+fn tid(s: &str) -> TenantId {
+    TenantId::new(s).expect("tenant id")
+}
+
+fn wid(s: &str) -> WorkloadId {
+    WorkloadId::new(s).expect("workload id")
+}
+
+/// The quickstart tenants.
 fn tenants() -> Vec<TenantInfo> {
-    let t = |id: &str, plan: &str, workloads: &[&str]| TenantInfo {
-        id: TenantId::new(id).expect("id"),
+    let t = |id: &str, plan: &str, region: &str, workloads: &[&str]| TenantInfo {
+        id: tid(id),
         plan: plan.into(),
-        region: "eu".into(),
-        workloads: workloads
-            .iter()
-            .map(|w| WorkloadId::new(w).expect("id"))
-            .collect(),
+        region: region.into(),
+        workloads: workloads.iter().map(|w| wid(w)).collect(),
     };
     vec![
-        t("acme", "pro", &["bot", "researcher"]),
-        t("globex", "free", &["agent"]),
+        t("acme", "pro", "eu", &["support-bot", "researcher"]),
+        t("globex", "free", "us", &["agent"]),
     ]
 }
 
@@ -32,236 +42,565 @@ fn facts<'a>(host: &'a str, path: &'a str, model: Option<&'a str>) -> HttpReques
     }
 }
 
-fn repo_policies() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"))
-}
+const HTTP: &str = r#"action == TenantProxy::Action::"http""#;
 
-/// A policy dir with the repo's schema and the given files.
+/// A policy directory holding the repo's schema and `files` (relative path, text).
 fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(
         repo_policies().join("schema.cedarschema"),
         dir.path().join("schema.cedarschema"),
     )
-    .expect("schema");
+    .expect("copy schema");
     for (rel, text) in files {
-        let p = dir.path().join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, text).expect("write");
+        let path = dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text.replace("HTTP", HTTP)).expect("write");
     }
     dir
 }
 
-fn id(s: &str) -> TenantId {
-    TenantId::new(s).expect("id")
+fn load_ok(dir: &Path) -> PolicyEngine {
+    match PolicyEngine::load(dir, &tenants()) {
+        Ok(engine) => engine,
+        Err(problems) => panic!("load failed: {problems:#?}"),
+    }
 }
-fn wl(s: &str) -> WorkloadId {
-    WorkloadId::new(s).expect("id")
+
+fn problems_text(dir: &Path) -> String {
+    let problems = PolicyEngine::load(dir, &tenants()).expect_err("load must fail");
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct Case<'a> {
+    name: &'a str,
+    tenant: &'a str,
+    workload: &'a str,
+    scheme: &'a str,
+    host: &'a str,
+    path: &'a str,
+    model: Option<&'a str>,
+    allowed: bool,
+    ids: &'a [&'a str],
+}
+
+fn run(engine: &PolicyEngine, cases: &[Case<'_>]) {
+    for c in cases {
+        let f = HttpRequestFacts {
+            scheme: c.scheme,
+            ..facts(c.host, c.path, c.model)
+        };
+        let d = engine.authorize_http(&tid(c.tenant), &wid(c.workload), &f);
+        assert_eq!(d.allowed, c.allowed, "{}: {d:?}", c.name);
+        assert_eq!(d.policy_ids, c.ids, "{}: {d:?}", c.name);
+        assert!(d.errors.is_empty(), "{}: {d:?}", c.name);
+    }
+}
+
+macro_rules! case {
+    ($name:literal, $tenant:literal / $workload:literal, $scheme:expr, $host:expr, $path:expr, $model:expr, $allowed:expr, $ids:expr) => {
+        Case {
+            name: $name,
+            tenant: $tenant,
+            workload: $workload,
+            scheme: $scheme,
+            host: $host,
+            path: $path,
+            model: $model,
+            allowed: $allowed,
+            ids: $ids,
+        }
+    };
 }
 
 #[test]
-fn quickstart_policies() {
-    let engine = PolicyEngine::load(repo_policies(), &tenants()).expect("repo policies load");
+fn quickstart_policies_decide_as_documented() {
+    let engine = load_ok(&repo_policies());
+    assert_eq!(engine.policy_count(&tid("acme")), 7);
+    assert_eq!(engine.policy_count(&tid("globex")), 6);
+    let chat = "/v1/chat/completions";
+    #[rustfmt::skip]
     let cases = [
-        (
-            "acme allowed host",
-            "acme",
-            "bot",
-            "api.openai.com",
-            "/v1/chat/completions",
-            Some("gpt-4o"),
-            true,
-            vec!["acme-llm-providers"],
-        ),
-        (
-            "acme other host",
-            "acme",
-            "bot",
-            "attacker.example",
-            "/",
-            None,
-            false,
-            vec![],
-        ),
-        (
-            "acme researcher admin",
-            "acme",
-            "researcher",
-            "api.openai.com",
-            "/v1/organization/users",
-            None,
-            false,
-            vec!["acme-researcher-no-admin"],
-        ),
-        (
-            "globex mini model",
-            "globex",
-            "agent",
-            "api.openai.com",
-            "/v1/chat/completions",
-            Some("gpt-4o-mini"),
-            true,
-            vec!["globex-openai"],
-        ),
-        (
-            "globex big model",
-            "globex",
-            "agent",
-            "api.openai.com",
-            "/v1/chat/completions",
-            Some("gpt-4o"),
-            false,
-            vec!["free-plan-models"],
-        ),
-        (
-            "globex anthropic",
-            "globex",
-            "agent",
-            "api.anthropic.com",
-            "/v1/messages",
-            None,
-            false,
-            vec![],
-        ),
-        (
-            "metadata",
-            "acme",
-            "bot",
-            "169.254.169.254",
-            "/",
-            None,
-            false,
-            vec!["forbid-metadata"],
-        ),
-        (
-            "local mock",
-            "globex",
-            "agent",
-            "127.0.0.1",
-            "/v1/chat/completions",
-            Some("gpt-4o-mini"),
-            true,
-            vec!["allow-local-mock"],
-        ),
+        case!("acme openai", "acme"/"support-bot", "https", "api.openai.com", chat, Some("gpt-4o"), true, &["acme-openai"]),
+        case!("acme anthropic", "acme"/"researcher", "https", "api.anthropic.com", "/v1/messages", None, true, &["acme-openai"]),
+        case!("acme plain http to openai", "acme"/"support-bot", "http", "api.openai.com", chat, None, false, &[]),
+        case!("acme other host", "acme"/"support-bot", "https", "attacker.example", "/", None, false, &[]),
+        case!("acme researcher admin api", "acme"/"researcher", "https", "api.openai.com", "/v1/organization/users", None, false, &["acme-researcher-no-admin"]),
+        case!("acme bot admin api", "acme"/"support-bot", "https", "api.openai.com", "/v1/organization/users", None, true, &["acme-openai"]),
+        case!("globex mini model", "globex"/"agent", "https", "api.openai.com", chat, Some("gpt-4o-mini-2024-07-18"), true, &["globex-openai"]),
+        case!("globex big model", "globex"/"agent", "https", "api.openai.com", chat, Some("gpt-4o"), false, &["free-plan-models"]),
+        case!("globex no model", "globex"/"agent", "https", "api.openai.com", "/v1/models", None, true, &["globex-openai"]),
+        case!("globex anthropic", "globex"/"agent", "https", "api.anthropic.com", "/v1/messages", None, false, &[]),
+        case!("local mock, free plan", "globex"/"agent", "http", "127.0.0.1", chat, Some("gpt-4o-mini"), true, &["allow-local-mock"]),
+        case!("local mock, free plan, big model", "globex"/"agent", "http", "127.0.0.1", chat, Some("gpt-4o"), false, &["free-plan-models"]),
+        case!("local mock by name", "acme"/"support-bot", "http", "localhost", chat, Some("gpt-4o"), true, &["allow-local-mock"]),
+        case!("metadata ip", "acme"/"support-bot", "http", "169.254.169.254", "/latest/meta-data", None, false, &["forbid-metadata"]),
+        case!("metadata name, odd spelling", "acme"/"support-bot", "http", "Metadata.Google.Internal.", "/", None, false, &["forbid-metadata"]),
     ];
-    for (name, tenant, workload, host, path, model, allowed, ids) in cases {
-        let d = engine.authorize_http(&id(tenant), &wl(workload), &facts(host, path, model));
+    run(&engine, &cases);
+}
+
+#[test]
+fn quickstart_credential_policies() {
+    let engine = load_ok(&repo_policies());
+    let http = facts("api.stripe.com", "/v1/charges", None);
+    #[rustfmt::skip]
+    let cases = [
+        ("acme live key", "acme", "support-bot", "stripe_live", true, vec!["credentials-by-binding"]),
+        ("globex live key", "globex", "agent", "stripe_live", false, vec!["free-plan-no-live-payments"]),
+        ("globex other key", "globex", "agent", "openai", true, vec!["credentials-by-binding"]),
+    ];
+    for (name, tenant, workload, cred, allowed, ids) in cases {
+        let f = CredentialFacts {
+            name: cred,
+            position: "header",
+            http: &http,
+        };
+        let d = engine.authorize_credential(&tid(tenant), &wid(workload), &f);
         assert_eq!(d.allowed, allowed, "{name}: {d:?}");
-        assert_eq!(d.policy_ids, ids, "{name}");
-        assert!(d.errors.is_empty(), "{name}: {d:?}");
+        assert_eq!(d.policy_ids, ids, "{name}: {d:?}");
+    }
+}
+
+#[test]
+fn decisions_on_small_policy_sets() {
+    let dir = dir_with(&[
+        (
+            "global/g.cedar",
+            r#"@id("permit-example") permit (principal, HTTP, resource == TenantProxy::Destination::"example.com");
+@id("permit-open") permit (principal, HTTP, resource == TenantProxy::Destination::"open.example");
+@id("forbid-open-delete") forbid (principal, HTTP, resource) when { context.path like "/admin*" };
+@id("free-models") forbid (principal, HTTP, resource)
+  when { principal.tenant.plan == "free" && context has model && !(context.model like "small*") };"#,
+        ),
+        (
+            "tenants/acme/a.cedar",
+            r#"permit (principal == TenantProxy::Workload::"acme/researcher", HTTP, resource)
+  when { context.host like "*.research.example" };"#,
+        ),
+    ]);
+    let engine = load_ok(dir.path());
+    #[rustfmt::skip]
+    let cases = [
+        case!("allow", "acme"/"support-bot", "https", "example.com", "/", None, true, &["permit-example"]),
+        case!("default deny", "acme"/"support-bot", "https", "other.example", "/", None, false, &[]),
+        case!("forbid beats permit", "acme"/"support-bot", "https", "open.example", "/admin/x", None, false, &["forbid-open-delete"]),
+        case!("plan rule, allowed model", "globex"/"agent", "https", "example.com", "/", Some("small-1"), true, &["permit-example"]),
+        case!("plan rule, other model", "globex"/"agent", "https", "example.com", "/", Some("large-1"), false, &["free-models"]),
+        case!("plan rule, no model", "globex"/"agent", "https", "example.com", "/", None, true, &["permit-example"]),
+        case!("plan rule, pro plan", "acme"/"support-bot", "https", "example.com", "/", Some("large-1"), true, &["permit-example"]),
+        case!("default id, per workload", "acme"/"researcher", "https", "x.research.example", "/", None, true, &["tenants/acme/a.cedar#0"]),
+        case!("per workload, other workload", "acme"/"support-bot", "https", "x.research.example", "/", None, false, &[]),
+    ];
+    run(&engine, &cases);
+}
+
+#[test]
+fn optional_and_set_context_fields_reach_policies() {
+    let dir = dir_with(&[(
+        "global/g.cedar",
+        r#"@id("route") permit (principal, HTTP, resource) when { context has route && context.route == "openai" };
+@id("scope") permit (principal, HTTP, resource) when { context.scopes.contains("llm") && context.run_signed };
+@id("port") forbid (principal, HTTP, resource) when { context.port == 8443 && context.method == "DELETE" };"#,
+    )]);
+    let engine = load_ok(dir.path());
+    let scopes = ["llm".to_string()];
+    #[rustfmt::skip]
+    let cases = [
+        ("route", facts("h", "/", None), Some("openai"), &[][..], false, 443, "POST", true, vec!["route"]),
+        ("no route", facts("h", "/", None), None, &[][..], false, 443, "POST", false, vec![]),
+        ("scope, signed", facts("h", "/", None), None, &scopes[..], true, 443, "POST", true, vec!["scope"]),
+        ("scope, unsigned", facts("h", "/", None), None, &scopes[..], false, 443, "POST", false, vec![]),
+        ("port and method", facts("h", "/", None), Some("openai"), &[][..], false, 8443, "DELETE", false, vec!["port"]),
+    ];
+    for (name, base, route, scopes, run_signed, port, method, allowed, ids) in cases {
+        let f = HttpRequestFacts {
+            route,
+            scopes,
+            run_signed,
+            port,
+            method,
+            ..base
+        };
+        let d = engine.authorize_http(&tid("acme"), &wid("support-bot"), &f);
+        assert_eq!(d.allowed, allowed, "{name}: {d:?}");
+        assert_eq!(d.policy_ids, ids, "{name}: {d:?}");
     }
 }
 
 #[test]
 fn tenant_policies_never_apply_to_another_tenant() {
+    let dir = dir_with(&[
+        // Unconstrained principal: only tenant scoping keeps it away from globex.
+        (
+            "tenants/acme/a.cedar",
+            r#"@id("acme-all") permit (principal, HTTP, resource);"#,
+        ),
+        (
+            "tenants/globex/g.cedar",
+            r#"@id("globex-forbid-all") forbid (principal, HTTP, resource);"#,
+        ),
+    ]);
+    let engine = load_ok(dir.path());
+    let f = facts("x.example", "/", None);
+    let acme = engine.authorize_http(&tid("acme"), &wid("researcher"), &f);
+    assert!(acme.allowed && acme.policy_ids == ["acme-all"], "{acme:?}");
+    let globex = engine.authorize_http(&tid("globex"), &wid("agent"), &f);
+    assert!(!globex.allowed, "{globex:?}");
+    assert_eq!(globex.policy_ids, ["globex-forbid-all"]);
+    assert_eq!(engine.policy_count(&tid("acme")), 1);
+    assert_eq!(engine.policy_count(&tid("globex")), 1);
+    assert_eq!(engine.policy_count(&tid("initech")), 0);
+}
+
+#[test]
+fn workloads_are_scoped_by_tenant() {
+    // Both tenants have a workload called `agent`; acme's policy names only its own.
+    let mut ts = tenants();
+    ts[0].workloads.push(wid("agent"));
     let dir = dir_with(&[(
-        "tenants/acme/a.cedar",
-        r#"@id("acme-all") permit (principal, action == TenantProxy::Action::"http", resource);"#,
+        "global/g.cedar",
+        r#"@id("acme-agent") permit (principal == TenantProxy::Workload::"acme/agent", HTTP, resource);"#,
     )]);
-    let engine = PolicyEngine::load(dir.path(), &tenants()).expect("load");
-    // The policy has an unconstrained principal, yet globex never sees it.
+    let engine = PolicyEngine::load(dir.path(), &ts).expect("load");
+    let f = facts("x.example", "/", None);
     assert!(
         engine
-            .authorize_http(&id("acme"), &wl("bot"), &facts("x.example", "/", None))
-            .allowed
-    );
-    let d = engine.authorize_http(&id("globex"), &wl("agent"), &facts("x.example", "/", None));
-    assert!(!d.allowed && d.policy_ids.is_empty(), "{d:?}");
-    assert_eq!(
-        (
-            engine.policy_count(&id("acme")),
-            engine.policy_count(&id("globex"))
-        ),
-        (1, 0)
-    );
-    // Unknown tenant and workload deny.
-    assert!(
-        !engine
-            .authorize_http(&id("initech"), &wl("bot"), &facts("x.example", "/", None))
+            .authorize_http(&tid("acme"), &wid("agent"), &f)
             .allowed
     );
     assert!(
         !engine
-            .authorize_http(&id("acme"), &wl("ghost"), &facts("x.example", "/", None))
+            .authorize_http(&tid("globex"), &wid("agent"), &f)
             .allowed
     );
+}
+
+#[test]
+fn unknown_principals_deny_with_an_error() {
+    let dir = dir_with(&[("global/g.cedar", r#"permit (principal, HTTP, resource);"#)]);
+    let engine = load_ok(dir.path());
+    let f = facts("x.example", "/", None);
+    #[rustfmt::skip]
+    let cases = [
+        ("unknown tenant", "initech", "agent", "unknown tenant `initech`"),
+        ("unknown workload", "acme", "ghost", "unknown workload `ghost`"),
+        ("another tenant's workload", "acme", "agent", "unknown workload `agent`"),
+    ];
+    for (name, tenant, workload, want) in cases {
+        let d = engine.authorize_http(&tid(tenant), &wid(workload), &f);
+        assert!(!d.allowed, "{name}: {d:?}");
+        assert!(d.errors.iter().any(|e| e.contains(want)), "{name}: {d:?}");
+        let cred = CredentialFacts {
+            name: "k",
+            position: "header",
+            http: &f,
+        };
+        assert!(
+            !engine
+                .authorize_credential(&tid(tenant), &wid(workload), &cred)
+                .allowed
+        );
+    }
 }
 
 #[test]
 fn evaluation_errors_deny() {
     let dir = dir_with(&[(
         "global/g.cedar",
-        r#"@id("all") permit (principal, action == TenantProxy::Action::"http", resource);
-@id("overflow") forbid (principal, action == TenantProxy::Action::"http", resource) when { context.port * 9223372036854775807 > 0 };"#,
+        r#"@id("all") permit (principal, HTTP, resource);
+@id("overflow") forbid (principal, HTTP, resource) when { context.port * 9223372036854775807 > 0 };"#,
     )]);
-    let engine = PolicyEngine::load(dir.path(), &tenants()).expect("passes strict validation");
-    let d = engine.authorize_http(&id("acme"), &wl("bot"), &facts("x.example", "/", None));
+    // Loading proves the erroring policy passes strict validation.
+    let engine = load_ok(dir.path());
+    let d = engine.authorize_http(
+        &tid("acme"),
+        &wid("support-bot"),
+        &facts("x.example", "/", None),
+    );
     assert!(!d.allowed, "{d:?}");
-    assert!(!d.errors.is_empty());
+    assert!(
+        d.errors.iter().any(|e| e.contains("overflow")),
+        "the error names the policy: {d:?}"
+    );
+    // Cedar itself would have allowed: the permit is the reason it reports.
+    assert_eq!(d.policy_ids, ["all"]);
 }
 
 #[test]
 #[allow(clippy::type_complexity)]
 fn load_problems_are_reported_with_location() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
-        ("syntax error", &[("global/bad.cedar", "permit (principal, action, resource)\nwhen { context.path like };")], "global/bad.cedar:2:"),
+    #[rustfmt::skip]
+    let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+        (
+            "syntax error",
+            &[("global/bad.cedar", "permit (principal, action, resource)\nwhen { context.path like };")],
+            &["global/bad.cedar:2:"],
+        ),
         (
             "schema violation",
-            &[("tenants/acme/v.cedar", "permit (principal, action == TenantProxy::Action::\"http\", resource)\nwhen { context.nope == 1 };")],
-            "tenants/acme/v.cedar:2:",
+            &[("tenants/acme/v.cedar", "// comment\npermit (principal, HTTP, resource)\n  when { context.nope == 1 };")],
+            &["tenants/acme/v.cedar:3:10:", "nope"],
         ),
-        ("unknown tenant dir", &[("tenants/initech/a.cedar", "")], "initech"),
-        ("invalid tenant dir", &[("tenants/Bad Name/a.cedar", "")], "not a valid tenant id"),
         (
-            "duplicate id",
+            "type error",
+            &[("global/t.cedar", "permit (principal, HTTP, resource) when { context.port == \"443\" };")],
+            &["global/t.cedar:1:"],
+        ),
+        (
+            "unknown tenant dir",
+            &[("tenants/initech/a.cedar", "")],
+            &["tenants/initech: ", "`initech`, which the configuration does not define"],
+        ),
+        ("invalid tenant dir", &[("tenants/Bad Name/a.cedar", "")], &["not a valid tenant id"]),
+        (
+            "policy file directly under tenants",
+            &[("tenants/acme.cedar", "")],
+            &["tenants/acme.cedar: ", "applies to no tenant"],
+        ),
+        (
+            "subdirectory of global",
+            &[("global/more/x.cedar", "")],
+            &["global/more: subdirectories are not read"],
+        ),
+        (
+            "duplicate id across global and tenant",
             &[
-                ("global/a.cedar", r#"@id("x") permit (principal, action == TenantProxy::Action::"http", resource);"#),
-                ("tenants/acme/b.cedar", r#"@id("x") permit (principal, action == TenantProxy::Action::"http", resource);"#),
+                ("global/a.cedar", r#"@id("x") permit (principal, HTTP, resource);"#),
+                ("tenants/acme/b.cedar", "\n\n  @id(\"x\") permit (principal, HTTP, resource);"),
             ],
-            "used twice",
+            &["tenants/acme/b.cedar:3:3: policy id `x` is already used in"],
+        ),
+        (
+            "duplicate id in one file",
+            &[("global/a.cedar", "@id(\"x\") permit (principal, HTTP, resource);\n@id(\"x\") forbid (principal, HTTP, resource);")],
+            &["global/a.cedar:2:1: policy id `x` is already used"],
+        ),
+        (
+            "id equal to another policy's default id",
+            &[("global/a.cedar", "permit (principal, HTTP, resource);\n@id(\"global/a.cedar#0\") forbid (principal, HTTP, resource);")],
+            &["policy id `global/a.cedar#0` is already used"],
+        ),
+        ("empty id", &[("global/a.cedar", "@id permit (principal, HTTP, resource);")], &["`@id` needs a value"]),
+        (
+            "template",
+            &[("global/a.cedar", "@id(\"t\") permit (principal == ?principal, HTTP, resource);")],
+            &["`t` is a template"],
         ),
     ];
-    for (name, files, want) in cases {
+    for (name, files, wants) in cases {
         let dir = dir_with(files);
-        let problems = PolicyEngine::load(dir.path(), &tenants()).expect_err(name);
-        let text = problems
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert!(text.contains(want), "{name}: {text}");
+        let text = problems_text(dir.path());
+        for want in *wants {
+            assert!(text.contains(want), "{name}: want `{want}` in:\n{text}");
+        }
     }
+}
+
+#[test]
+fn every_problem_is_reported_once() {
+    let dir = dir_with(&[
+        (
+            "global/a.cedar",
+            "permit (principal, HTTP, resource) when { context.nope };",
+        ),
+        (
+            "global/b.cedar",
+            "permit (principal, action, resource) when {",
+        ),
+        (
+            "tenants/acme/c.cedar",
+            "forbid (principal, HTTP, resource) when { principal.nope };",
+        ),
+        ("tenants/initech/d.cedar", ""),
+    ]);
+    let problems = PolicyEngine::load(dir.path(), &tenants()).expect_err("broken");
+    let files: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            p.file
+                .strip_prefix(dir.path())
+                .expect("inside")
+                .display()
+                .to_string()
+        })
+        .collect();
+    // The global validation error is found for both tenants but reported once.
+    assert_eq!(
+        files,
+        [
+            "global/b.cedar",
+            "tenants/initech",
+            "global/a.cedar",
+            "tenants/acme/c.cedar"
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems.iter().all(|p| p.message.len() > 10));
+}
+
+#[test]
+fn schema_problems_are_reported() {
     let empty = tempfile::tempdir().expect("tempdir");
     let problems = PolicyEngine::load(empty.path(), &tenants()).expect_err("no schema");
-    assert!(problems[0].to_string().contains("schema"), "{problems:?}");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0]
+        .to_string()
+        .contains("schema.cedarschema: cannot read the schema"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("schema.cedarschema"),
+        "namespace TenantProxy {\n  entity Tenant = { plan: Strin };\n}",
+    )
+    .expect("write");
+    let text = problems_text(dir.path());
+    assert!(text.contains("schema.cedarschema:2:"), "{text}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("schema.cedarschema"),
+        "namespace TenantProxy { entity Tenant = { plan: String, region: String }; entity Workload in [Tenant] = { tenant: Tenant, name: String }; entity Destination; }",
+    )
+    .expect("write");
+    let text = problems_text(dir.path());
+    assert!(
+        text.contains("does not declare action `TenantProxy::Action::\"http\"`"),
+        "{text}"
+    );
 }
 
 #[test]
-fn ids_default_to_file_and_index() {
-    let dir = dir_with(&[(
-        "global/two.cedar",
-        "permit (principal, action == TenantProxy::Action::\"http\", resource) when { context.path == \"/a\" };\npermit (principal, action == TenantProxy::Action::\"http\", resource) when { context.path == \"/b\" };",
-    )]);
-    let engine = PolicyEngine::load(dir.path(), &tenants()).expect("load");
-    let d = engine.authorize_http(&id("acme"), &wl("bot"), &facts("x", "/b", None));
-    assert_eq!(d.policy_ids, vec!["global/two.cedar#1"]);
+fn non_policy_files_are_ignored_and_tenants_without_a_directory_get_global_only() {
+    let dir = dir_with(&[
+        (
+            "global/g.cedar",
+            r#"@id("g") permit (principal, HTTP, resource);"#,
+        ),
+        ("global/README.md", "not cedar"),
+        ("global/.g.cedar.swp", "not cedar"),
+        ("tests/case.json", "{}"),
+        ("tenants/notes.txt", "not cedar"),
+        (
+            "tenants/acme/a.cedar",
+            r#"@id("a") permit (principal, HTTP, resource);"#,
+        ),
+    ]);
+    let engine = load_ok(dir.path());
+    assert_eq!(engine.policy_count(&tid("acme")), 2);
+    assert_eq!(engine.policy_count(&tid("globex")), 1);
+    let debug = format!("{engine:?}");
+    assert!(
+        debug.contains("tenants: 2") && debug.contains("policies_in_all_sets: 3"),
+        "{debug}"
+    );
 }
 
 #[test]
-fn built_context_conforms_to_schema() {
+fn tenants_that_do_not_fit_are_problems() {
+    let dir = dir_with(&[]);
+    let mut twice = tenants();
+    twice.push(twice[0].clone());
+    let problems = PolicyEngine::load(dir.path(), &twice).expect_err("duplicate tenant");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("tenant `acme` is listed twice")),
+        "{problems:?}"
+    );
+    let mut dup_workload = tenants();
+    dup_workload[1].workloads.push(wid("agent"));
+    let problems = PolicyEngine::load(dir.path(), &dup_workload).expect_err("duplicate workload");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message == "workload `agent` of tenant `globex` is listed twice"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn built_requests_conform_to_the_schema() {
     let text = std::fs::read_to_string(repo_policies().join("schema.cedarschema")).expect("schema");
     let (schema, _) = cedar_policy::Schema::from_cedarschema_str(&text).expect("schema parses");
-    let scopes = vec!["llm".to_string()];
-    let f = HttpRequestFacts {
-        model: Some("m"),
-        route: Some("r"),
+    let engine = load_ok(&repo_policies());
+    let (_, principal) = engine
+        .lookup(&tid("acme"), &wid("support-bot"))
+        .expect("known");
+    assert_eq!(
+        principal.to_string(),
+        r#"TenantProxy::Workload::"acme/support-bot""#
+    );
+    let scopes = vec!["llm".to_string(), "admin".to_string()];
+    let full = HttpRequestFacts {
+        model: Some("gpt-4o"),
+        route: Some("openai"),
         scopes: &scopes,
-        ..facts("h", "/", None)
+        run_signed: true,
+        ..facts("API.openai.com", "/v1/chat/completions", None)
     };
-    let principal = EntityUid::from_str("TenantProxy::Workload::\"acme/bot\"").expect("uid");
-    let action = EntityUid::from_str("TenantProxy::Action::\"http\"").expect("uid");
-    let resource = EntityUid::from_str("TenantProxy::Destination::\"h\"").expect("uid");
-    let context = Context::from_pairs(http_context(&f)).expect("context");
-    Request::new(principal, action, resource, context, Some(&schema))
-        .expect("request validates against the schema");
+    for (name, f) in [
+        ("all fields", full),
+        ("optional fields absent", facts("h", "/", None)),
+    ] {
+        let request = engine
+            .http_request(principal, &f, Some(&schema))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name == "all fields" {
+            assert_eq!(
+                request.resource().map(ToString::to_string).as_deref(),
+                Some(r#"TenantProxy::Destination::"api.openai.com""#)
+            );
+        }
+        let cred = CredentialFacts {
+            name: "openai",
+            position: "query",
+            http: &f,
+        };
+        engine
+            .credential_request(principal, &cred, Some(&schema))
+            .unwrap_or_else(|e| panic!("{name}, credential: {e}"));
+    }
+}
+
+#[test]
+fn problem_display_and_sharing() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<PolicyEngine>();
+    let p = |line, column| PolicyProblem {
+        file: PathBuf::from("global/a.cedar"),
+        line,
+        column,
+        message: "unexpected token `}`".into(),
+    };
+    assert_eq!(
+        p(Some(2), Some(5)).to_string(),
+        "global/a.cedar:2:5: unexpected token `}`"
+    );
+    assert_eq!(
+        p(Some(2), None).to_string(),
+        "global/a.cedar:2: unexpected token `}`"
+    );
+    assert_eq!(
+        p(None, None).to_string(),
+        "global/a.cedar: unexpected token `}`"
+    );
+}
+
+#[test]
+fn host_normalization() {
+    #[rustfmt::skip]
+    let cases = [
+        ("already normal", "api.openai.com", "api.openai.com"),
+        ("upper case", "API.OpenAI.com", "api.openai.com"),
+        ("trailing dot", "metadata.google.internal.", "metadata.google.internal"),
+        ("ip", "169.254.169.254", "169.254.169.254"),
+    ];
+    for (name, input, want) in cases {
+        assert_eq!(normalize_host(input), want, "{name}");
+    }
 }
