@@ -11,6 +11,7 @@ ensure_apt redis-server
 ensure_apt python3
 ensure_py requests
 ensure_py httpx
+ensure_py openai
 
 # The end-to-end tests start the real binary.
 cargo build -p tenant-proxy --bin tenant-proxy

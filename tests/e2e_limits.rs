@@ -94,6 +94,64 @@ fn tenant_rate_ceiling_refuses_fast_and_leaves_other_tenants_alone() {
 }
 
 #[test]
+fn a_noisy_neighbour_saturating_its_ceilings_leaves_another_tenants_allowance_whole() {
+    let origin = Origin::start();
+    // Both tenants have the same ceilings; acme's agent runs away, globex behaves.
+    let limits = "[tenants.acme.limits]\nrequests_per_minute = 20\nconcurrency = 2\n\
+                  [tenants.globex.limits]\nrequests_per_minute = 20\nconcurrency = 2\n";
+    let proxy = Proxy::start(ProxySpec {
+        tenants_extra: limits.into(),
+        ..Default::default()
+    });
+    let port = proxy.shared_port;
+    let (acme, globex) = (token_for("acme", "bot"), token_for("globex", "agent"));
+    let acme_url = url(&origin, "/acme/noise");
+    let globex_url = url(&origin, "/globex/quiet");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (noise, quiet) = std::thread::scope(|s| {
+        let noisy: Vec<_> = (0..6)
+            .map(|_| {
+                let (acme, acme_url, stop) = (&acme, &acme_url, &stop);
+                s.spawn(move || {
+                    let mut statuses = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && statuses.len() < 400 {
+                        statuses.push(forward_get(port, acme_url, Some(acme), "").status);
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        // globex makes its 20 calls while acme is being refused around it.
+        let quiet: Vec<Response> = (0..20)
+            .map(|_| forward_get(port, &globex_url, Some(&globex), ""))
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let noise: Vec<u16> = noisy.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        (noise, quiet)
+    });
+    let acme_ok = noise.iter().filter(|s| **s == 200).count();
+    assert!(
+        acme_ok <= 20,
+        "acme stays within its own ceiling: {acme_ok}"
+    );
+    assert!(
+        noise.len() > 40 && noise.iter().all(|s| *s == 200 || *s == 429),
+        "{noise:?}"
+    );
+    // Every globex call succeeded, and its allowance counted only its own calls.
+    for (i, r) in quiet.iter().enumerate() {
+        assert_eq!(r.status, 200, "globex call {i}: {}", r.body_text());
+        assert_eq!(
+            r.header("x-ratelimit-remaining"),
+            Some((19 - i).to_string().as_str()),
+            "globex call {i}"
+        );
+    }
+    assert_eq!(origin.matching("/globex/quiet").len(), 20);
+    assert_eq!(origin.matching("/acme/noise").len(), acme_ok);
+}
+
+#[test]
 fn workload_concurrency_lease_is_returned_when_the_request_ends() {
     let origin = Origin::start();
     let proxy = Proxy::start(ProxySpec {
@@ -162,8 +220,9 @@ fn llm_proxy(mock: u16, tenant_limits: &str) -> Proxy {
 #[test]
 fn token_ceiling_reserves_before_and_settles_after() {
     let mock = start_mock();
-    // No max_tokens: each call reserves body/4 + 150 (the assumed ceiling) but really uses
-    // about 30 (the mock answers 16 completion tokens), which settlement gives back.
+    // No max_tokens: each call reserves one token per body byte (37) plus 150 (the assumed
+    // ceiling) but really uses about 30 (the mock answers 16 completion tokens), which
+    // settlement gives back.
     let proxy = llm_proxy(
         mock,
         "[tenants.acme.limits]\ntokens_per_minute = 400\nassumed_max_tokens = 150\n",
@@ -176,7 +235,7 @@ fn token_ceiling_reserves_before_and_settles_after() {
         proxy.audit_record("acme", &r.request_id());
         statuses.push(r.status);
     }
-    // Without settlement only 2 calls would fit (2 x ~159 = 318; a third would reach 477).
+    // Without settlement only 2 calls would fit (2 x 187 = 374; a third would reach 561).
     let allowed = statuses.iter().filter(|s| **s == 200).count();
     assert!(
         allowed >= 5,
@@ -195,7 +254,7 @@ fn token_ceiling_reserves_before_and_settles_after() {
     assert!(r.header("retry-after").is_some());
     let recs = proxy.wait_audit_records("acme", 7);
     let ok = recs.iter().find(|r| r["decision"] == "allow").unwrap();
-    assert!(ok["tokens_reserved"].as_u64().unwrap() >= 150, "{ok}");
+    assert_eq!(ok["reserved"]["tokens"].as_u64(), Some(187), "{ok}");
     assert!(ok["usage"]["output_tokens"].as_u64().unwrap() == 16, "{ok}");
     // A call without a model is counted as a call, never as tokens.
     let tool = forward_get(

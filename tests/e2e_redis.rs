@@ -67,7 +67,13 @@ impl Redis {
         }
         let first = first.trim_end().to_string();
         match first.chars().next() {
-            Some('+') => vec![first[1..].to_string()],
+            Some('+') | Some(':') => vec![first[1..].to_string()],
+            Some('$') if first == "$-1" => vec![],
+            Some('$') => {
+                let mut v = String::new();
+                r.read_line(&mut v).unwrap();
+                vec![v.trim_end().to_string()]
+            }
             Some('*') => {
                 let n: usize = first[1..].parse().unwrap_or(0);
                 (0..n)
@@ -146,10 +152,7 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
         !keys.is_empty() && keys.iter().all(|k| k.starts_with("tp:{acme}:")),
         "{keys:?}"
     );
-    assert_eq!(
-        redis.command("ZCARD tp:{acme}:conc"),
-        vec![":0".to_string()]
-    );
+    assert_eq!(redis.command("ZCARD tp:{acme}:conc"), vec!["0".to_string()]);
     assert_eq!(
         forward_get(
             a.shared_port,
@@ -280,4 +283,218 @@ fn replicas_share_one_token_ceiling() {
         admitted > 0 && spent <= 600,
         "{admitted} admitted, {spent} spent"
     );
+}
+
+#[test]
+fn replicas_never_overshoot_a_cost_ceiling_under_64_concurrent_calls() {
+    let port = free_port();
+    let redis = Redis::start_on(port);
+    let mock = start_mock();
+    let start = || {
+        Proxy::start_prepared(
+            ProxySpec {
+                static_extra: format!("[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"200ms\"\n"),
+                routes: format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n"),
+                tenants_top: "prices_file = \"prices.toml\"\n".into(),
+                tenant_settings: vec![("acme", "time_zone = \"America/New_York\"".into())],
+                tenants_extra: "[tenants.acme.limits]\ncost_per_day_micros = 2000\n[tenants.globex.limits]\ncost_per_day_micros = 2000\n".into(),
+                ..Default::default()
+            },
+            |dir| {
+                std::fs::copy(repo_root().join("tests/fixtures/prices.toml"), dir.join("prices.toml")).unwrap();
+            },
+        )
+    };
+    let (a, b) = (start(), start());
+    // With max_tokens every reservation bounds its call's real cost, so the ceiling holds exactly.
+    let body =
+        r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"hello"}]}"#;
+    let call = |p: u16| {
+        raw_request(
+            p,
+            &format!(
+                "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .unwrap()
+    };
+    let responses: Vec<Response> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..64)
+            .map(|i| {
+                s.spawn(move || {
+                    call(if i % 2 == 0 {
+                        a.sidecar_port
+                    } else {
+                        b.sidecar_port
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let admitted = responses.iter().filter(|r| r.status == 200).count();
+    for r in responses.iter().filter(|r| r.status != 200) {
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (429, "budget_exhausted"),
+            "{}",
+            r.body_text()
+        );
+        assert_eq!(r.json()["error"]["ceiling"], "day");
+    }
+    let mut recs = a.wait_audit_records("acme", 32);
+    recs.extend(b.wait_audit_records("acme", 32));
+    let spent = cost_spent(&recs);
+    println!("two replicas, 64 concurrent calls, ceiling 2000 micro-units/day: {admitted} admitted, {spent} spent");
+    assert!(
+        admitted > 0 && spent <= 2000,
+        "{admitted} admitted, {spent} spent"
+    );
+
+    // What Redis counts is what the calls settled at, under acme's own New York day.
+    let keys = redis.command("KEYS *");
+    let day_key = keys
+        .iter()
+        .find(|k| k.starts_with("tp:{acme}:cost:d"))
+        .unwrap_or_else(|| panic!("{keys:?}"));
+    assert_eq!(
+        redis.command(&format!("GET {day_key}")),
+        vec![spent.to_string()]
+    );
+    assert!(
+        keys.iter().all(|k| k.starts_with("tp:{acme}:")),
+        "globex untouched: {keys:?}"
+    );
+    let ttl: i64 = redis.command(&format!("TTL {day_key}"))[0].parse().unwrap();
+    assert!(
+        ttl > 0 && ttl <= 26 * 3600,
+        "the day's counter expires after the day: {ttl}"
+    );
+
+    // `tenant-proxy usage` reads the same counter from Redis, with no proxy needed; globex reads 0.
+    drop((a, b));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenant-proxy.toml"),
+        format!("tenants_file = \"tenants.toml\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"s\"\nlisten = \"127.0.0.1:{}\"\nidentity = [\"binding\"]\nbinding = {{ tenant = \"acme\", workload = \"bot\" }}\n[audit]\ndir = \"audit\"\n[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"500ms\"\n", free_port(), free_port()),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!("policy_dir = \"policies\"\nprices_file = \"prices.toml\"\n{TENANTS}\n[tenants.acme.limits]\ncost_per_day_micros = 2000\n[tenants.globex.limits]\ncost_per_day_micros = 2000\n")
+            .replace("[tenants.acme]\n", "[tenants.acme]\ntime_zone = \"America/New_York\"\n"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo_root().join("tests/fixtures/prices.toml"),
+        dir.path().join("prices.toml"),
+    )
+    .unwrap();
+    let config = dir.path().join("tenant-proxy.toml");
+    let config = config.to_str().unwrap();
+    let usage = |tenant: &str| {
+        let (code, out) = proxy_cli(
+            dir.path(),
+            &["usage", "--config", config, "--tenant", tenant, "--json"],
+            "",
+        );
+        assert_eq!(code, 0, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["scope"] == "tenant" && r["measure"] == "cost_micros")
+            .map(|r| r["used"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert_eq!(usage("acme"), spent);
+    assert_eq!(usage("globex"), 0);
+}
+
+#[test]
+fn daily_cost_rolls_over_at_local_midnight_and_the_month_carries_on() {
+    use tenant_proxy::ids::{TenantId, WorkloadId};
+    use tenant_proxy::limits::calendar::TenantCalendar;
+    use tenant_proxy::limits::redis::{RedisBackend, RedisSettings, Unavailable};
+    use tenant_proxy::limits::{
+        keys_for, AdmitError, CallKind, Ceilings, Charge, LimitBackend, Subject,
+    };
+
+    let port = free_port();
+    let _redis = Redis::start_on(port);
+    let backend = RedisBackend::start(RedisSettings {
+        url: format!("redis://127.0.0.1:{port}"),
+        timeout: Duration::from_millis(500),
+        lease_ttl: Duration::from_secs(60),
+        run_ttl: Duration::from_secs(3600),
+        on_unavailable: Unavailable::FailClosed,
+    })
+    .unwrap();
+    let cal = TenantCalendar::new("Asia/Tokyo").unwrap();
+    let ceilings = Ceilings {
+        cost_per_day_micros: Some(1_000),
+        cost_per_month_micros: Some(1_500),
+        ..Default::default()
+    };
+    let (t, w) = (
+        TenantId::new("acme").unwrap(),
+        WorkloadId::new("bot").unwrap(),
+    );
+    let who = Subject {
+        tenant: &t,
+        workload: &w,
+        run: None,
+    };
+    let cost = |n| Charge {
+        cost_micros: n,
+        ..Charge::default()
+    };
+    // The last second of a day in Tokyo and then its midnight (15:00Z), not at a month's end,
+    // and in the future, since Redis drops a window's counter soon after the window ends. A
+    // day's key is named by its local date, so the rollover is a new key starting from zero.
+    let mut midnight = cal.day(tenant_proxy::limits::unix_now()).ends_at;
+    if cal.month(midnight).id != cal.month(midnight - 1).id {
+        midnight = cal.day(midnight).ends_at;
+    }
+    assert_eq!(midnight % 86_400, 15 * 3_600, "Tokyo midnight is 15:00Z");
+    let before = midnight - 1;
+    let (day_id, month_id) = (cal.day(before).id, cal.month(before).id);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        while !backend.is_ready() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let day1 = keys_for(who, &ceilings, None, &cal, before, CallKind::Llm);
+        let a = backend
+            .admit(&day1, cost(900))
+            .await
+            .expect("the day's first call");
+        backend.finish(&a, cost(1_000)).await;
+        match backend.admit(&day1, cost(1)).await {
+            Err(AdmitError::Limited(d)) => assert!(
+                d.key.to_string().ends_with(&format!(":cost:d{day_id}")),
+                "{d:?}"
+            ),
+            other => panic!("day spent, got {other:?}"),
+        }
+        let day2 = keys_for(who, &ceilings, None, &cal, midnight, CallKind::Llm);
+        let b = backend
+            .admit(&day2, cost(500))
+            .await
+            .expect("a new day in Tokyo");
+        backend.finish(&b, cost(500)).await;
+        match backend.admit(&day2, cost(1)).await {
+            Err(AdmitError::Limited(d)) => assert!(
+                d.key.to_string().ends_with(&format!(":cost:m{month_id}")),
+                "{d:?}"
+            ),
+            other => panic!("the month is spent, got {other:?}"),
+        }
+        assert_eq!(backend.read(&day2).await.unwrap(), vec![500, 1_500]);
+    });
 }

@@ -1,8 +1,10 @@
 //! A fast mock of the OpenAI and Anthropic HTTP APIs for demos and load tests.
 //!
 //! - `POST …/chat/completions`: a chat completion with a `usage` block (prompt tokens ≈ body
-//!   length / 4, completion tokens = `max_tokens` or 16); with `"stream": true`, an SSE stream
-//!   of chunks, a usage chunk when `stream_options.include_usage` is set, then `[DONE]`.
+//!   length / 4, completion tokens = `max_tokens` or 16, or `x-mock-output-tokens` when a test
+//!   plays a model that ignores its budget); with `"stream": true`, an SSE stream of one chunk
+//!   per completion token (`x-mock-chunk-delay-ms` apart), a usage chunk when
+//!   `stream_options.include_usage` is set, then `[DONE]`.
 //! - `POST …/messages`: an Anthropic message with `usage.input_tokens` / `output_tokens`.
 //! - anything else: 200 JSON echoing the method, path and received headers.
 
@@ -47,8 +49,23 @@ async fn serve_conn(stream: TcpStream) -> io::Result<()> {
             wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
         let body = read_body(&mut rd, &mut buf, &head).await?;
-        let response = respond(&head, &body);
-        wr.write_all(&response).await?;
+        let reply = respond(&head, &body);
+        let delay = head
+            .header("x-mock-chunk-delay-ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis);
+        match delay {
+            // Paced: each part (an SSE event) on its own, as a model generating would send it.
+            Some(d) => {
+                for (i, part) in reply.iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(d).await;
+                    }
+                    wr.write_all(part).await?;
+                }
+            }
+            None => wr.write_all(&reply.concat()).await?,
+        }
         if head
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"))
@@ -59,7 +76,8 @@ async fn serve_conn(stream: TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-fn respond(head: &Head, body: &[u8]) -> Vec<u8> {
+/// The response, in the parts it is written in (one per SSE event for streams).
+fn respond(head: &Head, body: &[u8]) -> Vec<Vec<u8>> {
     let path = head.target.split('?').next().unwrap_or("");
     let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let model = request
@@ -68,10 +86,15 @@ fn respond(head: &Head, body: &[u8]) -> Vec<u8> {
         .unwrap_or("mock-model")
         .to_string();
     let prompt_tokens = (body.len() / 4).max(1) as u64;
-    let completion_tokens = request
-        .get("max_tokens")
-        .or_else(|| request.get("max_output_tokens"))
-        .and_then(Value::as_u64)
+    let completion_tokens = head
+        .header("x-mock-output-tokens")
+        .and_then(|v| v.parse::<u64>().ok())
+        .or_else(|| {
+            request
+                .get("max_tokens")
+                .or_else(|| request.get("max_output_tokens"))
+                .and_then(Value::as_u64)
+        })
         .unwrap_or(16);
     if head.method == "POST" && path.ends_with("/chat/completions") {
         if request.get("stream").and_then(Value::as_bool) == Some(true) {
@@ -86,7 +109,7 @@ fn respond(head: &Head, body: &[u8]) -> Vec<u8> {
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock."}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
         });
-        return json_response(200, &v);
+        return vec![json_response(200, &v)];
     }
     if head.method == "POST" && path.ends_with("/messages") {
         let v = json!({
@@ -94,17 +117,17 @@ fn respond(head: &Head, body: &[u8]) -> Vec<u8> {
             "content": [{"type": "text", "text": "Hello from the mock."}], "stop_reason": "end_turn",
             "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}
         });
-        return json_response(200, &v);
+        return vec![json_response(200, &v)];
     }
     let headers: serde_json::Map<String, Value> = head
         .headers
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    json_response(
+    vec![json_response(
         200,
         &json!({"method": head.method, "path": head.target, "headers": headers}),
-    )
+    )]
 }
 
 fn json_response(status: u16, v: &Value) -> Vec<u8> {
@@ -118,9 +141,12 @@ fn json_response(status: u16, v: &Value) -> Vec<u8> {
     out
 }
 
-fn sse_chat(model: &str, prompt: u64, completion: u64, include_usage: bool) -> Vec<u8> {
+fn sse_chat(model: &str, prompt: u64, completion: u64, include_usage: bool) -> Vec<Vec<u8>> {
     let mut events = Vec::new();
-    for word in ["Hello", " from", " the", " mock."] {
+    // One chunk per completion token, as providers stream them.
+    let words = ["Hello", " from", " the", " mock."];
+    for i in 0..completion.max(1) {
+        let word = words[(i % 4) as usize];
         events.push(json!({
             "id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
             "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}]
@@ -136,17 +162,19 @@ fn sse_chat(model: &str, prompt: u64, completion: u64, include_usage: bool) -> V
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         }));
     }
-    let mut out =
+    let mut parts = vec![
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-            .to_vec();
-    let mut chunk = |data: &str| {
+            .to_vec(),
+    ];
+    let chunk = |data: &str| {
         let payload = format!("data: {data}\n\n");
-        out.extend_from_slice(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes());
+        format!("{:x}\r\n{payload}\r\n", payload.len()).into_bytes()
     };
     for e in &events {
-        chunk(&e.to_string());
+        parts.push(chunk(&e.to_string()));
     }
-    chunk("[DONE]");
-    out.extend_from_slice(b"0\r\n\r\n");
-    out
+    let mut last = chunk("[DONE]");
+    last.extend_from_slice(b"0\r\n\r\n");
+    parts.push(last);
+    parts
 }

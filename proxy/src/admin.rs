@@ -1,5 +1,7 @@
 //! The admin listener: `/healthz` (alive), `/readyz` (configuration loaded and audit writable),
-//! `/metrics` (Prometheus text).
+//! `/metrics` (Prometheus text), `/usage?tenant=T&period=day|month[&run=R]` (one tenant's spend
+//! against its ceilings, for `tenant-proxy usage`). It is an operator port: bind it to loopback
+//! or a private network.
 
 use std::sync::Arc;
 
@@ -9,6 +11,8 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::audit::AuditSink;
+use crate::ids::TenantId;
+use crate::limits::report::{usage_report, ReportPeriod};
 use crate::limits::LimitBackend;
 use crate::metrics::METRICS;
 use crate::snapshot::SnapshotHandle;
@@ -33,6 +37,40 @@ impl AdminApp {
             audit,
             limits,
         }
+    }
+}
+
+impl AdminApp {
+    async fn usage(&self, query: &str) -> Result<Vec<u8>, String> {
+        let mut tenant = None;
+        let mut period = ReportPeriod::Day;
+        let mut run = None;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "tenant" => tenant = Some(TenantId::new(&v).map_err(|e| e.to_string())?),
+                "period" => {
+                    period = match &*v {
+                        "day" => ReportPeriod::Day,
+                        "month" => ReportPeriod::Month,
+                        other => return Err(format!("period `{other}` is not `day` or `month`")),
+                    }
+                }
+                "run" => run = Some(v.into_owned()),
+                other => return Err(format!("unknown parameter `{other}`")),
+            }
+        }
+        let tenant = tenant.ok_or("`tenant` is required")?;
+        let snap = self.snapshot.load();
+        let report = usage_report(
+            &snap.tenants,
+            self.limits.as_ref(),
+            &tenant,
+            period,
+            run.as_deref(),
+            crate::limits::unix_now(),
+        )
+        .await?;
+        serde_json::to_vec(&report).map_err(|e| e.to_string())
     }
 }
 
@@ -73,6 +111,17 @@ impl ServeHttp for AdminApp {
                 )
             }
             "/metrics" => respond(200, "text/plain; version=0.0.4", METRICS.render()),
+            "/usage" => {
+                let query = session.req_header().uri.query().unwrap_or("");
+                match self.usage(query).await {
+                    Ok(report) => respond(200, "application/json", report),
+                    Err(why) => respond(
+                        400,
+                        "application/json",
+                        serde_json::json!({ "error": why }).to_string().into_bytes(),
+                    ),
+                }
+            }
             _ => respond(404, "text/plain", b"not found\n".to_vec()),
         }
     }

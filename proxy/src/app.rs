@@ -10,11 +10,7 @@ use pingora::server::Server;
 
 use crate::admin::AdminApp;
 use crate::audit::AuditSink;
-use crate::config::model::LimiterSettings;
 use crate::config::{ConfigProblem, LogFormat, StaticConfig};
-use crate::limits::memory::MemoryBackend;
-use crate::limits::redis::RedisBackend;
-use crate::limits::LimitBackend;
 use crate::proxy::{Shared, TenantProxy};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 
@@ -69,7 +65,7 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let limits = limit_backend(&static_config.limiter)?;
+    let limits = crate::limits::backend(&static_config.limiter).map_err(anyhow::Error::msg)?;
     let shared = Arc::new(Shared {
         config: static_config.clone(),
         snapshot: handle.clone(),
@@ -104,21 +100,6 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     tracing::info!(addr = %static_config.admin_listen, "admin listening");
 
     server.run_forever()
-}
-
-fn limit_backend(settings: &LimiterSettings) -> anyhow::Result<Arc<dyn LimitBackend>> {
-    Ok(match settings {
-        LimiterSettings::Memory => Arc::new(MemoryBackend::default()),
-        LimiterSettings::Redis {
-            url,
-            timeout,
-            lease_ttl,
-            on_unavailable,
-        } => Arc::new(
-            RedisBackend::start(url, *timeout, *lease_ttl, *on_unavailable)
-                .map_err(anyhow::Error::msg)?,
-        ),
-    })
 }
 
 /// pingora trusts either the system roots or one CA file; with extra CAs configured we write a

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, and the token tools.
+//! The command line: `run`, `check`, `usage`, and the token and credential tools.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,26 @@ enum Command {
         /// The static configuration file.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// A tenant's spend against its ceilings (cost this day or month, tokens this minute,
+    /// requests in flight), read from the configured limiter: Redis directly, or the running
+    /// proxy's admin port for the in-memory backend.
+    Usage {
+        /// The static configuration file.
+        #[arg(long, short, value_name = "FILE", default_value = "tenant-proxy.toml")]
+        config: PathBuf,
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Calendar period, in the tenant's time zone.
+        #[arg(long, value_enum, default_value = "day")]
+        period: crate::limits::report::ReportPeriod,
+        /// Also show this run's counters.
+        #[arg(long)]
+        run: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Workload tokens (for development and tests; in production your identity provider mints them).
     Token {
@@ -187,8 +207,129 @@ impl Cli {
             },
             Command::Token { command } => token_command(command),
             Command::Cred { config, command } => cred_command(&config, command),
+            Command::Usage {
+                config,
+                tenant,
+                period,
+                run,
+                json,
+            } => {
+                let report = read_usage(&config, &tenant, period, run.as_deref())?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!(
+                        "{}",
+                        crate::limits::report::render_text(&report, crate::limits::unix_now())
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
+}
+
+fn read_usage(
+    config: &std::path::Path,
+    tenant: &str,
+    period: crate::limits::report::ReportPeriod,
+    run: Option<&str>,
+) -> anyhow::Result<crate::limits::report::UsageReport> {
+    use crate::config::model::{LimiterSettings, TenantConfig};
+    let static_config =
+        crate::config::StaticConfig::load(config).map_err(crate::app::problems_error)?;
+    let tenant = TenantId::new(tenant)?;
+    match &static_config.limiter {
+        // In-memory counters live in the proxy process: ask it.
+        LimiterSettings::Memory { .. } => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("tenant", tenant.as_str()).append_pair(
+                "period",
+                match period {
+                    crate::limits::report::ReportPeriod::Day => "day",
+                    crate::limits::report::ReportPeriod::Month => "month",
+                },
+            );
+            if let Some(run) = run {
+                query.append_pair("run", run);
+            }
+            let body = admin_get(
+                static_config.admin_listen,
+                &format!("/usage?{}", query.finish()),
+            )?;
+            Ok(serde_json::from_slice(&body)
+                .context("the admin port's answer is not a usage report")?)
+        }
+        LimiterSettings::Redis(settings) => {
+            let tenants = TenantConfig::load(&static_config.tenants_file)
+                .map_err(crate::app::problems_error)?;
+            let backend = crate::limits::redis::RedisBackend::start(settings.clone())
+                .map_err(anyhow::Error::msg)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                // The connection is made in the background; give it a moment.
+                for _ in 0..40 {
+                    if crate::limits::LimitBackend::is_ready(&backend) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                crate::limits::report::usage_report(
+                    &tenants,
+                    &backend,
+                    &tenant,
+                    period,
+                    run,
+                    crate::limits::unix_now(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the counters from redis: {e}"))
+            })
+        }
+    }
+}
+
+/// A GET to the running proxy's admin port (loopback or a private network; plain HTTP/1.1).
+fn admin_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::{BufRead, Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| {
+            format!("the proxy's admin port {addr} does not answer; is the proxy running?")
+        })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    // Read the head, then exactly Content-Length bytes: the server may keep the socket open.
+    let mut reader = std::io::BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            anyhow::bail!("malformed answer from the admin port");
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<u64>().ok();
+            }
+        }
+    }
+    let length = length.context("the admin port's answer has no Content-Length")?;
+    let mut body = Vec::new();
+    reader.take(length).read_to_end(&mut body)?;
+    if status.split_whitespace().nth(1) != Some("200") {
+        anyhow::bail!("admin port: {}", String::from_utf8_lossy(&body).trim());
+    }
+    Ok(body)
 }
 
 fn token_command(command: TokenCommand) -> anyhow::Result<ExitCode> {

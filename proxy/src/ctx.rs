@@ -14,8 +14,10 @@ use crate::config::IdentitySourceKind;
 use crate::error::Deny;
 use crate::identity::token::{Initiator, RunBudget};
 use crate::ids::{TenantId, WorkloadId};
-use crate::limits::Admission;
+use crate::limits::stream::StreamGuard;
+use crate::limits::{Admission, Charge};
 use crate::policy::Decision;
+use crate::pricing::Prices;
 use crate::snapshot::Snapshot;
 use crate::target::Destination;
 use crate::trace::TraceContext;
@@ -64,6 +66,17 @@ pub struct TenantContext {
     pub request_id: Arc<str>,
     /// Trace context.
     pub trace: TraceContext,
+}
+
+/// What a streaming LLM response may extend its reservation by, one step at a time.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamPlan {
+    /// Output tokens the admission reserved.
+    pub covered_output: u64,
+    /// Output tokens per extension.
+    pub step_tokens: u64,
+    /// What one extension reserves.
+    pub step: Charge,
 }
 
 /// Proof that a request was authorized for exactly this destination. Only
@@ -131,8 +144,18 @@ pub struct RequestCtx {
     pub usage_stripper: Option<crate::usage::include_usage::UsageEventStripper>,
     /// Limit leases and rate headline, while the request is in flight.
     pub admission: Option<Admission>,
-    /// Tokens reserved for this call (for the audit record).
-    pub tokens_reserved: Option<u64>,
+    /// The prices of this LLM call's model, when a price table is configured.
+    pub prices: Option<Prices>,
+    /// How a streaming response may extend its reservation, when a hard ceiling applies.
+    pub stream_plan: Option<StreamPlan>,
+    /// Keeps a streaming response within budget, while it streams.
+    pub stream_guard: Option<StreamGuard>,
+    /// The final event of a stream cut for budget, written by `fail_to_proxy`.
+    pub cut_event: Option<Vec<u8>>,
+    /// What was reserved against the ceilings (for the audit record).
+    pub reserved: Option<Charge>,
+    /// What the call was settled at.
+    pub settled: Option<Charge>,
     /// SHA-256 of the request body (hex), if there was one.
     pub body_sha256: Option<String>,
     /// Request body size.
@@ -171,7 +194,12 @@ impl RequestCtx {
             injected_include_usage: false,
             usage_stripper: None,
             admission: None,
-            tokens_reserved: None,
+            prices: None,
+            stream_plan: None,
+            stream_guard: None,
+            cut_event: None,
+            reserved: None,
+            settled: None,
             body_sha256: None,
             bytes_in: 0,
             bytes_out: 0,

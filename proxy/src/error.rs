@@ -7,7 +7,8 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::credentials::apply::CredentialDeny;
-use crate::limits::{LimitDeny, LimitKind, Scope};
+use crate::limits::stream::CutReason;
+use crate::limits::{LimitDeny, LimitKind, Measure, Scope, Window};
 
 /// Why a request was refused. Messages follow cedar's style: lowercase, no trailing period,
 /// user input in backticks, never a secret or token.
@@ -25,6 +26,11 @@ pub enum Deny {
     Limited(LimitDeny),
     /// The shared limiter could not be reached (503 with `Retry-After`).
     LimiterUnavailable,
+    /// The LLM call's model has no price and the price table refuses unpriced models.
+    ModelNotPriced(String),
+    /// A streaming response was ended mid-way: its tenant or run ran out of budget, or the
+    /// counters could not be reached to extend it.
+    StreamCut(crate::limits::stream::CutReason),
     /// The request is malformed or unsupported.
     BadRequest(String),
     /// The absolute URI's authority and the `Host` header disagree.
@@ -86,6 +92,10 @@ pub enum ReasonCode {
     LimiterUnavailable,
     /// An LLM token ceiling would be crossed.
     TokenLimit,
+    /// A cost, token, tool-call or wall-time budget of a run, day or month is spent.
+    BudgetExhausted,
+    /// See [`Deny::ModelNotPriced`].
+    ModelNotPriced,
     /// See [`Deny::BadRequest`].
     BadRequest,
     /// See [`Deny::HostMismatch`].
@@ -131,6 +141,8 @@ impl ReasonCode {
             ReasonCode::ConcurrencyLimited => "concurrency_limited",
             ReasonCode::LimiterUnavailable => "limiter_unavailable",
             ReasonCode::TokenLimit => "token_limit",
+            ReasonCode::BudgetExhausted => "budget_exhausted",
+            ReasonCode::ModelNotPriced => "model_not_priced",
             ReasonCode::BadRequest => "bad_request",
             ReasonCode::HostMismatch => "host_mismatch",
             ReasonCode::RouteNotFound => "route_not_found",
@@ -203,15 +215,16 @@ impl Deny {
                 let whose = match &l.key.scope {
                     Scope::Tenant(_) => "this tenant",
                     Scope::Workload(..) => "this workload",
+                    Scope::Run(..) => "this run",
                 };
+                let retry = l.retry_after.map_or(0, |r| r.as_secs().max(1));
                 match l.key.kind {
                     LimitKind::Rate { per_period, period_secs, .. } => (
                         429,
                         ReasonCode::RateLimited,
                         format!(
-                            "{whose} is over its ceiling of {per_period} requests per {}; retry after {}s",
+                            "{whose} is over its ceiling of {per_period} requests per {}; retry after {retry}s",
                             if period_secs == 1 { "second" } else { "minute" },
-                            l.retry_after.as_secs().max(1)
                         ),
                     ),
                     LimitKind::Concurrency { max } => (
@@ -219,13 +232,37 @@ impl Deny {
                         ReasonCode::ConcurrencyLimited,
                         format!("{whose} already has {max} requests in flight"),
                     ),
-                    LimitKind::Tokens { per_minute } => (
+                    LimitKind::TokensPerMinute { ceiling } => (
                         429,
                         ReasonCode::TokenLimit,
                         format!(
-                            "{whose} would exceed its {per_minute} LLM tokens per minute with this call's reservation; retry after {}s",
-                            l.retry_after.as_secs().max(1)
+                            "{whose} would exceed its {ceiling} LLM tokens per minute with this call's reservation; retry after {retry}s",
                         ),
+                    ),
+                    LimitKind::Quota { measure, window, ceiling } => {
+                        let what = match measure {
+                            Measure::Tokens => format!("{ceiling} LLM tokens"),
+                            Measure::Cost => format!(
+                                "cost ceiling of {} (currency units)",
+                                crate::pricing::format_micros(ceiling)
+                            ),
+                            Measure::ToolCalls => format!("{ceiling} tool calls"),
+                        };
+                        let when = match window {
+                            Window::Run => "; a run's budget does not renew".to_string(),
+                            Window::Day(_) => format!("; the day ends in {retry}s (tenant time zone)"),
+                            Window::Month(_) => format!("; the month ends in {retry}s (tenant time zone)"),
+                        };
+                        (
+                            429,
+                            ReasonCode::BudgetExhausted,
+                            format!("{whose} would exceed its {} {what} with this call's reservation{when}", window.as_str()),
+                        )
+                    }
+                    LimitKind::WallTime { max_secs } => (
+                        429,
+                        ReasonCode::BudgetExhausted,
+                        format!("{whose} is past its wall-time budget of {max_secs}s"),
                     ),
                 }
             }
@@ -233,6 +270,21 @@ impl Deny {
                 503,
                 ReasonCode::LimiterUnavailable,
                 "the limit counters cannot be reached; the request was not forwarded, retry shortly".into(),
+            ),
+            Deny::ModelNotPriced(model) => (
+                403,
+                ReasonCode::ModelNotPriced,
+                format!("model `{model}` has no price in the price table, and unpriced models are refused"),
+            ),
+            Deny::StreamCut(CutReason::Budget(ceiling)) => (
+                429,
+                ReasonCode::BudgetExhausted,
+                format!("the stream was ended: the {ceiling} budget is spent"),
+            ),
+            Deny::StreamCut(CutReason::Unavailable) => (
+                503,
+                ReasonCode::LimiterUnavailable,
+                "the stream was ended: the limit counters cannot be reached to extend its reservation".into(),
             ),
             Deny::BadRequest(why) => (400, ReasonCode::BadRequest, why.clone()),
             Deny::HostMismatch => (
@@ -283,6 +335,19 @@ impl Deny {
     pub fn code(&self) -> ReasonCode {
         self.describe().1
     }
+
+    /// For `budget_exhausted`: which ceiling (`run`, `day` or `month`) refused.
+    pub fn ceiling(&self) -> Option<&'static str> {
+        match self {
+            Deny::Limited(l) => match l.key.kind {
+                LimitKind::Quota { window, .. } => Some(window.as_str()),
+                LimitKind::WallTime { .. } => Some("run"),
+                _ => None,
+            },
+            Deny::StreamCut(CutReason::Budget(ceiling)) => Some(ceiling),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -295,15 +360,24 @@ struct ErrorFields<'a> {
     code: ReasonCode,
     message: &'a str,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ceiling: Option<&'a str>,
 }
 
-/// The JSON body of a refusal: `{"error":{"code":…,"message":…,"request_id":…}}`.
-pub fn error_body(code: ReasonCode, message: &str, request_id: &str) -> Vec<u8> {
+/// The JSON body of a refusal: `{"error":{"code":…,"message":…,"request_id":…}}`, plus
+/// `"ceiling"` (`run`, `day` or `month`) for `budget_exhausted`.
+pub fn error_body(
+    code: ReasonCode,
+    message: &str,
+    request_id: &str,
+    ceiling: Option<&str>,
+) -> Vec<u8> {
     let body = ErrorBody {
         error: ErrorFields {
             code,
             message,
             request_id,
+            ceiling,
         },
     };
     // Serializing this struct of strings cannot fail; fall back to a fixed body regardless.
@@ -345,7 +419,7 @@ mod tests {
 
     #[test]
     fn body_shape() {
-        let body = error_body(ReasonCode::PolicyDenied, "no", "req-1");
+        let body = error_body(ReasonCode::PolicyDenied, "no", "req-1", None);
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["error"]["code"], "policy_denied");
         assert_eq!(v["error"]["request_id"], "req-1");

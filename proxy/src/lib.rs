@@ -28,6 +28,7 @@ pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod policy;
+pub mod pricing;
 pub mod proxy;
 pub mod reload;
 pub mod snapshot;

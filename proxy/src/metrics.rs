@@ -42,6 +42,12 @@ pub struct Metrics {
     pub limiter_errors: IntCounter,
     /// Admissions decided on local counters because the shared backend was unreachable.
     pub limiter_fallback: IntCounter,
+    /// 1 while admissions are decided on local counters (the last shared call failed), else 0.
+    pub limiter_fallback_active: IntGauge,
+    /// LLM cost settled, by tenant, in micro-units of the price table's currency.
+    pub llm_cost_micros: IntCounterVec,
+    /// Streaming responses cut because a budget ran out, by tenant.
+    pub stream_cuts: IntCounterVec,
 }
 
 const TENANT_NONE: &str = "none";
@@ -140,6 +146,24 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tenant_proxy_limiter_fallback_total",
             "Admissions decided on local counters because the shared limiter was unreachable",
         )?,
+        limiter_fallback_active: IntGauge::new(
+            "tenant_proxy_limiter_fallback_active",
+            "1 while admissions are decided on local counters because the shared limiter is unreachable",
+        )?,
+        llm_cost_micros: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_llm_cost_micros_total",
+                "LLM cost settled, in micro-units of the price table's currency",
+            ),
+            &["tenant"],
+        )?,
+        stream_cuts: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_stream_cuts_total",
+                "Streaming responses ended early because a budget ran out",
+            ),
+            &["tenant"],
+        )?,
         registry,
     };
     let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -158,6 +182,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.llm_tokens.clone()),
         Box::new(m.limiter_errors.clone()),
         Box::new(m.limiter_fallback.clone()),
+        Box::new(m.limiter_fallback_active.clone()),
+        Box::new(m.llm_cost_micros.clone()),
+        Box::new(m.stream_cuts.clone()),
     ];
     for c in collectors {
         m.registry.register(c)?;

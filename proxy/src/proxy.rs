@@ -30,7 +30,9 @@ use crate::credentials::scrub::Scrubber;
 use crate::credentials::Credential;
 use crate::ctx::{Outcome, Permitted, PrincipalKind, RequestCtx, Run, TenantContext};
 use crate::error::{error_body, Deny, ReasonCode};
-use crate::limits::{self, AdmitError, LimitBackend};
+use crate::limits::plan::{CallFacts, Ending};
+use crate::limits::stream::{cut_event, CutReason, StreamGuard, Verdict};
+use crate::limits::{self, AdmitError, Charge, LimitBackend};
 use crate::metrics::{Metrics, METRICS};
 use crate::policy::CredentialFacts;
 use crate::policy::HttpRequestFacts;
@@ -131,7 +133,8 @@ impl TenantProxy {
             request_stream_usage(&destination, ctx);
         }
         // Ceilings last: a request refused for any other reason does not use up the allowance.
-        self.admit_limits(&snapshot, &tenant, ctx).await?;
+        self.admit_limits(&snapshot, &tenant, &destination, ctx)
+            .await?;
         // Every check passed: only now does the request carry proof of authorization.
         ctx.permit = Some(Permitted { destination });
         Ok(())
@@ -141,45 +144,37 @@ impl TenantProxy {
         &self,
         snapshot: &Snapshot,
         tenant: &TenantContext,
+        destination: &Destination,
         ctx: &mut RequestCtx,
     ) -> Result<(), Deny> {
-        let Some(entry) = snapshot.tenants.tenants.get(&tenant.tenant) else {
-            return Err(Deny::Internal);
+        let call = CallFacts {
+            model: ctx.model.as_deref(),
+            max_output_tokens: ctx.max_output_tokens,
+            body_bytes: ctx.bytes_in,
         };
-        let workload_ceilings = entry.workload_limits.get(&tenant.workload);
-        if entry.limits.is_empty() && workload_ceilings.is_none() {
+        let plan = limits::plan::plan(
+            &snapshot.tenants,
+            tenant,
+            destination,
+            call,
+            limits::unix_now(),
+        )?;
+        ctx.prices = plan.prices;
+        if plan.keys.is_empty() {
             return Ok(());
         }
-        // An LLM call reserves its worst case: prompt estimate (4 bytes a token) plus its output
-        // ceiling; other calls count as calls, not tokens.
-        let llm_call = ctx.model.is_some();
-        let reserve = if llm_call {
-            let assumed = workload_ceilings
-                .and_then(|c| c.assumed_max_tokens)
-                .or(entry.limits.assumed_max_tokens)
-                .unwrap_or(1024);
-            ctx.bytes_in / 4 + ctx.max_output_tokens.unwrap_or(assumed)
-        } else {
-            0
-        };
-        let keys = limits::keys_for(
-            &tenant.tenant,
-            &tenant.workload,
-            &entry.limits,
-            workload_ceilings,
-            llm_call,
-        );
         let admission = self
             .shared
             .limits
-            .admit(&keys, reserve)
+            .admit(&plan.keys, plan.charge)
             .await
             .map_err(|e| match e {
                 AdmitError::Limited(l) => Deny::Limited(l),
                 AdmitError::Unavailable => Deny::LimiterUnavailable,
             })?;
-        if !admission.token_windows.is_empty() {
-            ctx.tokens_reserved = Some(admission.reserved_tokens);
+        ctx.reserved = Some(plan.charge);
+        if !admission.quota_keys().is_empty() {
+            ctx.stream_plan = plan.stream;
         }
         ctx.admission = Some(admission);
         Ok(())
@@ -196,17 +191,20 @@ impl TenantProxy {
         let (status, code, message) = deny.describe();
         let deny_for_headers = deny.clone();
         ctx.outcome = Outcome::Refused(deny);
-        let body = error_body(code, &message, &ctx.request_id);
+        let body = error_body(code, &message, &ctx.request_id, deny_for_headers.ceiling());
         let mut resp = ResponseHeader::build(status, Some(6))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("x-request-id", &*ctx.request_id)?;
         match &deny_for_headers {
             Deny::Limited(l) => {
-                resp.insert_header(
-                    http::header::RETRY_AFTER,
-                    l.retry_after.as_secs().max(1).to_string(),
-                )?;
+                // A run's budget does not come back: no `Retry-After` invites a pointless retry.
+                if let Some(retry) = l.retry_after {
+                    resp.insert_header(
+                        http::header::RETRY_AFTER,
+                        retry.as_secs().max(1).to_string(),
+                    )?;
+                }
             }
             Deny::LimiterUnavailable | Deny::AuditUnavailable => {
                 resp.insert_header(http::header::RETRY_AFTER, "1")?;
@@ -229,6 +227,25 @@ impl TenantProxy {
             .write_response_body(Some(Bytes::from(body)), true)
             .await?;
         Ok(())
+    }
+
+    /// Ends a stream whose budget ran out: the chunk in hand is dropped, the outcome recorded,
+    /// and the error returned makes pingora drop the upstream (which stops generating) and call
+    /// `fail_to_proxy`, which writes the final event and ends the response cleanly.
+    fn cut_stream(
+        &self,
+        body: &mut Option<Bytes>,
+        reason: CutReason,
+        ctx: &mut RequestCtx,
+    ) -> Box<Error> {
+        *body = None;
+        let deny = Deny::StreamCut(reason);
+        let (_, code, message) = deny.describe();
+        ctx.cut_event = Some(cut_event(code.as_str(), &message, &ctx.request_id));
+        ctx.outcome = Outcome::Refused(deny);
+        let mut e = Error::explain(ErrorType::Custom("stream_cut"), "stream cut: budget spent");
+        e.set_retry(false);
+        e
     }
 
     fn emit(&self, session: &Session, ctx: &mut RequestCtx, status: u16) {
@@ -259,6 +276,15 @@ impl TenantProxy {
                 .upstream_duration
                 .with_label_values(&[tenant_label])
                 .observe(u.as_secs_f64());
+        }
+        if let Some(cost) = ctx.settled.map(|c| c.cost_micros).filter(|c| *c > 0) {
+            METRICS
+                .llm_cost_micros
+                .with_label_values(&[tenant_label])
+                .inc_by(cost);
+        }
+        if matches!(ctx.outcome, Outcome::Refused(Deny::StreamCut(_))) {
+            METRICS.stream_cuts.with_label_values(&[tenant_label]).inc();
         }
         if let Some(u) = ctx.usage {
             for (kind, n) in [
@@ -327,7 +353,13 @@ impl TenantProxy {
             model: ctx.model.clone(),
             credentials: ctx.credential_names.clone(),
             usage: ctx.usage,
-            tokens_reserved: ctx.tokens_reserved,
+            reserved: ctx.reserved,
+            settled: ctx.settled,
+            ceiling: match &ctx.outcome {
+                Outcome::Refused(d) => d.ceiling(),
+                _ => None,
+            },
+            stream_cut: matches!(ctx.outcome, Outcome::Refused(Deny::StreamCut(_))),
             decision,
             reason,
             policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
@@ -760,6 +792,19 @@ impl ProxyHttp for TenantProxy {
                 .and_then(|v| v.to_str().ok())
                 .and_then(UsageMeter::for_content_type);
         }
+        // A stream that may be cut for budget ends with an event of ours, so its length changes.
+        if let (Some(UsageMeter::Sse { .. }), Some(plan), Some(admission)) =
+            (&ctx.usage_meter, ctx.stream_plan, &ctx.admission)
+        {
+            ctx.stream_guard = Some(StreamGuard::new(
+                self.shared.limits.clone(),
+                admission.quota_keys(),
+                plan.covered_output,
+                plan.step_tokens,
+                plan.step,
+            ));
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+        }
         if let Some(scrubber) = ctx.scrubber.as_mut() {
             scrub_headers(scrubber, upstream_response)?;
             if scrubber.replaced > 0 {
@@ -796,6 +841,11 @@ impl ProxyHttp for TenantProxy {
             if end_of_stream {
                 ctx.usage = meter.finish();
             }
+            if let Some(guard) = ctx.stream_guard.as_mut() {
+                if let Verdict::Cut(reason) = guard.observe(meter.output_estimate()) {
+                    return Err(self.cut_stream(body, reason, ctx));
+                }
+            }
         }
         if let Some(stripper) = ctx.usage_stripper.as_mut() {
             let chunk = body.take().unwrap_or_default();
@@ -824,6 +874,16 @@ impl ProxyHttp for TenantProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(event) = ctx.cut_event.take() {
+            // The stream was cut for budget: end it with our event, as a complete response.
+            if let Err(write_err) = session.write_response_body(Some(event.into()), true).await {
+                tracing::debug!(error = %write_err, "cannot end the cut stream");
+            }
+            return FailToProxy {
+                error_code: 200,
+                can_reuse_downstream: false,
+            };
+        }
         let deny = match &ctx.outcome {
             Outcome::Refused(d) => Some(d.clone()),
             _ => deny_for_error(e),
@@ -855,18 +915,30 @@ impl ProxyHttp for TenantProxy {
                 None => Outcome::Forwarded,
             };
         }
-        if let Some(admission) = ctx.admission.take() {
-            // Settle to what the response reported; with no report, a successful call keeps its
-            // whole reservation (never under-count) and a failed one gives it back.
-            let answered = session
-                .response_written()
-                .is_some_and(|r| r.status.is_success());
-            let used = match ctx.usage {
-                Some(u) => u.input_tokens + u.output_tokens,
-                None if answered && e.is_none() => admission.reserved_tokens,
-                None => 0,
+        if let Some(mut admission) = ctx.admission.take() {
+            if let Some(guard) = &ctx.stream_guard {
+                admission.add_extension(guard.granted());
+            }
+            let completed = e.is_none()
+                && session
+                    .response_written()
+                    .is_some_and(|r| r.status.is_success());
+            let ending = Ending {
+                usage: ctx.usage,
+                completed,
+                cut: matches!(ctx.outcome, Outcome::Refused(Deny::StreamCut(_))),
             };
+            let used = limits::plan::settlement(admission.reserved, ctx.prices, ending);
+            ctx.reserved = Some(admission.reserved);
+            ctx.settled = Some(used);
             self.shared.limits.finish(&admission, used).await;
+        } else if let (Some(u), Some(p)) = (ctx.usage, ctx.prices) {
+            // No ceiling applied, but the cost is still recorded and counted.
+            ctx.settled = Some(Charge {
+                tokens: u.input_tokens + u.output_tokens,
+                cost_micros: p.cost_micros(u.input_tokens, u.cached_input_tokens, u.output_tokens),
+                tool_calls: 0,
+            });
         }
         let status = session
             .response_written()

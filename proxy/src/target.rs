@@ -219,6 +219,7 @@ mod tests {
                 port: 443,
                 base_path: "/v2/".into(),
                 internal: false,
+                provider: None,
             },
             Route {
                 name: "openai".into(),
@@ -228,6 +229,7 @@ mod tests {
                 port: 443,
                 base_path: "/".into(),
                 internal: false,
+                provider: None,
             },
         ]
     }

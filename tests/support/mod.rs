@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use tenant_proxy::identity::token::RunBudget;
 use tenant_proxy::identity::token::{mint, MintRequest};
 use tenant_proxy::ids::{TenantId, WorkloadId};
 
@@ -205,6 +206,10 @@ pub struct ProxySpec {
     pub upstream: String,
     /// Extra TOML appended to the tenant file (e.g. `[credentials]`).
     pub tenants_extra: String,
+    /// Top-level keys of the tenant file, written before any table (e.g. `prices_file`).
+    pub tenants_top: String,
+    /// Keys added to one tenant's own table: (tenant, TOML lines), e.g. its `time_zone`.
+    pub tenant_settings: Vec<(&'static str, String)>,
     /// Extra TOML appended to the static file (e.g. `[limiter]`).
     pub static_extra: String,
     /// Environment variables for the proxy process.
@@ -220,6 +225,8 @@ impl Default for ProxySpec {
             routes: String::new(),
             upstream: "read_timeout = \"10s\"".into(),
             tenants_extra: String::new(),
+            tenants_top: String::new(),
+            tenant_settings: Vec::new(),
             static_extra: String::new(),
             env: Vec::new(),
             limits: "",
@@ -304,8 +311,18 @@ level = "info"
             spec.upstream, spec.limits, spec.static_extra
         );
         std::fs::write(dir.path().join("tenant-proxy.toml"), static_toml).unwrap();
+        let mut tenants_tables = TENANTS.to_string();
+        for (tenant, lines) in &spec.tenant_settings {
+            let header = format!("[tenants.{tenant}]\n");
+            assert!(
+                tenants_tables.contains(&header),
+                "no tenant {tenant} in TENANTS"
+            );
+            tenants_tables = tenants_tables.replace(&header, &format!("{header}{lines}\n"));
+        }
         let tenants = format!(
             r#"policy_dir = "policies"
+{}
 [token]
 jwks_file = "jwks.json"
 audience = "tenant-proxy"
@@ -314,8 +331,8 @@ leeway = "5s"
 revoked_jtis_file = "revoked.txt"
 {}
 {}
-{TENANTS}"#,
-            spec.routes, spec.tenants_extra
+{tenants_tables}"#,
+            spec.tenants_top, spec.routes, spec.tenants_extra
         );
         std::fs::write(dir.path().join("tenants.toml"), tenants).unwrap();
         prepare(dir.path());
@@ -492,6 +509,7 @@ pub struct TokenOpts {
     pub run_id: Option<&'static str>,
     pub jti: Option<&'static str>,
     pub kid: Option<&'static str>,
+    pub run_budget: Option<RunBudget>,
 }
 
 impl Default for TokenOpts {
@@ -507,6 +525,7 @@ impl Default for TokenOpts {
             run_id: None,
             jti: None,
             kid: Some("test-ed"),
+            run_budget: None,
         }
     }
 }
@@ -520,7 +539,7 @@ pub fn token(o: TokenOpts) -> String {
         issuer: None,
         ttl: Duration::from_secs(o.ttl_secs),
         run_id: o.run_id.map(String::from),
-        run_budget: None,
+        run_budget: o.run_budget,
         scopes: vec![],
         jti: o.jti.map(String::from),
         kid: o.kid.map(String::from),
@@ -737,6 +756,14 @@ pub fn start_mock() -> u16 {
         });
     });
     port
+}
+
+/// Cost (micro-units) the audit records say calls were settled at.
+pub fn cost_spent(records: &[serde_json::Value]) -> u64 {
+    records
+        .iter()
+        .filter_map(|r| r["settled"]["cost_micros"].as_u64())
+        .sum()
 }
 
 /// LLM tokens (input + output) the audit records say were used.

@@ -57,8 +57,16 @@ pub struct AuditRecord {
     pub credentials: Vec<String>,
     /// LLM usage read from the response, when it reported any.
     pub usage: Option<crate::usage::Usage>,
-    /// Tokens reserved against token ceilings before the call (settled to `usage` after it).
-    pub tokens_reserved: Option<u64>,
+    /// What was reserved against ceilings before the call: tokens, cost (micro-units), tool calls.
+    pub reserved: Option<crate::limits::Charge>,
+    /// What the call was settled at: tokens and cost it used, tool calls it made.
+    pub settled: Option<crate::limits::Charge>,
+    /// For `budget_exhausted`: which ceiling refused (`run`, `day`, `month`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<&'static str>,
+    /// The response stream was ended early because a budget ran out.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stream_cut: bool,
     /// Decision.
     pub decision: Decision,
     /// Reason code (`allowed` or the refusal's code).

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -15,7 +16,9 @@ use crate::credentials::files::{FileCredential, FilesStore};
 use crate::credentials::vault::{MasterKeySource, VaultStore};
 use crate::credentials::CredentialStore;
 use crate::ids::{TenantId, WorkloadId};
+use crate::limits::calendar::TenantCalendar;
 use crate::limits::Ceilings;
+use crate::pricing::PriceTable;
 
 /// The static configuration: listeners, admin, audit, upstream and process settings.
 #[derive(Debug, Clone)]
@@ -54,18 +57,12 @@ pub struct StaticConfig {
 #[derive(Debug, Clone)]
 pub enum LimiterSettings {
     /// Counters in this process.
-    Memory,
-    /// Counters in Redis.
-    Redis {
-        /// Connection URL.
-        url: String,
-        /// Per-call timeout.
-        timeout: Duration,
-        /// Concurrency lease lifetime.
-        lease_ttl: Duration,
-        /// Behaviour when Redis is unreachable.
-        on_unavailable: crate::limits::redis::Unavailable,
+    Memory {
+        /// How long a run's counters live after its last reservation.
+        run_ttl: Duration,
     },
+    /// Counters in Redis.
+    Redis(crate::limits::redis::RedisSettings),
 }
 
 /// Log output format.
@@ -334,8 +331,12 @@ impl StaticConfig {
                 LogFormat::Text
             }
         };
+        let run_ttl = p.duration(
+            "limiter.run_ttl",
+            spec.limiter.run_ttl.as_deref().unwrap_or("168h"),
+        );
         let limiter = match spec.limiter.backend.as_deref() {
-            None | Some("memory") => LimiterSettings::Memory,
+            None | Some("memory") => LimiterSettings::Memory { run_ttl },
             Some("redis") => {
                 let url = spec.limiter.redis_url.clone().unwrap_or_default();
                 if !url.starts_with("redis://") && !url.starts_with("rediss://") {
@@ -363,19 +364,20 @@ impl StaticConfig {
                         crate::limits::redis::Unavailable::FailClosed
                     }
                 };
-                LimiterSettings::Redis {
+                LimiterSettings::Redis(crate::limits::redis::RedisSettings {
                     url,
                     timeout,
                     lease_ttl,
+                    run_ttl,
                     on_unavailable,
-                }
+                })
             }
             Some(other) => {
                 p.push(
                     "limiter.backend",
                     format!("`{other}` is not `memory` or `redis`"),
                 );
-                LimiterSettings::Memory
+                LimiterSettings::Memory { run_ttl }
             }
         };
         if spec.server.threads == 0 {
@@ -425,6 +427,8 @@ pub struct TenantConfig {
     pub credential_settings: CredentialSettings,
     /// Tenants.
     pub tenants: BTreeMap<TenantId, TenantEntry>,
+    /// The price table, if one is configured.
+    pub prices: Option<Arc<PriceTable>>,
 }
 
 /// Token verification settings with resolved paths.
@@ -476,6 +480,8 @@ pub struct TenantEntry {
     pub limits: Ceilings,
     /// Ceilings on single workloads.
     pub workload_limits: HashMap<WorkloadId, Ceilings>,
+    /// The tenant's time zone, where its days and months begin.
+    pub calendar: TenantCalendar,
 }
 
 /// A route-mode mapping from a path prefix to an upstream base URL.
@@ -495,6 +501,8 @@ pub struct Route {
     pub base_path: String,
     /// Forward `baggage` to this upstream.
     pub internal: bool,
+    /// The LLM provider behind the route, for the price table.
+    pub provider: Option<String>,
 }
 
 /// Upstream URL scheme.
@@ -602,11 +610,25 @@ impl TenantConfig {
                     port,
                     base_path,
                     internal: r.internal,
+                    provider: r.provider,
                 }),
                 Err(msg) => p.push(format!("route[{i}].upstream"), msg),
             }
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+
+        let prices =
+            spec.prices_file
+                .as_ref()
+                .and_then(|f| match PriceTable::load(&relative_to(path, f)) {
+                    Ok(table) => Some(Arc::new(table)),
+                    Err(problems) => {
+                        for problem in problems {
+                            p.push("prices_file", problem);
+                        }
+                        None
+                    }
+                });
 
         let mut tenants = BTreeMap::new();
         for (id, t) in spec.tenants {
@@ -635,9 +657,23 @@ impl TenantConfig {
                     "list at least one workload",
                 );
             }
+            let calendar = match TenantCalendar::new(t.time_zone.as_deref().unwrap_or("UTC")) {
+                Ok(c) => c,
+                Err(e) => {
+                    p.push(format!("tenants.{id}.time_zone"), e);
+                    TenantCalendar::utc()
+                }
+            };
             let limits = t.limits.unwrap_or_default();
             if let Err(e) = limits.validate() {
                 p.push(format!("tenants.{id}.limits"), e);
+            }
+            let has_cost = limits.has_cost() || t.workload_limits.values().any(Ceilings::has_cost);
+            if has_cost && spec.prices_file.is_none() {
+                p.push(
+                    format!("tenants.{id}.limits"),
+                    "cost ceilings need a price table: set `prices_file`",
+                );
             }
             let mut workload_limits = HashMap::new();
             for (w, c) in t.workload_limits {
@@ -662,6 +698,7 @@ impl TenantConfig {
                     workloads,
                     limits,
                     workload_limits,
+                    calendar,
                 },
             );
         }
@@ -736,6 +773,7 @@ impl TenantConfig {
             credential_source,
             credential_settings,
             tenants,
+            prices,
         };
         p.finish(config)
     }

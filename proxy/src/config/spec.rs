@@ -190,6 +190,9 @@ pub struct LimiterSpec {
     pub lease_ttl: Option<String>,
     /// `fail_closed` (default: refuse with `limiter_unavailable`) or `local_fallback`.
     pub on_unavailable: Option<String>,
+    /// How long a run's counters (tokens, cost, tool calls, start) live after its last
+    /// reservation (default `168h`).
+    pub run_ttl: Option<String>,
 }
 
 /// `[server]`.
@@ -250,6 +253,8 @@ pub struct TenantsSpec {
     pub routes: Vec<RouteSpec>,
     /// Where tenants' secrets come from and how handles are treated.
     pub credentials: Option<CredentialsSpec>,
+    /// Price table that turns LLM tokens into cost (needed by cost ceilings).
+    pub prices_file: Option<PathBuf>,
     /// Tenants by id.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSpec>,
@@ -312,6 +317,9 @@ pub struct RouteSpec {
     /// An internal service: W3C `baggage` is forwarded to it (it is removed toward external hosts).
     #[serde(default)]
     pub internal: bool,
+    /// The LLM provider behind the route, for the price table (`openai`, `anthropic`, …);
+    /// well-known API hosts need none.
+    pub provider: Option<String>,
 }
 
 /// `[tenants.<id>]`.
@@ -322,6 +330,8 @@ pub struct TenantSpec {
     pub plan: String,
     /// Region, available to policies (`principal.tenant.region`).
     pub region: String,
+    /// IANA time zone in which the tenant's days and months (cost ceilings) begin (default UTC).
+    pub time_zone: Option<String>,
     /// Workload ids of this tenant.
     pub workloads: Vec<String>,
     /// Ceilings on the tenant's traffic as a whole.

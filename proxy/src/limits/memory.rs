@@ -1,15 +1,23 @@
-//! In-memory counters for a single proxy: sharded locks (no global lock), GCRA for rates,
-//! plain counters for concurrency.
+//! In-memory counters for a single proxy: sharded locks (no global lock), GCRA for rates, plain
+//! counters for concurrency, reserved-then-settled amounts for tokens and cost. Counters of
+//! calendar windows and runs expire, so a long-lived proxy does not keep every run it ever saw.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{Admission, AdmitError, LimitBackend, LimitDeny, LimitKey, LimitKind, RateHeadline};
+use super::{
+    Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind, RateHeadline,
+};
 
 const SHARDS: usize = 64;
+/// A shard is swept of expired counters when it has grown past this many (and then past twice
+/// the size it had after the last sweep).
+const SWEEP_FLOOR: usize = 1024;
+/// How long a run's counters live after they were last reserved against, by default.
+pub const DEFAULT_RUN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug)]
 enum State {
@@ -17,29 +25,48 @@ enum State {
     Rate { tat: u64 },
     /// In-flight count.
     Concurrency { in_flight: u32 },
-    /// Tokens used or reserved in minute `window`.
-    Tokens { window: u64, used: u64 },
+    /// Tokens used or reserved in minute `window` (of `epoch`).
+    PerMinute { window: u64, used: u64 },
+    /// Amount used or reserved in the window the key names, until `expires_ms` (unix).
+    Quota { used: u64, expires_ms: i64 },
+    /// When a run started (unix ms), until `expires_ms`.
+    Started { at_ms: i64, expires_ms: i64 },
+}
+
+impl State {
+    fn expired(&self, now_ms: i64) -> bool {
+        match self {
+            State::Quota { expires_ms, .. } | State::Started { expires_ms, .. } => {
+                *expires_ms <= now_ms
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    counters: HashMap<String, State>,
+    sweep_at: usize,
 }
 
 /// Counters in this process.
 #[derive(Debug)]
 pub struct MemoryBackend {
-    shards: Vec<Mutex<HashMap<LimitKey, State>>>,
+    shards: Vec<Mutex<Shard>>,
     epoch: Instant,
+    run_ttl: Duration,
 }
 
 impl Default for MemoryBackend {
     fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            epoch: Instant::now(),
-        }
+        Self::new(DEFAULT_RUN_TTL)
     }
 }
 
-fn shard_of(key: &LimitKey) -> usize {
+fn shard_of(name: &str) -> usize {
     let mut h = DefaultHasher::new();
-    key.hash(&mut h);
+    name.hash(&mut h);
     (h.finish() as usize) % SHARDS
 }
 
@@ -50,50 +77,118 @@ fn gcra(per_period: u32, period_secs: u32, burst: u32) -> (u64, u64) {
     (interval, tolerance)
 }
 
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl MemoryBackend {
-    fn now(&self) -> u64 {
+    /// Counters whose run keys live `run_ttl` after their last reservation.
+    pub fn new(run_ttl: Duration) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            epoch: Instant::now(),
+            run_ttl,
+        }
+    }
+
+    fn mono_nanos(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self, id: usize) -> MutexGuard<'_, Shard> {
+        // A poisoned shard only means another thread panicked mid-update; counters stay usable.
+        self.shards[id].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expiry_ms(&self, key: &LimitKey, now_ms: i64) -> i64 {
+        match key.kind {
+            LimitKind::Quota { window, .. } => window
+                .expires_at()
+                .map_or(now_ms.saturating_add(ms(self.run_ttl)), |s| {
+                    s.saturating_mul(1000)
+                }),
+            _ => now_ms.saturating_add(ms(self.run_ttl)),
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl LimitBackend for MemoryBackend {
-    async fn admit(&self, keys: &[LimitKey], tokens: u64) -> Result<Admission, AdmitError> {
-        self.admit_now(keys, tokens).map_err(AdmitError::Limited)
+    async fn admit(&self, keys: &[LimitKey], charge: Charge) -> Result<Admission, AdmitError> {
+        self.admit_now(keys, charge).map_err(AdmitError::Limited)
     }
 
-    async fn settle(&self, admission: &Admission, used: u64) {
+    async fn finish(&self, admission: &Admission, used: Charge) {
         self.settle_now(admission, used);
+        self.release_now(&admission.leases);
     }
 
-    async fn release(&self, admission: &Admission) {
-        self.release_now(&admission.leases);
+    async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, String> {
+        let now_ms = unix_ms();
+        let window = self.mono_nanos() / 60_000_000_000;
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let name = key.to_string();
+                let shard = self.lock(shard_of(&name));
+                match shard.counters.get(&name) {
+                    Some(State::Concurrency { in_flight }) => u64::from(*in_flight),
+                    Some(State::PerMinute { window: w, used }) if *w == window => *used,
+                    Some(s @ State::Quota { used, .. }) if !s.expired(now_ms) => *used,
+                    Some(s @ State::Started { at_ms, .. }) if !s.expired(now_ms) => {
+                        u64::try_from((now_ms - at_ms) / 1000).unwrap_or(0)
+                    }
+                    _ => 0,
+                }
+            })
+            .collect())
     }
 }
 
 impl MemoryBackend {
-    /// Synchronous admit (no I/O): checks all keys, then commits all.
-    pub fn admit_now(&self, keys: &[LimitKey], tokens: u64) -> Result<Admission, LimitDeny> {
-        let now = self.now();
-        let window = now / 60_000_000_000;
+    /// Synchronous admit (no I/O) at the current time.
+    pub fn admit_now(&self, keys: &[LimitKey], charge: Charge) -> Result<Admission, LimitDeny> {
+        self.admit_at(keys, charge, unix_ms())
+    }
+
+    /// Checks all keys, then commits all, as of unix time `now_ms` (calendar windows are in the
+    /// keys; `now_ms` decides wall time and expiry).
+    pub fn admit_at(
+        &self,
+        keys: &[LimitKey],
+        charge: Charge,
+        now_ms: i64,
+    ) -> Result<Admission, LimitDeny> {
+        let now = self.mono_nanos();
+        let minute = now / 60_000_000_000;
+        let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
         // Lock the shards involved in index order (no deadlock), decide, then commit.
-        let mut shard_ids: Vec<usize> = keys.iter().map(shard_of).collect();
+        let mut shard_ids: Vec<usize> = names.iter().map(|n| shard_of(n)).collect();
         shard_ids.sort_unstable();
         shard_ids.dedup();
-        let mut guards: Vec<(usize, std::sync::MutexGuard<'_, HashMap<LimitKey, State>>)> =
-            Vec::new();
-        for id in shard_ids {
-            // A poisoned shard only means another thread panicked mid-update; counters stay usable.
-            let guard = self.shards[id].lock().unwrap_or_else(|p| p.into_inner());
-            guards.push((id, guard));
-        }
-        let mut updates: Vec<(usize, LimitKey, State)> = Vec::with_capacity(keys.len());
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = shard_ids
+            .into_iter()
+            .map(|id| (id, self.lock(id)))
+            .collect();
+        let mut updates: Vec<(usize, State)> = Vec::with_capacity(keys.len());
         let mut admission = Admission::default();
-        for key in keys {
-            let id = shard_of(key);
-            let Some((_, shard)) = guards.iter().find(|(i, _)| *i == id) else {
+        let deny = |key: &LimitKey, estimate: Duration| {
+            LimitDeny::for_key(key, now_ms.div_euclid(1000), estimate)
+        };
+        for (i, key) in keys.iter().enumerate() {
+            let name = &names[i];
+            let id = shard_of(name);
+            let Some((_, shard)) = guards.iter().find(|(s, _)| *s == id) else {
                 continue;
             };
+            let current = shard.counters.get(name).filter(|s| !s.expired(now_ms));
             match key.kind {
                 LimitKind::Rate {
                     per_period,
@@ -101,95 +196,133 @@ impl MemoryBackend {
                     burst,
                 } => {
                     let (interval, tolerance) = gcra(per_period, period_secs, burst);
-                    let tat = match shard.get(key) {
+                    let tat = match current {
                         Some(State::Rate { tat }) => (*tat).max(now),
                         _ => now,
                     };
                     let allow_at = tat.saturating_sub(tolerance);
                     if now < allow_at {
-                        return Err(LimitDeny {
-                            key: key.clone(),
-                            retry_after: Duration::from_nanos(allow_at - now),
-                        });
+                        return Err(deny(key, Duration::from_nanos(allow_at - now)));
                     }
                     let new_tat = tat + interval;
                     let remaining = u32::try_from(
                         (tolerance + interval).saturating_sub(new_tat - now) / interval.max(1),
                     )
                     .unwrap_or(0);
-                    let headline = RateHeadline {
-                        limit: per_period,
-                        remaining,
-                        reset_secs: Duration::from_nanos(new_tat - now).as_secs().max(1),
-                    };
                     if admission.headline.is_none_or(|h| remaining < h.remaining) {
-                        admission.headline = Some(headline);
+                        admission.headline = Some(RateHeadline {
+                            limit: per_period,
+                            remaining,
+                            reset_secs: Duration::from_nanos(new_tat - now).as_secs().max(1),
+                        });
                     }
-                    updates.push((id, key.clone(), State::Rate { tat: new_tat }));
+                    updates.push((i, State::Rate { tat: new_tat }));
                 }
                 LimitKind::Concurrency { max } => {
-                    let in_flight = match shard.get(key) {
+                    let in_flight = match current {
                         Some(State::Concurrency { in_flight }) => *in_flight,
                         _ => 0,
                     };
                     if in_flight >= max {
-                        return Err(LimitDeny {
-                            key: key.clone(),
-                            retry_after: Duration::from_secs(1),
-                        });
+                        return Err(deny(key, Duration::from_secs(1)));
                     }
                     updates.push((
-                        id,
-                        key.clone(),
+                        i,
                         State::Concurrency {
                             in_flight: in_flight + 1,
                         },
                     ));
                     admission.leases.push(key.clone());
                 }
-                LimitKind::Tokens { per_minute } => {
-                    let used = match shard.get(key) {
-                        Some(State::Tokens { window: w, used }) if *w == window => *used,
+                LimitKind::TokensPerMinute { ceiling } => {
+                    let used = match current {
+                        Some(State::PerMinute { window, used }) if *window == minute => *used,
                         _ => 0,
                     };
-                    if used + tokens > per_minute {
-                        let next = (window + 1) * 60_000_000_000;
-                        return Err(LimitDeny {
-                            key: key.clone(),
-                            retry_after: Duration::from_nanos(next - now),
-                        });
+                    if used.saturating_add(charge.tokens) > ceiling {
+                        let next = (minute + 1) * 60_000_000_000;
+                        return Err(deny(key, Duration::from_nanos(next - now)));
                     }
                     updates.push((
-                        id,
-                        key.clone(),
-                        State::Tokens {
-                            window,
-                            used: used + tokens,
+                        i,
+                        State::PerMinute {
+                            window: minute,
+                            used: used + charge.tokens,
                         },
                     ));
-                    admission.token_windows.push((key.clone(), window));
-                    admission.reserved_tokens = tokens;
+                    admission.meter(key, minute, charge);
+                }
+                LimitKind::Quota {
+                    measure, ceiling, ..
+                } => {
+                    let used = match current {
+                        Some(State::Quota { used, .. }) => *used,
+                        _ => 0,
+                    };
+                    let amount = charge.of(measure);
+                    if used.saturating_add(amount) > ceiling {
+                        return Err(deny(key, Duration::ZERO));
+                    }
+                    updates.push((
+                        i,
+                        State::Quota {
+                            used: used + amount,
+                            expires_ms: self.expiry_ms(key, now_ms),
+                        },
+                    ));
+                    admission.meter(key, 0, charge);
+                }
+                LimitKind::WallTime { max_secs } => {
+                    let at_ms = match current {
+                        Some(State::Started { at_ms, .. }) => *at_ms,
+                        _ => now_ms,
+                    };
+                    let limit_ms = i64::try_from(max_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+                    if now_ms.saturating_sub(at_ms) > limit_ms {
+                        return Err(deny(key, Duration::ZERO));
+                    }
+                    updates.push((
+                        i,
+                        State::Started {
+                            at_ms,
+                            expires_ms: self.expiry_ms(key, now_ms),
+                        },
+                    ));
                 }
             }
         }
-        for (id, key, state) in updates {
-            if let Some((_, shard)) = guards.iter_mut().find(|(i, _)| *i == id) {
-                shard.insert(key, state);
+        for (i, state) in updates {
+            let id = shard_of(&names[i]);
+            if let Some((_, shard)) = guards.iter_mut().find(|(s, _)| *s == id) {
+                shard.counters.insert(names[i].clone(), state);
+                if shard.counters.len() >= shard.sweep_at.max(SWEEP_FLOOR) {
+                    shard.counters.retain(|_, s| !s.expired(now_ms));
+                    shard.sweep_at = shard.counters.len() * 2;
+                }
             }
         }
+        admission.reserved = charge;
         Ok(admission)
     }
 
-    /// Settles token reservations made in their window; a later window starts afresh.
-    pub fn settle_now(&self, admission: &Admission, used: u64) {
-        for (key, window) in &admission.token_windows {
-            let mut shard = self.shards[shard_of(key)]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(State::Tokens { window: w, used: u }) = shard.get_mut(key) {
-                if w == window {
-                    *u = (*u + used).saturating_sub(admission.reserved_tokens);
-                }
+    /// Settles reservations to `used`. A per-minute reservation is settled only in its own
+    /// minute (a later minute starts afresh).
+    pub fn settle_now(&self, admission: &Admission, used: Charge) {
+        for m in &admission.metered {
+            let Some(measure) = m.key.kind.measure() else {
+                continue;
+            };
+            let name = m.key.to_string();
+            let mut shard = self.lock(shard_of(&name));
+            let settle = |u: &mut u64| {
+                *u = u
+                    .saturating_add(used.of(measure))
+                    .saturating_sub(m.reserved);
+            };
+            match shard.counters.get_mut(&name) {
+                Some(State::PerMinute { window, used: u }) if *window == m.window => settle(u),
+                Some(State::Quota { used: u, .. }) => settle(u),
+                _ => {}
             }
         }
     }
@@ -197,10 +330,9 @@ impl MemoryBackend {
     /// Gives back concurrency slots.
     pub fn release_now(&self, leases: &[LimitKey]) {
         for key in leases {
-            let mut shard = self.shards[shard_of(key)]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(State::Concurrency { in_flight }) = shard.get_mut(key) {
+            let name = key.to_string();
+            let mut shard = self.lock(shard_of(&name));
+            if let Some(State::Concurrency { in_flight }) = shard.counters.get_mut(&name) {
                 *in_flight = in_flight.saturating_sub(1);
             }
         }
@@ -210,11 +342,33 @@ impl MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::token::RunBudget;
     use crate::ids::{TenantId, WorkloadId};
-    use crate::limits::{keys_for, Ceilings, Scope};
+    use crate::limits::calendar::TenantCalendar;
+    use crate::limits::{keys_for, CallKind, Ceilings, Measure, Scope, Subject, Window};
+
+    /// 2026-11-22T23:30:00Z.
+    const NOW: i64 = 1_795_390_200;
 
     fn tid(s: &str) -> TenantId {
         TenantId::new(s).expect("id")
+    }
+
+    fn keys(tenant: &str, c: &Ceilings, call: CallKind) -> Vec<LimitKey> {
+        let (t, w) = (tid(tenant), WorkloadId::new("bot").expect("id"));
+        let who = Subject {
+            tenant: &t,
+            workload: &w,
+            run: None,
+        };
+        keys_for(who, c, None, &TenantCalendar::utc(), NOW, call)
+    }
+
+    fn tokens(n: u64) -> Charge {
+        Charge {
+            tokens: n,
+            ..Charge::default()
+        }
     }
 
     #[test]
@@ -225,19 +379,19 @@ mod tests {
             burst: Some(3),
             ..Default::default()
         };
-        let keys = keys_for(
-            &tid("acme"),
-            &WorkloadId::new("bot").expect("id"),
-            &c,
-            None,
-            false,
-        );
+        let keys = keys("acme", &c, CallKind::Tool);
         for i in 0..3 {
-            assert!(m.admit_now(&keys, 0).is_ok(), "burst request {i}");
+            assert!(
+                m.admit_now(&keys, Charge::default()).is_ok(),
+                "burst request {i}"
+            );
         }
-        let deny = m.admit_now(&keys, 0).expect_err("over the burst");
+        let deny = m
+            .admit_now(&keys, Charge::default())
+            .expect_err("over the burst");
+        let retry = deny.retry_after.expect("rates say when");
         assert!(
-            deny.retry_after > Duration::ZERO && deny.retry_after <= Duration::from_millis(500),
+            retry > Duration::ZERO && retry <= Duration::from_millis(500),
             "{deny:?}"
         );
         assert_eq!(deny.key.scope, Scope::Tenant(tid("acme")));
@@ -254,19 +408,41 @@ mod tests {
             concurrency: Some(1),
             ..Default::default()
         };
-        let bot = WorkloadId::new("bot").expect("id");
-        let other = WorkloadId::new("other").expect("id");
-        let keys_bot = keys_for(&tid("acme"), &bot, &tenant, Some(&workload), false);
-        let a = m.admit_now(&keys_bot, 0).expect("first");
+        let acme = tid("acme");
+        let (bot, other) = (
+            WorkloadId::new("bot").expect("id"),
+            WorkloadId::new("other").expect("id"),
+        );
+        let cal = TenantCalendar::utc();
+        let who = |w| Subject {
+            tenant: &acme,
+            workload: w,
+            run: None,
+        };
+        let keys_bot = keys_for(
+            who(&bot),
+            &tenant,
+            Some(&workload),
+            &cal,
+            NOW,
+            CallKind::Tool,
+        );
+        let a = m.admit_now(&keys_bot, Charge::default()).expect("first");
         // The workload ceiling refuses; the tenant slot it would have taken is not consumed.
-        assert!(m.admit_now(&keys_bot, 0).is_err());
-        let keys_other = keys_for(&tid("acme"), &other, &tenant, None, false);
+        assert!(m.admit_now(&keys_bot, Charge::default()).is_err());
+        let keys_other = keys_for(who(&other), &tenant, None, &cal, NOW, CallKind::Tool);
         let b = m
-            .admit_now(&keys_other, 0)
+            .admit_now(&keys_other, Charge::default())
             .expect("tenant has one slot left");
-        assert!(m.admit_now(&keys_other, 0).is_err(), "tenant full");
+        assert!(
+            m.admit_now(&keys_other, Charge::default()).is_err(),
+            "tenant full"
+        );
         m.release_now(&a.leases);
-        assert!(m.admit_now(&keys_other, 0).is_ok(), "slot given back");
+        assert!(
+            m.admit_now(&keys_other, Charge::default()).is_ok(),
+            "slot given back"
+        );
         m.release_now(&b.leases);
     }
 
@@ -277,34 +453,23 @@ mod tests {
             tokens_per_minute: Some(200),
             ..Default::default()
         };
-        let keys = keys_for(
-            &tid("acme"),
-            &WorkloadId::new("bot").expect("id"),
-            &c,
-            None,
-            true,
-        );
-        let a = m.admit_now(&keys, 150).expect("150 of 200");
+        let llm = keys("acme", &c, CallKind::Llm);
+        let a = m.admit_now(&llm, tokens(150)).expect("150 of 200");
         assert!(
-            m.admit_now(&keys, 150).is_err(),
+            m.admit_now(&llm, tokens(150)).is_err(),
             "reserved, not yet settled"
         );
-        m.settle_now(&a, 26);
+        m.settle_now(&a, tokens(26));
         let b = m
-            .admit_now(&keys, 150)
+            .admit_now(&llm, tokens(150))
             .expect("26 + 150 fits after settling");
-        m.settle_now(&b, 26);
-        let deny = m.admit_now(&keys, 150).expect_err("52 + 150 > 200");
-        assert!(deny.retry_after <= Duration::from_secs(60));
+        m.settle_now(&b, tokens(26));
+        let deny = m.admit_now(&llm, tokens(150)).expect_err("52 + 150 > 200");
+        assert!(deny
+            .retry_after
+            .is_some_and(|r| r <= Duration::from_secs(60)));
         // A non-LLM call has no token key at all.
-        assert!(keys_for(
-            &tid("acme"),
-            &WorkloadId::new("bot").expect("id"),
-            &c,
-            None,
-            false
-        )
-        .is_empty());
+        assert!(keys("acme", &c, CallKind::Tool).is_empty());
     }
 
     #[test]
@@ -312,15 +477,35 @@ mod tests {
         let m = MemoryBackend::default();
         let c = Ceilings {
             requests_per_second: Some(1),
+            cost_per_day_micros: Some(100),
             ..Default::default()
         };
-        let w = WorkloadId::new("bot").expect("id");
-        let acme = keys_for(&tid("acme"), &w, &c, None, false);
-        let globex = keys_for(&tid("globex"), &w, &c, None, false);
-        assert!(m.admit_now(&acme, 0).is_ok());
-        assert!(m.admit_now(&acme, 0).is_err(), "acme exhausted");
-        assert!(m.admit_now(&globex, 0).is_ok(), "globex untouched by acme");
+        let acme = keys("acme", &c, CallKind::Llm);
+        let globex = keys("globex", &c, CallKind::Llm);
+        let cost = Charge {
+            cost_micros: 100,
+            ..Charge::default()
+        };
+        assert!(m.admit_now(&acme, cost).is_ok());
+        assert!(
+            m.admit_now(&acme, Charge::default()).is_err(),
+            "acme exhausted"
+        );
+        assert!(
+            m.admit_now(&globex, cost).is_ok(),
+            "globex untouched by acme"
+        );
         assert_eq!(acme[0].to_string(), "tp:{acme}:rate_s");
+        let read = futures_read(&m, &globex);
+        assert_eq!(read, vec![0, 100]);
+    }
+
+    fn futures_read(m: &MemoryBackend, keys: &[LimitKey]) -> Vec<u64> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt")
+            .block_on(m.read(keys))
+            .expect("read")
     }
 
     #[test]
@@ -328,21 +513,168 @@ mod tests {
         let m = std::sync::Arc::new(MemoryBackend::default());
         let c = Ceilings {
             requests_per_minute: Some(50),
+            cost_per_month_micros: Some(1_000),
             ..Default::default()
         };
-        let keys = keys_for(
-            &tid("acme"),
-            &WorkloadId::new("bot").expect("id"),
-            &c,
-            None,
-            false,
-        );
+        let keys = keys("acme", &c, CallKind::Llm);
+        let charge = Charge {
+            cost_micros: 7,
+            ..Charge::default()
+        };
         let admitted: usize = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| (0..100).filter(|_| m.admit_now(&keys, 0).is_ok()).count()))
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..100)
+                            .filter(|_| m.admit_now(&keys, charge).is_ok())
+                            .count()
+                    })
+                })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
         });
-        assert_eq!(admitted, 50);
+        assert_eq!(admitted, 50, "the request rate binds first (50 × 7 < 1000)");
+    }
+
+    #[test]
+    fn daily_cost_rolls_over_at_local_midnight_and_the_month_does_not() {
+        let m = MemoryBackend::default();
+        let cal = TenantCalendar::new("Asia/Tokyo").expect("tz");
+        let c = Ceilings {
+            cost_per_day_micros: Some(1_000),
+            cost_per_month_micros: Some(1_500),
+            ..Default::default()
+        };
+        let (t, w) = (tid("acme"), WorkloadId::new("bot").expect("id"));
+        let who = Subject {
+            tenant: &t,
+            workload: &w,
+            run: None,
+        };
+        // 2026-11-22T14:59:59Z is 23:59:59 in Tokyo; one second later it is the 23rd there.
+        let before = 1_795_359_599;
+        let cost = |n| Charge {
+            cost_micros: n,
+            ..Charge::default()
+        };
+        let day1 = keys_for(who, &c, None, &cal, before, CallKind::Llm);
+        m.admit_at(&day1, cost(1_000), before * 1000)
+            .expect("the whole day");
+        let deny = m
+            .admit_at(&day1, cost(1), before * 1000)
+            .expect_err("day spent");
+        assert!(matches!(
+            deny.key.kind,
+            LimitKind::Quota {
+                window: Window::Day(_),
+                measure: Measure::Cost,
+                ..
+            }
+        ));
+        assert_eq!(
+            deny.retry_after,
+            Some(Duration::from_secs(1)),
+            "midnight is a second away"
+        );
+        let day2 = keys_for(who, &c, None, &cal, before + 1, CallKind::Llm);
+        m.admit_at(&day2, cost(500), (before + 1) * 1000)
+            .expect("a new day");
+        let deny = m
+            .admit_at(&day2, cost(1), (before + 1) * 1000)
+            .expect_err("but the month is spent");
+        assert!(matches!(
+            deny.key.kind,
+            LimitKind::Quota {
+                window: Window::Month(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn run_budgets_count_tool_calls_and_wall_time_per_run() {
+        let m = MemoryBackend::default();
+        let budget = RunBudget {
+            tool_calls: Some(2),
+            wall_time_s: Some(60),
+            ..RunBudget::default()
+        };
+        let (t, w) = (tid("acme"), WorkloadId::new("bot").expect("id"));
+        let run = |id| Subject {
+            tenant: &t,
+            workload: &w,
+            run: Some((id, &budget)),
+        };
+        let cal = TenantCalendar::utc();
+        let start = NOW * 1000;
+        let k1 = keys_for(
+            run("r1"),
+            &Ceilings::default(),
+            None,
+            &cal,
+            NOW,
+            CallKind::Tool,
+        );
+        let one = Charge {
+            tool_calls: 1,
+            ..Charge::default()
+        };
+        m.admit_at(&k1, one, start).expect("first tool call");
+        m.admit_at(&k1, one, start).expect("second tool call");
+        let deny = m
+            .admit_at(&k1, one, start)
+            .expect_err("third is over the run's two");
+        assert_eq!(deny.retry_after, None, "a run's budget does not come back");
+        // Another run has its own budget; the first run's wall time runs from its first call.
+        let k2 = keys_for(
+            run("r2"),
+            &Ceilings::default(),
+            None,
+            &cal,
+            NOW,
+            CallKind::Tool,
+        );
+        m.admit_at(&k2, one, start + 60_000).expect("r2 starts now");
+        let deny = m
+            .admit_at(&k1, Charge::default(), start + 60_001)
+            .expect_err("r1 is past 60 s");
+        assert!(matches!(deny.key.kind, LimitKind::WallTime { .. }));
+        m.admit_at(&k2, Charge::default(), start + 60_001)
+            .expect("r2 is young");
+    }
+
+    #[test]
+    fn expired_counters_are_swept() {
+        let m = MemoryBackend::new(Duration::from_secs(1));
+        let budget = RunBudget {
+            tool_calls: Some(5),
+            ..RunBudget::default()
+        };
+        let (t, w) = (tid("acme"), WorkloadId::new("bot").expect("id"));
+        let cal = TenantCalendar::utc();
+        let one = Charge {
+            tool_calls: 1,
+            ..Charge::default()
+        };
+        // Three times what the shards hold before they sweep: unswept, all of them would stay.
+        let total = 3 * SWEEP_FLOOR * SHARDS;
+        for i in 0..total {
+            let id = format!("run-{i}");
+            let who = Subject {
+                tenant: &t,
+                workload: &w,
+                run: Some((&id, &budget)),
+            };
+            let keys = keys_for(who, &Ceilings::default(), None, &cal, NOW, CallKind::Tool);
+            // Each run is seen once, two seconds after the previous: all earlier ones expired.
+            m.admit_at(&keys, one, (NOW + 2 * i as i64) * 1000)
+                .expect("admit");
+        }
+        let held: usize = (0..SHARDS).map(|i| m.lock(i).counters.len()).sum();
+        // A shard sweeps when it reaches the floor, so none holds much more than that.
+        assert!(
+            held <= SWEEP_FLOOR * SHARDS + SHARDS,
+            "{held} of {total} counters held"
+        );
     }
 }

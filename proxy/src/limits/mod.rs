@@ -1,18 +1,37 @@
-//! Request-rate and concurrency ceilings per tenant and per workload.
+//! Ceilings per tenant, per workload and per run: request rate, concurrency, LLM tokens, cost
+//! and a run's tool calls and wall time.
 //!
 //! Each ceiling is a [`LimitKey`] (always carrying the tenant, so one tenant's traffic can never
 //! move another's counters) checked by a [`LimitBackend`]. A request is admitted only if every
 //! ceiling that applies to it admits it; the check and the update are one atomic step per
-//! request, so concurrent requests cannot overshoot. The in-memory backend ([`memory`]) serves a
-//! single proxy; a shared backend for replicas implements the same trait.
+//! request, so concurrent requests cannot overshoot. Metered amounts (tokens, cost) are reserved
+//! at their worst case before the call and settled to what the call really used after it. The
+//! in-memory backend ([`memory`]) serves a single proxy; [`redis`] is shared by replicas.
 
+pub mod calendar;
 pub mod memory;
+pub mod plan;
 pub mod redis;
+pub mod report;
+pub mod stream;
 
 use std::fmt;
 use std::time::Duration;
 
+use crate::identity::token::RunBudget;
 use crate::ids::{TenantId, WorkloadId};
+use calendar::{Period, TenantCalendar};
+
+/// What a streaming LLM response does when its tenant or run runs out of budget mid-way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MidStream {
+    /// End the stream with a final SSE `error` event (default): no spend past the ceiling.
+    #[default]
+    Cut,
+    /// Let the response finish; the overage is settled against the ceiling afterwards.
+    Finish,
+}
 
 /// Ceilings for one scope (a tenant's aggregate, or one workload).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -28,8 +47,15 @@ pub struct Ceilings {
     pub concurrency: Option<u32>,
     /// LLM tokens (input + output) per minute, reserved before a call and settled after it.
     pub tokens_per_minute: Option<u64>,
+    /// LLM cost per calendar day in the tenant's time zone, in micro-units of the price
+    /// table's currency.
+    pub cost_per_day_micros: Option<u64>,
+    /// LLM cost per calendar month in the tenant's time zone, in micro-units.
+    pub cost_per_month_micros: Option<u64>,
     /// Output tokens to reserve for an LLM call that sets no `max_tokens` (default 1024).
     pub assumed_max_tokens: Option<u64>,
+    /// What a stream that crosses a tokens or cost ceiling does (default `cut`).
+    pub mid_stream: Option<MidStream>,
 }
 
 impl Ceilings {
@@ -39,20 +65,26 @@ impl Ceilings {
             && self.requests_per_minute.is_none()
             && self.concurrency.is_none()
             && self.tokens_per_minute.is_none()
+            && !self.has_cost()
+    }
+
+    /// Whether a cost ceiling is set (a price table is then required).
+    pub fn has_cost(&self) -> bool {
+        self.cost_per_day_micros.is_some() || self.cost_per_month_micros.is_some()
     }
 
     /// Checks values are usable.
     pub fn validate(&self) -> Result<(), String> {
+        let wide = |v: Option<u64>| v.map(|v| u32::try_from(v).unwrap_or(u32::MAX));
         for (name, v) in [
             ("requests_per_second", self.requests_per_second),
             ("burst", self.burst),
             ("requests_per_minute", self.requests_per_minute),
             ("concurrency", self.concurrency),
-            (
-                "tokens_per_minute",
-                self.tokens_per_minute
-                    .map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
-            ),
+            ("tokens_per_minute", wide(self.tokens_per_minute)),
+            ("cost_per_day_micros", wide(self.cost_per_day_micros)),
+            ("cost_per_month_micros", wide(self.cost_per_month_micros)),
+            ("assumed_max_tokens", wide(self.assumed_max_tokens)),
         ] {
             if v == Some(0) {
                 return Err(format!(
@@ -67,13 +99,24 @@ impl Ceilings {
     }
 }
 
-/// What a counter is scoped to. Every key names its tenant.
+/// What a counter is scoped to. Every scope names its tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
     /// All of a tenant's workloads together.
     Tenant(TenantId),
     /// One workload of a tenant.
     Workload(TenantId, WorkloadId),
+    /// One run of a tenant (a signed run id: an agent cannot pick a fresh one).
+    Run(TenantId, String),
+}
+
+impl Scope {
+    /// The tenant the counter belongs to.
+    pub fn tenant(&self) -> &TenantId {
+        match self {
+            Scope::Tenant(t) | Scope::Workload(t, _) | Scope::Run(t, _) => t,
+        }
+    }
 }
 
 /// One ceiling to check.
@@ -87,10 +130,26 @@ pub struct LimitKey {
 
 impl fmt::Display for LimitKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The Redis-style key shape: the tenant as a hash tag so one tenant's keys share a slot.
+        // The Redis key: the tenant as a hash tag so one tenant's keys share a Cluster slot. The
+        // ceiling's value is not part of it, so changing a ceiling keeps what was spent.
         match &self.scope {
-            Scope::Tenant(t) => write!(f, "tp:{{{t}}}:{}", self.kind.as_str()),
-            Scope::Workload(t, w) => write!(f, "tp:{{{t}}}:w:{w}:{}", self.kind.as_str()),
+            Scope::Tenant(t) => write!(f, "tp:{{{t}}}:")?,
+            Scope::Workload(t, w) => write!(f, "tp:{{{t}}}:w:{w}:")?,
+            Scope::Run(t, r) => write!(f, "tp:{{{t}}}:run:{r}:")?,
+        }
+        match &self.kind {
+            LimitKind::Rate { period_secs: 1, .. } => f.write_str("rate_s"),
+            LimitKind::Rate { .. } => f.write_str("rate_m"),
+            LimitKind::Concurrency { .. } => f.write_str("conc"),
+            LimitKind::TokensPerMinute { .. } => f.write_str("tpm"),
+            LimitKind::Quota {
+                measure, window, ..
+            } => match window {
+                Window::Run => f.write_str(measure.as_str()),
+                Window::Day(p) => write!(f, "{}:d{}", measure.as_str(), p.id),
+                Window::Month(p) => write!(f, "{}:m{}", measure.as_str(), p.id),
+            },
+            LimitKind::WallTime { .. } => f.write_str("start"),
         }
     }
 }
@@ -112,81 +171,269 @@ pub enum LimitKind {
         /// Most at once.
         max: u32,
     },
-    /// LLM tokens per calendar minute (reserved, then settled to actual usage).
-    Tokens {
+    /// LLM tokens per minute of the backend's clock (reserved, then settled).
+    TokensPerMinute {
         /// Most per minute.
-        per_minute: u64,
+        ceiling: u64,
+    },
+    /// An amount reserved, then settled, within a fixed window named in the key.
+    Quota {
+        /// What is counted.
+        measure: Measure,
+        /// Over which window.
+        window: Window,
+        /// Most in the window.
+        ceiling: u64,
+    },
+    /// A run's wall time, counted from its first request.
+    WallTime {
+        /// Most seconds.
+        max_secs: u64,
     },
 }
 
 impl LimitKind {
-    fn as_str(&self) -> &'static str {
+    /// What the kind meters, if it reserves and settles an amount.
+    pub fn measure(&self) -> Option<Measure> {
         match self {
-            LimitKind::Rate { period_secs: 1, .. } => "rate_s",
-            LimitKind::Rate { .. } => "rate_m",
-            LimitKind::Concurrency { .. } => "conc",
-            LimitKind::Tokens { .. } => "tpm",
+            LimitKind::TokensPerMinute { .. } => Some(Measure::Tokens),
+            LimitKind::Quota { measure, .. } => Some(*measure),
+            _ => None,
         }
     }
 }
 
-/// The ceilings that apply to one request.
+/// What a [`LimitKind::Quota`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    /// LLM tokens, input plus output.
+    Tokens,
+    /// LLM cost in micro-units of currency.
+    Cost,
+    /// Calls that are not LLM calls (tools).
+    ToolCalls,
+}
+
+impl Measure {
+    /// Name in keys and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Measure::Tokens => "tokens",
+            Measure::Cost => "cost",
+            Measure::ToolCalls => "tool_calls",
+        }
+    }
+}
+
+/// The window of a [`LimitKind::Quota`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Window {
+    /// The life of a run.
+    Run,
+    /// A calendar day in the tenant's time zone.
+    Day(Period),
+    /// A calendar month in the tenant's time zone.
+    Month(Period),
+}
+
+impl Window {
+    /// `run`, `day` or `month`: which ceiling a `budget_exhausted` refusal names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Run => "run",
+            Window::Day(_) => "day",
+            Window::Month(_) => "month",
+        }
+    }
+
+    /// Unix second at which the window's counter may be dropped (`None`: the run key lifetime).
+    pub fn expires_at(self) -> Option<i64> {
+        match self {
+            Window::Run => None,
+            // A margin past the end so `tenant-proxy usage` still reads a window just closed.
+            Window::Day(p) => Some(p.ends_at + 3_600),
+            Window::Month(p) => Some(p.ends_at + 86_400),
+        }
+    }
+}
+
+/// Amounts of each measure one request reserves or used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Charge {
+    /// LLM tokens.
+    pub tokens: u64,
+    /// Cost in micro-units.
+    pub cost_micros: u64,
+    /// Tool calls.
+    pub tool_calls: u64,
+}
+
+impl Charge {
+    /// The amount of `measure`.
+    pub fn of(&self, measure: Measure) -> u64 {
+        match measure {
+            Measure::Tokens => self.tokens,
+            Measure::Cost => self.cost_micros,
+            Measure::ToolCalls => self.tool_calls,
+        }
+    }
+
+    /// The sum of two charges.
+    pub fn plus(self, other: Charge) -> Charge {
+        Charge {
+            tokens: self.tokens.saturating_add(other.tokens),
+            cost_micros: self.cost_micros.saturating_add(other.cost_micros),
+            tool_calls: self.tool_calls.saturating_add(other.tool_calls),
+        }
+    }
+}
+
+/// Who a request is counted against.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// Tenant.
+    pub tenant: &'a TenantId,
+    /// Workload.
+    pub workload: &'a WorkloadId,
+    /// The run id and its budget, only when both came from a signed token.
+    pub run: Option<(&'a str, &'a RunBudget)>,
+}
+
+/// What kind of call is being counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// An LLM call: counts tokens and cost.
+    Llm,
+    /// Any other call: counts as a tool call.
+    Tool,
+}
+
+/// The ceilings that apply to one request at `now` (unix seconds).
 pub fn keys_for(
-    tenant: &TenantId,
-    workload: &WorkloadId,
+    who: Subject<'_>,
     tenant_ceilings: &Ceilings,
     workload_ceilings: Option<&Ceilings>,
-    llm_call: bool,
+    calendar: &TenantCalendar,
+    now: i64,
+    call: CallKind,
 ) -> Vec<LimitKey> {
+    let llm = call == CallKind::Llm;
     let mut keys = Vec::new();
     let mut push = |scope: Scope, c: &Ceilings| {
-        if let Some(rps) = c.requests_per_second {
+        let mut add = |kind| {
             keys.push(LimitKey {
                 scope: scope.clone(),
-                kind: LimitKind::Rate {
-                    per_period: rps,
-                    period_secs: 1,
-                    burst: c.burst.unwrap_or(rps),
-                },
+                kind,
+            })
+        };
+        if let Some(rps) = c.requests_per_second {
+            add(LimitKind::Rate {
+                per_period: rps,
+                period_secs: 1,
+                burst: c.burst.unwrap_or(rps),
             });
         }
         if let Some(rpm) = c.requests_per_minute {
-            keys.push(LimitKey {
-                scope: scope.clone(),
-                kind: LimitKind::Rate {
-                    per_period: rpm,
-                    period_secs: 60,
-                    burst: rpm,
-                },
+            add(LimitKind::Rate {
+                per_period: rpm,
+                period_secs: 60,
+                burst: rpm,
             });
         }
         if let Some(max) = c.concurrency {
-            keys.push(LimitKey {
-                scope: scope.clone(),
-                kind: LimitKind::Concurrency { max },
+            add(LimitKind::Concurrency { max });
+        }
+        if !llm {
+            return;
+        }
+        if let Some(ceiling) = c.tokens_per_minute {
+            add(LimitKind::TokensPerMinute { ceiling });
+        }
+        if let Some(ceiling) = c.cost_per_day_micros {
+            add(LimitKind::Quota {
+                measure: Measure::Cost,
+                window: Window::Day(calendar.day(now)),
+                ceiling,
             });
         }
-        if let (Some(per_minute), true) = (c.tokens_per_minute, llm_call) {
-            keys.push(LimitKey {
-                scope,
-                kind: LimitKind::Tokens { per_minute },
+        if let Some(ceiling) = c.cost_per_month_micros {
+            add(LimitKind::Quota {
+                measure: Measure::Cost,
+                window: Window::Month(calendar.month(now)),
+                ceiling,
             });
         }
     };
-    push(Scope::Tenant(tenant.clone()), tenant_ceilings);
+    push(Scope::Tenant(who.tenant.clone()), tenant_ceilings);
     if let Some(w) = workload_ceilings {
-        push(Scope::Workload(tenant.clone(), workload.clone()), w);
+        push(Scope::Workload(who.tenant.clone(), who.workload.clone()), w);
+    }
+    if let Some((run, budget)) = who.run {
+        let scope = Scope::Run(who.tenant.clone(), run.to_string());
+        let mut add = |kind| {
+            keys.push(LimitKey {
+                scope: scope.clone(),
+                kind,
+            })
+        };
+        let quota = |measure, ceiling| LimitKind::Quota {
+            measure,
+            window: Window::Run,
+            ceiling,
+        };
+        match call {
+            CallKind::Llm => {
+                if let Some(t) = budget.tokens {
+                    add(quota(Measure::Tokens, t));
+                }
+                if let Some(c) = budget.cost_micros {
+                    add(quota(Measure::Cost, c));
+                }
+            }
+            CallKind::Tool => {
+                if let Some(n) = budget.tool_calls {
+                    add(quota(Measure::ToolCalls, n));
+                }
+            }
+        }
+        if let Some(max_secs) = budget.wall_time_s {
+            add(LimitKind::WallTime { max_secs });
+        }
     }
     keys
 }
 
-/// A refusal: which ceiling, and when to retry.
+/// A refusal: which ceiling, and when to retry (`None`: not before the run ends).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitDeny {
     /// The ceiling that refused.
     pub key: LimitKey,
     /// When a retry may succeed.
-    pub retry_after: Duration,
+    pub retry_after: Option<Duration>,
+}
+
+impl LimitDeny {
+    /// A refusal by `key` at unix second `now`, for kinds whose retry time follows from the key
+    /// alone (quotas and wall time); rates and concurrency carry the backend's own estimate.
+    pub fn for_key(key: &LimitKey, now: i64, backend_estimate: Duration) -> Self {
+        let retry_after = match key.kind {
+            LimitKind::Quota { window, .. } => match window {
+                Window::Run => None,
+                Window::Day(p) | Window::Month(p) => Some(Duration::from_secs(
+                    u64::try_from(p.ends_at.saturating_sub(now))
+                        .unwrap_or(0)
+                        .max(1),
+                )),
+            },
+            LimitKind::WallTime { .. } => None,
+            _ => Some(backend_estimate),
+        };
+        Self {
+            key: key.clone(),
+            retry_after,
+        }
+    }
 }
 
 /// Why a request was not admitted.
@@ -198,6 +445,18 @@ pub enum AdmitError {
     Unavailable,
 }
 
+/// A metered key an admitted request reserved against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metered {
+    /// The key.
+    pub key: LimitKey,
+    /// The backend's window of the reservation: the minute, for tokens per minute; 0 for
+    /// quotas, whose window is in the key.
+    pub window: u64,
+    /// The amount of the key's measure reserved on it (grows when a stream extends it).
+    pub reserved: u64,
+}
+
 /// What an admitted request holds until it ends.
 #[derive(Debug, Default)]
 pub struct Admission {
@@ -207,10 +466,45 @@ pub struct Admission {
     pub lease_id: String,
     /// The tightest rate ceiling: (limit, remaining, reset) for `X-RateLimit-*`.
     pub headline: Option<RateHeadline>,
-    /// Token ceilings reserved against, with the minute window of the reservation.
-    pub token_windows: Vec<(LimitKey, u64)>,
-    /// Tokens reserved on each of them.
-    pub reserved_tokens: u64,
+    /// Metered keys reserved against.
+    pub metered: Vec<Metered>,
+    /// What was reserved, per measure, in all (including stream extensions).
+    pub reserved: Charge,
+    /// Admitted by a replica's local fallback counters (settled there, not in the shared ones).
+    pub local: bool,
+}
+
+impl Admission {
+    /// Records a metered key reserved against with `charge`.
+    pub fn meter(&mut self, key: &LimitKey, window: u64, charge: Charge) {
+        if let Some(measure) = key.kind.measure() {
+            self.metered.push(Metered {
+                key: key.clone(),
+                window,
+                reserved: charge.of(measure),
+            });
+        }
+    }
+
+    /// The keys a mid-stream extension must fit: the hard ceilings (quotas), not the rolling
+    /// per-minute rate.
+    pub fn quota_keys(&self) -> Vec<LimitKey> {
+        self.metered
+            .iter()
+            .filter(|m| matches!(m.key.kind, LimitKind::Quota { .. }))
+            .map(|m| m.key.clone())
+            .collect()
+    }
+
+    /// Adds a granted extension of the quota keys to what this admission reserved.
+    pub fn add_extension(&mut self, extra: Charge) {
+        for m in &mut self.metered {
+            if let LimitKind::Quota { measure, .. } = m.key.kind {
+                m.reserved = m.reserved.saturating_add(extra.of(measure));
+            }
+        }
+        self.reserved = self.reserved.plus(extra);
+    }
 }
 
 /// Values for the `X-RateLimit-*` response headers.
@@ -228,20 +522,138 @@ pub struct RateHeadline {
 #[async_trait::async_trait]
 pub trait LimitBackend: Send + Sync + fmt::Debug {
     /// Checks every key and, only if all admit, updates all of them, in one atomic step;
-    /// `tokens` is reserved on every token ceiling.
-    async fn admit(&self, keys: &[LimitKey], tokens: u64) -> Result<Admission, AdmitError>;
-    /// Settles token reservations to what the call really used (`used` may be below or above).
-    async fn settle(&self, admission: &Admission, used: u64);
-    /// Gives back the concurrency slots of a finished request.
-    async fn release(&self, admission: &Admission);
-    /// Ends a request: settles its token reservations and gives back its slots. Backends that
-    /// can do both in one round trip override this.
-    async fn finish(&self, admission: &Admission, used: u64) {
-        self.settle(admission, used).await;
-        self.release(admission).await;
-    }
+    /// each metered key reserves its measure's amount of `charge`.
+    async fn admit(&self, keys: &[LimitKey], charge: Charge) -> Result<Admission, AdmitError>;
+    /// Ends a request: settles its reservations to what it really used (`used` may be below or
+    /// above) and gives back its concurrency slots.
+    async fn finish(&self, admission: &Admission, used: Charge);
+    /// What is counted on each key now (tokens, micro-units, calls, or in-flight requests; a
+    /// rate key reads 0), for `tenant-proxy usage`.
+    async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, String>;
     /// Whether the backend has ever been reachable (readiness).
     fn is_ready(&self) -> bool {
         true
+    }
+}
+
+/// The backend the configuration names.
+pub fn backend(
+    settings: &crate::config::model::LimiterSettings,
+) -> Result<std::sync::Arc<dyn LimitBackend>, String> {
+    use crate::config::model::LimiterSettings;
+    Ok(match settings {
+        LimiterSettings::Memory { run_ttl } => {
+            std::sync::Arc::new(memory::MemoryBackend::new(*run_ttl))
+        }
+        LimiterSettings::Redis(r) => std::sync::Arc::new(redis::RedisBackend::start(r.clone())?),
+    })
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tid(s: &str) -> TenantId {
+        TenantId::new(s).expect("id")
+    }
+
+    #[test]
+    fn keys_name_their_tenant_and_window_but_not_their_ceiling() {
+        let cal = TenantCalendar::new("Europe/Berlin").expect("tz");
+        // 2026-11-22T23:30:00Z is already the 23rd in Berlin.
+        let now = 1_795_390_200;
+        let budget = RunBudget {
+            tokens: Some(10),
+            tool_calls: Some(3),
+            wall_time_s: Some(60),
+            cost_micros: Some(5),
+        };
+        let (acme, bot) = (tid("acme"), WorkloadId::new("bot").expect("id"));
+        let who = Subject {
+            tenant: &acme,
+            workload: &bot,
+            run: Some(("run-1", &budget)),
+        };
+        let c = Ceilings {
+            cost_per_day_micros: Some(1_000),
+            cost_per_month_micros: Some(9_000),
+            tokens_per_minute: Some(100),
+            ..Default::default()
+        };
+        let llm: Vec<String> = keys_for(who, &c, Some(&c), &cal, now, CallKind::Llm)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            llm,
+            [
+                "tp:{acme}:tpm",
+                "tp:{acme}:cost:d20261123",
+                "tp:{acme}:cost:m202611",
+                "tp:{acme}:w:bot:tpm",
+                "tp:{acme}:w:bot:cost:d20261123",
+                "tp:{acme}:w:bot:cost:m202611",
+                "tp:{acme}:run:run-1:tokens",
+                "tp:{acme}:run:run-1:cost",
+                "tp:{acme}:run:run-1:start",
+            ]
+        );
+        let tool: Vec<String> = keys_for(who, &c, None, &cal, now, CallKind::Tool)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            tool,
+            [
+                "tp:{acme}:run:run-1:tool_calls",
+                "tp:{acme}:run:run-1:start"
+            ]
+        );
+        let unsigned = Subject { run: None, ..who };
+        assert!(keys_for(
+            unsigned,
+            &Ceilings::default(),
+            None,
+            &cal,
+            now,
+            CallKind::Tool
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn quota_refusals_retry_at_the_local_period_end() {
+        let cal = TenantCalendar::new("Europe/Berlin").expect("tz");
+        let now = 1_795_390_200;
+        let day = cal.day(now);
+        let key = LimitKey {
+            scope: Scope::Tenant(tid("acme")),
+            kind: LimitKind::Quota {
+                measure: Measure::Cost,
+                window: Window::Day(day),
+                ceiling: 1,
+            },
+        };
+        let deny = LimitDeny::for_key(&key, now, Duration::ZERO);
+        assert_eq!(
+            deny.retry_after,
+            Some(Duration::from_secs((day.ends_at - now) as u64))
+        );
+        let run_key = LimitKey {
+            scope: Scope::Run(tid("acme"), "r".into()),
+            kind: LimitKind::WallTime { max_secs: 1 },
+        };
+        assert_eq!(
+            LimitDeny::for_key(&run_key, now, Duration::ZERO).retry_after,
+            None
+        );
     }
 }

@@ -12,19 +12,26 @@ use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
 
 use super::memory::MemoryBackend;
-use super::{Admission, AdmitError, LimitBackend, LimitDeny, LimitKey, LimitKind, RateHeadline};
+use super::{
+    Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind, RateHeadline,
+};
 use crate::metrics::METRICS;
 
 const ADMIT: &str = r#"
--- ARGV[1] lease id, ARGV[2] lease ttl (ms); then per key: kind, a, b
--- kind 1 = rate (a = interval us, b = tolerance us); kind 2 = concurrency (a = max);
--- kind 3 = tokens per minute (a = ceiling, b = reservation), a hash {w = minute, u = used}
+-- Checks every key, then (only if all admit) updates every key. ARGV[1] lease id, ARGV[2] lease
+-- ttl (ms), ARGV[3] run key ttl (s); then per key: kind, a, b, c.
+-- 1 rate: a = interval us, b = tolerance us (GCRA)
+-- 2 concurrency: a = max (sorted set of leases scored by expiry)
+-- 3 tokens per minute: a = ceiling, b = reservation (hash {w = minute, u = used})
+-- 4 quota: a = ceiling, b = reservation, c = expire-at unix s (0: the run ttl)
+-- 5 wall time: a = max s, c as for quotas (the run's start, us)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local ttl = tonumber(ARGV[2])
-local tats = {}
+local runttl = tonumber(ARGV[3])
+local st = {}
 for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 3
+  local base = 3 + (i - 1) * 4
   local kind = tonumber(ARGV[base + 1])
   local a = tonumber(ARGV[base + 2])
   local b = tonumber(ARGV[base + 3])
@@ -32,62 +39,113 @@ for i = 1, #KEYS do
     local tat = tonumber(redis.call('GET', KEYS[i]) or now)
     if tat < now then tat = now end
     if now < tat - b then return {0, i, tat - b - now} end
-    tats[i] = tat + a
+    st[i] = tat + a
   elseif kind == 2 then
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now / 1000)
     if redis.call('ZCARD', KEYS[i]) >= a then return {0, i, 1000000} end
-  else
+  elseif kind == 3 then
     local w = math.floor(now / 60000000)
     local cur = redis.call('HMGET', KEYS[i], 'w', 'u')
     local used = 0
     if tonumber(cur[1]) == w then used = tonumber(cur[2]) or 0 end
     if used + b > a then return {0, i, (w + 1) * 60000000 - now} end
-    tats[i] = used + b
+    st[i] = used + b
+  elseif kind == 4 then
+    local used = tonumber(redis.call('GET', KEYS[i]) or 0)
+    if used + b > a then return {0, i, 0} end
+  else
+    local s = tonumber(redis.call('GET', KEYS[i]) or now)
+    if now - s > a * 1000000 then return {0, i, 0} end
+    st[i] = s
   end
+end
+local function expire(key, c)
+  if c > 0 then redis.call('EXPIREAT', key, c) else redis.call('EXPIRE', key, runttl) end
 end
 local out = {1}
 for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 3
+  local base = 3 + (i - 1) * 4
   local kind = tonumber(ARGV[base + 1])
+  local a = tonumber(ARGV[base + 2])
+  local b = tonumber(ARGV[base + 3])
+  local c = tonumber(ARGV[base + 4])
   if kind == 1 then
-    local a = tonumber(ARGV[base + 2])
-    local b = tonumber(ARGV[base + 3])
-    redis.call('SET', KEYS[i], tats[i], 'PX', math.ceil((tats[i] - now) / 1000) + 1000)
-    table.insert(out, math.floor((b + a - (tats[i] - now)) / a))
-    table.insert(out, tats[i] - now)
+    redis.call('SET', KEYS[i], st[i], 'PX', math.ceil((st[i] - now) / 1000) + 1000)
+    table.insert(out, math.floor((b + a - (st[i] - now)) / a))
+    table.insert(out, st[i] - now)
   elseif kind == 2 then
     redis.call('ZADD', KEYS[i], now / 1000 + ttl, ARGV[1])
     redis.call('PEXPIRE', KEYS[i], ttl)
     table.insert(out, -1)
     table.insert(out, 0)
-  else
+  elseif kind == 3 then
     local w = math.floor(now / 60000000)
-    redis.call('HSET', KEYS[i], 'w', w, 'u', tats[i])
+    redis.call('HSET', KEYS[i], 'w', w, 'u', st[i])
     redis.call('PEXPIRE', KEYS[i], 120000)
     table.insert(out, -1)
     table.insert(out, w)
+  elseif kind == 4 then
+    redis.call('INCRBY', KEYS[i], b)
+    expire(KEYS[i], c)
+    table.insert(out, -1)
+    table.insert(out, 0)
+  else
+    redis.call('SET', KEYS[i], st[i])
+    expire(KEYS[i], c)
+    table.insert(out, -1)
+    table.insert(out, 0)
   end
 end
 return out
 "#;
 
 const SETTLE: &str = r#"
--- Ends a request in one round trip. ARGV[1] window of the token reservation, ARGV[2] used -
--- reserved (may be negative), ARGV[3] lease id, ARGV[4] how many of KEYS are token ceilings
--- (the rest are concurrency sets to remove the lease from).
-local tokens = tonumber(ARGV[4])
+-- Ends a request in one round trip. ARGV[1] lease id; then per key: kind, a, b.
+-- 2 concurrency: remove the lease; 3 tokens per minute: a = minute of the reservation,
+-- b = used - reserved; 4 quota: b = used - reserved. Counters never go below zero, and a counter
+-- that expired meanwhile is not recreated.
 for i = 1, #KEYS do
-  if i <= tokens then
-    if tonumber(redis.call('HGET', KEYS[i], 'w')) == tonumber(ARGV[1]) then
-      local u = (tonumber(redis.call('HGET', KEYS[i], 'u')) or 0) + tonumber(ARGV[2])
+  local base = 1 + (i - 1) * 3
+  local kind = tonumber(ARGV[base + 1])
+  local a = tonumber(ARGV[base + 2])
+  local b = tonumber(ARGV[base + 3])
+  if kind == 2 then
+    redis.call('ZREM', KEYS[i], ARGV[1])
+  elseif kind == 3 then
+    if tonumber(redis.call('HGET', KEYS[i], 'w')) == a then
+      local u = (tonumber(redis.call('HGET', KEYS[i], 'u')) or 0) + b
       if u < 0 then u = 0 end
       redis.call('HSET', KEYS[i], 'u', u)
     end
-  else
-    redis.call('ZREM', KEYS[i], ARGV[3])
+  elseif redis.call('EXISTS', KEYS[i]) == 1 then
+    if redis.call('INCRBY', KEYS[i], b) < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
   end
 end
 return 1
+"#;
+
+const READ: &str = r#"
+-- What each key counts now. ARGV[i]: the key's kind (as for ADMIT).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i = 1, #KEYS do
+  local kind = tonumber(ARGV[i])
+  local v = 0
+  if kind == 2 then
+    v = redis.call('ZCOUNT', KEYS[i], now / 1000, '+inf')
+  elseif kind == 3 then
+    local cur = redis.call('HMGET', KEYS[i], 'w', 'u')
+    if tonumber(cur[1]) == math.floor(now / 60000000) then v = tonumber(cur[2]) or 0 end
+  elseif kind == 4 then
+    v = tonumber(redis.call('GET', KEYS[i]) or 0)
+  elseif kind == 5 then
+    local s = redis.call('GET', KEYS[i])
+    if s then v = math.floor((now - tonumber(s)) / 1000000) end
+  end
+  table.insert(out, v)
+end
+return out
 "#;
 
 /// What to do when Redis cannot be reached.
@@ -99,28 +157,53 @@ pub enum Unavailable {
     LocalFallback,
 }
 
+/// How to reach Redis and what to do without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Longest wait for one call.
+    pub timeout: Duration,
+    /// How long a concurrency slot outlives a crashed replica.
+    pub lease_ttl: Duration,
+    /// How long a run's counters live after its last reservation.
+    pub run_ttl: Duration,
+    /// Behaviour when Redis is unreachable.
+    pub on_unavailable: Unavailable,
+}
+
 /// Redis-backed counters.
 #[derive(Debug)]
 pub struct RedisBackend {
     conn: Arc<ArcSwapOption<ConnectionManager>>,
-    script: redis::Script,
+    admit_script: redis::Script,
     settle_script: redis::Script,
-    timeout: Duration,
-    lease_ttl: Duration,
-    on_unavailable: Unavailable,
+    read_script: redis::Script,
+    settings: RedisSettings,
     fallback: MemoryBackend,
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The script's number for a kind (see `ADMIT`).
+fn kind_code(kind: &LimitKind) -> u8 {
+    match kind {
+        LimitKind::Rate { .. } => 1,
+        LimitKind::Concurrency { .. } => 2,
+        LimitKind::TokensPerMinute { .. } => 3,
+        LimitKind::Quota { .. } => 4,
+        LimitKind::WallTime { .. } => 5,
+    }
+}
+
 impl RedisBackend {
-    /// A backend for `url`. The connection is made (and remade) by a background thread, so the
-    /// proxy starts even while Redis is down, refusing or falling back until it is up.
-    pub fn start(
-        url: &str,
-        timeout: Duration,
-        lease_ttl: Duration,
-        on_unavailable: Unavailable,
-    ) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("redis url: {e}"))?;
+    /// A backend for `settings.url`. The connection is made (and remade) by a background thread,
+    /// so the proxy starts even while Redis is down, refusing or falling back until it is up.
+    pub fn start(settings: RedisSettings) -> Result<Self, String> {
+        let client =
+            redis::Client::open(settings.url.as_str()).map_err(|e| format!("redis url: {e}"))?;
         let conn: Arc<ArcSwapOption<ConnectionManager>> = Arc::new(ArcSwapOption::empty());
         let slot = conn.clone();
         std::thread::Builder::new()
@@ -154,32 +237,49 @@ impl RedisBackend {
             .map_err(|e| e.to_string())?;
         Ok(Self {
             conn,
-            script: redis::Script::new(ADMIT),
+            admit_script: redis::Script::new(ADMIT),
             settle_script: redis::Script::new(SETTLE),
-            timeout,
-            lease_ttl,
-            on_unavailable,
-            fallback: MemoryBackend::default(),
+            read_script: redis::Script::new(READ),
+            fallback: MemoryBackend::new(settings.run_ttl),
+            settings,
         })
+    }
+
+    /// Runs one script invocation, time-boxed.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, String> {
+        let conn = self
+            .conn
+            .load_full()
+            .ok_or_else(|| "not connected".to_string())?;
+        let mut conn = (*conn).clone();
+        match tokio::time::timeout(
+            self.settings.timeout,
+            invocation.invoke_async::<T>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.settings.timeout)),
+        }
     }
 
     async fn admit_redis(
         &self,
         keys: &[LimitKey],
         lease_id: &str,
-        tokens: u64,
+        charge: Charge,
     ) -> Result<Vec<i64>, String> {
-        let conn = self
-            .conn
-            .load_full()
-            .ok_or_else(|| "not connected".to_string())?;
-        let mut conn = (*conn).clone();
-        let mut invocation = self.script.prepare_invoke();
+        let mut invocation = self.admit_script.prepare_invoke();
         invocation
             .arg(lease_id)
-            .arg(u64::try_from(self.lease_ttl.as_millis()).unwrap_or(u64::MAX));
+            .arg(millis(self.settings.lease_ttl))
+            .arg(self.settings.run_ttl.as_secs().max(1));
         for key in keys {
-            invocation.key(key.to_string());
+            invocation.key(key.to_string()).arg(kind_code(&key.kind));
             match key.kind {
                 LimitKind::Rate {
                     per_period,
@@ -189,37 +289,77 @@ impl RedisBackend {
                     let interval =
                         u64::from(period_secs) * 1_000_000 / u64::from(per_period.max(1));
                     invocation
-                        .arg(1)
                         .arg(interval)
-                        .arg(interval * u64::from(burst.max(1) - 1));
+                        .arg(interval * u64::from(burst.max(1) - 1))
+                        .arg(0);
                 }
                 LimitKind::Concurrency { max } => {
-                    invocation.arg(2).arg(max).arg(0);
+                    invocation.arg(max).arg(0).arg(0);
                 }
-                LimitKind::Tokens { per_minute } => {
-                    invocation.arg(3).arg(per_minute).arg(tokens);
+                LimitKind::TokensPerMinute { ceiling } => {
+                    invocation.arg(ceiling).arg(charge.tokens).arg(0);
+                }
+                LimitKind::Quota {
+                    measure,
+                    window,
+                    ceiling,
+                } => {
+                    invocation
+                        .arg(ceiling)
+                        .arg(charge.of(measure))
+                        .arg(window.expires_at().unwrap_or(0));
+                }
+                LimitKind::WallTime { max_secs } => {
+                    invocation.arg(max_secs).arg(0).arg(0);
                 }
             }
         }
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
-            .await
-        {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        self.invoke(&invocation).await
+    }
+
+    /// Settles reservations and removes leases, in one script call.
+    async fn finish_redis(&self, admission: &Admission, used: Charge) {
+        if admission.metered.is_empty() && admission.leases.is_empty() {
+            return;
+        }
+        let mut invocation = self.settle_script.prepare_invoke();
+        invocation.arg(&admission.lease_id);
+        for m in &admission.metered {
+            let Some(measure) = m.key.kind.measure() else {
+                continue;
+            };
+            let delta =
+                i64::try_from(i128::from(used.of(measure)) - i128::from(m.reserved)).unwrap_or(0);
+            invocation
+                .key(m.key.to_string())
+                .arg(kind_code(&m.key.kind))
+                .arg(m.window)
+                .arg(delta);
+        }
+        for key in &admission.leases {
+            invocation.key(key.to_string()).arg(2).arg(0).arg(0);
+        }
+        // On failure a reservation stands until its window ends and a slot until its lease
+        // expires: spend is over-, never under-counted.
+        if let Err(e) = self.invoke::<i64>(&invocation).await {
+            METRICS.limiter_errors.inc();
+            tracing::warn!(error = %e, "limiter settlement failed; reservations stand until they expire");
         }
     }
 }
 
 #[async_trait::async_trait]
 impl LimitBackend for RedisBackend {
-    async fn admit(&self, keys: &[LimitKey], tokens: u64) -> Result<Admission, AdmitError> {
+    async fn admit(&self, keys: &[LimitKey], charge: Charge) -> Result<Admission, AdmitError> {
         let lease_id = crate::trace::random_hex(16);
-        match self.admit_redis(keys, &lease_id, tokens).await {
-            Ok(reply) => decode(keys, &reply, lease_id, tokens),
+        match self.admit_redis(keys, &lease_id, charge).await {
+            Ok(reply) => {
+                METRICS.limiter_fallback_active.set(0);
+                decode(keys, &reply, lease_id, charge)
+            }
             Err(e) => {
                 METRICS.limiter_errors.inc();
-                match self.on_unavailable {
+                match self.settings.on_unavailable {
                     // SECURITY: without the shared counters nothing is admitted unchecked.
                     Unavailable::FailClosed => {
                         tracing::warn!(error = %e, "limiter unavailable; refusing");
@@ -227,82 +367,42 @@ impl LimitBackend for RedisBackend {
                     }
                     Unavailable::LocalFallback => {
                         METRICS.limiter_fallback.inc();
+                        METRICS.limiter_fallback_active.set(1);
                         tracing::warn!(error = %e, "limiter unavailable; enforcing local counters");
-                        self.fallback
-                            .admit_now(keys, tokens)
-                            .map_err(AdmitError::Limited)
+                        let mut admission = self
+                            .fallback
+                            .admit_now(keys, charge)
+                            .map_err(AdmitError::Limited)?;
+                        admission.local = true;
+                        Ok(admission)
                     }
                 }
             }
         }
     }
 
-    async fn settle(&self, admission: &Admission, used: u64) {
-        self.finish_redis(admission, used, false).await;
+    async fn finish(&self, admission: &Admission, used: Charge) {
+        if admission.local {
+            self.fallback.finish(admission, used).await;
+        } else {
+            self.finish_redis(admission, used).await;
+        }
     }
 
-    async fn finish(&self, admission: &Admission, used: u64) {
-        self.finish_redis(admission, used, true).await;
+    async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, String> {
+        let mut invocation = self.read_script.prepare_invoke();
+        for key in keys {
+            invocation.key(key.to_string()).arg(kind_code(&key.kind));
+        }
+        let values: Vec<i64> = self.invoke(&invocation).await?;
+        Ok(values
+            .into_iter()
+            .map(|v| u64::try_from(v).unwrap_or(0))
+            .collect())
     }
 
     fn is_ready(&self) -> bool {
         self.conn.load().is_some()
-    }
-
-    async fn release(&self, admission: &Admission) {
-        let none = Admission {
-            leases: admission.leases.clone(),
-            lease_id: admission.lease_id.clone(),
-            ..Admission::default()
-        };
-        self.finish_redis(&none, 0, true).await;
-    }
-}
-
-impl RedisBackend {
-    /// Settles token reservations and (when `release`) removes leases, in one script call.
-    async fn finish_redis(&self, admission: &Admission, used: u64, release: bool) {
-        let leases: &[LimitKey] = if release { &admission.leases } else { &[] };
-        if admission.token_windows.is_empty() && leases.is_empty() {
-            return;
-        }
-        // A slot or reservation taken from the local fallback goes back there (harmless if it
-        // was Redis's).
-        self.fallback.settle_now(admission, used);
-        self.fallback.release_now(leases);
-        let Some(conn) = self.conn.load_full() else {
-            return;
-        };
-        let mut conn = (*conn).clone();
-        let delta = i128::from(used) - i128::from(admission.reserved_tokens);
-        let window = admission.token_windows.first().map_or(0, |(_, w)| *w);
-        let mut invocation = self.settle_script.prepare_invoke();
-        invocation
-            .arg(window)
-            .arg(i64::try_from(delta).unwrap_or(0))
-            .arg(&admission.lease_id)
-            .arg(admission.token_windows.len());
-        for (key, _) in &admission.token_windows {
-            invocation.key(key.to_string());
-        }
-        for key in leases {
-            invocation.key(key.to_string());
-        }
-        // On failure a reservation stands until its window ends and a slot until its lease
-        // expires: spend is over-, never under-counted.
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                METRICS.limiter_errors.inc();
-                tracing::warn!(error = %e, "limiter settlement failed; reservations stand until they expire");
-            }
-            Err(_) => {
-                METRICS.limiter_errors.inc();
-                tracing::warn!(
-                    "limiter settlement timed out; reservations stand until they expire"
-                );
-            }
-        }
     }
 }
 
@@ -310,22 +410,23 @@ fn decode(
     keys: &[LimitKey],
     reply: &[i64],
     lease_id: String,
-    tokens: u64,
+    charge: Charge,
 ) -> Result<Admission, AdmitError> {
     match reply.first() {
         Some(1) => {
             let mut admission = Admission {
                 lease_id,
+                reserved: charge,
                 ..Admission::default()
             };
             for (i, key) in keys.iter().enumerate() {
                 let remaining = reply.get(1 + 2 * i).copied().unwrap_or(0);
-                let reset_us = reply.get(2 + 2 * i).copied().unwrap_or(0);
+                let second = reply.get(2 + 2 * i).copied().unwrap_or(0);
                 match key.kind {
                     LimitKind::Rate { per_period, .. } => {
                         let remaining = u32::try_from(remaining.max(0)).unwrap_or(0);
                         let reset_secs =
-                            (u64::try_from(reset_us.max(0)).unwrap_or(0) / 1_000_000).max(1);
+                            (u64::try_from(second.max(0)).unwrap_or(0) / 1_000_000).max(1);
                         if admission.headline.is_none_or(|h| remaining < h.remaining) {
                             admission.headline = Some(RateHeadline {
                                 limit: per_period,
@@ -335,12 +436,11 @@ fn decode(
                         }
                     }
                     LimitKind::Concurrency { .. } => admission.leases.push(key.clone()),
-                    LimitKind::Tokens { .. } => {
-                        admission
-                            .token_windows
-                            .push((key.clone(), u64::try_from(reset_us.max(0)).unwrap_or(0)));
-                        admission.reserved_tokens = tokens;
+                    LimitKind::TokensPerMinute { .. } => {
+                        admission.meter(key, u64::try_from(second.max(0)).unwrap_or(0), charge)
                     }
+                    LimitKind::Quota { .. } => admission.meter(key, 0, charge),
+                    LimitKind::WallTime { .. } => {}
                 }
             }
             Ok(admission)
@@ -354,12 +454,12 @@ fn decode(
                 .unwrap_or(1_000_000);
             let key = keys
                 .get(index.saturating_sub(1))
-                .cloned()
                 .ok_or(AdmitError::Unavailable)?;
-            Err(AdmitError::Limited(LimitDeny {
+            Err(AdmitError::Limited(LimitDeny::for_key(
                 key,
-                retry_after: Duration::from_micros(retry_us),
-            }))
+                super::unix_now(),
+                Duration::from_micros(retry_us),
+            )))
         }
         // An answer we do not understand admits nothing.
         _ => Err(AdmitError::Unavailable),

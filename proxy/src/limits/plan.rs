@@ -1,0 +1,229 @@
+//! What one request is counted as: which ceilings apply, what it reserves before it is
+//! forwarded, and what it is settled at afterwards.
+//!
+//! An LLM call reserves its worst case: one token per request-body byte (an upper bound for
+//! text: every token spans at least one byte, and the JSON around the messages outweighs the
+//! per-message tokens a chat template adds) plus its output ceiling, and the most those tokens
+//! can cost. With `max_tokens` set, a ceiling therefore cannot be crossed; without it, the
+//! configured assumption is reserved and a stream that outruns it is extended or cut
+//! ([`super::stream`]). Any other call counts as one tool call.
+
+use crate::config::model::TenantConfig;
+use crate::ctx::{StreamPlan, TenantContext};
+use crate::error::Deny;
+use crate::pricing::{provider_for_host, Prices};
+use crate::target::Destination;
+use crate::usage::Usage;
+
+use super::{keys_for, CallKind, Charge, LimitKey, MidStream, Subject};
+
+/// Output tokens reserved for an LLM call that sets no output ceiling, unless configured.
+pub const DEFAULT_ASSUMED_MAX_TOKENS: u64 = 1024;
+
+/// The request facts that decide its charge.
+#[derive(Debug, Clone, Copy)]
+pub struct CallFacts<'a> {
+    /// The model the JSON body names (an LLM call), if any.
+    pub model: Option<&'a str>,
+    /// The body's output ceiling (`max_tokens` and its synonyms), if any.
+    pub max_output_tokens: Option<u64>,
+    /// Request body size.
+    pub body_bytes: u64,
+}
+
+/// How one request is counted.
+#[derive(Debug)]
+pub struct Plan {
+    /// Ceilings to check.
+    pub keys: Vec<LimitKey>,
+    /// What to reserve on them.
+    pub charge: Charge,
+    /// The model's prices, when a price table is configured.
+    pub prices: Option<Prices>,
+    /// How a streaming response may extend its reservation (`None`: it is not cut).
+    pub stream: Option<StreamPlan>,
+}
+
+/// Plans `call` for `tenant` toward `destination` at unix second `now`.
+pub fn plan(
+    config: &TenantConfig,
+    tenant: &TenantContext,
+    destination: &Destination,
+    call: CallFacts<'_>,
+    now: i64,
+) -> Result<Plan, Deny> {
+    let Some(entry) = config.tenants.get(&tenant.tenant) else {
+        return Err(Deny::Internal);
+    };
+    let workload = entry.workload_limits.get(&tenant.workload);
+    let prices = match (call.model, &config.prices) {
+        (Some(model), Some(table)) => {
+            let route_provider = destination.route.as_ref().and_then(|name| {
+                config
+                    .routes
+                    .iter()
+                    .find(|r| &r.name == name)
+                    .and_then(|r| r.provider.as_deref())
+            });
+            let provider = route_provider.or_else(|| provider_for_host(&destination.host));
+            Some(
+                table
+                    .lookup(provider, model)
+                    .ok_or_else(|| Deny::ModelNotPriced(model.to_string()))?,
+            )
+        }
+        _ => None,
+    };
+    // Only a signed run id carries a budget, so an agent cannot start a fresh one.
+    let run = match (&tenant.budget, tenant.run.signed) {
+        (Some(budget), true) => Some((tenant.run.id.as_str(), budget)),
+        _ => None,
+    };
+    let who = Subject {
+        tenant: &tenant.tenant,
+        workload: &tenant.workload,
+        run,
+    };
+    let kind = if call.model.is_some() {
+        CallKind::Llm
+    } else {
+        CallKind::Tool
+    };
+    let keys = keys_for(who, &entry.limits, workload, &entry.calendar, now, kind);
+    if kind == CallKind::Tool {
+        return Ok(Plan {
+            keys,
+            charge: Charge {
+                tool_calls: 1,
+                ..Charge::default()
+            },
+            prices: None,
+            stream: None,
+        });
+    }
+    let assumed = workload
+        .and_then(|c| c.assumed_max_tokens)
+        .or(entry.limits.assumed_max_tokens)
+        .unwrap_or(DEFAULT_ASSUMED_MAX_TOKENS);
+    let output = call.max_output_tokens.unwrap_or(assumed);
+    let charge = Charge {
+        tokens: call.body_bytes.saturating_add(output),
+        cost_micros: prices.map_or(0, |p| p.worst_case_micros(call.body_bytes, output)),
+        tool_calls: 0,
+    };
+    let mode = workload
+        .and_then(|c| c.mid_stream)
+        .or(entry.limits.mid_stream)
+        .unwrap_or_default();
+    // With `max_tokens` the reservation already covers the whole response (providers stop
+    // there), so only a call without one needs guarding as it streams.
+    let stream = (mode == MidStream::Cut && call.max_output_tokens.is_none()).then(|| {
+        let step_tokens = output.max(1);
+        StreamPlan {
+            covered_output: output,
+            step_tokens,
+            step: Charge {
+                tokens: step_tokens,
+                cost_micros: prices.map_or(0, |p| p.worst_case_micros(0, step_tokens)),
+                tool_calls: 0,
+            },
+        }
+    });
+    Ok(Plan {
+        keys,
+        charge,
+        prices,
+        stream,
+    })
+}
+
+/// How a forwarded call ended, for settlement.
+#[derive(Debug, Clone, Copy)]
+pub struct Ending {
+    /// The usage the response reported.
+    pub usage: Option<Usage>,
+    /// The response was a success and ran to its end.
+    pub completed: bool,
+    /// The stream was cut at its reservation.
+    pub cut: bool,
+}
+
+/// What a call that reserved `reserved` is settled at. Reported usage is the truth; without
+/// it, a call that completed (or was cut at its cover) keeps its whole reservation, so spend is
+/// never under-counted, and a call that failed gives its tokens and cost back. A tool call
+/// counts whether or not its upstream answered.
+pub fn settlement(reserved: Charge, prices: Option<Prices>, ending: Ending) -> Charge {
+    match ending.usage {
+        Some(u) if !ending.cut => Charge {
+            tokens: u.input_tokens.saturating_add(u.output_tokens),
+            cost_micros: prices.map_or(0, |p| {
+                p.cost_micros(u.input_tokens, u.cached_input_tokens, u.output_tokens)
+            }),
+            tool_calls: reserved.tool_calls,
+        },
+        _ if ending.completed || ending.cut => reserved,
+        _ => Charge {
+            tool_calls: reserved.tool_calls,
+            ..Charge::default()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prices() -> Prices {
+        Prices {
+            input: 1_000_000,
+            cached_input: 500_000,
+            output: 2_000_000,
+        }
+    }
+
+    #[test]
+    fn settlement_follows_usage_or_keeps_the_reservation() {
+        let reserved = Charge {
+            tokens: 1_000,
+            cost_micros: 2_000,
+            tool_calls: 0,
+        };
+        let usage = Usage {
+            input_tokens: 100,
+            cached_input_tokens: 40,
+            output_tokens: 10,
+        };
+        let end = |usage, completed, cut| Ending {
+            usage,
+            completed,
+            cut,
+        };
+        assert_eq!(
+            settlement(reserved, Some(prices()), end(Some(usage), true, false)),
+            Charge {
+                tokens: 110,
+                // 60 × 1 + 40 × 0.5 + 10 × 2 micro-units
+                cost_micros: 100,
+                tool_calls: 0
+            }
+        );
+        assert_eq!(
+            settlement(reserved, Some(prices()), end(None, true, false)),
+            reserved
+        );
+        assert_eq!(
+            settlement(reserved, Some(prices()), end(Some(usage), false, true)),
+            reserved,
+            "a cut stream used its whole cover"
+        );
+        assert_eq!(
+            settlement(reserved, None, end(None, false, false)),
+            Charge::default()
+        );
+        let tool = Charge {
+            tool_calls: 1,
+            ..Charge::default()
+        };
+        assert_eq!(settlement(tool, None, end(None, false, false)), tool);
+    }
+}

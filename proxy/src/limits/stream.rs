@@ -1,0 +1,304 @@
+//! Keeps a streaming LLM response within its tenant's and run's budgets.
+//!
+//! A streaming call that sets no `max_tokens` may run past what was reserved for it. The body
+//! filter that sees the stream is synchronous (it cannot wait for Redis), so as the running
+//! output estimate nears the reservation the guard starts an extension in the background, and
+//! reads its result on a later chunk. If an extension is refused, or the counters cannot be
+//! reached, the stream is cut once it passes what is covered: spend stops at the ceiling rather
+//! than running into overage.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use super::{AdmitError, Charge, LimitBackend, LimitKey, LimitKind, Window};
+
+const PENDING: u8 = 0;
+const GRANTED: u8 = 1;
+const REFUSED_RUN: u8 = 2;
+const REFUSED_DAY: u8 = 3;
+const REFUSED_MONTH: u8 = 4;
+const UNAVAILABLE: u8 = 5;
+
+/// Why a stream was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutReason {
+    /// A budget of this window (`run`, `day`, `month`) has nothing left for it.
+    Budget(&'static str),
+    /// The counters could not be reached to extend it (fail closed).
+    Unavailable,
+}
+
+/// What the body filter does with the chunk it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass it on.
+    Pass,
+    /// End the stream here with an error event.
+    Cut(CutReason),
+}
+
+/// The budget state of one streaming response.
+#[derive(Debug)]
+pub struct StreamGuard {
+    backend: Arc<dyn LimitBackend>,
+    keys: Arc<[LimitKey]>,
+    /// One extension: this many output tokens, and what they cost.
+    step_tokens: u64,
+    step: Charge,
+    /// Output tokens covered by the reservation and the extensions granted so far.
+    covered: u64,
+    granted: Charge,
+    pending: Option<Arc<AtomicU8>>,
+    refused: Option<CutReason>,
+}
+
+impl StreamGuard {
+    /// A guard for a response whose reservation covers `covered_output` output tokens; each
+    /// extension reserves `step` (for `step_tokens` more output tokens) on `keys`.
+    pub fn new(
+        backend: Arc<dyn LimitBackend>,
+        keys: Vec<LimitKey>,
+        covered_output: u64,
+        step_tokens: u64,
+        step: Charge,
+    ) -> Self {
+        Self {
+            backend,
+            keys: keys.into(),
+            step_tokens: step_tokens.max(1),
+            step,
+            covered: covered_output,
+            granted: Charge::default(),
+            pending: None,
+            refused: None,
+        }
+    }
+
+    /// Extensions granted so far (to add to the admission before settling).
+    pub fn granted(&self) -> Charge {
+        self.granted
+    }
+
+    /// Why the stream was refused more budget, if it was.
+    pub fn refused(&self) -> Option<CutReason> {
+        self.refused
+    }
+
+    /// Decides on the chunk that brought the output estimate to `output_estimate`.
+    /// Synchronous: it only reads the result of an extension started on an earlier chunk.
+    pub fn observe(&mut self, output_estimate: u64) -> Verdict {
+        if let Some(p) = &self.pending {
+            match p.load(Ordering::Acquire) {
+                PENDING => {}
+                GRANTED => {
+                    self.covered = self.covered.saturating_add(self.step_tokens);
+                    self.granted = self.granted.plus(self.step);
+                    self.pending = None;
+                }
+                code => {
+                    self.refused = Some(match code {
+                        REFUSED_RUN => CutReason::Budget("run"),
+                        REFUSED_DAY => CutReason::Budget("day"),
+                        REFUSED_MONTH => CutReason::Budget("month"),
+                        _ => CutReason::Unavailable,
+                    });
+                    self.pending = None;
+                }
+            }
+        }
+        if let (true, Some(reason)) = (output_estimate > self.covered, self.refused) {
+            return Verdict::Cut(reason);
+        }
+        // Ask ahead, half a step before the cover runs out, so a granted extension is usually
+        // in place before it is needed; while one is in flight the stream is not held up.
+        if self.refused.is_none()
+            && self.pending.is_none()
+            && output_estimate.saturating_add(self.step_tokens / 2) >= self.covered
+        {
+            self.start_extension();
+        }
+        Verdict::Pass
+    }
+
+    fn start_extension(&mut self) {
+        let state = Arc::new(AtomicU8::new(PENDING));
+        self.pending = Some(state.clone());
+        let backend = self.backend.clone();
+        let keys = self.keys.clone();
+        let step = self.step;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to ask on: no extension, so the stream ends at its reservation.
+            state.store(UNAVAILABLE, Ordering::Release);
+            return;
+        };
+        runtime.spawn(async move {
+            let result = match backend.admit(&keys, step).await {
+                Ok(_) => GRANTED,
+                Err(AdmitError::Limited(deny)) => match deny.key.kind {
+                    LimitKind::Quota {
+                        window: Window::Day(_),
+                        ..
+                    } => REFUSED_DAY,
+                    LimitKind::Quota {
+                        window: Window::Month(_),
+                        ..
+                    } => REFUSED_MONTH,
+                    _ => REFUSED_RUN,
+                },
+                Err(AdmitError::Unavailable) => UNAVAILABLE,
+            };
+            state.store(result, Ordering::Release);
+        });
+    }
+}
+
+/// The SSE event that ends a cut stream. Both the OpenAI and the Anthropic SDKs raise an error
+/// on an `error` event whose data carries an `error` object.
+pub fn cut_event(code: &str, message: &str, request_id: &str) -> Vec<u8> {
+    let data = serde_json::json!({
+        "type": "error",
+        "error": {
+            "type": code,
+            "code": code,
+            "message": message,
+            "request_id": request_id,
+        }
+    });
+    format!("event: error\ndata: {data}\n\n").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::TenantId;
+    use crate::limits::memory::MemoryBackend;
+    use crate::limits::{LimitKind, Measure, Scope, Window};
+    use std::time::Duration;
+
+    fn run_tokens(ceiling: u64) -> LimitKey {
+        LimitKey {
+            scope: Scope::Run(TenantId::new("acme").expect("id"), "r".into()),
+            kind: LimitKind::Quota {
+                measure: Measure::Tokens,
+                window: Window::Run,
+                ceiling,
+            },
+        }
+    }
+
+    /// Observes `estimate`, lets any extension that starts finish, and observes it again.
+    async fn settle(guard: &mut StreamGuard, estimate: u64) -> Verdict {
+        let first = guard.observe(estimate);
+        for _ in 0..1000 {
+            if guard.pending.is_none() {
+                return guard.observe(estimate);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if guard.observe(estimate) != Verdict::Pass {
+                break;
+            }
+        }
+        assert!(guard.pending.is_none(), "the extension never finished");
+        first
+    }
+
+    #[tokio::test]
+    async fn extends_while_budget_lasts_then_cuts_past_the_cover() {
+        let backend = Arc::new(MemoryBackend::default());
+        let key = run_tokens(300);
+        let tokens = |n| Charge {
+            tokens: n,
+            ..Charge::default()
+        };
+        // The call reserved 100 tokens; the run allows 300, so two extensions of 100 fit.
+        let admission = backend
+            .admit_now(std::slice::from_ref(&key), tokens(100))
+            .expect("admit");
+        let mut guard = StreamGuard::new(backend.clone(), vec![key], 100, 100, tokens(100));
+        assert_eq!(guard.observe(10), Verdict::Pass);
+        assert!(
+            guard.pending.is_none(),
+            "far from the cover: no extension yet"
+        );
+        assert_eq!(settle(&mut guard, 60).await, Verdict::Pass);
+        assert_eq!(guard.granted(), tokens(100), "first extension granted");
+        assert_eq!(settle(&mut guard, 160).await, Verdict::Pass);
+        assert_eq!(guard.granted(), tokens(200), "second extension granted");
+        assert_eq!(settle(&mut guard, 260).await, Verdict::Pass, "within 300");
+        assert_eq!(
+            guard.refused(),
+            Some(CutReason::Budget("run")),
+            "a third extension does not fit"
+        );
+        assert_eq!(guard.observe(300), Verdict::Pass, "exactly at the cover");
+        assert_eq!(guard.observe(301), Verdict::Cut(CutReason::Budget("run")));
+        drop(admission);
+    }
+
+    #[tokio::test]
+    async fn a_refused_extension_cuts_at_the_reservation() {
+        let backend = Arc::new(MemoryBackend::default());
+        // The run has 1 token left beyond nothing reserved: no extension of 50 fits.
+        let key = run_tokens(1);
+        let mut guard = StreamGuard::new(
+            backend,
+            vec![key],
+            50,
+            50,
+            Charge {
+                tokens: 50,
+                ..Charge::default()
+            },
+        );
+        assert_eq!(settle(&mut guard, 40).await, Verdict::Pass);
+        assert_eq!(guard.refused(), Some(CutReason::Budget("run")));
+        assert_eq!(
+            guard.observe(50),
+            Verdict::Pass,
+            "the reservation still covers 50"
+        );
+        assert_eq!(guard.observe(51), Verdict::Cut(CutReason::Budget("run")));
+        assert_eq!(guard.granted(), Charge::default());
+    }
+
+    #[tokio::test]
+    async fn unreachable_counters_cut_at_the_reservation() {
+        use crate::limits::redis::{RedisBackend, RedisSettings, Unavailable};
+        // Nothing listens on the port: every extension fails, and fails closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let backend = RedisBackend::start(RedisSettings {
+            url: format!("redis://127.0.0.1:{port}"),
+            timeout: Duration::from_millis(50),
+            lease_ttl: Duration::from_secs(30),
+            run_ttl: Duration::from_secs(60),
+            on_unavailable: Unavailable::FailClosed,
+        })
+        .expect("valid url");
+        let step = Charge {
+            tokens: 50,
+            ..Charge::default()
+        };
+        let mut guard = StreamGuard::new(Arc::new(backend), vec![run_tokens(1_000)], 50, 50, step);
+        assert_eq!(settle(&mut guard, 40).await, Verdict::Pass);
+        assert_eq!(guard.refused(), Some(CutReason::Unavailable));
+        assert_eq!(guard.observe(51), Verdict::Cut(CutReason::Unavailable));
+    }
+
+    #[test]
+    fn cut_event_is_one_sse_error_event() {
+        let event = String::from_utf8(cut_event("budget_exhausted", "run budget spent", "req-1"))
+            .expect("utf8");
+        assert!(
+            event.starts_with("event: error\ndata: {") && event.ends_with("}\n\n"),
+            "{event}"
+        );
+        let data: serde_json::Value =
+            serde_json::from_str(event.trim_end().trim_start_matches("event: error\ndata: "))
+                .expect("json");
+        assert_eq!(data["error"]["code"], "budget_exhausted");
+        assert_eq!(data["error"]["request_id"], "req-1");
+    }
+}

@@ -1,0 +1,530 @@
+//! The price table: what a model's tokens cost, per provider, in integer micro-units of the
+//! deployment's currency per million tokens. Money is never a float: a price such as `0.15`
+//! USD per million is written `150_000`, and every cost is computed in `u128` and rounded up,
+//! so a ceiling is never crossed by rounding.
+//!
+//! ```toml
+//! currency = "USD"
+//! unknown_model = "refuse"          # or "default", which then needs [default]
+//!
+//! [providers.openai]
+//! "gpt-4o-mini" = { input = 150_000, cached_input = 75_000, output = 600_000 }
+//!
+//! [default]
+//! input = 5_000_000
+//! output = 15_000_000
+//! ```
+//!
+//! A model is found by its exact name, or by the name with a dated snapshot suffix removed
+//! (`gpt-4o-mini-2024-07-18`, `claude-3-5-sonnet-20241022`), never by a looser prefix: `gpt-4o`
+//! must not price `gpt-4o-mini`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Micro-units per million tokens, for each kind of token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prices {
+    /// Uncached input (prompt) tokens.
+    pub input: u64,
+    /// Input tokens served from the provider's prompt cache.
+    pub cached_input: u64,
+    /// Output (completion) tokens, reasoning included.
+    pub output: u64,
+}
+
+impl Prices {
+    /// What a call cost: `input` tokens of which `cached` were cache hits, and `output` tokens.
+    /// Rounded up to the next micro-unit.
+    pub fn cost_micros(&self, input: u64, cached: u64, output: u64) -> u64 {
+        let cached = cached.min(input);
+        let total = (u128::from(input - cached) * u128::from(self.input))
+            .saturating_add(u128::from(cached) * u128::from(self.cached_input))
+            .saturating_add(u128::from(output) * u128::from(self.output));
+        per_million(total)
+    }
+
+    /// The most a call with `input` prompt tokens and at most `output` output tokens can cost,
+    /// whatever the cache does.
+    pub fn worst_case_micros(&self, input: u64, output: u64) -> u64 {
+        // Each product fits in u128 (u64 × u64); only their sum can overflow.
+        let total = (u128::from(input) * u128::from(self.input.max(self.cached_input)))
+            .saturating_add(u128::from(output) * u128::from(self.output));
+        per_million(total)
+    }
+}
+
+fn per_million(total: u128) -> u64 {
+    u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// What happens to a call whose model the table does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownModel {
+    /// Price it with the table's `[default]` prices.
+    Default,
+    /// Refuse it (`model_not_priced`): the safe choice when cost ceilings matter.
+    Refuse,
+}
+
+/// A loaded, validated price table.
+#[derive(Debug, Clone)]
+pub struct PriceTable {
+    currency: String,
+    unknown_model: UnknownModel,
+    default: Option<Prices>,
+    providers: BTreeMap<String, BTreeMap<String, Prices>>,
+}
+
+impl PriceTable {
+    /// Reads and validates a price table file.
+    pub fn load(path: &Path) -> Result<Self, Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates a price table; every problem is reported, prefixed with `origin`.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, Vec<String>> {
+        let doc: toml::Table = toml::from_str(text).map_err(|e| vec![format!("{origin}: {e}")])?;
+        let mut problems = Vec::new();
+        let mut problem = |what: String| problems.push(format!("{origin}: {what}"));
+
+        let currency = match doc.get("currency") {
+            Some(toml::Value::String(c))
+                if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) =>
+            {
+                c.clone()
+            }
+            Some(other) => {
+                problem(format!(
+                    "currency must be a 3-letter ISO 4217 code such as \"USD\", not {other}"
+                ));
+                String::new()
+            }
+            None => {
+                problem("currency is missing (a 3-letter ISO 4217 code such as \"USD\")".into());
+                String::new()
+            }
+        };
+        let unknown_model = match doc.get("unknown_model") {
+            None => UnknownModel::Refuse,
+            Some(toml::Value::String(s)) if s == "refuse" => UnknownModel::Refuse,
+            Some(toml::Value::String(s)) if s == "default" => UnknownModel::Default,
+            Some(other) => {
+                problem(format!(
+                    "unknown_model must be \"refuse\" or \"default\", not {other}"
+                ));
+                UnknownModel::Refuse
+            }
+        };
+        let default = doc
+            .get("default")
+            .and_then(|v| prices(v, "default", &mut problem));
+        if unknown_model == UnknownModel::Default && default.is_none() {
+            problem("unknown_model = \"default\" needs a [default] table of prices".into());
+        }
+        let mut providers = BTreeMap::new();
+        match doc.get("providers") {
+            None => {}
+            Some(toml::Value::Table(table)) => {
+                for (provider, models) in table {
+                    let Some(models) = models.as_table() else {
+                        problem(format!(
+                            "providers.{provider} must be a table of model = {{ input, output }}"
+                        ));
+                        continue;
+                    };
+                    let mut priced = BTreeMap::new();
+                    for (model, v) in models {
+                        let at = format!("providers.{provider}.\"{model}\"");
+                        if let Some(p) = prices(v, &at, &mut problem) {
+                            priced.insert(model.clone(), p);
+                        }
+                    }
+                    providers.insert(provider.clone(), priced);
+                }
+            }
+            Some(_) => problem("providers must be a table of [providers.NAME]".into()),
+        }
+        for key in doc.keys() {
+            if !matches!(
+                key.as_str(),
+                "currency" | "unknown_model" | "default" | "providers"
+            ) {
+                problem(format!(
+                    "unknown key `{key}` (expected currency, unknown_model, default, providers)"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self {
+                currency,
+                unknown_model,
+                default,
+                providers,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The ISO 4217 code every price and ceiling is in.
+    pub fn currency(&self) -> &str {
+        &self.currency
+    }
+
+    /// What happens to a model the table does not list.
+    pub fn unknown_model(&self) -> UnknownModel {
+        self.unknown_model
+    }
+
+    /// Prices for `model` called through `provider` (from the route or the destination host),
+    /// or `None` when the call must be refused as unpriced.
+    ///
+    /// A provider the table lists is searched alone. Without one (or one the table does not
+    /// list), every provider is searched, and when several list the model at different prices
+    /// the dearest is used, so an unknown route can never make a call cheaper than it is.
+    pub fn lookup(&self, provider: Option<&str>, model: &str) -> Option<Prices> {
+        let found = match provider.and_then(|p| self.providers.get(p)) {
+            Some(models) => find(models, model),
+            None => self
+                .providers
+                .values()
+                .filter_map(|models| find(models, model))
+                .max_by_key(|p| (p.output, p.input, p.cached_input)),
+        };
+        found.or(match self.unknown_model {
+            UnknownModel::Default => self.default,
+            UnknownModel::Refuse => None,
+        })
+    }
+}
+
+/// The prices of `model` by exact name, else of its name without a dated snapshot suffix.
+fn find(models: &BTreeMap<String, Prices>, model: &str) -> Option<Prices> {
+    models
+        .get(model)
+        .or_else(|| models.get(without_snapshot(model)?))
+        .copied()
+}
+
+/// `gpt-4o-2024-08-06` → `gpt-4o`, `claude-3-5-sonnet-20241022` → `claude-3-5-sonnet`,
+/// `gpt-4-0613` → `gpt-4`; `None` when the name ends in no such date.
+fn without_snapshot(model: &str) -> Option<&str> {
+    let is_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    // -YYYY-MM-DD
+    if let Some(base) = model.len().checked_sub(11).and_then(|i| {
+        let (base, tail) = model.split_at_checked(i)?;
+        let parts: Vec<&str> = tail.strip_prefix('-')?.split('-').collect();
+        (matches!(parts.as_slice(), [y, m, d] if y.len() == 4 && m.len() == 2 && d.len() == 2
+            && is_digits(y) && is_digits(m) && is_digits(d)))
+        .then_some(base)
+    }) {
+        return (!base.is_empty()).then_some(base);
+    }
+    // -YYYYMMDD or -MMDD
+    let (base, tail) = model.rsplit_once('-')?;
+    ((tail.len() == 8 || tail.len() == 4) && is_digits(tail) && !base.is_empty()).then_some(base)
+}
+
+/// Reads `{ input, cached_input?, output }`; `cached_input` defaults to `input`.
+fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option<Prices> {
+    let Some(table) = v.as_table() else {
+        problem(format!(
+            "{at} must be {{ input = N, cached_input = N, output = N }}"
+        ));
+        return None;
+    };
+    let mut field = |name: &str| -> Option<Option<u64>> {
+        match table.get(name) {
+            None => Some(None),
+            Some(toml::Value::Integer(n)) if *n >= 0 => Some(Some(*n as u64)),
+            Some(toml::Value::Float(f)) => {
+                let hint = if f.is_finite() && *f >= 0.0 {
+                    format!(" (write {} for {f})", (f * 1_000_000.0).round() as u64)
+                } else {
+                    String::new()
+                };
+                problem(format!(
+                    "{at}.{name} is a float; prices are integer micro-units of currency per \
+                     million tokens{hint}"
+                ));
+                None
+            }
+            Some(other) => {
+                problem(format!(
+                    "{at}.{name} must be a non-negative integer (micro-units per million \
+                     tokens), not {other}"
+                ));
+                None
+            }
+        }
+    };
+    let input = field("input");
+    let cached_input = field("cached_input");
+    let output = field("output");
+    for key in table.keys() {
+        if !matches!(key.as_str(), "input" | "cached_input" | "output") {
+            problem(format!(
+                "{at}: unknown key `{key}` (expected input, cached_input, output)"
+            ));
+        }
+    }
+    // A field that was present but wrong has been reported already.
+    let (Some(input), Some(cached_input), Some(output)) = (input, cached_input, output) else {
+        return None;
+    };
+    match (input, output) {
+        (Some(input), Some(output)) => Some(Prices {
+            input,
+            cached_input: cached_input.unwrap_or(input),
+            output,
+        }),
+        (input, output) => {
+            let missing: Vec<&str> = [("input", input), ("output", output)]
+                .into_iter()
+                .filter_map(|(name, v)| v.is_none().then_some(name))
+                .collect();
+            problem(format!("{at} is missing {}", missing.join(" and ")));
+            None
+        }
+    }
+}
+
+/// The provider a well-known API host belongs to, for routes that do not name one.
+pub fn provider_for_host(host: &str) -> Option<&'static str> {
+    Some(
+        match host.trim_end_matches('.').to_ascii_lowercase().as_str() {
+            "api.openai.com" => "openai",
+            "api.anthropic.com" => "anthropic",
+            "generativelanguage.googleapis.com" => "google",
+            "api.mistral.ai" => "mistral",
+            "api.groq.com" => "groq",
+            "api.deepseek.com" => "deepseek",
+            "api.together.xyz" => "together",
+            "openrouter.ai" => "openrouter",
+            "api.x.ai" => "xai",
+            _ => return None,
+        },
+    )
+}
+
+/// Micro-units as a decimal amount with at least two decimals: `1_500_000` → `1.50`,
+/// `1_234_567` → `1.234567`, `10` → `0.00001`.
+pub fn format_micros(micros: u64) -> String {
+    let fraction = format!("{:06}", micros % 1_000_000);
+    let fraction = fraction.trim_end_matches('0');
+    format!("{}.{fraction:0<2}", micros / 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = r#"
+currency = "USD"
+unknown_model = "refuse"
+
+[providers.openai]
+"gpt-4o" = { input = 2_500_000, cached_input = 1_250_000, output = 10_000_000 }
+"gpt-4o-mini" = { input = 150_000, cached_input = 75_000, output = 600_000 }
+"gpt-4" = { input = 30_000_000, output = 60_000_000 }
+
+[providers.anthropic]
+"claude-3-5-sonnet" = { input = 3_000_000, cached_input = 300_000, output = 15_000_000 }
+
+[providers.together]
+"gpt-4o-mini" = { input = 200_000, output = 800_000 }
+"#;
+
+    fn table() -> PriceTable {
+        PriceTable::parse(TABLE, "prices.toml").expect("valid table")
+    }
+
+    #[test]
+    fn lookup_by_name_snapshot_and_provider() {
+        let t = table();
+        let mini = t.lookup(Some("openai"), "gpt-4o-mini").unwrap();
+        assert_eq!(mini.output, 600_000);
+        // Dated snapshots price as their model, never as a shorter model's prefix.
+        assert_eq!(
+            t.lookup(Some("openai"), "gpt-4o-mini-2024-07-18"),
+            Some(mini)
+        );
+        assert_eq!(
+            t.lookup(Some("openai"), "gpt-4o-2024-08-06")
+                .unwrap()
+                .output,
+            10_000_000
+        );
+        assert_eq!(
+            t.lookup(Some("openai"), "gpt-4-0613").unwrap().input,
+            30_000_000
+        );
+        assert_eq!(
+            t.lookup(Some("anthropic"), "claude-3-5-sonnet-20241022")
+                .unwrap()
+                .cached_input,
+            300_000
+        );
+        assert_eq!(t.lookup(Some("openai"), "gpt-4o-mini-audio"), None);
+        assert_eq!(t.lookup(Some("openai"), "gpt-4o-mini-tts"), None);
+        // A listed provider is searched alone.
+        assert_eq!(t.lookup(Some("anthropic"), "gpt-4o-mini"), None);
+        // Unknown or absent provider: every provider, dearest on disagreement.
+        assert_eq!(t.lookup(None, "gpt-4o-mini").unwrap().output, 800_000);
+        assert_eq!(
+            t.lookup(Some("azure"), "gpt-4o-mini").unwrap().output,
+            800_000
+        );
+        // cached_input defaults to input.
+        assert_eq!(t.lookup(None, "gpt-4").unwrap().cached_input, 30_000_000);
+        assert_eq!(t.lookup(None, "llama-3"), None);
+        assert_eq!(t.unknown_model(), UnknownModel::Refuse);
+        assert_eq!(t.currency(), "USD");
+    }
+
+    #[test]
+    fn unknown_models_use_the_default_when_configured() {
+        let t = PriceTable::parse(
+            "currency = \"EUR\"\nunknown_model = \"default\"\n[default]\ninput = 1\noutput = 2\n",
+            "p",
+        )
+        .unwrap();
+        assert_eq!(
+            t.lookup(Some("openai"), "anything"),
+            Some(Prices {
+                input: 1,
+                cached_input: 1,
+                output: 2
+            })
+        );
+    }
+
+    #[test]
+    fn costs_are_integer_and_round_up() {
+        let p = Prices {
+            input: 150_000,
+            cached_input: 75_000,
+            output: 600_000,
+        };
+        // 1000 input (400 cached), 100 output: 600*0.15 + 400*0.075 + 100*0.6 = 180 micros.
+        assert_eq!(p.cost_micros(1000, 400, 100), 180);
+        // One token at 0.15 micros rounds up to 1.
+        assert_eq!(p.cost_micros(1, 0, 0), 1);
+        assert_eq!(p.cost_micros(0, 0, 0), 0);
+        // More cached than input is clamped, never underflows.
+        assert_eq!(p.cost_micros(10, 50, 0), 1);
+        // Worst case prices every input token as uncached.
+        assert_eq!(p.worst_case_micros(1000, 100), 210);
+        assert!(p.worst_case_micros(1000, 100) >= p.cost_micros(1000, 400, 100));
+        let huge = Prices {
+            input: u64::MAX,
+            cached_input: u64::MAX,
+            output: u64::MAX,
+        };
+        assert_eq!(huge.worst_case_micros(u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn settled_cost_never_exceeds_the_worst_case(
+            input in 0u64..10_000_000, cached in 0u64..10_000_000, output in 0u64..1_000_000,
+            extra in 0u64..1_000_000,
+            pi in 0u64..100_000_000, pc in 0u64..100_000_000, po in 0u64..100_000_000,
+        ) {
+            let p = Prices { input: pi, cached_input: pc, output: po };
+            proptest::prop_assert!(
+                p.cost_micros(input, cached, output) <= p.worst_case_micros(input, output + extra)
+            );
+        }
+    }
+
+    #[test]
+    fn bad_tables_say_what_is_wrong() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "currency = \"USD\"\n[providers.openai]\n\"m\" = { input = 0.15, output = 1 }\n",
+                "write 150000 for 0.15",
+            ),
+            (
+                "currency = \"USD\"\n[providers.openai]\n\"m\" = { input = -1, output = 1 }\n",
+                "non-negative integer",
+            ),
+            (
+                "currency = \"usd\"\n",
+                "3-letter ISO 4217",
+            ),
+            ("unknown_model = \"refuse\"\n", "currency is missing"),
+            (
+                "currency = \"USD\"\nunknown_model = \"default\"\n",
+                "needs a [default]",
+            ),
+            (
+                "currency = \"USD\"\nunknown_model = \"allow\"\n",
+                "\"refuse\" or \"default\"",
+            ),
+            (
+                "currency = \"USD\"\n[providers.openai]\n\"m\" = { input = 1 }\n",
+                "is missing output",
+            ),
+            (
+                "currency = \"USD\"\n[providers.openai]\n\"m\" = { input = 1, output = 1, ouput = 2 }\n",
+                "unknown key `ouput`",
+            ),
+            ("currency = \"USD\"\nprice = 3\n", "unknown key `price`"),
+            ("currency = \"USD\"\n[providers]\nopenai = 3\n", "providers.openai must be"),
+            ("currency = ", "prices.toml"),
+        ];
+        for (text, want) in cases {
+            let problems = PriceTable::parse(text, "prices.toml").expect_err(text);
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.contains(want) && p.starts_with("prices.toml")),
+                "{text:?}: {problems:?}"
+            );
+        }
+        assert!(
+            PriceTable::load(Path::new("/nonexistent/prices.toml")).unwrap_err()[0]
+                .contains("cannot read /nonexistent/prices.toml")
+        );
+    }
+
+    #[test]
+    fn snapshot_suffixes() {
+        assert_eq!(without_snapshot("gpt-4o-2024-08-06"), Some("gpt-4o"));
+        assert_eq!(
+            without_snapshot("claude-3-5-sonnet-20241022"),
+            Some("claude-3-5-sonnet")
+        );
+        assert_eq!(without_snapshot("gpt-4-0613"), Some("gpt-4"));
+        assert_eq!(without_snapshot("gpt-4o"), None);
+        assert_eq!(without_snapshot("llama-3-70b"), None);
+        assert_eq!(without_snapshot("2024-08-06"), None);
+        assert_eq!(without_snapshot("-2024-08-06"), None);
+        assert_eq!(without_snapshot("o1-2024-12-17"), Some("o1"));
+        assert_eq!(
+            without_snapshot("gpt-3.5-turbo-0125"),
+            Some("gpt-3.5-turbo")
+        );
+        assert_eq!(without_snapshot("model-123"), None);
+    }
+
+    #[test]
+    fn money_formats_with_two_decimals_at_least() {
+        assert_eq!(format_micros(1_500_000), "1.50");
+        assert_eq!(format_micros(1_234_567), "1.234567");
+        assert_eq!(format_micros(10), "0.00001");
+        assert_eq!(format_micros(0), "0.00");
+        assert_eq!(format_micros(42_000_000), "42.00");
+    }
+
+    #[test]
+    fn well_known_hosts() {
+        assert_eq!(provider_for_host("api.openai.com"), Some("openai"));
+        assert_eq!(provider_for_host("API.Anthropic.com."), Some("anthropic"));
+        assert_eq!(provider_for_host("127.0.0.1"), None);
+    }
+}

@@ -1,0 +1,482 @@
+//! Cost ceilings, run budgets and mid-stream cuts end to end, with the in-memory limiter and
+//! the mock LLM upstream from `loadtest/`: prices from a price table, refusals that name their
+//! ceiling, streams cut with a final SSE error event that real SDKs understand, and
+//! `tenant-proxy usage` reading one tenant's spend.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn budget_proxy(mock: u16, tenants_extra: &str) -> Proxy {
+    budget_proxy_with(mock, tenants_extra, Vec::new())
+}
+
+/// A proxy with the test price table, an `llm` route to the mock, and per-tenant settings.
+fn budget_proxy_with(
+    mock: u16,
+    tenants_extra: &str,
+    tenant_settings: Vec<(&'static str, String)>,
+) -> Proxy {
+    Proxy::start_prepared(
+        ProxySpec {
+            routes: format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n"),
+            tenants_top: "prices_file = \"prices.toml\"\n".into(),
+            tenants_extra: tenants_extra.into(),
+            tenant_settings,
+            ..Default::default()
+        },
+        |dir| {
+            std::fs::copy(repo_root().join("tests/fixtures/prices.toml"), dir.join("prices.toml")).unwrap();
+        },
+    )
+}
+
+fn chat(port: u16, body: &str, extra_headers: &str) -> Response {
+    raw_request(
+        port,
+        &format!(
+            "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap()
+}
+
+#[test]
+fn daily_cost_ceiling_refuses_with_the_ceiling_named_and_unpriced_models_are_refused() {
+    let mock = start_mock();
+    // 1 micro-unit an input token, 2 an output token (tests/fixtures/prices.toml).
+    let proxy = budget_proxy_with(
+        mock,
+        "[tenants.acme.limits]\ncost_per_day_micros = 400\n",
+        vec![("acme", "time_zone = \"Europe/Berlin\"".into())],
+    );
+    let body =
+        r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+    // Reserved: one token a body byte plus 50 output tokens; settled: the mock's usage.
+    let reserve = body.len() as u64 + 2 * 50;
+    let first = chat(proxy.sidecar_port, body, "");
+    assert_eq!(first.status, 200, "{}", first.body_text());
+    let rec = proxy.audit_record("acme", &first.request_id());
+    let usage = &rec["usage"];
+    let expected_cost =
+        usage["input_tokens"].as_u64().unwrap() + 2 * usage["output_tokens"].as_u64().unwrap();
+    assert_eq!(
+        rec["reserved"]["cost_micros"].as_u64(),
+        Some(reserve),
+        "{rec}"
+    );
+    assert_eq!(
+        rec["settled"]["cost_micros"].as_u64(),
+        Some(expected_cost),
+        "{rec}"
+    );
+    let mut spent = expected_cost;
+    let mut refused = None;
+    for _ in 0..10 {
+        let r = chat(proxy.sidecar_port, body, "");
+        let rec = proxy.audit_record("acme", &r.request_id());
+        if r.status == 200 {
+            spent += rec["settled"]["cost_micros"].as_u64().unwrap();
+            continue;
+        }
+        refused = Some((r, rec));
+        break;
+    }
+    let (r, rec) = refused.expect("the day's ceiling refuses eventually");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (429, "budget_exhausted"),
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(r.json()["error"]["ceiling"], "day");
+    assert_eq!(r.json()["error"]["request_id"], r.request_id());
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=25 * 3600).contains(&retry),
+        "retry at Berlin midnight, not {retry}s"
+    );
+    assert_eq!(
+        (rec["reason"].as_str(), rec["ceiling"].as_str()),
+        (Some("budget_exhausted"), Some("day"))
+    );
+    assert!(
+        spent + reserve > 400 && spent <= 400,
+        "refused only when the reservation would cross: {spent}"
+    );
+
+    // A model missing from the price table is refused (the table says `refuse`), audited.
+    let r = chat(
+        proxy.sidecar_port,
+        r#"{"model":"mystery-1","messages":[]}"#,
+        "",
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "model_not_priced"),
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(
+        proxy.audit_record("acme", &r.request_id())["reason"],
+        "model_not_priced"
+    );
+
+    // Cost is counted per tenant in metrics.
+    let metrics = proxy.metrics();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("tenant_proxy_llm_cost_micros_total{tenant=\"acme\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap(),
+        spent
+    );
+    assert!(!metrics.contains("tenant_proxy_llm_cost_micros_total{tenant=\"globex\"}"));
+}
+
+fn run_token(run_id: &'static str, budget: RunBudget) -> String {
+    token(TokenOpts {
+        run_id: Some(run_id),
+        run_budget: Some(budget),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_stream_that_outruns_its_run_budget_is_cut_with_a_final_error_event() {
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, "[tenants.acme.limits]\nassumed_max_tokens = 100\n");
+    let budget = RunBudget {
+        tokens: Some(600),
+        ..RunBudget::default()
+    };
+    let bearer = run_token("run-stream", budget);
+    // No max_tokens, and a model that would write 3000 tokens, one per event, 1 ms apart.
+    let code = format!(
+        r#"
+import json, openai
+client = openai.OpenAI(base_url="http://127.0.0.1:{port}/llm", api_key="unused",
+    default_headers={{"Proxy-Authorization": "Bearer {bearer}", "x-mock-output-tokens": "3000", "x-mock-chunk-delay-ms": "1"}},
+    max_retries=0)
+chunks = 0
+try:
+    for event in client.chat.completions.create(model="gpt-4o-mini", stream=True,
+            messages=[{{"role": "user", "content": "write forever"}}]):
+        chunks += 1
+    print(json.dumps({{"chunks": chunks, "error": None}}))
+except openai.APIError as e:
+    print(json.dumps({{"chunks": chunks, "error": str(e)}}))
+"#,
+        port = proxy.shared_port
+    );
+    let out: serde_json::Value = serde_json::from_str(python(&code, &[]).trim()).unwrap();
+    let chunks = out["chunks"].as_u64().unwrap();
+    assert!(
+        chunks > 50 && chunks < 3000,
+        "the stream ran, then was cut: {out}"
+    );
+    assert!(
+        out["error"].as_str().unwrap().contains("budget"),
+        "the SDK raised the cut: {out}"
+    );
+
+    // curl sees a complete chunked response that ends with the error event.
+    let (status, body) = curl(&[
+        "-N",
+        "-H",
+        &format!("Proxy-Authorization: Bearer {bearer}"),
+        "-H",
+        "x-mock-output-tokens: 3000",
+        "-H",
+        "x-mock-chunk-delay-ms: 1",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
+        &format!(
+            "http://127.0.0.1:{}/llm/chat/completions",
+            proxy.shared_port
+        ),
+    ]);
+    // The run has little left, so this one is either refused up front or cut at once.
+    assert!(status == 200 || status == 429, "{status} {body}");
+    if status == 200 {
+        assert!(
+            body.trim_end().ends_with('}') && body.contains("event: error"),
+            "{body}"
+        );
+        assert!(!body.contains("[DONE]"), "{body}");
+    }
+
+    let recs = proxy.wait_audit_records("acme", 2);
+    let cut = recs
+        .iter()
+        .find(|r| r["stream_cut"] == true)
+        .unwrap_or_else(|| panic!("{recs:?}"));
+    assert_eq!(
+        (cut["reason"].as_str(), cut["ceiling"].as_str()),
+        (Some("budget_exhausted"), Some("run"))
+    );
+    assert_eq!(cut["status"], 200);
+    // The run never spent past its budget: every token settled is covered by it.
+    let settled: u64 = recs
+        .iter()
+        .filter_map(|r| r["settled"]["tokens"].as_u64())
+        .sum();
+    assert!(settled <= 600, "run spent {settled} of 600: {recs:?}");
+    assert!(proxy
+        .metrics()
+        .contains("tenant_proxy_stream_cuts_total{tenant=\"acme\"}"));
+
+    // With the budget spent, the next call of the run is refused before it starts, and says
+    // no retry will help; a header cannot move the call to a fresh run.
+    let r = chat(
+        proxy.shared_port,
+        r#"{"model":"gpt-4o-mini","max_tokens":100,"messages":[]}"#,
+        &format!("Proxy-Authorization: Bearer {bearer}\r\nX-Run-Id: fresh-run\r\n"),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (429, "budget_exhausted"),
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(r.json()["error"]["ceiling"], "run");
+    assert!(r.header("retry-after").is_none());
+    // A new token for the same run cannot reset it either.
+    let again = run_token(
+        "run-stream",
+        RunBudget {
+            tokens: Some(600),
+            ..RunBudget::default()
+        },
+    );
+    let r = chat(
+        proxy.shared_port,
+        r#"{"model":"gpt-4o-mini","max_tokens":100,"messages":[]}"#,
+        &format!("Proxy-Authorization: Bearer {again}\r\n"),
+    );
+    assert_eq!(r.code(), "budget_exhausted");
+}
+
+#[test]
+fn a_stream_within_its_budget_is_extended_and_finishes() {
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, "[tenants.acme.limits]\nassumed_max_tokens = 50\n");
+    let bearer = run_token(
+        "run-long",
+        RunBudget {
+            tokens: Some(100_000),
+            ..RunBudget::default()
+        },
+    );
+    let (status, body) = curl(&[
+        "-N",
+        "-H",
+        &format!("Proxy-Authorization: Bearer {bearer}"),
+        "-H",
+        "x-mock-output-tokens: 400",
+        "-H",
+        "x-mock-chunk-delay-ms: 1",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
+        &format!(
+            "http://127.0.0.1:{}/llm/chat/completions",
+            proxy.shared_port
+        ),
+    ]);
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("[DONE]") && !body.contains("event: error"),
+        "{body}"
+    );
+    assert_eq!(body.matches("\"content\"").count(), 400);
+    let rec = &proxy.wait_audit_records("acme", 1)[0];
+    assert_eq!(rec["reason"], "allowed");
+    // 400 output tokens outran the 50 reserved: extensions were reserved as it streamed, and
+    // the call settled at its real usage.
+    assert!(rec["reserved"]["tokens"].as_u64().unwrap() > 400, "{rec}");
+    assert_eq!(
+        rec["settled"]["tokens"],
+        rec["usage"]["input_tokens"].as_u64().unwrap() + 400
+    );
+}
+
+#[test]
+fn run_tool_calls_and_wall_time_are_per_run_and_only_from_signed_tokens() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let url = format!("http://127.0.0.1:{}/acme/tool", origin.port);
+    let tools = run_token(
+        "run-tools",
+        RunBudget {
+            tool_calls: Some(2),
+            ..RunBudget::default()
+        },
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            forward_get(proxy.shared_port, &url, Some(&tools), "").status,
+            200
+        );
+    }
+    let r = forward_get(proxy.shared_port, &url, Some(&tools), "");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (429, "budget_exhausted"),
+        "{}",
+        r.body_text()
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("2 tool calls"));
+    // Another run of the same workload has its own budget.
+    let other = run_token(
+        "run-other",
+        RunBudget {
+            tool_calls: Some(2),
+            ..RunBudget::default()
+        },
+    );
+    assert_eq!(
+        forward_get(proxy.shared_port, &url, Some(&other), "").status,
+        200
+    );
+    // A token without a run budget, and the sidecar (no token at all), are not run-limited.
+    let plain = token(TokenOpts {
+        run_id: Some("run-tools"),
+        ..Default::default()
+    });
+    assert_eq!(
+        forward_get(proxy.shared_port, &url, Some(&plain), "").status,
+        200
+    );
+    assert_eq!(
+        forward_get(proxy.sidecar_port, &url, None, "X-Run-Id: run-tools\r\n").status,
+        200
+    );
+
+    let timed = run_token(
+        "run-timed",
+        RunBudget {
+            wall_time_s: Some(1),
+            ..RunBudget::default()
+        },
+    );
+    assert_eq!(
+        forward_get(proxy.shared_port, &url, Some(&timed), "").status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = forward_get(proxy.shared_port, &url, Some(&timed), "");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (429, "budget_exhausted"),
+        "{}",
+        r.body_text()
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("wall-time"));
+    let recs = proxy.wait_audit_records("acme", 8);
+    assert_eq!(
+        recs.iter().filter(|r| r["ceiling"] == "run").count(),
+        2,
+        "{recs:?}"
+    );
+}
+
+#[test]
+fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
+    let mock = start_mock();
+    let proxy = budget_proxy(
+        mock,
+        "[tenants.acme.limits]\ncost_per_day_micros = 1000000\ncost_per_month_micros = 5000000\nconcurrency = 8\n\
+         [tenants.globex.limits]\ncost_per_day_micros = 1000000\n",
+    );
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":10,"messages":[]}"#;
+    let r = chat(proxy.sidecar_port, body, "");
+    assert_eq!(r.status, 200);
+    let rec = proxy.audit_record("acme", &r.request_id());
+    let cost = rec["settled"]["cost_micros"].as_u64().unwrap();
+    assert!(cost > 0);
+
+    let config = proxy.path("tenant-proxy.toml");
+    let config = config.to_str().unwrap();
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["usage", "--config", config, "--tenant", "acme", "--json"],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = |scope: &str, measure: &str| {
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["scope"] == scope && r["measure"] == measure)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {scope} {measure} in {report}"))
+    };
+    assert_eq!(row("tenant", "cost_micros")["used"].as_u64(), Some(cost));
+    assert_eq!(
+        row("tenant", "cost_micros")["ceiling"].as_u64(),
+        Some(1_000_000)
+    );
+    assert_eq!(
+        row("tenant", "in_flight")["used"].as_u64(),
+        Some(0),
+        "the lease was returned"
+    );
+    assert_eq!(report["currency"], "USD");
+
+    // The month view, as a table.
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &[
+            "usage", "--config", config, "--tenant", "acme", "--period", "month",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("tenant acme  month") && out.contains("USD"),
+        "{out}"
+    );
+
+    // Acme's spend never shows as globex's.
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["usage", "--config", config, "--tenant", "globex", "--json"],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["used"] == 0),
+        "{report}"
+    );
+
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["usage", "--config", config, "--tenant", "nobody"],
+        "",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not configured"), "{out}");
+}
