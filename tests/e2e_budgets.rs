@@ -35,17 +35,6 @@ fn budget_proxy_with(
     )
 }
 
-fn chat(port: u16, body: &str, extra_headers: &str) -> Response {
-    raw_request(
-        port,
-        &format!(
-            "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .unwrap()
-}
-
 #[test]
 fn daily_cost_ceiling_refuses_with_the_ceiling_named_and_unpriced_models_are_refused() {
     let mock = start_mock();
@@ -59,7 +48,7 @@ fn daily_cost_ceiling_refuses_with_the_ceiling_named_and_unpriced_models_are_ref
         r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
     // Reserved: one token a body byte plus 50 output tokens; settled: the mock's usage.
     let reserve = body.len() as u64 + 2 * 50;
-    let first = chat(proxy.sidecar_port, body, "");
+    let first = llm_chat(proxy.sidecar_port, body, "");
     assert_eq!(first.status, 200, "{}", first.body_text());
     let rec = proxy.audit_record("acme", &first.request_id());
     let usage = &rec["usage"];
@@ -78,7 +67,7 @@ fn daily_cost_ceiling_refuses_with_the_ceiling_named_and_unpriced_models_are_ref
     let mut spent = expected_cost;
     let mut refused = None;
     for _ in 0..10 {
-        let r = chat(proxy.sidecar_port, body, "");
+        let r = llm_chat(proxy.sidecar_port, body, "");
         let rec = proxy.audit_record("acme", &r.request_id());
         if r.status == 200 {
             spent += rec["settled"]["cost_micros"].as_u64().unwrap();
@@ -88,12 +77,7 @@ fn daily_cost_ceiling_refuses_with_the_ceiling_named_and_unpriced_models_are_ref
         break;
     }
     let (r, rec) = refused.expect("the day's ceiling refuses eventually");
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (429, "budget_exhausted"),
-        "{}",
-        r.body_text()
-    );
+    r.assert_refused(429, "budget_exhausted");
     assert_eq!(r.json()["error"]["ceiling"], "day");
     assert_eq!(r.json()["error"]["request_id"], r.request_id());
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
@@ -111,17 +95,12 @@ fn daily_cost_ceiling_refuses_with_the_ceiling_named_and_unpriced_models_are_ref
     );
 
     // A model missing from the price table is refused (the table says `refuse`), audited.
-    let r = chat(
+    let r = llm_chat(
         proxy.sidecar_port,
         r#"{"model":"mystery-1","messages":[]}"#,
         "",
     );
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (403, "model_not_priced"),
-        "{}",
-        r.body_text()
-    );
+    r.assert_refused(403, "model_not_priced");
     assert_eq!(
         proxy.audit_record("acme", &r.request_id())["reason"],
         "model_not_priced"
@@ -236,17 +215,12 @@ except openai.APIError as e:
 
     // With the budget spent, the next call of the run is refused before it starts, and says
     // no retry will help; a header cannot move the call to a fresh run.
-    let r = chat(
+    let r = llm_chat(
         proxy.shared_port,
         r#"{"model":"gpt-4o-mini","max_tokens":100,"messages":[]}"#,
         &format!("Proxy-Authorization: Bearer {bearer}\r\nX-Run-Id: fresh-run\r\n"),
     );
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (429, "budget_exhausted"),
-        "{}",
-        r.body_text()
-    );
+    r.assert_refused(429, "budget_exhausted");
     assert_eq!(r.json()["error"]["ceiling"], "run");
     assert!(r.header("retry-after").is_none());
     // A new token for the same run cannot reset it either.
@@ -257,7 +231,7 @@ except openai.APIError as e:
             ..RunBudget::default()
         },
     );
-    let r = chat(
+    let r = llm_chat(
         proxy.shared_port,
         r#"{"model":"gpt-4o-mini","max_tokens":100,"messages":[]}"#,
         &format!("Proxy-Authorization: Bearer {again}\r\n"),
@@ -329,12 +303,7 @@ fn run_tool_calls_and_wall_time_are_per_run_and_only_from_signed_tokens() {
         );
     }
     let r = forward_get(proxy.shared_port, &url, Some(&tools), "");
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (429, "budget_exhausted"),
-        "{}",
-        r.body_text()
-    );
+    r.assert_refused(429, "budget_exhausted");
     assert!(r.json()["error"]["message"]
         .as_str()
         .unwrap()
@@ -378,12 +347,7 @@ fn run_tool_calls_and_wall_time_are_per_run_and_only_from_signed_tokens() {
     );
     std::thread::sleep(Duration::from_millis(2100));
     let r = forward_get(proxy.shared_port, &url, Some(&timed), "");
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (429, "budget_exhausted"),
-        "{}",
-        r.body_text()
-    );
+    r.assert_refused(429, "budget_exhausted");
     assert!(r.json()["error"]["message"]
         .as_str()
         .unwrap()
@@ -405,7 +369,7 @@ fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
          [tenants.globex.limits]\ncost_per_day_micros = 1000000\n",
     );
     let body = r#"{"model":"gpt-4o-mini","max_tokens":10,"messages":[]}"#;
-    let r = chat(proxy.sidecar_port, body, "");
+    let r = llm_chat(proxy.sidecar_port, body, "");
     assert_eq!(r.status, 200);
     let rec = proxy.audit_record("acme", &r.request_id());
     let cost = rec["settled"]["cost_micros"].as_u64().unwrap();

@@ -46,12 +46,7 @@ fn tenant_rate_ceiling_refuses_fast_and_leaves_other_tenants_alone() {
         started.elapsed() < Duration::from_secs(1),
         "a refusal is fast, never a stall"
     );
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (429, "rate_limited"),
-        "{}",
-        r.body_text()
-    );
+    r.assert_refused(429, "rate_limited");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=12).contains(&retry), "retry-after {retry}");
     assert_eq!(
@@ -170,12 +165,7 @@ fn workload_concurrency_lease_is_returned_when_the_request_ends() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let r = forward_get(port, &url(&origin, "/acme/c"), Some(&researcher), "");
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (429, "concurrency_limited"),
-        "{}",
-        r.body_text()
-    );
+    r.assert_refused(429, "concurrency_limited");
     // Another workload of the same tenant has no workload ceiling.
     assert_eq!(
         forward_get(
@@ -196,17 +186,6 @@ fn workload_concurrency_lease_is_returned_when_the_request_ends() {
         200,
         "lease given back"
     );
-}
-
-fn chat(port: u16, body: &str) -> Response {
-    raw_request(
-        port,
-        &format!(
-            "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .unwrap()
 }
 
 fn llm_proxy(mock: u16, tenant_limits: &str) -> Proxy {
@@ -230,7 +209,7 @@ fn token_ceiling_reserves_before_and_settles_after() {
     let body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        let r = chat(proxy.sidecar_port, body);
+        let r = llm_chat(proxy.sidecar_port, body, "");
         // Settlement runs in the logging phase, just before the audit record is written.
         proxy.audit_record("acme", &r.request_id());
         statuses.push(r.status);
@@ -241,16 +220,12 @@ fn token_ceiling_reserves_before_and_settles_after() {
         allowed >= 5,
         "settlement returned unused reservations: {statuses:?}"
     );
-    let r = chat(
+    let r = llm_chat(
         proxy.sidecar_port,
         r#"{"model":"gpt-4o-mini","max_tokens":1000,"messages":[]}"#,
+        "",
     );
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (429, "token_limit"),
-        "{}",
-        r.body_text()
-    );
+    r.assert_refused(429, "token_limit");
     assert!(r.header("retry-after").is_some());
     let recs = proxy.wait_audit_records("acme", 7);
     let ok = recs.iter().find(|r| r["decision"] == "allow").unwrap();
@@ -274,7 +249,7 @@ fn sixty_four_concurrent_calls_never_overshoot_the_token_ceiling() {
     let body = r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[]}"#;
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..64)
-            .map(|_| s.spawn(|| chat(port, body).status))
+            .map(|_| s.spawn(|| llm_chat(port, body, "").status))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });

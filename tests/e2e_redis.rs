@@ -178,12 +178,7 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
         "no stall: {:?}",
         started.elapsed()
     );
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (503, "limiter_unavailable"),
-        "{}",
-        r.body_text()
-    );
+    r.assert_refused(503, "limiter_unavailable");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(origin.count(), before);
     assert_eq!(
@@ -245,31 +240,12 @@ fn replicas_share_one_token_ceiling() {
     };
     let (a, b) = (start(), start());
     let body = r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[]}"#;
-    let call = |p: u16| {
-        raw_request(
-            p,
-            &format!(
-                "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            ),
-        )
-        .unwrap()
-        .status
-    };
-    let statuses: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..32)
-            .map(|i| {
-                s.spawn(move || {
-                    call(if i % 2 == 0 {
-                        a.sidecar_port
-                    } else {
-                        b.sidecar_port
-                    })
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let statuses: Vec<u16> = all_at_once(32, &[a.sidecar_port, b.sidecar_port], |p| {
+        llm_chat(p, body, "")
+    })
+    .iter()
+    .map(|r| r.status)
+    .collect();
     assert!(
         statuses.iter().all(|s| *s == 200 || *s == 429),
         "{statuses:?}"
@@ -309,38 +285,12 @@ fn replicas_never_overshoot_a_cost_ceiling_under_64_concurrent_calls() {
     // With max_tokens every reservation bounds its call's real cost, so the ceiling holds exactly.
     let body =
         r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"hello"}]}"#;
-    let call = |p: u16| {
-        raw_request(
-            p,
-            &format!(
-                "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            ),
-        )
-        .unwrap()
-    };
-    let responses: Vec<Response> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..64)
-            .map(|i| {
-                s.spawn(move || {
-                    call(if i % 2 == 0 {
-                        a.sidecar_port
-                    } else {
-                        b.sidecar_port
-                    })
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let responses = all_at_once(64, &[a.sidecar_port, b.sidecar_port], |p| {
+        llm_chat(p, body, "")
     });
     let admitted = responses.iter().filter(|r| r.status == 200).count();
     for r in responses.iter().filter(|r| r.status != 200) {
-        assert_eq!(
-            (r.status, r.code().as_str()),
-            (429, "budget_exhausted"),
-            "{}",
-            r.body_text()
-        );
+        r.assert_refused(429, "budget_exhausted");
         assert_eq!(r.json()["error"]["ceiling"], "day");
     }
     let mut recs = a.wait_audit_records("acme", 32);

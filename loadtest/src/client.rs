@@ -14,8 +14,9 @@ use crate::http1::{read_body, read_head};
 /// A hung proxy must not hang the benchmark, and 10 s is far above any healthy loopback latency.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection gives up after this many failures in a row: the target is down (say the proxy
-/// crashed), and hammering a refused port until the time limit would only bury the cause.
+/// A connection gives up after this many I/O failures in a row: the target is down (say the
+/// proxy crashed), and hammering a refused port until the time limit would only bury the cause.
+/// An HTTP answer, even a refusal, shows the target is up and does not count towards it.
 const MAX_CONSECUTIVE_FAILURES: usize = 50;
 
 /// What one run measured.
@@ -74,7 +75,8 @@ pub async fn run(
         requests: 0,
         errors: 0,
         elapsed: Duration::ZERO,
-        latencies: Vec::with_capacity(requests),
+        // `requests` may be a "until the time limit" sentinel; do not reserve for it.
+        latencies: Vec::with_capacity(requests.min(1 << 20)),
         first_error: None,
     };
     for t in tasks {
@@ -178,6 +180,7 @@ async fn worker(
             Ok(Ok((status, close, body))) => {
                 let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
                 out.fail(format!("HTTP {status}: {snippet}"));
+                out.consecutive_failures = 0;
                 if close {
                     conn = None;
                 }
@@ -193,4 +196,29 @@ async fn worker(
         }
     }
     out
+}
+
+/// One `GET` on a fresh connection; the body as text, or why it failed.
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut buf = Vec::new();
+        let head = read_head(&mut stream, &mut buf, false)
+            .await?
+            .ok_or_else(|| std::io::Error::other("connection closed before a response"))?;
+        let body = read_body(&mut stream, &mut buf, &head).await?;
+        if head.status != 200 {
+            return Err(std::io::Error::other(format!("HTTP {}", head.status)));
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| std::io::Error::other(format!("no response within {REQUEST_TIMEOUT:?}")))?
 }

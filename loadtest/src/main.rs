@@ -12,11 +12,12 @@ use clap::{Parser, Subcommand};
 use tenant_proxy_loadtest::{client, mock};
 
 /// Every row `run` knows, in the order they are measured.
-const ROWS: [&str; 5] = [
+const ROWS: [&str; 6] = [
     "direct",
     "forward",
     "route",
     "route+limits(memory)",
+    "route+limits(memory)+noisy-neighbour",
     "route+limits(redis)",
 ];
 
@@ -59,7 +60,8 @@ enum Cmd {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         duration_limit: Duration,
         /// Run only these rows (comma-separated: direct, forward, route, route+limits(memory),
-        /// route+limits(redis); the redis row needs `redis-server` on PATH). Default: all.
+        /// route+limits(memory)+noisy-neighbour, route+limits(redis); the redis row needs
+        /// `redis-server` on PATH). Default: all.
         #[arg(long, value_delimiter = ',', value_parser = parse_row)]
         only: Vec<String>,
     },
@@ -172,7 +174,11 @@ fn default_proxy_bin() -> anyhow::Result<PathBuf> {
 struct ProxyProcess {
     child: Child,
     log: PathBuf,
+    /// The listener bound to acme, whose requests are measured.
     port: u16,
+    /// The listener bound to globex, the noisy neighbour.
+    neighbour_port: u16,
+    admin_port: u16,
 }
 
 impl Drop for ProxyProcess {
@@ -275,7 +281,8 @@ async fn start_proxy(
     tenants_extra: &str,
 ) -> anyhow::Result<ProxyProcess> {
     std::fs::create_dir_all(dir)?;
-    let (proxy_port, admin_port) = (free_port()?, free_port()?);
+    let (proxy_port, admin_port, neighbour_port) = (free_port()?, free_port()?, free_port()?);
+    std::fs::write(dir.join("prices.toml"), PRICES)?;
     let policies = workspace_root().join("policies");
     // grace_period 0s: nothing needs draining at the end of a benchmark, so SIGTERM should end
     // the proxy at once. Log level warn: per-request info lines would be measured as proxy CPU.
@@ -290,6 +297,11 @@ name = "loadtest"
 listen = "127.0.0.1:{proxy_port}"
 identity = ["binding"]
 binding = {{ tenant = "acme", workload = "support-bot" }}
+[[listener]]
+name = "neighbour"
+listen = "127.0.0.1:{neighbour_port}"
+identity = ["binding"]
+binding = {{ tenant = "globex", workload = "agent" }}
 [audit]
 dir = "{audit}"
 [server]
@@ -307,10 +319,12 @@ level = "warn"
         dir.join("tenants.toml"),
         format!(
             r#"policy_dir = "{policies}"
+prices_file = "prices.toml"
 [[route]]
 name = "openai"
 prefix = "/openai/"
 upstream = "http://127.0.0.1:{mock_port}/"
+provider = "openai"
 [tenants.acme]
 plan = "pro"
 region = "eu"
@@ -347,6 +361,8 @@ workloads = ["agent"]
         child,
         log,
         port: proxy_port,
+        neighbour_port,
+        admin_port,
     };
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let readyz = Arc::new(b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n".to_vec());
@@ -424,9 +440,32 @@ fn start_redis(dir: &Path) -> anyhow::Result<RedisProcess> {
     Ok(redis)
 }
 
-/// Ceilings high enough never to refuse: the rows measure the cost of checking them.
-const LIMITS: &str =
-    "[tenants.acme.limits]\nrequests_per_second = 1000000\nburst = 1000000\nconcurrency = 100000\n";
+/// Every kind of tenant ceiling (rate, concurrency, tokens, daily and monthly cost), set high
+/// enough never to refuse: the rows measure the cost of reserving and settling against them.
+const LIMITS: &str = "[tenants.acme.limits]
+requests_per_second = 1000000
+burst = 1000000
+concurrency = 100000
+tokens_per_minute = 1000000000000
+cost_per_day_micros = 1000000000000
+cost_per_month_micros = 1000000000000
+";
+
+/// The noisy neighbour's ceilings: so small that nearly every one of its requests is refused.
+const NEIGHBOUR_LIMITS: &str = "[tenants.globex.limits]
+requests_per_second = 10
+concurrency = 2
+cost_per_day_micros = 1000
+";
+
+/// The price table for the cost ceilings (integer micro-units per million tokens).
+const PRICES: &str = "currency = \"USD\"
+[providers.openai]
+\"gpt-4o-mini\" = { input = 150000, cached_input = 75000, output = 600000 }
+";
+
+/// Connections the noisy neighbour keeps busy while acme is measured.
+const NEIGHBOUR_CONCURRENCY: usize = 8;
 
 /// Options of the `run` subcommand.
 struct RunArgs {
@@ -517,6 +556,23 @@ async fn measure(
     Ok(())
 }
 
+/// How many of globex's requests the proxy refused, from its metrics.
+async fn refused_neighbour_requests(proxy: &ProxyProcess) -> Option<u64> {
+    let admin = SocketAddr::from(([127, 0, 0, 1], proxy.admin_port));
+    let metrics = client::get(admin, "/metrics").await.ok()?;
+    Some(
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("tenant_proxy_requests_total{")
+                    && l.contains("decision=\"deny\"")
+                    && l.contains("tenant=\"globex\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
 /// Prints a hint when this process may share a core with the proxy.
 fn pinning_hint(pinned_proxy: bool) {
     let allowed = std::fs::read_to_string("/proc/self/status")
@@ -556,10 +612,17 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             tenants_extra: "",
         });
     }
-    if wanted("route+limits(memory)") {
+    let memory: Vec<&str> = [
+        "route+limits(memory)",
+        "route+limits(memory)+noisy-neighbour",
+    ]
+    .into_iter()
+    .filter(|r| wanted(r))
+    .collect();
+    if !memory.is_empty() {
         groups.push(Group {
             dir: "memory",
-            rows: vec!["route+limits(memory)"],
+            rows: memory,
             static_extra: String::new(),
             tenants_extra: LIMITS,
         });
@@ -635,7 +698,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             mock_port,
             pin,
             &g.static_extra,
-            g.tenants_extra,
+            &format!("{}{NEIGHBOUR_LIMITS}", g.tenants_extra),
         )
         .await;
         let mut proxy = match started {
@@ -661,7 +724,35 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             } else {
                 chat_request("/openai/v1/chat/completions", &proxy_host)
             };
-            if let Err(e) = measure(row, addr, raw, &args, Some(&mut proxy)).await {
+            // The noisy neighbour: globex hammers its own tiny ceilings for the whole row.
+            let noise = row.ends_with("+noisy-neighbour").then(|| {
+                let neighbour = SocketAddr::from(([127, 0, 0, 1], proxy.neighbour_port));
+                let raw = Arc::new(chat_request(
+                    "/openai/v1/chat/completions",
+                    &format!("127.0.0.1:{}", proxy.neighbour_port),
+                ));
+                let limit = args.limit;
+                tokio::spawn(async move {
+                    // Until aborted when acme's row ends (or the row's time limit).
+                    client::run(neighbour, raw, usize::MAX, NEIGHBOUR_CONCURRENCY, limit).await
+                })
+            });
+            let measured = measure(row, addr, raw, &args, Some(&mut proxy)).await;
+            if let Some(noise) = noise {
+                noise.abort();
+                // An aborted run reports nothing; the refusals are visible in the proxy's
+                // metrics, and the row's figures are acme's alone.
+                let _ = noise.await;
+                match refused_neighbour_requests(&proxy).await {
+                    Some(n) if n > 0 => eprintln!(
+                        "note: row `{row}`: globex was refused {n} times meanwhile ({NEIGHBOUR_CONCURRENCY} connections)"
+                    ),
+                    _ => failures.push(format!(
+                        "row `{row}`: the neighbour was never refused, so the row measured no noise"
+                    )),
+                }
+            }
+            if let Err(e) = measured {
                 failures.push(e);
                 if proxy.exited().is_some() {
                     break;

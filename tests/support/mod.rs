@@ -591,6 +591,16 @@ impl Response {
     pub fn request_id(&self) -> String {
         self.header("x-request-id").unwrap_or("").to_string()
     }
+    /// Asserts a refusal with this status and code; the JSON body, for more checks.
+    pub fn assert_refused(&self, status: u16, code: &str) -> serde_json::Value {
+        assert_eq!(
+            (self.status, self.code().as_str()),
+            (status, code),
+            "{}",
+            self.body_text()
+        );
+        self.json()
+    }
 }
 
 /// Sends `raw` on a new connection and reads one response (Content-Length or close-delimited).
@@ -773,4 +783,35 @@ pub fn tokens_spent(records: &[serde_json::Value]) -> u64 {
         .filter_map(|r| r["usage"].as_object())
         .map(|u| u["input_tokens"].as_u64().unwrap_or(0) + u["output_tokens"].as_u64().unwrap_or(0))
         .sum()
+}
+
+/// POSTs a chat-completions `body` to the `/llm/` route on a proxy listener, with extra header
+/// lines (`"Name: value\r\n"` each).
+pub fn llm_chat(port: u16, body: &str, extra_headers: &str) -> Response {
+    raw_request(
+        port,
+        &format!(
+            "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap()
+}
+
+/// Makes `n` calls at once, spread round-robin over `ports`; the responses in call order.
+pub fn all_at_once(
+    n: usize,
+    ports: &[u16],
+    call: impl Fn(u16) -> Response + Sync,
+) -> Vec<Response> {
+    std::thread::scope(|s| {
+        let call = &call;
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let port = ports[i % ports.len()];
+                s.spawn(move || call(port))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
 }
