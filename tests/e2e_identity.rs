@@ -255,3 +255,58 @@ fn spoofed_tenant_headers_change_nothing_and_are_stripped() {
     assert!(!seen[0].headers.contains_key("proxy-authorization"));
     assert!(!seen[0].headers.contains_key("x-tenant-id"));
 }
+
+#[test]
+fn a_refusal_keeps_the_connection_unless_a_body_is_left_unread() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let target = url(&origin, "/acme/x");
+    let authority = target
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let conn = std::net::TcpStream::connect(("127.0.0.1", proxy.shared_port)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    // No identity and no body: refused, and the same connection carries the next request.
+    write!(writer, "GET {target} HTTP/1.1\r\nHost: {authority}\r\n\r\n").unwrap();
+    read_response(&mut reader)
+        .unwrap()
+        .assert_refused(407, "identity_required");
+    let bearer = token_for("acme", "bot");
+    write!(
+        writer,
+        "GET {target} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Bearer {bearer}\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut reader).unwrap().status, 200);
+    assert_eq!(origin.matching("/acme/x").len(), 1);
+
+    // Refused before its body was read: the body is never read, the connection is closed.
+    write!(
+        writer,
+        "POST {target} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 100000\r\n\r\n{}",
+        "x".repeat(100)
+    )
+    .unwrap();
+    let r = read_response(&mut reader).unwrap();
+    r.assert_refused(407, "identity_required");
+    assert_eq!(r.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    assert_eq!(
+        reader.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "closed: {rest:?}"
+    );
+    assert!(reader.fill_buf().map(|b| b.is_empty()).unwrap_or(true));
+    assert_eq!(
+        origin.matching("/acme/x").len(),
+        1,
+        "nothing else was forwarded"
+    );
+}

@@ -61,6 +61,19 @@ pub async fn run(
     concurrency: usize,
     limit: Duration,
 ) -> RunResult {
+    run_paced(addr, raw, requests, concurrency, limit, Duration::ZERO).await
+}
+
+/// As [`run`], but each connection starts a request at most every `interval`: a steady
+/// `concurrency / interval` requests per second while the target keeps up.
+pub async fn run_paced(
+    addr: std::net::SocketAddr,
+    raw: Arc<Vec<u8>>,
+    requests: usize,
+    concurrency: usize,
+    limit: Duration,
+    interval: Duration,
+) -> RunResult {
     let issued = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let deadline = started + limit;
@@ -68,7 +81,7 @@ pub async fn run(
     for _ in 0..concurrency.max(1) {
         let (raw, issued) = (raw.clone(), issued.clone());
         tasks.push(tokio::spawn(async move {
-            worker(addr, raw, issued, requests, deadline).await
+            worker(addr, raw, issued, requests, deadline, interval).await
         }));
     }
     let mut result = RunResult {
@@ -124,6 +137,7 @@ async fn worker(
     issued: Arc<AtomicUsize>,
     total: usize,
     deadline: Instant,
+    interval: Duration,
 ) -> WorkerResult {
     let mut out = WorkerResult {
         latencies: Vec::new(),
@@ -158,6 +172,7 @@ async fn worker(
             continue;
         };
         let t0 = Instant::now();
+        let next_start = t0 + interval;
         let exchange = async {
             stream.write_all(&raw).await?;
             let head = read_head(stream, buf, false)
@@ -193,6 +208,9 @@ async fn worker(
                 out.fail(format!("no response within {REQUEST_TIMEOUT:?}"));
                 conn = None;
             }
+        }
+        if !interval.is_zero() {
+            tokio::time::sleep_until(next_start.into()).await;
         }
     }
     out

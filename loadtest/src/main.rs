@@ -464,8 +464,12 @@ const PRICES: &str = "currency = \"USD\"
 \"gpt-4o-mini\" = { input = 150000, cached_input = 75000, output = 600000 }
 ";
 
-/// Connections the noisy neighbour keeps busy while acme is measured.
+/// The noisy neighbour: 8 connections, each starting a request every 4 ms — 2000 requests a
+/// second, 200 times its ceiling, nearly all refused. A steady rate rather than a closed-loop
+/// flood: a flood saturates the proxy's one pinned core whoever sends it, so it would measure
+/// CPU contention, not whether one tenant's refusals disturb another tenant.
 const NEIGHBOUR_CONCURRENCY: usize = 8;
+const NEIGHBOUR_INTERVAL: Duration = Duration::from_millis(4);
 
 /// Options of the `run` subcommand.
 struct RunArgs {
@@ -734,7 +738,15 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
                 let limit = args.limit;
                 tokio::spawn(async move {
                     // Until aborted when acme's row ends (or the row's time limit).
-                    client::run(neighbour, raw, usize::MAX, NEIGHBOUR_CONCURRENCY, limit).await
+                    client::run_paced(
+                        neighbour,
+                        raw,
+                        usize::MAX,
+                        NEIGHBOUR_CONCURRENCY,
+                        limit,
+                        NEIGHBOUR_INTERVAL,
+                    )
+                    .await
                 })
             });
             let measured = measure(row, addr, raw, &args, Some(&mut proxy)).await;

@@ -180,8 +180,10 @@ impl TenantProxy {
         Ok(())
     }
 
-    /// Writes the JSON refusal. The connection is closed afterwards: the request body may not
-    /// have been read, so the stream position is unknown.
+    /// Writes the JSON refusal. The connection stays open when the request had no body or its
+    /// body was read whole (a refused agent retries on it; reconnecting for every refusal would
+    /// make a noisy neighbour cost everyone more). Otherwise it is closed, rather than drained:
+    /// the proxy never reads a body a refused client keeps sending.
     async fn refuse(
         &self,
         session: &mut Session,
@@ -221,7 +223,9 @@ impl TenantProxy {
                 "Basic realm=\"tenant-proxy\"",
             )?;
         }
-        session.set_keepalive(None);
+        if !(session.is_body_empty() || session.is_body_done()) {
+            session.set_keepalive(None);
+        }
         session.write_response_header(Box::new(resp), false).await?;
         session
             .write_response_body(Some(Bytes::from(body)), true)

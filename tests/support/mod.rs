@@ -612,7 +612,11 @@ pub fn raw_request_bytes(port: u16, raw: &[u8]) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.write_all(raw)?;
-    let mut reader = BufReader::new(s);
+    read_response(&mut BufReader::new(s))
+}
+
+/// Reads one response from a connection (Content-Length, chunked or close-delimited).
+pub fn read_response(reader: &mut impl BufRead) -> std::io::Result<Response> {
     let mut status_line = String::new();
     reader.read_line(&mut status_line)?;
     let status = status_line
