@@ -49,11 +49,8 @@ impl AdminApp {
             match &*k {
                 "tenant" => tenant = Some(TenantId::new(&v).map_err(|e| e.to_string())?),
                 "period" => {
-                    period = match &*v {
-                        "day" => ReportPeriod::Day,
-                        "month" => ReportPeriod::Month,
-                        other => return Err(format!("period `{other}` is not `day` or `month`")),
-                    }
+                    period = ReportPeriod::parse(&v)
+                        .ok_or_else(|| format!("period `{v}` is not `day` or `month`"))?;
                 }
                 "run" => run = Some(v.into_owned()),
                 other => return Err(format!("unknown parameter `{other}`")),

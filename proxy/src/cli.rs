@@ -243,13 +243,9 @@ fn read_usage(
         // In-memory counters live in the proxy process: ask it.
         LimiterSettings::Memory { .. } => {
             let mut query = form_urlencoded::Serializer::new(String::new());
-            query.append_pair("tenant", tenant.as_str()).append_pair(
-                "period",
-                match period {
-                    crate::limits::report::ReportPeriod::Day => "day",
-                    crate::limits::report::ReportPeriod::Month => "month",
-                },
-            );
+            query
+                .append_pair("tenant", tenant.as_str())
+                .append_pair("period", period.as_str());
             if let Some(run) = run {
                 query.append_pair("run", run);
             }

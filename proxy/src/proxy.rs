@@ -32,7 +32,7 @@ use crate::ctx::{Outcome, Permitted, PrincipalKind, RequestCtx, Run, TenantConte
 use crate::error::{error_body, Deny, ReasonCode};
 use crate::limits::plan::{CallFacts, Ending};
 use crate::limits::stream::{cut_event, CutReason, StreamGuard, Verdict};
-use crate::limits::{self, AdmitError, Charge, LimitBackend};
+use crate::limits::{self, AdmitError, LimitBackend};
 use crate::metrics::{Metrics, METRICS};
 use crate::policy::CredentialFacts;
 use crate::policy::HttpRequestFacts;
@@ -172,10 +172,7 @@ impl TenantProxy {
                 AdmitError::Limited(l) => Deny::Limited(l),
                 AdmitError::Unavailable => Deny::LimiterUnavailable,
             })?;
-        ctx.reserved = Some(plan.charge);
-        if !admission.quota_keys().is_empty() {
-            ctx.stream_plan = plan.stream;
-        }
+        ctx.stream_plan = plan.stream;
         ctx.admission = Some(admission);
         Ok(())
     }
@@ -797,12 +794,17 @@ impl ProxyHttp for TenantProxy {
                 .and_then(UsageMeter::for_content_type);
         }
         // A stream that may be cut for budget ends with an event of ours, so its length changes.
-        if let (Some(UsageMeter::Sse { .. }), Some(plan), Some(admission)) =
-            (&ctx.usage_meter, ctx.stream_plan, &ctx.admission)
-        {
+        // Only hard ceilings (quotas) cut a stream; a per-minute rate does not.
+        let quota_keys = match (&ctx.usage_meter, ctx.stream_plan, &ctx.admission) {
+            (Some(UsageMeter::Sse { .. }), Some(plan), Some(admission)) => {
+                Some((plan, admission.quota_keys())).filter(|(_, keys)| !keys.is_empty())
+            }
+            _ => None,
+        };
+        if let Some((plan, keys)) = quota_keys {
             ctx.stream_guard = Some(StreamGuard::new(
                 self.shared.limits.clone(),
-                admission.quota_keys(),
+                keys,
                 plan.covered_output,
                 plan.step_tokens,
                 plan.step,
@@ -938,11 +940,7 @@ impl ProxyHttp for TenantProxy {
             self.shared.limits.finish(&admission, used).await;
         } else if let (Some(u), Some(p)) = (ctx.usage, ctx.prices) {
             // No ceiling applied, but the cost is still recorded and counted.
-            ctx.settled = Some(Charge {
-                tokens: u.input_tokens + u.output_tokens,
-                cost_micros: p.cost_micros(u.input_tokens, u.cached_input_tokens, u.output_tokens),
-                tool_calls: 0,
-            });
+            ctx.settled = Some(limits::plan::usage_charge(u, Some(p)));
         }
         let status = session
             .response_written()

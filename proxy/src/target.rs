@@ -22,6 +22,8 @@ pub struct Destination {
     pub route: Option<String>,
     /// Whether `baggage` may be forwarded (internal routes only).
     pub internal: bool,
+    /// The LLM provider the route names, for the price table.
+    pub provider: Option<String>,
 }
 
 impl Destination {
@@ -105,6 +107,7 @@ fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, Deny
         audit_path: audit_path(path_and_query),
         route: None,
         internal: false,
+        provider: None,
     })
 }
 
@@ -136,6 +139,7 @@ fn route(target: &str, routes: &[Route]) -> Result<Destination, Deny> {
         upstream_path,
         route: Some(route.name.clone()),
         internal: route.internal,
+        provider: route.provider.clone(),
     })
 }
 

@@ -58,14 +58,10 @@ pub fn plan(
     let workload = entry.workload_limits.get(&tenant.workload);
     let prices = match (call.model, &config.prices) {
         (Some(model), Some(table)) => {
-            let route_provider = destination.route.as_ref().and_then(|name| {
-                config
-                    .routes
-                    .iter()
-                    .find(|r| &r.name == name)
-                    .and_then(|r| r.provider.as_deref())
-            });
-            let provider = route_provider.or_else(|| provider_for_host(&destination.host));
+            let provider = destination
+                .provider
+                .as_deref()
+                .or_else(|| provider_for_host(&destination.host));
             Some(
                 table
                     .lookup(provider, model)
@@ -137,6 +133,17 @@ pub fn plan(
     })
 }
 
+/// The tokens and cost of the usage an LLM response reported (cost 0 without prices).
+pub fn usage_charge(u: Usage, prices: Option<Prices>) -> Charge {
+    Charge {
+        tokens: u.input_tokens.saturating_add(u.output_tokens),
+        cost_micros: prices.map_or(0, |p| {
+            p.cost_micros(u.input_tokens, u.cached_input_tokens, u.output_tokens)
+        }),
+        tool_calls: 0,
+    }
+}
+
 /// How a forwarded call ended, for settlement.
 #[derive(Debug, Clone, Copy)]
 pub struct Ending {
@@ -155,11 +162,8 @@ pub struct Ending {
 pub fn settlement(reserved: Charge, prices: Option<Prices>, ending: Ending) -> Charge {
     match ending.usage {
         Some(u) if !ending.cut => Charge {
-            tokens: u.input_tokens.saturating_add(u.output_tokens),
-            cost_micros: prices.map_or(0, |p| {
-                p.cost_micros(u.input_tokens, u.cached_input_tokens, u.output_tokens)
-            }),
             tool_calls: reserved.tool_calls,
+            ..usage_charge(u, prices)
         },
         _ if ending.completed || ending.cut => reserved,
         _ => Charge {

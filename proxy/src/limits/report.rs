@@ -22,6 +22,23 @@ pub enum ReportPeriod {
     Month,
 }
 
+impl ReportPeriod {
+    /// Its name on the command line, in JSON and in the admin query (`day`, `month`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportPeriod::Day => "day",
+            ReportPeriod::Month => "month",
+        }
+    }
+
+    /// The period named `name`, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        [ReportPeriod::Day, ReportPeriod::Month]
+            .into_iter()
+            .find(|p| p.as_str() == name)
+    }
+}
+
 /// One counter and its ceiling.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Row {
@@ -181,10 +198,7 @@ pub fn render_text(report: &UsageReport, now: i64) -> String {
     let mut out = format!(
         "tenant {}  {} {}  (time zone {}, ends in {})\n",
         report.tenant,
-        match report.period {
-            ReportPeriod::Day => "day",
-            ReportPeriod::Month => "month",
-        },
+        report.period.as_str(),
         report.period_id,
         report.time_zone,
         humantime::format_duration(std::time::Duration::from_secs(
