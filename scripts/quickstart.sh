@@ -25,6 +25,12 @@ if [ ! -f quickstart/keys/master.key ] || [ ! -f quickstart/keys/vault.json ]; t
     put --tenant globex --name openai --bind 127.0.0.1 --in header
 fi
 
+# The interception CA for HTTPS tunnels; generated once, never committed.
+if [ ! -f quickstart/ca/ca.pem ] || [ ! -f quickstart/ca/ca-key.pem ]; then
+  rm -rf quickstart/ca
+  "$bin/tenant-proxy" ca init --out quickstart/ca
+fi
+
 "$bin/tenant-proxy" check --config quickstart/tenant-proxy.toml
 
 "$bin/tenant-proxy-loadtest" mock --listen 127.0.0.1:18000 &

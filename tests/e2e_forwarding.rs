@@ -184,8 +184,8 @@ fn malformed_targets_are_refused_before_dialing() {
         (
             "connect",
             format!("CONNECT 127.0.0.1:{o} HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\n\r\n"),
-            405,
-            "connect_unsupported",
+            403,
+            "connect_port_forbidden",
         ),
         (
             "oversized headers",

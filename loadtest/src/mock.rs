@@ -7,11 +7,16 @@
 //!   `stream_options.include_usage` is set, then `[DONE]`.
 //! - `POST …/messages`: an Anthropic message with `usage.input_tokens` / `output_tokens`.
 //! - anything else: 200 JSON echoing the method, path and received headers.
+//! - `Upgrade: websocket`: 101, then every byte is echoed back.
+//!
+//! Every response carries the SHA-256 of the received `Authorization` as
+//! `x-mock-authorization-sha256`.
 
 use std::io;
 
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use sha2::Digest as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::http1::{read_body, read_head, Head};
@@ -38,9 +43,38 @@ pub async fn serve_mock(listener: TcpListener) -> io::Result<()> {
 
 async fn serve_conn(stream: TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let (mut rd, mut wr) = stream.into_split();
+    serve_stream(stream).await
+}
+
+/// Serves mock requests on one established connection (plain or TLS).
+///
+/// A request with `Upgrade: websocket` is answered `101 Switching Protocols` and every byte
+/// after it is echoed back unchanged, so a test can check that upgraded traffic flows both ways
+/// through the proxy.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = Vec::with_capacity(16 * 1024);
     while let Some(head) = read_head(&mut rd, &mut buf, true).await? {
+        if head
+            .header("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        {
+            let mut reply =
+                vec![b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec()];
+            echo_authorization(&head, &mut reply);
+            wr.write_all(&reply.concat()).await?;
+            wr.write_all(&buf).await?;
+            wr.flush().await?;
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = rd.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                wr.write_all(&chunk[..n]).await?;
+                wr.flush().await?;
+            }
+        }
         // curl sends `Expect: 100-continue` for bodies over 1 KiB and waits a second for it.
         if head
             .header("expect")
@@ -49,7 +83,8 @@ async fn serve_conn(stream: TcpStream) -> io::Result<()> {
             wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
         let body = read_body(&mut rd, &mut buf, &head).await?;
-        let reply = respond(&head, &body);
+        let mut reply = respond(&head, &body);
+        echo_authorization(&head, &mut reply);
         let delay = head
             .header("x-mock-chunk-delay-ms")
             .and_then(|v| v.parse::<u64>().ok())
@@ -62,10 +97,13 @@ async fn serve_conn(stream: TcpStream) -> io::Result<()> {
                         tokio::time::sleep(d).await;
                     }
                     wr.write_all(part).await?;
+                    wr.flush().await?;
                 }
             }
             None => wr.write_all(&reply.concat()).await?,
         }
+        // TLS buffers writes until flushed.
+        wr.flush().await?;
         if head
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"))
@@ -74,6 +112,21 @@ async fn serve_conn(stream: TcpStream) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Echoes the SHA-256 of the `Authorization` header the mock received as
+/// `x-mock-authorization-sha256`, so a test can tell which credential reached the upstream from
+/// any client, whatever the response body. A digest, not the value: the proxy rightly scrubs a
+/// secret echoed back in a response.
+fn echo_authorization(head: &Head, reply: &mut [Vec<u8>]) {
+    let (Some(value), Some(first)) = (head.header("authorization"), reply.first_mut()) else {
+        return;
+    };
+    if let Some(end) = first.windows(2).position(|w| w == b"\r\n") {
+        let digest = hex::encode(sha2::Sha256::digest(value.as_bytes()));
+        let line = format!("x-mock-authorization-sha256: {digest}\r\n");
+        first.splice(end + 2..end + 2, line.into_bytes());
+    }
 }
 
 /// The response, in the parts it is written in (one per SSE event for streams).

@@ -11,8 +11,13 @@ use pingora::server::Server;
 use crate::admin::AdminApp;
 use crate::audit::AuditSink;
 use crate::config::{ConfigProblem, LogFormat, StaticConfig};
-use crate::proxy::{Shared, TenantProxy};
+use crate::egress::{Dialer, EgressRules, Resolver, StaticResolver, SystemResolver};
+use crate::identity::mtls::MtlsServer;
+use crate::proxy::Shared;
 use crate::snapshot::{Snapshot, SnapshotHandle};
+use crate::tls::ca::{LeafMinter, LocalCa};
+use crate::tunnel::caps::TunnelCounts;
+use crate::tunnel::EgressApp;
 
 /// Everything `run` would load, validated without binding ports (`tenant-proxy check`).
 pub fn check(
@@ -66,26 +71,46 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     server.bootstrap();
 
     let limits = crate::limits::backend(&static_config.limiter).map_err(anyhow::Error::msg)?;
+    let minter = match &static_config.intercept {
+        Some(i) => {
+            let ca = LocalCa::load(&i.ca_cert, &i.ca_key).with_context(|| {
+                format!("loading the interception CA `{}`", i.ca_cert.display())
+            })?;
+            Some(Arc::new(LeafMinter::new(ca, i.leaf_ttl, i.leaf_cache)))
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         config: static_config.clone(),
         snapshot: handle.clone(),
         audit: audit.clone(),
         limits: limits.clone(),
+        egress: Arc::new(dialer(&static_config)),
+        minter,
+        tunnels: TunnelCounts::default(),
     });
     for listener in &static_config.listeners {
         let addr = listener.listen.to_string();
-        let name = format!("proxy {}", listener.name);
-        let mut service = pingora::proxy::http_proxy_service_with_name(
+        let mtls = match &listener.tls {
+            Some(tls) => {
+                let server =
+                    MtlsServer::load(&tls.cert, &tls.key, &tls.client_ca).with_context(|| {
+                        format!("loading TLS files of listener `{}`", listener.name)
+                    })?;
+                let server = Arc::new(server);
+                server.watch();
+                Some(server)
+            }
+            None => None,
+        };
+        let app = EgressApp::new(
             &server.configuration,
-            TenantProxy::new(listener.clone(), shared.clone()),
-            &name,
+            listener.clone(),
+            shared.clone(),
+            mtls,
         );
-        // CONNECT must reach our request filter so it gets a JSON refusal, not pingora's bare 405.
-        if let Some(app) = service.app_logic_mut() {
-            let mut options = app.server_options.take().unwrap_or_default();
-            options.allow_connect_method_proxying = true;
-            app.server_options = Some(options);
-        }
+        let mut service =
+            pingora::services::listening::Service::new(format!("proxy {}", listener.name), app);
         service.add_tcp(&addr);
         server.add_service(service);
         tracing::info!(listener = %listener.name, %addr, "proxy listening");
@@ -100,6 +125,27 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     tracing::info!(addr = %static_config.admin_listen, "admin listening");
 
     server.run_forever()
+}
+
+/// The egress guard: configured static answers in front of the system resolver, the global
+/// exceptions, and every address this process listens on (a request to itself is a loop).
+fn dialer(config: &StaticConfig) -> Dialer {
+    let egress = &config.egress;
+    let system: Arc<dyn Resolver> = Arc::new(SystemResolver::new(egress.dns_timeout));
+    let resolver: Arc<dyn Resolver> = if egress.hosts.is_empty() {
+        system
+    } else {
+        Arc::new(StaticResolver::new(egress.hosts.clone(), Some(system)))
+    };
+    let mut own_listeners: Vec<_> = config.listeners.iter().map(|l| l.listen).collect();
+    own_listeners.push(config.admin_listen);
+    Dialer::new(
+        resolver,
+        EgressRules {
+            exceptions: egress.exceptions.clone(),
+            own_listeners,
+        },
+    )
 }
 
 /// pingora trusts either the system roots or one CA file; with extra CAs configured we write a

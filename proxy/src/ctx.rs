@@ -84,9 +84,15 @@ pub struct StreamPlan {
 #[derive(Debug)]
 pub struct Permitted {
     pub(crate) destination: Destination,
+    pub(crate) addr: std::net::SocketAddr,
 }
 
 impl Permitted {
+    /// The address the egress guard checked; the only one that may be dialed.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
     /// The destination that was authorized.
     pub fn destination(&self) -> &Destination {
         &self.destination
@@ -170,6 +176,8 @@ pub struct RequestCtx {
     pub outcome: Outcome,
     /// A reserved slot in the audit queue; every request that gets a tenant holds one.
     pub audit_slot: Option<AuditSlot>,
+    /// The intercepted tunnel this request came through (its id).
+    pub tunnel: Option<Arc<str>>,
 }
 
 impl RequestCtx {
@@ -207,6 +215,7 @@ impl RequestCtx {
             upstream_done: None,
             outcome: Outcome::Pending,
             audit_slot: None,
+            tunnel: None,
         }
     }
 }

@@ -37,8 +37,17 @@ pub enum Deny {
     HostMismatch,
     /// No route matches an origin-form request.
     RouteNotFound,
-    /// `CONNECT` tunnels are not supported on this listener yet.
+    /// `CONNECT` after another request on the same connection (a tunnel starts a connection).
     ConnectUnsupported,
+    /// `CONNECT` to a port the configuration does not list.
+    ConnectPortForbidden(u16),
+    /// The destination resolves to an address the proxy does not dial (SSRF guard), or is one of
+    /// the proxy's own listeners. The detail names the kind of address, never the address.
+    DestinationForbidden(String),
+    /// The tenant already has its maximum number of open tunnels.
+    TunnelLimit(u32),
+    /// A tunnel would have to be intercepted but cannot be (no CA, or outside its constraints).
+    InterceptionUnavailable(String),
     /// Request headers exceed the configured cap.
     HeadersTooLarge,
     /// Request body exceeds the configured cap.
@@ -55,6 +64,37 @@ pub enum Deny {
     AuditUnavailable,
     /// A phase ran without the state it requires (a bug); refused rather than forwarded.
     Internal,
+}
+
+impl Deny {
+    /// Headers a refusal carries besides its JSON body: `Retry-After` where waiting helps (a
+    /// run's budget never comes back, so it gets none), `Proxy-Authenticate` on 407.
+    pub fn extra_headers(&self) -> Vec<(http::HeaderName, String)> {
+        let mut headers = Vec::new();
+        match self {
+            Deny::Limited(l) => {
+                if let Some(retry) = l.retry_after {
+                    headers.push((
+                        http::header::RETRY_AFTER,
+                        retry.as_secs().max(1).to_string(),
+                    ));
+                }
+            }
+            Deny::LimiterUnavailable | Deny::AuditUnavailable | Deny::TunnelLimit(_) => {
+                headers.push((http::header::RETRY_AFTER, "1".to_string()));
+            }
+            _ => {}
+        }
+        if self.describe().0 == 407 {
+            for scheme in [
+                "Bearer realm=\"tenant-proxy\"",
+                "Basic realm=\"tenant-proxy\"",
+            ] {
+                headers.push((http::header::PROXY_AUTHENTICATE, scheme.to_string()));
+            }
+        }
+        headers
+    }
 }
 
 /// A stable snake_case reason code. Used as JSON `code`, audit `reason` and metric label, so its
@@ -104,6 +144,14 @@ pub enum ReasonCode {
     RouteNotFound,
     /// See [`Deny::ConnectUnsupported`].
     ConnectUnsupported,
+    /// See [`Deny::ConnectPortForbidden`].
+    ConnectPortForbidden,
+    /// See [`Deny::DestinationForbidden`].
+    DestinationForbidden,
+    /// See [`Deny::TunnelLimit`].
+    TunnelLimit,
+    /// See [`Deny::InterceptionUnavailable`].
+    InterceptionUnavailable,
     /// See [`Deny::HeadersTooLarge`].
     RequestHeadersTooLarge,
     /// See [`Deny::BodyTooLarge`].
@@ -147,6 +195,10 @@ impl ReasonCode {
             ReasonCode::HostMismatch => "host_mismatch",
             ReasonCode::RouteNotFound => "route_not_found",
             ReasonCode::ConnectUnsupported => "connect_unsupported",
+            ReasonCode::ConnectPortForbidden => "connect_port_forbidden",
+            ReasonCode::DestinationForbidden => "destination_forbidden",
+            ReasonCode::TunnelLimit => "tunnel_limit",
+            ReasonCode::InterceptionUnavailable => "interception_unavailable",
             ReasonCode::RequestHeadersTooLarge => "request_headers_too_large",
             ReasonCode::RequestBodyTooLarge => "request_body_too_large",
             ReasonCode::LengthRequired => "length_required",
@@ -300,7 +352,27 @@ impl Deny {
             Deny::ConnectUnsupported => (
                 405,
                 ReasonCode::ConnectUnsupported,
-                "`CONNECT` tunnels are not available on this listener; use plain HTTP through the proxy or a route prefix".into(),
+                "`CONNECT` must be the first request on a connection; open a new connection for the tunnel".into(),
+            ),
+            Deny::ConnectPortForbidden(port) => (
+                403,
+                ReasonCode::ConnectPortForbidden,
+                format!("tunnels to port {port} are not allowed by this proxy"),
+            ),
+            Deny::DestinationForbidden(why) => (
+                403,
+                ReasonCode::DestinationForbidden,
+                format!("the destination is not reachable through this proxy: {why}"),
+            ),
+            Deny::TunnelLimit(max) => (
+                429,
+                ReasonCode::TunnelLimit,
+                format!("this tenant already has {max} tunnels open; close one or retry shortly"),
+            ),
+            Deny::InterceptionUnavailable(why) => (
+                403,
+                ReasonCode::InterceptionUnavailable,
+                format!("this tunnel must be inspected but cannot be: {why}"),
             ),
             Deny::HeadersTooLarge => {
                 (431, ReasonCode::RequestHeadersTooLarge, "request headers exceed the configured limit".into())

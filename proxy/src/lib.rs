@@ -2,8 +2,8 @@
 //!
 //! Every call an agent makes goes through one pipeline (see [`proxy`]):
 //!
-//! 1. [`identity`]: who is calling, from the listener, a signed token or (later) mTLS, never
-//!    from anything the agent writes;
+//! 1. [`identity`]: who is calling, from the listener, a signed token or an mTLS client
+//!    certificate's SPIFFE ID, never from anything the agent writes;
 //! 2. [`ctx::TenantContext`]: one immutable value every later phase receives;
 //! 3. [`target`] and [`body`]: where the call goes and what model it names;
 //! 4. [`policy`]: Cedar decides, default deny, errors deny;
@@ -13,6 +13,11 @@
 //!
 //! Configuration ([`config`]) has a static part and a tenant part; the tenant part, with keys
 //! and policies, forms a [`snapshot`] swapped atomically on [`reload`].
+//!
+//! HTTPS arrives as CONNECT ([`tunnel`]): the tunnel is decided by Cedar, then either
+//! terminated with a leaf minted by the deployment's local CA ([`tls`]) so each inner request
+//! runs the same pipeline, or relayed opaquely. Every dial goes through [`egress`], which
+//! resolves the name itself and refuses non-global destinations.
 
 pub mod admin;
 pub mod app;
@@ -22,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod ctx;
+pub mod egress;
 pub mod error;
 pub mod identity;
 pub mod ids;
@@ -33,5 +39,7 @@ pub mod proxy;
 pub mod reload;
 pub mod snapshot;
 pub mod target;
+pub mod tls;
 pub mod trace;
+pub mod tunnel;
 pub mod usage;

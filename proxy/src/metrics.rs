@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric tenant-proxy exports.
@@ -48,6 +48,22 @@ pub struct Metrics {
     pub llm_cost_micros: IntCounterVec,
     /// Streaming responses cut because a budget ran out, by tenant.
     pub stream_cuts: IntCounterVec,
+    /// `CONNECT` tunnels by tenant, mode (`intercept`, `opaque`, `none` when refused before a
+    /// mode was chosen) and reason code.
+    pub tunnels: IntCounterVec,
+    /// Tunnels open now, by tenant.
+    pub tunnels_open: IntGaugeVec,
+    /// Bytes relayed through opaque tunnels, by tenant and direction (`up`, `down`).
+    pub tunnel_bytes: IntCounterVec,
+    /// Client TLS handshakes that failed inside intercepted tunnels, by tenant and reason
+    /// (`client_refused`: usually a client that does not trust the proxy CA; `sni_mismatch`).
+    pub tunnel_handshake_failures: IntCounterVec,
+    /// Leaf certificates served from the cache or minted (`hit`, `miss`).
+    pub leaf_certificates: IntCounterVec,
+    /// mTLS handshakes refused (no, untrusted or expired client certificate).
+    pub mtls_handshake_failures: IntCounter,
+    /// Destinations refused by the egress (SSRF) guard, by tenant.
+    pub egress_refusals: IntCounterVec,
 }
 
 const TENANT_NONE: &str = "none";
@@ -164,6 +180,43 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant"],
         )?,
+        tunnels: IntCounterVec::new(
+            Opts::new("tenant_proxy_tunnels_total", "CONNECT tunnels by tenant, mode and reason code"),
+            &["tenant", "mode", "code"],
+        )?,
+        tunnels_open: IntGaugeVec::new(
+            Opts::new("tenant_proxy_tunnels_open", "Tunnels open now"),
+            &["tenant"],
+        )?,
+        tunnel_bytes: IntCounterVec::new(
+            Opts::new("tenant_proxy_tunnel_bytes_total", "Bytes relayed through opaque tunnels"),
+            &["tenant", "direction"],
+        )?,
+        tunnel_handshake_failures: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_tunnel_handshake_failures_total",
+                "Client TLS handshakes that failed in intercepted tunnels",
+            ),
+            &["tenant", "reason"],
+        )?,
+        leaf_certificates: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_leaf_certificates_total",
+                "Interception leaf certificates served from cache (hit) or minted (miss)",
+            ),
+            &["result"],
+        )?,
+        mtls_handshake_failures: IntCounter::new(
+            "tenant_proxy_mtls_handshake_failures_total",
+            "mTLS handshakes refused",
+        )?,
+        egress_refusals: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_egress_refusals_total",
+                "Destinations refused by the egress (SSRF) guard",
+            ),
+            &["tenant"],
+        )?,
         registry,
     };
     let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -185,6 +238,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.limiter_fallback_active.clone()),
         Box::new(m.llm_cost_micros.clone()),
         Box::new(m.stream_cuts.clone()),
+        Box::new(m.tunnels.clone()),
+        Box::new(m.tunnels_open.clone()),
+        Box::new(m.tunnel_bytes.clone()),
+        Box::new(m.tunnel_handshake_failures.clone()),
+        Box::new(m.leaf_certificates.clone()),
+        Box::new(m.mtls_handshake_failures.clone()),
+        Box::new(m.egress_refusals.clone()),
     ];
     for c in collectors {
         m.registry.register(c)?;

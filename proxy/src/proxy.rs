@@ -9,7 +9,6 @@
 //! | `response_*` | status, byte counts, `x-request-id` |
 //! | `logging` | audit record, metrics, one log line (every request, refusals too) |
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,13 +22,14 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{AuditDecision, AuditRecord, AuditSink};
 use crate::body::BufferedBody;
-use crate::config::{IdentitySourceKind, ListenerSettings, StaticConfig};
+use crate::config::{ListenerSettings, StaticConfig};
 use crate::credentials::apply::{Applied, RequestParts};
 use crate::credentials::binding::{Position, Target};
 use crate::credentials::scrub::Scrubber;
 use crate::credentials::Credential;
 use crate::ctx::{Outcome, Permitted, PrincipalKind, RequestCtx, Run, TenantContext};
 use crate::error::{error_body, Deny, ReasonCode};
+use crate::identity::{PeerCertificate, Presented};
 use crate::limits::plan::{CallFacts, Ending};
 use crate::limits::stream::{cut_event, CutReason, StreamGuard, Verdict};
 use crate::limits::{self, AdmitError, LimitBackend};
@@ -39,6 +39,7 @@ use crate::policy::HttpRequestFacts;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::target::Destination;
 use crate::trace::TraceContext;
+use crate::tunnel::Tunnel;
 use crate::usage::include_usage::UsageEventStripper;
 use crate::usage::UsageMeter;
 use crate::{body, credentials, identity, target};
@@ -54,6 +55,12 @@ pub struct Shared {
     pub audit: AuditSink,
     /// Rate and concurrency counters.
     pub limits: Arc<dyn LimitBackend>,
+    /// Resolves and checks every destination before it is dialed (SSRF guard).
+    pub egress: Arc<crate::egress::Dialer>,
+    /// Mints leaves for intercepted tunnels, when a CA is configured.
+    pub minter: Option<Arc<crate::tls::ca::LeafMinter>>,
+    /// Open tunnels per tenant.
+    pub tunnels: crate::tunnel::caps::TunnelCounts,
 }
 
 /// The proxy for one listener.
@@ -80,14 +87,31 @@ impl TenantProxy {
         let snapshot = self.shared.snapshot.load();
         ctx.snapshot = Some(snapshot.clone());
 
+        // The connection's TLS digest carries what the agent cannot forge: the tunnel an
+        // intercepted request came through, or the mTLS client certificate's identity.
+        let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
+        let tunnel = ssl.as_ref().and_then(|d| d.extension.get::<Tunnel>());
         let req = session.req_header();
-        let proxy_auth = req
-            .headers
-            .get(http::header::PROXY_AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        let who = identity::resolve(&self.listener, &snapshot, proxy_auth, unix_now())?;
+        let who = match tunnel {
+            // SECURITY: a tunnel never changes identity; whatever the inner request presents
+            // is ignored (and stripped upstream).
+            Some(t) => tunnel_identity(t, &snapshot)?,
+            None => {
+                let presented = Presented {
+                    proxy_authorization: req
+                        .headers
+                        .get(http::header::PROXY_AUTHORIZATION)
+                        .map(|v| v.as_bytes()),
+                    peer: ssl
+                        .as_ref()
+                        .and_then(|d| d.extension.get::<PeerCertificate>()),
+                };
+                identity::resolve(&self.listener, &snapshot, presented, unix_now())?
+            }
+        };
         let tenant = Arc::new(build_tenant_context(who, ctx.request_id.clone(), req));
         ctx.tenant = Some(tenant.clone());
+        ctx.tunnel = tunnel.map(|t| t.id.clone());
 
         if req.method == http::Method::CONNECT {
             return Err(Deny::ConnectUnsupported);
@@ -96,7 +120,10 @@ impl TenantProxy {
             return Err(Deny::HeadersTooLarge);
         }
         let host = req.headers.get(http::header::HOST).map(|v| v.as_bytes());
-        let destination = target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?;
+        let destination = match tunnel {
+            Some(t) => target::tunneled(req.raw_path(), host, &t.host, t.port)?,
+            None => target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
+        };
         ctx.destination = Some(destination.clone());
 
         if let Some(body) = body::read_full(session, self.shared.config.max_body_bytes).await? {
@@ -132,11 +159,33 @@ impl TenantProxy {
         if ctx.model.is_some() {
             request_stream_usage(&destination, ctx);
         }
+        // The address is resolved and checked only for an authorized request (a denied caller
+        // cannot probe names), and exactly this address is dialed (no second lookup).
+        let exceptions = snapshot
+            .tenants
+            .tenants
+            .get(&tenant.tenant)
+            .map(|e| e.egress_allow.as_slice())
+            .unwrap_or(&[]);
+        let addr = self
+            .shared
+            .egress
+            .resolve_checked(&destination.host, destination.port, exceptions)
+            .await
+            .map_err(|refusal| {
+                if !matches!(refusal, crate::egress::EgressRefusal::Unresolvable { .. }) {
+                    METRICS
+                        .egress_refusals
+                        .with_label_values(&[tenant.tenant.as_str()])
+                        .inc();
+                }
+                crate::tunnel::deny_for_refusal(&ctx.request_id, &refusal)
+            })?;
         // Ceilings last: a request refused for any other reason does not use up the allowance.
         self.admit_limits(&snapshot, &tenant, &destination, ctx)
             .await?;
         // Every check passed: only now does the request carry proof of authorization.
-        ctx.permit = Some(Permitted { destination });
+        ctx.permit = Some(Permitted { destination, addr });
         Ok(())
     }
 
@@ -195,30 +244,8 @@ impl TenantProxy {
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("x-request-id", &*ctx.request_id)?;
-        match &deny_for_headers {
-            Deny::Limited(l) => {
-                // A run's budget does not come back: no `Retry-After` invites a pointless retry.
-                if let Some(retry) = l.retry_after {
-                    resp.insert_header(
-                        http::header::RETRY_AFTER,
-                        retry.as_secs().max(1).to_string(),
-                    )?;
-                }
-            }
-            Deny::LimiterUnavailable | Deny::AuditUnavailable => {
-                resp.insert_header(http::header::RETRY_AFTER, "1")?;
-            }
-            _ => {}
-        }
-        if status == 407 {
-            resp.append_header(
-                http::header::PROXY_AUTHENTICATE,
-                "Bearer realm=\"tenant-proxy\"",
-            )?;
-            resp.append_header(
-                http::header::PROXY_AUTHENTICATE,
-                "Basic realm=\"tenant-proxy\"",
-            )?;
+        for (name, value) in deny_for_headers.extra_headers() {
+            resp.append_header(name, value)?;
         }
         if !(session.is_body_empty() || session.is_body_done()) {
             session.set_keepalive(None);
@@ -336,10 +363,7 @@ impl TenantProxy {
             tenant: tenant.tenant.to_string(),
             workload: tenant.workload.to_string(),
             principal_kind: tenant.principal_kind,
-            identity_source: match tenant.identity_source {
-                IdentitySourceKind::Binding => "listener",
-                IdentitySourceKind::Token => "token",
-            },
+            identity_source: tenant.identity_source.as_str(),
             run_id: tenant.run.id.clone(),
             run_signed: tenant.run.signed,
             request_id: ctx.request_id.to_string(),
@@ -361,6 +385,10 @@ impl TenantProxy {
                 _ => None,
             },
             stream_cut: matches!(ctx.outcome, Outcome::Refused(Deny::StreamCut(_))),
+            tunnel: ctx.tunnel.as_ref().map(|id| crate::audit::TunnelFields {
+                id: id.to_string(),
+                mode: "intercept",
+            }),
             decision,
             reason,
             policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
@@ -490,7 +518,30 @@ fn apply_credentials(
     }
 }
 
-fn build_tenant_context(
+/// The identity of a request inside an intercepted tunnel: the tunnel's own, re-checked against
+/// the current configuration (a reload may have removed the workload) and the token's expiry (a
+/// long-lived tunnel does not outlive the token that opened it).
+fn tunnel_identity(
+    tunnel: &Tunnel,
+    snapshot: &Snapshot,
+) -> Result<identity::ResolvedIdentity, Deny> {
+    let who = &tunnel.identity;
+    if !snapshot.tenants.has_workload(&who.tenant, &who.workload) {
+        return Err(Deny::IdentityInvalid(
+            "the tunnel's workload is no longer in the configuration".into(),
+        ));
+    }
+    if let Some(token) = &who.token {
+        if token.expires_at <= unix_now() {
+            return Err(Deny::IdentityInvalid(
+                "the token that opened this tunnel has expired; open a new tunnel".into(),
+            ));
+        }
+    }
+    Ok(who.clone())
+}
+
+pub(crate) fn build_tenant_context(
     who: identity::ResolvedIdentity,
     request_id: Arc<str>,
     req: &RequestHeader,
@@ -530,14 +581,14 @@ fn header_bytes(req: &RequestHeader) -> usize {
             .sum::<usize>()
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let t: time::OffsetDateTime = t.into();
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -615,20 +666,36 @@ fn deny_for_error(e: &Error) -> Option<Deny> {
     }
 }
 
-/// Resolves the destination without blocking (pingora's own lookup blocks and panics on failure).
-async fn resolve_addr(host: &str, port: u16) -> Option<SocketAddr> {
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
-    }
-    tokio::net::lookup_host((host, port)).await.ok()?.next()
-}
-
 #[async_trait]
 impl ProxyHttp for TenantProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new()
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // Requests a client pipelines are served in order instead of dropping the connection.
+        session.set_pipelining_enabled(true);
+        // pingora keeps every HTTP/1.1 connection alive with no idle limit; bound the wait for
+        // the next request (inside a tunnel, by the tunnel idle timeout).
+        if session.get_keepalive().is_some() {
+            let in_tunnel = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .is_some_and(|d| d.extension.get::<Tunnel>().is_some());
+            let idle = if in_tunnel {
+                self.shared.config.egress.tunnel_idle_timeout.as_secs().max(1)
+            } else {
+                crate::tunnel::PLAIN_KEEPALIVE_SECS
+            };
+            session.set_keepalive(Some(idle));
+        }
+        Ok(())
     }
 
     async fn request_filter(
@@ -659,12 +726,7 @@ impl ProxyHttp for TenantProxy {
             ));
         };
         let dest = permit.destination();
-        let Some(addr) = resolve_addr(&dest.host, dest.port).await else {
-            ctx.outcome = Outcome::Refused(Deny::UpstreamUnreachable);
-            return Err(
-                Error::explain(ErrorType::ConnectNoRoute, "cannot resolve upstream host").into_up(),
-            );
-        };
+        let addr = permit.addr();
         let tls = dest.scheme == crate::config::model::Scheme::Https;
         let mut peer = HttpPeer::new(addr, tls, dest.host.clone());
         let up = &self.shared.config.upstream;
@@ -767,11 +829,14 @@ impl ProxyHttp for TenantProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         ctx.upstream_done = Some(Instant::now());
+        let had_length = upstream_response
+            .headers
+            .contains_key(http::header::CONTENT_LENGTH);
         // Meter LLM calls (the request named a model) whose response is readable as sent.
         let encoded = upstream_response
             .headers
@@ -822,6 +887,16 @@ impl ProxyHttp for TenantProxy {
             }
             // Replacing a secret changes the body's length.
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+        }
+        // A body whose length we changed is re-framed as chunked for HTTP/1.1 clients; left
+        // unframed it would end by closing the connection, and with it a keep-alive tunnel.
+        if had_length
+            && !upstream_response
+                .headers
+                .contains_key(http::header::CONTENT_LENGTH)
+            && session.req_header().version == http::Version::HTTP_11
+        {
+            upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
         upstream_response.insert_header("x-request-id", &*ctx.request_id)?;
         if let Some(h) = ctx.admission.as_ref().and_then(|a| a.headline) {

@@ -63,6 +63,42 @@ pub fn resolve(
     }
 }
 
+/// Resolves the destination of a request inside an intercepted tunnel to `host:port`: always
+/// HTTPS to the tunnel's own authority. The `Host` header is required and must name that
+/// authority (a tunnel opened to one host never carries requests for another), and an
+/// absolute-form target must name it too.
+pub fn tunneled(
+    raw_target: &[u8],
+    host_header: Option<&[u8]>,
+    host: &str,
+    port: u16,
+) -> Result<Destination, Deny> {
+    let target = std::str::from_utf8(raw_target)
+        .map_err(|_| Deny::BadRequest("the request target is not valid UTF-8".into()))?;
+    if !target.starts_with('/') {
+        let dest = forward(target, host_header)?;
+        if dest.scheme != Scheme::Https || dest.host != host || dest.port != port {
+            return Err(Deny::HostMismatch);
+        }
+        return Ok(dest);
+    }
+    let header = host_header.ok_or(Deny::HostMismatch)?;
+    if !host_header_matches(header, host, port, Scheme::Https) {
+        return Err(Deny::HostMismatch);
+    }
+    check_path(target)?;
+    Ok(Destination {
+        scheme: Scheme::Https,
+        host: host.to_string(),
+        port,
+        upstream_path: target.to_string(),
+        audit_path: audit_path(target),
+        route: None,
+        internal: false,
+        provider: None,
+    })
+}
+
 fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, Deny> {
     let uri: http::Uri = target
         .parse()
@@ -143,7 +179,8 @@ fn route(target: &str, routes: &[Route]) -> Result<Destination, Deny> {
     })
 }
 
-fn normalize_host(host: &str) -> Result<String, Deny> {
+/// Lowercase host without brackets or trailing dot, as destinations and policies name it.
+pub fn normalize_host(host: &str) -> Result<String, Deny> {
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -309,6 +346,47 @@ mod tests {
         );
         assert!(matches!(
             resolve(b"/openai/../admin", None, &r),
+            Err(Deny::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn tunnel_requests_must_name_the_tunnels_own_authority() {
+        let ok = tunneled(
+            b"/v1/chat?x=1",
+            Some(b"api.openai.com"),
+            "api.openai.com",
+            443,
+        );
+        let dest = ok.expect("same host");
+        assert_eq!(dest.scheme, Scheme::Https);
+        assert_eq!(dest.upstream_path, "/v1/chat?x=1");
+        assert_eq!(dest.audit_path, "/v1/chat?x");
+        assert!(tunneled(b"/", Some(b"API.openai.com:443"), "api.openai.com", 443).is_ok());
+        assert!(tunneled(b"/", Some(b"h.test:8443"), "h.test", 8443).is_ok());
+        for (target, host) in [
+            (&b"/"[..], Some(&b"api.anthropic.com"[..])),
+            (b"/", Some(b"api.openai.com:8443")),
+            (b"/", None),
+            (b"https://api.anthropic.com/v1", Some(b"api.anthropic.com")),
+            (b"http://api.openai.com/v1", Some(b"api.openai.com")),
+        ] {
+            assert_eq!(
+                tunneled(target, host, "api.openai.com", 443),
+                Err(Deny::HostMismatch),
+                "{:?}",
+                String::from_utf8_lossy(target)
+            );
+        }
+        assert!(tunneled(
+            b"https://api.openai.com/v1",
+            Some(b"api.openai.com"),
+            "api.openai.com",
+            443
+        )
+        .is_ok());
+        assert!(matches!(
+            tunneled(b"/a/../b", Some(b"api.openai.com"), "api.openai.com", 443),
             Err(Deny::BadRequest(_))
         ));
     }

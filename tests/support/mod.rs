@@ -216,6 +216,9 @@ pub struct ProxySpec {
     pub env: Vec<(String, String)>,
     /// Extra static settings appended to `[limits]`.
     pub limits: &'static str,
+    /// The `[egress]` table's body. Default: the test origins on 127.0.0.1 are an explicit
+    /// exception to the SSRF guard (loopback is never reachable by default).
+    pub egress: String,
 }
 
 impl Default for ProxySpec {
@@ -230,6 +233,7 @@ impl Default for ProxySpec {
             static_extra: String::new(),
             env: Vec::new(),
             limits: "",
+            egress: "allow = [\"127.0.0.1/32\"]".into(),
         }
     }
 }
@@ -298,6 +302,8 @@ flush_interval = "5ms"
 [upstream]
 connect_timeout = "1s"
 {}
+[egress]
+{}
 [limits]
 {}
 [server]
@@ -308,7 +314,7 @@ graceful_shutdown_timeout = "1s"
 level = "info"
 {}
 "#,
-            spec.upstream, spec.limits, spec.static_extra
+            spec.upstream, spec.egress, spec.limits, spec.static_extra
         );
         std::fs::write(dir.path().join("tenant-proxy.toml"), static_toml).unwrap();
         let mut tenants_tables = TENANTS.to_string();
@@ -767,6 +773,25 @@ pub fn start_mock() -> u16 {
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
             let _ = tenant_proxy_loadtest::mock::serve_mock(l).await;
+        });
+    });
+    port
+}
+
+/// Starts the loadtest mock over TLS (certificate `pair`) on an ephemeral loopback port.
+pub fn start_mock_tls(pair: &tenant_proxy_loadtest::tls::PemPair) -> u16 {
+    let config = tenant_proxy_loadtest::tls::server_config(pair).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = tenant_proxy_loadtest::tls::serve_mock_tls(l, config).await;
         });
     });
     port

@@ -16,6 +16,15 @@ pub enum Decision {
     Deny,
 }
 
+/// A tunnel's id (its `CONNECT` request id) and mode (`intercept` or `opaque`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TunnelFields {
+    /// The `CONNECT` request's id.
+    pub id: String,
+    /// `intercept` or `opaque`.
+    pub mode: &'static str,
+}
+
 /// One request's record.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
@@ -67,6 +76,9 @@ pub struct AuditRecord {
     /// The response stream was ended early because a budget ran out.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stream_cut: bool,
+    /// The `CONNECT` tunnel this record is, or that the request came through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelFields>,
     /// Decision.
     pub decision: Decision,
     /// Reason code (`allowed` or the refusal's code).

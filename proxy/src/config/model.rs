@@ -35,6 +35,10 @@ pub struct StaticConfig {
     pub audit: AuditSettings,
     /// Upstream settings.
     pub upstream: UpstreamSettings,
+    /// The SSRF guard and tunnels.
+    pub egress: EgressSettings,
+    /// TLS interception, when a CA is configured.
+    pub intercept: Option<InterceptSettings>,
     /// Largest request header block, in bytes.
     pub max_header_bytes: usize,
     /// Largest request body, in bytes.
@@ -85,6 +89,53 @@ pub struct ListenerSettings {
     pub identity: Vec<IdentitySourceKind>,
     /// The workload every connection is, for `binding` listeners.
     pub binding: Option<ListenerBinding>,
+    /// TLS with client certificates, for `mtls` listeners.
+    pub tls: Option<ListenerTls>,
+}
+
+/// An mTLS listener's files and SPIFFE ID mapping.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server key (PEM).
+    pub key: PathBuf,
+    /// Client trust bundle (PEM), reloaded on change.
+    pub client_ca: PathBuf,
+    /// How a SPIFFE ID names tenant and workload.
+    pub spiffe: Arc<crate::identity::mtls::SpiffePattern>,
+}
+
+/// `[egress]`, validated.
+#[derive(Debug, Clone)]
+pub struct EgressSettings {
+    /// Global exceptions to the SSRF guard.
+    pub exceptions: Vec<crate::egress::EgressException>,
+    /// Ports tunnels may be opened to.
+    pub connect_ports: Vec<u16>,
+    /// Static name answers.
+    pub hosts: HashMap<String, Vec<std::net::IpAddr>>,
+    /// DNS lookup timeout.
+    pub dns_timeout: Duration,
+    /// Idle timeout of tunnels.
+    pub tunnel_idle_timeout: Duration,
+    /// Default cap on a tenant's open tunnels.
+    pub max_tunnels_per_tenant: u32,
+    /// Time a new connection has to send its first request head.
+    pub client_header_timeout: Duration,
+}
+
+/// `[intercept]`, validated.
+#[derive(Debug, Clone)]
+pub struct InterceptSettings {
+    /// CA certificate file.
+    pub ca_cert: PathBuf,
+    /// CA key file.
+    pub ca_key: PathBuf,
+    /// Leaf lifetime.
+    pub leaf_ttl: Duration,
+    /// Leaf cache bound.
+    pub leaf_cache: usize,
 }
 
 /// How a listener learns who is calling.
@@ -94,6 +145,19 @@ pub enum IdentitySourceKind {
     Binding,
     /// A signed token in `Proxy-Authorization`.
     Token,
+    /// The SPIFFE ID of a verified client certificate.
+    Mtls,
+}
+
+impl IdentitySourceKind {
+    /// The name audit records and logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentitySourceKind::Binding => "listener",
+            IdentitySourceKind::Token => "token",
+            IdentitySourceKind::Mtls => "mtls",
+        }
+    }
 }
 
 /// A listener's fixed workload.
@@ -232,18 +296,61 @@ impl StaticConfig {
                 match source.as_str() {
                     "binding" => identity.push(IdentitySourceKind::Binding),
                     "token" => identity.push(IdentitySourceKind::Token),
+                    "mtls" => identity.push(IdentitySourceKind::Mtls),
                     other => p.push(
                         format!("listener[{i}].identity[{j}]"),
-                        format!("unknown identity source `{other}`; expected `binding` or `token`"),
+                        format!("unknown identity source `{other}`; expected `binding`, `token` or `mtls`"),
                     ),
                 }
             }
             if l.identity.is_empty() {
                 p.push(
                     at("identity"),
-                    "list at least one identity source (`binding`, `token`)",
+                    "list at least one identity source (`binding`, `token`, `mtls`)",
                 );
             }
+            let wants_mtls = identity.contains(&IdentitySourceKind::Mtls);
+            let tls = match (l.tls, wants_mtls) {
+                (Some(t), true) => {
+                    let files = [
+                        ("cert", &t.cert),
+                        ("key", &t.key),
+                        ("client_ca", &t.client_ca),
+                    ];
+                    for (field, f) in files {
+                        if !relative_to(path, f).is_file() {
+                            p.push(
+                                at(&format!("tls.{field}")),
+                                format!("`{}` is not a readable file", f.display()),
+                            );
+                        }
+                    }
+                    match crate::identity::mtls::SpiffePattern::new(&t.spiffe_id, &t.trust_domain) {
+                        Ok(spiffe) => Some(ListenerTls {
+                            cert: relative_to(path, &t.cert),
+                            key: relative_to(path, &t.key),
+                            client_ca: relative_to(path, &t.client_ca),
+                            spiffe: Arc::new(spiffe),
+                        }),
+                        Err(e) => {
+                            p.push(at("tls.spiffe_id"), e.to_string());
+                            None
+                        }
+                    }
+                }
+                (None, true) => {
+                    p.push(at("tls"), "identity source `mtls` needs `[listener.tls]` with cert, key, client_ca, spiffe_id and trust_domain");
+                    None
+                }
+                (Some(_), false) => {
+                    p.push(
+                        at("tls"),
+                        "`tls` is set but `identity` does not list `mtls`",
+                    );
+                    None
+                }
+                (None, false) => None,
+            };
             let wants_binding = identity.contains(&IdentitySourceKind::Binding);
             let binding = match (l.binding, wants_binding) {
                 (Some(b), true) => {
@@ -278,6 +385,7 @@ impl StaticConfig {
                 listen,
                 identity,
                 binding,
+                tls,
             });
         }
 
@@ -319,6 +427,24 @@ impl StaticConfig {
                 );
             }
         }
+        let egress = egress_settings(&mut p, spec.egress);
+        let intercept = spec.intercept.map(|i| {
+            let settings = InterceptSettings {
+                ca_cert: relative_to(path, &i.ca_cert),
+                ca_key: relative_to(path, &i.ca_key),
+                leaf_ttl: p.duration("intercept.leaf_ttl", &i.leaf_ttl),
+                leaf_cache: i.leaf_cache.max(1),
+            };
+            if settings.leaf_ttl < Duration::from_secs(600) {
+                p.push("intercept.leaf_ttl", "must be at least 10m (clients check validity against their own clocks)");
+            }
+            for (field, f) in [("ca_cert", &settings.ca_cert), ("ca_key", &settings.ca_key)] {
+                if !f.is_file() {
+                    p.push(format!("intercept.{field}"), format!("`{}` is not a readable file; create the CA with `tenant-proxy ca init --out DIR`", f.display()));
+                }
+            }
+            settings
+        });
         if spec.limits.max_header_bytes < 1024 {
             p.push("limits.max_header_bytes", "must be at least 1024");
         }
@@ -391,6 +517,8 @@ impl StaticConfig {
             listeners,
             audit,
             upstream,
+            egress,
+            intercept,
             max_header_bytes: spec.limits.max_header_bytes,
             max_body_bytes: spec.limits.max_body_bytes,
             limiter,
@@ -404,6 +532,52 @@ impl StaticConfig {
             log_level: spec.log.level.unwrap_or_else(|| "info".into()),
         };
         p.finish(config)
+    }
+}
+
+fn egress_settings(p: &mut Problems<'_>, spec: super::spec::EgressSpec) -> EgressSettings {
+    let mut exceptions = Vec::new();
+    for (i, a) in spec.allow.iter().enumerate() {
+        match a.parse::<crate::egress::EgressException>() {
+            Ok(e) => exceptions.push(e),
+            Err(e) => p.push(format!("egress.allow[{i}]"), e),
+        }
+    }
+    if spec.connect_ports.is_empty() || spec.connect_ports.contains(&0) {
+        p.push(
+            "egress.connect_ports",
+            "list the ports tunnels may use (1-65535), e.g. `[443]`",
+        );
+    }
+    let mut hosts = HashMap::new();
+    for (name, addrs) in spec.hosts {
+        let mut ips = Vec::new();
+        for a in &addrs {
+            match a.parse::<std::net::IpAddr>() {
+                Ok(ip) => ips.push(ip),
+                Err(_) => p.push(
+                    format!("egress.hosts.{name}"),
+                    format!("`{a}` is not an IP address"),
+                ),
+            }
+        }
+        if addrs.is_empty() {
+            p.push(format!("egress.hosts.{name}"), "list at least one address");
+        }
+        hosts.insert(name.trim_end_matches('.').to_ascii_lowercase(), ips);
+    }
+    if spec.max_tunnels_per_tenant == 0 {
+        p.push("egress.max_tunnels_per_tenant", "must be at least 1");
+    }
+    EgressSettings {
+        exceptions,
+        connect_ports: spec.connect_ports,
+        hosts,
+        dns_timeout: p.duration("egress.dns_timeout", &spec.dns_timeout),
+        tunnel_idle_timeout: p.duration("egress.tunnel_idle_timeout", &spec.tunnel_idle_timeout),
+        max_tunnels_per_tenant: spec.max_tunnels_per_tenant,
+        client_header_timeout: p
+            .duration("egress.client_header_timeout", &spec.client_header_timeout),
     }
 }
 
@@ -482,6 +656,10 @@ pub struct TenantEntry {
     pub workload_limits: HashMap<WorkloadId, Ceilings>,
     /// The tenant's time zone, where its days and months begin.
     pub calendar: TenantCalendar,
+    /// Non-global destinations this tenant may reach.
+    pub egress_allow: Vec<crate::egress::EgressException>,
+    /// Cap on this tenant's open tunnels, when it overrides the global one.
+    pub max_tunnels: Option<u32>,
 }
 
 /// A route-mode mapping from a path prefix to an upstream base URL.
@@ -690,6 +868,16 @@ impl TenantConfig {
                     ),
                 }
             }
+            let mut egress_allow = Vec::new();
+            for (i, a) in t.egress_allow.iter().enumerate() {
+                match a.parse::<crate::egress::EgressException>() {
+                    Ok(e) => egress_allow.push(e),
+                    Err(e) => p.push(format!("tenants.{id}.egress_allow[{i}]"), e),
+                }
+            }
+            if t.max_tunnels == Some(0) {
+                p.push(format!("tenants.{id}.max_tunnels"), "must be at least 1");
+            }
             tenants.insert(
                 tenant,
                 TenantEntry {
@@ -699,6 +887,8 @@ impl TenantConfig {
                     limits,
                     workload_limits,
                     calendar,
+                    egress_allow,
+                    max_tunnels: t.max_tunnels,
                 },
             );
         }

@@ -23,6 +23,11 @@ pub struct StaticSpec {
     /// How upstreams are reached.
     #[serde(default)]
     pub upstream: UpstreamSpec,
+    /// Which destinations may be dialed, and tunnels.
+    #[serde(default)]
+    pub egress: EgressSpec,
+    /// TLS interception of `CONNECT` tunnels (absent: tunnels can only pass through opaquely).
+    pub intercept: Option<InterceptSpec>,
     /// Request size caps.
     #[serde(default)]
     pub limits: RequestLimitsSpec,
@@ -70,6 +75,104 @@ pub struct ListenerSpec {
     pub identity: Vec<String>,
     /// For `binding`: the one workload every connection on this listener is.
     pub binding: Option<BindingSpec>,
+    /// For `mtls`: the listener speaks TLS and requires client certificates.
+    pub tls: Option<ListenerTlsSpec>,
+}
+
+/// `[listener.tls]`: an mTLS listener whose clients are identified by their SPIFFE ID.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSpec {
+    /// The listener's own certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA certificates client certificates must chain to (PEM; reloaded when the file changes).
+    pub client_ca: PathBuf,
+    /// The SPIFFE ID pattern, e.g. `spiffe://{trust_domain}/tenant/{tenant}/workload/{workload}`.
+    pub spiffe_id: String,
+    /// The trust domain client IDs must belong to, e.g. `example.org`.
+    pub trust_domain: String,
+}
+
+/// `[egress]`: the SSRF guard and tunnel settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSpec {
+    /// Non-global destinations every tenant may reach: CIDRs (`10.1.0.0/16`) or `host:port`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Ports `CONNECT` may open tunnels to.
+    #[serde(default = "default_connect_ports")]
+    pub connect_ports: Vec<u16>,
+    /// Static answers for names (checked like any DNS answer), e.g. `"api.internal" = ["10.0.0.5"]`.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Vec<String>>,
+    /// Longest a DNS lookup may take.
+    #[serde(default = "default_dns_timeout")]
+    pub dns_timeout: String,
+    /// A tunnel with no traffic (opaque) or no request (intercepted) for this long is closed.
+    #[serde(default = "default_tunnel_idle_timeout")]
+    pub tunnel_idle_timeout: String,
+    /// Open tunnels per tenant, unless the tenant sets `max_tunnels`.
+    #[serde(default = "default_max_tunnels")]
+    pub max_tunnels_per_tenant: u32,
+    /// Longest a client may take to send a request head on a new connection.
+    #[serde(default = "default_client_header_timeout")]
+    pub client_header_timeout: String,
+}
+
+impl Default for EgressSpec {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            connect_ports: default_connect_ports(),
+            hosts: BTreeMap::new(),
+            dns_timeout: default_dns_timeout(),
+            tunnel_idle_timeout: default_tunnel_idle_timeout(),
+            max_tunnels_per_tenant: default_max_tunnels(),
+            client_header_timeout: default_client_header_timeout(),
+        }
+    }
+}
+
+fn default_connect_ports() -> Vec<u16> {
+    vec![443]
+}
+fn default_dns_timeout() -> String {
+    "2s".into()
+}
+fn default_tunnel_idle_timeout() -> String {
+    "5m".into()
+}
+fn default_max_tunnels() -> u32 {
+    256
+}
+fn default_client_header_timeout() -> String {
+    "30s".into()
+}
+
+/// `[intercept]`: the local CA that signs per-host leaves for intercepted tunnels.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptSpec {
+    /// CA certificate (PEM), from `tenant-proxy ca init`.
+    pub ca_cert: PathBuf,
+    /// CA private key (PEM).
+    pub ca_key: PathBuf,
+    /// Lifetime of minted leaves (never written to disk).
+    #[serde(default = "default_leaf_ttl")]
+    pub leaf_ttl: String,
+    /// Most leaves kept in memory.
+    #[serde(default = "default_leaf_cache")]
+    pub leaf_cache: usize,
+}
+
+fn default_leaf_ttl() -> String {
+    "12h".into()
+}
+fn default_leaf_cache() -> usize {
+    10_000
 }
 
 /// `binding = { tenant = "…", workload = "…" }`.
@@ -340,6 +443,12 @@ pub struct TenantSpec {
     /// Ceilings on single workloads, by workload id (checked in addition to the tenant's).
     #[serde(default)]
     pub workload_limits: BTreeMap<String, crate::limits::Ceilings>,
+    /// Non-global destinations this tenant may reach (CIDRs or `host:port`), besides the global
+    /// `[egress] allow`.
+    #[serde(default)]
+    pub egress_allow: Vec<String>,
+    /// Open tunnels for this tenant (default: `[egress] max_tunnels_per_tenant`).
+    pub max_tunnels: Option<u32>,
 }
 
 /// `[credentials]`.

@@ -4,6 +4,7 @@
 //! a presented but invalid credential is refused (it never falls through to a weaker source), and
 //! when no source is present the request is refused with `identity_required`.
 
+pub mod mtls;
 pub mod proxy_auth;
 pub mod token;
 
@@ -14,8 +15,23 @@ use crate::snapshot::Snapshot;
 use proxy_auth::{parse_proxy_authorization, ProxyCredential};
 use token::VerifiedToken;
 
-/// A verified identity.
+/// What the mTLS handshake learned about the client, kept on the connection for every request
+/// on it. A certificate that verified but maps to no workload is kept as the refusal reason, so
+/// requests get `identity_invalid` rather than a bare TLS error.
 #[derive(Debug)]
+pub struct PeerCertificate(pub Result<mtls::PeerIdentity, String>);
+
+/// Identity material presented with a request or its connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Presented<'a> {
+    /// The `Proxy-Authorization` header value.
+    pub proxy_authorization: Option<&'a [u8]>,
+    /// The client certificate's identity, on mTLS listeners.
+    pub peer: Option<&'a PeerCertificate>,
+}
+
+/// A verified identity.
+#[derive(Debug, Clone)]
 pub struct ResolvedIdentity {
     /// Tenant.
     pub tenant: TenantId,
@@ -27,11 +43,11 @@ pub struct ResolvedIdentity {
     pub token: Option<VerifiedToken>,
 }
 
-/// Resolves the caller's identity on `listener` from its `Proxy-Authorization` header.
+/// Resolves the caller's identity on `listener` from what it presented.
 pub fn resolve(
     listener: &ListenerSettings,
     snapshot: &Snapshot,
-    proxy_authorization: Option<&[u8]>,
+    presented: Presented<'_>,
     now_unix: u64,
 ) -> Result<ResolvedIdentity, Deny> {
     for source in &listener.identity {
@@ -53,10 +69,30 @@ pub fn resolve(
                 });
             }
             IdentitySourceKind::Token => {
-                let Some(value) = proxy_authorization else {
+                let Some(value) = presented.proxy_authorization else {
                     continue;
                 };
                 return resolve_token(snapshot, value, now_unix);
+            }
+            IdentitySourceKind::Mtls => {
+                let Some(PeerCertificate(peer)) = presented.peer else {
+                    continue;
+                };
+                let peer = peer
+                    .as_ref()
+                    .map_err(|why| Deny::IdentityInvalid(why.clone()))?;
+                if !snapshot.tenants.has_workload(&peer.tenant, &peer.workload) {
+                    return Err(Deny::IdentityInvalid(
+                        "the client certificate names a tenant or workload this proxy does not know"
+                            .into(),
+                    ));
+                }
+                return Ok(ResolvedIdentity {
+                    tenant: peer.tenant.clone(),
+                    workload: peer.workload.clone(),
+                    source: IdentitySourceKind::Mtls,
+                    token: None,
+                });
             }
         }
     }

@@ -165,6 +165,8 @@ pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, V
         tenants: compiled,
         action_http: names.action_http,
         action_use_credential: names.action_use_credential,
+        action_connect: names.action_connect,
+        action_connect_opaque: names.action_connect_opaque,
         destination_type: names.destination,
         credential_type: names.credential,
         authorizer: Authorizer::new(),
@@ -179,6 +181,8 @@ struct Names {
     credential: EntityTypeName,
     action_http: EntityUid,
     action_use_credential: EntityUid,
+    action_connect: EntityUid,
+    action_connect_opaque: EntityUid,
 }
 
 impl Names {
@@ -196,6 +200,8 @@ impl Names {
             credential: ty("Credential")?,
             action_http: action("http"),
             action_use_credential: action("use_credential"),
+            action_connect: action("connect"),
+            action_connect_opaque: action("connect_opaque"),
         })
     }
 }
@@ -229,7 +235,12 @@ fn read_schema(dir: &Path, report: &mut Report) -> Option<Schema> {
 /// policy able to help.
 fn check_actions(schema: &Schema, names: &Names, path: &Path, report: &mut Report) {
     let declared: HashSet<&EntityUid> = schema.actions().collect();
-    for action in [&names.action_http, &names.action_use_credential] {
+    for action in [
+        &names.action_http,
+        &names.action_use_credential,
+        &names.action_connect,
+        &names.action_connect_opaque,
+    ] {
         if !declared.contains(action) {
             report.file(
                 path,

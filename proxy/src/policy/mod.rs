@@ -15,6 +15,11 @@
 //! | action | `TenantProxy::Action::"http"` |
 //! | resource | `TenantProxy::Destination::"<lowercase host>"` |
 //! | context | [`HttpRequestFacts`] (`scheme`, `host`, `port`, `method`, `path`, `model?`, `run_signed`, `scopes`, `route?`) |
+//!
+//! A `CONNECT` tunnel is decided first as action `connect` (may this workload open a tunnel to
+//! this host and port?) and, when allowed, as `connect_opaque` (may the tunnel skip
+//! interception?). Both take a [`ConnectFacts`] context. Requests inside an intercepted tunnel
+//! are then decided one by one as `http`, like any other request.
 
 mod load;
 
@@ -81,6 +86,28 @@ pub struct CredentialFacts<'a> {
     pub http: &'a HttpRequestFacts<'a>,
 }
 
+/// What a policy may ask about a `CONNECT` tunnel (the `connect` and `connect_opaque` actions).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectFacts<'a> {
+    /// Host named by the `CONNECT` authority, lowercase.
+    pub host: &'a str,
+    /// Port named by the `CONNECT` authority.
+    pub port: u16,
+    /// Whether the run id came from a signed token.
+    pub run_signed: bool,
+    /// Scopes granted by the workload token (empty for other identities).
+    pub scopes: &'a [String],
+}
+
+/// The two questions a tunnel asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectQuestion {
+    /// May the tunnel be opened at all?
+    Open,
+    /// May it pass through without interception?
+    Opaque,
+}
+
 /// An authorization decision and why it was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -138,6 +165,8 @@ pub struct PolicyEngine {
     tenants: HashMap<TenantId, TenantPolicies>,
     action_http: EntityUid,
     action_use_credential: EntityUid,
+    action_connect: EntityUid,
+    action_connect_opaque: EntityUid,
     destination_type: EntityTypeName,
     credential_type: EntityTypeName,
     authorizer: Authorizer,
@@ -203,6 +232,25 @@ impl PolicyEngine {
             Err(deny) => return deny,
         };
         match self.credential_request(principal, facts, None) {
+            Ok(request) => self.decide(set, &request),
+            Err(e) => Decision::deny_with(e),
+        }
+    }
+
+    /// Decides action `connect` or `connect_opaque` for a tunnel. Same fail-closed rules as
+    /// [`Self::authorize_http`]; for `connect_opaque` a deny means the tunnel is intercepted.
+    pub fn authorize_connect(
+        &self,
+        tenant: &TenantId,
+        workload: &WorkloadId,
+        question: ConnectQuestion,
+        facts: &ConnectFacts<'_>,
+    ) -> Decision {
+        let (set, principal) = match self.lookup(tenant, workload) {
+            Ok(found) => found,
+            Err(deny) => return deny,
+        };
+        match self.connect_request(principal, question, facts, None) {
             Ok(request) => self.decide(set, &request),
             Err(e) => Decision::deny_with(e),
         }
@@ -281,6 +329,48 @@ impl PolicyEngine {
             schema,
         )
         .map_err(|e| e.to_string())
+    }
+
+    fn connect_request(
+        &self,
+        principal: &EntityUid,
+        question: ConnectQuestion,
+        facts: &ConnectFacts<'_>,
+        schema: Option<&Schema>,
+    ) -> Result<Request, String> {
+        let host = normalize_host(facts.host);
+        let resource =
+            EntityUid::from_type_name_and_id(self.destination_type.clone(), EntityId::new(&host));
+        let pairs = vec![
+            (
+                "host".to_string(),
+                RestrictedExpression::new_string(host.to_string()),
+            ),
+            (
+                "port".to_string(),
+                RestrictedExpression::new_long(i64::from(facts.port)),
+            ),
+            (
+                "run_signed".to_string(),
+                RestrictedExpression::new_bool(facts.run_signed),
+            ),
+            (
+                "scopes".to_string(),
+                RestrictedExpression::new_set(
+                    facts
+                        .scopes
+                        .iter()
+                        .map(|s| RestrictedExpression::new_string(s.clone())),
+                ),
+            ),
+        ];
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+        let action = match question {
+            ConnectQuestion::Open => &self.action_connect,
+            ConnectQuestion::Opaque => &self.action_connect_opaque,
+        };
+        Request::new(principal.clone(), action.clone(), resource, context, schema)
+            .map_err(|e| e.to_string())
     }
 
     fn decide(&self, set: &TenantPolicies, request: &Request) -> Decision {

@@ -120,8 +120,8 @@ macro_rules! case {
 #[test]
 fn quickstart_policies_decide_as_documented() {
     let engine = load_ok(&repo_policies());
-    assert_eq!(engine.policy_count(&tid("acme")), 7);
-    assert_eq!(engine.policy_count(&tid("globex")), 6);
+    assert_eq!(engine.policy_count(&tid("acme")), 8);
+    assert_eq!(engine.policy_count(&tid("globex")), 7);
     let chat = "/v1/chat/completions";
     #[rustfmt::skip]
     let cases = [
@@ -142,6 +142,34 @@ fn quickstart_policies_decide_as_documented() {
         case!("metadata name, odd spelling", "acme"/"support-bot", "http", "Metadata.Google.Internal.", "/", None, false, &["forbid-metadata"]),
     ];
     run(&engine, &cases);
+}
+
+#[test]
+fn quickstart_tunnel_policies() {
+    let engine = load_ok(&repo_policies());
+    #[rustfmt::skip]
+    let cases = [
+        ("acme openai tunnel", "acme", "support-bot", "api.openai.com", 443, ConnectQuestion::Open, true, vec!["acme-tunnels"]),
+        ("acme anthropic tunnel", "acme", "researcher", "api.anthropic.com", 443, ConnectQuestion::Open, true, vec!["acme-tunnels"]),
+        ("acme other port", "acme", "support-bot", "api.openai.com", 8443, ConnectQuestion::Open, false, vec![]),
+        ("acme other host", "acme", "support-bot", "attacker.example", 443, ConnectQuestion::Open, false, vec![]),
+        ("acme opaque is never the default", "acme", "support-bot", "api.openai.com", 443, ConnectQuestion::Opaque, false, vec![]),
+        ("globex openai tunnel", "globex", "agent", "api.openai.com", 443, ConnectQuestion::Open, true, vec!["globex-tunnels"]),
+        ("globex anthropic tunnel", "globex", "agent", "api.anthropic.com", 443, ConnectQuestion::Open, false, vec![]),
+        ("metadata tunnel", "acme", "support-bot", "169.254.169.254", 443, ConnectQuestion::Open, false, vec!["forbid-metadata"]),
+    ];
+    for (name, tenant, workload, host, port, question, allowed, ids) in cases {
+        let f = ConnectFacts {
+            host,
+            port,
+            run_signed: false,
+            scopes: &[],
+        };
+        let d = engine.authorize_connect(&tid(tenant), &wid(workload), question, &f);
+        assert_eq!(d.allowed, allowed, "{name}: {d:?}");
+        assert_eq!(d.policy_ids, ids, "{name}: {d:?}");
+        assert!(d.errors.is_empty(), "{name}: {d:?}");
+    }
 }
 
 #[test]

@@ -1,0 +1,571 @@
+//! Where the proxy may connect: SSRF-safe resolution of upstream names.
+//!
+//! An agent names any host it likes, so a name can point at the proxy's own network: the cloud
+//! metadata service, a database on 10.0.0.0/8, the admin listener on loopback. The [`Dialer`]
+//! resolves the name itself, refuses it unless every address is global unicast (or covered by
+//! an explicit [`EgressException`]), and returns the one address it checked. The caller dials
+//! that address and never looks the name up again, so DNS rebinding (a public answer for the
+//! check, a private one for the connect) has no second lookup to switch.
+//!
+//! The decision is always made on the resolved address, never on how the host was spelled:
+//! `2130706433`, `0x7f000001` and `127.1` are all 127.0.0.1 by the time they are checked.
+
+mod exception;
+mod ranges;
+mod resolve;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+pub use exception::EgressException;
+pub use ranges::non_global_reason;
+pub use resolve::{Resolver, StaticResolver, SystemResolver};
+
+/// What the [`Dialer`] allows beyond global unicast, and what it never allows.
+#[derive(Debug, Clone, Default)]
+pub struct EgressRules {
+    /// Exceptions for every tenant.
+    pub exceptions: Vec<EgressException>,
+    /// The proxy's own listen addresses (proxy and admin): dialing one is a loop, refused even
+    /// when an exception covers it.
+    pub own_listeners: Vec<SocketAddr>,
+}
+
+/// Why a destination was refused.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum EgressRefusal {
+    /// The name did not resolve, or not in time. The message names the host, never the
+    /// resolver's error.
+    #[error("the upstream host `{host}` could not be resolved")]
+    Unresolvable {
+        /// The host as the request named it.
+        host: String,
+    },
+    /// An answer is not global unicast and no exception covers it.
+    #[error("the upstream address {address} is not allowed: {reason}")]
+    Forbidden {
+        /// The first refused answer.
+        address: IpAddr,
+        /// From [`non_global_reason`].
+        reason: &'static str,
+    },
+    /// The destination is one of the proxy's own listeners (a loop).
+    #[error("the upstream {address} is this proxy's own listener")]
+    OwnListener {
+        /// The refused destination.
+        address: SocketAddr,
+    },
+}
+
+/// Resolves upstream names and decides whether their addresses may be dialed.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    resolver: Arc<dyn Resolver>,
+    rules: EgressRules,
+}
+
+impl Dialer {
+    /// A dialer that looks names up with `resolver` and applies `rules`.
+    pub fn new(resolver: Arc<dyn Resolver>, rules: EgressRules) -> Self {
+        Self { resolver, rules }
+    }
+
+    /// Resolves `host` (lowercase, IPv6 without brackets; an IP literal is parsed, not looked
+    /// up) once, checks every answer, and returns the first as the address to dial with `port`.
+    ///
+    /// Every answer must pass, not just the first: a resolver that answers a public and a
+    /// private address lets the connector pick, so the first refused answer refuses the name.
+    /// `tenant_exceptions` are the calling tenant's own, added to the global ones.
+    pub async fn resolve_checked(
+        &self,
+        host: &str,
+        port: u16,
+        tenant_exceptions: &[EgressException],
+    ) -> Result<SocketAddr, EgressRefusal> {
+        let unresolvable = || EgressRefusal::Unresolvable {
+            host: host.to_string(),
+        };
+        let answers = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => self.resolver.lookup(host).await.map_err(|e| {
+                tracing::debug!(host, error = %e, "upstream name lookup failed");
+                unresolvable()
+            })?,
+        };
+        let first = *answers.first().ok_or_else(unresolvable)?;
+        let covered = |ip: IpAddr| {
+            self.rules
+                .exceptions
+                .iter()
+                .chain(tenant_exceptions)
+                .any(|e| e.allows(host, port, ip))
+        };
+        for &ip in &answers {
+            let address = SocketAddr::new(ip, port);
+            if self.is_own_listener(address) {
+                return Err(EgressRefusal::OwnListener { address });
+            }
+            if let Some(reason) = non_global_reason(ip) {
+                if !covered(ip) {
+                    return Err(EgressRefusal::Forbidden {
+                        address: ip,
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(SocketAddr::new(first, port))
+    }
+
+    /// Whether dialing `dest` would reach one of the proxy's own listeners: the same address,
+    /// or a listener on every interface (0.0.0.0, ::) and a loopback or unspecified
+    /// destination on its port. IPv4-mapped forms compare as the IPv4 address they carry.
+    fn is_own_listener(&self, dest: SocketAddr) -> bool {
+        let ip = dest.ip().to_canonical();
+        self.rules.own_listeners.iter().any(|l| {
+            let lip = l.ip().to_canonical();
+            l.port() == dest.port()
+                && (lip == ip
+                    || (lip.is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    fn exc(s: &str) -> EgressException {
+        s.parse().expect("exception")
+    }
+
+    /// Answers the n-th call with the n-th list (the last list from then on) and counts calls.
+    #[derive(Debug)]
+    struct Canned {
+        answers: Vec<Vec<IpAddr>>,
+        calls: AtomicUsize,
+    }
+
+    impl Canned {
+        fn new(answers: &[&[&str]]) -> Arc<Self> {
+            Arc::new(Self {
+                answers: answers
+                    .iter()
+                    .map(|a| a.iter().map(|s| ip(s)).collect())
+                    .collect(),
+                calls: AtomicUsize::new(0),
+            })
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Resolver for Canned {
+        async fn lookup(&self, _host: &str) -> std::io::Result<Vec<IpAddr>> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(self.answers[n.min(self.answers.len() - 1)].clone())
+        }
+    }
+
+    fn dialer(resolver: Arc<dyn Resolver>, exceptions: &[&str], own_listeners: &[&str]) -> Dialer {
+        Dialer::new(
+            resolver,
+            EgressRules {
+                exceptions: exceptions.iter().map(|s| exc(s)).collect(),
+                own_listeners: own_listeners.iter().map(|s| sa(s)).collect(),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn every_refused_range_is_refused_with_its_reason() {
+        let cases = [
+            ("0.0.0.0", "unspecified"),
+            ("0.1.2.3", "this network"),
+            ("10.0.0.1", "private (RFC 1918)"),
+            ("172.16.0.1", "private (RFC 1918)"),
+            ("172.31.255.255", "private (RFC 1918)"),
+            ("192.168.1.1", "private (RFC 1918)"),
+            ("100.64.0.1", "shared address space (CGNAT)"),
+            ("100.127.255.255", "shared address space (CGNAT)"),
+            ("127.0.0.1", "loopback"),
+            ("127.255.255.254", "loopback"),
+            ("169.254.169.254", "cloud metadata"),
+            ("169.254.1.1", "link-local"),
+            ("192.0.0.8", "IETF protocol assignments"),
+            ("192.0.2.1", "documentation"),
+            ("198.51.100.1", "documentation"),
+            ("203.0.113.1", "documentation"),
+            ("198.18.0.1", "benchmarking"),
+            ("198.19.255.255", "benchmarking"),
+            ("192.88.99.1", "6to4 relay anycast"),
+            ("224.0.0.1", "multicast"),
+            ("239.255.255.250", "multicast"),
+            ("240.0.0.1", "reserved"),
+            ("255.255.255.255", "broadcast"),
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("::ffff:8.8.8.8", "IPv4-mapped IPv6"),
+            ("::ffff:127.0.0.1", "IPv4-mapped IPv6"),
+            ("::8.8.8.8", "IPv4-compatible IPv6"),
+            ("64:ff9b::808:808", "NAT64"),
+            ("64:ff9b:1::1", "NAT64"),
+            ("100::1", "discard"),
+            ("fd00:ec2::254", "cloud metadata"),
+            ("fc00::1", "unique local"),
+            ("fd12:3456::1", "unique local"),
+            ("fe80::1", "link-local"),
+            ("fec0::1", "site-local (deprecated)"),
+            ("ff02::1", "multicast"),
+            ("2001::1", "Teredo"),
+            ("2001:2::1", "benchmarking"),
+            ("2001:10::1", "ORCHID"),
+            ("2001:20::1", "ORCHID"),
+            ("2001:db8::1", "documentation"),
+            ("2002:7f00:1::1", "6to4"),
+            ("3fff::1", "documentation"),
+            ("4000::1", "outside global unicast (2000::/3)"),
+            ("::ffff:0:7f00:1", "outside global unicast (2000::/3)"),
+        ];
+        for (addr, reason) in cases {
+            let want = Err(EgressRefusal::Forbidden {
+                address: ip(addr),
+                reason,
+            });
+            assert_eq!(non_global_reason(ip(addr)), Some(reason), "{addr}");
+            // As an answer for a name, and as a literal host.
+            let d = dialer(Canned::new(&[&[addr]]), &[], &[]);
+            assert_eq!(
+                d.resolve_checked("upstream.example", 443, &[]).await,
+                want,
+                "{addr} by name"
+            );
+            assert_eq!(
+                d.resolve_checked(addr, 443, &[]).await,
+                want,
+                "{addr} literal"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn global_addresses_pass_and_are_returned_with_the_port() {
+        for addr in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "2001:4860:4860::8888",
+            "172.32.0.1",
+        ] {
+            assert_eq!(non_global_reason(ip(addr)), None, "{addr}");
+            let d = dialer(Canned::new(&[&[addr]]), &[], &[]);
+            let got = d.resolve_checked("upstream.example", 8443, &[]).await;
+            assert_eq!(got, Ok(SocketAddr::new(ip(addr), 8443)), "{addr}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ip_literals_are_parsed_not_looked_up() {
+        let r = Canned::new(&[&["8.8.8.8"]]);
+        let d = dialer(r.clone(), &[], &[]);
+        assert_eq!(
+            d.resolve_checked("1.1.1.1", 80, &[]).await,
+            Ok(sa("1.1.1.1:80"))
+        );
+        assert_eq!(
+            d.resolve_checked("2606:4700:4700::1111", 80, &[]).await,
+            Ok(sa("[2606:4700:4700::1111]:80"))
+        );
+        assert!(d.resolve_checked("10.0.0.1", 80, &[]).await.is_err());
+        assert_eq!(r.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn legacy_spellings_resolve_to_loopback_and_are_refused() {
+        let d = dialer(
+            Arc::new(SystemResolver::new(Duration::from_secs(5))),
+            &[],
+            &[],
+        );
+        let loopback = |a: &str| {
+            Err(EgressRefusal::Forbidden {
+                address: ip(a),
+                reason: "loopback",
+            })
+        };
+        for host in [
+            "2130706433",
+            "0x7f000001",
+            "127.1",
+            "0177.0.0.1",
+            "127.0.0.1",
+        ] {
+            assert_eq!(
+                d.resolve_checked(host, 80, &[]).await,
+                loopback("127.0.0.1"),
+                "{host}"
+            );
+        }
+        let mapped = Err(EgressRefusal::Forbidden {
+            address: ip("::ffff:127.0.0.1"),
+            reason: "IPv4-mapped IPv6",
+        });
+        assert_eq!(d.resolve_checked("::ffff:127.0.0.1", 80, &[]).await, mapped);
+        // `localhost` may answer 127.0.0.1, ::1 or both; whichever comes first is loopback.
+        match d.resolve_checked("localhost", 80, &[]).await {
+            Err(EgressRefusal::Forbidden {
+                reason: "loopback", ..
+            }) => {}
+            other => panic!("localhost: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_refused_answer_refuses_the_name() {
+        let d = dialer(
+            Canned::new(&[&["8.8.8.8", "10.0.0.1", "192.168.0.1"]]),
+            &[],
+            &[],
+        );
+        let got = d.resolve_checked("mixed.example", 443, &[]).await;
+        assert_eq!(
+            got,
+            Err(EgressRefusal::Forbidden {
+                address: ip("10.0.0.1"),
+                reason: "private (RFC 1918)"
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn each_call_resolves_once_and_is_checked_afresh() {
+        let r = Canned::new(&[&["8.8.8.8"], &["127.0.0.1"]]);
+        let d = dialer(r.clone(), &[], &[]);
+        assert_eq!(
+            d.resolve_checked("rebind.example", 80, &[]).await,
+            Ok(sa("8.8.8.8:80"))
+        );
+        assert_eq!(r.calls(), 1);
+        let second = d.resolve_checked("rebind.example", 80, &[]).await;
+        assert_eq!(
+            second,
+            Err(EgressRefusal::Forbidden {
+                address: ip("127.0.0.1"),
+                reason: "loopback"
+            })
+        );
+        assert_eq!(r.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn unresolvable_names_say_so_without_internals() {
+        let unresolvable = Err(EgressRefusal::Unresolvable {
+            host: "gone.example".into(),
+        });
+        let empty = dialer(Canned::new(&[&[]]), &[], &[]);
+        assert_eq!(
+            empty.resolve_checked("gone.example", 80, &[]).await,
+            unresolvable
+        );
+        let nx = dialer(
+            Arc::new(StaticResolver::new(Default::default(), None)),
+            &[],
+            &[],
+        );
+        let got = nx.resolve_checked("gone.example", 80, &[]).await;
+        assert_eq!(got, unresolvable);
+        let msg = got.err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            msg,
+            "the upstream host `gone.example` could not be resolved"
+        );
+    }
+
+    #[tokio::test]
+    async fn cidr_exceptions_cover_their_addresses_on_any_port() {
+        let d = dialer(Canned::new(&[&["10.1.2.3"]]), &["10.0.0.0/8", "::1"], &[]);
+        assert_eq!(
+            d.resolve_checked("db.internal", 5432, &[]).await,
+            Ok(sa("10.1.2.3:5432"))
+        );
+        assert_eq!(
+            d.resolve_checked("db.internal", 6379, &[]).await,
+            Ok(sa("10.1.2.3:6379"))
+        );
+        assert_eq!(
+            d.resolve_checked("::1", 9000, &[]).await,
+            Ok(sa("[::1]:9000"))
+        );
+        assert!(d.resolve_checked("192.168.0.1", 80, &[]).await.is_err());
+        // 127.0.0.1/32 does not cover its IPv4-mapped form.
+        let v4_only = dialer(Canned::new(&[&[]]), &["127.0.0.1"], &[]);
+        assert!(v4_only
+            .resolve_checked("::ffff:127.0.0.1", 80, &[])
+            .await
+            .is_err());
+        // A mixed answer passes only if the exception covers every refused answer.
+        let mixed = dialer(
+            Canned::new(&[&["10.0.0.1", "192.168.0.1"]]),
+            &["10.0.0.0/8"],
+            &[],
+        );
+        let got = mixed.resolve_checked("mixed.example", 80, &[]).await;
+        assert_eq!(
+            got,
+            Err(EgressRefusal::Forbidden {
+                address: ip("192.168.0.1"),
+                reason: "private (RFC 1918)"
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn host_port_exceptions_cover_only_that_name_and_port() {
+        let r = Canned::new(&[&["10.0.0.5"]]);
+        let d = dialer(
+            r,
+            &["vault.internal:8200", "127.0.0.1:9000", "[::1]:9001"],
+            &[],
+        );
+        assert_eq!(
+            d.resolve_checked("vault.internal", 8200, &[]).await,
+            Ok(sa("10.0.0.5:8200"))
+        );
+        assert!(d
+            .resolve_checked("vault.internal", 8201, &[])
+            .await
+            .is_err());
+        // Another name resolving to the same address is not covered.
+        assert!(d
+            .resolve_checked("other.internal", 8200, &[])
+            .await
+            .is_err());
+        assert!(d.resolve_checked("10.0.0.5", 8200, &[]).await.is_err());
+        assert_eq!(
+            d.resolve_checked("127.0.0.1", 9000, &[]).await,
+            Ok(sa("127.0.0.1:9000"))
+        );
+        assert!(d.resolve_checked("127.0.0.1", 9001, &[]).await.is_err());
+        assert_eq!(
+            d.resolve_checked("0:0::1", 9001, &[]).await,
+            Ok(sa("[::1]:9001"))
+        );
+        // A legacy spelling of an excepted IP is a different host name.
+        let sys = dialer(
+            Arc::new(SystemResolver::new(Duration::from_secs(5))),
+            &["127.0.0.1:9000"],
+            &[],
+        );
+        assert!(sys.resolve_checked("2130706433", 9000, &[]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn tenant_exceptions_add_to_the_global_ones() {
+        let d = dialer(
+            Canned::new(&[&["10.0.0.1"], &["192.168.0.1"]]),
+            &["10.0.0.0/8"],
+            &[],
+        );
+        let tenant = [exc("192.168.0.0/16")];
+        assert_eq!(
+            d.resolve_checked("a.internal", 80, &tenant).await,
+            Ok(sa("10.0.0.1:80"))
+        );
+        assert_eq!(
+            d.resolve_checked("b.internal", 80, &tenant).await,
+            Ok(sa("192.168.0.1:80"))
+        );
+        assert!(d.resolve_checked("b.internal", 80, &[]).await.is_err());
+        assert!(d.resolve_checked("172.16.0.1", 80, &tenant).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn own_listeners_are_refused_even_when_excepted() {
+        let everything = ["0.0.0.0/0", "::/0"];
+        let exact = dialer(
+            Canned::new(&[&["10.0.0.9"]]),
+            &everything,
+            &["10.0.0.9:8080", "127.0.0.1:9090"],
+        );
+        let loop_ = |a: &str| Err(EgressRefusal::OwnListener { address: sa(a) });
+        assert_eq!(
+            exact.resolve_checked("me.internal", 8080, &[]).await,
+            loop_("10.0.0.9:8080")
+        );
+        assert_eq!(
+            exact.resolve_checked("127.0.0.1", 9090, &[]).await,
+            loop_("127.0.0.1:9090")
+        );
+        assert_eq!(
+            exact.resolve_checked("::ffff:127.0.0.1", 9090, &[]).await,
+            loop_("[::ffff:127.0.0.1]:9090")
+        );
+        assert_eq!(
+            exact.resolve_checked("me.internal", 8081, &[]).await,
+            Ok(sa("10.0.0.9:8081"))
+        );
+        assert_eq!(
+            exact.resolve_checked("127.0.0.2", 9090, &[]).await,
+            Ok(sa("127.0.0.2:9090"))
+        );
+
+        let any = dialer(
+            Canned::new(&[&["127.0.0.1"]]),
+            &everything,
+            &["0.0.0.0:8080", "[::]:9090"],
+        );
+        assert_eq!(
+            any.resolve_checked("localhost", 8080, &[]).await,
+            loop_("127.0.0.1:8080")
+        );
+        assert_eq!(
+            any.resolve_checked("127.3.2.1", 8080, &[]).await,
+            loop_("127.3.2.1:8080")
+        );
+        assert_eq!(
+            any.resolve_checked("0.0.0.0", 8080, &[]).await,
+            loop_("0.0.0.0:8080")
+        );
+        assert_eq!(
+            any.resolve_checked("::1", 9090, &[]).await,
+            loop_("[::1]:9090")
+        );
+        assert_eq!(
+            any.resolve_checked("localhost", 8081, &[]).await,
+            Ok(sa("127.0.0.1:8081"))
+        );
+        // A host-port exception for the listener itself does not help either.
+        let named = dialer(
+            Canned::new(&[&["127.0.0.1"]]),
+            &["localhost:8080"],
+            &["0.0.0.0:8080"],
+        );
+        assert_eq!(
+            named.resolve_checked("localhost", 8080, &[]).await,
+            loop_("127.0.0.1:8080")
+        );
+        // Any answer that loops refuses the name, not just the first.
+        let second = dialer(
+            Canned::new(&[&["10.0.0.1", "127.0.0.1"]]),
+            &everything,
+            &["0.0.0.0:8080"],
+        );
+        assert_eq!(
+            second.resolve_checked("two.internal", 8080, &[]).await,
+            loop_("127.0.0.1:8080")
+        );
+    }
+}

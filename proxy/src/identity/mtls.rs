@@ -1,0 +1,1227 @@
+//! mTLS listener: the caller proves who it is with a client certificate (an X509-SVID).
+//!
+//! Two checks in two places, both required. The handshake ([`MtlsServer`]) proves the
+//! certificate chains to the configured client trust bundle and is in date; [`identify`] then
+//! reads the certificate's one SPIFFE ID and maps it to a tenant and workload through a
+//! [`SpiffePattern`]. A certificate that a trusted CA issued for another trust domain passes the
+//! handshake but not `identify`: the bundle says who may connect, the trust domain says whose
+//! names this proxy believes.
+//!
+//! SPIFFE IDs are parsed strictly (SPIFFE ID spec): what a lenient URI parser would normalise
+//! (percent-encoding, dot segments, case, ports, user info) is refused, because two spellings of
+//! one identity would become two identities for policy, limits and audit.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher as _};
+use rustls::pki_types::pem::{self, PemObject as _};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use x509_parser::extensions::GeneralName;
+use zeroize::Zeroizing;
+
+use crate::ids::{InvalidId, TenantId, WorkloadId};
+
+/// Longest SPIFFE ID accepted, in bytes: the spec's interoperability bound.
+const MAX_ID_LEN: usize = 2048;
+
+/// Longest trust domain accepted, in bytes (a DNS name's bound, as the spec recommends).
+const MAX_TRUST_DOMAIN_LEN: usize = 255;
+
+/// The one protocol this listener speaks; advertised so clients do not try h2.
+const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// Editors and secret rotators replace files in bursts; one reload per burst.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Why a peer certificate does not give an identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpiffeError {
+    /// The peer presented no certificate.
+    #[error("no client certificate was presented")]
+    NoCertificate,
+    /// The leaf certificate cannot be parsed.
+    #[error("the client certificate cannot be parsed: {0}")]
+    BadCertificate(String),
+    /// The leaf has no SPIFFE URI SAN.
+    #[error("the client certificate has no SPIFFE ID")]
+    NoSpiffeId,
+    /// The leaf has more than one SPIFFE URI SAN, which the X509-SVID spec forbids.
+    #[error("the client certificate has more than one SPIFFE ID")]
+    MultipleIds,
+    /// The SPIFFE ID breaks the SPIFFE ID syntax.
+    #[error("the SPIFFE ID is malformed: {0}")]
+    Malformed(&'static str),
+    /// The SPIFFE ID is well formed but from a trust domain this proxy does not serve.
+    #[error("the SPIFFE ID is in trust domain `{found}`, which this listener does not accept")]
+    WrongTrustDomain {
+        /// The trust domain the ID names.
+        found: String,
+    },
+    /// The SPIFFE ID's path does not have the configured shape.
+    #[error("the SPIFFE ID does not match the configured pattern")]
+    NoMatch,
+    /// The tenant segment is not a valid tenant id.
+    #[error("the SPIFFE ID names an invalid tenant: {0}")]
+    InvalidTenant(InvalidId),
+    /// The workload segment is not a valid workload id.
+    #[error("the SPIFFE ID names an invalid workload: {0}")]
+    InvalidWorkload(InvalidId),
+}
+
+// ---------------------------------------------------------------------------------------------
+// SPIFFE ID syntax
+
+/// SPIFFE trust domains allow only lowercase letters, digits, `.`, `-` and `_`.
+fn check_trust_domain(td: &str) -> Result<(), &'static str> {
+    if td.is_empty() {
+        return Err("the trust domain is empty");
+    }
+    if td.contains('@') {
+        return Err("user info is not allowed");
+    }
+    if td.contains(':') {
+        return Err("a port is not allowed");
+    }
+    if td.len() > MAX_TRUST_DOMAIN_LEN {
+        return Err("the trust domain is longer than 255 bytes");
+    }
+    if !td
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err("the trust domain may only use a-z, 0-9, `.`, `-` and `_`");
+    }
+    Ok(())
+}
+
+/// SPIFFE path segments are non-empty, not `.` or `..`, and use `[A-Za-z0-9._-]`.
+fn check_segment(seg: &str) -> Result<(), &'static str> {
+    if seg.is_empty() {
+        return Err("a path segment is empty");
+    }
+    if seg == "." || seg == ".." {
+        return Err("dot segments are not allowed");
+    }
+    if !seg
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err("path segments may only use A-Z, a-z, 0-9, `.`, `-` and `_`");
+    }
+    Ok(())
+}
+
+/// Splits a SPIFFE ID into its trust domain and path segments, refusing anything the spec
+/// refuses. The checks for `?`, `#` and `%` come first so the reason names the real problem.
+fn parse_id(id: &str) -> Result<(&str, Vec<&str>), &'static str> {
+    if id.len() > MAX_ID_LEN {
+        return Err("longer than 2048 bytes");
+    }
+    // The spec requires the lowercase scheme; `SPIFFE://` is a different string to policy.
+    let rest = id
+        .strip_prefix("spiffe://")
+        .ok_or("the scheme is not `spiffe://`")?;
+    if rest.contains('?') {
+        return Err("a query is not allowed");
+    }
+    if rest.contains('#') {
+        return Err("a fragment is not allowed");
+    }
+    if rest.contains('%') {
+        return Err("percent-encoding is not allowed");
+    }
+    let (td, path) = match rest.split_once('/') {
+        Some((td, path)) => (td, Some(path)),
+        None => (rest, None),
+    };
+    check_trust_domain(td)?;
+    let mut segments = Vec::new();
+    if let Some(path) = path {
+        for seg in path.split('/') {
+            check_segment(seg)?;
+            segments.push(seg);
+        }
+    }
+    Ok((td, segments))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pattern
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    Tenant,
+    Workload,
+}
+
+/// How SPIFFE IDs name tenants and workloads in this deployment, e.g.
+/// `spiffe://{trust_domain}/tenant/{tenant}/workload/{workload}`.
+///
+/// Placeholders are whole path segments only: a partial match (`t-{tenant}`) would let one
+/// segment parse two ways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiffePattern {
+    trust_domain: Box<str>,
+    segments: Vec<Segment>,
+}
+
+impl SpiffePattern {
+    /// Parses `pattern`. `{trust_domain}` in the pattern stands for `trust_domain`; a pattern
+    /// that spells its domain out takes it as the trust domain, and `trust_domain` must then be
+    /// empty or the same, so a configuration cannot say two things at once.
+    pub fn new(pattern: &str, trust_domain: &str) -> Result<Self, String> {
+        let rest = pattern
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| format!("the pattern `{pattern}` does not start with `spiffe://`"))?;
+        let (authority, path) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("the pattern `{pattern}` has no path"))?;
+        let td = if authority == "{trust_domain}" {
+            if trust_domain.is_empty() {
+                return Err(format!(
+                    "the pattern `{pattern}` uses `{{trust_domain}}` but no trust domain is configured"
+                ));
+            }
+            trust_domain
+        } else {
+            if !trust_domain.is_empty() && trust_domain != authority {
+                return Err(format!(
+                    "the pattern `{pattern}` names trust domain `{authority}` but the configured trust domain is `{trust_domain}`"
+                ));
+            }
+            authority
+        };
+        check_trust_domain(td)
+            .map_err(|reason| format!("invalid trust domain `{td}`: {reason}"))?;
+
+        let mut segments = Vec::new();
+        let (mut tenants, mut workloads) = (0, 0);
+        for seg in path.split('/') {
+            let s = match seg {
+                "{tenant}" => {
+                    tenants += 1;
+                    Segment::Tenant
+                }
+                "{workload}" => {
+                    workloads += 1;
+                    Segment::Workload
+                }
+                "{trust_domain}" => {
+                    return Err(format!(
+                        "the pattern `{pattern}` may use `{{trust_domain}}` only as its trust domain"
+                    ))
+                }
+                lit if lit.contains(['{', '}']) => {
+                    return Err(format!(
+                        "the pattern `{pattern}` has `{lit}`: placeholders are `{{tenant}}` and `{{workload}}`, each a whole path segment"
+                    ))
+                }
+                lit => {
+                    check_segment(lit).map_err(|reason| {
+                        format!("the pattern `{pattern}` has an invalid path: {reason}")
+                    })?;
+                    Segment::Literal(lit.into())
+                }
+            };
+            segments.push(s);
+        }
+        if tenants != 1 || workloads != 1 {
+            return Err(format!(
+                "the pattern `{pattern}` must contain `{{tenant}}` and `{{workload}}` exactly once each"
+            ));
+        }
+        Ok(Self {
+            trust_domain: td.into(),
+            segments,
+        })
+    }
+
+    /// The trust domain this pattern accepts.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Maps a SPIFFE ID to its tenant and workload. Syntax is checked before the trust domain,
+    /// and the trust domain before the path, so the error names the first thing that is wrong.
+    pub fn match_id(&self, spiffe_id: &str) -> Result<(TenantId, WorkloadId), SpiffeError> {
+        let (td, segments) = parse_id(spiffe_id).map_err(SpiffeError::Malformed)?;
+        if td != &*self.trust_domain {
+            return Err(SpiffeError::WrongTrustDomain { found: td.into() });
+        }
+        if segments.len() != self.segments.len() {
+            return Err(SpiffeError::NoMatch);
+        }
+        let (mut tenant, mut workload) = (None, None);
+        for (want, got) in self.segments.iter().zip(segments) {
+            match want {
+                Segment::Literal(lit) if **lit == *got => {}
+                Segment::Literal(_) => return Err(SpiffeError::NoMatch),
+                Segment::Tenant => tenant = Some(got),
+                Segment::Workload => workload = Some(got),
+            }
+        }
+        let (Some(tenant), Some(workload)) = (tenant, workload) else {
+            return Err(SpiffeError::NoMatch);
+        };
+        Ok((
+            TenantId::new(tenant).map_err(SpiffeError::InvalidTenant)?,
+            WorkloadId::new(workload).map_err(SpiffeError::InvalidWorkload)?,
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+
+/// The SPIFFE IDs (URI SANs with the `spiffe` scheme) of a DER certificate: none or one.
+///
+/// The scheme is compared without case here so that a second ID spelled `SPIFFE://` cannot
+/// hide next to the first; [`SpiffePattern::match_id`] then refuses that spelling.
+pub fn spiffe_ids(cert_der: &[u8]) -> Result<Vec<String>, SpiffeError> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| SpiffeError::BadCertificate(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(SpiffeError::BadCertificate(
+            "trailing data after the certificate".into(),
+        ));
+    }
+    // A duplicated SAN extension is an error here, not a choice between two lists.
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| SpiffeError::BadCertificate(e.to_string()))?;
+    let ids: Vec<String> = san
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::URI(uri) if has_spiffe_scheme(uri) => Some((*uri).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.len() > 1 {
+        return Err(SpiffeError::MultipleIds);
+    }
+    Ok(ids)
+}
+
+fn has_spiffe_scheme(uri: &str) -> bool {
+    uri.split_once(':')
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("spiffe"))
+}
+
+/// The identity an mTLS peer proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The SPIFFE ID, as written in the certificate.
+    pub spiffe_id: String,
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Workload.
+    pub workload: WorkloadId,
+}
+
+/// The identity in a peer's certificate chain (leaf first).
+///
+/// This does not verify the chain: pass only the peer certificates of a handshake completed
+/// with [`MtlsServer::current`], whose verifier already did.
+pub fn identify(
+    peer_chain: &[CertificateDer<'_>],
+    pattern: &SpiffePattern,
+) -> Result<PeerIdentity, SpiffeError> {
+    let leaf = peer_chain.first().ok_or(SpiffeError::NoCertificate)?;
+    let spiffe_id = spiffe_ids(leaf)?.pop().ok_or(SpiffeError::NoSpiffeId)?;
+    let (tenant, workload) = pattern.match_id(&spiffe_id)?;
+    Ok(PeerIdentity {
+        spiffe_id,
+        tenant,
+        workload,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listener configuration
+
+/// The mTLS listener's rustls configuration, swapped whole when its files change.
+///
+/// Handshakes take the current configuration without a lock; a reload that fails leaves the
+/// previous one in place, so a bad trust bundle never leaves the listener trusting nothing (or
+/// anything).
+pub struct MtlsServer {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+    config: ArcSwap<ServerConfig>,
+}
+
+impl fmt::Debug for MtlsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Paths only: the configuration holds the private key.
+        f.debug_struct("MtlsServer")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("client_ca", &self.client_ca)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MtlsServer {
+    /// Builds the configuration from the listener's certificate chain and key and the client
+    /// trust bundle (PEM files). Client certificates are required.
+    pub fn load(cert: &Path, key: &Path, client_ca: &Path) -> anyhow::Result<Self> {
+        let config = build_config(cert, key, client_ca)?;
+        Ok(Self {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: client_ca.to_path_buf(),
+            config: ArcSwap::from_pointee(config),
+        })
+    }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.config.load_full()
+    }
+
+    /// Re-reads the three files; on error the previous configuration stays.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let config = build_config(&self.cert, &self.key, &self.client_ca)?;
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// Reloads when the files change, from a background thread that stops once the server is
+    /// dropped (at the next change). Directories are watched, not files, so replacement by
+    /// rename (editors, Kubernetes secrets) is seen. Call once.
+    pub fn watch(self: &Arc<Self>) {
+        let mut dirs: Vec<PathBuf> = [&self.cert, &self.key, &self.client_ca]
+            .into_iter()
+            .map(|p| match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+
+        let (tx, rx) = mpsc::channel::<()>();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Reads (ours included) must not trigger reloads.
+            if let Ok(e) = event {
+                if !e.kind.is_access() {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "file watching unavailable; mTLS files will not reload");
+                return;
+            }
+        };
+        for d in &dirs {
+            if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+                tracing::warn!(path = %d.display(), error = %e, "cannot watch for mTLS file changes");
+            }
+        }
+
+        let server = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("mtls-reloader".into())
+            .spawn(move || {
+                let _watcher = watcher;
+                while rx.recv().is_ok() {
+                    std::thread::sleep(DEBOUNCE);
+                    while rx.try_recv().is_ok() {}
+                    let Some(server) = server.upgrade() else {
+                        return;
+                    };
+                    // Errors name files and reasons, never key bytes (see `read_key`).
+                    match server.reload() {
+                        Ok(()) => tracing::info!(
+                            cert = %server.cert.display(),
+                            client_ca = %server.client_ca.display(),
+                            "mTLS configuration reloaded"
+                        ),
+                        Err(e) => tracing::warn!(
+                            error = format!("{e:#}"),
+                            "mTLS configuration not reloaded; keeping the previous one"
+                        ),
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the mTLS reload thread");
+        }
+    }
+}
+
+fn build_config(cert: &Path, key: &Path, client_ca: &Path) -> anyhow::Result<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = read_certs(cert, "server certificate")?;
+    let key_der = read_key(key)?;
+
+    let mut roots = RootCertStore::empty();
+    for (i, ca) in read_certs(client_ca, "client trust bundle")?
+        .into_iter()
+        .enumerate()
+    {
+        roots.add(ca).with_context(|| {
+            format!(
+                "certificate {} in the client trust bundle `{}` is not a usable CA certificate",
+                i + 1,
+                client_ca.display()
+            )
+        })?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("cannot build the client certificate verifier")?;
+
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("no TLS protocol version available")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key_der)
+        .with_context(|| {
+            format!(
+                "the key `{}` is unusable or does not match the certificate `{}`",
+                key.display(),
+                cert.display()
+            )
+        })?;
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(config)
+}
+
+fn read_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .with_context(|| format!("cannot read the {what} `{}`", path.display()))
+}
+
+fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = read_file(path, what)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("the {what} `{}` is not valid PEM", path.display()))?;
+    if certs.is_empty() {
+        bail!("the {what} `{}` holds no certificate", path.display());
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let pem = read_file(path, "private key")?;
+    // The PEM error's details are dropped: they may quote lines of the key file.
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(key) => Ok(key),
+        Err(pem::Error::NoItemsFound) => {
+            bail!("the private key `{}` holds no private key", path.display())
+        }
+        Err(_) => bail!("the private key `{}` is not valid PEM", path.display()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    use rustls::pki_types::{PrivatePkcs8KeyDer, ServerName};
+    use rustls::ClientConfig;
+    use time::macros::datetime;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const PATTERN: &str = "spiffe://{trust_domain}/tenant/{tenant}/workload/{workload}";
+    const TD: &str = "example.org";
+
+    struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        pem: String,
+        der: CertificateDer<'static>,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    struct Leaf {
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        cert_pem: String,
+        key_pem: String,
+    }
+
+    fn leaf(ca: &Ca, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose, expired: bool) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "leaf");
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        if expired {
+            params.not_before = datetime!(2020-01-01 0:00 UTC);
+            params.not_after = datetime!(2021-01-01 0:00 UTC);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        Leaf {
+            chain: vec![cert.der().clone()],
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    fn uri(s: &str) -> SanType {
+        SanType::URI(s.try_into().unwrap())
+    }
+
+    fn client(ca: &Ca, ids: &[&str]) -> Leaf {
+        let sans = ids.iter().map(|s| uri(s)).collect();
+        leaf(ca, sans, ExtendedKeyUsagePurpose::ClientAuth, false)
+    }
+
+    /// The listener's files in a temporary directory, its own certificate from `server_ca`.
+    struct Files {
+        dir: tempfile::TempDir,
+        server_ca: Ca,
+        cert: PathBuf,
+        key: PathBuf,
+        client_ca: PathBuf,
+    }
+
+    fn files(client_cas: &[&Ca]) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let server_ca = ca("server ca");
+        let server = leaf(
+            &server_ca,
+            vec![SanType::DnsName("localhost".try_into().unwrap())],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            false,
+        );
+        let cert = dir.path().join("server.pem");
+        let key = dir.path().join("server.key");
+        let client_ca = dir.path().join("client-ca.pem");
+        std::fs::write(&cert, &server.cert_pem).unwrap();
+        std::fs::write(&key, &server.key_pem).unwrap();
+        write_bundle(&client_ca, client_cas);
+        Files {
+            dir,
+            server_ca,
+            cert,
+            key,
+            client_ca,
+        }
+    }
+
+    fn write_bundle(path: &Path, cas: &[&Ca]) {
+        let pem: String = cas.iter().map(|c| c.pem.as_str()).collect();
+        std::fs::write(path, pem).unwrap();
+    }
+
+    impl Files {
+        fn load(&self) -> MtlsServer {
+            MtlsServer::load(&self.cert, &self.key, &self.client_ca).unwrap()
+        }
+    }
+
+    /// A full handshake plus one exchange each way, in memory. Ok is the peer chain the server
+    /// saw; the server's verdict decides (a TLS 1.3 client finishes before the server checks it).
+    async fn handshake(
+        server: Arc<ServerConfig>,
+        server_ca: &Ca,
+        client: Option<&Leaf>,
+    ) -> Result<Vec<CertificateDer<'static>>, String> {
+        let mut roots = RootCertStore::empty();
+        roots.add(server_ca.der.clone()).unwrap();
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
+        let mut config = match client {
+            Some(l) => builder
+                .with_client_auth_cert(l.chain.clone(), l.key.clone_key())
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let server_side = async move {
+            let mut tls = acceptor
+                .accept(server_io)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            tls.write_all(b"pong").await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())?;
+            let (_, conn) = tls.get_ref();
+            assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+            Ok::<_, String>(conn.peer_certificates().unwrap_or_default().to_vec())
+        };
+        let client_side = async move {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut tls = connector
+                .connect(name, client_io)
+                .await
+                .map_err(|e| e.to_string())?;
+            tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        };
+        let both = async { tokio::join!(server_side, client_side) };
+        let (server, client) = tokio::time::timeout(Duration::from_secs(5), both)
+            .await
+            .expect("handshake timed out");
+        let chain = server?;
+        client?;
+        Ok(chain)
+    }
+
+    fn pattern() -> SpiffePattern {
+        SpiffePattern::new(PATTERN, TD).unwrap()
+    }
+
+    #[tokio::test]
+    async fn mtls_trusted_client_is_identified() {
+        let client_ca = ca("client ca");
+        let f = files(&[&client_ca]);
+        let server = f.load();
+        let id = "spiffe://example.org/tenant/acme/workload/agent-1";
+        let chain = handshake(
+            server.current(),
+            &f.server_ca,
+            Some(&client(&client_ca, &[id])),
+        )
+        .await
+        .unwrap();
+        let peer = identify(&chain, &pattern()).unwrap();
+        assert_eq!(peer.spiffe_id, id);
+        assert_eq!(peer.tenant.as_str(), "acme");
+        assert_eq!(peer.workload.as_str(), "agent-1");
+    }
+
+    #[tokio::test]
+    async fn mtls_handshake_refusals() {
+        let client_ca = ca("client ca");
+        let other_ca = ca("other ca");
+        let f = files(&[&client_ca]);
+        let server = f.load();
+        let id = "spiffe://example.org/tenant/acme/workload/agent-1";
+        let expired = leaf(
+            &client_ca,
+            vec![uri(id)],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            true,
+        );
+        let untrusted = client(&other_ca, &[id]);
+        // The reason is checked so a case cannot pass by failing for another cause.
+        let cases: [(&str, Option<&Leaf>, &str); 3] = [
+            ("no client certificate", None, "no certificates"),
+            ("untrusted ca", Some(&untrusted), "UnknownIssuer"),
+            ("expired", Some(&expired), "expired"),
+        ];
+        for (name, leaf, reason) in cases {
+            let r = handshake(server.current(), &f.server_ca, leaf).await;
+            let e = r.expect_err(name);
+            assert!(e.contains(reason), "{name}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn mtls_other_trust_domain_passes_handshake_not_identify() {
+        let client_ca = ca("client ca");
+        let f = files(&[&client_ca]);
+        let server = f.load();
+        let leaf = client(
+            &client_ca,
+            &["spiffe://other.org/tenant/acme/workload/agent-1"],
+        );
+        let chain = handshake(server.current(), &f.server_ca, Some(&leaf))
+            .await
+            .unwrap();
+        assert_eq!(
+            identify(&chain, &pattern()),
+            Err(SpiffeError::WrongTrustDomain {
+                found: "other.org".into()
+            })
+        );
+    }
+
+    #[test]
+    fn mtls_certificate_id_counts() {
+        let ca = ca("client ca");
+        let a = "spiffe://example.org/tenant/acme/workload/a";
+        let b = "spiffe://example.org/tenant/acme/workload/b";
+        let two = client(&ca, &[a, b]);
+        assert_eq!(spiffe_ids(&two.chain[0]), Err(SpiffeError::MultipleIds));
+        assert_eq!(
+            identify(&two.chain, &pattern()),
+            Err(SpiffeError::MultipleIds)
+        );
+        // A second ID in another spelling of the scheme counts too.
+        let upper = client(&ca, &[a, "SPIFFE://example.org/tenant/x/workload/y"]);
+        assert_eq!(spiffe_ids(&upper.chain[0]), Err(SpiffeError::MultipleIds));
+        // Non-SPIFFE URIs are not IDs.
+        let mixed = client(&ca, &["https://example.org/x", a]);
+        assert_eq!(spiffe_ids(&mixed.chain[0]).unwrap(), vec![a.to_string()]);
+        let none = client(&ca, &[]);
+        assert_eq!(spiffe_ids(&none.chain[0]).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            identify(&none.chain, &pattern()),
+            Err(SpiffeError::NoSpiffeId)
+        );
+        assert_eq!(identify(&[], &pattern()), Err(SpiffeError::NoCertificate));
+        assert!(matches!(
+            spiffe_ids(b"not a certificate"),
+            Err(SpiffeError::BadCertificate(_))
+        ));
+    }
+
+    #[test]
+    fn mtls_pattern_parsing() {
+        let good = [
+            ("placeholder domain", PATTERN, TD, TD),
+            (
+                "literal domain",
+                "spiffe://example.org/ns/{tenant}/sa/{workload}",
+                "",
+                "example.org",
+            ),
+            (
+                "literal domain, same configured",
+                "spiffe://example.org/{workload}/{tenant}",
+                "example.org",
+                "example.org",
+            ),
+            (
+                "underscore domain",
+                PATTERN,
+                "my_td-1.local",
+                "my_td-1.local",
+            ),
+        ];
+        for (name, p, td, want) in good {
+            let parsed = SpiffePattern::new(p, td).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(parsed.trust_domain(), want, "{name}");
+        }
+        let bad = [
+            (
+                "wrong scheme",
+                "https://example.org/{tenant}/{workload}",
+                TD,
+            ),
+            (
+                "uppercase scheme",
+                "SPIFFE://{trust_domain}/{tenant}/{workload}",
+                TD,
+            ),
+            ("no path", "spiffe://{trust_domain}", TD),
+            ("no workload", "spiffe://{trust_domain}/tenant/{tenant}", TD),
+            ("no tenant", "spiffe://{trust_domain}/w/{workload}", TD),
+            (
+                "tenant twice",
+                "spiffe://{trust_domain}/{tenant}/{tenant}/{workload}",
+                TD,
+            ),
+            (
+                "partial segment",
+                "spiffe://{trust_domain}/t-{tenant}/{workload}",
+                TD,
+            ),
+            (
+                "unknown placeholder",
+                "spiffe://{trust_domain}/{ns}/{tenant}/{workload}",
+                TD,
+            ),
+            (
+                "domain in path",
+                "spiffe://{trust_domain}/{trust_domain}/{tenant}/{workload}",
+                TD,
+            ),
+            ("uppercase trust domain", PATTERN, "Example.org"),
+            ("no trust domain", PATTERN, ""),
+            (
+                "conflicting domains",
+                "spiffe://other.org/{tenant}/{workload}",
+                TD,
+            ),
+            (
+                "invalid literal domain",
+                "spiffe://ex ample.org/{tenant}/{workload}",
+                "",
+            ),
+            ("port", "spiffe://example.org:443/{tenant}/{workload}", ""),
+            (
+                "empty segment",
+                "spiffe://{trust_domain}/{tenant}//{workload}",
+                TD,
+            ),
+            (
+                "dot segment",
+                "spiffe://{trust_domain}/../{tenant}/{workload}",
+                TD,
+            ),
+            (
+                "trailing slash",
+                "spiffe://{trust_domain}/{tenant}/{workload}/",
+                TD,
+            ),
+            (
+                "query",
+                "spiffe://{trust_domain}/{tenant}/{workload}?x=1",
+                TD,
+            ),
+            (
+                "percent",
+                "spiffe://{trust_domain}/a%20b/{tenant}/{workload}",
+                TD,
+            ),
+        ];
+        for (name, p, td) in bad {
+            assert!(SpiffePattern::new(p, td).is_err(), "{name}: accepted");
+        }
+    }
+
+    #[derive(Debug)]
+    enum Want {
+        Ok(&'static str, &'static str),
+        Malformed,
+        WrongTd(&'static str),
+        NoMatch,
+        BadTenant,
+        BadWorkload,
+    }
+
+    #[test]
+    fn mtls_match_edge_cases() {
+        let p = pattern();
+        let long = format!(
+            "spiffe://example.org/tenant/acme/workload/{}",
+            "a".repeat(2048)
+        );
+        let cases: Vec<(&str, &str, Want)> = vec![
+            (
+                "ok",
+                "spiffe://example.org/tenant/acme/workload/agent-1",
+                Want::Ok("acme", "agent-1"),
+            ),
+            (
+                "extra segment",
+                "spiffe://example.org/tenant/acme/workload/a/x",
+                Want::NoMatch,
+            ),
+            (
+                "missing segment",
+                "spiffe://example.org/tenant/acme/workload",
+                Want::NoMatch,
+            ),
+            ("trust domain only", "spiffe://example.org", Want::NoMatch),
+            (
+                "literal differs",
+                "spiffe://example.org/tenants/acme/workload/a",
+                Want::NoMatch,
+            ),
+            (
+                "literal case",
+                "spiffe://example.org/Tenant/acme/workload/a",
+                Want::NoMatch,
+            ),
+            (
+                "empty segment",
+                "spiffe://example.org/tenant//workload/a",
+                Want::Malformed,
+            ),
+            (
+                "trailing slash",
+                "spiffe://example.org/tenant/acme/workload/a/",
+                Want::Malformed,
+            ),
+            ("root slash", "spiffe://example.org/", Want::Malformed),
+            (
+                "percent",
+                "spiffe://example.org/tenant/ac%6De/workload/a",
+                Want::Malformed,
+            ),
+            (
+                "dot",
+                "spiffe://example.org/tenant/./workload/a",
+                Want::Malformed,
+            ),
+            (
+                "dot dot",
+                "spiffe://example.org/tenant/x/../acme/workload/a",
+                Want::Malformed,
+            ),
+            (
+                "query",
+                "spiffe://example.org/tenant/acme/workload/a?x=1",
+                Want::Malformed,
+            ),
+            (
+                "fragment",
+                "spiffe://example.org/tenant/acme/workload/a#f",
+                Want::Malformed,
+            ),
+            (
+                "uppercase trust domain",
+                "spiffe://Example.org/tenant/acme/workload/a",
+                Want::Malformed,
+            ),
+            (
+                "uppercase scheme",
+                "SPIFFE://example.org/tenant/acme/workload/a",
+                Want::Malformed,
+            ),
+            (
+                "user info",
+                "spiffe://u@example.org/tenant/acme/workload/a",
+                Want::Malformed,
+            ),
+            (
+                "port",
+                "spiffe://example.org:8443/tenant/acme/workload/a",
+                Want::Malformed,
+            ),
+            (
+                "no trust domain",
+                "spiffe:///tenant/acme/workload/a",
+                Want::Malformed,
+            ),
+            (
+                "space",
+                "spiffe://example.org/tenant/ac me/workload/a",
+                Want::Malformed,
+            ),
+            (
+                "not a uri",
+                "example.org/tenant/acme/workload/a",
+                Want::Malformed,
+            ),
+            ("too long", &long, Want::Malformed),
+            (
+                "other trust domain",
+                "spiffe://other.org/tenant/acme/workload/a",
+                Want::WrongTd("other.org"),
+            ),
+            (
+                "suffix trust domain",
+                "spiffe://example.org.evil/tenant/acme/workload/a",
+                Want::WrongTd("example.org.evil"),
+            ),
+            (
+                "uppercase tenant",
+                "spiffe://example.org/tenant/Acme/workload/a",
+                Want::BadTenant,
+            ),
+            (
+                "dot-leading tenant",
+                "spiffe://example.org/tenant/.acme/workload/a",
+                Want::BadTenant,
+            ),
+            (
+                "underscore-leading workload",
+                "spiffe://example.org/tenant/acme/workload/_a",
+                Want::BadWorkload,
+            ),
+        ];
+        for (name, id, want) in cases {
+            let got = p.match_id(id);
+            let ok = match (&want, &got) {
+                (Want::Ok(t, w), Ok((gt, gw))) => gt.as_str() == *t && gw.as_str() == *w,
+                (Want::Malformed, Err(SpiffeError::Malformed(_))) => true,
+                (Want::WrongTd(td), Err(SpiffeError::WrongTrustDomain { found })) => found == td,
+                (Want::NoMatch, Err(SpiffeError::NoMatch)) => true,
+                (Want::BadTenant, Err(SpiffeError::InvalidTenant(_))) => true,
+                (Want::BadWorkload, Err(SpiffeError::InvalidWorkload(_))) => true,
+                _ => false,
+            };
+            assert!(ok, "{name}: want {want:?}, got {got:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn mtls_reload_swaps_trust_bundle() {
+        let old_ca = ca("old ca");
+        let new_ca = ca("new ca");
+        let f = files(&[&old_ca]);
+        let server = f.load();
+        let id = "spiffe://example.org/tenant/acme/workload/agent-1";
+        let old_client = client(&old_ca, &[id]);
+        let new_client = client(&new_ca, &[id]);
+        assert!(handshake(server.current(), &f.server_ca, Some(&old_client))
+            .await
+            .is_ok());
+        assert!(handshake(server.current(), &f.server_ca, Some(&new_client))
+            .await
+            .is_err());
+
+        write_bundle(&f.client_ca, &[&new_ca]);
+        server.reload().unwrap();
+        assert!(handshake(server.current(), &f.server_ca, Some(&old_client))
+            .await
+            .is_err());
+        assert!(handshake(server.current(), &f.server_ca, Some(&new_client))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn mtls_broken_reload_keeps_old_config() {
+        let client_ca = ca("client ca");
+        let f = files(&[&client_ca]);
+        let server = f.load();
+        let good = client(
+            &client_ca,
+            &["spiffe://example.org/tenant/acme/workload/agent-1"],
+        );
+        let before = server.current();
+        let broken: [(&str, &[u8]); 3] = [
+            ("empty bundle", b""),
+            (
+                "not pem",
+                b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+            ),
+            (
+                "not a certificate",
+                b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            ),
+        ];
+        for (name, bytes) in broken {
+            std::fs::write(&f.client_ca, bytes).unwrap();
+            assert!(server.reload().is_err(), "{name}: reload succeeded");
+            assert!(
+                Arc::ptr_eq(&before, &server.current()),
+                "{name}: config replaced"
+            );
+            assert!(
+                handshake(server.current(), &f.server_ca, Some(&good))
+                    .await
+                    .is_ok(),
+                "{name}: trusted client refused"
+            );
+        }
+        std::fs::remove_file(&f.client_ca).unwrap();
+        assert!(server.reload().is_err());
+        assert!(Arc::ptr_eq(&before, &server.current()));
+    }
+
+    #[test]
+    fn mtls_load_errors_are_clear() {
+        let client_ca = ca("client ca");
+        let f = files(&[&client_ca]);
+        let missing = f.dir.path().join("missing.pem");
+        let err = |cert: &Path, key: &Path, ca: &Path| {
+            format!("{:#}", MtlsServer::load(cert, key, ca).unwrap_err())
+        };
+
+        let e = err(&f.cert, &f.key, &missing);
+        assert!(
+            e.contains("cannot read the client trust bundle") && e.contains("missing.pem"),
+            "{e}"
+        );
+
+        let empty = f.dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = err(&f.cert, &f.key, &empty);
+        assert!(e.contains("holds no certificate"), "{e}");
+
+        let e = err(&f.cert, &empty, &f.client_ca);
+        assert!(e.contains("holds no private key"), "{e}");
+
+        // The key of another certificate: refused, and the key is not echoed.
+        let other = client(&client_ca, &[]);
+        let other_key = f.dir.path().join("other.key");
+        std::fs::write(&other_key, &other.key_pem).unwrap();
+        let e = err(&f.cert, &other_key, &f.client_ca);
+        assert!(e.contains("does not match"), "{e}");
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
+
+        let e = err(&missing, &f.key, &f.client_ca);
+        assert!(e.contains("cannot read the server certificate"), "{e}");
+    }
+
+    #[test]
+    fn mtls_debug_shows_no_key_material() {
+        let client_ca = ca("client ca");
+        let f = files(&[&client_ca]);
+        let server = f.load();
+        let key_pem = std::fs::read_to_string(&f.key).unwrap();
+        let body: String = key_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let debug = format!("{server:?}");
+        assert!(debug.contains("server.key"), "{debug}");
+        assert!(!debug.contains(&body[..16]), "{debug}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mtls_watch_reloads_on_change() {
+        let old_ca = ca("old ca");
+        let new_ca = ca("new ca");
+        let f = files(&[&old_ca]);
+        let server = Arc::new(f.load());
+        server.watch();
+        let before = server.current();
+
+        // Replace by rename, as secret rotators do, so no half-written file is read.
+        let tmp = f.dir.path().join("client-ca.pem.tmp");
+        write_bundle(&tmp, &[&new_ca]);
+        std::fs::rename(&tmp, &f.client_ca).unwrap();
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Arc::ptr_eq(&before, &server.current()) {
+            assert!(std::time::Instant::now() < deadline, "no reload within 5 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let id = "spiffe://example.org/tenant/acme/workload/agent-1";
+        let new_client = client(&new_ca, &[id]);
+        let old_client = client(&old_ca, &[id]);
+        assert!(handshake(server.current(), &f.server_ca, Some(&new_client))
+            .await
+            .is_ok());
+        assert!(handshake(server.current(), &f.server_ca, Some(&old_client))
+            .await
+            .is_err());
+    }
+}

@@ -1,0 +1,594 @@
+//! HTTPS egress: the connection-level app in front of the HTTP pipeline.
+//!
+//! pingora's `ProxyHttp` cannot tunnel, so each listener runs this app instead. It reads the
+//! first request head of a connection (after the mTLS handshake on mTLS listeners):
+//!
+//! - plain HTTP goes to the same [`TenantProxy`] pipeline as always, bytes replayed;
+//! - `CONNECT host:port` is identified and decided before any byte is tunnelled: the audit slot,
+//!   the caller's identity, the port list, Cedar `connect`, the tenant's tunnel cap and the
+//!   SSRF-checked address, in that order. Then Cedar `connect_opaque` chooses the mode:
+//!   - **intercepted** (the default): TLS is terminated with a leaf minted for the host, and
+//!     each request inside runs the full pipeline under the tunnel's identity (carried on the
+//!     TLS connection itself as a [`Tunnel`], so no request can present another);
+//!   - **opaque** (policy opt-in, e.g. certificate-pinned clients): bytes are relayed to the
+//!     checked address, counted, and audited when the tunnel closes.
+
+pub mod caps;
+pub mod head;
+pub mod io;
+mod opaque;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
+use pingora::listeners::TlsAccept;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::tls::server::handshake_with_callback;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
+
+use crate::audit::{AuditDecision, AuditRecord, AuditSlot, TunnelFields};
+use crate::config::ListenerSettings;
+use crate::ctx::TenantContext;
+use crate::egress::EgressRefusal;
+use crate::error::{error_body, Deny, ReasonCode};
+use crate::identity::mtls::MtlsServer;
+use crate::identity::{self, PeerCertificate, Presented, ResolvedIdentity};
+use crate::metrics::{Metrics, METRICS};
+use crate::policy::{ConnectFacts, ConnectQuestion, Decision};
+use crate::proxy::{build_tenant_context, unix_now, Shared, TenantProxy};
+use crate::tls::ca::TunnelCertResolver;
+use head::{ConnectHead, FirstRequest};
+use io::Rewound;
+
+/// Seconds an idle plain-HTTP keep-alive connection is kept between requests.
+pub(crate) const PLAIN_KEEPALIVE_SECS: u64 = 60;
+
+/// What every request inside an intercepted tunnel inherits. It lives on the TLS connection
+/// (pingora's TLS digest extension), where the agent cannot reach it.
+#[derive(Debug)]
+pub struct Tunnel {
+    /// The `CONNECT` request's id; inner requests' audit records name it.
+    pub id: Arc<str>,
+    /// Who opened the tunnel.
+    pub identity: ResolvedIdentity,
+    /// The authority the tunnel was opened to.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+}
+
+/// The app serving one listener.
+pub struct EgressApp {
+    http: Arc<HttpProxy<TenantProxy>>,
+    listener: Arc<ListenerSettings>,
+    shared: Arc<Shared>,
+    mtls: Option<Arc<MtlsServer>>,
+}
+
+impl EgressApp {
+    /// The app for `listener`; `mtls` is its TLS server config on mTLS listeners.
+    pub fn new(
+        conf: &Arc<ServerConf>,
+        listener: ListenerSettings,
+        shared: Arc<Shared>,
+        mtls: Option<Arc<MtlsServer>>,
+    ) -> Self {
+        let proxy = TenantProxy::new(listener.clone(), shared.clone());
+        Self {
+            http: Arc::new(pingora::proxy::http_proxy(conf, proxy)),
+            listener: Arc::new(listener),
+            shared,
+            mtls,
+        }
+    }
+}
+
+impl std::fmt::Debug for EgressApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressApp")
+            .field("listener", &self.listener.name)
+            .field("mtls", &self.mtls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl ServerApp for EgressApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut stream = match &self.mtls {
+            Some(mtls) => self.accept_mtls(mtls, stream).await?,
+            None => stream,
+        };
+        let config = &self.shared.config;
+        let first = head::read_first(
+            &mut stream,
+            config.max_header_bytes,
+            config.egress.client_header_timeout,
+        )
+        .await?;
+        match first {
+            FirstRequest::Http(prefix) => {
+                serve_http(
+                    &self.http,
+                    Rewound::wrap(stream, prefix),
+                    shutdown,
+                    PLAIN_KEEPALIVE_SECS,
+                )
+                .await
+            }
+            FirstRequest::Connect(head, early) => self.tunnel(stream, *head, early, shutdown).await,
+            FirstRequest::BadConnect(deny) => {
+                // Nobody is identified yet: like any unidentified refusal, no audit record.
+                let id = crate::trace::random_hex(16);
+                write_refusal(&mut stream, &deny, &id).await;
+            }
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.http.http_cleanup().await
+    }
+}
+
+impl EgressApp {
+    /// The mTLS handshake: a client without a certificate that chains to the trust bundle is
+    /// refused here; one whose SPIFFE ID maps to no workload is refused per request.
+    async fn accept_mtls(&self, mtls: &MtlsServer, stream: Stream) -> Option<Stream> {
+        let acceptor = Acceptor::from_server_config(mtls.current());
+        let callbacks = PeerCallbacks {
+            listener: self.listener.clone(),
+        };
+        let handshake =
+            handshake_with_callback(&acceptor, Rewound::new(stream, Bytes::new()), &callbacks);
+        match tokio::time::timeout(self.shared.config.egress.client_header_timeout, handshake).await
+        {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                METRICS.mtls_handshake_failures.inc();
+                tracing::info!(listener = %self.listener.name, error = %e, "mTLS handshake refused");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn tunnel(
+        &self,
+        mut stream: Stream,
+        head: ConnectHead,
+        early: Bytes,
+        shutdown: &ShutdownWatch,
+    ) {
+        let mut t = TunnelCtx::new(head);
+        let opened = match self.open(&mut t, &stream).await {
+            Ok(opened) => opened,
+            Err(deny) => {
+                let status = write_refusal(&mut stream, &deny, &t.request_id).await;
+                t.emit(&self.listener, Err(deny), status);
+                return;
+            }
+        };
+        let Opened {
+            slot: _slot,
+            identity,
+            mode,
+        } = opened;
+        if stream.write_all(ESTABLISHED).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
+        match mode {
+            Mode::Opaque(upstream) => {
+                let idle = self.shared.config.egress.tunnel_idle_timeout;
+                let (up, down) = opaque::relay(stream, upstream, early, idle).await;
+                t.bytes_up = up;
+                t.bytes_down = down;
+                let tenant = t.tenant_label().to_string();
+                for (direction, n) in [("up", up), ("down", down)] {
+                    METRICS
+                        .tunnel_bytes
+                        .with_label_values(&[&tenant, direction])
+                        .inc_by(n);
+                }
+                t.emit(&self.listener, Ok(()), 200);
+            }
+            Mode::Intercept(resolver) => {
+                self.intercept(stream, early, identity, resolver, t, shutdown)
+                    .await
+            }
+        }
+    }
+
+    /// Every check a tunnel must pass before `200 Connection established`, in order: an
+    /// unauditable tunnel is never opened, identity before anything else is read, the port and
+    /// policy before any DNS lookup (a denied caller cannot probe names), the cap before
+    /// dialing.
+    async fn open(&self, t: &mut TunnelCtx, stream: &Stream) -> Result<Opened, Deny> {
+        t.audit_slot = Some(self.shared.audit.reserve()?);
+        let snapshot = self.shared.snapshot.load();
+        let ssl = stream.get_ssl_digest();
+        let presented = Presented {
+            proxy_authorization: t
+                .head
+                .header
+                .headers
+                .get(http::header::PROXY_AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            peer: ssl
+                .as_ref()
+                .and_then(|d| d.extension.get::<PeerCertificate>()),
+        };
+        let who = identity::resolve(&self.listener, &snapshot, presented, unix_now())?;
+        let tenant = Arc::new(build_tenant_context(
+            who.clone(),
+            t.request_id.clone(),
+            &t.head.header,
+        ));
+        t.tenant = Some(tenant.clone());
+
+        let egress = &self.shared.config.egress;
+        let (host, port) = (t.head.host.clone(), t.head.port);
+        if !egress.connect_ports.contains(&port) {
+            return Err(Deny::ConnectPortForbidden(port));
+        }
+        let facts = ConnectFacts {
+            host: &host,
+            port,
+            run_signed: tenant.run.signed,
+            scopes: &tenant.scopes,
+        };
+        let decision = snapshot.policy.authorize_connect(
+            &tenant.tenant,
+            &tenant.workload,
+            ConnectQuestion::Open,
+            &facts,
+        );
+        let allowed = decision.allowed;
+        t.decision = Some(decision);
+        if !allowed {
+            return Err(Deny::PolicyDenied);
+        }
+        let entry = snapshot.tenants.tenants.get(&tenant.tenant);
+        let max = entry
+            .and_then(|e| e.max_tunnels)
+            .unwrap_or(egress.max_tunnels_per_tenant);
+        let slot = self
+            .shared
+            .tunnels
+            .try_open(&tenant.tenant, max)
+            .ok_or(Deny::TunnelLimit(max))?;
+        let exceptions = entry.map(|e| e.egress_allow.as_slice()).unwrap_or(&[]);
+        let addr = self
+            .shared
+            .egress
+            .resolve_checked(&host, port, exceptions)
+            .await
+            .map_err(|refusal| deny_for_refusal(&t.request_id, &refusal))?;
+
+        let opaque = snapshot.policy.authorize_connect(
+            &tenant.tenant,
+            &tenant.workload,
+            ConnectQuestion::Opaque,
+            &facts,
+        );
+        if opaque.allowed {
+            t.mode = Some("opaque");
+            if let Some(d) = t.decision.as_mut() {
+                d.policy_ids.extend(opaque.policy_ids);
+            }
+            let timeout = self.shared.config.upstream.connect_timeout;
+            let upstream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| Deny::UpstreamTimeout)?
+                .map_err(|_| Deny::UpstreamUnreachable)?;
+            return Ok(Opened {
+                slot,
+                identity: who,
+                mode: Mode::Opaque(upstream),
+            });
+        }
+        t.mode = Some("intercept");
+        let minter = self.shared.minter.as_ref().ok_or_else(|| {
+            Deny::InterceptionUnavailable(
+                "no interception CA is configured (`[intercept]`), and no policy lets this tunnel pass opaquely".into(),
+            )
+        })?;
+        if !minter.ca().permits(&host) {
+            return Err(Deny::InterceptionUnavailable(
+                "the interception CA's name constraints do not cover this host".into(),
+            ));
+        }
+        Ok(Opened {
+            slot,
+            identity: who,
+            mode: Mode::Intercept(Arc::new(TunnelCertResolver::new(&host, minter.clone()))),
+        })
+    }
+
+    /// Terminates the client's TLS with a leaf for the tunnel's host and serves the requests
+    /// inside through the pipeline. A client that names another host in its SNI is refused at
+    /// the handshake (and audited as `host_mismatch`).
+    async fn intercept(
+        &self,
+        stream: Stream,
+        early: Bytes,
+        identity: ResolvedIdentity,
+        resolver: Arc<TunnelCertResolver>,
+        mut t: TunnelCtx,
+        shutdown: &ShutdownWatch,
+    ) {
+        let tunnel = Arc::new(Tunnel {
+            id: t.request_id.clone(),
+            identity,
+            host: t.head.host.clone(),
+            port: t.head.port,
+        });
+        let acceptor = Acceptor::from_server_config(crate::tls::ca::server_config(
+            resolver.clone(),
+            &[b"http/1.1"],
+        ));
+        let callbacks = TunnelCallbacks {
+            tunnel: tunnel.clone(),
+        };
+        let egress = &self.shared.config.egress;
+        let handshake = handshake_with_callback(&acceptor, Rewound::new(stream, early), &callbacks);
+        let tls = match tokio::time::timeout(egress.client_header_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            outcome => {
+                let sni = resolver.seen_sni().flatten();
+                let tenant = t.tenant_label().to_string();
+                if sni.as_deref().is_some_and(|s| s != tunnel.host) {
+                    METRICS
+                        .tunnel_handshake_failures
+                        .with_label_values(&[&tenant, "sni_mismatch"])
+                        .inc();
+                    t.emit(&self.listener, Err(Deny::HostMismatch), 0);
+                    return;
+                }
+                METRICS
+                    .tunnel_handshake_failures
+                    .with_label_values(&[&tenant, "client_refused"])
+                    .inc();
+                let error = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                // The most common cause by far: the client does not trust the local CA.
+                tracing::warn!(
+                    tunnel = %t.request_id, tenant, host = %tunnel.host, %error,
+                    "client TLS handshake in an intercepted tunnel failed; does the client trust the proxy CA? see `tenant-proxy ca env`"
+                );
+                t.emit(&self.listener, Ok(()), 200);
+                return;
+            }
+        };
+        t.emit(&self.listener, Ok(()), 200);
+        let idle = egress.tunnel_idle_timeout.as_secs().max(1);
+        serve_http(&self.http, Box::new(tls), shutdown, idle).await;
+    }
+}
+
+/// Serves HTTP/1.1 on `stream` until the client is done, with keep-alive and pipelining (the
+/// pipeline turns pipelining on per session).
+async fn serve_http(
+    http: &Arc<HttpProxy<TenantProxy>>,
+    stream: Stream,
+    shutdown: &ShutdownWatch,
+    keepalive_secs: u64,
+) {
+    let mut session = ServerSession::new_http1(stream);
+    session.set_keepalive(if *shutdown.borrow() {
+        None
+    } else {
+        Some(keepalive_secs)
+    });
+    let mut result = http.process_new_http(session, shutdown).await;
+    while let Some((stream, settings)) = result.map(|r| r.consume()) {
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(settings) = settings {
+            settings.apply_to_session(&mut session);
+        }
+        result = http.process_new_http(session, shutdown).await;
+    }
+}
+
+const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+
+enum Mode {
+    Opaque(tokio::net::TcpStream),
+    Intercept(Arc<TunnelCertResolver>),
+}
+
+struct Opened {
+    slot: caps::TunnelSlot,
+    identity: ResolvedIdentity,
+    mode: Mode,
+}
+
+/// Hands the tunnel to every request on the intercepted TLS connection.
+struct TunnelCallbacks {
+    tunnel: Arc<Tunnel>,
+}
+
+#[async_trait]
+impl TlsAccept for TunnelCallbacks {
+    async fn handshake_complete_callback(
+        &self,
+        _tls: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        Some(self.tunnel.clone())
+    }
+}
+
+/// Reads the client certificate's SPIFFE ID once, at the handshake.
+struct PeerCallbacks {
+    listener: Arc<ListenerSettings>,
+}
+
+#[async_trait]
+impl TlsAccept for PeerCallbacks {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let pattern = self.listener.tls.as_ref()?.spiffe.clone();
+        let chain = tls.peer_cert_chain_der().unwrap_or(&[]);
+        let peer = crate::identity::mtls::identify(chain, &pattern).map_err(|e| e.to_string());
+        Some(Arc::new(PeerCertificate(peer)))
+    }
+}
+
+/// The SSRF guard's refusal as the client sees it: the kind of address, never the address
+/// (an agent must not learn internal addresses by probing names).
+pub(crate) fn deny_for_refusal(request_id: &str, refusal: &EgressRefusal) -> Deny {
+    tracing::info!(request_id, %refusal, "destination refused by the egress guard");
+    match refusal {
+        EgressRefusal::Unresolvable { .. } => Deny::UpstreamUnreachable,
+        EgressRefusal::Forbidden { reason, .. } => {
+            Deny::DestinationForbidden(format!("it resolves to a {reason} address"))
+        }
+        EgressRefusal::OwnListener { .. } => {
+            Deny::DestinationForbidden("it is this proxy itself".into())
+        }
+    }
+}
+
+/// Writes a JSON refusal on a raw connection and closes it; returns the status.
+async fn write_refusal(stream: &mut Stream, deny: &Deny, request_id: &str) -> u16 {
+    let (status, code, message) = deny.describe();
+    let body = error_body(code, &message, request_id, deny.ceiling());
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in deny.extra_headers() {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&body);
+    if stream.write_all(&out).await.is_ok() {
+        let _ = stream.flush().await;
+    }
+    let _ = stream.shutdown().await;
+    status
+}
+
+/// What the tunnel's own audit record is made of.
+struct TunnelCtx {
+    request_id: Arc<str>,
+    started: Instant,
+    head: ConnectHead,
+    tenant: Option<Arc<TenantContext>>,
+    decision: Option<Decision>,
+    mode: Option<&'static str>,
+    audit_slot: Option<AuditSlot>,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+impl TunnelCtx {
+    fn new(head: ConnectHead) -> Self {
+        Self {
+            request_id: crate::trace::random_hex(16).into(),
+            started: Instant::now(),
+            head,
+            tenant: None,
+            decision: None,
+            mode: None,
+            audit_slot: None,
+            bytes_up: 0,
+            bytes_down: 0,
+        }
+    }
+
+    fn tenant_label(&self) -> &str {
+        Metrics::tenant_label(self.tenant.as_ref().map(|t| t.tenant.as_str()))
+    }
+
+    /// Counts the tunnel and writes its record (only when a tenant is known, like requests).
+    fn emit(&mut self, listener: &ListenerSettings, outcome: Result<(), Deny>, status: u16) {
+        let (decision, reason) = match &outcome {
+            Ok(()) => (AuditDecision::Allow, ReasonCode::Allowed),
+            Err(d) => (AuditDecision::Deny, d.code()),
+        };
+        let tenant_label = self.tenant_label().to_string();
+        METRICS
+            .tunnels
+            .with_label_values(&[&tenant_label, self.mode.unwrap_or("none"), reason.as_str()])
+            .inc();
+        let elapsed = self.started.elapsed();
+        tracing::info!(
+            request_id = %self.request_id,
+            tenant = tenant_label,
+            listener = %listener.name,
+            method = "CONNECT",
+            host = %self.head.host,
+            port = self.head.port,
+            mode = self.mode.unwrap_or("-"),
+            reason = reason.as_str(),
+            status,
+            "tunnel"
+        );
+        let (Some(tenant), Some(slot)) = (self.tenant.as_ref(), self.audit_slot.take()) else {
+            return;
+        };
+        let policy = self.decision.as_ref();
+        slot.emit(AuditRecord {
+            time: crate::proxy::rfc3339(SystemTime::now() - elapsed),
+            tenant: tenant.tenant.to_string(),
+            workload: tenant.workload.to_string(),
+            principal_kind: tenant.principal_kind,
+            identity_source: tenant.identity_source.as_str(),
+            run_id: tenant.run.id.clone(),
+            run_signed: tenant.run.signed,
+            request_id: self.request_id.to_string(),
+            trace_id: tenant.trace.trace_id.clone(),
+            listener: listener.name.clone(),
+            method: "CONNECT".into(),
+            scheme: None,
+            host: Some(self.head.host.clone()),
+            port: Some(self.head.port),
+            path: None,
+            route: None,
+            model: None,
+            credentials: Vec::new(),
+            usage: None,
+            reserved: None,
+            settled: None,
+            ceiling: None,
+            stream_cut: false,
+            tunnel: self.mode.map(|mode| TunnelFields {
+                id: self.request_id.to_string(),
+                mode,
+            }),
+            decision,
+            reason,
+            policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
+            policy_errors: policy.map(|p| p.errors.clone()).unwrap_or_default(),
+            status,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_latency_ms: None,
+            bytes_in: self.bytes_up,
+            bytes_out: self.bytes_down,
+            request_body_sha256: None,
+        });
+    }
+}

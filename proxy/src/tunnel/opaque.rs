@@ -1,0 +1,65 @@
+//! Opaque tunnels: bytes relayed both ways to the address the egress guard checked, counted,
+//! and closed after an idle period. Half-closes are passed on, so request/response protocols
+//! that signal the end of a request with EOF still work.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::protocols::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BUF: usize = 16 * 1024;
+
+/// Relays until both sides are done or nothing moves for `idle`; returns bytes sent up
+/// (client → upstream, `early` included) and down.
+pub async fn relay(
+    mut client: Stream,
+    mut upstream: TcpStream,
+    early: Bytes,
+    idle: Duration,
+) -> (u64, u64) {
+    let (mut up, mut down) = (0u64, 0u64);
+    if !early.is_empty() {
+        if upstream.write_all(&early).await.is_err() {
+            return (0, 0);
+        }
+        up += early.len() as u64;
+    }
+    let mut from_client = vec![0u8; BUF];
+    let mut from_upstream = vec![0u8; BUF];
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        // Reads are cancel-safe: a read that loses the race has consumed nothing.
+        tokio::select! {
+            r = client.read(&mut from_client), if client_open => match r {
+                Ok(0) | Err(_) => {
+                    client_open = false;
+                    let _ = upstream.shutdown().await;
+                }
+                Ok(n) => {
+                    if upstream.write_all(&from_client[..n]).await.is_err() {
+                        break;
+                    }
+                    up += n as u64;
+                }
+            },
+            r = upstream.read(&mut from_upstream), if upstream_open => match r {
+                Ok(0) | Err(_) => {
+                    upstream_open = false;
+                    let _ = client.shutdown().await;
+                }
+                Ok(n) => {
+                    if client.write_all(&from_upstream[..n]).await.is_err()
+                        || client.flush().await.is_err()
+                    {
+                        break;
+                    }
+                    down += n as u64;
+                }
+            },
+            _ = tokio::time::sleep(idle) => break,
+        }
+    }
+    (up, down)
+}

@@ -1,0 +1,982 @@
+//! HTTPS egress end to end: real clients through `HTTPS_PROXY` into intercepted tunnels, opaque
+//! tunnels, refusals before and inside tunnels, WebSocket upgrades, mTLS identity, the SSRF
+//! guard and cross-tenant isolation of tunnels.
+//!
+//! The upstream is the loadtest mock over TLS, with a certificate from a throwaway test CA that
+//! the proxy trusts through `[upstream] extra_ca_files`. Its names (llm.test, ...) resolve to
+//! 127.0.0.1 only through `[egress] hosts`, so nothing here leaves loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
+
+mod support;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tenant_proxy_loadtest::tls::{PemPair, TestCa};
+
+/// Every name the mock answers for. `badcert.test` resolves to it too but is not on its
+/// certificate: the proxy must refuse to talk to it.
+const MOCK_NAMES: [&str; 3] = ["llm.test", "other.test", "pinned.test"];
+const ACME_SECRET: &str = "sk-acme-live-0000000000000000";
+const GLOBEX_SECRET: &str = "sk-globex-live-1111111111111111";
+
+struct Https {
+    proxy: Proxy,
+    mock: u16,
+    /// The test CA that signed the mock's certificate (what pinned clients trust).
+    origin_ca: PathBuf,
+    /// `tenant-proxy ca env`'s variables.
+    trust: Vec<(String, String)>,
+}
+
+fn egress_table(mock: u16) -> String {
+    format!(
+        r#"allow = ["127.0.0.1/32"]
+connect_ports = [443, {mock}]
+hosts = {{ "llm.test" = ["127.0.0.1"], "other.test" = ["127.0.0.1"], "pinned.test" = ["127.0.0.1"], "plain.test" = ["127.0.0.1"], "badcert.test" = ["127.0.0.1"] }}"#
+    )
+}
+
+const CREDENTIALS: &str = r#"
+[credentials]
+files_dir = "secrets"
+[[credentials.file]]
+tenant = "acme"
+name = "openai"
+bind = ["llm.test"]
+in = ["header"]
+[[credentials.file]]
+tenant = "acme"
+name = "acme_only"
+bind = ["llm.test"]
+in = ["header"]
+[[credentials.file]]
+tenant = "globex"
+name = "openai"
+bind = ["llm.test"]
+in = ["header"]
+"#;
+
+fn start_https(spec: ProxySpec, tenant_settings: Vec<(&'static str, String)>) -> Https {
+    start_https_with(spec, tenant_settings, "")
+}
+
+/// `egress_extra`: more `[egress]` keys (the table itself names the mock).
+fn start_https_with(
+    spec: ProxySpec,
+    tenant_settings: Vec<(&'static str, String)>,
+    egress_extra: &str,
+) -> Https {
+    let ca = TestCa::new("tenant-proxy test origin CA").unwrap();
+    let mut names: Vec<&str> = MOCK_NAMES.to_vec();
+    names.push("127.0.0.1");
+    let mock = start_mock_tls(&ca.server(&names).unwrap());
+    let origin_ca_pem = ca.cert_pem.clone();
+    let proxy = Proxy::start_prepared(
+        ProxySpec {
+            policies: "tests/fixtures/policies-https",
+            egress: format!("{}\n{egress_extra}", egress_table(mock)),
+            upstream: "read_timeout = \"10s\"\nextra_ca_files = [\"origin-ca.pem\"]".into(),
+            static_extra: format!(
+                "[intercept]\nca_cert = \"ca/ca.pem\"\nca_key = \"ca/ca-key.pem\"\n{}",
+                spec.static_extra
+            ),
+            tenants_extra: format!("{CREDENTIALS}{}", spec.tenants_extra),
+            tenant_settings,
+            ..spec
+        },
+        |dir| {
+            std::fs::write(dir.join("origin-ca.pem"), &origin_ca_pem).unwrap();
+            let (code, out) = proxy_cli(
+                dir,
+                &[
+                    "ca",
+                    "init",
+                    "--out",
+                    "ca",
+                    "--name",
+                    "e2e interception CA",
+                    "--permit",
+                    "llm.test",
+                    "--permit",
+                    "other.test",
+                    "--permit",
+                    "badcert.test",
+                ],
+                "",
+            );
+            assert_eq!(code, 0, "{out}");
+            for (tenant, name, value) in [
+                ("acme", "openai", ACME_SECRET),
+                ("acme", "acme_only", "sk-acme-only-2222"),
+                ("globex", "openai", GLOBEX_SECRET),
+            ] {
+                std::fs::create_dir_all(dir.join("secrets").join(tenant)).unwrap();
+                std::fs::write(dir.join("secrets").join(tenant).join(name), value).unwrap();
+            }
+        },
+    );
+    let origin_ca = proxy.path("origin-ca.pem");
+    let (code, out) = proxy_cli(proxy.dir.path(), &["ca", "env", "--ca", "ca/ca.pem"], "");
+    assert_eq!(code, 0, "{out}");
+    let trust = parse_exports(&out);
+    for var in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "CURL_CA_BUNDLE",
+    ] {
+        assert!(
+            trust.iter().any(|(k, _)| k == var),
+            "{var} missing from:\n{out}"
+        );
+    }
+    Https {
+        proxy,
+        mock,
+        origin_ca,
+        trust,
+    }
+}
+
+/// `export NAME='value'` lines, as `eval "$(tenant-proxy ca env ...)"` would set them.
+fn parse_exports(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+fn trust_env(h: &Https) -> Vec<(&str, String)> {
+    h.trust
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect()
+}
+
+/// What the mock reports for the `Authorization: Bearer {secret}` it received.
+fn seen(secret: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(format!("Bearer {secret}").as_bytes()))
+}
+
+fn chat_body(model: &str) -> String {
+    format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":7}}"#)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hand-driven client, for what no stock client does on purpose (wrong SNI, wrong Host, raw
+// upgrades, holding tunnels open).
+
+/// Sends `CONNECT authority` on `port` with extra header lines; returns the socket and the
+/// proxy's answer head (status and raw text, body included for refusals).
+fn connect(port: u16, authority: &str, extra: &str) -> (TcpStream, u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(
+        s,
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut full = text;
+    if status != 200 {
+        let mut rest = String::new();
+        let _ = s.read_to_string(&mut rest);
+        full.push_str(&rest);
+    }
+    (s, status, full)
+}
+
+fn refusal_json(text: &str) -> serde_json::Value {
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// TLS over an established tunnel, with `sni`, trusting only the CA in `ca_file`.
+fn tls_over(sock: TcpStream, sni: &str, ca_file: &Path) -> std::io::Result<Tls> {
+    let pem = std::fs::read_to_string(ca_file).unwrap();
+    let config: Arc<rustls::ClientConfig> =
+        tenant_proxy_loadtest::tls::client_config(&pem).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    // Drive the handshake now, so handshake failures surface here.
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+fn request_over(tls: &mut Tls, raw: &str) -> Response {
+    tls.write_all(raw.as_bytes()).unwrap();
+    tls.flush().unwrap();
+    read_response(&mut BufReader::new(tls)).unwrap()
+}
+
+fn intercepted(h: &Https, port: u16, authority: &str, extra: &str) -> Tls {
+    let (sock, status, text) = connect(port, authority, extra);
+    assert_eq!(status, 200, "{text}");
+    let sni = authority.rsplit_once(':').unwrap().0;
+    tls_over(sock, sni, &h.proxy.path("ca/ca.pem")).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn real_clients_through_https_proxy_get_credentials_substituted_and_usage_metered() {
+    let h = start_https(ProxySpec::default(), vec![]);
+    let url = format!("https://llm.test:{}/v1/chat/completions", h.mock);
+    let proxy_url = format!("http://127.0.0.1:{}", h.proxy.sidecar_port);
+    let mut env = trust_env(&h);
+    env.push(("HTTPS_PROXY", proxy_url.clone()));
+    env.push(("URL", url.clone()));
+    env.push(("BASE", format!("https://llm.test:{}/v1", h.mock)));
+    let acme = seen(ACME_SECRET);
+
+    // curl, with the bundle `ca env` wrote (CURL_CA_BUNDLE).
+    let bundle = env
+        .iter()
+        .find(|(k, _)| *k == "CURL_CA_BUNDLE")
+        .unwrap()
+        .1
+        .clone();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-D",
+            "-",
+            "-x",
+            &proxy_url,
+            "--cacert",
+            &bundle,
+        ])
+        .args([
+            "-H",
+            "Authorization: Bearer $CRED{openai}",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["-d", &chat_body("gpt-4o"), &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("x-mock-authorization-sha256: {acme}")),
+        "curl got: {text}"
+    );
+    assert!(text.contains("chat.completion"), "{text}");
+
+    // Python requests and httpx, from the environment alone.
+    let py = python(
+        r#"
+import os, json, requests, httpx
+h = {"Authorization": "Bearer $CRED{openai}"}
+body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 7}
+r = requests.post(os.environ["URL"], json=body, headers=h, timeout=20)
+print("requests", r.status_code, r.headers.get("x-mock-authorization-sha256"), r.json()["usage"]["completion_tokens"])
+with httpx.Client(timeout=20) as c:
+    r = c.post(os.environ["URL"], json=body, headers=h)
+    print("httpx", r.status_code, r.headers.get("x-mock-authorization-sha256"), r.json()["usage"]["completion_tokens"])
+"#,
+        &env,
+    );
+    assert!(py.contains(&format!("requests 200 {acme} 7")), "{py}");
+    assert!(py.contains(&format!("httpx 200 {acme} 7")), "{py}");
+
+    // The openai SDK: the agent only ever holds the handle.
+    let py = python(
+        r#"
+import os, openai
+client = openai.OpenAI(api_key="$CRED{openai}", base_url=os.environ["BASE"], max_retries=0)
+raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=7)
+c = raw.parse()
+print("openai", raw.headers.get("x-mock-authorization-sha256"), c.usage.completion_tokens)
+"#,
+        &env,
+    );
+    assert!(py.contains(&format!("openai {acme} 7")), "{py}");
+
+    // Node: core https over a CONNECT tunnel (what proxy agents do), trusting the CA through
+    // NODE_EXTRA_CA_CERTS.
+    let node = r#"
+const http = require('http'), https = require('https'), tls = require('tls');
+const proxy = new URL(process.env.HTTPS_PROXY), target = new URL(process.env.URL);
+const req = http.request({host: proxy.hostname, port: proxy.port, method: 'CONNECT', path: target.host});
+req.on('connect', (res, socket) => {
+  if (res.statusCode !== 200) { console.log('connect', res.statusCode); process.exit(1); }
+  const body = JSON.stringify({model: 'gpt-4o', messages: [{role: 'user', content: 'hi'}], max_tokens: 7});
+  const r = https.request(target, {method: 'POST', headers: {'authorization': 'Bearer $CRED{openai}', 'content-type': 'application/json', 'content-length': Buffer.byteLength(body)},
+    createConnection: () => tls.connect({socket, servername: target.hostname})}, (resp) => {
+    let data = '';
+    resp.on('data', (d) => data += d);
+    resp.on('end', () => { console.log('node', resp.statusCode, resp.headers['x-mock-authorization-sha256'], JSON.parse(data).usage.completion_tokens); process.exit(0); });
+  });
+  r.on('error', (e) => { console.log('error', e.message); process.exit(1); });
+  r.end(body);
+});
+req.on('error', (e) => { console.log('error', e.message); process.exit(1); });
+req.end();
+"#;
+    let out = std::process::Command::new("node")
+        .arg("-e")
+        .arg(node)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("node is installed (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("node 200 {acme} 7")),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every call was decided, substituted and metered like a plain one, inside its tunnel.
+    let records = h.proxy.wait_audit_records("acme", 10);
+    let calls: Vec<_> = records.iter().filter(|r| r["method"] == "POST").collect();
+    assert_eq!(calls.len(), 5, "{records:#?}");
+    for r in &calls {
+        assert_eq!(r["decision"], "allow", "{r}");
+        assert_eq!(r["host"], "llm.test", "{r}");
+        assert_eq!(r["credentials"], serde_json::json!(["openai"]), "{r}");
+        assert_eq!(r["usage"]["output_tokens"], 7, "{r}");
+        assert_eq!(r["tunnel"]["mode"], "intercept", "{r}");
+        let tunnel_id = r["tunnel"]["id"].as_str().unwrap();
+        let opened = records
+            .iter()
+            .find(|t| t["request_id"] == tunnel_id)
+            .unwrap_or_else(|| panic!("no record for tunnel {tunnel_id}"));
+        assert_eq!(opened["method"], "CONNECT");
+        assert_eq!(opened["decision"], "allow");
+    }
+    // One leaf minted for llm.test, then served from the cache to the other four tunnels.
+    let metrics = h.proxy.metrics();
+    assert!(
+        metrics.contains("tenant_proxy_leaf_certificates_total{result=\"miss\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tenant_proxy_leaf_certificates_total{result=\"hit\"} 4"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(ACME_SECRET));
+    let all = serde_json::to_string(&records).unwrap();
+    assert!(
+        !all.contains(ACME_SECRET),
+        "a secret reached the audit trail"
+    );
+    assert!(
+        !h.proxy.log().contains(ACME_SECRET),
+        "a secret reached the log"
+    );
+}
+
+#[test]
+fn tunnels_are_refused_before_any_byte_by_port_policy_identity_and_ca_scope() {
+    let h = start_https(ProxySpec::default(), vec![]);
+    let m = h.mock;
+
+    // A port outside `connect_ports`.
+    let (_, status, text) = connect(h.proxy.sidecar_port, "llm.test:8443", "");
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(
+        refusal_json(&text)["error"]["code"],
+        "connect_port_forbidden",
+        "{text}"
+    );
+
+    // Policy: globex may tunnel to llm.test only.
+    let globex = format!(
+        "Proxy-Authorization: Bearer {}\r\n",
+        token_for("globex", "agent")
+    );
+    let (_, status, text) = connect(h.proxy.shared_port, &format!("other.test:{m}"), &globex);
+    assert_eq!(status, 403, "{text}");
+    let refusal = refusal_json(&text);
+    assert_eq!(refusal["error"]["code"], "policy_denied", "{text}");
+    let id = refusal["error"]["request_id"].as_str().unwrap().to_string();
+    let rec = h.proxy.audit_record("globex", &id);
+    assert_eq!(rec["method"], "CONNECT");
+    assert_eq!(rec["decision"], "deny");
+
+    // No identity on the token listener: 407 with a challenge, before any lookup.
+    let (_, status, text) = connect(h.proxy.shared_port, &format!("llm.test:{m}"), "");
+    assert_eq!(status, 407, "{text}");
+    assert!(text.to_lowercase().contains("proxy-authenticate"), "{text}");
+
+    // Allowed by policy, but the interception CA is name-constrained away from the host.
+    let (_, status, text) = connect(h.proxy.sidecar_port, &format!("plain.test:{m}"), "");
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(
+        refusal_json(&text)["error"]["code"],
+        "interception_unavailable",
+        "{text}"
+    );
+
+    // A malformed authority.
+    let (_, status, text) = connect(h.proxy.sidecar_port, "llm.test", "");
+    assert_eq!(status, 400, "{text}");
+}
+
+#[test]
+fn requests_inside_a_tunnel_must_name_its_host_and_sni() {
+    let h = start_https(ProxySpec::default(), vec![]);
+    let m = h.mock;
+    let authority = format!("llm.test:{m}");
+
+    // SNI for another host than the CONNECT authority: no certificate, handshake refused.
+    let (sock, status, text) = connect(h.proxy.sidecar_port, &authority, "");
+    assert_eq!(status, 200, "{text}");
+    assert!(tls_over(sock, "other.test", &h.proxy.path("ca/ca.pem")).is_err());
+
+    // The right SNI, then a Host for another host: refused, the tunnel stays on its host.
+    let mut tls = intercepted(&h, h.proxy.sidecar_port, &authority, "");
+    let r = request_over(
+        &mut tls,
+        &format!("GET /v1/models HTTP/1.1\r\nHost: other.test:{m}\r\n\r\n"),
+    );
+    r.assert_refused(400, "host_mismatch");
+    // Keep-alive and pipelining: two requests written at once, answered in order.
+    let two = format!(
+        "GET /v1/a HTTP/1.1\r\nHost: {authority}\r\n\r\nGET /v1/b HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+    );
+    tls.write_all(two.as_bytes()).unwrap();
+    tls.flush().unwrap();
+    let mut reader = BufReader::new(&mut tls);
+    let a = read_response(&mut reader).unwrap();
+    let b = read_response(&mut reader).unwrap();
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(a.json()["path"], "/v1/a");
+    assert_eq!(b.json()["path"], "/v1/b");
+
+    let recs = h.proxy.wait_audit_records("acme", 5);
+    assert!(
+        recs.iter()
+            .any(|r| r["method"] == "CONNECT" && r["reason"] == "host_mismatch"),
+        "the SNI mismatch is audited: {recs:#?}"
+    );
+
+    // An upstream whose certificate does not match: 502 upstream_tls, never a downgrade.
+    let mut tls = intercepted(&h, h.proxy.sidecar_port, &format!("badcert.test:{m}"), "");
+    let r = request_over(
+        &mut tls,
+        &format!("GET /v1/models HTTP/1.1\r\nHost: badcert.test:{m}\r\nConnection: close\r\n\r\n"),
+    );
+    r.assert_refused(502, "upstream_tls");
+}
+
+#[test]
+fn opaque_tunnels_pass_bytes_and_are_audited_with_counts() {
+    let h = start_https(ProxySpec::default(), vec![]);
+    let url = format!("https://pinned.test:{}/pinned/echo", h.mock);
+    // The client trusts only the origin's CA: the tunnel is not intercepted.
+    let (status, body) = curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{}", h.proxy.sidecar_port),
+        "--cacert",
+        h.origin_ca.to_str().unwrap(),
+        "-H",
+        "Authorization: Bearer $CRED{openai}",
+        &url,
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // Nothing inside an opaque tunnel is seen, so nothing is substituted.
+    assert_eq!(echoed["headers"]["authorization"], "Bearer $CRED{openai}");
+    let recs = h.proxy.wait_audit_records("acme", 1);
+    let t = &recs[0];
+    assert_eq!(t["method"], "CONNECT");
+    assert_eq!(t["tunnel"]["mode"], "opaque", "{t}");
+    assert_eq!(
+        t["policy_ids"],
+        serde_json::json!(["acme-tunnels", "acme-pinned-opaque"]),
+        "{t}"
+    );
+    assert!(t["bytes_in"].as_u64().unwrap() > 200, "{t}");
+    assert!(t["bytes_out"].as_u64().unwrap() > 500, "{t}");
+}
+
+#[test]
+fn websocket_upgrades_pass_inside_an_intercepted_tunnel_after_authorization() {
+    let h = start_https(ProxySpec::default(), vec![]);
+    let authority = format!("llm.test:{}", h.mock);
+    let mut tls = intercepted(&h, h.proxy.sidecar_port, &authority, "");
+    let upgrade = format!(
+        "GET /v1/realtime HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"
+    );
+    tls.write_all(upgrade.as_bytes()).unwrap();
+    tls.flush().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tls.read(&mut byte).unwrap(), 1);
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains(&format!(
+            "x-mock-authorization-sha256: {}",
+            seen(ACME_SECRET)
+        )),
+        "{head}"
+    );
+    // A masked text frame "ping" (the mock echoes bytes back as they are).
+    let frame = [
+        0x81u8,
+        0x84,
+        1,
+        2,
+        3,
+        4,
+        b'p' ^ 1,
+        b'i' ^ 2,
+        b'n' ^ 3,
+        b'g' ^ 4,
+    ];
+    tls.write_all(&frame).unwrap();
+    tls.flush().unwrap();
+    let mut back = [0u8; 10];
+    tls.read_exact(&mut back).unwrap();
+    assert_eq!(back, frame);
+
+    // The same upgrade to a forbidden path is refused before it reaches the origin.
+    let mut tls = intercepted(&h, h.proxy.sidecar_port, &authority, "");
+    let r = request_over(
+        &mut tls,
+        &format!("GET /forbidden/ws HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+    );
+    r.assert_refused(403, "policy_denied");
+}
+
+#[test]
+fn a_tunnel_never_carries_another_tenants_identity_or_credentials() {
+    let h = start_https(ProxySpec::default(), vec![]);
+    let m = h.mock;
+    let authority = format!("llm.test:{m}");
+    let globex = format!(
+        "Proxy-Authorization: Bearer {}\r\n",
+        token_for("globex", "agent")
+    );
+    let acme_token = token_for("acme", "bot");
+    let mut tls = intercepted(&h, h.proxy.shared_port, &authority, &globex);
+
+    // Inside globex's tunnel, an acme token in the request changes nothing: globex's secret.
+    let r = request_over(
+        &mut tls,
+        &format!("GET /v1/models HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Bearer {acme_token}\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(
+        r.header("x-mock-authorization-sha256"),
+        Some(seen(GLOBEX_SECRET).as_str())
+    );
+    assert!(
+        !r.body_text().contains(&acme_token),
+        "the token is not forwarded"
+    );
+    // acme's own credential name does not exist for globex.
+    let r = request_over(
+        &mut tls,
+        &format!("GET /v1/models HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer $CRED{{acme_only}}\r\n\r\n"),
+    );
+    r.assert_refused(403, "credential_unknown");
+    // And globex's plan rules apply inside its tunnel.
+    let body = chat_body("gpt-4o");
+    let r = request_over(
+        &mut tls,
+        &format!("POST /v1/chat/completions HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+    );
+    r.assert_refused(403, "policy_denied");
+
+    let globex_recs = h.proxy.wait_audit_records("globex", 4);
+    assert!(globex_recs.iter().all(|r| r["tenant"] == "globex"));
+    assert!(
+        h.proxy.audit_records("acme").is_empty(),
+        "nothing of globex's tunnel is in acme's partition"
+    );
+}
+
+#[test]
+fn tunnels_per_tenant_are_capped() {
+    let h = start_https(
+        ProxySpec::default(),
+        vec![("acme", "max_tunnels = 1".into())],
+    );
+    let authority = format!("llm.test:{}", h.mock);
+    let first = intercepted(&h, h.proxy.sidecar_port, &authority, "");
+    let (_, status, text) = connect(h.proxy.sidecar_port, &authority, "");
+    assert_eq!(status, 429, "{text}");
+    assert_eq!(refusal_json(&text)["error"]["code"], "tunnel_limit");
+    // Another tenant is not affected by acme's open tunnel.
+    let globex = format!(
+        "Proxy-Authorization: Bearer {}\r\n",
+        token_for("globex", "agent")
+    );
+    let _other = intercepted(&h, h.proxy.shared_port, &authority, &globex);
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status, _) = connect(h.proxy.sidecar_port, &authority, "");
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn idle_tunnels_are_closed() {
+    let h = start_https_with(ProxySpec::default(), vec![], "tunnel_idle_timeout = \"1s\"");
+    let authority = format!("llm.test:{}", h.mock);
+    let mut tls = intercepted(&h, h.proxy.sidecar_port, &authority, "");
+    let r = request_over(
+        &mut tls,
+        &format!("GET /v1/a HTTP/1.1\r\nHost: {authority}\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200);
+    // Nothing for longer than the idle timeout: the proxy closes the tunnel.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut buf = [0u8; 1];
+    let waited = std::time::Instant::now();
+    let read = tls.read(&mut buf);
+    // Closed (EOF or a reset), not our own read timeout running out.
+    assert!(waited.elapsed() < Duration::from_secs(5), "{read:?}");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // An opaque tunnel with no traffic is closed too.
+    let (mut sock, status, text) =
+        connect(h.proxy.sidecar_port, &format!("pinned.test:{}", h.mock), "");
+    assert_eq!(status, 200, "{text}");
+    let started = std::time::Instant::now();
+    assert_eq!(sock.read(&mut buf).unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+// ---------------------------------------------------------------------------------------------
+// mTLS listener: SPIFFE ID → tenant and workload.
+
+struct Mesh {
+    h: Https,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn start_mesh() -> Mesh {
+    let mesh = TestCa::new("mesh CA").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pair: &PemPair| {
+        std::fs::write(dir.path().join(format!("{name}.pem")), &pair.cert).unwrap();
+        std::fs::write(dir.path().join(format!("{name}-key.pem")), &pair.key).unwrap();
+    };
+    std::fs::write(dir.path().join("mesh-ca.pem"), &mesh.cert_pem).unwrap();
+    write("listener", &mesh.server(&["127.0.0.1"]).unwrap());
+    write(
+        "acme-bot",
+        &mesh
+            .client("spiffe://mesh.test/tenant/acme/workload/bot")
+            .unwrap(),
+    );
+    write(
+        "foreign",
+        &mesh
+            .client("spiffe://elsewhere.test/tenant/acme/workload/bot")
+            .unwrap(),
+    );
+    write(
+        "unknown",
+        &mesh
+            .client("spiffe://mesh.test/tenant/acme/workload/ghost")
+            .unwrap(),
+    );
+    let rogue = TestCa::new("rogue CA").unwrap();
+    write(
+        "rogue",
+        &rogue
+            .client("spiffe://mesh.test/tenant/acme/workload/bot")
+            .unwrap(),
+    );
+    let port = free_port();
+    let d = dir.path().display();
+    let listener = format!(
+        r#"
+[[listener]]
+name = "mesh"
+listen = "127.0.0.1:{port}"
+identity = ["mtls"]
+[listener.tls]
+cert = "{d}/listener.pem"
+key = "{d}/listener-key.pem"
+client_ca = "{d}/mesh-ca.pem"
+spiffe_id = "spiffe://{{trust_domain}}/tenant/{{tenant}}/workload/{{workload}}"
+trust_domain = "mesh.test"
+"#
+    );
+    let h = start_https(
+        ProxySpec {
+            static_extra: listener,
+            ..Default::default()
+        },
+        vec![],
+    );
+    Mesh { h, port, dir }
+}
+
+impl Mesh {
+    fn curl(&self, client: &str, url: &str) -> (u16, String) {
+        let d = self.dir.path();
+        let bundle = self
+            .h
+            .trust
+            .iter()
+            .find(|(k, _)| k == "CURL_CA_BUNDLE")
+            .unwrap()
+            .1
+            .clone();
+        let mut args = vec![
+            "-x".to_string(),
+            format!("https://127.0.0.1:{}", self.port),
+            "--proxy-cacert".into(),
+            format!("{}/mesh-ca.pem", d.display()),
+            "--cacert".into(),
+            bundle,
+        ];
+        if !client.is_empty() {
+            args.extend([
+                "--proxy-cert".into(),
+                format!("{}/{client}.pem", d.display()),
+                "--proxy-key".into(),
+                format!("{}/{client}-key.pem", d.display()),
+            ]);
+        }
+        if url.starts_with("https://") {
+            // The credential is bound to llm.test; sent anywhere else it would be refused.
+            args.extend(["-H".into(), "Authorization: Bearer $CRED{openai}".into()]);
+        }
+        args.extend(["-D".into(), "-".into(), url.into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&args)
+    }
+}
+
+#[test]
+fn mtls_spiffe_identity_for_tunnels_and_refusals_at_the_handshake() {
+    let mesh = start_mesh();
+    let url = format!("https://llm.test:{}/v1/models", mesh.h.mock);
+
+    // A workload certificate from the mesh: its tunnel is acme/bot, with acme's secret.
+    let (status, out) = mesh.curl("acme-bot", &url);
+    assert_eq!(status, 200, "{out}");
+    assert!(
+        out.contains(&format!(
+            "x-mock-authorization-sha256: {}",
+            seen(ACME_SECRET)
+        )),
+        "{out}"
+    );
+    let recs = mesh.h.proxy.wait_audit_records("acme", 2);
+    assert!(
+        recs.iter().all(|r| r["identity_source"] == "mtls"),
+        "{recs:#?}"
+    );
+    assert!(recs.iter().all(|r| r["workload"] == "bot"), "{recs:#?}");
+
+    // Forward mode on the same listener: same identity, from the certificate alone.
+    let origin = Origin::start();
+    let (status, out) = mesh.curl(
+        "acme-bot",
+        &format!("http://127.0.0.1:{}/public/m", origin.port),
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(origin.count(), 1);
+    let recs = mesh.h.proxy.wait_audit_records("acme", 3);
+    assert!(
+        recs.iter().all(|r| r["identity_source"] == "mtls"),
+        "{recs:#?}"
+    );
+
+    // Another trust domain, a workload that does not exist: refused per request.
+    for client in ["foreign", "unknown"] {
+        let (status, out) = mesh.curl(client, &url);
+        assert!(status == 0 || status >= 400, "{client}: {status} {out}");
+        assert!(
+            out.contains("identity_invalid") || status == 0,
+            "{client}: {out}"
+        );
+    }
+    // No certificate, or one from another CA: the handshake itself fails.
+    for client in ["", "rogue"] {
+        let (status, out) = mesh.curl(client, &url);
+        assert_eq!(status, 0, "{client:?}: {out}");
+    }
+    // Nothing but the accepted workload's calls was audited as acme.
+    let recs = mesh.h.proxy.audit_records("acme");
+    assert_eq!(
+        recs.iter().filter(|r| r["decision"] == "allow").count(),
+        3,
+        "{recs:#?}"
+    );
+    assert!(mesh.h.proxy.metrics().contains("mtls_handshake_failures"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SSRF guard.
+
+fn open_proxy(egress: &str) -> Proxy {
+    Proxy::start(ProxySpec {
+        policies: "tests/fixtures/policies-open",
+        egress: egress.into(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn every_spelling_of_loopback_is_refused_after_resolution_without_traffic() {
+    let origin = Origin::start();
+    let o = origin.port;
+    // Policy permits everything: only the egress guard stands between the agent and loopback.
+    let proxy = open_proxy("connect_ports = [443]");
+    for host in [
+        "127.0.0.1".to_string(),
+        "2130706433".into(),
+        "0x7f000001".into(),
+        "127.1".into(),
+        "0177.0.0.1".into(),
+        "[::ffff:127.0.0.1]".into(),
+        "[::1]".into(),
+        "localhost".into(),
+        format!("127.0.0.1:{}", proxy.admin_port),
+    ] {
+        let authority = if host.contains(':') && !host.starts_with('[') {
+            host.clone()
+        } else {
+            format!("{host}:{o}")
+        };
+        let r = forward_get(
+            proxy.sidecar_port,
+            &format!("http://{authority}/x"),
+            None,
+            "",
+        );
+        let body = r.assert_refused(403, "destination_forbidden");
+        let message = body["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            !message.contains("127.0.0.1"),
+            "the address is not disclosed: {message}"
+        );
+    }
+    assert_eq!(origin.count(), 0, "nothing reached the loopback origin");
+    let recs = proxy.wait_audit_records("acme", 9);
+    assert!(recs.iter().all(|r| r["reason"] == "destination_forbidden"));
+}
+
+#[test]
+fn injected_answers_for_private_ranges_are_refused_on_every_path() {
+    let origin = Origin::start();
+    let o = origin.port;
+    let proxy = open_proxy(&format!(
+        r#"connect_ports = [443, {o}]
+hosts = {{ "meta.test" = ["169.254.169.254"], "ten.test" = ["10.1.2.3"], "cgnat.test" = ["100.64.0.1"], "ula.test" = ["fc00::1"], "linklocal6.test" = ["fe80::1"], "mapped.test" = ["::ffff:10.0.0.1"], "nat64.test" = ["64:ff9b::a00:1"], "sixtofour.test" = ["2002:a00:1::1"], "teredo.test" = ["2001:0:4136:e378:8000:63bf:f5ff:fffe"], "mcast.test" = ["224.0.0.1"], "zero.test" = ["0.0.0.0"], "mixed.test" = ["93.184.216.34", "192.168.1.1"], "loop.test" = ["127.0.0.1"] }}"#
+    ));
+    let names = [
+        "meta.test",
+        "ten.test",
+        "cgnat.test",
+        "ula.test",
+        "linklocal6.test",
+        "mapped.test",
+        "nat64.test",
+        "sixtofour.test",
+        "teredo.test",
+        "mcast.test",
+        "zero.test",
+        "mixed.test",
+        "loop.test",
+    ];
+    for name in names {
+        // Plain forward mode.
+        let r = forward_get(
+            proxy.sidecar_port,
+            &format!("http://{name}:{o}/x"),
+            None,
+            "",
+        );
+        r.assert_refused(403, "destination_forbidden");
+        // And a tunnel, refused before `200 Connection established`.
+        let (_, status, text) = connect(proxy.sidecar_port, &format!("{name}:{o}"), "");
+        assert_eq!(status, 403, "{name}: {text}");
+        assert_eq!(
+            refusal_json(&text)["error"]["code"],
+            "destination_forbidden",
+            "{name}"
+        );
+    }
+    // A name that does not resolve is unreachable, not forbidden.
+    let r = forward_get(
+        proxy.sidecar_port,
+        "http://does-not-exist.invalid/x",
+        None,
+        "",
+    );
+    r.assert_refused(502, "upstream_unreachable");
+    assert_eq!(origin.count(), 0);
+    assert!(proxy
+        .metrics()
+        .contains("tenant_proxy_egress_refusals_total"));
+}
+
+#[test]
+fn explicit_exceptions_open_exactly_what_they_name() {
+    let origin = Origin::start();
+    let o = origin.port;
+    // A host:port exception: this name on this port, nothing else.
+    let proxy = open_proxy(&format!(
+        "hosts = {{ \"svc.internal\" = [\"127.0.0.1\"] }}\nallow = [\"svc.internal:{o}\"]"
+    ));
+    let ok = forward_get(
+        proxy.sidecar_port,
+        &format!("http://svc.internal:{o}/acme/a"),
+        None,
+        "",
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body_text());
+    forward_get(
+        proxy.sidecar_port,
+        &format!("http://127.0.0.1:{o}/acme/b"),
+        None,
+        "",
+    )
+    .assert_refused(403, "destination_forbidden");
+    assert_eq!(origin.count(), 1);
+}
