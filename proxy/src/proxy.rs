@@ -29,7 +29,7 @@ use crate::credentials::scrub::Scrubber;
 use crate::credentials::Credential;
 use crate::ctx::{Outcome, Permitted, PrincipalKind, RequestCtx, Run, TenantContext};
 use crate::error::{error_body, Deny, ReasonCode};
-use crate::identity::{PeerCertificate, Presented};
+use crate::identity::Presented;
 use crate::limits::plan::{CallFacts, Ending};
 use crate::limits::stream::{cut_event, CutReason, StreamGuard, Verdict};
 use crate::limits::{self, AdmitError, LimitBackend};
@@ -97,15 +97,7 @@ impl TenantProxy {
             // is ignored (and stripped upstream).
             Some(t) => tunnel_identity(t, &snapshot)?,
             None => {
-                let presented = Presented {
-                    proxy_authorization: req
-                        .headers
-                        .get(http::header::PROXY_AUTHORIZATION)
-                        .map(|v| v.as_bytes()),
-                    peer: ssl
-                        .as_ref()
-                        .and_then(|d| d.extension.get::<PeerCertificate>()),
-                };
+                let presented = Presented::from_request(&req.headers, ssl.as_deref());
                 identity::resolve(&self.listener, &snapshot, presented, unix_now())?
             }
         };
@@ -359,17 +351,6 @@ impl TenantProxy {
         };
         let policy = ctx.decision.as_ref();
         slot.emit(AuditRecord {
-            time: rfc3339(SystemTime::now() - elapsed),
-            tenant: tenant.tenant.to_string(),
-            workload: tenant.workload.to_string(),
-            principal_kind: tenant.principal_kind,
-            identity_source: tenant.identity_source.as_str(),
-            run_id: tenant.run.id.clone(),
-            run_signed: tenant.run.signed,
-            request_id: ctx.request_id.to_string(),
-            trace_id: tenant.trace.trace_id.clone(),
-            listener: self.listener.name.clone(),
-            method: req.method.to_string(),
             scheme: dest.map(|d| d.scheme.as_str()),
             host: dest.map(|d| d.host.clone()),
             port: dest.map(|d| d.port),
@@ -389,16 +370,21 @@ impl TenantProxy {
                 id: id.to_string(),
                 mode: "intercept",
             }),
-            decision,
-            reason,
             policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
             policy_errors: policy.map(|p| p.errors.clone()).unwrap_or_default(),
-            status,
-            latency_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_latency_ms: upstream.map(|u| u.as_secs_f64() * 1000.0),
             bytes_in: ctx.bytes_in,
             bytes_out: ctx.bytes_out,
             request_body_sha256: ctx.body_sha256.clone(),
+            ..AuditRecord::of(
+                tenant,
+                &self.listener.name,
+                req.method.to_string(),
+                elapsed,
+                decision,
+                reason,
+                status,
+            )
         });
     }
 }
@@ -689,7 +675,12 @@ impl ProxyHttp for TenantProxy {
                 .and_then(|d| d.ssl_digest.as_ref())
                 .is_some_and(|d| d.extension.get::<Tunnel>().is_some());
             let idle = if in_tunnel {
-                self.shared.config.egress.tunnel_idle_timeout.as_secs().max(1)
+                self.shared
+                    .config
+                    .egress
+                    .tunnel_idle_timeout
+                    .as_secs()
+                    .max(1)
             } else {
                 crate::tunnel::PLAIN_KEEPALIVE_SECS
             };

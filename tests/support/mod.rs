@@ -762,25 +762,21 @@ pub fn proxy_cli(dir: &Path, args: &[&str], stdin: &str) -> (i32, String) {
 
 /// Starts the loadtest mock on an ephemeral loopback port in its own runtime thread.
 pub fn start_mock() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            let _ = tenant_proxy_loadtest::mock::serve_mock(l).await;
-        });
-    });
-    port
+    serve_on_loopback(tenant_proxy_loadtest::mock::serve_mock)
 }
 
 /// Starts the loadtest mock over TLS (certificate `pair`) on an ephemeral loopback port.
 pub fn start_mock_tls(pair: &tenant_proxy_loadtest::tls::PemPair) -> u16 {
     let config = tenant_proxy_loadtest::tls::server_config(pair).unwrap();
+    serve_on_loopback(move |l| tenant_proxy_loadtest::tls::serve_mock_tls(l, config))
+}
+
+/// Runs `serve` on a new ephemeral loopback listener in its own runtime thread; returns the port.
+fn serve_on_loopback<F, Fut>(serve: F) -> u16
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
@@ -791,7 +787,7 @@ pub fn start_mock_tls(pair: &tenant_proxy_loadtest::tls::PemPair) -> u16 {
             .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            let _ = tenant_proxy_loadtest::tls::serve_mock_tls(l, config).await;
+            let _ = serve(l).await;
         });
     });
     port

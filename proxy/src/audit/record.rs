@@ -2,8 +2,11 @@
 //! decision and its reason, sizes, timings and a body digest. Field order is fixed so records
 //! can later be hash-chained over their serialized bytes.
 
+use std::time::{Duration, SystemTime};
+
 use serde::Serialize;
 
+use crate::ctx::TenantContext;
 use crate::error::ReasonCode;
 
 /// Allowed or denied.
@@ -100,4 +103,56 @@ pub struct AuditRecord {
     pub bytes_out: u64,
     /// SHA-256 of the request body, hex.
     pub request_body_sha256: Option<String>,
+}
+
+impl AuditRecord {
+    /// What every record of `tenant`'s request shares: who, which request, when, the outcome;
+    /// everything about the call itself empty. Callers fill in the rest with struct update
+    /// syntax, so a new field is one place to change.
+    pub fn of(
+        tenant: &TenantContext,
+        listener: &str,
+        method: String,
+        elapsed: Duration,
+        decision: Decision,
+        reason: ReasonCode,
+        status: u16,
+    ) -> Self {
+        Self {
+            time: crate::proxy::rfc3339(SystemTime::now() - elapsed),
+            tenant: tenant.tenant.to_string(),
+            workload: tenant.workload.to_string(),
+            principal_kind: tenant.principal_kind,
+            identity_source: tenant.identity_source.as_str(),
+            run_id: tenant.run.id.clone(),
+            run_signed: tenant.run.signed,
+            request_id: tenant.request_id.to_string(),
+            trace_id: tenant.trace.trace_id.clone(),
+            listener: listener.to_string(),
+            method,
+            scheme: None,
+            host: None,
+            port: None,
+            path: None,
+            route: None,
+            model: None,
+            credentials: Vec::new(),
+            usage: None,
+            reserved: None,
+            settled: None,
+            ceiling: None,
+            stream_cut: false,
+            tunnel: None,
+            decision,
+            reason,
+            policy_ids: Vec::new(),
+            policy_errors: Vec::new(),
+            status,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_latency_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            request_body_sha256: None,
+        }
+    }
 }

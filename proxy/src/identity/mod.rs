@@ -30,6 +30,22 @@ pub struct Presented<'a> {
     pub peer: Option<&'a PeerCertificate>,
 }
 
+impl<'a> Presented<'a> {
+    /// What a request presents: its `Proxy-Authorization` header and, on a TLS connection, the
+    /// client certificate's identity read at the handshake.
+    pub fn from_request(
+        headers: &'a http::HeaderMap,
+        ssl: Option<&'a pingora::protocols::tls::SslDigest>,
+    ) -> Self {
+        Self {
+            proxy_authorization: headers
+                .get(http::header::PROXY_AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            peer: ssl.and_then(|d| d.extension.get::<PeerCertificate>()),
+        }
+    }
+}
+
 /// A verified identity.
 #[derive(Debug, Clone)]
 pub struct ResolvedIdentity {

@@ -19,7 +19,7 @@ pub mod io;
 mod opaque;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -220,17 +220,7 @@ impl EgressApp {
         t.audit_slot = Some(self.shared.audit.reserve()?);
         let snapshot = self.shared.snapshot.load();
         let ssl = stream.get_ssl_digest();
-        let presented = Presented {
-            proxy_authorization: t
-                .head
-                .header
-                .headers
-                .get(http::header::PROXY_AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-            peer: ssl
-                .as_ref()
-                .and_then(|d| d.extension.get::<PeerCertificate>()),
-        };
+        let presented = Presented::from_request(&t.head.header.headers, ssl.as_deref());
         let who = identity::resolve(&self.listener, &snapshot, presented, unix_now())?;
         let tenant = Arc::new(build_tenant_context(
             who.clone(),
@@ -552,43 +542,25 @@ impl TunnelCtx {
         };
         let policy = self.decision.as_ref();
         slot.emit(AuditRecord {
-            time: crate::proxy::rfc3339(SystemTime::now() - elapsed),
-            tenant: tenant.tenant.to_string(),
-            workload: tenant.workload.to_string(),
-            principal_kind: tenant.principal_kind,
-            identity_source: tenant.identity_source.as_str(),
-            run_id: tenant.run.id.clone(),
-            run_signed: tenant.run.signed,
-            request_id: self.request_id.to_string(),
-            trace_id: tenant.trace.trace_id.clone(),
-            listener: listener.name.clone(),
-            method: "CONNECT".into(),
-            scheme: None,
             host: Some(self.head.host.clone()),
             port: Some(self.head.port),
-            path: None,
-            route: None,
-            model: None,
-            credentials: Vec::new(),
-            usage: None,
-            reserved: None,
-            settled: None,
-            ceiling: None,
-            stream_cut: false,
             tunnel: self.mode.map(|mode| TunnelFields {
                 id: self.request_id.to_string(),
                 mode,
             }),
-            decision,
-            reason,
             policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
             policy_errors: policy.map(|p| p.errors.clone()).unwrap_or_default(),
-            status,
-            latency_ms: elapsed.as_secs_f64() * 1000.0,
-            upstream_latency_ms: None,
             bytes_in: self.bytes_up,
             bytes_out: self.bytes_down,
-            request_body_sha256: None,
+            ..AuditRecord::of(
+                tenant,
+                &listener.name,
+                "CONNECT".into(),
+                elapsed,
+                decision,
+                reason,
+                status,
+            )
         });
     }
 }
