@@ -400,6 +400,66 @@ req.end();
 }
 
 #[test]
+fn http2_inside_an_intercepted_tunnel_runs_the_same_pipeline() {
+    let h = start_https(ProxySpec::default(), vec![]);
+    let bundle = h
+        .trust
+        .iter()
+        .find(|(k, _)| k == "CURL_CA_BUNDLE")
+        .unwrap()
+        .1
+        .clone();
+    let proxy_url = format!("http://127.0.0.1:{}", h.proxy.sidecar_port);
+    let run = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "--http2",
+                "-D",
+                "-",
+                "-x",
+                &proxy_url,
+            ])
+            .args([
+                "--cacert",
+                &bundle,
+                "-H",
+                "Authorization: Bearer $CRED{openai}",
+            ])
+            .args(["-w", "\nversion=%{http_version}"])
+            .arg(format!("https://llm.test:{}{path}", h.mock))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let out = run("/v1/models");
+    assert!(out.contains("version=2"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("HTTP/2 200"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "x-mock-authorization-sha256: {}",
+            seen(ACME_SECRET)
+        )),
+        "{out}"
+    );
+    let out = run("/forbidden/x");
+    assert!(
+        out.contains("HTTP/2 403") && out.contains("policy_denied"),
+        "{out}"
+    );
+    let recs = h.proxy.wait_audit_records("acme", 4);
+    let inner: Vec<_> = recs.iter().filter(|r| r["method"] == "GET").collect();
+    assert_eq!(inner.len(), 2, "{recs:#?}");
+    assert!(inner.iter().all(|r| r["tunnel"]["mode"] == "intercept"));
+    assert_eq!(inner[0]["credentials"], serde_json::json!(["openai"]));
+}
+
+#[test]
 fn tunnels_are_refused_before_any_byte_by_port_policy_identity_and_ca_scope() {
     let h = start_https(ProxySpec::default(), vec![]);
     let m = h.mock;

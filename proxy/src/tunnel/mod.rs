@@ -29,7 +29,7 @@ use pingora::listeners::TlsAccept;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::tls::server::handshake_with_callback;
 use pingora::protocols::tls::TlsRef;
-use pingora::protocols::Stream;
+use pingora::protocols::{Ssl as _, Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
@@ -83,8 +83,14 @@ impl EgressApp {
         mtls: Option<Arc<MtlsServer>>,
     ) -> Self {
         let proxy = TenantProxy::new(listener.clone(), shared.clone());
+        let mut http = pingora::proxy::http_proxy(conf, proxy);
+        // HTTP/2 only happens inside intercepted tunnels (negotiated by ALPN); an idle h2
+        // connection is closed like an idle HTTP/1.1 tunnel.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(shared.config.egress.tunnel_idle_timeout);
+        http.server_options = Some(options);
         Self {
-            http: Arc::new(pingora::proxy::http_proxy(conf, proxy)),
+            http: Arc::new(http),
             listener: Arc::new(listener),
             shared,
             mtls,
@@ -328,7 +334,7 @@ impl EgressApp {
         });
         let acceptor = Acceptor::from_server_config(crate::tls::ca::server_config(
             resolver.clone(),
-            &[b"http/1.1"],
+            &[b"h2", b"http/1.1"],
         ));
         let callbacks = TunnelCallbacks {
             tunnel: tunnel.clone(),
@@ -366,6 +372,12 @@ impl EgressApp {
             }
         };
         t.emit(&self.listener, Ok(()), 200);
+        if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) {
+            // pingora's own HTTP/2 server: one pipeline run per stream, each seeing the tunnel
+            // on the connection's TLS digest.
+            self.http.process_new(Box::new(tls), shutdown).await;
+            return;
+        }
         let idle = egress.tunnel_idle_timeout.as_secs().max(1);
         serve_http(&self.http, Box::new(tls), shutdown, idle).await;
     }
