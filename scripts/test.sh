@@ -14,6 +14,7 @@ ensure_apt ca-certificates update-ca-certificates
 ensure_py requests
 ensure_py httpx
 ensure_py openai
+ensure_py mcp
 
 # The end-to-end tests start the real binary.
 cargo build -p tenant-proxy --bin tenant-proxy

@@ -178,6 +178,10 @@ pub struct RequestCtx {
     pub audit_slot: Option<AuditSlot>,
     /// The intercepted tunnel this request came through (its id).
     pub tunnel: Option<Arc<str>>,
+    /// For a request to an MCP server: its server, tool calls and listed ids.
+    pub mcp: Option<crate::mcp::McpExchange>,
+    /// Removes tools this workload may not call from the MCP server's `tools/list` results.
+    pub tool_filter: Option<crate::mcp::list_filter::ToolListFilter>,
 }
 
 impl RequestCtx {
@@ -216,6 +220,8 @@ impl RequestCtx {
             outcome: Outcome::Pending,
             audit_slot: None,
             tunnel: None,
+            mcp: None,
+            tool_filter: None,
         }
     }
 }

@@ -62,6 +62,12 @@ pub enum Deny {
     UpstreamTls,
     /// The audit sink cannot take another record.
     AuditUnavailable,
+    /// A body sent to an MCP server is not JSON-RPC 2.0 the proxy can decide on.
+    McpMalformed(String),
+    /// Policy denied an MCP `tools/call` (the tool's name).
+    ToolDenied(String),
+    /// An MCP server's response could not be filtered, so it was withheld.
+    McpResponseUnfiltered(String),
     /// A phase ran without the state it requires (a bug); refused rather than forwarded.
     Internal,
 }
@@ -166,6 +172,12 @@ pub enum ReasonCode {
     UpstreamTls,
     /// See [`Deny::AuditUnavailable`].
     AuditUnavailable,
+    /// See [`Deny::McpMalformed`].
+    McpMalformed,
+    /// See [`Deny::ToolDenied`].
+    ToolDenied,
+    /// See [`Deny::McpResponseUnfiltered`].
+    McpResponseUnfiltered,
     /// See [`Deny::Internal`].
     Internal,
 }
@@ -206,6 +218,9 @@ impl ReasonCode {
             ReasonCode::UpstreamTimeout => "upstream_timeout",
             ReasonCode::UpstreamTls => "upstream_tls",
             ReasonCode::AuditUnavailable => "audit_unavailable",
+            ReasonCode::McpMalformed => "mcp_malformed",
+            ReasonCode::ToolDenied => "tool_denied",
+            ReasonCode::McpResponseUnfiltered => "mcp_response_unfiltered",
             ReasonCode::Internal => "internal_error",
         }
     }
@@ -399,6 +414,21 @@ impl Deny {
                 ReasonCode::AuditUnavailable,
                 "the audit log cannot record this request right now; retry shortly".into(),
             ),
+            Deny::McpMalformed(why) => (
+                400,
+                ReasonCode::McpMalformed,
+                format!("this MCP server accepts only JSON-RPC 2.0 the proxy can check: {why}"),
+            ),
+            Deny::ToolDenied(tool) => (
+                403,
+                ReasonCode::ToolDenied,
+                format!("no policy allows this workload to call MCP tool `{tool}`; nothing was sent to the server"),
+            ),
+            Deny::McpResponseUnfiltered(why) => (
+                502,
+                ReasonCode::McpResponseUnfiltered,
+                format!("the MCP server's tool list could not be filtered, so it was withheld: {why}"),
+            ),
             Deny::Internal => (500, ReasonCode::Internal, "internal error; the request was not forwarded".into()),
         }
     }
@@ -477,6 +507,13 @@ mod tests {
             (Deny::UpstreamUnreachable, 502, "upstream_unreachable"),
             (Deny::UpstreamTimeout, 504, "upstream_timeout"),
             (Deny::AuditUnavailable, 503, "audit_unavailable"),
+            (Deny::McpMalformed("x".into()), 400, "mcp_malformed"),
+            (Deny::ToolDenied("x".into()), 403, "tool_denied"),
+            (
+                Deny::McpResponseUnfiltered("x".into()),
+                502,
+                "mcp_response_unfiltered",
+            ),
         ];
         for (deny, status, code) in cases {
             let (s, c, _) = deny.describe();

@@ -18,6 +18,9 @@
 //! terminated with a leaf minted by the deployment's local CA ([`tls`]) so each inner request
 //! runs the same pipeline, or relayed opaquely. Every dial goes through [`egress`], which
 //! resolves the name itself and refuses non-global destinations.
+//!
+//! MCP servers ([`mcp`]) get one more step: each `tools/call` is decided as its own Cedar action
+//! and `tools/list` responses show only the tools the workload may call.
 
 pub mod admin;
 pub mod app;
@@ -32,6 +35,7 @@ pub mod error;
 pub mod identity;
 pub mod ids;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod policy;
 pub mod pricing;

@@ -33,9 +33,12 @@ use crate::identity::Presented;
 use crate::limits::plan::{CallFacts, Ending};
 use crate::limits::stream::{cut_event, CutReason, StreamGuard, Verdict};
 use crate::limits::{self, AdmitError, LimitBackend};
+use crate::mcp::list_filter::{FilterError, Framing, ToolListFilter};
+use crate::mcp::{McpExchange, McpRefusal};
 use crate::metrics::{Metrics, METRICS};
 use crate::policy::CredentialFacts;
 use crate::policy::HttpRequestFacts;
+use crate::policy::McpToolFacts;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::target::Destination;
 use crate::trace::TraceContext;
@@ -112,11 +115,15 @@ impl TenantProxy {
             return Err(Deny::HeadersTooLarge);
         }
         // HTTP/2 (inside tunnels) names the authority in `:authority`, not `Host`.
-        let host = req.headers.get(http::header::HOST).map(|v| v.as_bytes()).or_else(|| {
-            (req.version == http::Version::HTTP_2)
-                .then(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
-                .flatten()
-        });
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map(|v| v.as_bytes())
+            .or_else(|| {
+                (req.version == http::Version::HTTP_2)
+                    .then(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+                    .flatten()
+            });
         let destination = match tunnel {
             Some(t) => target::tunneled(req.raw_path(), host, &t.host, t.port)?,
             None => target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
@@ -145,6 +152,16 @@ impl TenantProxy {
             model.as_deref(),
         );
         authorize(&snapshot, &tenant, &facts, ctx)?;
+        // An MCP server's tool calls are decided one by one, on the body as the agent wrote it
+        // (before any credential is substituted into it).
+        authorize_mcp(
+            &snapshot,
+            &tenant,
+            &destination,
+            &facts,
+            &session.req_header().method,
+            ctx,
+        )?;
         apply_credentials(
             &snapshot,
             &tenant,
@@ -273,6 +290,27 @@ impl TenantProxy {
         e
     }
 
+    /// Withholds the rest of an MCP response whose tool lists could not be filtered: the chunk
+    /// in hand is dropped and `fail_to_proxy` ends the response with a JSON-RPC error, framed
+    /// like the response, in place of what could not be checked.
+    fn cut_tool_list(
+        &self,
+        body: &mut Option<Bytes>,
+        filter: &ToolListFilter,
+        error: FilterError,
+        ctx: &mut RequestCtx,
+    ) -> Box<Error> {
+        *body = None;
+        ctx.cut_event = Some(filter.error_message(&error));
+        ctx.outcome = Outcome::Refused(Deny::McpResponseUnfiltered(error.to_string()));
+        let mut e = Error::explain(
+            ErrorType::Custom("mcp_response_unfiltered"),
+            "MCP tool list could not be filtered",
+        );
+        e.set_retry(false);
+        e
+    }
+
     fn emit(&self, session: &Session, ctx: &mut RequestCtx, status: u16) {
         let (decision, reason) = match &ctx.outcome {
             Outcome::Forwarded | Outcome::Pending => (AuditDecision::Allow, ReasonCode::Allowed),
@@ -375,6 +413,11 @@ impl TenantProxy {
                 id: id.to_string(),
                 mode: "intercept",
             }),
+            mcp: ctx.mcp.as_ref().map(|m| crate::audit::McpFields {
+                server: m.server.clone(),
+                tools_called: m.tools_called.clone(),
+                tools_hidden: ctx.tool_filter.as_ref().map_or(0, |f| f.hidden),
+            }),
             policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
             policy_errors: policy.map(|p| p.errors.clone()).unwrap_or_default(),
             upstream_latency_ms: upstream.map(|u| u.as_secs_f64() * 1000.0),
@@ -437,6 +480,97 @@ fn authorize(
         Ok(())
     } else {
         Err(Deny::PolicyDenied)
+    }
+}
+
+/// For a request to an MCP server: reads its JSON-RPC body and decides every `tools/call` as
+/// `mcp_tool_call`. A malformed body or one denied call refuses the whole request. The allow
+/// decisions' policy ids join the `http` decision's in the audit record; a denial's replace them.
+fn authorize_mcp(
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    destination: &Destination,
+    facts: &HttpRequestFacts<'_>,
+    method: &http::Method,
+    ctx: &mut RequestCtx,
+) -> Result<(), Deny> {
+    let Some(server) = snapshot.tenants.mcp.server_for(destination) else {
+        return Ok(());
+    };
+    let mut decide = |tool: &str| {
+        let call = McpToolFacts {
+            server: &server.name,
+            tool,
+            http: facts,
+        };
+        snapshot
+            .policy
+            .authorize_mcp_tool(&tenant.tenant, &tenant.workload, &call)
+    };
+    let body = ctx.body.as_ref().map(|b| b.0.as_ref());
+    let refused = |tools_called: Vec<String>| McpExchange {
+        server: server.name.clone(),
+        tools_called,
+        lists_tools: false,
+        list_ids: Vec::new(),
+    };
+    match crate::mcp::admit(&server.name, method, body, &mut decide) {
+        Ok((exchange, decisions)) => {
+            if let Some(d) = ctx.decision.as_mut() {
+                d.policy_ids
+                    .extend(decisions.into_iter().flat_map(|t| t.policy_ids));
+                d.policy_ids.sort_unstable();
+                d.policy_ids.dedup();
+            }
+            ctx.mcp = Some(exchange);
+            Ok(())
+        }
+        Err(McpRefusal::Malformed(why)) => {
+            ctx.mcp = Some(refused(Vec::new()));
+            Err(Deny::McpMalformed(why))
+        }
+        Err(McpRefusal::ToolDenied { tool, decision }) => {
+            if !decision.errors.is_empty() {
+                tracing::warn!(request_id = %tenant.request_id, tenant = %tenant.tenant, errors = ?decision.errors, "policy evaluation errors on an MCP tool call; denying");
+            }
+            ctx.decision = Some(decision);
+            ctx.mcp = Some(refused(vec![tool.clone()]));
+            Err(Deny::ToolDenied(tool))
+        }
+    }
+}
+
+/// Sets up the filtering of an MCP server's response: every JSON or event-stream response is
+/// read for `tools/list` results. SECURITY: a response owed a tool list that the filter cannot
+/// read (another content type, or compressed) is refused before anything of it is sent.
+fn filter_tool_lists(
+    exchange: &McpExchange,
+    cap: usize,
+    upstream_response: &mut ResponseHeader,
+    ctx_filter: &mut Option<ToolListFilter>,
+) -> Result<(), Deny> {
+    let framing = upstream_response
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| Framing::for_content_type(v.as_bytes()));
+    let encoded = upstream_response
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let owed_list = exchange.lists_tools && upstream_response.status.is_success();
+    match framing {
+        Some(_) if encoded => Err(Deny::McpResponseUnfiltered(
+            "the response is compressed".into(),
+        )),
+        Some(framing) => {
+            *ctx_filter = Some(ToolListFilter::new(framing, exchange.list_ids.clone(), cap));
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            Ok(())
+        }
+        None if owed_list && upstream_response.status != http::StatusCode::ACCEPTED => Err(
+            Deny::McpResponseUnfiltered("the response is neither JSON nor an event stream".into()),
+        ),
+        None => Ok(()),
     }
 }
 
@@ -640,6 +774,29 @@ fn scrub_headers(scrubber: &mut Scrubber, resp: &mut ResponseHeader) -> pingora:
     Ok(())
 }
 
+/// Whether a `tools/list` result may show `tool` to this request's workload: the same
+/// `mcp_tool_call` decision a call to it would get. Anything missing denies.
+fn tool_allowed(ctx: &RequestCtx, req: &RequestHeader, tool: &str) -> bool {
+    let (Some(snapshot), Some(tenant), Some(destination), Some(exchange)) = (
+        ctx.snapshot.as_ref(),
+        ctx.tenant.as_ref(),
+        ctx.destination.as_ref(),
+        ctx.mcp.as_ref(),
+    ) else {
+        return false;
+    };
+    let http = http_facts(tenant, destination, req, None);
+    let call = McpToolFacts {
+        server: &exchange.server,
+        tool,
+        http: &http,
+    };
+    snapshot
+        .policy
+        .authorize_mcp_tool(&tenant.tenant, &tenant.workload, &call)
+        .allowed
+}
+
 /// Maps a pingora error to the refusal the client sees.
 fn deny_for_error(e: &Error) -> Option<Deny> {
     use ErrorType::*;
@@ -801,8 +958,9 @@ impl ProxyHttp for TenantProxy {
             upstream.remove_header("baggage");
         }
         upstream.insert_header("traceparent", tenant.trace.traceparent())?;
-        // LLM responses are metered as they stream; a compressed one could not be read.
-        if ctx.model.is_some() {
+        // LLM responses are metered as they stream, MCP tool lists filtered; a compressed
+        // response could not be read.
+        if ctx.model.is_some() || ctx.mcp.is_some() {
             upstream.remove_header(&http::header::ACCEPT_ENCODING);
         }
         Ok(())
@@ -872,6 +1030,21 @@ impl ProxyHttp for TenantProxy {
             ));
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);
         }
+        if let Some(exchange) = &ctx.mcp {
+            let cap = ctx
+                .snapshot
+                .as_ref()
+                .map_or(0, |s| s.tenants.mcp.max_message_bytes);
+            if let Err(deny) =
+                filter_tool_lists(exchange, cap, upstream_response, &mut ctx.tool_filter)
+            {
+                ctx.outcome = Outcome::Refused(deny);
+                return Err(Error::explain(
+                    ErrorType::Custom("mcp_response_unfiltered"),
+                    "MCP response cannot be filtered",
+                ));
+            }
+        }
         if let Some(scrubber) = ctx.scrubber.as_mut() {
             scrub_headers(scrubber, upstream_response)?;
             if scrubber.replaced > 0 {
@@ -905,11 +1078,29 @@ impl ProxyHttp for TenantProxy {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<std::time::Duration>> {
+        // Tool lists are filtered first, so nothing after this sees a tool the workload may
+        // not call.
+        if let Some(mut filter) = ctx.tool_filter.take() {
+            let chunk = body.take().unwrap_or_default();
+            let fed = {
+                let mut allowed = |tool: &str| tool_allowed(ctx, session.req_header(), tool);
+                filter.feed(&chunk, end_of_stream, &mut allowed)
+            };
+            match fed {
+                Ok(out) => *body = Some(out),
+                Err(error) => {
+                    let cut = self.cut_tool_list(body, &filter, error, ctx);
+                    ctx.tool_filter = Some(filter);
+                    return Err(cut);
+                }
+            }
+            ctx.tool_filter = Some(filter);
+        }
         // Usage is read from the bytes the upstream sent, before any scrubbing.
         if let Some(meter) = ctx.usage_meter.as_mut() {
             if let Some(b) = body.as_ref() {

@@ -9,7 +9,7 @@
 mod record;
 mod writer;
 
-pub use record::{AuditRecord, Decision as AuditDecision, TunnelFields};
+pub use record::{AuditRecord, Decision as AuditDecision, McpFields, TunnelFields};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

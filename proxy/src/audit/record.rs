@@ -28,6 +28,23 @@ pub struct TunnelFields {
     pub mode: &'static str,
 }
 
+/// What an MCP request did: the server, the tools it called (in body order; every one was
+/// decided as `mcp_tool_call`) and how many tools were removed from `tools/list` results.
+#[derive(Debug, Clone, Serialize)]
+pub struct McpFields {
+    /// The `[[mcp.servers]]` name.
+    pub server: String,
+    /// Tool names of the `tools/call`s (the denied one, for a `tool_denied` refusal).
+    pub tools_called: Vec<String>,
+    /// Tools removed from the response's `tools/list` results.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tools_hidden: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One request's record.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
@@ -82,6 +99,9 @@ pub struct AuditRecord {
     /// The `CONNECT` tunnel this record is, or that the request came through.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelFields>,
+    /// MCP server, tool calls and hidden tools, for requests to an MCP server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpFields>,
     /// Decision.
     pub decision: Decision,
     /// Reason code (`allowed` or the refusal's code).
@@ -143,6 +163,7 @@ impl AuditRecord {
             ceiling: None,
             stream_cut: false,
             tunnel: None,
+            mcp: None,
             decision,
             reason,
             policy_ids: Vec::new(),

@@ -603,6 +603,8 @@ pub struct TenantConfig {
     pub tenants: BTreeMap<TenantId, TenantEntry>,
     /// The price table, if one is configured.
     pub prices: Option<Arc<PriceTable>>,
+    /// MCP servers and how their traffic is buffered.
+    pub mcp: crate::config::mcp::McpSettings,
 }
 
 /// Token verification settings with resolved paths.
@@ -795,6 +797,14 @@ impl TenantConfig {
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
+        let mcp = crate::config::mcp::McpSettings::from_spec(spec.mcp.unwrap_or_default(), &routes)
+            .unwrap_or_else(|problems| {
+                for (field, message) in problems {
+                    p.push(field, message);
+                }
+                crate::config::mcp::McpSettings::default()
+            });
+
         let prices =
             spec.prices_file
                 .as_ref()
@@ -964,6 +974,7 @@ impl TenantConfig {
             credential_settings,
             tenants,
             prices,
+            mcp,
         };
         p.finish(config)
     }

@@ -361,6 +361,8 @@ pub struct TenantsSpec {
     /// Tenants by id.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSpec>,
+    /// MCP servers (`[mcp]`): destinations whose tool calls are authorized one by one.
+    pub mcp: Option<crate::config::mcp::McpSpec>,
 }
 
 fn default_strip_headers() -> Vec<String> {

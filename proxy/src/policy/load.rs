@@ -167,8 +167,10 @@ pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, V
         action_use_credential: names.action_use_credential,
         action_connect: names.action_connect,
         action_connect_opaque: names.action_connect_opaque,
+        action_mcp_tool_call: names.action_mcp_tool_call,
         destination_type: names.destination,
         credential_type: names.credential,
+        mcp_tool_type: names.mcp_tool,
         authorizer: Authorizer::new(),
     })
 }
@@ -179,10 +181,12 @@ struct Names {
     workload: EntityTypeName,
     destination: EntityTypeName,
     credential: EntityTypeName,
+    mcp_tool: EntityTypeName,
     action_http: EntityUid,
     action_use_credential: EntityUid,
     action_connect: EntityUid,
     action_connect_opaque: EntityUid,
+    action_mcp_tool_call: EntityUid,
 }
 
 impl Names {
@@ -198,10 +202,12 @@ impl Names {
             workload: ty("Workload")?,
             destination: ty("Destination")?,
             credential: ty("Credential")?,
+            mcp_tool: ty("McpTool")?,
             action_http: action("http"),
             action_use_credential: action("use_credential"),
             action_connect: action("connect"),
             action_connect_opaque: action("connect_opaque"),
+            action_mcp_tool_call: action("mcp_tool_call"),
         })
     }
 }
@@ -240,6 +246,7 @@ fn check_actions(schema: &Schema, names: &Names, path: &Path, report: &mut Repor
         &names.action_use_credential,
         &names.action_connect,
         &names.action_connect_opaque,
+        &names.action_mcp_tool_call,
     ] {
         if !declared.contains(action) {
             report.file(

@@ -99,6 +99,17 @@ pub struct ConnectFacts<'a> {
     pub scopes: &'a [String],
 }
 
+/// What a policy may ask about one MCP tool call (the `mcp_tool_call` action's context).
+#[derive(Debug, Clone, Copy)]
+pub struct McpToolFacts<'a> {
+    /// The configured MCP server's name.
+    pub server: &'a str,
+    /// The tool's name, as the `tools/call` names it; also the `TenantProxy::McpTool` entity id.
+    pub tool: &'a str,
+    /// The HTTP request that carries the call (or the `tools/list` whose result is filtered).
+    pub http: &'a HttpRequestFacts<'a>,
+}
+
 /// The two questions a tunnel asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectQuestion {
@@ -167,8 +178,10 @@ pub struct PolicyEngine {
     action_use_credential: EntityUid,
     action_connect: EntityUid,
     action_connect_opaque: EntityUid,
+    action_mcp_tool_call: EntityUid,
     destination_type: EntityTypeName,
     credential_type: EntityTypeName,
+    mcp_tool_type: EntityTypeName,
     authorizer: Authorizer,
 }
 
@@ -251,6 +264,25 @@ impl PolicyEngine {
             Err(deny) => return deny,
         };
         match self.connect_request(principal, question, facts, None) {
+            Ok(request) => self.decide(set, &request),
+            Err(e) => Decision::deny_with(e),
+        }
+    }
+
+    /// Decides action `mcp_tool_call`: may `workload` call MCP tool `facts.tool` on server
+    /// `facts.server`? Asked for every `tools/call` (after `http` allowed the request) and for
+    /// every tool a `tools/list` result shows. Same fail-closed rules as [`Self::authorize_http`].
+    pub fn authorize_mcp_tool(
+        &self,
+        tenant: &TenantId,
+        workload: &WorkloadId,
+        facts: &McpToolFacts<'_>,
+    ) -> Decision {
+        let (set, principal) = match self.lookup(tenant, workload) {
+            Ok(found) => found,
+            Err(deny) => return deny,
+        };
+        match self.mcp_tool_request(principal, facts, None) {
             Ok(request) => self.decide(set, &request),
             Err(e) => Decision::deny_with(e),
         }
@@ -371,6 +403,35 @@ impl PolicyEngine {
         };
         Request::new(principal.clone(), action.clone(), resource, context, schema)
             .map_err(|e| e.to_string())
+    }
+
+    fn mcp_tool_request(
+        &self,
+        principal: &EntityUid,
+        facts: &McpToolFacts<'_>,
+        schema: Option<&Schema>,
+    ) -> Result<Request, String> {
+        let resource =
+            EntityUid::from_type_name_and_id(self.mcp_tool_type.clone(), EntityId::new(facts.tool));
+        let host = normalize_host(facts.http.host);
+        let mut pairs = http_pairs(facts.http, &host);
+        // `model` is about LLM bodies; a JSON-RPC body never names one.
+        pairs.retain(|(k, _)| k != "model");
+        for (k, v) in [("server", facts.server), ("tool", facts.tool)] {
+            pairs.push((
+                k.to_string(),
+                RestrictedExpression::new_string(v.to_string()),
+            ));
+        }
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+        Request::new(
+            principal.clone(),
+            self.action_mcp_tool_call.clone(),
+            resource,
+            context,
+            schema,
+        )
+        .map_err(|e| e.to_string())
     }
 
     fn decide(&self, set: &TenantPolicies, request: &Request) -> Decision {

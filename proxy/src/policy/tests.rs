@@ -632,3 +632,88 @@ fn host_normalization() {
         assert_eq!(normalize_host(input), want, "{name}");
     }
 }
+
+#[test]
+fn mcp_tool_requests_conform_to_the_schema() {
+    let text = std::fs::read_to_string(repo_policies().join("schema.cedarschema")).expect("schema");
+    let (schema, _) = cedar_policy::Schema::from_cedarschema_str(&text).expect("schema parses");
+    let engine = load_ok(&repo_policies());
+    let (_, principal) = engine
+        .lookup(&tid("acme"), &wid("support-bot"))
+        .expect("known");
+    let scopes = vec!["tools".to_string()];
+    let full = HttpRequestFacts {
+        model: Some("ignored"),
+        route: Some("docs-mcp"),
+        scopes: &scopes,
+        ..facts("MCP.example.com", "/mcp", None)
+    };
+    for (name, http) in [
+        ("all fields", full),
+        ("optional fields absent", facts("h", "/", None)),
+    ] {
+        let tool = McpToolFacts {
+            server: "docs",
+            tool: "search_données",
+            http: &http,
+        };
+        let request = engine
+            .mcp_tool_request(principal, &tool, Some(&schema))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            request.resource().map(ToString::to_string).as_deref(),
+            Some(r#"TenantProxy::McpTool::"search_données""#),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn mcp_tool_decisions() {
+    let dir = dir_with(&[
+        (
+            "global/mcp.cedar",
+            r#"
+@id("mcp-read-tools")
+permit (principal, action == TenantProxy::Action::"mcp_tool_call", resource)
+when { context.server == "docs" && context.tool like "read_*" };
+@id("mcp-no-wipe")
+forbid (principal, action == TenantProxy::Action::"mcp_tool_call", resource == TenantProxy::McpTool::"read_wipe");
+"#,
+        ),
+        (
+            "tenants/acme/mcp.cedar",
+            r#"
+@id("acme-write")
+permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"mcp_tool_call", resource == TenantProxy::McpTool::"write_page");
+"#,
+        ),
+    ]);
+    let engine = load_ok(dir.path());
+    let http = facts("mcp.example.com", "/mcp", None);
+    let ask = |tenant: &str, workload: &str, server: &str, tool: &str| {
+        engine.authorize_mcp_tool(
+            &tid(tenant),
+            &wid(workload),
+            &McpToolFacts {
+                server,
+                tool,
+                http: &http,
+            },
+        )
+    };
+    #[rustfmt::skip]
+    let cases = [
+        ("global permit", ask("acme", "support-bot", "docs", "read_page"), true, vec!["mcp-read-tools"]),
+        ("other server", ask("acme", "support-bot", "tickets", "read_page"), false, vec![]),
+        ("forbid wins", ask("acme", "support-bot", "docs", "read_wipe"), false, vec!["mcp-no-wipe"]),
+        ("acme's own permit", ask("acme", "researcher", "docs", "write_page"), true, vec!["acme-write"]),
+        ("not for globex", ask("globex", "agent", "docs", "write_page"), false, vec![]),
+        ("globex reads", ask("globex", "agent", "docs", "read_page"), true, vec!["mcp-read-tools"]),
+        ("unknown workload", ask("globex", "support-bot", "docs", "read_page"), false, vec![]),
+    ];
+    for (name, decision, allowed, ids) in cases {
+        assert_eq!(decision.allowed, allowed, "{name}: {decision:?}");
+        assert_eq!(decision.policy_ids, ids, "{name}");
+    }
+}

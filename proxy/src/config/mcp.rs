@@ -1,0 +1,417 @@
+//! `[mcp]` in the tenant file: which destinations are MCP servers (Streamable HTTP, JSON-RPC 2.0
+//! bodies). Only those get MCP handling: each `tools/call` decided as its own Cedar action and
+//! `tools/list` responses filtered (see [`crate::mcp`]).
+//!
+//! ```toml
+//! [mcp]
+//! max_message_bytes = 8388608   # largest response (JSON) or SSE event buffered for filtering
+//!
+//! [[mcp.servers]]
+//! name = "docs"                 # policies see it as `context.server`
+//! route = "docs-mcp"            # a route-mode route (its prefix maps to the server) ...
+//!
+//! [[mcp.servers]]
+//! name = "tickets"
+//! host = "mcp.example.com"      # ... or a host for forward and tunnel mode,
+//! port = 443                    # optionally one port (default: any),
+//! path_prefix = "/mcp"          # optionally one path prefix (default: every path)
+//! ```
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+
+use crate::config::model::Route;
+use crate::target::Destination;
+
+/// Default for [`McpSettings::max_message_bytes`].
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// `[mcp]`, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSpec {
+    /// Largest JSON response, or single SSE event, buffered to filter it.
+    pub max_message_bytes: Option<usize>,
+    /// The MCP servers.
+    #[serde(default)]
+    pub servers: Vec<McpServerSpec>,
+}
+
+/// `[[mcp.servers]]`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerSpec {
+    /// Name, visible to policies as `context.server`.
+    pub name: String,
+    /// A route-mode route that leads to the server.
+    pub route: Option<String>,
+    /// The server's host, for forward and tunnel mode.
+    pub host: Option<String>,
+    /// Only this port of `host` (default: every port).
+    pub port: Option<u16>,
+    /// Only paths under this prefix (default: every path).
+    pub path_prefix: Option<String>,
+}
+
+/// Validated MCP settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpSettings {
+    /// See [`McpSpec::max_message_bytes`].
+    pub max_message_bytes: usize,
+    /// Servers in configuration order; the first match wins.
+    pub servers: Vec<McpServer>,
+}
+
+impl Default for McpSettings {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            servers: Vec::new(),
+        }
+    }
+}
+
+/// One MCP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServer {
+    /// Name (`context.server`).
+    pub name: String,
+    /// How requests to it are recognized.
+    pub matcher: McpMatch,
+}
+
+/// How requests to an MCP server are recognized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum McpMatch {
+    /// Every request through this route-mode route.
+    Route(String),
+    /// Requests to this host (lowercase), port and path prefix, in any mode.
+    Host {
+        /// Lowercase host without trailing dot.
+        host: String,
+        /// The port, or any.
+        port: Option<u16>,
+        /// The path prefix (starts with `/`, no trailing `/` unless it is `/`).
+        path_prefix: String,
+    },
+}
+
+impl McpSettings {
+    /// Validates `spec` against the tenant file's `routes`; problems are `(field, message)`.
+    pub fn from_spec(spec: McpSpec, routes: &[Route]) -> Result<Self, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let max_message_bytes = spec.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        if max_message_bytes < 1024 {
+            problems.push((
+                "mcp.max_message_bytes".into(),
+                "must be at least 1024".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut servers = Vec::new();
+        for (i, s) in spec.servers.into_iter().enumerate() {
+            let at = |field: &str| format!("mcp.servers[{i}].{field}");
+            if s.name.is_empty() {
+                problems.push((at("name"), "must not be empty".into()));
+            } else if !names.insert(s.name.clone()) {
+                problems.push((
+                    at("name"),
+                    format!("duplicate MCP server name `{}`", s.name),
+                ));
+            }
+            let matcher = match (s.route, s.host) {
+                (Some(route), None) => {
+                    if s.port.is_some() || s.path_prefix.is_some() {
+                        problems.push((
+                            at("route"),
+                            "`port` and `path_prefix` belong with `host`; a route names its upstream already".into(),
+                        ));
+                    }
+                    if !routes.iter().any(|r| r.name == route) {
+                        problems.push((at("route"), format!("no route is named `{route}`")));
+                    }
+                    McpMatch::Route(route)
+                }
+                (None, Some(host)) => {
+                    let host = host.strip_suffix('.').unwrap_or(&host).to_ascii_lowercase();
+                    if host.is_empty() || host.contains(['/', ' ']) {
+                        problems.push((at("host"), format!("`{host}` is not a host name")));
+                    }
+                    let prefix = s.path_prefix.unwrap_or_else(|| "/".into());
+                    if !prefix.starts_with('/') || prefix.contains(['?', '#', '%']) {
+                        problems.push((
+                            at("path_prefix"),
+                            format!("`{prefix}` must start with `/` and hold no `?`, `#` or `%`"),
+                        ));
+                    }
+                    let path_prefix = match prefix.trim_end_matches('/') {
+                        "" => "/".to_string(),
+                        trimmed => trimmed.to_string(),
+                    };
+                    McpMatch::Host {
+                        host,
+                        port: s.port,
+                        path_prefix,
+                    }
+                }
+                _ => {
+                    problems.push((at("route"), "set exactly one of `route` and `host`".into()));
+                    continue;
+                }
+            };
+            servers.push(McpServer {
+                name: s.name,
+                matcher,
+            });
+        }
+        if problems.is_empty() {
+            Ok(Self {
+                max_message_bytes,
+                servers,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The MCP server `destination` is, if any.
+    pub fn server_for(&self, destination: &Destination) -> Option<&McpServer> {
+        self.servers.iter().find(|s| s.matcher.matches(destination))
+    }
+}
+
+impl McpMatch {
+    fn matches(&self, d: &Destination) -> bool {
+        match self {
+            McpMatch::Route(name) => d.route.as_deref() == Some(name.as_str()),
+            McpMatch::Host {
+                host,
+                port,
+                path_prefix,
+            } => {
+                let d_host = d.host.strip_suffix('.').unwrap_or(&d.host);
+                d_host.eq_ignore_ascii_case(host)
+                    && port.is_none_or(|p| p == d.port)
+                    && under_prefix(&d.upstream_path, path_prefix)
+            }
+        }
+    }
+}
+
+/// Whether the path of `path_and_query` is `prefix` or below it. The path is compared
+/// percent-decoded and with repeated slashes folded, the way servers route it.
+// SECURITY: a spelling the server routes to the MCP endpoint but the proxy did not recognize
+// would skip tool authorization; the decoded form closes `/%6Dcp` and `//mcp`.
+fn under_prefix(path_and_query: &str, prefix: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    let path = path_and_query.split(['?', '#']).next().unwrap_or("");
+    let decoded = percent_decode(path);
+    let mut folded = String::with_capacity(decoded.len());
+    for c in decoded.chars() {
+        if !(c == '/' && folded.ends_with('/')) {
+            folded.push(c);
+        }
+    }
+    match folded.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::config::model::Scheme;
+
+    fn dest(host: &str, port: u16, path: &str, route: Option<&str>) -> Destination {
+        Destination {
+            scheme: Scheme::Http,
+            host: host.into(),
+            port,
+            upstream_path: path.into(),
+            audit_path: path.into(),
+            route: route.map(String::from),
+            internal: false,
+            provider: None,
+        }
+    }
+
+    fn route(name: &str) -> Route {
+        Route {
+            name: name.into(),
+            prefix: format!("/{name}/"),
+            scheme: Scheme::Http,
+            host: "127.0.0.1".into(),
+            port: 9,
+            base_path: "/".into(),
+            internal: false,
+            provider: None,
+        }
+    }
+
+    fn settings(toml_text: &str) -> Result<McpSettings, Vec<(String, String)>> {
+        let spec: McpSpec = toml::from_str(toml_text).unwrap();
+        McpSettings::from_spec(spec, &[route("docs")])
+    }
+
+    #[test]
+    fn matching() {
+        let s = settings(
+            r#"
+[[servers]]
+name = "docs"
+route = "docs"
+[[servers]]
+name = "tickets"
+host = "MCP.example.com."
+port = 8443
+path_prefix = "/mcp/"
+[[servers]]
+name = "anyport"
+host = "tools.example.com"
+"#,
+        )
+        .unwrap();
+        let name = |d: Destination| s.server_for(&d).map(|m| m.name.clone());
+        let cases = [
+            (
+                "route",
+                dest("127.0.0.1", 9, "/x", Some("docs")),
+                Some("docs"),
+            ),
+            ("other route", dest("127.0.0.1", 9, "/x", Some("llm")), None),
+            (
+                "host, port and prefix",
+                dest("mcp.example.com", 8443, "/mcp", None),
+                Some("tickets"),
+            ),
+            (
+                "below the prefix",
+                dest("mcp.example.com", 8443, "/mcp/v1?x=1", None),
+                Some("tickets"),
+            ),
+            (
+                "encoded prefix",
+                dest("mcp.example.com", 8443, "/%6Dcp", None),
+                Some("tickets"),
+            ),
+            (
+                "doubled slash",
+                dest("mcp.example.com", 8443, "//mcp/", None),
+                Some("tickets"),
+            ),
+            (
+                "trailing dot host",
+                dest("mcp.example.com.", 8443, "/mcp", None),
+                Some("tickets"),
+            ),
+            (
+                "not a segment",
+                dest("mcp.example.com", 8443, "/mcpx", None),
+                None,
+            ),
+            (
+                "other port",
+                dest("mcp.example.com", 443, "/mcp", None),
+                None,
+            ),
+            (
+                "other path",
+                dest("mcp.example.com", 8443, "/health", None),
+                None,
+            ),
+            (
+                "any port, any path",
+                dest("tools.example.com", 1234, "/", None),
+                Some("anyport"),
+            ),
+            ("other host", dest("example.com", 8443, "/mcp", None), None),
+        ];
+        for (case, d, want) in cases {
+            assert_eq!(name(d).as_deref(), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn rejections() {
+        let cases = [
+            (
+                "both route and host",
+                "[[servers]]\nname = \"a\"\nroute = \"docs\"\nhost = \"h\"",
+                "exactly one",
+            ),
+            ("neither", "[[servers]]\nname = \"a\"", "exactly one"),
+            (
+                "unknown route",
+                "[[servers]]\nname = \"a\"\nroute = \"nope\"",
+                "no route is named `nope`",
+            ),
+            (
+                "port with route",
+                "[[servers]]\nname = \"a\"\nroute = \"docs\"\nport = 1",
+                "belong with `host`",
+            ),
+            (
+                "duplicate name",
+                "[[servers]]\nname = \"a\"\nhost = \"h\"\n[[servers]]\nname = \"a\"\nhost = \"g\"",
+                "duplicate",
+            ),
+            (
+                "empty name",
+                "[[servers]]\nname = \"\"\nhost = \"h\"",
+                "must not be empty",
+            ),
+            (
+                "relative prefix",
+                "[[servers]]\nname = \"a\"\nhost = \"h\"\npath_prefix = \"mcp\"",
+                "must start with",
+            ),
+            (
+                "encoded prefix",
+                "[[servers]]\nname = \"a\"\nhost = \"h\"\npath_prefix = \"/m%63p\"",
+                "must start with",
+            ),
+            ("tiny buffer", "max_message_bytes = 10", "at least 1024"),
+        ];
+        for (case, text, needle) in cases {
+            let problems = settings(text).expect_err(case);
+            assert!(
+                problems.iter().any(|(_, m)| m.contains(needle)),
+                "{case}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(toml::from_str::<McpSpec>("[[servers]]\nname = \"a\"\nhots = \"h\"").is_err());
+    }
+}

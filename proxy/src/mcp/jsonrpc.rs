@@ -1,0 +1,340 @@
+//! Reading the JSON-RPC 2.0 body an agent POSTs to an MCP server: a single message or a batch.
+//!
+//! The reading is strict because whatever this module misreads is what the server acts on:
+//! duplicate object keys are refused (a first-wins and a last-wins parser would see different
+//! tool names), every message must say `"jsonrpc": "2.0"`, ids must be strings, numbers or
+//! null, and a `tools/call` must name its tool with a string `params.name`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The MCP method whose calls are authorized one by one.
+pub const TOOLS_CALL: &str = "tools/call";
+/// The MCP method whose responses are filtered.
+pub const TOOLS_LIST: &str = "tools/list";
+
+/// What the proxy needs to know about one request body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct McpRequest {
+    /// The tool named by every `tools/call` message, in body order (repeats kept).
+    pub tool_calls: Vec<String>,
+    /// The ids of the `tools/list` requests; their responses are filtered.
+    pub list_ids: Vec<Value>,
+    /// Whether any message is a `tools/list` (a notification has no id but still counts).
+    pub lists_tools: bool,
+}
+
+/// Why a body is not a JSON-RPC 2.0 message or batch. The text is for the agent's error body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed(pub String);
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses `body` as one JSON-RPC 2.0 message or a non-empty batch of them.
+pub fn parse_request(body: &[u8]) -> Result<McpRequest, Malformed> {
+    let value = parse_strict(body)
+        .map_err(|e| Malformed(format!("the body is not valid JSON-RPC 2.0: {e}")))?;
+    let messages = match value {
+        Value::Array(items) if items.is_empty() => {
+            return Err(Malformed("an empty JSON-RPC batch is not a request".into()))
+        }
+        Value::Array(items) => items,
+        Value::Object(_) => vec![value],
+        _ => {
+            return Err(Malformed(
+                "the body must be a JSON-RPC object or a batch array".into(),
+            ))
+        }
+    };
+    let mut request = McpRequest::default();
+    for (i, message) in messages.iter().enumerate() {
+        read_message(message, &mut request)
+            .map_err(|why| Malformed(format!("message {i}: {why}")))?;
+    }
+    Ok(request)
+}
+
+/// Parses JSON into a [`Value`], refusing any object that repeats a key.
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let StrictValue(value) = StrictValue::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+fn read_message(message: &Value, request: &mut McpRequest) -> Result<(), String> {
+    let Value::Object(fields) = message else {
+        return Err("not a JSON object".into());
+    };
+    if fields.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+        return Err("`jsonrpc` must be \"2.0\"".into());
+    }
+    if let Some(id) = fields.get("id") {
+        if !matches!(id, Value::String(_) | Value::Number(_) | Value::Null) {
+            return Err("`id` must be a string, a number or null".into());
+        }
+    }
+    match fields.get("method") {
+        Some(Value::String(method)) => read_call(method, fields, request),
+        Some(_) => Err("`method` must be a string".into()),
+        // A response the client sends back (to a server's sampling or elicitation request).
+        None => {
+            if !fields.contains_key("id") {
+                return Err("a message without `method` must be a response with an `id`".into());
+            }
+            match (fields.contains_key("result"), fields.contains_key("error")) {
+                (true, false) | (false, true) => Ok(()),
+                _ => Err("a response must have exactly one of `result` and `error`".into()),
+            }
+        }
+    }
+}
+
+fn read_call(
+    method: &str,
+    fields: &Map<String, Value>,
+    request: &mut McpRequest,
+) -> Result<(), String> {
+    let params = fields.get("params");
+    if !matches!(
+        params,
+        None | Some(Value::Object(_)) | Some(Value::Array(_))
+    ) {
+        return Err("`params` must be an object or an array".into());
+    }
+    match method {
+        TOOLS_CALL => {
+            // SECURITY: a call whose tool cannot be named cannot be authorized.
+            let name = params
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str)
+                .ok_or("a `tools/call` needs a string `params.name`")?;
+            request.tool_calls.push(name.to_string());
+        }
+        TOOLS_LIST => {
+            request.lists_tools = true;
+            if let Some(id) = fields.get("id") {
+                request.list_ids.push(id.clone());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A JSON value whose objects have no repeated key.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("a number that is not finite"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        // Collected in a BTreeMap first so a repeat is seen before anything is overwritten.
+        let mut fields = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictValue(v) = map.next_value()?;
+            if fields.insert(key.clone(), v).is_some() {
+                return Err(de::Error::custom(format!("duplicate key `{key}`")));
+            }
+        }
+        Ok(Value::Object(fields.into_iter().collect()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn call(name: &str, id: Value) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": {}}})
+    }
+
+    #[test]
+    fn accepted_bodies() {
+        let cases: Vec<(&str, Value, Vec<&str>, Vec<Value>)> = vec![
+            (
+                "single call",
+                call("search", json!(1)),
+                vec!["search"],
+                vec![],
+            ),
+            (
+                "list with string id",
+                json!({"jsonrpc": "2.0", "id": "a-1", "method": "tools/list"}),
+                vec![],
+                vec![json!("a-1")],
+            ),
+            (
+                "list with cursor params",
+                json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"cursor": "x"}}),
+                vec![],
+                vec![json!(7)],
+            ),
+            (
+                "batch of calls with ids of every type, order kept",
+                json!([
+                    call("b", json!("s")),
+                    call("a", json!(2)),
+                    call("b", json!(null)),
+                    call("c", json!(-3.5))
+                ]),
+                vec!["b", "a", "b", "c"],
+                vec![],
+            ),
+            (
+                "notification and initialize pass",
+                json!([
+                    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                    {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
+                ]),
+                vec![],
+                vec![],
+            ),
+            (
+                "client responses pass",
+                json!([{"jsonrpc": "2.0", "id": 5, "result": {}}, {"jsonrpc": "2.0", "id": "e", "error": {"code": -1, "message": "no"}}]),
+                vec![],
+                vec![],
+            ),
+            (
+                "unicode tool name",
+                call("recherche_données_🔍", json!(1)),
+                vec!["recherche_données_🔍"],
+                vec![],
+            ),
+            (
+                "empty tool name is still a name",
+                call("", json!(1)),
+                vec![""],
+                vec![],
+            ),
+        ];
+        for (name, body, tools, list_ids) in cases {
+            let parsed = parse_request(body.to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(parsed.tool_calls, tools, "{name}");
+            assert_eq!(parsed.list_ids, list_ids, "{name}");
+        }
+    }
+
+    #[test]
+    fn refused_bodies() {
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("not json", "tools/call please".into(), "not valid JSON-RPC"),
+            ("empty body", String::new(), "not valid JSON-RPC"),
+            ("trailing garbage", format!("{} x", call("a", json!(1))), "not valid JSON-RPC"),
+            ("empty batch", "[]".into(), "empty JSON-RPC batch"),
+            ("scalar", "42".into(), "object or a batch"),
+            ("wrong version", r#"{"jsonrpc":"1.0","id":1,"method":"tools/list"}"#.into(), "`jsonrpc`"),
+            ("missing version", r#"{"id":1,"method":"tools/list"}"#.into(), "`jsonrpc`"),
+            ("call without params", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#.into(), "params.name"),
+            ("call with numeric name", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":3}}"#.into(), "params.name"),
+            ("call with positional params", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["a"]}"#.into(), "params.name"),
+            ("params a string", r#"{"jsonrpc":"2.0","id":1,"method":"x","params":"a"}"#.into(), "`params`"),
+            ("method not a string", r#"{"jsonrpc":"2.0","id":1,"method":7}"#.into(), "`method`"),
+            ("object id", r#"{"jsonrpc":"2.0","id":{},"method":"tools/list"}"#.into(), "`id`"),
+            ("bool id", r#"{"jsonrpc":"2.0","id":true,"method":"tools/list"}"#.into(), "`id`"),
+            ("response without id", r#"{"jsonrpc":"2.0","result":{}}"#.into(), "`id`"),
+            ("response with both", r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#.into(), "exactly one"),
+            ("batch member not an object", format!("[{}, 1]", call("a", json!(1))), "message 1"),
+            (
+                "duplicate tool name key",
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ok","name":"secret"}}"#.into(),
+                "duplicate key `name`",
+            ),
+            (
+                "duplicate method key",
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"x"}}"#.into(),
+                "duplicate key `method`",
+            ),
+        ];
+        for (name, body, needle) in cases {
+            let err = parse_request(body.as_bytes()).expect_err(name);
+            assert!(err.0.contains(needle), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_crash() {
+        let body = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse_request(body.as_bytes()).is_err());
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn id() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+                Just(Value::Null),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn every_call_in_a_batch_is_seen(names in proptest::collection::vec(any::<String>(), 1..8), ids in proptest::collection::vec(id(), 8)) {
+                let batch: Vec<Value> = names.iter().zip(ids).map(|(n, id)| call(n, id)).collect();
+                let parsed = parse_request(Value::Array(batch).to_string().as_bytes()).unwrap();
+                prop_assert_eq!(parsed.tool_calls, names);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = parse_request(&bytes);
+            }
+        }
+    }
+}

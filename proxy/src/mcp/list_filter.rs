@@ -1,0 +1,601 @@
+//! Filtering `tools/list` results out of an MCP server's response, so a workload never sees a
+//! tool its policies would refuse to let it call.
+//!
+//! The response is either one JSON body (buffered whole, up to a cap) or a `text/event-stream`
+//! whose every `data:` is a JSON-RPC message (filtered event by event, each up to the cap). A
+//! message is a tool list when it answers one of the request's `tools/list` ids with a `result`,
+//! or when its `result` carries `tools` at all; its `result.tools` keeps only allowed tools.
+//! SECURITY: whatever cannot be read as that (not JSON, a tool without a string `name`, a list
+//! result without `tools`, over the cap) is an error, and the caller cuts the response: nothing
+//! unfiltered reaches the agent.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::jsonrpc::parse_strict;
+
+/// Why a response could not be filtered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// The body, or one event, is larger than the configured cap.
+    #[error("the MCP response exceeds the {0}-byte filtering buffer")]
+    TooLarge(usize),
+    /// The body is not what an MCP server sends for this request.
+    #[error("the MCP response cannot be read: {0}")]
+    Unreadable(String),
+}
+
+/// How the response is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `application/json`: one message or a batch.
+    Json,
+    /// `text/event-stream`: one message per event.
+    Sse,
+}
+
+impl Framing {
+    /// The framing a `Content-Type` names, if it is one this filter reads.
+    pub fn for_content_type(content_type: &[u8]) -> Option<Self> {
+        let essence = content_type.split(|b| *b == b';').next().unwrap_or(b"");
+        let essence = essence.trim_ascii();
+        if essence.eq_ignore_ascii_case(b"application/json") {
+            Some(Framing::Json)
+        } else if essence.eq_ignore_ascii_case(b"text/event-stream") {
+            Some(Framing::Sse)
+        } else {
+            None
+        }
+    }
+}
+
+/// Rewrites one response as it streams through.
+#[derive(Debug)]
+pub struct ToolListFilter {
+    framing: Framing,
+    list_ids: Vec<Value>,
+    cap: usize,
+    /// JSON: the whole body so far. SSE: the unfinished event.
+    pending: Vec<u8>,
+    /// Decisions already made in this response, by tool name.
+    decided: HashMap<String, bool>,
+    /// Tools removed so far.
+    pub hidden: u64,
+}
+
+impl ToolListFilter {
+    /// A filter for a response of `framing` to a request whose `tools/list` ids are `list_ids`.
+    pub fn new(framing: Framing, list_ids: Vec<Value>, cap: usize) -> Self {
+        Self {
+            framing,
+            list_ids,
+            cap,
+            pending: Vec::new(),
+            decided: HashMap::new(),
+            hidden: 0,
+        }
+    }
+
+    /// The framing this filter reads.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// Takes the next chunk and returns what may be sent on. `allowed` decides one tool name.
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        end: bool,
+        allowed: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Bytes, FilterError> {
+        match self.framing {
+            Framing::Json => self.feed_json(chunk, end, allowed),
+            Framing::Sse => self.feed_sse(chunk, end, allowed),
+        }
+    }
+
+    /// A JSON-RPC error answering the request's first `tools/list`, framed like the response,
+    /// to end a response that could not be filtered.
+    pub fn error_message(&self, error: &FilterError) -> Vec<u8> {
+        let message = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": self.list_ids.first().cloned().unwrap_or(Value::Null),
+            "error": {"code": -32603, "message": format!("tenant-proxy: {error}; the response was withheld")},
+        })
+        .to_string();
+        match self.framing {
+            Framing::Json => message.into_bytes(),
+            Framing::Sse => format!("event: message\r\ndata: {message}\r\n\r\n").into_bytes(),
+        }
+    }
+
+    fn feed_json(
+        &mut self,
+        chunk: &[u8],
+        end: bool,
+        allowed: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Bytes, FilterError> {
+        self.take(chunk)?;
+        if !end {
+            return Ok(Bytes::new());
+        }
+        let body = std::mem::take(&mut self.pending);
+        // A response with no body (202 to a notification) carries no list, unless one is owed.
+        if body.trim_ascii().is_empty() && self.list_ids.is_empty() {
+            return Ok(Bytes::from(body));
+        }
+        let mut value = parse_strict(&body).map_err(|e| FilterError::Unreadable(e.to_string()))?;
+        if self.filter_value(&mut value, allowed)? {
+            Ok(Bytes::from(value.to_string()))
+        } else {
+            Ok(Bytes::from(body))
+        }
+    }
+
+    fn feed_sse(
+        &mut self,
+        chunk: &[u8],
+        end: bool,
+        allowed: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Bytes, FilterError> {
+        self.pending.extend_from_slice(chunk);
+        let mut out = Vec::with_capacity(chunk.len());
+        while let Some(len) = event_len(&self.pending) {
+            let event: Vec<u8> = self.pending.drain(..len).collect();
+            self.filter_event(&event, &mut out, allowed)?;
+        }
+        if end && !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            self.filter_event(&rest, &mut out, allowed)?;
+        } else if self.pending.len() > self.cap {
+            return Err(FilterError::TooLarge(self.cap));
+        }
+        Ok(Bytes::from(out))
+    }
+
+    fn take(&mut self, chunk: &[u8]) -> Result<(), FilterError> {
+        if self.pending.len() + chunk.len() > self.cap {
+            return Err(FilterError::TooLarge(self.cap));
+        }
+        self.pending.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// Writes `event` (its lines and the blank line ending it) to `out`, its data rewritten
+    /// when it held a tool list.
+    fn filter_event(
+        &mut self,
+        event: &[u8],
+        out: &mut Vec<u8>,
+        allowed: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), FilterError> {
+        if event.len() > self.cap {
+            return Err(FilterError::TooLarge(self.cap));
+        }
+        let lines: Vec<&[u8]> = event.split_inclusive(|b| *b == b'\n').collect();
+        let data: Vec<&[u8]> = lines.iter().filter_map(|l| data_value(l)).collect();
+        if data.is_empty() {
+            out.extend_from_slice(event);
+            return Ok(());
+        }
+        let joined = data.join(&b'\n');
+        let mut value = parse_strict(&joined)
+            .map_err(|e| FilterError::Unreadable(format!("an event's data: {e}")))?;
+        if !self.filter_value(&mut value, allowed)? {
+            out.extend_from_slice(event);
+            return Ok(());
+        }
+        // The data lines become one line holding the filtered message, where the first was.
+        let mut wrote_data = false;
+        for line in lines {
+            if data_value(line).is_none() {
+                out.extend_from_slice(line);
+            } else if !wrote_data {
+                wrote_data = true;
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(value.to_string().as_bytes());
+                let eol: &[u8] = if line.ends_with(b"\r\n") {
+                    b"\r\n"
+                } else {
+                    b"\n"
+                };
+                out.extend_from_slice(eol);
+            }
+        }
+        Ok(())
+    }
+
+    /// Filters every tool list in `value` (one message or a batch); true when anything changed.
+    fn filter_value(
+        &mut self,
+        value: &mut Value,
+        allowed: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<bool, FilterError> {
+        match value {
+            Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= self.filter_message(item, allowed)?;
+                }
+                Ok(changed)
+            }
+            message => self.filter_message(message, allowed),
+        }
+    }
+
+    fn filter_message(
+        &mut self,
+        message: &mut Value,
+        allowed: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<bool, FilterError> {
+        let Some(fields) = message.as_object_mut() else {
+            return Ok(false);
+        };
+        let answers_list = fields
+            .get("id")
+            .is_some_and(|id| self.list_ids.contains(id));
+        let Some(result) = fields.get_mut("result") else {
+            return Ok(false);
+        };
+        let carries_tools = result.get("tools").is_some();
+        if !(answers_list || carries_tools) {
+            return Ok(false);
+        }
+        let Some(Value::Array(tools)) = result.get_mut("tools") else {
+            return Err(FilterError::Unreadable(
+                "a `tools/list` result without a `tools` array".into(),
+            ));
+        };
+        let mut keep = Vec::with_capacity(tools.len());
+        for tool in tools.drain(..) {
+            let name = tool
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| FilterError::Unreadable("a tool without a string `name`".into()))?;
+            let ok = match self.decided.get(name) {
+                Some(ok) => *ok,
+                None => {
+                    let ok = allowed(name);
+                    self.decided.insert(name.to_string(), ok);
+                    ok
+                }
+            };
+            if ok {
+                keep.push(tool);
+            } else {
+                self.hidden += 1;
+            }
+        }
+        *tools = keep;
+        Ok(true)
+    }
+}
+
+/// The length of the first complete event in `buf` (through the blank line that ends it).
+fn event_len(buf: &[u8]) -> Option<usize> {
+    let mut line_start = 0;
+    for (i, b) in buf.iter().enumerate() {
+        if *b == b'\n' {
+            let line = &buf[line_start..i];
+            if line.is_empty() || line == b"\r" {
+                return Some(i + 1);
+            }
+            line_start = i + 1;
+        }
+    }
+    None
+}
+
+/// The value of a `data:` line (one leading space and the line ending removed).
+fn data_value(line: &[u8]) -> Option<&[u8]> {
+    let rest = line.strip_prefix(b"data")?;
+    let rest = rest.strip_suffix(b"\n").unwrap_or(rest);
+    let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+    if rest.is_empty() {
+        return Some(rest);
+    }
+    let rest = rest.strip_prefix(b":")?;
+    Some(rest.strip_prefix(b" ").unwrap_or(rest))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn only_a_and_b(name: &str) -> bool {
+        name == "a" || name == "b"
+    }
+
+    fn list_result(id: Value, names: &[&str]) -> Value {
+        let tools: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"name": n, "inputSchema": {"type": "object"}}))
+            .collect();
+        json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools, "nextCursor": "c"}})
+    }
+
+    fn names(v: &Value) -> Vec<String> {
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn run(f: &mut ToolListFilter, chunks: &[&[u8]]) -> Result<Vec<u8>, FilterError> {
+        let mut out = Vec::new();
+        let mut allowed = only_a_and_b;
+        for (i, c) in chunks.iter().enumerate() {
+            out.extend_from_slice(&f.feed(c, i + 1 == chunks.len(), &mut allowed)?);
+        }
+        Ok(out)
+    }
+
+    /// (case, the request's list ids, response body, tool names of each list in it).
+    type JsonCase = (&'static str, Vec<Value>, Value, Vec<Vec<&'static str>>);
+
+    #[test]
+    fn json_bodies() {
+        let cases: Vec<JsonCase> = vec![
+            (
+                "numeric id",
+                vec![json!(1)],
+                list_result(json!(1), &["a", "c", "b"]),
+                vec![vec!["a", "b"]],
+            ),
+            (
+                "string id",
+                vec![json!("x")],
+                list_result(json!("x"), &["c"]),
+                vec![vec![]],
+            ),
+            (
+                "unicode names",
+                vec![json!(1)],
+                list_result(json!(1), &["a", "données", "🔍"]),
+                vec![vec!["a"]],
+            ),
+            (
+                "batch: only list results change",
+                vec![json!(2)],
+                json!([list_result(json!(2), &["c", "a"]), {"jsonrpc": "2.0", "id": 3, "result": {"content": []}}]),
+                vec![vec!["a"]],
+            ),
+            (
+                "tools under another id are filtered too",
+                vec![json!(1)],
+                list_result(json!(9), &["b", "c"]),
+                vec![vec!["b"]],
+            ),
+        ];
+        for (name, ids, body, want) in cases {
+            let mut f = ToolListFilter::new(Framing::Json, ids, 1 << 20);
+            let text = body.to_string();
+            let (a, b) = text.as_bytes().split_at(text.len() / 2);
+            let out: Value = serde_json::from_slice(&run(&mut f, &[a, b]).unwrap()).unwrap();
+            let got: Vec<Vec<String>> = match &out {
+                Value::Array(items) => items
+                    .iter()
+                    .filter(|m| m["result"].get("tools").is_some())
+                    .map(names)
+                    .collect(),
+                m => vec![names(m)],
+            };
+            assert_eq!(got, want, "{name}");
+            assert!(
+                out.to_string().contains("nextCursor"),
+                "{name}: other fields kept"
+            );
+        }
+    }
+
+    #[test]
+    fn json_passes_what_is_not_a_list() {
+        let cases = [
+            (
+                "call result",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"x"}]}}"#,
+            ),
+            (
+                "error for the list id",
+                r#"{"jsonrpc":"2.0","id":5,"error":{"code":-1,"message":"no"}}"#,
+            ),
+        ];
+        for (name, body) in cases {
+            let mut f = ToolListFilter::new(Framing::Json, vec![json!(5)], 1 << 20);
+            assert_eq!(
+                run(&mut f, &[body.as_bytes()]).unwrap(),
+                body.as_bytes(),
+                "{name}"
+            );
+        }
+        // No list requested and no body: nothing to do.
+        let mut f = ToolListFilter::new(Framing::Json, vec![], 1 << 20);
+        assert_eq!(run(&mut f, &[b""]).unwrap(), b"");
+    }
+
+    #[test]
+    fn json_failures_close() {
+        let cases: Vec<(&str, Vec<u8>, usize, &str)> = vec![
+            ("not json", b"<html>".to_vec(), 1 << 20, "cannot be read"),
+            ("owed list missing", b"".to_vec(), 1 << 20, "cannot be read"),
+            (
+                "list without tools",
+                br#"{"jsonrpc":"2.0","id":1,"result":{}}"#.to_vec(),
+                1 << 20,
+                "without a `tools` array",
+            ),
+            (
+                "tools not an array",
+                br#"{"jsonrpc":"2.0","id":1,"result":{"tools":{}}}"#.to_vec(),
+                1 << 20,
+                "without a `tools` array",
+            ),
+            (
+                "tool without name",
+                br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"title":"x"}]}}"#.to_vec(),
+                1 << 20,
+                "string `name`",
+            ),
+            (
+                "duplicate tools key",
+                br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[],"tools":[{"name":"c"}]}}"#
+                    .to_vec(),
+                1 << 20,
+                "duplicate key",
+            ),
+            (
+                "too large",
+                list_result(json!(1), &["a"; 100]).to_string().into_bytes(),
+                1024,
+                "exceeds",
+            ),
+        ];
+        for (name, body, cap, needle) in cases {
+            let mut f = ToolListFilter::new(Framing::Json, vec![json!(1)], cap);
+            let err = run(&mut f, &[&body]).expect_err(name);
+            assert!(err.to_string().contains(needle), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn sse_events_filtered_one_by_one() {
+        let list = list_result(json!(1), &["c", "a", "b"]).to_string();
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#;
+        let stream = format!(": ping\r\n\r\nevent: message\r\nid: 7\r\ndata: {note}\r\n\r\nevent: message\r\ndata: {list}\r\n\r\n");
+        // Split at every byte boundary class: whole, and in 3-byte chunks.
+        for size in [stream.len(), 3] {
+            let mut f = ToolListFilter::new(Framing::Sse, vec![json!(1)], 1 << 20);
+            let chunks: Vec<&[u8]> = stream.as_bytes().chunks(size).collect();
+            let out = String::from_utf8(run(&mut f, &chunks).unwrap()).unwrap();
+            assert!(
+                out.starts_with(&format!(
+                    ": ping\r\n\r\nevent: message\r\nid: 7\r\ndata: {note}\r\n\r\n"
+                )),
+                "{out}"
+            );
+            let last = out.rsplit("data: ").next().unwrap().trim();
+            let v: Value = serde_json::from_str(last).unwrap();
+            assert_eq!(names(&v), ["a", "b"]);
+            assert!(out.ends_with("\r\n\r\n"));
+            assert_eq!(f.hidden, 1);
+        }
+    }
+
+    #[test]
+    fn sse_multiline_data_and_lf_endings() {
+        let list = serde_json::to_string_pretty(&list_result(json!("q"), &["b", "zz"])).unwrap();
+        let data: String = list.lines().map(|l| format!("data:{l}\n")).collect();
+        let stream = format!("event: message\n{data}\n");
+        let mut f = ToolListFilter::new(Framing::Sse, vec![json!("q")], 1 << 20);
+        let out = String::from_utf8(run(&mut f, &[stream.as_bytes()]).unwrap()).unwrap();
+        let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let v: Value = serde_json::from_str(lines[1].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(names(&v), ["b"]);
+    }
+
+    #[test]
+    fn sse_failures_close() {
+        let cases: Vec<(&str, String, usize)> = vec![
+            ("data not json", "data: hello\n\n".into(), 1 << 20),
+            (
+                "unfinished event at the end",
+                "data: {\"jsonrpc\"".into(),
+                1 << 20,
+            ),
+            (
+                "event over the cap",
+                format!("data: {}", "x".repeat(2048)),
+                1024,
+            ),
+            (
+                "list without tools",
+                "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n".into(),
+                1 << 20,
+            ),
+        ];
+        for (name, stream, cap) in cases {
+            let mut f = ToolListFilter::new(Framing::Sse, vec![json!(1)], cap);
+            let chunks: Vec<&[u8]> = stream.as_bytes().chunks(512).collect();
+            assert!(run(&mut f, &chunks).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn each_tool_is_decided_once() {
+        let mut asked = Vec::new();
+        let mut allowed = |n: &str| {
+            asked.push(n.to_string());
+            true
+        };
+        let body = json!([
+            list_result(json!(1), &["a", "b"]),
+            list_result(json!(2), &["a", "b"])
+        ])
+        .to_string();
+        let mut f = ToolListFilter::new(Framing::Json, vec![json!(1), json!(2)], 1 << 20);
+        f.feed(body.as_bytes(), true, &mut allowed).unwrap();
+        assert_eq!(asked, ["a", "b"]);
+    }
+
+    #[test]
+    fn error_message_answers_the_list() {
+        let f = ToolListFilter::new(Framing::Sse, vec![json!("l-1")], 1024);
+        let text = String::from_utf8(f.error_message(&FilterError::TooLarge(1024))).unwrap();
+        let v: Value = serde_json::from_str(
+            text.trim()
+                .strip_prefix("event: message\r\ndata: ")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["id"], "l-1");
+        assert_eq!(v["error"]["code"], -32603);
+        assert_eq!(
+            Framing::for_content_type(b"application/json; charset=utf-8"),
+            Some(Framing::Json)
+        );
+        assert_eq!(
+            Framing::for_content_type(b"Text/Event-Stream"),
+            Some(Framing::Sse)
+        );
+        assert_eq!(Framing::for_content_type(b"text/plain"), None);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn filtered_list_is_exactly_the_allowed_subset(
+                tools in proptest::collection::vec(prop_oneof![Just("a".to_string()), Just("b".to_string()), any::<String>()], 0..10),
+                split in 0usize..4096,
+            ) {
+                let refs: Vec<&str> = tools.iter().map(String::as_str).collect();
+                let body = format!("event: message\ndata: {}\n\n", list_result(json!(1), &refs));
+                let cut = split.min(body.len());
+                let mut f = ToolListFilter::new(Framing::Sse, vec![json!(1)], 1 << 20);
+                let out = run(&mut f, &[&body.as_bytes()[..cut], &body.as_bytes()[cut..]]).unwrap();
+                let out = String::from_utf8(out).unwrap();
+                let data = out.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                let v: Value = serde_json::from_str(data).unwrap();
+                let want: Vec<String> = tools.iter().filter(|t| only_a_and_b(t)).cloned().collect();
+                prop_assert_eq!(names(&v), want);
+            }
+
+            #[test]
+            fn arbitrary_streams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let mut f = ToolListFilter::new(Framing::Sse, vec![json!(1)], 1024);
+                let _ = run(&mut f, &[&bytes]);
+                let mut f = ToolListFilter::new(Framing::Json, vec![json!(1)], 1024);
+                let _ = run(&mut f, &[&bytes]);
+            }
+        }
+    }
+}

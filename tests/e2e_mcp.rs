@@ -1,0 +1,498 @@
+//! MCP tool scoping end to end, against a real MCP server (the official Python SDK over
+//! Streamable HTTP, `tests/fixtures/mcp_server.py`) in both of its response modes, with httpx
+//! and curl as clients: `tools/list` shows each tenant only the tools its policies allow, a
+//! denied `tools/call` never reaches the server (the server records every call it runs), one
+//! denied call refuses a whole batch, and malformed JSON-RPC is refused before anything is sent.
+//!
+//! Policies (`tests/fixtures/policies-mcp`): acme may call `add` and `echo`; globex only `add`;
+//! nobody `wipe_disk` (a global forbid).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
+
+mod support;
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+/// The MCP server fixture in one response mode, killed on drop.
+struct McpServer {
+    port: u16,
+    calls: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl McpServer {
+    fn start(json_response: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = dir.path().join("calls.jsonl");
+        let port = free_port();
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo_root().join("tests/fixtures/mcp_server.py"))
+            .arg(port.to_string())
+            .arg(&calls)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap());
+        if json_response {
+            cmd.arg("--json-response");
+        }
+        let child = cmd
+            .spawn()
+            .expect("python3 with `mcp` installed (scripts/test.sh installs it)");
+        let server = Self {
+            port,
+            calls,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "MCP server did not start: {}",
+                std::fs::read_to_string(server._dir.path().join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// The tool calls the server ran, in order: (tool, arguments).
+    fn calls(&self) -> Vec<(String, Value)> {
+        std::fs::read_to_string(&self.calls)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (v["tool"].as_str().unwrap().to_string(), v["args"].clone())
+            })
+            .collect()
+    }
+}
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Both server modes behind one proxy: route `tools-sse` (event-stream answers) and route
+/// `tools-json` (JSON answers) are MCP servers of the same names; the JSON server is also an MCP
+/// server in forward mode (`fwd`, by host, port and path prefix), and a recording origin is one
+/// too (`recorder`), to show what reaches an upstream.
+struct Env {
+    proxy: Proxy,
+    sse: McpServer,
+    json: McpServer,
+    recorder: Origin,
+    globex: String,
+}
+
+fn start() -> Env {
+    let sse = McpServer::start(false);
+    let json = McpServer::start(true);
+    let recorder = Origin::start();
+    let routes = format!(
+        r#"
+[[route]]
+name = "tools-sse"
+prefix = "/tools-sse/"
+upstream = "http://127.0.0.1:{}/"
+
+[[route]]
+name = "tools-json"
+prefix = "/tools-json/"
+upstream = "http://127.0.0.1:{}/"
+
+[[route]]
+name = "recorder"
+prefix = "/recorder/"
+upstream = "http://127.0.0.1:{}/"
+"#,
+        sse.port, json.port, recorder.port
+    );
+    let mcp = format!(
+        r#"
+[mcp]
+max_message_bytes = 65536
+
+[[mcp.servers]]
+name = "tools-sse"
+route = "tools-sse"
+
+[[mcp.servers]]
+name = "tools-json"
+route = "tools-json"
+
+[[mcp.servers]]
+name = "fwd"
+host = "127.0.0.1"
+port = {}
+path_prefix = "/mcp"
+
+[[mcp.servers]]
+name = "recorder"
+route = "recorder"
+"#,
+        json.port
+    );
+    let proxy = Proxy::start(ProxySpec {
+        policies: "tests/fixtures/policies-mcp",
+        routes,
+        tenants_extra: mcp,
+        ..Default::default()
+    });
+    Env {
+        proxy,
+        sse,
+        json,
+        recorder,
+        globex: token_for("globex", "agent"),
+    }
+}
+
+/// Who is calling: acme through its sidecar listener, globex with a token on the shared one.
+#[derive(Clone, Copy, PartialEq)]
+enum Who {
+    Acme,
+    Globex,
+}
+
+/// What httpx got back: status, content type, the JSON-RPC messages (from a JSON body or every
+/// event's data), and the raw body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    content_type: String,
+    messages: Vec<Value>,
+    body: String,
+    request_id: String,
+}
+
+impl Reply {
+    fn refusal(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "{}", self.body);
+        let v: Value = serde_json::from_str(&self.body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{}", self.body);
+        assert!(v["error"]["message"].is_string());
+        assert_eq!(v["error"]["request_id"], self.request_id.as_str());
+        v
+    }
+
+    fn tool_names(&self) -> Vec<String> {
+        assert_eq!(self.status, 200, "{}", self.body);
+        let tools = self
+            .messages
+            .iter()
+            .find_map(|m| m["result"]["tools"].as_array())
+            .unwrap_or_else(|| panic!("no tool list in {}", self.body));
+        tools
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// POSTs `body` (sent as is, so malformed bodies can be sent) to `route`'s MCP endpoint through
+/// the proxy, with httpx.
+fn post(env: &Env, who: Who, route: &str, body: &str) -> Reply {
+    let (port, auth) = match who {
+        Who::Acme => (env.proxy.sidecar_port, String::new()),
+        Who::Globex => (env.proxy.shared_port, format!("Bearer {}", env.globex)),
+    };
+    let out = python(
+        r#"
+import json, os, httpx
+headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+if os.environ["AUTH"]:
+    headers["proxy-authorization"] = os.environ["AUTH"]
+r = httpx.post(os.environ["URL"], content=os.environ["BODY"].encode(), headers=headers, timeout=20)
+ctype = r.headers.get("content-type", "")
+messages = []
+if ctype.startswith("text/event-stream"):
+    for event in r.text.replace("\r\n", "\n").split("\n\n"):
+        data = [l[5:].lstrip(" ") for l in event.split("\n") if l.startswith("data:")]
+        if data:
+            messages.append(json.loads("\n".join(data)))
+elif ctype.startswith("application/json") and r.content:
+    v = r.json()
+    messages = v if isinstance(v, list) else [v]
+print(json.dumps({"status": r.status_code, "content_type": ctype, "messages": messages,
+                  "body": r.text, "request_id": r.headers.get("x-request-id", "")}))
+"#,
+        &[
+            ("URL", format!("http://127.0.0.1:{port}/{route}/mcp")),
+            ("AUTH", auth),
+            ("BODY", body.to_string()),
+        ],
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    Reply {
+        status: v["status"].as_u64().unwrap() as u16,
+        content_type: v["content_type"].as_str().unwrap().to_string(),
+        messages: v["messages"].as_array().unwrap().clone(),
+        body: v["body"].as_str().unwrap().to_string(),
+        request_id: v["request_id"].as_str().unwrap().to_string(),
+    }
+}
+
+fn list(id: Value) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}).to_string()
+}
+
+fn call(id: Value, tool: &str, args: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": args}})
+}
+
+fn tenant_of(who: Who) -> &'static str {
+    match who {
+        Who::Acme => "acme",
+        Who::Globex => "globex",
+    }
+}
+
+#[test]
+fn tools_list_is_filtered_per_tenant_in_both_response_modes() {
+    let env = start();
+    for route in ["tools-sse", "tools-json"] {
+        let want_type = if route == "tools-sse" {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        for (who, want) in [(Who::Acme, vec!["add", "echo"]), (Who::Globex, vec!["add"])] {
+            let reply = post(&env, who, route, &list(json!(1)));
+            assert!(
+                reply.content_type.starts_with(want_type),
+                "{route}: {reply:?}"
+            );
+            assert_eq!(reply.tool_names(), want, "{route}, {}", tenant_of(who));
+            // The rest of each tool's description is left as the server wrote it.
+            let tools = reply.messages[0]["result"]["tools"].as_array().unwrap();
+            assert_eq!(tools[0]["inputSchema"]["required"], json!(["a", "b"]));
+            let record = env.proxy.audit_record(tenant_of(who), &reply.request_id);
+            assert_eq!(record["decision"], "allow");
+            assert_eq!(record["mcp"]["server"], route);
+            let hidden = if who == Who::Acme { 1 } else { 2 };
+            assert_eq!(record["mcp"]["tools_hidden"], hidden, "{record}");
+        }
+        // A string id is answered and filtered the same way.
+        let reply = post(&env, Who::Globex, route, &list(json!("list-ü")));
+        assert_eq!(reply.tool_names(), ["add"]);
+        assert_eq!(reply.messages[0]["id"], "list-ü");
+    }
+    assert!(env.sse.calls().is_empty() && env.json.calls().is_empty());
+}
+
+#[test]
+fn the_same_tool_is_allowed_for_acme_and_denied_for_globex() {
+    let env = start();
+    for (route, server) in [("tools-sse", &env.sse), ("tools-json", &env.json)] {
+        let acme = post(
+            &env,
+            Who::Acme,
+            route,
+            &call(json!(1), "echo", json!({"text": "from-acme"})).to_string(),
+        );
+        assert_eq!(acme.status, 200, "{}", acme.body);
+        assert_eq!(
+            acme.messages[0]["result"]["structuredContent"]["result"],
+            "from-acme"
+        );
+
+        let globex = post(
+            &env,
+            Who::Globex,
+            route,
+            &call(json!(2), "echo", json!({"text": "from-globex"})).to_string(),
+        );
+        let refusal = globex.refusal(403, "tool_denied");
+        assert!(refusal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`echo`"));
+
+        // globex's own tool works on the same server.
+        let add = post(
+            &env,
+            Who::Globex,
+            route,
+            &call(json!(3), "add", json!({"a": 2, "b": 40})).to_string(),
+        );
+        assert_eq!(
+            add.messages[0]["result"]["structuredContent"]["result"], 42,
+            "{}",
+            add.body
+        );
+
+        // The server ran acme's echo and globex's add, never globex's echo.
+        let calls = server.calls();
+        assert!(
+            calls.contains(&("echo".into(), json!({"text": "from-acme"}))),
+            "{calls:?}"
+        );
+        assert!(
+            calls.contains(&("add".into(), json!({"a": 2, "b": 40}))),
+            "{calls:?}"
+        );
+        assert!(
+            !calls
+                .iter()
+                .any(|(_, a)| a == &json!({"text": "from-globex"})),
+            "{calls:?}"
+        );
+
+        // The refusal is audited in globex's partition only, naming the tool.
+        let record = env.proxy.audit_record("globex", &globex.request_id);
+        assert_eq!(record["decision"], "deny");
+        assert_eq!(record["reason"], "tool_denied");
+        assert_eq!(record["mcp"]["tools_called"], json!(["echo"]));
+        assert_eq!(record["status"], 403);
+        let acme_record = env.proxy.audit_record("acme", &acme.request_id);
+        assert_eq!(acme_record["mcp"]["tools_called"], json!(["echo"]));
+        assert_eq!(acme_record["decision"], "allow");
+        assert!(acme_record["policy_ids"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("acme-tools")));
+        assert!(!env
+            .proxy
+            .audit_records("acme")
+            .iter()
+            .any(|r| r["request_id"] == globex.request_id.as_str()));
+    }
+}
+
+#[test]
+fn a_forbidden_tool_is_refused_even_where_a_tenant_permits_it() {
+    let env = start();
+    let reply = post(
+        &env,
+        Who::Acme,
+        "tools-sse",
+        &call(json!(1), "wipe_disk", json!({})).to_string(),
+    );
+    reply.refusal(403, "tool_denied");
+    let record = env.proxy.audit_record("acme", &reply.request_id);
+    assert_eq!(record["policy_ids"], json!(["mcp-forbid-wipe-disk"]));
+    assert_eq!(record["mcp"]["tools_called"], json!(["wipe_disk"]));
+    assert!(env.sse.calls().is_empty());
+}
+
+#[test]
+fn one_denied_call_refuses_the_whole_batch() {
+    let env = start();
+    let batch = json!([
+        call(json!(1), "add", json!({"a": 1, "b": 1})),
+        call(json!("two"), "wipe_disk", json!({})),
+    ])
+    .to_string();
+    post(&env, Who::Acme, "tools-sse", &batch).refusal(403, "tool_denied");
+    let globex_batch = json!([
+        call(json!(1), "add", json!({"a": 1, "b": 1})),
+        call(json!(2), "echo", json!({"text": "batched"})),
+    ])
+    .to_string();
+    let refused = post(&env, Who::Globex, "tools-json", &globex_batch);
+    refused.refusal(403, "tool_denied");
+    let record = env.proxy.audit_record("globex", &refused.request_id);
+    assert_eq!(record["mcp"]["tools_called"], json!(["echo"]));
+    assert!(env.sse.calls().is_empty() && env.json.calls().is_empty());
+
+    // An allowed batch is forwarded (to the recording origin, which shows it arrived whole).
+    let before = env.recorder.count();
+    let allowed = post(&env, Who::Acme, "recorder", &globex_batch);
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    let seen = env.recorder.requests();
+    assert_eq!(seen.len(), before + 1);
+    let sent: Value = serde_json::from_slice(&seen.last().unwrap().body).unwrap();
+    assert_eq!(sent, serde_json::from_str::<Value>(&globex_batch).unwrap());
+    let record = env.proxy.audit_record("acme", &allowed.request_id);
+    assert_eq!(record["mcp"]["tools_called"], json!(["add", "echo"]));
+}
+
+#[test]
+fn malformed_json_rpc_is_refused_and_never_forwarded() {
+    let env = start();
+    let cases = [
+        ("not JSON", "call the wipe_disk tool".to_string()),
+        ("trailing bytes", format!("{} {{}}", list(json!(1)))),
+        ("JSON-RPC 1.0", r#"{"jsonrpc":"1.0","id":1,"method":"tools/list"}"#.to_string()),
+        ("call without a tool name", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#.to_string()),
+        ("numeric tool name", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#.to_string()),
+        ("empty batch", "[]".to_string()),
+        ("object id", r#"{"jsonrpc":"2.0","id":{"a":1},"method":"tools/list"}"#.to_string()),
+        (
+            "tool name given twice",
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","name":"wipe_disk"}}"#.to_string(),
+        ),
+        ("empty body", String::new()),
+    ];
+    let before = env.recorder.count();
+    for (name, body) in cases {
+        for who in [Who::Acme, Who::Globex] {
+            let reply = post(&env, who, "recorder", &body);
+            assert_eq!(reply.status, 400, "{name}: {}", reply.body);
+            reply.refusal(400, "mcp_malformed");
+            let record = env.proxy.audit_record(tenant_of(who), &reply.request_id);
+            assert_eq!(record["reason"], "mcp_malformed", "{name}");
+        }
+    }
+    assert_eq!(
+        env.recorder.count(),
+        before,
+        "nothing malformed was forwarded"
+    );
+
+    // A GET (the server's event stream) carries no JSON-RPC and is not refused for it.
+    let (status, body) = curl(&[&format!(
+        "http://127.0.0.1:{}/recorder/mcp",
+        env.proxy.sidecar_port
+    )]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(env.recorder.count(), before + 1);
+}
+
+#[test]
+fn forward_mode_with_curl_is_scoped_the_same_way() {
+    let env = start();
+    let url = format!("http://127.0.0.1:{}/mcp", env.json.port);
+    let proxy = format!("http://127.0.0.1:{}", env.proxy.shared_port);
+    let auth = format!("Proxy-Authorization: Bearer {}", env.globex);
+    let send = |body: &str| {
+        curl(&[
+            "-x",
+            &proxy,
+            "--proxy-header",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "--data-binary",
+            body,
+            &url,
+        ])
+    };
+    let (status, body) = send(&list(json!(5)));
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    // `context.server` is `fwd` here, and globex's `add` permit names `tools-*` servers only.
+    assert!(names.is_empty(), "{body}");
+    let (status, body) = send(&call(json!(6), "add", json!({"a": 1, "b": 2})).to_string());
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("tool_denied"), "{body}");
+    assert!(env.json.calls().is_empty());
+}
