@@ -11,7 +11,8 @@
 
 mod support;
 
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -82,6 +83,69 @@ impl Drop for McpServer {
     }
 }
 
+/// A server that answers every request with a tool list the proxy cannot filter, chosen by path:
+/// `/badjson/` a tool without a name, `/text/` a plain-text body, `/gzip/` a compressed body,
+/// `/badsse/` one good event (listing `add` and `wipe_disk`) and then one that is not JSON.
+fn start_broken_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || answer_broken(stream));
+        }
+    });
+    port
+}
+
+fn answer_broken(stream: TcpStream) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut head = String::new();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        if line.trim().is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let good = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"add","inputSchema":{}},{"name":"wipe_disk","inputSchema":{}}]}}"#;
+    let (ctype, extra, payload) = if head.contains("/badjson/") {
+        (
+            "application/json",
+            "",
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"title":"wipe_disk"}]}}"#.to_string(),
+        )
+    } else if head.contains("/text/") {
+        ("text/plain", "", "add, echo, wipe_disk".to_string())
+    } else if head.contains("/gzip/") {
+        (
+            "application/json",
+            "content-encoding: gzip\r\n",
+            good.to_string(),
+        )
+    } else {
+        (
+            "text/event-stream",
+            "",
+            format!("event: message\r\ndata: {good}\r\n\r\nevent: message\r\ndata: {{\"tools\": [wipe_disk\r\n\r\n"),
+        )
+    };
+    let mut out = stream;
+    let _ = write!(
+        out,
+        "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{payload}",
+        payload.len()
+    );
+}
+
 /// Both server modes behind one proxy: route `tools-sse` (event-stream answers) and route
 /// `tools-json` (JSON answers) are MCP servers of the same names; the JSON server is also an MCP
 /// server in forward mode (`fwd`, by host, port and path prefix), and a recording origin is one
@@ -98,6 +162,7 @@ fn start() -> Env {
     let sse = McpServer::start(false);
     let json = McpServer::start(true);
     let recorder = Origin::start();
+    let broken = start_broken_server();
     let routes = format!(
         r#"
 [[route]]
@@ -114,6 +179,11 @@ upstream = "http://127.0.0.1:{}/"
 name = "recorder"
 prefix = "/recorder/"
 upstream = "http://127.0.0.1:{}/"
+
+[[route]]
+name = "broken"
+prefix = "/broken/"
+upstream = "http://127.0.0.1:{broken}/"
 "#,
         sse.port, json.port, recorder.port
     );
@@ -139,6 +209,10 @@ path_prefix = "/mcp"
 [[mcp.servers]]
 name = "recorder"
 route = "recorder"
+
+[[mcp.servers]]
+name = "broken"
+route = "broken"
 "#,
         json.port
     );
@@ -495,4 +569,80 @@ fn forward_mode_with_curl_is_scoped_the_same_way() {
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("tool_denied"), "{body}");
     assert!(env.json.calls().is_empty());
+}
+
+#[test]
+fn an_answer_that_cannot_be_filtered_is_withheld() {
+    let env = start();
+    // Refused before anything is sent: the answer's type or encoding cannot be read.
+    for path in ["broken/text", "broken/gzip"] {
+        let reply = post(&env, Who::Acme, path, &list(json!(1)));
+        reply.refusal(502, "mcp_response_unfiltered");
+        assert!(!reply.body.contains("wipe_disk"), "{path}: {}", reply.body);
+        let record = env.proxy.audit_record("acme", &reply.request_id);
+        assert_eq!(record["reason"], "mcp_response_unfiltered", "{path}");
+    }
+    // Found unreadable once the body was read: if the header had not left yet, the whole answer
+    // is refused as above; if it had, the rest is replaced by a JSON-RPC error for the list.
+    // Either way the unfiltered list never arrives.
+    for (path, filtered_first) in [("broken/badjson", false), ("broken/badsse", true)] {
+        let reply = post(&env, Who::Acme, path, &list(json!(1)));
+        assert!(!reply.body.contains("wipe_disk"), "{path}: {}", reply.body);
+        if reply.status == 502 {
+            reply.refusal(502, "mcp_response_unfiltered");
+        } else {
+            assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+            let last = reply.messages.last().unwrap();
+            assert_eq!(last["id"], 1, "{path}: {}", reply.body);
+            assert_eq!(last["error"]["code"], -32603, "{path}: {}", reply.body);
+            if filtered_first && reply.messages.len() == 2 {
+                let tools = &reply.messages[0]["result"]["tools"];
+                assert_eq!(tools, &json!([{"name": "add", "inputSchema": {}}]));
+            }
+        }
+        let record = env.proxy.audit_record("acme", &reply.request_id);
+        assert_eq!(record["reason"], "mcp_response_unfiltered", "{path}");
+        assert_eq!(record["decision"], "deny", "{path}");
+    }
+}
+
+#[test]
+fn the_mcp_sdk_client_works_through_the_proxy() {
+    let env = start();
+    let out = python(
+        r#"
+import asyncio, json, os
+url = os.environ["URL"]
+
+async def main():
+    from mcp import Client
+    async with Client(url) as client:
+        listed = await client.list_tools()
+        added = await client.call_tool("add", {"a": 20, "b": 22})
+        try:
+            await client.call_tool("wipe_disk", {})
+            wiped = "called"
+        except Exception as e:
+            wiped = "refused: " + type(e).__name__
+    print(json.dumps({
+        "tools": sorted(t.name for t in listed.tools),
+        "sum": added.structured_content,
+        "wipe": wiped,
+    }))
+
+asyncio.run(main())
+"#,
+        &[(
+            "URL",
+            format!("http://127.0.0.1:{}/tools-sse/mcp", env.proxy.sidecar_port),
+        )],
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["tools"], json!(["add", "echo"]));
+    assert_eq!(v["sum"], json!({"result": 42}));
+    assert!(v["wipe"].as_str().unwrap().starts_with("refused"), "{v}");
+    assert_eq!(
+        env.sse.calls(),
+        [("add".to_string(), json!({"a": 20, "b": 22}))]
+    );
 }

@@ -1142,8 +1142,12 @@ impl ProxyHttp for TenantProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if let Some(event) = ctx.cut_event.take() {
-            // The stream was cut for budget: end it with our event, as a complete response.
+        // A cut response whose header never left (pingora may hold the header with the first
+        // body chunks) is refused whole below instead.
+        let header_sent = session.response_written().is_some();
+        if let Some(event) = ctx.cut_event.take().filter(|_| header_sent) {
+            // The stream was cut (budget spent, or an MCP tool list that could not be
+            // filtered): end it with our event, as a complete response.
             if let Err(write_err) = session.write_response_body(Some(event.into()), true).await {
                 tracing::debug!(error = %write_err, "cannot end the cut stream");
             }
