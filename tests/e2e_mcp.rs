@@ -441,6 +441,36 @@ fn the_same_tool_is_allowed_for_acme_and_denied_for_globex() {
             .iter()
             .any(|r| r["request_id"] == globex.request_id.as_str()));
     }
+    // Metrics count decisions per tenant, never by tool name: globex's refusals are its own.
+    let metrics = env.proxy.metrics();
+    let series = |line: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(String::from)
+    };
+    assert_eq!(
+        series(r#"tenant_proxy_mcp_tool_calls_total{decision="deny",tenant="globex"}"#).as_deref(),
+        Some("2"),
+        "{metrics}"
+    );
+    assert_eq!(
+        series(r#"tenant_proxy_mcp_tool_calls_total{decision="allow",tenant="acme"}"#).as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        series(r#"tenant_proxy_mcp_tool_calls_total{decision="allow",tenant="globex"}"#).as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        series(r#"tenant_proxy_mcp_tool_calls_total{decision="deny",tenant="acme"}"#),
+        None
+    );
+    assert!(
+        !metrics.contains("echo") && !metrics.contains("tool=\""),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -64,6 +64,10 @@ pub struct Metrics {
     pub mtls_handshake_failures: IntCounter,
     /// Destinations refused by the egress (SSRF) guard, by tenant.
     pub egress_refusals: IntCounterVec,
+    /// MCP `tools/call`s decided, by tenant and decision (`allow`, `deny`); never by tool name.
+    pub mcp_tool_calls: IntCounterVec,
+    /// Tools removed from MCP `tools/list` results, by tenant.
+    pub mcp_tools_hidden: IntCounterVec,
 }
 
 const TENANT_NONE: &str = "none";
@@ -217,6 +221,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant"],
         )?,
+        mcp_tool_calls: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_mcp_tool_calls_total",
+                "MCP tool calls decided, by decision",
+            ),
+            &["tenant", "decision"],
+        )?,
+        mcp_tools_hidden: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_mcp_tools_hidden_total",
+                "Tools removed from MCP tools/list results",
+            ),
+            &["tenant"],
+        )?,
         registry,
     };
     let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -245,6 +263,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.leaf_certificates.clone()),
         Box::new(m.mtls_handshake_failures.clone()),
         Box::new(m.egress_refusals.clone()),
+        Box::new(m.mcp_tool_calls.clone()),
+        Box::new(m.mcp_tools_hidden.clone()),
     ];
     for c in collectors {
         m.registry.register(c)?;

@@ -346,6 +346,17 @@ impl TenantProxy {
                 .with_label_values(&[tenant_label])
                 .inc_by(cost);
         }
+        if let Some(hidden) = ctx
+            .tool_filter
+            .as_ref()
+            .map(|f| f.hidden)
+            .filter(|h| *h > 0)
+        {
+            METRICS
+                .mcp_tools_hidden
+                .with_label_values(&[tenant_label])
+                .inc_by(hidden);
+        }
         if matches!(ctx.outcome, Outcome::Refused(Deny::StreamCut(_))) {
             METRICS.stream_cuts.with_label_values(&[tenant_label]).inc();
         }
@@ -522,6 +533,10 @@ fn authorize_mcp(
                 d.policy_ids.sort_unstable();
                 d.policy_ids.dedup();
             }
+            METRICS
+                .mcp_tool_calls
+                .with_label_values(&[tenant.tenant.as_str(), "allow"])
+                .inc_by(exchange.tools_called.len() as u64);
             ctx.mcp = Some(exchange);
             Ok(())
         }
@@ -533,6 +548,10 @@ fn authorize_mcp(
             if !decision.errors.is_empty() {
                 tracing::warn!(request_id = %tenant.request_id, tenant = %tenant.tenant, errors = ?decision.errors, "policy evaluation errors on an MCP tool call; denying");
             }
+            METRICS
+                .mcp_tool_calls
+                .with_label_values(&[tenant.tenant.as_str(), "deny"])
+                .inc();
             ctx.decision = Some(decision);
             ctx.mcp = Some(refused(vec![tool.clone()]));
             Err(Deny::ToolDenied(tool))

@@ -1112,6 +1112,7 @@ mod tests {
             ("tenants-bad-id.toml", "tenants.Acme"),
             ("tenants-bad-route.toml", "route[0].prefix"),
             ("tenants-bad-lifetime.toml", "token.max_lifetime"),
+            ("tenants-mcp-unknown-route.toml", "mcp.servers[0].route"),
         ];
         for (file, want) in tenant_cases {
             let text = problems_text(
