@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::*;
+use tenant_proxy_loadtest::tls::{PemPair, TestCa};
 
 /// The MCP server fixture in one response mode, killed on drop.
 struct McpServer {
@@ -30,6 +31,11 @@ struct McpServer {
 
 impl McpServer {
     fn start(json_response: bool) -> Self {
+        Self::start_with(json_response, None)
+    }
+
+    /// `tls`: serve HTTPS with this certificate, for requests naming `host`.
+    fn start_with(json_response: bool, tls: Option<(&PemPair, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let calls = dir.path().join("calls.jsonl");
         let port = free_port();
@@ -41,6 +47,12 @@ impl McpServer {
             .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap());
         if json_response {
             cmd.arg("--json-response");
+        }
+        if let Some((pair, host)) = tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            std::fs::write(&cert, &pair.cert).unwrap();
+            std::fs::write(&key, &pair.key).unwrap();
+            cmd.arg("--tls").arg(cert).arg(key).arg(host);
         }
         let child = cmd
             .spawn()
@@ -675,4 +687,106 @@ asyncio.run(main())
         env.sse.calls(),
         [("add".to_string(), json!({"a": 20, "b": 22}))]
     );
+}
+
+#[test]
+fn intercepted_tunnels_to_an_https_mcp_server_are_scoped_too() {
+    // The server speaks HTTPS as `mcp.test` (resolved to loopback by `[egress] hosts`, with a
+    // certificate from a test CA the proxy trusts); clients reach it through `CONNECT`, and
+    // the proxy intercepts with its own CA, which curl is told to trust.
+    let origin_ca = TestCa::new("e2e MCP origin CA").unwrap();
+    let server = McpServer::start_with(
+        false,
+        Some((&origin_ca.server(&["mcp.test"]).unwrap(), "mcp.test")),
+    );
+    let port = server.port;
+    let origin_ca_pem = origin_ca.cert_pem.clone();
+    let proxy = Proxy::start_prepared(
+        ProxySpec {
+            policies: "tests/fixtures/policies-mcp",
+            egress: format!(
+                "allow = [\"127.0.0.1/32\"]\nconnect_ports = [{port}]\nhosts = {{ \"mcp.test\" = [\"127.0.0.1\"] }}"
+            ),
+            upstream: "read_timeout = \"10s\"\nextra_ca_files = [\"origin-ca.pem\"]".into(),
+            static_extra: "[intercept]\nca_cert = \"ca/ca.pem\"\nca_key = \"ca/ca-key.pem\"\n".into(),
+            tenants_extra: "[[mcp.servers]]\nname = \"tls-mcp\"\nhost = \"mcp.test\"\npath_prefix = \"/mcp\"\n".into(),
+            ..Default::default()
+        },
+        |dir| {
+            std::fs::write(dir.join("origin-ca.pem"), &origin_ca_pem).unwrap();
+            let (code, out) = proxy_cli(
+                dir,
+                &["ca", "init", "--out", "ca", "--name", "e2e MCP interception CA", "--permit", "mcp.test"],
+                "",
+            );
+            assert_eq!(code, 0, "{out}");
+        },
+    );
+    let ca = proxy.path("ca/ca.pem");
+    let send = |token: &str, body: &str| {
+        curl(&[
+            "-x",
+            &format!("http://127.0.0.1:{}", proxy.shared_port),
+            "--proxy-header",
+            &format!("Proxy-Authorization: Bearer {token}"),
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "--data-binary",
+            body,
+            &format!("https://mcp.test:{port}/mcp"),
+        ])
+    };
+    let sse_names = |body: &str| -> Vec<String> {
+        let data = body
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap_or_else(|| panic!("{body}"));
+        let v: Value = serde_json::from_str(data).unwrap();
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let acme = token_for("acme", "bot");
+    let globex = token_for("globex", "agent");
+
+    let (status, body) = send(&acme, &list(json!(1)));
+    assert_eq!(status, 200, "{body}\n{}", proxy.log());
+    assert_eq!(sse_names(&body), ["add", "echo"]);
+    // globex's `add` permit names `tools-*` servers, so this one shows it nothing.
+    let (status, body) = send(&globex, &list(json!(1)));
+    assert_eq!(status, 200, "{body}");
+    assert!(sse_names(&body).is_empty(), "{body}");
+
+    let (status, body) = send(
+        &acme,
+        &call(json!(2), "echo", json!({"text": "tunnelled"})).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(
+        &globex,
+        &call(json!(3), "echo", json!({"text": "globex-tunnelled"})).to_string(),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("tool_denied"), "{body}");
+    let (status, body) = send(&acme, "not json-rpc");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("mcp_malformed"), "{body}");
+    assert_eq!(
+        server.calls(),
+        [("echo".to_string(), json!({"text": "tunnelled"}))]
+    );
+    let tunnelled = proxy
+        .audit_records("globex")
+        .into_iter()
+        .find(|r| r["reason"] == "tool_denied")
+        .unwrap();
+    assert_eq!(tunnelled["mcp"]["server"], "tls-mcp");
+    assert!(tunnelled["tunnel"]["id"].is_string(), "{tunnelled}");
 }
