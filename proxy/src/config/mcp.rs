@@ -179,6 +179,18 @@ impl McpSettings {
     pub fn server_for(&self, destination: &Destination) -> Option<&McpServer> {
         self.servers.iter().find(|s| s.matcher.matches(destination))
     }
+
+    /// Whether some MCP server is at `host:port` (on any path): a tunnel there must be
+    /// intercepted, or its tool calls would pass unseen.
+    pub fn serves_host(&self, host: &str, port: u16) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        self.servers.iter().any(|s| match &s.matcher {
+            McpMatch::Host {
+                host: h, port: p, ..
+            } => h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p == port),
+            McpMatch::Route(_) => false,
+        })
+    }
 }
 
 impl McpMatch {
@@ -358,6 +370,14 @@ host = "tools.example.com"
         for (case, d, want) in cases {
             assert_eq!(name(d).as_deref(), want, "{case}");
         }
+        // Tunnels: any path of a server's host and port.
+        assert!(s.serves_host("MCP.example.com.", 8443));
+        assert!(!s.serves_host("mcp.example.com", 443));
+        assert!(s.serves_host("tools.example.com", 1));
+        assert!(
+            !s.serves_host("127.0.0.1", 9),
+            "a route's upstream is not a tunnel target"
+        );
     }
 
     #[test]

@@ -280,7 +280,9 @@ impl EgressApp {
             ConnectQuestion::Opaque,
             &facts,
         );
-        if opaque.allowed {
+        // SECURITY: a tunnel to an MCP server is always intercepted, whatever `connect_opaque`
+        // says, so its tool calls are decided and its tool lists filtered.
+        if opaque.allowed && !snapshot.tenants.mcp.serves_host(&host, port) {
             t.mode = Some("opaque");
             if let Some(d) = t.decision.as_mut() {
                 d.policy_ids.extend(opaque.policy_ids);
