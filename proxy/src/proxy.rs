@@ -33,7 +33,7 @@ use crate::identity::Presented;
 use crate::limits::plan::{CallFacts, Ending};
 use crate::limits::stream::{cut_event, CutReason, StreamGuard, Verdict};
 use crate::limits::{self, AdmitError, LimitBackend};
-use crate::mcp::list_filter::{FilterError, Framing, ToolListFilter};
+use crate::mcp::list_filter::{FilterError, ToolListFilter};
 use crate::mcp::{McpExchange, McpRefusal};
 use crate::metrics::{Metrics, METRICS};
 use crate::policy::CredentialFacts;
@@ -559,40 +559,6 @@ fn authorize_mcp(
     }
 }
 
-/// Sets up the filtering of an MCP server's response: every JSON or event-stream response is
-/// read for `tools/list` results. SECURITY: a response owed a tool list that the filter cannot
-/// read (another content type, or compressed) is refused before anything of it is sent.
-fn filter_tool_lists(
-    exchange: &McpExchange,
-    cap: usize,
-    upstream_response: &mut ResponseHeader,
-    ctx_filter: &mut Option<ToolListFilter>,
-) -> Result<(), Deny> {
-    let framing = upstream_response
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| Framing::for_content_type(v.as_bytes()));
-    let encoded = upstream_response
-        .headers
-        .get(http::header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let owed_list = exchange.lists_tools && upstream_response.status.is_success();
-    match framing {
-        Some(_) if encoded => Err(Deny::McpResponseUnfiltered(
-            "the response is compressed".into(),
-        )),
-        Some(framing) => {
-            *ctx_filter = Some(ToolListFilter::new(framing, exchange.list_ids.clone(), cap));
-            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
-            Ok(())
-        }
-        None if owed_list && upstream_response.status != http::StatusCode::ACCEPTED => Err(
-            Deny::McpResponseUnfiltered("the response is neither JSON nor an event stream".into()),
-        ),
-        None => Ok(()),
-    }
-}
-
 /// Resolves `$CRED{}` handles in the caller's tenant scope, after the request itself was
 /// allowed; every handle must be known, unexpired, in an allowed position, bound to this
 /// destination and permitted by policy (`use_credential`).
@@ -1054,14 +1020,15 @@ impl ProxyHttp for TenantProxy {
                 .snapshot
                 .as_ref()
                 .map_or(0, |s| s.tenants.mcp.max_message_bytes);
-            if let Err(deny) =
-                filter_tool_lists(exchange, cap, upstream_response, &mut ctx.tool_filter)
-            {
-                ctx.outcome = Outcome::Refused(deny);
-                return Err(Error::explain(
-                    ErrorType::Custom("mcp_response_unfiltered"),
-                    "MCP response cannot be filtered",
-                ));
+            match crate::mcp::response_filter(exchange, cap, upstream_response) {
+                Ok(filter) => ctx.tool_filter = filter,
+                Err(deny) => {
+                    ctx.outcome = Outcome::Refused(deny);
+                    return Err(Error::explain(
+                        ErrorType::Custom("mcp_response_unfiltered"),
+                        "MCP response cannot be filtered",
+                    ));
+                }
             }
         }
         if let Some(scrubber) = ctx.scrubber.as_mut() {

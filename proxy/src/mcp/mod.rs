@@ -14,9 +14,12 @@
 pub mod jsonrpc;
 pub mod list_filter;
 
+use pingora::http::ResponseHeader;
 use serde_json::Value;
 
+use crate::error::Deny;
 use crate::policy::Decision;
+use list_filter::{Framing, ToolListFilter};
 
 /// What the request phase learned about an MCP exchange, for the response and the audit record.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +93,46 @@ pub fn admit(
     Ok((exchange, decisions))
 }
 
+/// The filter for an MCP server's response: every JSON or event-stream response is read for
+/// `tools/list` results (its `Content-Length` is dropped, since filtering changes the length).
+/// SECURITY: a successful response owed a tool list that the filter cannot read (another
+/// content type, or compressed) is refused before anything of it is sent.
+pub fn response_filter(
+    exchange: &McpExchange,
+    cap: usize,
+    response: &mut ResponseHeader,
+) -> Result<Option<ToolListFilter>, Deny> {
+    let framing = response
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| Framing::for_content_type(v.as_bytes()));
+    let encoded = response
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    // A 202 answers a message that needs no reply; it has no body to hold a list.
+    let owed_list = exchange.lists_tools
+        && response.status.is_success()
+        && response.status != http::StatusCode::ACCEPTED;
+    match framing {
+        Some(_) if encoded => Err(Deny::McpResponseUnfiltered(
+            "the response is compressed".into(),
+        )),
+        Some(framing) => {
+            response.remove_header(&http::header::CONTENT_LENGTH);
+            Ok(Some(ToolListFilter::new(
+                framing,
+                exchange.list_ids.clone(),
+                cap,
+            )))
+        }
+        None if owed_list => Err(Deny::McpResponseUnfiltered(
+            "the response is neither JSON nor an event stream".into(),
+        )),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -138,6 +181,52 @@ mod tests {
         assert!(exchange.lists_tools);
         assert_eq!(exchange.list_ids, [Value::from("l")]);
         assert_eq!(decisions.len(), 1);
+    }
+
+    #[test]
+    fn response_filters() {
+        let exchange = |lists_tools: bool| McpExchange {
+            server: "s".into(),
+            tools_called: Vec::new(),
+            lists_tools,
+            list_ids: vec![Value::from(1)],
+        };
+        #[rustfmt::skip]
+        let cases: [(&str, bool, u16, Option<&str>, Option<&str>, Result<Option<Framing>, &str>); 8] = [
+            ("json list", true, 200, Some("application/json"), None, Ok(Some(Framing::Json))),
+            ("sse list", true, 200, Some("text/event-stream"), None, Ok(Some(Framing::Sse))),
+            ("json call result is read too", false, 200, Some("application/json"), None, Ok(Some(Framing::Json))),
+            ("identity encoding", true, 200, Some("application/json"), Some("identity"), Ok(Some(Framing::Json))),
+            ("compressed", false, 200, Some("application/json"), Some("gzip"), Err("compressed")),
+            ("list as plain text", true, 200, Some("text/plain"), None, Err("neither JSON")),
+            ("error page for a list", true, 404, Some("text/html"), None, Ok(None)),
+            ("202 to a notification", true, 202, None, None, Ok(None)),
+        ];
+        for (name, lists_tools, status, ctype, encoding, want) in cases {
+            let mut resp = ResponseHeader::build(status, None).unwrap();
+            resp.insert_header("content-length", "10").unwrap();
+            if let Some(c) = ctype {
+                resp.insert_header("content-type", c).unwrap();
+            }
+            if let Some(e) = encoding {
+                resp.insert_header("content-encoding", e).unwrap();
+            }
+            let got = response_filter(&exchange(lists_tools), 1024, &mut resp);
+            match (got, want) {
+                (Ok(filter), Ok(framing)) => {
+                    assert_eq!(filter.as_ref().map(|f| f.framing()), framing, "{name}");
+                    assert_eq!(
+                        resp.headers.contains_key("content-length"),
+                        framing.is_none(),
+                        "{name}: length dropped only when filtering"
+                    );
+                }
+                (Err(Deny::McpResponseUnfiltered(why)), Err(needle)) => {
+                    assert!(why.contains(needle), "{name}: {why}")
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]
