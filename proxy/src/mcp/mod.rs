@@ -183,6 +183,17 @@ mod tests {
         assert_eq!(decisions.len(), 1);
     }
 
+    /// (case, request lists tools, status, content type, content encoding, the filter's framing
+    /// or the refusal's reason).
+    type ResponseCase = (
+        &'static str,
+        bool,
+        u16,
+        Option<&'static str>,
+        Option<&'static str>,
+        Result<Option<Framing>, &'static str>,
+    );
+
     #[test]
     fn response_filters() {
         let exchange = |lists_tools: bool| McpExchange {
@@ -192,7 +203,7 @@ mod tests {
             list_ids: vec![Value::from(1)],
         };
         #[rustfmt::skip]
-        let cases: [(&str, bool, u16, Option<&str>, Option<&str>, Result<Option<Framing>, &str>); 8] = [
+        let cases: [ResponseCase; 8] = [
             ("json list", true, 200, Some("application/json"), None, Ok(Some(Framing::Json))),
             ("sse list", true, 200, Some("text/event-stream"), None, Ok(Some(Framing::Sse))),
             ("json call result is read too", false, 200, Some("application/json"), None, Ok(Some(Framing::Json))),
