@@ -589,6 +589,8 @@ pub struct TenantConfig {
     pub path: PathBuf,
     /// Policy directory (resolved).
     pub policy_dir: PathBuf,
+    /// Shadow (report-only) policy directory (resolved), when one is configured.
+    pub shadow_policy_dir: Option<PathBuf>,
     /// Lowercase header names removed before forwarding.
     pub strip_headers: Vec<HeaderName>,
     /// Token settings, if tokens are accepted.
@@ -603,6 +605,8 @@ pub struct TenantConfig {
     pub tenants: BTreeMap<TenantId, TenantEntry>,
     /// The price table, if one is configured.
     pub prices: Option<Arc<PriceTable>>,
+    /// Regions of upstream destinations.
+    pub regions: super::regions::DestinationRegions,
 }
 
 /// Token verification settings with resolved paths.
@@ -681,6 +685,8 @@ pub struct Route {
     pub internal: bool,
     /// The LLM provider behind the route, for the price table.
     pub provider: Option<String>,
+    /// Region of the upstream, when the route sets one.
+    pub region: Option<String>,
 }
 
 /// Upstream URL scheme.
@@ -789,6 +795,7 @@ impl TenantConfig {
                     base_path,
                     internal: r.internal,
                     provider: r.provider,
+                    region: r.region,
                 }),
                 Err(msg) => p.push(format!("route[{i}].upstream"), msg),
             }
@@ -954,9 +961,21 @@ impl TenantConfig {
             }
         });
 
+        let regions = super::regions::DestinationRegions::from_spec(&spec.destination_regions)
+            .unwrap_or_else(|problems| {
+                for (at, message) in problems {
+                    p.push(at, message);
+                }
+                Default::default()
+            });
+
         let config = TenantConfig {
             path: path.to_path_buf(),
             policy_dir: relative_to(path, &spec.policy_dir),
+            shadow_policy_dir: spec
+                .shadow_policy_dir
+                .as_ref()
+                .map(|d| relative_to(path, d)),
             strip_headers,
             token,
             routes,
@@ -964,8 +983,21 @@ impl TenantConfig {
             credential_settings,
             tenants,
             prices,
+            regions,
         };
         p.finish(config)
+    }
+
+    /// The region of `destination` for policies: its route's own `region`, else the region its
+    /// host is tagged with in `[destination_regions]`.
+    pub fn destination_region(&self, destination: &crate::target::Destination) -> Option<&str> {
+        let route_region = destination.route.as_deref().and_then(|name| {
+            self.routes
+                .iter()
+                .find(|r| r.name == name)
+                .and_then(|r| r.region.as_deref())
+        });
+        route_region.or_else(|| self.regions.region_of(&destination.host))
     }
 
     /// Whether `tenant` has `workload`.
