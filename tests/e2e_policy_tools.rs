@@ -111,7 +111,8 @@ fn a_wrong_expectation_fails_with_what_was_expected_and_got() {
         "action": "TenantProxy::Action::\"http\"",
         "resource": "TenantProxy::Destination::\"api.openai.com\"",
         "context": {"scheme": "https", "host": "api.openai.com", "port": 443, "method": "POST",
-                    "path": "/v1/chat/completions", "model": "gpt-4o", "run_signed": false, "scopes": []}
+                    "path": "/v1/chat/completions", "model": "gpt-4o", "run_signed": false, "scopes": [],
+                    "hour": 10, "weekday": "tue"}
       },
       "entities": [],
       "decision": "allow",
@@ -417,6 +418,28 @@ fn explain_decides_as_the_running_proxy() {
         unbound["reason"],
         code.as_str(),
         "same refusal as the proxy"
+    );
+
+    // The local clock (`hour`, `weekday`) at a chosen time, in the tenant's zone (UTC here).
+    let at = explain(
+        &proxy,
+        &[
+            "--tenant",
+            "acme",
+            "--workload",
+            "bot",
+            "--url",
+            &format!("{base}/x"),
+            "--at",
+            "2026-11-28T03:15:00Z",
+        ],
+    );
+    assert_eq!(
+        (
+            at["facts"]["hour"].as_u64(),
+            at["facts"]["weekday"].as_str()
+        ),
+        (Some(3), Some("sat"))
     );
 
     // Unknown workloads deny with an error, as in the proxy.

@@ -138,6 +138,10 @@ enum PolicyCommand {
         /// The run id comes from a signed token.
         #[arg(long)]
         run_signed: bool,
+        /// When the request arrives (RFC 3339, e.g. `2026-11-30T09:00:00Z`), for `hour` and
+        /// `weekday`; default now.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -397,6 +401,7 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             headers,
             scope,
             run_signed,
+            at,
             json,
         } => {
             use crate::policy::explain;
@@ -418,6 +423,15 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                     .map(|s| s.split_whitespace().map(String::from).collect())
                     .unwrap_or_default(),
                 run_signed,
+                at_unix: match at {
+                    Some(at) => time::OffsetDateTime::parse(
+                        &at,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .with_context(|| format!("`{at}` is not an RFC 3339 time"))?
+                    .unix_timestamp(),
+                    None => i64::try_from(crate::proxy::unix_now()).unwrap_or(i64::MAX),
+                },
             };
             let explanation =
                 explain::explain(&snapshot, &described).map_err(anyhow::Error::msg)?;

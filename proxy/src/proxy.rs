@@ -148,6 +148,7 @@ impl TenantProxy {
             &destination,
             session.req_header(),
             model.as_deref(),
+            i64::try_from(unix_now()).unwrap_or(i64::MAX),
         );
         authorize(&snapshot, &tenant, &facts, ctx)?;
         apply_credentials(
@@ -408,7 +409,9 @@ pub(crate) fn http_facts<'a>(
     destination: &'a Destination,
     req: &'a RequestHeader,
     model: Option<&'a str>,
+    now_unix: i64,
 ) -> HttpRequestFacts<'a> {
+    let (hour, weekday) = snapshot.tenants.local_clock(&tenant.tenant, now_unix);
     HttpRequestFacts {
         scheme: destination.scheme.as_str(),
         host: &destination.host,
@@ -420,6 +423,8 @@ pub(crate) fn http_facts<'a>(
         scopes: &tenant.scopes,
         route: destination.route.as_deref(),
         destination_region: snapshot.tenants.destination_region(destination),
+        hour,
+        weekday,
     }
 }
 

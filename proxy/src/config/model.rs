@@ -1000,6 +1000,15 @@ impl TenantConfig {
         route_region.or_else(|| self.regions.region_of(&destination.host))
     }
 
+    /// `tenant`'s local hour and weekday at Unix second `at` (UTC for an unknown tenant), for
+    /// the policies' `hour` and `weekday`.
+    pub fn local_clock(&self, tenant: &TenantId, at: i64) -> (u8, &'static str) {
+        match self.tenants.get(tenant) {
+            Some(t) => t.calendar.clock(at),
+            None => TenantCalendar::utc().clock(at),
+        }
+    }
+
     /// Whether `tenant` has `workload`.
     pub fn has_workload(&self, tenant: &TenantId, workload: &WorkloadId) -> bool {
         self.tenants

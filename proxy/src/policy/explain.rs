@@ -39,6 +39,8 @@ pub struct Described {
     pub scopes: Vec<String>,
     /// Whether the run id would come from a signed token.
     pub run_signed: bool,
+    /// When the request arrives (Unix second), for `hour` and `weekday`.
+    pub at_unix: i64,
 }
 
 /// The facts the policies saw.
@@ -64,6 +66,10 @@ pub struct ExplainedFacts {
     pub scopes: Vec<String>,
     /// The destination's region, when configuration tags it.
     pub destination_region: Option<String>,
+    /// Hour in the tenant's time zone.
+    pub hour: u8,
+    /// Weekday in the tenant's time zone.
+    pub weekday: String,
 }
 
 /// One `use_credential` decision.
@@ -131,8 +137,14 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
             .map(|v| v.as_bytes());
         crate::body::llm_request(content_type, body).model
     });
-    let facts =
-        crate::proxy::http_facts(snapshot, &context, &destination, &header, model.as_deref());
+    let facts = crate::proxy::http_facts(
+        snapshot,
+        &context,
+        &destination,
+        &header,
+        model.as_deref(),
+        req.at_unix,
+    );
     let explained_facts = ExplainedFacts {
         scheme: facts.scheme.to_string(),
         host: facts.host.to_string(),
@@ -144,6 +156,8 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
         run_signed: facts.run_signed,
         scopes: facts.scopes.to_vec(),
         destination_region: facts.destination_region.map(String::from),
+        hour: facts.hour,
+        weekday: facts.weekday.to_string(),
     };
     let decision = crate::proxy::decide_http(snapshot, &context, &facts);
     let shadow = crate::proxy::shadow_http(snapshot, &context, &facts, &decision);
@@ -264,7 +278,7 @@ pub fn render_text(e: &Explanation) -> String {
     out.push_str(&format!("errors:      {}\n", list(&e.errors)));
     if let Some(f) = &e.facts {
         out.push_str(&format!(
-            "facts:       {} {}://{}:{}{} model={} route={} destination_region={} run_signed={} scopes=[{}]\n",
+            "facts:       {} {}://{}:{}{} model={} route={} destination_region={} run_signed={} scopes=[{}] local={} {:02}h\n",
             f.method,
             f.scheme,
             f.host,
@@ -274,7 +288,9 @@ pub fn render_text(e: &Explanation) -> String {
             f.route.as_deref().unwrap_or("-"),
             f.destination_region.as_deref().unwrap_or("-"),
             f.run_signed,
-            f.scopes.join(" ")
+            f.scopes.join(" "),
+            f.weekday,
+            f.hour
         ));
     }
     if let Some(s) = &e.shadow {

@@ -14,7 +14,7 @@
 //! | principal | `TenantProxy::Workload::"<tenant>/<workload>"` (member of `TenantProxy::Tenant::"<tenant>"`) |
 //! | action | `TenantProxy::Action::"http"` |
 //! | resource | `TenantProxy::Destination::"<lowercase host>"` |
-//! | context | [`HttpRequestFacts`] (`scheme`, `host`, `port`, `method`, `path`, `model?`, `run_signed`, `scopes`, `route?`, `destination_region?`) |
+//! | context | [`HttpRequestFacts`] (`scheme`, `host`, `port`, `method`, `path`, `model?`, `run_signed`, `scopes`, `route?`, `destination_region?`, `hour`, `weekday`) |
 //!
 //! A `CONNECT` tunnel is decided first as action `connect` (may this workload open a tunnel to
 //! this host and port?) and, when allowed, as `connect_opaque` (may the tunnel skip
@@ -79,6 +79,10 @@ pub struct HttpRequestFacts<'a> {
     /// The destination's region, when configuration tags it (`[destination_regions]` or the
     /// route's `region`).
     pub destination_region: Option<&'a str>,
+    /// The hour (0–23) in the tenant's time zone when the request arrived.
+    pub hour: u8,
+    /// The weekday (`mon` … `sun`) in the tenant's time zone when the request arrived.
+    pub weekday: &'a str,
 }
 
 /// What a policy may ask about substituting a credential (the `use_credential` action's context).
@@ -105,6 +109,10 @@ pub struct ConnectFacts<'a> {
     pub scopes: &'a [String],
     /// The destination's region, when configuration tags the host.
     pub destination_region: Option<&'a str>,
+    /// The hour (0–23) in the tenant's time zone when the tunnel was asked for.
+    pub hour: u8,
+    /// The weekday (`mon` … `sun`) in the tenant's time zone.
+    pub weekday: &'a str,
 }
 
 /// The two questions a tunnel asks.
@@ -395,6 +403,7 @@ impl PolicyEngine {
                 ),
             ),
         ];
+        pairs.extend(clock_pairs(facts.hour, facts.weekday));
         if let Some(r) = facts.destination_region {
             pairs.push((
                 "destination_region".to_string(),
@@ -515,6 +524,7 @@ fn http_pairs(f: &HttpRequestFacts<'_>, host: &str) -> Vec<(String, RestrictedEx
             RestrictedExpression::new_string(r.to_string()),
         ));
     }
+    pairs.extend(clock_pairs(f.hour, f.weekday));
     if let Some(r) = f.destination_region {
         pairs.push((
             "destination_region".to_string(),
@@ -522,6 +532,20 @@ fn http_pairs(f: &HttpRequestFacts<'_>, host: &str) -> Vec<(String, RestrictedEx
         ));
     }
     pairs
+}
+
+/// `hour` and `weekday`, in the tenant's time zone.
+fn clock_pairs(hour: u8, weekday: &str) -> [(String, RestrictedExpression); 2] {
+    [
+        (
+            "hour".to_string(),
+            RestrictedExpression::new_long(i64::from(hour)),
+        ),
+        (
+            "weekday".to_string(),
+            RestrictedExpression::new_string(weekday.to_string()),
+        ),
+    ]
 }
 
 #[cfg(test)]

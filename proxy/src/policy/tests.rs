@@ -40,6 +40,8 @@ fn facts<'a>(host: &'a str, path: &'a str, model: Option<&'a str>) -> HttpReques
         scopes: &[],
         route: None,
         destination_region: None,
+        hour: 10,
+        weekday: "tue",
     }
 }
 
@@ -181,6 +183,8 @@ fn quickstart_tunnel_policies() {
             run_signed: false,
             scopes: &[],
             destination_region: quickstart_region(host),
+            hour: 10,
+            weekday: "tue",
         };
         let d = engine.authorize_connect(&tid(tenant), &wid(workload), question, &f);
         assert_eq!(d.allowed, allowed, "{name}: {d:?}");
@@ -270,6 +274,34 @@ fn optional_and_set_context_fields_reach_policies() {
             port,
             method,
             ..base
+        };
+        let d = engine.authorize_http(&tid("acme"), &wid("support-bot"), &f);
+        assert_eq!(d.allowed, allowed, "{name}: {d:?}");
+        assert_eq!(d.policy_ids, ids, "{name}: {d:?}");
+    }
+}
+
+#[test]
+fn business_hours_rules_read_the_local_clock() {
+    let dir = dir_with(&[(
+        "global/g.cedar",
+        r#"@id("all") permit (principal, HTTP, resource);
+@id("business-hours") forbid (principal, HTTP, resource)
+  when { context.hour < 8 || context.hour >= 18 || ["sat", "sun"].contains(context.weekday) };"#,
+    )]);
+    let engine = load_ok(dir.path());
+    #[rustfmt::skip]
+    let cases = [
+        ("weekday morning", 8, "mon", true, vec!["all"]),
+        ("weekday evening", 18, "fri", false, vec!["business-hours"]),
+        ("weekday night", 3, "wed", false, vec!["business-hours"]),
+        ("weekend", 11, "sun", false, vec!["business-hours"]),
+    ];
+    for (name, hour, weekday, allowed, ids) in cases {
+        let f = HttpRequestFacts {
+            hour,
+            weekday,
+            ..facts("x.example", "/", None)
         };
         let d = engine.authorize_http(&tid("acme"), &wid("support-bot"), &f);
         assert_eq!(d.allowed, allowed, "{name}: {d:?}");

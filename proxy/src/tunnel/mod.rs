@@ -241,12 +241,16 @@ impl EgressApp {
         if !egress.connect_ports.contains(&port) {
             return Err(Deny::ConnectPortForbidden(port));
         }
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        let (hour, weekday) = snapshot.tenants.local_clock(&tenant.tenant, now);
         let facts = ConnectFacts {
             host: &host,
             port,
             run_signed: tenant.run.signed,
             scopes: &tenant.scopes,
             destination_region: snapshot.tenants.regions.region_of(&host),
+            hour,
+            weekday,
         };
         let decision = snapshot.policy.authorize_connect(
             &tenant.tenant,
