@@ -167,7 +167,7 @@ region = "us"
         ),
         tenants_extra: r#"
 [destination_regions]
-eu = ["127.0.0.1"]
+eu = ["127.0.0.1", "eu.api.openai.com"]
 us = ["localhost", "*.us.example"]
 [credentials]
 files_dir = "secrets"
@@ -488,6 +488,9 @@ fn a_shadow_policy_set_changes_no_response_and_is_audited() {
     let origin = Origin::start();
     let spec = ProxySpec {
         tenants_top: "shadow_policy_dir = \"shadow\"".into(),
+        // The tunnel's host resolves to loopback without DNS.
+        egress: "allow = [\"127.0.0.1/32\"]\nhosts = { \"eu.api.openai.com\" = [\"127.0.0.1\"] }"
+            .into(),
         ..residency_spec(&origin)
     };
     let deny_all = "@id(\"shadow-deny-all\")\nforbid (principal, action, resource);\n";
@@ -545,6 +548,18 @@ fn a_shadow_policy_set_changes_no_response_and_is_audited() {
         ),
         "another tenant's series stays untouched: {metrics}"
     );
+
+    // Tunnels are asked too: an allowed `CONNECT` (refused later for want of an interception
+    // CA) records the shadow's would-be denial next to the enforced decision.
+    let connect = raw_request(
+        proxy.sidecar_port,
+        "CONNECT eu.api.openai.com:443 HTTP/1.1\r\nHost: eu.api.openai.com:443\r\n\r\n",
+    )
+    .unwrap();
+    let rec = proxy.audit_record("acme", &connect.request_id());
+    assert_eq!(rec["method"], "CONNECT");
+    assert_eq!(rec["policy_ids"], serde_json::json!(["acme-tunnels"]));
+    assert_eq!(rec["shadow"]["outcome"], "would_deny", "{rec}");
 
     // The shadow set reloads with the enforced one: a permit-all shadow now agrees.
     std::fs::write(

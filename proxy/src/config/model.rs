@@ -1108,6 +1108,21 @@ mod tests {
         let t = TenantConfig::load(&s.tenants_file).expect("tenants");
         assert_eq!(t.tenants.len(), 2);
         assert_eq!(t.routes[0].prefix, "/openai/v2/", "longest prefix first");
+        let region = |target: &str| {
+            let d = crate::target::resolve(target.as_bytes(), None, &t.routes).expect("target");
+            t.destination_region(&d).map(String::from)
+        };
+        #[rustfmt::skip]
+        let cases = [
+            ("host tag", "https://api.openai.com/v1/x", Some("us")),
+            ("wildcard tag", "https://a.eu.example.com/", Some("eu")),
+            ("untagged", "https://example.org/", None),
+            ("route without a region: its host's", "/openai/v1/x", Some("us")),
+            ("route region wins", "/openai/v2/x", Some("eu")),
+        ];
+        for (name, target, want) in cases {
+            assert_eq!(region(target).as_deref(), want, "{name}");
+        }
     }
 
     fn problems_text<T: std::fmt::Debug>(
@@ -1142,6 +1157,7 @@ mod tests {
             ("tenants-bad-id.toml", "tenants.Acme"),
             ("tenants-bad-route.toml", "route[0].prefix"),
             ("tenants-bad-lifetime.toml", "token.max_lifetime"),
+            ("tenants-bad-region.toml", "destination_regions.us[0]"),
         ];
         for (file, want) in tenant_cases {
             let text = problems_text(

@@ -79,9 +79,17 @@ impl DestinationRegions {
         }
     }
 
-    /// The region of `host` (lowercase, as the proxy normalizes it), if it is tagged.
+    /// The region of `host` (any case, one trailing dot allowed), if it is tagged.
     pub fn region_of(&self, host: &str) -> Option<&str> {
         let host = host.strip_suffix('.').unwrap_or(host);
+        // Hosts reach here lowercase already; a mixed-case one must not miss its region.
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
         if let Some(region) = self.exact.get(host) {
             return Some(region);
         }
@@ -128,6 +136,7 @@ mod tests {
             ("wildcard does not match the bare domain", "example.com", None),
             ("pattern normalized", "us.example.net", Some("us")),
             ("trailing dot", "api.openai.com.", Some("us")),
+            ("upper case", "API.OpenAI.com", Some("us")),
             ("suffix without a dot boundary", "evileu.example.com", Some("us")),
             ("untagged", "attacker.example", None),
         ];
