@@ -118,6 +118,19 @@ fn a_wrong_expectation_fails_with_what_was_expected_and_got() {
       "decision": "allow",
       "reason": ["globex-openai"],
       "num_errors": 0
+    }, {
+      "name": "globex borrows acme's permit (wrong)",
+      "request": {
+        "principal": "TenantProxy::Workload::\"globex/agent\"",
+        "action": "TenantProxy::Action::\"http\"",
+        "resource": "TenantProxy::Destination::\"eu.api.openai.com\"",
+        "context": {"scheme": "https", "host": "eu.api.openai.com", "port": 443, "method": "GET",
+                    "path": "/v1/models", "run_signed": false, "scopes": [], "hour": 10, "weekday": "tue"}
+      },
+      "entities": [],
+      "decision": "allow",
+      "reason": ["acme-openai"],
+      "num_errors": 0
     }]"#;
     std::fs::write(dir.path().join("tests/zz-wrong.json"), wrong).unwrap();
     let (code, out) = policy_cli(&[
@@ -129,7 +142,7 @@ fn a_wrong_expectation_fails_with_what_was_expected_and_got() {
     ]);
     assert_eq!(code, 1, "{out}");
     let failed: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
-    assert_eq!(failed.len(), 1, "{out}");
+    assert_eq!(failed.len(), 2, "{out}");
     assert!(
         failed[0].contains("tests/zz-wrong.json")
             && failed[0].ends_with("globex may use any model (wrong)"),
@@ -137,12 +150,65 @@ fn a_wrong_expectation_fails_with_what_was_expected_and_got() {
     );
     assert!(out.contains("expected: allow [globex-openai]"), "{out}");
     assert!(out.contains("got:      deny [free-plan-models]"), "{out}");
-    assert!(out.contains(" 1 failed"), "{out}");
+    // A case runs against its own tenant's set only: acme's permit never applies to globex.
+    assert!(
+        failed[1].ends_with("globex borrows acme's permit (wrong)"),
+        "{out}"
+    );
+    assert!(out.contains("got:      deny []"), "{out}");
+    assert!(out.contains(" 2 failed"), "{out}");
+}
 
-    // Without a configuration, the case must bring its own Tenant and Workload entities.
+#[test]
+fn without_a_configuration_cases_bring_their_own_entities() {
+    let dir = repo_policies_copy();
+    for f in std::fs::read_dir(dir.path().join("tests")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let case = |name: &str, entities: &str, decision: &str| {
+        format!(
+            r#"{{
+      "name": "{name}",
+      "request": {{
+        "principal": "TenantProxy::Workload::\"globex/agent\"",
+        "action": "TenantProxy::Action::\"http\"",
+        "resource": "TenantProxy::Destination::\"api.openai.com\"",
+        "context": {{"scheme": "https", "host": "api.openai.com", "port": 443, "method": "POST",
+                    "path": "/v1/chat/completions", "model": "gpt-4o", "run_signed": false,
+                    "scopes": [], "hour": 10, "weekday": "tue"}}
+      }},
+      "entities": {entities},
+      "decision": "{decision}",
+      "reason": ["free-plan-models"],
+      "num_errors": 0
+    }}"#
+        )
+    };
+    let entities = r#"[
+      {"uid": {"type": "TenantProxy::Tenant", "id": "globex"}, "attrs": {"plan": "free", "region": "us"}, "parents": []},
+      {"uid": {"type": "TenantProxy::Workload", "id": "globex/agent"},
+       "attrs": {"tenant": {"__entity": {"type": "TenantProxy::Tenant", "id": "globex"}}, "name": "agent"},
+       "parents": [{"type": "TenantProxy::Tenant", "id": "globex"}]}
+    ]"#;
+    std::fs::write(
+        dir.path().join("tests/own.json"),
+        format!("[{}]", case("free plan, big model", entities, "deny")),
+    )
+    .unwrap();
+    let (code, out) = policy_cli(&["policy", "test", path_str(dir.path())]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 passed, 0 failed"), "{out}");
+
+    // The same case without its entities cannot read the tenant's plan: an error, which denies
+    // but does not match the expected deciding policy.
+    std::fs::write(
+        dir.path().join("tests/own.json"),
+        format!("[{}]", case("no entities", "[]", "deny")),
+    )
+    .unwrap();
     let (code, out) = policy_cli(&["policy", "test", path_str(dir.path())]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("error(s)"), "missing entities error: {out}");
+    assert!(out.contains("error(s)"), "{out}");
 }
 
 /// The quickstart's policies (the repo's `policies/`), residency tags for the loopback origins
