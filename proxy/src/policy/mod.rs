@@ -20,6 +20,11 @@
 //! this host and port?) and, when allowed, as `connect_opaque` (may the tunnel skip
 //! interception?). Both take a [`ConnectFacts`] context. Requests inside an intercepted tunnel
 //! are then decided one by one as `http`, like any other request.
+//!
+//! Tooling lives beside the engine: [`PolicyEngine::check`] returns warnings as well as problems
+//! (`tenant-proxy policy check`), [`testing`] runs the JSON cases kept in `policies/tests/`,
+//! [`explain`] answers for a described request through the proxy's own decision path, and
+//! [`shadow`] compares a report-only policy set's answers with the enforced ones.
 
 pub mod explain;
 mod load;
