@@ -643,6 +643,22 @@ fn built_requests_conform_to_the_schema() {
             .credential_request(principal, &cred, Some(&schema))
             .unwrap_or_else(|e| panic!("{name}, credential: {e}"));
     }
+    for region in [Some("eu"), None] {
+        let f = ConnectFacts {
+            host: "eu.api.openai.com",
+            port: 443,
+            run_signed: true,
+            scopes: &scopes,
+            destination_region: region,
+            hour: 23,
+            weekday: "sun",
+        };
+        for question in [ConnectQuestion::Open, ConnectQuestion::Opaque] {
+            engine
+                .connect_request(principal, question, &f, Some(&schema))
+                .unwrap_or_else(|e| panic!("connect {region:?}: {e}"));
+        }
+    }
 }
 
 #[test]
