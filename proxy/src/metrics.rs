@@ -64,6 +64,9 @@ pub struct Metrics {
     pub mtls_handshake_failures: IntCounter,
     /// Destinations refused by the egress (SSRF) guard, by tenant.
     pub egress_refusals: IntCounterVec,
+    /// Shadow (report-only) policy decisions by tenant and outcome (`agree`, `would_deny`,
+    /// `would_allow`).
+    pub shadow_decisions: IntCounterVec,
 }
 
 const TENANT_NONE: &str = "none";
@@ -217,6 +220,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant"],
         )?,
+        shadow_decisions: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_shadow_decisions_total",
+                "Shadow policy decisions by tenant and outcome compared with the enforced one",
+            ),
+            &["tenant", "outcome"],
+        )?,
         registry,
     };
     let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -245,6 +255,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.leaf_certificates.clone()),
         Box::new(m.mtls_handshake_failures.clone()),
         Box::new(m.egress_refusals.clone()),
+        Box::new(m.shadow_decisions.clone()),
     ];
     for c in collectors {
         m.registry.register(c)?;

@@ -5,6 +5,7 @@
 //! problem at once. An invalid configuration never exists at runtime.
 
 pub mod model;
+pub mod regions;
 pub mod spec;
 
 pub use model::{

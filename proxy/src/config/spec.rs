@@ -346,6 +346,9 @@ pub struct LogSpec {
 pub struct TenantsSpec {
     /// Directory of Cedar schema and policies.
     pub policy_dir: PathBuf,
+    /// A second policy directory asked every question in report-only (shadow) mode: its
+    /// decisions are audited and counted, never enforced.
+    pub shadow_policy_dir: Option<PathBuf>,
     /// Request headers that claim a tenant or workload; always removed before forwarding.
     #[serde(default = "default_strip_headers")]
     pub strip_headers: Vec<String>,
@@ -361,6 +364,10 @@ pub struct TenantsSpec {
     /// Tenants by id.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSpec>,
+    /// Regions of upstream destinations: region name -> host names (`*.domain` for
+    /// subdomains), available to policies as `context.destination_region`.
+    #[serde(default)]
+    pub destination_regions: BTreeMap<String, Vec<String>>,
 }
 
 fn default_strip_headers() -> Vec<String> {
@@ -423,6 +430,9 @@ pub struct RouteSpec {
     /// The LLM provider behind the route, for the price table (`openai`, `anthropic`, …);
     /// well-known API hosts need none.
     pub provider: Option<String>,
+    /// Region of this route's upstream (policy `context.destination_region`); overrides
+    /// `[destination_regions]` for requests through the route.
+    pub region: Option<String>,
 }
 
 /// `[tenants.<id>]`.
