@@ -1,23 +1,79 @@
-//! A keep-alive HTTP/1.1 load client: `concurrency` connections, each sending the same request
-//! back to back until `requests` have been sent in total or the time limit passes.
+//! A keep-alive HTTP/1.1 load client: `concurrency` connections, each sending requests back to
+//! back until `requests` have been sent in total or the time limit passes. What a connection is
+//! (plain TCP, or TLS inside a proxy tunnel) and whether it is kept is up to the [`Target`] and
+//! [`Connections`]; [`run`] is plain TCP with keep-alive.
 
+use std::borrow::Cow;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::http1::{read_body, read_head};
 
 /// How long one connect or one request/response exchange may take before it counts as an error.
 /// A hung proxy must not hang the benchmark, and 10 s is far above any healthy loopback latency.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection gives up after this many I/O failures in a row: the target is down (say the
 /// proxy crashed), and hammering a refused port until the time limit would only bury the cause.
 /// An HTTP answer, even a refusal, shows the target is up and does not count towards it.
 const MAX_CONSECUTIVE_FAILURES: usize = 50;
+
+/// Where load connections come from and what is sent on them.
+pub trait Target: Send + Sync + 'static {
+    /// An open connection, ready for HTTP/1.1 requests.
+    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Opens a connection for operation `op` (the index, from 0, of the request it carries
+    /// first). Errors say what failed, e.g. `connect 127.0.0.1:80: Connection refused`.
+    fn open(&self, op: usize) -> impl Future<Output = io::Result<Self::Conn>> + Send;
+
+    /// The complete request of operation `op`.
+    fn request(&self, op: usize) -> Cow<'_, [u8]>;
+}
+
+/// Plain TCP to `addr`, the same request every time.
+#[derive(Debug, Clone)]
+pub struct Plain {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The complete request.
+    pub raw: Arc<Vec<u8>>,
+}
+
+impl Target for Plain {
+    type Conn = TcpStream;
+
+    async fn open(&self, _op: usize) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("connect {}: {e}", self.addr)))?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    fn request(&self, _op: usize) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.raw.as_slice())
+    }
+}
+
+/// Whether a connection carries many requests or one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// Keep-alive: each connection carries request after request. Opening it is not part of any
+    /// request's latency.
+    KeepAlive,
+    /// Every operation opens a new connection, sends one request, reads the response and closes
+    /// the connection. The latency is the whole operation, from before opening to the last
+    /// response byte (closing is not included).
+    PerRequest,
+}
 
 /// What one run measured.
 #[derive(Debug, Clone)]
@@ -55,7 +111,7 @@ impl RunResult {
 
 /// Sends `raw` (a complete request) over `concurrency` keep-alive connections to `addr`.
 pub async fn run(
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     raw: Arc<Vec<u8>>,
     requests: usize,
     concurrency: usize,
@@ -67,8 +123,47 @@ pub async fn run(
 /// As [`run`], but each connection starts a request at most every `interval`: a steady
 /// `concurrency / interval` requests per second while the target keeps up.
 pub async fn run_paced(
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     raw: Arc<Vec<u8>>,
+    requests: usize,
+    concurrency: usize,
+    limit: Duration,
+    interval: Duration,
+) -> RunResult {
+    drive(
+        Arc::new(Plain { addr, raw }),
+        Connections::KeepAlive,
+        requests,
+        concurrency,
+        limit,
+        interval,
+    )
+    .await
+}
+
+/// Sends `requests` operations to `target` over `concurrency` concurrent connections (kept or
+/// one per operation), stopping early at `limit`.
+pub async fn run_target<T: Target>(
+    target: Arc<T>,
+    connections: Connections,
+    requests: usize,
+    concurrency: usize,
+    limit: Duration,
+) -> RunResult {
+    drive(
+        target,
+        connections,
+        requests,
+        concurrency,
+        limit,
+        Duration::ZERO,
+    )
+    .await
+}
+
+async fn drive<T: Target>(
+    target: Arc<T>,
+    connections: Connections,
     requests: usize,
     concurrency: usize,
     limit: Duration,
@@ -79,9 +174,9 @@ pub async fn run_paced(
     let deadline = started + limit;
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (raw, issued) = (raw.clone(), issued.clone());
+        let (target, issued) = (target.clone(), issued.clone());
         tasks.push(tokio::spawn(async move {
-            worker(addr, raw, issued, requests, deadline, interval).await
+            worker(target, connections, issued, requests, deadline, interval).await
         }));
     }
     let mut result = RunResult {
@@ -131,9 +226,15 @@ impl WorkerResult {
     }
 }
 
-async fn worker(
-    addr: std::net::SocketAddr,
-    raw: Arc<Vec<u8>>,
+/// Closes a connection politely (a TLS close_notify, then FIN), so the far end sees a clean end
+/// rather than a truncated stream. Bounded: a hung peer cannot stall the run.
+async fn close<C: AsyncWrite + Unpin>(mut conn: C) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
+}
+
+async fn worker<T: Target>(
+    target: Arc<T>,
+    connections: Connections,
     issued: Arc<AtomicUsize>,
     total: usize,
     deadline: Instant,
@@ -145,25 +246,27 @@ async fn worker(
         first_error: None,
         consecutive_failures: 0,
     };
-    let mut conn: Option<(TcpStream, Vec<u8>)> = None;
-    while issued.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
+    let mut conn: Option<(T::Conn, Vec<u8>)> = None;
+    loop {
+        let op = issued.fetch_add(1, Ordering::Relaxed);
+        if op >= total || Instant::now() >= deadline {
+            break;
+        }
         if out.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
             break;
         }
+        let op_start = Instant::now();
         if conn.is_none() {
-            match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    conn = Some((s, Vec::with_capacity(16 * 1024)));
-                }
+            match tokio::time::timeout(REQUEST_TIMEOUT, target.open(op)).await {
+                Ok(Ok(c)) => conn = Some((c, Vec::with_capacity(16 * 1024))),
                 Ok(Err(e)) => {
-                    out.fail(format!("connect {addr}: {e}"));
+                    out.fail(e.to_string());
                     // Back off so a refused port does not turn into a busy loop.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
                 Err(_) => {
-                    out.fail(format!("connect {addr}: timed out"));
+                    out.fail(format!("no connection within {REQUEST_TIMEOUT:?}"));
                     continue;
                 }
             }
@@ -171,18 +274,22 @@ async fn worker(
         let Some((stream, buf)) = conn.as_mut() else {
             continue;
         };
-        let t0 = Instant::now();
+        let t0 = match connections {
+            Connections::KeepAlive => Instant::now(),
+            Connections::PerRequest => op_start,
+        };
         let next_start = t0 + interval;
+        let raw = target.request(op);
         let exchange = async {
             stream.write_all(&raw).await?;
             let head = read_head(stream, buf, false)
                 .await?
-                .ok_or_else(|| std::io::Error::other("connection closed before a response"))?;
+                .ok_or_else(|| io::Error::other("connection closed before a response"))?;
             let body = read_body(stream, buf, &head).await?;
             let close = head
                 .header("connection")
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-            Ok::<_, std::io::Error>((head.status, close, body))
+            Ok::<_, io::Error>((head.status, close, body))
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Ok(Ok((200, close, _))) => {
@@ -209,15 +316,23 @@ async fn worker(
                 conn = None;
             }
         }
+        if connections == Connections::PerRequest {
+            if let Some((c, _)) = conn.take() {
+                close(c).await;
+            }
+        }
         if !interval.is_zero() {
             tokio::time::sleep_until(next_start.into()).await;
         }
+    }
+    if let Some((c, _)) = conn.take() {
+        close(c).await;
     }
     out
 }
 
 /// One `GET` on a fresh connection; the body as text, or why it failed.
-pub async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+pub async fn get(addr: SocketAddr, path: &str) -> io::Result<String> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream
@@ -229,14 +344,14 @@ pub async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<Stri
         let mut buf = Vec::new();
         let head = read_head(&mut stream, &mut buf, false)
             .await?
-            .ok_or_else(|| std::io::Error::other("connection closed before a response"))?;
+            .ok_or_else(|| io::Error::other("connection closed before a response"))?;
         let body = read_body(&mut stream, &mut buf, &head).await?;
         if head.status != 200 {
-            return Err(std::io::Error::other(format!("HTTP {}", head.status)));
+            return Err(io::Error::other(format!("HTTP {}", head.status)));
         }
         Ok(String::from_utf8_lossy(&body).into_owned())
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
-        .map_err(|_| std::io::Error::other(format!("no response within {REQUEST_TIMEOUT:?}")))?
+        .map_err(|_| io::Error::other(format!("no response within {REQUEST_TIMEOUT:?}")))?
 }

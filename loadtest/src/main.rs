@@ -1,29 +1,57 @@
 //! `tenant-proxy-loadtest`: the mock upstream, and a bounded load comparison of direct calls
 //! against calls through tenant-proxy, printed as one Markdown table.
 
+mod tunnel;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use tenant_proxy_loadtest::{client, mock};
+use tenant_proxy_loadtest::client::{self, Connections, Target};
+use tenant_proxy_loadtest::{mock, tls};
+use tunnel::{Hosts, Tunnels};
 
 /// Every row `run` knows, in the order they are measured.
-const ROWS: [&str; 6] = [
+const ROWS: [&str; 10] = [
     "direct",
     "forward",
     "route",
     "route+limits(memory)",
     "route+limits(memory)+noisy-neighbour",
     "route+limits(redis)",
+    TUNNEL_KEEP_ALIVE,
+    NEW_TUNNEL_CACHED,
+    NEW_TUNNEL_NEW_UPSTREAM,
+    NEW_TUNNEL_FRESH,
 ];
+
+/// HTTPS rows: requests over kept intercepted tunnels, and whole new tunnels.
+const TUNNEL_KEEP_ALIVE: &str = "tunnel(intercept)";
+const NEW_TUNNEL_CACHED: &str = "new-tunnel(cached-leaf)";
+const NEW_TUNNEL_NEW_UPSTREAM: &str = "new-tunnel(cached-leaf+new-upstream)";
+const NEW_TUNNEL_FRESH: &str = "new-tunnel(fresh-leaf)";
 
 /// Requests per row sent before measuring, so connection setup, allocator growth and lazy
 /// initialisation in the proxy do not land in the measured numbers.
 const WARM_UP: usize = 500;
+
+/// Operations per new-tunnel row sent before measuring (each one a whole new tunnel).
+const NEW_TUNNEL_WARM_UP: usize = 200;
+
+/// The TLS mock's domain: `llm.test` and every `*.llm.test` name the new-tunnel rows use are
+/// on its certificate and mapped to 127.0.0.1 by the generated `[egress] hosts`.
+const TUNNEL_DOMAIN: &str = "llm.test";
+
+/// pingora keeps at most this many idle upstream connections per proxy (its default
+/// `upstream_keepalive_pool_size`), dropping the least recently used first. The
+/// `cached-leaf+new-upstream` row cycles through enough host names that each one's pooled
+/// connection is gone by the time the name comes round again.
+const UPSTREAM_POOL: usize = 128;
 
 /// Mock upstream and load comparison for tenant-proxy.
 #[derive(Debug, Parser)]
@@ -59,9 +87,14 @@ enum Cmd {
         /// Longest time per row (e.g. 60s, 500ms, 2m); the row stops early when it is reached.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         duration_limit: Duration,
+        /// Measured operations per new-tunnel row, at most --requests (each a new connection,
+        /// CONNECT, TLS handshake and one request).
+        #[arg(long, default_value_t = 2_000)]
+        new_tunnels: usize,
         /// Run only these rows (comma-separated: direct, forward, route, route+limits(memory),
-        /// route+limits(memory)+noisy-neighbour, route+limits(redis); the redis row needs
-        /// `redis-server` on PATH). Default: all.
+        /// route+limits(memory)+noisy-neighbour, route+limits(redis), tunnel(intercept),
+        /// new-tunnel(cached-leaf), new-tunnel(cached-leaf+new-upstream),
+        /// new-tunnel(fresh-leaf); the redis row needs `redis-server` on PATH). Default: all.
         #[arg(long, value_delimiter = ',', value_parser = parse_row)]
         only: Vec<String>,
     },
@@ -102,12 +135,14 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             requests,
             concurrency,
             duration_limit,
+            new_tunnels,
             only,
         } => rt.block_on(run(RunArgs {
             proxy_bin,
             requests,
             concurrency,
             limit: duration_limit,
+            new_tunnels,
             only,
         })),
     }
@@ -272,18 +307,22 @@ fn which(cmd: &str) -> bool {
 }
 
 /// Writes the two config files into `dir`, starts the proxy and waits for `/readyz`.
+///
+/// The static file has one `[egress]` table: loopback is allowed (the mocks listen there), then
+/// `g.egress_extra`; `g.static_extra` follows it and must not open `[egress]` again.
 async fn start_proxy(
     bin: &Path,
     dir: &Path,
     mock_port: u16,
     pin: bool,
-    static_extra: &str,
+    g: &Group,
     tenants_extra: &str,
 ) -> anyhow::Result<ProxyProcess> {
     std::fs::create_dir_all(dir)?;
     let (proxy_port, admin_port, neighbour_port) = (free_port()?, free_port()?, free_port()?);
     std::fs::write(dir.join("prices.toml"), PRICES)?;
-    let policies = workspace_root().join("policies");
+    let policies = &g.policy_dir;
+    let (egress_extra, static_extra) = (&g.egress_extra, &g.static_extra);
     // grace_period 0s: nothing needs draining at the end of a benchmark, so SIGTERM should end
     // the proxy at once. Log level warn: per-request info lines would be measured as proxy CPU.
     std::fs::write(
@@ -310,6 +349,10 @@ grace_period = "0s"
 graceful_shutdown_timeout = "1s"
 [log]
 level = "warn"
+[egress]
+# The mocks listen on loopback, which the SSRF guard refuses unless it is an exception.
+allow = ["127.0.0.1/32"]
+{egress_extra}
 {static_extra}
 "#,
             audit = dir.join("audit").display()
@@ -477,29 +520,117 @@ struct RunArgs {
     requests: usize,
     concurrency: usize,
     limit: Duration,
+    new_tunnels: usize,
     only: Vec<String>,
+}
+
+impl RunArgs {
+    /// Measured operations per new-tunnel row.
+    fn new_tunnel_ops(&self) -> usize {
+        self.requests.min(self.new_tunnels)
+    }
 }
 
 /// One proxy instance and the rows measured through it.
 struct Group {
     dir: &'static str,
     rows: Vec<&'static str>,
+    /// Appended to the static config after its `[egress]` table (which it must not repeat).
     static_extra: String,
+    /// More `[egress]` keys.
+    egress_extra: String,
     tenants_extra: &'static str,
+    /// The Cedar policy directory.
+    policy_dir: PathBuf,
+    /// Create the interception CA here (`tenant-proxy ca init --out`) before starting.
+    ca_init: Option<PathBuf>,
 }
 
-/// Measures one row and prints it; `Err` describes why the row failed.
-async fn measure(
+/// What a row sends: the warm-up and the measured operations.
+struct Load<T> {
+    warm: Arc<T>,
+    warm_ops: usize,
+    measured: Arc<T>,
+    ops: usize,
+    connections: Connections,
+}
+
+impl Load<client::Plain> {
+    /// Keep-alive requests of `raw` to `addr`, [`WARM_UP`] of them then `--requests`.
+    fn plain(addr: SocketAddr, raw: Vec<u8>, args: &RunArgs) -> Self {
+        let target = Arc::new(client::Plain {
+            addr,
+            raw: Arc::new(raw),
+        });
+        Self {
+            warm: target.clone(),
+            warm_ops: WARM_UP,
+            measured: target,
+            ops: args.requests,
+            connections: Connections::KeepAlive,
+        }
+    }
+}
+
+/// What the proxy did during a measured run, beyond answering: leaves it minted and
+/// connections it opened to the TLS mock.
+#[derive(Debug, Clone, Copy)]
+struct Work {
+    minted: Option<u64>,
+    upstream_connections: usize,
+}
+
+/// The counters [`Work`] is the difference of.
+struct Probe<'a> {
+    upstream_accepted: &'a AtomicUsize,
+}
+
+impl Probe<'_> {
+    async fn read(&self, proxy: &ProxyProcess) -> Work {
+        Work {
+            minted: minted_leaves(proxy).await,
+            upstream_connections: self.upstream_accepted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Leaves the proxy has minted so far, from its metrics.
+async fn minted_leaves(proxy: &ProxyProcess) -> Option<u64> {
+    let admin = SocketAddr::from(([127, 0, 0, 1], proxy.admin_port));
+    let metrics = client::get(admin, "/metrics").await.ok()?;
+    Some(
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("tenant_proxy_leaf_certificates_total{")
+                    && l.contains("result=\"miss\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
+/// Measures one row and prints it; `Err` describes why the row failed. With a `probe`, also
+/// returns what the proxy did during the measured part.
+async fn measure<T: Target>(
     name: &str,
-    addr: SocketAddr,
-    raw: Vec<u8>,
+    load: &Load<T>,
     args: &RunArgs,
     mut proxy: Option<&mut ProxyProcess>,
-) -> Result<(), String> {
-    let raw = Arc::new(raw);
+    probe: Option<&Probe<'_>>,
+) -> Result<(client::RunResult, Option<Work>), String> {
     let log_tail =
         |p: &Option<&mut ProxyProcess>| p.as_ref().map(|p| p.log_tail()).unwrap_or_default();
-    let warm = client::run(addr, raw.clone(), WARM_UP, args.concurrency, args.limit).await;
+    let run = |target: &Arc<T>, ops: usize| {
+        client::run_target(
+            target.clone(),
+            load.connections,
+            ops,
+            args.concurrency,
+            args.limit,
+        )
+    };
+    let warm = run(&load.warm, load.warm_ops).await;
     if warm.errors > 0 {
         println!(
             "| {name} (warm-up failed) | {} | {} | - | - | - | - |",
@@ -513,9 +644,28 @@ async fn measure(
             log_tail(&proxy)
         ));
     }
+    let work_before = match (probe, proxy.as_deref()) {
+        (Some(probe), Some(p)) => Some(probe.read(p).await),
+        _ => None,
+    };
     let cpu_before = proxy.as_ref().and_then(|p| p.cpu().ok());
-    let r = client::run(addr, raw, args.requests, args.concurrency, args.limit).await;
+    let r = run(&load.measured, load.ops).await;
     let cpu_after = proxy.as_ref().and_then(|p| p.cpu().ok());
+    let work = match (probe, proxy.as_deref(), work_before) {
+        (Some(probe), Some(p), Some(before)) => {
+            let after = probe.read(p).await;
+            Some(Work {
+                minted: after
+                    .minted
+                    .zip(before.minted)
+                    .map(|(a, b)| a.saturating_sub(b)),
+                upstream_connections: after
+                    .upstream_connections
+                    .saturating_sub(before.upstream_connections),
+            })
+        }
+        _ => None,
+    };
     let cpu = match (cpu_before, cpu_after) {
         (Some(before), Some(after)) if r.requests > 0 => format!(
             "{:.1}",
@@ -551,13 +701,13 @@ async fn measure(
             log_tail(&proxy)
         ));
     }
-    if r.requests < args.requests {
+    if r.requests < load.ops {
         eprintln!(
             "note: row `{name}` hit --duration-limit after {} of {} requests",
-            r.requests, args.requests
+            r.requests, load.ops
         );
     }
-    Ok(())
+    Ok((r, work))
 }
 
 /// How many of globex's requests the proxy refused, from its metrics.
@@ -595,6 +745,255 @@ fn pinning_hint(pinned_proxy: bool) {
     }
 }
 
+/// Everything the HTTPS rows need besides the proxy: the TLS mock (its certificate covers
+/// `llm.test` and `*.llm.test`, signed by a throwaway origin CA the proxy is told to trust),
+/// a policy directory permitting the tunnels, and the proxy config pointing at both.
+struct TunnelSetup {
+    /// The TLS mock's port: the CONNECT port of every tunnel.
+    mock_port: u16,
+    /// Connections the TLS mock accepted (each one an upstream connection of the proxy).
+    accepted: Arc<AtomicUsize>,
+    /// Where `ca init` writes the interception CA.
+    ca_dir: PathBuf,
+}
+
+/// The hosts of an HTTPS row's tunnels: warm-up, measured.
+fn new_tunnel_hosts(row: &str, args: &RunArgs) -> (Hosts, Hosts) {
+    let fresh = |prefix: &str| Hosts::Fresh {
+        prefix: prefix.into(),
+        domain: TUNNEL_DOMAIN.into(),
+    };
+    match row {
+        NEW_TUNNEL_FRESH => (fresh("w"), fresh("f")),
+        NEW_TUNNEL_NEW_UPSTREAM => {
+            let cycle = Hosts::Cycle {
+                prefix: "r".into(),
+                domain: TUNNEL_DOMAIN.into(),
+                count: cycle_hosts(args),
+            };
+            (cycle.clone(), cycle)
+        }
+        _ => (
+            Hosts::One(TUNNEL_DOMAIN.into()),
+            Hosts::One(TUNNEL_DOMAIN.into()),
+        ),
+    }
+}
+
+/// How many names the `cached-leaf+new-upstream` row cycles through: between two uses of a
+/// name, more than the pool's worth of other names (plus those in flight) come back to it.
+fn cycle_hosts(args: &RunArgs) -> usize {
+    2 * (UPSTREAM_POOL + args.concurrency.max(1))
+}
+
+/// Warm-up operations of a new-tunnel row: the `cached-leaf+new-upstream` row mints a leaf for
+/// every name of its cycle before measuring.
+fn new_tunnel_warm_up(row: &str, args: &RunArgs) -> usize {
+    if row == NEW_TUNNEL_NEW_UPSTREAM {
+        cycle_hosts(args)
+    } else {
+        NEW_TUNNEL_WARM_UP
+    }
+}
+
+/// The Cedar permits the HTTPS rows need on top of the repo's policies.
+const LOADTEST_POLICY: &str = r#"// Written by tenant-proxy-loadtest for its HTTPS rows: acme may open tunnels to the TLS mock
+// (llm.test and its subdomains, mapped to 127.0.0.1 by the generated [egress] hosts) and send
+// HTTPS requests inside them.
+@id("loadtest-tunnels")
+permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"connect", resource)
+when { context.host == "llm.test" || context.host like "*.llm.test" };
+
+@id("loadtest-https")
+permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"http", resource)
+when {
+  context.scheme == "https" &&
+  (context.host == "llm.test" || context.host like "*.llm.test")
+};
+"#;
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts the TLS mock and writes the HTTPS rows' policies and config pieces into `dir`.
+async fn prepare_tunnels(
+    dir: &Path,
+    rows: &[&'static str],
+    args: &RunArgs,
+) -> anyhow::Result<(TunnelSetup, Group)> {
+    std::fs::create_dir_all(dir)?;
+    let origin = tls::TestCa::new("tenant-proxy-loadtest origin CA")?;
+    let wildcard = format!("*.{TUNNEL_DOMAIN}");
+    let pair = origin.server(&[TUNNEL_DOMAIN, &wildcard])?;
+    let origin_ca = dir.join("origin-ca.pem");
+    std::fs::write(&origin_ca, &origin.cert_pem)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mock_port = listener.local_addr()?.port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(tunnel::serve_mock_tls_counted(
+        listener,
+        tls::server_config(&pair)?,
+        accepted.clone(),
+    ));
+
+    // The repo's policies plus a permit for the mock's names.
+    let policy_dir = dir.join("policies");
+    copy_dir(&workspace_root().join("policies"), &policy_dir)
+        .context("copying the repo's policies/")?;
+    let acme = policy_dir.join("tenants").join("acme");
+    std::fs::create_dir_all(&acme)?;
+    std::fs::write(acme.join("loadtest.cedar"), LOADTEST_POLICY)?;
+
+    // `[egress] hosts` has no wildcards: every name a row will use is listed (bounded by the
+    // row's operation count).
+    let mut names = Vec::new();
+    for row in rows {
+        let (warm, measured) = new_tunnel_hosts(row, args);
+        names.extend(warm.distinct(new_tunnel_warm_up(row, args)));
+        names.extend(measured.distinct(args.new_tunnel_ops()));
+    }
+    names.sort();
+    names.dedup();
+    let hosts: Vec<String> = names
+        .iter()
+        .map(|n| format!("\"{n}\" = [\"127.0.0.1\"]"))
+        .collect();
+    let ca_dir = dir.join("ca");
+    let group = Group {
+        dir: "tunnel",
+        rows: rows.to_vec(),
+        // Room for every leaf the run mints, so none is evicted and minted again.
+        static_extra: format!(
+            "[intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nleaf_cache = {}\n[upstream]\nextra_ca_files = [\"{}\"]\n",
+            ca_dir.join("ca.pem").display(),
+            ca_dir.join("ca-key.pem").display(),
+            (names.len() + 1).max(10_000),
+            origin_ca.display()
+        ),
+        egress_extra: format!(
+            "connect_ports = [443, {mock_port}]\nhosts = {{ {} }}\n",
+            hosts.join(", ")
+        ),
+        tenants_extra: "",
+        policy_dir,
+        ca_init: Some(ca_dir.clone()),
+    };
+    Ok((
+        TunnelSetup {
+            mock_port,
+            accepted,
+            ca_dir,
+        },
+        group,
+    ))
+}
+
+/// `tenant-proxy ca init --out dir`, constrained to the mock's domain.
+fn ca_init(bin: &Path, dir: &Path) -> anyhow::Result<()> {
+    let out = Command::new(bin)
+        .args(["ca", "init", "--out"])
+        .arg(dir)
+        .args([
+            "--name",
+            "tenant-proxy-loadtest interception CA",
+            "--permit",
+            TUNNEL_DOMAIN,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} ca init", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`{} ca init --out {}` failed ({}): {}",
+            bin.display(),
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Measures one HTTPS row through `proxy`, checks it measured what it says (a leaf minted per
+/// operation, or none; a new upstream connection per operation) and notes what the proxy did.
+async fn measure_tunnel_row(
+    row: &'static str,
+    setup: &TunnelSetup,
+    ca_pem: &str,
+    args: &RunArgs,
+    proxy: &mut ProxyProcess,
+) -> Result<(), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], proxy.port));
+    let request: fn(&str) -> Vec<u8> = |authority| chat_request("/v1/chat/completions", authority);
+    let (warm_hosts, hosts) = new_tunnel_hosts(row, args);
+    let tunnels = |hosts: Hosts| {
+        Tunnels::new(addr, setup.mock_port, hosts, ca_pem, request)
+            .map(Arc::new)
+            .map_err(|e| format!("row `{row}`: the client TLS config: {e}"))
+    };
+    let load = if row == TUNNEL_KEEP_ALIVE {
+        let target = tunnels(hosts)?;
+        Load {
+            warm: target.clone(),
+            warm_ops: WARM_UP,
+            measured: target,
+            ops: args.requests,
+            connections: Connections::KeepAlive,
+        }
+    } else {
+        Load {
+            warm: tunnels(warm_hosts)?,
+            warm_ops: new_tunnel_warm_up(row, args),
+            measured: tunnels(hosts)?,
+            ops: args.new_tunnel_ops(),
+            connections: Connections::PerRequest,
+        }
+    };
+    let probe = Probe {
+        upstream_accepted: &setup.accepted,
+    };
+    let (r, work) = measure(row, &load, args, Some(proxy), Some(&probe)).await?;
+    let Some(work) = work else {
+        return Ok(());
+    };
+    let ok = r.requests - r.errors;
+    let minted = work
+        .minted
+        .map_or_else(|| "? (no metrics)".to_string(), |m| m.to_string());
+    eprintln!(
+        "note: row `{row}`: {} operations; the proxy minted {minted} leaves and opened {} upstream TLS connections meanwhile",
+        r.requests, work.upstream_connections
+    );
+    match row {
+        NEW_TUNNEL_FRESH if work.minted.is_some_and(|m| (m as usize) < ok) => Err(format!(
+            "row `{row}`: only {minted} leaves minted for {ok} tunnels to new names: the row measured cached leaves"
+        )),
+        NEW_TUNNEL_CACHED | NEW_TUNNEL_NEW_UPSTREAM | TUNNEL_KEEP_ALIVE
+            if work.minted.is_some_and(|m| m > 0) =>
+        {
+            Err(format!(
+                "row `{row}`: {minted} leaves minted while measuring: the row did not measure cached leaves only"
+            ))
+        }
+        NEW_TUNNEL_NEW_UPSTREAM if work.upstream_connections < ok => Err(format!(
+            "row `{row}`: {} upstream connections for {ok} operations: the proxy reused pooled connections (is its pool still {UPSTREAM_POOL}?)",
+            work.upstream_connections
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let wanted = |row: &str| args.only.is_empty() || args.only.iter().any(|o| o == row);
     let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -602,6 +1001,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     tokio::spawn(mock::serve_mock(mock_listener));
     let mock_addr = SocketAddr::from(([127, 0, 0, 1], mock_port));
     let mock_host = format!("127.0.0.1:{mock_port}");
+    let repo_policies = workspace_root().join("policies");
 
     let mut groups = Vec::new();
     let plain: Vec<&str> = ["forward", "route"]
@@ -613,7 +1013,10 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             dir: "plain",
             rows: plain,
             static_extra: String::new(),
+            egress_extra: String::new(),
             tenants_extra: "",
+            policy_dir: repo_policies.clone(),
+            ca_init: None,
         });
     }
     let memory: Vec<&str> = [
@@ -628,7 +1031,10 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             dir: "memory",
             rows: memory,
             static_extra: String::new(),
+            egress_extra: String::new(),
             tenants_extra: LIMITS,
+            policy_dir: repo_policies.clone(),
+            ca_init: None,
         });
     }
     let dir = tempfile::tempdir()?;
@@ -650,9 +1056,30 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
                 "[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\n",
                 r.port
             ),
+            egress_extra: String::new(),
             tenants_extra: LIMITS,
+            policy_dir: repo_policies.clone(),
+            ca_init: None,
         });
     }
+    let tunnel_rows: Vec<&'static str> = [
+        TUNNEL_KEEP_ALIVE,
+        NEW_TUNNEL_CACHED,
+        NEW_TUNNEL_NEW_UPSTREAM,
+        NEW_TUNNEL_FRESH,
+    ]
+    .into_iter()
+    .filter(|r| wanted(r))
+    .collect();
+    let tunnels = if tunnel_rows.is_empty() {
+        None
+    } else {
+        let (setup, group) = prepare_tunnels(&dir.path().join("tunnel"), &tunnel_rows, &args)
+            .await
+            .context("preparing the HTTPS rows")?;
+        groups.push(group);
+        Some(setup)
+    };
     // Resolve the binary before measuring anything, so a missing build fails in a second.
     let bin = match (&args.proxy_bin, groups.is_empty()) {
         (_, true) => PathBuf::new(),
@@ -671,11 +1098,27 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         .position(|w| w == b"\r\n\r\n")
         .map_or(0, |i| i + 4);
     println!(
-        "{} requests per row ({WARM_UP} warm-up), {} keep-alive connections, chat-completions POST ({}-byte JSON body)\n",
+        "{} requests per row ({WARM_UP} warm-up), {} keep-alive connections, chat-completions POST ({}-byte JSON body)",
         args.requests,
         args.concurrency,
         sample.len() - head_len
     );
+    if tunnel_rows.iter().any(|r| r.starts_with("new-tunnel")) {
+        let cycle = if tunnel_rows.contains(&NEW_TUNNEL_NEW_UPSTREAM) {
+            format!(
+                "; {} for +new-upstream, one per name it cycles through",
+                cycle_hosts(&args)
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "new-tunnel rows: {} operations ({NEW_TUNNEL_WARM_UP} warm-up{cycle}), {} at a time, each a new connection + CONNECT + TLS handshake + one request",
+            args.new_tunnel_ops(),
+            args.concurrency
+        );
+    }
+    println!();
     println!("| path | requests | errors | req/s | p50 ms | p99 ms | proxy CPU µs/req |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut failures = Vec::new();
@@ -683,7 +1126,8 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     // Direct first: it needs no proxy, so it is reported even when the proxy is broken.
     if wanted("direct") {
         let raw = chat_request("/v1/chat/completions", &mock_host);
-        if let Err(e) = measure("direct", mock_addr, raw, &args, None).await {
+        let load = Load::plain(mock_addr, raw, &args);
+        if let Err(e) = measure("direct", &load, &args, None, None).await {
             failures.push(e);
         }
     }
@@ -696,14 +1140,20 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             }
             continue;
         }
-        let started = start_proxy(
-            &bin,
-            &dir.path().join(g.dir),
-            mock_port,
-            pin,
-            &g.static_extra,
-            &format!("{}{NEIGHBOUR_LIMITS}", g.tenants_extra),
-        )
+        let started = async {
+            if let Some(ca_dir) = &g.ca_init {
+                ca_init(&bin, ca_dir)?;
+            }
+            start_proxy(
+                &bin,
+                &dir.path().join(g.dir),
+                mock_port,
+                pin,
+                g,
+                &format!("{}{NEIGHBOUR_LIMITS}", g.tenants_extra),
+            )
+            .await
+        }
         .await;
         let mut proxy = match started {
             Ok(p) => p,
@@ -719,51 +1169,62 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         let addr = SocketAddr::from(([127, 0, 0, 1], proxy.port));
         let proxy_host = format!("127.0.0.1:{}", proxy.port);
         for row in &g.rows {
-            let raw = if *row == "forward" {
-                // Absolute-form target: the proxy forwards to the host in the URL.
-                chat_request(
-                    &format!("http://{mock_host}/v1/chat/completions"),
-                    &mock_host,
-                )
-            } else {
-                chat_request("/openai/v1/chat/completions", &proxy_host)
-            };
-            // The noisy neighbour: globex hammers its own tiny ceilings for the whole row.
-            let noise = row.ends_with("+noisy-neighbour").then(|| {
-                let neighbour = SocketAddr::from(([127, 0, 0, 1], proxy.neighbour_port));
-                let raw = Arc::new(chat_request(
-                    "/openai/v1/chat/completions",
-                    &format!("127.0.0.1:{}", proxy.neighbour_port),
-                ));
-                let limit = args.limit;
-                tokio::spawn(async move {
-                    // Until aborted when acme's row ends (or the row's time limit).
-                    client::run_paced(
-                        neighbour,
-                        raw,
-                        usize::MAX,
-                        NEIGHBOUR_CONCURRENCY,
-                        limit,
-                        NEIGHBOUR_INTERVAL,
-                    )
-                    .await
-                })
-            });
-            let measured = measure(row, addr, raw, &args, Some(&mut proxy)).await;
-            if let Some(noise) = noise {
-                noise.abort();
-                // An aborted run reports nothing; the refusals are visible in the proxy's
-                // metrics, and the row's figures are acme's alone.
-                let _ = noise.await;
-                match refused_neighbour_requests(&proxy).await {
-                    Some(n) if n > 0 => eprintln!(
-                        "note: row `{row}`: globex was refused {n} times meanwhile ({NEIGHBOUR_CONCURRENCY} connections)"
-                    ),
-                    _ => failures.push(format!(
-                        "row `{row}`: the neighbour was never refused, so the row measured no noise"
-                    )),
+            // The group with an interception CA is the HTTPS rows'.
+            let https = tunnels.as_ref().filter(|_| g.ca_init.is_some());
+            let measured = if let Some(setup) = https {
+                match std::fs::read_to_string(setup.ca_dir.join("ca.pem")) {
+                    Ok(ca_pem) => measure_tunnel_row(row, setup, &ca_pem, &args, &mut proxy).await,
+                    Err(e) => Err(format!("row `{row}`: reading the interception CA: {e}")),
                 }
-            }
+            } else {
+                let raw = if *row == "forward" {
+                    // Absolute-form target: the proxy forwards to the host in the URL.
+                    chat_request(
+                        &format!("http://{mock_host}/v1/chat/completions"),
+                        &mock_host,
+                    )
+                } else {
+                    chat_request("/openai/v1/chat/completions", &proxy_host)
+                };
+                let load = Load::plain(addr, raw, &args);
+                // The noisy neighbour: globex hammers its own tiny ceilings for the whole row.
+                let noise = row.ends_with("+noisy-neighbour").then(|| {
+                    let neighbour = SocketAddr::from(([127, 0, 0, 1], proxy.neighbour_port));
+                    let raw = Arc::new(chat_request(
+                        "/openai/v1/chat/completions",
+                        &format!("127.0.0.1:{}", proxy.neighbour_port),
+                    ));
+                    let limit = args.limit;
+                    tokio::spawn(async move {
+                        // Until aborted when acme's row ends (or the row's time limit).
+                        client::run_paced(
+                            neighbour,
+                            raw,
+                            usize::MAX,
+                            NEIGHBOUR_CONCURRENCY,
+                            limit,
+                            NEIGHBOUR_INTERVAL,
+                        )
+                        .await
+                    })
+                });
+                let measured = measure(row, &load, &args, Some(&mut proxy), None).await;
+                if let Some(noise) = noise {
+                    noise.abort();
+                    // An aborted run reports nothing; the refusals are visible in the proxy's
+                    // metrics, and the row's figures are acme's alone.
+                    let _ = noise.await;
+                    match refused_neighbour_requests(&proxy).await {
+                        Some(n) if n > 0 => eprintln!(
+                            "note: row `{row}`: globex was refused {n} times meanwhile ({NEIGHBOUR_CONCURRENCY} connections)"
+                        ),
+                        _ => failures.push(format!(
+                            "row `{row}`: the neighbour was never refused, so the row measured no noise"
+                        )),
+                    }
+                }
+                measured.map(|_| ())
+            };
             if let Err(e) = measured {
                 failures.push(e);
                 if proxy.exited().is_some() {
@@ -801,6 +1262,73 @@ mod tests {
         assert!(parse_row("direct").is_ok());
         assert!(parse_row("route+limits(redis)").is_ok());
         assert!(parse_row("drect").is_err());
+        for row in [
+            TUNNEL_KEEP_ALIVE,
+            NEW_TUNNEL_CACHED,
+            NEW_TUNNEL_NEW_UPSTREAM,
+            NEW_TUNNEL_FRESH,
+        ] {
+            assert!(parse_row(row).is_ok(), "{row}");
+            // `--only` splits on commas.
+            assert!(!row.contains(','), "{row}");
+        }
+    }
+
+    #[tokio::test]
+    async fn https_rows_config_lists_every_host_they_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = RunArgs {
+            proxy_bin: None,
+            requests: 40,
+            concurrency: 4,
+            limit: Duration::from_secs(1),
+            new_tunnels: 30,
+            only: Vec::new(),
+        };
+        let rows = [
+            TUNNEL_KEEP_ALIVE,
+            NEW_TUNNEL_CACHED,
+            NEW_TUNNEL_NEW_UPSTREAM,
+            NEW_TUNNEL_FRESH,
+        ];
+        let (setup, group) = prepare_tunnels(dir.path(), &rows, &args).await.unwrap();
+        let listed = |host: &str| group.egress_extra.contains(&format!("\"{host}\" = ["));
+        for row in rows {
+            let (warm, measured) = new_tunnel_hosts(row, &args);
+            let (warm_ops, ops) = if row == TUNNEL_KEEP_ALIVE {
+                (WARM_UP, args.requests)
+            } else {
+                (new_tunnel_warm_up(row, &args), args.new_tunnel_ops())
+            };
+            for op in 0..warm_ops {
+                assert!(listed(&warm.host(op)), "{row}: warm-up op {op}");
+            }
+            for op in 0..ops {
+                assert!(listed(&measured.host(op)), "{row}: op {op}");
+            }
+        }
+        // Fresh names really are fresh: none is used twice, in warm-up or measured.
+        let (warm, measured) = new_tunnel_hosts(NEW_TUNNEL_FRESH, &args);
+        let mut fresh = warm.distinct(NEW_TUNNEL_WARM_UP);
+        fresh.extend(measured.distinct(args.new_tunnel_ops()));
+        let n = fresh.len();
+        fresh.sort();
+        fresh.dedup();
+        assert_eq!(fresh.len(), n);
+        assert_eq!(n, NEW_TUNNEL_WARM_UP + 30);
+        // One `[egress]` table: it is written by start_proxy, never by the extras.
+        assert!(!group.static_extra.contains("[egress"));
+        assert!(!group.egress_extra.starts_with('[') && !group.egress_extra.contains("\n["));
+        assert!(group
+            .egress_extra
+            .contains(&format!("connect_ports = [443, {}]", setup.mock_port)));
+        assert!(group.static_extra.contains("[intercept]"));
+        assert_eq!(group.ca_init.as_deref(), Some(setup.ca_dir.as_path()));
+        let policy =
+            std::fs::read_to_string(group.policy_dir.join("tenants/acme/loadtest.cedar")).unwrap();
+        assert!(policy.contains("\"connect\"") && policy.contains("\"http\""));
+        assert!(group.policy_dir.join("schema.cedarschema").is_file());
+        assert!(group.policy_dir.join("global/base.cedar").is_file());
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! The admin listener: `/healthz` (alive), `/readyz` (configuration loaded and audit writable),
+//! The admin listener: `/healthz` (alive), `/readyz` (configuration loaded, audit writable,
+//! limiter connected, every proxy listener accepting),
 //! `/metrics` (Prometheus text), `/usage?tenant=T&period=day|month[&run=R]` (one tenant's spend
 //! against its ceilings, for `tenant-proxy usage`). It is an operator port: bind it to loopback
 //! or a private network.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
@@ -23,20 +27,76 @@ pub struct AdminApp {
     snapshot: Arc<SnapshotHandle>,
     audit: AuditSink,
     limits: Arc<dyn LimitBackend>,
+    listeners: Listeners,
 }
 
 impl AdminApp {
-    /// An admin app over the live snapshot and audit sink.
+    /// An admin app over the live snapshot and audit sink; `listeners` are the proxy listeners
+    /// `/readyz` waits for.
     pub fn new(
         snapshot: Arc<SnapshotHandle>,
         audit: AuditSink,
         limits: Arc<dyn LimitBackend>,
+        listeners: Vec<SocketAddr>,
     ) -> Self {
         Self {
             snapshot,
             audit,
             limits,
+            listeners: Listeners {
+                addrs: listeners,
+                all_up: AtomicBool::new(false),
+            },
         }
+    }
+}
+
+/// The proxy listeners, and whether all of them have been seen accepting.
+///
+/// pingora binds each service's listeners on that service's own runtime, in no set order, so the
+/// admin port can answer before a proxy port is bound. `/readyz` therefore connects to each
+/// listener until all have accepted once: a client told "ready" never gets a refused
+/// connection. After that the answer is remembered (listeners are not unbound while running).
+#[derive(Debug)]
+struct Listeners {
+    addrs: Vec<SocketAddr>,
+    all_up: AtomicBool,
+}
+
+impl Listeners {
+    /// How long one probe connection may take: loopback answers in microseconds, and a probe
+    /// must not make `/readyz` itself slow.
+    const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+
+    async fn accepting(&self) -> bool {
+        if self.all_up.load(Ordering::Acquire) {
+            return true;
+        }
+        for addr in &self.addrs {
+            let probe = tokio::time::timeout(
+                Self::PROBE_TIMEOUT,
+                tokio::net::TcpStream::connect(reachable(*addr)),
+            );
+            if !matches!(probe.await, Ok(Ok(_))) {
+                return false;
+            }
+        }
+        self.all_up.store(true, Ordering::Release);
+        true
+    }
+}
+
+/// Where to connect to reach a listener bound to `addr`: an unspecified address (`0.0.0.0`,
+/// `[::]`) listens on loopback too.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
     }
 }
 
@@ -93,13 +153,15 @@ impl ServeHttp for AdminApp {
                 let snap = self.snapshot.load();
                 let audit_ok = self.audit.is_healthy();
                 let limiter_ok = self.limits.is_ready();
-                let ready = audit_ok && limiter_ok;
+                let listening = self.listeners.accepting().await;
+                let ready = audit_ok && limiter_ok && listening;
                 let body = serde_json::json!({
                     "ready": ready,
                     "config_generation": snap.generation,
                     "tenants": snap.tenants.tenants.len(),
                     "audit_writable": audit_ok,
                     "limiter_connected": limiter_ok,
+                    "listeners_accepting": listening,
                 });
                 respond(
                     if ready { 200 } else { 503 },
@@ -121,5 +183,33 @@ impl ServeHttp for AdminApp {
             }
             _ => respond(404, "text/plain", b"not found\n".to_vec()),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listeners_are_ready_only_once_all_accept() {
+        let bound = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = bound.local_addr().unwrap();
+        // A port nothing listens on: bind, note it, close.
+        let down = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let listeners = Listeners {
+            addrs: vec![up, down],
+            all_up: AtomicBool::new(false),
+        };
+        assert!(!listeners.accepting().await, "one listener is not bound");
+        let listeners = Listeners {
+            addrs: vec![SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), up.port())],
+            all_up: AtomicBool::new(false),
+        };
+        assert!(listeners.accepting().await, "0.0.0.0 is probed on loopback");
+        assert!(listeners.all_up.load(Ordering::Acquire));
     }
 }

@@ -118,7 +118,12 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
 
     let mut admin = pingora::services::listening::Service::new(
         "admin".into(),
-        AdminApp::new(handle, audit, limits),
+        AdminApp::new(
+            handle,
+            audit,
+            limits,
+            static_config.listeners.iter().map(|l| l.listen).collect(),
+        ),
     );
     admin.add_tcp(&static_config.admin_listen.to_string());
     server.add_service(admin);

@@ -128,6 +128,8 @@ pub struct RequestCtx {
     pub permit: Option<Permitted>,
     /// The Cedar decision, for the audit record.
     pub decision: Option<Decision>,
+    /// The shadow (report-only) policies' answer, for the audit record.
+    pub shadow: Option<crate::policy::shadow::ShadowDecision>,
     /// The model named by the JSON body, if any.
     pub model: Option<String>,
     /// The output ceiling the JSON body sets, if any.
@@ -195,6 +197,7 @@ impl RequestCtx {
             destination: None,
             permit: None,
             decision: None,
+            shadow: None,
             model: None,
             max_output_tokens: None,
             body: None,

@@ -6,7 +6,8 @@
 //!    certificate's SPIFFE ID, never from anything the agent writes;
 //! 2. [`ctx::TenantContext`]: one immutable value every later phase receives;
 //! 3. [`target`] and [`body`]: where the call goes and what model it names;
-//! 4. [`policy`]: Cedar decides, default deny, errors deny;
+//! 4. [`policy`]: Cedar decides, default deny, errors deny (a shadow set, when configured, is
+//!    asked too and only audited);
 //! 5. [`credentials`]: `$CRED{}` handles swapped for the tenant's own secrets toward bound hosts;
 //! 6. forward, meter LLM [`usage`] from the response, then [`audit`] one record per request in
 //!    the tenant's own partition, and [`metrics`] by opaque tenant id.

@@ -68,6 +68,9 @@ pub struct Metrics {
     pub mcp_tool_calls: IntCounterVec,
     /// Tools removed from MCP `tools/list` results, by tenant.
     pub mcp_tools_hidden: IntCounterVec,
+    /// Shadow (report-only) policy decisions by tenant and outcome (`agree`, `would_deny`,
+    /// `would_allow`).
+    pub shadow_decisions: IntCounterVec,
 }
 
 const TENANT_NONE: &str = "none";
@@ -235,6 +238,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant"],
         )?,
+        shadow_decisions: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_shadow_decisions_total",
+                "Shadow policy decisions by tenant and outcome compared with the enforced one",
+            ),
+            &["tenant", "outcome"],
+        )?,
         registry,
     };
     let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -265,6 +275,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.egress_refusals.clone()),
         Box::new(m.mcp_tool_calls.clone()),
         Box::new(m.mcp_tools_hidden.clone()),
+        Box::new(m.shadow_decisions.clone()),
     ];
     for c in collectors {
         m.registry.register(c)?;

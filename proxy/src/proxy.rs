@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::audit::{AuditDecision, AuditRecord, AuditSink};
 use crate::body::BufferedBody;
 use crate::config::{ListenerSettings, StaticConfig};
-use crate::credentials::apply::{Applied, RequestParts};
+use crate::credentials::apply::{Applied, CredentialDeny, RequestParts};
 use crate::credentials::binding::{Position, Target};
 use crate::credentials::scrub::Scrubber;
 use crate::credentials::Credential;
@@ -36,9 +36,8 @@ use crate::limits::{self, AdmitError, LimitBackend};
 use crate::mcp::list_filter::{FilterError, ToolListFilter};
 use crate::mcp::{McpExchange, McpRefusal};
 use crate::metrics::{Metrics, METRICS};
-use crate::policy::CredentialFacts;
-use crate::policy::HttpRequestFacts;
-use crate::policy::McpToolFacts;
+use crate::policy::shadow::ShadowDecision;
+use crate::policy::{CredentialFacts, Decision, HttpRequestFacts, McpToolFacts};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::target::Destination;
 use crate::trace::TraceContext;
@@ -146,10 +145,12 @@ impl TenantProxy {
 
         let model = ctx.model.clone();
         let facts = http_facts(
+            &snapshot,
             &tenant,
             &destination,
             session.req_header(),
             model.as_deref(),
+            i64::try_from(unix_now()).unwrap_or(i64::MAX),
         );
         authorize(&snapshot, &tenant, &facts, ctx)?;
         // An MCP server's tool calls are decided one by one, on the body as the agent wrote it
@@ -431,6 +432,7 @@ impl TenantProxy {
             }),
             policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
             policy_errors: policy.map(|p| p.errors.clone()).unwrap_or_default(),
+            shadow: ctx.shadow.take(),
             upstream_latency_ms: upstream.map(|u| u.as_secs_f64() * 1000.0),
             bytes_in: ctx.bytes_in,
             bytes_out: ctx.bytes_out,
@@ -448,13 +450,17 @@ impl TenantProxy {
     }
 }
 
-/// Asks Cedar whether this workload may make this request; only an allow produces [`Permitted`].
-fn http_facts<'a>(
+/// The `http` action's context for this request: the same facts for the running proxy and for
+/// `tenant-proxy policy explain`.
+pub(crate) fn http_facts<'a>(
+    snapshot: &'a Snapshot,
     tenant: &'a TenantContext,
     destination: &'a Destination,
     req: &'a RequestHeader,
     model: Option<&'a str>,
+    now_unix: i64,
 ) -> HttpRequestFacts<'a> {
+    let (hour, weekday) = snapshot.tenants.local_clock(&tenant.tenant, now_unix);
     HttpRequestFacts {
         scheme: destination.scheme.as_str(),
         host: &destination.host,
@@ -465,16 +471,18 @@ fn http_facts<'a>(
         run_signed: tenant.run.signed,
         scopes: &tenant.scopes,
         route: destination.route.as_deref(),
+        destination_region: snapshot.tenants.destination_region(destination),
+        hour,
+        weekday,
     }
 }
 
-/// Asks Cedar whether this workload may make this request.
-fn authorize(
+/// Asks Cedar whether this workload may make this request (timed; evaluation errors logged).
+pub(crate) fn decide_http(
     snapshot: &Snapshot,
     tenant: &TenantContext,
     facts: &HttpRequestFacts<'_>,
-    ctx: &mut RequestCtx,
-) -> Result<(), Deny> {
+) -> Decision {
     let started = Instant::now();
     let decision = snapshot
         .policy
@@ -482,10 +490,38 @@ fn authorize(
     METRICS
         .policy_eval_duration
         .observe(started.elapsed().as_secs_f64());
-    let allowed = decision.allowed;
     if !decision.errors.is_empty() {
         tracing::warn!(request_id = %tenant.request_id, tenant = %tenant.tenant, errors = ?decision.errors, "policy evaluation errors; denying");
     }
+    decision
+}
+
+/// What the shadow (report-only) policies, when configured, would decide for this request.
+pub(crate) fn shadow_http(
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    facts: &HttpRequestFacts<'_>,
+    enforced: &Decision,
+) -> Option<ShadowDecision> {
+    let shadow = snapshot.shadow_policy.as_ref()?;
+    let decision = shadow.authorize_http(&tenant.tenant, &tenant.workload, facts);
+    Some(ShadowDecision::compare(enforced, decision))
+}
+
+/// Asks Cedar whether this workload may make this request; only an allow lets admission go on.
+fn authorize(
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    facts: &HttpRequestFacts<'_>,
+    ctx: &mut RequestCtx,
+) -> Result<(), Deny> {
+    let decision = decide_http(snapshot, tenant, facts);
+    // The shadow set is asked after the enforced decision is fixed and never changes it.
+    ctx.shadow = shadow_http(snapshot, tenant, facts, &decision);
+    if let Some(s) = &ctx.shadow {
+        s.observe(tenant.tenant.as_str());
+    }
+    let allowed = decision.allowed;
     ctx.decision = Some(decision);
     if allowed {
         Ok(())
@@ -559,17 +595,29 @@ fn authorize_mcp(
     }
 }
 
+/// One `use_credential` question asked while resolving a request's handles.
+#[derive(Debug, Clone)]
+pub(crate) struct CredentialUse {
+    /// Credential name.
+    pub name: String,
+    /// Where the handle appears.
+    pub position: Position,
+    /// What the policies said.
+    pub decision: Decision,
+}
+
 /// Resolves `$CRED{}` handles in the caller's tenant scope, after the request itself was
 /// allowed; every handle must be known, unexpired, in an allowed position, bound to this
-/// destination and permitted by policy (`use_credential`).
-fn apply_credentials(
+/// destination and permitted by policy (`use_credential`). Also returns every `use_credential`
+/// decision taken (for `tenant-proxy policy explain`).
+pub(crate) fn resolve_credentials(
     snapshot: &Snapshot,
     tenant: &TenantContext,
     destination: &Destination,
     facts: &HttpRequestFacts<'_>,
     req: &RequestHeader,
-    ctx: &mut RequestCtx,
-) -> Result<(), Deny> {
+    body: Option<&Bytes>,
+) -> (Result<Applied, CredentialDeny>, Vec<CredentialUse>) {
     let parts = RequestParts {
         target: Target {
             scheme: facts.scheme,
@@ -580,32 +628,54 @@ fn apply_credentials(
         },
         headers: &req.headers,
         path_and_query: &destination.upstream_path,
-        body: ctx.body.as_ref().map(|b| &b.0),
+        body,
         content_type: req
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     };
+    let mut uses = Vec::new();
     let mut authorize_use = |cred: &Credential, position: Position| {
         let use_facts = CredentialFacts {
             name: &cred.name,
             position: position.as_str(),
             http: facts,
         };
-        snapshot
-            .policy
-            .authorize_credential(&tenant.tenant, &tenant.workload, &use_facts)
-            .allowed
+        let decision =
+            snapshot
+                .policy
+                .authorize_credential(&tenant.tenant, &tenant.workload, &use_facts);
+        let allowed = decision.allowed;
+        uses.push(CredentialUse {
+            name: cred.name.clone(),
+            position,
+            decision,
+        });
+        allowed
     };
-    let settings = &snapshot.tenants.credential_settings;
-    match credentials::apply::apply(
+    let result = credentials::apply::apply(
         &snapshot.credentials,
-        settings,
+        &snapshot.tenants.credential_settings,
         &tenant.tenant,
         &parts,
         unix_now(),
         &mut authorize_use,
-    ) {
+    );
+    (result, uses)
+}
+
+/// Substitutes the request's credentials (see [`resolve_credentials`]) into the context.
+fn apply_credentials(
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    destination: &Destination,
+    facts: &HttpRequestFacts<'_>,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+) -> Result<(), Deny> {
+    let body = ctx.body.as_ref().map(|b| &b.0);
+    let (result, _) = resolve_credentials(snapshot, tenant, destination, facts, req, body);
+    match result {
         Ok(mut applied) => {
             if !applied.used.is_empty() {
                 ctx.credential_names = applied.used.iter().map(|c| c.name.clone()).collect();
@@ -770,7 +840,8 @@ fn tool_allowed(ctx: &RequestCtx, req: &RequestHeader, tool: &str) -> bool {
     ) else {
         return false;
     };
-    let http = http_facts(tenant, destination, req, None);
+    let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+    let http = http_facts(snapshot, tenant, destination, req, None, now);
     let call = McpToolFacts {
         server: &exchange.server,
         tool,

@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub tokens: Option<TokenVerifier>,
     /// Compiled policies.
     pub policy: PolicyEngine,
+    /// Compiled shadow (report-only) policies, when configured.
+    pub shadow_policy: Option<PolicyEngine>,
     /// Every tenant's credentials (empty when none are configured).
     pub credentials: Arc<CredentialSet>,
     /// Increments with every successful load.
@@ -111,37 +113,22 @@ impl Snapshot {
                 .ok(),
         };
 
-        let infos: Vec<TenantInfo> = tenants
-            .tenants
-            .iter()
-            .map(|(id, t)| TenantInfo {
-                id: id.clone(),
-                plan: t.plan.clone(),
-                region: t.region.clone(),
-                workloads: t.workloads.clone(),
-            })
-            .collect();
-        let policy = match PolicyEngine::load(&tenants.policy_dir, &infos) {
-            Ok(p) => Some(p),
-            Err(errors) => {
-                problems.extend(errors.into_iter().map(|p| ConfigProblem {
-                    file: p.file.clone(),
-                    location: match (p.line, p.column) {
-                        (Some(l), Some(c)) => Some(format!("{l}:{c}")),
-                        (Some(l), None) => Some(l.to_string()),
-                        _ => None,
-                    },
-                    message: p.message.clone(),
-                }));
-                None
-            }
-        };
+        let infos = tenant_infos(&tenants);
+        let policy = load_policies(&tenants.policy_dir, &infos, &mut problems);
+        // The shadow set is held to the same checks: a broken one fails the load (or the
+        // reload, which keeps the last good pair) rather than silently reporting nothing.
+        let shadow_policy = tenants
+            .shadow_policy_dir
+            .as_ref()
+            .map(|dir| load_policies(dir, &infos, &mut problems));
 
+        // A shadow set that failed to load left problems, so it is never silently dropped here.
         match (policy, credentials) {
             (Some(policy), Some(credentials)) if problems.is_empty() => Ok(Snapshot {
                 tenants,
                 tokens,
                 policy,
+                shadow_policy: shadow_policy.flatten(),
                 credentials: Arc::new(credentials),
                 generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
             }),
@@ -152,6 +139,7 @@ impl Snapshot {
     /// Files whose change should trigger a reload.
     pub fn watched_paths(&self) -> Vec<PathBuf> {
         let mut paths = vec![self.tenants.path.clone(), self.tenants.policy_dir.clone()];
+        paths.extend(self.tenants.shadow_policy_dir.clone());
         if let Some(t) = &self.tenants.token {
             paths.push(t.jwks_file.clone());
             if let Some(r) = &t.revoked_jtis_file {
@@ -163,6 +151,43 @@ impl Snapshot {
         }
         paths
     }
+}
+
+/// Loads one policy directory, adding its problems to `problems`.
+fn load_policies(
+    dir: &Path,
+    infos: &[TenantInfo],
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<PolicyEngine> {
+    match PolicyEngine::load(dir, infos) {
+        Ok(p) => Some(p),
+        Err(errors) => {
+            problems.extend(errors.into_iter().map(|p| ConfigProblem {
+                file: p.file.clone(),
+                location: match (p.line, p.column) {
+                    (Some(l), Some(c)) => Some(format!("{l}:{c}")),
+                    (Some(l), None) => Some(l.to_string()),
+                    _ => None,
+                },
+                message: p.message.clone(),
+            }));
+            None
+        }
+    }
+}
+
+/// The tenants as the policy engine sees them (the entities it builds come from these).
+pub fn tenant_infos(tenants: &TenantConfig) -> Vec<TenantInfo> {
+    tenants
+        .tenants
+        .iter()
+        .map(|(id, t)| TenantInfo {
+            id: id.clone(),
+            plan: t.plan.clone(),
+            region: t.region.clone(),
+            workloads: t.workloads.clone(),
+        })
+        .collect()
 }
 
 fn read_revocations(path: &Path) -> Result<HashSet<String>, ConfigProblem> {

@@ -261,6 +261,7 @@ mod tests {
                 base_path: "/v2/".into(),
                 internal: false,
                 provider: None,
+                region: None,
             },
             Route {
                 name: "openai".into(),
@@ -271,6 +272,7 @@ mod tests {
                 base_path: "/".into(),
                 internal: false,
                 provider: None,
+                region: None,
             },
         ]
     }

@@ -111,6 +111,9 @@ pub struct AuditRecord {
     /// Cedar evaluation errors (they deny).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policy_errors: Vec<String>,
+    /// What the shadow (report-only) policies would have decided, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::policy::shadow::ShadowDecision>,
     /// Status sent to the client.
     pub status: u16,
     /// Total time in the proxy, milliseconds.
@@ -168,6 +171,7 @@ impl AuditRecord {
             reason,
             policy_ids: Vec::new(),
             policy_errors: Vec::new(),
+            shadow: None,
             status,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_latency_ms: None,

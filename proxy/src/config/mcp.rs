@@ -286,6 +286,7 @@ mod tests {
             base_path: "/".into(),
             internal: false,
             provider: None,
+            region: None,
         }
     }
 

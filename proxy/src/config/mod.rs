@@ -6,6 +6,7 @@
 
 pub mod mcp;
 pub mod model;
+pub mod regions;
 pub mod spec;
 
 pub use model::{

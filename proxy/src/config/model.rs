@@ -589,6 +589,8 @@ pub struct TenantConfig {
     pub path: PathBuf,
     /// Policy directory (resolved).
     pub policy_dir: PathBuf,
+    /// Shadow (report-only) policy directory (resolved), when one is configured.
+    pub shadow_policy_dir: Option<PathBuf>,
     /// Lowercase header names removed before forwarding.
     pub strip_headers: Vec<HeaderName>,
     /// Token settings, if tokens are accepted.
@@ -605,6 +607,8 @@ pub struct TenantConfig {
     pub prices: Option<Arc<PriceTable>>,
     /// MCP servers and how their traffic is buffered.
     pub mcp: crate::config::mcp::McpSettings,
+    /// Regions of upstream destinations.
+    pub regions: super::regions::DestinationRegions,
 }
 
 /// Token verification settings with resolved paths.
@@ -683,6 +687,8 @@ pub struct Route {
     pub internal: bool,
     /// The LLM provider behind the route, for the price table.
     pub provider: Option<String>,
+    /// Region of the upstream, when the route sets one.
+    pub region: Option<String>,
 }
 
 /// Upstream URL scheme.
@@ -791,6 +797,7 @@ impl TenantConfig {
                     base_path,
                     internal: r.internal,
                     provider: r.provider,
+                    region: r.region,
                 }),
                 Err(msg) => p.push(format!("route[{i}].upstream"), msg),
             }
@@ -964,9 +971,21 @@ impl TenantConfig {
             }
         });
 
+        let regions = super::regions::DestinationRegions::from_spec(&spec.destination_regions)
+            .unwrap_or_else(|problems| {
+                for (at, message) in problems {
+                    p.push(at, message);
+                }
+                Default::default()
+            });
+
         let config = TenantConfig {
             path: path.to_path_buf(),
             policy_dir: relative_to(path, &spec.policy_dir),
+            shadow_policy_dir: spec
+                .shadow_policy_dir
+                .as_ref()
+                .map(|d| relative_to(path, d)),
             strip_headers,
             token,
             routes,
@@ -975,8 +994,30 @@ impl TenantConfig {
             tenants,
             prices,
             mcp,
+            regions,
         };
         p.finish(config)
+    }
+
+    /// The region of `destination` for policies: its route's own `region`, else the region its
+    /// host is tagged with in `[destination_regions]`.
+    pub fn destination_region(&self, destination: &crate::target::Destination) -> Option<&str> {
+        let route_region = destination.route.as_deref().and_then(|name| {
+            self.routes
+                .iter()
+                .find(|r| r.name == name)
+                .and_then(|r| r.region.as_deref())
+        });
+        route_region.or_else(|| self.regions.region_of(&destination.host))
+    }
+
+    /// `tenant`'s local hour and weekday at Unix second `at` (UTC for an unknown tenant), for
+    /// the policies' `hour` and `weekday`.
+    pub fn local_clock(&self, tenant: &TenantId, at: i64) -> (u8, &'static str) {
+        match self.tenants.get(tenant) {
+            Some(t) => t.calendar.clock(at),
+            None => TenantCalendar::utc().clock(at),
+        }
     }
 
     /// Whether `tenant` has `workload`.
@@ -1078,6 +1119,21 @@ mod tests {
         let t = TenantConfig::load(&s.tenants_file).expect("tenants");
         assert_eq!(t.tenants.len(), 2);
         assert_eq!(t.routes[0].prefix, "/openai/v2/", "longest prefix first");
+        let region = |target: &str| {
+            let d = crate::target::resolve(target.as_bytes(), None, &t.routes).expect("target");
+            t.destination_region(&d).map(String::from)
+        };
+        #[rustfmt::skip]
+        let cases = [
+            ("host tag", "https://api.openai.com/v1/x", Some("us")),
+            ("wildcard tag", "https://a.eu.example.com/", Some("eu")),
+            ("untagged", "https://example.org/", None),
+            ("route without a region: its host's", "/openai/v1/x", Some("us")),
+            ("route region wins", "/openai/v2/x", Some("eu")),
+        ];
+        for (name, target, want) in cases {
+            assert_eq!(region(target).as_deref(), want, "{name}");
+        }
     }
 
     fn problems_text<T: std::fmt::Debug>(
@@ -1113,6 +1169,7 @@ mod tests {
             ("tenants-bad-route.toml", "route[0].prefix"),
             ("tenants-bad-lifetime.toml", "token.max_lifetime"),
             ("tenants-mcp-unknown-route.toml", "mcp.servers[0].route"),
+            ("tenants-bad-region.toml", "destination_regions.us[0]"),
         ];
         for (file, want) in tenant_cases {
             let text = problems_text(

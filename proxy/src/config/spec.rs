@@ -346,6 +346,9 @@ pub struct LogSpec {
 pub struct TenantsSpec {
     /// Directory of Cedar schema and policies.
     pub policy_dir: PathBuf,
+    /// A second policy directory asked every question in report-only (shadow) mode: its
+    /// decisions are audited and counted, never enforced.
+    pub shadow_policy_dir: Option<PathBuf>,
     /// Request headers that claim a tenant or workload; always removed before forwarding.
     #[serde(default = "default_strip_headers")]
     pub strip_headers: Vec<String>,
@@ -363,6 +366,10 @@ pub struct TenantsSpec {
     pub tenants: BTreeMap<String, TenantSpec>,
     /// MCP servers (`[mcp]`): destinations whose tool calls are authorized one by one.
     pub mcp: Option<crate::config::mcp::McpSpec>,
+    /// Regions of upstream destinations: region name -> host names (`*.domain` for
+    /// subdomains), available to policies as `context.destination_region`.
+    #[serde(default)]
+    pub destination_regions: BTreeMap<String, Vec<String>>,
 }
 
 fn default_strip_headers() -> Vec<String> {
@@ -425,6 +432,9 @@ pub struct RouteSpec {
     /// The LLM provider behind the route, for the price table (`openai`, `anthropic`, …);
     /// well-known API hosts need none.
     pub provider: Option<String>,
+    /// Region of this route's upstream (policy `context.destination_region`); overrides
+    /// `[destination_regions]` for requests through the route.
+    pub region: Option<String>,
 }
 
 /// `[tenants.<id>]`.

@@ -94,6 +94,22 @@ impl TenantCalendar {
         }
     }
 
+    /// The local hour (0–23) and weekday (`mon` … `sun`) at Unix second `at`, for policies
+    /// (business-hours rules are written in the tenant's own time).
+    pub fn clock(&self, at: i64) -> (u8, &'static str) {
+        let now = self.local(at);
+        let weekday = match now.weekday() {
+            jiff::civil::Weekday::Monday => "mon",
+            jiff::civil::Weekday::Tuesday => "tue",
+            jiff::civil::Weekday::Wednesday => "wed",
+            jiff::civil::Weekday::Thursday => "thu",
+            jiff::civil::Weekday::Friday => "fri",
+            jiff::civil::Weekday::Saturday => "sat",
+            jiff::civil::Weekday::Sunday => "sun",
+        };
+        (u8::try_from(now.hour()).unwrap_or(0), weekday)
+    }
+
     fn local(&self, at: i64) -> Zoned {
         let clamped = at.clamp(MIN_SECOND, MAX_SECOND);
         Timestamp::from_second(clamped)
@@ -248,6 +264,22 @@ mod tests {
             proptest::prop_assert_eq!(next.starts_at, month.ends_at);
             proptest::prop_assert!(next.id > month.id);
             proptest::prop_assert_eq!(month.id, day.id / 100);
+        }
+    }
+
+    #[test]
+    fn clock_is_local_hour_and_weekday() {
+        // 2026-11-27T23:30:00Z is a Friday in UTC and already Saturday 08:30 in Tokyo.
+        let at = 1_795_822_200;
+        #[rustfmt::skip]
+        let cases = [
+            ("utc", "UTC", (23, "fri")),
+            ("ahead of utc", "Asia/Tokyo", (8, "sat")),
+            ("behind utc", "America/New_York", (18, "fri")),
+        ];
+        for (name, zone, want) in cases {
+            let cal = TenantCalendar::new(zone).expect("zone");
+            assert_eq!(cal.clock(at), want, "{name}");
         }
     }
 }

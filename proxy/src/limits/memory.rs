@@ -354,6 +354,9 @@ mod tests {
         TenantId::new(s).expect("id")
     }
 
+    /// Keys as of the real current time: the tests that use them admit with `admit_now`, and a
+    /// quota key is only valid until the end of its calendar period (keys built for a fixed
+    /// date would expire once that date has passed).
     fn keys(tenant: &str, c: &Ceilings, call: CallKind) -> Vec<LimitKey> {
         let (t, w) = (tid(tenant), WorkloadId::new("bot").expect("id"));
         let who = Subject {
@@ -361,7 +364,14 @@ mod tests {
             workload: &w,
             run: None,
         };
-        keys_for(who, c, None, &TenantCalendar::utc(), NOW, call)
+        keys_for(
+            who,
+            c,
+            None,
+            &TenantCalendar::utc(),
+            crate::limits::unix_now(),
+            call,
+        )
     }
 
     fn tokens(n: u64) -> Charge {
@@ -424,13 +434,20 @@ mod tests {
             &tenant,
             Some(&workload),
             &cal,
-            NOW,
+            crate::limits::unix_now(),
             CallKind::Tool,
         );
         let a = m.admit_now(&keys_bot, Charge::default()).expect("first");
         // The workload ceiling refuses; the tenant slot it would have taken is not consumed.
         assert!(m.admit_now(&keys_bot, Charge::default()).is_err());
-        let keys_other = keys_for(who(&other), &tenant, None, &cal, NOW, CallKind::Tool);
+        let keys_other = keys_for(
+            who(&other),
+            &tenant,
+            None,
+            &cal,
+            crate::limits::unix_now(),
+            CallKind::Tool,
+        );
         let b = m
             .admit_now(&keys_other, Charge::default())
             .expect("tenant has one slot left");

@@ -11,7 +11,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
-use super::{PolicyEngine, PolicyProblem, TenantInfo, TenantPolicies, NAMESPACE};
+use super::{PolicyCheck, PolicyEngine, PolicyProblem, TenantInfo, TenantPolicies, NAMESPACE};
 use crate::ids::{TenantId, WorkloadId};
 
 const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -23,10 +23,12 @@ struct Loaded {
     file: PathBuf,
 }
 
-/// Problems collected so far, and the text of every file read, to locate later diagnostics.
+/// Problems and warnings collected so far, and the text of every file read, to locate later
+/// diagnostics.
 #[derive(Default)]
 struct Report {
     problems: Vec<PolicyProblem>,
+    warnings: Vec<PolicyProblem>,
     texts: HashMap<PathBuf, String>,
 }
 
@@ -48,8 +50,24 @@ impl Report {
         self.at(file, None, message);
     }
 
-    /// A cedar diagnostic, located by its first label in the text of `file`.
+    /// A cedar diagnostic that makes the load fail.
     fn diagnostic(&mut self, file: &Path, d: &dyn Diagnostic) {
+        let problem = self.locate(file, d);
+        if !self.problems.contains(&problem) {
+            self.problems.push(problem);
+        }
+    }
+
+    /// A cedar diagnostic that does not stop the load (a policy that can never apply, say).
+    fn warning(&mut self, file: &Path, d: &dyn Diagnostic) {
+        let warning = self.locate(file, d);
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
+    }
+
+    /// A cedar diagnostic as a problem located by its first label in the text of `file`.
+    fn locate(&self, file: &Path, d: &dyn Diagnostic) -> PolicyProblem {
         let label = d.labels().and_then(|mut labels| labels.next());
         let line_col = match (&label, self.texts.get(file)) {
             (Some(l), Some(text)) => Some(line_col(text, l.offset())),
@@ -64,7 +82,12 @@ impl Report {
         if let Some(help) = d.help() {
             message.push_str(&format!("; help: {help}"));
         }
-        self.at(file, line_col, message);
+        PolicyProblem {
+            file: file.to_path_buf(),
+            line: line_col.map(|(l, _)| l),
+            column: line_col.map(|(_, c)| c),
+            message,
+        }
     }
 }
 
@@ -86,9 +109,18 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, Vec<PolicyProblem>> {
+pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> PolicyCheck {
     let mut report = Report::default();
-    let schema = read_schema(dir, &mut report);
+    let result = compile(dir, tenants, &mut report);
+    PolicyCheck {
+        result: result.ok_or(report.problems),
+        warnings: report.warnings,
+    }
+}
+
+/// Everything [`load`] does; `None` when `report` holds problems.
+fn compile(dir: &Path, tenants: &[TenantInfo], report: &mut Report) -> Option<PolicyEngine> {
+    let schema = read_schema(dir, report);
 
     let mut configured: HashSet<&TenantId> = HashSet::new();
     for t in tenants {
@@ -105,34 +137,34 @@ pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, V
             }
         }
     }
-    let global = read_policy_dir(dir, &dir.join("global"), &mut report);
-    let mut own = read_tenant_dirs(dir, &configured, &mut report);
+    let global = read_policy_dir(dir, &dir.join("global"), report);
+    let mut own = read_tenant_dirs(dir, &configured, report);
 
     let names = match Names::new() {
         Ok(n) => n,
         Err(e) => {
             report.file(dir, e);
-            return Err(report.problems);
+            return None;
         }
     };
     let validator = schema.as_ref().map(|s| {
-        check_actions(s, &names, &dir.join(SCHEMA_FILE), &mut report);
+        check_actions(s, &names, &dir.join(SCHEMA_FILE), report);
         Validator::new(s.clone())
     });
 
     // Strict validation checks each policy on its own, so validating the global files once and
     // each tenant's files once is the same as validating every tenant's combined set, without
     // repeating the global work per tenant.
-    check_unique_ids(&global, &[], &mut report);
+    check_unique_ids(&global, &[], report);
     if let Some(v) = &validator {
-        validate(v, &global, &mut report);
+        validate(v, &global, report);
     }
     let mut compiled = HashMap::new();
     for tenant in tenants {
         let mine = own.remove(&tenant.id).unwrap_or_default();
-        check_unique_ids(&mine, &global, &mut report);
+        check_unique_ids(&mine, &global, report);
         if let Some(v) = &validator {
-            validate(v, &mine, &mut report);
+            validate(v, &mine, report);
         }
         let Some(schema) = &schema else { continue };
         let mut set = PolicySet::new();
@@ -159,9 +191,10 @@ pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, V
     }
 
     if !report.problems.is_empty() {
-        return Err(report.problems);
+        return None;
     }
-    Ok(PolicyEngine {
+    let schema = schema?;
+    Some(PolicyEngine {
         tenants: compiled,
         action_http: names.action_http,
         action_use_credential: names.action_use_credential,
@@ -172,6 +205,7 @@ pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, V
         credential_type: names.credential,
         mcp_tool_type: names.mcp_tool,
         authorizer: Authorizer::new(),
+        schema,
     })
 }
 
@@ -226,7 +260,7 @@ fn read_schema(dir: &Path, report: &mut Report) -> Option<Schema> {
     match parsed {
         Ok((schema, warnings)) => {
             for w in warnings {
-                tracing::warn!(file = %path.display(), "{w}");
+                report.warning(&path, &w);
             }
             Some(schema)
         }
@@ -490,8 +524,10 @@ fn validate(validator: &Validator, policies: &[Loaded], report: &mut Report) {
         }
     }
     for w in result.validation_warnings() {
-        let file = origin.get(w.policy_id().to_string().as_str()).copied();
-        tracing::warn!(file = %file.unwrap_or(Path::new("")).display(), "{w}");
+        match origin.get(w.policy_id().to_string().as_str()) {
+            Some(file) => report.warning(file, w),
+            None => report.warning(&PathBuf::from(w.policy_id().to_string()), w),
+        }
     }
 }
 

@@ -14,14 +14,22 @@
 //! | principal | `TenantProxy::Workload::"<tenant>/<workload>"` (member of `TenantProxy::Tenant::"<tenant>"`) |
 //! | action | `TenantProxy::Action::"http"` |
 //! | resource | `TenantProxy::Destination::"<lowercase host>"` |
-//! | context | [`HttpRequestFacts`] (`scheme`, `host`, `port`, `method`, `path`, `model?`, `run_signed`, `scopes`, `route?`) |
+//! | context | [`HttpRequestFacts`] (`scheme`, `host`, `port`, `method`, `path`, `model?`, `run_signed`, `scopes`, `route?`, `destination_region?`, `hour`, `weekday`) |
 //!
 //! A `CONNECT` tunnel is decided first as action `connect` (may this workload open a tunnel to
 //! this host and port?) and, when allowed, as `connect_opaque` (may the tunnel skip
 //! interception?). Both take a [`ConnectFacts`] context. Requests inside an intercepted tunnel
 //! are then decided one by one as `http`, like any other request.
+//!
+//! Tooling lives beside the engine: [`PolicyEngine::check`] returns warnings as well as problems
+//! (`tenant-proxy policy check`), [`testing`] runs the JSON cases kept in `policies/tests/`,
+//! [`explain`] answers for a described request through the proxy's own decision path, and
+//! [`shadow`] compares a report-only policy set's answers with the enforced ones.
 
+pub mod explain;
 mod load;
+pub mod shadow;
+pub mod testing;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -73,6 +81,13 @@ pub struct HttpRequestFacts<'a> {
     pub scopes: &'a [String],
     /// Route name when the request came through route mode.
     pub route: Option<&'a str>,
+    /// The destination's region, when configuration tags it (`[destination_regions]` or the
+    /// route's `region`).
+    pub destination_region: Option<&'a str>,
+    /// The hour (0–23) in the tenant's time zone when the request arrived.
+    pub hour: u8,
+    /// The weekday (`mon` … `sun`) in the tenant's time zone when the request arrived.
+    pub weekday: &'a str,
 }
 
 /// What a policy may ask about substituting a credential (the `use_credential` action's context).
@@ -97,6 +112,12 @@ pub struct ConnectFacts<'a> {
     pub run_signed: bool,
     /// Scopes granted by the workload token (empty for other identities).
     pub scopes: &'a [String],
+    /// The destination's region, when configuration tags the host.
+    pub destination_region: Option<&'a str>,
+    /// The hour (0–23) in the tenant's time zone when the tunnel was asked for.
+    pub hour: u8,
+    /// The weekday (`mon` … `sun`) in the tenant's time zone.
+    pub weekday: &'a str,
 }
 
 /// What a policy may ask about one MCP tool call (the `mcp_tool_call` action's context).
@@ -163,6 +184,16 @@ fn location(line: Option<usize>, column: Option<usize>) -> String {
     }
 }
 
+/// The outcome of loading a policy directory: the engine or every problem, and in both cases the
+/// warnings (policies that can never apply, confusable identifiers, …), which do not stop a load.
+#[derive(Debug)]
+pub struct PolicyCheck {
+    /// The compiled engine, or every problem found.
+    pub result: Result<PolicyEngine, Vec<PolicyProblem>>,
+    /// Cedar's validation and schema warnings, located like problems.
+    pub warnings: Vec<PolicyProblem>,
+}
+
 /// Everything one tenant's requests are evaluated against, built once at load.
 struct TenantPolicies {
     policies: PolicySet,
@@ -183,6 +214,7 @@ pub struct PolicyEngine {
     credential_type: EntityTypeName,
     mcp_tool_type: EntityTypeName,
     authorizer: Authorizer,
+    schema: Schema,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -206,7 +238,19 @@ impl PolicyEngine {
     ///
     /// Policy ids are the `@id("…")` annotation when present, else `<path relative to dir>#<n>`
     /// (`n` counts policies in the file from 0). Returns every problem found, not just the first.
+    ///
+    /// Warnings (a policy that can never apply, say) do not stop the load; they are logged.
     pub fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, Vec<PolicyProblem>> {
+        let checked = Self::check(dir, tenants);
+        for w in &checked.warnings {
+            tracing::warn!(warning = %w, "policy warning");
+        }
+        checked.result
+    }
+
+    /// What [`Self::load`] does, returning the warnings instead of logging them
+    /// (`tenant-proxy policy check`).
+    pub fn check(dir: &Path, tenants: &[TenantInfo]) -> PolicyCheck {
         load::load(dir, tenants)
     }
 
@@ -373,7 +417,7 @@ impl PolicyEngine {
         let host = normalize_host(facts.host);
         let resource =
             EntityUid::from_type_name_and_id(self.destination_type.clone(), EntityId::new(&host));
-        let pairs = vec![
+        let mut pairs = vec![
             (
                 "host".to_string(),
                 RestrictedExpression::new_string(host.to_string()),
@@ -396,6 +440,13 @@ impl PolicyEngine {
                 ),
             ),
         ];
+        pairs.extend(clock_pairs(facts.hour, facts.weekday));
+        if let Some(r) = facts.destination_region {
+            pairs.push((
+                "destination_region".to_string(),
+                RestrictedExpression::new_string(r.to_string()),
+            ));
+        }
         let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         let action = match question {
             ConnectQuestion::Open => &self.action_connect,
@@ -451,6 +502,33 @@ impl PolicyEngine {
             errors,
         }
     }
+}
+
+/// The tenants a policy directory has files for (`tenants/<tenant>/`), for checking a directory
+/// without a configuration: no workloads, empty plan and region. Names that are not tenant ids
+/// are left for the loader to report.
+pub fn tenants_from_dirs(dir: &Path) -> std::io::Result<Vec<TenantInfo>> {
+    let mut out = Vec::new();
+    let tenants = dir.join("tenants");
+    let entries = match std::fs::read_dir(&tenants) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let (true, Some(Ok(id))) = (path.is_dir(), name.as_deref().map(TenantId::new)) {
+            out.push(TenantInfo {
+                id,
+                plan: String::new(),
+                region: String::new(),
+                workloads: Vec::new(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    Ok(out)
 }
 
 /// Lowercases `host` and drops one trailing dot (`Example.COM.` names the same host as
@@ -512,7 +590,28 @@ fn http_pairs(f: &HttpRequestFacts<'_>, host: &str) -> Vec<(String, RestrictedEx
             RestrictedExpression::new_string(r.to_string()),
         ));
     }
+    pairs.extend(clock_pairs(f.hour, f.weekday));
+    if let Some(r) = f.destination_region {
+        pairs.push((
+            "destination_region".to_string(),
+            RestrictedExpression::new_string(r.to_string()),
+        ));
+    }
     pairs
+}
+
+/// `hour` and `weekday`, in the tenant's time zone.
+fn clock_pairs(hour: u8, weekday: &str) -> [(String, RestrictedExpression); 2] {
+    [
+        (
+            "hour".to_string(),
+            RestrictedExpression::new_long(i64::from(hour)),
+        ),
+        (
+            "weekday".to_string(),
+            RestrictedExpression::new_string(weekday.to_string()),
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -39,6 +39,18 @@ fn facts<'a>(host: &'a str, path: &'a str, model: Option<&'a str>) -> HttpReques
         run_signed: false,
         scopes: &[],
         route: None,
+        destination_region: None,
+        hour: 10,
+        weekday: "tue",
+    }
+}
+
+/// The quickstart's `[destination_regions]`, as the proxy would put them in the context.
+fn quickstart_region(host: &str) -> Option<&'static str> {
+    match host {
+        "eu.api.openai.com" | "127.0.0.1" | "localhost" => Some("eu"),
+        "api.openai.com" | "api.anthropic.com" => Some("us"),
+        _ => None,
     }
 }
 
@@ -92,6 +104,7 @@ fn run(engine: &PolicyEngine, cases: &[Case<'_>]) {
     for c in cases {
         let f = HttpRequestFacts {
             scheme: c.scheme,
+            destination_region: quickstart_region(c.host),
             ..facts(c.host, c.path, c.model)
         };
         let d = engine.authorize_http(&tid(c.tenant), &wid(c.workload), &f);
@@ -120,26 +133,30 @@ macro_rules! case {
 #[test]
 fn quickstart_policies_decide_as_documented() {
     let engine = load_ok(&repo_policies());
-    assert_eq!(engine.policy_count(&tid("acme")), 8);
-    assert_eq!(engine.policy_count(&tid("globex")), 7);
+    assert_eq!(engine.policy_count(&tid("acme")), 9);
+    assert_eq!(engine.policy_count(&tid("globex")), 8);
     let chat = "/v1/chat/completions";
+    let eu = "eu.api.openai.com";
     #[rustfmt::skip]
     let cases = [
-        case!("acme openai", "acme"/"support-bot", "https", "api.openai.com", chat, Some("gpt-4o"), true, &["acme-openai"]),
-        case!("acme anthropic", "acme"/"researcher", "https", "api.anthropic.com", "/v1/messages", None, true, &["acme-openai"]),
-        case!("acme plain http to openai", "acme"/"support-bot", "http", "api.openai.com", chat, None, false, &[]),
-        case!("acme other host", "acme"/"support-bot", "https", "attacker.example", "/", None, false, &[]),
-        case!("acme researcher admin api", "acme"/"researcher", "https", "api.openai.com", "/v1/organization/users", None, false, &["acme-researcher-no-admin"]),
-        case!("acme bot admin api", "acme"/"support-bot", "https", "api.openai.com", "/v1/organization/users", None, true, &["acme-openai"]),
+        case!("acme openai eu", "acme"/"support-bot", "https", eu, chat, Some("gpt-4o"), true, &["acme-openai"]),
+        case!("acme openai us", "acme"/"support-bot", "https", "api.openai.com", chat, Some("gpt-4o"), false, &["eu-data-residency"]),
+        case!("acme anthropic us", "acme"/"researcher", "https", "api.anthropic.com", "/v1/messages", None, false, &["eu-data-residency"]),
+        case!("acme plain http to openai", "acme"/"support-bot", "http", eu, chat, None, false, &[]),
+        case!("acme untagged host", "acme"/"support-bot", "https", "attacker.example", "/", None, false, &["eu-data-residency"]),
+        case!("acme researcher admin api", "acme"/"researcher", "https", eu, "/v1/organization/users", None, false, &["acme-researcher-no-admin"]),
+        case!("acme bot admin api", "acme"/"support-bot", "https", eu, "/v1/organization/users", None, true, &["acme-openai"]),
         case!("globex mini model", "globex"/"agent", "https", "api.openai.com", chat, Some("gpt-4o-mini-2024-07-18"), true, &["globex-openai"]),
         case!("globex big model", "globex"/"agent", "https", "api.openai.com", chat, Some("gpt-4o"), false, &["free-plan-models"]),
         case!("globex no model", "globex"/"agent", "https", "api.openai.com", "/v1/models", None, true, &["globex-openai"]),
         case!("globex anthropic", "globex"/"agent", "https", "api.anthropic.com", "/v1/messages", None, false, &[]),
+        case!("globex other host", "globex"/"agent", "https", "attacker.example", "/", None, false, &[]),
         case!("local mock, free plan", "globex"/"agent", "http", "127.0.0.1", chat, Some("gpt-4o-mini"), true, &["allow-local-mock"]),
         case!("local mock, free plan, big model", "globex"/"agent", "http", "127.0.0.1", chat, Some("gpt-4o"), false, &["free-plan-models"]),
         case!("local mock by name", "acme"/"support-bot", "http", "localhost", chat, Some("gpt-4o"), true, &["allow-local-mock"]),
-        case!("metadata ip", "acme"/"support-bot", "http", "169.254.169.254", "/latest/meta-data", None, false, &["forbid-metadata"]),
-        case!("metadata name, odd spelling", "acme"/"support-bot", "http", "Metadata.Google.Internal.", "/", None, false, &["forbid-metadata"]),
+        case!("metadata ip", "globex"/"agent", "http", "169.254.169.254", "/latest/meta-data", None, false, &["forbid-metadata"]),
+        case!("metadata name, odd spelling", "globex"/"agent", "http", "Metadata.Google.Internal.", "/", None, false, &["forbid-metadata"]),
+        case!("metadata from an eu tenant", "acme"/"support-bot", "http", "169.254.169.254", "/", None, false, &["eu-data-residency", "forbid-metadata"]),
     ];
     run(&engine, &cases);
 }
@@ -147,16 +164,17 @@ fn quickstart_policies_decide_as_documented() {
 #[test]
 fn quickstart_tunnel_policies() {
     let engine = load_ok(&repo_policies());
+    let eu = "eu.api.openai.com";
     #[rustfmt::skip]
     let cases = [
-        ("acme openai tunnel", "acme", "support-bot", "api.openai.com", 443, ConnectQuestion::Open, true, vec!["acme-tunnels"]),
-        ("acme anthropic tunnel", "acme", "researcher", "api.anthropic.com", 443, ConnectQuestion::Open, true, vec!["acme-tunnels"]),
-        ("acme other port", "acme", "support-bot", "api.openai.com", 8443, ConnectQuestion::Open, false, vec![]),
-        ("acme other host", "acme", "support-bot", "attacker.example", 443, ConnectQuestion::Open, false, vec![]),
-        ("acme opaque is never the default", "acme", "support-bot", "api.openai.com", 443, ConnectQuestion::Opaque, false, vec![]),
+        ("acme openai eu tunnel", "acme", "support-bot", eu, 443, ConnectQuestion::Open, true, vec!["acme-tunnels"]),
+        ("acme anthropic tunnel", "acme", "researcher", "api.anthropic.com", 443, ConnectQuestion::Open, false, vec!["eu-data-residency"]),
+        ("acme other port", "acme", "support-bot", eu, 8443, ConnectQuestion::Open, false, vec![]),
+        ("acme untagged host", "acme", "support-bot", "attacker.example", 443, ConnectQuestion::Open, false, vec!["eu-data-residency"]),
+        ("acme opaque is never the default", "acme", "support-bot", eu, 443, ConnectQuestion::Opaque, false, vec![]),
         ("globex openai tunnel", "globex", "agent", "api.openai.com", 443, ConnectQuestion::Open, true, vec!["globex-tunnels"]),
         ("globex anthropic tunnel", "globex", "agent", "api.anthropic.com", 443, ConnectQuestion::Open, false, vec![]),
-        ("metadata tunnel", "acme", "support-bot", "169.254.169.254", 443, ConnectQuestion::Open, false, vec!["forbid-metadata"]),
+        ("metadata tunnel", "globex", "agent", "169.254.169.254", 443, ConnectQuestion::Open, false, vec!["forbid-metadata"]),
     ];
     for (name, tenant, workload, host, port, question, allowed, ids) in cases {
         let f = ConnectFacts {
@@ -164,6 +182,9 @@ fn quickstart_tunnel_policies() {
             port,
             run_signed: false,
             scopes: &[],
+            destination_region: quickstart_region(host),
+            hour: 10,
+            weekday: "tue",
         };
         let d = engine.authorize_connect(&tid(tenant), &wid(workload), question, &f);
         assert_eq!(d.allowed, allowed, "{name}: {d:?}");
@@ -253,6 +274,34 @@ fn optional_and_set_context_fields_reach_policies() {
             port,
             method,
             ..base
+        };
+        let d = engine.authorize_http(&tid("acme"), &wid("support-bot"), &f);
+        assert_eq!(d.allowed, allowed, "{name}: {d:?}");
+        assert_eq!(d.policy_ids, ids, "{name}: {d:?}");
+    }
+}
+
+#[test]
+fn business_hours_rules_read_the_local_clock() {
+    let dir = dir_with(&[(
+        "global/g.cedar",
+        r#"@id("all") permit (principal, HTTP, resource);
+@id("business-hours") forbid (principal, HTTP, resource)
+  when { context.hour < 8 || context.hour >= 18 || ["sat", "sun"].contains(context.weekday) };"#,
+    )]);
+    let engine = load_ok(dir.path());
+    #[rustfmt::skip]
+    let cases = [
+        ("weekday morning", 8, "mon", true, vec!["all"]),
+        ("weekday evening", 18, "fri", false, vec!["business-hours"]),
+        ("weekday night", 3, "wed", false, vec!["business-hours"]),
+        ("weekend", 11, "sun", false, vec!["business-hours"]),
+    ];
+    for (name, hour, weekday, allowed, ids) in cases {
+        let f = HttpRequestFacts {
+            hour,
+            weekday,
+            ..facts("x.example", "/", None)
         };
         let d = engine.authorize_http(&tid("acme"), &wid("support-bot"), &f);
         assert_eq!(d.allowed, allowed, "{name}: {d:?}");
@@ -567,6 +616,7 @@ fn built_requests_conform_to_the_schema() {
     let full = HttpRequestFacts {
         model: Some("gpt-4o"),
         route: Some("openai"),
+        destination_region: Some("eu"),
         scopes: &scopes,
         run_signed: true,
         ..facts("API.openai.com", "/v1/chat/completions", None)
@@ -592,6 +642,22 @@ fn built_requests_conform_to_the_schema() {
         engine
             .credential_request(principal, &cred, Some(&schema))
             .unwrap_or_else(|e| panic!("{name}, credential: {e}"));
+    }
+    for region in [Some("eu"), None] {
+        let f = ConnectFacts {
+            host: "eu.api.openai.com",
+            port: 443,
+            run_signed: true,
+            scopes: &scopes,
+            destination_region: region,
+            hour: 23,
+            weekday: "sun",
+        };
+        for question in [ConnectQuestion::Open, ConnectQuestion::Opaque] {
+            engine
+                .connect_request(principal, question, &f, Some(&schema))
+                .unwrap_or_else(|e| panic!("connect {region:?}: {e}"));
+        }
     }
 }
 

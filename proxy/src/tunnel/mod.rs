@@ -43,6 +43,7 @@ use crate::error::{error_body, Deny, ReasonCode};
 use crate::identity::mtls::MtlsServer;
 use crate::identity::{self, PeerCertificate, Presented, ResolvedIdentity};
 use crate::metrics::{Metrics, METRICS};
+use crate::policy::shadow::ShadowDecision;
 use crate::policy::{ConnectFacts, ConnectQuestion, Decision};
 use crate::proxy::{build_tenant_context, unix_now, Shared, TenantProxy};
 use crate::tls::ca::TunnelCertResolver;
@@ -240,11 +241,16 @@ impl EgressApp {
         if !egress.connect_ports.contains(&port) {
             return Err(Deny::ConnectPortForbidden(port));
         }
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        let (hour, weekday) = snapshot.tenants.local_clock(&tenant.tenant, now);
         let facts = ConnectFacts {
             host: &host,
             port,
             run_signed: tenant.run.signed,
             scopes: &tenant.scopes,
+            destination_region: snapshot.tenants.regions.region_of(&host),
+            hour,
+            weekday,
         };
         let decision = snapshot.policy.authorize_connect(
             &tenant.tenant,
@@ -252,6 +258,20 @@ impl EgressApp {
             ConnectQuestion::Open,
             &facts,
         );
+        // The shadow set is asked the same question and never changes the answer.
+        if let Some(shadow) = &snapshot.shadow_policy {
+            let s = ShadowDecision::compare(
+                &decision,
+                shadow.authorize_connect(
+                    &tenant.tenant,
+                    &tenant.workload,
+                    ConnectQuestion::Open,
+                    &facts,
+                ),
+            );
+            s.observe(tenant.tenant.as_str());
+            t.shadow = Some(s);
+        }
         let allowed = decision.allowed;
         t.decision = Some(decision);
         if !allowed {
@@ -502,6 +522,7 @@ struct TunnelCtx {
     head: ConnectHead,
     tenant: Option<Arc<TenantContext>>,
     decision: Option<Decision>,
+    shadow: Option<ShadowDecision>,
     mode: Option<&'static str>,
     audit_slot: Option<AuditSlot>,
     bytes_up: u64,
@@ -516,6 +537,7 @@ impl TunnelCtx {
             head,
             tenant: None,
             decision: None,
+            shadow: None,
             mode: None,
             audit_slot: None,
             bytes_up: 0,
@@ -564,6 +586,7 @@ impl TunnelCtx {
             }),
             policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
             policy_errors: policy.map(|p| p.errors.clone()).unwrap_or_default(),
+            shadow: self.shadow.take(),
             bytes_in: self.bytes_up,
             bytes_out: self.bytes_down,
             ..AuditRecord::of(

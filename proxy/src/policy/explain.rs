@@ -1,0 +1,319 @@
+//! `tenant-proxy policy explain`: what the running proxy would decide for a described request,
+//! and why.
+//!
+//! The request goes through the same functions the proxy uses: the target is parsed as the
+//! proxy parses it (absolute URL for forward-proxy requests, `/prefix/…` for route mode), the
+//! model is read from the body as the proxy reads it, the facts are built and decided by the same
+//! code, and when the request is allowed its `$CRED{}` handles are resolved as the proxy would,
+//! including each `use_credential` decision. Identity, egress (SSRF) checks and limits are not
+//! policy and are not evaluated: the caller names the tenant and workload.
+
+use std::sync::Arc;
+
+use pingora::http::RequestHeader;
+use serde::Serialize;
+
+use super::Decision;
+use crate::config::IdentitySourceKind;
+use crate::error::Deny;
+use crate::identity::ResolvedIdentity;
+use crate::ids::{TenantId, WorkloadId};
+use crate::snapshot::Snapshot;
+
+/// A request to explain.
+#[derive(Debug, Clone, Default)]
+pub struct Described {
+    /// Tenant id.
+    pub tenant: String,
+    /// Workload id.
+    pub workload: String,
+    /// Method, e.g. `POST`.
+    pub method: String,
+    /// An absolute URL (forward-proxy request) or a route-mode path such as `/openai/v1/chat`.
+    pub url: String,
+    /// Request headers, `Name: value`.
+    pub headers: Vec<String>,
+    /// Request body.
+    pub body: Option<Vec<u8>>,
+    /// Scopes the workload token would carry.
+    pub scopes: Vec<String>,
+    /// Whether the run id would come from a signed token.
+    pub run_signed: bool,
+    /// When the request arrives (Unix second), for `hour` and `weekday`.
+    pub at_unix: i64,
+}
+
+/// The facts the policies saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedFacts {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Destination host.
+    pub host: String,
+    /// Destination port.
+    pub port: u16,
+    /// Method.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// Model the body names.
+    pub model: Option<String>,
+    /// Route name in route mode.
+    pub route: Option<String>,
+    /// Whether the run is signed.
+    pub run_signed: bool,
+    /// Token scopes.
+    pub scopes: Vec<String>,
+    /// The destination's region, when configuration tags it.
+    pub destination_region: Option<String>,
+    /// Hour in the tenant's time zone.
+    pub hour: u8,
+    /// Weekday in the tenant's time zone.
+    pub weekday: String,
+}
+
+/// One `use_credential` decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedCredential {
+    /// Credential name (never its value).
+    pub name: String,
+    /// `header`, `query` or `body`.
+    pub position: String,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// Deciding policy ids.
+    pub policy_ids: Vec<String>,
+    /// Evaluation errors.
+    pub errors: Vec<String>,
+}
+
+/// What the proxy would do, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The reason code the refusal would carry (`allowed` when allowed).
+    pub reason: String,
+    /// The refusal message, when denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Ids of the `http` policies that decided.
+    pub policy_ids: Vec<String>,
+    /// Evaluation errors (they deny).
+    pub errors: Vec<String>,
+    /// The facts, when the target could be parsed.
+    pub facts: Option<ExplainedFacts>,
+    /// The `use_credential` questions asked, in order.
+    pub credentials: Vec<ExplainedCredential>,
+    /// What the shadow (report-only) policies would decide, when configured.
+    pub shadow: Option<super::shadow::ShadowDecision>,
+}
+
+/// Explains `req` against `snapshot` (loaded from the configuration exactly as `run` loads it).
+pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, String> {
+    let tenant = TenantId::new(&req.tenant).map_err(|e| e.to_string())?;
+    let workload = WorkloadId::new(&req.workload).map_err(|e| e.to_string())?;
+    let header = request_header(req)?;
+    let who = ResolvedIdentity {
+        tenant,
+        workload,
+        source: IdentitySourceKind::Binding,
+        token: None,
+    };
+    let mut context = crate::proxy::build_tenant_context(who, Arc::from("explain"), &header);
+    context.scopes = req.scopes.clone();
+    context.run.signed = req.run_signed;
+
+    let host = header.headers.get(http::header::HOST).map(|v| v.as_bytes());
+    let destination =
+        match crate::target::resolve(header.raw_path(), host, &snapshot.tenants.routes) {
+            Ok(d) => d,
+            Err(deny) => return Ok(refused(&deny, None, None, Vec::new())),
+        };
+    let model = req.body.as_ref().and_then(|body| {
+        let content_type = header
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
+        crate::body::llm_request(content_type, body).model
+    });
+    let facts = crate::proxy::http_facts(
+        snapshot,
+        &context,
+        &destination,
+        &header,
+        model.as_deref(),
+        req.at_unix,
+    );
+    let explained_facts = ExplainedFacts {
+        scheme: facts.scheme.to_string(),
+        host: facts.host.to_string(),
+        port: facts.port,
+        method: facts.method.to_string(),
+        path: facts.path.to_string(),
+        model: facts.model.map(String::from),
+        route: facts.route.map(String::from),
+        run_signed: facts.run_signed,
+        scopes: facts.scopes.to_vec(),
+        destination_region: facts.destination_region.map(String::from),
+        hour: facts.hour,
+        weekday: facts.weekday.to_string(),
+    };
+    let decision = crate::proxy::decide_http(snapshot, &context, &facts);
+    let shadow = crate::proxy::shadow_http(snapshot, &context, &facts, &decision);
+    if !decision.allowed {
+        return Ok(Explanation {
+            shadow,
+            ..refused(
+                &Deny::PolicyDenied,
+                Some(decision),
+                Some(explained_facts),
+                Vec::new(),
+            )
+        });
+    }
+    let body = req.body.clone().map(bytes::Bytes::from);
+    let (applied, uses) = crate::proxy::resolve_credentials(
+        snapshot,
+        &context,
+        &destination,
+        &facts,
+        &header,
+        body.as_ref(),
+    );
+    let credentials = uses
+        .into_iter()
+        .map(|u| ExplainedCredential {
+            name: u.name,
+            position: u.position.as_str().to_string(),
+            decision: if u.decision.allowed { "allow" } else { "deny" },
+            policy_ids: u.decision.policy_ids,
+            errors: u.decision.errors,
+        })
+        .collect();
+    Ok(match applied {
+        Ok(_) => Explanation {
+            decision: "allow",
+            reason: "allowed".into(),
+            message: None,
+            policy_ids: decision.policy_ids,
+            errors: decision.errors,
+            facts: Some(explained_facts),
+            credentials,
+            shadow,
+        },
+        Err(refusal) => Explanation {
+            shadow,
+            ..refused(
+                &Deny::Credential(refusal),
+                Some(decision),
+                Some(explained_facts),
+                credentials,
+            )
+        },
+    })
+}
+
+fn refused(
+    deny: &Deny,
+    decision: Option<Decision>,
+    facts: Option<ExplainedFacts>,
+    credentials: Vec<ExplainedCredential>,
+) -> Explanation {
+    let (_, code, message) = deny.describe();
+    let (policy_ids, errors) = decision
+        .map(|d| (d.policy_ids, d.errors))
+        .unwrap_or_default();
+    Explanation {
+        decision: "deny",
+        reason: code.as_str().to_string(),
+        message: Some(message),
+        policy_ids,
+        errors,
+        facts,
+        credentials,
+        shadow: None,
+    }
+}
+
+/// The request head the proxy would receive: an absolute-form target (with `Host` from the URL
+/// unless given) or an origin-form route-mode path.
+fn request_header(req: &Described) -> Result<RequestHeader, String> {
+    let method = http::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("`{}` is not an HTTP method", req.method))?;
+    let mut header = RequestHeader::build(method, req.url.as_bytes(), None)
+        .map_err(|e| format!("`{}` is not a request target: {e}", req.url))?;
+    for h in &req.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header `{h}` is not `Name: value`"))?;
+        header
+            .append_header(name.trim().to_string(), value.trim())
+            .map_err(|e| format!("header `{h}`: {e}"))?;
+    }
+    if !header.headers.contains_key(http::header::HOST) {
+        if let Some(authority) = header.uri.authority().map(|a| a.to_string()) {
+            header
+                .insert_header(http::header::HOST, authority)
+                .map_err(|e| format!("host: {e}"))?;
+        }
+    }
+    Ok(header)
+}
+
+/// The explanation as text, one fact per line.
+pub fn render_text(e: &Explanation) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let mut out = format!("decision:    {}\nreason:      {}\n", e.decision, e.reason);
+    if let Some(m) = &e.message {
+        out.push_str(&format!("message:     {m}\n"));
+    }
+    out.push_str(&format!("policies:    {}\n", list(&e.policy_ids)));
+    out.push_str(&format!("errors:      {}\n", list(&e.errors)));
+    if let Some(f) = &e.facts {
+        out.push_str(&format!(
+            "facts:       {} {}://{}:{}{} model={} route={} destination_region={} run_signed={} scopes=[{}] local={} {:02}h\n",
+            f.method,
+            f.scheme,
+            f.host,
+            f.port,
+            f.path,
+            f.model.as_deref().unwrap_or("-"),
+            f.route.as_deref().unwrap_or("-"),
+            f.destination_region.as_deref().unwrap_or("-"),
+            f.run_signed,
+            f.scopes.join(" "),
+            f.weekday,
+            f.hour
+        ));
+    }
+    if let Some(s) = &e.shadow {
+        out.push_str(&format!(
+            "shadow:      {} [{}] ({})\n",
+            s.decision,
+            s.policy_ids.join(", "),
+            s.outcome.as_str()
+        ));
+    }
+    for c in &e.credentials {
+        out.push_str(&format!(
+            "credential:  {} in {}: {} [{}]{}\n",
+            c.name,
+            c.position,
+            c.decision,
+            c.policy_ids.join(", "),
+            if c.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" errors: {}", c.errors.join("; "))
+            }
+        ));
+    }
+    out
+}
