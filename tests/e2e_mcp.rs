@@ -791,3 +791,60 @@ fn intercepted_tunnels_to_an_https_mcp_server_are_scoped_too() {
     // `connect_opaque` permits this host, but a tunnel to an MCP server is intercepted anyway.
     assert_eq!(tunnelled["tunnel"]["mode"], "intercept", "{tunnelled}");
 }
+
+#[test]
+fn policy_explain_decides_tool_calls_as_the_running_proxy() {
+    let env = start();
+    let explain = |tenant: &str, workload: &str, body: &str| {
+        let file = env.proxy.path(&format!("body-{tenant}.json"));
+        std::fs::write(&file, body).unwrap();
+        let config = env.proxy.path("tenant-proxy.toml");
+        let (code, out) = proxy_cli(
+            env.proxy.dir.path(),
+            &[
+                "policy",
+                "explain",
+                "--config",
+                config.to_str().unwrap(),
+                "--json",
+                "--tenant",
+                tenant,
+                "--workload",
+                workload,
+                "--method",
+                "POST",
+                "--url",
+                "/tools-sse/mcp",
+                "--body",
+                file.to_str().unwrap(),
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let echo = call(json!(1), "echo", json!({"text": "explained"})).to_string();
+
+    let acme = explain("acme", "bot", &echo);
+    assert_eq!(acme["decision"], "allow", "{acme}");
+    assert_eq!(
+        acme["mcp_tools"],
+        json!([{"server": "tools-sse", "tool": "echo", "decision": "allow", "policy_ids": ["acme-tools"], "errors": []}])
+    );
+    assert_eq!(post(&env, Who::Acme, "tools-sse", &echo).status, 200);
+
+    let globex = explain("globex", "agent", &echo);
+    assert_eq!(
+        (globex["decision"].as_str(), globex["reason"].as_str()),
+        (Some("deny"), Some("tool_denied")),
+        "{globex}"
+    );
+    assert_eq!(globex["mcp_tools"][0]["decision"], "deny");
+    post(&env, Who::Globex, "tools-sse", &echo).refusal(403, "tool_denied");
+
+    let malformed = explain("acme", "bot", "[]");
+    assert_eq!(malformed["reason"], "mcp_malformed", "{malformed}");
+    assert!(malformed.get("mcp_tools").is_none());
+    // Explaining calls nothing.
+    assert_eq!(env.sse.calls().len(), 1);
+}

@@ -5,7 +5,8 @@
 //! proxy parses it (absolute URL for forward-proxy requests, `/prefix/…` for route mode), the
 //! model is read from the body as the proxy reads it, the facts are built and decided by the same
 //! code, and when the request is allowed its `$CRED{}` handles are resolved as the proxy would,
-//! including each `use_credential` decision. Identity, egress (SSRF) checks and limits are not
+//! including each `use_credential` decision. A request to an MCP server has each `tools/call`
+//! in its body decided as `mcp_tool_call`, as the proxy does. Identity, egress (SSRF) checks and limits are not
 //! policy and are not evaluated: the caller names the tenant and workload.
 
 use std::sync::Arc;
@@ -87,6 +88,21 @@ pub struct ExplainedCredential {
     pub errors: Vec<String>,
 }
 
+/// One `mcp_tool_call` decision, for a `tools/call` in a body sent to an MCP server.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedTool {
+    /// The `[[mcp.servers]]` name.
+    pub server: String,
+    /// The tool's name.
+    pub tool: String,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// Deciding policy ids.
+    pub policy_ids: Vec<String>,
+    /// Evaluation errors.
+    pub errors: Vec<String>,
+}
+
 /// What the proxy would do, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
@@ -105,6 +121,9 @@ pub struct Explanation {
     pub facts: Option<ExplainedFacts>,
     /// The `use_credential` questions asked, in order.
     pub credentials: Vec<ExplainedCredential>,
+    /// The `mcp_tool_call` questions asked, in order (requests to MCP servers only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mcp_tools: Vec<ExplainedTool>,
     /// What the shadow (report-only) policies would decide, when configured.
     pub shadow: Option<super::shadow::ShadowDecision>,
 }
@@ -172,6 +191,15 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
             )
         });
     }
+    let (mcp_tools, mcp_refusal) =
+        explain_mcp(snapshot, &context, &destination, &facts, &header, req);
+    if let Some(deny) = mcp_refusal {
+        return Ok(Explanation {
+            shadow,
+            mcp_tools,
+            ..refused(&deny, Some(decision), Some(explained_facts), Vec::new())
+        });
+    }
     let body = req.body.clone().map(bytes::Bytes::from);
     let (applied, uses) = crate::proxy::resolve_credentials(
         snapshot,
@@ -200,10 +228,12 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
             errors: decision.errors,
             facts: Some(explained_facts),
             credentials,
+            mcp_tools,
             shadow,
         },
         Err(refusal) => Explanation {
             shadow,
+            mcp_tools,
             ..refused(
                 &Deny::Credential(refusal),
                 Some(decision),
@@ -212,6 +242,53 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
             )
         },
     })
+}
+
+/// For a request to an MCP server, the `mcp_tool_call` decisions the proxy would take (it stops
+/// at the first denied call) and its refusal, if any.
+fn explain_mcp(
+    snapshot: &Snapshot,
+    context: &crate::ctx::TenantContext,
+    destination: &crate::target::Destination,
+    facts: &super::HttpRequestFacts<'_>,
+    header: &RequestHeader,
+    req: &Described,
+) -> (Vec<ExplainedTool>, Option<Deny>) {
+    let Some(server) = snapshot.tenants.mcp.server_for(destination) else {
+        return (Vec::new(), None);
+    };
+    let mut tools = Vec::new();
+    let mut decide = |tool: &str| {
+        let call = super::McpToolFacts {
+            server: &server.name,
+            tool,
+            http: facts,
+        };
+        let decision =
+            snapshot
+                .policy
+                .authorize_mcp_tool(&context.tenant, &context.workload, &call);
+        tools.push(ExplainedTool {
+            server: server.name.clone(),
+            tool: tool.to_string(),
+            decision: if decision.allowed { "allow" } else { "deny" },
+            policy_ids: decision.policy_ids.clone(),
+            errors: decision.errors.clone(),
+        });
+        decision
+    };
+    let outcome = crate::mcp::admit(
+        &server.name,
+        &header.method,
+        req.body.as_deref(),
+        &mut decide,
+    );
+    let refusal = match outcome {
+        Ok(_) => None,
+        Err(crate::mcp::McpRefusal::Malformed(why)) => Some(Deny::McpMalformed(why)),
+        Err(crate::mcp::McpRefusal::ToolDenied { tool, .. }) => Some(Deny::ToolDenied(tool)),
+    };
+    (tools, refusal)
 }
 
 fn refused(
@@ -232,6 +309,7 @@ fn refused(
         errors,
         facts,
         credentials,
+        mcp_tools: Vec::new(),
         shadow: None,
     }
 }
@@ -299,6 +377,20 @@ pub fn render_text(e: &Explanation) -> String {
             s.decision,
             s.policy_ids.join(", "),
             s.outcome.as_str()
+        ));
+    }
+    for t in &e.mcp_tools {
+        out.push_str(&format!(
+            "mcp tool:    {} on {}: {} [{}]{}\n",
+            t.tool,
+            t.server,
+            t.decision,
+            t.policy_ids.join(", "),
+            if t.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" errors: {}", t.errors.join("; "))
+            }
         ));
     }
     for c in &e.credentials {
