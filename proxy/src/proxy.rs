@@ -112,11 +112,15 @@ impl TenantProxy {
             return Err(Deny::HeadersTooLarge);
         }
         // HTTP/2 (inside tunnels) names the authority in `:authority`, not `Host`.
-        let host = req.headers.get(http::header::HOST).map(|v| v.as_bytes()).or_else(|| {
-            (req.version == http::Version::HTTP_2)
-                .then(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
-                .flatten()
-        });
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map(|v| v.as_bytes())
+            .or_else(|| {
+                (req.version == http::Version::HTTP_2)
+                    .then(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+                    .flatten()
+            });
         let destination = match tunnel {
             Some(t) => target::tunneled(req.raw_path(), host, &t.host, t.port)?,
             None => target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,

@@ -189,6 +189,12 @@ pub struct AuditSettings {
     pub fsync: FsyncPolicy,
     /// Longest delay before a batch is written.
     pub flush_interval: Duration,
+    /// Size at which a day's file continues in a new part.
+    pub max_file_bytes: u64,
+    /// How often each tenant's chain head is signed.
+    pub checkpoint_interval: Duration,
+    /// The checkpoint signing key; `None` generates one per start.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// Upstream connection settings.
@@ -401,12 +407,37 @@ impl StaticConfig {
             p.push("audit.queue_capacity", "must be at least 1");
         }
         let flush_interval = p.duration("audit.flush_interval", &spec.audit.flush_interval);
+        let checkpoint_interval =
+            p.duration("audit.checkpoint_interval", &spec.audit.checkpoint_interval);
+        if checkpoint_interval.is_zero()
+            && humantime::parse_duration(&spec.audit.checkpoint_interval).is_ok()
+        {
+            p.push("audit.checkpoint_interval", "must be more than zero");
+        }
+        if spec.audit.max_file_bytes < 4096 {
+            p.push("audit.max_file_bytes", "must be at least 4096");
+        }
         let audit = AuditSettings {
             dir: relative_to(path, &spec.audit.dir),
             queue_capacity: spec.audit.queue_capacity.max(1),
             fsync,
             flush_interval,
+            max_file_bytes: spec.audit.max_file_bytes,
+            checkpoint_interval,
+            signing_key: spec
+                .audit
+                .signing_key
+                .as_ref()
+                .map(|k| relative_to(path, k)),
         };
+        if let Some(key) = &audit.signing_key {
+            if !key.is_file() {
+                p.push(
+                    "audit.signing_key",
+                    format!("`{}` is not a readable file", key.display()),
+                );
+            }
+        }
 
         let upstream = UpstreamSettings {
             connect_timeout: p.duration("upstream.connect_timeout", &spec.upstream.connect_timeout),
