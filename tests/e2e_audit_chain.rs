@@ -483,3 +483,150 @@ fn export_of_one_tenant_never_opens_another_tenants_files() {
         );
     }
 }
+
+/// A real `redis-server` on a loopback port, stopped on drop.
+struct RedisServer {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        let server = Self {
+            port,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Runs `redis-cli --raw ARGS` against this server; its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The `record` fields of a stream, oldest first.
+    fn stream_records(&self, key: &str) -> Vec<String> {
+        let out = self.cli(&["XRANGE", key, "-", "+"]);
+        let lines: Vec<&str> = out.lines().collect();
+        // --raw prints each entry as: id, "record", value.
+        lines
+            .windows(2)
+            .filter(|w| w[0] == "record")
+            .map(|w| w[1].to_string())
+            .collect()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// All record lines of `tenant` in the proxy's files, in chain order.
+fn file_lines(proxy: &Proxy, tenant: &str) -> Vec<String> {
+    let mut files = record_files(&proxy.path("audit").join(tenant));
+    files.sort();
+    files.iter().flat_map(|f| lines_of(f)).collect()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
+    let origin = Origin::start();
+    let port = free_port();
+    let redis = RedisServer::start_on(port);
+    let proxy = Proxy::start(ProxySpec {
+        audit: format!(
+            "redis_url = \"redis://127.0.0.1:{port}\"\nredis_required = true\nredis_maxlen = 1000"
+        ),
+        ..ProxySpec::default()
+    });
+    traffic(&proxy, &origin, 3, 2);
+    wait_until("both streams", || {
+        redis.stream_records("tp:{acme}:audit").len() == 3
+            && redis.stream_records("tp:{globex}:audit").len() == 2
+    });
+    // The stream holds each tenant's own lines exactly as in its files.
+    assert_eq!(
+        redis.stream_records("tp:{acme}:audit"),
+        file_lines(&proxy, "acme")
+    );
+    assert_eq!(
+        redis.stream_records("tp:{globex}:audit"),
+        file_lines(&proxy, "globex")
+    );
+
+    // Redis goes away: the stream is required, so the sink refuses, and nothing is forwarded.
+    drop(redis);
+    let target = url(&origin, "/acme/while-down");
+    wait_until("audit_unavailable refusals", || {
+        let r = forward_get(proxy.sidecar_port, &target, None, "");
+        r.status == 503 && r.code() == "audit_unavailable"
+    });
+    let served = origin.count();
+    let refused = forward_get(proxy.sidecar_port, &target, None, "");
+    refused.assert_refused(503, "audit_unavailable");
+    assert_eq!(
+        origin.count(),
+        served,
+        "no request served while the stream fails"
+    );
+
+    // Redis is back (empty): the records held while it was down arrive, then service resumes.
+    let redis = RedisServer::start_on(port);
+    wait_until("recovery", || {
+        forward_get(proxy.sidecar_port, &url(&origin, "/acme/after"), None, "").status == 200
+    });
+    wait_until("the held records", || {
+        let streamed = redis.stream_records("tp:{acme}:audit");
+        let files = file_lines(&proxy, "acme");
+        !streamed.is_empty() && files.ends_with(&streamed) && streamed.last() == files.last()
+    });
+    // Everything after the restart's first missing line reached the new Redis, in order.
+    let streamed = redis.stream_records("tp:{acme}:audit");
+    assert!(streamed.len() >= 2, "{streamed:?}");
+    assert!(redis.stream_records("tp:{globex}:audit").is_empty());
+}
+
+#[test]
+fn an_optional_stream_that_is_down_does_not_refuse() {
+    let origin = Origin::start();
+    let nothing_there = free_port();
+    let proxy = Proxy::start(ProxySpec {
+        audit: format!("redis_url = \"redis://127.0.0.1:{nothing_there}\""),
+        ..ProxySpec::default()
+    });
+    traffic(&proxy, &origin, 3, 0);
+    assert_eq!(proxy.wait_audit_records("acme", 3).len(), 3);
+    assert!(proxy.log().contains("cannot write the audit stream"));
+}

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod export;
 pub mod layout;
 mod record;
+pub mod stream;
 mod tail;
 pub mod verify;
 mod writer;
@@ -68,6 +69,9 @@ pub enum AuditStartError {
     /// The checkpoint signing key could not be loaded or made.
     #[error(transparent)]
     Key(#[from] checkpoint::KeyError),
+    /// The Redis Stream sink's URL is not usable.
+    #[error("audit.redis_url: {0}")]
+    Stream(#[source] redis::RedisError),
     /// The writer thread could not start.
     #[error("cannot start the audit writer: {0}")]
     Writer(#[source] std::io::Error),
@@ -92,7 +96,13 @@ impl AuditSink {
         tracing::info!(key_id = %signer.key_id(), "audit checkpoints signed with this key");
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let healthy = Arc::new(AtomicBool::new(true));
-        let writer = writer::spawn(settings.clone(), signer, rx, healthy.clone())
+        let stream = settings
+            .stream
+            .as_ref()
+            .map(stream::StreamSink::new)
+            .transpose()
+            .map_err(AuditStartError::Stream)?;
+        let writer = writer::spawn(settings.clone(), signer, stream, rx, healthy.clone())
             .map_err(AuditStartError::Writer)?;
         Ok((Self { tx, healthy }, writer))
     }

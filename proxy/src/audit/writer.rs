@@ -8,7 +8,8 @@
 //! length the writer last knew durable, so a retried batch never leaves half a batch behind.
 //!
 //! At `checkpoint_interval`, and when the writer stops, each tenant with new durable records
-//! gets a signed checkpoint.
+//! gets a signed checkpoint. With a Redis Stream sink ([`super::stream`]), durable records are
+//! then sent there too.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 use super::chain::{self, ChainHead};
 use super::checkpoint::Signer;
 use super::layout::{self, FilePos, CHECKPOINTS_FILE};
+use super::stream::StreamSink;
 use super::{tail, AuditRecord};
 use crate::config::{AuditSettings, FsyncPolicy};
 use crate::metrics::METRICS;
@@ -63,6 +65,7 @@ impl AuditWriter {
 pub(super) fn spawn(
     settings: AuditSettings,
     signer: Signer,
+    stream: Option<StreamSink>,
     rx: mpsc::Receiver<AuditRecord>,
     healthy: Arc<AtomicBool>,
 ) -> io::Result<AuditWriter> {
@@ -71,6 +74,8 @@ pub(super) fn spawn(
         settings,
         signer,
         logs: HashMap::new(),
+        stream,
+        files_ok: true,
         healthy,
         stop: stop.clone(),
     };
@@ -108,6 +113,10 @@ struct Writer {
     settings: AuditSettings,
     signer: Signer,
     logs: HashMap<String, TenantLog>,
+    stream: Option<StreamSink>,
+    /// Whether the last file write succeeded.
+    files_ok: bool,
+    /// What requests see: files writable and, when required, the stream too.
     healthy: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
@@ -159,8 +168,12 @@ impl Writer {
                 self.checkpoint_all();
                 last_checkpoint = Instant::now();
             }
+            if self.stream.as_ref().is_some_and(|s| !s.healthy()) {
+                self.flush_stream();
+            }
         }
         self.checkpoint_all();
+        self.flush_stream();
         tracing::info!("audit writer stopped");
     }
 
@@ -168,18 +181,22 @@ impl Writer {
         let mut attempts = 0;
         loop {
             match self.write_batch(batch, SystemTime::now()) {
-                Ok(()) => {
-                    if !self.healthy.swap(true, Ordering::AcqRel) {
-                        tracing::warn!("audit sink recovered");
-                    }
+                Ok(written) => {
+                    self.files_ok = true;
                     METRICS.audit_records_written.inc_by(batch.len() as u64);
+                    if let Some(stream) = &mut self.stream {
+                        stream.enqueue(written);
+                    }
+                    self.flush_stream();
                     return;
                 }
                 Err(e) => {
                     METRICS.audit_write_errors.inc();
-                    if self.healthy.swap(false, Ordering::AcqRel) {
+                    if self.files_ok {
                         tracing::error!(error = %e, "audit write failed; refusing new requests until it recovers");
                     }
+                    self.files_ok = false;
+                    self.publish_health();
                     // Drop cached handles: the file may have been removed or the disk remounted.
                     for log in self.logs.values_mut() {
                         log.file = None;
@@ -197,8 +214,40 @@ impl Writer {
         }
     }
 
-    fn write_batch(&mut self, batch: &[AuditRecord], now: SystemTime) -> io::Result<()> {
+    /// Sends durable records to the stream sink, if any, and updates health.
+    fn flush_stream(&mut self) {
+        if let Some(stream) = &mut self.stream {
+            let was_healthy = stream.healthy();
+            if let Err(e) = stream.flush() {
+                METRICS.audit_write_errors.inc();
+                if was_healthy {
+                    tracing::error!(error = %e, "cannot write the audit stream");
+                }
+            }
+        }
+        self.publish_health();
+    }
+
+    /// SECURITY: requests are served only while every required sink can write.
+    fn publish_health(&self) {
+        let ok = self.files_ok && self.stream.as_ref().is_none_or(StreamSink::healthy);
+        if self.healthy.swap(ok, Ordering::AcqRel) != ok {
+            if ok {
+                tracing::warn!("audit sink recovered");
+            } else {
+                tracing::error!("audit sink failing; refusing new requests until it recovers");
+            }
+        }
+    }
+
+    /// Writes a batch; returns each record's tenant and line, in order, once all are durable.
+    fn write_batch(
+        &mut self,
+        batch: &[AuditRecord],
+        now: SystemTime,
+    ) -> io::Result<Vec<(String, Vec<u8>)>> {
         let today = FilePos::day_of(now);
+        let mut written = Vec::with_capacity(batch.len());
         // Per tenant, in order of first appearance: the new cursor and the bytes per file.
         let mut plans: Vec<(&str, Cursor, Vec<Segment>)> = Vec::new();
         for record in batch {
@@ -215,6 +264,9 @@ impl Writer {
                 continue;
             };
             let (mut line, head) = chain::seal(record, cursor.head)?;
+            if self.stream.is_some() {
+                written.push((tenant.to_string(), line.clone()));
+            }
             line.push(b'\n');
             let line_len = line.len() as u64;
             // Files follow the writer's clock, never going back to an earlier file, so the
@@ -267,7 +319,7 @@ impl Writer {
                 log.cursor = cursor;
             }
         }
-        Ok(())
+        Ok(written)
     }
 
     /// The tenant's log, recovered from its newest file on first use.
@@ -438,6 +490,7 @@ mod tests {
             max_file_bytes,
             checkpoint_interval: Duration::from_secs(60),
             signing_key: None,
+            stream: None,
         }
     }
 
@@ -448,6 +501,8 @@ mod tests {
             settings: settings(dir, max_file_bytes),
             signer,
             logs: HashMap::new(),
+            stream: None,
+            files_ok: true,
             healthy: Arc::new(AtomicBool::new(true)),
             stop: Arc::new(AtomicBool::new(false)),
         }

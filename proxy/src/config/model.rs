@@ -195,6 +195,19 @@ pub struct AuditSettings {
     pub checkpoint_interval: Duration,
     /// The checkpoint signing key; `None` generates one per start.
     pub signing_key: Option<PathBuf>,
+    /// The optional Redis Stream sink.
+    pub stream: Option<AuditStreamSettings>,
+}
+
+/// The Redis Stream audit sink.
+#[derive(Debug, Clone)]
+pub struct AuditStreamSettings {
+    /// `redis://…`.
+    pub url: String,
+    /// Whether a failing stream refuses requests.
+    pub required: bool,
+    /// Approximate length each tenant's stream is trimmed to.
+    pub maxlen: u64,
 }
 
 /// Upstream connection settings.
@@ -429,7 +442,19 @@ impl StaticConfig {
                 .signing_key
                 .as_ref()
                 .map(|k| relative_to(path, k)),
+            stream: spec.audit.redis_url.clone().map(|url| AuditStreamSettings {
+                url,
+                required: spec.audit.redis_required,
+                maxlen: spec.audit.redis_maxlen.max(1),
+            }),
         };
+        if let Some(stream) = &audit.stream {
+            if !stream.url.starts_with("redis://") {
+                p.push("audit.redis_url", "write `redis://host:port`");
+            }
+        } else if spec.audit.redis_required {
+            p.push("audit.redis_required", "needs `redis_url`");
+        }
         if let Some(key) = &audit.signing_key {
             if !key.is_file() {
                 p.push(
@@ -1119,6 +1144,14 @@ mod tests {
             ("bad-listener.toml", "listener[0].identity[0]"),
             ("binding-missing.toml", "listener[0].binding"),
             ("bad-duration.toml", "upstream.connect_timeout"),
+            ("audit-bad-chain-settings.toml", "audit.max_file_bytes"),
+            ("audit-bad-chain-settings.toml", "audit.checkpoint_interval"),
+            ("audit-bad-chain-settings.toml", "audit.signing_key"),
+            (
+                "audit-redis-required-without-url.toml",
+                "audit.redis_required",
+            ),
+            ("audit-bad-redis-url.toml", "audit.redis_url"),
         ];
         for (file, want) in static_cases {
             let text = problems_text(

@@ -210,6 +210,21 @@ pub struct AuditSpec {
     /// generated at each start and kept in memory only.
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
+    /// `redis://host:port/db`: also append each record to the Redis Stream
+    /// `tp:{<tenant>}:audit`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Refuse requests (`audit_unavailable`) while the stream cannot be written, as for the
+    /// files; otherwise records the stream missed are only in the files.
+    #[serde(default)]
+    pub redis_required: bool,
+    /// Approximate length each tenant's stream is trimmed to.
+    #[serde(default = "default_redis_maxlen")]
+    pub redis_maxlen: u64,
+}
+
+fn default_redis_maxlen() -> u64 {
+    100_000
 }
 
 fn default_max_file_bytes() -> u64 {
