@@ -76,6 +76,7 @@ pub(super) fn spawn(
         logs: HashMap::new(),
         stream,
         files_ok: true,
+        retrying: false,
         healthy,
         stop: stop.clone(),
     };
@@ -116,6 +117,8 @@ struct Writer {
     stream: Option<StreamSink>,
     /// Whether the last file write succeeded.
     files_ok: bool,
+    /// Whether the batch being written is a retry (its earlier attempt may have left bytes).
+    retrying: bool,
     /// What requests see: files writable and, when required, the stream too.
     healthy: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -180,6 +183,7 @@ impl Writer {
     fn write_until_durable(&mut self, batch: &[AuditRecord], stopping: bool) {
         let mut attempts = 0;
         loop {
+            self.retrying = attempts > 0;
             match self.write_batch(batch, SystemTime::now()) {
                 Ok(written) => {
                     self.files_ok = true;
@@ -292,25 +296,12 @@ impl Writer {
             cursor.head_pos = cursor.pos;
         }
         for (tenant, _, segments) in &plans {
-            let tenant_dir = self.settings.dir.join(tenant);
-            let Some(log) = self.logs.get_mut(*tenant) else {
-                continue;
-            };
-            for segment in segments {
-                let file = open_at(&mut log.file, &tenant_dir, segment.pos)?;
-                // SECURITY: cut anything a failed attempt left after the last durable length,
-                // so a retried batch is not written twice.
-                let len = file.metadata()?.len();
-                if len != segment.start {
-                    if len < segment.start {
-                        tracing::error!(tenant, file = %segment.pos.rel(), "audit file is shorter than written; it was truncated by something else");
-                    }
-                    file.set_len(segment.start)?;
+            if let Err(e) = self.write_segments(tenant, segments) {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    // The file changed underneath the writer: start again from the disk.
+                    self.logs.remove(*tenant);
                 }
-                file.write_all(&segment.bytes)?;
-                if self.settings.fsync == FsyncPolicy::Batch {
-                    file.sync_data()?;
-                }
+                return Err(e);
             }
         }
         // Everything is written: the chain heads advance.
@@ -320,6 +311,43 @@ impl Writer {
             }
         }
         Ok(written)
+    }
+
+    /// Appends one tenant's segments, each at the length the writer last left its file.
+    fn write_segments(&mut self, tenant: &str, segments: &[Segment]) -> io::Result<()> {
+        let tenant_dir = self.settings.dir.join(tenant);
+        let fsync = self.settings.fsync;
+        let retrying = self.retrying;
+        let Some(log) = self.logs.get_mut(tenant) else {
+            return Err(io::Error::other("no log for the tenant"));
+        };
+        for segment in segments {
+            let file = open_at(&mut log.file, &tenant_dir, segment.pos)?;
+            let len = file.metadata()?.len();
+            if len != segment.start {
+                if retrying && len > segment.start {
+                    // A failed attempt left part of this batch: cut it, so a retried batch is
+                    // not written twice.
+                    file.set_len(segment.start)?;
+                } else {
+                    // SECURITY: someone else wrote or truncated the file; never cut or pad
+                    // what is not ours.
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "`{}` is {len} bytes but the audit writer left it at {}: another process changed it",
+                            segment.pos.path(&tenant_dir).display(),
+                            segment.start
+                        ),
+                    ));
+                }
+            }
+            file.write_all(&segment.bytes)?;
+            if fsync == FsyncPolicy::Batch {
+                file.sync_data()?;
+            }
+        }
+        Ok(())
     }
 
     /// The tenant's log, recovered from its newest file on first use.
@@ -503,6 +531,7 @@ mod tests {
             logs: HashMap::new(),
             stream: None,
             files_ok: true,
+            retrying: false,
             healthy: Arc::new(AtomicBool::new(true)),
             stop: Arc::new(AtomicBool::new(false)),
         }
@@ -578,8 +607,34 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"seq\":3,\"prev\":\"half a line\"}\n{\"se")
             .unwrap();
+        w.retrying = true;
         w.write_batch(&batch("acme", 1), at("2026-11-28")).unwrap();
         w.checkpoint_all();
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()));
+        assert_eq!((report.records, report.problem), (3, None));
+    }
+
+    #[test]
+    fn a_file_changed_by_another_process_is_not_cut_but_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write_batch(&batch("acme", 3), at("2026-11-28")).unwrap();
+        // Someone else removes the last record.
+        let path = dir.path().join("acme/2026/11/28.jsonl");
+        let text = fs::read_to_string(&path).unwrap();
+        let kept: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+        fs::write(&path, &kept).unwrap();
+        let err = w
+            .write_batch(&batch("acme", 1), at("2026-11-28"))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            kept,
+            "nothing padded or cut"
+        );
+        // The next attempt starts again from the disk and continues the chain there.
+        w.write_batch(&batch("acme", 1), at("2026-11-28")).unwrap();
         let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()));
         assert_eq!((report.records, report.problem), (3, None));
     }
