@@ -164,6 +164,71 @@ pub fn export(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::audit::chain::{line_hash, seal, tests::record, ChainHead};
+    use crate::audit::checkpoint::Signer;
+
+    #[test]
+    fn a_range_comes_with_the_checkpoints_that_prove_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, _) = Signer::generate().unwrap();
+        let tenant_dir = dir.path().join("acme");
+        let mut head = ChainHead::EMPTY;
+        let mut checkpoints = String::new();
+        for (day, times) in [("28", ["10", "11", "12"]), ("29", ["10", "11", "12"])] {
+            let mut text = Vec::new();
+            for hour in times {
+                let time = format!("2026-11-{day}T{hour}:00:00Z");
+                let (line, h) = seal(&record("acme", &time), head).unwrap();
+                head = h;
+                text.extend_from_slice(&line);
+                text.push(b'\n');
+                if head.seq % 2 == 0 {
+                    let c = signer.checkpoint(
+                        "acme",
+                        head.seq,
+                        &line_hash(&line),
+                        format!("2026/11/{day}.jsonl"),
+                        time.clone(),
+                    );
+                    checkpoints.push_str(&serde_json::to_string(&c).unwrap());
+                    checkpoints.push('\n');
+                }
+            }
+            let path = tenant_dir.join(format!("2026/11/{day}.jsonl"));
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        }
+        fs::write(tenant_dir.join(CHECKPOINTS_FILE), checkpoints).unwrap();
+
+        let tenant = TenantId::new("acme").unwrap();
+        let range = Range::parse(Some("2026-11-28T11:00:00Z"), Some("2026-11-28")).unwrap();
+        let mut out = Vec::new();
+        let summary = export(dir.path(), &tenant, range, &mut out).unwrap();
+        assert_eq!(
+            summary,
+            ExportSummary {
+                records: 2,
+                checkpoints: 2
+            }
+        );
+        let seqs: Vec<u64> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        // Records 2 and 3, the checkpoint at 2 and the first one after the range (4).
+        assert_eq!(seqs, [2, 3, 2, 4]);
+
+        let missing = TenantId::new("globex").unwrap();
+        assert!(matches!(
+            export(dir.path(), &missing, Range::default(), &mut Vec::new()),
+            Err(ExportError::NoPartition(_))
+        ));
+    }
 
     #[test]
     fn ranges_take_dates_as_whole_days() {

@@ -4,7 +4,8 @@
 //! Each tenant's records form a hash chain ([`chain`]) and the chain head is signed
 //! periodically ([`checkpoint`]), so that altering, reordering, deleting or truncating records
 //! is detectable by `tenant-proxy audit verify` ([`verify`]); [`export`] hands one tenant its
-//! own records with the checkpoints that prove them.
+//! own records with the checkpoints that prove them. Optionally ([`stream`]) durable records
+//! also go to a Redis Stream per tenant.
 //!
 //! Records leave the hot path through a bounded queue. A request reserves its queue slot before
 //! anything else happens ([`AuditSink::reserve`]), so a record can always be enqueued when the
