@@ -182,7 +182,7 @@ mod tests {
                 head = h;
                 text.extend_from_slice(&line);
                 text.push(b'\n');
-                if head.seq % 2 == 0 {
+                if head.seq.is_multiple_of(2) {
                     let c = signer.checkpoint(
                         "acme",
                         head.seq,
