@@ -57,7 +57,7 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let static_config = Arc::new(static_config);
 
     let handle = Arc::new(SnapshotHandle::new(static_config.clone(), snapshot));
-    let (audit, _writer) = AuditSink::start(&static_config.audit)?;
+    let (audit, audit_writer) = AuditSink::start(&static_config.audit)?;
     crate::reload::spawn(handle.clone());
 
     let conf = ServerConf {
@@ -129,7 +129,10 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     server.add_service(admin);
     tracing::info!(addr = %static_config.admin_listen, "admin listening");
 
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // The services have stopped: write what is still queued and the final checkpoints.
+    audit_writer.shutdown();
+    Ok(())
 }
 
 /// The egress guard: configured static answers in front of the system resolver, the global

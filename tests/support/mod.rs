@@ -212,6 +212,8 @@ pub struct ProxySpec {
     pub tenant_settings: Vec<(&'static str, String)>,
     /// Extra TOML appended to the static file (e.g. `[limiter]`).
     pub static_extra: String,
+    /// Extra keys of the static file's `[audit]` table (e.g. `max_file_bytes = 4096`).
+    pub audit: String,
     /// Environment variables for the proxy process.
     pub env: Vec<(String, String)>,
     /// Extra static settings appended to `[limits]`.
@@ -231,6 +233,7 @@ impl Default for ProxySpec {
             tenants_top: String::new(),
             tenant_settings: Vec::new(),
             static_extra: String::new(),
+            audit: String::new(),
             env: Vec::new(),
             limits: "",
             egress: "allow = [\"127.0.0.1/32\"]".into(),
@@ -299,6 +302,7 @@ identity = ["token"]
 [audit]
 dir = "audit"
 flush_interval = "5ms"
+{}
 [upstream]
 connect_timeout = "1s"
 {}
@@ -314,7 +318,7 @@ graceful_shutdown_timeout = "1s"
 level = "info"
 {}
 "#,
-            spec.upstream, spec.egress, spec.limits, spec.static_extra
+            spec.audit, spec.upstream, spec.egress, spec.limits, spec.static_extra
         );
         std::fs::write(dir.path().join("tenant-proxy.toml"), static_toml).unwrap();
         let mut tenants_tables = TENANTS.to_string();
@@ -401,7 +405,11 @@ revoked_jtis_file = "revoked.txt"
     pub fn audit_records(&self, tenant: &str) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
         let dir = self.path("audit").join(tenant);
-        for file in walk(&dir) {
+        // Record files only: the signed checkpoints sit beside them.
+        for file in walk(&dir)
+            .into_iter()
+            .filter(|f| !f.ends_with("checkpoints.jsonl"))
+        {
             for line in std::fs::read_to_string(file).unwrap().lines() {
                 out.push(serde_json::from_str(line).unwrap());
             }

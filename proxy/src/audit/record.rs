@@ -1,6 +1,6 @@
 //! The canonical audit record. It holds no secrets, query values or bodies: only ids, the
-//! decision and its reason, sizes, timings and a body digest. Field order is fixed so records
-//! can later be hash-chained over their serialized bytes.
+//! decision and its reason, sizes, timings and a body digest. Field order is fixed; the writer
+//! chains records over their serialized bytes (see [`super::chain`]).
 
 use std::time::{Duration, SystemTime};
 

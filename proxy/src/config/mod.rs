@@ -10,8 +10,8 @@ pub mod regions;
 pub mod spec;
 
 pub use model::{
-    AuditSettings, FsyncPolicy, IdentitySourceKind, ListenerBinding, ListenerSettings, LogFormat,
-    Route, StaticConfig, TenantConfig, UpstreamSettings,
+    AuditSettings, AuditStreamSettings, FsyncPolicy, IdentitySourceKind, ListenerBinding,
+    ListenerSettings, LogFormat, Route, StaticConfig, TenantConfig, UpstreamSettings,
 };
 
 use std::fmt;

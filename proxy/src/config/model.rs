@@ -189,6 +189,25 @@ pub struct AuditSettings {
     pub fsync: FsyncPolicy,
     /// Longest delay before a batch is written.
     pub flush_interval: Duration,
+    /// Size at which a day's file continues in a new part.
+    pub max_file_bytes: u64,
+    /// How often each tenant's chain head is signed.
+    pub checkpoint_interval: Duration,
+    /// The checkpoint signing key; `None` generates one per start.
+    pub signing_key: Option<PathBuf>,
+    /// The optional Redis Stream sink.
+    pub stream: Option<AuditStreamSettings>,
+}
+
+/// The Redis Stream audit sink.
+#[derive(Debug, Clone)]
+pub struct AuditStreamSettings {
+    /// `redis://…`.
+    pub url: String,
+    /// Whether a failing stream refuses requests.
+    pub required: bool,
+    /// Approximate length each tenant's stream is trimmed to.
+    pub maxlen: u64,
 }
 
 /// Upstream connection settings.
@@ -401,12 +420,49 @@ impl StaticConfig {
             p.push("audit.queue_capacity", "must be at least 1");
         }
         let flush_interval = p.duration("audit.flush_interval", &spec.audit.flush_interval);
+        let checkpoint_interval =
+            p.duration("audit.checkpoint_interval", &spec.audit.checkpoint_interval);
+        if checkpoint_interval.is_zero()
+            && humantime::parse_duration(&spec.audit.checkpoint_interval).is_ok()
+        {
+            p.push("audit.checkpoint_interval", "must be more than zero");
+        }
+        if spec.audit.max_file_bytes < 4096 {
+            p.push("audit.max_file_bytes", "must be at least 4096");
+        }
         let audit = AuditSettings {
             dir: relative_to(path, &spec.audit.dir),
             queue_capacity: spec.audit.queue_capacity.max(1),
             fsync,
             flush_interval,
+            max_file_bytes: spec.audit.max_file_bytes,
+            checkpoint_interval,
+            signing_key: spec
+                .audit
+                .signing_key
+                .as_ref()
+                .map(|k| relative_to(path, k)),
+            stream: spec.audit.redis_url.clone().map(|url| AuditStreamSettings {
+                url,
+                required: spec.audit.redis_required,
+                maxlen: spec.audit.redis_maxlen.max(1),
+            }),
         };
+        if let Some(stream) = &audit.stream {
+            if !stream.url.starts_with("redis://") {
+                p.push("audit.redis_url", "write `redis://host:port`");
+            }
+        } else if spec.audit.redis_required {
+            p.push("audit.redis_required", "needs `redis_url`");
+        }
+        if let Some(key) = &audit.signing_key {
+            if !key.is_file() {
+                p.push(
+                    "audit.signing_key",
+                    format!("`{}` is not a readable file", key.display()),
+                );
+            }
+        }
 
         let upstream = UpstreamSettings {
             connect_timeout: p.duration("upstream.connect_timeout", &spec.upstream.connect_timeout),
@@ -1155,6 +1211,14 @@ mod tests {
             ("bad-listener.toml", "listener[0].identity[0]"),
             ("binding-missing.toml", "listener[0].binding"),
             ("bad-duration.toml", "upstream.connect_timeout"),
+            ("audit-bad-chain-settings.toml", "audit.max_file_bytes"),
+            ("audit-bad-chain-settings.toml", "audit.checkpoint_interval"),
+            ("audit-bad-chain-settings.toml", "audit.signing_key"),
+            (
+                "audit-redis-required-without-url.toml",
+                "audit.redis_required",
+            ),
+            ("audit-bad-redis-url.toml", "audit.redis_url"),
         ];
         for (file, want) in static_cases {
             let text = problems_text(

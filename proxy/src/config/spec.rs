@@ -200,6 +200,38 @@ pub struct AuditSpec {
     /// Longest a record waits before its batch is written, e.g. `20ms`.
     #[serde(default = "default_flush_interval")]
     pub flush_interval: String,
+    /// Size at which a day's file is continued in a new part (`<dd>_000001.jsonl`, …).
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// How often each tenant's chain head is signed (and at shutdown), e.g. `60s`.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: String,
+    /// PKCS#8 Ed25519 private key (PEM or DER) that signs checkpoints; without it a key is
+    /// generated at each start and kept in memory only.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// `redis://host:port/db`: also append each record to the Redis Stream
+    /// `tp:{<tenant>}:audit`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Refuse requests (`audit_unavailable`) while the stream cannot be written, as for the
+    /// files; otherwise records the stream missed are only in the files.
+    #[serde(default)]
+    pub redis_required: bool,
+    /// Approximate length each tenant's stream is trimmed to.
+    #[serde(default = "default_redis_maxlen")]
+    pub redis_maxlen: u64,
+}
+
+fn default_redis_maxlen() -> u64 {
+    100_000
+}
+
+fn default_max_file_bytes() -> u64 {
+    128 * 1024 * 1024
+}
+fn default_checkpoint_interval() -> String {
+    "60s".into()
 }
 
 fn default_queue_capacity() -> usize {

@@ -1,0 +1,130 @@
+//! The optional second sink: each tenant's records, as written to its files, appended to the
+//! Redis Stream `tp:{<tenant>}:audit` (trimmed to about `maxlen` entries) for central
+//! collectors. Each entry has one field, `record`, holding the record's exact line, so a
+//! collector can check the chain itself.
+//!
+//! Records reach the stream after they are durable in the files, in chain order. When Redis
+//! fails, the lines wait in order and are sent again with the next batch; a retried pipeline
+//! may repeat a few entries (their `seq` tells). A required stream that cannot be written makes
+//! the sink unhealthy, like a failing disk; an optional one drops what it could not send.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::AuditStreamSettings;
+
+/// Longest wait to connect and for each reply.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Lines sent per pipeline.
+const CHUNK: usize = 512;
+/// After a failure, no new attempt before this long, so an unreachable Redis does not slow
+/// the writer down batch after batch.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+/// The stream key of a tenant. The `{tenant}` hash tag keeps a tenant's keys on one slot.
+pub fn stream_key(tenant: &str) -> String {
+    format!("tp:{{{tenant}}}:audit")
+}
+
+/// The Redis side of the writer; owned by the writer thread.
+pub(super) struct StreamSink {
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    maxlen: u64,
+    required: bool,
+    /// Lines written to the files but not yet to Redis, oldest first: (tenant, line).
+    pending: VecDeque<(String, Vec<u8>)>,
+    /// Whether the last attempt succeeded.
+    ok: bool,
+    /// No attempt before this instant (after a failure).
+    retry_at: Option<Instant>,
+}
+
+impl StreamSink {
+    /// A sink for `settings`; connects on first use.
+    pub(super) fn new(settings: &AuditStreamSettings) -> redis::RedisResult<Self> {
+        Ok(Self {
+            client: redis::Client::open(settings.url.as_str())?,
+            conn: None,
+            maxlen: settings.maxlen,
+            required: settings.required,
+            pending: VecDeque::new(),
+            ok: true,
+            retry_at: None,
+        })
+    }
+
+    /// Whether the sink allows serving: always when optional, else when the last attempt
+    /// succeeded.
+    pub(super) fn healthy(&self) -> bool {
+        self.ok || !self.required
+    }
+
+    /// Queues lines that are now durable in the files.
+    pub(super) fn enqueue(&mut self, written: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        self.pending.extend(written);
+    }
+
+    /// Sends what is pending, in order. On failure a required sink keeps the lines for the next
+    /// attempt; an optional one drops them. While backing off after a failure nothing is tried
+    /// (and `Ok` is returned: the failure was reported once).
+    pub(super) fn flush(&mut self) -> redis::RedisResult<()> {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            if !self.required {
+                self.pending.clear();
+            }
+            return Ok(());
+        }
+        let result = self.send_pending();
+        self.ok = result.is_ok();
+        self.retry_at = None;
+        if result.is_err() {
+            self.conn = None;
+            self.retry_at = Some(Instant::now() + BACKOFF);
+            if !self.required {
+                self.pending.clear();
+            }
+        }
+        result
+    }
+
+    fn send_pending(&mut self) -> redis::RedisResult<()> {
+        while !self.pending.is_empty() {
+            let conn = match &mut self.conn {
+                Some(c) => c,
+                None => {
+                    let c = self.client.get_connection_with_timeout(TIMEOUT)?;
+                    c.set_read_timeout(Some(TIMEOUT))?;
+                    c.set_write_timeout(Some(TIMEOUT))?;
+                    self.conn.insert(c)
+                }
+            };
+            let n = self.pending.len().min(CHUNK);
+            let mut pipe = redis::pipe();
+            for (tenant, line) in self.pending.iter().take(n) {
+                pipe.cmd("XADD")
+                    .arg(stream_key(tenant))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.maxlen)
+                    .arg("*")
+                    .arg("record")
+                    .arg(line.as_slice())
+                    .ignore();
+            }
+            pipe.query::<()>(conn)?;
+            self.pending.drain(..n);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_tenant_hash_tag() {
+        assert_eq!(stream_key("acme"), "tp:{acme}:audit");
+    }
+}

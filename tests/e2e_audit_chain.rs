@@ -1,0 +1,646 @@
+//! The tamper-evident audit trail, end to end: the real proxy writes chained records and signed
+//! checkpoints, `tenant-proxy audit verify` finds each kind of tampering with its reason,
+//! restarts, size rotation and `kill -9` under load leave directories that verify, and
+//! `audit export` of one tenant never opens another tenant's files.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tenant_proxy::audit::checkpoint::{Checkpoint, Signer};
+
+fn url(origin: &Origin, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", origin.port)
+}
+
+/// Sends `n` requests as acme (sidecar listener) and `m` as globex (token).
+fn traffic(proxy: &Proxy, origin: &Origin, n: usize, m: usize) {
+    // The admin port answers first; the proxy listeners start right after it.
+    for port in [proxy.sidecar_port, proxy.shared_port] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "port {port} never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for i in 0..n {
+        let r = forward_get(
+            proxy.sidecar_port,
+            &url(origin, &format!("/acme/{i}")),
+            None,
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+    let globex = token_for("globex", "agent");
+    for i in 0..m {
+        let r = forward_get(
+            proxy.shared_port,
+            &url(origin, &format!("/globex/{i}")),
+            Some(&globex),
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+}
+
+/// SIGTERM, then wait until the writer has drained and written its final checkpoints.
+fn stop_cleanly(proxy: &Proxy) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(proxy.pid().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !proxy.log().contains("audit writer stopped") {
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not stop; log:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `tenant-proxy audit verify DIR --json ARGS`: (exit code, reports by tenant).
+fn verify(dir: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut all = vec!["audit", "verify", dir.to_str().unwrap(), "--json"];
+    all.extend_from_slice(args);
+    let out = Command::new(proxy_bin()).args(&all).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reports: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|_| {
+        panic!(
+            "verify printed no JSON: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let by_tenant = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["tenant"].as_str().unwrap().to_string(), r.clone()))
+        .collect::<serde_json::Map<_, _>>();
+    (out.status.code().unwrap(), by_tenant.into())
+}
+
+/// The problem reason verify reports for `tenant`, or `None` when clean.
+fn reason(report: &serde_json::Value, tenant: &str) -> Option<String> {
+    report[tenant]["problem"]["reason"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn record_files(tenant_dir: &Path) -> Vec<PathBuf> {
+    walk(tenant_dir)
+        .into_iter()
+        .filter(|f| {
+            f.extension().is_some_and(|e| e == "jsonl") && !f.ends_with("checkpoints.jsonl")
+        })
+        .collect()
+}
+
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A proxy whose audit files rotate every few records and whose checkpoints are signed with a
+/// configured key (made with `audit keygen`).
+fn rotating_spec() -> ProxySpec {
+    ProxySpec {
+        audit: "max_file_bytes = 4096\nsigning_key = \"keys/audit-signing-key.pem\"".into(),
+        ..ProxySpec::default()
+    }
+}
+
+fn keygen(config_dir: &Path) -> PathBuf {
+    let (code, out) = proxy_cli(config_dir, &["audit", "keygen", "--out", "keys"], "");
+    assert_eq!(code, 0, "{out}");
+    let public = walk(&config_dir.join("keys"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "pub"))
+        .unwrap();
+    public
+}
+
+#[test]
+fn chains_survive_restart_and_rotation_and_every_tamper_is_detected() {
+    let origin = Origin::start();
+    let keys_home = tempfile::tempdir().unwrap();
+    let public = keygen(keys_home.path());
+    let copy_keys = |dir: &Path| copy_dir(&keys_home.path().join("keys"), &dir.join("keys"));
+
+    // First run: acme's records rotate over several files; globex gets its own chain.
+    let first = Proxy::start_prepared(rotating_spec(), copy_keys);
+    traffic(&first, &origin, 12, 3);
+    stop_cleanly(&first);
+    // Second run on the same directory: both chains continue.
+    let audit_of_first = first.path("audit");
+    let second = Proxy::start_prepared(rotating_spec(), |dir| {
+        copy_keys(dir);
+        copy_dir(&audit_of_first, &dir.join("audit"));
+    });
+    traffic(&second, &origin, 8, 2);
+    stop_cleanly(&second);
+    let audit = second.path("audit");
+
+    let (code, clean) = verify(&audit, &["--key", public.to_str().unwrap()]);
+    assert_eq!(code, 0, "{clean:#}");
+    assert_eq!(clean["acme"]["records"], 20, "{clean:#}");
+    assert_eq!(clean["globex"]["records"], 5, "{clean:#}");
+    // One checkpoint per tenant per clean stop.
+    assert_eq!(clean["acme"]["checkpoints"], 2, "{clean:#}");
+    assert_eq!(reason(&clean, "acme"), None);
+    let acme_files = record_files(&audit.join("acme"));
+    assert!(acme_files.len() >= 3, "rotation by size: {acme_files:?}");
+    for f in &acme_files {
+        let len = std::fs::metadata(f).unwrap().len();
+        assert!(len <= 4096, "{f:?} has {len} bytes");
+    }
+    let seqs: Vec<u64> = acme_files
+        .iter()
+        .flat_map(|f| lines_of(f))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(&l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=20).collect::<Vec<_>>(),
+        "file order is chain order"
+    );
+
+    // Each tamper on a fresh copy: (name, tamper, expected reason, extra verify args).
+    let newest = acme_files.last().unwrap().clone();
+    let oldest = acme_files.first().unwrap().clone();
+    let rel = |p: &Path| p.strip_prefix(&audit).unwrap().to_path_buf();
+    let (newest, oldest) = (rel(&newest), rel(&oldest));
+    let checkpoints = PathBuf::from("acme/checkpoints.jsonl");
+    let other_key = Signer::generate().unwrap().0;
+    type Tamper<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Tamper, &str)> = vec![
+        (
+            "edit a byte",
+            Box::new(|d: &Path| {
+                let path = d.join(&oldest);
+                let mut bytes = std::fs::read(&path).unwrap();
+                let i = bytes.windows(5).position(|w| w == b"/acme").unwrap();
+                bytes[i + 1] = b'A';
+                std::fs::write(path, bytes).unwrap();
+            }),
+            "modified",
+        ),
+        (
+            "delete a line",
+            Box::new(|d: &Path| {
+                let path = d.join(&oldest);
+                let mut lines = lines_of(&path);
+                lines.remove(1);
+                write_lines(&path, &lines);
+            }),
+            "deleted",
+        ),
+        (
+            "swap two lines",
+            Box::new(|d: &Path| {
+                let path = d.join(&oldest);
+                let mut lines = lines_of(&path);
+                lines.swap(0, 1);
+                write_lines(&path, &lines);
+            }),
+            "reordered",
+        ),
+        (
+            "truncate a file",
+            Box::new(|d: &Path| {
+                let path = d.join(&newest);
+                let lines = lines_of(&path);
+                write_lines(&path, &lines[..lines.len() - 1]);
+            }),
+            "truncated",
+        ),
+        (
+            "drop the newest file",
+            Box::new(|d: &Path| std::fs::remove_file(d.join(&newest)).unwrap()),
+            "truncated",
+        ),
+        (
+            "forge a checkpoint with a changed hash",
+            Box::new(|d: &Path| {
+                let path = d.join(&checkpoints);
+                let mut lines = lines_of(&path);
+                let mut c: Checkpoint = serde_json::from_str(lines.last().unwrap()).unwrap();
+                c.hash = "ab".repeat(32);
+                *lines.last_mut().unwrap() = serde_json::to_string(&c).unwrap();
+                write_lines(&path, &lines);
+            }),
+            "bad_signature",
+        ),
+        (
+            "forge a checkpoint signed with another key",
+            Box::new(|d: &Path| {
+                // A checkpoint signed by a key the attacker holds and publishes next to the
+                // real one (it could vouch for a truncated chain just as well).
+                let path = d.join(&checkpoints);
+                let mut lines = lines_of(&path);
+                let real: Checkpoint = serde_json::from_str(lines.last().unwrap()).unwrap();
+                let forged = other_key.checkpoint(
+                    "acme",
+                    real.seq,
+                    &hex::decode(&real.hash).unwrap().try_into().unwrap(),
+                    real.file.clone(),
+                    real.time.clone(),
+                );
+                other_key.publish(d).unwrap();
+                lines.push(serde_json::to_string(&forged).unwrap());
+                write_lines(&path, &lines);
+            }),
+            "bad_signature",
+        ),
+    ];
+    for (name, tamper, expected) in &cases {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(&audit, copy.path());
+        tamper(copy.path());
+        let (code, report) = verify(copy.path(), &["--key", public.to_str().unwrap()]);
+        assert_eq!(code, 1, "{name}: {report:#}");
+        assert_eq!(
+            reason(&report, "acme").as_deref(),
+            Some(*expected),
+            "{name}: {report:#}"
+        );
+        assert_eq!(
+            reason(&report, "globex"),
+            None,
+            "{name}: globex is untouched"
+        );
+        // One tenant at a time, too.
+        let (code, only) = verify(copy.path(), &["--tenant", "globex"]);
+        assert_eq!(code, 0, "{name}: {only:#}");
+        assert!(only.get("acme").is_none());
+    }
+
+    // Without a pinned key, a checkpoint forged with a published impostor key is accepted:
+    // that is why `--key` exists. With a wrong key id it is refused either way.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&audit, copy.path());
+    (cases[6].1)(copy.path());
+    assert_eq!(verify(copy.path(), &[]).0, 0);
+    let path = copy.path().join(&checkpoints);
+    let mut lines = lines_of(&path);
+    let mut c: Checkpoint = serde_json::from_str(lines.last().unwrap()).unwrap();
+    c.key_id = "0123456789abcdef".into();
+    *lines.last_mut().unwrap() = serde_json::to_string(&c).unwrap();
+    write_lines(&path, &lines);
+    let (code, report) = verify(copy.path(), &[]);
+    assert_eq!(
+        (code, reason(&report, "acme").as_deref()),
+        (1, Some("bad_signature"))
+    );
+
+    // The table names the tenant and its problem.
+    let out = Command::new(proxy_bin())
+        .args(["audit", "verify", copy.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("acme") && table.contains("bad_signature"),
+        "{table}"
+    );
+}
+
+#[test]
+fn kill_9_under_load_leaves_a_directory_that_verifies() {
+    let origin = Origin::start();
+    let spec = || ProxySpec {
+        audit: "max_file_bytes = 8192\ncheckpoint_interval = \"200ms\"".into(),
+        ..ProxySpec::default()
+    };
+    let proxy = Proxy::start(spec());
+    let running = Arc::new(AtomicBool::new(true));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let running = running.clone();
+            let port = proxy.sidecar_port;
+            let target = url(&origin, &format!("/acme/load-{c}"));
+            let authority = format!("127.0.0.1:{}", origin.port);
+            std::thread::spawn(move || {
+                let mut sent = 0u32;
+                while running.load(Ordering::Relaxed) {
+                    // Errors are expected once the proxy is killed.
+                    let _ = raw_request(
+                        port,
+                        &format!(
+                            "GET {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+                        ),
+                    );
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    // Let records and some checkpoints accumulate, then kill without warning.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(proxy.path("audit/acme/checkpoints.jsonl").exists()
+        && record_files(&proxy.path("audit/acme")).len() >= 2)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no load reached the audit trail; log:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .arg("-9")
+        .arg(proxy.pid().to_string())
+        .status()
+        .unwrap();
+    running.store(false, Ordering::Relaxed);
+    let sent: u32 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(sent > 0);
+
+    let audit = proxy.path("audit");
+    let (code, report) = verify(&audit, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    let records = report["acme"]["records"].as_u64().unwrap();
+    assert!(records > 0 && report["acme"]["checkpoints"].as_u64().unwrap() > 0);
+
+    // A restart cuts a torn last line, if any, and continues the chain.
+    let after = Proxy::start_prepared(spec(), |dir| copy_dir(&audit, &dir.join("audit")));
+    traffic(&after, &origin, 3, 0);
+    stop_cleanly(&after);
+    let (code, report) = verify(&after.path("audit"), &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["acme"]["records"].as_u64().unwrap(), records + 3);
+    assert!(report["acme"]["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| !n.as_str().unwrap().contains("incomplete")));
+}
+
+/// Runs `audit export ARGS` bounded by `limit`: `None` when it did not finish in time.
+fn export_within(dir: &Path, args: &[&str], limit: Duration) -> Option<(i32, String, String)> {
+    let mut all = vec!["audit", "export", "--dir", dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out_file = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(proxy_bin())
+        .args(&all)
+        .stdout(out_file.reopen().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            let out = std::fs::read_to_string(out_file.path()).unwrap();
+            return Some((status.code().unwrap(), out, err));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn export_of_one_tenant_never_opens_another_tenants_files() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    traffic(&proxy, &origin, 4, 3);
+    stop_cleanly(&proxy);
+    let audit = proxy.path("audit");
+
+    // A FIFO named like a record file in globex's partition: opening it would block forever.
+    let globex_file = record_files(&audit.join("globex")).pop().unwrap();
+    let fifo = globex_file.with_file_name("31_000001.jsonl");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+
+    let (code, out, err) = export_within(&audit, &["--tenant", "acme"], Duration::from_secs(20))
+        .expect("export of acme opened globex's files (it blocked on the FIFO)");
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let records: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("signature").is_none())
+        .collect();
+    let checkpoints: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("signature").is_some())
+        .collect();
+    assert_eq!(records.len(), 4, "{out}");
+    assert_eq!(checkpoints.len(), 1, "{out}");
+    assert!(lines.iter().all(|l| l["tenant"] == "acme"), "{out}");
+    assert!(!out.contains("globex"), "{out}");
+    // Records are exported byte for byte, so their chain still links.
+    let first_file = lines_of(&record_files(&audit.join("acme"))[0]);
+    assert_eq!(out.lines().next().unwrap(), first_file[0]);
+
+    // The FIFO is a real trap: exporting globex does block on it.
+    assert!(
+        export_within(&audit, &["--tenant", "globex"], Duration::from_secs(3)).is_none(),
+        "the FIFO would not have caught a read of globex's files"
+    );
+
+    // A range that excludes everything, and tenant ids that would leave the partition.
+    let (code, out, _) = export_within(
+        &audit,
+        &["--tenant", "acme", "--to", "2000-01-01"],
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!((code, out.as_str()), (0, ""));
+    for bad in ["../globex", "acme/../globex", "/etc"] {
+        let (code, out, err) =
+            export_within(&audit, &["--tenant", bad], Duration::from_secs(20)).unwrap();
+        assert_eq!(code, 1, "{bad}: {out}{err}");
+        assert!(
+            out.is_empty() && err.contains("not a valid tenant"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+/// A real `redis-server` on a loopback port, stopped on drop.
+struct RedisServer {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        let server = Self {
+            port,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Runs `redis-cli --raw ARGS` against this server; its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The `record` fields of a stream, oldest first.
+    fn stream_records(&self, key: &str) -> Vec<String> {
+        let out = self.cli(&["XRANGE", key, "-", "+"]);
+        let lines: Vec<&str> = out.lines().collect();
+        // --raw prints each entry as: id, "record", value.
+        lines
+            .windows(2)
+            .filter(|w| w[0] == "record")
+            .map(|w| w[1].to_string())
+            .collect()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// All record lines of `tenant` in the proxy's files, in chain order.
+fn file_lines(proxy: &Proxy, tenant: &str) -> Vec<String> {
+    let mut files = record_files(&proxy.path("audit").join(tenant));
+    files.sort();
+    files.iter().flat_map(|f| lines_of(f)).collect()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
+    let origin = Origin::start();
+    let port = free_port();
+    let redis = RedisServer::start_on(port);
+    let proxy = Proxy::start(ProxySpec {
+        audit: format!(
+            "redis_url = \"redis://127.0.0.1:{port}\"\nredis_required = true\nredis_maxlen = 1000"
+        ),
+        ..ProxySpec::default()
+    });
+    traffic(&proxy, &origin, 3, 2);
+    wait_until("both streams", || {
+        redis.stream_records("tp:{acme}:audit").len() == 3
+            && redis.stream_records("tp:{globex}:audit").len() == 2
+    });
+    // The stream holds each tenant's own lines exactly as in its files.
+    assert_eq!(
+        redis.stream_records("tp:{acme}:audit"),
+        file_lines(&proxy, "acme")
+    );
+    assert_eq!(
+        redis.stream_records("tp:{globex}:audit"),
+        file_lines(&proxy, "globex")
+    );
+
+    // Redis goes away: the stream is required, so the sink refuses, and nothing is forwarded.
+    drop(redis);
+    let target = url(&origin, "/acme/while-down");
+    wait_until("audit_unavailable refusals", || {
+        let r = forward_get(proxy.sidecar_port, &target, None, "");
+        r.status == 503 && r.code() == "audit_unavailable"
+    });
+    let served = origin.count();
+    let refused = forward_get(proxy.sidecar_port, &target, None, "");
+    refused.assert_refused(503, "audit_unavailable");
+    assert_eq!(
+        origin.count(),
+        served,
+        "no request served while the stream fails"
+    );
+
+    // Redis is back (empty): the records held while it was down arrive, then service resumes.
+    let redis = RedisServer::start_on(port);
+    wait_until("recovery", || {
+        forward_get(proxy.sidecar_port, &url(&origin, "/acme/after"), None, "").status == 200
+    });
+    wait_until("the record served after recovery", || {
+        redis
+            .stream_records("tp:{acme}:audit")
+            .iter()
+            .any(|l| l.contains("\"path\":\"/acme/after\""))
+    });
+    // The records written while Redis was down arrived first, then the new one, in chain order.
+    let streamed = redis.stream_records("tp:{acme}:audit");
+    let files = file_lines(&proxy, "acme");
+    assert!(files.ends_with(&streamed), "{streamed:?}");
+    assert!(streamed.len() >= 2, "{streamed:?}");
+    assert!(streamed[0].contains("/acme/while-down"), "{streamed:?}");
+    assert!(redis.stream_records("tp:{globex}:audit").is_empty());
+}
+
+#[test]
+fn an_optional_stream_that_is_down_does_not_refuse() {
+    let origin = Origin::start();
+    let nothing_there = free_port();
+    let proxy = Proxy::start(ProxySpec {
+        audit: format!("redis_url = \"redis://127.0.0.1:{nothing_there}\""),
+        ..ProxySpec::default()
+    });
+    traffic(&proxy, &origin, 3, 0);
+    assert_eq!(proxy.wait_audit_records("acme", 3).len(), 3);
+    wait_until("the stream failure in the log", || {
+        proxy.log().contains("cannot write the audit stream")
+    });
+}
