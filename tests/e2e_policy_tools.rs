@@ -95,7 +95,12 @@ fn the_repo_policies_pass_their_own_tests() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(" 0 failed"), "{out}");
-    for file in ["tests/global.json", "tests/acme.json", "tests/globex.json"] {
+    for file in [
+        "tests/global.json",
+        "tests/acme.json",
+        "tests/globex.json",
+        "tests/mcp.json",
+    ] {
         assert!(out.contains(file), "{file} ran: {out}");
     }
     assert!(!out.contains("FAIL"), "{out}");
