@@ -140,22 +140,36 @@ with httpx.Client(timeout=20) as c:  # httpx reads HTTP_PROXY from the environme
     print(c.post(o + "/globex/httpx", json={"model": "gpt-4o-mini"}).status_code)
     r = c.post(o + "/globex/httpx", json={"model": "gpt-4o"})
     print(r.status_code, r.json()["error"]["code"])
+    # Hiding the model from policy: a JSON body labelled text/plain is read all the same, and
+    # a model given twice (upstream parsers keep the last) is refused, not forwarded.
+    r = c.post(o + "/globex/plain", content='{"model":"gpt-4o"}', headers={"content-type": "text/plain"})
+    print(r.status_code, r.json()["error"]["code"])
+    r = c.post(o + "/globex/dup", content='{"model":"gpt-4o-mini","model":"gpt-4o"}', headers={"content-type": "application/json"})
+    print(r.status_code, r.json()["error"]["code"])
 "#,
         &env,
     );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines,
-        vec!["200", "403 policy_denied", "200", "403 policy_denied"],
+        vec![
+            "200",
+            "403 policy_denied",
+            "200",
+            "403 policy_denied",
+            "403 policy_denied",
+            "400 bad_request"
+        ],
         "{out}"
     );
-    // The free-plan model rule decided the last refusal.
-    let recs = proxy.wait_audit_records("globex", 4);
-    let denied = recs.iter().find(|r| r["model"] == "gpt-4o").unwrap();
-    assert_eq!(
-        denied["policy_ids"],
-        serde_json::json!(["free-plan-models"])
-    );
+    // The free-plan model rule decided both model refusals, whatever the content type said.
+    let recs = proxy.wait_audit_records("globex", 6);
+    let denied: Vec<_> = recs.iter().filter(|r| r["model"] == "gpt-4o").collect();
+    assert_eq!(denied.len(), 2, "{recs:?}");
+    for d in denied {
+        assert_eq!(d["policy_ids"], serde_json::json!(["free-plan-models"]));
+    }
+    assert!(recs.iter().any(|r| r["reason"] == "bad_request"));
     let posted = origin.matching("/globex/");
     assert_eq!(posted.len(), 2);
     assert!(

@@ -404,7 +404,7 @@ fn explain_decides_as_the_running_proxy() {
     sent.assert_refused(403, "policy_denied");
     assert_eq!(big["facts"]["model"], "gpt-4o");
     assert_eq!(big["policy_ids"], serde_json::json!(["free-plan-models"]));
-    let not_json = explain(
+    let unlabelled = explain(
         &proxy,
         &[
             "--tenant",
@@ -419,8 +419,14 @@ fn explain_decides_as_the_running_proxy() {
             path_str(&body_file),
         ],
     );
-    assert_eq!(not_json["facts"]["model"], serde_json::Value::Null);
-    assert_eq!(not_json["decision"], "allow");
+    // Without a JSON content type the body is read all the same, as the proxy reads it (a
+    // content type must not hide the model from policy).
+    assert_eq!(unlabelled["facts"]["model"], "gpt-4o");
+    assert_eq!(unlabelled["decision"], "deny");
+    assert_eq!(
+        unlabelled["policy_ids"],
+        serde_json::json!(["free-plan-models"])
+    );
 
     // Route mode: the route's name and its own region reach the policies.
     let route = explain(

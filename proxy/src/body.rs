@@ -107,26 +107,35 @@ pub struct LlmRequest {
     pub max_output_tokens: Option<u64>,
 }
 
-/// Reads `model` and the output ceiling from a JSON object body.
-pub fn llm_request(content_type: Option<&[u8]>, body: &[u8]) -> LlmRequest {
-    let is_json = content_type.is_some_and(|ct| {
-        let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
-        ct.starts_with("application/json")
-            || (ct.starts_with("application/") && ct.contains("+json"))
-    });
-    if !is_json || body.is_empty() {
-        return LlmRequest::default();
+/// Reads `model` and the output ceiling from a body shaped like a JSON object.
+///
+/// SECURITY: these fields feed policy (`context.model`) and token budgets, so an agent must not
+/// be able to hide them from the proxy while the upstream still reads them:
+/// - the body's shape decides, not its `Content-Type` (many LLM APIs parse JSON whatever the
+///   header says, so `Content-Type: text/plain` must not hide the model);
+/// - an object-shaped body that cannot be read unambiguously (invalid JSON that a lenient parser
+///   might still accept, a `model` or ceiling of the wrong type, a field given twice, where
+///   upstream parsers keep the last copy) is refused rather than forwarded unchecked.
+///
+/// Other bodies (forms, uploads, arrays, text) name no model here and pass as they are.
+pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Ok(LlmRequest::default());
     }
-    match serde_json::from_slice::<LlmFields<'_>>(body) {
-        Ok(f) => LlmRequest {
-            model: f.model.map(|m| m.into_owned()).filter(|m| m.len() <= 256),
-            max_output_tokens: f
-                .max_tokens
-                .or(f.max_completion_tokens)
-                .or(f.max_output_tokens),
-        },
-        Err(_) => LlmRequest::default(),
-    }
+    let f = serde_json::from_slice::<LlmFields<'_>>(body)
+        .map_err(|e| format!("the request body cannot be read as a JSON object: {e}"))?;
+    let model = match f.model {
+        Some(m) if m.len() > 256 => return Err("`model` is longer than 256 bytes".into()),
+        m => m.map(|m| m.into_owned()),
+    };
+    Ok(LlmRequest {
+        model,
+        max_output_tokens: f
+            .max_tokens
+            .or(f.max_completion_tokens)
+            .or(f.max_output_tokens),
+    })
 }
 
 #[cfg(test)]
@@ -134,8 +143,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_json_object_is_read_whatever_the_content_type_says() {
+        // (llm_request is never shown the header: the body's shape decides.)
+        let body = br#" {"model":"gpt-4o","max_tokens":5}"#;
+        let r = llm_request(body).unwrap();
+        assert_eq!(r.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(r.max_output_tokens, Some(5));
+        // Not shaped like a JSON object: nothing to read, nothing refused.
+        for other in [&b"model=gpt-4o"[..], br#"["model"]"#, b"", b"hello world"] {
+            assert_eq!(llm_request(other).unwrap(), LlmRequest::default());
+        }
+    }
+
+    #[test]
+    fn ambiguous_json_is_refused_not_forwarded_unchecked() {
+        for body in [
+            // Upstream JSON parsers keep the last copy; the proxy must not check the first.
+            r#"{"model":"gpt-4o-mini","model":"gpt-4o"}"#,
+            r#"{"model":"m","max_tokens":1,"max_tokens":100000}"#,
+            r#"{"model":5}"#,
+            r#"{"model":"m","max_tokens":"100"}"#,
+            r#"{"model":"m","max_tokens":-1}"#,
+            r#"{"model":"m""#,
+        ] {
+            assert!(llm_request(body.as_bytes()).is_err(), "{body}");
+        }
+        // What lenient parsers (JSON5, some Python/JS ones) accept: refused too.
+        assert!(llm_request(br#"{"model":"gpt-4o",}"#).is_err());
+        let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(257));
+        assert!(llm_request(long.as_bytes()).is_err());
+    }
+
+    #[test]
     fn output_ceiling_extraction() {
-        let json = Some(&b"application/json"[..]);
         for (body, want) in [
             (r#"{"model":"m","max_tokens":7}"#, Some(7)),
             (r#"{"model":"m","max_completion_tokens":8}"#, Some(8)),
@@ -143,7 +183,7 @@ mod tests {
             (r#"{"model":"m"}"#, None),
         ] {
             assert_eq!(
-                llm_request(json, body.as_bytes()).max_output_tokens,
+                llm_request(body.as_bytes()).unwrap().max_output_tokens,
                 want,
                 "{body}"
             );
@@ -151,22 +191,17 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::type_complexity)]
     fn model_extraction() {
-        let json = Some(&b"application/json; charset=utf-8"[..]);
-        let cases: &[(Option<&[u8]>, &str, Option<&str>)] = &[
-            (json, r#"{"messages":[],"model":"gpt-4o"}"#, Some("gpt-4o")),
-            (json, r#"{"model":"a\"b"}"#, Some("a\"b")),
-            (json, r#"{"model":5}"#, None),
-            (json, r#"[1,2]"#, None),
-            (json, r#"{"messages":[]}"#, None),
-            (Some(b"text/plain"), r#"{"model":"gpt-4o"}"#, None),
-            (None, r#"{"model":"gpt-4o"}"#, None),
-            (json, "not json", None),
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#"{"messages":[],"model":"gpt-4o"}"#, Some("gpt-4o")),
+            (r#"{"model":"a\"b"}"#, Some("a\"b")),
+            (r#"[1,2]"#, None),
+            (r#"{"messages":[]}"#, None),
+            ("not json", None),
         ];
-        for (ct, body, want) in cases {
+        for (body, want) in cases {
             assert_eq!(
-                llm_request(*ct, body.as_bytes()).model.as_deref(),
+                llm_request(body.as_bytes()).unwrap().model.as_deref(),
                 *want,
                 "{body}"
             );

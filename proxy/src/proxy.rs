@@ -130,12 +130,14 @@ impl TenantProxy {
         ctx.destination = Some(destination.clone());
 
         if let Some(body) = body::read_full(session, self.shared.config.max_body_bytes).await? {
-            let content_type = session
-                .req_header()
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .map(|v| v.as_bytes());
-            let llm = body::llm_request(content_type, &body);
+            let llm = match body::llm_request(&body) {
+                Ok(llm) => llm,
+                // An MCP server's body is JSON-RPC, judged strictly by the MCP check after `http`.
+                Err(_) if snapshot.tenants.mcp.server_for(&destination).is_some() => {
+                    Default::default()
+                }
+                Err(why) => return Err(Deny::BadRequest(why)),
+            };
             ctx.model = llm.model;
             ctx.max_output_tokens = llm.max_output_tokens;
             ctx.body_sha256 = Some(hex::encode(Sha256::digest(&body)));

@@ -149,13 +149,15 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
             Ok(d) => d,
             Err(deny) => return Ok(refused(&deny, None, None, Vec::new())),
         };
-    let model = req.body.as_ref().and_then(|body| {
-        let content_type = header
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.as_bytes());
-        crate::body::llm_request(content_type, body).model
+    let llm = req.body.as_ref().map_or(Ok(Default::default()), |body| {
+        crate::body::llm_request(body)
     });
+    let model = match llm {
+        Ok(llm) => llm.model,
+        // As the proxy: an MCP server's body is judged by the MCP check below.
+        Err(_) if snapshot.tenants.mcp.server_for(&destination).is_some() => None,
+        Err(why) => return Ok(refused(&Deny::BadRequest(why), None, None, Vec::new())),
+    };
     let facts = crate::proxy::http_facts(
         snapshot,
         &context,
