@@ -439,6 +439,18 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             let engine = PolicyEngine::load(&dir, &tenants).map_err(policy_problems_error)?;
             let results = testing::run(&dir, &engine, source).map_err(policy_problems_error)?;
             print!("{}", testing::render_table(&results));
+            let missing_entities = results
+                .iter()
+                .any(|r| !r.passed && r.got.contains("does not exist"));
+            if config.is_none() && missing_entities {
+                // The usual cause: cases written for the proxy's own entities (tenant plan and
+                // region, workloads) run without the configuration that defines them.
+                eprintln!(
+                    "hint: some cases name entities they do not define; cases that rely on the \
+                     Tenant and Workload entities the proxy builds from its configuration need \
+                     `--config FILE`"
+                );
+            }
             Ok(if results.iter().all(|r| r.passed) {
                 ExitCode::SUCCESS
             } else {
