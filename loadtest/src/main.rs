@@ -596,15 +596,22 @@ impl Probe<'_> {
 
 /// Leaves the proxy has minted so far, from its metrics.
 async fn minted_leaves(proxy: &ProxyProcess) -> Option<u64> {
+    metric_sum(
+        proxy,
+        "tenant_proxy_leaf_certificates_total",
+        &["result=\"miss\""],
+    )
+    .await
+}
+
+/// The sum of the proxy's `metric` series whose labels include every one of `labels`.
+async fn metric_sum(proxy: &ProxyProcess, metric: &str, labels: &[&str]) -> Option<u64> {
     let admin = SocketAddr::from(([127, 0, 0, 1], proxy.admin_port));
-    let metrics = client::get(admin, "/metrics").await.ok()?;
+    let text = client::get(admin, "/metrics").await.ok()?;
+    let series = format!("{metric}{{");
     Some(
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("tenant_proxy_leaf_certificates_total{")
-                    && l.contains("result=\"miss\"")
-            })
+        text.lines()
+            .filter(|l| l.starts_with(&series) && labels.iter().all(|want| l.contains(want)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum(),
     )
@@ -712,19 +719,12 @@ async fn measure<T: Target>(
 
 /// How many of globex's requests the proxy refused, from its metrics.
 async fn refused_neighbour_requests(proxy: &ProxyProcess) -> Option<u64> {
-    let admin = SocketAddr::from(([127, 0, 0, 1], proxy.admin_port));
-    let metrics = client::get(admin, "/metrics").await.ok()?;
-    Some(
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("tenant_proxy_requests_total{")
-                    && l.contains("decision=\"deny\"")
-                    && l.contains("tenant=\"globex\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum(),
+    metric_sum(
+        proxy,
+        "tenant_proxy_requests_total",
+        &["decision=\"deny\"", "tenant=\"globex\""],
     )
+    .await
 }
 
 /// Prints a hint when this process may share a core with the proxy.
