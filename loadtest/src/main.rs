@@ -368,6 +368,10 @@ name = "openai"
 prefix = "/openai/"
 upstream = "http://127.0.0.1:{mock_port}/"
 provider = "openai"
+# acme is an EU tenant and the repo's policies keep EU tenants on EU-tagged destinations: the
+# mocks count as EU, so the rows measure the residency check too.
+[destination_regions]
+eu = ["127.0.0.1", "{TUNNEL_DOMAIN}", "*.{TUNNEL_DOMAIN}"]
 [tenants.acme]
 plan = "pro"
 region = "eu"
