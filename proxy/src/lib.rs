@@ -42,6 +42,7 @@ pub mod policy;
 pub mod pricing;
 pub mod proxy;
 pub mod reload;
+pub mod runs;
 pub mod snapshot;
 pub mod target;
 pub mod tls;
