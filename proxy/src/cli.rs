@@ -366,11 +366,12 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Run {
-                command: Some(RunCommand::Close {
-                    config,
-                    tenant,
-                    run,
-                }),
+                command:
+                    Some(RunCommand::Close {
+                        config,
+                        tenant,
+                        run,
+                    }),
                 ..
             } => {
                 let static_config = crate::config::StaticConfig::load(&config)

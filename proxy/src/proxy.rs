@@ -736,7 +736,10 @@ pub(crate) fn build_tenant_context(
     let trace =
         TraceContext::continue_or_start(req.headers.get("traceparent").map(|v| v.as_bytes()));
     let token = who.token;
-    let run = match token.as_ref().and_then(|t| t.run_id.clone().map(|id| (id, t.expires_at))) {
+    let run = match token
+        .as_ref()
+        .and_then(|t| t.run_id.clone().map(|id| (id, t.expires_at)))
+    {
         Some((id, expires_at)) => Run {
             id,
             signed: true,

@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 use crate::audit::{AuditSink, EventKind, RunEnd, RunEvent, RunTotals};
 use crate::ctx::TenantContext;
 use crate::error::Deny;
-use crate::identity::token::RunBudget;
 use crate::ids::TenantId;
 use crate::limits::{
     LimitBackend, LimitKey, LimitKind, Measure, RunClaim, RunLedger, Scope, Window,
@@ -62,6 +61,9 @@ pub enum Closed {
     Summarized,
     /// The run is closed; it had already been summarized (expired, or closed before).
     AlreadyEnded,
+    /// The run is closed before any request of it was seen: there is nothing to summarize,
+    /// and its requests are refused from the first.
+    BeforeStart,
 }
 
 impl RunTracker {
@@ -103,7 +105,7 @@ impl RunTracker {
                 workload: Some(tenant.workload.to_string()),
                 run_id: tenant.run.id.clone(),
                 expires_at: Some(expires_at),
-                budget: Some(tenant.budget.clone().unwrap_or_else(RunBudget::default)),
+                budget: Some(tenant.budget.clone().unwrap_or_default()),
                 request_id: Some(tenant.request_id.to_string()),
                 totals: None,
             });
@@ -131,7 +133,8 @@ impl RunTracker {
             .summarize(tenant, run, watch.as_ref(), RunEnd::Closed)
             .await;
         match outcome {
-            Ok(Some(_)) => Ok(Closed::Summarized),
+            Ok(Some(Some(_))) => Ok(Closed::Summarized),
+            Ok(Some(None)) => Ok(Closed::BeforeStart),
             Ok(None) => Ok(Closed::AlreadyEnded),
             Err(e) => {
                 if let Some(w) = watch {
@@ -175,14 +178,15 @@ impl RunTracker {
     }
 
     /// Claims the run's summary and writes it; `Ok(None)` when it was not this caller's to
-    /// write (summarized already, or, for an expiry, still live through a later token).
+    /// write (summarized already, or, for an expiry, still live through a later token), and
+    /// `Ok(Some(None))` when the claim found a run that never started (nothing to summarize).
     async fn summarize(
         &self,
         tenant: &TenantId,
         run: &str,
         watch: Option<&Watch>,
         end: RunEnd,
-    ) -> Result<Option<RunTotals>, CloseError> {
+    ) -> Result<Option<Option<RunTotals>>, CloseError> {
         // Slot and counters first: once the claim is taken, nothing may stop the event.
         let slot = self
             .audit
@@ -200,11 +204,7 @@ impl RunTracker {
                 },
             })
             .collect();
-        let used = self
-            .limits
-            .read(&keys)
-            .await
-            .map_err(CloseError::Limiter)?;
+        let used = self.limits.read(&keys).await.map_err(CloseError::Limiter)?;
         let claim = self
             .limits
             .end_run(tenant, run, end)
@@ -233,6 +233,9 @@ impl RunTracker {
             }
         };
         self.unwatch(tenant, run);
+        if ledger.start_ms.is_none() {
+            return Ok(Some(None));
+        }
         let totals = totals(end, &ledger, &used);
         slot.emit(RunEvent {
             event: EventKind::RunSummary,
@@ -245,7 +248,7 @@ impl RunTracker {
             request_id: None,
             totals: Some(totals),
         });
-        Ok(Some(totals))
+        Ok(Some(Some(totals)))
     }
 
     fn watch(&self, tenant: &TenantContext, expires_at: u64) {

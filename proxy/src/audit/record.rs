@@ -272,7 +272,7 @@ pub enum AuditEntry {
     /// A request or tunnel record.
     Request(Box<AuditRecord>),
     /// A run-level event.
-    Run(RunEvent),
+    Run(Box<RunEvent>),
 }
 
 impl AuditEntry {
@@ -293,6 +293,6 @@ impl From<AuditRecord> for AuditEntry {
 
 impl From<RunEvent> for AuditEntry {
     fn from(r: RunEvent) -> Self {
-        AuditEntry::Run(r)
+        AuditEntry::Run(Box::new(r))
     }
 }

@@ -824,9 +824,7 @@ mod tests {
         // A later token of the run moved its expiry: not over at the first token's expiry.
         assert_eq!(
             m.end_run_at(&acme, "r1", RunEnd::Expired, at(11)),
-            RunClaim::NotYet {
-                expires_ms: at(20)
-            }
+            RunClaim::NotYet { expires_ms: at(20) }
         );
         assert_eq!(
             m.end_run_at(&acme, "r1", RunEnd::Expired, at(21)),
@@ -856,7 +854,11 @@ mod tests {
         // Closing globex's `r1` touches nothing of acme's.
         assert!(matches!(
             m.end_run_at(&globex, "r1", RunEnd::Closed, at(1)),
-            RunClaim::Claimed(RunLedger { start_ms: None, requests: 0, .. })
+            RunClaim::Claimed(RunLedger {
+                start_ms: None,
+                requests: 0,
+                ..
+            })
         ));
         assert!(!m.sight_run_at(&acme, "r1", at(100), at(2)).closed);
         assert_eq!(
