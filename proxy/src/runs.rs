@@ -31,6 +31,7 @@ const TICK: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 struct Watch {
     workload: String,
+    /// Unix second the run ends: its token's expiry plus the verifier's leeway.
     expires_at: u64,
 }
 
@@ -51,6 +52,18 @@ pub enum CloseError {
     /// The limiter backend did not answer.
     #[error("the limiter cannot be reached: {0}")]
     Limiter(String),
+}
+
+/// What a claim on a run's summary came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Summary {
+    /// This caller claimed it and wrote it.
+    Written,
+    /// This caller claimed it, but no request of the run was ever seen: nothing to write.
+    NeverStarted,
+    /// Not this caller's to write: summarized already, or (for an expiry) still live through
+    /// a later token.
+    NotOurs,
 }
 
 /// What closing a run did.
@@ -82,12 +95,15 @@ impl RunTracker {
     /// SECURITY: the event's audit slot is reserved before the backend is asked, so a first
     /// request is never admitted without its `run_started` record; without a backend answer the
     /// request is refused (`limiter_unavailable`), never admitted unaccounted.
-    pub async fn sight(&self, tenant: &TenantContext) -> Result<(), Deny> {
+    ///
+    /// The run ends `leeway` after its token's expiry: the token verifier accepts it that long.
+    pub async fn sight(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny> {
         let (true, Some(expires_at)) = (tenant.run.signed, tenant.run.expires_at) else {
             return Ok(());
         };
         let slot = self.audit.reserve()?;
-        let expires_ms = i64::try_from(expires_at.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let ends_at = expires_at.saturating_add(leeway.as_secs());
+        let expires_ms = i64::try_from(ends_at.saturating_mul(1000)).unwrap_or(i64::MAX);
         let sighting = self
             .limits
             .sight_run(&tenant.tenant, &tenant.run.id, expires_ms)
@@ -96,7 +112,7 @@ impl RunTracker {
                 tracing::warn!(error = %e, "limiter unavailable for a run's record; refusing");
                 Deny::LimiterUnavailable
             })?;
-        self.watch(tenant, expires_at);
+        self.watch(tenant, ends_at);
         if sighting.first {
             slot.emit(RunEvent {
                 event: EventKind::RunStarted,
@@ -133,9 +149,9 @@ impl RunTracker {
             .summarize(tenant, run, watch.as_ref(), RunEnd::Closed)
             .await;
         match outcome {
-            Ok(Some(Some(_))) => Ok(Closed::Summarized),
-            Ok(Some(None)) => Ok(Closed::BeforeStart),
-            Ok(None) => Ok(Closed::AlreadyEnded),
+            Ok(Summary::Written) => Ok(Closed::Summarized),
+            Ok(Summary::NeverStarted) => Ok(Closed::BeforeStart),
+            Ok(Summary::NotOurs) => Ok(Closed::AlreadyEnded),
             Err(e) => {
                 if let Some(w) = watch {
                     self.rewatch(tenant, run, w);
@@ -177,16 +193,14 @@ impl RunTracker {
         }
     }
 
-    /// Claims the run's summary and writes it; `Ok(None)` when it was not this caller's to
-    /// write (summarized already, or, for an expiry, still live through a later token), and
-    /// `Ok(Some(None))` when the claim found a run that never started (nothing to summarize).
+    /// Claims the run's summary and writes it.
     async fn summarize(
         &self,
         tenant: &TenantId,
         run: &str,
         watch: Option<&Watch>,
         end: RunEnd,
-    ) -> Result<Option<Option<RunTotals>>, CloseError> {
+    ) -> Result<Summary, CloseError> {
         // Slot and counters first: once the claim is taken, nothing may stop the event.
         let slot = self
             .audit
@@ -214,7 +228,7 @@ impl RunTracker {
             RunClaim::Claimed(ledger) => ledger,
             RunClaim::Taken => {
                 self.unwatch(tenant, run);
-                return Ok(None);
+                return Ok(Summary::NotOurs);
             }
             RunClaim::NotYet { expires_ms } => {
                 // A later token of the run (seen by any replica) moved its end.
@@ -229,26 +243,25 @@ impl RunTracker {
                         },
                     );
                 }
-                return Ok(None);
+                return Ok(Summary::NotOurs);
             }
         };
         self.unwatch(tenant, run);
         if ledger.start_ms.is_none() {
-            return Ok(Some(None));
+            return Ok(Summary::NeverStarted);
         }
-        let totals = totals(end, &ledger, &used);
         slot.emit(RunEvent {
             event: EventKind::RunSummary,
             time: crate::proxy::rfc3339(SystemTime::now()),
             tenant: tenant.to_string(),
             workload: watch.map(|w| w.workload.clone()),
             run_id: run.to_string(),
-            expires_at: watch.map(|w| w.expires_at),
+            expires_at: None,
             budget: None,
             request_id: None,
-            totals: Some(totals),
+            totals: Some(totals(end, &ledger, &used)),
         });
-        Ok(Some(Some(totals)))
+        Ok(Summary::Written)
     }
 
     fn watch(&self, tenant: &TenantContext, expires_at: u64) {
@@ -292,6 +305,7 @@ fn totals(end: RunEnd, ledger: &RunLedger, used: &[u64]) -> RunTotals {
         .map_or(0, |start| ledger.end_ms.saturating_sub(start).max(0));
     RunTotals {
         ended: end,
+        ended_at: u64::try_from(ledger.end_ms / 1000).unwrap_or(0),
         tokens: used.first().copied().unwrap_or(0),
         cost_micros: used.get(1).copied().unwrap_or(0),
         tool_calls: used.get(2).copied().unwrap_or(0),

@@ -221,6 +221,8 @@ pub enum RunEnd {
 pub struct RunTotals {
     /// How the run ended.
     pub ended: RunEnd,
+    /// Unix second it ended: its close, or its token's expiry plus the verifier's leeway.
+    pub ended_at: u64,
     /// LLM tokens the run settled (counted when its budget caps tokens).
     pub tokens: u64,
     /// Cost in micro-units (counted when its budget caps cost).
@@ -251,7 +253,7 @@ pub struct RunEvent {
     pub workload: Option<String>,
     /// Run id (always a signed one).
     pub run_id: String,
-    /// Unix second the run's token expires, as far as this replica knows.
+    /// Unix second the run's token expires (`run_started`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
     /// The run's budget from its token (`run_started`).

@@ -163,7 +163,8 @@ if exp > tonumber(redis.call('HGET', KEYS[1], 'expires_ms') or 0) then
   redis.call('HSET', KEYS[1], 'expires_ms', exp)
 end
 local keep = math.max(exp, now) + tonumber(ARGV[2]) * 1000
-if keep > redis.call('PEXPIRETIME', KEYS[1]) then redis.call('PEXPIREAT', KEYS[1], keep) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 or now + ttl < keep then redis.call('PEXPIREAT', KEYS[1], keep) end
 return {first, redis.call('HEXISTS', KEYS[1], 'closed_ms')}
 "#;
 
@@ -175,9 +176,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[1] == 'closed' then
   redis.call('HSETNX', KEYS[1], 'closed_ms', now)
-  if redis.call('PEXPIRETIME', KEYS[1]) < now + tonumber(ARGV[2]) * 1000 then
-    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 1000)
-  end
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl < tonumber(ARGV[2]) * 1000 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 1000) end
 end
 if redis.call('HEXISTS', KEYS[1], 'summarized') == 1 then return {0} end
 local v = redis.call('HMGET', KEYS[1], 'start_ms', 'expires_ms', 'requests', 'refusals', 'closed_ms')
