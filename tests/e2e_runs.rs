@@ -189,12 +189,14 @@ fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tena
     let acme = run_token("acme", "bot", "run-shared-id", 300);
     let r = llm_chat(proxy.shared_port, CHAT, &bearer(&acme));
     assert_eq!(r.status, 200, "{}", r.body_text());
+    proxy.audit_record("acme", &r.request_id());
 
     // globex names acme's run id: it closes globex's run of that id, nothing of acme's.
     let wrong = admin_close(&proxy, "tenant=globex&run=run-shared-id");
     assert_eq!(wrong.status, 200, "{}", wrong.body_text());
     let r = llm_chat(proxy.shared_port, CHAT, &bearer(&acme));
     assert_eq!(r.status, 200, "{}", r.body_text());
+    proxy.audit_record("acme", &r.request_id());
     assert!(events(&proxy, "acme", "run_summary", "run-shared-id").is_empty());
     assert!(proxy
         .audit_records("globex")
@@ -204,6 +206,16 @@ fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tena
     let globex = run_token("globex", "agent", "run-shared-id", 300);
     let g = llm_chat(proxy.shared_port, CHAT, &bearer(&globex));
     g.assert_refused(403, "run_closed");
+
+    // A refusal of the run is counted in its summary. (Each request's settlement and counts
+    // are done once its record is written: waiting for the record orders them before the close.)
+    let unpriced = llm_chat(
+        proxy.shared_port,
+        r#"{"model":"not-in-the-price-table","max_tokens":5,"messages":[]}"#,
+        &bearer(&acme),
+    );
+    unpriced.assert_refused(403, "model_not_priced");
+    proxy.audit_record("acme", &unpriced.request_id());
 
     // The CLI closes acme's run through the admin port: the summary is written at once.
     let (code, out) = proxy_cli(
@@ -227,7 +239,8 @@ fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tena
     assert_eq!(summary["ended"], "closed", "{summary}");
     assert_eq!(summary["tokens"], tokens, "{summary}");
     assert_eq!(summary["cost_micros"], cost, "{summary}");
-    assert_eq!(summary["requests"], 2, "{summary}");
+    assert_eq!(summary["requests"], 3, "{summary}");
+    assert_eq!(summary["refusals"], 1, "{summary}");
 
     // The run's next request is refused with a stable code, and audited.
     let refused = llm_chat(proxy.shared_port, CHAT, &bearer(&acme));
