@@ -168,6 +168,15 @@ fn a_run_starts_once_and_is_summarized_once_its_token_expired() {
     );
     // Nothing of acme's run went to another tenant's partition.
     assert!(proxy.audit_records("globex").is_empty());
+    // The tenant's export carries its run events like its other records.
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["audit", "export", "--dir", "audit", "--tenant", "acme"],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches(r#""event":"run_started""#).count(), 1, "{out}");
+    assert_eq!(out.matches(r#""event":"run_summary""#).count(), 1, "{out}");
 
     let (code, out) = verify(&proxy.path("audit"));
     assert_eq!(code, 0, "{out}");
