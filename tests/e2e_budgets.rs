@@ -273,7 +273,9 @@ fn a_stream_within_its_budget_is_extended_and_finishes() {
         "{body}"
     );
     assert_eq!(body.matches("\"content\"").count(), 400);
-    let rec = &proxy.wait_audit_records("acme", 1)[0];
+    // The run's `run_started` event, then the request's record.
+    let recs = proxy.wait_audit_records("acme", 2);
+    let rec = recs.iter().find(|r| r["event"] == "request").unwrap();
     assert_eq!(rec["reason"], "allowed");
     // 400 output tokens outran the 50 reserved: extensions were reserved as it streamed, and
     // the call settled at its real usage.
@@ -352,7 +354,8 @@ fn run_tool_calls_and_wall_time_are_per_run_and_only_from_signed_tokens() {
         .as_str()
         .unwrap()
         .contains("wall-time"));
-    let recs = proxy.wait_audit_records("acme", 8);
+    // 8 requests, and `run_started` of run-tools, run-other and run-timed.
+    let recs = proxy.wait_audit_records("acme", 11);
     assert_eq!(
         recs.iter().filter(|r| r["ceiling"] == "run").count(),
         2,

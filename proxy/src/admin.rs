@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz` (alive), `/readyz` (configuration loaded, audit writable,
 //! limiter connected, every proxy listener accepting),
 //! `/metrics` (Prometheus text), `/usage?tenant=T&period=day|month[&run=R]` (one tenant's spend
-//! against its ceilings, for `tenant-proxy usage`). It is an operator port: bind it to loopback
+//! against its ceilings, for `tenant-proxy usage`), `POST /runs/close?tenant=T&run=R` (closes
+//! one tenant's run and writes its summary, for `tenant-proxy run close`). It is an operator port: bind it to loopback
 //! or a private network.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -19,6 +20,7 @@ use crate::ids::TenantId;
 use crate::limits::report::{usage_report, ReportPeriod};
 use crate::limits::LimitBackend;
 use crate::metrics::METRICS;
+use crate::runs::RunTracker;
 use crate::snapshot::SnapshotHandle;
 
 /// Serves the admin endpoints.
@@ -27,6 +29,7 @@ pub struct AdminApp {
     snapshot: Arc<SnapshotHandle>,
     audit: AuditSink,
     limits: Arc<dyn LimitBackend>,
+    runs: Arc<RunTracker>,
     listeners: Listeners,
 }
 
@@ -37,12 +40,14 @@ impl AdminApp {
         snapshot: Arc<SnapshotHandle>,
         audit: AuditSink,
         limits: Arc<dyn LimitBackend>,
+        runs: Arc<RunTracker>,
         listeners: Vec<SocketAddr>,
     ) -> Self {
         Self {
             snapshot,
             audit,
             limits,
+            runs,
             listeners: Listeners {
                 addrs: listeners,
                 all_up: AtomicBool::new(false),
@@ -131,6 +136,50 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// Closes the run named by the query: `tenant` and `run` are both required, and only that
+    /// tenant's run of that id is touched (run ids are per tenant).
+    async fn close_run(&self, query: &str) -> Response<Vec<u8>> {
+        let mut tenant = None;
+        let mut run = None;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "tenant" => match TenantId::new(&v) {
+                    Ok(t) => tenant = Some(t),
+                    Err(e) => return json_error(400, &e.to_string()),
+                },
+                "run" if !v.is_empty() => run = Some(v.into_owned()),
+                "run" => return json_error(400, "`run` is empty"),
+                other => return json_error(400, &format!("unknown parameter `{other}`")),
+            }
+        }
+        let (Some(tenant), Some(run)) = (tenant, run) else {
+            return json_error(400, "`tenant` and `run` are required");
+        };
+        if !self.snapshot.load().tenants.tenants.contains_key(&tenant) {
+            return json_error(404, &format!("no tenant `{tenant}`"));
+        }
+        match self.runs.close(&tenant, &run).await {
+            Ok(closed) => respond(
+                200,
+                "application/json",
+                serde_json::json!({ "tenant": tenant.as_str(), "run": run, "closed": closed })
+                    .to_string()
+                    .into_bytes(),
+            ),
+            Err(e) => json_error(503, &e.to_string()),
+        }
+    }
+}
+
+fn json_error(status: u16, why: &str) -> Response<Vec<u8>> {
+    respond(
+        status,
+        "application/json",
+        serde_json::json!({ "error": why }).to_string().into_bytes(),
+    )
+}
+
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut resp = Response::new(body);
     *resp.status_mut() =
@@ -181,6 +230,11 @@ impl ServeHttp for AdminApp {
                     ),
                 }
             }
+            "/runs/close" if session.req_header().method == http::Method::POST => {
+                let query = session.req_header().uri.query().unwrap_or("").to_string();
+                self.close_run(&query).await
+            }
+            "/runs/close" => json_error(405, "use POST"),
             _ => respond(404, "text/plain", b"not found\n".to_vec()),
         }
     }

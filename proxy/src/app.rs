@@ -80,11 +80,14 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let runs = Arc::new(crate::runs::RunTracker::new(limits.clone(), audit.clone()));
+    spawn_run_expiries(runs.clone())?;
     let shared = Arc::new(Shared {
         config: static_config.clone(),
         snapshot: handle.clone(),
         audit: audit.clone(),
         limits: limits.clone(),
+        runs: runs.clone(),
         egress: Arc::new(dialer(&static_config)),
         minter,
         tunnels: TunnelCounts::default(),
@@ -122,6 +125,7 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
             handle,
             audit,
             limits,
+            runs,
             static_config.listeners.iter().map(|l| l.listen).collect(),
         ),
     );
@@ -132,6 +136,18 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     server.run(pingora::server::RunArgs::default());
     // The services have stopped: write what is still queued and the final checkpoints.
     audit_writer.shutdown();
+    Ok(())
+}
+
+/// Summarizes expired runs on a thread of its own: it only waits on the limiter and the audit
+/// queue, and ends with the process (live runs are not summarized at shutdown).
+fn spawn_run_expiries(runs: Arc<crate::runs::RunTracker>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("run-expiries".into())
+        .spawn(move || rt.block_on(runs.watch_expiries()))?;
     Ok(())
 }
 

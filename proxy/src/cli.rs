@@ -21,11 +21,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start serving with the given configuration.
+    /// Start serving with the given configuration (`run --config FILE`), or act on a running
+    /// proxy's runs (`run close`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Run {
         /// The static configuration file (it names the tenant file).
-        #[arg(long, short, value_name = "FILE")]
-        config: PathBuf,
+        #[arg(long, short, value_name = "FILE", required = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<RunCommand>,
     },
     /// Validate everything `run` would load (config, tenants, keys, policies) without binding
     /// ports. Exits 1 listing every problem.
@@ -88,6 +92,23 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunCommand {
+    /// Close a signed run through the running proxy's admin port: its summary is written to the
+    /// tenant's audit partition now and its later requests are refused with `run_closed`.
+    Close {
+        /// The static configuration file (it names the admin port).
+        #[arg(long, short, value_name = "FILE", default_value = "tenant-proxy.toml")]
+        config: PathBuf,
+        /// Tenant id: only this tenant's run of that id is closed.
+        #[arg(long)]
+        tenant: String,
+        /// Run id.
+        #[arg(long)]
+        run: String,
     },
 }
 
@@ -344,7 +365,32 @@ impl Cli {
     /// Runs the chosen command.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
-            Command::Run { config } => {
+            Command::Run {
+                command:
+                    Some(RunCommand::Close {
+                        config,
+                        tenant,
+                        run,
+                    }),
+                ..
+            } => {
+                let static_config = crate::config::StaticConfig::load(&config)
+                    .map_err(crate::app::problems_error)?;
+                let tenant = TenantId::new(&tenant)?;
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                query
+                    .append_pair("tenant", tenant.as_str())
+                    .append_pair("run", &run);
+                let body = admin_call(
+                    static_config.admin_listen,
+                    "POST",
+                    &format!("/runs/close?{}", query.finish()),
+                )?;
+                println!("{}", String::from_utf8_lossy(&body).trim());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Run { config, .. } => {
+                let config = config.context("`--config` is required")?;
                 crate::app::run(&config)?;
                 Ok(ExitCode::SUCCESS)
             }
@@ -554,8 +600,9 @@ fn read_usage(
             if let Some(run) = run {
                 query.append_pair("run", run);
             }
-            let body = admin_get(
+            let body = admin_call(
                 static_config.admin_listen,
+                "GET",
                 &format!("/usage?{}", query.finish()),
             )?;
             Ok(serde_json::from_slice(&body)
@@ -592,8 +639,9 @@ fn read_usage(
     }
 }
 
-/// A GET to the running proxy's admin port (loopback or a private network; plain HTTP/1.1).
-fn admin_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Vec<u8>> {
+/// A request without a body to the running proxy's admin port (loopback or a private network;
+/// plain HTTP/1.1).
+fn admin_call(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     use std::io::{BufRead, Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| {
@@ -602,7 +650,7 @@ fn admin_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Vec<u8>> 
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     // Read the head, then exactly Content-Length bytes: the server may keep the socket open.
     let mut reader = std::io::BufReader::new(stream);

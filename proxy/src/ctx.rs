@@ -39,6 +39,8 @@ pub struct Run {
     /// True when the id came from a signed token; an unsigned run id is minted per request and
     /// carries no budget.
     pub signed: bool,
+    /// Unix second the signed token naming the run expires (when its summary is due).
+    pub expires_at: Option<u64>,
 }
 
 /// Who is calling and on whose behalf: one immutable value per request.

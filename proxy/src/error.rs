@@ -68,6 +68,8 @@ pub enum Deny {
     ToolDenied(String),
     /// An MCP server's response could not be filtered, so it was withheld.
     McpResponseUnfiltered(String),
+    /// The request's signed run was closed by an operator (`POST /runs/close`).
+    RunClosed,
     /// A phase ran without the state it requires (a bug); refused rather than forwarded.
     Internal,
 }
@@ -178,6 +180,8 @@ pub enum ReasonCode {
     ToolDenied,
     /// See [`Deny::McpResponseUnfiltered`].
     McpResponseUnfiltered,
+    /// See [`Deny::RunClosed`].
+    RunClosed,
     /// See [`Deny::Internal`].
     Internal,
 }
@@ -221,6 +225,7 @@ impl ReasonCode {
             ReasonCode::McpMalformed => "mcp_malformed",
             ReasonCode::ToolDenied => "tool_denied",
             ReasonCode::McpResponseUnfiltered => "mcp_response_unfiltered",
+            ReasonCode::RunClosed => "run_closed",
             ReasonCode::Internal => "internal_error",
         }
     }
@@ -429,6 +434,11 @@ impl Deny {
                 ReasonCode::McpResponseUnfiltered,
                 format!("the MCP server's tool list could not be filtered, so it was withheld: {why}"),
             ),
+            Deny::RunClosed => (
+                403,
+                ReasonCode::RunClosed,
+                "this run was closed; start a new run with a new token".into(),
+            ),
             Deny::Internal => (500, ReasonCode::Internal, "internal error; the request was not forwarded".into()),
         }
     }
@@ -509,6 +519,7 @@ mod tests {
             (Deny::AuditUnavailable, 503, "audit_unavailable"),
             (Deny::McpMalformed("x".into()), 400, "mcp_malformed"),
             (Deny::ToolDenied("x".into()), 403, "tool_denied"),
+            (Deny::RunClosed, 403, "run_closed"),
             (
                 Deny::McpResponseUnfiltered("x".into()),
                 502,

@@ -22,6 +22,9 @@
 //!
 //! MCP servers ([`mcp`]) get one more step: each `tools/call` is decided as its own Cedar action
 //! and `tools/list` responses show only the tools the workload may call.
+//!
+//! A signed run ([`runs`]) gets run-level audit events: `run_started` with its first request and
+//! a `run_summary` when its token expires or it is closed, each once across replicas.
 
 pub mod admin;
 pub mod app;
@@ -42,6 +45,7 @@ pub mod policy;
 pub mod pricing;
 pub mod proxy;
 pub mod reload;
+pub mod runs;
 pub mod snapshot;
 pub mod target;
 pub mod tls;

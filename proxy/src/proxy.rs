@@ -57,6 +57,8 @@ pub struct Shared {
     pub audit: AuditSink,
     /// Rate and concurrency counters.
     pub limits: Arc<dyn LimitBackend>,
+    /// Run-level audit events (`run_started`, `run_summary`) and closed runs.
+    pub runs: Arc<crate::runs::RunTracker>,
     /// Resolves and checks every destination before it is dialed (SSRF guard).
     pub egress: Arc<crate::egress::Dialer>,
     /// Mints leaves for intercepted tunnels, when a CA is configured.
@@ -106,6 +108,14 @@ impl TenantProxy {
         let tenant = Arc::new(build_tenant_context(who, ctx.request_id.clone(), req));
         ctx.tenant = Some(tenant.clone());
         ctx.tunnel = tunnel.map(|t| t.id.clone());
+        // A signed run's first request starts it (audited once across replicas); a closed
+        // run's requests go no further.
+        let leeway = snapshot
+            .tenants
+            .token
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |t| t.leeway);
+        self.shared.runs.sight(&tenant, leeway).await?;
 
         if req.method == http::Method::CONNECT {
             return Err(Deny::ConnectUnsupported);
@@ -731,12 +741,20 @@ pub(crate) fn build_tenant_context(
     let trace =
         TraceContext::continue_or_start(req.headers.get("traceparent").map(|v| v.as_bytes()));
     let token = who.token;
-    let run = match token.as_ref().and_then(|t| t.run_id.clone()) {
-        Some(id) => Run { id, signed: true },
+    let run = match token
+        .as_ref()
+        .and_then(|t| t.run_id.clone().map(|id| (id, t.expires_at)))
+    {
+        Some((id, expires_at)) => Run {
+            id,
+            signed: true,
+            expires_at: Some(expires_at),
+        },
         // An unsigned run is this request alone: it can neither carry nor reset a run budget.
         None => Run {
             id: format!("unsigned-{request_id}"),
             signed: false,
+            expires_at: None,
         },
     };
     TenantContext {
@@ -1271,6 +1289,9 @@ impl ProxyHttp for TenantProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        if let (Outcome::Refused(_), Some(tenant)) = (&ctx.outcome, &ctx.tenant) {
+            self.shared.runs.count_refusal(tenant).await;
+        }
         self.emit(session, ctx, status);
     }
 

@@ -6,8 +6,6 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::AuditRecord;
-
 /// `prev` of a tenant's first record.
 pub const GENESIS: [u8; 32] = [0; 32];
 
@@ -30,16 +28,16 @@ impl ChainHead {
 
 /// The line as written: `seq` and `prev` first, then the record's own fields.
 #[derive(Serialize)]
-struct Sealed<'a> {
+struct Sealed<'a, R> {
     seq: u64,
     prev: String,
     #[serde(flatten)]
-    record: &'a AuditRecord,
+    record: &'a R,
 }
 
 /// Serializes `record` as the next link after `head`; returns the line (no newline) and the
 /// new head.
-pub fn seal(record: &AuditRecord, head: ChainHead) -> serde_json::Result<(Vec<u8>, ChainHead)> {
+pub fn seal<R: Serialize>(record: &R, head: ChainHead) -> serde_json::Result<(Vec<u8>, ChainHead)> {
     let seq = head.seq + 1;
     let line = serde_json::to_vec(&Sealed {
         seq,
@@ -94,7 +92,7 @@ pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod tests {
     use super::*;
-    use crate::audit::AuditDecision;
+    use crate::audit::{AuditDecision, AuditRecord};
     use crate::error::ReasonCode;
 
     /// A minimal record of `tenant`, for chain and verify tests.
@@ -107,6 +105,7 @@ pub(crate) mod tests {
             run: crate::ctx::Run {
                 id: "run-1".into(),
                 signed: false,
+                expires_at: None,
             },
             budget: None,
             scopes: Vec::new(),

@@ -22,7 +22,10 @@ mod tail;
 pub mod verify;
 mod writer;
 
-pub use record::{AuditRecord, Decision as AuditDecision, McpFields, TunnelFields};
+pub use record::{
+    AuditEntry, AuditRecord, Decision as AuditDecision, EventKind, McpFields, RunEnd, RunEvent,
+    RunTotals, TunnelFields,
+};
 pub use writer::AuditWriter;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,20 +40,20 @@ use crate::metrics::METRICS;
 /// Handle to the audit queue, cloned into every proxy service.
 #[derive(Debug, Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<AuditRecord>,
+    tx: mpsc::Sender<AuditEntry>,
     healthy: Arc<AtomicBool>,
 }
 
 /// A reserved place in the audit queue; [`AuditSlot::emit`] fills it without waiting.
 #[derive(Debug)]
 pub struct AuditSlot {
-    permit: mpsc::OwnedPermit<AuditRecord>,
+    permit: mpsc::OwnedPermit<AuditEntry>,
 }
 
 impl AuditSlot {
     /// Enqueues the record in the reserved slot.
-    pub fn emit(self, record: AuditRecord) {
-        self.permit.send(record);
+    pub fn emit(self, record: impl Into<AuditEntry>) {
+        self.permit.send(record.into());
         METRICS.audit_queue_depth.inc();
     }
 }

@@ -45,9 +45,26 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// What a chained line records. Lines written before this field existed are requests (or
+/// tunnels, with method `CONNECT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// One proxied request, allowed or refused.
+    Request,
+    /// One `CONNECT` tunnel.
+    Tunnel,
+    /// The first request of a signed run ([`RunEvent`]).
+    RunStarted,
+    /// A signed run ended: its token expired or it was closed ([`RunEvent`]).
+    RunSummary,
+}
+
 /// One request's record.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
+    /// `request`, or `tunnel` for a `CONNECT` tunnel's own record.
+    pub event: EventKind,
     /// RFC 3339 UTC time the request arrived.
     pub time: String,
     /// Tenant id (also the partition).
@@ -142,6 +159,13 @@ impl AuditRecord {
         status: u16,
     ) -> Self {
         Self {
+            // A tunnel's own record is the only one made for a `CONNECT`: requests inside an
+            // intercepted tunnel carry their own method.
+            event: if method == "CONNECT" {
+                EventKind::Tunnel
+            } else {
+                EventKind::Request
+            },
             time: crate::proxy::rfc3339(SystemTime::now() - elapsed),
             tenant: tenant.tenant.to_string(),
             workload: tenant.workload.to_string(),
@@ -179,5 +203,98 @@ impl AuditRecord {
             bytes_out: 0,
             request_body_sha256: None,
         }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunEnd {
+    /// Its token expired.
+    Expired,
+    /// It was closed through the admin port.
+    Closed,
+}
+
+/// What a `run_summary` reports, read from the limiter's run counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RunTotals {
+    /// How the run ended.
+    pub ended: RunEnd,
+    /// Unix second it ended: its close, or its token's expiry plus the verifier's leeway.
+    pub ended_at: u64,
+    /// LLM tokens the run settled (counted when its budget caps tokens).
+    pub tokens: u64,
+    /// Cost in micro-units (counted when its budget caps cost).
+    pub cost_micros: u64,
+    /// Tool calls (counted when its budget caps tool calls).
+    pub tool_calls: u64,
+    /// Requests of the run the proxies saw, refused ones included.
+    pub requests: u64,
+    /// Requests of the run that were refused.
+    pub refusals: u64,
+    /// Seconds from the run's first request to its expiry or close.
+    pub wall_time_s: u64,
+}
+
+/// A run-level event: `run_started` (the run's first request, once across replicas) or
+/// `run_summary` (once, when the run's token expired or it was closed). Chained in the
+/// tenant's partition like request records.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunEvent {
+    /// `run_started` or `run_summary`.
+    pub event: EventKind,
+    /// RFC 3339 UTC time of the event.
+    pub time: String,
+    /// Tenant id (also the partition).
+    pub tenant: String,
+    /// The workload of the run's first request (unknown to a replica that only closed it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// Run id (always a signed one).
+    pub run_id: String,
+    /// Unix second the run's token expires (`run_started`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// The run's budget from its token (`run_started`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::identity::token::RunBudget>,
+    /// The request that started the run (`run_started`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// What the run used (`run_summary`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<RunTotals>,
+}
+
+/// Any chained line's content.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum AuditEntry {
+    /// A request or tunnel record.
+    Request(Box<AuditRecord>),
+    /// A run-level event.
+    Run(Box<RunEvent>),
+}
+
+impl AuditEntry {
+    /// The tenant whose partition the line belongs to.
+    pub fn tenant(&self) -> &str {
+        match self {
+            AuditEntry::Request(r) => &r.tenant,
+            AuditEntry::Run(r) => &r.tenant,
+        }
+    }
+}
+
+impl From<AuditRecord> for AuditEntry {
+    fn from(r: AuditRecord) -> Self {
+        AuditEntry::Request(Box::new(r))
+    }
+}
+
+impl From<RunEvent> for AuditEntry {
+    fn from(r: RunEvent) -> Self {
+        AuditEntry::Run(Box::new(r))
     }
 }

@@ -25,7 +25,7 @@ use super::chain::{self, ChainHead};
 use super::checkpoint::Signer;
 use super::layout::{self, FilePos, CHECKPOINTS_FILE};
 use super::stream::StreamSink;
-use super::{tail, AuditRecord};
+use super::{tail, AuditEntry};
 use crate::config::{AuditSettings, FsyncPolicy};
 use crate::metrics::METRICS;
 
@@ -66,7 +66,7 @@ pub(super) fn spawn(
     settings: AuditSettings,
     signer: Signer,
     stream: Option<StreamSink>,
-    rx: mpsc::Receiver<AuditRecord>,
+    rx: mpsc::Receiver<AuditEntry>,
     healthy: Arc<AtomicBool>,
 ) -> io::Result<AuditWriter> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -125,7 +125,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, runtime: &tokio::runtime::Runtime, mut rx: mpsc::Receiver<AuditRecord>) {
+    fn run(mut self, runtime: &tokio::runtime::Runtime, mut rx: mpsc::Receiver<AuditEntry>) {
         // SECURITY: however this thread ends (a panic included), the sink stops taking
         // requests: nothing would write their records.
         let _refuse_when_gone = RefuseOnExit(self.healthy.clone());
@@ -180,7 +180,7 @@ impl Writer {
         tracing::info!("audit writer stopped");
     }
 
-    fn write_until_durable(&mut self, batch: &[AuditRecord], stopping: bool) {
+    fn write_until_durable(&mut self, batch: &[AuditEntry], stopping: bool) {
         let mut attempts = 0;
         loop {
             self.retrying = attempts > 0;
@@ -247,7 +247,7 @@ impl Writer {
     /// Writes a batch; returns each record's tenant and line, in order, once all are durable.
     fn write_batch(
         &mut self,
-        batch: &[AuditRecord],
+        batch: &[AuditEntry],
         now: SystemTime,
     ) -> io::Result<Vec<(String, Vec<u8>)>> {
         let today = FilePos::day_of(now);
@@ -255,7 +255,7 @@ impl Writer {
         // Per tenant, in order of first appearance: the new cursor and the bytes per file.
         let mut plans: Vec<(&str, Cursor, Vec<Segment>)> = Vec::new();
         for record in batch {
-            let tenant = record.tenant.as_str();
+            let tenant = record.tenant();
             let i = match plans.iter().position(|(t, _, _)| *t == tenant) {
                 Some(i) => i,
                 None => {
@@ -546,9 +546,9 @@ mod tests {
         t.into()
     }
 
-    fn batch(tenant: &str, n: usize) -> Vec<AuditRecord> {
+    fn batch(tenant: &str, n: usize) -> Vec<AuditEntry> {
         (0..n)
-            .map(|_| record(tenant, "2026-11-28T12:00:00Z"))
+            .map(|_| record(tenant, "2026-11-28T12:00:00Z").into())
             .collect()
     }
 

@@ -9,8 +9,11 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{
-    Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind, RateHeadline,
+    run_life_key, Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind,
+    RateHeadline, RunClaim, RunLedger, RunSighting,
 };
+use crate::audit::RunEnd;
+use crate::ids::TenantId;
 
 const SHARDS: usize = 64;
 /// A shard is swept of expired counters when it has grown past this many (and then past twice
@@ -50,12 +53,32 @@ struct Shard {
     sweep_at: usize,
 }
 
+/// A signed run's life record (see [`LimitBackend::sight_run`]).
+#[derive(Debug, Default)]
+struct RunLife {
+    start_ms: Option<i64>,
+    expires_ms: i64,
+    requests: u64,
+    refusals: u64,
+    closed_ms: Option<i64>,
+    summarized: bool,
+    /// Dropped after this unix ms: `run_ttl` past the later of its expiry and last update.
+    keep_until_ms: i64,
+}
+
 /// Counters in this process.
 #[derive(Debug)]
 pub struct MemoryBackend {
     shards: Vec<Mutex<Shard>>,
     epoch: Instant,
     run_ttl: Duration,
+    runs: Mutex<RunLives>,
+}
+
+#[derive(Debug, Default)]
+struct RunLives {
+    lives: HashMap<String, RunLife>,
+    sweep_at: usize,
 }
 
 impl Default for MemoryBackend {
@@ -95,7 +118,76 @@ impl MemoryBackend {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             epoch: Instant::now(),
             run_ttl,
+            runs: Mutex::new(RunLives::default()),
         }
+    }
+
+    /// The run's life record, created (and the map swept of expired ones) when missing.
+    fn with_life<T>(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+        now_ms: i64,
+        f: impl FnOnce(&mut RunLife) -> T,
+    ) -> T {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        let key = run_life_key(tenant, run);
+        if !runs.lives.contains_key(&key) && runs.lives.len() >= runs.sweep_at.max(SWEEP_FLOOR) {
+            runs.lives.retain(|_, l| l.keep_until_ms > now_ms);
+            runs.sweep_at = runs.lives.len() * 2;
+        }
+        let life = runs.lives.entry(key).or_default();
+        let out = f(life);
+        life.keep_until_ms = life
+            .keep_until_ms
+            .max(life.expires_ms.max(now_ms).saturating_add(ms(self.run_ttl)));
+        out
+    }
+
+    /// [`LimitBackend::sight_run`] at `now_ms`.
+    pub fn sight_run_at(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> RunSighting {
+        self.with_life(tenant, run, now_ms, |life| {
+            life.requests += 1;
+            life.expires_ms = life.expires_ms.max(expires_ms);
+            let first = life.start_ms.is_none();
+            if first {
+                life.start_ms = Some(now_ms);
+            }
+            RunSighting {
+                first,
+                closed: life.closed_ms.is_some(),
+            }
+        })
+    }
+
+    /// [`LimitBackend::end_run`] at `now_ms`.
+    pub fn end_run_at(&self, tenant: &TenantId, run: &str, end: RunEnd, now_ms: i64) -> RunClaim {
+        self.with_life(tenant, run, now_ms, |life| {
+            if end == RunEnd::Closed && life.closed_ms.is_none() {
+                life.closed_ms = Some(now_ms);
+            }
+            if life.summarized {
+                return RunClaim::Taken;
+            }
+            if life.closed_ms.is_none() && life.expires_ms > now_ms {
+                return RunClaim::NotYet {
+                    expires_ms: life.expires_ms,
+                };
+            }
+            life.summarized = true;
+            RunClaim::Claimed(RunLedger {
+                start_ms: life.start_ms,
+                end_ms: life.closed_ms.unwrap_or(life.expires_ms),
+                requests: life.requests,
+                refusals: life.refusals,
+            })
+        })
     }
 
     fn mono_nanos(&self) -> u64 {
@@ -149,6 +241,23 @@ impl LimitBackend for MemoryBackend {
                 }
             })
             .collect())
+    }
+
+    async fn sight_run(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+        expires_ms: i64,
+    ) -> Result<RunSighting, String> {
+        Ok(self.sight_run_at(tenant, run, expires_ms, unix_ms()))
+    }
+
+    async fn count_refusal(&self, tenant: &TenantId, run: &str) {
+        self.with_life(tenant, run, unix_ms(), |life| life.refusals += 1);
+    }
+
+    async fn end_run(&self, tenant: &TenantId, run: &str, end: RunEnd) -> Result<RunClaim, String> {
+        Ok(self.end_run_at(tenant, run, end, unix_ms()))
     }
 }
 
@@ -692,6 +801,80 @@ mod tests {
         assert!(
             held <= SWEEP_FLOOR * SHARDS + SHARDS,
             "{held} of {total} counters held"
+        );
+    }
+
+    #[test]
+    fn a_run_starts_once_and_is_summarized_once_after_its_latest_expiry() {
+        let m = MemoryBackend::new(Duration::from_secs(60));
+        let (acme, globex) = (tid("acme"), tid("globex"));
+        let at = |s: i64| (NOW + s) * 1000;
+        let first = m.sight_run_at(&acme, "r1", at(10), at(0));
+        assert_eq!(
+            first,
+            RunSighting {
+                first: true,
+                closed: false
+            }
+        );
+        assert!(!m.sight_run_at(&acme, "r1", at(20), at(1)).first);
+        // The same run id under another tenant is another run.
+        assert!(m.sight_run_at(&globex, "r1", at(10), at(1)).first);
+        m.with_life(&acme, "r1", at(1), |l| l.refusals += 1);
+        // A later token of the run moved its expiry: not over at the first token's expiry.
+        assert_eq!(
+            m.end_run_at(&acme, "r1", RunEnd::Expired, at(11)),
+            RunClaim::NotYet { expires_ms: at(20) }
+        );
+        assert_eq!(
+            m.end_run_at(&acme, "r1", RunEnd::Expired, at(21)),
+            RunClaim::Claimed(RunLedger {
+                start_ms: Some(at(0)),
+                end_ms: at(20),
+                requests: 2,
+                refusals: 1,
+            })
+        );
+        assert_eq!(
+            m.end_run_at(&acme, "r1", RunEnd::Expired, at(22)),
+            RunClaim::Taken
+        );
+        assert_eq!(
+            m.end_run_at(&acme, "r1", RunEnd::Closed, at(22)),
+            RunClaim::Taken
+        );
+    }
+
+    #[test]
+    fn closing_ends_a_live_run_at_once_and_refuses_its_later_requests() {
+        let m = MemoryBackend::new(Duration::from_secs(60));
+        let (acme, globex) = (tid("acme"), tid("globex"));
+        let at = |s: i64| (NOW + s) * 1000;
+        m.sight_run_at(&acme, "r1", at(100), at(0));
+        // Closing globex's `r1` touches nothing of acme's.
+        assert!(matches!(
+            m.end_run_at(&globex, "r1", RunEnd::Closed, at(1)),
+            RunClaim::Claimed(RunLedger {
+                start_ms: None,
+                requests: 0,
+                ..
+            })
+        ));
+        assert!(!m.sight_run_at(&acme, "r1", at(100), at(2)).closed);
+        assert_eq!(
+            m.end_run_at(&acme, "r1", RunEnd::Closed, at(3)),
+            RunClaim::Claimed(RunLedger {
+                start_ms: Some(at(0)),
+                end_ms: at(3),
+                requests: 2,
+                refusals: 0,
+            })
+        );
+        assert!(m.sight_run_at(&acme, "r1", at(100), at(4)).closed);
+        // Its expiry later finds it already summarized.
+        assert_eq!(
+            m.end_run_at(&acme, "r1", RunEnd::Expired, at(101)),
+            RunClaim::Taken
         );
     }
 }

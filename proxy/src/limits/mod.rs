@@ -518,6 +518,48 @@ pub struct RateHeadline {
     pub reset_secs: u64,
 }
 
+/// The key of a signed run's life record (first request, expiry, request and refusal counts,
+/// closed, summarized), under the tenant's hash tag like its counters.
+pub fn run_life_key(tenant: &TenantId, run: &str) -> String {
+    format!("tp:{{{tenant}}}:run:{run}:life")
+}
+
+/// What the backend knew of a run when one of its requests arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSighting {
+    /// This request is the run's first, across every replica sharing the backend.
+    pub first: bool,
+    /// The run was closed: its requests are refused.
+    pub closed: bool,
+}
+
+/// What a run's life record holds when its summary is claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLedger {
+    /// Unix ms of the run's first request (`None`: closed before any request was seen).
+    pub start_ms: Option<i64>,
+    /// Unix ms the run ended: its close, or its expiry.
+    pub end_ms: i64,
+    /// Requests seen.
+    pub requests: u64,
+    /// Requests refused.
+    pub refusals: u64,
+}
+
+/// The answer to a claim on a run's summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunClaim {
+    /// The run is still live: a token seen elsewhere expires at this unix ms.
+    NotYet {
+        /// The latest expiry any replica recorded.
+        expires_ms: i64,
+    },
+    /// Another replica (or an earlier close) already summarized it.
+    Taken,
+    /// This caller writes the summary.
+    Claimed(RunLedger),
+}
+
 /// A place counters live.
 #[async_trait::async_trait]
 pub trait LimitBackend: Send + Sync + fmt::Debug {
@@ -534,6 +576,26 @@ pub trait LimitBackend: Send + Sync + fmt::Debug {
     fn is_ready(&self) -> bool {
         true
     }
+    /// Records a request of a signed run whose token expires at `expires_ms` (unix ms), in one
+    /// atomic step: counts it, keeps the latest expiry, and says whether it is the run's first
+    /// and whether the run was closed.
+    async fn sight_run(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+        expires_ms: i64,
+    ) -> Result<RunSighting, String>;
+    /// Counts a refused request of a signed run (best effort: the summary's refusal count).
+    async fn count_refusal(&self, tenant: &TenantId, run: &str);
+    /// Claims the run's summary, once across replicas. `Closed` marks the run closed first
+    /// (its later requests are refused) and always ends it; `Expired` ends it only once the
+    /// latest expiry any replica recorded has passed.
+    async fn end_run(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+        end: crate::audit::RunEnd,
+    ) -> Result<RunClaim, String>;
 }
 
 /// The backend the configuration names.

@@ -13,8 +13,11 @@ use redis::aio::ConnectionManager;
 
 use super::memory::MemoryBackend;
 use super::{
-    Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind, RateHeadline,
+    run_life_key, Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind,
+    RateHeadline, RunClaim, RunLedger, RunSighting,
 };
+use crate::audit::RunEnd;
+use crate::ids::TenantId;
 use crate::metrics::METRICS;
 
 const ADMIT: &str = r#"
@@ -148,6 +151,42 @@ end
 return out
 "#;
 
+const SIGHT_RUN: &str = r#"
+-- A request of a signed run. KEYS[1] the run's life hash; ARGV[1] its token's expiry (unix ms),
+-- ARGV[2] run ttl (s). Returns {first, closed}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local first = redis.call('HSETNX', KEYS[1], 'start_ms', now)
+redis.call('HINCRBY', KEYS[1], 'requests', 1)
+local exp = tonumber(ARGV[1])
+if exp > tonumber(redis.call('HGET', KEYS[1], 'expires_ms') or 0) then
+  redis.call('HSET', KEYS[1], 'expires_ms', exp)
+end
+local keep = math.max(exp, now) + tonumber(ARGV[2]) * 1000
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 or now + ttl < keep then redis.call('PEXPIREAT', KEYS[1], keep) end
+return {first, redis.call('HEXISTS', KEYS[1], 'closed_ms')}
+"#;
+
+const END_RUN: &str = r#"
+-- Claims a run's summary. KEYS[1] the life hash; ARGV[1] 'closed' or 'expired', ARGV[2] run
+-- ttl (s). Returns {0} taken, {2, expires_ms} not yet, or
+-- {1, start_ms (-1: none), end_ms, requests, refusals}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] == 'closed' then
+  redis.call('HSETNX', KEYS[1], 'closed_ms', now)
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl < tonumber(ARGV[2]) * 1000 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 1000) end
+end
+if redis.call('HEXISTS', KEYS[1], 'summarized') == 1 then return {0} end
+local v = redis.call('HMGET', KEYS[1], 'start_ms', 'expires_ms', 'requests', 'refusals', 'closed_ms')
+local exp = tonumber(v[2] or 0)
+if not v[5] and exp > now then return {2, exp} end
+redis.call('HSET', KEYS[1], 'summarized', now)
+return {1, tonumber(v[1] or -1), tonumber(v[5] or exp), tonumber(v[3] or 0), tonumber(v[4] or 0)}
+"#;
+
 /// What to do when Redis cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
@@ -179,6 +218,8 @@ pub struct RedisBackend {
     admit_script: redis::Script,
     settle_script: redis::Script,
     read_script: redis::Script,
+    sight_run_script: redis::Script,
+    end_run_script: redis::Script,
     settings: RedisSettings,
     fallback: MemoryBackend,
 }
@@ -240,6 +281,8 @@ impl RedisBackend {
             admit_script: redis::Script::new(ADMIT),
             settle_script: redis::Script::new(SETTLE),
             read_script: redis::Script::new(READ),
+            sight_run_script: redis::Script::new(SIGHT_RUN),
+            end_run_script: redis::Script::new(END_RUN),
             fallback: MemoryBackend::new(settings.run_ttl),
             settings,
         })
@@ -403,6 +446,75 @@ impl LimitBackend for RedisBackend {
 
     fn is_ready(&self) -> bool {
         self.conn.load().is_some()
+    }
+
+    async fn sight_run(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+        expires_ms: i64,
+    ) -> Result<RunSighting, String> {
+        let mut invocation = self.sight_run_script.prepare_invoke();
+        invocation
+            .key(run_life_key(tenant, run))
+            .arg(expires_ms)
+            .arg(self.settings.run_ttl.as_secs().max(1));
+        match self.invoke::<Vec<i64>>(&invocation).await {
+            Ok(reply) => Ok(RunSighting {
+                first: reply.first() == Some(&1),
+                closed: reply.get(1) == Some(&1),
+            }),
+            Err(e) => {
+                METRICS.limiter_errors.inc();
+                match self.settings.on_unavailable {
+                    Unavailable::FailClosed => Err(e),
+                    // The replica's own record: run events may then repeat across replicas.
+                    Unavailable::LocalFallback => {
+                        self.fallback.sight_run(tenant, run, expires_ms).await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn count_refusal(&self, tenant: &TenantId, run: &str) {
+        let Some(conn) = self.conn.load_full() else {
+            return;
+        };
+        let mut conn = (*conn).clone();
+        let mut cmd = redis::cmd("HINCRBY");
+        cmd.arg(run_life_key(tenant, run)).arg("refusals").arg(1);
+        let count = cmd.query_async::<i64>(&mut conn);
+        if !matches!(
+            tokio::time::timeout(self.settings.timeout, count).await,
+            Ok(Ok(_))
+        ) {
+            METRICS.limiter_errors.inc();
+        }
+    }
+
+    async fn end_run(&self, tenant: &TenantId, run: &str, end: RunEnd) -> Result<RunClaim, String> {
+        let mut invocation = self.end_run_script.prepare_invoke();
+        invocation
+            .key(run_life_key(tenant, run))
+            .arg(match end {
+                RunEnd::Closed => "closed",
+                RunEnd::Expired => "expired",
+            })
+            .arg(self.settings.run_ttl.as_secs().max(1));
+        let reply: Vec<i64> = self.invoke(&invocation).await?;
+        let at = |i: usize| reply.get(i).copied().unwrap_or(0);
+        match reply.first() {
+            Some(0) => Ok(RunClaim::Taken),
+            Some(2) => Ok(RunClaim::NotYet { expires_ms: at(1) }),
+            Some(1) => Ok(RunClaim::Claimed(RunLedger {
+                start_ms: Some(at(1)).filter(|s| *s >= 0),
+                end_ms: at(2),
+                requests: u64::try_from(at(3)).unwrap_or(0),
+                refusals: u64::try_from(at(4)).unwrap_or(0),
+            })),
+            _ => Err("unexpected answer to the run claim".into()),
+        }
     }
 }
 

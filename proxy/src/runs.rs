@@ -1,0 +1,316 @@
+//! Run-level audit events for signed runs: `run_started` for a run's first request and
+//! `run_summary` (tokens, cost, tool calls, requests, refusals, wall time) when its token expires
+//! or an operator closes it.
+//!
+//! "First" and "once" are decided by the limiter backend, shared by every replica
+//! ([`LimitBackend::sight_run`], [`LimitBackend::end_run`]), so replicas sharing Redis write one
+//! event of each kind between them, into the tenant's own chained partition. Each replica keeps
+//! a bounded list of the runs it has seen and, once a second, claims the summary of those whose
+//! token expired; a run seen by several replicas is summarized by whichever claims it first.
+//! Shutdown summarizes nothing: a live run may go on through another replica.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::audit::{AuditSink, EventKind, RunEnd, RunEvent, RunTotals};
+use crate::ctx::TenantContext;
+use crate::error::Deny;
+use crate::ids::TenantId;
+use crate::limits::{
+    LimitBackend, LimitKey, LimitKind, Measure, RunClaim, RunLedger, Scope, Window,
+};
+
+/// Runs one replica watches for expiry at most; past it, new runs are not watched (another
+/// replica, or a close, still summarizes them) and a warning is logged.
+const MAX_WATCHED: usize = 100_000;
+/// How often expired runs are looked for.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A run this replica has seen and will summarize once its token expired.
+#[derive(Debug, Clone)]
+struct Watch {
+    workload: String,
+    /// Unix second the run ends: its token's expiry plus the verifier's leeway.
+    expires_at: u64,
+}
+
+/// Writes run-level events; one per process, shared by every listener and the admin port.
+#[derive(Debug)]
+pub struct RunTracker {
+    limits: Arc<dyn LimitBackend>,
+    audit: AuditSink,
+    watched: Mutex<HashMap<(TenantId, String), Watch>>,
+}
+
+/// Why a run could not be closed.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    /// The audit queue cannot take the summary.
+    #[error("the audit sink cannot take the run summary; try again")]
+    AuditUnavailable,
+    /// The limiter backend did not answer.
+    #[error("the limiter cannot be reached: {0}")]
+    Limiter(String),
+}
+
+/// What a claim on a run's summary came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Summary {
+    /// This caller claimed it and wrote it.
+    Written,
+    /// This caller claimed it, but no request of the run was ever seen: nothing to write.
+    NeverStarted,
+    /// Not this caller's to write: summarized already, or (for an expiry) still live through
+    /// a later token.
+    NotOurs,
+}
+
+/// What closing a run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Closed {
+    /// The run is closed and its summary was written now.
+    Summarized,
+    /// The run is closed; it had already been summarized (expired, or closed before).
+    AlreadyEnded,
+    /// The run is closed before any request of it was seen: there is nothing to summarize,
+    /// and its requests are refused from the first.
+    BeforeStart,
+}
+
+impl RunTracker {
+    /// A tracker over the process's limiter and audit sink.
+    pub fn new(limits: Arc<dyn LimitBackend>, audit: AuditSink) -> Self {
+        Self {
+            limits,
+            audit,
+            watched: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a request of a signed run: writes `run_started` if it is the run's first, and
+    /// refuses it if the run was closed. Unsigned runs are single requests and have no events.
+    ///
+    /// SECURITY: the event's audit slot is reserved before the backend is asked, so a first
+    /// request is never admitted without its `run_started` record; without a backend answer the
+    /// request is refused (`limiter_unavailable`), never admitted unaccounted.
+    ///
+    /// The run ends `leeway` after its token's expiry: the token verifier accepts it that long.
+    pub async fn sight(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny> {
+        let (true, Some(expires_at)) = (tenant.run.signed, tenant.run.expires_at) else {
+            return Ok(());
+        };
+        let slot = self.audit.reserve()?;
+        let ends_at = expires_at.saturating_add(leeway.as_secs());
+        let expires_ms = i64::try_from(ends_at.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let sighting = self
+            .limits
+            .sight_run(&tenant.tenant, &tenant.run.id, expires_ms)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "limiter unavailable for a run's record; refusing");
+                Deny::LimiterUnavailable
+            })?;
+        self.watch(tenant, ends_at);
+        if sighting.first {
+            slot.emit(RunEvent {
+                event: EventKind::RunStarted,
+                time: crate::proxy::rfc3339(SystemTime::now()),
+                tenant: tenant.tenant.to_string(),
+                workload: Some(tenant.workload.to_string()),
+                run_id: tenant.run.id.clone(),
+                expires_at: Some(expires_at),
+                budget: Some(tenant.budget.clone().unwrap_or_default()),
+                request_id: Some(tenant.request_id.to_string()),
+                totals: None,
+            });
+        }
+        if sighting.closed {
+            return Err(Deny::RunClosed);
+        }
+        Ok(())
+    }
+
+    /// Counts a refused request of a signed run for its summary.
+    pub async fn count_refusal(&self, tenant: &TenantContext) {
+        if tenant.run.signed {
+            self.limits
+                .count_refusal(&tenant.tenant, &tenant.run.id)
+                .await;
+        }
+    }
+
+    /// Closes `run` of `tenant` (only that tenant's run of that id): its later requests are
+    /// refused with `run_closed`, and its summary is written now unless it was written before.
+    pub async fn close(&self, tenant: &TenantId, run: &str) -> Result<Closed, CloseError> {
+        let watch = self.unwatch(tenant, run);
+        let outcome = self
+            .summarize(tenant, run, watch.as_ref(), RunEnd::Closed)
+            .await;
+        match outcome {
+            Ok(Summary::Written) => Ok(Closed::Summarized),
+            Ok(Summary::NeverStarted) => Ok(Closed::BeforeStart),
+            Ok(Summary::NotOurs) => Ok(Closed::AlreadyEnded),
+            Err(e) => {
+                if let Some(w) = watch {
+                    self.rewatch(tenant, run, w);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Summarizes every watched run whose token has expired, once a second, until the process
+    /// ends. Call it once, on a runtime that lives as long as the proxy.
+    pub async fn watch_expiries(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.summarize_expired(crate::proxy::unix_now()).await;
+        }
+    }
+
+    /// One pass over the watched runs whose token expired by `now` (unix seconds).
+    async fn summarize_expired(&self, now: u64) {
+        let due: Vec<((TenantId, String), Watch)> = {
+            let watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+            watched
+                .iter()
+                .filter(|(_, w)| w.expires_at <= now)
+                .map(|(k, w)| (k.clone(), w.clone()))
+                .collect()
+        };
+        for ((tenant, run), watch) in due {
+            // On failure the run stays watched and is tried again next tick.
+            if let Err(e) = self
+                .summarize(&tenant, &run, Some(&watch), RunEnd::Expired)
+                .await
+            {
+                tracing::warn!(tenant = %tenant, error = %e, "run summary postponed");
+            }
+        }
+    }
+
+    /// Claims the run's summary and writes it.
+    async fn summarize(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+        watch: Option<&Watch>,
+        end: RunEnd,
+    ) -> Result<Summary, CloseError> {
+        // Slot and counters first: once the claim is taken, nothing may stop the event.
+        let slot = self
+            .audit
+            .reserve()
+            .map_err(|_| CloseError::AuditUnavailable)?;
+        let keys: Vec<LimitKey> = [Measure::Tokens, Measure::Cost, Measure::ToolCalls]
+            .into_iter()
+            .map(|measure| LimitKey {
+                scope: Scope::Run(tenant.clone(), run.to_string()),
+                kind: LimitKind::Quota {
+                    measure,
+                    window: Window::Run,
+                    // The key does not carry its ceiling: any value reads the run's counter.
+                    ceiling: 0,
+                },
+            })
+            .collect();
+        let used = self.limits.read(&keys).await.map_err(CloseError::Limiter)?;
+        let claim = self
+            .limits
+            .end_run(tenant, run, end)
+            .await
+            .map_err(CloseError::Limiter)?;
+        let ledger = match claim {
+            RunClaim::Claimed(ledger) => ledger,
+            RunClaim::Taken => {
+                self.unwatch(tenant, run);
+                return Ok(Summary::NotOurs);
+            }
+            RunClaim::NotYet { expires_ms } => {
+                // A later token of the run (seen by any replica) moved its end.
+                if let Some(w) = watch {
+                    let expires_at = u64::try_from(expires_ms / 1000).unwrap_or(u64::MAX);
+                    self.rewatch(
+                        tenant,
+                        run,
+                        Watch {
+                            expires_at: expires_at.max(w.expires_at),
+                            workload: w.workload.clone(),
+                        },
+                    );
+                }
+                return Ok(Summary::NotOurs);
+            }
+        };
+        self.unwatch(tenant, run);
+        if ledger.start_ms.is_none() {
+            return Ok(Summary::NeverStarted);
+        }
+        slot.emit(RunEvent {
+            event: EventKind::RunSummary,
+            time: crate::proxy::rfc3339(SystemTime::now()),
+            tenant: tenant.to_string(),
+            workload: watch.map(|w| w.workload.clone()),
+            run_id: run.to_string(),
+            expires_at: None,
+            budget: None,
+            request_id: None,
+            totals: Some(totals(end, &ledger, &used)),
+        });
+        Ok(Summary::Written)
+    }
+
+    fn watch(&self, tenant: &TenantContext, expires_at: u64) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (tenant.tenant.clone(), tenant.run.id.clone());
+        if let Some(w) = watched.get_mut(&key) {
+            w.expires_at = w.expires_at.max(expires_at);
+            return;
+        }
+        if watched.len() >= MAX_WATCHED {
+            tracing::warn!(
+                tenant = %tenant.tenant,
+                "too many live runs to watch; this run's summary is left to another replica or a close"
+            );
+            return;
+        }
+        watched.insert(
+            key,
+            Watch {
+                workload: tenant.workload.to_string(),
+                expires_at,
+            },
+        );
+    }
+
+    fn rewatch(&self, tenant: &TenantId, run: &str, watch: Watch) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        watched.insert((tenant.clone(), run.to_string()), watch);
+    }
+
+    fn unwatch(&self, tenant: &TenantId, run: &str) -> Option<Watch> {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        watched.remove(&(tenant.clone(), run.to_string()))
+    }
+}
+
+/// The summary's figures: the ledger's, and the counters read as tokens, cost, tool calls.
+fn totals(end: RunEnd, ledger: &RunLedger, used: &[u64]) -> RunTotals {
+    let wall_ms = ledger
+        .start_ms
+        .map_or(0, |start| ledger.end_ms.saturating_sub(start).max(0));
+    RunTotals {
+        ended: end,
+        ended_at: u64::try_from(ledger.end_ms / 1000).unwrap_or(0),
+        tokens: used.first().copied().unwrap_or(0),
+        cost_micros: used.get(1).copied().unwrap_or(0),
+        tool_calls: used.get(2).copied().unwrap_or(0),
+        requests: ledger.requests,
+        refusals: ledger.refusals,
+        wall_time_s: u64::try_from(wall_ms / 1000).unwrap_or(0),
+    }
+}
