@@ -1,6 +1,8 @@
 //! The shipped configurations from a clean checkout: the quickstart's key script creates what
 //! they need, and both the quickstart and the compose configuration then pass `check`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::process::Command;

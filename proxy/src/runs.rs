@@ -9,8 +9,10 @@
 //! token expired; a run seen by several replicas is summarized by whichever claims it first.
 //! Shutdown summarizes nothing: a live run may go on through another replica.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::audit::{AuditSink, EventKind, RunEnd, RunEvent, RunTotals};
@@ -26,6 +28,12 @@ use crate::limits::{
 const MAX_WATCHED: usize = 100_000;
 /// How often expired runs are looked for.
 const TICK: Duration = Duration::from_secs(1);
+/// The watch list is split in this many independently locked parts, so that requests of
+/// different runs never wait on one lock (every signed request updates the list).
+const SHARDS: usize = 64;
+
+/// One part of the watch list: the runs whose (tenant, run id) hash to it.
+type Shard = Mutex<HashMap<(TenantId, String), Watch>>;
 
 /// A run this replica has seen and will summarize once its token expired.
 #[derive(Debug, Clone)]
@@ -40,7 +48,7 @@ struct Watch {
 pub struct RunTracker {
     limits: Arc<dyn LimitBackend>,
     audit: AuditSink,
-    watched: Mutex<HashMap<(TenantId, String), Watch>>,
+    watched: Box<[Shard]>,
 }
 
 /// Why a run could not be closed.
@@ -85,7 +93,7 @@ impl RunTracker {
         Self {
             limits,
             audit,
-            watched: Mutex::new(HashMap::new()),
+            watched: (0..SHARDS).map(|_| Shard::default()).collect(),
         }
     }
 
@@ -174,14 +182,16 @@ impl RunTracker {
 
     /// One pass over the watched runs whose token expired by `now` (unix seconds).
     async fn summarize_expired(&self, now: u64) {
-        let due: Vec<((TenantId, String), Watch)> = {
-            let watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-            watched
-                .iter()
-                .filter(|(_, w)| w.expires_at <= now)
-                .map(|(k, w)| (k.clone(), w.clone()))
-                .collect()
-        };
+        let mut due: Vec<((TenantId, String), Watch)> = Vec::new();
+        for shard in self.watched.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            due.extend(
+                shard
+                    .iter()
+                    .filter(|(_, w)| w.expires_at <= now)
+                    .map(|(k, w)| (k.clone(), w.clone())),
+            );
+        }
         for ((tenant, run), watch) in due {
             // On failure the run stays watched and is tried again next tick.
             if let Err(e) = self
@@ -264,14 +274,28 @@ impl RunTracker {
         Ok(Summary::Written)
     }
 
+    /// The part of the watch list that holds `run` of `tenant`.
+    fn shard(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+    ) -> MutexGuard<'_, HashMap<(TenantId, String), Watch>> {
+        let mut h = DefaultHasher::new();
+        (tenant.as_str(), run).hash(&mut h);
+        let index = (h.finish() as usize) % self.watched.len();
+        self.watched[index]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn watch(&self, tenant: &TenantContext, expires_at: u64) {
-        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        let mut watched = self.shard(&tenant.tenant, &tenant.run.id);
         let key = (tenant.tenant.clone(), tenant.run.id.clone());
         if let Some(w) = watched.get_mut(&key) {
             w.expires_at = w.expires_at.max(expires_at);
             return;
         }
-        if watched.len() >= MAX_WATCHED {
+        if watched.len() >= MAX_WATCHED / SHARDS {
             tracing::warn!(
                 tenant = %tenant.tenant,
                 "too many live runs to watch; this run's summary is left to another replica or a close"
@@ -288,13 +312,13 @@ impl RunTracker {
     }
 
     fn rewatch(&self, tenant: &TenantId, run: &str, watch: Watch) {
-        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-        watched.insert((tenant.clone(), run.to_string()), watch);
+        self.shard(tenant, run)
+            .insert((tenant.clone(), run.to_string()), watch);
     }
 
     fn unwatch(&self, tenant: &TenantId, run: &str) -> Option<Watch> {
-        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-        watched.remove(&(tenant.clone(), run.to_string()))
+        self.shard(tenant, run)
+            .remove(&(tenant.clone(), run.to_string()))
     }
 }
 
