@@ -306,6 +306,53 @@ fn audit_sink_failure_refuses_then_recovers() {
 }
 
 #[test]
+fn a_full_disk_refuses_with_audit_unavailable_and_serves_nothing_unaudited() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    // acme's partition for today is /dev/full: every write fails with ENOSPC, as on a full disk.
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y/%m/%d")
+        .output()
+        .unwrap();
+    let today = proxy.path(&format!(
+        "audit/acme/{}.jsonl",
+        String::from_utf8(date.stdout).unwrap().trim()
+    ));
+    std::fs::create_dir_all(today.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &today).unwrap();
+
+    let first = forward_get(proxy.sidecar_port, &url(&origin, "/acme/1"), None, "");
+    assert_eq!(first.status, 200, "admitted before the write failed");
+    wait_for("audit refusal", || {
+        let r = forward_get(proxy.sidecar_port, &url(&origin, "/acme/2"), None, "");
+        r.status == 503 && r.code() == "audit_unavailable"
+    });
+    let seen_before = origin.count();
+    let r = forward_get(proxy.sidecar_port, &url(&origin, "/acme/3"), None, "");
+    assert_eq!((r.status, r.code().as_str()), (503, "audit_unavailable"));
+    assert_eq!(origin.count(), seen_before, "no request served unaudited");
+    let ready = raw_request(
+        proxy.admin_port,
+        "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.body_text());
+
+    // Space again: the held record is written and requests are served.
+    std::fs::remove_file(&today).unwrap();
+    wait_for("recovery", || {
+        forward_get(proxy.sidecar_port, &url(&origin, "/acme/4"), None, "").status == 200
+    });
+    let recs = proxy.audit_records("acme");
+    assert!(
+        recs.iter()
+            .any(|r| r["request_id"] == first.request_id().as_str()),
+        "the held record was written, not lost"
+    );
+}
+
+#[test]
 fn check_reports_every_problem_with_location() {
     let dir = tempfile::tempdir().unwrap();
     let root = repo_root();
