@@ -171,6 +171,11 @@ struct Env {
 }
 
 fn start() -> Env {
+    start_with_shadow(None)
+}
+
+/// As [`start`], with a shadow (report-only) policy set: the enforced one plus `shadow`.
+fn start_with_shadow(shadow: Option<&str>) -> Env {
     let sse = McpServer::start(false);
     let json = McpServer::start(true);
     let recorder = Origin::start();
@@ -228,11 +233,23 @@ route = "broken"
 "#,
         json.port
     );
-    let proxy = Proxy::start(ProxySpec {
+    let spec = ProxySpec {
         policies: "tests/fixtures/policies-mcp",
         routes,
         tenants_extra: mcp,
+        tenants_top: if shadow.is_some() {
+            "shadow_policy_dir = \"shadow\"".into()
+        } else {
+            String::new()
+        },
         ..Default::default()
+    };
+    // The shadow set: the enforced policies plus `shadow`, a policy under rollout.
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        if let Some(extra) = shadow {
+            copy_dir(&dir.join("policies"), &dir.join("shadow"));
+            std::fs::write(dir.join("shadow/global/rollout.cedar"), extra).unwrap();
+        }
     });
     Env {
         proxy,
@@ -847,4 +864,66 @@ fn policy_explain_decides_tool_calls_as_the_running_proxy() {
     assert!(malformed.get("mcp_tools").is_none());
     // Explaining calls nothing.
     assert_eq!(env.sse.calls().len(), 1);
+}
+
+#[test]
+fn a_shadow_policy_on_tool_calls_changes_no_response_and_is_audited() {
+    // Rolling out "nobody may call `echo`": report-only first.
+    let env = start_with_shadow(Some(
+        "@id(\"rollout-no-echo\")\nforbid (principal, action == TenantProxy::Action::\"mcp_tool_call\", resource == TenantProxy::McpTool::\"echo\");\n",
+    ));
+    let echo = post(
+        &env,
+        Who::Acme,
+        "tools-json",
+        &call(json!(1), "echo", json!({"text": "still-served"})).to_string(),
+    );
+    assert_eq!(echo.status, 200, "{}", echo.body);
+    assert_eq!(
+        echo.messages[0]["result"]["structuredContent"]["result"],
+        "still-served"
+    );
+    let rec = env.proxy.audit_record("acme", &echo.request_id);
+    assert_eq!(rec["decision"], "allow");
+    assert_eq!(rec["shadow"]["decision"], "deny", "{rec}");
+    assert_eq!(rec["shadow"]["outcome"], "would_deny");
+    assert_eq!(rec["shadow"]["policy_ids"], json!(["rollout-no-echo"]));
+
+    // A tool the rollout does not touch: both sets agree.
+    let add = post(
+        &env,
+        Who::Acme,
+        "tools-json",
+        &call(json!(2), "add", json!({"a": 1, "b": 2})).to_string(),
+    );
+    assert_eq!(add.status, 200, "{}", add.body);
+    let rec = env.proxy.audit_record("acme", &add.request_id);
+    assert_eq!(rec["shadow"]["outcome"], "agree", "{rec}");
+    assert_eq!(rec["shadow"]["decision"], "allow");
+
+    // globex's echo is refused by the enforced set, and the shadow set refuses it too.
+    let refused = post(
+        &env,
+        Who::Globex,
+        "tools-json",
+        &call(json!(3), "echo", json!({"text": "x"})).to_string(),
+    );
+    refused.refusal(403, "tool_denied");
+    let rec = env.proxy.audit_record("globex", &refused.request_id);
+    assert_eq!(rec["shadow"]["outcome"], "agree", "{rec}");
+
+    // Counted once per request, per tenant.
+    let metrics = env.proxy.metrics();
+    let would_deny = |tenant: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("tenant_proxy_shadow_decisions_total{")
+                    && l.contains("outcome=\"would_deny\"")
+                    && l.contains(&format!("tenant=\"{tenant}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+    };
+    assert_eq!(would_deny("acme").as_deref(), Some("1"), "{metrics}");
+    assert_eq!(would_deny("globex"), None, "{metrics}");
 }

@@ -395,6 +395,11 @@ impl TenantProxy {
                 .inc();
         }
 
+        // Once per request, after every question (`http`, MCP tool calls) was put to it.
+        if let Some(shadow) = &ctx.shadow {
+            shadow.observe(tenant_label);
+        }
+
         let req = session.req_header();
         let dest = ctx.destination.as_ref();
         tracing::info!(
@@ -529,10 +534,8 @@ fn authorize(
 ) -> Result<(), Deny> {
     let decision = decide_http(snapshot, tenant, facts);
     // The shadow set is asked after the enforced decision is fixed and never changes it.
+    // Counted in the metric when the record is written, after any MCP tool calls were asked too.
     ctx.shadow = shadow_http(snapshot, tenant, facts, &decision);
-    if let Some(s) = &ctx.shadow {
-        s.observe(tenant.tenant.as_str());
-    }
     let allowed = decision.allowed;
     ctx.decision = Some(decision);
     if allowed {
@@ -567,13 +570,19 @@ fn authorize_mcp(
             .authorize_mcp_tool(&tenant.tenant, &tenant.workload, &call)
     };
     let body = ctx.body.as_ref().map(|b| b.0.as_ref());
+    let shadow_tools = shadow_mcp(snapshot, tenant, &server.name, facts, method, body);
     let refused = |tools_called: Vec<String>| McpExchange {
         server: server.name.clone(),
         tools_called,
         lists_tools: false,
         list_ids: Vec::new(),
     };
-    match crate::mcp::admit(&server.name, method, body, &mut decide) {
+    let enforced = crate::mcp::admit(&server.name, method, body, &mut decide);
+    if let Some(shadow_tools) = shadow_tools {
+        let tools_allowed = enforced.is_ok();
+        fold_shadow_tools(&mut ctx.shadow, tools_allowed, shadow_tools);
+    }
+    match enforced {
         Ok((exchange, decisions)) => {
             if let Some(d) = ctx.decision.as_mut() {
                 d.policy_ids
@@ -605,6 +614,78 @@ fn authorize_mcp(
             Err(Deny::ToolDenied(tool))
         }
     }
+}
+
+/// What the shadow set, when configured, would decide about the tool calls of an MCP request:
+/// allowed (with the permits' ids) or its first denial. `None` without a shadow set or for a
+/// malformed body (refused whatever the policies say).
+fn shadow_mcp(
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    server: &str,
+    facts: &HttpRequestFacts<'_>,
+    method: &http::Method,
+    body: Option<&[u8]>,
+) -> Option<Decision> {
+    let shadow = snapshot.shadow_policy.as_ref()?;
+    let mut decide = |tool: &str| {
+        let call = McpToolFacts {
+            server,
+            tool,
+            http: facts,
+        };
+        shadow.authorize_mcp_tool(&tenant.tenant, &tenant.workload, &call)
+    };
+    match crate::mcp::admit(server, method, body, &mut decide) {
+        Ok((_, decisions)) => Some(Decision {
+            allowed: true,
+            policy_ids: decisions.into_iter().flat_map(|d| d.policy_ids).collect(),
+            errors: Vec::new(),
+        }),
+        Err(McpRefusal::ToolDenied { decision, .. }) => Some(decision),
+        Err(McpRefusal::Malformed(_)) => None,
+    }
+}
+
+/// Folds the shadow set's answer about an MCP request's tool calls into its answer about the
+/// request (`shadow`, from the `http` question), so the audit record and the metric say what the
+/// shadow set would have done with the whole request: it allows only when it allows both.
+/// `tools_allowed` is the enforced answer about the tool calls (`http` was allowed, or the
+/// request would not have got this far).
+fn fold_shadow_tools(
+    shadow: &mut Option<ShadowDecision>,
+    tools_allowed: bool,
+    shadow_tools: Decision,
+) {
+    let Some(http) = shadow.as_ref() else {
+        return;
+    };
+    let enforced = Decision {
+        allowed: tools_allowed,
+        policy_ids: Vec::new(),
+        errors: Vec::new(),
+    };
+    let whole = if http.decision != "allow" {
+        // The shadow set already refused at `http`: that stays its answer.
+        Decision {
+            allowed: false,
+            policy_ids: http.policy_ids.clone(),
+            errors: http.errors.clone(),
+        }
+    } else if shadow_tools.allowed {
+        let mut policy_ids = http.policy_ids.clone();
+        policy_ids.extend(shadow_tools.policy_ids);
+        policy_ids.sort_unstable();
+        policy_ids.dedup();
+        Decision {
+            allowed: true,
+            policy_ids,
+            errors: http.errors.clone(),
+        }
+    } else {
+        shadow_tools
+    };
+    *shadow = Some(ShadowDecision::compare(&enforced, whole));
 }
 
 /// One `use_credential` question asked while resolving a request's handles.
