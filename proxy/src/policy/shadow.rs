@@ -1,8 +1,8 @@
 //! Shadow (report-only) policies: a second policy directory, loaded, validated and reloaded with
-//! the enforced one, that is asked every `http`, `connect` and `mcp_tool_call` question too
-//! (for an MCP request, its answers about the request and its tool calls are folded into one). Its answer goes into
-//! the audit record and `tenant_proxy_shadow_decisions_total`, and never changes the response,
-//! so a new policy set can be rolled out by watching what it would have done.
+//! the enforced one, that is asked every `http`, `connect` and `mcp_tool_call` question too (for
+//! an MCP request, its answers about the request and its tool calls are folded into one). Its
+//! answer goes into the audit record and `tenant_proxy_shadow_decisions_total`, and never changes
+//! the response, so a new policy set can be rolled out by watching what it would have done.
 
 use serde::Serialize;
 
