@@ -492,65 +492,16 @@ fn export_of_one_tenant_never_opens_another_tenants_files() {
     }
 }
 
-/// A real `redis-server` on a loopback port, stopped on drop.
-struct RedisServer {
-    port: u16,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start_on(port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        let server = Self {
-            port,
-            child,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    /// Runs `redis-cli --raw ARGS` against this server; its output.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The `record` fields of a stream, oldest first.
-    fn stream_records(&self, key: &str) -> Vec<String> {
-        let out = self.cli(&["XRANGE", key, "-", "+"]);
-        let lines: Vec<&str> = out.lines().collect();
-        // --raw prints each entry as: id, "record", value.
-        lines
-            .windows(2)
-            .filter(|w| w[0] == "record")
-            .map(|w| w[1].to_string())
-            .collect()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The `record` fields of a Redis stream, oldest first.
+fn stream_records(redis: &RedisServer, key: &str) -> Vec<String> {
+    let out = redis.cli(&["XRANGE", key, "-", "+"]);
+    let lines: Vec<&str> = out.lines().collect();
+    // --raw prints each entry as: id, "record", value.
+    lines
+        .windows(2)
+        .filter(|w| w[0] == "record")
+        .map(|w| w[1].to_string())
+        .collect()
 }
 
 /// All record lines of `tenant` in the proxy's files, in chain order.
@@ -581,16 +532,16 @@ fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
     });
     traffic(&proxy, &origin, 3, 2);
     wait_until("both streams", || {
-        redis.stream_records("tp:{acme}:audit").len() == 3
-            && redis.stream_records("tp:{globex}:audit").len() == 2
+        stream_records(&redis, "tp:{acme}:audit").len() == 3
+            && stream_records(&redis, "tp:{globex}:audit").len() == 2
     });
     // The stream holds each tenant's own lines exactly as in its files.
     assert_eq!(
-        redis.stream_records("tp:{acme}:audit"),
+        stream_records(&redis, "tp:{acme}:audit"),
         file_lines(&proxy, "acme")
     );
     assert_eq!(
-        redis.stream_records("tp:{globex}:audit"),
+        stream_records(&redis, "tp:{globex}:audit"),
         file_lines(&proxy, "globex")
     );
 
@@ -616,18 +567,17 @@ fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
         forward_get(proxy.sidecar_port, &url(&origin, "/acme/after"), None, "").status == 200
     });
     wait_until("the record served after recovery", || {
-        redis
-            .stream_records("tp:{acme}:audit")
+        stream_records(&redis, "tp:{acme}:audit")
             .iter()
             .any(|l| l.contains("\"path\":\"/acme/after\""))
     });
     // The records written while Redis was down arrived first, then the new one, in chain order.
-    let streamed = redis.stream_records("tp:{acme}:audit");
+    let streamed = stream_records(&redis, "tp:{acme}:audit");
     let files = file_lines(&proxy, "acme");
     assert!(files.ends_with(&streamed), "{streamed:?}");
     assert!(streamed.len() >= 2, "{streamed:?}");
     assert!(streamed[0].contains("/acme/while-down"), "{streamed:?}");
-    assert!(redis.stream_records("tp:{globex}:audit").is_empty());
+    assert!(stream_records(&redis, "tp:{globex}:audit").is_empty());
 }
 
 #[test]

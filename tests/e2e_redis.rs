@@ -6,97 +6,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
-
-struct Redis {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start_on(port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        let redis = Redis {
-            port,
-            child,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.command("PING").first().map(String::as_str) != Some("PONG") {
-            assert!(Instant::now() < deadline, "redis did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        redis
-    }
-
-    /// Sends an inline command; returns the reply lines (status, bulk strings and array items).
-    fn command(&self, cmd: &str) -> Vec<String> {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return vec![];
-        };
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        if s.write_all(format!("{cmd}\r\n").as_bytes()).is_err() {
-            return vec![];
-        }
-        let mut r = BufReader::new(s);
-        let mut first = String::new();
-        if r.read_line(&mut first).is_err() {
-            return vec![];
-        }
-        let first = first.trim_end().to_string();
-        match first.chars().next() {
-            Some('+') | Some(':') => vec![first[1..].to_string()],
-            Some('$') if first == "$-1" => vec![],
-            Some('$') => {
-                let mut v = String::new();
-                r.read_line(&mut v).unwrap();
-                vec![v.trim_end().to_string()]
-            }
-            Some('*') => {
-                let n: usize = first[1..].parse().unwrap_or(0);
-                (0..n)
-                    .map(|_| {
-                        let mut len = String::new();
-                        r.read_line(&mut len).unwrap();
-                        let mut v = String::new();
-                        r.read_line(&mut v).unwrap();
-                        v.trim_end().to_string()
-                    })
-                    .collect()
-            }
-            _ => vec![first],
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn proxy_with_redis(port: u16) -> Proxy {
     Proxy::start(ProxySpec {
@@ -109,7 +21,7 @@ fn proxy_with_redis(port: u16) -> Proxy {
 #[test]
 fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
     let port = free_port();
-    let redis = Redis::start_on(port);
+    let redis = RedisServer::start_on(port);
     let origin = Origin::start();
     let (a, b) = (proxy_with_redis(port), proxy_with_redis(port));
     let url = format!("http://127.0.0.1:{}/acme/shared", origin.port);
@@ -188,7 +100,7 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
     assert!(a.metrics().contains("tenant_proxy_limiter_errors_total"));
 
     // Redis comes back (empty): both replicas recover without a restart.
-    let _redis = Redis::start_on(port);
+    let _redis = RedisServer::start_on(port);
     let deadline = Instant::now() + Duration::from_secs(20);
     for p in [a.sidecar_port, b.sidecar_port] {
         while forward_get(p, &url, None, "").status != 200 {
@@ -201,7 +113,7 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
 #[test]
 fn local_fallback_keeps_enforcing_per_replica_and_is_counted() {
     let port = free_port();
-    let redis = Redis::start_on(port);
+    let redis = RedisServer::start_on(port);
     let origin = Origin::start();
     let proxy = Proxy::start(ProxySpec {
         static_extra: format!(
@@ -228,7 +140,7 @@ fn local_fallback_keeps_enforcing_per_replica_and_is_counted() {
 #[test]
 fn replicas_share_one_token_ceiling() {
     let port = free_port();
-    let _redis = Redis::start_on(port);
+    let _redis = RedisServer::start_on(port);
     let mock = start_mock();
     let start = || {
         Proxy::start(ProxySpec {
@@ -264,7 +176,7 @@ fn replicas_share_one_token_ceiling() {
 #[test]
 fn replicas_never_overshoot_a_cost_ceiling_under_64_concurrent_calls() {
     let port = free_port();
-    let redis = Redis::start_on(port);
+    let redis = RedisServer::start_on(port);
     let mock = start_mock();
     let start = || {
         Proxy::start_prepared(
@@ -373,7 +285,7 @@ fn daily_cost_rolls_over_at_local_midnight_and_the_month_carries_on() {
     };
 
     let port = free_port();
-    let _redis = Redis::start_on(port);
+    let _redis = RedisServer::start_on(port);
     let backend = RedisBackend::start(RedisSettings {
         url: format!("redis://127.0.0.1:{port}"),
         timeout: Duration::from_millis(500),

@@ -10,7 +10,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -298,56 +298,9 @@ fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tena
     assert_eq!(code, 0, "{out}");
 }
 
-/// A real `redis-server` on an ephemeral loopback port, killed on drop.
-struct Redis {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Redis {
-            port,
-            child,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn replicas_sharing_redis_write_one_run_started_and_one_run_summary_between_them() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let mock = start_mock();
     let limiter = format!(
         "[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\ntimeout = \"500ms\"\n",
@@ -381,16 +334,9 @@ fn replicas_sharing_redis_write_one_run_started_and_one_run_summary_between_them
         .collect();
     assert_eq!(summaries.len(), 1, "{summaries:?}");
     // The run's life record sits under the tenant's hash tag, and expires.
-    let ttl = Command::new("redis-cli")
-        .args([
-            "-p",
-            &redis.port.to_string(),
-            "PTTL",
-            "tp:{acme}:run:run-replicated:life",
-        ])
-        .output()
+    let ttl: i64 = redis.command("PTTL tp:{acme}:run:run-replicated:life")[0]
+        .parse()
         .unwrap();
-    let ttl: i64 = String::from_utf8_lossy(&ttl.stdout).trim().parse().unwrap();
     assert!(ttl > 0, "{ttl}");
     for p in [&a, &b] {
         let (code, out) = verify(&p.path("audit"));

@@ -848,3 +848,110 @@ pub fn all_at_once(
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+/// A real `redis-server` on a loopback port (ephemeral with [`RedisServer::start`]), killed on
+/// drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        let redis = RedisServer {
+            port,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.command("PING").first().map(String::as_str) != Some("PONG") {
+            assert!(Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    /// Sends an inline command; returns the reply lines (status, bulk strings and array items).
+    pub fn command(&self, cmd: &str) -> Vec<String> {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return vec![];
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if s.write_all(format!("{cmd}\r\n").as_bytes()).is_err() {
+            return vec![];
+        }
+        let mut r = BufReader::new(s);
+        let mut first = String::new();
+        if r.read_line(&mut first).is_err() {
+            return vec![];
+        }
+        let first = first.trim_end().to_string();
+        match first.chars().next() {
+            Some('+') | Some(':') => vec![first[1..].to_string()],
+            Some('$') if first == "$-1" => vec![],
+            Some('$') => {
+                let mut v = String::new();
+                r.read_line(&mut v).unwrap();
+                vec![v.trim_end().to_string()]
+            }
+            Some('*') => {
+                let n: usize = first[1..].parse().unwrap_or(0);
+                (0..n)
+                    .map(|_| {
+                        let mut len = String::new();
+                        r.read_line(&mut len).unwrap();
+                        let mut v = String::new();
+                        r.read_line(&mut v).unwrap();
+                        v.trim_end().to_string()
+                    })
+                    .collect()
+            }
+            _ => vec![first],
+        }
+    }
+}
+
+impl RedisServer {
+    /// Runs `redis-cli --raw ARGS` against this server (for replies [`Self::command`] does not
+    /// parse, such as nested arrays); its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
