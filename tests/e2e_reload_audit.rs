@@ -269,6 +269,44 @@ fn cross_tenant_decisions_use_only_the_callers_policies() {
     );
 }
 
+/// With acme's partition broken (the caller broke it), the first request is admitted, then
+/// requests are refused with `audit_unavailable`, nothing more reaches the origin and the proxy
+/// is not ready; after `repair` the held record is written and requests are served again.
+fn refuses_while_unwritable_then_recovers(proxy: &Proxy, origin: &Origin, repair: impl FnOnce()) {
+    let first = forward_get(proxy.sidecar_port, &url(origin, "/acme/1"), None, "");
+    assert_eq!(first.status, 200, "admitted before the write failed");
+    wait_for("audit refusal", || {
+        let r = forward_get(proxy.sidecar_port, &url(origin, "/acme/2"), None, "");
+        r.status == 503 && r.code() == "audit_unavailable"
+    });
+    let seen_before = origin.count();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = forward_get(proxy.sidecar_port, &url(origin, "/acme/3"), None, "");
+    assert_eq!((r.status, r.code().as_str()), (503, "audit_unavailable"));
+    assert_eq!(origin.count(), seen_before, "no request served unaudited");
+    assert!(proxy
+        .metrics()
+        .contains("tenant_proxy_audit_write_errors_total"));
+    let ready = raw_request(
+        proxy.admin_port,
+        "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.body_text());
+
+    // Repair: the writer retries, writes the held record, and admits requests again.
+    repair();
+    wait_for("recovery", || {
+        forward_get(proxy.sidecar_port, &url(origin, "/acme/4"), None, "").status == 200
+    });
+    let recs = proxy.audit_records("acme");
+    assert!(
+        recs.iter()
+            .any(|r| r["request_id"] == first.request_id().as_str()),
+        "the held record was written, not lost"
+    );
+}
+
 #[test]
 fn audit_sink_failure_refuses_then_recovers() {
     let origin = Origin::start();
@@ -277,32 +315,9 @@ fn audit_sink_failure_refuses_then_recovers() {
     // ignores permission bits, so chmod would not do).
     std::fs::create_dir_all(proxy.path("audit")).unwrap();
     std::fs::write(proxy.path("audit/acme"), b"not a directory").unwrap();
-    let first = forward_get(proxy.sidecar_port, &url(&origin, "/acme/1"), None, "");
-    assert_eq!(first.status, 200, "admitted before the write failed");
-    wait_for("audit refusal", || {
-        let r = forward_get(proxy.sidecar_port, &url(&origin, "/acme/2"), None, "");
-        r.status == 503 && r.code() == "audit_unavailable"
+    refuses_while_unwritable_then_recovers(&proxy, &origin, || {
+        std::fs::remove_file(proxy.path("audit/acme")).unwrap()
     });
-    let seen_before = origin.count();
-    std::thread::sleep(Duration::from_millis(200));
-    let r = forward_get(proxy.sidecar_port, &url(&origin, "/acme/3"), None, "");
-    assert_eq!(r.status, 503);
-    assert_eq!(origin.count(), seen_before, "no request served unaudited");
-    assert!(proxy
-        .metrics()
-        .contains("tenant_proxy_audit_write_errors_total"));
-
-    // Repair: the writer retries, writes the held record, and admits requests again.
-    std::fs::remove_file(proxy.path("audit/acme")).unwrap();
-    wait_for("recovery", || {
-        forward_get(proxy.sidecar_port, &url(&origin, "/acme/4"), None, "").status == 200
-    });
-    let recs = proxy.audit_records("acme");
-    assert!(
-        recs.iter()
-            .any(|r| r["request_id"] == first.request_id().as_str()),
-        "the held record was written, not lost"
-    );
 }
 
 #[test]
@@ -321,35 +336,10 @@ fn a_full_disk_refuses_with_audit_unavailable_and_serves_nothing_unaudited() {
     ));
     std::fs::create_dir_all(today.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink("/dev/full", &today).unwrap();
-
-    let first = forward_get(proxy.sidecar_port, &url(&origin, "/acme/1"), None, "");
-    assert_eq!(first.status, 200, "admitted before the write failed");
-    wait_for("audit refusal", || {
-        let r = forward_get(proxy.sidecar_port, &url(&origin, "/acme/2"), None, "");
-        r.status == 503 && r.code() == "audit_unavailable"
+    // Space again: the link goes, and the writer makes a real file.
+    refuses_while_unwritable_then_recovers(&proxy, &origin, || {
+        std::fs::remove_file(&today).unwrap()
     });
-    let seen_before = origin.count();
-    let r = forward_get(proxy.sidecar_port, &url(&origin, "/acme/3"), None, "");
-    assert_eq!((r.status, r.code().as_str()), (503, "audit_unavailable"));
-    assert_eq!(origin.count(), seen_before, "no request served unaudited");
-    let ready = raw_request(
-        proxy.admin_port,
-        "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    assert_eq!(ready.status, 503, "{}", ready.body_text());
-
-    // Space again: the held record is written and requests are served.
-    std::fs::remove_file(&today).unwrap();
-    wait_for("recovery", || {
-        forward_get(proxy.sidecar_port, &url(&origin, "/acme/4"), None, "").status == 200
-    });
-    let recs = proxy.audit_records("acme");
-    assert!(
-        recs.iter()
-            .any(|r| r["request_id"] == first.request_id().as_str()),
-        "the held record was written, not lost"
-    );
 }
 
 #[test]
