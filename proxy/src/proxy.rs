@@ -701,8 +701,9 @@ pub(crate) struct CredentialUse {
 
 /// Resolves `$CRED{}` handles in the caller's tenant scope, after the request itself was
 /// allowed; every handle must be known, unexpired, in an allowed position, bound to this
-/// destination and permitted by policy (`use_credential`). Also returns every `use_credential`
-/// decision taken (for `tenant-proxy policy explain`).
+/// destination and permitted by policy (`use_credential`). With `record`, every
+/// `use_credential` decision taken is also kept there (for `tenant-proxy policy explain`; the
+/// proxy itself passes `None` and keeps nothing).
 pub(crate) fn resolve_credentials(
     snapshot: &Snapshot,
     tenant: &TenantContext,
@@ -710,7 +711,8 @@ pub(crate) fn resolve_credentials(
     facts: &HttpRequestFacts<'_>,
     req: &RequestHeader,
     body: Option<&Bytes>,
-) -> (Result<Applied, CredentialDeny>, Vec<CredentialUse>) {
+    mut record: Option<&mut Vec<CredentialUse>>,
+) -> Result<Applied, CredentialDeny> {
     let parts = RequestParts {
         target: Target {
             scheme: facts.scheme,
@@ -727,7 +729,6 @@ pub(crate) fn resolve_credentials(
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     };
-    let mut uses = Vec::new();
     let mut authorize_use = |cred: &Credential, position: Position| {
         let use_facts = CredentialFacts {
             name: &cred.name,
@@ -739,22 +740,23 @@ pub(crate) fn resolve_credentials(
                 .policy
                 .authorize_credential(&tenant.tenant, &tenant.workload, &use_facts);
         let allowed = decision.allowed;
-        uses.push(CredentialUse {
-            name: cred.name.clone(),
-            position,
-            decision,
-        });
+        if let Some(record) = record.as_deref_mut() {
+            record.push(CredentialUse {
+                name: cred.name.clone(),
+                position,
+                decision,
+            });
+        }
         allowed
     };
-    let result = credentials::apply::apply(
+    credentials::apply::apply(
         &snapshot.credentials,
         &snapshot.tenants.credential_settings,
         &tenant.tenant,
         &parts,
         unix_now(),
         &mut authorize_use,
-    );
-    (result, uses)
+    )
 }
 
 /// Substitutes the request's credentials (see [`resolve_credentials`]) into the context.
@@ -767,8 +769,7 @@ fn apply_credentials(
     ctx: &mut RequestCtx,
 ) -> Result<(), Deny> {
     let body = ctx.body.as_ref().map(|b| &b.0);
-    let (result, _) = resolve_credentials(snapshot, tenant, destination, facts, req, body);
-    match result {
+    match resolve_credentials(snapshot, tenant, destination, facts, req, body, None) {
         Ok(mut applied) => {
             if !applied.used.is_empty() {
                 ctx.credential_names = applied.used.iter().map(|c| c.name.clone()).collect();

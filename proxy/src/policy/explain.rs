@@ -203,13 +203,15 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
         });
     }
     let body = req.body.clone().map(bytes::Bytes::from);
-    let (applied, uses) = crate::proxy::resolve_credentials(
+    let mut uses = Vec::new();
+    let applied = crate::proxy::resolve_credentials(
         snapshot,
         &context,
         &destination,
         &facts,
         &header,
         body.as_ref(),
+        Some(&mut uses),
     );
     let credentials = uses
         .into_iter()
