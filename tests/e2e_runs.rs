@@ -260,6 +260,16 @@ fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tena
     // A new token for the closed run does not reopen it; another run of acme goes on.
     let again = run_token("acme", "bot", "run-shared-id", 600);
     llm_chat(proxy.shared_port, CHAT, &bearer(&again)).assert_refused(403, "run_closed");
+    // Nor does a tunnel: an opaque one would carry no request to refuse later.
+    raw_request(
+        proxy.shared_port,
+        &format!(
+            "CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.example.test:443\r\n{}\r\n",
+            bearer(&again)
+        ),
+    )
+    .unwrap()
+    .assert_refused(403, "run_closed");
     let other = run_token("acme", "bot", "run-other", 300);
     assert_eq!(
         llm_chat(proxy.shared_port, CHAT, &bearer(&other)).status,

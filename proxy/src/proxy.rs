@@ -110,12 +110,7 @@ impl TenantProxy {
         ctx.tunnel = tunnel.map(|t| t.id.clone());
         // A signed run's first request starts it (audited once across replicas); a closed
         // run's requests go no further.
-        let leeway = snapshot
-            .tenants
-            .token
-            .as_ref()
-            .map_or(std::time::Duration::ZERO, |t| t.leeway);
-        self.shared.runs.sight(&tenant, leeway).await?;
+        self.shared.runs.sight(&tenant, &snapshot).await?;
 
         if req.method == http::Method::CONNECT {
             return Err(Deny::ConnectUnsupported);

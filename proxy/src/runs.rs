@@ -22,6 +22,7 @@ use crate::ids::TenantId;
 use crate::limits::{
     LimitBackend, LimitKey, LimitKind, Measure, RunClaim, RunLedger, Scope, Window,
 };
+use crate::snapshot::Snapshot;
 
 /// Runs one replica watches for expiry at most; past it, new runs are not watched (another
 /// replica, or a close, still summarizes them) and a warning is logged.
@@ -104,8 +105,15 @@ impl RunTracker {
     /// request is never admitted without its `run_started` record; without a backend answer the
     /// request is refused (`limiter_unavailable`), never admitted unaccounted.
     ///
-    /// The run ends `leeway` after its token's expiry: the token verifier accepts it that long.
-    pub async fn sight(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny> {
+    /// The run ends the token verifier's leeway after its token's expiry: the token is accepted
+    /// that long. Every admission path (requests, and `CONNECT` tunnels, whose opaque bytes no
+    /// later request would check) calls this.
+    pub async fn sight(&self, tenant: &TenantContext, snapshot: &Snapshot) -> Result<(), Deny> {
+        let leeway = snapshot
+            .tenants
+            .token
+            .as_ref()
+            .map_or(Duration::ZERO, |t| t.leeway);
         let (true, Some(expires_at)) = (tenant.run.signed, tenant.run.expires_at) else {
             return Ok(());
         };

@@ -235,6 +235,8 @@ impl EgressApp {
             &t.head.header,
         ));
         t.tenant = Some(tenant.clone());
+        // A closed run opens no tunnel: an opaque one carries no request that would be checked.
+        self.shared.runs.sight(&tenant, &snapshot).await?;
 
         let egress = &self.shared.config.egress;
         let (host, port) = (t.head.host.clone(), t.head.port);
