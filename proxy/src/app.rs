@@ -12,11 +12,13 @@ use crate::admin::AdminApp;
 use crate::audit::AuditSink;
 use crate::config::{ConfigProblem, LogFormat, StaticConfig};
 use crate::egress::{Dialer, EgressRules, Resolver, StaticResolver, SystemResolver};
+use crate::front::listen::{self, ListenService};
 use crate::identity::mtls::MtlsServer;
+use crate::metrics::METRICS;
 use crate::proxy::Shared;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::tls::ca::{LeafMinter, LocalCa};
-use crate::tunnel::caps::TunnelCounts;
+use crate::tunnel::caps::TenantCounts;
 use crate::tunnel::EgressApp;
 
 /// Everything `run` would load, validated without binding ports (`tenant-proxy check`).
@@ -54,6 +56,19 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     pingora::tls::install_default_crypto_provider();
     let (static_config, snapshot) = check(config_path).map_err(problems_error)?;
     init_logging(static_config.log_format, &static_config.log_level);
+    // Every socket is bound before anything else starts: a taken port ends the process here,
+    // with one line naming the address.
+    let mut bound_listeners = Vec::with_capacity(static_config.listeners.len());
+    for listener in &static_config.listeners {
+        bound_listeners.push(listen::bind(listener.listen)?);
+    }
+    let bound_admin = listen::bind(static_config.admin_listen)?;
+    let mut static_config = static_config;
+    // A listener asked for port 0 is known by the port it got from here on.
+    for (listener, bound) in static_config.listeners.iter_mut().zip(&bound_listeners) {
+        listener.listen = bound.addr;
+    }
+    static_config.admin_listen = bound_admin.addr;
     let static_config = Arc::new(static_config);
 
     let handle = Arc::new(SnapshotHandle::new(static_config.clone(), snapshot));
@@ -90,10 +105,12 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         runs: runs.clone(),
         egress: Arc::new(dialer(&static_config)),
         minter,
-        tunnels: TunnelCounts::default(),
+        tunnels: TenantCounts::new(&METRICS.tunnels_open),
+        connections: TenantCounts::new(&METRICS.tenant_connections_open),
+        bodies: crate::body::BodyBudget::new(static_config.limits.max_buffered_body_bytes),
     });
-    for listener in &static_config.listeners {
-        let addr = listener.listen.to_string();
+    for (listener, bound) in static_config.listeners.iter().zip(bound_listeners) {
+        let addr = bound.addr;
         let mtls = match &listener.tls {
             Some(tls) => {
                 let server =
@@ -112,25 +129,22 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
             shared.clone(),
             mtls,
         );
-        let mut service =
-            pingora::services::listening::Service::new(format!("proxy {}", listener.name), app);
-        service.add_tcp(&addr);
-        server.add_service(service);
+        server.add_service(ListenService::new(
+            format!("proxy {}", listener.name),
+            bound,
+            app,
+        ));
         tracing::info!(listener = %listener.name, %addr, "proxy listening");
     }
 
-    let mut admin = pingora::services::listening::Service::new(
-        "admin".into(),
-        AdminApp::new(
-            handle,
-            audit,
-            limits,
-            runs,
-            static_config.listeners.iter().map(|l| l.listen).collect(),
-        ),
+    let admin = AdminApp::new(
+        handle,
+        audit,
+        limits,
+        runs,
+        static_config.listeners.iter().map(|l| l.listen).collect(),
     );
-    admin.add_tcp(&static_config.admin_listen.to_string());
-    server.add_service(admin);
+    server.add_service(ListenService::new("admin".into(), bound_admin, admin));
     tracing::info!(addr = %static_config.admin_listen, "admin listening");
 
     server.run(pingora::server::RunArgs::default());

@@ -7,11 +7,16 @@
 //! whole buffered body. A chunked body has no known end, so one over 64 KiB must carry a
 //! `Content-Length` instead (`411`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use serde::Deserialize;
 
 use crate::error::Deny;
+use crate::metrics::METRICS;
 
 /// A buffered request body. It may hold substituted secrets, so `Debug` shows only its length.
 #[derive(Clone)]
@@ -26,9 +31,82 @@ impl std::fmt::Debug for BufferedBody {
 /// pingora's retry buffer size (`BODY_BUF_LIMIT`).
 const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 
-/// Reads the whole request body, refusing one over `cap` before anything is forwarded.
-/// Returns `None` for requests without a body.
-pub async fn read_full(session: &mut Session, cap: usize) -> Result<Option<Bytes>, Deny> {
+/// The request body bytes all requests in flight may hold together. Each body is held whole
+/// (the decision needs it), so without this bound a few hundred slow uploads could take the
+/// process's memory; over it a request is refused (`overloaded`) before its body is read.
+#[derive(Debug)]
+pub struct BodyBudget {
+    held: AtomicU64,
+    max: u64,
+}
+
+/// Bytes of the [`BodyBudget`] one request holds, given back when dropped (when the request ends).
+#[derive(Debug)]
+pub struct BodyHold {
+    budget: Arc<BodyBudget>,
+    bytes: u64,
+}
+
+impl BodyBudget {
+    /// A budget of `max` bytes.
+    pub fn new(max: u64) -> Arc<Self> {
+        Arc::new(Self {
+            held: AtomicU64::new(0),
+            max,
+        })
+    }
+
+    /// Holds `bytes`, unless that would take the total over the budget.
+    pub fn try_hold(self: &Arc<Self>, bytes: u64) -> Option<BodyHold> {
+        let before = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|total| *total <= self.max)
+            })
+            .ok()?;
+        METRICS
+            .buffered_body_bytes
+            .set(i64::try_from(before + bytes).unwrap_or(i64::MAX));
+        Some(BodyHold {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for BodyHold {
+    fn drop(&mut self) {
+        let after = self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel) - self.bytes;
+        METRICS
+            .buffered_body_bytes
+            .set(i64::try_from(after).unwrap_or(i64::MAX));
+    }
+}
+
+/// A body read whole, with the budget it holds.
+#[derive(Debug)]
+pub struct ReadBody {
+    /// The bytes.
+    pub bytes: Bytes,
+    /// Its share of the [`BodyBudget`], held while the request is in flight.
+    pub hold: BodyHold,
+}
+
+/// Reads the whole request body, refusing one over `cap` before anything is forwarded, and one
+/// that would take the bytes held by all requests over `budget` before it is read. A body that
+/// is not complete by `deadline` is refused (`request_timeout`). Returns `None` for requests
+/// without a body.
+pub async fn read_full(
+    session: &mut Session,
+    cap: usize,
+    budget: &Arc<BodyBudget>,
+    deadline: Duration,
+) -> Result<Option<ReadBody>, Deny> {
     let declared = match session
         .req_header()
         .headers
@@ -48,6 +126,28 @@ pub async fn read_full(session: &mut Session, cap: usize) -> Result<Option<Bytes
     if session.as_mut().is_body_empty() {
         return Ok(None);
     }
+    // A chunked body is held to the retry buffer's size (larger ones are refused below).
+    let reserve = declared.unwrap_or(RETRY_BUFFER_LIMIT.min(cap));
+    let Some(hold) = budget.try_hold(reserve as u64) else {
+        METRICS
+            .overload_refusals
+            .with_label_values(&["body_memory"])
+            .inc();
+        return Err(Deny::Overloaded("request body memory"));
+    };
+    let bytes = match tokio::time::timeout(deadline, read_body(session, cap, declared)).await {
+        Ok(read) => read?,
+        // The front enforces the same deadline on HTTP/1 connections; this one covers HTTP/2.
+        Err(_) => return Err(Deny::RequestTimeout),
+    };
+    Ok(bytes.map(|bytes| ReadBody { bytes, hold }))
+}
+
+async fn read_body(
+    session: &mut Session,
+    cap: usize,
+    declared: Option<usize>,
+) -> Result<Option<Bytes>, Deny> {
     let chunked = declared.is_none();
     if chunked {
         // Unknown length: the retry buffer must see every byte.
@@ -61,10 +161,10 @@ pub async fn read_full(session: &mut Session, cap: usize) -> Result<Option<Bytes
                 session.as_mut().enable_retry_buffering();
             }
         }
-        let chunk = session
-            .read_request_body()
-            .await
-            .map_err(|_| Deny::BadRequest("the request body could not be read".into()))?;
+        let chunk = match session.read_request_body().await {
+            Ok(c) => c,
+            Err(_) => return Err(deny_for_read_error(session)),
+        };
         match chunk {
             Some(c) => {
                 if buf.len() + c.len() > cap {
@@ -84,6 +184,19 @@ pub async fn read_full(session: &mut Session, cap: usize) -> Result<Option<Bytes
         return Ok(None);
     }
     Ok(Some(buf.freeze()))
+}
+
+/// Why reading the body failed: the front's verdict on the connection (framing, deadline), or
+/// a plain read failure.
+fn deny_for_read_error(session: &Session) -> Deny {
+    let violation = session
+        .stream()
+        .and_then(|s| s.as_any().downcast_ref::<crate::tunnel::Conn>())
+        .and_then(|c| c.violation());
+    match violation {
+        Some(v) => v.into(),
+        None => Deny::BadRequest("the request body could not be read".into()),
+    }
 }
 
 #[derive(Deserialize)]

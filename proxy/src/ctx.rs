@@ -104,7 +104,9 @@ impl Permitted {
 /// The outcome recorded for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Still in progress (or the connection died before a decision).
+    /// Still in progress. SECURITY: a request whose outcome is still pending when it is recorded
+    /// is recorded as an internal error, never as allowed: only a forward whose upstream answer
+    /// arrived becomes [`Outcome::Forwarded`].
     Pending,
     /// Allowed and forwarded.
     Forwarded,
@@ -138,6 +140,8 @@ pub struct RequestCtx {
     pub max_output_tokens: Option<u64>,
     /// A buffered request body to hand to the upstream.
     pub body: Option<BufferedBody>,
+    /// The body's share of the process-wide body budget, held until the request ends.
+    pub body_hold: Option<crate::body::BodyHold>,
     /// Credential substitutions to make upstream.
     pub applied: Option<Applied>,
     /// Scrubs substituted secrets echoed back in the response.
@@ -203,6 +207,7 @@ impl RequestCtx {
             model: None,
             max_output_tokens: None,
             body: None,
+            body_hold: None,
             applied: None,
             scrubber: None,
             credential_names: Vec::new(),

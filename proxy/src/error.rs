@@ -72,6 +72,52 @@ pub enum Deny {
     RunClosed,
     /// A phase ran without the state it requires (a bug); refused rather than forwarded.
     Internal,
+    /// The request's body framing has more than one reading (request smuggling); the
+    /// connection is closed.
+    Framing(String),
+    /// A `Transfer-Encoding` other than exactly `chunked`.
+    UnsupportedTransferEncoding,
+    /// More header fields than `[limits] max_headers`.
+    TooManyHeaders(usize),
+    /// The request head or body did not arrive by its deadline.
+    RequestTimeout,
+    /// The proxy holds as many request bodies or connections as it may; retry shortly.
+    Overloaded(&'static str),
+    /// The tenant already has its maximum number of open client connections.
+    ConnectionLimit(u32),
+    /// A `Connection` header nominates a header the proxy decides on or sets (hop-by-hop
+    /// removal would change the request after the decision).
+    ProtectedHopHeader(&'static str),
+    /// The client went away before the request completed (recorded, never sent).
+    ClientClosed,
+}
+
+impl From<crate::front::HeadError> for Deny {
+    fn from(e: crate::front::HeadError) -> Self {
+        use crate::front::HeadError;
+        match e {
+            HeadError::TooLarge => Deny::HeadersTooLarge,
+            HeadError::TooManyHeaders => Deny::TooManyHeaders(0),
+            HeadError::Malformed(why) => Deny::BadRequest(format!("malformed request: {why}")),
+            HeadError::Framing(why) => Deny::Framing(why.to_string()),
+            HeadError::UnsupportedTransferEncoding => Deny::UnsupportedTransferEncoding,
+            HeadError::HostMismatch => Deny::HostMismatch,
+        }
+    }
+}
+
+impl From<crate::front::Violation> for Deny {
+    fn from(v: crate::front::Violation) -> Self {
+        use crate::front::Violation;
+        match v {
+            Violation::Head(e) => e.into(),
+            Violation::Chunked(e) => Deny::Framing(e.0.to_string()),
+            Violation::HeadTimeout | Violation::BodyTimeout => Deny::RequestTimeout,
+            Violation::Truncated => {
+                Deny::BadRequest("the connection closed in the middle of a request".into())
+            }
+        }
+    }
 }
 
 impl Deny {
@@ -88,7 +134,11 @@ impl Deny {
                     ));
                 }
             }
-            Deny::LimiterUnavailable | Deny::AuditUnavailable | Deny::TunnelLimit(_) => {
+            Deny::LimiterUnavailable
+            | Deny::AuditUnavailable
+            | Deny::TunnelLimit(_)
+            | Deny::Overloaded(_)
+            | Deny::ConnectionLimit(_) => {
                 headers.push((http::header::RETRY_AFTER, "1".to_string()));
             }
             _ => {}
@@ -184,6 +234,22 @@ pub enum ReasonCode {
     RunClosed,
     /// See [`Deny::Internal`].
     Internal,
+    /// See [`Deny::Framing`].
+    BadFraming,
+    /// See [`Deny::UnsupportedTransferEncoding`].
+    UnsupportedTransferEncoding,
+    /// See [`Deny::TooManyHeaders`].
+    TooManyHeaders,
+    /// See [`Deny::RequestTimeout`].
+    RequestTimeout,
+    /// See [`Deny::Overloaded`].
+    Overloaded,
+    /// See [`Deny::ConnectionLimit`].
+    ConnectionLimit,
+    /// See [`Deny::ProtectedHopHeader`].
+    BadConnectionHeader,
+    /// See [`Deny::ClientClosed`].
+    ClientClosed,
 }
 
 impl ReasonCode {
@@ -227,6 +293,14 @@ impl ReasonCode {
             ReasonCode::McpResponseUnfiltered => "mcp_response_unfiltered",
             ReasonCode::RunClosed => "run_closed",
             ReasonCode::Internal => "internal_error",
+            ReasonCode::BadFraming => "bad_framing",
+            ReasonCode::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
+            ReasonCode::TooManyHeaders => "too_many_headers",
+            ReasonCode::RequestTimeout => "request_timeout",
+            ReasonCode::Overloaded => "overloaded",
+            ReasonCode::ConnectionLimit => "connection_limit",
+            ReasonCode::BadConnectionHeader => "bad_connection_header",
+            ReasonCode::ClientClosed => "client_closed",
         }
     }
 }
@@ -440,6 +514,51 @@ impl Deny {
                 "this run was closed; start a new run with a new token".into(),
             ),
             Deny::Internal => (500, ReasonCode::Internal, "internal error; the request was not forwarded".into()),
+            Deny::Framing(why) => (
+                400,
+                ReasonCode::BadFraming,
+                format!("the request's body framing is ambiguous ({why}); the connection is closed"),
+            ),
+            Deny::UnsupportedTransferEncoding => (
+                501,
+                ReasonCode::UnsupportedTransferEncoding,
+                "only `Transfer-Encoding: chunked` (one coding, once) is accepted; the connection is closed".into(),
+            ),
+            Deny::TooManyHeaders(max) => (
+                431,
+                ReasonCode::TooManyHeaders,
+                if *max > 0 {
+                    format!("the request has more than {max} header fields")
+                } else {
+                    "the request has more header fields than the configured limit".into()
+                },
+            ),
+            Deny::RequestTimeout => (
+                408,
+                ReasonCode::RequestTimeout,
+                "the request did not arrive in time; the connection is closed".into(),
+            ),
+            Deny::Overloaded(what) => (
+                503,
+                ReasonCode::Overloaded,
+                format!("the proxy is at its limit of {what}; retry shortly"),
+            ),
+            Deny::ConnectionLimit(max) => (
+                429,
+                ReasonCode::ConnectionLimit,
+                format!("this tenant already has {max} connections open to the proxy; reuse one or retry shortly"),
+            ),
+            Deny::ProtectedHopHeader(name) => (
+                400,
+                ReasonCode::BadConnectionHeader,
+                format!("`Connection` may not nominate `{name}`: the proxy decides on it and sends it on"),
+            ),
+            // nginx's 499: never written to a client (it is gone), only recorded.
+            Deny::ClientClosed => (
+                499,
+                ReasonCode::ClientClosed,
+                "the client closed the connection before the request completed".into(),
+            ),
         }
     }
 
@@ -520,6 +639,22 @@ mod tests {
             (Deny::McpMalformed("x".into()), 400, "mcp_malformed"),
             (Deny::ToolDenied("x".into()), 403, "tool_denied"),
             (Deny::RunClosed, 403, "run_closed"),
+            (Deny::Framing("x".into()), 400, "bad_framing"),
+            (
+                Deny::UnsupportedTransferEncoding,
+                501,
+                "unsupported_transfer_encoding",
+            ),
+            (Deny::TooManyHeaders(100), 431, "too_many_headers"),
+            (Deny::RequestTimeout, 408, "request_timeout"),
+            (Deny::Overloaded("request bodies"), 503, "overloaded"),
+            (Deny::ConnectionLimit(1), 429, "connection_limit"),
+            (
+                Deny::ProtectedHopHeader("host"),
+                400,
+                "bad_connection_header",
+            ),
+            (Deny::ClientClosed, 499, "client_closed"),
             (
                 Deny::McpResponseUnfiltered("x".into()),
                 502,

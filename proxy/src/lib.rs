@@ -36,6 +36,7 @@ pub mod credentials;
 pub mod ctx;
 pub mod egress;
 pub mod error;
+pub mod front;
 pub mod identity;
 pub mod ids;
 pub mod limits;
@@ -52,3 +53,14 @@ pub mod tls;
 pub mod trace;
 pub mod tunnel;
 pub mod usage;
+
+/// How many cases a property test runs: `default`, or `PROPTEST_CASES` when set (run the
+/// parsers' fuzz targets longer with e.g. `PROPTEST_CASES=200000 cargo test -p tenant-proxy
+/// --lib fuzz_`).
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -71,6 +71,15 @@ pub struct Metrics {
     /// Shadow (report-only) policy decisions by tenant and outcome (`agree`, `would_deny`,
     /// `would_allow`).
     pub shadow_decisions: IntCounterVec,
+    /// Client connections open now, by listener name.
+    pub connections_open: IntGaugeVec,
+    /// Client connections open now, by tenant (once a connection's tenant is known).
+    pub tenant_connections_open: IntGaugeVec,
+    /// Client connections and requests refused by a connection or memory cap, by reason
+    /// (`listener_cap`, `tenant_cap`, `body_memory`).
+    pub overload_refusals: IntCounterVec,
+    /// Request body bytes held in memory by requests in flight.
+    pub buffered_body_bytes: IntGauge,
 }
 
 const TENANT_NONE: &str = "none";
@@ -245,6 +254,28 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant", "outcome"],
         )?,
+        connections_open: IntGaugeVec::new(
+            Opts::new("tenant_proxy_connections_open", "Client connections open now, by listener"),
+            &["listener"],
+        )?,
+        tenant_connections_open: IntGaugeVec::new(
+            Opts::new(
+                "tenant_proxy_tenant_connections_open",
+                "Client connections open now, by tenant (once its tenant is known)",
+            ),
+            &["tenant"],
+        )?,
+        overload_refusals: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_overload_refusals_total",
+                "Connections and requests refused by a connection or memory cap, by reason",
+            ),
+            &["reason"],
+        )?,
+        buffered_body_bytes: IntGauge::new(
+            "tenant_proxy_buffered_body_bytes",
+            "Request body bytes held in memory by requests in flight",
+        )?,
         registry,
     };
     let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -276,6 +307,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.mcp_tool_calls.clone()),
         Box::new(m.mcp_tools_hidden.clone()),
         Box::new(m.shadow_decisions.clone()),
+        Box::new(m.connections_open.clone()),
+        Box::new(m.tenant_connections_open.clone()),
+        Box::new(m.overload_refusals.clone()),
+        Box::new(m.buffered_body_bytes.clone()),
     ];
     for c in collectors {
         m.registry.register(c)?;

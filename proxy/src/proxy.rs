@@ -64,7 +64,11 @@ pub struct Shared {
     /// Mints leaves for intercepted tunnels, when a CA is configured.
     pub minter: Option<Arc<crate::tls::ca::LeafMinter>>,
     /// Open tunnels per tenant.
-    pub tunnels: crate::tunnel::caps::TunnelCounts,
+    pub tunnels: crate::tunnel::caps::TenantCounts,
+    /// Open client connections per tenant.
+    pub connections: crate::tunnel::caps::TenantCounts,
+    /// Request body bytes held by all requests in flight.
+    pub bodies: Arc<crate::body::BodyBudget>,
 }
 
 /// The proxy for one listener.
@@ -91,12 +95,17 @@ impl TenantProxy {
         let snapshot = self.shared.snapshot.load();
         ctx.snapshot = Some(snapshot.clone());
 
-        // The connection's TLS digest carries what the agent cannot forge: the tunnel an
-        // intercepted request came through, or the mTLS client certificate's identity.
+        // What the agent cannot forge comes from the connection: the tunnel an intercepted
+        // request came through (on the front's connection for HTTP/1.1, on the TLS digest for
+        // HTTP/2), or the mTLS client certificate's identity.
+        let conn = front_conn(session);
         let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
-        let tunnel = ssl.as_ref().and_then(|d| d.extension.get::<Tunnel>());
+        let tunnel = conn.and_then(|c| c.context().tunnel.clone()).or_else(|| {
+            ssl.as_ref()
+                .and_then(|d| d.extension.get::<Arc<Tunnel>>().cloned())
+        });
         let req = session.req_header();
-        let who = match tunnel {
+        let who = match &tunnel {
             // SECURITY: a tunnel never changes identity; whatever the inner request presents
             // is ignored (and stripped upstream).
             Some(t) => tunnel_identity(t, &snapshot)?,
@@ -105,18 +114,36 @@ impl TenantProxy {
                 identity::resolve(&self.listener, &snapshot, presented, unix_now())?
             }
         };
-        let tenant = Arc::new(build_tenant_context(who, ctx.request_id.clone(), req));
+        let tenant = Arc::new(build_tenant_context(
+            who,
+            ctx.request_id.clone(),
+            traceparent(&req.headers),
+        ));
         ctx.tenant = Some(tenant.clone());
-        ctx.tunnel = tunnel.map(|t| t.id.clone());
+        ctx.tunnel = tunnel.as_ref().map(|t| t.id.clone());
+        if let Some(conn) = conn {
+            self.count_connection(conn, &tenant)?;
+        }
         // A signed run's first request starts it (audited once across replicas); a closed
         // run's requests go no further.
         self.shared.runs.sight(&tenant, &snapshot).await?;
 
+        let req = session.req_header();
         if req.method == http::Method::CONNECT {
             return Err(Deny::ConnectUnsupported);
         }
-        if header_bytes(req) > self.shared.config.max_header_bytes {
+        if header_bytes(req) > self.shared.config.limits.max_header_bytes {
             return Err(Deny::HeadersTooLarge);
+        }
+        // SECURITY: a header nominated in `Connection` is removed hop by hop on the way
+        // upstream, after the decision; none the decision or the substitution rests on may be.
+        let nominated = req
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes());
+        if let Some(name) = crate::front::nominated_protected(nominated) {
+            return Err(Deny::ProtectedHopHeader(name));
         }
         // HTTP/2 (inside tunnels) names the authority in `:authority`, not `Host`.
         let host = req
@@ -128,13 +155,23 @@ impl TenantProxy {
                     .then(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
                     .flatten()
             });
-        let destination = match tunnel {
+        let destination = match &tunnel {
             Some(t) => target::tunneled(req.raw_path(), host, &t.host, t.port)?,
             None => target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
         };
         ctx.destination = Some(destination.clone());
 
-        if let Some(body) = body::read_full(session, self.shared.config.max_body_bytes).await? {
+        let limits = &self.shared.config.limits;
+        let read = body::read_full(
+            session,
+            limits.max_body_bytes,
+            &self.shared.bodies,
+            limits.client_body_timeout,
+        )
+        .await?;
+        if let Some(read) = read {
+            let body = read.bytes;
+            ctx.body_hold = Some(read.hold);
             let llm = match body::llm_request(&body) {
                 Ok(llm) => llm,
                 // An MCP server's body is JSON-RPC, judged strictly by the MCP check after `http`.
@@ -248,6 +285,29 @@ impl TenantProxy {
         Ok(())
     }
 
+    /// Counts the client connection against its tenant the first time a request on it is
+    /// identified (a tunnel's inner connection was counted when the tunnel opened).
+    fn count_connection(
+        &self,
+        conn: &crate::tunnel::Conn,
+        tenant: &TenantContext,
+    ) -> Result<(), Deny> {
+        let facts = conn.context();
+        if facts.tenant_slot.get().is_some() {
+            return Ok(());
+        }
+        let max = self.shared.config.limits.max_connections_per_tenant;
+        let Some(slot) = self.shared.connections.try_open(&tenant.tenant, max) else {
+            METRICS
+                .overload_refusals
+                .with_label_values(&["tenant_cap"])
+                .inc();
+            return Err(Deny::ConnectionLimit(max));
+        };
+        let _ = facts.tenant_slot.set(Arc::new(slot));
+        Ok(())
+    }
+
     /// Writes the JSON refusal. The connection stays open when the request had no body or its
     /// body was read whole (a refused agent retries on it; reconnecting for every refusal would
     /// make a noisy neighbour cost everyone more). Otherwise it is closed, rather than drained:
@@ -269,7 +329,21 @@ impl TenantProxy {
         for (name, value) in deny_for_headers.extra_headers() {
             resp.append_header(name, value)?;
         }
-        if !(session.is_body_empty() || session.is_body_done()) {
+        // SECURITY: after a framing error or a missed deadline the connection is never read
+        // again (pingora may report such a body as done); a client over its connection cap
+        // gives one back.
+        let fatal = matches!(
+            ctx.outcome,
+            Outcome::Refused(
+                Deny::Framing(_)
+                    | Deny::UnsupportedTransferEncoding
+                    | Deny::RequestTimeout
+                    | Deny::ConnectionLimit(_)
+                    | Deny::Overloaded(_)
+            )
+        );
+        let poisoned = front_conn(session).is_some_and(|c| c.violation().is_some());
+        if fatal || poisoned || !(session.is_body_empty() || session.is_body_done()) {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(resp), false).await?;
@@ -321,7 +395,8 @@ impl TenantProxy {
 
     fn emit(&self, session: &Session, ctx: &mut RequestCtx, status: u16) {
         let (decision, reason) = match &ctx.outcome {
-            Outcome::Forwarded | Outcome::Pending => (AuditDecision::Allow, ReasonCode::Allowed),
+            Outcome::Forwarded => (AuditDecision::Allow, ReasonCode::Allowed),
+            Outcome::Pending => (AuditDecision::Deny, ReasonCode::Internal),
             Outcome::Refused(d) => (AuditDecision::Deny, d.code()),
         };
         let tenant_label = Metrics::tenant_label(ctx.tenant.as_ref().map(|t| t.tenant.as_str()));
@@ -810,13 +885,14 @@ fn tunnel_identity(
     Ok(who.clone())
 }
 
+/// The tenant context of a request from `who`; `traceparent` (the request's header, when it has
+/// one) continues the caller's trace.
 pub(crate) fn build_tenant_context(
     who: identity::ResolvedIdentity,
     request_id: Arc<str>,
-    req: &RequestHeader,
+    traceparent: Option<&[u8]>,
 ) -> TenantContext {
-    let trace =
-        TraceContext::continue_or_start(req.headers.get("traceparent").map(|v| v.as_bytes()));
+    let trace = TraceContext::continue_or_start(traceparent);
     let token = who.token;
     let run = match token
         .as_ref()
@@ -847,6 +923,11 @@ pub(crate) fn build_tenant_context(
         request_id,
         trace,
     }
+}
+
+/// The `traceparent` header's value, when there is one.
+pub(crate) fn traceparent(headers: &http::HeaderMap) -> Option<&[u8]> {
+    headers.get("traceparent").map(|v| v.as_bytes())
 }
 
 fn header_bytes(req: &RequestHeader) -> usize {
@@ -950,6 +1031,13 @@ fn tool_allowed(ctx: &RequestCtx, req: &RequestHeader, tool: &str) -> bool {
         .allowed
 }
 
+/// The front's connection behind an HTTP/1 session (none for HTTP/2).
+fn front_conn(session: &Session) -> Option<&crate::tunnel::Conn> {
+    session
+        .stream()
+        .and_then(|s| s.as_any().downcast_ref::<crate::tunnel::Conn>())
+}
+
 /// Maps a pingora error to the refusal the client sees.
 fn deny_for_error(e: &Error) -> Option<Deny> {
     use ErrorType::*;
@@ -960,8 +1048,8 @@ fn deny_for_error(e: &Error) -> Option<Deny> {
         TLSHandshakeFailure | InvalidCert | HandshakeError => Some(Deny::UpstreamTls),
         _ => match e.esource() {
             ErrorSource::Upstream => Some(Deny::UpstreamUnreachable),
-            // The client went away or sent garbage: nobody to answer, or pingora's own 400.
-            ErrorSource::Downstream => None,
+            // The client went away (the front refuses malformed requests before pingora).
+            ErrorSource::Downstream => Some(Deny::ClientClosed),
             ErrorSource::Internal | ErrorSource::Unset => Some(Deny::Internal),
         },
     }
@@ -980,15 +1068,15 @@ impl ProxyHttp for TenantProxy {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        // Requests a client pipelines are served in order instead of dropping the connection.
-        session.set_pipelining_enabled(true);
-        // pingora keeps every HTTP/1.1 connection alive with no idle limit; bound the wait for
-        // the next request (inside a tunnel, by the tunnel idle timeout).
+        // The front hands pingora one checked request at a time and reads the next head itself
+        // (pipelined requests wait there, not in pingora). pingora only needs to know the
+        // connection may be reused, and for how long an idle HTTP/2 connection may stay.
         if session.get_keepalive().is_some() {
-            let in_tunnel = session
-                .digest()
-                .and_then(|d| d.ssl_digest.as_ref())
-                .is_some_and(|d| d.extension.get::<Tunnel>().is_some());
+            let in_tunnel = front_conn(session).is_some_and(|c| c.context().tunnel.is_some())
+                || session
+                    .digest()
+                    .and_then(|d| d.ssl_digest.as_ref())
+                    .is_some_and(|d| d.extension.get::<Arc<Tunnel>>().is_some());
             let idle = if in_tunnel {
                 self.shared
                     .config
@@ -1320,6 +1408,14 @@ impl ProxyHttp for TenantProxy {
                 can_reuse_downstream: false,
             };
         };
+        if deny == Deny::ClientClosed {
+            // Nobody to answer; recorded with what ended it.
+            ctx.outcome = Outcome::Refused(deny);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let status = deny.describe().0;
         if session.response_written().is_none() {
             if let Err(write_err) = self.refuse(session, ctx, deny).await {
@@ -1336,9 +1432,13 @@ impl ProxyHttp for TenantProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if ctx.outcome == Outcome::Pending {
+            // SECURITY: only a forward whose upstream answer arrived is recorded as allowed; a
+            // request that ended any other way after admission is recorded with what ended it,
+            // and as an internal error when nothing says.
             ctx.outcome = match e.and_then(deny_for_error) {
                 Some(d) => Outcome::Refused(d),
-                None => Outcome::Forwarded,
+                None if ctx.upstream_done.is_some() => Outcome::Forwarded,
+                None => Outcome::Refused(Deny::Internal),
             };
         }
         if let Some(mut admission) = ctx.admission.take() {

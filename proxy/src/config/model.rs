@@ -39,10 +39,8 @@ pub struct StaticConfig {
     pub egress: EgressSettings,
     /// TLS interception, when a CA is configured.
     pub intercept: Option<InterceptSettings>,
-    /// Largest request header block, in bytes.
-    pub max_header_bytes: usize,
-    /// Largest request body, in bytes.
-    pub max_body_bytes: usize,
+    /// What one request, one connection and the whole process may hold.
+    pub limits: RequestLimits,
     /// Where limit counters live.
     pub limiter: LimiterSettings,
     /// Worker threads per listener.
@@ -123,6 +121,25 @@ pub struct EgressSettings {
     pub max_tunnels_per_tenant: u32,
     /// Time a new connection has to send its first request head.
     pub client_header_timeout: Duration,
+}
+
+/// `[limits]`, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Largest request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request head.
+    pub max_headers: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// From the end of a head to the end of its body.
+    pub client_body_timeout: Duration,
+    /// Body bytes all requests in flight may hold together.
+    pub max_buffered_body_bytes: u64,
+    /// Open client connections per listener.
+    pub max_connections_per_listener: u32,
+    /// Open client connections per tenant.
+    pub max_connections_per_tenant: u32,
 }
 
 /// `[intercept]`, validated.
@@ -501,9 +518,7 @@ impl StaticConfig {
             }
             settings
         });
-        if spec.limits.max_header_bytes < 1024 {
-            p.push("limits.max_header_bytes", "must be at least 1024");
-        }
+        let limits = request_limits(&mut p, &spec.limits);
 
         let log_format = match spec.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
@@ -575,8 +590,7 @@ impl StaticConfig {
             upstream,
             egress,
             intercept,
-            max_header_bytes: spec.limits.max_header_bytes,
-            max_body_bytes: spec.limits.max_body_bytes,
+            limits,
             limiter,
             threads: spec.server.threads.max(1),
             grace_period: p.duration("server.grace_period", &spec.server.grace_period),
@@ -588,6 +602,46 @@ impl StaticConfig {
             log_level: spec.log.level.unwrap_or_else(|| "info".into()),
         };
         p.finish(config)
+    }
+}
+
+fn request_limits(p: &mut Problems<'_>, spec: &super::spec::RequestLimitsSpec) -> RequestLimits {
+    if spec.max_header_bytes < 1024 {
+        p.push("limits.max_header_bytes", "must be at least 1024");
+    }
+    if spec.max_headers == 0 || spec.max_headers > crate::front::head::HARD_MAX_HEADERS {
+        p.push("limits.max_headers", "must be between 1 and 256");
+    }
+    if spec.max_buffered_body_bytes < spec.max_body_bytes as u64 {
+        p.push(
+            "limits.max_buffered_body_bytes",
+            "must be at least `max_body_bytes` (or no body of the largest size could ever be held)",
+        );
+    }
+    for (field, n) in [
+        (
+            "max_connections_per_listener",
+            spec.max_connections_per_listener,
+        ),
+        (
+            "max_connections_per_tenant",
+            spec.max_connections_per_tenant,
+        ),
+    ] {
+        if n == 0 {
+            p.push(format!("limits.{field}"), "must be at least 1");
+        }
+    }
+    RequestLimits {
+        max_header_bytes: spec.max_header_bytes,
+        max_headers: spec
+            .max_headers
+            .clamp(1, crate::front::head::HARD_MAX_HEADERS),
+        max_body_bytes: spec.max_body_bytes,
+        client_body_timeout: p.duration("limits.client_body_timeout", &spec.client_body_timeout),
+        max_buffered_body_bytes: spec.max_buffered_body_bytes,
+        max_connections_per_listener: spec.max_connections_per_listener,
+        max_connections_per_tenant: spec.max_connections_per_tenant,
     }
 }
 

@@ -117,7 +117,8 @@ pub struct EgressSpec {
     /// Open tunnels per tenant, unless the tenant sets `max_tunnels`.
     #[serde(default = "default_max_tunnels")]
     pub max_tunnels_per_tenant: u32,
-    /// Longest a client may take to send a request head on a new connection.
+    /// Longest a client may take to send a request head, from its first byte (and to start one
+    /// on a new connection).
     #[serde(default = "default_client_header_timeout")]
     pub client_header_timeout: String,
 }
@@ -149,7 +150,7 @@ fn default_max_tunnels() -> u32 {
     256
 }
 fn default_client_header_timeout() -> String {
-    "30s".into()
+    "10s".into()
 }
 
 /// `[intercept]`: the local CA that signs per-host leaves for intercepted tunnels.
@@ -283,29 +284,64 @@ fn default_write_timeout() -> String {
     "30s".into()
 }
 
-/// `[limits]`: request size caps.
+/// `[limits]`: what one request, one connection and the whole process may hold.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestLimitsSpec {
-    /// Largest total size of request header names and values (431 above it).
+    /// Largest request head, request line to blank line (431 above it, never buffered past).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Most header fields in a request head (431 above it; at most 256).
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
     /// Largest request body (413 above it, before any upstream is dialed).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// From the end of a request head to the end of its body (408 and close after it).
+    #[serde(default = "default_client_body_timeout")]
+    pub client_body_timeout: String,
+    /// Request body bytes all requests in flight may hold together (503 `overloaded` above it).
+    #[serde(default = "default_max_buffered_body_bytes")]
+    pub max_buffered_body_bytes: u64,
+    /// Open client connections per listener (503 `overloaded` above it).
+    #[serde(default = "default_max_connections_per_listener")]
+    pub max_connections_per_listener: u32,
+    /// Open client connections per tenant (429 `connection_limit` above it).
+    #[serde(default = "default_max_connections_per_tenant")]
+    pub max_connections_per_tenant: u32,
 }
 
 impl Default for RequestLimitsSpec {
     fn default() -> Self {
         Self {
             max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
             max_body_bytes: default_max_body_bytes(),
+            client_body_timeout: default_client_body_timeout(),
+            max_buffered_body_bytes: default_max_buffered_body_bytes(),
+            max_connections_per_listener: default_max_connections_per_listener(),
+            max_connections_per_tenant: default_max_connections_per_tenant(),
         }
     }
 }
 
 fn default_max_header_bytes() -> usize {
     32 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_client_body_timeout() -> String {
+    "30s".into()
+}
+fn default_max_buffered_body_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_max_connections_per_listener() -> u32 {
+    10_000
+}
+fn default_max_connections_per_tenant() -> u32 {
+    2_000
 }
 fn default_max_body_bytes() -> usize {
     8 * 1024 * 1024

@@ -139,7 +139,11 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
         source: IdentitySourceKind::Binding,
         token: None,
     };
-    let mut context = crate::proxy::build_tenant_context(who, Arc::from("explain"), &header);
+    let mut context = crate::proxy::build_tenant_context(
+        who,
+        Arc::from("explain"),
+        crate::proxy::traceparent(&header.headers),
+    );
     context.scopes = req.scopes.clone();
     context.run.signed = req.run_signed;
 

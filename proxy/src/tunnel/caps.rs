@@ -1,58 +1,68 @@
-//! Per-tenant caps on open tunnels. Tunnels are connections to this replica, so the count is
-//! local; it is touched once when a tunnel opens and once when it closes, never per request.
+//! Per-tenant caps on things a tenant holds open on this replica: tunnels and client
+//! connections. They are connections to this replica, so the count is local; it is touched once
+//! when one opens and once when it closes, never per request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::ids::TenantId;
-use crate::metrics::METRICS;
+use prometheus::IntGaugeVec;
 
-/// Open tunnels by tenant.
-#[derive(Debug, Default, Clone)]
-pub struct TunnelCounts {
+use crate::ids::TenantId;
+
+/// Open things (tunnels, connections) by tenant, mirrored in a gauge labelled by tenant.
+#[derive(Debug, Clone)]
+pub struct TenantCounts {
     open: Arc<Mutex<HashMap<TenantId, u32>>>,
+    gauge: &'static IntGaugeVec,
 }
 
-/// Holds one tunnel slot of a tenant until dropped.
+/// Holds one slot of a tenant until dropped.
 #[derive(Debug)]
-pub struct TunnelSlot {
-    counts: TunnelCounts,
+pub struct TenantSlot {
+    counts: TenantCounts,
     tenant: TenantId,
 }
 
-impl TunnelCounts {
-    /// Takes a slot unless `tenant` already has `max` tunnels open.
-    pub fn try_open(&self, tenant: &TenantId, max: u32) -> Option<TunnelSlot> {
+impl TenantCounts {
+    /// Counts reported in `gauge`.
+    pub fn new(gauge: &'static IntGaugeVec) -> Self {
+        Self {
+            open: Arc::default(),
+            gauge,
+        }
+    }
+
+    /// Takes a slot unless `tenant` already has `max` open.
+    pub fn try_open(&self, tenant: &TenantId, max: u32) -> Option<TenantSlot> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(tenant.clone()).or_insert(0);
         if *n >= max {
             return None;
         }
         *n += 1;
-        METRICS
-            .tunnels_open
+        self.gauge
             .with_label_values(&[tenant.as_str()])
             .set(i64::from(*n));
-        Some(TunnelSlot {
+        Some(TenantSlot {
             counts: self.clone(),
             tenant: tenant.clone(),
         })
     }
 
-    /// Tunnels `tenant` has open.
+    /// What `tenant` has open.
     pub fn open(&self, tenant: &TenantId) -> u32 {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.get(tenant).copied().unwrap_or(0)
     }
 }
 
-impl Drop for TunnelSlot {
+impl Drop for TenantSlot {
     fn drop(&mut self) {
         let mut open = self.counts.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = open.get_mut(&self.tenant) {
             *n = n.saturating_sub(1);
-            METRICS
-                .tunnels_open
+            self.counts
+                .gauge
                 .with_label_values(&[self.tenant.as_str()])
                 .set(i64::from(*n));
             if *n == 0 {
@@ -69,7 +79,7 @@ mod tests {
 
     #[test]
     fn each_tenant_has_its_own_cap_and_slots_come_back_when_dropped() {
-        let counts = TunnelCounts::default();
+        let counts = TenantCounts::new(&crate::metrics::METRICS.tunnels_open);
         let acme = TenantId::new("acme").unwrap();
         let globex = TenantId::new("globex").unwrap();
         let a1 = counts.try_open(&acme, 2).unwrap();

@@ -18,8 +18,9 @@ pub mod head;
 pub mod io;
 mod opaque;
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -40,6 +41,7 @@ use crate::config::ListenerSettings;
 use crate::ctx::TenantContext;
 use crate::egress::EgressRefusal;
 use crate::error::{error_body, Deny, ReasonCode};
+use crate::front::{FrontConn, FrontLimits, HeadLimits};
 use crate::identity::mtls::MtlsServer;
 use crate::identity::{self, PeerCertificate, Presented, ResolvedIdentity};
 use crate::metrics::{Metrics, METRICS};
@@ -47,7 +49,7 @@ use crate::policy::shadow::ShadowDecision;
 use crate::policy::{ConnectFacts, ConnectQuestion, Decision};
 use crate::proxy::{build_tenant_context, unix_now, Shared, TenantProxy};
 use crate::tls::ca::TunnelCertResolver;
-use head::{ConnectHead, FirstRequest};
+use head::ConnectHead;
 use io::Rewound;
 
 /// Seconds an idle plain-HTTP keep-alive connection is kept between requests.
@@ -67,12 +69,44 @@ pub struct Tunnel {
     pub port: u16,
 }
 
+/// What the pipeline may learn from the connection a request arrived on (it finds the
+/// [`FrontConn`] behind pingora's session).
+#[derive(Debug, Default)]
+pub struct ConnFacts {
+    /// The intercepted tunnel this connection is the inside of.
+    pub tunnel: Option<Arc<Tunnel>>,
+    /// The tenant this connection counts against, once known (its first identified request, or
+    /// the tunnel that carries it).
+    pub tenant_slot: OnceLock<Arc<caps::TenantSlot>>,
+}
+
+/// A client connection as this proxy serves it.
+pub type Conn = FrontConn<ConnFacts>;
+
 /// The app serving one listener.
 pub struct EgressApp {
     http: Arc<HttpProxy<TenantProxy>>,
     listener: Arc<ListenerSettings>,
     shared: Arc<Shared>,
     mtls: Option<Arc<MtlsServer>>,
+    /// Client connections open on this listener.
+    open: Arc<AtomicU32>,
+}
+
+/// Holds one of a listener's connection slots until dropped.
+struct ListenerSlot {
+    open: Arc<AtomicU32>,
+    listener: Arc<ListenerSettings>,
+}
+
+impl Drop for ListenerSlot {
+    fn drop(&mut self) {
+        let n = self.open.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        METRICS
+            .connections_open
+            .with_label_values(&[&self.listener.name])
+            .set(i64::from(n));
+    }
 }
 
 impl EgressApp {
@@ -95,7 +129,40 @@ impl EgressApp {
             listener: Arc::new(listener),
             shared,
             mtls,
+            open: Arc::new(AtomicU32::new(0)),
         }
+    }
+
+    /// How this listener's requests are read.
+    fn front_limits(&self) -> FrontLimits {
+        let config = &self.shared.config;
+        FrontLimits {
+            head: HeadLimits {
+                max_bytes: config.limits.max_header_bytes,
+                max_headers: config.limits.max_headers,
+            },
+            header_timeout: config.egress.client_header_timeout,
+            body_timeout: config.limits.client_body_timeout,
+        }
+    }
+
+    /// Takes one of the listener's connection slots, unless it is full.
+    fn try_open(&self) -> Option<ListenerSlot> {
+        let max = self.shared.config.limits.max_connections_per_listener;
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        let n = taken.ok()? + 1;
+        METRICS
+            .connections_open
+            .with_label_values(&[&self.listener.name])
+            .set(i64::from(n));
+        Some(ListenerSlot {
+            open: self.open.clone(),
+            listener: self.listener.clone(),
+        })
     }
 }
 
@@ -115,32 +182,46 @@ impl ServerApp for EgressApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let mut stream = match &self.mtls {
+        let Some(_slot) = self.try_open() else {
+            // Nobody is identified yet and the proxy is at its limit: refuse at once, before
+            // any TLS handshake or read.
+            METRICS
+                .overload_refusals
+                .with_label_values(&["listener_cap"])
+                .inc();
+            let mut stream = stream;
+            let id = crate::trace::random_hex(16);
+            write_refusal(&mut stream, &Deny::Overloaded("client connections"), &id).await;
+            return None;
+        };
+        let stream = match &self.mtls {
             Some(mtls) => self.accept_mtls(mtls, stream).await?,
             None => stream,
         };
-        let config = &self.shared.config;
-        let first = head::read_first(
-            &mut stream,
-            config.max_header_bytes,
-            config.egress.client_header_timeout,
-        )
-        .await?;
-        match first {
-            FirstRequest::Http(prefix) => {
-                serve_http(
-                    &self.http,
-                    Rewound::wrap(stream, prefix),
+        let mut conn = Conn::new(stream, b"", self.front_limits(), ConnFacts::default());
+        let idle = self.shared.config.egress.client_header_timeout;
+        match conn.next_head(idle).await {
+            Ok(None) => {}
+            Err(violation) => self.refuse_front(&mut conn, violation.into()).await,
+            Ok(Some(head)) if head.connect => {
+                let (stream, head, early) = conn.take_connect();
+                match head::parse_connect(&head) {
+                    Ok(head) => self.tunnel(stream, head, early.freeze(), shutdown).await,
+                    Err(deny) => {
+                        // Nobody is identified yet: like any unidentified refusal, no record.
+                        let mut stream = stream;
+                        let id = crate::trace::random_hex(16);
+                        write_refusal(&mut stream, &deny, &id).await;
+                    }
+                }
+            }
+            Ok(Some(_)) => {
+                self.serve_http1(
+                    Box::new(conn),
+                    Duration::from_secs(PLAIN_KEEPALIVE_SECS),
                     shutdown,
-                    PLAIN_KEEPALIVE_SECS,
                 )
                 .await
-            }
-            FirstRequest::Connect(head, early) => self.tunnel(stream, *head, early, shutdown).await,
-            FirstRequest::BadConnect(deny) => {
-                // Nobody is identified yet: like any unidentified refusal, no audit record.
-                let id = crate::trace::random_hex(16);
-                write_refusal(&mut stream, &deny, &id).await;
             }
         }
         None
@@ -191,6 +272,7 @@ impl EgressApp {
         };
         let Opened {
             slot: _slot,
+            connection,
             identity,
             mode,
         } = opened;
@@ -213,7 +295,7 @@ impl EgressApp {
                 t.emit(&self.listener, Ok(()), 200);
             }
             Mode::Intercept(resolver) => {
-                self.intercept(stream, early, identity, resolver, t, shutdown)
+                self.intercept(stream, early, identity, resolver, connection, t, shutdown)
                     .await
             }
         }
@@ -232,9 +314,22 @@ impl EgressApp {
         let tenant = Arc::new(build_tenant_context(
             who.clone(),
             t.request_id.clone(),
-            &t.head.header,
+            crate::proxy::traceparent(&t.head.header.headers),
         ));
         t.tenant = Some(tenant.clone());
+        // The tunnel's client connection counts against its tenant for as long as it is open.
+        let max_connections = self.shared.config.limits.max_connections_per_tenant;
+        let connection = self
+            .shared
+            .connections
+            .try_open(&tenant.tenant, max_connections)
+            .ok_or_else(|| {
+                METRICS
+                    .overload_refusals
+                    .with_label_values(&["tenant_cap"])
+                    .inc();
+                Deny::ConnectionLimit(max_connections)
+            })?;
         // A closed run opens no tunnel: an opaque one carries no request that would be checked.
         self.shared.runs.sight(&tenant, &snapshot).await?;
 
@@ -316,6 +411,7 @@ impl EgressApp {
                 .map_err(|_| Deny::UpstreamUnreachable)?;
             return Ok(Opened {
                 slot,
+                connection,
                 identity: who,
                 mode: Mode::Opaque(upstream),
             });
@@ -333,6 +429,7 @@ impl EgressApp {
         }
         Ok(Opened {
             slot,
+            connection,
             identity: who,
             mode: Mode::Intercept(Arc::new(TunnelCertResolver::new(&host, minter.clone()))),
         })
@@ -347,6 +444,7 @@ impl EgressApp {
         early: Bytes,
         identity: ResolvedIdentity,
         resolver: Arc<TunnelCertResolver>,
+        connection: caps::TenantSlot,
         mut t: TunnelCtx,
         shutdown: &ShutdownWatch,
     ) {
@@ -402,33 +500,164 @@ impl EgressApp {
             self.http.process_new(Box::new(tls), shutdown).await;
             return;
         }
-        let idle = egress.tunnel_idle_timeout.as_secs().max(1);
-        serve_http(&self.http, Box::new(tls), shutdown, idle).await;
+        let facts = ConnFacts {
+            tunnel: Some(tunnel.clone()),
+            tenant_slot: OnceLock::from(Arc::new(connection)),
+        };
+        let idle = egress.tunnel_idle_timeout.max(Duration::from_secs(1));
+        let mut conn = Conn::new(Box::new(tls), b"", self.front_limits(), facts);
+        match conn.next_head(idle).await {
+            Ok(None) => {}
+            Ok(Some(head)) if head.connect => {
+                self.refuse_front(&mut conn, Deny::ConnectUnsupported).await
+            }
+            Ok(Some(_)) => self.serve_http1(Box::new(conn), idle, shutdown).await,
+            Err(violation) => self.refuse_front(&mut conn, violation.into()).await,
+        }
+    }
+
+    /// Serves HTTP/1.1 requests on `conn`, one checked request at a time, until the client is
+    /// done, a request is refused with the connection, or the connection cannot be read as HTTP
+    /// any more (a framing error, a protocol switch). `conn` holds a checked head on entry.
+    async fn serve_http1(&self, mut conn: Box<Conn>, idle: Duration, shutdown: &ShutdownWatch) {
+        loop {
+            let mut session = ServerSession::new_http1(conn);
+            session.set_keepalive(if *shutdown.borrow() {
+                None
+            } else {
+                Some(idle.as_secs().max(1))
+            });
+            let Some(reused) = self.http.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (stream, _settings) = reused.consume();
+            // pingora hands back the stream it was given; anything else is not ours to read.
+            let Ok(back) = stream.into_any().downcast::<Conn>() else {
+                return;
+            };
+            conn = back;
+            if !conn.reusable() || *shutdown.borrow() {
+                return;
+            }
+            match conn.next_head(idle).await {
+                Ok(None) => return,
+                Ok(Some(head)) if head.connect => {
+                    self.refuse_front(&mut conn, Deny::ConnectUnsupported).await;
+                    return;
+                }
+                Ok(Some(_)) => {}
+                Err(violation) => {
+                    self.refuse_front(&mut conn, violation.into()).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Refuses a request the front would not hand to pingora (a malformed head, a deadline
+    /// missed, a `CONNECT` inside a connection) with a JSON body, closes the connection, and
+    /// audits the refusal when the caller is known: the tunnel's identity, the listener's
+    /// binding, the client certificate, or a valid token in the refused head.
+    async fn refuse_front(&self, conn: &mut Conn, deny: Deny) {
+        let started = Instant::now();
+        let deny = match deny {
+            Deny::TooManyHeaders(_) => Deny::TooManyHeaders(self.shared.config.limits.max_headers),
+            other => other,
+        };
+        let request_id: Arc<str> = crate::trace::random_hex(16).into();
+        let head = conn.head_bytes();
+        let method = head
+            .split(|b| *b == b' ')
+            .next()
+            .filter(|m| !m.is_empty() && m.len() <= 16 && m.iter().all(u8::is_ascii_alphabetic))
+            .map_or_else(
+                || "-".to_string(),
+                |m| String::from_utf8_lossy(m).into_owned(),
+            );
+        let snapshot = self.shared.snapshot.load();
+        let who = match &conn.context().tunnel {
+            Some(t) => Some(t.identity.clone()),
+            None => {
+                let ssl = conn.get_ssl_digest();
+                let presented = Presented {
+                    proxy_authorization: single_header(head, b"proxy-authorization"),
+                    peer: ssl
+                        .as_deref()
+                        .and_then(|d| d.extension.get::<PeerCertificate>()),
+                };
+                identity::resolve(&self.listener, &snapshot, presented, unix_now()).ok()
+            }
+        };
+        let tunnel_id = conn.context().tunnel.as_ref().map(|t| t.id.clone());
+        let slot = who.as_ref().and_then(|_| self.shared.audit.reserve().ok());
+        let status = write_refusal(conn.stream_mut(), &deny, &request_id).await;
+        let reason = deny.code();
+        let tenant_label = who.as_ref().map(|w| w.tenant.as_str().to_string());
+        METRICS
+            .requests
+            .with_label_values(&[
+                Metrics::tenant_label(tenant_label.as_deref()),
+                "deny",
+                reason.as_str(),
+            ])
+            .inc();
+        tracing::info!(
+            request_id = %request_id,
+            tenant = Metrics::tenant_label(tenant_label.as_deref()),
+            listener = %self.listener.name,
+            method = %method,
+            reason = reason.as_str(),
+            status,
+            "request refused before the pipeline"
+        );
+        let (Some(who), Some(slot)) = (who, slot) else {
+            return;
+        };
+        let tenant = build_tenant_context(who, request_id, None);
+        slot.emit(AuditRecord {
+            tunnel: tunnel_id.map(|id| TunnelFields {
+                id: id.to_string(),
+                mode: "intercept",
+            }),
+            ..AuditRecord::of(
+                &tenant,
+                &self.listener.name,
+                method,
+                started.elapsed(),
+                AuditDecision::Deny,
+                reason,
+                status,
+            )
+        });
     }
 }
 
-/// Serves HTTP/1.1 on `stream` until the client is done, with keep-alive and pipelining (the
-/// pipeline turns pipelining on per session).
-async fn serve_http(
-    http: &Arc<HttpProxy<TenantProxy>>,
-    stream: Stream,
-    shutdown: &ShutdownWatch,
-    keepalive_secs: u64,
-) {
-    let mut session = ServerSession::new_http1(stream);
-    session.set_keepalive(if *shutdown.borrow() {
-        None
-    } else {
-        Some(keepalive_secs)
-    });
-    let mut result = http.process_new_http(session, shutdown).await;
-    while let Some((stream, settings)) = result.map(|r| r.consume()) {
-        let mut session = ServerSession::new_http1(stream);
-        if let Some(settings) = settings {
-            settings.apply_to_session(&mut session);
+/// The value of a header that appears exactly once in a raw head (none when it is absent or
+/// repeated: a refused head's identity is only used for its audit record, never guessed).
+fn single_header<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut found = None;
+    for line in head.split(|b| *b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        if line[..colon].eq_ignore_ascii_case(name) {
+            if found.is_some() {
+                return None;
+            }
+            let value = &line[colon + 1..];
+            let start = value
+                .iter()
+                .position(|b| !matches!(b, b' ' | b'\t'))
+                .unwrap_or(value.len());
+            let end = value
+                .iter()
+                .rposition(|b| !matches!(b, b' ' | b'\t'))
+                .map_or(start, |i| i + 1);
+            found = Some(&value[start..end]);
         }
-        result = http.process_new_http(session, shutdown).await;
     }
+    found
 }
 
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
@@ -439,7 +668,8 @@ enum Mode {
 }
 
 struct Opened {
-    slot: caps::TunnelSlot,
+    slot: caps::TenantSlot,
+    connection: caps::TenantSlot,
     identity: ResolvedIdentity,
     mode: Mode,
 }
@@ -455,7 +685,8 @@ impl TlsAccept for TunnelCallbacks {
         &self,
         _tls: &TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        Some(self.tunnel.clone())
+        // The extension holds an `Arc<Tunnel>`, so a request can keep the tunnel it came through.
+        Some(Arc::new(self.tunnel.clone()))
     }
 }
 

@@ -1,0 +1,529 @@
+//! A request head read strictly (RFC 9112), before pingora parses it.
+//!
+//! pingora's HTTP/1 parser is lenient where an egress proxy must be strict: it accepts bare LF
+//! line ends, drops `Content-Length` when `Transfer-Encoding` is present, treats any
+//! `Transfer-Encoding` ending in `chunked` as chunked, and buffers a head well past any cap
+//! before refusing it. Each of those lets the proxy decide one request while the upstream
+//! executes another (request smuggling). So every head is checked here first, and only a head
+//! that has exactly one reading reaches pingora:
+//!
+//! - lines end in CRLF, nothing else (a bare CR or LF anywhere refuses the head);
+//! - the request line is `method SP target SP HTTP/1.0|HTTP/1.1`, header names are tokens with
+//!   no space before the colon, values hold no control characters (httparse's strict mode);
+//! - at most `max_headers` fields and `max_bytes` bytes (checked as bytes arrive, so a head is
+//!   never buffered beyond the cap);
+//! - body framing has one reading: `Content-Length` once, digits only; `Transfer-Encoding`
+//!   exactly `chunked` (one coding, one field) and never on HTTP/1.0; never both;
+//! - HTTP/1.1 carries exactly one `Host`; an absolute-form target's authority equals it.
+//!
+//! [`HeadScanner`] finds the end of a head incrementally (each byte is looked at once, so a
+//! client trickling a head byte by byte costs linear time) and [`parse`] validates it.
+
+use pingora::protocols::http::authority::{
+    is_http_family_scheme, raw_target_authority, RawTargetAuthority,
+};
+
+/// Most header fields pingora can parse at all (its `MAX_HEADERS`); `max_headers` is capped here.
+pub const HARD_MAX_HEADERS: usize = 256;
+
+/// How large a head may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Bytes from the request line to the blank line that ends the head, inclusive.
+    pub max_bytes: usize,
+    /// Header fields.
+    pub max_headers: usize,
+}
+
+/// How the body that follows a head is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Which form the request target has (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetForm {
+    /// `/path?query`.
+    Origin,
+    /// `http://host/path` (forward proxying).
+    Absolute,
+    /// `host:port` (`CONNECT`).
+    Authority,
+    /// `*` (`OPTIONS`).
+    Asterisk,
+}
+
+/// A head that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Bytes of the head, including its final CRLF CRLF.
+    pub len: usize,
+    /// The body's framing.
+    pub framing: Framing,
+    /// `CONNECT`.
+    pub connect: bool,
+    /// The request asks to switch protocols (`Upgrade` nominated by `Connection`): after the
+    /// answer the connection may carry anything, so it is never read as HTTP again.
+    pub upgrade: bool,
+    /// The target's form.
+    pub target: TargetForm,
+}
+
+/// Why a head was refused. Each maps to a status and code in [`crate::error::Deny`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Over `max_bytes` without the blank line that ends it (431).
+    TooLarge,
+    /// Over `max_headers` fields (431).
+    TooManyHeaders,
+    /// Not a well-formed request head (400).
+    Malformed(&'static str),
+    /// Its body framing has more than one reading (400).
+    Framing(&'static str),
+    /// A transfer coding other than `chunked` (501).
+    UnsupportedTransferEncoding,
+    /// An absolute-form target whose authority differs from `Host` (400).
+    HostMismatch,
+}
+
+/// Finds the end of a head as its bytes arrive, refusing bare CR or LF and heads over the cap
+/// on the way. Feed it the growing buffer; each byte is examined once.
+#[derive(Debug, Default)]
+pub struct HeadScanner {
+    scanned: usize,
+    /// Leading empty lines (CRLF) skipped before the request line (RFC 9112 §2.2).
+    skipped: usize,
+    started: bool,
+}
+
+/// What the scanner knows after looking at the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// More bytes are needed.
+    Partial,
+    /// The head is `buf[start..end]`; bytes before `start` were empty lines to drop.
+    Complete {
+        /// Where the request line starts.
+        start: usize,
+        /// One past the head's final LF.
+        end: usize,
+    },
+}
+
+/// Empty lines tolerated before a request line (a client's stray CRLF after a body).
+const MAX_LEADING_EMPTY_LINES: usize = 4;
+
+impl HeadScanner {
+    /// Looks at the bytes of `buf` not seen yet. `buf` must only ever grow between calls.
+    pub fn scan(&mut self, buf: &[u8], limits: HeadLimits) -> Result<Scan, HeadError> {
+        while self.scanned < buf.len() {
+            let i = self.scanned;
+            let b = buf[i];
+            if !self.started {
+                // Leading CRLF pairs are skipped; anything else starts the request line.
+                match b {
+                    b'\r' => {
+                        if i + 1 >= buf.len() {
+                            return Ok(Scan::Partial);
+                        }
+                        if buf[i + 1] != b'\n' {
+                            return Err(HeadError::Malformed("a bare CR in the request head"));
+                        }
+                        self.skipped += 2;
+                        self.scanned += 2;
+                        if self.skipped / 2 > MAX_LEADING_EMPTY_LINES {
+                            return Err(HeadError::Malformed(
+                                "empty lines before the request line",
+                            ));
+                        }
+                        continue;
+                    }
+                    b'\n' => return Err(HeadError::Malformed("a bare LF in the request head")),
+                    _ => self.started = true,
+                }
+            }
+            match b {
+                b'\n' if i == 0 || buf[i - 1] != b'\r' => {
+                    return Err(HeadError::Malformed("a bare LF in the request head"));
+                }
+                b'\r' if i + 1 < buf.len() && buf[i + 1] != b'\n' => {
+                    return Err(HeadError::Malformed("a bare CR in the request head"));
+                }
+                b'\r' if i + 1 >= buf.len() => {
+                    // Decided once the next byte arrives.
+                    break;
+                }
+                b'\n' if i >= self.skipped + 3 && &buf[i - 3..=i] == b"\r\n\r\n" => {
+                    return Ok(Scan::Complete {
+                        start: self.skipped,
+                        end: i + 1,
+                    });
+                }
+                _ => {}
+            }
+            self.scanned += 1;
+            if self.scanned - self.skipped > limits.max_bytes {
+                return Err(HeadError::TooLarge);
+            }
+        }
+        if buf.len() - self.skipped > limits.max_bytes {
+            return Err(HeadError::TooLarge);
+        }
+        Ok(Scan::Partial)
+    }
+}
+
+/// Validates a complete head (`head` ends with CRLF CRLF, as [`HeadScanner`] found it).
+pub fn parse(head: &[u8], limits: HeadLimits) -> Result<Head, HeadError> {
+    if head.len() > limits.max_bytes {
+        return Err(HeadError::TooLarge);
+    }
+    // Bare CR/LF were refused by the scanner; checked again for callers that did not use it.
+    if head
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    {
+        return Err(HeadError::Malformed("a bare LF in the request head"));
+    }
+    let max_headers = limits.max_headers.min(HARD_MAX_HEADERS);
+    // One more slot than allowed, so "too many" is told apart from other errors.
+    let mut slots = [httparse::EMPTY_HEADER; HARD_MAX_HEADERS + 1];
+    let slots = &mut slots[..max_headers + 1];
+    let mut req = httparse::Request::new(slots);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        Ok(_) => {
+            return Err(HeadError::Malformed(
+                "the request head does not end where expected",
+            ))
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(httparse::Error::Version) => {
+            return Err(HeadError::Malformed(
+                "only HTTP/1.0 and HTTP/1.1 are accepted",
+            ))
+        }
+        Err(httparse::Error::HeaderName) => {
+            return Err(HeadError::Malformed("an invalid header name"))
+        }
+        Err(httparse::Error::HeaderValue) => {
+            return Err(HeadError::Malformed(
+                "a control character in a header value",
+            ))
+        }
+        Err(_) => return Err(HeadError::Malformed("an invalid request line")),
+    }
+    if req.headers.len() > max_headers {
+        return Err(HeadError::TooManyHeaders);
+    }
+    let method = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("");
+    let http10 = req.version == Some(0);
+    let connect = method == "CONNECT";
+
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut host: Option<&[u8]> = None;
+    let mut upgrade_field = false;
+    let mut upgrade_nominated = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            if content_length.is_some() {
+                return Err(HeadError::Framing("`Content-Length` given more than once"));
+            }
+            content_length = Some(parse_content_length(h.value)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if transfer_encoding.is_some() {
+                return Err(HeadError::UnsupportedTransferEncoding);
+            }
+            transfer_encoding = Some(h.value);
+        } else if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Err(HeadError::Malformed("more than one `Host` header"));
+            }
+            host = Some(h.value);
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_field = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            upgrade_nominated |=
+                connection_options(h.value).any(|o| o.eq_ignore_ascii_case(b"upgrade"));
+        }
+    }
+
+    let framing = match (content_length, transfer_encoding) {
+        (Some(_), Some(_)) => {
+            return Err(HeadError::Framing(
+                "both `Content-Length` and `Transfer-Encoding`",
+            ))
+        }
+        (_, Some(_)) if http10 => {
+            return Err(HeadError::Framing(
+                "`Transfer-Encoding` on an HTTP/1.0 request",
+            ))
+        }
+        (_, Some(te)) => {
+            if !trim_ows(te).eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError::UnsupportedTransferEncoding);
+            }
+            Framing::Chunked
+        }
+        (Some(0), None) | (None, None) => Framing::None,
+        (Some(n), None) => Framing::Length(n),
+    };
+
+    let form = if connect {
+        TargetForm::Authority
+    } else if target == "*" {
+        if method != "OPTIONS" {
+            return Err(HeadError::Malformed(
+                "an asterisk target on a method other than OPTIONS",
+            ));
+        }
+        TargetForm::Asterisk
+    } else if target.starts_with('/') {
+        TargetForm::Origin
+    } else {
+        TargetForm::Absolute
+    };
+    if !http10 && host.is_none() && !connect {
+        // RFC 9112 §3.2: absolute form included.
+        return Err(HeadError::Malformed("an HTTP/1.1 request without `Host`"));
+    }
+    if form == TargetForm::Absolute {
+        match raw_target_authority(target.as_bytes()) {
+            RawTargetAuthority::Absolute {
+                scheme, authority, ..
+            } => {
+                if authority.is_empty()
+                    || authority.contains(&b'@')
+                    || (is_http_family_scheme(scheme)
+                        && http::uri::Authority::try_from(authority).is_err())
+                {
+                    return Err(HeadError::Malformed(
+                        "an absolute-form target without a plain authority",
+                    ));
+                }
+                // Byte for byte, as pingora compares them (it would refuse any other difference
+                // with a bare 400 of its own).
+                if host.is_some_and(|h| h != authority) {
+                    return Err(HeadError::HostMismatch);
+                }
+            }
+            RawTargetAuthority::AmbiguousAuthority => {
+                return Err(HeadError::Malformed("an ambiguous absolute-form target"))
+            }
+            RawTargetAuthority::None => {
+                return Err(HeadError::Malformed(
+                    "a request target that is neither a path nor an absolute URI",
+                ))
+            }
+        }
+    }
+    if host.is_some_and(|h| h.contains(&b'@')) {
+        return Err(HeadError::Malformed("userinfo in `Host`"));
+    }
+    Ok(Head {
+        len: head.len(),
+        framing: if connect { Framing::None } else { framing },
+        connect,
+        upgrade: upgrade_field && upgrade_nominated,
+        target: form,
+    })
+}
+
+/// `1*DIGIT` that fits in 64 bits; no sign, no list, no spaces inside (RFC 9110 §8.6).
+fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
+    let v = trim_ows(value);
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(HeadError::Framing(
+            "`Content-Length` is not a single number",
+        ));
+    }
+    v.iter()
+        .try_fold(0u64, |n, d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .ok_or(HeadError::Framing("`Content-Length` is too large"))
+}
+
+/// The comma-separated options of a `Connection` field value, trimmed, empty ones skipped.
+pub fn connection_options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(trim_ows)
+        .filter(|o| !o.is_empty())
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_bytes: 4096,
+        max_headers: 100,
+    };
+
+    fn whole(head: &[u8]) -> Result<Head, HeadError> {
+        let mut s = HeadScanner::default();
+        match s.scan(head, LIMITS)? {
+            Scan::Complete { start, end } => parse(&head[start..end], LIMITS),
+            Scan::Partial => Err(HeadError::Malformed("partial")),
+        }
+    }
+
+    #[test]
+    fn well_formed_heads_and_their_framing() {
+        let cases: &[(&str, &[u8], Framing)] = &[
+            ("get", b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", Framing::None),
+            (
+                "length",
+                b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n",
+                Framing::Length(12),
+            ),
+            (
+                "zero length",
+                b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+                Framing::None,
+            ),
+            (
+                "chunked any case",
+                b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  ChUnKeD \r\n\r\n",
+                Framing::Chunked,
+            ),
+            (
+                "absolute",
+                b"GET http://a.example:8080/x HTTP/1.1\r\nHost: a.example:8080\r\n\r\n",
+                Framing::None,
+            ),
+            (
+                "http/1.0 without host",
+                b"GET /x HTTP/1.0\r\n\r\n",
+                Framing::None,
+            ),
+            (
+                "leading empty line",
+                b"\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+                Framing::None,
+            ),
+            (
+                "credential handle in the query",
+                b"GET /x?key=$CRED{g} HTTP/1.1\r\nHost: a\r\n\r\n",
+                Framing::None,
+            ),
+        ];
+        for (name, head, framing) in cases {
+            let h = whole(head).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert_eq!(h.framing, *framing, "{name}");
+        }
+        let c = whole(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").unwrap();
+        assert!(c.connect && c.target == TargetForm::Authority);
+        let u = whole(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+        assert!(u.upgrade);
+        let not_u = whole(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n").unwrap();
+        assert!(
+            !not_u.upgrade,
+            "Upgrade without Connection: upgrade is not a switch"
+        );
+    }
+
+    #[test]
+    fn every_ambiguous_head_is_refused() {
+        use HeadError::*;
+        let cases: &[(&str, &[u8], HeadError)] = &[
+            ("cl and te", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Framing("both `Content-Length` and `Transfer-Encoding`")),
+            ("te and cl", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", Framing("both `Content-Length` and `Transfer-Encoding`")),
+            ("chunked twice", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", UnsupportedTransferEncoding),
+            ("gzip, chunked", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", UnsupportedTransferEncoding),
+            ("two te fields", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", UnsupportedTransferEncoding),
+            ("identity", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", UnsupportedTransferEncoding),
+            ("http/1.0 te", b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Framing("`Transfer-Encoding` on an HTTP/1.0 request")),
+            ("cl twice same", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", Framing("`Content-Length` given more than once")),
+            ("cl list", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", Framing("`Content-Length` is not a single number")),
+            ("cl sign", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", Framing("`Content-Length` is not a single number")),
+            ("cl negative", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", Framing("`Content-Length` is not a single number")),
+            ("cl huge", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", Framing("`Content-Length` is not a single number")),
+            ("no host", b"GET /x HTTP/1.1\r\n\r\n", Malformed("an HTTP/1.1 request without `Host`")),
+            ("absolute no host", b"GET http://a/x HTTP/1.1\r\n\r\n", Malformed("an HTTP/1.1 request without `Host`")),
+            ("two hosts", b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Malformed("more than one `Host` header")),
+            ("host mismatch", b"GET http://a/x HTTP/1.1\r\nHost: b\r\n\r\n", HostMismatch),
+            ("userinfo", b"GET http://u@a/x HTTP/1.1\r\nHost: a\r\n\r\n", Malformed("an absolute-form target without a plain authority")),
+            ("http/2.0", b"GET /x HTTP/2.0\r\nHost: a\r\n\r\n", Malformed("only HTTP/1.0 and HTTP/1.1 are accepted")),
+            ("space before colon", b"GET /x HTTP/1.1\r\nHost : a\r\n\r\n", Malformed("an invalid header name")),
+            ("obs-fold", b"GET /x HTTP/1.1\r\nHost: a\r\n X: b\r\n\r\n", Malformed("an invalid header name")),
+            ("nul in value", b"GET /x HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", Malformed("a control character in a header value")),
+            ("double space", b"GET  /x HTTP/1.1\r\nHost: a\r\n\r\n", Malformed("an invalid request line")),
+            ("asterisk get", b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", Malformed("an asterisk target on a method other than OPTIONS")),
+        ];
+        for (name, head, want) in cases {
+            assert_eq!(whole(head), Err(*want), "{name}");
+        }
+    }
+
+    #[test]
+    fn bare_line_ends_are_refused_as_they_arrive() {
+        for head in [
+            &b"GET /x HTTP/1.1\nHost: a\r\n\r\n"[..],
+            b"GET /x HTTP/1.1\r\nHost: a\n\n",
+            b"GET /x HTTP/1.1\r\nHost: a\rX: b\r\n\r\n",
+            b"\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\rGET /x HTTP/1.1\r\n\r\n",
+        ] {
+            let mut s = HeadScanner::default();
+            assert!(
+                matches!(s.scan(head, LIMITS), Err(HeadError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    #[test]
+    fn the_caps_hold_before_the_head_ends() {
+        let limits = HeadLimits {
+            max_bytes: 64,
+            max_headers: 2,
+        };
+        let mut s = HeadScanner::default();
+        let long = [b"GET /x HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 100]].concat();
+        assert_eq!(s.scan(&long, limits), Err(HeadError::TooLarge));
+        let many = b"GET /x HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
+        assert_eq!(parse(many, limits), Err(HeadError::TooManyHeaders));
+        let exactly = b"GET /x HTTP/1.1\r\nHost: a\r\nA: 1\r\n\r\n";
+        assert!(parse(exactly, limits).is_ok());
+    }
+
+    #[test]
+    fn a_head_found_byte_by_byte_is_the_same_head() {
+        let head = b"\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        let mut s = HeadScanner::default();
+        let mut got = None;
+        for n in 1..=head.len() {
+            if let Scan::Complete { start, end } = s.scan(&head[..n], LIMITS).unwrap() {
+                got = Some((start, end));
+                break;
+            }
+        }
+        assert_eq!(got, Some((2, head.len() - 5)));
+    }
+}
