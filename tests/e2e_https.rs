@@ -908,6 +908,69 @@ fn mtls_spiffe_identity_for_tunnels_and_refusals_at_the_handshake() {
         "{recs:#?}"
     );
     assert!(mesh.h.proxy.metrics().contains("mtls_handshake_failures"));
+
+    // The mTLS listener's requests meet the same strict front: an ambiguously framed request
+    // is refused, audited for the certificate's workload, and the connection closed; nothing
+    // reaches the origin.
+    let smuggle = format!(
+        "POST http://127.0.0.1:{o}/public/smuggle HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\nGET http://127.0.0.1:{o}/public/behind HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\n\r\n",
+        o = origin.port
+    );
+    let mut tls = mesh.tls("acme-bot");
+    tls.write_all(smuggle.as_bytes()).unwrap();
+    let mut reader = BufReader::new(tls);
+    let r = read_response(&mut reader).unwrap();
+    r.assert_refused(400, "bad_framing");
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "closed after the refusal: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    let rec = mesh.h.proxy.audit_record("acme", &r.request_id());
+    assert_eq!(
+        (rec["identity_source"].as_str(), rec["reason"].as_str()),
+        (Some("mtls"), Some("bad_framing"))
+    );
+    assert_eq!(
+        origin.count(),
+        1,
+        "only the one allowed request ever reached the origin"
+    );
+}
+
+impl Mesh {
+    /// A TLS connection to the mTLS listener with `client`'s certificate.
+    fn tls(&self, client: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let d = self.dir.path();
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(d.join("mesh-ca.pem")).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(d.join(format!("{client}.pem")))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(d.join(format!("{client}-key.pem"))).unwrap();
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let sock = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
+        tls
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! `tenant-proxy-loadtest`: the mock upstream, and a bounded load comparison of direct calls
 //! against calls through tenant-proxy, printed as one Markdown table.
 
+mod slowloris;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -98,6 +99,35 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', value_parser = parse_row)]
         only: Vec<String>,
     },
+    /// Hold slow clients (trickled heads and bodies) open against the proxy for a while, with
+    /// normal requests beside them: when are they closed, what do normal requests see, how
+    /// much memory does the proxy use. Stops by itself after --duration.
+    Slowloris {
+        /// The tenant-proxy binary (found as for `run` by default).
+        #[arg(long)]
+        proxy_bin: Option<PathBuf>,
+        /// Slow heads held open at once (each reopened when the proxy closes it).
+        #[arg(long, default_value_t = 2_000)]
+        connections: usize,
+        /// Slow uploads held open at once.
+        #[arg(long, default_value_t = 200)]
+        slow_bodies: usize,
+        /// How long to keep it up.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// A slow client sends one byte this often.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        trickle: Duration,
+        /// The proxy's `client_header_timeout`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        header_timeout: Duration,
+        /// The proxy's `client_body_timeout`.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        body_timeout: Duration,
+        /// Keep-alive connections of normal traffic measured beside them.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +174,25 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             limit: duration_limit,
             new_tunnels,
             only,
+        })),
+        Cmd::Slowloris {
+            proxy_bin,
+            connections,
+            slow_bodies,
+            duration,
+            trickle,
+            header_timeout,
+            body_timeout,
+            concurrency,
+        } => rt.block_on(slowloris::run(slowloris::Args {
+            proxy_bin,
+            connections,
+            slow_bodies,
+            duration,
+            trickle,
+            header_timeout,
+            body_timeout,
+            concurrency,
         })),
     }
 }

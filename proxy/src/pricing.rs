@@ -428,8 +428,10 @@ unknown_model = "refuse"
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
         #[test]
-        fn settled_cost_never_exceeds_the_worst_case(
+        fn fuzz_settled_cost_never_exceeds_the_worst_case(
             input in 0u64..10_000_000, cached in 0u64..10_000_000, output in 0u64..1_000_000,
             extra in 0u64..1_000_000,
             pi in 0u64..100_000_000, pc in 0u64..100_000_000, po in 0u64..100_000_000,

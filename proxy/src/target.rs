@@ -392,4 +392,58 @@ mod tests {
             Err(Deny::BadRequest(_))
         ));
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(512)))]
+
+            /// Any target and `Host` never panic; whatever is accepted is normalized (lowercase
+            /// host, no brackets, no userinfo, no dot segments) and an absolute-form target
+            /// agrees with its `Host`.
+            #[test]
+            fn fuzz_any_target_and_host(
+                target in prop::collection::vec(any::<u8>(), 0..120),
+                host in prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
+            ) {
+                let host_ref = host.as_deref();
+                if let Ok(d) = resolve(&target, host_ref, &routes()) {
+                    prop_assert_eq!(&d.host, &d.host.to_ascii_lowercase());
+                    prop_assert!(!d.host.contains('[') && !d.host.contains('@'));
+                    prop_assert!(d.upstream_path.starts_with('/'));
+                    prop_assert!(check_path(&d.upstream_path).is_ok());
+                    if d.route.is_none() {
+                        let h = host_ref.ok_or_else(|| TestCaseError::fail("forward without Host"))?;
+                        prop_assert!(host_header_matches(h, &d.host, d.port, d.scheme));
+                    }
+                }
+                let _ = tunneled(&target, host_ref, "api.example", 443);
+            }
+
+            /// Absolute URLs built from parts come back as those parts, or are refused.
+            #[test]
+            fn fuzz_absolute_urls_round_trip(
+                host in "[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9-]{0,10}){0,3}",
+                port in prop::option::of(1u16..),
+                path in "(/[A-Za-z0-9_~-]{0,8}){0,4}",
+                https in any::<bool>(),
+            ) {
+                let scheme = if https { "https" } else { "http" };
+                let authority = match port { Some(p) => format!("{host}:{p}"), None => host.clone() };
+                let url = format!("{scheme}://{authority}{path}");
+                let d = resolve(url.as_bytes(), Some(authority.as_bytes()), &[])
+                    .map_err(|e| TestCaseError::fail(format!("{e:?}: {url}")))?;
+                prop_assert_eq!(&d.host, &host);
+                let default = if https { 443 } else { 80 };
+                prop_assert_eq!(d.port, port.unwrap_or(default));
+                let want_path = if path.is_empty() { "/".to_string() } else { path.clone() };
+                prop_assert_eq!(&d.upstream_path, &want_path);
+                // Any other Host is a mismatch.
+                let other = format!("x{authority}");
+                prop_assert!(resolve(url.as_bytes(), Some(other.as_bytes()), &[]).is_err());
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -75,6 +75,28 @@ impl Origin {
         Self { port, seen }
     }
 
+    /// The same origin over TLS with the certificate `pair` (plus a connection counter).
+    pub fn start_tls(pair: &tenant_proxy_loadtest::tls::PemPair) -> Self {
+        let config = tenant_proxy_loadtest::tls::server_config(pair).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let seen = seen2.clone();
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    let Ok(conn) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    serve_recorded(rustls::StreamOwned::new(conn, stream), seen)
+                });
+            }
+        });
+        Self { port, seen }
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.seen.lock().unwrap().clone()
     }
@@ -93,8 +115,12 @@ impl Origin {
 }
 
 fn serve_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Recorded>>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = stream;
+    serve_recorded(stream, seen)
+}
+
+/// Serves the recording origin on one connection (plain or TLS).
+fn serve_recorded<S: Read + Write>(stream: S, seen: Arc<Mutex<Vec<Recorded>>>) {
+    let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -149,7 +175,7 @@ fn serve_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Recorded>>>) {
             body,
         });
         if target.contains("/reset/") {
-            let _ = out.shutdown(Shutdown::Both);
+            return;
             return;
         }
         if target.contains("/slow/") {
@@ -171,7 +197,7 @@ fn serve_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Recorded>>>) {
                 "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-echo: {auth}\r\ncontent-length: {}\r\n\r\n{body}",
                 body.len()
             );
-            if out.write_all(resp.as_bytes()).is_err() {
+            if reader.get_mut().write_all(resp.as_bytes()).is_err() {
                 return;
             }
             continue;
@@ -182,7 +208,7 @@ fn serve_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Recorded>>>) {
             resp_body.len(),
             resp_body
         );
-        if out.write_all(resp.as_bytes()).is_err() {
+        if reader.get_mut().write_all(resp.as_bytes()).is_err() {
             return;
         }
     }

@@ -147,11 +147,11 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(4096)))]
 
         /// An IPv4 address has a reason exactly when it is in one of the listed ranges.
         #[test]
-        fn v4_refused_iff_listed(n in prop_oneof![any::<u32>(), near_v4_edges()]) {
+        fn fuzz_v4_refused_iff_listed(n in prop_oneof![any::<u32>(), near_v4_edges()]) {
             let addr = IpAddr::V4(Ipv4Addr::from(n));
             let listed = nets(V4_LISTED).iter().any(|net| net.contains(&addr));
             prop_assert_eq!(non_global_reason(addr).is_some(), listed, "{}", addr);
@@ -160,7 +160,7 @@ mod tests {
         /// An IPv6 address passes exactly when it is in 2000::/3 and none of the ranges refused
         /// inside it.
         #[test]
-        fn v6_allowed_iff_global_and_unlisted(n in prop_oneof![any::<u128>(), near_v6_edges()]) {
+        fn fuzz_v6_allowed_iff_global_and_unlisted(n in prop_oneof![any::<u128>(), near_v6_edges()]) {
             let addr = IpAddr::V6(Ipv6Addr::from(n));
             let global: IpNet = V6_GLOBAL.parse().expect("net");
             let allowed = global.contains(&addr)

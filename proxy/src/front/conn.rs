@@ -76,8 +76,11 @@ enum Phase {
     Poisoned,
 }
 
-/// Bytes read from the client at a time.
+/// Bytes read from the client at a time for a body (bounded by what the body still needs).
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read at a time for a head or between requests: most heads fit, and a connection that
+/// only trickles (the common attack) holds little.
+const HEAD_CHUNK: usize = 2 * 1024;
 
 /// A client connection serving one checked request at a time; `C` is what the application
 /// attaches to the connection (the pipeline finds it by downcasting pingora's stream).
@@ -115,7 +118,7 @@ impl<C> std::fmt::Debug for FrontConn<C> {
 impl<C: Send + Sync + 'static> FrontConn<C> {
     /// Wraps a client stream; `early` are bytes already read from it (a `CONNECT`'s early data).
     pub fn new(inner: Stream, early: &[u8], limits: FrontLimits, context: C) -> Self {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK.min(limits.head.max_bytes.max(1024)));
+        let mut buf = BytesMut::with_capacity(HEAD_CHUNK.max(early.len()));
         buf.extend_from_slice(early);
         Self {
             inner,
@@ -292,8 +295,17 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // Read what the current phase can use: a body's remainder (up to a chunk), otherwise
+        // a small read (between requests only the client's close matters).
+        let want = match &self.phase {
+            Phase::Length(left) => usize::try_from(*left)
+                .unwrap_or(READ_CHUNK)
+                .clamp(1, READ_CHUNK),
+            Phase::Chunked(_) | Phase::Raw => READ_CHUNK,
+            Phase::Done | Phase::Poisoned => HEAD_CHUNK,
+        };
         let start = self.buf.len();
-        self.buf.resize(start + READ_CHUNK, 0);
+        self.buf.resize(start + want, 0);
         let mut rb = ReadBuf::new(&mut self.buf[start..]);
         let polled = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
         let n = rb.filled().len();
@@ -311,9 +323,9 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
     }
 }
 
-/// Reads more of `inner` into `buf`; `Ok(0)` at the end of the stream.
+/// Reads more of a head from `inner` into `buf`; `Ok(0)` at the end of the stream.
 async fn fill(inner: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
-    buf.reserve(READ_CHUNK);
+    buf.reserve(HEAD_CHUNK);
     inner.read_buf(buf).await
 }
 

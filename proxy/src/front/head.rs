@@ -378,6 +378,7 @@ fn trim_ows(v: &[u8]) -> &[u8] {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const LIMITS: HeadLimits = HeadLimits {
         max_bytes: 4096,
@@ -525,5 +526,144 @@ mod tests {
             }
         }
         assert_eq!(got, Some((2, head.len() - 5)));
+    }
+
+    /// Scans `bytes` fed in the given pieces; the first verdict that is not `Partial`.
+    fn scan_in_pieces(bytes: &[u8], cuts: &[usize]) -> Result<Scan, HeadError> {
+        let mut s = HeadScanner::default();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.push(bytes.len());
+        points.sort_unstable();
+        let mut last = Ok(Scan::Partial);
+        for p in points {
+            last = s.scan(&bytes[..p], LIMITS);
+            if !matches!(last, Ok(Scan::Partial)) {
+                return last;
+            }
+        }
+        last
+    }
+
+    fn header_name() -> impl Strategy<Value = String> {
+        "[A-Za-z][A-Za-z0-9-]{0,12}".prop_filter("not a framing or host field", |n| {
+            ![
+                "content-length",
+                "transfer-encoding",
+                "host",
+                "connection",
+                "upgrade",
+            ]
+            .contains(&n.to_ascii_lowercase().as_str())
+        })
+    }
+
+    /// Every way of writing both framing headers (case, whitespace, order, values).
+    fn smuggling_pair() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(vec!["Content-Length", "content-length", "CONTENT-LENGTH"]),
+            0u32..100,
+            prop::sample::select(vec![
+                "Transfer-Encoding",
+                "transfer-encoding",
+                "TRANSFER-encoding",
+            ]),
+            prop::sample::select(vec!["chunked", "Chunked", " chunked ", "\tchunked"]),
+            any::<bool>(),
+        )
+            .prop_map(|(cl, n, te, v, cl_first)| {
+                let (a, b) = (format!("{cl}: {n}\r\n"), format!("{te}:{v}\r\n"));
+                if cl_first {
+                    a + &b
+                } else {
+                    b + &a
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(512)))]
+
+        /// Arbitrary bytes never panic; scanning in pieces finds what scanning whole finds;
+        /// whatever is accepted parses to a head no longer than its input.
+        #[test]
+        fn fuzz_any_bytes_never_panic_and_pieces_agree(
+            bytes in prop::collection::vec(any::<u8>(), 0..300),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let whole = HeadScanner::default().scan(&bytes, LIMITS);
+            prop_assert_eq!(scan_in_pieces(&bytes, &cuts), whole);
+            if let Ok(Scan::Complete { start, end }) = whole {
+                prop_assert!(start <= end && end <= bytes.len());
+                if let Ok(h) = parse(&bytes[start..end], LIMITS) {
+                    prop_assert_eq!(h.len, end - start);
+                }
+            }
+        }
+
+        /// Well-formed heads are accepted with the framing they declare, however they arrive.
+        #[test]
+        fn fuzz_well_formed_heads_are_accepted(
+            fields in prop::collection::vec((header_name(), "[ -~]{0,20}"), 0..20),
+            length in prop::option::of(0u64..100_000),
+            cuts in prop::collection::vec(any::<usize>(), 0..4),
+        ) {
+            let mut head = String::from("POST /v1/chat/completions HTTP/1.1\r\nHost: api.example\r\n");
+            for (n, v) in &fields {
+                head.push_str(&format!("{n}: {}\r\n", v.trim()));
+            }
+            if let Some(n) = length {
+                head.push_str(&format!("Content-Length: {n}\r\n"));
+            }
+            head.push_str("\r\n");
+            let bytes = head.as_bytes();
+            let Ok(Scan::Complete { start, end }) = scan_in_pieces(bytes, &cuts) else {
+                return Err(TestCaseError::fail(format!("not complete: {head:?}")));
+            };
+            let h = parse(&bytes[start..end], LIMITS).map_err(|e| TestCaseError::fail(format!("{e:?}: {head:?}")))?;
+            let want = match length {
+                None | Some(0) => Framing::None,
+                Some(n) => Framing::Length(n),
+            };
+            prop_assert_eq!(h.framing, want);
+        }
+
+        /// `Content-Length` with `Transfer-Encoding`, however written, is always refused.
+        #[test]
+        fn fuzz_both_framing_headers_are_always_refused(
+            pair in smuggling_pair(),
+            before in prop::collection::vec((header_name(), "[a-z0-9]{0,8}"), 0..5),
+        ) {
+            let mut head = String::from("POST /x HTTP/1.1\r\nHost: a\r\n");
+            for (n, v) in &before {
+                head.push_str(&format!("{n}: {v}\r\n"));
+            }
+            head.push_str(&pair);
+            head.push_str("\r\n");
+            let bytes = head.as_bytes();
+            let got = match HeadScanner::default().scan(bytes, LIMITS) {
+                Ok(Scan::Complete { start, end }) => parse(&bytes[start..end], LIMITS),
+                other => return Err(TestCaseError::fail(format!("{other:?}"))),
+            };
+            prop_assert!(matches!(got, Err(HeadError::Framing(_))), "{:?}: {:?}", got, head);
+        }
+
+        /// A bare LF or CR anywhere in an otherwise valid head is refused.
+        #[test]
+        fn fuzz_a_bare_line_end_anywhere_is_refused(at in any::<prop::sample::Index>(), cr in any::<bool>()) {
+            let head = b"GET /x HTTP/1.1\r\nHost: a\r\nX-One: 1\r\n\r\n";
+            // Remove one CR (leaving a bare LF) or one LF (leaving a bare CR).
+            let positions: Vec<usize> = head.iter().enumerate()
+                .filter(|(_, b)| **b == if cr { b'\r' } else { b'\n' }).map(|(i, _)| i).collect();
+            let mut broken = head.to_vec();
+            broken.remove(positions[at.index(positions.len())]);
+            let got = HeadScanner::default().scan(&broken, LIMITS);
+            let refused = match got {
+                Err(HeadError::Malformed(_)) => true,
+                // A removed final LF leaves a head that has not ended yet.
+                Ok(Scan::Partial) => broken.ends_with(b"\r"),
+                _ => false,
+            };
+            prop_assert!(refused, "{:?} for {:?}", got, String::from_utf8_lossy(&broken));
+        }
     }
 }

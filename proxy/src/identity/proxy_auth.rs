@@ -246,15 +246,15 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2048))]
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(2048)))]
 
         #[test]
-        fn never_panics_on_any_bytes(input in proptest::collection::vec(any::<u8>(), 0..512)) {
+        fn fuzz_never_panics_on_any_bytes(input in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse_proxy_authorization(&input);
         }
 
         #[test]
-        fn never_panics_after_a_scheme(
+        fn fuzz_never_panics_after_a_scheme(
             scheme in prop_oneof![Just("Bearer "), Just("Basic "), Just("bAsIc  ")],
             rest in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
@@ -263,7 +263,7 @@ mod tests {
         }
 
         #[test]
-        fn basic_round_trips(user in "[a-z0-9_-]{0,20}", token in "[A-Za-z0-9._~+/:-]{1,200}") {
+        fn fuzz_basic_round_trips(user in "[a-z0-9_-]{0,20}", token in "[A-Za-z0-9._~+/:-]{1,200}") {
             let header = basic(&format!("{user}:{token}"));
             match parse_proxy_authorization(header.as_bytes()) {
                 Ok(ProxyCredential::Basic { username, password }) => {
@@ -275,7 +275,7 @@ mod tests {
         }
 
         #[test]
-        fn oversized_is_refused(extra in 1usize..64) {
+        fn fuzz_oversized_is_refused(extra in 1usize..64) {
             let input = vec![b'a'; MAX_LEN + extra];
             prop_assert_eq!(parse_proxy_authorization(&input).err(), Some(ProxyAuthError::TooLong));
         }

@@ -1434,15 +1434,15 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(512)))]
 
         #[test]
-        fn verify_never_panics_on_any_string(token in any::<String>()) {
+        fn fuzz_verify_never_panics_on_any_string(token in any::<String>()) {
             let _ = verifier().verify(&token, NOW);
         }
 
         #[test]
-        fn verify_refuses_unsigned_structured_garbage(
+        fn fuzz_verify_refuses_unsigned_structured_garbage(
             header in prop_oneof![
                 Just(br#"{"alg":"EdDSA","kid":"test-ed"}"#.to_vec()),
                 Just(br#"{"alg":"ES256","kid":"test-es"}"#.to_vec()),
@@ -1458,7 +1458,7 @@ mod tests {
         }
 
         #[test]
-        fn signed_claims_never_panic(
+        fn fuzz_signed_claims_never_panic(
             exp in any::<u64>(),
             iat in any::<u64>(),
             nbf in proptest::option::of(any::<u64>()),
@@ -1479,7 +1479,7 @@ mod tests {
         }
 
         #[test]
-        fn jwks_parser_never_panics(text in any::<String>()) {
+        fn fuzz_jwks_parser_never_panics(text in any::<String>()) {
             let _ = KeySet::from_jwks_json(&text);
         }
     }

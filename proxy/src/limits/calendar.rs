@@ -239,10 +239,12 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
         /// Periods tile time: each contains its instant, starts where the previous ended, and
         /// ends where the next starts, with ids that only grow.
         #[test]
-        fn periods_tile_time(
+        fn fuzz_periods_tile_time(
             s in 172_800i64..4_102_444_800,
             zone in proptest::sample::select(vec![
                 "UTC", "America/New_York", "Europe/Berlin", "Asia/Kathmandu",

@@ -352,10 +352,36 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
+        /// Arbitrary bytes, as JSON or as an event stream, in any chunks: never a panic, and a
+        /// usage read only when the bytes hold one.
+        #[test]
+        fn fuzz_arbitrary_bodies_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            sse in proptest::prelude::any::<bool>(),
+            splits in proptest::collection::vec(0usize..600, 0..6),
+        ) {
+            let mut cuts: Vec<usize> = splits.into_iter().map(|s| s % (body.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut last = 0;
+            for c in cuts {
+                chunks.push(&body[last..c]);
+                last = c;
+            }
+            chunks.push(&body[last..]);
+            let ct = if sse { "text/event-stream" } else { "application/json" };
+            let m = fed(ct, &chunks);
+            if m.finish().is_some() {
+                proptest::prop_assert!(body.windows(5).any(|w| w == b"usage" || w == b"Usage"));
+            }
+        }
+
         /// Any chunking of any of the real streams, with `\n`, `\r\n` or `\r` line ends, meters
         /// the same usage and the same estimate as the stream read whole.
         #[test]
-        fn any_chunking_and_line_ending_meters_the_same(
+        fn fuzz_any_chunking_and_line_ending_meters_the_same(
             which in 0usize..3,
             ending in 0usize..3,
             splits in proptest::collection::vec(0usize..4096, 0..16),

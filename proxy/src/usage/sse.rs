@@ -112,8 +112,10 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
         #[test]
-        fn any_chunking_gives_the_same_events(splits in proptest::collection::vec(0usize..200, 0..8)) {
+        fn fuzz_any_chunking_gives_the_same_events(splits in proptest::collection::vec(0usize..200, 0..8)) {
             let stream = b"data: {\"x\":1}\r\n\r\n: comment\n\ndata: line1\ndata: line2\n\ndata: [DONE]\n\n";
             let whole = events(&[stream]);
             let mut cuts: Vec<usize> = splits.into_iter().map(|s| s % stream.len()).collect();
@@ -126,7 +128,7 @@ mod tests {
         }
 
         #[test]
-        fn never_panics(input in proptest::collection::vec(any::<u8>(), 0..1024)) {
+        fn fuzz_never_panics(input in proptest::collection::vec(any::<u8>(), 0..1024)) {
             let mut p = SseParser::default();
             p.feed(&input, &mut |_| {});
         }

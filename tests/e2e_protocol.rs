@@ -1,0 +1,746 @@
+//! Protocol hardening end to end, with raw bytes on sockets and capture upstreams that record
+//! every request they receive: no smuggled request, no slow client and no malformed head gets
+//! past or wears down the proxy, on the sidecar and token listeners and inside intercepted
+//! tunnels.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
+
+mod support;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tenant_proxy_loadtest::tls::TestCa;
+
+/// Where a case's request goes: the request target and `Host` to write.
+#[derive(Clone)]
+struct Aim {
+    /// Absolute-form URL (forward mode) or a path (inside a tunnel), without the case's path.
+    base: String,
+    host: String,
+    /// Extra header lines on every request (a token).
+    extra: String,
+}
+
+impl Aim {
+    fn target(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// One malformed request: its bytes, and the refusal it must get. `closes`: the connection
+/// must be closed after the refusal (and a request sent behind it never served).
+struct Case {
+    name: &'static str,
+    bytes: Vec<u8>,
+    status: u16,
+    code: &'static str,
+    closes: bool,
+}
+
+/// A valid request sent right behind each malformed one, on the same connection: it must never
+/// reach the upstream.
+fn behind(aim: &Aim) -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\n{}\r\n",
+        aim.target("/acme/smuggled"),
+        aim.host,
+        aim.extra
+    )
+}
+
+fn cases(aim: &Aim) -> Vec<Case> {
+    let (h, x) = (&aim.host, &aim.extra);
+    let post = |path: &str, headers: &str, body: &str| -> Vec<u8> {
+        format!(
+            "POST {} HTTP/1.1\r\nHost: {h}\r\n{x}{headers}\r\n{body}{}",
+            aim.target(path),
+            behind(aim)
+        )
+        .into_bytes()
+    };
+    let chunked = |path: &str, body: &str| post(path, "Transfer-Encoding: chunked\r\n", body);
+    let case = |name, bytes, status, code, closes| Case {
+        name,
+        bytes,
+        status,
+        code,
+        closes,
+    };
+    let mut many_headers = format!(
+        "GET {} HTTP/1.1\r\nHost: {h}\r\n{x}",
+        aim.target("/acme/proto-many")
+    );
+    for i in 0..120 {
+        many_headers.push_str(&format!("X-H{i}: {i}\r\n"));
+    }
+    many_headers.push_str("\r\n");
+    vec![
+        case(
+            "content-length and transfer-encoding",
+            post(
+                "/acme/proto-clte",
+                "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+                "8\r\nSMUGGLED\r\n0\r\n\r\n",
+            ),
+            400,
+            "bad_framing",
+            true,
+        ),
+        case(
+            "transfer-encoding and content-length",
+            post(
+                "/acme/proto-tecl",
+                "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+                "8\r\nSMUGGLED\r\n0\r\n\r\n",
+            ),
+            400,
+            "bad_framing",
+            true,
+        ),
+        case(
+            "chunked, chunked",
+            post("/acme/proto-cc", "Transfer-Encoding: chunked, chunked\r\n", "0\r\n\r\n"),
+            501,
+            "unsupported_transfer_encoding",
+            true,
+        ),
+        case(
+            "gzip, chunked",
+            post("/acme/proto-gz", "Transfer-Encoding: gzip, chunked\r\n", "0\r\n\r\n"),
+            501,
+            "unsupported_transfer_encoding",
+            true,
+        ),
+        case(
+            "two transfer-encoding fields",
+            post(
+                "/acme/proto-tete",
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                "0\r\n\r\n",
+            ),
+            501,
+            "unsupported_transfer_encoding",
+            true,
+        ),
+        case(
+            "http/1.0 with transfer-encoding",
+            format!(
+                "POST {} HTTP/1.0\r\nHost: {h}\r\n{x}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{}",
+                aim.target("/acme/proto-10"),
+                behind(aim)
+            )
+            .into_bytes(),
+            400,
+            "bad_framing",
+            true,
+        ),
+        case(
+            "bare LF in a chunk line",
+            chunked("/acme/proto-lf", "2;ext\nxx\r\n45\r\n0\r\n\r\n"),
+            400,
+            "bad_framing",
+            true,
+        ),
+        case(
+            "bare LF after a chunk size",
+            chunked("/acme/proto-lf2", "5\nhello\r\n0\r\n\r\n"),
+            400,
+            "bad_framing",
+            true,
+        ),
+        case("chunk size zz", chunked("/acme/proto-zz", "zz\r\nhello\r\n0\r\n\r\n"), 400, "bad_framing", true),
+        case("chunk size -5", chunked("/acme/proto-neg", "-5\r\nhello\r\n0\r\n\r\n"), 400, "bad_framing", true),
+        case(
+            "oversize chunk size",
+            chunked("/acme/proto-big", "1ffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
+            400,
+            "bad_framing",
+            true,
+        ),
+        case(
+            "chunk data longer than its size",
+            chunked("/acme/proto-long", "3\r\nhello\r\n0\r\n\r\n"),
+            400,
+            "bad_framing",
+            true,
+        ),
+        case(
+            "content-length twice",
+            post("/acme/proto-clcl", "Content-Length: 2\r\nContent-Length: 2\r\n", "hi"),
+            400,
+            "bad_framing",
+            true,
+        ),
+        case(
+            "bare LF in the head",
+            format!("GET {} HTTP/1.1\nHost: {h}\r\n{x}\r\n", aim.target("/acme/proto-headlf")).into_bytes(),
+            400,
+            "bad_request",
+            true,
+        ),
+        case(
+            "obs-fold",
+            format!("GET {} HTTP/1.1\r\nHost: {h}\r\n{x}X-A: a\r\n  folded\r\n\r\n", aim.target("/acme/proto-fold")).into_bytes(),
+            400,
+            "bad_request",
+            true,
+        ),
+        case(
+            "space before a colon",
+            format!("GET {} HTTP/1.1\r\nHost: {h}\r\n{x}X-A : a\r\n\r\n", aim.target("/acme/proto-space")).into_bytes(),
+            400,
+            "bad_request",
+            true,
+        ),
+        case("120 header fields", many_headers.into_bytes(), 431, "too_many_headers", true),
+        case(
+            "Connection: Host",
+            format!("GET {} HTTP/1.1\r\nHost: {h}\r\n{x}Connection: Host\r\n\r\n", aim.target("/acme/proto-connhost")).into_bytes(),
+            400,
+            "bad_connection_header",
+            false,
+        ),
+        case(
+            "Connection: traceparent",
+            format!("GET {} HTTP/1.1\r\nHost: {h}\r\n{x}Connection: keep-alive, traceparent\r\n\r\n", aim.target("/acme/proto-conntp")).into_bytes(),
+            400,
+            "bad_connection_header",
+            false,
+        ),
+        case(
+            "Connection: Authorization",
+            format!("GET {} HTTP/1.1\r\nHost: {h}\r\n{x}Connection: authorization\r\nAuthorization: Bearer x\r\n\r\n", aim.target("/acme/proto-connauth")).into_bytes(),
+            400,
+            "bad_connection_header",
+            false,
+        ),
+    ]
+}
+
+/// Writes `bytes` on `s` and reads one response; then whether the proxy closed the connection
+/// (EOF within a few seconds, nothing more sent).
+fn exchange<S: Read + Write>(mut s: S, bytes: &[u8]) -> (Response, bool) {
+    s.write_all(bytes).unwrap();
+    s.flush().unwrap();
+    let mut reader = BufReader::new(s);
+    let resp = read_response(&mut reader).unwrap();
+    let mut rest = [0u8; 64];
+    let closed = matches!(reader.read(&mut rest), Ok(0) | Err(_));
+    (resp, closed)
+}
+
+fn plain(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Checks every case on fresh connections from `open`; returns (case name, request id) of each.
+fn run_cases<S: Read + Write>(
+    aim: &Aim,
+    mut open: impl FnMut() -> S,
+) -> Vec<(&'static str, String)> {
+    let mut ids = Vec::new();
+    for case in cases(aim) {
+        let (resp, closed) = exchange(open(), &case.bytes);
+        assert_eq!(
+            (resp.status, resp.code().as_str()),
+            (case.status, case.code),
+            "{}: {}",
+            case.name,
+            resp.body_text()
+        );
+        let body = resp.json();
+        assert_eq!(
+            body["error"]["request_id"].as_str(),
+            Some(resp.request_id().as_str()),
+            "{}: the request id is in the body and the header",
+            case.name
+        );
+        if case.closes {
+            assert!(closed, "{}: the connection must be closed", case.name);
+        }
+        ids.push((case.name, resp.request_id()));
+    }
+    ids
+}
+
+/// Nothing a malformed request carried, or sent behind it, reached the upstream.
+fn assert_nothing_smuggled(origin: &Origin) {
+    let leaked: Vec<String> = origin
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.target.contains("proto-")
+                || r.target.contains("smuggled")
+                || String::from_utf8_lossy(&r.body).contains("SMUGGLED")
+        })
+        .map(|r| format!("{} {}", r.method, r.target))
+        .collect();
+    assert!(leaked.is_empty(), "reached the upstream: {leaked:?}");
+}
+
+/// A valid chunked request and two pipelined requests on one connection all reach the
+/// upstream, framed as the client framed them (the strictness refuses only what is ambiguous).
+fn assert_valid_requests_pass<S: Read + Write>(aim: &Aim, origin: &Origin, mut s: S) {
+    let (h, x) = (&aim.host, &aim.extra);
+    let pipelined = format!(
+        "POST {} HTTP/1.1\r\nHost: {h}\r\n{x}Transfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
+         GET {} HTTP/1.1\r\nHost: {h}\r\n{x}\r\n\
+         POST {} HTTP/1.1\r\nHost: {h}\r\n{x}Content-Length: 4\r\n\r\nbody",
+        aim.target("/acme/ok-chunked"),
+        aim.target("/acme/ok-get"),
+        aim.target("/acme/ok-post"),
+    );
+    s.write_all(pipelined.as_bytes()).unwrap();
+    let mut reader = BufReader::new(s);
+    for _ in 0..3 {
+        let r = read_response(&mut reader).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+    let ok: Vec<(String, Vec<u8>)> = origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains("/acme/ok-"))
+        .map(|r| (r.target, r.body))
+        .collect();
+    assert_eq!(
+        ok,
+        vec![
+            ("/acme/ok-chunked".to_string(), b"hello world".to_vec()),
+            ("/acme/ok-get".to_string(), Vec::new()),
+            ("/acme/ok-post".to_string(), b"body".to_vec()),
+        ]
+    );
+}
+
+fn start(origin: &Origin, limits: &'static str, egress_extra: &str) -> Proxy {
+    Proxy::start(ProxySpec {
+        limits,
+        egress: format!("allow = [\"127.0.0.1/32\"]\n{egress_extra}"),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn malformed_requests_are_refused_and_closed_on_the_sidecar_and_token_listeners() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "", "");
+    let host = format!("127.0.0.1:{}", origin.port);
+    let sidecar = Aim {
+        base: format!("http://{host}"),
+        host: host.clone(),
+        extra: String::new(),
+    };
+    let ids = run_cases(&sidecar, || plain(proxy.sidecar_port));
+    // The sidecar listener always knows its caller: every refusal is audited with its code.
+    for ((name, id), case) in ids.iter().zip(cases(&sidecar)) {
+        let rec = proxy.audit_record("acme", id);
+        assert_eq!(rec["decision"], "deny", "{name}");
+        assert_eq!(rec["reason"], case.code, "{name}");
+        assert_eq!(rec["status"], case.status, "{name}");
+    }
+
+    let token = token_for("acme", "researcher");
+    let shared = Aim {
+        extra: format!("Proxy-Authorization: Bearer {token}\r\n"),
+        ..sidecar.clone()
+    };
+    let ids = run_cases(&shared, || plain(proxy.shared_port));
+    // A refused head that still carries one valid token is audited for that token's tenant.
+    let (_, smuggle_id) = &ids[0];
+    let rec = proxy.audit_record("acme", smuggle_id);
+    assert_eq!(
+        (rec["workload"].as_str(), rec["reason"].as_str()),
+        (Some("researcher"), Some("bad_framing"))
+    );
+    // Route mode frames the same way.
+    let route = Aim {
+        base: String::new(),
+        host: "proxy".into(),
+        extra: String::new(),
+    };
+    let (resp, closed) = exchange(
+        plain(proxy.sidecar_port),
+        format!(
+            "POST /up/acme/proto-route HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n{}",
+            behind(&route)
+        )
+        .as_bytes(),
+    );
+    resp.assert_refused(400, "bad_framing");
+    assert!(closed);
+
+    assert_nothing_smuggled(&origin);
+    assert_valid_requests_pass(&sidecar, &origin, plain(proxy.sidecar_port));
+}
+
+#[test]
+fn absolute_form_targets_must_agree_with_host_and_name_it() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "", "");
+    let url = format!("http://127.0.0.1:{}/acme/proto-abs", origin.port);
+    let r = raw_request(
+        proxy.sidecar_port,
+        &format!("GET {url} HTTP/1.1\r\nHost: other.example\r\n\r\n"),
+    )
+    .unwrap();
+    r.assert_refused(400, "host_mismatch");
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert_eq!(rec["reason"], "host_mismatch");
+    let r = raw_request(proxy.sidecar_port, &format!("GET {url} HTTP/1.1\r\n\r\n")).unwrap();
+    let body = r.assert_refused(400, "bad_request");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("Host"),
+        "{body}"
+    );
+    assert_nothing_smuggled(&origin);
+}
+
+#[test]
+fn a_head_is_cut_at_its_size_cap_without_being_buffered_past_it() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "", "");
+    let mut s = plain(proxy.sidecar_port);
+    s.write_all(b"GET /acme/proto-huge HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        .unwrap();
+    // Keep sending past the 32 KiB cap: the refusal arrives while the client is still writing.
+    let pad = vec![b'a'; 8 * 1024];
+    let mut sent = 0;
+    let mut refused = false;
+    while sent < 1024 * 1024 {
+        if s.write_all(&pad).is_err() {
+            refused = true;
+            break;
+        }
+        sent += pad.len();
+    }
+    let mut reader = BufReader::new(s);
+    let r = read_response(&mut reader).unwrap();
+    r.assert_refused(431, "request_headers_too_large");
+    assert!(refused || sent <= 1024 * 1024);
+    assert_nothing_smuggled(&origin);
+}
+
+/// Plain-HTTP requests inside an intercepted tunnel meet the same front.
+#[test]
+fn malformed_requests_inside_an_intercepted_tunnel_are_refused_and_closed() {
+    let ca = TestCa::new("e2e protocol origin CA").unwrap();
+    let origin = Origin::start_tls(&ca.server(&["llm.test"]).unwrap());
+    let origin_ca = ca.cert_pem.clone();
+    let proxy = Proxy::start_prepared(
+        ProxySpec {
+            policies: "tests/fixtures/policies-https",
+            egress: format!(
+                "allow = [\"127.0.0.1/32\"]\nconnect_ports = [{}]\nhosts = {{ \"llm.test\" = [\"127.0.0.1\"] }}",
+                origin.port
+            ),
+            upstream: "read_timeout = \"10s\"\nextra_ca_files = [\"origin-ca.pem\"]".into(),
+            static_extra: "[intercept]\nca_cert = \"ca/ca.pem\"\nca_key = \"ca/ca-key.pem\"\n".into(),
+            ..Default::default()
+        },
+        |dir| {
+            std::fs::write(dir.join("origin-ca.pem"), &origin_ca).unwrap();
+            let (code, out) = proxy_cli(dir, &["ca", "init", "--out", "ca", "--permit", "llm.test"], "");
+            assert_eq!(code, 0, "{out}");
+        },
+    );
+    let authority = format!("llm.test:{}", origin.port);
+    let aim = Aim {
+        base: String::new(),
+        host: authority.clone(),
+        extra: String::new(),
+    };
+    let ca_pem = std::fs::read_to_string(proxy.path("ca/ca.pem")).unwrap();
+    let client = tenant_proxy_loadtest::tls::client_config(&ca_pem).unwrap();
+    let open = || tunnel(proxy.sidecar_port, &authority, client.clone());
+    let ids = run_cases(&aim, open);
+    for (name, id) in &ids {
+        let rec = proxy.audit_record("acme", id);
+        assert_eq!(rec["decision"], "deny", "{name}");
+        assert!(rec["tunnel"]["id"].is_string(), "{name}: {rec}");
+    }
+    assert_nothing_smuggled(&origin);
+    assert_valid_requests_pass(&aim, &origin, open());
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// An intercepted tunnel to `authority` on the proxy's `port`, TLS established.
+fn tunnel(port: u16, authority: &str, client: Arc<rustls::ClientConfig>) -> Tls {
+    let mut s = plain(port);
+    write!(
+        s,
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let sni = authority.rsplit_once(':').unwrap().0.to_string();
+    let name = rustls::pki_types::ServerName::try_from(sni).unwrap();
+    let conn = rustls::ClientConnection::new(client, name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, s);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    tls
+}
+
+#[test]
+fn slow_heads_and_bodies_are_cut_at_their_deadlines_while_others_are_served() {
+    let origin = Origin::start();
+    let proxy = start(
+        &origin,
+        "client_body_timeout = \"2s\"",
+        "client_header_timeout = \"2s\"",
+    );
+    let started = Instant::now();
+    // A few hundred slowloris connections: each trickles a head, a line at a time.
+    let mut slow: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = plain(proxy.sidecar_port);
+            s.write_all(b"GET /acme/proto-slow HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // Slow bodies: a head, then a byte now and then.
+    let mut bodies: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = plain(proxy.sidecar_port);
+            s.write_all(
+                format!(
+                    "POST http://127.0.0.1:{}/acme/proto-slowbody HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 100\r\n\r\na",
+                    origin.port, origin.port
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    // Meanwhile, normal requests are served.
+    for i in 0..5 {
+        let r = forward_get(
+            proxy.sidecar_port,
+            &format!("http://127.0.0.1:{}/acme/normal-{i}", origin.port),
+            None,
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        // Each slow client keeps trickling: a deadline is not an idle timer.
+        for s in slow.iter_mut().chain(bodies.iter_mut()) {
+            let _ = s.write_all(b"x");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Every slow connection gets 408 and is closed at its deadline, however much it trickled.
+    for s in slow.into_iter().chain(bodies) {
+        let mut reader = BufReader::new(s);
+        let r = read_response(&mut reader).unwrap();
+        r.assert_refused(408, "request_timeout");
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "closed at the deadline, not held: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(origin.matching("proto-").len(), 0);
+    assert_eq!(origin.matching("/acme/normal-").len(), 5);
+}
+
+#[test]
+fn bodies_in_memory_and_connections_are_capped() {
+    let origin = Origin::start();
+    let proxy = start(
+        &origin,
+        "max_body_bytes = 65536\nmax_buffered_body_bytes = 131072\nmax_connections_per_tenant = 3\nmax_connections_per_listener = 40\nclient_body_timeout = \"5s\"",
+        "",
+    );
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", origin.port);
+    // Two uploads of 64 KiB that have not finished hold the whole body budget...
+    let held: Vec<TcpStream> = (0..2)
+        .map(|i| {
+            let mut s = plain(proxy.sidecar_port);
+            s.write_all(
+                format!(
+                    "POST {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 65536\r\n\r\npartial",
+                    url(&format!("/acme/held-{i}")),
+                    origin.port
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // ...so a third is refused before its body is read, and says when to come back.
+    let r = raw_request(
+        proxy.sidecar_port,
+        &format!(
+            "POST {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 10\r\n\r\n0123456789",
+            url("/acme/third"),
+            origin.port
+        ),
+    )
+    .unwrap();
+    r.assert_refused(503, "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(proxy
+        .metrics()
+        .contains("tenant_proxy_overload_refusals_total{reason=\"body_memory\"} 1"));
+    drop(held);
+
+    // A tenant's connections are capped (the held uploads gave theirs back when they closed);
+    // another tenant's are not.
+    std::thread::sleep(Duration::from_millis(300));
+    let acme = token_for("acme", "researcher");
+    let globex = token_for("globex", "agent");
+    let keep = |tok: &str, path: &str| {
+        let mut s = plain(proxy.shared_port);
+        s.write_all(
+            format!(
+                "GET {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nProxy-Authorization: Bearer {tok}\r\n\r\n",
+                url(path),
+                origin.port
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut reader = BufReader::new(s);
+        let r = read_response(&mut reader).unwrap();
+        (r, reader)
+    };
+    let open: Vec<_> = (0..3)
+        .map(|i| keep(&acme, &format!("/acme/conn-{i}")))
+        .collect();
+    for (r, _) in &open {
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+    let (r, _) = keep(&acme, "/acme/conn-over");
+    r.assert_refused(429, "connection_limit");
+    let (r, _) = keep(&globex, "/globex/conn");
+    assert_ne!(
+        r.code(),
+        "connection_limit",
+        "globex never counts against acme's connections"
+    );
+    drop(open);
+    std::thread::sleep(Duration::from_millis(300));
+    let (r, _) = keep(&acme, "/acme/conn-after");
+    assert_eq!(r.status, 200, "slots come back when connections close");
+}
+
+#[test]
+fn a_request_that_ends_after_admission_is_never_recorded_as_allowed() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "", "");
+    // The client goes away while the upstream is still working on its request.
+    let mut s = plain(proxy.sidecar_port);
+    s.write_all(
+        format!(
+            "GET http://127.0.0.1:{}/slow/gone HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            origin.port, origin.port
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(s);
+    // The upstream resets the connection without answering.
+    let r = forward_get(
+        proxy.sidecar_port,
+        &format!("http://127.0.0.1:{}/reset/now", origin.port),
+        None,
+        "",
+    );
+    r.assert_refused(502, "upstream_unreachable");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let recs = proxy.audit_records("acme");
+        let gone = recs.iter().find(|r| r["path"] == "/slow/gone");
+        let reset = recs.iter().find(|r| r["path"] == "/reset/now");
+        if let (Some(gone), Some(reset)) = (gone, reset) {
+            assert_eq!(gone["decision"], "deny", "{gone}");
+            assert_eq!(gone["reason"], "client_closed", "{gone}");
+            assert_eq!(reset["decision"], "deny", "{reset}");
+            assert_eq!(
+                (reset["reason"].as_str(), reset["status"].as_u64()),
+                (Some("upstream_unreachable"), Some(502))
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "records: {recs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_taken_port_ends_the_process_at_once_with_one_line_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo_root();
+    copy_dir(
+        &root.join("tests/fixtures/policies"),
+        &dir.path().join("policies"),
+    );
+    std::fs::copy(
+        root.join("policies/schema.cedarschema"),
+        dir.path().join("policies/schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tenant-proxy.toml"),
+        format!(
+            "tenants_file = \"tenants.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"sidecar\"\nlisten = \"{addr}\"\nidentity = [\"binding\"]\nbinding = {{ tenant = \"acme\", workload = \"bot\" }}\n[audit]\ndir = \"audit\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!("policy_dir = \"policies\"\n{TENANTS}"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new(proxy_bin())
+        .args(["run", "--config"])
+        .arg(dir.path().join("tenant-proxy.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains(&addr.to_string()), "{stderr}");
+    assert!(
+        !dir.path().join("audit").exists(),
+        "nothing started before the bind failed"
+    );
+}
