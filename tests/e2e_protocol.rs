@@ -318,7 +318,7 @@ fn assert_valid_requests_pass<S: Read + Write>(aim: &Aim, origin: &Origin, mut s
     );
 }
 
-fn start(origin: &Origin, limits: &'static str, egress_extra: &str) -> Proxy {
+fn start(limits: &'static str, egress_extra: &str) -> Proxy {
     Proxy::start(ProxySpec {
         limits,
         egress: format!("allow = [\"127.0.0.1/32\"]\n{egress_extra}"),
@@ -329,7 +329,7 @@ fn start(origin: &Origin, limits: &'static str, egress_extra: &str) -> Proxy {
 #[test]
 fn malformed_requests_are_refused_and_closed_on_the_sidecar_and_token_listeners() {
     let origin = Origin::start();
-    let proxy = start(&origin, "", "");
+    let proxy = start("", "");
     let host = format!("127.0.0.1:{}", origin.port);
     let sidecar = Aim {
         base: format!("http://{host}"),
@@ -382,7 +382,7 @@ fn malformed_requests_are_refused_and_closed_on_the_sidecar_and_token_listeners(
 #[test]
 fn absolute_form_targets_must_agree_with_host_and_name_it() {
     let origin = Origin::start();
-    let proxy = start(&origin, "", "");
+    let proxy = start("", "");
     let url = format!("http://127.0.0.1:{}/acme/proto-abs", origin.port);
     let r = raw_request(
         proxy.sidecar_port,
@@ -404,7 +404,7 @@ fn absolute_form_targets_must_agree_with_host_and_name_it() {
 #[test]
 fn a_head_is_cut_at_its_size_cap_without_being_buffered_past_it() {
     let origin = Origin::start();
-    let proxy = start(&origin, "", "");
+    let proxy = start("", "");
     let mut s = plain(proxy.sidecar_port);
     s.write_all(b"GET /acme/proto-huge HTTP/1.1\r\nHost: x\r\nX-Pad: ")
         .unwrap();
@@ -508,7 +508,6 @@ fn tunnel(port: u16, authority: &str, client: Arc<rustls::ClientConfig>) -> Tls 
 fn slow_heads_and_bodies_are_cut_at_their_deadlines_while_others_are_served() {
     let origin = Origin::start();
     let proxy = start(
-        &origin,
         "client_body_timeout = \"2s\"",
         "client_header_timeout = \"2s\"",
     );
@@ -572,9 +571,7 @@ fn slow_heads_and_bodies_are_cut_at_their_deadlines_while_others_are_served() {
 #[test]
 fn bodies_in_memory_and_connections_are_capped() {
     let origin = Origin::start();
-    let proxy = start(
-        &origin,
-        "max_body_bytes = 65536\nmax_buffered_body_bytes = 131072\nmax_connections_per_tenant = 3\nmax_connections_per_listener = 40\nclient_body_timeout = \"5s\"",
+    let proxy = start("max_body_bytes = 65536\nmax_buffered_body_bytes = 131072\nmax_connections_per_tenant = 3\nmax_connections_per_listener = 40\nclient_body_timeout = \"5s\"",
         "",
     );
     let url = |p: &str| format!("http://127.0.0.1:{}{p}", origin.port);
@@ -655,7 +652,7 @@ fn bodies_in_memory_and_connections_are_capped() {
 #[test]
 fn a_request_that_ends_after_admission_is_never_recorded_as_allowed() {
     let origin = Origin::start();
-    let proxy = start(&origin, "", "");
+    let proxy = start("", "");
     // The client goes away while the upstream is still working on its request.
     let mut s = plain(proxy.sidecar_port);
     s.write_all(

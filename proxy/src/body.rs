@@ -153,7 +153,9 @@ async fn read_body(
         // Unknown length: the retry buffer must see every byte.
         session.as_mut().enable_retry_buffering();
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(cap));
+    // Grown as bytes arrive rather than sized by what the client declared: a client that
+    // declares a large body and then trickles it holds little.
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(cap).min(64 * 1024));
     loop {
         if let Some(len) = declared {
             let remaining = len.saturating_sub(buf.len());

@@ -176,7 +176,6 @@ fn serve_recorded<S: Read + Write>(stream: S, seen: Arc<Mutex<Vec<Recorded>>>) {
         });
         if target.contains("/reset/") {
             return;
-            return;
         }
         if target.contains("/slow/") {
             std::thread::sleep(Duration::from_secs(3));

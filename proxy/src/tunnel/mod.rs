@@ -206,7 +206,10 @@ impl ServerApp for EgressApp {
             Ok(Some(head)) if head.connect => {
                 let (stream, head, early) = conn.take_connect();
                 match head::parse_connect(&head) {
-                    Ok(head) => self.tunnel(stream, head, early.freeze(), shutdown).await,
+                    // Boxed, like serving HTTP below: a connection still sending its first
+                    // head (a slow client, the usual attack) holds only the small state of
+                    // reading it, not that of every path it might take.
+                    Ok(head) => Box::pin(self.tunnel(stream, head, early.freeze(), shutdown)).await,
                     Err(deny) => {
                         // Nobody is identified yet: like any unidentified refusal, no record.
                         let mut stream = stream;
@@ -216,12 +219,8 @@ impl ServerApp for EgressApp {
                 }
             }
             Ok(Some(_)) => {
-                self.serve_http1(
-                    Box::new(conn),
-                    Duration::from_secs(PLAIN_KEEPALIVE_SECS),
-                    shutdown,
-                )
-                .await
+                let idle = Duration::from_secs(PLAIN_KEEPALIVE_SECS);
+                Box::pin(self.serve_http1(Box::new(conn), idle, shutdown)).await
             }
         }
         None
@@ -295,8 +294,12 @@ impl EgressApp {
                 t.emit(&self.listener, Ok(()), 200);
             }
             Mode::Intercept(resolver) => {
-                self.intercept(stream, early, identity, resolver, connection, t, shutdown)
-                    .await
+                let inside = Inside {
+                    identity,
+                    resolver,
+                    connection,
+                };
+                self.intercept(stream, early, inside, t, shutdown).await
             }
         }
     }
@@ -442,12 +445,15 @@ impl EgressApp {
         &self,
         stream: Stream,
         early: Bytes,
-        identity: ResolvedIdentity,
-        resolver: Arc<TunnelCertResolver>,
-        connection: caps::TenantSlot,
+        inside: Inside,
         mut t: TunnelCtx,
         shutdown: &ShutdownWatch,
     ) {
+        let Inside {
+            identity,
+            resolver,
+            connection,
+        } = inside;
         let tunnel = Arc::new(Tunnel {
             id: t.request_id.clone(),
             identity,
@@ -665,6 +671,14 @@ const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 enum Mode {
     Opaque(tokio::net::TcpStream),
     Intercept(Arc<TunnelCertResolver>),
+}
+
+/// What an intercepted tunnel's inside is served with.
+struct Inside {
+    identity: ResolvedIdentity,
+    resolver: Arc<TunnelCertResolver>,
+    /// The tunnel's client connection, counted against its tenant.
+    connection: caps::TenantSlot,
 }
 
 struct Opened {
