@@ -75,7 +75,7 @@ pub struct Head {
     pub target: TargetForm,
 }
 
-/// Why a head was refused. Each maps to a status and code in [`crate::error::Deny`].
+/// Why a head was refused (the proxy answers each with its own status and code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadError {
     /// Over `max_bytes` without the blank line that ends it (431).
