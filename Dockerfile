@@ -7,8 +7,10 @@ COPY . .
 RUN cargo build --release --locked -p tenant-proxy -p tenant-proxy-loadtest
 
 FROM debian:bookworm-slim
-# System roots: upstream TLS is always verified.
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+# System roots: upstream TLS is always verified. nftables and iptables: `tenant-proxy
+# sidecar-init --apply` installs the sidecar's capture rules with them (the Kubernetes
+# capture-rules init container, deploy/kubernetes); without NET_ADMIN they can do nothing.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates nftables iptables \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/tenant-proxy /src/target/release/tenant-proxy-loadtest /usr/local/bin/
 # The audit directory: a volume mounted here starts with these permissions, so the proxy can

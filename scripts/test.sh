@@ -18,4 +18,6 @@ ensure_py mcp
 
 # The end-to-end tests start the real binary.
 cargo build -p tenant-proxy --bin tenant-proxy
+# deploy/ (Kubernetes manifests, alert rules, dashboard) and the compose stack.
+scripts/check-deploy.sh
 cargo test --workspace --no-fail-fast

@@ -54,6 +54,12 @@ fn policy_reload_good_then_bad_keeps_last_good() {
             .metrics()
             .contains(r#"tenant_proxy_config_reloads_total{result="error"}"#)
     });
+    assert!(
+        proxy
+            .metrics()
+            .contains("\ntenant_proxy_config_last_reload_successful 0\n"),
+        "the rejected reload shows until a good one"
+    );
     assert_eq!(
         forward_get(p, &url(&origin, "/newpath/y"), None, "").status,
         200,
@@ -77,6 +83,9 @@ fn policy_reload_good_then_bad_keeps_last_good() {
     wait_for("reload after fix", || {
         forward_get(p, &url(&origin, "/newpath/z"), None, "").status == 403
     });
+    assert!(proxy
+        .metrics()
+        .contains("\ntenant_proxy_config_last_reload_successful 1\n"));
 }
 
 #[test]
@@ -287,6 +296,11 @@ fn refuses_while_unwritable_then_recovers(proxy: &Proxy, origin: &Origin, repair
     assert!(proxy
         .metrics()
         .contains("tenant_proxy_audit_write_errors_total"));
+    assert!(
+        proxy.metrics().contains("\ntenant_proxy_audit_healthy 0\n"),
+        "{}",
+        proxy.metrics()
+    );
     let ready = raw_request(
         proxy.admin_port,
         "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
@@ -304,6 +318,74 @@ fn refuses_while_unwritable_then_recovers(proxy: &Proxy, origin: &Origin, repair
         recs.iter()
             .any(|r| r["request_id"] == first.request_id().as_str()),
         "the held record was written, not lost"
+    );
+    assert!(proxy.metrics().contains("\ntenant_proxy_audit_healthy 1\n"));
+}
+
+#[test]
+fn cost_ceiling_gauges_follow_the_tenant_file_per_tenant() {
+    let proxy = Proxy::start_prepared(
+        ProxySpec {
+            tenants_top: "prices_file = \"prices.toml\"\n".into(),
+            tenants_extra: "[tenants.acme.limits]\ncost_per_day_micros = 20000000\n\
+                            cost_per_month_micros = 300000000\n\
+                            [tenants.globex.limits]\ncost_per_day_micros = 1000000\n"
+                .into(),
+            ..Default::default()
+        },
+        |dir| {
+            std::fs::copy(
+                repo_root().join("tests/fixtures/prices.toml"),
+                dir.join("prices.toml"),
+            )
+            .unwrap();
+        },
+    );
+    let acme_day = r#"tenant_proxy_cost_ceiling_micros{period="day",tenant="acme"} "#;
+    let acme_month = r#"tenant_proxy_cost_ceiling_micros{period="month",tenant="acme"} "#;
+    let globex_day = r#"tenant_proxy_cost_ceiling_micros{period="day",tenant="globex"} "#;
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains(&format!("{acme_day}20000000\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("{acme_month}300000000\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("{globex_day}1000000\n")),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"period="month",tenant="globex""#),
+        "globex has no monthly ceiling: {metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"tenant_proxy_cost_ceiling_micros{period="day",tenant="evalerr"}"#),
+        "a tenant without ceilings has no series"
+    );
+
+    // acme's daily ceiling is raised and its monthly one removed: globex's series is untouched
+    // and nothing of acme's old values remains.
+    let path = proxy.path("tenants.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "cost_per_day_micros = 20000000\ncost_per_month_micros = 300000000\n",
+            "cost_per_day_micros = 25000000\n",
+        ),
+    )
+    .unwrap();
+    wait_for("ceiling reload", || {
+        proxy.metrics().contains(&format!("{acme_day}25000000\n"))
+    });
+    let metrics = proxy.metrics();
+    assert!(!metrics.contains(acme_month), "{metrics}");
+    assert!(
+        metrics.contains(&format!("{globex_day}1000000\n")),
+        "{metrics}"
     );
 }
 

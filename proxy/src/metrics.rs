@@ -30,6 +30,15 @@ pub struct Metrics {
     pub audit_write_errors: IntCounter,
     /// Requests refused because the audit sink could not take a record.
     pub audit_refusals: IntCounter,
+    /// 1 while the audit sink can write (its files, and the Redis Stream when required), 0 while
+    /// it cannot and every new request is refused with `audit_unavailable`.
+    pub audit_healthy: IntGauge,
+    /// 1 when the last reload of the tenant configuration was applied (or none was tried yet), 0
+    /// when it was rejected and the last good configuration is still enforced.
+    pub config_last_reload_successful: IntGauge,
+    /// Cost ceilings of the loaded tenant configuration, by tenant and period (`day`, `month`),
+    /// in micro-units of the price table's currency; a tenant without a ceiling has no series.
+    pub cost_ceiling_micros: IntGaugeVec,
     /// Cedar evaluation time.
     pub policy_eval_duration: Histogram,
     /// Credentials substituted into requests, by tenant.
@@ -142,6 +151,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
         audit_refusals: IntCounter::new(
             "tenant_proxy_audit_refusals_total",
             "Requests refused because the audit sink could not take their record",
+        )?,
+        audit_healthy: IntGauge::new(
+            "tenant_proxy_audit_healthy",
+            "1 while the audit sink can write, 0 while it cannot and requests are refused",
+        )?,
+        config_last_reload_successful: IntGauge::new(
+            "tenant_proxy_config_last_reload_successful",
+            "1 when the last tenant configuration reload was applied, 0 when it was rejected",
+        )?,
+        cost_ceiling_micros: IntGaugeVec::new(
+            Opts::new(
+                "tenant_proxy_cost_ceiling_micros",
+                "Configured cost ceilings by tenant and period, in micro-units of the price table's currency",
+            ),
+            &["tenant", "period"],
         )?,
         policy_eval_duration: Histogram::with_opts(
             HistogramOpts::new("tenant_proxy_policy_eval_seconds", "Cedar evaluation time")
@@ -288,6 +312,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.audit_records_written.clone()),
         Box::new(m.audit_write_errors.clone()),
         Box::new(m.audit_refusals.clone()),
+        Box::new(m.audit_healthy.clone()),
+        Box::new(m.config_last_reload_successful.clone()),
+        Box::new(m.cost_ceiling_micros.clone()),
         Box::new(m.policy_eval_duration.clone()),
         Box::new(m.credential_substitutions.clone()),
         Box::new(m.credential_scrubbed.clone()),
@@ -329,6 +356,24 @@ impl Metrics {
         tenant.unwrap_or(TENANT_NONE)
     }
 
+    /// Publishes the cost ceilings of a newly loaded tenant configuration, `(tenant, per day,
+    /// per month)`, replacing the previous set so a removed tenant or ceiling leaves no series.
+    pub fn publish_cost_ceilings<'a>(
+        &self,
+        ceilings: impl IntoIterator<Item = (&'a str, Option<u64>, Option<u64>)>,
+    ) {
+        self.cost_ceiling_micros.reset();
+        for (tenant, day, month) in ceilings {
+            for (period, value) in [("day", day), ("month", month)] {
+                if let Some(v) = value {
+                    self.cost_ceiling_micros
+                        .with_label_values(&[tenant, period])
+                        .set(i64::try_from(v).unwrap_or(i64::MAX));
+                }
+            }
+        }
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
@@ -342,6 +387,41 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cost_ceilings_are_replaced_not_accumulated() {
+        // A registry of its own: the process-wide one is shared with tests running in parallel.
+        let m = build().expect("metrics");
+        m.publish_cost_ceilings([
+            ("acme", Some(20_000_000), Some(300_000_000)),
+            ("globex", Some(1_000_000), None),
+            ("initech", None, None),
+        ]);
+        let text = String::from_utf8(m.render()).expect("utf8");
+        for line in [
+            r#"tenant_proxy_cost_ceiling_micros{period="day",tenant="acme"} 20000000"#,
+            r#"tenant_proxy_cost_ceiling_micros{period="month",tenant="acme"} 300000000"#,
+            r#"tenant_proxy_cost_ceiling_micros{period="day",tenant="globex"} 1000000"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(
+            !text.contains(r#"period="month",tenant="globex""#),
+            "{text}"
+        );
+        assert!(!text.contains("initech"), "no ceiling, no series: {text}");
+
+        // A reload that drops acme's ceilings and changes globex's: nothing stale remains.
+        m.publish_cost_ceilings([("acme", None, None), ("globex", Some(2_000_000), None)]);
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(!text.contains(r#"tenant="acme""#), "{text}");
+        assert!(
+            text.contains(
+                r#"tenant_proxy_cost_ceiling_micros{period="day",tenant="globex"} 2000000"#
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn renders_catalogue() {

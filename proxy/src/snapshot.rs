@@ -201,6 +201,17 @@ fn read_revocations(path: &Path) -> Result<HashSet<String>, ConfigProblem> {
         .collect())
 }
 
+/// Publishes what the metrics show of a snapshot about to be served: its cost ceilings.
+fn publish_metrics(snapshot: &Snapshot) {
+    METRICS.publish_cost_ceilings(snapshot.tenants.tenants.iter().map(|(id, t)| {
+        (
+            id.as_str(),
+            t.limits.cost_per_day_micros,
+            t.limits.cost_per_month_micros,
+        )
+    }));
+}
+
 /// The current snapshot, swapped atomically on reload.
 #[derive(Debug)]
 pub struct SnapshotHandle {
@@ -211,6 +222,8 @@ pub struct SnapshotHandle {
 impl SnapshotHandle {
     /// Wraps the first snapshot.
     pub fn new(static_config: Arc<StaticConfig>, first: Snapshot) -> Self {
+        publish_metrics(&first);
+        METRICS.config_last_reload_successful.set(1);
         Self {
             current: ArcSwap::from_pointee(first),
             static_config,
@@ -227,13 +240,16 @@ impl SnapshotHandle {
         match Snapshot::load(&self.static_config) {
             Ok(next) => {
                 let generation = next.generation;
+                publish_metrics(&next);
                 self.current.store(Arc::new(next));
                 METRICS.config_reloads.with_label_values(&["ok"]).inc();
+                METRICS.config_last_reload_successful.set(1);
                 tracing::info!(generation, "tenant configuration reloaded");
                 Ok(generation)
             }
             Err(problems) => {
                 METRICS.config_reloads.with_label_values(&["error"]).inc();
+                METRICS.config_last_reload_successful.set(0);
                 for p in &problems {
                     tracing::error!(problem = %p, "reload rejected; keeping the last good configuration");
                 }

@@ -100,6 +100,7 @@ impl AuditSink {
         tracing::info!(key_id = %signer.key_id(), "audit checkpoints signed with this key");
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let healthy = Arc::new(AtomicBool::new(true));
+        METRICS.audit_healthy.set(1);
         let stream = settings
             .stream
             .as_ref()

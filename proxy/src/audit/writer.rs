@@ -235,6 +235,7 @@ impl Writer {
     /// SECURITY: requests are served only while every required sink can write.
     fn publish_health(&self) {
         let ok = self.files_ok && self.stream.as_ref().is_none_or(StreamSink::healthy);
+        METRICS.audit_healthy.set(i64::from(ok));
         if self.healthy.swap(ok, Ordering::AcqRel) != ok {
             if ok {
                 tracing::warn!("audit sink recovered");
@@ -402,6 +403,7 @@ struct RefuseOnExit(Arc<AtomicBool>);
 impl Drop for RefuseOnExit {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
+        METRICS.audit_healthy.set(0);
     }
 }
 
