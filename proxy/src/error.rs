@@ -72,6 +72,17 @@ pub enum Deny {
     RunClosed,
     /// A phase ran without the state it requires (a bug); refused rather than forwarded.
     Internal,
+    /// An admin endpoint, or the tenant it names, does not exist.
+    AdminNotFound(String),
+    /// An admin endpoint called with the wrong method.
+    MethodNotAllowed(String),
+    /// A body toward an LLM destination that the proxy cannot classify (its media type, or its
+    /// `Content-Encoding`), so it is not forwarded unchecked.
+    UnsupportedBody(String),
+    /// Policy denied reading an MCP resource (its URI).
+    ResourceDenied(String),
+    /// Policy denied getting an MCP prompt (its name).
+    PromptDenied(String),
 }
 
 impl Deny {
@@ -184,6 +195,16 @@ pub enum ReasonCode {
     RunClosed,
     /// See [`Deny::Internal`].
     Internal,
+    /// See [`Deny::AdminNotFound`].
+    NotFound,
+    /// See [`Deny::MethodNotAllowed`].
+    MethodNotAllowed,
+    /// See [`Deny::UnsupportedBody`].
+    UnsupportedMediaType,
+    /// See [`Deny::ResourceDenied`].
+    ResourceDenied,
+    /// See [`Deny::PromptDenied`].
+    PromptDenied,
 }
 
 impl ReasonCode {
@@ -227,6 +248,11 @@ impl ReasonCode {
             ReasonCode::McpResponseUnfiltered => "mcp_response_unfiltered",
             ReasonCode::RunClosed => "run_closed",
             ReasonCode::Internal => "internal_error",
+            ReasonCode::NotFound => "not_found",
+            ReasonCode::MethodNotAllowed => "method_not_allowed",
+            ReasonCode::UnsupportedMediaType => "unsupported_media_type",
+            ReasonCode::ResourceDenied => "resource_denied",
+            ReasonCode::PromptDenied => "prompt_denied",
         }
     }
 }
@@ -440,6 +466,23 @@ impl Deny {
                 "this run was closed; start a new run with a new token".into(),
             ),
             Deny::Internal => (500, ReasonCode::Internal, "internal error; the request was not forwarded".into()),
+            Deny::AdminNotFound(why) => (404, ReasonCode::NotFound, why.clone()),
+            Deny::MethodNotAllowed(why) => (405, ReasonCode::MethodNotAllowed, why.clone()),
+            Deny::UnsupportedBody(why) => (
+                415,
+                ReasonCode::UnsupportedMediaType,
+                format!("this body cannot be checked for an LLM destination, so it was not forwarded: {why}"),
+            ),
+            Deny::ResourceDenied(uri) => (
+                403,
+                ReasonCode::ResourceDenied,
+                format!("no policy allows this workload to read MCP resource `{uri}`; nothing was sent to the server"),
+            ),
+            Deny::PromptDenied(name) => (
+                403,
+                ReasonCode::PromptDenied,
+                format!("no policy allows this workload to get MCP prompt `{name}`; nothing was sent to the server"),
+            ),
         }
     }
 
@@ -520,6 +563,19 @@ mod tests {
             (Deny::McpMalformed("x".into()), 400, "mcp_malformed"),
             (Deny::ToolDenied("x".into()), 403, "tool_denied"),
             (Deny::RunClosed, 403, "run_closed"),
+            (Deny::AdminNotFound("x".into()), 404, "not_found"),
+            (
+                Deny::MethodNotAllowed("x".into()),
+                405,
+                "method_not_allowed",
+            ),
+            (
+                Deny::UnsupportedBody("x".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (Deny::ResourceDenied("x".into()), 403, "resource_denied"),
+            (Deny::PromptDenied("x".into()), 403, "prompt_denied"),
             (
                 Deny::McpResponseUnfiltered("x".into()),
                 502,
