@@ -263,7 +263,9 @@ impl ServeHttp for AdminApp {
 
 impl AdminApp {
     /// `/readyz`: 200 when every listener accepts, the audit sink can write and the limiter is
-    /// connected; 503 with the failing part otherwise.
+    /// connected; 503 with the failing part otherwise. A tenant whose own audit partition
+    /// fails does not make the replica unready (the other tenants are served); the count of
+    /// such partitions is reported.
     async fn readiness(&self) -> Response<Vec<u8>> {
         let snap = self.snapshot.load();
         let audit_ok = self.audit.is_healthy();
@@ -275,6 +277,9 @@ impl AdminApp {
             "config_generation": snap.generation,
             "tenants": snap.tenants.tenants.len(),
             "audit_writable": audit_ok,
+            // How many tenants' partitions fail (those tenants are refused, the others
+            // served); the metrics name them, this answer does not.
+            "audit_partitions_failing": self.audit.failing_partitions(),
             "limiter_connected": limiter_ok,
             "listeners_accepting": listening,
         });

@@ -28,8 +28,13 @@ pub struct Metrics {
     pub audit_records_written: IntCounter,
     /// Failed audit writes (each retried).
     pub audit_write_errors: IntCounter,
-    /// Requests refused because the audit sink could not take a record.
-    pub audit_refusals: IntCounter,
+    /// Requests refused because the audit sink, or their tenant's partition, could not take a
+    /// record, by tenant (`none` when refused before the tenant was known).
+    pub audit_refusals: IntCounterVec,
+    /// 1 while a tenant's audit partition cannot be written (its requests are refused), else 0.
+    pub audit_partition_failing: IntGaugeVec,
+    /// Records of a tenant held by the writer until its partition can be written again.
+    pub audit_held_records: IntGaugeVec,
     /// Cedar evaluation time.
     pub policy_eval_duration: Histogram,
     /// Credentials substituted into requests, by tenant.
@@ -130,9 +135,26 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tenant_proxy_audit_write_errors_total",
             "Failed audit writes (retried)",
         )?,
-        audit_refusals: IntCounter::new(
-            "tenant_proxy_audit_refusals_total",
-            "Requests refused because the audit sink could not take their record",
+        audit_refusals: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_audit_refusals_total",
+                "Requests refused because the audit sink or their tenant's partition could not take their record",
+            ),
+            &["tenant"],
+        )?,
+        audit_partition_failing: IntGaugeVec::new(
+            Opts::new(
+                "tenant_proxy_audit_partition_failing",
+                "1 while a tenant's audit partition cannot be written",
+            ),
+            &["tenant"],
+        )?,
+        audit_held_records: IntGaugeVec::new(
+            Opts::new(
+                "tenant_proxy_audit_held_records",
+                "Audit records held until the tenant's partition can be written again",
+            ),
+            &["tenant"],
         )?,
         policy_eval_duration: Histogram::with_opts(
             HistogramOpts::new("tenant_proxy_policy_eval_seconds", "Cedar evaluation time")
@@ -257,6 +279,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.audit_records_written.clone()),
         Box::new(m.audit_write_errors.clone()),
         Box::new(m.audit_refusals.clone()),
+        Box::new(m.audit_partition_failing.clone()),
+        Box::new(m.audit_held_records.clone()),
         Box::new(m.policy_eval_duration.clone()),
         Box::new(m.credential_substitutions.clone()),
         Box::new(m.credential_scrubbed.clone()),

@@ -108,6 +108,10 @@ impl TenantProxy {
         let tenant = Arc::new(build_tenant_context(who, ctx.request_id.clone(), req));
         ctx.tenant = Some(tenant.clone());
         ctx.tunnel = tunnel.map(|t| t.id.clone());
+        // One tenant's unwritable partition refuses that tenant only.
+        self.shared
+            .audit
+            .admit_tenant(&mut ctx.audit_slot, &tenant.tenant)?;
         // A signed run's first request starts it (audited once across replicas); a closed
         // run's requests go no further.
         self.shared.runs.sight(&tenant, &snapshot).await?;

@@ -218,7 +218,7 @@ impl RunTracker {
         let (true, Some(expires_at)) = (tenant.run.signed, tenant.run.expires_at) else {
             return Ok(());
         };
-        let slot = self.audit.reserve()?;
+        let slot = self.audit.reserve_for(&tenant.tenant)?;
         let ends_at = expires_at.saturating_add(leeway.as_secs());
         let expires_ms = i64::try_from(ends_at.saturating_mul(1000)).unwrap_or(i64::MAX);
         let sighting = self
@@ -313,7 +313,7 @@ impl RunTracker {
         // Slot and counters first: once the claim is taken, nothing may stop the event.
         let slot = self
             .audit
-            .reserve()
+            .reserve_for(tenant)
             .map_err(|_| CloseError::AuditUnavailable)?;
         let keys: Vec<LimitKey> = [Measure::Tokens, Measure::Cost, Measure::ToolCalls]
             .into_iter()

@@ -235,6 +235,9 @@ impl EgressApp {
             &t.head.header,
         ));
         t.tenant = Some(tenant.clone());
+        self.shared
+            .audit
+            .admit_tenant(&mut t.audit_slot, &tenant.tenant)?;
         // A closed run opens no tunnel: an opaque one carries no request that would be checked.
         self.shared.runs.sight(&tenant, &snapshot).await?;
 
