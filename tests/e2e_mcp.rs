@@ -622,12 +622,20 @@ fn forward_mode_with_curl_is_scoped_the_same_way() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    // `context.server` is `fwd` here, and globex's `add` permit names `tools-*` servers only.
-    assert!(names.is_empty(), "{body}");
+    // The JSON server is one destination however it is reached: in forward mode it is still
+    // the server its route names (`tools-json`, the first `[[mcp.servers]]` entry at this host,
+    // port and path; `fwd` names the same place later), so globex sees and may call `add`, the
+    // one tool its `tools-*` permit gives it, and nothing else.
+    assert_eq!(names, ["add"], "{body}");
     let (status, body) = send(&call(json!(6), "add", json!({"a": 1, "b": 2})).to_string());
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(&call(json!(7), "echo", json!({"text": "fwd-globex"})).to_string());
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("tool_denied"), "{body}");
-    assert!(env.json.calls().is_empty());
+    assert_eq!(
+        env.json.calls(),
+        [("add".to_string(), json!({"a": 1, "b": 2}))]
+    );
 }
 
 #[test]

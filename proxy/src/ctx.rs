@@ -182,10 +182,11 @@ pub struct RequestCtx {
     pub audit_slot: Option<AuditSlot>,
     /// The intercepted tunnel this request came through (its id).
     pub tunnel: Option<Arc<str>>,
-    /// For a request to an MCP server: its server, tool calls and listed ids.
+    /// For a request to an MCP server: its server, what it uses and the lists it asks for.
     pub mcp: Option<crate::mcp::McpExchange>,
-    /// Removes tools this workload may not call from the MCP server's `tools/list` results.
-    pub tool_filter: Option<crate::mcp::list_filter::ToolListFilter>,
+    /// Removes the tools, resources and prompts this workload may not use from the MCP
+    /// server's list results.
+    pub list_filter: Option<crate::mcp::list_filter::ListFilter>,
 }
 
 impl RequestCtx {
@@ -226,7 +227,7 @@ impl RequestCtx {
             audit_slot: None,
             tunnel: None,
             mcp: None,
-            tool_filter: None,
+            list_filter: None,
         }
     }
 }

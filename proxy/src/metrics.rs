@@ -73,6 +73,11 @@ pub struct Metrics {
     pub mcp_tool_calls: IntCounterVec,
     /// Tools removed from MCP `tools/list` results, by tenant.
     pub mcp_tools_hidden: IntCounterVec,
+    /// MCP resource reads and prompt gets decided, by tenant, kind (`resource`, `prompt`) and
+    /// decision; never by URI or name.
+    pub mcp_decisions: IntCounterVec,
+    /// Resources (and templates) and prompts removed from MCP list results, by tenant and kind.
+    pub mcp_hidden: IntCounterVec,
     /// Shadow (report-only) policy decisions by tenant and outcome (`agree`, `would_deny`,
     /// `would_allow`).
     pub shadow_decisions: IntCounterVec,
@@ -260,6 +265,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant"],
         )?,
+        mcp_decisions: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_mcp_decisions_total",
+                "MCP resource reads and prompt gets decided, by tenant, kind and decision",
+            ),
+            &["tenant", "kind", "decision"],
+        )?,
+        mcp_hidden: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_mcp_hidden_total",
+                "MCP resources and prompts removed from list results, by tenant and kind",
+            ),
+            &["tenant", "kind"],
+        )?,
         shadow_decisions: IntCounterVec::new(
             Opts::new(
                 "tenant_proxy_shadow_decisions_total",
@@ -299,6 +318,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.egress_refusals.clone()),
         Box::new(m.mcp_tool_calls.clone()),
         Box::new(m.mcp_tools_hidden.clone()),
+        Box::new(m.mcp_decisions.clone()),
+        Box::new(m.mcp_hidden.clone()),
         Box::new(m.shadow_decisions.clone()),
     ];
     for c in collectors {
