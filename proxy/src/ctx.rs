@@ -138,6 +138,8 @@ pub struct RequestCtx {
     pub max_output_tokens: Option<u64>,
     /// A buffered request body to hand to the upstream.
     pub body: Option<BufferedBody>,
+    /// The body's `Content-Encoding` was decoded: it goes upstream decoded, without the header.
+    pub body_decoded: bool,
     /// Credential substitutions to make upstream.
     pub applied: Option<Applied>,
     /// Scrubs substituted secrets echoed back in the response.
@@ -204,6 +206,7 @@ impl RequestCtx {
             model: None,
             max_output_tokens: None,
             body: None,
+            body_decoded: false,
             applied: None,
             scrubber: None,
             credential_names: Vec::new(),

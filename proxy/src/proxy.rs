@@ -137,26 +137,16 @@ impl TenantProxy {
         };
         ctx.destination = Some(destination.clone());
 
-        if let Some(body) = body::read_full(session, self.shared.config.max_body_bytes).await? {
-            let llm = match body::llm_request(&body) {
-                Ok(llm) => llm,
-                // An MCP server's body is JSON-RPC, judged strictly by the MCP check after `http`.
-                Err(_)
-                    if snapshot
-                        .tenants
-                        .mcp
-                        .server_for(&destination, None, &self.shared.config.egress.hosts)
-                        .is_some() =>
-                {
-                    Default::default()
-                }
-                Err(why) => return Err(Deny::BadRequest(why)),
-            };
-            ctx.model = llm.model;
-            ctx.max_output_tokens = llm.max_output_tokens;
-            ctx.body_sha256 = Some(hex::encode(Sha256::digest(&body)));
-            ctx.bytes_in = body.len() as u64;
-            ctx.body = Some(BufferedBody(body));
+        let cap = self.shared.config.max_body_bytes;
+        if let Some(body) = body::read_full(session, cap).await? {
+            let to = body_destination(&snapshot, &destination, &self.shared.config.egress.hosts);
+            let read = body::classify(body, &session.req_header().headers, to, cap)?;
+            ctx.model = read.llm.model;
+            ctx.max_output_tokens = read.llm.max_output_tokens;
+            ctx.body_decoded = read.decoded;
+            ctx.body_sha256 = Some(hex::encode(Sha256::digest(&read.body)));
+            ctx.bytes_in = read.body.len() as u64;
+            ctx.body = Some(BufferedBody(read.body));
         }
 
         let model = ctx.model.clone();
@@ -467,6 +457,27 @@ impl TenantProxy {
                 status,
             )
         });
+    }
+}
+
+/// How a request's body is read: an MCP server's JSON-RPC is judged by the MCP check after
+/// `http`; toward an LLM destination the body is classified or refused.
+pub(crate) fn body_destination(
+    snapshot: &Snapshot,
+    destination: &Destination,
+    static_hosts: &std::collections::HashMap<String, Vec<std::net::IpAddr>>,
+) -> body::BodyDestination {
+    if snapshot
+        .tenants
+        .mcp
+        .server_for(destination, None, static_hosts)
+        .is_some()
+    {
+        body::BodyDestination::Mcp
+    } else if body::llm_destination(destination) {
+        body::BodyDestination::Llm
+    } else {
+        body::BodyDestination::Other
     }
 }
 
@@ -939,6 +950,10 @@ impl ProxyHttp for TenantProxy {
             if upstream.headers.contains_key(http::header::CONTENT_LENGTH) {
                 upstream.insert_header(http::header::CONTENT_LENGTH, body.0.len().to_string())?;
             }
+        }
+        // A decoded body goes as it was read (the decision was made on it), not re-encoded.
+        if ctx.body_decoded {
+            upstream.remove_header(&http::header::CONTENT_ENCODING);
         }
         upstream.insert_header(http::header::HOST, dest.host_header())?;
         // SECURITY: identity material and agent-written tenant claims never leave the proxy.

@@ -22,6 +22,10 @@ use crate::identity::ResolvedIdentity;
 use crate::ids::{TenantId, WorkloadId};
 use crate::snapshot::Snapshot;
 
+/// The body size explain reads (the proxy's default `max_body_bytes`; explain has no static
+/// configuration).
+const EXPLAIN_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
 /// A request to explain.
 #[derive(Debug, Clone, Default)]
 pub struct Described {
@@ -180,15 +184,20 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
             Ok(d) => d,
             Err(deny) => return Ok(refused(&deny, None, None, Vec::new())),
         };
-    let llm = req.body.as_ref().map_or(Ok(Default::default()), |body| {
-        crate::body::llm_request(body)
-    });
-    let model = match llm {
-        Ok(llm) => llm.model,
-        // As the proxy: an MCP server's body is judged by the MCP check below.
-        Err(_) if mcp_server(snapshot, &destination).is_some() => None,
-        Err(why) => return Ok(refused(&Deny::BadRequest(why), None, None, Vec::new())),
+    // As the proxy reads it: an MCP server's body is judged by the MCP check below, and toward
+    // an LLM destination a body is classified (decoded, BOM removed) or refused.
+    let read = match &req.body {
+        None => None,
+        Some(body) => {
+            let to = crate::proxy::body_destination(snapshot, &destination, &Default::default());
+            let body = bytes::Bytes::from(body.clone());
+            match crate::body::classify(body, &header.headers, to, EXPLAIN_MAX_BODY_BYTES) {
+                Ok(read) => Some(read),
+                Err(deny) => return Ok(refused(&deny, None, None, Vec::new())),
+            }
+        }
     };
+    let model = read.as_ref().and_then(|r| r.llm.model.clone());
     let facts = crate::proxy::http_facts(
         snapshot,
         &context,
@@ -234,7 +243,8 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
             ..refused(&deny, Some(decision), Some(explained_facts), Vec::new())
         });
     }
-    let body = req.body.clone().map(bytes::Bytes::from);
+    // The body as the proxy holds it (decoded, for an LLM destination).
+    let body = read.map(|r| r.body);
     let mut uses = Vec::new();
     let applied = crate::proxy::resolve_credentials(
         snapshot,
