@@ -25,9 +25,10 @@ use crate::limits::{
 };
 use crate::snapshot::Snapshot;
 
-/// Runs of one tenant one replica watches for expiry at most; past it, that tenant's new runs
-/// are not watched (another replica, or a close, still summarizes them) and a warning is
-/// logged. Other tenants' runs are not affected.
+/// Runs of one tenant one replica watches for expiry at most, unless configured (`[limiter]
+/// watched_runs_per_tenant`); past it, that tenant's new runs are not watched (another
+/// replica, or a close, still summarizes them) and a warning is logged. Other tenants' runs are
+/// not affected.
 pub const MAX_WATCHED_PER_TENANT: usize = 10_000;
 /// How often expired runs are looked for.
 const TICK: Duration = Duration::from_secs(1);
@@ -190,12 +191,13 @@ pub enum Closed {
 }
 
 impl RunTracker {
-    /// A tracker over the process's limiter and audit sink.
-    pub fn new(limits: Arc<dyn LimitBackend>, audit: AuditSink) -> Self {
+    /// A tracker over the process's limiter and audit sink, watching at most
+    /// `watched_per_tenant` runs of each tenant.
+    pub fn new(limits: Arc<dyn LimitBackend>, audit: AuditSink, watched_per_tenant: usize) -> Self {
         Self {
             limits,
             audit,
-            watched: WatchList::new(MAX_WATCHED_PER_TENANT),
+            watched: WatchList::new(watched_per_tenant),
         }
     }
 

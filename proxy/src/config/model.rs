@@ -45,6 +45,10 @@ pub struct StaticConfig {
     pub max_body_bytes: usize,
     /// Where limit counters live.
     pub limiter: LimiterSettings,
+    /// Signed runs of one tenant watched for their `run_summary` at once (`[limiter]
+    /// watched_runs_per_tenant`); past it, that tenant's new runs are summarized only when
+    /// closed or by another replica.
+    pub watched_runs_per_tenant: usize,
     /// Worker threads per listener.
     pub threads: usize,
     /// Seconds to keep serving after SIGTERM.
@@ -562,6 +566,13 @@ impl StaticConfig {
                 LimiterSettings::Memory { run_ttl }
             }
         };
+        let watched_runs_per_tenant = spec
+            .limiter
+            .watched_runs_per_tenant
+            .unwrap_or(crate::runs::MAX_WATCHED_PER_TENANT);
+        if watched_runs_per_tenant == 0 {
+            p.push("limiter.watched_runs_per_tenant", "must be at least 1");
+        }
         if spec.server.threads == 0 {
             p.push("server.threads", "must be at least 1");
         }
@@ -578,6 +589,7 @@ impl StaticConfig {
             max_header_bytes: spec.limits.max_header_bytes,
             max_body_bytes: spec.limits.max_body_bytes,
             limiter,
+            watched_runs_per_tenant,
             threads: spec.server.threads.max(1),
             grace_period: p.duration("server.grace_period", &spec.server.grace_period),
             graceful_shutdown_timeout: p.duration(
