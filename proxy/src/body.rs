@@ -468,31 +468,19 @@ impl FormFields {
                 .parse::<u64>()
                 .map_err(|_| format!("form field `{name}` is not a whole number"))
         };
-        let twice = || format!("form field `{name}` is given more than once");
-        match name.to_ascii_lowercase().as_str() {
-            "model" => {
-                if self.model.replace(value.to_string()).is_some() {
-                    return Err(twice());
-                }
+        fn once<T>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), String> {
+            match slot.replace(value) {
+                Some(_) => Err(format!("form field `{name}` is given more than once")),
+                None => Ok(()),
             }
-            "max_tokens" => {
-                if self.max_tokens.replace(number(value)?).is_some() {
-                    return Err(twice());
-                }
-            }
-            "max_completion_tokens" => {
-                if self.max_completion_tokens.replace(number(value)?).is_some() {
-                    return Err(twice());
-                }
-            }
-            "max_output_tokens" => {
-                if self.max_output_tokens.replace(number(value)?).is_some() {
-                    return Err(twice());
-                }
-            }
-            _ => {}
         }
-        Ok(())
+        match name.to_ascii_lowercase().as_str() {
+            "model" => once(&mut self.model, value.to_string(), name),
+            "max_tokens" => once(&mut self.max_tokens, number(value)?, name),
+            "max_completion_tokens" => once(&mut self.max_completion_tokens, number(value)?, name),
+            "max_output_tokens" => once(&mut self.max_output_tokens, number(value)?, name),
+            _ => Ok(()),
+        }
     }
 
     fn finish(self) -> Result<LlmRequest, String> {
@@ -649,11 +637,14 @@ mod tests {
 
     const CHAT: &[u8] = br#"{"model":"gpt-4o","max_tokens":7,"messages":[]}"#;
 
+    /// (case, body, request headers, what is expected: decoded or the refusal code).
+    type Case<T> = (&'static str, Vec<u8>, Vec<(&'static str, &'static str)>, T);
+
     #[test]
     fn bodies_that_hid_the_model_are_read() {
         let with_bom = [BOM, CHAT].concat();
         let stacked = br(&gzip(CHAT));
-        let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, bool)> = vec![
+        let cases: Vec<Case<bool>> = vec![
             (
                 "json behind a BOM",
                 with_bom.clone(),
@@ -776,7 +767,7 @@ mod tests {
         let mut corrupt = gzip(CHAT);
         let n = corrupt.len();
         corrupt[n / 2] ^= 0xFF;
-        let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, &str)> = vec![
+        let cases: Vec<Case<&str>> = vec![
             (
                 "text",
                 b"gpt-4o please".to_vec(),
