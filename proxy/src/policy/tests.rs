@@ -133,8 +133,8 @@ macro_rules! case {
 #[test]
 fn quickstart_policies_decide_as_documented() {
     let engine = load_ok(&repo_policies());
-    assert_eq!(engine.policy_count(&tid("acme")), 10);
-    assert_eq!(engine.policy_count(&tid("globex")), 9);
+    assert_eq!(engine.policy_count(&tid("acme")), 11);
+    assert_eq!(engine.policy_count(&tid("globex")), 10);
     let chat = "/v1/chat/completions";
     let eu = "eu.api.openai.com";
     #[rustfmt::skip]
