@@ -807,11 +807,19 @@ fn intercepted_tunnels_to_an_https_mcp_server_are_scoped_too() {
         server.calls(),
         [("echo".to_string(), json!({"text": "tunnelled"}))]
     );
-    let tunnelled = proxy
-        .audit_records("globex")
-        .into_iter()
-        .find(|r| r["reason"] == "tool_denied")
-        .unwrap();
+    // Records are written off the request path: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let tunnelled = loop {
+        if let Some(r) = proxy
+            .audit_records("globex")
+            .into_iter()
+            .find(|r| r["reason"] == "tool_denied")
+        {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no tool_denied record");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(tunnelled["mcp"]["server"], "tls-mcp");
     // `connect_opaque` permits this host, but a tunnel to an MCP server is intercepted anyway.
     assert_eq!(tunnelled["tunnel"]["mode"], "intercept", "{tunnelled}");

@@ -248,6 +248,24 @@ pub enum BodyDestination {
     Other,
 }
 
+impl BodyDestination {
+    /// Where a request to `destination` goes: an MCP server's JSON-RPC is judged by the MCP
+    /// check after `http`; toward an LLM destination the body is classified or refused.
+    pub fn of(
+        mcp: &crate::config::mcp::McpSettings,
+        destination: &Destination,
+        static_hosts: &std::collections::HashMap<String, Vec<std::net::IpAddr>>,
+    ) -> Self {
+        if mcp.server_for(destination, None, static_hosts).is_some() {
+            BodyDestination::Mcp
+        } else if llm_destination(destination) {
+            BodyDestination::Llm
+        } else {
+            BodyDestination::Other
+        }
+    }
+}
+
 /// A body as it will be forwarded, and what it says about the call.
 #[derive(Debug)]
 pub struct Classified {

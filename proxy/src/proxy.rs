@@ -139,7 +139,8 @@ impl TenantProxy {
 
         let cap = self.shared.config.max_body_bytes;
         if let Some(body) = body::read_full(session, cap).await? {
-            let to = body_destination(&snapshot, &destination, &self.shared.config.egress.hosts);
+            let hosts = &self.shared.config.egress.hosts;
+            let to = body::BodyDestination::of(&snapshot.tenants.mcp, &destination, hosts);
             let read = body::classify(body, &session.req_header().headers, to, cap)?;
             ctx.model = read.llm.model;
             ctx.max_output_tokens = read.llm.max_output_tokens;
@@ -457,27 +458,6 @@ impl TenantProxy {
                 status,
             )
         });
-    }
-}
-
-/// How a request's body is read: an MCP server's JSON-RPC is judged by the MCP check after
-/// `http`; toward an LLM destination the body is classified or refused.
-pub(crate) fn body_destination(
-    snapshot: &Snapshot,
-    destination: &Destination,
-    static_hosts: &std::collections::HashMap<String, Vec<std::net::IpAddr>>,
-) -> body::BodyDestination {
-    if snapshot
-        .tenants
-        .mcp
-        .server_for(destination, None, static_hosts)
-        .is_some()
-    {
-        body::BodyDestination::Mcp
-    } else if body::llm_destination(destination) {
-        body::BodyDestination::Llm
-    } else {
-        body::BodyDestination::Other
     }
 }
 

@@ -189,7 +189,11 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
     let read = match &req.body {
         None => None,
         Some(body) => {
-            let to = crate::proxy::body_destination(snapshot, &destination, &Default::default());
+            let to = crate::body::BodyDestination::of(
+                &snapshot.tenants.mcp,
+                &destination,
+                &Default::default(),
+            );
             let body = bytes::Bytes::from(body.clone());
             match crate::body::classify(body, &header.headers, to, EXPLAIN_MAX_BODY_BYTES) {
                 Ok(read) => Some(read),
