@@ -279,8 +279,9 @@ fn cross_tenant_decisions_use_only_the_callers_policies() {
 }
 
 /// With acme's partition broken (the caller broke it), the first request is admitted, then
-/// requests are refused with `audit_unavailable`, nothing more reaches the origin and the proxy
-/// is not ready; after `repair` the held record is written and requests are served again.
+/// requests are refused with `audit_unavailable` and nothing more reaches the origin (the
+/// replica stays ready: only acme's partition fails); after `repair` the held record is written
+/// and requests are served again.
 fn refuses_while_unwritable_then_recovers(proxy: &Proxy, origin: &Origin, repair: impl FnOnce()) {
     let first = forward_get(proxy.sidecar_port, &url(origin, "/acme/1"), None, "");
     assert_eq!(first.status, 200, "admitted before the write failed");
@@ -293,20 +294,24 @@ fn refuses_while_unwritable_then_recovers(proxy: &Proxy, origin: &Origin, repair
     let r = forward_get(proxy.sidecar_port, &url(origin, "/acme/3"), None, "");
     assert_eq!((r.status, r.code().as_str()), (503, "audit_unavailable"));
     assert_eq!(origin.count(), seen_before, "no request served unaudited");
-    assert!(proxy
-        .metrics()
-        .contains("tenant_proxy_audit_write_errors_total"));
+    let metrics = proxy.metrics();
+    assert!(metrics.contains("tenant_proxy_audit_write_errors_total"));
     assert!(
-        proxy.metrics().contains("\ntenant_proxy_audit_healthy 0\n"),
-        "{}",
-        proxy.metrics()
+        metrics.contains("tenant_proxy_audit_partition_failing{tenant=\"acme\"} 1"),
+        "{metrics}"
     );
+    // One tenant's partition failing does not take the replica out of service (other tenants
+    // are served); readiness counts the failing partitions without naming them.
+    // The sink as a whole (the directory) still writes: only acme's partition fails.
+    assert!(metrics.contains("\ntenant_proxy_audit_healthy 1\n"), "{metrics}");
     let ready = raw_request(
         proxy.admin_port,
         "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
-    assert_eq!(ready.status, 503, "{}", ready.body_text());
+    assert_eq!(ready.status, 200, "{}", ready.body_text());
+    assert_eq!(ready.json()["audit_partitions_failing"], 1);
+    assert!(!ready.body_text().contains("acme"));
 
     // Repair: the writer retries, writes the held record, and admits requests again.
     repair();

@@ -2,8 +2,11 @@
 //! limiter connected, every proxy listener accepting),
 //! `/metrics` (Prometheus text), `/usage?tenant=T&period=day|month[&run=R]` (one tenant's spend
 //! against its ceilings, for `tenant-proxy usage`), `POST /runs/close?tenant=T&run=R` (closes
-//! one tenant's run and writes its summary, for `tenant-proxy run close`). It is an operator port: bind it to loopback
-//! or a private network.
+//! one tenant's run and writes its summary, for `tenant-proxy run close`). It is an operator
+//! port: bind it to loopback or a private network.
+//!
+//! Refusals use the proxy's JSON error shape (`{"error":{"code","message","request_id"}}`), and
+//! a query parameter given twice is refused (`bad_request`) on every endpoint.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +19,12 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::audit::AuditSink;
+use crate::error::{error_body, Deny};
 use crate::ids::TenantId;
 use crate::limits::report::{usage_report, ReportPeriod};
 use crate::limits::LimitBackend;
 use crate::metrics::METRICS;
-use crate::runs::RunTracker;
+use crate::runs::{CloseError, RunTracker};
 use crate::snapshot::SnapshotHandle;
 
 /// Serves the admin endpoints.
@@ -106,78 +110,114 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 }
 
 impl AdminApp {
-    async fn usage(&self, query: &str) -> Result<Vec<u8>, String> {
-        let mut tenant = None;
-        let mut period = ReportPeriod::Day;
-        let mut run = None;
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            match &*k {
-                "tenant" => tenant = Some(TenantId::new(&v).map_err(|e| e.to_string())?),
-                "period" => {
-                    period = ReportPeriod::parse(&v)
-                        .ok_or_else(|| format!("period `{v}` is not `day` or `month`"))?;
-                }
-                "run" => run = Some(v.into_owned()),
-                other => return Err(format!("unknown parameter `{other}`")),
-            }
-        }
-        let tenant = tenant.ok_or("`tenant` is required")?;
+    async fn usage(&self, query: &Query) -> Result<Vec<u8>, Deny> {
+        query.only(&["tenant", "period", "run"])?;
+        let tenant = query.tenant()?;
+        let period = match query.get("period") {
+            None => ReportPeriod::Day,
+            Some(p) => ReportPeriod::parse(p)
+                .ok_or_else(|| Deny::BadRequest(format!("period `{p}` is not `day` or `month`")))?,
+        };
         let snap = self.snapshot.load();
         let report = usage_report(
             &snap.tenants,
             self.limits.as_ref(),
             &tenant,
             period,
-            run.as_deref(),
+            query.get("run"),
             crate::limits::unix_now(),
         )
-        .await?;
-        serde_json::to_vec(&report).map_err(|e| e.to_string())
+        .await
+        .map_err(Deny::BadRequest)?;
+        serde_json::to_vec(&report).map_err(|_| Deny::Internal)
     }
-}
 
-impl AdminApp {
     /// Closes the run named by the query: `tenant` and `run` are both required, and only that
     /// tenant's run of that id is touched (run ids are per tenant).
-    async fn close_run(&self, query: &str) -> Response<Vec<u8>> {
-        let mut tenant = None;
-        let mut run = None;
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            match &*k {
-                "tenant" => match TenantId::new(&v) {
-                    Ok(t) => tenant = Some(t),
-                    Err(e) => return json_error(400, &e.to_string()),
-                },
-                "run" if !v.is_empty() => run = Some(v.into_owned()),
-                "run" => return json_error(400, "`run` is empty"),
-                other => return json_error(400, &format!("unknown parameter `{other}`")),
-            }
-        }
-        let (Some(tenant), Some(run)) = (tenant, run) else {
-            return json_error(400, "`tenant` and `run` are required");
+    async fn close_run(&self, query: &Query) -> Result<Vec<u8>, Deny> {
+        query.only(&["tenant", "run"])?;
+        let tenant = query.tenant()?;
+        let run = match query.get("run") {
+            Some("") => return Err(Deny::BadRequest("`run` is empty".into())),
+            Some(run) => run,
+            None => return Err(Deny::BadRequest("`tenant` and `run` are required".into())),
         };
         if !self.snapshot.load().tenants.tenants.contains_key(&tenant) {
-            return json_error(404, &format!("no tenant `{tenant}`"));
+            return Err(Deny::AdminNotFound(format!("no tenant `{tenant}`")));
         }
-        match self.runs.close(&tenant, &run).await {
-            Ok(closed) => respond(
-                200,
-                "application/json",
-                serde_json::json!({ "tenant": tenant.as_str(), "run": run, "closed": closed })
-                    .to_string()
-                    .into_bytes(),
-            ),
-            Err(e) => json_error(503, &e.to_string()),
-        }
+        let closed = self.runs.close(&tenant, run).await.map_err(|e| match e {
+            CloseError::AuditUnavailable => Deny::AuditUnavailable,
+            CloseError::Limiter(_) => Deny::LimiterUnavailable,
+        })?;
+        Ok(
+            serde_json::json!({ "tenant": tenant.as_str(), "run": run, "closed": closed })
+                .to_string()
+                .into_bytes(),
+        )
     }
 }
 
-fn json_error(status: u16, why: &str) -> Response<Vec<u8>> {
-    respond(
+/// An admin request's query parameters, each named at most once.
+///
+/// SECURITY: a repeated parameter is refused rather than resolved by position: with
+/// `tenant=globex&tenant=acme`, a check that reads the first and an action that reads the last
+/// would act on another tenant than the one checked (or than the operator meant).
+#[derive(Debug, Default)]
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Parses `query` (names and values percent-decoded, so `%74enant` is `tenant` too).
+    fn parse(query: &str) -> Result<Self, Deny> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if pairs.iter().any(|(seen, _)| *seen == *k) {
+                return Err(Deny::BadRequest(format!(
+                    "parameter `{k}` is given more than once"
+                )));
+            }
+            pairs.push((k.into_owned(), v.into_owned()));
+        }
+        Ok(Self(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Refuses any parameter not in `known`.
+    fn only(&self, known: &[&str]) -> Result<(), Deny> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) => Err(Deny::BadRequest(format!("unknown parameter `{k}`"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The required `tenant` parameter, validated.
+    fn tenant(&self) -> Result<TenantId, Deny> {
+        let t = self
+            .get("tenant")
+            .ok_or_else(|| Deny::BadRequest("`tenant` is required".into()))?;
+        TenantId::new(t).map_err(|e| Deny::BadRequest(e.to_string()))
+    }
+}
+
+/// A refusal in the proxy's JSON error shape (`{"error":{"code","message","request_id"}}`),
+/// with its request id in `x-request-id` too.
+fn json_error(deny: &Deny) -> Response<Vec<u8>> {
+    let (status, code, message) = deny.describe();
+    let request_id = crate::trace::random_hex(16);
+    let mut resp = respond(
         status,
         "application/json",
-        serde_json::json!({ "error": why }).to_string().into_bytes(),
-    )
+        error_body(code, &message, &request_id, None),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -196,54 +236,108 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> 
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        match session.req_header().uri.path() {
+        let req = session.req_header();
+        let query = match Query::parse(req.uri.query().unwrap_or("")) {
+            Ok(q) => q,
+            Err(deny) => return json_error(&deny),
+        };
+        let path = req.uri.path().to_string();
+        let is_post = req.method == http::Method::POST;
+        match path.as_str() {
             "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
-            "/readyz" => {
-                let snap = self.snapshot.load();
-                let audit_ok = self.audit.is_healthy();
-                let limiter_ok = self.limits.is_ready();
-                let listening = self.listeners.accepting().await;
-                let ready = audit_ok && limiter_ok && listening;
-                let body = serde_json::json!({
-                    "ready": ready,
-                    "config_generation": snap.generation,
-                    "tenants": snap.tenants.tenants.len(),
-                    "audit_writable": audit_ok,
-                    "limiter_connected": limiter_ok,
-                    "listeners_accepting": listening,
-                });
-                respond(
-                    if ready { 200 } else { 503 },
-                    "application/json",
-                    body.to_string().into_bytes(),
-                )
-            }
+            "/readyz" => self.readiness().await,
             "/metrics" => respond(200, "text/plain; version=0.0.4", METRICS.render()),
-            "/usage" => {
-                let query = session.req_header().uri.query().unwrap_or("");
-                match self.usage(query).await {
-                    Ok(report) => respond(200, "application/json", report),
-                    Err(why) => respond(
-                        400,
-                        "application/json",
-                        serde_json::json!({ "error": why }).to_string().into_bytes(),
-                    ),
-                }
-            }
-            "/runs/close" if session.req_header().method == http::Method::POST => {
-                let query = session.req_header().uri.query().unwrap_or("").to_string();
-                self.close_run(&query).await
-            }
-            "/runs/close" => json_error(405, "use POST"),
-            _ => respond(404, "text/plain", b"not found\n".to_vec()),
+            "/usage" => match self.usage(&query).await {
+                Ok(report) => respond(200, "application/json", report),
+                Err(deny) => json_error(&deny),
+            },
+            "/runs/close" if is_post => match self.close_run(&query).await {
+                Ok(body) => respond(200, "application/json", body),
+                Err(deny) => json_error(&deny),
+            },
+            "/runs/close" => json_error(&Deny::MethodNotAllowed("use POST".into())),
+            _ => json_error(&Deny::AdminNotFound(format!("no admin endpoint `{path}`"))),
         }
     }
 }
 
+impl AdminApp {
+    /// `/readyz`: 200 when every listener accepts, the audit sink can write and the limiter is
+    /// connected; 503 with the failing part otherwise. A tenant whose own audit partition
+    /// fails does not make the replica unready (the other tenants are served); the count of
+    /// such partitions is reported.
+    async fn readiness(&self) -> Response<Vec<u8>> {
+        let snap = self.snapshot.load();
+        let audit_ok = self.audit.is_healthy();
+        let limiter_ok = self.limits.is_ready();
+        let listening = self.listeners.accepting().await;
+        let ready = audit_ok && limiter_ok && listening;
+        let body = serde_json::json!({
+            "ready": ready,
+            "config_generation": snap.generation,
+            "tenants": snap.tenants.tenants.len(),
+            "audit_writable": audit_ok,
+            // How many tenants' partitions fail (those tenants are refused, the others
+            // served); the metrics name them, this answer does not.
+            "audit_partitions_failing": self.audit.failing_partitions(),
+            "limiter_connected": limiter_ok,
+            "listeners_accepting": listening,
+        });
+        respond(
+            if ready { 200 } else { 503 },
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+    }
+}
+
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_parameter_is_refused_however_it_is_spelled() {
+        for query in [
+            "tenant=globex&tenant=acme&run=r",
+            "tenant=acme&run=r&tenant=acme",
+            "tenant=acme&%74enant=globex&run=r",
+            "run=a&run=b&tenant=acme",
+            "tenant=acme&run=r&x&x",
+        ] {
+            match Query::parse(query) {
+                Err(Deny::BadRequest(why)) => assert!(why.contains("more than once"), "{why}"),
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+        let q = Query::parse("tenant=acme&run=r%2D1").unwrap();
+        assert_eq!(q.tenant().unwrap().as_str(), "acme");
+        assert_eq!(q.get("run"), Some("r-1"));
+        assert!(q.only(&["tenant", "run"]).is_ok());
+        assert!(matches!(q.only(&["tenant"]), Err(Deny::BadRequest(_))));
+        assert!(matches!(
+            Query::parse("tenant=../x").unwrap().tenant(),
+            Err(Deny::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn errors_have_the_proxys_shape() {
+        let resp = json_error(&Deny::BadRequest(
+            "parameter `tenant` is given more than once".into(),
+        ));
+        assert_eq!(resp.status(), 400);
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(v["error"]["code"], "bad_request");
+        assert!(v["error"]["message"].as_str().unwrap().contains("`tenant`"));
+        let id = resp
+            .headers()
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_eq!(v["error"]["request_id"], id);
+    }
 
     #[tokio::test]
     async fn listeners_are_ready_only_once_all_accept() {

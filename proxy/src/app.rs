@@ -95,7 +95,11 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let runs = Arc::new(crate::runs::RunTracker::new(limits.clone(), audit.clone()));
+    let runs = Arc::new(crate::runs::RunTracker::new(
+        limits.clone(),
+        audit.clone(),
+        static_config.watched_runs_per_tenant,
+    ));
     spawn_run_expiries(runs.clone())?;
     let shared = Arc::new(Shared {
         config: static_config.clone(),

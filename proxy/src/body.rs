@@ -1,6 +1,12 @@
 //! Request bodies: read in full (up to the cap) before the policy decision, so the decision can
 //! see the model and nothing reaches the upstream before it is allowed.
 //!
+//! Toward an LLM destination ([`llm_destination`]) a body is either classified or refused,
+//! never forwarded unread ([`classify`]): its `Content-Encoding` is decoded (bounded), a UTF-8
+//! BOM removed, and it is read as JSON, a URL-encoded form or a multipart form for the model it
+//! names. What is forwarded is exactly what was read: the decoded body, without the BOM and
+//! without `Content-Encoding`.
+//!
 //! pingora forwards a body that a filter already read only through its retry buffer (64 KiB).
 //! We read the body ourselves and enable that buffer just before the final read, so pingora calls
 //! `request_body_filter` once at the start of proxying, where [`crate::proxy`] hands over the
@@ -10,6 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use std::io::Read;
 
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
@@ -17,6 +24,7 @@ use serde::Deserialize;
 
 use crate::error::Deny;
 use crate::metrics::METRICS;
+use crate::target::Destination;
 
 /// A buffered request body. It may hold substituted secrets, so `Debug` shows only its length.
 #[derive(Clone)]
@@ -228,34 +236,930 @@ pub struct LlmRequest {
 /// be able to hide them from the proxy while the upstream still reads them:
 /// - the body's shape decides, not its `Content-Type` (many LLM APIs parse JSON whatever the
 ///   header says, so `Content-Type: text/plain` must not hide the model);
+/// - a UTF-8 BOM before the object does not hide it either (parsers that skip it exist);
 /// - an object-shaped body that cannot be read unambiguously (invalid JSON that a lenient parser
 ///   might still accept, a `model` or ceiling of the wrong type, a field given twice, where
 ///   upstream parsers keep the last copy) is refused rather than forwarded unchecked.
 ///
-/// Other bodies (forms, uploads, arrays, text) name no model here and pass as they are.
+/// Other bodies (forms, uploads, arrays, text) name no model here and pass as they are; toward
+/// an LLM destination [`classify`] reads them too or refuses them.
 pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
+    let body = body.strip_prefix(BOM).unwrap_or(body);
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Ok(LlmRequest::default());
     }
     let f = serde_json::from_slice::<LlmFields<'_>>(body)
         .map_err(|e| format!("the request body cannot be read as a JSON object: {e}"))?;
-    let model = match f.model {
-        Some(m) if m.len() > 256 => return Err("`model` is longer than 256 bytes".into()),
-        m => m.map(|m| m.into_owned()),
-    };
+    checked(
+        f.model.map(|m| m.into_owned()),
+        f.max_tokens,
+        f.max_completion_tokens,
+        f.max_output_tokens,
+    )
+}
+
+fn checked(
+    model: Option<String>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+) -> Result<LlmRequest, String> {
+    if model.as_ref().is_some_and(|m| m.len() > 256) {
+        return Err("`model` is longer than 256 bytes".into());
+    }
     Ok(LlmRequest {
         model,
-        max_output_tokens: f
-            .max_tokens
-            .or(f.max_completion_tokens)
-            .or(f.max_output_tokens),
+        max_output_tokens: max_tokens.or(max_completion_tokens).or(max_output_tokens),
     })
 }
 
+/// The UTF-8 byte order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Content codings decoded one inside another at most (`gzip, br` is two).
+const MAX_CODINGS: usize = 4;
+
+/// Known LLM API paths: a body sent to one is an LLM call, whatever the host.
+const LLM_PATHS: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/embeddings",
+];
+
+/// The operations of an Azure OpenAI deployment (`/openai/deployments/<name>/<operation>`).
+const DEPLOYMENT_OPERATIONS: &[&str] =
+    &["chat/completions", "completions", "embeddings", "responses"];
+
+/// Whether requests to `destination` are LLM calls: a route or host with a provider (the
+/// route's `provider`, or a well-known API host), or a known LLM API path on any host. The path
+/// is compared percent-decoded, with repeated slashes folded and case ignored, the way servers
+/// route it, so `/v1/%63hat/completions` or `//v1/Chat/completions` is one too.
+pub fn llm_destination(destination: &Destination) -> bool {
+    if destination.provider.is_some()
+        || crate::pricing::provider_for_host(&destination.host).is_some()
+    {
+        return true;
+    }
+    let path = destination
+        .upstream_path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("");
+    let path = normalized_path(path);
+    let path = path.trim_end_matches('/');
+    // Each known path starts with `/`, so a suffix match is a whole-segment match.
+    LLM_PATHS.iter().any(|p| path.ends_with(p))
+        || path
+            .split_once("/openai/deployments/")
+            .is_some_and(|(_, rest)| {
+                rest.split_once('/')
+                    .is_some_and(|(_, op)| DEPLOYMENT_OPERATIONS.contains(&op))
+            })
+}
+
+/// Percent-decoded, repeated slashes folded, ASCII lowercase.
+fn normalized_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                decoded.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for c in String::from_utf8_lossy(&decoded).chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// Where a body goes, as far as reading it is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyDestination {
+    /// An LLM destination: the body is classified or refused ([`classify`]).
+    Llm,
+    /// An MCP server: its JSON-RPC body is judged by the MCP check ([`crate::mcp`]).
+    Mcp,
+    /// Anything else: a JSON object's model is read; other bodies pass as they are.
+    Other,
+}
+
+impl BodyDestination {
+    /// Where a request to `destination` goes: an MCP server's JSON-RPC is judged by the MCP
+    /// check after `http`; toward an LLM destination the body is classified or refused.
+    pub fn of(
+        mcp: &crate::config::mcp::McpSettings,
+        destination: &Destination,
+        static_hosts: &std::collections::HashMap<String, Vec<std::net::IpAddr>>,
+    ) -> Self {
+        if mcp.server_for(destination, None, static_hosts).is_some() {
+            BodyDestination::Mcp
+        } else if llm_destination(destination) {
+            BodyDestination::Llm
+        } else {
+            BodyDestination::Other
+        }
+    }
+}
+
+/// A body as it will be forwarded, and what it says about the call.
+#[derive(Debug)]
+pub struct Classified {
+    /// The bytes to forward: for an LLM destination decoded and without a BOM.
+    pub body: Bytes,
+    /// The model and output ceiling it names.
+    pub llm: LlmRequest,
+    /// Its `Content-Encoding` was decoded: the header must not go upstream.
+    pub decoded: bool,
+}
+
+/// Reads a request body for the decision. `cap` bounds every decoded size
+/// (`max_body_bytes`).
+///
+/// SECURITY: toward an LLM destination a body that cannot be read is refused, never forwarded
+/// with its model unseen: an unknown `Content-Encoding` or a body that is neither JSON nor a
+/// form is `unsupported_media_type` (415), a corrupt encoding or malformed JSON or form
+/// `bad_request` (400), and a body that decodes to more than `cap` `request_body_too_large`
+/// (413; decompression bombs stop there).
+pub fn classify(
+    body: Bytes,
+    headers: &http::HeaderMap,
+    to: BodyDestination,
+    cap: usize,
+) -> Result<Classified, Deny> {
+    match to {
+        BodyDestination::Mcp => Ok(Classified {
+            body,
+            llm: LlmRequest::default(),
+            decoded: false,
+        }),
+        BodyDestination::Other => {
+            let llm = llm_request(&body).map_err(Deny::BadRequest)?;
+            Ok(Classified {
+                body,
+                llm,
+                decoded: false,
+            })
+        }
+        BodyDestination::Llm => classify_llm(body, headers, cap),
+    }
+}
+
+fn classify_llm(body: Bytes, headers: &http::HeaderMap, cap: usize) -> Result<Classified, Deny> {
+    let codings = content_codings(headers)?;
+    let decoded = !codings.is_empty();
+    let mut bytes = body;
+    // Codings are listed in the order they were applied: undo the last first.
+    for coding in codings.iter().rev() {
+        bytes = Bytes::from(decode(&bytes, *coding, cap)?);
+    }
+    if bytes.starts_with(BOM) {
+        bytes = bytes.slice(BOM.len()..);
+    }
+    let content_type = media_type(headers);
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let llm = match first {
+        // No content: nothing to read.
+        None => LlmRequest::default(),
+        // Shaped like JSON: read as JSON whatever the header says (LLM APIs do).
+        Some(b'{') => llm_request(&bytes).map_err(Deny::BadRequest)?,
+        Some(b'[') => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+                Deny::BadRequest(format!("the request body cannot be read as JSON: {e}"))
+            })?;
+            LlmRequest::default()
+        }
+        Some(_) => match content_type.as_deref() {
+            Some("application/x-www-form-urlencoded") => {
+                url_encoded(&bytes).map_err(Deny::BadRequest)?
+            }
+            Some("multipart/form-data") => {
+                let boundary = boundary(headers).ok_or_else(|| {
+                    Deny::BadRequest("a multipart body needs a `boundary` parameter".into())
+                })?;
+                multipart(&bytes, &boundary).map_err(Deny::BadRequest)?
+            }
+            Some(t) if t == "application/json" || t.ends_with("+json") => {
+                return Err(Deny::BadRequest(
+                    "the request body is not JSON, as its `Content-Type` says".into(),
+                ))
+            }
+            other => {
+                return Err(Deny::UnsupportedBody(format!(
+                    "a body of type `{}` that is not JSON, nor a URL-encoded or multipart form",
+                    other.unwrap_or("(none)")
+                )))
+            }
+        },
+    };
+    Ok(Classified {
+        body: bytes,
+        llm,
+        decoded,
+    })
+}
+
+/// A content coding the proxy decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Gzip,
+    Deflate,
+    Brotli,
+    Zstd,
+}
+
+/// The request's `Content-Encoding` codings, in the order they were applied (`identity`
+/// dropped). Every header line counts, and every comma-separated entry.
+fn content_codings(headers: &http::HeaderMap) -> Result<Vec<Coding>, Deny> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(http::header::CONTENT_ENCODING) {
+        let text = value
+            .to_str()
+            .map_err(|_| Deny::UnsupportedBody("a `Content-Encoding` that is not text".into()))?;
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let coding = match token.to_ascii_lowercase().as_str() {
+                "identity" => continue,
+                "gzip" | "x-gzip" => Coding::Gzip,
+                "deflate" => Coding::Deflate,
+                "br" => Coding::Brotli,
+                "zstd" => Coding::Zstd,
+                _ => {
+                    return Err(Deny::UnsupportedBody(format!(
+                        "`Content-Encoding: {token}` (gzip, deflate, br and zstd are decoded)"
+                    )))
+                }
+            };
+            codings.push(coding);
+        }
+    }
+    if codings.len() > MAX_CODINGS {
+        return Err(Deny::UnsupportedBody(format!(
+            "more than {MAX_CODINGS} content codings"
+        )));
+    }
+    Ok(codings)
+}
+
+/// Largest zstd window accepted (8 MiB), so a frame cannot make the decoder allocate more.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// Decodes `body`, refusing output over `cap` (the decoder stops there: a decompression bomb
+/// costs at most `cap` bytes).
+fn decode(body: &[u8], coding: Coding, cap: usize) -> Result<Vec<u8>, Deny> {
+    let corrupt = |e: std::io::Error| {
+        Deny::BadRequest(format!(
+            "the request body's `Content-Encoding` cannot be decoded: {e}"
+        ))
+    };
+    let reader: Box<dyn Read + '_> = match coding {
+        Coding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
+        // HTTP's `deflate` is zlib-wrapped; some clients send raw deflate, which has no header.
+        Coding::Deflate if zlib_header(body) => Box::new(flate2::read::ZlibDecoder::new(body)),
+        Coding::Deflate => Box::new(flate2::read::DeflateDecoder::new(body)),
+        Coding::Brotli => Box::new(brotli::Decompressor::new(body, 4096)),
+        Coding::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(body).map_err(corrupt)?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(corrupt)?;
+            Box::new(d)
+        }
+    };
+    let mut out = Vec::new();
+    reader
+        .take(cap as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(corrupt)?;
+    if out.len() > cap {
+        return Err(Deny::BodyTooLarge);
+    }
+    Ok(out)
+}
+
+fn zlib_header(body: &[u8]) -> bool {
+    match body {
+        [cmf, flg, ..] => cmf & 0x0F == 8 && (u16::from(*cmf) * 256 + u16::from(*flg)) % 31 == 0,
+        _ => false,
+    }
+}
+
+/// The `Content-Type` essence, lowercase (`None` without one, or with several).
+fn media_type(headers: &http::HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let essence = value.to_str().ok()?.split(';').next()?.trim();
+    Some(essence.to_ascii_lowercase())
+}
+
+/// The `boundary` parameter of a multipart `Content-Type`.
+fn boundary(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    value.split(';').skip(1).find_map(|param| {
+        let (k, v) = param.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| v.trim().trim_matches('"').to_string())
+            .filter(|b| !b.is_empty() && b.len() <= 70)
+    })
+}
+
+/// The form fields that name the model or the output ceiling, each at most once.
+#[derive(Default)]
+struct FormFields {
+    model: Option<String>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+}
+
+impl FormFields {
+    /// Takes one field; a field that matters given twice is refused (parsers disagree on
+    /// which copy wins). Names are compared ignoring case, so no spelling hides one.
+    fn take(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let number = |v: &str| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("form field `{name}` is not a whole number"))
+        };
+        fn once<T>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), String> {
+            match slot.replace(value) {
+                Some(_) => Err(format!("form field `{name}` is given more than once")),
+                None => Ok(()),
+            }
+        }
+        match name.to_ascii_lowercase().as_str() {
+            "model" => once(&mut self.model, value.to_string(), name),
+            "max_tokens" => once(&mut self.max_tokens, number(value)?, name),
+            "max_completion_tokens" => once(&mut self.max_completion_tokens, number(value)?, name),
+            "max_output_tokens" => once(&mut self.max_output_tokens, number(value)?, name),
+            _ => Ok(()),
+        }
+    }
+
+    fn finish(self) -> Result<LlmRequest, String> {
+        checked(
+            self.model,
+            self.max_tokens,
+            self.max_completion_tokens,
+            self.max_output_tokens,
+        )
+    }
+}
+
+fn url_encoded(body: &[u8]) -> Result<LlmRequest, String> {
+    let mut fields = FormFields::default();
+    for (k, v) in form_urlencoded::parse(body) {
+        fields.take(&k, &v)?;
+    }
+    fields.finish()
+}
+
+/// Reads the fields of a `multipart/form-data` body (RFC 7578) that name the model or the
+/// output ceiling. File parts are skipped; the body must be well formed to its closing
+/// delimiter.
+fn multipart(body: &[u8], boundary: &str) -> Result<LlmRequest, String> {
+    let malformed = |why: &str| format!("the multipart body cannot be read: {why}");
+    let delimiter = format!("--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    let mut rest = body;
+    // Anything before the first delimiter is a preamble.
+    let start = find(rest, delimiter).ok_or_else(|| malformed("no boundary delimiter"))?;
+    rest = &rest[start + delimiter.len()..];
+    let mut fields = FormFields::default();
+    loop {
+        if rest.starts_with(b"--") {
+            return fields.finish();
+        }
+        rest = rest
+            .strip_prefix(b"\r\n")
+            .ok_or_else(|| malformed("a delimiter not followed by a line break"))?;
+        // The part's headers end with an empty line (at once, for a part without headers).
+        let (head, content) = match rest.strip_prefix(b"\r\n") {
+            Some(content) => (&b""[..], content),
+            None => {
+                let end = find(rest, b"\r\n\r\n")
+                    .ok_or_else(|| malformed("unterminated part headers"))?;
+                (&rest[..end], &rest[end + 4..])
+            }
+        };
+        let head =
+            std::str::from_utf8(head).map_err(|_| malformed("part headers that are not UTF-8"))?;
+        let mut next = Vec::with_capacity(delimiter.len() + 2);
+        next.extend_from_slice(b"\r\n");
+        next.extend_from_slice(delimiter);
+        let end = find(content, &next).ok_or_else(|| malformed("no closing delimiter"))?;
+        if let Some(name) = part_name(head) {
+            let lowered = name.to_ascii_lowercase();
+            if matches!(
+                lowered.as_str(),
+                "model" | "max_tokens" | "max_completion_tokens" | "max_output_tokens"
+            ) {
+                let value = std::str::from_utf8(&content[..end])
+                    .map_err(|_| malformed("a field value that is not UTF-8"))?;
+                fields.take(&name, value)?;
+            }
+        }
+        rest = &content[end + next.len()..];
+    }
+}
+
+/// The field name of a part (`Content-Disposition: form-data; name="…"`, or `name*=`).
+fn part_name(head: &str) -> Option<String> {
+    let disposition = head.split("\r\n").find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-disposition")
+            .then_some(v)
+    })?;
+    disposition.split(';').skip(1).find_map(|param| {
+        let (k, v) = param.split_once('=')?;
+        let v = v.trim();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "name" => Some(v.trim_matches('"').to_string()),
+            // RFC 5987 `charset'lang'value`.
+            "name*" => v
+                .rsplit('\'')
+                .next()
+                .map(|n| n.trim_matches('"').to_string()),
+            _ => None,
+        }
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::config::model::Scheme;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn raw_deflate(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn br(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            w.write_all(data).unwrap();
+        }
+        out
+    }
+
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        zstd::encode_all(data, 3).unwrap()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn to_llm(body: Vec<u8>, pairs: &[(&str, &str)]) -> Result<Classified, Deny> {
+        classify(
+            Bytes::from(body),
+            &headers(pairs),
+            BodyDestination::Llm,
+            1 << 20,
+        )
+    }
+
+    const CHAT: &[u8] = br#"{"model":"gpt-4o","max_tokens":7,"messages":[]}"#;
+
+    /// (case, body, request headers, what is expected: decoded or the refusal code).
+    type Case<T> = (&'static str, Vec<u8>, Vec<(&'static str, &'static str)>, T);
+
+    #[test]
+    fn bodies_that_hid_the_model_are_read() {
+        let with_bom = [BOM, CHAT].concat();
+        let stacked = br(&gzip(CHAT));
+        let cases: Vec<Case<bool>> = vec![
+            (
+                "json behind a BOM",
+                with_bom.clone(),
+                vec![("content-type", "application/json")],
+                false,
+            ),
+            (
+                "BOM and text/plain",
+                with_bom,
+                vec![("content-type", "text/plain")],
+                false,
+            ),
+            ("gzip", gzip(CHAT), vec![("content-encoding", "gzip")], true),
+            (
+                "x-gzip",
+                gzip(CHAT),
+                vec![("content-encoding", "X-GZIP")],
+                true,
+            ),
+            (
+                "deflate (zlib)",
+                zlib(CHAT),
+                vec![("content-encoding", "deflate")],
+                true,
+            ),
+            (
+                "deflate (raw)",
+                raw_deflate(CHAT),
+                vec![("content-encoding", "deflate")],
+                true,
+            ),
+            ("br", br(CHAT), vec![("content-encoding", "br")], true),
+            ("zstd", zstd(CHAT), vec![("content-encoding", "zstd")], true),
+            (
+                "gzip then br",
+                stacked.clone(),
+                vec![("content-encoding", "gzip, br")],
+                true,
+            ),
+            (
+                "gzip then br, two lines",
+                stacked,
+                vec![("content-encoding", "gzip"), ("content-encoding", "br")],
+                true,
+            ),
+            (
+                "identity",
+                CHAT.to_vec(),
+                vec![("content-encoding", "identity")],
+                false,
+            ),
+            (
+                "gzip behind a BOM inside",
+                gzip(&[BOM, CHAT].concat()),
+                vec![("content-encoding", "gzip")],
+                true,
+            ),
+        ];
+        for (name, body, pairs, decoded) in cases {
+            let read = to_llm(body, &pairs).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert_eq!(read.llm.model.as_deref(), Some("gpt-4o"), "{name}");
+            assert_eq!(read.llm.max_output_tokens, Some(7), "{name}");
+            assert_eq!(read.decoded, decoded, "{name}");
+            // What is forwarded is what was read: decoded, without the BOM.
+            assert_eq!(&read.body[..], CHAT, "{name}");
+        }
+    }
+
+    #[test]
+    fn forms_name_the_model_too() {
+        let form = to_llm(
+            b"model=whisper-1&Max_Tokens=5&file=x".to_vec(),
+            &[(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )],
+        )
+        .unwrap();
+        assert_eq!(form.llm.model.as_deref(), Some("whisper-1"));
+        assert_eq!(form.llm.max_output_tokens, Some(5));
+        let multipart_body = |disposition: &str| {
+            format!(
+                "preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\r\n--XyZ\r\n\r\n\r\n--XyZ\r\nContent-Disposition: {disposition}\r\n\r\nwhisper-1\r\n--XyZ--\r\n"
+            )
+            .into_bytes()
+        };
+        for disposition in [
+            "form-data; name=\"model\"",
+            "form-data; name=model",
+            "form-data; NAME=\"Model\"",
+            "form-data; name*=utf-8''model",
+        ] {
+            let read = to_llm(
+                multipart_body(disposition),
+                &[("content-type", "multipart/form-data; boundary=\"XyZ\"")],
+            )
+            .unwrap_or_else(|e| panic!("{disposition}: {e:?}"));
+            assert_eq!(
+                read.llm.model.as_deref(),
+                Some("whisper-1"),
+                "{disposition}"
+            );
+        }
+        let upload = to_llm(
+            b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b--"
+                .to_vec(),
+            &[("content-type", "multipart/form-data; boundary=b")],
+        )
+        .unwrap();
+        assert_eq!(
+            upload.llm,
+            LlmRequest::default(),
+            "an upload names no model"
+        );
+    }
+
+    #[test]
+    fn bodies_that_cannot_be_read_are_refused() {
+        let twice_multipart = b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-mini\r\n--b\r\nContent-Disposition: form-data; name=\"MODEL\"\r\n\r\ngpt-4o\r\n--b--".to_vec();
+        let mut corrupt = gzip(CHAT);
+        let n = corrupt.len();
+        corrupt[n / 2] ^= 0xFF;
+        let cases: Vec<Case<&str>> = vec![
+            (
+                "text",
+                b"gpt-4o please".to_vec(),
+                vec![("content-type", "text/plain")],
+                "unsupported_media_type",
+            ),
+            (
+                "no type",
+                b"model: gpt-4o".to_vec(),
+                vec![],
+                "unsupported_media_type",
+            ),
+            (
+                "octet stream",
+                vec![0, 1, 2],
+                vec![("content-type", "application/octet-stream")],
+                "unsupported_media_type",
+            ),
+            (
+                "not JSON though it says so",
+                b"model=gpt-4o".to_vec(),
+                vec![("content-type", "application/json")],
+                "bad_request",
+            ),
+            (
+                "unknown coding",
+                CHAT.to_vec(),
+                vec![("content-encoding", "compress")],
+                "unsupported_media_type",
+            ),
+            (
+                "too many codings",
+                CHAT.to_vec(),
+                vec![("content-encoding", "identity, gzip, gzip, gzip, gzip, gzip")],
+                "unsupported_media_type",
+            ),
+            (
+                "gzip that is not",
+                CHAT.to_vec(),
+                vec![("content-encoding", "gzip")],
+                "bad_request",
+            ),
+            (
+                "corrupt gzip",
+                corrupt,
+                vec![("content-encoding", "gzip")],
+                "bad_request",
+            ),
+            (
+                "br that is not",
+                CHAT.to_vec(),
+                vec![("content-encoding", "br")],
+                "bad_request",
+            ),
+            (
+                "zstd that is not",
+                CHAT.to_vec(),
+                vec![("content-encoding", "zstd")],
+                "bad_request",
+            ),
+            (
+                "model twice",
+                br#"{"model":"gpt-4o-mini","model":"gpt-4o"}"#.to_vec(),
+                vec![],
+                "bad_request",
+            ),
+            (
+                "gzip hides model twice",
+                gzip(br#"{"model":"a","model":"b"}"#),
+                vec![("content-encoding", "gzip")],
+                "bad_request",
+            ),
+            (
+                "form model twice",
+                b"model=gpt-4o-mini&model=gpt-4o".to_vec(),
+                vec![("content-type", "application/x-www-form-urlencoded")],
+                "bad_request",
+            ),
+            (
+                "form bad ceiling",
+                b"model=m&max_tokens=-1".to_vec(),
+                vec![("content-type", "application/x-www-form-urlencoded")],
+                "bad_request",
+            ),
+            (
+                "multipart model twice",
+                twice_multipart,
+                vec![("content-type", "multipart/form-data; boundary=b")],
+                "bad_request",
+            ),
+            (
+                "multipart without boundary",
+                b"--b--".to_vec(),
+                vec![("content-type", "multipart/form-data")],
+                "bad_request",
+            ),
+            (
+                "multipart unterminated",
+                b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o".to_vec(),
+                vec![("content-type", "multipart/form-data; boundary=b")],
+                "bad_request",
+            ),
+            (
+                "JSON array that is not",
+                b"[1,".to_vec(),
+                vec![],
+                "bad_request",
+            ),
+        ];
+        for (name, body, pairs, code) in cases {
+            match to_llm(body, &pairs) {
+                Err(deny) => assert_eq!(deny.code().as_str(), code, "{name}: {deny:?}"),
+                Ok(read) => panic!("{name}: read as {:?}", read.llm),
+            }
+        }
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_cap() {
+        let zeros = vec![0u8; 8 << 20];
+        for (coding, bomb) in [
+            ("gzip", gzip(&zeros)),
+            ("br", br(&zeros)),
+            ("zstd", zstd(&zeros)),
+        ] {
+            assert!(bomb.len() < 64 << 10, "{coding}: {}", bomb.len());
+            let got = classify(
+                Bytes::from(bomb),
+                &headers(&[("content-encoding", coding)]),
+                BodyDestination::Llm,
+                1 << 20,
+            );
+            assert_eq!(got.err(), Some(Deny::BodyTooLarge), "{coding}");
+        }
+        // Exactly at the cap is fine.
+        let body = [CHAT, &vec![b' '; 1000][..]].concat();
+        let read = classify(
+            Bytes::from(gzip(&body)),
+            &headers(&[("content-encoding", "gzip")]),
+            BodyDestination::Llm,
+            body.len(),
+        )
+        .unwrap();
+        assert_eq!(read.body.len(), body.len());
+    }
+
+    #[test]
+    fn other_destinations_keep_their_bodies() {
+        let gz = gzip(CHAT);
+        let other = classify(
+            Bytes::from(gz.clone()),
+            &headers(&[("content-encoding", "gzip")]),
+            BodyDestination::Other,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(&other.body[..], &gz[..]);
+        assert!(!other.decoded);
+        let with_bom = [BOM, CHAT].concat();
+        let other = classify(
+            Bytes::from(with_bom.clone()),
+            &headers(&[]),
+            BodyDestination::Other,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            other.llm.model.as_deref(),
+            Some("gpt-4o"),
+            "a BOM hides no model anywhere"
+        );
+        assert_eq!(&other.body[..], &with_bom[..]);
+        let mcp = classify(
+            Bytes::from_static(b"not json"),
+            &headers(&[]),
+            BodyDestination::Mcp,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(mcp.llm, LlmRequest::default());
+    }
+
+    #[test]
+    fn llm_destinations() {
+        let dest = |host: &str, path: &str, provider: Option<&str>| Destination {
+            scheme: Scheme::Https,
+            host: host.into(),
+            port: 443,
+            upstream_path: path.into(),
+            audit_path: path.into(),
+            route: None,
+            internal: false,
+            provider: provider.map(String::from),
+        };
+        let cases = [
+            (
+                "known host",
+                dest("api.openai.com", "/v1/files", None),
+                true,
+            ),
+            (
+                "route provider",
+                dest("llm.internal", "/generate", Some("openai")),
+                true,
+            ),
+            (
+                "chat path anywhere",
+                dest("127.0.0.1", "/v1/chat/completions", None),
+                true,
+            ),
+            (
+                "under a prefix",
+                dest("gw.example", "/openai/v1/responses?x=1", None),
+                true,
+            ),
+            ("messages", dest("gw.example", "/v1/messages", None), true),
+            (
+                "embeddings, trailing slash",
+                dest("gw.example", "/v1/embeddings/", None),
+                true,
+            ),
+            (
+                "encoded",
+                dest("gw.example", "/v1/%63hat/completions", None),
+                true,
+            ),
+            (
+                "doubled slash, case",
+                dest("gw.example", "//V1/Chat//completions", None),
+                true,
+            ),
+            (
+                "azure deployment",
+                dest(
+                    "x.openai.azure.com",
+                    "/openai/deployments/gpt4/chat/completions",
+                    None,
+                ),
+                true,
+            ),
+            (
+                "other path",
+                dest("gw.example", "/v1/chat/completions-old", None),
+                false,
+            ),
+            (
+                "not a segment",
+                dest("gw.example", "/xv1/chat/completions", None),
+                false,
+            ),
+            (
+                "plain API",
+                dest("api.example.com", "/v1/users", None),
+                false,
+            ),
+        ];
+        for (name, d, want) in cases {
+            assert_eq!(llm_destination(&d), want, "{name}");
+        }
+    }
 
     #[test]
     fn a_json_object_is_read_whatever_the_content_type_says() {
@@ -320,6 +1224,32 @@ mod tests {
                 *want,
                 "{body}"
             );
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn hostile_bodies_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                kind in 0usize..6,
+            ) {
+                let pairs: &[(&str, &str)] = match kind {
+                    0 => &[("content-type", "multipart/form-data; boundary=b")],
+                    1 => &[("content-type", "application/x-www-form-urlencoded")],
+                    2 => &[("content-encoding", "gzip")],
+                    3 => &[("content-encoding", "br")],
+                    4 => &[("content-encoding", "zstd")],
+                    _ => &[("content-encoding", "deflate")],
+                };
+                let _ = to_llm(bytes.clone(), pairs);
+                let mut framed = b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n".to_vec();
+                framed.extend_from_slice(&bytes);
+                let _ = to_llm(framed, &[("content-type", "multipart/form-data; boundary=b")]);
+            }
         }
     }
 }

@@ -676,7 +676,17 @@ fn admin_call(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::R
     let mut body = Vec::new();
     reader.take(length).read_to_end(&mut body)?;
     if status.split_whitespace().nth(1) != Some("200") {
-        anyhow::bail!("admin port: {}", String::from_utf8_lossy(&body).trim());
+        // Refusals are the proxy's JSON error shape; show its message and code.
+        let refusal: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        match refusal
+            .as_ref()
+            .map(|v| (&v["error"]["message"], &v["error"]["code"]))
+        {
+            Some((serde_json::Value::String(m), serde_json::Value::String(c))) => {
+                anyhow::bail!("admin port: {m} ({c})")
+            }
+            _ => anyhow::bail!("admin port: {}", String::from_utf8_lossy(&body).trim()),
+        }
     }
     Ok(body)
 }

@@ -142,6 +142,8 @@ pub struct RequestCtx {
     pub body: Option<BufferedBody>,
     /// The body's share of the process-wide body budget, held until the request ends.
     pub body_hold: Option<crate::body::BodyHold>,
+    /// The body's `Content-Encoding` was decoded: it goes upstream decoded, without the header.
+    pub body_decoded: bool,
     /// Credential substitutions to make upstream.
     pub applied: Option<Applied>,
     /// Scrubs substituted secrets echoed back in the response.
@@ -186,10 +188,11 @@ pub struct RequestCtx {
     pub audit_slot: Option<AuditSlot>,
     /// The intercepted tunnel this request came through (its id).
     pub tunnel: Option<Arc<str>>,
-    /// For a request to an MCP server: its server, tool calls and listed ids.
+    /// For a request to an MCP server: its server, what it uses and the lists it asks for.
     pub mcp: Option<crate::mcp::McpExchange>,
-    /// Removes tools this workload may not call from the MCP server's `tools/list` results.
-    pub tool_filter: Option<crate::mcp::list_filter::ToolListFilter>,
+    /// Removes the tools, resources and prompts this workload may not use from the MCP
+    /// server's list results.
+    pub list_filter: Option<crate::mcp::list_filter::ListFilter>,
 }
 
 impl RequestCtx {
@@ -208,6 +211,7 @@ impl RequestCtx {
             max_output_tokens: None,
             body: None,
             body_hold: None,
+            body_decoded: false,
             applied: None,
             scrubber: None,
             credential_names: Vec::new(),
@@ -231,7 +235,7 @@ impl RequestCtx {
             audit_slot: None,
             tunnel: None,
             mcp: None,
-            tool_filter: None,
+            list_filter: None,
         }
     }
 }

@@ -118,6 +118,17 @@ impl From<crate::front::Violation> for Deny {
             }
         }
     }
+    /// An admin endpoint, or the tenant it names, does not exist.
+    AdminNotFound(String),
+    /// An admin endpoint called with the wrong method.
+    MethodNotAllowed(String),
+    /// A body toward an LLM destination that the proxy cannot classify (its media type, or its
+    /// `Content-Encoding`), so it is not forwarded unchecked.
+    UnsupportedBody(String),
+    /// Policy denied reading an MCP resource (its URI).
+    ResourceDenied(String),
+    /// Policy denied getting an MCP prompt (its name).
+    PromptDenied(String),
 }
 
 impl Deny {
@@ -250,6 +261,16 @@ pub enum ReasonCode {
     BadConnectionHeader,
     /// See [`Deny::ClientClosed`].
     ClientClosed,
+    /// See [`Deny::AdminNotFound`].
+    NotFound,
+    /// See [`Deny::MethodNotAllowed`].
+    MethodNotAllowed,
+    /// See [`Deny::UnsupportedBody`].
+    UnsupportedMediaType,
+    /// See [`Deny::ResourceDenied`].
+    ResourceDenied,
+    /// See [`Deny::PromptDenied`].
+    PromptDenied,
 }
 
 impl ReasonCode {
@@ -301,6 +322,11 @@ impl ReasonCode {
             ReasonCode::ConnectionLimit => "connection_limit",
             ReasonCode::BadConnectionHeader => "bad_connection_header",
             ReasonCode::ClientClosed => "client_closed",
+            ReasonCode::NotFound => "not_found",
+            ReasonCode::MethodNotAllowed => "method_not_allowed",
+            ReasonCode::UnsupportedMediaType => "unsupported_media_type",
+            ReasonCode::ResourceDenied => "resource_denied",
+            ReasonCode::PromptDenied => "prompt_denied",
         }
     }
 }
@@ -558,6 +584,22 @@ impl Deny {
                 499,
                 ReasonCode::ClientClosed,
                 "the client closed the connection before the request completed".into(),
+            Deny::AdminNotFound(why) => (404, ReasonCode::NotFound, why.clone()),
+            Deny::MethodNotAllowed(why) => (405, ReasonCode::MethodNotAllowed, why.clone()),
+            Deny::UnsupportedBody(why) => (
+                415,
+                ReasonCode::UnsupportedMediaType,
+                format!("this body cannot be checked for an LLM destination, so it was not forwarded: {why}"),
+            ),
+            Deny::ResourceDenied(uri) => (
+                403,
+                ReasonCode::ResourceDenied,
+                format!("no policy allows this workload to read MCP resource `{uri}`; nothing was sent to the server"),
+            ),
+            Deny::PromptDenied(name) => (
+                403,
+                ReasonCode::PromptDenied,
+                format!("no policy allows this workload to get MCP prompt `{name}`; nothing was sent to the server"),
             ),
         }
     }
@@ -655,6 +697,19 @@ mod tests {
                 "bad_connection_header",
             ),
             (Deny::ClientClosed, 499, "client_closed"),
+            (Deny::AdminNotFound("x".into()), 404, "not_found"),
+            (
+                Deny::MethodNotAllowed("x".into()),
+                405,
+                "method_not_allowed",
+            ),
+            (
+                Deny::UnsupportedBody("x".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (Deny::ResourceDenied("x".into()), 403, "resource_denied"),
+            (Deny::PromptDenied("x".into()), 403, "prompt_denied"),
             (
                 Deny::McpResponseUnfiltered("x".into()),
                 502,

@@ -5,7 +5,8 @@
 //! 1. [`identity`]: who is calling, from the listener, a signed token or an mTLS client
 //!    certificate's SPIFFE ID, never from anything the agent writes;
 //! 2. [`ctx::TenantContext`]: one immutable value every later phase receives;
-//! 3. [`target`] and [`body`]: where the call goes and what model it names;
+//! 3. [`target`] and [`body`]: where the call goes and what model it names (toward an LLM
+//!    destination a body is decoded and read, or refused);
 //! 4. [`policy`]: Cedar decides, default deny, errors deny (a shadow set, when configured, is
 //!    asked too and only audited);
 //! 5. [`credentials`]: `$CRED{}` handles swapped for the tenant's own secrets toward bound hosts;
@@ -20,8 +21,10 @@
 //! runs the same pipeline, or relayed opaquely. Every dial goes through [`egress`], which
 //! resolves the name itself and refuses non-global destinations.
 //!
-//! MCP servers ([`mcp`]) get one more step: each `tools/call` is decided as its own Cedar action
-//! and `tools/list` responses show only the tools the workload may call.
+//! MCP servers ([`mcp`]) get one more step: each `tools/call`, `resources/read` and
+//! `prompts/get` is decided as its own Cedar action, and list responses show only the tools,
+//! resources and prompts the workload may use. A server is a destination, scoped however it is
+//! reached (any route to it, forward mode, a tunnel).
 //!
 //! A signed run ([`runs`]) gets run-level audit events: `run_started` with its first request and
 //! a `run_summary` when its token expires or it is closed, each once across replicas.

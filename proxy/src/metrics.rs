@@ -28,8 +28,6 @@ pub struct Metrics {
     pub audit_records_written: IntCounter,
     /// Failed audit writes (each retried).
     pub audit_write_errors: IntCounter,
-    /// Requests refused because the audit sink could not take a record.
-    pub audit_refusals: IntCounter,
     /// 1 while the audit sink can write (its files, and the Redis Stream when required), 0 while
     /// it cannot and every new request is refused with `audit_unavailable`.
     pub audit_healthy: IntGauge,
@@ -39,6 +37,13 @@ pub struct Metrics {
     /// Cost ceilings of the loaded tenant configuration, by tenant and period (`day`, `month`),
     /// in micro-units of the price table's currency; a tenant without a ceiling has no series.
     pub cost_ceiling_micros: IntGaugeVec,
+    /// Requests refused because the audit sink, or their tenant's partition, could not take a
+    /// record, by tenant (`none` when refused before the tenant was known).
+    pub audit_refusals: IntCounterVec,
+    /// 1 while a tenant's audit partition cannot be written (its requests are refused), else 0.
+    pub audit_partition_failing: IntGaugeVec,
+    /// Records of a tenant held by the writer until its partition can be written again.
+    pub audit_held_records: IntGaugeVec,
     /// Cedar evaluation time.
     pub policy_eval_duration: Histogram,
     /// Credentials substituted into requests, by tenant.
@@ -77,6 +82,11 @@ pub struct Metrics {
     pub mcp_tool_calls: IntCounterVec,
     /// Tools removed from MCP `tools/list` results, by tenant.
     pub mcp_tools_hidden: IntCounterVec,
+    /// MCP resource reads and prompt gets decided, by tenant, kind (`resource`, `prompt`) and
+    /// decision; never by URI or name.
+    pub mcp_decisions: IntCounterVec,
+    /// Resources (and templates) and prompts removed from MCP list results, by tenant and kind.
+    pub mcp_hidden: IntCounterVec,
     /// Shadow (report-only) policy decisions by tenant and outcome (`agree`, `would_deny`,
     /// `would_allow`).
     pub shadow_decisions: IntCounterVec,
@@ -148,9 +158,26 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tenant_proxy_audit_write_errors_total",
             "Failed audit writes (retried)",
         )?,
-        audit_refusals: IntCounter::new(
-            "tenant_proxy_audit_refusals_total",
-            "Requests refused because the audit sink could not take their record",
+        audit_refusals: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_audit_refusals_total",
+                "Requests refused because the audit sink or their tenant's partition could not take their record",
+            ),
+            &["tenant"],
+        )?,
+        audit_partition_failing: IntGaugeVec::new(
+            Opts::new(
+                "tenant_proxy_audit_partition_failing",
+                "1 while a tenant's audit partition cannot be written",
+            ),
+            &["tenant"],
+        )?,
+        audit_held_records: IntGaugeVec::new(
+            Opts::new(
+                "tenant_proxy_audit_held_records",
+                "Audit records held until the tenant's partition can be written again",
+            ),
+            &["tenant"],
         )?,
         audit_healthy: IntGauge::new(
             "tenant_proxy_audit_healthy",
@@ -271,6 +298,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant"],
         )?,
+        mcp_decisions: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_mcp_decisions_total",
+                "MCP resource reads and prompt gets decided, by tenant, kind and decision",
+            ),
+            &["tenant", "kind", "decision"],
+        )?,
+        mcp_hidden: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_mcp_hidden_total",
+                "MCP resources and prompts removed from list results, by tenant and kind",
+            ),
+            &["tenant", "kind"],
+        )?,
         shadow_decisions: IntCounterVec::new(
             Opts::new(
                 "tenant_proxy_shadow_decisions_total",
@@ -315,6 +356,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.audit_healthy.clone()),
         Box::new(m.config_last_reload_successful.clone()),
         Box::new(m.cost_ceiling_micros.clone()),
+        Box::new(m.audit_partition_failing.clone()),
+        Box::new(m.audit_held_records.clone()),
         Box::new(m.policy_eval_duration.clone()),
         Box::new(m.credential_substitutions.clone()),
         Box::new(m.credential_scrubbed.clone()),
@@ -333,6 +376,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.egress_refusals.clone()),
         Box::new(m.mcp_tool_calls.clone()),
         Box::new(m.mcp_tools_hidden.clone()),
+        Box::new(m.mcp_decisions.clone()),
+        Box::new(m.mcp_hidden.clone()),
         Box::new(m.shadow_decisions.clone()),
         Box::new(m.connections_open.clone()),
         Box::new(m.tenant_connections_open.clone()),

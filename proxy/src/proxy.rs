@@ -33,11 +33,10 @@ use crate::identity::Presented;
 use crate::limits::plan::{CallFacts, Ending};
 use crate::limits::stream::{cut_event, CutReason, StreamGuard, Verdict};
 use crate::limits::{self, AdmitError, LimitBackend};
-use crate::mcp::list_filter::{FilterError, ToolListFilter};
-use crate::mcp::{McpExchange, McpRefusal};
+use crate::mcp::list_filter::{FilterError, ListFilter};
 use crate::metrics::{Metrics, METRICS};
 use crate::policy::shadow::ShadowDecision;
-use crate::policy::{CredentialFacts, Decision, HttpRequestFacts, McpToolFacts};
+use crate::policy::{CredentialFacts, Decision, HttpRequestFacts};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::target::Destination;
 use crate::trace::TraceContext;
@@ -121,6 +120,10 @@ impl TenantProxy {
         ));
         ctx.tenant = Some(tenant.clone());
         ctx.tunnel = tunnel.as_ref().map(|t| t.id.clone());
+        // One tenant's unwritable partition refuses that tenant only.
+        self.shared
+            .audit
+            .admit_tenant(&mut ctx.audit_slot, &tenant.tenant)?;
         if let Some(conn) = conn {
             self.count_connection(conn, &tenant)?;
         }
@@ -162,29 +165,20 @@ impl TenantProxy {
         ctx.destination = Some(destination.clone());
 
         let limits = &self.shared.config.limits;
-        let read = body::read_full(
-            session,
-            limits.max_body_bytes,
-            &self.shared.bodies,
-            limits.client_body_timeout,
-        )
-        .await?;
+        let cap = limits.max_body_bytes;
+        let read = body::read_full(session, cap, &self.shared.bodies, limits.client_body_timeout)
+            .await?;
         if let Some(read) = read {
-            let body = read.bytes;
             ctx.body_hold = Some(read.hold);
-            let llm = match body::llm_request(&body) {
-                Ok(llm) => llm,
-                // An MCP server's body is JSON-RPC, judged strictly by the MCP check after `http`.
-                Err(_) if snapshot.tenants.mcp.server_for(&destination).is_some() => {
-                    Default::default()
-                }
-                Err(why) => return Err(Deny::BadRequest(why)),
-            };
-            ctx.model = llm.model;
-            ctx.max_output_tokens = llm.max_output_tokens;
-            ctx.body_sha256 = Some(hex::encode(Sha256::digest(&body)));
-            ctx.bytes_in = body.len() as u64;
-            ctx.body = Some(BufferedBody(body));
+            let hosts = &self.shared.config.egress.hosts;
+            let to = body::BodyDestination::of(&snapshot.tenants.mcp, &destination, hosts);
+            let read = body::classify(read.bytes, &session.req_header().headers, to, cap)?;
+            ctx.model = read.llm.model;
+            ctx.max_output_tokens = read.llm.max_output_tokens;
+            ctx.body_decoded = read.decoded;
+            ctx.body_sha256 = Some(hex::encode(Sha256::digest(&read.body)));
+            ctx.bytes_in = read.body.len() as u64;
+            ctx.body = Some(BufferedBody(read.body));
         }
 
         let model = ctx.model.clone();
@@ -197,27 +191,6 @@ impl TenantProxy {
             i64::try_from(unix_now()).unwrap_or(i64::MAX),
         );
         authorize(&snapshot, &tenant, &facts, ctx)?;
-        // An MCP server's tool calls are decided one by one, on the body as the agent wrote it
-        // (before any credential is substituted into it).
-        authorize_mcp(
-            &snapshot,
-            &tenant,
-            &destination,
-            &facts,
-            &session.req_header().method,
-            ctx,
-        )?;
-        apply_credentials(
-            &snapshot,
-            &tenant,
-            &destination,
-            &facts,
-            session.req_header(),
-            ctx,
-        )?;
-        if ctx.model.is_some() {
-            request_stream_usage(&destination, ctx);
-        }
         // The address is resolved and checked only for an authorized request (a denied caller
         // cannot probe names), and exactly this address is dialed (no second lookup).
         let exceptions = snapshot
@@ -240,6 +213,36 @@ impl TenantProxy {
                 }
                 crate::tunnel::deny_for_refusal(&ctx.request_id, &refusal)
             })?;
+        // An MCP server (recognized by its destination or by the address just checked, however
+        // it was reached) has its tools, resources and prompts decided one by one, on the body
+        // as the agent wrote it (before any credential is substituted into it).
+        let hosts = &self.shared.config.egress.hosts;
+        if let Some(server) = snapshot
+            .tenants
+            .mcp
+            .server_for(&destination, Some(addr), hosts)
+        {
+            let method = &session.req_header().method;
+            crate::mcp::authorize::authorize(
+                &snapshot,
+                &tenant,
+                &server.name,
+                &facts,
+                method,
+                ctx,
+            )?;
+        }
+        apply_credentials(
+            &snapshot,
+            &tenant,
+            &destination,
+            &facts,
+            session.req_header(),
+            ctx,
+        )?;
+        if ctx.model.is_some() {
+            request_stream_usage(&destination, ctx);
+        }
         // Ceilings last: a request refused for any other reason does not use up the allowance.
         self.admit_limits(&snapshot, &tenant, &destination, ctx)
             .await?;
@@ -259,6 +262,7 @@ impl TenantProxy {
             model: ctx.model.as_deref(),
             max_output_tokens: ctx.max_output_tokens,
             body_bytes: ctx.bytes_in,
+            mcp_tool_calls: ctx.mcp.as_ref().map(|m| m.tools_called.len() as u64),
         };
         let plan = limits::plan::plan(
             &snapshot.tenants,
@@ -378,7 +382,7 @@ impl TenantProxy {
     fn cut_tool_list(
         &self,
         body: &mut Option<Bytes>,
-        filter: &ToolListFilter,
+        filter: &ListFilter,
         error: FilterError,
         ctx: &mut RequestCtx,
     ) -> Box<Error> {
@@ -429,17 +433,7 @@ impl TenantProxy {
                 .with_label_values(&[tenant_label])
                 .inc_by(cost);
         }
-        if let Some(hidden) = ctx
-            .tool_filter
-            .as_ref()
-            .map(|f| f.hidden)
-            .filter(|h| *h > 0)
-        {
-            METRICS
-                .mcp_tools_hidden
-                .with_label_values(&[tenant_label])
-                .inc_by(hidden);
-        }
+        crate::mcp::observe_hidden(tenant_label, ctx.list_filter.as_ref());
         if matches!(ctx.outcome, Outcome::Refused(Deny::StreamCut(_))) {
             METRICS.stream_cuts.with_label_values(&[tenant_label]).inc();
         }
@@ -512,11 +506,10 @@ impl TenantProxy {
                 id: id.to_string(),
                 mode: "intercept",
             }),
-            mcp: ctx.mcp.as_ref().map(|m| crate::audit::McpFields {
-                server: m.server.clone(),
-                tools_called: m.tools_called.clone(),
-                tools_hidden: ctx.tool_filter.as_ref().map_or(0, |f| f.hidden),
-            }),
+            mcp: ctx
+                .mcp
+                .as_ref()
+                .map(|m| crate::mcp::audit_fields(m, ctx.list_filter.as_ref())),
             policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
             policy_errors: policy.map(|p| p.errors.clone()).unwrap_or_default(),
             shadow: ctx.shadow.take(),
@@ -613,149 +606,6 @@ fn authorize(
     } else {
         Err(Deny::PolicyDenied)
     }
-}
-
-/// For a request to an MCP server: reads its JSON-RPC body and decides every `tools/call` as
-/// `mcp_tool_call`. A malformed body or one denied call refuses the whole request. The allow
-/// decisions' policy ids join the `http` decision's in the audit record; a denial's replace them.
-fn authorize_mcp(
-    snapshot: &Snapshot,
-    tenant: &TenantContext,
-    destination: &Destination,
-    facts: &HttpRequestFacts<'_>,
-    method: &http::Method,
-    ctx: &mut RequestCtx,
-) -> Result<(), Deny> {
-    let Some(server) = snapshot.tenants.mcp.server_for(destination) else {
-        return Ok(());
-    };
-    let mut decide = |tool: &str| {
-        let call = McpToolFacts {
-            server: &server.name,
-            tool,
-            http: facts,
-        };
-        snapshot
-            .policy
-            .authorize_mcp_tool(&tenant.tenant, &tenant.workload, &call)
-    };
-    let body = ctx.body.as_ref().map(|b| b.0.as_ref());
-    let shadow_tools = shadow_mcp(snapshot, tenant, &server.name, facts, method, body);
-    let refused = |tools_called: Vec<String>| McpExchange {
-        server: server.name.clone(),
-        tools_called,
-        lists_tools: false,
-        list_ids: Vec::new(),
-    };
-    let enforced = crate::mcp::admit(&server.name, method, body, &mut decide);
-    if let Some(shadow_tools) = shadow_tools {
-        let tools_allowed = enforced.is_ok();
-        fold_shadow_tools(&mut ctx.shadow, tools_allowed, shadow_tools);
-    }
-    match enforced {
-        Ok((exchange, decisions)) => {
-            if let Some(d) = ctx.decision.as_mut() {
-                d.policy_ids
-                    .extend(decisions.into_iter().flat_map(|t| t.policy_ids));
-                d.policy_ids.sort_unstable();
-                d.policy_ids.dedup();
-            }
-            METRICS
-                .mcp_tool_calls
-                .with_label_values(&[tenant.tenant.as_str(), "allow"])
-                .inc_by(exchange.tools_called.len() as u64);
-            ctx.mcp = Some(exchange);
-            Ok(())
-        }
-        Err(McpRefusal::Malformed(why)) => {
-            ctx.mcp = Some(refused(Vec::new()));
-            Err(Deny::McpMalformed(why))
-        }
-        Err(McpRefusal::ToolDenied { tool, decision }) => {
-            if !decision.errors.is_empty() {
-                tracing::warn!(request_id = %tenant.request_id, tenant = %tenant.tenant, errors = ?decision.errors, "policy evaluation errors on an MCP tool call; denying");
-            }
-            METRICS
-                .mcp_tool_calls
-                .with_label_values(&[tenant.tenant.as_str(), "deny"])
-                .inc();
-            ctx.decision = Some(decision);
-            ctx.mcp = Some(refused(vec![tool.clone()]));
-            Err(Deny::ToolDenied(tool))
-        }
-    }
-}
-
-/// What the shadow set, when configured, would decide about the tool calls of an MCP request:
-/// allowed (with the permits' ids) or its first denial. `None` without a shadow set or for a
-/// malformed body (refused whatever the policies say).
-fn shadow_mcp(
-    snapshot: &Snapshot,
-    tenant: &TenantContext,
-    server: &str,
-    facts: &HttpRequestFacts<'_>,
-    method: &http::Method,
-    body: Option<&[u8]>,
-) -> Option<Decision> {
-    let shadow = snapshot.shadow_policy.as_ref()?;
-    let mut decide = |tool: &str| {
-        let call = McpToolFacts {
-            server,
-            tool,
-            http: facts,
-        };
-        shadow.authorize_mcp_tool(&tenant.tenant, &tenant.workload, &call)
-    };
-    match crate::mcp::admit(server, method, body, &mut decide) {
-        Ok((_, decisions)) => Some(Decision {
-            allowed: true,
-            policy_ids: decisions.into_iter().flat_map(|d| d.policy_ids).collect(),
-            errors: Vec::new(),
-        }),
-        Err(McpRefusal::ToolDenied { decision, .. }) => Some(decision),
-        Err(McpRefusal::Malformed(_)) => None,
-    }
-}
-
-/// Folds the shadow set's answer about an MCP request's tool calls into its answer about the
-/// request (`shadow`, from the `http` question), so the audit record and the metric say what the
-/// shadow set would have done with the whole request: it allows only when it allows both.
-/// `tools_allowed` is the enforced answer about the tool calls (`http` was allowed, or the
-/// request would not have got this far).
-fn fold_shadow_tools(
-    shadow: &mut Option<ShadowDecision>,
-    tools_allowed: bool,
-    shadow_tools: Decision,
-) {
-    let Some(http) = shadow.as_ref() else {
-        return;
-    };
-    let enforced = Decision {
-        allowed: tools_allowed,
-        policy_ids: Vec::new(),
-        errors: Vec::new(),
-    };
-    let whole = if http.decision != "allow" {
-        // The shadow set already refused at `http`: that stays its answer.
-        Decision {
-            allowed: false,
-            policy_ids: http.policy_ids.clone(),
-            errors: http.errors.clone(),
-        }
-    } else if shadow_tools.allowed {
-        let mut policy_ids = http.policy_ids.clone();
-        policy_ids.extend(shadow_tools.policy_ids);
-        policy_ids.sort_unstable();
-        policy_ids.dedup();
-        Decision {
-            allowed: true,
-            policy_ids,
-            errors: http.errors.clone(),
-        }
-    } else {
-        shadow_tools
-    };
-    *shadow = Some(ShadowDecision::compare(&enforced, whole));
 }
 
 /// One `use_credential` question asked while resolving a request's handles.
@@ -1007,30 +857,6 @@ fn scrub_headers(scrubber: &mut Scrubber, resp: &mut ResponseHeader) -> pingora:
     Ok(())
 }
 
-/// Whether a `tools/list` result may show `tool` to this request's workload: the same
-/// `mcp_tool_call` decision a call to it would get. Anything missing denies.
-fn tool_allowed(ctx: &RequestCtx, req: &RequestHeader, tool: &str) -> bool {
-    let (Some(snapshot), Some(tenant), Some(destination), Some(exchange)) = (
-        ctx.snapshot.as_ref(),
-        ctx.tenant.as_ref(),
-        ctx.destination.as_ref(),
-        ctx.mcp.as_ref(),
-    ) else {
-        return false;
-    };
-    let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-    let http = http_facts(snapshot, tenant, destination, req, None, now);
-    let call = McpToolFacts {
-        server: &exchange.server,
-        tool,
-        http: &http,
-    };
-    snapshot
-        .policy
-        .authorize_mcp_tool(&tenant.tenant, &tenant.workload, &call)
-        .allowed
-}
-
 /// The front's connection behind an HTTP/1 session (none for HTTP/2).
 fn front_conn(session: &Session) -> Option<&crate::tunnel::Conn> {
     session
@@ -1187,6 +1013,10 @@ impl ProxyHttp for TenantProxy {
                 upstream.insert_header(http::header::CONTENT_LENGTH, body.0.len().to_string())?;
             }
         }
+        // A decoded body goes as it was read (the decision was made on it), not re-encoded.
+        if ctx.body_decoded {
+            upstream.remove_header(&http::header::CONTENT_ENCODING);
+        }
         upstream.insert_header(http::header::HOST, dest.host_header())?;
         // SECURITY: identity material and agent-written tenant claims never leave the proxy.
         upstream.remove_header(&http::header::PROXY_AUTHORIZATION);
@@ -1277,7 +1107,7 @@ impl ProxyHttp for TenantProxy {
                 .as_ref()
                 .map_or(0, |s| s.tenants.mcp.max_message_bytes);
             match crate::mcp::response_filter(exchange, cap, upstream_response) {
-                Ok(filter) => ctx.tool_filter = filter,
+                Ok(filter) => ctx.list_filter = filter,
                 Err(deny) => {
                     ctx.outcome = Outcome::Refused(deny);
                     return Err(Error::explain(
@@ -1327,21 +1157,23 @@ impl ProxyHttp for TenantProxy {
     ) -> pingora::Result<Option<std::time::Duration>> {
         // Tool lists are filtered first, so nothing after this sees a tool the workload may
         // not call.
-        if let Some(mut filter) = ctx.tool_filter.take() {
+        if let Some(mut filter) = ctx.list_filter.take() {
             let chunk = body.take().unwrap_or_default();
             let fed = {
-                let mut allowed = |tool: &str| tool_allowed(ctx, session.req_header(), tool);
+                let mut allowed = |item, name: &str| {
+                    crate::mcp::authorize::item_allowed(ctx, session.req_header(), item, name)
+                };
                 filter.feed(&chunk, end_of_stream, &mut allowed)
             };
             match fed {
                 Ok(out) => *body = Some(out),
                 Err(error) => {
                     let cut = self.cut_tool_list(body, &filter, error, ctx);
-                    ctx.tool_filter = Some(filter);
+                    ctx.list_filter = Some(filter);
                     return Err(cut);
                 }
             }
-            ctx.tool_filter = Some(filter);
+            ctx.list_filter = Some(filter);
         }
         // Usage is read from the bytes the upstream sent, before any scrubbing.
         if let Some(meter) = ctx.usage_meter.as_mut() {

@@ -5,8 +5,9 @@
 //! "First" and "once" are decided by the limiter backend, shared by every replica
 //! ([`LimitBackend::sight_run`], [`LimitBackend::end_run`]), so replicas sharing Redis write one
 //! event of each kind between them, into the tenant's own chained partition. Each replica keeps
-//! a bounded list of the runs it has seen and, once a second, claims the summary of those whose
-//! token expired; a run seen by several replicas is summarized by whichever claims it first.
+//! a list of the runs it has seen, bounded per tenant (so one tenant starting runs without end
+//! cannot push another's off it), and, once a second, claims the summary of those whose token
+//! expired; a run seen by several replicas is summarized by whichever claims it first.
 //! Shutdown summarizes nothing: a live run may go on through another replica.
 
 use std::collections::hash_map::DefaultHasher;
@@ -24,17 +25,118 @@ use crate::limits::{
 };
 use crate::snapshot::Snapshot;
 
-/// Runs one replica watches for expiry at most; past it, new runs are not watched (another
-/// replica, or a close, still summarizes them) and a warning is logged.
-const MAX_WATCHED: usize = 100_000;
+/// Runs of one tenant one replica watches for expiry at most, unless configured (`[limiter]
+/// watched_runs_per_tenant`); past it, that tenant's new runs are not watched (another
+/// replica, or a close, still summarizes them) and a warning is logged. Other tenants' runs are
+/// not affected.
+pub const MAX_WATCHED_PER_TENANT: usize = 10_000;
 /// How often expired runs are looked for.
 const TICK: Duration = Duration::from_secs(1);
 /// The watch list is split in this many independently locked parts, so that requests of
 /// different runs never wait on one lock (every signed request updates the list).
 const SHARDS: usize = 64;
 
-/// One part of the watch list: the runs whose (tenant, run id) hash to it.
-type Shard = Mutex<HashMap<(TenantId, String), Watch>>;
+/// One part of the watch list: the runs whose (tenant, run id) hash to it, and how many of
+/// them each tenant has.
+#[derive(Debug, Default)]
+struct Shard {
+    runs: HashMap<(TenantId, String), Watch>,
+    per_tenant: HashMap<TenantId, usize>,
+}
+
+impl Shard {
+    fn insert(&mut self, key: (TenantId, String), watch: Watch) {
+        let tenant = key.0.clone();
+        if self.runs.insert(key, watch).is_none() {
+            *self.per_tenant.entry(tenant).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &(TenantId, String)) -> Option<Watch> {
+        let removed = self.runs.remove(key)?;
+        if let Some(n) = self.per_tenant.get_mut(&key.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_tenant.remove(&key.0);
+            }
+        }
+        Some(removed)
+    }
+}
+
+/// The runs this replica watches for expiry, bounded per tenant: each of the [`SHARDS`] parts
+/// holds at most its share of a tenant's bound, so the bound needs no lock beyond the part's
+/// own (a tenant's runs hash evenly over the parts).
+#[derive(Debug)]
+struct WatchList {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard_per_tenant: usize,
+}
+
+impl WatchList {
+    fn new(per_tenant: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            per_shard_per_tenant: per_tenant.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    /// The part of the list that holds `run` of `tenant`.
+    fn shard(&self, tenant: &TenantId, run: &str) -> MutexGuard<'_, Shard> {
+        let mut h = DefaultHasher::new();
+        (tenant.as_str(), run).hash(&mut h);
+        let index = (h.finish() as usize) % self.shards.len();
+        self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watches `run` of `tenant` until `expires_at` (or later, if it is watched already).
+    /// False when the tenant is at its bound and the run is not watched.
+    fn watch(&self, tenant: &TenantId, run: &str, workload: &str, expires_at: u64) -> bool {
+        let mut shard = self.shard(tenant, run);
+        let key = (tenant.clone(), run.to_string());
+        if let Some(w) = shard.runs.get_mut(&key) {
+            w.expires_at = w.expires_at.max(expires_at);
+            return true;
+        }
+        if shard.per_tenant.get(tenant).copied().unwrap_or(0) >= self.per_shard_per_tenant {
+            return false;
+        }
+        shard.insert(
+            key,
+            Watch {
+                workload: workload.to_string(),
+                expires_at,
+            },
+        );
+        true
+    }
+
+    fn rewatch(&self, tenant: &TenantId, run: &str, watch: Watch) {
+        self.shard(tenant, run)
+            .insert((tenant.clone(), run.to_string()), watch);
+    }
+
+    fn unwatch(&self, tenant: &TenantId, run: &str) -> Option<Watch> {
+        self.shard(tenant, run)
+            .remove(&(tenant.clone(), run.to_string()))
+    }
+
+    /// The watched runs whose end is at or before `now`.
+    fn due(&self, now: u64) -> Vec<((TenantId, String), Watch)> {
+        let mut due = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            due.extend(
+                shard
+                    .runs
+                    .iter()
+                    .filter(|(_, w)| w.expires_at <= now)
+                    .map(|(k, w)| (k.clone(), w.clone())),
+            );
+        }
+        due
+    }
+}
 
 /// A run this replica has seen and will summarize once its token expired.
 #[derive(Debug, Clone)]
@@ -49,7 +151,7 @@ struct Watch {
 pub struct RunTracker {
     limits: Arc<dyn LimitBackend>,
     audit: AuditSink,
-    watched: Box<[Shard]>,
+    watched: WatchList,
 }
 
 /// Why a run could not be closed.
@@ -89,12 +191,13 @@ pub enum Closed {
 }
 
 impl RunTracker {
-    /// A tracker over the process's limiter and audit sink.
-    pub fn new(limits: Arc<dyn LimitBackend>, audit: AuditSink) -> Self {
+    /// A tracker over the process's limiter and audit sink, watching at most
+    /// `watched_per_tenant` runs of each tenant.
+    pub fn new(limits: Arc<dyn LimitBackend>, audit: AuditSink, watched_per_tenant: usize) -> Self {
         Self {
             limits,
             audit,
-            watched: (0..SHARDS).map(|_| Shard::default()).collect(),
+            watched: WatchList::new(watched_per_tenant),
         }
     }
 
@@ -117,7 +220,7 @@ impl RunTracker {
         let (true, Some(expires_at)) = (tenant.run.signed, tenant.run.expires_at) else {
             return Ok(());
         };
-        let slot = self.audit.reserve()?;
+        let slot = self.audit.reserve_for(&tenant.tenant)?;
         let ends_at = expires_at.saturating_add(leeway.as_secs());
         let expires_ms = i64::try_from(ends_at.saturating_mul(1000)).unwrap_or(i64::MAX);
         let sighting = self
@@ -190,17 +293,7 @@ impl RunTracker {
 
     /// One pass over the watched runs whose token expired by `now` (unix seconds).
     async fn summarize_expired(&self, now: u64) {
-        let mut due: Vec<((TenantId, String), Watch)> = Vec::new();
-        for shard in self.watched.iter() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            due.extend(
-                shard
-                    .iter()
-                    .filter(|(_, w)| w.expires_at <= now)
-                    .map(|(k, w)| (k.clone(), w.clone())),
-            );
-        }
-        for ((tenant, run), watch) in due {
+        for ((tenant, run), watch) in self.watched.due(now) {
             // On failure the run stays watched and is tried again next tick.
             if let Err(e) = self
                 .summarize(&tenant, &run, Some(&watch), RunEnd::Expired)
@@ -222,7 +315,7 @@ impl RunTracker {
         // Slot and counters first: once the claim is taken, nothing may stop the event.
         let slot = self
             .audit
-            .reserve()
+            .reserve_for(tenant)
             .map_err(|_| CloseError::AuditUnavailable)?;
         let keys: Vec<LimitKey> = [Measure::Tokens, Measure::Cost, Measure::ToolCalls]
             .into_iter()
@@ -282,51 +375,27 @@ impl RunTracker {
         Ok(Summary::Written)
     }
 
-    /// The part of the watch list that holds `run` of `tenant`.
-    fn shard(
-        &self,
-        tenant: &TenantId,
-        run: &str,
-    ) -> MutexGuard<'_, HashMap<(TenantId, String), Watch>> {
-        let mut h = DefaultHasher::new();
-        (tenant.as_str(), run).hash(&mut h);
-        let index = (h.finish() as usize) % self.watched.len();
-        self.watched[index]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
     fn watch(&self, tenant: &TenantContext, expires_at: u64) {
-        let mut watched = self.shard(&tenant.tenant, &tenant.run.id);
-        let key = (tenant.tenant.clone(), tenant.run.id.clone());
-        if let Some(w) = watched.get_mut(&key) {
-            w.expires_at = w.expires_at.max(expires_at);
-            return;
-        }
-        if watched.len() >= MAX_WATCHED / SHARDS {
+        let watched = self.watched.watch(
+            &tenant.tenant,
+            &tenant.run.id,
+            tenant.workload.as_str(),
+            expires_at,
+        );
+        if !watched {
             tracing::warn!(
                 tenant = %tenant.tenant,
-                "too many live runs to watch; this run's summary is left to another replica or a close"
+                "this tenant has too many live runs to watch; this run's summary is left to another replica or a close"
             );
-            return;
         }
-        watched.insert(
-            key,
-            Watch {
-                workload: tenant.workload.to_string(),
-                expires_at,
-            },
-        );
     }
 
     fn rewatch(&self, tenant: &TenantId, run: &str, watch: Watch) {
-        self.shard(tenant, run)
-            .insert((tenant.clone(), run.to_string()), watch);
+        self.watched.rewatch(tenant, run, watch);
     }
 
     fn unwatch(&self, tenant: &TenantId, run: &str) -> Option<Watch> {
-        self.shard(tenant, run)
-            .remove(&(tenant.clone(), run.to_string()))
+        self.watched.unwatch(tenant, run)
     }
 }
 
@@ -344,5 +413,56 @@ fn totals(end: RunEnd, ledger: &RunLedger, used: &[u64]) -> RunTotals {
         requests: ledger.requests,
         refusals: ledger.refusals,
         wall_time_s: u64::try_from(wall_ms / 1000).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn tenant(id: &str) -> TenantId {
+        TenantId::new(id).unwrap()
+    }
+
+    #[test]
+    fn one_tenant_starting_runs_without_end_leaves_room_for_the_others() {
+        let list = WatchList::new(640);
+        let (noisy, quiet) = (tenant("noisy"), tenant("quiet"));
+        let watched = (0..50_000)
+            .filter(|i| list.watch(&noisy, &format!("run-{i}"), "bot", 100))
+            .count();
+        // Every part holds its share of the tenant's bound, and no more.
+        assert_eq!(watched, 640);
+        for i in 0..100 {
+            assert!(
+                list.watch(&quiet, &format!("run-{i}"), "bot", 100),
+                "the quiet tenant's run {i} was pushed off"
+            );
+        }
+        assert_eq!(list.due(100).len(), 640 + 100);
+        // Unwatching (summarized, closed) frees the tenant's room again.
+        for ((t, run), _) in list.due(100) {
+            if t == noisy {
+                assert!(list.unwatch(&t, &run).is_some());
+            }
+        }
+        assert_eq!(list.due(100).len(), 100);
+        let again = (0..50_000)
+            .filter(|i| list.watch(&noisy, &format!("again-{i}"), "bot", 100))
+            .count();
+        assert_eq!(again, 640);
+    }
+
+    #[test]
+    fn expiry_is_the_latest_token_seen() {
+        let list = WatchList::new(64);
+        let t = tenant("acme");
+        assert!(list.watch(&t, "r", "bot", 10));
+        assert!(list.watch(&t, "r", "bot", 5));
+        assert!(list.due(9).is_empty());
+        assert_eq!(list.due(10).len(), 1);
+        assert_eq!(list.unwatch(&t, "r").unwrap().expires_at, 10);
+        assert!(list.unwatch(&t, "r").is_none());
     }
 }

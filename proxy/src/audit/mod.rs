@@ -9,8 +9,11 @@
 //!
 //! Records leave the hot path through a bounded queue. A request reserves its queue slot before
 //! anything else happens ([`AuditSink::reserve`]), so a record can always be enqueued when the
-//! request ends; when no slot is free, or the writer cannot write, new requests are refused with
-//! `audit_unavailable` rather than served unaudited.
+//! request ends; when no slot is free, or the audit directory cannot be written, new requests
+//! are refused with `audit_unavailable` rather than served unaudited. Health is also kept per
+//! tenant: once the caller's tenant is known, a request whose tenant's partition cannot be
+//! written is refused ([`AuditSink::admit_tenant`]) while other tenants are served; the writer
+//! keeps that tenant's records and writes them once its partition recovers.
 
 pub mod chain;
 pub mod checkpoint;
@@ -28,20 +31,22 @@ pub use record::{
 };
 pub use writer::AuditWriter;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use crate::config::AuditSettings;
 use crate::error::Deny;
-use crate::metrics::METRICS;
+use crate::ids::TenantId;
+use crate::metrics::{Metrics, METRICS};
+use writer::Health;
 
 /// Handle to the audit queue, cloned into every proxy service.
 #[derive(Debug, Clone)]
 pub struct AuditSink {
     tx: mpsc::Sender<AuditEntry>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
 /// A reserved place in the audit queue; [`AuditSlot::emit`] fills it without waiting.
@@ -99,7 +104,7 @@ impl AuditSink {
         signer.publish(&settings.dir).map_err(not_writable)?;
         tracing::info!(key_id = %signer.key_id(), "audit checkpoints signed with this key");
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
-        let healthy = Arc::new(AtomicBool::new(true));
+        let health = Arc::new(Health::default());
         METRICS.audit_healthy.set(1);
         let stream = settings
             .stream
@@ -107,31 +112,74 @@ impl AuditSink {
             .map(stream::StreamSink::new)
             .transpose()
             .map_err(AuditStartError::Stream)?;
-        let writer = writer::spawn(settings.clone(), signer, stream, rx, healthy.clone())
+        let writer = writer::spawn(settings.clone(), signer, stream, rx, health.clone())
             .map_err(AuditStartError::Writer)?;
-        Ok((Self { tx, healthy }, writer))
+        Ok((Self { tx, health }, writer))
     }
 
-    /// Reserves a slot for this request's record.
+    /// Reserves a slot for this request's record, before its tenant is known.
     ///
-    /// SECURITY: refuses when the writer is failing or the queue is full; a request that cannot
-    /// be audited is not served.
+    /// SECURITY: refuses when the audit directory cannot be written or the queue is full; a
+    /// request that cannot be audited is not served.
     pub fn reserve(&self) -> Result<AuditSlot, Deny> {
-        if !self.healthy.load(Ordering::Acquire) {
-            METRICS.audit_refusals.inc();
+        if !self.health.sink.load(Ordering::Acquire) {
+            refused(None);
             return Err(Deny::AuditUnavailable);
         }
         match self.tx.clone().try_reserve_owned() {
             Ok(permit) => Ok(AuditSlot { permit }),
             Err(_) => {
-                METRICS.audit_refusals.inc();
+                refused(None);
                 Err(Deny::AuditUnavailable)
             }
         }
     }
 
-    /// Whether the writer is currently able to write (readiness).
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+    /// Once the request's tenant is known: refuses it when that tenant's partition cannot be
+    /// written now, and then gives its slot back (the refusal gets no record: the partition
+    /// could not take it, and holding one per refused request would let a tenant fill memory).
+    pub fn admit_tenant(
+        &self,
+        slot: &mut Option<AuditSlot>,
+        tenant: &TenantId,
+    ) -> Result<(), Deny> {
+        if self.tenant_writable(tenant) {
+            return Ok(());
+        }
+        *slot = None;
+        refused(Some(tenant));
+        Err(Deny::AuditUnavailable)
     }
+
+    /// [`Self::reserve`] and [`Self::admit_tenant`] together, for records whose tenant is known
+    /// from the start (run events).
+    pub fn reserve_for(&self, tenant: &TenantId) -> Result<AuditSlot, Deny> {
+        let mut slot = Some(self.reserve()?);
+        self.admit_tenant(&mut slot, tenant)?;
+        slot.ok_or(Deny::AuditUnavailable)
+    }
+
+    /// Whether the sink as a whole can write (readiness): the audit directory takes writes and
+    /// a required stream sink is up. One tenant's failing partition does not make it unhealthy.
+    pub fn is_healthy(&self) -> bool {
+        self.health.sink.load(Ordering::Acquire)
+    }
+
+    /// Whether `tenant`'s partition can be written now.
+    pub fn tenant_writable(&self, tenant: &TenantId) -> bool {
+        !self.health.failing.load().contains(tenant.as_str())
+    }
+
+    /// How many tenants' partitions cannot be written now (readiness shows the count, never
+    /// which tenants; the metrics name them).
+    pub fn failing_partitions(&self) -> usize {
+        self.health.failing.load().len()
+    }
+}
+
+fn refused(tenant: Option<&TenantId>) {
+    METRICS
+        .audit_refusals
+        .with_label_values(&[Metrics::tenant_label(tenant.map(TenantId::as_str))])
+        .inc();
 }

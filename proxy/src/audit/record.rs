@@ -28,8 +28,9 @@ pub struct TunnelFields {
     pub mode: &'static str,
 }
 
-/// What an MCP request did: the server, the tools it called (in body order; every one was
-/// decided as `mcp_tool_call`) and how many tools were removed from `tools/list` results.
+/// What an MCP request did: the server, the tools it called, the resources it read and the
+/// prompts it got (each in body order, each decided by its own action), and how many items
+/// were removed from the response's list results.
 #[derive(Debug, Clone, Serialize)]
 pub struct McpFields {
     /// The `[[mcp.servers]]` name.
@@ -39,6 +40,19 @@ pub struct McpFields {
     /// Tools removed from the response's `tools/list` results.
     #[serde(skip_serializing_if = "is_zero")]
     pub tools_hidden: u64,
+    /// URIs of the resources read (query values removed, like `path`; the denied one for a
+    /// `resource_denied` refusal).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources_read: Vec<String>,
+    /// Names of the prompts got (the denied one, for a `prompt_denied` refusal).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prompts_got: Vec<String>,
+    /// Resources and resource templates removed from the response's list results.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub resources_hidden: u64,
+    /// Prompts removed from the response's `prompts/list` results.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub prompts_hidden: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -2,16 +2,19 @@
 //! appends it to the tenant's current file and makes the batch durable per the fsync policy.
 //! It is the only code ordering a tenant's records, so it alone assigns `seq` and `prev`.
 //!
-//! On a write error it keeps the batch, marks the sink unhealthy (so new requests are refused)
-//! and retries until the disk recovers: records are never dropped. A tenant's chain head only
-//! advances once the whole batch is written, and every append first cuts the file back to the
-//! length the writer last knew durable, so a retried batch never leaves half a batch behind.
+//! Each tenant's records are written on their own: when a tenant's partition cannot be written
+//! the writer keeps that tenant's records (in order), refuses that tenant's new requests and
+//! retries until the partition recovers, while every other tenant is written and served as
+//! usual. Records are never dropped. When the audit directory itself cannot take a write (a
+//! full disk), every request is refused. A tenant's chain head only advances once all its
+//! records in hand are written, and every append first cuts the file back to the length the
+//! writer last knew durable, so a retried write never leaves half of it behind.
 //!
 //! At `checkpoint_interval`, and when the writer stops, each tenant with new durable records
 //! gets a signed checkpoint. With a Redis Stream sink ([`super::stream`]), durable records are
 //! then sent there too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
 use super::chain::{self, ChainHead};
@@ -39,8 +43,12 @@ const RETRIES_WHEN_STOPPING: u32 = 10;
 pub(super) fn probe_writable(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let probe = dir.join(".write-probe");
-    fs::write(&probe, b"ok")?;
-    fs::remove_file(probe)
+    let written = File::create(&probe).and_then(|mut f| {
+        f.write_all(b"ok")?;
+        f.sync_data()
+    });
+    let removed = fs::remove_file(&probe);
+    written.and(removed)
 }
 
 /// The running writer thread; [`AuditWriter::shutdown`] drains the queue, writes the final
@@ -67,19 +75,10 @@ pub(super) fn spawn(
     signer: Signer,
     stream: Option<StreamSink>,
     rx: mpsc::Receiver<AuditEntry>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
 ) -> io::Result<AuditWriter> {
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = Writer {
-        settings,
-        signer,
-        logs: HashMap::new(),
-        stream,
-        files_ok: true,
-        retrying: false,
-        healthy,
-        stop: stop.clone(),
-    };
+    let writer = Writer::new(settings, signer, stream, health, stop.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
@@ -87,6 +86,25 @@ pub(super) fn spawn(
         .name("audit-writer".into())
         .spawn(move || writer.run(&runtime, rx))?;
     Ok(AuditWriter { stop, handle })
+}
+
+/// What requests see of the writer, published by it and read on every request without a lock.
+#[derive(Debug)]
+pub(super) struct Health {
+    /// The sink as a whole can write: the audit directory takes writes (and, when required,
+    /// the Redis Stream does). False refuses every request before its tenant is known.
+    pub(super) sink: AtomicBool,
+    /// Tenants whose partition cannot be written now: only their requests are refused.
+    pub(super) failing: ArcSwap<HashSet<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            sink: AtomicBool::new(true),
+            failing: ArcSwap::from_pointee(HashSet::new()),
+        }
+    }
 }
 
 /// One tenant's chain and where its next record goes.
@@ -110,25 +128,54 @@ struct TenantLog {
     checkpointed: u64,
 }
 
+/// The records of a tenant whose partition failed, oldest first, kept until they are durable.
+struct Held {
+    records: Vec<AuditEntry>,
+    /// No new attempt before this instant.
+    next_try: Instant,
+}
+
 struct Writer {
     settings: AuditSettings,
     signer: Signer,
     logs: HashMap<String, TenantLog>,
     stream: Option<StreamSink>,
-    /// Whether the last file write succeeded.
-    files_ok: bool,
-    /// Whether the batch being written is a retry (its earlier attempt may have left bytes).
-    retrying: bool,
-    /// What requests see: files writable and, when required, the stream too.
-    healthy: Arc<AtomicBool>,
+    /// Tenants whose partition failed, with the records they wait to write.
+    held: BTreeMap<String, Held>,
+    /// Whether the audit directory itself took a write at the last probe.
+    root_ok: bool,
+    /// No new probe of the directory before this instant.
+    next_probe: Instant,
+    /// What requests see.
+    health: Arc<Health>,
     stop: Arc<AtomicBool>,
 }
 
 impl Writer {
+    fn new(
+        settings: AuditSettings,
+        signer: Signer,
+        stream: Option<StreamSink>,
+        health: Arc<Health>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            settings,
+            signer,
+            logs: HashMap::new(),
+            stream,
+            held: BTreeMap::new(),
+            root_ok: true,
+            next_probe: Instant::now(),
+            health,
+            stop,
+        }
+    }
+
     fn run(mut self, runtime: &tokio::runtime::Runtime, mut rx: mpsc::Receiver<AuditEntry>) {
         // SECURITY: however this thread ends (a panic included), the sink stops taking
         // requests: nothing would write their records.
-        let _refuse_when_gone = RefuseOnExit(self.healthy.clone());
+        let _refuse_when_gone = RefuseOnExit(self.health.clone());
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut last_checkpoint = Instant::now();
         loop {
@@ -160,13 +207,14 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    self.write_until_durable(&batch, stopping);
-                    METRICS.audit_queue_depth.sub(batch.len() as i64);
-                    batch.clear();
+                    let n = batch.len();
+                    self.write(std::mem::take(&mut batch), SystemTime::now());
+                    METRICS.audit_queue_depth.sub(n as i64);
                 }
                 None if stopping => break,
                 None => {}
             }
+            self.retry_held(Instant::now());
             if last_checkpoint.elapsed() >= self.settings.checkpoint_interval {
                 self.checkpoint_all();
                 last_checkpoint = Instant::now();
@@ -175,47 +223,170 @@ impl Writer {
                 self.flush_stream();
             }
         }
+        self.write_held_before_exit();
         self.checkpoint_all();
         self.flush_stream();
         tracing::info!("audit writer stopped");
     }
 
-    fn write_until_durable(&mut self, batch: &[AuditEntry], stopping: bool) {
-        let mut attempts = 0;
-        loop {
-            self.retrying = attempts > 0;
-            match self.write_batch(batch, SystemTime::now()) {
-                Ok(written) => {
-                    self.files_ok = true;
-                    METRICS.audit_records_written.inc_by(batch.len() as u64);
-                    if let Some(stream) = &mut self.stream {
-                        stream.enqueue(written);
-                    }
-                    self.flush_stream();
-                    return;
-                }
+    /// Writes a batch, tenant by tenant: a tenant whose partition fails keeps its records (in
+    /// order, with any it held already) and is retried later, and the others are written as
+    /// usual, so one tenant's trouble stays its own.
+    fn write(&mut self, batch: Vec<AuditEntry>, now: SystemTime) {
+        // Per tenant, in order of first appearance; each tenant's records in queue order.
+        let mut groups: Vec<(String, Vec<AuditEntry>)> = Vec::new();
+        for record in batch {
+            match groups.iter_mut().find(|(t, _)| t == record.tenant()) {
+                Some((_, records)) => records.push(record),
+                None => groups.push((record.tenant().to_string(), vec![record])),
+            }
+        }
+        let mut failed = false;
+        for (tenant, records) in groups {
+            if let Some(held) = self.held.get_mut(&tenant) {
+                // Behind the records it holds already: a chain is written in order.
+                held.records.extend(records);
+                METRICS
+                    .audit_held_records
+                    .with_label_values(&[&tenant])
+                    .set(held.records.len() as i64);
+                continue;
+            }
+            match self.write_tenant(&tenant, &records, now, false) {
+                Ok(lines) => self.written(lines, records.len()),
                 Err(e) => {
-                    METRICS.audit_write_errors.inc();
-                    if self.files_ok {
-                        tracing::error!(error = %e, "audit write failed; refusing new requests until it recovers");
-                    }
-                    self.files_ok = false;
-                    self.publish_health();
-                    // Drop cached handles: the file may have been removed or the disk remounted.
-                    for log in self.logs.values_mut() {
-                        log.file = None;
-                    }
-                    attempts += 1;
-                    if (stopping || self.stop.load(Ordering::Acquire))
-                        && attempts >= RETRIES_WHEN_STOPPING
-                    {
-                        tracing::error!(error = %e, records = batch.len(), "audit records could not be written before shutdown");
-                        return;
-                    }
-                    std::thread::sleep(RETRY_DELAY);
+                    failed = true;
+                    self.hold(tenant, records, &e);
                 }
             }
         }
+        if failed {
+            // One partition failing is that tenant's trouble; the directory itself failing
+            // (a full disk) is everyone's.
+            self.probe_root();
+        }
+        self.flush_stream();
+    }
+
+    /// Counts written records and hands their lines to the stream sink.
+    fn written(&mut self, lines: Vec<(String, Vec<u8>)>, records: usize) {
+        METRICS.audit_records_written.inc_by(records as u64);
+        if let Some(stream) = &mut self.stream {
+            stream.enqueue(lines);
+        }
+    }
+
+    /// Keeps `records` of `tenant`, whose write failed, and refuses its new requests.
+    fn hold(&mut self, tenant: String, records: Vec<AuditEntry>, error: &io::Error) {
+        METRICS.audit_write_errors.inc();
+        tracing::error!(%tenant, %error, "audit write failed for this tenant's partition; refusing its new requests until it recovers");
+        // Drop the cached handle: the file may have been removed or the disk remounted.
+        if let Some(log) = self.logs.get_mut(&tenant) {
+            log.file = None;
+        }
+        METRICS
+            .audit_partition_failing
+            .with_label_values(&[&tenant])
+            .set(1);
+        METRICS
+            .audit_held_records
+            .with_label_values(&[&tenant])
+            .set(records.len() as i64);
+        self.held.insert(
+            tenant,
+            Held {
+                records,
+                next_try: Instant::now() + RETRY_DELAY,
+            },
+        );
+        self.publish_health();
+    }
+
+    /// Tries again the held records of every tenant whose retry is due; a tenant whose
+    /// records are all written takes requests again.
+    fn retry_held(&mut self, now: Instant) {
+        if !self.root_ok && now >= self.next_probe {
+            self.probe_root();
+        }
+        let due: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.next_try <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for tenant in due {
+            let Some(held) = self.held.remove(&tenant) else {
+                continue;
+            };
+            match self.write_tenant(&tenant, &held.records, SystemTime::now(), true) {
+                Ok(lines) => {
+                    self.written(lines, held.records.len());
+                    tracing::warn!(%tenant, records = held.records.len(), "audit partition recovered; its held records are written");
+                    METRICS
+                        .audit_partition_failing
+                        .with_label_values(&[&tenant])
+                        .set(0);
+                    METRICS
+                        .audit_held_records
+                        .with_label_values(&[&tenant])
+                        .set(0);
+                }
+                Err(_) => {
+                    METRICS.audit_write_errors.inc();
+                    if let Some(log) = self.logs.get_mut(&tenant) {
+                        log.file = None;
+                    }
+                    self.held.insert(
+                        tenant,
+                        Held {
+                            next_try: now + RETRY_DELAY,
+                            ..held
+                        },
+                    );
+                }
+            }
+        }
+        self.flush_stream();
+    }
+
+    /// Once stopping: a last few attempts at the held records before giving up on them.
+    fn write_held_before_exit(&mut self) {
+        for attempt in 0..RETRIES_WHEN_STOPPING {
+            if self.held.is_empty() {
+                return;
+            }
+            if attempt > 0 {
+                std::thread::sleep(RETRY_DELAY);
+            }
+            let now = Instant::now();
+            for held in self.held.values_mut() {
+                held.next_try = now;
+            }
+            self.retry_held(now);
+        }
+        for (tenant, held) in &self.held {
+            tracing::error!(%tenant, records = held.records.len(), "audit records could not be written before shutdown");
+        }
+    }
+
+    /// Whether the audit directory itself takes a write (a probe file, written and removed).
+    fn probe_root(&mut self) {
+        let ok = probe_writable(&self.settings.dir).is_ok();
+        if ok != self.root_ok {
+            if ok {
+                tracing::warn!("audit directory writable again");
+            } else {
+                tracing::error!(
+                    "audit directory not writable; refusing every request until it recovers"
+                );
+            }
+        }
+        self.root_ok = ok;
+        self.next_probe = Instant::now() + RETRY_DELAY;
+        self.publish_health();
     }
 
     /// Sends durable records to the stream sink, if any, and updates health.
@@ -232,42 +403,41 @@ impl Writer {
         self.publish_health();
     }
 
-    /// SECURITY: requests are served only while every required sink can write.
+    /// SECURITY: requests are served only while every required sink can write, and a tenant's
+    /// requests only while its partition can.
     fn publish_health(&self) {
-        let ok = self.files_ok && self.stream.as_ref().is_none_or(StreamSink::healthy);
+        let ok = self.root_ok && self.stream.as_ref().is_none_or(StreamSink::healthy);
         METRICS.audit_healthy.set(i64::from(ok));
-        if self.healthy.swap(ok, Ordering::AcqRel) != ok {
+        if self.health.sink.swap(ok, Ordering::AcqRel) != ok {
             if ok {
                 tracing::warn!("audit sink recovered");
             } else {
                 tracing::error!("audit sink failing; refusing new requests until it recovers");
             }
         }
+        let failing = self.health.failing.load();
+        if failing.len() != self.held.len() || self.held.keys().any(|t| !failing.contains(t)) {
+            self.health
+                .failing
+                .store(Arc::new(self.held.keys().cloned().collect()));
+        }
     }
 
-    /// Writes a batch; returns each record's tenant and line, in order, once all are durable.
-    fn write_batch(
+    /// Writes `records` of `tenant` (`retrying`: an earlier attempt may have left part of
+    /// them); returns each record's line once all are durable. The tenant's chain head only
+    /// advances when the whole write succeeded.
+    fn write_tenant(
         &mut self,
-        batch: &[AuditEntry],
+        tenant: &str,
+        records: &[AuditEntry],
         now: SystemTime,
+        retrying: bool,
     ) -> io::Result<Vec<(String, Vec<u8>)>> {
         let today = FilePos::day_of(now);
-        let mut written = Vec::with_capacity(batch.len());
-        // Per tenant, in order of first appearance: the new cursor and the bytes per file.
-        let mut plans: Vec<(&str, Cursor, Vec<Segment>)> = Vec::new();
-        for record in batch {
-            let tenant = record.tenant();
-            let i = match plans.iter().position(|(t, _, _)| *t == tenant) {
-                Some(i) => i,
-                None => {
-                    let cursor = self.log(tenant, today)?.cursor.clone();
-                    plans.push((tenant, cursor, Vec::new()));
-                    plans.len() - 1
-                }
-            };
-            let Some((_, cursor, segments)) = plans.get_mut(i) else {
-                continue;
-            };
+        let mut cursor = self.log(tenant, today)?.cursor.clone();
+        let mut written = Vec::with_capacity(records.len());
+        let mut segments: Vec<Segment> = Vec::new();
+        for record in records {
             let (mut line, head) = chain::seal(record, cursor.head)?;
             if self.stream.is_some() {
                 written.push((tenant.to_string(), line.clone()));
@@ -296,29 +466,29 @@ impl Writer {
             cursor.head = head;
             cursor.head_pos = cursor.pos;
         }
-        for (tenant, _, segments) in &plans {
-            if let Err(e) = self.write_segments(tenant, segments) {
-                if e.kind() == io::ErrorKind::InvalidData {
-                    // The file changed underneath the writer: start again from the disk.
-                    self.logs.remove(*tenant);
-                }
-                return Err(e);
+        if let Err(e) = self.write_segments(tenant, &segments, retrying) {
+            if e.kind() == io::ErrorKind::InvalidData {
+                // The file changed underneath the writer: start again from the disk.
+                self.logs.remove(tenant);
             }
+            return Err(e);
         }
-        // Everything is written: the chain heads advance.
-        for (tenant, cursor, _) in plans {
-            if let Some(log) = self.logs.get_mut(tenant) {
-                log.cursor = cursor;
-            }
+        // Everything is written: the chain head advances.
+        if let Some(log) = self.logs.get_mut(tenant) {
+            log.cursor = cursor;
         }
         Ok(written)
     }
 
     /// Appends one tenant's segments, each at the length the writer last left its file.
-    fn write_segments(&mut self, tenant: &str, segments: &[Segment]) -> io::Result<()> {
+    fn write_segments(
+        &mut self,
+        tenant: &str,
+        segments: &[Segment],
+        retrying: bool,
+    ) -> io::Result<()> {
         let tenant_dir = self.settings.dir.join(tenant);
         let fsync = self.settings.fsync;
-        let retrying = self.retrying;
         let Some(log) = self.logs.get_mut(tenant) else {
             return Err(io::Error::other("no log for the tenant"));
         };
@@ -327,8 +497,8 @@ impl Writer {
             let len = file.metadata()?.len();
             if len != segment.start {
                 if retrying && len > segment.start {
-                    // A failed attempt left part of this batch: cut it, so a retried batch is
-                    // not written twice.
+                    // A failed attempt left part of these records: cut it, so a retried
+                    // write is not written twice.
                     file.set_len(segment.start)?;
                 } else {
                     // SECURITY: someone else wrote or truncated the file; never cut or pad
@@ -398,11 +568,11 @@ impl Writer {
 }
 
 /// Marks the sink unhealthy when dropped.
-struct RefuseOnExit(Arc<AtomicBool>);
+struct RefuseOnExit(Arc<Health>);
 
 impl Drop for RefuseOnExit {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.sink.store(false, Ordering::Release);
         METRICS.audit_healthy.set(0);
     }
 }
@@ -527,15 +697,20 @@ mod tests {
     fn writer(dir: &Path, max_file_bytes: u64) -> Writer {
         let (signer, _) = Signer::generate().unwrap();
         signer.publish(dir).unwrap();
-        Writer {
-            settings: settings(dir, max_file_bytes),
+        Writer::new(
+            settings(dir, max_file_bytes),
             signer,
-            logs: HashMap::new(),
-            stream: None,
-            files_ok: true,
-            retrying: false,
-            healthy: Arc::new(AtomicBool::new(true)),
-            stop: Arc::new(AtomicBool::new(false)),
+            None,
+            Arc::new(Health::default()),
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
+    impl Writer {
+        /// Writes a one-tenant batch as a first attempt.
+        fn write_batch(&mut self, batch: &[AuditEntry], now: SystemTime) -> io::Result<()> {
+            let tenant = batch[0].tenant().to_string();
+            self.write_tenant(&tenant, batch, now, false).map(|_| ())
         }
     }
 
@@ -609,8 +784,8 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"seq\":3,\"prev\":\"half a line\"}\n{\"se")
             .unwrap();
-        w.retrying = true;
-        w.write_batch(&batch("acme", 1), at("2026-11-28")).unwrap();
+        w.write_tenant("acme", &batch("acme", 1), at("2026-11-28"), true)
+            .unwrap();
         w.checkpoint_all();
         let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()));
         assert_eq!((report.records, report.problem), (3, None));
@@ -652,5 +827,122 @@ mod tests {
             .write_batch(&batch("acme", 1), at("2026-11-28"))
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    fn request_ids(dir: &Path, tenant: &str) -> Vec<String> {
+        layout::record_files(&dir.join(tenant))
+            .unwrap()
+            .into_iter()
+            .flat_map(|pos| {
+                let text = fs::read_to_string(pos.path(&dir.join(tenant))).unwrap();
+                text.lines()
+                    .map(|l| {
+                        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                        v["request_id"].as_str().unwrap().to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn named(tenant: &str, id: &str) -> AuditEntry {
+        let mut r = record(tenant, "2026-11-28T12:00:00Z");
+        r.request_id = id.into();
+        r.into()
+    }
+
+    #[test]
+    fn one_tenants_unwritable_partition_holds_only_its_own_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 1 << 20);
+        // acme's partition cannot be created: a file is where its directory goes.
+        fs::write(dir.path().join("acme"), b"not a directory").unwrap();
+        w.write(
+            vec![
+                named("acme", "a1"),
+                named("globex", "g1"),
+                named("acme", "a2"),
+            ],
+            at("2026-11-28"),
+        );
+        assert!(
+            w.health.sink.load(Ordering::Acquire),
+            "the sink as a whole still writes"
+        );
+        assert_eq!(
+            **w.health.failing.load(),
+            HashSet::from(["acme".to_string()])
+        );
+        assert_eq!(request_ids(dir.path(), "globex"), ["g1"]);
+        // More for both: globex goes on, acme's wait behind the ones it holds.
+        w.write(
+            vec![named("globex", "g2"), named("acme", "a3")],
+            at("2026-11-28"),
+        );
+        assert_eq!(request_ids(dir.path(), "globex"), ["g1", "g2"]);
+        // Not due yet: nothing is tried.
+        w.retry_held(Instant::now());
+        assert_eq!(w.held["acme"].records.len(), 3);
+        // The partition recovers: everything held is written, in order, and acme is served.
+        fs::remove_file(dir.path().join("acme")).unwrap();
+        w.retry_held(Instant::now() + RETRY_DELAY);
+        assert!(w.held.is_empty());
+        assert!(w.health.failing.load().is_empty());
+        assert_eq!(request_ids(dir.path(), "acme"), ["a1", "a2", "a3"]);
+        w.checkpoint_all();
+        for tenant in ["acme", "globex"] {
+            let report = verify_tenant(dir.path(), tenant, &Keys::published(dir.path()));
+            assert_eq!(report.problem, None, "{tenant}");
+        }
+    }
+
+    #[test]
+    fn a_partition_that_failed_midway_is_cut_back_and_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write(vec![named("acme", "a1")], at("2026-11-28"));
+        // Today's file becomes /dev/full: every write fails, as on a full disk.
+        let path = dir.path().join("acme/2026/11/28.jsonl");
+        let kept = fs::read(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        // (The writer's open handle is on the file just removed; as after a restart, it opens
+        // the path anew.)
+        w.logs.get_mut("acme").unwrap().file = None;
+        w.write(
+            vec![named("acme", "a2"), named("globex", "g1")],
+            at("2026-11-28"),
+        );
+        assert!(w.held.contains_key("acme"));
+        assert_eq!(request_ids(dir.path(), "globex"), ["g1"]);
+        // Space again, with a torn line left by the failed attempt.
+        fs::remove_file(&path).unwrap();
+        let mut torn = kept.clone();
+        torn.extend_from_slice(b"{\"seq\":2,\"prev\":\"ab");
+        fs::write(&path, &torn).unwrap();
+        w.held.get_mut("acme").unwrap().next_try = Instant::now();
+        w.retry_held(Instant::now());
+        assert!(w.held.is_empty());
+        assert_eq!(request_ids(dir.path(), "acme"), ["a1", "a2"]);
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()));
+        assert_eq!((report.records, report.problem), (2, None));
+    }
+
+    #[test]
+    fn an_unwritable_directory_refuses_everyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("audit");
+        fs::create_dir_all(&root).unwrap();
+        let mut w = writer(&root, 1 << 20);
+        // The whole directory goes (a stand-in for a full disk): the probe fails too.
+        fs::remove_dir_all(&root).unwrap();
+        fs::write(&root, b"not a directory").unwrap();
+        w.write(vec![named("acme", "a1")], at("2026-11-28"));
+        assert!(!w.health.sink.load(Ordering::Acquire));
+        fs::remove_file(&root).unwrap();
+        w.retry_held(Instant::now() + RETRY_DELAY);
+        assert!(w.health.sink.load(Ordering::Acquire));
+        assert!(w.held.is_empty());
+        assert_eq!(request_ids(&root, "acme"), ["a1"]);
     }
 }

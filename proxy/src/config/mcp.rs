@@ -1,6 +1,11 @@
 //! `[mcp]` in the tenant file: which destinations are MCP servers (Streamable HTTP, JSON-RPC 2.0
-//! bodies). Only those get MCP handling: each `tools/call` decided as its own Cedar action and
-//! `tools/list` responses filtered (see [`crate::mcp`]).
+//! bodies). Only those get MCP handling: each `tools/call`, `resources/read` and `prompts/get`
+//! decided as its own Cedar action and the `*/list` responses filtered (see [`crate::mcp`]).
+//!
+//! An MCP server is a destination: a host, a port and a path prefix. A server named by its
+//! route is the route's upstream (host, port and base path), so every way of reaching that
+//! upstream (the route, another route to it, forward mode, a tunnel) reaches the server and is
+//! scoped the same way. The scheme is not compared: one host and port is one server.
 //!
 //! ```toml
 //! [mcp]
@@ -17,7 +22,8 @@
 //! path_prefix = "/mcp"          # optionally one path prefix (default: every path)
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Deserialize;
 
@@ -77,24 +83,20 @@ impl Default for McpSettings {
 pub struct McpServer {
     /// Name (`context.server`).
     pub name: String,
-    /// How requests to it are recognized.
-    pub matcher: McpMatch,
+    /// Where it is.
+    pub at: McpLocation,
 }
 
-/// How requests to an MCP server are recognized.
+/// Where an MCP server is, however it was configured (by route or by host). Requests to this
+/// host (and port) under this path are the server's, in any mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum McpMatch {
-    /// Every request through this route-mode route.
-    Route(String),
-    /// Requests to this host (lowercase), port and path prefix, in any mode.
-    Host {
-        /// Lowercase host without trailing dot.
-        host: String,
-        /// The port, or any.
-        port: Option<u16>,
-        /// The path prefix (starts with `/`, no trailing `/` unless it is `/`).
-        path_prefix: String,
-    },
+pub struct McpLocation {
+    /// Lowercase host without trailing dot (an IP literal without brackets).
+    pub host: String,
+    /// The port, or any.
+    pub port: Option<u16>,
+    /// The path prefix (starts with `/`, no trailing `/` unless it is `/`).
+    pub path_prefix: String,
 }
 
 impl McpSettings {
@@ -120,7 +122,7 @@ impl McpSettings {
                     format!("duplicate MCP server name `{}`", s.name),
                 ));
             }
-            let matcher = match (s.route, s.host) {
+            let at = match (s.route, s.host) {
                 (Some(route), None) => {
                     if s.port.is_some() || s.path_prefix.is_some() {
                         problems.push((
@@ -128,13 +130,27 @@ impl McpSettings {
                             "`port` and `path_prefix` belong with `host`; a route names its upstream already".into(),
                         ));
                     }
-                    if !routes.iter().any(|r| r.name == route) {
-                        problems.push((at("route"), format!("no route is named `{route}`")));
+                    match routes.iter().find(|r| r.name == route) {
+                        // The route's upstream is the server: every route to it, forward mode
+                        // and tunnels reach the same server.
+                        Some(r) => McpLocation {
+                            host: r
+                                .host
+                                .strip_suffix('.')
+                                .unwrap_or(&r.host)
+                                .to_ascii_lowercase(),
+                            port: Some(r.port),
+                            path_prefix: trimmed_prefix(&r.base_path),
+                        },
+                        None => {
+                            problems.push((at("route"), format!("no route is named `{route}`")));
+                            continue;
+                        }
                     }
-                    McpMatch::Route(route)
                 }
                 (None, Some(host)) => {
-                    let host = host.strip_suffix('.').unwrap_or(&host).to_ascii_lowercase();
+                    let bare = host.trim_start_matches('[').trim_end_matches(']');
+                    let host = bare.strip_suffix('.').unwrap_or(bare).to_ascii_lowercase();
                     if host.is_empty() || host.contains(['/', ' ']) {
                         problems.push((at("host"), format!("`{host}` is not a host name")));
                     }
@@ -145,14 +161,10 @@ impl McpSettings {
                             format!("`{prefix}` must start with `/` and hold no `?`, `#` or `%`"),
                         ));
                     }
-                    let path_prefix = match prefix.trim_end_matches('/') {
-                        "" => "/".to_string(),
-                        trimmed => trimmed.to_string(),
-                    };
-                    McpMatch::Host {
+                    McpLocation {
                         host,
                         port: s.port,
-                        path_prefix,
+                        path_prefix: trimmed_prefix(&prefix),
                     }
                 }
                 _ => {
@@ -160,10 +172,7 @@ impl McpSettings {
                     continue;
                 }
             };
-            servers.push(McpServer {
-                name: s.name,
-                matcher,
-            });
+            servers.push(McpServer { name: s.name, at });
         }
         if problems.is_empty() {
             Ok(Self {
@@ -175,39 +184,65 @@ impl McpSettings {
         }
     }
 
-    /// The MCP server `destination` is, if any.
-    pub fn server_for(&self, destination: &Destination) -> Option<&McpServer> {
-        self.servers.iter().find(|s| s.matcher.matches(destination))
+    /// The MCP server a request goes to, if any: by its destination's host, port and path,
+    /// or by the address the egress guard resolved it to (`addr`, once known), so that another
+    /// spelling of a server's IP address (`localhost`, `2130706433`, `127.1`) or a name that
+    /// `[egress] hosts` answers with it (`static_hosts`) reaches the same server.
+    pub fn server_for(
+        &self,
+        destination: &Destination,
+        addr: Option<SocketAddr>,
+        static_hosts: &HashMap<String, Vec<IpAddr>>,
+    ) -> Option<&McpServer> {
+        self.servers.iter().find(|s| {
+            under_prefix(&destination.upstream_path, &s.at.path_prefix)
+                && (s.at.at_host(&destination.host, destination.port)
+                    || addr.is_some_and(|a| s.at.at_addr(a, static_hosts)))
+        })
     }
 
-    /// Whether some MCP server is at `host:port` (on any path): a tunnel there must be
-    /// intercepted, or its tool calls would pass unseen.
-    pub fn serves_host(&self, host: &str, port: u16) -> bool {
-        let host = host.strip_suffix('.').unwrap_or(host);
-        self.servers.iter().any(|s| match &s.matcher {
-            McpMatch::Host {
-                host: h, port: p, ..
-            } => h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p == port),
-            McpMatch::Route(_) => false,
+    /// Whether some MCP server is at `host:port` or at `addr` (on any path): a tunnel there
+    /// must be intercepted, or its calls would pass unseen.
+    pub fn serves(
+        &self,
+        host: &str,
+        port: u16,
+        addr: Option<SocketAddr>,
+        static_hosts: &HashMap<String, Vec<IpAddr>>,
+    ) -> bool {
+        self.servers.iter().any(|s| {
+            s.at.at_host(host, port) || addr.is_some_and(|a| s.at.at_addr(a, static_hosts))
         })
     }
 }
 
-impl McpMatch {
-    fn matches(&self, d: &Destination) -> bool {
-        match self {
-            McpMatch::Route(name) => d.route.as_deref() == Some(name.as_str()),
-            McpMatch::Host {
-                host,
-                port,
-                path_prefix,
-            } => {
-                let d_host = d.host.strip_suffix('.').unwrap_or(&d.host);
-                d_host.eq_ignore_ascii_case(host)
-                    && port.is_none_or(|p| p == d.port)
-                    && under_prefix(&d.upstream_path, path_prefix)
-            }
+impl McpLocation {
+    fn at_host(&self, host: &str, port: u16) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        host.eq_ignore_ascii_case(&self.host) && self.port.is_none_or(|p| p == port)
+    }
+
+    /// Whether `addr` is this server's address: its IP literal, or a static answer for its
+    /// name. (A name only DNS answers is compared by name.)
+    fn at_addr(&self, addr: SocketAddr, static_hosts: &HashMap<String, Vec<IpAddr>>) -> bool {
+        if self.port.is_some_and(|p| p != addr.port()) {
+            return false;
         }
+        let ip = addr.ip().to_canonical();
+        match self.host.parse::<IpAddr>() {
+            Ok(own) => own.to_canonical() == ip,
+            Err(_) => static_hosts
+                .get(&self.host)
+                .is_some_and(|answers| answers.iter().any(|a| a.to_canonical() == ip)),
+        }
+    }
+}
+
+/// A path prefix without its trailing `/` (`/` stays `/`).
+fn trimmed_prefix(prefix: &str) -> String {
+    match prefix.trim_end_matches('/') {
+        "" => "/".to_string(),
+        trimmed => trimmed.to_string(),
     }
 }
 
@@ -292,7 +327,15 @@ mod tests {
 
     fn settings(toml_text: &str) -> Result<McpSettings, Vec<(String, String)>> {
         let spec: McpSpec = toml::from_str(toml_text).unwrap();
-        McpSettings::from_spec(spec, &[route("docs")])
+        let mut docs = route("docs");
+        docs.host = "docs.internal".into();
+        docs.port = 8080;
+        docs.base_path = "/mcp/".into();
+        McpSettings::from_spec(spec, &[route("llm"), docs])
+    }
+
+    fn no_hosts() -> HashMap<String, Vec<IpAddr>> {
+        HashMap::new()
     }
 
     #[test]
@@ -313,14 +356,38 @@ host = "tools.example.com"
 "#,
         )
         .unwrap();
-        let name = |d: Destination| s.server_for(&d).map(|m| m.name.clone());
+        let name = |d: Destination| s.server_for(&d, None, &no_hosts()).map(|m| m.name.clone());
         let cases = [
             (
-                "route",
-                dest("127.0.0.1", 9, "/x", Some("docs")),
+                "through its route",
+                dest("docs.internal", 8080, "/mcp/x", Some("docs")),
                 Some("docs"),
             ),
-            ("other route", dest("127.0.0.1", 9, "/x", Some("llm")), None),
+            (
+                "through another route to the same upstream",
+                dest("docs.internal", 8080, "/mcp", Some("side-door")),
+                Some("docs"),
+            ),
+            (
+                "the route's upstream in forward mode",
+                dest("docs.internal", 8080, "/mcp/", None),
+                Some("docs"),
+            ),
+            (
+                "the route's upstream host, another path",
+                dest("docs.internal", 8080, "/health", None),
+                None,
+            ),
+            (
+                "the route's upstream host, another port",
+                dest("docs.internal", 8081, "/mcp", None),
+                None,
+            ),
+            (
+                "another route",
+                dest("127.0.0.1", 9, "/x", Some("llm")),
+                None,
+            ),
             (
                 "host, port and prefix",
                 dest("mcp.example.com", 8443, "/mcp", None),
@@ -371,14 +438,77 @@ host = "tools.example.com"
         for (case, d, want) in cases {
             assert_eq!(name(d).as_deref(), want, "{case}");
         }
-        // Tunnels: any path of a server's host and port.
-        assert!(s.serves_host("MCP.example.com.", 8443));
-        assert!(!s.serves_host("mcp.example.com", 443));
-        assert!(s.serves_host("tools.example.com", 1));
+        // Tunnels: any path of a server's host and port, however the server was named.
+        let serves = |h: &str, p: u16| s.serves(h, p, None, &no_hosts());
+        assert!(serves("MCP.example.com.", 8443));
+        assert!(!serves("mcp.example.com", 443));
+        assert!(serves("tools.example.com", 1));
         assert!(
-            !s.serves_host("127.0.0.1", 9),
-            "a route's upstream is not a tunnel target"
+            serves("docs.internal", 8080),
+            "a route's upstream is a tunnel target too"
         );
+        assert!(!serves("docs.internal", 443));
+    }
+
+    #[test]
+    fn other_spellings_of_a_servers_address_reach_it() {
+        let s = McpSettings::from_spec(
+            toml::from_str(
+                r#"
+[[servers]]
+name = "loop"
+route = "llm"
+[[servers]]
+name = "named"
+host = "mcp.test"
+port = 7000
+path_prefix = "/mcp"
+"#,
+            )
+            .unwrap(),
+            &[route("llm")],
+        )
+        .unwrap();
+        let hosts = HashMap::from([(
+            "mcp.test".to_string(),
+            vec!["10.1.2.3".parse::<IpAddr>().unwrap()],
+        )]);
+        let at = |host: &str, port: u16, path: &str, addr: &str| {
+            s.server_for(&dest(host, port, path, None), addr.parse().ok(), &hosts)
+                .map(|m| m.name.clone())
+        };
+        // `localhost`, `2130706433`, `127.1`: resolved to the route upstream's 127.0.0.1.
+        for host in ["localhost", "2130706433", "127.1"] {
+            assert_eq!(
+                at(host, 9, "/x", "127.0.0.1:9").as_deref(),
+                Some("loop"),
+                "{host}"
+            );
+        }
+        assert_eq!(
+            at("localhost", 9, "/x", "[::ffff:127.0.0.1]:9").as_deref(),
+            Some("loop")
+        );
+        assert_eq!(
+            at("localhost", 10, "/x", "127.0.0.1:10"),
+            None,
+            "another port"
+        );
+        assert_eq!(
+            at("10.1.2.3", 7000, "/mcp/x", "10.1.2.3:7000").as_deref(),
+            Some("named")
+        );
+        assert_eq!(
+            at("alias.test", 7000, "/mcp", "10.1.2.3:7000").as_deref(),
+            Some("named")
+        );
+        assert_eq!(
+            at("alias.test", 7000, "/other", "10.1.2.3:7000"),
+            None,
+            "another path"
+        );
+        assert!(s.serves("alias.test", 7000, "10.1.2.3:7000".parse().ok(), &hosts));
+        assert!(!s.serves("alias.test", 7000, "10.1.2.4:7000".parse().ok(), &hosts));
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct StaticConfig {
     pub limits: RequestLimits,
     /// Where limit counters live.
     pub limiter: LimiterSettings,
+    /// Signed runs of one tenant watched for their `run_summary` at once (`[limiter]
+    /// watched_runs_per_tenant`); past it, that tenant's new runs are summarized only when
+    /// closed or by another replica.
+    pub watched_runs_per_tenant: usize,
     /// Worker threads per listener.
     pub threads: usize,
     /// Seconds to keep serving after SIGTERM.
@@ -577,6 +581,13 @@ impl StaticConfig {
                 LimiterSettings::Memory { run_ttl }
             }
         };
+        let watched_runs_per_tenant = spec
+            .limiter
+            .watched_runs_per_tenant
+            .unwrap_or(crate::runs::MAX_WATCHED_PER_TENANT);
+        if watched_runs_per_tenant == 0 {
+            p.push("limiter.watched_runs_per_tenant", "must be at least 1");
+        }
         if spec.server.threads == 0 {
             p.push("server.threads", "must be at least 1");
         }
@@ -592,6 +603,7 @@ impl StaticConfig {
             intercept,
             limits,
             limiter,
+            watched_runs_per_tenant,
             threads: spec.server.threads.max(1),
             grace_period: p.duration("server.grace_period", &spec.server.grace_period),
             graceful_shutdown_timeout: p.duration(

@@ -364,6 +364,9 @@ pub struct LimiterSpec {
     /// How long a run's counters (tokens, cost, tool calls, start) live after its last
     /// reservation (default `168h`).
     pub run_ttl: Option<String>,
+    /// Signed runs of one tenant this replica watches for their summary at once (default
+    /// 10 000).
+    pub watched_runs_per_tenant: Option<usize>,
 }
 
 /// `[server]`.

@@ -26,6 +26,8 @@ pub struct PeerCertificate(pub Result<mtls::PeerIdentity, String>);
 pub struct Presented<'a> {
     /// The `Proxy-Authorization` header value.
     pub proxy_authorization: Option<&'a [u8]>,
+    /// The request carries more than one `Proxy-Authorization` header.
+    pub proxy_authorization_repeated: bool,
     /// The client certificate's identity, on mTLS listeners.
     pub peer: Option<&'a PeerCertificate>,
 }
@@ -37,10 +39,10 @@ impl<'a> Presented<'a> {
         headers: &'a http::HeaderMap,
         ssl: Option<&'a pingora::protocols::tls::SslDigest>,
     ) -> Self {
+        let mut values = headers.get_all(http::header::PROXY_AUTHORIZATION).iter();
         Self {
-            proxy_authorization: headers
-                .get(http::header::PROXY_AUTHORIZATION)
-                .map(|v| v.as_bytes()),
+            proxy_authorization: values.next().map(|v| v.as_bytes()),
+            proxy_authorization_repeated: values.next().is_some(),
             peer: ssl.and_then(|d| d.extension.get::<PeerCertificate>()),
         }
     }
@@ -66,6 +68,14 @@ pub fn resolve(
     presented: Presented<'_>,
     now_unix: u64,
 ) -> Result<ResolvedIdentity, Deny> {
+    // SECURITY: two `Proxy-Authorization` headers are two identities; picking one (the first,
+    // say) would let whatever sits in front of the proxy and the proxy disagree about who is
+    // calling. Refused on every listener, whatever its sources.
+    if presented.proxy_authorization_repeated {
+        return Err(Deny::IdentityInvalid(
+            "more than one `Proxy-Authorization` header".into(),
+        ));
+    }
     for source in &listener.identity {
         match source {
             IdentitySourceKind::Binding => {
@@ -158,4 +168,30 @@ fn resolve_token(
         source: IdentitySourceKind::Token,
         token: Some(verified),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_proxy_authorization_is_seen() {
+        let mut headers = http::HeaderMap::new();
+        assert!(Presented::from_request(&headers, None)
+            .proxy_authorization
+            .is_none());
+        headers.append(
+            http::header::PROXY_AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer first"),
+        );
+        let one = Presented::from_request(&headers, None);
+        assert_eq!(one.proxy_authorization, Some(&b"Bearer first"[..]));
+        assert!(!one.proxy_authorization_repeated);
+        headers.append(
+            http::header::PROXY_AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer second"),
+        );
+        assert!(Presented::from_request(&headers, None).proxy_authorization_repeated);
+    }
 }

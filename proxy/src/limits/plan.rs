@@ -6,7 +6,9 @@
 //! per-message tokens a chat template adds) plus its output ceiling, and the most those tokens
 //! can cost. With `max_tokens` set, a ceiling therefore cannot be crossed; without it, the
 //! configured assumption is reserved and a stream that outruns it is extended or cut
-//! ([`super::stream`]). Any other call counts as one tool call.
+//! ([`super::stream`]). A request to an MCP server counts as many tool calls as the `tools/call`
+//! messages in its body (a batch of three is three; `tools/list`, `initialize`, resource reads
+//! and the like are none); any other call counts as one.
 
 use crate::config::model::TenantConfig;
 use crate::ctx::{StreamPlan, TenantContext};
@@ -29,6 +31,9 @@ pub struct CallFacts<'a> {
     pub max_output_tokens: Option<u64>,
     /// Request body size.
     pub body_bytes: u64,
+    /// For a request to an MCP server: the `tools/call`s in its body. `None` for any other
+    /// request, which counts as one call when it is not an LLM call.
+    pub mcp_tool_calls: Option<u64>,
 }
 
 /// How one request is counted.
@@ -90,7 +95,7 @@ pub fn plan(
         return Ok(Plan {
             keys,
             charge: Charge {
-                tool_calls: 1,
+                tool_calls: call.mcp_tool_calls.unwrap_or(1),
                 ..Charge::default()
             },
             prices: None,
@@ -174,8 +179,11 @@ pub fn settlement(reserved: Charge, prices: Option<Prices>, ending: Ending) -> C
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::config::model::Scheme;
+    use crate::limits::{LimitKind, Measure};
 
     fn prices() -> Prices {
         Prices {
@@ -229,5 +237,76 @@ mod tests {
             ..Charge::default()
         };
         assert_eq!(settlement(tool, None, end(None, false, false)), tool);
+    }
+
+    fn run_context() -> TenantContext {
+        TenantContext {
+            tenant: crate::ids::TenantId::new("acme").unwrap(),
+            workload: crate::ids::WorkloadId::new("bot").unwrap(),
+            principal_kind: crate::ctx::PrincipalKind::Workload,
+            identity_source: crate::config::IdentitySourceKind::Token,
+            run: crate::ctx::Run {
+                id: "run-1".into(),
+                signed: true,
+                expires_at: Some(2_000_000_000),
+            },
+            budget: Some(crate::identity::token::RunBudget {
+                tool_calls: Some(10),
+                ..Default::default()
+            }),
+            scopes: Vec::new(),
+            initiator: None,
+            correlation_id: None,
+            request_id: "req-1".into(),
+            trace: crate::trace::TraceContext::continue_or_start(None),
+        }
+    }
+
+    #[test]
+    fn mcp_tool_calls_count_against_the_runs_tool_call_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenants.toml");
+        std::fs::write(
+            &file,
+            "policy_dir = \"p\"\n[tenants.acme]\nplan = \"pro\"\nregion = \"eu\"\nworkloads = [\"bot\"]\n",
+        )
+        .unwrap();
+        let config = TenantConfig::load(&file).unwrap();
+        let tenant = run_context();
+        let destination = Destination {
+            scheme: Scheme::Http,
+            host: "127.0.0.1".into(),
+            port: 9,
+            upstream_path: "/mcp".into(),
+            audit_path: "/mcp".into(),
+            route: None,
+            internal: false,
+            provider: None,
+        };
+        let charge = |mcp_tool_calls| {
+            let call = CallFacts {
+                model: None,
+                max_output_tokens: None,
+                body_bytes: 100,
+                mcp_tool_calls,
+            };
+            let plan = plan(&config, &tenant, &destination, call, 1_700_000_000).unwrap();
+            assert!(
+                plan.keys.iter().any(|k| matches!(
+                    k.kind,
+                    LimitKind::Quota {
+                        measure: Measure::ToolCalls,
+                        ceiling: 10,
+                        ..
+                    }
+                )),
+                "the run's tool-call budget applies"
+            );
+            plan.charge.tool_calls
+        };
+        // A batch of three `tools/call`s is three; a `tools/list` is none; any other call one.
+        assert_eq!(charge(Some(3)), 3);
+        assert_eq!(charge(Some(0)), 0);
+        assert_eq!(charge(None), 1);
     }
 }

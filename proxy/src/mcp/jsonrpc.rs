@@ -3,7 +3,9 @@
 //! The reading is strict because whatever this module misreads is what the server acts on:
 //! duplicate object keys are refused (a first-wins and a last-wins parser would see different
 //! tool names), every message must say `"jsonrpc": "2.0"`, ids must be strings, numbers or
-//! null, and a `tools/call` must name its tool with a string `params.name`.
+//! null, a `tools/call` must name its tool with a string `params.name`, a `resources/read` (or
+//! `resources/subscribe`) its resource with a string `params.uri`, a `prompts/get` its prompt
+//! with a string `params.name`, and a `completion/complete` the prompt or resource it completes.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,18 +16,106 @@ use serde_json::{Map, Value};
 
 /// The MCP method whose calls are authorized one by one.
 pub const TOOLS_CALL: &str = "tools/call";
-/// The MCP method whose responses are filtered.
-pub const TOOLS_LIST: &str = "tools/list";
+/// Reading a resource, authorized per resource URI.
+pub const RESOURCES_READ: &str = "resources/read";
+/// Subscribing to a resource's updates: authorized like reading it.
+pub const RESOURCES_SUBSCRIBE: &str = "resources/subscribe";
+/// Getting a prompt, authorized per prompt name.
+pub const PROMPTS_GET: &str = "prompts/get";
+/// Argument completion for a prompt or a resource template: authorized like using it.
+pub const COMPLETION_COMPLETE: &str = "completion/complete";
+
+/// A list an MCP server answers with, filtered down to what the workload may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    /// `tools/list`: `result.tools`, each named by `name`.
+    Tools,
+    /// `resources/list`: `result.resources`, each named by `uri`.
+    Resources,
+    /// `resources/templates/list`: `result.resourceTemplates`, each named by `uriTemplate`.
+    ResourceTemplates,
+    /// `prompts/list`: `result.prompts`, each named by `name`.
+    Prompts,
+}
+
+impl ListKind {
+    /// Every kind.
+    pub const ALL: [ListKind; 4] = [
+        ListKind::Tools,
+        ListKind::Resources,
+        ListKind::ResourceTemplates,
+        ListKind::Prompts,
+    ];
+
+    /// The method that asks for this list.
+    pub fn method(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools/list",
+            ListKind::Resources => "resources/list",
+            ListKind::ResourceTemplates => "resources/templates/list",
+            ListKind::Prompts => "prompts/list",
+        }
+    }
+
+    /// The result field holding the list.
+    pub fn field(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Resources => "resources",
+            ListKind::ResourceTemplates => "resourceTemplates",
+            ListKind::Prompts => "prompts",
+        }
+    }
+
+    /// The field of each item that names it for policy.
+    pub fn item_key(self) -> &'static str {
+        match self {
+            ListKind::Tools | ListKind::Prompts => "name",
+            ListKind::Resources => "uri",
+            ListKind::ResourceTemplates => "uriTemplate",
+        }
+    }
+
+    /// What an item of this list is, for the policy question.
+    pub fn item(self) -> ItemKind {
+        match self {
+            ListKind::Tools => ItemKind::Tool,
+            ListKind::Resources | ListKind::ResourceTemplates => ItemKind::Resource,
+            ListKind::Prompts => ItemKind::Prompt,
+        }
+    }
+
+    fn for_method(method: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.method() == method)
+    }
+}
+
+/// What an MCP request uses, each decided by its own Cedar action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ItemKind {
+    /// A tool (`mcp_tool_call`), by name.
+    Tool,
+    /// A resource (`mcp_resource`), by URI (or URI template, in a list of templates).
+    Resource,
+    /// A prompt (`mcp_prompt`), by name.
+    Prompt,
+}
 
 /// What the proxy needs to know about one request body.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct McpRequest {
     /// The tool named by every `tools/call` message, in body order (repeats kept).
     pub tool_calls: Vec<String>,
-    /// The ids of the `tools/list` requests; their responses are filtered.
-    pub list_ids: Vec<Value>,
-    /// Whether any message is a `tools/list` (a notification has no id but still counts).
-    pub lists_tools: bool,
+    /// The resource URI of every `resources/read` and `resources/subscribe`, and of every
+    /// resource template a `completion/complete` names, in body order.
+    pub resource_reads: Vec<String>,
+    /// The prompt named by every `prompts/get`, and by every `completion/complete` for a
+    /// prompt, in body order.
+    pub prompt_gets: Vec<String>,
+    /// The ids of the list requests, with their kind; their responses are filtered.
+    pub list_ids: Vec<(Value, ListKind)>,
+    /// The kinds of list asked for (a notification has no id but still counts).
+    pub lists: Vec<ListKind>,
 }
 
 /// Why a body is not a JSON-RPC 2.0 message or batch. The text is for the agent's error body.
@@ -110,22 +200,51 @@ fn read_call(
     ) {
         return Err("`params` must be an object or an array".into());
     }
+    let param = |name: &str, what: &str| -> Result<String, String> {
+        // SECURITY: a call whose tool, resource or prompt cannot be named cannot be authorized.
+        params
+            .and_then(|p| p.get(name))
+            .and_then(Value::as_str)
+            .map(String::from)
+            .ok_or(format!(
+                "a `{method}` needs a string `params.{name}` ({what})"
+            ))
+    };
     match method {
-        TOOLS_CALL => {
-            // SECURITY: a call whose tool cannot be named cannot be authorized.
-            let name = params
-                .and_then(|p| p.get("name"))
-                .and_then(Value::as_str)
-                .ok_or("a `tools/call` needs a string `params.name`")?;
-            request.tool_calls.push(name.to_string());
+        TOOLS_CALL => request.tool_calls.push(param("name", "the tool")?),
+        RESOURCES_READ | RESOURCES_SUBSCRIBE => {
+            request.resource_reads.push(param("uri", "the resource")?)
         }
-        TOOLS_LIST => {
-            request.lists_tools = true;
-            if let Some(id) = fields.get("id") {
-                request.list_ids.push(id.clone());
+        PROMPTS_GET => request.prompt_gets.push(param("name", "the prompt")?),
+        COMPLETION_COMPLETE => {
+            let reference = params.and_then(|p| p.get("ref"));
+            let field = |f: &str| reference.and_then(|r| r.get(f)).and_then(Value::as_str);
+            match field("type") {
+                Some("ref/prompt") => request.prompt_gets.push(
+                    field("name")
+                        .ok_or("a `completion/complete` for a prompt needs a string `params.ref.name`")?
+                        .to_string(),
+                ),
+                Some("ref/resource") => request.resource_reads.push(
+                    field("uri")
+                        .ok_or("a `completion/complete` for a resource needs a string `params.ref.uri`")?
+                        .to_string(),
+                ),
+                _ => {
+                    return Err("a `completion/complete` needs `params.ref` of type `ref/prompt` or `ref/resource`".into())
+                }
             }
         }
-        _ => {}
+        other => {
+            if let Some(kind) = ListKind::for_method(other) {
+                if !request.lists.contains(&kind) {
+                    request.lists.push(kind);
+                }
+                if let Some(id) = fields.get("id") {
+                    request.list_ids.push((id.clone(), kind));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -264,8 +383,42 @@ mod tests {
             let parsed = parse_request(body.to_string().as_bytes())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(parsed.tool_calls, tools, "{name}");
-            assert_eq!(parsed.list_ids, list_ids, "{name}");
+            let ids: Vec<Value> = parsed.list_ids.into_iter().map(|(id, _)| id).collect();
+            assert_eq!(ids, list_ids, "{name}");
         }
+    }
+
+    #[test]
+    fn resources_prompts_and_lists_of_every_kind() {
+        let body = json!([
+            {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "docs://a"}},
+            {"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": "docs://b"}},
+            {"jsonrpc": "2.0", "id": 3, "method": "prompts/get", "params": {"name": "summarize", "arguments": {}}},
+            {"jsonrpc": "2.0", "id": 4, "method": "completion/complete", "params": {"ref": {"type": "ref/prompt", "name": "review"}, "argument": {"name": "a", "value": "x"}}},
+            {"jsonrpc": "2.0", "id": 5, "method": "completion/complete", "params": {"ref": {"type": "ref/resource", "uri": "docs://{path}"}, "argument": {"name": "path", "value": "x"}}},
+            {"jsonrpc": "2.0", "id": "t", "method": "tools/list"},
+            {"jsonrpc": "2.0", "id": "r", "method": "resources/list"},
+            {"jsonrpc": "2.0", "id": "rt", "method": "resources/templates/list"},
+            {"jsonrpc": "2.0", "id": "p", "method": "prompts/list", "params": {"cursor": "c"}},
+            {"jsonrpc": "2.0", "method": "prompts/list"},
+        ]);
+        let parsed = parse_request(body.to_string().as_bytes()).unwrap();
+        assert!(parsed.tool_calls.is_empty());
+        assert_eq!(
+            parsed.resource_reads,
+            ["docs://a", "docs://b", "docs://{path}"]
+        );
+        assert_eq!(parsed.prompt_gets, ["summarize", "review"]);
+        assert_eq!(
+            parsed.list_ids,
+            [
+                (json!("t"), ListKind::Tools),
+                (json!("r"), ListKind::Resources),
+                (json!("rt"), ListKind::ResourceTemplates),
+                (json!("p"), ListKind::Prompts),
+            ]
+        );
+        assert_eq!(parsed.lists, ListKind::ALL);
     }
 
     #[test]
@@ -281,6 +434,18 @@ mod tests {
             ("call without params", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#.into(), "params.name"),
             ("call with numeric name", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":3}}"#.into(), "params.name"),
             ("call with positional params", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["a"]}"#.into(), "params.name"),
+            ("read without a uri", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{}}"#.into(), "params.uri"),
+            ("read with a numeric uri", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":1}}"#.into(), "params.uri"),
+            ("subscribe without a uri", r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe"}"#.into(), "params.uri"),
+            ("prompt without a name", r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"arguments":{}}}"#.into(), "params.name"),
+            ("completion without a ref", r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{}}"#.into(), "params.ref"),
+            ("completion of an unknown ref", r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/tool","name":"x"}}}"#.into(), "params.ref"),
+            ("completion of a prompt without name", r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt"}}}"#.into(), "params.ref.name"),
+            (
+                "duplicate uri key",
+                r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"docs://ok","uri":"docs://secret"}}"#.into(),
+                "duplicate key `uri`",
+            ),
             ("params a string", r#"{"jsonrpc":"2.0","id":1,"method":"x","params":"a"}"#.into(), "`params`"),
             ("method not a string", r#"{"jsonrpc":"2.0","id":1,"method":7}"#.into(), "`method`"),
             ("object id", r#"{"jsonrpc":"2.0","id":{},"method":"tools/list"}"#.into(), "`id`"),

@@ -1,20 +1,22 @@
-//! Filtering `tools/list` results out of an MCP server's response, so a workload never sees a
-//! tool its policies would refuse to let it call.
+//! Filtering the lists in an MCP server's response (`tools/list`, `resources/list`,
+//! `resources/templates/list`, `prompts/list`), so a workload never sees a tool, resource or
+//! prompt its policies would refuse to let it use.
 //!
 //! The response is either one JSON body (buffered whole, up to a cap) or a `text/event-stream`
 //! whose every `data:` is a JSON-RPC message (filtered event by event, each up to the cap). A
-//! message is a tool list when it answers one of the request's `tools/list` ids with a `result`,
-//! or when its `result` carries `tools` at all; its `result.tools` keeps only allowed tools.
-//! SECURITY: whatever cannot be read as that (not JSON, a tool without a string `name`, a list
-//! result without `tools`, over the cap) is an error, and the caller cuts the response: nothing
-//! unfiltered reaches the agent.
+//! message is a list when it answers one of the request's list ids with a `result`, or when its
+//! `result` carries a list field (`tools`, `resources`, `resourceTemplates`, `prompts`) at all;
+//! that field keeps only the allowed items.
+//! SECURITY: whatever cannot be read as that (not JSON, an item without its string name or URI,
+//! a list result without its list, over the cap) is an error, and the caller cuts the response:
+//! nothing unfiltered reaches the agent.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::jsonrpc::parse_strict;
+use super::jsonrpc::{parse_strict, ItemKind, ListKind};
 
 /// Why a response could not be filtered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,30 +53,51 @@ impl Framing {
     }
 }
 
+/// Items removed from lists so far, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hidden {
+    /// Tools.
+    pub tools: u64,
+    /// Resources and resource templates.
+    pub resources: u64,
+    /// Prompts.
+    pub prompts: u64,
+}
+
+impl Hidden {
+    fn count(&mut self, kind: ItemKind) {
+        match kind {
+            ItemKind::Tool => self.tools += 1,
+            ItemKind::Resource => self.resources += 1,
+            ItemKind::Prompt => self.prompts += 1,
+        }
+    }
+}
+
 /// Rewrites one response as it streams through.
 #[derive(Debug)]
-pub struct ToolListFilter {
+pub struct ListFilter {
     framing: Framing,
-    list_ids: Vec<Value>,
+    list_ids: Vec<(Value, ListKind)>,
     cap: usize,
     /// JSON: the whole body so far. SSE: the unfinished event.
     pending: Vec<u8>,
-    /// Decisions already made in this response, by tool name.
-    decided: HashMap<String, bool>,
-    /// Tools removed so far.
-    pub hidden: u64,
+    /// Decisions already made in this response, by item.
+    decided: HashMap<(ItemKind, String), bool>,
+    /// Items removed so far.
+    pub hidden: Hidden,
 }
 
-impl ToolListFilter {
-    /// A filter for a response of `framing` to a request whose `tools/list` ids are `list_ids`.
-    pub fn new(framing: Framing, list_ids: Vec<Value>, cap: usize) -> Self {
+impl ListFilter {
+    /// A filter for a response of `framing` to a request whose list ids are `list_ids`.
+    pub fn new(framing: Framing, list_ids: Vec<(Value, ListKind)>, cap: usize) -> Self {
         Self {
             framing,
             list_ids,
             cap,
             pending: Vec::new(),
             decided: HashMap::new(),
-            hidden: 0,
+            hidden: Hidden::default(),
         }
     }
 
@@ -83,12 +106,12 @@ impl ToolListFilter {
         self.framing
     }
 
-    /// Takes the next chunk and returns what may be sent on. `allowed` decides one tool name.
+    /// Takes the next chunk and returns what may be sent on. `allowed` decides one item.
     pub fn feed(
         &mut self,
         chunk: &[u8],
         end: bool,
-        allowed: &mut dyn FnMut(&str) -> bool,
+        allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
     ) -> Result<Bytes, FilterError> {
         match self.framing {
             Framing::Json => self.feed_json(chunk, end, allowed),
@@ -96,12 +119,12 @@ impl ToolListFilter {
         }
     }
 
-    /// A JSON-RPC error answering the request's first `tools/list`, framed like the response,
-    /// to end a response that could not be filtered.
+    /// A JSON-RPC error answering the request's first list, framed like the response, to end a
+    /// response that could not be filtered.
     pub fn error_message(&self, error: &FilterError) -> Vec<u8> {
         let message = serde_json::json!({
             "jsonrpc": "2.0",
-            "id": self.list_ids.first().cloned().unwrap_or(Value::Null),
+            "id": self.list_ids.first().map_or(Value::Null, |(id, _)| id.clone()),
             "error": {"code": -32603, "message": format!("tenant-proxy: {error}; the response was withheld")},
         })
         .to_string();
@@ -115,7 +138,7 @@ impl ToolListFilter {
         &mut self,
         chunk: &[u8],
         end: bool,
-        allowed: &mut dyn FnMut(&str) -> bool,
+        allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
     ) -> Result<Bytes, FilterError> {
         self.take(chunk)?;
         if !end {
@@ -138,7 +161,7 @@ impl ToolListFilter {
         &mut self,
         chunk: &[u8],
         end: bool,
-        allowed: &mut dyn FnMut(&str) -> bool,
+        allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
     ) -> Result<Bytes, FilterError> {
         self.pending.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(chunk.len());
@@ -169,7 +192,7 @@ impl ToolListFilter {
         &mut self,
         event: &[u8],
         out: &mut Vec<u8>,
-        allowed: &mut dyn FnMut(&str) -> bool,
+        allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
     ) -> Result<(), FilterError> {
         if event.len() > self.cap {
             return Err(FilterError::TooLarge(self.cap));
@@ -207,11 +230,11 @@ impl ToolListFilter {
         Ok(())
     }
 
-    /// Filters every tool list in `value` (one message or a batch); true when anything changed.
+    /// Filters every list in `value` (one message or a batch); true when anything changed.
     fn filter_value(
         &mut self,
         value: &mut Value,
-        allowed: &mut dyn FnMut(&str) -> bool,
+        allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
     ) -> Result<bool, FilterError> {
         match value {
             Value::Array(items) => {
@@ -228,48 +251,64 @@ impl ToolListFilter {
     fn filter_message(
         &mut self,
         message: &mut Value,
-        allowed: &mut dyn FnMut(&str) -> bool,
+        allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
     ) -> Result<bool, FilterError> {
         let Some(fields) = message.as_object_mut() else {
             return Ok(false);
         };
-        let answers_list = fields
-            .get("id")
-            .is_some_and(|id| self.list_ids.contains(id));
+        let answers = fields.get("id").and_then(|id| {
+            self.list_ids
+                .iter()
+                .find(|(listed, _)| listed == id)
+                .map(|(_, kind)| *kind)
+        });
         let Some(result) = fields.get_mut("result") else {
             return Ok(false);
         };
-        let carries_tools = result.get("tools").is_some();
-        if !(answers_list || carries_tools) {
-            return Ok(false);
-        }
-        let Some(Value::Array(tools)) = result.get_mut("tools") else {
-            return Err(FilterError::Unreadable(
-                "a `tools/list` result without a `tools` array".into(),
-            ));
-        };
-        let mut keep = Vec::with_capacity(tools.len());
-        for tool in tools.drain(..) {
-            let name = tool
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| FilterError::Unreadable("a tool without a string `name`".into()))?;
-            let ok = match self.decided.get(name) {
-                Some(ok) => *ok,
-                None => {
-                    let ok = allowed(name);
-                    self.decided.insert(name.to_string(), ok);
-                    ok
-                }
-            };
-            if ok {
-                keep.push(tool);
-            } else {
-                self.hidden += 1;
+        let mut changed = false;
+        for kind in ListKind::ALL {
+            let carries = result.get(kind.field()).is_some();
+            if !(answers == Some(kind) || carries) {
+                continue;
             }
+            let Some(Value::Array(items)) = result.get_mut(kind.field()) else {
+                return Err(FilterError::Unreadable(format!(
+                    "a `{}` result without a `{}` array",
+                    kind.method(),
+                    kind.field()
+                )));
+            };
+            let mut keep = Vec::with_capacity(items.len());
+            for item in items.drain(..) {
+                let name = item
+                    .get(kind.item_key())
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        FilterError::Unreadable(format!(
+                            "an item of `{}` without a string `{}`",
+                            kind.field(),
+                            kind.item_key()
+                        ))
+                    })?;
+                let key = (kind.item(), name.to_string());
+                let ok = match self.decided.get(&key) {
+                    Some(ok) => *ok,
+                    None => {
+                        let ok = allowed(kind.item(), name);
+                        self.decided.insert(key, ok);
+                        ok
+                    }
+                };
+                if ok {
+                    keep.push(item);
+                } else {
+                    self.hidden.count(kind.item());
+                }
+            }
+            *items = keep;
+            changed = true;
         }
-        *tools = keep;
-        Ok(true)
+        Ok(changed)
     }
 }
 
@@ -306,8 +345,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn only_a_and_b(name: &str) -> bool {
+    fn only_a_and_b(_: ItemKind, name: &str) -> bool {
         name == "a" || name == "b"
+    }
+
+    fn tools(ids: Vec<Value>) -> Vec<(Value, ListKind)> {
+        ids.into_iter().map(|id| (id, ListKind::Tools)).collect()
     }
 
     fn list_result(id: Value, names: &[&str]) -> Value {
@@ -327,7 +370,7 @@ mod tests {
             .collect()
     }
 
-    fn run(f: &mut ToolListFilter, chunks: &[&[u8]]) -> Result<Vec<u8>, FilterError> {
+    fn run(f: &mut ListFilter, chunks: &[&[u8]]) -> Result<Vec<u8>, FilterError> {
         let mut out = Vec::new();
         let mut allowed = only_a_and_b;
         for (i, c) in chunks.iter().enumerate() {
@@ -374,7 +417,7 @@ mod tests {
             ),
         ];
         for (name, ids, body, want) in cases {
-            let mut f = ToolListFilter::new(Framing::Json, ids, 1 << 20);
+            let mut f = ListFilter::new(Framing::Json, tools(ids), 1 << 20);
             let text = body.to_string();
             let (a, b) = text.as_bytes().split_at(text.len() / 2);
             let out: Value = serde_json::from_slice(&run(&mut f, &[a, b]).unwrap()).unwrap();
@@ -407,7 +450,7 @@ mod tests {
             ),
         ];
         for (name, body) in cases {
-            let mut f = ToolListFilter::new(Framing::Json, vec![json!(5)], 1 << 20);
+            let mut f = ListFilter::new(Framing::Json, tools(vec![json!(5)]), 1 << 20);
             assert_eq!(
                 run(&mut f, &[body.as_bytes()]).unwrap(),
                 body.as_bytes(),
@@ -415,7 +458,7 @@ mod tests {
             );
         }
         // No list requested and no body: nothing to do.
-        let mut f = ToolListFilter::new(Framing::Json, vec![], 1 << 20);
+        let mut f = ListFilter::new(Framing::Json, tools(vec![]), 1 << 20);
         assert_eq!(run(&mut f, &[b""]).unwrap(), b"");
     }
 
@@ -440,7 +483,7 @@ mod tests {
                 "tool without name",
                 br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"title":"x"}]}}"#.to_vec(),
                 1 << 20,
-                "string `name`",
+                "without a string `name`",
             ),
             (
                 "duplicate tools key",
@@ -457,7 +500,7 @@ mod tests {
             ),
         ];
         for (name, body, cap, needle) in cases {
-            let mut f = ToolListFilter::new(Framing::Json, vec![json!(1)], cap);
+            let mut f = ListFilter::new(Framing::Json, tools(vec![json!(1)]), cap);
             let err = run(&mut f, &[&body]).expect_err(name);
             assert!(err.to_string().contains(needle), "{name}: {err}");
         }
@@ -470,7 +513,7 @@ mod tests {
         let stream = format!(": ping\r\n\r\nevent: message\r\nid: 7\r\ndata: {note}\r\n\r\nevent: message\r\ndata: {list}\r\n\r\n");
         // Split at every byte boundary class: whole, and in 3-byte chunks.
         for size in [stream.len(), 3] {
-            let mut f = ToolListFilter::new(Framing::Sse, vec![json!(1)], 1 << 20);
+            let mut f = ListFilter::new(Framing::Sse, tools(vec![json!(1)]), 1 << 20);
             let chunks: Vec<&[u8]> = stream.as_bytes().chunks(size).collect();
             let out = String::from_utf8(run(&mut f, &chunks).unwrap()).unwrap();
             assert!(
@@ -483,7 +526,7 @@ mod tests {
             let v: Value = serde_json::from_str(last).unwrap();
             assert_eq!(names(&v), ["a", "b"]);
             assert!(out.ends_with("\r\n\r\n"));
-            assert_eq!(f.hidden, 1);
+            assert_eq!(f.hidden.tools, 1);
         }
     }
 
@@ -492,7 +535,7 @@ mod tests {
         let list = serde_json::to_string_pretty(&list_result(json!("q"), &["b", "zz"])).unwrap();
         let data: String = list.lines().map(|l| format!("data:{l}\n")).collect();
         let stream = format!("event: message\n{data}\n");
-        let mut f = ToolListFilter::new(Framing::Sse, vec![json!("q")], 1 << 20);
+        let mut f = ListFilter::new(Framing::Sse, tools(vec![json!("q")]), 1 << 20);
         let out = String::from_utf8(run(&mut f, &[stream.as_bytes()]).unwrap()).unwrap();
         let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
         assert_eq!(lines.len(), 2, "{out}");
@@ -521,7 +564,7 @@ mod tests {
             ),
         ];
         for (name, stream, cap) in cases {
-            let mut f = ToolListFilter::new(Framing::Sse, vec![json!(1)], cap);
+            let mut f = ListFilter::new(Framing::Sse, tools(vec![json!(1)]), cap);
             let chunks: Vec<&[u8]> = stream.as_bytes().chunks(512).collect();
             assert!(run(&mut f, &chunks).is_err(), "{name}");
         }
@@ -530,7 +573,7 @@ mod tests {
     #[test]
     fn each_tool_is_decided_once() {
         let mut asked = Vec::new();
-        let mut allowed = |n: &str| {
+        let mut allowed = |_: ItemKind, n: &str| {
             asked.push(n.to_string());
             true
         };
@@ -539,14 +582,14 @@ mod tests {
             list_result(json!(2), &["a", "b"])
         ])
         .to_string();
-        let mut f = ToolListFilter::new(Framing::Json, vec![json!(1), json!(2)], 1 << 20);
+        let mut f = ListFilter::new(Framing::Json, tools(vec![json!(1), json!(2)]), 1 << 20);
         f.feed(body.as_bytes(), true, &mut allowed).unwrap();
         assert_eq!(asked, ["a", "b"]);
     }
 
     #[test]
     fn error_message_answers_the_list() {
-        let f = ToolListFilter::new(Framing::Sse, vec![json!("l-1")], 1024);
+        let f = ListFilter::new(Framing::Sse, tools(vec![json!("l-1")]), 1024);
         let text = String::from_utf8(f.error_message(&FilterError::TooLarge(1024))).unwrap();
         let v: Value = serde_json::from_str(
             text.trim()
@@ -574,28 +617,100 @@ mod tests {
         proptest! {
             #[test]
             fn filtered_list_is_exactly_the_allowed_subset(
-                tools in proptest::collection::vec(prop_oneof![Just("a".to_string()), Just("b".to_string()), any::<String>()], 0..10),
+                listed in proptest::collection::vec(prop_oneof![Just("a".to_string()), Just("b".to_string()), any::<String>()], 0..10),
                 split in 0usize..4096,
             ) {
-                let refs: Vec<&str> = tools.iter().map(String::as_str).collect();
+                let refs: Vec<&str> = listed.iter().map(String::as_str).collect();
                 let body = format!("event: message\ndata: {}\n\n", list_result(json!(1), &refs));
                 let cut = split.min(body.len());
-                let mut f = ToolListFilter::new(Framing::Sse, vec![json!(1)], 1 << 20);
+                let mut f = ListFilter::new(Framing::Sse, tools(vec![json!(1)]), 1 << 20);
                 let out = run(&mut f, &[&body.as_bytes()[..cut], &body.as_bytes()[cut..]]).unwrap();
                 let out = String::from_utf8(out).unwrap();
                 let data = out.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
                 let v: Value = serde_json::from_str(data).unwrap();
-                let want: Vec<String> = tools.iter().filter(|t| only_a_and_b(t)).cloned().collect();
+                let want: Vec<String> = listed.iter().filter(|t| only_a_and_b(ItemKind::Tool, t)).cloned().collect();
                 prop_assert_eq!(names(&v), want);
             }
 
             #[test]
             fn arbitrary_streams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-                let mut f = ToolListFilter::new(Framing::Sse, vec![json!(1)], 1024);
+                let mut f = ListFilter::new(Framing::Sse, tools(vec![json!(1)]), 1024);
                 let _ = run(&mut f, &[&bytes]);
-                let mut f = ToolListFilter::new(Framing::Json, vec![json!(1)], 1024);
+                let mut f = ListFilter::new(Framing::Json, tools(vec![json!(1)]), 1024);
                 let _ = run(&mut f, &[&bytes]);
             }
+        }
+    }
+
+    #[test]
+    fn resources_templates_and_prompts_are_filtered_by_their_own_names() {
+        let body = json!([
+            {"jsonrpc": "2.0", "id": "r", "result": {"resources": [
+                {"uri": "docs://public/a", "name": "a"}, {"uri": "docs://secret/b", "name": "b"}
+            ]}},
+            {"jsonrpc": "2.0", "id": "rt", "result": {"resourceTemplates": [
+                {"uriTemplate": "docs://public/{x}", "name": "t1"}, {"uriTemplate": "docs://secret/{x}", "name": "t2"}
+            ]}},
+            {"jsonrpc": "2.0", "id": "p", "result": {"prompts": [
+                {"name": "summarize"}, {"name": "exfiltrate"}
+            ]}},
+            {"jsonrpc": "2.0", "id": "t", "result": {"tools": [{"name": "docs://public/a"}]}},
+        ])
+        .to_string();
+        let ids = vec![
+            (json!("r"), ListKind::Resources),
+            (json!("rt"), ListKind::ResourceTemplates),
+            (json!("p"), ListKind::Prompts),
+            (json!("t"), ListKind::Tools),
+        ];
+        let mut asked = Vec::new();
+        let mut allowed = |kind: ItemKind, name: &str| {
+            asked.push((kind, name.to_string()));
+            match kind {
+                ItemKind::Resource => name.starts_with("docs://public/"),
+                ItemKind::Prompt => name == "summarize",
+                // A tool is not a resource, whatever it is called.
+                ItemKind::Tool => false,
+            }
+        };
+        let mut f = ListFilter::new(Framing::Json, ids, 1 << 20);
+        let out: Value =
+            serde_json::from_slice(&f.feed(body.as_bytes(), true, &mut allowed).unwrap()).unwrap();
+        assert_eq!(
+            out[0]["result"]["resources"],
+            json!([{"uri": "docs://public/a", "name": "a"}])
+        );
+        assert_eq!(
+            out[1]["result"]["resourceTemplates"],
+            json!([{"uriTemplate": "docs://public/{x}", "name": "t1"}])
+        );
+        assert_eq!(out[2]["result"]["prompts"], json!([{"name": "summarize"}]));
+        assert_eq!(out[3]["result"]["tools"], json!([]));
+        assert_eq!(
+            f.hidden,
+            Hidden {
+                tools: 1,
+                resources: 2,
+                prompts: 1
+            }
+        );
+        assert!(asked.contains(&(ItemKind::Tool, "docs://public/a".to_string())));
+        // A resources list whose items lack a URI, or owed and missing, cannot be filtered.
+        for bad in [
+            json!({"jsonrpc": "2.0", "id": "r", "result": {"resources": [{"name": "no uri"}]}}),
+            json!({"jsonrpc": "2.0", "id": "r", "result": {}}),
+            json!({"jsonrpc": "2.0", "id": 9, "result": {"prompts": {"name": "x"}}}),
+        ] {
+            let mut f = ListFilter::new(
+                Framing::Json,
+                vec![(json!("r"), ListKind::Resources)],
+                1 << 20,
+            );
+            assert!(
+                f.feed(bad.to_string().as_bytes(), true, &mut |_, _| true)
+                    .is_err(),
+                "{bad}"
+            );
         }
     }
 }

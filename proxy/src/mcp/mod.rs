@@ -1,16 +1,21 @@
-//! MCP tool scoping for servers reached over Streamable HTTP (JSON-RPC 2.0 bodies).
+//! MCP scoping for servers reached over Streamable HTTP (JSON-RPC 2.0 bodies).
 //!
 //! Only destinations that `[mcp]` marks as MCP servers ([`crate::config::mcp`]) get this
-//! handling, after the request's `http` decision allowed it:
+//! handling, after the request's `http` decision allowed it. A server is a destination (host,
+//! port, path prefix), recognized however it is reached: through its route, another route to
+//! the same upstream, forward mode, an intercepted tunnel, or another spelling of its address.
 //!
 //! 1. a request with a body (and every POST) must be JSON-RPC 2.0, one message or a non-empty
 //!    batch ([`jsonrpc`]); anything else is refused (`mcp_malformed`) and never forwarded;
-//! 2. every `tools/call` in it is decided as Cedar action `mcp_tool_call` with resource
-//!    `TenantProxy::McpTool::"<tool name>"`; one denied call refuses the whole request
-//!    (`tool_denied`), so nothing of a batch reaches the server;
-//! 3. the response's `tools/list` results keep only the tools this workload may call
-//!    ([`list_filter`]); a response that cannot be filtered is cut, never passed unfiltered.
+//! 2. every `tools/call` in it is decided as Cedar action `mcp_tool_call`, every
+//!    `resources/read` (and `resources/subscribe`) as `mcp_resource`, every `prompts/get` as
+//!    `mcp_prompt` ([`authorize`]); one denial refuses the whole request (`tool_denied`,
+//!    `resource_denied`, `prompt_denied`), so nothing of a batch reaches the server;
+//! 3. the response's `tools/list`, `resources/list`, `resources/templates/list` and
+//!    `prompts/list` results keep only what this workload may use ([`list_filter`]); a response
+//!    that cannot be filtered is cut, never passed unfiltered.
 
+pub mod authorize;
 pub mod jsonrpc;
 pub mod list_filter;
 
@@ -19,7 +24,8 @@ use serde_json::Value;
 
 use crate::error::Deny;
 use crate::policy::Decision;
-use list_filter::{Framing, ToolListFilter};
+use jsonrpc::{ItemKind, ListKind};
+use list_filter::{Framing, ListFilter};
 
 /// What the request phase learned about an MCP exchange, for the response and the audit record.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,10 +34,28 @@ pub struct McpExchange {
     pub server: String,
     /// Tools called, in body order.
     pub tools_called: Vec<String>,
-    /// Whether the request lists tools, so its response must carry filterable lists.
-    pub lists_tools: bool,
-    /// The `tools/list` request ids, matched against response ids.
-    pub list_ids: Vec<Value>,
+    /// Resources read (URIs), in body order.
+    pub resources_read: Vec<String>,
+    /// Prompts got, in body order.
+    pub prompts_got: Vec<String>,
+    /// The kinds of list the request asks for, so its response must carry filterable lists.
+    pub lists: Vec<ListKind>,
+    /// The list request ids with their kind, matched against response ids.
+    pub list_ids: Vec<(Value, ListKind)>,
+}
+
+impl McpExchange {
+    /// An exchange that names only its server (a refused request's record).
+    pub fn refused(server: &str) -> Self {
+        Self {
+            server: server.to_string(),
+            tools_called: Vec::new(),
+            resources_read: Vec::new(),
+            prompts_got: Vec::new(),
+            lists: Vec::new(),
+            list_ids: Vec::new(),
+        }
+    }
 }
 
 /// Why an MCP request is refused.
@@ -39,25 +63,43 @@ pub struct McpExchange {
 pub enum McpRefusal {
     /// The body is not JSON-RPC 2.0 the proxy can decide on.
     Malformed(String),
-    /// A `tools/call` was denied; the decision names the deciding policies.
-    ToolDenied {
-        /// The tool.
-        tool: String,
-        /// The `mcp_tool_call` decision.
+    /// A tool call, resource read or prompt get was denied; the decision names the deciding
+    /// policies.
+    Denied {
+        /// A tool, a resource or a prompt.
+        item: ItemKind,
+        /// Its name (a resource's URI).
+        name: String,
+        /// The decision.
         decision: Decision,
     },
 }
 
-/// Reads the body sent to MCP server `server` and decides every tool it calls.
+impl McpRefusal {
+    /// The refusal the client sees.
+    pub fn deny(&self) -> Deny {
+        match self {
+            McpRefusal::Malformed(why) => Deny::McpMalformed(why.clone()),
+            McpRefusal::Denied { item, name, .. } => match item {
+                ItemKind::Tool => Deny::ToolDenied(name.clone()),
+                ItemKind::Resource => Deny::ResourceDenied(name.clone()),
+                ItemKind::Prompt => Deny::PromptDenied(name.clone()),
+            },
+        }
+    }
+}
+
+/// Reads the body sent to MCP server `server` and decides every tool, resource and prompt it
+/// uses: tools first, then resources, then prompts, each in body order and each asked once.
 ///
 /// `body` is `None` when the request has none: fine for `GET` (the server's event stream) and
-/// `DELETE` (end of session), refused for `POST`. `decide` answers `mcp_tool_call` for one tool.
+/// `DELETE` (end of session), refused for `POST`. `decide` answers one question.
 /// Returns the exchange and the allow decisions (for the audit record's policy ids).
 pub fn admit(
     server: &str,
     method: &http::Method,
     body: Option<&[u8]>,
-    decide: &mut dyn FnMut(&str) -> Decision,
+    decide: &mut dyn FnMut(ItemKind, &str) -> Decision,
 ) -> Result<(McpExchange, Vec<Decision>), McpRefusal> {
     let request = match body {
         Some(b) => jsonrpc::parse_request(b).map_err(|m| McpRefusal::Malformed(m.0))?,
@@ -69,16 +111,28 @@ pub fn admit(
         None => jsonrpc::McpRequest::default(),
     };
     let mut decisions: Vec<Decision> = Vec::new();
-    let mut decided: Vec<&str> = Vec::new();
-    for tool in &request.tool_calls {
-        if decided.contains(&tool.as_str()) {
+    let mut decided: Vec<(ItemKind, &str)> = Vec::new();
+    let asked = request
+        .tool_calls
+        .iter()
+        .map(|t| (ItemKind::Tool, t))
+        .chain(
+            request
+                .resource_reads
+                .iter()
+                .map(|r| (ItemKind::Resource, r)),
+        )
+        .chain(request.prompt_gets.iter().map(|p| (ItemKind::Prompt, p)));
+    for (item, name) in asked {
+        if decided.contains(&(item, name.as_str())) {
             continue;
         }
-        decided.push(tool);
-        let decision = decide(tool);
+        decided.push((item, name));
+        let decision = decide(item, name);
         if !decision.allowed {
-            return Err(McpRefusal::ToolDenied {
-                tool: tool.clone(),
+            return Err(McpRefusal::Denied {
+                item,
+                name: name.clone(),
                 decision,
             });
         }
@@ -87,21 +141,66 @@ pub fn admit(
     let exchange = McpExchange {
         server: server.to_string(),
         tools_called: request.tool_calls,
-        lists_tools: request.lists_tools,
+        resources_read: request.resource_reads,
+        prompts_got: request.prompt_gets,
+        lists: request.lists,
         list_ids: request.list_ids,
     };
     Ok((exchange, decisions))
 }
 
+/// The audit record's `mcp` fields for an exchange and its response's filter.
+pub fn audit_fields(
+    exchange: &McpExchange,
+    filter: Option<&ListFilter>,
+) -> crate::audit::McpFields {
+    let hidden = filter.map(|f| f.hidden).unwrap_or_default();
+    crate::audit::McpFields {
+        server: exchange.server.clone(),
+        tools_called: exchange.tools_called.clone(),
+        tools_hidden: hidden.tools,
+        // URIs may carry secrets in their query, like paths: keys only.
+        resources_read: exchange
+            .resources_read
+            .iter()
+            .map(|uri| crate::target::audit_path(uri))
+            .collect(),
+        prompts_got: exchange.prompts_got.clone(),
+        resources_hidden: hidden.resources,
+        prompts_hidden: hidden.prompts,
+    }
+}
+
+/// Counts what a response's filter removed from lists, by tenant.
+pub fn observe_hidden(tenant_label: &str, filter: Option<&ListFilter>) {
+    let Some(hidden) = filter.map(|f| f.hidden) else {
+        return;
+    };
+    if hidden.tools > 0 {
+        crate::metrics::METRICS
+            .mcp_tools_hidden
+            .with_label_values(&[tenant_label])
+            .inc_by(hidden.tools);
+    }
+    for (kind, n) in [("resource", hidden.resources), ("prompt", hidden.prompts)] {
+        if n > 0 {
+            crate::metrics::METRICS
+                .mcp_hidden
+                .with_label_values(&[tenant_label, kind])
+                .inc_by(n);
+        }
+    }
+}
+
 /// The filter for an MCP server's response: every JSON or event-stream response is read for
-/// `tools/list` results (its `Content-Length` is dropped, since filtering changes the length).
-/// SECURITY: a successful response owed a tool list that the filter cannot read (another
-/// content type, or compressed) is refused before anything of it is sent.
+/// list results (its `Content-Length` is dropped, since filtering changes the length).
+/// SECURITY: a successful response owed a list that the filter cannot read (another content
+/// type, or compressed) is refused before anything of it is sent.
 pub fn response_filter(
     exchange: &McpExchange,
     cap: usize,
     response: &mut ResponseHeader,
-) -> Result<Option<ToolListFilter>, Deny> {
+) -> Result<Option<ListFilter>, Deny> {
     let framing = response
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -111,7 +210,7 @@ pub fn response_filter(
         .get(http::header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     // A 202 answers a message that needs no reply; it has no body to hold a list.
-    let owed_list = exchange.lists_tools
+    let owed_list = !exchange.lists.is_empty()
         && response.status.is_success()
         && response.status != http::StatusCode::ACCEPTED;
     match framing {
@@ -120,7 +219,7 @@ pub fn response_filter(
         )),
         Some(framing) => {
             response.remove_header(&http::header::CONTENT_LENGTH);
-            Ok(Some(ToolListFilter::new(
+            Ok(Some(ListFilter::new(
                 framing,
                 exchange.list_ids.clone(),
                 cap,
@@ -154,15 +253,19 @@ mod tests {
             {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"wipe"}}
         ]"#;
         let mut asked = Vec::new();
-        let mut decide = |t: &str| {
+        let mut decide = |_: ItemKind, t: &str| {
             asked.push(t.to_string());
             decision(t != "wipe", if t == "wipe" { "no-wipe" } else { "ok" })
         };
         let refusal = admit("s", &http::Method::POST, Some(body), &mut decide).unwrap_err();
         assert_eq!(asked, ["add", "wipe"]);
         match refusal {
-            McpRefusal::ToolDenied { tool, decision } => {
-                assert_eq!(tool, "wipe");
+            McpRefusal::Denied {
+                item,
+                name,
+                decision,
+            } => {
+                assert_eq!((item, name.as_str()), (ItemKind::Tool, "wipe"));
                 assert_eq!(decision.policy_ids, ["no-wipe"]);
             }
             other => panic!("{other:?}"),
@@ -172,14 +275,14 @@ mod tests {
     #[test]
     fn allowed_exchange() {
         let body = br#"[{"jsonrpc":"2.0","id":"l","method":"tools/list"},{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}]"#;
-        let (exchange, decisions) = admit("docs", &http::Method::POST, Some(body), &mut |_| {
+        let (exchange, decisions) = admit("docs", &http::Method::POST, Some(body), &mut |_, _| {
             decision(true, "ok")
         })
         .unwrap();
         assert_eq!(exchange.server, "docs");
         assert_eq!(exchange.tools_called, ["add"]);
-        assert!(exchange.lists_tools);
-        assert_eq!(exchange.list_ids, [Value::from("l")]);
+        assert_eq!(exchange.lists, [ListKind::Tools]);
+        assert_eq!(exchange.list_ids, [(Value::from("l"), ListKind::Tools)]);
         assert_eq!(decisions.len(), 1);
     }
 
@@ -197,10 +300,13 @@ mod tests {
     #[test]
     fn response_filters() {
         let exchange = |lists_tools: bool| McpExchange {
-            server: "s".into(),
-            tools_called: Vec::new(),
-            lists_tools,
-            list_ids: vec![Value::from(1)],
+            lists: if lists_tools {
+                vec![ListKind::Tools]
+            } else {
+                Vec::new()
+            },
+            list_ids: vec![(Value::from(1), ListKind::Tools)],
+            ..McpExchange::refused("s")
         };
         #[rustfmt::skip]
         let cases: [ResponseCase; 8] = [
@@ -242,19 +348,64 @@ mod tests {
 
     #[test]
     fn bodyless_requests() {
-        let mut never = |_: &str| -> Decision { panic!("no tool to decide") };
+        let mut never = |_: ItemKind, _: &str| -> Decision { panic!("nothing to decide") };
         assert!(matches!(
             admit("s", &http::Method::POST, None, &mut never),
             Err(McpRefusal::Malformed(_))
         ));
         for method in [http::Method::GET, http::Method::DELETE] {
             let (exchange, _) = admit("s", &method, None, &mut never).unwrap();
-            assert!(exchange.tools_called.is_empty() && !exchange.lists_tools);
+            assert!(exchange.tools_called.is_empty() && exchange.lists.is_empty());
         }
         // A body on any method is read.
         assert!(matches!(
             admit("s", &http::Method::GET, Some(b"nope"), &mut never),
             Err(McpRefusal::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn resources_and_prompts_are_decided_like_tools() {
+        let body = br#"[
+            {"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"docs://public/a"}},
+            {"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"summarize"}},
+            {"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"docs://secret/b"}}
+        ]"#;
+        let mut asked = Vec::new();
+        let mut decide = |item: ItemKind, name: &str| {
+            asked.push((item, name.to_string()));
+            decision(!name.contains("secret"), "p")
+        };
+        let refusal = admit("docs", &http::Method::POST, Some(body), &mut decide).unwrap_err();
+        assert_eq!(
+            asked,
+            [
+                (ItemKind::Resource, "docs://public/a".to_string()),
+                (ItemKind::Resource, "docs://secret/b".to_string())
+            ]
+        );
+        assert_eq!(
+            refusal.deny(),
+            Deny::ResourceDenied("docs://secret/b".into())
+        );
+        let (exchange, decisions) = admit(
+            "docs",
+            &http::Method::POST,
+            Some(
+                br#"{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"summarize"}}"#,
+            ),
+            &mut |_, _| decision(true, "p"),
+        )
+        .unwrap();
+        assert_eq!(exchange.prompts_got, ["summarize"]);
+        assert_eq!(decisions.len(), 1);
+        let refusal = admit(
+            "docs",
+            &http::Method::POST,
+            Some(br#"{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"leak"}}"#),
+            &mut |_, _| decision(false, "no"),
+        )
+        .unwrap_err();
+        assert_eq!(refusal.deny(), Deny::PromptDenied("leak".into()));
     }
 }

@@ -5,9 +5,10 @@
 //! proxy parses it (absolute URL for forward-proxy requests, `/prefix/…` for route mode), the
 //! model is read from the body as the proxy reads it, the facts are built and decided by the same
 //! code, and when the request is allowed its `$CRED{}` handles are resolved as the proxy would,
-//! including each `use_credential` decision. A request to an MCP server has each `tools/call`
-//! in its body decided as `mcp_tool_call`, as the proxy does. Identity, egress (SSRF) checks and limits are not
-//! policy and are not evaluated: the caller names the tenant and workload.
+//! including each `use_credential` decision. A request to an MCP server has each `tools/call`,
+//! `resources/read` and `prompts/get` in its body decided (`mcp_tool_call`, `mcp_resource`,
+//! `mcp_prompt`), as the proxy does. Identity, egress (SSRF) checks and limits are not policy
+//! and are not evaluated: the caller names the tenant and workload.
 
 use std::sync::Arc;
 
@@ -20,6 +21,10 @@ use crate::error::Deny;
 use crate::identity::ResolvedIdentity;
 use crate::ids::{TenantId, WorkloadId};
 use crate::snapshot::Snapshot;
+
+/// The body size explain reads (the proxy's default `max_body_bytes`; explain has no static
+/// configuration).
+const EXPLAIN_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// A request to explain.
 #[derive(Debug, Clone, Default)]
@@ -103,6 +108,30 @@ pub struct ExplainedTool {
     pub errors: Vec<String>,
 }
 
+/// One `mcp_resource` or `mcp_prompt` decision, for a resource read or a prompt get in a body
+/// sent to an MCP server.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedMcpItem {
+    /// The `[[mcp.servers]]` name.
+    pub server: String,
+    /// The resource's URI or the prompt's name.
+    pub name: String,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// Deciding policy ids.
+    pub policy_ids: Vec<String>,
+    /// Evaluation errors.
+    pub errors: Vec<String>,
+}
+
+/// The MCP questions asked about one request, in order.
+#[derive(Debug, Clone, Default)]
+struct ExplainedMcp {
+    tools: Vec<ExplainedTool>,
+    resources: Vec<ExplainedMcpItem>,
+    prompts: Vec<ExplainedMcpItem>,
+}
+
 /// What the proxy would do, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
@@ -124,6 +153,12 @@ pub struct Explanation {
     /// The `mcp_tool_call` questions asked, in order (requests to MCP servers only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mcp_tools: Vec<ExplainedTool>,
+    /// The `mcp_resource` questions asked, in order (requests to MCP servers only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mcp_resources: Vec<ExplainedMcpItem>,
+    /// The `mcp_prompt` questions asked, in order (requests to MCP servers only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mcp_prompts: Vec<ExplainedMcpItem>,
     /// What the shadow (report-only) policies would decide, when configured.
     pub shadow: Option<super::shadow::ShadowDecision>,
 }
@@ -153,15 +188,24 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
             Ok(d) => d,
             Err(deny) => return Ok(refused(&deny, None, None, Vec::new())),
         };
-    let llm = req.body.as_ref().map_or(Ok(Default::default()), |body| {
-        crate::body::llm_request(body)
-    });
-    let model = match llm {
-        Ok(llm) => llm.model,
-        // As the proxy: an MCP server's body is judged by the MCP check below.
-        Err(_) if snapshot.tenants.mcp.server_for(&destination).is_some() => None,
-        Err(why) => return Ok(refused(&Deny::BadRequest(why), None, None, Vec::new())),
+    // As the proxy reads it: an MCP server's body is judged by the MCP check below, and toward
+    // an LLM destination a body is classified (decoded, BOM removed) or refused.
+    let read = match &req.body {
+        None => None,
+        Some(body) => {
+            let to = crate::body::BodyDestination::of(
+                &snapshot.tenants.mcp,
+                &destination,
+                &Default::default(),
+            );
+            let body = bytes::Bytes::from(body.clone());
+            match crate::body::classify(body, &header.headers, to, EXPLAIN_MAX_BODY_BYTES) {
+                Ok(read) => Some(read),
+                Err(deny) => return Ok(refused(&deny, None, None, Vec::new())),
+            }
+        }
     };
+    let model = read.as_ref().and_then(|r| r.llm.model.clone());
     let facts = crate::proxy::http_facts(
         snapshot,
         &context,
@@ -197,16 +241,18 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
             )
         });
     }
-    let (mcp_tools, mcp_refusal) =
-        explain_mcp(snapshot, &context, &destination, &facts, &header, req);
+    let (mcp, mcp_refusal) = explain_mcp(snapshot, &context, &destination, &facts, &header, req);
     if let Some(deny) = mcp_refusal {
         return Ok(Explanation {
             shadow,
-            mcp_tools,
+            mcp_tools: mcp.tools,
+            mcp_resources: mcp.resources,
+            mcp_prompts: mcp.prompts,
             ..refused(&deny, Some(decision), Some(explained_facts), Vec::new())
         });
     }
-    let body = req.body.clone().map(bytes::Bytes::from);
+    // The body as the proxy holds it (decoded, for an LLM destination).
+    let body = read.map(|r| r.body);
     let mut uses = Vec::new();
     let applied = crate::proxy::resolve_credentials(
         snapshot,
@@ -236,12 +282,16 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
             errors: decision.errors,
             facts: Some(explained_facts),
             credentials,
-            mcp_tools,
+            mcp_tools: mcp.tools,
+            mcp_resources: mcp.resources,
+            mcp_prompts: mcp.prompts,
             shadow,
         },
         Err(refusal) => Explanation {
             shadow,
-            mcp_tools,
+            mcp_tools: mcp.tools,
+            mcp_resources: mcp.resources,
+            mcp_prompts: mcp.prompts,
             ..refused(
                 &Deny::Credential(refusal),
                 Some(decision),
@@ -252,8 +302,20 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
     })
 }
 
-/// For a request to an MCP server, the `mcp_tool_call` decisions the proxy would take (it stops
-/// at the first denied call) and its refusal, if any.
+/// The MCP server a described request goes to. Without a running proxy there is no resolved
+/// address: the server is recognized by its destination (host, port and path) only.
+fn mcp_server<'a>(
+    snapshot: &'a Snapshot,
+    destination: &crate::target::Destination,
+) -> Option<&'a crate::config::mcp::McpServer> {
+    snapshot
+        .tenants
+        .mcp
+        .server_for(destination, None, &Default::default())
+}
+
+/// For a request to an MCP server, the decisions the proxy would take about its tools,
+/// resources and prompts (it stops at the first denial) and its refusal, if any.
 fn explain_mcp(
     snapshot: &Snapshot,
     context: &crate::ctx::TenantContext,
@@ -261,28 +323,33 @@ fn explain_mcp(
     facts: &super::HttpRequestFacts<'_>,
     header: &RequestHeader,
     req: &Described,
-) -> (Vec<ExplainedTool>, Option<Deny>) {
-    let Some(server) = snapshot.tenants.mcp.server_for(destination) else {
-        return (Vec::new(), None);
+) -> (ExplainedMcp, Option<Deny>) {
+    let mut explained = ExplainedMcp::default();
+    let Some(server) = mcp_server(snapshot, destination) else {
+        return (explained, None);
     };
-    let mut tools = Vec::new();
-    let mut decide = |tool: &str| {
-        let call = super::McpToolFacts {
-            server: &server.name,
-            tool,
-            http: facts,
-        };
+    let mut decide = |item: crate::mcp::jsonrpc::ItemKind, name: &str| {
         let decision =
-            snapshot
-                .policy
-                .authorize_mcp_tool(&context.tenant, &context.workload, &call);
-        tools.push(ExplainedTool {
+            crate::mcp::authorize::ask(&snapshot.policy, context, &server.name, item, name, facts);
+        let verdict = if decision.allowed { "allow" } else { "deny" };
+        let entry = ExplainedMcpItem {
             server: server.name.clone(),
-            tool: tool.to_string(),
-            decision: if decision.allowed { "allow" } else { "deny" },
+            name: name.to_string(),
+            decision: verdict,
             policy_ids: decision.policy_ids.clone(),
             errors: decision.errors.clone(),
-        });
+        };
+        match item {
+            crate::mcp::jsonrpc::ItemKind::Tool => explained.tools.push(ExplainedTool {
+                server: entry.server,
+                tool: entry.name,
+                decision: verdict,
+                policy_ids: entry.policy_ids,
+                errors: entry.errors,
+            }),
+            crate::mcp::jsonrpc::ItemKind::Resource => explained.resources.push(entry),
+            crate::mcp::jsonrpc::ItemKind::Prompt => explained.prompts.push(entry),
+        }
         decision
     };
     let outcome = crate::mcp::admit(
@@ -291,12 +358,8 @@ fn explain_mcp(
         req.body.as_deref(),
         &mut decide,
     );
-    let refusal = match outcome {
-        Ok(_) => None,
-        Err(crate::mcp::McpRefusal::Malformed(why)) => Some(Deny::McpMalformed(why)),
-        Err(crate::mcp::McpRefusal::ToolDenied { tool, .. }) => Some(Deny::ToolDenied(tool)),
-    };
-    (tools, refusal)
+    let refusal = outcome.err().map(|r| r.deny());
+    (explained, refusal)
 }
 
 fn refused(
@@ -318,6 +381,8 @@ fn refused(
         facts,
         credentials,
         mcp_tools: Vec::new(),
+        mcp_resources: Vec::new(),
+        mcp_prompts: Vec::new(),
         shadow: None,
     }
 }
@@ -400,6 +465,25 @@ pub fn render_text(e: &Explanation) -> String {
                 format!(" errors: {}", t.errors.join("; "))
             }
         ));
+    }
+    for (label, items) in [
+        ("mcp resource:", &e.mcp_resources),
+        ("mcp prompt:  ", &e.mcp_prompts),
+    ] {
+        for i in items {
+            out.push_str(&format!(
+                "{label} {} on {}: {} [{}]{}\n",
+                i.name,
+                i.server,
+                i.decision,
+                i.policy_ids.join(", "),
+                if i.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" errors: {}", i.errors.join("; "))
+                }
+            ));
+        }
     }
     for c in &e.credentials {
         out.push_str(&format!(

@@ -201,9 +201,13 @@ fn compile(dir: &Path, tenants: &[TenantInfo], report: &mut Report) -> Option<Po
         action_connect: names.action_connect,
         action_connect_opaque: names.action_connect_opaque,
         action_mcp_tool_call: names.action_mcp_tool_call,
+        action_mcp_resource: names.action_mcp_resource,
+        action_mcp_prompt: names.action_mcp_prompt,
         destination_type: names.destination,
         credential_type: names.credential,
         mcp_tool_type: names.mcp_tool,
+        mcp_resource_type: names.mcp_resource,
+        mcp_prompt_type: names.mcp_prompt,
         authorizer: Authorizer::new(),
         schema,
     })
@@ -216,11 +220,15 @@ struct Names {
     destination: EntityTypeName,
     credential: EntityTypeName,
     mcp_tool: EntityTypeName,
+    mcp_resource: EntityTypeName,
+    mcp_prompt: EntityTypeName,
     action_http: EntityUid,
     action_use_credential: EntityUid,
     action_connect: EntityUid,
     action_connect_opaque: EntityUid,
     action_mcp_tool_call: EntityUid,
+    action_mcp_resource: EntityUid,
+    action_mcp_prompt: EntityUid,
 }
 
 impl Names {
@@ -237,11 +245,15 @@ impl Names {
             destination: ty("Destination")?,
             credential: ty("Credential")?,
             mcp_tool: ty("McpTool")?,
+            mcp_resource: ty("McpResource")?,
+            mcp_prompt: ty("McpPrompt")?,
             action_http: action("http"),
             action_use_credential: action("use_credential"),
             action_connect: action("connect"),
             action_connect_opaque: action("connect_opaque"),
             action_mcp_tool_call: action("mcp_tool_call"),
+            action_mcp_resource: action("mcp_resource"),
+            action_mcp_prompt: action("mcp_prompt"),
         })
     }
 }
@@ -281,6 +293,8 @@ fn check_actions(schema: &Schema, names: &Names, path: &Path, report: &mut Repor
         &names.action_connect,
         &names.action_connect_opaque,
         &names.action_mcp_tool_call,
+        &names.action_mcp_resource,
+        &names.action_mcp_prompt,
     ] {
         if !declared.contains(action) {
             report.file(

@@ -16,6 +16,11 @@
 //! | resource | `TenantProxy::Destination::"<lowercase host>"` |
 //! | context | [`HttpRequestFacts`] (`scheme`, `host`, `port`, `method`, `path`, `model?`, `run_signed`, `scopes`, `route?`, `destination_region?`, `hour`, `weekday`) |
 //!
+//! A request to an MCP server is then asked one question per tool it calls (`mcp_tool_call`,
+//! resource `TenantProxy::McpTool`), resource it reads (`mcp_resource`,
+//! `TenantProxy::McpResource`) and prompt it gets (`mcp_prompt`, `TenantProxy::McpPrompt`),
+//! each with an [`McpFacts`] context; the same questions filter the server's lists.
+//!
 //! A `CONNECT` tunnel is decided first as action `connect` (may this workload open a tunnel to
 //! this host and port?) and, when allowed, as `connect_opaque` (may the tunnel skip
 //! interception?). Both take a [`ConnectFacts`] context. Requests inside an intercepted tunnel
@@ -42,6 +47,7 @@ use cedar_policy::{
 };
 
 use crate::ids::{TenantId, WorkloadId};
+pub use crate::mcp::jsonrpc::ItemKind;
 
 /// The Cedar namespace every schema type and action lives in.
 pub const NAMESPACE: &str = "TenantProxy";
@@ -120,14 +126,18 @@ pub struct ConnectFacts<'a> {
     pub weekday: &'a str,
 }
 
-/// What a policy may ask about one MCP tool call (the `mcp_tool_call` action's context).
+/// What a policy may ask about one tool, resource or prompt of an MCP server (the context of
+/// `mcp_tool_call`, `mcp_resource` and `mcp_prompt`).
 #[derive(Debug, Clone, Copy)]
-pub struct McpToolFacts<'a> {
+pub struct McpFacts<'a> {
     /// The configured MCP server's name.
     pub server: &'a str,
-    /// The tool's name, as the `tools/call` names it; also the `TenantProxy::McpTool` entity id.
-    pub tool: &'a str,
-    /// The HTTP request that carries the call (or the `tools/list` whose result is filtered).
+    /// Which of the three it is; picks the action and the entity type.
+    pub item: ItemKind,
+    /// The tool's or prompt's name, or the resource's URI, as the request names it; also the
+    /// entity id (`context.tool`, `context.prompt` or `context.uri`).
+    pub name: &'a str,
+    /// The HTTP request that carries it (or the list request whose result is filtered).
     pub http: &'a HttpRequestFacts<'a>,
 }
 
@@ -210,9 +220,13 @@ pub struct PolicyEngine {
     action_connect: EntityUid,
     action_connect_opaque: EntityUid,
     action_mcp_tool_call: EntityUid,
+    action_mcp_resource: EntityUid,
+    action_mcp_prompt: EntityUid,
     destination_type: EntityTypeName,
     credential_type: EntityTypeName,
     mcp_tool_type: EntityTypeName,
+    mcp_resource_type: EntityTypeName,
+    mcp_prompt_type: EntityTypeName,
     authorizer: Authorizer,
     schema: Schema,
 }
@@ -313,20 +327,21 @@ impl PolicyEngine {
         }
     }
 
-    /// Decides action `mcp_tool_call`: may `workload` call MCP tool `facts.tool` on server
-    /// `facts.server`? Asked for every `tools/call` (after `http` allowed the request) and for
-    /// every tool a `tools/list` result shows. Same fail-closed rules as [`Self::authorize_http`].
-    pub fn authorize_mcp_tool(
+    /// Decides `mcp_tool_call`, `mcp_resource` or `mcp_prompt` (by `facts.item`): may
+    /// `workload` use this tool, resource or prompt of server `facts.server`? Asked for every
+    /// one a request uses (after `http` allowed the request) and for every one a list result
+    /// shows. Same fail-closed rules as [`Self::authorize_http`].
+    pub fn authorize_mcp(
         &self,
         tenant: &TenantId,
         workload: &WorkloadId,
-        facts: &McpToolFacts<'_>,
+        facts: &McpFacts<'_>,
     ) -> Decision {
         let (set, principal) = match self.lookup(tenant, workload) {
             Ok(found) => found,
             Err(deny) => return deny,
         };
-        match self.mcp_tool_request(principal, facts, None) {
+        match self.mcp_request(principal, facts, None) {
             Ok(request) => self.decide(set, &request),
             Err(e) => Decision::deny_with(e),
         }
@@ -456,33 +471,32 @@ impl PolicyEngine {
             .map_err(|e| e.to_string())
     }
 
-    fn mcp_tool_request(
+    fn mcp_request(
         &self,
         principal: &EntityUid,
-        facts: &McpToolFacts<'_>,
+        facts: &McpFacts<'_>,
         schema: Option<&Schema>,
     ) -> Result<Request, String> {
+        let (action, entity_type, field) = match facts.item {
+            ItemKind::Tool => (&self.action_mcp_tool_call, &self.mcp_tool_type, "tool"),
+            ItemKind::Resource => (&self.action_mcp_resource, &self.mcp_resource_type, "uri"),
+            ItemKind::Prompt => (&self.action_mcp_prompt, &self.mcp_prompt_type, "prompt"),
+        };
         let resource =
-            EntityUid::from_type_name_and_id(self.mcp_tool_type.clone(), EntityId::new(facts.tool));
+            EntityUid::from_type_name_and_id(entity_type.clone(), EntityId::new(facts.name));
         let host = normalize_host(facts.http.host);
         let mut pairs = http_pairs(facts.http, &host);
         // `model` is about LLM bodies; a JSON-RPC body never names one.
         pairs.retain(|(k, _)| k != "model");
-        for (k, v) in [("server", facts.server), ("tool", facts.tool)] {
+        for (k, v) in [("server", facts.server), (field, facts.name)] {
             pairs.push((
                 k.to_string(),
                 RestrictedExpression::new_string(v.to_string()),
             ));
         }
         let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
-        Request::new(
-            principal.clone(),
-            self.action_mcp_tool_call.clone(),
-            resource,
-            context,
-            schema,
-        )
-        .map_err(|e| e.to_string())
+        Request::new(principal.clone(), action.clone(), resource, context, schema)
+            .map_err(|e| e.to_string())
     }
 
     fn decide(&self, set: &TenantPolicies, request: &Request) -> Decision {

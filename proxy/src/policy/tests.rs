@@ -133,8 +133,8 @@ macro_rules! case {
 #[test]
 fn quickstart_policies_decide_as_documented() {
     let engine = load_ok(&repo_policies());
-    assert_eq!(engine.policy_count(&tid("acme")), 10);
-    assert_eq!(engine.policy_count(&tid("globex")), 9);
+    assert_eq!(engine.policy_count(&tid("acme")), 11);
+    assert_eq!(engine.policy_count(&tid("globex")), 10);
     let chat = "/v1/chat/completions";
     let eu = "eu.api.openai.com";
     #[rustfmt::skip]
@@ -700,7 +700,7 @@ fn host_normalization() {
 }
 
 #[test]
-fn mcp_tool_requests_conform_to_the_schema() {
+fn mcp_requests_conform_to_the_schema() {
     let text = std::fs::read_to_string(repo_policies().join("schema.cedarschema")).expect("schema");
     let (schema, _) = cedar_policy::Schema::from_cedarschema_str(&text).expect("schema parses");
     let engine = load_ok(&repo_policies());
@@ -718,19 +718,86 @@ fn mcp_tool_requests_conform_to_the_schema() {
         ("all fields", full),
         ("optional fields absent", facts("h", "/", None)),
     ] {
-        let tool = McpToolFacts {
-            server: "docs",
-            tool: "search_données",
-            http: &http,
-        };
-        let request = engine
-            .mcp_tool_request(principal, &tool, Some(&schema))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            request.resource().map(ToString::to_string).as_deref(),
-            Some(r#"TenantProxy::McpTool::"search_données""#),
-            "{name}"
-        );
+        for (item, id, want) in [
+            (
+                ItemKind::Tool,
+                "search_données",
+                r#"TenantProxy::McpTool::"search_données""#,
+            ),
+            (
+                ItemKind::Resource,
+                "docs://handbook/{page}",
+                r#"TenantProxy::McpResource::"docs://handbook/{page}""#,
+            ),
+            (
+                ItemKind::Prompt,
+                "summarize",
+                r#"TenantProxy::McpPrompt::"summarize""#,
+            ),
+        ] {
+            let asked = McpFacts {
+                server: "docs",
+                item,
+                name: id,
+                http: &http,
+            };
+            let request = engine
+                .mcp_request(principal, &asked, Some(&schema))
+                .unwrap_or_else(|e| panic!("{name}, {item:?}: {e}"));
+            assert_eq!(
+                request.resource().map(ToString::to_string).as_deref(),
+                Some(want),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mcp_resource_and_prompt_decisions_are_their_own() {
+    let dir = dir_with(&[(
+        "tenants/acme/mcp.cedar",
+        r#"
+@id("acme-public-docs")
+permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"mcp_resource", resource)
+when { context.server == "docs" && context.uri like "docs://public/*" };
+@id("acme-summarize")
+permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"mcp_prompt", resource == TenantProxy::McpPrompt::"summarize");
+@id("acme-tool-named-like-a-prompt")
+permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"mcp_tool_call", resource == TenantProxy::McpTool::"exfiltrate");
+"#,
+    )]);
+    let engine = load_ok(dir.path());
+    let http = facts("mcp.example.com", "/mcp", None);
+    let ask = |tenant: &str, item: ItemKind, name: &str| {
+        engine.authorize_mcp(
+            &tid(tenant),
+            &wid(if tenant == "acme" {
+                "support-bot"
+            } else {
+                "agent"
+            }),
+            &McpFacts {
+                server: "docs",
+                item,
+                name,
+                http: &http,
+            },
+        )
+    };
+    #[rustfmt::skip]
+    let cases = [
+        ("public resource", ask("acme", ItemKind::Resource, "docs://public/a.md"), true, vec!["acme-public-docs"]),
+        ("private resource", ask("acme", ItemKind::Resource, "docs://private/a.md"), false, vec![]),
+        ("prompt", ask("acme", ItemKind::Prompt, "summarize"), true, vec!["acme-summarize"]),
+        ("other prompt", ask("acme", ItemKind::Prompt, "exfiltrate"), false, vec![]),
+        ("a tool permit is not a prompt permit", ask("acme", ItemKind::Tool, "exfiltrate"), true, vec!["acme-tool-named-like-a-prompt"]),
+        ("a prompt permit is not a tool permit", ask("acme", ItemKind::Tool, "summarize"), false, vec![]),
+        ("not for globex", ask("globex", ItemKind::Resource, "docs://public/a.md"), false, vec![]),
+    ];
+    for (name, decision, allowed, ids) in cases {
+        assert_eq!(decision.allowed, allowed, "{name}: {decision:?}");
+        assert_eq!(decision.policy_ids, ids, "{name}");
     }
 }
 
@@ -758,12 +825,13 @@ permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action:
     let engine = load_ok(dir.path());
     let http = facts("mcp.example.com", "/mcp", None);
     let ask = |tenant: &str, workload: &str, server: &str, tool: &str| {
-        engine.authorize_mcp_tool(
+        engine.authorize_mcp(
             &tid(tenant),
             &wid(workload),
-            &McpToolFacts {
+            &McpFacts {
                 server,
-                tool,
+                item: ItemKind::Tool,
+                name: tool,
                 http: &http,
             },
         )

@@ -320,6 +320,9 @@ impl EgressApp {
             crate::proxy::traceparent(&t.head.header.headers),
         ));
         t.tenant = Some(tenant.clone());
+        self.shared
+            .audit
+            .admit_tenant(&mut t.audit_slot, &tenant.tenant)?;
         // The tunnel's client connection counts against its tenant for as long as it is open.
         let max_connections = self.shared.config.limits.max_connections_per_tenant;
         let connection = self
@@ -400,9 +403,12 @@ impl EgressApp {
             ConnectQuestion::Opaque,
             &facts,
         );
-        // SECURITY: a tunnel to an MCP server is always intercepted, whatever `connect_opaque`
-        // says, so its tool calls are decided and its tool lists filtered.
-        if opaque.allowed && !snapshot.tenants.mcp.serves_host(&host, port) {
+        // SECURITY: a tunnel to an MCP server (by name, or by the address just checked) is
+        // always intercepted, whatever `connect_opaque` says, so what it calls is decided and
+        // its lists filtered.
+        let hosts = &self.shared.config.egress.hosts;
+        let mcp = snapshot.tenants.mcp.serves(&host, port, Some(addr), hosts);
+        if opaque.allowed && !mcp {
             t.mode = Some("opaque");
             if let Some(d) = t.decision.as_mut() {
                 d.policy_ids.extend(opaque.policy_ids);

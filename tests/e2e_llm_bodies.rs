@@ -1,0 +1,339 @@
+//! Bodies that hide the model: toward an LLM destination (a route with a provider, or a known
+//! LLM API path on any host) a body is classified (UTF-8 BOM removed; gzip, deflate, br and
+//! zstd decoded within `max_body_bytes`) or refused (415/400/413), never forwarded with its
+//! model unseen. What the upstream receives is what was decided on: the decoded body, without
+//! `Content-Encoding`. A recording origin shows what arrived; the audit record what was decided.
+//!
+//! Policies: the test set (`free-plan-models`: globex, on the free plan, may only name
+//! `gpt-4o-mini*`) plus a permit for the origin's `/v1/` paths in forward mode.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
+
+mod support;
+
+use std::io::Write;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use support::*;
+
+/// A 1 MiB body cap, so a bomb is cheap to build.
+const CAP: usize = 1 << 20;
+
+struct Env {
+    proxy: Proxy,
+    origin: Origin,
+    globex: String,
+}
+
+fn start() -> Env {
+    let origin = Origin::start();
+    let proxy = Proxy::start_prepared(
+        ProxySpec {
+            routes: format!(
+                "[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{}/v1/\"\nprovider = \"openai\"\n",
+                origin.port
+            ),
+            tenants_top: "prices_file = \"prices.toml\"\n".into(),
+            // A cost ceiling, so an LLM call reserves before it is forwarded.
+            tenants_extra: "[tenants.globex.limits]\ncost_per_day_micros = 1_000_000_000\n".into(),
+            limits: "max_body_bytes = 1048576",
+            ..Default::default()
+        },
+        |dir| {
+            std::fs::copy(
+                repo_root().join("tests/fixtures/prices.toml"),
+                dir.join("prices.toml"),
+            )
+            .unwrap();
+            std::fs::write(
+                dir.join("policies/global/llm-paths.cedar"),
+                "@id(\"origin-llm-paths\")\npermit (principal, action == TenantProxy::Action::\"http\", resource)\nwhen { context.host == \"127.0.0.1\" && context.path like \"/v1/*\" };\n",
+            )
+            .unwrap();
+        },
+    );
+    Env {
+        proxy,
+        origin,
+        globex: token_for("globex", "agent"),
+    }
+}
+
+/// How the body reaches the LLM.
+#[derive(Clone, Copy, Debug)]
+enum Way {
+    /// `/llm/chat/completions`: a route with a provider.
+    Route,
+    /// `POST http://127.0.0.1:PORT/v1/chat/completions`: a known LLM API path, forward mode.
+    Forward,
+}
+
+/// POSTs `body` as globex with extra header lines; the response.
+fn post(env: &Env, way: Way, body: &[u8], headers: &str) -> Response {
+    let target = match way {
+        Way::Route => "/llm/chat/completions".to_string(),
+        Way::Forward => format!("http://127.0.0.1:{}/v1/chat/completions", env.origin.port),
+    };
+    let mut raw = format!(
+        "POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nProxy-Authorization: Bearer {}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        env.origin.port,
+        env.globex,
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    raw_request_bytes(env.proxy.shared_port, &raw).unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn br(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+        w.write_all(data).unwrap();
+    }
+    out
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).unwrap()
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+const BIG_MODEL: &[u8] = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+const MINI: &[u8] =
+    br#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+
+#[test]
+fn a_hidden_model_is_seen_and_decided() {
+    let env = start();
+    for way in [Way::Route, Way::Forward] {
+        // Each of these hid `gpt-4o` (not on globex's plan) and was forwarded with model null.
+        let hidden: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("json behind a BOM", [BOM, BIG_MODEL].concat(), "Content-Type: application/json\r\n"),
+            ("BOM as text/plain", [BOM, BIG_MODEL].concat(), "Content-Type: text/plain\r\n"),
+            ("gzip", gzip(BIG_MODEL), "Content-Type: application/json\r\nContent-Encoding: gzip\r\n"),
+            ("deflate", deflate(BIG_MODEL), "Content-Encoding: deflate\r\n"),
+            ("br", br(BIG_MODEL), "Content-Encoding: br\r\n"),
+            ("zstd", zstd(BIG_MODEL), "Content-Encoding: zstd\r\n"),
+            ("gzip inside br", br(&gzip(BIG_MODEL)), "Content-Encoding: gzip, br\r\n"),
+            ("form", b"model=gpt-4o&prompt=hi".to_vec(), "Content-Type: application/x-www-form-urlencoded\r\n"),
+            (
+                "multipart",
+                b"--XX\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o\r\n--XX--\r\n".to_vec(),
+                "Content-Type: multipart/form-data; boundary=XX\r\n",
+            ),
+        ];
+        for (name, body, headers) in hidden {
+            let r = post(&env, way, &body, headers);
+            r.assert_refused(403, "policy_denied");
+            let record = env.proxy.audit_record("globex", &r.request_id());
+            assert_eq!(record["model"], "gpt-4o", "{way:?}, {name}: {record}");
+            assert_eq!(
+                record["policy_ids"],
+                serde_json::json!(["free-plan-models"]),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            env.origin.count(),
+            0,
+            "{way:?}: nothing hidden was forwarded"
+        );
+    }
+    // acme's partition holds none of it.
+    assert!(env.proxy.audit_records("acme").is_empty());
+}
+
+#[test]
+fn what_is_forwarded_is_the_decoded_body_that_was_decided_on() {
+    let env = start();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "gzip",
+            gzip(MINI),
+            "Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+        ),
+        (
+            "br",
+            br(MINI),
+            "Content-Type: application/json\r\nContent-Encoding: br\r\n",
+        ),
+        (
+            "zstd",
+            zstd(MINI),
+            "Content-Type: application/json\r\nContent-Encoding: zstd\r\n",
+        ),
+        (
+            "BOM",
+            [BOM, MINI].concat(),
+            "Content-Type: application/json\r\n",
+        ),
+    ];
+    for way in [Way::Route, Way::Forward] {
+        for (name, body, headers) in &cases {
+            let before = env.origin.count();
+            let r = post(&env, way, body, headers);
+            assert_eq!(r.status, 200, "{way:?}, {name}: {}", r.body_text());
+            let seen = env.origin.requests();
+            assert_eq!(seen.len(), before + 1);
+            let got = seen.last().unwrap();
+            assert_eq!(got.target, "/v1/chat/completions", "{name}");
+            assert_eq!(got.body, MINI, "{way:?}, {name}: decoded, BOM removed");
+            assert!(
+                !got.headers.contains_key("content-encoding"),
+                "{name}: {:?}",
+                got.headers
+            );
+            assert_eq!(
+                got.headers["content-length"],
+                MINI.len().to_string(),
+                "{name}"
+            );
+            let record = env.proxy.audit_record("globex", &r.request_id());
+            assert_eq!(record["model"], "gpt-4o-mini", "{name}");
+            // Reserved before it was forwarded: a body byte a token, plus its max_tokens.
+            assert_eq!(
+                record["reserved"]["tokens"],
+                MINI.len() as u64 + 5,
+                "{name}: {record}"
+            );
+            assert_eq!(record["bytes_in"], MINI.len(), "{name}");
+            assert_eq!(
+                record["request_body_sha256"],
+                hex::encode(Sha256::digest(MINI)),
+                "{name}"
+            );
+        }
+    }
+
+    // The same with curl, forward mode: `--data-binary` of a gzip file.
+    let file = env.proxy.path("mini.json.gz");
+    std::fs::write(&file, gzip(MINI)).unwrap();
+    let before = env.origin.count();
+    let (status, body) = curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{}", env.proxy.shared_port),
+        "--proxy-header",
+        &format!("Proxy-Authorization: Bearer {}", env.globex),
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Content-Encoding: gzip",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("http://127.0.0.1:{}/v1/chat/completions", env.origin.port),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(env.origin.requests()[before].body, MINI);
+}
+
+#[test]
+fn a_body_that_cannot_be_read_is_refused_not_forwarded() {
+    let env = start();
+    let bomb = gzip(&vec![b' '; 16 << 20]);
+    assert!(
+        bomb.len() < CAP / 8,
+        "the bomb itself is small: {}",
+        bomb.len()
+    );
+    let mut corrupt = gzip(MINI);
+    let n = corrupt.len();
+    corrupt[n / 2] ^= 0xFF;
+    let cases: Vec<(&str, Vec<u8>, &str, u16, &str)> = vec![
+        (
+            "not JSON",
+            b"use gpt-4o please".to_vec(),
+            "Content-Type: text/plain\r\n",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "no type",
+            b"model: gpt-4o".to_vec(),
+            "",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "unknown coding",
+            MINI.to_vec(),
+            "Content-Encoding: compress\r\n",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "corrupt gzip",
+            corrupt,
+            "Content-Encoding: gzip\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "says JSON, is not",
+            b"model=gpt-4o".to_vec(),
+            "Content-Type: application/json\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "model twice in a form",
+            b"model=gpt-4o-mini&model=gpt-4o".to_vec(),
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "decompression bomb",
+            bomb,
+            "Content-Encoding: gzip\r\n",
+            413,
+            "request_body_too_large",
+        ),
+    ];
+    for way in [Way::Route, Way::Forward] {
+        for (name, body, headers, status, code) in &cases {
+            let r = post(&env, way, body, headers);
+            let refusal = r.assert_refused(*status, code);
+            assert_eq!(refusal["error"]["request_id"], r.request_id().as_str());
+            let record = env.proxy.audit_record("globex", &r.request_id());
+            assert_eq!(record["reason"], *code, "{way:?}, {name}");
+            assert_eq!(record["decision"], "deny", "{name}");
+        }
+    }
+    assert_eq!(env.origin.count(), 0, "nothing unread was forwarded");
+}
+
+#[test]
+fn other_destinations_get_their_bodies_unchanged() {
+    let env = start();
+    // Not an LLM destination (no provider, no LLM API path): the proxy does not decode.
+    let gz = gzip(b"{\"any\":\"thing\"}");
+    let mut raw = format!(
+        "POST http://127.0.0.1:{port}/public/upload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nProxy-Authorization: Bearer {}\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        env.globex,
+        gz.len(),
+        port = env.origin.port
+    )
+    .into_bytes();
+    raw.extend_from_slice(&gz);
+    let r = raw_request_bytes(env.proxy.shared_port, &raw).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let got = env.origin.requests().pop().unwrap();
+    assert_eq!(got.body, gz);
+    assert_eq!(got.headers["content-encoding"], "gzip");
+    let record = env.proxy.audit_record("globex", &r.request_id());
+    assert_eq!(record["model"], Value::Null);
+}

@@ -1,0 +1,357 @@
+//! One tenant's trouble is its own: an unwritable audit partition refuses only its tenant, one
+//! tenant's endless runs do not push another's off the run watch list, a repeated admin query
+//! parameter cannot act on another tenant, and two `Proxy-Authorization` headers are no
+//! identity. Each test checks what the recording origin received and what the audit trail says.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn url(origin: &Origin, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", origin.port)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn admin(proxy: &Proxy, method: &str, path_and_query: &str) -> Response {
+    raw_request(
+        proxy.admin_port,
+        &format!("{method} {path_and_query} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn one_tenants_full_partition_refuses_that_tenant_only() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let globex = token_for("globex", "agent");
+    // acme's partition for today is /dev/full: every write fails with ENOSPC, as on a full disk.
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y/%m/%d"])
+        .output()
+        .unwrap();
+    let today = proxy.path(&format!(
+        "audit/acme/{}.jsonl",
+        String::from_utf8(date.stdout).unwrap().trim()
+    ));
+    std::fs::create_dir_all(today.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &today).unwrap();
+
+    // acme's first request is admitted; its record cannot be written, so acme is refused next.
+    let first = forward_get(
+        proxy.sidecar_port,
+        &url(&origin, "/public/acme-1"),
+        None,
+        "",
+    );
+    assert_eq!(first.status, 200, "{}", first.body_text());
+    wait_for("acme's refusal", Duration::from_secs(10), || {
+        let r = forward_get(
+            proxy.sidecar_port,
+            &url(&origin, "/public/acme-2"),
+            None,
+            "",
+        );
+        r.status == 503 && r.code() == "audit_unavailable"
+    });
+    let acme_seen = origin.matching("/public/acme").len();
+
+    // globex is served and audited all along.
+    let mut globex_ids = Vec::new();
+    for i in 0..5 {
+        let r = forward_get(
+            proxy.shared_port,
+            &url(&origin, &format!("/public/globex-{i}")),
+            Some(&globex),
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        globex_ids.push(r.request_id());
+    }
+    for id in &globex_ids {
+        let record = proxy.audit_record("globex", id);
+        assert_eq!(record["decision"], "allow");
+    }
+    assert_eq!(origin.matching("/public/globex-").len(), 5);
+    // acme stays refused, and nothing of it reaches the origin.
+    let refused = forward_get(
+        proxy.sidecar_port,
+        &url(&origin, "/public/acme-3"),
+        None,
+        "",
+    );
+    refused.assert_refused(503, "audit_unavailable");
+    assert_eq!(origin.matching("/public/acme").len(), acme_seen);
+
+    // Readiness and metrics say which part fails, without naming the tenant in readiness.
+    let ready = admin(&proxy, "GET", "/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.body_text());
+    assert_eq!(ready.json()["audit_writable"], true);
+    assert_eq!(ready.json()["audit_partitions_failing"], 1);
+    assert!(!ready.body_text().contains("acme"));
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains("tenant_proxy_audit_partition_failing{tenant=\"acme\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("tenant_proxy_audit_partition_failing{tenant=\"globex\"} 1"));
+    assert!(metrics.contains("tenant_proxy_audit_refusals_total{tenant=\"acme\"}"));
+    assert!(!metrics.contains("tenant_proxy_audit_refusals_total{tenant=\"globex\"}"));
+
+    // Space again: acme's held record is written (nothing lost), then acme is served again.
+    std::fs::remove_file(&today).unwrap();
+    wait_for("acme's recovery", Duration::from_secs(10), || {
+        forward_get(
+            proxy.sidecar_port,
+            &url(&origin, "/public/acme-4"),
+            None,
+            "",
+        )
+        .status
+            == 200
+    });
+    let acme = proxy.audit_records("acme");
+    assert!(
+        acme.iter()
+            .any(|r| r["request_id"] == first.request_id().as_str()),
+        "the held record was written: {acme:?}"
+    );
+    assert!(acme.iter().all(|r| r["tenant"] == "acme"));
+    assert!(
+        proxy
+            .metrics()
+            .contains("tenant_proxy_audit_partition_failing{tenant=\"acme\"} 0"),
+        "recovered"
+    );
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["audit", "verify", proxy.path("audit").to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A signed run's token for `tenant`, living `ttl_secs`.
+fn run_token(tenant: &'static str, workload: &'static str, run: &'static str, ttl: u64) -> String {
+    token(TokenOpts {
+        tenant,
+        workload,
+        run_id: Some(run),
+        ttl_secs: ttl,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_tenant_starting_runs_without_end_leaves_room_for_anothers() {
+    let origin = Origin::start();
+    // A small bound so the test can reach it: 64 runs of one tenant at a time.
+    let proxy = Proxy::start(ProxySpec {
+        static_extra: "[limiter]\nwatched_runs_per_tenant = 64\n".into(),
+        ..Default::default()
+    });
+    // globex starts 300 runs that end soon (token expiry plus the 5 s leeway).
+    let runs: Vec<&'static str> = (0..300)
+        .map(|i| &*Box::leak(format!("noisy-{i}").into_boxed_str()))
+        .collect();
+    for run in &runs {
+        let t = run_token("globex", "agent", run, 2);
+        let r = forward_get(
+            proxy.shared_port,
+            &url(&origin, &format!("/public/{run}")),
+            Some(&t),
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+    // Then acme starts one.
+    let acme = run_token("acme", "bot", "quiet", 2);
+    let r = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/public/quiet"),
+        Some(&acme),
+        "",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.count(), 301);
+
+    // acme's run is watched and summarized when it ends, whatever globex did.
+    let summaries = |tenant: &str| -> Vec<Value> {
+        proxy
+            .audit_records(tenant)
+            .into_iter()
+            .filter(|r| r["event"] == "run_summary")
+            .collect()
+    };
+    wait_for("acme's run summary", Duration::from_secs(30), || {
+        !summaries("acme").is_empty()
+    });
+    let quiet = summaries("acme");
+    assert_eq!(quiet.len(), 1, "{quiet:?}");
+    assert_eq!(quiet[0]["run_id"], "quiet");
+    assert_eq!(quiet[0]["ended"], "expired");
+    assert_eq!(quiet[0]["requests"], 1);
+    // globex got at most its bound of summaries at expiry (the rest wait for a close).
+    std::thread::sleep(Duration::from_secs(2));
+    let noisy = summaries("globex");
+    assert!(
+        !noisy.is_empty() && noisy.len() <= 64,
+        "{} globex summaries",
+        noisy.len()
+    );
+    assert_eq!(
+        proxy
+            .audit_records("globex")
+            .iter()
+            .filter(|r| r["event"] == "run_started")
+            .count(),
+        300
+    );
+}
+
+#[test]
+fn a_repeated_admin_parameter_is_refused_on_every_endpoint() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let acme = run_token("acme", "bot", "shared-id", 300);
+    let r = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/public/before"),
+        Some(&acme),
+        "",
+    );
+    assert_eq!(r.status, 200);
+
+    for (method, query) in [
+        (
+            "POST",
+            "/runs/close?tenant=globex&tenant=acme&run=shared-id",
+        ),
+        (
+            "POST",
+            "/runs/close?tenant=acme&run=shared-id&tenant=globex",
+        ),
+        (
+            "POST",
+            "/runs/close?tenant=globex&%74enant=acme&run=shared-id",
+        ),
+        ("POST", "/runs/close?tenant=acme&run=other&run=shared-id"),
+        ("GET", "/usage?tenant=globex&tenant=acme"),
+        ("GET", "/usage?tenant=acme&period=day&period=month"),
+        ("GET", "/readyz?x=1&x=2"),
+        ("GET", "/metrics?name=a&name=b"),
+    ] {
+        let r = admin(&proxy, method, query);
+        let refusal = r.assert_refused(400, "bad_request");
+        assert!(
+            refusal["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("more than once"),
+            "{query}: {refusal}"
+        );
+        assert_eq!(refusal["error"]["request_id"], r.request_id().as_str());
+    }
+    // Nothing was closed: acme's run goes on, and has no summary.
+    let r = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/public/after"),
+        Some(&acme),
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(origin.matching("/public/after").len(), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    for tenant in ["acme", "globex"] {
+        assert!(
+            !proxy
+                .audit_records(tenant)
+                .iter()
+                .any(|r| r["event"] == "run_summary"),
+            "{tenant}"
+        );
+    }
+    // Other refusals have the same shape.
+    admin(&proxy, "POST", "/runs/close?tenant=nobody&run=x").assert_refused(404, "not_found");
+    admin(&proxy, "GET", "/runs/close?tenant=acme&run=x").assert_refused(405, "method_not_allowed");
+    admin(&proxy, "GET", "/nothing-here").assert_refused(404, "not_found");
+    // A single, well-formed close still works, for the tenant it names only.
+    let closed = admin(&proxy, "POST", "/runs/close?tenant=acme&run=shared-id");
+    assert_eq!(closed.status, 200, "{}", closed.body_text());
+    assert_eq!(closed.json()["tenant"], "acme");
+    let r = forward_get(
+        proxy.shared_port,
+        &url(&origin, "/public/closed"),
+        Some(&acme),
+        "",
+    );
+    r.assert_refused(403, "run_closed");
+    assert!(origin.matching("/public/closed").is_empty());
+}
+
+#[test]
+fn two_proxy_authorization_headers_are_no_identity() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let acme = token_for("acme", "bot");
+    let globex = token_for("globex", "agent");
+    let target = url(&origin, "/public/two-identities");
+    let authority = format!("127.0.0.1:{}", origin.port);
+    let mut ids = Vec::new();
+    for (first, second) in [(&globex, &acme), (&acme, &globex), (&acme, &acme)] {
+        let raw = format!(
+            "GET {target} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Bearer {first}\r\nProxy-Authorization: Bearer {second}\r\nConnection: close\r\n\r\n"
+        );
+        for port in [proxy.shared_port, proxy.sidecar_port] {
+            let r = raw_request(port, &raw).unwrap();
+            let refusal = r.assert_refused(407, "identity_invalid");
+            assert!(
+                refusal["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("more than one `Proxy-Authorization`"),
+                "{refusal}"
+            );
+            ids.push(r.request_id());
+        }
+    }
+    // A `CONNECT` presenting two is refused the same way.
+    let raw = format!(
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nProxy-Authorization: Bearer {globex}\r\nProxy-Authorization: Bearer {acme}\r\n\r\n"
+    );
+    let r = raw_request(proxy.shared_port, &raw).unwrap();
+    r.assert_refused(407, "identity_invalid");
+    ids.push(r.request_id());
+
+    assert_eq!(origin.count(), 0, "nothing was forwarded");
+    // No tenant is known, so no partition got a record of these.
+    std::thread::sleep(Duration::from_millis(300));
+    for tenant in ["acme", "globex"] {
+        let records = proxy.audit_records(tenant);
+        assert!(
+            records
+                .iter()
+                .all(|r| !ids.contains(&r["request_id"].as_str().unwrap_or("").to_string())),
+            "{tenant}: {records:?}"
+        );
+    }
+    // One header still works.
+    let r = forward_get(proxy.shared_port, &target, Some(&globex), "");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        proxy.audit_record("globex", &r.request_id())["tenant"],
+        "globex"
+    );
+}
