@@ -303,7 +303,10 @@ fn refuses_while_unwritable_then_recovers(proxy: &Proxy, origin: &Origin, repair
     // One tenant's partition failing does not take the replica out of service (other tenants
     // are served); readiness counts the failing partitions without naming them.
     // The sink as a whole (the directory) still writes: only acme's partition fails.
-    assert!(metrics.contains("\ntenant_proxy_audit_healthy 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("\ntenant_proxy_audit_healthy 1\n"),
+        "{metrics}"
+    );
     let ready = raw_request(
         proxy.admin_port,
         "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",

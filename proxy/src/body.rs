@@ -13,10 +13,10 @@
 //! whole buffered body. A chunked body has no known end, so one over 64 KiB must carry a
 //! `Content-Length` instead (`411`).
 
+use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use std::io::Read;
 
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;

@@ -90,6 +90,17 @@ pub enum Deny {
     ProtectedHopHeader(&'static str),
     /// The client went away before the request completed (recorded, never sent).
     ClientClosed,
+    /// An admin endpoint, or the tenant it names, does not exist.
+    AdminNotFound(String),
+    /// An admin endpoint called with the wrong method.
+    MethodNotAllowed(String),
+    /// A body toward an LLM destination that the proxy cannot classify (its media type, or its
+    /// `Content-Encoding`), so it is not forwarded unchecked.
+    UnsupportedBody(String),
+    /// Policy denied reading an MCP resource (its URI).
+    ResourceDenied(String),
+    /// Policy denied getting an MCP prompt (its name).
+    PromptDenied(String),
 }
 
 impl From<crate::front::HeadError> for Deny {
@@ -118,17 +129,6 @@ impl From<crate::front::Violation> for Deny {
             }
         }
     }
-    /// An admin endpoint, or the tenant it names, does not exist.
-    AdminNotFound(String),
-    /// An admin endpoint called with the wrong method.
-    MethodNotAllowed(String),
-    /// A body toward an LLM destination that the proxy cannot classify (its media type, or its
-    /// `Content-Encoding`), so it is not forwarded unchecked.
-    UnsupportedBody(String),
-    /// Policy denied reading an MCP resource (its URI).
-    ResourceDenied(String),
-    /// Policy denied getting an MCP prompt (its name).
-    PromptDenied(String),
 }
 
 impl Deny {
@@ -584,6 +584,7 @@ impl Deny {
                 499,
                 ReasonCode::ClientClosed,
                 "the client closed the connection before the request completed".into(),
+            ),
             Deny::AdminNotFound(why) => (404, ReasonCode::NotFound, why.clone()),
             Deny::MethodNotAllowed(why) => (405, ReasonCode::MethodNotAllowed, why.clone()),
             Deny::UnsupportedBody(why) => (

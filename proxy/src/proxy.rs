@@ -166,8 +166,13 @@ impl TenantProxy {
 
         let limits = &self.shared.config.limits;
         let cap = limits.max_body_bytes;
-        let read = body::read_full(session, cap, &self.shared.bodies, limits.client_body_timeout)
-            .await?;
+        let read = body::read_full(
+            session,
+            cap,
+            &self.shared.bodies,
+            limits.client_body_timeout,
+        )
+        .await?;
         if let Some(read) = read {
             ctx.body_hold = Some(read.hold);
             let hosts = &self.shared.config.egress.hosts;

@@ -591,8 +591,10 @@ impl EgressApp {
             Some(t) => Some(t.identity.clone()),
             None => {
                 let ssl = conn.get_ssl_digest();
+                // A repeated header gives no identity here (`single_header`), so no record.
                 let presented = Presented {
                     proxy_authorization: single_header(head, b"proxy-authorization"),
+                    proxy_authorization_repeated: false,
                     peer: ssl
                         .as_deref()
                         .and_then(|d| d.extension.get::<PeerCertificate>()),
