@@ -430,7 +430,7 @@ impl Cli {
                 } else {
                     print!(
                         "{}",
-                        crate::limits::report::render_text(&report, crate::limits::unix_now())
+                        crate::limits::report::render_text(&report, crate::clock::unix_now_i64())
                     );
                 }
                 Ok(ExitCode::SUCCESS)
@@ -542,7 +542,7 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                     )
                     .with_context(|| format!("`{at}` is not an RFC 3339 time"))?
                     .unix_timestamp(),
-                    None => i64::try_from(crate::proxy::unix_now()).unwrap_or(i64::MAX),
+                    None => crate::clock::unix_now_i64(),
                 },
             };
             let explanation =
@@ -630,7 +630,7 @@ fn read_usage(
                     &tenant,
                     period,
                     run,
-                    crate::limits::unix_now(),
+                    crate::clock::unix_now_i64(),
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("reading the counters from redis: {e}"))

@@ -34,6 +34,7 @@ pub mod app;
 pub mod audit;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod ctx;

@@ -10,7 +10,9 @@
 //! | `logging` | audit record, metrics, one log line (every request, refusals too) |
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+
+use crate::clock::unix_now;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -193,7 +195,7 @@ impl TenantProxy {
             &destination,
             session.req_header(),
             model.as_deref(),
-            i64::try_from(unix_now()).unwrap_or(i64::MAX),
+            crate::clock::unix_now_i64(),
         );
         authorize(&snapshot, &tenant, &facts, ctx)?;
         // The address is resolved and checked only for an authorized request (a denied caller
@@ -274,7 +276,7 @@ impl TenantProxy {
             tenant,
             destination,
             call,
-            limits::unix_now(),
+            crate::clock::unix_now_i64(),
         )?;
         ctx.prices = plan.prices;
         if plan.keys.is_empty() {
@@ -794,18 +796,6 @@ fn header_bytes(req: &RequestHeader) -> usize {
             .sum::<usize>()
 }
 
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let t: time::OffsetDateTime = t.into();
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
 
 /// Asks an OpenAI stream to report usage when the agent did not (it is removed again from the
 /// response), so every streamed call is metered.

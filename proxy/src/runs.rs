@@ -235,7 +235,7 @@ impl RunTracker {
         if sighting.first {
             slot.emit(RunEvent {
                 event: EventKind::RunStarted,
-                time: crate::proxy::rfc3339(SystemTime::now()),
+                time: crate::clock::rfc3339(SystemTime::now()),
                 tenant: tenant.tenant.to_string(),
                 workload: Some(tenant.workload.to_string()),
                 run_id: tenant.run.id.clone(),
@@ -287,7 +287,7 @@ impl RunTracker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.summarize_expired(crate::proxy::unix_now()).await;
+            self.summarize_expired(crate::clock::unix_now()).await;
         }
     }
 
@@ -363,7 +363,7 @@ impl RunTracker {
         }
         slot.emit(RunEvent {
             event: EventKind::RunSummary,
-            time: crate::proxy::rfc3339(SystemTime::now()),
+            time: crate::clock::rfc3339(SystemTime::now()),
             tenant: tenant.to_string(),
             workload: watch.map(|w| w.workload.clone()),
             run_id: run.to_string(),

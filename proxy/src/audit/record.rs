@@ -180,7 +180,7 @@ impl AuditRecord {
             } else {
                 EventKind::Request
             },
-            time: crate::proxy::rfc3339(SystemTime::now() - elapsed),
+            time: crate::clock::rfc3339(SystemTime::now() - elapsed),
             tenant: tenant.tenant.to_string(),
             workload: tenant.workload.to_string(),
             principal_kind: tenant.principal_kind,

@@ -478,7 +478,7 @@ mod tests {
             c,
             None,
             &TenantCalendar::utc(),
-            crate::limits::unix_now(),
+            crate::clock::unix_now_i64(),
             call,
         )
     }
@@ -543,7 +543,7 @@ mod tests {
             &tenant,
             Some(&workload),
             &cal,
-            crate::limits::unix_now(),
+            crate::clock::unix_now_i64(),
             CallKind::Tool,
         );
         let a = m.admit_now(&keys_bot, Charge::default()).expect("first");
@@ -554,7 +554,7 @@ mod tests {
             &tenant,
             None,
             &cal,
-            crate::limits::unix_now(),
+            crate::clock::unix_now_i64(),
             CallKind::Tool,
         );
         let b = m

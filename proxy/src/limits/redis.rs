@@ -569,7 +569,7 @@ fn decode(
                 .ok_or(AdmitError::Unavailable)?;
             Err(AdmitError::Limited(LimitDeny::for_key(
                 key,
-                super::unix_now(),
+                crate::clock::unix_now_i64(),
                 Duration::from_micros(retry_us),
             )))
         }

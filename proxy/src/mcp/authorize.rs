@@ -136,7 +136,7 @@ pub(crate) fn item_allowed(
     ) else {
         return false;
     };
-    let now = i64::try_from(crate::proxy::unix_now()).unwrap_or(i64::MAX);
+    let now = crate::clock::unix_now_i64();
     let http = crate::proxy::http_facts(snapshot, tenant, destination, req, None, now);
     ask(
         &snapshot.policy,

@@ -47,7 +47,8 @@ use crate::identity::{self, PeerCertificate, Presented, ResolvedIdentity};
 use crate::metrics::{Metrics, METRICS};
 use crate::policy::shadow::ShadowDecision;
 use crate::policy::{ConnectFacts, ConnectQuestion, Decision};
-use crate::proxy::{build_tenant_context, unix_now, Shared, TenantProxy};
+use crate::clock::unix_now;
+use crate::proxy::{build_tenant_context, Shared, TenantProxy};
 use crate::tls::ca::TunnelCertResolver;
 use head::ConnectHead;
 use io::Rewound;
@@ -344,7 +345,7 @@ impl EgressApp {
         if !egress.connect_ports.contains(&port) {
             return Err(Deny::ConnectPortForbidden(port));
         }
-        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        let now = crate::clock::unix_now_i64();
         let (hour, weekday) = snapshot.tenants.local_clock(&tenant.tenant, now);
         let facts = ConnectFacts {
             host: &host,
