@@ -10,9 +10,9 @@ use crate::credentials::apply::Applied;
 use crate::credentials::scrub::Scrubber;
 
 use crate::audit::AuditSlot;
-use crate::config::IdentitySourceKind;
 use crate::error::Deny;
 use crate::identity::token::{Initiator, RunBudget};
+use crate::identity::IdentitySourceKind;
 use crate::ids::{TenantId, WorkloadId};
 use crate::limits::stream::StreamGuard;
 use crate::limits::{Admission, Charge};

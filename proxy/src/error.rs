@@ -103,6 +103,16 @@ pub enum Deny {
     PromptDenied(String),
 }
 
+impl From<crate::identity::IdentityError> for Deny {
+    fn from(e: crate::identity::IdentityError) -> Self {
+        use crate::identity::IdentityError;
+        match e {
+            IdentityError::Required => Deny::IdentityRequired,
+            IdentityError::Invalid(why) => Deny::IdentityInvalid(why),
+        }
+    }
+}
+
 impl From<crate::front::HeadError> for Deny {
     fn from(e: crate::front::HeadError) -> Self {
         use crate::front::HeadError;

@@ -112,7 +112,13 @@ impl TenantProxy {
             Some(t) => tunnel_identity(t, &snapshot)?,
             None => {
                 let presented = Presented::from_request(&req.headers, ssl.as_deref());
-                identity::resolve(&self.listener, &snapshot, presented, unix_now())?
+                identity::resolve(
+                    &self.listener.identity,
+                    &snapshot.tenants,
+                    snapshot.tokens.as_ref(),
+                    presented,
+                    unix_now(),
+                )?
             }
         };
         let tenant = Arc::new(build_tenant_context(
@@ -795,7 +801,6 @@ fn header_bytes(req: &RequestHeader) -> usize {
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>()
 }
-
 
 /// Asks an OpenAI stream to report usage when the agent did not (it is removed again from the
 /// response), so every streamed call is metered.

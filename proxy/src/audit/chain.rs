@@ -101,7 +101,7 @@ pub(crate) mod tests {
             tenant: crate::ids::TenantId::new(tenant).unwrap(),
             workload: crate::ids::WorkloadId::new("bot").unwrap(),
             principal_kind: crate::ctx::PrincipalKind::Workload,
-            identity_source: crate::config::IdentitySourceKind::Binding,
+            identity_source: crate::identity::IdentitySourceKind::Binding,
             run: crate::ctx::Run {
                 id: "run-1".into(),
                 signed: false,

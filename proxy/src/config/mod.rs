@@ -10,8 +10,8 @@ pub mod regions;
 pub mod spec;
 
 pub use model::{
-    AuditSettings, AuditStreamSettings, FsyncPolicy, IdentitySourceKind, ListenerBinding,
-    ListenerSettings, LogFormat, Route, StaticConfig, TenantConfig, UpstreamSettings,
+    AuditSettings, AuditStreamSettings, FsyncPolicy, ListenerSettings, LogFormat, Route,
+    StaticConfig, TenantConfig, UpstreamSettings,
 };
 
 use std::fmt;

@@ -15,6 +15,7 @@ use crate::credentials::binding::{parse_binding, Position};
 use crate::credentials::files::{FileCredential, FilesStore};
 use crate::credentials::vault::{MasterKeySource, VaultStore};
 use crate::credentials::CredentialStore;
+use crate::identity::{IdentitySourceKind, ListenerBinding, ListenerIdentity, Workloads};
 use crate::ids::{TenantId, WorkloadId};
 use crate::limits::calendar::TenantCalendar;
 use crate::limits::Ceilings;
@@ -87,10 +88,8 @@ pub struct ListenerSettings {
     pub name: String,
     /// Bound address.
     pub listen: SocketAddr,
-    /// Identity sources in the order they are tried.
-    pub identity: Vec<IdentitySourceKind>,
-    /// The workload every connection is, for `binding` listeners.
-    pub binding: Option<ListenerBinding>,
+    /// How it identifies callers: its sources in order, and its bound workload.
+    pub identity: ListenerIdentity,
     /// TLS with client certificates, for `mtls` listeners.
     pub tls: Option<ListenerTls>,
 }
@@ -157,37 +156,6 @@ pub struct InterceptSettings {
     pub leaf_ttl: Duration,
     /// Leaf cache bound.
     pub leaf_cache: usize,
-}
-
-/// How a listener learns who is calling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentitySourceKind {
-    /// The listener itself is bound to one workload (sidecar).
-    Binding,
-    /// A signed token in `Proxy-Authorization`.
-    Token,
-    /// The SPIFFE ID of a verified client certificate.
-    Mtls,
-}
-
-impl IdentitySourceKind {
-    /// The name audit records and logs use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdentitySourceKind::Binding => "listener",
-            IdentitySourceKind::Token => "token",
-            IdentitySourceKind::Mtls => "mtls",
-        }
-    }
-}
-
-/// A listener's fixed workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerBinding {
-    /// Tenant.
-    pub tenant: TenantId,
-    /// Workload.
-    pub workload: WorkloadId,
 }
 
 /// When audit batches are made durable.
@@ -423,8 +391,10 @@ impl StaticConfig {
             listeners.push(ListenerSettings {
                 name: l.name,
                 listen,
-                identity,
-                binding,
+                identity: ListenerIdentity {
+                    sources: identity,
+                    binding,
+                },
                 tls,
             });
         }
@@ -1147,6 +1117,12 @@ impl TenantConfig {
         self.tenants
             .get(tenant)
             .is_some_and(|t| t.workloads.contains(workload))
+    }
+}
+
+impl Workloads for TenantConfig {
+    fn has_workload(&self, tenant: &TenantId, workload: &WorkloadId) -> bool {
+        TenantConfig::has_workload(self, tenant, workload)
     }
 }
 

@@ -611,7 +611,6 @@ pub fn backend(
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

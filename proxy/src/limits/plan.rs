@@ -244,7 +244,7 @@ mod tests {
             tenant: crate::ids::TenantId::new("acme").unwrap(),
             workload: crate::ids::WorkloadId::new("bot").unwrap(),
             principal_kind: crate::ctx::PrincipalKind::Workload,
-            identity_source: crate::config::IdentitySourceKind::Token,
+            identity_source: crate::identity::IdentitySourceKind::Token,
             run: crate::ctx::Run {
                 id: "run-1".into(),
                 signed: true,

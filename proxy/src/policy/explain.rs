@@ -16,8 +16,8 @@ use pingora::http::RequestHeader;
 use serde::Serialize;
 
 use super::Decision;
-use crate::config::IdentitySourceKind;
 use crate::error::Deny;
+use crate::identity::IdentitySourceKind;
 use crate::identity::ResolvedIdentity;
 use crate::ids::{TenantId, WorkloadId};
 use crate::snapshot::Snapshot;

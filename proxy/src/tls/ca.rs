@@ -427,7 +427,6 @@ fn inspect_ca_cert(pem: &[u8]) -> anyhow::Result<CaCert> {
     Ok(info)
 }
 
-
 /// The interception CA, loaded and checked: a CA, with its own key, currently valid.
 pub struct LocalCa {
     cert: CaCert,

@@ -37,6 +37,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
 use crate::audit::{AuditDecision, AuditRecord, AuditSlot, TunnelFields};
+use crate::clock::unix_now;
 use crate::config::ListenerSettings;
 use crate::ctx::TenantContext;
 use crate::egress::EgressRefusal;
@@ -47,7 +48,6 @@ use crate::identity::{self, PeerCertificate, Presented, ResolvedIdentity};
 use crate::metrics::{Metrics, METRICS};
 use crate::policy::shadow::ShadowDecision;
 use crate::policy::{ConnectFacts, ConnectQuestion, Decision};
-use crate::clock::unix_now;
 use crate::proxy::{build_tenant_context, Shared, TenantProxy};
 use crate::tls::ca::TunnelCertResolver;
 use head::ConnectHead;
@@ -314,7 +314,13 @@ impl EgressApp {
         let snapshot = self.shared.snapshot.load();
         let ssl = stream.get_ssl_digest();
         let presented = Presented::from_request(&t.head.header.headers, ssl.as_deref());
-        let who = identity::resolve(&self.listener, &snapshot, presented, unix_now())?;
+        let who = identity::resolve(
+            &self.listener.identity,
+            &snapshot.tenants,
+            snapshot.tokens.as_ref(),
+            presented,
+            unix_now(),
+        )?;
         let tenant = Arc::new(build_tenant_context(
             who.clone(),
             t.request_id.clone(),
@@ -600,7 +606,14 @@ impl EgressApp {
                         .as_deref()
                         .and_then(|d| d.extension.get::<PeerCertificate>()),
                 };
-                identity::resolve(&self.listener, &snapshot, presented, unix_now()).ok()
+                identity::resolve(
+                    &self.listener.identity,
+                    &snapshot.tenants,
+                    snapshot.tokens.as_ref(),
+                    presented,
+                    unix_now(),
+                )
+                .ok()
             }
         };
         let tunnel_id = conn.context().tunnel.as_ref().map(|t| t.id.clone());
