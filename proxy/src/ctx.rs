@@ -1,5 +1,5 @@
-//! Per-request state. The immutable [`TenantContext`] is built once, right after identity, and
-//! every later phase takes it by reference; [`RequestCtx::default`] has no identity and no
+//! Per-request state. The immutable [`crate::context::TenantContext`] is built once, right after
+//! identity, and every later phase takes it by reference; [`RequestCtx::default`] has no identity and no
 //! authorization, so a phase reached without them refuses.
 
 use std::sync::Arc;
@@ -11,75 +11,14 @@ use crate::credentials::scrub::Scrubber;
 
 use crate::audit::AuditSlot;
 use crate::error::Deny;
-use crate::identity::token::{Initiator, RunBudget};
-use crate::identity::IdentitySourceKind;
-use crate::ids::{TenantId, WorkloadId};
+
 use crate::limits::stream::StreamGuard;
 use crate::limits::{Admission, Charge};
 use crate::policy::Decision;
 use crate::pricing::Prices;
 use crate::snapshot::Snapshot;
 use crate::target::Destination;
-use crate::trace::TraceContext;
 use crate::usage::{Usage, UsageMeter};
-
-/// What kind of principal made the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PrincipalKind {
-    /// An agent workload (the only kind the proxy sees today).
-    Workload,
-}
-
-/// The run a request belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Run {
-    /// The run id.
-    pub id: String,
-    /// True when the id came from a signed token; an unsigned run id is minted per request and
-    /// carries no budget.
-    pub signed: bool,
-    /// Unix second the signed token naming the run expires (when its summary is due).
-    pub expires_at: Option<u64>,
-}
-
-/// Who is calling and on whose behalf: one immutable value per request.
-#[derive(Debug)]
-pub struct TenantContext {
-    /// The tenant, from a verified identity only.
-    pub tenant: TenantId,
-    /// The workload within the tenant.
-    pub workload: WorkloadId,
-    /// Principal kind.
-    pub principal_kind: PrincipalKind,
-    /// Which identity source vouched for the workload.
-    pub identity_source: IdentitySourceKind,
-    /// The run.
-    pub run: Run,
-    /// The run's budget, from a signed token.
-    pub budget: Option<RunBudget>,
-    /// Scopes granted to the run.
-    pub scopes: Vec<String>,
-    /// Who started the run.
-    pub initiator: Option<Initiator>,
-    /// Upstream correlation id from the token.
-    pub correlation_id: Option<String>,
-    /// This request's id.
-    pub request_id: Arc<str>,
-    /// Trace context.
-    pub trace: TraceContext,
-}
-
-/// What a streaming LLM response may extend its reservation by, one step at a time.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamPlan {
-    /// Output tokens the admission reserved.
-    pub covered_output: u64,
-    /// Output tokens per extension.
-    pub step_tokens: u64,
-    /// What one extension reserves.
-    pub step: Charge,
-}
 
 /// Proof that a request was authorized for exactly this destination. Only
 /// [`crate::proxy`]'s authorize step constructs it, after Cedar allowed the request.
@@ -122,7 +61,7 @@ pub struct RequestCtx {
     /// When the request arrived.
     pub started: Instant,
     /// The tenant context; `None` until identity is resolved.
-    pub tenant: Option<Arc<TenantContext>>,
+    pub tenant: Option<Arc<crate::context::TenantContext>>,
     /// The configuration snapshot this request was admitted under; every later phase uses the
     /// same one, even if a reload lands mid-request.
     pub snapshot: Option<Arc<Snapshot>>,
@@ -163,7 +102,7 @@ pub struct RequestCtx {
     /// The prices of this LLM call's model, when a price table is configured.
     pub prices: Option<Prices>,
     /// How a streaming response may extend its reservation, when a hard ceiling applies.
-    pub stream_plan: Option<StreamPlan>,
+    pub stream_plan: Option<crate::limits::stream::StreamPlan>,
     /// Keeps a streaming response within budget, while it streams.
     pub stream_guard: Option<StreamGuard>,
     /// The final event of a stream cut for budget, written by `fail_to_proxy`.

@@ -4,7 +4,7 @@
 //!
 //! 1. [`identity`]: who is calling, from the listener, a signed token or an mTLS client
 //!    certificate's SPIFFE ID, never from anything the agent writes;
-//! 2. [`ctx::TenantContext`]: one immutable value every later phase receives;
+//! 2. [`context::TenantContext`]: one immutable value every later phase receives;
 //! 3. [`target`] and [`body`]: where the call goes and what model it names (toward an LLM
 //!    destination a body is decoded and read, or refused);
 //! 4. [`policy`]: Cedar decides, default deny, errors deny (a shadow set, when configured, is
@@ -36,6 +36,7 @@ pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod credentials;
 pub mod ctx;
 pub mod egress;

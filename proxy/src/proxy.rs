@@ -25,11 +25,12 @@ use sha2::{Digest, Sha256};
 use crate::audit::{AuditDecision, AuditRecord, AuditSink};
 use crate::body::BufferedBody;
 use crate::config::{ListenerSettings, StaticConfig};
+use crate::context::TenantContext;
 use crate::credentials::apply::{Applied, CredentialDeny, RequestParts};
 use crate::credentials::binding::{Position, Target};
 use crate::credentials::scrub::Scrubber;
 use crate::credentials::Credential;
-use crate::ctx::{Outcome, Permitted, PrincipalKind, RequestCtx, Run, TenantContext};
+use crate::ctx::{Outcome, Permitted, RequestCtx};
 use crate::error::{error_body, Deny, ReasonCode};
 use crate::identity::Presented;
 use crate::limits::plan::{CallFacts, Ending};
@@ -41,7 +42,6 @@ use crate::policy::shadow::ShadowDecision;
 use crate::policy::{CredentialFacts, Decision, HttpRequestFacts};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::target::Destination;
-use crate::trace::TraceContext;
 use crate::tunnel::Tunnel;
 use crate::usage::include_usage::UsageEventStripper;
 use crate::usage::UsageMeter;
@@ -121,7 +121,7 @@ impl TenantProxy {
                 )?
             }
         };
-        let tenant = Arc::new(build_tenant_context(
+        let tenant = Arc::new(TenantContext::new(
             who,
             ctx.request_id.clone(),
             traceparent(&req.headers),
@@ -746,46 +746,6 @@ fn tunnel_identity(
         }
     }
     Ok(who.clone())
-}
-
-/// The tenant context of a request from `who`; `traceparent` (the request's header, when it has
-/// one) continues the caller's trace.
-pub(crate) fn build_tenant_context(
-    who: identity::ResolvedIdentity,
-    request_id: Arc<str>,
-    traceparent: Option<&[u8]>,
-) -> TenantContext {
-    let trace = TraceContext::continue_or_start(traceparent);
-    let token = who.token;
-    let run = match token
-        .as_ref()
-        .and_then(|t| t.run_id.clone().map(|id| (id, t.expires_at)))
-    {
-        Some((id, expires_at)) => Run {
-            id,
-            signed: true,
-            expires_at: Some(expires_at),
-        },
-        // An unsigned run is this request alone: it can neither carry nor reset a run budget.
-        None => Run {
-            id: format!("unsigned-{request_id}"),
-            signed: false,
-            expires_at: None,
-        },
-    };
-    TenantContext {
-        tenant: who.tenant,
-        workload: who.workload,
-        principal_kind: PrincipalKind::Workload,
-        identity_source: who.source,
-        budget: token.as_ref().and_then(|t| t.run_budget.clone()),
-        scopes: token.as_ref().map(|t| t.scopes.clone()).unwrap_or_default(),
-        initiator: token.as_ref().and_then(|t| t.initiator),
-        correlation_id: token.as_ref().and_then(|t| t.correlation_id.clone()),
-        run,
-        request_id,
-        trace,
-    }
 }
 
 /// The `traceparent` header's value, when there is one.

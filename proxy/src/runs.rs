@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::audit::{AuditSink, EventKind, RunEnd, RunEvent, RunTotals};
-use crate::ctx::TenantContext;
+use crate::context::TenantContext;
 use crate::error::Deny;
 use crate::ids::TenantId;
 use crate::limits::{

@@ -97,12 +97,12 @@ pub(crate) mod tests {
 
     /// A minimal record of `tenant`, for chain and verify tests.
     pub(crate) fn record(tenant: &str, time: &str) -> AuditRecord {
-        let ctx = crate::ctx::TenantContext {
+        let ctx = crate::context::TenantContext {
             tenant: crate::ids::TenantId::new(tenant).unwrap(),
             workload: crate::ids::WorkloadId::new("bot").unwrap(),
-            principal_kind: crate::ctx::PrincipalKind::Workload,
+            principal_kind: crate::context::PrincipalKind::Workload,
             identity_source: crate::identity::IdentitySourceKind::Binding,
-            run: crate::ctx::Run {
+            run: crate::context::Run {
                 id: "run-1".into(),
                 signed: false,
                 expires_at: None,

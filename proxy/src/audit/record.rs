@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::ctx::TenantContext;
+use crate::context::TenantContext;
 use crate::error::ReasonCode;
 
 /// Allowed or denied.
@@ -86,7 +86,7 @@ pub struct AuditRecord {
     /// Workload id.
     pub workload: String,
     /// Principal kind.
-    pub principal_kind: crate::ctx::PrincipalKind,
+    pub principal_kind: crate::context::PrincipalKind,
     /// Identity source that vouched for the workload.
     pub identity_source: &'static str,
     /// Run id.

@@ -11,8 +11,9 @@
 //! and the like are none); any other call counts as one.
 
 use crate::config::model::TenantConfig;
-use crate::ctx::{StreamPlan, TenantContext};
+use crate::context::TenantContext;
 use crate::error::Deny;
+use crate::limits::stream::StreamPlan;
 use crate::pricing::{provider_for_host, Prices};
 use crate::target::Destination;
 use crate::usage::Usage;
@@ -243,9 +244,9 @@ mod tests {
         TenantContext {
             tenant: crate::ids::TenantId::new("acme").unwrap(),
             workload: crate::ids::WorkloadId::new("bot").unwrap(),
-            principal_kind: crate::ctx::PrincipalKind::Workload,
+            principal_kind: crate::context::PrincipalKind::Workload,
             identity_source: crate::identity::IdentitySourceKind::Token,
-            run: crate::ctx::Run {
+            run: crate::context::Run {
                 id: "run-1".into(),
                 signed: true,
                 expires_at: Some(2_000_000_000),

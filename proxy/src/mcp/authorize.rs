@@ -6,7 +6,8 @@ use pingora::http::RequestHeader;
 
 use super::jsonrpc::ItemKind;
 use super::{McpExchange, McpRefusal};
-use crate::ctx::{RequestCtx, TenantContext};
+use crate::context::TenantContext;
+use crate::ctx::RequestCtx;
 use crate::error::Deny;
 use crate::metrics::METRICS;
 use crate::policy::shadow::ShadowDecision;

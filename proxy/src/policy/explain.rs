@@ -174,7 +174,7 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
         source: IdentitySourceKind::Binding,
         token: None,
     };
-    let mut context = crate::proxy::build_tenant_context(
+    let mut context = crate::context::TenantContext::new(
         who,
         Arc::from("explain"),
         crate::proxy::traceparent(&header.headers),
@@ -318,7 +318,7 @@ fn mcp_server<'a>(
 /// resources and prompts (it stops at the first denial) and its refusal, if any.
 fn explain_mcp(
     snapshot: &Snapshot,
-    context: &crate::ctx::TenantContext,
+    context: &crate::context::TenantContext,
     destination: &crate::target::Destination,
     facts: &super::HttpRequestFacts<'_>,
     header: &RequestHeader,

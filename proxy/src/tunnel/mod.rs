@@ -39,7 +39,7 @@ use tokio::io::AsyncWriteExt;
 use crate::audit::{AuditDecision, AuditRecord, AuditSlot, TunnelFields};
 use crate::clock::unix_now;
 use crate::config::ListenerSettings;
-use crate::ctx::TenantContext;
+use crate::context::TenantContext;
 use crate::egress::EgressRefusal;
 use crate::error::{error_body, Deny, ReasonCode};
 use crate::front::{FrontConn, FrontLimits, HeadLimits};
@@ -48,7 +48,7 @@ use crate::identity::{self, PeerCertificate, Presented, ResolvedIdentity};
 use crate::metrics::{Metrics, METRICS};
 use crate::policy::shadow::ShadowDecision;
 use crate::policy::{ConnectFacts, ConnectQuestion, Decision};
-use crate::proxy::{build_tenant_context, Shared, TenantProxy};
+use crate::proxy::{Shared, TenantProxy};
 use crate::tls::ca::TunnelCertResolver;
 use head::ConnectHead;
 use io::Rewound;
@@ -321,7 +321,7 @@ impl EgressApp {
             presented,
             unix_now(),
         )?;
-        let tenant = Arc::new(build_tenant_context(
+        let tenant = Arc::new(TenantContext::new(
             who.clone(),
             t.request_id.clone(),
             crate::proxy::traceparent(&t.head.header.headers),
@@ -641,7 +641,7 @@ impl EgressApp {
         let (Some(who), Some(slot)) = (who, slot) else {
             return;
         };
-        let tenant = build_tenant_context(who, request_id, None);
+        let tenant = TenantContext::new(who, request_id, None);
         slot.emit(AuditRecord {
             tunnel: tunnel_id.map(|id| TunnelFields {
                 id: id.to_string(),
