@@ -713,7 +713,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::config::model::Scheme;
+    use crate::target::Scheme;
     use std::io::Write;
 
     fn gzip(data: &[u8]) -> Vec<u8> {

@@ -113,6 +113,17 @@ impl From<crate::identity::IdentityError> for Deny {
     }
 }
 
+impl From<crate::target::TargetError> for Deny {
+    fn from(e: crate::target::TargetError) -> Self {
+        use crate::target::TargetError;
+        match e {
+            TargetError::Malformed(why) => Deny::BadRequest(why),
+            TargetError::HostMismatch => Deny::HostMismatch,
+            TargetError::RouteNotFound => Deny::RouteNotFound,
+        }
+    }
+}
+
 impl From<crate::front::HeadError> for Deny {
     fn from(e: crate::front::HeadError) -> Self {
         use crate::front::HeadError;

@@ -907,7 +907,7 @@ impl ProxyHttp for TenantProxy {
         };
         let dest = permit.destination();
         let addr = permit.addr();
-        let tls = dest.scheme == crate::config::model::Scheme::Https;
+        let tls = dest.scheme == crate::target::Scheme::Https;
         let mut peer = HttpPeer::new(addr, tls, dest.host.clone());
         let up = &self.shared.config.upstream;
         peer.options.connection_timeout = Some(up.connect_timeout);

@@ -20,6 +20,7 @@ use crate::ids::{TenantId, WorkloadId};
 use crate::limits::calendar::TenantCalendar;
 use crate::limits::Ceilings;
 use crate::pricing::PriceTable;
+pub use crate::target::{Route, Scheme};
 
 /// The static configuration: listeners, admin, audit, upstream and process settings.
 #[derive(Debug, Clone)]
@@ -758,56 +759,6 @@ pub struct TenantEntry {
     pub egress_allow: Vec<crate::egress::EgressException>,
     /// Cap on this tenant's open tunnels, when it overrides the global one.
     pub max_tunnels: Option<u32>,
-}
-
-/// A route-mode mapping from a path prefix to an upstream base URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// Name (policy `context.route`).
-    pub name: String,
-    /// Prefix, starts and ends with `/`.
-    pub prefix: String,
-    /// `http` or `https`.
-    pub scheme: Scheme,
-    /// Upstream host (lowercase, no brackets for IPv6).
-    pub host: String,
-    /// Upstream port.
-    pub port: u16,
-    /// Base path of the upstream, ends with `/`.
-    pub base_path: String,
-    /// Forward `baggage` to this upstream.
-    pub internal: bool,
-    /// The LLM provider behind the route, for the price table.
-    pub provider: Option<String>,
-    /// Region of the upstream, when the route sets one.
-    pub region: Option<String>,
-}
-
-/// Upstream URL scheme.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    /// Plain HTTP.
-    Http,
-    /// HTTP over TLS.
-    Https,
-}
-
-impl Scheme {
-    /// `http` or `https`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
-    }
-
-    /// The default port.
-    pub fn default_port(self) -> u16 {
-        match self {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        }
-    }
 }
 
 impl TenantConfig {

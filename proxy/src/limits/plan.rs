@@ -183,8 +183,8 @@ pub fn settlement(reserved: Charge, prices: Option<Prices>, ending: Ending) -> C
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::config::model::Scheme;
     use crate::limits::{LimitKind, Measure};
+    use crate::target::Scheme;
 
     fn prices() -> Prices {
         Prices {

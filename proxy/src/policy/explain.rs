@@ -186,7 +186,7 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
     let destination =
         match crate::target::resolve(header.raw_path(), host, &snapshot.tenants.routes) {
             Ok(d) => d,
-            Err(deny) => return Ok(refused(&deny, None, None, Vec::new())),
+            Err(e) => return Ok(refused(&e.into(), None, None, Vec::new())),
         };
     // As the proxy reads it: an MCP server's body is judged by the MCP check below, and toward
     // an LLM destination a body is classified (decoded, BOM removed) or refused.
