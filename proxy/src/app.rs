@@ -85,7 +85,8 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let limits = crate::limits::backend(&static_config.limiter).map_err(anyhow::Error::msg)?;
+    let backend = crate::limits::backend(&static_config.limiter).map_err(anyhow::Error::msg)?;
+    let limits = backend.counters.clone();
     let minter = match &static_config.intercept {
         Some(i) => {
             let ca = LocalCa::load(&i.ca_cert, &i.ca_key).with_context(|| {
@@ -96,7 +97,8 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         None => None,
     };
     let runs = Arc::new(crate::runs::RunTracker::new(
-        limits.clone(),
+        backend.counters,
+        backend.runs,
         audit.clone(),
         static_config.watched_runs_per_tenant,
     ));

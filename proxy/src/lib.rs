@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod policy;
 pub mod pricing;
 pub mod proxy;
+pub mod reason;
 pub mod reload;
 pub mod runs;
 pub mod snapshot;

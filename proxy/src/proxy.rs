@@ -137,7 +137,10 @@ impl TenantProxy {
         }
         // A signed run's first request starts it (audited once across replicas); a closed
         // run's requests go no further.
-        self.shared.runs.sight(&tenant, &snapshot).await?;
+        self.shared
+            .runs
+            .sight(&tenant, snapshot.token_leeway())
+            .await?;
 
         let req = session.req_header();
         if req.method == http::Method::CONNECT {

@@ -142,6 +142,14 @@ impl Snapshot {
         }
     }
 
+    /// The token verifier's clock-skew allowance: a token is accepted that long past its expiry.
+    pub fn token_leeway(&self) -> std::time::Duration {
+        self.tenants
+            .token
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |t| t.leeway)
+    }
+
     /// Files whose change should trigger a reload.
     pub fn watched_paths(&self) -> Vec<PathBuf> {
         let mut paths = vec![self.tenants.path.clone(), self.tenants.policy_dir.clone()];

@@ -93,7 +93,7 @@ pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
 pub(crate) mod tests {
     use super::*;
     use crate::audit::{AuditDecision, AuditRecord};
-    use crate::error::ReasonCode;
+    use crate::reason::ReasonCode;
 
     /// A minimal record of `tenant`, for chain and verify tests.
     pub(crate) fn record(tenant: &str, time: &str) -> AuditRecord {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::context::TenantContext;
-use crate::error::ReasonCode;
+use crate::reason::ReasonCode;
 
 /// Allowed or denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -220,15 +220,7 @@ impl AuditRecord {
     }
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunEnd {
-    /// Its token expired.
-    Expired,
-    /// It was closed through the admin port.
-    Closed,
-}
+pub use crate::limits::RunEnd;
 
 /// What a `run_summary` reports, read from the limiter's run counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -30,7 +30,7 @@ use super::checkpoint::Signer;
 use super::layout::{self, FilePos, CHECKPOINTS_FILE};
 use super::stream::StreamSink;
 use super::{tail, AuditEntry};
-use crate::config::{AuditSettings, FsyncPolicy};
+use super::{AuditSettings, FsyncPolicy};
 use crate::metrics::METRICS;
 
 const MAX_BATCH: usize = 1024;

@@ -10,6 +10,7 @@ use http::header::HeaderName;
 
 use super::spec::{StaticSpec, TenantsSpec};
 use super::{read_toml, relative_to, ConfigProblem};
+pub use crate::audit::{AuditSettings, AuditStreamSettings, FsyncPolicy};
 use crate::credentials::apply::{CredentialSettings, RawCredentialMode};
 use crate::credentials::binding::{parse_binding, Position};
 use crate::credentials::files::{FileCredential, FilesStore};
@@ -19,6 +20,7 @@ use crate::identity::{IdentitySourceKind, ListenerBinding, ListenerIdentity, Wor
 use crate::ids::{TenantId, WorkloadId};
 use crate::limits::calendar::TenantCalendar;
 use crate::limits::Ceilings;
+pub use crate::limits::LimiterSettings;
 use crate::pricing::PriceTable;
 pub use crate::target::{Route, Scheme};
 
@@ -59,18 +61,6 @@ pub struct StaticConfig {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
-}
-
-/// The limiter backend.
-#[derive(Debug, Clone)]
-pub enum LimiterSettings {
-    /// Counters in this process.
-    Memory {
-        /// How long a run's counters live after its last reservation.
-        run_ttl: Duration,
-    },
-    /// Counters in Redis.
-    Redis(crate::limits::redis::RedisSettings),
 }
 
 /// Log output format.
@@ -157,47 +147,6 @@ pub struct InterceptSettings {
     pub leaf_ttl: Duration,
     /// Leaf cache bound.
     pub leaf_cache: usize,
-}
-
-/// When audit batches are made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// fsync after every written batch.
-    Batch,
-    /// Leave flushing to the OS.
-    None,
-}
-
-/// Audit sink settings.
-#[derive(Debug, Clone)]
-pub struct AuditSettings {
-    /// Root directory of the per-tenant partitions.
-    pub dir: PathBuf,
-    /// Queue capacity (records in flight or waiting).
-    pub queue_capacity: usize,
-    /// Durability policy.
-    pub fsync: FsyncPolicy,
-    /// Longest delay before a batch is written.
-    pub flush_interval: Duration,
-    /// Size at which a day's file continues in a new part.
-    pub max_file_bytes: u64,
-    /// How often each tenant's chain head is signed.
-    pub checkpoint_interval: Duration,
-    /// The checkpoint signing key; `None` generates one per start.
-    pub signing_key: Option<PathBuf>,
-    /// The optional Redis Stream sink.
-    pub stream: Option<AuditStreamSettings>,
-}
-
-/// The Redis Stream audit sink.
-#[derive(Debug, Clone)]
-pub struct AuditStreamSettings {
-    /// `redis://…`.
-    pub url: String,
-    /// Whether a failing stream refuses requests.
-    pub required: bool,
-    /// Approximate length each tenant's stream is trimmed to.
-    pub maxlen: u64,
 }
 
 /// Upstream connection settings.
@@ -1068,6 +1017,23 @@ impl TenantConfig {
         self.tenants
             .get(tenant)
             .is_some_and(|t| t.workloads.contains(workload))
+    }
+}
+
+impl crate::limits::LimitConfig for TenantConfig {
+    fn tenant_limits(&self, tenant: &TenantId) -> Option<crate::limits::TenantLimits<'_>> {
+        self.tenants
+            .get(tenant)
+            .map(|e| crate::limits::TenantLimits {
+                ceilings: &e.limits,
+                workload_ceilings: &e.workload_limits,
+                workloads: &e.workloads,
+                calendar: &e.calendar,
+            })
+    }
+
+    fn prices(&self) -> Option<&PriceTable> {
+        self.prices.as_deref()
     }
 }
 

@@ -344,7 +344,10 @@ impl EgressApp {
                 Deny::ConnectionLimit(max_connections)
             })?;
         // A closed run opens no tunnel: an opaque one carries no request that would be checked.
-        self.shared.runs.sight(&tenant, &snapshot).await?;
+        self.shared
+            .runs
+            .sight(&tenant, snapshot.token_leeway())
+            .await?;
 
         let egress = &self.shared.config.egress;
         let (host, port) = (t.head.host.clone(), t.head.port);
