@@ -151,6 +151,42 @@ impl From<crate::runs::RunRefusal> for Deny {
     }
 }
 
+impl From<crate::body::BodyError> for Deny {
+    fn from(e: crate::body::BodyError) -> Self {
+        use crate::body::BodyError;
+        match e {
+            BodyError::TooLarge => Deny::BodyTooLarge,
+            BodyError::LengthRequired => Deny::LengthRequired,
+            BodyError::Malformed(why) => Deny::BadRequest(why),
+            BodyError::Unsupported(why) => Deny::UnsupportedBody(why),
+            BodyError::Overloaded => Deny::Overloaded("request body memory"),
+            BodyError::Timeout => Deny::RequestTimeout,
+            BodyError::Unreadable => Deny::BadRequest("the request body could not be read".into()),
+        }
+    }
+}
+
+impl From<&crate::mcp::McpRefusal> for Deny {
+    fn from(r: &crate::mcp::McpRefusal) -> Self {
+        use crate::mcp::McpRefusal;
+        use crate::policy::ItemKind;
+        match r {
+            McpRefusal::Malformed(why) => Deny::McpMalformed(why.clone()),
+            McpRefusal::Denied { item, name, .. } => match item {
+                ItemKind::Tool => Deny::ToolDenied(name.clone()),
+                ItemKind::Resource => Deny::ResourceDenied(name.clone()),
+                ItemKind::Prompt => Deny::PromptDenied(name.clone()),
+            },
+        }
+    }
+}
+
+impl From<crate::mcp::Unfilterable> for Deny {
+    fn from(e: crate::mcp::Unfilterable) -> Self {
+        Deny::McpResponseUnfiltered(e.0.to_string())
+    }
+}
+
 impl From<crate::front::HeadError> for Deny {
     fn from(e: crate::front::HeadError) -> Self {
         use crate::front::HeadError;

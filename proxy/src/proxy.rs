@@ -187,7 +187,7 @@ impl TenantProxy {
         if let Some(read) = read {
             ctx.body_hold = Some(read.hold);
             let hosts = &self.shared.config.egress.hosts;
-            let to = body::BodyDestination::of(&snapshot.tenants.mcp, &destination, hosts);
+            let to = body_destination(&snapshot.tenants.mcp, &destination, hosts);
             let read = body::classify(read.bytes, &session.req_header().headers, to, cap)?;
             ctx.model = read.llm.model;
             ctx.max_output_tokens = read.llm.max_output_tokens;
@@ -820,6 +820,23 @@ fn scrub_headers(scrubber: &mut Scrubber, resp: &mut ResponseHeader) -> pingora:
     Ok(())
 }
 
+/// Where a request's body goes, as far as reading it is concerned: an MCP server's JSON-RPC is
+/// judged by the MCP check after `http`; toward an LLM destination the body is classified or
+/// refused.
+pub(crate) fn body_destination(
+    mcp: &crate::mcp::config::McpSettings,
+    destination: &Destination,
+    static_hosts: &std::collections::HashMap<String, Vec<std::net::IpAddr>>,
+) -> body::BodyDestination {
+    if mcp.server_for(destination, None, static_hosts).is_some() {
+        body::BodyDestination::Mcp
+    } else if body::llm_destination(destination) {
+        body::BodyDestination::Llm
+    } else {
+        body::BodyDestination::Other
+    }
+}
+
 /// The front's connection behind an HTTP/1 session (none for HTTP/2).
 fn front_conn(session: &Session) -> Option<&crate::tunnel::Conn> {
     session
@@ -1072,7 +1089,7 @@ impl ProxyHttp for TenantProxy {
             match crate::mcp::response_filter(exchange, cap, upstream_response) {
                 Ok(filter) => ctx.list_filter = filter,
                 Err(deny) => {
-                    ctx.outcome = Outcome::Refused(deny);
+                    ctx.outcome = Outcome::Refused(deny.into());
                     return Err(Error::explain(
                         ErrorType::Custom("mcp_response_unfiltered"),
                         "MCP response cannot be filtered",

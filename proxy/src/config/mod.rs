@@ -4,7 +4,6 @@
 //! validated runtime types ([`model`]) through `TryFrom`-style conversions that report every
 //! problem at once. An invalid configuration never exists at runtime.
 
-pub mod mcp;
 pub mod model;
 pub mod regions;
 pub mod spec;

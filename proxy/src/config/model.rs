@@ -624,7 +624,7 @@ fn egress_settings(p: &mut Problems<'_>, spec: super::spec::EgressSpec) -> Egres
 }
 
 /// The tenant configuration, validated but with keys and policies not yet loaded
-/// (see [`crate::snapshot`]).
+/// (the snapshot loads them).
 #[derive(Debug, Clone)]
 pub struct TenantConfig {
     /// The file this was read from.
@@ -648,7 +648,7 @@ pub struct TenantConfig {
     /// The price table, if one is configured.
     pub prices: Option<Arc<PriceTable>>,
     /// MCP servers and how their traffic is buffered.
-    pub mcp: crate::config::mcp::McpSettings,
+    pub mcp: crate::mcp::config::McpSettings,
     /// Regions of upstream destinations.
     pub regions: super::regions::DestinationRegions,
 }
@@ -796,12 +796,12 @@ impl TenantConfig {
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
-        let mcp = crate::config::mcp::McpSettings::from_spec(spec.mcp.unwrap_or_default(), &routes)
+        let mcp = crate::mcp::config::McpSettings::from_spec(spec.mcp.unwrap_or_default(), &routes)
             .unwrap_or_else(|problems| {
                 for (field, message) in problems {
                     p.push(field, message);
                 }
-                crate::config::mcp::McpSettings::default()
+                crate::mcp::config::McpSettings::default()
             });
 
         let prices =

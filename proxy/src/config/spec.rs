@@ -436,7 +436,7 @@ pub struct TenantsSpec {
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSpec>,
     /// MCP servers (`[mcp]`): destinations whose tool calls are authorized one by one.
-    pub mcp: Option<crate::config::mcp::McpSpec>,
+    pub mcp: Option<crate::mcp::config::McpSpec>,
     /// Regions of upstream destinations: region name -> host names (`*.domain` for
     /// subdomains), available to policies as `context.destination_region`.
     #[serde(default)]

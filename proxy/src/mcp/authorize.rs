@@ -14,7 +14,7 @@ use crate::policy::shadow::ShadowDecision;
 use crate::policy::{Decision, HttpRequestFacts, McpFacts, PolicyEngine};
 use crate::snapshot::Snapshot;
 
-/// For a request to an MCP server (`server`, found by [`crate::config::mcp::McpSettings::server_for`]):
+/// For a request to an MCP server (`server`, found by [`crate::mcp::config::McpSettings::server_for`]):
 /// reads its JSON-RPC body and decides every tool, resource and prompt it uses. A malformed body
 /// or one denial refuses the whole request. The allow decisions' policy ids join the `http`
 /// decision's in the audit record; a denial's replace them.
@@ -61,7 +61,7 @@ pub(crate) fn authorize(
             Ok(())
         }
         Err(refusal) => {
-            let deny = refusal.deny();
+            let deny = Deny::from(&refusal);
             let mut exchange = McpExchange::refused(server);
             if let McpRefusal::Denied {
                 item,

@@ -193,7 +193,7 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
     let read = match &req.body {
         None => None,
         Some(body) => {
-            let to = crate::body::BodyDestination::of(
+            let to = crate::proxy::body_destination(
                 &snapshot.tenants.mcp,
                 &destination,
                 &Default::default(),
@@ -201,7 +201,7 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
             let body = bytes::Bytes::from(body.clone());
             match crate::body::classify(body, &header.headers, to, EXPLAIN_MAX_BODY_BYTES) {
                 Ok(read) => Some(read),
-                Err(deny) => return Ok(refused(&deny, None, None, Vec::new())),
+                Err(e) => return Ok(refused(&e.into(), None, None, Vec::new())),
             }
         }
     };
@@ -307,7 +307,7 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
 fn mcp_server<'a>(
     snapshot: &'a Snapshot,
     destination: &crate::target::Destination,
-) -> Option<&'a crate::config::mcp::McpServer> {
+) -> Option<&'a crate::mcp::config::McpServer> {
     snapshot
         .tenants
         .mcp
@@ -358,7 +358,7 @@ fn explain_mcp(
         req.body.as_deref(),
         &mut decide,
     );
-    let refusal = outcome.err().map(|r| r.deny());
+    let refusal = outcome.err().map(|r| Deny::from(&r));
     (explained, refusal)
 }
 
