@@ -954,17 +954,19 @@ fn cred_command(config: &std::path::Path, command: CredCommand) -> anyhow::Resul
         CredCommand::List { tenant } => {
             let tenant = known(&tenant)?;
             for l in vault.list(&tenant)? {
-                let bind: Vec<String> = l.bind.iter().map(|b| b.host.clone()).collect();
                 let positions: Vec<&str> = l.positions.iter().map(|p| p.as_str()).collect();
                 let expires = l.expires.map(format_unix).unwrap_or_else(|| "never".into());
                 println!(
-                    "{}\tbind={}\tin={}\texpires={}\t{}",
+                    "{}\tin={}\texpires={}\t{}",
                     l.name,
-                    bind.join(","),
                     positions.join(","),
                     expires,
                     l.fingerprint
                 );
+                // Every field of every binding: where the value may go is what a reviewer checks.
+                for b in &l.bind {
+                    println!("  bind {}", b.describe());
+                }
             }
         }
         CredCommand::Rm { tenant, name } => {

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::credentials::apply::CredentialDeny;
+use crate::credentials::apply::{CredentialDeny, ScanGap};
 use crate::limits::stream::CutReason;
 use crate::limits::{LimitDeny, LimitKind, Measure, Scope, Window};
 
@@ -72,6 +72,9 @@ pub enum Deny {
     RunClosed,
     /// A phase ran without the state it requires (a bug); refused rather than forwarded.
     Internal,
+    /// The upstream answered a request that carried a substituted secret with a compressed
+    /// body, which cannot be scrubbed of echoed secrets; withheld.
+    UpstreamEncoded,
 }
 
 impl Deny {
@@ -184,6 +187,12 @@ pub enum ReasonCode {
     RunClosed,
     /// See [`Deny::Internal`].
     Internal,
+    /// A credential position given more than one value.
+    CredentialRepeated,
+    /// A body toward a managed destination that cannot be scanned whole.
+    CredentialScanIncomplete,
+    /// See [`Deny::UpstreamEncoded`].
+    UpstreamEncoded,
 }
 
 impl ReasonCode {
@@ -227,6 +236,9 @@ impl ReasonCode {
             ReasonCode::McpResponseUnfiltered => "mcp_response_unfiltered",
             ReasonCode::RunClosed => "run_closed",
             ReasonCode::Internal => "internal_error",
+            ReasonCode::CredentialRepeated => "credential_repeated",
+            ReasonCode::CredentialScanIncomplete => "credential_scan_incomplete",
+            ReasonCode::UpstreamEncoded => "upstream_encoded",
         }
     }
 }
@@ -281,6 +293,21 @@ impl Deny {
                     403,
                     ReasonCode::RawCredential,
                     format!("a literal credential in {place} is not accepted for this destination; use a `$CRED{{name}}` handle"),
+                ),
+                CredentialDeny::Repeated(place) => (
+                    400,
+                    ReasonCode::CredentialRepeated,
+                    format!("{place} is given more than once; a credential position holds exactly one `$CRED{{name}}` handle"),
+                ),
+                CredentialDeny::ScanIncomplete(ScanGap::TooLarge(limit)) => (
+                    413,
+                    ReasonCode::CredentialScanIncomplete,
+                    format!("the request body is larger than the {limit} bytes scanned for credentials, and this destination's keys are managed by the proxy"),
+                ),
+                CredentialDeny::ScanIncomplete(ScanGap::Encoded) => (
+                    415,
+                    ReasonCode::CredentialScanIncomplete,
+                    "a request body with a `Content-Encoding` cannot be scanned for credentials, and this destination's keys are managed by the proxy; send it unencoded".into(),
                 ),
             },
             Deny::Limited(l) => {
@@ -440,6 +467,11 @@ impl Deny {
                 "this run was closed; start a new run with a new token".into(),
             ),
             Deny::Internal => (500, ReasonCode::Internal, "internal error; the request was not forwarded".into()),
+            Deny::UpstreamEncoded => (
+                502,
+                ReasonCode::UpstreamEncoded,
+                "the upstream answered with a compressed body although the request carried a credential and asked for none; it was withheld, since an echoed secret could not be removed from it".into(),
+            ),
         }
     }
 
@@ -520,6 +552,22 @@ mod tests {
             (Deny::McpMalformed("x".into()), 400, "mcp_malformed"),
             (Deny::ToolDenied("x".into()), 403, "tool_denied"),
             (Deny::RunClosed, 403, "run_closed"),
+            (
+                Deny::Credential(CredentialDeny::Repeated("header `authorization`".into())),
+                400,
+                "credential_repeated",
+            ),
+            (
+                Deny::Credential(CredentialDeny::ScanIncomplete(ScanGap::TooLarge(65536))),
+                413,
+                "credential_scan_incomplete",
+            ),
+            (
+                Deny::Credential(CredentialDeny::ScanIncomplete(ScanGap::Encoded)),
+                415,
+                "credential_scan_incomplete",
+            ),
+            (Deny::UpstreamEncoded, 502, "upstream_encoded"),
             (
                 Deny::McpResponseUnfiltered("x".into()),
                 502,

@@ -128,6 +128,16 @@ impl TenantProxy {
                     .then(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
                     .flatten()
             });
+        // SECURITY: a handle in the authority is a position error whatever the target's form
+        // (and before anything else reads the authority).
+        if let Some(refusal) = credentials::apply::handle_in_authority(
+            req.raw_path(),
+            req.uri.authority().map(|a| a.as_str()),
+            req.headers.get(http::header::HOST).map(|v| v.as_bytes()),
+        ) {
+            ctx.credential_names = refusal.credential().map(String::from).into_iter().collect();
+            return Err(Deny::Credential(refusal));
+        }
         let destination = match tunnel {
             Some(t) => target::tunneled(req.raw_path(), host, &t.host, t.port)?,
             None => target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
@@ -716,6 +726,8 @@ pub(crate) fn resolve_credentials(
             path: facts.path,
             method: facts.method,
         },
+        raw_target: req.raw_path(),
+        authority: req.uri.authority().map(|a| a.as_str()),
         headers: &req.headers,
         path_and_query: &destination.upstream_path,
         body,
@@ -723,6 +735,10 @@ pub(crate) fn resolve_credentials(
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
+        content_encoding: req
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("unreadable")),
     };
     let mut authorize_use = |cred: &Credential, position: Position| {
         let use_facts = CredentialFacts {

@@ -969,6 +969,13 @@ impl TenantConfig {
         let mut credential_settings = CredentialSettings::default();
         let credential_source = spec.credentials.and_then(|c| {
             credential_settings.scan_body_max_bytes = c.scan_body_max_bytes;
+            for (i, h) in c.credential_headers.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    p.push(format!("credentials.credential_headers[{i}]"), format!("`{h}` is not a header name"));
+                }
+            }
+            credential_settings.positions =
+                crate::credentials::positions::CredentialPositions::with_extra_headers(&c.credential_headers);
             credential_settings.raw_credential = match c.raw_credential.as_str() {
                 "refuse" => RawCredentialMode::Refuse,
                 "strip" => RawCredentialMode::Strip,

@@ -105,12 +105,32 @@ impl Binding {
                 || self
                     .path_prefixes
                     .iter()
-                    .any(|p| t.path.starts_with(p.as_str())))
+                    .any(|p| path_under(t.path, p)))
             && (self.methods.is_empty()
                 || self
                     .methods
                     .iter()
                     .any(|m| m.eq_ignore_ascii_case(t.method)))
+    }
+
+    /// Every field, for listings: `scheme=https host=api.openai.com port=443 paths=/v1/
+    /// methods=POST` (`any` where the binding does not restrict).
+    pub fn describe(&self) -> String {
+        let list = |items: &[String]| {
+            if items.is_empty() {
+                "any".to_string()
+            } else {
+                items.join(",")
+            }
+        };
+        format!(
+            "scheme={} host={} port={} paths={} methods={}",
+            self.scheme.as_deref().unwrap_or("any"),
+            self.host,
+            self.port.map_or("any".to_string(), |p| p.to_string()),
+            list(&self.path_prefixes),
+            list(&self.methods),
+        )
     }
 
     /// Checks the pattern is well formed.
@@ -136,6 +156,15 @@ impl Binding {
             return Err("path prefixes start with `/`".into());
         }
         Ok(())
+    }
+}
+
+/// Whether `path` is `prefix` or lies under it, whole segments only: `/echo` covers `/echo`
+/// and `/echo/x`, not `/echoXYZ` (a prefix ending in `/` is already a segment boundary).
+fn path_under(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
     }
 }
 
@@ -206,6 +235,27 @@ mod tests {
             ..Binding::host("a.example")
         };
         assert!(!post_only.allows(&t("a.example", "/", "GET")));
+        let segment = parse_binding("api.openai.com/echo").expect("ok");
+        for (path, ok) in [
+            ("/echo", true),
+            ("/echo/", true),
+            ("/echo/x", true),
+            ("/echoXYZ", false),
+            ("/echo.json", false),
+            ("/ech", false),
+            ("/", false),
+        ] {
+            assert_eq!(segment.allows(&t("api.openai.com", path, "GET")), ok, "{path}");
+        }
+        assert!(!narrow.allows(&t("api.openai.com", "/v1", "POST")));
+        assert_eq!(
+            parse_binding("https://api.openai.com:443/v1/").expect("ok").describe(),
+            "scheme=https host=api.openai.com port=443 paths=/v1/ methods=any"
+        );
+        assert_eq!(
+            post_only.describe(),
+            "scheme=any host=a.example port=any paths=any methods=POST"
+        );
         for bad in ["", "*.", "a*b.com", "ftp://x", "Upper.com:x"] {
             assert!(parse_binding(bad).is_err(), "{bad}");
         }
