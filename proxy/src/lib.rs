@@ -39,6 +39,7 @@ pub mod error;
 pub mod identity;
 pub mod ids;
 pub mod limits;
+pub mod logging;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;

@@ -923,25 +923,6 @@ fn apply_to_upstream(applied: &Applied, upstream: &mut RequestHeader) -> pingora
     Ok(())
 }
 
-fn scrub_headers(scrubber: &mut Scrubber, resp: &mut ResponseHeader) -> pingora::Result<()> {
-    let mut changes = Vec::new();
-    for (name, value) in resp.headers.iter() {
-        if let Some(clean) = scrubber.scrub_value(value.as_bytes()) {
-            changes.push((name.clone(), clean));
-        }
-    }
-    for (name, clean) in changes {
-        let value = http::HeaderValue::from_bytes(&clean).map_err(|_| {
-            Error::explain(
-                ErrorType::InternalError,
-                "scrubbed header is not a valid value",
-            )
-        })?;
-        resp.insert_header(name, value)?;
-    }
-    Ok(())
-}
-
 /// Whether a `tools/list` result may show `tool` to this request's workload: the same
 /// `mcp_tool_call` decision a call to it would get. Anything missing denies.
 fn tool_allowed(ctx: &RequestCtx, req: &RequestHeader, tool: &str) -> bool {
@@ -964,6 +945,10 @@ fn tool_allowed(ctx: &RequestCtx, req: &RequestHeader, tool: &str) -> bool {
         .policy
         .authorize_mcp_tool(&tenant.tenant, &tenant.workload, &call)
         .allowed
+}
+
+fn tenant_of(ctx: &RequestCtx) -> &str {
+    Metrics::tenant_label(ctx.tenant.as_ref().map(|t| t.tenant.as_str()))
 }
 
 /// Maps a pingora error to the refusal the client sees.
@@ -1127,10 +1112,15 @@ impl ProxyHttp for TenantProxy {
             upstream.remove_header("baggage");
         }
         upstream.insert_header("traceparent", tenant.trace.traceparent())?;
-        // LLM responses are metered as they stream, MCP tool lists filtered; a compressed
-        // response could not be read.
-        if ctx.model.is_some() || ctx.mcp.is_some() {
-            upstream.remove_header(&http::header::ACCEPT_ENCODING);
+        // LLM responses are metered as they stream, MCP tool lists filtered and echoed secrets
+        // scrubbed: each needs the bytes as sent, so the upstream is asked for no compression
+        // (without `Accept-Encoding` it could pick any), and a WebSocket for no extension
+        // (permessage-deflate would compress frames past the scrubber).
+        if ctx.model.is_some() || ctx.mcp.is_some() || ctx.scrubber.is_some() {
+            upstream.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        }
+        if ctx.scrubber.is_some() {
+            upstream.remove_header(&http::header::SEC_WEBSOCKET_EXTENSIONS);
         }
         Ok(())
     }
@@ -1216,7 +1206,23 @@ impl ProxyHttp for TenantProxy {
             }
         }
         if let Some(scrubber) = ctx.scrubber.as_mut() {
-            scrub_headers(scrubber, upstream_response)?;
+            // SECURITY: the request carried a secret and asked for `identity`; a body still
+            // compressed could hide an echo of it, so it is withheld, never passed on.
+            if credentials::scrub::unreadable_encoding(
+                upstream_response.status.as_u16(),
+                session.req_header().method == http::Method::HEAD,
+                &upstream_response.headers,
+            ) {
+                ctx.outcome = Outcome::Refused(Deny::UpstreamEncoded);
+                return Err(Error::explain(
+                    ErrorType::Custom("upstream_encoded"),
+                    "compressed response to a request that carried a credential",
+                ));
+            }
+            if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                scrubber.keep_lengths();
+            }
+            scrubber.scrub_response_header(upstream_response)?;
             if scrubber.replaced > 0 {
                 let tenant = Metrics::tenant_label(ctx.tenant.as_ref().map(|t| t.tenant.as_str()));
                 METRICS
@@ -1386,6 +1392,24 @@ impl ProxyHttp for TenantProxy {
             self.shared.runs.count_refusal(tenant).await;
         }
         self.emit(session, ctx, status);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        // SECURITY: pingora's line prints the error's context, which holds raw upstream bytes
+        // (an echoed `Authorization`); ours names what failed and nothing else.
+        crate::logging::proxy_failure(e, &ctx.request_id, tenant_of(ctx), false);
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        e: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        crate::logging::proxy_failure(e, &ctx.request_id, tenant_of(ctx), true);
+        true
     }
 
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {

@@ -102,10 +102,7 @@ impl Binding {
                 .is_none_or(|s| s.eq_ignore_ascii_case(t.scheme))
             && self.port.is_none_or(|p| p == t.port)
             && (self.path_prefixes.is_empty()
-                || self
-                    .path_prefixes
-                    .iter()
-                    .any(|p| path_under(t.path, p)))
+                || self.path_prefixes.iter().any(|p| path_under(t.path, p)))
             && (self.methods.is_empty()
                 || self
                     .methods
@@ -245,11 +242,17 @@ mod tests {
             ("/ech", false),
             ("/", false),
         ] {
-            assert_eq!(segment.allows(&t("api.openai.com", path, "GET")), ok, "{path}");
+            assert_eq!(
+                segment.allows(&t("api.openai.com", path, "GET")),
+                ok,
+                "{path}"
+            );
         }
         assert!(!narrow.allows(&t("api.openai.com", "/v1", "POST")));
         assert_eq!(
-            parse_binding("https://api.openai.com:443/v1/").expect("ok").describe(),
+            parse_binding("https://api.openai.com:443/v1/")
+                .expect("ok")
+                .describe(),
             "scheme=https host=api.openai.com port=443 paths=/v1/ methods=any"
         );
         assert_eq!(

@@ -187,7 +187,9 @@ pub fn holding(value: &[u8]) -> Holding {
 
 /// The auth schemes a handle may follow (`Bearer $CRED{x}`); compared ignoring case. A closed
 /// list: any other word before a handle could be the agent's own key (`sk-… $CRED{x}`).
-const AUTH_SCHEMES: &[&str] = &["bearer", "basic", "token", "key", "apikey", "api-key", "oauth"];
+const AUTH_SCHEMES: &[&str] = &[
+    "bearer", "basic", "token", "key", "apikey", "api-key", "oauth",
+];
 
 /// One auth scheme word, then blanks.
 fn is_auth_scheme(text: &[u8]) -> bool {
@@ -222,7 +224,14 @@ mod tests {
         }
         assert!(!p.is_header(&HeaderName::from_static("x-debug")));
         assert!(!p.is_header(&HeaderName::from_static("host")));
-        for q in ["api_key", "apiKey", "API-KEY", "key", "access_token", "accessToken"] {
+        for q in [
+            "api_key",
+            "apiKey",
+            "API-KEY",
+            "key",
+            "access_token",
+            "accessToken",
+        ] {
             assert!(p.is_query_param(q), "{q}");
         }
         assert!(!p.is_query_param("q") && !p.is_query_param("page_token"));

@@ -190,9 +190,8 @@ fn check_json(
                     continue;
                 }
                 // A string value: only an element of a credential array is a position.
-                if let Some((place, count)) = stack
-                    .last_mut()
-                    .and_then(|f| f.credential_array.as_mut())
+                if let Some((place, count)) =
+                    stack.last_mut().and_then(|f| f.credential_array.as_mut())
                 {
                     *count += 1;
                     if *count > 1 {
@@ -216,9 +215,8 @@ fn check_json(
             }
             b'-' | b'0'..=b'9' => {
                 let end = scalar_end(body, i);
-                if let Some((place, count)) = stack
-                    .last_mut()
-                    .and_then(|f| f.credential_array.as_mut())
+                if let Some((place, count)) =
+                    stack.last_mut().and_then(|f| f.credential_array.as_mut())
                 {
                     *count += 1;
                     if *count > 1 {
@@ -562,34 +560,159 @@ mod tests {
     fn json_literals_anywhere_whatever_the_type() {
         let json = Some("application/json");
         let text = Some("text/plain");
-        let cases: &[(&str, &str, Option<&str>, Result<Option<String>, CredentialDeny>)] = &[
+        let cases: &[(
+            &str,
+            &str,
+            Option<&str>,
+            Result<Option<String>, CredentialDeny>,
+        )] = &[
             ("handle", r#"{"api_key":"$CRED{openai}"}"#, json, Ok(None)),
-            ("scheme and handle", r#"{"api_key":"Bearer $CRED{openai}"}"#, json, Ok(None)),
+            (
+                "scheme and handle",
+                r#"{"api_key":"Bearer $CRED{openai}"}"#,
+                json,
+                Ok(None),
+            ),
             ("empty", r#"{"api_key":"","x":null}"#, json, Ok(None)),
             ("null", r#"{"api_key":null}"#, json, Ok(None)),
-            ("no field", r#"{"model":"gpt-4o","key":"sk-not-a-position"}"#, json, Ok(None)),
-            ("literal", r#"{"api_key":"sk-x"}"#, json, raw("body field `api_key`")),
-            ("literal next to a handle elsewhere", r#"{"m":"$CRED{openai}","api_key":"sk-x"}"#, json, raw("body field `api_key`")),
-            ("as text/plain", r#"{"api_key":"sk-x"}"#, text, raw("body field `api_key`")),
-            ("no content type", r#"  {"api_key":"sk-x"}"#, None, raw("body field `api_key`")),
-            ("nested", r#"{"config":{"api_key":"sk-x"}}"#, json, raw("body field `api_key`")),
-            ("in an array", r#"[{"a":1},{"deep":[{"apiKey":"sk-x"}]}]"#, json, raw("body field `apiKey`")),
-            ("escaped name", r#"{"api\u005fkey":"sk-x"}"#, json, raw("body field `api_key`")),
-            ("case and dashes", r#"{"API-KEY":"sk-x"}"#, json, raw("body field `API-KEY`")),
-            ("kelvin sign", "{\"api_\u{212a}ey\":\"sk-x\"}", json, raw("body field `api_\u{212a}ey`")),
-            ("mixed", r#"{"api_key":"sk-x $CRED{openai}"}"#, json, raw("body field `api_key`")),
-            ("number", r#"{"access_token":12345}"#, json, raw("body field `access_token`")),
-            ("array of literals", r#"{"api_key":["sk-x"]}"#, json, raw("body field `api_key`")),
-            ("second value", r#"{"model":"m"} {"api_key":"sk-x"}"#, json, raw("body field `api_key`")),
-            ("after NaN", r#"{"n":NaN,"api_key":"sk-x"}"#, json, raw("body field `api_key`")),
-            ("behind a BOM", "\u{feff}{\"api_key\":\"sk-x\"}", json, raw("body field `api_key`")),
-            ("duplicate", r#"{"api_key":"$CRED{openai}","api_key":"$CRED{openai}"}"#, json, Err(CredentialDeny::Repeated("body field `api_key`".into()))),
-            ("duplicate spelled differently", r#"{"api_key":"$CRED{a}","apiKey":"$CRED{b}"}"#, json, Err(CredentialDeny::Repeated("body field `apiKey`".into()))),
-            ("two elements", r#"{"api_key":["$CRED{a}","$CRED{b}"]}"#, json, Err(CredentialDeny::Repeated("body field `api_key`".into()))),
-            ("escaped handle", r#"{"api_key":"\u0024CRED{openai}"}"#, json, Err(CredentialDeny::Malformed("body"))),
-            ("schema property", r#"{"tools":[{"parameters":{"properties":{"api_key":{"type":"string"}}}}]}"#, json, Ok(None)),
-            ("in prompt text", r#"{"messages":[{"content":"{\"api_key\": \"sk-x\"}"}]}"#, json, Ok(None)),
-            ("same name in separate objects", r#"[{"api_key":"$CRED{a}"},{"api_key":"$CRED{a}"}]"#, json, Ok(None)),
+            (
+                "no field",
+                r#"{"model":"gpt-4o","key":"sk-not-a-position"}"#,
+                json,
+                Ok(None),
+            ),
+            (
+                "literal",
+                r#"{"api_key":"sk-x"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "literal next to a handle elsewhere",
+                r#"{"m":"$CRED{openai}","api_key":"sk-x"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "as text/plain",
+                r#"{"api_key":"sk-x"}"#,
+                text,
+                raw("body field `api_key`"),
+            ),
+            (
+                "no content type",
+                r#"  {"api_key":"sk-x"}"#,
+                None,
+                raw("body field `api_key`"),
+            ),
+            (
+                "nested",
+                r#"{"config":{"api_key":"sk-x"}}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "in an array",
+                r#"[{"a":1},{"deep":[{"apiKey":"sk-x"}]}]"#,
+                json,
+                raw("body field `apiKey`"),
+            ),
+            (
+                "escaped name",
+                r#"{"api\u005fkey":"sk-x"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "case and dashes",
+                r#"{"API-KEY":"sk-x"}"#,
+                json,
+                raw("body field `API-KEY`"),
+            ),
+            (
+                "kelvin sign",
+                "{\"api_\u{212a}ey\":\"sk-x\"}",
+                json,
+                raw("body field `api_\u{212a}ey`"),
+            ),
+            (
+                "mixed",
+                r#"{"api_key":"sk-x $CRED{openai}"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "number",
+                r#"{"access_token":12345}"#,
+                json,
+                raw("body field `access_token`"),
+            ),
+            (
+                "array of literals",
+                r#"{"api_key":["sk-x"]}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "second value",
+                r#"{"model":"m"} {"api_key":"sk-x"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "after NaN",
+                r#"{"n":NaN,"api_key":"sk-x"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "behind a BOM",
+                "\u{feff}{\"api_key\":\"sk-x\"}",
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "duplicate",
+                r#"{"api_key":"$CRED{openai}","api_key":"$CRED{openai}"}"#,
+                json,
+                Err(CredentialDeny::Repeated("body field `api_key`".into())),
+            ),
+            (
+                "duplicate spelled differently",
+                r#"{"api_key":"$CRED{a}","apiKey":"$CRED{b}"}"#,
+                json,
+                Err(CredentialDeny::Repeated("body field `apiKey`".into())),
+            ),
+            (
+                "two elements",
+                r#"{"api_key":["$CRED{a}","$CRED{b}"]}"#,
+                json,
+                Err(CredentialDeny::Repeated("body field `api_key`".into())),
+            ),
+            (
+                "escaped handle",
+                r#"{"api_key":"\u0024CRED{openai}"}"#,
+                json,
+                Err(CredentialDeny::Malformed("body")),
+            ),
+            (
+                "schema property",
+                r#"{"tools":[{"parameters":{"properties":{"api_key":{"type":"string"}}}}]}"#,
+                json,
+                Ok(None),
+            ),
+            (
+                "in prompt text",
+                r#"{"messages":[{"content":"{\"api_key\": \"sk-x\"}"}]}"#,
+                json,
+                Ok(None),
+            ),
+            (
+                "same name in separate objects",
+                r#"[{"api_key":"$CRED{a}"},{"api_key":"$CRED{a}"}]"#,
+                json,
+                Ok(None),
+            ),
         ];
         for (name, b, ct, want) in cases {
             assert_eq!(&body(b, *ct), want, "{name}");
@@ -600,8 +723,14 @@ mod tests {
     fn pairs_and_parts() {
         let form = Some("application/x-www-form-urlencoded");
         assert_eq!(body("a=1&api_key=sk-x", form), raw("body field `api_key`"));
-        assert_eq!(body("a=1&api_key=sk-x", Some("text/plain")), raw("body field `api_key`"));
-        assert_eq!(body("a=1;api%5Fkey=sk-x", form), raw("body field `api_key`"));
+        assert_eq!(
+            body("a=1&api_key=sk-x", Some("text/plain")),
+            raw("body field `api_key`")
+        );
+        assert_eq!(
+            body("a=1;api%5Fkey=sk-x", form),
+            raw("body field `api_key`")
+        );
         assert_eq!(body("api_key=%24CRED%7Bopenai%7D", form), Ok(None));
         assert_eq!(body("api_key=Bearer+%24CRED%7Bo%7D", form), Ok(None));
         assert_eq!(body("api_key=&b=2", form), Ok(None));
@@ -610,7 +739,10 @@ mod tests {
             Err(CredentialDeny::Repeated("body field `apiKey`".into()))
         );
         // Declared a form but shaped like JSON: both readings are checked.
-        assert_eq!(body(r#"{"a":"&api_key=sk-x&"}"#, form), raw("body field `api_key`"));
+        assert_eq!(
+            body(r#"{"a":"&api_key=sk-x&"}"#, form),
+            raw("body field `api_key`")
+        );
         let mp = Some("multipart/form-data; boundary=XyZ");
         let parts = "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ\r\nContent-Disposition: form-data; name=\"api_key\"\r\n\r\nsk-x\r\n--XyZ--\r\n";
         assert_eq!(body(parts, mp), raw("body field `api_key`"));
@@ -626,7 +758,10 @@ mod tests {
     fn strip_mode_removes_only_the_literals() {
         let json = Some("application/json");
         assert_eq!(
-            stripped(r#"{"api_key":"sk-x","m":"$CRED{o}","c":{"access_token":7}}"#, json),
+            stripped(
+                r#"{"api_key":"sk-x","m":"$CRED{o}","c":{"access_token":7}}"#,
+                json
+            ),
             r#"{"api_key":null,"m":"$CRED{o}","c":{"access_token":null}}"#
         );
         let form = Some("application/x-www-form-urlencoded");

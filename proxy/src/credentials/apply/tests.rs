@@ -397,25 +397,40 @@ fn raw(place: &str) -> Option<CredentialDeny> {
 #[allow(clippy::type_complexity)]
 fn credential_positions_hold_one_handle_or_nothing() {
     let json = "application/json";
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Option<(&str, &str)>, Option<CredentialDeny>)> = vec![
+    let cases: Vec<(
+        &str,
+        &str,
+        Vec<(&str, &str)>,
+        Option<(&str, &str)>,
+        Option<CredentialDeny>,
+    )> = vec![
         (
             "literal first, handle second",
             "/v1/chat",
-            vec![("authorization", "Bearer sk-mine"), ("authorization", "Bearer $CRED{openai}")],
+            vec![
+                ("authorization", "Bearer sk-mine"),
+                ("authorization", "Bearer $CRED{openai}"),
+            ],
             None,
             Some(CredentialDeny::Repeated("header `authorization`".into())),
         ),
         (
             "handle first, literal second",
             "/v1/chat",
-            vec![("authorization", "Bearer $CRED{openai}"), ("authorization", "Bearer sk-mine")],
+            vec![
+                ("authorization", "Bearer $CRED{openai}"),
+                ("authorization", "Bearer sk-mine"),
+            ],
             None,
             Some(CredentialDeny::Repeated("header `authorization`".into())),
         ),
         (
             "two handles",
             "/v1/chat",
-            vec![("authorization", "Bearer $CRED{openai}"), ("authorization", "Bearer $CRED{openai}")],
+            vec![
+                ("authorization", "Bearer $CRED{openai}"),
+                ("authorization", "Bearer $CRED{openai}"),
+            ],
             None,
             Some(CredentialDeny::Repeated("header `authorization`".into())),
         ),
@@ -475,8 +490,20 @@ fn credential_positions_hold_one_handle_or_nothing() {
             Some(("application/x-www-form-urlencoded", "a=1&api_key=sk-mine")),
             raw("body field `api_key`"),
         ),
-        ("query api_key", "/v1/chat?api_key=sk-mine", vec![], None, raw("query parameter `api_key`")),
-        ("query key (Gemini)", "/v1/chat?q=1&key=AIza-mine", vec![], None, raw("query parameter `key`")),
+        (
+            "query api_key",
+            "/v1/chat?api_key=sk-mine",
+            vec![],
+            None,
+            raw("query parameter `api_key`"),
+        ),
+        (
+            "query key (Gemini)",
+            "/v1/chat?q=1&key=AIza-mine",
+            vec![],
+            None,
+            raw("query parameter `key`"),
+        ),
         (
             "query key encoded",
             "/v1/chat?k%65y=AIza-mine",
@@ -496,47 +523,106 @@ fn credential_positions_hold_one_handle_or_nothing() {
             "/v1/chat",
             vec![("host", "$CRED{openai}")],
             None,
-            Some(CredentialDeny::Position("openai".into(), "header `host`".into())),
+            Some(CredentialDeny::Position(
+                "openai".into(),
+                "header `host`".into(),
+            )),
         ),
         (
             "handle in another header",
             "/v1/chat",
             vec![("x-debug", "see $CRED{openai}")],
             None,
-            Some(CredentialDeny::Position("openai".into(), "header `x-debug`".into())),
+            Some(CredentialDeny::Position(
+                "openai".into(),
+                "header `x-debug`".into(),
+            )),
         ),
         (
             "unknown handle in another header",
             "/v1/chat",
             vec![("referer", "$CRED{nope}")],
             None,
-            Some(CredentialDeny::Position("nope".into(), "header `referer`".into())),
+            Some(CredentialDeny::Position(
+                "nope".into(),
+                "header `referer`".into(),
+            )),
         ),
-        ("one handle", "/v1/chat", vec![("authorization", "Bearer $CRED{openai}")], None, None),
-        ("empty credential header", "/v1/chat", vec![("x-api-key", "")], None, None),
+        (
+            "one handle",
+            "/v1/chat",
+            vec![("authorization", "Bearer $CRED{openai}")],
+            None,
+            None,
+        ),
+        (
+            "empty credential header",
+            "/v1/chat",
+            vec![("x-api-key", "")],
+            None,
+            None,
+        ),
     ];
     for (name, path, hdrs, body, want) in cases {
-        assert_eq!(run("acme", "api.openai.com", path, &hdrs, body).err(), want, "{name}");
+        assert_eq!(
+            run("acme", "api.openai.com", path, &hdrs, body).err(),
+            want,
+            "{name}"
+        );
     }
     // Another tenant does not manage api.stripe.com... but globex does: the check is per tenant.
-    assert!(run("acme", "api.stripe.com", "/v1/x?key=mine", &[("authorization", "Bearer mine")], None).is_ok());
+    assert!(run(
+        "acme",
+        "api.stripe.com",
+        "/v1/x?key=mine",
+        &[("authorization", "Bearer mine")],
+        None
+    )
+    .is_ok());
     assert_eq!(
         run("globex", "api.stripe.com", "/v1/x?key=mine", &[], None).err(),
         raw("query parameter `key`")
     );
     // Escapes alone in any header are unescaped, not refused.
-    let a = run("acme", "other.example", "/", &[("x-doc", "write $$CRED{name}")], None).expect("ok");
+    let a = run(
+        "acme",
+        "other.example",
+        "/",
+        &[("x-doc", "write $$CRED{name}")],
+        None,
+    )
+    .expect("ok");
     assert_eq!(a.set_headers[0].1.as_bytes(), b"write $CRED{name}");
 }
 
 #[test]
 fn authorities_and_unscannable_bodies() {
     for (target, authority, host, want) in [
-        ("http://$CRED{openai}.example/x", None, None, Some("request target's authority")),
-        ("http://%24CRED%7Bopenai%7D.example/x", None, None, Some("request target's authority")),
+        (
+            "http://$CRED{openai}.example/x",
+            None,
+            None,
+            Some("request target's authority"),
+        ),
+        (
+            "http://%24CRED%7Bopenai%7D.example/x",
+            None,
+            None,
+            Some("request target's authority"),
+        ),
         ("/x", Some("a$CRED{openai}"), None, Some("`:authority`")),
-        ("/x", None, Some(&b"$CRED{openai}"[..]), Some("header `host`")),
-        ("http://a.example/$CRED{openai}", None, Some(&b"a.example"[..]), None),
+        (
+            "/x",
+            None,
+            Some(&b"$CRED{openai}"[..]),
+            Some("header `host`"),
+        ),
+        (
+            "http://a.example/$CRED{openai}",
+            None,
+            Some(&b"a.example"[..]),
+            None,
+        ),
     ] {
         assert_eq!(
             handle_in_authority(target.as_bytes(), authority, host),
@@ -566,7 +652,8 @@ fn authorities_and_unscannable_bodies() {
         scan_body_max_bytes: 65_536,
         ..CredentialSettings::default()
     };
-    let go = |p: &RequestParts<'_>| apply(&set(), &settings, &tid("acme"), p, 100, &mut |_, _| true);
+    let go =
+        |p: &RequestParts<'_>| apply(&set(), &settings, &tid("acme"), p, 100, &mut |_, _| true);
     assert_eq!(
         go(&parts("api.openai.com", &big, None)).err(),
         Some(CredentialDeny::ScanIncomplete(ScanGap::TooLarge(65_536)))
@@ -625,7 +712,11 @@ fn strip_mode_strips_literals_in_every_position_and_keeps_handles() {
     );
     // Repeated is refused even in strip mode: which value was meant is unknown.
     let h = headers(&[("authorization", "sk-a"), ("authorization", "sk-b")]);
-    let req = RequestParts { headers: &h, body: None, ..req };
+    let req = RequestParts {
+        headers: &h,
+        body: None,
+        ..req
+    };
     assert_eq!(
         apply(&set(), &settings, &tid("acme"), &req, 100, &mut |_, _| true).err(),
         Some(CredentialDeny::Repeated("header `authorization`".into()))
