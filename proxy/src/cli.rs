@@ -267,7 +267,8 @@ enum CredCommand {
         /// Credential name (what `$CRED{name}` refers to).
         #[arg(long)]
         name: String,
-        /// Destinations: `HOST`, `*.DOMAIN`, or `https://HOST:PORT/PATH-PREFIX`, comma-separated.
+        /// Destinations: `HOST`, `*.DOMAIN`, or `https://HOST:PORT/PATH-PREFIX`, each optionally
+        /// after methods and a space (`POST|GET https://api.openai.com/v1/`), comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         bind: Vec<String>,
         /// Where the handle may appear: `header`, `query`, `body` (comma-separated; default header).

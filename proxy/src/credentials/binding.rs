@@ -165,8 +165,24 @@ fn path_under(path: &str, prefix: &str) -> bool {
     }
 }
 
-/// Parses the CLI form `HOST[:PORT][/PATH]` (`https://` prefix optional, sets the scheme).
+/// Parses the CLI form `[METHOD|METHOD ]HOST[:PORT][/PATH]` (`https://` prefix optional, sets
+/// the scheme; the methods, when given, restrict the binding to them).
 pub fn parse_binding(text: &str) -> Result<Binding, String> {
+    let (methods, text) = match text.trim().split_once(' ') {
+        Some((m, rest)) => {
+            let methods: Vec<String> = m.split('|').map(str::to_string).collect();
+            if methods
+                .iter()
+                .any(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+            {
+                return Err(format!(
+                    "`{m}` is not a list of methods (`POST` or `GET|POST`, upper case)"
+                ));
+            }
+            (methods, rest.trim())
+        }
+        None => (Vec::new(), text.trim()),
+    };
     let (scheme, rest) = match text.split_once("://") {
         Some((s, r)) => (Some(s.to_ascii_lowercase()), r),
         None => (None, text),
@@ -190,7 +206,7 @@ pub fn parse_binding(text: &str) -> Result<Binding, String> {
         scheme,
         port,
         path_prefixes: path.map(|p| vec![p.to_string()]).unwrap_or_default(),
-        methods: vec![],
+        methods,
     };
     b.validate()?;
     Ok(b)
@@ -259,7 +275,11 @@ mod tests {
             post_only.describe(),
             "scheme=any host=a.example port=any paths=any methods=POST"
         );
-        for bad in ["", "*.", "a*b.com", "ftp://x", "Upper.com:x"] {
+        let post = parse_binding("POST|GET https://api.openai.com/v1/").expect("ok");
+        assert_eq!(post.methods, vec!["POST".to_string(), "GET".to_string()]);
+        assert!(post.allows(&t("api.openai.com", "/v1/x", "POST")));
+        assert!(!post.allows(&t("api.openai.com", "/v1/x", "DELETE")));
+        for bad in ["", "*.", "a*b.com", "ftp://x", "Upper.com:x", "post api.openai.com", "POST| a.example"] {
             assert!(parse_binding(bad).is_err(), "{bad}");
         }
     }
