@@ -70,10 +70,13 @@ fn bench(c: &mut Criterion) {
     c.bench_function("apply/no handle", |b| {
         let req = RequestParts {
             target,
+            raw_target: b"/v1/chat/completions",
+            authority: None,
             headers: &plain,
             path_and_query: "/v1/chat/completions",
             body: Some(&body),
             content_type: Some("application/json"),
+            content_encoding: None,
         };
         b.iter(|| {
             black_box(
@@ -93,10 +96,13 @@ fn bench(c: &mut Criterion) {
     c.bench_function("apply/one header handle", |b| {
         let req = RequestParts {
             target,
+            raw_target: b"/v1/chat/completions",
+            authority: None,
             headers: &with_handle,
             path_and_query: "/v1/chat/completions",
             body: Some(&body),
             content_type: Some("application/json"),
+            content_encoding: None,
         };
         b.iter(|| {
             black_box(

@@ -343,7 +343,7 @@ fn apply_headers(
     set_headers: &mut Vec<(HeaderName, HeaderValue)>,
     remove_headers: &mut Vec<HeaderName>,
 ) -> Result<(), CredentialDeny> {
-    let mut credential_headers: Vec<String> = Vec::new();
+    let mut credential_headers: Vec<usize> = Vec::new();
     for name in headers.keys() {
         let values = headers.get_all(name);
         let marked = values.iter().any(|v| handle::has_marker(v.as_bytes()));

@@ -111,22 +111,50 @@ impl CredentialPositions {
         self.header_key(name).is_some()
     }
 
-    /// The normalized name of a credential header (`x_api_key` and `x-api-key` are one), or
-    /// `None` for any other header.
-    pub fn header_key(&self, name: &HeaderName) -> Option<String> {
-        let n = normalize_header(name.as_str());
-        self.headers.contains(&n).then_some(n)
+    /// Which credential header `name` is (`x_api_key` and `x-api-key` are the same one), or
+    /// `None` for any other header. Compares in place: this runs for every request header.
+    pub fn header_key(&self, name: &HeaderName) -> Option<usize> {
+        let name = name.as_str().as_bytes();
+        self.headers.iter().position(|h| {
+            h.len() == name.len()
+                && h.bytes().zip(name).all(|(want, got)| {
+                    let got = match got {
+                        b'_' => b'-',
+                        b => b.to_ascii_lowercase(),
+                    };
+                    want == got
+                })
+        })
     }
 
     /// Whether a query parameter (its decoded name) carries credentials.
     pub fn is_query_param(&self, name: &str) -> bool {
-        self.query.contains(&normalize_field(name))
+        self.query.iter().any(|q| same_field(q, name))
     }
 
     /// Whether a JSON or form body field (its decoded name) carries credentials.
     pub fn is_body_field(&self, name: &str) -> bool {
-        self.body.contains(&normalize_field(name))
+        self.body.iter().any(|b| same_field(b, name))
     }
+}
+
+/// Whether `name` normalizes to `normalized` (see [`normalize_field`]), without allocating: it
+/// runs for every key of a JSON body.
+fn same_field(normalized: &str, name: &str) -> bool {
+    let mut want = normalized.chars();
+    for c in name.trim().chars() {
+        let folded: &mut dyn Iterator<Item = char> = match c {
+            '_' | '-' => continue,
+            '\u{17f}' => &mut std::iter::once('s'),
+            c => &mut c.to_lowercase(),
+        };
+        for f in folded {
+            if want.next() != Some(f) {
+                return false;
+            }
+        }
+    }
+    want.next().is_none()
 }
 
 /// A header name as servers match it: lower case, `_` read as `-`.
@@ -169,6 +197,9 @@ pub fn holding(value: &[u8]) -> Holding {
     let v = value.trim_ascii();
     if v.is_empty() {
         return Holding::Nothing;
+    }
+    if !super::handle::has_marker(v) {
+        return Holding::Literal;
     }
     let Ok(pieces) = super::handle::scan(v) else {
         // A malformed handle is refused as such by the substitution.
