@@ -174,9 +174,28 @@ fn repeated_credential_headers_are_refused_in_either_order() {
     ];
     for (i, (case, headers)) in cases.iter().enumerate() {
         let path = format!("/acme/rep{i}");
-        let r = send(proxy.sidecar_port, "GET", &url(&origin, &path), headers, None);
-        let rec = refused(&proxy, &origin, "acme", &r, 400, "credential_repeated", &path, case);
-        assert_eq!(rec["credentials"], serde_json::json!([]), "{case}: not a use");
+        let r = send(
+            proxy.sidecar_port,
+            "GET",
+            &url(&origin, &path),
+            headers,
+            None,
+        );
+        let rec = refused(
+            &proxy,
+            &origin,
+            "acme",
+            &r,
+            400,
+            "credential_repeated",
+            &path,
+            case,
+        );
+        assert_eq!(
+            rec["credentials"],
+            serde_json::json!([]),
+            "{case}: not a use"
+        );
     }
     // One handle: the origin gets exactly the substituted value.
     let r = send(
@@ -227,7 +246,10 @@ fn literal_keys_are_refused_whatever_else_the_request_holds() {
             "top-level api_key with handles elsewhere",
             "",
             handle_header.into(),
-            Some((json, format!(r#"{{"model":"m","note":"$CRED{{openai}}","api_key":"{lit}"}}"#))),
+            Some((
+                json,
+                format!(r#"{{"model":"m","note":"$CRED{{openai}}","api_key":"{lit}"}}"#),
+            )),
             403,
             "raw_credential",
         ),
@@ -235,7 +257,10 @@ fn literal_keys_are_refused_whatever_else_the_request_holds() {
             "the same JSON as text/plain",
             "",
             handle_header.into(),
-            Some(("text/plain", format!(r#"{{"model":"m","api_key":"{lit}"}}"#))),
+            Some((
+                "text/plain",
+                format!(r#"{{"model":"m","api_key":"{lit}"}}"#),
+            )),
             403,
             "raw_credential",
         ),
@@ -259,7 +284,10 @@ fn literal_keys_are_refused_whatever_else_the_request_holds() {
             "handle and literal under one name",
             "",
             String::new(),
-            Some((json, format!(r#"{{"api_key":"$CRED{{openai}}","api_key":"{lit}"}}"#))),
+            Some((
+                json,
+                format!(r#"{{"api_key":"$CRED{{openai}}","api_key":"{lit}"}}"#),
+            )),
             400,
             "credential_repeated",
         ),
@@ -267,7 +295,10 @@ fn literal_keys_are_refused_whatever_else_the_request_holds() {
             "form body",
             "",
             handle_header.into(),
-            Some(("application/x-www-form-urlencoded", format!("a=1&api_key={lit}"))),
+            Some((
+                "application/x-www-form-urlencoded",
+                format!("a=1&api_key={lit}"),
+            )),
             403,
             "raw_credential",
         ),
@@ -346,9 +377,8 @@ fn literal_keys_are_refused_whatever_else_the_request_holds() {
 fn strip_mode_forwards_the_handle_and_drops_every_literal() {
     let origin = Origin::start();
     let proxy = start(&origin, "strip");
-    let body = format!(
-        r#"{{"model":"m","note":"$CRED{{openai}}","config":{{"api_key":"{LITERAL}"}}}}"#
-    );
+    let body =
+        format!(r#"{{"model":"m","note":"$CRED{{openai}}","config":{{"api_key":"{LITERAL}"}}}}"#);
     let r = send(
         proxy.sidecar_port,
         "POST",
@@ -376,7 +406,16 @@ fn strip_mode_forwards_the_handle_and_drops_every_literal() {
         &format!("Authorization: Bearer {LITERAL}\r\nAuthorization: Bearer $CRED{{openai}}\r\n"),
         None,
     );
-    refused(&proxy, &origin, "acme", &r, 400, "credential_repeated", "/acme/strip-rep", "strip repeated");
+    refused(
+        &proxy,
+        &origin,
+        "acme",
+        &r,
+        400,
+        "credential_repeated",
+        "/acme/strip-rep",
+        "strip repeated",
+    );
 }
 
 #[test]
@@ -409,7 +448,16 @@ fn handles_never_go_in_the_authority_or_other_headers() {
     ];
     for (case, raw, path) in &cases {
         let r = raw_request(proxy.sidecar_port, raw).unwrap();
-        let rec = refused(&proxy, &origin, "acme", &r, 403, "credential_position", path, case);
+        let rec = refused(
+            &proxy,
+            &origin,
+            "acme",
+            &r,
+            403,
+            "credential_position",
+            path,
+            case,
+        );
         assert_eq!(rec["credentials"], serde_json::json!(["openai"]), "{case}");
     }
     // A handle in the target's authority: pingora's HTTP/1 parser refuses such a target with
@@ -466,7 +514,16 @@ fn bodies_too_large_to_scan_are_refused_toward_managed_hosts() {
             "",
             Some(("text/plain", body)),
         );
-        refused(&proxy, &origin, "acme", &r, 413, "credential_scan_incomplete", path, case);
+        refused(
+            &proxy,
+            &origin,
+            "acme",
+            &r,
+            413,
+            "credential_scan_incomplete",
+            path,
+            case,
+        );
     }
     // An encoded body's bytes are not what the upstream reads.
     let r = send(
@@ -476,7 +533,16 @@ fn bodies_too_large_to_scan_are_refused_toward_managed_hosts() {
         "Content-Encoding: gzip\r\n",
         Some(("application/json", b"\x1f\x8b\x08\x00")),
     );
-    refused(&proxy, &origin, "acme", &r, 415, "credential_scan_incomplete", "/acme/gz", "encoded");
+    refused(
+        &proxy,
+        &origin,
+        "acme",
+        &r,
+        415,
+        "credential_scan_incomplete",
+        "/acme/gz",
+        "encoded",
+    );
     // Toward a destination whose keys are not managed (for globex, 127.0.0.1), the same body
     // goes through; one with a handle anywhere in it does not.
     let globex = token_for("globex", "agent");
@@ -497,7 +563,16 @@ fn bodies_too_large_to_scan_are_refused_toward_managed_hosts() {
         &auth,
         Some(("text/plain", &hidden)),
     );
-    refused(&proxy, &origin, "globex", &r, 403, "credential_position", "/globex/big-handle", "unmanaged, handle");
+    refused(
+        &proxy,
+        &origin,
+        "globex",
+        &r,
+        403,
+        "credential_position",
+        "/globex/big-handle",
+        "unmanaged, handle",
+    );
 }
 
 #[test]
@@ -515,7 +590,16 @@ fn binding_prefixes_match_whole_path_segments() {
     }
     for path in ["/acme/echoXYZ", "/acme/echo.json"] {
         let r = send(proxy.sidecar_port, "GET", &url(&origin, path), auth, None);
-        let rec = refused(&proxy, &origin, "acme", &r, 403, "credential_not_bound", path, path);
+        let rec = refused(
+            &proxy,
+            &origin,
+            "acme",
+            &r,
+            403,
+            "credential_not_bound",
+            path,
+            path,
+        );
         assert_eq!(rec["credentials"], serde_json::json!(["echo"]));
     }
 }
@@ -542,7 +626,11 @@ fn cred_list_shows_every_field_of_every_binding() {
         format!("policy_dir = \"policies\"\n[credentials]\nvault_file = \"vault.json\"\nmaster_key_file = \"master.key\"\n{TENANTS}"),
     )
     .unwrap();
-    let (code, out) = proxy_cli(dir.path(), &["cred", "init-master", "--out", "master.key"], "");
+    let (code, out) = proxy_cli(
+        dir.path(),
+        &["cred", "init-master", "--out", "master.key"],
+        "",
+    );
     assert_eq!(code, 0, "{out}");
     put(
         dir.path(),
@@ -554,7 +642,14 @@ fn cred_list_shows_every_field_of_every_binding() {
     );
     let (code, out) = proxy_cli(
         dir.path(),
-        &["cred", "--config", "tenant-proxy.toml", "list", "--tenant", "acme"],
+        &[
+            "cred",
+            "--config",
+            "tenant-proxy.toml",
+            "list",
+            "--tenant",
+            "acme",
+        ],
         "",
     );
     assert_eq!(code, 0, "{out}");
@@ -570,7 +665,14 @@ fn cred_list_shows_every_field_of_every_binding() {
     // globex's list shows none of acme's.
     let (code, out) = proxy_cli(
         dir.path(),
-        &["cred", "--config", "tenant-proxy.toml", "list", "--tenant", "globex"],
+        &[
+            "cred",
+            "--config",
+            "tenant-proxy.toml",
+            "list",
+            "--tenant",
+            "globex",
+        ],
         "",
     );
     assert_eq!(code, 0, "{out}");

@@ -279,7 +279,15 @@ mod tests {
         assert_eq!(post.methods, vec!["POST".to_string(), "GET".to_string()]);
         assert!(post.allows(&t("api.openai.com", "/v1/x", "POST")));
         assert!(!post.allows(&t("api.openai.com", "/v1/x", "DELETE")));
-        for bad in ["", "*.", "a*b.com", "ftp://x", "Upper.com:x", "post api.openai.com", "POST| a.example"] {
+        for bad in [
+            "",
+            "*.",
+            "a*b.com",
+            "ftp://x",
+            "Upper.com:x",
+            "post api.openai.com",
+            "POST| a.example",
+        ] {
             assert!(parse_binding(bad).is_err(), "{bad}");
         }
     }
