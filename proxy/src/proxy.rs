@@ -1220,7 +1220,7 @@ impl ProxyHttp for TenantProxy {
                 ));
             }
             if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                scrubber.keep_lengths();
+                scrubber.upgraded(&upstream_response.headers);
             }
             scrubber.scrub_response_header(upstream_response)?;
             if scrubber.replaced > 0 {

@@ -12,8 +12,9 @@
 //!   byte stay).
 //!
 //! Secrets may straddle two body chunks: a tail of a chunk that could still begin a match is held
-//! back until the next chunk (or the end) decides. An upgraded stream (WebSocket) is scrubbed
-//! with same-length masks, since its frames carry their own lengths.
+//! back until the next chunk (or the end) decides. An upgraded stream is scrubbed with
+//! same-length masks, since its frames carry their own lengths; a WebSocket is read frame by
+//! frame, each payload scrubbed whole and never held back past its frame's end.
 //!
 //! Only bytes the proxy can read are scrubbed: a response whose body is compressed (any content
 //! coding but `identity`, any transfer coding but `chunked`) is refused by the caller instead
@@ -51,8 +52,20 @@ pub struct Scrubber {
     starts: [bool; 256],
     carry: BytesMut,
     same_length: bool,
+    /// On a WebSocket: where in its frames the stream is.
+    frames: Option<Frames>,
     /// How many occurrences were replaced.
     pub replaced: u64,
+}
+
+/// Position in a WebSocket stream: a frame head being read, or a payload with this much left.
+#[derive(Debug, Default)]
+struct Frames {
+    head: Vec<u8>,
+    payload_left: u64,
+    mask: Option<[u8; 4]>,
+    unmasked_in: usize,
+    masked_out: usize,
 }
 
 impl std::fmt::Debug for Scrubber {
@@ -118,14 +131,25 @@ impl Scrubber {
             starts,
             carry: BytesMut::new(),
             same_length: false,
+            frames: None,
             replaced: 0,
         }
     }
 
-    /// Masks matches with as many bytes as they had, from now on (an upgraded stream, whose
-    /// frames carry their own lengths).
-    pub fn keep_lengths(&mut self) {
+    /// The response upgraded the connection (`101`, with its headers): from now on matches are
+    /// masked with as many bytes as they had, since the new protocol frames its own lengths. A
+    /// WebSocket is read frame by frame: each frame's payload is scrubbed whole (a frame is
+    /// never held back once complete, so an interactive stream never stalls), unmasked and
+    /// masked again when the upstream masks.
+    pub fn upgraded(&mut self, headers: &HeaderMap) {
         self.same_length = true;
+        let websocket = headers
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+        if websocket {
+            self.frames = Some(Frames::default());
+        }
     }
 
     /// Replaces secrets in a complete value (a header, the status reason).
@@ -142,6 +166,59 @@ impl Scrubber {
         if self.patterns.is_empty() {
             return chunk;
         }
+        if let Some(mut frames) = self.frames.take() {
+            let out = self.scrub_frames(&mut frames, chunk.as_deref().unwrap_or_default(), end);
+            self.frames = Some(frames);
+            return Some(out);
+        }
+        self.scrub_stream(chunk, end)
+    }
+
+    /// WebSocket bytes: heads pass as they are, each payload goes through the stream scrubber,
+    /// which is flushed at the payload's end.
+    fn scrub_frames(&mut self, f: &mut Frames, input: &[u8], end: bool) -> Bytes {
+        let mut out = Vec::with_capacity(input.len());
+        let mut i = 0;
+        while i < input.len() {
+            if f.payload_left == 0 {
+                f.head.push(input[i]);
+                i += 1;
+                if let Some((len, mask)) = frame_head(&f.head) {
+                    out.append(&mut f.head);
+                    f.payload_left = len;
+                    f.mask = mask;
+                    f.unmasked_in = 0;
+                    f.masked_out = 0;
+                }
+                continue;
+            }
+            let take = usize::try_from(f.payload_left)
+                .unwrap_or(usize::MAX)
+                .min(input.len() - i);
+            let mut part = input[i..i + take].to_vec();
+            apply_mask(&mut part, f.mask, f.unmasked_in);
+            f.unmasked_in += take;
+            f.payload_left -= take as u64;
+            i += take;
+            let frame_done = f.payload_left == 0;
+            let scrubbed = self
+                .scrub_stream(Some(Bytes::from(part)), frame_done)
+                .unwrap_or_default();
+            let mut scrubbed = scrubbed.to_vec();
+            apply_mask(&mut scrubbed, f.mask, f.masked_out);
+            f.masked_out += scrubbed.len();
+            out.extend_from_slice(&scrubbed);
+        }
+        if end && !self.carry.is_empty() {
+            let rest = self.scrub_stream(None, true).unwrap_or_default();
+            let mut rest = rest.to_vec();
+            apply_mask(&mut rest, f.mask, f.masked_out);
+            out.extend_from_slice(&rest);
+        }
+        Bytes::from(out)
+    }
+
+    fn scrub_stream(&mut self, chunk: Option<Bytes>, end: bool) -> Option<Bytes> {
         let data = if self.carry.is_empty() {
             match chunk {
                 Some(c) => c,
@@ -270,6 +347,39 @@ impl Scrubber {
         Scan {
             matches,
             held_from: None,
+        }
+    }
+}
+
+/// A complete WebSocket frame head: the payload length and the masking key, if any.
+fn frame_head(head: &[u8]) -> Option<(u64, Option<[u8; 4]>)> {
+    let second = *head.get(1)?;
+    let masked = second & 0x80 != 0;
+    let (len, at) = match second & 0x7f {
+        126 => (
+            u64::from(u16::from_be_bytes([*head.get(2)?, *head.get(3)?])),
+            4,
+        ),
+        127 => {
+            let bytes: [u8; 8] = head.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(bytes), 10)
+        }
+        n => (u64::from(n), 2),
+    };
+    let mask = if masked {
+        Some(head.get(at..at + 4)?.try_into().ok()?)
+    } else {
+        None
+    };
+    let need = at + if masked { 4 } else { 0 };
+    (head.len() == need).then_some((len, mask))
+}
+
+/// XORs `data` with the frame's masking key, `offset` bytes into the payload.
+fn apply_mask(data: &mut [u8], mask: Option<[u8; 4]>, offset: usize) {
+    if let Some(key) = mask {
+        for (k, b) in data.iter_mut().enumerate() {
+            *b ^= key[(offset + k) % 4];
         }
     }
 }
@@ -518,15 +628,93 @@ mod tests {
         }
     }
 
+    fn upgrade(websocket: bool) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if websocket {
+            h.insert(
+                http::header::UPGRADE,
+                http::HeaderValue::from_static("websocket"),
+            );
+        }
+        h
+    }
+
+    fn frame(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut f = vec![0x81];
+        let bit = if mask.is_some() { 0x80 } else { 0 };
+        if payload.len() < 126 {
+            f.push(bit | payload.len() as u8);
+        } else {
+            f.push(bit | 126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        let mut p = payload.to_vec();
+        if let Some(key) = mask {
+            f.extend_from_slice(&key);
+            apply_mask(&mut p, mask, 0);
+        }
+        f.extend_from_slice(&p);
+        f
+    }
+
     #[test]
-    fn upgraded_streams_keep_their_lengths() {
+    fn websocket_frames_are_scrubbed_whole_and_never_held() {
+        for mask in [None, Some([7u8, 1, 200, 33])] {
+            let echo = format!("{{\"auth\":\"Bearer {SECRET}\"}}");
+            let long = format!("{}{SECRET}", "x".repeat(300));
+            let mut stream = frame(echo.as_bytes(), mask);
+            stream.extend(frame(long.as_bytes(), mask));
+            // A frame ending in what could begin an echo is still released whole.
+            stream.extend(frame(b"ends with sk-CAN", mask));
+            // Any cut of the stream gives back the same frames, same lengths, no secret.
+            for cut in 0..stream.len() {
+                let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+                s.upgraded(&upgrade(true));
+                let mut out = s
+                    .scrub_chunk(Some(Bytes::copy_from_slice(&stream[..cut])), false)
+                    .expect("out")
+                    .to_vec();
+                out.extend_from_slice(
+                    &s.scrub_chunk(Some(Bytes::copy_from_slice(&stream[cut..])), false)
+                        .expect("out"),
+                );
+                assert_eq!(out.len(), stream.len(), "cut {cut}");
+                let mut rest = &out[..];
+                let mut payloads = Vec::new();
+                while !rest.is_empty() {
+                    let head_len = (2..=14)
+                        .find(|n| frame_head(&rest[..*n]).is_some())
+                        .expect("a frame head");
+                    let (len, key) = frame_head(&rest[..head_len]).expect("head");
+                    let mut p = rest[head_len..head_len + len as usize].to_vec();
+                    apply_mask(&mut p, key, 0);
+                    payloads.push(String::from_utf8(p).expect("utf8"));
+                    rest = &rest[head_len + len as usize..];
+                }
+                assert_eq!(payloads.len(), 3, "cut {cut}");
+                assert!(!payloads.iter().any(|p| p.contains("CANARY")), "cut {cut}");
+                assert!(payloads[0].starts_with("{\"auth\":\"Bearer ****"));
+                assert_eq!(payloads[2], "ends with sk-CAN");
+            }
+            // Whole frames in one read come out at once.
+            let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+            s.upgraded(&upgrade(true));
+            let tail = frame(b"ends with sk-CAN", mask);
+            assert_eq!(
+                s.scrub_chunk(Some(Bytes::from(tail.clone())), false)
+                    .expect("out")
+                    .len(),
+                tail.len()
+            );
+        }
+        // Another upgraded protocol keeps its lengths too.
         let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
-        s.keep_lengths();
-        let frame = format!("\u{81}\u{1f}Bearer {SECRET}");
+        s.upgraded(&upgrade(false));
+        let raw = format!("Bearer {SECRET}");
         let out = s
-            .scrub_chunk(Some(Bytes::from(frame.clone())), true)
+            .scrub_chunk(Some(Bytes::from(raw.clone())), true)
             .expect("out");
-        assert_eq!(out.len(), frame.len());
+        assert_eq!(out.len(), raw.len());
         assert!(!String::from_utf8_lossy(&out).contains("CANARY"));
     }
 
