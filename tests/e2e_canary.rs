@@ -32,9 +32,12 @@ fn canary() -> String {
 // ---------------------------------------------------------------------------------------------
 // An upstream that echoes what it received in every awkward way. One request per connection.
 
+/// Each request's target and headers, as the upstream received them.
+type Seen = Arc<Mutex<Vec<(String, HashMap<String, String>)>>>;
+
 struct Hostile {
     port: u16,
-    seen: Arc<Mutex<Vec<(String, HashMap<String, String>)>>>,
+    seen: Seen,
 }
 
 impl Hostile {
@@ -64,7 +67,7 @@ impl Hostile {
     }
 }
 
-fn serve(stream: TcpStream, seen: &Mutex<Vec<(String, HashMap<String, String>)>>) {
+fn serve(stream: TcpStream, seen: &Seen) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     let mut line = String::new();

@@ -124,8 +124,7 @@ fn refused(
     origin: &Origin,
     tenant: &str,
     r: &Response,
-    status: u16,
-    code: &str,
+    (status, code): (u16, &str),
     path: &str,
     case: &str,
 ) -> serde_json::Value {
@@ -186,8 +185,7 @@ fn repeated_credential_headers_are_refused_in_either_order() {
             &origin,
             "acme",
             &r,
-            400,
-            "credential_repeated",
+            (400, "credential_repeated"),
             &path,
             case,
         );
@@ -350,7 +348,7 @@ fn literal_keys_are_refused_whatever_else_the_request_holds() {
             headers,
             body.as_ref().map(|(ct, b)| (*ct, b.as_bytes())),
         );
-        refused(&proxy, &origin, "acme", &r, *status, code, &path, case);
+        refused(&proxy, &origin, "acme", &r, (*status, code), &path, case);
     }
     assert_eq!(origin.count(), 0, "{:?}", origin.requests());
     assert!(!proxy
@@ -411,8 +409,7 @@ fn strip_mode_forwards_the_handle_and_drops_every_literal() {
         &origin,
         "acme",
         &r,
-        400,
-        "credential_repeated",
+        (400, "credential_repeated"),
         "/acme/strip-rep",
         "strip repeated",
     );
@@ -453,8 +450,7 @@ fn handles_never_go_in_the_authority_or_other_headers() {
             &origin,
             "acme",
             &r,
-            403,
-            "credential_position",
+            (403, "credential_position"),
             path,
             case,
         );
@@ -519,8 +515,7 @@ fn bodies_too_large_to_scan_are_refused_toward_managed_hosts() {
             &origin,
             "acme",
             &r,
-            413,
-            "credential_scan_incomplete",
+            (413, "credential_scan_incomplete"),
             path,
             case,
         );
@@ -538,8 +533,7 @@ fn bodies_too_large_to_scan_are_refused_toward_managed_hosts() {
         &origin,
         "acme",
         &r,
-        415,
-        "credential_scan_incomplete",
+        (415, "credential_scan_incomplete"),
         "/acme/gz",
         "encoded",
     );
@@ -568,8 +562,7 @@ fn bodies_too_large_to_scan_are_refused_toward_managed_hosts() {
         &origin,
         "globex",
         &r,
-        403,
-        "credential_position",
+        (403, "credential_position"),
         "/globex/big-handle",
         "unmanaged, handle",
     );
@@ -595,8 +588,7 @@ fn binding_prefixes_match_whole_path_segments() {
             &origin,
             "acme",
             &r,
-            403,
-            "credential_not_bound",
+            (403, "credential_not_bound"),
             path,
             path,
         );

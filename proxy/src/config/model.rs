@@ -1241,6 +1241,10 @@ mod tests {
             ("tenants-bad-lifetime.toml", "token.max_lifetime"),
             ("tenants-mcp-unknown-route.toml", "mcp.servers[0].route"),
             ("tenants-bad-region.toml", "destination_regions.us[0]"),
+            (
+                "tenants-bad-credential-header.toml",
+                "credentials.credential_headers[0]",
+            ),
         ];
         for (file, want) in tenant_cases {
             let text = problems_text(

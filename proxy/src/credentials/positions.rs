@@ -129,20 +129,49 @@ impl CredentialPositions {
 
     /// Whether a query parameter (its decoded name) carries credentials.
     pub fn is_query_param(&self, name: &str) -> bool {
-        self.query.iter().any(|q| same_field(q, name))
+        may_be_one_of(&self.query, name) && self.query.iter().any(|q| same_field(q, name))
     }
 
     /// Whether a JSON or form body field (its decoded name) carries credentials.
     pub fn is_body_field(&self, name: &str) -> bool {
-        self.body.iter().any(|b| same_field(b, name))
+        may_be_one_of(&self.body, name) && self.body.iter().any(|b| same_field(b, name))
+    }
+}
+
+/// A cheap first look (every key of a JSON body passes here): an ASCII name whose first
+/// significant letter starts none of `names` is none of them.
+fn may_be_one_of(names: &[String], name: &str) -> bool {
+    match name
+        .bytes()
+        .find(|b| !matches!(b, b'_' | b'-') && !b.is_ascii_whitespace())
+    {
+        Some(first) if first.is_ascii() => {
+            let first = first.to_ascii_lowercase();
+            names.iter().any(|n| n.as_bytes().first() == Some(&first))
+        }
+        // Non-ASCII (a folding letter) or empty: the full comparison decides.
+        _ => true,
     }
 }
 
 /// Whether `name` normalizes to `normalized` (see [`normalize_field`]), without allocating: it
 /// runs for every key of a JSON body.
 fn same_field(normalized: &str, name: &str) -> bool {
+    let name = name.trim();
+    if name.is_ascii() {
+        let mut want = normalized.bytes();
+        for b in name.bytes() {
+            if b == b'_' || b == b'-' {
+                continue;
+            }
+            if want.next() != Some(b.to_ascii_lowercase()) {
+                return false;
+            }
+        }
+        return want.next().is_none();
+    }
     let mut want = normalized.chars();
-    for c in name.trim().chars() {
+    for c in name.chars() {
         let folded: &mut dyn Iterator<Item = char> = match c {
             '_' | '-' => continue,
             '\u{17f}' => &mut std::iter::once('s'),

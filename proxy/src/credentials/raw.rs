@@ -141,6 +141,17 @@ fn check_json(
     let mut strip: Vec<Range<usize>> = Vec::new();
     let mut i = 0;
     while i < body.len() {
+        // Only quotes and brackets matter, and digits inside a credential field's array.
+        let in_credential_array = stack.last().is_some_and(|f| f.credential_array.is_some());
+        let table = if in_credential_array {
+            &STRUCTURE_AND_NUMBERS
+        } else {
+            &STRUCTURE
+        };
+        match body[i..].iter().position(|b| table[usize::from(*b)]) {
+            Some(skip) => i += skip,
+            None => break,
+        }
         match body[i] {
             b'"' => {
                 let token = string_token(body, i);
@@ -243,6 +254,21 @@ fn check_json(
     Ok(Some(out))
 }
 
+/// Bytes that start a token the JSON scan looks at: quotes and brackets…
+const STRUCTURE: [bool; 256] = byte_set(b"\"{}[]");
+/// …and, inside a credential field's array, numbers.
+const STRUCTURE_AND_NUMBERS: [bool; 256] = byte_set(b"\"{}[]-0123456789");
+
+const fn byte_set(bytes: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        set[bytes[i] as usize] = true;
+        i += 1;
+    }
+    set
+}
+
 /// The string token starting at `start` (a quote).
 struct Token {
     /// Its contents, between the quotes (to the end of the input when unterminated).
@@ -257,6 +283,10 @@ fn string_token(body: &[u8], start: usize) -> Token {
     let mut j = start + 1;
     let mut escaped = false;
     while j < body.len() {
+        match memchr::memchr2(b'"', b'\\', &body[j..]) {
+            Some(skip) => j += skip,
+            None => break,
+        }
         match body[j] {
             b'"' => {
                 return Token {
@@ -557,6 +587,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn json_literals_anywhere_whatever_the_type() {
         let json = Some("application/json");
         let text = Some("text/plain");
