@@ -570,7 +570,7 @@ fn credential_positions_hold_one_handle_or_nothing() {
             "{name}"
         );
     }
-    // Another tenant does not manage api.stripe.com... but globex does: the check is per tenant.
+    // The check is per tenant: api.stripe.com is managed for globex, not for acme.
     assert!(run(
         "acme",
         "api.stripe.com",
