@@ -30,25 +30,9 @@ pub fn check(
     Ok((static_config, snapshot))
 }
 
-/// Starts the logger.
+/// Starts the logger (see [`crate::logging`]: no level setting opens third-party debug lines).
 pub fn init_logging(format: LogFormat, level: &str) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    // SECURITY: pingora's debug logs print whole request headers, which carry substituted
-    // credentials upstream; they stay off whatever level is asked for.
-    for directive in ["pingora_proxy=info", "pingora_core=info"] {
-        if let Ok(d) = directive.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    crate::logging::init(format, level);
 }
 
 /// Loads everything and serves until SIGTERM/SIGINT.

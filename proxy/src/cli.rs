@@ -267,7 +267,8 @@ enum CredCommand {
         /// Credential name (what `$CRED{name}` refers to).
         #[arg(long)]
         name: String,
-        /// Destinations: `HOST`, `*.DOMAIN`, or `https://HOST:PORT/PATH-PREFIX`, comma-separated.
+        /// Destinations: `HOST`, `*.DOMAIN`, or `https://HOST:PORT/PATH-PREFIX`, each optionally
+        /// after methods and a space (`POST|GET https://api.openai.com/v1/`), comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         bind: Vec<String>,
         /// Where the handle may appear: `header`, `query`, `body` (comma-separated; default header).
@@ -964,17 +965,19 @@ fn cred_command(config: &std::path::Path, command: CredCommand) -> anyhow::Resul
         CredCommand::List { tenant } => {
             let tenant = known(&tenant)?;
             for l in vault.list(&tenant)? {
-                let bind: Vec<String> = l.bind.iter().map(|b| b.host.clone()).collect();
                 let positions: Vec<&str> = l.positions.iter().map(|p| p.as_str()).collect();
                 let expires = l.expires.map(format_unix).unwrap_or_else(|| "never".into());
                 println!(
-                    "{}\tbind={}\tin={}\texpires={}\t{}",
+                    "{}\tin={}\texpires={}\t{}",
                     l.name,
-                    bind.join(","),
                     positions.join(","),
                     expires,
                     l.fingerprint
                 );
+                // Every field of every binding: where the value may go is what a reviewer checks.
+                for b in &l.bind {
+                    println!("  bind {}", b.describe());
+                }
             }
         }
         CredCommand::Rm { tenant, name } => {

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 pub use crate::reason::ReasonCode;
 
-use crate::credentials::apply::CredentialDeny;
+use crate::credentials::apply::{CredentialDeny, ScanGap};
 use crate::limits::stream::CutReason;
 use crate::limits::{LimitDeny, LimitKind, Measure, Scope, Window};
 
@@ -101,6 +101,9 @@ pub enum Deny {
     ResourceDenied(String),
     /// Policy denied getting an MCP prompt (its name).
     PromptDenied(String),
+    /// The upstream answered a request that carried a substituted secret with a compressed
+    /// body, which cannot be scrubbed of echoed secrets; withheld.
+    UpstreamEncoded,
 }
 
 impl From<crate::identity::IdentityError> for Deny {
@@ -294,6 +297,21 @@ impl Deny {
                     403,
                     ReasonCode::RawCredential,
                     format!("a literal credential in {place} is not accepted for this destination; use a `$CRED{{name}}` handle"),
+                ),
+                CredentialDeny::Repeated(place) => (
+                    400,
+                    ReasonCode::CredentialRepeated,
+                    format!("{place} is given more than once; a credential position holds exactly one `$CRED{{name}}` handle"),
+                ),
+                CredentialDeny::ScanIncomplete(ScanGap::TooLarge(limit)) => (
+                    413,
+                    ReasonCode::CredentialScanIncomplete,
+                    format!("the request body is larger than the {limit} bytes scanned for credentials, and this destination's keys are managed by the proxy"),
+                ),
+                CredentialDeny::ScanIncomplete(ScanGap::Encoded) => (
+                    415,
+                    ReasonCode::CredentialScanIncomplete,
+                    "a request body with a `Content-Encoding` cannot be scanned for credentials, and this destination's keys are managed by the proxy; send it unencoded".into(),
                 ),
             },
             Deny::Limited(l) => {
@@ -515,6 +533,11 @@ impl Deny {
                 ReasonCode::PromptDenied,
                 format!("no policy allows this workload to get MCP prompt `{name}`; nothing was sent to the server"),
             ),
+            Deny::UpstreamEncoded => (
+                502,
+                ReasonCode::UpstreamEncoded,
+                "the upstream answered with a compressed body although the request carried a credential and asked for none; it was withheld, since an echoed secret could not be removed from it".into(),
+            ),
         }
     }
 
@@ -624,6 +647,22 @@ mod tests {
             ),
             (Deny::ResourceDenied("x".into()), 403, "resource_denied"),
             (Deny::PromptDenied("x".into()), 403, "prompt_denied"),
+            (
+                Deny::Credential(CredentialDeny::Repeated("header `authorization`".into())),
+                400,
+                "credential_repeated",
+            ),
+            (
+                Deny::Credential(CredentialDeny::ScanIncomplete(ScanGap::TooLarge(65536))),
+                413,
+                "credential_scan_incomplete",
+            ),
+            (
+                Deny::Credential(CredentialDeny::ScanIncomplete(ScanGap::Encoded)),
+                415,
+                "credential_scan_incomplete",
+            ),
+            (Deny::UpstreamEncoded, 502, "upstream_encoded"),
             (
                 Deny::McpResponseUnfiltered("x".into()),
                 502,

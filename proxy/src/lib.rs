@@ -13,6 +13,9 @@
 //! 6. forward, meter LLM [`usage`] from the response, then [`audit`] one record per request in
 //!    the tenant's own partition, and [`metrics`] by opaque tenant id.
 //!
+//! The process log ([`logging`]) holds no secret at any level: third-party debug lines stay
+//! off, and failures are logged without the upstream bytes pingora keeps in its errors.
+//!
 //! Configuration ([`config`]) has a static part and a tenant part; the tenant part, with keys
 //! and policies, forms a [`snapshot`] swapped atomically on [`reload`].
 //!
@@ -45,6 +48,7 @@ pub mod front;
 pub mod identity;
 pub mod ids;
 pub mod limits;
+pub mod logging;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;

@@ -169,6 +169,16 @@ impl TenantProxy {
                     .then(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
                     .flatten()
             });
+        // SECURITY: a handle in the authority is a position error whatever the target's form
+        // (and before anything else reads the authority).
+        if let Some(refusal) = credentials::apply::handle_in_authority(
+            req.raw_path(),
+            req.uri.authority().map(|a| a.as_str()),
+            req.headers.get(http::header::HOST).map(|v| v.as_bytes()),
+        ) {
+            ctx.credential_names = refusal.credential().map(String::from).into_iter().collect();
+            return Err(Deny::Credential(refusal));
+        }
         let destination = match &tunnel {
             Some(t) => target::tunneled(req.raw_path(), host, &t.host, t.port)?,
             None => target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
@@ -183,7 +193,14 @@ impl TenantProxy {
             &self.shared.bodies,
             limits.client_body_timeout,
         )
-        .await?;
+        .await
+        .map_err(
+            |e| match (&e, front_conn(session).and_then(|c| c.violation())) {
+                // The front knows why a read failed: a framing error, a missed deadline.
+                (body::BodyError::Unreadable, Some(violation)) => Deny::from(violation),
+                _ => Deny::from(e),
+            },
+        )?;
         if let Some(read) = read {
             ctx.body_hold = Some(read.hold);
             let hosts = &self.shared.config.egress.hosts;
@@ -647,6 +664,7 @@ pub(crate) fn resolve_credentials(
     facts: &HttpRequestFacts<'_>,
     req: &RequestHeader,
     body: Option<&Bytes>,
+    body_decoded: bool,
     mut record: Option<&mut Vec<CredentialUse>>,
 ) -> Result<Applied, CredentialDeny> {
     let parts = RequestParts {
@@ -657,6 +675,8 @@ pub(crate) fn resolve_credentials(
             path: facts.path,
             method: facts.method,
         },
+        raw_target: req.raw_path(),
+        authority: req.uri.authority().map(|a| a.as_str()),
         headers: &req.headers,
         path_and_query: &destination.upstream_path,
         body,
@@ -664,6 +684,12 @@ pub(crate) fn resolve_credentials(
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
+        // A body decoded from its `Content-Encoding` is scanned (and sent) decoded.
+        content_encoding: req
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .filter(|_| !body_decoded)
+            .map(|v| v.to_str().unwrap_or("unreadable")),
     };
     let mut authorize_use = |cred: &Credential, position: Position| {
         let use_facts = CredentialFacts {
@@ -705,7 +731,16 @@ fn apply_credentials(
     ctx: &mut RequestCtx,
 ) -> Result<(), Deny> {
     let body = ctx.body.as_ref().map(|b| &b.0);
-    match resolve_credentials(snapshot, tenant, destination, facts, req, body, None) {
+    match resolve_credentials(
+        snapshot,
+        tenant,
+        destination,
+        facts,
+        req,
+        body,
+        ctx.body_decoded,
+        None,
+    ) {
         Ok(mut applied) => {
             if !applied.used.is_empty() {
                 ctx.credential_names = applied.used.iter().map(|c| c.name.clone()).collect();
@@ -801,25 +836,6 @@ fn apply_to_upstream(applied: &Applied, upstream: &mut RequestHeader) -> pingora
     Ok(())
 }
 
-fn scrub_headers(scrubber: &mut Scrubber, resp: &mut ResponseHeader) -> pingora::Result<()> {
-    let mut changes = Vec::new();
-    for (name, value) in resp.headers.iter() {
-        if let Some(clean) = scrubber.scrub_value(value.as_bytes()) {
-            changes.push((name.clone(), clean));
-        }
-    }
-    for (name, clean) in changes {
-        let value = http::HeaderValue::from_bytes(&clean).map_err(|_| {
-            Error::explain(
-                ErrorType::InternalError,
-                "scrubbed header is not a valid value",
-            )
-        })?;
-        resp.insert_header(name, value)?;
-    }
-    Ok(())
-}
-
 /// Where a request's body goes, as far as reading it is concerned: an MCP server's JSON-RPC is
 /// judged by the MCP check after `http`; toward an LLM destination the body is classified or
 /// refused.
@@ -842,6 +858,10 @@ fn front_conn(session: &Session) -> Option<&crate::tunnel::Conn> {
     session
         .stream()
         .and_then(|s| s.as_any().downcast_ref::<crate::tunnel::Conn>())
+}
+
+fn tenant_of(ctx: &RequestCtx) -> &str {
+    Metrics::tenant_label(ctx.tenant.as_ref().map(|t| t.tenant.as_str()))
 }
 
 /// Maps a pingora error to the refusal the client sees.
@@ -1009,10 +1029,15 @@ impl ProxyHttp for TenantProxy {
             upstream.remove_header("baggage");
         }
         upstream.insert_header("traceparent", tenant.trace.traceparent())?;
-        // LLM responses are metered as they stream, MCP tool lists filtered; a compressed
-        // response could not be read.
-        if ctx.model.is_some() || ctx.mcp.is_some() {
-            upstream.remove_header(&http::header::ACCEPT_ENCODING);
+        // LLM responses are metered as they stream, MCP tool lists filtered and echoed secrets
+        // scrubbed: each needs the bytes as sent, so the upstream is asked for no compression
+        // (without `Accept-Encoding` it could pick any), and a WebSocket for no extension
+        // (permessage-deflate would compress frames past the scrubber).
+        if ctx.model.is_some() || ctx.mcp.is_some() || ctx.scrubber.is_some() {
+            upstream.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        }
+        if ctx.scrubber.is_some() {
+            upstream.remove_header(&http::header::SEC_WEBSOCKET_EXTENSIONS);
         }
         Ok(())
     }
@@ -1098,7 +1123,23 @@ impl ProxyHttp for TenantProxy {
             }
         }
         if let Some(scrubber) = ctx.scrubber.as_mut() {
-            scrub_headers(scrubber, upstream_response)?;
+            // SECURITY: the request carried a secret and asked for `identity`; a body still
+            // compressed could hide an echo of it, so it is withheld, never passed on.
+            if credentials::scrub::unreadable_encoding(
+                upstream_response.status.as_u16(),
+                session.req_header().method == http::Method::HEAD,
+                &upstream_response.headers,
+            ) {
+                ctx.outcome = Outcome::Refused(Deny::UpstreamEncoded);
+                return Err(Error::explain(
+                    ErrorType::Custom("upstream_encoded"),
+                    "compressed response to a request that carried a credential",
+                ));
+            }
+            if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                scrubber.upgraded(&upstream_response.headers);
+            }
+            scrubber.scrub_response_header(upstream_response)?;
             if scrubber.replaced > 0 {
                 let tenant = Metrics::tenant_label(ctx.tenant.as_ref().map(|t| t.tenant.as_str()));
                 METRICS
@@ -1282,6 +1323,24 @@ impl ProxyHttp for TenantProxy {
             self.shared.runs.count_refusal(tenant).await;
         }
         self.emit(session, ctx, status);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        // SECURITY: pingora's line prints the error's context, which holds raw upstream bytes
+        // (an echoed `Authorization`); ours names what failed and nothing else.
+        crate::logging::proxy_failure(e, &ctx.request_id, tenant_of(ctx), false);
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        e: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        crate::logging::proxy_failure(e, &ctx.request_id, tenant_of(ctx), true);
+        true
     }
 
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {

@@ -104,6 +104,12 @@ reason_codes! {
     RunClosed => "run_closed",
     /// See `Deny::Internal`.
     Internal => "internal_error",
+    /// A credential position given more than one value.
+    CredentialRepeated => "credential_repeated",
+    /// A body toward a managed destination that cannot be scanned whole.
+    CredentialScanIncomplete => "credential_scan_incomplete",
+    /// See `Deny::UpstreamEncoded`.
+    UpstreamEncoded => "upstream_encoded",
     /// See `Deny::Framing`.
     BadFraming => "bad_framing",
     /// See `Deny::UnsupportedTransferEncoding`.

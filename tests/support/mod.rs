@@ -378,7 +378,8 @@ revoked_jtis_file = "revoked.txt"
             .arg("--config")
             .arg(dir.path().join("tenant-proxy.toml"))
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
+            // Both streams go to proxy.log (one file offset), so tests can search all output.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();

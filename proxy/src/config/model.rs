@@ -905,6 +905,13 @@ impl TenantConfig {
         let mut credential_settings = CredentialSettings::default();
         let credential_source = spec.credentials.and_then(|c| {
             credential_settings.scan_body_max_bytes = c.scan_body_max_bytes;
+            for (i, h) in c.credential_headers.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    p.push(format!("credentials.credential_headers[{i}]"), format!("`{h}` is not a header name"));
+                }
+            }
+            credential_settings.positions =
+                crate::credentials::positions::CredentialPositions::with_extra_headers(&c.credential_headers);
             credential_settings.raw_credential = match c.raw_credential.as_str() {
                 "refuse" => RawCredentialMode::Refuse,
                 "strip" => RawCredentialMode::Strip,
@@ -1193,6 +1200,10 @@ mod tests {
             ("tenants-bad-lifetime.toml", "token.max_lifetime"),
             ("tenants-mcp-unknown-route.toml", "mcp.servers[0].route"),
             ("tenants-bad-region.toml", "destination_regions.us[0]"),
+            (
+                "tenants-bad-credential-header.toml",
+                "credentials.credential_headers[0]",
+            ),
         ];
         for (file, want) in tenant_cases {
             let text = problems_text(

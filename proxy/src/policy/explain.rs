@@ -252,6 +252,7 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
         });
     }
     // The body as the proxy holds it (decoded, for an LLM destination).
+    let decoded = read.as_ref().is_some_and(|r| r.decoded);
     let body = read.map(|r| r.body);
     let mut uses = Vec::new();
     let applied = crate::proxy::resolve_credentials(
@@ -261,6 +262,7 @@ pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, Stri
         &facts,
         &header,
         body.as_ref(),
+        decoded,
         Some(&mut uses),
     );
     let credentials = uses
