@@ -15,10 +15,10 @@ use crate::egress::{Dialer, EgressRules, Resolver, StaticResolver, SystemResolve
 use crate::front::listen::{self, ListenService};
 use crate::identity::mtls::MtlsServer;
 use crate::metrics::METRICS;
-use crate::proxy::Shared;
+use crate::pipeline::caps::TenantCounts;
+use crate::pipeline::Shared;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::tls::ca::{LeafMinter, LocalCa};
-use crate::tunnel::caps::TenantCounts;
 use crate::tunnel::EgressApp;
 
 /// Everything `run` would load, validated without binding ports (`tenant-proxy check`).

@@ -9,7 +9,7 @@
 //!
 //! pingora forwards a body that a filter already read only through its retry buffer (64 KiB).
 //! We read the body ourselves and enable that buffer just before the final read, so pingora calls
-//! `request_body_filter` once at the start of proxying, where [`crate::proxy`] hands over the
+//! `request_body_filter` once at the start of proxying, where the pipeline hands over the
 //! whole buffered body. A chunked body has no known end, so one over 64 KiB must carry a
 //! `Content-Length` instead (`411`).
 

@@ -517,7 +517,7 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             at,
             json,
         } => {
-            use crate::policy::explain;
+            use crate::pipeline::explain;
             let static_config =
                 crate::config::StaticConfig::load(&config).map_err(crate::app::problems_error)?;
             let snapshot = crate::snapshot::Snapshot::load(&static_config)
@@ -546,8 +546,16 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                     None => crate::clock::unix_now_i64(),
                 },
             };
-            let explanation =
-                explain::explain(&snapshot, &described).map_err(anyhow::Error::msg)?;
+            // The proxy's own admission chain decides it (async, like the proxy).
+            let explanation = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(explain::explain(
+                    &static_config,
+                    std::sync::Arc::new(snapshot),
+                    &described,
+                ))
+                .map_err(anyhow::Error::msg)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&explanation)?);
             } else {

@@ -19,6 +19,16 @@ pub enum Decision {
     Deny,
 }
 
+impl Decision {
+    /// `allow` or `deny` (the metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }
+    }
+}
+
 /// A tunnel's id (its `CONNECT` request id) and mode (`intercept` or `opaque`).
 #[derive(Debug, Clone, Serialize)]
 pub struct TunnelFields {

@@ -31,7 +31,6 @@
 //! [`explain`] answers for a described request through the proxy's own decision path, and
 //! [`shadow`] compares a report-only policy set's answers with the enforced ones.
 
-pub mod explain;
 mod load;
 pub mod shadow;
 pub mod testing;
