@@ -707,3 +707,6 @@ impl ProxyHttp for TenantProxy {
 pub fn tenant_label(tenant: Option<&TenantId>) -> &str {
     Metrics::tenant_label(tenant.map(TenantId::as_str))
 }
+
+#[cfg(test)]
+mod tests;

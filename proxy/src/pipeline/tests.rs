@@ -1,0 +1,418 @@
+//! The admission chain's ordering, on a real configuration snapshot with recording effects:
+//! what is asked before what, where each refusal stops the chain, and that a refusal at any
+//! step before the ceilings reserves no allowance.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+
+use super::admit::{self, Admitted, Ask, BodySource, Caller, DecideOnly, Effects, Grant};
+use super::caps::TenantSlot;
+use super::conn::ConnFacts;
+use super::record::{Trail, TunnelMode};
+use crate::audit::AuditSlot;
+use crate::body::BodyHold;
+use crate::config::StaticConfig;
+use crate::context::TenantContext;
+use crate::egress::EgressException;
+use crate::error::Deny;
+use crate::identity::{IdentitySourceKind, ResolvedIdentity};
+use crate::ids::{TenantId, WorkloadId};
+use crate::limits::plan::Plan;
+use crate::limits::Admission;
+use crate::snapshot::Snapshot;
+use crate::tls::ca::LeafMinter;
+
+const POLICIES: &str = r#"
+@id("ok-paths")
+permit (principal, action == TenantProxy::Action::"http", resource)
+when { context.path like "/ok/*" };
+
+@id("ok-tunnels")
+permit (principal, action == TenantProxy::Action::"connect", resource)
+when { resource == TenantProxy::Destination::"ok.test" };
+
+@id("ok-opaque")
+permit (principal, action == TenantProxy::Action::"connect_opaque", resource)
+when { resource == TenantProxy::Destination::"ok.test" };
+
+@id("credentials")
+permit (principal, action == TenantProxy::Action::"use_credential", resource);
+"#;
+
+/// A configuration with tenant acme (workload bot, a request ceiling) and its policies, loaded
+/// as `run` loads it.
+fn configured() -> (tempfile::TempDir, StaticConfig, Arc<Snapshot>) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::create_dir_all(d.join("policies/global")).unwrap();
+    std::fs::copy(
+        root.join("policies/schema.cedarschema"),
+        d.join("policies/schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(d.join("policies/global/test.cedar"), POLICIES).unwrap();
+    std::fs::write(
+        d.join("tenants.toml"),
+        "policy_dir = \"policies\"\n[tenants.acme]\nplan = \"pro\"\nregion = \"eu\"\nworkloads = [\"bot\"]\n[tenants.acme.limits]\nrequests_per_second = 100\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("tenant-proxy.toml"),
+        "tenants_file = \"tenants.toml\"\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nidentity = [\"binding\"]\nbinding = { tenant = \"acme\", workload = \"bot\" }\n[audit]\ndir = \"audit\"\n[egress]\nconnect_ports = [443]\n",
+    )
+    .unwrap();
+    let config = StaticConfig::load(&d.join("tenant-proxy.toml")).unwrap();
+    let snapshot = Arc::new(Snapshot::load(&config).unwrap());
+    (dir, config, snapshot)
+}
+
+/// Effects that record what was asked of them, in order, and refuse at one named step.
+struct Recording<'a> {
+    config: &'a StaticConfig,
+    calls: Mutex<Vec<&'static str>>,
+    fail_at: Option<&'static str>,
+}
+
+impl<'a> Recording<'a> {
+    fn new(config: &'a StaticConfig, fail_at: Option<&'static str>) -> Self {
+        Self {
+            config,
+            calls: Mutex::new(Vec::new()),
+            fail_at,
+        }
+    }
+
+    fn step(&self, name: &'static str, deny: Deny) -> Result<(), Deny> {
+        self.calls.lock().unwrap().push(name);
+        if self.fail_at == Some(name) {
+            Err(deny)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn calls(&self) -> Vec<&'static str> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Effects for Recording<'_> {
+    fn config(&self) -> &StaticConfig {
+        self.config
+    }
+    fn reserve_audit(&self) -> Result<Option<AuditSlot>, Deny> {
+        self.step("audit", Deny::AuditUnavailable).map(|_| None)
+    }
+    fn admit_tenant(&self, _: &mut Option<AuditSlot>, _: &TenantId) -> Result<(), Deny> {
+        self.step("partition", Deny::AuditUnavailable)
+    }
+    fn count_connection(
+        &self,
+        _: Option<&ConnFacts>,
+        _: &TenantId,
+    ) -> Result<Option<TenantSlot>, Deny> {
+        self.step("connection", Deny::ConnectionLimit(1))
+            .map(|_| None)
+    }
+    async fn sight_run(&self, _: &TenantContext, _: Duration) -> Result<(), Deny> {
+        self.step("run", Deny::RunClosed)
+    }
+    async fn read_body(&self, _: &mut Session) -> Result<Option<(Bytes, Option<BodyHold>)>, Deny> {
+        Ok(None)
+    }
+    fn open_tunnel(&self, _: &TenantId, max: u32) -> Result<Option<TenantSlot>, Deny> {
+        self.step("tunnel_cap", Deny::TunnelLimit(max))
+            .map(|_| None)
+    }
+    async fn resolve(
+        &self,
+        _: &str,
+        port: u16,
+        _: &[EgressException],
+        _: &TenantContext,
+    ) -> Result<SocketAddr, Deny> {
+        self.step("egress", Deny::DestinationForbidden("private".into()))
+            .map(|_| SocketAddr::from(([192, 0, 2, 1], port)))
+    }
+    async fn reserve(&self, _: &Plan) -> Result<Option<Admission>, Deny> {
+        self.step("limits", Deny::LimiterUnavailable).map(|_| None)
+    }
+    fn minter(&self) -> Option<Arc<LeafMinter>> {
+        None
+    }
+}
+
+fn acme() -> Box<ResolvedIdentity> {
+    Box::new(ResolvedIdentity {
+        tenant: TenantId::new("acme").unwrap(),
+        workload: WorkloadId::new("bot").unwrap(),
+        source: IdentitySourceKind::Binding,
+        token: None,
+    })
+}
+
+fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> RequestHeader {
+    let mut h = RequestHeader::build(method, url.as_bytes(), None).unwrap();
+    let host = url.split("//").nth(1).unwrap().split('/').next().unwrap();
+    h.insert_header("host", host).unwrap();
+    for (k, v) in headers {
+        h.append_header(k.to_string(), *v).unwrap();
+    }
+    h
+}
+
+/// Runs an HTTP request through the chain: the refusal's code (or `allowed`) and the trail.
+async fn http(
+    fx: &dyn Effects,
+    snapshot: &Arc<Snapshot>,
+    header: &RequestHeader,
+    body: Option<&str>,
+) -> (String, Trail) {
+    let mut trail = Trail::new(Arc::from("l"), String::new());
+    let ask = Ask::Http {
+        source: BodySource::Given(header, body.map(|b| Bytes::from(b.to_string()))),
+        tunnel: None,
+    };
+    let got = admit::admit(
+        fx,
+        snapshot.clone(),
+        Caller::Named(acme()),
+        ask,
+        &mut trail,
+        &mut (),
+    )
+    .await;
+    (code(&got), trail)
+}
+
+fn code(got: &Result<Admitted, Deny>) -> String {
+    match got {
+        Ok(_) => "allowed".into(),
+        Err(d) => d.code().as_str().into(),
+    }
+}
+
+#[tokio::test]
+async fn an_allowed_request_goes_through_every_step_in_order() {
+    let (_dir, config, snapshot) = configured();
+    let fx = Recording::new(&config, None);
+    let header = request("GET", "http://api.ok.test/ok/x", &[]);
+    let (code, trail) = http(&fx, &snapshot, &header, None).await;
+    assert_eq!(code, "allowed");
+    // (A described request has no client connection to count; a tunnel's is counted below.)
+    assert_eq!(
+        fx.calls(),
+        ["audit", "partition", "run", "egress", "limits"]
+    );
+    assert_eq!(
+        trail.decision.as_ref().map(|d| d.policy_ids.clone()),
+        Some(vec!["ok-paths".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn each_refusal_stops_the_chain_and_reserves_no_allowance() {
+    let (_dir, config, snapshot) = configured();
+    let header = request("GET", "http://api.ok.test/ok/x", &[]);
+    // (step that refuses, code, what must not have been asked)
+    let cases = [
+        (
+            "audit",
+            "audit_unavailable",
+            vec!["partition", "run", "egress", "limits"],
+        ),
+        (
+            "partition",
+            "audit_unavailable",
+            vec!["run", "egress", "limits"],
+        ),
+        ("run", "run_closed", vec!["egress", "limits"]),
+        ("egress", "destination_forbidden", vec!["limits"]),
+        ("limits", "limiter_unavailable", vec![]),
+    ];
+    for (step, want, never) in cases {
+        let fx = Recording::new(&config, Some(step));
+        let (code, _) = http(&fx, &snapshot, &header, None).await;
+        assert_eq!(code, want, "refused at {step}");
+        let calls = fx.calls();
+        assert_eq!(calls.last(), Some(&step), "{step}: {calls:?}");
+        for later in never {
+            assert!(
+                !calls.contains(&later),
+                "{step} refused, yet {later} was asked: {calls:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn what_is_refused_on_its_face_is_refused_before_any_name_is_resolved() {
+    let (_dir, config, snapshot) = configured();
+    let cases: [(&str, RequestHeader, Option<&str>); 5] = [
+        (
+            "policy",
+            request("GET", "http://api.ok.test/no/x", &[]),
+            None,
+        ),
+        (
+            "connection header",
+            request("GET", "http://api.ok.test/ok/x", &[("connection", "host")]),
+            None,
+        ),
+        (
+            "handle in host",
+            {
+                let mut h = request("GET", "http://api.ok.test/ok/x", &[]);
+                h.insert_header("host", "$CRED{k}").unwrap();
+                h
+            },
+            None,
+        ),
+        (
+            "ambiguous body",
+            request("POST", "http://api.ok.test/ok/x", &[]),
+            Some(r#"{"model":"a","model":"b"}"#),
+        ),
+        (
+            "connect method",
+            request("CONNECT", "http://api.ok.test/ok/x", &[]),
+            None,
+        ),
+    ];
+    for (name, header, body) in cases {
+        let fx = Recording::new(&config, None);
+        let (code, _) = http(&fx, &snapshot, &header, body).await;
+        assert_ne!(code, "allowed", "{name}");
+        let calls = fx.calls();
+        assert!(
+            !calls.contains(&"egress") && !calls.contains(&"limits"),
+            "{name} ({code}): {calls:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_credential_is_refused_after_policy_and_egress_but_before_limits() {
+    let (_dir, config, snapshot) = configured();
+    let fx = Recording::new(&config, None);
+    let header = request(
+        "GET",
+        "http://api.ok.test/ok/x",
+        &[("authorization", "Bearer $CRED{nope}")],
+    );
+    let (code, trail) = http(&fx, &snapshot, &header, None).await;
+    assert_eq!(code, "credential_unknown");
+    assert!(!fx.calls().contains(&"limits"), "{:?}", fx.calls());
+    assert_eq!(trail.credentials, ["nope"]);
+}
+
+/// Runs a `CONNECT` to `host:port` through the chain.
+async fn connect(
+    fx: &Recording<'_>,
+    snapshot: &Arc<Snapshot>,
+    header: &RequestHeader,
+    host: &str,
+    port: u16,
+) -> (Result<Admitted, Deny>, Trail) {
+    let ask = Ask::Connect {
+        header,
+        ssl: None,
+        host,
+        port,
+    };
+    let mut trail = Trail::new(Arc::from("l"), "CONNECT".into());
+    let got = admit::admit(
+        fx,
+        snapshot.clone(),
+        Caller::Named(acme()),
+        ask,
+        &mut trail,
+        &mut (),
+    )
+    .await;
+    (got, trail)
+}
+
+#[tokio::test]
+async fn a_tunnel_is_decided_by_port_then_policy_then_cap_then_egress() {
+    let (_dir, config, snapshot) = configured();
+    let header = RequestHeader::build("CONNECT", b"ok.test:443", None).unwrap();
+    let fx = Recording::new(&config, None);
+    let (got, trail) = connect(&fx, &snapshot, &header, "ok.test", 443).await;
+    match got {
+        Ok(Admitted {
+            grant: Grant::Tunnel(g),
+            ..
+        }) => assert_eq!(g.mode, TunnelMode::Opaque),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert_eq!(trail.tunnel_mode, Some(TunnelMode::Opaque));
+    assert_eq!(
+        fx.calls(),
+        [
+            "audit",
+            "partition",
+            "connection",
+            "run",
+            "tunnel_cap",
+            "egress"
+        ]
+    );
+    let fx = Recording::new(&config, None);
+    let (got, _) = connect(&fx, &snapshot, &header, "ok.test", 8443).await;
+    assert_eq!(code(&got), "connect_port_forbidden");
+    assert!(!fx.calls().contains(&"tunnel_cap"));
+    let fx = Recording::new(&config, None);
+    let (got, _) = connect(&fx, &snapshot, &header, "other.test", 443).await;
+    assert_eq!(code(&got), "policy_denied");
+    assert!(!fx.calls().contains(&"tunnel_cap") && !fx.calls().contains(&"egress"));
+    let fx = Recording::new(&config, Some("connection"));
+    let (got, _) = connect(&fx, &snapshot, &header, "ok.test", 443).await;
+    assert_eq!(code(&got), "connection_limit");
+    assert!(!fx.calls().contains(&"run") && !fx.calls().contains(&"egress"));
+    let fx = Recording::new(&config, Some("tunnel_cap"));
+    let (got, _) = connect(&fx, &snapshot, &header, "ok.test", 443).await;
+    assert_eq!(code(&got), "tunnel_limit");
+    assert!(!fx.calls().contains(&"egress"));
+}
+
+#[tokio::test]
+async fn explain_decides_exactly_as_the_proxy_would() {
+    let (_dir, config, snapshot) = configured();
+    let cases: [(RequestHeader, Option<&str>); 4] = [
+        (request("GET", "http://api.ok.test/ok/x", &[]), None),
+        (request("GET", "http://api.ok.test/no/x", &[]), None),
+        (
+            request(
+                "GET",
+                "http://api.ok.test/ok/x",
+                &[("authorization", "Bearer $CRED{nope}")],
+            ),
+            None,
+        ),
+        (
+            request("POST", "http://api.ok.test/ok/x", &[]),
+            Some(r#"{"model":"a","model":"b"}"#),
+        ),
+    ];
+    for (header, body) in cases {
+        let serving = Recording::new(&config, None);
+        let (served, _) = http(&serving, &snapshot, &header, body).await;
+        let explaining = DecideOnly {
+            config: &config,
+            now: crate::clock::unix_now_i64(),
+        };
+        let (explained, _) = http(&explaining, &snapshot, &header, body).await;
+        assert_eq!(served, explained, "{}", header.uri);
+    }
+}
