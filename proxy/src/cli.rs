@@ -595,7 +595,8 @@ fn read_usage(
     period: crate::limits::report::ReportPeriod,
     run: Option<&str>,
 ) -> anyhow::Result<crate::limits::report::UsageReport> {
-    use crate::config::model::{LimiterSettings, TenantConfig};
+    use crate::config::TenantConfig;
+    use crate::limits::LimiterSettings;
     let static_config =
         crate::config::StaticConfig::load(config).map_err(crate::app::problems_error)?;
     let tenant = TenantId::new(tenant)?;
@@ -911,10 +912,12 @@ fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn cred_command(config: &std::path::Path, command: CredCommand) -> anyhow::Result<ExitCode> {
-    use crate::config::model::{parse_positions, CredentialSource, TenantConfig};
+    use crate::config::TenantConfig;
     use crate::credentials::binding::parse_binding;
     use crate::credentials::secret::SecretValue;
+    use crate::credentials::settings::parse_positions;
     use crate::credentials::vault::{MasterKey, Vault};
+    use crate::credentials::CredentialSource;
 
     if let CredCommand::InitMaster { out } = &command {
         let (_, text) = MasterKey::generate()?;

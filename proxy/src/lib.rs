@@ -53,6 +53,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod pricing;
+pub mod problems;
 pub mod reason;
 pub mod reload;
 pub mod runs;
