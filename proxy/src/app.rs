@@ -10,10 +10,11 @@ use pingora::server::Server;
 
 use crate::admin::AdminApp;
 use crate::audit::AuditSink;
-use crate::config::{ConfigProblem, LogFormat, StaticConfig};
+use crate::config::{ConfigProblem, StaticConfig};
 use crate::egress::{Dialer, EgressRules, Resolver, StaticResolver, SystemResolver};
 use crate::front::listen::{self, ListenService};
 use crate::identity::mtls::MtlsServer;
+use crate::logging::LogFormat;
 use crate::metrics::METRICS;
 use crate::pipeline::caps::TenantCounts;
 use crate::pipeline::Shared;
@@ -22,12 +23,40 @@ use crate::tls::ca::{LeafMinter, LocalCa};
 use crate::tunnel::EgressApp;
 
 /// Everything `run` would load, validated without binding ports (`tenant-proxy check`).
+///
+/// Every stage runs with what the stages before it left valid, so one pass lists the static
+/// file's problems, the tenant file's, and those of the keys, credentials and policies it
+/// names. When the static file does not parse, its `tenants_file` is still read (if the file
+/// is TOML at all) so the tenant stages run; when even that fails, they are reported as not
+/// checked.
 pub fn check(
     config_path: &std::path::Path,
 ) -> Result<(StaticConfig, Snapshot), Vec<ConfigProblem>> {
-    let static_config = StaticConfig::load(config_path)?;
-    let snapshot = Snapshot::load(&static_config)?;
-    Ok((static_config, snapshot))
+    let (static_config, mut problems) = match StaticConfig::check(config_path) {
+        Ok(checked) => (Some(checked.value), checked.problems),
+        Err(problems) => (None, problems),
+    };
+    let tenants_file = match &static_config {
+        Some(s) => Some(s.tenants_file.clone()),
+        None => crate::config::tenants_file_named_by(config_path).ok(),
+    };
+    let snapshot = match tenants_file {
+        Some(file) => Snapshot::check(&file, static_config.as_ref(), &mut problems),
+        None => {
+            problems.push(ConfigProblem::file(
+                config_path,
+                "the tenant file, its token keys, credentials and policies were not checked: \
+                 this file names no `tenants_file` that could be read",
+            ));
+            None
+        }
+    };
+    match (static_config, snapshot) {
+        (Some(static_config), Some(snapshot)) if problems.is_empty() => {
+            Ok((static_config, snapshot))
+        }
+        _ => Err(problems),
+    }
 }
 
 /// Starts the logger (see [`crate::logging`]: no level setting opens third-party debug lines).
@@ -205,4 +234,178 @@ fn ca_bundle(config: &StaticConfig) -> anyhow::Result<Option<String>> {
 pub fn problems_error(problems: Vec<ConfigProblem>) -> anyhow::Error {
     let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
     anyhow::anyhow!("configuration rejected:\n{}", list.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const GOOD_STATIC: &str = r#"tenants_file = "tenants.toml"
+[audit]
+dir = "audit"
+[[listener]]
+name = "sidecar"
+listen = "127.0.0.1:1"
+identity = ["binding"]
+binding = { tenant = "acme", workload = "bot" }
+"#;
+
+    const GOOD_TENANTS: &str = r#"policy_dir = "policies"
+[tenants.acme]
+plan = "pro"
+region = "eu"
+workloads = ["bot"]
+"#;
+
+    /// A configuration directory: `tenant-proxy.toml`, `tenants.toml` and a policy directory
+    /// with the project's schema and one tenant policy.
+    fn config_dir(static_toml: &str, tenants_toml: &str, acme_policy: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("dir");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(policies.join("global")).expect("mkdir");
+        std::fs::create_dir_all(policies.join("tenants/acme")).expect("mkdir");
+        std::fs::copy(
+            root.join("policies/schema.cedarschema"),
+            policies.join("schema.cedarschema"),
+        )
+        .expect("schema");
+        std::fs::write(policies.join("tenants/acme/acme.cedar"), acme_policy).expect("policy");
+        std::fs::write(dir.path().join("tenant-proxy.toml"), static_toml).expect("static");
+        std::fs::write(dir.path().join("tenants.toml"), tenants_toml).expect("tenants");
+        dir
+    }
+
+    const GOOD_POLICY: &str = "permit (principal, action, resource);\n";
+
+    /// Every problem `check` reports for the configuration in `dir`, as printed.
+    fn problems_of(dir: &tempfile::TempDir) -> Vec<String> {
+        let problems = check(&dir.path().join("tenant-proxy.toml")).expect_err("broken");
+        problems.iter().map(ToString::to_string).collect()
+    }
+
+    fn has(problems: &[String], file: &str, what: &str) -> bool {
+        problems
+            .iter()
+            .any(|p| p.contains(file) && p.contains(what))
+    }
+
+    #[test]
+    fn a_good_configuration_checks_clean() {
+        let dir = config_dir(GOOD_STATIC, GOOD_TENANTS, GOOD_POLICY);
+        let (static_config, snapshot) = check(&dir.path().join("tenant-proxy.toml")).expect("good");
+        assert_eq!(static_config.listeners.len(), 1);
+        assert_eq!(snapshot.tenants.tenants.len(), 1);
+    }
+
+    #[test]
+    fn every_stage_reports_its_problems_in_one_pass() {
+        // Broken at once: the static file (a duration, a reference into the tenant file), the
+        // tenant file (a route), the token keys it names (missing JWKS), its credentials (a
+        // declared secret file that is missing) and its policies (a syntax error).
+        let static_toml = GOOD_STATIC
+            .replace("workload = \"bot\"", "workload = \"ghost\"")
+            .replace("[audit]", "[upstream]\nconnect_timeout = \"soon\"\n[audit]");
+        let tenants_toml = format!(
+            "{GOOD_TENANTS}{}",
+            r#"[token]
+jwks_file = "missing-jwks.json"
+[[route]]
+name = "r"
+prefix = "openai"
+upstream = "https://api.openai.com/"
+[credentials]
+files_dir = "secrets"
+[[credentials.file]]
+tenant = "acme"
+name = "openai"
+bind = ["api.openai.com"]
+"#
+        );
+        let dir = config_dir(&static_toml, &tenants_toml, "permit (principal, action");
+        let problems = problems_of(&dir);
+        #[rustfmt::skip]
+        let expected = [
+            ("static file", "tenant-proxy.toml", "upstream.connect_timeout: `soon` is not a duration"),
+            ("static file's reference", "tenant-proxy.toml", "listener[0].binding: tenant `acme` has no workload `ghost`"),
+            ("tenant file", "tenants.toml", "route[0].prefix: `openai` must start and end with `/`"),
+            ("token keys", "missing-jwks.json", "cannot read JWKS"),
+            ("credentials", "secrets", "openai"),
+            ("policies", "acme.cedar", ""),
+        ];
+        for (stage, file, what) in expected {
+            assert!(has(&problems, file, what), "{stage}: {problems:#?}");
+        }
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    }
+
+    #[test]
+    fn a_static_file_that_does_not_parse_still_gets_its_tenant_file_checked() {
+        // An unknown enum value is a parse error of the static file; the tenant file it names,
+        // and that file's policies, are still checked.
+        let static_toml = format!("{GOOD_STATIC}[log]\nformat = \"yaml\"\n");
+        let tenants_toml = GOOD_TENANTS.replace("workloads = [\"bot\"]", "workloads = []");
+        let dir = config_dir(&static_toml, &tenants_toml, "permit (principal, action");
+        let problems = problems_of(&dir);
+        assert!(
+            has(
+                &problems,
+                "tenant-proxy.toml:10:10",
+                "unknown variant `yaml`, expected `text` or `json`"
+            ),
+            "{problems:#?}"
+        );
+        assert!(
+            has(
+                &problems,
+                "tenants.toml",
+                "tenants.acme.workloads: list at least one workload"
+            ),
+            "{problems:#?}"
+        );
+        assert!(has(&problems, "acme.cedar", ""), "{problems:#?}");
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+    }
+
+    #[test]
+    fn a_stage_without_its_input_is_reported_as_not_checked() {
+        // The static file is not TOML: nothing names the tenant file.
+        let dir = config_dir("tenants_file = \n", GOOD_TENANTS, GOOD_POLICY);
+        let problems = problems_of(&dir);
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(has(&problems, "tenant-proxy.toml:1:", ""), "{problems:#?}");
+        assert!(
+            has(
+                &problems,
+                "tenant-proxy.toml",
+                "the tenant file, its token keys, credentials and policies were not checked"
+            ),
+            "{problems:#?}"
+        );
+
+        // The tenant file does not parse: the static file's own problems are still listed, and
+        // the keys, credentials and policies are reported as not checked.
+        let static_toml = GOOD_STATIC.replace("[audit]", "[server]\nthreads = 0\n[audit]");
+        let dir = config_dir(
+            &static_toml,
+            "policy_dir = 7\n",
+            "permit (principal, action",
+        );
+        let problems = problems_of(&dir);
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(
+            has(
+                &problems,
+                "tenant-proxy.toml",
+                "server.threads: must be at least 1"
+            ),
+            "{problems:#?}"
+        );
+        assert!(has(&problems, "tenants.toml:1:14", ""), "{problems:#?}");
+        assert!(
+            has(&problems, "tenants.toml", "not checked"),
+            "{problems:#?}"
+        );
+    }
 }

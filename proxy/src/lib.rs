@@ -16,8 +16,9 @@
 //! The process log ([`logging`]) holds no secret at any level: third-party debug lines stay
 //! off, and failures are logged without the upstream bytes pingora keeps in its errors.
 //!
-//! Configuration ([`config`]) has a static part and a tenant part; the tenant part, with keys
-//! and policies, forms a [`snapshot`] swapped atomically on [`reload`].
+//! Configuration ([`config`]) has a static part and a tenant part; each section is validated by
+//! the concern that owns it, reporting into [`problems`]. The tenant part, with keys and
+//! policies, forms a [`snapshot`] swapped atomically on [`reload`].
 //!
 //! HTTPS arrives as CONNECT ([`tunnel`]): the tunnel is decided by Cedar, then either
 //! terminated with a leaf minted by the deployment's local CA ([`tls`]) so each inner request
@@ -53,6 +54,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod pricing;
+pub mod problems;
 pub mod reason;
 pub mod reload;
 pub mod runs;

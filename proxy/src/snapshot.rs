@@ -10,10 +10,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::model::TenantConfig;
-use crate::config::{ConfigProblem, StaticConfig};
+use crate::config::{ConfigProblem, StaticConfig, TenantConfig};
 use crate::credentials::CredentialSet;
-use crate::identity::token::{KeySet, TokenSettings, TokenVerifier};
+use crate::identity::token::{KeySet, TokenConfig, TokenVerifier};
 use crate::identity::IdentitySourceKind;
 use crate::metrics::METRICS;
 use crate::policy::{PolicyEngine, TenantInfo};
@@ -41,75 +40,48 @@ impl Snapshot {
     /// Loads and validates the tenant file, keys, revocations and policies. Returns every
     /// problem found.
     pub fn load(static_config: &StaticConfig) -> Result<Self, Vec<ConfigProblem>> {
-        let tenants = TenantConfig::load(&static_config.tenants_file)?;
         let mut problems = Vec::new();
+        Self::check(
+            &static_config.tenants_file,
+            Some(static_config),
+            &mut problems,
+        )
+        .ok_or(problems)
+    }
 
-        for (i, listener) in static_config.listeners.iter().enumerate() {
-            if let Some(b) = &listener.identity.binding {
-                if !tenants.has_workload(&b.tenant, &b.workload) {
-                    problems.push(ConfigProblem::at(
-                        &static_config.path,
-                        format!("listener[{i}].binding"),
-                        format!(
-                            "tenant `{}` has no workload `{}` in `{}`",
-                            b.tenant,
-                            b.workload,
-                            tenants.path.display()
-                        ),
-                    ));
-                }
+    /// Runs every stage of a load, each with what the stages before it left valid, and adds
+    /// every problem to `problems`: the tenant file; the static file's references into it (when
+    /// `static_config` could be read); then the token keys and revocations, the credentials and
+    /// the policies. A stage that cannot run at all (the tenant file does not parse) is
+    /// reported as not checked. The snapshot is built only when `problems` is empty at the end
+    /// (problems of an earlier stage passed in, such as the static file's, count too).
+    pub fn check(
+        tenants_file: &Path,
+        static_config: Option<&StaticConfig>,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> Option<Self> {
+        let tenants = match TenantConfig::check(tenants_file) {
+            Ok(checked) => {
+                problems.extend(checked.problems);
+                checked.value
             }
-            if listener
-                .identity
-                .sources
-                .contains(&IdentitySourceKind::Token)
-                && tenants.token.is_none()
-            {
-                problems.push(ConfigProblem::at(
-                    &static_config.path,
-                    format!("listener[{i}].identity"),
-                    format!(
-                        "identity source `token` needs a `[token]` section in `{}`",
-                        tenants.path.display()
-                    ),
+            Err(unreadable) => {
+                problems.extend(unreadable);
+                problems.push(ConfigProblem::file(
+                    tenants_file,
+                    "the token keys, credentials and policies it names were not checked: the file \
+                     could not be read",
                 ));
-            }
-        }
-
-        let tokens = match &tenants.token {
-            None => None,
-            Some(t) => {
-                let keys = std::fs::read_to_string(&t.jwks_file)
-                    .map_err(|e| {
-                        ConfigProblem::file(&t.jwks_file, format!("cannot read JWKS: {e}"))
-                    })
-                    .and_then(|text| {
-                        KeySet::from_jwks_json(&text)
-                            .map_err(|e| ConfigProblem::file(&t.jwks_file, e.to_string()))
-                    });
-                let revoked = match &t.revoked_jtis_file {
-                    None => Ok(HashSet::new()),
-                    Some(f) => read_revocations(f),
-                };
-                match (keys, revoked) {
-                    (Ok(keys), Ok(revoked)) => {
-                        let settings = TokenSettings {
-                            audience: t.audience.clone(),
-                            issuer: t.issuer.clone(),
-                            max_lifetime: t.max_lifetime,
-                            leeway: t.leeway,
-                        };
-                        Some(TokenVerifier::new(settings, keys, revoked))
-                    }
-                    (keys, revoked) => {
-                        problems.extend(keys.err());
-                        problems.extend(revoked.err());
-                        None
-                    }
-                }
+                return None;
             }
         };
-
+        if let Some(static_config) = static_config {
+            check_listener_references(static_config, &tenants, problems);
+        }
+        let tokens = tenants
+            .token
+            .as_ref()
+            .and_then(|t| load_tokens(t, problems));
         let credentials = match &tenants.credential_source {
             None => Some(CredentialSet::default()),
             Some(source) => source
@@ -118,27 +90,27 @@ impl Snapshot {
                 .map_err(|e| problems.push(ConfigProblem::file(&e.path, e.message)))
                 .ok(),
         };
-
         let infos = tenant_infos(&tenants);
-        let policy = load_policies(&tenants.policy_dir, &infos, &mut problems);
+        let policy = load_policies(&tenants.policy_dir, &infos, problems);
         // The shadow set is held to the same checks: a broken one fails the load (or the
         // reload, which keeps the last good pair) rather than silently reporting nothing.
-        let shadow_policy = tenants
-            .shadow_policy_dir
-            .as_ref()
-            .map(|dir| load_policies(dir, &infos, &mut problems));
-
-        // A shadow set that failed to load left problems, so it is never silently dropped here.
-        match (policy, credentials) {
-            (Some(policy), Some(credentials)) if problems.is_empty() => Ok(Snapshot {
-                tenants,
-                tokens,
-                policy,
-                shadow_policy: shadow_policy.flatten(),
-                credentials: Arc::new(credentials),
-                generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
-            }),
-            _ => Err(problems),
+        let shadow_policy = match &tenants.shadow_policy_dir {
+            None => Some(None),
+            Some(dir) => load_policies(dir, &infos, problems).map(Some),
+        };
+        // A piece that failed left a problem, so nothing is silently dropped here.
+        match (policy, shadow_policy, credentials) {
+            (Some(policy), Some(shadow_policy), Some(credentials)) if problems.is_empty() => {
+                Some(Snapshot {
+                    tenants,
+                    tokens,
+                    policy,
+                    shadow_policy,
+                    credentials: Arc::new(credentials),
+                    generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+                })
+            }
+            _ => None,
         }
     }
 
@@ -164,6 +136,72 @@ impl Snapshot {
             paths.extend(source.store().watched_paths());
         }
         paths
+    }
+}
+
+/// The static file's references into the tenant file: each listener's bound workload exists,
+/// and a listener that accepts tokens has a `[token]` section to verify them with.
+fn check_listener_references(
+    static_config: &StaticConfig,
+    tenants: &TenantConfig,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    for (i, listener) in static_config.listeners.iter().enumerate() {
+        if let Some(b) = &listener.identity.binding {
+            if !tenants.has_workload(&b.tenant, &b.workload) {
+                problems.push(ConfigProblem::at(
+                    &static_config.path,
+                    format!("listener[{i}].binding"),
+                    format!(
+                        "tenant `{}` has no workload `{}` in `{}`",
+                        b.tenant,
+                        b.workload,
+                        tenants.path.display()
+                    ),
+                ));
+            }
+        }
+        if listener
+            .identity
+            .sources
+            .contains(&IdentitySourceKind::Token)
+            && tenants.token.is_none()
+        {
+            problems.push(ConfigProblem::at(
+                &static_config.path,
+                format!("listener[{i}].identity"),
+                format!(
+                    "identity source `token` needs a `[token]` section in `{}`",
+                    tenants.path.display()
+                ),
+            ));
+        }
+    }
+}
+
+/// The token verifier: the JWKS and the revocation list, both read (and both reported).
+fn load_tokens(config: &TokenConfig, problems: &mut Vec<ConfigProblem>) -> Option<TokenVerifier> {
+    let keys = std::fs::read_to_string(&config.jwks_file)
+        .map_err(|e| ConfigProblem::file(&config.jwks_file, format!("cannot read JWKS: {e}")))
+        .and_then(|text| {
+            KeySet::from_jwks_json(&text)
+                .map_err(|e| ConfigProblem::file(&config.jwks_file, e.to_string()))
+        });
+    let revoked = match &config.revoked_jtis_file {
+        None => Ok(HashSet::new()),
+        Some(f) => read_revocations(f),
+    };
+    match (keys, revoked) {
+        (Ok(keys), Ok(revoked)) => Some(TokenVerifier::new(
+            config.verifier_settings(),
+            keys,
+            revoked,
+        )),
+        (keys, revoked) => {
+            problems.extend(keys.err());
+            problems.extend(revoked.err());
+            None
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod export;
 pub mod layout;
 mod record;
+pub mod settings;
 pub mod stream;
 mod tail;
 pub mod verify;
@@ -29,8 +30,7 @@ pub use record::{
     AuditEntry, AuditRecord, Decision as AuditDecision, EventKind, McpFields, RunEnd, RunEvent,
     RunTotals, TunnelFields,
 };
-use std::path::PathBuf;
-use std::time::Duration;
+pub use settings::{AuditSettings, AuditSpec, AuditStreamSettings, FsyncPolicy};
 pub use writer::AuditWriter;
 
 use std::sync::atomic::Ordering;
@@ -189,44 +189,3 @@ fn refused(tenant: Option<&TenantId>) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the audit log cannot record this request right now")]
 pub struct AuditUnavailable;
-
-/// When audit batches are made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// fsync after every written batch.
-    Batch,
-    /// Leave flushing to the OS.
-    None,
-}
-
-/// Audit sink settings.
-#[derive(Debug, Clone)]
-pub struct AuditSettings {
-    /// Root directory of the per-tenant partitions.
-    pub dir: PathBuf,
-    /// Queue capacity (records in flight or waiting).
-    pub queue_capacity: usize,
-    /// Durability policy.
-    pub fsync: FsyncPolicy,
-    /// Longest delay before a batch is written.
-    pub flush_interval: Duration,
-    /// Size at which a day's file continues in a new part.
-    pub max_file_bytes: u64,
-    /// How often each tenant's chain head is signed.
-    pub checkpoint_interval: Duration,
-    /// The checkpoint signing key; `None` generates one per start.
-    pub signing_key: Option<PathBuf>,
-    /// The optional Redis Stream sink.
-    pub stream: Option<AuditStreamSettings>,
-}
-
-/// The Redis Stream audit sink.
-#[derive(Debug, Clone)]
-pub struct AuditStreamSettings {
-    /// `redis://…`.
-    pub url: String,
-    /// Whether a failing stream refuses requests.
-    pub required: bool,
-    /// Approximate length each tenant's stream is trimmed to.
-    pub maxlen: u64,
-}

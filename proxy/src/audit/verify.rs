@@ -166,179 +166,178 @@ fn finding(reason: Problem, at: Option<String>, detail: String) -> Finding {
     Finding { reason, at, detail }
 }
 
+fn unreadable(what: &Path, e: std::io::Error) -> Finding {
+    finding(
+        Problem::Unreadable,
+        None,
+        format!("cannot read `{}`: {e}", what.display()),
+    )
+}
+
+/// The checks, in order: read the records into the chain, walk its links, then the checkpoints
+/// against it. The first problem ends the check; `report` holds what verified until then.
 fn check(
     tenant_dir: &Path,
     tenant: &str,
     keys: &Keys,
     report: &mut TenantReport,
 ) -> Result<(), Finding> {
-    let unreadable = |what: &Path, e: std::io::Error| {
-        finding(
-            Problem::Unreadable,
-            None,
-            format!("cannot read `{}`: {e}", what.display()),
-        )
-    };
     let files = layout::record_files(tenant_dir).map_err(|e| unreadable(tenant_dir, e))?;
-    let names: Vec<String> = files.iter().map(|p| p.rel()).collect();
-    let at = |file: usize, line: usize| {
-        Some(format!(
-            "{}:{}",
-            names.get(file).map_or("?", String::as_str),
-            line
-        ))
+    let partition = Partition {
+        dir: tenant_dir,
+        tenant,
+        names: files.iter().map(|p| p.rel()).collect(),
     };
-
-    // Read every complete line into the chain.
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut torn: Option<String> = None;
-    for (fi, pos) in files.iter().enumerate() {
-        let path = pos.path(tenant_dir);
-        let bytes = fs::read(&path).map_err(|e| unreadable(&path, e))?;
-        let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
-        // After the last newline: empty for a complete file, else a torn line.
-        let rest = lines.pop().unwrap_or_default();
-        if !rest.is_empty() {
-            if fi + 1 == files.len() {
-                torn = Some(format!("{}:{}", pos.rel(), lines.len() + 1));
-            } else {
-                return Err(finding(
-                    Problem::Modified,
-                    at(fi, lines.len() + 1),
-                    "a file before the newest ends in an incomplete line".into(),
-                ));
-            }
-        }
-        for (li, line) in lines.iter().enumerate() {
-            let link = chain::parse_link(line).ok_or_else(|| {
-                finding(
-                    Problem::Modified,
-                    at(fi, li + 1),
-                    "the line is not a chained audit record".into(),
-                )
-            })?;
-            if link.tenant != tenant {
-                return Err(finding(
-                    Problem::Modified,
-                    at(fi, li + 1),
-                    format!("the record names tenant `{}`", link.tenant),
-                ));
-            }
-            entries.push(Entry {
-                seq: link.seq,
-                prev: link.prev,
-                hash: chain::line_hash(line),
-                file: fi,
-                line: li + 1,
-            });
-        }
-    }
-
-    // Walk the links.
-    let mut last_hash = GENESIS;
-    for (i, e) in entries.iter().enumerate() {
-        let expected = report.last_seq + 1;
-        if e.seq < expected {
-            return Err(finding(
-                Problem::Reordered,
-                at(e.file, e.line),
-                format!("seq {} comes after seq {}", e.seq, expected - 1),
-            ));
-        }
-        if e.seq > expected {
-            let later: HashSet<u64> = entries.iter().skip(i + 1).map(|x| x.seq).collect();
-            if (expected..e.seq).any(|s| later.contains(&s)) {
-                return Err(finding(
-                    Problem::Reordered,
-                    at(e.file, e.line),
-                    format!("seq {} comes before seq {expected}", e.seq),
-                ));
-            }
-            let across_files = i > 0 && entries.get(i - 1).is_some_and(|p| p.file != e.file);
-            return Err(finding(
-                Problem::Deleted,
-                at(e.file, e.line),
-                format!(
-                    "seq {expected} to {} are missing{}",
-                    e.seq - 1,
-                    if across_files {
-                        " (a file may have been removed)"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
-        if e.prev != last_hash {
-            // The previous line changed (or this record's own `prev` did).
-            let (file, line) = match i.checked_sub(1).and_then(|p| entries.get(p)) {
-                Some(p) => (p.file, p.line),
-                None => (e.file, e.line),
-            };
-            return Err(finding(
-                Problem::Modified,
-                at(file, line),
-                format!(
-                    "the line of seq {} does not hash to the `prev` of seq {}",
-                    e.seq.saturating_sub(1),
-                    e.seq
-                ),
-            ));
-        }
-        last_hash = e.hash;
-        report.records += 1;
-        report.last_seq = e.seq;
-    }
+    let (entries, torn) = partition.read_chain(&files)?;
+    walk_links(&entries, &partition, report)?;
     if let Some(torn) = &torn {
         report.notes.push(format!(
             "the last line ({torn}) is incomplete, a write cut short; the chain ends cleanly at seq {}",
             report.last_seq
         ));
     }
+    partition.check_checkpoints(&entries, keys, report)
+}
 
-    // Checkpoints: signed by a known key, and reached by the records.
-    let path = tenant_dir.join(CHECKPOINTS_FILE);
-    let text = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(unreadable(&path, e)),
-    };
-    let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
-    if !lines.pop().unwrap_or_default().is_empty() {
-        report.notes.push(format!(
-            "the last line of {CHECKPOINTS_FILE} is incomplete, a write cut short; ignored"
-        ));
+/// One tenant's partition: its directory, and its record files' names in chain order.
+struct Partition<'a> {
+    dir: &'a Path,
+    tenant: &'a str,
+    names: Vec<String>,
+}
+
+impl Partition<'_> {
+    /// `file:line` of a line of the `file`th record file.
+    fn at(&self, file: usize, line: usize) -> Option<String> {
+        Some(format!(
+            "{}:{}",
+            self.names.get(file).map_or("?", String::as_str),
+            line
+        ))
     }
-    let mut last_checkpoint = 0;
-    for (li, line) in lines.iter().enumerate() {
-        let at = Some(format!("{CHECKPOINTS_FILE}:{}", li + 1));
-        let c: Checkpoint = serde_json::from_slice(line).map_err(|_| {
+
+    /// Every complete line of every record file, as chain entries of this tenant. A last line
+    /// without its newline is allowed in the newest file only (returned as where it is).
+    fn read_chain(
+        &self,
+        files: &[layout::FilePos],
+    ) -> Result<(Vec<Entry>, Option<String>), Finding> {
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut torn: Option<String> = None;
+        for (fi, pos) in files.iter().enumerate() {
+            let path = pos.path(self.dir);
+            let bytes = fs::read(&path).map_err(|e| unreadable(&path, e))?;
+            let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+            // After the last newline: empty for a complete file, else a torn line.
+            let rest = lines.pop().unwrap_or_default();
+            if !rest.is_empty() {
+                if fi + 1 == files.len() {
+                    torn = Some(format!("{}:{}", pos.rel(), lines.len() + 1));
+                } else {
+                    return Err(finding(
+                        Problem::Modified,
+                        self.at(fi, lines.len() + 1),
+                        "a file before the newest ends in an incomplete line".into(),
+                    ));
+                }
+            }
+            for (li, line) in lines.iter().enumerate() {
+                entries.push(self.entry(line, fi, li + 1)?);
+            }
+        }
+        Ok((entries, torn))
+    }
+
+    /// One line as a chain entry: a chained record of this tenant.
+    fn entry(&self, line: &[u8], file: usize, line_no: usize) -> Result<Entry, Finding> {
+        let link = chain::parse_link(line).ok_or_else(|| {
             finding(
-                Problem::BadSignature,
-                at.clone(),
-                "the line is not a checkpoint".into(),
+                Problem::Modified,
+                self.at(file, line_no),
+                "the line is not a chained audit record".into(),
             )
         })?;
-        let Some(key) = keys.get(&c.key_id) else {
+        if link.tenant != self.tenant {
             return Err(finding(
-                Problem::BadSignature,
-                at,
-                format!("signed with unknown key `{}`", c.key_id),
-            ));
-        };
-        if !c.signed_by(&key) {
-            return Err(finding(
-                Problem::BadSignature,
-                at,
-                format!("the signature of key `{}` does not match", c.key_id),
+                Problem::Modified,
+                self.at(file, line_no),
+                format!("the record names tenant `{}`", link.tenant),
             ));
         }
-        if c.tenant != tenant {
-            return Err(finding(
-                Problem::BadSignature,
-                at,
-                format!("the checkpoint is for tenant `{}`", c.tenant),
+        Ok(Entry {
+            seq: link.seq,
+            prev: link.prev,
+            hash: chain::line_hash(line),
+            file,
+            line: line_no,
+        })
+    }
+
+    /// Checkpoints: each signed by a known key for this tenant, and reached by the records.
+    fn check_checkpoints(
+        &self,
+        entries: &[Entry],
+        keys: &Keys,
+        report: &mut TenantReport,
+    ) -> Result<(), Finding> {
+        let path = self.dir.join(CHECKPOINTS_FILE);
+        let text = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(unreadable(&path, e)),
+        };
+        let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+        if !lines.pop().unwrap_or_default().is_empty() {
+            report.notes.push(format!(
+                "the last line of {CHECKPOINTS_FILE} is incomplete, a write cut short; ignored"
             ));
+        }
+        let mut last_checkpoint = 0;
+        for (li, line) in lines.iter().enumerate() {
+            let seq = self.check_checkpoint(line, li + 1, entries, keys, report)?;
+            last_checkpoint = last_checkpoint.max(seq);
+        }
+        if report.last_seq > last_checkpoint {
+            report.notes.push(format!(
+                "seq {} to {} follow the last checkpoint: the chain vouches for them, no signature yet",
+                last_checkpoint + 1,
+                report.last_seq
+            ));
+        }
+        Ok(())
+    }
+
+    /// One checkpoint line (`number`, from 1): its signature, its tenant, and that the record
+    /// it signed is still the one at its `seq`. Returns that `seq`.
+    fn check_checkpoint(
+        &self,
+        line: &[u8],
+        number: usize,
+        entries: &[Entry],
+        keys: &Keys,
+        report: &mut TenantReport,
+    ) -> Result<u64, Finding> {
+        let at = Some(format!("{CHECKPOINTS_FILE}:{number}"));
+        let bad_signature = |detail: String| finding(Problem::BadSignature, at.clone(), detail);
+        let c: Checkpoint = serde_json::from_slice(line)
+            .map_err(|_| bad_signature("the line is not a checkpoint".into()))?;
+        let Some(key) = keys.get(&c.key_id) else {
+            return Err(bad_signature(format!(
+                "signed with unknown key `{}`",
+                c.key_id
+            )));
+        };
+        if !c.signed_by(&key) {
+            return Err(bad_signature(format!(
+                "the signature of key `{}` does not match",
+                c.key_id
+            )));
+        }
+        if c.tenant != self.tenant {
+            return Err(bad_signature(format!(
+                "the checkpoint is for tenant `{}`",
+                c.tenant
+            )));
         }
         report.checkpoints += 1;
         if c.seq > report.last_seq {
@@ -357,29 +356,98 @@ fn check(
             .and_then(|i| entries.get(usize::try_from(i).ok()?));
         let matches = head.is_some_and(|e| {
             Some(&e.hash) == chain::parse_hash(&c.hash).as_ref()
-                && names.get(e.file) == Some(&c.file)
+                && self.names.get(e.file) == Some(&c.file)
         });
         if !matches {
             return Err(finding(
                 Problem::Modified,
-                head.and_then(|e| Some(format!("{}:{}", names.get(e.file)?, e.line))),
+                head.and_then(|e| Some(format!("{}:{}", self.names.get(e.file)?, e.line))),
                 format!(
-                    "record seq {} is not the one checkpoint {} signed",
-                    c.seq,
-                    li + 1
+                    "record seq {} is not the one checkpoint {number} signed",
+                    c.seq
                 ),
             ));
         }
-        last_checkpoint = last_checkpoint.max(c.seq);
+        Ok(c.seq)
     }
-    if report.last_seq > last_checkpoint {
-        report.notes.push(format!(
-            "seq {} to {} follow the last checkpoint: the chain vouches for them, no signature yet",
-            last_checkpoint + 1,
-            report.last_seq
-        ));
+}
+
+/// Walks the links in file order: each `seq` one more than the last (else reordered or
+/// deleted), each `prev` the hash of the line before. Counts what verifies into `report`.
+fn walk_links(
+    entries: &[Entry],
+    partition: &Partition<'_>,
+    report: &mut TenantReport,
+) -> Result<(), Finding> {
+    let mut last_hash = GENESIS;
+    for (i, e) in entries.iter().enumerate() {
+        let expected = report.last_seq + 1;
+        if e.seq < expected {
+            return Err(finding(
+                Problem::Reordered,
+                partition.at(e.file, e.line),
+                format!("seq {} comes after seq {}", e.seq, expected - 1),
+            ));
+        }
+        if e.seq > expected {
+            let before = i.checked_sub(1).and_then(|p| entries.get(p));
+            let after = entries.get(i + 1..).unwrap_or_default();
+            return Err(gap(e, before, after, expected, partition));
+        }
+        if e.prev != last_hash {
+            // The previous line changed (or this record's own `prev` did).
+            let (file, line) = match i.checked_sub(1).and_then(|p| entries.get(p)) {
+                Some(p) => (p.file, p.line),
+                None => (e.file, e.line),
+            };
+            return Err(finding(
+                Problem::Modified,
+                partition.at(file, line),
+                format!(
+                    "the line of seq {} does not hash to the `prev` of seq {}",
+                    e.seq.saturating_sub(1),
+                    e.seq
+                ),
+            ));
+        }
+        last_hash = e.hash;
+        report.records += 1;
+        report.last_seq = e.seq;
     }
     Ok(())
+}
+
+/// `e` skips ahead of `expected`: reordered when a skipped `seq` comes later (in `after`), else
+/// deleted (across files, when `before` is in another file: a file may have been removed).
+fn gap(
+    e: &Entry,
+    before: Option<&Entry>,
+    after: &[Entry],
+    expected: u64,
+    partition: &Partition<'_>,
+) -> Finding {
+    let later: HashSet<u64> = after.iter().map(|x| x.seq).collect();
+    if (expected..e.seq).any(|s| later.contains(&s)) {
+        return finding(
+            Problem::Reordered,
+            partition.at(e.file, e.line),
+            format!("seq {} comes before seq {expected}", e.seq),
+        );
+    }
+    let across_files = before.is_some_and(|p| p.file != e.file);
+    finding(
+        Problem::Deleted,
+        partition.at(e.file, e.line),
+        format!(
+            "seq {expected} to {} are missing{}",
+            e.seq - 1,
+            if across_files {
+                " (a file may have been removed)"
+            } else {
+                ""
+            }
+        ),
+    )
 }
 
 /// Verifies every tenant in `audit_dir` (or one).

@@ -1,64 +1,25 @@
 //! Configuration: a static part read once at start and a tenant part reloaded at runtime.
 //!
-//! Both are parsed into raw serde structs ([`spec`]) with `deny_unknown_fields`, then turned into
-//! validated runtime types ([`model`]) through `TryFrom`-style conversions that report every
-//! problem at once. An invalid configuration never exists at runtime.
+//! Both files are parsed into raw serde structs ([`spec`]) with `deny_unknown_fields`; each
+//! section's raw form and its validator live with the concern that owns the section
+//! (`[audit]` in `audit::settings`, `[[listener]]` in `identity::listener`, `[limiter]` and the
+//! tenants' ceilings in `limits::settings`, `[egress]` and `[upstream]` in `egress::settings`,
+//! `[intercept]` in `tls::settings`, `[limits]` in `front::settings`, `[log]` in `logging`,
+//! `[token]` in `identity::token::settings`, `[[route]]` in `target::settings`,
+//! `[credentials]` in `credentials::settings`, `[mcp]` in `mcp::config`). Validators report into
+//! one [`crate::problems::Problems`] per file, so every problem is reported at once; [`model`]
+//! assembles the sections into the runtime types. An invalid configuration never exists at
+//! runtime.
 
 pub mod model;
 pub mod regions;
 pub mod spec;
 
-pub use model::{
-    AuditSettings, AuditStreamSettings, FsyncPolicy, ListenerSettings, LogFormat, Route,
-    StaticConfig, TenantConfig, UpstreamSettings,
-};
+pub use crate::identity::ListenerSettings;
+pub use crate::problems::{relative_to, Checked, ConfigProblem};
+pub use model::{StaticConfig, TenantConfig, TenantEntry};
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// One thing wrong with a configuration file: where, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// The file the problem is in.
-    pub file: PathBuf,
-    /// A line and column (`12:5`) or a field path (`route[1].prefix`).
-    pub location: Option<String>,
-    /// Why it is rejected.
-    pub message: String,
-}
-
-impl ConfigProblem {
-    /// A problem at a field of `file`.
-    pub fn at(file: &Path, location: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            location: Some(location.into()),
-            message: message.into(),
-        }
-    }
-
-    /// A problem with `file` as a whole.
-    pub fn file(file: &Path, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            location: None,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.location {
-            // `file:line:col: message` (the form editors jump to), `file: field: message` otherwise.
-            Some(loc) if loc.starts_with(|c: char| c.is_ascii_digit()) => {
-                write!(f, "{}:{}: {}", self.file.display(), loc, self.message)
-            }
-            Some(loc) => write!(f, "{}: {}: {}", self.file.display(), loc, self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
-    }
-}
 
 /// Reads and parses a TOML file into `T`, reporting a syntax or type error with line and column.
 pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigProblem> {
@@ -85,14 +46,18 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Resolves `path` relative to the directory of the file that named it.
-pub(crate) fn relative_to(base_file: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_file
-            .parent()
-            .unwrap_or_else(|| Path::new("."))
-            .join(path)
-    }
+/// The tenant file a static file names (resolved against it), read without validating anything
+/// else of the static file: so the tenant file can still be checked when the static file has a
+/// type error, and tools that need only the tenants (`policy check --config`) run where the
+/// listeners' files do not exist.
+pub fn tenants_file_named_by(config: &Path) -> Result<PathBuf, ConfigProblem> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| ConfigProblem::file(config, format!("cannot read file: {e}")))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|_| ConfigProblem::file(config, "the file is not TOML"))?;
+    let name = table
+        .get("tenants_file")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ConfigProblem::file(config, "the file names no `tenants_file`"))?;
+    Ok(relative_to(config, Path::new(name)))
 }

@@ -38,16 +38,19 @@ impl Default for CredentialSettings {
     fn default() -> Self {
         Self {
             scan_body_max_bytes: 1024 * 1024,
-            raw_credential: RawCredentialMode::Refuse,
+            raw_credential: RawCredentialMode::default(),
             positions: CredentialPositions::default(),
         }
     }
 }
 
-/// Handling of agent-supplied literal keys toward managed destinations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Handling of agent-supplied literal keys toward managed destinations (`[credentials]
+/// raw_credential`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RawCredentialMode {
     /// Refuse the request (`raw_credential`).
+    #[default]
     Refuse,
     /// Remove the literal (a header or pair is dropped, a JSON value becomes `null`) and forward.
     Strip,

@@ -33,6 +33,18 @@ impl fmt::Display for Position {
     }
 }
 
+impl std::str::FromStr for Position {
+    type Err = String;
+
+    /// The lowercase name, as [`Position::as_str`] writes it (and the tenant file's `in`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Position::Header, Position::Query, Position::Body]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not `header`, `query` or `body`"))
+    }
+}
+
 /// One destination a credential is bound to. A host pattern is an exact host or `*.suffix`
 /// (which matches subdomains only, not the bare suffix).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +227,19 @@ pub fn parse_binding(text: &str) -> Result<Binding, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_read_and_print_one_set_of_names() {
+        for p in [Position::Header, Position::Query, Position::Body] {
+            let json = serde_json::to_string(&p).expect("json");
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+            assert_eq!(p.as_str().parse::<Position>(), Ok(p));
+        }
+        assert_eq!(
+            "cookie".parse::<Position>(),
+            Err("`cookie` is not `header`, `query` or `body`".to_string())
+        );
+    }
 
     fn t<'a>(host: &'a str, path: &'a str, method: &'a str) -> Target<'a> {
         Target {

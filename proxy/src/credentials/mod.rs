@@ -17,6 +17,7 @@ pub mod positions;
 mod raw;
 pub mod scrub;
 pub mod secret;
+pub mod settings;
 pub mod vault;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use crate::ids::TenantId;
 use binding::{Binding, Position};
 use secret::SecretValue;
+pub use settings::CredentialSource;
 
 /// One tenant's secret with where it may go.
 #[derive(Debug)]

@@ -13,6 +13,7 @@
 mod exception;
 mod ranges;
 mod resolve;
+pub mod settings;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 pub use exception::EgressException;
 pub use ranges::non_global_reason;
 pub use resolve::{Resolver, StaticResolver, SystemResolver};
+pub use settings::{EgressSettings, UpstreamSettings};
 
 /// What the [`Dialer`] allows beyond global unicast, and what it never allows.
 #[derive(Debug, Clone, Default)]

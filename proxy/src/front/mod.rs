@@ -16,9 +16,11 @@ pub mod chunked;
 pub mod conn;
 pub mod head;
 pub mod listen;
+pub mod settings;
 
 pub use conn::{FrontConn, FrontLimits, Violation};
 pub use head::{Framing, Head, HeadError, HeadLimits};
+pub use settings::RequestLimits;
 
 /// The `Connection` options a client may not nominate: hop-by-hop removal of these would change
 /// what the proxy decided on (the destination, the body's framing, the identity, the trace) or

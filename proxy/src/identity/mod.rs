@@ -4,16 +4,19 @@
 //! a presented but invalid credential is refused (it never falls through to a weaker source), and
 //! when no source is present the request is refused with `identity_required`.
 
+pub mod listener;
 pub mod mtls;
 pub mod proxy_auth;
 pub mod token;
 
 use crate::ids::{TenantId, WorkloadId};
+pub use listener::{ListenerSettings, ListenerTls};
 use proxy_auth::{parse_proxy_authorization, ProxyCredential};
 use token::{TokenVerifier, VerifiedToken};
 
-/// How a listener learns who is calling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a listener learns who is calling (`[[listener]] identity`, in the configuration's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum IdentitySourceKind {
     /// The listener itself is bound to one workload (sidecar).
     Binding,

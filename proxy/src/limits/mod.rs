@@ -13,6 +13,7 @@ pub mod memory;
 pub mod plan;
 pub mod redis;
 pub mod report;
+pub mod settings;
 pub mod stream;
 
 use std::fmt;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use crate::identity::token::RunBudget;
 use crate::ids::{TenantId, WorkloadId};
 use calendar::{Period, TenantCalendar};
+pub use settings::{LimiterSettings, LimiterSpec};
 
 /// What a streaming LLM response does when its tenant or run runs out of budget mid-way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -669,18 +671,6 @@ pub struct Backend {
     pub counters: std::sync::Arc<dyn LimitBackend>,
     /// Signed runs' life records.
     pub runs: std::sync::Arc<dyn RunRegistry>,
-}
-
-/// Where limit counters live.
-#[derive(Debug, Clone)]
-pub enum LimiterSettings {
-    /// Counters in this process.
-    Memory {
-        /// How long a run's counters live after its last reservation.
-        run_ttl: std::time::Duration,
-    },
-    /// Counters in Redis.
-    Redis(redis::RedisSettings),
 }
 
 #[cfg(test)]

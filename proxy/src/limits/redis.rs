@@ -187,10 +187,12 @@ redis.call('HSET', KEYS[1], 'summarized', now)
 return {1, tonumber(v[1] or -1), tonumber(v[5] or exp), tonumber(v[3] or 0), tonumber(v[4] or 0)}
 "#;
 
-/// What to do when Redis cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to do when Redis cannot be reached (`[limiter] on_unavailable`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Unavailable {
     /// Refuse with `limiter_unavailable` (503, `Retry-After`).
+    #[default]
     FailClosed,
     /// Enforce the same ceilings on this replica's own counters (N replicas allow up to N×).
     LocalFallback,

@@ -8,9 +8,11 @@
 //!   make Python, Node, curl, Go, git, pip, uv and the AWS SDKs trust it.
 
 pub mod ca;
+pub mod settings;
 pub mod trust_env;
 
 pub use ca::{
     init, server_config, CaFiles, CaInitOptions, LeafMinter, LocalCa, MintError, TunnelCertResolver,
 };
+pub use settings::InterceptSettings;
 pub use trust_env::Shell;

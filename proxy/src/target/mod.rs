@@ -1,6 +1,9 @@
 //! Where a request goes: the absolute URI of a forward-proxy request, or a configured route for
 //! an origin-form request. Parsing is strict: a request whose `Host` disagrees with its target,
-//! or whose path has dot segments, is refused rather than guessed at.
+//! or whose path has dot segments, is refused rather than guessed at. Routes are configured in
+//! the tenant file's `[[route]]` ([`settings`]).
+
+pub mod settings;
 
 /// A route-mode mapping from a path prefix to an upstream base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,150 @@
+//! `[audit]` in the static file: where the trail is written, how durably, and the optional
+//! Redis Stream copy.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::problems::Problems;
+
+/// `[audit]`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSpec {
+    /// Root of the per-tenant partitions (`DIR/<tenant>/<yyyy>/<mm>/<dd>.jsonl`).
+    pub dir: PathBuf,
+    /// Records that may wait to be written; when full, new requests are refused.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// `batch` (fsync after each written batch, the default) or `none`.
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    /// Longest a record waits before its batch is written, e.g. `20ms`.
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: String,
+    /// Size at which a day's file is continued in a new part (`<dd>_000001.jsonl`, …).
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// How often each tenant's chain head is signed (and at shutdown), e.g. `60s`.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: String,
+    /// PKCS#8 Ed25519 private key (PEM or DER) that signs checkpoints; without it a key is
+    /// generated at each start and kept in memory only.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// `redis://host:port/db`: also append each record to the Redis Stream
+    /// `tp:{<tenant>}:audit`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Refuse requests (`audit_unavailable`) while the stream cannot be written, as for the
+    /// files; otherwise records the stream missed are only in the files.
+    #[serde(default)]
+    pub redis_required: bool,
+    /// Approximate length each tenant's stream is trimmed to.
+    #[serde(default = "default_redis_maxlen")]
+    pub redis_maxlen: u64,
+}
+
+fn default_redis_maxlen() -> u64 {
+    100_000
+}
+fn default_max_file_bytes() -> u64 {
+    128 * 1024 * 1024
+}
+fn default_checkpoint_interval() -> String {
+    "60s".into()
+}
+fn default_queue_capacity() -> usize {
+    65_536
+}
+fn default_flush_interval() -> String {
+    "20ms".into()
+}
+
+/// When audit batches are made durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// fsync after every written batch.
+    #[default]
+    Batch,
+    /// Leave flushing to the OS.
+    None,
+}
+
+/// Audit sink settings.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Root directory of the per-tenant partitions.
+    pub dir: PathBuf,
+    /// Queue capacity (records in flight or waiting).
+    pub queue_capacity: usize,
+    /// Durability policy.
+    pub fsync: FsyncPolicy,
+    /// Longest delay before a batch is written.
+    pub flush_interval: Duration,
+    /// Size at which a day's file continues in a new part.
+    pub max_file_bytes: u64,
+    /// How often each tenant's chain head is signed.
+    pub checkpoint_interval: Duration,
+    /// The checkpoint signing key; `None` generates one per start.
+    pub signing_key: Option<PathBuf>,
+    /// The optional Redis Stream sink.
+    pub stream: Option<AuditStreamSettings>,
+}
+
+/// The Redis Stream audit sink.
+#[derive(Debug, Clone)]
+pub struct AuditStreamSettings {
+    /// `redis://…`.
+    pub url: String,
+    /// Whether a failing stream refuses requests.
+    pub required: bool,
+    /// Approximate length each tenant's stream is trimmed to.
+    pub maxlen: u64,
+}
+
+impl AuditSettings {
+    /// Validates `[audit]`, recording each problem at its field.
+    pub fn from_spec(spec: AuditSpec, p: &mut Problems<'_>) -> Self {
+        if spec.queue_capacity == 0 {
+            p.push("audit.queue_capacity", "must be at least 1");
+        }
+        let flush_interval = p.duration("audit.flush_interval", &spec.flush_interval);
+        let checkpoint_interval =
+            p.duration("audit.checkpoint_interval", &spec.checkpoint_interval);
+        if humantime::parse_duration(&spec.checkpoint_interval).is_ok_and(|d| d.is_zero()) {
+            p.push("audit.checkpoint_interval", "must be more than zero");
+        }
+        if spec.max_file_bytes < 4096 {
+            p.push("audit.max_file_bytes", "must be at least 4096");
+        }
+        match &spec.redis_url {
+            Some(url) if !url.starts_with("redis://") => {
+                p.push("audit.redis_url", "write `redis://host:port`");
+            }
+            Some(_) => {}
+            None if spec.redis_required => p.push("audit.redis_required", "needs `redis_url`"),
+            None => {}
+        }
+        let signing_key = spec.signing_key.as_deref().map(|k| p.path(k));
+        if let Some(key) = &signing_key {
+            p.require_file("audit.signing_key", key);
+        }
+        AuditSettings {
+            dir: p.path(&spec.dir),
+            queue_capacity: spec.queue_capacity.max(1),
+            fsync: spec.fsync,
+            flush_interval,
+            max_file_bytes: spec.max_file_bytes,
+            checkpoint_interval,
+            signing_key,
+            stream: spec.redis_url.map(|url| AuditStreamSettings {
+                url,
+                required: spec.redis_required,
+                maxlen: spec.redis_maxlen.max(1),
+            }),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `tenant-proxy audit`: verify the tamper-evident trail, export one tenant's records, make a
+//! checkpoint signing key.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use super::write_private;
+use crate::ids::TenantId;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum AuditCommand {
+    /// Check every tenant's hash chain and signed checkpoints; report per tenant the records
+    /// checked and the first problem (modified, reordered, deleted, truncated, bad_signature).
+    /// Exits 1 on any problem.
+    Verify {
+        /// The audit directory (`[audit] dir`).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Accept only checkpoints signed by this public key (a `.pub` file from `DIR/_keys/`
+        /// or `audit keygen`). Without it any key published in `DIR/_keys/` is accepted, so a
+        /// forger who can write the directory could publish a key of their own: pin the key to
+        /// make forged checkpoints detectable.
+        #[arg(long, value_name = "PUB")]
+        key: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one tenant's records (exactly as written) and the checkpoints that prove them as
+    /// JSONL. Reads only `DIR/<tenant>/`.
+    Export {
+        /// The audit directory (`[audit] dir`).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// First day (`2026-11-28`, UTC) or instant (RFC 3339) to include.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day or instant to include.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Generate a checkpoint signing key: `DIR/audit-signing-key.pem` (PKCS#8, mode 0600; set
+    /// `[audit] signing_key` to it) and `DIR/<key_id>.pub` (give it to `audit verify --key`).
+    Keygen {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// Runs an `audit` subcommand.
+pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use crate::audit::{checkpoint, export, verify};
+    match command {
+        AuditCommand::Verify {
+            dir,
+            tenant,
+            key,
+            json,
+        } => {
+            let tenant = tenant.as_deref().map(TenantId::new).transpose()?;
+            if let Some(t) = &tenant {
+                if !dir.join(t.as_str()).is_dir() {
+                    anyhow::bail!("no audit partition for tenant `{t}` in `{}`", dir.display());
+                }
+            }
+            let keys = match key {
+                Some(path) => verify::Keys::Pinned(checkpoint::read_public_key(&path)?),
+                None => verify::Keys::published(&dir),
+            };
+            let reports = verify::verify_dir(&dir, tenant.as_ref(), &keys)
+                .with_context(|| format!("reading `{}`", dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                print!("{}", verify::render_text(&reports));
+            }
+            let clean = reports.iter().all(|r| r.problem.is_none());
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        AuditCommand::Export {
+            dir,
+            tenant,
+            from,
+            to,
+        } => {
+            // SECURITY: a validated id cannot name a path outside `DIR/<tenant>/`.
+            let tenant = TenantId::new(&tenant)?;
+            let range = export::Range::parse(from.as_deref(), to.as_deref())?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let summary = export::export(&dir, &tenant, range, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!(
+                "exported {} record(s) and {} checkpoint(s) of `{tenant}`",
+                summary.records, summary.checkpoints
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Keygen { out } => {
+            let (signer, pem) = checkpoint::Signer::generate()?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("creating `{}`", out.display()))?;
+            let key_path = out.join("audit-signing-key.pem");
+            if key_path.exists() {
+                anyhow::bail!("`{}` exists; not overwriting a key", key_path.display());
+            }
+            write_private(&key_path, pem.as_bytes())?;
+            let pub_path = out.join(format!("{}.pub", signer.key_id()));
+            std::fs::write(&pub_path, format!("{}\n", signer.public_hex()))?;
+            eprintln!(
+                "wrote signing key `{}` to `{}` and its public key to `{}`",
+                signer.key_id(),
+                key_path.display(),
+                pub_path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! `tenant-proxy check`: everything `run` would load, validated without binding ports.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Checks the configuration `config` names and prints a summary, or every problem of every
+/// stage (exit 1).
+pub(super) fn check(config: &Path) -> ExitCode {
+    match crate::app::check(config) {
+        Ok((s, snap)) => {
+            println!(
+                "ok: {} listener(s), {} tenant(s), {} route(s)",
+                s.listeners.len(),
+                snap.tenants.tenants.len(),
+                snap.tenants.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!("{} problem(s) found:", problems.len());
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}

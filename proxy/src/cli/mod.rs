@@ -1,0 +1,151 @@
+//! The command line: `run`, `check`, `usage`, and the token, credential, CA, policy and audit
+//! tools. This file is the top of the command tree; each subcommand is its own file, with its
+//! arguments and what it does.
+
+mod admin;
+mod audit;
+mod ca;
+mod check;
+mod cred;
+mod policy;
+mod run;
+mod run_close;
+mod token;
+mod usage;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// tenant-proxy: the egress proxy that puts every agent call under its tenant's identity,
+/// policy and audit trail.
+#[derive(Debug, Parser)]
+#[command(name = "tenant-proxy", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start serving with the given configuration (`run --config FILE`), or act on a running
+    /// proxy's runs (`run close`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Run {
+        /// The static configuration file (it names the tenant file).
+        #[arg(long, short, value_name = "FILE", required = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<run::RunCommand>,
+    },
+    /// Validate everything `run` would load (config, tenants, keys, policies) without binding
+    /// ports. Exits 1 listing every problem.
+    Check {
+        /// The static configuration file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// A tenant's spend against its ceilings (cost this day or month, tokens this minute,
+    /// requests in flight), read from the configured limiter: Redis directly, or the running
+    /// proxy's admin port for the in-memory backend.
+    Usage {
+        /// The static configuration file.
+        #[arg(long, short, value_name = "FILE", default_value = "tenant-proxy.toml")]
+        config: PathBuf,
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Calendar period, in the tenant's time zone.
+        #[arg(long, value_enum, default_value = "day")]
+        period: crate::limits::report::ReportPeriod,
+        /// Also show this run's counters.
+        #[arg(long)]
+        run: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Workload tokens (for development and tests; in production your identity provider mints them).
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
+    /// Tenants' credentials in the embedded vault named by the configuration's `[credentials]`.
+    Cred {
+        /// The static configuration file (its tenant file names the vault and master key).
+        #[arg(
+            long,
+            short,
+            value_name = "FILE",
+            global = true,
+            default_value = "tenant-proxy.toml"
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: cred::CredCommand,
+    },
+    /// The local CA that HTTPS interception mints certificates from, and making clients trust it.
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
+    },
+    /// Cedar policy tools: validate a policy directory, run its tests, explain a decision.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
+    /// The tamper-evident audit trail: verify chains and checkpoints, export one tenant's
+    /// records, make a checkpoint signing key.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Run {
+                command:
+                    Some(run::RunCommand::Close {
+                        config,
+                        tenant,
+                        run,
+                    }),
+                ..
+            } => run_close::close(&config, &tenant, &run),
+            Command::Run { config, .. } => run::serve(config),
+            Command::Check { config } => Ok(check::check(&config)),
+            Command::Token { command } => token::token(command),
+            Command::Cred { config, command } => cred::cred(&config, command),
+            Command::Ca { command } => ca::ca(command),
+            Command::Policy { command } => policy::policy(command),
+            Command::Audit { command } => audit::audit(command),
+            Command::Usage {
+                config,
+                tenant,
+                period,
+                run,
+                json,
+            } => usage::usage(&config, &tenant, period, run.as_deref(), json),
+        }
+    }
+}
+
+/// Writes a private key file, readable by its owner only (mode 0600).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating `{}`", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}

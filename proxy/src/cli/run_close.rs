@@ -1,0 +1,26 @@
+//! `tenant-proxy run close`: close a signed run through the running proxy's admin port.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::admin::admin_call;
+use crate::config::StaticConfig;
+use crate::ids::TenantId;
+
+/// Asks the proxy `config` names to close `tenant`'s run `run`: its summary is written now and
+/// its later requests are refused with `run_closed`.
+pub(super) fn close(config: &Path, tenant: &str, run: &str) -> anyhow::Result<ExitCode> {
+    let static_config = StaticConfig::load(config).map_err(crate::app::problems_error)?;
+    let tenant = TenantId::new(tenant)?;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query
+        .append_pair("tenant", tenant.as_str())
+        .append_pair("run", run);
+    let body = admin_call(
+        static_config.admin_listen,
+        "POST",
+        &format!("/runs/close?{}", query.finish()),
+    )?;
+    println!("{}", String::from_utf8_lossy(&body).trim());
+    Ok(ExitCode::SUCCESS)
+}

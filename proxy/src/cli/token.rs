@@ -1,0 +1,138 @@
+//! `tenant-proxy token`: signing keys and workload tokens, for development and tests (in
+//! production an identity provider mints them).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Subcommand, ValueEnum};
+
+use super::write_private;
+use crate::identity::token::{self, KeyAlgorithm, MintRequest};
+use crate::ids::{TenantId, WorkloadId};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TokenCommand {
+    /// Print a signed workload token.
+    Mint {
+        /// PKCS#8 PEM private key (Ed25519 or P-256).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Workload id (the token's `sub`).
+        #[arg(long)]
+        workload: String,
+        /// Lifetime, e.g. `5m`; must not exceed the proxy's `token.max_lifetime`.
+        #[arg(long, default_value = "5m")]
+        ttl: String,
+        /// Run id the token is issued for.
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Audience (`aud`); must match the proxy's `token.audience`.
+        #[arg(long, default_value = "tenant-proxy")]
+        audience: String,
+        /// Key id (`kid`) to put in the header; must match the JWKS entry.
+        #[arg(long)]
+        kid: Option<String>,
+        /// Space-separated scopes.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Generate a signing key: writes the private key PEM and prints/updates a JWKS.
+    Keygen {
+        /// Signature algorithm.
+        #[arg(long, value_enum, default_value_t = Alg::Eddsa)]
+        alg: Alg,
+        /// Key id.
+        #[arg(long)]
+        kid: String,
+        /// Where to write the private key (created with mode 0600).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// JWKS file to add the public key to (created if missing).
+        #[arg(long, value_name = "FILE")]
+        jwks: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum Alg {
+    /// Ed25519.
+    Eddsa,
+    /// ECDSA P-256 with SHA-256.
+    Es256,
+}
+
+/// Runs a `token` subcommand.
+pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Mint {
+            key,
+            tenant,
+            workload,
+            ttl,
+            run_id,
+            audience,
+            kid,
+            scope,
+        } => {
+            let pem = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading `{}`", key.display()))?;
+            let ttl: Duration = humantime::parse_duration(&ttl)
+                .with_context(|| format!("`{ttl}` is not a duration"))?;
+            let now_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            let req = MintRequest {
+                tenant: TenantId::new(&tenant)?,
+                workload: WorkloadId::new(&workload)?,
+                audience,
+                issuer: None,
+                ttl,
+                run_id,
+                run_budget: None,
+                scopes: scope
+                    .map(|s| s.split_whitespace().map(String::from).collect())
+                    .unwrap_or_default(),
+                jti: None,
+                kid,
+                now_unix,
+                not_before: None,
+            };
+            println!("{}", token::mint(&pem, &req)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Keygen {
+            alg,
+            kid,
+            out,
+            jwks,
+        } => {
+            let alg = match alg {
+                Alg::Eddsa => KeyAlgorithm::EdDSA,
+                Alg::Es256 => KeyAlgorithm::ES256,
+            };
+            let key = token::generate_key(alg, &kid)?;
+            write_private(&out, key.private_pem.as_bytes())?;
+            let mut set: serde_json::Value = match std::fs::read_to_string(&jwks) {
+                Ok(text) => serde_json::from_str(&text)
+                    .with_context(|| format!("`{}` is not JSON", jwks.display()))?,
+                Err(_) => serde_json::json!({ "keys": [] }),
+            };
+            let keys = set
+                .get_mut("keys")
+                .and_then(|k| k.as_array_mut())
+                .ok_or_else(|| anyhow::anyhow!("`{}` has no `keys` array", jwks.display()))?;
+            keys.retain(|k| k.get("kid").and_then(|v| v.as_str()) != Some(kid.as_str()));
+            keys.push(key.jwk);
+            std::fs::write(&jwks, serde_json::to_vec_pretty(&set)?)?;
+            eprintln!(
+                "wrote private key to `{}` and public key `{kid}` to `{}`",
+                out.display(),
+                jwks.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

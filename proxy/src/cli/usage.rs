@@ -1,0 +1,91 @@
+//! `tenant-proxy usage`: a tenant's spend against its ceilings, read from the configured limiter
+//! (Redis directly, or the running proxy's admin port for the in-memory backend).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::admin::admin_call;
+use crate::config::{StaticConfig, TenantConfig};
+use crate::ids::TenantId;
+use crate::limits::report::{ReportPeriod, UsageReport};
+use crate::limits::LimiterSettings;
+
+/// Prints `tenant`'s usage this `period` (and `run`'s counters), as a table or JSON.
+pub(super) fn usage(
+    config: &Path,
+    tenant: &str,
+    period: ReportPeriod,
+    run: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = read_usage(config, tenant, period, run)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!(
+            "{}",
+            crate::limits::report::render_text(&report, crate::clock::unix_now_i64())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_usage(
+    config: &Path,
+    tenant: &str,
+    period: ReportPeriod,
+    run: Option<&str>,
+) -> anyhow::Result<UsageReport> {
+    let static_config = StaticConfig::load(config).map_err(crate::app::problems_error)?;
+    let tenant = TenantId::new(tenant)?;
+    match &static_config.limiter {
+        // In-memory counters live in the proxy process: ask it.
+        LimiterSettings::Memory { .. } => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query
+                .append_pair("tenant", tenant.as_str())
+                .append_pair("period", period.as_str());
+            if let Some(run) = run {
+                query.append_pair("run", run);
+            }
+            let body = admin_call(
+                static_config.admin_listen,
+                "GET",
+                &format!("/usage?{}", query.finish()),
+            )?;
+            Ok(serde_json::from_slice(&body)
+                .context("the admin port's answer is not a usage report")?)
+        }
+        LimiterSettings::Redis(settings) => {
+            let tenants = TenantConfig::load(&static_config.tenants_file)
+                .map_err(crate::app::problems_error)?;
+            let backend = crate::limits::redis::RedisBackend::start(settings.clone())
+                .map_err(anyhow::Error::msg)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                // The connection is made in the background; give it a moment.
+                for _ in 0..40 {
+                    if crate::limits::LimitBackend::is_ready(&backend) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                crate::limits::report::usage_report(
+                    &tenants,
+                    &backend,
+                    &tenant,
+                    period,
+                    run,
+                    crate::clock::unix_now_i64(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the counters from redis: {e}"))
+            })
+        }
+    }
+}

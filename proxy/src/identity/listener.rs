@@ -1,0 +1,228 @@
+//! `[[listener]]` in the static file: where the proxy listens and how each listener learns who
+//! is calling (its identity sources in order, its bound workload, its mTLS files).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::mtls::SpiffePattern;
+use super::{IdentitySourceKind, ListenerBinding, ListenerIdentity};
+use crate::ids::{TenantId, WorkloadId};
+use crate::problems::Problems;
+
+/// `[[listener]]`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// `host:port` to bind.
+    pub listen: String,
+    /// Identity sources tried in order: `binding`, `token`, `mtls`.
+    pub identity: Vec<IdentitySourceKind>,
+    /// For `binding`: the one workload every connection on this listener is.
+    pub binding: Option<BindingSpec>,
+    /// For `mtls`: the listener speaks TLS and requires client certificates.
+    pub tls: Option<ListenerTlsSpec>,
+}
+
+/// `binding = { tenant = "…", workload = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingSpec {
+    /// Tenant id.
+    pub tenant: String,
+    /// Workload id.
+    pub workload: String,
+}
+
+/// `[listener.tls]`: an mTLS listener whose clients are identified by their SPIFFE ID.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSpec {
+    /// The listener's own certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA certificates client certificates must chain to (PEM; reloaded when the file changes).
+    pub client_ca: PathBuf,
+    /// The SPIFFE ID pattern, e.g. `spiffe://{trust_domain}/tenant/{tenant}/workload/{workload}`.
+    pub spiffe_id: String,
+    /// The trust domain client IDs must belong to, e.g. `example.org`.
+    pub trust_domain: String,
+}
+
+/// A proxy listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// Bound address.
+    pub listen: SocketAddr,
+    /// How it identifies callers: its sources in order, and its bound workload.
+    pub identity: ListenerIdentity,
+    /// TLS with client certificates, for `mtls` listeners.
+    pub tls: Option<ListenerTls>,
+}
+
+/// An mTLS listener's files and SPIFFE ID mapping.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server key (PEM).
+    pub key: PathBuf,
+    /// Client trust bundle (PEM), reloaded on change.
+    pub client_ca: PathBuf,
+    /// How a SPIFFE ID names tenant and workload.
+    pub spiffe: Arc<SpiffePattern>,
+}
+
+impl ListenerSettings {
+    /// Validates every `[[listener]]`: unique names, addresses used once (and not by the admin
+    /// listener, `admin`), and each one's identity sources with the settings they need. A
+    /// listener's problems are recorded at `listener[i].<field>`.
+    pub fn list_from_spec(
+        specs: Vec<ListenerSpec>,
+        admin: SocketAddr,
+        p: &mut Problems<'_>,
+    ) -> Vec<Self> {
+        if specs.is_empty() {
+            p.push("listener", "at least one `[[listener]]` is required");
+        }
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::from([admin]);
+        let mut listeners = Vec::new();
+        for (i, l) in specs.into_iter().enumerate() {
+            let at = |field: &str| format!("listener[{i}].{field}");
+            if !names.insert(l.name.clone()) {
+                p.push(at("name"), format!("duplicate listener name `{}`", l.name));
+            }
+            let listen = match l.listen.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if !addrs.insert(a) {
+                        p.push(at("listen"), format!("address `{a}` is used twice"));
+                    }
+                    a
+                }
+                Err(_) => {
+                    p.push(
+                        at("listen"),
+                        format!("`{}` is not an `ip:port` address", l.listen),
+                    );
+                    SocketAddr::from(([127, 0, 0, 1], 0))
+                }
+            };
+            if l.identity.is_empty() {
+                p.push(
+                    at("identity"),
+                    "list at least one identity source (`binding`, `token`, `mtls`)",
+                );
+            }
+            let wants = |kind| l.identity.contains(&kind);
+            let tls = listener_tls(l.tls, wants(IdentitySourceKind::Mtls), &at, p);
+            let binding = listener_binding(l.binding, wants(IdentitySourceKind::Binding), &at, p);
+            listeners.push(ListenerSettings {
+                name: l.name,
+                listen,
+                identity: ListenerIdentity {
+                    sources: l.identity,
+                    binding,
+                },
+                tls,
+            });
+        }
+        listeners
+    }
+}
+
+/// `[listener.tls]`: present exactly when the listener identifies callers by `mtls`.
+fn listener_tls(
+    spec: Option<ListenerTlsSpec>,
+    wanted: bool,
+    at: &dyn Fn(&str) -> String,
+    p: &mut Problems<'_>,
+) -> Option<ListenerTls> {
+    match (spec, wanted) {
+        (Some(t), true) => {
+            let files = [
+                ("cert", &t.cert),
+                ("key", &t.key),
+                ("client_ca", &t.client_ca),
+            ];
+            for (field, f) in files {
+                if !p.path(f).is_file() {
+                    p.push(
+                        at(&format!("tls.{field}")),
+                        format!("`{}` is not a readable file", f.display()),
+                    );
+                }
+            }
+            match SpiffePattern::new(&t.spiffe_id, &t.trust_domain) {
+                Ok(spiffe) => Some(ListenerTls {
+                    cert: p.path(&t.cert),
+                    key: p.path(&t.key),
+                    client_ca: p.path(&t.client_ca),
+                    spiffe: Arc::new(spiffe),
+                }),
+                Err(e) => {
+                    p.push(at("tls.spiffe_id"), e.to_string());
+                    None
+                }
+            }
+        }
+        (None, true) => {
+            p.push(at("tls"), "identity source `mtls` needs `[listener.tls]` with cert, key, client_ca, spiffe_id and trust_domain");
+            None
+        }
+        (Some(_), false) => {
+            p.push(
+                at("tls"),
+                "`tls` is set but `identity` does not list `mtls`",
+            );
+            None
+        }
+        (None, false) => None,
+    }
+}
+
+/// `binding = { tenant, workload }`: present exactly when the listener identifies callers by
+/// `binding`.
+fn listener_binding(
+    spec: Option<BindingSpec>,
+    wanted: bool,
+    at: &dyn Fn(&str) -> String,
+    p: &mut Problems<'_>,
+) -> Option<ListenerBinding> {
+    match (spec, wanted) {
+        (Some(b), true) => {
+            let tenant = TenantId::new(&b.tenant)
+                .map_err(|e| p.push(at("binding.tenant"), e.to_string()))
+                .ok();
+            let workload = WorkloadId::new(&b.workload)
+                .map_err(|e| p.push(at("binding.workload"), e.to_string()))
+                .ok();
+            tenant
+                .zip(workload)
+                .map(|(tenant, workload)| ListenerBinding { tenant, workload })
+        }
+        (None, true) => {
+            p.push(
+                at("binding"),
+                "identity source `binding` needs `binding = { tenant, workload }`",
+            );
+            None
+        }
+        (Some(_), false) => {
+            p.push(
+                at("binding"),
+                "`binding` is set but `identity` does not list `binding`",
+            );
+            None
+        }
+        (None, false) => None,
+    }
+}

@@ -1,0 +1,225 @@
+//! The public keys tokens are verified with, parsed from a JWKS (read at load and reload, never
+//! per request).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+
+use super::verify::TokenError;
+
+/// Why a JWKS document was rejected. Key ids are named; key material never is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySetError {
+    /// Not JSON at all.
+    #[error("the JWKS is not valid JSON (line {line}, column {column})")]
+    Parse {
+        /// Line of the syntax error.
+        line: usize,
+        /// Column of the syntax error.
+        column: usize,
+    },
+    /// JSON, but not an object with a `keys` array.
+    #[error("the JWKS is not an object with a `keys` array")]
+    NotJwks,
+    /// The `keys` array is empty.
+    #[error("the JWKS has no keys")]
+    Empty,
+    /// An entry of `keys` is not a JSON object.
+    #[error("entry {index} of `keys` is not an object")]
+    InvalidEntry {
+        /// Position in `keys`, from 0.
+        index: usize,
+    },
+    /// A key without a non-empty string `kid`.
+    #[error("entry {index} of `keys` has no `kid`; every key needs a unique `kid`")]
+    MissingKid {
+        /// Position in `keys`, from 0.
+        index: usize,
+    },
+    /// Two keys share a `kid`.
+    #[error("`kid` `{kid}` appears more than once; every key needs a unique `kid`")]
+    DuplicateKid {
+        /// The repeated key id.
+        kid: String,
+    },
+    /// A key type other than OKP/Ed25519 or EC/P-256.
+    #[error("key `{kid}` is not an Ed25519 (`OKP`) or P-256 (`EC`) key")]
+    UnsupportedKey {
+        /// The key's id.
+        kid: String,
+    },
+    /// The key's `alg` does not fit its `kty`/`crv`.
+    #[error(
+        "key `{kid}` declares an `alg` that does not match its key type (expected `{expected}`)"
+    )]
+    AlgorithmMismatch {
+        /// The key's id.
+        kid: String,
+        /// The only `alg` its key type allows.
+        expected: &'static str,
+    },
+    /// The key is marked for another use than signatures.
+    #[error("key `{kid}` is not for verifying signatures (`use` or `key_ops`)")]
+    NotForSigning {
+        /// The key's id.
+        kid: String,
+    },
+    /// The key carries private parameters.
+    #[error("key `{kid}` contains private key material; publish only public keys")]
+    PrivateKey {
+        /// The key's id.
+        kid: String,
+    },
+    /// Coordinates missing, not base64url, or of the wrong length.
+    #[error("key `{kid}` has missing or malformed coordinates")]
+    InvalidKey {
+        /// The key's id.
+        kid: String,
+    },
+}
+
+/// Public keys by `kid`, each pinned to its one algorithm. `Debug` shows the key ids only.
+pub struct KeySet {
+    keys: HashMap<String, (DecodingKey, Algorithm)>,
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kids: Vec<&str> = self.kids().collect();
+        kids.sort_unstable();
+        f.debug_struct("KeySet").field("kids", &kids).finish()
+    }
+}
+
+/// Shortens a key id for an error message: it comes from a file and may be long.
+fn shown(kid: &str) -> String {
+    kid.chars().take(64).collect()
+}
+
+/// Decodes a base64url (unpadded) coordinate of exactly 32 bytes.
+fn coordinate(jwk: &serde_json::Map<String, Value>, name: &str) -> Option<Vec<u8>> {
+    let text = jwk.get(name)?.as_str()?;
+    let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+    (bytes.len() == 32).then_some(bytes)
+}
+
+impl KeySet {
+    /// Parses a JWKS (`{"keys":[…]}`) of Ed25519 (`OKP`) and P-256 (`EC`) public keys.
+    ///
+    /// Every key needs a unique non-empty `kid`; its `alg`, when present, must be the one its key
+    /// type allows (`EdDSA` or `ES256`). Any other key type, private key material, a key marked
+    /// for encryption, or an empty set is an error: one bad key rejects the whole document.
+    pub fn from_jwks_json(text: &str) -> Result<KeySet, KeySetError> {
+        let doc: Value = serde_json::from_str(text).map_err(|e| KeySetError::Parse {
+            line: e.line(),
+            column: e.column(),
+        })?;
+        let entries = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(KeySetError::NotJwks)?;
+        if entries.is_empty() {
+            return Err(KeySetError::Empty);
+        }
+        let mut keys = HashMap::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            let jwk = entry
+                .as_object()
+                .ok_or(KeySetError::InvalidEntry { index })?;
+            let kid = jwk
+                .get("kid")
+                .and_then(Value::as_str)
+                .filter(|k| !k.is_empty())
+                .ok_or(KeySetError::MissingKid { index })?;
+            // SECURITY: a duplicate kid would make the verifying key depend on document order.
+            if keys.contains_key(kid) {
+                return Err(KeySetError::DuplicateKid { kid: shown(kid) });
+            }
+            let key = parse_public_key(jwk, kid)?;
+            keys.insert(kid.to_string(), key);
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// The key ids, in no particular order.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    /// The key a token header selects: its `kid`, or the only key when it names none.
+    pub(super) fn select(
+        &self,
+        kid: Option<&str>,
+    ) -> Result<&(DecodingKey, Algorithm), TokenError> {
+        match kid {
+            Some(kid) => self.keys.get(kid).ok_or(TokenError::UnknownKey),
+            // SECURITY: without a kid we only guess when there is nothing to guess between.
+            None if self.keys.len() == 1 => self.keys.values().next().ok_or(TokenError::UnknownKey),
+            None => Err(TokenError::UnknownKey),
+        }
+    }
+}
+
+/// One JWK, already known to be an object with a `kid`, as a decoding key and its algorithm.
+fn parse_public_key(
+    jwk: &serde_json::Map<String, Value>,
+    kid: &str,
+) -> Result<(DecodingKey, Algorithm), KeySetError> {
+    let err_kid = || shown(kid);
+    // SECURITY: a JWKS is public; private parameters mean someone published the wrong file.
+    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+        .iter()
+        .any(|p| jwk.contains_key(*p))
+    {
+        return Err(KeySetError::PrivateKey { kid: err_kid() });
+    }
+    let kty = jwk.get("kty").and_then(Value::as_str);
+    let crv = jwk.get("crv").and_then(Value::as_str);
+    let (alg, expected) = match (kty, crv) {
+        (Some("OKP"), Some("Ed25519")) => (Algorithm::EdDSA, "EdDSA"),
+        (Some("EC"), Some("P-256")) => (Algorithm::ES256, "ES256"),
+        _ => return Err(KeySetError::UnsupportedKey { kid: err_kid() }),
+    };
+    // SECURITY: the key type fixes the algorithm; a contradicting `alg` is a broken document,
+    // not a hint to follow.
+    match jwk.get("alg") {
+        None => {}
+        Some(Value::String(a)) if a == expected => {}
+        Some(_) => {
+            return Err(KeySetError::AlgorithmMismatch {
+                kid: err_kid(),
+                expected,
+            })
+        }
+    }
+    let for_signing = match jwk.get("use") {
+        None => true,
+        Some(Value::String(u)) => u != "enc",
+        Some(_) => false,
+    } && match jwk.get("key_ops") {
+        None => true,
+        Some(Value::Array(ops)) => ops.iter().any(|o| o.as_str() == Some("verify")),
+        Some(_) => false,
+    };
+    if !for_signing {
+        return Err(KeySetError::NotForSigning { kid: err_kid() });
+    }
+    let invalid = || KeySetError::InvalidKey { kid: err_kid() };
+    let key = match alg {
+        Algorithm::ES256 => {
+            let x = coordinate(jwk, "x").ok_or_else(invalid)?;
+            let y = coordinate(jwk, "y").ok_or_else(invalid)?;
+            let mut point = Vec::with_capacity(65);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            DecodingKey::from_ec_der(&point)
+        }
+        _ => DecodingKey::from_ed_der(&coordinate(jwk, "x").ok_or_else(invalid)?),
+    };
+    Ok((key, alg))
+}

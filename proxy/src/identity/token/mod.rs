@@ -1,0 +1,83 @@
+//! Signed workload tokens (JWT, EdDSA or ES256), verified against a JWKS.
+//!
+//! Verification takes the current time as an argument so tests are deterministic, and checks
+//! the time claims itself: expired, not yet valid, and minted for longer than the configured
+//! maximum lifetime (a long-lived token is refused even while fresh). Only Ed25519 and P-256 keys
+//! exist in a [`KeySet`], and the key a token names decides the algorithm: `alg: none`, HMAC and
+//! RSA tokens never reach a signature check. Errors name the reason and never echo the token;
+//! `Debug` output never shows a token or a key.
+//!
+//! The hot path (`verify.rs`: [`TokenVerifier`], with the [`KeySet`] of `keys.rs`) is apart from
+//! the tooling (`mint.rs`: [`generate_key`] and [`mint()`], behind `tenant-proxy token keygen`
+//! and `token mint`, and the tests); `settings.rs` is the tenant file's `[token]`. Both sides
+//! read the claim types and rules defined here.
+
+mod keys;
+mod mint;
+pub mod settings;
+mod verify;
+
+pub use keys::{KeySet, KeySetError};
+pub use mint::{generate_key, mint, GeneratedKey, KeyAlgorithm, MintError, MintRequest};
+pub use settings::{TokenConfig, TokenSpec};
+pub use verify::{TokenError, TokenSettings, TokenVerifier, VerifiedToken};
+
+use serde::{Deserialize, Serialize};
+
+/// Longest token accepted, in bytes (the `Proxy-Authorization` header is bounded the same way).
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Longest `run_id` and `correlation_id`, in characters.
+const MAX_ID_CLAIM_LEN: usize = 128;
+
+/// A run's budget as carried by its token.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunBudget {
+    /// LLM tokens (input + output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    /// Tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<u64>,
+    /// Wall time in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_time_s: Option<u64>,
+    /// Cost in micro-units of currency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micros: Option<u64>,
+}
+
+/// Who started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Initiator {
+    /// A person.
+    User,
+    /// A schedule.
+    Cron,
+    /// An inbound webhook.
+    Webhook,
+    /// Another agent.
+    Agent,
+    /// A service.
+    Service,
+}
+
+/// A `run_id` (and the form of other short id claims): 1-128 characters from `A-Za-z0-9._:-`.
+fn valid_run_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID_CLAIM_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// An OAuth scope token (RFC 6749 section 3.3): printable ASCII except space, `"` and `\`.
+fn valid_scope(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x5b | 0x5d..=0x7e))
+}
+
+#[cfg(test)]
+mod tests;

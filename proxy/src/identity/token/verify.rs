@@ -1,0 +1,345 @@
+//! Verifying a workload token: the hot path, run for every request that presents one.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::keys::KeySet;
+use super::{valid_run_id, valid_scope, Initiator, RunBudget, MAX_ID_CLAIM_LEN, MAX_TOKEN_LEN};
+use crate::ids::{TenantId, WorkloadId};
+
+/// Verification settings.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// The `aud` value this proxy requires (a token's `aud` string, or one entry of its array).
+    pub audience: String,
+    /// The `iss` value required, if set; when `None` the `iss` claim is not checked.
+    pub issuer: Option<String>,
+    /// Longest accepted `exp - iat`: a token minted for longer is refused even while fresh.
+    pub max_lifetime: Duration,
+    /// Clock-skew allowance applied to `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+}
+
+/// The claims as sent: every field is checked for type and value by [`TokenVerifier::verify`],
+/// so each refusal names its claim. A repeated claim name is a parse error (serde's derive).
+#[derive(Deserialize)]
+struct RawClaims {
+    tenant: Option<Value>,
+    sub: Option<Value>,
+    aud: Option<Value>,
+    exp: Option<Value>,
+    iat: Option<Value>,
+    nbf: Option<Value>,
+    jti: Option<Value>,
+    iss: Option<Value>,
+    run_id: Option<Value>,
+    run_budget: Option<Value>,
+    scope: Option<Value>,
+    initiator: Option<Value>,
+    correlation_id: Option<Value>,
+}
+
+/// The protected header, read before any key is chosen.
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+}
+
+/// A verified token's claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// Tenant (`tenant`).
+    pub tenant: TenantId,
+    /// Workload (`sub`).
+    pub workload: WorkloadId,
+    /// Run id (`run_id`): 1-128 characters from `A-Za-z0-9._:-`.
+    pub run_id: Option<String>,
+    /// Run budget (`run_budget`).
+    pub run_budget: Option<RunBudget>,
+    /// Scopes (`scope`, split on spaces).
+    pub scopes: Vec<String>,
+    /// Initiator (`initiator`).
+    pub initiator: Option<Initiator>,
+    /// Upstream correlation id (`correlation_id`), at most 128 characters.
+    pub correlation_id: Option<String>,
+    /// Token id (`jti`).
+    pub jti: Option<String>,
+    /// Expiry (`exp`), seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// Why a token was refused. Display texts go into error bodies: no token content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a JWT (structure, base64url, JSON, or an unsupported `crit` header).
+    #[error("the token is malformed")]
+    Malformed,
+    /// `alg` other than EdDSA/ES256, or not the algorithm of the key it names.
+    #[error("the token's signature algorithm is not accepted")]
+    UnsupportedAlgorithm,
+    /// No key with this `kid` (or no `kid` while several keys are configured).
+    #[error("the token is signed with an unknown key")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    /// Past `exp` (plus leeway).
+    #[error("the token has expired")]
+    Expired,
+    /// Before `nbf` or `iat` (minus leeway).
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `aud` does not name this proxy.
+    #[error("the token is for another audience")]
+    WrongAudience,
+    /// `iss` is not the configured issuer.
+    #[error("the token is from an unexpected issuer")]
+    WrongIssuer,
+    /// `exp - iat` over the maximum.
+    #[error("the token's lifetime exceeds the allowed maximum of {max_secs}s")]
+    LifetimeTooLong {
+        /// The maximum, in seconds.
+        max_secs: u64,
+    },
+    /// `jti` is revoked.
+    #[error("the token has been revoked")]
+    Revoked,
+    /// A required claim is missing.
+    #[error("the token has no `{0}` claim")]
+    MissingClaim(&'static str),
+    /// A claim has the wrong type or an invalid value.
+    #[error("the token's `{0}` claim is invalid")]
+    InvalidClaim(&'static str),
+}
+
+/// Verifies tokens against one key set and revocation list.
+#[derive(Debug)]
+pub struct TokenVerifier {
+    settings: TokenSettings,
+    keys: KeySet,
+    revoked: HashSet<String>,
+}
+
+fn string_claim(v: Option<Value>, name: &'static str) -> Result<Option<String>, TokenError> {
+    match v {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(TokenError::InvalidClaim(name)),
+    }
+}
+
+/// A NumericDate: a non-negative integer number of seconds.
+fn time_claim(v: Option<Value>, name: &'static str) -> Result<Option<u64>, TokenError> {
+    match v {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(TokenError::InvalidClaim(name)),
+        Some(_) => Err(TokenError::InvalidClaim(name)),
+    }
+}
+
+/// Maps a `jsonwebtoken` failure to the reason we report.
+fn decode_error(e: &jsonwebtoken::errors::Error) -> TokenError {
+    match e.kind() {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            TokenError::UnsupportedAlgorithm
+        }
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenError::MissingClaim("aud"),
+        // SECURITY: everything else (bad base64, bad JSON, key trouble, kinds added by later
+        // versions) is a refusal too.
+        _ => TokenError::Malformed,
+    }
+}
+
+impl TokenVerifier {
+    /// A verifier for `keys`, refusing the token ids in `revoked_jtis`.
+    pub fn new(settings: TokenSettings, keys: KeySet, revoked_jtis: HashSet<String>) -> Self {
+        Self {
+            settings,
+            keys,
+            revoked: revoked_jtis,
+        }
+    }
+
+    /// Verifies `token` at time `now_unix` (seconds since the Unix epoch).
+    ///
+    /// Checks, in order: shape and size, header (`alg`, `kid`, no `crit`), signature with the
+    /// selected key, `aud`, time claims with leeway, lifetime, `iss`, revocation, then the value
+    /// of each claim.
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<VerifiedToken, TokenError> {
+        // SECURITY: bound the work done for unauthenticated input.
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let header = URL_SAFE_NO_PAD
+            .decode(header)
+            .ok()
+            .and_then(|h| serde_json::from_slice::<RawHeader>(&h).ok())
+            .ok_or(TokenError::Malformed)?;
+        // SECURITY: `crit` lists extensions the recipient must understand; we understand none.
+        if header.crit.is_some() {
+            return Err(TokenError::Malformed);
+        }
+        let alg = match header.alg.as_str() {
+            "EdDSA" => Algorithm::EdDSA,
+            "ES256" => Algorithm::ES256,
+            // SECURITY: `none`, HS*, RS*, PS* and anything else are refused before a key is
+            // looked at, so no key can be misused with another algorithm.
+            _ => return Err(TokenError::UnsupportedAlgorithm),
+        };
+        let (key, key_alg) = self.keys.select(header.kid.as_deref())?;
+        // SECURITY: the key decides the algorithm, never the token header.
+        if alg != *key_alg {
+            return Err(TokenError::UnsupportedAlgorithm);
+        }
+        if payload.is_empty() || signature.is_empty() {
+            return Err(TokenError::Malformed);
+        }
+
+        let mut validation = Validation::new(*key_alg);
+        // Time claims are checked below against the caller's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        validation.required_spec_claims = HashSet::from(["aud".to_string()]);
+        validation.validate_aud = true;
+        validation.set_audience(&[&self.settings.audience]);
+        if let Some(iss) = &self.settings.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let claims = jsonwebtoken::decode::<RawClaims>(token, key, &validation)
+            .map_err(|e| decode_error(&e))?
+            .claims;
+
+        // `aud` again, here, so its type and value are checked whatever the library does.
+        let aud_ok = match claims.aud {
+            None => return Err(TokenError::MissingClaim("aud")),
+            Some(Value::String(a)) => a == self.settings.audience,
+            Some(Value::Array(list)) => {
+                let mut found = false;
+                for a in &list {
+                    match a.as_str() {
+                        Some(a) => found |= a == self.settings.audience,
+                        None => return Err(TokenError::InvalidClaim("aud")),
+                    }
+                }
+                found
+            }
+            Some(_) => return Err(TokenError::InvalidClaim("aud")),
+        };
+        if !aud_ok {
+            return Err(TokenError::WrongAudience);
+        }
+
+        let leeway = self.settings.leeway.as_secs();
+        let exp = time_claim(claims.exp, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+        let iat = time_claim(claims.iat, "iat")?.ok_or(TokenError::MissingClaim("iat"))?;
+        let nbf = time_claim(claims.nbf, "nbf")?;
+        if now_unix > exp.saturating_add(leeway) {
+            return Err(TokenError::Expired);
+        }
+        let horizon = now_unix.saturating_add(leeway);
+        if iat > horizon || nbf.is_some_and(|nbf| nbf > horizon) {
+            return Err(TokenError::NotYetValid);
+        }
+        // SECURITY: a token that expires before it was issued is broken, not merely short.
+        if exp < iat {
+            return Err(TokenError::InvalidClaim("exp"));
+        }
+        let max_secs = self.settings.max_lifetime.as_secs();
+        // SECURITY: a token minted for longer than allowed is refused even while fresh, so a
+        // leaked long-lived token cannot be used at all.
+        if exp.saturating_sub(iat) > max_secs {
+            return Err(TokenError::LifetimeTooLong { max_secs });
+        }
+
+        let iss = string_claim(claims.iss, "iss")?;
+        if let Some(want) = &self.settings.issuer {
+            match iss {
+                None => return Err(TokenError::MissingClaim("iss")),
+                Some(iss) if iss != *want => return Err(TokenError::WrongIssuer),
+                Some(_) => {}
+            }
+        }
+
+        let jti = string_claim(claims.jti, "jti")?;
+        if jti.as_ref().is_some_and(|j| self.revoked.contains(j)) {
+            return Err(TokenError::Revoked);
+        }
+
+        let tenant =
+            string_claim(claims.tenant, "tenant")?.ok_or(TokenError::MissingClaim("tenant"))?;
+        let tenant = TenantId::new(&tenant).map_err(|_| TokenError::InvalidClaim("tenant"))?;
+        let sub = string_claim(claims.sub, "sub")?.ok_or(TokenError::MissingClaim("sub"))?;
+        let workload = WorkloadId::new(&sub).map_err(|_| TokenError::InvalidClaim("sub"))?;
+
+        let run_id = string_claim(claims.run_id, "run_id")?;
+        if run_id.as_deref().is_some_and(|r| !valid_run_id(r)) {
+            return Err(TokenError::InvalidClaim("run_id"));
+        }
+        let run_budget = claims
+            .run_budget
+            .filter(|v| !v.is_null())
+            .map(serde_json::from_value::<RunBudget>)
+            .transpose()
+            .map_err(|_| TokenError::InvalidClaim("run_budget"))?;
+        let scopes = match string_claim(claims.scope, "scope")? {
+            None => Vec::new(),
+            Some(s) => {
+                let scopes: Vec<String> = s
+                    .split(' ')
+                    .filter(|t| !t.is_empty())
+                    .map(String::from)
+                    .collect();
+                if !scopes.iter().all(|t| valid_scope(t)) {
+                    return Err(TokenError::InvalidClaim("scope"));
+                }
+                scopes
+            }
+        };
+        let initiator = claims
+            .initiator
+            .filter(|v| !v.is_null())
+            .map(serde_json::from_value::<Initiator>)
+            .transpose()
+            .map_err(|_| TokenError::InvalidClaim("initiator"))?;
+        let correlation_id = string_claim(claims.correlation_id, "correlation_id")?;
+        // The correlation id is copied into logs and audit records: short, no control characters.
+        if correlation_id.as_deref().is_some_and(|c| {
+            c.chars().count() > MAX_ID_CLAIM_LEN || c.chars().any(char::is_control)
+        }) {
+            return Err(TokenError::InvalidClaim("correlation_id"));
+        }
+
+        Ok(VerifiedToken {
+            tenant,
+            workload,
+            run_id,
+            run_budget,
+            scopes,
+            initiator,
+            correlation_id,
+            jti,
+            expires_at: exp,
+        })
+    }
+}

@@ -1,0 +1,75 @@
+//! `[intercept]` in the static file: the local CA that signs per-host leaves for intercepted
+//! tunnels.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::problems::Problems;
+
+/// `[intercept]`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptSpec {
+    /// CA certificate (PEM), from `tenant-proxy ca init`.
+    pub ca_cert: PathBuf,
+    /// CA private key (PEM).
+    pub ca_key: PathBuf,
+    /// Lifetime of minted leaves (never written to disk).
+    #[serde(default = "default_leaf_ttl")]
+    pub leaf_ttl: String,
+    /// Most leaves kept in memory.
+    #[serde(default = "default_leaf_cache")]
+    pub leaf_cache: usize,
+}
+
+fn default_leaf_ttl() -> String {
+    "12h".into()
+}
+fn default_leaf_cache() -> usize {
+    10_000
+}
+
+/// `[intercept]`, validated.
+#[derive(Debug, Clone)]
+pub struct InterceptSettings {
+    /// CA certificate file.
+    pub ca_cert: PathBuf,
+    /// CA key file.
+    pub ca_key: PathBuf,
+    /// Leaf lifetime.
+    pub leaf_ttl: Duration,
+    /// Leaf cache bound.
+    pub leaf_cache: usize,
+}
+
+impl InterceptSettings {
+    /// Validates `[intercept]`; the CA files resolve against the configuration file.
+    pub fn from_spec(spec: InterceptSpec, p: &mut Problems<'_>) -> Self {
+        let settings = InterceptSettings {
+            ca_cert: p.path(&spec.ca_cert),
+            ca_key: p.path(&spec.ca_key),
+            leaf_ttl: p.duration("intercept.leaf_ttl", &spec.leaf_ttl),
+            leaf_cache: spec.leaf_cache.max(1),
+        };
+        if settings.leaf_ttl < Duration::from_secs(600) {
+            p.push(
+                "intercept.leaf_ttl",
+                "must be at least 10m (clients check validity against their own clocks)",
+            );
+        }
+        for (field, f) in [("ca_cert", &settings.ca_cert), ("ca_key", &settings.ca_key)] {
+            if !f.is_file() {
+                p.push(
+                    format!("intercept.{field}"),
+                    format!(
+                        "`{}` is not a readable file; create the CA with `tenant-proxy ca init --out DIR`",
+                        f.display()
+                    ),
+                );
+            }
+        }
+        settings
+    }
+}
