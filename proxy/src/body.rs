@@ -1,10 +1,11 @@
 //! Request bodies: read in full (up to the cap) before the policy decision, so the decision can
 //! see the model and nothing reaches the upstream before it is allowed.
 //!
-//! Toward an LLM destination ([`llm_destination`]) a body is either classified or refused,
-//! never forwarded unread ([`classify`]): its `Content-Encoding` is decoded (bounded), a UTF-8
-//! BOM removed, and it is read as JSON, a URL-encoded form or a multipart form for the model it
-//! names. What is forwarded is exactly what was read: the decoded body, without the BOM and
+//! Toward an LLM destination ([`providers::registry::is_llm_destination`]) a body is either
+//! classified or refused, never forwarded unread ([`classify`]): its `Content-Encoding` is
+//! decoded (bounded), a UTF-8 BOM removed, and it is read as JSON, a URL-encoded form or a
+//! multipart form for the model it names (in every provider's spelling, see
+//! [`providers::request`]). What is forwarded is exactly what was read: the decoded body, without the BOM and
 //! without `Content-Encoding`.
 //!
 //! pingora forwards a body that a filter already read only through its retry buffer (64 KiB).
@@ -18,12 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::METRICS;
+use crate::usage::providers::{self, request::Slot};
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
-use serde::Deserialize;
-
-use crate::metrics::METRICS;
-use crate::target::Destination;
 
 /// Why a body was refused. Messages never quote the body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -221,28 +220,18 @@ async fn read_body(
     Ok(Some(buf.freeze()))
 }
 
-#[derive(Deserialize)]
-struct LlmFields<'a> {
-    #[serde(borrow, default)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
-    #[serde(default)]
-    max_output_tokens: Option<u64>,
-}
-
 /// What a JSON request body says about the LLM call it makes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LlmRequest {
     /// The `model` it names.
     pub model: Option<String>,
-    /// Its output ceiling (`max_tokens`, `max_completion_tokens` or `max_output_tokens`).
+    /// Its output ceiling (the first of the providers' ceiling fields present, see
+    /// [`providers::request`]).
     pub max_output_tokens: Option<u64>,
 }
 
-/// Reads `model` and the output ceiling from a body shaped like a JSON object.
+/// Reads the model and the output ceiling (every provider's fields, see
+/// [`providers::request`]) from a body shaped like a JSON object.
 ///
 /// SECURITY: these fields feed policy (`context.model`) and token budgets, so an agent must not
 /// be able to hide them from the proxy while the upstream still reads them:
@@ -261,28 +250,18 @@ pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
     if first != Some(&b'{') {
         return Ok(LlmRequest::default());
     }
-    let f = serde_json::from_slice::<LlmFields<'_>>(body)
+    let named = providers::request::read_json(body)
         .map_err(|e| format!("the request body cannot be read as a JSON object: {e}"))?;
-    checked(
-        f.model.map(|m| m.into_owned()),
-        f.max_tokens,
-        f.max_completion_tokens,
-        f.max_output_tokens,
-    )
+    checked(named.model, named.max_output_tokens)
 }
 
-fn checked(
-    model: Option<String>,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    max_output_tokens: Option<u64>,
-) -> Result<LlmRequest, String> {
+fn checked(model: Option<String>, max_output_tokens: Option<u64>) -> Result<LlmRequest, String> {
     if model.as_ref().is_some_and(|m| m.len() > 256) {
         return Err("`model` is longer than 256 bytes".into());
     }
     Ok(LlmRequest {
         model,
-        max_output_tokens: max_tokens.or(max_completion_tokens).or(max_output_tokens),
+        max_output_tokens,
     })
 }
 
@@ -291,77 +270,6 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Content codings decoded one inside another at most (`gzip, br` is two).
 const MAX_CODINGS: usize = 4;
-
-/// Known LLM API paths: a body sent to one is an LLM call, whatever the host.
-const LLM_PATHS: &[&str] = &[
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/responses",
-    "/v1/messages",
-    "/v1/embeddings",
-];
-
-/// The operations of an Azure OpenAI deployment (`/openai/deployments/<name>/<operation>`).
-const DEPLOYMENT_OPERATIONS: &[&str] =
-    &["chat/completions", "completions", "embeddings", "responses"];
-
-/// Whether requests to `destination` are LLM calls: a route or host with a provider (the
-/// route's `provider`, or a well-known API host), or a known LLM API path on any host. The path
-/// is compared percent-decoded, with repeated slashes folded and case ignored, the way servers
-/// route it, so `/v1/%63hat/completions` or `//v1/Chat/completions` is one too.
-pub fn llm_destination(destination: &Destination) -> bool {
-    if destination.provider.is_some()
-        || crate::pricing::provider_for_host(&destination.host).is_some()
-    {
-        return true;
-    }
-    let path = destination
-        .upstream_path
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("");
-    let path = normalized_path(path);
-    let path = path.trim_end_matches('/');
-    // Each known path starts with `/`, so a suffix match is a whole-segment match.
-    LLM_PATHS.iter().any(|p| path.ends_with(p))
-        || path
-            .split_once("/openai/deployments/")
-            .is_some_and(|(_, rest)| {
-                rest.split_once('/')
-                    .is_some_and(|(_, op)| DEPLOYMENT_OPERATIONS.contains(&op))
-            })
-}
-
-/// Percent-decoded, repeated slashes folded, ASCII lowercase.
-fn normalized_path(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                decoded.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                decoded.push(b);
-                i += 1;
-            }
-        }
-    }
-    let mut out = String::with_capacity(decoded.len());
-    for c in String::from_utf8_lossy(&decoded).chars() {
-        if !(c == '/' && out.ends_with('/')) {
-            out.push(c.to_ascii_lowercase());
-        }
-    }
-    out
-}
 
 /// Where a body goes, as far as reading it is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -580,47 +488,53 @@ fn boundary(headers: &http::HeaderMap) -> Option<String> {
     })
 }
 
-/// The form fields that name the model or the output ceiling, each at most once.
+/// The form fields that name the model or the output ceiling (the providers' top-level fields,
+/// see [`providers::request::form_field`]), each at most once.
 #[derive(Default)]
 struct FormFields {
-    model: Option<String>,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    max_output_tokens: Option<u64>,
+    /// Model names by precedence rank.
+    models: Vec<(usize, String)>,
+    /// Ceilings by precedence rank.
+    ceilings: Vec<(usize, u64)>,
 }
 
 impl FormFields {
     /// Takes one field; a field that matters given twice is refused (parsers disagree on
     /// which copy wins). Names are compared ignoring case, so no spelling hides one.
     fn take(&mut self, name: &str, value: &str) -> Result<(), String> {
-        let number = |v: &str| {
-            v.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("form field `{name}` is not a whole number"))
-        };
-        fn once<T>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), String> {
-            match slot.replace(value) {
-                Some(_) => Err(format!("form field `{name}` is given more than once")),
-                None => Ok(()),
+        fn once<T>(
+            slots: &mut Vec<(usize, T)>,
+            rank: usize,
+            value: T,
+            name: &str,
+        ) -> Result<(), String> {
+            if slots.iter().any(|(r, _)| *r == rank) {
+                return Err(format!("form field `{name}` is given more than once"));
             }
+            slots.push((rank, value));
+            Ok(())
         }
-        match name.to_ascii_lowercase().as_str() {
-            "model" => once(&mut self.model, value.to_string(), name),
-            "max_tokens" => once(&mut self.max_tokens, number(value)?, name),
-            "max_completion_tokens" => once(&mut self.max_completion_tokens, number(value)?, name),
-            "max_output_tokens" => once(&mut self.max_output_tokens, number(value)?, name),
-            _ => Ok(()),
+        match providers::request::form_field(name) {
+            Some(Slot::Model(rank)) => once(&mut self.models, rank, value.to_string(), name),
+            Some(Slot::Ceiling(rank)) => {
+                let number = value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("form field `{name}` is not a whole number"))?;
+                once(&mut self.ceilings, rank, number, name)
+            }
+            None => Ok(()),
         }
     }
 
     fn finish(self) -> Result<LlmRequest, String> {
-        checked(
-            self.model,
-            self.max_tokens,
-            self.max_completion_tokens,
-            self.max_output_tokens,
-        )
+        checked(first(self.models), first(self.ceilings))
     }
+}
+
+/// The value of the best-ranked field.
+fn first<T>(slots: Vec<(usize, T)>) -> Option<T> {
+    slots.into_iter().min_by_key(|(r, _)| *r).map(|(_, v)| v)
 }
 
 fn url_encoded(body: &[u8]) -> Result<LlmRequest, String> {
@@ -666,11 +580,7 @@ fn multipart(body: &[u8], boundary: &str) -> Result<LlmRequest, String> {
         next.extend_from_slice(delimiter);
         let end = find(content, &next).ok_or_else(|| malformed("no closing delimiter"))?;
         if let Some(name) = part_name(head) {
-            let lowered = name.to_ascii_lowercase();
-            if matches!(
-                lowered.as_str(),
-                "model" | "max_tokens" | "max_completion_tokens" | "max_output_tokens"
-            ) {
+            if providers::request::form_field(&name).is_some() {
                 let value = std::str::from_utf8(&content[..end])
                     .map_err(|_| malformed("a field value that is not UTF-8"))?;
                 fields.take(&name, value)?;
@@ -711,7 +621,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::target::Scheme;
     use std::io::Write;
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -1087,85 +996,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(mcp.llm, LlmRequest::default());
-    }
-
-    #[test]
-    fn llm_destinations() {
-        let dest = |host: &str, path: &str, provider: Option<&str>| Destination {
-            scheme: Scheme::Https,
-            host: host.into(),
-            port: 443,
-            upstream_path: path.into(),
-            audit_path: path.into(),
-            route: None,
-            internal: false,
-            provider: provider.map(String::from),
-        };
-        let cases = [
-            (
-                "known host",
-                dest("api.openai.com", "/v1/files", None),
-                true,
-            ),
-            (
-                "route provider",
-                dest("llm.internal", "/generate", Some("openai")),
-                true,
-            ),
-            (
-                "chat path anywhere",
-                dest("127.0.0.1", "/v1/chat/completions", None),
-                true,
-            ),
-            (
-                "under a prefix",
-                dest("gw.example", "/openai/v1/responses?x=1", None),
-                true,
-            ),
-            ("messages", dest("gw.example", "/v1/messages", None), true),
-            (
-                "embeddings, trailing slash",
-                dest("gw.example", "/v1/embeddings/", None),
-                true,
-            ),
-            (
-                "encoded",
-                dest("gw.example", "/v1/%63hat/completions", None),
-                true,
-            ),
-            (
-                "doubled slash, case",
-                dest("gw.example", "//V1/Chat//completions", None),
-                true,
-            ),
-            (
-                "azure deployment",
-                dest(
-                    "x.openai.azure.com",
-                    "/openai/deployments/gpt4/chat/completions",
-                    None,
-                ),
-                true,
-            ),
-            (
-                "other path",
-                dest("gw.example", "/v1/chat/completions-old", None),
-                false,
-            ),
-            (
-                "not a segment",
-                dest("gw.example", "/xv1/chat/completions", None),
-                false,
-            ),
-            (
-                "plain API",
-                dest("api.example.com", "/v1/users", None),
-                false,
-            ),
-        ];
-        for (name, d, want) in cases {
-            assert_eq!(llm_destination(&d), want, "{name}");
-        }
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! 4. [`policy`]: Cedar decides, default deny, errors deny (a shadow set, when configured, is
 //!    asked too and only audited);
 //! 5. [`credentials`]: `$CRED{}` handles swapped for the tenant's own secrets toward bound hosts;
-//! 6. forward, meter LLM [`usage`] from the response, then [`audit`] one record per request in
+//! 6. forward, meter LLM [`usage`] from the response (each provider's API is one file in
+//!    [`usage::providers`]), then [`audit`] one record per request in
 //!    the tenant's own partition, and [`metrics`] by opaque tenant id.
 //!
 //! The process log ([`logging`]) holds no secret at any level: third-party debug lines stay

@@ -292,24 +292,6 @@ fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option
     }
 }
 
-/// The provider a well-known API host belongs to, for routes that do not name one.
-pub fn provider_for_host(host: &str) -> Option<&'static str> {
-    Some(
-        match host.trim_end_matches('.').to_ascii_lowercase().as_str() {
-            "api.openai.com" => "openai",
-            "api.anthropic.com" => "anthropic",
-            "generativelanguage.googleapis.com" => "google",
-            "api.mistral.ai" => "mistral",
-            "api.groq.com" => "groq",
-            "api.deepseek.com" => "deepseek",
-            "api.together.xyz" => "together",
-            "openrouter.ai" => "openrouter",
-            "api.x.ai" => "xai",
-            _ => return None,
-        },
-    )
-}
-
 /// Micro-units as a decimal amount with at least two decimals: `1_500_000` → `1.50`,
 /// `1_234_567` → `1.234567`, `10` → `0.00001`.
 pub fn format_micros(micros: u64) -> String {
@@ -521,12 +503,5 @@ unknown_model = "refuse"
         assert_eq!(format_micros(10), "0.00001");
         assert_eq!(format_micros(0), "0.00");
         assert_eq!(format_micros(42_000_000), "42.00");
-    }
-
-    #[test]
-    fn well_known_hosts() {
-        assert_eq!(provider_for_host("api.openai.com"), Some("openai"));
-        assert_eq!(provider_for_host("API.Anthropic.com."), Some("anthropic"));
-        assert_eq!(provider_for_host("127.0.0.1"), None);
     }
 }

@@ -1,7 +1,9 @@
-//! Where a request carries credentials: the credential-bearing positions of each provider,
-//! written once here. Toward a destination whose keys the proxy manages, each of these positions
-//! holds exactly one value, and that value is a `$CRED{}` handle or nothing (see
-//! [`super::apply`]); a handle in a header that is not one of them is a position error.
+//! Where a request carries credentials: every provider's key positions (each provider names
+//! its own, see [`crate::usage::providers::registry::key_positions`]), the generic positions of
+//! gateways and APIs that take a key in the usual places, and the configured extra headers.
+//! Toward a destination whose keys the proxy manages, each of these positions holds exactly one
+//! value, and that value is a `$CRED{}` handle or nothing (see [`super::apply`]); a handle in a
+//! header that is not one of them is a position error.
 //!
 //! Names are compared normalized, the way upstream frameworks fold them, so a spelling variant
 //! is the same position: header names in lower case with `_` read as `-` (CGI/WSGI servers turn
@@ -10,57 +12,19 @@
 
 use http::HeaderName;
 
-/// The credential positions one provider's API reads.
-#[derive(Debug, Clone, Copy)]
-pub struct ProviderPositions {
-    /// Provider name (the price table's and the routes' `provider`).
-    pub provider: &'static str,
-    /// Request headers that carry its key.
-    pub headers: &'static [&'static str],
-    /// URL query parameters that carry its key.
-    pub query: &'static [&'static str],
-    /// JSON or form body fields that carry its key (at any depth).
-    pub body: &'static [&'static str],
-}
+use crate::usage::providers::{registry, KeyPositions};
 
-/// Every provider's credential positions. `generic` covers gateways and APIs that accept a key
-/// in the usual places. Toward a managed destination all of them apply: the proxy cannot know
-/// which reader an upstream uses, so a literal in any of them is refused.
-pub const PROVIDERS: &[ProviderPositions] = &[
-    ProviderPositions {
-        provider: "openai",
-        headers: &["authorization"],
-        query: &[],
-        body: &["api_key", "openai_api_key"],
-    },
-    ProviderPositions {
-        provider: "anthropic",
-        headers: &["x-api-key", "authorization"],
-        query: &[],
-        body: &["api_key", "anthropic_api_key"],
-    },
-    ProviderPositions {
-        provider: "azure_openai",
-        headers: &["api-key", "authorization"],
-        query: &["api-key"],
-        body: &["api_key", "azure_api_key"],
-    },
-    ProviderPositions {
-        provider: "gemini",
-        headers: &["x-goog-api-key", "authorization"],
-        query: &["key"],
-        body: &["api_key", "x-goog-api-key"],
-    },
-    ProviderPositions {
-        provider: "generic",
-        headers: &["authorization", "x-api-key", "api-key", "x-auth-token"],
-        query: &["api_key", "key", "access_token", "x-api-key"],
-        body: &["api_key", "x-api-key", "access_token", "auth_token"],
-    },
-];
+/// Where gateways and APIs without a provider of their own accept a key.
+pub const GENERIC: KeyPositions = KeyPositions {
+    headers: &["authorization", "x-api-key", "api-key", "x-auth-token"],
+    query: &["api_key", "key", "access_token", "x-api-key"],
+    body: &["api_key", "x-api-key", "access_token", "auth_token"],
+};
 
-/// The union of every provider's positions plus the configured extra headers, normalized once
-/// at load so a request's check is a few comparisons.
+/// The union of every provider's positions, the generic ones and the configured extra headers,
+/// normalized once at load so a request's check is a few comparisons. Toward a managed
+/// destination all of them apply: the proxy cannot know which reader an upstream uses, so a
+/// literal in any of them is refused.
 #[derive(Debug, Clone)]
 pub struct CredentialPositions {
     headers: Vec<String>,
@@ -75,7 +39,8 @@ impl Default for CredentialPositions {
 }
 
 impl CredentialPositions {
-    /// Every provider's positions plus `extra` header names (`[credentials] credential_headers`).
+    /// Every provider's positions, the generic ones and `extra` header names (`[credentials]
+    /// credential_headers`).
     pub fn with_extra_headers(extra: &[String]) -> Self {
         let mut headers = Vec::new();
         let mut query = Vec::new();
@@ -85,7 +50,7 @@ impl CredentialPositions {
                 list.push(name);
             }
         };
-        for p in PROVIDERS {
+        for p in registry::key_positions().chain([&GENERIC]) {
             for h in p.headers {
                 add(&mut headers, normalize_header(h));
             }
@@ -312,6 +277,49 @@ mod tests {
         let extra = CredentialPositions::with_extra_headers(&["Private-Token".into()]);
         assert!(extra.is_header(&HeaderName::from_static("private-token")));
         assert!(!p.is_header(&HeaderName::from_static("private-token")));
+    }
+
+    /// The positions the per-provider table here held before each provider named its own:
+    /// the union is the same, name for name.
+    #[test]
+    fn the_union_is_what_the_provider_table_held() {
+        #[rustfmt::skip]
+        let before: [(&[&str], &[&str], &[&str]); 5] = [
+            // openai
+            (&["authorization"], &[], &["api_key", "openai_api_key"]),
+            // anthropic
+            (&["x-api-key", "authorization"], &[], &["api_key", "anthropic_api_key"]),
+            // azure_openai
+            (&["api-key", "authorization"], &["api-key"], &["api_key", "azure_api_key"]),
+            // gemini
+            (&["x-goog-api-key", "authorization"], &["key"], &["api_key", "x-goog-api-key"]),
+            // generic
+            (
+                &["authorization", "x-api-key", "api-key", "x-auth-token"],
+                &["api_key", "key", "access_token", "x-api-key"],
+                &["api_key", "x-api-key", "access_token", "auth_token"],
+            ),
+        ];
+        let set = |names: Vec<String>| names.into_iter().collect::<std::collections::BTreeSet<_>>();
+        let now = CredentialPositions::default();
+        let headers = before
+            .iter()
+            .flat_map(|p| p.0)
+            .map(|h| normalize_header(h))
+            .collect();
+        let query = before
+            .iter()
+            .flat_map(|p| p.1)
+            .map(|q| normalize_field(q))
+            .collect();
+        let body = before
+            .iter()
+            .flat_map(|p| p.2)
+            .map(|b| normalize_field(b))
+            .collect();
+        assert_eq!(set(now.headers.clone()), set(headers));
+        assert_eq!(set(now.query.clone()), set(query));
+        assert_eq!(set(now.body.clone()), set(body));
     }
 
     #[test]

@@ -24,16 +24,14 @@ pub use settings::RequestLimits;
 
 /// The `Connection` options a client may not nominate: hop-by-hop removal of these would change
 /// what the proxy decided on (the destination, the body's framing, the identity, the trace) or
-/// what it substituted (credentials) between the decision and the upstream.
+/// what it substituted (credentials) between the decision and the upstream. Every provider's
+/// key headers are protected too (see [`nominated_protected`]).
 const PROTECTED: &[&str] = &[
     "host",
     "content-length",
     "transfer-encoding",
     "authorization",
     "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
     "cookie",
     "traceparent",
     "tracestate",
@@ -43,8 +41,9 @@ const PROTECTED: &[&str] = &[
     "x-request-id",
 ];
 
-/// The first protected header a `Connection` field nominates, if any (see [`PROTECTED`]); other
-/// options (`close`, `keep-alive`, `upgrade`, custom hop-by-hop fields) are fine.
+/// The first protected header a `Connection` field nominates, if any (see [`PROTECTED`], and
+/// every provider's key headers); other options (`close`, `keep-alive`, `upgrade`, custom
+/// hop-by-hop fields) are fine.
 pub fn nominated_protected<'a>(
     connection_values: impl Iterator<Item = &'a [u8]>,
 ) -> Option<&'static str> {
@@ -55,6 +54,7 @@ pub fn nominated_protected<'a>(
                 .iter()
                 .find(|p| p.as_bytes().eq_ignore_ascii_case(option))
                 .copied()
+                .or_else(|| crate::usage::providers::registry::key_header(option))
         })
 }
 
@@ -74,6 +74,10 @@ mod tests {
                 Some("proxy-authorization"),
             ),
             (vec![b"Content-Length"], Some("content-length")),
+            // Every provider's key headers.
+            (vec![b"X-Api-Key"], Some("x-api-key")),
+            (vec![b"api-key"], Some("api-key")),
+            (vec![b"x-goog-api-key"], Some("x-goog-api-key")),
         ] {
             assert_eq!(nominated_protected(values.into_iter()), want);
         }

@@ -12,8 +12,9 @@
 
 use crate::context::TenantContext;
 use crate::limits::stream::StreamPlan;
-use crate::pricing::{provider_for_host, Prices};
+use crate::pricing::Prices;
 use crate::target::Destination;
+use crate::usage::providers::registry;
 use crate::usage::Usage;
 
 use super::{keys_for, CallKind, Charge, LimitConfig, LimitKey, MidStream, Subject};
@@ -72,17 +73,11 @@ pub fn plan(
     };
     let workload = entry.workload_ceilings.get(&tenant.workload);
     let prices = match (call.model, config.prices()) {
-        (Some(model), Some(table)) => {
-            let provider = destination
-                .provider
-                .as_deref()
-                .or_else(|| provider_for_host(&destination.host));
-            Some(
-                table
-                    .lookup(provider, model)
-                    .ok_or_else(|| PlanError::ModelNotPriced(model.to_string()))?,
-            )
-        }
+        (Some(model), Some(table)) => Some(
+            table
+                .lookup(registry::price_key(destination), model)
+                .ok_or_else(|| PlanError::ModelNotPriced(model.to_string()))?,
+        ),
         _ => None,
     };
     // Only a signed run id carries a budget, so an agent cannot start a fresh one.

@@ -48,6 +48,7 @@ use crate::pricing::Prices;
 use crate::snapshot::Snapshot;
 use crate::target::{Destination, Scheme};
 use crate::tls::ca::LeafMinter;
+use crate::usage::providers::{registry, Provider};
 
 /// Proof that the chain admitted a request to exactly this destination and address. Its fields
 /// are private: nothing but [`admit`] can make one.
@@ -173,8 +174,8 @@ pub struct HttpGrant {
     pub max_output_tokens: Option<u64>,
     /// Credential substitutions for the upstream request.
     pub applied: Option<Applied>,
-    /// The proxy added `stream_options.include_usage` (its usage event is removed again).
-    pub injected_include_usage: bool,
+    /// The provider the proxy asked for a stream's usage (its usage event is removed again).
+    pub usage_requested: Option<&'static dyn Provider>,
     /// Leases and reservations against ceilings, while the request is in flight.
     pub limits: Option<Admission>,
     /// The model's prices, when a price table is configured.
@@ -431,14 +432,15 @@ async fn admit_http(
             return Err(Deny::Credential(refusal));
         }
     }
-    // So that every streamed OpenAI call can be metered, ask a stream for its usage (and take
-    // the event out again before the agent sees it).
+    // So that every streamed call can be metered, ask a stream for its usage where its provider
+    // reports it only when asked (and take the event out again before the agent sees it).
     if trail.model.is_some() {
-        let path = destination.upstream_path.split('?').next().unwrap_or("");
         if let Some(body) = &grant.body {
-            if let Some(new) = crate::usage::include_usage::request_usage(path, &body.0) {
+            if let Some((new, by)) =
+                registry::request_stream_usage(&destination.upstream_path, &body.0)
+            {
                 grant.body = Some(BufferedBody(Bytes::from(new)));
-                grant.injected_include_usage = true;
+                grant.usage_requested = Some(by);
             }
         }
     }
@@ -632,7 +634,7 @@ fn body_destination(
         .is_some()
     {
         body::BodyDestination::Mcp
-    } else if body::llm_destination(destination) {
+    } else if registry::is_llm_destination(destination) {
         body::BodyDestination::Llm
     } else {
         body::BodyDestination::Other

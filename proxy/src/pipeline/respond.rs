@@ -24,7 +24,8 @@ use crate::limits::LimitBackend;
 use crate::mcp::list_filter::{FilterError, ListFilter};
 use crate::metrics::METRICS;
 use crate::policy::ItemKind;
-use crate::usage::include_usage::UsageEventStripper;
+use crate::usage::providers::registry;
+use crate::usage::strip::UsageEventStripper;
 use crate::usage::UsageMeter;
 
 /// Writes the admitted request as it goes upstream: origin-form target, the substitutions, the
@@ -162,18 +163,21 @@ impl Stages {
         }
         // Meter LLM calls whose response is readable as sent.
         if setup.llm && !encoded {
+            let provider = registry::for_destination(setup.admitted.permit.destination());
             stages.meter = resp
                 .headers
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-                .and_then(UsageMeter::for_content_type);
+                .and_then(|ct| UsageMeter::for_response(ct, provider));
         }
         // A stream that may be cut for budget ends with an event of ours, so its length changes.
         // Only hard ceilings (quotas) cut a stream; a per-minute rate does not.
         let grant = setup.grant;
-        if let (Some(UsageMeter::Sse { .. }), Some(plan), Some(admission)) =
-            (&stages.meter, grant.stream_plan, &grant.limits)
-        {
+        if let (Some(true), Some(plan), Some(admission)) = (
+            stages.meter.as_ref().map(UsageMeter::is_stream),
+            grant.stream_plan,
+            &grant.limits,
+        ) {
             let keys = admission.quota_keys();
             if !keys.is_empty() {
                 stages.guard = Some(StreamGuard::new(
@@ -186,8 +190,8 @@ impl Stages {
                 resp.remove_header(&http::header::CONTENT_LENGTH);
             }
         }
-        if grant.injected_include_usage && sse {
-            stages.strip = Some(UsageEventStripper::default());
+        if let (Some(asked), true) = (grant.usage_requested, sse) {
+            stages.strip = Some(UsageEventStripper::new(asked));
             resp.remove_header(&http::header::CONTENT_LENGTH);
         }
         if let Some(applied) = grant.applied.as_ref().filter(|a| !a.used.is_empty()) {

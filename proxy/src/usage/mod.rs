@@ -1,13 +1,21 @@
-//! LLM usage metering: read token counts from OpenAI (chat completions and the responses API)
-//! and Anthropic responses, JSON or SSE, as the response streams through. Nothing is buffered
-//! in front of the client: chunks pass on unchanged, and the meter keeps only what it needs
-//! (the SSE line in progress, or a bounded copy of a JSON body).
+//! LLM usage metering: read token counts from a response as it streams through, in the shapes
+//! its [`providers`] write (OpenAI chat completions and the Responses API, Anthropic messages),
+//! JSON or SSE. Nothing is buffered in front of the client: chunks pass on unchanged, and the
+//! meter keeps only what it needs (the SSE line in progress, or a bounded copy of a JSON body).
+//!
+//! - [`providers`]: one file per provider, and the registry the rest of the proxy asks;
+//! - [`sse`]: the SSE framing; a stream's events are handed to the provider's reader as JSON,
+//!   so another framing (AWS event-stream) is one more parser here, not a change to providers;
+//! - [`strip`]: takes the usage event the proxy asked for out of a stream again.
 
-pub mod include_usage;
+pub mod providers;
 pub mod sse;
+pub mod strip;
 
 use serde_json::Value;
 
+use providers::registry::PROVIDERS;
+use providers::{Generated, Provider};
 use sse::SseParser;
 
 /// Largest JSON response body copied for metering.
@@ -26,7 +34,15 @@ pub struct Usage {
 
 /// How a response is metered.
 #[derive(Debug)]
-pub enum UsageMeter {
+pub struct UsageMeter {
+    /// The provider whose shapes the response has; `None` reads every provider's (a destination
+    /// whose path names no provider: a gateway, a route without a known path).
+    provider: Option<&'static dyn Provider>,
+    framing: Framing,
+}
+
+#[derive(Debug)]
+enum Framing {
     /// A JSON body, parsed at its end.
     Json {
         /// The copy so far.
@@ -45,31 +61,50 @@ pub enum UsageMeter {
     },
 }
 
+/// Runs `f` with `provider`, or with every provider when it is unknown.
+fn each(provider: Option<&'static dyn Provider>, mut f: impl FnMut(&dyn Provider)) {
+    match provider {
+        Some(p) => f(p),
+        None => PROVIDERS.iter().for_each(|p| f(*p)),
+    }
+}
+
 impl UsageMeter {
-    /// A meter for a response with this `Content-Type`, or `None` when it cannot carry usage.
-    pub fn for_content_type(content_type: &str) -> Option<Self> {
+    /// A meter for a response with this `Content-Type` from `provider` (see
+    /// [`providers::registry::for_destination`]), or `None` when it cannot carry usage.
+    pub fn for_response(
+        content_type: &str,
+        provider: Option<&'static dyn Provider>,
+    ) -> Option<Self> {
         let ct = content_type.trim_start();
         let is = |p: &str| ct.get(..p.len()).is_some_and(|x| x.eq_ignore_ascii_case(p));
-        if is("text/event-stream") {
-            Some(UsageMeter::Sse {
+        let framing = if is("text/event-stream") {
+            Framing::Sse {
                 parser: SseParser::default(),
                 usage: None,
                 streamed_estimate: 0,
-            })
+            }
         } else if is("application/json") {
-            Some(UsageMeter::Json {
+            Framing::Json {
                 body: Vec::new(),
                 overflow: false,
-            })
+            }
         } else {
-            None
-        }
+            return None;
+        };
+        Some(Self { provider, framing })
+    }
+
+    /// Whether the response is a stream (metered, and estimated, event by event).
+    pub fn is_stream(&self) -> bool {
+        matches!(self.framing, Framing::Sse { .. })
     }
 
     /// Feeds a response body chunk (synchronous: called from the body filter).
     pub fn feed(&mut self, chunk: &[u8]) {
-        match self {
-            UsageMeter::Json { body, overflow } => {
+        let provider = self.provider;
+        match &mut self.framing {
+            Framing::Json { body, overflow } => {
                 if body.len() + chunk.len() > MAX_JSON {
                     *overflow = true;
                     body.clear();
@@ -77,15 +112,19 @@ impl UsageMeter {
                     body.extend_from_slice(chunk);
                 }
             }
-            UsageMeter::Sse {
+            Framing::Sse {
                 parser,
                 usage,
                 streamed_estimate,
             } => parser.feed(chunk, &mut |data| {
                 if data != b"[DONE]" {
                     if let Ok(v) = serde_json::from_slice::<Value>(data) {
-                        merge(usage, &v);
-                        *streamed_estimate += delta_tokens(&v);
+                        let mut generated = Generated::default();
+                        each(provider, |p| {
+                            p.usage_from_event(&v, usage);
+                            p.count_generated(&v, &mut generated);
+                        });
+                        *streamed_estimate += generated.tokens();
                     }
                 }
             }),
@@ -97,9 +136,9 @@ impl UsageMeter {
     /// leans high). Used to cut a stream before it runs past a budget; a JSON body reports 0 until
     /// it ends, since it cannot be cut part-way anyway.
     pub fn output_estimate(&self) -> u64 {
-        match self {
-            UsageMeter::Json { .. } => 0,
-            UsageMeter::Sse {
+        match &self.framing {
+            Framing::Json { .. } => 0,
+            Framing::Sse {
                 usage,
                 streamed_estimate,
                 ..
@@ -109,125 +148,27 @@ impl UsageMeter {
 
     /// The usage read, once the body has ended.
     pub fn finish(&self) -> Option<Usage> {
-        match self {
-            UsageMeter::Json { body, overflow } => {
+        match &self.framing {
+            Framing::Json { body, overflow } => {
                 if *overflow {
                     return None;
                 }
                 let v: Value = serde_json::from_slice(body).ok()?;
                 let mut usage = None;
-                merge(&mut usage, &v);
+                each(self.provider, |p| p.usage_from_json(&v, &mut usage));
                 usage
             }
-            UsageMeter::Sse { usage, .. } => *usage,
+            Framing::Sse { usage, .. } => *usage,
         }
     }
 }
 
-/// Estimated tokens of generated content in one streamed event: OpenAI chat completion chunks
-/// (`choices[].delta` text, refusals, reasoning and tool-call arguments), responses-API
-/// `*.delta` events, and Anthropic `content_block_delta` (text, tool input JSON, thinking).
-fn delta_tokens(v: &Value) -> u64 {
-    let mut bytes = 0usize;
-    let mut deltas = 0u64;
-    let mut count = |s: Option<&Value>| {
-        if let Some(s) = s.and_then(Value::as_str) {
-            bytes += s.len();
-            deltas += 1;
-        }
-    };
-    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-        for delta in choices.iter().filter_map(|c| c.get("delta")) {
-            for field in ["content", "refusal", "reasoning_content"] {
-                count(delta.get(field));
-            }
-            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-                for call in calls {
-                    count(call.pointer("/function/arguments"));
-                }
-            }
-        }
-    }
-    match v.get("type").and_then(Value::as_str) {
-        Some(t) if t.starts_with("response.") && t.ends_with(".delta") => count(v.get("delta")),
-        Some("content_block_delta") => {
-            if let Some(delta) = v.get("delta") {
-                for field in ["text", "partial_json", "thinking"] {
-                    count(delta.get(field));
-                }
-            }
-        }
-        _ => {}
-    }
-    if deltas == 0 {
-        return 0;
-    }
-    (bytes.div_ceil(4) as u64).max(deltas)
-}
-
-fn num(v: &Value, path: &str) -> Option<u64> {
-    v.pointer(path).and_then(Value::as_u64)
-}
-
-/// Folds the usage an event or body reports into `acc`. Later reports of the same counter
-/// replace earlier ones (providers report cumulative counts).
-fn merge(acc: &mut Option<Usage>, v: &Value) {
-    // OpenAI responses API streams the final object inside `response.completed`.
-    let v = v
-        .get("response")
-        .filter(|r| r.get("usage").is_some())
-        .unwrap_or(v);
-    // Anthropic streams input usage in `message_start.message.usage`.
-    let v = v
-        .get("message")
-        .filter(|m| m.get("usage").is_some())
-        .unwrap_or(v);
-    let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
-        return;
-    };
-    let entry = acc.get_or_insert_with(Usage::default);
-    // OpenAI chat completions.
-    if let Some(n) = num(u, "/prompt_tokens") {
-        entry.input_tokens = n;
-    }
-    if let Some(n) = num(u, "/completion_tokens") {
-        entry.output_tokens = n;
-    }
-    if let Some(n) = num(u, "/prompt_tokens_details/cached_tokens") {
-        entry.cached_input_tokens = n;
-    }
-    // OpenAI responses API and Anthropic messages.
-    if let Some(n) = num(u, "/input_tokens") {
-        entry.input_tokens = n;
-    }
-    if let Some(n) = num(u, "/output_tokens") {
-        entry.output_tokens = n;
-    }
-    if let Some(n) = num(u, "/input_tokens_details/cached_tokens") {
-        entry.cached_input_tokens = n;
-    }
-    if let Some(n) = num(u, "/cache_read_input_tokens") {
-        // Anthropic counts cache reads apart from `input_tokens`.
-        entry.cached_input_tokens = n;
-        entry.input_tokens = entry
-            .input_tokens
-            .max(num(u, "/input_tokens").unwrap_or(0) + n);
-    }
-}
-
+/// Helpers for the providers' metering tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    fn meter(ct: &str, chunks: &[&str]) -> Option<Usage> {
-        let mut m = UsageMeter::for_content_type(ct)?;
-        for c in chunks {
-            m.feed(c.as_bytes());
-        }
-        m.finish()
-    }
-
-    fn u(i: u64, c: u64, o: u64) -> Option<Usage> {
+    pub(crate) fn u(i: u64, c: u64, o: u64) -> Option<Usage> {
         Some(Usage {
             input_tokens: i,
             cached_input_tokens: c,
@@ -235,6 +176,85 @@ mod tests {
         })
     }
 
+    fn fed(provider: Option<&'static dyn Provider>, ct: &str, chunks: &[&[u8]]) -> UsageMeter {
+        let mut m = UsageMeter::for_response(ct, provider).expect("meterable");
+        for c in chunks {
+            m.feed(c);
+        }
+        m
+    }
+
+    /// The usage `provider` reads from a JSON response body.
+    pub(crate) fn meter_json(provider: &'static dyn Provider, body: &str) -> Option<Usage> {
+        fed(Some(provider), "application/json", &[body.as_bytes()]).finish()
+    }
+
+    /// Meters `stream` as `provider`'s, and as an unknown provider's (every reader): `usage`,
+    /// and an estimate of `deltas` before the usage event at byte `cut` (0: not checked) and the
+    /// larger of both after it, however the stream is split (at every byte boundary, byte by
+    /// byte) and whatever its line ends (`\n`, `\r\n`, `\r`).
+    pub(crate) fn meter_stream(
+        provider: &'static dyn Provider,
+        stream: &str,
+        usage: Option<Usage>,
+        deltas: u64,
+        cut: usize,
+    ) {
+        let reported = usage.map_or(0, |u| u.output_tokens);
+        for who in [Some(provider), None] {
+            let whole = fed(who, "text/event-stream", &[stream.as_bytes()]);
+            assert_eq!(whole.finish(), usage, "{who:?}: {stream}");
+            assert_eq!(
+                whole.output_estimate(),
+                reported.max(deltas),
+                "{who:?}: {stream}"
+            );
+            if cut > 0 {
+                let partial = fed(who, "text/event-stream", &[&stream.as_bytes()[..cut]]);
+                assert_eq!(partial.output_estimate(), deltas, "{who:?}: {stream}");
+            }
+            let unix = stream.replace("\r\n", "\n");
+            for ending in ["\n", "\r\n", "\r"] {
+                let s = unix.replace('\n', ending);
+                let b = s.as_bytes();
+                for at in 0..=b.len() {
+                    let split = fed(who, "text/event-stream", &[&b[..at], &b[at..]]);
+                    assert_eq!(split.finish(), usage, "{who:?} {ending:?} split at {at}");
+                    assert_eq!(
+                        split.output_estimate(),
+                        whole.output_estimate(),
+                        "{who:?} {ending:?} split at {at}"
+                    );
+                }
+                let bytes: Vec<&[u8]> = b.chunks(1).collect();
+                let each_byte = fed(who, "text/event-stream", &bytes);
+                assert_eq!(each_byte.finish(), usage, "{who:?} {ending:?} byte by byte");
+                assert_eq!(each_byte.output_estimate(), whole.output_estimate());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::u;
+    use super::*;
+    // Streams as the providers send them (shapes from their API references), with the usage
+    // each reports and the content bytes each streams.
+    use providers::anthropic::tests::STREAM as ANTHROPIC;
+    use providers::openai_chat::tests::STREAM as OPENAI_CHAT;
+    use providers::openai_responses::tests::STREAM as OPENAI_RESPONSES;
+
+    fn meter(ct: &str, chunks: &[&str]) -> Option<Usage> {
+        let mut m = UsageMeter::for_response(ct, None)?;
+        for c in chunks {
+            m.feed(c.as_bytes());
+        }
+        m.finish()
+    }
+
+    /// A response from a destination whose path names no provider is read with every
+    /// provider's reader.
     #[test]
     fn providers_and_shapes() {
         let cases: &[(&str, &str, &[&str], Option<Usage>)] = &[
@@ -274,41 +294,11 @@ mod tests {
         for (name, ct, chunks, want) in cases {
             assert_eq!(meter(ct, chunks), *want, "{name}");
         }
-        assert!(UsageMeter::for_content_type("text/html").is_none());
+        assert!(UsageMeter::for_response("text/html", None).is_none());
     }
 
-    /// Streams as the providers send them (shapes from their API references), with the usage
-    /// each reports and the content bytes each streams.
-    const OPENAI_CHAT: &str = concat!(
-        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},\"finish_reason\":null}],\"usage\":null}\n\n",
-        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello there, \"},\"finish_reason\":null}],\"usage\":null}\n\n",
-        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]},\"finish_reason\":null}],\"usage\":null}\n\n",
-        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
-        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":10,\"total_tokens\":29,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n",
-        "data: [DONE]\n\n",
-    );
-    const OPENAI_RESPONSES: &str = concat!(
-        "event: response.created\r\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r1\",\"usage\":null}}\r\n\r\n",
-        "event: response.output_text.delta\r\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"m1\",\"delta\":\"Bonjour \"}\r\n\r\n",
-        "event: response.output_text.delta\r\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"m1\",\"delta\":\"le monde\"}\r\n\r\n",
-        "event: response.output_text.done\r\ndata: {\"type\":\"response.output_text.done\",\"text\":\"Bonjour le monde\"}\r\n\r\n",
-        "event: response.completed\r\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r1\",\"usage\":{\"input_tokens\":36,\"input_tokens_details\":{\"cached_tokens\":8},\"output_tokens\":87,\"total_tokens\":123}}}\r\n\r\n",
-    );
-    const ANTHROPIC: &str = concat!(
-        "event: message_start\n",
-        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"model\":\"claude\",\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\n",
-        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
-        ": a comment line\n\n",
-        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi! My name is Claude.\"}}\n\n",
-        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"location\\\": \\\"San Fra\"}}\n\n",
-        "event: message_delta\n",
-        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\n",
-        "data: \"usage\":{\"output_tokens\":15}}\n\n",
-        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-    );
-
     fn fed(ct: &str, chunks: &[&[u8]]) -> UsageMeter {
-        let mut m = UsageMeter::for_content_type(ct).expect("meterable");
+        let mut m = UsageMeter::for_response(ct, None).expect("meterable");
         for c in chunks {
             m.feed(c);
         }

@@ -1,0 +1,159 @@
+//! Anthropic messages: `usage.input_tokens`, `output_tokens` and `cache_read_input_tokens`
+//! (counted apart from `input_tokens`), in the JSON body or, streamed, in `message_start`'s
+//! `message` and the cumulative `message_delta` (streams report usage unasked).
+
+use serde_json::Value;
+
+use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use crate::usage::Usage;
+
+/// Anthropic messages (`/v1/messages`).
+#[derive(Debug, Clone, Copy)]
+pub struct Anthropic;
+
+const FIELDS: RequestFields = RequestFields {
+    model: &[&["model"]],
+    ceilings: &[&["max_tokens"]],
+};
+
+const KEY_POSITIONS: KeyPositions = KeyPositions {
+    headers: &["x-api-key", "authorization"],
+    query: &[],
+    body: &["api_key", "anthropic_api_key"],
+};
+
+impl Provider for Anthropic {
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn default_hosts(&self) -> &'static [&'static str] {
+        &["api.anthropic.com"]
+    }
+
+    fn is_call(&self, path: &CallPath<'_>) -> bool {
+        path.ends_with("/v1/messages")
+    }
+
+    fn request_fields(&self) -> &'static RequestFields {
+        &FIELDS
+    }
+
+    fn key_positions(&self) -> &'static KeyPositions {
+        &KEY_POSITIONS
+    }
+
+    fn usage_from_json(&self, body: &Value, acc: &mut Option<Usage>) {
+        fold(body, acc);
+    }
+
+    fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>) {
+        fold(event, acc);
+    }
+
+    /// `content_block_delta` events: text, tool input JSON, thinking.
+    fn count_generated(&self, event: &Value, generated: &mut Generated) {
+        if event.get("type").and_then(Value::as_str) != Some("content_block_delta") {
+            return;
+        }
+        if let Some(delta) = event.get("delta") {
+            for field in ["text", "partial_json", "thinking"] {
+                generated.add(delta.get(field));
+            }
+        }
+    }
+}
+
+fn fold(v: &Value, acc: &mut Option<Usage>) {
+    // A stream reports input usage in `message_start.message.usage`.
+    let v = v
+        .get("message")
+        .filter(|m| m.get("usage").is_some())
+        .unwrap_or(v);
+    let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
+        return;
+    };
+    let entry = acc.get_or_insert_with(Usage::default);
+    if let Some(n) = num(u, "/input_tokens") {
+        entry.input_tokens = n;
+    }
+    if let Some(n) = num(u, "/output_tokens") {
+        entry.output_tokens = n;
+    }
+    if let Some(n) = num(u, "/cache_read_input_tokens") {
+        // Cache reads are counted apart from `input_tokens`; the input is both.
+        entry.cached_input_tokens = n;
+        entry.input_tokens = entry
+            .input_tokens
+            .max(num(u, "/input_tokens").unwrap_or(0) + n);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::usage::providers::request;
+    use crate::usage::testing::{meter_json, meter_stream, u};
+
+    /// A stream as Anthropic sends it (shapes from the API reference): pings, a comment line,
+    /// text and tool-input deltas, and a `message_delta` whose `data:` spans two lines.
+    pub(crate) const STREAM: &str = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"model\":\"claude\",\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\n",
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        ": a comment line\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi! My name is Claude.\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"location\\\": \\\"San Fra\"}}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\n",
+        "data: \"usage\":{\"output_tokens\":15}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    #[test]
+    fn usage_from_json_bodies() {
+        let cases = [
+            (
+                "message with cache reads",
+                r#"{"type":"message","usage":{"input_tokens":20,"output_tokens":5,"cache_read_input_tokens":10}}"#,
+                u(30, 10, 5),
+            ),
+            (
+                "message",
+                r#"{"id":"msg_1","type":"message","role":"assistant","content":[],"usage":{"input_tokens":4,"output_tokens":2,"cache_creation_input_tokens":0}}"#,
+                u(4, 0, 2),
+            ),
+            (
+                "error",
+                r#"{"type":"error","error":{"type":"overloaded_error"}}"#,
+                None,
+            ),
+        ];
+        for (name, body, want) in cases {
+            assert_eq!(meter_json(&Anthropic, body), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_stream_is_metered_and_estimated_however_it_is_split() {
+        // 22 bytes → 6, 24 bytes → 6; a multi-line `data:` carries the final usage.
+        let cut = STREAM.find("event: message_delta").expect("usage event");
+        meter_stream(&Anthropic, STREAM, u(30, 5, 15), 12, cut);
+        let short = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n: ping\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":42}}\n\n";
+        meter_stream(&Anthropic, short, u(11, 0, 42), 0, 0);
+    }
+
+    #[test]
+    fn model_and_ceiling_fields() {
+        let read = request::read_json_with(
+            &[&Anthropic],
+            br#"{"model":"claude-3-5-sonnet-20241022","max_tokens":1024,"messages":[]}"#,
+        )
+        .expect("read");
+        assert_eq!(read.model.as_deref(), Some("claude-3-5-sonnet-20241022"));
+        assert_eq!(read.max_output_tokens, Some(1024));
+        assert!(
+            request::read_json_with(&[&Anthropic], br#"{"max_tokens":1,"max_tokens":2}"#).is_err()
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! LLM providers: what the proxy knows about one provider's API, in one file per provider.
+//!
+//! A provider ([`Provider`]) says:
+//!
+//! - its name (the price table's `[providers.NAME]` key, a route's `provider`) and the API hosts
+//!   that are its own without configuration;
+//! - which request paths are its LLM calls;
+//! - the request body fields that name the model and cap the output ([`RequestFields`]);
+//! - how its responses report usage: in a JSON body, and in each event of a stream (the event's
+//!   JSON payload, whatever framing carried it: SSE today, see [`super::UsageMeter`]);
+//! - where its requests carry an API key ([`KeyPositions`], for the raw-key check);
+//! - whether a stream reports usage only when asked, and how to ask (and which event answers).
+//!
+//! The [`registry`] lists the providers once; the rest of the proxy asks it which provider a
+//! destination is, how to meter a response, what a body names and where keys go. Request fields
+//! are read by [`request`], in every provider's spelling at once.
+//!
+//! Adding a provider is one new file here with a unit struct that implements [`Provider`], and its
+//! line in [`registry::PROVIDERS`].
+
+pub mod anthropic;
+pub mod openai_chat;
+pub mod openai_responses;
+pub mod registry;
+pub mod request;
+
+use serde_json::Value;
+
+use super::Usage;
+
+/// One LLM provider's API. Implementations are unit structs listed in [`registry::PROVIDERS`];
+/// every method runs on the hot path (the usage readers in the synchronous body filter), so none
+/// blocks, and none allocates beyond what it returns.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// The provider's name: the price table's `[providers.NAME]` key. Several providers may
+    /// share one (two APIs of one vendor).
+    fn name(&self) -> &'static str;
+
+    /// API hosts that are this provider's without configuration (lowercase). A request to one
+    /// is an LLM call whatever its path, priced under [`Provider::name`].
+    fn default_hosts(&self) -> &'static [&'static str];
+
+    /// Whether `path` is one of this provider's LLM calls, on any host. The path a response is
+    /// metered by: each path belongs to at most one provider.
+    fn is_call(&self, path: &CallPath<'_>) -> bool;
+
+    /// The request body fields that name the model and cap the output.
+    fn request_fields(&self) -> &'static RequestFields;
+
+    /// Where a request to this provider carries its API key.
+    fn key_positions(&self) -> &'static KeyPositions;
+
+    /// Folds the usage a whole JSON response body reports into `acc`. Later reports of a counter
+    /// replace earlier ones (providers report cumulative counts); `acc` becomes `Some` once a
+    /// usage object is seen, even an empty one.
+    fn usage_from_json(&self, body: &Value, acc: &mut Option<Usage>);
+
+    /// Folds the usage one stream event reports into `acc`, as [`Provider::usage_from_json`].
+    /// `event` is the event's JSON payload, whatever framing carried it.
+    fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>);
+
+    /// Adds the generated content one stream event carries (text, tool-call arguments,
+    /// reasoning) to `generated`, from which the stream's output is estimated before the
+    /// provider reports it.
+    fn count_generated(&self, event: &Value, generated: &mut Generated);
+
+    /// For a provider whose streams report usage only when asked: the request body `body` to
+    /// `path` rewritten to ask, or `None` when nothing needs to change (not a stream, already
+    /// asked, not a call that takes the option). The proxy asks on the agent's behalf so every
+    /// streamed call can be metered.
+    fn request_stream_usage(&self, _path: &str, _body: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Whether `event` is the usage event [`Provider::request_stream_usage`] asked for (taken
+    /// out of the stream again, so the agent sees exactly the stream it requested).
+    fn is_requested_usage_event(&self, _event: &Value) -> bool {
+        false
+    }
+}
+
+/// A body field: the object keys from the top of the JSON body down to it (`&["max_tokens"]`,
+/// or nested, `&["generationConfig", "maxOutputTokens"]`).
+pub type Field = &'static [&'static str];
+
+/// The request body fields that name the model and cap the output, each in precedence order
+/// (the first present counts).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFields {
+    /// Fields that name the model (a string).
+    pub model: &'static [Field],
+    /// Fields that cap the output tokens (a whole number).
+    pub ceilings: &'static [Field],
+}
+
+/// Where requests carry an API key. The credential checks compare names the way upstream
+/// frameworks fold them (`x_api_key` is `x-api-key`, `apiKey` is `api_key`).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyPositions {
+    /// Request headers.
+    pub headers: &'static [&'static str],
+    /// URL query parameters.
+    pub query: &'static [&'static str],
+    /// JSON or form body fields (at any depth).
+    pub body: &'static [&'static str],
+}
+
+impl KeyPositions {
+    /// No position (a vendor whose key positions are all generic ones).
+    pub const NONE: KeyPositions = KeyPositions {
+        headers: &[],
+        query: &[],
+        body: &[],
+    };
+}
+
+/// The generated content seen in one stream event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Generated {
+    /// Bytes of generated text.
+    pub bytes: usize,
+    /// Content deltas carrying them.
+    pub deltas: u64,
+}
+
+impl Generated {
+    /// Counts `text` when it is a string (an absent or non-string field counts nothing).
+    pub fn add(&mut self, text: Option<&Value>) {
+        if let Some(s) = text.and_then(Value::as_str) {
+            self.bytes += s.len();
+            self.deltas += 1;
+        }
+    }
+
+    /// Estimated output tokens: about 4 bytes a token, at least 1 per delta, so it leans high.
+    pub fn tokens(&self) -> u64 {
+        if self.deltas == 0 {
+            return 0;
+        }
+        (self.bytes.div_ceil(4) as u64).max(self.deltas)
+    }
+}
+
+/// A request path as servers route it: percent-decoded, repeated slashes folded, ASCII
+/// lowercase, without its query, fragment and trailing slashes. So `/v1/%63hat/completions` and
+/// `//V1/Chat//completions/` are `/v1/chat/completions`.
+#[derive(Debug, Clone, Copy)]
+pub struct CallPath<'a>(&'a [u8]);
+
+/// Longest path normalized on the stack; a longer one takes one allocation.
+const STACK_PATH: usize = 512;
+
+impl CallPath<'_> {
+    /// Runs `f` on `path` (origin form, query allowed) normalized. Typical paths are normalized
+    /// on the stack: asking costs no allocation.
+    pub fn with<R>(path: &str, f: impl FnOnce(CallPath<'_>) -> R) -> R {
+        let path = path.split(['?', '#']).next().unwrap_or("").as_bytes();
+        // Decoding never lengthens a path.
+        if path.len() <= STACK_PATH {
+            let mut buf = [0u8; STACK_PATH];
+            let n = normalize(path, &mut buf);
+            f(CallPath(&buf[..n]))
+        } else {
+            let mut buf = vec![0u8; path.len()];
+            let n = normalize(path, &mut buf);
+            f(CallPath(&buf[..n]))
+        }
+    }
+
+    /// Whether the path ends with `suffix` (lowercase, starting with `/`, so a match is a
+    /// whole-segment match).
+    pub fn ends_with(&self, suffix: &str) -> bool {
+        self.0.ends_with(suffix.as_bytes())
+    }
+
+    /// The operation of an OpenAI-style path: `chat/completions` of `/v1/chat/completions` (any
+    /// prefix before `/v1/`) and of an Azure OpenAI deployment,
+    /// `/openai/deployments/<name>/chat/completions`.
+    pub fn is_openai_operation(&self, operation: &str) -> bool {
+        let op = operation.as_bytes();
+        let versioned = self
+            .0
+            .strip_suffix(op)
+            .is_some_and(|head| head.ends_with(b"/v1/"));
+        versioned || self.deployment_operation() == Some(op)
+    }
+
+    /// What follows `/openai/deployments/<name>/` (its first occurrence), if anything.
+    fn deployment_operation(&self) -> Option<&[u8]> {
+        const DEPLOYMENTS: &[u8] = b"/openai/deployments/";
+        let at = memchr::memmem::find(self.0, DEPLOYMENTS)?;
+        let rest = &self.0[at + DEPLOYMENTS.len()..];
+        let slash = memchr::memchr(b'/', rest)?;
+        Some(&rest[slash + 1..])
+    }
+}
+
+/// Writes `path` normalized into `out` (at least as long); returns the length written.
+fn normalize(path: &[u8], out: &mut [u8]) -> usize {
+    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+    let mut n = 0;
+    let mut i = 0;
+    while i < path.len() {
+        let b = match (path[i], hex(path.get(i + 1)), hex(path.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                i += 3;
+                (h * 16 + l) as u8
+            }
+            (b, _, _) => {
+                i += 1;
+                b
+            }
+        };
+        if b == b'/' && n > 0 && out[n - 1] == b'/' {
+            continue;
+        }
+        out[n] = b.to_ascii_lowercase();
+        n += 1;
+    }
+    while n > 0 && out[n - 1] == b'/' {
+        n -= 1;
+    }
+    n
+}
+
+/// `v.pointer(path)` as a whole number.
+fn num(v: &Value, path: &str) -> Option<u64> {
+    v.pointer(path).and_then(Value::as_u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized_as_servers_route_them() {
+        let cases = [
+            ("/v1/chat/completions", "/v1/chat/completions"),
+            ("/v1/%63hat/completions?x=1#f", "/v1/chat/completions"),
+            ("//V1/Chat//completions/", "/v1/chat/completions"),
+            ("/a%2F%2Fb/", "/a/b"),
+            ("/bad%zz%4", "/bad%zz%4"),
+            ("", ""),
+            ("///", ""),
+        ];
+        for (raw, want) in cases {
+            CallPath::with(raw, |p| assert_eq!(p.0, want.as_bytes(), "{raw}"));
+        }
+        // Longer than the stack buffer: the same rule.
+        let long = format!("/{}/V1//Messages/", "x".repeat(STACK_PATH));
+        CallPath::with(&long, |p| assert!(p.ends_with("/v1/messages"), "{long}"));
+    }
+
+    #[test]
+    fn openai_operations() {
+        let cases = [
+            ("/v1/chat/completions", "chat/completions", true),
+            ("/proxy/v1/chat/completions", "chat/completions", true),
+            ("/xv1/chat/completions", "chat/completions", false),
+            ("/v1/chat/completions", "completions", false),
+            (
+                "/openai/deployments/gpt4/chat/completions",
+                "chat/completions",
+                true,
+            ),
+            (
+                "/openai/deployments/gpt4/x/chat/completions",
+                "chat/completions",
+                false,
+            ),
+            ("/openai/deployments/chat/completions", "completions", true),
+            ("/openai/deployments/gpt4", "responses", false),
+        ];
+        for (path, op, want) in cases {
+            CallPath::with(path, |p| {
+                assert_eq!(p.is_openai_operation(op), want, "{path} {op}")
+            });
+        }
+    }
+
+    #[test]
+    fn generated_content_estimates_lean_high() {
+        let mut g = Generated::default();
+        assert_eq!(g.tokens(), 0);
+        g.add(Some(&Value::from("")));
+        assert_eq!(g.tokens(), 1, "an empty delta still counts one");
+        g.add(Some(&Value::from("Hello there, ")));
+        assert_eq!(
+            g,
+            Generated {
+                bytes: 13,
+                deltas: 2
+            }
+        );
+        assert_eq!(g.tokens(), 4);
+        g.add(Some(&Value::from(5)));
+        g.add(None);
+        assert_eq!(g.deltas, 2, "only strings are content");
+    }
+}

@@ -1,0 +1,293 @@
+//! OpenAI chat completions, with the two endpoints that report usage the same way (legacy
+//! completions and embeddings): `usage.prompt_tokens`, `completion_tokens` and
+//! `prompt_tokens_details.cached_tokens`, in the JSON body or in the last event of a stream.
+//!
+//! A stream reports usage only when asked (`stream_options.include_usage`): the proxy asks on the
+//! agent's behalf and takes the usage event out again when the agent had not asked for it.
+
+use serde_json::Value;
+
+use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use crate::usage::Usage;
+
+/// OpenAI chat completions (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, also
+/// under an Azure OpenAI deployment).
+#[derive(Debug, Clone, Copy)]
+pub struct OpenAiChat;
+
+/// OpenAI's name in the price table (shared with [`super::openai_responses`]).
+pub(super) const NAME: &str = "openai";
+
+/// OpenAI's API hosts (shared with [`super::openai_responses`]).
+pub(super) const HOSTS: &[&str] = &["api.openai.com"];
+
+/// Where OpenAI's APIs take a key (shared with [`super::openai_responses`]).
+pub(super) const KEY_POSITIONS: KeyPositions = KeyPositions {
+    headers: &["authorization"],
+    query: &[],
+    body: &["api_key", "openai_api_key"],
+};
+
+const OPERATIONS: &[&str] = &["chat/completions", "completions", "embeddings"];
+
+const FIELDS: RequestFields = RequestFields {
+    model: &[&["model"]],
+    // `max_tokens` first: the older name, still read by every OpenAI-compatible server.
+    ceilings: &[&["max_tokens"], &["max_completion_tokens"]],
+};
+
+impl Provider for OpenAiChat {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn default_hosts(&self) -> &'static [&'static str] {
+        HOSTS
+    }
+
+    fn is_call(&self, path: &CallPath<'_>) -> bool {
+        OPERATIONS.iter().any(|op| path.is_openai_operation(op))
+    }
+
+    fn request_fields(&self) -> &'static RequestFields {
+        &FIELDS
+    }
+
+    fn key_positions(&self) -> &'static KeyPositions {
+        &KEY_POSITIONS
+    }
+
+    fn usage_from_json(&self, body: &Value, acc: &mut Option<Usage>) {
+        fold(body, acc);
+    }
+
+    fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>) {
+        fold(event, acc);
+    }
+
+    fn count_generated(&self, event: &Value, generated: &mut Generated) {
+        let Some(choices) = event.get("choices").and_then(Value::as_array) else {
+            return;
+        };
+        for delta in choices.iter().filter_map(|c| c.get("delta")) {
+            for field in ["content", "refusal", "reasoning_content"] {
+                generated.add(delta.get(field));
+            }
+            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                for call in calls {
+                    generated.add(call.pointer("/function/arguments"));
+                }
+            }
+        }
+    }
+
+    /// Adds `stream_options.include_usage = true` to a streaming chat-completions body that
+    /// lacks it. Any path ending in `/chat/completions` on any host: OpenAI-compatible APIs serve
+    /// chat completions under other prefixes too (DeepSeek's `/chat/completions`, Gemini's
+    /// `/v1beta/openai/chat/completions`) and take the same option.
+    fn request_stream_usage(&self, path: &str, body: &[u8]) -> Option<Vec<u8>> {
+        if !path.ends_with("/chat/completions") {
+            return None;
+        }
+        let mut v: Value = serde_json::from_slice(body).ok()?;
+        let obj = v.as_object_mut()?;
+        if obj.get("stream").and_then(Value::as_bool) != Some(true) {
+            return None;
+        }
+        let asked = obj
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool);
+        if asked == Some(true) {
+            return None;
+        }
+        let options = obj
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Default::default()));
+        options
+            .as_object_mut()?
+            .insert("include_usage".into(), Value::Bool(true));
+        serde_json::to_vec(&v).ok()
+    }
+
+    /// The usage-only chunk: `"choices": []` with a `usage` object.
+    fn is_requested_usage_event(&self, event: &Value) -> bool {
+        event.get("usage").is_some_and(Value::is_object)
+            && event
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(|c| c.is_empty())
+    }
+}
+
+fn fold(v: &Value, acc: &mut Option<Usage>) {
+    let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
+        return;
+    };
+    let entry = acc.get_or_insert_with(Usage::default);
+    if let Some(n) = num(u, "/prompt_tokens") {
+        entry.input_tokens = n;
+    }
+    if let Some(n) = num(u, "/completion_tokens") {
+        entry.output_tokens = n;
+    }
+    if let Some(n) = num(u, "/prompt_tokens_details/cached_tokens") {
+        entry.cached_input_tokens = n;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::usage::providers::request;
+    use crate::usage::testing::{meter_json, meter_stream, u};
+
+    /// A stream as OpenAI sends it (shapes from the API reference): a role chunk, content, a
+    /// tool call's arguments, the finish chunk, the usage chunk asked for, `[DONE]`.
+    pub(crate) const STREAM: &str = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello there, \"},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":10,\"total_tokens\":29,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    #[test]
+    fn usage_from_json_bodies() {
+        let cases = [
+            (
+                "chat completion",
+                r#"{"id":"x","object":"chat.completion","choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":4}}}"#,
+                u(12, 4, 7),
+            ),
+            (
+                "embeddings",
+                r#"{"object":"list","data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+                u(8, 0, 0),
+            ),
+            ("no usage", r#"{"ok":true}"#, None),
+            ("usage null", r#"{"usage":null}"#, None),
+            // Other providers' shapes are not this one's.
+            (
+                "anthropic's",
+                r#"{"type":"message","usage":{"input_tokens":20,"output_tokens":5}}"#,
+                u(0, 0, 0),
+            ),
+        ];
+        for (name, body, want) in cases {
+            assert_eq!(meter_json(&OpenAiChat, body), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_stream_is_metered_and_estimated_however_it_is_split() {
+        // "" counts one, "Hello there, " 13 bytes → 4, the arguments 16 bytes → 4.
+        let cut = STREAM.find("usage\":{\"prompt").expect("usage event");
+        meter_stream(&OpenAiChat, STREAM, u(19, 0, 10), 9, cut);
+        // The usage chunk split across reads.
+        let split = [
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            "data: {\"choices\":[],\"usa",
+            "ge\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n",
+        ]
+        .concat();
+        let cut = split.find("data: {\"choices\":[],").expect("usage event");
+        meter_stream(&OpenAiChat, &split, u(5, 0, 2), 1, cut);
+    }
+
+    #[test]
+    fn generated_content_counts_every_kind_of_delta() {
+        let event: Value = serde_json::from_str(
+            r#"{"choices":[{"delta":{"content":"ab","refusal":"cd","reasoning_content":"ef","tool_calls":[{"function":{"arguments":"gh"}},{"function":{}}]}},{"delta":{"content":"ij"}}]}"#,
+        )
+        .expect("json");
+        let mut g = Generated::default();
+        OpenAiChat.count_generated(&event, &mut g);
+        assert_eq!(
+            g,
+            Generated {
+                bytes: 10,
+                deltas: 5
+            }
+        );
+        let mut none = Generated::default();
+        OpenAiChat.count_generated(
+            &serde_json::json!({"type":"content_block_delta","delta":{"text":"x"}}),
+            &mut none,
+        );
+        assert_eq!(none, Generated::default());
+    }
+
+    #[test]
+    fn model_and_ceiling_fields() {
+        for (body, model, ceiling) in [
+            (
+                r#"{"model":"gpt-4o","max_tokens":7}"#,
+                Some("gpt-4o"),
+                Some(7),
+            ),
+            (
+                r#"{"model":"o1","max_completion_tokens":8}"#,
+                Some("o1"),
+                Some(8),
+            ),
+            (
+                r#"{"model":"m","max_tokens":7,"max_completion_tokens":8}"#,
+                Some("m"),
+                Some(7),
+            ),
+            (r#"{"messages":[]}"#, None, None),
+        ] {
+            let read = request::read_json_with(&[&OpenAiChat], body.as_bytes()).expect(body);
+            assert_eq!(read.model.as_deref(), model, "{body}");
+            assert_eq!(read.max_output_tokens, ceiling, "{body}");
+        }
+        // Responses' ceiling is not chat's.
+        let read =
+            request::read_json_with(&[&OpenAiChat], br#"{"max_output_tokens":9}"#).expect("read");
+        assert_eq!(read.max_output_tokens, None);
+    }
+
+    #[test]
+    fn stream_usage_is_requested_only_when_missing() {
+        let ask = |path: &str, body: &str| OpenAiChat.request_stream_usage(path, body.as_bytes());
+        let with = ask("/v1/chat/completions", r#"{"model":"m","stream":true}"#).expect("changed");
+        let v: Value = serde_json::from_slice(&with).expect("json");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(ask(
+            "/v1/chat/completions",
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#
+        )
+        .is_none());
+        assert!(ask("/v1/chat/completions", r#"{"stream":false}"#).is_none());
+        assert!(ask("/v1/responses", r#"{"stream":true}"#).is_none());
+        assert!(ask("/v1/chat/completions", "not json").is_none());
+        assert!(ask("/chat/completions", r#"{"stream":true}"#).is_some());
+        let kept = ask(
+            "/v1/chat/completions",
+            r#"{"stream":true,"stream_options":{"other":1}}"#,
+        )
+        .expect("changed");
+        let v: Value = serde_json::from_slice(&kept).expect("json");
+        assert_eq!(
+            (
+                v["stream_options"]["other"].clone(),
+                v["stream_options"]["include_usage"].clone()
+            ),
+            (1.into(), true.into())
+        );
+    }
+
+    #[test]
+    fn the_requested_usage_event_is_recognized() {
+        let is =
+            |s: &str| OpenAiChat.is_requested_usage_event(&serde_json::from_str(s).expect("json"));
+        assert!(is(r#"{"choices":[],"usage":{"prompt_tokens":1}}"#));
+        assert!(!is(
+            r#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(!is(r#"{"choices":[],"usage":null}"#));
+        assert!(!is(r#"{"usage":{"prompt_tokens":1}}"#));
+    }
+}

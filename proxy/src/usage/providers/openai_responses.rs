@@ -1,0 +1,152 @@
+//! The OpenAI Responses API: `usage.input_tokens`, `output_tokens` and
+//! `input_tokens_details.cached_tokens`, in the JSON body or, streamed, inside the final
+//! `response.completed` event's `response` (streams report usage unasked).
+
+use serde_json::Value;
+
+use super::openai_chat::{HOSTS, KEY_POSITIONS, NAME};
+use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use crate::usage::Usage;
+
+/// The OpenAI Responses API (`/v1/responses`, also under an Azure OpenAI deployment).
+#[derive(Debug, Clone, Copy)]
+pub struct OpenAiResponses;
+
+const FIELDS: RequestFields = RequestFields {
+    model: &[&["model"]],
+    ceilings: &[&["max_output_tokens"]],
+};
+
+impl Provider for OpenAiResponses {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn default_hosts(&self) -> &'static [&'static str] {
+        HOSTS
+    }
+
+    fn is_call(&self, path: &CallPath<'_>) -> bool {
+        path.is_openai_operation("responses")
+    }
+
+    fn request_fields(&self) -> &'static RequestFields {
+        &FIELDS
+    }
+
+    fn key_positions(&self) -> &'static KeyPositions {
+        &KEY_POSITIONS
+    }
+
+    fn usage_from_json(&self, body: &Value, acc: &mut Option<Usage>) {
+        fold(body, acc);
+    }
+
+    fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>) {
+        fold(event, acc);
+    }
+
+    /// `response.*.delta` events (output text, refusals, function-call arguments, reasoning);
+    /// the matching `.done` events repeat the text and are not counted again.
+    fn count_generated(&self, event: &Value, generated: &mut Generated) {
+        if event
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.starts_with("response.") && t.ends_with(".delta"))
+        {
+            generated.add(event.get("delta"));
+        }
+    }
+}
+
+fn fold(v: &Value, acc: &mut Option<Usage>) {
+    // A stream carries the final response object inside `response.completed`.
+    let v = v
+        .get("response")
+        .filter(|r| r.get("usage").is_some())
+        .unwrap_or(v);
+    let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
+        return;
+    };
+    let entry = acc.get_or_insert_with(Usage::default);
+    if let Some(n) = num(u, "/input_tokens") {
+        entry.input_tokens = n;
+    }
+    if let Some(n) = num(u, "/output_tokens") {
+        entry.output_tokens = n;
+    }
+    if let Some(n) = num(u, "/input_tokens_details/cached_tokens") {
+        entry.cached_input_tokens = n;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::usage::providers::request;
+    use crate::usage::testing::{meter_json, meter_stream, u};
+
+    /// A stream as the Responses API sends it (shapes from the API reference), `\r\n` line ends.
+    pub(crate) const STREAM: &str = concat!(
+        "event: response.created\r\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r1\",\"usage\":null}}\r\n\r\n",
+        "event: response.output_text.delta\r\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"m1\",\"delta\":\"Bonjour \"}\r\n\r\n",
+        "event: response.output_text.delta\r\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"m1\",\"delta\":\"le monde\"}\r\n\r\n",
+        "event: response.output_text.done\r\ndata: {\"type\":\"response.output_text.done\",\"text\":\"Bonjour le monde\"}\r\n\r\n",
+        "event: response.completed\r\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r1\",\"usage\":{\"input_tokens\":36,\"input_tokens_details\":{\"cached_tokens\":8},\"output_tokens\":87,\"total_tokens\":123}}}\r\n\r\n",
+    );
+
+    #[test]
+    fn usage_from_json_bodies() {
+        let cases = [
+            (
+                "response",
+                r#"{"id":"r1","object":"response","output":[],"usage":{"input_tokens":9,"input_tokens_details":{"cached_tokens":1},"output_tokens":3,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":12}}"#,
+                u(9, 1, 3),
+            ),
+            ("no usage", r#"{"id":"r1","status":"in_progress"}"#, None),
+            (
+                "chat's shape is not this one's",
+                r#"{"usage":{"prompt_tokens":12,"completion_tokens":7}}"#,
+                u(0, 0, 0),
+            ),
+        ];
+        for (name, body, want) in cases {
+            assert_eq!(meter_json(&OpenAiResponses, body), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_stream_is_metered_and_estimated_however_it_is_split() {
+        // "Bonjour " 8 → 2, "le monde" 8 → 2; the `.done` event is not counted again.
+        let cut = STREAM
+            .find("event: response.completed")
+            .expect("usage event");
+        meter_stream(&OpenAiResponses, STREAM, u(36, 8, 87), 4, cut);
+        let one = "event: response.completed\r\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":3,\"input_tokens_details\":{\"cached_tokens\":1}}}}\r\n\r\n";
+        meter_stream(&OpenAiResponses, one, u(9, 1, 3), 0, 0);
+    }
+
+    #[test]
+    fn model_and_ceiling_fields() {
+        let read = request::read_json_with(
+            &[&OpenAiResponses],
+            br#"{"model":"gpt-4.1","input":"hi","max_output_tokens":9}"#,
+        )
+        .expect("read");
+        assert_eq!(read.model.as_deref(), Some("gpt-4.1"));
+        assert_eq!(read.max_output_tokens, Some(9));
+        let read =
+            request::read_json_with(&[&OpenAiResponses], br#"{"max_tokens":9}"#).expect("read");
+        assert_eq!(
+            read.max_output_tokens, None,
+            "chat's ceiling is not this one's"
+        );
+    }
+
+    #[test]
+    fn streams_need_no_usage_request() {
+        assert!(OpenAiResponses
+            .request_stream_usage("/v1/responses", br#"{"model":"m","stream":true}"#)
+            .is_none());
+    }
+}

@@ -1,0 +1,339 @@
+//! The one list of providers, and the questions the rest of the proxy asks it: which provider a
+//! destination is (for the price table and for metering), whether a destination takes LLM calls,
+//! where requests carry API keys, and whether a stream must be asked for its usage.
+
+use super::anthropic::Anthropic;
+use super::openai_chat::OpenAiChat;
+use super::openai_responses::OpenAiResponses;
+use super::{CallPath, KeyPositions, Provider};
+use crate::target::Destination;
+
+/// Every provider. The order is the precedence of their request fields (the first ceiling
+/// present counts) and the order their readers run in when a response's provider is unknown.
+pub static PROVIDERS: &[&dyn Provider] = &[&OpenAiChat, &OpenAiResponses, &Anthropic];
+
+/// An LLM vendor the proxy knows by its API hosts or key positions, whose API has no provider
+/// file yet (the OpenAI-compatible vendors, Gemini, Azure OpenAI). A request to one of its hosts
+/// is an LLM call priced under its name and metered by the provider its path names (or by every
+/// provider's reader); its key positions are credential positions everywhere.
+#[derive(Debug)]
+pub struct Vendor {
+    /// Name (the price table's `[providers.NAME]` key).
+    pub name: &'static str,
+    /// API hosts that are its own (lowercase).
+    pub hosts: &'static [&'static str],
+    /// Where its requests carry a key, besides the generic positions.
+    pub positions: KeyPositions,
+}
+
+/// The vendors without a provider file. Each entry moves into its provider's file when it gets
+/// one; one that speaks a provider's API already (chat completions) is metered by that provider.
+pub static VENDORS: &[Vendor] = &[
+    Vendor {
+        name: "azure_openai",
+        // Its hosts are per resource (`<resource>.openai.azure.com`); routes name it.
+        hosts: &[],
+        positions: KeyPositions {
+            headers: &["api-key", "authorization"],
+            query: &["api-key"],
+            body: &["api_key", "azure_api_key"],
+        },
+    },
+    Vendor {
+        name: "google",
+        hosts: &["generativelanguage.googleapis.com"],
+        positions: KeyPositions {
+            headers: &["x-goog-api-key", "authorization"],
+            query: &["key"],
+            body: &["api_key", "x-goog-api-key"],
+        },
+    },
+    Vendor {
+        name: "mistral",
+        hosts: &["api.mistral.ai"],
+        positions: KeyPositions::NONE,
+    },
+    Vendor {
+        name: "groq",
+        hosts: &["api.groq.com"],
+        positions: KeyPositions::NONE,
+    },
+    Vendor {
+        name: "deepseek",
+        hosts: &["api.deepseek.com"],
+        positions: KeyPositions::NONE,
+    },
+    Vendor {
+        name: "together",
+        hosts: &["api.together.xyz"],
+        positions: KeyPositions::NONE,
+    },
+    Vendor {
+        name: "openrouter",
+        hosts: &["openrouter.ai"],
+        positions: KeyPositions::NONE,
+    },
+    Vendor {
+        name: "xai",
+        hosts: &["api.x.ai"],
+        positions: KeyPositions::NONE,
+    },
+];
+
+/// The name (price table key) of the provider or vendor whose API host `host` is, if any.
+/// Compared ignoring case and a trailing dot, without allocating.
+pub fn name_for_host(host: &str) -> Option<&'static str> {
+    let host = host.trim_end_matches('.');
+    let is = |hosts: &[&str]| hosts.iter().any(|h| h.eq_ignore_ascii_case(host));
+    PROVIDERS
+        .iter()
+        .find(|p| is(p.default_hosts()))
+        .map(|p| p.name())
+        .or_else(|| VENDORS.iter().find(|v| is(v.hosts)).map(|v| v.name))
+}
+
+/// Whose prices a call to `destination` is charged at: the route's `provider`, else the
+/// provider or vendor of its host.
+pub fn price_key(destination: &Destination) -> Option<&str> {
+    destination
+        .provider
+        .as_deref()
+        .or_else(|| name_for_host(&destination.host))
+}
+
+/// The provider whose LLM call `path` (origin form, query allowed) is, on any host.
+pub fn for_path(path: &str) -> Option<&'static dyn Provider> {
+    CallPath::with(path, |p| PROVIDERS.iter().find(|x| x.is_call(&p)).copied())
+}
+
+/// The provider whose API reads `destination`'s requests and writes its responses, when its
+/// path says so. `None`: the response is read with every provider's reader.
+pub fn for_destination(destination: &Destination) -> Option<&'static dyn Provider> {
+    for_path(&destination.upstream_path)
+}
+
+/// Whether requests to `destination` are LLM calls: a route that names a provider, a
+/// provider's or vendor's API host, or a provider's call path on any host (compared as servers
+/// route it, see [`CallPath`]).
+pub fn is_llm_destination(destination: &Destination) -> bool {
+    destination.provider.is_some()
+        || name_for_host(&destination.host).is_some()
+        || for_destination(destination).is_some()
+}
+
+/// Every provider's and vendor's key positions. Toward a destination whose keys the proxy
+/// manages all of them apply, whatever its host: the proxy cannot know which reader an upstream
+/// uses (a gateway may take any provider's header), so a literal in any of them is refused.
+pub fn key_positions() -> impl Iterator<Item = &'static KeyPositions> {
+    PROVIDERS
+        .iter()
+        .map(|p| p.key_positions())
+        .chain(VENDORS.iter().map(|v| &v.positions))
+}
+
+/// The provider's or vendor's key header `name` is (ASCII case ignored), if it is one.
+pub fn key_header(name: &[u8]) -> Option<&'static str> {
+    key_positions()
+        .flat_map(|p| p.headers.iter().copied())
+        .find(|h| h.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Asks a streaming request for its usage when its provider reports usage only on request:
+/// the rewritten body and the provider that asked (whose usage event is taken out of the
+/// response again), or `None` when nothing needs to change. `path` is the upstream path.
+pub fn request_stream_usage(path: &str, body: &[u8]) -> Option<(Vec<u8>, &'static dyn Provider)> {
+    let path = path.split('?').next().unwrap_or("");
+    PROVIDERS
+        .iter()
+        .find_map(|p| Some((p.request_stream_usage(path, body)?, *p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::Scheme;
+
+    fn dest(host: &str, path: &str, provider: Option<&str>) -> Destination {
+        Destination {
+            scheme: Scheme::Https,
+            host: host.into(),
+            port: 443,
+            upstream_path: path.into(),
+            audit_path: path.into(),
+            route: None,
+            internal: false,
+            provider: provider.map(String::from),
+        }
+    }
+
+    /// What `pricing::provider_for_host` answered before the registry: every host the same.
+    #[test]
+    fn hosts_price_as_before() {
+        let before = [
+            ("api.openai.com", "openai"),
+            ("api.anthropic.com", "anthropic"),
+            ("generativelanguage.googleapis.com", "google"),
+            ("api.mistral.ai", "mistral"),
+            ("api.groq.com", "groq"),
+            ("api.deepseek.com", "deepseek"),
+            ("api.together.xyz", "together"),
+            ("openrouter.ai", "openrouter"),
+            ("api.x.ai", "xai"),
+        ];
+        for (host, name) in before {
+            assert_eq!(name_for_host(host), Some(name), "{host}");
+            assert_eq!(
+                name_for_host(&format!("{}.", host.to_ascii_uppercase())),
+                Some(name),
+                "{host}"
+            );
+            assert_eq!(price_key(&dest(host, "/", None)), Some(name), "{host}");
+        }
+        // And no other host.
+        let known: Vec<&str> = PROVIDERS
+            .iter()
+            .flat_map(|p| p.default_hosts().iter().copied())
+            .chain(VENDORS.iter().flat_map(|v| v.hosts.iter().copied()))
+            .collect();
+        for host in known {
+            assert!(before.iter().any(|(h, _)| *h == host), "{host} is new");
+        }
+        assert_eq!(name_for_host("127.0.0.1"), None);
+        assert_eq!(name_for_host("api.openai.com.evil.example"), None);
+        // A route's provider wins over the host's.
+        assert_eq!(
+            price_key(&dest("api.openai.com", "/", Some("azure"))),
+            Some("azure")
+        );
+        assert_eq!(price_key(&dest("gw.example", "/v1/messages", None)), None);
+    }
+
+    /// The LLM destinations `body::llm_destination` recognized before the registry.
+    #[test]
+    fn llm_destinations() {
+        let cases = [
+            (
+                "known host",
+                dest("api.openai.com", "/v1/files", None),
+                true,
+            ),
+            (
+                "route provider",
+                dest("llm.internal", "/generate", Some("openai")),
+                true,
+            ),
+            (
+                "chat path anywhere",
+                dest("127.0.0.1", "/v1/chat/completions", None),
+                true,
+            ),
+            (
+                "under a prefix",
+                dest("gw.example", "/openai/v1/responses?x=1", None),
+                true,
+            ),
+            ("messages", dest("gw.example", "/v1/messages", None), true),
+            (
+                "embeddings, trailing slash",
+                dest("gw.example", "/v1/embeddings/", None),
+                true,
+            ),
+            (
+                "encoded",
+                dest("gw.example", "/v1/%63hat/completions", None),
+                true,
+            ),
+            (
+                "doubled slash, case",
+                dest("gw.example", "//V1/Chat//completions", None),
+                true,
+            ),
+            (
+                "azure deployment",
+                dest(
+                    "x.openai.azure.com",
+                    "/openai/deployments/gpt4/chat/completions",
+                    None,
+                ),
+                true,
+            ),
+            (
+                "other path",
+                dest("gw.example", "/v1/chat/completions-old", None),
+                false,
+            ),
+            (
+                "not a segment",
+                dest("gw.example", "/xv1/chat/completions", None),
+                false,
+            ),
+            (
+                "plain API",
+                dest("api.example.com", "/v1/users", None),
+                false,
+            ),
+        ];
+        for (name, d, want) in cases {
+            assert_eq!(is_llm_destination(&d), want, "{name}");
+        }
+    }
+
+    /// Each path the proxy knew as an LLM call (`LLM_PATHS` and the Azure deployment
+    /// operations) belongs to exactly one provider, the one whose shapes it returns.
+    #[test]
+    fn call_paths_belong_to_one_provider() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/v1/chat/completions", Some("OpenAiChat")),
+            ("/v1/completions", Some("OpenAiChat")),
+            ("/v1/embeddings", Some("OpenAiChat")),
+            ("/v1/responses", Some("OpenAiResponses")),
+            ("/v1/messages", Some("Anthropic")),
+            ("/openai/deployments/d/chat/completions", Some("OpenAiChat")),
+            ("/openai/deployments/d/completions", Some("OpenAiChat")),
+            ("/openai/deployments/d/embeddings", Some("OpenAiChat")),
+            ("/openai/deployments/d/responses", Some("OpenAiResponses")),
+            ("/openai/deployments/d/messages", None),
+            ("/v1/files", None),
+            ("/chat/completions", None),
+        ];
+        for (path, want) in cases {
+            let owners: Vec<String> = CallPath::with(path, |p| {
+                PROVIDERS
+                    .iter()
+                    .filter(|x| x.is_call(&p))
+                    .map(|x| format!("{x:?}"))
+                    .collect()
+            });
+            assert_eq!(
+                owners,
+                want.map(String::from).into_iter().collect::<Vec<_>>(),
+                "{path}"
+            );
+            assert_eq!(for_path(path).map(|p| format!("{p:?}")).as_deref(), *want);
+        }
+    }
+
+    #[test]
+    fn streams_are_asked_for_usage_by_the_provider_that_needs_it() {
+        let body = br#"{"model":"m","stream":true}"#;
+        let (rewritten, by) =
+            request_stream_usage("/v1/chat/completions?x=1", body).expect("asked");
+        assert_eq!(format!("{by:?}"), "OpenAiChat");
+        assert!(std::str::from_utf8(&rewritten)
+            .expect("utf-8")
+            .contains("include_usage"));
+        for path in ["/v1/responses", "/v1/messages", "/v1/files"] {
+            assert!(request_stream_usage(path, body).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn key_headers_are_the_providers_and_vendors() {
+        for name in ["authorization", "X-Api-Key", "api-key", "x-goog-api-key"] {
+            assert!(key_header(name.as_bytes()).is_some(), "{name}");
+        }
+        for name in ["x-auth-token", "cookie", "x-api-key2"] {
+            assert!(key_header(name.as_bytes()).is_none(), "{name}");
+        }
+    }
+}

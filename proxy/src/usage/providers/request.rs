@@ -1,0 +1,370 @@
+//! Reading what a request body names (the model and the output ceiling) in every provider's
+//! spelling at once.
+//!
+//! SECURITY: the fields feed policy (`context.model`) and token budgets, and the proxy cannot
+//! be sure which provider's reader an upstream uses (a gateway may take any of them), so the
+//! fields of every provider in [`super::registry::PROVIDERS`] are read from every body, and a
+//! body is refused when any of them is ambiguous: given twice in one object (upstream parsers
+//! keep the last copy, a check of the first would be worthless) or of the wrong type. Field
+//! names are compared exactly, as providers' JSON parsers do; form fields ignoring ASCII case.
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::Deserializer as _;
+
+use super::registry::PROVIDERS;
+use super::{Field, Provider};
+
+/// What a JSON request body names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Named {
+    /// The model (the first model field present, in precedence order).
+    pub model: Option<String>,
+    /// The output ceiling (the first ceiling field present, in precedence order).
+    pub max_output_tokens: Option<u64>,
+}
+
+/// Reads the model and ceiling fields of every provider from a JSON object. Allocates only the
+/// model name it returns.
+pub fn read_json(body: &[u8]) -> Result<Named, serde_json::Error> {
+    read(&FIELDS, body)
+}
+
+/// What a form field (a URL-encoded pair, a multipart part) is, by its name compared ignoring
+/// ASCII case: a model field or a ceiling field (with its precedence rank), or neither. Forms
+/// are flat, so only top-level fields are form fields.
+pub fn form_field(name: &str) -> Option<Slot> {
+    FIELDS
+        .root
+        .iter()
+        .find(|n| n.key.eq_ignore_ascii_case(name))
+        .and_then(|n| n.slot)
+}
+
+/// What a field holds, with its rank in precedence order (0 first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// A model name.
+    Model(usize),
+    /// An output ceiling.
+    Ceiling(usize),
+}
+
+/// Every provider's fields, as a tree of object keys, built once.
+static FIELDS: LazyLock<Tree> = LazyLock::new(|| Tree::build(PROVIDERS));
+
+#[derive(Debug, Default)]
+struct Tree {
+    root: Vec<Node>,
+}
+
+#[derive(Debug)]
+struct Node {
+    key: &'static str,
+    /// A leaf: what it holds.
+    slot: Option<Slot>,
+    /// An object: the fields inside it.
+    children: Vec<Node>,
+}
+
+impl Tree {
+    /// The union of `providers`' fields; a field two providers share is one field, ranked where
+    /// it first appears.
+    fn build(providers: &[&dyn Provider]) -> Self {
+        let mut tree = Tree::default();
+        let (mut models, mut ceilings) = (0, 0);
+        for p in providers {
+            let fields = p.request_fields();
+            for field in fields.model {
+                if tree.insert(field, Slot::Model(models)) {
+                    models += 1;
+                }
+            }
+            for field in fields.ceilings {
+                if tree.insert(field, Slot::Ceiling(ceilings)) {
+                    ceilings += 1;
+                }
+            }
+        }
+        tree
+    }
+
+    /// Adds `field` holding `slot`; false when it is there already.
+    fn insert(&mut self, field: Field, slot: Slot) -> bool {
+        let mut level = &mut self.root;
+        for (depth, key) in field.iter().enumerate() {
+            let at = match level.iter().position(|n| n.key == *key) {
+                Some(at) => at,
+                None => {
+                    level.push(Node {
+                        key,
+                        slot: None,
+                        children: Vec::new(),
+                    });
+                    level.len() - 1
+                }
+            };
+            let node = &mut level[at];
+            if depth + 1 == field.len() {
+                if node.slot.is_some() {
+                    return false;
+                }
+                node.slot = Some(slot);
+                return true;
+            }
+            level = &mut node.children;
+        }
+        false
+    }
+}
+
+/// Reads `providers`' fields only (a provider's own tests).
+#[cfg(test)]
+pub(crate) fn read_json_with(
+    providers: &[&dyn Provider],
+    body: &[u8],
+) -> Result<Named, serde_json::Error> {
+    read(&Tree::build(providers), body)
+}
+
+fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
+    let mut found = Found::default();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_map(Level {
+        nodes: &tree.root,
+        found: &mut found,
+    })?;
+    de.end()?;
+    Ok(Named {
+        model: found.model.map(|(_, m)| m),
+        max_output_tokens: found.ceiling.map(|(_, c)| c),
+    })
+}
+
+/// The best-ranked values found so far.
+#[derive(Default)]
+struct Found {
+    model: Option<(usize, String)>,
+    ceiling: Option<(usize, u64)>,
+}
+
+fn keep<T>(best: &mut Option<(usize, T)>, rank: usize, value: Option<T>) {
+    if let Some(v) = value {
+        if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+            *best = Some((rank, v));
+        }
+    }
+}
+
+/// One JSON object: the fields of `nodes` in it, each at most once.
+struct Level<'t, 'f> {
+    nodes: &'t [Node],
+    found: &'f mut Found,
+}
+
+impl<'de> Visitor<'de> for Level<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Levels hold a handful of fields; one past 64 could not be told twice, so it refuses.
+        let mut seen = 0u64;
+        while let Some(key) = map.next_key_seed(Key(self.nodes))? {
+            let Some(at) = key else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let node = &self.nodes[at];
+            let bit = u32::try_from(at)
+                .ok()
+                .and_then(|at| 1u64.checked_shl(at))
+                .ok_or_else(|| de::Error::custom("too many request fields to check"))?;
+            if seen & bit != 0 {
+                return Err(de::Error::duplicate_field(node.key));
+            }
+            seen |= bit;
+            match node.slot {
+                Some(Slot::Model(rank)) => {
+                    let v: Option<String> = map.next_value()?;
+                    keep(&mut self.found.model, rank, v);
+                }
+                Some(Slot::Ceiling(rank)) => {
+                    let v: Option<u64> = map.next_value()?;
+                    keep(&mut self.found.ceiling, rank, v);
+                }
+                None => map.next_value_seed(Nested {
+                    nodes: &node.children,
+                    found: self.found,
+                })?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An object inside the body that holds fields (or `null`).
+struct Nested<'t, 'f> {
+    nodes: &'t [Node],
+    found: &'f mut Found,
+}
+
+impl<'de> DeserializeSeed<'de> for Nested<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Nested<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object or null")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(Level {
+            nodes: self.nodes,
+            found: self.found,
+        })
+    }
+}
+
+/// An object key: which of `nodes` it is, compared without allocating.
+struct Key<'t>(&'t [Node]);
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|n| n.key == v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::providers::{CallPath, Generated, KeyPositions, RequestFields};
+    use crate::usage::Usage;
+    use serde_json::Value;
+
+    /// A provider with nested fields, as the next providers have (Gemini's
+    /// `generationConfig.maxOutputTokens`).
+    #[derive(Debug)]
+    struct Nesting;
+
+    impl Provider for Nesting {
+        fn name(&self) -> &'static str {
+            "nesting"
+        }
+        fn default_hosts(&self) -> &'static [&'static str] {
+            &[]
+        }
+        fn is_call(&self, _: &CallPath<'_>) -> bool {
+            false
+        }
+        fn request_fields(&self) -> &'static RequestFields {
+            &RequestFields {
+                model: &[&["model"]],
+                ceilings: &[
+                    &["generationConfig", "maxOutputTokens"],
+                    &["inferenceConfig", "maxTokens"],
+                    &["max_tokens"],
+                ],
+            }
+        }
+        fn key_positions(&self) -> &'static KeyPositions {
+            &KeyPositions::NONE
+        }
+        fn usage_from_json(&self, _: &Value, _: &mut Option<Usage>) {}
+        fn usage_from_event(&self, _: &Value, _: &mut Option<Usage>) {}
+        fn count_generated(&self, _: &Value, _: &mut Generated) {}
+    }
+
+    #[test]
+    fn every_providers_fields_in_precedence_order() {
+        // The union, in registry order: what the proxy read before the registry.
+        let slots: Vec<(&str, Slot)> = [
+            "model",
+            "max_tokens",
+            "max_completion_tokens",
+            "max_output_tokens",
+        ]
+        .into_iter()
+        .map(|n| (n, form_field(n).expect(n)))
+        .collect();
+        assert_eq!(
+            slots,
+            [
+                ("model", Slot::Model(0)),
+                ("max_tokens", Slot::Ceiling(0)),
+                ("max_completion_tokens", Slot::Ceiling(1)),
+                ("max_output_tokens", Slot::Ceiling(2)),
+            ]
+        );
+        assert_eq!(form_field("MAX_Tokens"), Some(Slot::Ceiling(0)));
+        assert_eq!(form_field("messages"), None);
+        assert_eq!(FIELDS.root.len(), 4, "{:?}", FIELDS.root);
+        let read = read_json(br#"{"max_output_tokens":3,"max_completion_tokens":2,"model":"m"}"#)
+            .expect("read");
+        assert_eq!(
+            read,
+            Named {
+                model: Some("m".into()),
+                max_output_tokens: Some(2)
+            }
+        );
+    }
+
+    #[test]
+    fn nested_fields_are_read_and_checked_like_top_level_ones() {
+        let read = |body: &str| read_json_with(&[&Nesting], body.as_bytes());
+        let got = read(r#"{"model":"g","generationConfig":{"temperature":1,"maxOutputTokens":5}}"#)
+            .expect("read");
+        assert_eq!(got.max_output_tokens, Some(5));
+        // Ranked: the first field of the list wins, wherever it sits in the body.
+        let got =
+            read(r#"{"max_tokens":9,"inferenceConfig":{"maxTokens":7},"generationConfig":null}"#)
+                .expect("read");
+        assert_eq!(got.max_output_tokens, Some(7));
+        for bad in [
+            r#"{"generationConfig":{"maxOutputTokens":1,"maxOutputTokens":2}}"#,
+            r#"{"generationConfig":{"maxOutputTokens":1},"generationConfig":{}}"#,
+            r#"{"generationConfig":{"maxOutputTokens":"1"}}"#,
+            r#"{"generationConfig":[1]}"#,
+            r#"{"generationConfig":5}"#,
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+        // Escaped keys are the keys they spell.
+        assert!(read(r#"{"model":"a","mod\u0065l":"b"}"#).is_err());
+        // Forms are flat: a nested field is no form field.
+        assert_eq!(Tree::build(&[&Nesting]).root.len(), 4);
+    }
+}
