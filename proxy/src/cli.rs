@@ -28,6 +28,11 @@ enum Command {
         /// The static configuration file (it names the tenant file).
         #[arg(long, short, value_name = "FILE", required = true)]
         config: Option<PathBuf>,
+        /// Once every socket is bound and listening, write the addresses bound here (JSON
+        /// `{"admin": ADDR, "listeners": {NAME: ADDR, …}}`, replaced atomically): how a caller
+        /// that asked for port 0 learns the ports it got.
+        #[arg(long, value_name = "PATH")]
+        ready_file: Option<PathBuf>,
         #[command(subcommand)]
         command: Option<RunCommand>,
     },
@@ -389,9 +394,11 @@ impl Cli {
                 println!("{}", String::from_utf8_lossy(&body).trim());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Run { config, .. } => {
+            Command::Run {
+                config, ready_file, ..
+            } => {
                 let config = config.context("`--config` is required")?;
-                crate::app::run(&config)?;
+                crate::app::run(&config, ready_file.as_deref())?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Check { config } => match crate::app::check(&config) {

@@ -318,7 +318,8 @@ impl StaticConfig {
             }
             let listen = match l.listen.parse::<SocketAddr>() {
                 Ok(a) => {
-                    if a == admin_listen || !addrs.insert(a) {
+                    // Port 0 asks the kernel for a free port: each such socket gets its own.
+                    if a.port() != 0 && (a == admin_listen || !addrs.insert(a)) {
                         p.push(at("listen"), format!("address `{a}` is used twice"));
                     }
                     a
