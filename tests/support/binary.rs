@@ -26,6 +26,27 @@ fn build() -> PathBuf {
     cmd.args(["build", "-p", "tenant-proxy", "--bin", "tenant-proxy"])
         .args(["--message-format", "json-render-diagnostics"])
         .current_dir(super::repo_root());
+    // Cargo runs this test with the variables it sets for the test crate; left in place they
+    // reach the build scripts, some of which (ring's) track them, and the next ordinary
+    // `cargo build` would rebuild half the dependency tree because they are gone again.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     // This executable is `<target>/<profile dir>/deps/<test>`.
     let exe = std::env::current_exe().unwrap();
     let profile = exe
