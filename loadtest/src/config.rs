@@ -774,6 +774,9 @@ pub struct Credentials {
     /// `refuse` or `strip` agent-supplied keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_credential: Option<RawCredential>,
+    /// Headers that carry credentials besides every provider's own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credential_headers: Vec<String>,
     /// `[[credentials.file]]`: credentials read from `files_dir`, with their bindings.
     #[serde(rename = "file", skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileCredential>,

@@ -70,10 +70,13 @@ fn bench(c: &mut Criterion) {
     c.bench_function("apply/no handle", |b| {
         let req = RequestParts {
             target,
+            raw_target: b"/v1/chat/completions",
+            authority: None,
             headers: &plain,
             path_and_query: "/v1/chat/completions",
             body: Some(&body),
             content_type: Some("application/json"),
+            content_encoding: None,
         };
         b.iter(|| {
             black_box(
@@ -93,10 +96,13 @@ fn bench(c: &mut Criterion) {
     c.bench_function("apply/one header handle", |b| {
         let req = RequestParts {
             target,
+            raw_target: b"/v1/chat/completions",
+            authority: None,
             headers: &with_handle,
             path_and_query: "/v1/chat/completions",
             body: Some(&body),
             content_type: Some("application/json"),
+            content_encoding: None,
         };
         b.iter(|| {
             black_box(
@@ -107,6 +113,40 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+
+    // A managed destination reads every body key for the agent's own key: a long conversation.
+    let mut conversation = String::from(r#"{"model":"gpt-4o-mini","max_tokens":64,"messages":["#);
+    for i in 0..200 {
+        conversation.push_str(&format!(
+            r#"{{"role":"user","content":"message {i}: some text with \"quotes\", \n breaks and a url https://x.example/?q=1&key=v"}},"#
+        ));
+    }
+    conversation.push_str(r#"{"role":"user","content":"last"}]}"#);
+    let long_body = Bytes::from(conversation);
+    let with_handle = headers("Bearer $CRED{openai}");
+    c.bench_function(
+        &format!("apply/one handle, {} KiB JSON body", long_body.len() / 1024),
+        |b| {
+            let req = RequestParts {
+                target,
+                raw_target: b"/v1/chat/completions",
+                authority: None,
+                headers: &with_handle,
+                path_and_query: "/v1/chat/completions",
+                body: Some(&long_body),
+                content_type: Some("application/json"),
+                content_encoding: None,
+            };
+            b.iter(|| {
+                black_box(
+                    apply(&set, &settings, &tenant, black_box(&req), 0, &mut |_, _| {
+                        true
+                    })
+                    .unwrap(),
+                )
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench);

@@ -125,7 +125,7 @@ impl AdminApp {
             &tenant,
             period,
             query.get("run"),
-            crate::limits::unix_now(),
+            crate::clock::unix_now_i64(),
         )
         .await
         .map_err(Deny::BadRequest)?;

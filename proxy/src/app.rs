@@ -15,10 +15,10 @@ use crate::egress::{Dialer, EgressRules, Resolver, StaticResolver, SystemResolve
 use crate::front::listen::{self, ListenService};
 use crate::identity::mtls::MtlsServer;
 use crate::metrics::METRICS;
-use crate::proxy::Shared;
+use crate::pipeline::caps::TenantCounts;
+use crate::pipeline::Shared;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::tls::ca::{LeafMinter, LocalCa};
-use crate::tunnel::caps::TenantCounts;
 use crate::tunnel::EgressApp;
 
 /// Everything `run` would load, validated without binding ports (`tenant-proxy check`).
@@ -30,25 +30,9 @@ pub fn check(
     Ok((static_config, snapshot))
 }
 
-/// Starts the logger.
+/// Starts the logger (see [`crate::logging`]: no level setting opens third-party debug lines).
 pub fn init_logging(format: LogFormat, level: &str) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    // SECURITY: pingora's debug logs print whole request headers, which carry substituted
-    // credentials upstream; they stay off whatever level is asked for.
-    for directive in ["pingora_proxy=info", "pingora_core=info"] {
-        if let Ok(d) = directive.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    crate::logging::init(format, level);
 }
 
 /// Loads everything and serves until SIGTERM/SIGINT. With `ready_file`, the addresses bound are
@@ -97,7 +81,8 @@ pub fn run(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let limits = crate::limits::backend(&static_config.limiter).map_err(anyhow::Error::msg)?;
+    let backend = crate::limits::backend(&static_config.limiter).map_err(anyhow::Error::msg)?;
+    let limits = backend.counters.clone();
     let minter = match &static_config.intercept {
         Some(i) => {
             let ca = LocalCa::load(&i.ca_cert, &i.ca_key).with_context(|| {
@@ -108,7 +93,8 @@ pub fn run(
         None => None,
     };
     let runs = Arc::new(crate::runs::RunTracker::new(
-        limits.clone(),
+        backend.counters,
+        backend.runs,
         audit.clone(),
         static_config.watched_runs_per_tenant,
     ));

@@ -9,7 +9,7 @@
 //!
 //! pingora forwards a body that a filter already read only through its retry buffer (64 KiB).
 //! We read the body ourselves and enable that buffer just before the final read, so pingora calls
-//! `request_body_filter` once at the start of proxying, where [`crate::proxy`] hands over the
+//! `request_body_filter` once at the start of proxying, where the pipeline hands over the
 //! whole buffered body. A chunked body has no known end, so one over 64 KiB must carry a
 //! `Content-Length` instead (`411`).
 
@@ -22,9 +22,34 @@ use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use serde::Deserialize;
 
-use crate::error::Deny;
 use crate::metrics::METRICS;
 use crate::target::Destination;
+
+/// Why a body was refused. Messages never quote the body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Over `max_body_bytes`, as sent or once decoded.
+    #[error("the request body exceeds the configured limit")]
+    TooLarge,
+    /// A chunked body too large to hold without a `Content-Length`.
+    #[error("a chunked body this large needs a `Content-Length`")]
+    LengthRequired,
+    /// Malformed, ambiguous or corrupt (the detail says how).
+    #[error("{0}")]
+    Malformed(String),
+    /// Toward an LLM destination, a body that cannot be classified (media type or coding).
+    #[error("{0}")]
+    Unsupported(String),
+    /// All requests in flight already hold the body memory allowed.
+    #[error("the proxy holds as much request body memory as it may")]
+    Overloaded,
+    /// The body did not arrive by its deadline.
+    #[error("the request body did not arrive in time")]
+    Timeout,
+    /// Reading failed; the connection says why (a framing error, a deadline) if it knows.
+    #[error("the request body could not be read")]
+    Unreadable,
+}
 
 /// A buffered request body. It may hold substituted secrets, so `Debug` shows only its length.
 #[derive(Clone)]
@@ -114,7 +139,7 @@ pub async fn read_full(
     cap: usize,
     budget: &Arc<BodyBudget>,
     deadline: Duration,
-) -> Result<Option<ReadBody>, Deny> {
+) -> Result<Option<ReadBody>, BodyError> {
     let declared = match session
         .req_header()
         .headers
@@ -124,12 +149,12 @@ pub async fn read_full(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| Deny::BadRequest("`Content-Length` is not a number".into()))?,
+                .ok_or_else(|| BodyError::Malformed("`Content-Length` is not a number".into()))?,
         ),
         None => None,
     };
     if declared.is_some_and(|len| len > cap) {
-        return Err(Deny::BodyTooLarge);
+        return Err(BodyError::TooLarge);
     }
     if session.as_mut().is_body_empty() {
         return Ok(None);
@@ -141,12 +166,12 @@ pub async fn read_full(
             .overload_refusals
             .with_label_values(&["body_memory"])
             .inc();
-        return Err(Deny::Overloaded("request body memory"));
+        return Err(BodyError::Overloaded);
     };
     let bytes = match tokio::time::timeout(deadline, read_body(session, cap, declared)).await {
         Ok(read) => read?,
         // The front enforces the same deadline on HTTP/1 connections; this one covers HTTP/2.
-        Err(_) => return Err(Deny::RequestTimeout),
+        Err(_) => return Err(BodyError::Timeout),
     };
     Ok(bytes.map(|bytes| ReadBody { bytes, hold }))
 }
@@ -155,7 +180,7 @@ async fn read_body(
     session: &mut Session,
     cap: usize,
     declared: Option<usize>,
-) -> Result<Option<Bytes>, Deny> {
+) -> Result<Option<Bytes>, BodyError> {
     let chunked = declared.is_none();
     if chunked {
         // Unknown length: the retry buffer must see every byte.
@@ -173,12 +198,12 @@ async fn read_body(
         }
         let chunk = match session.read_request_body().await {
             Ok(c) => c,
-            Err(_) => return Err(deny_for_read_error(session)),
+            Err(_) => return Err(BodyError::Unreadable),
         };
         match chunk {
             Some(c) => {
                 if buf.len() + c.len() > cap {
-                    return Err(Deny::BodyTooLarge);
+                    return Err(BodyError::TooLarge);
                 }
                 buf.extend_from_slice(&c);
             }
@@ -186,7 +211,7 @@ async fn read_body(
         }
     }
     if chunked && buf.len() > RETRY_BUFFER_LIMIT {
-        return Err(Deny::LengthRequired);
+        return Err(BodyError::LengthRequired);
     }
     if buf.is_empty() {
         // A chunked body with no data: pingora's retry buffer is empty too, so it will treat
@@ -194,19 +219,6 @@ async fn read_body(
         return Ok(None);
     }
     Ok(Some(buf.freeze()))
-}
-
-/// Why reading the body failed: the front's verdict on the connection (framing, deadline), or
-/// a plain read failure.
-fn deny_for_read_error(session: &Session) -> Deny {
-    let violation = session
-        .stream()
-        .and_then(|s| s.as_any().downcast_ref::<crate::tunnel::Conn>())
-        .and_then(|c| c.violation());
-    match violation {
-        Some(v) => v.into(),
-        None => Deny::BadRequest("the request body could not be read".into()),
-    }
 }
 
 #[derive(Deserialize)]
@@ -362,24 +374,6 @@ pub enum BodyDestination {
     Other,
 }
 
-impl BodyDestination {
-    /// Where a request to `destination` goes: an MCP server's JSON-RPC is judged by the MCP
-    /// check after `http`; toward an LLM destination the body is classified or refused.
-    pub fn of(
-        mcp: &crate::config::mcp::McpSettings,
-        destination: &Destination,
-        static_hosts: &std::collections::HashMap<String, Vec<std::net::IpAddr>>,
-    ) -> Self {
-        if mcp.server_for(destination, None, static_hosts).is_some() {
-            BodyDestination::Mcp
-        } else if llm_destination(destination) {
-            BodyDestination::Llm
-        } else {
-            BodyDestination::Other
-        }
-    }
-}
-
 /// A body as it will be forwarded, and what it says about the call.
 #[derive(Debug)]
 pub struct Classified {
@@ -404,7 +398,7 @@ pub fn classify(
     headers: &http::HeaderMap,
     to: BodyDestination,
     cap: usize,
-) -> Result<Classified, Deny> {
+) -> Result<Classified, BodyError> {
     match to {
         BodyDestination::Mcp => Ok(Classified {
             body,
@@ -412,7 +406,7 @@ pub fn classify(
             decoded: false,
         }),
         BodyDestination::Other => {
-            let llm = llm_request(&body).map_err(Deny::BadRequest)?;
+            let llm = llm_request(&body).map_err(BodyError::Malformed)?;
             Ok(Classified {
                 body,
                 llm,
@@ -423,7 +417,11 @@ pub fn classify(
     }
 }
 
-fn classify_llm(body: Bytes, headers: &http::HeaderMap, cap: usize) -> Result<Classified, Deny> {
+fn classify_llm(
+    body: Bytes,
+    headers: &http::HeaderMap,
+    cap: usize,
+) -> Result<Classified, BodyError> {
     let codings = content_codings(headers)?;
     let decoded = !codings.is_empty();
     let mut bytes = body;
@@ -440,30 +438,30 @@ fn classify_llm(body: Bytes, headers: &http::HeaderMap, cap: usize) -> Result<Cl
         // No content: nothing to read.
         None => LlmRequest::default(),
         // Shaped like JSON: read as JSON whatever the header says (LLM APIs do).
-        Some(b'{') => llm_request(&bytes).map_err(Deny::BadRequest)?,
+        Some(b'{') => llm_request(&bytes).map_err(BodyError::Malformed)?,
         Some(b'[') => {
             serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
-                Deny::BadRequest(format!("the request body cannot be read as JSON: {e}"))
+                BodyError::Malformed(format!("the request body cannot be read as JSON: {e}"))
             })?;
             LlmRequest::default()
         }
         Some(_) => match content_type.as_deref() {
             Some("application/x-www-form-urlencoded") => {
-                url_encoded(&bytes).map_err(Deny::BadRequest)?
+                url_encoded(&bytes).map_err(BodyError::Malformed)?
             }
             Some("multipart/form-data") => {
                 let boundary = boundary(headers).ok_or_else(|| {
-                    Deny::BadRequest("a multipart body needs a `boundary` parameter".into())
+                    BodyError::Malformed("a multipart body needs a `boundary` parameter".into())
                 })?;
-                multipart(&bytes, &boundary).map_err(Deny::BadRequest)?
+                multipart(&bytes, &boundary).map_err(BodyError::Malformed)?
             }
             Some(t) if t == "application/json" || t.ends_with("+json") => {
-                return Err(Deny::BadRequest(
+                return Err(BodyError::Malformed(
                     "the request body is not JSON, as its `Content-Type` says".into(),
                 ))
             }
             other => {
-                return Err(Deny::UnsupportedBody(format!(
+                return Err(BodyError::Unsupported(format!(
                     "a body of type `{}` that is not JSON, nor a URL-encoded or multipart form",
                     other.unwrap_or("(none)")
                 )))
@@ -488,12 +486,12 @@ enum Coding {
 
 /// The request's `Content-Encoding` codings, in the order they were applied (`identity`
 /// dropped). Every header line counts, and every comma-separated entry.
-fn content_codings(headers: &http::HeaderMap) -> Result<Vec<Coding>, Deny> {
+fn content_codings(headers: &http::HeaderMap) -> Result<Vec<Coding>, BodyError> {
     let mut codings = Vec::new();
     for value in headers.get_all(http::header::CONTENT_ENCODING) {
         let text = value
             .to_str()
-            .map_err(|_| Deny::UnsupportedBody("a `Content-Encoding` that is not text".into()))?;
+            .map_err(|_| BodyError::Unsupported("a `Content-Encoding` that is not text".into()))?;
         for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let coding = match token.to_ascii_lowercase().as_str() {
                 "identity" => continue,
@@ -502,7 +500,7 @@ fn content_codings(headers: &http::HeaderMap) -> Result<Vec<Coding>, Deny> {
                 "br" => Coding::Brotli,
                 "zstd" => Coding::Zstd,
                 _ => {
-                    return Err(Deny::UnsupportedBody(format!(
+                    return Err(BodyError::Unsupported(format!(
                         "`Content-Encoding: {token}` (gzip, deflate, br and zstd are decoded)"
                     )))
                 }
@@ -511,7 +509,7 @@ fn content_codings(headers: &http::HeaderMap) -> Result<Vec<Coding>, Deny> {
         }
     }
     if codings.len() > MAX_CODINGS {
-        return Err(Deny::UnsupportedBody(format!(
+        return Err(BodyError::Unsupported(format!(
             "more than {MAX_CODINGS} content codings"
         )));
     }
@@ -523,9 +521,9 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
 /// Decodes `body`, refusing output over `cap` (the decoder stops there: a decompression bomb
 /// costs at most `cap` bytes).
-fn decode(body: &[u8], coding: Coding, cap: usize) -> Result<Vec<u8>, Deny> {
+fn decode(body: &[u8], coding: Coding, cap: usize) -> Result<Vec<u8>, BodyError> {
     let corrupt = |e: std::io::Error| {
-        Deny::BadRequest(format!(
+        BodyError::Malformed(format!(
             "the request body's `Content-Encoding` cannot be decoded: {e}"
         ))
     };
@@ -547,7 +545,7 @@ fn decode(body: &[u8], coding: Coding, cap: usize) -> Result<Vec<u8>, Deny> {
         .read_to_end(&mut out)
         .map_err(corrupt)?;
     if out.len() > cap {
-        return Err(Deny::BodyTooLarge);
+        return Err(BodyError::TooLarge);
     }
     Ok(out)
 }
@@ -713,7 +711,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::config::model::Scheme;
+    use crate::target::Scheme;
     use std::io::Write;
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -758,7 +756,7 @@ mod tests {
         h
     }
 
-    fn to_llm(body: Vec<u8>, pairs: &[(&str, &str)]) -> Result<Classified, Deny> {
+    fn to_llm(body: Vec<u8>, pairs: &[(&str, &str)]) -> Result<Classified, BodyError> {
         classify(
             Bytes::from(body),
             &headers(pairs),
@@ -1011,7 +1009,16 @@ mod tests {
         ];
         for (name, body, pairs, code) in cases {
             match to_llm(body, &pairs) {
-                Err(deny) => assert_eq!(deny.code().as_str(), code, "{name}: {deny:?}"),
+                Err(e) => {
+                    // The codes the proxy answers these with (error.rs converts them).
+                    let got = match e {
+                        BodyError::Malformed(_) => "bad_request",
+                        BodyError::Unsupported(_) => "unsupported_media_type",
+                        BodyError::TooLarge => "request_body_too_large",
+                        ref other => panic!("{name}: {other:?}"),
+                    };
+                    assert_eq!(got, code, "{name}: {e:?}");
+                }
                 Ok(read) => panic!("{name}: read as {:?}", read.llm),
             }
         }
@@ -1032,7 +1039,7 @@ mod tests {
                 BodyDestination::Llm,
                 1 << 20,
             );
-            assert_eq!(got.err(), Some(Deny::BodyTooLarge), "{coding}");
+            assert_eq!(got.err(), Some(BodyError::TooLarge), "{coding}");
         }
         // Exactly at the cap is fine.
         let body = [CHAT, &vec![b' '; 1000][..]].concat();

@@ -272,7 +272,8 @@ enum CredCommand {
         /// Credential name (what `$CRED{name}` refers to).
         #[arg(long)]
         name: String,
-        /// Destinations: `HOST`, `*.DOMAIN`, or `https://HOST:PORT/PATH-PREFIX`, comma-separated.
+        /// Destinations: `HOST`, `*.DOMAIN`, or `https://HOST:PORT/PATH-PREFIX`, each optionally
+        /// after methods and a space (`POST|GET https://api.openai.com/v1/`), comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         bind: Vec<String>,
         /// Where the handle may appear: `header`, `query`, `body` (comma-separated; default header).
@@ -437,7 +438,7 @@ impl Cli {
                 } else {
                     print!(
                         "{}",
-                        crate::limits::report::render_text(&report, crate::limits::unix_now())
+                        crate::limits::report::render_text(&report, crate::clock::unix_now_i64())
                     );
                 }
                 Ok(ExitCode::SUCCESS)
@@ -523,7 +524,7 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             at,
             json,
         } => {
-            use crate::policy::explain;
+            use crate::pipeline::explain;
             let static_config =
                 crate::config::StaticConfig::load(&config).map_err(crate::app::problems_error)?;
             let snapshot = crate::snapshot::Snapshot::load(&static_config)
@@ -549,11 +550,19 @@ fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                     )
                     .with_context(|| format!("`{at}` is not an RFC 3339 time"))?
                     .unix_timestamp(),
-                    None => i64::try_from(crate::proxy::unix_now()).unwrap_or(i64::MAX),
+                    None => crate::clock::unix_now_i64(),
                 },
             };
-            let explanation =
-                explain::explain(&snapshot, &described).map_err(anyhow::Error::msg)?;
+            // The proxy's own admission chain decides it (async, like the proxy).
+            let explanation = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(explain::explain(
+                    &static_config,
+                    std::sync::Arc::new(snapshot),
+                    &described,
+                ))
+                .map_err(anyhow::Error::msg)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&explanation)?);
             } else {
@@ -637,7 +646,7 @@ fn read_usage(
                     &tenant,
                     period,
                     run,
-                    crate::limits::unix_now(),
+                    crate::clock::unix_now_i64(),
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("reading the counters from redis: {e}"))
@@ -971,17 +980,19 @@ fn cred_command(config: &std::path::Path, command: CredCommand) -> anyhow::Resul
         CredCommand::List { tenant } => {
             let tenant = known(&tenant)?;
             for l in vault.list(&tenant)? {
-                let bind: Vec<String> = l.bind.iter().map(|b| b.host.clone()).collect();
                 let positions: Vec<&str> = l.positions.iter().map(|p| p.as_str()).collect();
                 let expires = l.expires.map(format_unix).unwrap_or_else(|| "never".into());
                 println!(
-                    "{}\tbind={}\tin={}\texpires={}\t{}",
+                    "{}\tin={}\texpires={}\t{}",
                     l.name,
-                    bind.join(","),
                     positions.join(","),
                     expires,
                     l.fingerprint
                 );
+                // Every field of every binding: where the value may go is what a reviewer checks.
+                for b in &l.bind {
+                    println!("  bind {}", b.describe());
+                }
             }
         }
         CredCommand::Rm { tenant, name } => {

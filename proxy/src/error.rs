@@ -2,11 +2,11 @@
 //! HTTP status and stable reason code by one exhaustive `match`: the same code goes into the JSON
 //! body, the audit record and the metric label.
 
-use std::fmt;
-
 use serde::Serialize;
 
-use crate::credentials::apply::CredentialDeny;
+pub use crate::reason::ReasonCode;
+
+use crate::credentials::apply::{CredentialDeny, ScanGap};
 use crate::limits::stream::CutReason;
 use crate::limits::{LimitDeny, LimitKind, Measure, Scope, Window};
 
@@ -101,6 +101,93 @@ pub enum Deny {
     ResourceDenied(String),
     /// Policy denied getting an MCP prompt (its name).
     PromptDenied(String),
+    /// The upstream answered a request that carried a substituted secret with a compressed
+    /// body, which cannot be scrubbed of echoed secrets; withheld.
+    UpstreamEncoded,
+}
+
+impl From<crate::identity::IdentityError> for Deny {
+    fn from(e: crate::identity::IdentityError) -> Self {
+        use crate::identity::IdentityError;
+        match e {
+            IdentityError::Required => Deny::IdentityRequired,
+            IdentityError::Invalid(why) => Deny::IdentityInvalid(why),
+        }
+    }
+}
+
+impl From<crate::target::TargetError> for Deny {
+    fn from(e: crate::target::TargetError) -> Self {
+        use crate::target::TargetError;
+        match e {
+            TargetError::Malformed(why) => Deny::BadRequest(why),
+            TargetError::HostMismatch => Deny::HostMismatch,
+            TargetError::RouteNotFound => Deny::RouteNotFound,
+        }
+    }
+}
+
+impl From<crate::audit::AuditUnavailable> for Deny {
+    fn from(_: crate::audit::AuditUnavailable) -> Self {
+        Deny::AuditUnavailable
+    }
+}
+
+impl From<crate::limits::plan::PlanError> for Deny {
+    fn from(e: crate::limits::plan::PlanError) -> Self {
+        use crate::limits::plan::PlanError;
+        match e {
+            PlanError::ModelNotPriced(model) => Deny::ModelNotPriced(model),
+            PlanError::UnknownTenant => Deny::Internal,
+        }
+    }
+}
+
+impl From<crate::runs::RunRefusal> for Deny {
+    fn from(e: crate::runs::RunRefusal) -> Self {
+        use crate::runs::RunRefusal;
+        match e {
+            RunRefusal::Closed => Deny::RunClosed,
+            RunRefusal::LimiterUnavailable => Deny::LimiterUnavailable,
+            RunRefusal::AuditUnavailable => Deny::AuditUnavailable,
+        }
+    }
+}
+
+impl From<crate::body::BodyError> for Deny {
+    fn from(e: crate::body::BodyError) -> Self {
+        use crate::body::BodyError;
+        match e {
+            BodyError::TooLarge => Deny::BodyTooLarge,
+            BodyError::LengthRequired => Deny::LengthRequired,
+            BodyError::Malformed(why) => Deny::BadRequest(why),
+            BodyError::Unsupported(why) => Deny::UnsupportedBody(why),
+            BodyError::Overloaded => Deny::Overloaded("request body memory"),
+            BodyError::Timeout => Deny::RequestTimeout,
+            BodyError::Unreadable => Deny::BadRequest("the request body could not be read".into()),
+        }
+    }
+}
+
+impl From<&crate::mcp::McpRefusal> for Deny {
+    fn from(r: &crate::mcp::McpRefusal) -> Self {
+        use crate::mcp::McpRefusal;
+        use crate::policy::ItemKind;
+        match r {
+            McpRefusal::Malformed(why) => Deny::McpMalformed(why.clone()),
+            McpRefusal::Denied { item, name, .. } => match item {
+                ItemKind::Tool => Deny::ToolDenied(name.clone()),
+                ItemKind::Resource => Deny::ResourceDenied(name.clone()),
+                ItemKind::Prompt => Deny::PromptDenied(name.clone()),
+            },
+        }
+    }
+}
+
+impl From<crate::mcp::Unfilterable> for Deny {
+    fn from(e: crate::mcp::Unfilterable) -> Self {
+        Deny::McpResponseUnfiltered(e.0.to_string())
+    }
 }
 
 impl From<crate::front::HeadError> for Deny {
@@ -166,177 +253,6 @@ impl Deny {
     }
 }
 
-/// A stable snake_case reason code. Used as JSON `code`, audit `reason` and metric label, so its
-/// set of values is closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasonCode {
-    /// The request was allowed and forwarded.
-    Allowed,
-    /// See [`Deny::IdentityRequired`].
-    IdentityRequired,
-    /// See [`Deny::IdentityInvalid`].
-    IdentityInvalid,
-    /// See [`Deny::PolicyDenied`].
-    PolicyDenied,
-    /// The handle names no credential of this tenant.
-    CredentialUnknown,
-    /// The credential is not bound to this destination.
-    CredentialNotBound,
-    /// The handle is in a position the credential may not appear in.
-    CredentialPosition,
-    /// The credential has expired.
-    CredentialExpired,
-    /// Policy forbids using the credential here.
-    CredentialDenied,
-    /// A malformed handle.
-    CredentialMalformed,
-    /// A literal key where the proxy manages the credential.
-    RawCredential,
-    /// A request-rate ceiling was reached.
-    RateLimited,
-    /// A concurrency ceiling was reached.
-    ConcurrencyLimited,
-    /// See [`Deny::LimiterUnavailable`].
-    LimiterUnavailable,
-    /// An LLM token ceiling would be crossed.
-    TokenLimit,
-    /// A cost, token, tool-call or wall-time budget of a run, day or month is spent.
-    BudgetExhausted,
-    /// See [`Deny::ModelNotPriced`].
-    ModelNotPriced,
-    /// See [`Deny::BadRequest`].
-    BadRequest,
-    /// See [`Deny::HostMismatch`].
-    HostMismatch,
-    /// See [`Deny::RouteNotFound`].
-    RouteNotFound,
-    /// See [`Deny::ConnectUnsupported`].
-    ConnectUnsupported,
-    /// See [`Deny::ConnectPortForbidden`].
-    ConnectPortForbidden,
-    /// See [`Deny::DestinationForbidden`].
-    DestinationForbidden,
-    /// See [`Deny::TunnelLimit`].
-    TunnelLimit,
-    /// See [`Deny::InterceptionUnavailable`].
-    InterceptionUnavailable,
-    /// See [`Deny::HeadersTooLarge`].
-    RequestHeadersTooLarge,
-    /// See [`Deny::BodyTooLarge`].
-    RequestBodyTooLarge,
-    /// See [`Deny::LengthRequired`].
-    LengthRequired,
-    /// See [`Deny::UpstreamUnreachable`].
-    UpstreamUnreachable,
-    /// See [`Deny::UpstreamTimeout`].
-    UpstreamTimeout,
-    /// See [`Deny::UpstreamTls`].
-    UpstreamTls,
-    /// See [`Deny::AuditUnavailable`].
-    AuditUnavailable,
-    /// See [`Deny::McpMalformed`].
-    McpMalformed,
-    /// See [`Deny::ToolDenied`].
-    ToolDenied,
-    /// See [`Deny::McpResponseUnfiltered`].
-    McpResponseUnfiltered,
-    /// See [`Deny::RunClosed`].
-    RunClosed,
-    /// See [`Deny::Internal`].
-    Internal,
-    /// See [`Deny::Framing`].
-    BadFraming,
-    /// See [`Deny::UnsupportedTransferEncoding`].
-    UnsupportedTransferEncoding,
-    /// See [`Deny::TooManyHeaders`].
-    TooManyHeaders,
-    /// See [`Deny::RequestTimeout`].
-    RequestTimeout,
-    /// See [`Deny::Overloaded`].
-    Overloaded,
-    /// See [`Deny::ConnectionLimit`].
-    ConnectionLimit,
-    /// See [`Deny::ProtectedHopHeader`].
-    BadConnectionHeader,
-    /// See [`Deny::ClientClosed`].
-    ClientClosed,
-    /// See [`Deny::AdminNotFound`].
-    NotFound,
-    /// See [`Deny::MethodNotAllowed`].
-    MethodNotAllowed,
-    /// See [`Deny::UnsupportedBody`].
-    UnsupportedMediaType,
-    /// See [`Deny::ResourceDenied`].
-    ResourceDenied,
-    /// See [`Deny::PromptDenied`].
-    PromptDenied,
-}
-
-impl ReasonCode {
-    /// The snake_case text of the code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReasonCode::Allowed => "allowed",
-            ReasonCode::IdentityRequired => "identity_required",
-            ReasonCode::IdentityInvalid => "identity_invalid",
-            ReasonCode::PolicyDenied => "policy_denied",
-            ReasonCode::CredentialUnknown => "credential_unknown",
-            ReasonCode::CredentialNotBound => "credential_not_bound",
-            ReasonCode::CredentialPosition => "credential_position",
-            ReasonCode::CredentialExpired => "credential_expired",
-            ReasonCode::CredentialDenied => "credential_denied",
-            ReasonCode::CredentialMalformed => "credential_malformed",
-            ReasonCode::RawCredential => "raw_credential",
-            ReasonCode::RateLimited => "rate_limited",
-            ReasonCode::ConcurrencyLimited => "concurrency_limited",
-            ReasonCode::LimiterUnavailable => "limiter_unavailable",
-            ReasonCode::TokenLimit => "token_limit",
-            ReasonCode::BudgetExhausted => "budget_exhausted",
-            ReasonCode::ModelNotPriced => "model_not_priced",
-            ReasonCode::BadRequest => "bad_request",
-            ReasonCode::HostMismatch => "host_mismatch",
-            ReasonCode::RouteNotFound => "route_not_found",
-            ReasonCode::ConnectUnsupported => "connect_unsupported",
-            ReasonCode::ConnectPortForbidden => "connect_port_forbidden",
-            ReasonCode::DestinationForbidden => "destination_forbidden",
-            ReasonCode::TunnelLimit => "tunnel_limit",
-            ReasonCode::InterceptionUnavailable => "interception_unavailable",
-            ReasonCode::RequestHeadersTooLarge => "request_headers_too_large",
-            ReasonCode::RequestBodyTooLarge => "request_body_too_large",
-            ReasonCode::LengthRequired => "length_required",
-            ReasonCode::UpstreamUnreachable => "upstream_unreachable",
-            ReasonCode::UpstreamTimeout => "upstream_timeout",
-            ReasonCode::UpstreamTls => "upstream_tls",
-            ReasonCode::AuditUnavailable => "audit_unavailable",
-            ReasonCode::McpMalformed => "mcp_malformed",
-            ReasonCode::ToolDenied => "tool_denied",
-            ReasonCode::McpResponseUnfiltered => "mcp_response_unfiltered",
-            ReasonCode::RunClosed => "run_closed",
-            ReasonCode::Internal => "internal_error",
-            ReasonCode::BadFraming => "bad_framing",
-            ReasonCode::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
-            ReasonCode::TooManyHeaders => "too_many_headers",
-            ReasonCode::RequestTimeout => "request_timeout",
-            ReasonCode::Overloaded => "overloaded",
-            ReasonCode::ConnectionLimit => "connection_limit",
-            ReasonCode::BadConnectionHeader => "bad_connection_header",
-            ReasonCode::ClientClosed => "client_closed",
-            ReasonCode::NotFound => "not_found",
-            ReasonCode::MethodNotAllowed => "method_not_allowed",
-            ReasonCode::UnsupportedMediaType => "unsupported_media_type",
-            ReasonCode::ResourceDenied => "resource_denied",
-            ReasonCode::PromptDenied => "prompt_denied",
-        }
-    }
-}
-
-impl fmt::Display for ReasonCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl Deny {
     /// HTTP status, reason code and message, from one exhaustive match.
     pub fn describe(&self) -> (u16, ReasonCode, String) {
@@ -381,6 +297,21 @@ impl Deny {
                     403,
                     ReasonCode::RawCredential,
                     format!("a literal credential in {place} is not accepted for this destination; use a `$CRED{{name}}` handle"),
+                ),
+                CredentialDeny::Repeated(place) => (
+                    400,
+                    ReasonCode::CredentialRepeated,
+                    format!("{place} is given more than once; a credential position holds exactly one `$CRED{{name}}` handle"),
+                ),
+                CredentialDeny::ScanIncomplete(ScanGap::TooLarge(limit)) => (
+                    413,
+                    ReasonCode::CredentialScanIncomplete,
+                    format!("the request body is larger than the {limit} bytes scanned for credentials, and this destination's keys are managed by the proxy"),
+                ),
+                CredentialDeny::ScanIncomplete(ScanGap::Encoded) => (
+                    415,
+                    ReasonCode::CredentialScanIncomplete,
+                    "a request body with a `Content-Encoding` cannot be scanned for credentials, and this destination's keys are managed by the proxy; send it unencoded".into(),
                 ),
             },
             Deny::Limited(l) => {
@@ -602,6 +533,11 @@ impl Deny {
                 ReasonCode::PromptDenied,
                 format!("no policy allows this workload to get MCP prompt `{name}`; nothing was sent to the server"),
             ),
+            Deny::UpstreamEncoded => (
+                502,
+                ReasonCode::UpstreamEncoded,
+                "the upstream answered with a compressed body although the request carried a credential and asked for none; it was withheld, since an echoed secret could not be removed from it".into(),
+            ),
         }
     }
 
@@ -712,6 +648,22 @@ mod tests {
             (Deny::ResourceDenied("x".into()), 403, "resource_denied"),
             (Deny::PromptDenied("x".into()), 403, "prompt_denied"),
             (
+                Deny::Credential(CredentialDeny::Repeated("header `authorization`".into())),
+                400,
+                "credential_repeated",
+            ),
+            (
+                Deny::Credential(CredentialDeny::ScanIncomplete(ScanGap::TooLarge(65536))),
+                413,
+                "credential_scan_incomplete",
+            ),
+            (
+                Deny::Credential(CredentialDeny::ScanIncomplete(ScanGap::Encoded)),
+                415,
+                "credential_scan_incomplete",
+            ),
+            (Deny::UpstreamEncoded, 502, "upstream_encoded"),
+            (
                 Deny::McpResponseUnfiltered("x".into()),
                 502,
                 "mcp_response_unfiltered",
@@ -726,6 +678,22 @@ mod tests {
                 Some(serde_json::Value::from(code))
             );
         }
+    }
+
+    #[test]
+    fn an_internal_error_has_one_code_in_body_audit_metric_and_log() {
+        let (status, code, message) = Deny::Internal.describe();
+        assert_eq!(status, 500);
+        let body: serde_json::Value =
+            serde_json::from_slice(&error_body(code, &message, "r", None)).expect("json");
+        // The body, the audit record (serde) and the metric label and log field (`as_str`).
+        assert_eq!(body["error"]["code"], "internal_error");
+        assert_eq!(
+            serde_json::to_value(code).ok(),
+            Some("internal_error".into())
+        );
+        assert_eq!(code.as_str(), "internal_error");
+        assert_eq!(code.to_string(), "internal_error");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! 1. [`identity`]: who is calling, from the listener, a signed token or an mTLS client
 //!    certificate's SPIFFE ID, never from anything the agent writes;
-//! 2. [`ctx::TenantContext`]: one immutable value every later phase receives;
+//! 2. [`context::TenantContext`]: one immutable value every later phase receives;
 //! 3. [`target`] and [`body`]: where the call goes and what model it names (toward an LLM
 //!    destination a body is decoded and read, or refused);
 //! 4. [`policy`]: Cedar decides, default deny, errors deny (a shadow set, when configured, is
@@ -12,6 +12,9 @@
 //! 5. [`credentials`]: `$CRED{}` handles swapped for the tenant's own secrets toward bound hosts;
 //! 6. forward, meter LLM [`usage`] from the response, then [`audit`] one record per request in
 //!    the tenant's own partition, and [`metrics`] by opaque tenant id.
+//!
+//! The process log ([`logging`]) holds no secret at any level: third-party debug lines stay
+//! off, and failures are logged without the upstream bytes pingora keeps in its errors.
 //!
 //! Configuration ([`config`]) has a static part and a tenant part; the tenant part, with keys
 //! and policies, forms a [`snapshot`] swapped atomically on [`reload`].
@@ -34,20 +37,23 @@ pub mod app;
 pub mod audit;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod context;
 pub mod credentials;
-pub mod ctx;
 pub mod egress;
 pub mod error;
 pub mod front;
 pub mod identity;
 pub mod ids;
 pub mod limits;
+pub mod logging;
 pub mod mcp;
 pub mod metrics;
+pub mod pipeline;
 pub mod policy;
 pub mod pricing;
-pub mod proxy;
+pub mod reason;
 pub mod reload;
 pub mod runs;
 pub mod snapshot;

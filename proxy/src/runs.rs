@@ -17,13 +17,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::audit::{AuditSink, EventKind, RunEnd, RunEvent, RunTotals};
-use crate::ctx::TenantContext;
-use crate::error::Deny;
+use crate::context::TenantContext;
 use crate::ids::TenantId;
 use crate::limits::{
-    LimitBackend, LimitKey, LimitKind, Measure, RunClaim, RunLedger, Scope, Window,
+    LimitBackend, LimitKey, LimitKind, Measure, RunClaim, RunLedger, RunRegistry, Scope, Window,
 };
-use crate::snapshot::Snapshot;
 
 /// Runs of one tenant one replica watches for expiry at most, unless configured (`[limiter]
 /// watched_runs_per_tenant`); past it, that tenant's new runs are not watched (another
@@ -149,9 +147,26 @@ struct Watch {
 /// Writes run-level events; one per process, shared by every listener and the admin port.
 #[derive(Debug)]
 pub struct RunTracker {
-    limits: Arc<dyn LimitBackend>,
+    /// The run counters (its tokens, cost and tool calls, for the summary).
+    counters: Arc<dyn LimitBackend>,
+    /// The runs' life records.
+    registry: Arc<dyn RunRegistry>,
     audit: AuditSink,
     watched: WatchList,
+}
+
+/// Why a request of a signed run is refused before it is admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RunRefusal {
+    /// The run was closed (`tenant-proxy run close`).
+    #[error("this run was closed")]
+    Closed,
+    /// The run's life record cannot be read or written.
+    #[error("the limit counters cannot be reached")]
+    LimiterUnavailable,
+    /// The `run_started` record has no audit slot.
+    #[error("the audit log cannot record the run's start")]
+    AuditUnavailable,
 }
 
 /// Why a run could not be closed.
@@ -161,8 +176,8 @@ pub enum CloseError {
     #[error("the audit sink cannot take the run summary; try again")]
     AuditUnavailable,
     /// The limiter backend did not answer.
-    #[error("the limiter cannot be reached: {0}")]
-    Limiter(String),
+    #[error(transparent)]
+    Limiter(#[from] crate::limits::LimiterUnavailable),
 }
 
 /// What a claim on a run's summary came to.
@@ -193,9 +208,15 @@ pub enum Closed {
 impl RunTracker {
     /// A tracker over the process's limiter and audit sink, watching at most
     /// `watched_per_tenant` runs of each tenant.
-    pub fn new(limits: Arc<dyn LimitBackend>, audit: AuditSink, watched_per_tenant: usize) -> Self {
+    pub fn new(
+        counters: Arc<dyn LimitBackend>,
+        registry: Arc<dyn RunRegistry>,
+        audit: AuditSink,
+        watched_per_tenant: usize,
+    ) -> Self {
         Self {
-            limits,
+            counters,
+            registry,
             audit,
             watched: WatchList::new(watched_per_tenant),
         }
@@ -211,31 +232,29 @@ impl RunTracker {
     /// The run ends the token verifier's leeway after its token's expiry: the token is accepted
     /// that long. Every admission path (requests, and `CONNECT` tunnels, whose opaque bytes no
     /// later request would check) calls this.
-    pub async fn sight(&self, tenant: &TenantContext, snapshot: &Snapshot) -> Result<(), Deny> {
-        let leeway = snapshot
-            .tenants
-            .token
-            .as_ref()
-            .map_or(Duration::ZERO, |t| t.leeway);
+    pub async fn sight(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), RunRefusal> {
         let (true, Some(expires_at)) = (tenant.run.signed, tenant.run.expires_at) else {
             return Ok(());
         };
-        let slot = self.audit.reserve_for(&tenant.tenant)?;
+        let slot = self
+            .audit
+            .reserve_for(&tenant.tenant)
+            .map_err(|_| RunRefusal::AuditUnavailable)?;
         let ends_at = expires_at.saturating_add(leeway.as_secs());
         let expires_ms = i64::try_from(ends_at.saturating_mul(1000)).unwrap_or(i64::MAX);
         let sighting = self
-            .limits
+            .registry
             .sight_run(&tenant.tenant, &tenant.run.id, expires_ms)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "limiter unavailable for a run's record; refusing");
-                Deny::LimiterUnavailable
+                RunRefusal::LimiterUnavailable
             })?;
         self.watch(tenant, ends_at);
         if sighting.first {
             slot.emit(RunEvent {
                 event: EventKind::RunStarted,
-                time: crate::proxy::rfc3339(SystemTime::now()),
+                time: crate::clock::rfc3339(SystemTime::now()),
                 tenant: tenant.tenant.to_string(),
                 workload: Some(tenant.workload.to_string()),
                 run_id: tenant.run.id.clone(),
@@ -246,7 +265,7 @@ impl RunTracker {
             });
         }
         if sighting.closed {
-            return Err(Deny::RunClosed);
+            return Err(RunRefusal::Closed);
         }
         Ok(())
     }
@@ -254,7 +273,7 @@ impl RunTracker {
     /// Counts a refused request of a signed run for its summary.
     pub async fn count_refusal(&self, tenant: &TenantContext) {
         if tenant.run.signed {
-            self.limits
+            self.registry
                 .count_refusal(&tenant.tenant, &tenant.run.id)
                 .await;
         }
@@ -287,7 +306,7 @@ impl RunTracker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.summarize_expired(crate::proxy::unix_now()).await;
+            self.summarize_expired(crate::clock::unix_now()).await;
         }
     }
 
@@ -329,9 +348,9 @@ impl RunTracker {
                 },
             })
             .collect();
-        let used = self.limits.read(&keys).await.map_err(CloseError::Limiter)?;
+        let used = self.counters.read(&keys).await?;
         let claim = self
-            .limits
+            .registry
             .end_run(tenant, run, end)
             .await
             .map_err(CloseError::Limiter)?;
@@ -363,7 +382,7 @@ impl RunTracker {
         }
         slot.emit(RunEvent {
             event: EventKind::RunSummary,
-            time: crate::proxy::rfc3339(SystemTime::now()),
+            time: crate::clock::rfc3339(SystemTime::now()),
             tenant: tenant.to_string(),
             workload: watch.map(|w| w.workload.clone()),
             run_id: run.to_string(),

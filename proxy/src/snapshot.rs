@@ -11,9 +11,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::model::TenantConfig;
-use crate::config::{ConfigProblem, IdentitySourceKind, StaticConfig};
+use crate::config::{ConfigProblem, StaticConfig};
 use crate::credentials::CredentialSet;
 use crate::identity::token::{KeySet, TokenSettings, TokenVerifier};
+use crate::identity::IdentitySourceKind;
 use crate::metrics::METRICS;
 use crate::policy::{PolicyEngine, TenantInfo};
 
@@ -44,7 +45,7 @@ impl Snapshot {
         let mut problems = Vec::new();
 
         for (i, listener) in static_config.listeners.iter().enumerate() {
-            if let Some(b) = &listener.binding {
+            if let Some(b) = &listener.identity.binding {
                 if !tenants.has_workload(&b.tenant, &b.workload) {
                     problems.push(ConfigProblem::at(
                         &static_config.path,
@@ -58,7 +59,12 @@ impl Snapshot {
                     ));
                 }
             }
-            if listener.identity.contains(&IdentitySourceKind::Token) && tenants.token.is_none() {
+            if listener
+                .identity
+                .sources
+                .contains(&IdentitySourceKind::Token)
+                && tenants.token.is_none()
+            {
                 problems.push(ConfigProblem::at(
                     &static_config.path,
                     format!("listener[{i}].identity"),
@@ -134,6 +140,14 @@ impl Snapshot {
             }),
             _ => Err(problems),
         }
+    }
+
+    /// The token verifier's clock-skew allowance: a token is accepted that long past its expiry.
+    pub fn token_leeway(&self) -> std::time::Duration {
+        self.tenants
+            .token
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |t| t.leeway)
     }
 
     /// Files whose change should trigger a reload.

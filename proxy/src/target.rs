@@ -2,8 +2,69 @@
 //! an origin-form request. Parsing is strict: a request whose `Host` disagrees with its target,
 //! or whose path has dot segments, is refused rather than guessed at.
 
-use crate::config::model::{Route, Scheme};
-use crate::error::Deny;
+/// A route-mode mapping from a path prefix to an upstream base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Name (policy `context.route`).
+    pub name: String,
+    /// Prefix, starts and ends with `/`.
+    pub prefix: String,
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Upstream host (lowercase, no brackets for IPv6).
+    pub host: String,
+    /// Upstream port.
+    pub port: u16,
+    /// Base path of the upstream, ends with `/`.
+    pub base_path: String,
+    /// Forward `baggage` to this upstream.
+    pub internal: bool,
+    /// The LLM provider behind the route, for the price table.
+    pub provider: Option<String>,
+    /// Region of the upstream, when the route sets one.
+    pub region: Option<String>,
+}
+
+/// Upstream URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    /// The default port.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// Why a request target was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// The target is malformed or of an unsupported form (the detail says how).
+    #[error("{0}")]
+    Malformed(String),
+    /// The `Host` header (or a tunnel's authority) and the target name different authorities.
+    #[error("the `Host` header does not match the request target's authority")]
+    HostMismatch,
+    /// No route matches an origin-form path.
+    #[error("no route matches this path")]
+    RouteNotFound,
+}
 
 /// A parsed request target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,9 +108,9 @@ pub fn resolve(
     raw_target: &[u8],
     host_header: Option<&[u8]>,
     routes: &[Route],
-) -> Result<Destination, Deny> {
+) -> Result<Destination, TargetError> {
     let target = std::str::from_utf8(raw_target)
-        .map_err(|_| Deny::BadRequest("the request target is not valid UTF-8".into()))?;
+        .map_err(|_| TargetError::Malformed("the request target is not valid UTF-8".into()))?;
     let lower_start = target
         .get(..8)
         .map(str::to_ascii_lowercase)
@@ -59,7 +120,9 @@ pub fn resolve(
     } else if target.starts_with('/') {
         route(target, routes)
     } else {
-        Err(Deny::BadRequest("unsupported request target form".into()))
+        Err(TargetError::Malformed(
+            "unsupported request target form".into(),
+        ))
     }
 }
 
@@ -72,19 +135,19 @@ pub fn tunneled(
     host_header: Option<&[u8]>,
     host: &str,
     port: u16,
-) -> Result<Destination, Deny> {
+) -> Result<Destination, TargetError> {
     let target = std::str::from_utf8(raw_target)
-        .map_err(|_| Deny::BadRequest("the request target is not valid UTF-8".into()))?;
+        .map_err(|_| TargetError::Malformed("the request target is not valid UTF-8".into()))?;
     if !target.starts_with('/') {
         let dest = forward(target, host_header)?;
         if dest.scheme != Scheme::Https || dest.host != host || dest.port != port {
-            return Err(Deny::HostMismatch);
+            return Err(TargetError::HostMismatch);
         }
         return Ok(dest);
     }
-    let header = host_header.ok_or(Deny::HostMismatch)?;
+    let header = host_header.ok_or(TargetError::HostMismatch)?;
     if !host_header_matches(header, host, port, Scheme::Https) {
-        return Err(Deny::HostMismatch);
+        return Err(TargetError::HostMismatch);
     }
     check_path(target)?;
     Ok(Destination {
@@ -99,25 +162,25 @@ pub fn tunneled(
     })
 }
 
-fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, Deny> {
-    let uri: http::Uri = target
-        .parse()
-        .map_err(|_| Deny::BadRequest("the request target is not a valid absolute URL".into()))?;
+fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, TargetError> {
+    let uri: http::Uri = target.parse().map_err(|_| {
+        TargetError::Malformed("the request target is not a valid absolute URL".into())
+    })?;
     let scheme = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
         Some("http") => Scheme::Http,
         Some("https") => Scheme::Https,
         _ => {
-            return Err(Deny::BadRequest(
+            return Err(TargetError::Malformed(
                 "only `http` and `https` URLs can be proxied".into(),
             ))
         }
     };
     let authority = uri
         .authority()
-        .ok_or_else(|| Deny::BadRequest("the request target has no host".into()))?;
+        .ok_or_else(|| TargetError::Malformed("the request target has no host".into()))?;
     // SECURITY: userinfo in the target could smuggle credentials or confuse host parsing.
     if authority.as_str().contains('@') {
-        return Err(Deny::BadRequest(
+        return Err(TargetError::Malformed(
             "user info in the request target is not allowed".into(),
         ));
     }
@@ -125,7 +188,7 @@ fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, Deny
     let port = authority.port_u16().unwrap_or(scheme.default_port());
     if let Some(h) = host_header {
         if !host_header_matches(h, &host, port, scheme) {
-            return Err(Deny::HostMismatch);
+            return Err(TargetError::HostMismatch);
         }
     }
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -147,7 +210,7 @@ fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, Deny
     })
 }
 
-fn route(target: &str, routes: &[Route]) -> Result<Destination, Deny> {
+fn route(target: &str, routes: &[Route]) -> Result<Destination, TargetError> {
     check_path(target)?;
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -157,7 +220,7 @@ fn route(target: &str, routes: &[Route]) -> Result<Destination, Deny> {
     let route = routes
         .iter()
         .find(|r| path.starts_with(&r.prefix) || path == &r.prefix[..r.prefix.len() - 1])
-        .ok_or(Deny::RouteNotFound)?;
+        .ok_or(TargetError::RouteNotFound)?;
     let rest = path.get(route.prefix.len()..).unwrap_or("");
     let mut upstream_path =
         String::with_capacity(route.base_path.len() + rest.len() + 1 + query.map_or(0, str::len));
@@ -180,14 +243,14 @@ fn route(target: &str, routes: &[Route]) -> Result<Destination, Deny> {
 }
 
 /// Lowercase host without brackets or trailing dot, as destinations and policies name it.
-pub fn normalize_host(host: &str) -> Result<String, Deny> {
+pub fn normalize_host(host: &str) -> Result<String, TargetError> {
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
     let host = host.strip_suffix('.').unwrap_or(&host).to_string();
     if host.is_empty() {
-        return Err(Deny::BadRequest(
+        return Err(TargetError::Malformed(
             "the request target has an empty host".into(),
         ));
     }
@@ -212,18 +275,18 @@ fn host_header_matches(header: &[u8], host: &str, port: u16, scheme: Scheme) -> 
 
 /// Refuses dot segments (plain or percent-encoded): an upstream that normalizes them would
 /// reach a different path than the one the policy allowed.
-fn check_path(path_and_query: &str) -> Result<(), Deny> {
+fn check_path(path_and_query: &str) -> Result<(), TargetError> {
     let path = path_and_query.split('?').next().unwrap_or("");
     for segment in path.split('/') {
         let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
         if decoded == "." || decoded == ".." {
-            return Err(Deny::BadRequest(
+            return Err(TargetError::Malformed(
                 "dot segments (`.` or `..`) are not allowed in the path".into(),
             ));
         }
     }
     if path.contains('\\') || path.to_ascii_lowercase().contains("%2f") {
-        return Err(Deny::BadRequest(
+        return Err(TargetError::Malformed(
             "encoded or backslash path separators are not allowed".into(),
         ));
     }
@@ -306,7 +369,7 @@ mod tests {
         for (target, host) in mismatches {
             assert_eq!(
                 resolve(target, Some(host), &[]).err(),
-                Some(Deny::HostMismatch)
+                Some(TargetError::HostMismatch)
             );
         }
         // Port 80 is http's default, so these agree.
@@ -320,7 +383,7 @@ mod tests {
             b"*",
         ] {
             assert!(
-                matches!(resolve(bad, None, &[]), Err(Deny::BadRequest(_))),
+                matches!(resolve(bad, None, &[]), Err(TargetError::Malformed(_))),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
@@ -340,15 +403,15 @@ mod tests {
         );
         assert_eq!(
             resolve(b"/anthropic/v1/messages", None, &r).err(),
-            Some(Deny::RouteNotFound)
+            Some(TargetError::RouteNotFound)
         );
         assert_eq!(
             resolve(b"/openaiX/v1", None, &r).err(),
-            Some(Deny::RouteNotFound)
+            Some(TargetError::RouteNotFound)
         );
         assert!(matches!(
             resolve(b"/openai/../admin", None, &r),
-            Err(Deny::BadRequest(_))
+            Err(TargetError::Malformed(_))
         ));
     }
 
@@ -375,7 +438,7 @@ mod tests {
         ] {
             assert_eq!(
                 tunneled(target, host, "api.openai.com", 443),
-                Err(Deny::HostMismatch),
+                Err(TargetError::HostMismatch),
                 "{:?}",
                 String::from_utf8_lossy(target)
             );
@@ -389,7 +452,7 @@ mod tests {
         .is_ok());
         assert!(matches!(
             tunneled(b"/a/../b", Some(b"api.openai.com"), "api.openai.com", 443),
-            Err(Deny::BadRequest(_))
+            Err(TargetError::Malformed(_))
         ));
     }
 

@@ -44,10 +44,13 @@ fn typical_request_without_handles_allocates_nothing() {
             path: "/v1/chat/completions",
             method: "POST",
         },
+        raw_target: b"/v1/chat/completions?api-version=2024-10-01&q=a%20b",
+        authority: None,
         headers: &headers,
         path_and_query: "/v1/chat/completions?api-version=2024-10-01&q=a%20b",
         body: Some(&body),
         content_type: Some("application/json"),
+        content_encoding: None,
     };
     let mut authorize = |_: &_, _| true;
     let _profiler = dhat::Profiler::builder().testing().build();

@@ -171,10 +171,12 @@ with httpx.Client(timeout=20) as c:  # httpx reads HTTP_PROXY from the environme
         String::from_utf8_lossy(&posted[0].body).contains("gpt-4o-mini"),
         "body forwarded intact"
     );
-    // requests and httpx ask for gzip; LLM calls go upstream without it so usage can be metered.
+    // requests and httpx ask for gzip; LLM calls ask upstream for `identity` so usage can be
+    // metered (without the header an upstream may pick any coding).
     for p in &posted {
-        assert!(
-            !p.headers.contains_key("accept-encoding"),
+        assert_eq!(
+            p.headers.get("accept-encoding").map(String::as_str),
+            Some("identity"),
             "{:?}",
             p.headers
         );

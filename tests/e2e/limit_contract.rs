@@ -17,16 +17,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tenant_proxy::audit::RunEnd;
+use tenant_proxy::clock::unix_now_i64;
 use tenant_proxy::identity::token::RunBudget;
 use tenant_proxy::ids::{TenantId, WorkloadId};
 use tenant_proxy::limits::calendar::TenantCalendar;
-use tenant_proxy::limits::memory::MemoryBackend;
-use tenant_proxy::limits::redis::{RedisBackend, RedisSettings, Unavailable};
+use tenant_proxy::limits::redis::{RedisSettings, Unavailable};
 use tenant_proxy::limits::stream::{CutReason, StreamGuard, Verdict};
 use tenant_proxy::limits::{
-    keys_for, unix_now, AdmitError, CallKind, Ceilings, Charge, LimitBackend, LimitDeny, LimitKey,
-    LimitKind, RunClaim, RunLedger, RunSighting, Scope, Window,
+    keys_for, AdmitError, Backend, CallKind, Ceilings, Charge, LimitDeny, LimitKey, LimitKind,
+    LimiterSettings, RunClaim, RunEnd, RunLedger, RunSighting, Scope, Window,
 };
 
 use crate::support::RedisServer;
@@ -37,33 +36,31 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// A fresh backend whose run counters live `run_ttl` after their last reservation (whole
-    /// seconds: Redis expires keys by the second) and whose leases outlive a crashed holder by
-    /// `lease_ttl` (Redis only).
-    fn make(&self, run_ttl: Duration, lease_ttl: Duration) -> Arc<dyn LimitBackend> {
-        match &self.redis {
-            None => Arc::new(MemoryBackend::new(run_ttl)),
-            Some(server) => {
-                let backend = RedisBackend::start(RedisSettings {
-                    url: server.url(),
-                    timeout: Duration::from_secs(2),
-                    lease_ttl,
-                    run_ttl,
-                    on_unavailable: Unavailable::FailClosed,
-                })
-                .unwrap();
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !backend.is_ready() {
-                    assert!(Instant::now() < deadline, "the backend never reached redis");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Arc::new(backend)
-            }
+    /// A fresh backend, made as the proxy makes it ([`tenant_proxy::limits::backend`]), whose
+    /// run counters live `run_ttl` after their last reservation (whole seconds: Redis expires
+    /// keys by the second) and whose leases outlive a crashed holder by `lease_ttl` (Redis only).
+    fn make(&self, run_ttl: Duration, lease_ttl: Duration) -> Backend {
+        let settings = match &self.redis {
+            None => LimiterSettings::Memory { run_ttl },
+            Some(server) => LimiterSettings::Redis(RedisSettings {
+                url: server.url(),
+                timeout: Duration::from_secs(2),
+                lease_ttl,
+                run_ttl,
+                on_unavailable: Unavailable::FailClosed,
+            }),
+        };
+        let backend = tenant_proxy::limits::backend(&settings).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !backend.counters.is_ready() {
+            assert!(Instant::now() < deadline, "the backend never reached redis");
+            std::thread::sleep(Duration::from_millis(10));
         }
+        backend
     }
 
     /// A fresh backend with long-lived run counters and leases.
-    fn fresh(&self) -> Arc<dyn LimitBackend> {
+    fn fresh(&self) -> Backend {
         self.make(Duration::from_secs(3600), Duration::from_secs(300))
     }
 }
@@ -149,7 +146,7 @@ fn keys(
         tenant_ceilings,
         workload_ceilings,
         &TenantCalendar::utc(),
-        unix_now(),
+        unix_now_i64(),
         call,
     )
 }
@@ -200,7 +197,7 @@ fn unix_ms() -> i64 {
 /// Admission checks every key before it updates any: a request refused by its last ceiling
 /// leaves the rate, concurrency, token and cost counters of the ones before it as they were.
 async fn a_refusal_consumes_no_allowance_of_any_other_ceiling(b: Backends) {
-    let backend = b.fresh();
+    let backend = b.fresh().counters;
     let tenant_ceilings = Ceilings {
         requests_per_minute: Some(3),
         concurrency: Some(5),
@@ -251,7 +248,7 @@ async fn a_refusal_consumes_no_allowance_of_any_other_ceiling(b: Backends) {
 /// A rate ceiling refuses past its allowance with a time to retry; another tenant with the
 /// same ceiling has its own allowance.
 async fn rate_ceilings_refuse_with_a_retry_time_per_tenant(b: Backends) {
-    let backend = b.fresh();
+    let backend = b.fresh().counters;
     let per_second = Ceilings {
         requests_per_second: Some(2),
         burst: Some(3),
@@ -299,7 +296,7 @@ async fn rate_ceilings_refuse_with_a_retry_time_per_tenant(b: Backends) {
 /// requests in flight; a slot not given back stays taken (a lease lives until it is finished,
 /// well past any request's length).
 async fn concurrency_slots_are_held_until_finished(b: Backends) {
-    let backend = b.fresh();
+    let backend = b.fresh().counters;
     let c = Ceilings {
         concurrency: Some(2),
         ..Default::default()
@@ -331,7 +328,7 @@ async fn concurrency_slots_are_held_until_finished(b: Backends) {
 /// A workload's ceiling refuses that workload alone; the tenant's ceiling counts every
 /// workload together.
 async fn workload_ceilings_apply_inside_the_tenants(b: Backends) {
-    let backend = b.fresh();
+    let backend = b.fresh().counters;
     let tenant_ceilings = Ceilings {
         concurrency: Some(2),
         ..Default::default()
@@ -375,7 +372,7 @@ async fn workload_ceilings_apply_inside_the_tenants(b: Backends) {
 /// Tokens are reserved at admission and settled to the real usage at the end; the ceiling
 /// counts reservations not yet settled. Another tenant's minute is its own.
 async fn tokens_per_minute_are_reserved_then_settled_to_what_was_used(b: Backends) {
-    let backend = b.fresh();
+    let backend = b.fresh().counters;
     let c = Ceilings {
         tokens_per_minute: Some(200),
         ..Default::default()
@@ -405,7 +402,7 @@ async fn tokens_per_minute_are_reserved_then_settled_to_what_was_used(b: Backend
 /// Cost is reserved and settled against the day's and the month's ceilings of the tenant's
 /// calendar; the day refuses first with a retry at its end, then the month.
 async fn cost_ceilings_refuse_by_the_day_then_by_the_month_per_tenant(b: Backends) {
-    let backend = b.fresh();
+    let backend = b.fresh().counters;
     let c = Ceilings {
         cost_per_day_micros: Some(1_000),
         cost_per_month_micros: Some(1_500),
@@ -457,7 +454,7 @@ async fn cost_ceilings_refuse_by_the_day_then_by_the_month_per_tenant(b: Backend
 /// A signed run's budget counts its calls under its tenant: tenant A spending its run `r1`
 /// leaves tenant B's run `r1` whole, for every measure.
 async fn run_budgets_are_counted_per_tenant_and_run(b: Backends) {
-    let backend = b.fresh();
+    let backend = b.fresh().counters;
     let budget = RunBudget {
         tokens: Some(100),
         tool_calls: Some(2),
@@ -539,7 +536,7 @@ async fn run_budgets_are_counted_per_tenant_and_run(b: Backends) {
 
 /// A run's wall time counts from its first request, under its tenant.
 async fn a_runs_wall_time_runs_from_its_first_request(b: Backends) {
-    let backend = b.fresh();
+    let backend = b.fresh().counters;
     let budget = RunBudget {
         wall_time_s: Some(1),
         ..RunBudget::default()
@@ -577,7 +574,9 @@ async fn a_runs_wall_time_runs_from_its_first_request(b: Backends) {
 /// A run's counters live `run_ttl` after their last reservation, then the run starts afresh;
 /// a settlement arriving after that does not bring them back.
 async fn run_counters_expire_run_ttl_after_their_last_reservation(b: Backends) {
-    let backend = b.make(Duration::from_secs(1), Duration::from_secs(300));
+    let backend = b
+        .make(Duration::from_secs(1), Duration::from_secs(300))
+        .counters;
     let budget = RunBudget {
         tool_calls: Some(1),
         tokens: Some(100),
@@ -618,40 +617,30 @@ async fn run_counters_expire_run_ttl_after_their_last_reservation(b: Backends) {
 /// closed run's later sightings say it is closed. Closing acme's `r1` leaves globex's `r1`
 /// live, and the other way round.
 async fn run_life_records_are_per_tenant_and_closing_one_leaves_the_other(b: Backends) {
-    let backend = b.fresh();
+    let runs = b.fresh().runs;
     let (acme, globex) = (tenant("acme"), tenant("globex"));
     let later = unix_ms() + 600_000;
     let started = unix_ms();
     assert_eq!(
-        backend.sight_run(&acme, "r1", later).await.unwrap(),
+        runs.sight_run(&acme, "r1", later).await.unwrap(),
         RunSighting {
             first: true,
             closed: false
         }
     );
-    assert!(!backend.sight_run(&acme, "r1", later).await.unwrap().first);
+    assert!(!runs.sight_run(&acme, "r1", later).await.unwrap().first);
     // The same run id under globex is another run.
-    assert!(backend.sight_run(&globex, "r1", later).await.unwrap().first);
-    backend.count_refusal(&acme, "r1").await;
+    assert!(runs.sight_run(&globex, "r1", later).await.unwrap().first);
+    runs.count_refusal(&acme, "r1").await;
     // globex closes its r1: its ledger, none of acme's counts.
-    match backend
-        .end_run(&globex, "r1", RunEnd::Closed)
-        .await
-        .unwrap()
-    {
+    match runs.end_run(&globex, "r1", RunEnd::Closed).await.unwrap() {
         RunClaim::Claimed(RunLedger {
             requests, refusals, ..
         }) => assert_eq!((requests, refusals), (1, 0)),
         other => panic!("{other:?}"),
     }
-    assert!(
-        backend
-            .sight_run(&globex, "r1", later)
-            .await
-            .unwrap()
-            .closed
-    );
-    let live = backend.sight_run(&acme, "r1", later).await.unwrap();
+    assert!(runs.sight_run(&globex, "r1", later).await.unwrap().closed);
+    let live = runs.sight_run(&acme, "r1", later).await.unwrap();
     assert_eq!(
         live,
         RunSighting {
@@ -661,7 +650,7 @@ async fn run_life_records_are_per_tenant_and_closing_one_leaves_the_other(b: Bac
         "closing globex's r1 closed acme's"
     );
     // A run closed before any request was seen has no start.
-    match backend
+    match runs
         .end_run(&acme, "never-seen", RunEnd::Closed)
         .await
         .unwrap()
@@ -672,7 +661,7 @@ async fn run_life_records_are_per_tenant_and_closing_one_leaves_the_other(b: Bac
         other => panic!("{other:?}"),
     }
     // acme closes its r1: summarized at once, with its own counts, then closed.
-    let claim = backend.end_run(&acme, "r1", RunEnd::Closed).await.unwrap();
+    let claim = runs.end_run(&acme, "r1", RunEnd::Closed).await.unwrap();
     let RunClaim::Claimed(ledger) = claim else {
         panic!("{claim:?}");
     };
@@ -686,37 +675,37 @@ async fn run_life_records_are_per_tenant_and_closing_one_leaves_the_other(b: Bac
         ledger.end_ms >= start && ledger.end_ms < later,
         "{ledger:?}"
     );
-    assert!(backend.sight_run(&acme, "r1", later).await.unwrap().closed);
+    assert!(runs.sight_run(&acme, "r1", later).await.unwrap().closed);
     // Summarized once: a second close and the expiry find it taken.
     assert_eq!(
-        backend.end_run(&acme, "r1", RunEnd::Closed).await.unwrap(),
+        runs.end_run(&acme, "r1", RunEnd::Closed).await.unwrap(),
         RunClaim::Taken
     );
     assert_eq!(
-        backend.end_run(&acme, "r1", RunEnd::Expired).await.unwrap(),
+        runs.end_run(&acme, "r1", RunEnd::Expired).await.unwrap(),
         RunClaim::Taken
     );
 }
 
 /// An expiring run is summarized once, after the latest expiry any of its tokens carried.
 async fn a_run_is_summarized_once_after_its_latest_expiry(b: Backends) {
-    let backend = b.fresh();
+    let runs = b.fresh().runs;
     let acme = tenant("acme");
     let now = unix_ms();
     let (first_expiry, second_expiry) = (now + 300, now + 900);
-    backend.sight_run(&acme, "r1", first_expiry).await.unwrap();
-    backend.sight_run(&acme, "r1", second_expiry).await.unwrap();
-    backend.count_refusal(&acme, "r1").await;
+    runs.sight_run(&acme, "r1", first_expiry).await.unwrap();
+    runs.sight_run(&acme, "r1", second_expiry).await.unwrap();
+    runs.count_refusal(&acme, "r1").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
-        backend.end_run(&acme, "r1", RunEnd::Expired).await.unwrap(),
+        runs.end_run(&acme, "r1", RunEnd::Expired).await.unwrap(),
         RunClaim::NotYet {
             expires_ms: second_expiry
         },
         "a later token moved the run's end"
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
-    match backend.end_run(&acme, "r1", RunEnd::Expired).await.unwrap() {
+    match runs.end_run(&acme, "r1", RunEnd::Expired).await.unwrap() {
         RunClaim::Claimed(ledger) => {
             assert_eq!(ledger.end_ms, second_expiry);
             assert_eq!((ledger.requests, ledger.refusals), (2, 1));
@@ -725,7 +714,7 @@ async fn a_run_is_summarized_once_after_its_latest_expiry(b: Backends) {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        backend.end_run(&acme, "r1", RunEnd::Expired).await.unwrap(),
+        runs.end_run(&acme, "r1", RunEnd::Expired).await.unwrap(),
         RunClaim::Taken
     );
 }
@@ -750,7 +739,7 @@ async fn observe_settled(guard: &mut StreamGuard, estimate: u64) -> Verdict {
 async fn streams_are_extended_while_the_budget_lasts_then_cut_by_the_ceiling_that_ran_out(
     b: Backends,
 ) {
-    let backend = b.fresh();
+    let backend = b.fresh().counters;
     let budget = RunBudget {
         tokens: Some(300),
         ..RunBudget::default()
@@ -815,7 +804,7 @@ async fn streams_are_extended_while_the_budget_lasts_then_cut_by_the_ceiling_tha
 
 /// Admission is atomic: many callers at once never get more than the ceiling allows.
 async fn concurrent_admissions_never_overshoot(b: Backends) {
-    let backend = b.fresh();
+    let backend = b.fresh().counters;
     let c = Ceilings {
         requests_per_minute: Some(50),
         cost_per_month_micros: Some(1_000),
@@ -852,7 +841,9 @@ async fn concurrent_admissions_never_overshoot(b: Backends) {
 #[test]
 fn redis_leases_of_a_vanished_replica_expire_after_lease_ttl() {
     run(true, |b: Backends| async move {
-        let backend = b.make(Duration::from_secs(3600), Duration::from_millis(800));
+        let backend = b
+            .make(Duration::from_secs(3600), Duration::from_millis(800))
+            .counters;
         let c = Ceilings {
             concurrency: Some(1),
             ..Default::default()
@@ -873,7 +864,7 @@ fn redis_leases_of_a_vanished_replica_expire_after_lease_ttl() {
 fn redis_keys_are_tagged_with_their_tenant() {
     run(true, |b: Backends| async move {
         let server = b.redis.as_ref().unwrap();
-        let backend = b.fresh();
+        let Backend { counters, runs } = b.fresh();
         let budget = RunBudget {
             tool_calls: Some(5),
             ..RunBudget::default()
@@ -885,10 +876,9 @@ fn redis_keys_are_tagged_with_their_tenant() {
         };
         for (t, w) in [("acme", "bot"), ("globex", "agent")] {
             let k = keys(t, w, &c, Some(&c), Some(("r1", &budget)), CallKind::Tool);
-            let a = backend.admit(&k, tool_call()).await.unwrap();
-            backend.finish(&a, tool_call()).await;
-            backend
-                .sight_run(&tenant(t), "r1", unix_ms() + 60_000)
+            let a = counters.admit(&k, tool_call()).await.unwrap();
+            counters.finish(&a, tool_call()).await;
+            runs.sight_run(&tenant(t), "r1", unix_ms() + 60_000)
                 .await
                 .unwrap();
         }

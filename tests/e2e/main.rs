@@ -10,6 +10,7 @@ mod support;
 
 mod audit_chain;
 mod budgets;
+mod canary;
 mod credentials;
 mod forwarding;
 mod https;
@@ -22,6 +23,7 @@ mod mcp_scope;
 mod policy_tools;
 mod protocol;
 mod quickstart;
+mod raw_credentials;
 mod redis;
 mod reload_audit;
 mod runs;

@@ -306,7 +306,7 @@ fn daily_cost_rolls_over_at_local_midnight_and_the_month_carries_on() {
     // The last second of a day in Tokyo and then its midnight (15:00Z), not at a month's end,
     // and in the future, since Redis drops a window's counter soon after the window ends. A
     // day's key is named by its local date, so the rollover is a new key starting from zero.
-    let mut midnight = cal.day(tenant_proxy::limits::unix_now()).ends_at;
+    let mut midnight = cal.day(tenant_proxy::clock::unix_now_i64()).ends_at;
     if cal.month(midnight).id != cal.month(midnight - 1).id {
         midnight = cal.day(midnight).ends_at;
     }

@@ -171,7 +171,8 @@ impl Proxy {
             .arg("--ready-file")
             .arg(&ready_file)
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
+            // Both streams go to proxy.log (one file offset), so tests can search all output.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();

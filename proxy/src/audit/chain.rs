@@ -93,16 +93,16 @@ pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
 pub(crate) mod tests {
     use super::*;
     use crate::audit::{AuditDecision, AuditRecord};
-    use crate::error::ReasonCode;
+    use crate::reason::ReasonCode;
 
     /// A minimal record of `tenant`, for chain and verify tests.
     pub(crate) fn record(tenant: &str, time: &str) -> AuditRecord {
-        let ctx = crate::ctx::TenantContext {
+        let ctx = crate::context::TenantContext {
             tenant: crate::ids::TenantId::new(tenant).unwrap(),
             workload: crate::ids::WorkloadId::new("bot").unwrap(),
-            principal_kind: crate::ctx::PrincipalKind::Workload,
-            identity_source: crate::config::IdentitySourceKind::Binding,
-            run: crate::ctx::Run {
+            principal_kind: crate::context::PrincipalKind::Workload,
+            identity_source: crate::identity::IdentitySourceKind::Binding,
+            run: crate::context::Run {
                 id: "run-1".into(),
                 signed: false,
                 expires_at: None,

@@ -29,6 +29,8 @@ pub use record::{
     AuditEntry, AuditRecord, Decision as AuditDecision, EventKind, McpFields, RunEnd, RunEvent,
     RunTotals, TunnelFields,
 };
+use std::path::PathBuf;
+use std::time::Duration;
 pub use writer::AuditWriter;
 
 use std::sync::atomic::Ordering;
@@ -36,8 +38,6 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::config::AuditSettings;
-use crate::error::Deny;
 use crate::ids::TenantId;
 use crate::metrics::{Metrics, METRICS};
 use writer::Health;
@@ -121,16 +121,16 @@ impl AuditSink {
     ///
     /// SECURITY: refuses when the audit directory cannot be written or the queue is full; a
     /// request that cannot be audited is not served.
-    pub fn reserve(&self) -> Result<AuditSlot, Deny> {
+    pub fn reserve(&self) -> Result<AuditSlot, AuditUnavailable> {
         if !self.health.sink.load(Ordering::Acquire) {
             refused(None);
-            return Err(Deny::AuditUnavailable);
+            return Err(AuditUnavailable);
         }
         match self.tx.clone().try_reserve_owned() {
             Ok(permit) => Ok(AuditSlot { permit }),
             Err(_) => {
                 refused(None);
-                Err(Deny::AuditUnavailable)
+                Err(AuditUnavailable)
             }
         }
     }
@@ -142,21 +142,21 @@ impl AuditSink {
         &self,
         slot: &mut Option<AuditSlot>,
         tenant: &TenantId,
-    ) -> Result<(), Deny> {
+    ) -> Result<(), AuditUnavailable> {
         if self.tenant_writable(tenant) {
             return Ok(());
         }
         *slot = None;
         refused(Some(tenant));
-        Err(Deny::AuditUnavailable)
+        Err(AuditUnavailable)
     }
 
     /// [`Self::reserve`] and [`Self::admit_tenant`] together, for records whose tenant is known
     /// from the start (run events).
-    pub fn reserve_for(&self, tenant: &TenantId) -> Result<AuditSlot, Deny> {
+    pub fn reserve_for(&self, tenant: &TenantId) -> Result<AuditSlot, AuditUnavailable> {
         let mut slot = Some(self.reserve()?);
         self.admit_tenant(&mut slot, tenant)?;
-        slot.ok_or(Deny::AuditUnavailable)
+        slot.ok_or(AuditUnavailable)
     }
 
     /// Whether the sink as a whole can write (readiness): the audit directory takes writes and
@@ -182,4 +182,51 @@ fn refused(tenant: Option<&TenantId>) {
         .audit_refusals
         .with_label_values(&[Metrics::tenant_label(tenant.map(TenantId::as_str))])
         .inc();
+}
+
+/// The audit sink (or the tenant's partition) cannot take another record: the request is
+/// refused rather than served unaudited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the audit log cannot record this request right now")]
+pub struct AuditUnavailable;
+
+/// When audit batches are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync after every written batch.
+    Batch,
+    /// Leave flushing to the OS.
+    None,
+}
+
+/// Audit sink settings.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Root directory of the per-tenant partitions.
+    pub dir: PathBuf,
+    /// Queue capacity (records in flight or waiting).
+    pub queue_capacity: usize,
+    /// Durability policy.
+    pub fsync: FsyncPolicy,
+    /// Longest delay before a batch is written.
+    pub flush_interval: Duration,
+    /// Size at which a day's file continues in a new part.
+    pub max_file_bytes: u64,
+    /// How often each tenant's chain head is signed.
+    pub checkpoint_interval: Duration,
+    /// The checkpoint signing key; `None` generates one per start.
+    pub signing_key: Option<PathBuf>,
+    /// The optional Redis Stream sink.
+    pub stream: Option<AuditStreamSettings>,
+}
+
+/// The Redis Stream audit sink.
+#[derive(Debug, Clone)]
+pub struct AuditStreamSettings {
+    /// `redis://…`.
+    pub url: String,
+    /// Whether a failing stream refuses requests.
+    pub required: bool,
+    /// Approximate length each tenant's stream is trimmed to.
+    pub maxlen: u64,
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::ctx::TenantContext;
-use crate::error::ReasonCode;
+use crate::context::TenantContext;
+use crate::reason::ReasonCode;
 
 /// Allowed or denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -17,6 +17,16 @@ pub enum Decision {
     Allow,
     /// Refused by the proxy.
     Deny,
+}
+
+impl Decision {
+    /// `allow` or `deny` (the metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }
+    }
 }
 
 /// A tunnel's id (its `CONNECT` request id) and mode (`intercept` or `opaque`).
@@ -86,7 +96,7 @@ pub struct AuditRecord {
     /// Workload id.
     pub workload: String,
     /// Principal kind.
-    pub principal_kind: crate::ctx::PrincipalKind,
+    pub principal_kind: crate::context::PrincipalKind,
     /// Identity source that vouched for the workload.
     pub identity_source: &'static str,
     /// Run id.
@@ -180,7 +190,7 @@ impl AuditRecord {
             } else {
                 EventKind::Request
             },
-            time: crate::proxy::rfc3339(SystemTime::now() - elapsed),
+            time: crate::clock::rfc3339(SystemTime::now() - elapsed),
             tenant: tenant.tenant.to_string(),
             workload: tenant.workload.to_string(),
             principal_kind: tenant.principal_kind,
@@ -220,15 +230,7 @@ impl AuditRecord {
     }
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunEnd {
-    /// Its token expired.
-    Expired,
-    /// It was closed through the admin port.
-    Closed,
-}
+pub use crate::limits::RunEnd;
 
 /// What a `run_summary` reports, read from the limiter's run counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

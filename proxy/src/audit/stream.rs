@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::config::AuditStreamSettings;
+use super::AuditStreamSettings;
 
 /// Longest wait to connect and for each reply.
 const TIMEOUT: Duration = Duration::from_secs(2);

@@ -30,7 +30,7 @@ use super::checkpoint::Signer;
 use super::layout::{self, FilePos, CHECKPOINTS_FILE};
 use super::stream::StreamSink;
 use super::{tail, AuditEntry};
-use crate::config::{AuditSettings, FsyncPolicy};
+use super::{AuditSettings, FsyncPolicy};
 use crate::metrics::METRICS;
 
 const MAX_BATCH: usize = 1024;
@@ -542,7 +542,7 @@ impl Writer {
     /// Signs and appends a checkpoint for every tenant whose chain moved since its last one.
     /// A failure is logged and retried at the next interval; records keep being written.
     fn checkpoint_all(&mut self) {
-        let time = crate::proxy::rfc3339(SystemTime::now());
+        let time = crate::clock::rfc3339(SystemTime::now());
         for (tenant, log) in &mut self.logs {
             let head = log.cursor.head;
             if head.seq == 0 || head.seq == log.checkpointed {

@@ -4,14 +4,13 @@
 //! validated runtime types ([`model`]) through `TryFrom`-style conversions that report every
 //! problem at once. An invalid configuration never exists at runtime.
 
-pub mod mcp;
 pub mod model;
 pub mod regions;
 pub mod spec;
 
 pub use model::{
-    AuditSettings, AuditStreamSettings, FsyncPolicy, IdentitySourceKind, ListenerBinding,
-    ListenerSettings, LogFormat, Route, StaticConfig, TenantConfig, UpstreamSettings,
+    AuditSettings, AuditStreamSettings, FsyncPolicy, ListenerSettings, LogFormat, Route,
+    StaticConfig, TenantConfig, UpstreamSettings,
 };
 
 use std::fmt;

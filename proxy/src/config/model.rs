@@ -10,15 +10,19 @@ use http::header::HeaderName;
 
 use super::spec::{StaticSpec, TenantsSpec};
 use super::{read_toml, relative_to, ConfigProblem};
+pub use crate::audit::{AuditSettings, AuditStreamSettings, FsyncPolicy};
 use crate::credentials::apply::{CredentialSettings, RawCredentialMode};
 use crate::credentials::binding::{parse_binding, Position};
 use crate::credentials::files::{FileCredential, FilesStore};
 use crate::credentials::vault::{MasterKeySource, VaultStore};
 use crate::credentials::CredentialStore;
+use crate::identity::{IdentitySourceKind, ListenerBinding, ListenerIdentity, Workloads};
 use crate::ids::{TenantId, WorkloadId};
 use crate::limits::calendar::TenantCalendar;
 use crate::limits::Ceilings;
+pub use crate::limits::LimiterSettings;
 use crate::pricing::PriceTable;
+pub use crate::target::{Route, Scheme};
 
 /// The static configuration: listeners, admin, audit, upstream and process settings.
 #[derive(Debug, Clone)]
@@ -59,18 +63,6 @@ pub struct StaticConfig {
     pub log_level: String,
 }
 
-/// The limiter backend.
-#[derive(Debug, Clone)]
-pub enum LimiterSettings {
-    /// Counters in this process.
-    Memory {
-        /// How long a run's counters live after its last reservation.
-        run_ttl: Duration,
-    },
-    /// Counters in Redis.
-    Redis(crate::limits::redis::RedisSettings),
-}
-
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -87,10 +79,8 @@ pub struct ListenerSettings {
     pub name: String,
     /// Bound address.
     pub listen: SocketAddr,
-    /// Identity sources in the order they are tried.
-    pub identity: Vec<IdentitySourceKind>,
-    /// The workload every connection is, for `binding` listeners.
-    pub binding: Option<ListenerBinding>,
+    /// How it identifies callers: its sources in order, and its bound workload.
+    pub identity: ListenerIdentity,
     /// TLS with client certificates, for `mtls` listeners.
     pub tls: Option<ListenerTls>,
 }
@@ -157,78 +147,6 @@ pub struct InterceptSettings {
     pub leaf_ttl: Duration,
     /// Leaf cache bound.
     pub leaf_cache: usize,
-}
-
-/// How a listener learns who is calling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentitySourceKind {
-    /// The listener itself is bound to one workload (sidecar).
-    Binding,
-    /// A signed token in `Proxy-Authorization`.
-    Token,
-    /// The SPIFFE ID of a verified client certificate.
-    Mtls,
-}
-
-impl IdentitySourceKind {
-    /// The name audit records and logs use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdentitySourceKind::Binding => "listener",
-            IdentitySourceKind::Token => "token",
-            IdentitySourceKind::Mtls => "mtls",
-        }
-    }
-}
-
-/// A listener's fixed workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerBinding {
-    /// Tenant.
-    pub tenant: TenantId,
-    /// Workload.
-    pub workload: WorkloadId,
-}
-
-/// When audit batches are made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// fsync after every written batch.
-    Batch,
-    /// Leave flushing to the OS.
-    None,
-}
-
-/// Audit sink settings.
-#[derive(Debug, Clone)]
-pub struct AuditSettings {
-    /// Root directory of the per-tenant partitions.
-    pub dir: PathBuf,
-    /// Queue capacity (records in flight or waiting).
-    pub queue_capacity: usize,
-    /// Durability policy.
-    pub fsync: FsyncPolicy,
-    /// Longest delay before a batch is written.
-    pub flush_interval: Duration,
-    /// Size at which a day's file continues in a new part.
-    pub max_file_bytes: u64,
-    /// How often each tenant's chain head is signed.
-    pub checkpoint_interval: Duration,
-    /// The checkpoint signing key; `None` generates one per start.
-    pub signing_key: Option<PathBuf>,
-    /// The optional Redis Stream sink.
-    pub stream: Option<AuditStreamSettings>,
-}
-
-/// The Redis Stream audit sink.
-#[derive(Debug, Clone)]
-pub struct AuditStreamSettings {
-    /// `redis://…`.
-    pub url: String,
-    /// Whether a failing stream refuses requests.
-    pub required: bool,
-    /// Approximate length each tenant's stream is trimmed to.
-    pub maxlen: u64,
 }
 
 /// Upstream connection settings.
@@ -424,8 +342,10 @@ impl StaticConfig {
             listeners.push(ListenerSettings {
                 name: l.name,
                 listen,
-                identity,
-                binding,
+                identity: ListenerIdentity {
+                    sources: identity,
+                    binding,
+                },
                 tls,
             });
         }
@@ -705,7 +625,7 @@ fn egress_settings(p: &mut Problems<'_>, spec: super::spec::EgressSpec) -> Egres
 }
 
 /// The tenant configuration, validated but with keys and policies not yet loaded
-/// (see [`crate::snapshot`]).
+/// (the snapshot loads them).
 #[derive(Debug, Clone)]
 pub struct TenantConfig {
     /// The file this was read from.
@@ -729,7 +649,7 @@ pub struct TenantConfig {
     /// The price table, if one is configured.
     pub prices: Option<Arc<PriceTable>>,
     /// MCP servers and how their traffic is buffered.
-    pub mcp: crate::config::mcp::McpSettings,
+    pub mcp: crate::mcp::config::McpSettings,
     /// Regions of upstream destinations.
     pub regions: super::regions::DestinationRegions,
 }
@@ -789,56 +709,6 @@ pub struct TenantEntry {
     pub egress_allow: Vec<crate::egress::EgressException>,
     /// Cap on this tenant's open tunnels, when it overrides the global one.
     pub max_tunnels: Option<u32>,
-}
-
-/// A route-mode mapping from a path prefix to an upstream base URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// Name (policy `context.route`).
-    pub name: String,
-    /// Prefix, starts and ends with `/`.
-    pub prefix: String,
-    /// `http` or `https`.
-    pub scheme: Scheme,
-    /// Upstream host (lowercase, no brackets for IPv6).
-    pub host: String,
-    /// Upstream port.
-    pub port: u16,
-    /// Base path of the upstream, ends with `/`.
-    pub base_path: String,
-    /// Forward `baggage` to this upstream.
-    pub internal: bool,
-    /// The LLM provider behind the route, for the price table.
-    pub provider: Option<String>,
-    /// Region of the upstream, when the route sets one.
-    pub region: Option<String>,
-}
-
-/// Upstream URL scheme.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    /// Plain HTTP.
-    Http,
-    /// HTTP over TLS.
-    Https,
-}
-
-impl Scheme {
-    /// `http` or `https`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
-    }
-
-    /// The default port.
-    pub fn default_port(self) -> u16 {
-        match self {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        }
-    }
 }
 
 impl TenantConfig {
@@ -927,12 +797,12 @@ impl TenantConfig {
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
-        let mcp = crate::config::mcp::McpSettings::from_spec(spec.mcp.unwrap_or_default(), &routes)
+        let mcp = crate::mcp::config::McpSettings::from_spec(spec.mcp.unwrap_or_default(), &routes)
             .unwrap_or_else(|problems| {
                 for (field, message) in problems {
                     p.push(field, message);
                 }
-                crate::config::mcp::McpSettings::default()
+                crate::mcp::config::McpSettings::default()
             });
 
         let prices =
@@ -1036,6 +906,13 @@ impl TenantConfig {
         let mut credential_settings = CredentialSettings::default();
         let credential_source = spec.credentials.and_then(|c| {
             credential_settings.scan_body_max_bytes = c.scan_body_max_bytes;
+            for (i, h) in c.credential_headers.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    p.push(format!("credentials.credential_headers[{i}]"), format!("`{h}` is not a header name"));
+                }
+            }
+            credential_settings.positions =
+                crate::credentials::positions::CredentialPositions::with_extra_headers(&c.credential_headers);
             credential_settings.raw_credential = match c.raw_credential.as_str() {
                 "refuse" => RawCredentialMode::Refuse,
                 "strip" => RawCredentialMode::Strip,
@@ -1148,6 +1025,29 @@ impl TenantConfig {
         self.tenants
             .get(tenant)
             .is_some_and(|t| t.workloads.contains(workload))
+    }
+}
+
+impl crate::limits::LimitConfig for TenantConfig {
+    fn tenant_limits(&self, tenant: &TenantId) -> Option<crate::limits::TenantLimits<'_>> {
+        self.tenants
+            .get(tenant)
+            .map(|e| crate::limits::TenantLimits {
+                ceilings: &e.limits,
+                workload_ceilings: &e.workload_limits,
+                workloads: &e.workloads,
+                calendar: &e.calendar,
+            })
+    }
+
+    fn prices(&self) -> Option<&PriceTable> {
+        self.prices.as_deref()
+    }
+}
+
+impl Workloads for TenantConfig {
+    fn has_workload(&self, tenant: &TenantId, workload: &WorkloadId) -> bool {
+        TenantConfig::has_workload(self, tenant, workload)
     }
 }
 
@@ -1301,6 +1201,10 @@ mod tests {
             ("tenants-bad-lifetime.toml", "token.max_lifetime"),
             ("tenants-mcp-unknown-route.toml", "mcp.servers[0].route"),
             ("tenants-bad-region.toml", "destination_regions.us[0]"),
+            (
+                "tenants-bad-credential-header.toml",
+                "credentials.credential_headers[0]",
+            ),
         ];
         for (file, want) in tenant_cases {
             let text = problems_text(

@@ -436,7 +436,7 @@ pub struct TenantsSpec {
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSpec>,
     /// MCP servers (`[mcp]`): destinations whose tool calls are authorized one by one.
-    pub mcp: Option<crate::config::mcp::McpSpec>,
+    pub mcp: Option<crate::mcp::config::McpSpec>,
     /// Regions of upstream destinations: region name -> host names (`*.domain` for
     /// subdomains), available to policies as `context.destination_region`.
     #[serde(default)]
@@ -555,6 +555,10 @@ pub struct CredentialsSpec {
     /// `refuse` (default) or `strip` a literal key sent where the proxy manages the credential.
     #[serde(default = "default_raw_credential")]
     pub raw_credential: String,
+    /// Headers that carry credentials besides every provider's own (`authorization`,
+    /// `x-api-key`, …): handles may appear in them, literals may not.
+    #[serde(default)]
+    pub credential_headers: Vec<String>,
 }
 
 fn default_scan_body_max() -> usize {

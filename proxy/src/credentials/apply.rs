@@ -1,9 +1,13 @@
 //! Applying credentials to one request: find every handle (headers, query values, JSON and form
-//! bodies), check it (known to this tenant, not expired, allowed in this position, bound to this
-//! destination, permitted by policy), and only then substitute. Any failed check refuses the
-//! whole request; nothing unresolved and nothing half-substituted is forwarded.
+//! bodies), check it (in a position handles may take, known to this tenant, not expired, allowed
+//! in this position, bound to this destination, permitted by policy), and only then substitute.
+//! Toward a destination whose keys the proxy manages, every credential position (see
+//! [`super::positions`]) must also hold exactly one handle or nothing: the agent's own key there
+//! is refused or stripped. Any failed check refuses the whole request; nothing unresolved,
+//! nothing half-substituted and nothing half-scanned is forwarded.
 //!
-//! A request without any handle costs one byte scan per value and allocates nothing.
+//! A request without any handle toward an unmanaged destination costs one byte scan per value
+//! and allocates nothing.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -13,20 +17,21 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::binding::{Position, Target};
 use super::handle::{self, SubstituteError};
+use super::positions::{holding, CredentialPositions, Holding};
+use super::raw::{self, OnLiteral};
 use super::{Credential, CredentialSet};
 use crate::ids::TenantId;
 
 /// Request-side credential settings.
 #[derive(Debug, Clone)]
 pub struct CredentialSettings {
-    /// Largest JSON/form body scanned for handles.
+    /// Largest body scanned for handles and keys; a larger body toward a managed destination is
+    /// refused.
     pub scan_body_max_bytes: usize,
     /// What to do with a literal key where the proxy manages the credential.
     pub raw_credential: RawCredentialMode,
-    /// Headers that carry credentials (lowercase).
-    pub credential_headers: Vec<HeaderName>,
-    /// Top-level JSON body fields that carry credentials.
-    pub credential_body_fields: Vec<String>,
+    /// The credential-bearing positions (every provider's, plus configured extra headers).
+    pub positions: CredentialPositions,
 }
 
 impl Default for CredentialSettings {
@@ -34,21 +39,7 @@ impl Default for CredentialSettings {
         Self {
             scan_body_max_bytes: 1024 * 1024,
             raw_credential: RawCredentialMode::Refuse,
-            credential_headers: ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
-                .into_iter()
-                .map(HeaderName::from_static)
-                .collect(),
-            credential_body_fields: [
-                "api_key",
-                "apiKey",
-                "api-key",
-                "x-api-key",
-                "openai_api_key",
-                "anthropic_api_key",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+            positions: CredentialPositions::default(),
         }
     }
 }
@@ -58,8 +49,17 @@ impl Default for CredentialSettings {
 pub enum RawCredentialMode {
     /// Refuse the request (`raw_credential`).
     Refuse,
-    /// Remove the header and forward.
+    /// Remove the literal (a header or pair is dropped, a JSON value becomes `null`) and forward.
     Strip,
+}
+
+/// Why a body toward a managed destination could not be scanned whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanGap {
+    /// Larger than `scan_body_max_bytes` (the limit).
+    TooLarge(usize),
+    /// Sent with a `Content-Encoding`: its bytes are not what the upstream reads.
+    Encoded,
 }
 
 /// Why credentials could not be applied. Messages name the handle, never a value.
@@ -69,16 +69,21 @@ pub enum CredentialDeny {
     Unknown(String),
     /// The credential is not bound to this destination (scheme, host, port, path, method).
     NotBound(String),
-    /// The handle appears where this credential may not.
-    Position(String, &'static str),
+    /// The handle appears where this credential (or any handle) may not: the handle's name and
+    /// the position.
+    Position(String, String),
     /// The credential has expired.
     Expired(String),
     /// Policy forbids this workload to use it here.
     PolicyDenied(String),
     /// A malformed handle.
     Malformed(&'static str),
-    /// A literal key where the proxy manages the credential.
+    /// A literal key where the proxy manages the credential (the position).
     Raw(String),
+    /// A credential position given more than one value (the position).
+    Repeated(String),
+    /// A body toward a managed destination that cannot be scanned whole.
+    ScanIncomplete(ScanGap),
 }
 
 impl CredentialDeny {
@@ -90,7 +95,10 @@ impl CredentialDeny {
             | CredentialDeny::Position(n, _)
             | CredentialDeny::Expired(n)
             | CredentialDeny::PolicyDenied(n) => Some(n),
-            CredentialDeny::Malformed(_) | CredentialDeny::Raw(_) => None,
+            CredentialDeny::Malformed(_)
+            | CredentialDeny::Raw(_)
+            | CredentialDeny::Repeated(_)
+            | CredentialDeny::ScanIncomplete(_) => None,
         }
     }
 }
@@ -100,6 +108,10 @@ impl CredentialDeny {
 pub struct RequestParts<'a> {
     /// Destination.
     pub target: Target<'a>,
+    /// The request target as received (absolute form names an authority).
+    pub raw_target: &'a [u8],
+    /// The request's `:authority` (HTTP/2), if any.
+    pub authority: Option<&'a str>,
     /// Request headers.
     pub headers: &'a HeaderMap,
     /// Upstream path and query.
@@ -108,6 +120,8 @@ pub struct RequestParts<'a> {
     pub body: Option<&'a Bytes>,
     /// `Content-Type`.
     pub content_type: Option<&'a str>,
+    /// `Content-Encoding` of the body, when it is still encoded.
+    pub content_encoding: Option<&'a str>,
 }
 
 /// What to change in the upstream request. Holds secret material: `Debug` shows counts only.
@@ -119,9 +133,9 @@ pub struct Applied {
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     /// Headers to remove (stripped raw keys).
     pub remove_headers: Vec<HeaderName>,
-    /// A new upstream path and query, when a query value was substituted.
+    /// A new upstream path and query, when a query value was substituted or stripped.
     pub path_and_query: Option<String>,
-    /// A new body, when the body was substituted (moved into the request context).
+    /// A new body, when the body was substituted or stripped (moved into the request context).
     pub body: Option<Bytes>,
 }
 
@@ -147,8 +161,47 @@ impl std::fmt::Debug for Applied {
 impl Applied {
     /// Whether anything changes.
     pub fn is_empty(&self) -> bool {
-        self.used.is_empty() && self.remove_headers.is_empty()
+        self.used.is_empty()
+            && self.remove_headers.is_empty()
+            && self.set_headers.is_empty()
+            && self.path_and_query.is_none()
+            && self.body.is_none()
     }
+}
+
+/// A handle in the request's authority: the target's (absolute form), `:authority` or `Host`.
+/// Handles never go there, whatever the credential allows; checked before the destination is
+/// resolved, so such a request is refused as a position error rather than anything else.
+pub fn handle_in_authority(
+    raw_target: &[u8],
+    authority: Option<&str>,
+    host: Option<&[u8]>,
+) -> Option<CredentialDeny> {
+    let target_authority = raw_target
+        .windows(3)
+        .position(|w| w == b"://")
+        .filter(|at| raw_target[..*at].iter().all(u8::is_ascii_alphabetic))
+        .map(|at| {
+            let rest = &raw_target[at + 3..];
+            let end = rest
+                .iter()
+                .position(|b| matches!(b, b'/' | b'?' | b'#'))
+                .unwrap_or(rest.len());
+            (&rest[..end], "request target's authority")
+        });
+    [
+        target_authority,
+        authority.map(|a| (a.as_bytes(), "`:authority`")),
+        host.map(|h| (h, "header `host`")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|(bytes, _)| has_marker_maybe_encoded(bytes))
+    .map(|(bytes, place)| {
+        first_handle_name(bytes).map_or(CredentialDeny::Malformed("header"), |n| {
+            CredentialDeny::Position(n, place.to_string())
+        })
+    })
 }
 
 /// Checks and substitutes every handle in `req` for `tenant`. `authorize` asks policy whether the
@@ -162,6 +215,30 @@ pub fn apply(
     authorize: &mut dyn FnMut(&Credential, Position) -> bool,
 ) -> Result<Applied, CredentialDeny> {
     let mut out = Applied::default();
+    // SECURITY: where this tenant's keys are managed, the agent's own key never goes along.
+    let managed = set.manages_host(tenant, req.target.host);
+    let on_literal = match settings.raw_credential {
+        RawCredentialMode::Refuse => OnLiteral::Refuse,
+        RawCredentialMode::Strip => OnLiteral::Strip,
+    };
+    if let Some(deny) = handle_in_authority(req.raw_target, req.authority, None) {
+        return Err(deny);
+    }
+    if let (true, Some(body)) = (managed, req.body) {
+        // SECURITY: a body that is not scanned whole could carry a key (or a handle) past the
+        // scan; toward a managed destination it is refused, never forwarded half-scanned.
+        if req
+            .content_encoding
+            .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"))
+        {
+            return Err(CredentialDeny::ScanIncomplete(ScanGap::Encoded));
+        }
+        if body.len() > settings.scan_body_max_bytes {
+            return Err(CredentialDeny::ScanIncomplete(ScanGap::TooLarge(
+                settings.scan_body_max_bytes,
+            )));
+        }
+    }
     let mut resolver = Resolver {
         set,
         tenant,
@@ -171,31 +248,15 @@ pub fn apply(
         used: &mut out.used,
     };
 
-    for name in req.headers.keys() {
-        let values = req.headers.get_all(name);
-        if values.iter().any(|v| handle::has_marker(v.as_bytes())) {
-            // Emit every value of this header (substituted or not), so multi-valued headers
-            // keep all their values when they are replaced upstream.
-            for value in values {
-                let replaced =
-                    resolver.substitute(value.as_bytes(), Position::Header, Encoding::Raw)?;
-                let v = HeaderValue::from_bytes(&replaced)
-                    .map_err(|_| CredentialDeny::Malformed("header"))?;
-                out.set_headers.push((name.clone(), v));
-            }
-        } else if settings.credential_headers.contains(name)
-            && values.iter().any(|v| !v.is_empty())
-            && set.manages_host(tenant, req.target.host)
-        {
-            // SECURITY: the agent must not override the managed secret with its own key.
-            match settings.raw_credential {
-                RawCredentialMode::Refuse => {
-                    return Err(CredentialDeny::Raw(format!("header `{name}`")))
-                }
-                RawCredentialMode::Strip => out.remove_headers.push(name.clone()),
-            }
-        }
-    }
+    apply_headers(
+        req.headers,
+        &settings.positions,
+        managed,
+        on_literal,
+        &mut resolver,
+        &mut out.set_headers,
+        &mut out.remove_headers,
+    )?;
 
     let (path, query) = match req.path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -204,52 +265,148 @@ pub fn apply(
     if has_marker_maybe_encoded(path.as_bytes()) {
         return Err(first_handle_name(path.as_bytes())
             .map_or(CredentialDeny::Malformed("path"), |n| {
-                CredentialDeny::Position(n, "path")
+                CredentialDeny::Position(n, "path".into())
             }));
     }
     if let Some(q) = query {
-        if has_marker_maybe_encoded(q.as_bytes()) {
-            let replaced = resolver.substitute_pairs(q, Position::Query)?;
-            out.path_and_query = Some(format!("{path}?{replaced}"));
+        let mut query = Cow::Borrowed(q);
+        if managed {
+            let is_param = |name: &str| settings.positions.is_query_param(name);
+            if let Some(kept) =
+                raw::check_pairs(q.as_bytes(), &is_param, "query parameter", on_literal)?
+            {
+                query = Cow::Owned(String::from_utf8_lossy(&kept).into_owned());
+            }
+        }
+        if has_marker_maybe_encoded(query.as_bytes()) {
+            query = Cow::Owned(resolver.substitute_pairs(&query, Position::Query)?);
+        }
+        if let Cow::Owned(q) = query {
+            out.path_and_query = Some(if q.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{q}")
+            });
         }
     }
 
     if let Some(body) = req.body {
+        let mut current: Cow<'_, [u8]> = Cow::Borrowed(body);
+        if managed {
+            if let Some(kept) =
+                raw::check_body(body, req.content_type, &settings.positions, on_literal)?
+            {
+                current = Cow::Owned(kept);
+            }
+        }
         let kind = BodyKind::of(req.content_type);
-        if body.len() > settings.scan_body_max_bytes || kind == BodyKind::Other {
-            // Not scanned: but a handle right at the start must not go out raw.
-            let head = &body[..body.len().min(64 * 1024)];
-            if has_marker_maybe_encoded(head) {
-                return Err(first_handle_name(head)
+        if current.len() > settings.scan_body_max_bytes || kind == BodyKind::Other {
+            // Not substituted: no handle may be in it at all.
+            if has_marker_maybe_encoded(&current) {
+                return Err(first_handle_name(&current)
                     .map_or(CredentialDeny::Malformed("body"), |n| {
-                        CredentialDeny::Position(n, "body")
+                        CredentialDeny::Position(n, "body".into())
                     }));
             }
-        } else if handle::has_marker(body)
-            || (kind == BodyKind::Form && has_marker_maybe_encoded(body))
+        } else if handle::has_marker(&current)
+            || (kind == BodyKind::Form && has_marker_maybe_encoded(&current))
         {
-            let replaced = match kind {
+            current = Cow::Owned(match kind {
                 BodyKind::Json => resolver
-                    .substitute(body, Position::Body, Encoding::JsonString)?
+                    .substitute(&current, Position::Body, Encoding::JsonString)?
                     .into_owned(),
                 BodyKind::Form => {
-                    let text =
-                        std::str::from_utf8(body).map_err(|_| CredentialDeny::Malformed("body"))?;
+                    let text = std::str::from_utf8(&current)
+                        .map_err(|_| CredentialDeny::Malformed("body"))?;
                     resolver
                         .substitute_pairs(text, Position::Body)?
                         .into_bytes()
                 }
                 BodyKind::Other => Vec::new(),
-            };
-            out.body = Some(Bytes::from(replaced));
-        } else if kind == BodyKind::Json && set.manages_host(tenant, req.target.host) {
-            if let Some(field) = raw_key_field(body, &settings.credential_body_fields) {
-                // SECURITY: some gateways prefer a key in the body over their configured one.
-                return Err(CredentialDeny::Raw(format!("body field `{field}`")));
-            }
+            });
+        }
+        if let Cow::Owned(new) = current {
+            out.body = Some(Bytes::from(new));
         }
     }
     Ok(out)
+}
+
+/// Headers: a credential header holds one value, a handle (substituted) or, toward an unmanaged
+/// destination, the agent's own; any other header may carry no handle at all.
+fn apply_headers(
+    headers: &HeaderMap,
+    positions: &CredentialPositions,
+    managed: bool,
+    on_literal: OnLiteral,
+    resolver: &mut Resolver<'_, '_>,
+    set_headers: &mut Vec<(HeaderName, HeaderValue)>,
+    remove_headers: &mut Vec<HeaderName>,
+) -> Result<(), CredentialDeny> {
+    let mut credential_headers: Vec<usize> = Vec::new();
+    for name in headers.keys() {
+        let values = headers.get_all(name);
+        let marked = values.iter().any(|v| handle::has_marker(v.as_bytes()));
+        let Some(key) = positions.header_key(name) else {
+            if marked {
+                // SECURITY: a handle goes only where credentials go (never `Host`, never a
+                // header an upstream may log or echo as data).
+                for value in values.iter() {
+                    let pieces = handle::scan(value.as_bytes())
+                        .map_err(|_| CredentialDeny::Malformed("header"))?;
+                    if let Some(n) = pieces.iter().find_map(|p| match p {
+                        handle::Piece::Handle(n) => Some(*n),
+                        handle::Piece::Literal(_) => None,
+                    }) {
+                        return Err(CredentialDeny::Position(
+                            n.to_string(),
+                            format!("header `{name}`"),
+                        ));
+                    }
+                }
+                // Only escapes (`$$CRED{`): unescape every value.
+                for value in values {
+                    let replaced =
+                        resolver.substitute(value.as_bytes(), Position::Header, Encoding::Raw)?;
+                    let v = HeaderValue::from_bytes(&replaced)
+                        .map_err(|_| CredentialDeny::Malformed("header"))?;
+                    set_headers.push((name.clone(), v));
+                }
+            }
+            continue;
+        };
+        if managed || marked {
+            // SECURITY: two values (or two spellings of one header) would let the upstream
+            // pick the agent's key over the substituted one.
+            if values.iter().count() > 1 || credential_headers.contains(&key) {
+                return Err(CredentialDeny::Repeated(format!("header `{name}`")));
+            }
+            credential_headers.push(key);
+        }
+        for value in values.iter() {
+            match holding(value.as_bytes()) {
+                Holding::Nothing => {}
+                Holding::Literal if managed => match on_literal {
+                    OnLiteral::Refuse => {
+                        return Err(CredentialDeny::Raw(format!("header `{name}`")))
+                    }
+                    OnLiteral::Strip => remove_headers.push(name.clone()),
+                },
+                // The agent's own key toward a destination the proxy does not manage.
+                Holding::Literal if !marked => {}
+                // A handle (or, toward an unmanaged destination, a handle with a literal, which
+                // the handle's binding refuses).
+                Holding::Literal | Holding::Handle => {
+                    let replaced =
+                        resolver.substitute(value.as_bytes(), Position::Header, Encoding::Raw)?;
+                    let v = HeaderValue::from_bytes(&replaced)
+                        .map_err(|_| CredentialDeny::Malformed("header"))?;
+                    set_headers.push((name.clone(), v));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,7 +466,7 @@ impl Resolver<'_, '_> {
         if !cred.positions.contains(&position) {
             return Err(CredentialDeny::Position(
                 name.to_string(),
-                position.as_str(),
+                position.as_str().to_string(),
             ));
         }
         if !cred.bindings.iter().any(|b| b.allows(&self.target)) {
@@ -416,7 +573,7 @@ fn encode(value: &[u8], enc: Encoding) -> Vec<u8> {
     }
 }
 
-fn percent_decode(input: &[u8]) -> Vec<u8> {
+pub(crate) fn percent_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
@@ -452,26 +609,6 @@ fn first_handle_name(input: &[u8]) -> Option<String> {
         .take_while(|b| b.is_ascii_alphanumeric() || matches!(**b, b'_' | b'-' | b'.'))
         .count();
     (len > 0).then(|| String::from_utf8_lossy(&decoded[start..start + len]).into_owned())
-}
-
-fn raw_key_field(body: &[u8], fields: &[String]) -> Option<String> {
-    // Cheap pre-check: parse only when a credential field name occurs in the bytes.
-    if !fields
-        .iter()
-        .any(|f| body.windows(f.len()).any(|w| w == f.as_bytes()))
-    {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object()?;
-    fields
-        .iter()
-        .find(|f| {
-            obj.get(f.as_str())
-                .and_then(|v| v.as_str())
-                .is_some_and(|s| !s.is_empty())
-        })
-        .cloned()
 }
 
 #[cfg(test)]

@@ -102,15 +102,32 @@ impl Binding {
                 .is_none_or(|s| s.eq_ignore_ascii_case(t.scheme))
             && self.port.is_none_or(|p| p == t.port)
             && (self.path_prefixes.is_empty()
-                || self
-                    .path_prefixes
-                    .iter()
-                    .any(|p| t.path.starts_with(p.as_str())))
+                || self.path_prefixes.iter().any(|p| path_under(t.path, p)))
             && (self.methods.is_empty()
                 || self
                     .methods
                     .iter()
                     .any(|m| m.eq_ignore_ascii_case(t.method)))
+    }
+
+    /// Every field, for listings: `scheme=https host=api.openai.com port=443 paths=/v1/
+    /// methods=POST` (`any` where the binding does not restrict).
+    pub fn describe(&self) -> String {
+        let list = |items: &[String]| {
+            if items.is_empty() {
+                "any".to_string()
+            } else {
+                items.join(",")
+            }
+        };
+        format!(
+            "scheme={} host={} port={} paths={} methods={}",
+            self.scheme.as_deref().unwrap_or("any"),
+            self.host,
+            self.port.map_or("any".to_string(), |p| p.to_string()),
+            list(&self.path_prefixes),
+            list(&self.methods),
+        )
     }
 
     /// Checks the pattern is well formed.
@@ -139,8 +156,33 @@ impl Binding {
     }
 }
 
-/// Parses the CLI form `HOST[:PORT][/PATH]` (`https://` prefix optional, sets the scheme).
+/// Whether `path` is `prefix` or lies under it, whole segments only: `/echo` covers `/echo`
+/// and `/echo/x`, not `/echoXYZ` (a prefix ending in `/` is already a segment boundary).
+fn path_under(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Parses the CLI form `[METHOD|METHOD ]HOST[:PORT][/PATH]` (`https://` prefix optional, sets
+/// the scheme; the methods, when given, restrict the binding to them).
 pub fn parse_binding(text: &str) -> Result<Binding, String> {
+    let (methods, text) = match text.trim().split_once(' ') {
+        Some((m, rest)) => {
+            let methods: Vec<String> = m.split('|').map(str::to_string).collect();
+            if methods
+                .iter()
+                .any(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+            {
+                return Err(format!(
+                    "`{m}` is not a list of methods (`POST` or `GET|POST`, upper case)"
+                ));
+            }
+            (methods, rest.trim())
+        }
+        None => (Vec::new(), text.trim()),
+    };
     let (scheme, rest) = match text.split_once("://") {
         Some((s, r)) => (Some(s.to_ascii_lowercase()), r),
         None => (None, text),
@@ -164,7 +206,7 @@ pub fn parse_binding(text: &str) -> Result<Binding, String> {
         scheme,
         port,
         path_prefixes: path.map(|p| vec![p.to_string()]).unwrap_or_default(),
-        methods: vec![],
+        methods,
     };
     b.validate()?;
     Ok(b)
@@ -206,7 +248,46 @@ mod tests {
             ..Binding::host("a.example")
         };
         assert!(!post_only.allows(&t("a.example", "/", "GET")));
-        for bad in ["", "*.", "a*b.com", "ftp://x", "Upper.com:x"] {
+        let segment = parse_binding("api.openai.com/echo").expect("ok");
+        for (path, ok) in [
+            ("/echo", true),
+            ("/echo/", true),
+            ("/echo/x", true),
+            ("/echoXYZ", false),
+            ("/echo.json", false),
+            ("/ech", false),
+            ("/", false),
+        ] {
+            assert_eq!(
+                segment.allows(&t("api.openai.com", path, "GET")),
+                ok,
+                "{path}"
+            );
+        }
+        assert!(!narrow.allows(&t("api.openai.com", "/v1", "POST")));
+        assert_eq!(
+            parse_binding("https://api.openai.com:443/v1/")
+                .expect("ok")
+                .describe(),
+            "scheme=https host=api.openai.com port=443 paths=/v1/ methods=any"
+        );
+        assert_eq!(
+            post_only.describe(),
+            "scheme=any host=a.example port=any paths=any methods=POST"
+        );
+        let post = parse_binding("POST|GET https://api.openai.com/v1/").expect("ok");
+        assert_eq!(post.methods, vec!["POST".to_string(), "GET".to_string()]);
+        assert!(post.allows(&t("api.openai.com", "/v1/x", "POST")));
+        assert!(!post.allows(&t("api.openai.com", "/v1/x", "DELETE")));
+        for bad in [
+            "",
+            "*.",
+            "a*b.com",
+            "ftp://x",
+            "Upper.com:x",
+            "post api.openai.com",
+            "POST| a.example",
+        ] {
             assert!(parse_binding(bad).is_err(), "{bad}");
         }
     }

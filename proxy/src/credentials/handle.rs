@@ -42,9 +42,9 @@ pub fn has_marker(input: &[u8]) -> bool {
 
 fn find(input: &[u8], from: usize) -> Option<usize> {
     let hay = input.get(from..)?;
-    // memchr-style: jump between `$` bytes, then compare the marker.
+    // Jump between `$` bytes (SIMD memchr), then compare the marker.
     let mut i = 0;
-    while let Some(pos) = hay[i..].iter().position(|b| *b == b'$') {
+    while let Some(pos) = memchr::memchr(b'$', &hay[i..]) {
         let at = i + pos;
         if hay[at..].starts_with(MARKER) {
             return Some(from + at);

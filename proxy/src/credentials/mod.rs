@@ -3,13 +3,18 @@
 //!
 //! - [`handle`]: the handle syntax (strict, linear, total);
 //! - [`vault`]: the embedded encrypted vault; [`files`]: mounted secret files (Kubernetes);
-//! - [`apply`]: finds handles in a request and substitutes them after every check passes;
-//! - [`scrub`]: replaces a secret echoed back in a response with its handle.
+//! - [`positions`]: where requests carry credentials, per provider (written once);
+//! - [`apply`]: finds handles in a request and substitutes them after every check passes, and
+//!   refuses the agent's own keys ([`raw`]) toward destinations whose keys are managed;
+//! - [`scrub`]: replaces a secret echoed back in a response (raw, escaped or base64) with its
+//!   handle.
 
 pub mod apply;
 pub mod binding;
 pub mod files;
 pub mod handle;
+pub mod positions;
+mod raw;
 pub mod scrub;
 pub mod secret;
 pub mod vault;

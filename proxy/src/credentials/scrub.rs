@@ -1,101 +1,514 @@
-//! Response scrubbing: if an upstream echoes a substituted secret back (in a header or the body,
-//! streamed or not), the agent sees the handle text instead. Secrets may straddle two body
-//! chunks, so the last `longest secret - 1` bytes of each chunk are held back until the next
-//! chunk (or the end) shows whether they start a secret.
+//! Response scrubbing: if an upstream echoes a substituted secret back (in the status line, a
+//! header or the body, streamed or not), the agent never sees it.
+//!
+//! Each secret is looked for in the forms an echo takes:
+//! - as written, ignoring ASCII case (for secrets of 8 bytes or more, where a match by accident
+//!   is out of reach), each byte possibly JSON-escaped (`\u0073`, `\/`) or percent-encoded
+//!   (`%73`); replaced by its handle text `$CRED{name}`;
+//! - base64, standard and URL-safe, at each of the three alignments a secret can have inside a
+//!   longer encoded text (a Basic `user:secret`): the characters that encode the secret's bits
+//!   alone are matched and replaced by the encoding of as many `*` at the same alignment, so the
+//!   text still decodes and the secret is not in it (at most a few bits of its first and last
+//!   byte stay).
+//!
+//! Secrets may straddle two body chunks: a tail of a chunk that could still begin a match is held
+//! back until the next chunk (or the end) decides. An upgraded stream is scrubbed with
+//! same-length masks, since its frames carry their own lengths; a WebSocket is read frame by
+//! frame, each payload scrubbed whole and never held back past its frame's end.
+//!
+//! Only bytes the proxy can read are scrubbed: a response whose body is compressed (any content
+//! coding but `identity`, any transfer coding but `chunked`) is refused by the caller instead
+//! (see [`unreadable_encoding`]); requests carrying a secret ask for `identity`.
 
 use std::sync::Arc;
 
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 
 use super::Credential;
 
+/// Shortest secret matched ignoring case, and shortest base64 run matched.
+const MIN_FUZZY_LEN: usize = 8;
+
+/// One form of one secret.
+#[derive(Clone)]
+struct Pattern {
+    /// The bytes to find; each may also appear escaped (see [`unit`]).
+    bytes: Vec<u8>,
+    /// ASCII case ignored.
+    ignore_case: bool,
+    /// What replaces a match (the handle text, or a same-length base64 mask).
+    replacement: Vec<u8>,
+    /// Whether `replacement` keeps the matched length (base64 masks).
+    masks: bool,
+}
+
 /// Scrubs one response.
-#[derive(Debug)]
 pub struct Scrubber {
-    secrets: Vec<Arc<Credential>>,
-    longest: usize,
+    patterns: Vec<Pattern>,
+    /// Bytes a match can start with.
+    starts: [bool; 256],
     carry: BytesMut,
+    same_length: bool,
+    /// On a WebSocket: where in its frames the stream is.
+    frames: Option<Frames>,
     /// How many occurrences were replaced.
     pub replaced: u64,
+}
+
+/// Position in a WebSocket stream: a frame head being read, or a payload with this much left.
+#[derive(Debug, Default)]
+struct Frames {
+    head: Vec<u8>,
+    payload_left: u64,
+    mask: Option<[u8; 4]>,
+    unmasked_in: usize,
+    masked_out: usize,
+}
+
+impl std::fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The patterns are secret material.
+        f.debug_struct("Scrubber")
+            .field("patterns", &self.patterns.len())
+            .field("held_back", &self.carry.len())
+            .field("same_length", &self.same_length)
+            .field("replaced", &self.replaced)
+            .finish()
+    }
 }
 
 impl Scrubber {
     /// A scrubber for the credentials a request used.
     pub fn new(secrets: Vec<Arc<Credential>>) -> Self {
-        let longest = secrets
-            .iter()
-            .map(|c| c.value.expose().len())
-            .max()
-            .unwrap_or(0);
+        let mut patterns: Vec<Pattern> = Vec::new();
+        for c in &secrets {
+            let value = c.value.expose();
+            if value.is_empty() {
+                continue;
+            }
+            patterns.push(Pattern {
+                bytes: value.to_vec(),
+                ignore_case: value.len() >= MIN_FUZZY_LEN,
+                replacement: format!("$CRED{{{}}}", c.name).into_bytes(),
+                masks: false,
+            });
+            let stars = vec![b'*'; value.len()];
+            for align in 0..3 {
+                for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+                    let core = base64_core(engine, value, align);
+                    if core.len() < MIN_FUZZY_LEN || patterns.iter().any(|p| p.bytes == core) {
+                        continue;
+                    }
+                    patterns.push(Pattern {
+                        bytes: core,
+                        ignore_case: false,
+                        replacement: base64_core(engine, &stars, align),
+                        masks: true,
+                    });
+                }
+            }
+        }
+        // Longer patterns first: of two matches at one place, the longer wins.
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.bytes.len()));
+        let mut starts = [false; 256];
+        if !patterns.is_empty() {
+            starts[usize::from(b'\\')] = true;
+            starts[usize::from(b'%')] = true;
+        }
+        for p in &patterns {
+            let first = p.bytes[0];
+            starts[usize::from(first)] = true;
+            if p.ignore_case {
+                starts[usize::from(first.to_ascii_lowercase())] = true;
+                starts[usize::from(first.to_ascii_uppercase())] = true;
+            }
+        }
         Self {
-            secrets,
-            longest,
+            patterns,
+            starts,
             carry: BytesMut::new(),
+            same_length: false,
+            frames: None,
             replaced: 0,
         }
     }
 
-    /// Replaces secrets in a complete value (a header).
+    /// The response upgraded the connection (`101`, with its headers): from now on matches are
+    /// masked with as many bytes as they had, since the new protocol frames its own lengths. A
+    /// WebSocket is read frame by frame: each frame's payload is scrubbed whole (a frame is
+    /// never held back once complete, so an interactive stream never stalls), unmasked and
+    /// masked again when the upstream masks.
+    pub fn upgraded(&mut self, headers: &HeaderMap) {
+        self.same_length = true;
+        let websocket = headers
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+        if websocket {
+            self.frames = Some(Frames::default());
+        }
+    }
+
+    /// Replaces secrets in a complete value (a header, the status reason).
     pub fn scrub_value(&mut self, value: &[u8]) -> Option<Vec<u8>> {
-        let (out, n) = replace_all(value, &self.secrets);
-        self.replaced += n;
-        (n > 0).then_some(out)
+        let scan = self.scan(value, true);
+        if scan.matches.is_empty() {
+            return None;
+        }
+        Some(self.render(value, &scan.matches, value.len()))
     }
 
     /// Scrubs one body chunk; at `end` everything held back is released.
     pub fn scrub_chunk(&mut self, chunk: Option<Bytes>, end: bool) -> Option<Bytes> {
-        if self.longest == 0 {
+        if self.patterns.is_empty() {
             return chunk;
         }
-        if let Some(c) = &chunk {
-            self.carry.extend_from_slice(c);
+        if let Some(mut frames) = self.frames.take() {
+            let out = self.scrub_frames(&mut frames, chunk.as_deref().unwrap_or_default(), end);
+            self.frames = Some(frames);
+            return Some(out);
         }
-        let (scrubbed, n) = replace_all(&self.carry, &self.secrets);
-        self.replaced += n;
-        let keep = if end {
-            0
+        self.scrub_stream(chunk, end)
+    }
+
+    /// WebSocket bytes: heads pass as they are, each payload goes through the stream scrubber,
+    /// which is flushed at the payload's end.
+    fn scrub_frames(&mut self, f: &mut Frames, input: &[u8], end: bool) -> Bytes {
+        let mut out = Vec::with_capacity(input.len());
+        let mut i = 0;
+        while i < input.len() {
+            if f.payload_left == 0 {
+                f.head.push(input[i]);
+                i += 1;
+                if let Some((len, mask)) = frame_head(&f.head) {
+                    out.append(&mut f.head);
+                    f.payload_left = len;
+                    f.mask = mask;
+                    f.unmasked_in = 0;
+                    f.masked_out = 0;
+                }
+                continue;
+            }
+            let take = usize::try_from(f.payload_left)
+                .unwrap_or(usize::MAX)
+                .min(input.len() - i);
+            let mut part = input[i..i + take].to_vec();
+            apply_mask(&mut part, f.mask, f.unmasked_in);
+            f.unmasked_in += take;
+            f.payload_left -= take as u64;
+            i += take;
+            let frame_done = f.payload_left == 0;
+            let scrubbed = self
+                .scrub_stream(Some(Bytes::from(part)), frame_done)
+                .unwrap_or_default();
+            let mut scrubbed = scrubbed.to_vec();
+            apply_mask(&mut scrubbed, f.mask, f.masked_out);
+            f.masked_out += scrubbed.len();
+            out.extend_from_slice(&scrubbed);
+        }
+        if end && !self.carry.is_empty() {
+            let rest = self.scrub_stream(None, true).unwrap_or_default();
+            let mut rest = rest.to_vec();
+            apply_mask(&mut rest, f.mask, f.masked_out);
+            out.extend_from_slice(&rest);
+        }
+        Bytes::from(out)
+    }
+
+    fn scrub_stream(&mut self, chunk: Option<Bytes>, end: bool) -> Option<Bytes> {
+        let data = if self.carry.is_empty() {
+            match chunk {
+                Some(c) => c,
+                None if end => return None,
+                None => return Some(Bytes::new()),
+            }
         } else {
-            (self.longest - 1).min(scrubbed.len())
+            if let Some(c) = &chunk {
+                self.carry.extend_from_slice(c);
+            }
+            self.carry.split().freeze()
         };
-        // Only hold back a tail that could still be the start of a secret.
-        let keep = (0..=keep)
-            .rev()
-            .find(|k| {
-                *k == 0
-                    || self.secrets.iter().any(|s| {
-                        s.value
-                            .expose()
-                            .starts_with(&scrubbed[scrubbed.len() - k..])
-                    })
-            })
-            .unwrap_or(0);
-        let emit_len = scrubbed.len() - keep;
-        self.carry = BytesMut::from(&scrubbed[emit_len..]);
-        if emit_len == 0 && !end {
-            return Some(Bytes::new());
+        let scan = self.scan(&data, end);
+        let emit = scan.held_from.unwrap_or(data.len());
+        if emit < data.len() {
+            self.carry = BytesMut::from(&data[emit..]);
         }
-        Some(Bytes::copy_from_slice(&scrubbed[..emit_len]))
+        if scan.matches.is_empty() {
+            return Some(data.slice(..emit));
+        }
+        Some(Bytes::from(self.render(&data, &scan.matches, emit)))
+    }
+
+    /// Scrubs the status reason and every header of a response head: a value that echoes a
+    /// secret is rewritten, a header whose name does is dropped.
+    pub fn scrub_response_header(
+        &mut self,
+        resp: &mut pingora::http::ResponseHeader,
+    ) -> pingora::Result<()> {
+        let reason = resp.get_reason_phrase().map(|r| r.as_bytes().to_vec());
+        if let Some(clean) = reason.and_then(|r| self.scrub_value(&r)) {
+            resp.set_reason_phrase(Some(&String::from_utf8_lossy(&clean)))?;
+        }
+        let mut names: Vec<http::HeaderName> = Vec::new();
+        for name in resp.headers.keys() {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        for name in names {
+            if self.scrub_value(name.as_str().as_bytes()).is_some() {
+                resp.remove_header(&name);
+                continue;
+            }
+            let values: Vec<(Vec<u8>, bool)> = resp
+                .headers
+                .get_all(&name)
+                .iter()
+                .map(|v| match self.scrub_value(v.as_bytes()) {
+                    Some(clean) => (clean, true),
+                    None => (v.as_bytes().to_vec(), false),
+                })
+                .collect();
+            if !values.iter().any(|(_, changed)| *changed) {
+                continue;
+            }
+            // Every value of the name is written back, in order.
+            resp.remove_header(&name);
+            for (v, _) in values {
+                let value = http::HeaderValue::from_bytes(&v).map_err(|_| {
+                    pingora::Error::explain(
+                        pingora::ErrorType::InternalError,
+                        "scrubbed header is not a valid value",
+                    )
+                })?;
+                resp.append_header(name.clone(), value)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn render(&self, input: &[u8], matches: &[(usize, usize, usize)], emit: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(emit + 32);
+        let mut from = 0;
+        for &(start, end, k) in matches {
+            out.extend_from_slice(&input[from..start]);
+            let p = &self.patterns[k];
+            let len = end - start;
+            if self.same_length && !p.masks {
+                out.resize(out.len() + len, b'*');
+            } else {
+                out.extend_from_slice(&p.replacement);
+                if self.same_length && len > p.replacement.len() {
+                    out.resize(out.len() + len - p.replacement.len(), b'*');
+                }
+            }
+            from = end;
+        }
+        out.extend_from_slice(&input[from..emit]);
+        out
+    }
+
+    /// Finds every match in `input`; without `end`, stops where a match could still begin.
+    fn scan(&mut self, input: &[u8], end: bool) -> Scan {
+        let mut matches = Vec::new();
+        let mut i = 0;
+        while i < input.len() {
+            if !self.starts[usize::from(input[i])] {
+                i += 1;
+                continue;
+            }
+            let mut best: Option<(usize, usize)> = None;
+            let mut partial = false;
+            for (k, p) in self.patterns.iter().enumerate() {
+                match match_at(input, i, p) {
+                    Match::Full(e) if best.is_none_or(|(be, _)| e > be) => best = Some((e, k)),
+                    Match::Partial => partial = true,
+                    Match::Full(_) | Match::None => {}
+                }
+            }
+            if partial && !end {
+                return Scan {
+                    matches,
+                    held_from: Some(i),
+                };
+            }
+            match best {
+                Some((e, k)) => {
+                    matches.push((i, e, k));
+                    self.replaced += 1;
+                    i = e;
+                }
+                None => i += 1,
+            }
+        }
+        Scan {
+            matches,
+            held_from: None,
+        }
     }
 }
 
-fn replace_all(input: &[u8], secrets: &[Arc<Credential>]) -> (Vec<u8>, u64) {
-    let mut out = Vec::with_capacity(input.len());
-    let mut count = 0;
-    let mut i = 0;
-    'outer: while i < input.len() {
-        for s in secrets {
-            let v = s.value.expose();
-            if !v.is_empty() && input[i..].starts_with(v) {
-                out.extend_from_slice(format!("$CRED{{{}}}", s.name).as_bytes());
-                i += v.len();
-                count += 1;
-                continue 'outer;
-            }
+/// A complete WebSocket frame head: the payload length and the masking key, if any.
+fn frame_head(head: &[u8]) -> Option<(u64, Option<[u8; 4]>)> {
+    let second = *head.get(1)?;
+    let masked = second & 0x80 != 0;
+    let (len, at) = match second & 0x7f {
+        126 => (
+            u64::from(u16::from_be_bytes([*head.get(2)?, *head.get(3)?])),
+            4,
+        ),
+        127 => {
+            let bytes: [u8; 8] = head.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(bytes), 10)
         }
-        out.push(input[i]);
-        i += 1;
+        n => (u64::from(n), 2),
+    };
+    let mask = if masked {
+        Some(head.get(at..at + 4)?.try_into().ok()?)
+    } else {
+        None
+    };
+    let need = at + if masked { 4 } else { 0 };
+    (head.len() == need).then_some((len, mask))
+}
+
+/// XORs `data` with the frame's masking key, `offset` bytes into the payload.
+fn apply_mask(data: &mut [u8], mask: Option<[u8; 4]>, offset: usize) {
+    if let Some(key) = mask {
+        for (k, b) in data.iter_mut().enumerate() {
+            *b ^= key[(offset + k) % 4];
+        }
     }
-    (out, count)
+}
+
+struct Scan {
+    /// (start, end, pattern) of each match, in order.
+    matches: Vec<(usize, usize, usize)>,
+    /// Where the bytes held back for the next chunk start.
+    held_from: Option<usize>,
+}
+
+enum Match {
+    Full(usize),
+    Partial,
+    None,
+}
+
+fn match_at(input: &[u8], at: usize, p: &Pattern) -> Match {
+    let mut i = at;
+    for &want in &p.bytes {
+        if i >= input.len() {
+            return Match::Partial;
+        }
+        match unit(input, i, want, p.ignore_case) {
+            Unit::Consumed(n) => i += n,
+            Unit::NeedMore => return Match::Partial,
+            Unit::Mismatch => return Match::None,
+        }
+    }
+    Match::Full(i)
+}
+
+enum Unit {
+    Consumed(usize),
+    NeedMore,
+    Mismatch,
+}
+
+/// Whether the bytes at `i` stand for `want`: the byte itself, a JSON escape of it (`\u0073`,
+/// `\/`, `\n`, …) or its percent-encoding (`%73`).
+fn unit(input: &[u8], i: usize, want: u8, ignore_case: bool) -> Unit {
+    let same = |b: u8| b == want || (ignore_case && b.eq_ignore_ascii_case(&want));
+    let b = input[i];
+    if same(b) {
+        return Unit::Consumed(1);
+    }
+    let (decoded, len) = match b {
+        b'\\' => match input.get(i + 1) {
+            None => return Unit::NeedMore,
+            Some(b'u') => match hex(input, i + 2, 4) {
+                Ok(cp) if cp < 0x80 => (cp as u8, 6),
+                Ok(_) => return Unit::Mismatch,
+                Err(need_more) => return need_more,
+            },
+            Some(c) => match c {
+                b'/' | b'\\' | b'"' => (*c, 2),
+                b'b' => (0x08, 2),
+                b'f' => (0x0c, 2),
+                b'n' => (b'\n', 2),
+                b'r' => (b'\r', 2),
+                b't' => (b'\t', 2),
+                _ => return Unit::Mismatch,
+            },
+        },
+        b'%' => match hex(input, i + 1, 2) {
+            Ok(v) => (v as u8, 3),
+            Err(need_more) => return need_more,
+        },
+        _ => return Unit::Mismatch,
+    };
+    if same(decoded) {
+        Unit::Consumed(len)
+    } else {
+        Unit::Mismatch
+    }
+}
+
+/// `digits` hex digits at `at`: the value, or `NeedMore` when the input ends in valid digits,
+/// `Mismatch` when a digit is not hex.
+fn hex(input: &[u8], at: usize, digits: usize) -> Result<u32, Unit> {
+    let mut v = 0u32;
+    for k in 0..digits {
+        let Some(b) = input.get(at + k) else {
+            return Err(Unit::NeedMore);
+        };
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return Err(Unit::Mismatch),
+        };
+        v = (v << 4) | u32::from(d);
+    }
+    Ok(v)
+}
+
+/// The base64 characters that encode `value`'s bits alone when it starts `align` bytes into a
+/// 3-byte group: characters mixing in neighbouring bytes are left out.
+fn base64_core(engine: &base64::engine::GeneralPurpose, value: &[u8], align: usize) -> Vec<u8> {
+    let mut padded = vec![0u8; align];
+    padded.extend_from_slice(value);
+    padded.extend_from_slice(&[0, 0]);
+    let encoded = engine.encode(&padded).into_bytes();
+    let first = (8 * align).div_ceil(6);
+    let last = (8 * (align + value.len())) / 6;
+    encoded
+        .get(first..last)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
+}
+
+/// Whether a response's body reaches the client in a form the scrubber cannot read: a content
+/// coding other than `identity` or a transfer coding other than `chunked`. A response that
+/// cannot have a body (to `HEAD`, 1xx, 204, 304) carries nothing to scrub.
+pub fn unreadable_encoding(status: u16, head_request: bool, headers: &HeaderMap) -> bool {
+    if head_request || status < 200 || status == 204 || status == 304 {
+        return false;
+    }
+    let codings = |name: http::header::HeaderName, allowed: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().map_or(true, |s| {
+                s.split(',')
+                    .map(str::trim)
+                    .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case(allowed))
+            })
+        })
+    };
+    codings(http::header::CONTENT_ENCODING, "identity")
+        || codings(http::header::TRANSFER_ENCODING, "chunked")
 }
 
 #[cfg(test)]
@@ -103,6 +516,7 @@ mod tests {
     use super::*;
     use crate::credentials::secret::SecretValue;
     use crate::ids::TenantId;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 
     fn cred(name: &str, value: &str) -> Arc<Credential> {
         Arc::new(Credential {
@@ -115,43 +529,262 @@ mod tests {
         })
     }
 
-    #[test]
-    fn scrubs_across_chunk_boundaries() {
-        let body = "echo: sk-secret-123 and again sk-secret-123!";
-        for split in 0..body.len() {
-            let mut s = Scrubber::new(vec![cred("openai", "sk-secret-123")]);
+    /// Scrubs `body` cut at every split point (and byte by byte); every way must agree.
+    fn scrub_split(secrets: &[(&str, &str)], body: &[u8]) -> (Vec<u8>, u64) {
+        let make = || Scrubber::new(secrets.iter().map(|(n, v)| cred(n, v)).collect());
+        let mut first: Option<(Vec<u8>, u64)> = None;
+        let mut ways: Vec<Vec<usize>> = (0..=body.len()).map(|s| vec![s]).collect();
+        ways.push((1..body.len()).collect());
+        for cuts in ways {
+            let mut s = make();
             let mut out = Vec::new();
-            let (a, b) = body.split_at(split);
+            let mut from = 0;
+            for &c in &cuts {
+                out.extend_from_slice(
+                    &s.scrub_chunk(Some(Bytes::copy_from_slice(&body[from..c])), false)
+                        .unwrap_or_default(),
+                );
+                from = c;
+            }
             out.extend_from_slice(
-                &s.scrub_chunk(Some(Bytes::from(a.to_string())), false)
-                    .unwrap_or_default(),
-            );
-            out.extend_from_slice(
-                &s.scrub_chunk(Some(Bytes::from(b.to_string())), false)
+                &s.scrub_chunk(Some(Bytes::copy_from_slice(&body[from..])), false)
                     .unwrap_or_default(),
             );
             out.extend_from_slice(&s.scrub_chunk(None, true).unwrap_or_default());
+            match &first {
+                None => first = Some((out, s.replaced)),
+                Some((o, n)) => {
+                    assert_eq!(
+                        (String::from_utf8_lossy(&out), s.replaced),
+                        (String::from_utf8_lossy(o), *n),
+                        "cuts {cuts:?}"
+                    );
+                }
+            }
+        }
+        first.unwrap_or_default()
+    }
+
+    const SECRET: &str = "sk-CANARY-0123456789abcdef";
+
+    #[test]
+    fn scrubs_across_chunk_boundaries() {
+        let body = "echo: sk-secret-123 and again sk-secret-123!";
+        let (out, n) = scrub_split(&[("openai", "sk-secret-123")], body.as_bytes());
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "echo: $CRED{openai} and again $CRED{openai}!"
+        );
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn escaped_encoded_and_cased_echoes() {
+        let escaped_all: String = SECRET
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        let escaped_some = SECRET.replace('-', "\\u002D").replace('C', "\\u0043");
+        let percent: String = SECRET.bytes().map(|b| format!("%{b:02X}")).collect();
+        for (name, echo) in [
+            ("raw", SECRET.to_string()),
+            ("every char \\u-escaped", escaped_all),
+            ("some chars escaped", escaped_some),
+            ("percent-encoded", percent),
+            ("lower case", SECRET.to_lowercase()),
+            ("upper case", SECRET.to_uppercase()),
+        ] {
+            let body = format!("{{\"you_sent\":\"Bearer {echo}\"}}");
+            let (out, n) = scrub_split(&[("canary", SECRET)], body.as_bytes());
             assert_eq!(
                 String::from_utf8(out).expect("utf8"),
-                "echo: $CRED{openai} and again $CRED{openai}!",
-                "split {split}"
+                "{\"you_sent\":\"Bearer $CRED{canary}\"}",
+                "{name}"
             );
-            assert_eq!(s.replaced, 2);
+            assert_eq!(n, 1, "{name}");
         }
     }
 
     #[test]
-    fn headers_and_no_secrets() {
+    fn base64_echoes_at_every_alignment_are_masked() {
+        for prefix in ["", "u", "us", "user:", "user:x", "a-longer-user:"] {
+            for suffix in ["", "!", "\n", "xyz"] {
+                let plain = format!("{prefix}{SECRET}{suffix}");
+                for engine in [&STANDARD, &URL_SAFE] {
+                    let encoded = engine.encode(plain.as_bytes());
+                    let body = format!("Authorization: Basic {encoded}\r\n");
+                    let (out, n) = scrub_split(&[("canary", SECRET)], body.as_bytes());
+                    assert_eq!(n, 1, "{plain} as {encoded}");
+                    let out = String::from_utf8(out).expect("utf8");
+                    let masked = out.trim_start_matches("Authorization: Basic ").trim_end();
+                    assert_eq!(masked.len(), encoded.len(), "same length");
+                    let decoded = engine.decode(masked).expect("still base64");
+                    let text = String::from_utf8_lossy(&decoded);
+                    assert!(!text.contains("CANARY"), "{text}");
+                    assert!(text.contains("**********"), "{text}");
+                    assert!(text.starts_with(&prefix[..prefix.len().saturating_sub(1)]));
+                }
+            }
+        }
+    }
+
+    fn upgrade(websocket: bool) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if websocket {
+            h.insert(
+                http::header::UPGRADE,
+                http::HeaderValue::from_static("websocket"),
+            );
+        }
+        h
+    }
+
+    fn frame(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut f = vec![0x81];
+        let bit = if mask.is_some() { 0x80 } else { 0 };
+        if payload.len() < 126 {
+            f.push(bit | payload.len() as u8);
+        } else {
+            f.push(bit | 126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        let mut p = payload.to_vec();
+        if let Some(key) = mask {
+            f.extend_from_slice(&key);
+            apply_mask(&mut p, mask, 0);
+        }
+        f.extend_from_slice(&p);
+        f
+    }
+
+    #[test]
+    fn websocket_frames_are_scrubbed_whole_and_never_held() {
+        for mask in [None, Some([7u8, 1, 200, 33])] {
+            let echo = format!("{{\"auth\":\"Bearer {SECRET}\"}}");
+            let long = format!("{}{SECRET}", "x".repeat(300));
+            let mut stream = frame(echo.as_bytes(), mask);
+            stream.extend(frame(long.as_bytes(), mask));
+            // A frame ending in what could begin an echo is still released whole.
+            stream.extend(frame(b"ends with sk-CAN", mask));
+            // Any cut of the stream gives back the same frames, same lengths, no secret.
+            for cut in 0..stream.len() {
+                let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+                s.upgraded(&upgrade(true));
+                let mut out = s
+                    .scrub_chunk(Some(Bytes::copy_from_slice(&stream[..cut])), false)
+                    .expect("out")
+                    .to_vec();
+                out.extend_from_slice(
+                    &s.scrub_chunk(Some(Bytes::copy_from_slice(&stream[cut..])), false)
+                        .expect("out"),
+                );
+                assert_eq!(out.len(), stream.len(), "cut {cut}");
+                let mut rest = &out[..];
+                let mut payloads = Vec::new();
+                while !rest.is_empty() {
+                    let head_len = (2..=14)
+                        .find(|n| frame_head(&rest[..*n]).is_some())
+                        .expect("a frame head");
+                    let (len, key) = frame_head(&rest[..head_len]).expect("head");
+                    let mut p = rest[head_len..head_len + len as usize].to_vec();
+                    apply_mask(&mut p, key, 0);
+                    payloads.push(String::from_utf8(p).expect("utf8"));
+                    rest = &rest[head_len + len as usize..];
+                }
+                assert_eq!(payloads.len(), 3, "cut {cut}");
+                assert!(!payloads.iter().any(|p| p.contains("CANARY")), "cut {cut}");
+                assert!(payloads[0].starts_with("{\"auth\":\"Bearer ****"));
+                assert_eq!(payloads[2], "ends with sk-CAN");
+            }
+            // Whole frames in one read come out at once.
+            let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+            s.upgraded(&upgrade(true));
+            let tail = frame(b"ends with sk-CAN", mask);
+            assert_eq!(
+                s.scrub_chunk(Some(Bytes::from(tail.clone())), false)
+                    .expect("out")
+                    .len(),
+                tail.len()
+            );
+        }
+        // Another upgraded protocol keeps its lengths too.
+        let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+        s.upgraded(&upgrade(false));
+        let raw = format!("Bearer {SECRET}");
+        let out = s
+            .scrub_chunk(Some(Bytes::from(raw.clone())), true)
+            .expect("out");
+        assert_eq!(out.len(), raw.len());
+        assert!(!String::from_utf8_lossy(&out).contains("CANARY"));
+    }
+
+    #[test]
+    fn headers_no_secrets_and_no_false_alarms() {
         let mut s = Scrubber::new(vec![cred("k", "abc")]);
         assert_eq!(
             s.scrub_value(b"Bearer abc").as_deref(),
             Some(&b"Bearer $CRED{k}"[..])
         );
         assert_eq!(s.scrub_value(b"nothing"), None);
+        // Short secrets are matched exactly: `ABC` is not `abc`.
+        assert_eq!(s.scrub_value(b"ABC"), None);
         let mut none = Scrubber::new(vec![]);
         assert_eq!(
             none.scrub_chunk(Some(Bytes::from_static(b"x")), false),
             Some(Bytes::from_static(b"x"))
         );
+        // Escapes, percent signs and ordinary text pass unchanged (and uncopied).
+        let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+        let text = Bytes::from_static(b"{\"a\":\"line\\nbreak 100% \\u00e9 sk-other\"}");
+        assert_eq!(s.scrub_chunk(Some(text.clone()), true), Some(text));
+        assert_eq!(s.replaced, 0);
+        // A tail that could begin an echo is held back, then released when it does not.
+        let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+        assert_eq!(
+            s.scrub_chunk(Some(Bytes::from_static(b"data: sk-CAN")), false),
+            Some(Bytes::from_static(b"data: "))
+        );
+        assert_eq!(
+            s.scrub_chunk(Some(Bytes::from_static(b"DLE\n")), false),
+            Some(Bytes::from_static(b"sk-CANDLE\n"))
+        );
+    }
+
+    #[test]
+    fn encodings_the_scrubber_cannot_read() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).expect("n"),
+                    http::HeaderValue::from_str(v).expect("v"),
+                );
+            }
+            m
+        };
+        assert!(!unreadable_encoding(200, false, &h(&[])));
+        assert!(!unreadable_encoding(
+            200,
+            false,
+            &h(&[("content-encoding", "identity")])
+        ));
+        assert!(!unreadable_encoding(
+            200,
+            false,
+            &h(&[("transfer-encoding", "chunked")])
+        ));
+        for (k, v) in [
+            ("content-encoding", "gzip"),
+            ("content-encoding", "identity, br"),
+            ("content-encoding", "x-custom"),
+            ("transfer-encoding", "gzip, chunked"),
+        ] {
+            assert!(unreadable_encoding(200, false, &h(&[(k, v)])), "{k}: {v}");
+            assert!(unreadable_encoding(500, false, &h(&[(k, v)])), "{k}: {v}");
+        }
+        let gz = h(&[("content-encoding", "gzip")]);
+        assert!(!unreadable_encoding(200, true, &gz));
+        assert!(!unreadable_encoding(304, false, &gz));
+        assert!(!unreadable_encoding(101, false, &gz));
     }
 }

@@ -8,12 +8,67 @@ pub mod mtls;
 pub mod proxy_auth;
 pub mod token;
 
-use crate::config::{IdentitySourceKind, ListenerSettings};
-use crate::error::Deny;
 use crate::ids::{TenantId, WorkloadId};
-use crate::snapshot::Snapshot;
 use proxy_auth::{parse_proxy_authorization, ProxyCredential};
-use token::VerifiedToken;
+use token::{TokenVerifier, VerifiedToken};
+
+/// How a listener learns who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySourceKind {
+    /// The listener itself is bound to one workload (sidecar).
+    Binding,
+    /// A signed token in `Proxy-Authorization`.
+    Token,
+    /// The SPIFFE ID of a verified client certificate.
+    Mtls,
+}
+
+impl IdentitySourceKind {
+    /// The name audit records and logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentitySourceKind::Binding => "listener",
+            IdentitySourceKind::Token => "token",
+            IdentitySourceKind::Mtls => "mtls",
+        }
+    }
+}
+
+/// A listener's fixed workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerBinding {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Workload.
+    pub workload: WorkloadId,
+}
+
+/// How one listener identifies its callers: its sources in the order they are tried, and the
+/// workload it is bound to (for `binding`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerIdentity {
+    /// Identity sources, in order.
+    pub sources: Vec<IdentitySourceKind>,
+    /// The one workload every connection is, for `binding` listeners.
+    pub binding: Option<ListenerBinding>,
+}
+
+/// Which tenants and workloads the configuration knows (a reload may remove one).
+pub trait Workloads {
+    /// Whether `tenant` exists and has `workload`.
+    fn has_workload(&self, tenant: &TenantId, workload: &WorkloadId) -> bool;
+}
+
+/// Why no identity was resolved. Never carries a token or any part of one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// No identity source on this listener produced an identity.
+    #[error("no identity presented")]
+    Required,
+    /// An identity was presented but is not valid (the detail says why).
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// What the mTLS handshake learned about the client, kept on the connection for every request
 /// on it. A certificate that verified but maps to no workload is kept as the refusal reason, so
@@ -61,30 +116,32 @@ pub struct ResolvedIdentity {
     pub token: Option<VerifiedToken>,
 }
 
-/// Resolves the caller's identity on `listener` from what it presented.
+/// Resolves the caller's identity on a listener from what it presented. The first source that
+/// is present decides: a presented but invalid credential is refused and never falls through to
+/// a weaker source; when none is present the answer is [`IdentityError::Required`].
 pub fn resolve(
-    listener: &ListenerSettings,
-    snapshot: &Snapshot,
+    listener: &ListenerIdentity,
+    workloads: &dyn Workloads,
+    tokens: Option<&TokenVerifier>,
     presented: Presented<'_>,
     now_unix: u64,
-) -> Result<ResolvedIdentity, Deny> {
+) -> Result<ResolvedIdentity, IdentityError> {
+    let invalid = |why: &str| IdentityError::Invalid(why.to_string());
     // SECURITY: two `Proxy-Authorization` headers are two identities; picking one (the first,
     // say) would let whatever sits in front of the proxy and the proxy disagree about who is
     // calling. Refused on every listener, whatever its sources.
     if presented.proxy_authorization_repeated {
-        return Err(Deny::IdentityInvalid(
-            "more than one `Proxy-Authorization` header".into(),
-        ));
+        return Err(invalid("more than one `Proxy-Authorization` header"));
     }
-    for source in &listener.identity {
+    for source in &listener.sources {
         match source {
             IdentitySourceKind::Binding => {
                 let Some(b) = &listener.binding else { continue };
                 // SECURITY: a reload may have removed the bound workload; refuse rather than
                 // serve a workload the configuration no longer knows.
-                if !snapshot.tenants.has_workload(&b.tenant, &b.workload) {
-                    return Err(Deny::IdentityInvalid(
-                        "this listener's workload is not in the configuration".into(),
+                if !workloads.has_workload(&b.tenant, &b.workload) {
+                    return Err(invalid(
+                        "this listener's workload is not in the configuration",
                     ));
                 }
                 return Ok(ResolvedIdentity {
@@ -98,7 +155,7 @@ pub fn resolve(
                 let Some(value) = presented.proxy_authorization else {
                     continue;
                 };
-                return resolve_token(snapshot, value, now_unix);
+                return resolve_token(workloads, tokens, value, now_unix);
             }
             IdentitySourceKind::Mtls => {
                 let Some(PeerCertificate(peer)) = presented.peer else {
@@ -106,11 +163,10 @@ pub fn resolve(
                 };
                 let peer = peer
                     .as_ref()
-                    .map_err(|why| Deny::IdentityInvalid(why.clone()))?;
-                if !snapshot.tenants.has_workload(&peer.tenant, &peer.workload) {
-                    return Err(Deny::IdentityInvalid(
-                        "the client certificate names a tenant or workload this proxy does not know"
-                            .into(),
+                    .map_err(|why| IdentityError::Invalid(why.clone()))?;
+                if !workloads.has_workload(&peer.tenant, &peer.workload) {
+                    return Err(invalid(
+                        "the client certificate names a tenant or workload this proxy does not know",
                     ));
                 }
                 return Ok(ResolvedIdentity {
@@ -122,17 +178,18 @@ pub fn resolve(
             }
         }
     }
-    Err(Deny::IdentityRequired)
+    Err(IdentityError::Required)
 }
 
 fn resolve_token(
-    snapshot: &Snapshot,
+    workloads: &dyn Workloads,
+    tokens: Option<&TokenVerifier>,
     header: &[u8],
     now_unix: u64,
-) -> Result<ResolvedIdentity, Deny> {
-    let credential = parse_proxy_authorization(header).map_err(|_| {
-        Deny::IdentityInvalid("`Proxy-Authorization` is not `Bearer <token>` or `Basic`".into())
-    })?;
+) -> Result<ResolvedIdentity, IdentityError> {
+    let invalid = |why: &str| IdentityError::Invalid(why.to_string());
+    let credential = parse_proxy_authorization(header)
+        .map_err(|_| invalid("`Proxy-Authorization` is not `Bearer <token>` or `Basic`"))?;
     let (token, username) = match &credential {
         ProxyCredential::Bearer(t) => (*t, None),
         ProxyCredential::Basic { username, password } => {
@@ -140,26 +197,20 @@ fn resolve_token(
         }
     };
     // SECURITY: no verifier configured means no token can be valid.
-    let verifier = snapshot
-        .tokens
-        .as_ref()
-        .ok_or_else(|| Deny::IdentityInvalid("tokens are not accepted here".into()))?;
+    let verifier = tokens.ok_or_else(|| invalid("tokens are not accepted here"))?;
     let verified = verifier
         .verify(token, now_unix)
-        .map_err(|e| Deny::IdentityInvalid(e.to_string()))?;
+        .map_err(|e| IdentityError::Invalid(e.to_string()))?;
     if let Some(user) = username {
         if !user.is_empty() && user != verified.workload.as_str() {
-            return Err(Deny::IdentityInvalid(
-                "the proxy user name does not match the token's workload".into(),
+            return Err(invalid(
+                "the proxy user name does not match the token's workload",
             ));
         }
     }
-    if !snapshot
-        .tenants
-        .has_workload(&verified.tenant, &verified.workload)
-    {
-        return Err(Deny::IdentityInvalid(
-            "the token names a tenant or workload this proxy does not know".into(),
+    if !workloads.has_workload(&verified.tenant, &verified.workload) {
+        return Err(invalid(
+            "the token names a tenant or workload this proxy does not know",
         ));
     }
     Ok(ResolvedIdentity {
@@ -193,5 +244,213 @@ mod tests {
             http::HeaderValue::from_static("Bearer second"),
         );
         assert!(Presented::from_request(&headers, None).proxy_authorization_repeated);
+    }
+
+    use std::collections::HashSet;
+    use std::time::Duration;
+    use token::{mint, KeySet, MintRequest, TokenSettings};
+
+    const NOW: u64 = 1_800_000_000;
+
+    /// acme/bot and globex/agent exist; nothing else does.
+    struct Known;
+    impl Workloads for Known {
+        fn has_workload(&self, tenant: &TenantId, workload: &WorkloadId) -> bool {
+            matches!(
+                (tenant.as_str(), workload.as_str()),
+                ("acme", "bot") | ("globex", "agent")
+            )
+        }
+    }
+
+    fn testdata(name: &str) -> String {
+        let path = format!(
+            "{}/src/identity/testdata/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap()
+    }
+
+    fn verifier() -> TokenVerifier {
+        let settings = TokenSettings {
+            audience: "tenant-proxy".into(),
+            issuer: None,
+            max_lifetime: Duration::from_secs(3600),
+            leeway: Duration::from_secs(5),
+        };
+        let keys = KeySet::from_jwks_json(&testdata("test-jwks.json")).unwrap();
+        TokenVerifier::new(settings, keys, HashSet::new())
+    }
+
+    fn bearer(tenant: &str, workload: &str) -> String {
+        let token = mint(
+            &testdata("ed25519-test.pem"),
+            &MintRequest {
+                tenant: TenantId::new(tenant).unwrap(),
+                workload: WorkloadId::new(workload).unwrap(),
+                audience: "tenant-proxy".into(),
+                issuer: None,
+                ttl: Duration::from_secs(300),
+                run_id: None,
+                run_budget: None,
+                scopes: Vec::new(),
+                jti: None,
+                kid: Some("test-ed".into()),
+                now_unix: NOW,
+                not_before: None,
+            },
+        )
+        .unwrap();
+        format!("Bearer {token}")
+    }
+
+    fn listener(sources: &[IdentitySourceKind], bound: Option<(&str, &str)>) -> ListenerIdentity {
+        ListenerIdentity {
+            sources: sources.to_vec(),
+            binding: bound.map(|(t, w)| ListenerBinding {
+                tenant: TenantId::new(t).unwrap(),
+                workload: WorkloadId::new(w).unwrap(),
+            }),
+        }
+    }
+
+    fn peer(tenant: &str, workload: &str) -> PeerCertificate {
+        PeerCertificate(Ok(mtls::PeerIdentity {
+            spiffe_id: format!("spiffe://t/tenant/{tenant}/workload/{workload}"),
+            tenant: TenantId::new(tenant).unwrap(),
+            workload: WorkloadId::new(workload).unwrap(),
+        }))
+    }
+
+    /// Who `presented` is on `l`: `tenant/workload (source)`, or the error.
+    fn who(l: &ListenerIdentity, presented: Presented<'_>) -> Result<String, IdentityError> {
+        let v = verifier();
+        resolve(l, &Known, Some(&v), presented, NOW)
+            .map(|r| format!("{}/{} ({})", r.tenant, r.workload, r.source.as_str()))
+    }
+
+    #[test]
+    fn the_first_source_present_decides_and_never_falls_through() {
+        use IdentitySourceKind::*;
+        let globex = bearer("globex", "agent");
+        let ghost = bearer("acme", "ghost");
+        let cert = peer("globex", "agent");
+        fn with(auth: Option<&str>) -> Presented<'_> {
+            Presented {
+                proxy_authorization: auth.map(str::as_bytes),
+                ..Default::default()
+            }
+        }
+        let (globex, ghost) = (globex.as_str(), ghost.as_str());
+        let cases: Vec<(
+            &str,
+            ListenerIdentity,
+            Presented<'_>,
+            Result<&str, IdentityError>,
+        )> = vec![
+            (
+                "binding alone",
+                listener(&[Binding], Some(("acme", "bot"))),
+                with(None),
+                Ok("acme/bot (listener)"),
+            ),
+            // SECURITY: a token on a binding-only listener is ignored, never a second identity.
+            (
+                "binding ignores a token",
+                listener(&[Binding], Some(("acme", "bot"))),
+                with(Some(globex)),
+                Ok("acme/bot (listener)"),
+            ),
+            (
+                "token first",
+                listener(&[Token, Binding], Some(("acme", "bot"))),
+                with(Some(globex)),
+                Ok("globex/agent (token)"),
+            ),
+            (
+                "no token: next source",
+                listener(&[Token, Binding], Some(("acme", "bot"))),
+                with(None),
+                Ok("acme/bot (listener)"),
+            ),
+            // An invalid token never falls through to the weaker binding.
+            (
+                "bad token does not fall through",
+                listener(&[Token, Binding], Some(("acme", "bot"))),
+                with(Some("Bearer x.y.z")),
+                Err(IdentityError::Invalid(String::new())),
+            ),
+            (
+                "unknown workload in a token",
+                listener(&[Token], None),
+                with(Some(ghost)),
+                Err(IdentityError::Invalid(String::new())),
+            ),
+            (
+                "nothing presented",
+                listener(&[Token], None),
+                with(None),
+                Err(IdentityError::Required),
+            ),
+            (
+                "binding to a removed workload",
+                listener(&[Binding], Some(("acme", "ghost"))),
+                with(None),
+                Err(IdentityError::Invalid(String::new())),
+            ),
+            (
+                "mtls",
+                listener(&[Mtls], None),
+                Presented {
+                    peer: Some(&cert),
+                    ..Default::default()
+                },
+                Ok("globex/agent (mtls)"),
+            ),
+            (
+                "mtls before token",
+                listener(&[Mtls, Token], None),
+                Presented {
+                    peer: Some(&cert),
+                    proxy_authorization: Some(ghost.as_bytes()),
+                    ..Default::default()
+                },
+                Ok("globex/agent (mtls)"),
+            ),
+            (
+                "repeated proxy-authorization",
+                listener(&[Binding], Some(("acme", "bot"))),
+                Presented {
+                    proxy_authorization_repeated: true,
+                    ..Default::default()
+                },
+                Err(IdentityError::Invalid(String::new())),
+            ),
+        ];
+        for (name, l, presented, want) in cases {
+            let got = who(&l, presented);
+            match (&got, &want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w, "{name}"),
+                (Err(IdentityError::Invalid(_)), Err(IdentityError::Invalid(_))) => {}
+                (Err(g), Err(w)) => assert_eq!(g, w, "{name}"),
+                _ => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn no_verifier_means_no_token_is_valid() {
+        let token = bearer("globex", "agent");
+        let got = resolve(
+            &listener(&[IdentitySourceKind::Token], None),
+            &Known,
+            None,
+            Presented {
+                proxy_authorization: Some(token.as_bytes()),
+                ..Default::default()
+            },
+            NOW,
+        );
+        assert!(matches!(got, Err(IdentityError::Invalid(_))), "{got:?}");
     }
 }

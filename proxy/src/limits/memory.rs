@@ -12,7 +12,7 @@ use super::{
     run_life_key, Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind,
     RateHeadline, RunClaim, RunLedger, RunSighting,
 };
-use crate::audit::RunEnd;
+use super::{LimiterUnavailable, RunEnd, RunRegistry};
 use crate::ids::TenantId;
 
 const SHARDS: usize = 64;
@@ -222,7 +222,7 @@ impl LimitBackend for MemoryBackend {
         self.release_now(&admission.leases);
     }
 
-    async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, String> {
+    async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, LimiterUnavailable> {
         let now_ms = unix_ms();
         let window = self.mono_nanos() / 60_000_000_000;
         Ok(keys
@@ -242,13 +242,16 @@ impl LimitBackend for MemoryBackend {
             })
             .collect())
     }
+}
 
+#[async_trait::async_trait]
+impl RunRegistry for MemoryBackend {
     async fn sight_run(
         &self,
         tenant: &TenantId,
         run: &str,
         expires_ms: i64,
-    ) -> Result<RunSighting, String> {
+    ) -> Result<RunSighting, LimiterUnavailable> {
         Ok(self.sight_run_at(tenant, run, expires_ms, unix_ms()))
     }
 
@@ -256,7 +259,12 @@ impl LimitBackend for MemoryBackend {
         self.with_life(tenant, run, unix_ms(), |life| life.refusals += 1);
     }
 
-    async fn end_run(&self, tenant: &TenantId, run: &str, end: RunEnd) -> Result<RunClaim, String> {
+    async fn end_run(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+        end: RunEnd,
+    ) -> Result<RunClaim, LimiterUnavailable> {
         Ok(self.end_run_at(tenant, run, end, unix_ms()))
     }
 }
@@ -478,7 +486,7 @@ mod tests {
             c,
             None,
             &TenantCalendar::utc(),
-            crate::limits::unix_now(),
+            crate::clock::unix_now_i64(),
             call,
         )
     }
@@ -543,7 +551,7 @@ mod tests {
             &tenant,
             Some(&workload),
             &cal,
-            crate::limits::unix_now(),
+            crate::clock::unix_now_i64(),
             CallKind::Tool,
         );
         let a = m.admit_now(&keys_bot, Charge::default()).expect("first");
@@ -554,7 +562,7 @@ mod tests {
             &tenant,
             None,
             &cal,
-            crate::limits::unix_now(),
+            crate::clock::unix_now_i64(),
             CallKind::Tool,
         );
         let b = m

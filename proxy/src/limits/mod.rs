@@ -560,6 +560,11 @@ pub enum RunClaim {
     Claimed(RunLedger),
 }
 
+/// The shared counters could not be reached (the detail says how; never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the limit counters cannot be reached: {0}")]
+pub struct LimiterUnavailable(pub String);
+
 /// A place counters live.
 #[async_trait::async_trait]
 pub trait LimitBackend: Send + Sync + fmt::Debug {
@@ -571,11 +576,17 @@ pub trait LimitBackend: Send + Sync + fmt::Debug {
     async fn finish(&self, admission: &Admission, used: Charge);
     /// What is counted on each key now (tokens, micro-units, calls, or in-flight requests; a
     /// rate key reads 0), for `tenant-proxy usage`.
-    async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, String>;
+    async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, LimiterUnavailable>;
     /// Whether the backend has ever been reachable (readiness).
     fn is_ready(&self) -> bool {
         true
     }
+}
+
+/// Where signed runs' life records live (first request, latest expiry, counts, closed), so that
+/// replicas sharing a backend write one `run_started` and one `run_summary` per run.
+#[async_trait::async_trait]
+pub trait RunRegistry: Send + Sync + fmt::Debug {
     /// Records a request of a signed run whose token expires at `expires_ms` (unix ms), in one
     /// atomic step: counts it, keeps the latest expiry, and says whether it is the run's first
     /// and whether the run was closed.
@@ -584,7 +595,7 @@ pub trait LimitBackend: Send + Sync + fmt::Debug {
         tenant: &TenantId,
         run: &str,
         expires_ms: i64,
-    ) -> Result<RunSighting, String>;
+    ) -> Result<RunSighting, LimiterUnavailable>;
     /// Counts a refused request of a signed run (best effort: the summary's refusal count).
     async fn count_refusal(&self, tenant: &TenantId, run: &str);
     /// Claims the run's summary, once across replicas. `Closed` marks the run closed first
@@ -594,29 +605,82 @@ pub trait LimitBackend: Send + Sync + fmt::Debug {
         &self,
         tenant: &TenantId,
         run: &str,
-        end: crate::audit::RunEnd,
-    ) -> Result<RunClaim, String>;
+        end: RunEnd,
+    ) -> Result<RunClaim, LimiterUnavailable>;
+}
+
+/// One tenant's ceilings as the configuration sets them.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantLimits<'a> {
+    /// Ceilings on the tenant as a whole.
+    pub ceilings: &'a Ceilings,
+    /// Ceilings on single workloads.
+    pub workload_ceilings: &'a std::collections::HashMap<WorkloadId, Ceilings>,
+    /// The tenant's workloads.
+    pub workloads: &'a [WorkloadId],
+    /// Where the tenant's days and months begin.
+    pub calendar: &'a calendar::TenantCalendar,
+}
+
+/// What the limits read from the tenant configuration (implemented by it, so the limits never
+/// depend on how the configuration is laid out).
+pub trait LimitConfig {
+    /// `tenant`'s ceilings; `None` for a tenant the configuration does not know.
+    fn tenant_limits(&self, tenant: &TenantId) -> Option<TenantLimits<'_>>;
+    /// The price table, when one is configured.
+    fn prices(&self) -> Option<&crate::pricing::PriceTable>;
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunEnd {
+    /// Its token expired.
+    Expired,
+    /// It was closed through the admin port.
+    Closed,
 }
 
 /// The backend the configuration names.
-pub fn backend(
-    settings: &crate::config::model::LimiterSettings,
-) -> Result<std::sync::Arc<dyn LimitBackend>, String> {
-    use crate::config::model::LimiterSettings;
+pub fn backend(settings: &LimiterSettings) -> Result<Backend, String> {
+    use std::sync::Arc;
     Ok(match settings {
         LimiterSettings::Memory { run_ttl } => {
-            std::sync::Arc::new(memory::MemoryBackend::new(*run_ttl))
+            let m = Arc::new(memory::MemoryBackend::new(*run_ttl));
+            Backend {
+                counters: m.clone(),
+                runs: m,
+            }
         }
-        LimiterSettings::Redis(r) => std::sync::Arc::new(redis::RedisBackend::start(r.clone())?),
+        LimiterSettings::Redis(r) => {
+            let b = Arc::new(redis::RedisBackend::start(r.clone())?);
+            Backend {
+                counters: b.clone(),
+                runs: b,
+            }
+        }
     })
 }
 
-/// Unix seconds now.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// One backend seen through both of its interfaces.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Ceilings and their counters.
+    pub counters: std::sync::Arc<dyn LimitBackend>,
+    /// Signed runs' life records.
+    pub runs: std::sync::Arc<dyn RunRegistry>,
+}
+
+/// Where limit counters live.
+#[derive(Debug, Clone)]
+pub enum LimiterSettings {
+    /// Counters in this process.
+    Memory {
+        /// How long a run's counters live after its last reservation.
+        run_ttl: std::time::Duration,
+    },
+    /// Counters in Redis.
+    Redis(redis::RedisSettings),
 }
 
 #[cfg(test)]

@@ -10,17 +10,27 @@
 //! messages in its body (a batch of three is three; `tools/list`, `initialize`, resource reads
 //! and the like are none); any other call counts as one.
 
-use crate::config::model::TenantConfig;
-use crate::ctx::{StreamPlan, TenantContext};
-use crate::error::Deny;
+use crate::context::TenantContext;
+use crate::limits::stream::StreamPlan;
 use crate::pricing::{provider_for_host, Prices};
 use crate::target::Destination;
 use crate::usage::Usage;
 
-use super::{keys_for, CallKind, Charge, LimitKey, MidStream, Subject};
+use super::{keys_for, CallKind, Charge, LimitConfig, LimitKey, MidStream, Subject};
 
 /// Output tokens reserved for an LLM call that sets no output ceiling, unless configured.
 pub const DEFAULT_ASSUMED_MAX_TOKENS: u64 = 1024;
+
+/// Why a request cannot be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// A priced call to a model the price table does not list (and it refuses unlisted ones).
+    #[error("model `{0}` has no price in the price table")]
+    ModelNotPriced(String),
+    /// The tenant is not in the configuration (admission checked it; a bug if seen).
+    #[error("the tenant is not configured")]
+    UnknownTenant,
+}
 
 /// The request facts that decide its charge.
 #[derive(Debug, Clone, Copy)]
@@ -51,17 +61,17 @@ pub struct Plan {
 
 /// Plans `call` for `tenant` toward `destination` at unix second `now`.
 pub fn plan(
-    config: &TenantConfig,
+    config: &dyn LimitConfig,
     tenant: &TenantContext,
     destination: &Destination,
     call: CallFacts<'_>,
     now: i64,
-) -> Result<Plan, Deny> {
-    let Some(entry) = config.tenants.get(&tenant.tenant) else {
-        return Err(Deny::Internal);
+) -> Result<Plan, PlanError> {
+    let Some(entry) = config.tenant_limits(&tenant.tenant) else {
+        return Err(PlanError::UnknownTenant);
     };
-    let workload = entry.workload_limits.get(&tenant.workload);
-    let prices = match (call.model, &config.prices) {
+    let workload = entry.workload_ceilings.get(&tenant.workload);
+    let prices = match (call.model, config.prices()) {
         (Some(model), Some(table)) => {
             let provider = destination
                 .provider
@@ -70,7 +80,7 @@ pub fn plan(
             Some(
                 table
                     .lookup(provider, model)
-                    .ok_or_else(|| Deny::ModelNotPriced(model.to_string()))?,
+                    .ok_or_else(|| PlanError::ModelNotPriced(model.to_string()))?,
             )
         }
         _ => None,
@@ -90,7 +100,7 @@ pub fn plan(
     } else {
         CallKind::Tool
     };
-    let keys = keys_for(who, &entry.limits, workload, &entry.calendar, now, kind);
+    let keys = keys_for(who, entry.ceilings, workload, entry.calendar, now, kind);
     if kind == CallKind::Tool {
         return Ok(Plan {
             keys,
@@ -104,7 +114,7 @@ pub fn plan(
     }
     let assumed = workload
         .and_then(|c| c.assumed_max_tokens)
-        .or(entry.limits.assumed_max_tokens)
+        .or(entry.ceilings.assumed_max_tokens)
         .unwrap_or(DEFAULT_ASSUMED_MAX_TOKENS);
     let output = call.max_output_tokens.unwrap_or(assumed);
     let charge = Charge {
@@ -114,7 +124,7 @@ pub fn plan(
     };
     let mode = workload
         .and_then(|c| c.mid_stream)
-        .or(entry.limits.mid_stream)
+        .or(entry.ceilings.mid_stream)
         .unwrap_or_default();
     // With `max_tokens` the reservation already covers the whole response (providers stop
     // there), so only a call without one needs guarding as it streams.
@@ -182,8 +192,8 @@ pub fn settlement(reserved: Charge, prices: Option<Prices>, ending: Ending) -> C
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::config::model::Scheme;
     use crate::limits::{LimitKind, Measure};
+    use crate::target::Scheme;
 
     fn prices() -> Prices {
         Prices {
@@ -239,13 +249,41 @@ mod tests {
         assert_eq!(settlement(tool, None, end(None, false, false)), tool);
     }
 
+    /// acme with no ceilings of its own and no price table.
+    #[derive(Default)]
+    struct OneTenant {
+        ceilings: crate::limits::Ceilings,
+        workloads: std::collections::HashMap<crate::ids::WorkloadId, crate::limits::Ceilings>,
+        names: Vec<crate::ids::WorkloadId>,
+    }
+
+    impl LimitConfig for OneTenant {
+        fn tenant_limits(
+            &self,
+            tenant: &crate::ids::TenantId,
+        ) -> Option<super::super::TenantLimits<'_>> {
+            static UTC: std::sync::LazyLock<crate::limits::calendar::TenantCalendar> =
+                std::sync::LazyLock::new(crate::limits::calendar::TenantCalendar::utc);
+            (tenant.as_str() == "acme").then(|| super::super::TenantLimits {
+                ceilings: &self.ceilings,
+                workload_ceilings: &self.workloads,
+                workloads: &self.names,
+                calendar: &UTC,
+            })
+        }
+
+        fn prices(&self) -> Option<&crate::pricing::PriceTable> {
+            None
+        }
+    }
+
     fn run_context() -> TenantContext {
         TenantContext {
             tenant: crate::ids::TenantId::new("acme").unwrap(),
             workload: crate::ids::WorkloadId::new("bot").unwrap(),
-            principal_kind: crate::ctx::PrincipalKind::Workload,
-            identity_source: crate::config::IdentitySourceKind::Token,
-            run: crate::ctx::Run {
+            principal_kind: crate::context::PrincipalKind::Workload,
+            identity_source: crate::identity::IdentitySourceKind::Token,
+            run: crate::context::Run {
                 id: "run-1".into(),
                 signed: true,
                 expires_at: Some(2_000_000_000),
@@ -264,14 +302,7 @@ mod tests {
 
     #[test]
     fn mcp_tool_calls_count_against_the_runs_tool_call_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("tenants.toml");
-        std::fs::write(
-            &file,
-            "policy_dir = \"p\"\n[tenants.acme]\nplan = \"pro\"\nregion = \"eu\"\nworkloads = [\"bot\"]\n",
-        )
-        .unwrap();
-        let config = TenantConfig::load(&file).unwrap();
+        let config = OneTenant::default();
         let tenant = run_context();
         let destination = Destination {
             scheme: Scheme::Http,

@@ -16,7 +16,7 @@ use super::{
     run_life_key, Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind,
     RateHeadline, RunClaim, RunLedger, RunSighting,
 };
-use crate::audit::RunEnd;
+use super::{LimiterUnavailable, RunEnd, RunRegistry};
 use crate::ids::TenantId;
 use crate::metrics::METRICS;
 
@@ -292,11 +292,11 @@ impl RedisBackend {
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<T, String> {
+    ) -> Result<T, LimiterUnavailable> {
         let conn = self
             .conn
             .load_full()
-            .ok_or_else(|| "not connected".to_string())?;
+            .ok_or_else(|| LimiterUnavailable("not connected".into()))?;
         let mut conn = (*conn).clone();
         match tokio::time::timeout(
             self.settings.timeout,
@@ -305,8 +305,11 @@ impl RedisBackend {
         .await
         {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.settings.timeout)),
+            Ok(Err(e)) => Err(LimiterUnavailable(e.to_string())),
+            Err(_) => Err(LimiterUnavailable(format!(
+                "no answer within {:?}",
+                self.settings.timeout
+            ))),
         }
     }
 
@@ -315,7 +318,7 @@ impl RedisBackend {
         keys: &[LimitKey],
         lease_id: &str,
         charge: Charge,
-    ) -> Result<Vec<i64>, String> {
+    ) -> Result<Vec<i64>, LimiterUnavailable> {
         let mut invocation = self.admit_script.prepare_invoke();
         invocation
             .arg(lease_id)
@@ -432,7 +435,7 @@ impl LimitBackend for RedisBackend {
         }
     }
 
-    async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, String> {
+    async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, LimiterUnavailable> {
         let mut invocation = self.read_script.prepare_invoke();
         for key in keys {
             invocation.key(key.to_string()).arg(kind_code(&key.kind));
@@ -447,13 +450,16 @@ impl LimitBackend for RedisBackend {
     fn is_ready(&self) -> bool {
         self.conn.load().is_some()
     }
+}
 
+#[async_trait::async_trait]
+impl RunRegistry for RedisBackend {
     async fn sight_run(
         &self,
         tenant: &TenantId,
         run: &str,
         expires_ms: i64,
-    ) -> Result<RunSighting, String> {
+    ) -> Result<RunSighting, LimiterUnavailable> {
         let mut invocation = self.sight_run_script.prepare_invoke();
         invocation
             .key(run_life_key(tenant, run))
@@ -493,7 +499,12 @@ impl LimitBackend for RedisBackend {
         }
     }
 
-    async fn end_run(&self, tenant: &TenantId, run: &str, end: RunEnd) -> Result<RunClaim, String> {
+    async fn end_run(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+        end: RunEnd,
+    ) -> Result<RunClaim, LimiterUnavailable> {
         let mut invocation = self.end_run_script.prepare_invoke();
         invocation
             .key(run_life_key(tenant, run))
@@ -513,7 +524,9 @@ impl LimitBackend for RedisBackend {
                 requests: u64::try_from(at(3)).unwrap_or(0),
                 refusals: u64::try_from(at(4)).unwrap_or(0),
             })),
-            _ => Err("unexpected answer to the run claim".into()),
+            _ => Err(LimiterUnavailable(
+                "unexpected answer to the run claim".into(),
+            )),
         }
     }
 }
@@ -569,7 +582,7 @@ fn decode(
                 .ok_or(AdmitError::Unavailable)?;
             Err(AdmitError::Limited(LimitDeny::for_key(
                 key,
-                super::unix_now(),
+                crate::clock::unix_now_i64(),
                 Duration::from_micros(retry_us),
             )))
         }

@@ -3,13 +3,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::model::TenantConfig;
 use crate::ids::TenantId;
 use crate::pricing::format_micros;
 
 use super::calendar::Period;
 use super::{
-    keys_for, CallKind, LimitBackend, LimitKey, LimitKind, Measure, Scope, Subject, Window,
+    keys_for, CallKind, LimitBackend, LimitConfig, LimitKey, LimitKind, Measure, Scope, Subject,
+    Window,
 };
 
 /// Which calendar period a report covers.
@@ -100,7 +100,7 @@ fn reported(key: &LimitKey, period: ReportPeriod) -> Option<(&'static str, Optio
 
 /// Reads `tenant`'s spend at unix second `now`; with `run`, also that run's counters.
 pub async fn usage_report(
-    config: &TenantConfig,
+    config: &(dyn LimitConfig + Sync),
     backend: &dyn LimitBackend,
     tenant: &TenantId,
     period: ReportPeriod,
@@ -108,8 +108,7 @@ pub async fn usage_report(
     now: i64,
 ) -> Result<UsageReport, String> {
     let entry = config
-        .tenants
-        .get(tenant)
+        .tenant_limits(tenant)
         .ok_or_else(|| format!("tenant `{tenant}` is not configured"))?;
     let mut wanted: Vec<(LimitKey, &'static str, Option<u64>)> = Vec::new();
     let mut add = |keys: Vec<LimitKey>| {
@@ -121,7 +120,7 @@ pub async fn usage_report(
             }
         }
     };
-    for workload in &entry.workloads {
+    for workload in entry.workloads {
         let who = Subject {
             tenant,
             workload,
@@ -129,9 +128,9 @@ pub async fn usage_report(
         };
         add(keys_for(
             who,
-            &entry.limits,
-            entry.workload_limits.get(workload),
-            &entry.calendar,
+            entry.ceilings,
+            entry.workload_ceilings.get(workload),
+            entry.calendar,
             now,
             CallKind::Llm,
         ));
@@ -159,7 +158,7 @@ pub async fn usage_report(
     let used = if keys.is_empty() {
         Vec::new()
     } else {
-        backend.read(&keys).await?
+        backend.read(&keys).await.map_err(|e| e.to_string())?
     };
     let window: Period = match period {
         ReportPeriod::Day => entry.calendar.day(now),
@@ -168,7 +167,7 @@ pub async fn usage_report(
     Ok(UsageReport {
         tenant: tenant.to_string(),
         time_zone: entry.calendar.name().to_string(),
-        currency: config.prices.as_ref().map(|p| p.currency().to_string()),
+        currency: config.prices().map(|p| p.currency().to_string()),
         period,
         period_id: window.id,
         period_ends_at: window.ends_at,

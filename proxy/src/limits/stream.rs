@@ -167,6 +167,17 @@ pub fn cut_event(code: &str, message: &str, request_id: &str) -> Vec<u8> {
     format!("event: error\ndata: {data}\n\n").into_bytes()
 }
 
+/// What a streaming LLM response may extend its reservation by, one step at a time.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamPlan {
+    /// Output tokens the admission reserved.
+    pub covered_output: u64,
+    /// Output tokens per extension.
+    pub step_tokens: u64,
+    /// What one extension reserves.
+    pub step: super::Charge,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,16 +90,7 @@ impl ListKind {
     }
 }
 
-/// What an MCP request uses, each decided by its own Cedar action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ItemKind {
-    /// A tool (`mcp_tool_call`), by name.
-    Tool,
-    /// A resource (`mcp_resource`), by URI (or URI template, in a list of templates).
-    Resource,
-    /// A prompt (`mcp_prompt`), by name.
-    Prompt,
-}
+pub use crate::policy::ItemKind;
 
 /// What the proxy needs to know about one request body.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1,6 +1,6 @@
 //! MCP scoping for servers reached over Streamable HTTP (JSON-RPC 2.0 bodies).
 //!
-//! Only destinations that `[mcp]` marks as MCP servers ([`crate::config::mcp`]) get this
+//! Only destinations that `[mcp]` marks as MCP servers ([`config`]) get this
 //! handling, after the request's `http` decision allowed it. A server is a destination (host,
 //! port, path prefix), recognized however it is reached: through its route, another route to
 //! the same upstream, forward mode, an intercepted tunnel, or another spelling of its address.
@@ -15,14 +15,13 @@
 //!    `prompts/list` results keep only what this workload may use ([`list_filter`]); a response
 //!    that cannot be filtered is cut, never passed unfiltered.
 
-pub mod authorize;
+pub mod config;
 pub mod jsonrpc;
 pub mod list_filter;
 
 use pingora::http::ResponseHeader;
 use serde_json::Value;
 
-use crate::error::Deny;
 use crate::policy::Decision;
 use jsonrpc::{ItemKind, ListKind};
 use list_filter::{Framing, ListFilter};
@@ -73,20 +72,6 @@ pub enum McpRefusal {
         /// The decision.
         decision: Decision,
     },
-}
-
-impl McpRefusal {
-    /// The refusal the client sees.
-    pub fn deny(&self) -> Deny {
-        match self {
-            McpRefusal::Malformed(why) => Deny::McpMalformed(why.clone()),
-            McpRefusal::Denied { item, name, .. } => match item {
-                ItemKind::Tool => Deny::ToolDenied(name.clone()),
-                ItemKind::Resource => Deny::ResourceDenied(name.clone()),
-                ItemKind::Prompt => Deny::PromptDenied(name.clone()),
-            },
-        }
-    }
 }
 
 /// Reads the body sent to MCP server `server` and decides every tool, resource and prompt it
@@ -192,6 +177,11 @@ pub fn observe_hidden(tenant_label: &str, filter: Option<&ListFilter>) {
     }
 }
 
+/// A response that must be filtered cannot be (the reason); it is withheld, never passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unfilterable(pub &'static str);
+
 /// The filter for an MCP server's response: every JSON or event-stream response is read for
 /// list results (its `Content-Length` is dropped, since filtering changes the length).
 /// SECURITY: a successful response owed a list that the filter cannot read (another content
@@ -200,7 +190,7 @@ pub fn response_filter(
     exchange: &McpExchange,
     cap: usize,
     response: &mut ResponseHeader,
-) -> Result<Option<ListFilter>, Deny> {
+) -> Result<Option<ListFilter>, Unfilterable> {
     let framing = response
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -214,9 +204,7 @@ pub fn response_filter(
         && response.status.is_success()
         && response.status != http::StatusCode::ACCEPTED;
     match framing {
-        Some(_) if encoded => Err(Deny::McpResponseUnfiltered(
-            "the response is compressed".into(),
-        )),
+        Some(_) if encoded => Err(Unfilterable("the response is compressed")),
         Some(framing) => {
             response.remove_header(&http::header::CONTENT_LENGTH);
             Ok(Some(ListFilter::new(
@@ -225,8 +213,8 @@ pub fn response_filter(
                 cap,
             )))
         }
-        None if owed_list => Err(Deny::McpResponseUnfiltered(
-            "the response is neither JSON nor an event stream".into(),
+        None if owed_list => Err(Unfilterable(
+            "the response is neither JSON nor an event stream",
         )),
         None => Ok(None),
     }
@@ -338,7 +326,7 @@ mod tests {
                         "{name}: length dropped only when filtering"
                     );
                 }
-                (Err(Deny::McpResponseUnfiltered(why)), Err(needle)) => {
+                (Err(Unfilterable(why)), Err(needle)) => {
                     assert!(why.contains(needle), "{name}: {why}")
                 }
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
@@ -384,9 +372,9 @@ mod tests {
                 (ItemKind::Resource, "docs://secret/b".to_string())
             ]
         );
-        assert_eq!(
-            refusal.deny(),
-            Deny::ResourceDenied("docs://secret/b".into())
+        assert!(
+            matches!(&refusal, McpRefusal::Denied { item: ItemKind::Resource, name, .. } if name == "docs://secret/b"),
+            "{refusal:?}"
         );
         let (exchange, decisions) = admit(
             "docs",
@@ -406,6 +394,9 @@ mod tests {
             &mut |_, _| decision(false, "no"),
         )
         .unwrap_err();
-        assert_eq!(refusal.deny(), Deny::PromptDenied("leak".into()));
+        assert!(
+            matches!(&refusal, McpRefusal::Denied { item: ItemKind::Prompt, name, .. } if name == "leak"),
+            "{refusal:?}"
+        );
     }
 }

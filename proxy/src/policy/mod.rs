@@ -31,7 +31,6 @@
 //! [`explain`] answers for a described request through the proxy's own decision path, and
 //! [`shadow`] compares a report-only policy set's answers with the enforced ones.
 
-pub mod explain;
 mod load;
 pub mod shadow;
 pub mod testing;
@@ -47,7 +46,16 @@ use cedar_policy::{
 };
 
 use crate::ids::{TenantId, WorkloadId};
-pub use crate::mcp::jsonrpc::ItemKind;
+/// What an MCP request uses, each decided by its own Cedar action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ItemKind {
+    /// A tool (`mcp_tool_call`), by name.
+    Tool,
+    /// A resource (`mcp_resource`), by URI (or URI template, in a list of templates).
+    Resource,
+    /// A prompt (`mcp_prompt`), by name.
+    Prompt,
+}
 
 /// The Cedar namespace every schema type and action lives in.
 pub const NAMESPACE: &str = "TenantProxy";

@@ -427,12 +427,6 @@ fn inspect_ca_cert(pem: &[u8]) -> anyhow::Result<CaCert> {
     Ok(info)
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| format!("{t:?}"))
-}
-
 /// The interception CA, loaded and checked: a CA, with its own key, currently valid.
 pub struct LocalCa {
     cert: CaCert,
@@ -445,7 +439,7 @@ impl fmt::Debug for LocalCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalCa")
             .field("subject", &self.cert.subject)
-            .field("not_after", &rfc3339(self.cert.not_after))
+            .field("not_after", &crate::clock::rfc3339(self.cert.not_after))
             .field("rules", &self.cert.rules)
             .finish_non_exhaustive()
     }
@@ -485,14 +479,14 @@ impl LocalCa {
             bail!(
                 "the CA certificate `{}` expired on {}; create a new one with `tenant-proxy ca init`",
                 cert.subject,
-                rfc3339(cert.not_after)
+                crate::clock::rfc3339(cert.not_after)
             );
         }
         if now < cert.not_before {
             bail!(
                 "the CA certificate `{}` is not valid before {}; is the clock right?",
                 cert.subject,
-                rfc3339(cert.not_before)
+                crate::clock::rfc3339(cert.not_before)
             );
         }
         let issuer = Issuer::from_ca_cert_der(&cert.der, key)

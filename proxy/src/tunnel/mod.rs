@@ -13,14 +13,13 @@
 //!   - **opaque** (policy opt-in, e.g. certificate-pinned clients): bytes are relayed to the
 //!     checked address, counted, and audited when the tunnel closes.
 
-pub mod caps;
 pub mod head;
 pub mod io;
 mod opaque;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -36,52 +35,21 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
-use crate::audit::{AuditDecision, AuditRecord, AuditSlot, TunnelFields};
+use crate::clock::unix_now;
 use crate::config::ListenerSettings;
-use crate::ctx::TenantContext;
-use crate::egress::EgressRefusal;
-use crate::error::{error_body, Deny, ReasonCode};
-use crate::front::{FrontConn, FrontLimits, HeadLimits};
+use crate::error::Deny;
+use crate::front::{FrontLimits, HeadLimits};
 use crate::identity::mtls::MtlsServer;
-use crate::identity::{self, PeerCertificate, Presented, ResolvedIdentity};
-use crate::metrics::{Metrics, METRICS};
-use crate::policy::shadow::ShadowDecision;
-use crate::policy::{ConnectFacts, ConnectQuestion, Decision};
-use crate::proxy::{build_tenant_context, unix_now, Shared, TenantProxy};
+use crate::identity::{self, PeerCertificate, Presented};
+use crate::metrics::METRICS;
+use crate::pipeline::admit::{self, Admitted, Ask, Caller, Grant, TunnelGrant};
+use crate::pipeline::caps::TenantSlot;
+use crate::pipeline::conn::{Conn, ConnFacts, Tunnel};
+use crate::pipeline::record::{write_refusal, Outcome, Trail, TunnelMode};
+use crate::pipeline::{Shared, TenantProxy, PLAIN_KEEPALIVE_SECS};
 use crate::tls::ca::TunnelCertResolver;
 use head::ConnectHead;
 use io::Rewound;
-
-/// Seconds an idle plain-HTTP keep-alive connection is kept between requests.
-pub(crate) const PLAIN_KEEPALIVE_SECS: u64 = 60;
-
-/// What every request inside an intercepted tunnel inherits. It lives on the TLS connection
-/// (pingora's TLS digest extension), where the agent cannot reach it.
-#[derive(Debug)]
-pub struct Tunnel {
-    /// The `CONNECT` request's id; inner requests' audit records name it.
-    pub id: Arc<str>,
-    /// Who opened the tunnel.
-    pub identity: ResolvedIdentity,
-    /// The authority the tunnel was opened to.
-    pub host: String,
-    /// Its port.
-    pub port: u16,
-}
-
-/// What the pipeline may learn from the connection a request arrived on (it finds the
-/// [`FrontConn`] behind pingora's session).
-#[derive(Debug, Default)]
-pub struct ConnFacts {
-    /// The intercepted tunnel this connection is the inside of.
-    pub tunnel: Option<Arc<Tunnel>>,
-    /// The tenant this connection counts against, once known (its first identified request, or
-    /// the tunnel that carries it).
-    pub tenant_slot: OnceLock<Arc<caps::TenantSlot>>,
-}
-
-/// A client connection as this proxy serves it.
-pub type Conn = FrontConn<ConnFacts>;
 
 /// The app serving one listener.
 pub struct EgressApp {
@@ -253,6 +221,9 @@ impl EgressApp {
         }
     }
 
+    /// Decides a `CONNECT` through the admission chain, then opens the tunnel (relayed or
+    /// intercepted) or writes the refusal. The tunnel's own record is written when it opens
+    /// (intercepted) or closes (opaque), or with its refusal.
     async fn tunnel(
         &self,
         mut stream: Stream,
@@ -260,188 +231,112 @@ impl EgressApp {
         early: Bytes,
         shutdown: &ShutdownWatch,
     ) {
-        let mut t = TunnelCtx::new(head);
-        let opened = match self.open(&mut t, &stream).await {
-            Ok(opened) => opened,
+        let mut trail = Trail::new(Arc::from(self.listener.name.as_str()), "CONNECT".into());
+        let ssl = stream.get_ssl_digest();
+        let ask = Ask::Connect {
+            header: &head.header,
+            ssl: ssl.as_deref(),
+            host: &head.host,
+            port: head.port,
+        };
+        let caller = Caller::Listener(&self.listener.identity);
+        let snapshot = self.shared.snapshot.load();
+        let admitted = admit::admit(
+            self.shared.as_ref(),
+            snapshot,
+            caller,
+            ask,
+            &mut trail,
+            &mut (),
+        )
+        .await;
+        let (admitted, grant) = match admitted {
+            Ok(Admitted {
+                permit,
+                grant: Grant::Tunnel(grant),
+                ..
+            }) => (permit, grant),
+            Ok(_) => {
+                self.refused(&mut stream, &mut trail, Deny::Internal).await;
+                return;
+            }
             Err(deny) => {
-                let status = write_refusal(&mut stream, &deny, &t.request_id).await;
-                t.emit(&self.listener, Err(deny), status);
+                self.refused(&mut stream, &mut trail, deny).await;
                 return;
             }
         };
-        let Opened {
-            slot: _slot,
-            connection,
+        let addr = admitted.addr();
+        let TunnelGrant {
             identity,
             mode,
-        } = opened;
+            slot: _slot,
+            connection,
+            minter,
+        } = grant;
+        let upstream = match mode {
+            TunnelMode::Opaque => {
+                let timeout = self.shared.config.upstream.connect_timeout;
+                let dialed =
+                    tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await;
+                match dialed {
+                    Ok(Ok(upstream)) => Some(upstream),
+                    Ok(Err(_)) => {
+                        let deny = Deny::UpstreamUnreachable;
+                        self.refused(&mut stream, &mut trail, deny).await;
+                        return;
+                    }
+                    Err(_) => {
+                        self.refused(&mut stream, &mut trail, Deny::UpstreamTimeout)
+                            .await;
+                        return;
+                    }
+                }
+            }
+            TunnelMode::Intercept => None,
+        };
         if stream.write_all(ESTABLISHED).await.is_err() || stream.flush().await.is_err() {
             return;
         }
-        match mode {
-            Mode::Opaque(upstream) => {
+        trail.outcome = Outcome::Forwarded;
+        match (upstream, minter) {
+            (Some(upstream), _) => {
                 let idle = self.shared.config.egress.tunnel_idle_timeout;
                 let (up, down) = opaque::relay(stream, upstream, early, idle).await;
-                t.bytes_up = up;
-                t.bytes_down = down;
-                let tenant = t.tenant_label().to_string();
+                trail.bytes_in = up;
+                trail.bytes_out = down;
+                let tenant = trail.tenant_label().to_string();
                 for (direction, n) in [("up", up), ("down", down)] {
                     METRICS
                         .tunnel_bytes
                         .with_label_values(&[&tenant, direction])
                         .inc_by(n);
                 }
-                t.emit(&self.listener, Ok(()), 200);
+                trail.finish_tunnel(&self.shared.runs, 200).await;
             }
-            Mode::Intercept(resolver) => {
-                let inside = Inside {
+            (None, Some(minter)) => {
+                let tunnel = Arc::new(Tunnel {
+                    id: trail.request_id.clone(),
                     identity,
+                    host: head.host.clone(),
+                    port: head.port,
+                });
+                let resolver = Arc::new(TunnelCertResolver::new(&head.host, minter));
+                let inside = Inside {
+                    tunnel,
                     resolver,
                     connection,
                 };
-                self.intercept(stream, early, inside, t, shutdown).await
+                self.intercept(stream, early, inside, trail, shutdown).await
             }
+            (None, None) => {}
         }
     }
 
-    /// Every check a tunnel must pass before `200 Connection established`, in order: an
-    /// unauditable tunnel is never opened, identity before anything else is read, the port and
-    /// policy before any DNS lookup (a denied caller cannot probe names), the cap before
-    /// dialing.
-    async fn open(&self, t: &mut TunnelCtx, stream: &Stream) -> Result<Opened, Deny> {
-        t.audit_slot = Some(self.shared.audit.reserve()?);
-        let snapshot = self.shared.snapshot.load();
-        let ssl = stream.get_ssl_digest();
-        let presented = Presented::from_request(&t.head.header.headers, ssl.as_deref());
-        let who = identity::resolve(&self.listener, &snapshot, presented, unix_now())?;
-        let tenant = Arc::new(build_tenant_context(
-            who.clone(),
-            t.request_id.clone(),
-            crate::proxy::traceparent(&t.head.header.headers),
-        ));
-        t.tenant = Some(tenant.clone());
-        self.shared
-            .audit
-            .admit_tenant(&mut t.audit_slot, &tenant.tenant)?;
-        // The tunnel's client connection counts against its tenant for as long as it is open.
-        let max_connections = self.shared.config.limits.max_connections_per_tenant;
-        let connection = self
-            .shared
-            .connections
-            .try_open(&tenant.tenant, max_connections)
-            .ok_or_else(|| {
-                METRICS
-                    .overload_refusals
-                    .with_label_values(&["tenant_cap"])
-                    .inc();
-                Deny::ConnectionLimit(max_connections)
-            })?;
-        // A closed run opens no tunnel: an opaque one carries no request that would be checked.
-        self.shared.runs.sight(&tenant, &snapshot).await?;
-
-        let egress = &self.shared.config.egress;
-        let (host, port) = (t.head.host.clone(), t.head.port);
-        if !egress.connect_ports.contains(&port) {
-            return Err(Deny::ConnectPortForbidden(port));
-        }
-        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-        let (hour, weekday) = snapshot.tenants.local_clock(&tenant.tenant, now);
-        let facts = ConnectFacts {
-            host: &host,
-            port,
-            run_signed: tenant.run.signed,
-            scopes: &tenant.scopes,
-            destination_region: snapshot.tenants.regions.region_of(&host),
-            hour,
-            weekday,
-        };
-        let decision = snapshot.policy.authorize_connect(
-            &tenant.tenant,
-            &tenant.workload,
-            ConnectQuestion::Open,
-            &facts,
-        );
-        // The shadow set is asked the same question and never changes the answer.
-        if let Some(shadow) = &snapshot.shadow_policy {
-            let s = ShadowDecision::compare(
-                &decision,
-                shadow.authorize_connect(
-                    &tenant.tenant,
-                    &tenant.workload,
-                    ConnectQuestion::Open,
-                    &facts,
-                ),
-            );
-            s.observe(tenant.tenant.as_str());
-            t.shadow = Some(s);
-        }
-        let allowed = decision.allowed;
-        t.decision = Some(decision);
-        if !allowed {
-            return Err(Deny::PolicyDenied);
-        }
-        let entry = snapshot.tenants.tenants.get(&tenant.tenant);
-        let max = entry
-            .and_then(|e| e.max_tunnels)
-            .unwrap_or(egress.max_tunnels_per_tenant);
-        let slot = self
-            .shared
-            .tunnels
-            .try_open(&tenant.tenant, max)
-            .ok_or(Deny::TunnelLimit(max))?;
-        let exceptions = entry.map(|e| e.egress_allow.as_slice()).unwrap_or(&[]);
-        let addr = self
-            .shared
-            .egress
-            .resolve_checked(&host, port, exceptions)
-            .await
-            .map_err(|refusal| deny_for_refusal(&t.request_id, &refusal))?;
-
-        let opaque = snapshot.policy.authorize_connect(
-            &tenant.tenant,
-            &tenant.workload,
-            ConnectQuestion::Opaque,
-            &facts,
-        );
-        // SECURITY: a tunnel to an MCP server (by name, or by the address just checked) is
-        // always intercepted, whatever `connect_opaque` says, so what it calls is decided and
-        // its lists filtered.
-        let hosts = &self.shared.config.egress.hosts;
-        let mcp = snapshot.tenants.mcp.serves(&host, port, Some(addr), hosts);
-        if opaque.allowed && !mcp {
-            t.mode = Some("opaque");
-            if let Some(d) = t.decision.as_mut() {
-                d.policy_ids.extend(opaque.policy_ids);
-            }
-            let timeout = self.shared.config.upstream.connect_timeout;
-            let upstream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| Deny::UpstreamTimeout)?
-                .map_err(|_| Deny::UpstreamUnreachable)?;
-            return Ok(Opened {
-                slot,
-                connection,
-                identity: who,
-                mode: Mode::Opaque(upstream),
-            });
-        }
-        t.mode = Some("intercept");
-        let minter = self.shared.minter.as_ref().ok_or_else(|| {
-            Deny::InterceptionUnavailable(
-                "no interception CA is configured (`[intercept]`), and no policy lets this tunnel pass opaquely".into(),
-            )
-        })?;
-        if !minter.ca().permits(&host) {
-            return Err(Deny::InterceptionUnavailable(
-                "the interception CA's name constraints do not cover this host".into(),
-            ));
-        }
-        Ok(Opened {
-            slot,
-            connection,
-            identity: who,
-            mode: Mode::Intercept(Arc::new(TunnelCertResolver::new(&host, minter.clone()))),
-        })
+    /// Writes a tunnel's refusal and its record.
+    async fn refused(&self, stream: &mut Stream, trail: &mut Trail, deny: Deny) {
+        let status = write_refusal(stream, &deny, &trail.request_id).await;
+        trail.refuse(deny);
+        trail.finish_tunnel(&self.shared.runs, status).await;
     }
 
     /// Terminates the client's TLS with a leaf for the tunnel's host and serves the requests
@@ -452,20 +347,14 @@ impl EgressApp {
         stream: Stream,
         early: Bytes,
         inside: Inside,
-        mut t: TunnelCtx,
+        mut t: Trail,
         shutdown: &ShutdownWatch,
     ) {
         let Inside {
-            identity,
+            tunnel,
             resolver,
             connection,
         } = inside;
-        let tunnel = Arc::new(Tunnel {
-            id: t.request_id.clone(),
-            identity,
-            host: t.head.host.clone(),
-            port: t.head.port,
-        });
         let acceptor = Acceptor::from_server_config(crate::tls::ca::server_config(
             resolver.clone(),
             &[b"h2", b"http/1.1"],
@@ -485,7 +374,8 @@ impl EgressApp {
                         .tunnel_handshake_failures
                         .with_label_values(&[&tenant, "sni_mismatch"])
                         .inc();
-                    t.emit(&self.listener, Err(Deny::HostMismatch), 0);
+                    t.refuse(Deny::HostMismatch);
+                    t.finish_tunnel(&self.shared.runs, 0).await;
                     return;
                 }
                 METRICS
@@ -501,11 +391,11 @@ impl EgressApp {
                     tunnel = %t.request_id, tenant, host = %tunnel.host, %error,
                     "client TLS handshake in an intercepted tunnel failed; does the client trust the proxy CA? see `tenant-proxy ca env`"
                 );
-                t.emit(&self.listener, Ok(()), 200);
+                t.finish_tunnel(&self.shared.runs, 200).await;
                 return;
             }
         };
-        t.emit(&self.listener, Ok(()), 200);
+        t.finish_tunnel(&self.shared.runs, 200).await;
         if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) {
             // pingora's own HTTP/2 server: one pipeline run per stream, each seeing the tunnel
             // on the connection's TLS digest.
@@ -514,7 +404,10 @@ impl EgressApp {
         }
         let facts = ConnFacts {
             tunnel: Some(tunnel.clone()),
-            tenant_slot: OnceLock::from(Arc::new(connection)),
+            tenant_slot: connection
+                .map(Arc::new)
+                .map(OnceLock::from)
+                .unwrap_or_default(),
         };
         let idle = egress.tunnel_idle_timeout.max(Duration::from_secs(1));
         let mut conn = Conn::new(Box::new(tls), b"", self.front_limits(), facts);
@@ -571,12 +464,10 @@ impl EgressApp {
     /// audits the refusal when the caller is known: the tunnel's identity, the listener's
     /// binding, the client certificate, or a valid token in the refused head.
     async fn refuse_front(&self, conn: &mut Conn, deny: Deny) {
-        let started = Instant::now();
         let deny = match deny {
             Deny::TooManyHeaders(_) => Deny::TooManyHeaders(self.shared.config.limits.max_headers),
             other => other,
         };
-        let request_id: Arc<str> = crate::trace::random_hex(16).into();
         let head = conn.head_bytes();
         let method = head
             .split(|b| *b == b' ')
@@ -586,6 +477,7 @@ impl EgressApp {
                 || "-".to_string(),
                 |m| String::from_utf8_lossy(m).into_owned(),
             );
+        let mut trail = Trail::new(Arc::from(self.listener.name.as_str()), method);
         let snapshot = self.shared.snapshot.load();
         let who = match &conn.context().tunnel {
             Some(t) => Some(t.identity.clone()),
@@ -599,50 +491,25 @@ impl EgressApp {
                         .as_deref()
                         .and_then(|d| d.extension.get::<PeerCertificate>()),
                 };
-                identity::resolve(&self.listener, &snapshot, presented, unix_now()).ok()
+                identity::resolve(
+                    &self.listener.identity,
+                    &snapshot.tenants,
+                    snapshot.tokens.as_ref(),
+                    presented,
+                    unix_now(),
+                )
+                .ok()
             }
         };
-        let tunnel_id = conn.context().tunnel.as_ref().map(|t| t.id.clone());
-        let slot = who.as_ref().and_then(|_| self.shared.audit.reserve().ok());
-        let status = write_refusal(conn.stream_mut(), &deny, &request_id).await;
-        let reason = deny.code();
-        let tenant_label = who.as_ref().map(|w| w.tenant.as_str().to_string());
-        METRICS
-            .requests
-            .with_label_values(&[
-                Metrics::tenant_label(tenant_label.as_deref()),
-                "deny",
-                reason.as_str(),
-            ])
-            .inc();
-        tracing::info!(
-            request_id = %request_id,
-            tenant = Metrics::tenant_label(tenant_label.as_deref()),
-            listener = %self.listener.name,
-            method = %method,
-            reason = reason.as_str(),
-            status,
-            "request refused before the pipeline"
-        );
-        let (Some(who), Some(slot)) = (who, slot) else {
-            return;
-        };
-        let tenant = build_tenant_context(who, request_id, None);
-        slot.emit(AuditRecord {
-            tunnel: tunnel_id.map(|id| TunnelFields {
-                id: id.to_string(),
-                mode: "intercept",
-            }),
-            ..AuditRecord::of(
-                &tenant,
-                &self.listener.name,
-                method,
-                started.elapsed(),
-                AuditDecision::Deny,
-                reason,
-                status,
-            )
-        });
+        trail.tunnel = conn.context().tunnel.as_ref().map(|t| t.id.clone());
+        if let Some(who) = who {
+            trail.slot = self.shared.audit.reserve().ok();
+            let tenant = crate::context::TenantContext::new(who, trail.request_id.clone(), None);
+            trail.tenant = Some(Arc::new(tenant));
+        }
+        let status = write_refusal(conn.stream_mut(), &deny, &trail.request_id).await;
+        trail.refuse(deny);
+        trail.finish_request(&self.shared.runs, status, None).await;
     }
 }
 
@@ -676,24 +543,12 @@ fn single_header<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 
-enum Mode {
-    Opaque(tokio::net::TcpStream),
-    Intercept(Arc<TunnelCertResolver>),
-}
-
 /// What an intercepted tunnel's inside is served with.
 struct Inside {
-    identity: ResolvedIdentity,
+    tunnel: Arc<Tunnel>,
     resolver: Arc<TunnelCertResolver>,
     /// The tunnel's client connection, counted against its tenant.
-    connection: caps::TenantSlot,
-}
-
-struct Opened {
-    slot: caps::TenantSlot,
-    connection: caps::TenantSlot,
-    identity: ResolvedIdentity,
-    mode: Mode,
+    connection: Option<TenantSlot>,
 }
 
 /// Hands the tunnel to every request on the intercepted TLS connection.
@@ -727,132 +582,5 @@ impl TlsAccept for PeerCallbacks {
         let chain = tls.peer_cert_chain_der().unwrap_or(&[]);
         let peer = crate::identity::mtls::identify(chain, &pattern).map_err(|e| e.to_string());
         Some(Arc::new(PeerCertificate(peer)))
-    }
-}
-
-/// The SSRF guard's refusal as the client sees it: the kind of address, never the address
-/// (an agent must not learn internal addresses by probing names).
-pub(crate) fn deny_for_refusal(request_id: &str, refusal: &EgressRefusal) -> Deny {
-    tracing::info!(request_id, %refusal, "destination refused by the egress guard");
-    match refusal {
-        EgressRefusal::Unresolvable { .. } => Deny::UpstreamUnreachable,
-        EgressRefusal::Forbidden { reason, .. } => {
-            Deny::DestinationForbidden(format!("it resolves to a {reason} address"))
-        }
-        EgressRefusal::OwnListener { .. } => {
-            Deny::DestinationForbidden("it is this proxy itself".into())
-        }
-    }
-}
-
-/// Writes a JSON refusal on a raw connection and closes it; returns the status.
-async fn write_refusal(stream: &mut Stream, deny: &Deny, request_id: &str) -> u16 {
-    let (status, code, message) = deny.describe();
-    let body = error_body(code, &message, request_id, deny.ceiling());
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let mut head = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\nconnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in deny.extra_headers() {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(&body);
-    if stream.write_all(&out).await.is_ok() {
-        let _ = stream.flush().await;
-    }
-    let _ = stream.shutdown().await;
-    status
-}
-
-/// What the tunnel's own audit record is made of.
-struct TunnelCtx {
-    request_id: Arc<str>,
-    started: Instant,
-    head: ConnectHead,
-    tenant: Option<Arc<TenantContext>>,
-    decision: Option<Decision>,
-    shadow: Option<ShadowDecision>,
-    mode: Option<&'static str>,
-    audit_slot: Option<AuditSlot>,
-    bytes_up: u64,
-    bytes_down: u64,
-}
-
-impl TunnelCtx {
-    fn new(head: ConnectHead) -> Self {
-        Self {
-            request_id: crate::trace::random_hex(16).into(),
-            started: Instant::now(),
-            head,
-            tenant: None,
-            decision: None,
-            shadow: None,
-            mode: None,
-            audit_slot: None,
-            bytes_up: 0,
-            bytes_down: 0,
-        }
-    }
-
-    fn tenant_label(&self) -> &str {
-        Metrics::tenant_label(self.tenant.as_ref().map(|t| t.tenant.as_str()))
-    }
-
-    /// Counts the tunnel and writes its record (only when a tenant is known, like requests).
-    fn emit(&mut self, listener: &ListenerSettings, outcome: Result<(), Deny>, status: u16) {
-        let (decision, reason) = match &outcome {
-            Ok(()) => (AuditDecision::Allow, ReasonCode::Allowed),
-            Err(d) => (AuditDecision::Deny, d.code()),
-        };
-        let tenant_label = self.tenant_label().to_string();
-        METRICS
-            .tunnels
-            .with_label_values(&[&tenant_label, self.mode.unwrap_or("none"), reason.as_str()])
-            .inc();
-        let elapsed = self.started.elapsed();
-        tracing::info!(
-            request_id = %self.request_id,
-            tenant = tenant_label,
-            listener = %listener.name,
-            method = "CONNECT",
-            host = %self.head.host,
-            port = self.head.port,
-            mode = self.mode.unwrap_or("-"),
-            reason = reason.as_str(),
-            status,
-            "tunnel"
-        );
-        let (Some(tenant), Some(slot)) = (self.tenant.as_ref(), self.audit_slot.take()) else {
-            return;
-        };
-        let policy = self.decision.as_ref();
-        slot.emit(AuditRecord {
-            host: Some(self.head.host.clone()),
-            port: Some(self.head.port),
-            tunnel: self.mode.map(|mode| TunnelFields {
-                id: self.request_id.to_string(),
-                mode,
-            }),
-            policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
-            policy_errors: policy.map(|p| p.errors.clone()).unwrap_or_default(),
-            shadow: self.shadow.take(),
-            bytes_in: self.bytes_up,
-            bytes_out: self.bytes_down,
-            ..AuditRecord::of(
-                tenant,
-                &listener.name,
-                "CONNECT".into(),
-                elapsed,
-                decision,
-                reason,
-                status,
-            )
-        });
     }
 }

@@ -110,10 +110,13 @@ fn run(
             path,
             method: "POST",
         },
+        raw_target: path_and_query.as_bytes(),
+        authority: None,
         headers: &h,
         path_and_query,
         body: body_bytes.as_ref(),
         content_type: body.map(|(ct, _)| ct),
+        content_encoding: None,
     };
     apply(
         &set(),
@@ -205,7 +208,7 @@ fn refusals() {
             "api.openai.com",
             vec![],
             Some(("application/json", r#"{"k":"$CRED{openai}"}"#)),
-            CredentialDeny::Position("openai".into(), "body"),
+            CredentialDeny::Position("openai".into(), "body".into()),
         ),
         (
             "malformed",
@@ -237,7 +240,7 @@ fn refusals() {
             "api.openai.com",
             vec![],
             None,
-            CredentialDeny::Position("openai".into(), "path"),
+            CredentialDeny::Position("openai".into(), "path".into()),
         ),
         (
             "handle in unscanned body",
@@ -245,7 +248,7 @@ fn refusals() {
             "api.openai.com",
             vec![],
             Some(("text/plain", "$CRED{openai}")),
-            CredentialDeny::Position("openai".into(), "body"),
+            CredentialDeny::Position("openai".into(), "body".into()),
         ),
     ];
     for (name, tenant, host, hdrs, body, want) in cases {
@@ -318,10 +321,13 @@ fn policy_denial_and_no_work_without_handles() {
             path: "/v1/x",
             method: "POST",
         },
+        raw_target: b"/v1/x",
+        authority: None,
         headers: &h,
         path_and_query: "/v1/x",
         body: None,
         content_type: None,
+        content_encoding: None,
     };
     let denied = apply(
         &set(),
@@ -362,10 +368,13 @@ fn strip_mode_removes_agent_keys_instead_of_refusing() {
             path: "/v1/x",
             method: "POST",
         },
+        raw_target: b"/v1/x",
+        authority: None,
         headers: &h,
         path_and_query: "/v1/x",
         body: None,
         content_type: None,
+        content_encoding: None,
     };
     let settings = CredentialSettings {
         raw_credential: RawCredentialMode::Strip,
@@ -378,4 +387,338 @@ fn strip_mode_removes_agent_keys_instead_of_refusing() {
         vec![HeaderName::from_static("authorization")]
     );
     assert!(applied.set_headers.is_empty());
+}
+
+fn raw(place: &str) -> Option<CredentialDeny> {
+    Some(CredentialDeny::Raw(place.into()))
+}
+
+#[test]
+#[allow(clippy::type_complexity)]
+fn credential_positions_hold_one_handle_or_nothing() {
+    let json = "application/json";
+    let cases: Vec<(
+        &str,
+        &str,
+        Vec<(&str, &str)>,
+        Option<(&str, &str)>,
+        Option<CredentialDeny>,
+    )> = vec![
+        (
+            "literal first, handle second",
+            "/v1/chat",
+            vec![
+                ("authorization", "Bearer sk-mine"),
+                ("authorization", "Bearer $CRED{openai}"),
+            ],
+            None,
+            Some(CredentialDeny::Repeated("header `authorization`".into())),
+        ),
+        (
+            "handle first, literal second",
+            "/v1/chat",
+            vec![
+                ("authorization", "Bearer $CRED{openai}"),
+                ("authorization", "Bearer sk-mine"),
+            ],
+            None,
+            Some(CredentialDeny::Repeated("header `authorization`".into())),
+        ),
+        (
+            "two handles",
+            "/v1/chat",
+            vec![
+                ("authorization", "Bearer $CRED{openai}"),
+                ("authorization", "Bearer $CRED{openai}"),
+            ],
+            None,
+            Some(CredentialDeny::Repeated("header `authorization`".into())),
+        ),
+        (
+            "two spellings of one header",
+            "/v1/chat",
+            vec![("x-api-key", "$CRED{openai}"), ("x_api_key", "sk-mine")],
+            None,
+            Some(CredentialDeny::Repeated("header `x_api_key`".into())),
+        ),
+        (
+            "a literal and a handle in one value",
+            "/v1/chat",
+            vec![("authorization", "Bearer sk-LITERAL $CRED{openai}")],
+            None,
+            raw("header `authorization`"),
+        ),
+        (
+            "gemini header",
+            "/v1/chat",
+            vec![("x-goog-api-key", "AIza-mine")],
+            None,
+            raw("header `x-goog-api-key`"),
+        ),
+        (
+            "body literal next to a header handle",
+            "/v1/chat",
+            vec![("authorization", "Bearer $CRED{openai}")],
+            Some((json, r#"{"model":"m","api_key":"sk-mine"}"#)),
+            raw("body field `api_key`"),
+        ),
+        (
+            "body literal next to a body handle",
+            "/v1/chat",
+            vec![],
+            Some((json, r#"{"x":"$CRED{openai}","api_key":"sk-mine"}"#)),
+            raw("body field `api_key`"),
+        ),
+        (
+            "JSON sent as text/plain",
+            "/v1/chat",
+            vec![],
+            Some(("text/plain", r#"{"api_key":"sk-mine"}"#)),
+            raw("body field `api_key`"),
+        ),
+        (
+            "nested",
+            "/v1/chat",
+            vec![],
+            Some((json, r#"{"config":{"api_key":"sk-mine"}}"#)),
+            raw("body field `api_key`"),
+        ),
+        (
+            "form",
+            "/v1/chat",
+            vec![],
+            Some(("application/x-www-form-urlencoded", "a=1&api_key=sk-mine")),
+            raw("body field `api_key`"),
+        ),
+        (
+            "query api_key",
+            "/v1/chat?api_key=sk-mine",
+            vec![],
+            None,
+            raw("query parameter `api_key`"),
+        ),
+        (
+            "query key (Gemini)",
+            "/v1/chat?q=1&key=AIza-mine",
+            vec![],
+            None,
+            raw("query parameter `key`"),
+        ),
+        (
+            "query key encoded",
+            "/v1/chat?k%65y=AIza-mine",
+            vec![],
+            None,
+            raw("query parameter `key`"),
+        ),
+        (
+            "query repeated",
+            "/v1/chat?key=$CRED{openai}&key=x",
+            vec![],
+            None,
+            Some(CredentialDeny::Repeated("query parameter `key`".into())),
+        ),
+        (
+            "handle in Host",
+            "/v1/chat",
+            vec![("host", "$CRED{openai}")],
+            None,
+            Some(CredentialDeny::Position(
+                "openai".into(),
+                "header `host`".into(),
+            )),
+        ),
+        (
+            "handle in another header",
+            "/v1/chat",
+            vec![("x-debug", "see $CRED{openai}")],
+            None,
+            Some(CredentialDeny::Position(
+                "openai".into(),
+                "header `x-debug`".into(),
+            )),
+        ),
+        (
+            "unknown handle in another header",
+            "/v1/chat",
+            vec![("referer", "$CRED{nope}")],
+            None,
+            Some(CredentialDeny::Position(
+                "nope".into(),
+                "header `referer`".into(),
+            )),
+        ),
+        (
+            "one handle",
+            "/v1/chat",
+            vec![("authorization", "Bearer $CRED{openai}")],
+            None,
+            None,
+        ),
+        (
+            "empty credential header",
+            "/v1/chat",
+            vec![("x-api-key", "")],
+            None,
+            None,
+        ),
+    ];
+    for (name, path, hdrs, body, want) in cases {
+        assert_eq!(
+            run("acme", "api.openai.com", path, &hdrs, body).err(),
+            want,
+            "{name}"
+        );
+    }
+    // The check is per tenant: api.stripe.com is managed for globex, not for acme.
+    assert!(run(
+        "acme",
+        "api.stripe.com",
+        "/v1/x?key=mine",
+        &[("authorization", "Bearer mine")],
+        None
+    )
+    .is_ok());
+    assert_eq!(
+        run("globex", "api.stripe.com", "/v1/x?key=mine", &[], None).err(),
+        raw("query parameter `key`")
+    );
+    // Escapes alone in any header are unescaped, not refused.
+    let a = run(
+        "acme",
+        "other.example",
+        "/",
+        &[("x-doc", "write $$CRED{name}")],
+        None,
+    )
+    .expect("ok");
+    assert_eq!(a.set_headers[0].1.as_bytes(), b"write $CRED{name}");
+}
+
+#[test]
+fn authorities_and_unscannable_bodies() {
+    for (target, authority, host, want) in [
+        (
+            "http://$CRED{openai}.example/x",
+            None,
+            None,
+            Some("request target's authority"),
+        ),
+        (
+            "http://%24CRED%7Bopenai%7D.example/x",
+            None,
+            None,
+            Some("request target's authority"),
+        ),
+        ("/x", Some("a$CRED{openai}"), None, Some("`:authority`")),
+        (
+            "/x",
+            None,
+            Some(&b"$CRED{openai}"[..]),
+            Some("header `host`"),
+        ),
+        (
+            "http://a.example/$CRED{openai}",
+            None,
+            Some(&b"a.example"[..]),
+            None,
+        ),
+    ] {
+        assert_eq!(
+            handle_in_authority(target.as_bytes(), authority, host),
+            want.map(|p| CredentialDeny::Position("openai".into(), p.into())),
+            "{target}"
+        );
+    }
+    let h = headers(&[]);
+    let big = Bytes::from(vec![b'a'; 70_000]);
+    let parts = |host, body, encoding| RequestParts {
+        target: Target {
+            scheme: "https",
+            host,
+            port: 443,
+            path: "/v1/x",
+            method: "POST",
+        },
+        raw_target: b"/v1/x",
+        authority: None,
+        headers: &h,
+        path_and_query: "/v1/x",
+        body: Some(body),
+        content_type: Some("text/plain"),
+        content_encoding: encoding,
+    };
+    let settings = CredentialSettings {
+        scan_body_max_bytes: 65_536,
+        ..CredentialSettings::default()
+    };
+    let go =
+        |p: &RequestParts<'_>| apply(&set(), &settings, &tid("acme"), p, 100, &mut |_, _| true);
+    assert_eq!(
+        go(&parts("api.openai.com", &big, None)).err(),
+        Some(CredentialDeny::ScanIncomplete(ScanGap::TooLarge(65_536)))
+    );
+    let small = Bytes::from_static(b"{}");
+    assert_eq!(
+        go(&parts("api.openai.com", &small, Some("gzip"))).err(),
+        Some(CredentialDeny::ScanIncomplete(ScanGap::Encoded))
+    );
+    assert!(go(&parts("api.openai.com", &small, Some("identity"))).is_ok());
+    // Not managed: a large body passes, unless a handle hides anywhere in it.
+    assert!(go(&parts("other.example", &big, None)).is_ok());
+    let mut hidden = vec![b'a'; 70_000];
+    hidden.extend_from_slice(b"$CRED{openai}");
+    let hidden = Bytes::from(hidden);
+    assert_eq!(
+        go(&parts("other.example", &hidden, None)).err(),
+        Some(CredentialDeny::Position("openai".into(), "body".into()))
+    );
+}
+
+#[test]
+fn strip_mode_strips_literals_in_every_position_and_keeps_handles() {
+    let h = headers(&[
+        ("authorization", "Bearer $CRED{openai}"),
+        ("x-api-key", "sk-agent-own"),
+    ]);
+    let body = Bytes::from_static(br#"{"x":"$CRED{openai}","cfg":{"api_key":"sk-agent-own"}}"#);
+    let req = RequestParts {
+        target: Target {
+            scheme: "https",
+            host: "api.openai.com",
+            port: 443,
+            path: "/v1/x",
+            method: "POST",
+        },
+        raw_target: b"/v1/x?key=sk-agent-own&q=1",
+        authority: None,
+        headers: &h,
+        path_and_query: "/v1/x?key=sk-agent-own&q=1",
+        body: Some(&body),
+        content_type: Some("application/json"),
+        content_encoding: None,
+    };
+    let settings = CredentialSettings {
+        raw_credential: RawCredentialMode::Strip,
+        ..CredentialSettings::default()
+    };
+    let a = apply(&set(), &settings, &tid("acme"), &req, 100, &mut |_, _| true).expect("stripped");
+    assert_eq!(a.remove_headers, vec![HeaderName::from_static("x-api-key")]);
+    assert_eq!(a.set_headers[0].1.as_bytes(), b"Bearer sk-acme");
+    assert_eq!(a.path_and_query.as_deref(), Some("/v1/x?q=1"));
+    assert_eq!(
+        a.body.as_deref(),
+        Some(&br#"{"x":"sk-acme","cfg":{"api_key":null}}"#[..])
+    );
+    // Repeated is refused even in strip mode: which value was meant is unknown.
+    let h = headers(&[("authorization", "sk-a"), ("authorization", "sk-b")]);
+    let req = RequestParts {
+        headers: &h,
+        body: None,
+        ..req
+    };
+    assert_eq!(
+        apply(&set(), &settings, &tid("acme"), &req, 100, &mut |_, _| true).err(),
+        Some(CredentialDeny::Repeated("header `authorization`".into()))
+    );
 }

@@ -27,8 +27,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Deserialize;
 
-use crate::config::model::Route;
 use crate::target::Destination;
+use crate::target::Route;
 
 /// Default for [`McpSettings::max_message_bytes`].
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
@@ -296,7 +296,7 @@ fn percent_decode(s: &str) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::config::model::Scheme;
+    use crate::target::Scheme;
 
     fn dest(host: &str, port: u16, path: &str, route: Option<&str>) -> Destination {
         Destination {

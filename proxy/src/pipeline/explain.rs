@@ -1,30 +1,30 @@
 //! `tenant-proxy policy explain`: what the running proxy would decide for a described request,
 //! and why.
 //!
-//! The request goes through the same functions the proxy uses: the target is parsed as the
-//! proxy parses it (absolute URL for forward-proxy requests, `/prefix/…` for route mode), the
-//! model is read from the body as the proxy reads it, the facts are built and decided by the same
-//! code, and when the request is allowed its `$CRED{}` handles are resolved as the proxy would,
-//! including each `use_credential` decision. A request to an MCP server has each `tools/call`,
-//! `resources/read` and `prompts/get` in its body decided (`mcp_tool_call`, `mcp_resource`,
-//! `mcp_prompt`), as the proxy does. Identity, egress (SSRF) checks and limits are not policy
-//! and are not evaluated: the caller names the tenant and workload.
+//! The described request goes through the proxy's own admission chain ([`super::admit`]) with
+//! the [`DecideOnly`] effects: the target is parsed, the body read, the facts built and every
+//! question put exactly as for a real request (the `http` decision, each MCP tool, resource and
+//! prompt, each `use_credential`, the price lookup), so what it prints is what the proxy would
+//! do, by construction. What is not decided: identity (the caller names the tenant and
+//! workload), the egress (SSRF) check (nothing is resolved), and whether ceilings have room
+//! (nothing is reserved).
 
 use std::sync::Arc;
 
 use pingora::http::RequestHeader;
 use serde::Serialize;
 
-use super::Decision;
-use crate::config::IdentitySourceKind;
+use super::admit::{self, Ask, BodySource, Caller, DecideOnly};
+use super::decide::Observer;
+use super::record::Trail;
+use crate::config::StaticConfig;
+use crate::credentials::binding::Position;
 use crate::error::Deny;
-use crate::identity::ResolvedIdentity;
+use crate::identity::token::VerifiedToken;
+use crate::identity::{IdentitySourceKind, ResolvedIdentity};
 use crate::ids::{TenantId, WorkloadId};
+use crate::policy::{Decision, HttpRequestFacts, ItemKind};
 use crate::snapshot::Snapshot;
-
-/// The body size explain reads (the proxy's default `max_body_bytes`; explain has no static
-/// configuration).
-const EXPLAIN_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// A request to explain.
 #[derive(Debug, Clone, Default)]
@@ -160,206 +160,153 @@ pub struct Explanation {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mcp_prompts: Vec<ExplainedMcpItem>,
     /// What the shadow (report-only) policies would decide, when configured.
-    pub shadow: Option<super::shadow::ShadowDecision>,
+    pub shadow: Option<crate::policy::shadow::ShadowDecision>,
 }
 
-/// Explains `req` against `snapshot` (loaded from the configuration exactly as `run` loads it).
-pub fn explain(snapshot: &Snapshot, req: &Described) -> Result<Explanation, String> {
-    let tenant = TenantId::new(&req.tenant).map_err(|e| e.to_string())?;
-    let workload = WorkloadId::new(&req.workload).map_err(|e| e.to_string())?;
-    let header = request_header(req)?;
-    let who = ResolvedIdentity {
-        tenant,
-        workload,
-        source: IdentitySourceKind::Binding,
-        token: None,
-    };
-    let mut context = crate::proxy::build_tenant_context(
-        who,
-        Arc::from("explain"),
-        crate::proxy::traceparent(&header.headers),
-    );
-    context.scopes = req.scopes.clone();
-    context.run.signed = req.run_signed;
+/// What explain watches the chain ask.
+#[derive(Debug, Default)]
+struct Watch {
+    facts: Option<ExplainedFacts>,
+    credentials: Vec<ExplainedCredential>,
+    mcp: ExplainedMcp,
+}
 
-    let host = header.headers.get(http::header::HOST).map(|v| v.as_bytes());
-    let destination =
-        match crate::target::resolve(header.raw_path(), host, &snapshot.tenants.routes) {
-            Ok(d) => d,
-            Err(deny) => return Ok(refused(&deny, None, None, Vec::new())),
-        };
-    // As the proxy reads it: an MCP server's body is judged by the MCP check below, and toward
-    // an LLM destination a body is classified (decoded, BOM removed) or refused.
-    let read = match &req.body {
-        None => None,
-        Some(body) => {
-            let to = crate::body::BodyDestination::of(
-                &snapshot.tenants.mcp,
-                &destination,
-                &Default::default(),
-            );
-            let body = bytes::Bytes::from(body.clone());
-            match crate::body::classify(body, &header.headers, to, EXPLAIN_MAX_BODY_BYTES) {
-                Ok(read) => Some(read),
-                Err(deny) => return Ok(refused(&deny, None, None, Vec::new())),
-            }
-        }
-    };
-    let model = read.as_ref().and_then(|r| r.llm.model.clone());
-    let facts = crate::proxy::http_facts(
-        snapshot,
-        &context,
-        &destination,
-        &header,
-        model.as_deref(),
-        req.at_unix,
-    );
-    let explained_facts = ExplainedFacts {
-        scheme: facts.scheme.to_string(),
-        host: facts.host.to_string(),
-        port: facts.port,
-        method: facts.method.to_string(),
-        path: facts.path.to_string(),
-        model: facts.model.map(String::from),
-        route: facts.route.map(String::from),
-        run_signed: facts.run_signed,
-        scopes: facts.scopes.to_vec(),
-        destination_region: facts.destination_region.map(String::from),
-        hour: facts.hour,
-        weekday: facts.weekday.to_string(),
-    };
-    let decision = crate::proxy::decide_http(snapshot, &context, &facts);
-    let shadow = crate::proxy::shadow_http(snapshot, &context, &facts, &decision);
-    if !decision.allowed {
-        return Ok(Explanation {
-            shadow,
-            ..refused(
-                &Deny::PolicyDenied,
-                Some(decision),
-                Some(explained_facts),
-                Vec::new(),
-            )
+impl Observer for Watch {
+    fn facts(&mut self, f: &HttpRequestFacts<'_>) {
+        self.facts = Some(ExplainedFacts {
+            scheme: f.scheme.to_string(),
+            host: f.host.to_string(),
+            port: f.port,
+            method: f.method.to_string(),
+            path: f.path.to_string(),
+            model: f.model.map(String::from),
+            route: f.route.map(String::from),
+            run_signed: f.run_signed,
+            scopes: f.scopes.to_vec(),
+            destination_region: f.destination_region.map(String::from),
+            hour: f.hour,
+            weekday: f.weekday.to_string(),
         });
     }
-    let (mcp, mcp_refusal) = explain_mcp(snapshot, &context, &destination, &facts, &header, req);
-    if let Some(deny) = mcp_refusal {
-        return Ok(Explanation {
-            shadow,
-            mcp_tools: mcp.tools,
-            mcp_resources: mcp.resources,
-            mcp_prompts: mcp.prompts,
-            ..refused(&deny, Some(decision), Some(explained_facts), Vec::new())
-        });
-    }
-    // The body as the proxy holds it (decoded, for an LLM destination).
-    let body = read.map(|r| r.body);
-    let mut uses = Vec::new();
-    let applied = crate::proxy::resolve_credentials(
-        snapshot,
-        &context,
-        &destination,
-        &facts,
-        &header,
-        body.as_ref(),
-        Some(&mut uses),
-    );
-    let credentials = uses
-        .into_iter()
-        .map(|u| ExplainedCredential {
-            name: u.name,
-            position: u.position.as_str().to_string(),
-            decision: if u.decision.allowed { "allow" } else { "deny" },
-            policy_ids: u.decision.policy_ids,
-            errors: u.decision.errors,
-        })
-        .collect();
-    Ok(match applied {
-        Ok(_) => Explanation {
-            decision: "allow",
-            reason: "allowed".into(),
-            message: None,
-            policy_ids: decision.policy_ids,
-            errors: decision.errors,
-            facts: Some(explained_facts),
-            credentials,
-            mcp_tools: mcp.tools,
-            mcp_resources: mcp.resources,
-            mcp_prompts: mcp.prompts,
-            shadow,
-        },
-        Err(refusal) => Explanation {
-            shadow,
-            mcp_tools: mcp.tools,
-            mcp_resources: mcp.resources,
-            mcp_prompts: mcp.prompts,
-            ..refused(
-                &Deny::Credential(refusal),
-                Some(decision),
-                Some(explained_facts),
-                credentials,
-            )
-        },
-    })
-}
 
-/// The MCP server a described request goes to. Without a running proxy there is no resolved
-/// address: the server is recognized by its destination (host, port and path) only.
-fn mcp_server<'a>(
-    snapshot: &'a Snapshot,
-    destination: &crate::target::Destination,
-) -> Option<&'a crate::config::mcp::McpServer> {
-    snapshot
-        .tenants
-        .mcp
-        .server_for(destination, None, &Default::default())
-}
-
-/// For a request to an MCP server, the decisions the proxy would take about its tools,
-/// resources and prompts (it stops at the first denial) and its refusal, if any.
-fn explain_mcp(
-    snapshot: &Snapshot,
-    context: &crate::ctx::TenantContext,
-    destination: &crate::target::Destination,
-    facts: &super::HttpRequestFacts<'_>,
-    header: &RequestHeader,
-    req: &Described,
-) -> (ExplainedMcp, Option<Deny>) {
-    let mut explained = ExplainedMcp::default();
-    let Some(server) = mcp_server(snapshot, destination) else {
-        return (explained, None);
-    };
-    let mut decide = |item: crate::mcp::jsonrpc::ItemKind, name: &str| {
-        let decision =
-            crate::mcp::authorize::ask(&snapshot.policy, context, &server.name, item, name, facts);
-        let verdict = if decision.allowed { "allow" } else { "deny" };
-        let entry = ExplainedMcpItem {
-            server: server.name.clone(),
+    fn credential_use(&mut self, name: &str, position: Position, decision: &Decision) {
+        self.credentials.push(ExplainedCredential {
             name: name.to_string(),
-            decision: verdict,
+            position: position.as_str().to_string(),
+            decision: verdict(decision),
+            policy_ids: decision.policy_ids.clone(),
+            errors: decision.errors.clone(),
+        });
+    }
+
+    fn mcp_item(&mut self, server: &str, item: ItemKind, name: &str, decision: &Decision) {
+        let entry = ExplainedMcpItem {
+            server: server.to_string(),
+            name: name.to_string(),
+            decision: verdict(decision),
             policy_ids: decision.policy_ids.clone(),
             errors: decision.errors.clone(),
         };
         match item {
-            crate::mcp::jsonrpc::ItemKind::Tool => explained.tools.push(ExplainedTool {
+            ItemKind::Tool => self.mcp.tools.push(ExplainedTool {
                 server: entry.server,
                 tool: entry.name,
-                decision: verdict,
+                decision: entry.decision,
                 policy_ids: entry.policy_ids,
                 errors: entry.errors,
             }),
-            crate::mcp::jsonrpc::ItemKind::Resource => explained.resources.push(entry),
-            crate::mcp::jsonrpc::ItemKind::Prompt => explained.prompts.push(entry),
+            ItemKind::Resource => self.mcp.resources.push(entry),
+            ItemKind::Prompt => self.mcp.prompts.push(entry),
         }
-        decision
+    }
+}
+
+fn verdict(d: &Decision) -> &'static str {
+    if d.allowed {
+        "allow"
+    } else {
+        "deny"
+    }
+}
+
+/// Explains `req` against `snapshot` (loaded from the configuration exactly as `run` loads it)
+/// by running the admission chain on it with effects that decide and change nothing.
+pub async fn explain(
+    config: &StaticConfig,
+    snapshot: Arc<Snapshot>,
+    req: &Described,
+) -> Result<Explanation, String> {
+    let tenant = TenantId::new(&req.tenant).map_err(|e| e.to_string())?;
+    let workload = WorkloadId::new(&req.workload).map_err(|e| e.to_string())?;
+    let header = request_header(req)?;
+    // The described token: its scopes, and a signed run when asked for.
+    let token = VerifiedToken {
+        tenant: tenant.clone(),
+        workload: workload.clone(),
+        run_id: req.run_signed.then(|| "explain".to_string()),
+        run_budget: None,
+        scopes: req.scopes.clone(),
+        initiator: None,
+        correlation_id: None,
+        jti: None,
+        expires_at: u64::MAX,
     };
-    let outcome = crate::mcp::admit(
-        &server.name,
-        &header.method,
-        req.body.as_deref(),
-        &mut decide,
-    );
-    let refusal = outcome.err().map(|r| r.deny());
-    (explained, refusal)
+    let who = ResolvedIdentity {
+        tenant,
+        workload,
+        source: IdentitySourceKind::Token,
+        token: Some(token),
+    };
+    let fx = DecideOnly {
+        config,
+        now: req.at_unix,
+    };
+    let mut trail = Trail::new(Arc::from("explain"), req.method.clone());
+    let mut watch = Watch::default();
+    let ask = Ask::Http {
+        source: BodySource::Given(&header, req.body.clone().map(bytes::Bytes::from)),
+        tunnel: None,
+    };
+    let outcome = admit::admit(
+        &fx,
+        snapshot,
+        Caller::Named(Box::new(who)),
+        ask,
+        &mut trail,
+        &mut watch,
+    )
+    .await;
+    let decision = trail.decision.take();
+    let base = match &outcome {
+        Ok(_) => {
+            let (policy_ids, errors) = decision
+                .map(|d| (d.policy_ids, d.errors))
+                .unwrap_or_default();
+            Explanation {
+                decision: "allow",
+                reason: "allowed".into(),
+                message: None,
+                policy_ids,
+                errors,
+                facts: None,
+                credentials: Vec::new(),
+                mcp_tools: Vec::new(),
+                mcp_resources: Vec::new(),
+                mcp_prompts: Vec::new(),
+                shadow: None,
+            }
+        }
+        Err(deny) => refused(deny, decision, None, Vec::new()),
+    };
+    Ok(Explanation {
+        facts: watch.facts,
+        credentials: watch.credentials,
+        mcp_tools: watch.mcp.tools,
+        mcp_resources: watch.mcp.resources,
+        mcp_prompts: watch.mcp.prompts,
+        shadow: trail.shadow.take(),
+        ..base
+    })
 }
 
 fn refused(

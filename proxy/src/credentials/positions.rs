@@ -1,0 +1,342 @@
+//! Where a request carries credentials: the credential-bearing positions of each provider,
+//! written once here. Toward a destination whose keys the proxy manages, each of these positions
+//! holds exactly one value, and that value is a `$CRED{}` handle or nothing (see
+//! [`super::apply`]); a handle in a header that is not one of them is a position error.
+//!
+//! Names are compared normalized, the way upstream frameworks fold them, so a spelling variant
+//! is the same position: header names in lower case with `_` read as `-` (CGI/WSGI servers turn
+//! both into `_`); query and body field names in lower case (Unicode, plus `ſ` as `s`, as Go's
+//! `encoding/json` folds) without `_` and `-` (`api_key`, `apiKey`, `API-KEY` are one name).
+
+use http::HeaderName;
+
+/// The credential positions one provider's API reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderPositions {
+    /// Provider name (the price table's and the routes' `provider`).
+    pub provider: &'static str,
+    /// Request headers that carry its key.
+    pub headers: &'static [&'static str],
+    /// URL query parameters that carry its key.
+    pub query: &'static [&'static str],
+    /// JSON or form body fields that carry its key (at any depth).
+    pub body: &'static [&'static str],
+}
+
+/// Every provider's credential positions. `generic` covers gateways and APIs that accept a key
+/// in the usual places. Toward a managed destination all of them apply: the proxy cannot know
+/// which reader an upstream uses, so a literal in any of them is refused.
+pub const PROVIDERS: &[ProviderPositions] = &[
+    ProviderPositions {
+        provider: "openai",
+        headers: &["authorization"],
+        query: &[],
+        body: &["api_key", "openai_api_key"],
+    },
+    ProviderPositions {
+        provider: "anthropic",
+        headers: &["x-api-key", "authorization"],
+        query: &[],
+        body: &["api_key", "anthropic_api_key"],
+    },
+    ProviderPositions {
+        provider: "azure_openai",
+        headers: &["api-key", "authorization"],
+        query: &["api-key"],
+        body: &["api_key", "azure_api_key"],
+    },
+    ProviderPositions {
+        provider: "gemini",
+        headers: &["x-goog-api-key", "authorization"],
+        query: &["key"],
+        body: &["api_key", "x-goog-api-key"],
+    },
+    ProviderPositions {
+        provider: "generic",
+        headers: &["authorization", "x-api-key", "api-key", "x-auth-token"],
+        query: &["api_key", "key", "access_token", "x-api-key"],
+        body: &["api_key", "x-api-key", "access_token", "auth_token"],
+    },
+];
+
+/// The union of every provider's positions plus the configured extra headers, normalized once
+/// at load so a request's check is a few comparisons.
+#[derive(Debug, Clone)]
+pub struct CredentialPositions {
+    headers: Vec<String>,
+    query: Vec<String>,
+    body: Vec<String>,
+}
+
+impl Default for CredentialPositions {
+    fn default() -> Self {
+        Self::with_extra_headers(&[])
+    }
+}
+
+impl CredentialPositions {
+    /// Every provider's positions plus `extra` header names (`[credentials] credential_headers`).
+    pub fn with_extra_headers(extra: &[String]) -> Self {
+        let mut headers = Vec::new();
+        let mut query = Vec::new();
+        let mut body = Vec::new();
+        let add = |list: &mut Vec<String>, name: String| {
+            if !list.contains(&name) {
+                list.push(name);
+            }
+        };
+        for p in PROVIDERS {
+            for h in p.headers {
+                add(&mut headers, normalize_header(h));
+            }
+            for q in p.query {
+                add(&mut query, normalize_field(q));
+            }
+            for b in p.body {
+                add(&mut body, normalize_field(b));
+            }
+        }
+        for h in extra {
+            add(&mut headers, normalize_header(h));
+        }
+        Self {
+            headers,
+            query,
+            body,
+        }
+    }
+
+    /// Whether request header `name` carries credentials.
+    pub fn is_header(&self, name: &HeaderName) -> bool {
+        self.header_key(name).is_some()
+    }
+
+    /// Which credential header `name` is (`x_api_key` and `x-api-key` are the same one), or
+    /// `None` for any other header. Compares in place: this runs for every request header.
+    pub fn header_key(&self, name: &HeaderName) -> Option<usize> {
+        let name = name.as_str().as_bytes();
+        self.headers.iter().position(|h| {
+            h.len() == name.len()
+                && h.bytes().zip(name).all(|(want, got)| {
+                    let got = match got {
+                        b'_' => b'-',
+                        b => b.to_ascii_lowercase(),
+                    };
+                    want == got
+                })
+        })
+    }
+
+    /// Whether a query parameter (its decoded name) carries credentials.
+    pub fn is_query_param(&self, name: &str) -> bool {
+        may_be_one_of(&self.query, name) && self.query.iter().any(|q| same_field(q, name))
+    }
+
+    /// Whether a JSON or form body field (its decoded name) carries credentials.
+    pub fn is_body_field(&self, name: &str) -> bool {
+        may_be_one_of(&self.body, name) && self.body.iter().any(|b| same_field(b, name))
+    }
+}
+
+/// A cheap first look (every key of a JSON body passes here): an ASCII name whose first
+/// significant letter starts none of `names` is none of them.
+fn may_be_one_of(names: &[String], name: &str) -> bool {
+    match name
+        .bytes()
+        .find(|b| !matches!(b, b'_' | b'-') && !b.is_ascii_whitespace())
+    {
+        Some(first) if first.is_ascii() => {
+            let first = first.to_ascii_lowercase();
+            names.iter().any(|n| n.as_bytes().first() == Some(&first))
+        }
+        // Non-ASCII (a folding letter) or empty: the full comparison decides.
+        _ => true,
+    }
+}
+
+/// Whether `name` normalizes to `normalized` (see [`normalize_field`]), without allocating: it
+/// runs for every key of a JSON body.
+fn same_field(normalized: &str, name: &str) -> bool {
+    let name = name.trim();
+    if name.is_ascii() {
+        let mut want = normalized.bytes();
+        for b in name.bytes() {
+            if b == b'_' || b == b'-' {
+                continue;
+            }
+            if want.next() != Some(b.to_ascii_lowercase()) {
+                return false;
+            }
+        }
+        return want.next().is_none();
+    }
+    let mut want = normalized.chars();
+    for c in name.chars() {
+        let folded: &mut dyn Iterator<Item = char> = match c {
+            '_' | '-' => continue,
+            '\u{17f}' => &mut std::iter::once('s'),
+            c => &mut c.to_lowercase(),
+        };
+        for f in folded {
+            if want.next() != Some(f) {
+                return false;
+            }
+        }
+    }
+    want.next().is_none()
+}
+
+/// A header name as servers match it: lower case, `_` read as `-`.
+pub fn normalize_header(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '_' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// A field name as lenient readers match it: lower case (the Kelvin sign and the long s fold
+/// to `k` and `s`, as in Go's `encoding/json`), without `_`, `-` and surrounding spaces.
+pub fn normalize_field(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.trim().chars() {
+        match c {
+            '_' | '-' => {}
+            '\u{17f}' => out.push('s'),
+            c => out.extend(c.to_lowercase()),
+        }
+    }
+    out
+}
+
+/// What a credential position holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// Nothing (absent, empty or blank).
+    Nothing,
+    /// Exactly one handle, optionally after an auth scheme word (`Bearer $CRED{openai}`).
+    Handle,
+    /// Anything else: a literal, a literal next to a handle, two handles, an escaped handle.
+    Literal,
+}
+
+/// Classifies the value of a credential position.
+pub fn holding(value: &[u8]) -> Holding {
+    let v = value.trim_ascii();
+    if v.is_empty() {
+        return Holding::Nothing;
+    }
+    if !super::handle::has_marker(v) {
+        return Holding::Literal;
+    }
+    let Ok(pieces) = super::handle::scan(v) else {
+        // A malformed handle is refused as such by the substitution.
+        return Holding::Handle;
+    };
+    match pieces.as_slice() {
+        [super::handle::Piece::Handle(_)] => Holding::Handle,
+        [super::handle::Piece::Literal(scheme), super::handle::Piece::Handle(_)]
+            if is_auth_scheme(scheme) =>
+        {
+            Holding::Handle
+        }
+        _ => Holding::Literal,
+    }
+}
+
+/// The auth schemes a handle may follow (`Bearer $CRED{x}`); compared ignoring case. A closed
+/// list: any other word before a handle could be the agent's own key (`sk-… $CRED{x}`).
+const AUTH_SCHEMES: &[&str] = &[
+    "bearer", "basic", "token", "key", "apikey", "api-key", "oauth",
+];
+
+/// One auth scheme word, then blanks.
+fn is_auth_scheme(text: &[u8]) -> bool {
+    let word = text.trim_ascii_end();
+    word.len() < text.len()
+        && AUTH_SCHEMES
+            .iter()
+            .any(|s| s.as_bytes().eq_ignore_ascii_case(word))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_provider_position_is_known_in_every_spelling() {
+        let p = CredentialPositions::default();
+        for name in [
+            "authorization",
+            "Authorization",
+            "x-api-key",
+            "X_API_KEY",
+            "api-key",
+            "api_key",
+            "x-goog-api-key",
+            "x_goog_api_key",
+        ] {
+            assert!(
+                p.is_header(&HeaderName::from_bytes(name.as_bytes()).expect("name")),
+                "{name}"
+            );
+        }
+        assert!(!p.is_header(&HeaderName::from_static("x-debug")));
+        assert!(!p.is_header(&HeaderName::from_static("host")));
+        for q in [
+            "api_key",
+            "apiKey",
+            "API-KEY",
+            "key",
+            "access_token",
+            "accessToken",
+        ] {
+            assert!(p.is_query_param(q), "{q}");
+        }
+        assert!(!p.is_query_param("q") && !p.is_query_param("page_token"));
+        for b in [
+            "api_key",
+            "apiKey",
+            "Api-Key",
+            "openai_api_key",
+            "anthropic_api_key",
+            "access_token",
+            "api_\u{212a}ey",
+            "API_KEY",
+        ] {
+            assert!(p.is_body_field(b), "{b}");
+        }
+        // `key` is a query position (Gemini) but far too common a JSON field to be one.
+        assert!(!p.is_body_field("key") && !p.is_body_field("model"));
+        let extra = CredentialPositions::with_extra_headers(&["Private-Token".into()]);
+        assert!(extra.is_header(&HeaderName::from_static("private-token")));
+        assert!(!p.is_header(&HeaderName::from_static("private-token")));
+    }
+
+    #[test]
+    fn holdings() {
+        let cases: &[(&str, Holding)] = &[
+            ("", Holding::Nothing),
+            ("   ", Holding::Nothing),
+            ("$CRED{openai}", Holding::Handle),
+            ("Bearer $CRED{openai}", Holding::Handle),
+            (" Bearer  $CRED{openai} ", Holding::Handle),
+            ("Token $CRED{a.b-c}", Holding::Handle),
+            ("sk-literal", Holding::Literal),
+            ("Bearer sk-literal", Holding::Literal),
+            ("Bearer sk-LITERAL $CRED{openai}", Holding::Literal),
+            ("$CRED{openai} sk-LITERAL", Holding::Literal),
+            ("$CRED{a}$CRED{b}", Holding::Literal),
+            ("Bearer$CRED{openai}", Holding::Literal),
+            ("$$CRED{openai}", Holding::Literal),
+            ("sk-x,$CRED{openai}", Holding::Literal),
+            ("$CRED{open ai}", Holding::Handle),
+            ("sk-x $CRED{openai}", Holding::Literal),
+            ("basic $CRED{openai}", Holding::Handle),
+        ];
+        for (value, want) in cases {
+            assert_eq!(holding(value.as_bytes()), *want, "{value:?}");
+        }
+    }
+}

@@ -1,0 +1,832 @@
+//! Finding the agent's own keys: literals in the credential positions of a request body or query
+//! toward a destination whose keys the proxy manages (see [`super::positions`]).
+//!
+//! The readers here are deliberately lenient, because the upstream's parser decides what a body
+//! means, not the `Content-Type`: a body that looks like JSON is read as JSON tokens whatever its
+//! type (escapes decoded, at any depth, across several top-level values, past trailing garbage,
+//! `NaN` and the like); any other body is read as `k=v` pairs split on `&` and `;` (what form
+//! parsers, old and new, accept); a `multipart/form-data` body by its parts. Each credential
+//! field must hold one `$CRED{}` handle or nothing: a literal is refused (or, in strip mode,
+//! removed), a field given twice in one object, form or query is refused as repeated.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use super::apply::{percent_decode, CredentialDeny};
+use super::positions::{holding, normalize_field, CredentialPositions, Holding};
+
+/// What to do with a literal found in a credential position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnLiteral {
+    /// Refuse the request.
+    Refuse,
+    /// Remove it (JSON: the value becomes `null`; pairs and parts: removed).
+    Strip,
+}
+
+/// Checks a request body's credential fields. `Ok(Some(new))` when literals were stripped.
+pub(crate) fn check_body(
+    body: &[u8],
+    content_type: Option<&str>,
+    positions: &CredentialPositions,
+    on_literal: OnLiteral,
+) -> Result<Option<Vec<u8>>, CredentialDeny> {
+    let is_field = |name: &str| positions.is_body_field(name);
+    if let Some(boundary) = content_type.and_then(multipart_boundary) {
+        return check_multipart(body, boundary.as_bytes(), &is_field, on_literal);
+    }
+    let bom = if body.starts_with(b"\xEF\xBB\xBF") {
+        3
+    } else {
+        0
+    };
+    let form = content_type.is_some_and(|ct| {
+        ct.trim_start()
+            .get(..33)
+            .is_some_and(|p| p.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    });
+    if looks_like_json(&body[bom..]) {
+        let stripped = check_json(&body[bom..], &is_field, on_literal)?.map(|new| {
+            let mut out = body[..bom].to_vec();
+            out.extend_from_slice(&new);
+            out
+        });
+        if !form {
+            return Ok(stripped);
+        }
+        // Declared a form: its upstream reads pairs, whatever the bytes look like.
+        let current = stripped.as_deref().unwrap_or(body);
+        return Ok(
+            match check_pairs(current, &is_field, "body field", on_literal)? {
+                Some(new) => Some(new),
+                None => stripped,
+            },
+        );
+    }
+    check_pairs(body, &is_field, "body field", on_literal)
+}
+
+fn looks_like_json(body: &[u8]) -> bool {
+    matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{') | Some(b'[')
+    )
+}
+
+fn multipart_boundary(content_type: &str) -> Option<String> {
+    let (essence, params) = content_type.split_once(';')?;
+    if !essence.trim().eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    params.split(';').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| v.trim().trim_matches('"').to_string())
+            .filter(|b| !b.is_empty())
+    })
+}
+
+/// A literal (or repeated) credential field, refused or marked for removal.
+fn literal(
+    place: String,
+    on_literal: OnLiteral,
+    span: Range<usize>,
+    strip: &mut Vec<Range<usize>>,
+) -> Result<(), CredentialDeny> {
+    match on_literal {
+        OnLiteral::Refuse => Err(CredentialDeny::Raw(place)),
+        OnLiteral::Strip => {
+            strip.push(span);
+            Ok(())
+        }
+    }
+}
+
+/// Classifies a decoded value, refusing a handle hidden by escapes (the substitution works on
+/// the bytes as sent, so an escaped handle would reach the upstream unresolved).
+fn value_holding(decoded: &[u8], raw: &[u8], place: &str) -> Result<Holding, CredentialDeny> {
+    if count_markers(decoded) != count_markers(raw) {
+        return Err(CredentialDeny::Malformed(if place.starts_with("query") {
+            "query"
+        } else {
+            "body"
+        }));
+    }
+    Ok(holding(decoded))
+}
+
+fn count_markers(input: &[u8]) -> usize {
+    input.windows(6).filter(|w| *w == b"$CRED{").count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON
+
+#[derive(Default)]
+struct Frame {
+    /// Normalized credential field names seen in this object.
+    credential_keys: Vec<String>,
+    /// In an array that is a credential field's value: the field and its elements so far.
+    credential_array: Option<(String, usize)>,
+}
+
+/// Walks every JSON token of `body` (see the module doc). `Ok(Some(new))` when stripped.
+fn check_json(
+    body: &[u8],
+    is_field: &dyn Fn(&str) -> bool,
+    on_literal: OnLiteral,
+) -> Result<Option<Vec<u8>>, CredentialDeny> {
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut strip: Vec<Range<usize>> = Vec::new();
+    let mut i = 0;
+    while i < body.len() {
+        // Only quotes and brackets matter, and digits inside a credential field's array.
+        let in_credential_array = stack.last().is_some_and(|f| f.credential_array.is_some());
+        let table = if in_credential_array {
+            &STRUCTURE_AND_NUMBERS
+        } else {
+            &STRUCTURE
+        };
+        match body[i..].iter().position(|b| table[usize::from(*b)]) {
+            Some(skip) => i += skip,
+            None => break,
+        }
+        match body[i] {
+            b'"' => {
+                let token = string_token(body, i);
+                let after = skip_ws(body, token.end);
+                if body.get(after) == Some(&b':') {
+                    let key = decode_string(&body[token.inner.clone()], token.escaped);
+                    let name = String::from_utf8_lossy(&key);
+                    i = after + 1;
+                    if !is_field(&name) {
+                        continue;
+                    }
+                    let place = format!("body field `{}`", printable(&name));
+                    let normalized = normalize_field(&name);
+                    if let Some(frame) = stack.last_mut() {
+                        if frame.credential_keys.contains(&normalized) {
+                            return Err(CredentialDeny::Repeated(place));
+                        }
+                        frame.credential_keys.push(normalized.clone());
+                    }
+                    let v = skip_ws(body, i);
+                    match body.get(v) {
+                        Some(b'"') => {
+                            let value = string_token(body, v);
+                            let raw = &body[value.inner.clone()];
+                            let decoded = decode_string(raw, value.escaped);
+                            if value_holding(&decoded, raw, &place)? == Holding::Literal {
+                                literal(place, on_literal, v..value.end, &mut strip)?;
+                            }
+                            i = value.end;
+                        }
+                        Some(b'[') => {
+                            stack.push(Frame {
+                                credential_array: Some((place, 0)),
+                                ..Frame::default()
+                            });
+                            i = v + 1;
+                        }
+                        // Objects are searched like the rest; `null`, `true`, `false` hold no key.
+                        Some(b'{') | Some(b'n') | Some(b't') | Some(b'f') | None => i = v,
+                        // A number or a bare word: a literal.
+                        Some(_) => {
+                            let vend = scalar_end(body, v);
+                            literal(place, on_literal, v..vend, &mut strip)?;
+                            i = vend;
+                        }
+                    }
+                    continue;
+                }
+                // A string value: only an element of a credential array is a position.
+                if let Some((place, count)) =
+                    stack.last_mut().and_then(|f| f.credential_array.as_mut())
+                {
+                    *count += 1;
+                    if *count > 1 {
+                        return Err(CredentialDeny::Repeated(place.clone()));
+                    }
+                    let raw = &body[token.inner.clone()];
+                    let decoded = decode_string(raw, token.escaped);
+                    if value_holding(&decoded, raw, place)? == Holding::Literal {
+                        literal(place.clone(), on_literal, i..token.end, &mut strip)?;
+                    }
+                }
+                i = token.end;
+            }
+            b'{' | b'[' => {
+                stack.push(Frame::default());
+                i += 1;
+            }
+            b'}' | b']' => {
+                stack.pop();
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let end = scalar_end(body, i);
+                if let Some((place, count)) =
+                    stack.last_mut().and_then(|f| f.credential_array.as_mut())
+                {
+                    *count += 1;
+                    if *count > 1 {
+                        return Err(CredentialDeny::Repeated(place.clone()));
+                    }
+                    literal(place.clone(), on_literal, i..end, &mut strip)?;
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    if strip.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut from = 0;
+    for span in strip {
+        out.extend_from_slice(&body[from..span.start]);
+        out.extend_from_slice(b"null");
+        from = span.end;
+    }
+    out.extend_from_slice(&body[from..]);
+    Ok(Some(out))
+}
+
+/// Bytes that start a token the JSON scan looks at: quotes and brackets…
+const STRUCTURE: [bool; 256] = byte_set(b"\"{}[]");
+/// …and, inside a credential field's array, numbers.
+const STRUCTURE_AND_NUMBERS: [bool; 256] = byte_set(b"\"{}[]-0123456789");
+
+const fn byte_set(bytes: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        set[bytes[i] as usize] = true;
+        i += 1;
+    }
+    set
+}
+
+/// The string token starting at `start` (a quote).
+struct Token {
+    /// Its contents, between the quotes (to the end of the input when unterminated).
+    inner: Range<usize>,
+    /// The index just past the closing quote.
+    end: usize,
+    /// Whether it has escapes.
+    escaped: bool,
+}
+
+fn string_token(body: &[u8], start: usize) -> Token {
+    let mut j = start + 1;
+    let mut escaped = false;
+    while j < body.len() {
+        match memchr::memchr2(b'"', b'\\', &body[j..]) {
+            Some(skip) => j += skip,
+            None => break,
+        }
+        match body[j] {
+            b'"' => {
+                return Token {
+                    inner: start + 1..j,
+                    end: j + 1,
+                    escaped,
+                }
+            }
+            b'\\' => {
+                escaped = true;
+                j += 2;
+            }
+            _ => j += 1,
+        }
+    }
+    Token {
+        inner: (start + 1).min(body.len())..body.len(),
+        end: body.len(),
+        escaped,
+    }
+}
+
+fn skip_ws(body: &[u8], mut i: usize) -> usize {
+    while body.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+        i += 1;
+    }
+    i
+}
+
+fn scalar_end(body: &[u8], mut i: usize) -> usize {
+    while body
+        .get(i)
+        .is_some_and(|b| !matches!(b, b',' | b'}' | b']' | b'"' | b':') && !b.is_ascii_whitespace())
+    {
+        i += 1;
+    }
+    i
+}
+
+/// Decodes JSON string escapes (`\uXXXX` with surrogate pairs; a lone surrogate becomes U+FFFD;
+/// an unknown escape keeps its character).
+fn decode_string(raw: &[u8], escaped: bool) -> Cow<'_, [u8]> {
+    if !escaped {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'\\' || i + 1 >= raw.len() {
+            out.push(raw[i]);
+            i += 1;
+            continue;
+        }
+        let c = raw[i + 1];
+        i += 2;
+        let simple = match c {
+            b'b' => Some(0x08),
+            b'f' => Some(0x0c),
+            b'n' => Some(b'\n'),
+            b'r' => Some(b'\r'),
+            b't' => Some(b'\t'),
+            b'u' => None,
+            other => Some(other),
+        };
+        if let Some(b) = simple {
+            out.push(b);
+            continue;
+        }
+        let Some(hi) = hex4(raw.get(i..i + 4)) else {
+            out.push(b'u');
+            continue;
+        };
+        i += 4;
+        let mut code = u32::from(hi);
+        if (0xD800..0xDC00).contains(&hi) && raw.get(i..i + 2) == Some(b"\\u") {
+            if let Some(lo) = hex4(raw.get(i + 2..i + 6)).filter(|l| (0xDC00..0xE000).contains(l)) {
+                code = 0x10000 + ((code - 0xD800) << 10) + (u32::from(lo) - 0xDC00);
+                i += 6;
+            }
+        }
+        let ch = char::from_u32(code).unwrap_or('\u{fffd}');
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+    }
+    Cow::Owned(out)
+}
+
+fn hex4(digits: Option<&[u8]>) -> Option<u16> {
+    let d = digits?;
+    let s = std::str::from_utf8(d).ok()?;
+    u16::from_str_radix(s, 16).ok()
+}
+
+/// A field name for a message: the name as written, cut short and without control characters.
+fn printable(name: &str) -> String {
+    name.chars()
+        .filter(|c| !c.is_control() && *c != '`')
+        .take(64)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pairs (query strings and form bodies)
+
+/// Checks `k=v` pairs split on `&` and `;`, names percent-decoded (`+` as space). `what` names
+/// the position in messages (`query parameter`, `body field`). `Ok(Some(new))` when stripped.
+pub(crate) fn check_pairs(
+    text: &[u8],
+    is_field: &dyn Fn(&str) -> bool,
+    what: &str,
+    on_literal: OnLiteral,
+) -> Result<Option<Vec<u8>>, CredentialDeny> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut removed: Vec<usize> = Vec::new();
+    let pairs: Vec<Range<usize>> = split_pairs(text);
+    for (k, range) in pairs.iter().enumerate() {
+        let pair = &text[range.clone()];
+        let (key, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let name_bytes = percent_decode(&plus_as_space(key));
+        let name = String::from_utf8_lossy(&name_bytes);
+        if !is_field(&name) {
+            continue;
+        }
+        let place = format!("{what} `{}`", printable(&name));
+        let normalized = normalize_field(&name);
+        if seen.contains(&normalized) {
+            return Err(CredentialDeny::Repeated(place));
+        }
+        seen.push(normalized);
+        let raw = plus_as_space(value);
+        let decoded = percent_decode(&raw);
+        if value_holding(&decoded, &decoded, &place)? == Holding::Literal {
+            if on_literal == OnLiteral::Refuse {
+                return Err(CredentialDeny::Raw(place));
+            }
+            removed.push(k);
+        }
+    }
+    if removed.is_empty() {
+        return Ok(None);
+    }
+    // Rebuild from the kept pairs, each after the separator that preceded it.
+    let mut out = Vec::with_capacity(text.len());
+    for (k, range) in pairs.iter().enumerate() {
+        if removed.contains(&k) {
+            continue;
+        }
+        if !out.is_empty() && range.start > 0 {
+            out.push(text[range.start - 1]);
+        }
+        out.extend_from_slice(&text[range.clone()]);
+    }
+    Ok(Some(out))
+}
+
+fn split_pairs(text: &[u8]) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, b) in text.iter().enumerate() {
+        if matches!(b, b'&' | b';') {
+            out.push(start..i);
+            start = i + 1;
+        }
+    }
+    out.push(start..text.len());
+    out
+}
+
+fn plus_as_space(input: &[u8]) -> Cow<'_, [u8]> {
+    if input.contains(&b'+') {
+        Cow::Owned(
+            input
+                .iter()
+                .map(|b| if *b == b'+' { b' ' } else { *b })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(input)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// multipart/form-data
+
+/// Checks each part whose `Content-Disposition` names a credential field. A handle in a part
+/// is not substituted (the handle check refuses it); a literal is refused or its part removed.
+fn check_multipart(
+    body: &[u8],
+    boundary: &[u8],
+    is_field: &dyn Fn(&str) -> bool,
+    on_literal: OnLiteral,
+) -> Result<Option<Vec<u8>>, CredentialDeny> {
+    let mut delimiter = b"--".to_vec();
+    delimiter.extend_from_slice(boundary);
+    // Every delimiter at the start of a line.
+    let mut starts = Vec::new();
+    let mut from = 0;
+    while let Some(at) = find(&body[from..], &delimiter).map(|p| p + from) {
+        if at == 0 || body[at - 1] == b'\n' {
+            starts.push(at);
+        }
+        from = at + delimiter.len();
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut strip: Vec<Range<usize>> = Vec::new();
+    for (k, &at) in starts.iter().enumerate() {
+        let part_end = starts.get(k + 1).copied().unwrap_or(body.len());
+        let after = at + delimiter.len();
+        if body[after..].starts_with(b"--") {
+            break;
+        }
+        let part = &body[after..part_end];
+        let Some(head_end) = find(part, b"\r\n\r\n")
+            .map(|p| p + 4)
+            .or_else(|| find(part, b"\n\n").map(|p| p + 2))
+        else {
+            continue;
+        };
+        let Some(name) = disposition_name(&part[..head_end]) else {
+            continue;
+        };
+        if !is_field(&name) {
+            continue;
+        }
+        let place = format!("body field `{}`", printable(&name));
+        let normalized = normalize_field(&name);
+        if seen.contains(&normalized) {
+            return Err(CredentialDeny::Repeated(place));
+        }
+        seen.push(normalized);
+        let content = part[head_end..]
+            .strip_suffix(b"\n")
+            .map(|c| c.strip_suffix(b"\r").unwrap_or(c))
+            .unwrap_or(&part[head_end..]);
+        // SECURITY: a literal is the agent's own key (a handle in a part is refused by the
+        // handle check, since parts are never substituted).
+        if holding(content) == Holding::Literal {
+            literal(place, on_literal, at..part_end, &mut strip)?;
+        }
+    }
+    if strip.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut from = 0;
+    for span in strip {
+        out.extend_from_slice(&body[from..span.start]);
+        from = span.end;
+    }
+    out.extend_from_slice(&body[from..]);
+    Ok(Some(out))
+}
+
+fn disposition_name(head: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let line = text.lines().find(|l| {
+        l.get(..20)
+            .is_some_and(|p| p.eq_ignore_ascii_case("content-disposition:"))
+    })?;
+    line.split(';').skip(1).find_map(|param| {
+        let (k, v) = param.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("name")
+            .then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn positions() -> CredentialPositions {
+        CredentialPositions::default()
+    }
+
+    fn body(b: &str, ct: Option<&str>) -> Result<Option<String>, CredentialDeny> {
+        check_body(b.as_bytes(), ct, &positions(), OnLiteral::Refuse)
+            .map(|o| o.map(|v| String::from_utf8(v).expect("utf8")))
+    }
+
+    fn stripped(b: &str, ct: Option<&str>) -> String {
+        let out = check_body(b.as_bytes(), ct, &positions(), OnLiteral::Strip).expect("stripped");
+        String::from_utf8(out.unwrap_or_else(|| b.as_bytes().to_vec())).expect("utf8")
+    }
+
+    fn raw(place: &str) -> Result<Option<String>, CredentialDeny> {
+        Err(CredentialDeny::Raw(place.into()))
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn json_literals_anywhere_whatever_the_type() {
+        let json = Some("application/json");
+        let text = Some("text/plain");
+        let cases: &[(
+            &str,
+            &str,
+            Option<&str>,
+            Result<Option<String>, CredentialDeny>,
+        )] = &[
+            ("handle", r#"{"api_key":"$CRED{openai}"}"#, json, Ok(None)),
+            (
+                "scheme and handle",
+                r#"{"api_key":"Bearer $CRED{openai}"}"#,
+                json,
+                Ok(None),
+            ),
+            ("empty", r#"{"api_key":"","x":null}"#, json, Ok(None)),
+            ("null", r#"{"api_key":null}"#, json, Ok(None)),
+            (
+                "no field",
+                r#"{"model":"gpt-4o","key":"sk-not-a-position"}"#,
+                json,
+                Ok(None),
+            ),
+            (
+                "literal",
+                r#"{"api_key":"sk-x"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "literal next to a handle elsewhere",
+                r#"{"m":"$CRED{openai}","api_key":"sk-x"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "as text/plain",
+                r#"{"api_key":"sk-x"}"#,
+                text,
+                raw("body field `api_key`"),
+            ),
+            (
+                "no content type",
+                r#"  {"api_key":"sk-x"}"#,
+                None,
+                raw("body field `api_key`"),
+            ),
+            (
+                "nested",
+                r#"{"config":{"api_key":"sk-x"}}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "in an array",
+                r#"[{"a":1},{"deep":[{"apiKey":"sk-x"}]}]"#,
+                json,
+                raw("body field `apiKey`"),
+            ),
+            (
+                "escaped name",
+                r#"{"api\u005fkey":"sk-x"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "case and dashes",
+                r#"{"API-KEY":"sk-x"}"#,
+                json,
+                raw("body field `API-KEY`"),
+            ),
+            (
+                "kelvin sign",
+                "{\"api_\u{212a}ey\":\"sk-x\"}",
+                json,
+                raw("body field `api_\u{212a}ey`"),
+            ),
+            (
+                "mixed",
+                r#"{"api_key":"sk-x $CRED{openai}"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "number",
+                r#"{"access_token":12345}"#,
+                json,
+                raw("body field `access_token`"),
+            ),
+            (
+                "array of literals",
+                r#"{"api_key":["sk-x"]}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "second value",
+                r#"{"model":"m"} {"api_key":"sk-x"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "after NaN",
+                r#"{"n":NaN,"api_key":"sk-x"}"#,
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "behind a BOM",
+                "\u{feff}{\"api_key\":\"sk-x\"}",
+                json,
+                raw("body field `api_key`"),
+            ),
+            (
+                "duplicate",
+                r#"{"api_key":"$CRED{openai}","api_key":"$CRED{openai}"}"#,
+                json,
+                Err(CredentialDeny::Repeated("body field `api_key`".into())),
+            ),
+            (
+                "duplicate spelled differently",
+                r#"{"api_key":"$CRED{a}","apiKey":"$CRED{b}"}"#,
+                json,
+                Err(CredentialDeny::Repeated("body field `apiKey`".into())),
+            ),
+            (
+                "two elements",
+                r#"{"api_key":["$CRED{a}","$CRED{b}"]}"#,
+                json,
+                Err(CredentialDeny::Repeated("body field `api_key`".into())),
+            ),
+            (
+                "escaped handle",
+                r#"{"api_key":"\u0024CRED{openai}"}"#,
+                json,
+                Err(CredentialDeny::Malformed("body")),
+            ),
+            (
+                "schema property",
+                r#"{"tools":[{"parameters":{"properties":{"api_key":{"type":"string"}}}}]}"#,
+                json,
+                Ok(None),
+            ),
+            (
+                "in prompt text",
+                r#"{"messages":[{"content":"{\"api_key\": \"sk-x\"}"}]}"#,
+                json,
+                Ok(None),
+            ),
+            (
+                "same name in separate objects",
+                r#"[{"api_key":"$CRED{a}"},{"api_key":"$CRED{a}"}]"#,
+                json,
+                Ok(None),
+            ),
+        ];
+        for (name, b, ct, want) in cases {
+            assert_eq!(&body(b, *ct), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn pairs_and_parts() {
+        let form = Some("application/x-www-form-urlencoded");
+        assert_eq!(body("a=1&api_key=sk-x", form), raw("body field `api_key`"));
+        assert_eq!(
+            body("a=1&api_key=sk-x", Some("text/plain")),
+            raw("body field `api_key`")
+        );
+        assert_eq!(
+            body("a=1;api%5Fkey=sk-x", form),
+            raw("body field `api_key`")
+        );
+        assert_eq!(body("api_key=%24CRED%7Bopenai%7D", form), Ok(None));
+        assert_eq!(body("api_key=Bearer+%24CRED%7Bo%7D", form), Ok(None));
+        assert_eq!(body("api_key=&b=2", form), Ok(None));
+        assert_eq!(
+            body("api_key=$CRED{a}&apiKey=$CRED{a}", form),
+            Err(CredentialDeny::Repeated("body field `apiKey`".into()))
+        );
+        // Declared a form but shaped like JSON: both readings are checked.
+        assert_eq!(
+            body(r#"{"a":"&api_key=sk-x&"}"#, form),
+            raw("body field `api_key`")
+        );
+        let mp = Some("multipart/form-data; boundary=XyZ");
+        let parts = "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ\r\nContent-Disposition: form-data; name=\"api_key\"\r\n\r\nsk-x\r\n--XyZ--\r\n";
+        assert_eq!(body(parts, mp), raw("body field `api_key`"));
+        assert_eq!(
+            stripped(parts, mp),
+            "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ--\r\n"
+        );
+        let fine = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\napi_key=sk-x\r\n--XyZ--\r\n";
+        assert_eq!(body(fine, mp), Ok(None));
+    }
+
+    #[test]
+    fn strip_mode_removes_only_the_literals() {
+        let json = Some("application/json");
+        assert_eq!(
+            stripped(
+                r#"{"api_key":"sk-x","m":"$CRED{o}","c":{"access_token":7}}"#,
+                json
+            ),
+            r#"{"api_key":null,"m":"$CRED{o}","c":{"access_token":null}}"#
+        );
+        let form = Some("application/x-www-form-urlencoded");
+        assert_eq!(stripped("api_key=sk-x&a=1&key=k", form), "a=1&key=k");
+        assert_eq!(stripped("a=1&api_key=sk-x;b=2", form), "a=1;b=2");
+        assert_eq!(stripped("a=1&api_key=sk-x", form), "a=1");
+        assert_eq!(
+            check_pairs(
+                b"q=1&key=sk-x&key2=z",
+                &|n| positions().is_query_param(n),
+                "query parameter",
+                OnLiteral::Strip
+            )
+            .expect("ok")
+            .as_deref(),
+            Some(&b"q=1&key2=z"[..])
+        );
+    }
+
+    #[test]
+    fn hostile_bytes_never_panic() {
+        for b in [
+            "\"",
+            "{\"api_key\"",
+            "{\"api_key\":",
+            "{\"api_key\":\"\\",
+            "{\"api_key\":\"\\u12",
+            "{\"api_key\":[",
+            "]]]}}}",
+            "{\"a\\\":1}",
+            "[\"\\ud800\\u\"]",
+        ] {
+            let _ = body(b, Some("application/json"));
+            let _ = stripped(b, Some("application/json"));
+        }
+    }
+}

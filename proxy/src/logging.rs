@@ -1,0 +1,198 @@
+//! The process log, kept free of secrets whatever level is asked for.
+//!
+//! Two rules, each closing a way a secret reached the log:
+//! - Only tenant-proxy's own targets may log below `info`. Other crates' debug and trace lines
+//!   print what passes through them (pingora prints whole upstream request headers, with the
+//!   substituted credential, and raw response buffers), and `RUST_LOG` directives cannot reopen
+//!   them: this is a second filter ANDed with the one `RUST_LOG` (or `[log] level`) builds, so a
+//!   more specific directive (`pingora_proxy::proxy_h1=trace`) wins over nothing.
+//! - A failed proxy attempt is logged by [`proxy_failure`], which names the error's kind and
+//!   source but never its context: pingora puts the upstream's raw response bytes there (which
+//!   may echo the request's `Authorization`). pingora's own line for it is suppressed.
+
+use pingora::{Error, ErrorSource, ErrorType};
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
+
+use crate::config::LogFormat;
+
+/// Whether an event or span may be logged at all, whatever the level filter says: `info` and
+/// above from anyone, anything from tenant-proxy's own crate.
+pub fn permitted(meta: &Metadata<'_>) -> bool {
+    // SECURITY: third-party debug output includes request headers and bodies.
+    *meta.level() <= Level::INFO || is_own(meta.target())
+}
+
+fn is_own(target: &str) -> bool {
+    target == "tenant_proxy" || target.starts_with("tenant_proxy::")
+}
+
+/// Starts the logger on standard error: `RUST_LOG` when set, else `level`, capped by
+/// [`permitted`].
+pub fn init(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A second start (tests) keeps the first logger.
+    if subscriber(format, filter, std::io::stderr, ansi)
+        .try_init()
+        .is_ok()
+    {
+        tracing::debug!("debug logging on for tenant-proxy's own targets; other crates log `info` and above only");
+    }
+}
+
+/// The subscriber [`init`] installs, writing to `writer`.
+fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(filter_fn(permitted))
+        .with(fmt)
+}
+
+/// Logs a failed proxy attempt in place of pingora's line: what failed (the error's kind and
+/// side), for which request, never the error's context or cause (upstream bytes).
+pub fn proxy_failure(e: &Error, request_id: &str, tenant: &str, retried: bool) {
+    let kind = e.etype().as_str();
+    let source = e.esource().as_str();
+    match (e.etype(), e.esource()) {
+        // Our own endings (a stream cut, a withheld response): the request line says why.
+        (ErrorType::Custom(_), _) => {
+            tracing::info!(
+                request_id,
+                tenant,
+                error = kind,
+                "response ended by the proxy"
+            )
+        }
+        (_, ErrorSource::Downstream) => {
+            tracing::debug!(
+                request_id,
+                tenant,
+                error = kind,
+                source,
+                "client side failed"
+            )
+        }
+        (_, ErrorSource::Upstream) => {
+            tracing::warn!(
+                request_id,
+                tenant,
+                error = kind,
+                source,
+                retried,
+                "upstream request failed"
+            )
+        }
+        _ => tracing::error!(
+            request_id,
+            tenant,
+            error = kind,
+            source,
+            retried,
+            "request failed"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'w self) -> Capture {
+            self.clone()
+        }
+    }
+
+    fn logged(directives: &str, emit: impl FnOnce()) -> String {
+        let capture = Capture::default();
+        let sub = subscriber(
+            LogFormat::Text,
+            EnvFilter::new(directives),
+            capture.clone(),
+            false,
+        );
+        tracing::subscriber::with_default(sub, emit);
+        let bytes = capture.0.lock().expect("lock").clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn no_directive_opens_third_party_debug_lines() {
+        for directives in [
+            "trace",
+            "trace,pingora_proxy::proxy_h1=trace",
+            "pingora_proxy::proxy_h1=trace,pingora_core=trace,pingora=trace",
+            "info,pingora_core::protocols::http::v1::client=trace",
+            "debug,h2=trace,rustls=trace",
+        ] {
+            let out = logged(directives, || {
+                tracing::trace!(target: "pingora_proxy::proxy_h1", "header sk-CANARY-trace");
+                tracing::debug!(target: "pingora_core::protocols::http::v1::client", "buf sk-CANARY-debug");
+                tracing::debug!(target: "h2::codec", "frame sk-CANARY-h2");
+                tracing::info!(target: "pingora_proxy", "info line stays");
+                tracing::debug!(target: "tenant_proxy::proxy", "own debug line stays");
+            });
+            assert!(!out.contains("CANARY"), "{directives}: {out}");
+            assert!(out.contains("info line stays"), "{directives}: {out}");
+            if directives.starts_with("trace") || directives.starts_with("debug") {
+                assert!(out.contains("own debug line stays"), "{directives}: {out}");
+            }
+        }
+        // The level filter still applies on top: `warn` hides info lines.
+        let out = logged("warn", || tracing::info!(target: "pingora_proxy", "hidden"));
+        assert!(!out.contains("hidden"));
+    }
+
+    #[test]
+    fn failures_are_logged_without_their_context() {
+        let mut e = Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "buf: HTTP/1.1 200 OK\\r\\nx-echo: Bearer sk-CANARY-ctx\\x00",
+        );
+        e.esource = ErrorSource::Upstream;
+        let out = logged("trace", || proxy_failure(&e, "req-1", "acme", false));
+        assert!(!out.contains("CANARY"), "{out}");
+        assert!(
+            out.contains("upstream request failed")
+                && out.contains("InvalidHTTPHeader")
+                && out.contains("req-1"),
+            "{out}"
+        );
+    }
+}

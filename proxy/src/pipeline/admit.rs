@@ -1,0 +1,720 @@
+//! The one admission chain. Every request (forward, route, inside a tunnel), every `CONNECT`
+//! and every `tenant-proxy policy explain` goes through [`admit`], in this order:
+//!
+//! audit slot → identity → tenant context (its audit partition, its connection) → run →
+//! what is asked (the request's target and body, or the tunnel's port) → policy (+ shadow) →
+//! [tunnel cap] → egress → [MCP items] → credentials → limits → [`Permit`]
+//!
+//! The order is the security argument: an unauditable request is never served; identity comes
+//! before anything reads the request; the body before the decision (the decision sees the
+//! model); policy before any name is resolved (a denied caller cannot probe names); credentials
+//! only for an allowed request; ceilings last, so a request refused for any other reason uses
+//! up no allowance. The side effects (reserving, counting, dialing) go through [`Effects`]:
+//! the proxy's, or [`DecideOnly`]'s for `policy explain`, which decides exactly as the proxy
+//! would and changes nothing.
+//!
+//! Only this chain builds a [`Permit`]: `upstream_peer` dials nothing without one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::protocols::tls::SslDigest;
+use pingora::proxy::Session;
+use sha2::{Digest, Sha256};
+
+use super::caps::TenantSlot;
+use super::conn::{front_conn, ConnFacts, Tunnel};
+use super::decide::{self, Asking, McpTrail, Observer};
+use super::record::{Trail, TunnelMode};
+use crate::audit::AuditSlot;
+use crate::body::{self, BodyHold, BufferedBody};
+use crate::clock::{unix_now, unix_now_i64};
+use crate::config::StaticConfig;
+use crate::context::TenantContext;
+use crate::credentials::apply::Applied;
+use crate::egress::EgressException;
+use crate::error::Deny;
+use crate::identity::{self, ListenerIdentity, Presented, ResolvedIdentity};
+use crate::ids::TenantId;
+use crate::limits::plan::{CallFacts, Plan};
+use crate::limits::stream::StreamPlan;
+use crate::limits::Admission;
+use crate::policy::ConnectQuestion;
+use crate::pricing::Prices;
+use crate::snapshot::Snapshot;
+use crate::target::{Destination, Scheme};
+use crate::tls::ca::LeafMinter;
+
+/// Proof that the chain admitted a request to exactly this destination and address. Its fields
+/// are private: nothing but [`admit`] can make one.
+#[derive(Debug)]
+pub struct Permit {
+    destination: Destination,
+    addr: SocketAddr,
+}
+
+impl Permit {
+    /// The destination that was authorized.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+
+    /// The address the egress guard checked: the only one that may be dialed.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Who is asking, as far as the chain can verify it.
+#[derive(Debug)]
+pub enum Caller<'a> {
+    /// Inside an intercepted tunnel: the tunnel's identity (re-checked), never what the
+    /// request presents.
+    Tunnel(&'a Tunnel),
+    /// Whatever the request and its connection present (a token, a client certificate), on a
+    /// listener with these rules.
+    Listener(&'a ListenerIdentity),
+    /// Named outright (`policy explain`).
+    Named(Box<ResolvedIdentity>),
+}
+
+/// Where an HTTP request's body comes from.
+pub enum BodySource<'a> {
+    /// The client's connection (read whole, within the body budget and deadline).
+    Session(&'a mut Session),
+    /// Given whole (`policy explain`).
+    Given(&'a RequestHeader, Option<Bytes>),
+}
+
+impl std::fmt::Debug for BodySource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BodySource::Session(_) => "BodySource::Session",
+            BodySource::Given(..) => "BodySource::Given",
+        })
+    }
+}
+
+impl BodySource<'_> {
+    fn header(&self) -> &RequestHeader {
+        match self {
+            BodySource::Session(s) => s.req_header(),
+            BodySource::Given(h, _) => h,
+        }
+    }
+
+    fn ssl(&self) -> Option<&SslDigest> {
+        match self {
+            BodySource::Session(s) => s.digest().and_then(|d| d.ssl_digest.as_deref()),
+            BodySource::Given(..) => None,
+        }
+    }
+}
+
+/// What is asked.
+#[derive(Debug)]
+pub enum Ask<'a> {
+    /// An HTTP request; `tunnel` when it came through one.
+    Http {
+        /// The request (and its body).
+        source: BodySource<'a>,
+        /// The tunnel it came through.
+        tunnel: Option<&'a Tunnel>,
+    },
+    /// A `CONNECT` tunnel to `host:port`.
+    Connect {
+        /// The `CONNECT` request.
+        header: &'a RequestHeader,
+        /// Its connection's TLS digest (an mTLS client certificate's identity).
+        ssl: Option<&'a SslDigest>,
+        /// Lowercase host.
+        host: &'a str,
+        /// Port.
+        port: u16,
+    },
+}
+
+/// A request or tunnel that passed every check.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Who asked.
+    pub tenant: Arc<TenantContext>,
+    /// The configuration it was admitted under (every later phase uses the same one).
+    pub snapshot: Arc<Snapshot>,
+    /// The proof `upstream_peer` requires.
+    pub permit: Permit,
+    /// What the path carries on.
+    pub grant: Grant,
+}
+
+/// What an admitted request or tunnel carries into its later phases.
+#[derive(Debug)]
+pub enum Grant {
+    /// An HTTP request.
+    Http(HttpGrant),
+    /// A `CONNECT` tunnel.
+    Tunnel(TunnelGrant),
+}
+
+/// What an admitted HTTP request carries.
+#[derive(Debug, Default)]
+pub struct HttpGrant {
+    /// The body to hand upstream (as read, decoded, with substitutions).
+    pub body: Option<BufferedBody>,
+    /// Its share of the body budget, held until the request ends.
+    pub body_hold: Option<BodyHold>,
+    /// The body was decoded from its `Content-Encoding`: it goes upstream without the header.
+    pub body_decoded: bool,
+    /// The body's output ceiling, for an LLM call.
+    pub max_output_tokens: Option<u64>,
+    /// Credential substitutions for the upstream request.
+    pub applied: Option<Applied>,
+    /// The proxy added `stream_options.include_usage` (its usage event is removed again).
+    pub injected_include_usage: bool,
+    /// Leases and reservations against ceilings, while the request is in flight.
+    pub limits: Option<Admission>,
+    /// The model's prices, when a price table is configured.
+    pub prices: Option<Prices>,
+    /// How a streaming response may extend its reservation.
+    pub stream_plan: Option<StreamPlan>,
+}
+
+/// What an admitted tunnel carries.
+#[derive(Debug)]
+pub struct TunnelGrant {
+    /// Who opened it.
+    pub identity: ResolvedIdentity,
+    /// Intercepted, or relayed as it is.
+    pub mode: TunnelMode,
+    /// The tenant's tunnel slot, held while the tunnel is open.
+    pub slot: Option<TenantSlot>,
+    /// The tunnel's client connection, counted against its tenant.
+    pub connection: Option<TenantSlot>,
+    /// The minter for an intercepted tunnel's leaf.
+    pub minter: Option<Arc<LeafMinter>>,
+}
+
+/// The side effects of admission: reserving, counting, reading, resolving. The proxy's are
+/// real; `policy explain` decides with [`DecideOnly`], which changes nothing.
+#[async_trait]
+pub trait Effects: Send + Sync {
+    /// The static configuration.
+    fn config(&self) -> &StaticConfig;
+    /// Reserves the record's audit slot before anything is decided (`None`: nothing is
+    /// recorded).
+    fn reserve_audit(&self) -> Result<Option<AuditSlot>, Deny>;
+    /// Refuses a tenant whose audit partition cannot be written.
+    fn admit_tenant(&self, slot: &mut Option<AuditSlot>, tenant: &TenantId) -> Result<(), Deny>;
+    /// Counts a client connection against its tenant (at most once per connection). Returns
+    /// the slot when it is not kept on the connection itself (a tunnel's).
+    fn count_connection(
+        &self,
+        connection: Option<&ConnFacts>,
+        tenant: &TenantId,
+    ) -> Result<Option<TenantSlot>, Deny>;
+    /// Records a request of a signed run (`run_started` on its first); refuses a closed run.
+    async fn sight_run(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny>;
+    /// Reads a request's whole body from its connection.
+    async fn read_body(
+        &self,
+        session: &mut Session,
+    ) -> Result<Option<(Bytes, Option<BodyHold>)>, Deny>;
+    /// Takes one of the tenant's tunnel slots.
+    fn open_tunnel(&self, tenant: &TenantId, max: u32) -> Result<Option<TenantSlot>, Deny>;
+    /// Resolves and checks a destination (the SSRF guard): the one address that may be dialed.
+    async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        exceptions: &[EgressException],
+        tenant: &TenantContext,
+    ) -> Result<SocketAddr, Deny>;
+    /// Reserves a request's charge against its ceilings.
+    async fn reserve(&self, plan: &Plan) -> Result<Option<Admission>, Deny>;
+    /// The interception CA's leaf minter, when one is configured.
+    fn minter(&self) -> Option<Arc<LeafMinter>>;
+    /// Unix second now (a described request says when it arrives).
+    fn now(&self) -> i64 {
+        unix_now_i64()
+    }
+}
+
+/// Runs the chain for `ask` by `caller`. The trail learns what the record needs as the chain
+/// goes, refused or not; on success the request carries the [`Admitted`] value.
+pub async fn admit(
+    fx: &dyn Effects,
+    snapshot: Arc<Snapshot>,
+    caller: Caller<'_>,
+    ask: Ask<'_>,
+    trail: &mut Trail,
+    observer: &mut dyn Observer,
+) -> Result<Admitted, Deny> {
+    // An unauditable request is never served.
+    trail.slot = fx.reserve_audit()?;
+    let (who, tenant) = {
+        let (header, ssl) = match &ask {
+            Ask::Http { source, .. } => (source.header(), source.ssl()),
+            Ask::Connect { header, ssl, .. } => (*header, *ssl),
+        };
+        let who = identify(caller, header, ssl, &snapshot)?;
+        let traceparent = header.headers.get("traceparent").map(|v| v.as_bytes());
+        let tenant = TenantContext::new(who.clone(), trail.request_id.clone(), traceparent);
+        (who, Arc::new(tenant))
+    };
+    trail.tenant = Some(tenant.clone());
+    // One tenant's unwritable partition refuses that tenant only.
+    fx.admit_tenant(&mut trail.slot, &tenant.tenant)?;
+    let connection = match &ask {
+        // A request's connection is counted at its first identified request; a tunnel's for as
+        // long as the tunnel is open.
+        Ask::Http {
+            source: BodySource::Session(session),
+            ..
+        } => fx.count_connection(front_conn(session).map(|c| c.context()), &tenant.tenant)?,
+        Ask::Http { .. } => None,
+        Ask::Connect { .. } => fx.count_connection(None, &tenant.tenant)?,
+    };
+    // A signed run's first request starts it (audited once across replicas); a closed run's
+    // requests, and tunnels (an opaque one carries no request to refuse later), go no further.
+    fx.sight_run(&tenant, snapshot.token_leeway()).await?;
+    match ask {
+        Ask::Http { source, tunnel } => {
+            admit_http(fx, snapshot, tenant, source, tunnel, trail, observer).await
+        }
+        Ask::Connect { host, port, .. } => {
+            admit_connect(fx, snapshot, tenant, who, connection, host, port, trail).await
+        }
+    }
+}
+
+/// Who is calling: a tunnel's identity, re-checked; or what the request (`header`) and its
+/// connection (`ssl`) present, verified.
+fn identify(
+    caller: Caller<'_>,
+    header: &RequestHeader,
+    ssl: Option<&SslDigest>,
+    snapshot: &Snapshot,
+) -> Result<ResolvedIdentity, Deny> {
+    match caller {
+        // SECURITY: a tunnel never changes identity; whatever the inner request presents is
+        // ignored (and stripped upstream).
+        Caller::Tunnel(t) => tunnel_identity(t, snapshot),
+        Caller::Listener(listener) => Ok(identity::resolve(
+            listener,
+            &snapshot.tenants,
+            snapshot.tokens.as_ref(),
+            Presented::from_request(&header.headers, ssl),
+            unix_now(),
+        )?),
+        Caller::Named(who) => Ok(*who),
+    }
+}
+
+/// The identity of a request inside an intercepted tunnel: the tunnel's own, re-checked against
+/// the current configuration (a reload may have removed the workload) and the token's expiry (a
+/// long-lived tunnel does not outlive the token that opened it).
+fn tunnel_identity(tunnel: &Tunnel, snapshot: &Snapshot) -> Result<ResolvedIdentity, Deny> {
+    let who = &tunnel.identity;
+    if !snapshot.tenants.has_workload(&who.tenant, &who.workload) {
+        return Err(Deny::IdentityInvalid(
+            "the tunnel's workload is no longer in the configuration".into(),
+        ));
+    }
+    if let Some(token) = &who.token {
+        if token.expires_at <= unix_now() {
+            return Err(Deny::IdentityInvalid(
+                "the token that opened this tunnel has expired; open a new tunnel".into(),
+            ));
+        }
+    }
+    Ok(who.clone())
+}
+
+async fn admit_http(
+    fx: &dyn Effects,
+    snapshot: Arc<Snapshot>,
+    tenant: Arc<TenantContext>,
+    mut source: BodySource<'_>,
+    tunnel: Option<&Tunnel>,
+    trail: &mut Trail,
+    observer: &mut dyn Observer,
+) -> Result<Admitted, Deny> {
+    let config = fx.config();
+    let destination = http_destination(source.header(), tunnel, &snapshot, config, trail)?;
+    trail.destination = Some(destination.clone());
+
+    let mut grant = HttpGrant::default();
+    let (body, hold) = match &mut source {
+        BodySource::Session(session) => match fx.read_body(session).await? {
+            Some((bytes, hold)) => (Some(bytes), hold),
+            None => (None, None),
+        },
+        BodySource::Given(_, body) => (body.take(), None),
+    };
+    grant.body_hold = hold;
+    let header = source.header();
+    let hosts = &config.egress.hosts;
+    if let Some(body) = body {
+        let to = body_destination(&snapshot, &destination, hosts);
+        let read = body::classify(body, &header.headers, to, config.limits.max_body_bytes)?;
+        trail.model = read.llm.model;
+        grant.max_output_tokens = read.llm.max_output_tokens;
+        grant.body_decoded = read.decoded;
+        trail.body_sha256 = Some(hex::encode(Sha256::digest(&read.body)));
+        trail.bytes_in = read.body.len() as u64;
+        grant.body = Some(BufferedBody(read.body));
+    }
+
+    let asking = Asking::new(
+        &snapshot,
+        &tenant,
+        &destination,
+        &header.method,
+        trail.model.as_deref(),
+        fx.now(),
+    );
+    observer.facts(&asking.facts);
+    let (decision, shadow) = asking.http();
+    let allowed = decision.allowed;
+    trail.decision = Some(decision);
+    trail.shadow = shadow;
+    if !allowed {
+        return Err(Deny::PolicyDenied);
+    }
+    // The address is resolved and checked only for an authorized request (a denied caller
+    // cannot probe names), and exactly this address is dialed (no second lookup).
+    let addr = fx
+        .resolve(
+            &destination.host,
+            destination.port,
+            egress_exceptions(&snapshot, &tenant.tenant),
+            &tenant,
+        )
+        .await?;
+    // An MCP server (recognized by its destination or by the address just checked, however it
+    // was reached) has its tools, resources and prompts decided one by one, on the body as the
+    // agent wrote it (before any credential is substituted into it).
+    if let Some(server) = snapshot
+        .tenants
+        .mcp
+        .server_for(&destination, Some(addr), hosts)
+    {
+        let body = grant.body.as_ref().map(|b| b.0.as_ref());
+        let record = McpTrail {
+            decision: &mut trail.decision,
+            shadow: &mut trail.shadow,
+            exchange: &mut trail.mcp,
+        };
+        asking.mcp(&server.name, body, record, observer)?;
+    }
+    let body = grant.body.as_ref().map(|b| &b.0);
+    match asking.credentials(header, body, grant.body_decoded, observer) {
+        Ok(mut applied) => {
+            trail.credentials = applied.used.iter().map(|c| c.name.clone()).collect();
+            if !applied.used.is_empty() {
+                crate::metrics::METRICS
+                    .credential_substitutions
+                    .with_label_values(&[tenant.tenant.as_str()])
+                    .inc_by(applied.used.len() as u64);
+            }
+            if let Some(body) = applied.body.take() {
+                grant.body = Some(BufferedBody(body));
+            }
+            grant.applied = Some(applied);
+        }
+        Err(refusal) => {
+            trail.credentials = refusal.credential().map(String::from).into_iter().collect();
+            return Err(Deny::Credential(refusal));
+        }
+    }
+    // So that every streamed OpenAI call can be metered, ask a stream for its usage (and take
+    // the event out again before the agent sees it).
+    if trail.model.is_some() {
+        let path = destination.upstream_path.split('?').next().unwrap_or("");
+        if let Some(body) = &grant.body {
+            if let Some(new) = crate::usage::include_usage::request_usage(path, &body.0) {
+                grant.body = Some(BufferedBody(Bytes::from(new)));
+                grant.injected_include_usage = true;
+            }
+        }
+    }
+    // Ceilings last: a request refused for any other reason does not use up the allowance.
+    let call = CallFacts {
+        model: trail.model.as_deref(),
+        max_output_tokens: grant.max_output_tokens,
+        body_bytes: trail.bytes_in,
+        mcp_tool_calls: trail.mcp.as_ref().map(|m| m.tools_called.len() as u64),
+    };
+    let plan = crate::limits::plan::plan(&snapshot.tenants, &tenant, &destination, call, fx.now())?;
+    grant.prices = plan.prices;
+    if !plan.keys.is_empty() {
+        grant.limits = fx.reserve(&plan).await?;
+        grant.stream_plan = plan.stream;
+    }
+    // Every check passed: only now does the request carry proof of authorization.
+    Ok(Admitted {
+        tenant,
+        snapshot,
+        permit: Permit { destination, addr },
+        grant: Grant::Http(grant),
+    })
+}
+
+/// The request's own checks, then where it goes: a refused request never reaches the target
+/// parser with an ambiguity in it.
+fn http_destination(
+    req: &RequestHeader,
+    tunnel: Option<&Tunnel>,
+    snapshot: &Snapshot,
+    config: &StaticConfig,
+    trail: &mut Trail,
+) -> Result<Destination, Deny> {
+    trail.method = req.method.to_string();
+    if req.method == http::Method::CONNECT {
+        return Err(Deny::ConnectUnsupported);
+    }
+    if header_bytes(req) > config.limits.max_header_bytes {
+        return Err(Deny::HeadersTooLarge);
+    }
+    // SECURITY: a header nominated in `Connection` is removed hop by hop on the way upstream,
+    // after the decision; none the decision or the substitution rests on may be.
+    let nominated = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .map(|v| v.as_bytes());
+    if let Some(name) = crate::front::nominated_protected(nominated) {
+        return Err(Deny::ProtectedHopHeader(name));
+    }
+    // HTTP/2 (inside tunnels) names the authority in `:authority`, not `Host`.
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes())
+        .or_else(|| {
+            (req.version == http::Version::HTTP_2)
+                .then(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+                .flatten()
+        });
+    // SECURITY: a handle in the authority is a position error whatever the target's form (and
+    // before anything else reads the authority).
+    if let Some(refusal) = crate::credentials::apply::handle_in_authority(
+        req.raw_path(),
+        req.uri.authority().map(|a| a.as_str()),
+        req.headers.get(http::header::HOST).map(|v| v.as_bytes()),
+    ) {
+        trail.credentials = refusal.credential().map(String::from).into_iter().collect();
+        return Err(Deny::Credential(refusal));
+    }
+    Ok(match tunnel {
+        Some(t) => crate::target::tunneled(req.raw_path(), host, &t.host, t.port)?,
+        None => crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
+    })
+}
+
+#[allow(clippy::too_many_arguments)] // the chain's state, passed down once
+async fn admit_connect(
+    fx: &dyn Effects,
+    snapshot: Arc<Snapshot>,
+    tenant: Arc<TenantContext>,
+    who: ResolvedIdentity,
+    connection: Option<TenantSlot>,
+    host: &str,
+    port: u16,
+    trail: &mut Trail,
+) -> Result<Admitted, Deny> {
+    let config = fx.config();
+    trail.method = "CONNECT".into();
+    trail.authority = Some((host.to_string(), port));
+    if !config.egress.connect_ports.contains(&port) {
+        return Err(Deny::ConnectPortForbidden(port));
+    }
+    let now = fx.now();
+    let (decision, shadow) =
+        decide::connect(&snapshot, &tenant, host, port, ConnectQuestion::Open, now);
+    let allowed = decision.allowed;
+    trail.decision = Some(decision);
+    trail.shadow = shadow;
+    if !allowed {
+        return Err(Deny::PolicyDenied);
+    }
+    let entry = snapshot.tenants.tenants.get(&tenant.tenant);
+    let max = entry
+        .and_then(|e| e.max_tunnels)
+        .unwrap_or(config.egress.max_tunnels_per_tenant);
+    let slot = fx.open_tunnel(&tenant.tenant, max)?;
+    let addr = fx
+        .resolve(
+            host,
+            port,
+            egress_exceptions(&snapshot, &tenant.tenant),
+            &tenant,
+        )
+        .await?;
+    let (opaque, _) = decide::connect(&snapshot, &tenant, host, port, ConnectQuestion::Opaque, now);
+    // SECURITY: a tunnel to an MCP server (by name, or by the address just checked) is always
+    // intercepted, whatever `connect_opaque` says, so what it calls is decided and its lists
+    // filtered.
+    let mcp = snapshot
+        .tenants
+        .mcp
+        .serves(host, port, Some(addr), &config.egress.hosts);
+    let (mode, minter) = if opaque.allowed && !mcp {
+        if let Some(d) = trail.decision.as_mut() {
+            d.policy_ids.extend(opaque.policy_ids);
+        }
+        (TunnelMode::Opaque, None)
+    } else {
+        trail.tunnel_mode = Some(TunnelMode::Intercept);
+        let minter = fx.minter().ok_or_else(|| {
+            Deny::InterceptionUnavailable(
+                "no interception CA is configured (`[intercept]`), and no policy lets this tunnel pass opaquely".into(),
+            )
+        })?;
+        if !minter.ca().permits(host) {
+            return Err(Deny::InterceptionUnavailable(
+                "the interception CA's name constraints do not cover this host".into(),
+            ));
+        }
+        (TunnelMode::Intercept, Some(minter))
+    };
+    trail.tunnel_mode = Some(mode);
+    let destination = Destination {
+        scheme: Scheme::Https,
+        host: host.to_string(),
+        port,
+        upstream_path: "/".into(),
+        audit_path: "/".into(),
+        route: None,
+        internal: false,
+        provider: None,
+    };
+    Ok(Admitted {
+        tenant,
+        snapshot,
+        permit: Permit { destination, addr },
+        grant: Grant::Tunnel(TunnelGrant {
+            identity: who,
+            mode,
+            slot,
+            connection,
+            minter,
+        }),
+    })
+}
+
+/// The tenant's own egress exceptions (added to the global ones by the guard).
+fn egress_exceptions<'a>(snapshot: &'a Snapshot, tenant: &TenantId) -> &'a [EgressException] {
+    snapshot
+        .tenants
+        .tenants
+        .get(tenant)
+        .map(|e| e.egress_allow.as_slice())
+        .unwrap_or(&[])
+}
+
+/// Where a request's body goes, as far as reading it is concerned: an MCP server's JSON-RPC is
+/// judged by the MCP check after `http`; toward an LLM destination the body is classified or
+/// refused.
+fn body_destination(
+    snapshot: &Snapshot,
+    destination: &Destination,
+    static_hosts: &std::collections::HashMap<String, Vec<std::net::IpAddr>>,
+) -> body::BodyDestination {
+    if snapshot
+        .tenants
+        .mcp
+        .server_for(destination, None, static_hosts)
+        .is_some()
+    {
+        body::BodyDestination::Mcp
+    } else if body::llm_destination(destination) {
+        body::BodyDestination::Llm
+    } else {
+        body::BodyDestination::Other
+    }
+}
+
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.raw_path().len()
+        + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+}
+
+/// The effects of `tenant-proxy policy explain`: it decides exactly as the proxy would and
+/// changes nothing. No audit slot, no counters, no run record; the body is the one given; a
+/// destination is not resolved (explain never dials), so an address-only match of an MCP
+/// server is not made; ceilings are planned (an unpriced model is refused) but not reserved.
+#[derive(Debug)]
+pub struct DecideOnly<'a> {
+    /// The static configuration explain loaded.
+    pub config: &'a StaticConfig,
+    /// When the described request arrives (unix second).
+    pub now: i64,
+}
+
+#[async_trait]
+impl Effects for DecideOnly<'_> {
+    fn config(&self) -> &StaticConfig {
+        self.config
+    }
+
+    fn reserve_audit(&self) -> Result<Option<AuditSlot>, Deny> {
+        Ok(None)
+    }
+
+    fn admit_tenant(&self, _: &mut Option<AuditSlot>, _: &TenantId) -> Result<(), Deny> {
+        Ok(())
+    }
+
+    fn count_connection(
+        &self,
+        _: Option<&ConnFacts>,
+        _: &TenantId,
+    ) -> Result<Option<TenantSlot>, Deny> {
+        Ok(None)
+    }
+
+    async fn sight_run(&self, _: &TenantContext, _: Duration) -> Result<(), Deny> {
+        Ok(())
+    }
+
+    async fn read_body(&self, _: &mut Session) -> Result<Option<(Bytes, Option<BodyHold>)>, Deny> {
+        Ok(None)
+    }
+
+    fn open_tunnel(&self, _: &TenantId, _: u32) -> Result<Option<TenantSlot>, Deny> {
+        Ok(None)
+    }
+
+    async fn resolve(
+        &self,
+        _: &str,
+        port: u16,
+        _: &[EgressException],
+        _: &TenantContext,
+    ) -> Result<SocketAddr, Deny> {
+        // Never dialed: explain builds no connection. The unspecified address matches no
+        // configured server address.
+        Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+    }
+
+    async fn reserve(&self, _: &Plan) -> Result<Option<Admission>, Deny> {
+        Ok(None)
+    }
+
+    fn minter(&self) -> Option<Arc<LeafMinter>> {
+        None
+    }
+
+    fn now(&self) -> i64 {
+        self.now
+    }
+}

@@ -1,0 +1,48 @@
+//! pingora's per-request context: the request's [`Trail`] (what its record is made of), the
+//! [`Admitted`] value the chain hands over (absent until every check passed, so a phase that
+//! needs it and finds none refuses), and the response's stages.
+
+use std::sync::Arc;
+
+use super::admit::{Admitted, Grant, HttpGrant};
+use super::record::Trail;
+use super::respond::Stages;
+
+/// The state of one request.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// What the record, metrics and log line are made of.
+    pub trail: Trail,
+    /// Set only when the admission chain admitted the request.
+    pub admitted: Option<Admitted>,
+    /// The response body's stages.
+    pub stages: Stages,
+    /// The final event of a response cut short (a stream out of budget, an MCP list that could
+    /// not be filtered), written by `fail_to_proxy`.
+    pub cut_event: Option<Vec<u8>>,
+}
+
+impl RequestCtx {
+    /// A context on listener `listener` that has no identity and is not authorized.
+    pub fn new(listener: Arc<str>) -> Self {
+        Self {
+            trail: Trail::new(listener, String::from("-")),
+            admitted: None,
+            stages: Stages::default(),
+            cut_event: None,
+        }
+    }
+
+    /// The admitted request and its HTTP grant, when the chain admitted it.
+    pub fn http(&self) -> Option<(&Admitted, &HttpGrant)> {
+        self.admitted.as_ref().and_then(|a| match &a.grant {
+            Grant::Http(g) => Some((a, g)),
+            Grant::Tunnel(_) => None,
+        })
+    }
+
+    /// The request's id.
+    pub fn request_id(&self) -> &Arc<str> {
+        &self.trail.request_id
+    }
+}

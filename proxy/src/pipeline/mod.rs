@@ -1,0 +1,709 @@
+//! The request pipeline: pingora's phases, each a few lines that hand over to one stage.
+//!
+//! | phase | what happens |
+//! |---|---|
+//! | `early_request_filter` | keep-alive for the connection (the front reads the next head) |
+//! | `request_filter` | [`admit::admit`]: audit slot → identity → tenant context → run → target, body → policy (+ shadow) → egress → MCP items → credentials → limits; a refusal is written by [`record::refusal_response`] |
+//! | `upstream_peer` | requires the [`admit::Permit`]; dials exactly the address it names |
+//! | `upstream_request_filter` | [`respond::upstream_request`]: origin-form target, substitutions, `Host`, identity stripped, trace context |
+//! | `request_body_filter` | hands the buffered body to the upstream |
+//! | `response_filter` | [`respond::Stages::for_response`]: list filter, meter, stream guard, usage stripper, scrubber |
+//! | `response_body_filter` | [`respond::Stages::feed`], in that order |
+//! | `fail_to_proxy` | a cut stream ends with its event; an upstream failure becomes its refusal |
+//! | `logging` | settles limits, then [`record::Trail::finish_request`]: record, metrics, log line |
+//!
+//! `CONNECT` tunnels (the tunnel module) and `tenant-proxy policy explain` ([`explain`]) go
+//! through the same [`admit::admit`].
+
+pub mod admit;
+pub mod caps;
+pub mod conn;
+pub mod ctx;
+pub mod decide;
+pub mod explain;
+pub mod record;
+pub mod respond;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::audit::{AuditSink, AuditSlot};
+use crate::body::BodyHold;
+use crate::config::{ListenerSettings, StaticConfig};
+use crate::context::TenantContext;
+use crate::egress::{EgressException, EgressRefusal};
+use crate::error::Deny;
+use crate::ids::TenantId;
+use crate::limits::plan::{Ending, Plan};
+use crate::limits::{Admission, AdmitError, LimitBackend};
+use crate::metrics::{Metrics, METRICS};
+use crate::snapshot::SnapshotHandle;
+use crate::tls::ca::LeafMinter;
+use admit::{Ask, BodySource, Caller, Effects};
+use caps::{TenantCounts, TenantSlot};
+use conn::{front_conn, tunnel_of, ConnFacts};
+use ctx::RequestCtx;
+use record::{refusal_response, Outcome};
+use respond::{Cut, StageSetup, Stages};
+
+/// Seconds an idle plain-HTTP keep-alive connection is kept between requests.
+pub const PLAIN_KEEPALIVE_SECS: u64 = 60;
+
+/// State shared by every listener's proxy.
+#[derive(Debug)]
+pub struct Shared {
+    /// Static configuration.
+    pub config: Arc<StaticConfig>,
+    /// The current tenant snapshot.
+    pub snapshot: Arc<SnapshotHandle>,
+    /// The audit queue.
+    pub audit: AuditSink,
+    /// Rate and concurrency counters.
+    pub limits: Arc<dyn LimitBackend>,
+    /// Run-level audit events (`run_started`, `run_summary`) and closed runs.
+    pub runs: Arc<crate::runs::RunTracker>,
+    /// Resolves and checks every destination before it is dialed (SSRF guard).
+    pub egress: Arc<crate::egress::Dialer>,
+    /// Mints leaves for intercepted tunnels, when a CA is configured.
+    pub minter: Option<Arc<LeafMinter>>,
+    /// Open tunnels per tenant.
+    pub tunnels: TenantCounts,
+    /// Open client connections per tenant.
+    pub connections: TenantCounts,
+    /// Request body bytes held by all requests in flight.
+    pub bodies: Arc<crate::body::BodyBudget>,
+}
+
+#[async_trait]
+impl Effects for Shared {
+    fn config(&self) -> &StaticConfig {
+        &self.config
+    }
+
+    fn reserve_audit(&self) -> Result<Option<AuditSlot>, Deny> {
+        Ok(Some(self.audit.reserve()?))
+    }
+
+    fn admit_tenant(&self, slot: &mut Option<AuditSlot>, tenant: &TenantId) -> Result<(), Deny> {
+        Ok(self.audit.admit_tenant(slot, tenant)?)
+    }
+
+    fn count_connection(
+        &self,
+        connection: Option<&ConnFacts>,
+        tenant: &TenantId,
+    ) -> Result<Option<TenantSlot>, Deny> {
+        // A connection is counted once: at its first identified request, or (a tunnel's) at its
+        // `CONNECT`. HTTP/2 connections inside tunnels were counted with the tunnel.
+        if connection.is_some_and(|c| c.tenant_slot.get().is_some()) {
+            return Ok(None);
+        }
+        let max = self.config.limits.max_connections_per_tenant;
+        let Some(slot) = self.connections.try_open(tenant, max) else {
+            METRICS
+                .overload_refusals
+                .with_label_values(&["tenant_cap"])
+                .inc();
+            return Err(Deny::ConnectionLimit(max));
+        };
+        match connection {
+            Some(facts) => {
+                let _ = facts.tenant_slot.set(Arc::new(slot));
+                Ok(None)
+            }
+            None => Ok(Some(slot)),
+        }
+    }
+
+    async fn sight_run(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny> {
+        Ok(self.runs.sight(tenant, leeway).await?)
+    }
+
+    async fn read_body(
+        &self,
+        session: &mut Session,
+    ) -> Result<Option<(Bytes, Option<BodyHold>)>, Deny> {
+        let limits = &self.config.limits;
+        let read = crate::body::read_full(
+            session,
+            limits.max_body_bytes,
+            &self.bodies,
+            limits.client_body_timeout,
+        )
+        .await
+        .map_err(
+            |e| match (&e, front_conn(session).and_then(|c| c.violation())) {
+                // The front knows why a read failed: a framing error, a missed deadline.
+                (crate::body::BodyError::Unreadable, Some(violation)) => Deny::from(violation),
+                _ => Deny::from(e),
+            },
+        )?;
+        Ok(read.map(|r| (r.bytes, Some(r.hold))))
+    }
+
+    fn open_tunnel(&self, tenant: &TenantId, max: u32) -> Result<Option<TenantSlot>, Deny> {
+        self.tunnels
+            .try_open(tenant, max)
+            .map(Some)
+            .ok_or(Deny::TunnelLimit(max))
+    }
+
+    async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        exceptions: &[EgressException],
+        tenant: &TenantContext,
+    ) -> Result<SocketAddr, Deny> {
+        self.egress
+            .resolve_checked(host, port, exceptions)
+            .await
+            .map_err(|refusal| {
+                // Counted on every path alike (requests and tunnels).
+                if !matches!(refusal, EgressRefusal::Unresolvable { .. }) {
+                    METRICS
+                        .egress_refusals
+                        .with_label_values(&[tenant.tenant.as_str()])
+                        .inc();
+                }
+                deny_for_refusal(&tenant.request_id, &refusal)
+            })
+    }
+
+    async fn reserve(&self, plan: &Plan) -> Result<Option<Admission>, Deny> {
+        self.limits
+            .admit(&plan.keys, plan.charge)
+            .await
+            .map(Some)
+            .map_err(|e| match e {
+                AdmitError::Limited(l) => Deny::Limited(l),
+                AdmitError::Unavailable => Deny::LimiterUnavailable,
+            })
+    }
+
+    fn minter(&self) -> Option<Arc<LeafMinter>> {
+        self.minter.clone()
+    }
+}
+
+/// The SSRF guard's refusal as the client sees it: the kind of address, never the address (an
+/// agent must not learn internal addresses by probing names).
+pub fn deny_for_refusal(request_id: &str, refusal: &EgressRefusal) -> Deny {
+    tracing::info!(request_id, %refusal, "destination refused by the egress guard");
+    match refusal {
+        EgressRefusal::Unresolvable { .. } => Deny::UpstreamUnreachable,
+        EgressRefusal::Forbidden { reason, .. } => {
+            Deny::DestinationForbidden(format!("it resolves to a {reason} address"))
+        }
+        EgressRefusal::OwnListener { .. } => {
+            Deny::DestinationForbidden("it is this proxy itself".into())
+        }
+    }
+}
+
+/// The proxy for one listener.
+#[derive(Debug)]
+pub struct TenantProxy {
+    listener: Arc<ListenerSettings>,
+    name: Arc<str>,
+    shared: Arc<Shared>,
+}
+
+impl TenantProxy {
+    /// A proxy serving `listener`.
+    pub fn new(listener: ListenerSettings, shared: Arc<Shared>) -> Self {
+        Self {
+            name: Arc::from(listener.name.as_str()),
+            listener: Arc::new(listener),
+            shared,
+        }
+    }
+
+    /// Runs the admission chain for the request in `session`.
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Deny> {
+        let snapshot = self.shared.snapshot.load();
+        // What the agent cannot forge comes from the connection: the tunnel an intercepted
+        // request came through, or the mTLS client certificate's identity.
+        let tunnel = tunnel_of(session);
+        ctx.trail.tunnel = tunnel.as_ref().map(|t| t.id.clone());
+        let caller = match &tunnel {
+            Some(t) => Caller::Tunnel(t),
+            None => Caller::Listener(&self.listener.identity),
+        };
+        let ask = Ask::Http {
+            source: BodySource::Session(session),
+            tunnel: tunnel.as_deref(),
+        };
+        let admitted = admit::admit(
+            self.shared.as_ref(),
+            snapshot,
+            caller,
+            ask,
+            &mut ctx.trail,
+            &mut (),
+        )
+        .await?;
+        ctx.admitted = Some(admitted);
+        Ok(())
+    }
+
+    /// Writes the JSON refusal. The connection stays open when the request had no body or its
+    /// body was read whole (a refused agent retries on it; reconnecting for every refusal would
+    /// make a noisy neighbour cost everyone more). Otherwise it is closed, rather than drained:
+    /// the proxy never reads a body a refused client keeps sending.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        deny: Deny,
+    ) -> pingora::Result<()> {
+        let (resp, body) = refusal_response(&deny, ctx.request_id())?;
+        // SECURITY: after a framing error or a missed deadline the connection is never read
+        // again (pingora may report such a body as done); a client over its connection cap
+        // gives one back.
+        let fatal = matches!(
+            deny,
+            Deny::Framing(_)
+                | Deny::UnsupportedTransferEncoding
+                | Deny::RequestTimeout
+                | Deny::ConnectionLimit(_)
+                | Deny::Overloaded(_)
+        );
+        ctx.trail.refuse(deny);
+        let poisoned = front_conn(session).is_some_and(|c| c.violation().is_some());
+        if fatal || poisoned || !(session.is_body_empty() || session.is_body_done()) {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Whether a list result may show this item to the request's workload: the same decision a use
+/// of it would get. Anything missing denies.
+fn item_allowed(
+    admitted: Option<&admit::Admitted>,
+    server: Option<&str>,
+    method: &http::Method,
+    item: crate::policy::ItemKind,
+    name: &str,
+) -> bool {
+    let (Some(admitted), Some(server)) = (admitted, server) else {
+        return false;
+    };
+    let asking = decide::Asking::new(
+        &admitted.snapshot,
+        &admitted.tenant,
+        admitted.permit.destination(),
+        method,
+        None,
+        crate::clock::unix_now_i64(),
+    );
+    asking
+        .mcp_item(&admitted.snapshot.policy, server, item, name)
+        .allowed
+}
+
+/// Maps a pingora error to the refusal the client sees.
+fn deny_for_error(e: &Error) -> Option<Deny> {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            Some(Deny::UpstreamTimeout)
+        }
+        TLSHandshakeFailure | InvalidCert | HandshakeError => Some(Deny::UpstreamTls),
+        _ => match e.esource() {
+            ErrorSource::Upstream => Some(Deny::UpstreamUnreachable),
+            // The client went away (the front refuses malformed requests before pingora).
+            ErrorSource::Downstream => Some(Deny::ClientClosed),
+            ErrorSource::Internal | ErrorSource::Unset => Some(Deny::Internal),
+        },
+    }
+}
+
+/// An error that makes pingora stop the response (and call `fail_to_proxy`).
+fn stop(kind: &'static str, why: &'static str) -> Box<Error> {
+    let mut e = Error::explain(ErrorType::Custom(kind), why);
+    e.set_retry(false);
+    e
+}
+
+#[async_trait]
+impl ProxyHttp for TenantProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.name.clone())
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // The front hands pingora one checked request at a time and reads the next head itself
+        // (pipelined requests wait there, not in pingora). pingora only needs to know the
+        // connection may be reused, and for how long an idle HTTP/2 connection may stay.
+        if session.get_keepalive().is_some() {
+            let idle = if tunnel_of(session).is_some() {
+                self.shared
+                    .config
+                    .egress
+                    .tunnel_idle_timeout
+                    .as_secs()
+                    .max(1)
+            } else {
+                PLAIN_KEEPALIVE_SECS
+            };
+            session.set_keepalive(Some(idle));
+        }
+        Ok(())
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        match self.admit(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(deny) => {
+                self.refuse(session, ctx, deny).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        // SECURITY: no proof of authorization, no upstream.
+        let Some(admitted) = ctx.admitted.as_ref() else {
+            ctx.trail.refuse(Deny::Internal);
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream_peer reached without authorization",
+            ));
+        };
+        let dest = admitted.permit.destination();
+        let tls = dest.scheme == crate::target::Scheme::Https;
+        let mut peer = HttpPeer::new(admitted.permit.addr(), tls, dest.host.clone());
+        let up = &self.shared.config.upstream;
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.trail.upstream.0 = Some(Instant::now());
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Fail fast: a refused or timed-out connect is reported, not retried in a loop.
+        e.set_retry(false);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some((admitted, grant)) = ctx.http() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream request without authorization",
+            ));
+        };
+        let readable = ctx.trail.model.is_some()
+            || ctx.trail.mcp.is_some()
+            || grant.applied.as_ref().is_some_and(|a| !a.used.is_empty());
+        respond::upstream_request(admitted, grant, readable, upstream)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // The body was read in full before the decision; pingora passes only its retry-buffer
+        // tail here. Hand over the whole body (again, on a retry).
+        if let Some(full) = ctx.http().and_then(|(_, g)| g.body.as_ref()) {
+            *body = Some(full.0.clone());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.trail.upstream.1 = Some(Instant::now());
+        let had_length = upstream_response
+            .headers
+            .contains_key(http::header::CONTENT_LENGTH);
+        let built = {
+            let Some((admitted, grant)) = ctx.http() else {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "response without authorization",
+                ));
+            };
+            let setup = StageSetup {
+                admitted,
+                grant,
+                llm: ctx.trail.model.is_some(),
+                head: session.req_header().method == http::Method::HEAD,
+                limits: self.shared.limits.clone(),
+            };
+            let headline = grant.limits.as_ref().and_then(|a| a.headline);
+            Stages::for_response(setup, &ctx.trail, upstream_response).map(|s| (s, headline))
+        };
+        let headline = match built {
+            Ok((stages, headline)) => {
+                ctx.stages = stages;
+                headline
+            }
+            Err(deny) => {
+                ctx.trail.refuse(deny);
+                return Err(stop("response_refused", "the response cannot be passed on"));
+            }
+        };
+        // A body whose length we changed is re-framed as chunked for HTTP/1.1 clients; left
+        // unframed it would end by closing the connection, and with it a keep-alive tunnel.
+        if had_length
+            && !upstream_response
+                .headers
+                .contains_key(http::header::CONTENT_LENGTH)
+            && session.req_header().version == http::Version::HTTP_11
+        {
+            upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        upstream_response.insert_header("x-request-id", &*ctx.trail.request_id)?;
+        if let Some(h) = headline {
+            upstream_response.insert_header("x-ratelimit-limit", h.limit.to_string())?;
+            upstream_response.insert_header("x-ratelimit-remaining", h.remaining.to_string())?;
+            upstream_response.insert_header("x-ratelimit-reset", h.reset_secs.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        let RequestCtx {
+            admitted,
+            trail,
+            stages,
+            cut_event,
+        } = ctx;
+        let method = &session.req_header().method;
+        let server = trail.mcp.as_ref().map(|m| m.server.clone());
+        let mut allowed = |item, name: &str| {
+            item_allowed(admitted.as_ref(), server.as_deref(), method, item, name)
+        };
+        let fed = stages.feed(body, end_of_stream, trail, &mut allowed);
+        match fed {
+            Ok(()) => Ok(None),
+            Err(Cut::Budget(reason)) => {
+                // The stream ran out of budget: the chunk in hand is dropped and the error makes
+                // pingora drop the upstream (which stops generating) and call `fail_to_proxy`,
+                // which writes the final event and ends the response cleanly.
+                let deny = Deny::StreamCut(reason);
+                let (_, code, message) = deny.describe();
+                *cut_event = Some(crate::limits::stream::cut_event(
+                    code.as_str(),
+                    &message,
+                    &trail.request_id,
+                ));
+                trail.refuse(deny);
+                Err(stop("stream_cut", "stream cut: budget spent"))
+            }
+            Err(Cut::Unfiltered(error)) => {
+                // The rest of an MCP response whose lists could not be filtered is withheld,
+                // replaced by a JSON-RPC error framed like the response.
+                *body = None;
+                *cut_event = stages.list_filter().map(|f| f.error_message(&error));
+                trail.refuse(Deny::McpResponseUnfiltered(error.to_string()));
+                Err(stop(
+                    "mcp_response_unfiltered",
+                    "MCP list could not be filtered",
+                ))
+            }
+        }
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        // A cut response whose header never left (pingora may hold the header with the first
+        // body chunks) is refused whole below instead.
+        let header_sent = session.response_written().is_some();
+        if let Some(event) = ctx.cut_event.take().filter(|_| header_sent) {
+            // The stream was cut (budget spent, or an MCP list that could not be filtered): end
+            // it with our event, as a complete response.
+            if let Err(write_err) = session.write_response_body(Some(event.into()), true).await {
+                tracing::debug!(error = %write_err, "cannot end the cut stream");
+            }
+            return FailToProxy {
+                error_code: 200,
+                can_reuse_downstream: false,
+            };
+        }
+        let deny = match &ctx.trail.outcome {
+            Outcome::Refused(d) => Some(d.clone()),
+            _ => deny_for_error(e),
+        };
+        let Some(deny) = deny else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if deny == Deny::ClientClosed {
+            // Nobody to answer; recorded with what ended it.
+            ctx.trail.refuse(deny);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let status = deny.describe().0;
+        if session.response_written().is_none() {
+            if let Err(write_err) = self.refuse(session, ctx, deny).await {
+                tracing::debug!(error = %write_err, "cannot write error response");
+            }
+        } else {
+            ctx.trail.refuse(deny);
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.trail.outcome == Outcome::Pending {
+            // SECURITY: only a forward whose upstream answer arrived is recorded as allowed; a
+            // request that ended any other way after admission is recorded with what ended it,
+            // and as an internal error when nothing says.
+            ctx.trail.outcome = match e.and_then(deny_for_error) {
+                Some(d) => Outcome::Refused(d),
+                None if ctx.trail.upstream.1.is_some() => Outcome::Forwarded,
+                None => Outcome::Refused(Deny::Internal),
+            };
+        }
+        if let Some(admitted) = ctx.admitted.as_mut() {
+            if let admit::Grant::Http(grant) = &mut admitted.grant {
+                if let Some(mut admission) = grant.limits.take() {
+                    if let Some(extra) = ctx.stages.extensions() {
+                        admission.add_extension(extra);
+                    }
+                    let completed = e.is_none()
+                        && session
+                            .response_written()
+                            .is_some_and(|r| r.status.is_success());
+                    let ending = Ending {
+                        usage: ctx.trail.usage,
+                        completed,
+                        cut: matches!(ctx.trail.outcome, Outcome::Refused(Deny::StreamCut(_))),
+                    };
+                    let used =
+                        crate::limits::plan::settlement(admission.reserved, grant.prices, ending);
+                    ctx.trail.reserved = Some(admission.reserved);
+                    ctx.trail.settled = Some(used);
+                    self.shared.limits.finish(&admission, used).await;
+                } else if let (Some(u), Some(p)) = (ctx.trail.usage, grant.prices) {
+                    // No ceiling applied, but the cost is still recorded and counted.
+                    ctx.trail.settled = Some(crate::limits::plan::usage_charge(u, Some(p)));
+                }
+            }
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let filter = ctx.stages.list_filter();
+        ctx.trail
+            .finish_request(&self.shared.runs, status, filter)
+            .await;
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        // SECURITY: pingora's line prints the error's context, which holds raw upstream bytes
+        // (an echoed `Authorization`); ours names what failed and nothing else.
+        crate::logging::proxy_failure(e, ctx.request_id(), ctx.trail.tenant_label(), false);
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        e: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        crate::logging::proxy_failure(e, ctx.request_id(), ctx.trail.tenant_label(), true);
+        true
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        // pingora's default summary includes the full URL, whose query may carry secrets.
+        let dest = ctx.trail.destination.as_ref();
+        format!(
+            "{} {}{} request_id={}",
+            session.req_header().method,
+            dest.map(|d| d.host.as_str()).unwrap_or("-"),
+            dest.map(|d| d.audit_path.as_str()).unwrap_or(""),
+            ctx.trail.request_id
+        )
+    }
+}
+
+/// The tenant label of a record-less refusal.
+pub fn tenant_label(tenant: Option<&TenantId>) -> &str {
+    Metrics::tenant_label(tenant.map(TenantId::as_str))
+}

@@ -1,0 +1,450 @@
+//! What happened to a request or a tunnel, written once: the [`Trail`] its phases fill in, the
+//! refusal the client sees, and the record, metrics and log line it leaves.
+//!
+//! Every path ends here: requests (forward, route, inside tunnels), `CONNECT` tunnels, and
+//! requests the front refused before pingora saw them. So a refusal has the same JSON shape,
+//! the same reason code and the same counters whichever path refused it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pingora::http::ResponseHeader;
+use pingora::protocols::Stream;
+use tokio::io::AsyncWriteExt;
+
+use crate::audit::{AuditDecision, AuditRecord, AuditSlot, TunnelFields};
+use crate::context::TenantContext;
+use crate::error::{error_body, Deny, ReasonCode};
+use crate::limits::Charge;
+use crate::mcp::list_filter::ListFilter;
+use crate::mcp::McpExchange;
+use crate::metrics::{Metrics, METRICS};
+use crate::policy::shadow::ShadowDecision;
+use crate::policy::Decision;
+use crate::runs::RunTracker;
+use crate::target::Destination;
+use crate::usage::Usage;
+
+/// How a request or tunnel ended, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still in progress. SECURITY: an outcome still pending when it is recorded is recorded as
+    /// an internal error, never as allowed: only a forward whose upstream answer arrived (or a
+    /// tunnel that opened) becomes [`Outcome::Forwarded`].
+    Pending,
+    /// Allowed: forwarded, or (a tunnel) opened.
+    Forwarded,
+    /// Refused by the proxy, before or after forwarding.
+    Refused(Deny),
+}
+
+/// A tunnel's mode, once chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelMode {
+    /// TLS terminated; each request inside runs the pipeline.
+    Intercept,
+    /// Bytes relayed unread.
+    Opaque,
+}
+
+impl TunnelMode {
+    /// `intercept` or `opaque`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelMode::Intercept => "intercept",
+            TunnelMode::Opaque => "opaque",
+        }
+    }
+}
+
+/// What the record, metrics and log line of one request (or tunnel) are made of, filled in by
+/// the phases as they learn it. Starts knowing nothing: no tenant, no decision, pending.
+#[derive(Debug)]
+pub struct Trail {
+    /// This request's id (the `CONNECT`'s for a tunnel).
+    pub request_id: Arc<str>,
+    /// When it arrived.
+    pub started: Instant,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The method (`CONNECT` for a tunnel).
+    pub method: String,
+    /// The tenant context, once identity was resolved.
+    pub tenant: Option<Arc<TenantContext>>,
+    /// The audit slot reserved for the record.
+    pub slot: Option<AuditSlot>,
+    /// Where the request goes, once parsed.
+    pub destination: Option<Destination>,
+    /// A tunnel's authority (`host`, `port`).
+    pub authority: Option<(String, u16)>,
+    /// The enforced decision (the `http` or `connect` question, and any MCP questions).
+    pub decision: Option<Decision>,
+    /// What the shadow policies would have decided.
+    pub shadow: Option<ShadowDecision>,
+    /// The model the body names.
+    pub model: Option<String>,
+    /// Credentials used, or the one refused (names only).
+    pub credentials: Vec<String>,
+    /// SHA-256 of the body as forwarded.
+    pub body_sha256: Option<String>,
+    /// Bytes from the client (body, or a tunnel's bytes up).
+    pub bytes_in: u64,
+    /// Bytes to the client (body, or a tunnel's bytes down).
+    pub bytes_out: u64,
+    /// The tunnel this request came through (its id), or this tunnel's own id.
+    pub tunnel: Option<Arc<str>>,
+    /// A tunnel's mode, once chosen.
+    pub tunnel_mode: Option<TunnelMode>,
+    /// For a request to an MCP server: what it uses.
+    pub mcp: Option<McpExchange>,
+    /// LLM usage read from the response.
+    pub usage: Option<Usage>,
+    /// What was reserved against ceilings.
+    pub reserved: Option<Charge>,
+    /// What it was settled at.
+    pub settled: Option<Charge>,
+    /// When the upstream connection was ready, and when its answer arrived.
+    pub upstream: (Option<Instant>, Option<Instant>),
+    /// The outcome.
+    pub outcome: Outcome,
+}
+
+impl Trail {
+    /// A trail for a request that just arrived on `listener`.
+    pub fn new(listener: Arc<str>, method: String) -> Self {
+        Self {
+            request_id: crate::trace::random_hex(16).into(),
+            started: Instant::now(),
+            listener,
+            method,
+            tenant: None,
+            slot: None,
+            destination: None,
+            authority: None,
+            decision: None,
+            shadow: None,
+            model: None,
+            credentials: Vec::new(),
+            body_sha256: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            tunnel: None,
+            tunnel_mode: None,
+            mcp: None,
+            usage: None,
+            reserved: None,
+            settled: None,
+            upstream: (None, None),
+            outcome: Outcome::Pending,
+        }
+    }
+
+    /// The tenant label for metrics and logs.
+    pub fn tenant_label(&self) -> &str {
+        Metrics::tenant_label(self.tenant.as_ref().map(|t| t.tenant.as_str()))
+    }
+
+    /// Records the refusal `deny` as the outcome.
+    pub fn refuse(&mut self, deny: Deny) {
+        self.outcome = Outcome::Refused(deny);
+    }
+
+    fn decision_and_reason(&self) -> (AuditDecision, ReasonCode) {
+        match &self.outcome {
+            Outcome::Forwarded => (AuditDecision::Allow, ReasonCode::Allowed),
+            Outcome::Pending => (AuditDecision::Deny, ReasonCode::Internal),
+            Outcome::Refused(d) => (AuditDecision::Deny, d.code()),
+        }
+    }
+
+    /// Ends the trail of a request: counts a refused request of a signed run for its summary,
+    /// then writes the record, the metrics and the log line. `list_filter` is the response's
+    /// MCP list filter (what it hid).
+    pub async fn finish_request(
+        &mut self,
+        runs: &RunTracker,
+        status: u16,
+        list_filter: Option<&ListFilter>,
+    ) {
+        self.count_run_refusal(runs).await;
+        let (decision, reason) = self.decision_and_reason();
+        let tenant_label = self.tenant_label().to_string();
+        let tenant_label = tenant_label.as_str();
+        let decision_label = decision.as_str();
+        METRICS
+            .requests
+            .with_label_values(&[tenant_label, decision_label, reason.as_str()])
+            .inc();
+        let elapsed = self.started.elapsed();
+        METRICS
+            .request_duration
+            .with_label_values(&[tenant_label])
+            .observe(elapsed.as_secs_f64());
+        let upstream = match self.upstream {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
+            _ => None,
+        };
+        if let Some(u) = upstream {
+            METRICS
+                .upstream_duration
+                .with_label_values(&[tenant_label])
+                .observe(u.as_secs_f64());
+        }
+        if let Some(cost) = self.settled.map(|c| c.cost_micros).filter(|c| *c > 0) {
+            METRICS
+                .llm_cost_micros
+                .with_label_values(&[tenant_label])
+                .inc_by(cost);
+        }
+        crate::mcp::observe_hidden(tenant_label, list_filter);
+        let stream_cut = matches!(self.outcome, Outcome::Refused(Deny::StreamCut(_)));
+        if stream_cut {
+            METRICS.stream_cuts.with_label_values(&[tenant_label]).inc();
+        }
+        if let Some(u) = self.usage {
+            for (kind, n) in [
+                ("input", u.input_tokens),
+                ("cached_input", u.cached_input_tokens),
+                ("output", u.output_tokens),
+            ] {
+                METRICS
+                    .llm_tokens
+                    .with_label_values(&[tenant_label, kind])
+                    .inc_by(n);
+            }
+        }
+        if matches!(
+            reason,
+            ReasonCode::UpstreamUnreachable | ReasonCode::UpstreamTimeout | ReasonCode::UpstreamTls
+        ) {
+            METRICS
+                .upstream_errors
+                .with_label_values(&[tenant_label, reason.as_str()])
+                .inc();
+        }
+        // Once per request, after every question (`http`, MCP items) was put to it.
+        if let Some(shadow) = &self.shadow {
+            shadow.observe(tenant_label);
+        }
+        let dest = self.destination.as_ref();
+        tracing::info!(
+            request_id = %self.request_id,
+            tenant = tenant_label,
+            workload = self.tenant.as_ref().map(|t| t.workload.as_str()).unwrap_or("-"),
+            listener = %self.listener,
+            method = %self.method,
+            host = dest.map(|d| d.host.as_str()).unwrap_or("-"),
+            path = dest.map(|d| d.audit_path.as_str()).unwrap_or("-"),
+            decision = decision_label,
+            reason = reason.as_str(),
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        let ceiling = match &self.outcome {
+            Outcome::Refused(d) => d.ceiling(),
+            _ => None,
+        };
+        let Some((slot, base)) = self.base_record(decision, reason, status) else {
+            return;
+        };
+        let dest = self.destination.as_ref();
+        slot.emit(AuditRecord {
+            scheme: dest.map(|d| d.scheme.as_str()),
+            host: dest.map(|d| d.host.clone()),
+            port: dest.map(|d| d.port),
+            path: dest.map(|d| d.audit_path.clone()),
+            route: dest.and_then(|d| d.route.clone()),
+            model: self.model.clone(),
+            credentials: self.credentials.clone(),
+            usage: self.usage,
+            reserved: self.reserved,
+            settled: self.settled,
+            ceiling,
+            stream_cut,
+            tunnel: self.tunnel.as_ref().map(|id| TunnelFields {
+                id: id.to_string(),
+                mode: TunnelMode::Intercept.as_str(),
+            }),
+            mcp: self
+                .mcp
+                .as_ref()
+                .map(|m| crate::mcp::audit_fields(m, list_filter)),
+            upstream_latency_ms: upstream.map(|u| u.as_secs_f64() * 1000.0),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            request_body_sha256: self.body_sha256.clone(),
+            ..base
+        });
+    }
+
+    /// Ends the trail of a `CONNECT` tunnel (refused, opened, or closed after an opaque
+    /// relay): counts a refused tunnel of a signed run, then writes the tunnel's record,
+    /// metrics and log line.
+    pub async fn finish_tunnel(&mut self, runs: &RunTracker, status: u16) {
+        self.count_run_refusal(runs).await;
+        let (decision, reason) = self.decision_and_reason();
+        let tenant_label = self.tenant_label().to_string();
+        let mode = self.tunnel_mode.map_or("none", TunnelMode::as_str);
+        METRICS
+            .tunnels
+            .with_label_values(&[&tenant_label, mode, reason.as_str()])
+            .inc();
+        if let Some(shadow) = &self.shadow {
+            shadow.observe(&tenant_label);
+        }
+        let (host, port) = self
+            .authority
+            .clone()
+            .map_or((None, None), |(h, p)| (Some(h), Some(p)));
+        tracing::info!(
+            request_id = %self.request_id,
+            tenant = tenant_label,
+            listener = %self.listener,
+            method = "CONNECT",
+            host = host.as_deref().unwrap_or("-"),
+            port = port.unwrap_or(0),
+            mode,
+            reason = reason.as_str(),
+            status,
+            "tunnel"
+        );
+        let tunnel = self.tunnel_mode.map(|mode| TunnelFields {
+            id: self.request_id.to_string(),
+            mode: mode.as_str(),
+        });
+        let (bytes_in, bytes_out) = (self.bytes_in, self.bytes_out);
+        let Some((slot, base)) = self.base_record(decision, reason, status) else {
+            return;
+        };
+        slot.emit(AuditRecord {
+            host,
+            port,
+            tunnel,
+            bytes_in,
+            bytes_out,
+            ..base
+        });
+    }
+
+    /// Counts a refusal in its signed run's summary, on every path alike.
+    async fn count_run_refusal(&self, runs: &RunTracker) {
+        if let (Outcome::Refused(_), Some(tenant)) = (&self.outcome, &self.tenant) {
+            runs.count_refusal(tenant).await;
+        }
+    }
+
+    /// The record's common fields and the slot to write it into. Records exist only where a
+    /// tenant is known: an unidentified caller has no partition.
+    fn base_record(
+        &mut self,
+        decision: AuditDecision,
+        reason: ReasonCode,
+        status: u16,
+    ) -> Option<(AuditSlot, AuditRecord)> {
+        let (Some(tenant), Some(slot)) = (self.tenant.clone(), self.slot.take()) else {
+            return None;
+        };
+        let policy = self.decision.as_ref();
+        let base = AuditRecord {
+            policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
+            policy_errors: policy.map(|p| p.errors.clone()).unwrap_or_default(),
+            shadow: self.shadow.take(),
+            ..AuditRecord::of(
+                &tenant,
+                &self.listener,
+                self.method.clone(),
+                self.started.elapsed(),
+                decision,
+                reason,
+                status,
+            )
+        };
+        Some((slot, base))
+    }
+}
+
+/// The parts of the JSON refusal for `deny`: status, headers and body.
+fn refusal_parts(deny: &Deny, request_id: &str) -> (u16, Vec<(http::HeaderName, String)>, Vec<u8>) {
+    let (status, code, message) = deny.describe();
+    let body = error_body(code, &message, request_id, deny.ceiling());
+    let mut headers = vec![
+        (http::header::CONTENT_TYPE, "application/json".to_string()),
+        (http::header::CONTENT_LENGTH, body.len().to_string()),
+        (
+            http::HeaderName::from_static("x-request-id"),
+            request_id.to_string(),
+        ),
+    ];
+    headers.extend(deny.extra_headers());
+    (status, headers, body)
+}
+
+/// The JSON refusal for `deny` as a response: head and body.
+pub fn refusal_response(
+    deny: &Deny,
+    request_id: &str,
+) -> pingora::Result<(ResponseHeader, Vec<u8>)> {
+    let (status, headers, body) = refusal_parts(deny, request_id);
+    let mut resp = ResponseHeader::build(status, Some(headers.len()))?;
+    for (name, value) in headers {
+        resp.append_header(name, value)?;
+    }
+    Ok((resp, body))
+}
+
+/// Writes the JSON refusal on a raw connection (one no HTTP session runs on: a `CONNECT`, a
+/// head the front refused) and closes it; returns the status.
+pub async fn write_refusal(stream: &mut Stream, deny: &Deny, request_id: &str) -> u16 {
+    let (status, headers, body) = refusal_parts(deny, request_id);
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\n").into_bytes();
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(&body);
+    if stream.write_all(&out).await.is_ok() {
+        let _ = stream.flush().await;
+    }
+    let _ = stream.shutdown().await;
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_carries_its_code_request_id_and_extra_headers() {
+        let (resp, body) =
+            refusal_response(&Deny::Overloaded("client connections"), "req-9").expect("builds");
+        assert_eq!(resp.status.as_u16(), 503);
+        assert_eq!(
+            resp.headers.get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            resp.headers.get("x-request-id").map(|v| v.as_bytes()),
+            Some(&b"req-9"[..])
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], "overloaded");
+        assert_eq!(v["error"]["request_id"], "req-9");
+    }
+
+    #[test]
+    fn a_pending_outcome_is_recorded_as_an_internal_error() {
+        let t = Trail::new(Arc::from("l"), "GET".into());
+        assert_eq!(
+            t.decision_and_reason(),
+            (AuditDecision::Deny, ReasonCode::Internal)
+        );
+    }
+}

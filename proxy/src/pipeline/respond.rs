@@ -1,0 +1,279 @@
+//! After admission: the upstream request as it leaves, and the response's stages.
+//!
+//! The response body runs through its stages in one fixed order ([`Stages::feed`]):
+//!
+//! 1. the MCP list filter, so nothing after it sees an item the workload may not use;
+//! 2. the usage meter (and the stream guard that cuts a stream past its budget), reading the
+//!    bytes the upstream sent;
+//! 3. the usage-event stripper (the usage event the proxy asked for, the agent did not);
+//! 4. the echo scrubber, last, on exactly what the client receives.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{Error, ErrorType};
+
+use super::admit::{Admitted, HttpGrant};
+use super::record::Trail;
+use crate::credentials::apply::Applied;
+use crate::credentials::scrub::Scrubber;
+use crate::error::Deny;
+use crate::limits::stream::{CutReason, StreamGuard, Verdict};
+use crate::limits::LimitBackend;
+use crate::mcp::list_filter::{FilterError, ListFilter};
+use crate::metrics::METRICS;
+use crate::policy::ItemKind;
+use crate::usage::include_usage::UsageEventStripper;
+use crate::usage::UsageMeter;
+
+/// Writes the admitted request as it goes upstream: origin-form target, the substitutions, the
+/// real body length, `Host`, no identity material, trace context.
+pub fn upstream_request(
+    admitted: &Admitted,
+    grant: &HttpGrant,
+    wants_readable: bool,
+    upstream: &mut RequestHeader,
+) -> pingora::Result<()> {
+    let dest = admitted.permit.destination();
+    let uri: http::Uri = dest.upstream_path.parse().map_err(|_| {
+        Error::explain(ErrorType::InternalError, "upstream path is not a valid URI")
+    })?;
+    upstream.set_uri(uri);
+    if let Some(applied) = &grant.applied {
+        apply_substitutions(applied, upstream)?;
+    }
+    // The body may have been rewritten (credentials, usage request): send its real length.
+    if let Some(body) = &grant.body {
+        if upstream.headers.contains_key(http::header::CONTENT_LENGTH) {
+            upstream.insert_header(http::header::CONTENT_LENGTH, body.0.len().to_string())?;
+        }
+    }
+    // A decoded body goes as it was read (the decision was made on it), not re-encoded.
+    if grant.body_decoded {
+        upstream.remove_header(&http::header::CONTENT_ENCODING);
+    }
+    upstream.insert_header(http::header::HOST, dest.host_header())?;
+    // SECURITY: identity material and agent-written tenant claims never leave the proxy.
+    upstream.remove_header(&http::header::PROXY_AUTHORIZATION);
+    upstream.remove_header("proxy-connection");
+    for name in &admitted.snapshot.tenants.strip_headers {
+        upstream.remove_header(name);
+    }
+    // W3C baggage has no integrity and may name tenants: only internal routes get it.
+    if !dest.internal {
+        upstream.remove_header("baggage");
+    }
+    upstream.insert_header("traceparent", admitted.tenant.trace.traceparent())?;
+    // LLM responses are metered as they stream, MCP lists filtered and echoed secrets scrubbed:
+    // each needs the bytes as sent, so the upstream is asked for no compression (without
+    // `Accept-Encoding` it could pick any), and a WebSocket for no extension (permessage-deflate
+    // would compress frames past the scrubber).
+    if wants_readable {
+        upstream.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+    }
+    if grant.applied.as_ref().is_some_and(|a| !a.used.is_empty()) {
+        upstream.remove_header(&http::header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+    Ok(())
+}
+
+/// Writes the credential substitutions into the upstream request header.
+fn apply_substitutions(applied: &Applied, upstream: &mut RequestHeader) -> pingora::Result<()> {
+    if let Some(pq) = &applied.path_and_query {
+        let uri: http::Uri = pq.parse().map_err(|_| {
+            Error::explain(
+                ErrorType::InternalError,
+                "substituted path is not a valid URI",
+            )
+        })?;
+        upstream.set_uri(uri);
+    }
+    for name in &applied.remove_headers {
+        upstream.remove_header(name);
+    }
+    let mut replaced: Vec<&http::HeaderName> = Vec::new();
+    for (name, value) in &applied.set_headers {
+        if !replaced.contains(&name) {
+            upstream.remove_header(name);
+            replaced.push(name);
+        }
+        upstream.append_header(name.clone(), value.clone())?;
+    }
+    Ok(())
+}
+
+/// Why a response stops before its end.
+#[derive(Debug)]
+pub enum Cut {
+    /// A stream outran its budget: ended with the budget event.
+    Budget(CutReason),
+    /// An MCP list could not be filtered: the rest is withheld.
+    Unfiltered(FilterError),
+}
+
+/// The stages one response body runs through, in their one order.
+#[derive(Debug, Default)]
+pub struct Stages {
+    list: Option<ListFilter>,
+    meter: Option<UsageMeter>,
+    guard: Option<StreamGuard>,
+    strip: Option<UsageEventStripper>,
+    scrub: Option<Scrubber>,
+}
+
+/// What the stages are set up from, besides the response head.
+#[derive(Debug)]
+pub struct StageSetup<'a> {
+    /// The admitted request.
+    pub admitted: &'a Admitted,
+    /// Its HTTP grant.
+    pub grant: &'a HttpGrant,
+    /// The request named a model (an LLM call).
+    pub llm: bool,
+    /// The request was a `HEAD`.
+    pub head: bool,
+    /// The limiter, for a stream guard's extensions.
+    pub limits: Arc<dyn LimitBackend>,
+}
+
+impl Stages {
+    /// Sets up the stages this response needs and adjusts its head for them (a body whose
+    /// length a stage may change loses its `Content-Length`). Refuses a response that must be
+    /// read but cannot be (an MCP list that cannot be filtered, a compressed answer to a request
+    /// that carried a secret).
+    pub fn for_response(
+        setup: StageSetup<'_>,
+        trail: &Trail,
+        resp: &mut ResponseHeader,
+    ) -> Result<Self, Deny> {
+        let mut stages = Stages::default();
+        let encoded = resp
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let sse = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if let Some(exchange) = &trail.mcp {
+            let cap = setup.admitted.snapshot.tenants.mcp.max_message_bytes;
+            stages.list = crate::mcp::response_filter(exchange, cap, resp)?;
+        }
+        // Meter LLM calls whose response is readable as sent.
+        if setup.llm && !encoded {
+            stages.meter = resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(UsageMeter::for_content_type);
+        }
+        // A stream that may be cut for budget ends with an event of ours, so its length changes.
+        // Only hard ceilings (quotas) cut a stream; a per-minute rate does not.
+        let grant = setup.grant;
+        if let (Some(UsageMeter::Sse { .. }), Some(plan), Some(admission)) =
+            (&stages.meter, grant.stream_plan, &grant.limits)
+        {
+            let keys = admission.quota_keys();
+            if !keys.is_empty() {
+                stages.guard = Some(StreamGuard::new(
+                    setup.limits.clone(),
+                    keys,
+                    plan.covered_output,
+                    plan.step_tokens,
+                    plan.step,
+                ));
+                resp.remove_header(&http::header::CONTENT_LENGTH);
+            }
+        }
+        if grant.injected_include_usage && sse {
+            stages.strip = Some(UsageEventStripper::default());
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+        }
+        if let Some(applied) = grant.applied.as_ref().filter(|a| !a.used.is_empty()) {
+            // SECURITY: the request carried a secret and asked for `identity`; a body still
+            // compressed could hide an echo of it, so it is withheld, never passed on.
+            if crate::credentials::scrub::unreadable_encoding(
+                resp.status.as_u16(),
+                setup.head,
+                &resp.headers,
+            ) {
+                return Err(Deny::UpstreamEncoded);
+            }
+            let mut scrubber = Scrubber::new(applied.used.clone());
+            if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                scrubber.upgraded(&resp.headers);
+            }
+            scrubber
+                .scrub_response_header(resp)
+                .map_err(|_| Deny::Internal)?;
+            count_scrubbed(trail, scrubber.replaced);
+            // Replacing a secret changes the body's length.
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            stages.scrub = Some(scrubber);
+        }
+        Ok(stages)
+    }
+
+    /// Runs `body` through every stage, in order. `allowed` decides whether a list may show an
+    /// item. The usage read so far is kept for the record.
+    pub fn feed(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        trail: &mut Trail,
+        allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
+    ) -> Result<(), Cut> {
+        if let Some(filter) = self.list.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            *body = Some(filter.feed(&chunk, end, allowed).map_err(Cut::Unfiltered)?);
+        }
+        // Usage is read from the bytes the upstream sent, before anything is removed.
+        if let Some(meter) = self.meter.as_mut() {
+            if let Some(b) = body.as_ref() {
+                meter.feed(b);
+            }
+            if end {
+                trail.usage = meter.finish();
+            }
+            if let Some(guard) = self.guard.as_mut() {
+                if let Verdict::Cut(reason) = guard.observe(meter.output_estimate()) {
+                    *body = None;
+                    return Err(Cut::Budget(reason));
+                }
+            }
+        }
+        if let Some(strip) = self.strip.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            *body = Some(strip.feed(&chunk, end));
+        }
+        if let Some(scrub) = self.scrub.as_mut() {
+            let before = scrub.replaced;
+            *body = scrub.scrub_chunk(body.take(), end);
+            count_scrubbed(trail, scrub.replaced - before);
+        }
+        if let Some(b) = body {
+            trail.bytes_out += b.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The MCP list filter (what it hid, for the record).
+    pub fn list_filter(&self) -> Option<&ListFilter> {
+        self.list.as_ref()
+    }
+
+    /// Budget extensions a stream guard was granted (added to the reservation before settling).
+    pub fn extensions(&self) -> Option<crate::limits::Charge> {
+        self.guard.as_ref().map(StreamGuard::granted)
+    }
+}
+
+fn count_scrubbed(trail: &Trail, n: u64) {
+    if n > 0 {
+        METRICS
+            .credential_scrubbed
+            .with_label_values(&[trail.tenant_label()])
+            .inc_by(n);
+    }
+}
