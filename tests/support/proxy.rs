@@ -177,9 +177,14 @@ impl Proxy {
             .spawn()
             .unwrap();
         let ready = wait_ready_file(&ready_file, &mut child, dir.path());
+        let port = |name: &str| {
+            ready
+                .port(name)
+                .unwrap_or_else(|| panic!("every test proxy has listener `{name}`: {ready:?}"))
+        };
         let proxy = Proxy {
-            sidecar_port: ready.port(SIDECAR).unwrap_or(0),
-            shared_port: ready.port(SHARED).unwrap_or(0),
+            sidecar_port: port(SIDECAR),
+            shared_port: port(SHARED),
             admin_port: ready.admin.port(),
             ready,
             config: spec.config,
