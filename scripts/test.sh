@@ -16,7 +16,7 @@ ensure_py httpx
 ensure_py openai
 ensure_py mcp
 
-# The end-to-end tests start the real binary.
+# check-deploy.sh runs the binary on deploy/'s files (the end-to-end tests build it themselves).
 cargo build -p tenant-proxy --bin tenant-proxy
 # deploy/ (Kubernetes manifests, alert rules, dashboard) and the compose stack.
 scripts/check-deploy.sh

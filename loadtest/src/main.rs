@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use tenant_proxy_loadtest::client::{self, Connections, Target};
+use tenant_proxy_loadtest::config::{
+    Ceilings, Intercept, Limiter, Listener, Ready, Route, StaticFile, Tenant, TenantFile,
+    LOOPBACK_ANY_PORT,
+};
+use tenant_proxy_loadtest::ports::HeldPort;
 use tenant_proxy_loadtest::{mock, tls};
 use tunnel::{Hosts, Tunnels};
 
@@ -217,12 +222,6 @@ fn parse_row(s: &str) -> Result<String, String> {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -355,87 +354,72 @@ fn which(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Writes the two config files into `dir`, starts the proxy and waits for `/readyz`.
-///
-/// The static file has one `[egress]` table: loopback is allowed (the mocks listen there), then
-/// `g.egress_extra`; `g.static_extra` follows it and must not open `[egress]` again.
-async fn start_proxy(
-    bin: &Path,
-    dir: &Path,
-    mock_port: u16,
-    pin: bool,
-    g: &Group,
-    tenants_extra: &str,
-) -> anyhow::Result<ProxyProcess> {
+/// The listener bound to acme's `support-bot`, whose requests are measured.
+const MEASURED: &str = "loadtest";
+/// The listener bound to globex, the noisy neighbour.
+const NEIGHBOUR: &str = "neighbour";
+
+/// The configuration every group starts from: two listeners on ports the proxy picks
+/// (`loadtest`, bound to acme's `support-bot`, and `neighbour`, bound to globex), the route
+/// `openai` to the plain mock on `mock_port`, the price table, policies from `policy_dir`, and
+/// the loopback mocks as EU destinations and an exception to the egress guard. No shutdown grace
+/// (nothing needs draining at the end of a benchmark, so SIGTERM ends the proxy at once), one
+/// worker thread, log level `warn` (per-request info lines would be measured as proxy CPU).
+fn base_config(mock_port: u16, policy_dir: PathBuf) -> (StaticFile, TenantFile) {
+    let mut config = StaticFile::new("tenants.toml", "audit");
+    config.admin.listen = Some(LOOPBACK_ANY_PORT);
+    config.listeners = vec![
+        Listener::bound(MEASURED, "acme", "support-bot"),
+        Listener::bound(NEIGHBOUR, "globex", "agent"),
+    ];
+    config.server.threads = Some(1);
+    config.server.grace_period = Some(Duration::ZERO);
+    config.server.graceful_shutdown_timeout = Some(Duration::from_secs(1));
+    config.log.level = Some("warn".into());
+    // The mocks listen on loopback, which the SSRF guard refuses unless it is an exception.
+    config.egress.allow = vec!["127.0.0.1/32".into()];
+    let mut tenants = TenantFile::new(policy_dir);
+    tenants.prices_file = Some("prices.toml".into());
+    tenants.routes.push(Route {
+        provider: Some("openai".into()),
+        ..Route::new(
+            "openai",
+            "/openai/",
+            format!("http://127.0.0.1:{mock_port}/"),
+        )
+    });
+    // acme is an EU tenant and the repo's policies keep EU tenants on EU-tagged destinations: the
+    // mocks count as EU, so the rows measure the residency check too.
+    tenants.destination_regions.insert(
+        "eu".into(),
+        vec![
+            "127.0.0.1".into(),
+            TUNNEL_DOMAIN.into(),
+            format!("*.{TUNNEL_DOMAIN}"),
+        ],
+    );
+    tenants.tenants.insert(
+        "acme".into(),
+        Tenant::new("pro", "eu", &["support-bot", "researcher"]),
+    );
+    tenants
+        .tenants
+        .insert("globex".into(), Tenant::new("free", "us", &["agent"]));
+    (config, tenants)
+}
+
+/// Writes the group's two config files (and the price table) into `dir`, starts the proxy and
+/// waits for it to report its ports and answer `/readyz`.
+async fn start_proxy(bin: &Path, dir: &Path, pin: bool, g: &Group) -> anyhow::Result<ProxyProcess> {
     std::fs::create_dir_all(dir)?;
-    let (proxy_port, admin_port, neighbour_port) = (free_port()?, free_port()?, free_port()?);
     std::fs::write(dir.join("prices.toml"), PRICES)?;
-    let policies = &g.policy_dir;
-    let (egress_extra, static_extra) = (&g.egress_extra, &g.static_extra);
-    // grace_period 0s: nothing needs draining at the end of a benchmark, so SIGTERM should end
-    // the proxy at once. Log level warn: per-request info lines would be measured as proxy CPU.
-    std::fs::write(
-        dir.join("tenant-proxy.toml"),
-        format!(
-            r#"tenants_file = "tenants.toml"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[[listener]]
-name = "loadtest"
-listen = "127.0.0.1:{proxy_port}"
-identity = ["binding"]
-binding = {{ tenant = "acme", workload = "support-bot" }}
-[[listener]]
-name = "neighbour"
-listen = "127.0.0.1:{neighbour_port}"
-identity = ["binding"]
-binding = {{ tenant = "globex", workload = "agent" }}
-[audit]
-dir = "{audit}"
-[server]
-threads = 1
-grace_period = "0s"
-graceful_shutdown_timeout = "1s"
-[log]
-level = "warn"
-[egress]
-# The mocks listen on loopback, which the SSRF guard refuses unless it is an exception.
-allow = ["127.0.0.1/32"]
-{egress_extra}
-{static_extra}
-"#,
-            audit = dir.join("audit").display()
-        ),
-    )?;
-    std::fs::write(
-        dir.join("tenants.toml"),
-        format!(
-            r#"policy_dir = "{policies}"
-prices_file = "prices.toml"
-[[route]]
-name = "openai"
-prefix = "/openai/"
-upstream = "http://127.0.0.1:{mock_port}/"
-provider = "openai"
-# acme is an EU tenant and the repo's policies keep EU tenants on EU-tagged destinations: the
-# mocks count as EU, so the rows measure the residency check too.
-[destination_regions]
-eu = ["127.0.0.1", "{TUNNEL_DOMAIN}", "*.{TUNNEL_DOMAIN}"]
-[tenants.acme]
-plan = "pro"
-region = "eu"
-workloads = ["support-bot", "researcher"]
-[tenants.globex]
-plan = "free"
-region = "us"
-workloads = ["agent"]
-{tenants_extra}
-"#,
-            policies = policies.display()
-        ),
-    )?;
+    let mut config = g.config.clone();
+    config.audit.dir = dir.join("audit");
+    config.write(&dir.join("tenant-proxy.toml"))?;
+    g.tenants.write(&dir.join("tenants.toml"))?;
     let log = dir.join("proxy.log");
     let log_file = std::fs::File::create(&log)?;
+    let ready_file = dir.join("ready.json");
     let mut cmd = if pin {
         // taskset execs the proxy, so the child's pid is the proxy's own (for /proc/<pid>/stat).
         let mut c = Command::new("taskset");
@@ -448,6 +432,8 @@ workloads = ["agent"]
         .arg("run")
         .arg("--config")
         .arg(dir.join("tenant-proxy.toml"))
+        .arg("--ready-file")
+        .arg(&ready_file)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -456,13 +442,38 @@ workloads = ["agent"]
     let mut proc = ProxyProcess {
         child,
         log,
-        port: proxy_port,
-        neighbour_port,
-        admin_port,
+        port: 0,
+        neighbour_port: 0,
+        admin_port: 0,
     };
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let readyz = Arc::new(b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n".to_vec());
     let deadline = Instant::now() + Duration::from_secs(20);
+    // The ports the proxy bound, once it listens on all of them.
+    let ready = loop {
+        if let Some(ready) = Ready::read(&ready_file).map_err(anyhow::Error::msg)? {
+            break ready;
+        }
+        if let Some(why) = proc.exited() {
+            bail!("{why} before listening{}", proc.log_tail());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "tenant-proxy wrote no ready file ({}) within 20 s{}",
+                ready_file.display(),
+                proc.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let port_of = |name: &str| {
+        ready
+            .port(name)
+            .with_context(|| format!("the ready file names no listener `{name}`: {ready:?}"))
+    };
+    proc.port = port_of(MEASURED)?;
+    proc.neighbour_port = port_of(NEIGHBOUR)?;
+    proc.admin_port = ready.admin.port();
+    let admin = ready.admin;
+    let readyz = Arc::new(b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n".to_vec());
     loop {
         let ready = client::run(admin, readyz.clone(), 1, 1, Duration::from_secs(1)).await;
         if ready.errors == 0 && ready.requests == 1 {
@@ -492,10 +503,12 @@ fn chat_request(target: &str, host: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A `redis-server` child on a free loopback port, killed on drop.
+/// A `redis-server` child on a loopback port held for it, killed on drop.
 struct RedisProcess {
     child: Child,
     port: u16,
+    /// The port, held (bound, not listening) so nothing else takes it before redis binds it.
+    _held: HeldPort,
 }
 
 impl Drop for RedisProcess {
@@ -506,7 +519,11 @@ impl Drop for RedisProcess {
 }
 
 fn start_redis(dir: &Path) -> anyhow::Result<RedisProcess> {
-    let port = free_port()?;
+    // `redis-server --port 0` turns TCP off rather than picking a port, and the proxy takes
+    // `redis://host:port` only: hold a port for it (it binds with SO_REUSEADDR beside the held
+    // socket).
+    let held = HeldPort::for_child()?;
+    let port = held.port;
     std::fs::create_dir_all(dir)?;
     let child = Command::new("redis-server")
         .args([
@@ -524,7 +541,11 @@ fn start_redis(dir: &Path) -> anyhow::Result<RedisProcess> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting redis-server")?;
-    let redis = RedisProcess { child, port };
+    let redis = RedisProcess {
+        child,
+        port,
+        _held: held,
+    };
     // Wait until it accepts connections rather than guessing a sleep.
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -538,21 +559,27 @@ fn start_redis(dir: &Path) -> anyhow::Result<RedisProcess> {
 
 /// Every kind of tenant ceiling (rate, concurrency, tokens, daily and monthly cost), set high
 /// enough never to refuse: the rows measure the cost of reserving and settling against them.
-const LIMITS: &str = "[tenants.acme.limits]
-requests_per_second = 1000000
-burst = 1000000
-concurrency = 100000
-tokens_per_minute = 1000000000000
-cost_per_day_micros = 1000000000000
-cost_per_month_micros = 1000000000000
-";
+fn acme_limits(tenants: &mut TenantFile) {
+    tenants.tenant("acme").limits = Some(Ceilings {
+        requests_per_second: Some(1_000_000),
+        burst: Some(1_000_000),
+        concurrency: Some(100_000),
+        tokens_per_minute: Some(1_000_000_000_000),
+        cost_per_day_micros: Some(1_000_000_000_000),
+        cost_per_month_micros: Some(1_000_000_000_000),
+        ..Ceilings::default()
+    });
+}
 
 /// The noisy neighbour's ceilings: so small that nearly every one of its requests is refused.
-const NEIGHBOUR_LIMITS: &str = "[tenants.globex.limits]
-requests_per_second = 10
-concurrency = 2
-cost_per_day_micros = 1000
-";
+fn neighbour_limits(tenants: &mut TenantFile) {
+    tenants.tenant("globex").limits = Some(Ceilings {
+        requests_per_second: Some(10),
+        concurrency: Some(2),
+        cost_per_day_micros: Some(1000),
+        ..Ceilings::default()
+    });
+}
 
 /// The price table for the cost ceilings (integer micro-units per million tokens).
 const PRICES: &str = "currency = \"USD\"
@@ -588,13 +615,11 @@ impl RunArgs {
 struct Group {
     dir: &'static str,
     rows: Vec<&'static str>,
-    /// Appended to the static config after its `[egress]` table (which it must not repeat).
-    static_extra: String,
-    /// More `[egress]` keys.
-    egress_extra: String,
-    tenants_extra: &'static str,
-    /// The Cedar policy directory.
-    policy_dir: PathBuf,
+    /// Its static file ([`base_config`] and the group's changes; the audit directory is set
+    /// where the proxy runs).
+    config: StaticFile,
+    /// Its tenant file.
+    tenants: TenantFile,
     /// Create the interception CA here (`tenant-proxy ca init --out`) before starting.
     ca_init: Option<PathBuf>,
 }
@@ -879,9 +904,11 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Starts the TLS mock and writes the HTTPS rows' policies and config pieces into `dir`.
+/// Starts the TLS mock and writes the HTTPS rows' policies into `dir`; their group (on the
+/// plain mock at `mock_port` for everything but the tunnels).
 async fn prepare_tunnels(
     dir: &Path,
+    mock_port: u16,
     rows: &[&'static str],
     args: &RunArgs,
 ) -> anyhow::Result<(TunnelSetup, Group)> {
@@ -892,7 +919,7 @@ async fn prepare_tunnels(
     let origin_ca = dir.join("origin-ca.pem");
     std::fs::write(&origin_ca, &origin.cert_pem)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let mock_port = listener.local_addr()?.port();
+    let tls_mock_port = listener.local_addr()?.port();
     let accepted = Arc::new(AtomicUsize::new(0));
     tokio::spawn(tunnel::serve_mock_tls_counted(
         listener,
@@ -918,33 +945,29 @@ async fn prepare_tunnels(
     }
     names.sort();
     names.dedup();
-    let hosts: Vec<String> = names
-        .iter()
-        .map(|n| format!("\"{n}\" = [\"127.0.0.1\"]"))
-        .collect();
     let ca_dir = dir.join("ca");
+    let (mut config, tenants) = base_config(mock_port, policy_dir);
+    config.egress.connect_ports = Some(vec![443, tls_mock_port]);
+    config.egress.hosts = names
+        .iter()
+        .map(|n| (n.clone(), vec!["127.0.0.1".to_string()]))
+        .collect();
+    config.intercept = Some(Intercept {
+        // Room for every leaf the run mints, so none is evicted and minted again.
+        leaf_cache: Some((names.len() + 1).max(10_000)),
+        ..Intercept::ca_in(&ca_dir)
+    });
+    config.upstream.extra_ca_files = vec![origin_ca];
     let group = Group {
         dir: "tunnel",
         rows: rows.to_vec(),
-        // Room for every leaf the run mints, so none is evicted and minted again.
-        static_extra: format!(
-            "[intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nleaf_cache = {}\n[upstream]\nextra_ca_files = [\"{}\"]\n",
-            ca_dir.join("ca.pem").display(),
-            ca_dir.join("ca-key.pem").display(),
-            (names.len() + 1).max(10_000),
-            origin_ca.display()
-        ),
-        egress_extra: format!(
-            "connect_ports = [443, {mock_port}]\nhosts = {{ {} }}\n",
-            hosts.join(", ")
-        ),
-        tenants_extra: "",
-        policy_dir,
+        config,
+        tenants,
         ca_init: Some(ca_dir.clone()),
     };
     Ok((
         TunnelSetup {
-            mock_port,
+            mock_port: tls_mock_port,
             accepted,
             ca_dir,
         },
@@ -1054,7 +1077,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     tokio::spawn(mock::serve_mock(mock_listener));
     let mock_addr = SocketAddr::from(([127, 0, 0, 1], mock_port));
     let mock_host = format!("127.0.0.1:{mock_port}");
-    let repo_policies = workspace_root().join("policies");
+    let repo_config = || base_config(mock_port, workspace_root().join("policies"));
 
     let mut groups = Vec::new();
     let plain: Vec<&str> = ["forward", "route"]
@@ -1062,13 +1085,12 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         .filter(|r| wanted(r))
         .collect();
     if !plain.is_empty() {
+        let (config, tenants) = repo_config();
         groups.push(Group {
             dir: "plain",
             rows: plain,
-            static_extra: String::new(),
-            egress_extra: String::new(),
-            tenants_extra: "",
-            policy_dir: repo_policies.clone(),
+            config,
+            tenants,
             ca_init: None,
         });
     }
@@ -1080,13 +1102,13 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     .filter(|r| wanted(r))
     .collect();
     if !memory.is_empty() {
+        let (config, mut tenants) = repo_config();
+        acme_limits(&mut tenants);
         groups.push(Group {
             dir: "memory",
             rows: memory,
-            static_extra: String::new(),
-            egress_extra: String::new(),
-            tenants_extra: LIMITS,
-            policy_dir: repo_policies.clone(),
+            config,
+            tenants,
             ca_init: None,
         });
     }
@@ -1102,16 +1124,18 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         None
     };
     if let Some(r) = &redis {
+        let (mut config, mut tenants) = repo_config();
+        config.limiter = Limiter {
+            backend: Some(tenant_proxy_loadtest::config::LimiterBackend::Redis),
+            redis_url: Some(format!("redis://127.0.0.1:{}", r.port)),
+            ..Limiter::default()
+        };
+        acme_limits(&mut tenants);
         groups.push(Group {
             dir: "redis-proxy",
             rows: vec!["route+limits(redis)"],
-            static_extra: format!(
-                "[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\n",
-                r.port
-            ),
-            egress_extra: String::new(),
-            tenants_extra: LIMITS,
-            policy_dir: repo_policies.clone(),
+            config,
+            tenants,
             ca_init: None,
         });
     }
@@ -1127,12 +1151,17 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let tunnels = if tunnel_rows.is_empty() {
         None
     } else {
-        let (setup, group) = prepare_tunnels(&dir.path().join("tunnel"), &tunnel_rows, &args)
-            .await
-            .context("preparing the HTTPS rows")?;
+        let (setup, group) =
+            prepare_tunnels(&dir.path().join("tunnel"), mock_port, &tunnel_rows, &args)
+                .await
+                .context("preparing the HTTPS rows")?;
         groups.push(group);
         Some(setup)
     };
+    // Every group has the noisy neighbour's tiny ceilings (only the noisy rows send its traffic).
+    for g in &mut groups {
+        neighbour_limits(&mut g.tenants);
+    }
     // Resolve the binary before measuring anything, so a missing build fails in a second.
     let bin = match (&args.proxy_bin, groups.is_empty()) {
         (_, true) => PathBuf::new(),
@@ -1197,15 +1226,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             if let Some(ca_dir) = &g.ca_init {
                 ca_init(&bin, ca_dir)?;
             }
-            start_proxy(
-                &bin,
-                &dir.path().join(g.dir),
-                mock_port,
-                pin,
-                g,
-                &format!("{}{NEIGHBOUR_LIMITS}", g.tenants_extra),
-            )
-            .await
+            start_proxy(&bin, &dir.path().join(g.dir), pin, g).await
         }
         .await;
         let mut proxy = match started {
@@ -1344,8 +1365,13 @@ mod tests {
             NEW_TUNNEL_NEW_UPSTREAM,
             NEW_TUNNEL_FRESH,
         ];
-        let (setup, group) = prepare_tunnels(dir.path(), &rows, &args).await.unwrap();
-        let listed = |host: &str| group.egress_extra.contains(&format!("\"{host}\" = ["));
+        let (setup, group) = prepare_tunnels(dir.path(), 18000, &rows, &args)
+            .await
+            .unwrap();
+        // What the proxy reads: the static file as written.
+        let written: toml::Table = group.config.to_toml().unwrap().parse().unwrap();
+        let egress = &written["egress"];
+        let listed = |host: &str| egress["hosts"][host][0].as_str() == Some("127.0.0.1");
         for row in rows {
             let (warm, measured) = new_tunnel_hosts(row, &args);
             let (warm_ops, ops) = if row == TUNNEL_KEEP_ALIVE {
@@ -1369,19 +1395,28 @@ mod tests {
         fresh.dedup();
         assert_eq!(fresh.len(), n);
         assert_eq!(n, NEW_TUNNEL_WARM_UP + 30);
-        // One `[egress]` table: it is written by start_proxy, never by the extras.
-        assert!(!group.static_extra.contains("[egress"));
-        assert!(!group.egress_extra.starts_with('[') && !group.egress_extra.contains("\n["));
-        assert!(group
-            .egress_extra
-            .contains(&format!("connect_ports = [443, {}]", setup.mock_port)));
-        assert!(group.static_extra.contains("[intercept]"));
+        // The loopback exception of the base configuration stays beside the tunnels' settings.
+        assert_eq!(egress["allow"][0].as_str(), Some("127.0.0.1/32"));
+        let ports: Vec<i64> = egress["connect_ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(toml::Value::as_integer)
+            .collect();
+        assert_eq!(ports, [443, i64::from(setup.mock_port)]);
+        assert_eq!(
+            written["intercept"]["ca_cert"].as_str(),
+            setup.ca_dir.join("ca.pem").to_str()
+        );
         assert_eq!(group.ca_init.as_deref(), Some(setup.ca_dir.as_path()));
+        // Everything but the tunnels goes to the plain mock.
+        assert_eq!(group.tenants.routes[0].upstream, "http://127.0.0.1:18000/");
+        let policy_dir = &group.tenants.policy_dir;
         let policy =
-            std::fs::read_to_string(group.policy_dir.join("tenants/acme/loadtest.cedar")).unwrap();
+            std::fs::read_to_string(policy_dir.join("tenants/acme/loadtest.cedar")).unwrap();
         assert!(policy.contains("\"connect\"") && policy.contains("\"http\""));
-        assert!(group.policy_dir.join("schema.cedarschema").is_file());
-        assert!(group.policy_dir.join("global/base.cedar").is_file());
+        assert!(policy_dir.join("schema.cedarschema").is_file());
+        assert!(policy_dir.join("global/base.cedar").is_file());
     }
 
     #[test]

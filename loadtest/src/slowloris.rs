@@ -19,7 +19,10 @@ use tenant_proxy_loadtest::client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{chat_request, default_proxy_bin, start_proxy, taskset_usable, workspace_root, Group};
+use super::{
+    base_config, chat_request, default_proxy_bin, start_proxy, taskset_usable, workspace_root,
+    Group,
+};
 
 /// Options of the `slowloris` subcommand.
 #[derive(Debug)]
@@ -52,22 +55,22 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let mock_port = mock_listener.local_addr()?.port();
     tokio::spawn(tenant_proxy_loadtest::mock::serve_mock(mock_listener));
     let dir = tempfile::tempdir()?;
+    let (mut config, tenants) = base_config(mock_port, workspace_root().join("policies"));
+    let connections = u32::try_from(args.connections + args.slow_bodies + args.concurrency + 100)
+        .unwrap_or(u32::MAX);
+    config.limits.client_body_timeout = Some(args.body_timeout);
+    config.limits.max_connections_per_listener = Some(connections);
+    config.limits.max_connections_per_tenant = Some(connections);
+    config.egress.client_header_timeout = Some(args.header_timeout);
     let group = Group {
         dir: "slowloris",
         rows: vec!["slowloris"],
-        static_extra: format!(
-            "[limits]\nclient_body_timeout = \"{}ms\"\nmax_connections_per_listener = {}\nmax_connections_per_tenant = {}\n",
-            args.body_timeout.as_millis(),
-            args.connections + args.slow_bodies + args.concurrency + 100,
-            args.connections + args.slow_bodies + args.concurrency + 100,
-        ),
-        egress_extra: format!("client_header_timeout = \"{}ms\"", args.header_timeout.as_millis()),
-        tenants_extra: "",
-        policy_dir: workspace_root().join("policies"),
+        config,
+        tenants,
         ca_init: None,
     };
     let pin = taskset_usable();
-    let proxy = start_proxy(&bin, &dir.path().join("proxy"), mock_port, pin, &group, "")
+    let proxy = start_proxy(&bin, &dir.path().join("proxy"), pin, &group)
         .await
         .context("starting the proxy")?;
     let proxy_addr = SocketAddr::from(([127, 0, 0, 1], proxy.port));

@@ -165,13 +165,9 @@ async fn sse_chunks_are_well_framed() {
 
 #[tokio::test]
 async fn load_client_reports_why_requests_failed() {
-    // Nothing listens on a freshly released port: every connect is refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // Nothing listens on a held port (and nobody else can take it): every connect is refused.
+    let closed = tenant_proxy_loadtest::ports::HeldPort::closed().unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], closed.port).into();
     let raw = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
     let r = client::run(addr, Arc::new(raw), 5, 1, Duration::from_secs(5)).await;
     assert_eq!((r.requests, r.errors), (5, 5));

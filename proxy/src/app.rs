@@ -64,9 +64,21 @@ pub fn init_logging(format: LogFormat, level: &str) {
     crate::logging::init(format, level);
 }
 
-/// Loads everything and serves until SIGTERM/SIGINT.
-pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
+/// Loads everything and serves until SIGTERM/SIGINT. With `ready_file`, the addresses bound are
+/// written there once every socket listens (see [`write_ready_file`]).
+pub fn run(
+    config_path: &std::path::Path,
+    ready_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     pingora::tls::install_default_crypto_provider();
+    if let Some(path) = ready_file {
+        // A file left by an earlier run must never pass for this one's.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)
+                .with_context(|| format!("removing the old ready file `{}`", path.display()))?,
+            _ => {}
+        }
+    }
     let (static_config, snapshot) = check(config_path).map_err(problems_error)?;
     init_logging(static_config.log_format, &static_config.log_level);
     // Every socket is bound before anything else starts: a taken port ends the process here,
@@ -166,10 +178,46 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     server.add_service(ListenService::new("admin".into(), bound_admin, admin));
     tracing::info!(addr = %static_config.admin_listen, "admin listening");
 
+    if let Some(path) = ready_file {
+        write_ready_file(path, &static_config)?;
+    }
     server.run(pingora::server::RunArgs::default());
     // The services have stopped: write what is still queued and the final checkpoints.
     audit_writer.shutdown();
     Ok(())
+}
+
+/// Writes the addresses every socket is bound to as JSON, `{"admin": "127.0.0.1:PORT",
+/// "listeners": {"<name>": "127.0.0.1:PORT", …}}`: how a caller that asked for port 0 (tests, the
+/// load generator) learns the ports without racing another process for a free one.
+///
+/// Called once every socket is bound and listening, so a connection made after the file
+/// appears is queued by the kernel until the services take it. Written to a temporary file in
+/// the same directory and renamed into place, so a reader never sees a partial file.
+fn write_ready_file(path: &std::path::Path, config: &StaticConfig) -> anyhow::Result<()> {
+    let listeners: serde_json::Map<String, serde_json::Value> = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.listen.to_string().into()))
+        .collect();
+    let ready = serde_json::json!({
+        "admin": config.admin_listen.to_string(),
+        "listeners": listeners,
+    });
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let write = || -> std::io::Result<()> {
+        let mut file = tempfile::Builder::new()
+            .prefix(".ready-")
+            .tempfile_in(dir)?;
+        file.write_all(ready.to_string().as_bytes())?;
+        file.as_file().sync_all()?;
+        file.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    write().with_context(|| format!("writing the ready file `{}`", path.display()))
 }
 
 /// Summarizes expired runs on a thread of its own: it only waits on the limiter and the audit

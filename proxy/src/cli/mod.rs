@@ -37,6 +37,11 @@ enum Command {
         /// The static configuration file (it names the tenant file).
         #[arg(long, short, value_name = "FILE", required = true)]
         config: Option<PathBuf>,
+        /// Once every socket is bound and listening, write the addresses bound here (JSON
+        /// `{"admin": ADDR, "listeners": {NAME: ADDR, …}}`, replaced atomically): how a caller
+        /// that asked for port 0 learns the ports it got.
+        #[arg(long, value_name = "PATH")]
+        ready_file: Option<PathBuf>,
         #[command(subcommand)]
         command: Option<run::RunCommand>,
     },
@@ -117,7 +122,9 @@ impl Cli {
                     }),
                 ..
             } => run_close::close(&config, &tenant, &run),
-            Command::Run { config, .. } => run::serve(config),
+            Command::Run {
+                config, ready_file, ..
+            } => run::serve(config, ready_file),
             Command::Check { config } => Ok(check::check(&config)),
             Command::Token { command } => token::token(command),
             Command::Cred { config, command } => cred::cred(&config, command),

@@ -26,8 +26,11 @@ pub(super) enum RunCommand {
 
 /// Loads everything `config` names and serves until SIGTERM/SIGINT; a configuration with any
 /// problem is refused with all of them listed.
-pub(super) fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub(super) fn serve(
+    config: Option<PathBuf>,
+    ready_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let config = config.context("`--config` is required")?;
-    crate::app::run(&config)?;
+    crate::app::run(&config, ready_file.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -103,7 +103,8 @@ impl ListenerSettings {
             }
             let listen = match l.listen.parse::<SocketAddr>() {
                 Ok(a) => {
-                    if !addrs.insert(a) {
+                    // Port 0 asks the kernel for a free port: each such socket gets its own.
+                    if a.port() != 0 && !addrs.insert(a) {
                         p.push(at("listen"), format!("address `{a}` is used twice"));
                     }
                     a

@@ -8,86 +8,17 @@
 //! not use never reaches the server (the server's own log of calls, reads and gets says so).
 //! A run's `tool_calls` budget counts the `tools/call`s of MCP requests.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::*;
-use tenant_proxy_loadtest::tls::{PemPair, TestCa};
+use tenant_proxy_loadtest::tls::TestCa;
 
-/// The MCP server fixture over HTTPS (JSON answers), killed on drop.
-struct McpServer {
-    port: u16,
-    log: PathBuf,
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl McpServer {
-    fn start(pair: &PemPair, hosts: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("calls.jsonl");
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&cert, &pair.cert).unwrap();
-        std::fs::write(&key, &pair.key).unwrap();
-        let port = free_port();
-        let child = Command::new("python3")
-            .arg(repo_root().join("tests/fixtures/mcp_server.py"))
-            .arg(port.to_string())
-            .arg(&log)
-            .arg("--json-response")
-            .arg("--tls")
-            .arg(cert)
-            .arg(key)
-            .arg(hosts)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
-            .spawn()
-            .expect("python3 with `mcp` installed (scripts/test.sh installs it)");
-        let server = Self {
-            port,
-            log,
-            child,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "MCP server did not start: {}",
-                std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-
-    /// Everything the server ran: `{"tool"|"resource"|"prompt": …, "args": …}`, in order.
-    fn log(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for McpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::*;
 
 struct Env {
     proxy: Proxy,
-    server: McpServer,
+    server: McpFixture,
     /// A recording origin, also an MCP server (route `recorder`): it shows what arrives.
     recorder: Origin,
     globex: String,
@@ -97,45 +28,66 @@ struct Env {
 /// (the same upstream, not marked) lead to the server; `mcp.test` and `alias.test` resolve to
 /// it; tunnels to its port are allowed and intercepted with the proxy's CA. Route `recorder`
 /// leads to a recording origin, marked as an MCP server too.
-fn start(tenant_settings: Vec<(&'static str, String)>) -> Env {
+fn start() -> Env {
     let recorder = Origin::start();
     let origin_ca = TestCa::new("e2e MCP scope origin CA").unwrap();
-    let server = McpServer::start(
-        &origin_ca.server(&["mcp.test", "alias.test"]).unwrap(),
-        "mcp.test,alias.test",
+    let server = McpFixture::start(
+        true,
+        Some((
+            &origin_ca.server(&["mcp.test", "alias.test"]).unwrap(),
+            "mcp.test,alias.test",
+        )),
     );
     let port = server.port;
     let origin_ca_pem = origin_ca.cert_pem.clone();
-    let proxy = Proxy::start_prepared(
-        ProxySpec {
-            policies: "tests/fixtures/policies-mcp-scope",
-            routes: format!(
-                "[[route]]\nname = \"tickets\"\nprefix = \"/tickets/\"\nupstream = \"https://mcp.test:{port}/\"\n\n[[route]]\nname = \"side\"\nprefix = \"/side/\"\nupstream = \"https://mcp.test:{port}/\"\n\n[[route]]\nname = \"recorder\"\nprefix = \"/recorder/\"\nupstream = \"http://127.0.0.1:{}/\"\n",
-                recorder.port
-            ),
-            tenants_extra: "[[mcp.servers]]\nname = \"tickets\"\nroute = \"tickets\"\n\n[[mcp.servers]]\nname = \"recorder\"\nroute = \"recorder\"\n".into(),
-            tenant_settings,
-            egress: format!(
-                "allow = [\"127.0.0.1/32\"]\nconnect_ports = [{port}]\nhosts = {{ \"mcp.test\" = [\"127.0.0.1\"], \"alias.test\" = [\"127.0.0.1\"] }}"
-            ),
-            upstream: "read_timeout = \"10s\"\nextra_ca_files = [\"origin-ca.pem\"]".into(),
-            static_extra: "[intercept]\nca_cert = \"ca/ca.pem\"\nca_key = \"ca/ca-key.pem\"\n"
-                .into(),
-            ..Default::default()
-        },
-        |dir| {
-            std::fs::write(dir.join("origin-ca.pem"), &origin_ca_pem).unwrap();
-            let (code, out) = proxy_cli(
-                dir,
-                &[
-                    "ca", "init", "--out", "ca", "--name", "e2e MCP scope CA", "--permit",
-                    "mcp.test",
-                ],
-                "",
-            );
-            assert_eq!(code, 0, "{out}");
-        },
-    );
+    let mut spec = ProxySpec {
+        policies: "tests/fixtures/policies-mcp-scope",
+        ..Default::default()
+    };
+    let server_url = format!("https://mcp.test:{port}/");
+    spec.tenants.routes = vec![
+        config::Route::new("tickets", "/tickets/", server_url.clone()),
+        config::Route::new("side", "/side/", server_url),
+        config::Route::new(
+            "recorder",
+            "/recorder/",
+            format!("http://127.0.0.1:{}/", recorder.port),
+        ),
+    ];
+    spec.tenants.mcp = Some(config::Mcp {
+        max_message_bytes: None,
+        servers: vec![
+            config::McpServer::by_route("tickets", "tickets"),
+            config::McpServer::by_route("recorder", "recorder"),
+        ],
+    });
+    spec.config.egress.connect_ports = Some(vec![port]);
+    for host in ["mcp.test", "alias.test"] {
+        spec.config
+            .egress
+            .hosts
+            .insert(host.into(), vec!["127.0.0.1".into()]);
+    }
+    spec.config.upstream.extra_ca_files = vec!["origin-ca.pem".into()];
+    spec.config.intercept = Some(config::Intercept::ca_in("ca"));
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::write(dir.join("origin-ca.pem"), &origin_ca_pem).unwrap();
+        let (code, out) = proxy_cli(
+            dir,
+            &[
+                "ca",
+                "init",
+                "--out",
+                "ca",
+                "--name",
+                "e2e MCP scope CA",
+                "--permit",
+                "mcp.test",
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{out}");
+    });
     Env {
         proxy,
         server,
@@ -326,7 +278,7 @@ fn call(id: u64, tool: &str, args: Value) -> String {
 
 #[test]
 fn every_way_to_the_server_is_scoped_for_each_tenant() {
-    let env = start(Vec::new());
+    let env = start();
     for way in WAYS {
         for who in [Who::Acme, Who::Globex] {
             let tenant = who.tenant();
@@ -499,7 +451,7 @@ fn every_way_to_the_server_is_scoped_for_each_tenant() {
 
 #[test]
 fn mcp_tool_calls_count_against_the_runs_tool_call_budget() {
-    let env = start(Vec::new());
+    let env = start();
     let run = token(TokenOpts {
         tenant: "globex",
         workload: "agent",
@@ -568,7 +520,7 @@ fn mcp_tool_calls_count_against_the_runs_tool_call_budget() {
 
 #[test]
 fn other_spellings_of_a_servers_address_are_the_same_server() {
-    let env = start(Vec::new());
+    let env = start();
     let port = env.recorder.port;
     for host in ["localhost", "127.1", "2130706433", "[::ffff:127.0.0.1]"] {
         let post = |body: &str| {

@@ -1,13 +1,9 @@
 //! The shipped configurations from a clean checkout: the quickstart's key script creates what
 //! they need, and both the quickstart and the compose configuration then pass `check`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 /// Copies what a clean clone holds of the configurations, scripts and policies (generated keys
 /// are never committed).
@@ -40,7 +36,7 @@ fn key_script_then_check_passes_for_quickstart_and_compose() {
     let bin_dir = bin.parent().unwrap();
 
     // Before the keys exist, check names what is missing rather than passing.
-    let before = Command::new(&bin)
+    let before = Command::new(bin)
         .args(["check", "--config", "quickstart/tenant-proxy.toml"])
         .current_dir(dir.path())
         .output()
@@ -68,7 +64,7 @@ fn key_script_then_check_passes_for_quickstart_and_compose() {
         );
     }
     for config in ["quickstart/tenant-proxy.toml", "compose/tenant-proxy.toml"] {
-        let out = Command::new(&bin)
+        let out = Command::new(bin)
             .args(["check", "--config", config])
             .current_dir(dir.path())
             .output()

@@ -1,21 +1,19 @@
 //! Rate and concurrency ceilings end to end (in-memory backend): fast 429s with `Retry-After`,
 //! per-tenant counters that another tenant's traffic never moves, leases given back.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
-const LIMITS: &str = r#"
-[tenants.acme.limits]
-requests_per_minute = 5
-
-[tenants.acme.workload_limits.researcher]
-concurrency = 1
-"#;
+/// acme: `requests_per_minute` a minute for the tenant, one request at a time for its
+/// `researcher`.
+fn limits(requests_per_minute: u32) -> ProxySpec {
+    let mut spec = ProxySpec::default();
+    let acme = spec.tenant("acme");
+    acme.limits().requests_per_minute = Some(requests_per_minute);
+    acme.workload_limits("researcher").concurrency = Some(1);
+    spec
+}
 
 fn url(origin: &Origin, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", origin.port)
@@ -24,10 +22,7 @@ fn url(origin: &Origin, path: &str) -> String {
 #[test]
 fn tenant_rate_ceiling_refuses_fast_and_leaves_other_tenants_alone() {
     let origin = Origin::start();
-    let proxy = Proxy::start(ProxySpec {
-        tenants_extra: LIMITS.into(),
-        ..Default::default()
-    });
+    let proxy = Proxy::start(limits(5));
     let acme = token_for("acme", "bot");
     let globex = token_for("globex", "agent");
     for i in 0..5 {
@@ -92,12 +87,13 @@ fn tenant_rate_ceiling_refuses_fast_and_leaves_other_tenants_alone() {
 fn a_noisy_neighbour_saturating_its_ceilings_leaves_another_tenants_allowance_whole() {
     let origin = Origin::start();
     // Both tenants have the same ceilings; acme's agent runs away, globex behaves.
-    let limits = "[tenants.acme.limits]\nrequests_per_minute = 20\nconcurrency = 2\n\
-                  [tenants.globex.limits]\nrequests_per_minute = 20\nconcurrency = 2\n";
-    let proxy = Proxy::start(ProxySpec {
-        tenants_extra: limits.into(),
-        ..Default::default()
-    });
+    let mut spec = ProxySpec::default();
+    for tenant in ["acme", "globex"] {
+        let limits = spec.tenant(tenant).limits();
+        limits.requests_per_minute = Some(20);
+        limits.concurrency = Some(2);
+    }
+    let proxy = Proxy::start(spec);
     let port = proxy.shared_port;
     let (acme, globex) = (token_for("acme", "bot"), token_for("globex", "agent"));
     let acme_url = url(&origin, "/acme/noise");
@@ -149,10 +145,7 @@ fn a_noisy_neighbour_saturating_its_ceilings_leaves_another_tenants_allowance_wh
 #[test]
 fn workload_concurrency_lease_is_returned_when_the_request_ends() {
     let origin = Origin::start();
-    let proxy = Proxy::start(ProxySpec {
-        tenants_extra: LIMITS.replace("requests_per_minute = 5", "requests_per_minute = 100"),
-        ..Default::default()
-    });
+    let proxy = Proxy::start(limits(100));
     let researcher = token_for("acme", "researcher");
     let port = proxy.shared_port;
     let slow_url = url(&origin, "/slow/c");
@@ -188,12 +181,12 @@ fn workload_concurrency_lease_is_returned_when_the_request_ends() {
     );
 }
 
-fn llm_proxy(mock: u16, tenant_limits: &str) -> Proxy {
-    Proxy::start(ProxySpec {
-        routes: format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n"),
-        tenants_extra: tenant_limits.into(),
-        ..Default::default()
-    })
+/// A proxy with the `llm` route to the mock and acme's ceilings `acme`.
+fn llm_proxy(mock: u16, acme: config::Ceilings) -> Proxy {
+    let mut spec = ProxySpec::default();
+    spec.llm_route(mock);
+    spec.tenant("acme").limits = Some(acme);
+    Proxy::start(spec)
 }
 
 #[test]
@@ -204,7 +197,11 @@ fn token_ceiling_reserves_before_and_settles_after() {
     // settlement gives back.
     let proxy = llm_proxy(
         mock,
-        "[tenants.acme.limits]\ntokens_per_minute = 400\nassumed_max_tokens = 150\n",
+        config::Ceilings {
+            tokens_per_minute: Some(400),
+            assumed_max_tokens: Some(150),
+            ..Default::default()
+        },
     );
     let body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
     let mut statuses = Vec::new();
@@ -244,7 +241,13 @@ fn token_ceiling_reserves_before_and_settles_after() {
 #[test]
 fn sixty_four_concurrent_calls_never_overshoot_the_token_ceiling() {
     let mock = start_mock();
-    let proxy = llm_proxy(mock, "[tenants.acme.limits]\ntokens_per_minute = 1000\n");
+    let proxy = llm_proxy(
+        mock,
+        config::Ceilings {
+            tokens_per_minute: Some(1000),
+            ..Default::default()
+        },
+    );
     let port = proxy.sidecar_port;
     let body = r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[]}"#;
     let statuses: Vec<u16> = std::thread::scope(|s| {

@@ -3,17 +3,14 @@
 //! restarts, size rotation and `kill -9` under load leave directories that verify, and
 //! `audit export` of one tenant never opens another tenant's files.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
+
 use tenant_proxy::audit::checkpoint::{Checkpoint, Signer};
 
 fn url(origin: &Origin, path: &str) -> String {
@@ -122,10 +119,10 @@ fn write_lines(path: &Path, lines: &[String]) {
 /// A proxy whose audit files rotate every few records and whose checkpoints are signed with a
 /// configured key (made with `audit keygen`).
 fn rotating_spec() -> ProxySpec {
-    ProxySpec {
-        audit: "max_file_bytes = 4096\nsigning_key = \"keys/audit-signing-key.pem\"".into(),
-        ..ProxySpec::default()
-    }
+    let mut spec = ProxySpec::default();
+    spec.config.audit.max_file_bytes = Some(4096);
+    spec.config.audit.signing_key = Some("keys/audit-signing-key.pem".into());
+    spec
 }
 
 fn keygen(config_dir: &Path) -> PathBuf {
@@ -330,9 +327,11 @@ fn chains_survive_restart_and_rotation_and_every_tamper_is_detected() {
 #[test]
 fn kill_9_under_load_leaves_a_directory_that_verifies() {
     let origin = Origin::start();
-    let spec = || ProxySpec {
-        audit: "max_file_bytes = 8192\ncheckpoint_interval = \"200ms\"".into(),
-        ..ProxySpec::default()
+    let spec = || {
+        let mut spec = ProxySpec::default();
+        spec.config.audit.max_file_bytes = Some(8192);
+        spec.config.audit.checkpoint_interval = Some(Duration::from_millis(200));
+        spec
     };
     let proxy = Proxy::start(spec());
     let running = Arc::new(AtomicBool::new(true));
@@ -522,14 +521,12 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
     let origin = Origin::start();
-    let port = free_port();
-    let redis = RedisServer::start_on(port);
-    let proxy = Proxy::start(ProxySpec {
-        audit: format!(
-            "redis_url = \"redis://127.0.0.1:{port}\"\nredis_required = true\nredis_maxlen = 1000"
-        ),
-        ..ProxySpec::default()
-    });
+    let mut redis = RedisServer::start();
+    let mut spec = ProxySpec::default();
+    spec.config.audit.redis_url = Some(redis.url());
+    spec.config.audit.redis_required = Some(true);
+    spec.config.audit.redis_maxlen = Some(1000);
+    let proxy = Proxy::start(spec);
     traffic(&proxy, &origin, 3, 2);
     wait_until("both streams", || {
         stream_records(&redis, "tp:{acme}:audit").len() == 3
@@ -546,7 +543,7 @@ fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
     );
 
     // Redis goes away: the stream is required, so the sink refuses, and nothing is forwarded.
-    drop(redis);
+    redis.stop();
     let target = url(&origin, "/acme/while-down");
     wait_until("audit_unavailable refusals", || {
         let r = forward_get(proxy.sidecar_port, &target, None, "");
@@ -562,7 +559,7 @@ fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
     );
 
     // Redis is back (empty): the records held while it was down arrive, then service resumes.
-    let redis = RedisServer::start_on(port);
+    redis.restart();
     wait_until("recovery", || {
         forward_get(proxy.sidecar_port, &url(&origin, "/acme/after"), None, "").status == 200
     });
@@ -583,11 +580,10 @@ fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
 #[test]
 fn an_optional_stream_that_is_down_does_not_refuse() {
     let origin = Origin::start();
-    let nothing_there = free_port();
-    let proxy = Proxy::start(ProxySpec {
-        audit: format!("redis_url = \"redis://127.0.0.1:{nothing_there}\""),
-        ..ProxySpec::default()
-    });
+    let nothing_there = HeldPort::closed().unwrap();
+    let mut spec = ProxySpec::default();
+    spec.config.audit.redis_url = Some(format!("redis://127.0.0.1:{}", nothing_there.port));
+    let proxy = Proxy::start(spec);
     traffic(&proxy, &origin, 3, 0);
     assert_eq!(proxy.wait_audit_records("acme", 3).len(), 3);
     wait_until("the stream failure in the log", || {

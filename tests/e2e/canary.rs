@@ -5,10 +5,6 @@
 //! stdout and stderr, the audit files, the audit Redis streams, `/metrics`, and every response
 //! header and body the client got. Zero hits, in any of the canary's forms.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,7 +14,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use support::*;
+
+use crate::support::*;
 
 const RUST_LOG: &str =
     "trace,pingora_proxy::proxy_h1=trace,pingora_core=trace,pingora_core::protocols::http::v1::client=trace,pingora=trace,h2=trace";
@@ -350,49 +347,51 @@ fn parsed(raw: &[u8]) -> Response {
     })
 }
 
+/// The default proxy with credentials from the vault `vault.json` (master key `master.key`).
+fn vault_spec() -> ProxySpec {
+    let mut spec = ProxySpec::default();
+    spec.tenants.credentials = Some(config::Credentials {
+        vault_file: Some("vault.json".into()),
+        master_key_file: Some("master.key".into()),
+        ..Default::default()
+    });
+    spec
+}
+
 #[test]
 fn the_canary_reaches_no_sink_at_any_log_level() {
     let secret = canary();
     let forms = Forms::of(&secret);
     let upstream = Hostile::start();
     let redis = RedisServer::start();
-    let proxy = Proxy::start_prepared(
-        ProxySpec {
-            tenants_extra:
-                "[credentials]\nvault_file = \"vault.json\"\nmaster_key_file = \"master.key\"\n"
-                    .into(),
-            upstream: "read_timeout = \"1s\"".into(),
-            audit: format!(
-                "redis_url = \"redis://127.0.0.1:{}\"\nredis_required = true",
-                redis.port
-            ),
-            env: vec![("RUST_LOG".into(), RUST_LOG.into())],
-            ..Default::default()
-        },
-        |dir| {
-            let (code, out) = proxy_cli(dir, &["cred", "init-master", "--out", "master.key"], "");
-            assert_eq!(code, 0, "{out}");
-            let (code, out) = proxy_cli(
-                dir,
-                &[
-                    "cred",
-                    "--config",
-                    "tenant-proxy.toml",
-                    "put",
-                    "--tenant",
-                    "acme",
-                    "--name",
-                    "canary",
-                    "--bind",
-                    "127.0.0.1/acme/",
-                    "--in",
-                    "header",
-                ],
-                &secret,
-            );
-            assert_eq!(code, 0, "{out}");
-        },
-    );
+    let mut spec = vault_spec();
+    spec.config.upstream.read_timeout = Some(Duration::from_secs(1));
+    spec.config.audit.redis_url = Some(redis.url());
+    spec.config.audit.redis_required = Some(true);
+    spec.env = vec![("RUST_LOG".into(), RUST_LOG.into())];
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        let (code, out) = proxy_cli(dir, &["cred", "init-master", "--out", "master.key"], "");
+        assert_eq!(code, 0, "{out}");
+        let (code, out) = proxy_cli(
+            dir,
+            &[
+                "cred",
+                "--config",
+                "tenant-proxy.toml",
+                "put",
+                "--tenant",
+                "acme",
+                "--name",
+                "canary",
+                "--bind",
+                "127.0.0.1/acme/",
+                "--in",
+                "header",
+            ],
+            &secret,
+        );
+        assert_eq!(code, 0, "{out}");
+    });
     let u = upstream.port;
     let get = |path: &str, extra: &str| {
         format!(
@@ -597,37 +596,29 @@ fn the_canary_reaches_no_sink_at_any_log_level() {
 fn a_malformed_echo_at_the_default_level_logs_what_failed_and_no_secret() {
     let secret = canary();
     let upstream = Hostile::start();
-    let proxy = Proxy::start_prepared(
-        ProxySpec {
-            tenants_extra:
-                "[credentials]\nvault_file = \"vault.json\"\nmaster_key_file = \"master.key\"\n"
-                    .into(),
-            ..Default::default()
-        },
-        |dir| {
-            let (code, out) = proxy_cli(dir, &["cred", "init-master", "--out", "master.key"], "");
-            assert_eq!(code, 0, "{out}");
-            let (code, out) = proxy_cli(
-                dir,
-                &[
-                    "cred",
-                    "--config",
-                    "tenant-proxy.toml",
-                    "put",
-                    "--tenant",
-                    "acme",
-                    "--name",
-                    "canary",
-                    "--bind",
-                    "127.0.0.1/acme/",
-                    "--in",
-                    "header",
-                ],
-                &secret,
-            );
-            assert_eq!(code, 0, "{out}");
-        },
-    );
+    let proxy = Proxy::start_prepared(vault_spec(), |dir| {
+        let (code, out) = proxy_cli(dir, &["cred", "init-master", "--out", "master.key"], "");
+        assert_eq!(code, 0, "{out}");
+        let (code, out) = proxy_cli(
+            dir,
+            &[
+                "cred",
+                "--config",
+                "tenant-proxy.toml",
+                "put",
+                "--tenant",
+                "acme",
+                "--name",
+                "canary",
+                "--bind",
+                "127.0.0.1/acme/",
+                "--in",
+                "header",
+            ],
+            &secret,
+        );
+        assert_eq!(code, 0, "{out}");
+    });
     let u = upstream.port;
     for path in ["/acme/nul", "/acme/badstatus"] {
         let r = forward_get(

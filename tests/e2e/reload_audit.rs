@@ -1,12 +1,8 @@
 //! Reload, audit partitions, metrics and the cross-tenant checks on them; `check` on broken input.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)] // test code: a failed step should panic
-
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 fn url(origin: &Origin, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", origin.port)
@@ -103,13 +99,13 @@ fn tenant_file_reload_rejects_unknown_field() {
         .status,
         200
     );
-    let path = proxy.path("tenants.toml");
-    let good = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        good.replace("[tenants.globex]", "[tenants.globex]\nunexpected = 1"),
-    )
-    .unwrap();
+    // A key the tenant file does not have, which the typed file cannot write: patched in.
+    let mut broken = proxy.tenants().to_table().unwrap();
+    broken["tenants"]["globex"]
+        .as_table_mut()
+        .unwrap()
+        .insert("unexpected".into(), 1.into());
+    std::fs::write(proxy.path("tenants.toml"), broken.to_string()).unwrap();
     wait_for("rejected reload", || {
         proxy
             .metrics()
@@ -125,15 +121,10 @@ fn tenant_file_reload_rejects_unknown_field() {
         .status,
         200
     );
-    // Removing the tenant (validly) takes effect: its tokens stop working.
-    std::fs::write(
-        &path,
-        good.replace(
-            "workloads = [\"agent\"]\n\n[tenants.evalerr]",
-            "workloads = [\"other\"]\n\n[tenants.evalerr]",
-        ),
-    )
-    .unwrap();
+    // Removing the tenant's workload (validly) takes effect: its tokens stop working.
+    let mut tenants = proxy.tenants().clone();
+    tenants.tenant("globex").workloads = vec!["other".into()];
+    proxy.write_tenants(&tenants);
     wait_for("tenant change", || {
         forward_get(
             proxy.shared_port,
@@ -332,23 +323,12 @@ fn refuses_while_unwritable_then_recovers(proxy: &Proxy, origin: &Origin, repair
 
 #[test]
 fn cost_ceiling_gauges_follow_the_tenant_file_per_tenant() {
-    let proxy = Proxy::start_prepared(
-        ProxySpec {
-            tenants_top: "prices_file = \"prices.toml\"\n".into(),
-            tenants_extra: "[tenants.acme.limits]\ncost_per_day_micros = 20000000\n\
-                            cost_per_month_micros = 300000000\n\
-                            [tenants.globex.limits]\ncost_per_day_micros = 1000000\n"
-                .into(),
-            ..Default::default()
-        },
-        |dir| {
-            std::fs::copy(
-                repo_root().join("tests/fixtures/prices.toml"),
-                dir.join("prices.toml"),
-            )
-            .unwrap();
-        },
-    );
+    let mut spec = ProxySpec::default().with_prices();
+    let acme = spec.tenant("acme").limits();
+    acme.cost_per_day_micros = Some(20_000_000);
+    acme.cost_per_month_micros = Some(300_000_000);
+    spec.tenant("globex").limits().cost_per_day_micros = Some(1_000_000);
+    let proxy = Proxy::start(spec);
     let acme_day = r#"tenant_proxy_cost_ceiling_micros{period="day",tenant="acme"} "#;
     let acme_month = r#"tenant_proxy_cost_ceiling_micros{period="month",tenant="acme"} "#;
     let globex_day = r#"tenant_proxy_cost_ceiling_micros{period="day",tenant="globex"} "#;
@@ -376,16 +356,11 @@ fn cost_ceiling_gauges_follow_the_tenant_file_per_tenant() {
 
     // acme's daily ceiling is raised and its monthly one removed: globex's series is untouched
     // and nothing of acme's old values remains.
-    let path = proxy.path("tenants.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace(
-            "cost_per_day_micros = 20000000\ncost_per_month_micros = 300000000\n",
-            "cost_per_day_micros = 25000000\n",
-        ),
-    )
-    .unwrap();
+    let mut tenants = proxy.tenants().clone();
+    let acme = tenants.tenant("acme").limits();
+    acme.cost_per_day_micros = Some(25_000_000);
+    acme.cost_per_month_micros = None;
+    proxy.write_tenants(&tenants);
     wait_for("ceiling reload", || {
         proxy.metrics().contains(&format!("{acme_day}25000000\n"))
     });
@@ -446,11 +421,18 @@ fn check_reports_every_problem_with_location() {
     )
     .unwrap();
     std::fs::copy(root.join(TEST_JWKS), dir.path().join("jwks.json")).unwrap();
-    let static_toml = "tenants_file = \"tenants.toml\"\n[audit]\ndir = \"audit\"\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\nidentity = [\"token\"]\n";
-    std::fs::write(dir.path().join("tenant-proxy.toml"), static_toml).unwrap();
-    let tenants =
-        format!("policy_dir = \"policies\"\n[token]\njwks_file = \"jwks.json\"\n{TENANTS}");
-    std::fs::write(dir.path().join("tenants.toml"), &tenants).unwrap();
+    // `check` binds nothing: any address will do.
+    let mut static_file = config::StaticFile::new("tenants.toml", "audit");
+    static_file.listeners.push(config::Listener {
+        listen: "127.0.0.1:1".parse().unwrap(),
+        ..config::Listener::token("l")
+    });
+    static_file
+        .write(&dir.path().join("tenant-proxy.toml"))
+        .unwrap();
+    let mut tenants = standard_tenants();
+    tenants.token = Some(config::Token::new("jwks.json"));
+    tenants.write(&dir.path().join("tenants.toml")).unwrap();
     let check = |what: &str| {
         let out = std::process::Command::new(proxy_bin())
             .args(["check", "--config"])
@@ -471,18 +453,18 @@ fn check_reports_every_problem_with_location() {
     assert_eq!(code, Some(0), "{out}");
 
     // Unknown field in the static file: line and column.
-    std::fs::write(
-        dir.path().join("tenant-proxy.toml"),
-        format!("{static_toml}colour = 1\n"),
-    )
-    .unwrap();
+    let mut broken = static_file.to_table().unwrap();
+    broken.insert("colour".into(), 1.into());
+    std::fs::write(dir.path().join("tenant-proxy.toml"), broken.to_string()).unwrap();
     let (code, out, _) = check("unknown field");
     assert_eq!(code, Some(1));
     assert!(
         out.contains("tenant-proxy.toml") && out.contains("unknown field `colour`"),
         "{out}"
     );
-    std::fs::write(dir.path().join("tenant-proxy.toml"), static_toml).unwrap();
+    static_file
+        .write(&dir.path().join("tenant-proxy.toml"))
+        .unwrap();
 
     // A policy syntax error and a schema violation, reported together with file and line.
     std::fs::write(

@@ -3,14 +3,10 @@
 //! parameter cannot act on another tenant, and two `Proxy-Authorization` headers are no
 //! identity. Each test checks what the recording origin received and what the audit trail says.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn url(origin: &Origin, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", origin.port)
@@ -158,10 +154,9 @@ fn run_token(tenant: &'static str, workload: &'static str, run: &'static str, tt
 fn a_tenant_starting_runs_without_end_leaves_room_for_anothers() {
     let origin = Origin::start();
     // A small bound so the test can reach it: 64 runs of one tenant at a time.
-    let proxy = Proxy::start(ProxySpec {
-        static_extra: "[limiter]\nwatched_runs_per_tenant = 64\n".into(),
-        ..Default::default()
-    });
+    let mut spec = ProxySpec::default();
+    spec.config.limiter.watched_runs_per_tenant = Some(64);
+    let proxy = Proxy::start(spec);
     // globex starts 300 runs that end soon (token expiry plus the 5 s leeway).
     let runs: Vec<&'static str> = (0..300)
         .map(|i| &*Box::leak(format!("noisy-{i}").into_boxed_str()))

@@ -6,18 +6,16 @@
 //! the proxy trusts through `[upstream] extra_ca_files`. Its names (llm.test, ...) resolve to
 //! 127.0.0.1 only through `[egress] hosts`, so nothing here leaves loopback.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
+use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::*;
 use tenant_proxy_loadtest::tls::{PemPair, TestCa};
+
+use crate::support::*;
 
 /// Every name the mock answers for. `badcert.test` resolves to it too but is not on its
 /// certificate: the proxy must refuse to talk to it.
@@ -34,93 +32,76 @@ struct Https {
     trust: Vec<(String, String)>,
 }
 
-fn egress_table(mock: u16) -> String {
-    format!(
-        r#"allow = ["127.0.0.1/32"]
-connect_ports = [443, {mock}]
-hosts = {{ "llm.test" = ["127.0.0.1"], "other.test" = ["127.0.0.1"], "pinned.test" = ["127.0.0.1"], "plain.test" = ["127.0.0.1"], "badcert.test" = ["127.0.0.1"] }}"#
-    )
-}
-
-const CREDENTIALS: &str = r#"
-[credentials]
-files_dir = "secrets"
-[[credentials.file]]
-tenant = "acme"
-name = "openai"
-bind = ["llm.test"]
-in = ["header"]
-[[credentials.file]]
-tenant = "acme"
-name = "acme_only"
-bind = ["llm.test"]
-in = ["header"]
-[[credentials.file]]
-tenant = "globex"
-name = "openai"
-bind = ["llm.test"]
-in = ["header"]
-"#;
-
-fn start_https(spec: ProxySpec, tenant_settings: Vec<(&'static str, String)>) -> Https {
-    start_https_with(spec, tenant_settings, "")
-}
-
-/// `egress_extra`: more `[egress]` keys (the table itself names the mock).
-fn start_https_with(
-    spec: ProxySpec,
-    tenant_settings: Vec<(&'static str, String)>,
-    egress_extra: &str,
-) -> Https {
+/// The interception CA, the test CA that signed the mock's certificate, every name the mock
+/// answers for (resolved to loopback by `[egress] hosts`) and tunnels to its port, and one
+/// mounted credential per tenant bound to `llm.test`; then `configure`'s changes.
+fn start_https(configure: impl FnOnce(&mut ProxySpec)) -> Https {
     let ca = TestCa::new("tenant-proxy test origin CA").unwrap();
     let mut names: Vec<&str> = MOCK_NAMES.to_vec();
     names.push("127.0.0.1");
     let mock = start_mock_tls(&ca.server(&names).unwrap());
     let origin_ca_pem = ca.cert_pem.clone();
-    let proxy = Proxy::start_prepared(
-        ProxySpec {
-            policies: "tests/fixtures/policies-https",
-            egress: format!("{}\n{egress_extra}", egress_table(mock)),
-            upstream: "read_timeout = \"10s\"\nextra_ca_files = [\"origin-ca.pem\"]".into(),
-            static_extra: format!(
-                "[intercept]\nca_cert = \"ca/ca.pem\"\nca_key = \"ca/ca-key.pem\"\n{}",
-                spec.static_extra
-            ),
-            tenants_extra: format!("{CREDENTIALS}{}", spec.tenants_extra),
-            tenant_settings,
-            ..spec
-        },
-        |dir| {
-            std::fs::write(dir.join("origin-ca.pem"), &origin_ca_pem).unwrap();
-            let (code, out) = proxy_cli(
-                dir,
-                &[
-                    "ca",
-                    "init",
-                    "--out",
-                    "ca",
-                    "--name",
-                    "e2e interception CA",
-                    "--permit",
-                    "llm.test",
-                    "--permit",
-                    "other.test",
-                    "--permit",
-                    "badcert.test",
-                ],
-                "",
-            );
-            assert_eq!(code, 0, "{out}");
-            for (tenant, name, value) in [
-                ("acme", "openai", ACME_SECRET),
-                ("acme", "acme_only", "sk-acme-only-2222"),
-                ("globex", "openai", GLOBEX_SECRET),
-            ] {
-                std::fs::create_dir_all(dir.join("secrets").join(tenant)).unwrap();
-                std::fs::write(dir.join("secrets").join(tenant).join(name), value).unwrap();
-            }
-        },
-    );
+    let mut spec = ProxySpec {
+        policies: "tests/fixtures/policies-https",
+        ..Default::default()
+    };
+    spec.config.egress.connect_ports = Some(vec![443, mock]);
+    for host in [
+        "llm.test",
+        "other.test",
+        "pinned.test",
+        "plain.test",
+        "badcert.test",
+    ] {
+        spec.config
+            .egress
+            .hosts
+            .insert(host.into(), vec!["127.0.0.1".into()]);
+    }
+    spec.config.upstream.extra_ca_files = vec!["origin-ca.pem".into()];
+    spec.config.intercept = Some(config::Intercept::ca_in("ca"));
+    let credentials = spec.tenants.credentials();
+    credentials.files_dir = Some("secrets".into());
+    for (tenant, name) in [
+        ("acme", "openai"),
+        ("acme", "acme_only"),
+        ("globex", "openai"),
+    ] {
+        credentials
+            .files
+            .push(config::FileCredential::header(tenant, name, &["llm.test"]));
+    }
+    configure(&mut spec);
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::write(dir.join("origin-ca.pem"), &origin_ca_pem).unwrap();
+        let (code, out) = proxy_cli(
+            dir,
+            &[
+                "ca",
+                "init",
+                "--out",
+                "ca",
+                "--name",
+                "e2e interception CA",
+                "--permit",
+                "llm.test",
+                "--permit",
+                "other.test",
+                "--permit",
+                "badcert.test",
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{out}");
+        for (tenant, name, value) in [
+            ("acme", "openai", ACME_SECRET),
+            ("acme", "acme_only", "sk-acme-only-2222"),
+            ("globex", "openai", GLOBEX_SECRET),
+        ] {
+            std::fs::create_dir_all(dir.join("secrets").join(tenant)).unwrap();
+            std::fs::write(dir.join("secrets").join(tenant).join(name), value).unwrap();
+        }
+    });
     let origin_ca = proxy.path("origin-ca.pem");
     let (code, out) = proxy_cli(proxy.dir.path(), &["ca", "env", "--ca", "ca/ca.pem"], "");
     assert_eq!(code, 0, "{out}");
@@ -246,7 +227,7 @@ fn intercepted(h: &Https, port: u16, authority: &str, extra: &str) -> Tls {
 
 #[test]
 fn real_clients_through_https_proxy_get_credentials_substituted_and_usage_metered() {
-    let h = start_https(ProxySpec::default(), vec![]);
+    let h = start_https(|_| {});
     let url = format!("https://llm.test:{}/v1/chat/completions", h.mock);
     let proxy_url = format!("http://127.0.0.1:{}", h.proxy.sidecar_port);
     let mut env = trust_env(&h);
@@ -401,7 +382,7 @@ req.end();
 
 #[test]
 fn http2_inside_an_intercepted_tunnel_runs_the_same_pipeline() {
-    let h = start_https(ProxySpec::default(), vec![]);
+    let h = start_https(|_| {});
     let bundle = h
         .trust
         .iter()
@@ -461,7 +442,7 @@ fn http2_inside_an_intercepted_tunnel_runs_the_same_pipeline() {
 
 #[test]
 fn tunnels_are_refused_before_any_byte_by_port_policy_identity_and_ca_scope() {
-    let h = start_https(ProxySpec::default(), vec![]);
+    let h = start_https(|_| {});
     let m = h.mock;
 
     // A port outside `connect_ports`.
@@ -508,7 +489,7 @@ fn tunnels_are_refused_before_any_byte_by_port_policy_identity_and_ca_scope() {
 
 #[test]
 fn requests_inside_a_tunnel_must_name_its_host_and_sni() {
-    let h = start_https(ProxySpec::default(), vec![]);
+    let h = start_https(|_| {});
     let m = h.mock;
     let authority = format!("llm.test:{m}");
 
@@ -555,7 +536,7 @@ fn requests_inside_a_tunnel_must_name_its_host_and_sni() {
 
 #[test]
 fn opaque_tunnels_pass_bytes_and_are_audited_with_counts() {
-    let h = start_https(ProxySpec::default(), vec![]);
+    let h = start_https(|_| {});
     let url = format!("https://pinned.test:{}/pinned/echo", h.mock);
     // The client trusts only the origin's CA: the tunnel is not intercepted.
     let (status, body) = curl(&[
@@ -586,7 +567,7 @@ fn opaque_tunnels_pass_bytes_and_are_audited_with_counts() {
 
 #[test]
 fn websocket_upgrades_pass_inside_an_intercepted_tunnel_after_authorization() {
-    let h = start_https(ProxySpec::default(), vec![]);
+    let h = start_https(|_| {});
     let authority = format!("llm.test:{}", h.mock);
     let mut tls = intercepted(&h, h.proxy.sidecar_port, &authority, "");
     let upgrade = format!(
@@ -639,7 +620,7 @@ fn websocket_upgrades_pass_inside_an_intercepted_tunnel_after_authorization() {
 
 #[test]
 fn a_tunnel_never_carries_another_tenants_identity_or_credentials() {
-    let h = start_https(ProxySpec::default(), vec![]);
+    let h = start_https(|_| {});
     let m = h.mock;
     let authority = format!("llm.test:{m}");
     let globex = format!(
@@ -687,10 +668,7 @@ fn a_tunnel_never_carries_another_tenants_identity_or_credentials() {
 
 #[test]
 fn tunnels_per_tenant_are_capped() {
-    let h = start_https(
-        ProxySpec::default(),
-        vec![("acme", "max_tunnels = 1".into())],
-    );
+    let h = start_https(|spec| spec.tenant("acme").max_tunnels = Some(1));
     let authority = format!("llm.test:{}", h.mock);
     let first = intercepted(&h, h.proxy.sidecar_port, &authority, "");
     let (_, status, text) = connect(h.proxy.sidecar_port, &authority, "");
@@ -719,7 +697,9 @@ fn tunnels_per_tenant_are_capped() {
 
 #[test]
 fn idle_tunnels_are_closed() {
-    let h = start_https_with(ProxySpec::default(), vec![], "tunnel_idle_timeout = \"1s\"");
+    let h = start_https(|spec| {
+        spec.config.egress.tunnel_idle_timeout = Some(Duration::from_secs(1));
+    });
     let authority = format!("llm.test:{}", h.mock);
     let mut tls = intercepted(&h, h.proxy.sidecar_port, &authority, "");
     let r = request_over(
@@ -787,29 +767,20 @@ fn start_mesh() -> Mesh {
             .client("spiffe://mesh.test/tenant/acme/workload/bot")
             .unwrap(),
     );
-    let port = free_port();
-    let d = dir.path().display();
-    let listener = format!(
-        r#"
-[[listener]]
-name = "mesh"
-listen = "127.0.0.1:{port}"
-identity = ["mtls"]
-[listener.tls]
-cert = "{d}/listener.pem"
-key = "{d}/listener-key.pem"
-client_ca = "{d}/mesh-ca.pem"
-spiffe_id = "spiffe://{{trust_domain}}/tenant/{{tenant}}/workload/{{workload}}"
-trust_domain = "mesh.test"
-"#
-    );
-    let h = start_https(
-        ProxySpec {
-            static_extra: listener,
-            ..Default::default()
-        },
-        vec![],
-    );
+    let d = dir.path();
+    let tls = config::ListenerTls {
+        cert: d.join("listener.pem"),
+        key: d.join("listener-key.pem"),
+        client_ca: d.join("mesh-ca.pem"),
+        spiffe_id: "spiffe://{trust_domain}/tenant/{tenant}/workload/{workload}".into(),
+        trust_domain: "mesh.test".into(),
+    };
+    let h = start_https(|spec| {
+        spec.config
+            .listeners
+            .push(config::Listener::mtls("mesh", tls))
+    });
+    let port = h.proxy.port("mesh");
     Mesh { h, port, dir }
 }
 
@@ -976,12 +947,28 @@ impl Mesh {
 // ---------------------------------------------------------------------------------------------
 // The SSRF guard.
 
-fn open_proxy(egress: &str) -> Proxy {
-    Proxy::start(ProxySpec {
+/// A proxy whose policies permit everything, with exactly the `[egress]` table given (not
+/// even the harness's loopback exception).
+fn open_proxy(egress: config::Egress) -> Proxy {
+    let mut spec = ProxySpec {
         policies: "tests/fixtures/policies-open",
-        egress: egress.into(),
         ..Default::default()
-    })
+    };
+    spec.config.egress = egress;
+    Proxy::start(spec)
+}
+
+/// `[egress] hosts`: static answers by name.
+fn answers(names: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+    names
+        .iter()
+        .map(|(name, ips)| {
+            (
+                (*name).to_string(),
+                ips.iter().map(|ip| (*ip).to_string()).collect(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -989,7 +976,10 @@ fn every_spelling_of_loopback_is_refused_after_resolution_without_traffic() {
     let origin = Origin::start();
     let o = origin.port;
     // Policy permits everything: only the egress guard stands between the agent and loopback.
-    let proxy = open_proxy("connect_ports = [443]");
+    let proxy = open_proxy(config::Egress {
+        connect_ports: Some(vec![443]),
+        ..Default::default()
+    });
     for host in [
         "127.0.0.1".to_string(),
         "2130706433".into(),
@@ -1028,10 +1018,25 @@ fn every_spelling_of_loopback_is_refused_after_resolution_without_traffic() {
 fn injected_answers_for_private_ranges_are_refused_on_every_path() {
     let origin = Origin::start();
     let o = origin.port;
-    let proxy = open_proxy(&format!(
-        r#"connect_ports = [443, {o}]
-hosts = {{ "meta.test" = ["169.254.169.254"], "ten.test" = ["10.1.2.3"], "cgnat.test" = ["100.64.0.1"], "ula.test" = ["fc00::1"], "linklocal6.test" = ["fe80::1"], "mapped.test" = ["::ffff:10.0.0.1"], "nat64.test" = ["64:ff9b::a00:1"], "sixtofour.test" = ["2002:a00:1::1"], "teredo.test" = ["2001:0:4136:e378:8000:63bf:f5ff:fffe"], "mcast.test" = ["224.0.0.1"], "zero.test" = ["0.0.0.0"], "mixed.test" = ["93.184.216.34", "192.168.1.1"], "loop.test" = ["127.0.0.1"] }}"#
-    ));
+    let proxy = open_proxy(config::Egress {
+        connect_ports: Some(vec![443, o]),
+        hosts: answers(&[
+            ("meta.test", &["169.254.169.254"]),
+            ("ten.test", &["10.1.2.3"]),
+            ("cgnat.test", &["100.64.0.1"]),
+            ("ula.test", &["fc00::1"]),
+            ("linklocal6.test", &["fe80::1"]),
+            ("mapped.test", &["::ffff:10.0.0.1"]),
+            ("nat64.test", &["64:ff9b::a00:1"]),
+            ("sixtofour.test", &["2002:a00:1::1"]),
+            ("teredo.test", &["2001:0:4136:e378:8000:63bf:f5ff:fffe"]),
+            ("mcast.test", &["224.0.0.1"]),
+            ("zero.test", &["0.0.0.0"]),
+            ("mixed.test", &["93.184.216.34", "192.168.1.1"]),
+            ("loop.test", &["127.0.0.1"]),
+        ]),
+        ..Default::default()
+    });
     let names = [
         "meta.test",
         "ten.test",
@@ -1084,9 +1089,11 @@ fn explicit_exceptions_open_exactly_what_they_name() {
     let origin = Origin::start();
     let o = origin.port;
     // A host:port exception: this name on this port, nothing else.
-    let proxy = open_proxy(&format!(
-        "hosts = {{ \"svc.internal\" = [\"127.0.0.1\"] }}\nallow = [\"svc.internal:{o}\"]"
-    ));
+    let proxy = open_proxy(config::Egress {
+        hosts: answers(&[("svc.internal", &["127.0.0.1"])]),
+        allow: vec![format!("svc.internal:{o}")],
+        ..Default::default()
+    });
     let ok = forward_get(
         proxy.sidecar_port,
         &format!("http://svc.internal:{o}/acme/a"),

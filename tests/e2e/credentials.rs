@@ -2,25 +2,14 @@
 //! toward bound destinations, and no secret leaks into logs, audit, metrics, errors or
 //! responses.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)] // test code: a failed step should panic
-
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const ACME_OPENAI: &str = "sk-acme-canary-7f3a9c";
 const GLOBEX_OPENAI: &str = "sk-globex-canary-41d2e8";
 const GLOBEX_STRIPE: &str = "sk-stripe-canary-99aa01";
-
-const CREDENTIALS: &str = r#"
-[credentials]
-vault_file = "vault.json"
-master_key_file = "master.key"
-scan_body_max_bytes = 65536
-"#;
 
 fn put(dir: &Path, tenant: &str, name: &str, bind: &str, positions: &str, value: &str) {
     let (code, out) = proxy_cli(
@@ -82,16 +71,21 @@ fn prepare_vault(dir: &Path) {
     );
 }
 
-fn start(env: Vec<(String, String)>, upstream: &str) -> Proxy {
-    Proxy::start_prepared(
-        ProxySpec {
-            tenants_extra: CREDENTIALS.into(),
-            env,
-            upstream: upstream.into(),
-            ..Default::default()
-        },
-        prepare_vault,
-    )
+/// A proxy whose credentials come from the vault [`prepare_vault`] fills; the upstream read
+/// timeout is `read_timeout`.
+fn start(env: Vec<(String, String)>, read_timeout: Duration) -> Proxy {
+    let mut spec = ProxySpec {
+        env,
+        ..Default::default()
+    };
+    spec.config.upstream.read_timeout = Some(read_timeout);
+    spec.tenants.credentials = Some(config::Credentials {
+        vault_file: Some("vault.json".into()),
+        master_key_file: Some("master.key".into()),
+        scan_body_max_bytes: Some(65536),
+        ..Default::default()
+    });
+    Proxy::start_prepared(spec, prepare_vault)
 }
 
 fn url(origin: &Origin, path: &str) -> String {
@@ -105,7 +99,7 @@ fn auth(value: &str) -> String {
 #[test]
 fn each_tenant_gets_its_own_secret_and_never_another() {
     let origin = Origin::start();
-    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let proxy = start(vec![], Duration::from_secs(10));
     let globex = token_for("globex", "agent");
 
     let a = forward_get(
@@ -168,7 +162,7 @@ fn each_tenant_gets_its_own_secret_and_never_another() {
 #[test]
 fn exfiltration_attempts_are_refused_before_dialing() {
     let origin = Origin::start();
-    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let proxy = start(vec![], Duration::from_secs(10));
     let globex = token_for("globex", "agent");
     let o = origin.port;
     let cases: Vec<(&str, String, Option<&str>, String, u16, &str)> = vec![
@@ -279,9 +273,11 @@ fn canary_secret_appears_nowhere_but_the_bound_upstream() {
     // Debug logging on: the secret must still stay out of every log line.
     let proxy = start(
         vec![("RUST_LOG".into(), "debug".into())],
-        "read_timeout = \"1s\"",
+        Duration::from_secs(1),
     );
-    let dead = free_port();
+    // Nothing listens there: the upstream is unreachable.
+    let closed = HeldPort::closed().unwrap();
+    let dead = closed.port;
     let paths = [
         ("success", url(&origin, "/acme/ok"), 200),
         ("echoing upstream", url(&origin, "/acme/echo/x"), 200),
@@ -345,7 +341,7 @@ fn canary_secret_appears_nowhere_but_the_bound_upstream() {
 #[test]
 fn rotation_under_load_never_fails_or_mixes_values() {
     let origin = Origin::start();
-    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let proxy = start(vec![], Duration::from_secs(10));
     let values = ["sk-rot-v1-aaaa", "sk-rot-v2-bbbb", "sk-rot-v3-cccc"];
     put(
         proxy.dir.path(),
@@ -430,7 +426,7 @@ fn rotation_under_load_never_fails_or_mixes_values() {
 #[test]
 fn tampered_vault_or_wrong_master_key_fails_check_and_reload_keeps_last_good() {
     let origin = Origin::start();
-    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let proxy = start(vec![], Duration::from_secs(10));
     let check = || {
         proxy_cli(
             proxy.dir.path(),
@@ -480,17 +476,14 @@ fn tampered_vault_or_wrong_master_key_fails_check_and_reload_keeps_last_good() {
         "",
     );
     assert_eq!(code, 0);
-    let tenants = std::fs::read_to_string(proxy.path("tenants.toml")).unwrap();
-    std::fs::write(
-        proxy.path("tenants.toml"),
-        tenants.replace("master.key", "other.key"),
-    )
-    .unwrap();
+    let mut other_key = proxy.tenants().clone();
+    other_key.credentials().master_key_file = Some("other.key".into());
+    proxy.write_tenants(&other_key);
     let (code, out) = check();
     assert_eq!(code, 1);
     assert!(out.contains("master key does not open this vault"), "{out}");
     // `cred list` shows names and fingerprints, never values.
-    std::fs::write(proxy.path("tenants.toml"), tenants).unwrap();
+    proxy.write_tenants(proxy.tenants());
     let (code, out) = proxy_cli(
         proxy.dir.path(),
         &[
@@ -514,7 +507,7 @@ fn tampered_vault_or_wrong_master_key_fails_check_and_reload_keeps_last_good() {
 #[test]
 fn policy_can_forbid_a_bound_credential() {
     let origin = Origin::start();
-    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let proxy = start(vec![], Duration::from_secs(10));
     let globex = token_for("globex", "agent");
     // Bound to this destination, but the global policy forbids `stripe_live` on the free plan.
     let r = forward_get(
@@ -543,25 +536,18 @@ fn policy_can_forbid_a_bound_credential() {
 #[test]
 fn mounted_secret_files_backend_reloads_values() {
     let origin = Origin::start();
-    let extra = r#"
-[credentials]
-files_dir = "secrets"
-[[credentials.file]]
-tenant = "acme"
-name = "openai"
-bind = ["127.0.0.1/acme/"]
-in = ["header"]
-"#;
-    let proxy = Proxy::start_prepared(
-        ProxySpec {
-            tenants_extra: extra.into(),
-            ..Default::default()
-        },
-        |dir| {
-            std::fs::create_dir_all(dir.join("secrets/acme")).unwrap();
-            std::fs::write(dir.join("secrets/acme/openai"), "sk-mounted-v1\n").unwrap();
-        },
-    );
+    let mut spec = ProxySpec::default();
+    let credentials = spec.tenants.credentials();
+    credentials.files_dir = Some("secrets".into());
+    credentials.files.push(config::FileCredential::header(
+        "acme",
+        "openai",
+        &["127.0.0.1/acme/"],
+    ));
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::create_dir_all(dir.join("secrets/acme")).unwrap();
+        std::fs::write(dir.join("secrets/acme/openai"), "sk-mounted-v1\n").unwrap();
+    });
     let r = forward_get(
         proxy.sidecar_port,
         &url(&origin, "/acme/m1"),
@@ -599,7 +585,7 @@ in = ["header"]
 #[test]
 fn expiry_startup_failure_and_master_rotation() {
     let origin = Origin::start();
-    let proxy = start(vec![], "read_timeout = \"10s\"");
+    let proxy = start(vec![], Duration::from_secs(10));
     let dir = proxy.dir.path();
     let (code, out) = proxy_cli(
         dir,
@@ -658,12 +644,9 @@ fn expiry_startup_failure_and_master_rotation() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = proxy_cli(dir, &["check", "--config", "tenant-proxy.toml"], "");
     assert_eq!(code, 1, "old key no longer opens the vault: {out}");
-    let tenants = std::fs::read_to_string(proxy.path("tenants.toml")).unwrap();
-    std::fs::write(
-        proxy.path("tenants.toml"),
-        tenants.replace("master.key", "master-2.key"),
-    )
-    .unwrap();
+    let mut rotated = proxy.tenants().clone();
+    rotated.credentials().master_key_file = Some("master-2.key".into());
+    proxy.write_tenants(&rotated);
     let (code, out) = proxy_cli(dir, &["check", "--config", "tenant-proxy.toml"], "");
     assert_eq!(code, 0, "{out}");
     let deadline = Instant::now() + Duration::from_secs(10);

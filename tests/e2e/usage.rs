@@ -2,11 +2,7 @@
 //! Anthropic responses pass through unchanged and their token counts land in the audit record
 //! and the tenant's metrics.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
-use support::*;
+use crate::support::*;
 
 fn post(proxy_port: u16, mock: u16, path: &str, body: &str) -> Response {
     raw_request(
@@ -23,11 +19,9 @@ fn post(proxy_port: u16, mock: u16, path: &str, body: &str) -> Response {
 fn json_sse_and_anthropic_usage_is_metered_per_tenant() {
     let mock = start_mock();
     // The test policies open the `llm` route to every tenant.
-    let routes = format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n");
-    let proxy = Proxy::start(ProxySpec {
-        routes,
-        ..Default::default()
-    });
+    let mut spec = ProxySpec::default();
+    spec.llm_route(mock);
+    let proxy = Proxy::start(spec);
     let call = |path: &str, body: &str| {
         raw_request(
             proxy.sidecar_port,
@@ -85,11 +79,9 @@ fn json_sse_and_anthropic_usage_is_metered_per_tenant() {
 #[test]
 fn streams_are_metered_even_when_the_agent_did_not_ask_for_usage() {
     let mock = start_mock();
-    let routes = format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n");
-    let proxy = Proxy::start(ProxySpec {
-        routes,
-        ..Default::default()
-    });
+    let mut spec = ProxySpec::default();
+    spec.llm_route(mock);
+    let proxy = Proxy::start(spec);
     let call = |body: &str| {
         raw_request(
             proxy.sidecar_port,

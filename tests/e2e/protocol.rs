@@ -3,17 +3,14 @@
 //! past or wears down the proxy, on the sidecar and token listeners and inside intercepted
 //! tunnels.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::*;
 use tenant_proxy_loadtest::tls::TestCa;
+
+use crate::support::*;
 
 /// Where a case's request goes: the request target and `Host` to write.
 #[derive(Clone)]
@@ -318,18 +315,17 @@ fn assert_valid_requests_pass<S: Read + Write>(aim: &Aim, origin: &Origin, mut s
     );
 }
 
-fn start(limits: &'static str, egress_extra: &str) -> Proxy {
-    Proxy::start(ProxySpec {
-        limits,
-        egress: format!("allow = [\"127.0.0.1/32\"]\n{egress_extra}"),
-        ..Default::default()
-    })
+/// The default proxy with `configure`'s changes to its static file.
+fn start(configure: impl FnOnce(&mut config::StaticFile)) -> Proxy {
+    let mut spec = ProxySpec::default();
+    configure(&mut spec.config);
+    Proxy::start(spec)
 }
 
 #[test]
 fn malformed_requests_are_refused_and_closed_on_the_sidecar_and_token_listeners() {
     let origin = Origin::start();
-    let proxy = start("", "");
+    let proxy = start(|_| {});
     let host = format!("127.0.0.1:{}", origin.port);
     let sidecar = Aim {
         base: format!("http://{host}"),
@@ -382,7 +378,7 @@ fn malformed_requests_are_refused_and_closed_on_the_sidecar_and_token_listeners(
 #[test]
 fn absolute_form_targets_must_agree_with_host_and_name_it() {
     let origin = Origin::start();
-    let proxy = start("", "");
+    let proxy = start(|_| {});
     let url = format!("http://127.0.0.1:{}/acme/proto-abs", origin.port);
     let r = raw_request(
         proxy.sidecar_port,
@@ -404,7 +400,7 @@ fn absolute_form_targets_must_agree_with_host_and_name_it() {
 #[test]
 fn a_head_is_cut_at_its_size_cap_without_being_buffered_past_it() {
     let origin = Origin::start();
-    let proxy = start("", "");
+    let proxy = start(|_| {});
     let mut s = plain(proxy.sidecar_port);
     s.write_all(b"GET /acme/proto-huge HTTP/1.1\r\nHost: x\r\nX-Pad: ")
         .unwrap();
@@ -432,23 +428,26 @@ fn malformed_requests_inside_an_intercepted_tunnel_are_refused_and_closed() {
     let ca = TestCa::new("e2e protocol origin CA").unwrap();
     let origin = Origin::start_tls(&ca.server(&["llm.test"]).unwrap());
     let origin_ca = ca.cert_pem.clone();
-    let proxy = Proxy::start_prepared(
-        ProxySpec {
-            policies: "tests/fixtures/policies-https",
-            egress: format!(
-                "allow = [\"127.0.0.1/32\"]\nconnect_ports = [{}]\nhosts = {{ \"llm.test\" = [\"127.0.0.1\"] }}",
-                origin.port
-            ),
-            upstream: "read_timeout = \"10s\"\nextra_ca_files = [\"origin-ca.pem\"]".into(),
-            static_extra: "[intercept]\nca_cert = \"ca/ca.pem\"\nca_key = \"ca/ca-key.pem\"\n".into(),
-            ..Default::default()
-        },
-        |dir| {
-            std::fs::write(dir.join("origin-ca.pem"), &origin_ca).unwrap();
-            let (code, out) = proxy_cli(dir, &["ca", "init", "--out", "ca", "--permit", "llm.test"], "");
-            assert_eq!(code, 0, "{out}");
-        },
-    );
+    let mut spec = ProxySpec {
+        policies: "tests/fixtures/policies-https",
+        ..Default::default()
+    };
+    spec.config.egress.connect_ports = Some(vec![origin.port]);
+    spec.config
+        .egress
+        .hosts
+        .insert("llm.test".into(), vec!["127.0.0.1".into()]);
+    spec.config.upstream.extra_ca_files = vec!["origin-ca.pem".into()];
+    spec.config.intercept = Some(config::Intercept::ca_in("ca"));
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::write(dir.join("origin-ca.pem"), &origin_ca).unwrap();
+        let (code, out) = proxy_cli(
+            dir,
+            &["ca", "init", "--out", "ca", "--permit", "llm.test"],
+            "",
+        );
+        assert_eq!(code, 0, "{out}");
+    });
     let authority = format!("llm.test:{}", origin.port);
     let aim = Aim {
         base: String::new(),
@@ -507,10 +506,10 @@ fn tunnel(port: u16, authority: &str, client: Arc<rustls::ClientConfig>) -> Tls 
 #[test]
 fn slow_heads_and_bodies_are_cut_at_their_deadlines_while_others_are_served() {
     let origin = Origin::start();
-    let proxy = start(
-        "client_body_timeout = \"2s\"",
-        "client_header_timeout = \"2s\"",
-    );
+    let proxy = start(|config| {
+        config.limits.client_body_timeout = Some(Duration::from_secs(2));
+        config.egress.client_header_timeout = Some(Duration::from_secs(2));
+    });
     let started = Instant::now();
     // A few hundred slowloris connections: each trickles a head, a line at a time.
     let mut slow: Vec<TcpStream> = (0..300)
@@ -571,9 +570,16 @@ fn slow_heads_and_bodies_are_cut_at_their_deadlines_while_others_are_served() {
 #[test]
 fn bodies_in_memory_and_connections_are_capped() {
     let origin = Origin::start();
-    let proxy = start("max_body_bytes = 65536\nmax_buffered_body_bytes = 131072\nmax_connections_per_tenant = 3\nmax_connections_per_listener = 40\nclient_body_timeout = \"5s\"",
-        "",
-    );
+    let proxy = start(|config| {
+        config.limits = config::RequestLimits {
+            max_body_bytes: Some(65536),
+            max_buffered_body_bytes: Some(131_072),
+            max_connections_per_tenant: Some(3),
+            max_connections_per_listener: Some(40),
+            client_body_timeout: Some(Duration::from_secs(5)),
+            ..Default::default()
+        }
+    });
     let url = |p: &str| format!("http://127.0.0.1:{}{p}", origin.port);
     // Two uploads of 64 KiB that have not finished hold the whole body budget...
     let held: Vec<TcpStream> = (0..2)
@@ -652,7 +658,7 @@ fn bodies_in_memory_and_connections_are_capped() {
 #[test]
 fn a_request_that_ends_after_admission_is_never_recorded_as_allowed() {
     let origin = Origin::start();
-    let proxy = start("", "");
+    let proxy = start(|_| {});
     // The client goes away while the upstream is still working on its request.
     let mut s = plain(proxy.sidecar_port);
     s.write_all(
@@ -708,18 +714,17 @@ fn a_taken_port_ends_the_process_at_once_with_one_line_naming_it() {
         dir.path().join("policies/schema.cedarschema"),
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("tenant-proxy.toml"),
-        format!(
-            "tenants_file = \"tenants.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"sidecar\"\nlisten = \"{addr}\"\nidentity = [\"binding\"]\nbinding = {{ tenant = \"acme\", workload = \"bot\" }}\n[audit]\ndir = \"audit\"\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("tenants.toml"),
-        format!("policy_dir = \"policies\"\n{TENANTS}"),
-    )
-    .unwrap();
+    // The listener asks for the port another socket holds.
+    let mut config = config::StaticFile::new("tenants.toml", "audit");
+    config.admin.listen = Some(config::LOOPBACK_ANY_PORT);
+    config.listeners.push(config::Listener {
+        listen: addr,
+        ..config::Listener::bound(SIDECAR, "acme", "bot")
+    });
+    config.write(&dir.path().join("tenant-proxy.toml")).unwrap();
+    standard_tenants()
+        .write(&dir.path().join("tenants.toml"))
+        .unwrap();
     let started = Instant::now();
     let out = std::process::Command::new(proxy_bin())
         .args(["run", "--config"])

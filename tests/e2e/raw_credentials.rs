@@ -2,13 +2,9 @@
 //! credentials go: every variant of issue 15's sections 1 and 2, each checked on what the
 //! capture origin received and on the audit record.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)] // test code: a failed step should panic
-
-mod support;
-
 use std::path::Path;
 
-use support::*;
+use crate::support::*;
 
 const ACME_KEY: &str = "sk-acme-raw-5c1d9e";
 const ACME_ECHO_KEY: &str = "sk-acme-echo-77b0a2";
@@ -68,20 +64,21 @@ fn prepare(dir: &Path) {
     );
 }
 
-fn start(origin: &Origin, raw_credential: &str) -> Proxy {
-    Proxy::start_prepared(
-        ProxySpec {
-            tenants_extra: format!(
-                "[credentials]\nvault_file = \"vault.json\"\nmaster_key_file = \"master.key\"\nscan_body_max_bytes = 65536\nraw_credential = \"{raw_credential}\"\n"
-            ),
-            routes: format!(
-                "[[route]]\nname = \"up\"\nprefix = \"/up/\"\nupstream = \"http://127.0.0.1:{}/\"\n",
-                origin.port
-            ),
-            ..Default::default()
-        },
-        prepare,
-    )
+fn start(origin: &Origin, raw_credential: config::RawCredential) -> Proxy {
+    let mut spec = ProxySpec::default();
+    spec.tenants.credentials = Some(config::Credentials {
+        vault_file: Some("vault.json".into()),
+        master_key_file: Some("master.key".into()),
+        scan_body_max_bytes: Some(65536),
+        raw_credential: Some(raw_credential),
+        ..Default::default()
+    });
+    spec.tenants.routes.push(config::Route::new(
+        "up",
+        "/up/",
+        format!("http://127.0.0.1:{}/", origin.port),
+    ));
+    Proxy::start_prepared(spec, prepare)
 }
 
 /// A request through `port` to `target` (absolute form, or origin form for routes) with extra
@@ -152,7 +149,7 @@ fn refused(
 #[test]
 fn repeated_credential_headers_are_refused_in_either_order() {
     let origin = Origin::start();
-    let proxy = start(&origin, "refuse");
+    let proxy = start(&origin, config::RawCredential::Refuse);
     let cases = [
         (
             "literal first, handle second",
@@ -216,7 +213,7 @@ fn repeated_credential_headers_are_refused_in_either_order() {
 #[test]
 fn literal_keys_are_refused_whatever_else_the_request_holds() {
     let origin = Origin::start();
-    let proxy = start(&origin, "refuse");
+    let proxy = start(&origin, config::RawCredential::Refuse);
     let handle_header = "Authorization: Bearer $CRED{openai}\r\n";
     let json = "application/json";
     let lit = LITERAL;
@@ -374,7 +371,7 @@ fn literal_keys_are_refused_whatever_else_the_request_holds() {
 #[test]
 fn strip_mode_forwards_the_handle_and_drops_every_literal() {
     let origin = Origin::start();
-    let proxy = start(&origin, "strip");
+    let proxy = start(&origin, config::RawCredential::Strip);
     let body =
         format!(r#"{{"model":"m","note":"$CRED{{openai}}","config":{{"api_key":"{LITERAL}"}}}}"#);
     let r = send(
@@ -418,7 +415,7 @@ fn strip_mode_forwards_the_handle_and_drops_every_literal() {
 #[test]
 fn handles_never_go_in_the_authority_or_other_headers() {
     let origin = Origin::start();
-    let proxy = start(&origin, "refuse");
+    let proxy = start(&origin, config::RawCredential::Refuse);
     let o = origin.port;
     let cases: Vec<(&str, String, &str)> = vec![
         // Route mode: the Host header is not used for routing, so it reaches the check.
@@ -494,7 +491,7 @@ fn handles_never_go_in_the_authority_or_other_headers() {
 #[test]
 fn bodies_too_large_to_scan_are_refused_toward_managed_hosts() {
     let origin = Origin::start();
-    let proxy = start(&origin, "refuse");
+    let proxy = start(&origin, config::RawCredential::Refuse);
     let mut hidden = vec![b'a'; 65_536];
     hidden.extend_from_slice(b" $CRED{openai} ");
     hidden.resize(70_000, b'a');
@@ -571,7 +568,7 @@ fn bodies_too_large_to_scan_are_refused_toward_managed_hosts() {
 #[test]
 fn binding_prefixes_match_whole_path_segments() {
     let origin = Origin::start();
-    let proxy = start(&origin, "refuse");
+    let proxy = start(&origin, config::RawCredential::Refuse);
     let auth = "Authorization: Bearer $CRED{echo}\r\n";
     for path in ["/acme/echo", "/acme/echo/x"] {
         let r = send(proxy.sidecar_port, "GET", &url(&origin, path), auth, None);
@@ -599,11 +596,15 @@ fn binding_prefixes_match_whole_path_segments() {
 #[test]
 fn cred_list_shows_every_field_of_every_binding() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tenant-proxy.toml"),
-        "tenants_file = \"tenants.toml\"\n[[listener]]\nname = \"s\"\nlisten = \"127.0.0.1:1\"\nidentity = [\"binding\"]\nbinding = { tenant = \"acme\", workload = \"bot\" }\n[audit]\ndir = \"audit\"\n",
-    )
-    .unwrap();
+    // `cred` binds nothing: any address will do.
+    let mut static_file = config::StaticFile::new("tenants.toml", "audit");
+    static_file.listeners.push(config::Listener {
+        listen: "127.0.0.1:1".parse().unwrap(),
+        ..config::Listener::bound("s", "acme", "bot")
+    });
+    static_file
+        .write(&dir.path().join("tenant-proxy.toml"))
+        .unwrap();
     copy_dir(
         &repo_root().join("tests/fixtures/policies"),
         &dir.path().join("policies"),
@@ -613,11 +614,13 @@ fn cred_list_shows_every_field_of_every_binding() {
         dir.path().join("policies/schema.cedarschema"),
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("tenants.toml"),
-        format!("policy_dir = \"policies\"\n[credentials]\nvault_file = \"vault.json\"\nmaster_key_file = \"master.key\"\n{TENANTS}"),
-    )
-    .unwrap();
+    let mut tenants = standard_tenants();
+    tenants.credentials = Some(config::Credentials {
+        vault_file: Some("vault.json".into()),
+        master_key_file: Some("master.key".into()),
+        ..Default::default()
+    });
+    tenants.write(&dir.path().join("tenants.toml")).unwrap();
     let (code, out) = proxy_cli(
         dir.path(),
         &["cred", "init-master", "--out", "master.key"],

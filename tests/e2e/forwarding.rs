@@ -1,30 +1,25 @@
 //! Forward mode and route mode end to end, with real clients, and every bad input the core
 //! pipeline must refuse before dialing the upstream.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)] // test code: a failed step should panic
+use std::time::Duration;
 
-mod support;
+use crate::support::*;
 
-use support::*;
-
-fn routes(origin: &Origin) -> String {
-    format!(
-        r#"
-[[route]]
-name = "up"
-prefix = "/up/"
-upstream = "http://127.0.0.1:{}/"
-"#,
-        origin.port
-    )
+/// The default spec with the route `up` (`/up/`) to `origin`.
+fn with_route(origin: &Origin) -> ProxySpec {
+    let mut spec = ProxySpec::default();
+    spec.tenants.routes.push(config::Route::new(
+        "up",
+        "/up/",
+        format!("http://127.0.0.1:{}/", origin.port),
+    ));
+    spec
 }
 
 fn start(origin: &Origin) -> Proxy {
-    Proxy::start(ProxySpec {
-        routes: routes(origin),
-        limits: "max_body_bytes = 4096",
-        ..Default::default()
-    })
+    let mut spec = with_route(origin);
+    spec.config.limits.max_body_bytes = Some(4096);
+    Proxy::start(spec)
 }
 
 #[test]
@@ -104,7 +99,7 @@ fn curl_forward_and_route_mode_allowed_and_denied() {
     assert_eq!(fwd["decision"], "allow");
     assert_eq!(fwd["policy_ids"], serde_json::json!(["acme-paths"]));
     assert!(
-        !std::fs::read_to_string(support::walk(&proxy.path("audit"))[0].clone())
+        !std::fs::read_to_string(crate::support::walk(&proxy.path("audit"))[0].clone())
             .unwrap()
             .contains("secret")
     );
@@ -280,12 +275,12 @@ fn malformed_targets_are_refused_before_dialing() {
 #[test]
 fn upstream_failures_map_to_502_and_504() {
     let origin = Origin::start();
-    let dead_port = free_port();
-    let proxy = Proxy::start(ProxySpec {
-        routes: routes(&origin),
-        upstream: "read_timeout = \"1s\"".into(),
-        ..Default::default()
-    });
+    // Nothing listens there: the upstream is unreachable.
+    let closed = HeldPort::closed().unwrap();
+    let dead_port = closed.port;
+    let mut spec = with_route(&origin);
+    spec.config.upstream.read_timeout = Some(Duration::from_secs(1));
+    let proxy = Proxy::start(spec);
     let p = proxy.sidecar_port;
     let cases = [
         (
@@ -491,20 +486,21 @@ srv.serve_forever()
 #[test]
 fn route_to_tls_origin_verifies_with_extra_ca() {
     let origin = tls_origin();
-    let routes = format!(
-        "[[route]]\nname = \"tls\"\nprefix = \"/tls/\"\nupstream = \"https://127.0.0.1:{}/\"\n",
-        origin.port
-    );
+    let mut spec = ProxySpec::default();
+    spec.tenants.routes.push(config::Route::new(
+        "tls",
+        "/tls/",
+        format!("https://127.0.0.1:{}/", origin.port),
+    ));
+    let untrusted_spec = ProxySpec {
+        tenants: spec.tenants.clone(),
+        ..ProxySpec::default()
+    };
 
     // Trusted: system roots plus the test CA.
-    let proxy = Proxy::start(ProxySpec {
-        routes: routes.clone(),
-        upstream: format!(
-            "read_timeout = \"5s\"\nextra_ca_files = [\"{}\"]",
-            origin.ca.display()
-        ),
-        ..Default::default()
-    });
+    spec.config.upstream.read_timeout = Some(Duration::from_secs(5));
+    spec.config.upstream.extra_ca_files = vec![origin.ca.clone()];
+    let proxy = Proxy::start(spec);
     let r = raw_request(
         proxy.sidecar_port,
         "GET /tls/acme/secure HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
@@ -519,10 +515,7 @@ fn route_to_tls_origin_verifies_with_extra_ca() {
     );
 
     // Not trusted: a 502 `upstream_tls`, never a fallback to plain text.
-    let untrusted = Proxy::start(ProxySpec {
-        routes,
-        ..Default::default()
-    });
+    let untrusted = Proxy::start(untrusted_spec);
     let r = raw_request(
         untrusted.sidecar_port,
         "GET /tls/acme/secure HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",

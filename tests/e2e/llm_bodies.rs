@@ -7,15 +7,12 @@
 //! Policies: the test set (`free-plan-models`: globex, on the free plan, may only name
 //! `gpt-4o-mini*`) plus a permit for the origin's `/v1/` paths in forward mode.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
 use std::io::Write;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::*;
+
+use crate::support::*;
 
 /// A 1 MiB body cap, so a bomb is cheap to build.
 const CAP: usize = 1 << 20;
@@ -28,31 +25,18 @@ struct Env {
 
 fn start() -> Env {
     let origin = Origin::start();
-    let proxy = Proxy::start_prepared(
-        ProxySpec {
-            routes: format!(
-                "[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{}/v1/\"\nprovider = \"openai\"\n",
-                origin.port
-            ),
-            tenants_top: "prices_file = \"prices.toml\"\n".into(),
-            // A cost ceiling, so an LLM call reserves before it is forwarded.
-            tenants_extra: "[tenants.globex.limits]\ncost_per_day_micros = 1_000_000_000\n".into(),
-            limits: "max_body_bytes = 1048576",
-            ..Default::default()
-        },
-        |dir| {
-            std::fs::copy(
-                repo_root().join("tests/fixtures/prices.toml"),
-                dir.join("prices.toml"),
-            )
-            .unwrap();
-            std::fs::write(
+    let mut spec = ProxySpec::default().with_prices();
+    spec.llm_route(origin.port).provider = Some("openai".into());
+    // A cost ceiling, so an LLM call reserves before it is forwarded.
+    spec.tenant("globex").limits().cost_per_day_micros = Some(1_000_000_000);
+    spec.config.limits.max_body_bytes = Some(1_048_576);
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::write(
                 dir.join("policies/global/llm-paths.cedar"),
                 "@id(\"origin-llm-paths\")\npermit (principal, action == TenantProxy::Action::\"http\", resource)\nwhen { context.host == \"127.0.0.1\" && context.path like \"/v1/*\" };\n",
             )
             .unwrap();
-        },
-    );
+    });
     Env {
         proxy,
         origin,

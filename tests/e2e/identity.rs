@@ -1,11 +1,7 @@
 //! Workload identity end to end: every bad token is refused before anything is forwarded, and
 //! nothing the agent writes can change the tenant.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)] // test code: a failed step should panic
-
-mod support;
-
-use support::*;
+use crate::support::*;
 
 fn url(origin: &Origin, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", origin.port)

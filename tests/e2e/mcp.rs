@@ -7,93 +7,14 @@
 //! Policies (`tests/fixtures/policies-mcp`): acme may call `add` and `echo`; globex only `add`;
 //! nobody `wipe_disk` (a global forbid).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::*;
-use tenant_proxy_loadtest::tls::{PemPair, TestCa};
+use tenant_proxy_loadtest::tls::TestCa;
 
-/// The MCP server fixture in one response mode, killed on drop.
-struct McpServer {
-    port: u16,
-    calls: PathBuf,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl McpServer {
-    fn start(json_response: bool) -> Self {
-        Self::start_with(json_response, None)
-    }
-
-    /// `tls`: serve HTTPS with this certificate, for requests naming `host`.
-    fn start_with(json_response: bool, tls: Option<(&PemPair, &str)>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let calls = dir.path().join("calls.jsonl");
-        let port = free_port();
-        let mut cmd = Command::new("python3");
-        cmd.arg(repo_root().join("tests/fixtures/mcp_server.py"))
-            .arg(port.to_string())
-            .arg(&calls)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap());
-        if json_response {
-            cmd.arg("--json-response");
-        }
-        if let Some((pair, host)) = tls {
-            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-            std::fs::write(&cert, &pair.cert).unwrap();
-            std::fs::write(&key, &pair.key).unwrap();
-            cmd.arg("--tls").arg(cert).arg(key).arg(host);
-        }
-        let child = cmd
-            .spawn()
-            .expect("python3 with `mcp` installed (scripts/test.sh installs it)");
-        let server = Self {
-            port,
-            calls,
-            child,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "MCP server did not start: {}",
-                std::fs::read_to_string(server._dir.path().join("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-
-    /// The tool calls the server ran, in order: (tool, arguments).
-    fn calls(&self) -> Vec<(String, Value)> {
-        std::fs::read_to_string(&self.calls)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap();
-                (v["tool"].as_str().unwrap().to_string(), v["args"].clone())
-            })
-            .collect()
-    }
-}
-
-impl Drop for McpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::*;
 
 /// A server that answers every request with a tool list the proxy cannot filter, chosen by path:
 /// `/badjson/` a tool without a name, `/text/` a plain-text body, `/gzip/` a compressed body,
@@ -164,8 +85,8 @@ fn answer_broken(stream: TcpStream) {
 /// too (`recorder`), to show what reaches an upstream.
 struct Env {
     proxy: Proxy,
-    sse: McpServer,
-    json: McpServer,
+    sse: McpFixture,
+    json: McpFixture,
     recorder: Origin,
     globex: String,
 }
@@ -176,74 +97,44 @@ fn start() -> Env {
 
 /// As [`start`], with a shadow (report-only) policy set: the enforced one plus `shadow`.
 fn start_with_shadow(shadow: Option<&str>) -> Env {
-    let sse = McpServer::start(false);
-    let json = McpServer::start(true);
+    let sse = McpFixture::start(false, None);
+    let json = McpFixture::start(true, None);
     let recorder = Origin::start();
     let broken = start_broken_server();
-    let routes = format!(
-        r#"
-[[route]]
-name = "tools-sse"
-prefix = "/tools-sse/"
-upstream = "http://127.0.0.1:{}/"
-
-[[route]]
-name = "tools-json"
-prefix = "/tools-json/"
-upstream = "http://127.0.0.1:{}/"
-
-[[route]]
-name = "recorder"
-prefix = "/recorder/"
-upstream = "http://127.0.0.1:{}/"
-
-[[route]]
-name = "broken"
-prefix = "/broken/"
-upstream = "http://127.0.0.1:{broken}/"
-"#,
-        sse.port, json.port, recorder.port
-    );
-    let mcp = format!(
-        r#"
-[mcp]
-max_message_bytes = 65536
-
-[[mcp.servers]]
-name = "tools-sse"
-route = "tools-sse"
-
-[[mcp.servers]]
-name = "tools-json"
-route = "tools-json"
-
-[[mcp.servers]]
-name = "fwd"
-host = "127.0.0.1"
-port = {}
-path_prefix = "/mcp"
-
-[[mcp.servers]]
-name = "recorder"
-route = "recorder"
-
-[[mcp.servers]]
-name = "broken"
-route = "broken"
-"#,
-        json.port
-    );
-    let spec = ProxySpec {
+    let mut spec = ProxySpec {
         policies: "tests/fixtures/policies-mcp",
-        routes,
-        tenants_extra: mcp,
-        tenants_top: if shadow.is_some() {
-            "shadow_policy_dir = \"shadow\"".into()
-        } else {
-            String::new()
-        },
         ..Default::default()
     };
+    let mut servers = Vec::new();
+    for (name, port) in [
+        ("tools-sse", sse.port),
+        ("tools-json", json.port),
+        ("recorder", recorder.port),
+        ("broken", broken),
+    ] {
+        spec.tenants.routes.push(config::Route::new(
+            name,
+            &format!("/{name}/"),
+            format!("http://127.0.0.1:{port}/"),
+        ));
+        servers.push(config::McpServer::by_route(name, name));
+    }
+    // The JSON server is also known by its address, for forward mode.
+    servers.insert(
+        2,
+        config::McpServer {
+            port: Some(json.port),
+            path_prefix: Some("/mcp".into()),
+            ..config::McpServer::by_host("fwd", "127.0.0.1")
+        },
+    );
+    spec.tenants.mcp = Some(config::Mcp {
+        max_message_bytes: Some(65536),
+        servers,
+    });
+    if shadow.is_some() {
+        spec.tenants.shadow_policy_dir = Some("shadow".into());
+    }
     // The shadow set: the enforced policies plus `shadow`, a policy under rollout.
     let proxy = Proxy::start_prepared(spec, |dir| {
         if let Some(extra) = shadow {
@@ -720,33 +611,48 @@ fn intercepted_tunnels_to_an_https_mcp_server_are_scoped_too() {
     // certificate from a test CA the proxy trusts); clients reach it through `CONNECT`, and
     // the proxy intercepts with its own CA, which curl is told to trust.
     let origin_ca = TestCa::new("e2e MCP origin CA").unwrap();
-    let server = McpServer::start_with(
+    let server = McpFixture::start(
         false,
         Some((&origin_ca.server(&["mcp.test"]).unwrap(), "mcp.test")),
     );
     let port = server.port;
     let origin_ca_pem = origin_ca.cert_pem.clone();
-    let proxy = Proxy::start_prepared(
-        ProxySpec {
-            policies: "tests/fixtures/policies-mcp",
-            egress: format!(
-                "allow = [\"127.0.0.1/32\"]\nconnect_ports = [{port}]\nhosts = {{ \"mcp.test\" = [\"127.0.0.1\"] }}"
-            ),
-            upstream: "read_timeout = \"10s\"\nextra_ca_files = [\"origin-ca.pem\"]".into(),
-            static_extra: "[intercept]\nca_cert = \"ca/ca.pem\"\nca_key = \"ca/ca-key.pem\"\n".into(),
-            tenants_extra: "[[mcp.servers]]\nname = \"tls-mcp\"\nhost = \"mcp.test\"\npath_prefix = \"/mcp\"\n".into(),
-            ..Default::default()
-        },
-        |dir| {
-            std::fs::write(dir.join("origin-ca.pem"), &origin_ca_pem).unwrap();
-            let (code, out) = proxy_cli(
-                dir,
-                &["ca", "init", "--out", "ca", "--name", "e2e MCP interception CA", "--permit", "mcp.test"],
-                "",
-            );
-            assert_eq!(code, 0, "{out}");
-        },
-    );
+    let mut spec = ProxySpec {
+        policies: "tests/fixtures/policies-mcp",
+        ..Default::default()
+    };
+    spec.config.egress.connect_ports = Some(vec![port]);
+    spec.config
+        .egress
+        .hosts
+        .insert("mcp.test".into(), vec!["127.0.0.1".into()]);
+    spec.config.upstream.extra_ca_files = vec!["origin-ca.pem".into()];
+    spec.config.intercept = Some(config::Intercept::ca_in("ca"));
+    spec.tenants.mcp = Some(config::Mcp {
+        max_message_bytes: None,
+        servers: vec![config::McpServer {
+            path_prefix: Some("/mcp".into()),
+            ..config::McpServer::by_host("tls-mcp", "mcp.test")
+        }],
+    });
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::write(dir.join("origin-ca.pem"), &origin_ca_pem).unwrap();
+        let (code, out) = proxy_cli(
+            dir,
+            &[
+                "ca",
+                "init",
+                "--out",
+                "ca",
+                "--name",
+                "e2e MCP interception CA",
+                "--permit",
+                "mcp.test",
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{out}");
+    });
     let ca = proxy.path("ca/ca.pem");
     let send = |token: &str, body: &str| {
         curl(&[

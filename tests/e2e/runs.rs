@@ -5,34 +5,26 @@
 //! another's run, and two replicas sharing a real `redis-server` write each event once between
 //! them. `audit verify` accepts every resulting directory.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
+
 use tenant_proxy::identity::token::RunBudget;
 
 const CHAT: &str =
     r#"{"model":"gpt-4o-mini","max_tokens":20,"messages":[{"role":"user","content":"hi"}]}"#;
 
-/// A proxy with the test price table and an `llm` route to the mock; `static_extra` goes into
-/// the static file (e.g. a `[limiter]` table).
-fn llm_proxy(mock: u16, static_extra: String) -> Proxy {
-    Proxy::start_prepared(
-        ProxySpec {
-            routes: format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n"),
-            tenants_top: "prices_file = \"prices.toml\"\n".into(),
-            static_extra,
-            ..Default::default()
-        },
-        |dir| {
-            std::fs::copy(repo_root().join("tests/fixtures/prices.toml"), dir.join("prices.toml")).unwrap();
-        },
-    )
+/// A proxy with the test price table and an `llm` route to the mock; `limiter` counts its
+/// limits (`None`: in memory).
+fn llm_proxy(mock: u16, limiter: Option<&RedisServer>) -> Proxy {
+    let mut spec = ProxySpec::default().with_prices();
+    spec.llm_route(mock);
+    if let Some(redis) = limiter {
+        spec = spec.with_redis_limiter(redis.url(), Duration::from_millis(500));
+    }
+    Proxy::start(spec)
 }
 
 /// A token of `tenant`/`workload` for signed run `run`, with token and cost budgets (so the
@@ -122,7 +114,7 @@ fn spent(proxy: &Proxy, tenant: &str, run: &str) -> (u64, u64) {
 #[test]
 fn a_run_starts_once_and_is_summarized_once_its_token_expired() {
     let mock = start_mock();
-    let proxy = llm_proxy(mock, String::new());
+    let proxy = llm_proxy(mock, None);
     let t = run_token("acme", "bot", "run-expiring", 3);
     let expires_at = now() + 3;
     let first = llm_chat(proxy.shared_port, CHAT, &bearer(&t));
@@ -194,7 +186,7 @@ fn admin_close(proxy: &Proxy, query: &str) -> Response {
 #[test]
 fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tenant_only() {
     let mock = start_mock();
-    let proxy = llm_proxy(mock, String::new());
+    let proxy = llm_proxy(mock, None);
     let acme = run_token("acme", "bot", "run-shared-id", 300);
     let r = llm_chat(proxy.shared_port, CHAT, &bearer(&acme));
     assert_eq!(r.status, 200, "{}", r.body_text());
@@ -226,14 +218,16 @@ fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tena
     unpriced.assert_refused(403, "model_not_priced");
     proxy.audit_record("acme", &unpriced.request_id());
 
-    // The CLI closes acme's run through the admin port: the summary is written at once.
+    // The CLI closes acme's run through the admin port (named in the configuration it is
+    // given): the summary is written at once.
+    let config = proxy.bound_config();
     let (code, out) = proxy_cli(
         proxy.dir.path(),
         &[
             "run",
             "close",
             "--config",
-            "tenant-proxy.toml",
+            config.to_str().unwrap(),
             "--tenant",
             "acme",
             "--run",
@@ -312,12 +306,8 @@ fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tena
 fn replicas_sharing_redis_write_one_run_started_and_one_run_summary_between_them() {
     let redis = RedisServer::start();
     let mock = start_mock();
-    let limiter = format!(
-        "[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\ntimeout = \"500ms\"\n",
-        redis.port
-    );
-    let a = llm_proxy(mock, limiter.clone());
-    let b = llm_proxy(mock, limiter);
+    let a = llm_proxy(mock, Some(&redis));
+    let b = llm_proxy(mock, Some(&redis));
     let t = run_token("acme", "bot", "run-replicated", 3);
     for p in [&a, &b, &a, &b] {
         let r = llm_chat(p.shared_port, CHAT, &bearer(&t));

@@ -1,13 +1,9 @@
 //! `tenant-proxy policy check | test | explain`, shadow policies and data residency, against the
 //! real binary, the repo's own policies and real origins on loopback.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
 use std::path::Path;
 
-use support::*;
+use crate::support::*;
 
 /// A copy of the repo's policy directory to break on purpose.
 fn repo_policies_copy() -> tempfile::TempDir {
@@ -219,38 +215,31 @@ fn without_a_configuration_cases_bring_their_own_entities() {
 /// The quickstart's policies (the repo's `policies/`), residency tags for the loopback origins
 /// (`127.0.0.1` is EU, `localhost` is US), a route per region, and a mounted credential.
 fn residency_spec(origin: &Origin) -> ProxySpec {
-    ProxySpec {
+    let mut spec = ProxySpec {
         policies: "policies",
-        routes: format!(
-            r#"
-[[route]]
-name = "eu-llm"
-prefix = "/eu/"
-upstream = "http://127.0.0.1:{0}/"
-region = "eu"
-[[route]]
-name = "us-llm"
-prefix = "/us/"
-upstream = "http://127.0.0.1:{0}/"
-region = "us"
-"#,
-            origin.port
-        ),
-        tenants_extra: r#"
-[destination_regions]
-eu = ["127.0.0.1", "eu.api.openai.com"]
-us = ["localhost", "*.us.example"]
-[credentials]
-files_dir = "secrets"
-[[credentials.file]]
-tenant = "acme"
-name = "openai"
-bind = ["127.0.0.1/acme/"]
-in = ["header"]
-"#
-        .into(),
         ..Default::default()
+    };
+    let to_origin = format!("http://127.0.0.1:{}/", origin.port);
+    for (name, prefix, region) in [("eu-llm", "/eu/", "eu"), ("us-llm", "/us/", "us")] {
+        spec.tenants.routes.push(config::Route {
+            region: Some(region.into()),
+            ..config::Route::new(name, prefix, to_origin.clone())
+        });
     }
+    let regions = &mut spec.tenants.destination_regions;
+    regions.insert(
+        "eu".into(),
+        vec!["127.0.0.1".into(), "eu.api.openai.com".into()],
+    );
+    regions.insert("us".into(), vec!["localhost".into(), "*.us.example".into()]);
+    let credentials = spec.tenants.credentials();
+    credentials.files_dir = Some("secrets".into());
+    credentials.files.push(config::FileCredential::header(
+        "acme",
+        "openai",
+        &["127.0.0.1/acme/"],
+    ));
+    spec
 }
 
 fn start_residency_proxy(origin: &Origin) -> Proxy {
@@ -563,13 +552,13 @@ fn explain_decides_as_the_running_proxy() {
 #[test]
 fn a_shadow_policy_set_changes_no_response_and_is_audited() {
     let origin = Origin::start();
-    let spec = ProxySpec {
-        tenants_top: "shadow_policy_dir = \"shadow\"".into(),
-        // The tunnel's host resolves to loopback without DNS.
-        egress: "allow = [\"127.0.0.1/32\"]\nhosts = { \"eu.api.openai.com\" = [\"127.0.0.1\"] }"
-            .into(),
-        ..residency_spec(&origin)
-    };
+    let mut spec = residency_spec(&origin);
+    spec.tenants.shadow_policy_dir = Some("shadow".into());
+    // The tunnel's host resolves to loopback without DNS.
+    spec.config
+        .egress
+        .hosts
+        .insert("eu.api.openai.com".into(), vec!["127.0.0.1".into()]);
     let deny_all = "@id(\"shadow-deny-all\")\nforbid (principal, action, resource);\n";
     let proxy = Proxy::start_prepared(spec, |dir| {
         std::fs::create_dir_all(dir.join("secrets/acme")).unwrap();

@@ -3,47 +3,28 @@
 //! ceiling, streams cut with a final SSE error event that real SDKs understand, and
 //! `tenant-proxy usage` reading one tenant's spend.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
-fn budget_proxy(mock: u16, tenants_extra: &str) -> Proxy {
-    budget_proxy_with(mock, tenants_extra, Vec::new())
-}
-
-/// A proxy with the test price table, an `llm` route to the mock, and per-tenant settings.
-fn budget_proxy_with(
-    mock: u16,
-    tenants_extra: &str,
-    tenant_settings: Vec<(&'static str, String)>,
-) -> Proxy {
-    Proxy::start_prepared(
-        ProxySpec {
-            routes: format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n"),
-            tenants_top: "prices_file = \"prices.toml\"\n".into(),
-            tenants_extra: tenants_extra.into(),
-            tenant_settings,
-            ..Default::default()
-        },
-        |dir| {
-            std::fs::copy(repo_root().join("tests/fixtures/prices.toml"), dir.join("prices.toml")).unwrap();
-        },
-    )
+/// A proxy with the test price table, an `llm` route to the mock, and the tenant settings
+/// `configure` makes.
+fn budget_proxy(mock: u16, configure: impl FnOnce(&mut ProxySpec)) -> Proxy {
+    let mut spec = ProxySpec::default().with_prices();
+    spec.llm_route(mock);
+    configure(&mut spec);
+    Proxy::start(spec)
 }
 
 #[test]
 fn daily_cost_ceiling_refuses_with_the_ceiling_named_and_unpriced_models_are_refused() {
     let mock = start_mock();
     // 1 micro-unit an input token, 2 an output token (tests/fixtures/prices.toml).
-    let proxy = budget_proxy_with(
-        mock,
-        "[tenants.acme.limits]\ncost_per_day_micros = 400\n",
-        vec![("acme", "time_zone = \"Europe/Berlin\"".into())],
-    );
+    let proxy = budget_proxy(mock, |spec| {
+        let acme = spec.tenant("acme");
+        acme.limits().cost_per_day_micros = Some(400);
+        acme.time_zone = Some("Europe/Berlin".into());
+    });
     let body =
         r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
     // Reserved: one token a body byte plus 50 output tokens; settled: the mock's usage.
@@ -130,7 +111,9 @@ fn run_token(run_id: &'static str, budget: RunBudget) -> String {
 #[test]
 fn a_stream_that_outruns_its_run_budget_is_cut_with_a_final_error_event() {
     let mock = start_mock();
-    let proxy = budget_proxy(mock, "[tenants.acme.limits]\nassumed_max_tokens = 100\n");
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().assumed_max_tokens = Some(100);
+    });
     let budget = RunBudget {
         tokens: Some(600),
         ..RunBudget::default()
@@ -242,7 +225,9 @@ except openai.APIError as e:
 #[test]
 fn a_stream_within_its_budget_is_extended_and_finishes() {
     let mock = start_mock();
-    let proxy = budget_proxy(mock, "[tenants.acme.limits]\nassumed_max_tokens = 50\n");
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().assumed_max_tokens = Some(50);
+    });
     let bearer = run_token(
         "run-long",
         RunBudget {
@@ -366,11 +351,13 @@ fn run_tool_calls_and_wall_time_are_per_run_and_only_from_signed_tokens() {
 #[test]
 fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
     let mock = start_mock();
-    let proxy = budget_proxy(
-        mock,
-        "[tenants.acme.limits]\ncost_per_day_micros = 1000000\ncost_per_month_micros = 5000000\nconcurrency = 8\n\
-         [tenants.globex.limits]\ncost_per_day_micros = 1000000\n",
-    );
+    let proxy = budget_proxy(mock, |spec| {
+        let acme = spec.tenant("acme").limits();
+        acme.cost_per_day_micros = Some(1_000_000);
+        acme.cost_per_month_micros = Some(5_000_000);
+        acme.concurrency = Some(8);
+        spec.tenant("globex").limits().cost_per_day_micros = Some(1_000_000);
+    });
     let body = r#"{"model":"gpt-4o-mini","max_tokens":10,"messages":[]}"#;
     let r = llm_chat(proxy.sidecar_port, body, "");
     assert_eq!(r.status, 200);
@@ -378,7 +365,8 @@ fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
     let cost = rec["settled"]["cost_micros"].as_u64().unwrap();
     assert!(cost > 0);
 
-    let config = proxy.path("tenant-proxy.toml");
+    // The memory limiter's counters are read through the running proxy's admin port.
+    let config = proxy.bound_config();
     let config = config.to_str().unwrap();
     let (code, out) = proxy_cli(
         proxy.dir.path(),

@@ -2,28 +2,23 @@
 //! together, keys carry the tenant hash tag, Redis down means a fast fail-closed refusal, and
 //! service comes back by itself when Redis does.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should panic
-
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
-fn proxy_with_redis(port: u16) -> Proxy {
-    Proxy::start(ProxySpec {
-        static_extra: format!("[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"100ms\"\n"),
-        tenants_extra: "[tenants.acme.limits]\nrequests_per_minute = 6\nconcurrency = 10\n".into(),
-        ..Default::default()
-    })
+fn proxy_with_redis(redis: &RedisServer) -> Proxy {
+    let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_millis(100));
+    let acme = spec.tenant("acme").limits();
+    acme.requests_per_minute = Some(6);
+    acme.concurrency = Some(10);
+    Proxy::start(spec)
 }
 
 #[test]
 fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
-    let port = free_port();
-    let redis = RedisServer::start_on(port);
+    let mut redis = RedisServer::start();
     let origin = Origin::start();
-    let (a, b) = (proxy_with_redis(port), proxy_with_redis(port));
+    let (a, b) = (proxy_with_redis(&redis), proxy_with_redis(&redis));
     let url = format!("http://127.0.0.1:{}/acme/shared", origin.port);
 
     // Eight calls spread over two replicas against a ceiling of six: exactly six pass.
@@ -81,7 +76,7 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
         .all(|k| k.starts_with("tp:{acme}:")));
 
     // Redis stops: refusals are immediate 503s with Retry-After, nothing is forwarded.
-    drop(redis);
+    redis.stop();
     let before = origin.count();
     let started = Instant::now();
     let r = forward_get(a.sidecar_port, &url, None, "");
@@ -100,7 +95,7 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
     assert!(a.metrics().contains("tenant_proxy_limiter_errors_total"));
 
     // Redis comes back (empty): both replicas recover without a restart.
-    let _redis = RedisServer::start_on(port);
+    redis.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
     for p in [a.sidecar_port, b.sidecar_port] {
         while forward_get(p, &url, None, "").status != 200 {
@@ -112,17 +107,13 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
 
 #[test]
 fn local_fallback_keeps_enforcing_per_replica_and_is_counted() {
-    let port = free_port();
-    let redis = RedisServer::start_on(port);
+    let mut redis = RedisServer::start();
     let origin = Origin::start();
-    let proxy = Proxy::start(ProxySpec {
-        static_extra: format!(
-            "[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"100ms\"\non_unavailable = \"local_fallback\"\n"
-        ),
-        tenants_extra: "[tenants.acme.limits]\nrequests_per_minute = 3\n".into(),
-        ..Default::default()
-    });
-    drop(redis);
+    let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_millis(100));
+    spec.config.limiter.on_unavailable = Some(config::OnUnavailable::LocalFallback);
+    spec.tenant("acme").limits().requests_per_minute = Some(3);
+    let proxy = Proxy::start(spec);
+    redis.stop();
     let url = format!("http://127.0.0.1:{}/acme/fb", origin.port);
     let statuses: Vec<u16> = (0..5)
         .map(|_| forward_get(proxy.sidecar_port, &url, None, "").status)
@@ -139,16 +130,14 @@ fn local_fallback_keeps_enforcing_per_replica_and_is_counted() {
 
 #[test]
 fn replicas_share_one_token_ceiling() {
-    let port = free_port();
-    let _redis = RedisServer::start_on(port);
+    let redis = RedisServer::start();
     let mock = start_mock();
     let start = || {
-        Proxy::start(ProxySpec {
-            static_extra: format!("[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"200ms\"\n"),
-            routes: format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n"),
-            tenants_extra: "[tenants.acme.limits]\ntokens_per_minute = 600\n".into(),
-            ..Default::default()
-        })
+        let mut spec =
+            ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_millis(200));
+        spec.llm_route(mock);
+        spec.tenant("acme").limits().tokens_per_minute = Some(600);
+        Proxy::start(spec)
     };
     let (a, b) = (start(), start());
     let body = r#"{"model":"gpt-4o-mini","max_tokens":50,"messages":[]}"#;
@@ -173,25 +162,27 @@ fn replicas_share_one_token_ceiling() {
     );
 }
 
+/// Prices calls; acme (whose days are New York's) and globex may each spend 2000 micro-units a
+/// day.
+fn new_york_cost_ceilings(tenants: &mut config::TenantFile) {
+    tenants.prices_file = Some("prices.toml".into());
+    tenants.tenant("acme").time_zone = Some("America/New_York".into());
+    for tenant in ["acme", "globex"] {
+        tenants.tenant(tenant).limits().cost_per_day_micros = Some(2000);
+    }
+}
+
 #[test]
 fn replicas_never_overshoot_a_cost_ceiling_under_64_concurrent_calls() {
-    let port = free_port();
-    let redis = RedisServer::start_on(port);
+    let redis = RedisServer::start();
     let mock = start_mock();
     let start = || {
-        Proxy::start_prepared(
-            ProxySpec {
-                static_extra: format!("[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"200ms\"\n"),
-                routes: format!("[[route]]\nname = \"llm\"\nprefix = \"/llm/\"\nupstream = \"http://127.0.0.1:{mock}/v1/\"\n"),
-                tenants_top: "prices_file = \"prices.toml\"\n".into(),
-                tenant_settings: vec![("acme", "time_zone = \"America/New_York\"".into())],
-                tenants_extra: "[tenants.acme.limits]\ncost_per_day_micros = 2000\n[tenants.globex.limits]\ncost_per_day_micros = 2000\n".into(),
-                ..Default::default()
-            },
-            |dir| {
-                std::fs::copy(repo_root().join("tests/fixtures/prices.toml"), dir.join("prices.toml")).unwrap();
-            },
-        )
+        let mut spec = ProxySpec::default()
+            .with_prices()
+            .with_redis_limiter(redis.url(), Duration::from_millis(200));
+        spec.llm_route(mock);
+        new_york_cost_ceilings(&mut spec.tenants);
+        Proxy::start(spec)
     };
     let (a, b) = (start(), start());
     // With max_tokens every reservation bounds its call's real cost, so the ceiling holds exactly.
@@ -237,17 +228,17 @@ fn replicas_never_overshoot_a_cost_ceiling_under_64_concurrent_calls() {
     // `tenant-proxy usage` reads the same counter from Redis, with no proxy needed; globex reads 0.
     drop((a, b));
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tenant-proxy.toml"),
-        format!("tenants_file = \"tenants.toml\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"s\"\nlisten = \"127.0.0.1:{}\"\nidentity = [\"binding\"]\nbinding = {{ tenant = \"acme\", workload = \"bot\" }}\n[audit]\ndir = \"audit\"\n[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"500ms\"\n", free_port(), free_port()),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("tenants.toml"),
-        format!("policy_dir = \"policies\"\nprices_file = \"prices.toml\"\n{TENANTS}\n[tenants.acme.limits]\ncost_per_day_micros = 2000\n[tenants.globex.limits]\ncost_per_day_micros = 2000\n")
-            .replace("[tenants.acme]\n", "[tenants.acme]\ntime_zone = \"America/New_York\"\n"),
-    )
-    .unwrap();
+    // Nothing binds these addresses: `usage` reads Redis, not a running proxy.
+    let mut config = config::StaticFile::new("tenants.toml", "audit");
+    config.admin.listen = Some(config::LOOPBACK_ANY_PORT);
+    config
+        .listeners
+        .push(config::Listener::bound("s", "acme", "bot"));
+    config.limiter = config::Limiter::redis(redis.url(), Duration::from_millis(500));
+    config.write(&dir.path().join("tenant-proxy.toml")).unwrap();
+    let mut tenants = standard_tenants();
+    new_york_cost_ceilings(&mut tenants);
+    tenants.write(&dir.path().join("tenants.toml")).unwrap();
     std::fs::copy(
         repo_root().join("tests/fixtures/prices.toml"),
         dir.path().join("prices.toml"),
@@ -284,10 +275,9 @@ fn daily_cost_rolls_over_at_local_midnight_and_the_month_carries_on() {
         keys_for, AdmitError, CallKind, Ceilings, Charge, LimitBackend, Subject,
     };
 
-    let port = free_port();
-    let _redis = RedisServer::start_on(port);
+    let redis = RedisServer::start();
     let backend = RedisBackend::start(RedisSettings {
-        url: format!("redis://127.0.0.1:{port}"),
+        url: redis.url(),
         timeout: Duration::from_millis(500),
         lease_ttl: Duration::from_secs(60),
         run_ttl: Duration::from_secs(3600),

@@ -1,0 +1,31 @@
+//! The end-to-end suite: the real `tenant-proxy` binary (built from the current sources by the
+//! harness) against real origins, clients and `redis-server` on loopback. One test binary, one
+//! module per concern, so the suite compiles and links once.
+
+// Test code: a failed step should panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod audit_chain;
+mod budgets;
+mod canary;
+mod credentials;
+mod forwarding;
+mod https;
+mod identity;
+mod limit_contract;
+mod limits;
+mod llm_bodies;
+mod mcp;
+mod mcp_scope;
+mod policy_tools;
+mod protocol;
+mod quickstart;
+mod raw_credentials;
+mod redis;
+mod reload_audit;
+mod runs;
+mod tenant_trouble;
+mod usage;

@@ -1,0 +1,36 @@
+//! The loadtest mock LLM upstream, embedded: plain or over TLS, on an ephemeral loopback port,
+//! in a runtime thread of its own.
+
+/// Starts the loadtest mock; its port.
+pub fn start_mock() -> u16 {
+    serve_on_loopback(tenant_proxy_loadtest::mock::serve_mock)
+}
+
+/// Starts the loadtest mock over TLS (certificate `pair`); its port.
+pub fn start_mock_tls(pair: &tenant_proxy_loadtest::tls::PemPair) -> u16 {
+    let config = tenant_proxy_loadtest::tls::server_config(pair).unwrap();
+    serve_on_loopback(move |l| tenant_proxy_loadtest::tls::serve_mock_tls(l, config))
+}
+
+/// Runs `serve` on a new ephemeral loopback listener (bound here and kept) in its own runtime
+/// thread; the listener's port.
+fn serve_on_loopback<F, Fut>(serve: F) -> u16
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = serve(l).await;
+        });
+    });
+    port
+}

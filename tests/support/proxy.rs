@@ -1,0 +1,347 @@
+//! A tenant-proxy process for one test: its configuration written from typed values, every
+//! socket on a port the proxy picked itself (`127.0.0.1:0`, read back from `--ready-file`), its
+//! log, metrics and audit trail at hand, and its CLI.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tenant_proxy_loadtest::config::{
+    Limiter, Listener, Ready, Route, StaticFile, Tenant, TenantFile, Token, LOOPBACK_ANY_PORT,
+};
+
+use super::{copy_dir, proxy_bin, raw_request, repo_root, TEST_JWKS};
+
+/// The listener bound to acme's `bot` workload.
+pub const SIDECAR: &str = "sidecar";
+/// The listener that identifies workloads by token.
+pub const SHARED: &str = "shared";
+
+/// How to lay out a proxy's configuration directory.
+pub struct ProxySpec {
+    /// Policy directory to copy (relative to the repo root); the schema is always the repo's.
+    pub policies: &'static str,
+    /// `tenant-proxy.toml`.
+    pub config: StaticFile,
+    /// `tenants.toml`.
+    pub tenants: TenantFile,
+    /// Files copied from the repository into the configuration directory: (source relative to
+    /// the repo root, destination relative to the directory).
+    pub copies: Vec<(&'static str, &'static str)>,
+    /// Environment variables for the proxy process.
+    pub env: Vec<(String, String)>,
+}
+
+/// The tenants every test proxy knows: acme (pro, eu; `bot`, `researcher`), globex (free, us;
+/// `agent`) and evalerr (pro, eu; `agent`), whose policies the fixtures write.
+pub fn standard_tenants() -> TenantFile {
+    let mut t = TenantFile::new("policies");
+    t.tenants.insert(
+        "acme".into(),
+        Tenant::new("pro", "eu", &["bot", "researcher"]),
+    );
+    t.tenants
+        .insert("globex".into(), Tenant::new("free", "us", &["agent"]));
+    t.tenants
+        .insert("evalerr".into(), Tenant::new("pro", "eu", &["agent"]));
+    t
+}
+
+impl Default for ProxySpec {
+    /// Two listeners: `sidecar` bound to acme/bot and `shared` (tokens, verified against the
+    /// test JWKS with a revocation list); the test origins on 127.0.0.1 are an explicit
+    /// exception to the egress guard (loopback is never reachable by default); a 10 s upstream
+    /// read timeout; audit batches every 5 ms; no shutdown grace.
+    fn default() -> Self {
+        let mut config = StaticFile::new("tenants.toml", "audit");
+        config.admin.listen = Some(LOOPBACK_ANY_PORT);
+        config.listeners = vec![
+            Listener::bound(SIDECAR, "acme", "bot"),
+            Listener::token(SHARED),
+        ];
+        config.audit.flush_interval = Some(Duration::from_millis(5));
+        config.upstream.connect_timeout = Some(Duration::from_secs(1));
+        config.upstream.read_timeout = Some(Duration::from_secs(10));
+        config.egress.allow = vec!["127.0.0.1/32".into()];
+        config.server.threads = Some(2);
+        config.server.grace_period = Some(Duration::ZERO);
+        config.server.graceful_shutdown_timeout = Some(Duration::from_secs(1));
+        config.log.level = Some("info".into());
+        let mut tenants = standard_tenants();
+        tenants.token = Some(Token {
+            audience: Some("tenant-proxy".into()),
+            max_lifetime: Some(Duration::from_secs(3600)),
+            leeway: Some(Duration::from_secs(5)),
+            revoked_jtis_file: Some("revoked.txt".into()),
+            ..Token::new("jwks.json")
+        });
+        Self {
+            policies: "tests/fixtures/policies",
+            config,
+            tenants,
+            copies: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+impl ProxySpec {
+    /// The tenant `id` of the tenant file.
+    pub fn tenant(&mut self, id: &str) -> &mut Tenant {
+        self.tenants.tenant(id)
+    }
+
+    /// Adds the route `llm` (`/llm/`) to `http://127.0.0.1:PORT/v1/` (the loadtest mock, or an
+    /// origin standing in for an LLM).
+    pub fn llm_route(&mut self, port: u16) -> &mut Route {
+        self.tenants.routes.push(Route::new(
+            "llm",
+            "/llm/",
+            format!("http://127.0.0.1:{port}/v1/"),
+        ));
+        self.tenants.routes.last_mut().unwrap()
+    }
+
+    /// Prices LLM calls with `tests/fixtures/prices.toml` (1 micro-unit an input token of
+    /// gpt-4o-mini, 2 an output token).
+    pub fn with_prices(mut self) -> Self {
+        self.tenants.prices_file = Some("prices.toml".into());
+        self.copies
+            .push(("tests/fixtures/prices.toml", "prices.toml"));
+        self
+    }
+
+    /// Counts limits in Redis at `url`, each call allowed `timeout`.
+    pub fn with_redis_limiter(mut self, url: String, timeout: Duration) -> Self {
+        self.config.limiter = Limiter::redis(url, timeout);
+        self
+    }
+}
+
+/// A running proxy, killed on drop. Its ports are those it reported in its ready file.
+pub struct Proxy {
+    pub dir: tempfile::TempDir,
+    /// The `sidecar` listener's port.
+    pub sidecar_port: u16,
+    /// The `shared` listener's port.
+    pub shared_port: u16,
+    pub admin_port: u16,
+    ready: Ready,
+    config: StaticFile,
+    tenants: TenantFile,
+    child: Child,
+}
+
+impl Proxy {
+    pub fn start(spec: ProxySpec) -> Self {
+        Self::start_prepared(spec, |_| {})
+    }
+
+    /// Writes the configuration, runs `prepare` in the configuration directory, then starts
+    /// the proxy and waits until it is ready.
+    pub fn start_prepared(spec: ProxySpec, prepare: impl FnOnce(&Path)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = repo_root();
+        copy_dir(&root.join(spec.policies), &dir.path().join("policies"));
+        std::fs::copy(
+            root.join("policies/schema.cedarschema"),
+            dir.path().join("policies/schema.cedarschema"),
+        )
+        .unwrap();
+        std::fs::copy(root.join(TEST_JWKS), dir.path().join("jwks.json")).unwrap();
+        std::fs::write(dir.path().join("revoked.txt"), "# revoked\nrevoked-jti-1\n").unwrap();
+        for (from, to) in &spec.copies {
+            std::fs::copy(root.join(from), dir.path().join(to)).unwrap();
+        }
+        spec.config
+            .write(&dir.path().join("tenant-proxy.toml"))
+            .unwrap();
+        spec.tenants
+            .write(&dir.path().join("tenants.toml"))
+            .unwrap();
+        prepare(dir.path());
+
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let ready_file = dir.path().join("ready.json");
+        let mut child = Command::new(proxy_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(dir.path().join("tenant-proxy.toml"))
+            .arg("--ready-file")
+            .arg(&ready_file)
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // Both streams go to proxy.log (one file offset), so tests can search all output.
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let ready = wait_ready_file(&ready_file, &mut child, dir.path());
+        let port = |name: &str| {
+            ready
+                .port(name)
+                .unwrap_or_else(|| panic!("every test proxy has listener `{name}`: {ready:?}"))
+        };
+        let proxy = Proxy {
+            sidecar_port: port(SIDECAR),
+            shared_port: port(SHARED),
+            admin_port: ready.admin.port(),
+            ready,
+            config: spec.config,
+            tenants: spec.tenants,
+            dir,
+            child,
+        };
+        proxy.wait_readyz();
+        proxy
+    }
+
+    /// Waits for `/readyz` to answer 200 (audit directory writable, limiter connected).
+    fn wait_readyz(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = raw_request(
+                self.admin_port,
+                "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+            ) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("proxy did not become ready; log:\n{}", self.log());
+    }
+
+    /// The port of listener `name`.
+    pub fn port(&self, name: &str) -> u16 {
+        self.ready
+            .port(name)
+            .unwrap_or_else(|| panic!("no listener `{name}`: {:?}", self.ready))
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The tenant file the proxy was started with.
+    pub fn tenants(&self) -> &TenantFile {
+        &self.tenants
+    }
+
+    /// Replaces the tenant file (the proxy reloads it).
+    pub fn write_tenants(&self, tenants: &TenantFile) {
+        tenants.write(&self.path("tenants.toml")).unwrap();
+    }
+
+    /// A copy of the static file with the addresses the proxy bound in place of port 0, for
+    /// CLI commands that find the running proxy through its configuration (`run close`,
+    /// `usage` with the memory limiter); its path.
+    pub fn bound_config(&self) -> PathBuf {
+        let mut config = self.config.clone();
+        config.admin.listen = Some(self.ready.admin);
+        for l in &mut config.listeners {
+            l.listen = self.ready.listeners[&l.name];
+        }
+        let path = self.path("tenant-proxy.bound.toml");
+        config.write(&path).unwrap();
+        path
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("proxy.log")).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        raw_request(
+            self.admin_port,
+            "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .body_text()
+    }
+
+    /// Audit records of `tenant` (all days).
+    pub fn audit_records(&self, tenant: &str) -> Vec<serde_json::Value> {
+        super::records_in(&self.path("audit"), tenant)
+    }
+
+    /// Waits until `tenant` has at least `n` records, and returns them all.
+    pub fn wait_audit_records(&self, tenant: &str, n: usize) -> Vec<serde_json::Value> {
+        super::wait_records_in(&self.path("audit"), tenant, n)
+    }
+
+    /// Waits until `tenant` has a record with `request_id`, and returns it.
+    pub fn audit_record(&self, tenant: &str, request_id: &str) -> serde_json::Value {
+        super::wait_record_in(&self.path("audit"), tenant, request_id)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn sighup(&self) {
+        Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (20 s at most) for the ready file `path` of `child`, whose configuration is in `dir`.
+fn wait_ready_file(path: &Path, child: &mut Child, dir: &Path) -> Ready {
+    let log = || std::fs::read_to_string(dir.join("proxy.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(ready) = Ready::read(path).unwrap() {
+            return ready;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "proxy exited ({status}) before it was ready; log:\n{}",
+                log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy wrote no ready file in 20 s; log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `tenant-proxy ARGS` in `dir` with `stdin`; returns (exit code, stdout+stderr).
+pub fn proxy_cli(dir: &Path, args: &[&str], stdin: &str) -> (i32, String) {
+    let mut child = Command::new(proxy_bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
