@@ -667,6 +667,46 @@ fn a_tunnel_never_carries_another_tenants_identity_or_credentials() {
 }
 
 #[test]
+fn an_inner_proxy_authorization_never_decides_who_a_sidecar_tunnel_belongs_to() {
+    let h = start_https(|_| {});
+    let authority = format!("llm.test:{}", h.mock);
+    // The sidecar listener is acme/bot's; inside its tunnel the agent writes globex's valid
+    // token, then a garbage one, as the inner request's Proxy-Authorization.
+    let mut tls = intercepted(&h, h.proxy.sidecar_port, &authority, "");
+    let globex = token_for("globex", "agent");
+    let mut ids = Vec::new();
+    for inner in [format!("Bearer {globex}"), "Bearer not-a-token".to_string()] {
+        let r = request_over(
+            &mut tls,
+            &format!("GET /v1/models HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: {inner}\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"),
+        );
+        // acme's secret, acme's decision: the inner header is neither an identity nor an error.
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_eq!(
+            r.header("x-mock-authorization-sha256"),
+            Some(seen(ACME_SECRET).as_str())
+        );
+        assert!(!r.body_text().contains(&globex), "the inner token is stripped");
+        ids.push(r.request_id());
+    }
+    // acme_only exists for acme alone: reachable from acme's tunnel whatever the inner token says.
+    let r = request_over(
+        &mut tls,
+        &format!("GET /v1/models HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Bearer {globex}\r\nAuthorization: Bearer $CRED{{acme_only}}\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    ids.push(r.request_id());
+    for id in &ids {
+        let rec = h.proxy.audit_record("acme", id);
+        assert_eq!((rec["tenant"].as_str(), rec["workload"].as_str()), (Some("acme"), Some("bot")));
+    }
+    assert!(
+        h.proxy.audit_records("globex").is_empty(),
+        "nothing of acme's tunnel is in globex's partition"
+    );
+}
+
+#[test]
 fn tunnels_per_tenant_are_capped() {
     let h = start_https(|spec| spec.tenant("acme").max_tunnels = Some(1));
     let authority = format!("llm.test:{}", h.mock);

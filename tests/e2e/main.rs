@@ -15,6 +15,7 @@ mod credentials;
 mod forwarding;
 mod https;
 mod identity;
+mod isolation;
 mod limit_contract;
 mod limits;
 mod llm_bodies;
