@@ -686,7 +686,10 @@ fn an_inner_proxy_authorization_never_decides_who_a_sidecar_tunnel_belongs_to() 
             r.header("x-mock-authorization-sha256"),
             Some(seen(ACME_SECRET).as_str())
         );
-        assert!(!r.body_text().contains(&globex), "the inner token is stripped");
+        assert!(
+            !r.body_text().contains(&globex),
+            "the inner token is stripped"
+        );
         ids.push(r.request_id());
     }
     // acme_only exists for acme alone: reachable from acme's tunnel whatever the inner token says.
@@ -698,7 +701,10 @@ fn an_inner_proxy_authorization_never_decides_who_a_sidecar_tunnel_belongs_to() 
     ids.push(r.request_id());
     for id in &ids {
         let rec = h.proxy.audit_record("acme", id);
-        assert_eq!((rec["tenant"].as_str(), rec["workload"].as_str()), (Some("acme"), Some("bot")));
+        assert_eq!(
+            (rec["tenant"].as_str(), rec["workload"].as_str()),
+            (Some("acme"), Some("bot"))
+        );
     }
     assert!(
         h.proxy.audit_records("globex").is_empty(),

@@ -251,26 +251,35 @@ fn tenants_whose_ids_share_a_prefix_reach_only_their_own() {
     let (code, out, _) = cli(&["audit", "verify", dir, "--tenant", "acme2", "--json"]);
     assert_eq!(code, 1, "acme2's chain was modified: {out}");
 
-    // The credential listing of one tenant shows its own credential only.
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &[
-            "cred",
-            "--config",
-            "tenant-proxy.toml",
-            "list",
-            "--tenant",
-            "acme",
-        ],
-        "",
-    );
-    assert_eq!(code, 0, "{out}");
+    // The credential listing of one tenant shows its own credential only: one line each, and
+    // three different values behind the three fingerprints.
+    let mut listed = Vec::new();
+    for (tenant, _) in PREFIXED {
+        let (code, out) = proxy_cli(
+            proxy.dir.path(),
+            &[
+                "cred",
+                "--config",
+                "tenant-proxy.toml",
+                "list",
+                "--tenant",
+                tenant,
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{out}");
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("key\t")).collect();
+        assert_eq!(lines.len(), 1, "{tenant}: {out}");
+        assert!(!out.contains("acme2") && !out.contains("acme-eu"), "{out}");
+        listed.push(lines[0].rsplit('\t').next().unwrap().to_string());
+    }
+    listed.sort();
+    listed.dedup();
     assert_eq!(
-        out.lines().filter(|l| l.starts_with("key\t")).count(),
-        1,
-        "{out}"
+        listed.len(),
+        3,
+        "each tenant lists its own secret: {listed:?}"
     );
-    assert!(!out.contains("acme2") && !out.contains("acme-eu"), "{out}");
 }
 
 /// Changes the decision of the first record of a partition (a modified record, as verify
@@ -293,7 +302,12 @@ fn break_first_record(partition: &Path) {
     files.sort();
     let text = std::fs::read_to_string(&files[0]).unwrap();
     let broken = text.replacen("\"allow\"", "\"deny\"", 1);
-    assert_ne!(text, broken, "no allow decision to change in {}", files[0].display());
+    assert_ne!(
+        text,
+        broken,
+        "no allow decision to change in {}",
+        files[0].display()
+    );
     std::fs::write(&files[0], broken).unwrap();
 }
 
