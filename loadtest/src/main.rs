@@ -1,6 +1,7 @@
 //! `tenant-proxy-loadtest`: the mock upstream, and a bounded load comparison of direct calls
 //! against calls through tenant-proxy, printed as one Markdown table.
 
+mod bare;
 mod slowloris;
 mod tunnel;
 
@@ -23,8 +24,9 @@ use tenant_proxy_loadtest::{mock, tls};
 use tunnel::{Hosts, Tunnels};
 
 /// Every row `run` knows, in the order they are measured.
-const ROWS: [&str; 10] = [
+const ROWS: [&str; 11] = [
     "direct",
+    BARE_PINGORA,
     "forward",
     "route",
     "route+limits(memory)",
@@ -35,6 +37,9 @@ const ROWS: [&str; 10] = [
     NEW_TUNNEL_NEW_UPSTREAM,
     NEW_TUNNEL_FRESH,
 ];
+
+/// The baseline every proxy row is compared with ([`bare`]).
+const BARE_PINGORA: &str = "bare-pingora";
 
 /// HTTPS rows: requests over kept intercepted tunnels, and whole new tunnels.
 const TUNNEL_KEEP_ALIVE: &str = "tunnel(intercept)";
@@ -97,7 +102,7 @@ enum Cmd {
         /// CONNECT, TLS handshake and one request).
         #[arg(long, default_value_t = 2_000)]
         new_tunnels: usize,
-        /// Run only these rows (comma-separated: direct, forward, route, route+limits(memory),
+        /// Run only these rows (comma-separated: direct, bare-pingora, forward, route, route+limits(memory),
         /// route+limits(memory)+noisy-neighbour, route+limits(redis), tunnel(intercept),
         /// new-tunnel(cached-leaf), new-tunnel(cached-leaf+new-upstream),
         /// new-tunnel(fresh-leaf); the redis row needs `redis-server` on PATH). Default: all.
@@ -132,6 +137,16 @@ enum Cmd {
         /// Keep-alive connections of normal traffic measured beside them.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+    },
+    /// The `bare-pingora` row's server (started by `run`): a pingora passthrough to `upstream`.
+    #[command(hide = true)]
+    BarePingora {
+        /// Upstream address (the mock).
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// Worker threads (the proxy rows' `[server] threads`).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
 }
 
@@ -179,7 +194,19 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             limit: duration_limit,
             new_tunnels,
             only,
+            baseline: std::sync::OnceLock::new(),
         })),
+        Cmd::BarePingora { upstream, threads } => {
+            // The port is found here and announced on stdout for `run`, which connects to it
+            // once pingora listens (pingora binds by address and reports nothing).
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            println!("{port}");
+            drop(rt);
+            bare::serve(SocketAddr::from(([127, 0, 0, 1], port)), upstream, threads)?;
+            Ok(true)
+        }
         Cmd::Slowloris {
             proxy_bin,
             connections,
@@ -332,6 +359,60 @@ impl ProxyProcess {
         }
         out
     }
+}
+
+/// Starts the `bare-pingora` server (this binary's hidden subcommand), pinned like the proxy,
+/// and waits until it accepts connections.
+async fn start_bare(upstream: SocketAddr, pin: bool, dir: &Path) -> anyhow::Result<ProxyProcess> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = if pin {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg("0").arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    std::fs::create_dir_all(dir)?;
+    let log = dir.join("bare-pingora.log");
+    let mut child = cmd
+        .arg("bare-pingora")
+        .arg("--upstream")
+        .arg(upstream.to_string())
+        .arg("--threads")
+        .arg("1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut proc = ProxyProcess {
+        child,
+        log,
+        port: 0,
+        neighbour_port: 0,
+        admin_port: 0,
+    };
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    proc.port = line.trim().parse().with_context(|| {
+        format!(
+            "bare-pingora announced no port: {line:?}{}",
+            proc.log_tail()
+        )
+    })?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], proc.port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Some(why) = proc.exited() {
+            bail!("{why} before listening{}", proc.log_tail());
+        }
+        if Instant::now() > deadline {
+            bail!("bare-pingora did not listen within 20 s{}", proc.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(proc)
 }
 
 /// Whether `taskset -c 0` works here (it is missing in some images and fails under cpusets that
@@ -602,6 +683,9 @@ struct RunArgs {
     limit: Duration,
     new_tunnels: usize,
     only: Vec<String>,
+    /// The `bare-pingora` row's req/s and CPU µs per request, once measured: the other rows
+    /// print their ratio to it.
+    baseline: std::sync::OnceLock<(f64, f64)>,
 }
 
 impl RunArgs {
@@ -718,7 +802,7 @@ async fn measure<T: Target>(
     let warm = run(&load.warm, load.warm_ops).await;
     if warm.errors > 0 {
         println!(
-            "| {name} (warm-up failed) | {} | {} | - | - | - | - |",
+            "| {name} (warm-up failed) | {} | {} | - | - | - | - | - | - |",
             warm.requests, warm.errors
         );
         return Err(format!(
@@ -751,12 +835,25 @@ async fn measure<T: Target>(
         }
         _ => None,
     };
-    let cpu = match (cpu_before, cpu_after) {
-        (Some(before), Some(after)) if r.requests > 0 => format!(
-            "{:.1}",
-            after.saturating_sub(before).as_secs_f64() * 1e6 / r.requests as f64
+    let cpu_us = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if r.requests > 0 => {
+            Some(after.saturating_sub(before).as_secs_f64() * 1e6 / r.requests as f64)
+        }
+        _ => None,
+    };
+    let cpu = cpu_us.map_or("-".into(), |c| format!("{c:.1}"));
+    if name == BARE_PINGORA && r.errors == 0 {
+        if let Some(c) = cpu_us {
+            let _ = args.baseline.set((r.rps(), c));
+        }
+    }
+    // Ratios to bare pingora, measured in this same run (figures across runs do not compare).
+    let (rps_ratio, cpu_ratio) = match (args.baseline.get(), proxy.is_some()) {
+        (Some(&(rps, base_cpu)), true) if rps > 0.0 && base_cpu > 0.0 => (
+            format!("{:.2}", r.rps() / rps),
+            cpu_us.map_or("-".into(), |c| format!("{:.2}", c / base_cpu)),
         ),
-        _ => "-".into(),
+        _ => ("-".into(), "-".into()),
     };
     let ms = |q: f64| {
         let v = r.quantile_ms(q);
@@ -767,7 +864,7 @@ async fn measure<T: Target>(
         }
     };
     println!(
-        "| {name} | {} | {} | {:.0} | {} | {} | {cpu} |",
+        "| {name} | {} | {} | {:.0} | {} | {} | {cpu} | {rps_ratio} | {cpu_ratio} |",
         r.requests,
         r.errors,
         r.rps(),
@@ -1169,8 +1266,9 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         (Some(b), false) => bail!("--proxy-bin {} is not a file", b.display()),
         (None, false) => default_proxy_bin()?,
     };
-    let pin = !groups.is_empty() && taskset_usable();
-    if !groups.is_empty() {
+    let pinned_rows = !groups.is_empty() || wanted(BARE_PINGORA);
+    let pin = pinned_rows && taskset_usable();
+    if pinned_rows {
         pinning_hint(pin);
     }
 
@@ -1201,8 +1299,8 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         );
     }
     println!();
-    println!("| path | requests | errors | req/s | p50 ms | p99 ms | proxy CPU µs/req |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| path | requests | errors | req/s | p50 ms | p99 ms | proxy CPU µs/req | req/s ÷ bare | CPU ÷ bare |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failures = Vec::new();
     let mut start_failed = false;
     // Direct first: it needs no proxy, so it is reported even when the proxy is broken.
@@ -1213,12 +1311,32 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             failures.push(e);
         }
     }
+    // The baseline next, so every proxy row can print its ratio to it.
+    if wanted(BARE_PINGORA) {
+        let measured = match start_bare(mock_addr, pin, dir.path()).await {
+            Ok(mut bare) => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], bare.port));
+                let raw = chat_request("/v1/chat/completions", &mock_host);
+                let load = Load::plain(addr, raw, &args);
+                measure(BARE_PINGORA, &load, &args, Some(&mut bare), None)
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => {
+                println!("| {BARE_PINGORA} (failed to start) | 0 | - | - | - | - | - | - | - |");
+                Err(format!("{BARE_PINGORA}: {e:#}"))
+            }
+        };
+        if let Err(e) = measured {
+            failures.push(e);
+        }
+    }
     for g in &groups {
         if start_failed {
             // The same binary failed a moment ago; another start would most likely fail the
             // same way, possibly only after the 20 s readiness timeout.
             for row in &g.rows {
-                println!("| {row} (skipped) | 0 | - | - | - | - | - |");
+                println!("| {row} (skipped) | 0 | - | - | - | - | - | - | - |");
             }
             continue;
         }
@@ -1233,7 +1351,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             Ok(p) => p,
             Err(e) => {
                 for row in &g.rows {
-                    println!("| {row} (proxy failed to start) | 0 | - | - | - | - | - |");
+                    println!("| {row} (proxy failed to start) | 0 | - | - | - | - | - | - | - |");
                 }
                 failures.push(format!("{}: {e:#}", g.rows.join(", ")));
                 start_failed = true;

@@ -1068,9 +1068,65 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        /// A JSON object naming `model` and `max_tokens`, keys in any order among filler keys,
+        /// with arbitrary whitespace around the tokens.
+        fn chat_object() -> impl Strategy<Value = (String, u64, String)> {
+            let ws = || prop::sample::select(vec!["", " ", "\n", "\t", "\r\n  "]);
+            (
+                "[ -~]{0,40}",
+                any::<u64>(),
+                prop::collection::vec(("[a-z_]{1,12}", "[ -~]{0,20}"), 0..4),
+                0usize..3,
+                ws(),
+                ws(),
+            )
+                .prop_filter(
+                    "filler keys are not the fields read",
+                    |(_, _, filler, ..)| {
+                        filler.iter().all(|(k, _)| {
+                            !k.contains("model") && !k.contains("max") && !k.contains("token")
+                        })
+                    },
+                )
+                .prop_map(|(model, max, filler, at, a, b)| {
+                    let mut members: Vec<String> = filler
+                        .iter()
+                        .map(|(k, v)| {
+                            format!("{}{a}:{b}{}", serde_json::json!(k), serde_json::json!(v))
+                        })
+                        .collect();
+                    members.insert(at.min(members.len()), format!("\"max_tokens\"{a}:{b}{max}"));
+                    members.insert(0, format!("\"model\"{b}:{a}{}", serde_json::json!(model)));
+                    let body = format!("{a}{{{b}{}{a}}}{b}", members.join(&format!("{a},{b}")));
+                    (model, max, body)
+                })
+        }
+
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
+            /// Whatever the layout and encoding of a JSON chat body, the proxy reads the model
+            /// and ceiling the upstream will read, and forwards the JSON it decided on.
             #[test]
-            fn hostile_bodies_never_panic(
+            fn fuzz_json_bodies_are_classified_as_the_upstream_reads_them(
+                (model, max, body) in chat_object(),
+                encoding in 0usize..3,
+            ) {
+                let (bytes, pairs): (Vec<u8>, &[(&str, &str)]) = match encoding {
+                    0 => (body.clone().into_bytes(), &[("content-type", "application/json")]),
+                    1 => (gzip(body.as_bytes()), &[("content-encoding", "gzip")]),
+                    _ => ([b"\xEF\xBB\xBF".as_slice(), body.as_bytes()].concat(), &[]),
+                };
+                let got = to_llm(bytes, pairs).unwrap();
+                prop_assert_eq!(got.llm.model.as_deref(), Some(model.as_str()));
+                prop_assert_eq!(got.llm.max_output_tokens, Some(max));
+                let forwarded: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+                let upstream: serde_json::Value = serde_json::from_str(&body).unwrap();
+                prop_assert_eq!(forwarded, upstream);
+            }
+
+            #[test]
+            fn fuzz_hostile_bodies_never_panic(
                 bytes in proptest::collection::vec(any::<u8>(), 0..512),
                 kind in 0usize..6,
             ) {

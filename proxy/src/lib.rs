@@ -1,18 +1,24 @@
 //! tenant-proxy: a multi-tenant egress proxy for AI agents.
 //!
-//! Every call an agent makes goes through one pipeline (see [`proxy`]):
+//! Every call an agent makes, whether a plain request, a request inside a tunnel or a `CONNECT`,
+//! goes through one admission chain, [`pipeline::admit`] (its module docs give the order and why;
+//! `policy explain` runs the same chain without side effects); [`pipeline`] maps pingora's
+//! phases onto it:
 //!
 //! 1. [`identity`]: who is calling, from the listener, a signed token or an mTLS client
 //!    certificate's SPIFFE ID, never from anything the agent writes;
 //! 2. [`context::TenantContext`]: one immutable value every later phase receives;
-//! 3. [`target`] and [`body`]: where the call goes and what model it names (toward an LLM
+//! 3. [`runs`]: a signed run is started, or refused once closed;
+//! 4. [`target`] and [`body`]: where the call goes and what model it names (toward an LLM
 //!    destination a body is decoded and read, or refused);
-//! 4. [`policy`]: Cedar decides, default deny, errors deny (a shadow set, when configured, is
-//!    asked too and only audited);
-//! 5. [`credentials`]: `$CRED{}` handles swapped for the tenant's own secrets toward bound hosts;
-//! 6. forward, meter LLM [`usage`] from the response (each provider's API is one file in
-//!    [`usage::providers`]), then [`audit`] one record per request in
-//!    the tenant's own partition, and [`metrics`] by opaque tenant id.
+//! 5. [`policy`]: Cedar decides, default deny, errors deny (a shadow set, when configured, is
+//!    asked too and only audited); then [`egress`] resolves the name and refuses non-global
+//!    destinations;
+//! 6. [`credentials`]: `$CRED{}` handles swapped for the tenant's own secrets toward bound hosts;
+//! 7. [`limits`]: ceilings reserved last, so a request refused for any other reason uses none;
+//! 8. forward, meter LLM [`usage`] from the response (each provider's API is one file in
+//!    [`usage::providers`]), then [`audit`] one record per request in the tenant's own
+//!    partition, and [`metrics`] by opaque tenant id.
 //!
 //! The process log ([`logging`]) holds no secret at any level: third-party debug lines stay
 //! off, and failures are logged without the upstream bytes pingora keeps in its errors.

@@ -75,20 +75,6 @@ fn start_prefixed() -> Proxy {
     })
 }
 
-/// The sum of the samples of `family` whose `label` is exactly `value`.
-fn metric_sum(metrics: &str, family: &str, label: &str, value: &str) -> f64 {
-    let exact = format!("{label}=\"{value}\"");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")))
-        .filter(|l| {
-            let labels = &l[l.find('{').unwrap() + 1..l.rfind('}').unwrap()];
-            labels.split(',').any(|kv| kv == exact)
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 fn stop(proxy: &Proxy) {
     Command::new("kill")
         .args(["-TERM", &proxy.pid().to_string()])

@@ -217,6 +217,14 @@ fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tena
     );
     unpriced.assert_refused(403, "model_not_priced");
     proxy.audit_record("acme", &unpriced.request_id());
+    // A tunnel of the run refused (a port no policy opens) is one of its refusals too.
+    let tunnel = raw_request(
+        proxy.shared_port,
+        &format!("CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\nProxy-Authorization: Bearer {acme}\r\n\r\n"),
+    )
+    .unwrap();
+    tunnel.assert_refused(403, "connect_port_forbidden");
+    proxy.audit_record("acme", &tunnel.request_id());
 
     // The CLI closes acme's run through the admin port (named in the configuration it is
     // given): the summary is written at once.
@@ -242,8 +250,8 @@ fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tena
     assert_eq!(summary["ended"], "closed", "{summary}");
     assert_eq!(summary["tokens"], tokens, "{summary}");
     assert_eq!(summary["cost_micros"], cost, "{summary}");
-    assert_eq!(summary["requests"], 3, "{summary}");
-    assert_eq!(summary["refusals"], 1, "{summary}");
+    assert_eq!(summary["requests"], 4, "{summary}");
+    assert_eq!(summary["refusals"], 2, "{summary}");
 
     // The run's next request is refused with a stable code, and audited.
     let refused = llm_chat(proxy.shared_port, CHAT, &bearer(&acme));

@@ -119,6 +119,21 @@ impl ProxySpec {
     }
 }
 
+/// The sum of the samples of `family` in a Prometheus text exposition whose `label` is exactly
+/// `value` (not a prefix of it: `tenant="acme"` is not `tenant="acme2"`).
+pub fn metric_sum(metrics: &str, family: &str, label: &str, value: &str) -> f64 {
+    let exact = format!("{label}=\"{value}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter(|l| {
+            let labels = &l[l.find('{').unwrap() + 1..l.rfind('}').unwrap()];
+            labels.split(',').any(|kv| kv == exact)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 /// A running proxy, killed on drop. Its ports are those it reported in its ready file.
 pub struct Proxy {
     pub dir: tempfile::TempDir,

@@ -192,8 +192,10 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
         #[test]
-        fn never_panics_and_round_trips(input in proptest::collection::vec(any::<u8>(), 0..512)) {
+        fn fuzz_scan_never_panics_and_round_trips(input in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Ok(pieces) = scan(&input) {
                 // Re-rendering handles as handles and escapes as literals reproduces the input
                 // minus the escape `$`s.
@@ -209,7 +211,7 @@ mod tests {
         }
 
         #[test]
-        fn handles_in_random_text_are_found(prefix in "[a-z $]{0,20}", name in "[A-Za-z0-9_.-]{1,64}", suffix in "[a-z ]{0,20}") {
+        fn fuzz_handles_in_random_text_are_found(prefix in "[a-z $]{0,20}", name in "[A-Za-z0-9_.-]{1,64}", suffix in "[a-z ]{0,20}") {
             let input = format!("{prefix}$CRED{{{name}}}{suffix}");
             // A `$` right before the marker makes it an escape.
             prop_assume!(!prefix.ends_with('$'));
@@ -218,7 +220,7 @@ mod tests {
         }
 
         #[test]
-        fn dollar_heavy_input_is_linear(n in 1usize..20_000) {
+        fn fuzz_dollar_heavy_input_is_linear(n in 1usize..20_000) {
             let input = "$".repeat(n) + "$CRED";
             prop_assert!(scan(input.as_bytes()).is_ok());
         }

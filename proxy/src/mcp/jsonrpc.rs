@@ -480,15 +480,17 @@ mod tests {
         }
 
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
             #[test]
-            fn every_call_in_a_batch_is_seen(names in proptest::collection::vec(any::<String>(), 1..8), ids in proptest::collection::vec(id(), 8)) {
+            fn fuzz_every_call_in_a_batch_is_seen(names in proptest::collection::vec(any::<String>(), 1..8), ids in proptest::collection::vec(id(), 8)) {
                 let batch: Vec<Value> = names.iter().zip(ids).map(|(n, id)| call(n, id)).collect();
                 let parsed = parse_request(Value::Array(batch).to_string().as_bytes()).unwrap();
                 prop_assert_eq!(parsed.tool_calls, names);
             }
 
             #[test]
-            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            fn fuzz_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
                 let _ = parse_request(&bytes);
             }
         }

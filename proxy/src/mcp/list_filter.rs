@@ -615,8 +615,10 @@ mod tests {
         use proptest::prelude::*;
 
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
             #[test]
-            fn filtered_list_is_exactly_the_allowed_subset(
+            fn fuzz_filtered_list_is_exactly_the_allowed_subset(
                 listed in proptest::collection::vec(prop_oneof![Just("a".to_string()), Just("b".to_string()), any::<String>()], 0..10),
                 split in 0usize..4096,
             ) {
@@ -633,7 +635,7 @@ mod tests {
             }
 
             #[test]
-            fn arbitrary_streams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            fn fuzz_arbitrary_streams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
                 let mut f = ListFilter::new(Framing::Sse, tools(vec![json!(1)]), 1024);
                 let _ = run(&mut f, &[&bytes]);
                 let mut f = ListFilter::new(Framing::Json, tools(vec![json!(1)]), 1024);
