@@ -57,6 +57,7 @@ pub mod policy;
 pub mod pricing;
 pub mod problems;
 pub mod reason;
+pub mod redis_conn;
 pub mod reload;
 pub mod runs;
 pub mod snapshot;

@@ -25,6 +25,8 @@ mod protocol;
 mod quickstart;
 mod raw_credentials;
 mod redis;
+mod redis_cluster;
+mod redis_tls;
 mod reload_audit;
 mod runs;
 mod tenant_trouble;
