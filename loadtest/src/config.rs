@@ -232,7 +232,7 @@ pub struct Audit {
     pub signing_key: Option<PathBuf>,
     /// `redis://host:port` (or `rediss://`, `redis+cluster://h1:p1,h2:p2`): also append records to each tenant's Redis Stream.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
     /// The environment variable holding the Redis URL instead of `redis_url`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url_env: Option<String>,
@@ -417,7 +417,7 @@ pub struct Limiter {
     pub backend: Option<LimiterBackend>,
     /// `redis://host:port` (or `rediss://`, `redis+cluster://h1:p1,h2:p2`) for the `redis` backend.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
     /// The environment variable holding the Redis URL instead of `redis_url`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url_env: Option<String>,
@@ -461,13 +461,41 @@ pub struct Limiter {
 
 impl Limiter {
     /// The Redis backend at `url`, with a `timeout` per call.
-    pub fn redis(url: impl Into<String>, timeout: Duration) -> Self {
+    pub fn redis(url: impl Into<RedisUrl>, timeout: Duration) -> Self {
         Self {
             backend: Some(LimiterBackend::Redis),
             redis_url: Some(url.into()),
             timeout: Some(timeout),
             ..Self::default()
         }
+    }
+}
+
+/// `redis_url`: one URL, or the seed nodes of a Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RedisUrl {
+    /// `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`.
+    One(String),
+    /// Seed nodes, each `redis://host:port`.
+    Seeds(Vec<String>),
+}
+
+impl From<String> for RedisUrl {
+    fn from(url: String) -> Self {
+        RedisUrl::One(url)
+    }
+}
+
+impl From<&str> for RedisUrl {
+    fn from(url: &str) -> Self {
+        RedisUrl::One(url.to_string())
+    }
+}
+
+impl From<Vec<String>> for RedisUrl {
+    fn from(seeds: Vec<String>) -> Self {
+        RedisUrl::Seeds(seeds)
     }
 }
 

@@ -899,7 +899,7 @@ fn cluster_keys_are_tagged_with_their_tenant_and_live_in_its_slot() {
 
 async fn keys_are_tagged_with_their_tenant(b: Backends) {
     {
-        let Backend { counters, runs } = b.fresh();
+        let Backend { counters, runs, .. } = b.fresh();
         let budget = RunBudget {
             tool_calls: Some(5),
             ..RunBudget::default()

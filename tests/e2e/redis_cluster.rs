@@ -24,7 +24,7 @@ fn replicas_share_one_ceiling_and_audit_streams_on_a_cluster() {
     let start = || {
         let mut spec = cluster_proxy(&cluster, config::OnUnavailable::FailClosed);
         // The audit stream goes to the same cluster, named by its seed list.
-        spec.config.audit.redis_url = Some(cluster.url());
+        spec.config.audit.redis_url = Some(cluster.seed_urls().into());
         spec.config.audit.redis_required = Some(true);
         let acme = spec.tenant("acme").limits();
         acme.requests_per_minute = Some(6);
@@ -111,7 +111,7 @@ fn replicas_never_overshoot_token_and_cost_ceilings_on_a_cluster() {
     });
     let admitted = responses.iter().filter(|r| r.status == 200).count();
     for r in responses.iter().filter(|r| r.status != 200) {
-        assert_eq!(r.status, 429, "{}", r.body);
+        assert_eq!(r.status, 429, "{}", r.body_text());
     }
     let mut recs = a.wait_audit_records("acme", 24);
     recs.extend(b.wait_audit_records("acme", 24));
@@ -186,28 +186,34 @@ fn failover_under_load(
     let (mut stopped_at, mut promoted_at) = (Instant::now(), Instant::now());
     std::thread::scope(|s| {
         load(s, LOAD_THREADS, &ports, BODY, &stop, &seen);
-        wait_seen(
-            &seen,
-            Duration::from_secs(20),
-            "admissions before the failover",
-            |v| v.calls.iter().filter(|c| c.1 == 200).count() >= 10,
-        );
-        stopped_at = Instant::now();
-        let master = cluster.stop_master_of("{acme}");
-        cluster.wait_promoted("{acme}", master, Duration::from_secs(30));
-        promoted_at = Instant::now();
-        // Service resumes by itself on the shared counters, then the ceiling refuses.
-        wait_seen(
-            &seen,
-            Duration::from_secs(60),
-            "the ceiling after the failover",
-            |v| {
-                v.calls
-                    .iter()
-                    .any(|c| c.0 > promoted_at && c.1 == 429 && c.2 == "budget_exhausted")
-            },
-        );
+        // The callers stop whatever happens here, so a failed step fails the test, not hangs it.
+        let steps = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_seen(
+                &seen,
+                Duration::from_secs(20),
+                "admissions before the failover",
+                |v| v.calls.iter().filter(|c| c.1 == 200).count() >= 10,
+            );
+            stopped_at = Instant::now();
+            let master = cluster.stop_master_of("{acme}");
+            cluster.wait_promoted("{acme}", master, Duration::from_secs(30));
+            promoted_at = Instant::now();
+            // Service resumes by itself on the shared counters, then the ceiling refuses.
+            wait_seen(
+                &seen,
+                Duration::from_secs(60),
+                "the ceiling after the failover",
+                |v| {
+                    v.calls
+                        .iter()
+                        .any(|c| c.0 > promoted_at && c.1 == 429 && c.2 == "budget_exhausted")
+                },
+            );
+        }));
         stop.store(true, Ordering::Relaxed);
+        if let Err(panic) = steps {
+            std::panic::resume_unwind(panic);
+        }
     });
     let calls = seen.into_inner().unwrap().calls;
     (calls, stopped_at, promoted_at, a, b)
@@ -307,9 +313,10 @@ fn a_failover_under_load_falls_back_to_local_counters_then_resumes_shared_ones()
         }
     }
     let (spent, most) = spent(&a, &b, admitted);
-    // README: in fallback each replica enforces the ceiling on its own counters, so two
-    // replicas may together admit up to twice the ceiling, plus the failover's lost writes.
-    let bound = 2 * CEILING + LOAD_THREADS as u64 * most;
+    // README: in fallback each replica enforces the ceiling on its own counters, which the
+    // shared counters never learn of: two replicas may spend the ceiling once on the shared
+    // counters and once more each on their own, plus the failover's lost writes.
+    let bound = 3 * CEILING + LOAD_THREADS as u64 * most;
     println!("local fallback: {admitted} admitted, spent {spent} (bound {bound})");
     assert!(spent <= bound, "{spent} spent, bound {bound}");
 }

@@ -101,7 +101,8 @@ fn a_wrong_password_or_an_untrusted_server_fails_closed() {
     spec.env
         .push(("TP_TEST_REDIS_PASSWORD".into(), format!("{PASSWORD}-wrong")));
     spec.tenant("acme").limits().requests_per_minute = Some(100);
-    let wrong = Proxy::start(spec);
+    let wrong = Proxy::start_unready(spec);
+    assert_eq!(wrong.readyz(), 503, "never ready without its limiter");
     let r = forward_get(wrong.sidecar_port, &url, None, "");
     r.assert_refused(503, "limiter_unavailable");
     assert!(!r.body_text().contains(PASSWORD));
@@ -122,7 +123,8 @@ fn a_wrong_password_or_an_untrusted_server_fails_closed() {
     spec.env
         .push(("TP_TEST_REDIS_PASSWORD".into(), PASSWORD.into()));
     spec.tenant("acme").limits().requests_per_minute = Some(100);
-    let untrusted = Proxy::start(spec);
+    let untrusted = Proxy::start_unready(spec);
+    assert_eq!(untrusted.readyz(), 503, "never ready without its limiter");
     let r = forward_get(untrusted.sidecar_port, &url, None, "");
     r.assert_refused(503, "limiter_unavailable");
     assert_eq!(origin.count(), 0, "nothing was forwarded unchecked");

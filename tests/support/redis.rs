@@ -260,7 +260,7 @@ struct ClusterNode {
     _held: HeldPort,
     _bus: HeldPort,
     child: Option<Child>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
@@ -289,6 +289,11 @@ impl RedisCluster {
                         "",
                         "--appendonly",
                         "no",
+                        "--logfile",
+                        "redis.log",
+                        // Replicas sync at once (a replica not yet synced is never promoted).
+                        "--repl-diskless-sync-delay",
+                        "0",
                     ])
                     .current_dir(dir.path())
                     .stdout(Stdio::null())
@@ -300,7 +305,7 @@ impl RedisCluster {
                     _held: held,
                     _bus: bus,
                     child: Some(child),
-                    _dir: dir,
+                    dir,
                 }
             })
             .collect();
@@ -387,6 +392,17 @@ impl RedisCluster {
 
     /// The port of the master that serves `key`'s slot now.
     pub fn master_of(&self, key: &str) -> u16 {
+        self.serving_master(key).unwrap_or_else(|| {
+            panic!(
+                "no master serves `{key}`:\n{}",
+                self.command(&["CLUSTER", "NODES"])
+            )
+        })
+    }
+
+    /// The live master serving `key`'s slot, if one does (none between a master's failure and
+    /// its replica's promotion).
+    fn serving_master(&self, key: &str) -> Option<u16> {
         let slot: u16 = self
             .command(&["CLUSTER", "KEYSLOT", key])
             .trim()
@@ -407,12 +423,12 @@ impl RedisCluster {
                 let (lo, hi) = range.split_once('-').unwrap_or((range, range));
                 if let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) {
                     if (lo..=hi).contains(&slot) {
-                        return port;
+                        return Some(port);
                     }
                 }
             }
         }
-        panic!("no master serves slot {slot}:\n{nodes}");
+        None
     }
 
     /// Kills (SIGKILL, as a crash) the master serving `key`'s slot; its port.
@@ -429,9 +445,35 @@ impl RedisCluster {
     /// Waits until every live node reports `cluster_state:ok` and `key`'s slot is served by a
     /// live master other than `stopped`: the cluster promoted a replica.
     pub fn wait_promoted(&self, key: &str, stopped: u16, within: Duration) {
-        wait_for(within, "a replica to be promoted", || {
-            self.live_nodes_ok() && self.master_of(key) != stopped
-        });
+        let deadline = Instant::now() + within;
+        while !(self.live_nodes_ok() && self.serving_master(key).is_some_and(|m| m != stopped)) {
+            assert!(
+                Instant::now() < deadline,
+                "no replica was promoted:\n{}\n{}\n{}",
+                self.command(&["CLUSTER", "NODES"]),
+                self.command(&["CLUSTER", "INFO"]),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of every node's log, for a failure message.
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let log =
+                    std::fs::read_to_string(n.dir.path().join("redis.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!(
+                    "--- node {}:\n{}",
+                    n.port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn live_nodes_ok(&self) -> bool {
@@ -442,12 +484,20 @@ impl RedisCluster {
     }
 
     fn wait_healthy(&self, within: Duration) {
-        wait_for(within, "the cluster to serve every slot", || {
-            self.live_nodes_ok()
-                && self
-                    .cli(self.nodes[0].port, &["CLUSTER", "INFO"])
-                    .contains("cluster_slots_ok:16384")
-        });
+        wait_for(
+            within,
+            "the cluster to serve every slot, each replica in sync",
+            || {
+                self.live_nodes_ok()
+                    && self
+                        .cli(self.nodes[0].port, &["CLUSTER", "INFO"])
+                        .contains("cluster_slots_ok:16384")
+                    && self.nodes.iter().all(|n| {
+                        let info = self.cli(n.port, &["INFO", "replication"]);
+                        info.contains("role:master") || info.contains("master_link_status:up")
+                    })
+            },
+        );
     }
 }
 
