@@ -28,6 +28,7 @@ mod redis;
 mod redis_cluster;
 mod redis_tls;
 mod reload_audit;
+mod revocations;
 mod runs;
 mod tenant_trouble;
 mod usage;

@@ -257,6 +257,7 @@ impl RedisBackend {
         let refresher = revocations
             .clone()
             .keep_fresh(conn.clone(), settings.timeout);
+        let (first_read, read_timeout) = (revocations.clone(), connect_timeout);
         std::thread::Builder::new()
             .name("redis".into())
             .spawn(move || {
@@ -275,6 +276,11 @@ impl RedisBackend {
                     loop {
                         match endpoint.connect(connect_timeout).await {
                             Ok(m) => {
+                                // Read the revocation list before serving: until it has been
+                                // read, token requests fail closed.
+                                if let Err(e) = first_read.refresh(&m, read_timeout).await {
+                                    tracing::warn!(error = %e, "cannot read the shared revocation list");
+                                }
                                 slot.store(Some(Arc::new(m)));
                                 tracing::info!("limiter connected to redis");
                                 std::future::pending::<()>().await;
@@ -481,7 +487,7 @@ impl LimitBackend for RedisBackend {
     }
 
     fn is_ready(&self) -> bool {
-        self.conn.load().is_some()
+        self.conn.load().is_some() && self.revocations.has_been_read()
     }
 }
 

@@ -98,6 +98,11 @@ impl SharedRevocations {
         Ok(self.ids.load().contains(jti))
     }
 
+    /// Whether the list was ever read (readiness: token requests fail closed until it was).
+    pub fn has_been_read(&self) -> bool {
+        self.read_at_ms.load(Ordering::Acquire) > 0
+    }
+
     /// Reads the list once through `conn`, within `timeout`.
     pub async fn refresh(&self, conn: &AsyncConn, timeout: Duration) -> Result<(), String> {
         one_slot([REVOKED_KEY, VERSION_KEY])?;
