@@ -204,7 +204,7 @@ impl Proxy {
                 .port(name)
                 .unwrap_or_else(|| panic!("every test proxy has listener `{name}`: {ready:?}"))
         };
-        let proxy = Proxy {
+        Proxy {
             sidecar_port: port(SIDECAR),
             shared_port: port(SHARED),
             admin_port: ready.admin.port(),
@@ -213,8 +213,7 @@ impl Proxy {
             tenants: spec.tenants,
             dir,
             child,
-        };
-        proxy
+        }
     }
 
     /// Waits for `/readyz` to answer 200 (audit directory writable, limiter connected).

@@ -122,7 +122,7 @@ impl SharedRevocations {
         let mut items = reply.into_iter();
         let version: i64 = items
             .next()
-            .map(|v| redis::from_redis_value(v))
+            .map(redis::from_redis_value)
             .transpose()
             .map_err(|e| e.to_string())?
             .ok_or("an empty answer")?;
