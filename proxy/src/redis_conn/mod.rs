@@ -95,25 +95,6 @@ impl RedisEndpoint {
         }
     }
 
-    /// Whether the endpoint is a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        self.cluster
-    }
-
-    /// Sets the ACL user and password (tests and tools; the configuration reads them from
-    /// their own keys).
-    pub fn with_auth(mut self, username: Option<String>, password: Option<RedisPassword>) -> Self {
-        self.username = username.or(self.username);
-        self.password = password.or(self.password);
-        self
-    }
-
-    /// Trusts the CA in `pem` for `rediss://` (tests and tools).
-    pub fn with_ca(mut self, pem: Vec<u8>) -> Self {
-        self.ca_pem = Some(pem);
-        self
-    }
-
     fn tls_certificates(&self) -> redis::TlsCertificates {
         redis::TlsCertificates {
             client_tls: None,
@@ -301,14 +282,6 @@ impl BlockingConn {
             }
         }
     }
-
-    /// Runs one command.
-    pub fn query<T: redis::FromRedisValue>(&mut self, cmd: &Cmd) -> redis::RedisResult<T> {
-        match self {
-            BlockingConn::Node(conn) => cmd.query(conn.as_mut()),
-            BlockingConn::Cluster(conn) => cmd.query(conn.as_mut()),
-        }
-    }
 }
 
 /// The hash tag of `key`: the text between its first `{` and the next `}` when that is not
@@ -373,12 +346,11 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_urls_or_passwords() {
-        let endpoint = RedisEndpoint::from_url("redis://127.0.0.1:6379")
-            .unwrap()
-            .with_auth(
-                Some("proxy".into()),
-                Some(RedisPassword::new("hunter2-secret\n".into())),
-            );
+        let endpoint = RedisEndpoint {
+            username: Some("proxy".into()),
+            password: Some(RedisPassword::new("hunter2-secret\n".into())),
+            ..RedisEndpoint::from_url("redis://127.0.0.1:6379").unwrap()
+        };
         let shown = format!("{endpoint:?}");
         assert!(
             !shown.contains("hunter2") && !shown.contains("6379"),
