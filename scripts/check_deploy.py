@@ -415,16 +415,14 @@ def rebase_paths(text, root, mounts, where):
     return text
 
 
-# The interface the lead implements with issue 19's items 1 and 2 (transparent listeners, Redis
-# URLs from the environment). Until a binary accepts them, the check applies the equivalent the
-# current binary knows and says so. Delete this when `tenant-proxy check` accepts both keys.
-PENDING_KEYS = ("kind", "redis_url_env")
+# The interface the lead implements with issue 19's item 1 (transparent listeners). Until a
+# binary accepts it, the check applies the equivalent the current binary knows and says so.
+# Delete this when `tenant-proxy check` accepts the key.
+PENDING_KEYS = ("kind",)
 
 
 def pending_equivalent(text, env):
-    text = re.sub(r'(?m)^kind = "(transparent|proxy)"\n', "", text)
-    return re.sub(r'(?m)^redis_url_env = "([A-Z_]+)"',
-                  lambda m: f'redis_url = "{env.get(m.group(1), "")}"', text)
+    return re.sub(r'(?m)^kind = "(transparent|proxy)"\n', "", text)
 
 
 def check_config(paths, binary):
@@ -479,7 +477,7 @@ def check_config(paths, binary):
                 pending = [k for k in PENDING_KEYS
                            if any(re.search(rf"(?m)^{k} = ", t) for t in originals.values())]
                 print(f"note: {where}: this tenant-proxy does not accept {pending} yet (issue 19 "
-                      "items 1-2); checking the equivalent configuration instead", file=sys.stderr)
+                      "item 1); checking the equivalent configuration instead", file=sys.stderr)
                 for p, text in originals.items():
                     with open(p, "w", encoding="utf-8") as f:
                         f.write(rebase_paths(pending_equivalent(text, env), root, mounts, where))

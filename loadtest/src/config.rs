@@ -230,9 +230,24 @@ pub struct Audit {
     /// PKCS#8 Ed25519 key signing checkpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<PathBuf>,
-    /// `redis://host:port`: also append records to each tenant's Redis Stream.
+    /// `redis://host:port` (or `rediss://`, `redis+cluster://h1:p1,h2:p2`): also append records to each tenant's Redis Stream.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
+    /// The environment variable holding the Redis URL instead of `redis_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url_env: Option<String>,
+    /// Redis ACL user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_username: Option<String>,
+    /// File holding the Redis password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_password_file: Option<PathBuf>,
+    /// Environment variable holding the Redis password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_password_env: Option<String>,
+    /// PEM of the CA that signs the Redis servers' certificates (`rediss://`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Refuse requests while the stream cannot be written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_required: Option<bool>,
@@ -253,6 +268,11 @@ impl Audit {
             checkpoint_interval: None,
             signing_key: None,
             redis_url: None,
+            redis_url_env: None,
+            redis_username: None,
+            redis_password_file: None,
+            redis_password_env: None,
+            redis_ca_file: None,
             redis_required: None,
             redis_maxlen: None,
         }
@@ -395,9 +415,24 @@ pub struct Limiter {
     /// `memory` or `redis`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<LimiterBackend>,
-    /// `redis://host:port` for the `redis` backend.
+    /// `redis://host:port` (or `rediss://`, `redis+cluster://h1:p1,h2:p2`) for the `redis` backend.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
+    /// The environment variable holding the Redis URL instead of `redis_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url_env: Option<String>,
+    /// Redis ACL user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_username: Option<String>,
+    /// File holding the Redis password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_password_file: Option<PathBuf>,
+    /// Environment variable holding the Redis password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_password_env: Option<String>,
+    /// PEM of the CA that signs the Redis servers' certificates (`rediss://`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Longest wait for one Redis call.
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -426,13 +461,41 @@ pub struct Limiter {
 
 impl Limiter {
     /// The Redis backend at `url`, with a `timeout` per call.
-    pub fn redis(url: impl Into<String>, timeout: Duration) -> Self {
+    pub fn redis(url: impl Into<RedisUrl>, timeout: Duration) -> Self {
         Self {
             backend: Some(LimiterBackend::Redis),
             redis_url: Some(url.into()),
             timeout: Some(timeout),
             ..Self::default()
         }
+    }
+}
+
+/// `redis_url`: one URL, or the seed nodes of a Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RedisUrl {
+    /// `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`.
+    One(String),
+    /// Seed nodes, each `redis://host:port`.
+    Seeds(Vec<String>),
+}
+
+impl From<String> for RedisUrl {
+    fn from(url: String) -> Self {
+        RedisUrl::One(url)
+    }
+}
+
+impl From<&str> for RedisUrl {
+    fn from(url: &str) -> Self {
+        RedisUrl::One(url.to_string())
+    }
+}
+
+impl From<Vec<String>> for RedisUrl {
+    fn from(seeds: Vec<String>) -> Self {
+        RedisUrl::Seeds(seeds)
     }
 }
 

@@ -1224,7 +1224,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         let (mut config, mut tenants) = repo_config();
         config.limiter = Limiter {
             backend: Some(tenant_proxy_loadtest::config::LimiterBackend::Redis),
-            redis_url: Some(format!("redis://127.0.0.1:{}", r.port)),
+            redis_url: Some(format!("redis://127.0.0.1:{}", r.port).into()),
             ..Limiter::default()
         };
         acme_limits(&mut tenants);

@@ -121,6 +121,7 @@ pub fn run(
         }
         None => None,
     };
+    let revocations = backend.revocations.clone();
     let runs = Arc::new(crate::runs::RunTracker::new(
         backend.counters,
         backend.runs,
@@ -134,6 +135,7 @@ pub fn run(
         audit: audit.clone(),
         limits: limits.clone(),
         runs: runs.clone(),
+        revocations,
         egress: Arc::new(dialer(&static_config)),
         minter,
         tunnels: TenantCounts::new(&METRICS.tunnels_open),

@@ -37,6 +37,9 @@
 //! resources and prompts the workload may use. A server is a destination, scoped however it is
 //! reached (any route to it, forward mode, a tunnel).
 //!
+//! Shared state (limit counters, run life records, audit streams, the revocation list) lives in
+//! Redis when replicas share it, one server or a Redis Cluster, reached through [`redis_conn`].
+//!
 //! A signed run ([`runs`]) gets run-level audit events: `run_started` with its first request and
 //! a `run_summary` when its token expires or it is closed, each once across replicas.
 
@@ -63,6 +66,7 @@ pub mod policy;
 pub mod pricing;
 pub mod problems;
 pub mod reason;
+pub mod redis_conn;
 pub mod reload;
 pub mod runs;
 pub mod snapshot;

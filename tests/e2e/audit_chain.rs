@@ -523,7 +523,7 @@ fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
     let origin = Origin::start();
     let mut redis = RedisServer::start();
     let mut spec = ProxySpec::default();
-    spec.config.audit.redis_url = Some(redis.url());
+    spec.config.audit.redis_url = Some(redis.url().into());
     spec.config.audit.redis_required = Some(true);
     spec.config.audit.redis_maxlen = Some(1000);
     let proxy = Proxy::start(spec);
@@ -582,7 +582,7 @@ fn an_optional_stream_that_is_down_does_not_refuse() {
     let origin = Origin::start();
     let nothing_there = HeldPort::closed().unwrap();
     let mut spec = ProxySpec::default();
-    spec.config.audit.redis_url = Some(format!("redis://127.0.0.1:{}", nothing_there.port));
+    spec.config.audit.redis_url = Some(format!("redis://127.0.0.1:{}", nothing_there.port).into());
     let proxy = Proxy::start(spec);
     traffic(&proxy, &origin, 3, 0);
     assert_eq!(proxy.wait_audit_records("acme", 3).len(), 3);

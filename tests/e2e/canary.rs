@@ -366,7 +366,7 @@ fn the_canary_reaches_no_sink_at_any_log_level() {
     let redis = RedisServer::start();
     let mut spec = vault_spec();
     spec.config.upstream.read_timeout = Some(Duration::from_secs(1));
-    spec.config.audit.redis_url = Some(redis.url());
+    spec.config.audit.redis_url = Some(redis.url().into());
     spec.config.audit.redis_required = Some(true);
     spec.env = vec![("RUST_LOG".into(), RUST_LOG.into())];
     let proxy = Proxy::start_prepared(spec, |dir| {

@@ -1,6 +1,7 @@
 //! The `LimitBackend` contract: what every place limit counters live must do, written once and
-//! run against both backends, the in-memory one and the Redis one (a real `redis-server`, one
-//! per test). Only the public API is used: `keys_for` builds the keys as the proxy does, and the
+//! run against both backends, the in-memory one and the Redis one, the latter both on a real
+//! `redis-server` and on a real six-node Redis Cluster (three masters, a replica each; one
+//! server or cluster per test). Only the public API is used: `keys_for` builds the keys as the proxy does, and the
 //! clock is the real one (Redis takes its time from `TIME`, so a test cannot move it).
 //!
 //! What both share: admission is all or nothing and a refusal consumes nothing; rate,
@@ -28,11 +29,23 @@ use tenant_proxy::limits::{
     LimiterSettings, RunClaim, RunEnd, RunLedger, RunSighting, Scope, Window,
 };
 
-use crate::support::RedisServer;
+use crate::support::{RedisCluster, RedisServer};
+
+/// Where a contract test's counters live.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// The in-memory backend.
+    Memory,
+    /// One `redis-server`.
+    Redis,
+    /// A six-node Redis Cluster (three masters, a replica each).
+    Cluster,
+}
 
 /// Where a contract test gets its backends from.
 pub struct Backends {
     redis: Option<RedisServer>,
+    cluster: Option<RedisCluster>,
 }
 
 impl Backends {
@@ -40,10 +53,15 @@ impl Backends {
     /// run counters live `run_ttl` after their last reservation (whole seconds: Redis expires
     /// keys by the second) and whose leases outlive a crashed holder by `lease_ttl` (Redis only).
     fn make(&self, run_ttl: Duration, lease_ttl: Duration) -> Backend {
-        let settings = match &self.redis {
+        let url = match (&self.redis, &self.cluster) {
+            (Some(server), _) => Some(server.url()),
+            (_, Some(cluster)) => Some(cluster.url()),
+            (None, None) => None,
+        };
+        let settings = match url {
             None => LimiterSettings::Memory { run_ttl },
-            Some(server) => LimiterSettings::Redis(RedisSettings {
-                url: server.url(),
+            Some(url) => LimiterSettings::Redis(RedisSettings {
+                endpoint: tenant_proxy::redis_conn::RedisEndpoint::from_url(&url).unwrap(),
                 timeout: Duration::from_secs(2),
                 lease_ttl,
                 run_ttl,
@@ -65,14 +83,16 @@ impl Backends {
     }
 }
 
-/// Runs `test` on a runtime of its own, against the memory backend or a new `redis-server`.
-fn run<F, Fut>(redis: bool, test: F)
+/// Runs `test` on a runtime of its own, against the memory backend, a new `redis-server` or a
+/// new Redis Cluster.
+fn run<F, Fut>(store: Store, test: F)
 where
     F: FnOnce(Backends) -> Fut,
     Fut: Future<Output = ()>,
 {
     let backends = Backends {
-        redis: redis.then(RedisServer::start),
+        redis: (store == Store::Redis).then(RedisServer::start),
+        cluster: (store == Store::Cluster).then(RedisCluster::start),
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -88,13 +108,19 @@ macro_rules! contract {
         mod memory {
             $(#[test]
             fn $test() {
-                super::run(false, super::$test)
+                super::run(super::Store::Memory, super::$test)
             })*
         }
         mod redis {
             $(#[test]
             fn $test() {
-                super::run(true, super::$test)
+                super::run(super::Store::Redis, super::$test)
+            })*
+        }
+        mod cluster {
+            $(#[test]
+            fn $test() {
+                super::run(super::Store::Cluster, super::$test)
             })*
         }
     };
@@ -840,7 +866,7 @@ async fn concurrent_admissions_never_overshoot(b: Backends) {
 /// leases are sorted-set members that expire. (In memory, leases die with their process.)
 #[test]
 fn redis_leases_of_a_vanished_replica_expire_after_lease_ttl() {
-    run(true, |b: Backends| async move {
+    run(Store::Redis, |b: Backends| async move {
         let backend = b
             .make(Duration::from_secs(3600), Duration::from_millis(800))
             .counters;
@@ -862,9 +888,18 @@ fn redis_leases_of_a_vanished_replica_expire_after_lease_ttl() {
 /// on it, and a Redis Cluster keeps one tenant's keys in one slot.
 #[test]
 fn redis_keys_are_tagged_with_their_tenant() {
-    run(true, |b: Backends| async move {
-        let server = b.redis.as_ref().unwrap();
-        let Backend { counters, runs } = b.fresh();
+    run(Store::Redis, keys_are_tagged_with_their_tenant);
+}
+
+/// On a cluster too, and each tenant's keys are on the one master that serves its tag's slot.
+#[test]
+fn cluster_keys_are_tagged_with_their_tenant_and_live_in_its_slot() {
+    run(Store::Cluster, keys_are_tagged_with_their_tenant);
+}
+
+async fn keys_are_tagged_with_their_tenant(b: Backends) {
+    {
+        let Backend { counters, runs, .. } = b.fresh();
         let budget = RunBudget {
             tool_calls: Some(5),
             ..RunBudget::default()
@@ -882,9 +917,26 @@ fn redis_keys_are_tagged_with_their_tenant() {
                 .await
                 .unwrap();
         }
-        let mut all = server.command("KEYS *");
+        let mut all = match (&b.redis, &b.cluster) {
+            (Some(server), _) => server.command("KEYS *"),
+            (_, Some(cluster)) => cluster.all_keys(),
+            (None, None) => unreachable!("a Redis store"),
+        };
         all.sort();
         assert!(!all.is_empty());
+        if let Some(cluster) = &b.cluster {
+            // Each tenant's keys sit on one master: the one serving its tag's slot.
+            for t in ["acme", "globex"] {
+                let master = cluster.master_of(&format!("{{{t}}}"));
+                let on_master = cluster.cli(master, &["KEYS", &format!("tp:{{{t}}}:*")]);
+                let here = on_master.lines().filter(|l| !l.is_empty()).count();
+                let everywhere = all
+                    .iter()
+                    .filter(|k| k.starts_with(&format!("tp:{{{t}}}:")))
+                    .count();
+                assert_eq!(here, everywhere, "{t}: {all:?}");
+            }
+        }
         for k in &all {
             assert!(
                 k.starts_with("tp:{acme}:") || k.starts_with("tp:{globex}:"),
@@ -898,5 +950,5 @@ fn redis_keys_are_tagged_with_their_tenant() {
             );
             assert!(all.contains(&format!("tp:{{{t}}}:run:r1:life")), "{all:?}");
         }
-    });
+    }
 }

@@ -277,7 +277,7 @@ fn daily_cost_rolls_over_at_local_midnight_and_the_month_carries_on() {
 
     let redis = RedisServer::start();
     let backend = RedisBackend::start(RedisSettings {
-        url: redis.url(),
+        endpoint: tenant_proxy::redis_conn::RedisEndpoint::from_url(&redis.url()).unwrap(),
         timeout: Duration::from_millis(500),
         lease_ttl: Duration::from_secs(60),
         run_ttl: Duration::from_secs(3600),

@@ -156,6 +156,28 @@ impl Proxy {
     /// Writes the configuration, runs `prepare` in the configuration directory, then starts
     /// the proxy and waits until it is ready.
     pub fn start_prepared(spec: ProxySpec, prepare: impl FnOnce(&Path)) -> Self {
+        let proxy = Self::start_listening(spec, prepare);
+        proxy.wait_readyz();
+        proxy
+    }
+
+    /// Starts the proxy and waits until its sockets listen, not until it is ready (for a proxy
+    /// that must never become ready, such as one whose limiter cannot log in).
+    pub fn start_unready(spec: ProxySpec) -> Self {
+        Self::start_listening(spec, |_| {})
+    }
+
+    /// `/readyz`'s status.
+    pub fn readyz(&self) -> u16 {
+        raw_request(
+            self.admin_port,
+            "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .map(|r| r.status)
+        .unwrap_or(0)
+    }
+
+    fn start_listening(spec: ProxySpec, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = repo_root();
         copy_dir(&root.join(spec.policies), &dir.path().join("policies"));
@@ -197,7 +219,7 @@ impl Proxy {
                 .port(name)
                 .unwrap_or_else(|| panic!("every test proxy has listener `{name}`: {ready:?}"))
         };
-        let proxy = Proxy {
+        Proxy {
             sidecar_port: port(SIDECAR),
             shared_port: port(SHARED),
             admin_port: ready.admin.port(),
@@ -206,22 +228,15 @@ impl Proxy {
             tenants: spec.tenants,
             dir,
             child,
-        };
-        proxy.wait_readyz();
-        proxy
+        }
     }
 
     /// Waits for `/readyz` to answer 200 (audit directory writable, limiter connected).
     fn wait_readyz(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(r) = raw_request(
-                self.admin_port,
-                "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-            ) {
-                if r.status == 200 {
-                    return;
-                }
+            if self.readyz() == 200 {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -21,18 +21,110 @@ pub struct RedisServer {
     held: HeldPort,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Server arguments beyond the port and persistence (TLS, ACL users).
+    extra: Vec<String>,
+    /// `redis-cli` arguments that reach it (TLS, login); empty for a plain server.
+    cli_login: Vec<String>,
 }
 
 impl RedisServer {
     /// A new, empty server.
     pub fn start() -> Self {
+        Self::start_with(Vec::new(), Vec::new())
+    }
+
+    /// A new, empty server started with `extra` arguments, reached by `redis-cli` with
+    /// `cli_login` (its readiness is checked through `redis-cli` then).
+    pub fn start_with(extra: Vec<String>, cli_login: Vec<String>) -> Self {
         let held = HeldPort::for_child().unwrap();
         let mut redis = RedisServer {
             port: held.port,
             held,
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            extra,
+            cli_login,
         };
+        redis.restart();
+        redis
+    }
+
+    /// A server whose only login is ACL user `user` with `password` (the default user is off).
+    pub fn start_with_acl(user: &str, password: &str) -> Self {
+        let (server, cli) = Self::acl_login(user, password);
+        Self::start_with(server, cli)
+    }
+
+    /// Server arguments making `user`/`password` the only login, and the `redis-cli` ones
+    /// that log in with it.
+    fn acl_login(user: &str, password: &str) -> (Vec<String>, Vec<String>) {
+        (
+            vec![
+                "--user".into(),
+                "default".into(),
+                "off".into(),
+                "--user".into(),
+                user.into(),
+                "on".into(),
+                format!(">{password}"),
+                "~*".into(),
+                "&*".into(),
+                "+@all".into(),
+            ],
+            vec![
+                "--user".into(),
+                user.into(),
+                "--pass".into(),
+                password.into(),
+                "--no-auth-warning".into(),
+            ],
+        )
+    }
+
+    /// A server that speaks TLS only (no plain port), with the certificate and key in
+    /// `cert_pem`/`key_pem`, issued by the CA in `ca_pem`; clients need no certificate. With
+    /// `acl`, its only login is that user and password.
+    pub fn start_tls(
+        cert_pem: &str,
+        key_pem: &str,
+        ca_pem: &str,
+        acl: Option<(&str, &str)>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca) = (
+            dir.path().join("server.pem"),
+            dir.path().join("server.key"),
+            dir.path().join("ca.pem"),
+        );
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        std::fs::write(&ca, ca_pem).unwrap();
+        let held = HeldPort::for_child().unwrap();
+        let port = held.port.to_string();
+        let mut redis = RedisServer {
+            port: held.port,
+            held,
+            child: None,
+            dir,
+            extra: vec![
+                "--tls-port".into(),
+                port,
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            cli_login: vec!["--tls".into(), "--cacert".into(), ca.display().to_string()],
+        };
+        if let Some((user, password)) = acl {
+            let login = Self::acl_login(user, password);
+            redis.extra.extend(login.0);
+            redis.cli_login.extend(login.1);
+        }
         redis.restart();
         redis
     }
@@ -54,10 +146,17 @@ impl RedisServer {
     /// Starts the server again on its port, empty (nothing is persisted).
     pub fn restart(&mut self) {
         self.stop();
+        // A TLS server listens on its `--tls-port` only.
+        let tls = self.extra.iter().any(|a| a == "--tls-port");
+        let plain_port = if tls {
+            "0".to_string()
+        } else {
+            self.held.port.to_string()
+        };
         let child = Command::new("redis-server")
             .args([
                 "--port",
-                &self.held.port.to_string(),
+                &plain_port,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -65,6 +164,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -72,7 +172,7 @@ impl RedisServer {
             .expect("redis-server is installed (scripts/test.sh installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.command("PING").first().map(String::as_str) != Some("PONG") {
+        while self.ping().as_deref() != Some("PONG") {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("redis-server on port {} exited: {status}", self.port);
             }
@@ -81,7 +181,15 @@ impl RedisServer {
         }
     }
 
-    /// Sends an inline command; returns the reply lines (status, bulk strings and array items).
+    fn ping(&self) -> Option<String> {
+        if self.cli_login.is_empty() {
+            self.command("PING").first().cloned()
+        } else {
+            Some(self.cli(&["PING"]).trim().to_string())
+        }
+    }
+
+    /// Sends an inline command (plain servers without a login only); returns the reply lines (status, bulk strings and array items).
     pub fn command(&self, cmd: &str) -> Vec<String> {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return vec![];
@@ -125,6 +233,7 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args(&self.cli_login)
             .args(args)
             .output()
             .unwrap();
@@ -135,5 +244,279 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A real Redis Cluster on loopback: three masters and a replica of each (`redis-cli --cluster
+/// create … --cluster-replicas 1`), every node on a held port and its cluster bus on another
+/// held port. A node stopped with [`Self::stop_master_of`] is failed over by the cluster itself
+/// (node timeout 1 s).
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+}
+
+struct ClusterNode {
+    port: u16,
+    _held: HeldPort,
+    _bus: HeldPort,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Six new, empty nodes formed into a cluster whose every slot is served.
+    pub fn start() -> Self {
+        let nodes: Vec<ClusterNode> = (0..6)
+            .map(|_| {
+                let held = HeldPort::for_child().unwrap();
+                let bus = HeldPort::for_child().unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let child = Command::new("redis-server")
+                    .args([
+                        "--port",
+                        &held.port.to_string(),
+                        "--cluster-port",
+                        &bus.port.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "1000",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--logfile",
+                        "redis.log",
+                        // Replicas sync at once (a replica not yet synced is never promoted).
+                        "--repl-diskless-sync-delay",
+                        "0",
+                    ])
+                    .current_dir(dir.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server is installed");
+                ClusterNode {
+                    port: held.port,
+                    _held: held,
+                    _bus: bus,
+                    child: Some(child),
+                    dir,
+                }
+            })
+            .collect();
+        let cluster = RedisCluster { nodes };
+        for node in &cluster.nodes {
+            wait_for(Duration::from_secs(10), "a cluster node to start", || {
+                cluster.cli(node.port, &["PING"]).trim() == "PONG"
+            });
+        }
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        cluster.wait_healthy(Duration::from_secs(20));
+        cluster
+    }
+
+    /// `redis+cluster://` with three of the nodes as seeds.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self.nodes[..3]
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// Every node as a `redis://` seed URL.
+    pub fn seed_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Runs `redis-cli -c --raw ARGS` against the node on `port`; its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-c", "-h", "127.0.0.1", "-p", &port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command through the first live node (following redirections).
+    pub fn command(&self, args: &[&str]) -> String {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node");
+        self.cli(node.port, args)
+    }
+
+    /// Every key of every master (`KEYS *` on each node that is a master).
+    pub fn all_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            if self.cli(node.port, &["ROLE"]).lines().next() == Some("master") {
+                keys.extend(
+                    self.cli(node.port, &["KEYS", "*"])
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(String::from),
+                );
+            }
+        }
+        keys.sort();
+        keys
+    }
+
+    /// The port of the master that serves `key`'s slot now.
+    pub fn master_of(&self, key: &str) -> u16 {
+        self.serving_master(key).unwrap_or_else(|| {
+            panic!(
+                "no master serves `{key}`:\n{}",
+                self.command(&["CLUSTER", "NODES"])
+            )
+        })
+    }
+
+    /// The live master serving `key`'s slot, if one does (none between a master's failure and
+    /// its replica's promotion).
+    fn serving_master(&self, key: &str) -> Option<u16> {
+        let slot: u16 = self
+            .command(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap();
+        let nodes = self.command(&["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let port: u16 = f[1]
+                .split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap();
+            for range in &f[8..] {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) {
+                    if (lo..=hi).contains(&slot) {
+                        return Some(port);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Kills (SIGKILL, as a crash) the master serving `key`'s slot; its port.
+    pub fn stop_master_of(&mut self, key: &str) -> u16 {
+        let port = self.master_of(key);
+        let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        port
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and `key`'s slot is served by a
+    /// live master other than `stopped`: the cluster promoted a replica.
+    pub fn wait_promoted(&self, key: &str, stopped: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !(self.live_nodes_ok() && self.serving_master(key).is_some_and(|m| m != stopped)) {
+            assert!(
+                Instant::now() < deadline,
+                "no replica was promoted:\n{}\n{}\n{}",
+                self.command(&["CLUSTER", "NODES"]),
+                self.command(&["CLUSTER", "INFO"]),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of every node's log, for a failure message.
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let log =
+                    std::fs::read_to_string(n.dir.path().join("redis.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!(
+                    "--- node {}:\n{}",
+                    n.port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn live_nodes_ok(&self) -> bool {
+        self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+            self.cli(n.port, &["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+        })
+    }
+
+    fn wait_healthy(&self, within: Duration) {
+        wait_for(
+            within,
+            "the cluster to serve every slot, each replica in sync",
+            || {
+                self.live_nodes_ok()
+                    && self
+                        .cli(self.nodes[0].port, &["CLUSTER", "INFO"])
+                        .contains("cluster_slots_ok:16384")
+                    && self.nodes.iter().all(|n| {
+                        let info = self.cli(n.port, &["INFO", "replication"]);
+                        info.contains("role:master") || info.contains("master_link_status:up")
+                    })
+            },
+        );
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Polls `done` every 50 ms until it holds; panics naming `what` after `within`.
+fn wait_for(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::problems::Problems;
+use crate::redis_conn::settings::{RedisEndpointSpec, RedisUrlSpec};
+use crate::redis_conn::RedisEndpoint;
 
 /// `[audit]`, as written.
 #[derive(Debug, Deserialize)]
@@ -33,10 +35,26 @@ pub struct AuditSpec {
     /// generated at each start and kept in memory only.
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
-    /// `redis://host:port/db`: also append each record to the Redis Stream
-    /// `tp:{<tenant>}:audit`.
+    /// Also append each record to the Redis Stream `tp:{<tenant>}:audit` there:
+    /// `redis://host:port/db`, `rediss://…`, a cluster as `redis+cluster://h1:p1,h2:p2` or a
+    /// list of seed nodes (see [`crate::redis_conn::settings`]).
     #[serde(default)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrlSpec>,
+    /// The environment variable that holds the stream's URL instead of `redis_url`.
+    #[serde(default)]
+    pub redis_url_env: Option<String>,
+    /// Redis ACL user.
+    #[serde(default)]
+    pub redis_username: Option<String>,
+    /// File holding the Redis password.
+    #[serde(default)]
+    pub redis_password_file: Option<PathBuf>,
+    /// Environment variable holding the Redis password.
+    #[serde(default)]
+    pub redis_password_env: Option<String>,
+    /// PEM of the CA that signs the Redis servers' certificates (`rediss://`).
+    #[serde(default)]
+    pub redis_ca_file: Option<PathBuf>,
     /// Refuse requests (`audit_unavailable`) while the stream cannot be written, as for the
     /// files; otherwise records the stream missed are only in the files.
     #[serde(default)]
@@ -97,8 +115,8 @@ pub struct AuditSettings {
 /// The Redis Stream audit sink.
 #[derive(Debug, Clone)]
 pub struct AuditStreamSettings {
-    /// `redis://…`.
-    pub url: String,
+    /// Where the streams are (one server or a cluster) and how to log in.
+    pub endpoint: RedisEndpoint,
     /// Whether a failing stream refuses requests.
     pub required: bool,
     /// Approximate length each tenant's stream is trimmed to.
@@ -120,14 +138,30 @@ impl AuditSettings {
         if spec.max_file_bytes < 4096 {
             p.push("audit.max_file_bytes", "must be at least 4096");
         }
-        match &spec.redis_url {
-            Some(url) if !url.starts_with("redis://") => {
-                p.push("audit.redis_url", "write `redis://host:port`");
+        let redis = RedisEndpointSpec {
+            url: spec.redis_url.clone(),
+            url_env: spec.redis_url_env.clone(),
+            username: spec.redis_username.clone(),
+            password_file: spec.redis_password_file.clone(),
+            password_env: spec.redis_password_env.clone(),
+            ca_file: spec.redis_ca_file.clone(),
+        };
+        let endpoint = if redis.is_set() {
+            // A placeholder when invalid (the problem is recorded; never served).
+            Some(
+                redis
+                    .validate("audit", p)
+                    .unwrap_or_else(RedisEndpoint::unusable),
+            )
+        } else {
+            if spec.redis_required {
+                p.push(
+                    "audit.redis_required",
+                    "needs `redis_url` or `redis_url_env`",
+                );
             }
-            Some(_) => {}
-            None if spec.redis_required => p.push("audit.redis_required", "needs `redis_url`"),
-            None => {}
-        }
+            None
+        };
         let signing_key = spec.signing_key.as_deref().map(|k| p.path(k));
         if let Some(key) = &signing_key {
             p.require_file("audit.signing_key", key);
@@ -140,8 +174,8 @@ impl AuditSettings {
             max_file_bytes: spec.max_file_bytes,
             checkpoint_interval,
             signing_key,
-            stream: spec.redis_url.map(|url| AuditStreamSettings {
-                url,
+            stream: endpoint.map(|endpoint| AuditStreamSettings {
+                endpoint,
                 required: spec.redis_required,
                 maxlen: spec.redis_maxlen.max(1),
             }),

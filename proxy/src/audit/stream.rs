@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::AuditStreamSettings;
+use crate::redis_conn::{BlockingConn, RedisEndpoint};
 
 /// Longest wait to connect and for each reply.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -28,8 +29,8 @@ pub fn stream_key(tenant: &str) -> String {
 
 /// The Redis side of the writer; owned by the writer thread.
 pub(super) struct StreamSink {
-    client: redis::Client,
-    conn: Option<redis::Connection>,
+    endpoint: RedisEndpoint,
+    conn: Option<BlockingConn>,
     maxlen: u64,
     required: bool,
     /// Lines written to the files but not yet to Redis, oldest first: (tenant, line).
@@ -44,7 +45,7 @@ impl StreamSink {
     /// A sink for `settings`; connects on first use.
     pub(super) fn new(settings: &AuditStreamSettings) -> redis::RedisResult<Self> {
         Ok(Self {
-            client: redis::Client::open(settings.url.as_str())?,
+            endpoint: settings.endpoint.clone(),
             conn: None,
             maxlen: settings.maxlen,
             required: settings.required,
@@ -92,27 +93,22 @@ impl StreamSink {
         while !self.pending.is_empty() {
             let conn = match &mut self.conn {
                 Some(c) => c,
-                None => {
-                    let c = self.client.get_connection_with_timeout(TIMEOUT)?;
-                    c.set_read_timeout(Some(TIMEOUT))?;
-                    c.set_write_timeout(Some(TIMEOUT))?;
-                    self.conn.insert(c)
-                }
+                None => self.conn.insert(self.endpoint.connect_blocking(TIMEOUT)?),
             };
             let n = self.pending.len().min(CHUNK);
-            let mut pipe = redis::pipe();
-            for (tenant, line) in self.pending.iter().take(n) {
-                pipe.cmd("XADD")
+            let maxlen = self.maxlen;
+            // On a cluster the pipeline is split by the node owning each tenant's stream; the
+            // lines of one tenant stay in order.
+            conn.pipeline(self.pending.iter().take(n), |cmd, (tenant, line)| {
+                cmd.arg("XADD")
                     .arg(stream_key(tenant))
                     .arg("MAXLEN")
                     .arg("~")
-                    .arg(self.maxlen)
+                    .arg(maxlen)
                     .arg("*")
                     .arg("record")
-                    .arg(line.as_slice())
-                    .ignore();
-            }
-            pipe.query::<()>(conn)?;
+                    .arg(line.as_slice());
+            })?;
             self.pending.drain(..n);
         }
         Ok(())

@@ -41,6 +41,20 @@ pub(super) enum TokenCommand {
         #[arg(long)]
         scope: Option<String>,
     },
+    /// Revoke a token id (`jti`) in the Redis every replica sharing the limiter reads (within
+    /// about a second); the `[token] revoked_jtis_file` stays a second source.
+    Revoke {
+        /// The static configuration file (its `[limiter]` names the Redis).
+        #[arg(long, short, value_name = "FILE", default_value = "tenant-proxy.toml")]
+        config: PathBuf,
+        /// The token id to refuse.
+        #[arg(long)]
+        jti: String,
+        /// How long to keep the revocation: at least the longest a token with this id can
+        /// still be valid (its expiry, or `max_lifetime` when unknown).
+        #[arg(long, default_value = "24h")]
+        keep: String,
+    },
     /// Generate a signing key: writes the private key PEM and prints/updates a JWKS.
     Keygen {
         /// Signature algorithm.
@@ -103,6 +117,7 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             println!("{}", token::mint(&pem, &req)?);
             Ok(ExitCode::SUCCESS)
         }
+        TokenCommand::Revoke { config, jti, keep } => revoke(&config, &jti, &keep),
         TokenCommand::Keygen {
             alg,
             kid,
@@ -135,4 +150,38 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `token revoke`: adds `jti` to the shared revocation list in the limiter's Redis.
+fn revoke(config: &std::path::Path, jti: &str, keep: &str) -> anyhow::Result<ExitCode> {
+    use crate::limits::LimiterSettings;
+    let keep: Duration =
+        humantime::parse_duration(keep).with_context(|| format!("`{keep}` is not a duration"))?;
+    if jti.is_empty() {
+        anyhow::bail!("`--jti` is empty");
+    }
+    let static_config =
+        crate::config::StaticConfig::load(config).map_err(crate::app::problems_error)?;
+    let LimiterSettings::Redis(settings) = &static_config.limiter else {
+        anyhow::bail!(
+            "the limiter is in memory: there is no shared revocation list (use `[token] revoked_jtis_file`)"
+        );
+    };
+    let keep_until =
+        i64::try_from((SystemTime::now().duration_since(UNIX_EPOCH)? + keep).as_secs())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let version = rt.block_on(async {
+        let conn = settings
+            .endpoint
+            .connect(settings.timeout.max(Duration::from_secs(2)))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach redis: {e}"))?;
+        crate::limits::redis_revocations::revoke(&conn, jti, keep_until)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot revoke: {e}"))
+    })?;
+    eprintln!("revoked `{jti}` until unix {keep_until} (list version {version})");
+    Ok(ExitCode::SUCCESS)
 }

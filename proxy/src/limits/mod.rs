@@ -12,6 +12,7 @@ pub mod calendar;
 pub mod memory;
 pub mod plan;
 pub mod redis;
+pub mod redis_revocations;
 pub mod report;
 pub mod settings;
 pub mod stream;
@@ -652,12 +653,14 @@ pub fn backend(settings: &LimiterSettings) -> Result<Backend, String> {
             Backend {
                 counters: m.clone(),
                 runs: m,
+                revocations: None,
             }
         }
         LimiterSettings::Redis(r) => {
             let b = Arc::new(redis::RedisBackend::start(r.clone())?);
             Backend {
                 counters: b.clone(),
+                revocations: Some(b.revocations()),
                 runs: b,
             }
         }
@@ -671,6 +674,8 @@ pub struct Backend {
     pub counters: std::sync::Arc<dyn LimitBackend>,
     /// Signed runs' life records.
     pub runs: std::sync::Arc<dyn RunRegistry>,
+    /// The revocation list shared by the replicas (Redis only).
+    pub revocations: Option<std::sync::Arc<redis_revocations::SharedRevocations>>,
 }
 
 #[cfg(test)]

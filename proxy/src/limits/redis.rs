@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::ConnectionManager;
 
 use super::memory::MemoryBackend;
+use super::redis_revocations::SharedRevocations;
 use super::{
     run_life_key, Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind,
     RateHeadline, RunClaim, RunLedger, RunSighting,
@@ -19,6 +19,7 @@ use super::{
 use super::{LimiterUnavailable, RunEnd, RunRegistry};
 use crate::ids::TenantId;
 use crate::metrics::METRICS;
+use crate::redis_conn::{one_slot, AsyncConn, RedisEndpoint};
 
 const ADMIT: &str = r#"
 -- Checks every key, then (only if all admit) updates every key. ARGV[1] lease id, ARGV[2] lease
@@ -201,8 +202,8 @@ pub enum Unavailable {
 /// How to reach Redis and what to do without it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`.
-    pub url: String,
+    /// Where Redis is (one server or a cluster) and how to log in.
+    pub endpoint: RedisEndpoint,
     /// Longest wait for one call.
     pub timeout: Duration,
     /// How long a concurrency slot outlives a crashed replica.
@@ -216,7 +217,7 @@ pub struct RedisSettings {
 /// Redis-backed counters.
 #[derive(Debug)]
 pub struct RedisBackend {
-    conn: Arc<ArcSwapOption<ConnectionManager>>,
+    conn: Arc<ArcSwapOption<AsyncConn>>,
     admit_script: redis::Script,
     settle_script: redis::Script,
     read_script: redis::Script,
@@ -224,6 +225,7 @@ pub struct RedisBackend {
     end_run_script: redis::Script,
     settings: RedisSettings,
     fallback: MemoryBackend,
+    revocations: Arc<SharedRevocations>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -242,13 +244,20 @@ fn kind_code(kind: &LimitKind) -> u8 {
 }
 
 impl RedisBackend {
-    /// A backend for `settings.url`. The connection is made (and remade) by a background thread,
-    /// so the proxy starts even while Redis is down, refusing or falling back until it is up.
+    /// A backend for `settings.endpoint`. The connection is made (and remade) by a background
+    /// thread, so the proxy starts even while Redis is down, refusing or falling back until it
+    /// is up.
     pub fn start(settings: RedisSettings) -> Result<Self, String> {
-        let client =
-            redis::Client::open(settings.url.as_str()).map_err(|e| format!("redis url: {e}"))?;
-        let conn: Arc<ArcSwapOption<ConnectionManager>> = Arc::new(ArcSwapOption::empty());
+        let endpoint = settings.endpoint.clone();
+        // The connect itself may take longer than one call's budget (TLS, a cluster's slot map).
+        let connect_timeout = settings.timeout.max(Duration::from_secs(2));
+        let conn: Arc<ArcSwapOption<AsyncConn>> = Arc::new(ArcSwapOption::empty());
         let slot = conn.clone();
+        let revocations = Arc::new(SharedRevocations::new(settings.on_unavailable));
+        let refresher = revocations
+            .clone()
+            .keep_fresh(conn.clone(), settings.timeout);
+        let (first_read, read_timeout) = (revocations.clone(), connect_timeout);
         std::thread::Builder::new()
             .name("redis".into())
             .spawn(move || {
@@ -259,12 +268,19 @@ impl RedisBackend {
                     tracing::error!("cannot start the redis runtime");
                     return;
                 };
+                rt.spawn(refresher);
                 rt.block_on(async move {
-                    // The connection manager reconnects by itself once established; its driver
-                    // lives on this runtime, which stays up for the life of the process.
+                    // The connection reconnects by itself once established (a cluster
+                    // connection also follows failovers); its driver lives on this runtime,
+                    // which stays up for the life of the process.
                     loop {
-                        match ConnectionManager::new(client.clone()).await {
+                        match endpoint.connect(connect_timeout).await {
                             Ok(m) => {
+                                // Read the revocation list before serving: until it has been
+                                // read, token requests fail closed.
+                                if let Err(e) = first_read.refresh(&m, read_timeout).await {
+                                    tracing::warn!(error = %e, "cannot read the shared revocation list");
+                                }
                                 slot.store(Some(Arc::new(m)));
                                 tracing::info!("limiter connected to redis");
                                 std::future::pending::<()>().await;
@@ -286,11 +302,18 @@ impl RedisBackend {
             sight_run_script: redis::Script::new(SIGHT_RUN),
             end_run_script: redis::Script::new(END_RUN),
             fallback: MemoryBackend::new(settings.run_ttl),
+            revocations,
             settings,
         })
     }
 
-    /// Runs one script invocation, time-boxed.
+    /// The shared revocation list, kept fresh from this backend's Redis.
+    pub fn revocations(&self) -> Arc<SharedRevocations> {
+        self.revocations.clone()
+    }
+
+    /// Runs one script invocation, time-boxed. `keys` are the invocation's keys, which must
+    /// share one hash tag (one Cluster slot).
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
@@ -321,13 +344,14 @@ impl RedisBackend {
         lease_id: &str,
         charge: Charge,
     ) -> Result<Vec<i64>, LimiterUnavailable> {
-        let mut invocation = self.admit_script.prepare_invoke();
+        let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        let mut invocation = prepare(&self.admit_script, &names)?;
         invocation
             .arg(lease_id)
             .arg(millis(self.settings.lease_ttl))
             .arg(self.settings.run_ttl.as_secs().max(1));
         for key in keys {
-            invocation.key(key.to_string()).arg(kind_code(&key.kind));
+            invocation.arg(kind_code(&key.kind));
             match key.kind {
                 LimitKind::Rate {
                     per_period,
@@ -370,26 +394,38 @@ impl RedisBackend {
         if admission.metered.is_empty() && admission.leases.is_empty() {
             return;
         }
-        let mut invocation = self.settle_script.prepare_invoke();
-        invocation.arg(&admission.lease_id);
-        for m in &admission.metered {
-            let Some(measure) = m.key.kind.measure() else {
-                continue;
-            };
-            let delta =
-                i64::try_from(i128::from(used.of(measure)) - i128::from(m.reserved)).unwrap_or(0);
-            invocation
-                .key(m.key.to_string())
-                .arg(kind_code(&m.key.kind))
-                .arg(m.window)
-                .arg(delta);
-        }
-        for key in &admission.leases {
-            invocation.key(key.to_string()).arg(2).arg(0).arg(0);
-        }
+        let metered: Vec<_> = admission
+            .metered
+            .iter()
+            .filter_map(|m| m.key.kind.measure().map(|measure| (m, measure)))
+            .collect();
+        let names: Vec<String> = metered
+            .iter()
+            .map(|(m, _)| m.key.to_string())
+            .chain(admission.leases.iter().map(ToString::to_string))
+            .collect();
         // On failure a reservation stands until its window ends and a slot until its lease
         // expires: spend is over-, never under-counted.
-        if let Err(e) = self.invoke::<i64>(&invocation).await {
+        let result = match prepare(&self.settle_script, &names) {
+            Ok(mut invocation) => {
+                invocation.arg(&admission.lease_id);
+                for (m, measure) in &metered {
+                    let delta =
+                        i64::try_from(i128::from(used.of(*measure)) - i128::from(m.reserved))
+                            .unwrap_or(0);
+                    invocation
+                        .arg(kind_code(&m.key.kind))
+                        .arg(m.window)
+                        .arg(delta);
+                }
+                for _ in &admission.leases {
+                    invocation.arg(2).arg(0).arg(0);
+                }
+                self.invoke::<i64>(&invocation).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             METRICS.limiter_errors.inc();
             tracing::warn!(error = %e, "limiter settlement failed; reservations stand until they expire");
         }
@@ -438,9 +474,10 @@ impl LimitBackend for RedisBackend {
     }
 
     async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, LimiterUnavailable> {
-        let mut invocation = self.read_script.prepare_invoke();
+        let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        let mut invocation = prepare(&self.read_script, &names)?;
         for key in keys {
-            invocation.key(key.to_string()).arg(kind_code(&key.kind));
+            invocation.arg(kind_code(&key.kind));
         }
         let values: Vec<i64> = self.invoke(&invocation).await?;
         Ok(values
@@ -450,7 +487,7 @@ impl LimitBackend for RedisBackend {
     }
 
     fn is_ready(&self) -> bool {
-        self.conn.load().is_some()
+        self.conn.load().is_some() && self.revocations.has_been_read()
     }
 }
 
@@ -462,9 +499,8 @@ impl RunRegistry for RedisBackend {
         run: &str,
         expires_ms: i64,
     ) -> Result<RunSighting, LimiterUnavailable> {
-        let mut invocation = self.sight_run_script.prepare_invoke();
+        let mut invocation = prepare(&self.sight_run_script, &[run_life_key(tenant, run)])?;
         invocation
-            .key(run_life_key(tenant, run))
             .arg(expires_ms)
             .arg(self.settings.run_ttl.as_secs().max(1));
         match self.invoke::<Vec<i64>>(&invocation).await {
@@ -507,9 +543,8 @@ impl RunRegistry for RedisBackend {
         run: &str,
         end: RunEnd,
     ) -> Result<RunClaim, LimiterUnavailable> {
-        let mut invocation = self.end_run_script.prepare_invoke();
+        let mut invocation = prepare(&self.end_run_script, &[run_life_key(tenant, run)])?;
         invocation
-            .key(run_life_key(tenant, run))
             .arg(match end {
                 RunEnd::Closed => "closed",
                 RunEnd::Expired => "expired",
@@ -531,6 +566,21 @@ impl RunRegistry for RedisBackend {
             )),
         }
     }
+}
+
+/// An invocation of `script` on `keys`, which must share one hash tag: a script's keys live in
+/// one Cluster slot (every key the limiter builds carries its tenant's tag, so this refuses only
+/// a key built wrongly, before Redis would refuse it with `CROSSSLOT`).
+fn prepare<'s>(
+    script: &'s redis::Script,
+    keys: &[String],
+) -> Result<redis::ScriptInvocation<'s>, LimiterUnavailable> {
+    one_slot(keys.iter().map(String::as_str)).map_err(LimiterUnavailable)?;
+    let mut invocation = script.prepare_invoke();
+    for key in keys {
+        invocation.key(key.as_str());
+    }
+    Ok(invocation)
 }
 
 fn decode(

@@ -9,6 +9,8 @@ use super::redis::{RedisSettings, Unavailable};
 use super::Ceilings;
 use crate::ids::WorkloadId;
 use crate::problems::Problems;
+use crate::redis_conn::settings::{RedisEndpointSpec, RedisUrlSpec};
+use crate::redis_conn::RedisEndpoint;
 
 /// `[limiter]`, as written.
 #[derive(Debug, Default, Deserialize)]
@@ -17,8 +19,19 @@ pub struct LimiterSpec {
     /// `memory` (default: this process only) or `redis` (shared by replicas).
     #[serde(default)]
     pub backend: LimiterBackend,
-    /// `redis://host:port/db` for the `redis` backend.
-    pub redis_url: Option<String>,
+    /// For the `redis` backend: `redis://host:port/db`, `rediss://…`, a cluster as
+    /// `redis+cluster://h1:p1,h2:p2` or a list of seed nodes (see [`crate::redis_conn::settings`]).
+    pub redis_url: Option<RedisUrlSpec>,
+    /// The environment variable that holds the URL instead of `redis_url`.
+    pub redis_url_env: Option<String>,
+    /// Redis ACL user.
+    pub redis_username: Option<String>,
+    /// File holding the Redis password.
+    pub redis_password_file: Option<std::path::PathBuf>,
+    /// Environment variable holding the Redis password.
+    pub redis_password_env: Option<String>,
+    /// PEM of the CA that signs the Redis servers' certificates (`rediss://`).
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Longest wait for one Redis call (default `50ms`).
     pub timeout: Option<String>,
     /// How long a concurrency slot outlives a crashed replica (default `5m`).
@@ -32,6 +45,20 @@ pub struct LimiterSpec {
     /// Signed runs of one tenant this replica watches for their summary at once (default
     /// 10 000).
     pub watched_runs_per_tenant: Option<usize>,
+}
+
+impl LimiterSpec {
+    /// The Redis keys of `[limiter]`.
+    pub fn redis_endpoint(&self) -> RedisEndpointSpec {
+        RedisEndpointSpec {
+            url: self.redis_url.clone(),
+            url_env: self.redis_url_env.clone(),
+            username: self.redis_username.clone(),
+            password_file: self.redis_password_file.clone(),
+            password_env: self.redis_password_env.clone(),
+            ca_file: self.redis_ca_file.clone(),
+        }
+    }
 }
 
 /// `[limiter] backend`.
@@ -64,15 +91,10 @@ impl LimiterSettings {
         match spec.backend {
             LimiterBackend::Memory => LimiterSettings::Memory { run_ttl },
             LimiterBackend::Redis => {
-                let url = spec.redis_url.clone().unwrap_or_default();
-                if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-                    p.push(
-                        "limiter.redis_url",
-                        "the `redis` backend needs `redis_url = \"redis://host:port\"`",
-                    );
-                }
+                let endpoint = spec.redis_endpoint().validate("limiter", p);
                 LimiterSettings::Redis(RedisSettings {
-                    url,
+                    // A placeholder when invalid (the problem is recorded; never served).
+                    endpoint: endpoint.unwrap_or_else(RedisEndpoint::unusable),
                     timeout: p
                         .duration("limiter.timeout", spec.timeout.as_deref().unwrap_or("50ms")),
                     lease_ttl: p.duration(

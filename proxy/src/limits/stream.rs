@@ -281,7 +281,10 @@ mod tests {
             .expect("free port")
             .port();
         let backend = RedisBackend::start(RedisSettings {
-            url: format!("redis://127.0.0.1:{port}"),
+            endpoint: crate::redis_conn::RedisEndpoint::from_url(&format!(
+                "redis://127.0.0.1:{port}"
+            ))
+            .expect("valid url"),
             timeout: Duration::from_millis(50),
             lease_ttl: Duration::from_secs(30),
             run_ttl: Duration::from_secs(60),

@@ -219,6 +219,10 @@ pub trait Effects: Send + Sync {
     ) -> Result<Option<TenantSlot>, Deny>;
     /// Records a request of a signed run (`run_started` on its first); refuses a closed run.
     async fn sight_run(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny>;
+    /// Whether the shared revocation list (beside the snapshot's file) names token id `jti`.
+    fn revoked(&self, _jti: &str) -> Result<bool, Deny> {
+        Ok(false)
+    }
     /// Reads a request's whole body from its connection.
     async fn read_body(
         &self,
@@ -262,6 +266,15 @@ pub async fn admit(
             Ask::Connect { header, ssl, .. } => (*header, *ssl),
         };
         let who = identify(caller, header, ssl, &snapshot)?;
+        // SECURITY: the shared list is checked on every request, tunnels' inner ones included,
+        // so a revocation reaches tokens already in use within a refresh.
+        if let Some(jti) = who.token.as_ref().and_then(|t| t.jti.as_deref()) {
+            if fx.revoked(jti)? {
+                return Err(Deny::IdentityInvalid(
+                    crate::identity::token::TokenError::Revoked.to_string(),
+                ));
+            }
+        }
         let traceparent = header.headers.get("traceparent").map(|v| v.as_bytes());
         let tenant = TenantContext::new(who.clone(), trail.request_id.clone(), traceparent);
         (who, Arc::new(tenant))

@@ -70,6 +70,9 @@ pub struct Shared {
     pub limits: Arc<dyn LimitBackend>,
     /// Run-level audit events (`run_started`, `run_summary`) and closed runs.
     pub runs: Arc<crate::runs::RunTracker>,
+    /// The revocation list shared through the limiter's Redis (with the `revoked_jtis_file`
+    /// of the snapshot as a second source).
+    pub revocations: Option<Arc<crate::limits::redis_revocations::SharedRevocations>>,
     /// Resolves and checks every destination before it is dialed (SSRF guard).
     pub egress: Arc<crate::egress::Dialer>,
     /// Mints leaves for intercepted tunnels, when a CA is configured.
@@ -125,6 +128,17 @@ impl Effects for Shared {
 
     async fn sight_run(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny> {
         Ok(self.runs.sight(tenant, leeway).await?)
+    }
+
+    fn revoked(&self, jti: &str) -> Result<bool, Deny> {
+        match &self.revocations {
+            Some(list) => list.is_revoked(jti).map_err(|e| {
+                METRICS.limiter_errors.inc();
+                tracing::warn!(error = %e, "refusing a token: the revocation list is stale");
+                Deny::LimiterUnavailable
+            }),
+            None => Ok(false),
+        }
     }
 
     async fn read_body(

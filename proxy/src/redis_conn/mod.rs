@@ -1,0 +1,365 @@
+//! How the proxy reaches Redis, for every concern that keeps shared state there (the limiter's
+//! counters and run life records, the audit streams, the revocation list): one server or a
+//! Redis Cluster, plain or TLS (`rediss://`) with the deployment's own CA, with an ACL user and
+//! a password read from a file or the environment, never from the configuration file.
+//!
+//! Every key the proxy writes carries a hash tag (`{tenant}`, or `{revocations}`), and every
+//! script touches the keys of one tag only, so a script runs on the one Cluster node that owns
+//! the slot; [`one_slot`] is checked before each script call, so a key that would break this is
+//! refused here, not by the cluster at run time (`CROSSSLOT`).
+
+pub mod settings;
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use zeroize::Zeroizing;
+
+pub use settings::{RedisEndpointSpec, RedisUrl};
+
+/// A Redis password. `Debug` prints a placeholder; the bytes are wiped on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisPassword(Zeroizing<String>);
+
+impl RedisPassword {
+    /// Wraps `value` (trailing newlines of a password file are not part of it).
+    pub fn new(value: String) -> Self {
+        let mut value = Zeroizing::new(value);
+        while value.ends_with('\n') || value.ends_with('\r') {
+            value.pop();
+        }
+        Self(value)
+    }
+}
+
+impl fmt::Debug for RedisPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RedisPassword(<redacted>)")
+    }
+}
+
+/// Where Redis is and how to log in, validated (see [`settings`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisEndpoint {
+    /// One URL for a single server; the seed nodes of a cluster. A URL from the environment may
+    /// carry a password, so these are never printed.
+    nodes: Vec<String>,
+    /// Whether `nodes` are seeds of a Redis Cluster.
+    cluster: bool,
+    /// `rediss://`.
+    tls: bool,
+    /// ACL user (`AUTH user password`); `None`: the default user.
+    username: Option<String>,
+    /// The password, from `redis_password_file` or `redis_password_env`.
+    password: Option<RedisPassword>,
+    /// PEM of the CA that signs the servers' certificates (`redis_ca_file`); `None`: the
+    /// system's roots.
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for RedisEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // SECURITY: URLs may carry a password (from the environment): only their count shows.
+        f.debug_struct("RedisEndpoint")
+            .field("nodes", &self.nodes.len())
+            .field("cluster", &self.cluster)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca", &self.ca_pem.is_some())
+            .finish()
+    }
+}
+
+impl RedisEndpoint {
+    /// An endpoint from one URL, without a password file or CA (tests and tools):
+    /// `redis://host:port[/db]`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let parsed = RedisUrl::parse(url)?;
+        Ok(parsed.into_endpoint(None, None))
+    }
+
+    /// A placeholder for a section whose endpoint was rejected: it connects nowhere (such a
+    /// configuration is never served; its problems are reported).
+    pub fn unusable() -> Self {
+        Self {
+            nodes: Vec::new(),
+            cluster: false,
+            tls: false,
+            username: None,
+            password: None,
+            ca_pem: None,
+        }
+    }
+
+    fn tls_certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: self.ca_pem.clone(),
+        }
+    }
+
+    /// Connection details of one node, with the configured user and password.
+    fn node_info(&self, url: &str) -> redis::RedisResult<redis::ConnectionInfo> {
+        let info = url.into_connection_info()?;
+        let mut redis_settings = info.redis_settings().clone();
+        if let Some(user) = &self.username {
+            redis_settings = redis_settings.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            redis_settings = redis_settings.set_password(password.0.as_str());
+        }
+        Ok(info.set_redis_settings(redis_settings))
+    }
+
+    fn single_client(&self) -> redis::RedisResult<redis::Client> {
+        let url = self.nodes.first().map(String::as_str).unwrap_or_default();
+        let info = self.node_info(url)?;
+        if self.tls && self.ca_pem.is_some() {
+            redis::Client::build_with_tls(info, self.tls_certificates())
+        } else {
+            redis::Client::open(info)
+        }
+    }
+
+    fn cluster_client(
+        &self,
+        timeout: Duration,
+    ) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| self.node_info(n))
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            // A call is time-boxed by its caller; the client's own retries (MOVED during a
+            // resharding, a node reconnecting) happen within that box.
+            .retries(2)
+            .min_retry_wait(5)
+            .max_retry_wait(50);
+        if self.tls && self.ca_pem.is_some() {
+            builder = builder.certs(self.tls_certificates());
+        }
+        builder.build()
+    }
+
+    /// Connects: a reconnecting multiplexed connection to one server, or a cluster connection
+    /// (which follows `MOVED`, refreshes its slot map and reconnects to promoted replicas by
+    /// itself). Its driver runs on the current tokio runtime. `timeout` bounds the connect and
+    /// each reply.
+    pub async fn connect(&self, timeout: Duration) -> redis::RedisResult<AsyncConn> {
+        if self.cluster {
+            let client = self.cluster_client(timeout)?;
+            Ok(AsyncConn::Cluster(client.get_async_connection().await?))
+        } else {
+            let client = self.single_client()?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1);
+            Ok(AsyncConn::Node(
+                ConnectionManager::new_with_config(client, config).await?,
+            ))
+        }
+    }
+
+    /// A blocking connection (for threads that are not on a runtime, such as the audit writer).
+    pub fn connect_blocking(&self, timeout: Duration) -> redis::RedisResult<BlockingConn> {
+        if self.cluster {
+            let client = self.cluster_client(timeout)?;
+            let conn = client.get_connection()?;
+            conn.set_read_timeout(Some(timeout))?;
+            conn.set_write_timeout(Some(timeout))?;
+            Ok(BlockingConn::Cluster(Box::new(conn)))
+        } else {
+            let conn = self.single_client()?.get_connection_with_timeout(timeout)?;
+            conn.set_read_timeout(Some(timeout))?;
+            conn.set_write_timeout(Some(timeout))?;
+            Ok(BlockingConn::Node(Box::new(conn)))
+        }
+    }
+}
+
+/// An async connection to one server or to a cluster; cheap to clone (a handle to one
+/// multiplexed connection).
+#[derive(Clone)]
+pub enum AsyncConn {
+    /// One server.
+    Node(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl fmt::Debug for AsyncConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AsyncConn::Node(_) => "AsyncConn::Node",
+            AsyncConn::Cluster(_) => "AsyncConn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for AsyncConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            AsyncConn::Node(c) => c.req_packed_command(cmd),
+            AsyncConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            AsyncConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            AsyncConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AsyncConn::Node(c) => c.get_db(),
+            AsyncConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl fmt::Debug for BlockingConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BlockingConn::Node(_) => "BlockingConn::Node",
+            BlockingConn::Cluster(_) => "BlockingConn::Cluster",
+        })
+    }
+}
+
+/// A blocking connection to one server or to a cluster.
+pub enum BlockingConn {
+    /// One server.
+    Node(Box<redis::Connection>),
+    /// A Redis Cluster.
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl BlockingConn {
+    /// Sends the commands built by `add` (one per item) as one pipeline per node, replies
+    /// ignored.
+    pub fn pipeline<I>(
+        &mut self,
+        items: I,
+        add: impl Fn(&mut Cmd, I::Item),
+    ) -> redis::RedisResult<()>
+    where
+        I: IntoIterator,
+    {
+        match self {
+            BlockingConn::Node(conn) => {
+                let mut pipe = redis::pipe();
+                for item in items {
+                    let mut cmd = Cmd::new();
+                    add(&mut cmd, item);
+                    pipe.add_command(cmd).ignore();
+                }
+                pipe.query::<()>(conn.as_mut())
+            }
+            BlockingConn::Cluster(conn) => {
+                // The cluster pipeline splits the commands by the node owning each key.
+                let mut pipe = redis::cluster::cluster_pipe();
+                for item in items {
+                    let mut cmd = Cmd::new();
+                    add(&mut cmd, item);
+                    pipe.add_command(cmd).ignore();
+                }
+                pipe.query::<()>(conn.as_mut())
+            }
+        }
+    }
+}
+
+/// The hash tag of `key`: the text between its first `{` and the next `}` when that is not
+/// empty, else the whole key (what Redis Cluster hashes to pick the slot).
+pub fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(len) = key[open + 1..].find('}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+/// Checks that `keys` all hash to one slot (one hash tag), as one script's keys must on a
+/// Redis Cluster; the tag of the first key. An empty list has no tag.
+pub fn one_slot<'k>(keys: impl IntoIterator<Item = &'k str>) -> Result<Option<&'k str>, String> {
+    let mut tag = None;
+    for key in keys {
+        let t = hash_tag(key);
+        match tag {
+            None => tag = Some(t),
+            Some(first) if first == t => {}
+            Some(first) => {
+                return Err(format!(
+                    "one script's keys span two hash tags (`{first}` and `{t}`)"
+                ))
+            }
+        }
+    }
+    Ok(tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags_follow_the_cluster_rule() {
+        for (key, tag) in [
+            ("tp:{acme}:rate_s", "acme"),
+            ("tp:{acme}:run:{x}:life", "acme"),
+            ("tp:{}:x", "tp:{}:x"),
+            ("plain", "plain"),
+            ("tp:{open", "tp:{open"),
+        ] {
+            assert_eq!(hash_tag(key), tag, "{key}");
+        }
+    }
+
+    #[test]
+    fn one_scripts_keys_must_share_their_tag() {
+        assert_eq!(
+            one_slot(["tp:{acme}:a", "tp:{acme}:w:bot:b"]),
+            Ok(Some("acme"))
+        );
+        assert_eq!(one_slot([]), Ok(None));
+        let err = one_slot(["tp:{acme}:a", "tp:{globex}:a"]).unwrap_err();
+        assert!(err.contains("`acme` and `globex`"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_urls_or_passwords() {
+        let endpoint = RedisEndpoint {
+            username: Some("proxy".into()),
+            password: Some(RedisPassword::new("hunter2-secret\n".into())),
+            ..RedisEndpoint::from_url("redis://127.0.0.1:6379").unwrap()
+        };
+        let shown = format!("{endpoint:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("6379"),
+            "{shown}"
+        );
+        assert!(shown.contains("proxy"), "{shown}");
+        assert_eq!(
+            RedisPassword::new("pw\r\n".into()),
+            RedisPassword::new("pw".into())
+        );
+    }
+}

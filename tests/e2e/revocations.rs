@@ -1,0 +1,109 @@
+//! The revocation list every replica shares: `tenant-proxy token revoke` writes a token id to
+//! the limiter's Redis and every replica refuses the token within a refresh, while the
+//! `revoked_jtis_file` stays a second source; a list that cannot be read fails closed.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn status_with(proxy: &Proxy, origin: &Origin, token: &str) -> Response {
+    forward_get(
+        proxy.shared_port,
+        &format!("http://127.0.0.1:{}/acme/rev", origin.port),
+        Some(token),
+        "",
+    )
+}
+
+#[test]
+fn a_revocation_in_redis_reaches_every_replica_and_the_file_still_counts() {
+    let mut redis = RedisServer::start();
+    let origin = Origin::start();
+    let start = || {
+        Proxy::start(
+            ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_millis(200)),
+        )
+    };
+    let (a, b) = (start(), start());
+    let doomed = token(TokenOpts {
+        jti: Some("shared-revoke-1"),
+        ..Default::default()
+    });
+    let kept = token(TokenOpts {
+        jti: Some("kept-1"),
+        ..Default::default()
+    });
+    let in_file = token(TokenOpts {
+        jti: Some("revoked-jti-1"),
+        ..Default::default()
+    });
+    for p in [&a, &b] {
+        assert_eq!(status_with(p, &origin, &doomed).status, 200);
+        status_with(p, &origin, &in_file).assert_refused(407, "identity_invalid");
+    }
+
+    let config = a.path("tenant-proxy.toml");
+    let (code, out) = proxy_cli(
+        a.dir.path(),
+        &[
+            "token",
+            "revoke",
+            "--config",
+            config.to_str().unwrap(),
+            "--jti",
+            "shared-revoke-1",
+            "--keep",
+            "1h",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    let score: u64 = redis.command("ZSCORE tp:{revocations}:jtis shared-revoke-1")[0]
+        .parse()
+        .unwrap();
+    assert!(score > now() + 3000 && score <= now() + 3600, "{score}");
+
+    // Both replicas refuse it within a refresh (one second), without a reload.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in [&a, &b] {
+        loop {
+            let r = status_with(p, &origin, &doomed);
+            if r.status == 407 {
+                r.assert_refused(407, "identity_invalid");
+                assert!(r.body_text().contains("revoked"), "{}", r.body_text());
+                break;
+            }
+            assert_eq!(r.status, 200);
+            assert!(Instant::now() < deadline, "the revocation never arrived");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Other tokens are untouched; the file's revocation still holds.
+        assert_eq!(status_with(p, &origin, &kept).status, 200);
+        status_with(p, &origin, &in_file).assert_refused(407, "identity_invalid");
+    }
+
+    // Redis goes away: once the list is stale, token requests fail closed (the bound listener
+    // has no token and is served as long as nothing else needs Redis).
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = status_with(&a, &origin, &kept);
+        if r.status == 503 {
+            r.assert_refused(503, "limiter_unavailable");
+            break;
+        }
+        assert_eq!(r.status, 200);
+        assert!(Instant::now() < deadline, "a stale list was still trusted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(a.log().contains("the revocation list is stale"));
+    let before = origin.count();
+    // Redis is back (empty): the list is read again and the kept token passes again.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status_with(&a, &origin, &kept).status != 200 {
+        assert!(Instant::now() < deadline, "no recovery");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(origin.count() > before);
+}
