@@ -14,6 +14,7 @@ use crate::config::{ConfigProblem, StaticConfig};
 use crate::egress::{Dialer, EgressRules, Resolver, StaticResolver, SystemResolver};
 use crate::front::listen::{self, ListenService};
 use crate::identity::mtls::MtlsServer;
+use crate::identity::ListenerKind;
 use crate::logging::LogFormat;
 use crate::metrics::METRICS;
 use crate::pipeline::caps::TenantCounts;
@@ -160,11 +161,11 @@ pub fn run(
             shared.clone(),
             mtls,
         );
-        server.add_service(ListenService::new(
-            format!("proxy {}", listener.name),
-            bound,
-            app,
-        ));
+        let service = ListenService::new(format!("proxy {}", listener.name), bound, app);
+        server.add_service(match listener.kind {
+            ListenerKind::Transparent => service.capturing(),
+            ListenerKind::Proxy => service,
+        });
         tracing::info!(listener = %listener.name, %addr, "proxy listening");
     }
 

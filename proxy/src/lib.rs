@@ -63,6 +63,7 @@ pub mod snapshot;
 pub mod target;
 pub mod tls;
 pub mod trace;
+pub mod transparent;
 pub mod tunnel;
 pub mod usage;
 

@@ -136,6 +136,9 @@ pub enum Ask<'a> {
         host: &'a str,
         /// Port.
         port: u16,
+        /// For a captured TLS connection, the address its client dialed (`host`, its SNI,
+        /// must resolve to it).
+        original: Option<SocketAddr>,
     },
 }
 
@@ -227,12 +230,15 @@ pub trait Effects: Send + Sync {
     /// Takes one of the tenant's tunnel slots.
     fn open_tunnel(&self, tenant: &TenantId, max: u32) -> Result<Option<TenantSlot>, Deny>;
     /// Resolves and checks a destination (the SSRF guard): the one address that may be dialed.
+    /// For a captured connection, `original` is the address its client dialed: `host` must
+    /// resolve to it, and it is the address checked and dialed.
     async fn resolve(
         &self,
         host: &str,
         port: u16,
         exceptions: &[EgressException],
         tenant: &TenantContext,
+        original: Option<SocketAddr>,
     ) -> Result<SocketAddr, Deny>;
     /// Reserves a request's charge against its ceilings.
     async fn reserve(&self, plan: &Plan) -> Result<Option<Admission>, Deny>;
@@ -286,8 +292,14 @@ pub async fn admit(
         Ask::Http { source, tunnel } => {
             admit_http(fx, snapshot, tenant, source, tunnel, trail, observer).await
         }
-        Ask::Connect { host, port, .. } => {
-            admit_connect(fx, snapshot, tenant, who, connection, host, port, trail).await
+        Ask::Connect {
+            host,
+            port,
+            original,
+            ..
+        } => {
+            let to = (host, port, original);
+            admit_connect(fx, snapshot, tenant, who, connection, to, trail).await
         }
     }
 }
@@ -345,7 +357,14 @@ async fn admit_http(
     observer: &mut dyn Observer,
 ) -> Result<Admitted, Deny> {
     let config = fx.config();
-    let destination = http_destination(source.header(), tunnel, &snapshot, config, trail)?;
+    // A captured connection's requests go where its client dialed, whatever they name.
+    let captured = match &source {
+        BodySource::Session(s) => front_conn(s).and_then(|c| c.context().original),
+        BodySource::Given(..) => None,
+    };
+    let original = tunnel.and_then(|t| t.original).or(captured);
+    let destination =
+        http_destination(source.header(), tunnel, captured, &snapshot, config, trail)?;
     trail.destination = Some(destination.clone());
 
     let mut grant = HttpGrant::default();
@@ -394,6 +413,7 @@ async fn admit_http(
             destination.port,
             egress_exceptions(&snapshot, &tenant.tenant),
             &tenant,
+            original,
         )
         .await?;
     // An MCP server (recognized by its destination or by the address just checked, however it
@@ -471,6 +491,7 @@ async fn admit_http(
 fn http_destination(
     req: &RequestHeader,
     tunnel: Option<&Tunnel>,
+    captured: Option<SocketAddr>,
     snapshot: &Snapshot,
     config: &StaticConfig,
     trail: &mut Trail,
@@ -512,9 +533,10 @@ fn http_destination(
         trail.credentials = refusal.credential().map(String::from).into_iter().collect();
         return Err(Deny::Credential(refusal));
     }
-    Ok(match tunnel {
-        Some(t) => crate::target::tunneled(req.raw_path(), host, &t.host, t.port)?,
-        None => crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
+    Ok(match (tunnel, captured) {
+        (Some(t), _) => crate::target::tunneled(req.raw_path(), host, &t.host, t.port)?,
+        (None, Some(original)) => crate::target::captured(req.raw_path(), host, original)?,
+        (None, None) => crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
     })
 }
 
@@ -525,8 +547,7 @@ async fn admit_connect(
     tenant: Arc<TenantContext>,
     who: ResolvedIdentity,
     connection: Option<TenantSlot>,
-    host: &str,
-    port: u16,
+    (host, port, original): (&str, u16, Option<SocketAddr>),
     trail: &mut Trail,
 ) -> Result<Admitted, Deny> {
     let config = fx.config();
@@ -555,6 +576,7 @@ async fn admit_connect(
             port,
             egress_exceptions(&snapshot, &tenant.tenant),
             &tenant,
+            original,
         )
         .await?;
     let (opaque, _) = decide::connect(&snapshot, &tenant, host, port, ConnectQuestion::Opaque, now);
@@ -702,6 +724,7 @@ impl Effects for DecideOnly<'_> {
         port: u16,
         _: &[EgressException],
         _: &TenantContext,
+        _: Option<SocketAddr>,
     ) -> Result<SocketAddr, Deny> {
         // Never dialed: explain builds no connection. The unspecified address matches no
         // configured server address.

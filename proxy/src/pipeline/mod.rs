@@ -162,13 +162,20 @@ impl Effects for Shared {
         port: u16,
         exceptions: &[EgressException],
         tenant: &TenantContext,
+        original: Option<SocketAddr>,
     ) -> Result<SocketAddr, Deny> {
-        self.egress
-            .resolve_checked(host, port, exceptions)
-            .await
+        let resolved = match original {
+            Some(original) => {
+                self.egress
+                    .resolve_original(host, original, exceptions)
+                    .await
+            }
+            None => self.egress.resolve_checked(host, port, exceptions).await,
+        };
+        resolved
             .map_err(|refusal| {
                 // Counted on every path alike (requests and tunnels).
-                if !matches!(refusal, EgressRefusal::Unresolvable { .. }) {
+                if matches!(refusal, EgressRefusal::Forbidden { .. } | EgressRefusal::OwnListener { .. }) {
                     METRICS
                         .egress_refusals
                         .with_label_values(&[tenant.tenant.as_str()])
@@ -206,6 +213,7 @@ pub fn deny_for_refusal(request_id: &str, refusal: &EgressRefusal) -> Deny {
         EgressRefusal::OwnListener { .. } => {
             Deny::DestinationForbidden("it is this proxy itself".into())
         }
+        EgressRefusal::NotOriginal { .. } => Deny::HostMismatch,
     }
 }
 
