@@ -28,4 +28,5 @@ mod redis;
 mod reload_audit;
 mod runs;
 mod tenant_trouble;
+mod transparent;
 mod usage;

@@ -58,7 +58,7 @@ impl CaptureRules {
         for port in &self.exclude_ports {
             let _ = writeln!(s, "\t\ttcp dport {port} return");
         }
-        let _ = writeln!(s, "\t\tredirect to :{}", self.port);
+        let _ = writeln!(s, "\t\tmeta l4proto tcp redirect to :{}", self.port);
         let _ = writeln!(s, "\t}}");
         let _ = writeln!(s, "}}");
         s
@@ -117,7 +117,7 @@ mod tests {
         let nft = rules().nft();
         let lines: Vec<&str> = nft.lines().map(str::trim).collect();
         let at = |l: &str| lines.iter().position(|x| *x == l).unwrap_or_else(|| panic!("{l}\n{nft}"));
-        let redirect = at("redirect to :15001");
+        let redirect = at("meta l4proto tcp redirect to :15001");
         for before in [
             "meta l4proto != tcp return",
             "meta skuid 1337 return",
