@@ -191,6 +191,10 @@ def check_capture(where, spec, static):
         problem(where, f"`{CAPTURE}` redirects to port {flag(args, '--port')}, the transparent listener is {transparent[0]['listen']}")
     elif "binding" not in transparent[0].get("identity", []) or transparent[0].get("identity") != ["binding"]:
         problem(where, "the transparent listener's identity must be its binding alone")
+    elif not transparent[0]["listen"].startswith("[::]:"):
+        # REDIRECT sends IPv6 to ::1: a listener on 0.0.0.0 would leave IPv6 connections with
+        # nowhere to go.
+        problem(where, f"the transparent listener listens on {transparent[0]['listen']}: it must be `[::]:PORT` to take redirected IPv6 as well as IPv4")
     # SECURITY: the proxy is a native sidecar after the rules, so the agent starts only once the
     # rules are in place and the proxy is ready.
     if PROXY not in names or names.index(PROXY) < names.index(CAPTURE):
@@ -415,14 +419,13 @@ def rebase_paths(text, root, mounts, where):
     return text
 
 
-# The interface the lead implements with issue 19's items 1 and 2 (transparent listeners, Redis
-# URLs from the environment). Until a binary accepts them, the check applies the equivalent the
-# current binary knows and says so. Delete this when `tenant-proxy check` accepts both keys.
-PENDING_KEYS = ("kind", "redis_url_env")
+# The interface issue 19's item 2 adds (Redis URLs from the environment). Until a binary accepts
+# it, the check applies the equivalent the current binary knows and says so. Delete this when
+# `tenant-proxy check` accepts the key.
+PENDING_KEYS = ("redis_url_env",)
 
 
 def pending_equivalent(text, env):
-    text = re.sub(r'(?m)^kind = "(transparent|proxy)"\n', "", text)
     return re.sub(r'(?m)^redis_url_env = "([A-Z_]+)"',
                   lambda m: f'redis_url = "{env.get(m.group(1), "")}"', text)
 
@@ -479,7 +482,7 @@ def check_config(paths, binary):
                 pending = [k for k in PENDING_KEYS
                            if any(re.search(rf"(?m)^{k} = ", t) for t in originals.values())]
                 print(f"note: {where}: this tenant-proxy does not accept {pending} yet (issue 19 "
-                      "items 1-2); checking the equivalent configuration instead", file=sys.stderr)
+                      "item 2); checking the equivalent configuration instead", file=sys.stderr)
                 for p, text in originals.items():
                     with open(p, "w", encoding="utf-8") as f:
                         f.write(rebase_paths(pending_equivalent(text, env), root, mounts, where))
