@@ -42,7 +42,8 @@ fn seen(secret: &str) -> String {
     hex::encode(sha2::Sha256::digest(format!("Bearer {secret}").as_bytes()))
 }
 
-const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":7}"#;
+const CHAT: &str =
+    r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":7}"#;
 
 /// A line-echo server on `ip`; its port.
 fn echo_on(ip: IpAddr) -> u16 {
@@ -114,9 +115,11 @@ fn start_capture(test: &str, backend: &str) -> Option<Capture> {
     let credentials = spec.tenants.credentials();
     credentials.files_dir = Some("secrets".into());
     for tenant in ["acme", "globex"] {
-        credentials
-            .files
-            .push(config::FileCredential::header(tenant, "openai", &["llm.test"]));
+        credentials.files.push(config::FileCredential::header(
+            tenant,
+            "openai",
+            &["llm.test"],
+        ));
     }
     spec.command_prefix = [
         "ip",
@@ -137,7 +140,16 @@ fn start_capture(test: &str, backend: &str) -> Option<Capture> {
         std::fs::write(dir.join("origin-ca.pem"), &origin_ca_pem).unwrap();
         let (code, out) = proxy_cli(
             dir,
-            &["ca", "init", "--out", "ca", "--name", "e2e capture CA", "--permit", "llm.test"],
+            &[
+                "ca",
+                "init",
+                "--out",
+                "ca",
+                "--name",
+                "e2e capture CA",
+                "--permit",
+                "llm.test",
+            ],
             "",
         );
         assert_eq!(code, 0, "{out}");
@@ -178,7 +190,14 @@ when {{ resource == TenantProxy::Destination::"{host_ip}" && context.port == {ec
     });
     let (code, out) = proxy_cli(
         proxy.dir.path(),
-        &["ca", "env", "--ca", "ca/ca.pem", "--bundle-out", "bundle.pem"],
+        &[
+            "ca",
+            "env",
+            "--ca",
+            "ca/ca.pem",
+            "--bundle-out",
+            "bundle.pem",
+        ],
         "",
     );
     assert_eq!(code, 0, "{out}");
@@ -188,19 +207,20 @@ when {{ resource == TenantProxy::Destination::"{host_ip}" && context.port == {ec
     // The init container's step, in the namespace.
     let port = proxy.port("capture").to_string();
     let bin = proxy_bin().to_str().unwrap().to_string();
-    let applied = ns.command(&[
-        &bin,
-        "sidecar-init",
-        "--port",
-        &port,
-        "--proxy-uid",
-        PROXY_UID,
-        "--backend",
-        backend,
-        "--apply",
-    ])
-    .output()
-    .unwrap();
+    let applied = ns
+        .command(&[
+            &bin,
+            "sidecar-init",
+            "--port",
+            &port,
+            "--proxy-uid",
+            PROXY_UID,
+            "--backend",
+            backend,
+            "--apply",
+        ])
+        .output()
+        .unwrap();
     assert!(
         applied.status.success(),
         "sidecar-init --apply failed: {}",
@@ -222,8 +242,18 @@ when {{ resource == TenantProxy::Destination::"{host_ip}" && context.port == {ec
 fn curl_in(c: &Capture, args: &[&str]) -> (u16, String) {
     let bundle = c.bundle.to_str().unwrap();
     let mut all = vec![
-        "curl", "-sS", "--noproxy", "*", "--max-time", "20", "-D", "-", "--cacert", bundle,
-        "-w", "\nstatus=%{http_code}",
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "20",
+        "-D",
+        "-",
+        "--cacert",
+        bundle,
+        "-w",
+        "\nstatus=%{http_code}",
     ];
     all.extend_from_slice(args);
     let out = c.ns.command(&all).output().unwrap();
@@ -365,14 +395,26 @@ for name in ("PLAIN", "TLS"):
         &tls_url,
     ]);
     assert_eq!(
-        out.lines().filter(|l| *l == format!("go 200 {acme}")).count(),
+        out.lines()
+            .filter(|l| *l == format!("go 200 {acme}"))
+            .count(),
         2,
         "go: {out}"
     );
 
     // IPv6: redirected to [::1] and recovered with IP6T_SO_ORIGINAL_DST.
     let url6 = format!("http://llm6.test:{}/v1/chat/completions", c.plain6);
-    let (status, text) = curl_in(&c, &["-6", "-H", "Content-Type: application/json", "-d", CHAT, &url6]);
+    let (status, text) = curl_in(
+        &c,
+        &[
+            "-6",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            CHAT,
+            &url6,
+        ],
+    );
     assert_eq!(status, 200, "curl -6: {text}");
 
     // Identity is the listener's binding: a token for another tenant in captured traffic is
@@ -394,7 +436,10 @@ for name in ("PLAIN", "TLS"):
     );
     assert_eq!(status, 200, "{text}");
     assert!(text.to_lowercase().contains(&acme), "{text}");
-    assert!(!text.to_lowercase().contains(&seen(GLOBEX_SECRET)), "{text}");
+    assert!(
+        !text.to_lowercase().contains(&seen(GLOBEX_SECRET)),
+        "{text}"
+    );
 
     // Policy decides captured calls like any other.
     let forbidden = format!("http://llm.test:{}/forbidden/x", c.plain);
@@ -435,7 +480,10 @@ for port in ({open}, {closed}):
         ip = c.ns.host_ip
     );
     let out = c.ns.run(&["python3", "-c", &raw]);
-    assert!(out.contains(&format!("{} b'echo HELLO\\n'", c.echo_open)), "{out}");
+    assert!(
+        out.contains(&format!("{} b'echo HELLO\\n'", c.echo_open)),
+        "{out}"
+    );
     assert!(out.contains(&format!("{} b''", c.echo_closed)), "{out}");
 
     // A connection made to the listener itself (not redirected: loopback is let through) has
@@ -473,12 +521,21 @@ print("direct", got)
         .iter()
         .filter(|r| r["credentials"] == serde_json::json!(["openai"]))
         .count();
-    assert_eq!(substituted, 7, "all but the IPv6 call carried the handle: {records:#?}");
-    let intercepted = posts.iter().filter(|r| r["tunnel"]["mode"] == "intercept").count();
+    assert_eq!(
+        substituted, 7,
+        "all but the IPv6 call carried the handle: {records:#?}"
+    );
+    let intercepted = posts
+        .iter()
+        .filter(|r| r["tunnel"]["mode"] == "intercept")
+        .count();
     assert_eq!(intercepted, 3, "curl, Python and Go over TLS: {records:#?}");
     let spoof = records_by_id(&records, &spoof_id);
     assert_eq!(spoof["reason"], "host_mismatch", "{spoof}");
-    let reasons: Vec<&str> = records.iter().filter_map(|r| r["reason"].as_str()).collect();
+    let reasons: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
     assert!(reasons.contains(&"policy_denied"), "{reasons:?}");
     assert!(reasons.contains(&"interception_unavailable"), "{reasons:?}");
     assert!(
@@ -527,9 +584,15 @@ fn iptables_rules_capture_too_and_leave_the_proxy_uncaptured() {
     // redirected.
     let rules = c.ns.run(&["iptables-save", "-t", "nat"]);
     assert!(rules.contains("--uid-owner 1337 -j RETURN"), "{rules}");
-    assert!(rules.contains(&format!("--to-ports {}", c.proxy.port("capture"))), "{rules}");
+    assert!(
+        rules.contains(&format!("--to-ports {}", c.proxy.port("capture"))),
+        "{rules}"
+    );
     let records = c.proxy.wait_audit_records("acme", 3);
-    assert!(records.iter().all(|r| r["listener"] == "capture"), "{records:#?}");
+    assert!(
+        records.iter().all(|r| r["listener"] == "capture"),
+        "{records:#?}"
+    );
 }
 
 #[test]
@@ -538,8 +601,17 @@ fn sidecar_init_prints_rules_for_both_families_and_refuses_bad_input() {
     let (code, out) = proxy_cli(
         dir.path(),
         &[
-            "sidecar-init", "--port", "15001", "--proxy-uid", "1337", "--exclude-cidr",
-            "10.96.0.0/12", "--exclude-cidr", "fd00::/8", "--exclude-port", "22",
+            "sidecar-init",
+            "--port",
+            "15001",
+            "--proxy-uid",
+            "1337",
+            "--exclude-cidr",
+            "10.96.0.0/12",
+            "--exclude-cidr",
+            "fd00::/8",
+            "--exclude-port",
+            "22",
         ],
         "",
     );
@@ -557,13 +629,33 @@ fn sidecar_init_prints_rules_for_both_families_and_refuses_bad_input() {
     }
     let (code, out) = proxy_cli(
         dir.path(),
-        &["sidecar-init", "--port", "15001", "--proxy-uid", "1337", "--backend", "iptables"],
+        &[
+            "sidecar-init",
+            "--port",
+            "15001",
+            "--proxy-uid",
+            "1337",
+            "--backend",
+            "iptables",
+        ],
         "",
     );
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("# iptables-restore --noflush") && out.contains("# ip6tables-restore --noflush"), "{out}");
+    assert!(
+        out.contains("# iptables-restore --noflush")
+            && out.contains("# ip6tables-restore --noflush"),
+        "{out}"
+    );
     for bad in [
-        &["sidecar-init", "--port", "15001", "--proxy-uid", "1337", "--exclude-cidr", "10.0.0.0/33"][..],
+        &[
+            "sidecar-init",
+            "--port",
+            "15001",
+            "--proxy-uid",
+            "1337",
+            "--exclude-cidr",
+            "10.0.0.0/33",
+        ][..],
         &["sidecar-init", "--port", "0", "--proxy-uid", "1337"],
         &["sidecar-init", "--port", "15001"],
     ] {

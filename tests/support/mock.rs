@@ -21,7 +21,9 @@ pub fn start_mock_on(ip: std::net::IpAddr) -> u16 {
 /// [`start_mock_tls`] on an ephemeral port of `ip`; its port.
 pub fn start_mock_tls_on(ip: std::net::IpAddr, pair: &tenant_proxy_loadtest::tls::PemPair) -> u16 {
     let config = tenant_proxy_loadtest::tls::server_config(pair).unwrap();
-    serve_on(ip, move |l| tenant_proxy_loadtest::tls::serve_mock_tls(l, config))
+    serve_on(ip, move |l| {
+        tenant_proxy_loadtest::tls::serve_mock_tls(l, config)
+    })
 }
 
 /// Runs `serve` on a new ephemeral loopback listener (bound here and kept) in its own runtime

@@ -63,15 +63,24 @@ impl Netns {
         let name = ns.name.as_str();
         let host = ns.host_link.as_str();
         for step in [
-            vec!["ip", "link", "add", host, "type", "veth", "peer", "name", &ns_link],
+            vec![
+                "ip", "link", "add", host, "type", "veth", "peer", "name", &ns_link,
+            ],
             vec!["ip", "link", "set", &ns_link, "netns", name],
             vec!["ip", "addr", "add", &host_v4, "dev", host],
             vec!["ip", "-6", "addr", "add", &host_v6, "dev", host, "nodad"],
             vec!["ip", "link", "set", host, "up"],
             vec!["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
-            vec!["ip", "netns", "exec", name, "ip", "addr", "add", &ns_v4, "dev", &ns_link],
-            vec!["ip", "netns", "exec", name, "ip", "-6", "addr", "add", &ns_v6, "dev", &ns_link, "nodad"],
-            vec!["ip", "netns", "exec", name, "ip", "link", "set", &ns_link, "up"],
+            vec![
+                "ip", "netns", "exec", name, "ip", "addr", "add", &ns_v4, "dev", &ns_link,
+            ],
+            vec![
+                "ip", "netns", "exec", name, "ip", "-6", "addr", "add", &ns_v6, "dev", &ns_link,
+                "nodad",
+            ],
+            vec![
+                "ip", "netns", "exec", name, "ip", "link", "set", &ns_link, "up",
+            ],
         ] {
             run(&step)?;
         }

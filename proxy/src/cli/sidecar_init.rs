@@ -80,9 +80,14 @@ fn apply(tool: &str, args: &[&str], script: &str) -> anyhow::Result<()> {
         .context("no stdin for the rules")?
         .write_all(script.as_bytes())
         .with_context(|| format!("writing the rules to `{tool}`"))?;
-    let status = child.wait().with_context(|| format!("waiting for `{tool}`"))?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{tool}`"))?;
     if !status.success() {
-        bail!("`{tool} {}` failed ({status}): the capture rules are not in place", args.join(" "));
+        bail!(
+            "`{tool} {}` failed ({status}): the capture rules are not in place",
+            args.join(" ")
+        );
     }
     Ok(())
 }

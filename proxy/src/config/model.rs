@@ -475,6 +475,14 @@ mod tests {
                 "log-bad-format.toml:5:10: unknown variant `yaml`, expected `text` or `json`",
             ),
             ("binding-missing.toml", "listener[0].binding"),
+            (
+                "transparent-token.toml",
+                "listener[0].identity: a `transparent` listener identifies callers by its binding only",
+            ),
+            (
+                "listener-bad-kind.toml",
+                "unknown variant `tproxy`, expected `proxy` or `transparent`",
+            ),
             ("bad-duration.toml", "upstream.connect_timeout"),
             ("audit-bad-chain-settings.toml", "audit.max_file_bytes"),
             ("audit-bad-chain-settings.toml", "audit.checkpoint_interval"),

@@ -256,11 +256,18 @@ mod tests {
         let got = d
             .resolve_original("api.example.com", sa("8.8.4.4:443"), &[])
             .await;
-        assert_eq!(got, Ok(sa("8.8.4.4:443")), "any answer may be the one dialed");
+        assert_eq!(
+            got,
+            Ok(sa("8.8.4.4:443")),
+            "any answer may be the one dialed"
+        );
         let spoofed = d
             .resolve_original("api.example.com", sa("192.0.2.9:443"), &[])
             .await;
-        assert!(matches!(spoofed, Err(EgressRefusal::NotOriginal { .. })), "{spoofed:?}");
+        assert!(
+            matches!(spoofed, Err(EgressRefusal::NotOriginal { .. })),
+            "{spoofed:?}"
+        );
         // An IP literal is its own answer; IPv4-mapped forms compare as IPv4.
         let literal = d
             .resolve_original("93.184.216.34", sa("[::ffff:93.184.216.34]:80"), &[])
@@ -271,7 +278,10 @@ mod tests {
         let refused = private
             .resolve_original("db.internal", sa("10.0.0.5:5432"), &[])
             .await;
-        assert!(matches!(refused, Err(EgressRefusal::Forbidden { .. })), "{refused:?}");
+        assert!(
+            matches!(refused, Err(EgressRefusal::Forbidden { .. })),
+            "{refused:?}"
+        );
         let excepted = private
             .resolve_original("db.internal", sa("10.0.0.5:5432"), &[exc("10.0.0.0/8")])
             .await;
@@ -279,7 +289,10 @@ mod tests {
         let looped = d
             .resolve_original("127.0.0.1", sa("127.0.0.1:15001"), &[exc("127.0.0.0/8")])
             .await;
-        assert!(matches!(looped, Err(EgressRefusal::OwnListener { .. })), "{looped:?}");
+        assert!(
+            matches!(looped, Err(EgressRefusal::OwnListener { .. })),
+            "{looped:?}"
+        );
     }
 
     #[tokio::test]

@@ -122,9 +122,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenService<A> {
                 let original = tcp.local_addr().and_then(|local| {
                     crate::transparent::original::original_destination(&tcp, local)
                 });
-                let _ = digest
-                    .original_dst
-                    .set(original.ok().map(PeerAddr::Inet));
+                let _ = digest.original_dst.set(original.ok().map(PeerAddr::Inet));
             }
             let mut stream: pingora::protocols::Stream =
                 Box::new(pingora::protocols::l4::stream::Stream::from(tcp));

@@ -172,17 +172,19 @@ impl Effects for Shared {
             }
             None => self.egress.resolve_checked(host, port, exceptions).await,
         };
-        resolved
-            .map_err(|refusal| {
-                // Counted on every path alike (requests and tunnels).
-                if matches!(refusal, EgressRefusal::Forbidden { .. } | EgressRefusal::OwnListener { .. }) {
-                    METRICS
-                        .egress_refusals
-                        .with_label_values(&[tenant.tenant.as_str()])
-                        .inc();
-                }
-                deny_for_refusal(&tenant.request_id, &refusal)
-            })
+        resolved.map_err(|refusal| {
+            // Counted on every path alike (requests and tunnels).
+            if matches!(
+                refusal,
+                EgressRefusal::Forbidden { .. } | EgressRefusal::OwnListener { .. }
+            ) {
+                METRICS
+                    .egress_refusals
+                    .with_label_values(&[tenant.tenant.as_str()])
+                    .inc();
+            }
+            deny_for_refusal(&tenant.request_id, &refusal)
+        })
     }
 
     async fn reserve(&self, plan: &Plan) -> Result<Option<Admission>, Deny> {

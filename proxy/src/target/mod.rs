@@ -365,24 +365,44 @@ mod tests {
     fn captured_requests_go_to_the_original_port_under_their_host() {
         let original: std::net::SocketAddr = "203.0.113.7:8080".parse().unwrap();
         let d = captured(b"/v1/x?key=secret", Some(b"API.example.com:8080"), original).unwrap();
-        assert_eq!((d.scheme, d.host.as_str(), d.port), (Scheme::Http, "api.example.com", 8080));
-        assert_eq!((d.upstream_path.as_str(), d.audit_path.as_str()), ("/v1/x?key=secret", "/v1/x?key"));
+        assert_eq!(
+            (d.scheme, d.host.as_str(), d.port),
+            (Scheme::Http, "api.example.com", 8080)
+        );
+        assert_eq!(
+            (d.upstream_path.as_str(), d.audit_path.as_str()),
+            ("/v1/x?key=secret", "/v1/x?key")
+        );
         let bare = captured(b"/", None, original).unwrap();
         assert_eq!(bare.host, "203.0.113.7");
         for (target, host, want) in [
             // Another port than the one dialed.
-            (&b"/"[..], Some(&b"api.example.com"[..]), TargetError::HostMismatch),
-            (b"/", Some(b"api.example.com:9090"), TargetError::HostMismatch),
+            (
+                &b"/"[..],
+                Some(&b"api.example.com"[..]),
+                TargetError::HostMismatch,
+            ),
+            (
+                b"/",
+                Some(b"api.example.com:9090"),
+                TargetError::HostMismatch,
+            ),
         ] {
             assert_eq!(captured(target, host, original), Err(want));
         }
         for (target, host) in [
-            (&b"http://api.example.com:8080/"[..], Some(&b"api.example.com:8080"[..])),
+            (
+                &b"http://api.example.com:8080/"[..],
+                Some(&b"api.example.com:8080"[..]),
+            ),
             (b"/a/../b", Some(b"api.example.com:8080")),
             (b"/", Some(b"user@api.example.com:8080")),
             (b"/", Some(b"")),
         ] {
-            assert!(matches!(captured(target, host, original), Err(TargetError::Malformed(_))));
+            assert!(matches!(
+                captured(target, host, original),
+                Err(TargetError::Malformed(_))
+            ));
         }
     }
 

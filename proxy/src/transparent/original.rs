@@ -44,7 +44,10 @@ mod tests {
     fn a_connection_to_the_listener_itself_is_a_loop() {
         let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert!(is_loop(sa("127.0.0.1:15001"), sa("127.0.0.1:15001")));
-        assert!(is_loop(sa("127.0.0.1:15001"), sa("[::ffff:127.0.0.1]:15001")));
+        assert!(is_loop(
+            sa("127.0.0.1:15001"),
+            sa("[::ffff:127.0.0.1]:15001")
+        ));
         assert!(!is_loop(sa("127.0.0.1:80"), sa("127.0.0.1:15001")));
         assert!(!is_loop(sa("10.0.0.1:15001"), sa("127.0.0.1:15001")));
     }

@@ -52,7 +52,11 @@ impl CaptureRules {
         let _ = writeln!(s, "\t\tip daddr 127.0.0.0/8 return");
         let _ = writeln!(s, "\t\tip6 daddr ::1 return");
         for net in &self.exclude_cidrs {
-            let family = if matches!(net, IpNet::V4(_)) { "ip" } else { "ip6" };
+            let family = if matches!(net, IpNet::V4(_)) {
+                "ip"
+            } else {
+                "ip6"
+            };
             let _ = writeln!(s, "\t\t{family} daddr {net} return");
         }
         for port in &self.exclude_ports {
@@ -87,11 +91,7 @@ impl CaptureRules {
         for port in &self.exclude_ports {
             let _ = writeln!(s, "-A {chain} -p tcp --dport {port} -j RETURN");
         }
-        let _ = writeln!(
-            s,
-            "-A {chain} -p tcp -j REDIRECT --to-ports {}",
-            self.port
-        );
+        let _ = writeln!(s, "-A {chain} -p tcp -j REDIRECT --to-ports {}", self.port);
         let _ = writeln!(s, "-A OUTPUT -p tcp -j {chain}");
         let _ = writeln!(s, "COMMIT");
         s
@@ -116,7 +116,12 @@ mod tests {
     fn nft_rules_let_the_proxy_loopback_and_exclusions_through_and_redirect_the_rest() {
         let nft = rules().nft();
         let lines: Vec<&str> = nft.lines().map(str::trim).collect();
-        let at = |l: &str| lines.iter().position(|x| *x == l).unwrap_or_else(|| panic!("{l}\n{nft}"));
+        let at = |l: &str| {
+            lines
+                .iter()
+                .position(|x| *x == l)
+                .unwrap_or_else(|| panic!("{l}\n{nft}"))
+        };
         let redirect = at("meta l4proto tcp redirect to :15001");
         for before in [
             "meta l4proto != tcp return",
@@ -127,9 +132,16 @@ mod tests {
             "ip6 daddr fd00::/8 return",
             "tcp dport 22 return",
         ] {
-            assert!(at(before) < redirect, "{before} comes after the redirect:\n{nft}");
+            assert!(
+                at(before) < redirect,
+                "{before} comes after the redirect:\n{nft}"
+            );
         }
-        assert_eq!(redirect + 1, at("}"), "the redirect is the chain's last rule:\n{nft}");
+        assert_eq!(
+            redirect + 1,
+            at("}"),
+            "the redirect is the chain's last rule:\n{nft}"
+        );
         assert!(nft.contains("table inet tenant_proxy {"));
     }
 
@@ -145,7 +157,9 @@ mod tests {
             assert!(t.contains("-p tcp --dport 22 -j RETURN"));
             let redirect = t.find("-j REDIRECT --to-ports 15001").unwrap();
             assert!(t.find("--uid-owner").unwrap() < redirect);
-            assert!(t.trim_end().ends_with("-A OUTPUT -p tcp -j TENANT_PROXY_OUTPUT\nCOMMIT"));
+            assert!(t
+                .trim_end()
+                .ends_with("-A OUTPUT -p tcp -j TENANT_PROXY_OUTPUT\nCOMMIT"));
         }
     }
 }

@@ -38,10 +38,10 @@ use tokio::io::AsyncWriteExt;
 
 use crate::clock::unix_now;
 use crate::config::ListenerSettings;
-use crate::identity::ListenerKind;
 use crate::error::Deny;
 use crate::front::{FrontLimits, HeadLimits};
 use crate::identity::mtls::MtlsServer;
+use crate::identity::ListenerKind;
 use crate::identity::{self, PeerCertificate, Presented};
 use crate::metrics::METRICS;
 use crate::pipeline::admit::{self, Admitted, Ask, Caller, Grant, TunnelGrant};
