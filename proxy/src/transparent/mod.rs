@@ -7,7 +7,7 @@
 //!   head, or anything else;
 //! - [`rules`]: the capture rules `tenant-proxy sidecar-init` prints or applies.
 //!
-//! The connection itself is served by [`crate::tunnel`] on the paths every other connection
+//! The connection itself is served by the tunnel module on the paths every other connection
 //! takes: plaintext HTTP through the strict front and the admission chain (the destination is
 //! the original address, the `Host` must resolve to it), TLS like a `CONNECT` tunnel to the SNI
 //! (which must resolve to the original address), anything else only where policy lets it pass
