@@ -58,6 +58,9 @@ pub struct StaticFile {
     /// `[log]`.
     #[serde(skip_serializing_if = "is_default")]
     pub log: Log,
+    /// `[tracing]`: OTLP trace export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
 }
 
 impl StaticFile {
@@ -76,6 +79,7 @@ impl StaticFile {
             limiter: Limiter::default(),
             server: Server::default(),
             log: Log::default(),
+            tracing: None,
         }
     }
 
@@ -511,6 +515,16 @@ pub struct Log {
     /// A `tracing` filter such as `info`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Tracing {
+    /// The collector's OTLP/HTTP traces URL.
+    pub otlp_endpoint: String,
+    /// `service.name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
 }
 
 /// `[log] format`.

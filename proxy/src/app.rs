@@ -82,6 +82,7 @@ pub fn run(
     }
     let (static_config, snapshot) = check(config_path).map_err(problems_error)?;
     init_logging(static_config.log_format, &static_config.log_level);
+    crate::otel::init(&static_config.tracing).context("starting the OTLP trace exporter")?;
     // Every socket is bound before anything else starts: a taken port ends the process here,
     // with one line naming the address.
     let mut bound_listeners = Vec::with_capacity(static_config.listeners.len());

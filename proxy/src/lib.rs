@@ -14,6 +14,12 @@
 //!    [`usage::providers`]), then [`audit`] one record per request in
 //!    the tenant's own partition, and [`metrics`] by opaque tenant id.
 //!
+//! Each request is also one OpenTelemetry span when traces are exported ([`otel`]), with the
+//! same care: ids, the decision and the path without query values, nothing secret.
+//!
+//! A `transparent` listener takes connections the kernel redirected ([`transparent`]: the
+//! sidecar shape, for clients that ignore proxy settings) and serves them on the same paths.
+//!
 //! The process log ([`logging`]) holds no secret at any level: third-party debug lines stay
 //! off, and failures are logged without the upstream bytes pingora keeps in its errors.
 //!
@@ -52,6 +58,7 @@ pub mod limits;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;
+pub mod otel;
 pub mod pipeline;
 pub mod policy;
 pub mod pricing;

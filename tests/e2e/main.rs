@@ -28,5 +28,6 @@ mod redis;
 mod reload_audit;
 mod runs;
 mod tenant_trouble;
+mod traces;
 mod transparent;
 mod usage;

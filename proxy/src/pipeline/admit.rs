@@ -273,6 +273,7 @@ pub async fn admit(
         (who, Arc::new(tenant))
     };
     trail.tenant = Some(tenant.clone());
+    trail.mark("identity");
     // One tenant's unwritable partition refuses that tenant only.
     fx.admit_tenant(&mut trail.slot, &tenant.tenant)?;
     let connection = match &ask {
@@ -402,6 +403,8 @@ async fn admit_http(
     let allowed = decision.allowed;
     trail.decision = Some(decision);
     trail.shadow = shadow;
+    // (The field, not `mark`: `asking` still borrows the trail's model.)
+    trail.phases.push(("policy", std::time::Instant::now()));
     if !allowed {
         return Err(Deny::PolicyDenied);
     }
@@ -446,6 +449,9 @@ async fn admit_http(
                 grant.body = Some(BufferedBody(body));
             }
             grant.applied = Some(applied);
+            trail
+                .phases
+                .push(("credentials", std::time::Instant::now()));
         }
         Err(refusal) => {
             trail.credentials = refusal.credential().map(String::from).into_iter().collect();
@@ -477,6 +483,7 @@ async fn admit_http(
         grant.limits = fx.reserve(&plan).await?;
         grant.stream_plan = plan.stream;
     }
+    trail.mark("limits");
     // Every check passed: only now does the request carry proof of authorization.
     Ok(Admitted {
         tenant,
@@ -562,6 +569,7 @@ async fn admit_connect(
     let allowed = decision.allowed;
     trail.decision = Some(decision);
     trail.shadow = shadow;
+    trail.mark("policy");
     if !allowed {
         return Err(Deny::PolicyDenied);
     }

@@ -23,6 +23,7 @@ pub mod decide;
 pub mod explain;
 pub mod record;
 pub mod respond;
+mod span;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
