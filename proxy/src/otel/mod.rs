@@ -30,7 +30,7 @@ pub use settings::{TracingSettings, TracingSpec};
 
 use crate::trace::TraceContext;
 
-/// The tracer, once export is configured.
+/// The tracer, once export is configured (with its provider: dropping that stops the export).
 static TRACER: OnceLock<(SdkTracerProvider, SdkTracer)> = OnceLock::new();
 
 /// Starts exporting to `settings.otlp_endpoint` (nothing when it is unset). Call once, at start,
@@ -59,13 +59,6 @@ pub fn init(settings: &TracingSettings) -> anyhow::Result<()> {
     let _ = TRACER.set((provider, tracer));
     tracing::info!(endpoint = %endpoint, "exporting traces over OTLP/HTTP");
     Ok(())
-}
-
-/// Exports what is still batched (at shutdown).
-pub fn flush() {
-    if let Some((provider, _)) = TRACER.get() {
-        let _ = provider.force_flush();
-    }
 }
 
 /// Whether spans are exported at all (callers skip building one when not).
