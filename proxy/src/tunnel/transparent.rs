@@ -43,10 +43,22 @@ impl EgressApp {
         let original = digest.as_ref().and_then(|d| inet(d.original_dst()));
         let local = digest.as_ref().and_then(|d| inet(d.local_addr()));
         let original = match (original, local) {
-            (Some(original), Some(local)) if !is_loop(original, local) => original,
+            (Some(original), Some(local)) if !is_loop(original, local) => Ok(original),
+            (original, _) => Err(original),
+        };
+        let egress = &self.shared.config.egress;
+        // A client that closes without sending a byte asked for nothing (the readiness probe
+        // connects to every listener once): no record.
+        let Some((sniffed, early)) =
+            sniff(&mut stream, FIRST_BYTE_WAIT, egress.client_header_timeout).await
+        else {
+            return;
+        };
+        let original = match original {
+            Ok(original) => original,
             // SECURITY: a connection that was not redirected (or one redirected back to the
             // listener) has nowhere to go but here: refused, never served as some guess.
-            (original, _) => {
+            Err(original) => {
                 let why = match original {
                     Some(_) => "it was made to this proxy itself, not redirected to it",
                     None => "its original destination cannot be recovered",
@@ -55,12 +67,6 @@ impl EgressApp {
                 self.refuse_captured(original, deny).await;
                 return;
             }
-        };
-        let egress = &self.shared.config.egress;
-        let Some((sniffed, early)) =
-            sniff(&mut stream, FIRST_BYTE_WAIT, egress.client_header_timeout).await
-        else {
-            return;
         };
         let address = original.ip().to_canonical().to_string();
         let (host, opened) = match sniffed {
