@@ -191,6 +191,10 @@ def check_capture(where, spec, static):
         problem(where, f"`{CAPTURE}` redirects to port {flag(args, '--port')}, the transparent listener is {transparent[0]['listen']}")
     elif "binding" not in transparent[0].get("identity", []) or transparent[0].get("identity") != ["binding"]:
         problem(where, "the transparent listener's identity must be its binding alone")
+    elif not transparent[0]["listen"].startswith("[::]:"):
+        # REDIRECT sends IPv6 to ::1: a listener on 0.0.0.0 would leave IPv6 connections with
+        # nowhere to go.
+        problem(where, f"the transparent listener listens on {transparent[0]['listen']}: it must be `[::]:PORT` to take redirected IPv6 as well as IPv4")
     # SECURITY: the proxy is a native sidecar after the rules, so the agent starts only once the
     # rules are in place and the proxy is ready.
     if PROXY not in names or names.index(PROXY) < names.index(CAPTURE):
@@ -415,14 +419,13 @@ def rebase_paths(text, root, mounts, where):
     return text
 
 
-# The interface the lead implements with issue 19's item 1 (transparent listeners). Until a
-# binary accepts it, the check applies the equivalent the current binary knows and says so.
-# Delete this when `tenant-proxy check` accepts the key.
-PENDING_KEYS = ("kind",)
+# Keys of the deploy/ configuration that the binary did not accept yet, with the equivalent the
+# check applies meanwhile. Empty: `tenant-proxy check` accepts every key deploy/ uses.
+PENDING_KEYS = ()
 
 
 def pending_equivalent(text, env):
-    return re.sub(r'(?m)^kind = "(transparent|proxy)"\n', "", text)
+    return text
 
 
 def check_config(paths, binary):

@@ -11,6 +11,12 @@ ensure_apt redis-server
 ensure_apt python3
 ensure_apt nodejs node
 ensure_apt ca-certificates update-ca-certificates
+# The transparent-capture tests: network namespaces, capture rules, a proxy-unaware Go client.
+ensure_apt iproute2 ip
+ensure_apt nftables nft
+ensure_apt iptables iptables
+ensure_apt util-linux setpriv
+ensure_apt golang-go go
 ensure_py requests
 ensure_py httpx
 ensure_py openai

@@ -58,6 +58,9 @@ pub struct StaticFile {
     /// `[log]`.
     #[serde(skip_serializing_if = "is_default")]
     pub log: Log,
+    /// `[tracing]`: OTLP trace export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
 }
 
 impl StaticFile {
@@ -76,6 +79,7 @@ impl StaticFile {
             limiter: Limiter::default(),
             server: Server::default(),
             log: Log::default(),
+            tracing: None,
         }
     }
 
@@ -109,6 +113,16 @@ pub struct Admin {
     pub listen: Option<SocketAddr>,
 }
 
+/// `[[listener]] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerKind {
+    /// Clients that name the proxy.
+    Proxy,
+    /// Connections redirected to the listener by the kernel.
+    Transparent,
+}
+
 /// `[[listener]]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Listener {
@@ -116,6 +130,9 @@ pub struct Listener {
     pub name: String,
     /// Address to bind (port 0: any free port).
     pub listen: SocketAddr,
+    /// `transparent` for connections the kernel redirected (none: a proxy listener).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ListenerKind>,
     /// Identity sources, tried in order.
     pub identity: Vec<IdentitySource>,
     /// For `binding`: the one workload every connection is.
@@ -132,6 +149,7 @@ impl Listener {
         Self {
             name: name.into(),
             listen: LOOPBACK_ANY_PORT,
+            kind: None,
             identity: vec![IdentitySource::Binding],
             binding: Some(Binding {
                 tenant: tenant.into(),
@@ -146,6 +164,7 @@ impl Listener {
         Self {
             name: name.into(),
             listen: LOOPBACK_ANY_PORT,
+            kind: None,
             identity: vec![IdentitySource::Token],
             binding: None,
             tls: None,
@@ -158,9 +177,20 @@ impl Listener {
         Self {
             name: name.into(),
             listen: LOOPBACK_ANY_PORT,
+            kind: None,
             identity: vec![IdentitySource::Mtls],
             binding: None,
             tls: Some(tls),
+        }
+    }
+
+    /// A transparent listener on `listen`, bound to one tenant's workload (the only identity a
+    /// transparent listener has).
+    pub fn transparent(name: &str, listen: SocketAddr, tenant: &str, workload: &str) -> Self {
+        Self {
+            listen,
+            kind: Some(ListenerKind::Transparent),
+            ..Self::bound(name, tenant, workload)
         }
     }
 }
@@ -548,6 +578,16 @@ pub struct Log {
     /// A `tracing` filter such as `info`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Tracing {
+    /// The collector's OTLP/HTTP traces URL.
+    pub otlp_endpoint: String,
+    /// `service.name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
 }
 
 /// `[log] format`.

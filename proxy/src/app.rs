@@ -14,6 +14,7 @@ use crate::config::{ConfigProblem, StaticConfig};
 use crate::egress::{Dialer, EgressRules, Resolver, StaticResolver, SystemResolver};
 use crate::front::listen::{self, ListenService};
 use crate::identity::mtls::MtlsServer;
+use crate::identity::ListenerKind;
 use crate::logging::LogFormat;
 use crate::metrics::METRICS;
 use crate::pipeline::caps::TenantCounts;
@@ -81,6 +82,7 @@ pub fn run(
     }
     let (static_config, snapshot) = check(config_path).map_err(problems_error)?;
     init_logging(static_config.log_format, &static_config.log_level);
+    crate::otel::init(&static_config.tracing).context("starting the OTLP trace exporter")?;
     // Every socket is bound before anything else starts: a taken port ends the process here,
     // with one line naming the address.
     let mut bound_listeners = Vec::with_capacity(static_config.listeners.len());
@@ -162,11 +164,11 @@ pub fn run(
             shared.clone(),
             mtls,
         );
-        server.add_service(ListenService::new(
-            format!("proxy {}", listener.name),
-            bound,
-            app,
-        ));
+        let service = ListenService::new(format!("proxy {}", listener.name), bound, app);
+        server.add_service(match listener.kind {
+            ListenerKind::Transparent => service.capturing(),
+            ListenerKind::Proxy => service,
+        });
         tracing::info!(listener = %listener.name, %addr, "proxy listening");
     }
 

@@ -20,6 +20,12 @@
 //!    [`usage::providers`]), then [`audit`] one record per request in the tenant's own
 //!    partition, and [`metrics`] by opaque tenant id.
 //!
+//! Each request is also one OpenTelemetry span when traces are exported ([`otel`]), with the
+//! same care: ids, the decision and the path without query values, nothing secret.
+//!
+//! A `transparent` listener takes connections the kernel redirected ([`transparent`]: the
+//! sidecar shape, for clients that ignore proxy settings) and serves them on the same paths.
+//!
 //! The process log ([`logging`]) holds no secret at any level: third-party debug lines stay
 //! off, and failures are logged without the upstream bytes pingora keeps in its errors.
 //!
@@ -61,6 +67,7 @@ pub mod limits;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;
+pub mod otel;
 pub mod pipeline;
 pub mod policy;
 pub mod pricing;
@@ -73,6 +80,7 @@ pub mod snapshot;
 pub mod target;
 pub mod tls;
 pub mod trace;
+pub mod transparent;
 pub mod tunnel;
 pub mod usage;
 

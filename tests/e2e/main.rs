@@ -32,4 +32,6 @@ mod reload_audit;
 mod revocations;
 mod runs;
 mod tenant_trouble;
+mod traces;
+mod transparent;
 mod usage;

@@ -62,6 +62,14 @@ pub fn raw_request(port: u16, raw: &str) -> std::io::Result<Response> {
     raw_request_bytes(port, raw.as_bytes())
 }
 
+/// [`raw_request`] to `addr`.
+pub fn raw_request_to(addr: std::net::SocketAddr, raw: &str) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(raw.as_bytes())?;
+    read_response(&mut BufReader::new(s))
+}
+
 /// [`raw_request`] with bytes that need not be UTF-8.
 pub fn raw_request_bytes(port: u16, raw: &[u8]) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;

@@ -12,6 +12,20 @@ pub fn start_mock_tls(pair: &tenant_proxy_loadtest::tls::PemPair) -> u16 {
     serve_on_loopback(move |l| tenant_proxy_loadtest::tls::serve_mock_tls(l, config))
 }
 
+/// Starts the loadtest mock on an ephemeral port of `ip` (an address of a test's own network,
+/// such as a veth the test created); its port.
+pub fn start_mock_on(ip: std::net::IpAddr) -> u16 {
+    serve_on(ip, tenant_proxy_loadtest::mock::serve_mock)
+}
+
+/// [`start_mock_tls`] on an ephemeral port of `ip`; its port.
+pub fn start_mock_tls_on(ip: std::net::IpAddr, pair: &tenant_proxy_loadtest::tls::PemPair) -> u16 {
+    let config = tenant_proxy_loadtest::tls::server_config(pair).unwrap();
+    serve_on(ip, move |l| {
+        tenant_proxy_loadtest::tls::serve_mock_tls(l, config)
+    })
+}
+
 /// Runs `serve` on a new ephemeral loopback listener (bound here and kept) in its own runtime
 /// thread; the listener's port.
 fn serve_on_loopback<F, Fut>(serve: F) -> u16
@@ -19,7 +33,16 @@ where
     F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = std::io::Result<()>>,
 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_on(std::net::Ipv4Addr::LOCALHOST.into(), serve)
+}
+
+/// Runs `serve` on a new ephemeral listener of `ip` in its own runtime thread; its port.
+fn serve_on<F, Fut>(ip: std::net::IpAddr, serve: F) -> u16
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {

@@ -1,16 +1,19 @@
 //! What the end-to-end tests run against, one module per concern: the proxy binary built from
 //! the current sources ([`binary`]), a proxy process on ports it picked itself ([`proxy`]),
 //! recording origins ([`origin`]), the loadtest mock ([`mock`]), the MCP server fixture
-//! ([`mcp`]), a real `redis-server` ([`redis`]), workload tokens ([`tokens`]), raw HTTP and real
-//! clients ([`http`]) and audit records ([`audit`]). The typed configuration files and held
-//! ports come from the load generator's library, which uses them too. Everything listens on
-//! 127.0.0.1 only, and nothing binds a port only to let it go again.
+//! ([`mcp`]), a real `redis-server` ([`redis`]), network namespaces ([`netns`]), workload
+//! tokens ([`tokens`]), raw HTTP and real clients ([`http`]) and audit records ([`audit`]). The
+//! typed configuration files and held ports come from the load generator's library, which uses
+//! them too. Everything listens on 127.0.0.1 only (except the transparent-capture tests, on the
+//! private veth pair of a namespace they create), and nothing binds a port only to let it go
+//! again.
 
 mod audit;
 mod binary;
 mod http;
 mod mcp;
 mod mock;
+mod netns;
 mod origin;
 mod proxy;
 mod redis;
@@ -23,6 +26,7 @@ pub use binary::*;
 pub use http::*;
 pub use mcp::*;
 pub use mock::*;
+pub use netns::*;
 pub use origin::*;
 pub use proxy::*;
 pub use redis::*;

@@ -11,7 +11,7 @@ use tenant_proxy_loadtest::config::{
     Limiter, Listener, Ready, Route, StaticFile, Tenant, TenantFile, Token, LOOPBACK_ANY_PORT,
 };
 
-use super::{copy_dir, proxy_bin, raw_request, repo_root, TEST_JWKS};
+use super::{copy_dir, proxy_bin, raw_request_to, repo_root, TEST_JWKS};
 
 /// The listener bound to acme's `bot` workload.
 pub const SIDECAR: &str = "sidecar";
@@ -31,6 +31,9 @@ pub struct ProxySpec {
     pub copies: Vec<(&'static str, &'static str)>,
     /// Environment variables for the proxy process.
     pub env: Vec<(String, String)>,
+    /// A command the proxy runs under (`ip netns exec NS setpriv --reuid …`): it must exec the
+    /// proxy in place, so the child is the proxy. Empty: the proxy runs directly.
+    pub command_prefix: Vec<String>,
 }
 
 /// The tenants every test proxy knows: acme (pro, eu; `bot`, `researcher`), globex (free, us;
@@ -82,6 +85,7 @@ impl Default for ProxySpec {
             tenants,
             copies: Vec::new(),
             env: Vec::new(),
+            command_prefix: Vec::new(),
         }
     }
 }
@@ -169,8 +173,8 @@ impl Proxy {
 
     /// `/readyz`'s status.
     pub fn readyz(&self) -> u16 {
-        raw_request(
-            self.admin_port,
+        raw_request_to(
+            self.admin_addr(),
             "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
         )
         .map(|r| r.status)
@@ -201,7 +205,15 @@ impl Proxy {
 
         let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
         let ready_file = dir.path().join("ready.json");
-        let mut child = Command::new(proxy_bin())
+        let mut command = match spec.command_prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(proxy_bin());
+                c
+            }
+            None => Command::new(proxy_bin()),
+        };
+        let mut child = command
             .arg("run")
             .arg("--config")
             .arg(dir.path().join("tenant-proxy.toml"))
@@ -235,8 +247,13 @@ impl Proxy {
     fn wait_readyz(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.readyz() == 200 {
-                return;
+            if let Ok(r) = raw_request_to(
+                self.admin_addr(),
+                "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+            ) {
+                if r.status == 200 {
+                    return;
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -282,9 +299,18 @@ impl Proxy {
         std::fs::read_to_string(self.path("proxy.log")).unwrap_or_default()
     }
 
+    /// Where the admin listener is reached (loopback when it listens on every interface).
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        let mut addr = self.ready.admin;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr
+    }
+
     pub fn metrics(&self) -> String {
-        raw_request(
-            self.admin_port,
+        raw_request_to(
+            self.admin_addr(),
             "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
         )
         .unwrap()

@@ -10,6 +10,7 @@ mod cred;
 mod policy;
 mod run;
 mod run_close;
+mod sidecar_init;
 mod token;
 mod usage;
 
@@ -101,6 +102,11 @@ enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// The capture rules of a transparent sidecar's pod: redirect every outbound TCP
+    /// connection (IPv4 and IPv6) to the transparent listener, except the proxy's own, loopback
+    /// and the exclusions; printed, or installed with `--apply` (an init container with
+    /// `NET_ADMIN`).
+    SidecarInit(sidecar_init::SidecarInit),
     /// The tamper-evident audit trail: verify chains and checkpoints, export one tenant's
     /// records, make a checkpoint signing key.
     Audit {
@@ -131,6 +137,7 @@ impl Cli {
             Command::Ca { command } => ca::ca(command),
             Command::Policy { command } => policy::policy(command),
             Command::Audit { command } => audit::audit(command),
+            Command::SidecarInit(args) => sidecar_init::sidecar_init(args),
             Command::Usage {
                 config,
                 tenant,

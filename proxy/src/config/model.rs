@@ -25,6 +25,7 @@ use crate::limits::settings::TenantCeilings;
 use crate::limits::{Ceilings, LimiterSettings};
 use crate::logging::LogFormat;
 use crate::mcp::config::McpSettings;
+use crate::otel::TracingSettings;
 use crate::pricing::PriceTable;
 use crate::problems::{Checked, Problems};
 use crate::target::Route;
@@ -67,6 +68,8 @@ pub struct StaticConfig {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// Trace export.
+    pub tracing: TracingSettings,
 }
 
 impl StaticConfig {
@@ -108,6 +111,7 @@ impl StaticConfig {
             p.push("limiter.watched_runs_per_tenant", "must be at least 1");
         }
         let server = ServerSettings::from_spec(spec.server, &mut p);
+        let tracing = TracingSettings::from_spec(spec.tracing, &mut p);
         let tenants_file = p.path(&spec.tenants_file);
         p.checked(StaticConfig {
             path: path.to_path_buf(),
@@ -126,6 +130,7 @@ impl StaticConfig {
             graceful_shutdown_timeout: server.graceful_shutdown_timeout,
             log_format: spec.log.format,
             log_level: spec.log.level.unwrap_or_else(|| "info".into()),
+            tracing,
         })
     }
 }
@@ -475,6 +480,16 @@ mod tests {
                 "log-bad-format.toml:5:10: unknown variant `yaml`, expected `text` or `json`",
             ),
             ("binding-missing.toml", "listener[0].binding"),
+            ("tracing-bad-endpoint.toml", "tracing.otlp_endpoint"),
+            ("tracing-bad-endpoint.toml", "tracing.timeout"),
+            (
+                "transparent-token.toml",
+                "listener[0].identity: a `transparent` listener identifies callers by its binding only",
+            ),
+            (
+                "listener-bad-kind.toml",
+                "unknown variant `tproxy`, expected `proxy` or `transparent`",
+            ),
             ("bad-duration.toml", "upstream.connect_timeout"),
             ("audit-bad-chain-settings.toml", "audit.max_file_bytes"),
             ("audit-bad-chain-settings.toml", "audit.checkpoint_interval"),

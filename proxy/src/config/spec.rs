@@ -18,6 +18,7 @@ use crate::identity::token::TokenSpec;
 use crate::limits::{Ceilings, LimiterSpec};
 use crate::logging::LogSpec;
 use crate::mcp::config::McpSpec;
+use crate::otel::TracingSpec;
 use crate::target::settings::RouteSpec;
 use crate::tls::settings::InterceptSpec;
 
@@ -55,6 +56,9 @@ pub struct StaticSpec {
     /// Logging.
     #[serde(default)]
     pub log: LogSpec,
+    /// Trace export (OpenTelemetry, OTLP/HTTP); off by default.
+    #[serde(default)]
+    pub tracing: TracingSpec,
 }
 
 /// `[admin]`.

@@ -51,6 +51,14 @@ pub enum EgressRefusal {
         /// From [`non_global_reason`].
         reason: &'static str,
     },
+    /// A captured connection's name (its `Host` or SNI) does not resolve to the address its
+    /// client dialed: the name would put a different destination before policy than the one
+    /// the connection goes to.
+    #[error("`{host}` does not resolve to the captured connection's original destination")]
+    NotOriginal {
+        /// The name as the connection gave it.
+        host: String,
+    },
     /// The destination is one of the proxy's own listeners (a loop).
     #[error("the upstream {address} is this proxy's own listener")]
     OwnListener {
@@ -117,6 +125,52 @@ impl Dialer {
             }
         }
         Ok(SocketAddr::new(first, port))
+    }
+
+    /// For a captured connection: `host` (its `Host` or SNI) must resolve to `original`, the
+    /// address the client dialed, which is then checked like any answer and is the one
+    /// address that may be dialed. Other answers are not dialed, so they are not checked.
+    pub async fn resolve_original(
+        &self,
+        host: &str,
+        original: SocketAddr,
+        tenant_exceptions: &[EgressException],
+    ) -> Result<SocketAddr, EgressRefusal> {
+        let answers = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => self.resolver.lookup(host).await.map_err(|e| {
+                tracing::debug!(host, error = %e, "captured name lookup failed");
+                EgressRefusal::NotOriginal {
+                    host: host.to_string(),
+                }
+            })?,
+        };
+        let ip = original.ip().to_canonical();
+        // SECURITY: the name is what policy decided on; it must be where the bytes go.
+        if !answers.iter().any(|a| a.to_canonical() == ip) {
+            return Err(EgressRefusal::NotOriginal {
+                host: host.to_string(),
+            });
+        }
+        let original = SocketAddr::new(ip, original.port());
+        if self.is_own_listener(original) {
+            return Err(EgressRefusal::OwnListener { address: original });
+        }
+        if let Some(reason) = non_global_reason(ip) {
+            let covered = self
+                .rules
+                .exceptions
+                .iter()
+                .chain(tenant_exceptions)
+                .any(|e| e.allows(host, original.port(), ip));
+            if !covered {
+                return Err(EgressRefusal::Forbidden {
+                    address: ip,
+                    reason,
+                });
+            }
+        }
+        Ok(original)
     }
 
     /// Whether dialing `dest` would reach one of the proxy's own listeners: the same address,
@@ -190,6 +244,55 @@ mod tests {
                 own_listeners: own_listeners.iter().map(|s| sa(s)).collect(),
             },
         )
+    }
+
+    #[tokio::test]
+    async fn a_captured_name_must_resolve_to_the_original_destination_which_is_checked() {
+        let d = dialer(
+            Canned::new(&[&["93.184.216.34", "8.8.4.4"]]),
+            &[],
+            &["0.0.0.0:15001"],
+        );
+        let got = d
+            .resolve_original("api.example.com", sa("8.8.4.4:443"), &[])
+            .await;
+        assert_eq!(
+            got,
+            Ok(sa("8.8.4.4:443")),
+            "any answer may be the one dialed"
+        );
+        let spoofed = d
+            .resolve_original("api.example.com", sa("192.0.2.9:443"), &[])
+            .await;
+        assert!(
+            matches!(spoofed, Err(EgressRefusal::NotOriginal { .. })),
+            "{spoofed:?}"
+        );
+        // An IP literal is its own answer; IPv4-mapped forms compare as IPv4.
+        let literal = d
+            .resolve_original("93.184.216.34", sa("[::ffff:93.184.216.34]:80"), &[])
+            .await;
+        assert_eq!(literal, Ok(sa("93.184.216.34:80")));
+        // The original address is checked by the guard like any answer.
+        let private = dialer(Canned::new(&[&["10.0.0.5"]]), &[], &[]);
+        let refused = private
+            .resolve_original("db.internal", sa("10.0.0.5:5432"), &[])
+            .await;
+        assert!(
+            matches!(refused, Err(EgressRefusal::Forbidden { .. })),
+            "{refused:?}"
+        );
+        let excepted = private
+            .resolve_original("db.internal", sa("10.0.0.5:5432"), &[exc("10.0.0.0/8")])
+            .await;
+        assert_eq!(excepted, Ok(sa("10.0.0.5:5432")));
+        let looped = d
+            .resolve_original("127.0.0.1", sa("127.0.0.1:15001"), &[exc("127.0.0.0/8")])
+            .await;
+        assert!(
+            matches!(looped, Err(EgressRefusal::OwnListener { .. })),
+            "{looped:?}"
+        );
     }
 
     #[tokio::test]

@@ -38,6 +38,8 @@ pub struct ListenService<A> {
     name: String,
     bound: Option<Bound>,
     app: Option<A>,
+    /// Record each connection's original destination (a transparent listener).
+    capture: bool,
 }
 
 impl<A> std::fmt::Debug for ListenService<A> {
@@ -56,7 +58,16 @@ impl<A: ServerApp + Send + Sync + 'static> ListenService<A> {
             name,
             bound: Some(bound),
             app: Some(app),
+            capture: false,
         }
+    }
+
+    /// Records each connection's original destination in its socket digest
+    /// (`original_dst`), for a transparent listener; a connection whose destination cannot be
+    /// recovered has none there.
+    pub fn capturing(mut self) -> Self {
+        self.capture = true;
+        self
     }
 }
 
@@ -107,6 +118,12 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenService<A> {
                 SocketDigest::from_raw_fd(tcp.as_raw_fd())
             };
             let _ = digest.peer_addr.set(Some(PeerAddr::Inet(peer)));
+            if self.capture {
+                let original = tcp.local_addr().and_then(|local| {
+                    crate::transparent::original::original_destination(&tcp, local)
+                });
+                let _ = digest.original_dst.set(original.ok().map(PeerAddr::Inet));
+            }
             let mut stream: pingora::protocols::Stream =
                 Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
             stream.set_socket_digest(digest);

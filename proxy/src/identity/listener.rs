@@ -21,6 +21,10 @@ pub struct ListenerSpec {
     pub name: String,
     /// `host:port` to bind.
     pub listen: String,
+    /// `proxy` (the default: clients that name the proxy) or `transparent` (connections the
+    /// kernel redirected to it; see [`ListenerKind`]).
+    #[serde(default)]
+    pub kind: ListenerKind,
     /// Identity sources tried in order: `binding`, `token`, `mtls`.
     pub identity: Vec<IdentitySourceKind>,
     /// For `binding`: the one workload every connection on this listener is.
@@ -55,6 +59,18 @@ pub struct ListenerTlsSpec {
     pub trust_domain: String,
 }
 
+/// What reaches a listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerKind {
+    /// Clients that name the proxy: forward (`HTTP_PROXY`, `CONNECT`) and route mode.
+    #[default]
+    Proxy,
+    /// Connections redirected by the kernel (nftables/iptables `REDIRECT`), served toward their
+    /// original destination; see `tenant-proxy sidecar-init`.
+    Transparent,
+}
+
 /// A proxy listener.
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
@@ -62,6 +78,8 @@ pub struct ListenerSettings {
     pub name: String,
     /// Bound address.
     pub listen: SocketAddr,
+    /// What reaches it.
+    pub kind: ListenerKind,
     /// How it identifies callers: its sources in order, and its bound workload.
     pub identity: ListenerIdentity,
     /// TLS with client certificates, for `mtls` listeners.
@@ -123,12 +141,24 @@ impl ListenerSettings {
                     "list at least one identity source (`binding`, `token`, `mtls`)",
                 );
             }
+            // SECURITY: a transparent listener serves whatever the pod sends, and captured
+            // traffic is the agent's own: the listener's binding is the only identity it may
+            // have (a token or certificate in captured traffic is never believed).
+            if l.kind == ListenerKind::Transparent
+                && (l.identity != [IdentitySourceKind::Binding] || l.tls.is_some())
+            {
+                p.push(
+                    at("identity"),
+                    "a `transparent` listener identifies callers by its binding only: `identity = [\"binding\"]`, no `tls`",
+                );
+            }
             let wants = |kind| l.identity.contains(&kind);
             let tls = listener_tls(l.tls, wants(IdentitySourceKind::Mtls), &at, p);
             let binding = listener_binding(l.binding, wants(IdentitySourceKind::Binding), &at, p);
             listeners.push(ListenerSettings {
                 name: l.name,
                 listen,
+                kind: l.kind,
                 identity: ListenerIdentity {
                     sources: l.identity,
                     binding,

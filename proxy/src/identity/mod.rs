@@ -10,7 +10,7 @@ pub mod proxy_auth;
 pub mod token;
 
 use crate::ids::{TenantId, WorkloadId};
-pub use listener::{ListenerSettings, ListenerTls};
+pub use listener::{ListenerKind, ListenerSettings, ListenerTls};
 use proxy_auth::{parse_proxy_authorization, ProxyCredential};
 use token::{TokenVerifier, VerifiedToken};
 

@@ -136,6 +136,9 @@ pub enum Ask<'a> {
         host: &'a str,
         /// Port.
         port: u16,
+        /// For a captured TLS connection, the address its client dialed (`host`, its SNI,
+        /// must resolve to it).
+        original: Option<SocketAddr>,
     },
 }
 
@@ -231,12 +234,15 @@ pub trait Effects: Send + Sync {
     /// Takes one of the tenant's tunnel slots.
     fn open_tunnel(&self, tenant: &TenantId, max: u32) -> Result<Option<TenantSlot>, Deny>;
     /// Resolves and checks a destination (the SSRF guard): the one address that may be dialed.
+    /// For a captured connection, `original` is the address its client dialed: `host` must
+    /// resolve to it, and it is the address checked and dialed.
     async fn resolve(
         &self,
         host: &str,
         port: u16,
         exceptions: &[EgressException],
         tenant: &TenantContext,
+        original: Option<SocketAddr>,
     ) -> Result<SocketAddr, Deny>;
     /// Reserves a request's charge against its ceilings.
     async fn reserve(&self, plan: &Plan) -> Result<Option<Admission>, Deny>;
@@ -280,6 +286,7 @@ pub async fn admit(
         (who, Arc::new(tenant))
     };
     trail.tenant = Some(tenant.clone());
+    trail.mark("identity");
     // One tenant's unwritable partition refuses that tenant only.
     fx.admit_tenant(&mut trail.slot, &tenant.tenant)?;
     let connection = match &ask {
@@ -299,8 +306,14 @@ pub async fn admit(
         Ask::Http { source, tunnel } => {
             admit_http(fx, snapshot, tenant, source, tunnel, trail, observer).await
         }
-        Ask::Connect { host, port, .. } => {
-            admit_connect(fx, snapshot, tenant, who, connection, host, port, trail).await
+        Ask::Connect {
+            host,
+            port,
+            original,
+            ..
+        } => {
+            let to = (host, port, original);
+            admit_connect(fx, snapshot, tenant, who, connection, to, trail).await
         }
     }
 }
@@ -358,7 +371,14 @@ async fn admit_http(
     observer: &mut dyn Observer,
 ) -> Result<Admitted, Deny> {
     let config = fx.config();
-    let destination = http_destination(source.header(), tunnel, &snapshot, config, trail)?;
+    // A captured connection's requests go where its client dialed, whatever they name.
+    let captured = match &source {
+        BodySource::Session(s) => front_conn(s).and_then(|c| c.context().original),
+        BodySource::Given(..) => None,
+    };
+    let original = tunnel.and_then(|t| t.original).or(captured);
+    let destination =
+        http_destination(source.header(), tunnel, captured, &snapshot, config, trail)?;
     trail.destination = Some(destination.clone());
 
     let mut grant = HttpGrant::default();
@@ -396,6 +416,8 @@ async fn admit_http(
     let allowed = decision.allowed;
     trail.decision = Some(decision);
     trail.shadow = shadow;
+    // (The field, not `mark`: `asking` still borrows the trail's model.)
+    trail.phases.push(("policy", std::time::Instant::now()));
     if !allowed {
         return Err(Deny::PolicyDenied);
     }
@@ -407,6 +429,7 @@ async fn admit_http(
             destination.port,
             egress_exceptions(&snapshot, &tenant.tenant),
             &tenant,
+            original,
         )
         .await?;
     // An MCP server (recognized by its destination or by the address just checked, however it
@@ -439,6 +462,9 @@ async fn admit_http(
                 grant.body = Some(BufferedBody(body));
             }
             grant.applied = Some(applied);
+            trail
+                .phases
+                .push(("credentials", std::time::Instant::now()));
         }
         Err(refusal) => {
             trail.credentials = refusal.credential().map(String::from).into_iter().collect();
@@ -470,6 +496,7 @@ async fn admit_http(
         grant.limits = fx.reserve(&plan).await?;
         grant.stream_plan = plan.stream;
     }
+    trail.mark("limits");
     // Every check passed: only now does the request carry proof of authorization.
     Ok(Admitted {
         tenant,
@@ -484,6 +511,7 @@ async fn admit_http(
 fn http_destination(
     req: &RequestHeader,
     tunnel: Option<&Tunnel>,
+    captured: Option<SocketAddr>,
     snapshot: &Snapshot,
     config: &StaticConfig,
     trail: &mut Trail,
@@ -525,9 +553,10 @@ fn http_destination(
         trail.credentials = refusal.credential().map(String::from).into_iter().collect();
         return Err(Deny::Credential(refusal));
     }
-    Ok(match tunnel {
-        Some(t) => crate::target::tunneled(req.raw_path(), host, &t.host, t.port)?,
-        None => crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
+    Ok(match (tunnel, captured) {
+        (Some(t), _) => crate::target::tunneled(req.raw_path(), host, &t.host, t.port)?,
+        (None, Some(original)) => crate::target::captured(req.raw_path(), host, original)?,
+        (None, None) => crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
     })
 }
 
@@ -538,8 +567,7 @@ async fn admit_connect(
     tenant: Arc<TenantContext>,
     who: ResolvedIdentity,
     connection: Option<TenantSlot>,
-    host: &str,
-    port: u16,
+    (host, port, original): (&str, u16, Option<SocketAddr>),
     trail: &mut Trail,
 ) -> Result<Admitted, Deny> {
     let config = fx.config();
@@ -554,6 +582,7 @@ async fn admit_connect(
     let allowed = decision.allowed;
     trail.decision = Some(decision);
     trail.shadow = shadow;
+    trail.mark("policy");
     if !allowed {
         return Err(Deny::PolicyDenied);
     }
@@ -568,6 +597,7 @@ async fn admit_connect(
             port,
             egress_exceptions(&snapshot, &tenant.tenant),
             &tenant,
+            original,
         )
         .await?;
     let (opaque, _) = decide::connect(&snapshot, &tenant, host, port, ConnectQuestion::Opaque, now);
@@ -715,6 +745,7 @@ impl Effects for DecideOnly<'_> {
         port: u16,
         _: &[EgressException],
         _: &TenantContext,
+        _: Option<SocketAddr>,
     ) -> Result<SocketAddr, Deny> {
         // Never dialed: explain builds no connection. The unspecified address matches no
         // configured server address.

@@ -25,6 +25,9 @@ pub struct Tunnel {
     pub host: String,
     /// Its port.
     pub port: u16,
+    /// For a captured TLS connection, the address its client dialed: the only one its
+    /// requests may be sent to (the tunnel's host must resolve to it).
+    pub original: Option<std::net::SocketAddr>,
 }
 
 /// What the pipeline may learn from a client connection.
@@ -35,6 +38,9 @@ pub struct ConnFacts {
     /// The tenant this connection counts against, once known (its first identified request, or
     /// the tunnel that carries it).
     pub tenant_slot: OnceLock<Arc<TenantSlot>>,
+    /// For a connection captured by a transparent listener, the address its client dialed:
+    /// the only one its requests may be sent to (their `Host` must resolve to it).
+    pub original: Option<std::net::SocketAddr>,
 }
 
 /// A client connection as this proxy serves it.

@@ -23,6 +23,7 @@ pub mod decide;
 pub mod explain;
 pub mod record;
 pub mod respond;
+mod span;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -176,20 +177,29 @@ impl Effects for Shared {
         port: u16,
         exceptions: &[EgressException],
         tenant: &TenantContext,
+        original: Option<SocketAddr>,
     ) -> Result<SocketAddr, Deny> {
-        self.egress
-            .resolve_checked(host, port, exceptions)
-            .await
-            .map_err(|refusal| {
-                // Counted on every path alike (requests and tunnels).
-                if !matches!(refusal, EgressRefusal::Unresolvable { .. }) {
-                    METRICS
-                        .egress_refusals
-                        .with_label_values(&[tenant.tenant.as_str()])
-                        .inc();
-                }
-                deny_for_refusal(&tenant.request_id, &refusal)
-            })
+        let resolved = match original {
+            Some(original) => {
+                self.egress
+                    .resolve_original(host, original, exceptions)
+                    .await
+            }
+            None => self.egress.resolve_checked(host, port, exceptions).await,
+        };
+        resolved.map_err(|refusal| {
+            // Counted on every path alike (requests and tunnels).
+            if matches!(
+                refusal,
+                EgressRefusal::Forbidden { .. } | EgressRefusal::OwnListener { .. }
+            ) {
+                METRICS
+                    .egress_refusals
+                    .with_label_values(&[tenant.tenant.as_str()])
+                    .inc();
+            }
+            deny_for_refusal(&tenant.request_id, &refusal)
+        })
     }
 
     async fn reserve(&self, plan: &Plan) -> Result<Option<Admission>, Deny> {
@@ -220,6 +230,7 @@ pub fn deny_for_refusal(request_id: &str, refusal: &EgressRefusal) -> Deny {
         EgressRefusal::OwnListener { .. } => {
             Deny::DestinationForbidden("it is this proxy itself".into())
         }
+        EgressRefusal::NotOriginal { .. } => Deny::HostMismatch,
     }
 }
 

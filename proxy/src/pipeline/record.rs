@@ -6,7 +6,7 @@
 //! the same reason code and the same counters whichever path refused it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
@@ -65,6 +65,10 @@ pub struct Trail {
     pub request_id: Arc<str>,
     /// When it arrived.
     pub started: Instant,
+    /// When it arrived, by the wall clock (its span's start).
+    pub started_at: SystemTime,
+    /// The phases it passed, in order, and when (its span's events).
+    pub phases: Vec<(&'static str, Instant)>,
     /// The listener's name.
     pub listener: Arc<str>,
     /// The method (`CONNECT` for a tunnel).
@@ -115,6 +119,8 @@ impl Trail {
         Self {
             request_id: crate::trace::random_hex(16).into(),
             started: Instant::now(),
+            started_at: SystemTime::now(),
+            phases: Vec::new(),
             listener,
             method,
             tenant: None,
@@ -142,6 +148,11 @@ impl Trail {
     /// The tenant label for metrics and logs.
     pub fn tenant_label(&self) -> &str {
         Metrics::tenant_label(self.tenant.as_ref().map(|t| t.tenant.as_str()))
+    }
+
+    /// Notes that the request passed `phase` (identity, policy, credentials, limits) now.
+    pub fn mark(&mut self, phase: &'static str) {
+        self.phases.push((phase, Instant::now()));
     }
 
     /// Records the refusal `deny` as the outcome.
@@ -197,6 +208,7 @@ impl Trail {
                 .inc_by(cost);
         }
         crate::mcp::observe_hidden(tenant_label, list_filter);
+        self.export_span(status);
         let stream_cut = matches!(self.outcome, Outcome::Refused(Deny::StreamCut(_)));
         if stream_cut {
             METRICS.stream_cuts.with_label_values(&[tenant_label]).inc();
@@ -293,6 +305,7 @@ impl Trail {
         if let Some(shadow) = &self.shadow {
             shadow.observe(&tenant_label);
         }
+        self.export_span(status);
         let (host, port) = self
             .authority
             .clone()

@@ -140,6 +140,7 @@ impl Effects for Recording<'_> {
         port: u16,
         _: &[EgressException],
         _: &TenantContext,
+        _: Option<SocketAddr>,
     ) -> Result<SocketAddr, Deny> {
         self.step("egress", Deny::DestinationForbidden("private".into()))
             .map(|_| SocketAddr::from(([192, 0, 2, 1], port)))
@@ -329,6 +330,7 @@ async fn connect(
         ssl: None,
         host,
         port,
+        original: None,
     };
     let mut trail = Trail::new(Arc::from("l"), "CONNECT".into());
     let got = admit::admit(

@@ -165,6 +165,51 @@ pub fn tunneled(
     })
 }
 
+/// Resolves the destination of a request on a connection captured by a transparent listener:
+/// plain HTTP to the port its client dialed (`original`). The target must be origin-form (a
+/// client that knows nothing of a proxy sends nothing else). The destination's host is the
+/// `Host` header's (the name policy decides on), whose port must be the original one; without
+/// a `Host`, the original address. That the name resolves to the original address is checked
+/// where it is resolved (the egress guard).
+pub fn captured(
+    raw_target: &[u8],
+    host_header: Option<&[u8]>,
+    original: std::net::SocketAddr,
+) -> Result<Destination, TargetError> {
+    let target = std::str::from_utf8(raw_target)
+        .map_err(|_| TargetError::Malformed("the request target is not valid UTF-8".into()))?;
+    if !target.starts_with('/') {
+        return Err(TargetError::Malformed(
+            "a captured request's target must be a path (origin-form)".into(),
+        ));
+    }
+    check_path(target)?;
+    let host = match host_header {
+        None => original.ip().to_canonical().to_string(),
+        Some(header) => {
+            let authority = std::str::from_utf8(header)
+                .ok()
+                .and_then(|v| v.trim().parse::<http::uri::Authority>().ok())
+                .filter(|a| !a.as_str().contains('@'))
+                .ok_or_else(|| TargetError::Malformed("the `Host` header is malformed".into()))?;
+            if authority.port_u16().unwrap_or(Scheme::Http.default_port()) != original.port() {
+                return Err(TargetError::HostMismatch);
+            }
+            normalize_host(authority.host())?
+        }
+    };
+    Ok(Destination {
+        scheme: Scheme::Http,
+        host,
+        port: original.port(),
+        upstream_path: target.to_string(),
+        audit_path: audit_path(target),
+        route: None,
+        internal: false,
+        provider: None,
+    })
+}
+
 fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, TargetError> {
     let uri: http::Uri = target.parse().map_err(|_| {
         TargetError::Malformed("the request target is not a valid absolute URL".into())
@@ -315,6 +360,51 @@ pub fn audit_path(path_and_query: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captured_requests_go_to_the_original_port_under_their_host() {
+        let original: std::net::SocketAddr = "203.0.113.7:8080".parse().unwrap();
+        let d = captured(b"/v1/x?key=secret", Some(b"API.example.com:8080"), original).unwrap();
+        assert_eq!(
+            (d.scheme, d.host.as_str(), d.port),
+            (Scheme::Http, "api.example.com", 8080)
+        );
+        assert_eq!(
+            (d.upstream_path.as_str(), d.audit_path.as_str()),
+            ("/v1/x?key=secret", "/v1/x?key")
+        );
+        let bare = captured(b"/", None, original).unwrap();
+        assert_eq!(bare.host, "203.0.113.7");
+        for (target, host, want) in [
+            // Another port than the one dialed.
+            (
+                &b"/"[..],
+                Some(&b"api.example.com"[..]),
+                TargetError::HostMismatch,
+            ),
+            (
+                b"/",
+                Some(b"api.example.com:9090"),
+                TargetError::HostMismatch,
+            ),
+        ] {
+            assert_eq!(captured(target, host, original), Err(want));
+        }
+        for (target, host) in [
+            (
+                &b"http://api.example.com:8080/"[..],
+                Some(&b"api.example.com:8080"[..]),
+            ),
+            (b"/a/../b", Some(b"api.example.com:8080")),
+            (b"/", Some(b"user@api.example.com:8080")),
+            (b"/", Some(b"")),
+        ] {
+            assert!(matches!(
+                captured(target, host, original),
+                Err(TargetError::Malformed(_))
+            ));
+        }
+    }
 
     fn routes() -> Vec<Route> {
         vec![

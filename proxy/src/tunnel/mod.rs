@@ -16,6 +16,7 @@
 pub mod head;
 pub mod io;
 mod opaque;
+mod transparent;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -40,6 +41,7 @@ use crate::config::ListenerSettings;
 use crate::error::Deny;
 use crate::front::{FrontLimits, HeadLimits};
 use crate::identity::mtls::MtlsServer;
+use crate::identity::ListenerKind;
 use crate::identity::{self, PeerCertificate, Presented};
 use crate::metrics::METRICS;
 use crate::pipeline::admit::{self, Admitted, Ask, Caller, Grant, TunnelGrant};
@@ -162,6 +164,10 @@ impl ServerApp for EgressApp {
             write_refusal(&mut stream, &Deny::Overloaded("client connections"), &id).await;
             return None;
         };
+        if self.listener.kind == ListenerKind::Transparent {
+            Box::pin(self.captured(stream, shutdown)).await;
+            return None;
+        }
         let stream = match &self.mtls {
             Some(mtls) => self.accept_mtls(mtls, stream).await?,
             None => stream,
@@ -177,7 +183,10 @@ impl ServerApp for EgressApp {
                     // Boxed, like serving HTTP below: a connection still sending its first
                     // head (a slow client, the usual attack) holds only the small state of
                     // reading it, not that of every path it might take.
-                    Ok(head) => Box::pin(self.tunnel(stream, head, early.freeze(), shutdown)).await,
+                    Ok(head) => {
+                        let opened = Opened::Connect;
+                        Box::pin(self.tunnel(stream, head, early.freeze(), opened, shutdown)).await
+                    }
                     Err(deny) => {
                         // Nobody is identified yet: like any unidentified refusal, no record.
                         let mut stream = stream;
@@ -221,14 +230,16 @@ impl EgressApp {
         }
     }
 
-    /// Decides a `CONNECT` through the admission chain, then opens the tunnel (relayed or
-    /// intercepted) or writes the refusal. The tunnel's own record is written when it opens
-    /// (intercepted) or closes (opaque), or with its refusal.
+    /// Decides a `CONNECT` (or a captured connection, as if it were one) through the admission
+    /// chain, then opens the tunnel (relayed or intercepted) or writes the refusal. The
+    /// tunnel's own record is written when it opens (intercepted) or closes (opaque), or with
+    /// its refusal.
     async fn tunnel(
         &self,
         mut stream: Stream,
         head: ConnectHead,
         early: Bytes,
+        opened: Opened,
         shutdown: &ShutdownWatch,
     ) {
         let mut trail = Trail::new(Arc::from(self.listener.name.as_str()), "CONNECT".into());
@@ -238,6 +249,7 @@ impl EgressApp {
             ssl: ssl.as_deref(),
             host: &head.host,
             port: head.port,
+            original: opened.original(),
         };
         let caller = Caller::Listener(&self.listener.identity);
         let snapshot = self.shared.snapshot.load();
@@ -257,11 +269,12 @@ impl EgressApp {
                 ..
             }) => (permit, grant),
             Ok(_) => {
-                self.refused(&mut stream, &mut trail, Deny::Internal).await;
+                self.refused(&mut stream, &mut trail, Deny::Internal, opened)
+                    .await;
                 return;
             }
             Err(deny) => {
-                self.refused(&mut stream, &mut trail, deny).await;
+                self.refused(&mut stream, &mut trail, deny, opened).await;
                 return;
             }
         };
@@ -273,6 +286,15 @@ impl EgressApp {
             connection,
             minter,
         } = grant;
+        if matches!(opened, Opened::CapturedOther(_)) && mode == TunnelMode::Intercept {
+            // SECURITY: what is neither HTTP nor TLS cannot be read, so it passes only where
+            // policy lets this address and port through unread (`connect_opaque`).
+            let deny = Deny::InterceptionUnavailable(
+                "the captured connection speaks neither HTTP nor TLS, and no policy lets it pass opaquely".into(),
+            );
+            self.refused(&mut stream, &mut trail, deny, opened).await;
+            return;
+        }
         let upstream = match mode {
             TunnelMode::Opaque => {
                 let timeout = self.shared.config.upstream.connect_timeout;
@@ -282,19 +304,22 @@ impl EgressApp {
                     Ok(Ok(upstream)) => Some(upstream),
                     Ok(Err(_)) => {
                         let deny = Deny::UpstreamUnreachable;
-                        self.refused(&mut stream, &mut trail, deny).await;
+                        self.refused(&mut stream, &mut trail, deny, opened).await;
                         return;
                     }
                     Err(_) => {
-                        self.refused(&mut stream, &mut trail, Deny::UpstreamTimeout)
-                            .await;
+                        let deny = Deny::UpstreamTimeout;
+                        self.refused(&mut stream, &mut trail, deny, opened).await;
                         return;
                     }
                 }
             }
             TunnelMode::Intercept => None,
         };
-        if stream.write_all(ESTABLISHED).await.is_err() || stream.flush().await.is_err() {
+        // A captured client never asked for a tunnel: nothing is answered before its own bytes.
+        if matches!(opened, Opened::Connect)
+            && (stream.write_all(ESTABLISHED).await.is_err() || stream.flush().await.is_err())
+        {
             return;
         }
         trail.outcome = Outcome::Forwarded;
@@ -319,6 +344,7 @@ impl EgressApp {
                     identity,
                     host: head.host.clone(),
                     port: head.port,
+                    original: opened.original(),
                 });
                 let resolver = Arc::new(TunnelCertResolver::new(&head.host, minter));
                 let inside = Inside {
@@ -332,9 +358,13 @@ impl EgressApp {
         }
     }
 
-    /// Writes a tunnel's refusal and its record.
-    async fn refused(&self, stream: &mut Stream, trail: &mut Trail, deny: Deny) {
-        let status = write_refusal(stream, &deny, &trail.request_id).await;
+    /// Writes a tunnel's refusal (not to a captured client, which speaks no HTTP to the proxy)
+    /// and its record.
+    async fn refused(&self, stream: &mut Stream, trail: &mut Trail, deny: Deny, opened: Opened) {
+        let status = match opened {
+            Opened::Connect => write_refusal(stream, &deny, &trail.request_id).await,
+            Opened::CapturedTls(_) | Opened::CapturedOther(_) => 0,
+        };
         trail.refuse(deny);
         trail.finish_tunnel(&self.shared.runs, status).await;
     }
@@ -403,6 +433,7 @@ impl EgressApp {
             return;
         }
         let facts = ConnFacts {
+            original: tunnel.original,
             tunnel: Some(tunnel.clone()),
             tenant_slot: connection
                 .map(Arc::new)
@@ -542,6 +573,27 @@ fn single_header<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+
+/// How a tunnel came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opened {
+    /// A client's `CONNECT`.
+    Connect,
+    /// A captured TLS connection to this original destination.
+    CapturedTls(std::net::SocketAddr),
+    /// A captured connection in another protocol, to this original destination.
+    CapturedOther(std::net::SocketAddr),
+}
+
+impl Opened {
+    /// The captured connection's original destination.
+    fn original(self) -> Option<std::net::SocketAddr> {
+        match self {
+            Opened::Connect => None,
+            Opened::CapturedTls(a) | Opened::CapturedOther(a) => Some(a),
+        }
+    }
+}
 
 /// What an intercepted tunnel's inside is served with.
 struct Inside {

@@ -1,0 +1,146 @@
+//! OpenTelemetry traces: one span per request (and per tunnel), exported over OTLP/HTTP
+//! (protobuf) to `[tracing] otlp_endpoint`, off unless that is set.
+//!
+//! The span carries the ids the proxy already uses ([`crate::trace::TraceContext`]): an incoming
+//! `traceparent` is continued (its span is the parent; an unsampled parent is not exported), and
+//! the `traceparent` sent upstream names this span. Its events are the phases the request went
+//! through (identity, policy, credentials, limits, upstream, usage). Attributes are what the
+//! audit record may hold and less: the tenant and workload ids, the listener, method, scheme,
+//! host, port, the path without query values, the decision and refusal code, the status, the
+//! model and token counts; never a secret, a credential name, a header, a query value or a body.
+//!
+//! Spans are batched and exported on the SDK's own thread: the request path only hands a
+//! finished span over.
+
+pub mod settings;
+
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+
+pub use settings::{TracingSettings, TracingSpec};
+
+use crate::trace::TraceContext;
+
+/// The tracer, once export is configured (with its provider: dropping that stops the export).
+static TRACER: OnceLock<(SdkTracerProvider, SdkTracer)> = OnceLock::new();
+
+/// Starts exporting to `settings.otlp_endpoint` (nothing when it is unset). Call once, at start,
+/// outside any async runtime (the exporter's HTTP client is a blocking one, on the batch
+/// processor's thread).
+pub fn init(settings: &TracingSettings) -> anyhow::Result<()> {
+    let Some(endpoint) = &settings.otlp_endpoint else {
+        return Ok(());
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(endpoint.clone())
+        .with_timeout(settings.timeout)
+        .with_headers(Default::default())
+        .build()?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder_empty()
+                .with_service_name(settings.service_name.clone())
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("tenant-proxy");
+    let _ = TRACER.set((provider, tracer));
+    tracing::info!(endpoint = %endpoint, "exporting traces over OTLP/HTTP");
+    Ok(())
+}
+
+/// Whether spans are exported at all (callers skip building one when not).
+pub fn enabled() -> bool {
+    TRACER.get().is_some()
+}
+
+/// One finished request or tunnel, as its span.
+#[derive(Debug)]
+pub struct FinishedSpan<'a> {
+    /// `GET`, `POST`, `CONNECT`, …
+    pub name: String,
+    /// The request's trace context (none: unidentified, a new trace).
+    pub trace: Option<&'a TraceContext>,
+    /// When it arrived and when it ended.
+    pub start: SystemTime,
+    /// When it ended.
+    pub end: SystemTime,
+    /// Phase events, in order.
+    pub events: Vec<(&'static str, SystemTime, Vec<KeyValue>)>,
+    /// Attributes (see the module documentation for what may go here).
+    pub attributes: Vec<KeyValue>,
+    /// The refusal code, when refused.
+    pub refused: Option<&'static str>,
+}
+
+/// Hands `span` to the exporter (nothing when export is off).
+pub fn emit(span: FinishedSpan<'_>) {
+    let Some((_, tracer)) = TRACER.get() else {
+        return;
+    };
+    let parent = span.trace.and_then(remote_parent);
+    let mut builder = tracer
+        .span_builder(span.name)
+        .with_kind(SpanKind::Server)
+        .with_start_time(span.start)
+        .with_end_time(span.end)
+        .with_attributes(span.attributes)
+        .with_events(
+            span.events
+                .into_iter()
+                .map(|(name, at, attributes)| {
+                    opentelemetry::trace::Event::new(name, at, attributes, 0)
+                })
+                .collect(),
+        );
+    if let Some(trace) = span.trace {
+        if let Some(id) = parse_span_id(&trace.span_id) {
+            builder = builder.with_span_id(id);
+        }
+        if let Some(id) = parse_trace_id(&trace.trace_id) {
+            builder = builder.with_trace_id(id);
+        }
+    }
+    if let Some(code) = span.refused {
+        builder = builder.with_status(Status::error(code));
+    }
+    let cx = match parent {
+        Some(parent) => Context::new().with_remote_span_context(parent),
+        None => Context::new(),
+    };
+    // The span was built finished (its end time is set): dropping it ends and exports it.
+    drop(tracer.build_with_context(builder, &cx));
+}
+
+/// The caller's span, when the trace was continued.
+fn remote_parent(trace: &TraceContext) -> Option<SpanContext> {
+    let parent = parse_span_id(trace.parent_span_id.as_deref()?)?;
+    let trace_id = parse_trace_id(&trace.trace_id)?;
+    Some(SpanContext::new(
+        trace_id,
+        parent,
+        TraceFlags::new(trace.flags),
+        true,
+        TraceState::default(),
+    ))
+}
+
+fn parse_trace_id(hex: &str) -> Option<TraceId> {
+    u128::from_str_radix(hex, 16).ok().map(TraceId::from)
+}
+
+fn parse_span_id(hex: &str) -> Option<SpanId> {
+    u64::from_str_radix(hex, 16).ok().map(SpanId::from)
+}

@@ -1,0 +1,147 @@
+//! Connections captured by a transparent listener ([`crate::transparent`]), served on the
+//! paths every other connection takes:
+//!
+//! - plaintext HTTP: the strict front and the admission chain, the destination being the
+//!   address the client dialed with its `Host` (which must resolve to that address);
+//! - TLS: decided like a `CONNECT` to the ClientHello's SNI (or, without one, the address) on
+//!   the dialed port, the SNI resolving to the dialed address; then intercepted or relayed;
+//! - anything else: relayed only where policy permits `connect_opaque` to the address.
+//!
+//! Identity is the listener's binding. A connection whose original destination cannot be
+//! recovered, or is the listener itself (not redirected, or a loop), is refused and audited.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::http::RequestHeader;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+
+use super::head::ConnectHead;
+use super::{EgressApp, Opened};
+use crate::clock::unix_now;
+use crate::error::Deny;
+use crate::identity::{self, Presented};
+use crate::pipeline::conn::{Conn, ConnFacts};
+use crate::pipeline::record::Trail;
+use crate::pipeline::PLAIN_KEEPALIVE_SECS;
+use crate::transparent::original::is_loop;
+use crate::transparent::sniff::{sniff, Sniffed};
+
+/// How long a captured client may take to send its first byte before it is taken for a
+/// protocol in which the server speaks first (and decided as one that is neither HTTP nor TLS).
+const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
+
+impl EgressApp {
+    /// Serves one captured connection.
+    pub(super) async fn captured(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+        let digest = stream.get_socket_digest();
+        let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| {
+            a.and_then(|a| a.as_inet()).copied()
+        };
+        let original = digest.as_ref().and_then(|d| inet(d.original_dst()));
+        let local = digest.as_ref().and_then(|d| inet(d.local_addr()));
+        let original = match (original, local) {
+            (Some(original), Some(local)) if !is_loop(original, local) => Ok(original),
+            (original, _) => Err(original),
+        };
+        let egress = &self.shared.config.egress;
+        // A client that closes without sending a byte asked for nothing (the readiness probe
+        // connects to every listener once): no record.
+        let Some((sniffed, early)) =
+            sniff(&mut stream, FIRST_BYTE_WAIT, egress.client_header_timeout).await
+        else {
+            return;
+        };
+        let original = match original {
+            Ok(original) => original,
+            // SECURITY: a connection that was not redirected (or one redirected back to the
+            // listener) has nowhere to go but here: refused, never served as some guess.
+            Err(original) => {
+                let why = match original {
+                    Some(_) => "it was made to this proxy itself, not redirected to it",
+                    None => "its original destination cannot be recovered",
+                };
+                let deny = Deny::DestinationForbidden(why.into());
+                self.refuse_captured(original, deny).await;
+                return;
+            }
+        };
+        let address = original.ip().to_canonical().to_string();
+        let (host, opened) = match sniffed {
+            Sniffed::Http => {
+                let facts = ConnFacts {
+                    original: Some(original),
+                    ..ConnFacts::default()
+                };
+                let mut conn = Conn::new(stream, &early, self.front_limits(), facts);
+                let idle = egress.client_header_timeout;
+                match conn.next_head(idle).await {
+                    Ok(None) => {}
+                    Err(violation) => self.refuse_front(&mut conn, violation.into()).await,
+                    Ok(Some(head)) if head.connect => {
+                        self.refuse_front(&mut conn, Deny::ConnectUnsupported).await
+                    }
+                    Ok(Some(_)) => {
+                        let idle = Duration::from_secs(PLAIN_KEEPALIVE_SECS);
+                        self.serve_http1(Box::new(conn), idle, shutdown).await
+                    }
+                }
+                return;
+            }
+            Sniffed::Tls { sni } => (sni.unwrap_or(address), Opened::CapturedTls(original)),
+            Sniffed::Other => (address, Opened::CapturedOther(original)),
+        };
+        let Some(head) = connect_head(&host, original.port()) else {
+            self.refuse_captured(Some(original), Deny::Internal).await;
+            return;
+        };
+        self.tunnel(stream, head, early.into(), opened, shutdown)
+            .await
+    }
+
+    /// Records the refusal of a captured connection refused before the admission chain (no
+    /// bytes are written: the client speaks no HTTP to the proxy). The caller is the listener's
+    /// binding, so the record goes to its tenant.
+    async fn refuse_captured(&self, original: Option<SocketAddr>, deny: Deny) {
+        let mut trail = Trail::new(Arc::from(self.listener.name.as_str()), "CONNECT".into());
+        trail.authority = original.map(|a| (a.ip().to_canonical().to_string(), a.port()));
+        let snapshot = self.shared.snapshot.load();
+        let who = identity::resolve(
+            &self.listener.identity,
+            &snapshot.tenants,
+            snapshot.tokens.as_ref(),
+            Presented {
+                proxy_authorization: None,
+                proxy_authorization_repeated: false,
+                peer: None,
+            },
+            unix_now(),
+        );
+        if let Ok(who) = who {
+            trail.slot = self.shared.audit.reserve().ok();
+            let tenant = crate::context::TenantContext::new(who, trail.request_id.clone(), None);
+            trail.tenant = Some(Arc::new(tenant));
+        }
+        tracing::info!(listener = %self.listener.name, request_id = %trail.request_id, refusal = %deny.code(), "captured connection refused");
+        trail.refuse(deny);
+        trail.finish_tunnel(&self.shared.runs, 0).await;
+    }
+}
+
+/// The `CONNECT` a captured TLS (or other) connection is decided as: to `host` on the dialed
+/// port, with no headers (nothing in captured traffic is believed about identity).
+fn connect_head(host: &str, port: u16) -> Option<ConnectHead> {
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let header = RequestHeader::build("CONNECT", authority.as_bytes(), Some(0)).ok()?;
+    Some(ConnectHead {
+        host: host.to_string(),
+        port,
+        header,
+    })
+}
