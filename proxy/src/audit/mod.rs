@@ -27,7 +27,7 @@ pub mod verify;
 mod writer;
 
 pub use record::{
-    AuditEntry, AuditRecord, Decision as AuditDecision, EventKind, McpFields, RunEnd, RunEvent,
+    ApprovalEvent, ApprovalFields, AuditEntry, AuditRecord, Decision as AuditDecision, EventKind, McpFields, RunEnd, RunEvent,
     RunTotals, TunnelFields,
 };
 pub use settings::{AuditSettings, AuditSpec, AuditStreamSettings, FsyncPolicy};

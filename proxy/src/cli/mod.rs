@@ -3,6 +3,7 @@
 //! arguments and what it does.
 
 mod admin;
+mod approvals;
 mod audit;
 mod ca;
 mod check;
@@ -107,6 +108,9 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Held requests of a tenant: list them, approve or deny one (through the approvals API,
+    /// with an approver token).
+    Approvals(approvals::ApprovalsArgs),
 }
 
 impl Cli {
@@ -131,6 +135,7 @@ impl Cli {
             Command::Ca { command } => ca::ca(command),
             Command::Policy { command } => policy::policy(command),
             Command::Audit { command } => audit::audit(command),
+            Command::Approvals(args) => approvals::approvals(args),
             Command::Usage {
                 config,
                 tenant,
