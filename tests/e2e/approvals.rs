@@ -584,8 +584,16 @@ fn redis_spec(origin: u16, redis: &RedisServer) -> ProxySpec {
 fn a_hold_made_by_one_replica_is_approved_through_another() {
     let redis = RedisServer::start();
     let origin = Origin::start();
-    let a = Proxy::start(redis_spec(origin.port, &redis));
-    let b = Proxy::start(redis_spec(origin.port, &redis));
+    let capped = || {
+        let mut spec = redis_spec(origin.port, &redis);
+        spec.config.approvals = Some(Approvals {
+            max_pending_per_tenant: Some(1),
+            ..Approvals::on(LOOPBACK_ANY_PORT)
+        });
+        spec
+    };
+    let a = Proxy::start(capped());
+    let b = Proxy::start(capped());
     let alice = approver_token("acme", "alice", &[]);
     let url = format!("http://127.0.0.1:{}/pay/charge", origin.port);
     std::thread::scope(|s| {
@@ -593,6 +601,9 @@ fn a_hold_made_by_one_replica_is_approved_through_another() {
         // Replica B sees the hold replica A made, and approves it.
         let holds = wait_holds(&b, "acme", &alice, 1);
         let id = holds[0]["id"].as_str().unwrap();
+        // The per-tenant cap is shared: acme's hold on A leaves no room on B.
+        let (status, body) = acme_post(&b, &url, r#"{"amount": 4}"#);
+        assert_eq!((status, code_of(&body).as_str()), (429, "approval_capacity"));
         let r = api(
             &b,
             "POST",
@@ -608,16 +619,20 @@ fn a_hold_made_by_one_replica_is_approved_through_another() {
     // The decision is audited where it was made, the hold and the request where they were.
     let on_a = a.wait_audit_records("acme", 2);
     assert_eq!(events(&on_a, "approval_requested").len(), 1);
-    let on_b = b.wait_audit_records("acme", 1);
+    let on_b = b.wait_audit_records("acme", 2);
     assert_eq!(events(&on_b, "approval_granted")[0]["approver"], "alice");
-    // The per-tenant cap is shared: acme's holds on A count on B.
 }
 
 #[test]
 fn a_restart_with_holds_pending_refuses_the_waiting_agents_and_forwards_nothing_unapproved() {
     let redis = RedisServer::start();
     let origin = Origin::start();
-    let first = Proxy::start(redis_spec(origin.port, &redis));
+    // Waiting holds are cancelled as soon as shutdown starts; their refusals are written while
+    // the proxy still serves, within its grace period (no grace at all would end the
+    // connections first).
+    let mut spec = redis_spec(origin.port, &redis);
+    spec.config.server.grace_period = Some(Duration::from_secs(1));
+    let first = Proxy::start(spec);
     let alice = approver_token("acme", "alice", &[]);
     let pay = format!("http://127.0.0.1:{}/pay/charge", origin.port);
     let poll = format!("http://127.0.0.1:{}/poll/delete-repo", origin.port);
@@ -644,8 +659,15 @@ fn a_restart_with_holds_pending_refuses_the_waiting_agents_and_forwards_nothing_
         assert_eq!(code_of(&body), "approval_unavailable");
         waiting
     });
-    let records = first.wait_audit_records("acme", 3);
+    // Two holds requested, the polled request answered 202, the waiting one cancelled and
+    // refused: written as the stopped process flushes its queue.
+    let records = first.wait_audit_records("acme", 5);
     assert_eq!(events(&records, "approval_cancelled").len(), 1, "{records:#?}");
+    let refused = records
+        .iter()
+        .find(|r| r["event"] == "request" && r["reason"] == "approval_unavailable")
+        .expect("the waiting request's record");
+    assert_eq!(refused["approval"]["outcome"], "cancelled");
     drop(first);
     let second = Proxy::start(redis_spec(origin.port, &redis));
     // The cancelled hold cannot be approved; the polled one still can.
