@@ -254,7 +254,10 @@ impl Deny {
                 }
             }
             Deny::ApprovalPending(hold) => {
-                headers.push((http::HeaderName::from_static("x-approval-hold"), hold.clone()));
+                headers.push((
+                    http::HeaderName::from_static("x-approval-hold"),
+                    hold.clone(),
+                ));
                 headers.push((http::header::RETRY_AFTER, "1".to_string()));
             }
             Deny::LimiterUnavailable
@@ -734,14 +737,22 @@ mod tests {
             (Deny::ApprovalPending("h".into()), 202, "approval_pending"),
             (Deny::ApprovalDenied("no".into()), 403, "approval_denied"),
             (Deny::ApprovalTimeout(5), 403, "approval_timeout"),
-            (Deny::ApprovalCapacity("this tenant", 2), 429, "approval_capacity"),
+            (
+                Deny::ApprovalCapacity("this tenant", 2),
+                429,
+                "approval_capacity",
+            ),
             (
                 Deny::ApprovalUnavailable("x".into()),
                 503,
                 "approval_unavailable",
             ),
             (Deny::ApprovalUnknown, 403, "approval_unknown"),
-            (Deny::ApproverForbidden("x".into()), 403, "approver_forbidden"),
+            (
+                Deny::ApproverForbidden("x".into()),
+                403,
+                "approver_forbidden",
+            ),
             (
                 Deny::ApproverUnauthenticated("x".into()),
                 401,

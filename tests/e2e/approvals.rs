@@ -57,7 +57,13 @@ fn api(proxy: &Proxy, method: &str, path: &str, token: &str, body: Option<&str>)
 fn wait_holds(proxy: &Proxy, tenant: &str, token: &str, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = api(proxy, "GET", &format!("/v1/tenants/{tenant}/holds"), token, None);
+        let r = api(
+            proxy,
+            "GET",
+            &format!("/v1/tenants/{tenant}/holds"),
+            token,
+            None,
+        );
         assert_eq!(r.status, 200, "{}", r.body_text());
         let holds = r.json()["holds"].as_array().cloned().unwrap_or_default();
         if holds.len() >= n {
@@ -204,7 +210,8 @@ fn a_held_request_is_forwarded_once_after_approval_exactly_as_held() {
     assert_eq!(request["approval"]["approver"], "alice");
     let metrics = proxy.metrics();
     assert!(
-        metrics.contains(r#"tenant_proxy_approval_outcomes_total{outcome="granted",tenant="acme"} 1"#),
+        metrics
+            .contains(r#"tenant_proxy_approval_outcomes_total{outcome="granted",tenant="acme"} 1"#),
         "{metrics}"
     );
     assert!(
@@ -260,7 +267,10 @@ fn a_denied_hold_is_refused_with_the_approvers_reason_and_a_forbid_still_wins() 
     );
     assert_eq!((status, code_of(&body).as_str()), (403, "policy_denied"));
     assert!(wait_holds(&proxy, "acme", &bob, 0).is_empty());
-    assert_eq!(events(&proxy.audit_records("acme"), "approval_requested").len(), 1);
+    assert_eq!(
+        events(&proxy.audit_records("acme"), "approval_requested").len(),
+        1
+    );
 }
 
 #[test]
@@ -343,7 +353,13 @@ fn approvers_act_on_their_own_tenant_only() {
         ] {
             api(&proxy, method, &path, &globex_approver, None).assert_refused(404, "not_found");
         }
-        let own = api(&proxy, "GET", "/v1/tenants/globex/holds", &globex_approver, None);
+        let own = api(
+            &proxy,
+            "GET",
+            "/v1/tenants/globex/holds",
+            &globex_approver,
+            None,
+        );
         assert_eq!(own.json()["holds"], json!([]));
         // A workload token is no approver token, and an approver token is no workload token.
         api(
@@ -381,8 +397,8 @@ fn approvers_act_on_their_own_tenant_only() {
     assert!(refused.iter().all(|r| r["approver"] == "mallory"));
     let acme = proxy.audit_records("acme");
     assert!(
-        acme.iter().all(|r| r["event"] != "approval_refused"
-            && !r.to_string().contains("mallory")),
+        acme.iter()
+            .all(|r| r["event"] != "approval_refused" && !r.to_string().contains("mallory")),
         "{acme:#?}"
     );
 }
@@ -501,7 +517,10 @@ fn a_polled_hold_answers_202_and_forwards_the_same_request_once_approved() {
     assert_eq!(status, 202);
     // Another request cannot ride on the hold.
     let (status, _, answer) = python_post(&proxy, &url, r#"{"repo": "acme/prod"}"#, Some(&hold));
-    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("approval_unknown")));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("approval_unknown"))
+    );
     assert_eq!(origin.count(), 0);
     let r = api(
         &proxy,
@@ -515,7 +534,10 @@ fn a_polled_hold_answers_202_and_forwards_the_same_request_once_approved() {
     assert_eq!(status, 200);
     // Once: the approval is spent.
     let (status, _, answer) = python_post(&proxy, &url, body, Some(&hold));
-    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("approval_unknown")));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("approval_unknown"))
+    );
     let seen = origin.requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body, body.as_bytes());
@@ -558,7 +580,10 @@ fn an_mcp_batch_with_a_marked_tool_waits_whole_and_the_rest_goes_at_once() {
         let holds = wait_holds(&proxy, "acme", &alice, 1);
         assert_eq!(holds[0]["mcp_server"], "tools");
         assert_eq!(holds[0]["mcp_tools"], json!(["add", "transfer"]));
-        assert_eq!(holds[0]["policy_ids"], json!(["mcp-transfer-needs-approval"]));
+        assert_eq!(
+            holds[0]["policy_ids"],
+            json!(["mcp-transfer-needs-approval"])
+        );
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(origin.count(), 1, "no part of the batch went ahead");
         let id = holds[0]["id"].as_str().unwrap();
@@ -603,7 +628,10 @@ fn a_hold_made_by_one_replica_is_approved_through_another() {
         let id = holds[0]["id"].as_str().unwrap();
         // The per-tenant cap is shared: acme's hold on A leaves no room on B.
         let (status, body) = acme_post(&b, &url, r#"{"amount": 4}"#);
-        assert_eq!((status, code_of(&body).as_str()), (429, "approval_capacity"));
+        assert_eq!(
+            (status, code_of(&body).as_str()),
+            (429, "approval_capacity")
+        );
         let r = api(
             &b,
             "POST",
@@ -642,10 +670,7 @@ fn a_restart_with_holds_pending_refuses_the_waiting_agents_and_forwards_nothing_
     let waiting_hold = std::thread::scope(|s| {
         let agent = s.spawn(|| acme_post(&first, &pay, r#"{"amount": 8}"#));
         let holds = wait_holds(&first, "acme", &alice, 2);
-        let waiting = holds
-            .iter()
-            .find(|h| h["mode"] == "wait")
-            .unwrap()["id"]
+        let waiting = holds.iter().find(|h| h["mode"] == "wait").unwrap()["id"]
             .as_str()
             .unwrap()
             .to_string();
@@ -662,7 +687,11 @@ fn a_restart_with_holds_pending_refuses_the_waiting_agents_and_forwards_nothing_
     // Two holds requested, the polled request answered 202, the waiting one cancelled and
     // refused: written as the stopped process flushes its queue.
     let records = first.wait_audit_records("acme", 5);
-    assert_eq!(events(&records, "approval_cancelled").len(), 1, "{records:#?}");
+    assert_eq!(
+        events(&records, "approval_cancelled").len(),
+        1,
+        "{records:#?}"
+    );
     let refused = records
         .iter()
         .find(|r| r["event"] == "request" && r["reason"] == "approval_unavailable")
@@ -708,6 +737,9 @@ fn without_an_approvals_listener_a_marked_request_is_refused() {
         &format!("http://127.0.0.1:{}/pay/charge", origin.port),
         "{}",
     );
-    assert_eq!((status, code_of(&body).as_str()), (503, "approval_unavailable"));
+    assert_eq!(
+        (status, code_of(&body).as_str()),
+        (503, "approval_unavailable")
+    );
     assert_eq!(origin.count(), 0);
 }

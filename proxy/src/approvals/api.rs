@@ -125,8 +125,7 @@ impl ApprovalsApp {
             ));
         }
         let store = self.holds.store();
-        let unavailable =
-            |_| Deny::ApprovalUnavailable("the hold store cannot be reached".into());
+        let unavailable = |_| Deny::ApprovalUnavailable("the hold store cannot be reached".into());
         match call {
             Call::List => {
                 let holds = store
@@ -341,7 +340,10 @@ mod tests {
     fn routes() {
         let get = http::Method::GET;
         let post = http::Method::POST;
-        assert_eq!(route(&get, "/v1/tenants/acme/holds"), Ok(("acme", Call::List)));
+        assert_eq!(
+            route(&get, "/v1/tenants/acme/holds"),
+            Ok(("acme", Call::List))
+        );
         assert_eq!(
             route(&get, "/v1/tenants/acme/holds/h1"),
             Ok(("acme", Call::Get("h1")))
@@ -358,7 +360,12 @@ mod tests {
             route(&get, "/v1/tenants/acme/holds/h1/approve").map_err(|d| d.code()),
             Err(crate::error::ReasonCode::MethodNotAllowed)
         );
-        for bad in ["/", "/v1/tenants/acme", "/v1/tenants/acme/holds/h1/x", "/v2/tenants/acme/holds"] {
+        for bad in [
+            "/",
+            "/v1/tenants/acme",
+            "/v1/tenants/acme/holds/h1/x",
+            "/v2/tenants/acme/holds",
+        ] {
             assert_eq!(
                 route(&get, bad).map_err(|d| d.code()),
                 Err(crate::error::ReasonCode::NotFound),

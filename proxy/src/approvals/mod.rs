@@ -421,7 +421,9 @@ impl Holds {
         let mut shutdown = self.shutdown.subscribe();
         let stopping = *shutdown.borrow_and_update();
         if stopping {
-            return Err(self.cancel(record, HoldEnd::ShuttingDown(record.id.clone())).await);
+            return Err(self
+                .cancel(record, HoldEnd::ShuttingDown(record.id.clone()))
+                .await);
         }
         tokio::pin!(client_gone);
         let mut unreachable_since: Option<u64> = None;
@@ -464,7 +466,7 @@ impl Holds {
                                     _ => self.end_of(other, record),
                                 },
                                 None => HoldEnd::Expired(record.id.clone(), timeout_secs(record)),
-                            })
+                            });
                         }
                         _ => return Err(self.end_of(h, record)),
                     }
@@ -594,7 +596,10 @@ fn millis(d: Duration) -> u64 {
 }
 
 fn timeout_secs(record: &HoldRecord) -> u64 {
-    record.deadline_ms.saturating_sub(record.created_ms).div_ceil(1000)
+    record
+        .deadline_ms
+        .saturating_sub(record.created_ms)
+        .div_ceil(1000)
 }
 
 /// What approvers (and the `approval_requested` event) see of a hold: everything but the
@@ -627,7 +632,6 @@ pub fn event(
         approver,
         reason,
         detail,
-        decision_s: decided
-            .then(|| now_ms().saturating_sub(record.created_ms) as f64 / 1000.0),
+        decision_s: decided.then(|| now_ms().saturating_sub(record.created_ms) as f64 / 1000.0),
     }
 }

@@ -140,10 +140,9 @@ impl RedisHolds {
 #[async_trait]
 impl HoldStore for RedisHolds {
     async fn open(&self, record: &HoldRecord, max_per_tenant: usize) -> Result<(), OpenError> {
-        let mut conn = self
-            .connection()
-            .map_err(|e| OpenError::Unavailable(e.0))?;
-        let json = serde_json::to_string(record).map_err(|e| OpenError::Unavailable(e.to_string()))?;
+        let mut conn = self.connection().map_err(|e| OpenError::Unavailable(e.0))?;
+        let json =
+            serde_json::to_string(record).map_err(|e| OpenError::Unavailable(e.to_string()))?;
         let ttl = record
             .deadline_ms
             .saturating_sub(record.created_ms)
@@ -189,8 +188,8 @@ impl HoldStore for RedisHolds {
         change: Change,
     ) -> Result<Transition, StoreUnavailable> {
         let mut conn = self.connection()?;
-        let decided = serde_json::to_string(&change.decided)
-            .map_err(|e| StoreUnavailable(e.to_string()))?;
+        let decided =
+            serde_json::to_string(&change.decided).map_err(|e| StoreUnavailable(e.to_string()))?;
         let mut invocation = self.transition.prepare_invoke();
         invocation
             .key(hold_key(tenant, id))
@@ -210,13 +209,17 @@ impl HoldStore for RedisHolds {
             },
             3 => Transition::Late,
             _ => match self.get(tenant, id).await? {
-                Some(h) => Transition::Done(h),
+                Some(h) => Transition::Done(Box::new(h)),
                 None => Transition::Unknown,
             },
         })
     }
 
-    async fn pending(&self, tenant: &str, now_ms: u64) -> Result<Vec<HoldStatus>, StoreUnavailable> {
+    async fn pending(
+        &self,
+        tenant: &str,
+        now_ms: u64,
+    ) -> Result<Vec<HoldStatus>, StoreUnavailable> {
         let mut conn = self.connection()?;
         let ids: Vec<String> = self
             .timed(

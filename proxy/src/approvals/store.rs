@@ -147,7 +147,7 @@ pub struct HoldStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
     /// Done: the hold as it is now.
-    Done(HoldStatus),
+    Done(Box<HoldStatus>),
     /// The hold was not in the expected state (its state).
     NotFrom(HoldState),
     /// A decision came after the hold's deadline.
@@ -187,7 +187,8 @@ pub trait HoldStore: Send + Sync + std::fmt::Debug {
         change: Change,
     ) -> Result<Transition, StoreUnavailable>;
     /// `tenant`'s pending holds whose deadline is ahead of `now_ms`, oldest first.
-    async fn pending(&self, tenant: &str, now_ms: u64) -> Result<Vec<HoldStatus>, StoreUnavailable>;
+    async fn pending(&self, tenant: &str, now_ms: u64)
+        -> Result<Vec<HoldStatus>, StoreUnavailable>;
 }
 
 /// One compare-and-set.
@@ -269,10 +270,14 @@ impl HoldStore for MemoryHolds {
         }
         hold.state = change.to;
         hold.decided = Some(change.decided);
-        Ok(Transition::Done(hold.clone()))
+        Ok(Transition::Done(Box::new(hold.clone())))
     }
 
-    async fn pending(&self, tenant: &str, now_ms: u64) -> Result<Vec<HoldStatus>, StoreUnavailable> {
+    async fn pending(
+        &self,
+        tenant: &str,
+        now_ms: u64,
+    ) -> Result<Vec<HoldStatus>, StoreUnavailable> {
         let mut out: Vec<HoldStatus> = self
             .lock()
             .values()
@@ -335,8 +340,14 @@ pub(crate) mod tests {
     /// The contract every store keeps (the Redis store runs it in the e2e suite).
     pub(crate) async fn contract(store: &dyn HoldStore) {
         let now = 1_000_000;
-        store.open(&record("acme", "h1", now), 2).await.expect("opens");
-        store.open(&record("acme", "h2", now), 2).await.expect("opens");
+        store
+            .open(&record("acme", "h1", now), 2)
+            .await
+            .expect("opens");
+        store
+            .open(&record("acme", "h2", now), 2)
+            .await
+            .expect("opens");
         assert_eq!(
             store.open(&record("acme", "h3", now), 2).await,
             Err(OpenError::Full),
@@ -350,7 +361,11 @@ pub(crate) mod tests {
         assert_eq!(store.get("globex", "h1").await, Ok(None));
         assert_eq!(
             store
-                .transition("globex", "h1", decide(HoldState::Pending, HoldState::Approved, now))
+                .transition(
+                    "globex",
+                    "h1",
+                    decide(HoldState::Pending, HoldState::Approved, now)
+                )
                 .await,
             Ok(Transition::Unknown)
         );
@@ -359,13 +374,21 @@ pub(crate) mod tests {
         assert!(pending.iter().all(|h| h.record.tenant == "acme"));
         // One winner.
         let won = store
-            .transition("acme", "h1", decide(HoldState::Pending, HoldState::Approved, now + 1))
+            .transition(
+                "acme",
+                "h1",
+                decide(HoldState::Pending, HoldState::Approved, now + 1),
+            )
             .await
             .expect("reachable");
         assert!(matches!(won, Transition::Done(ref h) if h.state == HoldState::Approved));
         assert_eq!(
             store
-                .transition("acme", "h1", decide(HoldState::Pending, HoldState::Denied, now + 2))
+                .transition(
+                    "acme",
+                    "h1",
+                    decide(HoldState::Pending, HoldState::Denied, now + 2)
+                )
                 .await,
             Ok(Transition::NotFrom(HoldState::Approved))
         );
@@ -380,14 +403,21 @@ pub(crate) mod tests {
                 .await,
             Ok(Transition::Late)
         );
-        let got = store.get("acme", "h1").await.expect("reachable").expect("kept");
+        let got = store
+            .get("acme", "h1")
+            .await
+            .expect("reachable")
+            .expect("kept");
         assert_eq!(got.state, HoldState::Approved);
         assert_eq!(
             got.decided.and_then(|d| d.approver),
             Some("alice".to_string())
         );
         // A decided hold no longer counts against the cap.
-        store.open(&record("acme", "h4", now), 2).await.expect("room again");
+        store
+            .open(&record("acme", "h4", now), 2)
+            .await
+            .expect("room again");
     }
 
     #[tokio::test]

@@ -17,7 +17,12 @@ use clap::{Args, Subcommand};
 #[derive(Debug, Args)]
 pub struct ApprovalsArgs {
     /// The approvals API's address (`[approvals] listen`).
-    #[arg(long, value_name = "ADDR", global = true, default_value = "127.0.0.1:9091")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        global = true,
+        default_value = "127.0.0.1:9091"
+    )]
     addr: SocketAddr,
     /// The approver's tenant.
     #[arg(long, global = true)]
@@ -66,9 +71,8 @@ pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
     let token = match &args.token_file {
         Some(f) => std::fs::read_to_string(f)
             .with_context(|| format!("reading the token file `{}`", f.display()))?,
-        None => std::env::var("TENANT_PROXY_APPROVER_TOKEN").context(
-            "give the approver token with --token-file or TENANT_PROXY_APPROVER_TOKEN",
-        )?,
+        None => std::env::var("TENANT_PROXY_APPROVER_TOKEN")
+            .context("give the approver token with --token-file or TENANT_PROXY_APPROVER_TOKEN")?,
     };
     let token = token.trim();
     let tenant = args

@@ -32,9 +32,9 @@ use sha2::{Digest, Sha256};
 use super::caps::TenantSlot;
 use super::conn::{front_conn, ConnFacts, Tunnel};
 use super::decide::{self, Asking, McpTrail, Observer};
+use super::record::{Trail, TunnelMode};
 use crate::approvals::{Granted, HeldRequest, HoldAsk, HoldEnd};
 use crate::audit::ApprovalFields;
-use super::record::{Trail, TunnelMode};
 use crate::audit::AuditSlot;
 use crate::body::{self, BodyHold, BufferedBody};
 use crate::clock::{unix_now, unix_now_i64};
@@ -460,7 +460,13 @@ async fn admit_http(
             applied
         }
         Some(need) => {
-            let held = held_request(header, &destination, trail, &applied, plan.charge.cost_micros);
+            let held = held_request(
+                header,
+                &destination,
+                trail,
+                &applied,
+                plan.charge.cost_micros,
+            );
             // SECURITY: nothing substituted waits with the request; the credentials are decided
             // and substituted again once it is approved (a credential that expired meanwhile
             // refuses then).
@@ -571,7 +577,12 @@ fn decide_credentials(
 }
 
 /// Puts the decided substitutions into the request (counted, named in the trail).
-fn substitute(mut applied: Applied, grant: &mut HttpGrant, trail: &mut Trail, tenant: &TenantContext) {
+fn substitute(
+    mut applied: Applied,
+    grant: &mut HttpGrant,
+    trail: &mut Trail,
+    tenant: &TenantContext,
+) {
     trail.credentials = applied.used.iter().map(|c| c.name.clone()).collect();
     if !applied.used.is_empty() {
         crate::metrics::METRICS

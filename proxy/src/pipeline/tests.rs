@@ -362,7 +362,11 @@ async fn a_marked_permit_holds_after_every_other_check_and_before_the_ceilings()
     );
     let approval = trail.approval.expect("recorded");
     assert_eq!(
-        (approval.hold_id.as_deref(), approval.outcome, approval.approver.as_deref()),
+        (
+            approval.hold_id.as_deref(),
+            approval.outcome,
+            approval.approver.as_deref()
+        ),
         (Some("h1"), "granted", Some("alice"))
     );
 

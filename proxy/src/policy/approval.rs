@@ -87,7 +87,9 @@ impl ApprovalRule {
             None => None,
             Some(t) => {
                 let d = humantime::parse_duration(t).map_err(|e| {
-                    format!("`@approval_timeout(\"{t}\")` is not a duration ({e}); write e.g. `10m`")
+                    format!(
+                        "`@approval_timeout(\"{t}\")` is not a duration ({e}); write e.g. `10m`"
+                    )
                 })?;
                 if d < Duration::from_secs(1) || d > MAX_TIMEOUT {
                     return Err(format!(
@@ -100,11 +102,8 @@ impl ApprovalRule {
         let approvers = match policy.annotation("approvers") {
             None => Vec::new(),
             Some(list) => {
-                let groups: Vec<String> = list
-                    .split(',')
-                    .map(str::trim)
-                    .map(String::from)
-                    .collect();
+                let groups: Vec<String> =
+                    list.split(',').map(str::trim).map(String::from).collect();
                 if groups.iter().any(|g| !valid_group(g)) {
                     return Err(format!(
                         "`@approvers(\"{list}\")`: name groups with letters, digits, `_`, `-`, `.` and `:`, separated by commas"
@@ -134,8 +133,7 @@ impl ApprovalRule {
 fn valid_group(g: &str) -> bool {
     !g.is_empty()
         && g.len() <= 64
-        && g
-            .bytes()
+        && g.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
@@ -162,10 +160,8 @@ pub fn combine<'a>(
 ) -> Option<ApprovalNeed> {
     let rules: Vec<(&str, &ApprovalRule)> = rules.into_iter().collect();
     let required = rules.iter().any(|(_, r)| !r.shadow);
-    let applying: Vec<&(&str, &ApprovalRule)> = rules
-        .iter()
-        .filter(|(_, r)| r.shadow != required)
-        .collect();
+    let applying: Vec<&(&str, &ApprovalRule)> =
+        rules.iter().filter(|(_, r)| r.shadow != required).collect();
     if applying.is_empty() {
         return None;
     }
@@ -220,14 +216,46 @@ mod tests {
         );
         assert_eq!(rule("permit (principal, action, resource);"), Ok(None));
         let cases = [
-            ("on a forbid", r#"@approval("required") forbid (principal, action, resource);"#, "only allowed on a `permit`"),
-            ("unknown value", r#"@approval("maybe") permit (principal, action, resource);"#, "`required` or `shadow`"),
-            ("orphan timeout", r#"@approval_timeout("1m") permit (principal, action, resource);"#, "needs `@approval"),
-            ("bad duration", r#"@approval("required") @approval_timeout("soon") permit (principal, action, resource);"#, "not a duration"),
-            ("too long", r#"@approval("required") @approval_timeout("2d") permit (principal, action, resource);"#, "between 1s and 24h"),
-            ("bad group", r#"@approval("required") @approvers("a b") permit (principal, action, resource);"#, "name groups"),
-            ("empty group", r#"@approval("required") @approvers("a,") permit (principal, action, resource);"#, "name groups"),
-            ("bad mode", r#"@approval("required") @approval_mode("later") permit (principal, action, resource);"#, "`wait` or `poll`"),
+            (
+                "on a forbid",
+                r#"@approval("required") forbid (principal, action, resource);"#,
+                "only allowed on a `permit`",
+            ),
+            (
+                "unknown value",
+                r#"@approval("maybe") permit (principal, action, resource);"#,
+                "`required` or `shadow`",
+            ),
+            (
+                "orphan timeout",
+                r#"@approval_timeout("1m") permit (principal, action, resource);"#,
+                "needs `@approval",
+            ),
+            (
+                "bad duration",
+                r#"@approval("required") @approval_timeout("soon") permit (principal, action, resource);"#,
+                "not a duration",
+            ),
+            (
+                "too long",
+                r#"@approval("required") @approval_timeout("2d") permit (principal, action, resource);"#,
+                "between 1s and 24h",
+            ),
+            (
+                "bad group",
+                r#"@approval("required") @approvers("a b") permit (principal, action, resource);"#,
+                "name groups",
+            ),
+            (
+                "empty group",
+                r#"@approval("required") @approvers("a,") permit (principal, action, resource);"#,
+                "name groups",
+            ),
+            (
+                "bad mode",
+                r#"@approval("required") @approval_mode("later") permit (principal, action, resource);"#,
+                "`wait` or `poll`",
+            ),
         ];
         for (name, text, want) in cases {
             let err = rule(text).expect_err(name);
@@ -255,7 +283,11 @@ mod tests {
         assert!(!need.shadow);
         assert_eq!(need.timeout, Some(Duration::from_secs(60)));
         assert_eq!(need.approvers, vec!["finance".to_string(), "ops".into()]);
-        assert_eq!(need.mode, HoldMode::Wait, "the shadow rule's mode does not apply");
+        assert_eq!(
+            need.mode,
+            HoldMode::Wait,
+            "the shadow rule's mode does not apply"
+        );
         assert_eq!(need.policy_ids, vec!["a".to_string(), "b".into()]);
         let only_shadow = combine([("s", &shadow)]).expect("counted");
         assert!(only_shadow.shadow);
