@@ -191,6 +191,23 @@ fn a_held_request_is_forwarded_once_after_approval_exactly_as_held() {
         None,
     );
     again.assert_refused(409, "hold_resolved");
+    // Nor can the same request ride on the spent hold (a waiting hold is never polled).
+    let (status, answer) = curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{}", proxy.sidecar_port),
+        "-H",
+        "content-type: application/json",
+        "-H",
+        &format!("x-approval-hold: {hold_id}"),
+        "--data-binary",
+        body,
+        &url,
+    ]);
+    assert_eq!(
+        (status, code_of(&answer).as_str()),
+        (403, "approval_unknown")
+    );
+    assert_eq!(origin.count(), 1);
     // Audited: requested, granted by alice, and the request record naming the hold.
     let records = proxy.wait_audit_records("acme", 3);
     let requested = events(&records, "approval_requested");

@@ -75,6 +75,14 @@ fn route<'a>(method: &http::Method, path: &'a str) -> Result<(&'a str, Call<'a>)
         .strip_prefix("/v1/tenants/")
         .ok_or_else(|| Deny::AdminNotFound(format!("no endpoint `{path}`")))?;
     let parts: Vec<&str> = rest.split('/').collect();
+    // SECURITY: a hold id is 32 hex digits; nothing else reaches the store's keys.
+    if let Some(id) = parts.get(2) {
+        if !super::valid_hold_id(id) {
+            return Err(Deny::AdminNotFound(format!(
+                "no hold `{id}` of this tenant"
+            )));
+        }
+    }
     let call = match (parts.as_slice(), method.as_str()) {
         ([_, "holds"], "GET") => Call::List,
         ([_, "holds", id], "GET") => Call::Get(id),
@@ -340,34 +348,33 @@ mod tests {
     fn routes() {
         let get = http::Method::GET;
         let post = http::Method::POST;
+        let h = "0123456789abcdef0123456789abcdef";
+        let one = format!("/v1/tenants/acme/holds/{h}");
         assert_eq!(
             route(&get, "/v1/tenants/acme/holds"),
             Ok(("acme", Call::List))
         );
+        assert_eq!(route(&get, &one), Ok(("acme", Call::Get(h))));
+        let approve = format!("{one}/approve");
+        assert_eq!(route(&post, &approve), Ok(("acme", Call::Decide(h, true))));
+        let deny = format!("{one}/deny");
+        assert_eq!(route(&post, &deny), Ok(("acme", Call::Decide(h, false))));
         assert_eq!(
-            route(&get, "/v1/tenants/acme/holds/h1"),
-            Ok(("acme", Call::Get("h1")))
-        );
-        assert_eq!(
-            route(&post, "/v1/tenants/acme/holds/h1/approve"),
-            Ok(("acme", Call::Decide("h1", true)))
-        );
-        assert_eq!(
-            route(&post, "/v1/tenants/acme/holds/h1/deny"),
-            Ok(("acme", Call::Decide("h1", false)))
-        );
-        assert_eq!(
-            route(&get, "/v1/tenants/acme/holds/h1/approve").map_err(|d| d.code()),
+            route(&get, &approve).map_err(|d| d.code()),
             Err(crate::error::ReasonCode::MethodNotAllowed)
         );
+        // Unknown endpoints, and hold ids the proxy never makes (they never reach a store key).
         for bad in [
-            "/",
-            "/v1/tenants/acme",
-            "/v1/tenants/acme/holds/h1/x",
-            "/v2/tenants/acme/holds",
+            "/".to_string(),
+            "/v1/tenants/acme".into(),
+            format!("{one}/x"),
+            "/v2/tenants/acme/holds".into(),
+            "/v1/tenants/acme/holds/h1".into(),
+            format!("/v1/tenants/acme/holds/{}", h.to_uppercase()),
+            "/v1/tenants/acme/holds/x}:pending".into(),
         ] {
             assert_eq!(
-                route(&get, bad).map_err(|d| d.code()),
+                route(&get, &bad).map_err(|d| d.code()),
                 Err(crate::error::ReasonCode::NotFound),
                 "{bad}"
             );

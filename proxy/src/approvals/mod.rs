@@ -343,15 +343,20 @@ impl Holds {
     /// A polled repeat of a held request: its hold's outcome, and once approved the request goes
     /// on, once.
     async fn repeat(&self, ask: &HoldAsk<'_>, id: &str) -> Result<Granted, HoldEnd> {
+        if !valid_hold_id(id) {
+            return Err(HoldEnd::Unknown);
+        }
         let tenant = ask.tenant.tenant.as_str();
         let status = self
             .store
             .get(tenant, id)
             .await
             .map_err(|_| HoldEnd::Unavailable("the hold store cannot be reached".into()))?;
-        // SECURITY: only the workload that was held, with exactly the request that was held.
+        // SECURITY: only a polled hold (a waiting one is forwarded by its waiter), of the
+        // workload that was held, with exactly the request that was held.
         let Some(status) = status.filter(|h| {
-            h.record.workload == ask.tenant.workload.as_str()
+            h.record.mode == HoldMode::Poll.as_str()
+                && h.record.workload == ask.tenant.workload.as_str()
                 && h.record.request_digest == ask.request.digest
         }) else {
             return Err(HoldEnd::Unknown);
@@ -446,22 +451,14 @@ impl Holds {
                 Ok(Some(h)) => {
                     unreachable_since = None;
                     match h.state {
-                        HoldState::Approved => {
-                            return Ok(Granted {
-                                hold_id: record.id.clone(),
-                                approver: h.decided.and_then(|d| d.approver),
-                            })
-                        }
+                        HoldState::Approved => return self.forward_once(record, h.decided).await,
                         HoldState::Pending if now <= record.deadline_ms => continue,
                         HoldState::Pending => {
                             return Err(match self.expire(record).await {
                                 Some(other) => match other.state {
                                     // Approved in the last instant: it stands.
                                     HoldState::Approved => {
-                                        return Ok(Granted {
-                                            hold_id: record.id.clone(),
-                                            approver: other.decided.and_then(|d| d.approver),
-                                        })
+                                        return self.forward_once(record, other.decided).await
                                     }
                                     _ => self.end_of(other, record),
                                 },
@@ -485,6 +482,35 @@ impl Holds {
                     }
                 }
             }
+        }
+    }
+
+    /// Spends an approval: the hold moves from approved to forwarded, once (whoever else tries
+    /// finds it forwarded).
+    async fn forward_once(
+        &self,
+        record: &HoldRecord,
+        decided: Option<Decided>,
+    ) -> Result<Granted, HoldEnd> {
+        let change = Change {
+            from: HoldState::Approved,
+            to: HoldState::Forwarded,
+            decided: decided.clone().unwrap_or_default(),
+            before_deadline: false,
+        };
+        match self
+            .store
+            .transition(&record.tenant, &record.id, change)
+            .await
+        {
+            Ok(Transition::Done(_)) => Ok(Granted {
+                hold_id: record.id.clone(),
+                approver: decided.and_then(|d| d.approver),
+            }),
+            Ok(_) => Err(HoldEnd::Unknown),
+            Err(_) => Err(HoldEnd::Unavailable(
+                "the hold store cannot be reached".into(),
+            )),
         }
     }
 
@@ -589,6 +615,12 @@ async fn finish(
             })),
         Ok(_) | Err(_) => None,
     }
+}
+
+/// A hold id as the proxy makes them: 32 lowercase hex digits. Anything else names no hold (and
+/// never reaches a store key).
+pub fn valid_hold_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn millis(d: Duration) -> u64 {

@@ -633,6 +633,8 @@ fn held_request(
 /// The request record's `approval` for a hold that ended with `held`.
 fn approval_fields(need: &ApprovalNeed, held: &Result<Granted, HoldEnd>) -> ApprovalFields {
     let (hold_id, outcome, approver) = match held {
+        // `policy explain` holds nothing: the request would be held.
+        Ok(g) if g.hold_id.is_empty() => (None, "required", None),
         Ok(g) => (Some(g.hold_id.clone()), "granted", g.approver.clone()),
         Err(end) => (
             end.hold_id().map(String::from),
@@ -918,8 +920,8 @@ impl Effects for DecideOnly<'_> {
     }
 
     async fn hold(&self, _: HoldAsk<'_>, _: Option<&mut Session>) -> Result<Granted, HoldEnd> {
-        // Explain holds nothing: it answers as the proxy would once a person approved (the
-        // trail names the hold as `granted` without an id or approver).
+        // Explain holds nothing: it answers as the proxy would once a person approved, and the
+        // trail names the approval as `required` (no hold id).
         Ok(Granted {
             hold_id: String::new(),
             approver: None,

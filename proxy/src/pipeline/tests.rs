@@ -405,6 +405,16 @@ async fn a_marked_permit_holds_after_every_other_check_and_before_the_ceilings()
     let approval = trail.approval.expect("recorded");
     assert_eq!((approval.hold_id, approval.outcome), (None, "would_hold"));
     assert_eq!(approval.policy_ids, ["maybe-held-paths"]);
+
+    // Explain holds nothing, and says the request would be held.
+    let explaining = DecideOnly {
+        config: &config,
+        now: crate::clock::unix_now_i64(),
+    };
+    let (code, trail) = http(&explaining, &snapshot, &header, None).await;
+    assert_eq!(code, "allowed");
+    let approval = trail.approval.expect("named");
+    assert_eq!((approval.hold_id, approval.outcome), (None, "required"));
 }
 
 /// Runs a `CONNECT` to `host:port` through the chain.
