@@ -418,6 +418,17 @@ fn approvers_act_on_their_own_tenant_only() {
             .all(|r| r["event"] != "approval_refused" && !r.to_string().contains("mallory")),
         "{acme:#?}"
     );
+    // The approval events are links of each tenant's chain like any record.
+    let out = std::process::Command::new(proxy_bin())
+        .args(["audit", "verify", proxy.path("audit").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
