@@ -52,6 +52,9 @@ pub struct StaticFile {
     /// `[limiter]`: where limit counters live.
     #[serde(skip_serializing_if = "is_default")]
     pub limiter: Limiter,
+    /// `[approvals]`: approval holds and their API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<Approvals>,
     /// `[server]`.
     #[serde(skip_serializing_if = "is_default")]
     pub server: Server,
@@ -77,6 +80,7 @@ impl StaticFile {
             intercept: None,
             limits: RequestLimits::default(),
             limiter: Limiter::default(),
+            approvals: None,
             server: Server::default(),
             log: Log::default(),
             tracing: None,
@@ -526,6 +530,38 @@ impl From<&str> for RedisUrl {
 impl From<Vec<String>> for RedisUrl {
     fn from(seeds: Vec<String>) -> Self {
         RedisUrl::Seeds(seeds)
+/// `[approvals]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Approvals {
+    /// The approvals API's address.
+    pub listen: SocketAddr,
+    /// The approver tokens' audience.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Timeout of a hold whose policy names none.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::option"
+    )]
+    pub default_timeout: Option<Duration>,
+    /// Pending holds per tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending_per_tenant: Option<usize>,
+    /// Holds this replica keeps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
+}
+
+impl Approvals {
+    /// The approvals API on `listen`, every bound at its default.
+    pub fn on(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            audience: None,
+            default_timeout: None,
+            max_pending_per_tenant: None,
+            max_pending: None,
+        }
     }
 }
 
@@ -997,6 +1033,9 @@ pub struct Ready {
     pub admin: SocketAddr,
     /// Each listener's address, by name.
     pub listeners: BTreeMap<String, SocketAddr>,
+    /// The approvals API's address, when `[approvals]` is configured.
+    #[serde(default)]
+    pub approvals: Option<SocketAddr>,
 }
 
 impl Ready {

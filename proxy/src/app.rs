@@ -90,7 +90,14 @@ pub fn run(
         bound_listeners.push(listen::bind(listener.listen)?);
     }
     let bound_admin = listen::bind(static_config.admin_listen)?;
+    let bound_approvals = match &static_config.approvals {
+        Some(a) => Some(listen::bind(a.listen)?),
+        None => None,
+    };
     let mut static_config = static_config;
+    if let (Some(a), Some(bound)) = (static_config.approvals.as_mut(), &bound_approvals) {
+        a.listen = bound.addr;
+    }
     // A listener asked for port 0 is known by the port it got from here on.
     for (listener, bound) in static_config.listeners.iter_mut().zip(&bound_listeners) {
         listener.listen = bound.addr;
@@ -131,6 +138,14 @@ pub fn run(
         static_config.watched_runs_per_tenant,
     ));
     spawn_run_expiries(runs.clone())?;
+    let holds = match &static_config.approvals {
+        Some(settings) => Some(Arc::new(crate::approvals::Holds::new(
+            hold_store(&static_config.limiter)?,
+            settings.clone(),
+            audit.clone(),
+        ))),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         config: static_config.clone(),
         snapshot: handle.clone(),
@@ -143,6 +158,7 @@ pub fn run(
         tunnels: TenantCounts::new(&METRICS.tunnels_open),
         connections: TenantCounts::new(&METRICS.tenant_connections_open),
         bodies: crate::body::BodyBudget::new(static_config.limits.max_buffered_body_bytes),
+        approvals: holds.clone(),
     });
     for (listener, bound) in static_config.listeners.iter().zip(bound_listeners) {
         let addr = bound.addr;
@@ -173,7 +189,7 @@ pub fn run(
     }
 
     let admin = AdminApp::new(
-        handle,
+        handle.clone(),
         audit,
         limits,
         runs,
@@ -181,6 +197,19 @@ pub fn run(
     );
     server.add_service(ListenService::new("admin".into(), bound_admin, admin));
     tracing::info!(addr = %static_config.admin_listen, "admin listening");
+    if let (Some(holds), Some(bound)) = (holds, bound_approvals) {
+        let addr = bound.addr;
+        let app = crate::approvals::api::ApprovalsApp::new(
+            holds.clone(),
+            approver_verifier(handle.clone(), holds.settings().audience.clone()),
+        );
+        server.add_service(ListenService::new("approvals".into(), bound, app));
+        server.add_service(pingora::services::background::background_service(
+            "approval holds",
+            HoldsShutdown(holds),
+        ));
+        tracing::info!(%addr, "approvals API listening");
+    }
 
     if let Some(path) = ready_file {
         write_ready_file(path, &static_config)?;
@@ -204,10 +233,13 @@ fn write_ready_file(path: &std::path::Path, config: &StaticConfig) -> anyhow::Re
         .iter()
         .map(|l| (l.name.clone(), l.listen.to_string().into()))
         .collect();
-    let ready = serde_json::json!({
+    let mut ready = serde_json::json!({
         "admin": config.admin_listen.to_string(),
         "listeners": listeners,
     });
+    if let Some(a) = &config.approvals {
+        ready["approvals"] = a.listen.to_string().into();
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
@@ -222,6 +254,65 @@ fn write_ready_file(path: &std::path::Path, config: &StaticConfig) -> anyhow::Re
         Ok(())
     };
     write().with_context(|| format!("writing the ready file `{}`", path.display()))
+}
+
+/// Where approval holds live: with the limiter's counters (Redis, shared by the replicas), or
+/// in this process.
+fn hold_store(
+    limiter: &crate::limits::LimiterSettings,
+) -> anyhow::Result<Arc<dyn crate::approvals::store::HoldStore>> {
+    Ok(match limiter {
+        crate::limits::LimiterSettings::Memory { .. } => {
+            Arc::new(crate::approvals::store::MemoryHolds::default())
+        }
+        crate::limits::LimiterSettings::Redis(r) => Arc::new(
+            crate::approvals::redis::RedisHolds::start(&r.url, r.timeout)
+                .map_err(anyhow::Error::msg)?,
+        ),
+    })
+}
+
+/// Verifies approver tokens with the current snapshot's token keys and revocation list, for
+/// the approvals audience only.
+fn approver_verifier(
+    snapshot: Arc<SnapshotHandle>,
+    audience: String,
+) -> crate::approvals::api::Authenticate {
+    Arc::new(move |token: &str| {
+        let snap = snapshot.load();
+        let verifier = snap
+            .tokens
+            .as_ref()
+            .ok_or("this proxy verifies no tokens (`[token]` in the tenant file)")?;
+        let verified = verifier
+            .verify_for_audience(token, crate::clock::unix_now(), &audience)
+            .map_err(|e| e.to_string())?;
+        // SECURITY: the approver's tenant must be one this proxy serves.
+        if !snap.tenants.tenants.contains_key(&verified.tenant) {
+            return Err("the token's tenant is not configured".to_string());
+        }
+        Ok(crate::approvals::api::Approver {
+            tenant: verified.tenant,
+            name: verified.workload.to_string(),
+            groups: verified.scopes,
+        })
+    })
+}
+
+/// Cancels every waiting approval hold once shutdown starts, so its agent is refused while the
+/// connection is still up (and nothing held by this process is forwarded later).
+struct HoldsShutdown(Arc<crate::approvals::Holds>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for HoldsShutdown {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        while shutdown.changed().await.is_ok() {
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        self.0.shut_down();
+    }
 }
 
 /// Summarizes expired runs on a thread of its own: it only waits on the limiter and the audit

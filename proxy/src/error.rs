@@ -104,6 +104,27 @@ pub enum Deny {
     /// The upstream answered a request that carried a substituted secret with a compressed
     /// body, which cannot be scrubbed of echoed secrets; withheld.
     UpstreamEncoded,
+    /// The request waits for a person's approval and its policy asks for polling: 202 with the
+    /// hold id (`x-approval-hold`); the agent sends the same request again with that header.
+    ApprovalPending(String),
+    /// A person of the tenant denied the held request (their reason).
+    ApprovalDenied(String),
+    /// Nobody decided on the held request within its timeout (seconds).
+    ApprovalTimeout(u64),
+    /// The tenant (or the proxy) already holds as many requests as it may (which cap, the cap).
+    ApprovalCapacity(&'static str, usize),
+    /// Holds cannot be kept or read now (no approvals listener, the store unreachable, the
+    /// proxy shutting down); nothing was forwarded.
+    ApprovalUnavailable(String),
+    /// The `x-approval-hold` id names no hold of this workload for this very request.
+    ApprovalUnknown,
+    /// An approver asked about holds their token does not cover (another tenant's, or a group
+    /// they are not in).
+    ApproverForbidden(String),
+    /// The approvals API was called without a valid approver token (why, never the token).
+    ApproverUnauthenticated(String),
+    /// The hold was already decided, expired or cancelled (its state).
+    HoldResolved(String),
 }
 
 impl From<crate::identity::IdentityError> for Deny {
@@ -232,8 +253,17 @@ impl Deny {
                     ));
                 }
             }
+            Deny::ApprovalPending(hold) => {
+                headers.push((
+                    http::HeaderName::from_static("x-approval-hold"),
+                    hold.clone(),
+                ));
+                headers.push((http::header::RETRY_AFTER, "1".to_string()));
+            }
             Deny::LimiterUnavailable
             | Deny::AuditUnavailable
+            | Deny::ApprovalCapacity(..)
+            | Deny::ApprovalUnavailable(_)
             | Deny::TunnelLimit(_)
             | Deny::Overloaded(_)
             | Deny::ConnectionLimit(_) => {
@@ -538,6 +568,47 @@ impl Deny {
                 ReasonCode::UpstreamEncoded,
                 "the upstream answered with a compressed body although the request carried a credential and asked for none; it was withheld, since an echoed secret could not be removed from it".into(),
             ),
+            Deny::ApprovalPending(hold) => (
+                202,
+                ReasonCode::ApprovalPending,
+                format!("this request waits for a person's approval as hold `{hold}`; send the same request again with `x-approval-hold: {hold}` to learn the outcome"),
+            ),
+            Deny::ApprovalDenied(reason) => (
+                403,
+                ReasonCode::ApprovalDenied,
+                format!("an approver of this tenant denied the request: {reason}"),
+            ),
+            Deny::ApprovalTimeout(secs) => (
+                403,
+                ReasonCode::ApprovalTimeout,
+                format!("nobody approved the request within {secs}s; it was not forwarded"),
+            ),
+            Deny::ApprovalCapacity(whose, max) => (
+                429,
+                ReasonCode::ApprovalCapacity,
+                format!("{whose} already holds {max} requests for approval; retry later"),
+            ),
+            Deny::ApprovalUnavailable(why) => (
+                503,
+                ReasonCode::ApprovalUnavailable,
+                format!("this request needs a person's approval, which cannot be asked for now: {why}; it was not forwarded"),
+            ),
+            Deny::ApprovalUnknown => (
+                403,
+                ReasonCode::ApprovalUnknown,
+                "`x-approval-hold` names no hold of this workload for this request; send the request exactly as it was held".into(),
+            ),
+            Deny::ApproverForbidden(why) => (403, ReasonCode::ApproverForbidden, why.clone()),
+            Deny::ApproverUnauthenticated(why) => (
+                401,
+                ReasonCode::ApproverUnauthenticated,
+                format!("send `Authorization: Bearer <approver token>`: {why}"),
+            ),
+            Deny::HoldResolved(state) => (
+                409,
+                ReasonCode::HoldResolved,
+                format!("the hold is no longer pending: it is {state}"),
+            ),
         }
     }
 
@@ -663,6 +734,31 @@ mod tests {
                 "credential_scan_incomplete",
             ),
             (Deny::UpstreamEncoded, 502, "upstream_encoded"),
+            (Deny::ApprovalPending("h".into()), 202, "approval_pending"),
+            (Deny::ApprovalDenied("no".into()), 403, "approval_denied"),
+            (Deny::ApprovalTimeout(5), 403, "approval_timeout"),
+            (
+                Deny::ApprovalCapacity("this tenant", 2),
+                429,
+                "approval_capacity",
+            ),
+            (
+                Deny::ApprovalUnavailable("x".into()),
+                503,
+                "approval_unavailable",
+            ),
+            (Deny::ApprovalUnknown, 403, "approval_unknown"),
+            (
+                Deny::ApproverForbidden("x".into()),
+                403,
+                "approver_forbidden",
+            ),
+            (
+                Deny::ApproverUnauthenticated("x".into()),
+                401,
+                "approver_unauthenticated",
+            ),
+            (Deny::HoldResolved("approved".into()), 409, "hold_resolved"),
             (
                 Deny::McpResponseUnfiltered("x".into()),
                 502,

@@ -45,12 +45,15 @@
 //!
 //! Shared state (limit counters, run life records, audit streams, the revocation list) lives in
 //! Redis when replicas share it, one server or a Redis Cluster, reached through [`redis_conn`].
+//! A permit marked `@approval` holds what it allows until a person of the tenant approves or
+//! denies it through the approvals API ([`approvals`]); the hold is one step of the same chain.
 //!
 //! A signed run ([`runs`]) gets run-level audit events: `run_started` with its first request and
 //! a `run_summary` when its token expires or it is closed, each once across replicas.
 
 pub mod admin;
 pub mod app;
+pub mod approvals;
 pub mod audit;
 pub mod body;
 pub mod cli;

@@ -99,6 +99,14 @@ pub struct Metrics {
     pub overload_refusals: IntCounterVec,
     /// Request body bytes held in memory by requests in flight.
     pub buffered_body_bytes: IntGauge,
+    /// Requests this replica holds for approval now (waiting, or answered 202 and not yet
+    /// decided), by tenant.
+    pub approval_holds_pending: IntGaugeVec,
+    /// Holds ended, by tenant and outcome (`granted`, `denied`, `expired`, `cancelled`,
+    /// `would_hold` for shadow rules).
+    pub approval_outcomes: IntCounterVec,
+    /// Time from a hold to its decision (granted or denied), by tenant.
+    pub approval_decision_duration: HistogramVec,
 }
 
 const TENANT_NONE: &str = "none";
@@ -341,6 +349,28 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tenant_proxy_buffered_body_bytes",
             "Request body bytes held in memory by requests in flight",
         )?,
+        approval_holds_pending: IntGaugeVec::new(
+            Opts::new(
+                "tenant_proxy_approval_holds_pending",
+                "Requests this replica holds for approval now, by tenant",
+            ),
+            &["tenant"],
+        )?,
+        approval_outcomes: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_approval_outcomes_total",
+                "Approval holds ended, by tenant and outcome",
+            ),
+            &["tenant", "outcome"],
+        )?,
+        approval_decision_duration: HistogramVec::new(
+            HistogramOpts::new(
+                "tenant_proxy_approval_decision_seconds",
+                "Time from a hold to a person's decision",
+            )
+            .buckets(vec![1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0]),
+            &["tenant"],
+        )?,
         registry,
     };
     let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -383,6 +413,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.tenant_connections_open.clone()),
         Box::new(m.overload_refusals.clone()),
         Box::new(m.buffered_body_bytes.clone()),
+        Box::new(m.approval_holds_pending.clone()),
+        Box::new(m.approval_outcomes.clone()),
+        Box::new(m.approval_decision_duration.clone()),
     ];
     for c in collectors {
         m.registry.register(c)?;

@@ -136,6 +136,24 @@ reason_codes! {
     ResourceDenied => "resource_denied",
     /// See `Deny::PromptDenied`.
     PromptDenied => "prompt_denied",
+    /// See `Deny::ApprovalPending`.
+    ApprovalPending => "approval_pending",
+    /// See `Deny::ApprovalDenied`.
+    ApprovalDenied => "approval_denied",
+    /// See `Deny::ApprovalTimeout`.
+    ApprovalTimeout => "approval_timeout",
+    /// See `Deny::ApprovalCapacity`.
+    ApprovalCapacity => "approval_capacity",
+    /// See `Deny::ApprovalUnavailable`.
+    ApprovalUnavailable => "approval_unavailable",
+    /// See `Deny::ApprovalUnknown`.
+    ApprovalUnknown => "approval_unknown",
+    /// See `Deny::ApproverForbidden`.
+    ApproverForbidden => "approver_forbidden",
+    /// See `Deny::ApproverUnauthenticated`.
+    ApproverUnauthenticated => "approver_unauthenticated",
+    /// See `Deny::HoldResolved`.
+    HoldResolved => "hold_resolved",
 }
 
 impl fmt::Display for ReasonCode {

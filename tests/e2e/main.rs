@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod approvals;
 mod audit_chain;
 mod budgets;
 mod canary;

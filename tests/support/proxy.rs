@@ -260,6 +260,14 @@ impl Proxy {
         panic!("proxy did not become ready; log:\n{}", self.log());
     }
 
+    /// The approvals API's port (the proxy was configured with `[approvals]`).
+    pub fn approvals_port(&self) -> u16 {
+        self.ready
+            .approvals
+            .unwrap_or_else(|| panic!("no approvals API: {:?}", self.ready))
+            .port()
+    }
+
     /// The port of listener `name`.
     pub fn port(&self, name: &str) -> u16 {
         self.ready

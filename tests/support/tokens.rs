@@ -38,6 +38,8 @@ pub struct TokenOpts {
     pub jti: Option<&'static str>,
     pub kid: Option<&'static str>,
     pub run_budget: Option<RunBudget>,
+    /// Scopes (an approver token's groups).
+    pub scopes: Vec<&'static str>,
 }
 
 impl Default for TokenOpts {
@@ -54,6 +56,7 @@ impl Default for TokenOpts {
             jti: None,
             kid: Some("test-ed"),
             run_budget: None,
+            scopes: Vec::new(),
         }
     }
 }
@@ -69,7 +72,7 @@ pub fn token(o: TokenOpts) -> String {
         ttl: Duration::from_secs(o.ttl_secs),
         run_id: o.run_id.map(String::from),
         run_budget: o.run_budget,
-        scopes: vec![],
+        scopes: o.scopes.iter().map(|s| s.to_string()).collect(),
         jti: o.jti.map(String::from),
         kid: o.kid.map(String::from),
         now_unix: o.issued_at,
@@ -83,6 +86,24 @@ pub fn token_for(tenant: &'static str, workload: &'static str) -> String {
     token(TokenOpts {
         tenant,
         workload,
+        ..Default::default()
+    })
+}
+
+/// The audience of approver tokens (`[approvals] audience`'s default).
+pub const APPROVER_AUDIENCE: &str = "tenant-proxy-approvals";
+
+/// An approver token: `approver` of `tenant`, in `groups`.
+pub fn approver_token(
+    tenant: &'static str,
+    approver: &'static str,
+    groups: &[&'static str],
+) -> String {
+    token(TokenOpts {
+        tenant,
+        workload: approver,
+        audience: APPROVER_AUDIENCE,
+        scopes: groups.to_vec(),
         ..Default::default()
     })
 }

@@ -27,8 +27,8 @@ pub mod verify;
 mod writer;
 
 pub use record::{
-    AuditEntry, AuditRecord, Decision as AuditDecision, EventKind, McpFields, RunEnd, RunEvent,
-    RunTotals, TunnelFields,
+    ApprovalEvent, ApprovalFields, AuditEntry, AuditRecord, Decision as AuditDecision, EventKind,
+    McpFields, RunEnd, RunEvent, RunTotals, TunnelFields,
 };
 pub use settings::{AuditSettings, AuditSpec, AuditStreamSettings, FsyncPolicy};
 pub use writer::AuditWriter;

@@ -82,6 +82,19 @@ pub enum EventKind {
     RunStarted,
     /// A signed run ended: its token expired or it was closed ([`RunEvent`]).
     RunSummary,
+    /// A request was held for a person's approval ([`ApprovalEvent`]).
+    ApprovalRequested,
+    /// An approver approved a hold.
+    ApprovalGranted,
+    /// An approver denied a hold.
+    ApprovalDenied,
+    /// Nobody decided on a hold within its timeout.
+    ApprovalExpired,
+    /// A hold ended undecided: its agent went away or its proxy shut down.
+    ApprovalCancelled,
+    /// An approver of this tenant asked about holds their token does not cover (another
+    /// tenant's, a group they are not in): refused.
+    ApprovalRefused,
 }
 
 /// One request's record.
@@ -143,6 +156,9 @@ pub struct AuditRecord {
     /// MCP server, tool calls and hidden tools, for requests to an MCP server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mcp: Option<McpFields>,
+    /// The approval hold this request went through, or that it would have (shadow).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalFields>,
     /// Decision.
     pub decision: Decision,
     /// Reason code (`allowed` or the refusal's code).
@@ -215,6 +231,7 @@ impl AuditRecord {
             stream_cut: false,
             tunnel: None,
             mcp: None,
+            approval: None,
             decision,
             reason,
             policy_ids: Vec::new(),
@@ -283,6 +300,60 @@ pub struct RunEvent {
     pub totals: Option<RunTotals>,
 }
 
+/// What a request record says about its approval hold.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ApprovalFields {
+    /// The hold's id (absent for a shadow "would hold").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<String>,
+    /// `granted`, `denied`, `expired`, `cancelled`, `pending` (answered 202), or `would_hold`
+    /// (shadow).
+    pub outcome: &'static str,
+    /// Who decided, when someone did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+    /// The marked permits that asked for the hold.
+    pub policy_ids: Vec<String>,
+}
+
+/// A hold's event: `approval_requested`, `approval_granted`, `approval_denied`,
+/// `approval_expired`, `approval_cancelled` or `approval_refused`. Chained in the tenant's
+/// partition like request records; the request record names the same `hold_id`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalEvent {
+    /// Which event.
+    pub event: EventKind,
+    /// RFC 3339 UTC time of the event.
+    pub time: String,
+    /// Tenant id (also the partition).
+    pub tenant: String,
+    /// The hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<String>,
+    /// The held request's workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// The held request's run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The held request's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The approver (`sub` of their token), for a decision or a refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+    /// The approver's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the held request is (method, host, path, model, MCP tools, body digest, estimated
+    /// cost), for `approval_requested`; for `approval_refused`, what was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+    /// Seconds from the hold to the decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_s: Option<f64>,
+}
+
 /// Any chained line's content.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
@@ -291,6 +362,8 @@ pub enum AuditEntry {
     Request(Box<AuditRecord>),
     /// A run-level event.
     Run(Box<RunEvent>),
+    /// An approval hold's event.
+    Approval(Box<ApprovalEvent>),
 }
 
 impl AuditEntry {
@@ -299,6 +372,7 @@ impl AuditEntry {
         match self {
             AuditEntry::Request(r) => &r.tenant,
             AuditEntry::Run(r) => &r.tenant,
+            AuditEntry::Approval(r) => &r.tenant,
         }
     }
 }
@@ -306,6 +380,12 @@ impl AuditEntry {
 impl From<AuditRecord> for AuditEntry {
     fn from(r: AuditRecord) -> Self {
         AuditEntry::Request(Box::new(r))
+    }
+}
+
+impl From<ApprovalEvent> for AuditEntry {
+    fn from(r: ApprovalEvent) -> Self {
+        AuditEntry::Approval(Box::new(r))
     }
 }
 

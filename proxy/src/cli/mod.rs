@@ -3,6 +3,7 @@
 //! arguments and what it does.
 
 mod admin;
+mod approvals;
 mod audit;
 mod ca;
 mod check;
@@ -113,6 +114,9 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Held requests of a tenant: list them, approve or deny one (through the approvals API,
+    /// with an approver token).
+    Approvals(approvals::ApprovalsArgs),
 }
 
 impl Cli {
@@ -138,6 +142,7 @@ impl Cli {
             Command::Policy { command } => policy::policy(command),
             Command::Audit { command } => audit::audit(command),
             Command::SidecarInit(args) => sidecar_init::sidecar_init(args),
+            Command::Approvals(args) => approvals::approvals(args),
             Command::Usage {
                 config,
                 tenant,

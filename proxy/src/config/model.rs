@@ -54,6 +54,8 @@ pub struct StaticConfig {
     pub limits: RequestLimits,
     /// Where limit counters live.
     pub limiter: LimiterSettings,
+    /// Approval holds and their API, when configured.
+    pub approvals: Option<crate::approvals::ApprovalSettings>,
     /// Signed runs of one tenant watched for their `run_summary` at once (`[limiter]
     /// watched_runs_per_tenant`); past it, that tenant's new runs are summarized only when
     /// closed or by another replica.
@@ -103,6 +105,9 @@ impl StaticConfig {
             .map(|i| InterceptSettings::from_spec(i, &mut p));
         let limits = RequestLimits::from_spec(&spec.limits, &mut p);
         let limiter = LimiterSettings::from_spec(&spec.limiter, &mut p);
+        let approvals = spec
+            .approvals
+            .map(|a| crate::approvals::ApprovalSettings::from_spec(a, &mut p));
         let watched_runs_per_tenant = spec
             .limiter
             .watched_runs_per_tenant
@@ -124,6 +129,7 @@ impl StaticConfig {
             intercept,
             limits,
             limiter,
+            approvals,
             watched_runs_per_tenant,
             threads: server.threads,
             grace_period: server.grace_period,

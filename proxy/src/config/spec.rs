@@ -50,6 +50,9 @@ pub struct StaticSpec {
     /// Where rate and concurrency counters live.
     #[serde(default)]
     pub limiter: LimiterSpec,
+    /// Human approval holds and the approvals API (absent: a request a policy marks for
+    /// approval is refused).
+    pub approvals: Option<crate::approvals::ApprovalsSpec>,
     /// Process settings.
     #[serde(default)]
     pub server: ServerSpec,

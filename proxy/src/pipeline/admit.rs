@@ -3,13 +3,16 @@
 //!
 //! audit slot → identity → tenant context (its audit partition, its connection) → run →
 //! what is asked (the request's target and body, or the tunnel's port) → policy (+ shadow) →
-//! [tunnel cap] → egress → [MCP items] → credentials → limits → [`Permit`]
+//! [tunnel cap] → egress → [MCP items] → credentials decided → [approval hold] → credentials
+//! substituted → limits → [`Permit`]
 //!
 //! The order is the security argument: an unauditable request is never served; identity comes
 //! before anything reads the request; the body before the decision (the decision sees the
 //! model); policy before any name is resolved (a denied caller cannot probe names); credentials
-//! only for an allowed request; ceilings last, so a request refused for any other reason uses
-//! up no allowance. The side effects (reserving, counting, dialing) go through [`Effects`]:
+//! only for an allowed request; an approval hold only for a request every other check allowed
+//! (a person is never asked about a request that would be refused), and what waits carries no
+//! substituted secret and no reservation; ceilings last, so a request refused for any other
+//! reason uses up no allowance. The side effects (reserving, counting, dialing) go through [`Effects`]:
 //! the proxy's, or [`DecideOnly`]'s for `policy explain`, which decides exactly as the proxy
 //! would and changes nothing.
 //!
@@ -30,6 +33,8 @@ use super::caps::TenantSlot;
 use super::conn::{front_conn, ConnFacts, Tunnel};
 use super::decide::{self, Asking, McpTrail, Observer};
 use super::record::{Trail, TunnelMode};
+use crate::approvals::{Granted, HeldRequest, HoldAsk, HoldEnd};
+use crate::audit::ApprovalFields;
 use crate::audit::AuditSlot;
 use crate::body::{self, BodyHold, BufferedBody};
 use crate::clock::{unix_now, unix_now_i64};
@@ -43,7 +48,8 @@ use crate::ids::TenantId;
 use crate::limits::plan::{CallFacts, Plan};
 use crate::limits::stream::StreamPlan;
 use crate::limits::Admission;
-use crate::policy::ConnectQuestion;
+use crate::policy::approval::ApprovalNeed;
+use crate::policy::{ConnectQuestion, Decision, ItemKind};
 use crate::pricing::Prices;
 use crate::snapshot::Snapshot;
 use crate::target::{Destination, Scheme};
@@ -248,6 +254,13 @@ pub trait Effects: Send + Sync {
     async fn reserve(&self, plan: &Plan) -> Result<Option<Admission>, Deny>;
     /// The interception CA's leaf minter, when one is configured.
     fn minter(&self) -> Option<Arc<LeafMinter>>;
+    /// Holds a request that a marked permit allowed until a person of its tenant decides (see
+    /// [`crate::approvals`]); `session` is watched for the agent going away.
+    async fn hold(
+        &self,
+        ask: HoldAsk<'_>,
+        session: Option<&mut Session>,
+    ) -> Result<Granted, HoldEnd>;
     /// Unix second now (a described request says when it arrives).
     fn now(&self) -> i64 {
         unix_now_i64()
@@ -403,11 +416,13 @@ async fn admit_http(
         grant.body = Some(BufferedBody(read.body));
     }
 
+    // The method is copied: the questions outlive the borrow of the request a hold needs.
+    let method = header.method.clone();
     let asking = Asking::new(
         &snapshot,
         &tenant,
         &destination,
-        &header.method,
+        &method,
         trail.model.as_deref(),
         fx.now(),
     );
@@ -417,7 +432,7 @@ async fn admit_http(
     trail.decision = Some(decision);
     trail.shadow = shadow;
     // (The field, not `mark`: `asking` still borrows the trail's model.)
-    trail.phases.push(("policy", std::time::Instant::now()));
+    trail.mark("policy");
     if !allowed {
         return Err(Deny::PolicyDenied);
     }
@@ -448,29 +463,74 @@ async fn admit_http(
         };
         asking.mcp(&server.name, body, record, observer)?;
     }
-    let body = grant.body.as_ref().map(|b| &b.0);
-    match asking.credentials(header, body, grant.body_decoded, observer) {
-        Ok(mut applied) => {
-            trail.credentials = applied.used.iter().map(|c| c.name.clone()).collect();
-            if !applied.used.is_empty() {
-                crate::metrics::METRICS
-                    .credential_substitutions
-                    .with_label_values(&[tenant.tenant.as_str()])
-                    .inc_by(applied.used.len() as u64);
-            }
-            if let Some(body) = applied.body.take() {
-                grant.body = Some(BufferedBody(body));
-            }
-            grant.applied = Some(applied);
-            trail
-                .phases
-                .push(("credentials", std::time::Instant::now()));
+    // Credentials are decided now (a refused one refuses at once), and the permits that allowed
+    // their use may ask for approval as much as the `http` and MCP ones.
+    let mut uses = CredentialPermits::new(observer);
+    let applied = decide_credentials(&asking, header, &grant, &mut trail.credentials, &mut uses)?;
+    let credential_permits = std::mem::take(&mut uses.ids);
+    let call = CallFacts {
+        model: trail.model.as_deref(),
+        max_output_tokens: grant.max_output_tokens,
+        body_bytes: trail.bytes_in,
+        mcp_tool_calls: trail.mcp.as_ref().map(|m| m.tools_called.len() as u64),
+    };
+    let plan = crate::limits::plan::plan(&snapshot.tenants, &tenant, &destination, call, fx.now())?;
+    let allowed_by = trail
+        .decision
+        .iter()
+        .flat_map(|d| d.policy_ids.iter())
+        .chain(credential_permits.iter());
+    let applied = match snapshot.policy.approval_need(&tenant.tenant, allowed_by) {
+        None => applied,
+        Some(need) if need.shadow => {
+            crate::metrics::METRICS
+                .approval_outcomes
+                .with_label_values(&[tenant.tenant.as_str(), "would_hold"])
+                .inc();
+            trail.approval = Some(ApprovalFields {
+                hold_id: None,
+                outcome: "would_hold",
+                approver: None,
+                policy_ids: need.policy_ids,
+            });
+            applied
         }
-        Err(refusal) => {
-            trail.credentials = refusal.credential().map(String::from).into_iter().collect();
-            return Err(Deny::Credential(refusal));
+        Some(need) => {
+            let held = held_request(
+                header,
+                &destination,
+                trail,
+                &applied,
+                plan.charge.cost_micros,
+            );
+            // SECURITY: nothing substituted waits with the request; the credentials are decided
+            // and substituted again once it is approved (a credential that expired meanwhile
+            // refuses then).
+            drop(applied);
+            let presented = header
+                .headers
+                .get(crate::approvals::HOLD_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            let ask = HoldAsk {
+                tenant: &tenant,
+                need: &need,
+                request: held,
+                presented,
+            };
+            let session = match &mut source {
+                BodySource::Session(session) => Some(&mut **session),
+                BodySource::Given(..) => None,
+            };
+            let held = fx.hold(ask, session).await;
+            trail.approval = Some(approval_fields(&need, &held));
+            held.map_err(deny_for_hold)?;
+            let header = source.header();
+            let named = &mut trail.credentials;
+            decide_credentials(&asking, header, &grant, named, observer)?
         }
-    }
+    };
+    substitute(applied, &mut grant, trail, &tenant);
     // So that every streamed call can be metered, ask a stream for its usage where its provider
     // reports it only when asked (and take the event out again before the agent sees it).
     if trail.model.is_some() {
@@ -484,13 +544,6 @@ async fn admit_http(
         }
     }
     // Ceilings last: a request refused for any other reason does not use up the allowance.
-    let call = CallFacts {
-        model: trail.model.as_deref(),
-        max_output_tokens: grant.max_output_tokens,
-        body_bytes: trail.bytes_in,
-        mcp_tool_calls: trail.mcp.as_ref().map(|m| m.tools_called.len() as u64),
-    };
-    let plan = crate::limits::plan::plan(&snapshot.tenants, &tenant, &destination, call, fx.now())?;
     grant.prices = plan.prices;
     if !plan.keys.is_empty() {
         grant.limits = fx.reserve(&plan).await?;
@@ -504,6 +557,154 @@ async fn admit_http(
         permit: Permit { destination, addr },
         grant: Grant::Http(grant),
     })
+}
+
+/// Watches the `use_credential` questions for the permits that allowed them (an approval may
+/// be asked for there), passing every question on to `inner`.
+struct CredentialPermits<'a> {
+    inner: &'a mut dyn Observer,
+    ids: Vec<String>,
+}
+
+impl<'a> CredentialPermits<'a> {
+    fn new(inner: &'a mut dyn Observer) -> Self {
+        Self {
+            inner,
+            ids: Vec::new(),
+        }
+    }
+}
+
+impl Observer for CredentialPermits<'_> {
+    fn facts(&mut self, facts: &crate::policy::HttpRequestFacts<'_>) {
+        self.inner.facts(facts);
+    }
+    fn credential_use(
+        &mut self,
+        name: &str,
+        position: crate::credentials::binding::Position,
+        decision: &Decision,
+    ) {
+        if decision.allowed {
+            self.ids.extend(decision.policy_ids.iter().cloned());
+        }
+        self.inner.credential_use(name, position, decision);
+    }
+    fn mcp_item(&mut self, server: &str, item: ItemKind, name: &str, decision: &Decision) {
+        self.inner.mcp_item(server, item, name, decision);
+    }
+}
+
+/// Decides every `$CRED{}` handle and agent-supplied key of the request: what would be
+/// substituted, or the refusal (its credential named in `named`, the trail's list).
+fn decide_credentials(
+    asking: &Asking<'_>,
+    header: &RequestHeader,
+    grant: &HttpGrant,
+    named: &mut Vec<String>,
+    observer: &mut dyn Observer,
+) -> Result<Applied, Deny> {
+    let body = grant.body.as_ref().map(|b| &b.0);
+    asking
+        .credentials(header, body, grant.body_decoded, observer)
+        .map_err(|refusal| {
+            *named = refusal.credential().map(String::from).into_iter().collect();
+            Deny::Credential(refusal)
+        })
+}
+
+/// Puts the decided substitutions into the request (counted, named in the trail).
+fn substitute(
+    mut applied: Applied,
+    grant: &mut HttpGrant,
+    trail: &mut Trail,
+    tenant: &TenantContext,
+) {
+    trail.credentials = applied.used.iter().map(|c| c.name.clone()).collect();
+    if !applied.used.is_empty() {
+        crate::metrics::METRICS
+            .credential_substitutions
+            .with_label_values(&[tenant.tenant.as_str()])
+            .inc_by(applied.used.len() as u64);
+    }
+    if let Some(body) = applied.body.take() {
+        grant.body = Some(BufferedBody(body));
+    }
+    grant.applied = Some(applied);
+    trail.mark("credentials");
+}
+
+/// What an approver is shown of a held request (never a secret).
+fn held_request(
+    header: &RequestHeader,
+    destination: &Destination,
+    trail: &Trail,
+    applied: &Applied,
+    cost_micros: u64,
+) -> HeldRequest {
+    let target = String::from_utf8_lossy(header.raw_path());
+    HeldRequest {
+        method: trail.method.clone(),
+        scheme: destination.scheme.as_str().into(),
+        host: destination.host.clone(),
+        port: destination.port,
+        path: destination.audit_path.clone(),
+        model: trail.model.clone(),
+        mcp_server: trail.mcp.as_ref().map(|m| m.server.clone()),
+        mcp_tools: trail
+            .mcp
+            .as_ref()
+            .map(|m| m.tools_called.clone())
+            .unwrap_or_default(),
+        body_sha256: trail.body_sha256.clone(),
+        credentials: applied.used.iter().map(|c| c.name.clone()).collect(),
+        estimated_cost_micros: (cost_micros > 0).then_some(cost_micros),
+        digest: crate::approvals::request_digest(
+            &trail.method,
+            &format!("{}|{}", destination.host, target),
+            &header.headers,
+            trail.body_sha256.as_deref(),
+        ),
+    }
+}
+
+/// The request record's `approval` for a hold that ended with `held`.
+fn approval_fields(need: &ApprovalNeed, held: &Result<Granted, HoldEnd>) -> ApprovalFields {
+    let (hold_id, outcome, approver) = match held {
+        // `policy explain` holds nothing: the request would be held.
+        Ok(g) if g.hold_id.is_empty() => (None, "required", None),
+        Ok(g) => (Some(g.hold_id.clone()), "granted", g.approver.clone()),
+        Err(end) => (
+            end.hold_id().map(String::from),
+            end.outcome(),
+            match end {
+                HoldEnd::Denied(_, who, _) => who.clone(),
+                _ => None,
+            },
+        ),
+    };
+    ApprovalFields {
+        hold_id,
+        outcome,
+        approver,
+        policy_ids: need.policy_ids.clone(),
+    }
+}
+
+/// The refusal an agent gets for a hold that did not end in approval.
+fn deny_for_hold(end: HoldEnd) -> Deny {
+    match end {
+        HoldEnd::Pending(id) => Deny::ApprovalPending(id),
+        HoldEnd::Denied(_, _, reason) => Deny::ApprovalDenied(reason),
+        HoldEnd::Expired(_, secs) => Deny::ApprovalTimeout(secs),
+        HoldEnd::Capacity(whose, max) => Deny::ApprovalCapacity(whose, max),
+        HoldEnd::Unavailable(why) => Deny::ApprovalUnavailable(why),
+        HoldEnd::Unknown => Deny::ApprovalUnknown,
+        HoldEnd::ClientGone(_) => Deny::ClientClosed,
+        HoldEnd::ShuttingDown(_) => Deny::ApprovalUnavailable(
+            "the proxy is shutting down; the request was not forwarded, send it again".into(),
+        ),
+    }
 }
 
 /// The request's own checks, then where it goes: a refused request never reaches the target
@@ -758,6 +959,15 @@ impl Effects for DecideOnly<'_> {
 
     fn minter(&self) -> Option<Arc<LeafMinter>> {
         None
+    }
+
+    async fn hold(&self, _: HoldAsk<'_>, _: Option<&mut Session>) -> Result<Granted, HoldEnd> {
+        // Explain holds nothing: it answers as the proxy would once a person approved, and the
+        // trail names the approval as `required` (no hold id).
+        Ok(Granted {
+            hold_id: String::new(),
+            approver: None,
+        })
     }
 
     fn now(&self) -> i64 {

@@ -161,6 +161,10 @@ pub struct Explanation {
     pub mcp_prompts: Vec<ExplainedMcpItem>,
     /// What the shadow (report-only) policies would decide, when configured.
     pub shadow: Option<crate::policy::shadow::ShadowDecision>,
+    /// A marked permit's approval: `required` (the proxy would hold the request for a person)
+    /// or `would_hold` (a shadow rule), with the marked permits' ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::audit::ApprovalFields>,
 }
 
 /// What explain watches the chain ask.
@@ -294,6 +298,7 @@ pub async fn explain(
                 mcp_resources: Vec::new(),
                 mcp_prompts: Vec::new(),
                 shadow: None,
+                approval: None,
             }
         }
         Err(deny) => refused(deny, decision, None, Vec::new()),
@@ -305,6 +310,7 @@ pub async fn explain(
         mcp_resources: watch.mcp.resources,
         mcp_prompts: watch.mcp.prompts,
         shadow: trail.shadow.take(),
+        approval: trail.approval.take(),
         ..base
     })
 }
@@ -331,6 +337,7 @@ fn refused(
         mcp_resources: Vec::new(),
         mcp_prompts: Vec::new(),
         shadow: None,
+        approval: None,
     }
 }
 
@@ -397,6 +404,13 @@ pub fn render_text(e: &Explanation) -> String {
             s.decision,
             s.policy_ids.join(", "),
             s.outcome.as_str()
+        ));
+    }
+    if let Some(a) = &e.approval {
+        out.push_str(&format!(
+            "approval:    {} [{}]\n",
+            a.outcome,
+            a.policy_ids.join(", ")
         ));
     }
     for t in &e.mcp_tools {

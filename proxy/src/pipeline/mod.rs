@@ -84,6 +84,9 @@ pub struct Shared {
     pub connections: TenantCounts,
     /// Request body bytes held by all requests in flight.
     pub bodies: Arc<crate::body::BodyBudget>,
+    /// Requests held for a person's approval (`None`: no `[approvals]`, and a request a policy
+    /// marks for approval is refused).
+    pub approvals: Option<Arc<crate::approvals::Holds>>,
 }
 
 #[async_trait]
@@ -215,6 +218,30 @@ impl Effects for Shared {
 
     fn minter(&self) -> Option<Arc<LeafMinter>> {
         self.minter.clone()
+    }
+
+    async fn hold(
+        &self,
+        ask: crate::approvals::HoldAsk<'_>,
+        session: Option<&mut Session>,
+    ) -> Result<crate::approvals::Granted, crate::approvals::HoldEnd> {
+        // SECURITY: a request that needs a person's approval is never forwarded without one.
+        let Some(holds) = &self.approvals else {
+            return Err(crate::approvals::HoldEnd::Unavailable(
+                "this proxy has no approvals listener (`[approvals]`)".into(),
+            ));
+        };
+        // The agent going away ends its hold: nothing is forwarded for a caller that left.
+        let gone = async move {
+            let closed = match session {
+                Some(s) => s.read_body_or_idle(true).await.is_err(),
+                None => false,
+            };
+            if !closed {
+                std::future::pending::<()>().await;
+            }
+        };
+        holds.hold(ask, gone).await
     }
 }
 

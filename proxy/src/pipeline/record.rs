@@ -109,6 +109,8 @@ pub struct Trail {
     pub settled: Option<Charge>,
     /// When the upstream connection was ready, and when its answer arrived.
     pub upstream: (Option<Instant>, Option<Instant>),
+    /// The approval hold the request went through (or would have, for a shadow rule).
+    pub approval: Option<crate::audit::ApprovalFields>,
     /// The outcome.
     pub outcome: Outcome,
 }
@@ -141,6 +143,7 @@ impl Trail {
             reserved: None,
             settled: None,
             upstream: (None, None),
+            approval: None,
             outcome: Outcome::Pending,
         }
     }
@@ -282,6 +285,7 @@ impl Trail {
                 .mcp
                 .as_ref()
                 .map(|m| crate::mcp::audit_fields(m, list_filter)),
+            approval: self.approval.clone(),
             upstream_latency_ms: upstream.map(|u| u.as_secs_f64() * 1000.0),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,

@@ -58,6 +58,8 @@ pub fn upstream_request(
     // SECURITY: identity material and agent-written tenant claims never leave the proxy.
     upstream.remove_header(&http::header::PROXY_AUTHORIZATION);
     upstream.remove_header("proxy-connection");
+    // The hold id an agent polls with is the proxy's, not the upstream's.
+    upstream.remove_header(crate::approvals::HOLD_HEADER);
     for name in &admitted.snapshot.tenants.strip_headers {
         upstream.remove_header(name);
     }

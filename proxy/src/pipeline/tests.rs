@@ -45,6 +45,20 @@ when { resource == TenantProxy::Destination::"ok.test" };
 
 @id("credentials")
 permit (principal, action == TenantProxy::Action::"use_credential", resource);
+
+@id("held-paths")
+@approval("required")
+permit (principal, action == TenantProxy::Action::"http", resource)
+when { context.path like "/held/*" };
+
+@id("maybe-held-paths")
+@approval("shadow")
+permit (principal, action == TenantProxy::Action::"http", resource)
+when { context.path like "/shadow/*" };
+
+@id("forbidden-held-paths")
+forbid (principal, action == TenantProxy::Action::"http", resource)
+when { context.path like "/held/forbidden/*" };
 "#;
 
 /// A configuration with tenant acme (workload bot, a request ceiling) and its policies, loaded
@@ -150,6 +164,25 @@ impl Effects for Recording<'_> {
     }
     fn minter(&self) -> Option<Arc<LeafMinter>> {
         None
+    }
+    async fn hold(
+        &self,
+        ask: crate::approvals::HoldAsk<'_>,
+        _: Option<&mut Session>,
+    ) -> Result<crate::approvals::Granted, crate::approvals::HoldEnd> {
+        self.calls.lock().unwrap().push("hold");
+        assert_eq!(ask.need.policy_ids, ["held-paths"]);
+        if self.fail_at == Some("hold") {
+            return Err(crate::approvals::HoldEnd::Denied(
+                "h1".into(),
+                Some("alice".into()),
+                "not today".into(),
+            ));
+        }
+        Ok(crate::approvals::Granted {
+            hold_id: "h1".into(),
+            approver: Some("alice".into()),
+        })
     }
 }
 
@@ -315,6 +348,74 @@ async fn an_unknown_credential_is_refused_after_policy_and_egress_but_before_lim
     assert_eq!(code, "credential_unknown");
     assert!(!fx.calls().contains(&"limits"), "{:?}", fx.calls());
     assert_eq!(trail.credentials, ["nope"]);
+}
+
+#[tokio::test]
+async fn a_marked_permit_holds_after_every_other_check_and_before_the_ceilings() {
+    let (_dir, config, snapshot) = configured();
+    let header = request("POST", "http://api.ok.test/held/pay", &[]);
+    let fx = Recording::new(&config, None);
+    let (code, trail) = http(&fx, &snapshot, &header, None).await;
+    assert_eq!(code, "allowed");
+    assert_eq!(
+        fx.calls(),
+        ["audit", "partition", "run", "egress", "hold", "limits"]
+    );
+    let approval = trail.approval.expect("recorded");
+    assert_eq!(
+        (
+            approval.hold_id.as_deref(),
+            approval.outcome,
+            approval.approver.as_deref()
+        ),
+        (Some("h1"), "granted", Some("alice"))
+    );
+
+    // Denied: refused with the approver's reason, no allowance reserved.
+    let fx = Recording::new(&config, Some("hold"));
+    let (code, trail) = http(&fx, &snapshot, &header, None).await;
+    assert_eq!(code, "approval_denied");
+    assert!(!fx.calls().contains(&"limits"), "{:?}", fx.calls());
+    assert_eq!(trail.approval.map(|a| a.outcome), Some("denied"));
+
+    // A forbid still wins: nobody is asked.
+    let forbidden = request("POST", "http://api.ok.test/held/forbidden/x", &[]);
+    let fx = Recording::new(&config, None);
+    let (code, trail) = http(&fx, &snapshot, &forbidden, None).await;
+    assert_eq!(code, "policy_denied");
+    assert!(!fx.calls().contains(&"hold"), "{:?}", fx.calls());
+    assert!(trail.approval.is_none());
+
+    // A refused credential is refused at once, not put to a person.
+    let bad_cred = request(
+        "POST",
+        "http://api.ok.test/held/pay",
+        &[("authorization", "Bearer $CRED{nope}")],
+    );
+    let fx = Recording::new(&config, None);
+    let (code, _) = http(&fx, &snapshot, &bad_cred, None).await;
+    assert_eq!(code, "credential_unknown");
+    assert!(!fx.calls().contains(&"hold"), "{:?}", fx.calls());
+
+    // Shadow: counted and recorded as "would hold", never held.
+    let shadow = request("POST", "http://api.ok.test/shadow/pay", &[]);
+    let fx = Recording::new(&config, None);
+    let (code, trail) = http(&fx, &snapshot, &shadow, None).await;
+    assert_eq!(code, "allowed");
+    assert!(!fx.calls().contains(&"hold"), "{:?}", fx.calls());
+    let approval = trail.approval.expect("recorded");
+    assert_eq!((approval.hold_id, approval.outcome), (None, "would_hold"));
+    assert_eq!(approval.policy_ids, ["maybe-held-paths"]);
+
+    // Explain holds nothing, and says the request would be held.
+    let explaining = DecideOnly {
+        config: &config,
+        now: crate::clock::unix_now_i64(),
+    };
+    let (code, trail) = http(&explaining, &snapshot, &header, None).await;
+    assert_eq!(code, "allowed");
+    let approval = trail.approval.expect("named");
+    assert_eq!((approval.hold_id, approval.outcome), (None, "required"));
 }
 
 /// Runs a `CONNECT` to `host:port` through the chain.

@@ -11,6 +11,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
+use super::approval::ApprovalRule;
 use super::{PolicyCheck, PolicyEngine, PolicyProblem, TenantInfo, TenantPolicies, NAMESPACE};
 use crate::ids::{TenantId, WorkloadId};
 
@@ -21,6 +22,8 @@ struct Loaded {
     policy: Policy,
     id: String,
     file: PathBuf,
+    /// What its `@approval` annotations ask for.
+    approval: Option<ApprovalRule>,
 }
 
 /// Problems and warnings collected so far, and the text of every file read, to locate later
@@ -168,9 +171,13 @@ fn compile(dir: &Path, tenants: &[TenantInfo], report: &mut Report) -> Option<Po
         }
         let Some(schema) = &schema else { continue };
         let mut set = PolicySet::new();
+        let mut approvals = HashMap::new();
         for l in global.iter().chain(&mine) {
             // Duplicates were reported above; `add` refuses them again, which is fine.
             let _ = set.add(l.policy.clone());
+            if let Some(rule) = &l.approval {
+                approvals.insert(l.id.clone(), rule.clone());
+            }
         }
         match build_entities(tenant, schema, &names) {
             Ok((entities, principals)) => {
@@ -180,6 +187,7 @@ fn compile(dir: &Path, tenants: &[TenantInfo], report: &mut Report) -> Option<Po
                         policies: set,
                         entities,
                         principals,
+                        approvals,
                     },
                 );
             }
@@ -460,10 +468,15 @@ fn read_policy_file(root: &Path, file: &Path, report: &mut Report, out: &mut Vec
             Some(id) => id.to_string(),
             None => format!("{rel}#{n}"),
         };
+        let approval = ApprovalRule::from_policy(p).unwrap_or_else(|e| {
+            report.file(file, format!("policy `{id}`: {e}"));
+            None
+        });
         out.push(Loaded {
             policy: p.new_id(PolicyId::new(&id)),
             id,
             file: file.to_path_buf(),
+            approval,
         });
     }
 }

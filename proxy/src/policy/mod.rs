@@ -31,6 +31,7 @@
 //! [`explain`] answers for a described request through the proxy's own decision path, and
 //! [`shadow`] compares a report-only policy set's answers with the enforced ones.
 
+pub mod approval;
 mod load;
 pub mod shadow;
 pub mod testing;
@@ -217,6 +218,8 @@ struct TenantPolicies {
     policies: PolicySet,
     entities: Entities,
     principals: HashMap<WorkloadId, EntityUid>,
+    /// The permits marked `@approval`, by policy id.
+    approvals: HashMap<String, approval::ApprovalRule>,
 }
 
 /// Compiled policies and entities for every tenant. Immutable once loaded: share it behind an
@@ -353,6 +356,25 @@ impl PolicyEngine {
             Ok(request) => self.decide(set, &request),
             Err(e) => Decision::deny_with(e),
         }
+    }
+
+    /// What the marked permits among `policy_ids` (the permits that allowed a request of
+    /// `tenant`: its `http` question, its MCP items, its credential uses) ask for together;
+    /// `None` when none of them is marked. See [`approval`].
+    pub fn approval_need<'a>(
+        &self,
+        tenant: &TenantId,
+        policy_ids: impl IntoIterator<Item = &'a String>,
+    ) -> Option<approval::ApprovalNeed> {
+        let set = self.tenants.get(tenant)?;
+        if set.approvals.is_empty() {
+            return None;
+        }
+        approval::combine(
+            policy_ids
+                .into_iter()
+                .filter_map(|id| set.approvals.get(id).map(|r| (id.as_str(), r))),
+        )
     }
 
     /// Number of policies in `tenant`'s set (global + its own); 0 for an unknown tenant.

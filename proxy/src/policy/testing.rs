@@ -279,6 +279,7 @@ fn evaluate(
         policies: set.policies.clone(),
         entities,
         principals: Default::default(),
+        approvals: Default::default(),
     };
     Ok(engine.decide(&with_case, &request))
 }

@@ -180,6 +180,28 @@ impl TokenVerifier {
     /// selected key, `aud`, time claims with leeway, lifetime, `iss`, revocation, then the value
     /// of each claim.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<VerifiedToken, TokenError> {
+        self.verify_as(token, now_unix, &self.settings.audience, false)
+    }
+
+    /// Verifies `token` as [`Self::verify`] does, but for `audience` instead of the workload
+    /// tokens' (approver tokens). SECURITY: `aud` must name `audience` alone, so one token can
+    /// never serve as both a workload token and an approver token.
+    pub fn verify_for_audience(
+        &self,
+        token: &str,
+        now_unix: u64,
+        audience: &str,
+    ) -> Result<VerifiedToken, TokenError> {
+        self.verify_as(token, now_unix, audience, true)
+    }
+
+    fn verify_as(
+        &self,
+        token: &str,
+        now_unix: u64,
+        audience: &str,
+        sole_audience: bool,
+    ) -> Result<VerifiedToken, TokenError> {
         // SECURITY: bound the work done for unauthenticated input.
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
@@ -222,7 +244,7 @@ impl TokenVerifier {
         validation.leeway = 0;
         validation.required_spec_claims = HashSet::from(["aud".to_string()]);
         validation.validate_aud = true;
-        validation.set_audience(&[&self.settings.audience]);
+        validation.set_audience(&[audience]);
         if let Some(iss) = &self.settings.issuer {
             validation.set_issuer(&[iss]);
         }
@@ -233,16 +255,16 @@ impl TokenVerifier {
         // `aud` again, here, so its type and value are checked whatever the library does.
         let aud_ok = match claims.aud {
             None => return Err(TokenError::MissingClaim("aud")),
-            Some(Value::String(a)) => a == self.settings.audience,
+            Some(Value::String(a)) => a == audience,
             Some(Value::Array(list)) => {
                 let mut found = false;
                 for a in &list {
                     match a.as_str() {
-                        Some(a) => found |= a == self.settings.audience,
+                        Some(a) => found |= a == audience,
                         None => return Err(TokenError::InvalidClaim("aud")),
                     }
                 }
-                found
+                found && (!sole_audience || list.len() == 1)
             }
             Some(_) => return Err(TokenError::InvalidClaim("aud")),
         };

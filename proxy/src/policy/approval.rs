@@ -1,0 +1,296 @@
+//! Human approval, written in Cedar as annotations on `permit` policies:
+//!
+//! ```cedar
+//! @id("payments-need-a-person")
+//! @approval("required")          // or "shadow": counted and audited as "would hold", never held
+//! @approval_timeout("10m")       // optional; default `[approvals] default_timeout`
+//! @approvers("finance")          // optional; approver tokens must carry this scope
+//! @approval_mode("poll")         // optional; "wait" (default) or "poll" (answered 202 at once)
+//! permit (principal, action == TenantProxy::Action::"http", resource)
+//! when { context.host == "api.stripe.com" && context.method == "POST" };
+//! ```
+//!
+//! A marked permit that is among the policies allowing a question (`http`, `mcp_tool_call`,
+//! `mcp_resource`, `mcp_prompt`, `use_credential`) makes the request wait for a person of its
+//! tenant. Only a permit can be marked: an approval can turn an allow into a hold, never a deny
+//! into an allow, and a `forbid` that applies still refuses at once.
+
+use std::time::Duration;
+
+use cedar_policy::{Effect, Policy};
+
+/// How the agent learns the outcome of a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldMode {
+    /// The request waits on its connection until a person decides or the hold times out.
+    Wait,
+    /// The request is answered at once with 202 and a hold id; the agent sends the same request
+    /// again with the hold id to learn the outcome (and have it forwarded once approved).
+    Poll,
+}
+
+impl HoldMode {
+    /// `wait` or `poll`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldMode::Wait => "wait",
+            HoldMode::Poll => "poll",
+        }
+    }
+}
+
+/// What one permit's annotations ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRule {
+    /// `@approval("shadow")`: only counted and audited.
+    pub shadow: bool,
+    /// `@approval_timeout`.
+    pub timeout: Option<Duration>,
+    /// `@approvers`: scopes an approver's token must carry (comma-separated in the annotation).
+    pub approvers: Vec<String>,
+    /// `@approval_mode`.
+    pub mode: HoldMode,
+}
+
+/// Longest `@approval_timeout` a policy may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+impl ApprovalRule {
+    /// The rule `policy`'s annotations describe: `Ok(None)` when it has none, `Err` (the text
+    /// of a load problem) when they are invalid or sit on a `forbid`.
+    pub fn from_policy(policy: &Policy) -> Result<Option<Self>, String> {
+        let approval = policy.annotation("approval");
+        let others = ["approval_timeout", "approvers", "approval_mode"];
+        let Some(approval) = approval else {
+            return match others.iter().find(|k| policy.annotation(k).is_some()) {
+                Some(k) => Err(format!(
+                    "`@{k}` needs `@approval(\"required\")` (or `\"shadow\"`) on the same policy"
+                )),
+                None => Ok(None),
+            };
+        };
+        // SECURITY: an approval only ever narrows an allow; on a forbid it would read as a way
+        // to lift the forbid.
+        if policy.effect() != Effect::Permit {
+            return Err("`@approval` is only allowed on a `permit` policy".into());
+        }
+        let shadow = match approval {
+            "required" => false,
+            "shadow" => true,
+            other => {
+                return Err(format!(
+                    "`@approval(\"{other}\")`: the value is `required` or `shadow`"
+                ))
+            }
+        };
+        let timeout = match policy.annotation("approval_timeout") {
+            None => None,
+            Some(t) => {
+                let d = humantime::parse_duration(t).map_err(|e| {
+                    format!(
+                        "`@approval_timeout(\"{t}\")` is not a duration ({e}); write e.g. `10m`"
+                    )
+                })?;
+                if d < Duration::from_secs(1) || d > MAX_TIMEOUT {
+                    return Err(format!(
+                        "`@approval_timeout(\"{t}\")` must be between 1s and 24h"
+                    ));
+                }
+                Some(d)
+            }
+        };
+        let approvers = match policy.annotation("approvers") {
+            None => Vec::new(),
+            Some(list) => {
+                let groups: Vec<String> =
+                    list.split(',').map(str::trim).map(String::from).collect();
+                if groups.iter().any(|g| !valid_group(g)) {
+                    return Err(format!(
+                        "`@approvers(\"{list}\")`: name groups with letters, digits, `_`, `-`, `.` and `:`, separated by commas"
+                    ));
+                }
+                groups
+            }
+        };
+        let mode = match policy.annotation("approval_mode") {
+            None | Some("wait") => HoldMode::Wait,
+            Some("poll") => HoldMode::Poll,
+            Some(other) => {
+                return Err(format!(
+                    "`@approval_mode(\"{other}\")`: the value is `wait` or `poll`"
+                ))
+            }
+        };
+        Ok(Some(Self {
+            shadow,
+            timeout,
+            approvers,
+            mode,
+        }))
+    }
+}
+
+fn valid_group(g: &str) -> bool {
+    !g.is_empty()
+        && g.len() <= 64
+        && g.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// What the permits that allowed a request ask for, together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalNeed {
+    /// Only shadow rules applied: count and audit "would hold", never hold.
+    pub shadow: bool,
+    /// The shortest timeout any applying rule asks for.
+    pub timeout: Option<Duration>,
+    /// Every group any applying rule names: an approver must carry all of them.
+    pub approvers: Vec<String>,
+    /// `poll` when any applying rule asks for it (a client that cannot wait cannot wait for
+    /// any of them).
+    pub mode: HoldMode,
+    /// The ids of the applying marked permits.
+    pub policy_ids: Vec<String>,
+}
+
+/// Combines the rules of the marked permits among those that allowed a request. Required
+/// rules win over shadow ones (a shadow rule never weakens a required one).
+pub fn combine<'a>(
+    rules: impl IntoIterator<Item = (&'a str, &'a ApprovalRule)>,
+) -> Option<ApprovalNeed> {
+    let rules: Vec<(&str, &ApprovalRule)> = rules.into_iter().collect();
+    let required = rules.iter().any(|(_, r)| !r.shadow);
+    let applying: Vec<&(&str, &ApprovalRule)> =
+        rules.iter().filter(|(_, r)| r.shadow != required).collect();
+    if applying.is_empty() {
+        return None;
+    }
+    let mut approvers: Vec<String> = applying
+        .iter()
+        .flat_map(|(_, r)| r.approvers.iter().cloned())
+        .collect();
+    approvers.sort_unstable();
+    approvers.dedup();
+    let mut policy_ids: Vec<String> = applying.iter().map(|(id, _)| id.to_string()).collect();
+    policy_ids.sort_unstable();
+    policy_ids.dedup();
+    Some(ApprovalNeed {
+        shadow: !required,
+        timeout: applying.iter().filter_map(|(_, r)| r.timeout).min(),
+        approvers,
+        mode: if applying.iter().any(|(_, r)| r.mode == HoldMode::Poll) {
+            HoldMode::Poll
+        } else {
+            HoldMode::Wait
+        },
+        policy_ids,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn rule(text: &str) -> Result<Option<ApprovalRule>, String> {
+        let p = Policy::from_str(text).expect("parses");
+        ApprovalRule::from_policy(&p)
+    }
+
+    #[test]
+    fn annotations_read_and_refused() {
+        let ok = rule(
+            r#"@approval("required") @approval_timeout("10m") @approvers("finance, ops") @approval_mode("poll")
+               permit (principal, action, resource);"#,
+        )
+        .expect("valid")
+        .expect("marked");
+        assert_eq!(
+            ok,
+            ApprovalRule {
+                shadow: false,
+                timeout: Some(Duration::from_secs(600)),
+                approvers: vec!["finance".into(), "ops".into()],
+                mode: HoldMode::Poll,
+            }
+        );
+        assert_eq!(rule("permit (principal, action, resource);"), Ok(None));
+        let cases = [
+            (
+                "on a forbid",
+                r#"@approval("required") forbid (principal, action, resource);"#,
+                "only allowed on a `permit`",
+            ),
+            (
+                "unknown value",
+                r#"@approval("maybe") permit (principal, action, resource);"#,
+                "`required` or `shadow`",
+            ),
+            (
+                "orphan timeout",
+                r#"@approval_timeout("1m") permit (principal, action, resource);"#,
+                "needs `@approval",
+            ),
+            (
+                "bad duration",
+                r#"@approval("required") @approval_timeout("soon") permit (principal, action, resource);"#,
+                "not a duration",
+            ),
+            (
+                "too long",
+                r#"@approval("required") @approval_timeout("2d") permit (principal, action, resource);"#,
+                "between 1s and 24h",
+            ),
+            (
+                "bad group",
+                r#"@approval("required") @approvers("a b") permit (principal, action, resource);"#,
+                "name groups",
+            ),
+            (
+                "empty group",
+                r#"@approval("required") @approvers("a,") permit (principal, action, resource);"#,
+                "name groups",
+            ),
+            (
+                "bad mode",
+                r#"@approval("required") @approval_mode("later") permit (principal, action, resource);"#,
+                "`wait` or `poll`",
+            ),
+        ];
+        for (name, text, want) in cases {
+            let err = rule(text).expect_err(name);
+            assert!(err.contains(want), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn required_rules_win_and_combine_strictly() {
+        let required = |t: u64, g: &str, mode| ApprovalRule {
+            shadow: false,
+            timeout: Some(Duration::from_secs(t)),
+            approvers: vec![g.into()],
+            mode,
+        };
+        let shadow = ApprovalRule {
+            shadow: true,
+            timeout: Some(Duration::from_secs(1)),
+            approvers: vec!["x".into()],
+            mode: HoldMode::Poll,
+        };
+        let a = required(600, "finance", HoldMode::Wait);
+        let b = required(60, "ops", HoldMode::Wait);
+        let need = combine([("a", &a), ("s", &shadow), ("b", &b)]).expect("held");
+        assert!(!need.shadow);
+        assert_eq!(need.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(need.approvers, vec!["finance".to_string(), "ops".into()]);
+        assert_eq!(
+            need.mode,
+            HoldMode::Wait,
+            "the shadow rule's mode does not apply"
+        );
+        assert_eq!(need.policy_ids, vec!["a".to_string(), "b".into()]);
+        let only_shadow = combine([("s", &shadow)]).expect("counted");
+        assert!(only_shadow.shadow);
+        assert_eq!(combine(std::iter::empty()), None);
+    }
+}

@@ -1,0 +1,773 @@
+//! Human approval holds end to end: a permit marked `@approval` holds what it allows until a
+//! person of the tenant approves or denies it through the approvals API (its own listener,
+//! approver tokens of the approvals audience). Real clients (curl, Python requests, the
+//! `tenant-proxy approvals` CLI), a recording origin, a real `redis-server` for replicas.
+//!
+//! Policies (`tests/fixtures/policies-approvals`): `/pay/*` waits (30 s), `/pay/refund/*` is
+//! forbidden, `/quick/*` waits 2 s, `/poll/*` answers 202 and is polled, `/finance/*` needs an
+//! approver in group `finance`, `/maybe/*` is a shadow rule; on the MCP route `tools`, `add` is
+//! free and `transfer` needs approval.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::config::{self, Approvals, LOOPBACK_ANY_PORT};
+use crate::support::*;
+
+/// The approval policies, the approvals API on a port of its own, and the MCP route `tools` to
+/// an origin of its own (an MCP server is known by its address too, so it cannot be the origin
+/// the other requests go to).
+fn spec(_origin: u16) -> ProxySpec {
+    spec_with_tools(Origin::start().port)
+}
+
+fn spec_with_tools(origin: u16) -> ProxySpec {
+    let mut spec = ProxySpec {
+        policies: "tests/fixtures/policies-approvals",
+        ..Default::default()
+    };
+    spec.config.approvals = Some(Approvals::on(LOOPBACK_ANY_PORT));
+    spec.tenants.routes.push(config::Route::new(
+        "tools",
+        "/tools/",
+        format!("http://127.0.0.1:{origin}/"),
+    ));
+    spec.tenants.mcp = Some(config::Mcp {
+        max_message_bytes: None,
+        servers: vec![config::McpServer::by_route("tools", "tools")],
+    });
+    spec
+}
+
+/// A call to the approvals API with `token`.
+fn api(proxy: &Proxy, method: &str, path: &str, token: &str, body: Option<&str>) -> Response {
+    let body = body.unwrap_or("");
+    raw_request(
+        proxy.approvals_port(),
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: approvals\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap()
+}
+
+/// Waits (10 s at most) until `tenant`'s approver sees `n` pending holds; them.
+fn wait_holds(proxy: &Proxy, tenant: &str, token: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = api(
+            proxy,
+            "GET",
+            &format!("/v1/tenants/{tenant}/holds"),
+            token,
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let holds = r.json()["holds"].as_array().cloned().unwrap_or_default();
+        if holds.len() >= n {
+            return holds;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{tenant} has {} holds, expected {n}",
+            holds.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// POSTs `body` to `url` through the acme sidecar listener with curl: (status, body).
+fn acme_post(proxy: &Proxy, url: &str, body: &str) -> (u16, String) {
+    curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{}", proxy.sidecar_port),
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        body,
+        url,
+    ])
+}
+
+/// POSTs `body` to `url` as globex (a workload token on the shared listener) with curl.
+fn globex_post(proxy: &Proxy, url: &str, body: &str) -> (u16, String) {
+    let token = token_for("globex", "agent");
+    curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{}", proxy.shared_port),
+        "--proxy-header",
+        &format!("Proxy-Authorization: Bearer {token}"),
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        body,
+        url,
+    ])
+}
+
+fn events(records: &[Value], kind: &str) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| r["event"] == kind)
+        .cloned()
+        .collect()
+}
+
+fn code_of(body: &str) -> String {
+    serde_json::from_str::<Value>(body).unwrap()["error"]["code"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn a_held_request_is_forwarded_once_after_approval_exactly_as_held() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let alice = approver_token("acme", "alice", &[]);
+    let url = format!("http://127.0.0.1:{}/pay/charge?amount=42", origin.port);
+    let body = r#"{"amount": 4200, "currency": "eur", "to": "acct_1"}"#;
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post(&proxy, &url, body));
+        let holds = wait_holds(&proxy, "acme", &alice, 1);
+        let hold = &holds[0];
+        // What the approver sees: the request, never a secret or the query's values.
+        assert_eq!(hold["method"], "POST");
+        assert_eq!(hold["host"], "127.0.0.1");
+        assert_eq!(hold["path"], "/pay/charge?amount");
+        assert_eq!(hold["workload"], "bot");
+        assert_eq!(hold["policy_ids"], json!(["payments-need-approval"]));
+        assert!(hold["body_sha256"].as_str().unwrap().len() == 64);
+        assert!(hold.get("request_digest").is_none(), "{hold}");
+        // Held: the upstream has seen nothing.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(origin.count(), 0, "forwarded before approval");
+        // The approver approves with the CLI.
+        let token_file = proxy.path("alice.token");
+        std::fs::write(&token_file, &alice).unwrap();
+        let (status, out) = proxy_cli(
+            proxy.dir.path(),
+            &[
+                "approvals",
+                "--addr",
+                &format!("127.0.0.1:{}", proxy.approvals_port()),
+                "--tenant",
+                "acme",
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "approve",
+                hold["id"].as_str().unwrap(),
+                "--reason",
+                "invoice 77",
+            ],
+            "",
+        );
+        assert_eq!(status, 0, "{out}");
+        assert!(out.contains("\"approved\""), "{out}");
+        let (status, answer) = agent.join().unwrap();
+        assert_eq!(status, 200, "{answer}");
+    });
+    // Forwarded once, exactly as held.
+    let seen = origin.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].target, "/pay/charge?amount=42");
+    assert_eq!(seen[0].body, body.as_bytes());
+    // A second approval of the same hold is refused.
+    let hold_id = {
+        let records = proxy.wait_audit_records("acme", 3);
+        events(&records, "approval_granted")[0]["hold_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let again = api(
+        &proxy,
+        "POST",
+        &format!("/v1/tenants/acme/holds/{hold_id}/approve"),
+        &alice,
+        None,
+    );
+    again.assert_refused(409, "hold_resolved");
+    // Nor can the same request ride on the spent hold (a waiting hold is never polled).
+    let (status, answer) = curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{}", proxy.sidecar_port),
+        "-H",
+        "content-type: application/json",
+        "-H",
+        &format!("x-approval-hold: {hold_id}"),
+        "--data-binary",
+        body,
+        &url,
+    ]);
+    assert_eq!(
+        (status, code_of(&answer).as_str()),
+        (403, "approval_unknown")
+    );
+    assert_eq!(origin.count(), 1);
+    // Audited: requested, granted by alice, and the request record naming the hold.
+    let records = proxy.wait_audit_records("acme", 3);
+    let requested = events(&records, "approval_requested");
+    let granted = events(&records, "approval_granted");
+    assert_eq!(requested.len(), 1, "{records:#?}");
+    assert_eq!(granted.len(), 1, "{records:#?}");
+    assert_eq!(requested[0]["hold_id"], hold_id.as_str());
+    assert_eq!(granted[0]["approver"], "alice");
+    assert_eq!(granted[0]["reason"], "invoice 77");
+    let request = records
+        .iter()
+        .find(|r| r["event"] == "request")
+        .expect("request record");
+    assert_eq!(request["reason"], "allowed");
+    assert_eq!(request["approval"]["hold_id"], hold_id.as_str());
+    assert_eq!(request["approval"]["outcome"], "granted");
+    assert_eq!(request["approval"]["approver"], "alice");
+    let metrics = proxy.metrics();
+    assert!(
+        metrics
+            .contains(r#"tenant_proxy_approval_outcomes_total{outcome="granted",tenant="acme"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tenant_proxy_approval_holds_pending{tenant="acme"} 0"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tenant_proxy_approval_decision_seconds_count{tenant="acme"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_denied_hold_is_refused_with_the_approvers_reason_and_a_forbid_still_wins() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let bob = approver_token("acme", "bob", &[]);
+    let url = format!("http://127.0.0.1:{}/pay/charge", origin.port);
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post(&proxy, &url, r#"{"amount": 1}"#));
+        let holds = wait_holds(&proxy, "acme", &bob, 1);
+        let id = holds[0]["id"].as_str().unwrap();
+        let r = api(
+            &proxy,
+            "POST",
+            &format!("/v1/tenants/acme/holds/{id}/deny"),
+            &bob,
+            Some(r#"{"reason": "unknown payee"}"#),
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_eq!(r.json()["state"], "denied");
+        let (status, body) = agent.join().unwrap();
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(code_of(&body), "approval_denied");
+        assert!(body.contains("unknown payee"), "{body}");
+    });
+    assert_eq!(origin.count(), 0);
+    let records = proxy.wait_audit_records("acme", 3);
+    let denied = events(&records, "approval_denied");
+    assert_eq!(denied.len(), 1, "{records:#?}");
+    assert_eq!(denied[0]["approver"], "bob");
+    assert_eq!(denied[0]["reason"], "unknown payee");
+    let request = records.iter().find(|r| r["event"] == "request").unwrap();
+    assert_eq!(request["reason"], "approval_denied");
+    assert_eq!(request["approval"]["outcome"], "denied");
+    assert_eq!(request["approval"]["approver"], "bob");
+
+    // A forbid wins over the marked permit: refused at once, nobody is asked.
+    let (status, body) = acme_post(
+        &proxy,
+        &format!("http://127.0.0.1:{}/pay/refund/1", origin.port),
+        "{}",
+    );
+    assert_eq!((status, code_of(&body).as_str()), (403, "policy_denied"));
+    assert!(wait_holds(&proxy, "acme", &bob, 0).is_empty());
+    assert_eq!(
+        events(&proxy.audit_records("acme"), "approval_requested").len(),
+        1
+    );
+}
+
+#[test]
+fn a_hold_nobody_decides_times_out_and_cannot_be_approved_late() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let alice = approver_token("acme", "alice", &[]);
+    let (status, body) = acme_post(
+        &proxy,
+        &format!("http://127.0.0.1:{}/quick/send-email", origin.port),
+        r#"{"to": "customer@example.com"}"#,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(code_of(&body), "approval_timeout");
+    assert_eq!(origin.count(), 0);
+    let records = proxy.wait_audit_records("acme", 3);
+    let expired = events(&records, "approval_expired");
+    assert_eq!(expired.len(), 1, "{records:#?}");
+    let id = expired[0]["hold_id"].as_str().unwrap();
+    let late = api(
+        &proxy,
+        "POST",
+        &format!("/v1/tenants/acme/holds/{id}/approve"),
+        &alice,
+        None,
+    );
+    let v = late.assert_refused(409, "hold_resolved");
+    assert!(v["error"]["message"].as_str().unwrap().contains("expired"));
+    assert_eq!(origin.count(), 0);
+}
+
+#[test]
+fn shadow_rules_count_and_audit_would_hold_without_holding() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let (status, _) = acme_post(
+        &proxy,
+        &format!("http://127.0.0.1:{}/maybe/delete-repo", origin.port),
+        "{}",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(origin.count(), 1);
+    let records = proxy.wait_audit_records("acme", 1);
+    assert!(events(&records, "approval_requested").is_empty());
+    let request = &records[0];
+    assert_eq!(request["approval"]["outcome"], "would_hold");
+    assert_eq!(request["approval"]["policy_ids"], json!(["maybe-approval"]));
+    assert!(request["approval"].get("hold_id").is_none());
+    assert!(proxy
+        .metrics()
+        .contains(r#"tenant_proxy_approval_outcomes_total{outcome="would_hold",tenant="acme"} 1"#));
+}
+
+#[test]
+fn approvers_act_on_their_own_tenant_only() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let acme_approver = approver_token("acme", "alice", &[]);
+    let globex_approver = approver_token("globex", "mallory", &["finance"]);
+    let url = format!("http://127.0.0.1:{}/pay/charge", origin.port);
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post(&proxy, &url, r#"{"amount": 9}"#));
+        let holds = wait_holds(&proxy, "acme", &acme_approver, 1);
+        let id = holds[0]["id"].as_str().unwrap();
+
+        // globex's approver can neither list, read, approve nor deny acme's hold.
+        for (method, path) in [
+            ("GET", "/v1/tenants/acme/holds".to_string()),
+            ("GET", format!("/v1/tenants/acme/holds/{id}")),
+            ("POST", format!("/v1/tenants/acme/holds/{id}/approve")),
+            ("POST", format!("/v1/tenants/acme/holds/{id}/deny")),
+        ] {
+            api(&proxy, method, &path, &globex_approver, None)
+                .assert_refused(403, "approver_forbidden");
+        }
+        // Under its own tenant, acme's hold id names nothing.
+        for (method, path) in [
+            ("GET", format!("/v1/tenants/globex/holds/{id}")),
+            ("POST", format!("/v1/tenants/globex/holds/{id}/approve")),
+        ] {
+            api(&proxy, method, &path, &globex_approver, None).assert_refused(404, "not_found");
+        }
+        let own = api(
+            &proxy,
+            "GET",
+            "/v1/tenants/globex/holds",
+            &globex_approver,
+            None,
+        );
+        assert_eq!(own.json()["holds"], json!([]));
+        // A workload token is no approver token, and an approver token is no workload token.
+        api(
+            &proxy,
+            "GET",
+            "/v1/tenants/acme/holds",
+            &token_for("acme", "bot"),
+            None,
+        )
+        .assert_refused(401, "approver_unauthenticated");
+        forward_get(
+            proxy.shared_port,
+            &format!("http://127.0.0.1:{}/open/x", origin.port),
+            Some(&acme_approver),
+            "",
+        )
+        .assert_refused(407, "identity_invalid");
+        // The hold is still pending, and acme's own approver decides it.
+        assert_eq!(wait_holds(&proxy, "acme", &acme_approver, 1).len(), 1);
+        api(
+            &proxy,
+            "POST",
+            &format!("/v1/tenants/acme/holds/{id}/approve"),
+            &acme_approver,
+            None,
+        );
+        assert_eq!(agent.join().unwrap().0, 200);
+    });
+    assert_eq!(origin.count(), 1);
+    // The refusals are audited in globex's partition, naming the approver; acme's partition
+    // has nothing of globex.
+    let globex = proxy.wait_audit_records("globex", 4);
+    let refused = events(&globex, "approval_refused");
+    assert_eq!(refused.len(), 4, "{globex:#?}");
+    assert!(refused.iter().all(|r| r["approver"] == "mallory"));
+    let acme = proxy.audit_records("acme");
+    assert!(
+        acme.iter()
+            .all(|r| r["event"] != "approval_refused" && !r.to_string().contains("mallory")),
+        "{acme:#?}"
+    );
+    // The approval events are links of each tenant's chain like any record.
+    let out = std::process::Command::new(proxy_bin())
+        .args(["audit", "verify", proxy.path("audit").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_hold_naming_a_group_is_decided_only_by_an_approver_in_it() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let outsider = approver_token("acme", "alice", &["ops"]);
+    let finance = approver_token("acme", "carol", &["finance"]);
+    let url = format!("http://127.0.0.1:{}/finance/wire", origin.port);
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post(&proxy, &url, "{}"));
+        let holds = wait_holds(&proxy, "acme", &outsider, 1);
+        assert_eq!(holds[0]["approvers"], json!(["finance"]));
+        let id = holds[0]["id"].as_str().unwrap();
+        let path = format!("/v1/tenants/acme/holds/{id}/approve");
+        api(&proxy, "POST", &path, &outsider, None).assert_refused(403, "approver_forbidden");
+        assert_eq!(api(&proxy, "POST", &path, &finance, None).status, 200);
+        assert_eq!(agent.join().unwrap().0, 200);
+    });
+    assert_eq!(origin.count(), 1);
+}
+
+#[test]
+fn the_per_tenant_cap_refuses_more_holds_with_approval_capacity() {
+    let origin = Origin::start();
+    let mut spec = spec(origin.port);
+    spec.config.approvals = Some(Approvals {
+        max_pending_per_tenant: Some(2),
+        ..Approvals::on(LOOPBACK_ANY_PORT)
+    });
+    let proxy = Proxy::start(spec);
+    let alice = approver_token("acme", "alice", &[]);
+    let url = format!("http://127.0.0.1:{}/pay/charge", origin.port);
+    std::thread::scope(|s| {
+        let agents: Vec<_> = (0..2)
+            .map(|i| {
+                let (proxy, url) = (&proxy, &url);
+                s.spawn(move || acme_post(proxy, url, &format!(r#"{{"n": {i}}}"#)))
+            })
+            .collect();
+        let holds = wait_holds(&proxy, "acme", &alice, 2);
+        let (status, body) = acme_post(&proxy, &url, r#"{"n": 3}"#);
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(code_of(&body), "approval_capacity");
+        // Another tenant's cap is its own.
+        let mallory = approver_token("globex", "mallory", &[]);
+        let globex = s.spawn(|| globex_post(&proxy, &url, r#"{"n": 4}"#));
+        let globex_holds = wait_holds(&proxy, "globex", &mallory, 1);
+        for (tenant, token, hold) in holds
+            .iter()
+            .map(|h| ("acme", &alice, h))
+            .chain(globex_holds.iter().map(|h| ("globex", &mallory, h)))
+        {
+            let id = hold["id"].as_str().unwrap();
+            let r = api(
+                &proxy,
+                "POST",
+                &format!("/v1/tenants/{tenant}/holds/{id}/deny"),
+                token,
+                Some(r#"{"reason": "cap test"}"#),
+            );
+            assert_eq!(r.status, 200, "{}", r.body_text());
+        }
+        for agent in agents {
+            assert_eq!(code_of(&agent.join().unwrap().1), "approval_denied");
+        }
+        assert_eq!(code_of(&globex.join().unwrap().1), "approval_denied");
+    });
+    assert_eq!(origin.count(), 0);
+}
+
+/// What Python requests got: status, the `x-approval-hold` header, the body.
+fn python_post(proxy: &Proxy, url: &str, body: &str, hold: Option<&str>) -> (u16, String, Value) {
+    let out = python(
+        r#"
+import json, os, requests
+headers = {"content-type": "application/json"}
+if os.environ.get("HOLD"):
+    headers["x-approval-hold"] = os.environ["HOLD"]
+proxy = os.environ["PROXY"]
+r = requests.post(os.environ["URL"], data=os.environ["BODY"], headers=headers,
+                  proxies={"http": proxy}, timeout=20)
+print(json.dumps({"status": r.status_code, "hold": r.headers.get("x-approval-hold", ""), "body": r.text}))
+"#,
+        &[
+            ("PROXY", format!("http://127.0.0.1:{}", proxy.sidecar_port)),
+            ("URL", url.to_string()),
+            ("BODY", body.to_string()),
+            ("HOLD", hold.unwrap_or("").to_string()),
+        ],
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let body: Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap_or(Value::Null);
+    (
+        v["status"].as_u64().unwrap() as u16,
+        v["hold"].as_str().unwrap().to_string(),
+        body,
+    )
+}
+
+#[test]
+fn a_polled_hold_answers_202_and_forwards_the_same_request_once_approved() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let alice = approver_token("acme", "alice", &[]);
+    let url = format!("http://127.0.0.1:{}/poll/delete-repo", origin.port);
+    let body = r#"{"repo": "acme/site"}"#;
+    let (status, hold, answer) = python_post(&proxy, &url, body, None);
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["error"]["code"], "approval_pending");
+    assert_eq!(hold.len(), 32);
+    // Polling: still pending.
+    let (status, _, _) = python_post(&proxy, &url, body, Some(&hold));
+    assert_eq!(status, 202);
+    // Another request cannot ride on the hold.
+    let (status, _, answer) = python_post(&proxy, &url, r#"{"repo": "acme/prod"}"#, Some(&hold));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("approval_unknown"))
+    );
+    assert_eq!(origin.count(), 0);
+    let r = api(
+        &proxy,
+        "POST",
+        &format!("/v1/tenants/acme/holds/{hold}/approve"),
+        &alice,
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let (status, _, _) = python_post(&proxy, &url, body, Some(&hold));
+    assert_eq!(status, 200);
+    // Once: the approval is spent.
+    let (status, _, answer) = python_post(&proxy, &url, body, Some(&hold));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("approval_unknown"))
+    );
+    let seen = origin.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, body.as_bytes());
+    assert!(
+        !seen[0].headers.contains_key("x-approval-hold"),
+        "the hold id is the proxy's: {:?}",
+        seen[0].headers
+    );
+}
+
+/// POSTs a JSON-RPC body to the MCP route through the acme sidecar with curl.
+fn mcp_post(proxy: &Proxy, body: &str) -> (u16, String) {
+    curl(&[
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+        "--data-binary",
+        body,
+        &format!("http://127.0.0.1:{}/tools/mcp", proxy.sidecar_port),
+    ])
+}
+
+#[test]
+fn an_mcp_batch_with_a_marked_tool_waits_whole_and_the_rest_goes_at_once() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec_with_tools(origin.port));
+    let alice = approver_token("acme", "alice", &[]);
+    let call = |id: u32, tool: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": tool, "arguments": {"amount": 5}}})
+    };
+    // `add` alone is not held.
+    let (status, body) = mcp_post(&proxy, &call(1, "add").to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(origin.count(), 1);
+    let batch = json!([call(2, "add"), call(3, "transfer")]).to_string();
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| mcp_post(&proxy, &batch));
+        let holds = wait_holds(&proxy, "acme", &alice, 1);
+        assert_eq!(holds[0]["mcp_server"], "tools");
+        assert_eq!(holds[0]["mcp_tools"], json!(["add", "transfer"]));
+        assert_eq!(
+            holds[0]["policy_ids"],
+            json!(["mcp-transfer-needs-approval"])
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(origin.count(), 1, "no part of the batch went ahead");
+        let id = holds[0]["id"].as_str().unwrap();
+        api(
+            &proxy,
+            "POST",
+            &format!("/v1/tenants/acme/holds/{id}/approve"),
+            &alice,
+            None,
+        );
+        assert_eq!(agent.join().unwrap().0, 200);
+    });
+    let seen = origin.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].body, batch.as_bytes());
+}
+
+fn redis_spec(origin: u16, redis: &RedisServer) -> ProxySpec {
+    spec(origin).with_redis_limiter(redis.url(), Duration::from_millis(500))
+}
+
+#[test]
+fn a_hold_made_by_one_replica_is_approved_through_another() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let capped = || {
+        let mut spec = redis_spec(origin.port, &redis);
+        spec.config.approvals = Some(Approvals {
+            max_pending_per_tenant: Some(1),
+            ..Approvals::on(LOOPBACK_ANY_PORT)
+        });
+        spec
+    };
+    let a = Proxy::start(capped());
+    let b = Proxy::start(capped());
+    let alice = approver_token("acme", "alice", &[]);
+    let url = format!("http://127.0.0.1:{}/pay/charge", origin.port);
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post(&a, &url, r#"{"amount": 3}"#));
+        // Replica B sees the hold replica A made, and approves it.
+        let holds = wait_holds(&b, "acme", &alice, 1);
+        let id = holds[0]["id"].as_str().unwrap();
+        // The per-tenant cap is shared: acme's hold on A leaves no room on B.
+        let (status, body) = acme_post(&b, &url, r#"{"amount": 4}"#);
+        assert_eq!(
+            (status, code_of(&body).as_str()),
+            (429, "approval_capacity")
+        );
+        let r = api(
+            &b,
+            "POST",
+            &format!("/v1/tenants/acme/holds/{id}/approve"),
+            &alice,
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        // The agent waiting on A is released.
+        assert_eq!(agent.join().unwrap().0, 200);
+    });
+    assert_eq!(origin.count(), 1);
+    // The decision is audited where it was made, the hold and the request where they were.
+    let on_a = a.wait_audit_records("acme", 2);
+    assert_eq!(events(&on_a, "approval_requested").len(), 1);
+    let on_b = b.wait_audit_records("acme", 2);
+    assert_eq!(events(&on_b, "approval_granted")[0]["approver"], "alice");
+}
+
+#[test]
+fn a_restart_with_holds_pending_refuses_the_waiting_agents_and_forwards_nothing_unapproved() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    // Waiting holds are cancelled as soon as shutdown starts; their refusals are written while
+    // the proxy still serves, within its grace period (no grace at all would end the
+    // connections first).
+    let mut spec = redis_spec(origin.port, &redis);
+    spec.config.server.grace_period = Some(Duration::from_secs(1));
+    let first = Proxy::start(spec);
+    let alice = approver_token("acme", "alice", &[]);
+    let pay = format!("http://127.0.0.1:{}/pay/charge", origin.port);
+    let poll = format!("http://127.0.0.1:{}/poll/delete-repo", origin.port);
+    let poll_body = r#"{"repo": "acme/site"}"#;
+    let (status, polled, _) = python_post(&first, &poll, poll_body, None);
+    assert_eq!(status, 202);
+    let waiting_hold = std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post(&first, &pay, r#"{"amount": 8}"#));
+        let holds = wait_holds(&first, "acme", &alice, 2);
+        let waiting = holds.iter().find(|h| h["mode"] == "wait").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // The proxy is stopped: the waiting agent gets a clear refusal.
+        std::process::Command::new("kill")
+            .args(["-TERM", &first.pid().to_string()])
+            .status()
+            .unwrap();
+        let (status, body) = agent.join().unwrap();
+        assert_eq!(status, 503, "{body}\n{}", first.log());
+        assert_eq!(code_of(&body), "approval_unavailable");
+        waiting
+    });
+    // Two holds requested, the polled request answered 202, the waiting one cancelled and
+    // refused: written as the stopped process flushes its queue.
+    let records = first.wait_audit_records("acme", 5);
+    assert_eq!(
+        events(&records, "approval_cancelled").len(),
+        1,
+        "{records:#?}"
+    );
+    let refused = records
+        .iter()
+        .find(|r| r["event"] == "request" && r["reason"] == "approval_unavailable")
+        .expect("the waiting request's record");
+    assert_eq!(refused["approval"]["outcome"], "cancelled");
+    drop(first);
+    let second = Proxy::start(redis_spec(origin.port, &redis));
+    // The cancelled hold cannot be approved; the polled one still can.
+    api(
+        &second,
+        "POST",
+        &format!("/v1/tenants/acme/holds/{waiting_hold}/approve"),
+        &alice,
+        None,
+    )
+    .assert_refused(409, "hold_resolved");
+    let pending = wait_holds(&second, "acme", &alice, 1);
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["id"], polled.as_str());
+    assert_eq!(origin.count(), 0, "nothing forwarded unapproved");
+    let (status, _, _) = python_post(&second, &poll, poll_body, Some(&polled));
+    assert_eq!(status, 202, "still pending after the restart");
+    api(
+        &second,
+        "POST",
+        &format!("/v1/tenants/acme/holds/{polled}/approve"),
+        &alice,
+        None,
+    );
+    let (status, _, _) = python_post(&second, &poll, poll_body, Some(&polled));
+    assert_eq!(status, 200);
+    assert_eq!(origin.count(), 1);
+}
+
+#[test]
+fn without_an_approvals_listener_a_marked_request_is_refused() {
+    let origin = Origin::start();
+    let mut spec = spec(origin.port);
+    spec.config.approvals = None;
+    let proxy = Proxy::start(spec);
+    let (status, body) = acme_post(
+        &proxy,
+        &format!("http://127.0.0.1:{}/pay/charge", origin.port),
+        "{}",
+    );
+    assert_eq!(
+        (status, code_of(&body).as_str()),
+        (503, "approval_unavailable")
+    );
+    assert_eq!(origin.count(), 0);
+}
