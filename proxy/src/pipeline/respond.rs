@@ -76,6 +76,20 @@ pub fn upstream_request(
     if grant.applied.as_ref().is_some_and(|a| !a.used.is_empty()) {
         upstream.remove_header(&http::header::SEC_WEBSOCKET_EXTENSIONS);
     }
+    // Signed last: the signature covers the request exactly as it leaves (body included).
+    if let Some(cred) = grant.applied.as_ref().and_then(|a| a.sign.as_ref()) {
+        if let crate::credentials::kind::Kind::AwsSigv4(key) = &cred.kind {
+            let body = grant.body.as_ref().map_or(&[][..], |b| b.0.as_ref());
+            crate::credentials::sigv4::sign(
+                key,
+                upstream,
+                dest.scheme.as_str(),
+                body,
+                std::time::SystemTime::now(),
+            )
+            .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+        }
+    }
     Ok(())
 }
 
