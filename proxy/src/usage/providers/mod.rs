@@ -19,6 +19,7 @@
 //! line in [`registry::PROVIDERS`].
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod openai_chat;
 pub mod openai_responses;
 pub mod registry;
@@ -40,6 +41,23 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// is an LLM call whatever its path, priced under [`Provider::name`].
     fn default_hosts(&self) -> &'static [&'static str];
 
+    /// Whether `host` is one of this provider's API hosts (compared ignoring case and a
+    /// trailing dot). By default one of [`Provider::default_hosts`]; a provider whose hosts
+    /// follow a pattern (one per region) says so here.
+    fn owns_host(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        self.default_hosts()
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    /// The model a call names in its path (origin form, query allowed), for a provider whose
+    /// calls name it there rather than in the body (`/model/{id}/converse`), as the provider
+    /// names it (percent-decoded, case kept).
+    fn model_from_path(&self, _path: &str) -> Option<String> {
+        None
+    }
+
     /// Whether `path` is one of this provider's LLM calls, on any host. The path a response is
     /// metered by: each path belongs to at most one provider.
     fn is_call(&self, path: &CallPath<'_>) -> bool;
@@ -58,6 +76,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Folds the usage one stream event reports into `acc`, as [`Provider::usage_from_json`].
     /// `event` is the event's JSON payload, whatever framing carried it.
     fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>);
+
+    /// Providers whose readers run after this one's on its responses (an API that returns
+    /// another provider's shapes: Bedrock's `InvokeModel` returns Anthropic's). When the
+    /// provider is unknown every reader runs once anyway.
+    fn also_reads(&self) -> &'static [&'static dyn Provider] {
+        &[]
+    }
 
     /// Adds the generated content one stream event carries (text, tool-call arguments,
     /// reasoning) to `generated`, from which the stream's output is estimated before the
@@ -171,6 +196,11 @@ impl CallPath<'_> {
     /// whole-segment match).
     pub fn ends_with(&self, suffix: &str) -> bool {
         self.0.ends_with(suffix.as_bytes())
+    }
+
+    /// Whether the path starts with `prefix` (lowercase, starting with `/`).
+    pub fn starts_with(&self, prefix: &str) -> bool {
+        self.0.starts_with(prefix.as_bytes())
     }
 
     /// The operation of an OpenAI-style path: `chat/completions` of `/v1/chat/completions` (any
