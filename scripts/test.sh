@@ -14,6 +14,7 @@ ensure_apt ca-certificates update-ca-certificates
 ensure_py requests
 ensure_py httpx
 ensure_py openai
+ensure_py boto3
 ensure_py mcp
 
 # check-deploy.sh runs the binary on deploy/'s files (the end-to-end tests build it themselves).

@@ -27,5 +27,6 @@ mod raw_credentials;
 mod redis;
 mod reload_audit;
 mod runs;
+mod sigv4;
 mod tenant_trouble;
 mod usage;

@@ -7,6 +7,7 @@
 //! 127.0.0.1 only, and nothing binds a port only to let it go again.
 
 mod audit;
+mod bedrock;
 mod binary;
 mod http;
 mod mcp;
@@ -19,6 +20,7 @@ mod tokens;
 use std::path::{Path, PathBuf};
 
 pub use audit::*;
+pub use bedrock::*;
 pub use binary::*;
 pub use http::*;
 pub use mcp::*;

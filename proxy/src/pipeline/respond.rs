@@ -135,6 +135,8 @@ pub struct Stages {
     guard: Option<StreamGuard>,
     strip: Option<UsageEventStripper>,
     scrub: Option<Scrubber>,
+    /// The response is a success (a metered one without readable usage is counted).
+    success: bool,
 }
 
 /// What the stages are set up from, besides the response head.
@@ -162,7 +164,10 @@ impl Stages {
         trail: &Trail,
         resp: &mut ResponseHeader,
     ) -> Result<Self, Deny> {
-        let mut stages = Stages::default();
+        let mut stages = Stages {
+            success: resp.status.is_success(),
+            ..Stages::default()
+        };
         let encoded = resp
             .headers
             .get(http::header::CONTENT_ENCODING)
@@ -253,6 +258,12 @@ impl Stages {
             }
             if end {
                 trail.usage = meter.finish();
+                if trail.usage.is_none() && self.success {
+                    METRICS
+                        .llm_usage_unknown
+                        .with_label_values(&[trail.tenant_label()])
+                        .inc();
+                }
             }
             if let Some(guard) = self.guard.as_mut() {
                 if let Verdict::Cut(reason) = guard.observe(meter.output_estimate()) {
