@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn the_union_is_what_the_provider_table_held() {
         #[rustfmt::skip]
-        let before: [(&[&str], &[&str], &[&str]); 5] = [
+        let before: [(&[&str], &[&str], &[&str]); 6] = [
             // openai
             (&["authorization"], &[], &["api_key", "openai_api_key"]),
             // anthropic

@@ -260,15 +260,17 @@ mod tests {
     fn signatures_match_the_aws_test_suite_and_botocore() {
         let sha_of = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
         use sha2::Digest as _;
-        let cases: [(
-            &str,
-            &str,
-            &str,
-            Option<&str>,
+        // (method, path, body, session token, payload hash, signed headers, signature)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            Option<&'a str>,
             PayloadChecksumKind,
-            &str,
-            &str,
-        ); 6] = [
+            &'a str,
+            &'a str,
+        );
+        let cases: [Case<'_>; 6] = [
             (
                 "GET",
                 "/",

@@ -20,6 +20,7 @@
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod gemini;
 pub mod openai_chat;
 pub mod openai_responses;
 pub mod registry;
@@ -196,6 +197,11 @@ impl CallPath<'_> {
     /// whole-segment match).
     pub fn ends_with(&self, suffix: &str) -> bool {
         self.0.ends_with(suffix.as_bytes())
+    }
+
+    /// Whether `needle` (lowercase) occurs in the path.
+    pub fn contains(&self, needle: &str) -> bool {
+        memchr::memmem::find(self.0, needle.as_bytes()).is_some()
     }
 
     /// Whether the path starts with `prefix` (lowercase, starting with `/`).

@@ -4,6 +4,7 @@
 
 use super::anthropic::Anthropic;
 use super::bedrock::Bedrock;
+use super::gemini::Gemini;
 use super::openai_chat::OpenAiChat;
 use super::openai_responses::OpenAiResponses;
 use super::{CallPath, KeyPositions, Provider};
@@ -11,10 +12,11 @@ use crate::target::Destination;
 
 /// Every provider. The order is the precedence of their request fields (the first ceiling
 /// present counts) and the order their readers run in when a response's provider is unknown.
-pub static PROVIDERS: &[&dyn Provider] = &[&OpenAiChat, &OpenAiResponses, &Anthropic, &Bedrock];
+pub static PROVIDERS: &[&dyn Provider] =
+    &[&OpenAiChat, &OpenAiResponses, &Anthropic, &Bedrock, &Gemini];
 
 /// An LLM vendor the proxy knows by its API hosts or key positions, whose API has no provider
-/// file yet (the OpenAI-compatible vendors, Gemini, Azure OpenAI). A request to one of its hosts
+/// file yet (the OpenAI-compatible vendors, Azure OpenAI). A request to one of its hosts
 /// is an LLM call priced under its name and metered by the provider its path names (or by every
 /// provider's reader); its key positions are credential positions everywhere.
 #[derive(Debug)]
@@ -38,15 +40,6 @@ pub static VENDORS: &[Vendor] = &[
             headers: &["api-key", "authorization"],
             query: &["api-key"],
             body: &["api_key", "azure_api_key"],
-        },
-    },
-    Vendor {
-        name: "google",
-        hosts: &["generativelanguage.googleapis.com"],
-        positions: KeyPositions {
-            headers: &["x-goog-api-key", "authorization"],
-            query: &["key"],
-            body: &["api_key", "x-goog-api-key"],
         },
     },
     Vendor {

@@ -330,8 +330,9 @@ mod tests {
         );
         assert_eq!(form_field("MAX_Tokens"), Some(Slot::Ceiling(0)));
         assert_eq!(form_field("messages"), None);
-        // Plus Bedrock's nested `inferenceConfig.maxTokens` (not a form field: forms are flat).
-        assert_eq!(FIELDS.root.len(), 5, "{:?}", FIELDS.root);
+        // Plus the nested `inferenceConfig.maxTokens` (Bedrock) and `generationConfig.maxOutputTokens`
+        // (Gemini), not form fields: forms are flat.
+        assert_eq!(FIELDS.root.len(), 6, "{:?}", FIELDS.root);
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
         assert_eq!(read.max_output_tokens, Some(64));
