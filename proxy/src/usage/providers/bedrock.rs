@@ -99,7 +99,7 @@ impl Provider for Bedrock {
         if id.is_empty() || !OPERATIONS.iter().any(|o| op.eq_ignore_ascii_case(o)) {
             return None;
         }
-        String::from_utf8(crate::credentials::apply::percent_decode(id.as_bytes())).ok()
+        super::percent_decoded(id)
     }
 
     fn request_fields(&self) -> &'static RequestFields {

@@ -47,8 +47,8 @@ impl Provider for Gemini {
 
     fn model_from_path(&self, path: &str) -> Option<String> {
         let path = path.split(['?', '#']).next().unwrap_or("");
-        let decoded = crate::credentials::apply::percent_decode(path.as_bytes());
-        let path = std::str::from_utf8(&decoded).ok()?;
+        let decoded = super::percent_decoded(path)?;
+        let path = decoded.as_str();
         let (head, op) = path.rsplit_once(':')?;
         let op = format!(":{op}");
         if !OPERATIONS.iter().any(|o| op.eq_ignore_ascii_case(o)) {

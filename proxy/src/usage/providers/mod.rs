@@ -259,6 +259,28 @@ fn normalize(path: &[u8], out: &mut [u8]) -> usize {
     n
 }
 
+/// `text` with its `%XX` escapes decoded (other bytes, and malformed escapes, as they are): a
+/// model id as the provider names it, from a path segment the client percent-encoded.
+fn percent_decoded(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let hex = |x: Option<&u8>| x.and_then(|x| (*x as char).to_digit(16));
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], hex(b.get(i + 1)), hex(b.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (x, _, _) => {
+                out.push(x);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// `v.pointer(path)` as a whole number.
 fn num(v: &Value, path: &str) -> Option<u64> {
     v.pointer(path).and_then(Value::as_u64)
