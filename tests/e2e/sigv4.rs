@@ -90,6 +90,15 @@ fn prepare(dir: &Path, second: bool) {
 /// stand-in, priced under `bedrock`; globex is on the pro plan here (the free plan's model
 /// policy is checked in its own test).
 fn start(origin: &BedrockOrigin, second: bool, pro_globex: bool) -> Proxy {
+    start_with(origin, second, pro_globex, |_| {})
+}
+
+fn start_with(
+    origin: &BedrockOrigin,
+    second: bool,
+    pro_globex: bool,
+    adjust: impl FnOnce(&mut ProxySpec),
+) -> Proxy {
     let mut spec = ProxySpec::default().with_prices();
     let mut route =
         config::Route::new("llm", "/llm/", format!("http://127.0.0.1:{}/", origin.port));
@@ -103,6 +112,7 @@ fn start(origin: &BedrockOrigin, second: bool, pro_globex: bool) -> Proxy {
         master_key_file: Some("master.key".into()),
         ..Default::default()
     });
+    adjust(&mut spec);
     Proxy::start_prepared(spec, move |dir| prepare(dir, second))
 }
 
@@ -410,4 +420,95 @@ fn the_free_plan_model_policy_applies_to_bedrock_models() {
     assert!(origin.requests().is_empty());
     let rec = proxy.audit_record("globex", &r.request_id());
     assert_eq!(rec["model"], MODEL, "{rec}");
+}
+
+/// An OpenAI call and a Bedrock call draw from one day budget: the ceiling is set so that both
+/// fit and a third call's reservation does not, which only holds when both were counted.
+#[test]
+fn one_day_budget_across_openai_and_bedrock() {
+    let origin = BedrockOrigin::start(&origin_keys(), None);
+    let chat = r#"{"model":"gpt-4o-mini","max_tokens":10,"messages":[]}"#;
+    // Reserved: a token a body byte (1 micro-unit) plus the ceiling's output (2 each); settled:
+    // 11 input and 7 output tokens, 25 micro-units, for either provider.
+    let reserve_chat = chat.len() as u64 + 2 * 10;
+    let reserve_converse = CONVERSE.len() as u64 + 2 * 50;
+    let ceiling = 25 + reserve_converse;
+    assert!(reserve_chat <= ceiling);
+    let proxy = start_with(&origin, false, true, |spec| {
+        spec.tenant("acme").limits().cost_per_day_micros = Some(ceiling);
+    });
+    let openai = post(proxy.sidecar_port, "/v1/chat/completions", chat, "");
+    assert_eq!(openai.status, 200, "{}", openai.body_text());
+    let bedrock = post(proxy.sidecar_port, &converse_path(), CONVERSE, "");
+    assert_eq!(bedrock.status, 200, "{}", bedrock.body_text());
+    for (r, reserved, model) in [
+        (&openai, reserve_chat, "gpt-4o-mini"),
+        (&bedrock, reserve_converse, MODEL),
+    ] {
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(rec["model"], model, "{rec}");
+        assert_eq!(rec["reserved"]["cost_micros"], reserved, "{rec}");
+        assert_eq!(rec["settled"]["cost_micros"], 25, "{rec}");
+    }
+    // 50 spent: another Bedrock call's reservation no longer fits.
+    let third = post(proxy.sidecar_port, &converse_path(), CONVERSE, "");
+    third.assert_refused(429, "budget_exhausted");
+    assert_eq!(third.json()["error"]["ceiling"], "day");
+    assert_eq!(origin.requests().len(), 2, "the refused call was not sent");
+    // globex's budget is its own.
+    let globex = token_for("globex", "agent");
+    let g = post(
+        proxy.shared_port,
+        &converse_path(),
+        CONVERSE,
+        &format!("Proxy-Authorization: Bearer {globex}\r\n"),
+    );
+    assert_eq!(g.status, 200, "{}", g.body_text());
+}
+
+/// The mounted-files backend takes `kind = "aws_sigv4"`: the file holds the key, the proxy signs.
+/// A file that is not a key refuses the load at `check`, naming the file, never its content.
+#[test]
+fn mounted_aws_keys_sign_and_malformed_ones_are_rejected_without_their_value() {
+    let origin = BedrockOrigin::start(&origin_keys(), None);
+    let mut spec = ProxySpec::default().with_prices();
+    spec.tenants.routes.push(config::Route::new(
+        "llm",
+        "/llm/",
+        format!("http://127.0.0.1:{}/", origin.port),
+    ));
+    let credentials = spec.tenants.credentials();
+    credentials.files_dir = Some("secrets".into());
+    let mut aws = config::FileCredential::header("acme", "aws", &["127.0.0.1"]);
+    aws.kind = Some("aws_sigv4".into());
+    credentials.files.push(aws);
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::create_dir_all(dir.join("secrets/acme")).unwrap();
+        std::fs::write(
+            dir.join("secrets/acme/aws"),
+            aws_key("AKIDACME", ACME_SECRET, Some(ACME_TOKEN), "us-east-1"),
+        )
+        .unwrap();
+    });
+    let r = post(proxy.sidecar_port, &converse_path(), CONVERSE, "");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = origin.requests();
+    assert_eq!(
+        (seen[0]["ok"].as_bool(), seen[0]["akid"].as_str()),
+        (Some(true), Some("AKIDACME"))
+    );
+
+    // A value that is not a key (here a static-looking secret): `check` names the file.
+    std::fs::write(proxy.path("secrets/acme/aws"), "sk-not-an-aws-key-canary").unwrap();
+    let (code, out) = proxy_cli(
+        &proxy.path(""),
+        &["check", "--config", "tenant-proxy.toml"],
+        "",
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("secrets/acme/aws") && out.contains("aws_sigv4"),
+        "{out}"
+    );
+    assert!(!out.contains("canary"), "the value leaked: {out}");
 }
