@@ -508,6 +508,10 @@ impl Resolver<'_, '_> {
     /// The signing credential `value` names when it is exactly one handle of a signing
     /// credential (checked like any use: position, binding, expiry, policy).
     fn signing_handle(&mut self, value: &[u8]) -> Result<Option<Arc<Credential>>, CredentialDeny> {
+        // Most values hold no handle: decided without scanning (and allocating).
+        if !handle::has_marker(value) {
+            return Ok(None);
+        }
         let Ok(pieces) = handle::scan(value) else {
             return Ok(None);
         };
