@@ -436,6 +436,8 @@ fn one_day_budget_across_openai_and_bedrock() {
     assert!(reserve_chat <= ceiling);
     let proxy = start_with(&origin, false, true, |spec| {
         spec.tenant("acme").limits().cost_per_day_micros = Some(ceiling);
+        // One route to both APIs: each call is priced by its model, in its provider's table.
+        spec.tenants.routes.last_mut().unwrap().provider = None;
     });
     let openai = post(proxy.sidecar_port, "/v1/chat/completions", chat, "");
     assert_eq!(openai.status, 200, "{}", openai.body_text());
