@@ -20,6 +20,7 @@ ensure_apt golang-go go
 ensure_py requests
 ensure_py httpx
 ensure_py openai
+ensure_py boto3
 ensure_py mcp
 
 # check-deploy.sh runs the binary on deploy/'s files (the end-to-end tests build it themselves).

@@ -943,6 +943,9 @@ pub struct FileCredential {
     /// Where the handle may appear.
     #[serde(rename = "in", skip_serializing_if = "Vec::is_empty")]
     pub positions: Vec<CredentialPosition>,
+    /// `static` (default when absent) or `aws_sigv4` (the file holds the key as JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 impl FileCredential {
@@ -953,6 +956,7 @@ impl FileCredential {
             name: name.into(),
             bind: bind.iter().map(|b| (*b).to_string()).collect(),
             positions: vec![CredentialPosition::Header],
+            kind: None,
         }
     }
 }

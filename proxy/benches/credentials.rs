@@ -52,6 +52,7 @@ fn bench(c: &mut Criterion) {
             )],
             positions: vec![tenant_proxy::credentials::binding::Position::Header],
             expires: None,
+            kind: tenant_proxy::credentials::kind::KindName::Static,
         }],
     )
     .unwrap();

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub llm_cost_micros: IntCounterVec,
     /// Streaming responses cut because a budget ran out, by tenant.
     pub stream_cuts: IntCounterVec,
+    /// Successful LLM responses whose usage could not be read (an unknown shape, a malformed
+    /// or truncated stream), by tenant: their reservation is kept, never settled as zero.
+    pub llm_usage_unknown: IntCounterVec,
     /// `CONNECT` tunnels by tenant, mode (`intercept`, `opaque`, `none` when refused before a
     /// mode was chosen) and reason code.
     pub tunnels: IntCounterVec,
@@ -255,6 +258,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant"],
         )?,
+        llm_usage_unknown: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_llm_usage_unknown_total",
+                "Successful LLM responses whose usage could not be read",
+            ),
+            &["tenant"],
+        )?,
         tunnels: IntCounterVec::new(
             Opts::new("tenant_proxy_tunnels_total", "CONNECT tunnels by tenant, mode and reason code"),
             &["tenant", "mode", "code"],
@@ -397,6 +407,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.limiter_fallback_active.clone()),
         Box::new(m.llm_cost_micros.clone()),
         Box::new(m.stream_cuts.clone()),
+        Box::new(m.llm_usage_unknown.clone()),
         Box::new(m.tunnels.clone()),
         Box::new(m.tunnels_open.clone()),
         Box::new(m.tunnel_bytes.clone()),

@@ -32,6 +32,7 @@ mod redis_tls;
 mod reload_audit;
 mod revocations;
 mod runs;
+mod sigv4;
 mod tenant_trouble;
 mod traces;
 mod transparent;

@@ -9,6 +9,7 @@
 //! again.
 
 mod audit;
+mod bedrock;
 mod binary;
 mod http;
 mod mcp;
@@ -22,6 +23,7 @@ mod tokens;
 use std::path::{Path, PathBuf};
 
 pub use audit::*;
+pub use bedrock::*;
 pub use binary::*;
 pub use http::*;
 pub use mcp::*;

@@ -11,6 +11,7 @@ use clap::Subcommand;
 use super::write_private;
 use crate::config::{StaticConfig, TenantConfig};
 use crate::credentials::binding::parse_binding;
+use crate::credentials::kind::KindName;
 use crate::credentials::secret::SecretValue;
 use crate::credentials::settings::parse_positions;
 use crate::credentials::vault::{MasterKey, Vault};
@@ -37,6 +38,11 @@ pub(super) enum CredCommand {
         /// Expiry: an RFC 3339 time (`2027-01-31T00:00:00Z`) or a duration from now (`30d`).
         #[arg(long)]
         expires: Option<String>,
+        /// What the value is: `static` (substituted as written, the default) or `aws_sigv4`
+        /// (JSON `{"access_key_id", "secret_access_key", "session_token"?, "region",
+        /// "service"?}`: the proxy signs requests with it, the agent never sees it).
+        #[arg(long, default_value = "static")]
+        kind: KindName,
     },
     /// List a tenant's credentials: names, bindings, expiry and a fingerprint, never values.
     List {
@@ -100,6 +106,7 @@ pub(super) fn cred(config: &Path, command: CredCommand) -> anyhow::Result<ExitCo
             bind,
             positions,
             expires,
+            kind,
         } => {
             let tenant = known(&tenant)?;
             let bind = bind
@@ -116,7 +123,7 @@ pub(super) fn cred(config: &Path, command: CredCommand) -> anyhow::Result<ExitCo
                 anyhow::bail!("no value on standard input (pipe it in: `printf %s \"$KEY\" | tenant-proxy cred put …`)");
             }
             let secret = SecretValue::new(trimmed.as_bytes().to_vec());
-            vault.put(&tenant, &name, &secret, bind, positions, expires)?;
+            vault.put_kind(&tenant, &name, &secret, bind, positions, expires, kind)?;
             vault.save()?;
             eprintln!(
                 "stored `{name}` for tenant `{tenant}` ({})",

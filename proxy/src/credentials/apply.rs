@@ -17,6 +17,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::binding::{Position, Target};
 use super::handle::{self, SubstituteError};
+use super::kind::Kind;
 use super::positions::{holding, CredentialPositions, Holding};
 use super::raw::{self, OnLiteral};
 use super::{Credential, CredentialSet};
@@ -140,6 +141,10 @@ pub struct Applied {
     pub path_and_query: Option<String>,
     /// A new body, when the body was substituted or stripped (moved into the request context).
     pub body: Option<Bytes>,
+    /// The signing credential the request leaves signed with (see [`super::sigv4`]): named by
+    /// the agent (`Authorization: $CRED{aws}`) or, for an unsigned request, the tenant's one
+    /// signing credential bound to the destination.
+    pub sign: Option<Arc<Credential>>,
 }
 
 impl std::fmt::Debug for Applied {
@@ -157,6 +162,7 @@ impl std::fmt::Debug for Applied {
             .field("remove_headers", &self.remove_headers)
             .field("path_rewritten", &self.path_and_query.is_some())
             .field("body_rewritten", &self.body.is_some())
+            .field("signed_with", &self.sign.as_ref().map(|c| c.name.as_str()))
             .finish()
     }
 }
@@ -169,6 +175,7 @@ impl Applied {
             && self.set_headers.is_empty()
             && self.path_and_query.is_none()
             && self.body.is_none()
+            && self.sign.is_none()
     }
 }
 
@@ -259,7 +266,11 @@ pub fn apply(
         &mut resolver,
         &mut out.set_headers,
         &mut out.remove_headers,
+        &mut out.sign,
     )?;
+    if out.sign.is_none() && !req.headers.contains_key(http::header::AUTHORIZATION) {
+        out.sign = resolver.unsigned_signer()?;
+    }
 
     let (path, query) = match req.path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -336,7 +347,9 @@ pub fn apply(
 }
 
 /// Headers: a credential header holds one value, a handle (substituted) or, toward an unmanaged
-/// destination, the agent's own; any other header may carry no handle at all.
+/// destination, the agent's own; any other header may carry no handle at all. `Authorization`
+/// naming a signing credential (its whole value) is removed and the request signed with it.
+#[allow(clippy::too_many_arguments)]
 fn apply_headers(
     headers: &HeaderMap,
     positions: &CredentialPositions,
@@ -345,6 +358,7 @@ fn apply_headers(
     resolver: &mut Resolver<'_, '_>,
     set_headers: &mut Vec<(HeaderName, HeaderValue)>,
     remove_headers: &mut Vec<HeaderName>,
+    sign: &mut Option<Arc<Credential>>,
 ) -> Result<(), CredentialDeny> {
     let mut credential_headers: Vec<usize> = Vec::new();
     for name in headers.keys() {
@@ -387,6 +401,13 @@ fn apply_headers(
             credential_headers.push(key);
         }
         for value in values.iter() {
+            if name == http::header::AUTHORIZATION {
+                if let Some(cred) = resolver.signing_handle(value.as_bytes())? {
+                    remove_headers.push(name.clone());
+                    *sign = Some(cred);
+                    continue;
+                }
+            }
             match holding(value.as_bytes()) {
                 Holding::Nothing => {}
                 Holding::Literal if managed => match on_literal {
@@ -484,6 +505,67 @@ impl Resolver<'_, '_> {
         Ok(cred.clone())
     }
 
+    /// The signing credential `value` names when it is exactly one handle of a signing
+    /// credential (checked like any use: position, binding, expiry, policy).
+    fn signing_handle(&mut self, value: &[u8]) -> Result<Option<Arc<Credential>>, CredentialDeny> {
+        // Most values hold no handle: decided without scanning (and allocating).
+        if !handle::has_marker(value) {
+            return Ok(None);
+        }
+        let Ok(pieces) = handle::scan(value) else {
+            return Ok(None);
+        };
+        let [handle::Piece::Handle(name)] = pieces.as_slice() else {
+            return Ok(None);
+        };
+        match self.set.get(self.tenant, name) {
+            Some(c) if !matches!(c.kind, Kind::Static) => {
+                self.resolve(name, Position::Header).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// For a request without `Authorization`: the tenant's one signing credential whose
+    /// binding allows this destination (and policy its use), if exactly one does. Several are
+    /// ambiguous: the request must name one.
+    fn unsigned_signer(&mut self) -> Result<Option<Arc<Credential>>, CredentialDeny> {
+        let candidates: Vec<String> = self
+            .set
+            .signing(self.tenant)
+            .into_iter()
+            .filter(|c| c.bindings.iter().any(|b| b.allows(&self.target)))
+            .map(|c| c.name.clone())
+            .collect();
+        match candidates.as_slice() {
+            [] => Ok(None),
+            [one] => self.resolve(one, Position::Header).map(Some),
+            [first, ..] => Err(CredentialDeny::Position(
+                first.clone(),
+                "without naming it (several signing credentials are bound here: send `Authorization: $CRED{name}`)".into(),
+            )),
+        }
+    }
+
+    /// A credential used as text: a signing credential's value is never written into a request.
+    fn resolve_text(
+        &mut self,
+        name: &str,
+        position: Position,
+    ) -> Result<Arc<Credential>, CredentialDeny> {
+        let cred = self.resolve(name, position)?;
+        if !matches!(cred.kind, Kind::Static) {
+            // SECURITY: a signing key must not reach the upstream (or the agent) as text.
+            return Err(CredentialDeny::Position(
+                name.to_string(),
+                format!(
+                    "{position} as text (a signing credential goes only in `Authorization`, alone)"
+                ),
+            ));
+        }
+        Ok(cred)
+    }
+
     fn substitute<'i>(
         &mut self,
         input: &'i [u8],
@@ -491,7 +573,7 @@ impl Resolver<'_, '_> {
         enc: Encoding,
     ) -> Result<Cow<'i, [u8]>, CredentialDeny> {
         handle::substitute(input, |name| {
-            let cred = self.resolve(name, position)?;
+            let cred = self.resolve_text(name, position)?;
             Ok(Cow::Owned(encode(cred.value.expose(), enc)))
         })
         .map_err(|e| match e {
@@ -531,7 +613,7 @@ impl Resolver<'_, '_> {
                     match piece {
                         handle::Piece::Literal(l) => pieces.extend_from_slice(l),
                         handle::Piece::Handle(n) => {
-                            pieces.extend_from_slice(self.resolve(n, position)?.value.expose())
+                            pieces.extend_from_slice(self.resolve_text(n, position)?.value.expose())
                         }
                     }
                 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::binding::{Binding, Position};
+use super::kind::{Kind, KindName};
 use super::secret::SecretValue;
 use super::{valid_name, Credential, CredentialSet, CredentialStore, StoreError};
 use crate::ids::TenantId;
@@ -24,6 +25,8 @@ pub struct FileCredential {
     pub positions: Vec<Position>,
     /// Expiry.
     pub expires: Option<u64>,
+    /// What the value is.
+    pub kind: KindName,
 }
 
 /// Mounted files as a [`CredentialStore`].
@@ -63,13 +66,16 @@ pub fn load(dir: &Path, declared: &[FileCredential]) -> Result<CredentialSet, St
         if value.is_empty() {
             return Err(format!("`{}` is empty", path.display()));
         }
+        let value = SecretValue::new(value);
+        let kind = Kind::parse(d.kind, &value).map_err(|e| format!("`{}`: {e}", path.display()))?;
         let cred = Credential {
             tenant: d.tenant.clone(),
             name: d.name.clone(),
-            value: SecretValue::new(value),
+            value,
             bindings: d.bind.clone(),
             positions: d.positions.clone(),
             expires_at: d.expires,
+            kind,
         };
         by_tenant
             .entry(d.tenant.clone())
@@ -98,6 +104,7 @@ mod tests {
             bind: vec![Binding::host("api.openai.com")],
             positions: vec![Position::Header],
             expires: None,
+            kind: KindName::Static,
         };
         let set = load(dir.path(), std::slice::from_ref(&decl)).expect("load");
         assert_eq!(

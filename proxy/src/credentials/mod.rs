@@ -13,11 +13,13 @@ pub mod apply;
 pub mod binding;
 pub mod files;
 pub mod handle;
+pub mod kind;
 pub mod positions;
 mod raw;
 pub mod scrub;
 pub mod secret;
 pub mod settings;
+pub mod sigv4;
 pub mod vault;
 
 use std::collections::HashMap;
@@ -44,6 +46,8 @@ pub struct Credential {
     pub positions: Vec<Position>,
     /// Expiry, unix seconds.
     pub expires_at: Option<u64>,
+    /// How the value is used (substituted, or signing the request).
+    pub kind: kind::Kind,
 }
 
 /// Every tenant's credentials, by tenant then name. Lookups are always scoped by the tenant of
@@ -61,6 +65,22 @@ impl CredentialSet {
 
     /// Whether any credential of `tenant` is bound to `host` (its credentials are managed there,
     /// so a raw key from the agent is not accepted).
+    /// The signing credentials of `tenant` (sorted by name): the ones an unsigned request may
+    /// be signed with when its binding allows the destination.
+    pub fn signing(&self, tenant: &TenantId) -> Vec<&Arc<Credential>> {
+        let mut out: Vec<&Arc<Credential>> = self
+            .tenants
+            .get(tenant)
+            .map(|c| {
+                c.values()
+                    .filter(|c| matches!(c.kind, kind::Kind::AwsSigv4(_)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     pub fn manages_host(&self, tenant: &TenantId, host: &str) -> bool {
         self.tenants.get(tenant).is_some_and(|creds| {
             creds

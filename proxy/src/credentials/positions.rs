@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn the_union_is_what_the_provider_table_held() {
         #[rustfmt::skip]
-        let before: [(&[&str], &[&str], &[&str]); 5] = [
+        let before: [(&[&str], &[&str], &[&str]); 6] = [
             // openai
             (&["authorization"], &[], &["api_key", "openai_api_key"]),
             // anthropic
@@ -293,6 +293,12 @@ mod tests {
             (&["api-key", "authorization"], &["api-key"], &["api_key", "azure_api_key"]),
             // gemini
             (&["x-goog-api-key", "authorization"], &["key"], &["api_key", "x-goog-api-key"]),
+            // bedrock (added with its provider file: signatures and session tokens)
+            (
+                &["authorization", "x-amz-security-token"],
+                &["x-amz-signature", "x-amz-credential", "x-amz-security-token"],
+                &[],
+            ),
             // generic
             (
                 &["authorization", "x-api-key", "api-key", "x-auth-token"],

@@ -85,29 +85,35 @@ impl Scrubber {
     pub fn new(secrets: Vec<Arc<Credential>>) -> Self {
         let mut patterns: Vec<Pattern> = Vec::new();
         for c in &secrets {
-            let value = c.value.expose();
-            if value.is_empty() {
-                continue;
-            }
-            patterns.push(Pattern {
-                bytes: value.to_vec(),
-                ignore_case: value.len() >= MIN_FUZZY_LEN,
-                replacement: format!("$CRED{{{}}}", c.name).into_bytes(),
-                masks: false,
-            });
-            let stars = vec![b'*'; value.len()];
-            for align in 0..3 {
-                for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
-                    let core = base64_core(engine, value, align);
-                    if core.len() < MIN_FUZZY_LEN || patterns.iter().any(|p| p.bytes == core) {
-                        continue;
+            // A signing credential's value is a document; its secret parts are what could echo.
+            let values = match &c.kind {
+                crate::credentials::kind::Kind::Static => vec![c.value.expose()],
+                other => other.echoable_secrets(),
+            };
+            for value in values {
+                if value.is_empty() {
+                    continue;
+                }
+                patterns.push(Pattern {
+                    bytes: value.to_vec(),
+                    ignore_case: value.len() >= MIN_FUZZY_LEN,
+                    replacement: format!("$CRED{{{}}}", c.name).into_bytes(),
+                    masks: false,
+                });
+                let stars = vec![b'*'; value.len()];
+                for align in 0..3 {
+                    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+                        let core = base64_core(engine, value, align);
+                        if core.len() < MIN_FUZZY_LEN || patterns.iter().any(|p| p.bytes == core) {
+                            continue;
+                        }
+                        patterns.push(Pattern {
+                            bytes: core,
+                            ignore_case: false,
+                            replacement: base64_core(engine, &stars, align),
+                            masks: true,
+                        });
                     }
-                    patterns.push(Pattern {
-                        bytes: core,
-                        ignore_case: false,
-                        replacement: base64_core(engine, &stars, align),
-                        masks: true,
-                    });
                 }
             }
         }
@@ -526,6 +532,7 @@ mod tests {
             bindings: vec![],
             positions: vec![],
             expires_at: None,
+            kind: crate::credentials::kind::Kind::Static,
         })
     }
 

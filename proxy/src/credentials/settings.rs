@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::apply::{CredentialSettings, RawCredentialMode};
 use super::binding::{parse_binding, Position};
 use super::files::{FileCredential, FilesStore};
+use super::kind::KindName;
 use super::positions::CredentialPositions;
 use super::vault::{MasterKeySource, VaultStore};
 use super::{valid_name, CredentialStore};
@@ -58,6 +59,9 @@ pub struct FileCredentialSpec {
     /// Positions: `header`, `query`, `body` (default `header`).
     #[serde(rename = "in", default)]
     pub positions: Vec<Position>,
+    /// `static` (default) or `aws_sigv4` (the file holds the key as JSON; the proxy signs).
+    #[serde(default)]
+    pub kind: KindName,
 }
 
 /// Where credentials come from.
@@ -180,6 +184,7 @@ fn declared_files(files: Vec<FileCredentialSpec>, p: &mut Problems<'_>) -> Vec<F
             bind,
             positions: default_positions(f.positions),
             expires: None,
+            kind: f.kind,
         });
     }
     declared

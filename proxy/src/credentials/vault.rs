@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::binding::{Binding, Position};
+use super::kind::{Kind, KindName};
 use super::secret::SecretValue;
 use super::{valid_name, Credential, CredentialSet, CredentialStore, StoreError};
 use crate::ids::TenantId;
@@ -265,6 +266,8 @@ struct CredentialRecord {
     positions: Vec<Position>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires: Option<u64>,
+    #[serde(default, skip_serializing_if = "KindName::is_static")]
+    kind: KindName,
 }
 
 /// The associated data that ties a sealed value to its place and metadata.
@@ -277,6 +280,9 @@ struct ValueAad<'a> {
     #[serde(rename = "in")]
     positions: &'a [Position],
     expires: Option<u64>,
+    // Absent for `static`, so records written before kinds existed authenticate unchanged.
+    #[serde(skip_serializing_if = "KindName::is_static")]
+    kind: KindName,
 }
 
 fn value_aad(tenant: &str, name: &str, r: &CredentialRecord) -> Result<Vec<u8>, VaultError> {
@@ -287,6 +293,7 @@ fn value_aad(tenant: &str, name: &str, r: &CredentialRecord) -> Result<Vec<u8>, 
         bind: &r.bind,
         positions: &r.positions,
         expires: r.expires,
+        kind: r.kind,
     })
     .map_err(|e| VaultError::Invalid(e.to_string()))
 }
@@ -390,15 +397,20 @@ impl Vault {
                     &r.value,
                     &format!("{tenant}/{name}"),
                 )?;
+                let value = SecretValue::new(value.to_vec());
+                let kind = Kind::parse(r.kind, &value).map_err(|e| {
+                    VaultError::Invalid(format!("credential `{tenant}/{name}`: {e}"))
+                })?;
                 creds.insert(
                     name.clone(),
                     Arc::new(Credential {
                         tenant: tenant_id.clone(),
                         name: name.clone(),
-                        value: SecretValue::new(value.to_vec()),
+                        value,
                         bindings: r.bind.clone(),
                         positions: r.positions.clone(),
                         expires_at: r.expires,
+                        kind,
                     }),
                 );
             }
@@ -407,7 +419,7 @@ impl Vault {
         Ok(set)
     }
 
-    /// Adds or replaces a credential.
+    /// Adds or replaces a static credential.
     pub fn put(
         &mut self,
         tenant: &TenantId,
@@ -417,6 +429,31 @@ impl Vault {
         positions: Vec<Position>,
         expires: Option<u64>,
     ) -> Result<(), VaultError> {
+        self.put_kind(
+            tenant,
+            name,
+            value,
+            bind,
+            positions,
+            expires,
+            KindName::Static,
+        )
+    }
+
+    /// Adds or replaces a credential of `kind`; a value that does not parse as its kind is
+    /// refused (the error never quotes it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn put_kind(
+        &mut self,
+        tenant: &TenantId,
+        name: &str,
+        value: &SecretValue,
+        bind: Vec<Binding>,
+        positions: Vec<Position>,
+        expires: Option<u64>,
+        kind: KindName,
+    ) -> Result<(), VaultError> {
+        Kind::parse(kind, value).map_err(VaultError::Invalid)?;
         if !valid_name(name) {
             return Err(VaultError::Invalid(format!(
                 "`{name}` is not a credential name (1-64 of A-Z a-z 0-9 _ - .)"
@@ -456,6 +493,7 @@ impl Vault {
             bind,
             positions,
             expires,
+            kind,
         };
         record.value = seal(&key, &value_aad(t, name, &record)?, value.expose())?;
         if let Some(tr) = self.file.tenants.get_mut(t) {

@@ -415,6 +415,10 @@ async fn admit_http(
         trail.bytes_in = read.body.len() as u64;
         grant.body = Some(BufferedBody(read.body));
     }
+    // A provider that names the model in the path (Bedrock) is asked when the body names none.
+    if trail.model.is_none() {
+        trail.model = registry::model_from_path(&destination.upstream_path);
+    }
 
     // The method is copied: the questions outlive the borrow of the request a hold needs.
     let method = header.method.clone();

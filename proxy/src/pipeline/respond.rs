@@ -78,6 +78,20 @@ pub fn upstream_request(
     if grant.applied.as_ref().is_some_and(|a| !a.used.is_empty()) {
         upstream.remove_header(&http::header::SEC_WEBSOCKET_EXTENSIONS);
     }
+    // Signed last: the signature covers the request exactly as it leaves (body included).
+    if let Some(cred) = grant.applied.as_ref().and_then(|a| a.sign.as_ref()) {
+        if let crate::credentials::kind::Kind::AwsSigv4(key) = &cred.kind {
+            let body = grant.body.as_ref().map_or(&[][..], |b| b.0.as_ref());
+            crate::credentials::sigv4::sign(
+                key,
+                upstream,
+                dest.scheme.as_str(),
+                body,
+                std::time::SystemTime::now(),
+            )
+            .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+        }
+    }
     Ok(())
 }
 
@@ -123,6 +137,8 @@ pub struct Stages {
     guard: Option<StreamGuard>,
     strip: Option<UsageEventStripper>,
     scrub: Option<Scrubber>,
+    /// The response is a success (a metered one without readable usage is counted).
+    success: bool,
 }
 
 /// What the stages are set up from, besides the response head.
@@ -150,7 +166,10 @@ impl Stages {
         trail: &Trail,
         resp: &mut ResponseHeader,
     ) -> Result<Self, Deny> {
-        let mut stages = Stages::default();
+        let mut stages = Stages {
+            success: resp.status.is_success(),
+            ..Stages::default()
+        };
         let encoded = resp
             .headers
             .get(http::header::CONTENT_ENCODING)
@@ -241,6 +260,12 @@ impl Stages {
             }
             if end {
                 trail.usage = meter.finish();
+                if trail.usage.is_none() && self.success {
+                    METRICS
+                        .llm_usage_unknown
+                        .with_label_values(&[trail.tenant_label()])
+                        .inc();
+                }
             }
             if let Some(guard) = self.guard.as_mut() {
                 if let Verdict::Cut(reason) = guard.observe(meter.output_estimate()) {

@@ -8,12 +8,14 @@
 //!   so another framing (AWS event-stream) is one more parser here, not a change to providers;
 //! - [`strip`]: takes the usage event the proxy asked for out of a stream again.
 
+pub mod eventstream;
 pub mod providers;
 pub mod sse;
 pub mod strip;
 
 use serde_json::Value;
 
+use eventstream::EventStreamParser;
 use providers::registry::PROVIDERS;
 use providers::{Generated, Provider};
 use sse::SseParser;
@@ -59,12 +61,57 @@ enum Framing {
         /// Output tokens estimated from the content deltas streamed so far.
         streamed_estimate: u64,
     },
+    /// An AWS event stream (Bedrock), parsed message by message.
+    EventStream {
+        /// The parser.
+        parser: EventStreamParser,
+        /// Usage seen so far.
+        usage: Option<Usage>,
+        /// Output tokens estimated from the content deltas streamed so far.
+        streamed_estimate: u64,
+    },
+}
+
+/// Reads one stream event's JSON with `provider`'s reader (or every reader).
+fn read_event(
+    provider: Option<&'static dyn Provider>,
+    v: &Value,
+    usage: &mut Option<Usage>,
+    streamed_estimate: &mut u64,
+) {
+    let mut generated = Generated::default();
+    each(provider, |p| {
+        p.usage_from_event(v, usage);
+        p.count_generated(v, &mut generated);
+    });
+    *streamed_estimate += generated.tokens();
+}
+
+/// The JSON an event-stream message carries: its payload, or for a `chunk` (Bedrock's
+/// `InvokeModelWithResponseStream`) the model's own event, base64 in the payload's `bytes`.
+/// Exceptions and errors carry no usage.
+fn event_stream_json(m: &eventstream::Message<'_>) -> Option<Value> {
+    if m.message_type != Some("event") {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(m.payload).ok()?;
+    match v.get("bytes").and_then(Value::as_str) {
+        Some(b64) if m.event_type == Some("chunk") => {
+            use base64::Engine as _;
+            let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+            serde_json::from_slice(&raw).ok()
+        }
+        _ => Some(v),
+    }
 }
 
 /// Runs `f` with `provider`, or with every provider when it is unknown.
 fn each(provider: Option<&'static dyn Provider>, mut f: impl FnMut(&dyn Provider)) {
     match provider {
-        Some(p) => f(p),
+        Some(p) => {
+            f(p);
+            p.also_reads().iter().for_each(|p| f(*p));
+        }
         None => PROVIDERS.iter().for_each(|p| f(*p)),
     }
 }
@@ -84,6 +131,12 @@ impl UsageMeter {
                 usage: None,
                 streamed_estimate: 0,
             }
+        } else if is("application/vnd.amazon.eventstream") {
+            Framing::EventStream {
+                parser: EventStreamParser::default(),
+                usage: None,
+                streamed_estimate: 0,
+            }
         } else if is("application/json") {
             Framing::Json {
                 body: Vec::new(),
@@ -97,7 +150,10 @@ impl UsageMeter {
 
     /// Whether the response is a stream (metered, and estimated, event by event).
     pub fn is_stream(&self) -> bool {
-        matches!(self.framing, Framing::Sse { .. })
+        matches!(
+            self.framing,
+            Framing::Sse { .. } | Framing::EventStream { .. }
+        )
     }
 
     /// Feeds a response body chunk (synchronous: called from the body filter).
@@ -119,13 +175,17 @@ impl UsageMeter {
             } => parser.feed(chunk, &mut |data| {
                 if data != b"[DONE]" {
                     if let Ok(v) = serde_json::from_slice::<Value>(data) {
-                        let mut generated = Generated::default();
-                        each(provider, |p| {
-                            p.usage_from_event(&v, usage);
-                            p.count_generated(&v, &mut generated);
-                        });
-                        *streamed_estimate += generated.tokens();
+                        read_event(provider, &v, usage, streamed_estimate);
                     }
+                }
+            }),
+            Framing::EventStream {
+                parser,
+                usage,
+                streamed_estimate,
+            } => parser.feed(chunk, &mut |m| {
+                if let Some(v) = event_stream_json(&m) {
+                    read_event(provider, &v, usage, streamed_estimate);
                 }
             }),
         }
@@ -139,6 +199,11 @@ impl UsageMeter {
         match &self.framing {
             Framing::Json { .. } => 0,
             Framing::Sse {
+                usage,
+                streamed_estimate,
+                ..
+            }
+            | Framing::EventStream {
                 usage,
                 streamed_estimate,
                 ..
@@ -159,6 +224,9 @@ impl UsageMeter {
                 usage
             }
             Framing::Sse { usage, .. } => *usage,
+            // SECURITY: a malformed frame or a stream cut mid-message may have hidden the usage
+            // event: unknown, never what was read before it.
+            Framing::EventStream { parser, usage, .. } => usage.filter(|_| parser.at_boundary()),
         }
     }
 }

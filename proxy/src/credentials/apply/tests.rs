@@ -25,6 +25,7 @@ fn set() -> CredentialSet {
                 bindings: vec![bind],
                 positions,
                 expires_at: expires,
+                kind: crate::credentials::kind::Kind::Static,
             }),
         )
     };

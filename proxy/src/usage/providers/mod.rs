@@ -19,6 +19,8 @@
 //! line in [`registry::PROVIDERS`].
 
 pub mod anthropic;
+pub mod bedrock;
+pub mod gemini;
 pub mod openai_chat;
 pub mod openai_responses;
 pub mod registry;
@@ -40,6 +42,23 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// is an LLM call whatever its path, priced under [`Provider::name`].
     fn default_hosts(&self) -> &'static [&'static str];
 
+    /// Whether `host` is one of this provider's API hosts (compared ignoring case and a
+    /// trailing dot). By default one of [`Provider::default_hosts`]; a provider whose hosts
+    /// follow a pattern (one per region) says so here.
+    fn owns_host(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        self.default_hosts()
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    /// The model a call names in its path (origin form, query allowed), for a provider whose
+    /// calls name it there rather than in the body (`/model/{id}/converse`), as the provider
+    /// names it (percent-decoded, case kept).
+    fn model_from_path(&self, _path: &str) -> Option<String> {
+        None
+    }
+
     /// Whether `path` is one of this provider's LLM calls, on any host. The path a response is
     /// metered by: each path belongs to at most one provider.
     fn is_call(&self, path: &CallPath<'_>) -> bool;
@@ -58,6 +77,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Folds the usage one stream event reports into `acc`, as [`Provider::usage_from_json`].
     /// `event` is the event's JSON payload, whatever framing carried it.
     fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>);
+
+    /// Providers whose readers run after this one's on its responses (an API that returns
+    /// another provider's shapes: Bedrock's `InvokeModel` returns Anthropic's). When the
+    /// provider is unknown every reader runs once anyway.
+    fn also_reads(&self) -> &'static [&'static dyn Provider] {
+        &[]
+    }
 
     /// Adds the generated content one stream event carries (text, tool-call arguments,
     /// reasoning) to `generated`, from which the stream's output is estimated before the
@@ -173,6 +199,16 @@ impl CallPath<'_> {
         self.0.ends_with(suffix.as_bytes())
     }
 
+    /// Whether `needle` (lowercase) occurs in the path.
+    pub fn contains(&self, needle: &str) -> bool {
+        memchr::memmem::find(self.0, needle.as_bytes()).is_some()
+    }
+
+    /// Whether the path starts with `prefix` (lowercase, starting with `/`).
+    pub fn starts_with(&self, prefix: &str) -> bool {
+        self.0.starts_with(prefix.as_bytes())
+    }
+
     /// The operation of an OpenAI-style path: `chat/completions` of `/v1/chat/completions` (any
     /// prefix before `/v1/`) and of an Azure OpenAI deployment,
     /// `/openai/deployments/<name>/chat/completions`.
@@ -221,6 +257,28 @@ fn normalize(path: &[u8], out: &mut [u8]) -> usize {
         n -= 1;
     }
     n
+}
+
+/// `text` with its `%XX` escapes decoded (other bytes, and malformed escapes, as they are): a
+/// model id as the provider names it, from a path segment the client percent-encoded.
+fn percent_decoded(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let hex = |x: Option<&u8>| x.and_then(|x| (*x as char).to_digit(16));
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], hex(b.get(i + 1)), hex(b.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (x, _, _) => {
+                out.push(x);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `v.pointer(path)` as a whole number.

@@ -3,6 +3,8 @@
 //! where requests carry API keys, and whether a stream must be asked for its usage.
 
 use super::anthropic::Anthropic;
+use super::bedrock::Bedrock;
+use super::gemini::Gemini;
 use super::openai_chat::OpenAiChat;
 use super::openai_responses::OpenAiResponses;
 use super::{CallPath, KeyPositions, Provider};
@@ -10,10 +12,11 @@ use crate::target::Destination;
 
 /// Every provider. The order is the precedence of their request fields (the first ceiling
 /// present counts) and the order their readers run in when a response's provider is unknown.
-pub static PROVIDERS: &[&dyn Provider] = &[&OpenAiChat, &OpenAiResponses, &Anthropic];
+pub static PROVIDERS: &[&dyn Provider] =
+    &[&OpenAiChat, &OpenAiResponses, &Anthropic, &Bedrock, &Gemini];
 
 /// An LLM vendor the proxy knows by its API hosts or key positions, whose API has no provider
-/// file yet (the OpenAI-compatible vendors, Gemini, Azure OpenAI). A request to one of its hosts
+/// file yet (the OpenAI-compatible vendors, Azure OpenAI). A request to one of its hosts
 /// is an LLM call priced under its name and metered by the provider its path names (or by every
 /// provider's reader); its key positions are credential positions everywhere.
 #[derive(Debug)]
@@ -37,15 +40,6 @@ pub static VENDORS: &[Vendor] = &[
             headers: &["api-key", "authorization"],
             query: &["api-key"],
             body: &["api_key", "azure_api_key"],
-        },
-    },
-    Vendor {
-        name: "google",
-        hosts: &["generativelanguage.googleapis.com"],
-        positions: KeyPositions {
-            headers: &["x-goog-api-key", "authorization"],
-            query: &["key"],
-            body: &["api_key", "x-goog-api-key"],
         },
     },
     Vendor {
@@ -87,7 +81,7 @@ pub fn name_for_host(host: &str) -> Option<&'static str> {
     let is = |hosts: &[&str]| hosts.iter().any(|h| h.eq_ignore_ascii_case(host));
     PROVIDERS
         .iter()
-        .find(|p| is(p.default_hosts()))
+        .find(|p| p.owns_host(host))
         .map(|p| p.name())
         .or_else(|| VENDORS.iter().find(|v| is(v.hosts)).map(|v| v.name))
 }
@@ -99,6 +93,12 @@ pub fn price_key(destination: &Destination) -> Option<&str> {
         .provider
         .as_deref()
         .or_else(|| name_for_host(&destination.host))
+}
+
+/// The model a call names in its path, for providers that name it there (Bedrock's
+/// `/model/{id}/…`): what policy and prices see when the body names none.
+pub fn model_from_path(path: &str) -> Option<String> {
+    PROVIDERS.iter().find_map(|p| p.model_from_path(path))
 }
 
 /// The provider whose LLM call `path` (origin form, query allowed) is, on any host.

@@ -330,7 +330,12 @@ mod tests {
         );
         assert_eq!(form_field("MAX_Tokens"), Some(Slot::Ceiling(0)));
         assert_eq!(form_field("messages"), None);
-        assert_eq!(FIELDS.root.len(), 4, "{:?}", FIELDS.root);
+        // Plus the nested `inferenceConfig.maxTokens` (Bedrock) and `generationConfig.maxOutputTokens`
+        // (Gemini), not form fields: forms are flat.
+        assert_eq!(FIELDS.root.len(), 6, "{:?}", FIELDS.root);
+        assert_eq!(form_field("inferenceConfig"), None);
+        let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
+        assert_eq!(read.max_output_tokens, Some(64));
         let read = read_json(br#"{"max_output_tokens":3,"max_completion_tokens":2,"model":"m"}"#)
             .expect("read");
         assert_eq!(

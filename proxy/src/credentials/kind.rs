@@ -1,0 +1,117 @@
+//! Credential kinds: what a credential's value is and how the proxy uses it.
+//!
+//! - `static`: the value itself is substituted where the agent wrote the handle (a key in a
+//!   header, a query value, a body field);
+//! - `aws_sigv4`: an AWS access key (JSON, see [`super::sigv4::AwsKey`]); the value is never
+//!   written into the request: the proxy signs the request it forwards with it.
+//!
+//! The kind is part of the credential's record (authenticated with its value in the vault), and
+//! a value that does not parse as its kind fails the load: a credential the proxy cannot use as
+//! declared never exists at run time.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::SecretValue;
+use super::sigv4::AwsKey;
+
+/// A credential kind as written (the vault record's `kind`, `[[credentials.file]] kind`,
+/// `tenant-proxy cred put --kind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KindName {
+    /// The value is substituted as written.
+    #[default]
+    Static,
+    /// An AWS access key the proxy signs requests with (SigV4).
+    AwsSigv4,
+}
+
+impl KindName {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KindName::Static => "static",
+            KindName::AwsSigv4 => "aws_sigv4",
+        }
+    }
+
+    /// Whether this is the default kind (not written into records, so vaults written before
+    /// kinds existed authenticate unchanged).
+    pub fn is_static(&self) -> bool {
+        *self == KindName::Static
+    }
+}
+
+impl std::str::FromStr for KindName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [KindName::Static, KindName::AwsSigv4]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a credential kind (`static`, `aws_sigv4`)"))
+    }
+}
+
+/// A credential's value, as its kind uses it.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// Substituted as written.
+    Static,
+    /// Signs the forwarded request.
+    AwsSigv4(Arc<AwsKey>),
+}
+
+impl Kind {
+    /// Reads `value` as a `name` credential: checked once, at load (or at `cred put`). The
+    /// error names what is wrong, never the value.
+    pub fn parse(name: KindName, value: &SecretValue) -> Result<Self, String> {
+        match name {
+            KindName::Static => Ok(Kind::Static),
+            KindName::AwsSigv4 => {
+                AwsKey::parse(value.expose()).map(|k| Kind::AwsSigv4(Arc::new(k)))
+            }
+        }
+    }
+
+    /// The name of the kind.
+    pub fn name(&self) -> KindName {
+        match self {
+            Kind::Static => KindName::Static,
+            Kind::AwsSigv4(_) => KindName::AwsSigv4,
+        }
+    }
+
+    /// The secret pieces a response could echo (scrubbed like a static value is).
+    pub fn echoable_secrets(&self) -> Vec<&[u8]> {
+        match self {
+            Kind::Static => Vec::new(),
+            Kind::AwsSigv4(k) => k.secrets(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_and_fail_without_the_value() {
+        assert!(matches!(
+            Kind::parse(KindName::Static, &SecretValue::new(b"sk-1".to_vec())),
+            Ok(Kind::Static)
+        ));
+        let bad = SecretValue::new(
+            b"{\"access_key_id\":\"AKID\",\"secret_access_key\":\"canary-secret\"}".to_vec(),
+        );
+        let err = Kind::parse(KindName::AwsSigv4, &bad).expect_err("no region");
+        assert!(err.contains("region") && !err.contains("canary"), "{err}");
+        let not_json = SecretValue::new(b"canary-not-json".to_vec());
+        let err = Kind::parse(KindName::AwsSigv4, &not_json).expect_err("not json");
+        assert!(!err.contains("canary"), "{err}");
+        assert_eq!("aws_sigv4".parse::<KindName>(), Ok(KindName::AwsSigv4));
+        assert!("oauth".parse::<KindName>().is_err());
+    }
+}

@@ -1,0 +1,368 @@
+//! AWS Bedrock runtime: `InvokeModel` and `InvokeModelWithResponseStream` (the model's own body,
+//! Anthropic's messages for Claude), `Converse` and `ConverseStream`.
+//!
+//! - The model is in the path (`/model/{modelId}/converse`), percent-encoded as the SDKs send
+//!   it (`anthropic.claude-3-haiku-20240307-v1%3A0`); the output ceiling is
+//!   `inferenceConfig.maxTokens` (Converse) or `max_tokens` (Anthropic bodies).
+//! - Usage (Anthropic's reader runs too, [`Provider::also_reads`]): Converse's `usage.inputTokens`, `outputTokens`, `cacheReadInputTokens` (counted
+//!   apart from `inputTokens`), in the JSON body or in the stream's `metadata` event; an
+//!   Anthropic body's `usage` (read as [`super::anthropic`] reads it) and the last chunk's
+//!   `amazon-bedrock-invocationMetrics`.
+//! - Streams are AWS event-stream frames ([`crate::usage::eventstream`]); an
+//!   `InvokeModelWithResponseStream` chunk's `bytes` (base64 JSON) is decoded before it is read.
+//! - Requests are signed (SigV4), never keyed: an agent's own signature or session token toward a
+//!   managed host is a raw credential.
+
+use serde_json::Value;
+
+use super::anthropic::Anthropic;
+use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use crate::usage::Usage;
+
+/// AWS Bedrock runtime.
+#[derive(Debug, Clone, Copy)]
+pub struct Bedrock;
+
+const OPERATIONS: &[&str] = &[
+    "/invoke",
+    "/invoke-with-response-stream",
+    "/converse",
+    "/converse-stream",
+];
+
+const FIELDS: RequestFields = RequestFields {
+    model: &[],
+    ceilings: &[&["inferenceConfig", "maxTokens"], &["max_tokens"]],
+};
+
+const KEY_POSITIONS: KeyPositions = KeyPositions {
+    headers: &["authorization", "x-amz-security-token"],
+    query: &[
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+    ],
+    body: &[],
+};
+
+/// `bedrock-runtime.<region>.amazonaws.com` (and its FIPS spelling), ignoring ASCII case and a
+/// trailing dot, without allocating.
+fn is_runtime_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').as_bytes();
+    let strip_prefix = |p: &str| {
+        host.get(..p.len())
+            .filter(|h| h.eq_ignore_ascii_case(p.as_bytes()))
+            .map(|_| &host[p.len()..])
+    };
+    let Some(rest) =
+        strip_prefix("bedrock-runtime.").or_else(|| strip_prefix("bedrock-runtime-fips."))
+    else {
+        return false;
+    };
+    const SUFFIX: &[u8] = b".amazonaws.com";
+    let Some(region) = rest
+        .len()
+        .checked_sub(SUFFIX.len())
+        .filter(|at| rest[*at..].eq_ignore_ascii_case(SUFFIX))
+        .map(|at| &rest[..at])
+    else {
+        return false;
+    };
+    !region.is_empty()
+        && region
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+}
+
+impl Provider for Bedrock {
+    fn name(&self) -> &'static str {
+        "bedrock"
+    }
+
+    fn default_hosts(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn owns_host(&self, host: &str) -> bool {
+        is_runtime_host(host)
+    }
+
+    fn is_call(&self, path: &CallPath<'_>) -> bool {
+        path.starts_with("/model/") && OPERATIONS.iter().any(|op| path.ends_with(op))
+    }
+
+    fn model_from_path(&self, path: &str) -> Option<String> {
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let rest = path.strip_prefix("/model/")?;
+        let (id, op) = rest.rsplit_once('/')?;
+        let op = format!("/{op}");
+        if id.is_empty() || !OPERATIONS.iter().any(|o| op.eq_ignore_ascii_case(o)) {
+            return None;
+        }
+        super::percent_decoded(id)
+    }
+
+    fn request_fields(&self) -> &'static RequestFields {
+        &FIELDS
+    }
+
+    fn key_positions(&self) -> &'static KeyPositions {
+        &KEY_POSITIONS
+    }
+
+    fn usage_from_json(&self, body: &Value, acc: &mut Option<Usage>) {
+        fold_converse(body, acc);
+    }
+
+    fn also_reads(&self) -> &'static [&'static dyn Provider] {
+        &[&Anthropic]
+    }
+
+    fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>) {
+        fold_converse(event, acc);
+        if let Some(m) = event.get("amazon-bedrock-invocationMetrics") {
+            let entry = acc.get_or_insert_with(Usage::default);
+            if let Some(n) = num(m, "/inputTokenCount") {
+                entry.input_tokens = entry.input_tokens.max(n);
+            }
+            if let Some(n) = num(m, "/outputTokenCount") {
+                entry.output_tokens = n;
+            }
+        }
+    }
+
+    /// Converse's `contentBlockDelta` (text, tool input, reasoning).
+    fn count_generated(&self, event: &Value, generated: &mut Generated) {
+        if let Some(delta) = event
+            .get("delta")
+            .filter(|_| event.get("contentBlockIndex").is_some())
+        {
+            generated.add(delta.get("text"));
+            generated.add(delta.pointer("/toolUse/input"));
+            generated.add(delta.pointer("/reasoningContent/text"));
+        }
+    }
+}
+
+/// Converse's usage object: camelCase counters. Only a usage object with one of them counts (an
+/// Anthropic `usage` is read by its own reader).
+fn fold_converse(v: &Value, acc: &mut Option<Usage>) {
+    let Some(u) = v
+        .get("usage")
+        .filter(|u| u.get("inputTokens").is_some() || u.get("outputTokens").is_some())
+    else {
+        return;
+    };
+    let entry = acc.get_or_insert_with(Usage::default);
+    let cached = num(u, "/cacheReadInputTokens").unwrap_or(0);
+    if let Some(n) = num(u, "/inputTokens") {
+        // Cache reads are counted apart from `inputTokens`; the input is both.
+        entry.input_tokens = n + cached;
+    }
+    entry.cached_input_tokens = cached;
+    if let Some(n) = num(u, "/outputTokens") {
+        entry.output_tokens = n;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::usage::eventstream::{event, frame};
+    use crate::usage::testing::{meter_json, u};
+    use crate::usage::UsageMeter;
+    use base64::Engine as _;
+
+    /// A `ConverseStream` response as Bedrock sends it (event names and payloads from the API
+    /// reference): message start, two text deltas, a tool-use delta, stop, metadata with usage.
+    pub(crate) fn converse_stream() -> Vec<u8> {
+        let mut s = Vec::new();
+        for (t, p) in [
+            ("messageStart", r#"{"p":"abcd","role":"assistant"}"#),
+            (
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":0,"delta":{"text":"Hello"},"p":"ab"}"#,
+            ),
+            (
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":0,"delta":{"text":" there, friend"},"p":"a"}"#,
+            ),
+            ("contentBlockStop", r#"{"contentBlockIndex":0,"p":"abc"}"#),
+            ("messageStop", r#"{"p":"abcdef","stopReason":"end_turn"}"#),
+            (
+                "metadata",
+                r#"{"metrics":{"latencyMs":312},"p":"abc","usage":{"cacheReadInputTokens":4,"inputTokens":21,"outputTokens":9,"totalTokens":34}}"#,
+            ),
+        ] {
+            s.extend(event(t, p));
+        }
+        s
+    }
+
+    /// An `InvokeModelWithResponseStream` response for a Claude model: Anthropic's events, each
+    /// base64 in a `chunk`'s `bytes`, the last with Bedrock's invocation metrics.
+    pub(crate) fn invoke_stream() -> Vec<u8> {
+        let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+        let mut s = Vec::new();
+        for e in [
+            r#"{"type":"message_start","message":{"id":"m","model":"claude","usage":{"input_tokens":13,"output_tokens":1}}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi there"}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#,
+            r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":13,"outputTokenCount":7,"invocationLatency":400,"firstByteLatency":200}}"#,
+        ] {
+            s.extend(event(
+                "chunk",
+                &format!(r#"{{"bytes":"{}","p":"ab"}}"#, b64(e)),
+            ));
+        }
+        s
+    }
+
+    fn meter_es(chunks: &[&[u8]], provider: Option<&'static dyn Provider>) -> UsageMeter {
+        let mut m = UsageMeter::for_response("application/vnd.amazon.eventstream", provider)
+            .expect("meter");
+        for c in chunks {
+            m.feed(c);
+        }
+        m
+    }
+
+    #[test]
+    fn usage_from_json_bodies() {
+        let cases = [
+            (
+                "converse",
+                r#"{"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":30,"outputTokens":12,"totalTokens":42},"metrics":{"latencyMs":100}}"#,
+                u(30, 0, 12),
+            ),
+            (
+                "converse with cache reads",
+                r#"{"usage":{"inputTokens":10,"cacheReadInputTokens":90,"outputTokens":1,"totalTokens":101}}"#,
+                u(100, 90, 1),
+            ),
+            (
+                "invoke, anthropic body",
+                r#"{"id":"msg_bdrk_1","type":"message","role":"assistant","content":[],"usage":{"input_tokens":8,"output_tokens":3}}"#,
+                u(8, 0, 3),
+            ),
+            (
+                "error",
+                r#"{"message":"The security token included in the request is invalid."}"#,
+                None,
+            ),
+        ];
+        for (name, body, want) in cases {
+            assert_eq!(meter_json(&Bedrock, body), want, "{name}");
+        }
+    }
+
+    /// Both streams, split at every byte boundary and byte by byte, as Bedrock's and as an
+    /// unknown provider's: the exact usage, and the estimate from the deltas.
+    #[test]
+    fn eventstreams_are_metered_however_they_are_split() {
+        for (name, s, want, estimate) in [
+            ("converse-stream", converse_stream(), u(25, 4, 9), 9),
+            (
+                "invoke-with-response-stream",
+                invoke_stream(),
+                u(13, 0, 7),
+                7,
+            ),
+        ] {
+            for who in [Some(&Bedrock as &'static dyn Provider), None] {
+                let whole = meter_es(&[&s], who);
+                assert!(whole.is_stream());
+                assert_eq!(whole.finish(), want, "{name} {who:?}");
+                assert_eq!(whole.output_estimate(), estimate, "{name} {who:?}");
+                for at in 0..=s.len() {
+                    let m = meter_es(&[&s[..at], &s[at..]], who);
+                    assert_eq!(m.finish(), want, "{name} {who:?} split at {at}");
+                }
+                let bytes: Vec<&[u8]> = s.chunks(1).collect();
+                assert_eq!(meter_es(&bytes, who).finish(), want, "{name} byte by byte");
+            }
+        }
+        // Before the metadata event: content only, an estimate from the deltas, each rounded up
+        // (5 bytes → 2, 14 bytes → 4).
+        let mut partial_stream = event("messageStart", r#"{"role":"assistant"}"#);
+        partial_stream.extend(event(
+            "contentBlockDelta",
+            r#"{"contentBlockIndex":0,"delta":{"text":"Hello"}}"#,
+        ));
+        partial_stream.extend(event(
+            "contentBlockDelta",
+            r#"{"contentBlockIndex":0,"delta":{"text":" there, friend"}}"#,
+        ));
+        let partial = meter_es(&[&partial_stream], Some(&Bedrock));
+        assert_eq!(partial.finish(), None);
+        assert_eq!(partial.output_estimate(), 6);
+    }
+
+    /// A malformed frame, a truncated stream or an exception: the usage is unknown (never zero).
+    #[test]
+    fn malformed_or_truncated_streams_are_usage_unknown() {
+        let s = converse_stream();
+        let mut flipped = s.clone();
+        let at = s.len() - 20;
+        flipped[at] ^= 0x20;
+        assert_eq!(meter_es(&[&flipped], Some(&Bedrock)).finish(), None, "crc");
+        assert_eq!(
+            meter_es(&[&s[..s.len() - 1]], Some(&Bedrock)).finish(),
+            None,
+            "truncated"
+        );
+        let exception = frame(
+            &[
+                (":exception-type", "throttlingException"),
+                (":content-type", "application/json"),
+                (":message-type", "exception"),
+            ],
+            br#"{"message":"Too many requests","usage":{"inputTokens":1,"outputTokens":1}}"#,
+        );
+        assert_eq!(
+            meter_es(&[&exception], Some(&Bedrock)).finish(),
+            None,
+            "exception"
+        );
+    }
+
+    #[test]
+    fn calls_models_and_hosts() {
+        let p = "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse-stream";
+        assert!(CallPath::with(p, |c| Bedrock.is_call(&c)));
+        assert_eq!(
+            Bedrock.model_from_path(p).as_deref(),
+            Some("anthropic.claude-3-haiku-20240307-v1:0")
+        );
+        let arn = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.meta.llama3/invoke?x=1";
+        assert!(CallPath::with(arn, |c| Bedrock.is_call(&c)));
+        assert_eq!(
+            Bedrock.model_from_path(arn).as_deref(),
+            Some("arn:aws:bedrock:us-east-1:1:inference-profile/us.meta.llama3")
+        );
+        for not in [
+            "/model/x/other",
+            "/models/x/converse",
+            "/model//converse",
+            "/v1/messages",
+        ] {
+            assert!(Bedrock.model_from_path(not).is_none(), "{not}");
+        }
+        assert!(!CallPath::with("/v1/converse", |c| Bedrock.is_call(&c)));
+        for host in [
+            "bedrock-runtime.us-east-1.amazonaws.com",
+            "BEDROCK-RUNTIME.eu-west-3.amazonaws.com.",
+            "bedrock-runtime-fips.us-west-2.amazonaws.com",
+        ] {
+            assert!(is_runtime_host(host), "{host}");
+        }
+        for host in [
+            "bedrock-runtime.amazonaws.com",
+            "bedrock-runtime.x.amazonaws.com.evil.example",
+            "bedrock.us-east-1.amazonaws.com",
+            "bedrock-runtime.us east.amazonaws.com",
+        ] {
+            assert!(!is_runtime_host(host), "{host}");
+        }
+    }
+}

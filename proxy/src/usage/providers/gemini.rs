@@ -1,0 +1,182 @@
+//! Google Gemini: `generateContent` and `streamGenerateContent` on the Gemini API
+//! (`/v1beta/models/{model}:generateContent`) and Vertex AI
+//! (`/v1/projects/{p}/locations/{l}/publishers/google/models/{model}:generateContent`).
+//!
+//! - The model is in the path; the output ceiling is `generationConfig.maxOutputTokens`.
+//! - Usage: `usageMetadata.promptTokenCount` (cached tokens included, `cachedContentTokenCount`
+//!   of them from the cache), `candidatesTokenCount` plus `thoughtsTokenCount` as output; in a
+//!   JSON body, in each SSE event (`alt=sse`, cumulative), or in the elements of the JSON-array
+//!   stream (the default `streamGenerateContent` framing, read whole at its end).
+
+use serde_json::Value;
+
+use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use crate::usage::Usage;
+
+/// Google Gemini (`generativelanguage.googleapis.com`, Vertex AI paths).
+#[derive(Debug, Clone, Copy)]
+pub struct Gemini;
+
+const OPERATIONS: &[&str] = &[":generatecontent", ":streamgeneratecontent"];
+
+const FIELDS: RequestFields = RequestFields {
+    model: &[],
+    ceilings: &[&["generationConfig", "maxOutputTokens"]],
+};
+
+const KEY_POSITIONS: KeyPositions = KeyPositions {
+    headers: &["x-goog-api-key", "authorization"],
+    query: &["key"],
+    body: &["api_key", "x-goog-api-key"],
+};
+
+impl Provider for Gemini {
+    fn name(&self) -> &'static str {
+        "google"
+    }
+
+    fn default_hosts(&self) -> &'static [&'static str] {
+        &["generativelanguage.googleapis.com"]
+    }
+
+    fn is_call(&self, path: &CallPath<'_>) -> bool {
+        path.contains("/models/")
+            && !path.contains("/models/:")
+            && OPERATIONS.iter().any(|op| path.ends_with(op))
+    }
+
+    fn model_from_path(&self, path: &str) -> Option<String> {
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let decoded = super::percent_decoded(path)?;
+        let path = decoded.as_str();
+        let (head, op) = path.rsplit_once(':')?;
+        let op = format!(":{op}");
+        if !OPERATIONS.iter().any(|o| op.eq_ignore_ascii_case(o)) {
+            return None;
+        }
+        let at = head.rfind("/models/")?;
+        let model = &head[at + "/models/".len()..];
+        (!model.is_empty() && !model.contains('/')).then(|| model.to_string())
+    }
+
+    fn request_fields(&self) -> &'static RequestFields {
+        &FIELDS
+    }
+
+    fn key_positions(&self) -> &'static KeyPositions {
+        &KEY_POSITIONS
+    }
+
+    fn usage_from_json(&self, body: &Value, acc: &mut Option<Usage>) {
+        // The JSON-array stream: each element reports the usage so far.
+        match body.as_array() {
+            Some(items) => items.iter().for_each(|v| fold(v, acc)),
+            None => fold(body, acc),
+        }
+    }
+
+    fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>) {
+        fold(event, acc);
+    }
+
+    fn count_generated(&self, event: &Value, generated: &mut Generated) {
+        let Some(candidates) = event.get("candidates").and_then(Value::as_array) else {
+            return;
+        };
+        for c in candidates {
+            if let Some(parts) = c.pointer("/content/parts").and_then(Value::as_array) {
+                for p in parts {
+                    generated.add(p.get("text"));
+                }
+            }
+        }
+    }
+}
+
+fn fold(v: &Value, acc: &mut Option<Usage>) {
+    let Some(u) = v.get("usageMetadata").filter(|u| u.is_object()) else {
+        return;
+    };
+    let entry = acc.get_or_insert_with(Usage::default);
+    if let Some(n) = num(u, "/promptTokenCount") {
+        entry.input_tokens = n;
+    }
+    if let Some(n) = num(u, "/cachedContentTokenCount") {
+        entry.cached_input_tokens = n;
+    }
+    let candidates = num(u, "/candidatesTokenCount");
+    let thoughts = num(u, "/thoughtsTokenCount");
+    if candidates.is_some() || thoughts.is_some() {
+        // Thinking tokens are billed as output.
+        entry.output_tokens = candidates.unwrap_or(0) + thoughts.unwrap_or(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::testing::{meter_json, meter_stream, u};
+
+    #[test]
+    fn usage_from_json_bodies_and_the_array_stream() {
+        let cases = [
+            (
+                "generateContent",
+                r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":3,"totalTokenCount":12},"modelVersion":"gemini-2.0-flash"}"#,
+                u(9, 0, 3),
+            ),
+            (
+                "thinking and cache",
+                r#"{"usageMetadata":{"promptTokenCount":100,"cachedContentTokenCount":60,"candidatesTokenCount":5,"thoughtsTokenCount":20,"totalTokenCount":125}}"#,
+                u(100, 60, 25),
+            ),
+            (
+                "array stream",
+                r#"[{"candidates":[{"content":{"parts":[{"text":"Hel"}]}}],"usageMetadata":{"promptTokenCount":9,"totalTokenCount":9}},
+                    {"candidates":[{"content":{"parts":[{"text":"lo"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":4,"totalTokenCount":13}}]"#,
+                u(9, 0, 4),
+            ),
+            (
+                "error",
+                r#"{"error":{"code":400,"message":"API key not valid","status":"INVALID_ARGUMENT"}}"#,
+                None,
+            ),
+        ];
+        for (name, body, want) in cases {
+            assert_eq!(meter_json(&Gemini, body), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn an_sse_stream_is_metered_however_it_is_split() {
+        let stream = concat!(
+            "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"The quick\"}],\"role\": \"model\"}}],\"usageMetadata\": {\"promptTokenCount\": 8,\"totalTokenCount\": 8}}\r\n\r\n",
+            "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \" brown fox\"}],\"role\": \"model\"},\"finishReason\": \"STOP\"}],\"usageMetadata\": {\"promptTokenCount\": 8,\"candidatesTokenCount\": 6,\"totalTokenCount\": 14}}\r\n\r\n",
+        );
+        meter_stream(&Gemini, stream, u(8, 0, 6), 0, 0);
+    }
+
+    #[test]
+    fn calls_and_models() {
+        let cases = [
+            ("/v1beta/models/gemini-2.0-flash:generateContent", Some("gemini-2.0-flash")),
+            ("/v1beta/models/gemini-1.5-pro:streamGenerateContent?alt=sse", Some("gemini-1.5-pro")),
+            (
+                "/v1/projects/p1/locations/us-central1/publishers/google/models/gemini-2.0-flash-001:generateContent",
+                Some("gemini-2.0-flash-001"),
+            ),
+            ("/v1beta/models/gemini-2.0-flash%3AgenerateContent", Some("gemini-2.0-flash")),
+            ("/v1beta/models/gemini-2.0-flash:countTokens", None),
+            ("/v1beta/models/:generateContent", None),
+            ("/v1/chat/completions", None),
+        ];
+        for (path, model) in cases {
+            assert_eq!(Gemini.model_from_path(path).as_deref(), model, "{path}");
+            assert_eq!(
+                CallPath::with(path, |c| Gemini.is_call(&c)),
+                model.is_some(),
+                "{path}"
+            );
+        }
+    }
+}
