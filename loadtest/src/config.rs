@@ -530,6 +530,9 @@ impl From<&str> for RedisUrl {
 impl From<Vec<String>> for RedisUrl {
     fn from(seeds: Vec<String>) -> Self {
         RedisUrl::Seeds(seeds)
+    }
+}
+
 /// `[approvals]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Approvals {

@@ -1476,6 +1476,7 @@ mod tests {
             limit: Duration::from_secs(1),
             new_tunnels: 30,
             only: Vec::new(),
+            baseline: std::sync::OnceLock::new(),
         };
         let rows = [
             TUNNEL_KEEP_ALIVE,

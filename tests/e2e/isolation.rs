@@ -111,7 +111,7 @@ fn tenants_whose_ids_share_a_prefix_reach_only_their_own() {
                 proxy.shared_port,
                 &url(&origin, &format!("/public/echo/{tenant}/{i}")),
                 Some(&token_of(tenant)),
-                &format!("Authorization: Bearer $CRED{{key}}\r\nX-Tenant-Id: acme\r\nX-Tenant-Id: acme2\r\n"),
+                "Authorization: Bearer $CRED{key}\r\nX-Tenant-Id: acme\r\nX-Tenant-Id: acme2\r\n",
             );
             assert_eq!(r.status, 200, "{tenant} #{i}: {}", r.body_text());
             // The echoing origin reflects the secret; each tenant sees its own handle back, no

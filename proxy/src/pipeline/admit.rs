@@ -436,7 +436,7 @@ async fn admit_http(
     trail.decision = Some(decision);
     trail.shadow = shadow;
     // (The field, not `mark`: `asking` still borrows the trail's model.)
-    trail.mark("policy");
+    trail.phases.push(("policy", std::time::Instant::now()));
     if !allowed {
         return Err(Deny::PolicyDenied);
     }
