@@ -167,7 +167,17 @@ fn tenants_whose_ids_share_a_prefix_reach_only_their_own() {
     }
     request_ids.get_mut("acme").unwrap().push(over.request_id());
 
-    // Metrics: each tenant's series counts its own requests, under its own id.
+    // Audit partitions: each holds exactly its tenant's records.
+    for (tenant, ids) in &request_ids {
+        let records = proxy.wait_audit_records(tenant, ids.len());
+        assert_eq!(records.len(), ids.len(), "{tenant}: {records:#?}");
+        for r in &records {
+            assert_eq!(r["tenant"], *tenant);
+            assert!(ids.contains(&r["request_id"].as_str().unwrap().to_string()));
+        }
+    }
+    // Metrics: each tenant's series counts its own requests, under its own id (read after the
+    // records: a request is counted just before its record is written).
     let metrics = proxy.metrics();
     for (tenant, ids) in &request_ids {
         assert_eq!(
@@ -192,15 +202,6 @@ fn tenants_whose_ids_share_a_prefix_reach_only_their_own() {
         "a workload id is not a tenant label"
     );
 
-    // Audit partitions: each holds exactly its tenant's records.
-    for (tenant, ids) in &request_ids {
-        let records = proxy.wait_audit_records(tenant, ids.len());
-        assert_eq!(records.len(), ids.len(), "{tenant}: {records:#?}");
-        for r in &records {
-            assert_eq!(r["tenant"], *tenant);
-            assert!(ids.contains(&r["request_id"].as_str().unwrap().to_string()));
-        }
-    }
     stop(&proxy);
     let audit = proxy.path("audit");
     let dir = audit.to_str().unwrap();
