@@ -12,7 +12,7 @@ pub(super) fn admin_call(
     method: &str,
     path: &str,
 ) -> anyhow::Result<Vec<u8>> {
-    use std::io::{BufRead, Read, Write};
+    use std::io::Write;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| {
             format!("the proxy's admin port {addr} does not answer; is the proxy running?")
@@ -22,29 +22,7 @@ pub(super) fn admin_call(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
-    // Read the head, then exactly Content-Length bytes: the server may keep the socket open.
-    let mut reader = std::io::BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    let mut length = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            anyhow::bail!("malformed answer from the admin port");
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse::<u64>().ok();
-            }
-        }
-    }
-    let length = length.context("the admin port's answer has no Content-Length")?;
-    let mut body = Vec::new();
-    reader.take(length).read_to_end(&mut body)?;
+    let (status, body) = read_answer(stream, "the admin port")?;
     if status.split_whitespace().nth(1) != Some("200") {
         // Refusals are the proxy's JSON error shape; show its message and code.
         let refusal: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
@@ -59,4 +37,36 @@ pub(super) fn admin_call(
         }
     }
     Ok(body)
+}
+
+/// Reads an HTTP/1.1 answer from `stream`: its status line, then exactly `Content-Length` body
+/// bytes (the server may keep the socket open). `who` names the server in errors.
+pub(super) fn read_answer(
+    stream: std::net::TcpStream,
+    who: &str,
+) -> anyhow::Result<(String, Vec<u8>)> {
+    use std::io::{BufRead, Read};
+    let mut reader = std::io::BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            anyhow::bail!("malformed answer from {who}");
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<u64>().ok();
+            }
+        }
+    }
+    let length = length.with_context(|| format!("{who}'s answer has no Content-Length"))?;
+    let mut body = Vec::new();
+    reader.take(length).read_to_end(&mut body)?;
+    Ok((status, body))
 }

@@ -4,7 +4,7 @@
 //! users of the machine could read it); mint one with `tenant-proxy token mint --audience
 //! tenant-proxy-approvals --workload <approver> [--scope <groups>]`.
 
-use std::io::{BufRead, Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -143,28 +143,7 @@ fn call(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
-    let mut reader = std::io::BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    let mut length = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            anyhow::bail!("malformed answer from the approvals API");
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse::<u64>().ok();
-            }
-        }
-    }
-    let length = length.context("the approvals API's answer has no Content-Length")?;
-    let mut bytes = Vec::new();
-    reader.take(length).read_to_end(&mut bytes)?;
+    let (status, bytes) = super::admin::read_answer(stream, "the approvals API")?;
     let answer: serde_json::Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&bytes).trim()))?;
     if status.split_whitespace().nth(1) != Some("200") {
