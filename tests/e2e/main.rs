@@ -20,6 +20,7 @@ mod limits;
 mod llm_bodies;
 mod mcp;
 mod mcp_scope;
+mod plain_tunnel;
 mod policy_tools;
 mod protocol;
 mod quickstart;

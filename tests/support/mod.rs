@@ -2,7 +2,7 @@
 //! the current sources ([`binary`]), a proxy process on ports it picked itself ([`proxy`]),
 //! recording origins ([`origin`]), the loadtest mock ([`mock`]), the MCP server fixture
 //! ([`mcp`]), a real `redis-server` ([`redis`]), workload tokens ([`tokens`]), raw HTTP and real
-//! clients ([`http`]) and audit records ([`audit`]). The typed configuration files and held
+//! clients ([`http`], [`node`]) and audit records ([`audit`]). The typed configuration files and held
 //! ports come from the load generator's library, which uses them too. Everything listens on
 //! 127.0.0.1 only, and nothing binds a port only to let it go again.
 
@@ -11,6 +11,7 @@ mod binary;
 mod http;
 mod mcp;
 mod mock;
+mod node;
 mod origin;
 mod proxy;
 mod redis;
@@ -23,6 +24,7 @@ pub use binary::*;
 pub use http::*;
 pub use mcp::*;
 pub use mock::*;
+pub use node::*;
 pub use origin::*;
 pub use proxy::*;
 pub use redis::*;

@@ -55,7 +55,9 @@ use crate::usage::providers::{registry, Provider};
 #[derive(Debug)]
 pub struct Permit {
     destination: Destination,
-    addr: SocketAddr,
+    /// None for a plain-HTTP tunnel: it dials nothing itself, each request inside is admitted
+    /// (and its own address checked) on its own.
+    addr: Option<SocketAddr>,
 }
 
 impl Permit {
@@ -65,8 +67,9 @@ impl Permit {
     }
 
     /// The address the egress guard checked: the only one that may be dialed.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    // SECURITY: a permit without a checked address dials nothing (an internal error).
+    pub fn addr(&self) -> Result<SocketAddr, Deny> {
+        self.addr.ok_or(Deny::Internal)
     }
 }
 
@@ -461,7 +464,10 @@ async fn admit_http(
     Ok(Admitted {
         tenant,
         snapshot,
-        permit: Permit { destination, addr },
+        permit: Permit {
+            destination,
+            addr: Some(addr),
+        },
         grant: Grant::Http(grant),
     })
 }
@@ -513,7 +519,7 @@ fn http_destination(
         return Err(Deny::Credential(refusal));
     }
     Ok(match tunnel {
-        Some(t) => crate::target::tunneled(req.raw_path(), host, &t.host, t.port)?,
+        Some(t) => crate::target::tunneled_as(t.scheme, req.raw_path(), host, &t.host, t.port)?,
         None => crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
     })
 }
@@ -533,7 +539,31 @@ async fn admit_connect(
     trail.method = "CONNECT".into();
     trail.authority = Some((host.to_string(), port));
     if !config.egress.connect_ports.contains(&port) {
-        return Err(Deny::ConnectPortForbidden(port));
+        // `connect_ports` are for TLS. A tunnel to a port a plain-HTTP request could reach
+        // (80, or a `host:port` egress exception) may still carry plain HTTP: each request
+        // inside is then decided as `http` on its own, so nothing is decided (or resolved)
+        // for the tunnel itself beyond the caller and the tenant's tunnel cap. A client that
+        // speaks TLS on it is refused once its first bytes show it.
+        if !plain_http_port(config, &snapshot, &tenant.tenant, host, port) {
+            return Err(Deny::ConnectPortForbidden(port));
+        }
+        trail.tunnel_mode = Some(TunnelMode::Plain);
+        let slot = fx.open_tunnel(&tenant.tenant, tunnel_cap(config, &snapshot, &tenant))?;
+        return Ok(Admitted {
+            tenant,
+            snapshot,
+            permit: Permit {
+                destination: tunnel_destination(Scheme::Http, host, port),
+                addr: None,
+            },
+            grant: Grant::Tunnel(TunnelGrant {
+                identity: who,
+                mode: TunnelMode::Plain,
+                slot,
+                connection,
+                minter: None,
+            }),
+        });
     }
     let now = fx.now();
     let (decision, shadow) =
@@ -544,11 +574,7 @@ async fn admit_connect(
     if !allowed {
         return Err(Deny::PolicyDenied);
     }
-    let entry = snapshot.tenants.tenants.get(&tenant.tenant);
-    let max = entry
-        .and_then(|e| e.max_tunnels)
-        .unwrap_or(config.egress.max_tunnels_per_tenant);
-    let slot = fx.open_tunnel(&tenant.tenant, max)?;
+    let slot = fx.open_tunnel(&tenant.tenant, tunnel_cap(config, &snapshot, &tenant))?;
     let addr = fx
         .resolve(
             host,
@@ -585,20 +611,13 @@ async fn admit_connect(
         (TunnelMode::Intercept, Some(minter))
     };
     trail.tunnel_mode = Some(mode);
-    let destination = Destination {
-        scheme: Scheme::Https,
-        host: host.to_string(),
-        port,
-        upstream_path: "/".into(),
-        audit_path: "/".into(),
-        route: None,
-        internal: false,
-        provider: None,
-    };
     Ok(Admitted {
         tenant,
         snapshot,
-        permit: Permit { destination, addr },
+        permit: Permit {
+            destination: tunnel_destination(Scheme::Https, host, port),
+            addr: Some(addr),
+        },
         grant: Grant::Tunnel(TunnelGrant {
             identity: who,
             mode,
@@ -607,6 +626,48 @@ async fn admit_connect(
             minter,
         }),
     })
+}
+
+/// The tenant's cap on open tunnels (its own, or the deployment's default).
+fn tunnel_cap(config: &StaticConfig, snapshot: &Snapshot, tenant: &TenantContext) -> u32 {
+    snapshot
+        .tenants
+        .tenants
+        .get(&tenant.tenant)
+        .and_then(|e| e.max_tunnels)
+        .unwrap_or(config.egress.max_tunnels_per_tenant)
+}
+
+/// Whether a plain-HTTP request could be sent to `host:port` through a tunnel: port 80, or a
+/// port a `host:port` egress exception (the deployment's or the tenant's) names for this host.
+fn plain_http_port(
+    config: &StaticConfig,
+    snapshot: &Snapshot,
+    tenant: &TenantId,
+    host: &str,
+    port: u16,
+) -> bool {
+    port == 80
+        || config
+            .egress
+            .exceptions
+            .iter()
+            .chain(egress_exceptions(snapshot, tenant))
+            .any(|e| e.names(host, port))
+}
+
+/// A tunnel's destination as its record names it.
+fn tunnel_destination(scheme: Scheme, host: &str, port: u16) -> Destination {
+    Destination {
+        scheme,
+        host: host.to_string(),
+        port,
+        upstream_path: "/".into(),
+        audit_path: "/".into(),
+        route: None,
+        internal: false,
+        provider: None,
+    }
 }
 
 /// The tenant's own egress exceptions (added to the global ones by the guard).
