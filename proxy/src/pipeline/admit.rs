@@ -37,7 +37,7 @@ use crate::config::StaticConfig;
 use crate::context::TenantContext;
 use crate::credentials::apply::Applied;
 use crate::egress::EgressException;
-use crate::error::Deny;
+use crate::error::{Deny, PolicyRefusal};
 use crate::identity::{self, ListenerIdentity, Presented, ResolvedIdentity};
 use crate::ids::TenantId;
 use crate::limits::plan::{CallFacts, Plan};
@@ -383,11 +383,11 @@ async fn admit_http(
     );
     observer.facts(&asking.facts);
     let (decision, shadow) = asking.http();
-    let allowed = decision.allowed;
+    let refusal = (!decision.allowed).then(|| PolicyRefusal::of(&decision));
     trail.decision = Some(decision);
     trail.shadow = shadow;
-    if !allowed {
-        return Err(Deny::PolicyDenied);
+    if let Some(refusal) = refusal {
+        return Err(Deny::PolicyDenied(refusal));
     }
     // The address is resolved and checked only for an authorized request (a denied caller
     // cannot probe names), and exactly this address is dialed (no second lookup).
@@ -568,11 +568,11 @@ async fn admit_connect(
     let now = fx.now();
     let (decision, shadow) =
         decide::connect(&snapshot, &tenant, host, port, ConnectQuestion::Open, now);
-    let allowed = decision.allowed;
+    let refusal = (!decision.allowed).then(|| PolicyRefusal::of(&decision));
     trail.decision = Some(decision);
     trail.shadow = shadow;
-    if !allowed {
-        return Err(Deny::PolicyDenied);
+    if let Some(refusal) = refusal {
+        return Err(Deny::PolicyDenied(refusal));
     }
     let slot = fx.open_tunnel(&tenant.tenant, tunnel_cap(config, &snapshot, &tenant))?;
     let addr = fx
