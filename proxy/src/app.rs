@@ -112,15 +112,7 @@ pub fn run(
 
     let backend = crate::limits::backend(&static_config.limiter).map_err(anyhow::Error::msg)?;
     let limits = backend.counters.clone();
-    let minter = match &static_config.intercept {
-        Some(i) => {
-            let ca = LocalCa::load(&i.ca_cert, &i.ca_key).with_context(|| {
-                format!("loading the interception CA `{}`", i.ca_cert.display())
-            })?;
-            Some(Arc::new(LeafMinter::new(ca, i.leaf_ttl, i.leaf_cache)))
-        }
-        None => None,
-    };
+    let minter = load_minter(&static_config)?;
     let runs = Arc::new(crate::runs::RunTracker::new(
         backend.counters,
         backend.runs,
@@ -282,6 +274,20 @@ fn ca_bundle(config: &StaticConfig) -> anyhow::Result<Option<String>> {
 pub fn problems_error(problems: Vec<ConfigProblem>) -> anyhow::Error {
     let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
     anyhow::anyhow!("configuration rejected:\n{}", list.join("\n"))
+}
+
+/// The interception CA's leaf minter, when `[intercept]` is configured.
+pub fn load_minter(static_config: &StaticConfig) -> anyhow::Result<Option<Arc<LeafMinter>>> {
+    let Some(i) = &static_config.intercept else {
+        return Ok(None);
+    };
+    let ca = LocalCa::load(&i.ca_cert, &i.ca_key)
+        .with_context(|| format!("loading the interception CA `{}`", i.ca_cert.display()))?;
+    Ok(Some(Arc::new(LeafMinter::new(
+        ca,
+        i.leaf_ttl,
+        i.leaf_cache,
+    ))))
 }
 
 #[cfg(test)]

@@ -721,6 +721,9 @@ pub struct DecideOnly<'a> {
     pub config: &'a StaticConfig,
     /// When the described request arrives (unix second).
     pub now: i64,
+    /// The interception CA's leaf minter, when `[intercept]` is configured (never used to mint:
+    /// its name constraints decide whether a tunnel could be intercepted).
+    pub minter: Option<Arc<LeafMinter>>,
 }
 
 #[async_trait]
@@ -774,7 +777,7 @@ impl Effects for DecideOnly<'_> {
     }
 
     fn minter(&self) -> Option<Arc<LeafMinter>> {
-        None
+        self.minter.clone()
     }
 
     fn now(&self) -> i64 {

@@ -447,6 +447,7 @@ async fn explain_decides_exactly_as_the_proxy_would() {
         let explaining = DecideOnly {
             config: &config,
             now: crate::clock::unix_now_i64(),
+            minter: None,
         };
         let (explained, _) = http(&explaining, &snapshot, &header, body).await;
         assert_eq!(served, explained, "{}", header.uri);
