@@ -71,6 +71,24 @@ fn policy_reload_good_then_bad_keeps_last_good() {
         "the log says why: {}",
         proxy.log()
     );
+    // `/readyz` stays 200 (the last good set serves) and says the last reload was rejected,
+    // when, and why.
+    let readyz = || {
+        raw_request(
+            proxy.admin_port,
+            "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+    };
+    let ready = readyz();
+    assert_eq!(ready.status, 200, "{}", ready.body_text());
+    let last = &ready.json()["last_reload"];
+    assert_eq!(last["ok"], false, "{last}");
+    assert!(last["at"].as_str().unwrap().ends_with('Z'), "{last}");
+    assert!(
+        last["problems"][0].as_str().unwrap().contains("broken.cedar"),
+        "{last}"
+    );
 
     // Fix it and remove the grant; then SIGHUP also reloads.
     std::fs::remove_file(proxy.path("policies/tenants/acme/broken.cedar")).unwrap();
@@ -82,6 +100,12 @@ fn policy_reload_good_then_bad_keeps_last_good() {
     assert!(proxy
         .metrics()
         .contains("\ntenant_proxy_config_last_reload_successful 1\n"));
+    let last = &readyz().json()["last_reload"];
+    assert_eq!(
+        (&last["ok"], &last["problems"]),
+        (&serde_json::json!(true), &serde_json::json!([])),
+        "{last}"
+    );
 }
 
 #[test]
