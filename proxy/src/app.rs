@@ -173,10 +173,52 @@ pub fn run(
     if let Some(path) = ready_file {
         write_ready_file(path, &static_config)?;
     }
+    // Where to point `HTTP_PROXY`, without reading the configuration.
+    print!("{}", startup_lines(&static_config));
     server.run(pingora::server::RunArgs::default());
     // The services have stopped: write what is still queued and the final checkpoints.
     audit_writer.shutdown();
     Ok(())
+}
+
+/// One line per listener (its URL and how it identifies callers) and the admin URL, printed
+/// once every socket listens.
+fn startup_lines(config: &StaticConfig) -> String {
+    use crate::identity::IdentitySourceKind;
+    let width = config
+        .listeners
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::from("tenant-proxy ready\n");
+    for l in &config.listeners {
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        let identity: Vec<String> = l
+            .identity
+            .sources
+            .iter()
+            .map(|source| match (source, &l.identity.binding) {
+                (IdentitySourceKind::Binding, Some(b)) => {
+                    format!("binding ({}/{})", b.tenant, b.workload)
+                }
+                (IdentitySourceKind::Binding, None) => "binding".into(),
+                (IdentitySourceKind::Token, _) => "token".into(),
+                (IdentitySourceKind::Mtls, _) => "mtls".into(),
+            })
+            .collect();
+        out.push_str(&format!(
+            "  listener {:width$}  {scheme}://{}  identity: {}\n",
+            l.name,
+            l.listen,
+            identity.join(", ")
+        ));
+    }
+    out.push_str(&format!(
+        "  admin    {:width$}  http://{}  (/healthz /readyz /metrics)\n",
+        "", config.admin_listen
+    ));
+    out
 }
 
 /// Writes the addresses every socket is bound to as JSON, `{"admin": "127.0.0.1:PORT",

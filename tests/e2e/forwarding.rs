@@ -583,3 +583,28 @@ fn a_policy_refusal_names_the_deciding_forbid_and_nothing_of_another_tenant() {
     }
     assert_eq!(origin.count(), 0);
 }
+
+#[test]
+fn run_prints_each_listener_with_its_identity_mode_and_the_admin_url() {
+    let origin = Origin::start();
+    let proxy = start(&origin);
+    let log = proxy.log();
+    let line = |needle: String| {
+        assert!(
+            log.lines().any(|l| l.contains(&needle)),
+            "no line with `{needle}`:\n{log}"
+        );
+    };
+    line(format!(
+        "http://127.0.0.1:{}  identity: binding (acme/bot)",
+        proxy.sidecar_port
+    ));
+    line(format!(
+        "http://127.0.0.1:{}  identity: token",
+        proxy.shared_port
+    ));
+    line(format!(
+        "http://127.0.0.1:{}  (/healthz /readyz /metrics)",
+        proxy.admin_port
+    ));
+}

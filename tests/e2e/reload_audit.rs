@@ -86,7 +86,10 @@ fn policy_reload_good_then_bad_keeps_last_good() {
     assert_eq!(last["ok"], false, "{last}");
     assert!(last["at"].as_str().unwrap().ends_with('Z'), "{last}");
     assert!(
-        last["problems"][0].as_str().unwrap().contains("broken.cedar"),
+        last["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("broken.cedar"),
         "{last}"
     );
 
