@@ -12,6 +12,7 @@ mod audit_chain;
 mod budgets;
 mod canary;
 mod credentials;
+mod examples;
 mod forwarding;
 mod https;
 mod identity;
