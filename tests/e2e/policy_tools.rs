@@ -393,10 +393,7 @@ fn explain_decides_tunnels_and_exits_2_for_unknown_identities() {
             "",
         );
         assert_eq!(code, 2, "{out}");
-        assert!(
-            out.contains(&format!("unknown")) && out.contains(named),
-            "{out}"
-        );
+        assert!(out.contains("unknown") && out.contains(named), "{out}");
         assert!(!out.contains("decision:"), "{out}");
     }
 }
