@@ -10,6 +10,7 @@ ensure_apt openssl
 ensure_apt redis-server
 ensure_apt python3
 ensure_apt nodejs node
+ensure_apt npm
 ensure_apt ca-certificates update-ca-certificates
 # The transparent-capture tests: network namespaces, capture rules, a proxy-unaware Go client.
 ensure_apt iproute2 ip

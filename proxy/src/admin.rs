@@ -263,7 +263,8 @@ impl ServeHttp for AdminApp {
 
 impl AdminApp {
     /// `/readyz`: 200 when every listener accepts, the audit sink can write and the limiter is
-    /// connected; 503 with the failing part otherwise. A tenant whose own audit partition
+    /// connected; 503 with the failing part otherwise. It carries the last reload's result
+    /// (`last_reload: {ok, at, problems}`), which does not change the status. A tenant whose own audit partition
     /// fails does not make the replica unready (the other tenants are served); the count of
     /// such partitions is reported.
     async fn readiness(&self) -> Response<Vec<u8>> {
@@ -282,6 +283,9 @@ impl AdminApp {
             "audit_partitions_failing": self.audit.failing_partitions(),
             "limiter_connected": limiter_ok,
             "listeners_accepting": listening,
+            // A rejected reload leaves the last good configuration serving: still ready, but
+            // visibly not running what is on disk.
+            "last_reload": &*self.snapshot.last_reload(),
         });
         respond(
             if ready { 200 } else { 503 },

@@ -121,15 +121,7 @@ pub fn run(
 
     let backend = crate::limits::backend(&static_config.limiter).map_err(anyhow::Error::msg)?;
     let limits = backend.counters.clone();
-    let minter = match &static_config.intercept {
-        Some(i) => {
-            let ca = LocalCa::load(&i.ca_cert, &i.ca_key).with_context(|| {
-                format!("loading the interception CA `{}`", i.ca_cert.display())
-            })?;
-            Some(Arc::new(LeafMinter::new(ca, i.leaf_ttl, i.leaf_cache)))
-        }
-        None => None,
-    };
+    let minter = load_minter(&static_config)?;
     let revocations = backend.revocations.clone();
     let runs = Arc::new(crate::runs::RunTracker::new(
         backend.counters,
@@ -214,10 +206,52 @@ pub fn run(
     if let Some(path) = ready_file {
         write_ready_file(path, &static_config)?;
     }
+    // Where to point `HTTP_PROXY`, without reading the configuration.
+    print!("{}", startup_lines(&static_config));
     server.run(pingora::server::RunArgs::default());
     // The services have stopped: write what is still queued and the final checkpoints.
     audit_writer.shutdown();
     Ok(())
+}
+
+/// One line per listener (its URL and how it identifies callers) and the admin URL, printed
+/// once every socket listens.
+fn startup_lines(config: &StaticConfig) -> String {
+    use crate::identity::IdentitySourceKind;
+    let width = config
+        .listeners
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::from("tenant-proxy ready\n");
+    for l in &config.listeners {
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        let identity: Vec<String> = l
+            .identity
+            .sources
+            .iter()
+            .map(|source| match (source, &l.identity.binding) {
+                (IdentitySourceKind::Binding, Some(b)) => {
+                    format!("binding ({}/{})", b.tenant, b.workload)
+                }
+                (IdentitySourceKind::Binding, None) => "binding".into(),
+                (IdentitySourceKind::Token, _) => "token".into(),
+                (IdentitySourceKind::Mtls, _) => "mtls".into(),
+            })
+            .collect();
+        out.push_str(&format!(
+            "  listener {:width$}  {scheme}://{}  identity: {}\n",
+            l.name,
+            l.listen,
+            identity.join(", ")
+        ));
+    }
+    out.push_str(&format!(
+        "  admin    {:width$}  http://{}  (/healthz /readyz /metrics)\n",
+        "", config.admin_listen
+    ));
+    out
 }
 
 /// Writes the addresses every socket is bound to as JSON, `{"admin": "127.0.0.1:PORT",
@@ -388,6 +422,20 @@ fn ca_bundle(config: &StaticConfig) -> anyhow::Result<Option<String>> {
 pub fn problems_error(problems: Vec<ConfigProblem>) -> anyhow::Error {
     let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
     anyhow::anyhow!("configuration rejected:\n{}", list.join("\n"))
+}
+
+/// The interception CA's leaf minter, when `[intercept]` is configured.
+pub fn load_minter(static_config: &StaticConfig) -> anyhow::Result<Option<Arc<LeafMinter>>> {
+    let Some(i) = &static_config.intercept else {
+        return Ok(None);
+    };
+    let ca = LocalCa::load(&i.ca_cert, &i.ca_key)
+        .with_context(|| format!("loading the interception CA `{}`", i.ca_cert.display()))?;
+    Ok(Some(Arc::new(LeafMinter::new(
+        ca,
+        i.leaf_ttl,
+        i.leaf_cache,
+    ))))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub enum Deny {
     /// An identity was presented but is not valid (detail says why, never the token).
     IdentityInvalid(String),
     /// Cedar did not allow the request.
-    PolicyDenied,
+    PolicyDenied(PolicyRefusal),
     /// A `$CRED{}` handle or agent-supplied key was refused.
     Credential(CredentialDeny),
     /// A rate or concurrency ceiling was reached (429 with `Retry-After`).
@@ -239,6 +239,45 @@ impl From<crate::front::Violation> for Deny {
     }
 }
 
+/// Why Cedar did not allow a request, as far as the caller may learn it: the ids of the
+/// forbids that decided (only ever the deployment's global policies or the caller's own
+/// tenant's, the only ones its requests are evaluated against), or that a policy failed to
+/// evaluate, or (neither) that no permit matched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyRefusal {
+    /// The forbids that decided, sorted.
+    pub forbids: Vec<String>,
+    /// A policy failed to evaluate (which denies).
+    pub errored: bool,
+}
+
+impl PolicyRefusal {
+    /// The refusal for a denied `decision`.
+    pub fn of(decision: &crate::policy::Decision) -> Self {
+        Self {
+            forbids: decision.policy_ids.clone(),
+            errored: !decision.errors.is_empty(),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self.forbids.as_slice() {
+            _ if self.errored => {
+                "a policy could not be evaluated for this request, so it is refused".into()
+            }
+            [] => "no policy allows this workload to make this request".into(),
+            [one] => format!("forbidden by policy `{one}`"),
+            many => format!(
+                "forbidden by policies {}",
+                many.iter()
+                    .map(|id| format!("`{id}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
 impl Deny {
     /// Headers a refusal carries besides its JSON body: `Retry-After` where waiting helps (a
     /// run's budget never comes back, so it gets none), `Proxy-Authenticate` on 407.
@@ -295,9 +334,7 @@ impl Deny {
             Deny::IdentityInvalid(why) => {
                 (407, ReasonCode::IdentityInvalid, format!("workload identity rejected: {why}"))
             }
-            Deny::PolicyDenied => {
-                (403, ReasonCode::PolicyDenied, "no policy allows this workload to make this request".into())
-            }
+            Deny::PolicyDenied(refusal) => (403, ReasonCode::PolicyDenied, refusal.message()),
             Deny::Credential(c) => match c {
                 CredentialDeny::Unknown(n) => {
                     (403, ReasonCode::CredentialUnknown, format!("no credential `{n}` exists for this tenant"))
@@ -678,7 +715,11 @@ mod tests {
                 407,
                 "identity_invalid",
             ),
-            (Deny::PolicyDenied, 403, "policy_denied"),
+            (
+                Deny::PolicyDenied(PolicyRefusal::default()),
+                403,
+                "policy_denied",
+            ),
             (Deny::HostMismatch, 400, "host_mismatch"),
             (Deny::RouteNotFound, 404, "route_not_found"),
             (Deny::HeadersTooLarge, 431, "request_headers_too_large"),

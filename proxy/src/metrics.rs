@@ -431,8 +431,23 @@ fn build() -> Result<Metrics, prometheus::Error> {
     for c in collectors {
         m.registry.register(c)?;
     }
+    // Families whose only labels are enum codes have every series from the start, at zero, so
+    // a dashboard or an alert on `rate()` sees them before their first event. (Families with a
+    // tenant label cannot: tenant ids are open-ended.)
+    for result in ["ok", "error"] {
+        m.config_reloads.with_label_values(&[result]);
+    }
+    for result in ["hit", "miss"] {
+        m.leaf_certificates.with_label_values(&[result]);
+    }
+    for reason in OVERLOAD_REASONS {
+        m.overload_refusals.with_label_values(&[reason]);
+    }
     Ok(m)
 }
+
+/// Every `reason` of `tenant_proxy_overload_refusals_total`.
+pub const OVERLOAD_REASONS: [&str; 3] = ["listener_cap", "tenant_cap", "body_memory"];
 
 /// The process-wide metrics.
 #[allow(clippy::expect_used)] // Metric definitions are static; a failure is a programming error caught by every test.
@@ -476,6 +491,23 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enum_labelled_families_have_every_series_at_zero_from_the_start() {
+        let m = build().expect("metrics");
+        let text = String::from_utf8(m.render()).expect("utf8");
+        for series in [
+            r#"tenant_proxy_config_reloads_total{result="ok"} 0"#,
+            r#"tenant_proxy_config_reloads_total{result="error"} 0"#,
+            r#"tenant_proxy_leaf_certificates_total{result="hit"} 0"#,
+            r#"tenant_proxy_leaf_certificates_total{result="miss"} 0"#,
+            r#"tenant_proxy_overload_refusals_total{reason="listener_cap"} 0"#,
+            r#"tenant_proxy_overload_refusals_total{reason="tenant_cap"} 0"#,
+            r#"tenant_proxy_overload_refusals_total{reason="body_memory"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn cost_ceilings_are_replaced_not_accumulated() {

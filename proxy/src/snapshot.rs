@@ -269,6 +269,37 @@ fn publish_metrics(snapshot: &Snapshot) {
 pub struct SnapshotHandle {
     current: ArcSwap<Snapshot>,
     static_config: Arc<StaticConfig>,
+    last_reload: ArcSwap<LastReload>,
+}
+
+/// The result of the last load of the tenant configuration (the first load at start counts),
+/// as `/readyz` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastReload {
+    /// Whether it was applied (a rejected reload keeps the last good configuration).
+    pub ok: bool,
+    /// When it ran (RFC 3339, UTC).
+    pub at: String,
+    /// What was wrong with it, one line each (empty when applied).
+    pub problems: Vec<String>,
+}
+
+impl LastReload {
+    fn now(problems: Vec<String>) -> Self {
+        let at = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        Self {
+            ok: problems.is_empty(),
+            at,
+            problems,
+        }
+    }
 }
 
 impl SnapshotHandle {
@@ -279,7 +310,13 @@ impl SnapshotHandle {
         Self {
             current: ArcSwap::from_pointee(first),
             static_config,
+            last_reload: ArcSwap::from_pointee(LastReload::now(Vec::new())),
         }
+    }
+
+    /// The result of the last load.
+    pub fn last_reload(&self) -> Arc<LastReload> {
+        self.last_reload.load_full()
     }
 
     /// The snapshot requests use now.
@@ -296,6 +333,8 @@ impl SnapshotHandle {
                 self.current.store(Arc::new(next));
                 METRICS.config_reloads.with_label_values(&["ok"]).inc();
                 METRICS.config_last_reload_successful.set(1);
+                self.last_reload
+                    .store(Arc::new(LastReload::now(Vec::new())));
                 tracing::info!(generation, "tenant configuration reloaded");
                 Ok(generation)
             }
@@ -305,6 +344,8 @@ impl SnapshotHandle {
                 for p in &problems {
                     tracing::error!(problem = %p, "reload rejected; keeping the last good configuration");
                 }
+                let lines = problems.iter().map(ToString::to_string).collect();
+                self.last_reload.store(Arc::new(LastReload::now(lines)));
                 Err(problems)
             }
         }

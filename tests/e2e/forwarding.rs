@@ -532,3 +532,79 @@ fn route_to_tls_origin_verifies_with_extra_ca() {
         "upstream_tls"
     );
 }
+
+#[test]
+fn a_policy_refusal_names_the_deciding_forbid_and_nothing_of_another_tenant() {
+    let origin = Origin::start();
+    let proxy = start(&origin);
+    let o = origin.port;
+    let get = |tenant: &'static str, workload: &'static str, path: &str| {
+        forward_get(
+            proxy.shared_port,
+            &format!("http://127.0.0.1:{o}{path}"),
+            Some(&token_for(tenant, workload)),
+            "",
+        )
+    };
+    // A global forbid decided: it is named; the code stays `policy_denied`.
+    let r = get("acme", "bot", "/forbidden/x");
+    let body = r.assert_refused(403, "policy_denied");
+    assert_eq!(
+        body["error"]["message"],
+        "forbidden by policy `forbidden-paths`"
+    );
+    // No permit matched: said so, and acme's permit (`acme-paths`) for the path globex asked
+    // for is never named to globex, nor is any other tenant's policy.
+    let r = get("globex", "agent", "/acme/x");
+    let body = r.assert_refused(403, "policy_denied");
+    assert_eq!(
+        body["error"]["message"],
+        "no policy allows this workload to make this request"
+    );
+    // evalerr's own forbid errors at evaluation: that denies, and says so without details.
+    let r = get("evalerr", "agent", "/anything");
+    let body = r.assert_refused(403, "policy_denied");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("could not be evaluated"), "{message}");
+    for tenant_policy in [
+        "acme-paths",
+        "globex-paths",
+        "evalerr-overflow",
+        "evalerr-all",
+    ] {
+        for (tenant, workload, path) in [
+            ("acme", "bot", "/forbidden/x"),
+            ("globex", "agent", "/acme/x"),
+            ("evalerr", "agent", "/anything"),
+        ] {
+            let text = get(tenant, workload, path).body_text();
+            assert!(!text.contains(tenant_policy), "{tenant}: {text}");
+        }
+    }
+    assert_eq!(origin.count(), 0);
+}
+
+#[test]
+fn run_prints_each_listener_with_its_identity_mode_and_the_admin_url() {
+    let origin = Origin::start();
+    let proxy = start(&origin);
+    let log = proxy.log();
+    let line = |needle: String| {
+        assert!(
+            log.lines().any(|l| l.contains(&needle)),
+            "no line with `{needle}`:\n{log}"
+        );
+    };
+    line(format!(
+        "http://127.0.0.1:{}  identity: binding (acme/bot)",
+        proxy.sidecar_port
+    ));
+    line(format!(
+        "http://127.0.0.1:{}  identity: token",
+        proxy.shared_port
+    ));
+    line(format!(
+        "http://127.0.0.1:{}  (/healthz /readyz /metrics)",
+        proxy.admin_port
+    ));
+}

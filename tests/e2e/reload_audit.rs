@@ -35,9 +35,9 @@ fn policy_reload_good_then_bad_keeps_last_good() {
     wait_for("good reload", || {
         forward_get(p, &url(&origin, "/newpath/x"), None, "").status == 200
     });
-    assert!(proxy
-        .metrics()
-        .contains(r#"tenant_proxy_config_reloads_total{result="ok"}"#));
+    assert!(proxy.metrics().lines().any(|l| l
+        .starts_with(r#"tenant_proxy_config_reloads_total{result="ok"}"#)
+        && !l.ends_with(" 0")));
 
     // Bad change: a syntax error. The last good policy set stays enforced.
     std::fs::write(
@@ -46,9 +46,10 @@ fn policy_reload_good_then_bad_keeps_last_good() {
     )
     .unwrap();
     wait_for("rejected reload", || {
-        proxy
-            .metrics()
-            .contains(r#"tenant_proxy_config_reloads_total{result="error"}"#)
+        proxy.metrics().lines().any(|l| {
+            l.starts_with(r#"tenant_proxy_config_reloads_total{result="error"}"#)
+                && !l.ends_with(" 0")
+        })
     });
     assert!(
         proxy
@@ -71,6 +72,27 @@ fn policy_reload_good_then_bad_keeps_last_good() {
         "the log says why: {}",
         proxy.log()
     );
+    // `/readyz` stays 200 (the last good set serves) and says the last reload was rejected,
+    // when, and why.
+    let readyz = || {
+        raw_request(
+            proxy.admin_port,
+            "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+    };
+    let ready = readyz();
+    assert_eq!(ready.status, 200, "{}", ready.body_text());
+    let last = &ready.json()["last_reload"];
+    assert_eq!(last["ok"], false, "{last}");
+    assert!(last["at"].as_str().unwrap().ends_with('Z'), "{last}");
+    assert!(
+        last["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("broken.cedar"),
+        "{last}"
+    );
 
     // Fix it and remove the grant; then SIGHUP also reloads.
     std::fs::remove_file(proxy.path("policies/tenants/acme/broken.cedar")).unwrap();
@@ -82,6 +104,12 @@ fn policy_reload_good_then_bad_keeps_last_good() {
     assert!(proxy
         .metrics()
         .contains("\ntenant_proxy_config_last_reload_successful 1\n"));
+    let last = &readyz().json()["last_reload"];
+    assert_eq!(
+        (&last["ok"], &last["problems"]),
+        (&serde_json::json!(true), &serde_json::json!([])),
+        "{last}"
+    );
 }
 
 #[test]
@@ -107,9 +135,10 @@ fn tenant_file_reload_rejects_unknown_field() {
         .insert("unexpected".into(), 1.into());
     std::fs::write(proxy.path("tenants.toml"), broken.to_string()).unwrap();
     wait_for("rejected reload", || {
-        proxy
-            .metrics()
-            .contains(r#"tenant_proxy_config_reloads_total{result="error"}"#)
+        proxy.metrics().lines().any(|l| {
+            l.starts_with(r#"tenant_proxy_config_reloads_total{result="error"}"#)
+                && !l.ends_with(" 0")
+        })
     });
     assert_eq!(
         forward_get(

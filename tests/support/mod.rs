@@ -2,11 +2,11 @@
 //! the current sources ([`binary`]), a proxy process on ports it picked itself ([`proxy`]),
 //! recording origins ([`origin`]), the loadtest mock ([`mock`]), the MCP server fixture
 //! ([`mcp`]), a real `redis-server` ([`redis`]), network namespaces ([`netns`]), workload
-//! tokens ([`tokens`]), raw HTTP and real clients ([`http`]) and audit records ([`audit`]). The
-//! typed configuration files and held ports come from the load generator's library, which uses
-//! them too. Everything listens on 127.0.0.1 only (except the transparent-capture tests, on the
-//! private veth pair of a namespace they create), and nothing binds a port only to let it go
-//! again.
+//! tokens ([`tokens`]), raw HTTP and real clients ([`http`], [`node`]) and audit records
+//! ([`audit`]). The typed configuration files and held ports come from the load generator's
+//! library, which uses them too. Everything listens on 127.0.0.1 only (except the
+//! transparent-capture tests, on the private veth pair of a namespace they create), and nothing
+//! binds a port only to let it go again.
 
 mod audit;
 mod bedrock;
@@ -15,6 +15,7 @@ mod http;
 mod mcp;
 mod mock;
 mod netns;
+mod node;
 mod origin;
 mod proxy;
 mod redis;
@@ -29,6 +30,7 @@ pub use http::*;
 pub use mcp::*;
 pub use mock::*;
 pub use netns::*;
+pub use node::*;
 pub use origin::*;
 pub use proxy::*;
 pub use redis::*;

@@ -32,7 +32,10 @@ pub(super) enum PolicyCommand {
         config: Option<PathBuf>,
     },
     /// What the running proxy would decide for a request, and why: the decision, the deciding
-    /// policies, errors, and each credential's `use_credential` decision.
+    /// policies, errors, each credential's `use_credential` decision and, toward an MCP server,
+    /// each tool call, resource read and prompt get; `--method CONNECT --url host:port` decides a
+    /// tunnel (`connect`, then `connect_opaque` for its mode). Exits 2 for an unknown tenant or
+    /// workload.
     Explain {
         /// The static configuration file (tenants, routes, policies and credentials are loaded
         /// from it as `run` loads them).
@@ -47,8 +50,8 @@ pub(super) enum PolicyCommand {
         /// Request method.
         #[arg(long, default_value = "GET")]
         method: String,
-        /// An absolute URL (`https://api.openai.com/v1/chat/completions`) or a route-mode path
-        /// (`/openai/v1/chat/completions`).
+        /// An absolute URL (`https://api.openai.com/v1/chat/completions`), a route-mode path
+        /// (`/openai/v1/chat/completions`), or `host:port` with `--method CONNECT`.
         #[arg(long)]
         url: String,
         /// A file holding the request body (its JSON `model` is read as the proxy reads it).
@@ -179,16 +182,26 @@ pub(super) fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                     None => crate::clock::unix_now_i64(),
                 },
             };
+            let minter = crate::app::load_minter(&static_config)?;
             // The proxy's own admission chain decides it (async, like the proxy).
-            let explanation = tokio::runtime::Builder::new_current_thread()
+            let explained = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
                 .block_on(explain::explain(
                     &static_config,
                     std::sync::Arc::new(snapshot),
+                    minter,
                     &described,
-                ))
-                .map_err(anyhow::Error::msg)?;
+                ));
+            let explanation = match explained {
+                Ok(e) => e,
+                Err(explain::ExplainError::UnknownIdentity(why)) => {
+                    // Not a decision: a typo in a tenant or workload must not read as a deny.
+                    eprintln!("error: {why}");
+                    return Ok(ExitCode::from(2));
+                }
+                Err(explain::ExplainError::Invalid(why)) => return Err(anyhow::Error::msg(why)),
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&explanation)?);
             } else {

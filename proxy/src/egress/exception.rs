@@ -36,6 +36,14 @@ impl EgressException {
     }
 }
 
+impl EgressException {
+    /// Whether this is a `host:port` exception naming exactly `host` on `port` (what lets a
+    /// plain-HTTP tunnel reach a port other than 80).
+    pub fn names(&self, host: &str, port: u16) -> bool {
+        matches!(self, EgressException::HostPort { host: h, port: p } if *p == port && same_host(h, host))
+    }
+}
+
 /// Host names compare case-insensitively; IP literals compare as addresses, so `::1` and
 /// `0:0::1` are the same host. A legacy spelling like `2130706433` is only equal to itself.
 fn same_host(a: &str, b: &str) -> bool {

@@ -42,7 +42,7 @@ use crate::config::StaticConfig;
 use crate::context::TenantContext;
 use crate::credentials::apply::Applied;
 use crate::egress::EgressException;
-use crate::error::Deny;
+use crate::error::{Deny, PolicyRefusal};
 use crate::identity::{self, ListenerIdentity, Presented, ResolvedIdentity};
 use crate::ids::TenantId;
 use crate::limits::plan::{CallFacts, Plan};
@@ -61,7 +61,9 @@ use crate::usage::providers::{registry, Provider};
 #[derive(Debug)]
 pub struct Permit {
     destination: Destination,
-    addr: SocketAddr,
+    /// None for a plain-HTTP tunnel: it dials nothing itself, each request inside is admitted
+    /// (and its own address checked) on its own.
+    addr: Option<SocketAddr>,
 }
 
 impl Permit {
@@ -71,8 +73,9 @@ impl Permit {
     }
 
     /// The address the egress guard checked: the only one that may be dialed.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    // SECURITY: a permit without a checked address dials nothing (an internal error).
+    pub fn addr(&self) -> Result<SocketAddr, Deny> {
+        self.addr.ok_or(Deny::Internal)
     }
 }
 
@@ -432,13 +435,13 @@ async fn admit_http(
     );
     observer.facts(&asking.facts);
     let (decision, shadow) = asking.http();
-    let allowed = decision.allowed;
+    let refusal = (!decision.allowed).then(|| PolicyRefusal::of(&decision));
     trail.decision = Some(decision);
     trail.shadow = shadow;
     // (The field, not `mark`: `asking` still borrows the trail's model.)
     trail.phases.push(("policy", std::time::Instant::now()));
-    if !allowed {
-        return Err(Deny::PolicyDenied);
+    if let Some(refusal) = refusal {
+        return Err(Deny::PolicyDenied(refusal));
     }
     // The address is resolved and checked only for an authorized request (a denied caller
     // cannot probe names), and exactly this address is dialed (no second lookup).
@@ -558,7 +561,10 @@ async fn admit_http(
     Ok(Admitted {
         tenant,
         snapshot,
-        permit: Permit { destination, addr },
+        permit: Permit {
+            destination,
+            addr: Some(addr),
+        },
         grant: Grant::Http(grant),
     })
 }
@@ -759,7 +765,9 @@ fn http_destination(
         return Err(Deny::Credential(refusal));
     }
     Ok(match (tunnel, captured) {
-        (Some(t), _) => crate::target::tunneled(req.raw_path(), host, &t.host, t.port)?,
+        (Some(t), _) => {
+            crate::target::tunneled_as(t.scheme, req.raw_path(), host, &t.host, t.port)?
+        }
         (None, Some(original)) => crate::target::captured(req.raw_path(), host, original)?,
         (None, None) => crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
     })
@@ -779,23 +787,43 @@ async fn admit_connect(
     trail.method = "CONNECT".into();
     trail.authority = Some((host.to_string(), port));
     if !config.egress.connect_ports.contains(&port) {
-        return Err(Deny::ConnectPortForbidden(port));
+        // `connect_ports` are for TLS. A tunnel to a port a plain-HTTP request could reach
+        // (80, or a `host:port` egress exception) may still carry plain HTTP: each request
+        // inside is then decided as `http` on its own, so nothing is decided (or resolved)
+        // for the tunnel itself beyond the caller and the tenant's tunnel cap. A client that
+        // speaks TLS on it is refused once its first bytes show it.
+        if !plain_http_port(config, &snapshot, &tenant.tenant, host, port) {
+            return Err(Deny::ConnectPortForbidden(port));
+        }
+        trail.tunnel_mode = Some(TunnelMode::Plain);
+        let slot = fx.open_tunnel(&tenant.tenant, tunnel_cap(config, &snapshot, &tenant))?;
+        return Ok(Admitted {
+            tenant,
+            snapshot,
+            permit: Permit {
+                destination: tunnel_destination(Scheme::Http, host, port),
+                addr: None,
+            },
+            grant: Grant::Tunnel(TunnelGrant {
+                identity: who,
+                mode: TunnelMode::Plain,
+                slot,
+                connection,
+                minter: None,
+            }),
+        });
     }
     let now = fx.now();
     let (decision, shadow) =
         decide::connect(&snapshot, &tenant, host, port, ConnectQuestion::Open, now);
-    let allowed = decision.allowed;
+    let refusal = (!decision.allowed).then(|| PolicyRefusal::of(&decision));
     trail.decision = Some(decision);
     trail.shadow = shadow;
     trail.mark("policy");
-    if !allowed {
-        return Err(Deny::PolicyDenied);
+    if let Some(refusal) = refusal {
+        return Err(Deny::PolicyDenied(refusal));
     }
-    let entry = snapshot.tenants.tenants.get(&tenant.tenant);
-    let max = entry
-        .and_then(|e| e.max_tunnels)
-        .unwrap_or(config.egress.max_tunnels_per_tenant);
-    let slot = fx.open_tunnel(&tenant.tenant, max)?;
+    let slot = fx.open_tunnel(&tenant.tenant, tunnel_cap(config, &snapshot, &tenant))?;
     let addr = fx
         .resolve(
             host,
@@ -833,20 +861,13 @@ async fn admit_connect(
         (TunnelMode::Intercept, Some(minter))
     };
     trail.tunnel_mode = Some(mode);
-    let destination = Destination {
-        scheme: Scheme::Https,
-        host: host.to_string(),
-        port,
-        upstream_path: "/".into(),
-        audit_path: "/".into(),
-        route: None,
-        internal: false,
-        provider: None,
-    };
     Ok(Admitted {
         tenant,
         snapshot,
-        permit: Permit { destination, addr },
+        permit: Permit {
+            destination: tunnel_destination(Scheme::Https, host, port),
+            addr: Some(addr),
+        },
         grant: Grant::Tunnel(TunnelGrant {
             identity: who,
             mode,
@@ -855,6 +876,48 @@ async fn admit_connect(
             minter,
         }),
     })
+}
+
+/// The tenant's cap on open tunnels (its own, or the deployment's default).
+fn tunnel_cap(config: &StaticConfig, snapshot: &Snapshot, tenant: &TenantContext) -> u32 {
+    snapshot
+        .tenants
+        .tenants
+        .get(&tenant.tenant)
+        .and_then(|e| e.max_tunnels)
+        .unwrap_or(config.egress.max_tunnels_per_tenant)
+}
+
+/// Whether a plain-HTTP request could be sent to `host:port` through a tunnel: port 80, or a
+/// port a `host:port` egress exception (the deployment's or the tenant's) names for this host.
+fn plain_http_port(
+    config: &StaticConfig,
+    snapshot: &Snapshot,
+    tenant: &TenantId,
+    host: &str,
+    port: u16,
+) -> bool {
+    port == 80
+        || config
+            .egress
+            .exceptions
+            .iter()
+            .chain(egress_exceptions(snapshot, tenant))
+            .any(|e| e.names(host, port))
+}
+
+/// A tunnel's destination as its record names it.
+fn tunnel_destination(scheme: Scheme, host: &str, port: u16) -> Destination {
+    Destination {
+        scheme,
+        host: host.to_string(),
+        port,
+        upstream_path: "/".into(),
+        audit_path: "/".into(),
+        route: None,
+        internal: false,
+        provider: None,
+    }
 }
 
 /// The tenant's own egress exceptions (added to the global ones by the guard).
@@ -908,6 +971,9 @@ pub struct DecideOnly<'a> {
     pub config: &'a StaticConfig,
     /// When the described request arrives (unix second).
     pub now: i64,
+    /// The interception CA's leaf minter, when `[intercept]` is configured (never used to mint:
+    /// its name constraints decide whether a tunnel could be intercepted).
+    pub minter: Option<Arc<LeafMinter>>,
 }
 
 #[async_trait]
@@ -962,7 +1028,7 @@ impl Effects for DecideOnly<'_> {
     }
 
     fn minter(&self) -> Option<Arc<LeafMinter>> {
-        None
+        self.minter.clone()
     }
 
     async fn hold(&self, _: HoldAsk<'_>, _: Option<&mut Session>) -> Result<Granted, HoldEnd> {

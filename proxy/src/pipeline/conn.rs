@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use pingora::proxy::Session;
 
 use super::caps::TenantSlot;
+use super::record::TunnelMode;
 use crate::front::FrontConn;
 use crate::identity::ResolvedIdentity;
 
@@ -28,6 +29,19 @@ pub struct Tunnel {
     /// For a captured TLS connection, the address its client dialed: the only one its
     /// requests may be sent to (the tunnel's host must resolve to it).
     pub original: Option<std::net::SocketAddr>,
+    /// What the requests inside speak to the upstream: HTTPS when the client's TLS was
+    /// terminated, plain HTTP when the client spoke HTTP straight away.
+    pub scheme: crate::target::Scheme,
+}
+
+impl Tunnel {
+    /// How the tunnel carries its requests, as their records name it.
+    pub fn mode(&self) -> TunnelMode {
+        match self.scheme {
+            crate::target::Scheme::Https => TunnelMode::Intercept,
+            crate::target::Scheme::Http => TunnelMode::Plain,
+        }
+    }
 }
 
 /// What the pipeline may learn from a client connection.

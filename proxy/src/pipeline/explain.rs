@@ -8,6 +8,11 @@
 //! do, by construction. What is not decided: identity (the caller names the tenant and
 //! workload), the egress (SSRF) check (nothing is resolved), and whether ceilings have room
 //! (nothing is reserved).
+//!
+//! Every action the proxy asks is covered: `http` (with each `use_credential` for the handles
+//! in the described request and, toward an MCP server, each `mcp_tool_call`, `mcp_resource` and
+//! `mcp_prompt` in its body), and for `--method CONNECT --url host:port` the tunnel's `connect`
+//! and `connect_opaque`, with the mode it would get.
 
 use std::sync::Arc;
 
@@ -16,7 +21,7 @@ use serde::Serialize;
 
 use super::admit::{self, Ask, BodySource, Caller, DecideOnly};
 use super::decide::Observer;
-use super::record::Trail;
+use super::record::{Trail, TunnelMode};
 use crate::config::StaticConfig;
 use crate::credentials::binding::Position;
 use crate::error::Deny;
@@ -25,6 +30,7 @@ use crate::identity::{IdentitySourceKind, ResolvedIdentity};
 use crate::ids::{TenantId, WorkloadId};
 use crate::policy::{Decision, HttpRequestFacts, ItemKind};
 use crate::snapshot::Snapshot;
+use crate::tls::ca::LeafMinter;
 
 /// A request to explain.
 #[derive(Debug, Clone, Default)]
@@ -165,6 +171,27 @@ pub struct Explanation {
     /// or `would_hold` (a shadow rule), with the marked permits' ids.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<crate::audit::ApprovalFields>,
+    /// For a `CONNECT`: the tunnel's mode, `intercept`, `opaque` (`connect_opaque` permitted)
+    /// or `plain` (a plain-HTTP port), when it would open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<&'static str>,
+}
+
+/// Why a request could not be explained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExplainError {
+    /// The tenant or workload is not in the configuration (the CLI exits 2).
+    UnknownIdentity(String),
+    /// The described request is malformed.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ExplainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExplainError::UnknownIdentity(m) | ExplainError::Invalid(m) => f.write_str(m),
+        }
+    }
 }
 
 /// What explain watches the chain ask.
@@ -238,11 +265,29 @@ fn verdict(d: &Decision) -> &'static str {
 pub async fn explain(
     config: &StaticConfig,
     snapshot: Arc<Snapshot>,
+    minter: Option<Arc<LeafMinter>>,
     req: &Described,
-) -> Result<Explanation, String> {
-    let tenant = TenantId::new(&req.tenant).map_err(|e| e.to_string())?;
-    let workload = WorkloadId::new(&req.workload).map_err(|e| e.to_string())?;
-    let header = request_header(req)?;
+) -> Result<Explanation, ExplainError> {
+    let unknown = |what: String| ExplainError::UnknownIdentity(what);
+    let tenant = TenantId::new(&req.tenant).map_err(|e| unknown(e.to_string()))?;
+    let workload = WorkloadId::new(&req.workload).map_err(|e| unknown(e.to_string()))?;
+    if !snapshot.tenants.tenants.contains_key(&tenant) {
+        return Err(unknown(format!(
+            "unknown tenant `{tenant}`: the configuration's tenant file does not define it"
+        )));
+    }
+    if !snapshot.tenants.has_workload(&tenant, &workload) {
+        return Err(unknown(format!(
+            "unknown workload `{workload}` of tenant `{tenant}`"
+        )));
+    }
+    let connect = req.method.eq_ignore_ascii_case("CONNECT");
+    let header = if connect {
+        connect_header(&req.url)
+    } else {
+        request_header(req)
+    }
+    .map_err(ExplainError::Invalid)?;
     // The described token: its scopes, and a signed run when asked for.
     let token = VerifiedToken {
         tenant: tenant.clone(),
@@ -264,12 +309,23 @@ pub async fn explain(
     let fx = DecideOnly {
         config,
         now: req.at_unix,
+        minter,
     };
     let mut trail = Trail::new(Arc::from("explain"), req.method.clone());
     let mut watch = Watch::default();
-    let ask = Ask::Http {
-        source: BodySource::Given(&header, req.body.clone().map(bytes::Bytes::from)),
-        tunnel: None,
+    let authority = connect_authority(&header);
+    let ask = match &authority {
+        Some((host, port)) => Ask::Connect {
+            header: &header,
+            ssl: None,
+            host,
+            port: *port,
+            original: None,
+        },
+        None => Ask::Http {
+            source: BodySource::Given(&header, req.body.clone().map(bytes::Bytes::from)),
+            tunnel: None,
+        },
     };
     let outcome = admit::admit(
         &fx,
@@ -299,6 +355,7 @@ pub async fn explain(
                 mcp_prompts: Vec::new(),
                 shadow: None,
                 approval: None,
+                tunnel: trail.tunnel_mode.map(TunnelMode::as_str),
             }
         }
         Err(deny) => refused(deny, decision, None, Vec::new()),
@@ -338,7 +395,35 @@ fn refused(
         mcp_prompts: Vec::new(),
         shadow: None,
         approval: None,
+        tunnel: None,
     }
+}
+
+/// The `CONNECT` head for `host:port`, as a client would send it.
+fn connect_header(url: &str) -> Result<RequestHeader, String> {
+    let bad = || {
+        format!("a `CONNECT` is explained for `--url host:port`, e.g. `api.openai.com:443`; got `{url}`")
+    };
+    let authority: http::uri::Authority = url.parse().map_err(|_| bad())?;
+    if authority.port_u16().is_none() || authority.as_str().contains('@') {
+        return Err(bad());
+    }
+    let mut header = RequestHeader::build("CONNECT", url.as_bytes(), None).map_err(|_| bad())?;
+    header
+        .insert_header(http::header::HOST, url)
+        .map_err(|_| bad())?;
+    Ok(header)
+}
+
+/// A `CONNECT` head's host (normalized as the proxy normalizes it) and port.
+fn connect_authority(header: &RequestHeader) -> Option<(String, u16)> {
+    if header.method != http::Method::CONNECT {
+        return None;
+    }
+    let target = std::str::from_utf8(header.raw_path()).ok()?;
+    let authority: http::uri::Authority = target.parse().ok()?;
+    let host = crate::target::normalize_host(authority.host()).ok()?;
+    Some((host, authority.port_u16()?))
 }
 
 /// The request head the proxy would receive: an absolute-form target (with `Host` from the URL
@@ -380,6 +465,9 @@ pub fn render_text(e: &Explanation) -> String {
         out.push_str(&format!("message:     {m}\n"));
     }
     out.push_str(&format!("policies:    {}\n", list(&e.policy_ids)));
+    if let Some(mode) = e.tunnel {
+        out.push_str(&format!("tunnel:      {mode}\n"));
+    }
     out.push_str(&format!("errors:      {}\n", list(&e.errors)));
     if let Some(f) = &e.facts {
         out.push_str(&format!(

@@ -286,6 +286,7 @@ impl TenantProxy {
         // request came through, or the mTLS client certificate's identity.
         let tunnel = tunnel_of(session);
         ctx.trail.tunnel = tunnel.as_ref().map(|t| t.id.clone());
+        ctx.trail.tunnel_mode = tunnel.as_ref().map(|t| t.mode());
         let caller = match &tunnel {
             Some(t) => Caller::Tunnel(t),
             None => Caller::Listener(&self.listener.identity),
@@ -452,7 +453,14 @@ impl ProxyHttp for TenantProxy {
         };
         let dest = admitted.permit.destination();
         let tls = dest.scheme == crate::target::Scheme::Https;
-        let mut peer = HttpPeer::new(admitted.permit.addr(), tls, dest.host.clone());
+        let Ok(addr) = admitted.permit.addr() else {
+            ctx.trail.refuse(Deny::Internal);
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream_peer reached without a checked address",
+            ));
+        };
+        let mut peer = HttpPeer::new(addr, tls, dest.host.clone());
         let up = &self.shared.config.upstream;
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);

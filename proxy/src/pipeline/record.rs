@@ -45,14 +45,18 @@ pub enum TunnelMode {
     Intercept,
     /// Bytes relayed unread.
     Opaque,
+    /// The client spoke plain HTTP/1.1 inside (undici's `ProxyAgent` for `http://` URLs); each
+    /// request inside runs the pipeline as plain HTTP to the tunnel's authority.
+    Plain,
 }
 
 impl TunnelMode {
-    /// `intercept` or `opaque`.
+    /// `intercept`, `opaque` or `plain`.
     pub fn as_str(self) -> &'static str {
         match self {
             TunnelMode::Intercept => "intercept",
             TunnelMode::Opaque => "opaque",
+            TunnelMode::Plain => "plain",
         }
     }
 }
@@ -97,7 +101,7 @@ pub struct Trail {
     pub bytes_out: u64,
     /// The tunnel this request came through (its id), or this tunnel's own id.
     pub tunnel: Option<Arc<str>>,
-    /// A tunnel's mode, once chosen.
+    /// A tunnel's mode, once chosen (for a request inside a tunnel: that tunnel's).
     pub tunnel_mode: Option<TunnelMode>,
     /// For a request to an MCP server: what it uses.
     pub mcp: Option<McpExchange>,
@@ -279,7 +283,7 @@ impl Trail {
             stream_cut,
             tunnel: self.tunnel.as_ref().map(|id| TunnelFields {
                 id: id.to_string(),
-                mode: TunnelMode::Intercept.as_str(),
+                mode: self.tunnel_mode.unwrap_or(TunnelMode::Intercept).as_str(),
             }),
             mcp: self
                 .mcp

@@ -411,6 +411,7 @@ async fn a_marked_permit_holds_after_every_other_check_and_before_the_ceilings()
     let explaining = DecideOnly {
         config: &config,
         now: crate::clock::unix_now_i64(),
+        minter: None,
     };
     let (code, trail) = http(&explaining, &snapshot, &header, None).await;
     assert_eq!(code, "allowed");
@@ -490,6 +491,42 @@ async fn a_tunnel_is_decided_by_port_then_policy_then_cap_then_egress() {
 }
 
 #[tokio::test]
+async fn a_plain_http_tunnel_is_opened_on_port_80_without_a_decision_or_a_lookup() {
+    let (_dir, config, snapshot) = configured();
+    let header = RequestHeader::build("CONNECT", b"other.test:80", None).unwrap();
+    let fx = Recording::new(&config, None);
+    // No `connect` permit for other.test: each request inside will be decided as `http`.
+    let (got, trail) = connect(&fx, &snapshot, &header, "other.test", 80).await;
+    match got {
+        Ok(Admitted {
+            grant: Grant::Tunnel(g),
+            permit,
+            ..
+        }) => {
+            assert_eq!(g.mode, TunnelMode::Plain);
+            assert!(g.minter.is_none());
+            // SECURITY: the tunnel itself has no address to dial.
+            assert!(permit.addr().is_err());
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert_eq!(trail.tunnel_mode, Some(TunnelMode::Plain));
+    assert!(trail.decision.is_none());
+    assert_eq!(
+        fx.calls(),
+        ["audit", "partition", "connection", "run", "tunnel_cap"]
+    );
+    // The tenant's tunnel cap still applies.
+    let fx = Recording::new(&config, Some("tunnel_cap"));
+    let (got, _) = connect(&fx, &snapshot, &header, "other.test", 80).await;
+    assert_eq!(code(&got), "tunnel_limit");
+    // Port 8080 is neither a TLS port nor one a plain request could reach.
+    let fx = Recording::new(&config, None);
+    let (got, _) = connect(&fx, &snapshot, &header, "other.test", 8080).await;
+    assert_eq!(code(&got), "connect_port_forbidden");
+}
+
+#[tokio::test]
 async fn explain_decides_exactly_as_the_proxy_would() {
     let (_dir, config, snapshot) = configured();
     let cases: [(RequestHeader, Option<&str>); 4] = [
@@ -514,6 +551,7 @@ async fn explain_decides_exactly_as_the_proxy_would() {
         let explaining = DecideOnly {
             config: &config,
             now: crate::clock::unix_now_i64(),
+            minter: None,
         };
         let (explained, _) = http(&explaining, &snapshot, &header, body).await;
         assert_eq!(served, explained, "{}", header.uri);

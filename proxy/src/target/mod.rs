@@ -139,22 +139,35 @@ pub fn tunneled(
     host: &str,
     port: u16,
 ) -> Result<Destination, TargetError> {
+    tunneled_as(Scheme::Https, raw_target, host_header, host, port)
+}
+
+/// Like [`tunneled`], for a tunnel that carries `scheme`: HTTPS inside an intercepted TLS
+/// tunnel, plain HTTP inside a tunnel whose client spoke HTTP straight away (what undici's
+/// `ProxyAgent` does for `http://` URLs).
+pub fn tunneled_as(
+    scheme: Scheme,
+    raw_target: &[u8],
+    host_header: Option<&[u8]>,
+    host: &str,
+    port: u16,
+) -> Result<Destination, TargetError> {
     let target = std::str::from_utf8(raw_target)
         .map_err(|_| TargetError::Malformed("the request target is not valid UTF-8".into()))?;
     if !target.starts_with('/') {
         let dest = forward(target, host_header)?;
-        if dest.scheme != Scheme::Https || dest.host != host || dest.port != port {
+        if dest.scheme != scheme || dest.host != host || dest.port != port {
             return Err(TargetError::HostMismatch);
         }
         return Ok(dest);
     }
     let header = host_header.ok_or(TargetError::HostMismatch)?;
-    if !host_header_matches(header, host, port, Scheme::Https) {
+    if !host_header_matches(header, host, port, scheme) {
         return Err(TargetError::HostMismatch);
     }
     check_path(target)?;
     Ok(Destination {
-        scheme: Scheme::Https,
+        scheme,
         host: host.to_string(),
         port,
         upstream_path: target.to_string(),

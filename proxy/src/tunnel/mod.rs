@@ -12,6 +12,11 @@
 //!     TLS connection itself as a [`Tunnel`], so no request can present another);
 //!   - **opaque** (policy opt-in, e.g. certificate-pinned clients): bytes are relayed to the
 //!     checked address, counted, and audited when the tunnel closes.
+//!
+//!   An intercepted tunnel whose client does not open with a TLS ClientHello is served as plain
+//!   HTTP/1.1 instead (what undici's `ProxyAgent` sends for `http://` URLs), each request
+//!   decided as `http`. A port outside `connect_ports` that a plain request could reach (80, a
+//!   `host:port` egress exception) opens such a **plain** tunnel only: TLS on it is cut off.
 
 pub mod head;
 pub mod io;
@@ -34,7 +39,7 @@ use pingora::protocols::{Ssl as _, Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::clock::unix_now;
 use crate::config::ListenerSettings;
@@ -49,6 +54,7 @@ use crate::pipeline::caps::TenantSlot;
 use crate::pipeline::conn::{Conn, ConnFacts, Tunnel};
 use crate::pipeline::record::{write_refusal, Outcome, Trail, TunnelMode};
 use crate::pipeline::{Shared, TenantProxy, PLAIN_KEEPALIVE_SECS};
+use crate::target::Scheme;
 use crate::tls::ca::TunnelCertResolver;
 use head::ConnectHead;
 use io::Rewound;
@@ -278,7 +284,6 @@ impl EgressApp {
                 return;
             }
         };
-        let addr = admitted.addr();
         let TunnelGrant {
             identity,
             mode,
@@ -297,6 +302,13 @@ impl EgressApp {
         }
         let upstream = match mode {
             TunnelMode::Opaque => {
+                let addr = match admitted.addr() {
+                    Ok(addr) => addr,
+                    Err(deny) => {
+                        self.refused(&mut stream, &mut trail, deny, opened).await;
+                        return;
+                    }
+                };
                 let timeout = self.shared.config.upstream.connect_timeout;
                 let dialed =
                     tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await;
@@ -314,7 +326,7 @@ impl EgressApp {
                     }
                 }
             }
-            TunnelMode::Intercept => None,
+            TunnelMode::Intercept | TunnelMode::Plain => None,
         };
         // A captured client never asked for a tunnel: nothing is answered before its own bytes.
         if matches!(opened, Opened::Connect)
@@ -323,28 +335,38 @@ impl EgressApp {
             return;
         }
         trail.outcome = Outcome::Forwarded;
-        match (upstream, minter) {
-            (Some(upstream), _) => {
-                let idle = self.shared.config.egress.tunnel_idle_timeout;
-                let (up, down) = opaque::relay(stream, upstream, early, idle).await;
-                trail.bytes_in = up;
-                trail.bytes_out = down;
-                let tenant = trail.tenant_label().to_string();
-                for (direction, n) in [("up", up), ("down", down)] {
-                    METRICS
-                        .tunnel_bytes
-                        .with_label_values(&[&tenant, direction])
-                        .inc_by(n);
-                }
-                trail.finish_tunnel(&self.shared.runs, 200).await;
+        if let Some(upstream) = upstream {
+            let idle = self.shared.config.egress.tunnel_idle_timeout;
+            let (up, down) = opaque::relay(stream, upstream, early, idle).await;
+            trail.bytes_in = up;
+            trail.bytes_out = down;
+            let tenant = trail.tenant_label().to_string();
+            for (direction, n) in [("up", up), ("down", down)] {
+                METRICS
+                    .tunnel_bytes
+                    .with_label_values(&[&tenant, direction])
+                    .inc_by(n);
             }
-            (None, Some(minter)) => {
+            trail.finish_tunnel(&self.shared.runs, 200).await;
+            return;
+        }
+        // What the client speaks first decides how the inside is served: a TLS ClientHello is
+        // intercepted (on a TLS port), anything else is read as plain HTTP/1.1.
+        let Some(early) = self.first_bytes(&mut stream, early).await else {
+            // The client closed (or stayed silent) without a byte: the tunnel opened, unused.
+            trail.finish_tunnel(&self.shared.runs, 200).await;
+            return;
+        };
+        let tls = early.first() == Some(&TLS_HANDSHAKE_RECORD);
+        match (tls, minter) {
+            (true, Some(minter)) => {
                 let tunnel = Arc::new(Tunnel {
                     id: trail.request_id.clone(),
                     identity,
                     host: head.host.clone(),
                     port: head.port,
                     original: opened.original(),
+                    scheme: Scheme::Https,
                 });
                 let resolver = Arc::new(TunnelCertResolver::new(&head.host, minter));
                 let inside = Inside {
@@ -354,7 +376,83 @@ impl EgressApp {
                 };
                 self.intercept(stream, early, inside, trail, shutdown).await
             }
-            (None, None) => {}
+            (true, None) => {
+                // SECURITY: a port opened for plain HTTP never carries TLS: that is what
+                // `connect_ports` governs. The client already has its `200`, so the refusal is
+                // the closed connection and the tunnel's record.
+                tracing::info!(
+                    tunnel = %trail.request_id, host = %head.host, port = head.port,
+                    "TLS inside a tunnel opened for plain HTTP; list the port in `[egress] connect_ports` to intercept it"
+                );
+                trail.refuse(Deny::ConnectPortForbidden(head.port));
+                trail.finish_tunnel(&self.shared.runs, 0).await;
+            }
+            (false, _) => {
+                trail.tunnel_mode = Some(TunnelMode::Plain);
+                trail.finish_tunnel(&self.shared.runs, 200).await;
+                let tunnel = Arc::new(Tunnel {
+                    id: trail.request_id.clone(),
+                    identity,
+                    host: head.host.clone(),
+                    port: head.port,
+                    original: opened.original(),
+                    scheme: Scheme::Http,
+                });
+                self.serve_inside(stream, &early, tunnel, connection, shutdown)
+                    .await
+            }
+        }
+    }
+
+    /// The first bytes the client sends inside an opened tunnel (`early`, when it sent some with
+    /// its `CONNECT`); none when it closes or sends nothing within the header timeout.
+    async fn first_bytes(&self, stream: &mut Stream, early: Bytes) -> Option<Bytes> {
+        if !early.is_empty() {
+            return Some(early);
+        }
+        let mut buf = vec![0u8; 2048];
+        let wait = self.shared.config.egress.client_header_timeout;
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                buf.truncate(n);
+                Some(Bytes::from(buf))
+            }
+            _ => None,
+        }
+    }
+
+    /// Serves the HTTP/1.1 requests inside a tunnel (after its TLS, when intercepted) through
+    /// the front and the pipeline, each under the tunnel's identity.
+    async fn serve_inside(
+        &self,
+        stream: Stream,
+        early: &[u8],
+        tunnel: Arc<Tunnel>,
+        connection: Option<TenantSlot>,
+        shutdown: &ShutdownWatch,
+    ) {
+        let facts = ConnFacts {
+            original: tunnel.original,
+            tunnel: Some(tunnel),
+            tenant_slot: connection
+                .map(Arc::new)
+                .map(OnceLock::from)
+                .unwrap_or_default(),
+        };
+        let idle = self
+            .shared
+            .config
+            .egress
+            .tunnel_idle_timeout
+            .max(Duration::from_secs(1));
+        let mut conn = Conn::new(stream, early, self.front_limits(), facts);
+        match conn.next_head(idle).await {
+            Ok(None) => {}
+            Ok(Some(head)) if head.connect => {
+                self.refuse_front(&mut conn, Deny::ConnectUnsupported).await
+            }
+            Ok(Some(_)) => self.serve_http1(Box::new(conn), idle, shutdown).await,
+            Err(violation) => self.refuse_front(&mut conn, violation.into()).await,
         }
     }
 
@@ -432,24 +530,8 @@ impl EgressApp {
             self.http.process_new(Box::new(tls), shutdown).await;
             return;
         }
-        let facts = ConnFacts {
-            original: tunnel.original,
-            tunnel: Some(tunnel.clone()),
-            tenant_slot: connection
-                .map(Arc::new)
-                .map(OnceLock::from)
-                .unwrap_or_default(),
-        };
-        let idle = egress.tunnel_idle_timeout.max(Duration::from_secs(1));
-        let mut conn = Conn::new(Box::new(tls), b"", self.front_limits(), facts);
-        match conn.next_head(idle).await {
-            Ok(None) => {}
-            Ok(Some(head)) if head.connect => {
-                self.refuse_front(&mut conn, Deny::ConnectUnsupported).await
-            }
-            Ok(Some(_)) => self.serve_http1(Box::new(conn), idle, shutdown).await,
-            Err(violation) => self.refuse_front(&mut conn, violation.into()).await,
-        }
+        self.serve_inside(Box::new(tls), b"", tunnel, connection, shutdown)
+            .await
     }
 
     /// Serves HTTP/1.1 requests on `conn`, one checked request at a time, until the client is
@@ -533,6 +615,7 @@ impl EgressApp {
             }
         };
         trail.tunnel = conn.context().tunnel.as_ref().map(|t| t.id.clone());
+        trail.tunnel_mode = conn.context().tunnel.as_ref().map(|t| t.mode());
         if let Some(who) = who {
             trail.slot = self.shared.audit.reserve().ok();
             let tenant = crate::context::TenantContext::new(who, trail.request_id.clone(), None);
@@ -594,6 +677,10 @@ impl Opened {
         }
     }
 }
+
+/// The first byte of a TLS record carrying a handshake message (a ClientHello opens every TLS
+/// connection); no HTTP/1 request starts with it.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// What an intercepted tunnel's inside is served with.
 struct Inside {
