@@ -133,8 +133,7 @@ fn replicas_share_one_token_ceiling() {
     let redis = RedisServer::start();
     let mock = start_mock();
     let start = || {
-        let mut spec =
-            ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_millis(200));
+        let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_secs(2));
         spec.llm_route(mock);
         spec.tenant("acme").limits().tokens_per_minute = Some(600);
         Proxy::start(spec)
@@ -179,7 +178,7 @@ fn replicas_never_overshoot_a_cost_ceiling_under_64_concurrent_calls() {
     let start = || {
         let mut spec = ProxySpec::default()
             .with_prices()
-            .with_redis_limiter(redis.url(), Duration::from_millis(200));
+            .with_redis_limiter(redis.url(), Duration::from_secs(2));
         spec.llm_route(mock);
         new_york_cost_ceilings(&mut spec.tenants);
         Proxy::start(spec)
