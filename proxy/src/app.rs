@@ -90,6 +90,8 @@ pub fn run(
         bound_listeners.push(listen::bind(listener.listen)?);
     }
     let bound_admin = listen::bind(static_config.admin_listen)?;
+    // (After the binds, so a taken port still ends the process with its one line.)
+    report_open_file_limit(&static_config);
     let bound_approvals = match &static_config.approvals {
         Some(a) => Some(listen::bind(a.listen)?),
         None => None,
@@ -425,6 +427,35 @@ pub fn problems_error(problems: Vec<ConfigProblem>) -> anyhow::Error {
 }
 
 /// The interception CA's leaf minter, when `[intercept]` is configured.
+/// Raises the soft open-file limit to the hard one and says so; warns when even the hard limit
+/// is below what the connection caps allow (accepts would then fail with `EMFILE` before the
+/// caps refuse as `overloaded`).
+fn report_open_file_limit(config: &StaticConfig) {
+    let needed = crate::open_files::needed_for(
+        config.listeners.len(),
+        config.limits.max_connections_per_listener,
+    );
+    match crate::open_files::raise_to_hard_limit() {
+        Ok(limit) => {
+            if let Some(from) = limit.raised_from {
+                tracing::info!(
+                    from,
+                    to = limit.soft,
+                    "raised the open-file limit (RLIMIT_NOFILE) to its hard limit"
+                );
+            }
+            if limit.soft < needed {
+                tracing::warn!(
+                    limit = limit.soft,
+                    needed,
+                    "the open-file limit is below what the connection caps allow (two descriptors per client connection); raise the hard limit (`ulimit -Hn`, systemd LimitNOFILE, the container's nofile) or lower `[limits] max_connections_per_listener`"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-file limit"),
+    }
+}
+
 pub fn load_minter(static_config: &StaticConfig) -> anyhow::Result<Option<Arc<LeafMinter>>> {
     let Some(i) = &static_config.intercept else {
         return Ok(None);

@@ -29,6 +29,9 @@
 //! The process log ([`logging`]) holds no secret at any level: third-party debug lines stay
 //! off, and failures are logged without the upstream bytes pingora keeps in its errors.
 //!
+//! At startup the process raises its soft open-file limit to the hard one ([`open_files`]), so
+//! the connection caps, not the host's default 1024 descriptors, bound how many clients it serves.
+//!
 //! Configuration ([`config`]) has a static part and a tenant part; each section is validated by
 //! the concern that owns it, reporting into [`problems`]. The tenant part, with keys and
 //! policies, forms a [`snapshot`] swapped atomically on [`reload`].
@@ -70,6 +73,7 @@ pub mod limits;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;
+pub mod open_files;
 pub mod otel;
 pub mod pipeline;
 pub mod policy;

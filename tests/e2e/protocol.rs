@@ -700,6 +700,40 @@ fn a_request_that_ends_after_admission_is_never_recorded_as_allowed() {
 }
 
 #[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit_and_a_short_one_is_named() {
+    // Started the way many hosts start services: a soft limit of 256 under a hard one of 4096.
+    let mut spec = ProxySpec::default();
+    spec.command_prefix = ["prlimit", "--nofile=256:4096", "--"]
+        .map(String::from)
+        .to_vec();
+    let proxy = Proxy::start(spec);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let figures: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(figures, ["4096", "4096"], "{open_files}");
+    let log = proxy.log();
+    assert!(
+        log.contains("raised the open-file limit") && log.contains("from=256"),
+        "{log}"
+    );
+    // 4096 is below two descriptors for each of the 10,000 connections per listener allowed.
+    assert!(
+        log.contains("the open-file limit is below what the connection caps allow"),
+        "{log}"
+    );
+    // The raised limit serves: the proxy answers on it.
+    let r = forward_get(proxy.sidecar_port, "http://127.0.0.1:1/", None, "");
+    assert!(
+        r.status >= 400 && r.json()["error"]["code"].is_string(),
+        "{}",
+        r.status
+    );
+}
+
+#[test]
 fn a_taken_port_ends_the_process_at_once_with_one_line_naming_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
@@ -725,8 +759,10 @@ fn a_taken_port_ends_the_process_at_once_with_one_line_naming_it() {
     standard_tenants()
         .write(&dir.path().join("tenants.toml"))
         .unwrap();
+    // (The binary is built first, outside the measured time.)
+    let binary = proxy_bin();
     let started = Instant::now();
-    let out = std::process::Command::new(proxy_bin())
+    let out = std::process::Command::new(binary)
         .args(["run", "--config"])
         .arg(dir.path().join("tenant-proxy.toml"))
         .output()
