@@ -702,10 +702,12 @@ fn a_request_that_ends_after_admission_is_never_recorded_as_allowed() {
 #[test]
 fn the_open_file_limit_is_raised_to_the_hard_limit_and_a_short_one_is_named() {
     // Started the way many hosts start services: a soft limit of 256 under a hard one of 4096.
-    let mut spec = ProxySpec::default();
-    spec.command_prefix = ["prlimit", "--nofile=256:4096", "--"]
-        .map(String::from)
-        .to_vec();
+    let spec = ProxySpec {
+        command_prefix: ["prlimit", "--nofile=256:4096", "--"]
+            .map(String::from)
+            .to_vec(),
+        ..ProxySpec::default()
+    };
     let proxy = Proxy::start(spec);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
     let open_files = limits
