@@ -261,7 +261,7 @@ async fn a_refusal_consumes_no_allowance_of_any_other_ceiling(b: Backends) {
     // The whole rate allowance is still there: three calls pass, the fourth is the rate's.
     for _ in 0..3 {
         let a = backend.admit(&k, tokens(10)).await.unwrap();
-        backend.finish(&a, tokens(10)).await;
+        backend.finish(a, tokens(10)).await;
     }
     let deny = refused(backend.admit(&k, tokens(10)).await);
     assert!(matches!(deny.key.kind, LimitKind::Rate { .. }), "{deny:?}");
@@ -338,16 +338,16 @@ async fn concurrency_slots_are_held_until_finished(b: Backends) {
     // Another tenant's slots are its own.
     let globex = keys("globex", "agent", &c, None, None, CallKind::Tool);
     let g = backend.admit(&globex, Charge::default()).await.unwrap();
-    backend.finish(&g, Charge::default()).await;
+    backend.finish(g, Charge::default()).await;
     assert_eq!(backend.read(&acme).await.unwrap(), vec![2]);
     // Still held a while later: nothing but `finish` gives a slot back.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     refused(backend.admit(&acme, Charge::default()).await);
-    backend.finish(&first, Charge::default()).await;
+    backend.finish(first, Charge::default()).await;
     assert_eq!(backend.read(&acme).await.unwrap(), vec![1]);
     let third = backend.admit(&acme, Charge::default()).await.unwrap();
-    backend.finish(&second, Charge::default()).await;
-    backend.finish(&third, Charge::default()).await;
+    backend.finish(second, Charge::default()).await;
+    backend.finish(third, Charge::default()).await;
     assert_eq!(backend.read(&acme).await.unwrap(), vec![0]);
 }
 
@@ -389,10 +389,10 @@ async fn workload_ceilings_apply_inside_the_tenants(b: Backends) {
     let b2 = backend.admit(&other, Charge::default()).await.unwrap();
     let deny = refused(backend.admit(&other, Charge::default()).await);
     assert_eq!(deny.key.scope, Scope::Tenant(tenant("acme")));
-    backend.finish(&a, Charge::default()).await;
+    backend.finish(a, Charge::default()).await;
     let c = backend.admit(&other, Charge::default()).await.unwrap();
-    backend.finish(&b2, Charge::default()).await;
-    backend.finish(&c, Charge::default()).await;
+    backend.finish(b2, Charge::default()).await;
+    backend.finish(c, Charge::default()).await;
 }
 
 /// Tokens are reserved at admission and settled to the real usage at the end; the ceiling
@@ -411,11 +411,11 @@ async fn tokens_per_minute_are_reserved_then_settled_to_what_was_used(b: Backend
     assert!(deny
         .retry_after
         .is_some_and(|r| r <= Duration::from_secs(60)));
-    backend.finish(&a, tokens(26)).await;
+    backend.finish(a, tokens(26)).await;
     assert_eq!(backend.read(&acme).await.unwrap(), vec![26]);
     let b2 = backend.admit(&acme, tokens(150)).await.unwrap();
     // A call may use more than it reserved: the counter says what was used.
-    backend.finish(&b2, tokens(170)).await;
+    backend.finish(b2, tokens(170)).await;
     assert_eq!(backend.read(&acme).await.unwrap(), vec![196]);
     refused(backend.admit(&acme, tokens(5)).await);
     let globex = keys("globex", "agent", &c, None, None, CallKind::Llm);
@@ -436,7 +436,7 @@ async fn cost_ceilings_refuse_by_the_day_then_by_the_month_per_tenant(b: Backend
     };
     let acme = keys("acme", "bot", &c, None, None, CallKind::Llm);
     let a = backend.admit(&acme, cost(900)).await.unwrap();
-    backend.finish(&a, cost(1_000)).await;
+    backend.finish(a, cost(1_000)).await;
     assert_eq!(backend.read(&acme).await.unwrap(), vec![1_000, 1_000]);
     let deny = refused(backend.admit(&acme, cost(1)).await);
     assert!(
@@ -458,7 +458,7 @@ async fn cost_ceilings_refuse_by_the_day_then_by_the_month_per_tenant(b: Backend
     let globex = keys("globex", "agent", &c, None, None, CallKind::Llm);
     assert_eq!(backend.read(&globex).await.unwrap(), vec![0, 0]);
     let g = backend.admit(&globex, cost(1_000)).await.unwrap();
-    backend.finish(&g, cost(400)).await;
+    backend.finish(g, cost(400)).await;
     assert_eq!(backend.read(&globex).await.unwrap(), vec![400, 400]);
     // The month alone (no daily ceiling) refuses at its own ceiling.
     let month_only = Ceilings {
@@ -519,7 +519,7 @@ async fn run_budgets_are_counted_per_tenant_and_run(b: Backends) {
         .unwrap();
     backend
         .finish(
-            &a,
+            a,
             Charge {
                 tokens: 100,
                 cost_micros: 50,
@@ -552,7 +552,7 @@ async fn run_budgets_are_counted_per_tenant_and_run(b: Backends) {
         .admit(&llm("globex", "agent", "r1"), tokens(100))
         .await
         .unwrap();
-    backend.finish(&g, tokens(100)).await;
+    backend.finish(g, tokens(100)).await;
     // Another run of acme has its own budget.
     backend
         .admit(&tools("acme", "bot", "r2"), tool_call())
@@ -633,7 +633,7 @@ async fn run_counters_expire_run_ttl_after_their_last_reservation(b: Backends) {
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(backend.read(&tools).await.unwrap(), vec![0]);
     // The late call ends now: its settlement does not resurrect the expired counter.
-    backend.finish(&late, tokens(100)).await;
+    backend.finish(late, tokens(100)).await;
     assert_eq!(backend.read(&llm).await.unwrap(), vec![0]);
     backend.admit(&tools, tool_call()).await.unwrap();
     backend.admit(&llm, tokens(100)).await.unwrap();
@@ -798,7 +798,7 @@ async fn streams_are_extended_while_the_budget_lasts_then_cut_by_the_ceiling_tha
     // Settled at what the stream used, extensions included.
     admission.add_extension(guard.granted());
     assert_eq!(admission.reserved, tokens(300));
-    backend.finish(&admission, tokens(290)).await;
+    backend.finish(admission, tokens(290)).await;
     assert_eq!(backend.read(&k).await.unwrap(), vec![290]);
     // globex's run of the same id streams within its own budget.
     let g = keys(
@@ -880,7 +880,7 @@ fn redis_leases_of_a_vanished_replica_expire_after_lease_ttl() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert_eq!(backend.read(&k).await.unwrap(), vec![0]);
         let again = backend.admit(&k, Charge::default()).await.unwrap();
-        backend.finish(&again, Charge::default()).await;
+        backend.finish(again, Charge::default()).await;
     });
 }
 
@@ -912,7 +912,7 @@ async fn keys_are_tagged_with_their_tenant(b: Backends) {
         for (t, w) in [("acme", "bot"), ("globex", "agent")] {
             let k = keys(t, w, &c, Some(&c), Some(("r1", &budget)), CallKind::Tool);
             let a = counters.admit(&k, tool_call()).await.unwrap();
-            counters.finish(&a, tool_call()).await;
+            counters.finish(a, tool_call()).await;
             runs.sight_run(&tenant(t), "r1", unix_ms() + 60_000)
                 .await
                 .unwrap();

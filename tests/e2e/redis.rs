@@ -325,7 +325,7 @@ fn daily_cost_rolls_over_at_local_midnight_and_the_month_carries_on() {
             .admit(&day1, cost(900))
             .await
             .expect("the day's first call");
-        backend.finish(&a, cost(1_000)).await;
+        backend.finish(a, cost(1_000)).await;
         match backend.admit(&day1, cost(1)).await {
             Err(AdmitError::Limited(d)) => assert!(
                 d.key.to_string().ends_with(&format!(":cost:d{day_id}")),
@@ -338,7 +338,7 @@ fn daily_cost_rolls_over_at_local_midnight_and_the_month_carries_on() {
             .admit(&day2, cost(500))
             .await
             .expect("a new day in Tokyo");
-        backend.finish(&b, cost(500)).await;
+        backend.finish(b, cost(500)).await;
         match backend.admit(&day2, cost(1)).await {
             Err(AdmitError::Limited(d)) => assert!(
                 d.key.to_string().ends_with(&format!(":cost:m{month_id}")),

@@ -217,8 +217,8 @@ impl LimitBackend for MemoryBackend {
         self.admit_now(keys, charge).map_err(AdmitError::Limited)
     }
 
-    async fn finish(&self, admission: &Admission, used: Charge) {
-        self.settle_now(admission, used);
+    async fn finish(&self, admission: Admission, used: Charge) {
+        self.settle_now(&admission, used);
         self.release_now(&admission.leases);
     }
 

@@ -575,8 +575,11 @@ pub trait LimitBackend: Send + Sync + fmt::Debug {
     /// each metered key reserves its measure's amount of `charge`.
     async fn admit(&self, keys: &[LimitKey], charge: Charge) -> Result<Admission, AdmitError>;
     /// Ends a request: settles its reservations to what it really used (`used` may be below or
-    /// above) and gives back its concurrency slots.
-    async fn finish(&self, admission: &Admission, used: Charge);
+    /// above) and gives back its concurrency slots. It takes the admission: settling twice
+    /// would count a reservation back twice, and giving back slots twice would let the tenant
+    /// past its concurrency ceiling (the backends disagreed on it), so a second finish must not
+    /// compile.
+    async fn finish(&self, admission: Admission, used: Charge);
     /// What is counted on each key now (tokens, micro-units, calls, or in-flight requests; a
     /// rate key reads 0), for `tenant-proxy usage`.
     async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, LimiterUnavailable>;

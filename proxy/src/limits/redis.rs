@@ -465,11 +465,11 @@ impl LimitBackend for RedisBackend {
         }
     }
 
-    async fn finish(&self, admission: &Admission, used: Charge) {
+    async fn finish(&self, admission: Admission, used: Charge) {
         if admission.local {
             self.fallback.finish(admission, used).await;
         } else {
-            self.finish_redis(admission, used).await;
+            self.finish_redis(&admission, used).await;
         }
     }
 

@@ -715,7 +715,7 @@ impl ProxyHttp for TenantProxy {
                         crate::limits::plan::settlement(admission.reserved, grant.prices, ending);
                     ctx.trail.reserved = Some(admission.reserved);
                     ctx.trail.settled = Some(used);
-                    self.shared.limits.finish(&admission, used).await;
+                    self.shared.limits.finish(admission, used).await;
                 } else if let (Some(u), Some(p)) = (ctx.trail.usage, grant.prices) {
                     // No ceiling applied, but the cost is still recorded and counted.
                     ctx.trail.settled = Some(crate::limits::plan::usage_charge(u, Some(p)));
