@@ -133,6 +133,7 @@ impl From<crate::identity::IdentityError> for Deny {
         match e {
             IdentityError::Required => Deny::IdentityRequired,
             IdentityError::Invalid(why) => Deny::IdentityInvalid(why),
+            revoked @ IdentityError::Revoked(_) => Deny::IdentityInvalid(revoked.to_string()),
         }
     }
 }

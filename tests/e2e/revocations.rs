@@ -6,6 +6,23 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+/// Asserts that refusal `r` is audited in acme's partition (the revoked token was acme's), with
+/// its code, and in no other tenant's.
+fn audited_for_acme(proxy: &Proxy, r: &Response, code: &str) {
+    let id = r.request_id();
+    let record = proxy.audit_record("acme", &id);
+    assert_eq!(
+        (record["decision"].as_str(), record["reason"].as_str()),
+        (Some("deny"), Some(code)),
+        "{record}"
+    );
+    assert_eq!(record["workload"], "bot", "{record}");
+    assert!(proxy
+        .audit_records("globex")
+        .iter()
+        .all(|other| other["request_id"] != id.as_str()));
+}
+
 fn status_with(proxy: &Proxy, origin: &Origin, token: &str) -> Response {
     forward_get(
         proxy.shared_port,
@@ -39,7 +56,9 @@ fn a_revocation_in_redis_reaches_every_replica_and_the_file_still_counts() {
     });
     for p in [&a, &b] {
         assert_eq!(status_with(p, &origin, &doomed).status, 200);
-        status_with(p, &origin, &in_file).assert_refused(407, "identity_invalid");
+        let r = status_with(p, &origin, &in_file);
+        r.assert_refused(407, "identity_invalid");
+        audited_for_acme(p, &r, "identity_invalid");
     }
 
     let config = a.path("tenant-proxy.toml");
@@ -71,6 +90,7 @@ fn a_revocation_in_redis_reaches_every_replica_and_the_file_still_counts() {
             if r.status == 407 {
                 r.assert_refused(407, "identity_invalid");
                 assert!(r.body_text().contains("revoked"), "{}", r.body_text());
+                audited_for_acme(p, &r, "identity_invalid");
                 break;
             }
             assert_eq!(r.status, 200);
@@ -90,6 +110,7 @@ fn a_revocation_in_redis_reaches_every_replica_and_the_file_still_counts() {
         let r = status_with(&a, &origin, &kept);
         if r.status == 503 {
             r.assert_refused(503, "limiter_unavailable");
+            audited_for_acme(&a, &r, "limiter_unavailable");
             break;
         }
         assert_eq!(r.status, 200);

@@ -62,7 +62,8 @@ pub trait Workloads {
     fn has_workload(&self, tenant: &TenantId, workload: &WorkloadId) -> bool;
 }
 
-/// Why no identity was resolved. Never carries a token or any part of one.
+/// Why no identity was resolved. Never carries a token or any part of one (a revoked token's
+/// verified claims at most).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
     /// No identity source on this listener produced an identity.
@@ -71,6 +72,10 @@ pub enum IdentityError {
     /// An identity was presented but is not valid (the detail says why).
     #[error("{0}")]
     Invalid(String),
+    /// A valid token whose id is revoked, with the identity it would have given: the refusal is
+    /// audited in that tenant's partition. Never served.
+    #[error("the token has been revoked")]
+    Revoked(Box<ResolvedIdentity>),
 }
 
 /// What the mTLS handshake learned about the client, kept on the connection for every request
@@ -107,7 +112,7 @@ impl<'a> Presented<'a> {
 }
 
 /// A verified identity.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedIdentity {
     /// Tenant.
     pub tenant: TenantId,
@@ -201,9 +206,11 @@ fn resolve_token(
     };
     // SECURITY: no verifier configured means no token can be valid.
     let verifier = tokens.ok_or_else(|| invalid("tokens are not accepted here"))?;
-    let verified = verifier
-        .verify(token, now_unix)
-        .map_err(|e| IdentityError::Invalid(e.to_string()))?;
+    let (verified, revoked) = match verifier.verify(token, now_unix) {
+        Ok(verified) => (verified, false),
+        Err(crate::identity::token::TokenError::Revoked(verified)) => (*verified, true),
+        Err(e) => return Err(IdentityError::Invalid(e.to_string())),
+    };
     if let Some(user) = username {
         if !user.is_empty() && user != verified.workload.as_str() {
             return Err(invalid(
@@ -216,12 +223,16 @@ fn resolve_token(
             "the token names a tenant or workload this proxy does not know",
         ));
     }
-    Ok(ResolvedIdentity {
+    let who = ResolvedIdentity {
         tenant: verified.tenant.clone(),
         workload: verified.workload.clone(),
         source: IdentitySourceKind::Token,
         token: Some(verified),
-    })
+    };
+    if revoked {
+        return Err(IdentityError::Revoked(Box::new(who)));
+    }
+    Ok(who)
 }
 
 #[cfg(test)]

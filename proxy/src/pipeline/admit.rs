@@ -43,7 +43,7 @@ use crate::context::TenantContext;
 use crate::credentials::apply::Applied;
 use crate::egress::EgressException;
 use crate::error::{Deny, PolicyRefusal};
-use crate::identity::{self, ListenerIdentity, Presented, ResolvedIdentity};
+use crate::identity::{self, IdentityError, ListenerIdentity, Presented, ResolvedIdentity};
 use crate::ids::TenantId;
 use crate::limits::plan::{CallFacts, Plan};
 use crate::limits::stream::StreamPlan;
@@ -282,29 +282,31 @@ pub async fn admit(
 ) -> Result<Admitted, Deny> {
     // An unauditable request is never served.
     trail.slot = fx.reserve_audit()?;
-    let (who, tenant) = {
+    let (who, tenant, revoked) = {
         let (header, ssl) = match &ask {
             Ask::Http { source, .. } => (source.header(), source.ssl()),
             Ask::Connect { header, ssl, .. } => (*header, *ssl),
         };
-        let who = identify(caller, header, ssl, &snapshot)?;
-        // SECURITY: the shared list is checked on every request, tunnels' inner ones included,
-        // so a revocation reaches tokens already in use within a refresh.
-        if let Some(jti) = who.token.as_ref().and_then(|t| t.jti.as_deref()) {
-            if fx.revoked(jti)? {
-                return Err(Deny::IdentityInvalid(
-                    crate::identity::token::TokenError::Revoked.to_string(),
-                ));
-            }
-        }
+        let (who, revoked) = identify(caller, header, ssl, &snapshot)?;
         let traceparent = header.headers.get("traceparent").map(|v| v.as_bytes());
         let tenant = TenantContext::new(who.clone(), trail.request_id.clone(), traceparent);
-        (who, Arc::new(tenant))
+        (who, Arc::new(tenant), revoked)
     };
     trail.tenant = Some(tenant.clone());
     trail.mark("identity");
     // One tenant's unwritable partition refuses that tenant only.
     fx.admit_tenant(&mut trail.slot, &tenant.tenant)?;
+    // SECURITY: a revoked token is refused here, once its tenant is known, so the refusal is
+    // audited in the partition of the tenant whose token it was (the signature verified: the
+    // tenant is the issuer's word, not the agent's). Both lists are checked on every request,
+    // tunnels' inner ones included, so a revocation reaches tokens already in use: the file's
+    // at a reload, the shared one within a refresh.
+    if let Some(jti) = who.token.as_ref().and_then(|t| t.jti.as_deref()) {
+        let in_file = snapshot.tokens.as_ref().is_some_and(|v| v.is_revoked(jti));
+        if revoked || in_file || fx.revoked(jti)? {
+            return Err(IdentityError::Revoked(Box::new(who)).into());
+        }
+    }
     let connection = match &ask {
         // A request's connection is counted at its first identified request; a tunnel's for as
         // long as the tunnel is open.
@@ -335,25 +337,31 @@ pub async fn admit(
 }
 
 /// Who is calling: a tunnel's identity, re-checked; or what the request (`header`) and its
-/// connection (`ssl`) present, verified.
+/// connection (`ssl`) present, verified; and whether that token is revoked (refused by the
+/// caller, which audits it in the tenant's partition).
 fn identify(
     caller: Caller<'_>,
     header: &RequestHeader,
     ssl: Option<&SslDigest>,
     snapshot: &Snapshot,
-) -> Result<ResolvedIdentity, Deny> {
+) -> Result<(ResolvedIdentity, bool), Deny> {
     match caller {
         // SECURITY: a tunnel never changes identity; whatever the inner request presents is
         // ignored (and stripped upstream).
-        Caller::Tunnel(t) => tunnel_identity(t, snapshot),
-        Caller::Listener(listener) => Ok(identity::resolve(
+        Caller::Tunnel(t) => Ok((tunnel_identity(t, snapshot)?, false)),
+        Caller::Listener(listener) => match identity::resolve(
             listener,
             &snapshot.tenants,
             snapshot.tokens.as_ref(),
             Presented::from_request(&header.headers, ssl),
             unix_now(),
-        )?),
-        Caller::Named(who) => Ok(*who),
+        ) {
+            Ok(who) => Ok((who, false)),
+            // Refused by the caller once the tenant is known, so the refusal is audited.
+            Err(IdentityError::Revoked(who)) => Ok((*who, true)),
+            Err(e) => Err(e.into()),
+        },
+        Caller::Named(who) => Ok((*who, false)),
     }
 }
 

@@ -112,9 +112,11 @@ pub enum TokenError {
         /// The maximum, in seconds.
         max_secs: u64,
     },
-    /// `jti` is revoked.
+    /// `jti` is revoked. Every other check passed, so the claims are the issuer's word: the
+    /// pipeline uses them to audit the refusal in the token's tenant's partition (that tenant's
+    /// security team wants to see a revoked token in use). They are never an identity to serve.
     #[error("the token has been revoked")]
-    Revoked,
+    Revoked(Box<VerifiedToken>),
     /// A required claim is missing.
     #[error("the token has no `{0}` claim")]
     MissingClaim(&'static str),
@@ -177,8 +179,8 @@ impl TokenVerifier {
     /// Verifies `token` at time `now_unix` (seconds since the Unix epoch).
     ///
     /// Checks, in order: shape and size, header (`alg`, `kid`, no `crit`), signature with the
-    /// selected key, `aud`, time claims with leeway, lifetime, `iss`, revocation, then the value
-    /// of each claim.
+    /// selected key, `aud`, time claims with leeway, lifetime, `iss`, the value of each claim,
+    /// then revocation.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<VerifiedToken, TokenError> {
         self.verify_as(token, now_unix, &self.settings.audience, false)
     }
@@ -304,9 +306,6 @@ impl TokenVerifier {
         }
 
         let jti = string_claim(claims.jti, "jti")?;
-        if jti.as_ref().is_some_and(|j| self.revoked.contains(j)) {
-            return Err(TokenError::Revoked);
-        }
 
         let tenant =
             string_claim(claims.tenant, "tenant")?.ok_or(TokenError::MissingClaim("tenant"))?;
@@ -352,7 +351,7 @@ impl TokenVerifier {
             return Err(TokenError::InvalidClaim("correlation_id"));
         }
 
-        Ok(VerifiedToken {
+        let verified = VerifiedToken {
             tenant,
             workload,
             run_id,
@@ -362,6 +361,16 @@ impl TokenVerifier {
             correlation_id,
             jti,
             expires_at: exp,
-        })
+        };
+        // Checked last, so a revoked token's refusal can name whose token it was.
+        if verified.jti.as_deref().is_some_and(|j| self.is_revoked(j)) {
+            return Err(TokenError::Revoked(Box::new(verified)));
+        }
+        Ok(verified)
+    }
+
+    /// Whether the configured revocation list (the `revoked_jtis_file`) names token id `jti`.
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked.contains(jti)
     }
 }
