@@ -272,3 +272,64 @@ fn plain_tunnels_keep_identity_policy_ports_and_framing() {
     assert!(refused(), "{recs:#?}");
     assert!(proxy.audit_records("globex").is_empty());
 }
+
+#[test]
+fn a_revocation_reaches_the_requests_of_a_tunnel_already_open() {
+    let origin = Origin::start();
+    let proxy = start(&origin);
+    let o = origin.port;
+    let token = token(TokenOpts {
+        jti: Some("revoked-while-open"),
+        ..Default::default()
+    });
+    let auth = format!("Proxy-Authorization: Bearer {token}\r\n");
+    let (mut s, status, text) = connect(proxy.shared_port, &format!("127.0.0.1:{o}"), &auth);
+    assert_eq!(status, 200, "{text}");
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut get = |path: &str| {
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        read_response(&mut reader).unwrap()
+    };
+    assert_eq!(get("/public/before-revoke").status, 200);
+
+    // The token's id is added to the revocation file and the proxy reloads: the tunnel it
+    // opened serves no more requests, and each refusal is audited in acme's partition.
+    std::fs::write(
+        proxy.path("revoked.txt"),
+        "revoked-jti-1\nrevoked-while-open\n",
+    )
+    .unwrap();
+    proxy.sighup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut served_before_reload = 0;
+    let refused = loop {
+        let r = get("/public/after-revoke");
+        if r.status != 200 {
+            break r;
+        }
+        served_before_reload += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revocation never reached the tunnel"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    refused.assert_refused(407, "identity_invalid");
+    assert!(
+        refused.body_text().contains("revoked"),
+        "{}",
+        refused.body_text()
+    );
+    let record = proxy.audit_record("acme", &refused.request_id());
+    assert_eq!(record["reason"], "identity_invalid", "{record}");
+    assert_eq!(record["tunnel"]["mode"], "plain", "{record}");
+    // The refused request never reached the origin.
+    assert_eq!(
+        origin.matching("/public/after-revoke").len(),
+        served_before_reload
+    );
+}
