@@ -366,11 +366,15 @@ fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
     assert!(cost > 0);
 
     // The memory limiter's counters are read through the running proxy's admin port.
-    let config = proxy.bound_config();
+    // (The configuration asks for port 0: the address the proxy bound is given with --admin.)
+    let config = proxy.path("tenant-proxy.toml");
     let config = config.to_str().unwrap();
+    let admin = proxy.admin_addr().to_string();
     let (code, out) = proxy_cli(
         proxy.dir.path(),
-        &["usage", "--config", config, "--tenant", "acme", "--json"],
+        &[
+            "usage", "--config", config, "--tenant", "acme", "--json", "--admin", &admin,
+        ],
         "",
     );
     assert_eq!(code, 0, "{out}");
@@ -400,7 +404,7 @@ fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
     let (code, out) = proxy_cli(
         proxy.dir.path(),
         &[
-            "usage", "--config", config, "--tenant", "acme", "--period", "month",
+            "usage", "--config", config, "--tenant", "acme", "--period", "month", "--admin", &admin,
         ],
         "",
     );
@@ -413,7 +417,9 @@ fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
     // Acme's spend never shows as globex's.
     let (code, out) = proxy_cli(
         proxy.dir.path(),
-        &["usage", "--config", config, "--tenant", "globex", "--json"],
+        &[
+            "usage", "--config", config, "--tenant", "globex", "--json", "--admin", &admin,
+        ],
         "",
     );
     assert_eq!(code, 0, "{out}");
@@ -429,9 +435,21 @@ fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
 
     let (code, out) = proxy_cli(
         proxy.dir.path(),
-        &["usage", "--config", config, "--tenant", "nobody"],
+        &[
+            "usage", "--config", config, "--tenant", "nobody", "--admin", &admin,
+        ],
         "",
     );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not configured"), "{out}");
+
+    // Without --admin the command goes where the configuration says (port 0 here: nothing
+    // listens) and fails with the address it tried, never with someone else's counters.
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["usage", "--config", config, "--tenant", "acme"],
+        "",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("127.0.0.1:0"), "{out}");
 }

@@ -226,14 +226,17 @@ fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tena
     tunnel.assert_refused(403, "connect_port_forbidden");
     proxy.audit_record("acme", &tunnel.request_id());
 
-    // The CLI closes acme's run through the admin port (named in the configuration it is
-    // given): the summary is written at once.
-    let config = proxy.bound_config();
+    // The CLI closes acme's run through the admin port (the configuration asks for port 0, so
+    // the bound address is given with --admin): the summary is written at once.
+    let config = proxy.path("tenant-proxy.toml");
+    let admin = proxy.admin_addr().to_string();
     let (code, out) = proxy_cli(
         proxy.dir.path(),
         &[
             "run",
             "close",
+            "--admin",
+            &admin,
             "--config",
             config.to_str().unwrap(),
             "--tenant",

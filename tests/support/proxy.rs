@@ -147,7 +147,6 @@ pub struct Proxy {
     pub shared_port: u16,
     pub admin_port: u16,
     ready: Ready,
-    config: StaticFile,
     tenants: TenantFile,
     child: Child,
 }
@@ -236,7 +235,6 @@ impl Proxy {
             shared_port: port(SHARED),
             admin_port: ready.admin.port(),
             ready,
-            config: spec.config,
             tenants: spec.tenants,
             dir,
             child,
@@ -287,20 +285,6 @@ impl Proxy {
     /// Replaces the tenant file (the proxy reloads it).
     pub fn write_tenants(&self, tenants: &TenantFile) {
         tenants.write(&self.path("tenants.toml")).unwrap();
-    }
-
-    /// A copy of the static file with the addresses the proxy bound in place of port 0, for
-    /// CLI commands that find the running proxy through its configuration (`run close`,
-    /// `usage` with the memory limiter); its path.
-    pub fn bound_config(&self) -> PathBuf {
-        let mut config = self.config.clone();
-        config.admin.listen = Some(self.ready.admin);
-        for l in &mut config.listeners {
-            l.listen = self.ready.listeners[&l.name];
-        }
-        let path = self.path("tenant-proxy.bound.toml");
-        config.write(&path).unwrap();
-        path
     }
 
     pub fn log(&self) -> String {

@@ -15,7 +15,9 @@ pub(super) fn admin_call(
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| {
-            format!("the proxy's admin port {addr} does not answer; is the proxy running?")
+            format!(
+                "the proxy's admin port {addr} does not answer; is the proxy running (and at this address: `--admin ADDR` names another)?"
+            )
         })?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(

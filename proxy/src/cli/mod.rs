@@ -73,6 +73,11 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The running proxy's admin address (the in-memory limiter's counters are read there), when it is not the one the configuration names
+        /// (a configuration on port 0: read it from `run --ready-file`'s `admin`; a port
+        /// mapping).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Workload tokens (for development and tests; in production your identity provider mints them).
     Token {
@@ -129,9 +134,10 @@ impl Cli {
                         config,
                         tenant,
                         run,
+                        admin,
                     }),
                 ..
-            } => run_close::close(&config, &tenant, &run),
+            } => run_close::close(&config, &tenant, &run, admin),
             Command::Run {
                 config, ready_file, ..
             } => run::serve(config, ready_file),
@@ -149,7 +155,8 @@ impl Cli {
                 period,
                 run,
                 json,
-            } => usage::usage(&config, &tenant, period, run.as_deref(), json),
+                admin,
+            } => usage::usage(&config, &tenant, period, run.as_deref(), json, admin),
         }
     }
 }

@@ -21,6 +21,11 @@ pub(super) enum RunCommand {
         /// Run id.
         #[arg(long)]
         run: String,
+        /// The running proxy's admin address, when it is not the one the configuration names
+        /// (a configuration on port 0: read it from `run --ready-file`'s `admin`; a port
+        /// mapping).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
     },
 }
 

@@ -1,5 +1,6 @@
 //! `tenant-proxy run close`: close a signed run through the running proxy's admin port.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -7,9 +8,14 @@ use super::admin::admin_call;
 use crate::config::StaticConfig;
 use crate::ids::TenantId;
 
-/// Asks the proxy `config` names to close `tenant`'s run `run`: its summary is written now and
-/// its later requests are refused with `run_closed`.
-pub(super) fn close(config: &Path, tenant: &str, run: &str) -> anyhow::Result<ExitCode> {
+/// Asks the proxy `config` names (at `admin`, when given) to close `tenant`'s run `run`: its
+/// summary is written now and its later requests are refused with `run_closed`.
+pub(super) fn close(
+    config: &Path,
+    tenant: &str,
+    run: &str,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<ExitCode> {
     let static_config = StaticConfig::load(config).map_err(crate::app::problems_error)?;
     let tenant = TenantId::new(tenant)?;
     let mut query = form_urlencoded::Serializer::new(String::new());
@@ -17,7 +23,7 @@ pub(super) fn close(config: &Path, tenant: &str, run: &str) -> anyhow::Result<Ex
         .append_pair("tenant", tenant.as_str())
         .append_pair("run", run);
     let body = admin_call(
-        static_config.admin_listen,
+        admin.unwrap_or(static_config.admin_listen),
         "POST",
         &format!("/runs/close?{}", query.finish()),
     )?;

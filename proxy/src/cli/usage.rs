@@ -1,6 +1,7 @@
 //! `tenant-proxy usage`: a tenant's spend against its ceilings, read from the configured limiter
 //! (Redis directly, or the running proxy's admin port for the in-memory backend).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,15 +14,17 @@ use crate::ids::TenantId;
 use crate::limits::report::{ReportPeriod, UsageReport};
 use crate::limits::LimiterSettings;
 
-/// Prints `tenant`'s usage this `period` (and `run`'s counters), as a table or JSON.
+/// Prints `tenant`'s usage this `period` (and `run`'s counters), as a table or JSON; the
+/// in-memory limiter's counters are read from the proxy's admin port (at `admin`, when given).
 pub(super) fn usage(
     config: &Path,
     tenant: &str,
     period: ReportPeriod,
     run: Option<&str>,
     json: bool,
+    admin: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
-    let report = read_usage(config, tenant, period, run)?;
+    let report = read_usage(config, tenant, period, run, admin)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -38,6 +41,7 @@ fn read_usage(
     tenant: &str,
     period: ReportPeriod,
     run: Option<&str>,
+    admin: Option<SocketAddr>,
 ) -> anyhow::Result<UsageReport> {
     let static_config = StaticConfig::load(config).map_err(crate::app::problems_error)?;
     let tenant = TenantId::new(tenant)?;
@@ -52,7 +56,7 @@ fn read_usage(
                 query.append_pair("run", run);
             }
             let body = admin_call(
-                static_config.admin_listen,
+                admin.unwrap_or(static_config.admin_listen),
                 "GET",
                 &format!("/usage?{}", query.finish()),
             )?;
