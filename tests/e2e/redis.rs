@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+/// (A stopped server refuses connections at once, so the timeout bounds only a hung one; a
+/// short one turns a loaded machine's slow answers into `limiter_unavailable`.)
 fn proxy_with_redis(redis: &RedisServer) -> Proxy {
-    let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_millis(100));
+    let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_secs(1));
     let acme = spec.tenant("acme").limits();
     acme.requests_per_minute = Some(6);
     acme.concurrency = Some(10);

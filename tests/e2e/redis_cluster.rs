@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 fn cluster_proxy(cluster: &RedisCluster, on_unavailable: config::OnUnavailable) -> ProxySpec {
-    let mut spec =
-        ProxySpec::default().with_redis_limiter(cluster.url(), Duration::from_millis(200));
+    let mut spec = ProxySpec::default().with_redis_limiter(cluster.url(), Duration::from_secs(1));
     spec.config.limiter.on_unavailable = Some(on_unavailable);
     spec
 }
