@@ -455,7 +455,13 @@ impl Holds {
             let renew_global = looks % GLOBAL_RENEWAL_LOOKS == 0;
             let look = self
                 .store
-                .keep(&record.tenant, &record.id, now, now + LEASE_MS, renew_global)
+                .keep(
+                    &record.tenant,
+                    &record.id,
+                    now,
+                    now + LEASE_MS,
+                    renew_global,
+                )
                 .await;
             match look {
                 Ok(Renewal::OrphanedNow(_)) => {

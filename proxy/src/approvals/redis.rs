@@ -436,7 +436,10 @@ mod tests {
     #[test]
     fn a_tenants_keys_share_its_slot_and_the_global_set_has_its_own() {
         let (hold, pending) = (hold_key("acme", "h1"), pending_key("acme"));
-        assert_eq!(one_slot([hold.as_str(), pending.as_str()]), Ok(Some("acme")));
+        assert_eq!(
+            one_slot([hold.as_str(), pending.as_str()]),
+            Ok(Some("acme"))
+        );
         assert_eq!(one_slot([GLOBAL_KEY]), Ok(Some("approvals")));
         // A tenant named like the global set's tag shares its slot, never its key.
         assert_ne!(pending_key("approvals"), GLOBAL_KEY);
