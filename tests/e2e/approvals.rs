@@ -1074,3 +1074,46 @@ fn a_credential_use_marked_for_approval_is_substituted_only_once_approved() {
     assert!(!all.contains(BANK_SECRET) && !all.contains(PLAIN_SECRET));
     assert!(!proxy.log().contains(BANK_SECRET));
 }
+
+#[test]
+fn holds_live_in_a_tls_redis_with_an_acl_user_like_the_limiters_counters() {
+    let (ca_pem, redis) = crate::redis_tls::tls_redis();
+    let files = tempfile::tempdir().unwrap();
+    let ca_file = files.path().join("redis-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let origin = Origin::start();
+    let start = || {
+        let mut spec = spec(origin.port).with_redis_limiter(
+            format!("rediss://127.0.0.1:{}", redis.port),
+            Duration::from_millis(500),
+        );
+        let env = "TP_TEST_REDIS_PASSWORD";
+        spec.env
+            .push((env.into(), crate::redis_tls::PASSWORD.to_string()));
+        spec.config.limiter.redis_username = Some("proxy".into());
+        spec.config.limiter.redis_password_env = Some(env.into());
+        spec.config.limiter.redis_ca_file = Some(ca_file.clone());
+        Proxy::start(spec)
+    };
+    let (a, b) = (start(), start());
+    let alice = approver_token("acme", "alice", &[]);
+    let url = format!("http://127.0.0.1:{}/pay/charge", origin.port);
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post(&a, &url, r#"{"amount": 11}"#));
+        let holds = wait_holds(&b, "acme", &alice, 1);
+        let id = holds[0]["id"].as_str().unwrap();
+        let r = api(
+            &b,
+            "POST",
+            &format!("/v1/tenants/acme/holds/{id}/approve"),
+            &alice,
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_eq!(agent.join().unwrap().0, 200);
+    });
+    assert_eq!(origin.count(), 1);
+    for proxy in [&a, &b] {
+        assert!(!proxy.log().contains(crate::redis_tls::PASSWORD));
+    }
+}
