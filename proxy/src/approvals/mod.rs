@@ -452,7 +452,7 @@ impl Holds {
             }
             let now = now_ms();
             looks = looks.wrapping_add(1);
-            let renew_global = looks % GLOBAL_RENEWAL_LOOKS == 0;
+            let renew_global = looks.is_multiple_of(GLOBAL_RENEWAL_LOOKS);
             let look = self
                 .store
                 .keep(
