@@ -550,7 +550,7 @@ pub struct Approvals {
     /// Pending holds per tenant.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pending_per_tenant: Option<usize>,
-    /// Holds this replica keeps.
+    /// Pending holds of every tenant together (across replicas sharing Redis).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pending: Option<usize>,
 }

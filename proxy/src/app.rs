@@ -301,21 +301,12 @@ fn hold_store(
         crate::limits::LimiterSettings::Memory { .. } => {
             Arc::new(crate::approvals::store::MemoryHolds::default())
         }
-        crate::limits::LimiterSettings::Redis(r) => {
-            // SECURITY: holds shared through a Redis this store cannot reach would be holds no
-            // other replica sees: refuse to start rather than keep them apart.
-            let url = r.endpoint.single_plain_url().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "`[approvals]` with the Redis limiter needs a single `redis://` server without \
-                     TLS or ACL credentials for now (a cluster, `rediss://` or a password is not \
-                     supported for approval holds yet)"
-                )
-            })?;
-            Arc::new(
-                crate::approvals::redis::RedisHolds::start(url, r.timeout)
-                    .map_err(anyhow::Error::msg)?,
-            )
-        }
+        // Holds live where the limiter's counters do: every deployment the limiter supports
+        // (one server or a cluster, TLS, ACL user and password) serves holds too.
+        crate::limits::LimiterSettings::Redis(r) => Arc::new(
+            crate::approvals::redis::RedisHolds::start(r.endpoint.clone(), r.timeout)
+                .map_err(anyhow::Error::msg)?,
+        ),
     })
 }
 

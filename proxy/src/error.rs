@@ -125,6 +125,9 @@ pub enum Deny {
     ApproverUnauthenticated(String),
     /// The hold was already decided, expired or cancelled (its state).
     HoldResolved(String),
+    /// The replica the held request waited on went away (its lease on the hold lapsed): the
+    /// request can no longer be forwarded, so it cannot be approved.
+    HoldOrphaned,
 }
 
 impl From<crate::identity::IdentityError> for Deny {
@@ -647,6 +650,11 @@ impl Deny {
                 ReasonCode::HoldResolved,
                 format!("the hold is no longer pending: it is {state}"),
             ),
+            Deny::HoldOrphaned => (
+                410,
+                ReasonCode::HoldOrphaned,
+                "the proxy replica that held this request went away (its lease on the hold lapsed); the request cannot be forwarded any more, so it cannot be approved; nothing was sent".into(),
+            ),
         }
     }
 
@@ -801,6 +809,7 @@ mod tests {
                 "approver_unauthenticated",
             ),
             (Deny::HoldResolved("approved".into()), 409, "hold_resolved"),
+            (Deny::HoldOrphaned, 410, "hold_orphaned"),
             (
                 Deny::McpResponseUnfiltered("x".into()),
                 502,

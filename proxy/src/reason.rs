@@ -154,6 +154,8 @@ reason_codes! {
     ApproverUnauthenticated => "approver_unauthenticated",
     /// See `Deny::HoldResolved`.
     HoldResolved => "hold_resolved",
+    /// See `Deny::HoldOrphaned`.
+    HoldOrphaned => "hold_orphaned",
 }
 
 impl fmt::Display for ReasonCode {

@@ -633,12 +633,13 @@ fn redis_spec(origin: u16, redis: &RedisServer) -> ProxySpec {
     spec(origin).with_redis_limiter(redis.url(), Duration::from_millis(500))
 }
 
-#[test]
-fn a_hold_made_by_one_replica_is_approved_through_another() {
-    let redis = RedisServer::start();
+/// Two replicas sharing `redis_url` (one server or a cluster): a hold made by one is seen,
+/// capped and approved through the other, and the agent waiting on the first is released.
+fn replicas_share_holds(redis_url: String) {
     let origin = Origin::start();
     let capped = || {
-        let mut spec = redis_spec(origin.port, &redis);
+        let mut spec =
+            spec(origin.port).with_redis_limiter(redis_url.clone(), Duration::from_millis(500));
         spec.config.approvals = Some(Approvals {
             max_pending_per_tenant: Some(1),
             ..Approvals::on(LOOPBACK_ANY_PORT)
@@ -677,6 +678,180 @@ fn a_hold_made_by_one_replica_is_approved_through_another() {
     assert_eq!(events(&on_a, "approval_requested").len(), 1);
     let on_b = b.wait_audit_records("acme", 2);
     assert_eq!(events(&on_b, "approval_granted")[0]["approver"], "alice");
+}
+
+#[test]
+fn a_hold_made_by_one_replica_is_approved_through_another() {
+    let redis = RedisServer::start();
+    replicas_share_holds(redis.url());
+}
+
+#[test]
+fn replicas_on_a_redis_cluster_share_holds_like_on_one_server() {
+    let cluster = RedisCluster::start();
+    replicas_share_holds(cluster.url());
+    // acme's hold keys are in acme's slot, on the master serving it.
+    let keys = cluster.all_keys();
+    let master = cluster.master_of("{acme}");
+    let holds: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.starts_with("tp:approval:{acme}:hold:"))
+        .collect();
+    assert_eq!(holds.len(), 1, "{keys:?}");
+    assert_eq!(cluster.master_of(holds[0]), master);
+}
+
+#[test]
+fn the_global_cap_counts_every_replicas_holds_of_every_tenant() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let capped = || {
+        let mut spec = redis_spec(origin.port, &redis);
+        spec.config.approvals = Some(Approvals {
+            max_pending: Some(1),
+            ..Approvals::on(LOOPBACK_ANY_PORT)
+        });
+        spec
+    };
+    let a = Proxy::start(capped());
+    let b = Proxy::start(capped());
+    let alice = approver_token("acme", "alice", &[]);
+    let mallory = approver_token("globex", "mallory", &[]);
+    let url = format!("http://127.0.0.1:{}/pay/charge", origin.port);
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post(&a, &url, r#"{"amount": 1}"#));
+        let holds = wait_holds(&b, "acme", &alice, 1);
+        // acme's one hold on A fills the global cap: globex on B (another tenant, another
+        // replica, its own per-tenant cap untouched) is refused.
+        let (status, body) = globex_post(&b, &url, r#"{"amount": 2}"#);
+        assert_eq!(
+            (status, code_of(&body).as_str()),
+            (429, "approval_capacity"),
+            "{body}"
+        );
+        assert!(body.contains("the proxy already holds 1"), "{body}");
+        assert!(wait_holds(&b, "globex", &mallory, 0).is_empty());
+        let id = holds[0]["id"].as_str().unwrap();
+        let r = api(
+            &b,
+            "POST",
+            &format!("/v1/tenants/acme/holds/{id}/deny"),
+            &alice,
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_eq!(code_of(&agent.join().unwrap().1), "approval_denied");
+        // Decided, it frees the room: globex's request is held now.
+        let globex = s.spawn(|| globex_post(&b, &url, r#"{"amount": 3}"#));
+        let g = wait_holds(&a, "globex", &mallory, 1);
+        let id = g[0]["id"].as_str().unwrap();
+        let r = api(
+            &a,
+            "POST",
+            &format!("/v1/tenants/globex/holds/{id}/approve"),
+            &mallory,
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_eq!(globex.join().unwrap().0, 200);
+    });
+    assert_eq!(origin.count(), 1);
+    // The refusal is recorded in globex's partition on B.
+    let refused = b
+        .wait_audit_records("globex", 1)
+        .into_iter()
+        .find(|r| r["event"] == "request" && r["reason"] == "approval_capacity");
+    assert!(refused.is_some(), "{:#?}", b.audit_records("globex"));
+}
+
+#[test]
+fn a_hold_whose_replica_was_killed_is_orphaned_and_cannot_be_approved() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let capped = || {
+        let mut spec = redis_spec(origin.port, &redis);
+        spec.config.approvals = Some(Approvals {
+            max_pending_per_tenant: Some(1),
+            ..Approvals::on(LOOPBACK_ANY_PORT)
+        });
+        spec
+    };
+    let a = Proxy::start(capped());
+    let b = Proxy::start(capped());
+    let alice = approver_token("acme", "alice", &[]);
+    let url = format!("http://127.0.0.1:{}/pay/charge", origin.port);
+    let id = std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post(&a, &url, r#"{"amount": 5}"#));
+        let holds = wait_holds(&b, "acme", &alice, 1);
+        let id = holds[0]["id"].as_str().unwrap().to_string();
+        assert!(
+            holds[0]["owner"].as_str().is_some_and(|o| !o.is_empty()),
+            "{holds:?}"
+        );
+        // The replica the agent waits on dies without a word (no shutdown, no cancel).
+        std::process::Command::new("kill")
+            .args(["-KILL", &a.pid().to_string()])
+            .status()
+            .unwrap();
+        let (status, _) = agent.join().unwrap();
+        assert_ne!(status, 200);
+        id
+    });
+    // Its lease lapses: the hold drops out of the list (and of the caps) within the lease.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wait_holds(&b, "acme", &alice, 0).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned hold is still listed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Shown as orphaned, and an approval is refused clearly.
+    let got = api(
+        &b,
+        "GET",
+        &format!("/v1/tenants/acme/holds/{id}"),
+        &alice,
+        None,
+    );
+    assert_eq!(got.json()["state"], "orphaned", "{}", got.body_text());
+    let path = format!("/v1/tenants/acme/holds/{id}/approve");
+    let v = api(&b, "POST", &path, &alice, None).assert_refused(410, "hold_orphaned");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("went away"),
+        "{v}"
+    );
+    api(&b, "POST", &path, &alice, None).assert_refused(410, "hold_orphaned");
+    // The orphan no longer takes acme's one place: a new hold on B is made (and denied).
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post(&b, &url, r#"{"amount": 6}"#));
+        let holds = wait_holds(&b, "acme", &alice, 1);
+        let fresh = holds[0]["id"].as_str().unwrap();
+        assert_ne!(fresh, id);
+        api(
+            &b,
+            "POST",
+            &format!("/v1/tenants/acme/holds/{fresh}/deny"),
+            &alice,
+            None,
+        );
+        assert_eq!(code_of(&agent.join().unwrap().1), "approval_denied");
+    });
+    // Nothing was forwarded, ever.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(origin.count(), 0);
+    // Audited on B, naming the approver who tried.
+    let records = b.wait_audit_records("acme", 1);
+    let orphaned = events(&records, "approval_orphaned");
+    assert_eq!(orphaned.len(), 1, "{records:#?}");
+    assert_eq!(orphaned[0]["hold_id"], id.as_str());
+    assert_eq!(orphaned[0]["approver"], "alice");
+    assert!(b
+        .metrics()
+        .contains(r#"tenant_proxy_approval_outcomes_total{outcome="orphaned",tenant="acme"} 1"#));
 }
 
 #[test]
@@ -770,4 +945,175 @@ fn without_an_approvals_listener_a_marked_request_is_refused() {
         (503, "approval_unavailable")
     );
     assert_eq!(origin.count(), 0);
+}
+
+const BANK_SECRET: &str = "sk-bank-canary-5c1e0d77";
+const PLAIN_SECRET: &str = "sk-plain-canary-0b9f21";
+
+/// The approval policies with two acme credentials from files: `bank` (its use needs an
+/// approval) and `plain`.
+fn start_with_credentials(origin: u16) -> Proxy {
+    let mut spec = spec(origin);
+    let credentials = spec.tenants.credentials();
+    credentials.files_dir = Some("secrets".into());
+    credentials.files.push(config::FileCredential::header(
+        "acme",
+        "bank",
+        &["127.0.0.1/open/bank/"],
+    ));
+    credentials.files.push(config::FileCredential::header(
+        "acme",
+        "plain",
+        &["127.0.0.1/open/"],
+    ));
+    Proxy::start_prepared(spec, |dir| {
+        std::fs::create_dir_all(dir.join("secrets/acme")).unwrap();
+        std::fs::write(dir.join("secrets/acme/bank"), BANK_SECRET).unwrap();
+        std::fs::write(dir.join("secrets/acme/plain"), PLAIN_SECRET).unwrap();
+    })
+}
+
+/// POSTs to `url` through the acme sidecar with `Authorization: Bearer {handle}`.
+fn acme_post_with(proxy: &Proxy, url: &str, handle: &str) -> (u16, String) {
+    curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{}", proxy.sidecar_port),
+        "-H",
+        &format!("Authorization: Bearer {handle}"),
+        "--data-binary",
+        r#"{"to": "acct_9", "amount": 100}"#,
+        url,
+    ])
+}
+
+#[test]
+fn a_credential_use_marked_for_approval_is_substituted_only_once_approved() {
+    let origin = Origin::start();
+    let proxy = start_with_credentials(origin.port);
+    let alice = approver_token("acme", "alice", &[]);
+    let bank_url = format!("http://127.0.0.1:{}/open/bank/transfer", origin.port);
+    // An unmarked credential goes out at once.
+    let (status, body) = acme_post_with(
+        &proxy,
+        &format!("http://127.0.0.1:{}/open/plain/x", origin.port),
+        "$CRED{plain}",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        origin.matching("/open/plain/x")[0].headers["authorization"],
+        format!("Bearer {PLAIN_SECRET}")
+    );
+    // The bank key's use is held: nothing reaches the origin, the approver sees its name only.
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post_with(&proxy, &bank_url, "$CRED{bank}"));
+        let holds = wait_holds(&proxy, "acme", &alice, 1);
+        assert_eq!(holds[0]["credentials"], json!(["bank"]));
+        assert_eq!(holds[0]["policy_ids"], json!(["bank-key-needs-approval"]));
+        assert!(!holds[0].to_string().contains(BANK_SECRET));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            origin.matching("/open/bank/").is_empty(),
+            "forwarded before approval"
+        );
+        let id = holds[0]["id"].as_str().unwrap();
+        let r = api(
+            &proxy,
+            "POST",
+            &format!("/v1/tenants/acme/holds/{id}/approve"),
+            &alice,
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let (status, body) = agent.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+    });
+    // Approved: forwarded once, the secret substituted then.
+    let seen = origin.matching("/open/bank/transfer");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {BANK_SECRET}")
+    );
+    // Denied: refused with the reason, and the secret never leaves.
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post_with(&proxy, &bank_url, "$CRED{bank}"));
+        let holds = wait_holds(&proxy, "acme", &alice, 1);
+        let id = holds[0]["id"].as_str().unwrap();
+        let r = api(
+            &proxy,
+            "POST",
+            &format!("/v1/tenants/acme/holds/{id}/deny"),
+            &alice,
+            Some(r#"{"reason": "not this payee"}"#),
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let (status, body) = agent.join().unwrap();
+        assert_eq!((status, code_of(&body).as_str()), (403, "approval_denied"));
+        assert!(
+            body.contains("not this payee") && !body.contains(BANK_SECRET),
+            "{body}"
+        );
+    });
+    assert_eq!(origin.matching("/open/bank/transfer").len(), 1);
+    // Audited: two holds, one granted, one denied; the request records name the credential;
+    // no secret anywhere in the trail or the log.
+    let records = proxy.wait_audit_records("acme", 7);
+    assert_eq!(
+        events(&records, "approval_requested").len(),
+        2,
+        "{records:#?}"
+    );
+    assert_eq!(events(&records, "approval_granted").len(), 1);
+    assert_eq!(events(&records, "approval_denied").len(), 1);
+    let granted = records
+        .iter()
+        .find(|r| r["event"] == "request" && r["approval"]["outcome"] == "granted")
+        .expect("the approved request's record");
+    assert_eq!(granted["credentials"], json!(["bank"]));
+    let all = serde_json::to_string(&records).unwrap();
+    assert!(!all.contains(BANK_SECRET) && !all.contains(PLAIN_SECRET));
+    assert!(!proxy.log().contains(BANK_SECRET));
+}
+
+#[test]
+fn holds_live_in_a_tls_redis_with_an_acl_user_like_the_limiters_counters() {
+    let (ca_pem, redis) = crate::redis_tls::tls_redis();
+    let files = tempfile::tempdir().unwrap();
+    let ca_file = files.path().join("redis-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let origin = Origin::start();
+    let start = || {
+        let mut spec = spec(origin.port).with_redis_limiter(
+            format!("rediss://127.0.0.1:{}", redis.port),
+            Duration::from_millis(500),
+        );
+        let env = "TP_TEST_REDIS_PASSWORD";
+        spec.env
+            .push((env.into(), crate::redis_tls::PASSWORD.to_string()));
+        spec.config.limiter.redis_username = Some("proxy".into());
+        spec.config.limiter.redis_password_env = Some(env.into());
+        spec.config.limiter.redis_ca_file = Some(ca_file.clone());
+        Proxy::start(spec)
+    };
+    let (a, b) = (start(), start());
+    let alice = approver_token("acme", "alice", &[]);
+    let url = format!("http://127.0.0.1:{}/pay/charge", origin.port);
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| acme_post(&a, &url, r#"{"amount": 11}"#));
+        let holds = wait_holds(&b, "acme", &alice, 1);
+        let id = holds[0]["id"].as_str().unwrap();
+        let r = api(
+            &b,
+            "POST",
+            &format!("/v1/tenants/acme/holds/{id}/approve"),
+            &alice,
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_eq!(agent.join().unwrap().0, 200);
+    });
+    assert_eq!(origin.count(), 1);
+    for proxy in [&a, &b] {
+        assert!(!proxy.log().contains(crate::redis_tls::PASSWORD));
+    }
 }

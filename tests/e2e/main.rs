@@ -9,6 +9,7 @@
 mod support;
 
 mod approvals;
+mod approvals_store;
 mod audit_chain;
 mod budgets;
 mod canary;

@@ -9,11 +9,11 @@ use tenant_proxy_loadtest::tls::TestCa;
 
 use crate::support::*;
 
-const PASSWORD: &str = "s3cret-redis-pw-7f3a";
+pub(crate) const PASSWORD: &str = "s3cret-redis-pw-7f3a";
 
 /// The CA's PEM and a TLS `redis-server` whose certificate it issued, whose only login is
 /// `proxy`/[`PASSWORD`].
-fn tls_redis() -> (String, RedisServer) {
+pub(crate) fn tls_redis() -> (String, RedisServer) {
     let ca = TestCa::new("redis test CA").unwrap();
     let pair = ca.server(&["127.0.0.1", "localhost"]).unwrap();
     let server = RedisServer::start_tls(

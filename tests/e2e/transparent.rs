@@ -30,6 +30,8 @@ struct Capture {
     plain6: u16,
     /// The loadtest mock over TLS (certificate for llm.test).
     tls: u16,
+    /// The loadtest mock over TLS on the IPv6 host end (certificate for llm6.test).
+    tls6: u16,
     /// Echo servers: one policy lets pass opaquely, one it does not.
     echo_open: u16,
     echo_closed: u16,
@@ -78,6 +80,7 @@ fn start_capture(test: &str, backend: &str) -> Option<Capture> {
     let plain = start_mock_on(ns.host_ip);
     let plain6 = start_mock_on(ns.host_ip6);
     let tls = start_mock_tls_on(ns.host_ip, &ca.server(&["llm.test"]).unwrap());
+    let tls6 = start_mock_tls_on(ns.host_ip6, &ca.server(&["llm6.test"]).unwrap());
     let (echo_open, echo_closed) = (echo_on(ns.host_ip), echo_on(ns.host_ip));
     let origin_ca_pem = ca.cert_pem.clone();
 
@@ -98,7 +101,7 @@ fn start_capture(test: &str, backend: &str) -> Option<Capture> {
         format!("{}/32", ns.host_ip),
         format!("{}/128", ns.host_ip6),
     ];
-    spec.config.egress.connect_ports = Some(vec![443, tls, echo_open, echo_closed]);
+    spec.config.egress.connect_ports = Some(vec![443, tls, tls6, echo_open, echo_closed]);
     for (host, ip) in [
         ("llm.test", ns.host_ip),
         ("llm6.test", ns.host_ip6),
@@ -119,7 +122,7 @@ fn start_capture(test: &str, backend: &str) -> Option<Capture> {
         credentials.files.push(config::FileCredential::header(
             tenant,
             "openai",
-            &["llm.test"],
+            &["llm.test", "llm6.test"],
         ));
     }
     spec.command_prefix = [
@@ -150,6 +153,8 @@ fn start_capture(test: &str, backend: &str) -> Option<Capture> {
                 "e2e capture CA",
                 "--permit",
                 "llm.test",
+                "--permit",
+                "llm6.test",
             ],
             "",
         );
@@ -177,6 +182,17 @@ when {{ resource == TenantProxy::Destination::"{host_ip}" }};
 @id("capture-raw-opaque")
 permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"connect_opaque", resource)
 when {{ resource == TenantProxy::Destination::"{host_ip}" && context.port == {echo_open} }};
+// TLS without SNI is decided on the address: relayed opaquely to the TLS origin's address.
+@id("capture-no-sni-opaque")
+permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"connect_opaque", resource)
+when {{ resource == TenantProxy::Destination::"{host_ip}" && context.port == {tls} }};
+// TLS over IPv6, by name.
+@id("capture-tls6")
+permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"connect", resource)
+when {{ resource == TenantProxy::Destination::"llm6.test" }};
+@id("capture-https6")
+permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"http", resource)
+when {{ context.scheme == "https" && resource == TenantProxy::Destination::"llm6.test" }};
 "#
             ),
         )
@@ -233,6 +249,7 @@ when {{ resource == TenantProxy::Destination::"{host_ip}" && context.port == {ec
         plain,
         plain6,
         tls,
+        tls6,
         echo_open,
         echo_closed,
         bundle,
@@ -559,6 +576,122 @@ print("direct", got)
     assert!(c.proxy.audit_records("globex").is_empty());
     let all = serde_json::to_string(&records).unwrap();
     assert!(!all.contains(ACME_SECRET) && !c.proxy.log().contains(ACME_SECRET));
+}
+
+/// A TLS client in the namespace that sends a ClientHello without SNI to `ip:port`, verifying
+/// the server against `ca` (the origin's CA, not the interception CA): `tls ok <status line>`
+/// when the handshake and a request went through, `tls refused <why>` otherwise.
+fn no_sni_client(c: &Capture, ip: IpAddr, port: u16, ca: &Path) -> String {
+    let script = format!(
+        r#"
+import socket, ssl
+ctx = ssl.create_default_context(cafile="{ca}")
+ctx.check_hostname = False  # no name to check: no SNI is sent
+try:
+    s = socket.create_connection(("{ip}", {port}), timeout=10)
+    t = ctx.wrap_socket(s, server_hostname=None)
+    t.sendall(b"GET /v1/models HTTP/1.1\r\nHost: llm.test\r\nConnection: close\r\n\r\n")
+    print("tls ok", t.recv(200).split(b"\r\n")[0].decode())
+except Exception as e:
+    print("tls refused", type(e).__name__)
+"#,
+        ca = ca.display()
+    );
+    c.ns.run(&["python3", "-c", &script])
+}
+
+#[test]
+fn captured_tls_without_sni_is_decided_on_the_address_and_tls_over_ipv6_is_intercepted() {
+    let Some(c) = start_capture(
+        "transparent::captured_tls_without_sni_is_decided_on_the_address_and_tls_over_ipv6_is_intercepted",
+        "nft",
+    ) else {
+        return;
+    };
+    let origin_ca = c.proxy.path("origin-ca.pem");
+    // No SNI, to an address whose port policy lets pass opaquely: relayed untouched (the
+    // client verifies the origin's own certificate, so nothing was intercepted).
+    let out = no_sni_client(&c, c.ns.host_ip, c.tls, &origin_ca);
+    assert!(out.contains("tls ok HTTP/1.1 200"), "{out}");
+    // No SNI, to an IPv6 address policy does not permit (only the name llm6.test is): refused
+    // on the address, though llm6.test's origin listens there.
+    let out = no_sni_client(&c, c.ns.host_ip6, c.tls6, &origin_ca);
+    assert!(out.contains("tls refused"), "{out}");
+
+    // TLS over IPv6 with SNI: captured, SNI checked against the original [v6] address,
+    // intercepted, substituted.
+    let url6 = format!("https://llm6.test:{}/v1/chat/completions", c.tls6);
+    let (status, text) = curl_in(
+        &c,
+        &[
+            "-6",
+            "-H",
+            "Authorization: Bearer $CRED{openai}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            CHAT,
+            &url6,
+        ],
+    );
+    assert_eq!(status, 200, "curl -6 https: {text}");
+    assert!(text.to_lowercase().contains(&seen(ACME_SECRET)), "{text}");
+    // An SNI that is not what the IPv6 address it was sent to serves (llm.test resolves to
+    // the IPv4 host end) is refused.
+    let spoof = format!("https://llm.test:{}/v1/chat/completions", c.tls6);
+    let (status, text) = curl_in(
+        &c,
+        &[
+            "-6",
+            "--connect-to",
+            &format!("llm.test:{}:[{}]:{}", c.tls6, c.ns.host_ip6, c.tls6),
+            &spoof,
+        ],
+    );
+    assert_eq!(status, 0, "the tunnel is closed before any TLS: {text}");
+
+    let records = c.proxy.wait_audit_records("acme", 4);
+    // The opaque relay was decided on the address and port, with no name.
+    let opaque = records
+        .iter()
+        .find(|r| r["tunnel"]["mode"] == "opaque" && r["port"] == c.tls)
+        .unwrap_or_else(|| panic!("no opaque relay to the TLS port: {records:#?}"));
+    assert_eq!(opaque["host"], c.ns.host_ip.to_string(), "{opaque}");
+    assert!(
+        opaque["policy_ids"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("capture-no-sni-opaque")),
+        "{opaque}"
+    );
+    // The refused one names the IPv6 address it was decided on.
+    let v6 = c.ns.host_ip6.to_string();
+    let refused = records
+        .iter()
+        .find(|r| r["host"] == v6.as_str())
+        .unwrap_or_else(|| panic!("no record of {v6}: {records:#?}"));
+    assert_eq!(
+        (refused["reason"].as_str(), refused["port"].as_u64()),
+        (Some("policy_denied"), Some(u64::from(c.tls6))),
+        "{refused}"
+    );
+    assert_eq!(refused["listener"], "capture", "{refused}");
+    // The SNI spoof over IPv6 is refused as a host mismatch.
+    let spoofed = records
+        .iter()
+        .find(|r| r["host"] == "llm.test" && r["port"] == c.tls6)
+        .unwrap_or_else(|| panic!("no record of the spoof: {records:#?}"));
+    assert_eq!(spoofed["reason"], "host_mismatch", "{spoofed}");
+    // The IPv6 request went through interception with the credential.
+    let post = records
+        .iter()
+        .find(|r| r["method"] == "POST" && r["host"] == "llm6.test")
+        .unwrap_or_else(|| panic!("no IPv6 TLS request: {records:#?}"));
+    assert_eq!(post["status"], 200, "{post}");
+    assert_eq!(post["tunnel"]["mode"], "intercept", "{post}");
+    assert_eq!(post["credentials"], serde_json::json!(["openai"]), "{post}");
+    let all = serde_json::to_string(&records).unwrap();
+    assert!(!all.contains(ACME_SECRET));
 }
 
 #[test]

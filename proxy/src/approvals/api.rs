@@ -225,6 +225,24 @@ impl ApprovalsApp {
                         tracing::info!(tenant, hold_id = %id, approver = %approver.name, outcome, "approval decided");
                         Ok(status_json(&h))
                     }
+                    Transition::Orphaned => {
+                        // SECURITY: nobody would forward it: refused, and the hold's end
+                        // recorded, naming who tried.
+                        METRICS
+                            .approval_outcomes
+                            .with_label_values(&[approver.tenant.as_str(), "orphaned"])
+                            .inc();
+                        slot.emit(event(
+                            EventKind::ApprovalOrphaned,
+                            &hold.record,
+                            Some(approver.name.clone()),
+                            reason,
+                            None,
+                        ));
+                        tracing::info!(tenant = %approver.tenant, hold_id = %id, approver = %approver.name, "approval refused: the hold's owner is gone");
+                        Err(Deny::HoldOrphaned)
+                    }
+                    Transition::NotFrom(HoldState::Orphaned) => Err(Deny::HoldOrphaned),
                     Transition::NotFrom(state) => Err(Deny::HoldResolved(state.as_str().into())),
                     Transition::Late => Err(Deny::HoldResolved("expired".into())),
                     Transition::Unknown => Err(not_found(&id)),
@@ -265,9 +283,16 @@ fn not_found(id: &str) -> Deny {
 }
 
 fn status_json(h: &super::store::HoldStatus) -> serde_json::Value {
+    // A pending hold whose owner's lease lapsed is orphaned, whether or not a call has marked
+    // it so yet.
+    let state = if h.lapsed(now_ms()) {
+        HoldState::Orphaned
+    } else {
+        h.state
+    };
     serde_json::json!({
         "hold": view(&h.record),
-        "state": h.state.as_str(),
+        "state": state.as_str(),
         "decided": h.decided,
     })
 }

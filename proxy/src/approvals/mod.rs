@@ -12,16 +12,18 @@
 //!   forwarded once.
 //!
 //! Bounds: a per-request timeout (`@approval_timeout` or `[approvals] default_timeout`), a cap
-//! on one tenant's pending holds (shared through the store), a cap on the holds one replica
-//! keeps; over a cap the request is refused `approval_capacity`. Holds live in Redis when the
-//! limiter does ([`redis`]), so a hold made by one replica is approved through any other; the
-//! waiting replica looks at its hold every [`CHECK_INTERVAL`]. At shutdown every waiting hold
-//! is cancelled and its agent refused (`approval_unavailable`): nothing held by a stopped
-//! process is forwarded later.
+//! on one tenant's pending holds and a cap on every tenant's together, both kept by the store
+//! (so shared by the replicas of one Redis); over a cap the request is refused
+//! `approval_capacity`. Holds live in Redis when the limiter does ([`redis`]), so a hold made
+//! by one replica is approved through any other; the waiting replica looks at its hold every
+//! [`CHECK_INTERVAL`], renewing its lease on it ([`store::LEASE_MS`]): a hold whose replica
+//! was killed is orphaned once the lease lapses, and can no longer be approved. At shutdown
+//! every waiting hold is cancelled and its agent refused (`approval_unavailable`): nothing held
+//! by a stopped process is forwarded later.
 //!
 //! Every hold is audited in its tenant's partition: `approval_requested`, then
 //! `approval_granted` / `approval_denied` (naming the approver) / `approval_expired` /
-//! `approval_cancelled`; the request's own record names the hold.
+//! `approval_cancelled` / `approval_orphaned`; the request's own record names the hold.
 
 pub mod api;
 pub mod redis;
@@ -29,7 +31,6 @@ pub mod settings;
 pub mod store;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,13 +41,20 @@ use crate::context::TenantContext;
 use crate::metrics::METRICS;
 use crate::policy::approval::{ApprovalNeed, HoldMode};
 pub use settings::{ApprovalSettings, ApprovalsSpec};
-use store::{Change, Decided, HoldRecord, HoldState, HoldStore, OpenError, Transition};
+use store::{
+    Caps, Change, Decided, HoldRecord, HoldState, HoldStore, OpenError, Renewal, Transition,
+    LEASE_MS,
+};
 
 /// The header a polling agent names its hold with (removed before anything goes upstream).
 pub const HOLD_HEADER: &str = "x-approval-hold";
 
-/// How often a waiting request looks at its hold.
+/// How often a waiting request looks at its hold (and renews its lease on it).
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Every how many looks a waiting hold's entry under the global cap is renewed (about once a
+/// second: that entry lives on one key every replica shares).
+const GLOBAL_RENEWAL_LOOKS: u32 = 5;
 
 /// What a held request is, for the approver and the record.
 #[derive(Debug, Clone, Default)]
@@ -195,20 +203,18 @@ pub struct Holds {
     store: Arc<dyn HoldStore>,
     settings: ApprovalSettings,
     audit: AuditSink,
-    /// Holds this replica keeps now (the global cap).
-    here: Arc<AtomicUsize>,
+    /// This replica, as the owner of the holds its agents wait on (random, per process).
+    owner: String,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
-/// One of this replica's holds, counted while it lives.
+/// One of this replica's holds, counted in its metrics while it lives.
 struct Kept {
-    here: Arc<AtomicUsize>,
     tenant: String,
 }
 
 impl Drop for Kept {
     fn drop(&mut self) {
-        self.here.fetch_sub(1, Ordering::AcqRel);
         METRICS
             .approval_holds_pending
             .with_label_values(&[&self.tenant])
@@ -223,7 +229,7 @@ impl Holds {
             store,
             settings,
             audit,
-            here: Arc::new(AtomicUsize::new(0)),
+            owner: crate::trace::random_hex(8),
             shutdown: tokio::sync::watch::channel(false).0,
         }
     }
@@ -261,16 +267,11 @@ impl Holds {
             return self.repeat(&ask, &id).await;
         }
         let tenant = ask.tenant.tenant.as_str().to_string();
-        if self.here.fetch_add(1, Ordering::AcqRel) >= self.settings.max_pending {
-            self.here.fetch_sub(1, Ordering::AcqRel);
-            return Err(HoldEnd::Capacity("this proxy", self.settings.max_pending));
-        }
         METRICS
             .approval_holds_pending
             .with_label_values(&[&tenant])
             .inc();
         let kept = Kept {
-            here: self.here.clone(),
             tenant: tenant.clone(),
         };
         // SECURITY: a hold nobody could audit is never opened.
@@ -300,22 +301,23 @@ impl Holds {
             policy_ids: ask.need.policy_ids.clone(),
             approvers: ask.need.approvers.clone(),
             mode: ask.need.mode.as_str().into(),
+            // A waiting hold is forwarded by this replica only; a polled one by any.
+            owner: (ask.need.mode == HoldMode::Wait).then(|| self.owner.clone()),
             created_ms,
             deadline_ms: created_ms.saturating_add(millis(timeout)),
             request_digest: ask.request.digest.clone(),
         };
-        match self
-            .store
-            .open(&record, self.settings.max_pending_per_tenant)
-            .await
-        {
+        let caps = Caps {
+            per_tenant: self.settings.max_pending_per_tenant,
+            global: self.settings.max_pending,
+        };
+        let lease = record.owner.is_some().then(|| created_ms + LEASE_MS);
+        match self.store.open(&record, lease, caps).await {
             Ok(()) => {}
-            Err(OpenError::Full) => {
-                return Err(HoldEnd::Capacity(
-                    "this tenant",
-                    self.settings.max_pending_per_tenant,
-                ))
+            Err(OpenError::TenantFull) => {
+                return Err(HoldEnd::Capacity("this tenant", caps.per_tenant))
             }
+            Err(OpenError::GlobalFull) => return Err(HoldEnd::Capacity("the proxy", caps.global)),
             Err(OpenError::Unavailable(why)) => {
                 tracing::warn!(tenant = %tenant, error = %why, "cannot open an approval hold");
                 return Err(HoldEnd::Unavailable(
@@ -413,6 +415,7 @@ impl Holds {
             }
             HoldState::Expired => HoldEnd::Expired(id, timeout_secs(record)),
             HoldState::Pending => HoldEnd::Pending(id),
+            HoldState::Orphaned => HoldEnd::Unavailable(ORPHANED.into()),
             HoldState::Cancelled | HoldState::Forwarded | HoldState::Approved => HoldEnd::Unknown,
         }
     }
@@ -432,6 +435,7 @@ impl Holds {
         }
         tokio::pin!(client_gone);
         let mut unreachable_since: Option<u64> = None;
+        let mut looks: u32 = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(CHECK_INTERVAL) => {}
@@ -447,8 +451,27 @@ impl Holds {
                 }
             }
             let now = now_ms();
-            match self.store.get(&record.tenant, &record.id).await {
-                Ok(Some(h)) => {
+            looks = looks.wrapping_add(1);
+            let renew_global = looks.is_multiple_of(GLOBAL_RENEWAL_LOOKS);
+            let look = self
+                .store
+                .keep(
+                    &record.tenant,
+                    &record.id,
+                    now,
+                    now + LEASE_MS,
+                    renew_global,
+                )
+                .await;
+            match look {
+                Ok(Renewal::OrphanedNow(_)) => {
+                    // SECURITY: the lease lapsed (the store was out of reach that long): an
+                    // approver may have been told the hold is gone, so it is never forwarded.
+                    audit_end(&self.audit, record, EventKind::ApprovalOrphaned, "orphaned");
+                    return Err(HoldEnd::Unavailable(ORPHANED.into()));
+                }
+                Ok(Renewal::Held(h)) => {
+                    let h = *h;
                     unreachable_since = None;
                     match h.state {
                         HoldState::Approved => return self.forward_once(record, h.decided).await,
@@ -469,7 +492,7 @@ impl Holds {
                     }
                 }
                 // SECURITY: a hold that vanished is not approved.
-                Ok(None) => return Err(HoldEnd::Unknown),
+                Ok(Renewal::Unknown) => return Err(HoldEnd::Unknown),
                 Err(e) => {
                     // A store that stays unreachable past the deadline ends the wait: nothing
                     // is forwarded without a decision that could be read.
@@ -589,19 +612,12 @@ async fn finish(
     };
     match store.transition(&record.tenant, &record.id, change).await {
         Ok(Transition::Done(_)) => {
-            METRICS
-                .approval_outcomes
-                .with_label_values(&[&record.tenant, outcome])
-                .inc();
-            if let Ok(tenant) = crate::ids::TenantId::new(&record.tenant) {
-                match audit.reserve_for(&tenant) {
-                    Ok(slot) => slot.emit(event(kind, record, None, None, None)),
-                    Err(_) => {
-                        tracing::warn!(hold_id = %record.id, "the audit log cannot record a hold's end")
-                    }
-                }
-            }
+            audit_end(audit, record, kind, outcome);
             None
+        }
+        Ok(Transition::Orphaned) => {
+            audit_end(audit, record, EventKind::ApprovalOrphaned, "orphaned");
+            store.get(&record.tenant, &record.id).await.ok().flatten()
         }
         Ok(Transition::NotFrom(state)) => store
             .get(&record.tenant, &record.id)
@@ -612,8 +628,28 @@ async fn finish(
                 record: record.clone(),
                 state,
                 decided: None,
+                lease_ms: None,
             })),
         Ok(_) | Err(_) => None,
+    }
+}
+
+/// What a waiting agent is told when its hold was orphaned.
+const ORPHANED: &str = "the hold lost its owner (its lease lapsed); it can no longer be approved";
+
+/// Counts and audits the end of a hold nobody decided (`outcome`).
+fn audit_end(audit: &AuditSink, record: &HoldRecord, kind: EventKind, outcome: &'static str) {
+    METRICS
+        .approval_outcomes
+        .with_label_values(&[&record.tenant, outcome])
+        .inc();
+    if let Ok(tenant) = crate::ids::TenantId::new(&record.tenant) {
+        match audit.reserve_for(&tenant) {
+            Ok(slot) => slot.emit(event(kind, record, None, None, None)),
+            Err(_) => {
+                tracing::warn!(hold_id = %record.id, "the audit log cannot record a hold's end")
+            }
+        }
     }
 }
 

@@ -22,7 +22,8 @@ pub struct ApprovalsSpec {
     /// Pending holds one tenant may have at once (across replicas sharing Redis).
     #[serde(default = "default_per_tenant")]
     pub max_pending_per_tenant: usize,
-    /// Holds this replica keeps at once, every tenant together.
+    /// Pending holds of every tenant together: across the replicas sharing Redis, or of this
+    /// process in memory mode.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
 }
@@ -51,7 +52,7 @@ pub struct ApprovalSettings {
     pub default_timeout: Duration,
     /// Pending holds per tenant.
     pub max_pending_per_tenant: usize,
-    /// Holds on this replica.
+    /// Pending holds of every tenant together (see [`ApprovalsSpec::max_pending`]).
     pub max_pending: usize,
 }
 

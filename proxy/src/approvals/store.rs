@@ -5,6 +5,13 @@
 //!
 //! Holds are keyed by tenant first: a hold id is only ever looked up within the caller's own
 //! tenant, so another tenant's hold is not there to be found.
+//!
+//! A waiting hold has an **owner**: the replica whose connection the agent waits on. The owner
+//! renews a lease on the hold while it waits ([`HoldStore::keep`]); once the lease has lapsed
+//! (the replica was killed, or lost the store for longer than [`LEASE_MS`]) the hold is
+//! **orphaned**: it no longer counts against the caps, is no longer listed, and an approval is
+//! refused ([`Transition::Orphaned`]), since nobody would forward it. A polled hold has no
+//! owner: any replica forwards its agent's repeat.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 /// How long a hold is kept after its deadline (a polling agent can still learn its outcome).
 pub const RETAIN_MS: u64 = 10 * 60 * 1000;
+
+/// How long an owner's lease on a waiting hold runs unless renewed (it is renewed at every
+/// look, every [`super::CHECK_INTERVAL`]).
+pub const LEASE_MS: u64 = 3000;
 
 /// What is held: enough for an approver to decide, never a secret (names of credentials, a
 /// digest of the body, the path without its query values).
@@ -64,6 +75,10 @@ pub struct HoldRecord {
     pub approvers: Vec<String>,
     /// `wait` or `poll`.
     pub mode: String,
+    /// The replica whose connection the agent waits on (a waiting hold); `None` for a polled
+    /// hold, which any replica forwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Unix milliseconds it was held.
     pub created_ms: u64,
     /// Unix milliseconds after which it can no longer be approved.
@@ -88,8 +103,10 @@ pub enum HoldState {
     Expired,
     /// Ended undecided: the agent went away, or its proxy shut down.
     Cancelled,
-    /// An approved polled hold whose request was forwarded (once).
+    /// An approved hold whose request was forwarded (once).
     Forwarded,
+    /// Its owner went away while the agent waited (the lease lapsed): never forwarded.
+    Orphaned,
 }
 
 impl HoldState {
@@ -102,6 +119,7 @@ impl HoldState {
             HoldState::Expired => "expired",
             HoldState::Cancelled => "cancelled",
             HoldState::Forwarded => "forwarded",
+            HoldState::Orphaned => "orphaned",
         }
     }
 
@@ -114,6 +132,7 @@ impl HoldState {
             "expired" => HoldState::Expired,
             "cancelled" => HoldState::Cancelled,
             "forwarded" => HoldState::Forwarded,
+            "orphaned" => HoldState::Orphaned,
             _ => return None,
         })
     }
@@ -141,6 +160,26 @@ pub struct HoldStatus {
     pub state: HoldState,
     /// The decision, once there is one.
     pub decided: Option<Decided>,
+    /// Unix milliseconds until which its owner's lease runs (a waiting hold).
+    pub lease_ms: Option<u64>,
+}
+
+impl HoldStatus {
+    /// Until when it counts as pending (against the caps, in the list): its deadline, or its
+    /// owner's lease when that ends first.
+    pub fn counts_until(&self) -> u64 {
+        counts_until(self.record.deadline_ms, self.lease_ms)
+    }
+
+    /// Whether it is pending but its owner's lease has lapsed at `now_ms`.
+    pub fn lapsed(&self, now_ms: u64) -> bool {
+        self.state == HoldState::Pending && self.lease_ms.is_some_and(|l| l < now_ms)
+    }
+}
+
+/// A hold's deadline, or its lease when that ends first.
+pub fn counts_until(deadline_ms: u64, lease_ms: Option<u64>) -> u64 {
+    lease_ms.map_or(deadline_ms, |l| l.min(deadline_ms))
 }
 
 /// What a compare-and-set came to.
@@ -152,6 +191,9 @@ pub enum Transition {
     NotFrom(HoldState),
     /// A decision came after the hold's deadline.
     Late,
+    /// The hold's owner went away (its lease lapsed): the hold is now orphaned, unchanged
+    /// otherwise.
+    Orphaned,
     /// No such hold of this tenant.
     Unknown,
 }
@@ -160,7 +202,9 @@ pub enum Transition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpenError {
     /// The tenant has its maximum of pending holds.
-    Full,
+    TenantFull,
+    /// Every tenant together has the maximum of pending holds.
+    GlobalFull,
     /// The store cannot be reached.
     Unavailable(String),
 }
@@ -170,23 +214,63 @@ pub enum OpenError {
 #[error("the hold store cannot be reached: {0}")]
 pub struct StoreUnavailable(pub String);
 
+/// The caps a new hold must fit under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Pending holds of its tenant.
+    pub per_tenant: usize,
+    /// Pending holds of every tenant together (in Redis: of every replica sharing it).
+    pub global: usize,
+}
+
+/// What a look at a waiting hold by its owner found ([`HoldStore::keep`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// The hold as it is (its lease renewed when it is still pending).
+    Held(Box<HoldStatus>),
+    /// The lease had already lapsed: this look marked the hold orphaned.
+    OrphanedNow(Box<HoldStatus>),
+    /// No such hold of this tenant.
+    Unknown,
+}
+
 /// Where holds live.
 #[async_trait]
 pub trait HoldStore: Send + Sync + std::fmt::Debug {
-    /// Opens `record` as pending, unless its tenant already has `max_per_tenant` pending holds
-    /// whose deadline is still ahead.
-    async fn open(&self, record: &HoldRecord, max_per_tenant: usize) -> Result<(), OpenError>;
+    /// Opens `record` as pending (its owner's lease running until `lease_ms`, for a waiting
+    /// hold), unless its tenant, or every tenant together, already has as many pending holds as
+    /// `caps` allow (holds past their deadline or whose lease lapsed do not count).
+    async fn open(
+        &self,
+        record: &HoldRecord,
+        lease_ms: Option<u64>,
+        caps: Caps,
+    ) -> Result<(), OpenError>;
     /// The hold `id` of `tenant`.
     async fn get(&self, tenant: &str, id: &str) -> Result<Option<HoldStatus>, StoreUnavailable>;
+    /// The owner's look at its waiting hold: renews its lease to `lease_ms` while it is pending
+    /// and the lease has not lapsed at `now_ms` (a lapsed one orphans it). `renew_global` also
+    /// renews its entry under the global cap (the Redis store does that less often than it
+    /// looks).
+    async fn keep(
+        &self,
+        tenant: &str,
+        id: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        renew_global: bool,
+    ) -> Result<Renewal, StoreUnavailable>;
     /// Moves hold `id` of `tenant` from `from` to `to` (recording `decided`), if it is in
-    /// `from`; with `before_deadline`, only until the hold's deadline (`now_ms`).
+    /// `from`; with `before_deadline`, only until the hold's deadline (`decided.at_ms`). A
+    /// pending hold whose owner's lease lapsed before `decided.at_ms` is orphaned instead.
     async fn transition(
         &self,
         tenant: &str,
         id: &str,
         change: Change,
     ) -> Result<Transition, StoreUnavailable>;
-    /// `tenant`'s pending holds whose deadline is ahead of `now_ms`, oldest first.
+    /// `tenant`'s pending holds whose deadline (and owner's lease) is ahead of `now_ms`, oldest
+    /// first.
     async fn pending(&self, tenant: &str, now_ms: u64)
         -> Result<Vec<HoldStatus>, StoreUnavailable>;
 }
@@ -216,23 +300,41 @@ impl MemoryHolds {
     }
 }
 
+/// Marks a pending hold orphaned.
+fn orphan(hold: &mut HoldStatus, at_ms: u64) {
+    hold.state = HoldState::Orphaned;
+    hold.decided = Some(Decided {
+        approver: None,
+        reason: None,
+        at_ms,
+    });
+}
+
 #[async_trait]
 impl HoldStore for MemoryHolds {
-    async fn open(&self, record: &HoldRecord, max_per_tenant: usize) -> Result<(), OpenError> {
+    async fn open(
+        &self,
+        record: &HoldRecord,
+        lease_ms: Option<u64>,
+        caps: Caps,
+    ) -> Result<(), OpenError> {
         let now = record.created_ms;
         let mut holds = self.lock();
         // Holds past their retention go; the map is bounded by the caps and the retention.
         holds.retain(|_, h| h.record.deadline_ms.saturating_add(RETAIN_MS) > now);
-        let pending = holds
+        let counted = |h: &&HoldStatus| h.state == HoldState::Pending && h.counts_until() > now;
+        let all = holds.values().filter(counted).count();
+        let tenant = holds
             .values()
-            .filter(|h| {
-                h.record.tenant == record.tenant
-                    && h.state == HoldState::Pending
-                    && h.record.deadline_ms > now
-            })
+            .filter(counted)
+            .filter(|h| h.record.tenant == record.tenant)
             .count();
-        if pending >= max_per_tenant {
-            return Err(OpenError::Full);
+        // The global cap first, as in Redis (where a hold enters the global set first).
+        if all >= caps.global {
+            return Err(OpenError::GlobalFull);
+        }
+        if tenant >= caps.per_tenant {
+            return Err(OpenError::TenantFull);
         }
         holds.insert(
             (record.tenant.clone(), record.id.clone()),
@@ -240,6 +342,7 @@ impl HoldStore for MemoryHolds {
                 record: record.clone(),
                 state: HoldState::Pending,
                 decided: None,
+                lease_ms,
             },
         );
         Ok(())
@@ -250,6 +353,28 @@ impl HoldStore for MemoryHolds {
             .lock()
             .get(&(tenant.to_string(), id.to_string()))
             .cloned())
+    }
+
+    async fn keep(
+        &self,
+        tenant: &str,
+        id: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        _renew_global: bool,
+    ) -> Result<Renewal, StoreUnavailable> {
+        let mut holds = self.lock();
+        let Some(hold) = holds.get_mut(&(tenant.to_string(), id.to_string())) else {
+            return Ok(Renewal::Unknown);
+        };
+        if hold.lapsed(now_ms) {
+            orphan(hold, now_ms);
+            return Ok(Renewal::OrphanedNow(Box::new(hold.clone())));
+        }
+        if hold.state == HoldState::Pending && hold.lease_ms.is_some() {
+            hold.lease_ms = Some(lease_ms);
+        }
+        Ok(Renewal::Held(Box::new(hold.clone())))
     }
 
     async fn transition(
@@ -264,6 +389,10 @@ impl HoldStore for MemoryHolds {
         };
         if hold.state != change.from {
             return Ok(Transition::NotFrom(hold.state));
+        }
+        if hold.lapsed(change.decided.at_ms) {
+            orphan(hold, change.decided.at_ms);
+            return Ok(Transition::Orphaned);
         }
         if change.before_deadline && change.decided.at_ms > hold.record.deadline_ms {
             return Ok(Transition::Late);
@@ -284,7 +413,7 @@ impl HoldStore for MemoryHolds {
             .filter(|h| {
                 h.record.tenant == tenant
                     && h.state == HoldState::Pending
-                    && h.record.deadline_ms > now_ms
+                    && h.counts_until() > now_ms
             })
             .cloned()
             .collect();
@@ -294,134 +423,13 @@ impl HoldStore for MemoryHolds {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    pub(crate) fn record(tenant: &str, id: &str, created_ms: u64) -> HoldRecord {
-        HoldRecord {
-            id: id.into(),
-            tenant: tenant.into(),
-            workload: "bot".into(),
-            run_id: "run".into(),
-            request_id: "req".into(),
-            method: "POST".into(),
-            scheme: "http".into(),
-            host: "127.0.0.1".into(),
-            port: 80,
-            path: "/pay".into(),
-            model: None,
-            mcp_server: None,
-            mcp_tools: Vec::new(),
-            body_sha256: None,
-            credentials: Vec::new(),
-            estimated_cost_micros: None,
-            policy_ids: vec!["p".into()],
-            approvers: Vec::new(),
-            mode: "wait".into(),
-            created_ms,
-            deadline_ms: created_ms + 10_000,
-            request_digest: "d".into(),
-        }
-    }
-
-    fn decide(from: HoldState, to: HoldState, at_ms: u64) -> Change {
-        Change {
-            from,
-            to,
-            decided: Decided {
-                approver: Some("alice".into()),
-                reason: None,
-                at_ms,
-            },
-            before_deadline: true,
-        }
-    }
-
-    /// The contract every store keeps (the Redis store runs it in the e2e suite).
-    pub(crate) async fn contract(store: &dyn HoldStore) {
-        let now = 1_000_000;
-        store
-            .open(&record("acme", "h1", now), 2)
-            .await
-            .expect("opens");
-        store
-            .open(&record("acme", "h2", now), 2)
-            .await
-            .expect("opens");
-        assert_eq!(
-            store.open(&record("acme", "h3", now), 2).await,
-            Err(OpenError::Full),
-            "per-tenant cap"
-        );
-        store
-            .open(&record("globex", "g1", now), 2)
-            .await
-            .expect("another tenant's cap is its own");
-        // Tenant first: acme's id is not found under globex.
-        assert_eq!(store.get("globex", "h1").await, Ok(None));
-        assert_eq!(
-            store
-                .transition(
-                    "globex",
-                    "h1",
-                    decide(HoldState::Pending, HoldState::Approved, now)
-                )
-                .await,
-            Ok(Transition::Unknown)
-        );
-        let pending = store.pending("acme", now).await.expect("lists");
-        assert_eq!(pending.len(), 2);
-        assert!(pending.iter().all(|h| h.record.tenant == "acme"));
-        // One winner.
-        let won = store
-            .transition(
-                "acme",
-                "h1",
-                decide(HoldState::Pending, HoldState::Approved, now + 1),
-            )
-            .await
-            .expect("reachable");
-        assert!(matches!(won, Transition::Done(ref h) if h.state == HoldState::Approved));
-        assert_eq!(
-            store
-                .transition(
-                    "acme",
-                    "h1",
-                    decide(HoldState::Pending, HoldState::Denied, now + 2)
-                )
-                .await,
-            Ok(Transition::NotFrom(HoldState::Approved))
-        );
-        // Late decisions are refused; the hold stays pending for its waiter to expire.
-        assert_eq!(
-            store
-                .transition(
-                    "acme",
-                    "h2",
-                    decide(HoldState::Pending, HoldState::Approved, now + 20_000)
-                )
-                .await,
-            Ok(Transition::Late)
-        );
-        let got = store
-            .get("acme", "h1")
-            .await
-            .expect("reachable")
-            .expect("kept");
-        assert_eq!(got.state, HoldState::Approved);
-        assert_eq!(
-            got.decided.and_then(|d| d.approver),
-            Some("alice".to_string())
-        );
-        // A decided hold no longer counts against the cap.
-        store
-            .open(&record("acme", "h4", now), 2)
-            .await
-            .expect("room again");
-    }
-
-    #[tokio::test]
-    async fn memory_store_keeps_the_contract() {
-        contract(&MemoryHolds::default()).await;
+    #[test]
+    fn a_hold_counts_until_its_deadline_or_its_lease_whichever_ends_first() {
+        assert_eq!(counts_until(10, None), 10);
+        assert_eq!(counts_until(10, Some(5)), 5);
+        assert_eq!(counts_until(10, Some(50)), 10);
     }
 }

@@ -92,6 +92,9 @@ pub enum EventKind {
     ApprovalExpired,
     /// A hold ended undecided: its agent went away or its proxy shut down.
     ApprovalCancelled,
+    /// A waiting hold lost its owner (the replica its agent waited on went away, its lease
+    /// lapsed): found so by an approver's call or by the owner itself; never forwarded.
+    ApprovalOrphaned,
     /// An approver of this tenant asked about holds their token does not cover (another
     /// tenant's, a group they are not in): refused.
     ApprovalRefused,

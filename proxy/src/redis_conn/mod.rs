@@ -82,20 +82,6 @@ impl RedisEndpoint {
         Ok(parsed.into_endpoint(None, None))
     }
 
-    /// The one URL of a single server reached without TLS, ACL user, password file or CA: what
-    /// a store that has not moved to this module yet (approval holds) can connect to.
-    pub fn single_plain_url(&self) -> Option<&str> {
-        let plain = !self.cluster
-            && !self.tls
-            && self.username.is_none()
-            && self.password.is_none()
-            && self.ca_pem.is_none();
-        match self.nodes.as_slice() {
-            [url] if plain => Some(url),
-            _ => None,
-        }
-    }
-
     /// A placeholder for a section whose endpoint was rejected: it connects nowhere (such a
     /// configuration is never served; its problems are reported).
     pub fn unusable() -> Self {
