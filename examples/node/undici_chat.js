@@ -3,7 +3,7 @@
 // dispatcher, or on Node 22.21+/24 set NODE_USE_ENV_PROXY=1.) The key is a `$CRED{openai}`
 // handle the proxy substitutes.
 //
-//   HTTP_PROXY=http://127.0.0.1:8080 OPENAI_BASE_URL=http://127.0.0.1:18000/v1 \
+//   HTTP_PROXY=http://127.0.0.1:8080 OPENAI_BASE_URL=http://llm.quickstart.test:18000/v1 \
 //     node examples/node/undici_chat.js
 const { EnvHttpProxyAgent, request } = require('undici');
 

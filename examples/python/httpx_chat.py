@@ -1,7 +1,7 @@
 """A Python agent using plain `httpx` behind tenant-proxy (HTTP_PROXY / HTTPS_PROXY are read by
 default); the key is a `$CRED{openai}` handle the proxy substitutes.
 
-    HTTP_PROXY=http://127.0.0.1:8080 OPENAI_BASE_URL=http://127.0.0.1:18000/v1 \
+    HTTP_PROXY=http://127.0.0.1:8080 OPENAI_BASE_URL=http://llm.quickstart.test:18000/v1 \
         python3 examples/python/httpx_chat.py
 """
 

@@ -3,7 +3,7 @@
 The proxy is taken from HTTP_PROXY / HTTPS_PROXY (the SDK's httpx client reads them); the API key
 is a `$CRED{openai}` handle the proxy swaps for the tenant's own key. `--stream` streams.
 
-    HTTP_PROXY=http://127.0.0.1:8080 OPENAI_BASE_URL=http://127.0.0.1:18000/v1 \
+    HTTP_PROXY=http://127.0.0.1:8080 OPENAI_BASE_URL=http://llm.quickstart.test:18000/v1 \
         python3 examples/python/openai_chat.py [--stream]
 """
 

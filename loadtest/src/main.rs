@@ -79,6 +79,24 @@ enum Cmd {
         /// Address to listen on (keep it on loopback).
         #[arg(long, default_value = "127.0.0.1:18000")]
         listen: SocketAddr,
+        /// Serve HTTPS with a certificate for `--name`, minted at start (kept in memory only)
+        /// by the CA of `--ca-cert`/`--ca-key` (e.g. one `tenant-proxy ca init` wrote).
+        #[arg(long, requires_all = ["ca_cert", "ca_key"])]
+        tls: bool,
+        /// The CA certificate (PEM) that signs the mock's certificate.
+        #[arg(long, value_name = "FILE", requires = "tls")]
+        ca_cert: Option<PathBuf>,
+        /// The CA's PKCS#8 private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls")]
+        ca_key: Option<PathBuf>,
+        /// DNS name (or IP address) the certificate is for; repeatable.
+        #[arg(
+            long = "name",
+            value_name = "NAME",
+            requires = "tls",
+            default_value = "localhost"
+        )]
+        names: Vec<String>,
     },
     /// Compare direct calls with calls through tenant-proxy (forward and route mode).
     ///
@@ -172,12 +190,37 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         .enable_all()
         .build()?;
     match cli.command {
-        Cmd::Mock { listen } => rt.block_on(async {
+        Cmd::Mock {
+            listen,
+            tls,
+            ca_cert,
+            ca_key,
+            names,
+        } => rt.block_on(async {
+            // Before binding: a missing or unusable CA is reported without a port taken.
+            let tls_config = match (tls, ca_cert, ca_key) {
+                (true, Some(cert), Some(key)) => {
+                    Some(tls::server_config_from_ca_files(&cert, &key, &names)?)
+                }
+                _ => None,
+            };
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
-            println!("mock upstream listening on {}", listener.local_addr()?);
-            mock::serve_mock(listener).await?;
+            let addr = listener.local_addr()?;
+            match tls_config {
+                Some(config) => {
+                    println!(
+                        "mock upstream listening on {addr} (TLS, certificate for {})",
+                        names.join(", ")
+                    );
+                    tls::serve_mock_tls(listener, config).await?;
+                }
+                None => {
+                    println!("mock upstream listening on {addr}");
+                    mock::serve_mock(listener).await?;
+                }
+            }
             Ok(true)
         }),
         Cmd::Run {
@@ -1443,6 +1486,68 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `mock --tls`: the certificate comes from the CA on disk, covers the given name, and a
+    /// client trusting only that CA gets a chat completion; another name fails the handshake.
+    #[tokio::test]
+    async fn tls_mock_serves_a_certificate_from_the_given_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = tls::TestCa::new("origin CA").unwrap();
+        // The CA key as `tenant-proxy ca init` writes it: PKCS#8 PEM.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("ca-key.pem"), key.serialize_pem()).unwrap();
+        let config = tls::server_config_from_ca_files(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("ca-key.pem"),
+            &["llm.quickstart.test".to_string()],
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(tls::serve_mock_tls(listener, config));
+
+        let request = |name: &'static str, ca_pem: String| async move {
+            let connector = tokio_rustls::TlsConnector::from(tls::client_config(&ca_pem)?);
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let server =
+                rustls::pki_types::ServerName::try_from(name).map_err(std::io::Error::other)?;
+            let mut stream = connector.connect(server, tcp).await?;
+            let body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+            let head = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: {name}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
+            // The mock closes without close_notify after `Connection: close`: read what came.
+            let mut answer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut stream, &mut chunk).await {
+                    Ok(0) => break,
+                    Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                    Err(_) if !answer.is_empty() => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+        };
+        let answer = request("llm.quickstart.test", cert.pem()).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"prompt_tokens\""), "{answer}");
+        // Not a certificate for another name, and not trusted through another CA.
+        assert!(request("other.quickstart.test", cert.pem()).await.is_err());
+        assert!(request("llm.quickstart.test", ca.cert_pem.clone())
+            .await
+            .is_err());
+        // A missing CA key is an error before any port is bound.
+        assert!(tls::server_config_from_ca_files(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("missing.pem"),
+            &["llm.quickstart.test".to_string()],
+        )
+        .is_err());
+    }
 
     #[test]
     fn durations_and_rows_parse() {

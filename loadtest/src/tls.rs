@@ -4,6 +4,7 @@
 //! verification turned off.
 
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{
@@ -57,6 +58,16 @@ impl TestCa {
         })
     }
 
+    /// The CA whose certificate and PKCS#8 key are `cert_pem` and `key_pem` (for instance one
+    /// `tenant-proxy ca init` wrote), to sign with.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, rcgen::Error> {
+        let key = KeyPair::from_pem(key_pem)?;
+        Ok(Self {
+            issuer: Issuer::from_ca_cert_pem(cert_pem, key)?,
+            cert_pem: cert_pem.to_string(),
+        })
+    }
+
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn server(&self, names: &[&str]) -> Result<PemPair, rcgen::Error> {
         let mut params =
@@ -101,6 +112,32 @@ pub fn server_config(pair: &PemPair) -> io::Result<Arc<rustls::ServerConfig>> {
     .map_err(io::Error::other)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The TLS mock's server configuration (`mock --tls`): a certificate for `names` (DNS names or IP
+/// addresses) signed by the CA whose PEM certificate and PKCS#8 key are the files `ca_cert` and
+/// `ca_key` (as `tenant-proxy ca init` writes them), minted now and never written to disk.
+pub fn server_config_from_ca_files(
+    ca_cert: &Path,
+    ca_key: &Path,
+    names: &[String],
+) -> io::Result<Arc<rustls::ServerConfig>> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", p.display())))
+    };
+    let ca = TestCa::from_pem(&read(ca_cert)?, &read(ca_key)?).map_err(|e| {
+        io::Error::other(format!(
+            "{} and {} are not a CA certificate and its PKCS#8 key: {e}",
+            ca_cert.display(),
+            ca_key.display()
+        ))
+    })?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let pair = ca
+        .server(&names)
+        .map_err(|e| io::Error::other(format!("signing the mock's certificate: {e}")))?;
+    server_config(&pair)
 }
 
 /// A rustls client config trusting only `ca_pem`.

@@ -590,3 +590,109 @@ fn an_optional_stream_that_is_down_does_not_refuse() {
         proxy.log().contains("cannot write the audit stream")
     });
 }
+
+/// `audit verify --file F --key K ARGS`: (exit code, stdout, stderr).
+fn verify_file(file: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(proxy_bin())
+        .args(["audit", "verify", "--file", file.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_exported_file_verifies_on_its_own_and_one_changed_byte_fails_it() {
+    let origin = Origin::start();
+    let keys_home = tempfile::tempdir().unwrap();
+    let public = keygen(keys_home.path());
+    let proxy = Proxy::start_prepared(rotating_spec(), |dir| {
+        copy_dir(&keys_home.path().join("keys"), &dir.join("keys"))
+    });
+    traffic(&proxy, &origin, 12, 3);
+    stop_cleanly(&proxy);
+    let audit = proxy.path("audit");
+    // Both forms of the directory: `--dir` (as `audit export` takes it) and the positional one.
+    for args in [
+        vec!["audit", "verify", "--dir", audit.to_str().unwrap()],
+        vec!["audit", "verify", audit.to_str().unwrap()],
+    ] {
+        let out = Command::new(proxy_bin()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+    }
+
+    let (code, exported, err) =
+        export_within(&audit, &["--tenant", "acme"], Duration::from_secs(20)).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme-export.jsonl");
+    std::fs::write(&file, &exported).unwrap();
+
+    // On its own, with the pinned key: ok, every record and checkpoint counted.
+    let key = ["--key", public.to_str().unwrap(), "--json"];
+    let (code, out, err) = verify_file(&file, &key);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["tenant"], "acme", "{out}");
+    assert_eq!(report[0]["records"], 12, "{out}");
+    assert!(report[0]["checkpoints"].as_u64().unwrap() >= 1, "{out}");
+    assert!(report[0]["problem"].is_null(), "{out}");
+    // The keys published in the directory serve too; no key at all is an error, not a pass.
+    let (code, out, err) = verify_file(&file, &["--dir", audit.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = verify_file(&file, &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--key"), "{err}");
+    // It is acme's file, not globex's.
+    let (code, _, err) = verify_file(
+        &file,
+        &["--key", public.to_str().unwrap(), "--tenant", "globex"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("acme"), "{err}");
+
+    // One byte changed in a record (the first record's path), or in a checkpoint: exit 1 with
+    // the reason and where.
+    let first_line_end = exported.find('\n').unwrap();
+    let at = exported[..first_line_end].find("/acme/0").unwrap() + "/acme/".len();
+    let mut bytes = exported.clone().into_bytes();
+    bytes[at] = b'9';
+    std::fs::write(&file, &bytes).unwrap();
+    let (code, out, err) = verify_file(&file, &key);
+    assert_eq!(code, 1, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["problem"]["reason"], "modified", "{out}");
+    assert!(
+        report[0]["problem"]["at"]
+            .as_str()
+            .unwrap()
+            .ends_with("acme-export.jsonl:1"),
+        "{out}"
+    );
+    let (code, table, _) = verify_file(&file, &["--key", public.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(table.contains("modified at"), "{table}");
+
+    let last = exported.trim_end().rfind('\n').unwrap() + 1;
+    let sig = exported[last..].find("\"signature\":\"").unwrap() + last + "\"signature\":\"".len();
+    let mut bytes = exported.clone().into_bytes();
+    bytes[sig] = if bytes[sig] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&file, &bytes).unwrap();
+    let (code, out, _) = verify_file(&file, &key);
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["problem"]["reason"], "bad_signature", "{out}");
+
+    // A record dropped from the middle: deleted.
+    let mut lines: Vec<&str> = exported.lines().collect();
+    lines.remove(3);
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let (code, out, _) = verify_file(&file, &key);
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["problem"]["reason"], "deleted", "{out}");
+}

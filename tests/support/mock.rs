@@ -12,6 +12,12 @@ pub fn start_mock_tls(pair: &tenant_proxy_loadtest::tls::PemPair) -> u16 {
     serve_on_loopback(move |l| tenant_proxy_loadtest::tls::serve_mock_tls(l, config))
 }
 
+/// Starts the loadtest mock over TLS with `config` (e.g. from
+/// `tls::server_config_from_ca_files`, as `mock --tls` builds it); its port.
+pub fn start_mock_tls_config(config: std::sync::Arc<rustls::ServerConfig>) -> u16 {
+    serve_on_loopback(move |l| tenant_proxy_loadtest::tls::serve_mock_tls(l, config))
+}
+
 /// Starts the loadtest mock on an ephemeral port of `ip` (an address of a test's own network,
 /// such as a veth the test created); its port.
 pub fn start_mock_on(ip: std::net::IpAddr) -> u16 {

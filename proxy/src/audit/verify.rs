@@ -379,7 +379,18 @@ fn walk_links(
     partition: &Partition<'_>,
     report: &mut TenantReport,
 ) -> Result<(), Finding> {
-    let mut last_hash = GENESIS;
+    walk_links_from(entries, partition, GENESIS, report)
+}
+
+/// [`walk_links`] from `start`, the hash the first entry's `prev` must be (`report.last_seq`
+/// already the `seq` before it).
+fn walk_links_from(
+    entries: &[Entry],
+    partition: &Partition<'_>,
+    start: [u8; 32],
+    report: &mut TenantReport,
+) -> Result<(), Finding> {
+    let mut last_hash = start;
     for (i, e) in entries.iter().enumerate() {
         let expected = report.last_seq + 1;
         if e.seq < expected {
@@ -448,6 +459,132 @@ fn gap(
             }
         ),
     )
+}
+
+/// Verifies a file `audit export` wrote, on its own: its records (one tenant's, a range that
+/// may start after `seq` 1) must link one to the next, and its checkpoints (after the records)
+/// must be signed by a key of `keys` for that tenant and, where they fall inside the range, sign
+/// the very record at their `seq`. `name` is how findings name the file. What the file cannot
+/// prove is a note: the link of its first record to the one before the range, and records after
+/// the last checkpoint inside the range.
+pub fn verify_export(bytes: &[u8], name: &str, keys: &Keys) -> TenantReport {
+    let mut report = TenantReport {
+        tenant: String::new(),
+        records: 0,
+        checkpoints: 0,
+        last_seq: 0,
+        problem: None,
+        notes: Vec::new(),
+    };
+    if let Err(finding) = check_export(bytes, name, keys, &mut report) {
+        report.problem = Some(finding);
+    }
+    report
+}
+
+fn check_export(
+    bytes: &[u8],
+    name: &str,
+    keys: &Keys,
+    report: &mut TenantReport,
+) -> Result<(), Finding> {
+    let at = |line: usize| Some(format!("{name}:{line}"));
+    let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+    if !lines.pop().unwrap_or_default().is_empty() {
+        // `audit export` ends every line; a cut-off file has lost something.
+        return Err(finding(
+            Problem::Truncated,
+            at(lines.len() + 1),
+            "the last line is incomplete: the file was cut short".into(),
+        ));
+    }
+    // Records first, then checkpoints, as `audit export` writes them.
+    let split = lines
+        .iter()
+        .position(|l| chain::parse_link(l).is_none())
+        .unwrap_or(lines.len());
+    let (records, checkpoints) = lines.split_at(split);
+    let Some(first) = records.first().and_then(|l| chain::parse_link(l)) else {
+        return Err(finding(
+            Problem::Modified,
+            at(1),
+            "the file holds no audit record".into(),
+        ));
+    };
+    report.tenant = first.tenant.clone();
+    let partition = Partition {
+        dir: Path::new(""),
+        tenant: &first.tenant,
+        names: vec![name.to_string()],
+    };
+    let entries = records
+        .iter()
+        .enumerate()
+        .map(|(i, l)| partition.entry(l, 0, i + 1))
+        .collect::<Result<Vec<_>, _>>()?;
+    report.last_seq = first.seq.saturating_sub(1);
+    walk_links_from(&entries, &partition, first.prev, report)?;
+    if first.seq > 1 {
+        report.notes.push(format!(
+            "the file starts at seq {}: its link to seq {} is outside the file",
+            first.seq,
+            first.seq - 1
+        ));
+    }
+    let mut vouched = first.seq.saturating_sub(1);
+    for (i, line) in checkpoints.iter().enumerate() {
+        let number = split + i + 1;
+        let bad = |detail: String| finding(Problem::BadSignature, at(number), detail);
+        let c: Checkpoint = serde_json::from_slice(line).map_err(|_| {
+            bad("the line is neither a record (records come first) nor a checkpoint".into())
+        })?;
+        let Some(key) = keys.get(&c.key_id) else {
+            return Err(bad(format!("signed with unknown key `{}`", c.key_id)));
+        };
+        if !c.signed_by(&key) {
+            return Err(bad(format!(
+                "the signature of key `{}` does not match",
+                c.key_id
+            )));
+        }
+        if c.tenant != first.tenant {
+            return Err(bad(format!("the checkpoint is for tenant `{}`", c.tenant)));
+        }
+        report.checkpoints += 1;
+        if c.seq < first.seq {
+            return Err(finding(
+                Problem::Modified,
+                at(number),
+                format!(
+                    "the checkpoint covers seq {}, before the file's first record",
+                    c.seq
+                ),
+            ));
+        }
+        // The checkpoint just after the range signs a record the file does not hold.
+        let Some(e) = entries.get(usize::try_from(c.seq - first.seq).unwrap_or(usize::MAX)) else {
+            continue;
+        };
+        if Some(&e.hash) != chain::parse_hash(&c.hash).as_ref() {
+            return Err(finding(
+                Problem::Modified,
+                at(e.line),
+                format!(
+                    "record seq {} is not the one checkpoint line {number} signed",
+                    c.seq
+                ),
+            ));
+        }
+        vouched = vouched.max(c.seq);
+    }
+    if report.last_seq > vouched {
+        report.notes.push(format!(
+            "seq {} to {} follow the last checkpoint inside the file: linked, not signed",
+            vouched + 1,
+            report.last_seq
+        ));
+    }
+    Ok(())
 }
 
 /// Verifies every tenant in `audit_dir` (or one).

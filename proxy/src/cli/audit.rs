@@ -12,14 +12,23 @@ use crate::ids::TenantId;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum AuditCommand {
-    /// Check every tenant's hash chain and signed checkpoints; report per tenant the records
-    /// checked and the first problem (modified, reordered, deleted, truncated, bad_signature).
-    /// Exits 1 on any problem.
+    /// Check every tenant's hash chain and signed checkpoints in an audit directory (`--dir`),
+    /// or one file `audit export` wrote (`--file`); report per tenant the records checked and
+    /// the first problem (modified, reordered, deleted, truncated, bad_signature). Exits 1 on
+    /// any problem.
     Verify {
-        /// The audit directory (`[audit] dir`).
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
-        /// Only this tenant.
+        /// The audit directory (`[audit] dir`). With `--file`: only where its published keys
+        /// (`DIR/_keys/`) are read.
+        #[arg(long = "dir", value_name = "DIR", conflicts_with = "dir_positional")]
+        dir: Option<PathBuf>,
+        /// The audit directory, the older positional form of `--dir`.
+        #[arg(value_name = "DIR", hide = true)]
+        dir_positional: Option<PathBuf>,
+        /// A file `audit export` wrote, verified on its own: its records must link one to the
+        /// next and its checkpoints be signed by `--key` (or a key published in `--dir`).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Only this tenant (with `--file`: the file must be this tenant's).
         #[arg(long)]
         tenant: Option<String>,
         /// Accept only checkpoints signed by this public key (a `.pub` file from `DIR/_keys/`
@@ -57,17 +66,64 @@ pub(super) enum AuditCommand {
     },
 }
 
+/// Prints `reports` (a table, or JSON); exit 1 when any has a problem.
+fn render(reports: &[crate::audit::verify::TenantReport], json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(reports)?);
+    } else {
+        print!("{}", crate::audit::verify::render_text(reports));
+    }
+    let clean = reports.iter().all(|r| r.problem.is_none());
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 /// Runs an `audit` subcommand.
 pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
     use crate::audit::{checkpoint, export, verify};
     match command {
         AuditCommand::Verify {
             dir,
+            dir_positional,
+            file,
             tenant,
             key,
             json,
         } => {
+            let dir = dir.or(dir_positional);
             let tenant = tenant.as_deref().map(TenantId::new).transpose()?;
+            if let Some(file) = file {
+                // SECURITY: a file on its own carries no trusted key; the checkpoints' keys come
+                // from the caller (`--key`) or the directory the caller names, never the file.
+                let keys = match (key, &dir) {
+                    (Some(path), _) => verify::Keys::Pinned(checkpoint::read_public_key(&path)?),
+                    (None, Some(dir)) => verify::Keys::published(dir),
+                    (None, None) => anyhow::bail!(
+                        "an exported file carries no keys: give the checkpoint key with `--key PUB` (a `.pub` file from the audit directory's `_keys/`) or `--dir DIR`"
+                    ),
+                };
+                let bytes = std::fs::read(&file)
+                    .with_context(|| format!("reading `{}`", file.display()))?;
+                let report = verify::verify_export(&bytes, &file.display().to_string(), &keys);
+                if let Some(t) = &tenant {
+                    if report.tenant != t.as_str() {
+                        anyhow::bail!(
+                            "`{}` holds tenant `{}`'s records, not `{t}`'s",
+                            file.display(),
+                            report.tenant
+                        );
+                    }
+                }
+                return render(&[report], json);
+            }
+            let Some(dir) = dir else {
+                anyhow::bail!(
+                    "give the audit directory (`--dir DIR`) or an exported file (`--file FILE`)"
+                );
+            };
             if let Some(t) = &tenant {
                 if !dir.join(t.as_str()).is_dir() {
                     anyhow::bail!("no audit partition for tenant `{t}` in `{}`", dir.display());
@@ -79,17 +135,7 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             };
             let reports = verify::verify_dir(&dir, tenant.as_ref(), &keys)
                 .with_context(|| format!("reading `{}`", dir.display()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
-            } else {
-                print!("{}", verify::render_text(&reports));
-            }
-            let clean = reports.iter().all(|r| r.problem.is_none());
-            Ok(if clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            render(&reports, json)
         }
         AuditCommand::Export {
             dir,

@@ -48,7 +48,7 @@ fn facts<'a>(host: &'a str, path: &'a str, model: Option<&'a str>) -> HttpReques
 /// The quickstart's `[destination_regions]`, as the proxy would put them in the context.
 fn quickstart_region(host: &str) -> Option<&'static str> {
     match host {
-        "eu.api.openai.com" | "127.0.0.1" | "localhost" => Some("eu"),
+        "eu.api.openai.com" | "llm.quickstart.test" | "127.0.0.1" | "localhost" => Some("eu"),
         "api.openai.com" | "api.anthropic.com" => Some("us"),
         _ => None,
     }
@@ -133,8 +133,8 @@ macro_rules! case {
 #[test]
 fn quickstart_policies_decide_as_documented() {
     let engine = load_ok(&repo_policies());
-    assert_eq!(engine.policy_count(&tid("acme")), 11);
-    assert_eq!(engine.policy_count(&tid("globex")), 10);
+    assert_eq!(engine.policy_count(&tid("acme")), 12);
+    assert_eq!(engine.policy_count(&tid("globex")), 11);
     let chat = "/v1/chat/completions";
     let eu = "eu.api.openai.com";
     #[rustfmt::skip]
@@ -154,6 +154,10 @@ fn quickstart_policies_decide_as_documented() {
         case!("local mock, free plan", "globex"/"agent", "http", "127.0.0.1", chat, Some("gpt-4o-mini"), true, &["allow-local-mock"]),
         case!("local mock, free plan, big model", "globex"/"agent", "http", "127.0.0.1", chat, Some("gpt-4o"), false, &["free-plan-models"]),
         case!("local mock by name", "acme"/"support-bot", "http", "localhost", chat, Some("gpt-4o"), true, &["allow-local-mock"]),
+        case!("quickstart mock name", "acme"/"support-bot", "http", "llm.quickstart.test", chat, Some("gpt-4o"), true, &["allow-local-mock"]),
+        case!("quickstart mock name over https", "acme"/"support-bot", "https", "llm.quickstart.test", chat, Some("gpt-4o"), true, &["allow-local-mock"]),
+        case!("quickstart mock name, free plan, big model", "globex"/"agent", "https", "llm.quickstart.test", chat, Some("gpt-4o"), false, &["free-plan-models"]),
+        case!("a subdomain of the mock name", "globex"/"agent", "http", "x.llm.quickstart.test", chat, None, false, &[]),
         case!("metadata ip", "globex"/"agent", "http", "169.254.169.254", "/latest/meta-data", None, false, &["forbid-metadata"]),
         case!("metadata name, odd spelling", "globex"/"agent", "http", "Metadata.Google.Internal.", "/", None, false, &["forbid-metadata"]),
         case!("metadata from an eu tenant", "acme"/"support-bot", "http", "169.254.169.254", "/", None, false, &["eu-data-residency", "forbid-metadata"]),
@@ -175,6 +179,10 @@ fn quickstart_tunnel_policies() {
         ("globex openai tunnel", "globex", "agent", "api.openai.com", 443, ConnectQuestion::Open, true, vec!["globex-tunnels"]),
         ("globex anthropic tunnel", "globex", "agent", "api.anthropic.com", 443, ConnectQuestion::Open, false, vec![]),
         ("metadata tunnel", "globex", "agent", "169.254.169.254", 443, ConnectQuestion::Open, false, vec!["forbid-metadata"]),
+        ("quickstart tls mock tunnel", "acme", "support-bot", "llm.quickstart.test", 18443, ConnectQuestion::Open, true, vec!["allow-local-mock-tunnels"]),
+        ("quickstart tls mock tunnel, globex", "globex", "agent", "llm.quickstart.test", 18443, ConnectQuestion::Open, true, vec!["allow-local-mock-tunnels"]),
+        ("quickstart mock, opaque", "globex", "agent", "llm.quickstart.test", 18443, ConnectQuestion::Opaque, false, vec![]),
+        ("loopback tunnel", "globex", "agent", "127.0.0.1", 18443, ConnectQuestion::Open, false, vec![]),
     ];
     for (name, tenant, workload, host, port, question, allowed, ids) in cases {
         let f = ConnectFacts {

@@ -1,0 +1,3 @@
+module example.com/tenant-proxy-go-example
+
+go 1.19
