@@ -919,6 +919,12 @@ pub struct Credentials {
     /// Headers that carry credentials besides every provider's own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credential_headers: Vec<String>,
+    /// How long a token credential's grant may take.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::option"
+    )]
+    pub token_timeout: Option<Duration>,
     /// `[[credentials.file]]`: credentials read from `files_dir`, with their bindings.
     #[serde(rename = "file", skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileCredential>,

@@ -159,7 +159,6 @@ pub fn run(
         connections: TenantCounts::new(&METRICS.tenant_connections_open),
         bodies: crate::body::BodyBudget::new(static_config.limits.max_buffered_body_bytes),
         approvals: holds.clone(),
-        tokens: Arc::new(crate::credentials::oauth::cache::TokenCache::default()),
         token_tls: Arc::new(
             crate::credentials::oauth::fetch::client_config(&static_config.upstream.extra_ca_files)
                 .map_err(|e| anyhow::anyhow!("the trust for token endpoints: {e}"))?,

@@ -269,6 +269,9 @@ fn publish_metrics(snapshot: &Snapshot) {
 pub struct SnapshotHandle {
     current: ArcSwap<Snapshot>,
     static_config: Arc<StaticConfig>,
+    /// Access tokens of token credentials: kept across reloads for the credentials whose value
+    /// did not change, dropped for the ones rotated or removed.
+    pub tokens: crate::credentials::oauth::cache::TokenCache,
 }
 
 impl SnapshotHandle {
@@ -279,6 +282,7 @@ impl SnapshotHandle {
         Self {
             current: ArcSwap::from_pointee(first),
             static_config,
+            tokens: Default::default(),
         }
     }
 
@@ -293,6 +297,17 @@ impl SnapshotHandle {
             Ok(next) => {
                 let generation = next.generation;
                 publish_metrics(&next);
+                // SECURITY: tokens minted from a rotated or removed value go with it.
+                self.tokens.retain(|tenant, name, fingerprint| {
+                    next.credentials
+                        .get(tenant, name)
+                        .is_some_and(|c| match &c.kind {
+                            crate::credentials::kind::Kind::Token(t) => {
+                                t.fingerprint() == fingerprint
+                            }
+                            _ => false,
+                        })
+                });
                 self.current.store(Arc::new(next));
                 METRICS.config_reloads.with_label_values(&["ok"]).inc();
                 METRICS.config_last_reload_successful.set(1);

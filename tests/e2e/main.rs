@@ -22,6 +22,7 @@ mod limits;
 mod llm_bodies;
 mod mcp;
 mod mcp_scope;
+mod oauth;
 mod policy_tools;
 mod protocol;
 mod quickstart;

@@ -40,7 +40,7 @@ use crate::audit::{AuditSink, AuditSlot};
 use crate::body::BodyHold;
 use crate::config::{ListenerSettings, StaticConfig};
 use crate::context::TenantContext;
-use crate::credentials::oauth::cache::{TokenCache, TokenUnavailable};
+use crate::credentials::oauth::cache::TokenUnavailable;
 use crate::credentials::oauth::TokenSource;
 use crate::credentials::secret::SecretValue;
 use crate::egress::{EgressException, EgressRefusal};
@@ -90,8 +90,6 @@ pub struct Shared {
     /// Requests held for a person's approval (`None`: no `[approvals]`, and a request a policy
     /// marks for approval is refused).
     pub approvals: Option<Arc<crate::approvals::Holds>>,
-    /// Access tokens of token credentials, per tenant and credential.
-    pub tokens: Arc<TokenCache>,
     /// The trust for `https` token endpoints.
     pub token_tls: Arc<rustls::ClientConfig>,
 }
@@ -253,6 +251,7 @@ impl Effects for Shared {
             crate::credentials::oauth::fetch::grant(addr, endpoint, request, &self.token_tls).await
         };
         let token = self
+            .snapshot
             .tokens
             .get(&tenant.tenant, name, source.fingerprint(), timeout, grant)
             .await;
