@@ -405,8 +405,13 @@ async fn admit_http(
         BodySource::Given(..) => None,
     };
     let original = tunnel.and_then(|t| t.original).or(captured);
-    let destination =
+    let mut destination =
         http_destination(source.header(), tunnel, captured, &snapshot, config, trail)?;
+    // A host the tenant file declares an LLM provider's is priced and named as that provider.
+    if destination.provider.is_none() {
+        let declared = snapshot.tenants.llm_providers.for_host(&destination.host);
+        destination.provider = declared.map(|p| p.name.clone());
+    }
     trail.destination = Some(destination.clone());
 
     let mut grant = HttpGrant::default();
@@ -431,8 +436,10 @@ async fn admit_http(
         grant.body = Some(BufferedBody(read.body));
     }
     // A provider that names the model in the path (Bedrock) is asked when the body names none.
+    // An Azure OpenAI deployment names its model through the tenant file's mapping.
     if trail.model.is_none() {
-        trail.model = registry::model_from_path(&destination.upstream_path);
+        trail.model = registry::model_from_path(&destination.upstream_path)
+            .or_else(|| snapshot.tenants.llm_providers.model_for(&destination));
     }
 
     // The method is copied: the questions outlive the borrow of the request a hold needs.

@@ -81,6 +81,7 @@ impl<'a> Asking<'a> {
             method: method.as_str(),
             path: destination.audit_path.split('?').next().unwrap_or("/"),
             model,
+            provider: crate::usage::providers::registry::provider_of(destination),
             run_signed: tenant.run.signed,
             scopes: &tenant.scopes,
             route: destination.route.as_deref(),
