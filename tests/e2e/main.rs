@@ -25,6 +25,7 @@ mod mcp_scope;
 mod oauth;
 mod policy_tools;
 mod protocol;
+mod providers;
 mod quickstart;
 mod raw_credentials;
 mod redis;

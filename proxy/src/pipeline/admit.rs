@@ -436,10 +436,13 @@ async fn admit_http(
         grant.body = Some(BufferedBody(read.body));
     }
     // A provider that names the model in the path (Bedrock) is asked when the body names none.
-    // An Azure OpenAI deployment names its model through the tenant file's mapping.
-    if trail.model.is_none() {
-        trail.model = registry::model_from_path(&destination.upstream_path)
-            .or_else(|| snapshot.tenants.llm_providers.model_for(&destination));
+    // SECURITY: an Azure OpenAI deployment serves its own model whatever the body names (the
+    // agent could name a cheaper or allowed one there): its mapped model, else its name, is
+    // what policy and prices see.
+    if let Some(model) = snapshot.tenants.llm_providers.model_for(&destination) {
+        trail.model = Some(model);
+    } else if trail.model.is_none() {
+        trail.model = registry::model_from_path(&destination.upstream_path);
     }
 
     // The method is copied: the questions outlive the borrow of the request a hold needs.

@@ -18,9 +18,10 @@
 //!
 //! A request to a declared host is an LLM call (its body classified, its usage metered by the
 //! OpenAI readers its path names, or every reader), priced and named to policies under `name`.
-//! A call whose body names no model takes it from the deployment in its path
-//! (`/openai/deployments/<name>/…`), mapped here; an unmapped deployment is its own model name
-//! (so a price table that does not list it refuses it, rather than the call going unpriced).
+//! A call to a deployment (`/openai/deployments/<name>/…`) is the deployment's model whatever
+//! its body names (Azure serves the deployment's): mapped here, or the deployment's own name when
+//! unmapped (so a price table that does not list it refuses it, rather than the call going
+//! unpriced or priced as the model the body claims).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -49,7 +50,7 @@ pub struct LlmProviderSpec {
     pub hosts: Vec<String>,
     /// The API they speak.
     pub api: Api,
-    /// Deployment name -> model, for calls whose body names no model.
+    /// Deployment name -> model (what a call to the deployment is, whatever its body names).
     #[serde(default)]
     pub deployments: BTreeMap<String, String>,
 }
@@ -167,8 +168,8 @@ impl ConfiguredProviders {
         self.0.iter().find(|p| p.name == name)
     }
 
-    /// The model of a call to `destination` whose body names none: its deployment's mapped
-    /// model (under the provider that prices it), else the deployment's own name.
+    /// The model of a call to a deployment (`destination`'s path names one): its mapped model
+    /// (under the provider that prices it), else the deployment's own name.
     pub fn model_for(&self, destination: &Destination) -> Option<String> {
         let deployment = super::registry::deployment_of(&destination.upstream_path)?;
         let mapped = super::registry::price_key(destination)
