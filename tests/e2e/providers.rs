@@ -17,7 +17,7 @@ fn azure_proxy() -> Proxy {
     let mut spec = ProxySpec::default().with_prices();
     let mut azure = config::LlmProvider::new("azure_openai", &["127.0.0.1"], "azure_openai");
     azure.deployments = BTreeMap::from([
-        ("prod-mini".to_string(), "gpt-4o-mini".to_string()),
+        ("prod-mini".to_string(), "gpt-35-turbo".to_string()),
         ("embed".to_string(), "text-embedding-3-small".to_string()),
     ]);
     spec.tenants.llm_providers.push(azure);
@@ -113,7 +113,7 @@ print("embed", len(e.data[0].embedding), e.usage.prompt_tokens)
     };
     let chat = by_path("/openai/deployments/prod-mini/chat");
     assert_eq!(
-        chat["model"], "gpt-4o-mini",
+        chat["model"], "gpt-35-turbo",
         "the deployment's model, not the body's: {chat}"
     );
     assert_eq!(chat["usage"]["input_tokens"], 19);
