@@ -8,6 +8,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use serde_json::json;
 
 use crate::support::*;
@@ -214,14 +216,27 @@ fn fifty_concurrent_calls_cause_one_grant_and_tenants_never_share_tokens() {
     );
     let sa_token = sa[0]["token"].as_str().unwrap();
     let key_body = SA_KEY.lines().nth(1).unwrap();
-    for canary in [
+    // The secrets and tokens themselves, and the Basic credentials the grants carried.
+    let basic = |id: &str, secret: &str| STANDARD.encode(format!("{id}:{secret}"));
+    let encoded = [
+        basic("acme-client", ACME_SECRET),
+        basic("globex-client", GLOBEX_SECRET),
+        STANDARD.encode(&acme_token),
+        STANDARD.encode(ACME_SECRET),
+    ];
+    let plain = [
         ACME_SECRET,
         GLOBEX_SECRET,
         &acme_token,
         &globex_token,
         sa_token,
         key_body,
-    ] {
+    ];
+    for canary in plain
+        .iter()
+        .copied()
+        .chain(encoded.iter().map(String::as_str))
+    {
         assert!(!sinks.contains(canary), "{canary} leaked");
     }
 }

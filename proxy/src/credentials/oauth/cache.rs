@@ -294,6 +294,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_that_waited_on_a_failed_grant_share_its_failure() {
+        let cache = Arc::new(TokenCache::default());
+        let grants = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (cache, grants) = (cache.clone(), grants.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get(
+                        &tid("acme"),
+                        "g",
+                        [1; 32],
+                        Duration::from_secs(5),
+                        || async {
+                            grants.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Err("the token endpoint answered 503".to_string())
+                        },
+                    )
+                    .await
+            }));
+        }
+        for t in tasks {
+            let err = t.await.expect("task").expect_err("refused");
+            assert_eq!(err.0, "the token endpoint answered 503");
+        }
+        assert_eq!(
+            grants.load(Ordering::SeqCst),
+            1,
+            "one grant, one shared failure"
+        );
+        // The next request tries again.
+        let ok = cache
+            .get(
+                &tid("acme"),
+                "g",
+                [1; 32],
+                Duration::from_secs(5),
+                || async { Ok(token("back", 3600)) },
+            )
+            .await
+            .expect("token");
+        assert_eq!(ok.expose(), b"back");
+    }
+
+    #[tokio::test]
     async fn failures_and_timeouts_are_reported_without_blocking_others() {
         let cache = Arc::new(TokenCache::default());
         let t = Duration::from_millis(100);
