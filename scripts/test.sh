@@ -33,6 +33,7 @@ ensure_py httpx
 ensure_py openai
 ensure_py boto3
 ensure_py mcp
+ensure_py jwt "pyjwt[crypto]"
 
 # check-deploy.sh runs the binary on deploy/'s files (the end-to-end tests build it themselves).
 cargo build -p tenant-proxy --bin tenant-proxy

@@ -671,9 +671,38 @@ pub struct TenantFile {
     /// `[destination_regions]`: region name -> hosts.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub destination_regions: BTreeMap<String, Vec<String>>,
+    /// `[[llm_provider]]`: LLM providers declared by host.
+    #[serde(rename = "llm_provider", skip_serializing_if = "Vec::is_empty")]
+    pub llm_providers: Vec<LlmProvider>,
     /// `[tenants.<id>]`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tenants: BTreeMap<String, Tenant>,
+}
+
+/// `[[llm_provider]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LlmProvider {
+    /// Name (price table key, policy `provider`).
+    pub name: String,
+    /// Hosts (`HOST` or `*.DOMAIN`).
+    pub hosts: Vec<String>,
+    /// `openai_compatible` or `azure_openai`.
+    pub api: String,
+    /// Deployment name -> model.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub deployments: BTreeMap<String, String>,
+}
+
+impl LlmProvider {
+    /// A provider `name` on `hosts` speaking `api`, without deployments.
+    pub fn new(name: &str, hosts: &[&str], api: &str) -> Self {
+        Self {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            api: api.into(),
+            deployments: BTreeMap::new(),
+        }
+    }
 }
 
 impl TenantFile {
@@ -689,6 +718,7 @@ impl TenantFile {
             credentials: None,
             mcp: None,
             destination_regions: BTreeMap::new(),
+            llm_providers: Vec::new(),
             tenants: BTreeMap::new(),
         }
     }
@@ -919,6 +949,12 @@ pub struct Credentials {
     /// Headers that carry credentials besides every provider's own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credential_headers: Vec<String>,
+    /// How long a token credential's grant may take.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::option"
+    )]
+    pub token_timeout: Option<Duration>,
     /// `[[credentials.file]]`: credentials read from `files_dir`, with their bindings.
     #[serde(rename = "file", skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileCredential>,

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tenant_proxy::credentials::apply::{apply, CredentialSettings, RequestParts};
+use tenant_proxy::credentials::apply::{apply, AccessTokens, CredentialSettings, RequestParts};
 use tenant_proxy::credentials::binding::Target;
 use tenant_proxy::credentials::CredentialSet;
 use tenant_proxy::ids::TenantId;
@@ -87,6 +87,7 @@ fn bench(c: &mut Criterion) {
                     &tenant,
                     black_box(&req),
                     0,
+                    &AccessTokens::default(),
                     &mut |_, _| true,
                 )
                 .unwrap(),
@@ -107,9 +108,15 @@ fn bench(c: &mut Criterion) {
         };
         b.iter(|| {
             black_box(
-                apply(&set, &settings, &tenant, black_box(&req), 0, &mut |_, _| {
-                    true
-                })
+                apply(
+                    &set,
+                    &settings,
+                    &tenant,
+                    black_box(&req),
+                    0,
+                    &AccessTokens::default(),
+                    &mut |_, _| true,
+                )
                 .unwrap(),
             )
         })
@@ -140,9 +147,15 @@ fn bench(c: &mut Criterion) {
             };
             b.iter(|| {
                 black_box(
-                    apply(&set, &settings, &tenant, black_box(&req), 0, &mut |_, _| {
-                        true
-                    })
+                    apply(
+                        &set,
+                        &settings,
+                        &tenant,
+                        black_box(&req),
+                        0,
+                        &AccessTokens::default(),
+                        &mut |_, _| true,
+                    )
                     .unwrap(),
                 )
             })

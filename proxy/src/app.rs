@@ -153,6 +153,10 @@ pub fn run(
         connections: TenantCounts::new(&METRICS.tenant_connections_open),
         bodies: crate::body::BodyBudget::new(static_config.limits.max_buffered_body_bytes),
         approvals: holds.clone(),
+        token_tls: Arc::new(
+            crate::credentials::oauth::fetch::client_config(&static_config.upstream.extra_ca_files)
+                .map_err(|e| anyhow::anyhow!("the trust for token endpoints: {e}"))?,
+        ),
     });
     for (listener, bound) in static_config.listeners.iter().zip(bound_listeners) {
         let addr = bound.addr;

@@ -384,6 +384,18 @@ impl Deny {
                     ReasonCode::CredentialScanIncomplete,
                     "a request body with a `Content-Encoding` cannot be scanned for credentials, and this destination's keys are managed by the proxy; send it unencoded".into(),
                 ),
+                CredentialDeny::Unavailable(n, why) => (
+                    503,
+                    ReasonCode::CredentialUnavailable,
+                    format!("no access token could be obtained for credential `{n}`: {why}"),
+                ),
+                // Never leaves the admission chain (it obtains the token and applies again);
+                // should it, the request still goes nowhere.
+                CredentialDeny::TokenNeeded(n) => (
+                    503,
+                    ReasonCode::CredentialUnavailable,
+                    format!("no access token was obtained for credential `{n}`"),
+                ),
             },
             Deny::Limited(l) => {
                 let whose = match &l.key.scope {
@@ -782,6 +794,14 @@ mod tests {
                 Deny::Credential(CredentialDeny::ScanIncomplete(ScanGap::Encoded)),
                 415,
                 "credential_scan_incomplete",
+            ),
+            (
+                Deny::Credential(CredentialDeny::Unavailable(
+                    "gapi".into(),
+                    "the token endpoint answered 401".into(),
+                )),
+                503,
+                "credential_unavailable",
             ),
             (Deny::UpstreamEncoded, 502, "upstream_encoded"),
             (Deny::ApprovalPending("h".into()), 202, "approval_pending"),

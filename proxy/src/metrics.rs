@@ -50,6 +50,8 @@ pub struct Metrics {
     pub credential_substitutions: IntCounterVec,
     /// Secrets echoed by an upstream and replaced in the response, by tenant.
     pub credential_scrubbed: IntCounterVec,
+    /// OAuth2 token grants, by tenant and outcome (`ok`, `failed`).
+    pub credential_token_grants: IntCounterVec,
     /// LLM tokens read from responses, by tenant and kind (`input`, `cached_input`, `output`).
     pub llm_tokens: IntCounterVec,
     /// Limiter backend calls that failed or timed out.
@@ -217,6 +219,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
                 "Credentials substituted into requests",
             ),
             &["tenant"],
+        )?,
+        credential_token_grants: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_credential_token_grants_total",
+                "OAuth2 token grants made for token credentials",
+            ),
+            &["tenant", "outcome"],
         )?,
         credential_scrubbed: IntCounterVec::new(
             Opts::new(
@@ -401,6 +410,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.policy_eval_duration.clone()),
         Box::new(m.credential_substitutions.clone()),
         Box::new(m.credential_scrubbed.clone()),
+        Box::new(m.credential_token_grants.clone()),
         Box::new(m.llm_tokens.clone()),
         Box::new(m.limiter_errors.clone()),
         Box::new(m.limiter_fallback.clone()),

@@ -108,6 +108,8 @@ reason_codes! {
     CredentialRepeated => "credential_repeated",
     /// A body toward a managed destination that cannot be scanned whole.
     CredentialScanIncomplete => "credential_scan_incomplete",
+    /// No access token could be obtained for a token credential.
+    CredentialUnavailable => "credential_unavailable",
     /// See `Deny::UpstreamEncoded`.
     UpstreamEncoded => "upstream_encoded",
     /// See `Deny::Framing`.

@@ -270,6 +270,9 @@ pub struct SnapshotHandle {
     current: ArcSwap<Snapshot>,
     static_config: Arc<StaticConfig>,
     last_reload: ArcSwap<LastReload>,
+    /// Access tokens of token credentials: kept across reloads for the credentials whose value
+    /// did not change, dropped for the ones rotated or removed.
+    pub tokens: crate::credentials::oauth::cache::TokenCache,
 }
 
 /// The result of the last load of the tenant configuration (the first load at start counts),
@@ -311,6 +314,7 @@ impl SnapshotHandle {
             current: ArcSwap::from_pointee(first),
             static_config,
             last_reload: ArcSwap::from_pointee(LastReload::now(Vec::new())),
+            tokens: Default::default(),
         }
     }
 
@@ -330,6 +334,17 @@ impl SnapshotHandle {
             Ok(next) => {
                 let generation = next.generation;
                 publish_metrics(&next);
+                // SECURITY: tokens minted from a rotated or removed value go with it.
+                self.tokens.retain(|tenant, name, fingerprint| {
+                    next.credentials
+                        .get(tenant, name)
+                        .is_some_and(|c| match &c.kind {
+                            crate::credentials::kind::Kind::Token(t) => {
+                                t.fingerprint() == fingerprint
+                            }
+                            _ => false,
+                        })
+                });
                 self.current.store(Arc::new(next));
                 METRICS.config_reloads.with_label_values(&["ok"]).inc();
                 METRICS.config_last_reload_successful.set(1);

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tenant_proxy::credentials::apply::{apply, CredentialSettings, RequestParts};
+use tenant_proxy::credentials::apply::{apply, AccessTokens, CredentialSettings, RequestParts};
 use tenant_proxy::credentials::binding::Target;
 use tenant_proxy::credentials::CredentialSet;
 use tenant_proxy::ids::TenantId;
@@ -53,11 +53,12 @@ fn typical_request_without_handles_allocates_nothing() {
         content_encoding: None,
     };
     let mut authorize = |_: &_, _| true;
+    let tokens = AccessTokens::default();
     let _profiler = dhat::Profiler::builder().testing().build();
     // Warm up once (lazy statics), then measure.
-    apply(&set, &settings, &tenant, &req, 0, &mut authorize).unwrap();
+    apply(&set, &settings, &tenant, &req, 0, &tokens, &mut authorize).unwrap();
     let before = dhat::HeapStats::get().total_blocks;
-    let applied = apply(&set, &settings, &tenant, &req, 0, &mut authorize).unwrap();
+    let applied = apply(&set, &settings, &tenant, &req, 0, &tokens, &mut authorize).unwrap();
     let after = dhat::HeapStats::get().total_blocks;
     assert!(applied.is_empty());
     assert_eq!(
@@ -77,6 +78,6 @@ fn typical_request_without_handles_allocates_nothing() {
         ..req
     };
     let before = dhat::HeapStats::get().total_blocks;
-    assert!(apply(&set, &settings, &tenant, &req, 0, &mut authorize).is_err());
+    assert!(apply(&set, &settings, &tenant, &req, 0, &tokens, &mut authorize).is_err());
     assert!(dhat::HeapStats::get().total_blocks > before);
 }

@@ -2,11 +2,11 @@
 //! the current sources ([`binary`]), a proxy process on ports it picked itself ([`proxy`]),
 //! recording origins ([`origin`]), the loadtest mock ([`mock`]), the MCP server fixture
 //! ([`mcp`]), a real `redis-server` ([`redis`]), network namespaces ([`netns`]), workload
-//! tokens ([`tokens`]), raw HTTP and real clients ([`http`], [`node`]) and audit records
-//! ([`audit`]). The typed configuration files and held ports come from the load generator's
-//! library, which uses them too. Everything listens on 127.0.0.1 only (except the
-//! transparent-capture tests, on the private veth pair of a namespace they create), and nothing
-//! binds a port only to let it go again.
+//! tokens ([`tokens`]), an OAuth2 token endpoint ([`token_endpoint`]), raw HTTP and real
+//! clients ([`http`], [`node`]) and audit records ([`audit`]). The typed configuration files and
+//! held ports come from the load generator's library, which uses them too. Everything listens on
+//! 127.0.0.1 only (except the transparent-capture tests, on the private veth pair of a namespace
+//! they create), and nothing binds a port only to let it go again.
 
 mod audit;
 mod bedrock;
@@ -19,6 +19,7 @@ mod node;
 mod origin;
 mod proxy;
 mod redis;
+mod token_endpoint;
 mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub use proxy::*;
 pub use redis::*;
 pub use tenant_proxy_loadtest::config;
 pub use tenant_proxy_loadtest::ports::HeldPort;
+pub use token_endpoint::*;
 pub use tokens::*;
 
 /// The repository root (the test package's manifest directory).

@@ -192,6 +192,8 @@ pub struct TenantConfig {
     pub mcp: McpSettings,
     /// Regions of upstream destinations.
     pub regions: DestinationRegions,
+    /// LLM providers declared by host (`[[llm_provider]]`).
+    pub llm_providers: crate::usage::providers::configured::ConfiguredProviders,
 }
 
 /// A tenant as configured.
@@ -256,6 +258,10 @@ impl TenantConfig {
                 p.extend(problems);
                 DestinationRegions::default()
             });
+        let llm_providers = crate::usage::providers::configured::ConfiguredProviders::from_spec(
+            spec.llm_providers,
+            &mut p,
+        );
         let policy_dir = p.path(&spec.policy_dir);
         let shadow_policy_dir = spec.shadow_policy_dir.as_ref().map(|d| p.path(d));
         p.checked(TenantConfig {
@@ -271,6 +277,7 @@ impl TenantConfig {
             prices,
             mcp,
             regions,
+            llm_providers,
         })
     }
 

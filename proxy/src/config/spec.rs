@@ -147,6 +147,10 @@ pub struct TenantsSpec {
     /// subdomains), available to policies as `context.destination_region`.
     #[serde(default)]
     pub destination_regions: BTreeMap<String, Vec<String>>,
+    /// LLM providers declared by host (`[[llm_provider]]`): OpenAI-compatible servers and Azure
+    /// OpenAI resources, with deployment -> model mappings.
+    #[serde(rename = "llm_provider", default)]
+    pub llm_providers: Vec<crate::usage::providers::configured::LlmProviderSpec>,
 }
 
 fn default_strip_headers() -> Vec<String> {

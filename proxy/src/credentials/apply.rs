@@ -20,6 +20,7 @@ use super::handle::{self, SubstituteError};
 use super::kind::Kind;
 use super::positions::{holding, CredentialPositions, Holding};
 use super::raw::{self, OnLiteral};
+use super::secret::SecretValue;
 use super::{Credential, CredentialSet};
 use crate::ids::TenantId;
 
@@ -33,6 +34,8 @@ pub struct CredentialSettings {
     pub raw_credential: RawCredentialMode,
     /// The credential-bearing positions (every provider's, plus configured extra headers).
     pub positions: CredentialPositions,
+    /// How long a token credential's grant (or a wait for one) may take.
+    pub token_timeout: std::time::Duration,
 }
 
 impl Default for CredentialSettings {
@@ -41,6 +44,7 @@ impl Default for CredentialSettings {
             scan_body_max_bytes: 1024 * 1024,
             raw_credential: RawCredentialMode::default(),
             positions: CredentialPositions::default(),
+            token_timeout: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -88,6 +92,12 @@ pub enum CredentialDeny {
     Repeated(String),
     /// A body toward a managed destination that cannot be scanned whole.
     ScanIncomplete(ScanGap),
+    /// A token credential whose access token is not at hand yet: the caller obtains it (see
+    /// [`super::oauth`]) and applies again with it in [`AccessTokens`].
+    TokenNeeded(String),
+    /// No access token could be obtained for a token credential: the name and why (never a
+    /// secret).
+    Unavailable(String, String),
 }
 
 impl CredentialDeny {
@@ -98,7 +108,9 @@ impl CredentialDeny {
             | CredentialDeny::NotBound(n)
             | CredentialDeny::Position(n, _)
             | CredentialDeny::Expired(n)
-            | CredentialDeny::PolicyDenied(n) => Some(n),
+            | CredentialDeny::PolicyDenied(n)
+            | CredentialDeny::TokenNeeded(n)
+            | CredentialDeny::Unavailable(n, _) => Some(n),
             CredentialDeny::Malformed(_)
             | CredentialDeny::Raw(_)
             | CredentialDeny::Repeated(_)
@@ -128,6 +140,42 @@ pub struct RequestParts<'a> {
     pub content_encoding: Option<&'a str>,
 }
 
+/// The access tokens obtained for a request's token credentials, by credential name. `Debug`
+/// shows the names only.
+#[derive(Default)]
+pub struct AccessTokens(Vec<(String, SecretValue)>);
+
+impl AccessTokens {
+    /// Adds the token of credential `name`.
+    pub fn insert(&mut self, name: String, token: SecretValue) {
+        self.0.retain(|(n, _)| *n != name);
+        self.0.push((name, token));
+    }
+
+    /// The token of credential `name`, if obtained.
+    pub fn get(&self, name: &str) -> Option<&SecretValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// Every (credential name, token).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &SecretValue)> {
+        self.0.iter().map(|(n, t)| (n.as_str(), t))
+    }
+
+    /// Whether none was obtained.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for AccessTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
 /// What to change in the upstream request. Holds secret material: `Debug` shows counts only.
 #[derive(Default)]
 pub struct Applied {
@@ -145,6 +193,8 @@ pub struct Applied {
     /// the agent (`Authorization: $CRED{aws}`) or, for an unsigned request, the tenant's one
     /// signing credential bound to the destination.
     pub sign: Option<Arc<Credential>>,
+    /// The access tokens substituted (scrubbed from the response like any secret).
+    pub tokens: AccessTokens,
 }
 
 impl std::fmt::Debug for Applied {
@@ -163,6 +213,7 @@ impl std::fmt::Debug for Applied {
             .field("path_rewritten", &self.path_and_query.is_some())
             .field("body_rewritten", &self.body.is_some())
             .field("signed_with", &self.sign.as_ref().map(|c| c.name.as_str()))
+            .field("tokens", &self.tokens)
             .finish()
     }
 }
@@ -215,13 +266,16 @@ pub fn handle_in_authority(
 }
 
 /// Checks and substitutes every handle in `req` for `tenant`. `authorize` asks policy whether the
-/// workload may use a credential in a position.
+/// workload may use a credential in a position. A token credential's handle becomes its token
+/// in `tokens`; one not there yet refuses with [`CredentialDeny::TokenNeeded`], after every
+/// check of its use passed (so a token is obtained only for a use that is allowed).
 pub fn apply(
     set: &CredentialSet,
     settings: &CredentialSettings,
     tenant: &TenantId,
     req: &RequestParts<'_>,
     now_unix: u64,
+    tokens: &AccessTokens,
     authorize: &mut dyn FnMut(&Credential, Position) -> bool,
 ) -> Result<Applied, CredentialDeny> {
     let mut out = Applied::default();
@@ -254,6 +308,7 @@ pub fn apply(
         tenant,
         target: req.target,
         now_unix,
+        tokens,
         authorize,
         used: &mut out.used,
     };
@@ -470,11 +525,12 @@ struct Resolver<'a, 'b> {
     tenant: &'a TenantId,
     target: Target<'a>,
     now_unix: u64,
+    tokens: &'a AccessTokens,
     authorize: &'b mut dyn FnMut(&Credential, Position) -> bool,
     used: &'b mut Vec<Arc<Credential>>,
 }
 
-impl Resolver<'_, '_> {
+impl<'a> Resolver<'a, '_> {
     fn resolve(
         &mut self,
         name: &str,
@@ -519,7 +575,7 @@ impl Resolver<'_, '_> {
             return Ok(None);
         };
         match self.set.get(self.tenant, name) {
-            Some(c) if !matches!(c.kind, Kind::Static) => {
+            Some(c) if matches!(c.kind, Kind::AwsSigv4(_)) => {
                 self.resolve(name, Position::Header).map(Some)
             }
             _ => Ok(None),
@@ -547,23 +603,26 @@ impl Resolver<'_, '_> {
         }
     }
 
-    /// A credential used as text: a signing credential's value is never written into a request.
-    fn resolve_text(
-        &mut self,
-        name: &str,
-        position: Position,
-    ) -> Result<Arc<Credential>, CredentialDeny> {
+    /// A credential used as text: a static value, or a token credential's access token. A
+    /// signing credential's value (and a token credential's own secret) is never written into a
+    /// request.
+    fn resolve_text(&mut self, name: &str, position: Position) -> Result<Text<'a>, CredentialDeny> {
         let cred = self.resolve(name, position)?;
-        if !matches!(cred.kind, Kind::Static) {
+        match &cred.kind {
+            Kind::Static => Ok(Text::Static(cred)),
+            Kind::Token(_) => self
+                .tokens
+                .get(name)
+                .map(Text::Token)
+                .ok_or_else(|| CredentialDeny::TokenNeeded(name.to_string())),
             // SECURITY: a signing key must not reach the upstream (or the agent) as text.
-            return Err(CredentialDeny::Position(
+            Kind::AwsSigv4(_) => Err(CredentialDeny::Position(
                 name.to_string(),
                 format!(
                     "{position} as text (a signing credential goes only in `Authorization`, alone)"
                 ),
-            ));
+            )),
         }
-        Ok(cred)
     }
 
     fn substitute<'i>(
@@ -573,8 +632,8 @@ impl Resolver<'_, '_> {
         enc: Encoding,
     ) -> Result<Cow<'i, [u8]>, CredentialDeny> {
         handle::substitute(input, |name| {
-            let cred = self.resolve_text(name, position)?;
-            Ok(Cow::Owned(encode(cred.value.expose(), enc)))
+            let text = self.resolve_text(name, position)?;
+            Ok(Cow::Owned(encode(text.bytes(), enc)))
         })
         .map_err(|e| match e {
             SubstituteError::Handle(_) => CredentialDeny::Malformed(position.as_str()),
@@ -613,7 +672,7 @@ impl Resolver<'_, '_> {
                     match piece {
                         handle::Piece::Literal(l) => pieces.extend_from_slice(l),
                         handle::Piece::Handle(n) => {
-                            pieces.extend_from_slice(self.resolve_text(n, position)?.value.expose())
+                            pieces.extend_from_slice(self.resolve_text(n, position)?.bytes())
                         }
                     }
                 }
@@ -626,6 +685,23 @@ impl Resolver<'_, '_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// What a handle used as text becomes.
+enum Text<'a> {
+    /// A static credential's value.
+    Static(Arc<Credential>),
+    /// A token credential's access token.
+    Token(&'a SecretValue),
+}
+
+impl Text<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Text::Static(c) => c.value.expose(),
+            Text::Token(t) => t.expose(),
+        }
     }
 }
 

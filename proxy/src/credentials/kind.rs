@@ -3,7 +3,9 @@
 //! - `static`: the value itself is substituted where the agent wrote the handle (a key in a
 //!   header, a query value, a body field);
 //! - `aws_sigv4`: an AWS access key (JSON, see [`super::sigv4::AwsKey`]); the value is never
-//!   written into the request: the proxy signs the request it forwards with it.
+//!   written into the request: the proxy signs the request it forwards with it;
+//! - `oauth2_client_credentials`, `google_service_account`: what mints OAuth2 access tokens
+//!   (see [`super::oauth`]); the handle becomes the current access token, never the value.
 //!
 //! The kind is part of the credential's record (authenticated with its value in the vault), and
 //! a value that does not parse as its kind fails the load: a credential the proxy cannot use as
@@ -13,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::oauth::TokenSource;
 use super::secret::SecretValue;
 use super::sigv4::AwsKey;
 
@@ -26,6 +29,10 @@ pub enum KindName {
     Static,
     /// An AWS access key the proxy signs requests with (SigV4).
     AwsSigv4,
+    /// OAuth2 client credentials the proxy obtains access tokens with.
+    Oauth2ClientCredentials,
+    /// A Google service-account key the proxy obtains access tokens with (JWT bearer grant).
+    GoogleServiceAccount,
 }
 
 impl KindName {
@@ -34,6 +41,8 @@ impl KindName {
         match self {
             KindName::Static => "static",
             KindName::AwsSigv4 => "aws_sigv4",
+            KindName::Oauth2ClientCredentials => "oauth2_client_credentials",
+            KindName::GoogleServiceAccount => "google_service_account",
         }
     }
 
@@ -48,10 +57,17 @@ impl std::str::FromStr for KindName {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        [KindName::Static, KindName::AwsSigv4]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is not a credential kind (`static`, `aws_sigv4`)"))
+        [
+            KindName::Static,
+            KindName::AwsSigv4,
+            KindName::Oauth2ClientCredentials,
+            KindName::GoogleServiceAccount,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| {
+            format!("`{s}` is not a credential kind (`static`, `aws_sigv4`, `oauth2_client_credentials`, `google_service_account`)")
+        })
     }
 }
 
@@ -62,6 +78,8 @@ pub enum Kind {
     Static,
     /// Signs the forwarded request.
     AwsSigv4(Arc<AwsKey>),
+    /// Mints the access token substituted for the handle.
+    Token(Arc<TokenSource>),
 }
 
 impl Kind {
@@ -73,6 +91,12 @@ impl Kind {
             KindName::AwsSigv4 => {
                 AwsKey::parse(value.expose()).map(|k| Kind::AwsSigv4(Arc::new(k)))
             }
+            KindName::Oauth2ClientCredentials => {
+                TokenSource::client_credentials(value.expose()).map(|t| Kind::Token(Arc::new(t)))
+            }
+            KindName::GoogleServiceAccount => {
+                TokenSource::service_account(value.expose()).map(|t| Kind::Token(Arc::new(t)))
+            }
         }
     }
 
@@ -81,6 +105,8 @@ impl Kind {
         match self {
             Kind::Static => KindName::Static,
             Kind::AwsSigv4(_) => KindName::AwsSigv4,
+            Kind::Token(t) if t.is_service_account() => KindName::GoogleServiceAccount,
+            Kind::Token(_) => KindName::Oauth2ClientCredentials,
         }
     }
 
@@ -89,6 +115,7 @@ impl Kind {
         match self {
             Kind::Static => Vec::new(),
             Kind::AwsSigv4(k) => k.secrets(),
+            Kind::Token(t) => t.secrets(),
         }
     }
 }

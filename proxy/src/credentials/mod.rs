@@ -6,6 +6,7 @@
 //! - [`positions`]: where requests carry credentials, per provider (written once);
 //! - [`apply`]: finds handles in a request and substitutes them after every check passes, and
 //!   refuses the agent's own keys ([`raw`]) toward destinations whose keys are managed;
+//! - [`oauth`]: OAuth2 token credentials, their grants and the per-tenant token cache;
 //! - [`scrub`]: replaces a secret echoed back in a response (raw, escaped or base64) with its
 //!   handle.
 
@@ -14,6 +15,7 @@ pub mod binding;
 pub mod files;
 pub mod handle;
 pub mod kind;
+pub mod oauth;
 pub mod positions;
 mod raw;
 pub mod scrub;

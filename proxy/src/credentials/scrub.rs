@@ -27,6 +27,7 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 
+use super::apply::AccessTokens;
 use super::Credential;
 
 /// Shortest secret matched ignoring case, and shortest base64 run matched.
@@ -83,21 +84,39 @@ impl std::fmt::Debug for Scrubber {
 impl Scrubber {
     /// A scrubber for the credentials a request used.
     pub fn new(secrets: Vec<Arc<Credential>>) -> Self {
+        Self::with_tokens(secrets, &AccessTokens::default())
+    }
+
+    /// A scrubber for the credentials a request used and the access tokens substituted for
+    /// its token credentials (each replaced by its credential's handle).
+    pub fn with_tokens(secrets: Vec<Arc<Credential>>, tokens: &AccessTokens) -> Self {
         let mut patterns: Vec<Pattern> = Vec::new();
+        let mut named: Vec<(&str, &[u8])> = Vec::new();
         for c in &secrets {
-            // A signing credential's value is a document; its secret parts are what could echo.
-            let values = match &c.kind {
-                crate::credentials::kind::Kind::Static => vec![c.value.expose()],
-                other => other.echoable_secrets(),
-            };
-            for value in values {
+            // A signing or token credential's value is a document; its secret parts are what
+            // could echo.
+            match &c.kind {
+                crate::credentials::kind::Kind::Static => {
+                    named.push((c.name.as_str(), c.value.expose()))
+                }
+                other => named.extend(
+                    other
+                        .echoable_secrets()
+                        .into_iter()
+                        .map(|v| (c.name.as_str(), v)),
+                ),
+            }
+        }
+        named.extend(tokens.iter().map(|(n, t)| (n, t.expose())));
+        for (name, value) in named {
+            {
                 if value.is_empty() {
                     continue;
                 }
                 patterns.push(Pattern {
                     bytes: value.to_vec(),
                     ignore_case: value.len() >= MIN_FUZZY_LEN,
-                    replacement: format!("$CRED{{{}}}", c.name).into_bytes(),
+                    replacement: format!("$CRED{{{name}}}").into_bytes(),
                     masks: false,
                 });
                 let stars = vec![b'*'; value.len()];

@@ -40,6 +40,14 @@ pub struct CredentialsSpec {
     /// `x-api-key`, …): handles may appear in them, literals may not.
     #[serde(default)]
     pub credential_headers: Vec<String>,
+    /// How long a token credential's grant (and a wait for one) may take before the request
+    /// is refused with `credential_unavailable` (humantime, default `5s`).
+    #[serde(default = "default_token_timeout")]
+    pub token_timeout: String,
+}
+
+fn default_token_timeout() -> String {
+    "5s".into()
 }
 
 fn default_scan_body_max() -> usize {
@@ -59,7 +67,8 @@ pub struct FileCredentialSpec {
     /// Positions: `header`, `query`, `body` (default `header`).
     #[serde(rename = "in", default)]
     pub positions: Vec<Position>,
-    /// `static` (default) or `aws_sigv4` (the file holds the key as JSON; the proxy signs).
+    /// `static` (default), `aws_sigv4` (the file holds the key as JSON; the proxy signs),
+    /// `oauth2_client_credentials` or `google_service_account` (the file mints access tokens).
     #[serde(default)]
     pub kind: KindName,
 }
@@ -100,7 +109,12 @@ pub fn from_spec(
             );
         }
     }
+    let token_timeout = p.duration("credentials.token_timeout", &c.token_timeout);
+    if token_timeout.is_zero() {
+        p.push("credentials.token_timeout", "must be more than zero");
+    }
     let settings = CredentialSettings {
+        token_timeout,
         scan_body_max_bytes: c.scan_body_max_bytes,
         raw_credential: c.raw_credential,
         positions: CredentialPositions::with_extra_headers(&c.credential_headers),

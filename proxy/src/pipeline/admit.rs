@@ -40,7 +40,11 @@ use crate::body::{self, BodyHold, BufferedBody};
 use crate::clock::{unix_now, unix_now_i64};
 use crate::config::StaticConfig;
 use crate::context::TenantContext;
-use crate::credentials::apply::Applied;
+use crate::credentials::apply::{AccessTokens, Applied, CredentialDeny};
+use crate::credentials::kind::Kind;
+use crate::credentials::oauth::cache::TokenUnavailable;
+use crate::credentials::oauth::TokenSource;
+use crate::credentials::secret::SecretValue;
 use crate::egress::EgressException;
 use crate::error::{Deny, PolicyRefusal};
 use crate::identity::{self, IdentityError, ListenerIdentity, Presented, ResolvedIdentity};
@@ -257,6 +261,17 @@ pub trait Effects: Send + Sync {
     async fn reserve(&self, plan: &Plan) -> Result<Option<Admission>, Deny>;
     /// The interception CA's leaf minter, when one is configured.
     fn minter(&self) -> Option<Arc<LeafMinter>>;
+    /// `tenant`'s access token for its token credential `name` (minted from `source`): the
+    /// cached one while fresh, else one grant to the source's endpoint, resolved and checked
+    /// with `exceptions` like any upstream, within `timeout`.
+    async fn access_token(
+        &self,
+        tenant: &TenantContext,
+        name: &str,
+        source: &Arc<TokenSource>,
+        exceptions: &[EgressException],
+        timeout: Duration,
+    ) -> Result<SecretValue, TokenUnavailable>;
     /// Holds a request that a marked permit allowed until a person of its tenant decides (see
     /// [`crate::approvals`]); `session` is watched for the agent going away.
     async fn hold(
@@ -401,8 +416,13 @@ async fn admit_http(
         BodySource::Given(..) => None,
     };
     let original = tunnel.and_then(|t| t.original).or(captured);
-    let destination =
+    let mut destination =
         http_destination(source.header(), tunnel, captured, &snapshot, config, trail)?;
+    // A host the tenant file declares an LLM provider's is priced and named as that provider.
+    if destination.provider.is_none() {
+        let declared = snapshot.tenants.llm_providers.for_host(&destination.host);
+        destination.provider = declared.map(|p| p.name.clone());
+    }
     trail.destination = Some(destination.clone());
 
     let mut grant = HttpGrant::default();
@@ -427,7 +447,12 @@ async fn admit_http(
         grant.body = Some(BufferedBody(read.body));
     }
     // A provider that names the model in the path (Bedrock) is asked when the body names none.
-    if trail.model.is_none() {
+    // SECURITY: an Azure OpenAI deployment serves its own model whatever the body names (the
+    // agent could name a cheaper or allowed one there): its mapped model, else its name, is
+    // what policy and prices see.
+    if let Some(model) = snapshot.tenants.llm_providers.model_for(&destination) {
+        trail.model = Some(model);
+    } else if trail.model.is_none() {
         trail.model = registry::model_from_path(&destination.upstream_path);
     }
 
@@ -481,7 +506,8 @@ async fn admit_http(
     // Credentials are decided now (a refused one refuses at once), and the permits that allowed
     // their use may ask for approval as much as the `http` and MCP ones.
     let mut uses = CredentialPermits::new(observer);
-    let applied = decide_credentials(&asking, header, &grant, &mut trail.credentials, &mut uses)?;
+    let named = &mut trail.credentials;
+    let applied = decide_credentials(fx, &asking, header, &grant, named, &mut uses).await?;
     let credential_permits = std::mem::take(&mut uses.ids);
     let call = CallFacts {
         model: trail.model.as_deref(),
@@ -542,7 +568,7 @@ async fn admit_http(
             held.map_err(deny_for_hold)?;
             let header = source.header();
             let named = &mut trail.credentials;
-            decide_credentials(&asking, header, &grant, named, observer)?
+            decide_credentials(fx, &asking, header, &grant, named, observer).await?
         }
     };
     substitute(applied, &mut grant, trail, &tenant);
@@ -614,8 +640,12 @@ impl Observer for CredentialPermits<'_> {
 }
 
 /// Decides every `$CRED{}` handle and agent-supplied key of the request: what would be
-/// substituted, or the refusal (its credential named in `named`, the trail's list).
-fn decide_credentials(
+/// substituted, or the refusal (its credential named in `named`, the trail's list). A token
+/// credential whose use was allowed gets its access token (cached, or one grant through the
+/// egress guard) and the request is decided again with it; the questions already asked are not
+/// passed on to `observer` twice.
+async fn decide_credentials(
+    fx: &dyn Effects,
     asking: &Asking<'_>,
     header: &RequestHeader,
     grant: &HttpGrant,
@@ -623,12 +653,82 @@ fn decide_credentials(
     observer: &mut dyn Observer,
 ) -> Result<Applied, Deny> {
     let body = grant.body.as_ref().map(|b| &b.0);
-    asking
-        .credentials(header, body, grant.body_decoded, observer)
-        .map_err(|refusal| {
-            *named = refusal.credential().map(String::from).into_iter().collect();
-            Deny::Credential(refusal)
-        })
+    let mut tokens = AccessTokens::default();
+    let mut asked = 0;
+    let refusal = loop {
+        let mut replay = Replayed {
+            inner: &mut *observer,
+            skip: asked,
+            seen: 0,
+        };
+        let decided = asking.credentials(header, body, grant.body_decoded, &tokens, &mut replay);
+        asked = asked.max(replay.seen);
+        match decided {
+            Ok(mut applied) => {
+                applied.tokens = tokens;
+                return Ok(applied);
+            }
+            // Each token is obtained once: a second ask for one is a refusal, never a loop.
+            Err(CredentialDeny::TokenNeeded(name)) if tokens.get(&name).is_none() => {
+                match access_token(fx, asking, &name).await {
+                    Ok(token) => tokens.insert(name, token),
+                    Err(refusal) => break refusal,
+                }
+            }
+            Err(refusal) => break refusal,
+        }
+    };
+    *named = refusal.credential().map(String::from).into_iter().collect();
+    Err(Deny::Credential(refusal))
+}
+
+/// The access token of the caller's token credential `name`.
+async fn access_token(
+    fx: &dyn Effects,
+    asking: &Asking<'_>,
+    name: &str,
+) -> Result<SecretValue, CredentialDeny> {
+    let (snapshot, tenant) = (asking.snapshot, asking.tenant);
+    let cred = snapshot
+        .credentials
+        .get(&tenant.tenant, name)
+        .ok_or_else(|| CredentialDeny::Unknown(name.to_string()))?;
+    let Kind::Token(source) = &cred.kind else {
+        return Err(CredentialDeny::Unknown(name.to_string()));
+    };
+    let exceptions = egress_exceptions(snapshot, &tenant.tenant);
+    let timeout = snapshot.tenants.credential_settings.token_timeout;
+    fx.access_token(tenant, name, source, exceptions, timeout)
+        .await
+        .map_err(|why| CredentialDeny::Unavailable(name.to_string(), why.0))
+}
+
+/// Passes on the credential questions of a repeated decision that the earlier ones did not
+/// ask (a decision is repeated with one more token; its first questions are the same).
+struct Replayed<'a> {
+    inner: &'a mut dyn Observer,
+    skip: usize,
+    seen: usize,
+}
+
+impl Observer for Replayed<'_> {
+    fn facts(&mut self, facts: &crate::policy::HttpRequestFacts<'_>) {
+        self.inner.facts(facts);
+    }
+    fn credential_use(
+        &mut self,
+        name: &str,
+        position: crate::credentials::binding::Position,
+        decision: &Decision,
+    ) {
+        self.seen += 1;
+        if self.seen > self.skip {
+            self.inner.credential_use(name, position, decision);
+        }
+    }
+    fn mcp_item(&mut self, server: &str, item: ItemKind, name: &str, decision: &Decision) {
+        self.inner.mcp_item(server, item, name, decision);
+    }
 }
 
 /// Puts the decided substitutions into the request (counted, named in the trail).
@@ -1037,6 +1137,19 @@ impl Effects for DecideOnly<'_> {
 
     fn minter(&self) -> Option<Arc<LeafMinter>> {
         self.minter.clone()
+    }
+
+    async fn access_token(
+        &self,
+        _: &TenantContext,
+        _: &str,
+        _: &Arc<TokenSource>,
+        _: &[EgressException],
+        _: Duration,
+    ) -> Result<SecretValue, TokenUnavailable> {
+        // Explain obtains no token: the decision is the same whatever the token is, and
+        // nothing is forwarded.
+        Ok(SecretValue::new(b"<access token>".to_vec()))
     }
 
     async fn hold(&self, _: HoldAsk<'_>, _: Option<&mut Session>) -> Result<Granted, HoldEnd> {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 
 use crate::context::TenantContext;
-use crate::credentials::apply::{Applied, CredentialDeny, RequestParts};
+use crate::credentials::apply::{AccessTokens, Applied, CredentialDeny, RequestParts};
 use crate::credentials::binding::{Position, Target};
 use crate::credentials::Credential;
 use crate::error::Deny;
@@ -81,6 +81,7 @@ impl<'a> Asking<'a> {
             method: method.as_str(),
             path: destination.audit_path.split('?').next().unwrap_or("/"),
             model,
+            provider: crate::usage::providers::registry::provider_of(destination),
             run_signed: tenant.run.signed,
             scopes: &tenant.scopes,
             route: destination.route.as_deref(),
@@ -248,12 +249,14 @@ impl<'a> Asking<'a> {
     /// Resolves `$CRED{}` handles in the caller's tenant scope, after the request itself was
     /// allowed: every handle must be known, unexpired, in an allowed position, bound to this
     /// destination and permitted by policy (`use_credential`). `decoded`: the body was decoded
-    /// from its `Content-Encoding` (and is scanned, and sent, decoded).
+    /// from its `Content-Encoding` (and is scanned, and sent, decoded). Token credentials'
+    /// handles become their tokens in `tokens` (one missing: [`CredentialDeny::TokenNeeded`]).
     pub fn credentials(
         &self,
         req: &RequestHeader,
         body: Option<&Bytes>,
         decoded: bool,
+        tokens: &AccessTokens,
         observer: &mut dyn Observer,
     ) -> Result<Applied, CredentialDeny> {
         let facts = &self.facts;
@@ -300,6 +303,7 @@ impl<'a> Asking<'a> {
             &self.tenant.tenant,
             &parts,
             crate::clock::unix_now(),
+            tokens,
             &mut authorize_use,
         )
     }

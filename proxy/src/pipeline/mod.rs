@@ -40,6 +40,9 @@ use crate::audit::{AuditSink, AuditSlot};
 use crate::body::BodyHold;
 use crate::config::{ListenerSettings, StaticConfig};
 use crate::context::TenantContext;
+use crate::credentials::oauth::cache::TokenUnavailable;
+use crate::credentials::oauth::TokenSource;
+use crate::credentials::secret::SecretValue;
 use crate::egress::{EgressException, EgressRefusal};
 use crate::error::Deny;
 use crate::ids::TenantId;
@@ -87,6 +90,8 @@ pub struct Shared {
     /// Requests held for a person's approval (`None`: no `[approvals]`, and a request a policy
     /// marks for approval is refused).
     pub approvals: Option<Arc<crate::approvals::Holds>>,
+    /// The trust for `https` token endpoints.
+    pub token_tls: Arc<rustls::ClientConfig>,
 }
 
 #[async_trait]
@@ -218,6 +223,47 @@ impl Effects for Shared {
 
     fn minter(&self) -> Option<Arc<LeafMinter>> {
         self.minter.clone()
+    }
+
+    async fn access_token(
+        &self,
+        tenant: &TenantContext,
+        name: &str,
+        source: &Arc<TokenSource>,
+        exceptions: &[EgressException],
+        timeout: Duration,
+    ) -> Result<SecretValue, TokenUnavailable> {
+        let grant = || async {
+            let endpoint = source.endpoint();
+            // SECURITY: the token endpoint is an upstream like any other: resolved and checked
+            // by the egress guard (with the tenant's exceptions), and exactly that address dialed.
+            let addr = self
+                .resolve(&endpoint.host, endpoint.port, exceptions, tenant, None)
+                .await
+                .map_err(|refusal| {
+                    format!(
+                        "the egress guard refused its token endpoint `{}` ({})",
+                        endpoint.host,
+                        refusal.code().as_str()
+                    )
+                })?;
+            let request = source.grant_request(crate::clock::unix_now())?;
+            crate::credentials::oauth::fetch::grant(addr, endpoint, request, &self.token_tls).await
+        };
+        let token = self
+            .snapshot
+            .tokens
+            .get(&tenant.tenant, name, source.fingerprint(), timeout, grant)
+            .await;
+        if let Err(why) = &token {
+            tracing::warn!(
+                tenant = %tenant.tenant,
+                credential = name,
+                reason = %why,
+                "no access token for a token credential"
+            );
+        }
+        token
     }
 
     async fn hold(

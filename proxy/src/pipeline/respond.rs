@@ -225,7 +225,7 @@ impl Stages {
             ) {
                 return Err(Deny::UpstreamEncoded);
             }
-            let mut scrubber = Scrubber::new(applied.used.clone());
+            let mut scrubber = Scrubber::with_tokens(applied.used.clone(), &applied.tokens);
             if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 scrubber.upgraded(&resp.headers);
             }

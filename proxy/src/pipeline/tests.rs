@@ -165,6 +165,21 @@ impl Effects for Recording<'_> {
     fn minter(&self) -> Option<Arc<LeafMinter>> {
         None
     }
+    async fn access_token(
+        &self,
+        _: &TenantContext,
+        _: &str,
+        _: &Arc<crate::credentials::oauth::TokenSource>,
+        _: &[EgressException],
+        _: std::time::Duration,
+    ) -> Result<
+        crate::credentials::secret::SecretValue,
+        crate::credentials::oauth::cache::TokenUnavailable,
+    > {
+        Err(crate::credentials::oauth::cache::TokenUnavailable(
+            "no token endpoint in these tests".into(),
+        ))
+    }
     async fn hold(
         &self,
         ask: crate::approvals::HoldAsk<'_>,

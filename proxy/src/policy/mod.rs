@@ -14,7 +14,7 @@
 //! | principal | `TenantProxy::Workload::"<tenant>/<workload>"` (member of `TenantProxy::Tenant::"<tenant>"`) |
 //! | action | `TenantProxy::Action::"http"` |
 //! | resource | `TenantProxy::Destination::"<lowercase host>"` |
-//! | context | [`HttpRequestFacts`] (`scheme`, `host`, `port`, `method`, `path`, `model?`, `run_signed`, `scopes`, `route?`, `destination_region?`, `hour`, `weekday`) |
+//! | context | [`HttpRequestFacts`] (`scheme`, `host`, `port`, `method`, `path`, `model?`, `provider?`, `run_signed`, `scopes`, `route?`, `destination_region?`, `hour`, `weekday`) |
 //!
 //! A request to an MCP server is then asked one question per tool it calls (`mcp_tool_call`,
 //! resource `TenantProxy::McpTool`), resource it reads (`mcp_resource`,
@@ -90,6 +90,8 @@ pub struct HttpRequestFacts<'a> {
     pub path: &'a str,
     /// The `model` the JSON request body names, if any.
     pub model: Option<&'a str>,
+    /// The LLM provider of the call (`openai`, `bedrock`, `google`, a declared one), if any.
+    pub provider: Option<&'a str>,
     /// Whether the run id came from a signed token.
     pub run_signed: bool,
     /// Scopes granted by the workload token (empty for other identities).
@@ -626,6 +628,12 @@ fn http_pairs(f: &HttpRequestFacts<'_>, host: &str) -> Vec<(String, RestrictedEx
         pairs.push((
             "model".to_string(),
             RestrictedExpression::new_string(m.to_string()),
+        ));
+    }
+    if let Some(p) = f.provider {
+        pairs.push((
+            "provider".to_string(),
+            RestrictedExpression::new_string(p.to_string()),
         ));
     }
     if let Some(r) = f.route {

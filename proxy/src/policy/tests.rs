@@ -36,6 +36,7 @@ fn facts<'a>(host: &'a str, path: &'a str, model: Option<&'a str>) -> HttpReques
         method: "POST",
         path,
         model,
+        provider: None,
         run_signed: false,
         scopes: &[],
         route: None,
@@ -623,6 +624,7 @@ fn built_requests_conform_to_the_schema() {
     let scopes = vec!["llm".to_string(), "admin".to_string()];
     let full = HttpRequestFacts {
         model: Some("gpt-4o"),
+        provider: None,
         route: Some("openai"),
         destination_region: Some("eu"),
         scopes: &scopes,
@@ -718,6 +720,7 @@ fn mcp_requests_conform_to_the_schema() {
     let scopes = vec!["tools".to_string()];
     let full = HttpRequestFacts {
         model: Some("ignored"),
+        provider: None,
         route: Some("docs-mcp"),
         scopes: &scopes,
         ..facts("MCP.example.com", "/mcp", None)

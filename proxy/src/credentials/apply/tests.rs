@@ -125,6 +125,7 @@ fn run(
         &tid(tenant),
         &req,
         100,
+        &AccessTokens::default(),
         &mut |_, _| true,
     )
 }
@@ -336,6 +337,7 @@ fn policy_denial_and_no_work_without_handles() {
         &tid("acme"),
         &req,
         100,
+        &AccessTokens::default(),
         &mut |_, _| false,
     );
     assert_eq!(
@@ -381,8 +383,16 @@ fn strip_mode_removes_agent_keys_instead_of_refusing() {
         raw_credential: RawCredentialMode::Strip,
         ..CredentialSettings::default()
     };
-    let applied = apply(&set(), &settings, &tid("acme"), &req, 100, &mut |_, _| true)
-        .expect("stripped, not refused");
+    let applied = apply(
+        &set(),
+        &settings,
+        &tid("acme"),
+        &req,
+        100,
+        &AccessTokens::default(),
+        &mut |_, _| true,
+    )
+    .expect("stripped, not refused");
     assert_eq!(
         applied.remove_headers,
         vec![HeaderName::from_static("authorization")]
@@ -653,8 +663,17 @@ fn authorities_and_unscannable_bodies() {
         scan_body_max_bytes: 65_536,
         ..CredentialSettings::default()
     };
-    let go =
-        |p: &RequestParts<'_>| apply(&set(), &settings, &tid("acme"), p, 100, &mut |_, _| true);
+    let go = |p: &RequestParts<'_>| {
+        apply(
+            &set(),
+            &settings,
+            &tid("acme"),
+            p,
+            100,
+            &AccessTokens::default(),
+            &mut |_, _| true,
+        )
+    };
     assert_eq!(
         go(&parts("api.openai.com", &big, None)).err(),
         Some(CredentialDeny::ScanIncomplete(ScanGap::TooLarge(65_536)))
@@ -703,7 +722,16 @@ fn strip_mode_strips_literals_in_every_position_and_keeps_handles() {
         raw_credential: RawCredentialMode::Strip,
         ..CredentialSettings::default()
     };
-    let a = apply(&set(), &settings, &tid("acme"), &req, 100, &mut |_, _| true).expect("stripped");
+    let a = apply(
+        &set(),
+        &settings,
+        &tid("acme"),
+        &req,
+        100,
+        &AccessTokens::default(),
+        &mut |_, _| true,
+    )
+    .expect("stripped");
     assert_eq!(a.remove_headers, vec![HeaderName::from_static("x-api-key")]);
     assert_eq!(a.set_headers[0].1.as_bytes(), b"Bearer sk-acme");
     assert_eq!(a.path_and_query.as_deref(), Some("/v1/x?q=1"));
@@ -719,7 +747,16 @@ fn strip_mode_strips_literals_in_every_position_and_keeps_handles() {
         ..req
     };
     assert_eq!(
-        apply(&set(), &settings, &tid("acme"), &req, 100, &mut |_, _| true).err(),
+        apply(
+            &set(),
+            &settings,
+            &tid("acme"),
+            &req,
+            100,
+            &AccessTokens::default(),
+            &mut |_, _| true
+        )
+        .err(),
         Some(CredentialDeny::Repeated("header `authorization`".into()))
     );
 }

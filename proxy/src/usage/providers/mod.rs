@@ -15,11 +15,15 @@
 //! destination is, how to meter a response, what a body names and where keys go. Request fields
 //! are read by [`request`], in every provider's spelling at once.
 //!
+//! Vendors that speak an API the proxy already reads (OpenAI-compatible servers, Azure OpenAI
+//! resources) need no file: the tenant file declares their hosts ([`configured`]).
+//!
 //! Adding a provider is one new file here with a unit struct that implements [`Provider`], and its
 //! line in [`registry::PROVIDERS`].
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod configured;
 pub mod gemini;
 pub mod openai_chat;
 pub mod openai_responses;

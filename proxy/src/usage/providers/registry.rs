@@ -25,6 +25,8 @@ pub struct Vendor {
     pub name: &'static str,
     /// API hosts that are its own (lowercase).
     pub hosts: &'static [&'static str],
+    /// Domains whose subdomains are its own (lowercase, with the leading dot).
+    pub host_suffixes: &'static [&'static str],
     /// Where its requests carry a key, besides the generic positions.
     pub positions: KeyPositions,
 }
@@ -34,8 +36,10 @@ pub struct Vendor {
 pub static VENDORS: &[Vendor] = &[
     Vendor {
         name: "azure_openai",
-        // Its hosts are per resource (`<resource>.openai.azure.com`); routes name it.
+        // Its hosts are per resource (`<resource>.openai.azure.com`); other Azure hosts serving
+        // it are declared in `[[llm_provider]]` or named by routes.
         hosts: &[],
+        host_suffixes: &[".openai.azure.com"],
         positions: KeyPositions {
             headers: &["api-key", "authorization"],
             query: &["api-key"],
@@ -45,31 +49,37 @@ pub static VENDORS: &[Vendor] = &[
     Vendor {
         name: "mistral",
         hosts: &["api.mistral.ai"],
+        host_suffixes: &[],
         positions: KeyPositions::NONE,
     },
     Vendor {
         name: "groq",
         hosts: &["api.groq.com"],
+        host_suffixes: &[],
         positions: KeyPositions::NONE,
     },
     Vendor {
         name: "deepseek",
         hosts: &["api.deepseek.com"],
+        host_suffixes: &[],
         positions: KeyPositions::NONE,
     },
     Vendor {
         name: "together",
         hosts: &["api.together.xyz"],
+        host_suffixes: &[],
         positions: KeyPositions::NONE,
     },
     Vendor {
         name: "openrouter",
         hosts: &["openrouter.ai"],
+        host_suffixes: &[],
         positions: KeyPositions::NONE,
     },
     Vendor {
         name: "xai",
         hosts: &["api.x.ai"],
+        host_suffixes: &[],
         positions: KeyPositions::NONE,
     },
 ];
@@ -78,12 +88,36 @@ pub static VENDORS: &[Vendor] = &[
 /// Compared ignoring case and a trailing dot, without allocating.
 pub fn name_for_host(host: &str) -> Option<&'static str> {
     let host = host.trim_end_matches('.');
-    let is = |hosts: &[&str]| hosts.iter().any(|h| h.eq_ignore_ascii_case(host));
+    let is = |v: &Vendor| {
+        v.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+            || v.host_suffixes.iter().any(|s| {
+                host.len() > s.len()
+                    && host.is_char_boundary(host.len() - s.len())
+                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+            })
+    };
     PROVIDERS
         .iter()
         .find(|p| p.owns_host(host))
         .map(|p| p.name())
-        .or_else(|| VENDORS.iter().find(|v| is(v.hosts)).map(|v| v.name))
+        .or_else(|| VENDORS.iter().find(|v| is(v)).map(|v| v.name))
+}
+
+/// The deployment an Azure OpenAI call names in its path (`/openai/deployments/<name>/…`), as
+/// written (percent-decoded, case kept).
+pub fn deployment_of(path: &str) -> Option<String> {
+    const DEPLOYMENTS: &str = "/openai/deployments/";
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let at = path.find(DEPLOYMENTS)? + DEPLOYMENTS.len();
+    let name = path[at..].split('/').next().filter(|n| !n.is_empty())?;
+    super::percent_decoded(name)
+}
+
+/// The provider a call to `destination` is, for policies (`context.provider`): the one that
+/// prices it (a route's `provider`, a declared or known API host), else the one whose API its
+/// path is.
+pub fn provider_of(destination: &Destination) -> Option<&str> {
+    price_key(destination).or_else(|| for_destination(destination).map(|p| p.name()))
 }
 
 /// Whose prices a call to `destination` is charged at: the route's `provider`, else the

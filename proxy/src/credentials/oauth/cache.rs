@@ -1,0 +1,375 @@
+//! Access tokens per tenant and credential: served from memory until shortly before they
+//! expire, then refreshed by exactly one grant however many requests wait for it.
+//!
+//! Each (tenant, credential) has its own slot: a fresh token is read without waiting; a refresh
+//! holds only that slot's lock, so one tenant's slow or failing token endpoint delays nobody
+//! else. Every grant (and every wait for one) is bounded by a timeout. Requests that queued
+//! behind a grant that failed share its failure instead of each trying again in turn.
+//!
+//! A slot remembers the fingerprint of the stored value its token was minted from: after a
+//! rotation the next request finds another fingerprint, and the slot (with the old value's
+//! token) is replaced, so a token derived from a rotated secret is never served.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use super::AccessToken;
+use crate::credentials::secret::SecretValue;
+use crate::ids::TenantId;
+use crate::metrics::METRICS;
+
+/// How long before its expiry a token is refreshed: a quarter of its lifetime, at most a minute
+/// (so a token is never sent upstream in its last seconds).
+fn refresh_margin(lifetime: Duration) -> Duration {
+    (lifetime / 4).min(Duration::from_secs(60))
+}
+
+struct Cached {
+    value: SecretValue,
+    refresh_at: Instant,
+}
+
+/// What the last grant left behind (held by the one request granting).
+#[derive(Default)]
+struct State {
+    /// The last grant's failure, if the last grant failed.
+    failure: Option<String>,
+}
+
+struct Slot {
+    fingerprint: [u8; 32],
+    current: Mutex<Option<Arc<Cached>>>,
+    /// Incremented (under `refresh`) by every finished grant, success or failure.
+    generation: AtomicU64,
+    refresh: tokio::sync::Mutex<State>,
+}
+
+impl Slot {
+    fn new(fingerprint: [u8; 32]) -> Self {
+        Self {
+            fingerprint,
+            current: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            refresh: tokio::sync::Mutex::new(State::default()),
+        }
+    }
+
+    fn fresh(&self, now: Instant) -> Option<SecretValue> {
+        let current = self.current.lock().ok()?;
+        current
+            .as_ref()
+            .filter(|c| now < c.refresh_at)
+            .map(|c| c.value.clone())
+    }
+}
+
+/// The process's access tokens, by tenant and credential name. `Debug` shows the number of
+/// slots only.
+#[derive(Default)]
+pub struct TokenCache {
+    slots: DashMap<(TenantId, String), Arc<Slot>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+/// Why no token could be had (never carries a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenUnavailable(pub String);
+
+impl TokenCache {
+    /// The slot of `tenant`'s `name`, replaced when the stored value changed (`fingerprint`).
+    fn slot(&self, tenant: &TenantId, name: &str, fingerprint: [u8; 32]) -> Arc<Slot> {
+        let key = (tenant.clone(), name.to_string());
+        if let Some(slot) = self.slots.get(&key) {
+            if slot.fingerprint == fingerprint {
+                return slot.clone();
+            }
+        }
+        // SECURITY: a rotated value's slot starts empty; the old token is dropped (zeroized)
+        // with the old slot once no request holds it.
+        let mut entry = self
+            .slots
+            .entry(key)
+            .or_insert_with(|| Arc::new(Slot::new(fingerprint)));
+        if entry.fingerprint != fingerprint {
+            *entry = Arc::new(Slot::new(fingerprint));
+        }
+        entry.clone()
+    }
+
+    /// Drops the slots of credentials `keep` no longer knows (or whose value changed), so a
+    /// deleted or rotated credential's tokens do not outlive the reload that removed it.
+    pub fn retain(&self, keep: impl Fn(&TenantId, &str, [u8; 32]) -> bool) {
+        self.slots
+            .retain(|(tenant, name), slot| keep(tenant, name, slot.fingerprint));
+    }
+
+    /// `tenant`'s token for credential `name` (stored value `fingerprint`): the cached one while
+    /// fresh, else one grant (`grant`), bounded by `timeout`, shared by every request waiting.
+    pub async fn get<F, Fut>(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        fingerprint: [u8; 32],
+        timeout: Duration,
+        grant: F,
+    ) -> Result<SecretValue, TokenUnavailable>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<AccessToken, String>>,
+    {
+        let slot = self.slot(tenant, name, fingerprint);
+        if let Some(token) = slot.fresh(Instant::now()) {
+            return Ok(token);
+        }
+        let seen = slot.generation.load(Ordering::Acquire);
+        let mut state = match tokio::time::timeout(timeout, slot.refresh.lock()).await {
+            Ok(state) => state,
+            Err(_) => {
+                return Err(TokenUnavailable(
+                    "a grant for it is still waiting on the token endpoint".into(),
+                ))
+            }
+        };
+        // Another request refreshed it while this one waited.
+        if let Some(token) = slot.fresh(Instant::now()) {
+            return Ok(token);
+        }
+        // A grant finished (and failed) while this one waited: share its answer rather than
+        // queue one more grant per waiting request.
+        if let Some(failure) = &state.failure {
+            if slot.generation.load(Ordering::Acquire) != seen {
+                return Err(TokenUnavailable(failure.clone()));
+            }
+        }
+        let outcome = tokio::time::timeout(timeout, grant()).await;
+        slot.generation.fetch_add(1, Ordering::AcqRel);
+        let label = [tenant.as_str(), "ok"];
+        match outcome {
+            Ok(Ok(token)) => {
+                state.failure = None;
+                METRICS
+                    .credential_token_grants
+                    .with_label_values(&label)
+                    .inc();
+                let now = Instant::now();
+                let refresh_at = now
+                    + token
+                        .lifetime
+                        .saturating_sub(refresh_margin(token.lifetime));
+                let cached = Arc::new(Cached {
+                    value: token.value,
+                    refresh_at,
+                });
+                let value = cached.value.clone();
+                if let Ok(mut current) = slot.current.lock() {
+                    *current = Some(cached);
+                }
+                Ok(value)
+            }
+            Ok(Err(why)) => self.failed(&mut state, tenant, why),
+            Err(_) => self.failed(
+                &mut state,
+                tenant,
+                format!("the token endpoint did not answer within {timeout:?}"),
+            ),
+        }
+    }
+
+    fn failed(
+        &self,
+        state: &mut State,
+        tenant: &TenantId,
+        why: String,
+    ) -> Result<SecretValue, TokenUnavailable> {
+        METRICS
+            .credential_token_grants
+            .with_label_values(&[tenant.as_str(), "failed"])
+            .inc();
+        state.failure = Some(why.clone());
+        Err(TokenUnavailable(why))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn tid(s: &str) -> TenantId {
+        TenantId::new(s).expect("tenant id")
+    }
+
+    fn token(v: &str, secs: u64) -> AccessToken {
+        AccessToken {
+            value: SecretValue::new(v.as_bytes().to_vec()),
+            lifetime: Duration::from_secs(secs),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_grant_for_many_waiters_and_per_tenant_slots() {
+        let cache = Arc::new(TokenCache::default());
+        let grants = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (cache, grants) = (cache.clone(), grants.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get(
+                        &tid("acme"),
+                        "g",
+                        [1; 32],
+                        Duration::from_secs(5),
+                        || async {
+                            grants.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok(token("tok-acme", 3600))
+                        },
+                    )
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.expect("task").expect("token").expose(), b"tok-acme");
+        }
+        assert_eq!(grants.load(Ordering::SeqCst), 1);
+        // Another tenant's credential of the same name has its own grant and token.
+        let other = cache
+            .get(
+                &tid("globex"),
+                "g",
+                [1; 32],
+                Duration::from_secs(5),
+                || async { Ok(token("tok-globex", 3600)) },
+            )
+            .await
+            .expect("token");
+        assert_eq!(other.expose(), b"tok-globex");
+    }
+
+    #[tokio::test]
+    async fn rotation_drops_the_old_token_and_expiry_refreshes() {
+        let cache = TokenCache::default();
+        let t = Duration::from_secs(5);
+        let a = cache
+            .get(&tid("acme"), "g", [1; 32], t, || async {
+                Ok(token("old", 3600))
+            })
+            .await
+            .expect("token");
+        assert_eq!(a.expose(), b"old");
+        let b = cache
+            .get(&tid("acme"), "g", [2; 32], t, || async {
+                Ok(token("new", 0))
+            })
+            .await
+            .expect("token");
+        assert_eq!(
+            b.expose(),
+            b"new",
+            "a rotated value never serves the old token"
+        );
+        // A zero-lifetime token is never served from the cache.
+        let c = cache
+            .get(&tid("acme"), "g", [2; 32], t, || async {
+                Ok(token("newer", 3600))
+            })
+            .await
+            .expect("token");
+        assert_eq!(c.expose(), b"newer");
+        cache.retain(|_, _, fp| fp == [9; 32]);
+        assert_eq!(cache.slots.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn requests_that_waited_on_a_failed_grant_share_its_failure() {
+        let cache = Arc::new(TokenCache::default());
+        let grants = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (cache, grants) = (cache.clone(), grants.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get(
+                        &tid("acme"),
+                        "g",
+                        [1; 32],
+                        Duration::from_secs(5),
+                        || async {
+                            grants.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Err("the token endpoint answered 503".to_string())
+                        },
+                    )
+                    .await
+            }));
+        }
+        for t in tasks {
+            let err = t.await.expect("task").expect_err("refused");
+            assert_eq!(err.0, "the token endpoint answered 503");
+        }
+        assert_eq!(
+            grants.load(Ordering::SeqCst),
+            1,
+            "one grant, one shared failure"
+        );
+        // The next request tries again.
+        let ok = cache
+            .get(
+                &tid("acme"),
+                "g",
+                [1; 32],
+                Duration::from_secs(5),
+                || async { Ok(token("back", 3600)) },
+            )
+            .await
+            .expect("token");
+        assert_eq!(ok.expose(), b"back");
+    }
+
+    #[tokio::test]
+    async fn failures_and_timeouts_are_reported_without_blocking_others() {
+        let cache = Arc::new(TokenCache::default());
+        let t = Duration::from_millis(100);
+        let slow = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get(&tid("acme"), "g", [1; 32], t, || async {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        Ok(token("late", 3600))
+                    })
+                    .await
+            })
+        };
+        // While acme's grant hangs, globex's is served.
+        let other = cache
+            .get(&tid("globex"), "g", [1; 32], t, || async {
+                Ok(token("g", 3600))
+            })
+            .await
+            .expect("globex unaffected");
+        assert_eq!(other.expose(), b"g");
+        let err = slow.await.expect("task").expect_err("timed out");
+        assert!(err.0.contains("did not answer"), "{err}");
+        let err = cache
+            .get(&tid("acme"), "g", [1; 32], t, || async {
+                Err("the token endpoint answered 401".to_string())
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(err.0, "the token endpoint answered 401");
+    }
+}
