@@ -5,9 +5,7 @@
 //! time-boxed; when Redis cannot be reached the request is refused (`limiter_unavailable`), or,
 //! when configured, checked against local counters instead (counted and logged).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::thread::ThreadId;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -216,61 +214,10 @@ pub struct RedisSettings {
     pub on_unavailable: Unavailable,
 }
 
-/// Connections made on the runtimes that call Redis (pingora's workers), one per calling
-/// thread. The shared connection's driver runs on the backend's own thread, so a call through
-/// it crosses threads twice (request out, answer back); one made on the caller's runtime does
-/// not.
-#[derive(Debug, Default)]
-struct LocalConns {
-    ready: arc_swap::ArcSwap<HashMap<ThreadId, AsyncConn>>,
-    /// Threads whose connection is being made (touched only until it is ready).
-    connecting: Mutex<HashSet<ThreadId>>,
-}
-
-impl LocalConns {
-    /// This thread's own connection, when it has one; otherwise starts making it (once) on this
-    /// thread's runtime and answers `None` meanwhile (the caller uses the shared connection).
-    fn here(self: &Arc<Self>, endpoint: &RedisEndpoint, timeout: Duration) -> Option<AsyncConn> {
-        let id = std::thread::current().id();
-        if let Some(conn) = self.ready.load().get(&id) {
-            return Some(conn.clone());
-        }
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let first = self
-            .connecting
-            .lock()
-            .map(|mut c| c.insert(id))
-            .unwrap_or(false);
-        if first {
-            let (this, endpoint) = (self.clone(), endpoint.clone());
-            runtime.spawn(async move {
-                match endpoint.connect(timeout).await {
-                    Ok(conn) => this.ready.rcu(|m| {
-                        let mut m = HashMap::clone(m);
-                        m.insert(id, conn.clone());
-                        m
-                    }),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "no redis connection on this runtime yet; using the shared one");
-                        // Tried again by a later call, not at once.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        if let Ok(mut c) = this.connecting.lock() {
-                            c.remove(&id);
-                        }
-                        return;
-                    }
-                };
-            });
-        }
-        None
-    }
-}
-
 /// Redis-backed counters.
 #[derive(Debug)]
 pub struct RedisBackend {
     conn: Arc<ArcSwapOption<AsyncConn>>,
-    local: Arc<LocalConns>,
     admit_script: redis::Script,
     settle_script: redis::Script,
     read_script: redis::Script,
@@ -349,7 +296,6 @@ impl RedisBackend {
             .map_err(|e| e.to_string())?;
         Ok(Self {
             conn,
-            local: Arc::default(),
             admit_script: redis::Script::new(ADMIT),
             settle_script: redis::Script::new(SETTLE),
             read_script: redis::Script::new(READ),
@@ -372,17 +318,11 @@ impl RedisBackend {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, LimiterUnavailable> {
-        // Once the shared connection is up (readiness), this thread's own one is used when
-        // it is ready.
-        let shared = self
+        let conn = self
             .conn
             .load_full()
             .ok_or_else(|| LimiterUnavailable("not connected".into()))?;
-        let connect_timeout = self.settings.timeout.max(Duration::from_secs(2));
-        let mut conn = self
-            .local
-            .here(&self.settings.endpoint, connect_timeout)
-            .unwrap_or_else(|| (*shared).clone());
+        let mut conn = (*conn).clone();
         match tokio::time::timeout(
             self.settings.timeout,
             invocation.invoke_async::<T>(&mut conn),
