@@ -2,6 +2,7 @@
 //! against calls through tenant-proxy, printed as one Markdown table.
 
 mod bare;
+mod peers;
 mod slowloris;
 mod tunnel;
 
@@ -24,9 +25,12 @@ use tenant_proxy_loadtest::{mock, tls};
 use tunnel::{Hosts, Tunnels};
 
 /// Every row `run` knows, in the order they are measured.
-const ROWS: [&str; 11] = [
+const ROWS: [&str; 14] = [
     "direct",
     BARE_PINGORA,
+    "nginx",
+    "haproxy",
+    "squid",
     "forward",
     "route",
     "route+limits(memory)",
@@ -120,7 +124,8 @@ enum Cmd {
         /// CONNECT, TLS handshake and one request).
         #[arg(long, default_value_t = 2_000)]
         new_tunnels: usize,
-        /// Run only these rows (comma-separated: direct, bare-pingora, forward, route, route+limits(memory),
+        /// Run only these rows (comma-separated: direct, bare-pingora, nginx, haproxy, squid
+        /// (each when installed: loadtest/install-peers.sh), forward, route, route+limits(memory),
         /// route+limits(memory)+noisy-neighbour, route+limits(redis), tunnel(intercept),
         /// new-tunnel(cached-leaf), new-tunnel(cached-leaf+new-upstream),
         /// new-tunnel(fresh-leaf); the redis row needs `redis-server` on PATH). Default: all.
@@ -456,6 +461,63 @@ async fn start_bare(upstream: SocketAddr, pin: bool, dir: &Path) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(proc)
+}
+
+/// Starts `peer` (installed at `bin`) on a port held for it, forwarding to the mock on
+/// `mock_port`, pinned like the proxy, and waits until it accepts connections.
+async fn start_peer(
+    peer: peers::Peer,
+    bin: &Path,
+    mock_port: u16,
+    pin: bool,
+    dir: &Path,
+) -> anyhow::Result<(ProxyProcess, HeldPort)> {
+    let held = HeldPort::for_child()?;
+    let args = peer.prepare(held.port, mock_port, dir)?;
+    let mut cmd = if pin {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg("0").arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let log = dir.join(format!("{}.out", peer.row()));
+    let child = cmd
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(
+            dir.join(format!("{}.err", peer.row())),
+        )?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut proc = ProxyProcess {
+        child,
+        log: dir.join(format!("{}.err", peer.row())),
+        port: held.port,
+        neighbour_port: 0,
+        admin_port: 0,
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], proc.port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            bail!(
+                "{} exited ({status}) before listening{}",
+                peer.row(),
+                proc.log_tail()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not listen within 20 s{}",
+                peer.row(),
+                proc.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((proc, held))
 }
 
 /// Whether `taskset -c 0` works here (it is missing in some images and fails under cpusets that
@@ -1309,7 +1371,9 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         (Some(b), false) => bail!("--proxy-bin {} is not a file", b.display()),
         (None, false) => default_proxy_bin()?,
     };
-    let pinned_rows = !groups.is_empty() || wanted(BARE_PINGORA);
+    let pinned_rows = !groups.is_empty()
+        || wanted(BARE_PINGORA)
+        || peers::Peer::ALL.iter().any(|p| wanted(p.row()));
     let pin = pinned_rows && taskset_usable();
     if pinned_rows {
         pinning_hint(pin);
@@ -1370,6 +1434,43 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
                 Err(format!("{BARE_PINGORA}: {e:#}"))
             }
         };
+        if let Err(e) = measured {
+            failures.push(e);
+        }
+    }
+    // The other proxies, each on its own, after the baseline (their ratios print beside them).
+    for peer in peers::Peer::ALL {
+        let row = peer.row();
+        if !wanted(row) {
+            continue;
+        }
+        let Some(peer_bin) = peer.find() else {
+            println!("| {row} (skipped: not installed) | 0 | - | - | - | - | - | - | - |");
+            eprintln!("note: skipping row `{row}`: `{row}` is not on PATH (loadtest/install-peers.sh installs it)");
+            continue;
+        };
+        let measured =
+            match start_peer(peer, &peer_bin, mock_port, pin, &dir.path().join(row)).await {
+                Ok((mut server, _held)) => {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+                    let raw = if peer.forward() {
+                        chat_request(
+                            &format!("http://{mock_host}/v1/chat/completions"),
+                            &mock_host,
+                        )
+                    } else {
+                        chat_request("/v1/chat/completions", &mock_host)
+                    };
+                    let load = Load::plain(addr, raw, &args);
+                    measure(row, &load, &args, Some(&mut server), None)
+                        .await
+                        .map(|_| ())
+                }
+                Err(e) => {
+                    println!("| {row} (failed to start) | 0 | - | - | - | - | - | - | - |");
+                    Err(format!("{row}: {e:#}"))
+                }
+            };
         if let Err(e) = measured {
             failures.push(e);
         }

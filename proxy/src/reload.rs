@@ -1,6 +1,6 @@
 //! Triggers for reloading the snapshot: file changes (debounced) and SIGHUP.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,28 +17,20 @@ pub fn spawn(handle: Arc<SnapshotHandle>) {
 
     // The watched set is taken from the first snapshot; watching directories (not files) keeps
     // working when editors and ConfigMaps replace files by rename.
-    let paths: Vec<PathBuf> = {
-        let snap = handle.load();
-        let mut dirs: Vec<PathBuf> = snap
-            .watched_paths()
-            .into_iter()
-            .map(|p| {
-                if p.is_dir() {
-                    p
-                } else {
-                    p.parent().map(|d| d.to_path_buf()).unwrap_or_default()
-                }
-            })
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        dirs
-    };
+    let targets: Vec<Target> = handle
+        .load()
+        .watched_paths()
+        .into_iter()
+        .map(|p| Target::new(&p))
+        .collect();
+    let mut paths: Vec<PathBuf> = targets.iter().map(|t| t.watch.clone()).collect();
+    paths.sort();
+    paths.dedup();
 
     let watch_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(e) = event {
-            if !e.kind.is_access() {
+            if !e.kind.is_access() && concerns(&e.paths, &targets) {
                 let _ = watch_tx.send(());
             }
         }
@@ -100,4 +92,91 @@ pub fn spawn(handle: Arc<SnapshotHandle>) {
                 let _ = handle.reload();
             }
         });
+}
+
+/// One path the snapshot is read from, and the directory watched for it.
+#[derive(Debug)]
+struct Target {
+    /// The file or directory (absolute).
+    path: PathBuf,
+    /// What is watched: the directory itself, or a file's directory.
+    watch: PathBuf,
+    /// Any change in `watch` counts: `path` is a symlink (a Kubernetes ConfigMap swaps the
+    /// directory its files link into, so the event names that, not the file) or does not exist
+    /// yet.
+    whole_dir: bool,
+}
+
+impl Target {
+    fn new(path: &Path) -> Self {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        if path.is_dir() {
+            return Self {
+                watch: path.clone(),
+                path,
+                whole_dir: false,
+            };
+        }
+        let whole_dir = std::fs::symlink_metadata(&path)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(true);
+        Self {
+            watch: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            path,
+            whole_dir,
+        }
+    }
+
+    fn concerns(&self, changed: &Path) -> bool {
+        changed.starts_with(&self.path) || (self.whole_dir && changed.starts_with(&self.watch))
+    }
+}
+
+/// Whether a change to `changed` may change the snapshot. A file that merely shares a directory
+/// with a watched file (an audit log, the process log, a pid file) does not: reloading for every
+/// record written would recompile every policy several times a second under load.
+fn concerns(changed: &[PathBuf], targets: &[Target]) -> bool {
+    // An event naming no path (the watcher lost track) may be about anything.
+    changed.is_empty()
+        || changed
+            .iter()
+            .any(|c| targets.iter().any(|t| t.concerns(c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_to_what_the_snapshot_reads_trigger_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("tenants.toml"), "").unwrap();
+        std::fs::create_dir_all(root.join("policies/global")).unwrap();
+        std::fs::create_dir_all(root.join("audit/acme")).unwrap();
+        let targets = [
+            Target::new(&root.join("tenants.toml")),
+            Target::new(&root.join("policies")),
+        ];
+        for (path, want) in [
+            ("tenants.toml", true),
+            ("policies", true),
+            ("policies/global/base.cedar", true),
+            ("policies/tenants/acme/new.cedar", true),
+            // Beside the tenant file, but not read by the snapshot.
+            ("audit/acme/2026/12/03.jsonl", false),
+            ("proxy.log", false),
+            ("tenants.toml.swp", false),
+            ("prices.toml.bak", false),
+        ] {
+            assert_eq!(concerns(&[root.join(path)], &targets), want, "{path}");
+        }
+        assert!(concerns(&[], &targets), "an event without a path");
+        // A symlinked file (a ConfigMap): anything in its directory counts.
+        std::fs::write(root.join("real.toml"), "").unwrap();
+        std::os::unix::fs::symlink(root.join("real.toml"), root.join("linked.toml")).unwrap();
+        let linked = [Target::new(&root.join("linked.toml"))];
+        assert!(concerns(&[root.join("..data")], &linked));
+        assert_eq!(linked[0].watch, root);
+    }
 }

@@ -126,6 +126,7 @@ impl Snapshot {
     pub fn watched_paths(&self) -> Vec<PathBuf> {
         let mut paths = vec![self.tenants.path.clone(), self.tenants.policy_dir.clone()];
         paths.extend(self.tenants.shadow_policy_dir.clone());
+        paths.extend(self.tenants.prices_path.clone());
         if let Some(t) = &self.tenants.token {
             paths.push(t.jwks_file.clone());
             if let Some(r) = &t.revoked_jtis_file {

@@ -174,6 +174,8 @@ pub struct TenantConfig {
     pub policy_dir: PathBuf,
     /// Shadow (report-only) policy directory (resolved), when one is configured.
     pub shadow_policy_dir: Option<PathBuf>,
+    /// The price table's file (resolved), when one is configured: a change to it reloads.
+    pub prices_path: Option<PathBuf>,
     /// Lowercase header names removed before forwarding.
     pub strip_headers: Vec<HeaderName>,
     /// Token settings, if tokens are accepted.
@@ -246,6 +248,7 @@ impl TenantConfig {
             .as_ref()
             .and_then(|f| price_table(&p.path(f), &mut p));
         let has_prices = spec.prices_file.is_some();
+        let prices_path = spec.prices_file.as_ref().map(|f| p.path(f));
         let tenants = spec
             .tenants
             .into_iter()
@@ -268,6 +271,7 @@ impl TenantConfig {
             path: path.to_path_buf(),
             policy_dir,
             shadow_policy_dir,
+            prices_path,
             strip_headers,
             token,
             routes,

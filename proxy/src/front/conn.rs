@@ -18,7 +18,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -81,6 +81,11 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Bytes read at a time for a head or between requests: most heads fit, and a connection that
 /// only trickles (the common attack) holds little.
 const HEAD_CHUNK: usize = 2 * 1024;
+/// Writes smaller than this are gathered until pingora flushes (it flushes at the end of a
+/// response, after every chunk of a chunked or close-delimited body, and after an informational
+/// or body-less head), so a response's head and a known-length body leave in one `send`, as
+/// with pingora's own listeners (whose write buffer our accept loop does not get).
+const WRITE_BUFFER: usize = 4 * 1024;
 
 /// A client connection serving one checked request at a time; `C` is what the application
 /// attaches to the connection (the pipeline finds it by downcasting pingora's stream).
@@ -98,6 +103,8 @@ pub struct FrontConn<C> {
     violation: Option<Violation>,
     limits: FrontLimits,
     body_deadline: Option<Pin<Box<Sleep>>>,
+    /// Written by pingora, not yet sent (see [`WRITE_BUFFER`]).
+    pending: BytesMut,
     context: C,
 }
 
@@ -131,6 +138,7 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
             violation: None,
             limits,
             body_deadline: None,
+            pending: BytesMut::new(),
             context,
         }
     }
@@ -162,6 +170,16 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
     /// pingora reads; [`Self::head_bytes`] shows it, [`Self::after_head`] what followed it.
     pub async fn next_head(&mut self, idle: Duration) -> Result<Option<Head>, Violation> {
         debug_assert!(self.releasable == 0);
+        // pingora flushes every response it ends; whatever is still gathered goes out before the
+        // next request is read (and before a refusal is written on the stream itself).
+        if !self.pending.is_empty()
+            && std::future::poll_fn(|cx| self.poll_send_pending(cx))
+                .await
+                .is_err()
+        {
+            self.eof = true;
+            return Ok(None);
+        }
         let mut scanner = HeadScanner::default();
         let mut deadline: Option<Instant> = None;
         loop {
@@ -220,6 +238,8 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
     /// Takes a `CONNECT` head off the connection with everything after it (its early data):
     /// the connection stops being HTTP.
     pub fn take_connect(mut self) -> (Stream, BytesMut, BytesMut) {
+        // `next_head` sent whatever was gathered before it read this head.
+        debug_assert!(self.pending.is_empty());
         let head = self.buf.split_to(self.releasable);
         (self.inner, head, self.buf)
     }
@@ -398,20 +418,54 @@ impl<C: Send + Sync + 'static> AsyncRead for FrontConn<C> {
     }
 }
 
+impl<C> FrontConn<C> {
+    /// Sends what [`Self::pending`] holds to the client.
+    fn poll_send_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.pending.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<C: Send + Sync + 'static> AsyncWrite for FrontConn<C> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.pending.len() + buf.len() <= WRITE_BUFFER {
+            this.pending.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        // Full: send what is gathered first, so bytes leave in the order written.
+        if let Err(e) = ready!(this.poll_send_pending(cx)) {
+            return Poll::Ready(Err(e));
+        }
+        if buf.len() < WRITE_BUFFER {
+            this.pending.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Err(e) = ready!(self.poll_send_pending(cx)) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Err(e) = ready!(self.poll_send_pending(cx)) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -420,17 +474,29 @@ impl<C: Send + Sync + 'static> AsyncWrite for FrontConn<C> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let this = &mut *self;
+        if this.pending.len() + total <= WRITE_BUFFER {
+            for b in bufs {
+                this.pending.extend_from_slice(b);
+            }
+            return Poll::Ready(Ok(total));
+        }
+        if let Err(e) = ready!(this.poll_send_pending(cx)) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
 }
 
 #[async_trait]
 impl<C: Send + Sync + 'static> Shutdown for FrontConn<C> {
     async fn shutdown(&mut self) {
+        let _ = std::future::poll_fn(|cx| self.poll_send_pending(cx)).await;
         self.inner.shutdown().await
     }
 }
@@ -529,6 +595,49 @@ mod tests {
                 Ok(Err(e)) => return Err(e),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn small_writes_leave_together_on_flush_and_before_the_next_head() {
+        let (mut c, mut client) = conn(LIMITS);
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        c.next_head(Duration::from_secs(1)).await.unwrap().unwrap();
+        released(&mut c).await.unwrap();
+        // A head and a body, as pingora writes them: nothing leaves until the flush.
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+            .await
+            .unwrap();
+        c.write_all(b"ok").await.unwrap();
+        let mut buf = [0u8; 128];
+        let early = tokio::time::timeout(Duration::from_millis(50), client.read(&mut buf)).await;
+        assert!(early.is_err(), "sent before the flush");
+        c.flush().await.unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        // Unflushed bytes still leave, in order, before the next request is read.
+        c.write_all(b"tail").await.unwrap();
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        c.next_head(Duration::from_secs(1)).await.unwrap().unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"tail");
+        // A write larger than the buffer goes out after what was gathered, in order.
+        c.write_all(b"first").await.unwrap();
+        let big = vec![b'x'; WRITE_BUFFER * 2];
+        c.write_all(&big).await.unwrap();
+        c.flush().await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 5 + big.len() {
+            let n = client.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got[..5], b"first");
+        assert!(got[5..].iter().all(|b| *b == b'x'));
     }
 
     #[tokio::test]

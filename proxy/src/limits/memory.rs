@@ -222,6 +222,36 @@ impl LimitBackend for MemoryBackend {
         self.release_now(&admission.leases);
     }
 
+    fn already_over(&self, keys: &[LimitKey]) -> Option<LimitDeny> {
+        let now = self.mono_nanos();
+        for key in keys {
+            let LimitKind::Rate {
+                per_period,
+                period_secs,
+                burst,
+            } = key.kind
+            else {
+                continue;
+            };
+            let name = key.to_string();
+            let tat = match self.lock(shard_of(&name)).counters.get(&name) {
+                Some(State::Rate { tat }) => *tat,
+                _ => continue,
+            };
+            // The same test `admit_at` makes, without moving the arrival time.
+            let (_, tolerance) = gcra(per_period, period_secs, burst);
+            let allow_at = tat.saturating_sub(tolerance);
+            if now < allow_at {
+                return Some(LimitDeny::for_key(
+                    key,
+                    unix_ms().div_euclid(1000),
+                    Duration::from_nanos(allow_at - now),
+                ));
+            }
+        }
+        None
+    }
+
     async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, LimiterUnavailable> {
         let now_ms = unix_ms();
         let window = self.mono_nanos() / 60_000_000_000;
@@ -522,6 +552,47 @@ mod tests {
             "{deny:?}"
         );
         assert_eq!(deny.key.scope, Scope::Tenant(tid("acme")));
+    }
+
+    #[test]
+    fn already_over_reads_the_rate_without_consuming_and_only_for_its_tenant() {
+        let m = MemoryBackend::default();
+        let c = Ceilings {
+            requests_per_second: Some(1),
+            burst: Some(2),
+            ..Default::default()
+        };
+        let acme = keys("acme", &c, CallKind::Tool);
+        let globex = keys("globex", &c, CallKind::Tool);
+        // Never seen, then within the burst: not over, and asking uses nothing.
+        for _ in 0..5 {
+            assert_eq!(m.already_over(&acme), None);
+        }
+        assert!(m.admit_now(&acme, Charge::default()).is_ok());
+        assert_eq!(m.already_over(&acme), None);
+        assert!(m.admit_now(&acme, Charge::default()).is_ok());
+        // Burst spent: over, with the same ceiling and a retry time as the full check.
+        let over = m.already_over(&acme).expect("over the burst");
+        let full = m
+            .admit_now(&acme, Charge::default())
+            .expect_err("the full check agrees");
+        assert_eq!(over.key, full.key);
+        assert!(over.retry_after.is_some_and(|r| r > Duration::ZERO));
+        // Another tenant with the same ceilings is untouched.
+        assert_eq!(m.already_over(&globex), None);
+        assert!(m.admit_now(&globex, Charge::default()).is_ok());
+        // Only rate keys are read: a concurrency ceiling at its maximum is left to the full check.
+        let conc = keys(
+            "initech",
+            &Ceilings {
+                concurrency: Some(1),
+                ..Default::default()
+            },
+            CallKind::Tool,
+        );
+        let held = m.admit_now(&conc, Charge::default()).expect("first slot");
+        assert_eq!(m.already_over(&conc), None);
+        m.release_now(&held.leases);
     }
 
     #[test]

@@ -587,6 +587,13 @@ pub trait LimitBackend: Send + Sync + fmt::Debug {
     fn is_ready(&self) -> bool {
         true
     }
+    /// Read-only and cheap: the refusal one of the rate `keys` would give now, known without a
+    /// round trip, or `None` (not over, or not known here). Consumes nothing: a caller refused
+    /// here has used none of its allowance, and one let through is checked in full by
+    /// [`Self::admit`].
+    fn already_over(&self, _keys: &[LimitKey]) -> Option<LimitDeny> {
+        None
+    }
 }
 
 /// Where signed runs' life records live (first request, latest expiry, counts, closed), so that

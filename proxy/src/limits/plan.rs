@@ -60,6 +60,30 @@ pub struct Plan {
     pub stream: Option<StreamPlan>,
 }
 
+/// The request-rate ceilings every request of `tenant` is counted against, whatever it asks
+/// (for the cheap "already over" check before the request is read).
+pub fn rate_keys(config: &dyn LimitConfig, tenant: &TenantContext, now: i64) -> Vec<LimitKey> {
+    let Some(entry) = config.tenant_limits(&tenant.tenant) else {
+        return Vec::new();
+    };
+    let who = Subject {
+        tenant: &tenant.tenant,
+        workload: &tenant.workload,
+        run: None,
+    };
+    let workload = entry.workload_ceilings.get(&tenant.workload);
+    let mut keys = keys_for(
+        who,
+        entry.ceilings,
+        workload,
+        entry.calendar,
+        now,
+        CallKind::Tool,
+    );
+    keys.retain(|k| matches!(k.kind, super::LimitKind::Rate { .. }));
+    keys
+}
+
 /// Plans `call` for `tenant` toward `destination` at unix second `now`.
 pub fn plan(
     config: &dyn LimitConfig,

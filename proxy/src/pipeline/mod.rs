@@ -221,6 +221,10 @@ impl Effects for Shared {
             })
     }
 
+    fn already_over(&self, keys: &[crate::limits::LimitKey]) -> Option<Deny> {
+        self.limits.already_over(keys).map(Deny::Limited)
+    }
+
     fn minter(&self) -> Option<Arc<LeafMinter>> {
         self.minter.clone()
     }

@@ -186,8 +186,10 @@ impl Trail {
     ) {
         self.count_run_refusal(runs).await;
         let (decision, reason) = self.decision_and_reason();
-        let tenant_label = self.tenant_label().to_string();
-        let tenant_label = tenant_label.as_str();
+        // Borrowed from a handle of its own (a reference count, not a copy of the label):
+        // `self` is still written below.
+        let tenant = self.tenant.clone();
+        let tenant_label = Metrics::tenant_label(tenant.as_ref().map(|t| t.tenant.as_str()));
         let decision_label = decision.as_str();
         METRICS
             .requests
@@ -304,14 +306,15 @@ impl Trail {
     pub async fn finish_tunnel(&mut self, runs: &RunTracker, status: u16) {
         self.count_run_refusal(runs).await;
         let (decision, reason) = self.decision_and_reason();
-        let tenant_label = self.tenant_label().to_string();
+        let tenant = self.tenant.clone();
+        let tenant_label = Metrics::tenant_label(tenant.as_ref().map(|t| t.tenant.as_str()));
         let mode = self.tunnel_mode.map_or("none", TunnelMode::as_str);
         METRICS
             .tunnels
-            .with_label_values(&[&tenant_label, mode, reason.as_str()])
+            .with_label_values(&[tenant_label, mode, reason.as_str()])
             .inc();
         if let Some(shadow) = &self.shadow {
-            shadow.observe(&tenant_label);
+            shadow.observe(tenant_label);
         }
         self.export_span(status);
         let (host, port) = self

@@ -1,0 +1,212 @@
+//! The pure functions every allowed request runs, one bench each: target parsing, body
+//! classification, the Cedar `http` decision (at 10 and 10,000 tenants with 20 policies each:
+//! a tenant's decision evaluates the global policies and its own, so its cost must not grow
+//! with the number of tenants), usage parsing and the audit record's serialization. Figures are
+//! kept in loadtest/README.md. `cargo bench -p tenant-proxy --bench hot_path`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use tenant_proxy::audit::{AuditDecision, AuditRecord};
+use tenant_proxy::body::{classify, BodyDestination};
+use tenant_proxy::config::StaticConfig;
+use tenant_proxy::context::TenantContext;
+use tenant_proxy::identity::{IdentitySourceKind, ResolvedIdentity};
+use tenant_proxy::ids::{TenantId, WorkloadId};
+use tenant_proxy::pipeline::decide::Asking;
+use tenant_proxy::reason::ReasonCode;
+use tenant_proxy::snapshot::Snapshot;
+use tenant_proxy::usage::providers::registry;
+use tenant_proxy::usage::UsageMeter;
+
+const BODY: &str = r#"{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"system","content":"You are a helpful assistant for a load test."},{"role":"user","content":"Summarise the benefits of per-tenant egress policy for AI agents in one short sentence, and mention audit trails and budgets."}]}"#;
+
+const RESPONSE: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Per-tenant policy keeps each agent to its own budget and leaves an audit trail."},"finish_reason":"stop"}],"usage":{"prompt_tokens":70,"completion_tokens":16,"total_tokens":86}}"#;
+
+/// Policies per tenant.
+const PER_TENANT: usize = 20;
+
+/// A configuration with `tenants` tenants (`t0`…) of 20 policies each beside the repo's global
+/// policies, in `dir`.
+fn config_with_tenants(dir: &Path, tenants: usize) -> StaticConfig {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(policies.join("global")).unwrap();
+    std::fs::copy(
+        repo.join("schema.cedarschema"),
+        policies.join("schema.cedarschema"),
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(repo.join("global")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            policies.join("global").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let mut file = format!(
+        "policy_dir = \"{}\"\n[[route]]\nname = \"openai\"\nprefix = \"/openai/\"\nupstream = \"http://127.0.0.1:18000/\"\nprovider = \"openai\"\n[destination_regions]\neu = [\"127.0.0.1\"]\n",
+        policies.display()
+    );
+    for t in 0..tenants {
+        let _ = write!(
+            file,
+            "[tenants.t{t}]\nplan = \"pro\"\nregion = \"eu\"\nworkloads = [\"bot\"]\n"
+        );
+        let own = policies.join("tenants").join(format!("t{t}"));
+        std::fs::create_dir_all(&own).unwrap();
+        let mut text = String::new();
+        for p in 0..PER_TENANT {
+            let _ = write!(
+                text,
+                "@id(\"t{t}-p{p}\")\npermit (principal in TenantProxy::Tenant::\"t{t}\", action == TenantProxy::Action::\"http\", resource)\nwhen {{ context.host == \"h{p}.example.com\" }};\n"
+            );
+        }
+        std::fs::write(own.join("own.cedar"), text).unwrap();
+    }
+    std::fs::write(dir.join("tenants.toml"), file).unwrap();
+    std::fs::write(
+        dir.join("tenant-proxy.toml"),
+        "tenants_file = \"tenants.toml\"\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nidentity = [\"binding\"]\nbinding = { tenant = \"t0\", workload = \"bot\" }\n[audit]\ndir = \"audit\"\n",
+    )
+    .unwrap();
+    StaticConfig::load(&dir.join("tenant-proxy.toml")).unwrap()
+}
+
+fn tenant(id: &str) -> TenantContext {
+    TenantContext::new(
+        ResolvedIdentity {
+            tenant: TenantId::new(id).unwrap(),
+            workload: WorkloadId::new("bot").unwrap(),
+            source: IdentitySourceKind::Binding,
+            token: None,
+        },
+        Arc::from("req-1"),
+        None,
+    )
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_tenants(dir.path(), 10);
+    let snapshot = Snapshot::load(&config).unwrap();
+    let routes = &snapshot.tenants.routes;
+
+    c.bench_function("target/route", |b| {
+        b.iter(|| {
+            tenant_proxy::target::resolve(
+                black_box(b"/openai/v1/chat/completions"),
+                Some(b"127.0.0.1:8080"),
+                routes,
+            )
+            .unwrap()
+        })
+    });
+    c.bench_function("target/forward", |b| {
+        b.iter(|| {
+            tenant_proxy::target::resolve(
+                black_box(b"http://api.openai.com/v1/chat/completions"),
+                Some(b"api.openai.com"),
+                routes,
+            )
+            .unwrap()
+        })
+    });
+
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let body = Bytes::from_static(BODY.as_bytes());
+    c.bench_function("body/classify_chat", |b| {
+        b.iter(|| {
+            classify(
+                black_box(body.clone()),
+                &headers,
+                BodyDestination::Llm,
+                8 << 20,
+            )
+            .unwrap()
+        })
+    });
+
+    let dest = tenant_proxy::target::resolve(
+        b"/openai/v1/chat/completions",
+        Some(b"127.0.0.1:8080"),
+        routes,
+    )
+    .unwrap();
+    let provider = registry::for_destination(&dest);
+    c.bench_function("usage/json_response", |b| {
+        b.iter(|| {
+            let mut meter = UsageMeter::for_response("application/json", provider).unwrap();
+            meter.feed(black_box(RESPONSE.as_bytes()));
+            meter.finish().unwrap()
+        })
+    });
+
+    let t5 = tenant("t5");
+    let method = http::Method::POST;
+    let (decision, _) = Asking::new(&snapshot, &t5, &dest, &method, Some("gpt-4o-mini"), 0).http();
+    c.bench_function("audit/record_to_json", |b| {
+        b.iter(|| {
+            let record = AuditRecord {
+                policy_ids: decision.policy_ids.clone(),
+                model: Some("gpt-4o-mini".into()),
+                ..AuditRecord::of(
+                    &t5,
+                    "l",
+                    "POST".into(),
+                    Duration::from_micros(900),
+                    AuditDecision::Allow,
+                    ReasonCode::Allowed,
+                    200,
+                )
+            };
+            serde_json::to_vec(black_box(&record)).unwrap()
+        })
+    });
+
+    // The decision at 10 and at 10,000 tenants: it must stay flat.
+    for tenants in [10, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with_tenants(dir.path(), tenants);
+        let started = Instant::now();
+        let snapshot = Snapshot::load(&config).unwrap();
+        eprintln!(
+            "load of {tenants} tenants × {PER_TENANT} policies: {:?}",
+            started.elapsed()
+        );
+        let who = tenant("t5");
+        let hit = tenant_proxy::target::Destination {
+            host: "h7.example.com".into(),
+            ..dest.clone()
+        };
+        c.bench_function(&format!("policy/http_decision/{tenants}_tenants"), |b| {
+            b.iter(|| {
+                Asking::new(
+                    &snapshot,
+                    black_box(&who),
+                    &hit,
+                    &method,
+                    Some("gpt-4o-mini"),
+                    0,
+                )
+                .http()
+            })
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = bench
+}
+criterion_main!(benches);
