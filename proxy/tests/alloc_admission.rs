@@ -102,6 +102,7 @@ async fn one_request(config: &StaticConfig, snapshot: &Arc<Snapshot>) -> bool {
     let fx = DecideOnly {
         config,
         now: tenant_proxy::clock::unix_now_i64(),
+        minter: None,
     };
     let mut trail = Trail::new(Arc::from("l"), "POST".into());
     let ask = Ask::Http {
