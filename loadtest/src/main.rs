@@ -3,6 +3,7 @@
 
 mod bare;
 mod peers;
+mod redis_cluster;
 mod slowloris;
 mod tunnel;
 
@@ -25,7 +26,7 @@ use tenant_proxy_loadtest::{mock, tls};
 use tunnel::{Hosts, Tunnels};
 
 /// Every row `run` knows, in the order they are measured.
-const ROWS: [&str; 14] = [
+const ROWS: [&str; 15] = [
     "direct",
     BARE_PINGORA,
     "nginx",
@@ -36,11 +37,15 @@ const ROWS: [&str; 14] = [
     "route+limits(memory)",
     "route+limits(memory)+noisy-neighbour",
     "route+limits(redis)",
+    REDIS_CLUSTER_ROW,
     TUNNEL_KEEP_ALIVE,
     NEW_TUNNEL_CACHED,
     NEW_TUNNEL_NEW_UPSTREAM,
     NEW_TUNNEL_FRESH,
 ];
+
+/// The limits row against a three-master Redis Cluster ([`redis_cluster`]).
+const REDIS_CLUSTER_ROW: &str = "route+limits(redis-cluster)";
 
 /// The baseline every proxy row is compared with ([`bare`]).
 const BARE_PINGORA: &str = "bare-pingora";
@@ -1325,17 +1330,41 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     } else {
         None
     };
-    if let Some(r) = &redis {
+    let cluster = if wanted(REDIS_CLUSTER_ROW) {
+        if which("redis-server") && which("redis-cli") {
+            Some(redis_cluster::LocalCluster::start(
+                &dir.path().join("redis-cluster"),
+            )?)
+        } else {
+            eprintln!("note: skipping row `{REDIS_CLUSTER_ROW}`: redis-server or redis-cli is not on PATH");
+            None
+        }
+    } else {
+        None
+    };
+    let redis_urls = [
+        redis.as_ref().map(|r| {
+            (
+                "redis-proxy",
+                "route+limits(redis)",
+                format!("redis://127.0.0.1:{}", r.port),
+            )
+        }),
+        cluster
+            .as_ref()
+            .map(|c| ("redis-cluster-proxy", REDIS_CLUSTER_ROW, c.url())),
+    ];
+    for (dir, row, url) in redis_urls.into_iter().flatten() {
         let (mut config, mut tenants) = repo_config();
         config.limiter = Limiter {
             backend: Some(tenant_proxy_loadtest::config::LimiterBackend::Redis),
-            redis_url: Some(format!("redis://127.0.0.1:{}", r.port).into()),
+            redis_url: Some(url.into()),
             ..Limiter::default()
         };
         acme_limits(&mut tenants);
         groups.push(Group {
-            dir: "redis-proxy",
-            rows: vec!["route+limits(redis)"],
+            dir,
+            rows: vec![row],
             config,
             tenants,
             ca_init: None,
