@@ -36,6 +36,12 @@ pub trait Target: Send + Sync + 'static {
 
     /// The complete request of operation `op`.
     fn request(&self, op: usize) -> Cow<'_, [u8]>;
+
+    /// Whether an answer with `status` counts as served (200 only, unless the row measures
+    /// refusals).
+    fn answered(&self, status: u16) -> bool {
+        status == 200
+    }
 }
 
 /// Plain TCP to `addr`, the same request every time.
@@ -45,6 +51,8 @@ pub struct Plain {
     pub addr: SocketAddr,
     /// The complete request.
     pub raw: Arc<Vec<u8>>,
+    /// A refusal status that counts as an answer too (the row measures refusals), beside 200.
+    pub also_answered: Option<u16>,
 }
 
 impl Target for Plain {
@@ -60,6 +68,10 @@ impl Target for Plain {
 
     fn request(&self, _op: usize) -> Cow<'_, [u8]> {
         Cow::Borrowed(self.raw.as_slice())
+    }
+
+    fn answered(&self, status: u16) -> bool {
+        status == 200 || Some(status) == self.also_answered
     }
 }
 
@@ -131,7 +143,11 @@ pub async fn run_paced(
     interval: Duration,
 ) -> RunResult {
     drive(
-        Arc::new(Plain { addr, raw }),
+        Arc::new(Plain {
+            addr,
+            raw,
+            also_answered: None,
+        }),
         Connections::KeepAlive,
         requests,
         concurrency,
@@ -292,7 +308,7 @@ async fn worker<T: Target>(
             Ok::<_, io::Error>((head.status, close, body))
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(Ok((200, close, _))) => {
+            Ok(Ok((status, close, _))) if target.answered(status) => {
                 out.latencies.push(t0.elapsed());
                 out.consecutive_failures = 0;
                 if close {

@@ -26,7 +26,7 @@ use tenant_proxy_loadtest::{mock, tls};
 use tunnel::{Hosts, Tunnels};
 
 /// Every row `run` knows, in the order they are measured.
-const ROWS: [&str; 15] = [
+const ROWS: [&str; 16] = [
     "direct",
     BARE_PINGORA,
     "nginx",
@@ -36,6 +36,7 @@ const ROWS: [&str; 15] = [
     "route",
     "route+limits(memory)",
     "route+limits(memory)+noisy-neighbour",
+    REFUSED_ROW,
     "route+limits(redis)",
     REDIS_CLUSTER_ROW,
     TUNNEL_KEEP_ALIVE,
@@ -43,6 +44,11 @@ const ROWS: [&str; 15] = [
     NEW_TUNNEL_NEW_UPSTREAM,
     NEW_TUNNEL_FRESH,
 ];
+
+/// Requests refused for rate only: the limits row's request sent as globex, whose tiny ceilings
+/// refuse nearly every one (429; the few it admits are served), so its CPU per request is what
+/// a flooding tenant costs the proxy per refused request, to set beside an allowed one's.
+const REFUSED_ROW: &str = "refused(rate)";
 
 /// The limits row against a three-master Redis Cluster ([`redis_cluster`]).
 const REDIS_CLUSTER_ROW: &str = "route+limits(redis-cluster)";
@@ -131,7 +137,7 @@ enum Cmd {
         new_tunnels: usize,
         /// Run only these rows (comma-separated: direct, bare-pingora, nginx, haproxy, squid
         /// (each when installed: loadtest/install-peers.sh), forward, route, route+limits(memory),
-        /// route+limits(memory)+noisy-neighbour, route+limits(redis), tunnel(intercept),
+        /// route+limits(memory)+noisy-neighbour, refused(rate), route+limits(redis), tunnel(intercept),
         /// new-tunnel(cached-leaf), new-tunnel(cached-leaf+new-upstream),
         /// new-tunnel(fresh-leaf); the redis row needs `redis-server` on PATH). Default: all.
         #[arg(long, value_delimiter = ',', value_parser = parse_row)]
@@ -833,6 +839,7 @@ impl Load<client::Plain> {
         let target = Arc::new(client::Plain {
             addr,
             raw: Arc::new(raw),
+            also_answered: None,
         });
         Self {
             warm: target.clone(),
@@ -841,6 +848,18 @@ impl Load<client::Plain> {
             ops: args.requests,
             connections: Connections::KeepAlive,
         }
+    }
+
+    /// As [`Self::plain`], where a 429 counts as an answer: the row measures refusals.
+    fn refused(addr: SocketAddr, raw: Vec<u8>, args: &RunArgs) -> Self {
+        let mut load = Self::plain(addr, raw, args);
+        let target = Arc::new(client::Plain {
+            also_answered: Some(429),
+            ..(*load.measured).clone()
+        });
+        load.warm = target.clone();
+        load.measured = target;
+        load
     }
 }
 
@@ -1304,6 +1323,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let memory: Vec<&str> = [
         "route+limits(memory)",
         "route+limits(memory)+noisy-neighbour",
+        REFUSED_ROW,
     ]
     .into_iter()
     .filter(|r| wanted(r))
@@ -1551,7 +1571,16 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
                 } else {
                     chat_request("/openai/v1/chat/completions", &proxy_host)
                 };
-                let load = Load::plain(addr, raw, &args);
+                let load = if *row == REFUSED_ROW {
+                    let neighbour = SocketAddr::from(([127, 0, 0, 1], proxy.neighbour_port));
+                    let raw = chat_request(
+                        "/openai/v1/chat/completions",
+                        &format!("127.0.0.1:{}", proxy.neighbour_port),
+                    );
+                    Load::refused(neighbour, raw, &args)
+                } else {
+                    Load::plain(addr, raw, &args)
+                };
                 // The noisy neighbour: globex hammers its own tiny ceilings for the whole row.
                 let noise = row.ends_with("+noisy-neighbour").then(|| {
                     let neighbour = SocketAddr::from(([127, 0, 0, 1], proxy.neighbour_port));
