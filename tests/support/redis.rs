@@ -250,7 +250,9 @@ impl Drop for RedisServer {
 /// A real Redis Cluster on loopback: three masters and a replica of each (`redis-cli --cluster
 /// create … --cluster-replicas 1`), every node on a held port and its cluster bus on another
 /// held port. A node stopped with [`Self::stop_master_of`] is failed over by the cluster itself
-/// (node timeout 1 s).
+/// (node timeout 3 s: with 1 s, a node stalled by a loaded machine was taken for failed, so a
+/// spurious failover could leave a replica resyncing, with nothing, when the test stopped its
+/// master).
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
 }
@@ -284,7 +286,7 @@ impl RedisCluster {
                         "--cluster-config-file",
                         "nodes.conf",
                         "--cluster-node-timeout",
-                        "1000",
+                        "3000",
                         "--save",
                         "",
                         "--appendonly",
