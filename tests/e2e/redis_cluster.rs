@@ -193,10 +193,22 @@ fn failover_under_load(
                 "admissions before the failover",
                 |v| v.calls.iter().filter(|c| c.1 == 200).count() >= 10,
             );
+            // (Printed for a failure's post-mortem: how far the replica had come, and what the
+            // promoted one holds of acme's keys.)
+            let before = cluster.master_of("{acme}");
+            println!(
+                "master {before} before the stop:\n{}",
+                cluster.cli(before, &["INFO", "replication"])
+            );
             stopped_at = Instant::now();
             let master = cluster.stop_master_of("{acme}");
             cluster.wait_promoted("{acme}", master, Duration::from_secs(30));
             promoted_at = Instant::now();
+            let promoted = cluster.master_of("{acme}");
+            println!(
+                "promoted {promoted}: keys {:?}",
+                cluster.cli(promoted, &["KEYS", "tp:{acme}:*"])
+            );
             // Service resumes by itself on the shared counters, then the ceiling refuses.
             wait_seen(
                 &seen,
