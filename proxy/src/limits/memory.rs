@@ -222,9 +222,9 @@ impl LimitBackend for MemoryBackend {
         self.release_now(&admission.leases);
     }
 
-    fn already_over(&self, keys: &[LimitKey]) -> Option<LimitDeny> {
+    fn already_over(&self, rate_keys: &dyn Fn() -> Vec<LimitKey>) -> Option<LimitDeny> {
         let now = self.mono_nanos();
-        for key in keys {
+        for key in &rate_keys() {
             let LimitKind::Rate {
                 per_period,
                 period_secs,
@@ -566,20 +566,20 @@ mod tests {
         let globex = keys("globex", &c, CallKind::Tool);
         // Never seen, then within the burst: not over, and asking uses nothing.
         for _ in 0..5 {
-            assert_eq!(m.already_over(&acme), None);
+            assert_eq!(m.already_over(&|| acme.clone()), None);
         }
         assert!(m.admit_now(&acme, Charge::default()).is_ok());
-        assert_eq!(m.already_over(&acme), None);
+        assert_eq!(m.already_over(&|| acme.clone()), None);
         assert!(m.admit_now(&acme, Charge::default()).is_ok());
         // Burst spent: over, with the same ceiling and a retry time as the full check.
-        let over = m.already_over(&acme).expect("over the burst");
+        let over = m.already_over(&|| acme.clone()).expect("over the burst");
         let full = m
             .admit_now(&acme, Charge::default())
             .expect_err("the full check agrees");
         assert_eq!(over.key, full.key);
         assert!(over.retry_after.is_some_and(|r| r > Duration::ZERO));
         // Another tenant with the same ceilings is untouched.
-        assert_eq!(m.already_over(&globex), None);
+        assert_eq!(m.already_over(&|| globex.clone()), None);
         assert!(m.admit_now(&globex, Charge::default()).is_ok());
         // Only rate keys are read: a concurrency ceiling at its maximum is left to the full check.
         let conc = keys(
@@ -591,7 +591,7 @@ mod tests {
             CallKind::Tool,
         );
         let held = m.admit_now(&conc, Charge::default()).expect("first slot");
-        assert_eq!(m.already_over(&conc), None);
+        assert_eq!(m.already_over(&|| conc.clone()), None);
         m.release_now(&held.leases);
     }
 

@@ -587,11 +587,12 @@ pub trait LimitBackend: Send + Sync + fmt::Debug {
     fn is_ready(&self) -> bool {
         true
     }
-    /// Read-only and cheap: the refusal one of the rate `keys` would give now, known without a
-    /// round trip, or `None` (not over, or not known here). Consumes nothing: a caller refused
-    /// here has used none of its allowance, and one let through is checked in full by
-    /// [`Self::admit`].
-    fn already_over(&self, _keys: &[LimitKey]) -> Option<LimitDeny> {
+    /// Read-only and cheap: the refusal one of the rate keys `rate_keys` builds would give now,
+    /// known without a round trip, or `None` (not over, or not known here). Consumes nothing: a
+    /// caller refused here has used none of its allowance, and one let through is checked in
+    /// full by [`Self::admit`]. The keys are built only by a backend that can answer, so the
+    /// others pay nothing per request.
+    fn already_over(&self, _rate_keys: &dyn Fn() -> Vec<LimitKey>) -> Option<LimitDeny> {
         None
     }
 }

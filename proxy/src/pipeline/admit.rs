@@ -259,9 +259,9 @@ pub trait Effects: Send + Sync {
     ) -> Result<SocketAddr, Deny>;
     /// Reserves a request's charge against its ceilings.
     async fn reserve(&self, plan: &Plan) -> Result<Option<Admission>, Deny>;
-    /// Read-only: the refusal a request-rate ceiling in `keys` would give now, when the limiter
-    /// knows it without a round trip (see [`crate::limits::LimitBackend::already_over`]).
-    fn already_over(&self, _keys: &[crate::limits::LimitKey]) -> Option<Deny> {
+    /// Read-only: the refusal a request-rate ceiling among `rate_keys` would give now, when the
+    /// limiter knows it without a round trip (see [`crate::limits::LimitBackend::already_over`]).
+    fn already_over(&self, _rate_keys: &dyn Fn() -> Vec<crate::limits::LimitKey>) -> Option<Deny> {
         None
     }
     /// The interception CA's leaf minter, when one is configured.
@@ -443,11 +443,10 @@ async fn admit_http(
     // decided: a flood of requests that will be refused anyway costs little (and the connection
     // stays usable, its body having been read). Nothing is consumed; a request let through here
     // is checked in full last, as before.
-    let rate = crate::limits::plan::rate_keys(&snapshot.tenants, &tenant, fx.now());
-    if !rate.is_empty() {
-        if let Some(deny) = fx.already_over(&rate) {
-            return Err(deny);
-        }
+    let now = fx.now();
+    let rate_keys = || crate::limits::plan::rate_keys(&snapshot.tenants, &tenant, now);
+    if let Some(deny) = fx.already_over(&rate_keys) {
+        return Err(deny);
     }
     let header = source.header();
     let hosts = &config.egress.hosts;

@@ -221,8 +221,8 @@ impl Effects for Shared {
             })
     }
 
-    fn already_over(&self, keys: &[crate::limits::LimitKey]) -> Option<Deny> {
-        self.limits.already_over(keys).map(Deny::Limited)
+    fn already_over(&self, rate_keys: &dyn Fn() -> Vec<crate::limits::LimitKey>) -> Option<Deny> {
+        self.limits.already_over(rate_keys).map(Deny::Limited)
     }
 
     fn minter(&self) -> Option<Arc<LeafMinter>> {
