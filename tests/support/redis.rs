@@ -250,9 +250,7 @@ impl Drop for RedisServer {
 /// A real Redis Cluster on loopback: three masters and a replica of each (`redis-cli --cluster
 /// create … --cluster-replicas 1`), every node on a held port and its cluster bus on another
 /// held port. A node stopped with [`Self::stop_master_of`] is failed over by the cluster itself
-/// (node timeout 3 s: with 1 s, a node stalled by a loaded machine was taken for failed, so a
-/// spurious failover could leave a replica resyncing, with nothing, when the test stopped its
-/// master).
+/// (node timeout 1 s).
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
 }
@@ -286,7 +284,7 @@ impl RedisCluster {
                         "--cluster-config-file",
                         "nodes.conf",
                         "--cluster-node-timeout",
-                        "3000",
+                        "1000",
                         "--save",
                         "",
                         "--appendonly",
