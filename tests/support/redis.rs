@@ -373,6 +373,34 @@ impl RedisCluster {
         self.cli(node.port, args)
     }
 
+    /// `GET key` on every live node, replicas included (`READONLY`): port, role and value, for
+    /// a failure's post-mortem (which node holds what of a counter).
+    pub fn value_on_every_node(&self, key: &str) -> Vec<(u16, String, String)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| {
+                let mut cli = Command::new("redis-cli")
+                    .args(["-h", "127.0.0.1", "-p", &n.port.to_string(), "--raw"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut stdin = cli.stdin.take().unwrap();
+                stdin
+                    .write_all(format!("READONLY\nROLE\nGET {key}\n").as_bytes())
+                    .unwrap();
+                drop(stdin);
+                let out = cli.wait_with_output().unwrap();
+                let out = String::from_utf8_lossy(&out.stdout).into_owned();
+                let lines: Vec<&str> = out.lines().collect();
+                let role = lines.get(1).copied().unwrap_or("?").to_string();
+                let value = lines.last().copied().unwrap_or("").to_string();
+                (n.port, role, value)
+            })
+            .collect()
+    }
+
     /// Every key of every master (`KEYS *` on each node that is a master).
     pub fn all_keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
