@@ -648,7 +648,11 @@ fn a_cached_allow_is_refused_once_a_reload_forbids_it() {
         serde_json::json!(["acme-stop-cached"]),
         "{rec}"
     );
-    assert_eq!(origin.count(), reached, "the refused request reached nothing");
+    assert_eq!(
+        origin.count(),
+        reached,
+        "the refused request reached nothing"
+    );
     // Other requests of acme still go through under the new set.
     assert_eq!(
         forward_get(p, &url(&origin, "/acme/other"), None, "").status,

@@ -26,6 +26,10 @@
 //! interception?). Both take a [`ConnectFacts`] context. Requests inside an intercepted tunnel
 //! are then decided one by one as `http`, like any other request.
 //!
+//! The engine served by the proxy keeps each tenant's answers in a bounded cache (`cache.rs`) inside that
+//! tenant's compiled entry ([`PolicyEngine::with_decision_cache`]): keyed by the whole question,
+//! dropped with the engine on reload, never holding a decision with an error.
+//!
 //! Tooling lives beside the engine: [`PolicyEngine::check`] returns warnings as well as problems
 //! (`tenant-proxy policy check`), [`testing`] runs the JSON cases kept in `policies/tests/`,
 //! [`explain`] answers for a described request through the proxy's own decision path, and
