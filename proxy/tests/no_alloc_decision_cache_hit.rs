@@ -12,6 +12,9 @@ use tenant_proxy::policy::{
     PolicyEngine, TenantInfo,
 };
 
+/// One way of asking an engine, by name.
+type Ask<'a> = (&'static str, &'a dyn Fn(&PolicyEngine) -> Decision);
+
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
@@ -66,7 +69,7 @@ fn a_hit_allocates_only_the_decision_it_returns() {
         hour: 10,
         weekday: "tue",
     };
-    let asks: [(&str, &dyn Fn(&PolicyEngine) -> Decision); 4] = [
+    let asks: [Ask<'_>; 4] = [
         ("http", &|e| e.authorize_http(tenant, workload, &http)),
         ("use_credential", &|e| {
             let f = CredentialFacts {
