@@ -93,6 +93,9 @@ impl<'a> Question<'a> {
     }
 }
 
+/// The most bytes of text (host, path, model, scopes, names, …) a question may have to be kept.
+pub(super) const MAX_KEPT_QUESTION_BYTES: usize = 1024;
+
 /// A question of one workload: what the cache is looked up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Asked<'a> {
@@ -100,6 +103,73 @@ pub(super) struct Asked<'a> {
     pub(super) workload: &'a str,
     /// The action, the resource and the context.
     pub(super) question: Question<'a>,
+}
+
+impl Asked<'_> {
+    /// The bytes of text an owned copy of it holds (what it costs to keep, besides a fixed
+    /// size).
+    fn text_bytes(&self) -> usize {
+        fn opt(s: Option<&str>) -> usize {
+            s.map_or(0, str::len)
+        }
+        fn http(f: &HttpRequestFacts<'_>) -> usize {
+            let HttpRequestFacts {
+                scheme,
+                host,
+                port: _,
+                method,
+                path,
+                model,
+                provider,
+                run_signed: _,
+                scopes,
+                route,
+                destination_region,
+                hour: _,
+                weekday,
+            } = *f;
+            scheme.len()
+                + host.len()
+                + method.len()
+                + path.len()
+                + opt(model)
+                + opt(provider)
+                + scopes.iter().map(String::len).sum::<usize>()
+                + opt(route)
+                + opt(destination_region)
+                + weekday.len()
+        }
+        let question = match &self.question {
+            Question::Http(f) => http(f),
+            Question::Credential {
+                name,
+                position,
+                http: f,
+            } => name.len() + position.len() + http(f),
+            Question::Connect(_, f) => {
+                let ConnectFacts {
+                    host,
+                    port: _,
+                    run_signed: _,
+                    scopes,
+                    destination_region,
+                    hour: _,
+                    weekday,
+                } = *f;
+                host.len()
+                    + scopes.iter().map(String::len).sum::<usize>()
+                    + opt(destination_region)
+                    + weekday.len()
+            }
+            Question::Mcp {
+                server,
+                item: _,
+                name,
+                http: f,
+            } => server.len() + name.len() + http(f),
+        };
+        self.workload.len() + question
+    }
 }
 
 /// [`Asked`] owned: what an entry is stored under. It hashes and compares through
@@ -366,7 +436,7 @@ impl std::fmt::Debug for DecisionCache {
 
 impl DecisionCache {
     /// A cache of at most `limit` decisions (`limit` > 0) of `tenant`'s policy set `set`.
-    pub(super) fn new(limit: usize, tenant: TenantId, set: &'static str) -> Self {
+    pub(super) fn new(limit: usize, tenant: TenantId, set: &'static str) -> Option<Self> {
         // Each shard holds its share of the weight and never more, so the total is at most
         // `shards * (limit / shards) <= limit`. quick_cache would round each share up (and so
         // let the total pass `limit` by up to `shards - 1`) and halves the shard count while a
@@ -377,37 +447,27 @@ impl DecisionCache {
         let shards = wanted.min(most_for_size).max(1);
         let per_shard = limit / shards;
         let capacity = per_shard * shards;
-        let entries = OptionsBuilder::new()
+        // The options are valid whenever a capacity is given; if they ever were not, the tenant
+        // would simply go without a cache.
+        let options = OptionsBuilder::new()
             .shards(shards)
             .estimated_items_capacity(capacity)
             .weight_capacity(capacity as u64)
             .build()
-            .map(|options| {
-                Cache::with_options(
-                    options,
-                    UnitWeighter,
-                    DefaultHashBuilder::default(),
-                    DefaultLifecycle::default(),
-                )
-            })
-            // The options are always valid (a capacity was given); fall back to the plain
-            // constructor rather than panic.
-            .unwrap_or_else(|_| {
-                Cache::with(
-                    capacity,
-                    capacity as u64,
-                    UnitWeighter,
-                    DefaultHashBuilder::default(),
-                    DefaultLifecycle::default(),
-                )
-            });
-        Self {
+            .ok()?;
+        let entries = Cache::with_options(
+            options,
+            UnitWeighter,
+            DefaultHashBuilder::default(),
+            DefaultLifecycle::default(),
+        );
+        Some(Self {
             entries,
             limit,
             tenant,
             set,
             counters: OnceLock::new(),
-        }
+        })
     }
 
     fn counters(&self) -> &(IntCounter, IntCounter) {
@@ -438,7 +498,10 @@ impl DecisionCache {
     pub(super) fn keep(&self, asked: &Asked<'_>, decision: &Decision) {
         // An erroring decision is asked again every time: it denies anyway, and keeping it would
         // hide a transient cause (none exists today, but nothing here should rely on that).
-        if decision.errors.is_empty() {
+        // A question with long strings (a long path or resource URI, say) is rarely asked
+        // twice and would make one entry cost kilobytes: it is answered, not kept, so a tenant's
+        // cache stays within about `limit` × (MAX_KEPT_QUESTION_BYTES + a few hundred bytes).
+        if decision.errors.is_empty() && asked.text_bytes() <= MAX_KEPT_QUESTION_BYTES {
             self.entries
                 .insert(DecisionKey::new(asked), decision.clone());
         }

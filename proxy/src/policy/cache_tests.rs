@@ -663,3 +663,35 @@ fn each_tenants_cache_stays_within_its_bound() {
     let d = off.authorize_http(&tid("acme"), &wid("agent"), &base_http());
     assert!(d.allowed && d.policy_ids == ["all"], "{d:?}");
 }
+
+#[test]
+fn long_questions_are_answered_but_not_kept() {
+    let dir = dir_with(&[("global/g.cedar", DISTINGUISHING)]);
+    let cached = load(dir.path(), 4096);
+    let plain = load(dir.path(), 0);
+    let long = format!("/{}", "a".repeat(cache::MAX_KEPT_QUESTION_BYTES));
+    let odd = format!("/odd{}", "b".repeat(cache::MAX_KEPT_QUESTION_BYTES));
+    for path in [&long, &odd] {
+        let f = HttpRequestFacts {
+            path,
+            ..base_http()
+        };
+        for _ in 0..2 {
+            let got = cached.authorize_http(&tid("acme"), &wid("agent"), &f);
+            assert_eq!(got, plain.authorize_http(&tid("acme"), &wid("agent"), &f));
+        }
+    }
+    assert_eq!(cache_len(&cached, "acme"), 0, "nothing that long is kept");
+    // Just under the bound is kept.
+    let short = format!("/{}", "a".repeat(900));
+    let f = HttpRequestFacts {
+        path: &short,
+        ..base_http()
+    };
+    assert!(
+        cached
+            .authorize_http(&tid("acme"), &wid("agent"), &f)
+            .allowed
+    );
+    assert_eq!(cache_len(&cached, "acme"), 1);
+}

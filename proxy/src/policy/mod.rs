@@ -299,8 +299,9 @@ impl PolicyEngine {
     /// reload builds a new engine, so every cache starts empty with the policies it caches.
     pub fn with_decision_cache(mut self, entries: usize, set: &'static str) -> Self {
         for (tenant, policies) in &mut self.tenants {
-            policies.cache =
-                (entries > 0).then(|| cache::DecisionCache::new(entries, tenant.clone(), set));
+            policies.cache = (entries > 0)
+                .then(|| cache::DecisionCache::new(entries, tenant.clone(), set))
+                .flatten();
         }
         self
     }
