@@ -55,6 +55,9 @@ pub struct StaticFile {
     /// `[approvals]`: approval holds and their API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approvals: Option<Approvals>,
+    /// `[policy]`: how the policy engine runs.
+    #[serde(skip_serializing_if = "is_default")]
+    pub policy: Policy,
     /// `[server]`.
     #[serde(skip_serializing_if = "is_default")]
     pub server: Server,
@@ -81,6 +84,7 @@ impl StaticFile {
             limits: RequestLimits::default(),
             limiter: Limiter::default(),
             approvals: None,
+            policy: Policy::default(),
             server: Server::default(),
             log: Log::default(),
             tracing: None,
@@ -606,6 +610,14 @@ pub struct Server {
         serialize_with = "duration::option"
     )]
     pub graceful_shutdown_timeout: Option<Duration>,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Policy {
+    /// Decisions kept per tenant (0: no cache; the proxy's default when `None`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_cache_entries: Option<usize>,
 }
 
 /// `[log]`.

@@ -12,7 +12,8 @@
 //! 4. [`target`] and [`body`]: where the call goes and what model it names (toward an LLM
 //!    destination a body is decoded and read, or refused);
 //! 5. [`policy`]: Cedar decides, default deny, errors deny (a shadow set, when configured, is
-//!    asked too and only audited); then [`egress`] resolves the name and refuses non-global
+//!    asked too and only audited; each tenant's clean answers are kept in its own bounded
+//!    decision cache, dropped on reload); then [`egress`] resolves the name and refuses non-global
 //!    destinations;
 //! 6. [`credentials`]: `$CRED{}` handles swapped for the tenant's own secrets toward bound hosts;
 //! 7. [`limits`]: ceilings reserved last, so a request refused for any other reason uses none;

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub audit_held_records: IntGaugeVec,
     /// Cedar evaluation time.
     pub policy_eval_duration: Histogram,
+    /// Policy decisions answered from the tenant's decision cache (`hit`) or evaluated
+    /// (`miss`), by tenant and policy set (`enforced`, `shadow`).
+    pub policy_decision_cache: IntCounterVec,
     /// Credentials substituted into requests, by tenant.
     pub credential_substitutions: IntCounterVec,
     /// Secrets echoed by an upstream and replaced in the response, by tenant.
@@ -212,6 +215,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
                 .buckets(vec![
                     0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005,
                 ]),
+        )?,
+        policy_decision_cache: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_policy_decision_cache_total",
+                "Policy decisions answered from the tenant's decision cache (hit) or evaluated (miss), by tenant and policy set",
+            ),
+            &["tenant", "set", "result"],
         )?,
         credential_substitutions: IntCounterVec::new(
             Opts::new(
@@ -408,6 +418,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.audit_partition_failing.clone()),
         Box::new(m.audit_held_records.clone()),
         Box::new(m.policy_eval_duration.clone()),
+        Box::new(m.policy_decision_cache.clone()),
         Box::new(m.credential_substitutions.clone()),
         Box::new(m.credential_scrubbed.clone()),
         Box::new(m.credential_token_grants.clone()),

@@ -91,12 +91,17 @@ impl Snapshot {
                 .ok(),
         };
         let infos = tenant_infos(&tenants);
-        let policy = load_policies(&tenants.policy_dir, &infos, problems);
+        // Each load gets new, empty decision caches (none without a static file: nothing
+        // serves from a snapshot checked alone).
+        let cache_entries = static_config.map_or(0, |s| s.policy.decision_cache_entries);
+        let policy = load_policies(&tenants.policy_dir, &infos, problems)
+            .map(|engine| engine.with_decision_cache(cache_entries, "enforced"));
         // The shadow set is held to the same checks: a broken one fails the load (or the
         // reload, which keeps the last good pair) rather than silently reporting nothing.
         let shadow_policy = match &tenants.shadow_policy_dir {
             None => Some(None),
-            Some(dir) => load_policies(dir, &infos, problems).map(Some),
+            Some(dir) => load_policies(dir, &infos, problems)
+                .map(|engine| Some(engine.with_decision_cache(cache_entries, "shadow"))),
         };
         // A piece that failed left a problem, so nothing is silently dropped here.
         match (policy, shadow_policy, credentials) {

@@ -587,3 +587,79 @@ fn jwks_and_revocation_list_reload() {
         200
     );
 }
+
+/// The decision cache (on by default) is per engine: a request allowed (and answered from the
+/// cache on repeat) is refused as soon as a reload brings a policy that forbids it, and the
+/// tenant's cache counts its hits and misses by opaque tenant id.
+#[test]
+fn a_cached_allow_is_refused_once_a_reload_forbids_it() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let p = proxy.sidecar_port;
+    let cache = |result: &str| {
+        let m = proxy.metrics();
+        let lines: Vec<&str> = m
+            .lines()
+            .filter(|l| l.starts_with("tenant_proxy_policy_decision_cache_total{"))
+            .filter(|l| l.contains(r#"tenant="acme""#) && l.contains(r#"set="enforced""#))
+            .filter(|l| l.contains(&format!(r#"result="{result}""#)))
+            .collect();
+        lines
+            .iter()
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            forward_get(p, &url(&origin, "/acme/cached"), None, "").status,
+            200
+        );
+    }
+    assert_eq!(origin.count(), 3);
+    // The same question three times: asked of Cedar once, answered from the cache after (twice,
+    // unless the tenant's hour turned in between, which is a new question).
+    let (misses, hits) = (cache("miss"), cache("hit"));
+    assert!(
+        misses + hits == 3.0 && hits >= 1.0,
+        "{misses} misses, {hits} hits"
+    );
+
+    std::fs::write(
+        proxy.path("policies/tenants/acme/stop.cedar"),
+        r#"@id("acme-stop-cached") forbid (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action::"http", resource) when { context.path == "/acme/cached" };"#,
+    )
+    .unwrap();
+    wait_for("reload that forbids the cached request", || {
+        forward_get(p, &url(&origin, "/acme/cached"), None, "").status == 403
+    });
+    // (Until the reload landed, the polling requests above were still allowed.)
+    let reached = origin.count();
+    let r = forward_get(p, &url(&origin, "/acme/cached"), None, "");
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["error"]["code"],
+        "policy_denied",
+        "{}",
+        r.body_text()
+    );
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert_eq!(
+        rec["policy_ids"],
+        serde_json::json!(["acme-stop-cached"]),
+        "{rec}"
+    );
+    assert_eq!(
+        origin.count(),
+        reached,
+        "the refused request reached nothing"
+    );
+    // Other requests of acme still go through under the new set.
+    assert_eq!(
+        forward_get(p, &url(&origin, "/acme/other"), None, "").status,
+        200
+    );
+    // globex never asked: no series of its own.
+    assert!(!proxy.metrics().lines().any(|l| l
+        .starts_with("tenant_proxy_policy_decision_cache_total{")
+        && l.contains(r#"tenant="globex""#)));
+}

@@ -155,7 +155,10 @@ pub(super) fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             json,
         } => {
             use crate::pipeline::explain;
-            let static_config = StaticConfig::load(&config).map_err(crate::app::problems_error)?;
+            let mut static_config =
+                StaticConfig::load(&config).map_err(crate::app::problems_error)?;
+            // One question, asked once: a decision cache would only be filled and dropped.
+            static_config.policy.decision_cache_entries = 0;
             let snapshot = crate::snapshot::Snapshot::load(&static_config)
                 .map_err(crate::app::problems_error)?;
             let body = body

@@ -60,6 +60,8 @@ pub struct StaticConfig {
     /// watched_runs_per_tenant`); past it, that tenant's new runs are summarized only when
     /// closed or by another replica.
     pub watched_runs_per_tenant: usize,
+    /// How the policy engine runs.
+    pub policy: crate::policy::settings::PolicySettings,
     /// Worker threads per listener.
     pub threads: usize,
     /// Seconds to keep serving after SIGTERM.
@@ -115,6 +117,7 @@ impl StaticConfig {
         if watched_runs_per_tenant == 0 {
             p.push("limiter.watched_runs_per_tenant", "must be at least 1");
         }
+        let policy = crate::policy::settings::PolicySettings::from_spec(&spec.policy, &mut p);
         let server = ServerSettings::from_spec(spec.server, &mut p);
         let tracing = TracingSettings::from_spec(spec.tracing, &mut p);
         let tenants_file = p.path(&spec.tenants_file);
@@ -131,6 +134,7 @@ impl StaticConfig {
             limiter,
             approvals,
             watched_runs_per_tenant,
+            policy,
             threads: server.threads,
             grace_period: server.grace_period,
             graceful_shutdown_timeout: server.graceful_shutdown_timeout,
@@ -438,6 +442,7 @@ mod tests {
     fn good_fixtures_load() {
         let s = StaticConfig::load(&testdata("good/tenant-proxy.toml")).expect("static");
         assert_eq!(s.listeners.len(), 2);
+        assert_eq!(s.policy.decision_cache_entries, 1000);
         let t = TenantConfig::load(&s.tenants_file).expect("tenants");
         assert_eq!(t.tenants.len(), 2);
         assert_eq!(t.routes[0].prefix, "/openai/v2/", "longest prefix first");
@@ -516,6 +521,10 @@ mod tests {
                 "audit.redis_required",
             ),
             ("audit-bad-redis-url.toml", "audit.redis_url"),
+            (
+                "policy-bad-cache-entries.toml",
+                "policy.decision_cache_entries: must be at most 1048576 (0 turns the cache off)",
+            ),
         ];
         for (file, want) in static_cases {
             let text = problems_text(

@@ -53,6 +53,9 @@ pub struct StaticSpec {
     /// Human approval holds and the approvals API (absent: a request a policy marks for
     /// approval is refused).
     pub approvals: Option<crate::approvals::ApprovalsSpec>,
+    /// How the policy engine runs (its decision cache).
+    #[serde(default)]
+    pub policy: crate::policy::settings::PolicySpec,
     /// Process settings.
     #[serde(default)]
     pub server: ServerSpec,

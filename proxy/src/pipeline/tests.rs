@@ -572,3 +572,50 @@ async fn explain_decides_exactly_as_the_proxy_would() {
         assert_eq!(served, explained, "{}", header.uri);
     }
 }
+
+#[tokio::test]
+async fn explain_decides_the_same_as_a_proxy_answering_from_its_decision_cache() {
+    let (_dir, config, cached) = configured();
+    assert!(config.policy.decision_cache_entries > 0, "on by default");
+    // `policy explain` loads its snapshot without a cache.
+    let mut uncached_config = config.clone();
+    uncached_config.policy.decision_cache_entries = 0;
+    let uncached = Arc::new(Snapshot::load(&uncached_config).unwrap());
+    let cases: [(RequestHeader, Option<&str>); 5] = [
+        (request("GET", "http://api.ok.test/ok/x", &[]), None),
+        (request("GET", "http://API.OK.test./ok/x", &[]), None),
+        (request("GET", "http://api.ok.test/no/x", &[]), None),
+        (
+            request("DELETE", "http://api.ok.test/held/forbidden/x", &[]),
+            None,
+        ),
+        (
+            request(
+                "GET",
+                "http://api.ok.test/ok/x",
+                &[("authorization", "Bearer $CRED{nope}")],
+            ),
+            None,
+        ),
+    ];
+    let explaining = DecideOnly {
+        config: &uncached_config,
+        now: crate::clock::unix_now_i64(),
+        minter: None,
+    };
+    for (header, body) in cases {
+        let (explained, explained_trail) = http(&explaining, &uncached, &header, body).await;
+        // Twice through the serving chain: the first fills the cache, the second is answered
+        // from it. Both say what `explain` says, with the same policy ids.
+        for round in ["miss", "hit"] {
+            let serving = Recording::new(&config, None);
+            let (served, trail) = http(&serving, &cached, &header, body).await;
+            assert_eq!(served, explained, "{round}: {}", header.uri);
+            assert_eq!(
+                trail.decision, explained_trail.decision,
+                "{round}: {}",
+                header.uri
+            );
+        }
+    }
+}

@@ -188,6 +188,7 @@ fn compile(dir: &Path, tenants: &[TenantInfo], report: &mut Report) -> Option<Po
                         entities,
                         principals,
                         approvals,
+                        cache: None,
                     },
                 );
             }

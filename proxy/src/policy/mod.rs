@@ -26,13 +26,19 @@
 //! interception?). Both take a [`ConnectFacts`] context. Requests inside an intercepted tunnel
 //! are then decided one by one as `http`, like any other request.
 //!
+//! The engine served by the proxy keeps each tenant's answers in a bounded cache (`cache.rs`) inside that
+//! tenant's compiled entry ([`PolicyEngine::with_decision_cache`]): keyed by the whole question,
+//! dropped with the engine on reload, never holding a decision with an error.
+//!
 //! Tooling lives beside the engine: [`PolicyEngine::check`] returns warnings as well as problems
 //! (`tenant-proxy policy check`), [`testing`] runs the JSON cases kept in `policies/tests/`,
 //! [`explain`] answers for a described request through the proxy's own decision path, and
 //! [`shadow`] compares a report-only policy set's answers with the enforced ones.
 
 pub mod approval;
+mod cache;
 mod load;
+pub mod settings;
 pub mod shadow;
 pub mod testing;
 
@@ -47,6 +53,8 @@ use cedar_policy::{
 };
 
 use crate::ids::{TenantId, WorkloadId};
+use cache::Question;
+
 /// What an MCP request uses, each decided by its own Cedar action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ItemKind {
@@ -74,8 +82,9 @@ pub struct TenantInfo {
     pub workloads: Vec<WorkloadId>,
 }
 
-/// What a policy may ask about an HTTP request (the `http` action's context).
-#[derive(Debug, Clone, Copy)]
+/// What a policy may ask about an HTTP request (the `http` action's context). `Hash` and `Eq`
+/// cover every field: the decision cache keys on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HttpRequestFacts<'a> {
     /// `http` or `https`.
     pub scheme: &'a str,
@@ -119,7 +128,8 @@ pub struct CredentialFacts<'a> {
 }
 
 /// What a policy may ask about a `CONNECT` tunnel (the `connect` and `connect_opaque` actions).
-#[derive(Debug, Clone, Copy)]
+/// `Hash` and `Eq` cover every field: the decision cache keys on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnectFacts<'a> {
     /// Host named by the `CONNECT` authority, lowercase.
     pub host: &'a str,
@@ -153,7 +163,7 @@ pub struct McpFacts<'a> {
 }
 
 /// The two questions a tunnel asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnectQuestion {
     /// May the tunnel be opened at all?
     Open,
@@ -222,6 +232,8 @@ struct TenantPolicies {
     principals: HashMap<WorkloadId, EntityUid>,
     /// The permits marked `@approval`, by policy id.
     approvals: HashMap<String, approval::ApprovalRule>,
+    /// Decisions already made for this tenant, when caching is on (see [`cache`]).
+    cache: Option<cache::DecisionCache>,
 }
 
 /// Compiled policies and entities for every tenant. Immutable once loaded: share it behind an
@@ -281,6 +293,19 @@ impl PolicyEngine {
         load::load(dir, tenants)
     }
 
+    /// Turns on each tenant's decision cache, holding at most `entries` decisions per tenant
+    /// (0: off). `set` names the policy set in the cache metric (`enforced`, `shadow`). An
+    /// engine starts without caches: `policy test` and `policy explain` never use one, and a
+    /// reload builds a new engine, so every cache starts empty with the policies it caches.
+    pub fn with_decision_cache(mut self, entries: usize, set: &'static str) -> Self {
+        for (tenant, policies) in &mut self.tenants {
+            policies.cache = (entries > 0)
+                .then(|| cache::DecisionCache::new(entries, tenant.clone(), set))
+                .flatten();
+        }
+        self
+    }
+
     /// Decides action `http` for `workload` of `tenant`.
     ///
     /// Default deny. An unknown tenant or workload denies with an error, and so does any policy
@@ -293,14 +318,12 @@ impl PolicyEngine {
         workload: &WorkloadId,
         facts: &HttpRequestFacts<'_>,
     ) -> Decision {
-        let (set, principal) = match self.lookup(tenant, workload) {
-            Ok(found) => found,
-            Err(deny) => return deny,
+        let host = normalize_host(facts.host);
+        let http = HttpRequestFacts {
+            host: &host,
+            ..*facts
         };
-        match self.http_request(principal, facts, None) {
-            Ok(request) => self.decide(set, &request),
-            Err(e) => Decision::deny_with(e),
-        }
+        self.answer(tenant, workload, Question::Http(http))
     }
 
     /// Decides action `use_credential`: may `workload` have credential `facts.name` of `tenant`
@@ -311,14 +334,12 @@ impl PolicyEngine {
         workload: &WorkloadId,
         facts: &CredentialFacts<'_>,
     ) -> Decision {
-        let (set, principal) = match self.lookup(tenant, workload) {
-            Ok(found) => found,
-            Err(deny) => return deny,
+        let host = normalize_host(facts.http.host);
+        let http = HttpRequestFacts {
+            host: &host,
+            ..*facts.http
         };
-        match self.credential_request(principal, facts, None) {
-            Ok(request) => self.decide(set, &request),
-            Err(e) => Decision::deny_with(e),
-        }
+        self.answer(tenant, workload, Question::credential(facts, http))
     }
 
     /// Decides action `connect` or `connect_opaque` for a tunnel. Same fail-closed rules as
@@ -330,14 +351,12 @@ impl PolicyEngine {
         question: ConnectQuestion,
         facts: &ConnectFacts<'_>,
     ) -> Decision {
-        let (set, principal) = match self.lookup(tenant, workload) {
-            Ok(found) => found,
-            Err(deny) => return deny,
+        let host = normalize_host(facts.host);
+        let connect = ConnectFacts {
+            host: &host,
+            ..*facts
         };
-        match self.connect_request(principal, question, facts, None) {
-            Ok(request) => self.decide(set, &request),
-            Err(e) => Decision::deny_with(e),
-        }
+        self.answer(tenant, workload, Question::Connect(question, connect))
     }
 
     /// Decides `mcp_tool_call`, `mcp_resource` or `mcp_prompt` (by `facts.item`): may
@@ -350,13 +369,75 @@ impl PolicyEngine {
         workload: &WorkloadId,
         facts: &McpFacts<'_>,
     ) -> Decision {
+        let host = normalize_host(facts.http.host);
+        let http = HttpRequestFacts {
+            host: &host,
+            ..*facts.http
+        };
+        self.answer(tenant, workload, Question::mcp(facts, http))
+    }
+
+    /// Answers `question` of `workload`: from the tenant's cache when it holds the answer,
+    /// else from Cedar (and kept, when Cedar decided cleanly). The Cedar request is built from
+    /// the question itself, the cache key, so nothing outside the key can change the answer.
+    fn answer(&self, tenant: &TenantId, workload: &WorkloadId, question: Question<'_>) -> Decision {
         let (set, principal) = match self.lookup(tenant, workload) {
             Ok(found) => found,
             Err(deny) => return deny,
         };
-        match self.mcp_request(principal, facts, None) {
+        let asked = cache::Asked {
+            workload: workload.as_str(),
+            question,
+        };
+        if let Some(found) = set.cache.as_ref().and_then(|c| c.get(&asked)) {
+            return found;
+        }
+        let decision = match self.request(principal, &question, None) {
             Ok(request) => self.decide(set, &request),
             Err(e) => Decision::deny_with(e),
+        };
+        if let Some(cache) = &set.cache {
+            cache.keep(&asked, &decision);
+        }
+        decision
+    }
+
+    /// The Cedar request for `question`.
+    fn request(
+        &self,
+        principal: &EntityUid,
+        question: &Question<'_>,
+        schema: Option<&Schema>,
+    ) -> Result<Request, String> {
+        match *question {
+            Question::Http(http) => self.http_request(principal, &http, schema),
+            Question::Credential {
+                name,
+                position,
+                http,
+            } => {
+                let facts = CredentialFacts {
+                    name,
+                    position,
+                    http: &http,
+                };
+                self.credential_request(principal, &facts, schema)
+            }
+            Question::Connect(q, facts) => self.connect_request(principal, q, &facts, schema),
+            Question::Mcp {
+                server,
+                item,
+                name,
+                http,
+            } => {
+                let facts = McpFacts {
+                    server,
+                    item,
+                    name,
+                    http: &http,
+                };
+                self.mcp_request(principal, &facts, schema)
+            }
         }
     }
 
@@ -666,5 +747,7 @@ fn clock_pairs(hour: u8, weekday: &str) -> [(String, RestrictedExpression); 2] {
     ]
 }
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod tests;

@@ -280,6 +280,8 @@ fn evaluate(
         entities,
         principals: Default::default(),
         approvals: Default::default(),
+        // A case decides once, with its own entities: nothing to cache.
+        cache: None,
     };
     Ok(engine.decide(&with_case, &request))
 }
