@@ -242,3 +242,32 @@ pub fn print(rows: &[Row]) -> bool {
     }
     ok
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The proxy counts exactly the idle connections that were opened, and the RSS figures
+    /// are read.
+    #[tokio::test]
+    async fn the_proxy_counts_every_idle_connection() {
+        let args = Args {
+            proxy_bin: Some(crate::test_proxy_bin()),
+            connections: vec![30],
+            // Bare pingora is this binary's own subcommand, which a unit test cannot start.
+            bare: false,
+            log_level: None,
+        };
+        let rows = measure(&args).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(
+            (r.server, r.opened, r.server_count),
+            ("tenant-proxy", 30, Some(30))
+        );
+        assert!(r.rss_before > 0.0 && r.rss_open > 0.0 && r.rss_closed > 0.0);
+        assert!(print(&rows));
+    }
+}

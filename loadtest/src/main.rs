@@ -1815,9 +1815,31 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     Ok(false)
 }
 
+/// The `tenant-proxy` executable for this crate's tests, built once from the current sources.
+#[cfg(test)]
+fn test_proxy_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        tenant_proxy_loadtest::build::proxy_for_tests().unwrap_or_else(|e| panic!("{e}"))
+    })
+    .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The proxy runs at its default level unless told otherwise; `route(log=warn)` is a row.
+    #[test]
+    fn log_level_is_the_proxy_default_unless_given() {
+        let (config, _) = base_config(18000, PathBuf::from("policies"), None);
+        let written: toml::Table = config.to_toml().unwrap().parse().unwrap();
+        assert!(written.get("log").and_then(|l| l.get("level")).is_none());
+        let (config, _) = base_config(18000, PathBuf::from("policies"), Some("debug"));
+        let written: toml::Table = config.to_toml().unwrap().parse().unwrap();
+        assert_eq!(written["log"]["level"].as_str(), Some("debug"));
+        assert!(parse_row(ROUTE_AT_WARN).is_ok());
+    }
 
     /// `mock --tls`: the certificate comes from the CA on disk, covers the given name, and a
     /// client trusting only that CA gets a chat completion; another name fails the handshake.

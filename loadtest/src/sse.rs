@@ -259,7 +259,7 @@ pub fn print(args: &Args, rows: &[Row]) -> bool {
                 added(|r| &r.relay, 0.99),
             );
         }
-        // SECURITY-adjacent finding, not hidden: a buffering proxy delivers the first event
+        // A finding, reported rather than hidden: a buffering proxy delivers the first event
         // together with the rest, at least one more interval after it was written.
         let relay_p50 = StreamRun::quantile_ms(&r.run.relay, 0.5);
         if relay_p50 >= args.event_interval.as_secs_f64() * 1000.0 && args.tokens > 1 {
@@ -288,4 +288,49 @@ pub fn print(args: &Args, rows: &[Row]) -> bool {
         }
     }
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Streams through the real proxy: every event arrives, the mock noted every first event
+    /// (its stream id crossed the proxy), the proxy removed the usage event it asked for and
+    /// metered every stream's tokens. Nothing about speed.
+    #[tokio::test]
+    async fn streams_through_the_proxy_are_timed_and_metered() {
+        let args = Args {
+            proxy_bin: Some(crate::test_proxy_bin()),
+            streams: 20,
+            concurrency: 2,
+            limit: Duration::from_secs(30),
+            event_interval: Duration::from_millis(1),
+            tokens: 3,
+            only: vec![DIRECT.into(), ROUTE.into()],
+            log_level: None,
+        };
+        let rows = measure(&args).await.unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
+        assert_eq!(names, [DIRECT, ROUTE]);
+        for r in &rows {
+            assert_eq!(
+                (r.run.streams, r.run.errors),
+                (20, 0),
+                "{}: {:?}",
+                r.name,
+                r.run.first_error
+            );
+            // 3 content events, the stop event, [DONE].
+            assert_eq!(r.run.events, 20 * 5, "{}", r.name);
+            assert_eq!(r.run.ttfb.len(), 20, "{}", r.name);
+            assert_eq!(r.run.relay.len(), 20, "{}", r.name);
+            assert_eq!(r.run.usage_events, 0, "{}: nobody asked for usage", r.name);
+        }
+        let route = &rows[1];
+        assert_eq!(route.metered_output_tokens, Some(20 * 3));
+        assert!(route.cpu_us.is_some_and(|c| c > 0.0));
+        assert!(rows[0].cpu_us.is_none() && rows[0].metered_output_tokens.is_none());
+    }
 }

@@ -236,3 +236,39 @@ pub fn print(args: &Args, rows: &[Row]) -> bool {
     }
     ok
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A proxy of a few generated tenants starts, reloads after a policy file changes and
+    /// serves the route; the figures are there (never how large they are).
+    #[tokio::test]
+    async fn start_reload_and_route_are_measured() {
+        let args = Args {
+            proxy_bin: Some(crate::test_proxy_bin()),
+            tenants: vec![3],
+            policies: 2,
+            requests: 50,
+            concurrency: 2,
+            load_timeout: Duration::from_secs(60),
+            log_level: None,
+        };
+        let rows = measure(&args).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(r.tenants, 3);
+        assert!(r.start > Duration::ZERO && r.reload > Duration::ZERO);
+        assert!(r.rss_idle_mib > 0.0 && r.rss_reload_peak_mib > 0.0);
+        assert_eq!(
+            (r.route.requests, r.route.errors),
+            (50, 0),
+            "{:?}",
+            r.route.first_error
+        );
+        assert!(r.cpu_us.is_some_and(|c| c > 0.0));
+        assert!(print(&args, &rows));
+    }
+}
