@@ -148,7 +148,8 @@ enum Cmd {
         #[arg(long, default_value_t = 2_000)]
         new_tunnels: usize,
         /// Run only these rows (comma-separated: direct, bare-pingora, nginx, haproxy, squid
-        /// (each when installed: loadtest/install-peers.sh), forward, route, route+limits(memory),
+        /// (each when installed: loadtest/install-peers.sh), forward, route, route(log=warn),
+        /// route+limits(memory),
         /// route+limits(memory)+noisy-neighbour, refused(rate), route+limits(redis), tunnel(intercept),
         /// new-tunnel(cached-leaf), new-tunnel(cached-leaf+new-upstream),
         /// new-tunnel(fresh-leaf); the redis row needs `redis-server` on PATH). Default: all.
