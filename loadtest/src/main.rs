@@ -786,6 +786,8 @@ async fn start_proxy_within(
         .arg(dir.join("tenant-proxy.toml"))
         .arg("--ready-file")
         .arg(&ready_file)
+        // `RUST_LOG` would override `[log] level`: the rows measure the level they say.
+        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
