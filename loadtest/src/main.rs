@@ -2,9 +2,12 @@
 //! against calls through tenant-proxy, printed as one Markdown table.
 
 mod bare;
+mod idle;
 mod peers;
 mod redis_cluster;
 mod slowloris;
+mod sse;
+mod tenants;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -26,7 +29,7 @@ use tenant_proxy_loadtest::{mock, tls};
 use tunnel::{Hosts, Tunnels};
 
 /// Every row `run` knows, in the order they are measured.
-const ROWS: [&str; 16] = [
+const ROWS: [&str; 17] = [
     "direct",
     BARE_PINGORA,
     "nginx",
@@ -34,6 +37,7 @@ const ROWS: [&str; 16] = [
     "squid",
     "forward",
     "route",
+    ROUTE_AT_WARN,
     "route+limits(memory)",
     "route+limits(memory)+noisy-neighbour",
     REFUSED_ROW,
@@ -44,6 +48,11 @@ const ROWS: [&str; 16] = [
     NEW_TUNNEL_NEW_UPSTREAM,
     NEW_TUNNEL_FRESH,
 ];
+
+/// The route row with the proxy at log level `warn` whatever `--log-level` says: beside `route`
+/// (at the proxy's default level, `info`, unless `--log-level` changes it) it shows what the
+/// per-request log line costs.
+const ROUTE_AT_WARN: &str = "route(log=warn)";
 
 /// Requests refused for rate only: the limits row's request sent as globex, whose tiny ceilings
 /// refuse nearly every one (429; the few it admits are served), so its CPU per request is what
@@ -85,6 +94,9 @@ const UPSTREAM_POOL: usize = 128;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// The proxy's `[log] level` (e.g. warn, info, debug) [default: the proxy's own, info].
+    #[arg(long, global = true)]
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,7 +148,8 @@ enum Cmd {
         #[arg(long, default_value_t = 2_000)]
         new_tunnels: usize,
         /// Run only these rows (comma-separated: direct, bare-pingora, nginx, haproxy, squid
-        /// (each when installed: loadtest/install-peers.sh), forward, route, route+limits(memory),
+        /// (each when installed: loadtest/install-peers.sh), forward, route, route(log=warn),
+        /// route+limits(memory),
         /// route+limits(memory)+noisy-neighbour, refused(rate), route+limits(redis), tunnel(intercept),
         /// new-tunnel(cached-leaf), new-tunnel(cached-leaf+new-upstream),
         /// new-tunnel(fresh-leaf); the redis row needs `redis-server` on PATH). Default: all.
@@ -171,6 +184,70 @@ enum Cmd {
         /// Keep-alive connections of normal traffic measured beside them.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+    },
+    /// Time to first byte of streamed chat completions (SSE), direct and through the proxy:
+    /// when the first event reaches the client, from the request and from the instant the mock
+    /// wrote it. Rows `sse(direct)`, `sse(bare-pingora)`, `sse(route)`.
+    Sse {
+        /// The tenant-proxy binary (found as for `run` by default).
+        #[arg(long)]
+        proxy_bin: Option<PathBuf>,
+        /// Measured streams per row.
+        #[arg(long, default_value_t = 2_000)]
+        streams: usize,
+        /// Streams in flight (one per keep-alive connection).
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Longest time per row; the row stops early when it is reached.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration_limit: Duration,
+        /// The mock waits this long before each event (the first one included), as a model
+        /// generating would.
+        #[arg(long, default_value = "2ms", value_parser = parse_duration)]
+        event_interval: Duration,
+        /// Content events per stream (the completion's tokens).
+        #[arg(long, default_value_t = 8)]
+        tokens: u64,
+        /// Run only these rows (comma-separated: sse(direct), sse(bare-pingora), sse(route)).
+        #[arg(long, value_delimiter = ',', value_parser = sse::parse_row)]
+        only: Vec<String>,
+    },
+    /// Many tenants: for each count, start the proxy on that many tenants with --policies
+    /// policies each and report the time until `/readyz` answers, the idle RSS, the time a
+    /// reload takes after a tenant's policy file changes, and the route row's CPU per request.
+    Tenants {
+        /// The tenant-proxy binary (found as for `run` by default).
+        #[arg(long)]
+        proxy_bin: Option<PathBuf>,
+        /// Tenant counts (comma-separated), each measured with a proxy of its own.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        tenants: Vec<usize>,
+        /// Policies of each generated tenant.
+        #[arg(long, default_value_t = 20)]
+        policies: usize,
+        /// Measured route requests per tenant count.
+        #[arg(long, default_value_t = 5_000)]
+        requests: usize,
+        /// Concurrent keep-alive connections of the route requests.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// How long the start and a reload may take before the report gives up.
+        #[arg(long, default_value = "300s", value_parser = parse_duration)]
+        load_timeout: Duration,
+    },
+    /// Memory per idle keep-alive client connection: open each count of connections (each
+    /// makes one request through the proxy, then idles), and compare the proxy's RSS before and
+    /// after; the same against bare pingora.
+    IdleConnections {
+        /// The tenant-proxy binary (found as for `run` by default).
+        #[arg(long)]
+        proxy_bin: Option<PathBuf>,
+        /// Connection counts (comma-separated), each measured on a fresh server.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        connections: Vec<usize>,
+        /// Measure the proxy only, not bare pingora.
+        #[arg(long)]
+        skip_bare: bool,
     },
     /// The `bare-pingora` row's server (started by `run`): a pingora passthrough to `upstream`.
     #[command(hide = true)]
@@ -253,8 +330,65 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             limit: duration_limit,
             new_tunnels,
             only,
+            log_level: cli.log_level,
             baseline: std::sync::OnceLock::new(),
         })),
+        Cmd::Sse {
+            proxy_bin,
+            streams,
+            concurrency,
+            duration_limit,
+            event_interval,
+            tokens,
+            only,
+        } => rt.block_on(async {
+            let args = sse::Args {
+                proxy_bin,
+                streams,
+                concurrency,
+                limit: duration_limit,
+                event_interval,
+                tokens,
+                only,
+                log_level: cli.log_level,
+            };
+            let report = sse::measure(&args).await?;
+            Ok(sse::print(&args, &report))
+        }),
+        Cmd::Tenants {
+            proxy_bin,
+            tenants,
+            policies,
+            requests,
+            concurrency,
+            load_timeout,
+        } => rt.block_on(async {
+            let args = tenants::Args {
+                proxy_bin,
+                tenants,
+                policies,
+                requests,
+                concurrency,
+                load_timeout,
+                log_level: cli.log_level,
+            };
+            let report = tenants::measure(&args).await?;
+            Ok(tenants::print(&args, &report))
+        }),
+        Cmd::IdleConnections {
+            proxy_bin,
+            connections,
+            skip_bare,
+        } => rt.block_on(async {
+            let args = idle::Args {
+                proxy_bin,
+                connections,
+                bare: !skip_bare,
+                log_level: cli.log_level,
+            };
+            let report = idle::measure(&args).await?;
+            Ok(idle::print(&report))
+        }),
         Cmd::BarePingora { upstream, threads } => {
             // The port is found here and announced on stdout for `run`, which connects to it
             // once pingora listens (pingora binds by address and reports nothing).
@@ -276,6 +410,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             body_timeout,
             concurrency,
         } => rt.block_on(slowloris::run(slowloris::Args {
+            log_level: cli.log_level,
             proxy_bin,
             connections,
             slow_bodies,
@@ -561,8 +696,13 @@ const NEIGHBOUR: &str = "neighbour";
 /// `openai` to the plain mock on `mock_port`, the price table, policies from `policy_dir`, and
 /// the loopback mocks as EU destinations and an exception to the egress guard. No shutdown grace
 /// (nothing needs draining at the end of a benchmark, so SIGTERM ends the proxy at once), one
-/// worker thread, log level `warn` (per-request info lines would be measured as proxy CPU).
-fn base_config(mock_port: u16, policy_dir: PathBuf) -> (StaticFile, TenantFile) {
+/// worker thread, log level `log_level` (`None`: the proxy's default, `info`, which logs a
+/// line per request: what a deployment runs with, so its cost is measured too).
+fn base_config(
+    mock_port: u16,
+    policy_dir: PathBuf,
+    log_level: Option<&str>,
+) -> (StaticFile, TenantFile) {
     let mut config = StaticFile::new("tenants.toml", "audit");
     config.admin.listen = Some(LOOPBACK_ANY_PORT);
     config.listeners = vec![
@@ -572,7 +712,7 @@ fn base_config(mock_port: u16, policy_dir: PathBuf) -> (StaticFile, TenantFile) 
     config.server.threads = Some(1);
     config.server.grace_period = Some(Duration::ZERO);
     config.server.graceful_shutdown_timeout = Some(Duration::from_secs(1));
-    config.log.level = Some("warn".into());
+    config.log.level = log_level.map(str::to_string);
     // The mocks listen on loopback, which the SSRF guard refuses unless it is an exception.
     config.egress.allow = vec!["127.0.0.1/32".into()];
     let mut tenants = TenantFile::new(policy_dir);
@@ -605,9 +745,24 @@ fn base_config(mock_port: u16, policy_dir: PathBuf) -> (StaticFile, TenantFile) 
     (config, tenants)
 }
 
+/// How long a proxy of a few tenants may take to answer `/readyz`.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
 /// Writes the group's two config files (and the price table) into `dir`, starts the proxy and
-/// waits for it to report its ports and answer `/readyz`.
+/// waits (up to [`READY_WITHIN`]) for it to report its ports and answer `/readyz`.
 async fn start_proxy(bin: &Path, dir: &Path, pin: bool, g: &Group) -> anyhow::Result<ProxyProcess> {
+    start_proxy_within(bin, dir, pin, g, READY_WITHIN).await
+}
+
+/// As [`start_proxy`], waiting up to `within` (a configuration of many tenants takes long to
+/// load).
+async fn start_proxy_within(
+    bin: &Path,
+    dir: &Path,
+    pin: bool,
+    g: &Group,
+    within: Duration,
+) -> anyhow::Result<ProxyProcess> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("prices.toml"), PRICES)?;
     let mut config = g.config.clone();
@@ -631,6 +786,8 @@ async fn start_proxy(bin: &Path, dir: &Path, pin: bool, g: &Group) -> anyhow::Re
         .arg(dir.join("tenant-proxy.toml"))
         .arg("--ready-file")
         .arg(&ready_file)
+        // `RUST_LOG` would override `[log] level`: the rows measure the level they say.
+        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -643,7 +800,7 @@ async fn start_proxy(bin: &Path, dir: &Path, pin: bool, g: &Group) -> anyhow::Re
         neighbour_port: 0,
         admin_port: 0,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + within;
     // The ports the proxy bound, once it listens on all of them.
     let ready = loop {
         if let Some(ready) = Ready::read(&ready_file).map_err(anyhow::Error::msg)? {
@@ -654,7 +811,7 @@ async fn start_proxy(bin: &Path, dir: &Path, pin: bool, g: &Group) -> anyhow::Re
         }
         if Instant::now() > deadline {
             bail!(
-                "tenant-proxy wrote no ready file ({}) within 20 s{}",
+                "tenant-proxy wrote no ready file ({}) within {within:?}{}",
                 ready_file.display(),
                 proc.log_tail()
             );
@@ -681,12 +838,12 @@ async fn start_proxy(bin: &Path, dir: &Path, pin: bool, g: &Group) -> anyhow::Re
         }
         if Instant::now() > deadline {
             bail!(
-                "tenant-proxy did not become ready within 20 s (GET http://{admin}/readyz: {}){}",
+                "tenant-proxy did not become ready within {within:?} (GET http://{admin}/readyz: {}){}",
                 ready.first_error.unwrap_or_else(|| "no answer".into()),
                 proc.log_tail()
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -799,6 +956,8 @@ struct RunArgs {
     limit: Duration,
     new_tunnels: usize,
     only: Vec<String>,
+    /// The proxy's log level (`None`: its default).
+    log_level: Option<String>,
     /// The `bare-pingora` row's req/s and CPU µs per request, once measured: the other rows
     /// print their ratio to it.
     baseline: std::sync::OnceLock<(f64, f64)>,
@@ -1172,7 +1331,7 @@ async fn prepare_tunnels(
     names.sort();
     names.dedup();
     let ca_dir = dir.join("ca");
-    let (mut config, tenants) = base_config(mock_port, policy_dir);
+    let (mut config, tenants) = base_config(mock_port, policy_dir, args.log_level.as_deref());
     config.egress.connect_ports = Some(vec![443, tls_mock_port]);
     config.egress.hosts = names
         .iter()
@@ -1303,7 +1462,13 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     tokio::spawn(mock::serve_mock(mock_listener));
     let mock_addr = SocketAddr::from(([127, 0, 0, 1], mock_port));
     let mock_host = format!("127.0.0.1:{mock_port}");
-    let repo_config = || base_config(mock_port, workspace_root().join("policies"));
+    let repo_config = || {
+        base_config(
+            mock_port,
+            workspace_root().join("policies"),
+            args.log_level.as_deref(),
+        )
+    };
 
     let mut groups = Vec::new();
     let plain: Vec<&str> = ["forward", "route"]
@@ -1315,6 +1480,17 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         groups.push(Group {
             dir: "plain",
             rows: plain,
+            config,
+            tenants,
+            ca_init: None,
+        });
+    }
+    if wanted(ROUTE_AT_WARN) {
+        let (mut config, tenants) = repo_config();
+        config.log.level = Some("warn".into());
+        groups.push(Group {
+            dir: "plain-warn",
+            rows: vec![ROUTE_AT_WARN],
             config,
             tenants,
             ca_init: None,
@@ -1642,9 +1818,31 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     Ok(false)
 }
 
+/// The `tenant-proxy` executable for this crate's tests, built once from the current sources.
+#[cfg(test)]
+fn test_proxy_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        tenant_proxy_loadtest::build::proxy_for_tests().unwrap_or_else(|e| panic!("{e}"))
+    })
+    .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The proxy runs at its default level unless told otherwise; `route(log=warn)` is a row.
+    #[test]
+    fn log_level_is_the_proxy_default_unless_given() {
+        let (config, _) = base_config(18000, PathBuf::from("policies"), None);
+        let written: toml::Table = config.to_toml().unwrap().parse().unwrap();
+        assert!(written.get("log").and_then(|l| l.get("level")).is_none());
+        let (config, _) = base_config(18000, PathBuf::from("policies"), Some("debug"));
+        let written: toml::Table = config.to_toml().unwrap().parse().unwrap();
+        assert_eq!(written["log"]["level"].as_str(), Some("debug"));
+        assert!(parse_row(ROUTE_AT_WARN).is_ok());
+    }
 
     /// `mock --tls`: the certificate comes from the CA on disk, covers the given name, and a
     /// client trusting only that CA gets a chat completion; another name fails the handshake.
@@ -1740,6 +1938,7 @@ mod tests {
             limit: Duration::from_secs(1),
             new_tunnels: 30,
             only: Vec::new(),
+            log_level: None,
             baseline: std::sync::OnceLock::new(),
         };
         let rows = [

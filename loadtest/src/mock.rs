@@ -10,9 +10,15 @@
 //! - `Upgrade: websocket`: 101, then every byte is echoed back.
 //!
 //! Every response carries the SHA-256 of the received `Authorization` as
-//! `x-mock-authorization-sha256`.
+//! `x-mock-authorization-sha256`. A mock started with [`serve_mock_recording`] also notes when
+//! it writes the first event of each stream whose request names itself in `x-mock-stream-id`
+//! ([`FirstEvents`]), so a client in the same process can tell how long that event took to
+//! reach it (through a proxy or not).
 
+use std::collections::HashMap;
 use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use sha2::Digest as _;
@@ -21,17 +27,47 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::http1::{read_body, read_head, Head};
 
+/// The instants the mock wrote the first event of streams, by the `x-mock-stream-id` their
+/// request carried. Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct FirstEvents(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl FirstEvents {
+    /// Removes and returns the instant the first event of stream `id` was written (taken just
+    /// before the write), if it was.
+    pub fn take(&self, id: &str) -> Option<Instant> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
+    }
+
+    fn note(&self, id: &str, at: Instant) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), at);
+    }
+}
+
 /// Serves the mock on `listener` until the task is dropped.
 ///
 /// Each connection is keep-alive HTTP/1.1 (pipelined requests are answered in order); request
 /// bodies may be `Content-Length` or chunked. Runs until dropped; the `io::Result` lets callers
 /// treat it like any other server future.
 pub async fn serve_mock(listener: TcpListener) -> io::Result<()> {
+    serve_mock_recording(listener, None).await
+}
+
+/// As [`serve_mock`], noting in `first_events` when the first event of each stream requested
+/// with an `x-mock-stream-id` header is written.
+pub async fn serve_mock_recording(
+    listener: TcpListener,
+    first_events: Option<FirstEvents>,
+) -> io::Result<()> {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let first_events = first_events.clone();
                 tokio::spawn(async move {
-                    let _ = serve_conn(stream).await;
+                    let _ = serve_conn(stream, first_events.as_ref()).await;
                 });
             }
             // Accept errors are transient (EMFILE under a connection storm, a peer resetting
@@ -41,9 +77,9 @@ pub async fn serve_mock(listener: TcpListener) -> io::Result<()> {
     }
 }
 
-async fn serve_conn(stream: TcpStream) -> io::Result<()> {
+async fn serve_conn(stream: TcpStream, first_events: Option<&FirstEvents>) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    serve_stream(stream).await
+    serve_stream_recording(stream, first_events).await
 }
 
 /// Serves mock requests on one established connection (plain or TLS).
@@ -52,6 +88,14 @@ async fn serve_conn(stream: TcpStream) -> io::Result<()> {
 /// after it is echoed back unchanged, so a test can check that upgraded traffic flows both ways
 /// through the proxy.
 pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> io::Result<()> {
+    serve_stream_recording(stream, None).await
+}
+
+/// As [`serve_stream`], noting first events in `first_events` (see [`serve_mock_recording`]).
+pub async fn serve_stream_recording<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    first_events: Option<&FirstEvents>,
+) -> io::Result<()> {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = Vec::with_capacity(16 * 1024);
     while let Some(head) = read_head(&mut rd, &mut buf, true).await? {
@@ -89,6 +133,11 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> io::R
             .header("x-mock-chunk-delay-ms")
             .and_then(|v| v.parse::<u64>().ok())
             .map(std::time::Duration::from_millis);
+        // Part 0 is the head; part 1 the first event of a stream.
+        let stream_id = head
+            .header("x-mock-stream-id")
+            .filter(|_| reply.len() > 2)
+            .zip(first_events);
         match delay {
             // Paced: each part (an SSE event) on its own, as a model generating would send it.
             Some(d) => {
@@ -96,11 +145,19 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> io::R
                     if i > 0 {
                         tokio::time::sleep(d).await;
                     }
+                    if let Some((id, log)) = stream_id.filter(|_| i == 1) {
+                        log.note(id, Instant::now());
+                    }
                     wr.write_all(part).await?;
                     wr.flush().await?;
                 }
             }
-            None => wr.write_all(&reply.concat()).await?,
+            None => {
+                if let Some((id, log)) = stream_id {
+                    log.note(id, Instant::now());
+                }
+                wr.write_all(&reply.concat()).await?
+            }
         }
         // TLS buffers writes until flushed.
         wr.flush().await?;

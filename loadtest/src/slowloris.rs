@@ -27,6 +27,7 @@ use super::{
 /// Options of the `slowloris` subcommand.
 #[derive(Debug)]
 pub struct Args {
+    pub log_level: Option<String>,
     pub proxy_bin: Option<PathBuf>,
     pub connections: usize,
     pub slow_bodies: usize,
@@ -55,7 +56,11 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let mock_port = mock_listener.local_addr()?.port();
     tokio::spawn(tenant_proxy_loadtest::mock::serve_mock(mock_listener));
     let dir = tempfile::tempdir()?;
-    let (mut config, tenants) = base_config(mock_port, workspace_root().join("policies"));
+    let (mut config, tenants) = base_config(
+        mock_port,
+        workspace_root().join("policies"),
+        args.log_level.as_deref(),
+    );
     let connections = u32::try_from(args.connections + args.slow_bodies + args.concurrency + 100)
         .unwrap_or(u32::MAX);
     config.limits.client_body_timeout = Some(args.body_timeout);
@@ -225,7 +230,7 @@ fn quantiles(v: &[f64]) -> (f64, f64) {
 }
 
 /// The process's resident memory, from `/proc/<pid>/status`.
-fn rss_mib(pid: u32) -> Option<f64> {
+pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()

@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +25,8 @@ use tenant_proxy::reason::ReasonCode;
 use tenant_proxy::snapshot::Snapshot;
 use tenant_proxy::usage::providers::registry;
 use tenant_proxy::usage::UsageMeter;
+use tenant_proxy_loadtest::config::{Listener, Route, StaticFile, TenantFile};
+use tenant_proxy_loadtest::scale;
 
 const BODY: &str = r#"{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"system","content":"You are a helpful assistant for a load test."},{"role":"user","content":"Summarise the benefits of per-tenant egress policy for AI agents in one short sentence, and mention audit trails and budgets."}]}"#;
 
@@ -35,50 +36,23 @@ const RESPONSE: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created
 const PER_TENANT: usize = 20;
 
 /// A configuration with `tenants` tenants (`t0`…) of 20 policies each beside the repo's global
-/// policies, in `dir`.
+/// policies, in `dir` (generated as the loadtest's `tenants` report does).
 fn config_with_tenants(dir: &Path, tenants: usize) -> StaticConfig {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let policies = dir.join("policies");
-    std::fs::create_dir_all(policies.join("global")).unwrap();
-    std::fs::copy(
-        repo.join("schema.cedarschema"),
-        policies.join("schema.cedarschema"),
-    )
-    .unwrap();
-    for entry in std::fs::read_dir(repo.join("global")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(
-            entry.path(),
-            policies.join("global").join(entry.file_name()),
-        )
-        .unwrap();
-    }
-    let mut file = format!(
-        "policy_dir = \"{}\"\n[[route]]\nname = \"openai\"\nprefix = \"/openai/\"\nupstream = \"http://127.0.0.1:18000/\"\nprovider = \"openai\"\n[destination_regions]\neu = [\"127.0.0.1\"]\n",
-        policies.display()
-    );
-    for t in 0..tenants {
-        let _ = write!(
-            file,
-            "[tenants.t{t}]\nplan = \"pro\"\nregion = \"eu\"\nworkloads = [\"bot\"]\n"
-        );
-        let own = policies.join("tenants").join(format!("t{t}"));
-        std::fs::create_dir_all(&own).unwrap();
-        let mut text = String::new();
-        for p in 0..PER_TENANT {
-            let _ = write!(
-                text,
-                "@id(\"t{t}-p{p}\")\npermit (principal in TenantProxy::Tenant::\"t{t}\", action == TenantProxy::Action::\"http\", resource)\nwhen {{ context.host == \"h{p}.example.com\" }};\n"
-            );
-        }
-        std::fs::write(own.join("own.cedar"), text).unwrap();
-    }
-    std::fs::write(dir.join("tenants.toml"), file).unwrap();
-    std::fs::write(
-        dir.join("tenant-proxy.toml"),
-        "tenants_file = \"tenants.toml\"\n[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nidentity = [\"binding\"]\nbinding = { tenant = \"t0\", workload = \"bot\" }\n[audit]\ndir = \"audit\"\n",
-    )
-    .unwrap();
+    scale::copy_schema_and_global(&repo, &policies).unwrap();
+    let mut file = TenantFile::new(&policies);
+    file.routes.push(Route {
+        provider: Some("openai".into()),
+        ..Route::new("openai", "/openai/", "http://127.0.0.1:18000/")
+    });
+    file.destination_regions
+        .insert("eu".into(), vec!["127.0.0.1".into()]);
+    scale::add_tenants(&mut file, tenants, PER_TENANT).unwrap();
+    file.write(&dir.join("tenants.toml")).unwrap();
+    let mut config = StaticFile::new("tenants.toml", "audit");
+    config.listeners = vec![Listener::bound("l", "t0", "bot")];
+    config.write(&dir.join("tenant-proxy.toml")).unwrap();
     StaticConfig::load(&dir.join("tenant-proxy.toml")).unwrap()
 }
 
