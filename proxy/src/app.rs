@@ -60,9 +60,13 @@ pub fn check(
     }
 }
 
-/// Starts the logger (see [`crate::logging`]: no level setting opens third-party debug lines).
-pub fn init_logging(format: LogFormat, level: &str) {
-    crate::logging::init(format, level);
+/// Starts the logger (see [`crate::logging`]: no level setting opens third-party debug lines);
+/// keep the guard while the process logs.
+pub fn init_logging(
+    format: LogFormat,
+    level: &str,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    crate::logging::init(format, level)
 }
 
 /// Loads everything and serves until SIGTERM/SIGINT. With `ready_file`, the addresses bound are
@@ -81,7 +85,9 @@ pub fn run(
         }
     }
     let (static_config, snapshot) = check(config_path).map_err(problems_error)?;
-    init_logging(static_config.log_format, &static_config.log_level);
+    // Dropped last (after the audit writer's shutdown below, or with an early error): what is
+    // still queued for the log is written then.
+    let _log = init_logging(static_config.log_format, &static_config.log_level);
     crate::otel::init(&static_config.tracing).context("starting the OTLP trace exporter")?;
     // Every socket is bound before anything else starts: a taken port ends the process here,
     // with one line naming the address.

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub llm_tokens: IntCounterVec,
     /// Limiter backend calls that failed or timed out.
     pub limiter_errors: IntCounter,
+    /// Process log lines dropped because the log writer was behind (copied from the writer's
+    /// own count when the metrics are rendered).
+    pub log_lines_dropped: IntCounter,
     /// Admissions decided on local counters because the shared backend was unreachable.
     pub limiter_fallback: IntCounter,
     /// 1 while admissions are decided on local counters (the last shared call failed), else 0.
@@ -255,6 +258,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tenant_proxy_limiter_errors_total",
             "Limiter backend calls that failed or timed out",
         )?,
+        log_lines_dropped: IntCounter::new(
+            "tenant_proxy_log_lines_dropped_total",
+            "Process log lines dropped because the log writer was behind",
+        )?,
         limiter_fallback: IntCounter::new(
             "tenant_proxy_limiter_fallback_total",
             "Admissions decided on local counters because the shared limiter was unreachable",
@@ -424,6 +431,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.credential_token_grants.clone()),
         Box::new(m.llm_tokens.clone()),
         Box::new(m.limiter_errors.clone()),
+        Box::new(m.log_lines_dropped.clone()),
         Box::new(m.limiter_fallback.clone()),
         Box::new(m.limiter_fallback_active.clone()),
         Box::new(m.llm_cost_micros.clone()),
@@ -501,6 +509,9 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        let dropped = crate::logging::dropped_lines();
+        self.log_lines_dropped
+            .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
