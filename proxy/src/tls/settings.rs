@@ -22,6 +22,13 @@ pub struct InterceptSpec {
     /// Most leaves kept in memory.
     #[serde(default = "default_leaf_cache")]
     pub leaf_cache: usize,
+    /// How long a TLS session ticket of an intercepted tunnel can be resumed; `0s` turns
+    /// resumption off.
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime: String,
+    /// Most resumption scopes (tenant workloads) kept in memory.
+    #[serde(default = "default_session_scopes")]
+    pub session_scopes: usize,
 }
 
 fn default_leaf_ttl() -> String {
@@ -29,6 +36,12 @@ fn default_leaf_ttl() -> String {
 }
 fn default_leaf_cache() -> usize {
     10_000
+}
+fn default_session_lifetime() -> String {
+    "1h".into()
+}
+fn default_session_scopes() -> usize {
+    crate::tls::resume::DEFAULT_MAX_SCOPES
 }
 
 /// `[intercept]`, validated.
@@ -42,6 +55,10 @@ pub struct InterceptSettings {
     pub leaf_ttl: Duration,
     /// Leaf cache bound.
     pub leaf_cache: usize,
+    /// Session ticket lifetime; zero: no resumption.
+    pub session_lifetime: Duration,
+    /// Resumption scope bound.
+    pub session_scopes: usize,
 }
 
 impl InterceptSettings {
@@ -52,7 +69,15 @@ impl InterceptSettings {
             ca_key: p.path(&spec.ca_key),
             leaf_ttl: p.duration("intercept.leaf_ttl", &spec.leaf_ttl),
             leaf_cache: spec.leaf_cache.max(1),
+            session_lifetime: p.duration("intercept.session_lifetime", &spec.session_lifetime),
+            session_scopes: spec.session_scopes.max(1),
         };
+        if settings.session_lifetime > crate::tls::resume::MAX_SESSION_LIFETIME {
+            p.push(
+                "intercept.session_lifetime",
+                "must be at most 6h (ticket keys are replaced every 6 hours); `0s` turns resumption off",
+            );
+        }
         if settings.leaf_ttl < Duration::from_secs(600) {
             p.push(
                 "intercept.leaf_ttl",
