@@ -478,8 +478,9 @@ impl EgressApp {
 
     /// Terminates the client's TLS with a leaf for the tunnel's host and serves the requests
     /// inside through the pipeline. A client that names another host in its SNI is refused at
-    /// the handshake, or right after it when it resumed a session (audited as `host_mismatch`
-    /// either way).
+    /// the handshake, resumed or not, and the SNI is checked again once the handshake is done
+    /// (audited as `host_mismatch` either way). The tunnel's tenant workload's session scope,
+    /// if any, lets the handshake resume and issues the tickets for the next one.
     async fn intercept(
         &self,
         stream: Stream,
