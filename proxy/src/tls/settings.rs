@@ -98,3 +98,54 @@ impl InterceptSettings {
         settings
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// `[intercept]` with real CA files and `session_lifetime`; the problems' locations and
+    /// messages, and the settings.
+    fn check(session_lifetime: &str) -> (Vec<String>, InterceptSettings) {
+        let dir = tempfile::tempdir().unwrap();
+        let files = crate::tls::ca::init(&crate::tls::ca::CaInitOptions::new(dir.path())).unwrap();
+        let spec: InterceptSpec = toml::from_str(&format!(
+            "ca_cert = {:?}\nca_key = {:?}\nsession_lifetime = {session_lifetime:?}\n",
+            files.cert, files.key
+        ))
+        .unwrap();
+        let file = dir.path().join("tenant-proxy.toml");
+        let mut p = Problems::new(&file);
+        let settings = InterceptSettings::from_spec(spec, &mut p);
+        let problems = p
+            .checked(())
+            .problems
+            .into_iter()
+            .map(|c| format!("{}: {}", c.location.unwrap_or_default(), c.message))
+            .collect();
+        (problems, settings)
+    }
+
+    #[test]
+    fn session_lifetime_is_at_most_six_hours_and_zero_turns_it_off() {
+        for (written, lifetime) in [("1h", 3600), ("6h", 6 * 3600), ("0s", 0), ("90s", 90)] {
+            let (problems, settings) = check(written);
+            assert!(problems.is_empty(), "{written}: {problems:?}");
+            assert_eq!(settings.session_lifetime, Duration::from_secs(lifetime));
+        }
+        for written in ["7h", "1d", "soon"] {
+            let (problems, _) = check(written);
+            assert_eq!(problems.len(), 1, "{written}: {problems:?}");
+            assert!(
+                problems[0].starts_with("intercept.session_lifetime: "),
+                "{problems:?}"
+            );
+        }
+        let spec: InterceptSpec = toml::from_str("ca_cert = \"a\"\nca_key = \"b\"\n").unwrap();
+        assert_eq!(
+            (spec.session_lifetime.as_str(), spec.session_scopes),
+            ("1h", 10_000)
+        );
+    }
+}
