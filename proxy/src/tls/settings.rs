@@ -103,7 +103,6 @@ impl InterceptSettings {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     /// `[intercept]` with real CA files and `session_lifetime`; the problems' locations and
     /// messages, and the settings.
