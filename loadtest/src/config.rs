@@ -404,6 +404,15 @@ pub struct Intercept {
     /// Most leaves kept in memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leaf_cache: Option<usize>,
+    /// How long a tunnel's TLS session ticket can be resumed (zero: no resumption).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::option"
+    )]
+    pub session_lifetime: Option<Duration>,
+    /// Most resumption scopes (tenant workloads) kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_scopes: Option<usize>,
 }
 
 impl Intercept {
@@ -414,6 +423,8 @@ impl Intercept {
             ca_key: dir.as_ref().join("ca-key.pem"),
             leaf_ttl: None,
             leaf_cache: None,
+            session_lifetime: None,
+            session_scopes: None,
         }
     }
 }

@@ -45,6 +45,7 @@ const ROWS: [&str; 17] = [
     REDIS_CLUSTER_ROW,
     TUNNEL_KEEP_ALIVE,
     NEW_TUNNEL_CACHED,
+    NEW_TUNNEL_RESUMED,
     NEW_TUNNEL_NEW_UPSTREAM,
     NEW_TUNNEL_FRESH,
 ];
@@ -68,6 +69,8 @@ const BARE_PINGORA: &str = "bare-pingora";
 /// HTTPS rows: requests over kept intercepted tunnels, and whole new tunnels.
 const TUNNEL_KEEP_ALIVE: &str = "tunnel(intercept)";
 const NEW_TUNNEL_CACHED: &str = "new-tunnel(cached-leaf)";
+/// `new-tunnel(cached-leaf)` by a client that keeps its TLS sessions: each tunnel resumes.
+const NEW_TUNNEL_RESUMED: &str = "new-tunnel(resumed)";
 const NEW_TUNNEL_NEW_UPSTREAM: &str = "new-tunnel(cached-leaf+new-upstream)";
 const NEW_TUNNEL_FRESH: &str = "new-tunnel(fresh-leaf)";
 
@@ -151,7 +154,7 @@ enum Cmd {
         /// (each when installed: loadtest/install-peers.sh), forward, route, route(log=warn),
         /// route+limits(memory),
         /// route+limits(memory)+noisy-neighbour, refused(rate), route+limits(redis), tunnel(intercept),
-        /// new-tunnel(cached-leaf), new-tunnel(cached-leaf+new-upstream),
+        /// new-tunnel(cached-leaf), new-tunnel(resumed), new-tunnel(cached-leaf+new-upstream),
         /// new-tunnel(fresh-leaf); the redis row needs `redis-server` on PATH). Default: all.
         #[arg(long, value_delimiter = ',', value_parser = parse_row)]
         only: Vec<String>,
@@ -1403,7 +1406,22 @@ async fn measure_tunnel_row(
             .map(Arc::new)
             .map_err(|e| format!("row `{row}`: the client TLS config: {e}"))
     };
-    let load = if row == TUNNEL_KEEP_ALIVE {
+    // The resumed row's client keeps its sessions from the warm-up on; the measured half counts
+    // its own handshakes.
+    let mut resuming = None;
+    let load = if row == NEW_TUNNEL_RESUMED {
+        let warm = Tunnels::resuming(addr, setup.mock_port, warm_hosts, ca_pem, request)
+            .map_err(|e| format!("row `{row}`: the client TLS config: {e}"))?;
+        let measured = Arc::new(warm.same_client());
+        resuming = Some(measured.clone());
+        Load {
+            warm: Arc::new(warm),
+            warm_ops: new_tunnel_warm_up(row, args),
+            measured,
+            ops: args.new_tunnel_ops(),
+            connections: Connections::PerRequest,
+        }
+    } else if row == TUNNEL_KEEP_ALIVE {
         let target = tunnels(hosts)?;
         Load {
             warm: target.clone(),
@@ -1436,11 +1454,22 @@ async fn measure_tunnel_row(
         "note: row `{row}`: {} operations; the proxy minted {minted} leaves and opened {} upstream TLS connections meanwhile",
         r.requests, work.upstream_connections
     );
+    if let Some(client) = &resuming {
+        let (full, resumed) = client.handshakes();
+        eprintln!("note: row `{row}`: {resumed} handshakes resumed, {full} full");
+        // A few full handshakes are expected: rustls keeps at most 8 tickets per host and uses
+        // each once, so a burst of opens can find the store empty.
+        if resumed < ok * 3 / 4 {
+            return Err(format!(
+                "row `{row}`: only {resumed} of {ok} tunnels resumed their TLS session ({full} full handshakes): the row did not measure resumption"
+            ));
+        }
+    }
     match row {
         NEW_TUNNEL_FRESH if work.minted.is_some_and(|m| (m as usize) < ok) => Err(format!(
             "row `{row}`: only {minted} leaves minted for {ok} tunnels to new names: the row measured cached leaves"
         )),
-        NEW_TUNNEL_CACHED | NEW_TUNNEL_NEW_UPSTREAM | TUNNEL_KEEP_ALIVE
+        NEW_TUNNEL_CACHED | NEW_TUNNEL_RESUMED | NEW_TUNNEL_NEW_UPSTREAM | TUNNEL_KEEP_ALIVE
             if work.minted.is_some_and(|m| m > 0) =>
         {
             Err(format!(
@@ -1569,6 +1598,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let tunnel_rows: Vec<&'static str> = [
         TUNNEL_KEEP_ALIVE,
         NEW_TUNNEL_CACHED,
+        NEW_TUNNEL_RESUMED,
         NEW_TUNNEL_NEW_UPSTREAM,
         NEW_TUNNEL_FRESH,
     ]
@@ -1919,6 +1949,7 @@ mod tests {
         for row in [
             TUNNEL_KEEP_ALIVE,
             NEW_TUNNEL_CACHED,
+            NEW_TUNNEL_RESUMED,
             NEW_TUNNEL_NEW_UPSTREAM,
             NEW_TUNNEL_FRESH,
         ] {
@@ -1944,6 +1975,7 @@ mod tests {
         let rows = [
             TUNNEL_KEEP_ALIVE,
             NEW_TUNNEL_CACHED,
+            NEW_TUNNEL_RESUMED,
             NEW_TUNNEL_NEW_UPSTREAM,
             NEW_TUNNEL_FRESH,
         ];

@@ -79,6 +79,9 @@ pub struct Tunnels {
     request: fn(&str) -> Vec<u8>,
     /// The request when every operation has the same host.
     fixed: Option<Vec<u8>>,
+    /// Handshakes completed: full, resumed.
+    full: AtomicUsize,
+    resumed: AtomicUsize,
 }
 
 impl fmt::Debug for Tunnels {
@@ -102,9 +105,37 @@ impl Tunnels {
         ca_pem: &str,
         request: fn(&str) -> Vec<u8>,
     ) -> io::Result<Self> {
+        Self::build(proxy, port, hosts, ca_pem, request, false)
+    }
+
+    /// As [`Tunnels::new`], but the client keeps the TLS sessions (tickets) the proxy gives it
+    /// and offers them in its next tunnels, as one long-lived client process does (rustls's
+    /// in-memory store: up to 8 TLS 1.3 tickets per host, each used once).
+    pub fn resuming(
+        proxy: SocketAddr,
+        port: u16,
+        hosts: Hosts,
+        ca_pem: &str,
+        request: fn(&str) -> Vec<u8>,
+    ) -> io::Result<Self> {
+        Self::build(proxy, port, hosts, ca_pem, request, true)
+    }
+
+    fn build(
+        proxy: SocketAddr,
+        port: u16,
+        hosts: Hosts,
+        ca_pem: &str,
+        request: fn(&str) -> Vec<u8>,
+        resume: bool,
+    ) -> io::Result<Self> {
         let shared = tenant_proxy_loadtest::tls::client_config(ca_pem)?;
         let mut config = rustls::ClientConfig::clone(&shared);
-        config.resumption = rustls::client::Resumption::disabled();
+        config.resumption = if resume {
+            rustls::client::Resumption::in_memory_sessions(256)
+        } else {
+            rustls::client::Resumption::disabled()
+        };
         let fixed = match &hosts {
             Hosts::One(h) => Some(request(&format!("{h}:{port}"))),
             _ => None,
@@ -116,7 +147,32 @@ impl Tunnels {
             connector: TlsConnector::from(Arc::new(config)),
             request,
             fixed,
+            full: AtomicUsize::new(0),
+            resumed: AtomicUsize::new(0),
         })
+    }
+
+    /// The same client (the same session store: rustls offers a session only under the config
+    /// that stored it) with its handshake counts at zero, e.g. to measure after a warm-up.
+    pub fn same_client(&self) -> Self {
+        Self {
+            proxy: self.proxy,
+            port: self.port,
+            hosts: self.hosts.clone(),
+            connector: self.connector.clone(),
+            request: self.request,
+            fixed: self.fixed.clone(),
+            full: AtomicUsize::new(0),
+            resumed: AtomicUsize::new(0),
+        }
+    }
+
+    /// Handshakes completed so far: `(full, resumed)`.
+    pub fn handshakes(&self) -> (usize, usize) {
+        (
+            self.full.load(Ordering::Relaxed),
+            self.resumed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -124,7 +180,13 @@ impl Target for Tunnels {
     type Conn = TlsStream<TcpStream>;
 
     async fn open(&self, op: usize) -> io::Result<Self::Conn> {
-        open_tunnel(self.proxy, &self.hosts.host(op), self.port, &self.connector).await
+        let tls = open_tunnel(self.proxy, &self.hosts.host(op), self.port, &self.connector).await?;
+        let counter = match tls.get_ref().1.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => &self.resumed,
+            _ => &self.full,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(tls)
     }
 
     fn request(&self, op: usize) -> Cow<'_, [u8]> {
@@ -366,6 +428,49 @@ mod tests {
         want.sort();
         assert_eq!(targets, want, "a new tunnel, and a new name, per operation");
         assert_eq!(accepted.load(Ordering::Relaxed), 12);
+    }
+
+    #[tokio::test]
+    async fn a_resuming_client_resumes_and_counts_its_handshakes() {
+        let ca = TestCa::new("tunnel test CA").unwrap();
+        let (mock, _) = tls_mock(&ca).await;
+        let (proxy, _) = splicing_proxy(mock, None).await;
+        let one = || Hosts::One("llm.test".into());
+        let warm = Tunnels::resuming(proxy, mock.port(), one(), &ca.cert_pem, chat).unwrap();
+        let r = run_target(
+            Arc::new(warm.same_client()),
+            Connections::PerRequest,
+            1,
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(r.errors, 0, "{:?}", r.first_error);
+        let measured = Arc::new(warm.same_client());
+        let r = run_target(
+            measured.clone(),
+            Connections::PerRequest,
+            6,
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!((r.requests, r.errors), (6, 0), "{:?}", r.first_error);
+        assert_eq!(measured.handshakes(), (0, 6), "every tunnel resumed");
+        assert_eq!(warm.handshakes(), (0, 0), "counts are per client value");
+
+        // Resumption off: every tunnel a full handshake.
+        let plain = Arc::new(Tunnels::new(proxy, mock.port(), one(), &ca.cert_pem, chat).unwrap());
+        let r = run_target(
+            plain.clone(),
+            Connections::PerRequest,
+            3,
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(r.errors, 0, "{:?}", r.first_error);
+        assert_eq!(plain.handshakes(), (3, 0));
     }
 
     #[tokio::test]

@@ -155,6 +155,10 @@ pub fn run(
         revocations,
         egress: Arc::new(dialer(&static_config)),
         minter,
+        sessions: static_config.intercept.as_ref().and_then(|i| {
+            crate::tls::resume::SessionScopes::new(i.session_lifetime, i.session_scopes)
+                .map(Arc::new)
+        }),
         tunnels: TenantCounts::new(&METRICS.tunnels_open),
         connections: TenantCounts::new(&METRICS.tenant_connections_open),
         bodies: crate::body::BodyBudget::new(static_config.limits.max_buffered_body_bytes),

@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Client TLS handshakes that failed inside intercepted tunnels, by tenant and reason
     /// (`client_refused`: usually a client that does not trust the proxy CA; `sni_mismatch`).
     pub tunnel_handshake_failures: IntCounterVec,
+    /// Client TLS handshakes completed in intercepted tunnels, by tenant and kind (`full`,
+    /// `resumed`).
+    pub tunnel_tls_handshakes: IntCounterVec,
     /// Leaf certificates served from the cache or minted (`hit`, `miss`).
     pub leaf_certificates: IntCounterVec,
     /// mTLS handshakes refused (no, untrusted or expired client certificate).
@@ -310,6 +313,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant", "reason"],
         )?,
+        tunnel_tls_handshakes: IntCounterVec::new(
+            Opts::new(
+                "tenant_proxy_tunnel_tls_handshakes_total",
+                "Client TLS handshakes completed in intercepted tunnels, full or resumed",
+            ),
+            &["tenant", "kind"],
+        )?,
         leaf_certificates: IntCounterVec::new(
             Opts::new(
                 "tenant_proxy_leaf_certificates_total",
@@ -441,6 +451,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.tunnels_open.clone()),
         Box::new(m.tunnel_bytes.clone()),
         Box::new(m.tunnel_handshake_failures.clone()),
+        Box::new(m.tunnel_tls_handshakes.clone()),
         Box::new(m.leaf_certificates.clone()),
         Box::new(m.mtls_handshake_failures.clone()),
         Box::new(m.egress_refusals.clone()),

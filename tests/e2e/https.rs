@@ -771,6 +771,335 @@ fn idle_tunnels_are_closed() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// TLS session resumption: a new tunnel resumes its workload's session, never another's.
+
+/// A Python `ssl` (OpenSSL) client: `tunnel(port, authority, sni, session, token)` opens a
+/// tunnel, handshakes (offering `session`), sends one request with the `openai` handle and
+/// returns what came back and the session to offer next. One context per TLS version: Python
+/// offers a session only on the context that made it.
+const PY_TUNNELS: &str = r#"
+import json, os, socket, ssl
+CA = os.environ["CA"]
+def context(tls12):
+    ctx = ssl.create_default_context(cafile=CA)
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+def tunnel(ctx, port, authority, sni, session=None, token=None):
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    auth = f"Proxy-Authorization: Bearer {token}\r\n" if token else ""
+    s.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n".encode())
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        b = s.recv(1)
+        if not b:
+            raise Exception("closed before the CONNECT answer")
+        head += b
+    assert head.split()[1] == b"200", head
+    t = ctx.wrap_socket(s, server_hostname=sni, session=session)
+    t.sendall(f"GET /v1/models HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer $CRED{{openai}}\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while True:
+        try:
+            chunk = t.recv(65536)
+        except (ssl.SSLError, ConnectionError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    head, _, _ = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    out = {
+        "reused": t.session_reused,
+        "version": t.version(),
+        "status": int(lines[0].split()[1]),
+        "auth": headers.get("x-mock-authorization-sha256"),
+        "request_id": headers.get("x-request-id"),
+    }
+    session = t.session
+    t.close()
+    return out, session
+"#;
+
+/// Runs `steps` (Python using [`PY_TUNNELS`]), which prints one JSON object per line.
+fn py_tunnels(h: &Https, steps: &str, env: &[(&str, String)]) -> Vec<serde_json::Value> {
+    let mut env = env.to_vec();
+    env.push(("CA", h.proxy.path("ca/ca.pem").display().to_string()));
+    python(&format!("{PY_TUNNELS}\n{steps}"), &env)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// A rustls client trusting the interception CA, with its own session store: rustls resumes
+/// only sessions stored under the same config, so every tunnel of one "client" uses it.
+fn resuming_client(h: &Https) -> Arc<rustls::ClientConfig> {
+    let pem = std::fs::read_to_string(h.proxy.path("ca/ca.pem")).unwrap();
+    let mut config =
+        rustls::ClientConfig::clone(&tenant_proxy_loadtest::tls::client_config(&pem).unwrap());
+    config.resumption = rustls::client::Resumption::store(Arc::new(
+        rustls::client::ClientSessionMemoryCache::new(16),
+    ));
+    Arc::new(config)
+}
+
+/// TLS with `client` over an established tunnel, with `sni`.
+fn tls_with(
+    sock: TcpStream,
+    sni: &str,
+    client: &Arc<rustls::ClientConfig>,
+) -> std::io::Result<Tls> {
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// One request with the `openai` handle in a tunnel with `client` to `llm.test` on the sidecar
+/// listener; the handshake's kind and the response.
+fn resumable_request(
+    h: &Https,
+    client: &Arc<rustls::ClientConfig>,
+) -> (rustls::HandshakeKind, Response) {
+    let authority = format!("llm.test:{}", h.mock);
+    let (sock, status, text) = connect(h.proxy.sidecar_port, &authority, "");
+    assert_eq!(status, 200, "{text}");
+    let mut tls = tls_with(sock, "llm.test", client).unwrap();
+    let kind = tls.conn.handshake_kind().unwrap();
+    let r = request_over(
+        &mut tls,
+        &format!("GET /v1/models HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"),
+    );
+    (kind, r)
+}
+
+fn handshakes(h: &Https, tenant: &str, kind: &str) -> f64 {
+    let metrics = h.proxy.metrics();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tenant_proxy_tunnel_tls_handshakes_total{")
+                && l.contains(&format!("tenant=\"{tenant}\""))
+                && l.contains(&format!("kind=\"{kind}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_new_tunnel_resumes_its_tls_session_and_its_requests_run_the_same_pipeline() {
+    let h = start_https(|_| {});
+    let port = h.proxy.sidecar_port;
+    let authority = format!("llm.test:{}", h.mock);
+    let out = py_tunnels(
+        &h,
+        &format!(
+            r#"
+for tls12 in (False, True):
+    ctx = context(tls12)
+    first, session = tunnel(ctx, {port}, "{authority}", "llm.test")
+    print(json.dumps(first))
+    second, _ = tunnel(ctx, {port}, "{authority}", "llm.test", session)
+    print(json.dumps(second))
+"#
+        ),
+        &[],
+    );
+    assert_eq!(out.len(), 4, "{out:?}");
+    let acme = seen(ACME_SECRET);
+    for (i, r) in out.iter().enumerate() {
+        let version = if i < 2 { "TLSv1.3" } else { "TLSv1.2" };
+        assert_eq!(r["version"], version, "{r}");
+        assert_eq!(r["reused"], i % 2 == 1, "the second tunnel resumes: {r}");
+        // Resumed or not, the request was decided and the tenant's secret substituted.
+        assert_eq!(r["status"], 200, "{r}");
+        assert_eq!(r["auth"], acme.as_str(), "{r}");
+        let rec = h
+            .proxy
+            .audit_record("acme", r["request_id"].as_str().unwrap());
+        assert_eq!(
+            (&rec["workload"], &rec["reason"], &rec["tunnel"]["mode"]),
+            (&"bot".into(), &"allowed".into(), &"intercept".into()),
+            "{rec}"
+        );
+        assert_eq!(rec["credentials"], serde_json::json!(["openai"]), "{rec}");
+        // Each tunnel has its own record, resumed or not.
+        let tunnel = rec["tunnel"]["id"].as_str().unwrap();
+        let opened = h.proxy.audit_record("acme", tunnel);
+        assert_eq!(
+            (&opened["method"], &opened["status"], &opened["reason"]),
+            (&"CONNECT".into(), &200.into(), &"allowed".into()),
+            "{opened}"
+        );
+    }
+    assert_eq!(handshakes(&h, "acme", "full"), 2.0);
+    assert_eq!(handshakes(&h, "acme", "resumed"), 2.0);
+}
+
+#[test]
+fn a_session_presented_in_a_tunnel_to_another_host_is_refused_like_any_sni_mismatch() {
+    let h = start_https(|_| {});
+    let other = format!("other.test:{}", h.mock);
+    let client = resuming_client(&h);
+    let (kind, r) = resumable_request(&h, &client);
+    assert_eq!((kind, r.status), (rustls::HandshakeKind::Full, 200));
+    // The session is good: it resumes in a tunnel to its own host.
+    let (kind, r) = resumable_request(&h, &client);
+    assert_eq!((kind, r.status), (rustls::HandshakeKind::Resumed, 200));
+
+    // The session's SNI (llm.test) in a tunnel CONNECTed to other.test: refused at the
+    // handshake, nothing read from the client, nothing forwarded.
+    let (sock, status, text) = connect(h.proxy.sidecar_port, &other, "");
+    assert_eq!(status, 200, "{text}");
+    assert!(tls_with(sock, "llm.test", &client).is_err());
+    // The same without a session to offer, for comparison.
+    let (sock, status, text) = connect(h.proxy.sidecar_port, &other, "");
+    assert_eq!(status, 200, "{text}");
+    assert!(tls_over(sock, "llm.test", &h.proxy.path("ca/ca.pem")).is_err());
+
+    // Both audited alike: the tunnel's own record, `host_mismatch`, no request inside.
+    let recs = h.proxy.wait_audit_records("acme", 6);
+    let refused: Vec<_> = recs.iter().filter(|r| r["host"] == "other.test").collect();
+    assert_eq!(refused.len(), 2, "{recs:#?}");
+    let shape = |r: &serde_json::Value| {
+        (
+            r["method"].clone(),
+            r["reason"].clone(),
+            r["decision"].clone(),
+            r["status"].clone(),
+        )
+    };
+    assert_eq!(shape(refused[0]), shape(refused[1]));
+    assert_eq!(
+        shape(refused[0]),
+        (
+            "CONNECT".into(),
+            "host_mismatch".into(),
+            "deny".into(),
+            0.into()
+        ),
+        "{:#?}",
+        refused[0]
+    );
+    assert_eq!(
+        recs.iter().filter(|r| r["method"] != "CONNECT").count(),
+        2,
+        "only the two requests through llm.test tunnels reached the pipeline: {recs:#?}"
+    );
+    let failures = metric_sum(
+        &h.proxy.metrics(),
+        "tenant_proxy_tunnel_handshake_failures_total",
+        "reason",
+        "sni_mismatch",
+    );
+    assert_eq!(failures, 2.0);
+}
+
+#[test]
+fn tls_sessions_never_resume_across_tenants_or_workloads() {
+    let h = start_https(|_| {});
+    let authority = format!("llm.test:{}", h.mock);
+    let (sidecar, shared) = (h.proxy.sidecar_port, h.proxy.shared_port);
+    let env = [
+        ("GLOBEX", token_for("globex", "agent")),
+        ("RESEARCHER", token_for("acme", "researcher")),
+        ("BOT", token_for("acme", "bot")),
+    ];
+    // Every attempt offers a session acme/bot's tunnel just issued.
+    let out = py_tunnels(
+        &h,
+        &format!(
+            r#"
+ctx = context(False)
+def fresh_session():
+    _, session = tunnel(ctx, {sidecar}, "{authority}", "llm.test")
+    return session
+for who in ("GLOBEX", "RESEARCHER", "BOT"):
+    r, _ = tunnel(ctx, {shared}, "{authority}", "llm.test", fresh_session(), os.environ[who])
+    r["who"] = who
+    print(json.dumps(r))
+"#
+        ),
+        &env,
+    );
+    let by = |who: &str| out.iter().find(|r| r["who"] == who).unwrap().clone();
+    let globex = by("GLOBEX");
+    // Another tenant: a full handshake, and its tunnel works as its own (its secret).
+    assert_eq!(globex["reused"], false, "{globex}");
+    assert_eq!(globex["status"], 200, "{globex}");
+    assert_eq!(globex["auth"], seen(GLOBEX_SECRET).as_str(), "{globex}");
+    // Another workload of the same tenant: a full handshake too.
+    let researcher = by("RESEARCHER");
+    assert_eq!(researcher["reused"], false, "{researcher}");
+    assert_eq!(researcher["status"], 200, "{researcher}");
+    // The same workload through another listener: the session is its own, so it resumes.
+    let bot = by("BOT");
+    assert_eq!(bot["reused"], true, "{bot}");
+    assert_eq!(bot["status"], 200, "{bot}");
+    assert_eq!(bot["auth"], seen(ACME_SECRET).as_str(), "{bot}");
+
+    assert_eq!(handshakes(&h, "globex", "resumed"), 0.0);
+    assert_eq!(handshakes(&h, "globex", "full"), 1.0);
+    assert!(
+        h.proxy
+            .audit_records("globex")
+            .iter()
+            .all(|r| r["tenant"] == "globex" && r["reason"] == "allowed"),
+        "globex's tunnel and request are its own"
+    );
+}
+
+#[test]
+fn no_tls_session_resumes_after_a_tenant_reload() {
+    let h = start_https(|_| {});
+    let client = resuming_client(&h);
+    let (kind, _) = resumable_request(&h, &client);
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+    let (kind, _) = resumable_request(&h, &client);
+    assert_eq!(kind, rustls::HandshakeKind::Resumed);
+
+    // A reload (the same files: a new snapshot all the same) drops every session.
+    h.proxy.sighup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric_sum(
+        &h.proxy.metrics(),
+        "tenant_proxy_config_reloads_total",
+        "result",
+        "ok",
+    ) < 1.0
+    {
+        assert!(std::time::Instant::now() < deadline, "no reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (kind, r) = resumable_request(&h, &client);
+    assert_eq!(kind, rustls::HandshakeKind::Full, "the old session is gone");
+    assert_eq!(r.status, 200);
+    // Sessions of the new snapshot resume again.
+    let (kind, r) = resumable_request(&h, &client);
+    assert_eq!(kind, rustls::HandshakeKind::Resumed);
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_zero_session_lifetime_turns_resumption_off() {
+    let h = start_https(|spec| {
+        if let Some(i) = spec.config.intercept.as_mut() {
+            i.session_lifetime = Some(Duration::ZERO);
+        }
+    });
+    let client = resuming_client(&h);
+    for _ in 0..2 {
+        let (kind, r) = resumable_request(&h, &client);
+        assert_eq!((kind, r.status), (rustls::HandshakeKind::Full, 200));
+    }
+    assert_eq!(handshakes(&h, "acme", "full"), 2.0);
+}
+
+// ---------------------------------------------------------------------------------------------
 // mTLS listener: SPIFFE ID → tenant and workload.
 
 struct Mesh {

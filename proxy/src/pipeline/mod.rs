@@ -81,6 +81,9 @@ pub struct Shared {
     pub egress: Arc<crate::egress::Dialer>,
     /// Mints leaves for intercepted tunnels, when a CA is configured.
     pub minter: Option<Arc<LeafMinter>>,
+    /// TLS session resumption for intercepted tunnels, per tenant workload (none without a CA
+    /// or with `[intercept] session_lifetime = "0s"`).
+    pub sessions: Option<Arc<crate::tls::resume::SessionScopes>>,
     /// Open tunnels per tenant.
     pub tunnels: TenantCounts,
     /// Open client connections per tenant.

@@ -30,6 +30,8 @@ use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use crate::tls::resume::TunnelTickets;
+
 /// File name of the CA certificate inside `ca init --out`.
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// File name of the CA private key inside `ca init --out`.
@@ -765,25 +767,39 @@ impl TunnelCertResolver {
     }
 }
 
+impl TunnelCertResolver {
+    /// Whether a handshake that named `sni` (the ClientHello's server name, as rustls reports
+    /// it) may serve this tunnel: the `CONNECT` host itself, or no name at all (clients send
+    /// none for IP literals, RFC 6066; the leaf is then the `CONNECT` host's). The resolver
+    /// applies it to every handshake; the tunnel applies it again once any handshake is done,
+    /// in case a resumed one ever skips the resolver (see [`crate::tls::resume`]).
+    pub fn accepts(&self, sni: Option<&str>) -> bool {
+        sni.is_none_or(|s| normalize_name(s) == self.expected)
+    }
+}
+
 impl ResolvesServerCert for TunnelCertResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let sni = client_hello
             .server_name()
             .map(|s| normalize_name(s).into_owned());
         let sni = self.seen_sni.get_or_init(|| sni).as_deref();
-        match sni {
-            Some(s) if s != self.expected => None,
-            // Clients send no SNI for IP literals (RFC 6066), so the expected name stands in.
-            _ => self.minter.certified_key(&self.expected).ok(),
+        if !self.accepts(sni) {
+            return None;
         }
+        self.minter.certified_key(&self.expected).ok()
     }
 }
 
 /// The TLS server side of an intercepted tunnel: TLS 1.2 and 1.3, no client certificates, and
 /// the ALPN protocols the proxy can speak upstream (so the agent does not pick one it cannot).
+/// With `sessions` (a scope's tickets), the handshake may resume one of the scope's sessions
+/// and issues tickets of it ([`crate::tls::resume`]); without, every handshake is full and
+/// nothing is kept for later.
 pub fn server_config(
     resolver: Arc<TunnelCertResolver>,
     alpn: &[&[u8]],
+    sessions: Option<&Arc<TunnelTickets>>,
 ) -> Arc<rustls::ServerConfig> {
     // ring is the only provider compiled in, so the default provider is ring.
     let mut config = rustls::ServerConfig::builder_with_protocol_versions(&[
@@ -793,6 +809,13 @@ pub fn server_config(
     .with_no_client_auth()
     .with_cert_resolver(resolver);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Tickets only, never sessions stored by id: the builder's default in-memory store would
+    // be one per tunnel, allocated and thrown away with it.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    match sessions {
+        Some(tickets) => tickets.apply(&mut config),
+        None => config.send_tls13_tickets = 0,
+    }
     Arc::new(config)
 }
 
@@ -1201,7 +1224,7 @@ mod tests {
     ) -> Result<Option<Vec<u8>>, std::io::Error> {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let acceptor =
-            tokio_rustls::TlsAcceptor::from(server_config(resolver, &[b"h2", b"http/1.1"]));
+            tokio_rustls::TlsAcceptor::from(server_config(resolver, &[b"h2", b"http/1.1"], None));
         let server = tokio::spawn(async move {
             let mut tls = acceptor.accept(server_io).await?;
             tls.write_all(b"hi").await?;
@@ -1291,5 +1314,157 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(resolver.seen_sni(), Some(None));
+    }
+
+    /// What one handshake of [`resumable`] saw: the client's handshake kind (`None`: the
+    /// handshake failed), whether the server accepted a ticket, the SNI it negotiated, and what
+    /// its resolver saw.
+    #[derive(Debug)]
+    struct Seen {
+        kind: Option<rustls::HandshakeKind>,
+        ticket_accepted: bool,
+        server_sni: Option<String>,
+        resolver_saw: Option<Option<String>>,
+    }
+
+    /// A handshake over an in-memory pipe with `client` (rustls clients resume only sessions
+    /// stored under the same config: share it between calls), against a tunnel of `expected`
+    /// whose sessions are `scope`'s. The client reads one byte, so TLS 1.3 tickets sent after
+    /// the handshake reach its store.
+    async fn resumable(
+        minter: &Arc<LeafMinter>,
+        expected: &str,
+        scope: Option<&crate::tls::resume::SessionScope>,
+        client: &Arc<rustls::ClientConfig>,
+        sni: &str,
+    ) -> Seen {
+        let resolver = Arc::new(TunnelCertResolver::new(expected, Arc::clone(minter)));
+        let tickets = scope.map(|s| s.for_tunnel());
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(
+            Arc::clone(&resolver),
+            &[b"http/1.1"],
+            tickets.as_ref(),
+        ));
+        let server = tokio::spawn(async move {
+            let mut tls = acceptor.accept(server_io).await.ok()?;
+            let name = tls.get_ref().1.server_name().map(str::to_owned);
+            tls.write_all(b"!").await.unwrap();
+            tls.flush().await.unwrap();
+            let mut rest = Vec::new();
+            let _ = tls.read_to_end(&mut rest).await;
+            name
+        });
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(client));
+        let name = ServerName::try_from(sni.to_string()).unwrap();
+        let kind = match connector.connect(name, client_io).await {
+            Ok(mut tls) => {
+                let kind = tls.get_ref().1.handshake_kind();
+                let mut one = [0u8; 1];
+                tls.read_exact(&mut one).await.unwrap();
+                tls.shutdown().await.unwrap();
+                kind
+            }
+            Err(_) => None,
+        };
+        Seen {
+            kind,
+            ticket_accepted: tickets.is_some_and(|t| t.resumed()),
+            server_sni: server.await.unwrap(),
+            resolver_saw: resolver.seen_sni(),
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_resume_within_a_scope_only_and_never_across_hosts() {
+        use crate::ids::{TenantId, WorkloadId};
+        use crate::tls::resume::SessionScopes;
+        use rustls::HandshakeKind::{Full, Resumed};
+        let dir = tempfile::tempdir().unwrap();
+        let minter = Arc::new(LeafMinter::new(
+            make_ca(dir.path(), &[]),
+            DEFAULT_LEAF_TTL,
+            16,
+        ));
+        let scopes = SessionScopes::new(Duration::from_secs(600), 16).unwrap();
+        let (acme, bot) = (
+            TenantId::new("acme").unwrap(),
+            WorkloadId::new("bot").unwrap(),
+        );
+        let (globex, agent) = (
+            TenantId::new("globex").unwrap(),
+            WorkloadId::new("agent").unwrap(),
+        );
+        let host = "api.openai.com";
+        for tls12 in [false, true] {
+            let a = scopes.scope(1, &acme, &bot).unwrap();
+            let b = scopes.scope(1, &globex, &agent).unwrap();
+            let client = client_config(&minter, tls12);
+            let go = |scope, expected, sni| resumable(&minter, expected, scope, &client, sni);
+
+            let first = go(Some(&*a), host, host).await;
+            assert_eq!(first.kind, Some(Full), "tls12={tls12}");
+            assert!(!first.ticket_accepted);
+            let again = go(Some(&*a), host, host).await;
+            assert_eq!(again.kind, Some(Resumed), "tls12={tls12}");
+            assert!(again.ticket_accepted, "tls12={tls12}");
+            assert_eq!(again.server_sni.as_deref(), Some(host));
+            // rustls asks the resolver in a resumed handshake too (it picks the certificate
+            // before it looks at tickets), so the SNI check runs either way.
+            assert_eq!(again.resolver_saw, Some(Some(host.into())));
+
+            // The session presented in a tunnel to another host with the session's SNI: rustls
+            // would resume it (the SNI is the session's), the resolver refuses it.
+            let elsewhere = go(Some(&*a), "other.example", host).await;
+            assert_eq!(elsewhere.kind, None, "tls12={tls12}: refused");
+            assert_eq!(elsewhere.resolver_saw, Some(Some(host.into())));
+            // And the tunnel's own check after the handshake says the same.
+            let resolver = TunnelCertResolver::new("other.example", Arc::clone(&minter));
+            assert!(!resolver.accepts(again.server_sni.as_deref()));
+            assert!(resolver.accepts(Some("Other.Example.")));
+            assert!(resolver.accepts(None), "no SNI: as the resolver has it");
+
+            // Another tenant's scope: its keys cannot open the ticket, so a full handshake.
+            let other = go(Some(&*b), host, host).await;
+            assert_eq!(other.kind, Some(Full), "tls12={tls12}");
+            assert!(!other.ticket_accepted);
+            // No scope: a full handshake.
+            let unscoped = go(None, host, host).await;
+            assert_eq!(unscoped.kind, Some(Full), "tls12={tls12}");
+        }
+        // A new snapshot's scope of the same workload: new keys, a full handshake.
+        let client = client_config(&minter, false);
+        let old = scopes.scope(1, &acme, &bot).unwrap();
+        let seen = resumable(&minter, host, Some(&old), &client, host).await;
+        let seen2 = resumable(&minter, host, Some(&old), &client, host).await;
+        assert_eq!((seen.kind, seen2.kind), (Some(Full), Some(Resumed)));
+        let new = scopes.scope(2, &acme, &bot).unwrap();
+        let after = resumable(&minter, host, Some(&new), &client, host).await;
+        assert_eq!(after.kind, Some(Full));
+        // A server without a scope issues nothing to resume.
+        let client = client_config(&minter, false);
+        for _ in 0..2 {
+            let seen = resumable(&minter, "x.example", None, &client, "x.example").await;
+            assert_eq!(seen.kind, Some(Full));
+        }
+    }
+
+    /// A client trusting `minter`'s CA, speaking TLS 1.2 or 1.3 only, with its own session
+    /// store.
+    fn client_config(minter: &LeafMinter, tls12: bool) -> Arc<rustls::ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(minter.ca().cert_der().clone()).unwrap();
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
+        let mut config = rustls::ClientConfig::builder_with_protocol_versions(versions)
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::store(Arc::new(
+            rustls::client::ClientSessionMemoryCache::new(16),
+        ));
+        Arc::new(config)
     }
 }

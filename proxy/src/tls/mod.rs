@@ -4,10 +4,13 @@
 //!   [`LocalCa`] loads and checks it; [`LeafMinter`] mints short-lived, memory-only leaves per
 //!   host and caches them lock-free; [`TunnelCertResolver`] serves one tunnel and refuses an SNI
 //!   other than the authorized CONNECT host.
+//! - [`resume`]: TLS session resumption for new tunnels, with ticket keys per tenant workload
+//!   and tenant snapshot.
 //! - [`trust_env`]: `ca env` writes a system-roots-plus-CA bundle and prints the variables that
 //!   make Python, Node, curl, Go, git, pip, uv and the AWS SDKs trust it.
 
 pub mod ca;
+pub mod resume;
 pub mod settings;
 pub mod trust_env;
 

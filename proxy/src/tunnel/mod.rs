@@ -56,6 +56,7 @@ use crate::pipeline::record::{write_refusal, Outcome, Trail, TunnelMode};
 use crate::pipeline::{Shared, TenantProxy, PLAIN_KEEPALIVE_SECS};
 use crate::target::Scheme;
 use crate::tls::ca::TunnelCertResolver;
+use crate::tls::resume::SessionScope;
 use head::ConnectHead;
 use io::Rewound;
 
@@ -259,6 +260,8 @@ impl EgressApp {
         };
         let caller = Caller::Listener(&self.listener.identity);
         let snapshot = self.shared.snapshot.load();
+        // The snapshot the tunnel is decided under scopes its TLS sessions.
+        let generation = snapshot.generation;
         let admitted = admit::admit(
             self.shared.as_ref(),
             snapshot,
@@ -360,6 +363,11 @@ impl EgressApp {
         let tls = early.first() == Some(&TLS_HANDSHAKE_RECORD);
         match (tls, minter) {
             (true, Some(minter)) => {
+                let sessions = self
+                    .shared
+                    .sessions
+                    .as_ref()
+                    .and_then(|s| s.scope(generation, &identity.tenant, &identity.workload));
                 let tunnel = Arc::new(Tunnel {
                     id: trail.request_id.clone(),
                     identity,
@@ -372,6 +380,7 @@ impl EgressApp {
                 let inside = Inside {
                     tunnel,
                     resolver,
+                    sessions,
                     connection,
                 };
                 self.intercept(stream, early, inside, trail, shutdown).await
@@ -469,7 +478,9 @@ impl EgressApp {
 
     /// Terminates the client's TLS with a leaf for the tunnel's host and serves the requests
     /// inside through the pipeline. A client that names another host in its SNI is refused at
-    /// the handshake (and audited as `host_mismatch`).
+    /// the handshake, resumed or not, and the SNI is checked again once the handshake is done
+    /// (audited as `host_mismatch` either way). The tunnel's tenant workload's session scope,
+    /// if any, lets the handshake resume and issues the tickets for the next one.
     async fn intercept(
         &self,
         stream: Stream,
@@ -481,11 +492,14 @@ impl EgressApp {
         let Inside {
             tunnel,
             resolver,
+            sessions,
             connection,
         } = inside;
+        let tickets = sessions.map(|s| s.for_tunnel());
         let acceptor = Acceptor::from_server_config(crate::tls::ca::server_config(
             resolver.clone(),
             &[b"h2", b"http/1.1"],
+            tickets.as_ref(),
         ));
         let callbacks = TunnelCallbacks {
             tunnel: tunnel.clone(),
@@ -497,13 +511,8 @@ impl EgressApp {
             outcome => {
                 let sni = resolver.seen_sni().flatten();
                 let tenant = t.tenant_label().to_string();
-                if sni.as_deref().is_some_and(|s| s != tunnel.host) {
-                    METRICS
-                        .tunnel_handshake_failures
-                        .with_label_values(&[&tenant, "sni_mismatch"])
-                        .inc();
-                    t.refuse(Deny::HostMismatch);
-                    t.finish_tunnel(&self.shared.runs, 0).await;
+                if !resolver.accepts(sni.as_deref()) {
+                    self.sni_mismatch(t).await;
                     return;
                 }
                 METRICS
@@ -523,6 +532,25 @@ impl EgressApp {
                 return;
             }
         };
+        // SECURITY: rustls resumes a session whenever the ClientHello's SNI equals the one the
+        // session was made with (`hs::can_resume`), whatever this tunnel's `CONNECT` host is.
+        // rustls 0.23 still asks the resolver first, which refuses another host; that order
+        // is rustls's, not a promise, so the negotiated SNI is checked again here after every
+        // handshake, the resolver's way. On a mismatch the connection is dropped before a byte
+        // of it is read.
+        if !resolver.accepts(tls.get_ssl().and_then(|r| r.server_name())) {
+            self.sni_mismatch(t).await;
+            return;
+        }
+        let kind = if tickets.is_some_and(|t| t.resumed()) {
+            "resumed"
+        } else {
+            "full"
+        };
+        METRICS
+            .tunnel_tls_handshakes
+            .with_label_values(&[t.tenant_label(), kind])
+            .inc();
         t.finish_tunnel(&self.shared.runs, 200).await;
         if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) {
             // pingora's own HTTP/2 server: one pipeline run per stream, each seeing the tunnel
@@ -532,6 +560,18 @@ impl EgressApp {
         }
         self.serve_inside(Box::new(tls), b"", tunnel, connection, shutdown)
             .await
+    }
+
+    /// Refuses an intercepted tunnel whose client named another host than its `CONNECT` in
+    /// its SNI: the connection is closed, nothing is read from it, and the tunnel's record
+    /// says `host_mismatch`.
+    async fn sni_mismatch(&self, mut t: Trail) {
+        METRICS
+            .tunnel_handshake_failures
+            .with_label_values(&[t.tenant_label(), "sni_mismatch"])
+            .inc();
+        t.refuse(Deny::HostMismatch);
+        t.finish_tunnel(&self.shared.runs, 0).await;
     }
 
     /// Serves HTTP/1.1 requests on `conn`, one checked request at a time, until the client is
@@ -686,6 +726,8 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 struct Inside {
     tunnel: Arc<Tunnel>,
     resolver: Arc<TunnelCertResolver>,
+    /// The TLS sessions the tunnel may resume and issue tickets of (its tenant workload's).
+    sessions: Option<Arc<SessionScope>>,
     /// The tunnel's client connection, counted against its tenant.
     connection: Option<TenantSlot>,
 }
