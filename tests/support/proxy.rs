@@ -287,8 +287,21 @@ impl Proxy {
         tenants.write(&self.path("tenants.toml")).unwrap();
     }
 
+    /// The proxy's log so far. The proxy writes its log from a thread of its own, a moment
+    /// after the event: this reads until the file stops growing (100 ms without a new byte,
+    /// at most 2 s), so a line logged before the call is in it.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.path("proxy.log")).unwrap_or_default()
+        let read = || std::fs::read_to_string(self.path("proxy.log")).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = read();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = read();
+            if now.len() == last.len() || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
     }
 
     /// Where the admin listener is reached (loopback when it listens on every interface).
