@@ -29,7 +29,7 @@ use tenant_proxy_loadtest::{mock, tls};
 use tunnel::{Hosts, Tunnels};
 
 /// Every row `run` knows, in the order they are measured.
-const ROWS: [&str; 17] = [
+const ROWS: [&str; 18] = [
     "direct",
     BARE_PINGORA,
     "nginx",
