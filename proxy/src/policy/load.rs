@@ -273,10 +273,24 @@ fn compile(
     let mut compiled = HashMap::new();
     let mut sources = HashMap::new();
     for tenant in tenants {
-        let mine = own.remove(&tenant.id).unwrap_or(Own::Fresh {
-            loaded: Vec::new(),
-            files: Vec::new(),
-        });
+        // A tenant without a directory has no own files, as it had before if its previous
+        // sources list none.
+        let mine = own
+            .remove(&tenant.id)
+            .or_else(|| {
+                let p = previous?;
+                let sources = p.sources.tenants.get(&tenant.id)?;
+                let compiled = &p.tenants.get(&tenant.id)?.compiled;
+                sources
+                    .own
+                    .files
+                    .is_empty()
+                    .then_some(Own::Reused { sources, compiled })
+            })
+            .unwrap_or(Own::Fresh {
+                loaded: Vec::new(),
+                files: Vec::new(),
+            });
         check_unique_ids(&mine.ids(), &global_ids, report);
         let Some(v) = &validator else { continue };
         let own_group = match &mine {
@@ -404,9 +418,19 @@ fn build_tenant(
             // The same bytes against the same schema parse to the same policies, which the
             // previous set holds under the same ids (ids are unique in a set that loaded).
             for (id, _) in &sources.own.ids {
-                if let Some(p) = compiled.policies.policy(&PolicyId::new(id)) {
-                    let _ = set.add(p.clone());
-                }
+                let Some(p) = compiled.policies.policy(&PolicyId::new(id)) else {
+                    // SECURITY: never build a set that silently lacks one of its policies (a
+                    // forbid, say); refuse the load and keep the last good engine.
+                    report.file(
+                        dir,
+                        format!(
+                            "policy `{id}` of tenant `{}` could not be reused: reload again",
+                            tenant.id
+                        ),
+                    );
+                    return None;
+                };
+                let _ = set.add(p.clone());
                 if let Some(rule) = compiled.approvals.get(id) {
                     approvals.insert(id.clone(), rule.clone());
                 }

@@ -239,6 +239,14 @@ fn reload_reuses_only_what_did_not_change_and_matches_a_full_load() {
     // A tenant added, without a directory and then with one.
     tenants.push(tenant("initech", "pro", &["bot"]));
     engine = reload_matches_full_load("initech added", dir, &tenants, engine);
+    let next = PolicyEngine::check_after(dir, &tenants, Some(&engine))
+        .result
+        .expect("reload");
+    assert!(
+        Arc::ptr_eq(compiled(&engine, "initech"), compiled(&next, "initech")),
+        "a tenant without a directory is reused too"
+    );
+    engine = next;
     write(
         dir,
         "tenants/initech/own.cedar",
