@@ -7,6 +7,12 @@
 //! (the `Tenant` entity and its `Workload`s). A request builds only its `Request` value: nothing is
 //! parsed on the hot path, and one tenant's policies are never evaluated for another tenant.
 //!
+//! [`PolicyEngine::reload`] builds the next engine from the previous one: a tenant whose inputs
+//! (its own files by SHA-256 of their bytes, its configuration, the global files, the schema)
+//! are all unchanged keeps its compiled set, shared through an `Arc`; an unchanged tenant
+//! directory is not parsed or validated again. Problems, warnings and decisions are those of a
+//! full load (`reload_tests.rs` compares them edit by edit).
+//!
 //! Cedar mapping of one HTTP request:
 //!
 //! | Cedar | value |
