@@ -42,7 +42,7 @@ pub fn check(
         None => crate::config::tenants_file_named_by(config_path).ok(),
     };
     let snapshot = match tenants_file {
-        Some(file) => Snapshot::check(&file, static_config.as_ref(), &mut problems),
+        Some(file) => Snapshot::check(&file, static_config.as_ref(), None, &mut problems),
         None => {
             problems.push(ConfigProblem::file(
                 config_path,

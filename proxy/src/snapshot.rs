@@ -40,10 +40,20 @@ impl Snapshot {
     /// Loads and validates the tenant file, keys, revocations and policies. Returns every
     /// problem found.
     pub fn load(static_config: &StaticConfig) -> Result<Self, Vec<ConfigProblem>> {
+        Self::reload(static_config, None)
+    }
+
+    /// What [`Self::load`] does, reusing what `previous` compiled of the policies wherever
+    /// their inputs did not change (see [`PolicyEngine::reload`]); the result is the same.
+    pub fn reload(
+        static_config: &StaticConfig,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
         Self::check(
             &static_config.tenants_file,
             Some(static_config),
+            previous,
             &mut problems,
         )
         .ok_or(problems)
@@ -54,10 +64,12 @@ impl Snapshot {
     /// `static_config` could be read); then the token keys and revocations, the credentials and
     /// the policies. A stage that cannot run at all (the tenant file does not parse) is
     /// reported as not checked. The snapshot is built only when `problems` is empty at the end
-    /// (problems of an earlier stage passed in, such as the static file's, count too).
+    /// (problems of an earlier stage passed in, such as the static file's, count too). The
+    /// policies of `previous` are reused where their inputs are unchanged.
     pub fn check(
         tenants_file: &Path,
         static_config: Option<&StaticConfig>,
+        previous: Option<&Snapshot>,
         problems: &mut Vec<ConfigProblem>,
     ) -> Option<Self> {
         let tenants = match TenantConfig::check(tenants_file) {
@@ -94,14 +106,24 @@ impl Snapshot {
         // Each load gets new, empty decision caches (none without a static file: nothing
         // serves from a snapshot checked alone).
         let cache_entries = static_config.map_or(0, |s| s.policy.decision_cache_entries);
-        let policy = load_policies(&tenants.policy_dir, &infos, problems)
-            .map(|engine| engine.with_decision_cache(cache_entries, "enforced"));
+        let policy = load_policies(
+            &tenants.policy_dir,
+            &infos,
+            previous.map(|p| &p.policy),
+            problems,
+        )
+        .map(|engine| engine.with_decision_cache(cache_entries, "enforced"));
         // The shadow set is held to the same checks: a broken one fails the load (or the
         // reload, which keeps the last good pair) rather than silently reporting nothing.
         let shadow_policy = match &tenants.shadow_policy_dir {
             None => Some(None),
-            Some(dir) => load_policies(dir, &infos, problems)
-                .map(|engine| Some(engine.with_decision_cache(cache_entries, "shadow"))),
+            Some(dir) => load_policies(
+                dir,
+                &infos,
+                previous.and_then(|p| p.shadow_policy.as_ref()),
+                problems,
+            )
+            .map(|engine| Some(engine.with_decision_cache(cache_entries, "shadow"))),
         };
         // A piece that failed left a problem, so nothing is silently dropped here.
         match (policy, shadow_policy, credentials) {
@@ -211,13 +233,15 @@ fn load_tokens(config: &TokenConfig, problems: &mut Vec<ConfigProblem>) -> Optio
     }
 }
 
-/// Loads one policy directory, adding its problems to `problems`.
+/// Loads one policy directory, reusing what `previous` compiled where nothing changed, adding
+/// its problems to `problems`.
 fn load_policies(
     dir: &Path,
     infos: &[TenantInfo],
+    previous: Option<&PolicyEngine>,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<PolicyEngine> {
-    match PolicyEngine::load(dir, infos) {
+    match PolicyEngine::reload(dir, infos, previous) {
         Ok(p) => Some(p),
         Err(errors) => {
             problems.extend(errors.into_iter().map(|p| ConfigProblem {
@@ -336,7 +360,10 @@ impl SnapshotHandle {
 
     /// Rebuilds the snapshot; on failure the last good one stays and the problems are returned.
     pub fn reload(&self) -> Result<u64, Vec<ConfigProblem>> {
-        match Snapshot::load(&self.static_config) {
+        // The current snapshot lends the policies it compiled; the new one shares the unchanged
+        // tenants' compiled sets but none of their decision caches.
+        let current = self.current.load_full();
+        match Snapshot::reload(&self.static_config, Some(&current)) {
             Ok(next) => {
                 let generation = next.generation;
                 publish_metrics(&next);

@@ -4,15 +4,19 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{
     Authorizer, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
     RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
+use sha2::{Digest as _, Sha256};
 
 use super::approval::ApprovalRule;
-use super::{PolicyCheck, PolicyEngine, PolicyProblem, TenantInfo, TenantPolicies, NAMESPACE};
+use super::{
+    CompiledTenant, PolicyCheck, PolicyEngine, PolicyProblem, TenantInfo, TenantPolicies, NAMESPACE,
+};
 use crate::ids::{TenantId, WorkloadId};
 
 const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -64,6 +68,11 @@ impl Report {
     /// A cedar diagnostic that does not stop the load (a policy that can never apply, say).
     fn warning(&mut self, file: &Path, d: &dyn Diagnostic) {
         let warning = self.locate(file, d);
+        self.push_warning(warning);
+    }
+
+    /// A warning already located (one replayed from a previous load), reported once.
+    fn push_warning(&mut self, warning: PolicyProblem) {
         if !self.warnings.contains(&warning) {
             self.warnings.push(warning);
         }
@@ -112,18 +121,108 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-pub(super) fn load(dir: &Path, tenants: &[TenantInfo]) -> PolicyCheck {
+/// SHA-256 of a file's bytes: what decides whether a reload may reuse what the file compiled to.
+type ContentHash = [u8; 32];
+
+fn content_hash(bytes: &[u8]) -> ContentHash {
+    Sha256::digest(bytes).into()
+}
+
+/// Every `.cedar` file of one directory, in name order, with the hash of its bytes.
+type FileKey = Vec<(PathBuf, ContentHash)>;
+
+/// What one tenant's own directory compiled to, kept by the engine for the next reload.
+#[derive(Debug)]
+struct OwnGroup {
+    /// The files it was compiled from (empty for a tenant without a directory).
+    files: FileKey,
+    /// Its policies' ids in load order, each with the index of its file in `files`.
+    ids: Vec<(String, usize)>,
+    /// The validation warnings its policies gave, in order.
+    warnings: Vec<PolicyProblem>,
+}
+
+/// What a tenant was compiled from.
+#[derive(Debug)]
+struct TenantSources {
+    info: TenantInfo,
+    own: OwnGroup,
+}
+
+/// What a successful load read: the key of everything it compiled. The next reload compares its
+/// inputs with these and reuses a tenant's [`CompiledTenant`] only when all of them are equal.
+#[derive(Debug)]
+pub(super) struct Sources {
+    dir: PathBuf,
+    schema: ContentHash,
+    global: FileKey,
+    tenants: HashMap<TenantId, TenantSources>,
+}
+
+pub(super) fn load(
+    dir: &Path,
+    tenants: &[TenantInfo],
+    previous: Option<&PolicyEngine>,
+) -> PolicyCheck {
     let mut report = Report::default();
-    let result = compile(dir, tenants, &mut report);
+    let result = compile(dir, tenants, previous, &mut report);
     PolicyCheck {
         result: result.ok_or(report.problems),
         warnings: report.warnings,
     }
 }
 
+/// A tenant's own policies: parsed now, or those of the previous engine's compiled set (same
+/// files, same schema).
+enum Own<'a> {
+    Fresh {
+        loaded: Vec<Loaded>,
+        files: FileKey,
+    },
+    Reused {
+        sources: &'a TenantSources,
+        compiled: &'a Arc<CompiledTenant>,
+    },
+}
+
+impl Own<'_> {
+    /// `(id, file)` of each policy, in load order.
+    fn ids(&self) -> Vec<(&str, &Path)> {
+        match self {
+            Own::Fresh { loaded, .. } => loaded
+                .iter()
+                .map(|l| (l.id.as_str(), l.file.as_path()))
+                .collect(),
+            Own::Reused { sources, .. } => sources
+                .own
+                .ids
+                .iter()
+                .filter_map(|(id, f)| Some((id.as_str(), sources.own.files.get(*f)?.0.as_path())))
+                .collect(),
+        }
+    }
+}
+
 /// Everything [`load`] does; `None` when `report` holds problems.
-fn compile(dir: &Path, tenants: &[TenantInfo], report: &mut Report) -> Option<PolicyEngine> {
-    let schema = read_schema(dir, report);
+///
+/// With a `previous` engine loaded from the same directory and schema (same bytes), a tenant
+/// directory whose files all have the bytes they had is not parsed or validated again: its
+/// warnings are replayed and its policies taken from the previous compiled set; a tenant whose
+/// configuration, own files and the global files are all unchanged keeps its compiled set (an
+/// `Arc` shared with the previous engine). Everything else (listing, duplicate ids, the global
+/// files, entities of a changed tenant) runs as in a full load, in the same order, so the
+/// problems and warnings are the same.
+fn compile(
+    dir: &Path,
+    tenants: &[TenantInfo],
+    previous: Option<&PolicyEngine>,
+    report: &mut Report,
+) -> Option<PolicyEngine> {
+    let (schema, schema_hash) = read_schema(dir, report);
+    // SECURITY: reuse only what was compiled from this directory against these schema bytes;
+    // anything else starts from nothing.
+    let previous = previous
+        .filter(|p| p.sources.dir == dir && schema_hash.is_some_and(|h| h == p.sources.schema));
 
     let mut configured: HashSet<&TenantId> = HashSet::new();
     for t in tenants {
@@ -140,8 +239,12 @@ fn compile(dir: &Path, tenants: &[TenantInfo], report: &mut Report) -> Option<Po
             }
         }
     }
-    let global = read_policy_dir(dir, &dir.join("global"), report);
-    let mut own = read_tenant_dirs(dir, &configured, report);
+    let global_listed = list_policy_dir(&dir.join("global"), report);
+    let global_files = file_key(&global_listed);
+    let global = parse_listed(dir, &global_listed, report);
+    let mut own = read_tenant_dirs(dir, &configured, previous, report);
+    let global_unchanged =
+        previous.is_some_and(|p| global_files.as_ref() == Some(&p.sources.global));
 
     let names = match Names::new() {
         Ok(n) => n,
@@ -157,45 +260,86 @@ fn compile(dir: &Path, tenants: &[TenantInfo], report: &mut Report) -> Option<Po
 
     // Strict validation checks each policy on its own, so validating the global files once and
     // each tenant's files once is the same as validating every tenant's combined set, without
-    // repeating the global work per tenant.
-    check_unique_ids(&global, &[], report);
+    // repeating the global work per tenant. For the same reason a tenant's unchanged files
+    // (same bytes, same schema) give the warnings they gave before.
+    let global_ids: Vec<(&str, &Path)> = global
+        .iter()
+        .map(|l| (l.id.as_str(), l.file.as_path()))
+        .collect();
+    check_unique_ids(&global_ids, &[], report);
     if let Some(v) = &validator {
         validate(v, &global, report);
     }
     let mut compiled = HashMap::new();
+    let mut sources = HashMap::new();
     for tenant in tenants {
-        let mine = own.remove(&tenant.id).unwrap_or_default();
-        check_unique_ids(&mine, &global, report);
-        if let Some(v) = &validator {
-            validate(v, &mine, report);
-        }
+        // A tenant without a directory has no own files, as it had before if its previous
+        // sources list none.
+        let mine = own
+            .remove(&tenant.id)
+            .or_else(|| {
+                let p = previous?;
+                let sources = p.sources.tenants.get(&tenant.id)?;
+                let compiled = &p.tenants.get(&tenant.id)?.compiled;
+                sources
+                    .own
+                    .files
+                    .is_empty()
+                    .then_some(Own::Reused { sources, compiled })
+            })
+            .unwrap_or(Own::Fresh {
+                loaded: Vec::new(),
+                files: Vec::new(),
+            });
+        check_unique_ids(&mine.ids(), &global_ids, report);
+        let Some(v) = &validator else { continue };
+        let own_group = match &mine {
+            Own::Fresh { loaded, files } => {
+                let before = report.warnings.len();
+                validate(v, loaded, report);
+                OwnGroup {
+                    files: files.clone(),
+                    ids: ids_by_file(loaded, files),
+                    warnings: report.warnings.get(before..).unwrap_or_default().to_vec(),
+                }
+            }
+            Own::Reused { sources, .. } => {
+                for w in &sources.own.warnings {
+                    report.push_warning(w.clone());
+                }
+                OwnGroup {
+                    files: sources.own.files.clone(),
+                    ids: sources.own.ids.clone(),
+                    warnings: sources.own.warnings.clone(),
+                }
+            }
+        };
         let Some(schema) = &schema else { continue };
-        let mut set = PolicySet::new();
-        let mut approvals = HashMap::new();
-        for l in global.iter().chain(&mine) {
-            // Duplicates were reported above; `add` refuses them again, which is fine.
-            let _ = set.add(l.policy.clone());
-            if let Some(rule) = &l.approval {
-                approvals.insert(l.id.clone(), rule.clone());
+        let unchanged = match &mine {
+            Own::Reused { sources, compiled } if global_unchanged && sources.info == *tenant => {
+                Some(Arc::clone(compiled))
             }
-        }
-        match build_entities(tenant, schema, &names) {
-            Ok((entities, principals)) => {
-                compiled.insert(
-                    tenant.id.clone(),
-                    TenantPolicies {
-                        policies: set,
-                        entities,
-                        principals,
-                        approvals,
-                        cache: None,
-                    },
-                );
-            }
-            Err(e) => report.file(
-                &dir.join(SCHEMA_FILE),
-                format!("tenant `{}` does not fit the schema: {e}", tenant.id),
-            ),
+            _ => None,
+        };
+        let built = match unchanged {
+            Some(same) => Some(same),
+            None => build_tenant(dir, tenant, schema, &names, &global, mine, report),
+        };
+        if let Some(built) = built {
+            compiled.insert(
+                tenant.id.clone(),
+                TenantPolicies {
+                    compiled: built,
+                    cache: None,
+                },
+            );
+            sources.insert(
+                tenant.id.clone(),
+                TenantSources {
+                    info: tenant.clone(),
+                    own: own_group,
+                },
+            );
         }
     }
 
@@ -219,7 +363,95 @@ fn compile(dir: &Path, tenants: &[TenantInfo], report: &mut Report) -> Option<Po
         mcp_prompt_type: names.mcp_prompt,
         authorizer: Authorizer::new(),
         schema,
+        sources: Sources {
+            dir: dir.to_path_buf(),
+            schema: schema_hash?,
+            global: global_files?,
+            tenants: sources,
+        },
     })
+}
+
+/// `(id, index of its file in files)` of each of `loaded`.
+fn ids_by_file(loaded: &[Loaded], files: &FileKey) -> Vec<(String, usize)> {
+    loaded
+        .iter()
+        .map(|l| {
+            let file = files
+                .iter()
+                .position(|(f, _)| *f == l.file)
+                .unwrap_or(usize::MAX);
+            (l.id.clone(), file)
+        })
+        .collect()
+}
+
+/// One tenant's policy set (global + its own) and entities.
+fn build_tenant(
+    dir: &Path,
+    tenant: &TenantInfo,
+    schema: &Schema,
+    names: &Names,
+    global: &[Loaded],
+    mine: Own<'_>,
+    report: &mut Report,
+) -> Option<Arc<CompiledTenant>> {
+    let mut set = PolicySet::new();
+    let mut approvals = HashMap::new();
+    for l in global {
+        // Duplicates were reported above; `add` refuses them again, which is fine.
+        let _ = set.add(l.policy.clone());
+        if let Some(rule) = &l.approval {
+            approvals.insert(l.id.clone(), rule.clone());
+        }
+    }
+    match mine {
+        Own::Fresh { loaded, .. } => {
+            for l in loaded {
+                if let Some(rule) = l.approval {
+                    approvals.insert(l.id.clone(), rule);
+                }
+                let _ = set.add(l.policy);
+            }
+        }
+        Own::Reused { sources, compiled } => {
+            // The same bytes against the same schema parse to the same policies, which the
+            // previous set holds under the same ids (ids are unique in a set that loaded).
+            for (id, _) in &sources.own.ids {
+                let Some(p) = compiled.policies.policy(&PolicyId::new(id)) else {
+                    // SECURITY: never build a set that silently lacks one of its policies (a
+                    // forbid, say); refuse the load and keep the last good engine.
+                    report.file(
+                        dir,
+                        format!(
+                            "policy `{id}` of tenant `{}` could not be reused: reload again",
+                            tenant.id
+                        ),
+                    );
+                    return None;
+                };
+                let _ = set.add(p.clone());
+                if let Some(rule) = compiled.approvals.get(id) {
+                    approvals.insert(id.clone(), rule.clone());
+                }
+            }
+        }
+    }
+    match build_entities(tenant, schema, names) {
+        Ok((entities, principals)) => Some(Arc::new(CompiledTenant {
+            policies: set,
+            entities,
+            principals,
+            approvals,
+        })),
+        Err(e) => {
+            report.file(
+                &dir.join(SCHEMA_FILE),
+                format!("tenant `{}` does not fit the schema: {e}", tenant.id),
+            );
+            None
+        }
+    }
 }
 
 /// The schema names the engine relies on, parsed once.
@@ -267,15 +499,17 @@ impl Names {
     }
 }
 
-fn read_schema(dir: &Path, report: &mut Report) -> Option<Schema> {
+/// The schema and the hash of its bytes.
+fn read_schema(dir: &Path, report: &mut Report) -> (Option<Schema>, Option<ContentHash>) {
     let path = dir.join(SCHEMA_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
             report.file(&path, format!("cannot read the schema: {e}"));
-            return None;
+            return (None, None);
         }
     };
+    let hash = content_hash(text.as_bytes());
     let parsed = Schema::from_cedarschema_str(&text);
     report.texts.insert(path.clone(), text);
     match parsed {
@@ -283,11 +517,11 @@ fn read_schema(dir: &Path, report: &mut Report) -> Option<Schema> {
             for w in warnings {
                 report.warning(&path, &w);
             }
-            Some(schema)
+            (Some(schema), Some(hash))
         }
         Err(e) => {
             report.diagnostic(&path, &e);
-            None
+            (None, Some(hash))
         }
     }
 }
@@ -347,12 +581,14 @@ fn is_cedar(path: &Path) -> bool {
     path.extension().is_some_and(|x| x == "cedar")
 }
 
-/// `tenants/<tenant>/`: each directory must name a configured tenant.
-fn read_tenant_dirs(
+/// `tenants/<tenant>/`: each directory must name a configured tenant. A directory whose files
+/// all have the bytes `previous` compiled the tenant from is not parsed again.
+fn read_tenant_dirs<'a>(
     root: &Path,
     configured: &HashSet<&TenantId>,
+    previous: Option<&'a PolicyEngine>,
     report: &mut Report,
-) -> HashMap<TenantId, Vec<Loaded>> {
+) -> HashMap<TenantId, Own<'a>> {
     let mut out = HashMap::new();
     for path in entries(&root.join("tenants"), report) {
         if is_hidden(&path) {
@@ -374,8 +610,23 @@ fn read_tenant_dirs(
             .unwrap_or_default();
         match TenantId::new(&name) {
             Ok(id) if configured.contains(&id) => {
-                let loaded = read_policy_dir(root, &path, report);
-                out.insert(id, loaded);
+                let listed = list_policy_dir(&path, report);
+                let files = file_key(&listed);
+                // SECURITY: only this tenant's own previous files are candidates, under its id.
+                let reused = previous.and_then(|p| {
+                    let sources = p.sources.tenants.get(&id)?;
+                    let compiled = &p.tenants.get(&id)?.compiled;
+                    (files.as_ref() == Some(&sources.own.files))
+                        .then_some(Own::Reused { sources, compiled })
+                });
+                let own = match reused {
+                    Some(own) => own,
+                    None => Own::Fresh {
+                        loaded: parse_listed(root, &listed, report),
+                        files: files.unwrap_or_default(),
+                    },
+                };
+                out.insert(id, own);
             }
             // SECURITY: policies for a tenant the configuration does not define are most likely
             // a typo in the directory name, whose forbids would silently apply to no one.
@@ -389,39 +640,77 @@ fn read_tenant_dirs(
     out
 }
 
-/// Parses every `*.cedar` file directly in `dir`, in name order.
-fn read_policy_dir(root: &Path, dir: &Path, report: &mut Report) -> Vec<Loaded> {
+/// One entry of a policy directory, read but not parsed yet.
+enum Listed {
+    /// A subdirectory (not read; a problem).
+    Subdirectory(PathBuf),
+    /// A `*.cedar` file that could not be read.
+    Unreadable(PathBuf, String),
+    /// A `*.cedar` file, its text kept in the report, with the hash of its bytes.
+    Cedar(PathBuf, ContentHash),
+}
+
+/// Reads every `*.cedar` file directly in `dir`, in name order, keeping each text in `report`;
+/// reports only a listing failure (the rest is reported by [`parse_listed`], in order).
+fn list_policy_dir(dir: &Path, report: &mut Report) -> Vec<Listed> {
     let mut out = Vec::new();
     for path in entries(dir, report) {
         if is_hidden(&path) {
             continue;
         }
         if path.is_dir() {
-            // SECURITY: files in a subdirectory are not loaded; say so rather than let an author
-            // believe they apply.
-            report.file(
-                &path,
-                "subdirectories are not read: put policy files directly in the directory",
-            );
+            out.push(Listed::Subdirectory(path));
             continue;
         }
         if is_cedar(&path) {
-            read_policy_file(root, &path, report, &mut out);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let hash = content_hash(text.as_bytes());
+                    report.texts.insert(path.clone(), text);
+                    out.push(Listed::Cedar(path, hash));
+                }
+                Err(e) => out.push(Listed::Unreadable(path, e.to_string())),
+            }
         }
     }
     out
 }
 
-fn read_policy_file(root: &Path, file: &Path, report: &mut Report, out: &mut Vec<Loaded>) {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            report.file(file, format!("cannot read: {e}"));
-            return;
+/// The files of a listing and their hashes, when every entry was read and none is a
+/// subdirectory (a listing with problems is never reused).
+fn file_key(listed: &[Listed]) -> Option<FileKey> {
+    listed
+        .iter()
+        .map(|l| match l {
+            Listed::Cedar(path, hash) => Some((path.clone(), *hash)),
+            Listed::Subdirectory(_) | Listed::Unreadable(..) => None,
+        })
+        .collect()
+}
+
+/// Parses the files of a listing, in name order, reporting its problems in that order.
+fn parse_listed(root: &Path, listed: &[Listed], report: &mut Report) -> Vec<Loaded> {
+    let mut out = Vec::new();
+    for entry in listed {
+        match entry {
+            // SECURITY: files in a subdirectory are not loaded; say so rather than let an
+            // author believe they apply.
+            Listed::Subdirectory(path) => report.file(
+                path,
+                "subdirectories are not read: put policy files directly in the directory",
+            ),
+            Listed::Unreadable(path, e) => report.file(path, format!("cannot read: {e}")),
+            Listed::Cedar(path, _) => parse_policy_file(root, path, report, &mut out),
         }
+    }
+    out
+}
+
+fn parse_policy_file(root: &Path, file: &Path, report: &mut Report, out: &mut Vec<Loaded>) {
+    let Some(text) = report.texts.get(file) else {
+        return;
     };
-    let parsed = PolicySet::from_str(&text);
-    report.texts.insert(file.to_path_buf(), text);
+    let parsed = PolicySet::from_str(text);
     let set = match parsed {
         Ok(set) => set,
         Err(errors) => {
@@ -502,30 +791,26 @@ fn find_annotation(text: Option<&String>, id: &str, nth: usize) -> Option<(usize
     Some(line_col(text, offset))
 }
 
-/// Policy ids must be unique in every set a policy joins: among `policies` themselves and
-/// against `others` (the global policies, for a tenant's own).
-fn check_unique_ids(policies: &[Loaded], others: &[Loaded], report: &mut Report) {
-    let mut seen: HashMap<&str, &Path> = others
-        .iter()
-        .map(|l| (l.id.as_str(), l.file.as_path()))
-        .collect();
+/// Policy ids must be unique in every set a policy joins: among `policies` (`(id, file)` in
+/// load order) themselves and against `others` (the global policies, for a tenant's own).
+fn check_unique_ids(policies: &[(&str, &Path)], others: &[(&str, &Path)], report: &mut Report) {
+    let mut seen: HashMap<&str, &Path> = others.iter().copied().collect();
     // How many times each (file, id) was met, to point at the right `@id` in the file.
     let mut met: HashMap<(&Path, &str), usize> = HashMap::new();
-    for l in policies {
-        let nth = met.entry((l.file.as_path(), l.id.as_str())).or_insert(0);
-        if let Some(first) = seen.get(l.id.as_str()) {
-            let at = find_annotation(report.texts.get(&l.file), &l.id, *nth);
+    for &(id, file) in policies {
+        let nth = met.entry((file, id)).or_insert(0);
+        if let Some(first) = seen.get(id) {
+            let at = find_annotation(report.texts.get(file), id, *nth);
             report.at(
-                &l.file,
+                file,
                 at,
                 format!(
-                    "policy id `{}` is already used in `{}`: ids must be unique in a tenant's policy set",
-                    l.id,
+                    "policy id `{id}` is already used in `{}`: ids must be unique in a tenant's policy set",
                     first.display()
                 ),
             );
         } else {
-            seen.insert(&l.id, &l.file);
+            seen.insert(id, file);
         }
         *nth += 1;
     }

@@ -7,6 +7,12 @@
 //! (the `Tenant` entity and its `Workload`s). A request builds only its `Request` value: nothing is
 //! parsed on the hot path, and one tenant's policies are never evaluated for another tenant.
 //!
+//! [`PolicyEngine::reload`] builds the next engine from the previous one: a tenant whose inputs
+//! (its own files by SHA-256 of their bytes, its configuration, the global files, the schema)
+//! are all unchanged keeps its compiled set, shared through an `Arc`; an unchanged tenant
+//! directory is not parsed or validated again. Problems, warnings and decisions are those of a
+//! full load (`reload_tests.rs` compares them edit by edit).
+//!
 //! Cedar mapping of one HTTP request:
 //!
 //! | Cedar | value |
@@ -225,14 +231,22 @@ pub struct PolicyCheck {
     pub warnings: Vec<PolicyProblem>,
 }
 
-/// Everything one tenant's requests are evaluated against, built once at load.
-struct TenantPolicies {
+/// Everything one tenant's requests are evaluated against, built once at load. Immutable: a
+/// reload that finds the same inputs (schema, global and own files byte for byte, the tenant's
+/// configuration) shares it with the previous engine instead of compiling it again.
+struct CompiledTenant {
     policies: PolicySet,
     entities: Entities,
     principals: HashMap<WorkloadId, EntityUid>,
     /// The permits marked `@approval`, by policy id.
     approvals: HashMap<String, approval::ApprovalRule>,
-    /// Decisions already made for this tenant, when caching is on (see [`cache`]).
+}
+
+/// One tenant's compiled policies and this engine's own cache of its decisions.
+struct TenantPolicies {
+    compiled: std::sync::Arc<CompiledTenant>,
+    /// Decisions already made for this tenant, when caching is on (see [`cache`]). Never
+    /// shared between engines: a reload starts every cache empty.
     cache: Option<cache::DecisionCache>,
 }
 
@@ -254,6 +268,8 @@ pub struct PolicyEngine {
     mcp_prompt_type: EntityTypeName,
     authorizer: Authorizer,
     schema: Schema,
+    /// What the load read, for the next reload to reuse what did not change.
+    sources: load::Sources,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -261,7 +277,7 @@ impl fmt::Debug for PolicyEngine {
         let policies: usize = self
             .tenants
             .values()
-            .map(|t| t.policies.num_of_policies())
+            .map(|t| t.compiled.policies.num_of_policies())
             .sum();
         f.debug_struct("PolicyEngine")
             .field("tenants", &self.tenants.len())
@@ -280,17 +296,40 @@ impl PolicyEngine {
     ///
     /// Warnings (a policy that can never apply, say) do not stop the load; they are logged.
     pub fn load(dir: &Path, tenants: &[TenantInfo]) -> Result<PolicyEngine, Vec<PolicyProblem>> {
-        let checked = Self::check(dir, tenants);
+        Self::reload(dir, tenants, None)
+    }
+
+    /// What [`Self::load`] does, returning the warnings instead of logging them
+    /// (`tenant-proxy policy check`).
+    pub fn check(dir: &Path, tenants: &[TenantInfo]) -> PolicyCheck {
+        load::load(dir, tenants, None)
+    }
+
+    /// What [`Self::load`] does, reusing what `previous` compiled wherever the inputs are the
+    /// same: a tenant whose own files (compared by content), configuration, the global files
+    /// and the schema are all unchanged keeps its compiled set, a changed file is parsed and
+    /// validated again, and a changed schema recompiles everything. The result (engine,
+    /// problems and warnings) is the one a full load of `dir` gives; decision caches start
+    /// empty. Warnings are logged, as by [`Self::load`].
+    pub fn reload(
+        dir: &Path,
+        tenants: &[TenantInfo],
+        previous: Option<&PolicyEngine>,
+    ) -> Result<PolicyEngine, Vec<PolicyProblem>> {
+        let checked = Self::check_after(dir, tenants, previous);
         for w in &checked.warnings {
             tracing::warn!(warning = %w, "policy warning");
         }
         checked.result
     }
 
-    /// What [`Self::load`] does, returning the warnings instead of logging them
-    /// (`tenant-proxy policy check`).
-    pub fn check(dir: &Path, tenants: &[TenantInfo]) -> PolicyCheck {
-        load::load(dir, tenants)
+    /// What [`Self::reload`] does, returning the warnings instead of logging them.
+    pub fn check_after(
+        dir: &Path,
+        tenants: &[TenantInfo],
+        previous: Option<&PolicyEngine>,
+    ) -> PolicyCheck {
+        load::load(dir, tenants, previous)
     }
 
     /// Turns on each tenant's decision cache, holding at most `entries` decisions per tenant
@@ -449,7 +488,7 @@ impl PolicyEngine {
         tenant: &TenantId,
         policy_ids: impl IntoIterator<Item = &'a String>,
     ) -> Option<approval::ApprovalNeed> {
-        let set = self.tenants.get(tenant)?;
+        let set = &self.tenants.get(tenant)?.compiled;
         if set.approvals.is_empty() {
             return None;
         }
@@ -464,7 +503,7 @@ impl PolicyEngine {
     pub fn policy_count(&self, tenant: &TenantId) -> usize {
         self.tenants
             .get(tenant)
-            .map_or(0, |t| t.policies.num_of_policies())
+            .map_or(0, |t| t.compiled.policies.num_of_policies())
     }
 
     fn lookup(
@@ -478,7 +517,7 @@ impl PolicyEngine {
             .tenants
             .get(tenant)
             .ok_or_else(|| Decision::deny_with(format!("unknown tenant `{tenant}`")))?;
-        let principal = set.principals.get(workload).ok_or_else(|| {
+        let principal = set.compiled.principals.get(workload).ok_or_else(|| {
             Decision::deny_with(format!(
                 "unknown workload `{workload}` of tenant `{tenant}`"
             ))
@@ -613,9 +652,9 @@ impl PolicyEngine {
     }
 
     fn decide(&self, set: &TenantPolicies, request: &Request) -> Decision {
-        let response = self
-            .authorizer
-            .is_authorized(request, &set.policies, &set.entities);
+        let response =
+            self.authorizer
+                .is_authorized(request, &set.compiled.policies, &set.compiled.entities);
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
         let mut policy_ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
@@ -749,5 +788,7 @@ fn clock_pairs(hour: u8, weekday: &str) -> [(String, RestrictedExpression); 2] {
 
 #[cfg(test)]
 mod cache_tests;
+#[cfg(test)]
+mod reload_tests;
 #[cfg(test)]
 mod tests;

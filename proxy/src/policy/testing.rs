@@ -237,10 +237,11 @@ fn evaluate(
         .map(|(t, _)| t)
         .ok_or_else(|| format!("the principal's id `{workload_id}` is not `<tenant>/<workload>`"))
         .and_then(|t| TenantId::new(t).map_err(|e| e.to_string()))?;
-    let set = engine
+    let set = &engine
         .tenants
         .get(&tenant)
-        .ok_or_else(|| format!("unknown tenant `{tenant}`"))?;
+        .ok_or_else(|| format!("unknown tenant `{tenant}`"))?
+        .compiled;
     let context = Context::from_json_value(
         case.request
             .context
@@ -276,10 +277,12 @@ fn evaluate(
         .add_entities(extra.iter().cloned(), Some(schema))
         .map_err(|e| format!("entities: {e}"))?;
     let with_case = super::TenantPolicies {
-        policies: set.policies.clone(),
-        entities,
-        principals: Default::default(),
-        approvals: Default::default(),
+        compiled: std::sync::Arc::new(super::CompiledTenant {
+            policies: set.policies.clone(),
+            entities,
+            principals: Default::default(),
+            approvals: Default::default(),
+        }),
         // A case decides once, with its own entities: nothing to cache.
         cache: None,
     };

@@ -1,0 +1,371 @@
+//! A reload that reuses the previous engine's compiled tenants (`PolicyEngine::reload`) must
+//! give exactly what a full load of the same directory gives: the same decisions for every
+//! tenant, the same problems and warnings, and a refused edit keeps the previous engine.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+
+const SCHEMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../policies/schema.cedarschema"
+);
+
+fn tid(s: &str) -> TenantId {
+    TenantId::new(s).expect("tenant id")
+}
+
+fn wid(s: &str) -> WorkloadId {
+    WorkloadId::new(s).expect("workload id")
+}
+
+fn tenant(id: &str, plan: &str, workloads: &[&str]) -> TenantInfo {
+    TenantInfo {
+        id: tid(id),
+        plan: plan.into(),
+        region: "eu".into(),
+        workloads: workloads.iter().map(|w| wid(w)).collect(),
+    }
+}
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let path = dir.join(rel);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+fn permit(id: &str, principal: &str, host: &str) -> String {
+    format!(
+        "@id(\"{id}\")\npermit (principal{principal}, action == TenantProxy::Action::\"http\", resource)\nwhen {{ context.host == \"{host}\" }};\n"
+    )
+}
+
+const HOSTS: [&str; 7] = [
+    "g.example.com",
+    "a.example.com",
+    "b.example.com",
+    "x.example.com",
+    "i.example.com",
+    "pro.example.com",
+    "held.example.com",
+];
+
+/// Every question the comparison asks: each tenant ever configured, each workload (and one
+/// that does not exist), each host, an allowed and a forbidden path.
+fn decisions(engine: &PolicyEngine) -> Vec<(String, Decision, Option<String>)> {
+    let mut out = Vec::new();
+    for t in ["acme", "globex", "initech", "nobody"] {
+        for w in ["bot", "agent", "ghost"] {
+            for host in HOSTS {
+                for path in ["/ok", "/blocked"] {
+                    let facts = HttpRequestFacts {
+                        scheme: "https",
+                        host,
+                        port: 443,
+                        method: "POST",
+                        path,
+                        model: None,
+                        provider: None,
+                        run_signed: false,
+                        scopes: &[],
+                        route: None,
+                        destination_region: None,
+                        hour: 10,
+                        weekday: "tue",
+                    };
+                    let d = engine.authorize_http(&tid(t), &wid(w), &facts);
+                    let need = engine
+                        .approval_need(&tid(t), &d.policy_ids)
+                        .map(|n| format!("{n:?}"));
+                    out.push((format!("{t}/{w} {host}{path}"), d, need));
+                }
+            }
+        }
+        out.push((
+            format!("{t} policy count"),
+            Decision::deny_with(engine.policy_count(&tid(t)).to_string()),
+            None,
+        ));
+    }
+    out
+}
+
+/// Reloads `dir` reusing `previous` and loads it from nothing; both must agree on everything.
+/// Returns the reloaded engine, or `previous` when the edit was refused.
+fn reload_matches_full_load(
+    step: &str,
+    dir: &Path,
+    tenants: &[TenantInfo],
+    previous: PolicyEngine,
+) -> PolicyEngine {
+    let incremental = PolicyEngine::check_after(dir, tenants, Some(&previous));
+    let full = PolicyEngine::check(dir, tenants);
+    assert_eq!(incremental.warnings, full.warnings, "{step}: warnings");
+    match (incremental.result, full.result) {
+        (Ok(incremental), Ok(full)) => {
+            assert_eq!(
+                decisions(&incremental),
+                decisions(&full),
+                "{step}: decisions"
+            );
+            incremental
+        }
+        (Err(incremental), Err(full)) => {
+            assert_eq!(incremental, full, "{step}: problems");
+            assert!(!incremental.is_empty(), "{step}");
+            previous
+        }
+        (i, f) => panic!(
+            "{step}: reload {:?} but full load {:?}",
+            i.map(|_| "ok"),
+            f.map(|_| "ok")
+        ),
+    }
+}
+
+fn compiled<'a>(engine: &'a PolicyEngine, t: &str) -> &'a Arc<CompiledTenant> {
+    &engine.tenants.get(&tid(t)).expect("tenant").compiled
+}
+
+const GLOBAL: &str = r#"@id("g-allow")
+permit (principal, action == TenantProxy::Action::"http", resource)
+when { context.host == "g.example.com" };
+@id("g-blocked")
+forbid (principal, action == TenantProxy::Action::"http", resource)
+when { context.path == "/blocked" };
+@id("g-pro")
+permit (principal, action == TenantProxy::Action::"http", resource)
+when { principal.tenant.plan == "pro" && context.host == "pro.example.com" };
+@id("g-never")
+permit (principal, action == TenantProxy::Action::"http", resource) when { false };
+"#;
+
+#[test]
+fn reload_reuses_only_what_did_not_change_and_matches_a_full_load() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::copy(SCHEMA, dir.join("schema.cedarschema")).expect("schema");
+    write(dir, "global/base.cedar", GLOBAL);
+    let acme_own = format!(
+        "{}@id(\"acme-held\")\n@approval(\"required\")\npermit (principal, action == TenantProxy::Action::\"http\", resource)\nwhen {{ context.host == \"held.example.com\" }};\n@id(\"acme-never\")\npermit (principal, action == TenantProxy::Action::\"http\", resource) when {{ false }};\n",
+        permit("acme-a", "", "a.example.com")
+    );
+    write(dir, "tenants/acme/own.cedar", &acme_own);
+    write(
+        dir,
+        "tenants/acme/extra.cedar",
+        &permit("acme-extra", "", "i.example.com"),
+    );
+    write(
+        dir,
+        "tenants/globex/own.cedar",
+        &permit("globex-x", "", "x.example.com"),
+    );
+    let mut tenants = vec![
+        tenant("acme", "pro", &["bot", "agent"]),
+        tenant("globex", "free", &["agent"]),
+    ];
+    let first = PolicyEngine::check(dir, &tenants);
+    assert!(
+        first.warnings.len() >= 2,
+        "the impossible permits warn: {:?}",
+        first.warnings
+    );
+    let mut engine = first.result.expect("first load");
+
+    // Nothing changed: every tenant's compiled set is shared, and no cache comes along.
+    let cached = engine.with_decision_cache(8, "enforced");
+    let next = PolicyEngine::check_after(dir, &tenants, Some(&cached))
+        .result
+        .expect("reload");
+    for t in ["acme", "globex"] {
+        assert!(Arc::ptr_eq(compiled(&cached, t), compiled(&next, t)), "{t}");
+        assert!(
+            next.tenants[&tid(t)].cache.is_none(),
+            "{t}: no cache carried over"
+        );
+    }
+    engine = reload_matches_full_load("unchanged", dir, &tenants, next);
+
+    // One tenant's file changed: only that tenant is recompiled.
+    write(
+        dir,
+        "tenants/acme/own.cedar",
+        &acme_own.replace("a.example.com", "b.example.com"),
+    );
+    let next = reload_matches_full_load("acme edited", dir, &tenants, engine);
+    let globex = Arc::clone(compiled(&next, "globex"));
+    let acme = Arc::clone(compiled(&next, "acme"));
+    engine = next;
+    let next = PolicyEngine::check_after(dir, &tenants, Some(&engine))
+        .result
+        .expect("reload");
+    assert!(Arc::ptr_eq(&globex, compiled(&next, "globex")));
+    assert!(Arc::ptr_eq(&acme, compiled(&next, "acme")));
+    engine = next;
+
+    // A global file changed: every tenant gets the new global policies.
+    write(
+        dir,
+        "global/base.cedar",
+        &GLOBAL.replace("g.example.com", "x.example.com"),
+    );
+    let next = reload_matches_full_load("global edited", dir, &tenants, engine);
+    assert!(!Arc::ptr_eq(&globex, compiled(&next, "globex")));
+    engine = next;
+
+    // A tenant's configuration changed (its plan, which a global policy reads): recompiled.
+    tenants[0].plan = "free".into();
+    let acme = Arc::clone(compiled(&engine, "acme"));
+    let next = reload_matches_full_load("acme plan changed", dir, &tenants, engine);
+    assert!(!Arc::ptr_eq(&acme, compiled(&next, "acme")));
+    engine = next;
+    tenants[0].workloads.pop();
+    engine = reload_matches_full_load("acme workload removed", dir, &tenants, engine);
+
+    // The schema's bytes changed (a comment): nothing is reused.
+    let schema = std::fs::read_to_string(SCHEMA).expect("schema");
+    std::fs::write(
+        dir.join("schema.cedarschema"),
+        format!("{schema}\n// edited\n"),
+    )
+    .expect("schema");
+    let globex = Arc::clone(compiled(&engine, "globex"));
+    let next = reload_matches_full_load("schema edited", dir, &tenants, engine);
+    assert!(!Arc::ptr_eq(&globex, compiled(&next, "globex")));
+    engine = next;
+
+    // A tenant added, without a directory and then with one.
+    tenants.push(tenant("initech", "pro", &["bot"]));
+    engine = reload_matches_full_load("initech added", dir, &tenants, engine);
+    let next = PolicyEngine::check_after(dir, &tenants, Some(&engine))
+        .result
+        .expect("reload");
+    assert!(
+        Arc::ptr_eq(compiled(&engine, "initech"), compiled(&next, "initech")),
+        "a tenant without a directory is reused too"
+    );
+    engine = next;
+    write(
+        dir,
+        "tenants/initech/own.cedar",
+        &permit("initech-i", "", "i.example.com"),
+    );
+    engine = reload_matches_full_load("initech policies added", dir, &tenants, engine);
+
+    // A file deleted.
+    std::fs::remove_file(dir.join("tenants/acme/extra.cedar")).expect("rm");
+    engine = reload_matches_full_load("acme file deleted", dir, &tenants, engine);
+
+    // A tenant removed while its directory stays: refused (and the engine kept), then both
+    // removed.
+    tenants.retain(|t| t.id.as_str() != "globex");
+    engine = reload_matches_full_load("globex removed, directory left", dir, &tenants, engine);
+    assert!(
+        engine.tenants.contains_key(&tid("globex")),
+        "previous engine kept"
+    );
+    std::fs::remove_dir_all(dir.join("tenants/globex")).expect("rm");
+    engine = reload_matches_full_load("globex removed", dir, &tenants, engine);
+    assert!(!engine.tenants.contains_key(&tid("globex")));
+
+    // Invalid edits are refused with the full load's problems, and the previous engine stays.
+    let good = std::fs::read_to_string(dir.join("tenants/acme/own.cedar")).expect("read");
+    write(
+        dir,
+        "tenants/acme/own.cedar",
+        &good.replace("context.host == \"b.example.com\"", "context.nope == 1"),
+    );
+    engine = reload_matches_full_load("acme invalid", dir, &tenants, engine);
+    write(
+        dir,
+        "tenants/acme/own.cedar",
+        &good.replace("permit (", "permit ((("),
+    );
+    engine = reload_matches_full_load("acme unparsable", dir, &tenants, engine);
+    // A global policy taking the id of an unchanged tenant policy: refused, located in the
+    // tenant's file as a full load locates it.
+    write(dir, "tenants/acme/own.cedar", &good);
+    write(
+        dir,
+        "global/late.cedar",
+        &permit("initech-i", "", "g.example.com"),
+    );
+    engine = reload_matches_full_load("duplicate id", dir, &tenants, engine);
+    std::fs::remove_file(dir.join("global/late.cedar")).expect("rm");
+    engine = reload_matches_full_load("fixed", dir, &tenants, engine);
+    assert!(
+        engine
+            .authorize_http(
+                &tid("acme"),
+                &wid("bot"),
+                &HttpRequestFacts {
+                    scheme: "https",
+                    host: "b.example.com",
+                    port: 443,
+                    method: "GET",
+                    path: "/ok",
+                    model: None,
+                    provider: None,
+                    run_signed: false,
+                    scopes: &[],
+                    route: None,
+                    destination_region: None,
+                    hour: 10,
+                    weekday: "tue",
+                }
+            )
+            .allowed
+    );
+
+    // Another directory with the same bytes is compiled from nothing.
+    let other = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        dir.join("schema.cedarschema"),
+        other.path().join("schema.cedarschema"),
+    )
+    .expect("schema");
+    let next = reload_matches_full_load("other directory", other.path(), &tenants, engine);
+    assert_eq!(next.policy_count(&tid("acme")), 0);
+}
+
+/// A tenant's reused policies come only from its own previous set: swapping two tenants'
+/// files (same bytes, different owners) gives each the other's policies, as a full load does.
+#[test]
+fn reused_policies_never_cross_tenants() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::copy(SCHEMA, dir.join("schema.cedarschema")).expect("schema");
+    let a = permit("a-only", "", "a.example.com");
+    let x = permit("x-only", "", "x.example.com");
+    write(dir, "tenants/acme/own.cedar", &a);
+    write(dir, "tenants/globex/own.cedar", &x);
+    let tenants = vec![
+        tenant("acme", "pro", &["bot"]),
+        tenant("globex", "free", &["agent"]),
+    ];
+    let engine = PolicyEngine::check(dir, &tenants).result.expect("load");
+    write(dir, "tenants/acme/own.cedar", &x);
+    write(dir, "tenants/globex/own.cedar", &a);
+    let engine = reload_matches_full_load("swapped", dir, &tenants, engine);
+    let facts = |host| HttpRequestFacts {
+        scheme: "https",
+        host,
+        port: 443,
+        method: "GET",
+        path: "/",
+        model: None,
+        provider: None,
+        run_signed: false,
+        scopes: &[],
+        route: None,
+        destination_region: None,
+        hour: 10,
+        weekday: "tue",
+    };
+    let acme = |h| engine.authorize_http(&tid("acme"), &wid("bot"), &facts(h));
+    let globex = |h| engine.authorize_http(&tid("globex"), &wid("agent"), &facts(h));
+    assert!(acme("x.example.com").allowed && !acme("a.example.com").allowed);
+    assert!(globex("a.example.com").allowed && !globex("x.example.com").allowed);
+}
