@@ -1458,7 +1458,8 @@ async fn measure_tunnel_row(
         let (full, resumed) = client.handshakes();
         eprintln!("note: row `{row}`: {resumed} handshakes resumed, {full} full");
         // A few full handshakes are expected: rustls keeps at most 8 tickets per host and uses
-        // each once, so a burst of opens can find the store empty.
+        // each once, so a burst of opens can find a client's store empty (the row's clients
+        // are spread so that each sees at most a few tunnels at once).
         if resumed < ok * 3 / 4 {
             return Err(format!(
                 "row `{row}`: only {resumed} of {ok} tunnels resumed their TLS session ({full} full handshakes): the row did not measure resumption"

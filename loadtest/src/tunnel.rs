@@ -68,6 +68,10 @@ impl Hosts {
     }
 }
 
+/// Client processes a resuming [`Tunnels`] stands for: enough that each sees at most a few
+/// tunnels at once to one host at the load test's concurrency (64 / 16 = 4 < 8 tickets).
+pub const RESUMING_CLIENTS: usize = 16;
+
 /// Tunnels through the proxy at `proxy` to `host:port` (host per [`Hosts`]), TLS inside them
 /// trusting one CA. Each operation sends `request(host:port)`, whose `Host` header must name
 /// the tunnel's authority.
@@ -75,7 +79,9 @@ pub struct Tunnels {
     proxy: SocketAddr,
     port: u16,
     hosts: Hosts,
-    connector: TlsConnector,
+    /// One client, or for a resuming client [`RESUMING_CLIENTS`] of them, each with its own
+    /// session store; operation `op` uses `connectors[op % len]`.
+    connectors: Vec<TlsConnector>,
     request: fn(&str) -> Vec<u8>,
     /// The request when every operation has the same host.
     fixed: Option<Vec<u8>>,
@@ -108,9 +114,11 @@ impl Tunnels {
         Self::build(proxy, port, hosts, ca_pem, request, false)
     }
 
-    /// As [`Tunnels::new`], but the client keeps the TLS sessions (tickets) the proxy gives it
-    /// and offers them in its next tunnels, as one long-lived client process does (rustls's
-    /// in-memory store: up to 8 TLS 1.3 tickets per host, each used once).
+    /// As [`Tunnels::new`], but the clients keep the TLS sessions (tickets) the proxy gives them
+    /// and offer them in their next tunnels, as long-lived client processes do. rustls's
+    /// in-memory store keeps up to 8 TLS 1.3 tickets per host and uses each once, so one store
+    /// cannot serve 64 tunnels opened at once to one host: the operations are spread over
+    /// [`RESUMING_CLIENTS`] clients (agent processes), each with its own store.
     pub fn resuming(
         proxy: SocketAddr,
         port: u16,
@@ -130,12 +138,18 @@ impl Tunnels {
         resume: bool,
     ) -> io::Result<Self> {
         let shared = tenant_proxy_loadtest::tls::client_config(ca_pem)?;
-        let mut config = rustls::ClientConfig::clone(&shared);
-        config.resumption = if resume {
-            rustls::client::Resumption::in_memory_sessions(256)
-        } else {
-            rustls::client::Resumption::disabled()
-        };
+        let connectors = (0..if resume { RESUMING_CLIENTS } else { 1 })
+            .map(|_| {
+                let mut config = rustls::ClientConfig::clone(&shared);
+                // A new store for each client (a clone of the config would share one).
+                config.resumption = if resume {
+                    rustls::client::Resumption::in_memory_sessions(256)
+                } else {
+                    rustls::client::Resumption::disabled()
+                };
+                TlsConnector::from(Arc::new(config))
+            })
+            .collect();
         let fixed = match &hosts {
             Hosts::One(h) => Some(request(&format!("{h}:{port}"))),
             _ => None,
@@ -144,7 +158,7 @@ impl Tunnels {
             proxy,
             port,
             hosts,
-            connector: TlsConnector::from(Arc::new(config)),
+            connectors,
             request,
             fixed,
             full: AtomicUsize::new(0),
@@ -159,7 +173,7 @@ impl Tunnels {
             proxy: self.proxy,
             port: self.port,
             hosts: self.hosts.clone(),
-            connector: self.connector.clone(),
+            connectors: self.connectors.clone(),
             request: self.request,
             fixed: self.fixed.clone(),
             full: AtomicUsize::new(0),
@@ -180,7 +194,8 @@ impl Target for Tunnels {
     type Conn = TlsStream<TcpStream>;
 
     async fn open(&self, op: usize) -> io::Result<Self::Conn> {
-        let tls = open_tunnel(self.proxy, &self.hosts.host(op), self.port, &self.connector).await?;
+        let connector = &self.connectors[op % self.connectors.len()];
+        let tls = open_tunnel(self.proxy, &self.hosts.host(op), self.port, connector).await?;
         let counter = match tls.get_ref().1.handshake_kind() {
             Some(rustls::HandshakeKind::Resumed) => &self.resumed,
             _ => &self.full,
@@ -437,10 +452,11 @@ mod tests {
         let (proxy, _) = splicing_proxy(mock, None).await;
         let one = || Hosts::One("llm.test".into());
         let warm = Tunnels::resuming(proxy, mock.port(), one(), &ca.cert_pem, chat).unwrap();
+        // One tunnel per client process, so each store holds a session.
         let r = run_target(
             Arc::new(warm.same_client()),
             Connections::PerRequest,
-            1,
+            RESUMING_CLIENTS,
             1,
             Duration::from_secs(20),
         )
