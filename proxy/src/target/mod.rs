@@ -104,6 +104,22 @@ impl Destination {
             format!("{host}:{}", self.port)
         }
     }
+
+    /// A forward-mode HTTPS destination on port 443 to `host` and `path` (upstream and audit
+    /// path alike), priced by `provider` when given: the shape most unit tests ask about.
+    #[cfg(test)]
+    pub(crate) fn https_for_test(host: &str, path: &str, provider: Option<&str>) -> Self {
+        Destination {
+            scheme: Scheme::Https,
+            host: host.into(),
+            port: 443,
+            upstream_path: path.into(),
+            audit_path: path.into(),
+            route: None,
+            internal: false,
+            provider: provider.map(String::from),
+        }
+    }
 }
 
 /// Resolves the destination of a request from its raw request-target and `Host` header.

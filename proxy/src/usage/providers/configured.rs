@@ -182,19 +182,9 @@ impl ConfiguredProviders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::Scheme;
 
     fn dest(host: &str, path: &str, provider: Option<&str>) -> Destination {
-        Destination {
-            scheme: Scheme::Https,
-            host: host.into(),
-            port: 443,
-            upstream_path: path.into(),
-            audit_path: path.into(),
-            route: None,
-            internal: false,
-            provider: provider.map(String::from),
-        }
+        Destination::https_for_test(host, path, provider)
     }
 
     fn parse(toml_text: &str) -> (ConfiguredProviders, Vec<String>) {

@@ -185,19 +185,9 @@ pub fn request_stream_usage(path: &str, body: &[u8]) -> Option<(Vec<u8>, &'stati
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::Scheme;
 
     fn dest(host: &str, path: &str, provider: Option<&str>) -> Destination {
-        Destination {
-            scheme: Scheme::Https,
-            host: host.into(),
-            port: 443,
-            upstream_path: path.into(),
-            audit_path: path.into(),
-            route: None,
-            internal: false,
-            provider: provider.map(String::from),
-        }
+        Destination::https_for_test(host, path, provider)
     }
 
     /// What `pricing::provider_for_host` answered before the registry: every host the same.
