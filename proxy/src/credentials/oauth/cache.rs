@@ -218,12 +218,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn one_grant_for_many_waiters_and_per_tenant_slots() {
-        let cache = Arc::new(TokenCache::default());
+    /// `waiters` concurrent requests for acme's credential `g` whose grant (50 ms long) ends
+    /// with `outcome` (a token with an hour to live, or that failure): what each got, and how
+    /// many grants were made.
+    async fn concurrent_gets(
+        cache: &Arc<TokenCache>,
+        waiters: usize,
+        outcome: Result<&'static str, &'static str>,
+    ) -> (Vec<Result<SecretValue, TokenUnavailable>>, usize) {
         let grants = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
-        for _ in 0..50 {
+        for _ in 0..waiters {
             let (cache, grants) = (cache.clone(), grants.clone());
             tasks.push(tokio::spawn(async move {
                 cache
@@ -235,16 +240,27 @@ mod tests {
                         || async {
                             grants.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
-                            Ok(token("tok-acme", 3600))
+                            outcome.map(|v| token(v, 3600)).map_err(String::from)
                         },
                     )
                     .await
             }));
         }
+        let mut got = Vec::new();
         for t in tasks {
-            assert_eq!(t.await.expect("task").expect("token").expose(), b"tok-acme");
+            got.push(t.await.expect("task"));
         }
-        assert_eq!(grants.load(Ordering::SeqCst), 1);
+        (got, grants.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn one_grant_for_many_waiters_and_per_tenant_slots() {
+        let cache = Arc::new(TokenCache::default());
+        let (got, grants) = concurrent_gets(&cache, 50, Ok("tok-acme")).await;
+        for t in got {
+            assert_eq!(t.expect("token").expose(), b"tok-acme");
+        }
+        assert_eq!(grants, 1);
         // Another tenant's credential of the same name has its own grant and token.
         let other = cache
             .get(
@@ -296,35 +312,13 @@ mod tests {
     #[tokio::test]
     async fn requests_that_waited_on_a_failed_grant_share_its_failure() {
         let cache = Arc::new(TokenCache::default());
-        let grants = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..20 {
-            let (cache, grants) = (cache.clone(), grants.clone());
-            tasks.push(tokio::spawn(async move {
-                cache
-                    .get(
-                        &tid("acme"),
-                        "g",
-                        [1; 32],
-                        Duration::from_secs(5),
-                        || async {
-                            grants.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            Err("the token endpoint answered 503".to_string())
-                        },
-                    )
-                    .await
-            }));
-        }
-        for t in tasks {
-            let err = t.await.expect("task").expect_err("refused");
+        let (got, grants) =
+            concurrent_gets(&cache, 20, Err("the token endpoint answered 503")).await;
+        for t in got {
+            let err = t.expect_err("refused");
             assert_eq!(err.0, "the token endpoint answered 503");
         }
-        assert_eq!(
-            grants.load(Ordering::SeqCst),
-            1,
-            "one grant, one shared failure"
-        );
+        assert_eq!(grants, 1, "one grant, one shared failure");
         // The next request tries again.
         let ok = cache
             .get(
