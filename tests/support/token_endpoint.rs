@@ -2,6 +2,7 @@
 //! (`tests/fixtures/token_endpoint.py`), which verifies each client's secret or JWT assertion
 //! itself (PyJWT) and counts the grants it gives, and the recorded-shapes LLM origin.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,7 +65,7 @@ impl TokenEndpoint {
 
 /// Starts the Python server `script` (relative to the repo root) with a port file and `args`,
 /// its stderr in `dir`; waits (30 s at most) for the port it reports.
-pub fn spawn_python(script: &str, args: &[&Path], dir: &Path) -> (Child, u16) {
+pub fn spawn_python<A: AsRef<OsStr>>(script: &str, args: &[A], dir: &Path) -> (Child, u16) {
     let port_file = dir.join("port");
     let server_log = dir.join("server.log");
     let mut child = Command::new("python3")
@@ -74,7 +75,7 @@ pub fn spawn_python(script: &str, args: &[&Path], dir: &Path) -> (Child, u16) {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&server_log).unwrap())
         .spawn()
-        .expect("python3 (scripts/test.sh installs what the fixtures import)");
+        .expect("python3 with what the fixtures import (scripts/test.sh installs it)");
     let log = || std::fs::read_to_string(&server_log).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
