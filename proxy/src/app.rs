@@ -62,10 +62,7 @@ pub fn check(
 
 /// Starts the logger (see [`crate::logging`]: no level setting opens third-party debug lines);
 /// keep the guard while the process logs.
-pub fn init_logging(
-    format: LogFormat,
-    level: &str,
-) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+pub fn init_logging(format: LogFormat, level: &str) -> Option<crate::logging::WriterGuard> {
     crate::logging::init(format, level)
 }
 

@@ -10,17 +10,18 @@
 //!   source but never its context: pingora puts the upstream's raw response bytes there (which
 //!   may echo the request's `Authorization`). pingora's own line for it is suppressed.
 //!
-//! Lines are written by a thread of their own, never by the worker that logs them: a write to
-//! standard error takes a process-wide lock and blocks while the reader (a container runtime's
-//! log pipe) is behind, which would stall every request on that worker. When the queue is full
-//! a line is dropped and counted (`tenant_proxy_log_lines_dropped_total`) rather than waited
-//! for; the audit log, not this one, is the record of every decision.
+//! Lines are written by a thread of their own ([`lines`]), never by the worker that logs them: a
+//! write to standard error takes a process-wide lock and blocks while the reader (a container
+//! runtime's log pipe) is behind, which would stall every request on that worker. When the queue
+//! is full a line is dropped and counted (`tenant_proxy_log_lines_dropped_total`) rather than
+//! waited for; the audit log, not this one, is the record of every decision.
+
+mod lines;
 
 use std::sync::OnceLock;
 
 use pingora::{Error, ErrorSource, ErrorType};
 use tracing::{Level, Metadata};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -63,27 +64,34 @@ fn is_own(target: &str) -> bool {
 /// Lines that may wait for the writer thread before new ones are dropped.
 const QUEUED_LINES: usize = 64 * 1024;
 
-/// The writer's count of dropped lines, once the logger is started.
-static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+/// The queue the logger writes to, once started (for its count of dropped lines).
+static QUEUE: OnceLock<lines::LineQueue> = OnceLock::new();
+
+pub use lines::WriterGuard;
 
 /// Starts the logger on standard error: `RUST_LOG` when set, else `level`, capped by
 /// [`permitted`]. Lines are written by a thread of their own; keep the guard until the process
 /// is done: dropping it writes what is still queued. `None` when a logger was already started
-/// (tests), which keeps the first one.
+/// (tests) or its thread could not start (then lines go to standard error from the worker).
 #[must_use = "dropping the guard stops the log writer"]
-pub fn init(format: LogFormat, level: &str) -> Option<WorkerGuard> {
+pub fn init(format: LogFormat, level: &str) -> Option<WriterGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(QUEUED_LINES)
-        .thread_name("log writer")
-        .finish(std::io::stderr());
-    let dropped = writer.error_counter();
-    if subscriber(format, filter, writer, ansi).try_init().is_err() {
+    let (queue, guard) = match lines::start(std::io::stderr(), QUEUED_LINES) {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = subscriber(format, filter, std::io::stderr, ansi).try_init();
+            tracing::error!(error = %e, "cannot start the log writer thread; writing from workers");
+            return None;
+        }
+    };
+    if subscriber(format, filter, queue.clone(), ansi)
+        .try_init()
+        .is_err()
+    {
         return None;
     }
-    let _ = DROPPED.set(dropped);
+    let _ = QUEUE.set(queue);
     tracing::debug!(
         "debug logging on for tenant-proxy's own targets; other crates log `info` and above only"
     );
@@ -92,9 +100,7 @@ pub fn init(format: LogFormat, level: &str) -> Option<WorkerGuard> {
 
 /// Lines dropped because the writer thread was behind (0 before the logger starts).
 pub fn dropped_lines() -> u64 {
-    DROPPED
-        .get()
-        .map_or(0, |c| u64::try_from(c.dropped_lines()).unwrap_or(u64::MAX))
+    QUEUE.get().map_or(0, lines::LineQueue::dropped)
 }
 
 /// The subscriber [`init`] installs, writing to `writer`.

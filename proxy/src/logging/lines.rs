@@ -1,0 +1,252 @@
+//! The process log's writer thread.
+//!
+//! Workers hand each formatted line to a bounded queue and go on; a thread of its own writes
+//! them. It wakes for a batch's first line, then lingers so that the lines of a busy proxy go
+//! out in one write per batch. Waking the writer and writing each line on its own cost a worker
+//! a futex wake-up and a context switch per request, more than formatting the line did.
+//!
+//! A full queue drops the line and counts it: the audit log, not this one, is the record of
+//! every decision, and a worker never waits for the log.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// How long the writer waits after a batch's first line for more. Bounds how late a line is
+/// written, and how many wake-ups and writes a busy proxy's log costs (at most one per LINGER).
+const LINGER: Duration = Duration::from_millis(20);
+
+/// Bytes gathered before they are written, however many lines are still queued.
+const MAX_WRITE: usize = 256 * 1024;
+
+/// How often an idle writer looks at the stop flag.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// How long stopping waits for the queued lines to be written (a log pipe nobody reads would
+/// otherwise hold the process's exit forever).
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Where formatted lines are queued: the `MakeWriter` of the log's formatting layer.
+#[derive(Debug, Clone)]
+pub struct LineQueue {
+    tx: SyncSender<Vec<u8>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Keeps the writer thread; dropping it writes what is queued (waiting up to [`STOP_WAIT`]),
+/// then stops the thread.
+#[derive(Debug)]
+#[must_use = "dropping the guard stops the log writer"]
+pub struct WriterGuard {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts the thread writing lines, as queued (at most `capacity` waiting), to `out`.
+pub fn start<W: Write + Send + 'static>(
+    out: W,
+    capacity: usize,
+) -> io::Result<(LineQueue, WriterGuard)> {
+    let (tx, rx) = mpsc::sync_channel(capacity);
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = std::thread::Builder::new()
+        .name("log writer".into())
+        .spawn({
+            let stop = stop.clone();
+            move || write_lines(&rx, out, &stop)
+        })?;
+    let queue = LineQueue {
+        tx,
+        dropped: Arc::default(),
+    };
+    let guard = WriterGuard {
+        stop,
+        thread: Some(thread),
+    };
+    Ok((queue, guard))
+}
+
+impl LineQueue {
+    /// Lines dropped because the queue was full (or the writer gone).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// One line on its way to the queue (the formatting layer writes each line in one call).
+#[derive(Debug)]
+pub struct LineWriter<'q>(&'q LineQueue);
+
+impl Write for LineWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.0.tx.try_send(buf.to_vec()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.0.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'q> MakeWriter<'q> for LineQueue {
+    type Writer = LineWriter<'q>;
+
+    fn make_writer(&'q self) -> LineWriter<'q> {
+        LineWriter(self)
+    }
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + STOP_WAIT;
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_lines<W: Write>(rx: &Receiver<Vec<u8>>, mut out: W, stop: &AtomicBool) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    loop {
+        // The stop flag is read before the queue is drained, so nothing queued before the
+        // guard was dropped is left behind.
+        let stopping = stop.load(Ordering::Acquire);
+        match rx.recv_timeout(IDLE_CHECK) {
+            Ok(first) => {
+                batch.extend_from_slice(&first);
+                if !stopping {
+                    std::thread::sleep(LINGER);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if stopping => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+            // Every sender is gone only if the logger itself is: nothing more can come.
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while let Ok(line) = rx.try_recv() {
+            batch.extend_from_slice(&line);
+            if batch.len() >= MAX_WRITE {
+                // A log that cannot be written (a closed pipe) is not a reason to stop serving.
+                let _ = out.write_all(&batch);
+                batch.clear();
+            }
+        }
+        let _ = out.write_all(&batch).and_then(|()| out.flush());
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Sink {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        writes: Arc<AtomicU64>,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.bytes.lock().unwrap().extend_from_slice(buf);
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn line(queue: &LineQueue, text: &str) {
+        queue.make_writer().write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_burst_of_lines_is_written_in_order_in_few_writes() {
+        let sink = Sink::default();
+        let (queue, guard) = start(sink.clone(), 1024).unwrap();
+        for i in 0..500 {
+            line(&queue, &format!("line {i}\n"));
+        }
+        drop(guard);
+        let text = String::from_utf8(sink.bytes.lock().unwrap().clone()).unwrap();
+        let want: String = (0..500).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(text, want);
+        // The first line wakes the writer, which lingers: not one write per line.
+        let writes = sink.writes.load(Ordering::Relaxed);
+        assert!(writes <= 10, "{writes} writes for 500 lines");
+        assert_eq!(queue.dropped(), 0);
+    }
+
+    #[test]
+    fn a_line_alone_is_written_without_waiting_for_more() {
+        let sink = Sink::default();
+        let (queue, _guard) = start(sink.clone(), 16).unwrap();
+        line(&queue, "lonely\n");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sink.bytes.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(sink.bytes.lock().unwrap().as_slice(), b"lonely\n");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_lines_instead_of_waiting() {
+        // A writer that says when it is writing, then blocks until released: the queue fills
+        // behind it.
+        struct Stuck {
+            writing: mpsc::Sender<()>,
+            gate: Arc<Mutex<()>>,
+            sink: Sink,
+        }
+        impl Write for Stuck {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let _ = self.writing.send(());
+                let _held = self.gate.lock().unwrap();
+                self.sink.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let gate = Arc::new(Mutex::new(()));
+        let sink = Sink::default();
+        let (writing, is_writing) = mpsc::channel();
+        let closed = gate.lock().unwrap();
+        let stuck = Stuck {
+            writing,
+            gate: gate.clone(),
+            sink: sink.clone(),
+        };
+        let (queue, guard) = start(stuck, 4).unwrap();
+        line(&queue, "first\n");
+        is_writing.recv().unwrap();
+        for i in 0..20 {
+            line(&queue, &format!("queued {i}\n"));
+        }
+        assert_eq!(queue.dropped(), 16, "4 queued, the rest dropped");
+        drop(closed);
+        drop(guard);
+        let text = String::from_utf8(sink.bytes.lock().unwrap().clone()).unwrap();
+        assert_eq!(text, "first\nqueued 0\nqueued 1\nqueued 2\nqueued 3\n");
+    }
+}
