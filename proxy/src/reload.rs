@@ -23,9 +23,20 @@ pub fn spawn(handle: Arc<SnapshotHandle>) {
         .into_iter()
         .map(|p| Target::new(&p))
         .collect();
-    let mut paths: Vec<PathBuf> = targets.iter().map(|t| t.watch.clone()).collect();
-    paths.sort();
-    paths.dedup();
+    // A directory read by the snapshot (policies) is watched with everything under it; a
+    // file's directory only for its own entries. Watching a file's directory recursively woke
+    // the watcher for every write under it: the audit trail and the process log often live
+    // beside the tenant file, and each of their writes cost the watcher thread a wake-up.
+    let mut watches: Vec<(PathBuf, RecursiveMode)> = targets
+        .iter()
+        .map(|t| (t.watch.clone(), t.mode()))
+        .collect();
+    // Recursive first, so that a directory wanted both ways is watched recursively once.
+    watches.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then((a.1 == RecursiveMode::NonRecursive).cmp(&(b.1 == RecursiveMode::NonRecursive)))
+    });
+    watches.dedup_by(|later, first| later.0 == first.0);
 
     let watch_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -37,8 +48,8 @@ pub fn spawn(handle: Arc<SnapshotHandle>) {
     });
     let watcher = match watcher {
         Ok(mut w) => {
-            for p in &paths {
-                if let Err(e) = w.watch(p, RecursiveMode::Recursive) {
+            for (p, mode) in &watches {
+                if let Err(e) = w.watch(p, *mode) {
                     tracing::warn!(path = %p.display(), error = %e, "cannot watch for changes; SIGHUP still reloads");
                 }
             }
@@ -127,8 +138,19 @@ impl Target {
         }
     }
 
+    /// How `watch` is watched: a directory the snapshot reads with all beneath it, a file's
+    /// directory for its own entries only.
+    fn mode(&self) -> RecursiveMode {
+        if self.watch == self.path {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        }
+    }
+
     fn concerns(&self, changed: &Path) -> bool {
-        changed.starts_with(&self.path) || (self.whole_dir && changed.starts_with(&self.watch))
+        changed.starts_with(&self.path)
+            || (self.whole_dir && changed.parent() == Some(self.watch.as_path()))
     }
 }
 
@@ -178,5 +200,26 @@ mod tests {
         let linked = [Target::new(&root.join("linked.toml"))];
         assert!(concerns(&[root.join("..data")], &linked));
         assert_eq!(linked[0].watch, root);
+        // ... but not what is written below it (an audit trail beside a ConfigMap's file).
+        assert!(!concerns(
+            &[root.join("audit/acme/2026/12/03.jsonl")],
+            &linked
+        ));
+    }
+
+    #[test]
+    fn a_files_directory_is_watched_for_its_own_entries_a_policy_directory_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("tenants.toml"), "").unwrap();
+        std::fs::create_dir_all(root.join("policies")).unwrap();
+        assert_eq!(
+            Target::new(&root.join("tenants.toml")).mode(),
+            RecursiveMode::NonRecursive
+        );
+        assert_eq!(
+            Target::new(&root.join("policies")).mode(),
+            RecursiveMode::Recursive
+        );
     }
 }
