@@ -29,7 +29,7 @@ use tenant_proxy_loadtest::{mock, tls};
 use tunnel::{Hosts, Tunnels};
 
 /// Every row `run` knows, in the order they are measured.
-const ROWS: [&str; 18] = [
+const ROWS: [&str; 19] = [
     "direct",
     BARE_PINGORA,
     "nginx",
@@ -41,6 +41,7 @@ const ROWS: [&str; 18] = [
     "route+limits(memory)",
     "route+limits(memory)+noisy-neighbour",
     REFUSED_ROW,
+    REFUSED_BUDGET_ROW,
     "route+limits(redis)",
     REDIS_CLUSTER_ROW,
     TUNNEL_KEEP_ALIVE,
@@ -55,10 +56,16 @@ const ROWS: [&str; 18] = [
 /// per-request log line costs.
 const ROUTE_AT_WARN: &str = "route(log=warn)";
 
-/// Requests refused for rate only: the limits row's request sent as globex, whose tiny ceilings
-/// refuse nearly every one (429; the few it admits are served), so its CPU per request is what
-/// a flooding tenant costs the proxy per refused request, to set beside an allowed one's.
+/// Requests refused for rate: the limits row's request sent as globex, whose ceiling of 10 a
+/// second refuses nearly every one (429 `rate_limited`; the few it admits are served), so its
+/// CPU per request is what a flooding tenant costs the proxy per refused request, to set beside
+/// an allowed one's.
 const REFUSED_ROW: &str = "refused(rate)";
+
+/// The same request from a globex whose daily cost ceiling is spent (429 `budget_exhausted`):
+/// such a refusal comes from the full admission, as what a request will cost is known only
+/// once its body is decoded.
+const REFUSED_BUDGET_ROW: &str = "refused(budget)";
 
 /// The limits row against a three-master Redis Cluster ([`redis_cluster`]).
 const REDIS_CLUSTER_ROW: &str = "route+limits(redis-cluster)";
@@ -153,7 +160,8 @@ enum Cmd {
         /// Run only these rows (comma-separated: direct, bare-pingora, nginx, haproxy, squid
         /// (each when installed: loadtest/install-peers.sh), forward, route, route(log=warn),
         /// route+limits(memory),
-        /// route+limits(memory)+noisy-neighbour, refused(rate), route+limits(redis), tunnel(intercept),
+        /// route+limits(memory)+noisy-neighbour, refused(rate), refused(budget), route+limits(redis),
+        /// tunnel(intercept),
         /// new-tunnel(cached-leaf), new-tunnel(resumed), new-tunnel(cached-leaf+new-upstream),
         /// new-tunnel(fresh-leaf); the redis row needs `redis-server` on PATH). Default: all.
         #[arg(long, value_delimiter = ',', value_parser = parse_row)]
@@ -928,14 +936,32 @@ fn acme_limits(tenants: &mut TenantFile) {
     });
 }
 
-/// The noisy neighbour's ceilings: so small that nearly every one of its requests is refused.
+/// The noisy neighbour's ceilings: so small that nearly every one of its requests is refused
+/// for rate.
 fn neighbour_limits(tenants: &mut TenantFile) {
     tenants.tenant("globex").limits = Some(Ceilings {
         requests_per_second: Some(10),
         concurrency: Some(2),
+        ..Ceilings::default()
+    });
+}
+
+/// globex for [`REFUSED_BUDGET_ROW`]: a daily cost ceiling its first few requests spend, and no
+/// rate ceiling, so that what refuses the rest is the spent budget.
+fn spent_budget_limits(tenants: &mut TenantFile) {
+    tenants.tenant("globex").limits = Some(Ceilings {
         cost_per_day_micros: Some(1000),
         ..Ceilings::default()
     });
+}
+
+/// The refusal code a refused row's requests must get (most of them: a few are admitted).
+fn refused_row_code(row: &str) -> Option<&'static str> {
+    match row {
+        REFUSED_ROW => Some("rate_limited"),
+        REFUSED_BUDGET_ROW => Some("budget_exhausted"),
+        _ => None,
+    }
 }
 
 /// The price table for the cost ceilings (integer micro-units per million tokens).
@@ -1545,6 +1571,17 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             ca_init: None,
         });
     }
+    if wanted(REFUSED_BUDGET_ROW) {
+        let (config, mut tenants) = repo_config();
+        acme_limits(&mut tenants);
+        groups.push(Group {
+            dir: "memory-budget",
+            rows: vec![REFUSED_BUDGET_ROW],
+            config,
+            tenants,
+            ca_init: None,
+        });
+    }
     let dir = tempfile::tempdir()?;
     let redis = if wanted("route+limits(redis)") {
         if which("redis-server") {
@@ -1618,7 +1655,11 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     };
     // Every group has the noisy neighbour's tiny ceilings (only the noisy rows send its traffic).
     for g in &mut groups {
-        neighbour_limits(&mut g.tenants);
+        if g.rows == [REFUSED_BUDGET_ROW] {
+            spent_budget_limits(&mut g.tenants);
+        } else {
+            neighbour_limits(&mut g.tenants);
+        }
     }
     // Resolve the binary before measuring anything, so a missing build fails in a second.
     let bin = match (&args.proxy_bin, groups.is_empty()) {
@@ -1778,7 +1819,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
                 } else {
                     chat_request("/openai/v1/chat/completions", &proxy_host)
                 };
-                let load = if *row == REFUSED_ROW {
+                let load = if refused_row_code(row).is_some() {
                     let neighbour = SocketAddr::from(([127, 0, 0, 1], proxy.neighbour_port));
                     let raw = chat_request(
                         "/openai/v1/chat/completions",
@@ -1810,6 +1851,21 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
                     })
                 });
                 let measured = measure(row, &load, &args, Some(&mut proxy), None).await;
+                if let Some(code) = refused_row_code(row) {
+                    // The row measures one kind of refusal: check that it is what refused.
+                    let globex = ["decision=\"deny\"", "tenant=\"globex\""];
+                    let label = format!("code=\"{code}\"");
+                    let metric = "tenant_proxy_requests_total";
+                    let all = metric_sum(&proxy, metric, &globex).await.unwrap_or(0);
+                    let want = metric_sum(&proxy, metric, &[globex[0], globex[1], &label])
+                        .await
+                        .unwrap_or(0);
+                    if all == 0 || want * 10 < all * 9 {
+                        failures.push(format!(
+                            "row `{row}`: {want} of globex's {all} refusals were `{code}`"
+                        ));
+                    }
+                }
                 if let Some(noise) = noise {
                     noise.abort();
                     // An aborted run reports nothing; the refusals are visible in the proxy's
