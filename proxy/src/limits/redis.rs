@@ -19,6 +19,7 @@ use super::{
 use super::{LimiterUnavailable, RunEnd, RunRegistry};
 use crate::ids::TenantId;
 use crate::metrics::METRICS;
+use crate::redis_conn::local::{answer_within, LocalConns};
 use crate::redis_conn::{one_slot, AsyncConn, RedisEndpoint};
 
 const ADMIT: &str = r#"
@@ -217,7 +218,11 @@ pub struct RedisSettings {
 /// Redis-backed counters.
 #[derive(Debug)]
 pub struct RedisBackend {
+    /// The connection made (and remade) by the backend's own thread: readiness, the revocation
+    /// list, and calls from a runtime whose own connection is not made yet.
     conn: Arc<ArcSwapOption<AsyncConn>>,
+    /// A connection per calling runtime thread, so a call does not cross threads.
+    local: Arc<LocalConns>,
     admit_script: redis::Script,
     settle_script: redis::Script,
     read_script: redis::Script,
@@ -296,6 +301,7 @@ impl RedisBackend {
             .map_err(|e| e.to_string())?;
         Ok(Self {
             conn,
+            local: Arc::default(),
             admit_script: redis::Script::new(ADMIT),
             settle_script: redis::Script::new(SETTLE),
             read_script: redis::Script::new(READ),
@@ -312,26 +318,37 @@ impl RedisBackend {
         self.revocations.clone()
     }
 
-    /// Runs one script invocation, time-boxed. `keys` are the invocation's keys, which must
-    /// share one hash tag (one Cluster slot).
+    /// The connection a call from this thread uses: its runtime's own once made, the shared one
+    /// until then. `None` while the backend has not reached Redis yet.
+    fn conn_here(&self) -> Option<AsyncConn> {
+        // Only once the shared connection is up (the backend is ready) are local ones made.
+        let shared = self.conn.load_full()?;
+        let connect_timeout = self.settings.timeout.max(Duration::from_secs(2));
+        Some(
+            self.local
+                .here(&self.settings.endpoint, connect_timeout)
+                .unwrap_or_else(|| (*shared).clone()),
+        )
+    }
+
+    /// Runs one script invocation, time-boxed (see [`answer_within`]). The invocation's keys
+    /// must share one hash tag (one Cluster slot).
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, LimiterUnavailable> {
-        let conn = self
-            .conn
-            .load_full()
+        let mut conn = self
+            .conn_here()
             .ok_or_else(|| LimiterUnavailable("not connected".into()))?;
-        let mut conn = (*conn).clone();
-        match tokio::time::timeout(
+        match answer_within(
             self.settings.timeout,
             invocation.invoke_async::<T>(&mut conn),
         )
         .await
         {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(LimiterUnavailable(e.to_string())),
-            Err(_) => Err(LimiterUnavailable(format!(
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(LimiterUnavailable(e.to_string())),
+            None => Err(LimiterUnavailable(format!(
                 "no answer within {:?}",
                 self.settings.timeout
             ))),
@@ -522,16 +539,15 @@ impl RunRegistry for RedisBackend {
     }
 
     async fn count_refusal(&self, tenant: &TenantId, run: &str) {
-        let Some(conn) = self.conn.load_full() else {
+        let Some(mut conn) = self.conn_here() else {
             return;
         };
-        let mut conn = (*conn).clone();
         let mut cmd = redis::cmd("HINCRBY");
         cmd.arg(run_life_key(tenant, run)).arg("refusals").arg(1);
         let count = cmd.query_async::<i64>(&mut conn);
         if !matches!(
-            tokio::time::timeout(self.settings.timeout, count).await,
-            Ok(Ok(_))
+            answer_within(self.settings.timeout, count).await,
+            Some(Ok(_))
         ) {
             METRICS.limiter_errors.inc();
         }
