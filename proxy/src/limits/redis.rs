@@ -189,6 +189,27 @@ redis.call('HSET', KEYS[1], 'summarized', now)
 return {1, tonumber(v[1] or -1), tonumber(v[5] or exp), tonumber(v[3] or 0), tonumber(v[4] or 0)}
 "#;
 
+/// Every script the backend runs.
+const SCRIPTS: [&str; 5] = [ADMIT, SETTLE, READ, SIGHT_RUN, END_RUN];
+
+/// Loads the scripts into Redis (every master of a cluster) before the backend reports ready.
+/// Without this, a burst of first requests each meet `NOSCRIPT` and send the script's source
+/// and their call again: three round trips each, at the moment the proxy is busiest. A failure
+/// only logs: a call still loads its script when Redis answers `NOSCRIPT` (after a restart too).
+async fn load_scripts(conn: &AsyncConn, timeout: Duration) {
+    for source in SCRIPTS {
+        let mut conn = conn.clone();
+        let script = redis::Script::new(source);
+        if !matches!(
+            tokio::time::timeout(timeout, script.load_async(&mut conn)).await,
+            Ok(Ok(_))
+        ) {
+            tracing::warn!("cannot load the limiter's scripts into redis yet; calls load them");
+            return;
+        }
+    }
+}
+
 /// What to do when Redis cannot be reached (`[limiter] on_unavailable`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -286,6 +307,7 @@ impl RedisBackend {
                                 if let Err(e) = first_read.refresh(&m, read_timeout).await {
                                     tracing::warn!(error = %e, "cannot read the shared revocation list");
                                 }
+                                load_scripts(&m, read_timeout).await;
                                 slot.store(Some(Arc::new(m)));
                                 tracing::info!("limiter connected to redis");
                                 std::future::pending::<()>().await;
