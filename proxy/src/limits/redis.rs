@@ -340,16 +340,18 @@ impl RedisBackend {
         self.revocations.clone()
     }
 
-    /// The connection a call from this thread uses: its runtime's own once made, the shared one
-    /// until then. `None` while the backend has not reached Redis yet.
-    fn conn_here(&self) -> Option<AsyncConn> {
+    /// The connection a call from this thread uses, and which it is (for the error a call that
+    /// fails logs): its runtime's own once made, the shared one until then. `None` while the
+    /// backend has not reached Redis yet.
+    fn conn_here(&self) -> Option<(AsyncConn, &'static str)> {
         // Only once the shared connection is up (the backend is ready) are local ones made.
         let shared = self.conn.load_full()?;
         let connect_timeout = self.settings.timeout.max(Duration::from_secs(2));
         Some(
-            self.local
-                .here(&self.settings.endpoint, connect_timeout)
-                .unwrap_or_else(|| (*shared).clone()),
+            match self.local.here(&self.settings.endpoint, connect_timeout) {
+                Some(conn) => (conn, "this runtime's connection"),
+                None => ((*shared).clone(), "the shared connection"),
+            },
         )
     }
 
@@ -359,7 +361,7 @@ impl RedisBackend {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, LimiterUnavailable> {
-        let mut conn = self
+        let (mut conn, which) = self
             .conn_here()
             .ok_or_else(|| LimiterUnavailable("not connected".into()))?;
         match answer_within(
@@ -369,9 +371,9 @@ impl RedisBackend {
         .await
         {
             Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(LimiterUnavailable(e.to_string())),
+            Some(Err(e)) => Err(LimiterUnavailable(format!("{e} ({which})"))),
             None => Err(LimiterUnavailable(format!(
-                "no answer within {:?}",
+                "no answer within {:?} ({which})",
                 self.settings.timeout
             ))),
         }
@@ -561,7 +563,7 @@ impl RunRegistry for RedisBackend {
     }
 
     async fn count_refusal(&self, tenant: &TenantId, run: &str) {
-        let Some(mut conn) = self.conn_here() else {
+        let Some((mut conn, _)) = self.conn_here() else {
             return;
         };
         let mut cmd = redis::cmd("HINCRBY");

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::thread::ThreadId;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -28,29 +28,45 @@ use super::{AsyncConn, RedisEndpoint};
 /// [`answer_within`]).
 pub const GRACE_TURNS: usize = 8;
 
-/// Runs `call` for at most `budget`, then for at most [`GRACE_TURNS`] turns of the current
-/// runtime; `None` when it has not finished by then.
+/// A turn of the runtime (or a timer's wake-up after its deadline) at least this long means the
+/// runtime had a backlog of its own (see [`answer_within`]); an idle runtime's timers wake within
+/// their millisecond tick.
+pub const BACKLOG: Duration = Duration::from_millis(2);
+
+/// Runs `call` for at most `budget`, then, when the caller's own runtime was what held it up,
+/// for at most one more `budget`; `None` when it has not finished by then.
 ///
-/// Why the turns: when the driver of the call's connection runs on the caller's own runtime, a
-/// worker busy with other tasks can reach the deadline with Redis's answer already in the
-/// socket and the driver not yet polled to read it. `tokio::task::yield_now` puts the caller
-/// back behind every task that is ready and behind a poll of the runtime's I/O driver, so each
-/// turn lets the connection's driver read what has arrived and hand it over; the call is polled
-/// again after each. The deadline then measures Redis's slowness rather than the worker's
-/// backlog. A Redis that is stopped or unreachable still fails the call at once (its error), and
-/// a Redis that hangs fails it after `budget` plus a few scheduler turns (microseconds on an
-/// idle worker).
+/// Why: when the driver of the call's connection runs on the caller's own runtime, a worker
+/// busy with other tasks (a burst of new connections, the other threads of a loaded machine)
+/// can reach the deadline with Redis's answer already in the socket, or with the request not
+/// yet written, because the driver has not been polled. The deadline must measure Redis, not
+/// that backlog. So at the deadline the call is given [`GRACE_TURNS`] turns of the runtime:
+/// `tokio::task::yield_now` puts the caller behind every task that is ready and behind a poll
+/// of the I/O driver, so the connection's driver reads what has arrived and hands it over (the
+/// call is polled again after each turn). If the runtime was behind (the caller woke at least
+/// [`BACKLOG`] after its deadline, or a turn took that long), the call then waits once more,
+/// up to `budget` counted from the moment the runtime caught up. An idle runtime's turns take microseconds, so a Redis that
+/// hangs fails the call after `budget` and a few turns; on a starved one, after at most about
+/// twice `budget`. A Redis that is stopped or unreachable fails the call at once (its error).
 pub async fn answer_within<F: Future>(budget: Duration, call: F) -> Option<F::Output> {
     let mut call = std::pin::pin!(call);
+    let deadline = Instant::now() + budget;
     if let Ok(answer) = tokio::time::timeout(budget, call.as_mut()).await {
         return Some(answer);
     }
+    // Woken late: the runtime was behind at the deadline.
+    let mut behind = deadline.elapsed() >= BACKLOG;
     for _ in 0..GRACE_TURNS {
+        let turn = Instant::now();
         tokio::task::yield_now().await;
+        behind |= turn.elapsed() >= BACKLOG;
         let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
         if let Poll::Ready(answer) = polled {
             return Some(answer);
         }
+    }
+    if behind {
+        return tokio::time::timeout(budget, call).await.ok();
     }
     None
 }
@@ -151,7 +167,6 @@ impl LocalConns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     /// A worker that was busy past the caller's deadline, with the "driver" (here a task whose
     /// timer fired during the stall, just after the caller's) not yet polled: the answer is
@@ -186,6 +201,33 @@ mod tests {
         // The case the turns are for: without them, the same stall reads as a timeout.
         let answer = stalled_answer(|rx| tokio::time::timeout(Duration::from_millis(20), rx)).await;
         assert!(answer.is_err(), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_worker_gives_the_call_one_more_budget() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            // Answers 40 ms after the stall ends: past the deadline and the turns.
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            let _ = tx.send(7);
+        });
+        tokio::spawn(async {
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(80));
+        });
+        let answer = answer_within(Duration::from_millis(50), rx).await;
+        assert_eq!(answer.map(Result::ok), Some(Some(7)));
+    }
+
+    #[tokio::test]
+    async fn an_answer_long_after_the_budget_is_not_waited_for() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = tx.send(7);
+        });
+        let answer = answer_within(Duration::from_millis(30), rx).await;
+        assert!(answer.is_none(), "{answer:?}");
     }
 
     #[tokio::test]
