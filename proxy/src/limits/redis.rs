@@ -19,6 +19,7 @@ use super::{
 use super::{LimiterUnavailable, RunEnd, RunRegistry};
 use crate::ids::TenantId;
 use crate::metrics::METRICS;
+use crate::redis_conn::local::{answer_within, LocalConns};
 use crate::redis_conn::{one_slot, AsyncConn, RedisEndpoint};
 
 const ADMIT: &str = r#"
@@ -188,6 +189,27 @@ redis.call('HSET', KEYS[1], 'summarized', now)
 return {1, tonumber(v[1] or -1), tonumber(v[5] or exp), tonumber(v[3] or 0), tonumber(v[4] or 0)}
 "#;
 
+/// Every script the backend runs.
+const SCRIPTS: [&str; 5] = [ADMIT, SETTLE, READ, SIGHT_RUN, END_RUN];
+
+/// Loads the scripts into Redis (every master of a cluster) before the backend reports ready.
+/// Without this, a burst of first requests each meet `NOSCRIPT` and send the script's source
+/// and their call again: three round trips each, at the moment the proxy is busiest. A failure
+/// only logs: a call still loads its script when Redis answers `NOSCRIPT` (after a restart too).
+async fn load_scripts(conn: &AsyncConn, timeout: Duration) {
+    for source in SCRIPTS {
+        let mut conn = conn.clone();
+        let script = redis::Script::new(source);
+        if !matches!(
+            tokio::time::timeout(timeout, script.load_async(&mut conn)).await,
+            Ok(Ok(_))
+        ) {
+            tracing::warn!("cannot load the limiter's scripts into redis yet; calls load them");
+            return;
+        }
+    }
+}
+
 /// What to do when Redis cannot be reached (`[limiter] on_unavailable`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -217,7 +239,11 @@ pub struct RedisSettings {
 /// Redis-backed counters.
 #[derive(Debug)]
 pub struct RedisBackend {
+    /// The connection made (and remade) by the backend's own thread: readiness, the revocation
+    /// list, and calls from a runtime whose own connection is not made yet.
     conn: Arc<ArcSwapOption<AsyncConn>>,
+    /// A connection per calling runtime thread, so a call does not cross threads.
+    local: Arc<LocalConns>,
     admit_script: redis::Script,
     settle_script: redis::Script,
     read_script: redis::Script,
@@ -281,6 +307,7 @@ impl RedisBackend {
                                 if let Err(e) = first_read.refresh(&m, read_timeout).await {
                                     tracing::warn!(error = %e, "cannot read the shared revocation list");
                                 }
+                                load_scripts(&m, read_timeout).await;
                                 slot.store(Some(Arc::new(m)));
                                 tracing::info!("limiter connected to redis");
                                 std::future::pending::<()>().await;
@@ -296,6 +323,7 @@ impl RedisBackend {
             .map_err(|e| e.to_string())?;
         Ok(Self {
             conn,
+            local: Arc::default(),
             admit_script: redis::Script::new(ADMIT),
             settle_script: redis::Script::new(SETTLE),
             read_script: redis::Script::new(READ),
@@ -312,27 +340,40 @@ impl RedisBackend {
         self.revocations.clone()
     }
 
-    /// Runs one script invocation, time-boxed. `keys` are the invocation's keys, which must
-    /// share one hash tag (one Cluster slot).
+    /// The connection a call from this thread uses, and which it is (for the error a call that
+    /// fails logs): its runtime's own once made, the shared one until then. `None` while the
+    /// backend has not reached Redis yet.
+    fn conn_here(&self) -> Option<(AsyncConn, &'static str)> {
+        // Only once the shared connection is up (the backend is ready) are local ones made.
+        let shared = self.conn.load_full()?;
+        let connect_timeout = self.settings.timeout.max(Duration::from_secs(2));
+        Some(
+            match self.local.here(&self.settings.endpoint, connect_timeout) {
+                Some(conn) => (conn, "this runtime's connection"),
+                None => ((*shared).clone(), "the shared connection"),
+            },
+        )
+    }
+
+    /// Runs one script invocation, time-boxed (see [`answer_within`]). The invocation's keys
+    /// must share one hash tag (one Cluster slot).
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, LimiterUnavailable> {
-        let conn = self
-            .conn
-            .load_full()
+        let (mut conn, which) = self
+            .conn_here()
             .ok_or_else(|| LimiterUnavailable("not connected".into()))?;
-        let mut conn = (*conn).clone();
-        match tokio::time::timeout(
+        match answer_within(
             self.settings.timeout,
             invocation.invoke_async::<T>(&mut conn),
         )
         .await
         {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(LimiterUnavailable(e.to_string())),
-            Err(_) => Err(LimiterUnavailable(format!(
-                "no answer within {:?}",
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(LimiterUnavailable(format!("{e} ({which})"))),
+            None => Err(LimiterUnavailable(format!(
+                "no answer within {:?} ({which})",
                 self.settings.timeout
             ))),
         }
@@ -522,16 +563,15 @@ impl RunRegistry for RedisBackend {
     }
 
     async fn count_refusal(&self, tenant: &TenantId, run: &str) {
-        let Some(conn) = self.conn.load_full() else {
+        let Some((mut conn, _)) = self.conn_here() else {
             return;
         };
-        let mut conn = (*conn).clone();
         let mut cmd = redis::cmd("HINCRBY");
         cmd.arg(run_life_key(tenant, run)).arg("refusals").arg(1);
         let count = cmd.query_async::<i64>(&mut conn);
         if !matches!(
-            tokio::time::timeout(self.settings.timeout, count).await,
-            Ok(Ok(_))
+            answer_within(self.settings.timeout, count).await,
+            Some(Ok(_))
         ) {
             METRICS.limiter_errors.inc();
         }

@@ -8,6 +8,7 @@
 //! the slot; [`one_slot`] is checked before each script call, so a key that would break this is
 //! refused here, not by the cluster at run time (`CROSSSLOT`).
 
+pub mod local;
 pub mod settings;
 
 use std::fmt;
