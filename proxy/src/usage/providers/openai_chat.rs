@@ -7,6 +7,13 @@
 
 use serde_json::Value;
 
+/// A chat-completions body's `stream` flag, read without the rest of the body.
+#[derive(serde::Deserialize)]
+struct StreamFlag {
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
 use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
@@ -88,6 +95,15 @@ impl Provider for OpenAiChat {
     fn request_stream_usage(&self, path: &str, body: &[u8]) -> Option<Vec<u8>> {
         if !path.ends_with("/chat/completions") {
             return None;
+        }
+        // Most calls do not stream: read just the flag (no tree of the whole body) and stop
+        // there. Only a body the typed read rejects (a duplicate `stream`, a flag that is not
+        // a bool) or one that streams goes on to the full parse below, so what is decided is
+        // exactly what the full parse would decide (its last duplicate wins, as upstream).
+        if let Ok(StreamFlag { stream }) = serde_json::from_slice::<StreamFlag>(body) {
+            if stream != Some(true) {
+                return None;
+            }
         }
         let mut v: Value = serde_json::from_slice(body).ok()?;
         let obj = v.as_object_mut()?;
@@ -264,6 +280,32 @@ pub(crate) mod tests {
         assert!(ask("/v1/responses", r#"{"stream":true}"#).is_none());
         assert!(ask("/v1/chat/completions", "not json").is_none());
         assert!(ask("/chat/completions", r#"{"stream":true}"#).is_some());
+        // What the quick read of the flag must not get wrong: the full parse decides these.
+        // SECURITY: a stream the proxy fails to ask usage for is a stream it cannot meter.
+        for streaming in [
+            r#"{"stream":false,"stream":true}"#,
+            r#"{"str\u0065am":true}"#,
+            r#"{"model":"m","messages":[{"stream":false}],"stream":true}"#,
+        ] {
+            assert!(
+                ask("/v1/chat/completions", streaming).is_some(),
+                "{streaming}"
+            );
+        }
+        for not_streaming in [
+            r#"{"stream":true,"stream":false}"#,
+            r#"{"stream":"true"}"#,
+            r#"{"stream":1}"#,
+            r#"{"stream":null}"#,
+            r#"{"messages":[{"stream":true}]}"#,
+            "[true]",
+            r#"{"stream":true} trailing"#,
+        ] {
+            assert!(
+                ask("/v1/chat/completions", not_streaming).is_none(),
+                "{not_streaming}"
+            );
+        }
         let kept = ask(
             "/v1/chat/completions",
             r#"{"stream":true,"stream_options":{"other":1}}"#,
