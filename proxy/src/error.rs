@@ -283,9 +283,10 @@ impl PolicyRefusal {
 }
 
 impl Deny {
-    /// Headers a refusal carries besides its JSON body: `Retry-After` where waiting helps (a
-    /// run's budget never comes back, so it gets none), `Proxy-Authenticate` on 407.
-    pub fn extra_headers(&self) -> Vec<(http::HeaderName, String)> {
+    /// Headers a refusal with `status` (its [`Self::describe`]'s) carries besides its JSON
+    /// body: `Retry-After` where waiting helps (a run's budget never comes back, so it gets
+    /// none), `Proxy-Authenticate` on 407.
+    pub fn extra_headers(&self, status: u16) -> Vec<(http::HeaderName, String)> {
         let mut headers = Vec::new();
         match self {
             Deny::Limited(l) => {
@@ -314,7 +315,7 @@ impl Deny {
             }
             _ => {}
         }
-        if self.describe().0 == 407 {
+        if status == 407 {
             for scheme in [
                 "Bearer realm=\"tenant-proxy\"",
                 "Basic realm=\"tenant-proxy\"",

@@ -62,6 +62,8 @@ pub struct Metrics {
     /// Process log lines dropped because the log writer was behind (copied from the writer's
     /// own count when the metrics are rendered).
     pub log_lines_dropped: IntCounter,
+    /// Refusal lines left out of the process log (one per tenant and reason per second).
+    pub log_lines_suppressed: IntCounter,
     /// Admissions decided on local counters because the shared backend was unreachable.
     pub limiter_fallback: IntCounter,
     /// 1 while admissions are decided on local counters (the last shared call failed), else 0.
@@ -265,6 +267,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tenant_proxy_log_lines_dropped_total",
             "Process log lines dropped because the log writer was behind",
         )?,
+        log_lines_suppressed: IntCounter::new(
+            "tenant_proxy_log_lines_suppressed_total",
+            "Refusal lines left out of the process log: each worker logs one per tenant and reason per second (every refusal is audited)",
+        )?,
         limiter_fallback: IntCounter::new(
             "tenant_proxy_limiter_fallback_total",
             "Admissions decided on local counters because the shared limiter was unreachable",
@@ -442,6 +448,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.llm_tokens.clone()),
         Box::new(m.limiter_errors.clone()),
         Box::new(m.log_lines_dropped.clone()),
+        Box::new(m.log_lines_suppressed.clone()),
         Box::new(m.limiter_fallback.clone()),
         Box::new(m.limiter_fallback_active.clone()),
         Box::new(m.llm_cost_micros.clone()),
@@ -523,6 +530,9 @@ impl Metrics {
         let dropped = crate::logging::dropped_lines();
         self.log_lines_dropped
             .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
+        let suppressed = crate::logging::suppressed_lines();
+        self.log_lines_suppressed
+            .inc_by(suppressed.saturating_sub(self.log_lines_suppressed.get()));
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");

@@ -83,6 +83,95 @@ fn tenant_rate_ceiling_refuses_fast_and_leaves_other_tenants_alone() {
     assert!(!metrics.contains(r#"code="rate_limited",decision="deny",tenant="globex""#));
 }
 
+/// A tenant flooding the proxy is refused for rate on every call, and every refusal is audited,
+/// but the process log (shared by every tenant) gets a sample: one line per tenant and reason per
+/// second from each worker, saying how many refusals it stands for. The rest are counted, never
+/// lost track of, and no other tenant's line is crowded out.
+#[test]
+fn a_flood_of_refusals_is_sampled_in_the_log_and_audited_in_full() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(limits(5));
+    let (acme, globex) = (token_for("acme", "bot"), token_for("globex", "agent"));
+    let flood = 300;
+    let started = Instant::now();
+    let mut refused = 0;
+    for _ in 0..5 + flood {
+        let r = forward_get(proxy.shared_port, &url(&origin, "/acme/r"), Some(&acme), "");
+        if r.status == 429 {
+            refused += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    assert_eq!(refused, flood);
+    let quiet: Vec<String> = (0..10)
+        .map(|_| {
+            let r = forward_get(
+                proxy.shared_port,
+                &url(&origin, "/globex/r"),
+                Some(&globex),
+                "",
+            );
+            assert_eq!(r.status, 200);
+            r.request_id()
+        })
+        .collect();
+
+    let records = proxy.wait_audit_records("acme", 5 + flood);
+    let audited = records
+        .iter()
+        .filter(|r| r["reason"] == "rate_limited")
+        .count();
+    assert_eq!(audited, flood, "every refusal has its record");
+    proxy.wait_audit_records("globex", 10);
+
+    let log = proxy.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(r#"tenant="acme""#) && l.contains(r#"reason="rate_limited""#))
+        .collect();
+    // The shared listener has two workers (the harness's `threads = 2`).
+    assert!(!lines.is_empty(), "the flood is in the log:\n{log}");
+    assert!(
+        lines.len() as u64 <= 2 * (seconds + 1),
+        "{} refusal lines in {seconds} s:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    let left_out = |line: &str| -> u64 {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix("suppressed="))
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let reported: u64 = lines.iter().map(|l| left_out(l)).sum();
+    let metrics = proxy.metrics();
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tenant_proxy_log_lines_suppressed_total "))
+        .expect("the suppressed-lines metric")
+        .parse()
+        .unwrap();
+    // Each refusal is either a line or counted as left out; a line reports what its worker
+    // left out before it (the last second's count waits for the next line).
+    assert_eq!(lines.len() as u64 + counted, flood as u64, "{metrics}");
+    assert!(
+        reported <= counted,
+        "{reported} reported, {counted} counted"
+    );
+    for id in &quiet {
+        assert!(
+            log.contains(id.as_str()),
+            "globex's request {id} is in the log"
+        );
+    }
+    // Allowed requests are always logged, and say nothing of suppression.
+    let allowed = log
+        .lines()
+        .filter(|l| l.contains(r#"tenant="acme""#) && l.contains(r#"reason="allowed""#))
+        .collect::<Vec<_>>();
+    assert_eq!(allowed.len(), 5, "{}", allowed.join("\n"));
+    assert!(allowed.iter().all(|l| !l.contains("suppressed")));
+}
+
 #[test]
 fn a_noisy_neighbour_saturating_its_ceilings_leaves_another_tenants_allowance_whole() {
     let origin = Origin::start();

@@ -14,9 +14,12 @@
 //! write to standard error takes a process-wide lock and blocks while the reader (a container
 //! runtime's log pipe) is behind, which would stall every request on that worker. When the queue
 //! is full a line is dropped and counted (`tenant_proxy_log_lines_dropped_total`) rather than
-//! waited for; the audit log, not this one, is the record of every decision.
+//! waited for; the audit log, not this one, is the record of every decision. Refusal lines are
+//! sampled per tenant and reason ([`throttle`]), so a flooding tenant neither pays a line per
+//! refused request nor crowds other tenants' lines out of the queue.
 
 mod lines;
+mod throttle;
 
 use std::sync::OnceLock;
 
@@ -68,6 +71,7 @@ const QUEUED_LINES: usize = 64 * 1024;
 static QUEUE: OnceLock<lines::LineQueue> = OnceLock::new();
 
 pub use lines::WriterGuard;
+pub use throttle::{refusal_line, suppressed_lines};
 
 /// Starts the logger on standard error: `RUST_LOG` when set, else `level`, capped by
 /// [`permitted`]. Lines are written by a thread of their own; keep the guard until the process

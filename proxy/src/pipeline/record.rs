@@ -167,6 +167,23 @@ impl Trail {
         self.outcome = Outcome::Refused(deny);
     }
 
+    /// Whether this request's (or tunnel's) log line is written: always when it was let
+    /// through; for a refusal, the first of its tenant and reason in this second on this worker
+    /// (see [`crate::logging::refusal_line`]). Inside, the lines left out since the previous
+    /// one, when there were any (the line's `suppressed` field).
+    fn log_line(
+        &self,
+        tenant_label: &str,
+        reason: ReasonCode,
+        now: Instant,
+    ) -> Option<Option<u64>> {
+        if matches!(self.outcome, Outcome::Forwarded) {
+            return Some(None);
+        }
+        let left_out = crate::logging::refusal_line(tenant_label, reason.as_str(), now)?;
+        Some((left_out > 0).then_some(left_out))
+    }
+
     fn decision_and_reason(&self) -> (AuditDecision, ReasonCode) {
         match &self.outcome {
             Outcome::Forwarded => (AuditDecision::Allow, ReasonCode::Allowed),
@@ -248,20 +265,23 @@ impl Trail {
             shadow.observe(tenant_label);
         }
         let dest = self.destination.as_ref();
-        tracing::info!(
-            request_id = %self.request_id,
-            tenant = tenant_label,
-            workload = self.tenant.as_ref().map(|t| t.workload.as_str()).unwrap_or("-"),
-            listener = %self.listener,
-            method = %self.method,
-            host = dest.map(|d| d.host.as_str()).unwrap_or("-"),
-            path = dest.map(|d| d.audit_path.as_str()).unwrap_or("-"),
-            decision = decision_label,
-            reason = reason.as_str(),
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
-        );
+        if let Some(suppressed) = self.log_line(tenant_label, reason, self.started + elapsed) {
+            tracing::info!(
+                request_id = %self.request_id,
+                tenant = tenant_label,
+                workload = self.tenant.as_ref().map(|t| t.workload.as_str()).unwrap_or("-"),
+                listener = %self.listener,
+                method = %self.method,
+                host = dest.map(|d| d.host.as_str()).unwrap_or("-"),
+                path = dest.map(|d| d.audit_path.as_str()).unwrap_or("-"),
+                decision = decision_label,
+                reason = reason.as_str(),
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                suppressed,
+                "request"
+            );
+        }
         let ceiling = match &self.outcome {
             Outcome::Refused(d) => d.ceiling(),
             _ => None,
@@ -321,18 +341,21 @@ impl Trail {
             .authority
             .clone()
             .map_or((None, None), |(h, p)| (Some(h), Some(p)));
-        tracing::info!(
-            request_id = %self.request_id,
-            tenant = tenant_label,
-            listener = %self.listener,
-            method = "CONNECT",
-            host = host.as_deref().unwrap_or("-"),
-            port = port.unwrap_or(0),
-            mode,
-            reason = reason.as_str(),
-            status,
-            "tunnel"
-        );
+        if let Some(suppressed) = self.log_line(tenant_label, reason, Instant::now()) {
+            tracing::info!(
+                request_id = %self.request_id,
+                tenant = tenant_label,
+                listener = %self.listener,
+                method = "CONNECT",
+                host = host.as_deref().unwrap_or("-"),
+                port = port.unwrap_or(0),
+                mode,
+                reason = reason.as_str(),
+                status,
+                suppressed,
+                "tunnel"
+            );
+        }
         let tunnel = self.tunnel_mode.map(|mode| TunnelFields {
             id: self.request_id.to_string(),
             mode: mode.as_str(),
@@ -400,7 +423,7 @@ fn refusal_parts(deny: &Deny, request_id: &str) -> (u16, Vec<(http::HeaderName, 
             request_id.to_string(),
         ),
     ];
-    headers.extend(deny.extra_headers());
+    headers.extend(deny.extra_headers(status));
     (status, headers, body)
 }
 

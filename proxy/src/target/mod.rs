@@ -354,20 +354,40 @@ fn host_header_matches(header: &[u8], host: &str, port: u16, scheme: Scheme) -> 
 /// reach a different path than the one the policy allowed.
 fn check_path(path_and_query: &str) -> Result<(), TargetError> {
     let path = path_and_query.split('?').next().unwrap_or("");
-    for segment in path.split('/') {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        if decoded == "." || decoded == ".." {
-            return Err(TargetError::Malformed(
-                "dot segments (`.` or `..`) are not allowed in the path".into(),
-            ));
-        }
+    if path.split('/').any(is_dot_segment) {
+        return Err(TargetError::Malformed(
+            "dot segments (`.` or `..`) are not allowed in the path".into(),
+        ));
     }
-    if path.contains('\\') || path.to_ascii_lowercase().contains("%2f") {
+    let bytes = path.as_bytes();
+    let encoded_slash = bytes
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'));
+    if encoded_slash || bytes.contains(&b'\\') {
         return Err(TargetError::Malformed(
             "encoded or backslash path separators are not allowed".into(),
         ));
     }
     Ok(())
+}
+
+/// Whether `segment` is `.` or `..` once decoded: one or two dots, each written as itself or
+/// as `%2e` in either case. (Read in place: this runs for every request.)
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return false,
+        };
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 /// The path with query values removed (`/v1/x?key=secret&b=1` → `/v1/x?key&b`): query strings
@@ -389,6 +409,46 @@ pub fn audit_path(path_and_query: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `check_path` decided when it decoded each segment into a new string: the reference
+    /// the in-place reading must agree with.
+    fn check_path_by_decoding(path_and_query: &str) -> bool {
+        let path = path_and_query.split('?').next().unwrap_or("");
+        let dot = path.split('/').any(|segment| {
+            let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+            decoded == "." || decoded == ".."
+        });
+        !(dot || path.contains('\\') || path.to_ascii_lowercase().contains("%2f"))
+    }
+
+    #[test]
+    fn paths_are_checked_as_decoding_each_segment_would() {
+        // Every path of up to four pieces from these, between and around slashes.
+        let pieces = [
+            "", ".", "..", "...", "%2e", "%2E", "%2e%2E", ".%2e", "%2e.", "%2", "%2f", "%2F", "%",
+            "a", "a.", "\\", "%%2e2e", "e", "2", "?x=..",
+        ];
+        let mut checked = 0;
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    for sep in ["/", ""] {
+                        let path = format!("/{a}{sep}{b}/{c}");
+                        assert_eq!(
+                            check_path(&path).is_ok(),
+                            check_path_by_decoding(&path),
+                            "{path}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 20 * 20 * 20 * 2);
+        assert!(check_path("/v1/chat/completions?x=..").is_ok());
+        assert!(check_path("/v1/%2E%2e/admin").is_err());
+        assert!(check_path("/v1/a%2Fb").is_err());
+    }
 
     #[test]
     fn captured_requests_go_to_the_original_port_under_their_host() {
