@@ -182,12 +182,16 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(25)).await;
             let _ = tx.send(7);
         });
-        // Blocks the (one) worker past both timers once the caller is waiting.
+        stall_the_worker();
+        wait(rx).await
+    }
+
+    /// Blocks the (one) worker for 80 ms once the caller is waiting.
+    fn stall_the_worker() {
         tokio::spawn(async {
             tokio::task::yield_now().await;
             std::thread::sleep(Duration::from_millis(80));
         });
-        wait(rx).await
     }
 
     #[tokio::test]
@@ -211,10 +215,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(120)).await;
             let _ = tx.send(7);
         });
-        tokio::spawn(async {
-            tokio::task::yield_now().await;
-            std::thread::sleep(Duration::from_millis(80));
-        });
+        stall_the_worker();
         let answer = answer_within(Duration::from_millis(50), rx).await;
         assert_eq!(answer.map(Result::ok), Some(Some(7)));
     }

@@ -7,15 +7,15 @@
 
 use serde_json::Value;
 
+use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use crate::usage::Usage;
+
 /// A chat-completions body's `stream` flag, read without the rest of the body.
 #[derive(serde::Deserialize)]
 struct StreamFlag {
     #[serde(default)]
     stream: Option<bool>,
 }
-
-use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
-use crate::usage::Usage;
 
 /// OpenAI chat completions (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, also
 /// under an Azure OpenAI deployment).
