@@ -76,6 +76,17 @@ impl LineQueue {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// Queues one formatted line (with its newline), or drops and counts it when the queue is
+    /// full.
+    pub fn push(&self, line: Vec<u8>) {
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// One line on its way to the queue (the formatting layer writes each line in one call).
@@ -84,12 +95,7 @@ pub struct LineWriter<'q>(&'q LineQueue);
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.tx.try_send(buf.to_vec()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.0.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.0.push(buf.to_vec());
         Ok(buf.len())
     }
 

@@ -16,9 +16,11 @@
 //! is full a line is dropped and counted (`tenant_proxy_log_lines_dropped_total`) rather than
 //! waited for; the audit log, not this one, is the record of every decision. Refusal lines are
 //! sampled per tenant and reason ([`throttle`]), so a flooding tenant neither pays a line per
-//! refused request nor crowds other tenants' lines out of the queue.
+//! refused request nor crowds other tenants' lines out of the queue. The line every request gets
+//! is formatted without `tracing`'s layer ([`request_line`]), in the layer's layout.
 
 mod lines;
+mod request_line;
 mod throttle;
 
 use std::sync::OnceLock;
@@ -71,6 +73,7 @@ const QUEUED_LINES: usize = 64 * 1024;
 static QUEUE: OnceLock<lines::LineQueue> = OnceLock::new();
 
 pub use lines::WriterGuard;
+pub use request_line::{log_request, RequestLine};
 pub use throttle::{refusal_line, suppressed_lines};
 
 /// Starts the logger on standard error: `RUST_LOG` when set, else `level`, capped by
@@ -94,6 +97,9 @@ pub fn init(format: LogFormat, level: &str) -> Option<WriterGuard> {
         .is_err()
     {
         return None;
+    }
+    if !ansi {
+        request_line::write_directly(queue.clone(), format);
     }
     let _ = QUEUE.set(queue);
     tracing::debug!(
@@ -181,8 +187,9 @@ mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
+    /// Bytes written, kept.
     #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Capture(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl Write for Capture {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -202,13 +209,13 @@ mod tests {
     }
 
     fn logged(directives: &str, emit: impl FnOnce()) -> String {
+        logged_as(LogFormat::Text, directives, emit)
+    }
+
+    /// What the layer writes while `emit` runs, in `format` under the filter `directives`.
+    pub(crate) fn logged_as(format: LogFormat, directives: &str, emit: impl FnOnce()) -> String {
         let capture = Capture::default();
-        let sub = subscriber(
-            LogFormat::Text,
-            EnvFilter::new(directives),
-            capture.clone(),
-            false,
-        );
+        let sub = subscriber(format, EnvFilter::new(directives), capture.clone(), false);
         tracing::subscriber::with_default(sub, emit);
         let bytes = capture.0.lock().expect("lock").clone();
         String::from_utf8_lossy(&bytes).into_owned()

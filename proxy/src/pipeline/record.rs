@@ -16,6 +16,7 @@ use crate::audit::{AuditDecision, AuditRecord, AuditSlot, TunnelFields};
 use crate::context::TenantContext;
 use crate::error::{error_body, Deny, ReasonCode};
 use crate::limits::Charge;
+use crate::logging::RequestLine;
 use crate::mcp::list_filter::ListFilter;
 use crate::mcp::McpExchange;
 use crate::metrics::{Metrics, METRICS};
@@ -266,21 +267,20 @@ impl Trail {
         }
         let dest = self.destination.as_ref();
         if let Some(suppressed) = self.log_line(tenant_label, reason, self.started + elapsed) {
-            tracing::info!(
-                request_id = %self.request_id,
-                tenant = tenant_label,
-                workload = self.tenant.as_ref().map(|t| t.workload.as_str()).unwrap_or("-"),
-                listener = %self.listener,
-                method = %self.method,
-                host = dest.map(|d| d.host.as_str()).unwrap_or("-"),
-                path = dest.map(|d| d.audit_path.as_str()).unwrap_or("-"),
-                decision = decision_label,
-                reason = reason.as_str(),
+            crate::logging::log_request(&RequestLine {
+                request_id: &self.request_id,
+                tenant: tenant_label,
+                workload: self.tenant.as_ref().map_or("-", |t| t.workload.as_str()),
+                listener: &self.listener,
+                method: &self.method,
+                host: dest.map_or("-", |d| d.host.as_str()),
+                path: dest.map_or("-", |d| d.audit_path.as_str()),
+                decision: decision_label,
+                reason: reason.as_str(),
                 status,
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                latency_ms: elapsed.as_secs_f64() * 1000.0,
                 suppressed,
-                "request"
-            );
+            });
         }
         let ceiling = match &self.outcome {
             Outcome::Refused(d) => d.ceiling(),

@@ -6,9 +6,11 @@
 //! - [`providers`]: one file per provider, and the registry the rest of the proxy asks;
 //! - [`sse`]: the SSE framing; a stream's events are handed to the provider's reader as JSON,
 //!   so another framing (AWS event-stream) is one more parser here, not a change to providers;
-//! - [`strip`]: takes the usage event the proxy asked for out of a stream again.
+//! - [`strip`]: takes the usage event the proxy asked for out of a stream again;
+//! - [`members`]: a JSON body parsed down to the members the readers read.
 
 pub mod eventstream;
+mod members;
 pub mod providers;
 pub mod sse;
 pub mod strip;
@@ -218,7 +220,12 @@ impl UsageMeter {
                 if *overflow {
                     return None;
                 }
-                let v: Value = serde_json::from_slice(body).ok()?;
+                let wanted = |name: &str| {
+                    let mut yes = false;
+                    each(self.provider, |p| yes |= p.usage_members().contains(&name));
+                    yes
+                };
+                let v = members::parse_members(body, &wanted)?;
                 let mut usage = None;
                 each(self.provider, |p| p.usage_from_json(&v, &mut usage));
                 usage

@@ -47,6 +47,10 @@ impl Provider for Anthropic {
         fold(body, acc);
     }
 
+    fn usage_members(&self) -> &'static [&'static str] {
+        &["message", "usage"]
+    }
+
     fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>) {
         fold(event, acc);
     }

@@ -114,6 +114,10 @@ impl Provider for Bedrock {
         fold_converse(body, acc);
     }
 
+    fn usage_members(&self) -> &'static [&'static str] {
+        &["usage"]
+    }
+
     fn also_reads(&self) -> &'static [&'static dyn Provider] {
         &[&Anthropic]
     }

@@ -75,6 +75,10 @@ impl Provider for Gemini {
         }
     }
 
+    fn usage_members(&self) -> &'static [&'static str] {
+        &["usageMetadata"]
+    }
+
     fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>) {
         fold(event, acc);
     }

@@ -78,6 +78,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// usage object is seen, even an empty one.
     fn usage_from_json(&self, body: &Value, acc: &mut Option<Usage>);
 
+    /// The members of a JSON response body's top object (of each element's, for a body that is
+    /// an array) that [`Provider::usage_from_json`] reads. The meter parses only these into
+    /// the tree it hands over and skips the rest (a completion's text, its choices), so the
+    /// reader must not look at any other member.
+    fn usage_members(&self) -> &'static [&'static str];
+
     /// Folds the usage one stream event reports into `acc`, as [`Provider::usage_from_json`].
     /// `event` is the event's JSON payload, whatever framing carried it.
     fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>);
@@ -285,14 +291,37 @@ fn percent_decoded(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// `v.pointer(path)` as a whole number.
+/// `v.pointer(path)` as a whole number, for a path of member names (no array indexes, no `~`
+/// escapes: the readers' paths are fixed), found without the two strings `Value::pointer`
+/// allocates per name.
 fn num(v: &Value, path: &str) -> Option<u64> {
-    v.pointer(path).and_then(Value::as_u64)
+    debug_assert!(path.starts_with('/') && !path.contains('~'), "{path}");
+    path.split('/')
+        .skip(1)
+        .try_fold(v, |v, name| v.get(name))
+        .and_then(Value::as_u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn num_reads_what_pointer_reads() {
+        let v = serde_json::json!({
+            "a": 1, "b": {"c": 2, "d": {"e": 3}}, "f": "4", "g": [5], "h": -1, "i": 1.5, "j": null,
+        });
+        for path in [
+            "/a", "/b/c", "/b/d/e", "/b/d", "/f", "/g", "/h", "/i", "/j", "/x", "/a/b", "/b/x/e",
+        ] {
+            assert_eq!(
+                num(&v, path),
+                v.pointer(path).and_then(Value::as_u64),
+                "{path}"
+            );
+        }
+        assert_eq!(num(&v, "/b/d/e"), Some(3));
+    }
 
     #[test]
     fn paths_are_normalized_as_servers_route_them() {

@@ -68,6 +68,10 @@ impl Provider for OpenAiChat {
         fold(body, acc);
     }
 
+    fn usage_members(&self) -> &'static [&'static str] {
+        &["usage"]
+    }
+
     fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>) {
         fold(event, acc);
     }

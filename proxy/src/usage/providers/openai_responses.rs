@@ -42,6 +42,10 @@ impl Provider for OpenAiResponses {
         fold(body, acc);
     }
 
+    fn usage_members(&self) -> &'static [&'static str] {
+        &["response", "usage"]
+    }
+
     fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>) {
         fold(event, acc);
     }

@@ -303,6 +303,9 @@ mod tests {
             &KeyPositions::NONE
         }
         fn usage_from_json(&self, _: &Value, _: &mut Option<Usage>) {}
+        fn usage_members(&self) -> &'static [&'static str] {
+            &[]
+        }
         fn usage_from_event(&self, _: &Value, _: &mut Option<Usage>) {}
         fn count_generated(&self, _: &Value, _: &mut Generated) {}
     }
