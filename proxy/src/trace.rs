@@ -64,9 +64,14 @@ fn parse_traceparent(value: &[u8]) -> Option<(String, String, u8)> {
 
 /// `n` random bytes (at most 16) as lowercase hex.
 pub fn random_hex(n: usize) -> String {
-    let value: u128 = rand::random();
-    let full = format!("{value:032x}");
-    full[..(n.min(16) * 2)].to_string()
+    // One draw of 128 bits (an array would be drawn byte by byte), its digits written into a
+    // buffer on the stack (`hex::encode` collects chars one by one, `format!` pads a u128).
+    let bytes = rand::random::<u128>().to_le_bytes();
+    let n = n.min(16);
+    let mut digits = [0u8; 32];
+    // Cannot fail: `n` bytes take `2n` digits, and hex digits are ASCII (copied as they are).
+    let _ = hex::encode_to_slice(&bytes[..n], &mut digits[..2 * n]);
+    String::from_utf8_lossy(&digits[..2 * n]).into_owned()
 }
 
 #[cfg(test)]
@@ -98,5 +103,19 @@ mod tests {
             );
             assert_eq!(t.trace_id.len(), 32);
         }
+    }
+
+    #[test]
+    fn random_ids_are_lowercase_hex_of_the_asked_length() {
+        for (n, len) in [(16, 32), (8, 16), (1, 2), (20, 32)] {
+            let id = random_hex(n);
+            assert_eq!(id.len(), len);
+            assert!(
+                id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+        }
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| random_hex(8)).collect();
+        assert_eq!(ids.len(), 1000);
     }
 }
