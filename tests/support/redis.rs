@@ -520,10 +520,18 @@ impl RedisCluster {
                     && self
                         .cli(self.nodes[0].port, &["CLUSTER", "INFO"])
                         .contains("cluster_slots_ok:16384")
-                    && self.nodes.iter().all(|n| {
-                        let info = self.cli(n.port, &["INFO", "replication"]);
-                        info.contains("role:master") || info.contains("master_link_status:up")
-                    })
+                    // Half the nodes replicate, each with its link up. A node that `--cluster
+                    // create` has not yet made a replica still says `role:master`, so asking
+                    // each node alone would pass before any replica has synced.
+                    && self
+                        .nodes
+                        .iter()
+                        .filter(|n| {
+                            let info = self.cli(n.port, &["INFO", "replication"]);
+                            info.contains("role:slave") && info.contains("master_link_status:up")
+                        })
+                        .count()
+                        == self.nodes.len() / 2
             },
         );
     }
