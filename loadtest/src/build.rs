@@ -16,13 +16,16 @@ pub fn proxy_for_tests() -> Result<PathBuf, String> {
     // At run time cargo names itself in `CARGO`; a test binary run by hand uses the cargo it was
     // built with.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("the loadtest crate has no parent directory")?;
+    // Cargo runs a test in the checkout that built it and names the test's package directory in
+    // `CARGO_MANIFEST_DIR` (any member finds the workspace). The directory compiled in is the
+    // fallback only: two checkouts sharing one target directory share this library's build
+    // too, so the compiled-in one may be another checkout's (then its sources were tested).
+    let member = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "-p", "tenant-proxy", "--bin", "tenant-proxy"])
         .args(["--message-format", "json-render-diagnostics"])
-        .current_dir(root);
+        .current_dir(&member);
     // Cargo runs a test with the variables it sets for the test crate; left in place they reach
     // the build scripts, some of which (ring's) track them, and the next ordinary `cargo build`
     // would rebuild half the dependency tree because they are gone again.
