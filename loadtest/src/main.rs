@@ -454,8 +454,11 @@ fn parse_row(s: &str) -> Result<String, String> {
     }
 }
 
+/// The workspace of the loadtest crate cargo runs (`cargo run`, `cargo test`), else the one it
+/// was compiled in.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()

@@ -40,9 +40,12 @@ pub use tenant_proxy_loadtest::ports::HeldPort;
 pub use token_endpoint::*;
 pub use tokens::*;
 
-/// The repository root (the test package's manifest directory).
+/// The repository root (the test package's manifest directory): the one cargo names when it
+/// runs the test, else the one compiled in (two checkouts sharing a target directory may share
+/// this build, and then the compiled-in one is the other checkout's).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 /// Every file under `dir`, sorted (nothing when it does not exist).
