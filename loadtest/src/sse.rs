@@ -188,14 +188,27 @@ pub async fn measure(args: &Args) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Output tokens the proxy has metered for acme so far, from its metrics.
+/// Output tokens the proxy has metered for acme so far, from its metrics, once the count holds
+/// still: a stream is metered when the proxy ends its request, just after the client has read
+/// `[DONE]`, so a read right after a run can miss its last streams (or count the warm-up's late).
 async fn metered_output_tokens(proxy: &ProxyProcess) -> Option<u64> {
-    metric_sum(
-        proxy,
-        "tenant_proxy_llm_tokens_total",
-        &["tenant=\"acme\"", "kind=\"output\""],
-    )
-    .await
+    let read = || {
+        metric_sum(
+            proxy,
+            "tenant_proxy_llm_tokens_total",
+            &["tenant=\"acme\"", "kind=\"output\""],
+        )
+    };
+    let mut last = read().await;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = read().await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
 
 /// Prints the table and the proxy-added figures; `false` when a row failed, the route's usage
