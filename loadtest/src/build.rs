@@ -10,18 +10,22 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The directory of the package cargo runs (a test, `cargo run`): `CARGO_MANIFEST_DIR` at run
+/// time, else `compiled_in` (the caller's `env!("CARGO_MANIFEST_DIR")`, for an executable run
+/// by hand). Two checkouts sharing one target directory may share one build, and then the
+/// compiled-in directory is the other checkout's.
+pub fn package_dir(compiled_in: &str) -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(compiled_in), PathBuf::from)
+}
+
 /// `cargo build -p tenant-proxy --bin tenant-proxy` in the profile of the running test
 /// executable, from the workspace root; the executable's path, from cargo's artifact messages.
 pub fn proxy_for_tests() -> Result<PathBuf, String> {
     // At run time cargo names itself in `CARGO`; a test binary run by hand uses the cargo it was
     // built with.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    // Cargo runs a test in the checkout that built it and names the test's package directory in
-    // `CARGO_MANIFEST_DIR` (any member finds the workspace). The directory compiled in is the
-    // fallback only: two checkouts sharing one target directory share this library's build
-    // too, so the compiled-in one may be another checkout's (then its sources were tested).
-    let member = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    // Any member of the workspace finds it; the running test's is this checkout's.
+    let member = package_dir(env!("CARGO_MANIFEST_DIR"));
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "-p", "tenant-proxy", "--bin", "tenant-proxy"])
         .args(["--message-format", "json-render-diagnostics"])

@@ -454,11 +454,9 @@ fn parse_row(s: &str) -> Result<String, String> {
     }
 }
 
-/// The workspace of the loadtest crate cargo runs (`cargo run`, `cargo test`), else the one it
-/// was compiled in.
+/// The workspace of the running checkout's loadtest crate (see `build::package_dir`).
 fn workspace_root() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+    tenant_proxy_loadtest::build::package_dir(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()

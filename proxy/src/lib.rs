@@ -72,6 +72,7 @@ pub mod identity;
 pub mod ids;
 pub mod limits;
 pub mod logging;
+pub mod lower_hex;
 pub mod mcp;
 pub mod metrics;
 pub mod open_files;

@@ -64,14 +64,9 @@ fn parse_traceparent(value: &[u8]) -> Option<(String, String, u8)> {
 
 /// `n` random bytes (at most 16) as lowercase hex.
 pub fn random_hex(n: usize) -> String {
-    // One draw of 128 bits (an array would be drawn byte by byte), its digits written into a
-    // buffer on the stack (`hex::encode` collects chars one by one, `format!` pads a u128).
+    // One draw of 128 bits (an array would be drawn byte by byte).
     let bytes = rand::random::<u128>().to_le_bytes();
-    let n = n.min(16);
-    let mut digits = [0u8; 32];
-    // Cannot fail: `n` bytes take `2n` digits, and hex digits are ASCII (copied as they are).
-    let _ = hex::encode_to_slice(&bytes[..n], &mut digits[..2 * n]);
-    String::from_utf8_lossy(&digits[..2 * n]).into_owned()
+    crate::lower_hex::of(&bytes[..n.min(16)])
 }
 
 #[cfg(test)]

@@ -40,12 +40,9 @@ pub use tenant_proxy_loadtest::ports::HeldPort;
 pub use token_endpoint::*;
 pub use tokens::*;
 
-/// The repository root (the test package's manifest directory): the one cargo names when it
-/// runs the test, else the one compiled in (two checkouts sharing a target directory may share
-/// this build, and then the compiled-in one is the other checkout's).
+/// The repository root (the test package's manifest directory, in the running checkout).
 pub fn repo_root() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+    tenant_proxy_loadtest::build::package_dir(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Every file under `dir`, sorted (nothing when it does not exist).

@@ -45,23 +45,12 @@ pub fn seal<R: Serialize>(record: &R, head: ChainHead) -> serde_json::Result<(Ve
         &mut line,
         &Sealed {
             seq,
-            prev: hex_of(&head.hash),
+            prev: crate::lower_hex::of(&head.hash),
             record,
         },
     )?;
     let hash = line_hash(&line);
     Ok((line, ChainHead { seq, hash }))
-}
-
-/// A hash as 64 lowercase hex digits, written by `hex` into a buffer on the stack
-/// (`hex::encode` collects an iterator of chars into a string, a few times slower; this runs
-/// for every record and request body).
-pub fn hex_of(hash: &[u8; 32]) -> String {
-    let mut digits = [0u8; 64];
-    // Cannot fail: 32 bytes always take 64 digits, and hex digits are ASCII (so the lossy
-    // conversion below copies them as they are).
-    let _ = hex::encode_to_slice(hash, &mut digits);
-    String::from_utf8_lossy(&digits).into_owned()
 }
 
 /// SHA-256 of a line's bytes (without the newline).
@@ -110,12 +99,6 @@ pub(crate) mod tests {
     use super::*;
     use crate::audit::{AuditDecision, AuditRecord};
     use crate::reason::ReasonCode;
-
-    #[test]
-    fn hex_of_is_hex_encode() {
-        let hash: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37));
-        assert_eq!(hex_of(&hash), hex::encode(hash));
-    }
 
     /// A minimal record of `tenant`, for chain and verify tests.
     pub(crate) fn record(tenant: &str, time: &str) -> AuditRecord {

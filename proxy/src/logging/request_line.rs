@@ -63,9 +63,7 @@ fn log_request_to(direct: Option<&(LineQueue, LogFormat)>, line: &RequestLine<'_
     let Some((queue, format)) = direct else {
         return through_layer(line);
     };
-    let mut out = Vec::with_capacity(384);
-    format_line(&mut out, *format, &Timestamp::now(), line);
-    queue.push(out);
+    queue.push(format_line(*format, &Timestamp::now(), line));
 }
 
 /// The same line, through `tracing`.
@@ -95,9 +93,7 @@ impl Timestamp {
     fn now() -> Self {
         Self(time::OffsetDateTime::now_utc())
     }
-}
 
-impl Timestamp {
     /// Appends `2026-12-03T16:05:41.115557Z` to `s`, digit by digit (the formatting machinery
     /// took a tenth of the line's cost for seven padded numbers).
     fn push_to(&self, s: &mut String) {
@@ -134,6 +130,12 @@ impl std::fmt::Display for Timestamp {
     }
 }
 
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Appends `value` as `{:?}` writes it: quoted, with quotes, backslashes and whatever is not
 /// printable escaped (so a path cannot forge a line). Printable ASCII other than those two is
 /// written as it is by `Debug`, so such a string (nearly every one) is copied directly.
@@ -150,14 +152,11 @@ fn push_quoted(s: &mut String, value: &str) {
     }
 }
 
-impl Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+/// Bytes a line usually takes, reserved once.
+const LINE: usize = 384;
 
-/// Appends the line, with its newline, to `out`.
-fn format_line(out: &mut Vec<u8>, format: LogFormat, at: &Timestamp, l: &RequestLine<'_>) {
+/// The line, with its newline.
+fn format_line(format: LogFormat, at: &Timestamp, l: &RequestLine<'_>) -> Vec<u8> {
     match format {
         LogFormat::Json => {
             /// The layer's JSON line with flattened fields: time, level, message, the fields
@@ -178,12 +177,15 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, at: &Timestamp, l: &Request
                 fields: l,
                 target: TARGET,
             };
+            let mut out = Vec::with_capacity(LINE);
             // Writing to a `Vec` cannot fail, nor can serializing strings and numbers.
-            let _ = serde_json::to_writer(&mut *out, &json);
+            let _ = serde_json::to_writer(&mut out, &json);
+            out.push(b'\n');
+            out
         }
         LogFormat::Text => {
             // `Display` fields bare, string fields `Debug`-quoted, as the layer writes them.
-            let mut s = String::with_capacity(384);
+            let mut s = String::with_capacity(LINE);
             at.push_to(&mut s);
             s.push_str("  INFO ");
             s.push_str(TARGET);
@@ -211,10 +213,10 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, at: &Timestamp, l: &Request
             if let Some(n) = l.suppressed {
                 let _ = write!(s, " suppressed={n}");
             }
-            out.extend_from_slice(s.as_bytes());
+            s.push('\n');
+            s.into_bytes()
         }
     }
-    out.push(b'\n');
 }
 
 #[cfg(test)]
@@ -269,8 +271,7 @@ mod tests {
                 for suppressed in [None, Some(7)] {
                     let l = line(path, suppressed);
                     let by_layer = logged_as(format, "info", || through_layer(&l));
-                    let mut here = Vec::new();
-                    format_line(&mut here, format, &Timestamp::now(), &l);
+                    let here = format_line(format, &Timestamp::now(), &l);
                     let here = String::from_utf8(here).expect("utf-8");
                     assert_eq!(here.matches('\n').count(), 1, "{here}");
                     assert!(here.ends_with('\n'));

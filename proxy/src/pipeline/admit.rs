@@ -456,9 +456,7 @@ async fn admit_http(
         trail.model = read.llm.model;
         grant.max_output_tokens = read.llm.max_output_tokens;
         grant.body_decoded = read.decoded;
-        trail.body_sha256 = Some(crate::audit::chain::hex_of(
-            &Sha256::digest(&read.body).into(),
-        ));
+        trail.body_sha256 = Some(crate::lower_hex::of(&Sha256::digest(&read.body)));
         trail.bytes_in = read.body.len() as u64;
         grant.body = Some(BufferedBody(read.body));
     }
