@@ -447,16 +447,18 @@ fn stop(kind: &'static str, why: &'static str) -> Box<Error> {
 
 #[async_trait]
 impl ProxyHttp for TenantProxy {
-    type CTX = RequestCtx;
+    // Boxed so that pingora's per-request future, which holds the context across every await
+    // and is itself boxed and moved once per request, stays small.
+    type CTX = Box<RequestCtx>;
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.name.clone())
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::new(RequestCtx::new(self.name.clone()))
     }
 
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        _ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         // The front hands pingora one checked request at a time and reads the next head itself
         // (pipelined requests wait there, not in pingora). pingora only needs to know the
@@ -480,7 +482,7 @@ impl ProxyHttp for TenantProxy {
     async fn request_filter(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<bool> {
         match self.admit(session, ctx).await {
             Ok(()) => Ok(false),
@@ -494,7 +496,7 @@ impl ProxyHttp for TenantProxy {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<Box<HttpPeer>> {
         // SECURITY: no proof of authorization, no upstream.
         let Some(admitted) = ctx.admitted.as_ref() else {
@@ -530,7 +532,7 @@ impl ProxyHttp for TenantProxy {
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         ctx.trail.upstream.0 = Some(Instant::now());
         Ok(())
@@ -540,7 +542,7 @@ impl ProxyHttp for TenantProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
+        _ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Fail fast: a refused or timed-out connect is reported, not retried in a loop.
@@ -552,7 +554,7 @@ impl ProxyHttp for TenantProxy {
         &self,
         _session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         let Some((admitted, grant)) = ctx.http() else {
             return Err(Error::explain(
@@ -571,7 +573,7 @@ impl ProxyHttp for TenantProxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         // The body was read in full before the decision; pingora passes only its retry-buffer
         // tail here. Hand over the whole body (again, on a retry).
@@ -585,7 +587,7 @@ impl ProxyHttp for TenantProxy {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         ctx.trail.upstream.1 = Some(Instant::now());
         let had_length = upstream_response
@@ -642,14 +644,14 @@ impl ProxyHttp for TenantProxy {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<Option<std::time::Duration>> {
         let RequestCtx {
             admitted,
             trail,
             stages,
             cut_event,
-        } = ctx;
+        } = &mut **ctx;
         let method = &session.req_header().method;
         let server = trail.mcp.as_ref().map(|m| m.server.clone());
         let mut allowed = |item, name: &str| {
@@ -690,7 +692,7 @@ impl ProxyHttp for TenantProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy {
         // A cut response whose header never left (pingora may hold the header with the first
         // body chunks) is refused whole below instead.
@@ -738,7 +740,7 @@ impl ProxyHttp for TenantProxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         if ctx.trail.outcome == Outcome::Pending {
             // SECURITY: only a forward whose upstream answer arrived is recorded as allowed; a
             // request that ended any other way after admission is recorded with what ended it,
@@ -785,7 +787,7 @@ impl ProxyHttp for TenantProxy {
             .await;
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, e: &Error) -> bool {
         // SECURITY: pingora's line prints the error's context, which holds raw upstream bytes
         // (an echoed `Authorization`); ours names what failed and nothing else.
         crate::logging::proxy_failure(e, ctx.request_id(), ctx.trail.tenant_label(), false);
@@ -795,7 +797,7 @@ impl ProxyHttp for TenantProxy {
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,
-        ctx: &RequestCtx,
+        ctx: &Self::CTX,
         e: &Error,
         _context: pingora::proxy::ProxyWarnLogContext,
     ) -> bool {
@@ -803,7 +805,7 @@ impl ProxyHttp for TenantProxy {
         true
     }
 
-    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+    fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
         // pingora's default summary includes the full URL, whose query may carry secrets.
         let dest = ctx.trail.destination.as_ref();
         format!(
