@@ -459,6 +459,34 @@ impl RedisCluster {
         None
     }
 
+    /// Waits until the master serving `key`'s slot has a replica whose link is up and which is
+    /// not in the middle of a full sync; the master's port. A failover loses only the writes that
+    /// replica lags by; a replica still loading its master's data (after a spurious failover of
+    /// a stalled node, say) would lose everything, which no ceiling bound covers.
+    pub fn wait_replica_in_sync(&self, key: &str, within: Duration) -> u16 {
+        let mut master = 0;
+        wait_for(within, "the serving master's replica to be in sync", || {
+            // None while a failover is under way.
+            let Some(serving) = self.serving_master(key) else {
+                return false;
+            };
+            master = serving;
+            let id = self.cli(master, &["CLUSTER", "MYID"]).trim().to_string();
+            self.command(&["CLUSTER", "NODES"]).lines().any(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 4 || !f[2].contains("slave") || f[2].contains("fail") || f[3] != id {
+                    return false;
+                }
+                let Some(port) = f[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()) else {
+                    return false;
+                };
+                let info = self.cli(port, &["INFO", "replication"]);
+                info.contains("master_link_status:up") && info.contains("master_sync_in_progress:0")
+            })
+        });
+        master
+    }
+
     /// Kills (SIGKILL, as a crash) the master serving `key`'s slot; its port.
     pub fn stop_master_of(&mut self, key: &str) -> u16 {
         let port = self.master_of(key);
