@@ -459,8 +459,8 @@ impl RedisCluster {
         None
     }
 
-    /// Waits until the master serving `key`'s slot has a replica whose link is up and which is
-    /// not in the middle of a full sync; the master's port. A failover loses only the writes that
+    /// Waits until the master serving `key`'s slot has a replica that has caught up with it (link
+    /// up, no full sync under way, every write applied); the master's port. A failover loses only the writes that
     /// replica lags by; a replica still loading its master's data (after a spurious failover of
     /// a stalled node, say) would lose everything, which no ceiling bound covers.
     pub fn wait_replica_in_sync(&self, key: &str, within: Duration) -> u16 {
@@ -480,8 +480,15 @@ impl RedisCluster {
                 let Some(port) = f[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()) else {
                     return false;
                 };
+                // Caught up: the replica has applied everything the master had written when
+                // asked first. A link that is up can still lag, and a resumed old master
+                // first runs the writes queued while it stalled, then resyncs.
+                let written = repl_offset(&self.cli(master, &["INFO", "replication"]));
                 let info = self.cli(port, &["INFO", "replication"]);
-                info.contains("master_link_status:up") && info.contains("master_sync_in_progress:0")
+                info.contains("master_link_status:up")
+                    && info.contains("master_sync_in_progress:0")
+                    && written.is_some()
+                    && repl_offset(&info) >= written
             })
         });
         master
@@ -577,6 +584,13 @@ impl Drop for RedisCluster {
 }
 
 /// Polls `done` every 50 ms until it holds; panics naming `what` after `within`.
+/// `master_repl_offset` from `INFO replication` (on a replica: how far it has applied).
+fn repl_offset(info: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn wait_for(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
