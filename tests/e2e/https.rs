@@ -391,10 +391,12 @@ fn http2_inside_an_intercepted_tunnel_runs_the_same_pipeline() {
         .1
         .clone();
     let proxy_url = format!("http://127.0.0.1:{}", h.proxy.sidecar_port);
-    let run = |path: &str| {
+    let run_as = |method: &str, path: &str| {
         let out = std::process::Command::new("curl")
             .args([
                 "-sS",
+                "-X",
+                method,
                 "--max-time",
                 "20",
                 "--http2",
@@ -415,6 +417,7 @@ fn http2_inside_an_intercepted_tunnel_runs_the_same_pipeline() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
     };
+    let run = |path: &str| run_as("GET", path);
     let out = run("/v1/models");
     assert!(out.contains("version=2"), "{out}");
     assert!(
@@ -431,6 +434,12 @@ fn http2_inside_an_intercepted_tunnel_runs_the_same_pipeline() {
     let out = run("/forbidden/x");
     assert!(
         out.contains("HTTP/2 403") && out.contains("policy_denied"),
+        "{out}"
+    );
+    // `:method` is case-sensitive in HTTP/2 as well: a lower-case one is refused, not decided.
+    let out = run_as("delete", "/v1/models");
+    assert!(
+        out.contains("HTTP/2 400") && out.contains("bad_request"),
         "{out}"
     );
     let recs = h.proxy.wait_audit_records("acme", 4);

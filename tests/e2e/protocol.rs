@@ -193,6 +193,14 @@ fn cases(aim: &Aim) -> Vec<Case> {
             "bad_request",
             true,
         ),
+        // Methods are case-sensitive; an upstream that upper-cases them would run another.
+        case(
+            "a method in lower case",
+            format!("delete {} HTTP/1.1\r\nHost: {h}\r\n{x}\r\n", aim.target("/acme/proto-lower")).into_bytes(),
+            400,
+            "bad_request",
+            false,
+        ),
         case("120 header fields", many_headers.into_bytes(), 431, "too_many_headers", true),
         case(
             "Connection: Host",

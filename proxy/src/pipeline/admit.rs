@@ -853,6 +853,16 @@ fn http_destination(
     if req.method == http::Method::CONNECT {
         return Err(Deny::ConnectUnsupported);
     }
+    // SECURITY: methods are case-sensitive, and an upstream that upper-cases the method it gets
+    // (Werkzeug, hence Flask tool servers, does) would run `DELETE` for `delete`, which a policy
+    // written against "DELETE" never matched. Every registered method is upper case.
+    if !is_canonical_method(req.method.as_str()) {
+        return Err(Deny::BadRequest(
+            "the method has characters other than upper-case letters, digits, `-` and `_` \
+             (methods are case-sensitive; send it in upper case)"
+                .into(),
+        ));
+    }
     if header_bytes(req) > config.limits.max_header_bytes {
         return Err(Deny::HeadersTooLarge);
     }
@@ -893,6 +903,18 @@ fn http_destination(
         (None, Some(original)) => crate::target::captured(req.raw_path(), host, original)?,
         (None, None) => crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
     })
+}
+
+/// Whether `method` is spelled the way every registered method is: upper-case letters, digits,
+/// `-` and `_`, starting with a letter.
+fn is_canonical_method(method: &str) -> bool {
+    method
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_uppercase)
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 #[allow(clippy::too_many_arguments)] // the chain's state, passed down once

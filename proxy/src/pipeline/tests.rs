@@ -351,6 +351,38 @@ async fn what_is_refused_on_its_face_is_refused_before_any_name_is_resolved() {
 }
 
 #[tokio::test]
+async fn a_method_not_spelled_in_upper_case_is_refused_before_policy_and_egress() {
+    let (_dir, config, snapshot) = configured();
+    // An upstream that upper-cases methods would run what a policy on "DELETE" never saw.
+    for method in ["delete", "Get", "pOsT", "GET!", "M.SEARCH", "1GET"] {
+        let fx = Recording::new(&config, None);
+        let header = request(method, "http://api.ok.test/ok/x", &[]);
+        let (code, trail) = http(&fx, &snapshot, &header, None).await;
+        assert_eq!(code, "bad_request", "{method}");
+        assert!(trail.decision.is_none(), "{method}: decided");
+        assert!(
+            !fx.calls().contains(&"egress"),
+            "{method}: {:?}",
+            fx.calls()
+        );
+        // The record says what was sent.
+        assert_eq!(trail.method, method);
+    }
+    for method in [
+        "GET",
+        "M-SEARCH",
+        "PROPFIND",
+        "BASELINE-CONTROL",
+        "X_CUSTOM2",
+    ] {
+        let fx = Recording::new(&config, None);
+        let header = request(method, "http://api.ok.test/ok/x", &[]);
+        let (code, _) = http(&fx, &snapshot, &header, None).await;
+        assert_ne!(code, "bad_request", "{method}");
+    }
+}
+
+#[tokio::test]
 async fn an_unknown_credential_is_refused_after_policy_and_egress_but_before_limits() {
     let (_dir, config, snapshot) = configured();
     let fx = Recording::new(&config, None);
