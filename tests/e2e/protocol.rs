@@ -193,6 +193,21 @@ fn cases(aim: &Aim) -> Vec<Case> {
             "bad_request",
             true,
         ),
+        // `%66` is `f` to an upstream that decodes, but not to a policy on the path.
+        case(
+            "a percent-encoded letter in the path",
+            format!("GET {} HTTP/1.1\r\nHost: {h}\r\n{x}\r\n", aim.target("/acme/proto-%65nc")).into_bytes(),
+            400,
+            "bad_request",
+            false,
+        ),
+        case(
+            "an encoded backslash in the path",
+            format!("GET {} HTTP/1.1\r\nHost: {h}\r\n{x}\r\n", aim.target("/acme/x%5c..%5cproto-bs")).into_bytes(),
+            400,
+            "bad_request",
+            false,
+        ),
         // Methods are case-sensitive; an upstream that upper-cases them would run another.
         case(
             "a method in lower case",

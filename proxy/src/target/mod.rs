@@ -350,44 +350,66 @@ fn host_header_matches(header: &[u8], host: &str, port: u16, scheme: Scheme) -> 
     h == host && authority.port_u16().unwrap_or(scheme.default_port()) == port
 }
 
-/// Refuses dot segments (plain or percent-encoded): an upstream that normalizes them would
-/// reach a different path than the one the policy allowed.
+/// Refuses a path that an upstream could read as another than the one the policy decided on:
+/// dot segments, encoded or backslash separators, and percent-encodings that decoding changes
+/// the meaning of (a malformed one, an encoded control character, or an encoded letter, digit or
+/// `-._~`, which RFC 3986 says to send as itself: `/v1/%66iles` is `/v1/files` to the upstream
+/// but not to a policy on `"/v1/files*"`). Escapes of other characters (`%20`, `%3A`, UTF-8)
+/// pass, and the policy sees them as sent.
 fn check_path(path_and_query: &str) -> Result<(), TargetError> {
     let path = path_and_query.split('?').next().unwrap_or("");
-    if path.split('/').any(is_dot_segment) {
+    if path.split('/').any(|s| s == "." || s == "..") {
         return Err(TargetError::Malformed(
             "dot segments (`.` or `..`) are not allowed in the path".into(),
         ));
     }
     let bytes = path.as_bytes();
-    let encoded_slash = bytes
-        .windows(3)
-        .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'));
-    if encoded_slash || bytes.contains(&b'\\') {
-        return Err(TargetError::Malformed(
-            "encoded or backslash path separators are not allowed".into(),
-        ));
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => return Err(separator()),
+            b'%' => {
+                let decoded = match (bytes.get(i + 1), bytes.get(i + 2)) {
+                    (Some(&hi), Some(&lo)) => {
+                        hex_value(hi).zip(hex_value(lo)).map(|(h, l)| h << 4 | l)
+                    }
+                    _ => None,
+                };
+                let Some(decoded) = decoded else {
+                    return Err(TargetError::Malformed(
+                        "a `%` in the path that is not followed by two hex digits".into(),
+                    ));
+                };
+                match decoded {
+                    b'/' | b'\\' => return Err(separator()),
+                    b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
+                        return Err(TargetError::Malformed(
+                            "a percent-encoded letter, digit, `-`, `.`, `_` or `~` in the path: \
+                             send it as itself"
+                                .into(),
+                        ))
+                    }
+                    b if b.is_ascii_control() => {
+                        return Err(TargetError::Malformed(
+                            "a percent-encoded control character in the path".into(),
+                        ))
+                    }
+                    _ => i += 3,
+                }
+            }
+            _ => i += 1,
+        }
     }
     Ok(())
 }
 
-/// Whether `segment` is `.` or `..` once decoded: one or two dots, each written as itself or
-/// as `%2e` in either case. (Read in place: this runs for every request.)
-fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
-    let mut dots = 0;
-    while !rest.is_empty() {
-        rest = match rest {
-            [b'.', tail @ ..] => tail,
-            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
-            _ => return false,
-        };
-        dots += 1;
-        if dots > 2 {
-            return false;
-        }
-    }
-    dots > 0
+fn separator() -> TargetError {
+    TargetError::Malformed("encoded or backslash path separators are not allowed".into())
+}
+
+/// The value of one hex digit.
+fn hex_value(digit: u8) -> Option<u8> {
+    (digit as char).to_digit(16).map(|v| v as u8)
 }
 
 /// The path with query values removed (`/v1/x?key=secret&b=1` → `/v1/x?key&b`): query strings
@@ -410,15 +432,33 @@ pub fn audit_path(path_and_query: &str) -> String {
 mod tests {
     use super::*;
 
-    /// What `check_path` decided when it decoded each segment into a new string: the reference
-    /// the in-place reading must agree with.
+    /// What `check_path` decides, written as decoding the path into a new string first: the
+    /// reference the in-place reading must agree with.
     fn check_path_by_decoding(path_and_query: &str) -> bool {
         let path = path_and_query.split('?').next().unwrap_or("");
-        let dot = path.split('/').any(|segment| {
-            let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-            decoded == "." || decoded == ".."
-        });
-        !(dot || path.contains('\\') || path.to_ascii_lowercase().contains("%2f"))
+        if path.contains('\\') || path.split('/').any(|s| s == "." || s == "..") {
+            return false;
+        }
+        let mut decoded = Vec::new();
+        let mut rest = path.as_bytes();
+        while let Some((&b, tail)) = rest.split_first() {
+            if b != b'%' {
+                rest = tail;
+                continue;
+            }
+            let Some(hex) = tail
+                .get(..2)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            else {
+                return false;
+            };
+            decoded.push(u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap());
+            rest = &tail[2..];
+        }
+        let unreserved = |b: &u8| b.is_ascii_alphanumeric() || b"-._~".contains(b);
+        !decoded
+            .iter()
+            .any(|b| b"/\\".contains(b) || unreserved(b) || b.is_ascii_control())
     }
 
     #[test]
@@ -426,7 +466,8 @@ mod tests {
         // Every path of up to four pieces from these, between and around slashes.
         let pieces = [
             "", ".", "..", "...", "%2e", "%2E", "%2e%2E", ".%2e", "%2e.", "%2", "%2f", "%2F", "%",
-            "a", "a.", "\\", "%%2e2e", "e", "2", "?x=..",
+            "a", "a.", "\\", "%%2e2e", "e", "2", "?x=..", "%41", "%7e", "%5c", "%5C", "%00", "%7F",
+            "%20", "%3A", "%C3%A9", "%zz", "%+1", "%-1",
         ];
         let mut checked = 0;
         for a in pieces {
@@ -444,10 +485,27 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 20 * 20 * 20 * 2);
-        assert!(check_path("/v1/chat/completions?x=..").is_ok());
+        assert_eq!(checked, pieces.len().pow(3) * 2);
+        assert!(check_path("/v1/chat/completions?x=..&y=%zz").is_ok());
         assert!(check_path("/v1/%2E%2e/admin").is_err());
         assert!(check_path("/v1/a%2Fb").is_err());
+        // What an upstream that decodes would read differently from the policy.
+        for path in [
+            "/v1/%66iles",
+            "/v1/files%5c..%5cadmin",
+            "/v1/models%00",
+            "/v1/mod%zzels",
+            "/v1/x%",
+        ] {
+            assert!(check_path(path).is_err(), "{path}");
+        }
+        for path in [
+            "/v1/a%20b",
+            "/model/anthropic.claude-v1%3A0/invoke",
+            "/caf%C3%A9",
+        ] {
+            assert!(check_path(path).is_ok(), "{path}");
+        }
     }
 
     #[test]
