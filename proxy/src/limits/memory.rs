@@ -2,15 +2,14 @@
 //! counters for concurrency, reserved-then-settled amounts for tokens and cost. Counters of
 //! calendar windows and runs expire, so a long-lived proxy does not keep every run it ever saw.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{
     run_life_key, Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind,
-    RateHeadline, RunClaim, RunLedger, RunSighting,
+    Measure, RateHeadline, RunClaim, RunLedger, RunSighting, Scope, Window,
 };
 use super::{LimiterUnavailable, RunEnd, RunRegistry};
 use crate::ids::TenantId;
@@ -21,6 +20,78 @@ const SHARDS: usize = 64;
 const SWEEP_FLOOR: usize = 1024;
 /// How long a run's counters live after they were last reserved against, by default.
 pub const DEFAULT_RUN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A counter's identity: what its Redis key name says (scope, kind, window), not the ceiling's
+/// value, so a changed ceiling keeps what was spent. Looked up through [`CounterRef`], without
+/// formatting the name or copying the ids (a request touches several counters three times).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CounterId {
+    scope: Scope,
+    slot: Slot,
+}
+
+/// A borrowed [`CounterId`]: it hashes and compares as the owned one does.
+#[derive(Debug, Clone, Copy, Hash)]
+struct CounterRef<'a> {
+    scope: &'a Scope,
+    slot: Slot,
+}
+
+impl hashbrown::Equivalent<CounterId> for CounterRef<'_> {
+    fn equivalent(&self, key: &CounterId) -> bool {
+        *self.scope == key.scope && self.slot == key.slot
+    }
+}
+
+impl CounterRef<'_> {
+    fn owned(self) -> CounterId {
+        CounterId {
+            scope: self.scope.clone(),
+            slot: self.slot,
+        }
+    }
+}
+
+/// Which of a scope's counters: the part of the key name after the scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Slot {
+    RatePerSecond,
+    RatePerMinute,
+    Concurrency,
+    TokensPerMinute,
+    RunQuota(Measure),
+    /// The day's or month's `Period::id`.
+    DayQuota(Measure, u32),
+    MonthQuota(Measure, u32),
+    Start,
+}
+
+/// The counter `key` names (as its `Display` name does).
+fn counter_of(key: &LimitKey) -> CounterRef<'_> {
+    let slot = match key.kind {
+        LimitKind::Rate { period_secs: 1, .. } => Slot::RatePerSecond,
+        LimitKind::Rate { .. } => Slot::RatePerMinute,
+        LimitKind::Concurrency { .. } => Slot::Concurrency,
+        LimitKind::TokensPerMinute { .. } => Slot::TokensPerMinute,
+        LimitKind::Quota {
+            measure, window, ..
+        } => match window {
+            Window::Run => Slot::RunQuota(measure),
+            Window::Day(p) => Slot::DayQuota(measure, p.id),
+            Window::Month(p) => Slot::MonthQuota(measure, p.id),
+        },
+        LimitKind::WallTime { .. } => Slot::Start,
+    };
+    CounterRef {
+        scope: &key.scope,
+        slot,
+    }
+}
+
+/// Counters by identity. foldhash, seeded per map: every part of an identity is a tenant,
+/// workload or signed run id, none of which a caller picks freely, and SipHash over an id's
+/// many small fields cost more than the formatting it replaced.
+type Counters = hashbrown::HashMap<CounterId, State>;
 
 #[derive(Debug)]
 enum State {
@@ -49,7 +120,7 @@ impl State {
 
 #[derive(Debug, Default)]
 struct Shard {
-    counters: HashMap<String, State>,
+    counters: Counters,
     sweep_at: usize,
 }
 
@@ -87,10 +158,11 @@ impl Default for MemoryBackend {
     }
 }
 
-fn shard_of(name: &str) -> usize {
-    let mut h = DefaultHasher::new();
-    name.hash(&mut h);
-    (h.finish() as usize) % SHARDS
+/// The shard of a counter: foldhash with a seed fixed for the process (shards only spread
+/// lock contention).
+fn shard_of(counter: CounterRef<'_>) -> usize {
+    static SEED: std::sync::OnceLock<hashbrown::DefaultHashBuilder> = std::sync::OnceLock::new();
+    (SEED.get_or_init(Default::default).hash_one(counter) as usize) % SHARDS
 }
 
 /// GCRA parameters in nanoseconds: emission interval and tolerance.
@@ -233,8 +305,8 @@ impl LimitBackend for MemoryBackend {
             else {
                 continue;
             };
-            let name = key.to_string();
-            let tat = match self.lock(shard_of(&name)).counters.get(&name) {
+            let counter = counter_of(key);
+            let tat = match self.lock(shard_of(counter)).counters.get(&counter) {
                 Some(State::Rate { tat }) => *tat,
                 _ => continue,
             };
@@ -258,9 +330,9 @@ impl LimitBackend for MemoryBackend {
         Ok(keys
             .iter()
             .map(|key| {
-                let name = key.to_string();
-                let shard = self.lock(shard_of(&name));
-                match shard.counters.get(&name) {
+                let counter = counter_of(key);
+                let shard = self.lock(shard_of(counter));
+                match shard.counters.get(&counter) {
                     Some(State::Concurrency { in_flight }) => u64::from(*in_flight),
                     Some(State::PerMinute { window: w, used }) if *w == window => *used,
                     Some(s @ State::Quota { used, .. }) if !s.expired(now_ms) => *used,
@@ -315,9 +387,9 @@ impl MemoryBackend {
     ) -> Result<Admission, LimitDeny> {
         let now = self.mono_nanos();
         let minute = now / 60_000_000_000;
-        let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        let counters: Vec<CounterRef<'_>> = keys.iter().map(counter_of).collect();
         // Lock the shards involved in index order (no deadlock), decide, then commit.
-        let mut shard_ids: Vec<usize> = names.iter().map(|n| shard_of(n)).collect();
+        let mut shard_ids: Vec<usize> = counters.iter().map(|c| shard_of(*c)).collect();
         shard_ids.sort_unstable();
         shard_ids.dedup();
         let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = shard_ids
@@ -330,12 +402,12 @@ impl MemoryBackend {
             LimitDeny::for_key(key, now_ms.div_euclid(1000), estimate)
         };
         for (i, key) in keys.iter().enumerate() {
-            let name = &names[i];
-            let id = shard_of(name);
+            let counter = counters[i];
+            let id = shard_of(counter);
             let Some((_, shard)) = guards.iter().find(|(s, _)| *s == id) else {
                 continue;
             };
-            let current = shard.counters.get(name).filter(|s| !s.expired(now_ms));
+            let current = shard.counters.get(&counter).filter(|s| !s.expired(now_ms));
             match key.kind {
                 LimitKind::Rate {
                     per_period,
@@ -439,9 +511,15 @@ impl MemoryBackend {
             }
         }
         for (i, state) in updates {
-            let id = shard_of(&names[i]);
+            let counter = counters[i];
+            let id = shard_of(counter);
             if let Some((_, shard)) = guards.iter_mut().find(|(s, _)| *s == id) {
-                shard.counters.insert(names[i].clone(), state);
+                match shard.counters.get_mut(&counter) {
+                    Some(held) => *held = state,
+                    None => {
+                        shard.counters.insert(counter.owned(), state);
+                    }
+                }
                 if shard.counters.len() >= shard.sweep_at.max(SWEEP_FLOOR) {
                     shard.counters.retain(|_, s| !s.expired(now_ms));
                     shard.sweep_at = shard.counters.len() * 2;
@@ -459,14 +537,14 @@ impl MemoryBackend {
             let Some(measure) = m.key.kind.measure() else {
                 continue;
             };
-            let name = m.key.to_string();
-            let mut shard = self.lock(shard_of(&name));
+            let counter = counter_of(&m.key);
+            let mut shard = self.lock(shard_of(counter));
             let settle = |u: &mut u64| {
                 *u = u
                     .saturating_add(used.of(measure))
                     .saturating_sub(m.reserved);
             };
-            match shard.counters.get_mut(&name) {
+            match shard.counters.get_mut(&counter) {
                 Some(State::PerMinute { window, used: u }) if *window == m.window => settle(u),
                 Some(State::Quota { used: u, .. }) => settle(u),
                 _ => {}
@@ -477,9 +555,9 @@ impl MemoryBackend {
     /// Gives back concurrency slots.
     pub fn release_now(&self, leases: &[LimitKey]) {
         for key in leases {
-            let name = key.to_string();
-            let mut shard = self.lock(shard_of(&name));
-            if let Some(State::Concurrency { in_flight }) = shard.counters.get_mut(&name) {
+            let counter = counter_of(key);
+            let mut shard = self.lock(shard_of(counter));
+            if let Some(State::Concurrency { in_flight }) = shard.counters.get_mut(&counter) {
                 *in_flight = in_flight.saturating_sub(1);
             }
         }
@@ -703,6 +781,60 @@ mod tests {
         assert_eq!(acme[0].to_string(), "tp:{acme}:rate_s");
         let read = futures_read(&m, &globex);
         assert_eq!(read, vec![0, 100]);
+    }
+
+    /// A counter is found by the identity its key name spells (two keys share a counter exactly
+    /// when they share a name), through a borrowed key that hashes as the owned one; the
+    /// ceiling's value is not part of it.
+    #[test]
+    fn counters_are_identified_as_their_key_names_are() {
+        use hashbrown::Equivalent;
+        let every = Ceilings {
+            requests_per_second: Some(5),
+            requests_per_minute: Some(50),
+            concurrency: Some(2),
+            tokens_per_minute: Some(1_000),
+            cost_per_day_micros: Some(10),
+            cost_per_month_micros: Some(100),
+            ..Default::default()
+        };
+        let mut all = keys("acme", &every, CallKind::Llm);
+        all.extend(keys("acme", &every, CallKind::Tool));
+        all.extend(keys("globex", &every, CallKind::Llm));
+        assert!(all.len() > 8, "{all:?}");
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        for a in &all {
+            let counter = counter_of(a);
+            assert_eq!(
+                hasher.hash_one(counter),
+                hasher.hash_one(counter.owned()),
+                "{a}"
+            );
+            for b in &all {
+                assert_eq!(
+                    counter.equivalent(&counter_of(b).owned()),
+                    a.to_string() == b.to_string(),
+                    "{a} against {b}"
+                );
+            }
+        }
+        // A changed ceiling is the same counter.
+        let tighter = Ceilings {
+            requests_per_second: Some(1),
+            requests_per_minute: Some(7),
+            concurrency: Some(1),
+            tokens_per_minute: Some(3),
+            cost_per_day_micros: Some(1),
+            cost_per_month_micros: Some(2),
+            ..Default::default()
+        };
+        let mut counters = Counters::default();
+        for key in &all {
+            counters.insert(counter_of(key).owned(), State::Concurrency { in_flight: 0 });
+        }
+        for key in keys("acme", &tighter, CallKind::Llm) {
+            assert!(counters.get(&counter_of(&key)).is_some(), "{key}");
+        }
     }
 
     fn futures_read(m: &MemoryBackend, keys: &[LimitKey]) -> Vec<u64> {
