@@ -354,8 +354,8 @@ fn host_header_matches(header: &[u8], host: &str, port: u16, scheme: Scheme) -> 
 /// dot segments, encoded or backslash separators, and percent-encodings that decoding changes
 /// the meaning of (a malformed one, an encoded control character, or an encoded letter, digit or
 /// `-._~`, which RFC 3986 says to send as itself: `/v1/%66iles` is `/v1/files` to the upstream
-/// but not to a policy on `"/v1/files*"`). Escapes of other characters (`%20`, `%3A`, UTF-8)
-/// pass, and the policy sees them as sent.
+/// but not to a policy on `"/v1/files*"`, or an escape in lower case). Escapes of other
+/// characters in upper case (`%20`, `%3A`, UTF-8) pass, and the policy sees them as sent.
 fn check_path(path_and_query: &str) -> Result<(), TargetError> {
     let path = path_and_query.split('?').next().unwrap_or("");
     if path.split('/').any(|s| s == "." || s == "..") {
@@ -392,6 +392,13 @@ fn check_path(path_and_query: &str) -> Result<(), TargetError> {
             Some(b) if b.is_ascii_control() => {
                 return Err(TargetError::Malformed(
                     "a percent-encoded control character in the path".into(),
+                ))
+            }
+            // One spelling per escape (RFC 3986's upper case), so `%3a` cannot pass a policy
+            // written against `%3A` that the upstream reads the same.
+            Some(_) if bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase) => {
+                return Err(TargetError::Malformed(
+                    "a percent-encoding in lower case in the path: write `%3A`, not `%3a`".into(),
                 ))
             }
             Some(_) => i += 3,
@@ -449,6 +456,9 @@ mod tests {
             else {
                 return false;
             };
+            if hex.iter().any(u8::is_ascii_lowercase) {
+                return false;
+            }
             decoded.push(u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap());
             rest = &tail[2..];
         }
@@ -464,7 +474,7 @@ mod tests {
         let pieces = [
             "", ".", "..", "...", "%2e", "%2E", "%2e%2E", ".%2e", "%2e.", "%2", "%2f", "%2F", "%",
             "a", "a.", "\\", "%%2e2e", "e", "2", "?x=..", "%41", "%7e", "%5c", "%5C", "%00", "%7F",
-            "%20", "%3A", "%C3%A9", "%zz", "%+1", "%-1",
+            "%20", "%3A", "%C3%A9", "%zz", "%+1", "%-1", "%3a", "%c3%A9",
         ];
         let mut checked = 0;
         for a in pieces {
@@ -493,6 +503,7 @@ mod tests {
             "/v1/models%00",
             "/v1/mod%zzels",
             "/v1/x%",
+            "/model/a%3a0",
         ] {
             assert!(check_path(path).is_err(), "{path}");
         }
