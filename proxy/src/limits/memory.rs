@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     run_life_key, Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind,
-    Measure, RateHeadline, RunClaim, RunLedger, RunSighting, Scope, Window,
+    RateHeadline, RunClaim, RunLedger, RunSighting, Scope, Slot,
 };
 use super::{LimiterUnavailable, RunEnd, RunRegistry};
 use crate::ids::TenantId;
@@ -52,39 +52,11 @@ impl CounterRef<'_> {
     }
 }
 
-/// Which of a scope's counters: the part of the key name after the scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Slot {
-    RatePerSecond,
-    RatePerMinute,
-    Concurrency,
-    TokensPerMinute,
-    RunQuota(Measure),
-    /// The day's or month's `Period::id`.
-    DayQuota(Measure, u32),
-    MonthQuota(Measure, u32),
-    Start,
-}
-
 /// The counter `key` names (as its `Display` name does).
 fn counter_of(key: &LimitKey) -> CounterRef<'_> {
-    let slot = match key.kind {
-        LimitKind::Rate { period_secs: 1, .. } => Slot::RatePerSecond,
-        LimitKind::Rate { .. } => Slot::RatePerMinute,
-        LimitKind::Concurrency { .. } => Slot::Concurrency,
-        LimitKind::TokensPerMinute { .. } => Slot::TokensPerMinute,
-        LimitKind::Quota {
-            measure, window, ..
-        } => match window {
-            Window::Run => Slot::RunQuota(measure),
-            Window::Day(p) => Slot::DayQuota(measure, p.id),
-            Window::Month(p) => Slot::MonthQuota(measure, p.id),
-        },
-        LimitKind::WallTime { .. } => Slot::Start,
-    };
     CounterRef {
         scope: &key.scope,
-        slot,
+        slot: key.slot(),
     }
 }
 

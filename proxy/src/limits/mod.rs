@@ -131,28 +131,60 @@ pub struct LimitKey {
     pub kind: LimitKind,
 }
 
+impl LimitKey {
+    /// Which of its scope's counters the key names: its identity without the ceiling's value,
+    /// so changing a ceiling keeps what was spent. The Redis name and the in-memory counter are
+    /// both this.
+    pub fn slot(&self) -> Slot {
+        match self.kind {
+            LimitKind::Rate { period_secs: 1, .. } => Slot::RatePerSecond,
+            LimitKind::Rate { .. } => Slot::RatePerMinute,
+            LimitKind::Concurrency { .. } => Slot::Concurrency,
+            LimitKind::TokensPerMinute { .. } => Slot::TokensPerMinute,
+            LimitKind::Quota {
+                measure, window, ..
+            } => match window {
+                Window::Run => Slot::RunQuota(measure),
+                Window::Day(p) => Slot::DayQuota(measure, p.id),
+                Window::Month(p) => Slot::MonthQuota(measure, p.id),
+            },
+            LimitKind::WallTime { .. } => Slot::Start,
+        }
+    }
+}
+
+/// Which of a scope's counters a key names (see [`LimitKey::slot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Slot {
+    RatePerSecond,
+    RatePerMinute,
+    Concurrency,
+    TokensPerMinute,
+    RunQuota(Measure),
+    /// The day's `Period::id`.
+    DayQuota(Measure, u32),
+    /// The month's `Period::id`.
+    MonthQuota(Measure, u32),
+    Start,
+}
+
 impl fmt::Display for LimitKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The Redis key: the tenant as a hash tag so one tenant's keys share a Cluster slot. The
-        // ceiling's value is not part of it, so changing a ceiling keeps what was spent.
+        // The Redis key: the tenant as a hash tag so one tenant's keys share a Cluster slot.
         match &self.scope {
             Scope::Tenant(t) => write!(f, "tp:{{{t}}}:")?,
             Scope::Workload(t, w) => write!(f, "tp:{{{t}}}:w:{w}:")?,
             Scope::Run(t, r) => write!(f, "tp:{{{t}}}:run:{r}:")?,
         }
-        match &self.kind {
-            LimitKind::Rate { period_secs: 1, .. } => f.write_str("rate_s"),
-            LimitKind::Rate { .. } => f.write_str("rate_m"),
-            LimitKind::Concurrency { .. } => f.write_str("conc"),
-            LimitKind::TokensPerMinute { .. } => f.write_str("tpm"),
-            LimitKind::Quota {
-                measure, window, ..
-            } => match window {
-                Window::Run => f.write_str(measure.as_str()),
-                Window::Day(p) => write!(f, "{}:d{}", measure.as_str(), p.id),
-                Window::Month(p) => write!(f, "{}:m{}", measure.as_str(), p.id),
-            },
-            LimitKind::WallTime { .. } => f.write_str("start"),
+        match self.slot() {
+            Slot::RatePerSecond => f.write_str("rate_s"),
+            Slot::RatePerMinute => f.write_str("rate_m"),
+            Slot::Concurrency => f.write_str("conc"),
+            Slot::TokensPerMinute => f.write_str("tpm"),
+            Slot::RunQuota(measure) => f.write_str(measure.as_str()),
+            Slot::DayQuota(measure, id) => write!(f, "{}:d{id}", measure.as_str()),
+            Slot::MonthQuota(measure, id) => write!(f, "{}:m{id}", measure.as_str()),
+            Slot::Start => f.write_str("start"),
         }
     }
 }
