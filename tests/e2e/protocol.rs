@@ -417,6 +417,26 @@ fn absolute_form_targets_must_agree_with_host_and_name_it() {
         body["error"]["message"].as_str().unwrap().contains("Host"),
         "{body}"
     );
+    // A name with an empty label names no host; read with one dot stripped it would be checked
+    // as one host (`localhost`) and connected to as another (`localhost.`).
+    for host in ["localhost..", "local..host", ".localhost"] {
+        let url = format!("http://{host}:{}/acme/proto-dots", origin.port);
+        let r = raw_request(
+            proxy.sidecar_port,
+            &format!("GET {url} HTTP/1.1\r\nHost: {host}:{}\r\n\r\n", origin.port),
+        )
+        .unwrap();
+        let body = r.assert_refused(400, "bad_request");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("empty label"),
+            "{host}: {body}"
+        );
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(rec["reason"], "bad_request", "{host}");
+    }
     assert_nothing_smuggled(&origin);
 }
 

@@ -320,6 +320,10 @@ fn route(target: &str, routes: &[Route]) -> Result<Destination, TargetError> {
 }
 
 /// Lowercase host without brackets or trailing dot, as destinations and policies name it.
+///
+/// A name with an empty label (`a..b`, `.a`, or `a..` with two trailing dots) is refused: it
+/// names no host in DNS, and stripping one dot more or less is how two readers (this one and a
+/// policy, a credential binding or a resolver) would come to disagree on which host it means.
 pub fn normalize_host(host: &str) -> Result<String, TargetError> {
     let host = host
         .trim_start_matches('[')
@@ -329,6 +333,11 @@ pub fn normalize_host(host: &str) -> Result<String, TargetError> {
     if host.is_empty() {
         return Err(TargetError::Malformed(
             "the request target has an empty host".into(),
+        ));
+    }
+    if host.starts_with('.') || host.ends_with('.') || host.contains("..") {
+        return Err(TargetError::Malformed(
+            "the request target's host has an empty label (`..`, or a leading dot)".into(),
         ));
     }
     Ok(host)
@@ -622,6 +631,14 @@ mod tests {
         }
         // Port 80 is http's default, so these agree.
         assert!(resolve(b"http://a.example:80/", Some(b"a.example"), &[]).is_ok());
+        // One trailing dot (a fully qualified name) and upper case name the same host.
+        let d = resolve(b"http://A.Example./", Some(b"a.example"), &[]).expect("fqdn");
+        assert_eq!(d.host, "a.example");
+        // A Host header with an empty label matches no target.
+        assert_eq!(
+            resolve(b"http://a.example/", Some(b"a.example.."), &[]).err(),
+            Some(TargetError::HostMismatch)
+        );
         for bad in [
             &b"http://u:p@a.example/"[..],
             b"ftp://a/",
@@ -629,6 +646,9 @@ mod tests {
             b"http://a/../b",
             b"http://a/%2E%2e/b",
             b"*",
+            b"http://a.example../",
+            b"http://a..example/",
+            b"http://.a.example/",
         ] {
             assert!(
                 matches!(resolve(bad, None, &[]), Err(TargetError::Malformed(_))),
