@@ -457,6 +457,36 @@ fn explain_decides_as_the_running_proxy() {
         proxy.audit_record("acme", &sent.request_id())["policy_ids"]
     );
 
+    // A method in lower case is refused as the proxy refuses it, not read as `DELETE`.
+    let lower_url = format!("{base}/x-lower");
+    let lower = explain(
+        &proxy,
+        &[
+            "--tenant",
+            "acme",
+            "--workload",
+            "bot",
+            "--method",
+            "delete",
+            "--url",
+            &lower_url,
+        ],
+    );
+    let sent = raw_request(
+        proxy.sidecar_port,
+        &format!(
+            "delete {lower_url} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            origin.port
+        ),
+    )
+    .unwrap();
+    sent.assert_refused(400, "bad_request");
+    assert_eq!(
+        (lower["decision"].as_str(), lower["reason"].as_str()),
+        (Some("deny"), Some("bad_request")),
+        "{lower}"
+    );
+
     // The model is read from the body as the proxy reads it (JSON content type only).
     let big = explain(
         &proxy,

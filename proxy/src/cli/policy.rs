@@ -47,7 +47,8 @@ pub(super) enum PolicyCommand {
         /// Workload id.
         #[arg(long)]
         workload: String,
-        /// Request method.
+        /// Request method, as sent on the wire: a method not in upper case (`post`) is refused
+        /// (`bad_request`) as the proxy refuses it.
         #[arg(long, default_value = "GET")]
         method: String,
         /// An absolute URL (`https://api.openai.com/v1/chat/completions`), a route-mode path

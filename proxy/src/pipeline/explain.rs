@@ -281,7 +281,9 @@ pub async fn explain(
             "unknown workload `{workload}` of tenant `{tenant}`"
         )));
     }
-    let connect = req.method.eq_ignore_ascii_case("CONNECT");
+    // The method as given, not upper-cased: the proxy refuses `delete` (`bad_request`), and
+    // an explanation that read it as `DELETE` would describe a request the proxy never decides.
+    let connect = req.method == "CONNECT";
     let header = if connect {
         connect_header(&req.url)
     } else {
@@ -429,7 +431,7 @@ fn connect_authority(header: &RequestHeader) -> Option<(String, u16)> {
 /// The request head the proxy would receive: an absolute-form target (with `Host` from the URL
 /// unless given) or an origin-form route-mode path.
 fn request_header(req: &Described) -> Result<RequestHeader, String> {
-    let method = http::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
+    let method = http::Method::from_bytes(req.method.as_bytes())
         .map_err(|_| format!("`{}` is not an HTTP method", req.method))?;
     let mut header = RequestHeader::build(method, req.url.as_bytes(), None)
         .map_err(|e| format!("`{}` is not a request target: {e}", req.url))?;
