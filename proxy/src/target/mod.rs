@@ -325,11 +325,8 @@ fn route(target: &str, routes: &[Route]) -> Result<Destination, TargetError> {
 /// names no host in DNS, and stripping one dot more or less is how two readers (this one and a
 /// policy, a credential binding or a resolver) would come to disagree on which host it means.
 pub fn normalize_host(host: &str) -> Result<String, TargetError> {
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    let host = host.strip_suffix('.').unwrap_or(&host).to_string();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty() {
         return Err(TargetError::Malformed(
             "the request target has an empty host".into(),
@@ -340,7 +337,8 @@ pub fn normalize_host(host: &str) -> Result<String, TargetError> {
             "the request target's host has an empty label (`..`, or a leading dot)".into(),
         ));
     }
-    Ok(host)
+    // Checked on the borrowed text, so the host is copied once, lower-cased.
+    Ok(host.to_ascii_lowercase())
 }
 
 fn host_header_matches(header: &[u8], host: &str, port: u16, scheme: Scheme) -> bool {
