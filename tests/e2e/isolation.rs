@@ -1,9 +1,10 @@
 //! Isolation where a careless comparison would leak: tenants whose ids share a prefix (`acme`,
 //! `acme2`, `acme-eu`) and a tenant whose policy files do not scope themselves. Every surface a
 //! tenant id selects (credentials, limit counters, audit partitions, export, verify, metrics,
-//! error bodies) is asked for one tenant and must answer with that tenant's only.
+//! error bodies) is asked for one tenant and must answer with that tenant's only. Upstream
+//! connections, which nothing selects by tenant unless the proxy makes it, are kept per tenant.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -94,6 +95,60 @@ fn cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Tenants calling the same origin in turn never travel on one upstream connection (pingora
+/// pools by address and TLS alone; a desync of a shared connection would hand one tenant's
+/// bytes to the other), while each tenant's own requests still reuse its pooled connection.
+#[test]
+fn tenants_never_share_an_upstream_connection() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let turns = [
+        ("acme", "bot"),
+        ("globex", "agent"),
+        ("acme", "researcher"),
+        ("globex", "agent"),
+        ("acme", "bot"),
+    ];
+    for (i, (tenant, workload)) in turns.iter().enumerate() {
+        let r = forward_get(
+            proxy.shared_port,
+            &url(&origin, &format!("/public/pool/{tenant}/{i}")),
+            Some(&token_for(tenant, workload)),
+            "",
+        );
+        assert_eq!(r.status, 200, "{tenant} #{i}: {}", r.body_text());
+        // The proxy puts the connection back in its pool once the response is read; give it
+        // that moment, so that the next request finds it there.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seen = origin.matching("/public/pool/");
+    assert_eq!(seen.len(), turns.len(), "{seen:#?}");
+    let tenant_of = |r: &Recorded| r.target.split('/').nth(3).unwrap().to_string();
+    let mut carried: HashMap<usize, String> = HashMap::new();
+    for r in &seen {
+        let first = carried.entry(r.conn).or_insert_with(|| tenant_of(r));
+        assert_eq!(
+            *first,
+            tenant_of(r),
+            "upstream connection {} carried requests of {first} and {}",
+            r.conn,
+            tenant_of(r)
+        );
+    }
+    for tenant in ["acme", "globex"] {
+        let conns: HashSet<usize> = seen
+            .iter()
+            .filter(|r| tenant_of(r) == tenant)
+            .map(|r| r.conn)
+            .collect();
+        assert_eq!(
+            conns.len(),
+            1,
+            "{tenant}'s requests were not pooled: {conns:?}"
+        );
+    }
 }
 
 #[test]

@@ -14,6 +14,8 @@ pub struct Recorded {
     pub target: String,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
+    /// Which of the origin's connections it came on (numbered from 0 in the order accepted).
+    pub conn: usize,
 }
 
 /// An origin that records every request. Paths: `/slow/...` sleeps 3 s before answering,
@@ -33,27 +35,27 @@ impl Origin {
     /// The same origin over TLS with the certificate `pair`.
     pub fn start_tls(pair: &tenant_proxy_loadtest::tls::PemPair) -> Self {
         let config = tenant_proxy_loadtest::tls::server_config(pair).unwrap();
-        Self::serve(move |stream, seen| {
+        Self::serve(move |stream, seen, number| {
             let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
                 return;
             };
-            serve_recorded(rustls::StreamOwned::new(conn, stream), seen)
+            serve_recorded(rustls::StreamOwned::new(conn, stream), seen, number)
         })
     }
 
     /// Accepts on a new ephemeral loopback listener, each connection on a thread of its own.
     fn serve<F>(conn: F) -> Self
     where
-        F: Fn(std::net::TcpStream, Arc<Mutex<Vec<Recorded>>>) + Send + Sync + 'static,
+        F: Fn(std::net::TcpStream, Arc<Mutex<Vec<Recorded>>>, usize) + Send + Sync + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (recorder, conn) = (seen.clone(), Arc::new(conn));
         std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
+            for (number, stream) in listener.incoming().flatten().enumerate() {
                 let (seen, conn) = (recorder.clone(), conn.clone());
-                std::thread::spawn(move || conn(stream, seen));
+                std::thread::spawn(move || conn(stream, seen, number));
             }
         });
         Self { port, seen }
@@ -77,7 +79,7 @@ impl Origin {
 }
 
 /// Serves the recording origin on one connection (plain or TLS).
-fn serve_recorded<S: Read + Write>(stream: S, seen: Arc<Mutex<Vec<Recorded>>>) {
+fn serve_recorded<S: Read + Write>(stream: S, seen: Arc<Mutex<Vec<Recorded>>>, conn: usize) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -131,6 +133,7 @@ fn serve_recorded<S: Read + Write>(stream: S, seen: Arc<Mutex<Vec<Recorded>>>) {
             target: target.clone(),
             headers: headers.clone(),
             body,
+            conn,
         });
         if target.contains("/reset/") {
             return;
