@@ -45,7 +45,11 @@ fn handshake(
 ) -> (Duration, HandshakeKind) {
     let mut c = ClientConnection::new(client.clone(), ServerName::try_from(HOST).unwrap()).unwrap();
     let started = Instant::now();
-    let resolver = Arc::new(TunnelCertResolver::new(HOST, minter.clone()));
+    let resolver = Arc::new(TunnelCertResolver::new(
+        &TenantId::new("acme").unwrap(),
+        HOST,
+        minter.clone(),
+    ));
     let tickets = scope.map(|s| s.for_tunnel());
     let config =
         tenant_proxy::tls::server_config(resolver, &[b"h2", b"http/1.1"], tickets.as_ref());
@@ -73,7 +77,9 @@ fn bench(c: &mut Criterion) {
     let mut roots = RootCertStore::empty();
     roots.add(ca.cert_der().clone()).unwrap();
     let minter = Arc::new(LeafMinter::new(ca, Duration::from_secs(12 * 3600), 16));
-    minter.certified_key(HOST).unwrap();
+    minter
+        .certified_key(&TenantId::new("acme").unwrap(), HOST)
+        .unwrap();
     let scopes = SessionScopes::new(Duration::from_secs(3600), 16).unwrap();
     let scope = scopes
         .scope(
@@ -101,7 +107,11 @@ fn bench(c: &mut Criterion) {
     // What every tunnel pays before its first byte: its own config and connection.
     group.bench_function("config_only", |b| {
         b.iter(|| {
-            let resolver = Arc::new(TunnelCertResolver::new(HOST, minter.clone()));
+            let resolver = Arc::new(TunnelCertResolver::new(
+                &TenantId::new("acme").unwrap(),
+                HOST,
+                minter.clone(),
+            ));
             let tickets = scope.for_tunnel();
             let config =
                 tenant_proxy::tls::server_config(resolver, &[b"h2", b"http/1.1"], Some(&tickets));

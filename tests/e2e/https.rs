@@ -627,6 +627,37 @@ fn websocket_upgrades_pass_inside_an_intercepted_tunnel_after_authorization() {
     r.assert_refused(403, "policy_denied");
 }
 
+/// Two tenants intercepting the same host are served leaves of their own: a leaf another
+/// tenant's tunnel made would come from the cache, faster, and tell a tenant where the others
+/// go. Each tenant's later tunnels are served its own cached leaf.
+#[test]
+fn tenants_are_served_leaves_of_their_own() {
+    let h = start_https(|_| {});
+    let authority = format!("llm.test:{}", h.mock);
+    let leaf_of = |port: u16, extra: &str| {
+        let tls = intercepted(&h, port, &authority, extra);
+        tls.conn.peer_certificates().unwrap()[0].to_vec()
+    };
+    let globex = format!(
+        "Proxy-Authorization: Bearer {}\r\n",
+        token_for("globex", "agent")
+    );
+    let acme_first = leaf_of(h.proxy.sidecar_port, "");
+    let globex_first = leaf_of(h.proxy.shared_port, &globex);
+    assert!(acme_first != globex_first, "globex was served acme's leaf");
+    assert!(leaf_of(h.proxy.sidecar_port, "") == acme_first);
+    assert!(leaf_of(h.proxy.shared_port, &globex) == globex_first);
+    let metrics = h.proxy.metrics();
+    for (result, n) in [("miss", 2), ("hit", 2)] {
+        assert!(
+            metrics.contains(&format!(
+                "tenant_proxy_leaf_certificates_total{{result=\"{result}\"}} {n}"
+            )),
+            "{metrics}"
+        );
+    }
+}
+
 #[test]
 fn a_tunnel_never_carries_another_tenants_identity_or_credentials() {
     let h = start_https(|_| {});

@@ -30,6 +30,7 @@ use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use crate::ids::TenantId;
 use crate::tls::resume::TunnelTickets;
 
 /// File name of the CA certificate inside `ca init --out`.
@@ -548,14 +549,22 @@ struct CachedLeaf {
     not_after: SystemTime,
 }
 
+/// A cached leaf's key: the tenant whose tunnels it serves, and the host.
+type LeafKey = (TenantId, String);
+
 /// Mints and caches leaves. Shared by every tunnel (`Arc`); a cache hit is lock-free, since it
 /// is on the path of every intercepted connection, while misses (a new host, or a renewal twice
 /// a day) copy the map.
+///
+/// SECURITY: leaves are cached per tenant. A cache shared by tenants answers a tunnel to a host
+/// that another tenant intercepted lately faster (no key to generate, no signature) than one to
+/// a host nobody did, and that difference, timed by a tenant's own client, tells it where the
+/// other tenants go. Each tenant mints its own leaf for a host, once per renewal.
 pub struct LeafMinter {
     ca: LocalCa,
     ttl: Duration,
     max_entries: usize,
-    cache: ArcSwap<HashMap<String, CachedLeaf>>,
+    cache: ArcSwap<HashMap<LeafKey, CachedLeaf>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -592,12 +601,18 @@ impl LeafMinter {
         &self.ca
     }
 
-    /// A leaf and chain `[leaf, ca]` for `name`, a DNS name or an IP literal.
-    pub fn certified_key(&self, name: &str) -> Result<Arc<CertifiedKey>, MintError> {
+    /// A leaf and chain `[leaf, ca]` for `name`, a DNS name or an IP literal, from `tenant`'s
+    /// leaves.
+    pub fn certified_key(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Arc<CertifiedKey>, MintError> {
         let now = SystemTime::now();
-        let name = normalize_name(name);
+        let key: LeafKey = (tenant.clone(), normalize_name(name).into_owned());
+        let name = key.1.as_str();
         // Only valid, permitted names are ever cached, so a hit needs no further checks.
-        if let Some(leaf) = self.cache.load().get(name.as_ref()) {
+        if let Some(leaf) = self.cache.load().get(&key) {
             if now < leaf.renew_after {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::METRICS
@@ -608,7 +623,7 @@ impl LeafMinter {
             }
         }
         let leaf_name =
-            LeafName::parse(&name).ok_or_else(|| MintError::InvalidName(name.to_string()))?;
+            LeafName::parse(name).ok_or_else(|| MintError::InvalidName(name.to_string()))?;
         if !self.ca.cert.rules.permits(&leaf_name) {
             return Err(MintError::NotPermitted(name.to_string()));
         }
@@ -618,7 +633,6 @@ impl LeafMinter {
             .with_label_values(&["miss"])
             .inc();
         let minted = self.mint(&leaf_name, now)?;
-        let key = name.into_owned();
         self.cache.rcu(|old| {
             let mut map = HashMap::clone(old);
             // Two tunnels to a new host may mint at once; the first leaf stored wins, so all
@@ -715,7 +729,7 @@ impl LeafMinter {
 
 /// Keeps the cache under `max` before an insert: stale leaves first (they would be re-minted on
 /// their next use anyway), then the ones closest to expiry.
-fn make_room(map: &mut HashMap<String, CachedLeaf>, max: usize, now: SystemTime) {
+fn make_room(map: &mut HashMap<LeafKey, CachedLeaf>, max: usize, now: SystemTime) {
     if map.len() < max {
         return;
     }
@@ -723,7 +737,7 @@ fn make_room(map: &mut HashMap<String, CachedLeaf>, max: usize, now: SystemTime)
     if map.len() < max {
         return;
     }
-    let mut by_expiry: Vec<(SystemTime, String)> =
+    let mut by_expiry: Vec<(SystemTime, LeafKey)> =
         map.iter().map(|(k, l)| (l.not_after, k.clone())).collect();
     by_expiry.sort_unstable();
     let excess = map.len() + 1 - max;
@@ -738,6 +752,8 @@ fn make_room(map: &mut HashMap<String, CachedLeaf>, max: usize, now: SystemTime)
 pub struct TunnelCertResolver {
     expected: String,
     minter: Arc<LeafMinter>,
+    /// The tunnel's tenant, whose leaves it serves.
+    tenant: TenantId,
     seen_sni: OnceLock<Option<String>>,
 }
 
@@ -751,11 +767,13 @@ impl fmt::Debug for TunnelCertResolver {
 }
 
 impl TunnelCertResolver {
-    /// `expected`: the authorized CONNECT host (DNS name or IP literal).
-    pub fn new(expected: &str, minter: Arc<LeafMinter>) -> Self {
+    /// `expected`: the authorized CONNECT host (DNS name or IP literal) of a tunnel of
+    /// `tenant`.
+    pub fn new(tenant: &TenantId, expected: &str, minter: Arc<LeafMinter>) -> Self {
         Self {
             expected: normalize_name(expected).into_owned(),
             minter,
+            tenant: tenant.clone(),
             seen_sni: OnceLock::new(),
         }
     }
@@ -787,7 +805,7 @@ impl ResolvesServerCert for TunnelCertResolver {
         if !self.accepts(sni) {
             return None;
         }
-        self.minter.certified_key(&self.expected).ok()
+        self.minter.certified_key(&self.tenant, &self.expected).ok()
     }
 }
 
@@ -1039,7 +1057,7 @@ mod tests {
     fn minted_leaf_verifies_for_its_name_only() {
         let dir = tempfile::tempdir().unwrap();
         let minter = LeafMinter::new(make_ca(dir.path(), &[]), DEFAULT_LEAF_TTL, 16);
-        let key = minter.certified_key("api.openai.com").unwrap();
+        let key = minter.certified_key(&acme(), "api.openai.com").unwrap();
         assert_eq!(key.cert.len(), 2);
         assert_eq!(&key.cert[1], minter.ca().cert_der());
         verify(minter.ca().cert_der(), &key, "api.openai.com").unwrap();
@@ -1079,26 +1097,66 @@ mod tests {
     fn ip_leaf_has_ip_san() {
         let dir = tempfile::tempdir().unwrap();
         let minter = LeafMinter::new(make_ca(dir.path(), &[]), DEFAULT_LEAF_TTL, 16);
-        let key = minter.certified_key("127.0.0.1").unwrap();
+        let key = minter.certified_key(&acme(), "127.0.0.1").unwrap();
         verify(minter.ca().cert_der(), &key, "127.0.0.1").unwrap();
         assert!(verify(minter.ca().cert_der(), &key, "127.0.0.2").is_err());
-        let v6 = minter.certified_key("[::1]").unwrap();
+        let v6 = minter.certified_key(&acme(), "[::1]").unwrap();
         verify(minter.ca().cert_der(), &v6, "::1").unwrap();
+    }
+
+    fn acme() -> TenantId {
+        TenantId::new("acme").unwrap()
+    }
+
+    /// A tenant never gets a leaf another tenant's tunnel made: the cache would otherwise tell
+    /// it, by how fast its handshake is, where the other tenant goes.
+    #[test]
+    fn leaves_are_cached_per_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let minter = LeafMinter::new(make_ca(dir.path(), &[]), DEFAULT_LEAF_TTL, 16);
+        let globex = TenantId::new("globex").unwrap();
+        let a = minter.certified_key(&acme(), "api.openai.com").unwrap();
+        let g = minter.certified_key(&globex, "api.openai.com").unwrap();
+        assert!(!Arc::ptr_eq(&a, &g));
+        assert_ne!(a.cert[0], g.cert[0], "globex was served acme's leaf");
+        assert_eq!(
+            minter.stats(),
+            (0, 2),
+            "globex's first tunnel minted its own"
+        );
+        verify(minter.ca().cert_der(), &g, "api.openai.com").unwrap();
+        // Each tenant's next tunnel reuses its own.
+        assert!(Arc::ptr_eq(
+            &a,
+            &minter.certified_key(&acme(), "api.openai.com").unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            &g,
+            &minter.certified_key(&globex, "API.openai.com.").unwrap()
+        ));
+        assert_eq!(minter.stats(), (2, 2));
+        // And so does a resolver of each tenant's tunnel.
+        let resolver = TunnelCertResolver::new(&globex, "api.openai.com", Arc::new(minter));
+        let served = resolver
+            .minter
+            .certified_key(&resolver.tenant, &resolver.expected)
+            .unwrap();
+        assert!(Arc::ptr_eq(&g, &served));
     }
 
     #[test]
     fn cache_hit_returns_same_leaf_and_counts() {
         let dir = tempfile::tempdir().unwrap();
         let minter = LeafMinter::new(make_ca(dir.path(), &[]), DEFAULT_LEAF_TTL, 16);
-        let a = minter.certified_key("api.openai.com").unwrap();
-        let b = minter.certified_key("api.openai.com").unwrap();
-        let c = minter.certified_key("API.openai.com.").unwrap();
+        let a = minter.certified_key(&acme(), "api.openai.com").unwrap();
+        let b = minter.certified_key(&acme(), "api.openai.com").unwrap();
+        let c = minter.certified_key(&acme(), "API.openai.com.").unwrap();
         assert!(Arc::ptr_eq(&a, &b) && Arc::ptr_eq(&a, &c));
         assert_eq!(minter.stats(), (2, 1));
-        minter.certified_key("other.example").unwrap();
+        minter.certified_key(&acme(), "other.example").unwrap();
         assert_eq!(minter.stats(), (2, 2));
         assert_eq!(minter.cached_entries(), 2);
-        assert!(minter.certified_key("").is_err());
+        assert!(minter.certified_key(&acme(), "").is_err());
         assert_eq!(minter.stats(), (2, 2), "refusals are neither");
         let debug = format!("{minter:?}");
         assert!(
@@ -1111,11 +1169,11 @@ mod tests {
     fn leaf_is_renewed_past_half_its_lifetime() {
         let dir = tempfile::tempdir().unwrap();
         let minter = LeafMinter::new(make_ca(dir.path(), &[]), Duration::from_secs(2), 16);
-        let a = minter.certified_key("api.openai.com").unwrap();
-        let b = minter.certified_key("api.openai.com").unwrap();
+        let a = minter.certified_key(&acme(), "api.openai.com").unwrap();
+        let b = minter.certified_key(&acme(), "api.openai.com").unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         std::thread::sleep(Duration::from_millis(1100));
-        let c = minter.certified_key("api.openai.com").unwrap();
+        let c = minter.certified_key(&acme(), "api.openai.com").unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(minter.stats(), (1, 2));
         assert_eq!(minter.cached_entries(), 1);
@@ -1126,12 +1184,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let minter = LeafMinter::new(make_ca(dir.path(), &[]), DEFAULT_LEAF_TTL, 3);
         for i in 0..10 {
-            minter.certified_key(&format!("h{i}.example")).unwrap();
+            minter
+                .certified_key(&acme(), &format!("h{i}.example"))
+                .unwrap();
             assert!(minter.cached_entries() <= 3);
         }
         assert_eq!(minter.cached_entries(), 3);
         // The newest survive: they expire last.
-        minter.certified_key("h9.example").unwrap();
+        minter.certified_key(&acme(), "h9.example").unwrap();
         assert_eq!(minter.stats(), (1, 10));
     }
 
@@ -1139,7 +1199,7 @@ mod tests {
     fn make_room_evicts_stale_then_earliest_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let minter = LeafMinter::new(make_ca(dir.path(), &[]), DEFAULT_LEAF_TTL, 16);
-        let key = minter.certified_key("x.example").unwrap();
+        let key = minter.certified_key(&acme(), "x.example").unwrap();
         let now = SystemTime::now();
         let leaf = |renew: i64, expiry: u64| CachedLeaf {
             key: Arc::clone(&key),
@@ -1151,13 +1211,13 @@ mod tests {
             not_after: now + Duration::from_secs(expiry),
         };
         let mut map = HashMap::from([
-            ("stale".to_owned(), leaf(-1, 100)),
-            ("soon".to_owned(), leaf(10, 20)),
-            ("late".to_owned(), leaf(10, 50)),
-            ("later".to_owned(), leaf(10, 60)),
+            ((acme(), "stale".to_owned()), leaf(-1, 100)),
+            ((acme(), "soon".to_owned()), leaf(10, 20)),
+            ((acme(), "late".to_owned()), leaf(10, 50)),
+            ((acme(), "later".to_owned()), leaf(10, 60)),
         ]);
         make_room(&mut map, 3, now);
-        let mut left: Vec<_> = map.keys().cloned().collect();
+        let mut left: Vec<_> = map.keys().map(|(_, host)| host.clone()).collect();
         left.sort();
         assert_eq!(left, ["late", "later"]);
     }
@@ -1170,22 +1230,22 @@ mod tests {
             DEFAULT_LEAF_TTL,
             16,
         );
-        let key = minter.certified_key("api.openai.com").unwrap();
+        let key = minter.certified_key(&acme(), "api.openai.com").unwrap();
         verify(minter.ca().cert_der(), &key, "api.openai.com").unwrap();
         assert!(matches!(
-            minter.certified_key("evil.com"),
+            minter.certified_key(&acme(), "evil.com"),
             Err(MintError::NotPermitted(n)) if n == "evil.com"
         ));
         assert!(matches!(
-            minter.certified_key("10.0.0.1"),
+            minter.certified_key(&acme(), "10.0.0.1"),
             Err(MintError::NotPermitted(_))
         ));
         assert!(matches!(
-            minter.certified_key("*.x.com"),
+            minter.certified_key(&acme(), "*.x.com"),
             Err(MintError::InvalidName(_))
         ));
         assert!(matches!(
-            minter.certified_key(""),
+            minter.certified_key(&acme(), ""),
             Err(MintError::InvalidName(_))
         ));
     }
@@ -1259,6 +1319,7 @@ mod tests {
             16,
         ));
         let resolver = Arc::new(TunnelCertResolver::new(
+            &acme(),
             "API.openai.com",
             Arc::clone(&minter),
         ));
@@ -1283,6 +1344,7 @@ mod tests {
             16,
         ));
         let resolver = Arc::new(TunnelCertResolver::new(
+            &acme(),
             "api.openai.com",
             Arc::clone(&minter),
         ));
@@ -1305,7 +1367,11 @@ mod tests {
             DEFAULT_LEAF_TTL,
             16,
         ));
-        let resolver = Arc::new(TunnelCertResolver::new("127.0.0.1", Arc::clone(&minter)));
+        let resolver = Arc::new(TunnelCertResolver::new(
+            &acme(),
+            "127.0.0.1",
+            Arc::clone(&minter),
+        ));
         handshake(
             Arc::clone(&resolver),
             minter.ca().cert_der(),
@@ -1338,7 +1404,11 @@ mod tests {
         client: &Arc<rustls::ClientConfig>,
         sni: &str,
     ) -> Seen {
-        let resolver = Arc::new(TunnelCertResolver::new(expected, Arc::clone(minter)));
+        let resolver = Arc::new(TunnelCertResolver::new(
+            &acme(),
+            expected,
+            Arc::clone(minter),
+        ));
         let tickets = scope.map(|s| s.for_tunnel());
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let acceptor = tokio_rustls::TlsAcceptor::from(server_config(
@@ -1387,7 +1457,7 @@ mod tests {
             16,
         ));
         let scopes = SessionScopes::new(Duration::from_secs(600), 16).unwrap();
-        let (acme, bot) = (
+        let (acme_id, bot) = (
             TenantId::new("acme").unwrap(),
             WorkloadId::new("bot").unwrap(),
         );
@@ -1397,7 +1467,7 @@ mod tests {
         );
         let host = "api.openai.com";
         for tls12 in [false, true] {
-            let a = scopes.scope(1, &acme, &bot).unwrap();
+            let a = scopes.scope(1, &acme_id, &bot).unwrap();
             let b = scopes.scope(1, &globex, &agent).unwrap();
             let client = client_config(&minter, tls12);
             let go = |scope, expected, sni| resumable(&minter, expected, scope, &client, sni);
@@ -1419,7 +1489,7 @@ mod tests {
             assert_eq!(elsewhere.kind, None, "tls12={tls12}: refused");
             assert_eq!(elsewhere.resolver_saw, Some(Some(host.into())));
             // And the tunnel's own check after the handshake says the same.
-            let resolver = TunnelCertResolver::new("other.example", Arc::clone(&minter));
+            let resolver = TunnelCertResolver::new(&acme(), "other.example", Arc::clone(&minter));
             assert!(!resolver.accepts(again.server_sni.as_deref()));
             assert!(resolver.accepts(Some("Other.Example.")));
             assert!(resolver.accepts(None), "no SNI: as the resolver has it");
@@ -1434,11 +1504,11 @@ mod tests {
         }
         // A new snapshot's scope of the same workload: new keys, a full handshake.
         let client = client_config(&minter, false);
-        let old = scopes.scope(1, &acme, &bot).unwrap();
+        let old = scopes.scope(1, &acme_id, &bot).unwrap();
         let seen = resumable(&minter, host, Some(&old), &client, host).await;
         let seen2 = resumable(&minter, host, Some(&old), &client, host).await;
         assert_eq!((seen.kind, seen2.kind), (Some(Full), Some(Resumed)));
-        let new = scopes.scope(2, &acme, &bot).unwrap();
+        let new = scopes.scope(2, &acme_id, &bot).unwrap();
         let after = resumable(&minter, host, Some(&new), &client, host).await;
         assert_eq!(after.kind, Some(Full));
         // A server without a scope issues nothing to resume.

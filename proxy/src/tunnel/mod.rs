@@ -376,7 +376,11 @@ impl EgressApp {
                     original: opened.original(),
                     scheme: Scheme::Https,
                 });
-                let resolver = Arc::new(TunnelCertResolver::new(&head.host, minter));
+                let resolver = Arc::new(TunnelCertResolver::new(
+                    &tunnel.identity.tenant,
+                    &head.host,
+                    minter,
+                ));
                 let inside = Inside {
                     tunnel,
                     resolver,
