@@ -450,6 +450,9 @@ pub struct RequestLimits {
     /// Request body bytes all requests in flight may hold together.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_buffered_body_bytes: Option<u64>,
+    /// Request body bytes one tenant's requests in flight may hold together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_buffered_body_bytes_per_tenant: Option<u64>,
     /// Open client connections per listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_listener: Option<u32>,

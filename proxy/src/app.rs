@@ -158,7 +158,10 @@ pub fn run(
         }),
         tunnels: TenantCounts::new(&METRICS.tunnels_open),
         connections: TenantCounts::new(&METRICS.tenant_connections_open),
-        bodies: crate::body::BodyBudget::new(static_config.limits.max_buffered_body_bytes),
+        bodies: crate::body::BodyBudget::new(
+            static_config.limits.max_buffered_body_bytes,
+            static_config.limits.max_buffered_body_bytes_per_tenant,
+        ),
         approvals: holds.clone(),
         token_tls: Arc::new(
             crate::credentials::oauth::fetch::client_config(&static_config.upstream.extra_ca_files)

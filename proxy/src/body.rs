@@ -19,9 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ids::TenantId;
 use crate::metrics::METRICS;
 use crate::usage::providers::{self, request::Slot};
 use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
 use pingora::proxy::Session;
 
 /// Why a body was refused. Messages never quote the body.
@@ -42,6 +44,10 @@ pub enum BodyError {
     /// All requests in flight already hold the body memory allowed.
     #[error("the proxy holds as much request body memory as it may")]
     Overloaded,
+    /// The tenant's requests in flight already hold the body memory one tenant may (this many
+    /// bytes).
+    #[error("this tenant's requests hold as much request body memory as one tenant may")]
+    TenantOverloaded(u64),
     /// The body did not arrive by its deadline.
     #[error("the request body did not arrive in time")]
     Timeout,
@@ -63,44 +69,76 @@ impl std::fmt::Debug for BufferedBody {
 /// pingora's retry buffer size (`BODY_BUF_LIMIT`).
 const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 
-/// The request body bytes all requests in flight may hold together. Each body is held whole
-/// (the decision needs it), so without this bound a few hundred slow uploads could take the
-/// process's memory; over it a request is refused (`overloaded`) before its body is read.
+/// The request body bytes requests in flight may hold: all of them together, and each tenant's
+/// together. Each body is held whole (the decision needs it), so without the first bound a few
+/// hundred slow uploads could take the process's memory, and without the second one tenant's
+/// slow uploads could take all of it, every other tenant's bodies being refused meanwhile. Over
+/// either, a request is refused before its body is read: `overloaded` for the process's bound,
+/// `body_memory_limit` for the tenant's.
 #[derive(Debug)]
 pub struct BodyBudget {
     held: AtomicU64,
     max: u64,
+    per_tenant: u64,
+    /// What each tenant's requests hold. An entry is made at a tenant's first body and kept
+    /// (one per tenant ever configured), so a hold takes no lock for writing once it exists.
+    tenants: DashMap<TenantId, Arc<AtomicU64>>,
 }
 
 /// Bytes of the [`BodyBudget`] one request holds, given back when dropped (when the request ends).
 #[derive(Debug)]
 pub struct BodyHold {
     budget: Arc<BodyBudget>,
+    tenant: Arc<AtomicU64>,
     bytes: u64,
 }
 
 impl BodyBudget {
-    /// A budget of `max` bytes.
-    pub fn new(max: u64) -> Arc<Self> {
+    /// A budget of `max` bytes in all, of which one tenant may hold `per_tenant`.
+    pub fn new(max: u64, per_tenant: u64) -> Arc<Self> {
         Arc::new(Self {
             held: AtomicU64::new(0),
             max,
+            per_tenant,
+            tenants: DashMap::new(),
         })
     }
 
-    /// Holds `bytes`, unless that would take the total over the budget.
-    pub fn try_hold(self: &Arc<Self>, bytes: u64) -> Option<BodyHold> {
+    /// Holds `bytes` for a request of `tenant`, unless that would take the tenant's total or
+    /// the process's over its bound (nothing is held then).
+    pub fn try_hold(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        bytes: u64,
+    ) -> Result<BodyHold, BodyError> {
+        // The process's bound first: when it is full, the proxy is what is overloaded, whoever
+        // holds the memory.
         let before = self
             .held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
                 held.checked_add(bytes).filter(|total| *total <= self.max)
             })
-            .ok()?;
+            .map_err(|_| BodyError::Overloaded)?;
+        let share = match self.tenants.get(tenant) {
+            Some(share) => Arc::clone(&share),
+            None => Arc::clone(&self.tenants.entry(tenant.clone()).or_default()),
+        };
+        if share
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes)
+                    .filter(|total| *total <= self.per_tenant)
+            })
+            .is_err()
+        {
+            self.held.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(BodyError::TenantOverloaded(self.per_tenant));
+        }
         METRICS
             .buffered_body_bytes
             .set(i64::try_from(before + bytes).unwrap_or(i64::MAX));
-        Some(BodyHold {
+        Ok(BodyHold {
             budget: self.clone(),
+            tenant: share,
             bytes,
         })
     }
@@ -109,10 +147,18 @@ impl BodyBudget {
     pub fn held(&self) -> u64 {
         self.held.load(Ordering::Acquire)
     }
+
+    /// Bytes `tenant`'s requests hold now.
+    pub fn held_by(&self, tenant: &TenantId) -> u64 {
+        self.tenants
+            .get(tenant)
+            .map_or(0, |share| share.load(Ordering::Acquire))
+    }
 }
 
 impl Drop for BodyHold {
     fn drop(&mut self) {
+        self.tenant.fetch_sub(self.bytes, Ordering::AcqRel);
         let after = self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel) - self.bytes;
         METRICS
             .buffered_body_bytes
@@ -135,6 +181,7 @@ pub struct ReadBody {
 /// without a body.
 pub async fn read_full(
     session: &mut Session,
+    tenant: &TenantId,
     cap: usize,
     budget: &Arc<BodyBudget>,
     deadline: Duration,
@@ -160,13 +207,13 @@ pub async fn read_full(
     }
     // A chunked body is held to the retry buffer's size (larger ones are refused below).
     let reserve = declared.unwrap_or(RETRY_BUFFER_LIMIT.min(cap));
-    let Some(hold) = budget.try_hold(reserve as u64) else {
-        METRICS
-            .overload_refusals
-            .with_label_values(&["body_memory"])
-            .inc();
-        return Err(BodyError::Overloaded);
-    };
+    let hold = budget.try_hold(tenant, reserve as u64).inspect_err(|e| {
+        let reason = match e {
+            BodyError::TenantOverloaded(_) => "tenant_body_memory",
+            _ => "body_memory",
+        };
+        METRICS.overload_refusals.with_label_values(&[reason]).inc();
+    })?;
     let bytes = match tokio::time::timeout(deadline, read_body(session, cap, declared)).await {
         Ok(read) => read?,
         // The front enforces the same deadline on HTTP/1 connections; this one covers HTTP/2.
@@ -622,6 +669,45 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn one_tenant_cannot_hold_the_body_memory_of_all() {
+        let budget = BodyBudget::new(100, 40);
+        let acme = TenantId::new("acme").unwrap();
+        let globex = TenantId::new("globex").unwrap();
+        let held: Vec<_> = (0..4)
+            .map(|_| budget.try_hold(&acme, 10).unwrap())
+            .collect();
+        assert_eq!(
+            budget.try_hold(&acme, 1).unwrap_err(),
+            BodyError::TenantOverloaded(40)
+        );
+        assert_eq!(
+            (budget.held(), budget.held_by(&acme)),
+            (40, 40),
+            "a refusal holds nothing"
+        );
+        // globex has its own share, and the process's bound stays.
+        let g: Vec<_> = (0..4)
+            .map(|_| budget.try_hold(&globex, 10).unwrap())
+            .collect();
+        let third = TenantId::new("initech").unwrap();
+        let _t = budget.try_hold(&third, 20).unwrap();
+        assert_eq!(budget.held(), 100);
+        assert_eq!(
+            budget.try_hold(&third, 1).unwrap_err(),
+            BodyError::Overloaded
+        );
+        assert_eq!(
+            budget.held_by(&third),
+            20,
+            "the process's refusal gave the share back"
+        );
+        drop(held);
+        drop(g);
+        assert_eq!((budget.held(), budget.held_by(&acme)), (20, 0));
+        assert!(budget.try_hold(&acme, 40).is_ok());
+    }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

@@ -85,6 +85,9 @@ pub enum Deny {
     Overloaded(&'static str),
     /// The tenant already has its maximum number of open client connections.
     ConnectionLimit(u32),
+    /// The tenant's requests in flight already hold the request body bytes one tenant may
+    /// (this many); retry shortly.
+    BodyMemoryLimit(u64),
     /// A `Connection` header nominates a header the proxy decides on or sets (hop-by-hop
     /// removal would change the request after the decision).
     ProtectedHopHeader(&'static str),
@@ -188,6 +191,7 @@ impl From<crate::body::BodyError> for Deny {
             BodyError::Malformed(why) => Deny::BadRequest(why),
             BodyError::Unsupported(why) => Deny::UnsupportedBody(why),
             BodyError::Overloaded => Deny::Overloaded("request body memory"),
+            BodyError::TenantOverloaded(max) => Deny::BodyMemoryLimit(max),
             BodyError::Timeout => Deny::RequestTimeout,
             BodyError::Unreadable => Deny::BadRequest("the request body could not be read".into()),
         }
@@ -310,7 +314,8 @@ impl Deny {
             | Deny::ApprovalUnavailable(_)
             | Deny::TunnelLimit(_)
             | Deny::Overloaded(_)
-            | Deny::ConnectionLimit(_) => {
+            | Deny::ConnectionLimit(_)
+            | Deny::BodyMemoryLimit(_) => {
                 headers.push((http::header::RETRY_AFTER, "1".to_string()));
             }
             _ => {}
@@ -589,6 +594,11 @@ impl Deny {
                 ReasonCode::ConnectionLimit,
                 format!("this tenant already has {max} connections open to the proxy; reuse one or retry shortly"),
             ),
+            Deny::BodyMemoryLimit(max) => (
+                429,
+                ReasonCode::BodyMemoryLimit,
+                format!("this tenant's requests in flight already hold {max} bytes of request bodies, as much as one tenant may; retry shortly"),
+            ),
             Deny::ProtectedHopHeader(name) => (
                 400,
                 ReasonCode::BadConnectionHeader,
@@ -762,6 +772,7 @@ mod tests {
             (Deny::RequestTimeout, 408, "request_timeout"),
             (Deny::Overloaded("request bodies"), 503, "overloaded"),
             (Deny::ConnectionLimit(1), 429, "connection_limit"),
+            (Deny::BodyMemoryLimit(1), 429, "body_memory_limit"),
             (
                 Deny::ProtectedHopHeader("host"),
                 400,

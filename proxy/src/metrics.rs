@@ -111,7 +111,7 @@ pub struct Metrics {
     /// Client connections open now, by tenant (once a connection's tenant is known).
     pub tenant_connections_open: IntGaugeVec,
     /// Client connections and requests refused by a connection or memory cap, by reason
-    /// (`listener_cap`, `tenant_cap`, `body_memory`).
+    /// (`listener_cap`, `tenant_cap`, `body_memory`, `tenant_body_memory`).
     pub overload_refusals: IntCounterVec,
     /// Request body bytes held in memory by requests in flight.
     pub buffered_body_bytes: IntGauge,
@@ -494,7 +494,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
 }
 
 /// Every `reason` of `tenant_proxy_overload_refusals_total`.
-pub const OVERLOAD_REASONS: [&str; 3] = ["listener_cap", "tenant_cap", "body_memory"];
+pub const OVERLOAD_REASONS: [&str; 4] = [
+    "listener_cap",
+    "tenant_cap",
+    "body_memory",
+    "tenant_body_memory",
+];
 
 /// The process-wide metrics.
 #[allow(clippy::expect_used)] // Metric definitions are static; a failure is a programming error caught by every test.
@@ -557,6 +562,7 @@ mod tests {
             r#"tenant_proxy_overload_refusals_total{reason="listener_cap"} 0"#,
             r#"tenant_proxy_overload_refusals_total{reason="tenant_cap"} 0"#,
             r#"tenant_proxy_overload_refusals_total{reason="body_memory"} 0"#,
+            r#"tenant_proxy_overload_refusals_total{reason="tenant_body_memory"} 0"#,
         ] {
             assert!(text.contains(series), "{series} missing:\n{text}");
         }

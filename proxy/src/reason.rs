@@ -124,6 +124,8 @@ reason_codes! {
     Overloaded => "overloaded",
     /// See `Deny::ConnectionLimit`.
     ConnectionLimit => "connection_limit",
+    /// See `Deny::BodyMemoryLimit`.
+    BodyMemoryLimit => "body_memory_limit",
     /// See `Deny::ProtectedHopHeader`.
     BadConnectionHeader => "bad_connection_header",
     /// See `Deny::ClientClosed`.

@@ -610,6 +610,77 @@ fn slow_heads_and_bodies_are_cut_at_their_deadlines_while_others_are_served() {
     assert_eq!(origin.matching("/acme/normal-").len(), 5);
 }
 
+/// One tenant's slow uploads hold at most its share of the body memory: its next body is
+/// refused before it is read (429 `body_memory_limit`, audited), while another tenant's body is
+/// read and forwarded. Without the share, acme's four uploads would hold all of it and globex
+/// would be refused `overloaded`.
+#[test]
+fn one_tenants_uploads_cannot_take_every_tenants_body_memory() {
+    let origin = Origin::start();
+    let proxy = start(|config| {
+        config.limits = config::RequestLimits {
+            max_body_bytes: Some(65536),
+            max_buffered_body_bytes: Some(262_144),
+            max_buffered_body_bytes_per_tenant: Some(131_072),
+            client_body_timeout: Some(Duration::from_secs(10)),
+            ..Default::default()
+        }
+    });
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", origin.port);
+    let upload = |path: &str| {
+        format!(
+            "POST {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 65536\r\n\r\npartial",
+            url(path),
+            origin.port
+        )
+    };
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..4 {
+        let mut s = plain(proxy.sidecar_port);
+        s.write_all(upload(&format!("/acme/held-{i}")).as_bytes())
+            .unwrap();
+        if i < 2 {
+            // Held: the proxy waits for the rest of the body.
+            std::thread::sleep(Duration::from_millis(300));
+            held.push(s);
+            continue;
+        }
+        let r = read_response(&mut BufReader::new(s)).unwrap();
+        let body = r.assert_refused(429, "body_memory_limit");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("131072 bytes"),
+            "{body}"
+        );
+        assert_eq!(r.header("retry-after"), Some("1"));
+        refused.push(r.request_id());
+    }
+    let globex = token_for("globex", "agent");
+    let r = raw_request(
+        proxy.shared_port,
+        &format!(
+            "POST {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nProxy-Authorization: Bearer {globex}\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789",
+            url("/globex/upload"),
+            origin.port
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(origin.matching("/globex/upload")[0].body, b"0123456789");
+    assert!(origin.matching("/acme/held-").is_empty());
+    assert!(proxy
+        .metrics()
+        .contains("tenant_proxy_overload_refusals_total{reason=\"tenant_body_memory\"} 2"));
+    for id in &refused {
+        let rec = proxy.audit_record("acme", id);
+        assert_eq!(rec["reason"], "body_memory_limit", "{rec}");
+    }
+    drop(held);
+}
+
 #[test]
 fn bodies_in_memory_and_connections_are_capped() {
     let origin = Origin::start();
@@ -617,6 +688,8 @@ fn bodies_in_memory_and_connections_are_capped() {
         config.limits = config::RequestLimits {
             max_body_bytes: Some(65536),
             max_buffered_body_bytes: Some(131_072),
+            // The process's bound is under test here; one tenant may take all of it.
+            max_buffered_body_bytes_per_tenant: Some(131_072),
             max_connections_per_tenant: Some(3),
             max_connections_per_listener: Some(40),
             client_body_timeout: Some(Duration::from_secs(5)),

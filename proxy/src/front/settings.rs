@@ -27,6 +27,11 @@ pub struct RequestLimitsSpec {
     /// Request body bytes all requests in flight may hold together (503 `overloaded` above it).
     #[serde(default = "default_max_buffered_body_bytes")]
     pub max_buffered_body_bytes: u64,
+    /// Request body bytes one tenant's requests in flight may hold together (429
+    /// `body_memory_limit` above it); unset: a quarter of `max_buffered_body_bytes`, and at
+    /// least `max_body_bytes`.
+    #[serde(default)]
+    pub max_buffered_body_bytes_per_tenant: Option<u64>,
     /// Open client connections per listener (503 `overloaded` above it).
     #[serde(default = "default_max_connections_per_listener")]
     pub max_connections_per_listener: u32,
@@ -43,6 +48,7 @@ impl Default for RequestLimitsSpec {
             max_body_bytes: default_max_body_bytes(),
             client_body_timeout: default_client_body_timeout(),
             max_buffered_body_bytes: default_max_buffered_body_bytes(),
+            max_buffered_body_bytes_per_tenant: None,
             max_connections_per_listener: default_max_connections_per_listener(),
             max_connections_per_tenant: default_max_connections_per_tenant(),
         }
@@ -84,6 +90,8 @@ pub struct RequestLimits {
     pub client_body_timeout: Duration,
     /// Body bytes all requests in flight may hold together.
     pub max_buffered_body_bytes: u64,
+    /// Body bytes one tenant's requests in flight may hold together.
+    pub max_buffered_body_bytes_per_tenant: u64,
     /// Open client connections per listener.
     pub max_connections_per_listener: u32,
     /// Open client connections per tenant.
@@ -102,6 +110,15 @@ impl RequestLimits {
         if spec.max_buffered_body_bytes < spec.max_body_bytes as u64 {
             p.push(
                 "limits.max_buffered_body_bytes",
+                "must be at least `max_body_bytes` (or no body of the largest size could ever be held)",
+            );
+        }
+        if spec
+            .max_buffered_body_bytes_per_tenant
+            .is_some_and(|n| n < spec.max_body_bytes as u64)
+        {
+            p.push(
+                "limits.max_buffered_body_bytes_per_tenant",
                 "must be at least `max_body_bytes` (or no body of the largest size could ever be held)",
             );
         }
@@ -126,6 +143,11 @@ impl RequestLimits {
             client_body_timeout: p
                 .duration("limits.client_body_timeout", &spec.client_body_timeout),
             max_buffered_body_bytes: spec.max_buffered_body_bytes,
+            // SECURITY: by default no tenant may hold more than a quarter of the body memory,
+            // so one tenant's slow uploads cannot refuse every other tenant's bodies.
+            max_buffered_body_bytes_per_tenant: spec
+                .max_buffered_body_bytes_per_tenant
+                .unwrap_or((spec.max_buffered_body_bytes / 4).max(spec.max_body_bytes as u64)),
             max_connections_per_listener: spec.max_connections_per_listener,
             max_connections_per_tenant: spec.max_connections_per_tenant,
         }

@@ -239,10 +239,12 @@ pub trait Effects: Send + Sync {
     fn revoked(&self, _jti: &str) -> Result<bool, Deny> {
         Ok(false)
     }
-    /// Reads a request's whole body from its connection.
+    /// Reads a request's whole body from its connection, held against `tenant`'s share of the
+    /// body memory.
     async fn read_body(
         &self,
         session: &mut Session,
+        tenant: &TenantId,
     ) -> Result<Option<(Bytes, Option<BodyHold>)>, Deny>;
     /// Takes one of the tenant's tunnel slots.
     fn open_tunnel(&self, tenant: &TenantId, max: u32) -> Result<Option<TenantSlot>, Deny>;
@@ -432,7 +434,7 @@ async fn admit_http(
 
     let mut grant = HttpGrant::default();
     let (body, hold) = match &mut source {
-        BodySource::Session(session) => match fx.read_body(session).await? {
+        BodySource::Session(session) => match fx.read_body(session, &tenant.tenant).await? {
             Some((bytes, hold)) => (Some(bytes), hold),
             None => (None, None),
         },
@@ -1146,7 +1148,11 @@ impl Effects for DecideOnly<'_> {
         Ok(())
     }
 
-    async fn read_body(&self, _: &mut Session) -> Result<Option<(Bytes, Option<BodyHold>)>, Deny> {
+    async fn read_body(
+        &self,
+        _: &mut Session,
+        _: &TenantId,
+    ) -> Result<Option<(Bytes, Option<BodyHold>)>, Deny> {
         Ok(None)
     }
 

@@ -156,10 +156,12 @@ impl Effects for Shared {
     async fn read_body(
         &self,
         session: &mut Session,
+        tenant: &TenantId,
     ) -> Result<Option<(Bytes, Option<BodyHold>)>, Deny> {
         let limits = &self.config.limits;
         let read = crate::body::read_full(
             session,
+            tenant,
             limits.max_body_bytes,
             &self.bodies,
             limits.client_body_timeout,

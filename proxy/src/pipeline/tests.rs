@@ -141,7 +141,11 @@ impl Effects for Recording<'_> {
     async fn sight_run(&self, _: &TenantContext, _: Duration) -> Result<(), Deny> {
         self.step("run", Deny::RunClosed)
     }
-    async fn read_body(&self, _: &mut Session) -> Result<Option<(Bytes, Option<BodyHold>)>, Deny> {
+    async fn read_body(
+        &self,
+        _: &mut Session,
+        _: &TenantId,
+    ) -> Result<Option<(Bytes, Option<BodyHold>)>, Deny> {
         Ok(None)
     }
     fn open_tunnel(&self, _: &TenantId, max: u32) -> Result<Option<TenantSlot>, Deny> {
