@@ -380,6 +380,9 @@ pub struct Egress {
     /// Open tunnels per tenant.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tunnels_per_tenant: Option<u32>,
+    /// Name lookups one tenant may have running at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_dns_lookups_per_tenant: Option<u32>,
     /// Deadline for a whole request head.
     #[serde(
         skip_serializing_if = "Option::is_none",

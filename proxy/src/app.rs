@@ -397,6 +397,7 @@ fn dialer(config: &StaticConfig) -> Dialer {
             exceptions: egress.exceptions.clone(),
             own_listeners,
         },
+        egress.max_dns_lookups_per_tenant,
     )
 }
 

@@ -88,6 +88,9 @@ pub enum Deny {
     /// The tenant's requests in flight already hold the request body bytes one tenant may
     /// (this many); retry shortly.
     BodyMemoryLimit(u64),
+    /// The tenant already has this many upstream name lookups running (its names resolve
+    /// slowly); retry shortly.
+    DnsLookupLimit(u32),
     /// A `Connection` header nominates a header the proxy decides on or sets (hop-by-hop
     /// removal would change the request after the decision).
     ProtectedHopHeader(&'static str),
@@ -315,7 +318,8 @@ impl Deny {
             | Deny::TunnelLimit(_)
             | Deny::Overloaded(_)
             | Deny::ConnectionLimit(_)
-            | Deny::BodyMemoryLimit(_) => {
+            | Deny::BodyMemoryLimit(_)
+            | Deny::DnsLookupLimit(_) => {
                 headers.push((http::header::RETRY_AFTER, "1".to_string()));
             }
             _ => {}
@@ -594,6 +598,11 @@ impl Deny {
                 ReasonCode::ConnectionLimit,
                 format!("this tenant already has {max} connections open to the proxy; reuse one or retry shortly"),
             ),
+            Deny::DnsLookupLimit(max) => (
+                429,
+                ReasonCode::DnsLookupLimit,
+                format!("this tenant already has {max} upstream name lookups running (its names resolve slowly); retry shortly"),
+            ),
             Deny::BodyMemoryLimit(max) => (
                 429,
                 ReasonCode::BodyMemoryLimit,
@@ -773,6 +782,7 @@ mod tests {
             (Deny::Overloaded("request bodies"), 503, "overloaded"),
             (Deny::ConnectionLimit(1), 429, "connection_limit"),
             (Deny::BodyMemoryLimit(1), 429, "body_memory_limit"),
+            (Deny::DnsLookupLimit(1), 429, "dns_lookup_limit"),
             (
                 Deny::ProtectedHopHeader("host"),
                 400,

@@ -126,6 +126,8 @@ reason_codes! {
     ConnectionLimit => "connection_limit",
     /// See `Deny::BodyMemoryLimit`.
     BodyMemoryLimit => "body_memory_limit",
+    /// See `Deny::DnsLookupLimit`.
+    DnsLookupLimit => "dns_lookup_limit",
     /// See `Deny::ProtectedHopHeader`.
     BadConnectionHeader => "bad_connection_header",
     /// See `Deny::ClientClosed`.

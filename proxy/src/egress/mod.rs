@@ -18,9 +18,11 @@ pub mod settings;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use crate::ids::TenantId;
+
 pub use exception::EgressException;
 pub use ranges::non_global_reason;
-pub use resolve::{Resolver, StaticResolver, SystemResolver};
+pub use resolve::{LookupHold, LookupShares, Resolver, StaticResolver, SystemResolver};
 pub use settings::{EgressSettings, UpstreamSettings};
 
 /// What the [`Dialer`] allows beyond global unicast, and what it never allows.
@@ -65,6 +67,20 @@ pub enum EgressRefusal {
         /// The refused destination.
         address: SocketAddr,
     },
+    /// The tenant already has this many name lookups running (see [`LookupShares`]).
+    #[error("the tenant already has {max} name lookups running")]
+    LookupsBusy {
+        /// The tenant's share.
+        max: u32,
+    },
+}
+
+/// Why [`Dialer::lookup`] has no answers.
+enum LookupFailed {
+    /// The tenant has no lookup place free.
+    Busy,
+    /// The resolver failed (its error is logged, never shown).
+    Resolver(std::io::Error),
 }
 
 /// Resolves upstream names and decides whether their addresses may be dialed.
@@ -72,12 +88,33 @@ pub enum EgressRefusal {
 pub struct Dialer {
     resolver: Arc<dyn Resolver>,
     rules: EgressRules,
+    lookups: Arc<LookupShares>,
 }
 
 impl Dialer {
-    /// A dialer that looks names up with `resolver` and applies `rules`.
-    pub fn new(resolver: Arc<dyn Resolver>, rules: EgressRules) -> Self {
-        Self { resolver, rules }
+    /// A dialer that looks names up with `resolver` and applies `rules`; each tenant may have
+    /// `lookups_per_tenant` lookups running at once.
+    pub fn new(resolver: Arc<dyn Resolver>, rules: EgressRules, lookups_per_tenant: u32) -> Self {
+        Self {
+            resolver,
+            rules,
+            lookups: Arc::new(LookupShares::new(lookups_per_tenant)),
+        }
+    }
+
+    fn busy(&self) -> EgressRefusal {
+        EgressRefusal::LookupsBusy {
+            max: self.lookups.max(),
+        }
+    }
+
+    /// Looks `host` up for `tenant`, in one of its lookup places.
+    async fn lookup(&self, tenant: &TenantId, host: &str) -> Result<Vec<IpAddr>, LookupFailed> {
+        let hold = self.lookups.try_hold(tenant).ok_or(LookupFailed::Busy)?;
+        self.resolver
+            .lookup(host, hold)
+            .await
+            .map_err(LookupFailed::Resolver)
     }
 
     /// Resolves `host` (lowercase, IPv6 without brackets; an IP literal is parsed, not looked
@@ -91,15 +128,19 @@ impl Dialer {
         host: &str,
         port: u16,
         tenant_exceptions: &[EgressException],
+        tenant: &TenantId,
     ) -> Result<SocketAddr, EgressRefusal> {
         let unresolvable = || EgressRefusal::Unresolvable {
             host: host.to_string(),
         };
         let answers = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
-            Err(_) => self.resolver.lookup(host).await.map_err(|e| {
-                tracing::debug!(host, error = %e, "upstream name lookup failed");
-                unresolvable()
+            Err(_) => self.lookup(tenant, host).await.map_err(|e| match e {
+                LookupFailed::Busy => self.busy(),
+                LookupFailed::Resolver(e) => {
+                    tracing::debug!(host, error = %e, "upstream name lookup failed");
+                    unresolvable()
+                }
             })?,
         };
         let first = *answers.first().ok_or_else(unresolvable)?;
@@ -135,13 +176,17 @@ impl Dialer {
         host: &str,
         original: SocketAddr,
         tenant_exceptions: &[EgressException],
+        tenant: &TenantId,
     ) -> Result<SocketAddr, EgressRefusal> {
         let answers = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
-            Err(_) => self.resolver.lookup(host).await.map_err(|e| {
-                tracing::debug!(host, error = %e, "captured name lookup failed");
-                EgressRefusal::NotOriginal {
-                    host: host.to_string(),
+            Err(_) => self.lookup(tenant, host).await.map_err(|e| match e {
+                LookupFailed::Busy => self.busy(),
+                LookupFailed::Resolver(e) => {
+                    tracing::debug!(host, error = %e, "captured name lookup failed");
+                    EgressRefusal::NotOriginal {
+                        host: host.to_string(),
+                    }
                 }
             })?,
         };
@@ -205,6 +250,67 @@ mod tests {
         s.parse().expect("exception")
     }
 
+    /// A resolver whose every lookup keeps its hold until `release` is notified.
+    #[derive(Debug, Default)]
+    struct Stuck {
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl Resolver for Stuck {
+        async fn lookup(&self, _host: &str, _hold: LookupHold) -> std::io::Result<Vec<IpAddr>> {
+            self.release.notified().await;
+            Ok(vec![ip("93.184.216.34")])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tenant_with_every_lookup_place_taken_is_refused_and_others_are_not() {
+        let stuck = Arc::new(Stuck::default());
+        let d = Arc::new(Dialer::new(stuck.clone(), EgressRules::default(), 2));
+        let acme = TenantId::new("acme").unwrap();
+        let globex = TenantId::new("globex").unwrap();
+        let pending: Vec<_> = (0..2)
+            .map(|i| {
+                let (d, acme) = (d.clone(), acme.clone());
+                tokio::spawn(async move {
+                    d.resolve_checked(&format!("h{i}.example"), 443, &[], &acme)
+                        .await
+                })
+            })
+            .collect();
+        while d.lookups.running(&acme) < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            d.resolve_checked("h2.example", 443, &[], &acme).await,
+            Err(EgressRefusal::LookupsBusy { max: 2 })
+        );
+        // An IP literal needs no lookup.
+        assert!(d
+            .resolve_checked("93.184.216.34", 443, &[], &acme)
+            .await
+            .is_ok());
+        // globex's places are its own.
+        let g = {
+            let (d, globex) = (d.clone(), globex.clone());
+            tokio::spawn(async move { d.resolve_checked("g.example", 443, &[], &globex).await })
+        };
+        while d.lookups.running(&globex) < 1 {
+            tokio::task::yield_now().await;
+        }
+        stuck.release.notify_waiters();
+        assert!(g.await.unwrap().is_ok());
+        for p in pending {
+            assert!(p.await.unwrap().is_ok());
+        }
+        assert_eq!(d.lookups.running(&acme), 0);
+        assert!(d
+            .resolve_checked("93.184.216.34", 443, &[], &acme)
+            .await
+            .is_ok());
+    }
+
     /// Answers the n-th call with the n-th list (the last list from then on) and counts calls.
     #[derive(Debug)]
     struct Canned {
@@ -230,7 +336,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Resolver for Canned {
-        async fn lookup(&self, _host: &str) -> std::io::Result<Vec<IpAddr>> {
+        async fn lookup(&self, _host: &str, _hold: LookupHold) -> std::io::Result<Vec<IpAddr>> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             Ok(self.answers[n.min(self.answers.len() - 1)].clone())
         }
@@ -243,7 +349,13 @@ mod tests {
                 exceptions: exceptions.iter().map(|s| exc(s)).collect(),
                 own_listeners: own_listeners.iter().map(|s| sa(s)).collect(),
             },
+            8,
         )
+    }
+
+    /// The tenant the lookups are made for.
+    fn t() -> TenantId {
+        TenantId::new("acme").unwrap()
     }
 
     #[tokio::test]
@@ -254,7 +366,7 @@ mod tests {
             &["0.0.0.0:15001"],
         );
         let got = d
-            .resolve_original("api.example.com", sa("8.8.4.4:443"), &[])
+            .resolve_original("api.example.com", sa("8.8.4.4:443"), &[], &t())
             .await;
         assert_eq!(
             got,
@@ -262,7 +374,7 @@ mod tests {
             "any answer may be the one dialed"
         );
         let spoofed = d
-            .resolve_original("api.example.com", sa("192.0.2.9:443"), &[])
+            .resolve_original("api.example.com", sa("192.0.2.9:443"), &[], &t())
             .await;
         assert!(
             matches!(spoofed, Err(EgressRefusal::NotOriginal { .. })),
@@ -270,24 +382,34 @@ mod tests {
         );
         // An IP literal is its own answer; IPv4-mapped forms compare as IPv4.
         let literal = d
-            .resolve_original("93.184.216.34", sa("[::ffff:93.184.216.34]:80"), &[])
+            .resolve_original("93.184.216.34", sa("[::ffff:93.184.216.34]:80"), &[], &t())
             .await;
         assert_eq!(literal, Ok(sa("93.184.216.34:80")));
         // The original address is checked by the guard like any answer.
         let private = dialer(Canned::new(&[&["10.0.0.5"]]), &[], &[]);
         let refused = private
-            .resolve_original("db.internal", sa("10.0.0.5:5432"), &[])
+            .resolve_original("db.internal", sa("10.0.0.5:5432"), &[], &t())
             .await;
         assert!(
             matches!(refused, Err(EgressRefusal::Forbidden { .. })),
             "{refused:?}"
         );
         let excepted = private
-            .resolve_original("db.internal", sa("10.0.0.5:5432"), &[exc("10.0.0.0/8")])
+            .resolve_original(
+                "db.internal",
+                sa("10.0.0.5:5432"),
+                &[exc("10.0.0.0/8")],
+                &t(),
+            )
             .await;
         assert_eq!(excepted, Ok(sa("10.0.0.5:5432")));
         let looped = d
-            .resolve_original("127.0.0.1", sa("127.0.0.1:15001"), &[exc("127.0.0.0/8")])
+            .resolve_original(
+                "127.0.0.1",
+                sa("127.0.0.1:15001"),
+                &[exc("127.0.0.0/8")],
+                &t(),
+            )
             .await;
         assert!(
             matches!(looped, Err(EgressRefusal::OwnListener { .. })),
@@ -354,12 +476,12 @@ mod tests {
             // As an answer for a name, and as a literal host.
             let d = dialer(Canned::new(&[&[addr]]), &[], &[]);
             assert_eq!(
-                d.resolve_checked("upstream.example", 443, &[]).await,
+                d.resolve_checked("upstream.example", 443, &[], &t()).await,
                 want,
                 "{addr} by name"
             );
             assert_eq!(
-                d.resolve_checked(addr, 443, &[]).await,
+                d.resolve_checked(addr, 443, &[], &t()).await,
                 want,
                 "{addr} literal"
             );
@@ -377,7 +499,7 @@ mod tests {
         ] {
             assert_eq!(non_global_reason(ip(addr)), None, "{addr}");
             let d = dialer(Canned::new(&[&[addr]]), &[], &[]);
-            let got = d.resolve_checked("upstream.example", 8443, &[]).await;
+            let got = d.resolve_checked("upstream.example", 8443, &[], &t()).await;
             assert_eq!(got, Ok(SocketAddr::new(ip(addr), 8443)), "{addr}");
         }
     }
@@ -387,14 +509,15 @@ mod tests {
         let r = Canned::new(&[&["8.8.8.8"]]);
         let d = dialer(r.clone(), &[], &[]);
         assert_eq!(
-            d.resolve_checked("1.1.1.1", 80, &[]).await,
+            d.resolve_checked("1.1.1.1", 80, &[], &t()).await,
             Ok(sa("1.1.1.1:80"))
         );
         assert_eq!(
-            d.resolve_checked("2606:4700:4700::1111", 80, &[]).await,
+            d.resolve_checked("2606:4700:4700::1111", 80, &[], &t())
+                .await,
             Ok(sa("[2606:4700:4700::1111]:80"))
         );
-        assert!(d.resolve_checked("10.0.0.1", 80, &[]).await.is_err());
+        assert!(d.resolve_checked("10.0.0.1", 80, &[], &t()).await.is_err());
         assert_eq!(r.calls(), 0);
     }
 
@@ -419,7 +542,7 @@ mod tests {
             "127.0.0.1",
         ] {
             assert_eq!(
-                d.resolve_checked(host, 80, &[]).await,
+                d.resolve_checked(host, 80, &[], &t()).await,
                 loopback("127.0.0.1"),
                 "{host}"
             );
@@ -428,9 +551,12 @@ mod tests {
             address: ip("::ffff:127.0.0.1"),
             reason: "IPv4-mapped IPv6",
         });
-        assert_eq!(d.resolve_checked("::ffff:127.0.0.1", 80, &[]).await, mapped);
+        assert_eq!(
+            d.resolve_checked("::ffff:127.0.0.1", 80, &[], &t()).await,
+            mapped
+        );
         // `localhost` may answer 127.0.0.1, ::1 or both; whichever comes first is loopback.
-        match d.resolve_checked("localhost", 80, &[]).await {
+        match d.resolve_checked("localhost", 80, &[], &t()).await {
             Err(EgressRefusal::Forbidden {
                 reason: "loopback", ..
             }) => {}
@@ -445,7 +571,7 @@ mod tests {
             &[],
             &[],
         );
-        let got = d.resolve_checked("mixed.example", 443, &[]).await;
+        let got = d.resolve_checked("mixed.example", 443, &[], &t()).await;
         assert_eq!(
             got,
             Err(EgressRefusal::Forbidden {
@@ -460,11 +586,11 @@ mod tests {
         let r = Canned::new(&[&["8.8.8.8"], &["127.0.0.1"]]);
         let d = dialer(r.clone(), &[], &[]);
         assert_eq!(
-            d.resolve_checked("rebind.example", 80, &[]).await,
+            d.resolve_checked("rebind.example", 80, &[], &t()).await,
             Ok(sa("8.8.8.8:80"))
         );
         assert_eq!(r.calls(), 1);
-        let second = d.resolve_checked("rebind.example", 80, &[]).await;
+        let second = d.resolve_checked("rebind.example", 80, &[], &t()).await;
         assert_eq!(
             second,
             Err(EgressRefusal::Forbidden {
@@ -482,7 +608,7 @@ mod tests {
         });
         let empty = dialer(Canned::new(&[&[]]), &[], &[]);
         assert_eq!(
-            empty.resolve_checked("gone.example", 80, &[]).await,
+            empty.resolve_checked("gone.example", 80, &[], &t()).await,
             unresolvable
         );
         let nx = dialer(
@@ -490,7 +616,7 @@ mod tests {
             &[],
             &[],
         );
-        let got = nx.resolve_checked("gone.example", 80, &[]).await;
+        let got = nx.resolve_checked("gone.example", 80, &[], &t()).await;
         assert_eq!(got, unresolvable);
         let msg = got.err().map(|e| e.to_string()).unwrap_or_default();
         assert_eq!(
@@ -503,22 +629,25 @@ mod tests {
     async fn cidr_exceptions_cover_their_addresses_on_any_port() {
         let d = dialer(Canned::new(&[&["10.1.2.3"]]), &["10.0.0.0/8", "::1"], &[]);
         assert_eq!(
-            d.resolve_checked("db.internal", 5432, &[]).await,
+            d.resolve_checked("db.internal", 5432, &[], &t()).await,
             Ok(sa("10.1.2.3:5432"))
         );
         assert_eq!(
-            d.resolve_checked("db.internal", 6379, &[]).await,
+            d.resolve_checked("db.internal", 6379, &[], &t()).await,
             Ok(sa("10.1.2.3:6379"))
         );
         assert_eq!(
-            d.resolve_checked("::1", 9000, &[]).await,
+            d.resolve_checked("::1", 9000, &[], &t()).await,
             Ok(sa("[::1]:9000"))
         );
-        assert!(d.resolve_checked("192.168.0.1", 80, &[]).await.is_err());
+        assert!(d
+            .resolve_checked("192.168.0.1", 80, &[], &t())
+            .await
+            .is_err());
         // 127.0.0.1/32 does not cover its IPv4-mapped form.
         let v4_only = dialer(Canned::new(&[&[]]), &["127.0.0.1"], &[]);
         assert!(v4_only
-            .resolve_checked("::ffff:127.0.0.1", 80, &[])
+            .resolve_checked("::ffff:127.0.0.1", 80, &[], &t())
             .await
             .is_err());
         // A mixed answer passes only if the exception covers every refused answer.
@@ -527,7 +656,7 @@ mod tests {
             &["10.0.0.0/8"],
             &[],
         );
-        let got = mixed.resolve_checked("mixed.example", 80, &[]).await;
+        let got = mixed.resolve_checked("mixed.example", 80, &[], &t()).await;
         assert_eq!(
             got,
             Err(EgressRefusal::Forbidden {
@@ -546,26 +675,32 @@ mod tests {
             &[],
         );
         assert_eq!(
-            d.resolve_checked("vault.internal", 8200, &[]).await,
+            d.resolve_checked("vault.internal", 8200, &[], &t()).await,
             Ok(sa("10.0.0.5:8200"))
         );
         assert!(d
-            .resolve_checked("vault.internal", 8201, &[])
+            .resolve_checked("vault.internal", 8201, &[], &t())
             .await
             .is_err());
         // Another name resolving to the same address is not covered.
         assert!(d
-            .resolve_checked("other.internal", 8200, &[])
+            .resolve_checked("other.internal", 8200, &[], &t())
             .await
             .is_err());
-        assert!(d.resolve_checked("10.0.0.5", 8200, &[]).await.is_err());
+        assert!(d
+            .resolve_checked("10.0.0.5", 8200, &[], &t())
+            .await
+            .is_err());
         assert_eq!(
-            d.resolve_checked("127.0.0.1", 9000, &[]).await,
+            d.resolve_checked("127.0.0.1", 9000, &[], &t()).await,
             Ok(sa("127.0.0.1:9000"))
         );
-        assert!(d.resolve_checked("127.0.0.1", 9001, &[]).await.is_err());
+        assert!(d
+            .resolve_checked("127.0.0.1", 9001, &[], &t())
+            .await
+            .is_err());
         assert_eq!(
-            d.resolve_checked("0:0::1", 9001, &[]).await,
+            d.resolve_checked("0:0::1", 9001, &[], &t()).await,
             Ok(sa("[::1]:9001"))
         );
         // A legacy spelling of an excepted IP is a different host name.
@@ -574,7 +709,10 @@ mod tests {
             &["127.0.0.1:9000"],
             &[],
         );
-        assert!(sys.resolve_checked("2130706433", 9000, &[]).await.is_err());
+        assert!(sys
+            .resolve_checked("2130706433", 9000, &[], &t())
+            .await
+            .is_err());
     }
 
     #[tokio::test]
@@ -586,15 +724,21 @@ mod tests {
         );
         let tenant = [exc("192.168.0.0/16")];
         assert_eq!(
-            d.resolve_checked("a.internal", 80, &tenant).await,
+            d.resolve_checked("a.internal", 80, &tenant, &t()).await,
             Ok(sa("10.0.0.1:80"))
         );
         assert_eq!(
-            d.resolve_checked("b.internal", 80, &tenant).await,
+            d.resolve_checked("b.internal", 80, &tenant, &t()).await,
             Ok(sa("192.168.0.1:80"))
         );
-        assert!(d.resolve_checked("b.internal", 80, &[]).await.is_err());
-        assert!(d.resolve_checked("172.16.0.1", 80, &tenant).await.is_err());
+        assert!(d
+            .resolve_checked("b.internal", 80, &[], &t())
+            .await
+            .is_err());
+        assert!(d
+            .resolve_checked("172.16.0.1", 80, &tenant, &t())
+            .await
+            .is_err());
     }
 
     #[tokio::test]
@@ -607,23 +751,25 @@ mod tests {
         );
         let loop_ = |a: &str| Err(EgressRefusal::OwnListener { address: sa(a) });
         assert_eq!(
-            exact.resolve_checked("me.internal", 8080, &[]).await,
+            exact.resolve_checked("me.internal", 8080, &[], &t()).await,
             loop_("10.0.0.9:8080")
         );
         assert_eq!(
-            exact.resolve_checked("127.0.0.1", 9090, &[]).await,
+            exact.resolve_checked("127.0.0.1", 9090, &[], &t()).await,
             loop_("127.0.0.1:9090")
         );
         assert_eq!(
-            exact.resolve_checked("::ffff:127.0.0.1", 9090, &[]).await,
+            exact
+                .resolve_checked("::ffff:127.0.0.1", 9090, &[], &t())
+                .await,
             loop_("[::ffff:127.0.0.1]:9090")
         );
         assert_eq!(
-            exact.resolve_checked("me.internal", 8081, &[]).await,
+            exact.resolve_checked("me.internal", 8081, &[], &t()).await,
             Ok(sa("10.0.0.9:8081"))
         );
         assert_eq!(
-            exact.resolve_checked("127.0.0.2", 9090, &[]).await,
+            exact.resolve_checked("127.0.0.2", 9090, &[], &t()).await,
             Ok(sa("127.0.0.2:9090"))
         );
 
@@ -633,23 +779,23 @@ mod tests {
             &["0.0.0.0:8080", "[::]:9090"],
         );
         assert_eq!(
-            any.resolve_checked("localhost", 8080, &[]).await,
+            any.resolve_checked("localhost", 8080, &[], &t()).await,
             loop_("127.0.0.1:8080")
         );
         assert_eq!(
-            any.resolve_checked("127.3.2.1", 8080, &[]).await,
+            any.resolve_checked("127.3.2.1", 8080, &[], &t()).await,
             loop_("127.3.2.1:8080")
         );
         assert_eq!(
-            any.resolve_checked("0.0.0.0", 8080, &[]).await,
+            any.resolve_checked("0.0.0.0", 8080, &[], &t()).await,
             loop_("0.0.0.0:8080")
         );
         assert_eq!(
-            any.resolve_checked("::1", 9090, &[]).await,
+            any.resolve_checked("::1", 9090, &[], &t()).await,
             loop_("[::1]:9090")
         );
         assert_eq!(
-            any.resolve_checked("localhost", 8081, &[]).await,
+            any.resolve_checked("localhost", 8081, &[], &t()).await,
             Ok(sa("127.0.0.1:8081"))
         );
         // A host-port exception for the listener itself does not help either.
@@ -659,7 +805,7 @@ mod tests {
             &["0.0.0.0:8080"],
         );
         assert_eq!(
-            named.resolve_checked("localhost", 8080, &[]).await,
+            named.resolve_checked("localhost", 8080, &[], &t()).await,
             loop_("127.0.0.1:8080")
         );
         // Any answer that loops refuses the name, not just the first.
@@ -669,7 +815,9 @@ mod tests {
             &["0.0.0.0:8080"],
         );
         assert_eq!(
-            second.resolve_checked("two.internal", 8080, &[]).await,
+            second
+                .resolve_checked("two.internal", 8080, &[], &t())
+                .await,
             loop_("127.0.0.1:8080")
         );
     }

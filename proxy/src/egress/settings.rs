@@ -34,6 +34,9 @@ pub struct EgressSpec {
     /// Open tunnels per tenant, unless the tenant sets `max_tunnels`.
     #[serde(default = "default_max_tunnels")]
     pub max_tunnels_per_tenant: u32,
+    /// Name lookups one tenant may have running at once (429 `dns_lookup_limit` above it).
+    #[serde(default = "default_max_dns_lookups_per_tenant")]
+    pub max_dns_lookups_per_tenant: u32,
     /// Longest a client may take to send a request head, from its first byte (and to start one
     /// on a new connection).
     #[serde(default = "default_client_header_timeout")]
@@ -49,6 +52,7 @@ impl Default for EgressSpec {
             dns_timeout: default_dns_timeout(),
             tunnel_idle_timeout: default_tunnel_idle_timeout(),
             max_tunnels_per_tenant: default_max_tunnels(),
+            max_dns_lookups_per_tenant: default_max_dns_lookups_per_tenant(),
             client_header_timeout: default_client_header_timeout(),
         }
     }
@@ -62,6 +66,11 @@ fn default_dns_timeout() -> String {
 }
 fn default_tunnel_idle_timeout() -> String {
     "5m".into()
+}
+fn default_max_dns_lookups_per_tenant() -> u32 {
+    // A sixteenth of a runtime's blocking pool (512 threads): a tenant whose names do not
+    // resolve keeps at most that many busy.
+    32
 }
 fn default_max_tunnels() -> u32 {
     256
@@ -85,6 +94,8 @@ pub struct EgressSettings {
     pub tunnel_idle_timeout: Duration,
     /// Default cap on a tenant's open tunnels.
     pub max_tunnels_per_tenant: u32,
+    /// Name lookups one tenant may have running at once.
+    pub max_dns_lookups_per_tenant: u32,
     /// Time a new connection has to send its first request head.
     pub client_header_timeout: Duration,
 }
@@ -119,6 +130,9 @@ impl EgressSettings {
         if spec.max_tunnels_per_tenant == 0 {
             p.push("egress.max_tunnels_per_tenant", "must be at least 1");
         }
+        if spec.max_dns_lookups_per_tenant == 0 {
+            p.push("egress.max_dns_lookups_per_tenant", "must be at least 1");
+        }
         EgressSettings {
             exceptions,
             connect_ports: spec.connect_ports,
@@ -127,6 +141,7 @@ impl EgressSettings {
             tunnel_idle_timeout: p
                 .duration("egress.tunnel_idle_timeout", &spec.tunnel_idle_timeout),
             max_tunnels_per_tenant: spec.max_tunnels_per_tenant,
+            max_dns_lookups_per_tenant: spec.max_dns_lookups_per_tenant,
             client_header_timeout: p
                 .duration("egress.client_header_timeout", &spec.client_header_timeout),
         }

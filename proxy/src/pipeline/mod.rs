@@ -195,10 +195,14 @@ impl Effects for Shared {
         let resolved = match original {
             Some(original) => {
                 self.egress
-                    .resolve_original(host, original, exceptions)
+                    .resolve_original(host, original, exceptions, &tenant.tenant)
                     .await
             }
-            None => self.egress.resolve_checked(host, port, exceptions).await,
+            None => {
+                self.egress
+                    .resolve_checked(host, port, exceptions, &tenant.tenant)
+                    .await
+            }
         };
         resolved.map_err(|refusal| {
             // Counted on every path alike (requests and tunnels).
@@ -313,6 +317,7 @@ pub fn deny_for_refusal(request_id: &str, refusal: &EgressRefusal) -> Deny {
             Deny::DestinationForbidden("it is this proxy itself".into())
         }
         EgressRefusal::NotOriginal { .. } => Deny::HostMismatch,
+        EgressRefusal::LookupsBusy { max } => Deny::DnsLookupLimit(*max),
     }
 }
 
