@@ -1,7 +1,7 @@
 //! One tenant's trouble is its own: an unwritable audit partition refuses only its tenant, one
 //! tenant's endless runs do not push another's off the run watch list, a repeated admin query
-//! parameter cannot act on another tenant, and two `Proxy-Authorization` headers are no
-//! identity. Each test checks what the recording origin received and what the audit trail says.
+//! parameter cannot act on another tenant, two `Proxy-Authorization` headers are no
+//! identity, and one tenant's unanswered name lookups do not hold another's. Each test checks what the recording origin received and what the audit trail says.
 
 use std::time::{Duration, Instant};
 
@@ -360,4 +360,89 @@ fn two_proxy_authorization_headers_are_no_identity() {
         proxy.audit_record("globex", &r.request_id())["tenant"],
         "globex"
     );
+}
+
+/// A tenant whose upstream names never resolve keeps only its own lookup places busy: a system
+/// lookup outlives the request that gave up on it (`dns_timeout`), so without a share per
+/// tenant its requests would fill the workers' blocking pools and every tenant's lookups would
+/// wait. The proxy runs in a network namespace whose resolver drops every query.
+#[test]
+fn a_tenants_unanswered_name_lookups_hold_only_its_own_places() {
+    let test = "tenant_trouble::a_tenants_unanswered_name_lookups_hold_only_its_own_places";
+    let Some(ns) = Netns::create_or_skip(test) else {
+        return;
+    };
+    ns.hosts(&[]);
+    // A resolver that reads every query and answers none.
+    let blackhole = std::net::UdpSocket::bind((ns.host_ip, 53)).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while blackhole.recv_from(&mut buf).is_ok() {}
+    });
+    std::fs::write(
+        format!("/etc/netns/{}/resolv.conf", ns.name),
+        format!("nameserver {}\noptions timeout:4 attempts:1\n", ns.host_ip),
+    )
+    .unwrap();
+    let mut spec = ProxySpec::default();
+    spec.config.admin.listen = Some(std::net::SocketAddr::new(ns.ns_ip, 0));
+    spec.config.egress.dns_timeout = Some(Duration::from_millis(300));
+    spec.config.egress.max_dns_lookups_per_tenant = Some(1);
+    spec.command_prefix = ["ip", "netns", "exec", &ns.name].map(String::from).to_vec();
+    let proxy = Proxy::start(spec);
+    let globex_token = token_for("globex", "agent");
+    // curl inside the namespace: status and the refusal's code.
+    let ask = |port: u16, user: &str, url: &str| -> (String, String) {
+        let out = ns.run(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "-x",
+            &format!("http://{user}127.0.0.1:{port}"),
+            url,
+        ]);
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        let code = serde_json::from_str::<Value>(body)
+            .map(|v| v["error"]["code"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        (status.to_string(), code)
+    };
+    let acme = |url: &str| ask(proxy.sidecar_port, "", url);
+    let globex_user = format!("agent:{globex_token}@");
+
+    // acme's first lookup: the request gives up at the timeout, the lookup runs on.
+    assert_eq!(
+        acme("http://slow-a.test/acme/1"),
+        ("502".into(), "upstream_unreachable".into())
+    );
+    // acme's one place is still taken: its next request is refused at once.
+    assert_eq!(
+        acme("http://slow-b.test/acme/2"),
+        ("429".into(), "dns_lookup_limit".into())
+    );
+    // globex's lookups are its own: it still gets to look its name up.
+    assert_eq!(
+        ask(
+            proxy.shared_port,
+            &globex_user,
+            "http://slow-c.test/globex/1"
+        ),
+        ("502".into(), "upstream_unreachable".into())
+    );
+    // Once acme's lookup gives up in the system resolver, its place comes back.
+    wait_for("acme's lookup place", Duration::from_secs(20), || {
+        acme("http://slow-d.test/acme/3").1 != "dns_lookup_limit"
+    });
+    let records = proxy.audit_records("acme");
+    assert!(
+        records.iter().any(|r| r["reason"] == "dns_lookup_limit"),
+        "{records:#?}"
+    );
+    assert!(proxy
+        .audit_records("globex")
+        .iter()
+        .all(|r| r["reason"] != "dns_lookup_limit"));
 }
