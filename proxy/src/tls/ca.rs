@@ -641,7 +641,7 @@ impl LeafMinter {
                 return map;
             }
             if !map.contains_key(&key) {
-                make_room(&mut map, self.max_entries, now);
+                make_room(&mut map, self.max_entries, now, &key.0);
             }
             map.insert(key.clone(), minted.clone());
             map
@@ -727,9 +727,16 @@ impl LeafMinter {
     }
 }
 
-/// Keeps the cache under `max` before an insert: stale leaves first (they would be re-minted on
-/// their next use anyway), then the ones closest to expiry.
-fn make_room(map: &mut HashMap<LeafKey, CachedLeaf>, max: usize, now: SystemTime) {
+/// Keeps the cache under `max` before an insert for `tenant`: stale leaves first (they would be
+/// re-minted on their next use anyway), then the ones closest to expiry: `tenant`'s own once it
+/// holds a quarter of the cache, so that a tenant minting leaves for many hosts recycles its own
+/// and never pushes the other tenants' leaves out (which they would notice as slower handshakes).
+fn make_room(
+    map: &mut HashMap<LeafKey, CachedLeaf>,
+    max: usize,
+    now: SystemTime,
+    tenant: &TenantId,
+) {
     if map.len() < max {
         return;
     }
@@ -737,8 +744,13 @@ fn make_room(map: &mut HashMap<LeafKey, CachedLeaf>, max: usize, now: SystemTime
     if map.len() < max {
         return;
     }
-    let mut by_expiry: Vec<(SystemTime, LeafKey)> =
-        map.iter().map(|(k, l)| (l.not_after, k.clone())).collect();
+    let share = (max / 4).max(1);
+    let own = map.keys().filter(|(t, _)| t == tenant).count();
+    let mut by_expiry: Vec<(SystemTime, LeafKey)> = map
+        .iter()
+        .filter(|((t, _), _)| own < share || t == tenant)
+        .map(|(k, l)| (l.not_after, k.clone()))
+        .collect();
     by_expiry.sort_unstable();
     let excess = map.len() + 1 - max;
     for (_, k) in by_expiry.into_iter().take(excess) {
@@ -1195,6 +1207,30 @@ mod tests {
         assert_eq!(minter.stats(), (1, 10));
     }
 
+    /// A tenant minting leaves for host after host recycles its own once it holds a quarter of
+    /// the cache: another tenant's leaf, older and closer to expiry, stays cached.
+    #[test]
+    fn a_tenant_minting_many_leaves_never_pushes_out_anothers() {
+        let dir = tempfile::tempdir().unwrap();
+        let minter = LeafMinter::new(make_ca(dir.path(), &[]), DEFAULT_LEAF_TTL, 8);
+        let globex = TenantId::new("globex").unwrap();
+        let kept = minter.certified_key(&globex, "api.openai.com").unwrap();
+        for i in 0..40 {
+            minter
+                .certified_key(&acme(), &format!("h{i}.example"))
+                .unwrap();
+            assert!(minter.cached_entries() <= 8);
+        }
+        assert!(Arc::ptr_eq(
+            &kept,
+            &minter.certified_key(&globex, "api.openai.com").unwrap()
+        ));
+        assert_eq!(minter.stats(), (1, 41), "globex's leaf was a hit");
+        // acme's most recent leaves are the ones it kept.
+        minter.certified_key(&acme(), "h39.example").unwrap();
+        assert_eq!(minter.stats(), (2, 41));
+    }
+
     #[test]
     fn make_room_evicts_stale_then_earliest_expiry() {
         let dir = tempfile::tempdir().unwrap();
@@ -1216,7 +1252,7 @@ mod tests {
             ((acme(), "late".to_owned()), leaf(10, 50)),
             ((acme(), "later".to_owned()), leaf(10, 60)),
         ]);
-        make_room(&mut map, 3, now);
+        make_room(&mut map, 3, now, &acme());
         let mut left: Vec<_> = map.keys().map(|(_, host)| host.clone()).collect();
         left.sort();
         assert_eq!(left, ["late", "later"]);
