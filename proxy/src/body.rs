@@ -149,6 +149,7 @@ impl BodyBudget {
     }
 
     /// Bytes `tenant`'s requests hold now.
+    #[cfg(test)]
     pub fn held_by(&self, tenant: &TenantId) -> u64 {
         self.tenants
             .get(tenant)

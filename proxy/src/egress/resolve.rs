@@ -63,6 +63,7 @@ impl LookupShares {
     }
 
     /// Lookups `tenant` has running now.
+    #[cfg(test)]
     pub fn running(&self, tenant: &TenantId) -> u32 {
         self.tenants
             .get(tenant)
