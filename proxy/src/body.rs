@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use crate::ids::TenantId;
 use crate::metrics::METRICS;
+use crate::shares::{ShareHold, TenantShares};
 use crate::usage::providers::{self, request::Slot};
 use bytes::{Bytes, BytesMut};
-use dashmap::DashMap;
 use pingora::proxy::Session;
 
 /// Why a body was refused. Messages never quote the body.
@@ -79,17 +79,16 @@ const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 pub struct BodyBudget {
     held: AtomicU64,
     max: u64,
-    per_tenant: u64,
-    /// What each tenant's requests hold. An entry is made at a tenant's first body and kept
-    /// (one per tenant ever configured), so a hold takes no lock for writing once it exists.
-    tenants: DashMap<TenantId, Arc<AtomicU64>>,
+    /// What each tenant's requests hold.
+    tenants: TenantShares,
 }
 
 /// Bytes of the [`BodyBudget`] one request holds, given back when dropped (when the request ends).
 #[derive(Debug)]
 pub struct BodyHold {
     budget: Arc<BodyBudget>,
-    tenant: Arc<AtomicU64>,
+    /// Given back to the tenant's share when dropped.
+    _tenant: ShareHold,
     bytes: u64,
 }
 
@@ -99,8 +98,7 @@ impl BodyBudget {
         Arc::new(Self {
             held: AtomicU64::new(0),
             max,
-            per_tenant,
-            tenants: DashMap::new(),
+            tenants: TenantShares::new(per_tenant),
         })
     }
 
@@ -119,26 +117,16 @@ impl BodyBudget {
                 held.checked_add(bytes).filter(|total| *total <= self.max)
             })
             .map_err(|_| BodyError::Overloaded)?;
-        let share = match self.tenants.get(tenant) {
-            Some(share) => Arc::clone(&share),
-            None => Arc::clone(&self.tenants.entry(tenant.clone()).or_default()),
-        };
-        if share
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(bytes)
-                    .filter(|total| *total <= self.per_tenant)
-            })
-            .is_err()
-        {
+        let Some(share) = self.tenants.try_hold(tenant, bytes) else {
             self.held.fetch_sub(bytes, Ordering::AcqRel);
-            return Err(BodyError::TenantOverloaded(self.per_tenant));
-        }
+            return Err(BodyError::TenantOverloaded(self.tenants.max()));
+        };
         METRICS
             .buffered_body_bytes
             .set(i64::try_from(before + bytes).unwrap_or(i64::MAX));
         Ok(BodyHold {
             budget: self.clone(),
-            tenant: share,
+            _tenant: share,
             bytes,
         })
     }
@@ -151,15 +139,12 @@ impl BodyBudget {
     /// Bytes `tenant`'s requests hold now.
     #[cfg(test)]
     pub fn held_by(&self, tenant: &TenantId) -> u64 {
-        self.tenants
-            .get(tenant)
-            .map_or(0, |share| share.load(Ordering::Acquire))
+        self.tenants.held(tenant)
     }
 }
 
 impl Drop for BodyHold {
     fn drop(&mut self) {
-        self.tenant.fetch_sub(self.bytes, Ordering::AcqRel);
         let after = self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel) - self.bytes;
         METRICS
             .buffered_body_bytes

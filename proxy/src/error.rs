@@ -90,7 +90,7 @@ pub enum Deny {
     BodyMemoryLimit(u64),
     /// The tenant already has this many upstream name lookups running (its names resolve
     /// slowly); retry shortly.
-    DnsLookupLimit(u32),
+    DnsLookupLimit(u64),
     /// A `Connection` header nominates a header the proxy decides on or sets (hop-by-hop
     /// removal would change the request after the decision).
     ProtectedHopHeader(&'static str),

@@ -85,6 +85,7 @@ pub mod reason;
 pub mod redis_conn;
 pub mod reload;
 pub mod runs;
+pub mod shares;
 pub mod snapshot;
 pub mod target;
 pub mod tls;

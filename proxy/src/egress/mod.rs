@@ -19,10 +19,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::ids::TenantId;
+use crate::shares::TenantShares;
 
 pub use exception::EgressException;
 pub use ranges::non_global_reason;
-pub use resolve::{LookupHold, LookupShares, Resolver, StaticResolver, SystemResolver};
+pub use resolve::{Resolver, StaticResolver, SystemResolver};
 pub use settings::{EgressSettings, UpstreamSettings};
 
 /// What the [`Dialer`] allows beyond global unicast, and what it never allows.
@@ -67,11 +68,11 @@ pub enum EgressRefusal {
         /// The refused destination.
         address: SocketAddr,
     },
-    /// The tenant already has this many name lookups running (see [`LookupShares`]).
+    /// The tenant already has this many name lookups running (see [`Dialer`]).
     #[error("the tenant already has {max} name lookups running")]
     LookupsBusy {
         /// The tenant's share.
-        max: u32,
+        max: u64,
     },
 }
 
@@ -88,7 +89,16 @@ enum LookupFailed {
 pub struct Dialer {
     resolver: Arc<dyn Resolver>,
     rules: EgressRules,
-    lookups: Arc<LookupShares>,
+    /// How many name lookups each tenant may have running at once.
+    ///
+    /// SECURITY: a system lookup (`getaddrinfo`) runs on a thread of the runtime's blocking
+    /// pool and cannot be cancelled: a request that gives up at `dns_timeout` leaves its thread
+    /// busy until the system resolver does (up to tens of seconds for a name whose servers do
+    /// not answer). A tenant whose policy lets it name hosts it controls could keep every
+    /// thread of the pool busy that way, and every tenant's lookups would wait behind them.
+    /// Each lookup therefore holds one of its tenant's places until the system call returns,
+    /// not until the request stops waiting, and a tenant with none free is refused at once.
+    lookups: Arc<TenantShares>,
 }
 
 impl Dialer {
@@ -98,7 +108,7 @@ impl Dialer {
         Self {
             resolver,
             rules,
-            lookups: Arc::new(LookupShares::new(lookups_per_tenant)),
+            lookups: Arc::new(TenantShares::new(u64::from(lookups_per_tenant))),
         }
     }
 
@@ -110,7 +120,7 @@ impl Dialer {
 
     /// Looks `host` up for `tenant`, in one of its lookup places.
     async fn lookup(&self, tenant: &TenantId, host: &str) -> Result<Vec<IpAddr>, LookupFailed> {
-        let hold = self.lookups.try_hold(tenant).ok_or(LookupFailed::Busy)?;
+        let hold = self.lookups.try_hold(tenant, 1).ok_or(LookupFailed::Busy)?;
         self.resolver
             .lookup(host, hold)
             .await
@@ -235,6 +245,7 @@ impl Dialer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shares::ShareHold;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
@@ -258,7 +269,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Resolver for Stuck {
-        async fn lookup(&self, _host: &str, _hold: LookupHold) -> std::io::Result<Vec<IpAddr>> {
+        async fn lookup(&self, _host: &str, _hold: ShareHold) -> std::io::Result<Vec<IpAddr>> {
             self.release.notified().await;
             Ok(vec![ip("93.184.216.34")])
         }
@@ -279,7 +290,7 @@ mod tests {
                 })
             })
             .collect();
-        while d.lookups.running(&acme) < 2 {
+        while d.lookups.held(&acme) < 2 {
             tokio::task::yield_now().await;
         }
         assert_eq!(
@@ -296,7 +307,7 @@ mod tests {
             let (d, globex) = (d.clone(), globex.clone());
             tokio::spawn(async move { d.resolve_checked("g.example", 443, &[], &globex).await })
         };
-        while d.lookups.running(&globex) < 1 {
+        while d.lookups.held(&globex) < 1 {
             tokio::task::yield_now().await;
         }
         stuck.release.notify_waiters();
@@ -304,7 +315,7 @@ mod tests {
         for p in pending {
             assert!(p.await.unwrap().is_ok());
         }
-        assert_eq!(d.lookups.running(&acme), 0);
+        assert_eq!(d.lookups.held(&acme), 0);
         assert!(d
             .resolve_checked("93.184.216.34", 443, &[], &acme)
             .await
@@ -336,7 +347,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Resolver for Canned {
-        async fn lookup(&self, _host: &str, _hold: LookupHold) -> std::io::Result<Vec<IpAddr>> {
+        async fn lookup(&self, _host: &str, _hold: ShareHold) -> std::io::Result<Vec<IpAddr>> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             Ok(self.answers[n.min(self.answers.len() - 1)].clone())
         }

@@ -5,86 +5,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
-
-use crate::ids::TenantId;
-
-/// How many name lookups each tenant may have running at once.
-///
-/// SECURITY: a system lookup (`getaddrinfo`) runs on a thread of the runtime's blocking pool
-/// and cannot be cancelled: a request that gives up at `dns_timeout` leaves its thread busy
-/// until the system resolver does (up to tens of seconds for a name whose servers do not
-/// answer). A tenant whose policy lets it name hosts it controls could keep every thread of
-/// the pool busy that way, and every tenant's lookups would wait behind them. Each lookup
-/// therefore holds one of its tenant's places until the system call returns, not until the
-/// request stops waiting, and a tenant with none free is refused at once.
-#[derive(Debug)]
-pub struct LookupShares {
-    max: u32,
-    tenants: DashMap<TenantId, Arc<AtomicU32>>,
-}
-
-/// One place of a tenant's [`LookupShares`], given back when dropped.
-#[derive(Debug)]
-pub struct LookupHold {
-    count: Option<Arc<AtomicU32>>,
-}
-
-impl LookupShares {
-    /// Shares of `max` lookups per tenant.
-    pub fn new(max: u32) -> Self {
-        Self {
-            max,
-            tenants: DashMap::new(),
-        }
-    }
-
-    /// The most lookups one tenant may have running.
-    pub fn max(&self) -> u32 {
-        self.max
-    }
-
-    /// A place for one lookup of `tenant`, unless all of its places are taken.
-    pub fn try_hold(&self, tenant: &TenantId) -> Option<LookupHold> {
-        let count = match self.tenants.get(tenant) {
-            Some(c) => Arc::clone(&c),
-            None => Arc::clone(&self.tenants.entry(tenant.clone()).or_default()),
-        };
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(LookupHold { count: Some(count) })
-    }
-
-    /// Lookups `tenant` has running now.
-    #[cfg(test)]
-    pub fn running(&self, tenant: &TenantId) -> u32 {
-        self.tenants
-            .get(tenant)
-            .map_or(0, |c| c.load(Ordering::Acquire))
-    }
-}
-
-impl LookupHold {
-    /// A hold counted nowhere (lookups made for the proxy itself, not for a tenant's request).
-    pub fn uncounted() -> Self {
-        Self { count: None }
-    }
-}
-
-impl Drop for LookupHold {
-    fn drop(&mut self) {
-        if let Some(count) = &self.count {
-            count.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
+use crate::shares::ShareHold;
 
 /// Where a [`Dialer`](super::Dialer) gets the addresses of a name.
 ///
@@ -93,9 +17,10 @@ impl Drop for LookupHold {
 #[async_trait::async_trait]
 pub trait Resolver: Send + Sync + std::fmt::Debug {
     /// All addresses for `host` (never called for IP literals the caller already parsed).
-    /// `hold` is kept until the lookup itself ends, which for a system lookup can be after the
-    /// caller stopped waiting (see [`LookupShares`]).
-    async fn lookup(&self, host: &str, hold: LookupHold) -> io::Result<Vec<IpAddr>>;
+    /// `hold`, the caller's place in its tenant's lookups, is kept until the lookup itself
+    /// ends, which for a system lookup can be after the caller stopped waiting (see
+    /// [`Dialer`](super::Dialer)).
+    async fn lookup(&self, host: &str, hold: ShareHold) -> io::Result<Vec<IpAddr>>;
 }
 
 /// The operating system's resolver: `getaddrinfo` on tokio's blocking pool, time-boxed by the
@@ -130,7 +55,7 @@ fn getaddrinfo(host: &str) -> io::Result<Vec<std::net::SocketAddr>> {
 
 #[async_trait::async_trait]
 impl Resolver for SystemResolver {
-    async fn lookup(&self, host: &str, hold: LookupHold) -> io::Result<Vec<IpAddr>> {
+    async fn lookup(&self, host: &str, hold: ShareHold) -> io::Result<Vec<IpAddr>> {
         let (blocking, name) = (self.blocking, host.to_string());
         // The hold moves into the blocking call: it is given back when the call returns, even
         // when this request stopped waiting for it at the timeout.
@@ -190,7 +115,7 @@ impl StaticResolver {
 
 #[async_trait::async_trait]
 impl Resolver for StaticResolver {
-    async fn lookup(&self, host: &str, hold: LookupHold) -> io::Result<Vec<IpAddr>> {
+    async fn lookup(&self, host: &str, hold: ShareHold) -> io::Result<Vec<IpAddr>> {
         if let Some(addrs) = self.hosts.get(&host.to_ascii_lowercase()) {
             return Ok(addrs.clone());
         }
@@ -223,19 +148,17 @@ mod tests {
             Some(Arc::new(inner)),
         );
         assert_eq!(
-            r.lookup("vault.internal", LookupHold::uncounted())
+            r.lookup("vault.internal", ShareHold::uncounted())
                 .await
                 .ok(),
             Some(vec![ip("10.0.0.5"), ip("::1")])
         );
         assert_eq!(
-            r.lookup("other.example", LookupHold::uncounted())
-                .await
-                .ok(),
+            r.lookup("other.example", ShareHold::uncounted()).await.ok(),
             Some(vec![ip("1.1.1.1")])
         );
         let missing = r
-            .lookup("nowhere.example", LookupHold::uncounted())
+            .lookup("nowhere.example", ShareHold::uncounted())
             .await
             .err()
             .map(|e| e.kind());
@@ -250,29 +173,29 @@ mod tests {
 
     #[tokio::test]
     async fn a_tenants_slow_lookups_hold_its_places_until_they_end_not_others() {
-        let shares = LookupShares::new(2);
+        let shares = crate::shares::TenantShares::new(2);
         let resolver = SystemResolver {
             timeout: Duration::from_millis(50),
             blocking: slow,
         };
-        let acme = TenantId::new("acme").unwrap();
-        let globex = TenantId::new("globex").unwrap();
+        let acme = crate::ids::TenantId::new("acme").unwrap();
+        let globex = crate::ids::TenantId::new("globex").unwrap();
         for _ in 0..2 {
-            let hold = shares.try_hold(&acme).unwrap();
+            let hold = shares.try_hold(&acme, 1).unwrap();
             let err = resolver.lookup("slow.example", hold).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         }
         // The requests gave up; their lookups still run, and still count.
-        assert_eq!(shares.running(&acme), 2);
-        assert!(shares.try_hold(&acme).is_none());
+        assert_eq!(shares.held(&acme), 2);
+        assert!(shares.try_hold(&acme, 1).is_none());
         // globex's places are its own.
-        let hold = shares.try_hold(&globex).unwrap();
-        assert_eq!(shares.running(&globex), 1);
+        let hold = shares.try_hold(&globex, 1).unwrap();
+        assert_eq!(shares.held(&globex), 1);
         drop(hold);
         // Once the system calls return, acme's places come back.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert_eq!(shares.running(&acme), 0);
-        assert!(shares.try_hold(&acme).is_some());
+        assert_eq!(shares.held(&acme), 0);
+        assert!(shares.try_hold(&acme, 1).is_some());
     }
 
     #[tokio::test]
@@ -292,7 +215,7 @@ mod tests {
         let r = SystemResolver::new(Duration::from_secs(5));
         for name in ["2130706433", "0x7f000001", "127.1"] {
             assert_eq!(
-                r.lookup(name, LookupHold::uncounted()).await.ok(),
+                r.lookup(name, ShareHold::uncounted()).await.ok(),
                 Some(vec![ip("127.0.0.1")]),
                 "{name}"
             );
