@@ -884,6 +884,46 @@ fn redis_leases_of_a_vanished_replica_expire_after_lease_ttl() {
     });
 }
 
+/// A Redis that lost the limiter's scripts (restarted, `SCRIPT FLUSH`ed, a failover to a replica
+/// that never loaded them) answers `NOSCRIPT`: each call sends its script once and asks again,
+/// so nothing is refused, admitted or lost for it, on the admission, refusal, read, settlement
+/// and run paths alike.
+#[test]
+fn redis_scripts_the_server_lost_are_sent_again_by_the_next_call() {
+    run(Store::Redis, |b: Backends| async move {
+        let Backend { counters, runs, .. } = b.fresh();
+        let server = b.redis.as_ref().expect("a Redis server");
+        let flush = || {
+            server.command("SCRIPT FLUSH");
+        };
+        let c = Ceilings {
+            concurrency: Some(1),
+            ..Default::default()
+        };
+        let k = keys("acme", "bot", &c, None, None, CallKind::Tool);
+        flush();
+        let held = counters.admit(&k, Charge::default()).await.unwrap();
+        flush();
+        assert_eq!(counters.read(&k).await.unwrap(), vec![1]);
+        flush();
+        refused(counters.admit(&k, Charge::default()).await);
+        flush();
+        counters.finish(held, Charge::default()).await;
+        flush();
+        assert_eq!(
+            counters.read(&k).await.unwrap(),
+            vec![0],
+            "the slot came back"
+        );
+        let again = counters.admit(&k, Charge::default()).await.unwrap();
+        counters.finish(again, Charge::default()).await;
+        flush();
+        runs.sight_run(&tenant("acme"), "r1", unix_ms() + 60_000)
+            .await
+            .unwrap();
+    });
+}
+
 /// Every Redis key carries its tenant as a hash tag, runs included: the behaviour above rests
 /// on it, and a Redis Cluster keeps one tenant's keys in one slot.
 #[test]

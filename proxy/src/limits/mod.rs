@@ -168,24 +168,63 @@ pub enum Slot {
     Start,
 }
 
+impl LimitKey {
+    /// The Redis key: the tenant as a hash tag, so one tenant's keys share a Cluster slot.
+    /// Written with `push_str` into a string sized once (every Redis call names each of its
+    /// keys; `write!` cost several times more).
+    pub fn redis_name(&self) -> String {
+        let (tenant, middle, id) = match &self.scope {
+            Scope::Tenant(t) => (t, None, ""),
+            Scope::Workload(t, w) => (t, Some("w:"), w.as_str()),
+            Scope::Run(t, r) => (t, Some("run:"), r.as_str()),
+        };
+        let (slot, window) = match self.slot() {
+            Slot::RatePerSecond => ("rate_s", None),
+            Slot::RatePerMinute => ("rate_m", None),
+            Slot::Concurrency => ("conc", None),
+            Slot::TokensPerMinute => ("tpm", None),
+            Slot::RunQuota(measure) => (measure.as_str(), None),
+            Slot::DayQuota(measure, id) => (measure.as_str(), Some((":d", id))),
+            Slot::MonthQuota(measure, id) => (measure.as_str(), Some((":m", id))),
+            Slot::Start => ("start", None),
+        };
+        let mut name = String::with_capacity(
+            8 + tenant.as_str().len() + middle.map_or(0, str::len) + id.len() + slot.len() + 12,
+        );
+        name.push_str("tp:{");
+        name.push_str(tenant.as_str());
+        name.push_str("}:");
+        if let Some(middle) = middle {
+            name.push_str(middle);
+            name.push_str(id);
+            name.push(':');
+        }
+        name.push_str(slot);
+        if let Some((prefix, id)) = window {
+            name.push_str(prefix);
+            // `u32`'s digits, without the formatting machinery.
+            let mut digits = [0u8; 10];
+            let mut at = digits.len();
+            let mut n = id;
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            for &d in &digits[at..] {
+                name.push(char::from(d));
+            }
+        }
+        name
+    }
+}
+
 impl fmt::Display for LimitKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The Redis key: the tenant as a hash tag so one tenant's keys share a Cluster slot.
-        match &self.scope {
-            Scope::Tenant(t) => write!(f, "tp:{{{t}}}:")?,
-            Scope::Workload(t, w) => write!(f, "tp:{{{t}}}:w:{w}:")?,
-            Scope::Run(t, r) => write!(f, "tp:{{{t}}}:run:{r}:")?,
-        }
-        match self.slot() {
-            Slot::RatePerSecond => f.write_str("rate_s"),
-            Slot::RatePerMinute => f.write_str("rate_m"),
-            Slot::Concurrency => f.write_str("conc"),
-            Slot::TokensPerMinute => f.write_str("tpm"),
-            Slot::RunQuota(measure) => f.write_str(measure.as_str()),
-            Slot::DayQuota(measure, id) => write!(f, "{}:d{id}", measure.as_str()),
-            Slot::MonthQuota(measure, id) => write!(f, "{}:m{id}", measure.as_str()),
-            Slot::Start => f.write_str("start"),
-        }
+        f.write_str(&self.redis_name())
     }
 }
 
@@ -727,6 +766,81 @@ mod tests {
 
     fn tid(s: &str) -> TenantId {
         TenantId::new(s).expect("id")
+    }
+
+    /// The names as `write!` spelled them before `redis_name` wrote them by hand: the same
+    /// string for every scope, kind and window id (Redis keys must not move on an upgrade).
+    #[test]
+    fn redis_names_are_spelled_as_before() {
+        fn before(key: &LimitKey) -> String {
+            let mut s = match &key.scope {
+                Scope::Tenant(t) => format!("tp:{{{t}}}:"),
+                Scope::Workload(t, w) => format!("tp:{{{t}}}:w:{w}:"),
+                Scope::Run(t, r) => format!("tp:{{{t}}}:run:{r}:"),
+            };
+            s.push_str(&match key.slot() {
+                Slot::RatePerSecond => "rate_s".to_string(),
+                Slot::RatePerMinute => "rate_m".to_string(),
+                Slot::Concurrency => "conc".to_string(),
+                Slot::TokensPerMinute => "tpm".to_string(),
+                Slot::RunQuota(m) => m.as_str().to_string(),
+                Slot::DayQuota(m, id) => format!("{}:d{id}", m.as_str()),
+                Slot::MonthQuota(m, id) => format!("{}:m{id}", m.as_str()),
+                Slot::Start => "start".to_string(),
+            });
+            s
+        }
+        let scopes = [
+            Scope::Tenant(tid("acme")),
+            Scope::Workload(tid("acme-2"), WorkloadId::new("bot-x").expect("id")),
+            Scope::Run(tid("a"), "run-1:{b}".to_string()),
+        ];
+        let period = |id| Period {
+            id,
+            starts_at: 0,
+            ends_at: 1,
+        };
+        let mut kinds = vec![
+            LimitKind::Rate {
+                per_period: 5,
+                period_secs: 1,
+                burst: 1,
+            },
+            LimitKind::Rate {
+                per_period: 5,
+                period_secs: 60,
+                burst: 1,
+            },
+            LimitKind::Concurrency { max: 2 },
+            LimitKind::TokensPerMinute { ceiling: 9 },
+            LimitKind::WallTime { max_secs: 9 },
+        ];
+        for measure in [Measure::Tokens, Measure::Cost, Measure::ToolCalls] {
+            kinds.push(LimitKind::Quota {
+                measure,
+                window: Window::Run,
+                ceiling: 1,
+            });
+            for id in [0, 7, 10, 99, 202_611, 20_261_123, u32::MAX] {
+                for window in [Window::Day(period(id)), Window::Month(period(id))] {
+                    kinds.push(LimitKind::Quota {
+                        measure,
+                        window,
+                        ceiling: 1,
+                    });
+                }
+            }
+        }
+        for scope in &scopes {
+            for kind in &kinds {
+                let key = LimitKey {
+                    scope: scope.clone(),
+                    kind: *kind,
+                };
+                assert_eq!(key.redis_name(), before(&key));
+                assert_eq!(key.to_string(), before(&key));
+            }
+        }
     }
 
     #[test]

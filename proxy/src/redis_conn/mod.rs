@@ -288,10 +288,14 @@ impl BlockingConn {
 /// The hash tag of `key`: the text between its first `{` and the next `}` when that is not
 /// empty, else the whole key (what Redis Cluster hashes to pick the slot).
 pub fn hash_tag(key: &str) -> &str {
-    if let Some(open) = key.find('{') {
-        if let Some(len) = key[open + 1..].find('}') {
+    // A byte scan: keys are short, and `str::find` sets up a searcher per call (every key of
+    // every limiter call is checked here).
+    let bytes = key.as_bytes();
+    if let Some(open) = bytes.iter().position(|&b| b == b'{') {
+        if let Some(len) = bytes[open + 1..].iter().position(|&b| b == b'}') {
             if len > 0 {
-                return &key[open + 1..open + 1 + len];
+                // Both ends are ASCII braces, so both are char boundaries.
+                return key.get(open + 1..open + 1 + len).unwrap_or(key);
             }
         }
     }
@@ -329,6 +333,9 @@ mod tests {
             ("tp:{}:x", "tp:{}:x"),
             ("plain", "plain"),
             ("tp:{open", "tp:{open"),
+            ("a{}{b}", "a{}{b}"),
+            ("{x}}", "x"),
+            ("é{ü}", "ü"),
         ] {
             assert_eq!(hash_tag(key), tag, "{key}");
         }
