@@ -34,7 +34,15 @@ impl TraceContext {
 
     /// The `traceparent` value to send upstream (this proxy's span as the parent).
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)
+        // Pieces pushed into a string sized once: every forwarded request writes one.
+        let mut out = String::with_capacity(8 + self.trace_id.len() + self.span_id.len());
+        out.push_str("00-");
+        out.push_str(&self.trace_id);
+        out.push('-');
+        out.push_str(&self.span_id);
+        out.push('-');
+        out.push_str(&crate::lower_hex::of(&[self.flags]));
+        out
     }
 }
 
@@ -80,9 +88,17 @@ mod tests {
         assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
         assert_ne!(t.span_id, "00f067aa0ba902b7");
-        assert!(t
-            .traceparent()
-            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_eq!(
+            t.traceparent(),
+            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", t.span_id)
+        );
+        for flags in [0u8, 1, 0x0a, 0xff] {
+            let t = TraceContext { flags, ..t.clone() };
+            assert_eq!(
+                t.traceparent(),
+                format!("00-{}-{}-{flags:02x}", t.trace_id, t.span_id)
+            );
+        }
 
         for bad in [
             &b"garbage"[..],

@@ -202,21 +202,7 @@ impl LimitKey {
         name.push_str(slot);
         if let Some((prefix, id)) = window {
             name.push_str(prefix);
-            // `u32`'s digits, without the formatting machinery.
-            let mut digits = [0u8; 10];
-            let mut at = digits.len();
-            let mut n = id;
-            loop {
-                at -= 1;
-                digits[at] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-            for &d in &digits[at..] {
-                name.push(char::from(d));
-            }
+            name.push_str(itoa::Buffer::new().format(id));
         }
         name
     }

@@ -47,7 +47,10 @@ pub fn upstream_request(
     // The body may have been rewritten (credentials, usage request): send its real length.
     if let Some(body) = &grant.body {
         if upstream.headers.contains_key(http::header::CONTENT_LENGTH) {
-            upstream.insert_header(http::header::CONTENT_LENGTH, body.0.len().to_string())?;
+            upstream.insert_header(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from(body.0.len()),
+            )?;
         }
     }
     // A decoded body goes as it was read (the decision was made on it), not re-encoded.
@@ -73,7 +76,10 @@ pub fn upstream_request(
     // `Accept-Encoding` it could pick any), and a WebSocket for no extension (permessage-deflate
     // would compress frames past the scrubber).
     if wants_readable {
-        upstream.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        upstream.insert_header(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        )?;
     }
     if grant.applied.as_ref().is_some_and(|a| !a.used.is_empty()) {
         upstream.remove_header(&http::header::SEC_WEBSOCKET_EXTENSIONS);

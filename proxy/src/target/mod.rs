@@ -93,16 +93,22 @@ pub struct Destination {
 impl Destination {
     /// `host[:port]` for the upstream `Host` header (port omitted when it is the default).
     pub fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == self.scheme.default_port() {
-            host
-        } else {
-            format!("{host}:{}", self.port)
+        // Pushed into a string sized once (every forwarded request writes one): an IPv6
+        // literal in brackets, and the port unless it is the scheme's.
+        let bracket = self.host.contains(':');
+        let mut out = String::with_capacity(self.host.len() + 8);
+        if bracket {
+            out.push('[');
         }
+        out.push_str(&self.host);
+        if bracket {
+            out.push(']');
+        }
+        if self.port != self.scheme.default_port() {
+            out.push(':');
+            out.push_str(itoa::Buffer::new().format(self.port));
+        }
+        out
     }
 
     /// A forward-mode HTTPS destination on port 443 to `host` and `path` (upstream and audit
@@ -613,6 +619,41 @@ mod tests {
         let d = resolve(b"http://[::1]:9/x", Some(b"[::1]:9"), &[]).expect("ok");
         assert_eq!(d.host, "::1");
         assert_eq!(d.host_header(), "[::1]:9");
+    }
+
+    #[test]
+    fn host_headers_bracket_ipv6_and_name_only_ports_that_are_not_the_schemes() {
+        for (target, host, want) in [
+            (
+                &b"http://example.com/"[..],
+                &b"example.com"[..],
+                "example.com",
+            ),
+            (
+                b"http://example.com:443/",
+                b"example.com:443",
+                "example.com:443",
+            ),
+            (
+                b"http://example.com:65535/",
+                b"example.com:65535",
+                "example.com:65535",
+            ),
+            (b"http://[::1]/", b"[::1]", "[::1]"),
+            (
+                b"http://[2001:db8::1]:8080/",
+                b"[2001:db8::1]:8080",
+                "[2001:db8::1]:8080",
+            ),
+            (b"http://10.0.0.1:1/", b"10.0.0.1:1", "10.0.0.1:1"),
+        ] {
+            let d = resolve(target, Some(host), &[]).expect("ok");
+            assert_eq!(d.host_header(), want);
+        }
+        let mut d = Destination::https_for_test("api.example", "/", None);
+        assert_eq!(d.host_header(), "api.example");
+        d.port = 80;
+        assert_eq!(d.host_header(), "api.example:80");
     }
 
     #[test]
