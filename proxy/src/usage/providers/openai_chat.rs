@@ -100,6 +100,13 @@ impl Provider for OpenAiChat {
         if !path.ends_with("/chat/completions") {
             return None;
         }
+        // A body that never spells `stream` has no `stream` member: a member name can only
+        // avoid those bytes by escaping one (`\u0073tream`), which takes a backslash. Such a
+        // body is not read at all.
+        if memchr::memmem::find(body, b"stream").is_none() && memchr::memchr(b'\\', body).is_none()
+        {
+            return None;
+        }
         // Most calls do not stream: read just the flag (no tree of the whole body) and stop
         // there. Only a body the typed read rejects (a duplicate `stream`, a flag that is not
         // a bool) or one that streams goes on to the full parse below, so what is decided is
@@ -289,6 +296,8 @@ pub(crate) mod tests {
         for streaming in [
             r#"{"stream":false,"stream":true}"#,
             r#"{"str\u0065am":true}"#,
+            r#"{"\u0073tream":true}"#,
+            r#"{"\u0073\u0074\u0072\u0065\u0061\u006d":true}"#,
             r#"{"model":"m","messages":[{"stream":false}],"stream":true}"#,
         ] {
             assert!(
