@@ -31,7 +31,7 @@ use super::store::{
     counts_until, Caps, Change, Decided, HoldRecord, HoldState, HoldStatus, HoldStore, OpenError,
     Renewal, StoreUnavailable, Transition, RETAIN_MS,
 };
-use crate::redis_conn::{one_slot, AsyncConn, RedisEndpoint};
+use crate::redis_conn::{AsyncConn, RedisEndpoint, ScriptCall};
 
 const GLOBAL_OPEN: &str = r#"
 -- KEYS[1] the global set. ARGV: member, score, now ms, cap, ttl ms.
@@ -126,17 +126,12 @@ fn global_member(tenant: &str, id: &str) -> String {
     format!("{tenant}/{id}")
 }
 
-/// An invocation of `script` on `keys`, which must share one hash tag (one Cluster slot).
+/// A call of `script` on `keys`, which must share one hash tag (one Cluster slot).
 fn prepare<'s>(
     script: &'s redis::Script,
     keys: &[&str],
-) -> Result<redis::ScriptInvocation<'s>, StoreUnavailable> {
-    one_slot(keys.iter().copied()).map_err(StoreUnavailable)?;
-    let mut invocation = script.prepare_invoke();
-    for key in keys {
-        invocation.key(*key);
-    }
-    Ok(invocation)
+) -> Result<ScriptCall<'s>, StoreUnavailable> {
+    ScriptCall::new(script, keys).map_err(StoreUnavailable)
 }
 
 impl RedisHolds {
@@ -270,7 +265,7 @@ impl HoldStore for RedisHolds {
             .arg(caps.global)
             .arg(ttl);
         let entered: i64 = self
-            .timed(global.invoke_async(&mut conn))
+            .timed(global.run(&mut conn))
             .await
             .map_err(unavailable)?;
         if entered != 1 {
@@ -290,7 +285,7 @@ impl HoldStore for RedisHolds {
             .arg(ttl)
             .arg(lease_ms.map(|l| l.to_string()).unwrap_or_default())
             .arg(score);
-        let opened = self.timed(invocation.invoke_async::<i64>(&mut conn)).await;
+        let opened = self.timed(invocation.run::<i64>(&mut conn)).await;
         match opened {
             Ok(1) => Ok(()),
             Ok(_) => {
@@ -336,7 +331,7 @@ impl HoldStore for RedisHolds {
         let mut invocation = prepare(&self.keep, &[&hold, &pending])?;
         invocation.arg(id).arg(now_ms).arg(lease_ms).arg(orphaned);
         let (code, fields): (i64, HashMap<String, String>) =
-            self.timed(invocation.invoke_async(&mut conn)).await?;
+            self.timed(invocation.run(&mut conn)).await?;
         // SECURITY: the key names the tenant, and the record must too.
         let Some(status) = Self::status(fields).filter(|h| h.record.tenant == tenant) else {
             return Ok(Renewal::Unknown);
@@ -381,7 +376,7 @@ impl HoldStore for RedisHolds {
             .arg(decided)
             .arg(change.decided.at_ms)
             .arg(if change.before_deadline { "1" } else { "0" });
-        let (code, state): (i64, String) = self.timed(invocation.invoke_async(&mut conn)).await?;
+        let (code, state): (i64, String) = self.timed(invocation.run(&mut conn)).await?;
         let left_pending = change.from == HoldState::Pending && matches!(code, 1 | 4);
         if left_pending {
             self.leave_global(tenant, id).await;
@@ -432,6 +427,7 @@ impl HoldStore for RedisHolds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis_conn::one_slot;
 
     #[test]
     fn a_tenants_keys_share_its_slot_and_the_global_set_has_its_own() {

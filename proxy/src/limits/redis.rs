@@ -20,7 +20,7 @@ use super::{LimiterUnavailable, RunEnd, RunRegistry};
 use crate::ids::TenantId;
 use crate::metrics::METRICS;
 use crate::redis_conn::local::{answer_within, LocalConns};
-use crate::redis_conn::{one_slot, AsyncConn, RedisEndpoint};
+use crate::redis_conn::{AsyncConn, RedisEndpoint, ScriptCall};
 
 const ADMIT: &str = r#"
 -- Checks every key, then (only if all admit) updates every key. ARGV[1] lease id, ARGV[2] lease
@@ -388,7 +388,8 @@ impl RedisBackend {
         charge: Charge,
     ) -> Result<Vec<i64>, LimiterUnavailable> {
         let names: Vec<String> = keys.iter().map(LimitKey::redis_name).collect();
-        let mut invocation = ScriptCall::new(&self.admit_script, &names)?;
+        let mut invocation =
+            ScriptCall::new(&self.admit_script, &names).map_err(LimiterUnavailable)?;
         invocation
             .arg(lease_id)
             .arg(millis(self.settings.lease_ttl))
@@ -450,7 +451,8 @@ impl RedisBackend {
             .collect();
         // On failure a reservation stands until its window ends and a slot until its lease
         // expires: spend is over-, never under-counted.
-        let result = match ScriptCall::new(&self.settle_script, &names) {
+        let result = match ScriptCall::new(&self.settle_script, &names).map_err(LimiterUnavailable)
+        {
             Ok(mut invocation) => {
                 invocation.arg(&admission.lease_id);
                 for (m, measure) in &metered {
@@ -519,7 +521,8 @@ impl LimitBackend for RedisBackend {
 
     async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, LimiterUnavailable> {
         let names: Vec<String> = keys.iter().map(LimitKey::redis_name).collect();
-        let mut invocation = ScriptCall::new(&self.read_script, &names)?;
+        let mut invocation =
+            ScriptCall::new(&self.read_script, &names).map_err(LimiterUnavailable)?;
         for key in keys {
             invocation.arg(kind_code(&key.kind));
         }
@@ -543,7 +546,8 @@ impl RunRegistry for RedisBackend {
         run: &str,
         expires_ms: i64,
     ) -> Result<RunSighting, LimiterUnavailable> {
-        let mut invocation = ScriptCall::new(&self.sight_run_script, &[run_life_key(tenant, run)])?;
+        let mut invocation = ScriptCall::new(&self.sight_run_script, &[run_life_key(tenant, run)])
+            .map_err(LimiterUnavailable)?;
         invocation
             .arg(expires_ms)
             .arg(self.settings.run_ttl.as_secs().max(1));
@@ -586,7 +590,8 @@ impl RunRegistry for RedisBackend {
         run: &str,
         end: RunEnd,
     ) -> Result<RunClaim, LimiterUnavailable> {
-        let mut invocation = ScriptCall::new(&self.end_run_script, &[run_life_key(tenant, run)])?;
+        let mut invocation = ScriptCall::new(&self.end_run_script, &[run_life_key(tenant, run)])
+            .map_err(LimiterUnavailable)?;
         invocation
             .arg(match end {
                 RunEnd::Closed => "closed",
@@ -607,46 +612,6 @@ impl RunRegistry for RedisBackend {
             _ => Err(LimiterUnavailable(
                 "unexpected answer to the run claim".into(),
             )),
-        }
-    }
-}
-
-/// One script call, written as a plain `EVALSHA` command. Arguments go straight into the
-/// command's one buffer: redis-rs's `ScriptInvocation` keeps each in a `Vec` of its own and
-/// copies them all again into a command, about a tenth of what a limiter call cost the proxy.
-struct ScriptCall<'s> {
-    script: &'s redis::Script,
-    cmd: redis::Cmd,
-}
-
-impl<'s> ScriptCall<'s> {
-    /// A call of `script` on `keys`, which must share one hash tag: a script's keys live in one
-    /// Cluster slot (every key the limiter builds carries its tenant's tag, so this refuses only
-    /// a key built wrongly, before Redis would refuse it with `CROSSSLOT`).
-    fn new(script: &'s redis::Script, keys: &[String]) -> Result<Self, LimiterUnavailable> {
-        one_slot(keys.iter().map(String::as_str)).map_err(LimiterUnavailable)?;
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(keys.len());
-        for key in keys {
-            cmd.arg(key.as_str());
-        }
-        Ok(Self { script, cmd })
-    }
-
-    fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
-        self.cmd.arg(arg);
-        self
-    }
-
-    /// Runs the call; a server that does not have the script (restarted, flushed, a new
-    /// replica) is sent it once and asked again, as `ScriptInvocation` does.
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut AsyncConn) -> redis::RedisResult<T> {
-        match self.cmd.query_async(conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.script.load_async(conn).await?;
-                self.cmd.query_async(conn).await
-            }
-            answer => answer,
         }
     }
 }

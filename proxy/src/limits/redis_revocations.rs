@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 
 use super::redis::Unavailable;
 use super::LimiterUnavailable;
-use crate::redis_conn::{one_slot, AsyncConn};
+use crate::redis_conn::{AsyncConn, ScriptCall};
 
 /// The sorted set of revoked ids.
 pub const REVOKED_KEY: &str = "tp:{revocations}:jtis";
@@ -105,16 +105,12 @@ impl SharedRevocations {
 
     /// Reads the list once through `conn`, within `timeout`.
     pub async fn refresh(&self, conn: &AsyncConn, timeout: Duration) -> Result<(), String> {
-        one_slot([REVOKED_KEY, VERSION_KEY])?;
         let mut conn = conn.clone();
         let script = redis::Script::new(READ);
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(REVOKED_KEY)
-            .key(VERSION_KEY)
-            .arg(self.version.load(Ordering::Acquire));
+        let mut call = ScriptCall::new(&script, &[REVOKED_KEY, VERSION_KEY])?;
+        call.arg(self.version.load(Ordering::Acquire));
         let reply: Vec<redis::Value> =
-            match tokio::time::timeout(timeout, invocation.invoke_async(&mut conn)).await {
+            match tokio::time::timeout(timeout, call.run(&mut conn)).await {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => return Err(e.to_string()),
                 Err(_) => return Err(format!("no answer within {timeout:?}")),
@@ -169,21 +165,17 @@ impl SharedRevocations {
 /// Adds `jti` to the shared list until `keep_until` (unix s: the latest expiry a token with
 /// that id can have); the new version.
 pub async fn revoke(conn: &AsyncConn, jti: &str, keep_until: i64) -> Result<i64, String> {
-    one_slot([REVOKED_KEY, VERSION_KEY])?;
     let mut conn = conn.clone();
-    redis::Script::new(REVOKE)
-        .key(REVOKED_KEY)
-        .key(VERSION_KEY)
-        .arg(jti)
-        .arg(keep_until)
-        .invoke_async(&mut conn)
-        .await
-        .map_err(|e| e.to_string())
+    let script = redis::Script::new(REVOKE);
+    let mut call = ScriptCall::new(&script, &[REVOKED_KEY, VERSION_KEY])?;
+    call.arg(jti).arg(keep_until);
+    call.run(&mut conn).await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis_conn::one_slot;
 
     #[test]
     fn a_list_never_read_is_stale_and_fails_closed_unless_told_to_fall_back() {
