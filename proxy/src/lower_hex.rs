@@ -4,14 +4,23 @@
 //! the digits into a buffer; a request writes several (its id, trace and span ids, its body's
 //! hash, its audit record's previous hash).
 
-/// `bytes` as lowercase hex, written in place into a buffer of exactly the right size.
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// `bytes` as lowercase hex.
 pub fn of(bytes: &[u8]) -> String {
-    let mut out = vec![0u8; 2 * bytes.len()];
-    // Neither can fail: n bytes take 2n digits, and every digit is ASCII. Checked rather than
-    // assumed (no `unsafe`); for ASCII the UTF-8 check is a word-at-a-time scan. (A lossy
-    // conversion cost as much as the encoding itself.)
-    let _ = hex::encode_to_slice(bytes, &mut out);
-    String::from_utf8(out).unwrap_or_default()
+    let mut out = String::with_capacity(2 * bytes.len());
+    push(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` as lowercase hex to `out`: two ASCII digits a byte, pushed as chars (no
+/// buffer to check as UTF-8 afterwards; a lossy conversion cost as much as the encoding).
+pub fn push(out: &mut String, bytes: &[u8]) {
+    out.reserve(2 * bytes.len());
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
 }
 
 #[cfg(test)]
@@ -25,5 +34,8 @@ mod tests {
             assert_eq!(of(&bytes[..n]), hex::encode(&bytes[..n]), "{n}");
         }
         assert_eq!(of(&[0x00, 0x0f, 0xf0, 0xff, 0xa5]), "000ff0ffa5");
+        let mut out = String::from("00-");
+        push(&mut out, &[0x0a]);
+        assert_eq!(out, "00-0a");
     }
 }

@@ -41,7 +41,7 @@ impl TraceContext {
         out.push('-');
         out.push_str(&self.span_id);
         out.push('-');
-        out.push_str(&crate::lower_hex::of(&[self.flags]));
+        crate::lower_hex::push(&mut out, &[self.flags]);
         out
     }
 }

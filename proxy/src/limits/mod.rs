@@ -173,11 +173,23 @@ impl LimitKey {
     /// Written with `push_str` into a string sized once (every Redis call names each of its
     /// keys; `write!` cost several times more).
     pub fn redis_name(&self) -> String {
-        let (tenant, middle, id) = match &self.scope {
-            Scope::Tenant(t) => (t, None, ""),
-            Scope::Workload(t, w) => (t, Some("w:"), w.as_str()),
-            Scope::Run(t, r) => (t, Some("run:"), r.as_str()),
-        };
+        let mut name = String::with_capacity(48);
+        name.push_str("tp:{");
+        name.push_str(self.scope.tenant().as_str());
+        name.push_str("}:");
+        match &self.scope {
+            Scope::Tenant(_) => {}
+            Scope::Workload(_, w) => {
+                name.push_str("w:");
+                name.push_str(w.as_str());
+                name.push(':');
+            }
+            Scope::Run(_, r) => {
+                name.push_str("run:");
+                name.push_str(r);
+                name.push(':');
+            }
+        }
         let (slot, window) = match self.slot() {
             Slot::RatePerSecond => ("rate_s", None),
             Slot::RatePerMinute => ("rate_m", None),
@@ -188,17 +200,6 @@ impl LimitKey {
             Slot::MonthQuota(measure, id) => (measure.as_str(), Some((":m", id))),
             Slot::Start => ("start", None),
         };
-        let mut name = String::with_capacity(
-            8 + tenant.as_str().len() + middle.map_or(0, str::len) + id.len() + slot.len() + 12,
-        );
-        name.push_str("tp:{");
-        name.push_str(tenant.as_str());
-        name.push_str("}:");
-        if let Some(middle) = middle {
-            name.push_str(middle);
-            name.push_str(id);
-            name.push(':');
-        }
         name.push_str(slot);
         if let Some((prefix, id)) = window {
             name.push_str(prefix);
