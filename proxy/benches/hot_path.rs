@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
+use tenant_proxy::audit::chain::{seal, ChainHead};
 use tenant_proxy::audit::{AuditDecision, AuditRecord};
 use tenant_proxy::body::{classify, BodyDestination};
 use tenant_proxy::config::StaticConfig;
@@ -129,23 +130,24 @@ fn bench(c: &mut Criterion) {
     let t5 = tenant("t5");
     let method = http::Method::POST;
     let (decision, _) = Asking::new(&snapshot, &t5, &dest, &method, Some("gpt-4o-mini"), 0).http();
-    c.bench_function("audit/record_to_json", |b| {
-        b.iter(|| {
-            let record = AuditRecord {
-                policy_ids: decision.policy_ids.clone(),
-                model: Some("gpt-4o-mini".into()),
-                ..AuditRecord::of(
-                    &t5,
-                    "l",
-                    "POST".into(),
-                    Duration::from_micros(900),
-                    AuditDecision::Allow,
-                    ReasonCode::Allowed,
-                    200,
-                )
-            };
-            serde_json::to_vec(black_box(&record)).unwrap()
-        })
+    // The line the audit writer writes for one request: the record's JSON, chained (`seq`,
+    // `prev`) and hashed.
+    c.bench_function("audit/record_line", |b| {
+        let record = AuditRecord {
+            policy_ids: decision.policy_ids.clone(),
+            model: Some("gpt-4o-mini".into()),
+            request_body_sha256: Some("ab".repeat(32)),
+            ..AuditRecord::of(
+                &t5,
+                "l",
+                "POST".into(),
+                Duration::from_micros(900),
+                AuditDecision::Allow,
+                ReasonCode::Allowed,
+                200,
+            )
+        };
+        b.iter(|| seal(black_box(&record), ChainHead::EMPTY).unwrap())
     });
 
     // The decision at 10 and at 10,000 tenants: it must stay flat. Evaluated by Cedar (the

@@ -3,8 +3,10 @@
 //! previous record's exact line bytes (without its trailing newline), 64 zeros for the first.
 //! Editing, removing or reordering a line therefore breaks the link of the line after it.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use super::line::{Fields, Members};
 
 /// `prev` of a tenant's first record.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -26,29 +28,22 @@ impl ChainHead {
     };
 }
 
-/// The line as written: `seq` and `prev` first, then the record's own fields.
-#[derive(Serialize)]
-struct Sealed<'a, R> {
-    seq: u64,
-    prev: String,
-    #[serde(flatten)]
-    record: &'a R,
-}
-
 /// Serializes `record` as the next link after `head`; returns the line (no newline) and the
-/// new head.
-pub fn seal<R: Serialize>(record: &R, head: ChainHead) -> serde_json::Result<(Vec<u8>, ChainHead)> {
+/// new head. The line is `seq` and `prev`, then the record's own fields ([`Fields`]).
+pub fn seal<R: Fields + ?Sized>(
+    record: &R,
+    head: ChainHead,
+) -> serde_json::Result<(Vec<u8>, ChainHead)> {
     let seq = head.seq + 1;
     // Sized for a typical record, so the line is not grown (copied) several times.
     let mut line = Vec::with_capacity(1024);
-    serde_json::to_writer(
-        &mut line,
-        &Sealed {
-            seq,
-            prev: crate::lower_hex::of(&head.hash),
-            record,
-        },
-    )?;
+    line.extend_from_slice(b"{\"seq\":");
+    line.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    line.extend_from_slice(b",\"prev\":\"");
+    line.extend_from_slice(crate::lower_hex::of(&head.hash).as_bytes());
+    line.push(b'"');
+    record.write_fields(&mut Members::after(&mut line))?;
+    line.push(b'}');
     let hash = line_hash(&line);
     Ok((line, ChainHead { seq, hash }))
 }
@@ -149,6 +144,164 @@ pub(crate) mod tests {
             }
         );
         assert!(first.starts_with(b"{\"seq\":1,\"prev\":\"0000"));
+    }
+
+    /// The line as serde wrote it before [`seal`] wrote records member by member: `seq` and
+    /// `prev`, then the record flattened.
+    #[derive(serde::Serialize)]
+    struct SerdeSealed<'a, R> {
+        seq: u64,
+        prev: String,
+        #[serde(flatten)]
+        record: &'a R,
+    }
+
+    fn serde_line<R: serde::Serialize>(record: &R, head: ChainHead) -> String {
+        let sealed = SerdeSealed {
+            seq: head.seq + 1,
+            prev: hex::encode(head.hash),
+            record,
+        };
+        String::from_utf8(serde_json::to_vec(&sealed).unwrap()).unwrap()
+    }
+
+    /// Every field of a request record set, with strings that need escaping.
+    fn full_record() -> AuditRecord {
+        use crate::audit::{ApprovalFields, McpFields, TunnelFields};
+        let awkward = "a \"quoted\" \\ value\n\t\u{1} é 🦀 \u{7f}";
+        AuditRecord {
+            scheme: Some("https"),
+            host: Some("api.example.com".into()),
+            port: Some(443),
+            path: Some(format!("/v1/{awkward}")),
+            route: Some("openai".into()),
+            model: Some(awkward.into()),
+            credentials: vec!["openai".into(), awkward.into()],
+            usage: Some(crate::usage::Usage {
+                input_tokens: 70,
+                cached_input_tokens: 3,
+                output_tokens: u64::MAX,
+            }),
+            reserved: Some(crate::limits::Charge {
+                tokens: 1,
+                cost_micros: 2,
+                tool_calls: 3,
+            }),
+            settled: Some(crate::limits::Charge::default()),
+            ceiling: Some("day"),
+            stream_cut: true,
+            tunnel: Some(TunnelFields {
+                id: "t-1".into(),
+                mode: "intercept",
+            }),
+            mcp: Some(McpFields {
+                server: "tools".into(),
+                tools_called: vec![awkward.into()],
+                tools_hidden: 2,
+                resources_read: vec!["file:///x".into()],
+                prompts_got: Vec::new(),
+                resources_hidden: 0,
+                prompts_hidden: 1,
+            }),
+            approval: Some(ApprovalFields {
+                hold_id: Some("h-1".into()),
+                outcome: "granted",
+                approver: None,
+                policy_ids: vec!["p".into()],
+            }),
+            policy_ids: vec!["tenant/acme/allow-openai".into(), awkward.into()],
+            policy_errors: vec![awkward.into()],
+            shadow: Some(crate::policy::shadow::ShadowDecision {
+                decision: "deny",
+                policy_ids: vec!["s".into()],
+                errors: Vec::new(),
+                outcome: crate::policy::shadow::ShadowOutcome::WouldDeny,
+            }),
+            latency_ms: 0.1 + 0.2,
+            upstream_latency_ms: Some(1e-7),
+            bytes_in: 90,
+            bytes_out: u64::MAX,
+            request_body_sha256: Some("ab".repeat(32)),
+            ..record("acme", awkward)
+        }
+    }
+
+    #[test]
+    fn lines_are_byte_for_byte_what_serde_wrote() {
+        use crate::audit::{ApprovalEvent, AuditEntry, EventKind, RunEvent, RunTotals};
+        let head = ChainHead {
+            seq: 41,
+            hash: [0xa5; 32],
+        };
+        let minimal = record("acme", "2026-11-22T10:00:00Z");
+        let mut refused = full_record();
+        refused.decision = AuditDecision::Deny;
+        refused.reason = ReasonCode::BudgetExhausted;
+        refused.latency_ms = f64::NAN;
+        refused.upstream_latency_ms = None;
+        refused.stream_cut = false;
+        refused.policy_errors.clear();
+        let requests = [minimal, full_record(), refused];
+        for r in &requests {
+            let (line, _) = seal(r, head).unwrap();
+            assert_eq!(String::from_utf8(line).unwrap(), serde_line(r, head));
+            let entry = AuditEntry::from(r.clone());
+            let (line, _) = seal(&entry, head).unwrap();
+            assert_eq!(String::from_utf8(line).unwrap(), serde_line(&entry, head));
+        }
+        let started = RunEvent {
+            event: EventKind::RunStarted,
+            time: "2026-11-22T10:00:00Z".into(),
+            tenant: "acme".into(),
+            workload: Some("bot".into()),
+            run_id: "r\"1".into(),
+            expires_at: Some(1),
+            budget: Some(crate::identity::token::RunBudget {
+                tokens: Some(5),
+                ..Default::default()
+            }),
+            request_id: Some("req-1".into()),
+            totals: None,
+        };
+        let summary = RunEvent {
+            event: EventKind::RunSummary,
+            workload: None,
+            expires_at: None,
+            budget: None,
+            request_id: None,
+            totals: Some(RunTotals {
+                ended: crate::limits::RunEnd::Closed,
+                ended_at: 9,
+                tokens: 1,
+                cost_micros: 2,
+                tool_calls: 3,
+                requests: 4,
+                refusals: 5,
+                wall_time_s: 6,
+            }),
+            ..started.clone()
+        };
+        let approval = ApprovalEvent {
+            event: EventKind::ApprovalRequested,
+            time: "2026-11-22T10:00:00Z".into(),
+            tenant: "acme".into(),
+            hold_id: Some("h-1".into()),
+            workload: None,
+            run_id: None,
+            request_id: None,
+            approver: None,
+            reason: Some("\u{0}".into()),
+            detail: Some(serde_json::json!({"method": "POST", "tools": ["a", "b"]})),
+            decision_s: Some(2.5),
+        };
+        for entry in [
+            AuditEntry::from(started),
+            AuditEntry::from(summary),
+            AuditEntry::from(approval),
+        ] {
+            let (line, _) = seal(&entry, head).unwrap();
+            assert_eq!(String::from_utf8(line).unwrap(), serde_line(&entry, head));
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod chain;
 pub mod checkpoint;
 pub mod export;
 pub mod layout;
+pub mod line;
 mod record;
 pub mod settings;
 pub mod stream;

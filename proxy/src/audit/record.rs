@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use super::line::{Fields, Members};
 use crate::context::TenantContext;
 use crate::reason::ReasonCode;
 
@@ -246,6 +247,128 @@ impl AuditRecord {
             bytes_in: 0,
             bytes_out: 0,
             request_body_sha256: None,
+        }
+    }
+}
+
+impl Fields for AuditRecord {
+    /// Every request writes one: member by member (see [`super::line`]), in field order, the
+    /// same bytes as the derived `Serialize`.
+    fn write_fields(&self, m: &mut Members<'_>) -> serde_json::Result<()> {
+        // Destructured without `..`: a new field does not compile until it is written here.
+        let AuditRecord {
+            event,
+            time,
+            tenant,
+            workload,
+            principal_kind,
+            identity_source,
+            run_id,
+            run_signed,
+            request_id,
+            trace_id,
+            listener,
+            method,
+            scheme,
+            host,
+            port,
+            path,
+            route,
+            model,
+            credentials,
+            usage,
+            reserved,
+            settled,
+            ceiling,
+            stream_cut,
+            tunnel,
+            mcp,
+            approval,
+            decision,
+            reason,
+            policy_ids,
+            policy_errors,
+            shadow,
+            status,
+            latency_ms,
+            upstream_latency_ms,
+            bytes_in,
+            bytes_out,
+            request_body_sha256,
+        } = self;
+        m.value("event", event)?;
+        m.str("time", time)?;
+        m.str("tenant", tenant)?;
+        m.str("workload", workload)?;
+        m.value("principal_kind", principal_kind)?;
+        m.str("identity_source", identity_source)?;
+        m.str("run_id", run_id)?;
+        m.bool("run_signed", *run_signed);
+        m.str("request_id", request_id)?;
+        m.str("trace_id", trace_id)?;
+        m.str("listener", listener)?;
+        m.str("method", method)?;
+        m.opt_str("scheme", *scheme)?;
+        m.opt_str("host", host.as_deref())?;
+        m.value("port", port)?;
+        m.opt_str("path", path.as_deref())?;
+        m.opt_str("route", route.as_deref())?;
+        m.opt_str("model", model.as_deref())?;
+        m.strs("credentials", credentials)?;
+        m.value("usage", usage)?;
+        m.value("reserved", reserved)?;
+        m.value("settled", settled)?;
+        if let Some(ceiling) = ceiling {
+            m.str("ceiling", ceiling)?;
+        }
+        if *stream_cut {
+            m.bool("stream_cut", true);
+        }
+        if let Some(tunnel) = tunnel {
+            m.value("tunnel", tunnel)?;
+        }
+        if let Some(mcp) = mcp {
+            m.value("mcp", mcp)?;
+        }
+        if let Some(approval) = approval {
+            m.value("approval", approval)?;
+        }
+        m.str("decision", decision.as_str())?;
+        m.str("reason", reason.as_str())?;
+        m.strs("policy_ids", policy_ids)?;
+        if !policy_errors.is_empty() {
+            m.strs("policy_errors", policy_errors)?;
+        }
+        if let Some(shadow) = shadow {
+            m.value("shadow", shadow)?;
+        }
+        m.uint("status", u64::from(*status));
+        m.value("latency_ms", latency_ms)?;
+        m.value("upstream_latency_ms", upstream_latency_ms)?;
+        m.uint("bytes_in", *bytes_in);
+        m.uint("bytes_out", *bytes_out);
+        m.opt_str("request_body_sha256", request_body_sha256.as_deref())
+    }
+}
+
+impl Fields for RunEvent {
+    fn write_fields(&self, m: &mut Members<'_>) -> serde_json::Result<()> {
+        m.serde_members(self)
+    }
+}
+
+impl Fields for ApprovalEvent {
+    fn write_fields(&self, m: &mut Members<'_>) -> serde_json::Result<()> {
+        m.serde_members(self)
+    }
+}
+
+impl Fields for AuditEntry {
+    fn write_fields(&self, m: &mut Members<'_>) -> serde_json::Result<()> {
+        match self {
+            AuditEntry::Request(r) => r.write_fields(m),
+            AuditEntry::Run(r) => r.write_fields(m),
+            AuditEntry::Approval(r) => r.write_fields(m),
         }
     }
 }
