@@ -293,23 +293,24 @@ impl Deny {
     /// Headers a refusal with `status` (its [`Self::describe`]'s) carries besides its JSON
     /// body: `Retry-After` where waiting helps (a run's budget never comes back, so it gets
     /// none), `Proxy-Authenticate` on 407.
-    pub fn extra_headers(&self, status: u16) -> Vec<(http::HeaderName, String)> {
+    pub fn extra_headers(&self, status: u16) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        use http::HeaderValue;
         let mut headers = Vec::new();
+        let one_second = || (http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         match self {
             Deny::Limited(l) => {
                 if let Some(retry) = l.retry_after {
-                    headers.push((
-                        http::header::RETRY_AFTER,
-                        retry.as_secs().max(1).to_string(),
-                    ));
+                    let secs = retry.as_secs().max(1);
+                    headers.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
                 }
             }
             Deny::ApprovalPending(hold) => {
-                headers.push((
-                    http::HeaderName::from_static("x-approval-hold"),
-                    hold.clone(),
-                ));
-                headers.push((http::header::RETRY_AFTER, "1".to_string()));
+                // Hold ids are the proxy's own (hex); one that could not be a header value
+                // would only lose the header, the body names it too.
+                if let Ok(value) = HeaderValue::from_str(hold) {
+                    headers.push((http::HeaderName::from_static("x-approval-hold"), value));
+                }
+                headers.push(one_second());
             }
             Deny::LimiterUnavailable
             | Deny::AuditUnavailable
@@ -320,7 +321,7 @@ impl Deny {
             | Deny::ConnectionLimit(_)
             | Deny::BodyMemoryLimit(_)
             | Deny::DnsLookupLimit(_) => {
-                headers.push((http::header::RETRY_AFTER, "1".to_string()));
+                headers.push(one_second());
             }
             _ => {}
         }
@@ -329,7 +330,10 @@ impl Deny {
                 "Bearer realm=\"tenant-proxy\"",
                 "Basic realm=\"tenant-proxy\"",
             ] {
-                headers.push((http::header::PROXY_AUTHENTICATE, scheme.to_string()));
+                headers.push((
+                    http::header::PROXY_AUTHENTICATE,
+                    HeaderValue::from_static(scheme),
+                ));
             }
         }
         headers

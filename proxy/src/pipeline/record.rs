@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
+use pingora::OrErr;
 use tokio::io::AsyncWriteExt;
 
 use crate::audit::{AuditDecision, AuditRecord, AuditSlot, TunnelFields};
@@ -412,17 +413,23 @@ impl Trail {
 }
 
 /// The parts of the JSON refusal for `deny`: status, headers and body.
-fn refusal_parts(deny: &Deny, request_id: &str) -> (u16, Vec<(http::HeaderName, String)>, Vec<u8>) {
+fn refusal_parts(
+    deny: &Deny,
+    request_id: &str,
+) -> (u16, Vec<(http::HeaderName, http::HeaderValue)>, Vec<u8>) {
+    use http::HeaderValue;
     let (status, code, message) = deny.describe();
     let body = error_body(code, &message, request_id, deny.ceiling());
-    let mut headers = vec![
-        (http::header::CONTENT_TYPE, "application/json".to_string()),
-        (http::header::CONTENT_LENGTH, body.len().to_string()),
-        (
-            http::HeaderName::from_static("x-request-id"),
-            request_id.to_string(),
-        ),
-    ];
+    let mut headers = Vec::with_capacity(6);
+    headers.push((
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    ));
+    headers.push((http::header::CONTENT_LENGTH, HeaderValue::from(body.len())));
+    // Request ids are the proxy's own hex; the body carries the id in any case.
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.push((http::HeaderName::from_static("x-request-id"), id));
+    }
     headers.extend(deny.extra_headers(status));
     (status, headers, body)
 }
@@ -433,10 +440,20 @@ pub fn refusal_response(
     request_id: &str,
 ) -> pingora::Result<(ResponseHeader, Vec<u8>)> {
     let (status, headers, body) = refusal_parts(deny, request_id);
-    let mut resp = ResponseHeader::build(status, Some(headers.len()))?;
+    // Built as `http` parts, without pingora's case map: pingora then writes each name as it
+    // titles it, exactly what the map would have held for these names, and a refusal skips
+    // filling a second map (and pingora's round trip of every name through its titled bytes).
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(status).or_err(
+        pingora::ErrorType::InvalidHTTPHeader,
+        "invalid refusal status",
+    )?;
+    // Room for the headers pingora adds when it writes the response (`Date`, `Connection`).
+    parts.headers.reserve(headers.len() + 2);
     for (name, value) in headers {
-        resp.append_header(name, value)?;
+        parts.headers.append(name, value);
     }
+    let resp = ResponseHeader::from(parts);
     Ok((resp, body))
 }
 
@@ -467,6 +484,42 @@ pub async fn write_refusal(stream: &mut Stream, deny: &Deny, request_id: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusals_head_is_written_as_pingoras_case_map_wrote_it() {
+        for deny in [
+            Deny::Overloaded("client connections"),
+            Deny::IdentityRequired,
+            Deny::ApprovalPending("h-1".into()),
+            Deny::AuditUnavailable,
+        ] {
+            let (resp, _) = refusal_response(&deny, "req-9").expect("builds");
+            let (status, headers, _) = refusal_parts(&deny, "req-9");
+            let mut mapped = ResponseHeader::build(status, None).expect("builds");
+            for (name, value) in headers {
+                mapped.append_header(name, value).expect("appends");
+            }
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            resp.header_to_h1_wire(&mut ours);
+            mapped.header_to_h1_wire(&mut theirs);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(theirs).unwrap(),
+                "{deny:?}"
+            );
+            assert_eq!(resp.status, mapped.status);
+        }
+        let (resp, _) = refusal_response(&Deny::IdentityRequired, "req-9").expect("builds");
+        let mut wire = Vec::new();
+        resp.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(
+            wire.starts_with("Content-Type: application/json\r\nContent-Length: "),
+            "{wire}"
+        );
+        assert!(wire.contains("\r\nx-request-id: req-9\r\n"), "{wire}");
+        assert_eq!(wire.matches("proxy-authenticate: ").count(), 2, "{wire}");
+    }
 
     #[test]
     fn a_refusal_carries_its_code_request_id_and_extra_headers() {
