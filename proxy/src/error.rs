@@ -743,8 +743,13 @@ pub fn error_body(
             ceiling,
         },
     };
+    // Sized for the fixed text around the strings, so the body is written without regrowing.
+    let mut out = Vec::with_capacity(96 + message.len() + request_id.len());
     // Serializing this struct of strings cannot fail; fall back to a fixed body regardless.
-    serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"code":"internal_error"}}"#.to_vec())
+    match serde_json::to_writer(&mut out, &body) {
+        Ok(()) => out,
+        Err(_) => br#"{"error":{"code":"internal_error"}}"#.to_vec(),
+    }
 }
 
 #[cfg(test)]
