@@ -290,15 +290,26 @@ impl Trail {
         let Some((slot, base)) = self.base_record(decision, reason, status) else {
             return;
         };
-        let dest = self.destination.as_ref();
+        // The trail ends here (its slot is spent): what the record keeps is moved out of it
+        // rather than copied.
+        let (scheme, port, host, path, route) = match self.destination.take() {
+            Some(d) => (
+                Some(d.scheme.as_str()),
+                Some(d.port),
+                Some(d.host),
+                Some(d.audit_path),
+                d.route,
+            ),
+            None => (None, None, None, None, None),
+        };
         slot.emit(AuditRecord {
-            scheme: dest.map(|d| d.scheme.as_str()),
-            host: dest.map(|d| d.host.clone()),
-            port: dest.map(|d| d.port),
-            path: dest.map(|d| d.audit_path.clone()),
-            route: dest.and_then(|d| d.route.clone()),
-            model: self.model.clone(),
-            credentials: self.credentials.clone(),
+            scheme,
+            host,
+            port,
+            path,
+            route,
+            model: self.model.take(),
+            credentials: std::mem::take(&mut self.credentials),
             usage: self.usage,
             reserved: self.reserved,
             settled: self.settled,
@@ -312,11 +323,11 @@ impl Trail {
                 .mcp
                 .as_ref()
                 .map(|m| crate::mcp::audit_fields(m, list_filter)),
-            approval: self.approval.clone(),
+            approval: self.approval.take(),
             upstream_latency_ms: upstream.map(|u| u.as_secs_f64() * 1000.0),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
-            request_body_sha256: self.body_sha256.clone(),
+            request_body_sha256: self.body_sha256.take(),
             ..base
         });
     }
@@ -383,7 +394,8 @@ impl Trail {
     }
 
     /// The record's common fields and the slot to write it into. Records exist only where a
-    /// tenant is known: an unidentified caller has no partition.
+    /// tenant is known: an unidentified caller has no partition. Taking the slot ends the
+    /// trail, so what the record keeps (method, policy ids) is moved out of it.
     fn base_record(
         &mut self,
         decision: AuditDecision,
@@ -393,15 +405,19 @@ impl Trail {
         let (Some(tenant), Some(slot)) = (self.tenant.clone(), self.slot.take()) else {
             return None;
         };
-        let policy = self.decision.as_ref();
+        let (policy_ids, policy_errors) = self
+            .decision
+            .take()
+            .map(|p| (p.policy_ids, p.errors))
+            .unwrap_or_default();
         let base = AuditRecord {
-            policy_ids: policy.map(|p| p.policy_ids.clone()).unwrap_or_default(),
-            policy_errors: policy.map(|p| p.errors.clone()).unwrap_or_default(),
+            policy_ids,
+            policy_errors,
             shadow: self.shadow.take(),
             ..AuditRecord::of(
                 &tenant,
                 &self.listener,
-                self.method.clone(),
+                std::mem::take(&mut self.method),
                 self.started.elapsed(),
                 decision,
                 reason,
