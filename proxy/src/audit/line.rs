@@ -6,7 +6,7 @@
 //! escaped) as they are and checks a value's bytes in one pass before copying it, falling back
 //! to serde_json only for a value that needs escaping. The bytes are exactly serde_json's, so
 //! the chain, `audit verify` and every reader see the same lines as before; other records go
-//! through serde as a whole ([`serde_members`]).
+//! through serde as a whole ([`Members::serde_members`]).
 
 use serde::Serialize;
 
@@ -92,32 +92,28 @@ impl<'a> Members<'a> {
         serde_json::to_writer(&mut *self.out, value)
     }
 
-    /// The members of `record`, whatever it is, serialized by serde as an object.
+    /// Appends the members of `record`, whatever it is, as serde writes it (an object) as
+    /// `,…`: the object's opening brace becomes the comma, and its closing brace is dropped;
+    /// an empty object adds nothing.
     pub fn serde_members<T: Serialize>(&mut self, record: &T) -> serde_json::Result<()> {
-        serde_members(self.out, record)
-    }
-}
-
-/// Appends the members of `record` (which serde writes as an object) as `,…`: the object's
-/// opening brace becomes the comma, and its closing brace is dropped; an empty object adds
-/// nothing.
-pub fn serde_members<T: Serialize>(out: &mut Vec<u8>, record: &T) -> serde_json::Result<()> {
-    let start = out.len();
-    serde_json::to_writer(&mut *out, record)?;
-    match out.get(start..) {
-        Some(b"{}") => out.truncate(start),
-        Some([b'{', .., b'}']) => {
-            out[start] = b',';
-            out.pop();
+        let out = &mut *self.out;
+        let start = out.len();
+        serde_json::to_writer(&mut *out, record)?;
+        match out.get(start..) {
+            Some(b"{}") => out.truncate(start),
+            Some([b'{', .., b'}']) => {
+                out[start] = b',';
+                out.pop();
+            }
+            _ => {
+                out.truncate(start);
+                return Err(serde::ser::Error::custom(
+                    "a chained line's record must be a JSON object",
+                ));
+            }
         }
-        _ => {
-            out.truncate(start);
-            return Err(serde::ser::Error::custom(
-                "a chained line's record must be a JSON object",
-            ));
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Appends `value` as a JSON string, as serde_json writes it.
@@ -209,7 +205,9 @@ mod tests {
             m.value("g", &(0.1 + 0.2)).unwrap();
             line.push(b'}');
             let mut expected = b"{\"first\":1".to_vec();
-            serde_members(&mut expected, &reference).unwrap();
+            Members::after(&mut expected)
+                .serde_members(&reference)
+                .unwrap();
             expected.push(b'}');
             assert_eq!(
                 String::from_utf8(line).unwrap(),
@@ -227,16 +225,20 @@ mod tests {
             k: u8,
         }
         let mut out = b"{\"s\":1".to_vec();
-        serde_members(&mut out, &Empty {}).unwrap();
+        Members::after(&mut out).serde_members(&Empty {}).unwrap();
         assert_eq!(out, b"{\"s\":1");
-        serde_members(&mut out, &One { k: 7 }).unwrap();
+        Members::after(&mut out)
+            .serde_members(&One { k: 7 })
+            .unwrap();
         assert_eq!(out, b"{\"s\":1,\"k\":7");
         for not_an_object in [
             serde_json::json!([1]),
             serde_json::json!("x"),
             serde_json::json!(3),
         ] {
-            let err = serde_members(&mut out, &not_an_object).unwrap_err();
+            let err = Members::after(&mut out)
+                .serde_members(&not_an_object)
+                .unwrap_err();
             assert!(err.to_string().contains("JSON object"), "{err}");
             assert_eq!(out, b"{\"s\":1,\"k\":7", "nothing is left behind");
         }
