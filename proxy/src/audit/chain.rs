@@ -40,7 +40,7 @@ pub fn seal<R: Fields + ?Sized>(
     line.extend_from_slice(b"{\"seq\":");
     line.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     line.extend_from_slice(b",\"prev\":\"");
-    line.extend_from_slice(crate::lower_hex::of(&head.hash).as_bytes());
+    crate::lower_hex::extend(&mut line, &head.hash);
     line.push(b'"');
     record.write_fields(&mut Members::after(&mut line))?;
     line.push(b'}');
