@@ -247,16 +247,15 @@ fn normalize(path: &[u8], out: &mut [u8]) -> usize {
     let mut n = 0;
     let mut i = 0;
     while i < path.len() {
-        let b = match (path[i], hex(path.get(i + 1)), hex(path.get(i + 2))) {
-            (b'%', Some(h), Some(l)) => {
-                i += 3;
-                (h * 16 + l) as u8
+        let mut b = path[i];
+        i += 1;
+        // Only a `%` looks at the bytes after it (most paths have none).
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (hex(path.get(i)), hex(path.get(i + 1))) {
+                b = (h * 16 + l) as u8;
+                i += 2;
             }
-            (b, _, _) => {
-                i += 1;
-                b
-            }
-        };
+        }
         if b == b'/' && n > 0 && out[n - 1] == b'/' {
             continue;
         }
@@ -331,6 +330,7 @@ mod tests {
             ("//V1/Chat//completions/", "/v1/chat/completions"),
             ("/a%2F%2Fb/", "/a/b"),
             ("/bad%zz%4", "/bad%zz%4"),
+            ("/%%41%4g%2", "/%a%4g%2"),
             ("", ""),
             ("///", ""),
         ];
