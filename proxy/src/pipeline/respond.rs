@@ -28,6 +28,13 @@ use crate::usage::providers::registry;
 use crate::usage::strip::UsageEventStripper;
 use crate::usage::UsageMeter;
 
+// Header names the upstream request removes or sets, parsed once (a `&str` name is parsed
+// again on every call).
+const PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
+const HOLD: http::HeaderName = http::HeaderName::from_static(crate::approvals::HOLD_HEADER);
+const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// Writes the admitted request as it goes upstream: origin-form target, the substitutions, the
 /// real body length, `Host`, no identity material, trace context.
 pub fn upstream_request(
@@ -60,17 +67,17 @@ pub fn upstream_request(
     upstream.insert_header(http::header::HOST, dest.host_header())?;
     // SECURITY: identity material and agent-written tenant claims never leave the proxy.
     upstream.remove_header(&http::header::PROXY_AUTHORIZATION);
-    upstream.remove_header("proxy-connection");
+    upstream.remove_header(&PROXY_CONNECTION);
     // The hold id an agent polls with is the proxy's, not the upstream's.
-    upstream.remove_header(crate::approvals::HOLD_HEADER);
+    upstream.remove_header(&HOLD);
     for name in &admitted.snapshot.tenants.strip_headers {
         upstream.remove_header(name);
     }
     // W3C baggage has no integrity and may name tenants: only internal routes get it.
     if !dest.internal {
-        upstream.remove_header("baggage");
+        upstream.remove_header(&BAGGAGE);
     }
-    upstream.insert_header("traceparent", admitted.tenant.trace.traceparent())?;
+    upstream.insert_header(TRACEPARENT, admitted.tenant.trace.traceparent())?;
     // LLM responses are metered as they stream, MCP lists filtered and echoed secrets scrubbed:
     // each needs the bytes as sent, so the upstream is asked for no compression (without
     // `Accept-Encoding` it could pick any), and a WebSocket for no extension (permessage-deflate
