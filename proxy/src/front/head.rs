@@ -93,7 +93,7 @@ pub enum HeadError {
 }
 
 /// Finds the end of a head as its bytes arrive, refusing bare CR or LF and heads over the cap
-/// on the way. Feed it the growing buffer; each byte is examined once.
+/// on the way. Feed it the growing buffer; each byte is looked at once.
 #[derive(Debug, Default)]
 pub struct HeadScanner {
     scanned: usize,
@@ -122,54 +122,64 @@ const MAX_LEADING_EMPTY_LINES: usize = 4;
 impl HeadScanner {
     /// Looks at the bytes of `buf` not seen yet. `buf` must only ever grow between calls.
     pub fn scan(&mut self, buf: &[u8], limits: HeadLimits) -> Result<Scan, HeadError> {
-        while self.scanned < buf.len() {
-            let i = self.scanned;
-            let b = buf[i];
-            if !self.started {
-                // Leading CRLF pairs are skipped; anything else starts the request line.
-                match b {
-                    b'\r' => {
-                        if i + 1 >= buf.len() {
-                            return Ok(Scan::Partial);
+        while !self.started && self.scanned < buf.len() {
+            // Leading CRLF pairs are skipped; anything else starts the request line.
+            match buf[self.scanned] {
+                b'\r' => {
+                    let Some(&next) = buf.get(self.scanned + 1) else {
+                        return Ok(Scan::Partial);
+                    };
+                    if next != b'\n' {
+                        return Err(HeadError::Malformed("a bare CR in the request head"));
+                    }
+                    self.skipped += 2;
+                    self.scanned += 2;
+                    if self.skipped / 2 > MAX_LEADING_EMPTY_LINES {
+                        return Err(HeadError::Malformed("empty lines before the request line"));
+                    }
+                }
+                b'\n' => return Err(HeadError::Malformed("a bare LF in the request head")),
+                _ => self.started = true,
+            }
+        }
+        if self.started {
+            // Only CR and LF decide anything: jump from one to the next (memchr looks at a word
+            // at a time). The cap is checked at each, for the bytes before it, so a head over
+            // the cap is refused as a byte-by-byte walk would refuse it (before a line end
+            // after the cap is judged).
+            loop {
+                let Some(at) = memchr::memchr2(b'\r', b'\n', &buf[self.scanned..]) else {
+                    self.scanned = buf.len();
+                    break;
+                };
+                let i = self.scanned + at;
+                if i - self.skipped > limits.max_bytes {
+                    return Err(HeadError::TooLarge);
+                }
+                match buf[i] {
+                    b'\n' if i == 0 || buf[i - 1] != b'\r' => {
+                        return Err(HeadError::Malformed("a bare LF in the request head"));
+                    }
+                    b'\n' if i >= self.skipped + 3 && &buf[i - 3..=i] == b"\r\n\r\n" => {
+                        return Ok(Scan::Complete {
+                            start: self.skipped,
+                            end: i + 1,
+                        });
+                    }
+                    b'\r' => match buf.get(i + 1) {
+                        // Decided once the next byte arrives.
+                        None => {
+                            self.scanned = i;
+                            break;
                         }
-                        if buf[i + 1] != b'\n' {
+                        Some(b'\n') => {}
+                        Some(_) => {
                             return Err(HeadError::Malformed("a bare CR in the request head"));
                         }
-                        self.skipped += 2;
-                        self.scanned += 2;
-                        if self.skipped / 2 > MAX_LEADING_EMPTY_LINES {
-                            return Err(HeadError::Malformed(
-                                "empty lines before the request line",
-                            ));
-                        }
-                        continue;
-                    }
-                    b'\n' => return Err(HeadError::Malformed("a bare LF in the request head")),
-                    _ => self.started = true,
+                    },
+                    _ => {}
                 }
-            }
-            match b {
-                b'\n' if i == 0 || buf[i - 1] != b'\r' => {
-                    return Err(HeadError::Malformed("a bare LF in the request head"));
-                }
-                b'\r' if i + 1 < buf.len() && buf[i + 1] != b'\n' => {
-                    return Err(HeadError::Malformed("a bare CR in the request head"));
-                }
-                b'\r' if i + 1 >= buf.len() => {
-                    // Decided once the next byte arrives.
-                    break;
-                }
-                b'\n' if i >= self.skipped + 3 && &buf[i - 3..=i] == b"\r\n\r\n" => {
-                    return Ok(Scan::Complete {
-                        start: self.skipped,
-                        end: i + 1,
-                    });
-                }
-                _ => {}
-            }
-            self.scanned += 1;
-            if self.scanned - self.skipped > limits.max_bytes {
-                return Err(HeadError::TooLarge);
+                self.scanned = i + 1;
             }
         }
         if buf.len() - self.skipped > limits.max_bytes {
@@ -185,11 +195,7 @@ pub fn parse(head: &[u8], limits: HeadLimits) -> Result<Head, HeadError> {
         return Err(HeadError::TooLarge);
     }
     // Bare CR/LF were refused by the scanner; checked again for callers that did not use it.
-    if head
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-    {
+    if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r') {
         return Err(HeadError::Malformed("a bare LF in the request head"));
     }
     let max_headers = limits.max_headers.min(HARD_MAX_HEADERS);
@@ -580,6 +586,87 @@ mod tests {
             })
     }
 
+    /// The scanner as it was written first, byte by byte: the jumping one must give the same
+    /// verdicts (`fuzz_the_scanner_is_the_byte_by_byte_scanner`).
+    #[derive(Default)]
+    struct ByteByByte {
+        scanned: usize,
+        skipped: usize,
+        started: bool,
+    }
+
+    impl ByteByByte {
+        fn scan(&mut self, buf: &[u8], limits: HeadLimits) -> Result<Scan, HeadError> {
+            while self.scanned < buf.len() {
+                let i = self.scanned;
+                let b = buf[i];
+                if !self.started {
+                    match b {
+                        b'\r' => {
+                            if i + 1 >= buf.len() {
+                                return Ok(Scan::Partial);
+                            }
+                            if buf[i + 1] != b'\n' {
+                                return Err(HeadError::Malformed("a bare CR in the request head"));
+                            }
+                            self.skipped += 2;
+                            self.scanned += 2;
+                            if self.skipped / 2 > MAX_LEADING_EMPTY_LINES {
+                                return Err(HeadError::Malformed(
+                                    "empty lines before the request line",
+                                ));
+                            }
+                            continue;
+                        }
+                        b'\n' => return Err(HeadError::Malformed("a bare LF in the request head")),
+                        _ => self.started = true,
+                    }
+                }
+                match b {
+                    b'\n' if i == 0 || buf[i - 1] != b'\r' => {
+                        return Err(HeadError::Malformed("a bare LF in the request head"));
+                    }
+                    b'\r' if i + 1 < buf.len() && buf[i + 1] != b'\n' => {
+                        return Err(HeadError::Malformed("a bare CR in the request head"));
+                    }
+                    b'\r' if i + 1 >= buf.len() => break,
+                    b'\n' if i >= self.skipped + 3 && &buf[i - 3..=i] == b"\r\n\r\n" => {
+                        return Ok(Scan::Complete {
+                            start: self.skipped,
+                            end: i + 1,
+                        });
+                    }
+                    _ => {}
+                }
+                self.scanned += 1;
+                if self.scanned - self.skipped > limits.max_bytes {
+                    return Err(HeadError::TooLarge);
+                }
+            }
+            if buf.len() - self.skipped > limits.max_bytes {
+                return Err(HeadError::TooLarge);
+            }
+            Ok(Scan::Partial)
+        }
+    }
+
+    /// Head-like bytes: runs of text, line ends (paired or bare), empty lines, any byte now
+    /// and then.
+    fn head_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop_oneof![
+                3 => Just(b"\r\n".to_vec()),
+                1 => Just(b"\r".to_vec()),
+                1 => Just(b"\n".to_vec()),
+                1 => Just(b"\r\n\r\n".to_vec()),
+                4 => "[A-Za-z :/]{1,20}".prop_map(String::into_bytes),
+                1 => any::<u8>().prop_map(|b| vec![b]),
+            ],
+            0..16,
+        )
+        .prop_map(|pieces| pieces.concat())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(512)))]
 
@@ -596,6 +683,28 @@ mod tests {
                 prop_assert!(start <= end && end <= bytes.len());
                 if let Ok(h) = parse(&bytes[start..end], LIMITS) {
                     prop_assert_eq!(h.len, end - start);
+                }
+            }
+        }
+
+        /// The scanner that jumps between line ends gives the byte-by-byte scanner's verdict
+        /// on any bytes, fed in any pieces, under any cap.
+        #[test]
+        fn fuzz_the_scanner_is_the_byte_by_byte_scanner(
+            bytes in head_bytes(),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+            max_bytes in 0usize..80,
+        ) {
+            let limits = HeadLimits { max_bytes, max_headers: 100 };
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            points.push(bytes.len());
+            points.sort_unstable();
+            let (mut jumping, mut reference) = (HeadScanner::default(), ByteByByte::default());
+            for p in points {
+                let got = jumping.scan(&bytes[..p], limits);
+                prop_assert_eq!(&got, &reference.scan(&bytes[..p], limits), "at {}", p);
+                if !matches!(got, Ok(Scan::Partial)) {
+                    break;
                 }
             }
         }
