@@ -74,7 +74,7 @@ impl TenantContext {
             },
             // An unsigned run is this request alone: it can neither carry nor reset a run budget.
             None => Run {
-                id: format!("unsigned-{request_id}"),
+                id: ["unsigned-", &request_id].concat(),
                 signed: false,
                 expires_at: None,
             },

@@ -851,7 +851,7 @@ fn http_destination(
     config: &StaticConfig,
     trail: &mut Trail,
 ) -> Result<Destination, Deny> {
-    trail.method = req.method.to_string();
+    trail.method = req.method.as_str().to_owned();
     if req.method == http::Method::CONNECT {
         return Err(Deny::ConnectUnsupported);
     }
