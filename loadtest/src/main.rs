@@ -140,8 +140,8 @@ enum Cmd {
     /// Run it pinned away from the proxy: `taskset -c 1 tenant-proxy-loadtest run`
     /// (the proxy is started under `taskset -c 0`).
     Run {
-        /// The tenant-proxy binary [default: tenant-proxy in $CARGO_TARGET_DIR/release, next to
-        /// this binary, or in <workspace>/target/release, first found].
+        /// The tenant-proxy binary [default: tenant-proxy next to this binary, in
+        /// $CARGO_TARGET_DIR/release, or in <workspace>/target/release, first found].
         #[arg(long)]
         proxy_bin: Option<PathBuf>,
         /// Measured requests per row.
@@ -462,18 +462,20 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Finds the proxy binary: the target dir cargo was told to use, then the directory this binary
-/// was built into (both binaries land in the same `release/`), then the workspace default.
+/// Finds the proxy binary: the one built beside this binary (both land in the same profile
+/// directory, `production/` or `release/`, so the proxy rows and the bare-pingora row are
+/// built alike), then the release build in the target dir cargo was told to use, then the
+/// workspace default.
 fn default_proxy_bin() -> anyhow::Result<PathBuf> {
     let mut candidates = Vec::new();
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(dir).join("release/tenant-proxy"));
-    }
     if let Some(dir) = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
     {
         candidates.push(dir.join("tenant-proxy"));
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(dir).join("release/tenant-proxy"));
     }
     candidates.push(workspace_root().join("target/release/tenant-proxy"));
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {
@@ -481,7 +483,7 @@ fn default_proxy_bin() -> anyhow::Result<PathBuf> {
     }
     let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
     bail!(
-        "tenant-proxy binary not found (tried {}): build it with `cargo build --release -p tenant-proxy` or pass --proxy-bin",
+        "tenant-proxy binary not found (tried {}): build it with `cargo build --profile production -p tenant-proxy` (or `--release`) or pass --proxy-bin",
         tried.join(", ")
     )
 }
