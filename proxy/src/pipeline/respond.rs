@@ -28,12 +28,12 @@ use crate::usage::providers::registry;
 use crate::usage::strip::UsageEventStripper;
 use crate::usage::UsageMeter;
 
-// Header names the upstream request removes or sets, parsed once (a `&str` name is parsed
-// again on every call).
+// Header names the upstream request removes, parsed once (a `&str` name is parsed again on
+// every call). `traceparent` is set by its `&'static str`: pingora writes a name it is given as
+// text as written (lowercase, as the W3C spec spells it), a `HeaderName` titled.
 const PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
 const HOLD: http::HeaderName = http::HeaderName::from_static(crate::approvals::HOLD_HEADER);
 const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
-const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Writes the admitted request as it goes upstream: origin-form target, the substitutions, the
 /// real body length, `Host`, no identity material, trace context.
@@ -77,7 +77,7 @@ pub fn upstream_request(
     if !dest.internal {
         upstream.remove_header(&BAGGAGE);
     }
-    upstream.insert_header(TRACEPARENT, admitted.tenant.trace.traceparent())?;
+    upstream.insert_header("traceparent", admitted.tenant.trace.traceparent())?;
     // LLM responses are metered as they stream, MCP lists filtered and echoed secrets scrubbed:
     // each needs the bytes as sent, so the upstream is asked for no compression (without
     // `Accept-Encoding` it could pick any), and a WebSocket for no extension (permessage-deflate
