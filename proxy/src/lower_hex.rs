@@ -27,29 +27,28 @@ pub fn of(bytes: &[u8]) -> String {
 /// Appends `bytes` as lowercase hex to `out`.
 pub fn push(out: &mut String, bytes: &[u8]) {
     out.reserve(2 * bytes.len());
-    let mut digits = [0u8; 64];
-    for chunk in bytes.chunks(digits.len() / 2) {
-        let written = write(&mut digits, chunk);
-        // Hex digits are ASCII: the check always passes (one pass over the written digits,
-        // word by word; pushing them as chars one by one cost several times more).
-        out.push_str(std::str::from_utf8(written).unwrap_or_default());
-    }
+    // Hex digits are ASCII: the check always passes (one pass over the digits, word by word;
+    // pushing them as chars one by one cost several times more).
+    for_each_digits(bytes, |digits| {
+        out.push_str(std::str::from_utf8(digits).unwrap_or_default());
+    });
 }
 
 /// Appends `bytes` as lowercase hex to `out`, a byte buffer (an audit line).
 pub fn extend(out: &mut Vec<u8>, bytes: &[u8]) {
     out.reserve(2 * bytes.len());
-    for &b in bytes {
-        out.extend_from_slice(&PAIRS[usize::from(b)]);
-    }
+    for_each_digits(bytes, |digits| out.extend_from_slice(digits));
 }
 
-/// Writes the digits of `bytes` (at most half of `digits`) into `digits`; returns them.
-fn write<'d>(digits: &'d mut [u8], bytes: &[u8]) -> &'d [u8] {
-    for (pair, &b) in digits.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&PAIRS[usize::from(b)]);
+/// Hands `f` the digits of `bytes` in order, a stack buffer of them at a time.
+fn for_each_digits(bytes: &[u8], mut f: impl FnMut(&[u8])) {
+    let mut digits = [0u8; 64];
+    for chunk in bytes.chunks(digits.len() / 2) {
+        for (pair, &b) in digits.chunks_exact_mut(2).zip(chunk) {
+            pair.copy_from_slice(&PAIRS[usize::from(b)]);
+        }
+        f(&digits[..2 * chunk.len()]);
     }
-    &digits[..2 * bytes.len().min(digits.len() / 2)]
 }
 
 #[cfg(test)]
