@@ -2,8 +2,6 @@
 //! HTTP status and stable reason code by one exhaustive `match`: the same code goes into the JSON
 //! body, the audit record and the metric label.
 
-use serde::Serialize;
-
 pub use crate::reason::ReasonCode;
 
 use crate::credentials::apply::{CredentialDeny, ScanGap};
@@ -421,7 +419,7 @@ impl Deny {
                 match l.key.kind {
                     LimitKind::Rate { per_period, period_secs, .. } => (
                         429,
-                        ReasonCode::RateLimited,
+                        limit_code(&l.key.kind),
                         format!(
                             "{whose} is over its ceiling of {per_period} requests per {}; retry after {retry}s",
                             if period_secs == 1 { "second" } else { "minute" },
@@ -429,12 +427,12 @@ impl Deny {
                     ),
                     LimitKind::Concurrency { max } => (
                         429,
-                        ReasonCode::ConcurrencyLimited,
+                        limit_code(&l.key.kind),
                         format!("{whose} already has {max} requests in flight"),
                     ),
                     LimitKind::TokensPerMinute { ceiling } => (
                         429,
-                        ReasonCode::TokenLimit,
+                        limit_code(&l.key.kind),
                         format!(
                             "{whose} would exceed its {ceiling} LLM tokens per minute with this call's reservation; retry after {retry}s",
                         ),
@@ -455,13 +453,13 @@ impl Deny {
                         };
                         (
                             429,
-                            ReasonCode::BudgetExhausted,
+                            limit_code(&l.key.kind),
                             format!("{whose} would exceed its {} {what} with this call's reservation{when}", window.as_str()),
                         )
                     }
                     LimitKind::WallTime { max_secs } => (
                         429,
-                        ReasonCode::BudgetExhausted,
+                        limit_code(&l.key.kind),
                         format!("{whose} is past its wall-time budget of {max_secs}s"),
                     ),
                 }
@@ -694,9 +692,14 @@ impl Deny {
         }
     }
 
-    /// The reason code alone.
+    /// The reason code alone. The refusals a flooding tenant makes by the thousand (limits,
+    /// policy) are answered without formatting a message that would be thrown away.
     pub fn code(&self) -> ReasonCode {
-        self.describe().1
+        match self {
+            Deny::Limited(l) => limit_code(&l.key.kind),
+            Deny::PolicyDenied(_) => ReasonCode::PolicyDenied,
+            _ => self.describe().1,
+        }
     }
 
     /// For `budget_exhausted`: which ceiling (`run`, `day` or `month`) refused.
@@ -713,42 +716,51 @@ impl Deny {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorFields<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorFields<'a> {
-    code: ReasonCode,
-    message: &'a str,
-    request_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ceiling: Option<&'a str>,
+/// The reason code of a refusal by a limit of this kind (one place for [`Deny::describe`] and
+/// [`Deny::code`]).
+fn limit_code(kind: &LimitKind) -> ReasonCode {
+    match kind {
+        LimitKind::Rate { .. } => ReasonCode::RateLimited,
+        LimitKind::Concurrency { .. } => ReasonCode::ConcurrencyLimited,
+        LimitKind::TokensPerMinute { .. } => ReasonCode::TokenLimit,
+        LimitKind::Quota { .. } | LimitKind::WallTime { .. } => ReasonCode::BudgetExhausted,
+    }
 }
 
 /// The JSON body of a refusal: `{"error":{"code":…,"message":…,"request_id":…}}`, plus
 /// `"ceiling"` (`run`, `day` or `month`) for `budget_exhausted`.
+///
+/// Written member by member: the shape is fixed, and a serde map of four members cost more than
+/// the rest of the body (a flooding tenant is answered with one of these per request). Every
+/// string goes through serde_json's escaping.
 pub fn error_body(
     code: ReasonCode,
     message: &str,
     request_id: &str,
     ceiling: Option<&str>,
 ) -> Vec<u8> {
-    let body = ErrorBody {
-        error: ErrorFields {
-            code,
-            message,
-            request_id,
-            ceiling,
-        },
-    };
     // Sized for the fixed text around the strings, so the body is written without regrowing.
     let mut out = Vec::with_capacity(96 + message.len() + request_id.len());
-    // Serializing this struct of strings cannot fail; fall back to a fixed body regardless.
-    match serde_json::to_writer(&mut out, &body) {
-        Ok(()) => out,
-        Err(_) => br#"{"error":{"code":"internal_error"}}"#.to_vec(),
+    out.extend_from_slice(br#"{"error":{"code":"#);
+    push_json_string(&mut out, code.as_str());
+    out.extend_from_slice(br#","message":"#);
+    push_json_string(&mut out, message);
+    out.extend_from_slice(br#","request_id":"#);
+    push_json_string(&mut out, request_id);
+    if let Some(ceiling) = ceiling {
+        out.extend_from_slice(br#","ceiling":"#);
+        push_json_string(&mut out, ceiling);
+    }
+    out.extend_from_slice(b"}}");
+    out
+}
+
+/// `text` as a JSON string, escaped by serde_json.
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing a string into a `Vec` cannot fail; an escaped string always follows a member name,
+    // so a failure could only leave that member without a value, never invalid text elsewhere.
+    if serde_json::to_writer(&mut *out, text).is_err() {
+        out.extend_from_slice(b"null");
     }
 }
 
@@ -867,9 +879,56 @@ mod tests {
                 "mcp_response_unfiltered",
             ),
         ];
-        for (deny, status, code) in cases {
+        let tenant = crate::ids::TenantId::new("acme").expect("id");
+        let limited = |kind| {
+            Deny::Limited(LimitDeny {
+                key: crate::limits::LimitKey {
+                    scope: Scope::Tenant(tenant.clone()),
+                    kind,
+                },
+                retry_after: None,
+            })
+        };
+        let limits = [
+            (
+                limited(LimitKind::Rate {
+                    per_period: 5,
+                    period_secs: 1,
+                    burst: 5,
+                }),
+                429,
+                "rate_limited",
+            ),
+            (
+                limited(LimitKind::Concurrency { max: 2 }),
+                429,
+                "concurrency_limited",
+            ),
+            (
+                limited(LimitKind::TokensPerMinute { ceiling: 10 }),
+                429,
+                "token_limit",
+            ),
+            (
+                limited(LimitKind::Quota {
+                    measure: Measure::Cost,
+                    window: Window::Run,
+                    ceiling: 10,
+                }),
+                429,
+                "budget_exhausted",
+            ),
+            (
+                limited(LimitKind::WallTime { max_secs: 60 }),
+                429,
+                "budget_exhausted",
+            ),
+        ];
+        for (deny, status, code) in cases.into_iter().chain(limits) {
             let (s, c, _) = deny.describe();
             assert_eq!((s, c.as_str()), (status, code), "{deny:?}");
+            // The shortcut that formats no message gives the same code.
+            assert_eq!(deny.code(), c, "{deny:?}");
             // serde and as_str agree
             assert_eq!(
                 serde_json::to_value(c).ok(),
@@ -898,7 +957,24 @@ mod tests {
     fn body_shape() {
         let body = error_body(ReasonCode::PolicyDenied, "no", "req-1", None);
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-        assert_eq!(v["error"]["code"], "policy_denied");
-        assert_eq!(v["error"]["request_id"], "req-1");
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"code": "policy_denied", "message": "no", "request_id": "req-1"}})
+        );
+        // Quotes, backslashes, control characters, line breaks and non-ASCII text in any
+        // string stay inside it, and the ceiling is a member only when given.
+        let awkward = "a \"quoted\" \\ path\n\r\t\u{0}\u{1f} é ✓ </script>";
+        let body = error_body(ReasonCode::BudgetExhausted, awkward, awkward, Some("day"));
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {
+                "code": "budget_exhausted",
+                "message": awkward,
+                "request_id": awkward,
+                "ceiling": "day",
+            }})
+        );
+        assert!(!body.contains(&b'\n') && !body.contains(&0), "{body:?}");
     }
 }
