@@ -338,7 +338,9 @@ pub fn normalize_host(host: &str) -> Result<String, TargetError> {
             "the request target has an empty host".into(),
         ));
     }
-    if host.starts_with('.') || host.ends_with('.') || host.contains("..") {
+    // Pairs of bytes rather than `contains("..")`, which builds a substring searcher per call.
+    let empty_label = host.as_bytes().windows(2).any(|pair| pair == b"..");
+    if host.starts_with('.') || host.ends_with('.') || empty_label {
         return Err(TargetError::Malformed(
             "the request target's host has an empty label (`..`, or a leading dot)".into(),
         ));
@@ -370,13 +372,16 @@ fn host_header_matches(header: &[u8], host: &str, port: u16, scheme: Scheme) -> 
 /// but not to a policy on `"/v1/files*"`, or an escape in lower case). Escapes of other
 /// characters in upper case (`%20`, `%3A`, UTF-8) pass, and the policy sees them as sent.
 fn check_path(path_and_query: &str) -> Result<(), TargetError> {
-    let path = path_and_query.split('?').next().unwrap_or("");
-    if path.split('/').any(|s| s == "." || s == "..") {
+    let whole = path_and_query.as_bytes();
+    let bytes = &whole[..memchr::memchr(b'?', whole).unwrap_or(whole.len())];
+    // A dot segment needs a `.`: most call paths have none, and are not split to look.
+    if memchr::memchr(b'.', bytes).is_some()
+        && bytes.split(|b| *b == b'/').any(|s| s == b"." || s == b"..")
+    {
         return Err(TargetError::Malformed(
             "dot segments (`.` or `..`) are not allowed in the path".into(),
         ));
     }
-    let bytes = path.as_bytes();
     let mut i = 0;
     // Jump between the bytes that matter (SIMD memchr): most paths have neither.
     while let Some(at) = memchr::memchr2(b'%', b'\\', &bytes[i..]) {

@@ -78,18 +78,18 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
         return;
     };
     let entry = acc.get_or_insert_with(Usage::default);
-    if let Some(n) = num(u, "/input_tokens") {
+    if let Some(n) = num(u, &["input_tokens"]) {
         entry.input_tokens = n;
     }
-    if let Some(n) = num(u, "/output_tokens") {
+    if let Some(n) = num(u, &["output_tokens"]) {
         entry.output_tokens = n;
     }
-    if let Some(n) = num(u, "/cache_read_input_tokens") {
+    if let Some(n) = num(u, &["cache_read_input_tokens"]) {
         // Cache reads are counted apart from `input_tokens`; the input is both.
         entry.cached_input_tokens = n;
         entry.input_tokens = entry
             .input_tokens
-            .max(num(u, "/input_tokens").unwrap_or(0) + n);
+            .max(num(u, &["input_tokens"]).unwrap_or(0) + n);
     }
 }
 

@@ -126,10 +126,10 @@ impl Provider for Bedrock {
         fold_converse(event, acc);
         if let Some(m) = event.get("amazon-bedrock-invocationMetrics") {
             let entry = acc.get_or_insert_with(Usage::default);
-            if let Some(n) = num(m, "/inputTokenCount") {
+            if let Some(n) = num(m, &["inputTokenCount"]) {
                 entry.input_tokens = entry.input_tokens.max(n);
             }
-            if let Some(n) = num(m, "/outputTokenCount") {
+            if let Some(n) = num(m, &["outputTokenCount"]) {
                 entry.output_tokens = n;
             }
         }
@@ -158,13 +158,13 @@ fn fold_converse(v: &Value, acc: &mut Option<Usage>) {
         return;
     };
     let entry = acc.get_or_insert_with(Usage::default);
-    let cached = num(u, "/cacheReadInputTokens").unwrap_or(0);
-    if let Some(n) = num(u, "/inputTokens") {
+    let cached = num(u, &["cacheReadInputTokens"]).unwrap_or(0);
+    if let Some(n) = num(u, &["inputTokens"]) {
         // Cache reads are counted apart from `inputTokens`; the input is both.
         entry.input_tokens = n + cached;
     }
     entry.cached_input_tokens = cached;
-    if let Some(n) = num(u, "/outputTokens") {
+    if let Some(n) = num(u, &["outputTokens"]) {
         entry.output_tokens = n;
     }
 }

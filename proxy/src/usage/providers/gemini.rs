@@ -102,14 +102,14 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
         return;
     };
     let entry = acc.get_or_insert_with(Usage::default);
-    if let Some(n) = num(u, "/promptTokenCount") {
+    if let Some(n) = num(u, &["promptTokenCount"]) {
         entry.input_tokens = n;
     }
-    if let Some(n) = num(u, "/cachedContentTokenCount") {
+    if let Some(n) = num(u, &["cachedContentTokenCount"]) {
         entry.cached_input_tokens = n;
     }
-    let candidates = num(u, "/candidatesTokenCount");
-    let thoughts = num(u, "/thoughtsTokenCount");
+    let candidates = num(u, &["candidatesTokenCount"]);
+    let thoughts = num(u, &["thoughtsTokenCount"]);
     if candidates.is_some() || thoughts.is_some() {
         // Thinking tokens are billed as output.
         entry.output_tokens = candidates.unwrap_or(0) + thoughts.unwrap_or(0);

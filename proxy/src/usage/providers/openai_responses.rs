@@ -73,13 +73,13 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
         return;
     };
     let entry = acc.get_or_insert_with(Usage::default);
-    if let Some(n) = num(u, "/input_tokens") {
+    if let Some(n) = num(u, &["input_tokens"]) {
         entry.input_tokens = n;
     }
-    if let Some(n) = num(u, "/output_tokens") {
+    if let Some(n) = num(u, &["output_tokens"]) {
         entry.output_tokens = n;
     }
-    if let Some(n) = num(u, "/input_tokens_details/cached_tokens") {
+    if let Some(n) = num(u, &["input_tokens_details", "cached_tokens"]) {
         entry.cached_input_tokens = n;
     }
 }
