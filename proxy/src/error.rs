@@ -1,6 +1,7 @@
 //! The one refusal type. Every way a request can be refused is a [`Deny`] variant, mapped to its
-//! HTTP status and stable reason code by one exhaustive `match`: the same code goes into the JSON
-//! body, the audit record and the metric label.
+//! stable reason code by one exhaustive `match` ([`Deny::code`]) and to its HTTP status and
+//! message by another ([`Deny::describe`]): the same code goes into the JSON body, the audit
+//! record and the metric label, and asking for the code alone formats no message.
 
 pub use crate::reason::ReasonCode;
 
@@ -339,73 +340,62 @@ impl Deny {
 }
 
 impl Deny {
-    /// HTTP status, reason code and message, from one exhaustive match.
+    /// HTTP status, reason code ([`Deny::code`]) and message.
     pub fn describe(&self) -> (u16, ReasonCode, String) {
-        match self {
+        let (status, message) = match self {
             Deny::IdentityRequired => (
                 407,
-                ReasonCode::IdentityRequired,
                 "this listener needs a workload identity: send `Proxy-Authorization: Bearer <token>` or put the token in the proxy URL's password".into(),
             ),
             Deny::IdentityInvalid(why) => {
-                (407, ReasonCode::IdentityInvalid, format!("workload identity rejected: {why}"))
+                (407, format!("workload identity rejected: {why}"))
             }
-            Deny::PolicyDenied(refusal) => (403, ReasonCode::PolicyDenied, refusal.message()),
+            Deny::PolicyDenied(refusal) => (403, refusal.message()),
             Deny::Credential(c) => match c {
                 CredentialDeny::Unknown(n) => {
-                    (403, ReasonCode::CredentialUnknown, format!("no credential `{n}` exists for this tenant"))
+                    (403, format!("no credential `{n}` exists for this tenant"))
                 }
                 CredentialDeny::NotBound(n) => (
                     403,
-                    ReasonCode::CredentialNotBound,
                     format!("credential `{n}` may not be sent to this destination"),
                 ),
                 CredentialDeny::Position(n, pos) => (
                     403,
-                    ReasonCode::CredentialPosition,
                     format!("credential `{n}` may not appear in the request {pos}"),
                 ),
-                CredentialDeny::Expired(n) => (403, ReasonCode::CredentialExpired, format!("credential `{n}` has expired")),
+                CredentialDeny::Expired(n) => (403, format!("credential `{n}` has expired")),
                 CredentialDeny::PolicyDenied(n) => (
                     403,
-                    ReasonCode::CredentialDenied,
                     format!("no policy allows this workload to use credential `{n}` here"),
                 ),
                 CredentialDeny::Malformed(pos) => (
                     400,
-                    ReasonCode::CredentialMalformed,
                     format!("malformed `$CRED{{…}}` handle in the request {pos}; write `$$CRED{{` for a literal"),
                 ),
                 CredentialDeny::Raw(place) => (
                     403,
-                    ReasonCode::RawCredential,
                     format!("a literal credential in {place} is not accepted for this destination; use a `$CRED{{name}}` handle"),
                 ),
                 CredentialDeny::Repeated(place) => (
                     400,
-                    ReasonCode::CredentialRepeated,
                     format!("{place} is given more than once; a credential position holds exactly one `$CRED{{name}}` handle"),
                 ),
                 CredentialDeny::ScanIncomplete(ScanGap::TooLarge(limit)) => (
                     413,
-                    ReasonCode::CredentialScanIncomplete,
                     format!("the request body is larger than the {limit} bytes scanned for credentials, and this destination's keys are managed by the proxy"),
                 ),
                 CredentialDeny::ScanIncomplete(ScanGap::Encoded) => (
                     415,
-                    ReasonCode::CredentialScanIncomplete,
                     "a request body with a `Content-Encoding` cannot be scanned for credentials, and this destination's keys are managed by the proxy; send it unencoded".into(),
                 ),
                 CredentialDeny::Unavailable(n, why) => (
                     503,
-                    ReasonCode::CredentialUnavailable,
                     format!("no access token could be obtained for credential `{n}`: {why}"),
                 ),
                 // Never leaves the admission chain (it obtains the token and applies again);
                 // should it, the request still goes nowhere.
                 CredentialDeny::TokenNeeded(n) => (
                     503,
-                    ReasonCode::CredentialUnavailable,
                     format!("no access token was obtained for credential `{n}`"),
                 ),
             },
@@ -419,7 +409,6 @@ impl Deny {
                 match l.key.kind {
                     LimitKind::Rate { per_period, period_secs, .. } => (
                         429,
-                        limit_code(&l.key.kind),
                         format!(
                             "{whose} is over its ceiling of {per_period} requests per {}; retry after {retry}s",
                             if period_secs == 1 { "second" } else { "minute" },
@@ -427,12 +416,10 @@ impl Deny {
                     ),
                     LimitKind::Concurrency { max } => (
                         429,
-                        limit_code(&l.key.kind),
                         format!("{whose} already has {max} requests in flight"),
                     ),
                     LimitKind::TokensPerMinute { ceiling } => (
                         429,
-                        limit_code(&l.key.kind),
                         format!(
                             "{whose} would exceed its {ceiling} LLM tokens per minute with this call's reservation; retry after {retry}s",
                         ),
@@ -453,132 +440,109 @@ impl Deny {
                         };
                         (
                             429,
-                            limit_code(&l.key.kind),
                             format!("{whose} would exceed its {} {what} with this call's reservation{when}", window.as_str()),
                         )
                     }
                     LimitKind::WallTime { max_secs } => (
                         429,
-                        limit_code(&l.key.kind),
                         format!("{whose} is past its wall-time budget of {max_secs}s"),
                     ),
                 }
             }
             Deny::LimiterUnavailable => (
                 503,
-                ReasonCode::LimiterUnavailable,
                 "the limit counters cannot be reached; the request was not forwarded, retry shortly".into(),
             ),
             Deny::ModelNotPriced(model) => (
                 403,
-                ReasonCode::ModelNotPriced,
                 format!("model `{model}` has no price in the price table, and unpriced models are refused"),
             ),
             Deny::StreamCut(CutReason::Budget(ceiling)) => (
                 429,
-                ReasonCode::BudgetExhausted,
                 format!("the stream was ended: the {ceiling} budget is spent"),
             ),
             Deny::StreamCut(CutReason::Unavailable) => (
                 503,
-                ReasonCode::LimiterUnavailable,
                 "the stream was ended: the limit counters cannot be reached to extend its reservation".into(),
             ),
-            Deny::BadRequest(why) => (400, ReasonCode::BadRequest, why.clone()),
+            Deny::BadRequest(why) => (400, why.clone()),
             Deny::HostMismatch => (
                 400,
-                ReasonCode::HostMismatch,
                 "the `Host` header does not match the request target's authority".into(),
             ),
             Deny::RouteNotFound => (
                 404,
-                ReasonCode::RouteNotFound,
                 "no route matches this path; use an absolute URL through the proxy or a configured route prefix".into(),
             ),
             Deny::ConnectUnsupported => (
                 405,
-                ReasonCode::ConnectUnsupported,
                 "`CONNECT` must be the first request on a connection; open a new connection for the tunnel".into(),
             ),
             Deny::ConnectPortForbidden(port) => (
                 403,
-                ReasonCode::ConnectPortForbidden,
                 format!("tunnels to port {port} are not allowed by this proxy"),
             ),
             Deny::DestinationForbidden(why) => (
                 403,
-                ReasonCode::DestinationForbidden,
                 format!("the destination is not reachable through this proxy: {why}"),
             ),
             Deny::TunnelLimit(max) => (
                 429,
-                ReasonCode::TunnelLimit,
                 format!("this tenant already has {max} tunnels open; close one or retry shortly"),
             ),
             Deny::InterceptionUnavailable(why) => (
                 403,
-                ReasonCode::InterceptionUnavailable,
                 format!("this tunnel must be inspected but cannot be: {why}"),
             ),
             Deny::HeadersTooLarge => {
-                (431, ReasonCode::RequestHeadersTooLarge, "request headers exceed the configured limit".into())
+                (431, "request headers exceed the configured limit".into())
             }
             Deny::BodyTooLarge => {
-                (413, ReasonCode::RequestBodyTooLarge, "request body exceeds the configured limit".into())
+                (413, "request body exceeds the configured limit".into())
             }
             Deny::LengthRequired => (
                 411,
-                ReasonCode::LengthRequired,
                 "chunked request bodies over 64 KiB need a `Content-Length` header".into(),
             ),
             Deny::UpstreamUnreachable => {
-                (502, ReasonCode::UpstreamUnreachable, "the upstream could not be reached".into())
+                (502, "the upstream could not be reached".into())
             }
-            Deny::UpstreamTimeout => (504, ReasonCode::UpstreamTimeout, "the upstream did not answer in time".into()),
+            Deny::UpstreamTimeout => (504, "the upstream did not answer in time".into()),
             Deny::UpstreamTls => (
                 502,
-                ReasonCode::UpstreamTls,
                 "the upstream's TLS certificate could not be verified".into(),
             ),
             Deny::AuditUnavailable => (
                 503,
-                ReasonCode::AuditUnavailable,
                 "the audit log cannot record this request right now; retry shortly".into(),
             ),
             Deny::McpMalformed(why) => (
                 400,
-                ReasonCode::McpMalformed,
                 format!("this MCP server accepts only JSON-RPC 2.0 the proxy can check: {why}"),
             ),
             Deny::ToolDenied(tool) => (
                 403,
-                ReasonCode::ToolDenied,
                 format!("no policy allows this workload to call MCP tool `{tool}`; nothing was sent to the server"),
             ),
             Deny::McpResponseUnfiltered(why) => (
                 502,
-                ReasonCode::McpResponseUnfiltered,
                 format!("the MCP server's tool list could not be filtered, so it was withheld: {why}"),
             ),
             Deny::RunClosed => (
                 403,
-                ReasonCode::RunClosed,
                 "this run was closed; start a new run with a new token".into(),
             ),
-            Deny::Internal => (500, ReasonCode::Internal, "internal error; the request was not forwarded".into()),
+            Deny::Internal => (500, "internal error; the request was not forwarded".into()),
             Deny::Framing(why) => (
                 400,
-                ReasonCode::BadFraming,
                 format!("the request's body framing is ambiguous ({why}); the connection is closed"),
             ),
             Deny::UnsupportedTransferEncoding => (
                 501,
-                ReasonCode::UnsupportedTransferEncoding,
                 "only `Transfer-Encoding: chunked` (one coding, once) is accepted; the connection is closed".into(),
             ),
             Deny::TooManyHeaders(max) => (
                 431,
-                ReasonCode::TooManyHeaders,
                 if *max > 0 {
                     format!("the request has more than {max} header fields")
                 } else {
@@ -587,118 +551,169 @@ impl Deny {
             ),
             Deny::RequestTimeout => (
                 408,
-                ReasonCode::RequestTimeout,
                 "the request did not arrive in time; the connection is closed".into(),
             ),
             Deny::Overloaded(what) => (
                 503,
-                ReasonCode::Overloaded,
                 format!("the proxy is at its limit of {what}; retry shortly"),
             ),
             Deny::ConnectionLimit(max) => (
                 429,
-                ReasonCode::ConnectionLimit,
                 format!("this tenant already has {max} connections open to the proxy; reuse one or retry shortly"),
             ),
             Deny::DnsLookupLimit(max) => (
                 429,
-                ReasonCode::DnsLookupLimit,
                 format!("this tenant already has {max} upstream name lookups running (its names resolve slowly); retry shortly"),
             ),
             Deny::BodyMemoryLimit(max) => (
                 429,
-                ReasonCode::BodyMemoryLimit,
                 format!("this tenant's requests in flight already hold {max} bytes of request bodies, as much as one tenant may; retry shortly"),
             ),
             Deny::ProtectedHopHeader(name) => (
                 400,
-                ReasonCode::BadConnectionHeader,
                 format!("`Connection` may not nominate `{name}`: the proxy decides on it and sends it on"),
             ),
             // nginx's 499: never written to a client (it is gone), only recorded.
             Deny::ClientClosed => (
                 499,
-                ReasonCode::ClientClosed,
                 "the client closed the connection before the request completed".into(),
             ),
-            Deny::AdminNotFound(why) => (404, ReasonCode::NotFound, why.clone()),
-            Deny::MethodNotAllowed(why) => (405, ReasonCode::MethodNotAllowed, why.clone()),
+            Deny::AdminNotFound(why) => (404, why.clone()),
+            Deny::MethodNotAllowed(why) => (405, why.clone()),
             Deny::UnsupportedBody(why) => (
                 415,
-                ReasonCode::UnsupportedMediaType,
                 format!("this body cannot be checked for an LLM destination, so it was not forwarded: {why}"),
             ),
             Deny::ResourceDenied(uri) => (
                 403,
-                ReasonCode::ResourceDenied,
                 format!("no policy allows this workload to read MCP resource `{uri}`; nothing was sent to the server"),
             ),
             Deny::PromptDenied(name) => (
                 403,
-                ReasonCode::PromptDenied,
                 format!("no policy allows this workload to get MCP prompt `{name}`; nothing was sent to the server"),
             ),
             Deny::UpstreamEncoded => (
                 502,
-                ReasonCode::UpstreamEncoded,
                 "the upstream answered with a compressed body although the request carried a credential and asked for none; it was withheld, since an echoed secret could not be removed from it".into(),
             ),
             Deny::ApprovalPending(hold) => (
                 202,
-                ReasonCode::ApprovalPending,
                 format!("this request waits for a person's approval as hold `{hold}`; send the same request again with `x-approval-hold: {hold}` to learn the outcome"),
             ),
             Deny::ApprovalDenied(reason) => (
                 403,
-                ReasonCode::ApprovalDenied,
                 format!("an approver of this tenant denied the request: {reason}"),
             ),
             Deny::ApprovalTimeout(secs) => (
                 403,
-                ReasonCode::ApprovalTimeout,
                 format!("nobody approved the request within {secs}s; it was not forwarded"),
             ),
             Deny::ApprovalCapacity(whose, max) => (
                 429,
-                ReasonCode::ApprovalCapacity,
                 format!("{whose} already holds {max} requests for approval; retry later"),
             ),
             Deny::ApprovalUnavailable(why) => (
                 503,
-                ReasonCode::ApprovalUnavailable,
                 format!("this request needs a person's approval, which cannot be asked for now: {why}; it was not forwarded"),
             ),
             Deny::ApprovalUnknown => (
                 403,
-                ReasonCode::ApprovalUnknown,
                 "`x-approval-hold` names no hold of this workload for this request; send the request exactly as it was held".into(),
             ),
-            Deny::ApproverForbidden(why) => (403, ReasonCode::ApproverForbidden, why.clone()),
+            Deny::ApproverForbidden(why) => (403, why.clone()),
             Deny::ApproverUnauthenticated(why) => (
                 401,
-                ReasonCode::ApproverUnauthenticated,
                 format!("send `Authorization: Bearer <approver token>`: {why}"),
             ),
             Deny::HoldResolved(state) => (
                 409,
-                ReasonCode::HoldResolved,
                 format!("the hold is no longer pending: it is {state}"),
             ),
             Deny::HoldOrphaned => (
                 410,
-                ReasonCode::HoldOrphaned,
                 "the proxy replica that held this request went away (its lease on the hold lapsed); the request cannot be forwarded any more, so it cannot be approved; nothing was sent".into(),
             ),
-        }
+        };
+        (status, self.code(), message)
     }
 
-    /// The reason code alone. The refusals a flooding tenant makes by the thousand (limits,
-    /// policy) are answered without formatting a message that would be thrown away.
+    /// The stable reason code, from one exhaustive match: the JSON body, the audit record, the
+    /// metric label and the log line all take it from here, and asking for it formats nothing.
     pub fn code(&self) -> ReasonCode {
         match self {
-            Deny::Limited(l) => limit_code(&l.key.kind),
+            Deny::IdentityRequired => ReasonCode::IdentityRequired,
+            Deny::IdentityInvalid(_) => ReasonCode::IdentityInvalid,
             Deny::PolicyDenied(_) => ReasonCode::PolicyDenied,
-            _ => self.describe().1,
+            Deny::Credential(c) => match c {
+                CredentialDeny::Unknown(_) => ReasonCode::CredentialUnknown,
+                CredentialDeny::NotBound(_) => ReasonCode::CredentialNotBound,
+                CredentialDeny::Position(..) => ReasonCode::CredentialPosition,
+                CredentialDeny::Expired(_) => ReasonCode::CredentialExpired,
+                CredentialDeny::PolicyDenied(_) => ReasonCode::CredentialDenied,
+                CredentialDeny::Malformed(_) => ReasonCode::CredentialMalformed,
+                CredentialDeny::Raw(_) => ReasonCode::RawCredential,
+                CredentialDeny::Repeated(_) => ReasonCode::CredentialRepeated,
+                CredentialDeny::ScanIncomplete(_) => ReasonCode::CredentialScanIncomplete,
+                CredentialDeny::Unavailable(..) | CredentialDeny::TokenNeeded(_) => {
+                    ReasonCode::CredentialUnavailable
+                }
+            },
+            Deny::Limited(l) => match l.key.kind {
+                LimitKind::Rate { .. } => ReasonCode::RateLimited,
+                LimitKind::Concurrency { .. } => ReasonCode::ConcurrencyLimited,
+                LimitKind::TokensPerMinute { .. } => ReasonCode::TokenLimit,
+                LimitKind::Quota { .. } | LimitKind::WallTime { .. } => ReasonCode::BudgetExhausted,
+            },
+            Deny::LimiterUnavailable => ReasonCode::LimiterUnavailable,
+            Deny::ModelNotPriced(_) => ReasonCode::ModelNotPriced,
+            Deny::StreamCut(CutReason::Budget(_)) => ReasonCode::BudgetExhausted,
+            Deny::StreamCut(CutReason::Unavailable) => ReasonCode::LimiterUnavailable,
+            Deny::BadRequest(_) => ReasonCode::BadRequest,
+            Deny::HostMismatch => ReasonCode::HostMismatch,
+            Deny::RouteNotFound => ReasonCode::RouteNotFound,
+            Deny::ConnectUnsupported => ReasonCode::ConnectUnsupported,
+            Deny::ConnectPortForbidden(_) => ReasonCode::ConnectPortForbidden,
+            Deny::DestinationForbidden(_) => ReasonCode::DestinationForbidden,
+            Deny::TunnelLimit(_) => ReasonCode::TunnelLimit,
+            Deny::InterceptionUnavailable(_) => ReasonCode::InterceptionUnavailable,
+            Deny::HeadersTooLarge => ReasonCode::RequestHeadersTooLarge,
+            Deny::BodyTooLarge => ReasonCode::RequestBodyTooLarge,
+            Deny::LengthRequired => ReasonCode::LengthRequired,
+            Deny::UpstreamUnreachable => ReasonCode::UpstreamUnreachable,
+            Deny::UpstreamTimeout => ReasonCode::UpstreamTimeout,
+            Deny::UpstreamTls => ReasonCode::UpstreamTls,
+            Deny::AuditUnavailable => ReasonCode::AuditUnavailable,
+            Deny::McpMalformed(_) => ReasonCode::McpMalformed,
+            Deny::ToolDenied(_) => ReasonCode::ToolDenied,
+            Deny::McpResponseUnfiltered(_) => ReasonCode::McpResponseUnfiltered,
+            Deny::RunClosed => ReasonCode::RunClosed,
+            Deny::Internal => ReasonCode::Internal,
+            Deny::Framing(_) => ReasonCode::BadFraming,
+            Deny::UnsupportedTransferEncoding => ReasonCode::UnsupportedTransferEncoding,
+            Deny::TooManyHeaders(_) => ReasonCode::TooManyHeaders,
+            Deny::RequestTimeout => ReasonCode::RequestTimeout,
+            Deny::Overloaded(_) => ReasonCode::Overloaded,
+            Deny::ConnectionLimit(_) => ReasonCode::ConnectionLimit,
+            Deny::DnsLookupLimit(_) => ReasonCode::DnsLookupLimit,
+            Deny::BodyMemoryLimit(_) => ReasonCode::BodyMemoryLimit,
+            Deny::ProtectedHopHeader(_) => ReasonCode::BadConnectionHeader,
+            Deny::ClientClosed => ReasonCode::ClientClosed,
+            Deny::AdminNotFound(_) => ReasonCode::NotFound,
+            Deny::MethodNotAllowed(_) => ReasonCode::MethodNotAllowed,
+            Deny::UnsupportedBody(_) => ReasonCode::UnsupportedMediaType,
+            Deny::ResourceDenied(_) => ReasonCode::ResourceDenied,
+            Deny::PromptDenied(_) => ReasonCode::PromptDenied,
+            Deny::UpstreamEncoded => ReasonCode::UpstreamEncoded,
+            Deny::ApprovalPending(_) => ReasonCode::ApprovalPending,
+            Deny::ApprovalDenied(_) => ReasonCode::ApprovalDenied,
+            Deny::ApprovalTimeout(_) => ReasonCode::ApprovalTimeout,
+            Deny::ApprovalCapacity(..) => ReasonCode::ApprovalCapacity,
+            Deny::ApprovalUnavailable(_) => ReasonCode::ApprovalUnavailable,
+            Deny::ApprovalUnknown => ReasonCode::ApprovalUnknown,
+            Deny::ApproverForbidden(_) => ReasonCode::ApproverForbidden,
+            Deny::ApproverUnauthenticated(_) => ReasonCode::ApproverUnauthenticated,
+            Deny::HoldResolved(_) => ReasonCode::HoldResolved,
+            Deny::HoldOrphaned => ReasonCode::HoldOrphaned,
         }
     }
 
@@ -713,17 +728,6 @@ impl Deny {
             Deny::StreamCut(CutReason::Budget(ceiling)) => Some(ceiling),
             _ => None,
         }
-    }
-}
-
-/// The reason code of a refusal by a limit of this kind (one place for [`Deny::describe`] and
-/// [`Deny::code`]).
-fn limit_code(kind: &LimitKind) -> ReasonCode {
-    match kind {
-        LimitKind::Rate { .. } => ReasonCode::RateLimited,
-        LimitKind::Concurrency { .. } => ReasonCode::ConcurrencyLimited,
-        LimitKind::TokensPerMinute { .. } => ReasonCode::TokenLimit,
-        LimitKind::Quota { .. } | LimitKind::WallTime { .. } => ReasonCode::BudgetExhausted,
     }
 }
 
@@ -927,8 +931,8 @@ mod tests {
         for (deny, status, code) in cases.into_iter().chain(limits) {
             let (s, c, _) = deny.describe();
             assert_eq!((s, c.as_str()), (status, code), "{deny:?}");
-            // The shortcut that formats no message gives the same code.
-            assert_eq!(deny.code(), c, "{deny:?}");
+            // Asked alone, without a message, the code is the table's too.
+            assert_eq!(deny.code().as_str(), code, "{deny:?}");
             // serde and as_str agree
             assert_eq!(
                 serde_json::to_value(c).ok(),
