@@ -736,7 +736,7 @@ impl Deny {
 ///
 /// Written member by member: the shape is fixed, and a serde map of four members cost more than
 /// the rest of the body (a flooding tenant is answered with one of these per request). Every
-/// string goes through serde_json's escaping.
+/// string is written as serde_json writes it, by the audit line's writer.
 pub fn error_body(
     code: ReasonCode,
     message: &str,
@@ -745,27 +745,33 @@ pub fn error_body(
 ) -> Vec<u8> {
     // Sized for the fixed text around the strings, so the body is written without regrowing.
     let mut out = Vec::with_capacity(96 + message.len() + request_id.len());
-    out.extend_from_slice(br#"{"error":{"code":"#);
-    push_json_string(&mut out, code.as_str());
-    out.extend_from_slice(br#","message":"#);
-    push_json_string(&mut out, message);
-    out.extend_from_slice(br#","request_id":"#);
-    push_json_string(&mut out, request_id);
-    if let Some(ceiling) = ceiling {
-        out.extend_from_slice(br#","ceiling":"#);
-        push_json_string(&mut out, ceiling);
+    // Writing strings into a `Vec` cannot fail; fall back to a fixed body regardless.
+    match write_error_members(&mut out, code, message, request_id, ceiling) {
+        Ok(()) => out,
+        Err(_) => br#"{"error":{"code":"internal_error"}}"#.to_vec(),
     }
-    out.extend_from_slice(b"}}");
-    out
 }
 
-/// `text` as a JSON string, escaped by serde_json.
-fn push_json_string(out: &mut Vec<u8>, text: &str) {
-    // A `Vec`'s `io::Write` never fails, so this branch is not taken; it exists because the
-    // writer's signature returns a `Result` and the workspace denies `unwrap`.
-    if serde_json::to_writer(&mut *out, text).is_err() {
-        out.extend_from_slice(b"null");
+fn write_error_members(
+    out: &mut Vec<u8>,
+    code: ReasonCode,
+    message: &str,
+    request_id: &str,
+    ceiling: Option<&str>,
+) -> serde_json::Result<()> {
+    use crate::audit::line::push_string;
+    out.extend_from_slice(br#"{"error":{"code":"#);
+    push_string(out, code.as_str())?;
+    out.extend_from_slice(br#","message":"#);
+    push_string(out, message)?;
+    out.extend_from_slice(br#","request_id":"#);
+    push_string(out, request_id)?;
+    if let Some(ceiling) = ceiling {
+        out.extend_from_slice(br#","ceiling":"#);
+        push_string(out, ceiling)?;
     }
+    out.extend_from_slice(b"}}");
+    Ok(())
 }
 
 #[cfg(test)]

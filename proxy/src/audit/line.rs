@@ -117,7 +117,7 @@ impl<'a> Members<'a> {
 }
 
 /// Appends `value` as a JSON string, as serde_json writes it.
-fn push_string(out: &mut Vec<u8>, value: &str) -> serde_json::Result<()> {
+pub fn push_string(out: &mut Vec<u8>, value: &str) -> serde_json::Result<()> {
     if needs_escape(value.as_bytes()) {
         return serde_json::to_writer(&mut *out, value);
     }
