@@ -87,6 +87,14 @@ impl Kind {
     /// error names what is wrong, never the value.
     pub fn parse(name: KindName, value: &SecretValue) -> Result<Self, String> {
         match name {
+            // The response scrubber looks for echoes made of visible ASCII only (what it holds
+            // back at a chunk's end must not depend on the secret), and a key needs nothing else.
+            KindName::Static if !value.expose().iter().all(u8::is_ascii_graphic) => Err(
+                "a static value may hold only visible ASCII (no space, tab, line break, control \
+                 character or non-ASCII byte): store the key alone and write the rest around its \
+                 handle, as in `Authorization: Bearer $CRED{name}`"
+                    .into(),
+            ),
             KindName::Static => Ok(Kind::Static),
             KindName::AwsSigv4 => {
                 AwsKey::parse(value.expose()).map(|k| Kind::AwsSigv4(Arc::new(k)))
@@ -130,6 +138,20 @@ mod tests {
             Kind::parse(KindName::Static, &SecretValue::new(b"sk-1".to_vec())),
             Ok(Kind::Static)
         ));
+        for bad in [
+            &b"Bearer sk-canary"[..],
+            b"sk-canary\tx",
+            b"sk-canary\n1",
+            b"sk-canary\x7f",
+            "sk-canary-\u{e9}".as_bytes(),
+        ] {
+            let err = Kind::parse(KindName::Static, &SecretValue::new(bad.to_vec()))
+                .expect_err("not visible ASCII");
+            assert!(
+                err.contains("visible ASCII") && !err.contains("canary"),
+                "{err}"
+            );
+        }
         let bad = SecretValue::new(
             b"{\"access_key_id\":\"AKID\",\"secret_access_key\":\"canary-secret\"}".to_vec(),
         );

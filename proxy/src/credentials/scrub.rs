@@ -11,8 +11,13 @@
 //!   text still decodes and the secret is not in it (at most a few bits of its first and last
 //!   byte stay).
 //!
-//! Secrets may straddle two body chunks: a tail of a chunk that could still begin a match is held
-//! back until the next chunk (or the end) decides. An upgraded stream is scrubbed with
+//! Secrets may straddle two body chunks, so the end of a chunk is held back until the next chunk
+//! (or the end of the body) decides. What is held back never depends on the secrets: it is the
+//! chunk's trailing run of visible ASCII (`!` to `~`, every byte an echo of a secret can consist
+//! of), at most [`HOLD_MIN`] bytes or six times the longest form looked for. Holding back only a
+//! tail that begins a match would tell the agent, by where its text is cut, whether that text
+//! begins a secret, and so the secret a few characters at a time. SSE events and lines end in a
+//! line feed, so a stream of them is not held back at all. An upgraded stream is scrubbed with
 //! same-length masks, since its frames carry their own lengths; a WebSocket is read frame by
 //! frame, each payload scrubbed whole and never held back past its frame's end.
 //!
@@ -33,6 +38,19 @@ use super::Credential;
 /// Shortest secret matched ignoring case, and shortest base64 run matched.
 const MIN_FUZZY_LEN: usize = 8;
 
+/// Shortest run of visible ASCII looked for when a secret has other bytes (a PEM key's lines):
+/// shorter runs are words, not secrets.
+const MIN_RUN_LEN: usize = 16;
+
+/// Least number of trailing bytes a chunk may hold back (see the module's doc).
+const HOLD_MIN: usize = 64 * 1024;
+
+/// Whether `b` can be part of an echoed secret: every byte of every form looked for is visible
+/// ASCII (a secret's bytes, their JSON and percent escapes, base64).
+fn may_be_in_a_match(b: u8) -> bool {
+    b.is_ascii_graphic()
+}
+
 /// One form of one secret.
 #[derive(Clone)]
 struct Pattern {
@@ -52,6 +70,8 @@ pub struct Scrubber {
     /// Bytes a match can start with.
     starts: [bool; 256],
     carry: BytesMut,
+    /// Most bytes a chunk holds back: at least the longest match (each byte escaped).
+    hold_cap: usize,
     same_length: bool,
     /// On a WebSocket: where in its frames the stream is.
     frames: Option<Frames>,
@@ -113,12 +133,25 @@ impl Scrubber {
                 if value.is_empty() {
                     continue;
                 }
-                patterns.push(Pattern {
-                    bytes: value.to_vec(),
-                    ignore_case: value.len() >= MIN_FUZZY_LEN,
-                    replacement: format!("$CRED{{{name}}}").into_bytes(),
-                    masks: false,
-                });
+                // A secret with a space, a control character or a non-ASCII byte (a PEM key;
+                // static values are refused at load) is looked for as its long visible runs, so
+                // that a match consists of visible ASCII only (what the hold-back relies on).
+                let raw: Vec<&[u8]> = if value.iter().all(|b| may_be_in_a_match(*b)) {
+                    vec![value]
+                } else {
+                    value
+                        .split(|b| !may_be_in_a_match(*b))
+                        .filter(|run| run.len() >= MIN_RUN_LEN)
+                        .collect()
+                };
+                for piece in raw {
+                    patterns.push(Pattern {
+                        bytes: piece.to_vec(),
+                        ignore_case: piece.len() >= MIN_FUZZY_LEN,
+                        replacement: format!("$CRED{{{name}}}").into_bytes(),
+                        masks: false,
+                    });
+                }
                 let stars = vec![b'*'; value.len()];
                 for align in 0..3 {
                     for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
@@ -151,10 +184,13 @@ impl Scrubber {
                 starts[usize::from(first.to_ascii_uppercase())] = true;
             }
         }
+        // An escaped byte takes at most six (`\u0073`).
+        let longest = patterns.first().map_or(0, |p| p.bytes.len());
         Self {
             patterns,
             starts,
             carry: BytesMut::new(),
+            hold_cap: HOLD_MIN.max(6 * longest),
             same_length: false,
             frames: None,
             replaced: 0,
@@ -257,7 +293,7 @@ impl Scrubber {
             self.carry.split().freeze()
         };
         let scan = self.scan(&data, end);
-        let emit = scan.held_from.unwrap_or(data.len());
+        let emit = scan.emit;
         if emit < data.len() {
             self.carry = BytesMut::from(&data[emit..]);
         }
@@ -336,43 +372,55 @@ impl Scrubber {
         out
     }
 
-    /// Finds every match in `input`; without `end`, stops where a match could still begin.
+    /// Finds every match in `input`. Without `end`, the bytes from [`Self::hold_from`] on are
+    /// left for the next chunk, except what a match that begins before them covers.
     fn scan(&mut self, input: &[u8], end: bool) -> Scan {
+        let hold = if end {
+            input.len()
+        } else {
+            self.hold_from(input)
+        };
         let mut matches = Vec::new();
+        let mut emit = hold;
         let mut i = 0;
-        while i < input.len() {
+        while i < hold {
             if !self.starts[usize::from(input[i])] {
                 i += 1;
                 continue;
             }
+            // A match that begins before `hold` is complete in `input`: its bytes are visible,
+            // and the byte before `hold` is not, or the run held back is longer than any match.
             let mut best: Option<(usize, usize)> = None;
-            let mut partial = false;
             for (k, p) in self.patterns.iter().enumerate() {
-                match match_at(input, i, p) {
-                    Match::Full(e) if best.is_none_or(|(be, _)| e > be) => best = Some((e, k)),
-                    Match::Partial => partial = true,
-                    Match::Full(_) | Match::None => {}
+                if let Match::Full(e) = match_at(input, i, p) {
+                    if best.is_none_or(|(be, _)| e > be) {
+                        best = Some((e, k));
+                    }
                 }
-            }
-            if partial && !end {
-                return Scan {
-                    matches,
-                    held_from: Some(i),
-                };
             }
             match best {
                 Some((e, k)) => {
                     matches.push((i, e, k));
                     self.replaced += 1;
+                    emit = emit.max(e);
                     i = e;
                 }
                 None => i += 1,
             }
         }
-        Scan {
-            matches,
-            held_from: None,
-        }
+        Scan { matches, emit }
+    }
+
+    /// Where the bytes held back for the next chunk begin: the trailing run of bytes that can be
+    /// part of a match, up to `hold_cap`. It depends on `input` alone, never on the secrets.
+    fn hold_from(&self, input: &[u8]) -> usize {
+        let run = input
+            .iter()
+            .rev()
+            .take(self.hold_cap)
+            .take_while(|b| may_be_in_a_match(**b))
+            .count();
+        input.len() - run
     }
 }
 
@@ -412,8 +460,8 @@ fn apply_mask(data: &mut [u8], mask: Option<[u8; 4]>, offset: usize) {
 struct Scan {
     /// (start, end, pattern) of each match, in order.
     matches: Vec<(usize, usize, usize)>,
-    /// Where the bytes held back for the next chunk start.
-    held_from: Option<usize>,
+    /// How many bytes of the input are released now; the rest is held back.
+    emit: usize,
 }
 
 enum Match {
@@ -602,6 +650,82 @@ mod tests {
             "echo: $CRED{openai} and again $CRED{openai}!"
         );
         assert_eq!(n, 2);
+    }
+
+    /// What the agent receives of a first chunk `data: X`, before the next chunk comes.
+    fn released_before_the_next_chunk(secrets: &[(&str, &str)], chunk: &str) -> String {
+        let mut s = Scrubber::new(secrets.iter().map(|(n, v)| cred(n, v)).collect());
+        let out = s
+            .scrub_chunk(Some(Bytes::copy_from_slice(chunk.as_bytes())), false)
+            .unwrap_or_default();
+        String::from_utf8(out.to_vec()).expect("utf8")
+    }
+
+    #[test]
+    fn where_a_chunk_is_cut_never_depends_on_the_secret() {
+        // An upstream that streams text the agent chose: were only a tail that begins a
+        // secret held back, the cut would answer "does X begin the secret?" one guess at a time.
+        let short = ("short", "short1");
+        let long = ("openai", SECRET);
+        for probe in [
+            "s",
+            "sk",
+            "sk-",
+            "sk-C",
+            "sk-CA",
+            "SK-ca",
+            "sk-cAN",
+            "sk-CANARY-0123456789abcde",
+            "sk-CB",
+            "sk-X",
+            "q",
+            "hello",
+            "sh",
+            "shor",
+            "SHORT",
+            "sk-N",
+            "\\u0073k",
+            "%73k-",
+        ] {
+            for secrets in [&[long][..], &[short], &[long, short]] {
+                let chunk = format!("data: {probe}");
+                // The trailing word is held back whatever it is; what comes before it is not.
+                assert_eq!(
+                    released_before_the_next_chunk(secrets, &chunk),
+                    "data: ",
+                    "{probe} {secrets:?}"
+                );
+                // A line's end releases the line at once, whatever it holds.
+                let line = format!("data: {probe}\n");
+                assert_eq!(released_before_the_next_chunk(secrets, &line), line);
+            }
+        }
+        // A run longer than the hold-back is released but for its last `hold_cap` bytes.
+        let run = "a".repeat(HOLD_MIN + 100);
+        assert_eq!(released_before_the_next_chunk(&[long], &run).len(), 100);
+        // A whole echo before the held tail is replaced at once.
+        assert_eq!(
+            released_before_the_next_chunk(&[long], &format!("x {SECRET} sk-CA")),
+            "x $CRED{openai} "
+        );
+    }
+
+    #[test]
+    fn a_secret_with_spaces_or_line_breaks_is_looked_for_as_its_long_runs() {
+        // A PEM key: its armour lines and short last line are not secret, its body lines are.
+        let line = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7";
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{line}\nAg==\n-----END PRIVATE KEY-----\n");
+        let body = format!("{{\"echo\":\"{line}\"}} BEGIN PRIVATE KEY Ag==");
+        let (out, n) = scrub_split(&[("sa", &pem)], body.as_bytes());
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "{\"echo\":\"$CRED{sa}\"} BEGIN PRIVATE KEY Ag=="
+        );
+        assert_eq!(n, 1);
+        // Its base64 (a Basic header of the whole value) is still looked for.
+        let b64 = STANDARD.encode(pem.as_bytes());
+        let (out, _) = scrub_split(&[("sa", &pem)], format!("[{b64}]").as_bytes());
+        assert!(!String::from_utf8_lossy(&out).contains(&b64[4..40]));
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub struct ChunkError(pub &'static str);
 
 /// Longest chunk line (size and extensions) or trailer field accepted.
 const MAX_LINE: usize = 4096;
-/// Largest chunk size written in hex digits (`u64` holds 16).
+/// Most hex digits in a chunk size, leading zeros included (`u64` holds 16).
 const MAX_SIZE_DIGITS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +176,9 @@ impl ChunkedValidator {
             (SizeStart, _) => return Err(ChunkError("a chunk size is not hexadecimal")),
             (Size, b) if b.is_ascii_hexdigit() => {
                 self.digits += 1;
-                if self.digits > MAX_SIZE_DIGITS && self.size != 0 {
+                // Leading zeros count too: the parser the body is read with (httparse) stops
+                // at 16 digits whatever their value, and the two must agree on every size line.
+                if self.digits > MAX_SIZE_DIGITS {
                     return Err(ChunkError("a chunk size is too large"));
                 }
                 self.size = self
@@ -283,6 +285,7 @@ mod tests {
             ("one chunk", b"5\r\nhello\r\n0\r\n\r\n"),
             ("upper hex", b"A\r\n0123456789\r\n0\r\n\r\n"),
             ("leading zeros", b"0005\r\nhello\r\n0000\r\n\r\n"),
+            ("sixteen digits", b"0000000000000005\r\nhello\r\n0\r\n\r\n"),
             (
                 "extensions",
                 b"5;a=b;c=\"x y\";d \r\nhello\r\n0;last\r\n\r\n",
@@ -316,6 +319,11 @@ mod tests {
             ("plus", b"+5\r\nhello\r\n0\r\n\r\n"),
             ("0x prefix", b"0x5\r\nhello\r\n0\r\n\r\n"),
             ("oversize hex", b"1ffffffffffffffff\r\n"),
+            // httparse, which reads the body after this check, stops at 16 digits too.
+            (
+                "seventeen digits",
+                b"00000000000000005\r\nhello\r\n0\r\n\r\n",
+            ),
             ("space before size", b" 5\r\nhello\r\n0\r\n\r\n"),
             ("trailing space no ext", b"5 x\r\nhello\r\n0\r\n\r\n"),
             ("data too long", b"3\r\nhello\r\n0\r\n\r\n"),

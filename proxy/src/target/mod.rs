@@ -227,7 +227,7 @@ pub fn captured(
                 .and_then(|v| v.trim().parse::<http::uri::Authority>().ok())
                 .filter(|a| !a.as_str().contains('@'))
                 .ok_or_else(|| TargetError::Malformed("the `Host` header is malformed".into()))?;
-            if authority.port_u16().unwrap_or(Scheme::Http.default_port()) != original.port() {
+            if port_of(&authority, Scheme::Http)? != original.port() {
                 return Err(TargetError::HostMismatch);
             }
             normalize_host(authority.host())?
@@ -268,25 +268,26 @@ fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, Targ
         ));
     }
     let host = normalize_host(authority.host())?;
-    let port = authority.port_u16().unwrap_or(scheme.default_port());
+    let port = port_of(authority, scheme)?;
     if let Some(h) = host_header {
         if !host_header_matches(h, &host, port, scheme) {
             return Err(TargetError::HostMismatch);
         }
     }
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let path_and_query = if path_and_query.is_empty() {
-        "/"
+    // `http://h` and `http://h?q` have an empty path, which is `/` (RFC 9112 3.2.2).
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    let path_and_query = if path_and_query.starts_with('/') {
+        std::borrow::Cow::Borrowed(path_and_query)
     } else {
-        path_and_query
+        std::borrow::Cow::Owned(format!("/{path_and_query}"))
     };
-    check_path(path_and_query)?;
+    check_path(&path_and_query)?;
     Ok(Destination {
         scheme,
         host,
         port,
-        upstream_path: path_and_query.to_string(),
-        audit_path: audit_path(path_and_query),
+        audit_path: audit_path(&path_and_query),
+        upstream_path: path_and_query.into_owned(),
         route: None,
         internal: false,
         provider: None,
@@ -362,11 +363,36 @@ fn host_header_matches(header: &[u8], host: &str, port: u16, scheme: Scheme) -> 
     let Ok(h) = normalize_host(authority.host()) else {
         return false;
     };
-    h == host && authority.port_u16().unwrap_or(scheme.default_port()) == port
+    h == host && port_of(&authority, scheme) == Ok(port)
+}
+
+/// The port an authority names, or the scheme's default when it names none. A port that is
+/// empty, zero or above 65535 is refused: `http`'s own reading turns those into "no port", and
+/// so into the default port, which is not what the client wrote.
+fn port_of(authority: &http::uri::Authority, scheme: Scheme) -> Result<u16, TargetError> {
+    let text = authority.as_str();
+    // An IPv6 literal's colons are inside its brackets.
+    let host_end = if text.starts_with('[') {
+        text.find(']').map_or(text.len(), |i| i + 1)
+    } else {
+        0
+    };
+    let Some(colon) = text[host_end..].rfind(':').map(|i| host_end + i) else {
+        return Ok(scheme.default_port());
+    };
+    match text[colon + 1..].parse::<u16>() {
+        Ok(port) if port != 0 && text[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => Ok(port),
+        _ => Err(TargetError::Malformed(
+            "the port must be a number from 1 to 65535".into(),
+        )),
+    }
 }
 
 /// Refuses a path that an upstream could read as another than the one the policy decided on:
-/// dot segments, encoded or backslash separators, and percent-encodings that decoding changes
+/// dot segments, empty segments (`/v1//x`, which many servers merge into `/v1/x`), path
+/// parameters (`;`, which servers such as Tomcat or Jetty strip from each segment before they
+/// resolve dot segments, so `/v1/..;/x` is `/x` there), encoded or backslash separators, and
+/// percent-encodings that decoding changes
 /// the meaning of (a malformed one, an encoded control character, or an encoded letter, digit or
 /// `-._~`, which RFC 3986 says to send as itself: `/v1/%66iles` is `/v1/files` to the upstream
 /// but not to a policy on `"/v1/files*"`, or an escape in lower case). Escapes of other
@@ -380,6 +406,17 @@ fn check_path(path_and_query: &str) -> Result<(), TargetError> {
     {
         return Err(TargetError::Malformed(
             "dot segments (`.` or `..`) are not allowed in the path".into(),
+        ));
+    }
+    if memchr::memmem::find(bytes, b"//").is_some() {
+        return Err(TargetError::Malformed(
+            "empty path segments (`//`) are not allowed in the path".into(),
+        ));
+    }
+    if memchr::memchr(b';', bytes).is_some() {
+        return Err(TargetError::Malformed(
+            "path parameters (`;`) are not allowed in the path: send `%3B` for a literal `;`"
+                .into(),
         ));
     }
     let mut i = 0;
@@ -458,7 +495,15 @@ mod tests {
     /// reference the in-place reading must agree with.
     fn check_path_by_decoding(path_and_query: &str) -> bool {
         let path = path_and_query.split('?').next().unwrap_or("");
-        if path.contains('\\') || path.split('/').any(|s| s == "." || s == "..") {
+        if path.contains('\\')
+            || path.contains(';')
+            || path.split('/').any(|s| s == "." || s == "..")
+        {
+            return false;
+        }
+        // Every segment but the last (`/v1/` ends in an empty one) has something in it.
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        if segments.len() > 1 && segments[..segments.len() - 1].iter().any(|s| s.is_empty()) {
             return false;
         }
         let mut decoded = Vec::new();
@@ -492,7 +537,8 @@ mod tests {
         let pieces = [
             "", ".", "..", "...", "%2e", "%2E", "%2e%2E", ".%2e", "%2e.", "%2", "%2f", "%2F", "%",
             "a", "a.", "\\", "%%2e2e", "e", "2", "?x=..", "%41", "%7e", "%5c", "%5C", "%00", "%7F",
-            "%20", "%3A", "%C3%A9", "%zz", "%+1", "%-1", "%3a", "%c3%A9",
+            "%20", "%3A", "%C3%A9", "%zz", "%+1", "%-1", "%3a", "%c3%A9", ";", "..;", ".;x", "a;b",
+            "%3B",
         ];
         let mut checked = 0;
         for a in pieces {
@@ -693,11 +739,45 @@ mod tests {
             b"http://a.example../",
             b"http://a..example/",
             b"http://.a.example/",
+            // A port `http` reads as none at all, which would be the default port.
+            b"http://a.example:65536/",
+            b"http://a.example:94537/",
+            b"http://a.example:0/",
+            b"http://a.example:/",
+            b"http://[::1]:65536/",
+            // Paths an upstream could read as another.
+            b"http://a/v1//organization",
+            b"http://a/v1/..;/x",
+            b"http://a/v1;x/organization",
         ] {
             assert!(
                 matches!(resolve(bad, None, &[]), Err(TargetError::Malformed(_))),
                 "{:?}",
                 String::from_utf8_lossy(bad)
+            );
+        }
+        // A Host header whose port is out of range names no port, not the default one.
+        assert_eq!(
+            resolve(b"http://a.example/", Some(b"a.example:65616"), &[]).err(),
+            Some(TargetError::HostMismatch)
+        );
+        let v6 = resolve(b"http://[::1]:8080/", Some(b"[::1]:8080"), &[]).expect("v6");
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 8080));
+        let v6 = resolve(b"http://[::1]/", None, &[]).expect("v6 default port");
+        assert_eq!(v6.port, 80);
+    }
+
+    #[test]
+    fn an_empty_path_is_the_root_with_or_without_a_query() {
+        for (target, path, audit) in [
+            (&b"http://a.example"[..], "/", "/"),
+            (b"http://a.example?x=1", "/?x=1", "/?x"),
+            (b"https://a.example:8443?x=1&y", "/?x=1&y", "/?x&y"),
+        ] {
+            let d = resolve(target, None, &[]).expect("root");
+            assert_eq!(
+                (d.upstream_path.as_str(), d.audit_path.as_str()),
+                (path, audit)
             );
         }
     }
@@ -802,7 +882,7 @@ mod tests {
             fn fuzz_absolute_urls_round_trip(
                 host in "[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9-]{0,10}){0,3}",
                 port in prop::option::of(1u16..),
-                path in "(/[A-Za-z0-9_~-]{0,8}){0,4}",
+                path in "(/[A-Za-z0-9_~-]{1,8}){0,4}/?",
                 https in any::<bool>(),
             ) {
                 let scheme = if https { "https" } else { "http" };
