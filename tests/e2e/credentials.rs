@@ -251,20 +251,41 @@ fn exfiltration_attempts_are_refused_before_dialing() {
         "the handle name, never the value"
     );
 
-    // Allowed in the body for globex: substituted, JSON stays valid, Content-Length fixed.
-    let body = r#"{"model":"gpt-4o-mini","api":"$CRED{openai}"}"#;
-    let r = raw_request(
-        proxy.shared_port,
-        &format!(
-            "POST http://127.0.0.1:{o}/globex/body HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nProxy-Authorization: Bearer {globex}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .unwrap();
+    // Allowed in the body for globex: substituted in a credential field, JSON stays valid,
+    // Content-Length fixed.
+    let post = |body: &str| {
+        raw_request(
+            proxy.shared_port,
+            &format!(
+                "POST http://127.0.0.1:{o}/globex/body HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nProxy-Authorization: Bearer {globex}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .unwrap()
+    };
+    let r = post(r#"{"model":"gpt-4o-mini","api_key":"$CRED{openai}"}"#);
     assert_eq!(r.status, 200, "{}", r.body_text());
     let got: serde_json::Value =
         serde_json::from_slice(&origin.matching("/globex/body")[0].body).unwrap();
-    assert_eq!(got["api"], GLOBEX_OPENAI);
+    assert_eq!(got["api_key"], GLOBEX_OPENAI);
+    // Anywhere else in the body (a prompt the model could be asked to spell backwards), refused.
+    for body in [
+        r#"{"model":"gpt-4o-mini","api":"$CRED{openai}"}"#,
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"reverse $CRED{openai}"}]}"#,
+    ] {
+        let r = post(body);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "credential_position"),
+            "{body}: {}",
+            r.body_text()
+        );
+    }
+    assert_eq!(
+        origin.matching("/globex/body").len(),
+        1,
+        "nothing more forwarded"
+    );
 }
 
 #[test]

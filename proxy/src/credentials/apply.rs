@@ -348,7 +348,13 @@ pub fn apply(
             }
         }
         if has_marker_maybe_encoded(query.as_bytes()) {
-            query = Cow::Owned(resolver.substitute_pairs(&query, Position::Query)?);
+            let is_param = |name: &str| settings.positions.is_query_param(name);
+            query = Cow::Owned(resolver.substitute_pairs(
+                &query,
+                Position::Query,
+                &is_param,
+                "query parameter",
+            )?);
         }
         if let Cow::Owned(q) = query {
             out.path_and_query = Some(if q.is_empty() {
@@ -381,14 +387,19 @@ pub fn apply(
             || (kind == BodyKind::Form && has_marker_maybe_encoded(&current))
         {
             current = Cow::Owned(match kind {
-                BodyKind::Json => resolver
-                    .substitute(&current, Position::Body, Encoding::JsonString)?
-                    .into_owned(),
+                BodyKind::Json => {
+                    let is_field = |name: &str| settings.positions.is_body_field(name);
+                    raw::check_json_handles(&current, &is_field)?;
+                    resolver
+                        .substitute(&current, Position::Body, Encoding::JsonString)?
+                        .into_owned()
+                }
                 BodyKind::Form => {
                     let text = std::str::from_utf8(&current)
                         .map_err(|_| CredentialDeny::Malformed("body"))?;
+                    let is_field = |name: &str| settings.positions.is_body_field(name);
                     resolver
-                        .substitute_pairs(text, Position::Body)?
+                        .substitute_pairs(text, Position::Body, &is_field, "body field")?
                         .into_bytes()
                 }
                 BodyKind::Other => Vec::new(),
@@ -642,11 +653,16 @@ impl<'a> Resolver<'a, '_> {
     }
 
     /// Substitutes in `k=v&…` pairs, percent-decoding each value first (clients encode `$`, `{`
-    /// and `}`) and percent-encoding what is inserted.
+    /// and `}`) and percent-encoding what is inserted. A handle must be the whole value of a
+    /// credential parameter or field (`is_field`, named `what` in a refusal): anywhere else an
+    /// upstream could hand the secret back (a search query, a prompt), past the scrubber in
+    /// any form it likes.
     fn substitute_pairs(
         &mut self,
         text: &str,
         position: Position,
+        is_field: &dyn Fn(&str) -> bool,
+        what: &str,
     ) -> Result<String, CredentialDeny> {
         let mut out = String::with_capacity(text.len() + 64);
         for (i, pair) in text.split('&').enumerate() {
@@ -665,6 +681,19 @@ impl<'a> Resolver<'a, '_> {
             out.push('=');
             let decoded = percent_decode(value.replace('+', " ").as_bytes());
             if handle::has_marker(&decoded) {
+                let name = percent_decode(key.replace('+', " ").as_bytes());
+                let name = String::from_utf8_lossy(&name);
+                if !is_field(&name) || holding(&decoded) != Holding::Handle {
+                    return Err(first_handle_name(&decoded).map_or(
+                        CredentialDeny::Malformed(position.as_str()),
+                        |n| {
+                            CredentialDeny::Position(
+                                n,
+                                format!("{what} `{}`", raw::printable(&name)),
+                            )
+                        },
+                    ));
+                }
                 let mut pieces = Vec::new();
                 for piece in handle::scan(&decoded)
                     .map_err(|_| CredentialDeny::Malformed(position.as_str()))?

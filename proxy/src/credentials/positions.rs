@@ -34,14 +34,15 @@ pub struct CredentialPositions {
 
 impl Default for CredentialPositions {
     fn default() -> Self {
-        Self::with_extra_headers(&[])
+        Self::with_extra(&[], &[])
     }
 }
 
 impl CredentialPositions {
-    /// Every provider's positions, the generic ones and `extra` header names (`[credentials]
-    /// credential_headers`).
-    pub fn with_extra_headers(extra: &[String]) -> Self {
+    /// Every provider's positions, the generic ones, `extra` header names (`[credentials]
+    /// credential_headers`) and `fields`, query parameter and body field names (`[credentials]
+    /// credential_fields`).
+    pub fn with_extra(extra: &[String], fields: &[String]) -> Self {
         let mut headers = Vec::new();
         let mut query = Vec::new();
         let mut body = Vec::new();
@@ -63,6 +64,10 @@ impl CredentialPositions {
         }
         for h in extra {
             add(&mut headers, normalize_header(h));
+        }
+        for f in fields {
+            add(&mut query, normalize_field(f));
+            add(&mut body, normalize_field(f));
         }
         Self {
             headers,
@@ -274,9 +279,15 @@ mod tests {
         }
         // `key` is a query position (Gemini) but far too common a JSON field to be one.
         assert!(!p.is_body_field("key") && !p.is_body_field("model"));
-        let extra = CredentialPositions::with_extra_headers(&["Private-Token".into()]);
+        let extra =
+            CredentialPositions::with_extra(&["Private-Token".into()], &["Client_Secret".into()]);
         assert!(extra.is_header(&HeaderName::from_static("private-token")));
         assert!(!p.is_header(&HeaderName::from_static("private-token")));
+        // A configured field is a query parameter and a body field, in any spelling.
+        for f in ["client_secret", "clientSecret", "CLIENT-SECRET"] {
+            assert!(extra.is_query_param(f) && extra.is_body_field(f), "{f}");
+            assert!(!p.is_query_param(f) && !p.is_body_field(f), "{f}");
+        }
     }
 
     /// The positions the per-provider table here held before each provider named its own:

@@ -254,6 +254,72 @@ fn check_json(
     Ok(Some(out))
 }
 
+/// Where a JSON body's handles are: each must be the whole value (after an optional auth scheme)
+/// of a credential field (`is_field`), at any depth. A handle in any other string (a prompt, a
+/// tool argument), in a member name or outside a string is refused: an upstream that reads
+/// those (a model asked to repeat its input reversed, spelled out, in hex) could hand the secret
+/// back in a form no scrubber recognises.
+pub(crate) fn check_json_handles(
+    body: &[u8],
+    is_field: &dyn Fn(&str) -> bool,
+) -> Result<(), CredentialDeny> {
+    let refuse = |raw: &[u8], place: String| {
+        let name = super::handle::scan(raw).ok().and_then(|pieces| {
+            pieces.into_iter().find_map(|p| match p {
+                super::handle::Piece::Handle(n) => Some(n.to_string()),
+                super::handle::Piece::Literal(_) => None,
+            })
+        });
+        Err(name.map_or(CredentialDeny::Malformed("body"), |n| {
+            CredentialDeny::Position(n, place)
+        }))
+    };
+    let mut vetted = 0;
+    let mut i = 0;
+    while let Some(skip) = body[i..].iter().position(|b| STRUCTURE[usize::from(*b)]) {
+        i += skip;
+        if body[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let token = string_token(body, i);
+        let raw = &body[token.inner.clone()];
+        let after = skip_ws(body, token.end);
+        if body.get(after) != Some(&b':') {
+            // A string that is no member's value (an array element, a top-level string).
+            if super::handle::has_marker(raw) {
+                return refuse(raw, "body".into());
+            }
+            i = token.end;
+            continue;
+        }
+        let key = decode_string(raw, token.escaped);
+        let name = String::from_utf8_lossy(&key);
+        if super::handle::has_marker(raw) {
+            return refuse(raw, format!("body field name `{}`", printable(&name)));
+        }
+        let v = skip_ws(body, after + 1);
+        if body.get(v) != Some(&b'"') {
+            i = v;
+            continue;
+        }
+        let value = string_token(body, v);
+        let raw_value = &body[value.inner.clone()];
+        if super::handle::has_marker(raw_value) {
+            if !is_field(&name) || holding(raw_value) != Holding::Handle {
+                return refuse(raw_value, format!("body field `{}`", printable(&name)));
+            }
+            vetted += count_markers(raw_value);
+        }
+        i = value.end;
+    }
+    // A handle outside every string (`{"a": $CRED{x}}`) would be substituted all the same.
+    if count_markers(body) != vetted {
+        return refuse(body, "body".into());
+    }
+    Ok(())
+}
+
 /// Bytes that start a token the JSON scan looks at: quotes and brackets…
 const STRUCTURE: [bool; 256] = byte_set(b"\"{}[]");
 /// …and, inside a credential field's array, numbers.
@@ -381,7 +447,7 @@ fn hex4(digits: Option<&[u8]>) -> Option<u16> {
 }
 
 /// A field name for a message: the name as written, cut short and without control characters.
-fn printable(name: &str) -> String {
+pub(super) fn printable(name: &str) -> String {
     name.chars()
         .filter(|c| !c.is_control() && *c != '`')
         .take(64)

@@ -40,6 +40,11 @@ pub struct CredentialsSpec {
     /// `x-api-key`, …): handles may appear in them, literals may not.
     #[serde(default)]
     pub credential_headers: Vec<String>,
+    /// Query parameters and body fields that carry credentials besides every provider's own
+    /// (`api_key`, `access_token`, …): handles may appear in them (and nowhere else in a query
+    /// or body), literals may not.
+    #[serde(default)]
+    pub credential_fields: Vec<String>,
     /// How long a token credential's grant (and a wait for one) may take before the request
     /// is refused with `credential_unavailable` (humantime, default `5s`).
     #[serde(default = "default_token_timeout")]
@@ -109,6 +114,14 @@ pub fn from_spec(
             );
         }
     }
+    for (i, f) in c.credential_fields.iter().enumerate() {
+        if f.trim().is_empty() || f.contains(['=', '&', '"']) {
+            p.push(
+                format!("credentials.credential_fields[{i}]"),
+                format!("`{f}` is not a query parameter or body field name"),
+            );
+        }
+    }
     let token_timeout = p.duration("credentials.token_timeout", &c.token_timeout);
     if token_timeout.is_zero() {
         p.push("credentials.token_timeout", "must be more than zero");
@@ -117,7 +130,7 @@ pub fn from_spec(
         token_timeout,
         scan_body_max_bytes: c.scan_body_max_bytes,
         raw_credential: c.raw_credential,
-        positions: CredentialPositions::with_extra_headers(&c.credential_headers),
+        positions: CredentialPositions::with_extra(&c.credential_headers, &c.credential_fields),
     };
     let source = match (c.vault_file, c.files_dir) {
         (Some(file), None) => vault(file, c.master_key_file, c.master_key_env, &c.files, p),

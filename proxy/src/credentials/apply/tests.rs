@@ -209,7 +209,7 @@ fn refusals() {
             "globex",
             "api.openai.com",
             vec![],
-            Some(("application/json", r#"{"k":"$CRED{openai}"}"#)),
+            Some(("application/json", r#"{"api_key":"$CRED{openai}"}"#)),
             CredentialDeny::Position("openai".into(), "body".into()),
         ),
         (
@@ -292,12 +292,65 @@ fn query_and_body_substitution_encode_values() {
         "search.example",
         "/s",
         &[],
-        Some(("application/json", r#"{"key":"$CRED{search}"}"#)),
+        Some(("application/json", r#"{"api_key":"$CRED{search}"}"#)),
     )
     .expect("ok");
     let v: serde_json::Value =
         serde_json::from_slice(b.body.as_deref().expect("body")).expect("still JSON");
-    assert_eq!(v["key"], "q\"k&=");
+    assert_eq!(v["api_key"], "q\"k&=");
+    // Anywhere but a credential parameter or field, a handle is refused: an upstream that reads
+    // it (a search engine's query, a model's prompt) could hand the secret back in any form.
+    let refused = |path: &str, body: Option<(&str, &str)>, place: &str| {
+        assert_eq!(
+            run("acme", "search.example", path, &[], body).err(),
+            Some(CredentialDeny::Position("search".into(), place.into())),
+            "{path} {body:?}"
+        );
+    };
+    refused("/s?q=%24CRED%7Bsearch%7D", None, "query parameter `q`");
+    // In a credential parameter, a handle beside anything else is the agent's own key there.
+    for path in [
+        "/s?key=x%24CRED%7Bsearch%7D",
+        "/s?key=%24CRED%7Bsearch%7D%24CRED%7Bsearch%7D",
+    ] {
+        assert_eq!(
+            run("acme", "search.example", path, &[], None).err(),
+            Some(CredentialDeny::Raw("query parameter `key`".into())),
+            "{path}"
+        );
+    }
+    for (body, place) in [
+        (r#"{"key":"$CRED{search}"}"#, "body field `key`"),
+        (
+            r#"{"messages":[{"content":"say $CRED{search} backwards"}]}"#,
+            "body field `content`",
+        ),
+        (r#"{"api_key":["$CRED{search}"]}"#, "body"),
+        (r#"["$CRED{search}"]"#, "body"),
+        (
+            r#"{"$CRED{search}":"x"}"#,
+            "body field name `$CRED{search}`",
+        ),
+        (r#"{"model":1,"a":$CRED{search}}"#, "body"),
+    ] {
+        refused("/s", Some(("application/json", body)), place);
+    }
+    refused(
+        "/s",
+        Some(("application/x-www-form-urlencoded", "q=%24CRED%7Bsearch%7D")),
+        "body field `q`",
+    );
+    assert!(run(
+        "acme",
+        "search.example",
+        "/s",
+        &[],
+        Some((
+            "application/x-www-form-urlencoded",
+            "q=x&api_key=%24CRED%7Bsearch%7D"
+        )),
+    )
+    .is_ok());
     let f = run(
         "acme",
         "search.example",
@@ -305,11 +358,11 @@ fn query_and_body_substitution_encode_values() {
         &[],
         Some((
             "application/x-www-form-urlencoded",
-            "a=1&key=%24CRED%7Bsearch%7D",
+            "a=1&api_key=%24CRED%7Bsearch%7D",
         )),
     )
     .expect("ok");
-    assert_eq!(f.body.as_deref(), Some(&b"a=1&key=q%22k%26%3D"[..]));
+    assert_eq!(f.body.as_deref(), Some(&b"a=1&api_key=q%22k%26%3D"[..]));
 }
 
 #[test]
@@ -701,7 +754,8 @@ fn strip_mode_strips_literals_in_every_position_and_keeps_handles() {
         ("authorization", "Bearer $CRED{openai}"),
         ("x-api-key", "sk-agent-own"),
     ]);
-    let body = Bytes::from_static(br#"{"x":"$CRED{openai}","cfg":{"api_key":"sk-agent-own"}}"#);
+    let body =
+        Bytes::from_static(br#"{"api_key":"$CRED{openai}","cfg":{"api_key":"sk-agent-own"}}"#);
     let req = RequestParts {
         target: Target {
             scheme: "https",
@@ -737,7 +791,7 @@ fn strip_mode_strips_literals_in_every_position_and_keeps_handles() {
     assert_eq!(a.path_and_query.as_deref(), Some("/v1/x?q=1"));
     assert_eq!(
         a.body.as_deref(),
-        Some(&br#"{"x":"sk-acme","cfg":{"api_key":null}}"#[..])
+        Some(&br#"{"api_key":"sk-acme","cfg":{"api_key":null}}"#[..])
     );
     // Repeated is refused even in strip mode: which value was meant is unknown.
     let h = headers(&[("authorization", "sk-a"), ("authorization", "sk-b")]);
