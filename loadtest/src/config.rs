@@ -978,6 +978,9 @@ pub struct Credentials {
     /// Headers that carry credentials besides every provider's own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credential_headers: Vec<String>,
+    /// Query parameters and body fields that carry credentials besides every provider's own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credential_fields: Vec<String>,
     /// How long a token credential's grant may take.
     #[serde(
         skip_serializing_if = "Option::is_none",

@@ -372,8 +372,9 @@ fn literal_keys_are_refused_whatever_else_the_request_holds() {
 fn strip_mode_forwards_the_handle_and_drops_every_literal() {
     let origin = Origin::start();
     let proxy = start(&origin, config::RawCredential::Strip);
-    let body =
-        format!(r#"{{"model":"m","note":"$CRED{{openai}}","config":{{"api_key":"{LITERAL}"}}}}"#);
+    let body = format!(
+        r#"{{"model":"m","auth_token":"$CRED{{openai}}","config":{{"api_key":"{LITERAL}"}}}}"#
+    );
     let r = send(
         proxy.sidecar_port,
         "POST",
@@ -387,7 +388,7 @@ fn strip_mode_forwards_the_handle_and_drops_every_literal() {
     assert_eq!(got.headers["authorization"], format!("Bearer {ACME_KEY}"));
     assert!(!got.headers.contains_key("x-api-key"), "{:?}", got.headers);
     let sent: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
-    assert_eq!(sent["note"], ACME_KEY);
+    assert_eq!(sent["auth_token"], ACME_KEY);
     assert_eq!(sent["config"]["api_key"], serde_json::Value::Null);
     assert!(!format!("{got:?}").contains(LITERAL));
     let rec = proxy.audit_record("acme", &r.request_id());

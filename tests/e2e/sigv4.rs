@@ -277,8 +277,17 @@ fn signatures_cover_rewritten_bodies_and_the_verifier_rejects_tampering_and_wron
     // Two signing credentials are bound here: an unsigned request must name one.
     post(proxy.sidecar_port, &converse_path(), CONVERSE, "")
         .assert_refused(403, "credential_position");
-    // The body is rewritten (a static handle substituted) before it is signed.
-    let with_note = CONVERSE.replace("\"hi\"", "\"$CRED{note}\"");
+    // The body is rewritten (a static handle substituted, in a credential field: a handle in
+    // the prompt is refused) before it is signed.
+    let with_note = CONVERSE.replace("{\"messages\"", "{\"api_key\":\"$CRED{note}\",\"messages\"");
+    assert_ne!(with_note, CONVERSE);
+    post(
+        proxy.sidecar_port,
+        &converse_path(),
+        &CONVERSE.replace("\"hi\"", "\"$CRED{note}\""),
+        "Authorization: $CRED{aws}\r\n",
+    )
+    .assert_refused(403, "credential_position");
     let r = post(
         proxy.sidecar_port,
         &converse_path(),
