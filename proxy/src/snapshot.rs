@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::config::admin_token::AdminToken;
 use crate::config::{ConfigProblem, StaticConfig, TenantConfig};
 use crate::credentials::CredentialSet;
 use crate::identity::token::{KeySet, TokenConfig, TokenVerifier};
@@ -30,6 +31,8 @@ pub struct Snapshot {
     pub shadow_policy: Option<PolicyEngine>,
     /// Every tenant's credentials (empty when none are configured).
     pub credentials: Arc<CredentialSet>,
+    /// The token the admin endpoints require (`[admin] token_file`), read with every load.
+    pub admin_token: Option<AdminToken>,
     /// Increments with every successful load.
     pub generation: u64,
 }
@@ -90,6 +93,11 @@ impl Snapshot {
         if let Some(static_config) = static_config {
             check_listener_references(static_config, &tenants, problems);
         }
+        // Read with the tenant file, so that a reload (a rotated Secret, SIGHUP) reads it again
+        // and a file that went bad keeps the last good token.
+        let admin_token = static_config
+            .and_then(|s| s.admin_token_file.as_deref())
+            .and_then(|f| AdminToken::read(f).map_err(|p| problems.push(p)).ok());
         let tokens = tenants
             .token
             .as_ref()
@@ -134,6 +142,7 @@ impl Snapshot {
                     policy,
                     shadow_policy,
                     credentials: Arc::new(credentials),
+                    admin_token,
                     generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
                 })
             }
@@ -163,6 +172,7 @@ impl Snapshot {
         if let Some(source) = &self.tenants.credential_source {
             paths.extend(source.store().watched_paths());
         }
+        paths.extend(self.admin_token.as_ref().map(|t| t.path().to_path_buf()));
         paths
     }
 }

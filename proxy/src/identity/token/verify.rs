@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::keys::KeySet;
-use super::{valid_run_id, valid_scope, Initiator, RunBudget, MAX_ID_CLAIM_LEN, MAX_TOKEN_LEN};
-use crate::ids::{TenantId, WorkloadId};
+use super::{valid_scope, Initiator, RunBudget, MAX_ID_CLAIM_LEN, MAX_TOKEN_LEN};
+use crate::ids::{valid_run_id, TenantId, WorkloadId};
 
 /// Verification settings.
 #[derive(Debug, Clone)]
