@@ -116,7 +116,7 @@ impl AdminApp {
     async fn usage(&self, query: &Query) -> Result<Vec<u8>, Deny> {
         query.only(&["tenant", "period", "run"])?;
         let tenant = query.tenant()?;
-        let run = query.run(false)?;
+        let run = query.run()?;
         let period = match query.get("period") {
             None => ReportPeriod::Day,
             Some(p) => ReportPeriod::parse(p)
@@ -148,9 +148,9 @@ impl AdminApp {
     async fn close_run(&self, query: &Query) -> Result<Vec<u8>, Deny> {
         query.only(&["tenant", "run"])?;
         let tenant = query.tenant()?;
-        let Some(run) = query.run(true)? else {
-            return Err(Deny::BadRequest("`tenant` and `run` are required".into()));
-        };
+        let run = query
+            .run()?
+            .ok_or_else(|| Deny::BadRequest("`run` is required".into()))?;
         if !self.snapshot.load().tenants.tenants.contains_key(&tenant) {
             return Err(Deny::AdminNotFound(format!("no tenant `{tenant}`")));
         }
@@ -212,12 +212,11 @@ impl Query {
         TenantId::new(t).map_err(|e| Deny::BadRequest(e.to_string()))
     }
 
-    /// The `run` parameter (`required` or optional), validated with the rule a token's `run_id`
-    /// follows. SECURITY: a run id goes into Redis keys and audit records; nothing else reaches
-    /// them, and what is refused is not echoed (it may be hostile and long).
-    fn run(&self, required: bool) -> Result<Option<&str>, Deny> {
+    /// The `run` parameter, if given, validated with the rule a token's `run_id` follows.
+    /// SECURITY: a run id goes into Redis keys and audit records; nothing else reaches them, and
+    /// what is refused is not echoed (it may be hostile and long).
+    fn run(&self) -> Result<Option<&str>, Deny> {
         match self.get("run") {
-            None if required => Err(Deny::BadRequest("`run` is required".into())),
             None => Ok(None),
             Some(run) if valid_run_id(run) => Ok(Some(run)),
             Some(_) => Err(Deny::BadRequest(format!(
@@ -399,12 +398,8 @@ mod tests {
     #[test]
     fn run_ids_follow_the_token_claims_rule() {
         let q = Query::parse("run=run-42").unwrap();
-        assert_eq!(q.run(true).unwrap(), Some("run-42"));
-        assert_eq!(Query::default().run(false).unwrap(), None);
-        assert!(matches!(
-            Query::default().run(true),
-            Err(Deny::BadRequest(_))
-        ));
+        assert_eq!(q.run().unwrap(), Some("run-42"));
+        assert_eq!(Query::default().run().unwrap(), None);
         let long = format!("run={}", "r".repeat(129));
         for query in [
             "run=",
@@ -414,7 +409,7 @@ mod tests {
             "run=%C3%A9",
             long.as_str(),
         ] {
-            match Query::parse(query).unwrap().run(false) {
+            match Query::parse(query).unwrap().run() {
                 Err(Deny::BadRequest(why)) => {
                     assert!(why.contains("not a valid run id"), "{why}");
                     // What was sent is not echoed.
