@@ -189,6 +189,40 @@ pub fn resolve(
     Err(IdentityError::Required)
 }
 
+/// Judges `who`, resolved earlier (the identity a tunnel was opened with), as a fresh request
+/// presenting the same credential would be judged now: its workload is still configured, and
+/// its token, if any, still passes the current key set, settings and revocation list (see
+/// [`TokenVerifier::recheck`]; no signature is verified again). The errors are those of
+/// [`resolve`]: a revoked token is [`IdentityError::Revoked`], the rest
+/// [`IdentityError::Invalid`].
+pub fn recheck(
+    who: &ResolvedIdentity,
+    workloads: &dyn Workloads,
+    tokens: Option<&TokenVerifier>,
+    now_unix: u64,
+) -> Result<(), IdentityError> {
+    let invalid = |why: &str| IdentityError::Invalid(why.to_string());
+    let mut revoked = false;
+    if let Some(token) = &who.token {
+        // SECURITY: `[token]` removed since: no token can be valid.
+        let verifier = tokens.ok_or_else(|| invalid("tokens are not accepted here"))?;
+        match verifier.recheck(token, now_unix) {
+            Ok(()) => {}
+            Err(token::TokenError::Revoked(_)) => revoked = true,
+            Err(e) => return Err(IdentityError::Invalid(e.to_string())),
+        }
+    }
+    if !workloads.has_workload(&who.tenant, &who.workload) {
+        return Err(invalid(
+            "the tenant or workload is no longer in the configuration",
+        ));
+    }
+    if revoked {
+        return Err(IdentityError::Revoked(Box::new(who.clone())));
+    }
+    Ok(())
+}
+
 fn resolve_token(
     workloads: &dyn Workloads,
     tokens: Option<&TokenVerifier>,
