@@ -102,12 +102,37 @@ impl<'a> Presented<'a> {
         headers: &'a http::HeaderMap,
         ssl: Option<&'a pingora::protocols::tls::SslDigest>,
     ) -> Self {
-        let mut values = headers.get_all(http::header::PROXY_AUTHORIZATION).iter();
+        let (proxy_authorization, proxy_authorization_repeated) =
+            match sole_header(headers, http::header::PROXY_AUTHORIZATION) {
+                Ok(value) => (value.map(|v| v.as_bytes()), false),
+                Err(RepeatedHeader) => (None, true),
+            };
         Self {
-            proxy_authorization: values.next().map(|v| v.as_bytes()),
-            proxy_authorization_repeated: values.next().is_some(),
+            proxy_authorization,
+            proxy_authorization_repeated,
             peer: ssl.and_then(|d| d.extension.get::<PeerCertificate>()),
         }
+    }
+}
+
+/// A header that carries an identity was given more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepeatedHeader;
+
+/// The one value of header `name`, if any; a header given twice is [`RepeatedHeader`].
+///
+/// SECURITY: the rule for every header that carries an identity (`Proxy-Authorization` on the
+/// proxy listeners, `Authorization` on the approvals API): two values are two identities, and
+/// picking one (the first, say) would let whatever sits in front of the proxy and the proxy
+/// disagree about who is calling. The caller refuses the request.
+pub fn sole_header(
+    headers: &http::HeaderMap,
+    name: impl http::header::AsHeaderName,
+) -> Result<Option<&http::HeaderValue>, RepeatedHeader> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (first, None) => Ok(first),
+        (Some(_), Some(_)) | (None, Some(_)) => Err(RepeatedHeader),
     }
 }
 
@@ -292,6 +317,48 @@ mod tests {
             http::HeaderValue::from_static("Bearer second"),
         );
         assert!(Presented::from_request(&headers, None).proxy_authorization_repeated);
+    }
+
+    #[test]
+    fn sole_header_refuses_a_second_value_whatever_it_is() {
+        use http::header::AUTHORIZATION;
+        let with = |values: &[&'static str]| {
+            let mut headers = http::HeaderMap::new();
+            for v in values {
+                headers.append(AUTHORIZATION, http::HeaderValue::from_static(v));
+            }
+            headers
+        };
+        for (name, values, want) in [
+            ("none", vec![], Ok(None)),
+            ("one", vec!["Bearer a"], Ok(Some("Bearer a"))),
+            (
+                "two tokens",
+                vec!["Bearer a", "Bearer b"],
+                Err(RepeatedHeader),
+            ),
+            (
+                "the same twice",
+                vec!["Bearer a", "Bearer a"],
+                Err(RepeatedHeader),
+            ),
+            (
+                "then garbage",
+                vec!["Bearer a", "garbage"],
+                Err(RepeatedHeader),
+            ),
+            (
+                "garbage first",
+                vec!["garbage", "Bearer a"],
+                Err(RepeatedHeader),
+            ),
+            ("an empty second", vec!["Bearer a", ""], Err(RepeatedHeader)),
+        ] {
+            let headers = with(&values);
+            let got = sole_header(&headers, AUTHORIZATION)
+                .map(|v| v.map(|v| v.to_str().unwrap_or("<binary>")));
+            assert_eq!(got, want, "{name}");
+        }
     }
 
     use std::collections::HashSet;
