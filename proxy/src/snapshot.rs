@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use crate::config::admin_token::AdminToken;
 use crate::config::{ConfigProblem, StaticConfig, TenantConfig};
 use crate::credentials::CredentialSet;
-use crate::identity::token::{KeySet, TokenConfig, TokenVerifier};
+use crate::identity::token::{KeySet, KeySetError, TokenConfig, TokenVerifier};
 use crate::identity::IdentitySourceKind;
 use crate::metrics::METRICS;
 use crate::policy::{PolicyEngine, TenantInfo};
@@ -101,7 +101,7 @@ impl Snapshot {
         let tokens = tenants
             .token
             .as_ref()
-            .and_then(|t| load_tokens(t, problems));
+            .and_then(|t| load_tokens(t, previous.is_some(), problems));
         let credentials = match &tenants.credential_source {
             None => Some(CredentialSet::default()),
             Some(source) => source
@@ -218,12 +218,36 @@ fn check_listener_references(
 }
 
 /// The token verifier: the JWKS and the revocation list, both read (and both reported).
-fn load_tokens(config: &TokenConfig, problems: &mut Vec<ConfigProblem>) -> Option<TokenVerifier> {
+///
+/// An empty key set is accepted at a reload (`reloading`) and refused at startup (and by
+/// `tenant-proxy check`). SECURITY: at a reload it is the operator pulling the last key after a
+/// compromise; keeping the old set instead would keep accepting the compromised key, so the
+/// empty set is served and every token refused (fail closed). At startup it is far more likely
+/// a mistake (the wrong file), and a proxy that starts refusing every token would hide it.
+fn load_tokens(
+    config: &TokenConfig,
+    reloading: bool,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<TokenVerifier> {
     let keys = std::fs::read_to_string(&config.jwks_file)
         .map_err(|e| ConfigProblem::file(&config.jwks_file, format!("cannot read JWKS: {e}")))
         .and_then(|text| {
             KeySet::from_jwks_json(&text)
                 .map_err(|e| ConfigProblem::file(&config.jwks_file, e.to_string()))
+        })
+        .and_then(|keys| match (keys.is_empty(), reloading) {
+            (false, _) => Ok(keys),
+            (true, true) => {
+                tracing::warn!(
+                    file = %config.jwks_file.display(),
+                    "the JWKS has no keys: every token is refused until keys are published"
+                );
+                Ok(keys)
+            }
+            (true, false) => Err(ConfigProblem::file(
+                &config.jwks_file,
+                KeySetError::Empty.to_string(),
+            )),
         });
     let revoked = match &config.revoked_jtis_file {
         None => Ok(HashSet::new()),

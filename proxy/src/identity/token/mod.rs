@@ -17,10 +17,12 @@ mod mint;
 pub mod settings;
 mod verify;
 
-pub use keys::{KeySet, KeySetError};
+pub use keys::{KeyFingerprint, KeySet, KeySetError};
 pub use mint::{generate_key, mint, GeneratedKey, KeyAlgorithm, MintError, MintRequest};
 pub use settings::{TokenConfig, TokenSpec};
-pub use verify::{TokenError, TokenSettings, TokenVerifier, VerifiedToken};
+pub use verify::{
+    accepted_until, Accepted, TokenError, TokenSettings, TokenVerifier, VerifiedToken,
+};
 
 use serde::{Deserialize, Serialize};
 
