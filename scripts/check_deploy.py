@@ -208,6 +208,21 @@ def check_capture(where, spec, static):
     for key in ("hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace"):
         if spec.get(key):
             problem(where, f"{key} would let the agent reach past the capture rules")
+    # SECURITY: the agent shares the pod's network namespace, so it reaches the admin port on
+    # any address, loopback included: only the admin token keeps it from closing runs and reading
+    # usage, and the token's volume must be the proxy's alone.
+    token_file = static.get("admin", {}).get("token_file")
+    if not token_file:
+        problem(where, "a sidecar's admin port needs `[admin] token_file`: the agent shares the pod's network namespace")
+    elif PROXY in names:
+        proxy = init[names.index(PROXY)]
+        holding = [m["name"] for m in proxy.get("volumeMounts", [])
+                   if token_file.startswith(m["mountPath"].rstrip("/") + "/")]
+        if not holding:
+            problem(where, f"`{token_file}` is in no volume the proxy mounts")
+        for c in all_containers(spec):
+            if c["name"] != PROXY and any(m["name"] in holding for m in c.get("volumeMounts", [])):
+                problem(where, f"container `{c['name']}` mounts the admin token's volume `{holding[0]}`")
 
 
 def check_volumes(where, spec, docs, ns):
@@ -333,6 +348,9 @@ class Fixtures:
                 self.run("token", "keygen", "--kid", "check", "--out", os.path.join(d, "k.pem"),
                          "--jwks", os.path.join(d, "jwks.json"))
                 os.remove(os.path.join(d, "k.pem"))
+            elif (kind, name) == ("secret", "tenant-proxy-admin-token"):
+                with open(os.path.join(d, "token"), "w") as f:
+                    f.write(os.urandom(32).hex() + "\n")
             elif (kind, name) == ("secret", "tenant-proxy-redis"):
                 with open(os.path.join(d, "url"), "w") as f:
                     f.write("redis://127.0.0.1:6379")

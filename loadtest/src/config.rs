@@ -119,6 +119,9 @@ pub struct Admin {
     /// Address of `/healthz`, `/readyz`, `/metrics`, `/usage`, `/runs/close`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// The file holding the bearer token every endpoint but the probes requires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[[listener]] kind`.

@@ -1,9 +1,11 @@
 //! The admin listener: `/healthz` (alive), `/readyz` (configuration loaded, audit writable,
-//! limiter connected, every proxy listener accepting),
+//! limiter reachable, every proxy listener accepting),
 //! `/metrics` (Prometheus text), `/usage?tenant=T&period=day|month[&run=R]` (one tenant's spend
 //! against its ceilings, for `tenant-proxy usage`), `POST /runs/close?tenant=T&run=R` (closes
 //! one tenant's run and writes its summary, for `tenant-proxy run close`). It is an operator
-//! port: bind it to loopback or a private network.
+//! port: bind it to loopback or a private network, and where anything untrusted shares the
+//! network namespace (a sidecar's agent: loopback is no boundary there) configure `[admin]
+//! token_file`: every endpoint but the probes then requires `Authorization: Bearer <token>`.
 //!
 //! Refusals use the proxy's JSON error shape (`{"error":{"code","message","request_id"}}`), and
 //! a query parameter given twice is refused (`bad_request`) on every endpoint.
@@ -19,9 +21,10 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::audit::AuditSink;
+use crate::config::admin_token::AdminToken;
 use crate::error::{error_body, Deny};
-use crate::ids::TenantId;
-use crate::limits::report::{usage_report, ReportPeriod};
+use crate::ids::{valid_run_id, TenantId, RUN_ID_RULE};
+use crate::limits::report::{usage_report, ReportError, ReportPeriod};
 use crate::limits::LimitBackend;
 use crate::metrics::METRICS;
 use crate::runs::{CloseError, RunTracker};
@@ -113,6 +116,7 @@ impl AdminApp {
     async fn usage(&self, query: &Query) -> Result<Vec<u8>, Deny> {
         query.only(&["tenant", "period", "run"])?;
         let tenant = query.tenant()?;
+        let run = query.run()?;
         let period = match query.get("period") {
             None => ReportPeriod::Day,
             Some(p) => ReportPeriod::parse(p)
@@ -124,11 +128,18 @@ impl AdminApp {
             self.limits.as_ref(),
             &tenant,
             period,
-            query.get("run"),
+            run,
             crate::clock::unix_now_i64(),
         )
         .await
-        .map_err(Deny::BadRequest)?;
+        .map_err(|e| match e {
+            unknown @ ReportError::UnknownTenant(_) => Deny::AdminNotFound(unknown.to_string()),
+            // An infrastructure failure, not the caller's: 503, as for every metered request.
+            ReportError::Unavailable(e) => {
+                tracing::warn!(error = %e, "admin /usage: the limit counters cannot be read");
+                Deny::LimiterUnavailable
+            }
+        })?;
         serde_json::to_vec(&report).map_err(|_| Deny::Internal)
     }
 
@@ -137,11 +148,9 @@ impl AdminApp {
     async fn close_run(&self, query: &Query) -> Result<Vec<u8>, Deny> {
         query.only(&["tenant", "run"])?;
         let tenant = query.tenant()?;
-        let run = match query.get("run") {
-            Some("") => return Err(Deny::BadRequest("`run` is empty".into())),
-            Some(run) => run,
-            None => return Err(Deny::BadRequest("`tenant` and `run` are required".into())),
-        };
+        let run = query
+            .run()?
+            .ok_or_else(|| Deny::BadRequest("`run` is required".into()))?;
         if !self.snapshot.load().tenants.tenants.contains_key(&tenant) {
             return Err(Deny::AdminNotFound(format!("no tenant `{tenant}`")));
         }
@@ -202,6 +211,51 @@ impl Query {
             .ok_or_else(|| Deny::BadRequest("`tenant` is required".into()))?;
         TenantId::new(t).map_err(|e| Deny::BadRequest(e.to_string()))
     }
+
+    /// The `run` parameter, if given, validated with the rule a token's `run_id` follows.
+    /// SECURITY: a run id goes into Redis keys and audit records; nothing else reaches them, and
+    /// what is refused is not echoed (it may be hostile and long).
+    fn run(&self) -> Result<Option<&str>, Deny> {
+        match self.get("run") {
+            None => Ok(None),
+            Some(run) if valid_run_id(run) => Ok(Some(run)),
+            Some(_) => Err(Deny::BadRequest(format!(
+                "`run` is not a valid run id: {RUN_ID_RULE}"
+            ))),
+        }
+    }
+}
+
+/// Checks the admin token on a request, when one is configured.
+///
+/// SECURITY: exactly one `Authorization` header, `Bearer <token>` (scheme in any case), compared
+/// in constant time; a second header is refused rather than one of them chosen (a proxy in
+/// front and the proxy here could read different ones). Nothing of what was sent is echoed.
+fn authenticate(token: Option<&AdminToken>, headers: &http::HeaderMap) -> Result<(), Deny> {
+    let Some(token) = token else {
+        return Ok(());
+    };
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(match headers.contains_key(http::header::AUTHORIZATION) {
+            true => Deny::BadRequest("`Authorization` is given more than once".into()),
+            false => Deny::AdminUnauthorized("no admin token was sent".into()),
+        });
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .ok_or_else(|| Deny::AdminUnauthorized("`Authorization` is not `Bearer <token>`".into()))?;
+    if token.matches(presented) {
+        Ok(())
+    } else {
+        Err(Deny::AdminUnauthorized(
+            "the admin token is not valid".into(),
+        ))
+    }
 }
 
 /// A refusal in the proxy's JSON error shape (`{"error":{"code","message","request_id"}}`),
@@ -216,6 +270,10 @@ fn json_error(deny: &Deny) -> Response<Vec<u8>> {
     );
     if let Ok(v) = http::HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    // `Retry-After` on 503, `WWW-Authenticate` on 401.
+    for (name, value) in deny.extra_headers(status) {
+        resp.headers_mut().append(name, value);
     }
     resp
 }
@@ -237,11 +295,20 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> 
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        let path = req.uri.path().to_string();
+        let probe = matches!(path.as_str(), "/healthz" | "/readyz");
+        // The probes answer anyone (the kubelet sends no token); everything else, unknown paths
+        // included, is authenticated before anything of the request is looked at.
+        if !probe {
+            let snap = self.snapshot.load();
+            if let Err(deny) = authenticate(snap.admin_token.as_ref(), &req.headers) {
+                return json_error(&deny);
+            }
+        }
         let query = match Query::parse(req.uri.query().unwrap_or("")) {
             Ok(q) => q,
             Err(deny) => return json_error(&deny),
         };
-        let path = req.uri.path().to_string();
         let is_post = req.method == http::Method::POST;
         match path.as_str() {
             "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
@@ -262,8 +329,10 @@ impl ServeHttp for AdminApp {
 }
 
 impl AdminApp {
-    /// `/readyz`: 200 when every listener accepts, the audit sink can write and the limiter is
-    /// connected; 503 with the failing part otherwise. It carries the last reload's result
+    /// `/readyz`: 200 when every listener accepts, the audit sink can write and the limiter can
+    /// serve (see [`LimitBackend::is_ready`]); 503 with the failing part otherwise.
+    /// `limiter_connected` is whether the limiter's backend answers now, which under
+    /// `local_fallback` may be false on a ready replica. It carries the last reload's result
     /// (`last_reload: {ok, at, problems}`), which does not change the status. A tenant whose own audit partition
     /// fails does not make the replica unready (the other tenants are served); the count of
     /// such partitions is reported.
@@ -271,6 +340,7 @@ impl AdminApp {
         let snap = self.snapshot.load();
         let audit_ok = self.audit.is_healthy();
         let limiter_ok = self.limits.is_ready();
+        let limiter_connected = self.limits.is_connected();
         let listening = self.listeners.accepting().await;
         let ready = audit_ok && limiter_ok && listening;
         let body = serde_json::json!({
@@ -281,7 +351,7 @@ impl AdminApp {
             // How many tenants' partitions fail (those tenants are refused, the others
             // served); the metrics name them, this answer does not.
             "audit_partitions_failing": self.audit.failing_partitions(),
-            "limiter_connected": limiter_ok,
+            "limiter_connected": limiter_connected,
             "listeners_accepting": listening,
             // A rejected reload leaves the last good configuration serving: still ready, but
             // visibly not running what is on disk.
@@ -323,6 +393,113 @@ mod tests {
             Query::parse("tenant=../x").unwrap().tenant(),
             Err(Deny::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn run_ids_follow_the_token_claims_rule() {
+        let q = Query::parse("run=run-42").unwrap();
+        assert_eq!(q.run().unwrap(), Some("run-42"));
+        assert_eq!(Query::default().run().unwrap(), None);
+        let long = format!("run={}", "r".repeat(129));
+        for query in [
+            "run=",
+            "run=..%2F..%2Fetc%0Aevil%00x",
+            "run=a%20b",
+            "run=a%7Bb%7D",
+            "run=%C3%A9",
+            long.as_str(),
+        ] {
+            match Query::parse(query).unwrap().run() {
+                Err(Deny::BadRequest(why)) => {
+                    assert!(why.contains("not a valid run id"), "{why}");
+                    // What was sent is not echoed.
+                    assert!(!why.contains("etc") && !why.contains("rrrr"), "{why}");
+                }
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_admin_token_is_required_once_and_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret-admin-token-0123\n").unwrap();
+        let token = AdminToken::read(&file).unwrap();
+        let headers = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(
+                    http::header::AUTHORIZATION,
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        let unauthorized = |d: &Result<(), Deny>| matches!(d, Err(Deny::AdminUnauthorized(_)));
+        type Expect = fn(&Result<(), Deny>) -> bool;
+        let cases: &[(&str, &[&str], Expect)] = &[
+            ("right", &["Bearer s3cret-admin-token-0123"], Result::is_ok),
+            (
+                "scheme in any case",
+                &["bEARER  s3cret-admin-token-0123 "],
+                Result::is_ok,
+            ),
+            ("missing", &[], unauthorized),
+            ("wrong", &["Bearer s3cret-admin-token-0124"], unauthorized),
+            (
+                "prefix of it",
+                &["Bearer s3cret-admin-token-012"],
+                unauthorized,
+            ),
+            ("empty bearer", &["Bearer "], unauthorized),
+            ("no scheme", &["s3cret-admin-token-0123"], unauthorized),
+            (
+                "basic",
+                &["Basic czNjcmV0LWFkbWluLXRva2VuLTAxMjM="],
+                unauthorized,
+            ),
+            (
+                "given twice, both right",
+                &[
+                    "Bearer s3cret-admin-token-0123",
+                    "Bearer s3cret-admin-token-0123",
+                ],
+                |d| matches!(d, Err(Deny::BadRequest(why)) if why.contains("more than once")),
+            ),
+            (
+                "given twice, one wrong",
+                &["Bearer wrong", "Bearer s3cret-admin-token-0123"],
+                |d| matches!(d, Err(Deny::BadRequest(_))),
+            ),
+        ];
+        for (name, values, expect) in cases {
+            let outcome = authenticate(Some(&token), &headers(values));
+            assert!(expect(&outcome), "{name}: {outcome:?}");
+            if let Err(deny) = outcome {
+                let (_, _, message) = deny.describe();
+                assert!(!message.contains("s3cret"), "{name}: {message}");
+            }
+        }
+        // Without a configured token nothing is asked for.
+        assert!(authenticate(None, &headers(&[])).is_ok());
+        assert!(authenticate(None, &headers(&["Bearer anything"])).is_ok());
+    }
+
+    #[test]
+    fn an_unauthorized_refusal_asks_for_a_bearer_token() {
+        let resp = json_error(&Deny::AdminUnauthorized("no admin token was sent".into()));
+        assert_eq!(resp.status(), 401);
+        assert!(resp
+            .headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer ")));
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(v["error"]["code"], "admin_unauthorized");
+        let resp = json_error(&Deny::LimiterUnavailable);
+        assert_eq!(resp.status(), 503);
+        assert!(resp.headers().contains_key(http::header::RETRY_AFTER));
     }
 
     #[test]

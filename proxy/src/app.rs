@@ -204,7 +204,10 @@ pub fn run(
         static_config.listeners.iter().map(|l| l.listen).collect(),
     );
     server.add_service(ListenService::new("admin".into(), bound_admin, admin));
-    tracing::info!(addr = %static_config.admin_listen, "admin listening");
+    tracing::info!(addr = %static_config.admin_listen, token = static_config.admin_token_file.is_some(), "admin listening");
+    if let Some(warning) = static_config.admin_token_warning() {
+        tracing::warn!("{warning}");
+    }
     if let (Some(holds), Some(bound)) = (holds, bound_approvals) {
         let addr = bound.addr;
         let app = crate::approvals::api::ApprovalsApp::new(

@@ -99,6 +99,9 @@ pub enum Deny {
     AdminNotFound(String),
     /// An admin endpoint called with the wrong method.
     MethodNotAllowed(String),
+    /// An admin endpoint (other than the probes) called without the configured admin token
+    /// (why, never the token).
+    AdminUnauthorized(String),
     /// A body toward an LLM destination that the proxy cannot classify (its media type, or its
     /// `Content-Encoding`), so it is not forwarded unchecked.
     UnsupportedBody(String),
@@ -321,6 +324,12 @@ impl Deny {
             | Deny::BodyMemoryLimit(_)
             | Deny::DnsLookupLimit(_) => {
                 headers.push(one_second());
+            }
+            Deny::AdminUnauthorized(_) => {
+                headers.push((
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tenant-proxy-admin\""),
+                ));
             }
             _ => {}
         }
@@ -580,6 +589,10 @@ impl Deny {
             ),
             Deny::AdminNotFound(why) => (404, why.clone()),
             Deny::MethodNotAllowed(why) => (405, why.clone()),
+            Deny::AdminUnauthorized(why) => (
+                401,
+                format!("send `Authorization: Bearer <admin token>`: {why}"),
+            ),
             Deny::UnsupportedBody(why) => (
                 415,
                 format!("this body cannot be checked for an LLM destination, so it was not forwarded: {why}"),
@@ -700,6 +713,7 @@ impl Deny {
             Deny::ClientClosed => ReasonCode::ClientClosed,
             Deny::AdminNotFound(_) => ReasonCode::NotFound,
             Deny::MethodNotAllowed(_) => ReasonCode::MethodNotAllowed,
+            Deny::AdminUnauthorized(_) => ReasonCode::AdminUnauthorized,
             Deny::UnsupportedBody(_) => ReasonCode::UnsupportedMediaType,
             Deny::ResourceDenied(_) => ReasonCode::ResourceDenied,
             Deny::PromptDenied(_) => ReasonCode::PromptDenied,
@@ -825,6 +839,11 @@ mod tests {
                 Deny::MethodNotAllowed("x".into()),
                 405,
                 "method_not_allowed",
+            ),
+            (
+                Deny::AdminUnauthorized("x".into()),
+                401,
+                "admin_unauthorized",
             ),
             (
                 Deny::UnsupportedBody("x".into()),

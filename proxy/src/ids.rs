@@ -94,6 +94,23 @@ macro_rules! id_type {
     };
 }
 
+/// Longest run id, in bytes (run ids are ASCII).
+pub const MAX_RUN_ID_LEN: usize = 128;
+
+/// [`valid_run_id`]'s rule, as a refusal states it.
+pub const RUN_ID_RULE: &str =
+    "use 1-128 characters from `A-Z`, `a-z`, `0-9`, `.`, `_`, `:` and `-`";
+
+/// A run id (the token's `run_id` claim, and the run an operator names on the admin port): 1-128
+/// characters from `A-Za-z0-9._:-`. Run ids end up in Redis keys (`tp:{tenant}:run:<run>:…`)
+/// and audit records, so nothing else is accepted wherever one comes from.
+pub fn valid_run_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_RUN_ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 id_type!(
     /// A tenant: the customer account every request is attributed to.
     TenantId,
@@ -126,6 +143,27 @@ mod tests {
             &"x".repeat(64),
         ] {
             assert!(TenantId::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn run_ids() {
+        assert!(RUN_ID_RULE.contains(&format!("1-{MAX_RUN_ID_LEN} ")));
+        for ok in ["r", "run-42", "A.b_c:d-0", &"r".repeat(128)] {
+            assert!(valid_run_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../../etc",
+            "a/b",
+            "a b",
+            "a\nb",
+            "a\0b",
+            "a{b}",
+            "é",
+            &"r".repeat(129),
+        ] {
+            assert!(!valid_run_id(bad), "{bad:?}");
         }
     }
 }

@@ -162,6 +162,8 @@ reason_codes! {
     HoldResolved => "hold_resolved",
     /// See `Deny::HoldOrphaned`.
     HoldOrphaned => "hold_orphaned",
+    /// See `Deny::AdminUnauthorized`.
+    AdminUnauthorized => "admin_unauthorized",
 }
 
 impl fmt::Display for ReasonCode {

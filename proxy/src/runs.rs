@@ -240,7 +240,7 @@ impl RunTracker {
             .audit
             .reserve_for(&tenant.tenant)
             .map_err(|_| RunRefusal::AuditUnavailable)?;
-        let ends_at = expires_at.saturating_add(leeway.as_secs());
+        let ends_at = crate::identity::token::accepted_until(expires_at, leeway);
         let expires_ms = i64::try_from(ends_at.saturating_mul(1000)).unwrap_or(i64::MAX);
         let sighting = self
             .registry

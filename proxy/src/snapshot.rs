@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::config::admin_token::AdminToken;
 use crate::config::{ConfigProblem, StaticConfig, TenantConfig};
 use crate::credentials::CredentialSet;
-use crate::identity::token::{KeySet, TokenConfig, TokenVerifier};
+use crate::identity::token::{KeySet, KeySetError, TokenConfig, TokenVerifier};
 use crate::identity::IdentitySourceKind;
 use crate::metrics::METRICS;
 use crate::policy::{PolicyEngine, TenantInfo};
@@ -30,6 +31,8 @@ pub struct Snapshot {
     pub shadow_policy: Option<PolicyEngine>,
     /// Every tenant's credentials (empty when none are configured).
     pub credentials: Arc<CredentialSet>,
+    /// The token the admin endpoints require (`[admin] token_file`), read with every load.
+    pub admin_token: Option<AdminToken>,
     /// Increments with every successful load.
     pub generation: u64,
 }
@@ -90,10 +93,15 @@ impl Snapshot {
         if let Some(static_config) = static_config {
             check_listener_references(static_config, &tenants, problems);
         }
+        // Read with the tenant file, so that a reload (a rotated Secret, SIGHUP) reads it again
+        // and a file that went bad keeps the last good token.
+        let admin_token = static_config
+            .and_then(|s| s.admin_token_file.as_deref())
+            .and_then(|f| AdminToken::read(f).map_err(|p| problems.push(p)).ok());
         let tokens = tenants
             .token
             .as_ref()
-            .and_then(|t| load_tokens(t, problems));
+            .and_then(|t| load_tokens(t, previous.is_some(), problems));
         let credentials = match &tenants.credential_source {
             None => Some(CredentialSet::default()),
             Some(source) => source
@@ -134,6 +142,7 @@ impl Snapshot {
                     policy,
                     shadow_policy,
                     credentials: Arc::new(credentials),
+                    admin_token,
                     generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
                 })
             }
@@ -163,6 +172,7 @@ impl Snapshot {
         if let Some(source) = &self.tenants.credential_source {
             paths.extend(source.store().watched_paths());
         }
+        paths.extend(self.admin_token.as_ref().map(|t| t.path().to_path_buf()));
         paths
     }
 }
@@ -208,12 +218,36 @@ fn check_listener_references(
 }
 
 /// The token verifier: the JWKS and the revocation list, both read (and both reported).
-fn load_tokens(config: &TokenConfig, problems: &mut Vec<ConfigProblem>) -> Option<TokenVerifier> {
+///
+/// An empty key set is accepted at a reload (`reloading`) and refused at startup (and by
+/// `tenant-proxy check`). SECURITY: at a reload it is the operator pulling the last key after a
+/// compromise; keeping the old set instead would keep accepting the compromised key, so the
+/// empty set is served and every token refused (fail closed). At startup it is far more likely
+/// a mistake (the wrong file), and a proxy that starts refusing every token would hide it.
+fn load_tokens(
+    config: &TokenConfig,
+    reloading: bool,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<TokenVerifier> {
     let keys = std::fs::read_to_string(&config.jwks_file)
         .map_err(|e| ConfigProblem::file(&config.jwks_file, format!("cannot read JWKS: {e}")))
         .and_then(|text| {
             KeySet::from_jwks_json(&text)
                 .map_err(|e| ConfigProblem::file(&config.jwks_file, e.to_string()))
+        })
+        .and_then(|keys| match (keys.is_empty(), reloading) {
+            (false, _) => Ok(keys),
+            (true, true) => {
+                tracing::warn!(
+                    file = %config.jwks_file.display(),
+                    "the JWKS has no keys: every token is refused until keys are published"
+                );
+                Ok(keys)
+            }
+            (true, false) => Err(ConfigProblem::file(
+                &config.jwks_file,
+                KeySetError::Empty.to_string(),
+            )),
         });
     let revoked = match &config.revoked_jtis_file {
         None => Ok(HashSet::new()),

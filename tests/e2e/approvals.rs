@@ -431,6 +431,80 @@ fn approvers_act_on_their_own_tenant_only() {
     );
 }
 
+/// An approver is one `Authorization` header: two (two approvers, or a valid token and
+/// anything else, in either order) are refused before either is looked at, like two
+/// `Proxy-Authorization` headers on the proxy listeners.
+#[test]
+fn a_repeated_authorization_header_is_refused_in_either_order() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let acme = approver_token("acme", "alice", &[]);
+    let globex = approver_token("globex", "mallory", &["finance"]);
+    let call = |method: &str, path: &str, authorizations: &[&str]| {
+        let headers: String = authorizations
+            .iter()
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .collect();
+        raw_request(
+            proxy.approvals_port(),
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: approvals\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .unwrap()
+    };
+    let (acme, globex) = (format!("Bearer {acme}"), format!("Bearer {globex}"));
+    let list = "/v1/tenants/globex/holds";
+    // One header: globex's approver lists globex's holds.
+    let own = call("GET", list, &[&globex]);
+    assert_eq!(own.status, 200, "{}", own.body_text());
+    let decide = "/v1/tenants/globex/holds/0123456789abcdef0123456789abcdef/approve";
+    for (name, method, path, authorizations) in [
+        (
+            "globex first",
+            "GET",
+            list,
+            [globex.as_str(), acme.as_str()],
+        ),
+        ("acme first", "GET", list, [acme.as_str(), globex.as_str()]),
+        ("then garbage", "GET", list, [globex.as_str(), "garbage"]),
+        ("garbage first", "GET", list, ["garbage", globex.as_str()]),
+        (
+            "the same token twice",
+            "GET",
+            list,
+            [globex.as_str(), globex.as_str()],
+        ),
+        (
+            "a decision",
+            "POST",
+            decide,
+            [globex.as_str(), acme.as_str()],
+        ),
+    ] {
+        let r = call(method, path, &authorizations);
+        let body = r.assert_refused(401, "approver_unauthenticated");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("more than one `Authorization` header"),
+            "{name}: {body}"
+        );
+        assert_eq!(
+            body["error"]["request_id"].as_str(),
+            Some(r.request_id().as_str()),
+            "{name}: {body}"
+        );
+    }
+    // No approver acted, so nothing is audited as one.
+    for tenant in ["acme", "globex"] {
+        let records = proxy.audit_records(tenant);
+        assert!(
+            events(&records, "approval_refused").is_empty(),
+            "{records:#?}"
+        );
+    }
+}
+
 #[test]
 fn a_hold_naming_a_group_is_decided_only_by_an_approver_in_it() {
     let origin = Origin::start();

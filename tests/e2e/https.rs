@@ -752,6 +752,159 @@ fn an_inner_proxy_authorization_never_decides_who_a_sidecar_tunnel_belongs_to() 
     );
 }
 
+/// Sends GET /v1/models inside `tls` every 200 ms until it is refused (20 s at most): what a
+/// tunnel answers once a reload (or the clock) no longer accepts its identity.
+fn until_refused(tls: &mut Tls, authority: &str) -> Response {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = request_over(
+            tls,
+            &format!("GET /v1/models HTTP/1.1\r\nHost: {authority}\r\n\r\n"),
+        );
+        if r.status != 200 {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tunnel was never refused"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Asserts that `r`, refused inside a tunnel, is `identity_invalid` saying `why`, and that the
+/// refusal is audited in acme's partition as a request of that tunnel.
+fn assert_tunnel_refused(h: &Https, r: &Response, why: &str) {
+    let body = r.assert_refused(407, "identity_invalid");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(why), "{body}");
+    let record = h.proxy.audit_record("acme", &r.request_id());
+    assert_eq!(record["reason"], "identity_invalid", "{record}");
+    assert_eq!(record["workload"], "bot", "{record}");
+    assert_eq!(record["tunnel"]["mode"], "intercept", "{record}");
+}
+
+/// A token of acme/bot signed with `private_pem` under `kid`.
+fn token_signed_by(private_pem: &str, kid: &str) -> String {
+    use tenant_proxy::identity::token::{mint, MintRequest};
+    use tenant_proxy::ids::{TenantId, WorkloadId};
+    let req = MintRequest {
+        tenant: TenantId::new("acme").unwrap(),
+        workload: WorkloadId::new("bot").unwrap(),
+        audience: "tenant-proxy".into(),
+        issuer: None,
+        ttl: Duration::from_secs(300),
+        run_id: None,
+        run_budget: None,
+        scopes: Vec::new(),
+        jti: None,
+        kid: Some(kid.into()),
+        now_unix: now(),
+        not_before: None,
+    };
+    mint(private_pem, &req).unwrap()
+}
+
+#[test]
+fn a_key_pulled_or_replaced_in_the_jwks_reaches_the_tunnels_it_opened() {
+    use tenant_proxy::identity::token::{generate_key, KeyAlgorithm};
+    let h = start_https(|_| {});
+    let authority = format!("llm.test:{}", h.mock);
+    let auth = |t: &str| format!("Proxy-Authorization: Bearer {t}\r\n");
+    let by_ed_token = token_for("acme", "bot");
+    let by_es_token = token(TokenOpts {
+        key: TEST_KEY_ES256,
+        kid: Some("test-es"),
+        ..Default::default()
+    });
+    let mut by_ed = intercepted(&h, h.proxy.shared_port, &authority, &auth(&by_ed_token));
+    let mut by_es = intercepted(&h, h.proxy.shared_port, &authority, &auth(&by_es_token));
+    let get = format!("GET /v1/models HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    assert_eq!(request_over(&mut by_ed, &get).status, 200);
+    assert_eq!(request_over(&mut by_es, &get).status, 200);
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(h.proxy.path("jwks.json")).unwrap()).unwrap();
+    let publish = |keys: serde_json::Value| {
+        let doc = serde_json::json!({ "keys": keys }).to_string();
+        std::fs::write(h.proxy.path("jwks.json"), doc).unwrap();
+        h.proxy.sighup();
+    };
+
+    // 1. `test-ed` is pulled: its tunnel's next request is refused as a fresh one would be,
+    // and audited; the tunnel of the key that stays is served.
+    let es_jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == "test-es")
+        .unwrap()
+        .clone();
+    publish(serde_json::json!([es_jwk]));
+    assert_tunnel_refused(&h, &until_refused(&mut by_ed, &authority), "unknown key");
+    let (_, status, text) = connect(h.proxy.shared_port, &authority, &auth(&by_ed_token));
+    assert_eq!(status, 407, "{text}");
+    assert!(text.contains("unknown key"), "{text}");
+    assert_eq!(request_over(&mut by_es, &get).status, 200);
+
+    // 2. `test-es` now names another key (a rotation that kept the id): the tunnels its old
+    // key's tokens opened are refused, as fresh requests (the signature does not verify).
+    let rotated = generate_key(KeyAlgorithm::ES256, "test-es").unwrap();
+    publish(serde_json::json!([rotated.jwk]));
+    assert_tunnel_refused(
+        &h,
+        &until_refused(&mut by_es, &authority),
+        "signature is invalid",
+    );
+    let (_, status, text) = connect(h.proxy.shared_port, &authority, &auth(&by_es_token));
+    assert_eq!(status, 407, "{text}");
+    assert!(text.contains("signature is invalid"), "{text}");
+
+    // 3. The only key is pulled, with none in its place: the empty set is taken at the reload
+    // (not refused, which would keep the pulled key working) and every token is refused.
+    let by_new_token = token_signed_by(&rotated.private_pem, "test-es");
+    let mut by_new = intercepted(&h, h.proxy.shared_port, &authority, &auth(&by_new_token));
+    assert_eq!(request_over(&mut by_new, &get).status, 200);
+    publish(serde_json::json!([]));
+    assert_tunnel_refused(&h, &until_refused(&mut by_new, &authority), "unknown key");
+    let (_, status, text) = connect(h.proxy.shared_port, &authority, &auth(&by_new_token));
+    assert_eq!(status, 407, "{text}");
+    assert!(text.contains("unknown key"), "{text}");
+    // A listener bound to its workload needs no token and is served throughout.
+    let mut sidecar = intercepted(&h, h.proxy.sidecar_port, &authority, "");
+    assert_eq!(request_over(&mut sidecar, &get).status, 200);
+}
+
+#[test]
+fn a_tunnel_opened_within_the_leeway_is_served_as_long_as_its_token_is_accepted() {
+    let h = start_https(|spec| {
+        if let Some(token) = spec.tenants.token.as_mut() {
+            token.leeway = Some(Duration::from_secs(30));
+        }
+    });
+    let authority = format!("llm.test:{}", h.mock);
+    // Expired 20 s ago: a leeway of 30 s (the default) accepts it for 10 s more, in a fresh
+    // request (the `CONNECT`) and inside the tunnel it opened alike.
+    let t = now();
+    let late = token(TokenOpts {
+        issued_at: t - 320,
+        ttl_secs: 300,
+        ..Default::default()
+    });
+    let auth = format!("Proxy-Authorization: Bearer {late}\r\n");
+    let mut tls = intercepted(&h, h.proxy.shared_port, &authority, &auth);
+    let get = format!("GET /v1/models HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    let r = request_over(&mut tls, &get);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    // Past the leeway both are refused.
+    while now() <= t + 11 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_tunnel_refused(&h, &request_over(&mut tls, &get), "expired");
+    let (_, status, text) = connect(h.proxy.shared_port, &authority, &auth);
+    assert_eq!(status, 407, "{text}");
+    assert!(text.contains("expired"), "{text}");
+}
+
 #[test]
 fn tunnels_per_tenant_are_capped() {
     let h = start_https(|spec| spec.tenant("acme").max_tunnels = Some(1));

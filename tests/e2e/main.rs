@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin;
 mod approvals;
 mod approvals_store;
 mod audit_chain;

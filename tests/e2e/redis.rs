@@ -107,6 +107,76 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
     }
 }
 
+/// `/readyz`'s status and body.
+fn readiness(proxy: &Proxy) -> (u16, serde_json::Value) {
+    let r = raw_request_to(
+        proxy.admin_addr(),
+        "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    (r.status, r.json())
+}
+
+/// Waits (at most 10 s) until `/readyz` answers `status`, and returns its body.
+fn wait_readiness(proxy: &Proxy, status: u16) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (now, body) = readiness(proxy);
+        if now == status {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz stays {now}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn readiness_and_usage_follow_redis_under_fail_closed() {
+    let mut redis = RedisServer::start();
+    let proxy = proxy_with_redis(&redis);
+    let (status, body) = readiness(&proxy);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["limiter_connected"], true, "{body}");
+    let usage = |p: &Proxy| {
+        raw_request_to(
+            p.admin_addr(),
+            "GET /usage?tenant=acme&run=run-1 HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+    };
+    assert_eq!(usage(&proxy).status, 200);
+
+    // Redis stops and no request comes: the probe notices within seconds.
+    redis.stop();
+    let started = Instant::now();
+    let body = wait_readiness(&proxy, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["limiter_connected"], false, "{body}");
+    assert_eq!(body["audit_writable"], true, "{body}");
+    // Usage cannot be read: the counters' fault, not the caller's.
+    let r = usage(&proxy);
+    r.assert_refused(503, "limiter_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // An unknown tenant is still the caller's (and needs no Redis to tell).
+    raw_request_to(
+        proxy.admin_addr(),
+        "GET /usage?tenant=nobody HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap()
+    .assert_refused(404, "not_found");
+
+    // Redis comes back: ready again without a request or a restart.
+    redis.restart();
+    let body = wait_readiness(&proxy, 200);
+    assert_eq!(body["limiter_connected"], true, "{body}");
+    assert_eq!(usage(&proxy).status, 200);
+}
+
 #[test]
 fn local_fallback_keeps_enforcing_per_replica_and_is_counted() {
     let mut redis = RedisServer::start();
@@ -116,6 +186,17 @@ fn local_fallback_keeps_enforcing_per_replica_and_is_counted() {
     spec.tenant("acme").limits().requests_per_minute = Some(3);
     let proxy = Proxy::start(spec);
     redis.stop();
+    // The replica serves from its own counters: still ready, but not connected.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = readiness(&proxy);
+        assert_eq!(status, 200, "{body}");
+        if body["limiter_connected"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let url = format!("http://127.0.0.1:{}/acme/fb", origin.port);
     let statuses: Vec<u16> = (0..5)
         .map(|_| forward_get(proxy.sidecar_port, &url, None, "").status)

@@ -111,18 +111,24 @@ impl ApprovalsApp {
     async fn serve(&self, session: &mut ServerSession) -> Result<serde_json::Value, Deny> {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
-        let bearer = req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .map(String::from);
+        // SECURITY: two `Authorization` headers are two approvers; none is picked (the rule
+        // of the proxy listeners' `Proxy-Authorization`).
+        let bearer =
+            crate::identity::sole_header(&req.headers, http::header::AUTHORIZATION).map(|value| {
+                value
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim)
+                    .map(String::from)
+            });
         let (tenant, call) = route(&method, &path)?;
         let tenant = tenant.to_string();
         let call_text = format!("{method} {path}");
-        let bearer =
-            bearer.ok_or_else(|| Deny::ApproverUnauthenticated("no bearer token".into()))?;
+        let bearer = bearer
+            .map_err(|_| {
+                Deny::ApproverUnauthenticated("more than one `Authorization` header".into())
+            })?
+            .ok_or_else(|| Deny::ApproverUnauthenticated("no bearer token".into()))?;
         let approver = (self.authenticate)(&bearer).map_err(Deny::ApproverUnauthenticated)?;
         if tenant != approver.tenant.as_str() {
             return Err(self.refuse(

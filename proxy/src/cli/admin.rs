@@ -5,14 +5,40 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-/// A request without a body to the running proxy's admin port (loopback or a private network;
-/// plain HTTP/1.1).
-pub(super) fn admin_call(
+use crate::config::StaticConfig;
+
+/// The admin port of the proxy `config` describes (`admin` when given instead of the address the
+/// file names) and the token its `[admin] token_file` holds, if any.
+pub(super) struct AdminPort {
     addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-) -> anyhow::Result<Vec<u8>> {
+    token: Option<zeroize::Zeroizing<String>>,
+}
+
+impl AdminPort {
+    /// Where and how to call the admin port of the proxy `config` configures.
+    pub(super) fn of(
+        config: &StaticConfig,
+        admin: Option<std::net::SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let token = match &config.admin_token_file {
+            Some(file) => Some(
+                crate::config::admin_token::read_token_file(file)
+                    .map_err(|p| anyhow::anyhow!("{p}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            addr: admin.unwrap_or(config.admin_listen),
+            token,
+        })
+    }
+}
+
+/// A request without a body to the running proxy's admin port (loopback or a private network;
+/// plain HTTP/1.1), with the admin token when the configuration names one.
+pub(super) fn admin_call(port: &AdminPort, method: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
+    let addr = port.addr;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| {
             format!(
@@ -20,9 +46,15 @@ pub(super) fn admin_call(
             )
         })?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // One write: the token is never in a message or log line.
+    let authorization = match &port.token {
+        Some(token) => zeroize::Zeroizing::new(format!("Authorization: Bearer {}\r\n", **token)),
+        None => zeroize::Zeroizing::new(String::new()),
+    };
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{}Content-Length: 0\r\nConnection: close\r\n\r\n",
+        *authorization
     )?;
     let (status, body) = read_answer(stream, "the admin port")?;
     if status.split_whitespace().nth(1) != Some("200") {

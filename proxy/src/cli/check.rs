@@ -14,6 +14,9 @@ pub(super) fn check(config: &Path) -> ExitCode {
                 snap.tenants.tenants.len(),
                 snap.tenants.routes.len()
             );
+            if let Some(warning) = s.admin_token_warning() {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(problems) => {

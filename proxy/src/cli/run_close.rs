@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::admin::admin_call;
+use super::admin::{admin_call, AdminPort};
 use crate::config::StaticConfig;
 use crate::ids::TenantId;
 
@@ -18,15 +18,15 @@ pub(super) fn close(
 ) -> anyhow::Result<ExitCode> {
     let static_config = StaticConfig::load(config).map_err(crate::app::problems_error)?;
     let tenant = TenantId::new(tenant)?;
+    if !crate::ids::valid_run_id(run) {
+        anyhow::bail!("`--run` is not a valid run id: {}", crate::ids::RUN_ID_RULE);
+    }
+    let port = AdminPort::of(&static_config, admin)?;
     let mut query = form_urlencoded::Serializer::new(String::new());
     query
         .append_pair("tenant", tenant.as_str())
         .append_pair("run", run);
-    let body = admin_call(
-        admin.unwrap_or(static_config.admin_listen),
-        "POST",
-        &format!("/runs/close?{}", query.finish()),
-    )?;
+    let body = admin_call(&port, "POST", &format!("/runs/close?{}", query.finish()))?;
     println!("{}", String::from_utf8_lossy(&body).trim());
     Ok(ExitCode::SUCCESS)
 }

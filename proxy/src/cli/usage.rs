@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::admin::admin_call;
+use super::admin::{admin_call, AdminPort};
 use crate::config::{StaticConfig, TenantConfig};
 use crate::ids::TenantId;
 use crate::limits::report::{ReportPeriod, UsageReport};
@@ -45,6 +45,9 @@ fn read_usage(
 ) -> anyhow::Result<UsageReport> {
     let static_config = StaticConfig::load(config).map_err(crate::app::problems_error)?;
     let tenant = TenantId::new(tenant)?;
+    if run.is_some_and(|r| !crate::ids::valid_run_id(r)) {
+        anyhow::bail!("`--run` is not a valid run id: {}", crate::ids::RUN_ID_RULE);
+    }
     match &static_config.limiter {
         // In-memory counters live in the proxy process: ask it.
         LimiterSettings::Memory { .. } => {
@@ -56,7 +59,7 @@ fn read_usage(
                 query.append_pair("run", run);
             }
             let body = admin_call(
-                admin.unwrap_or(static_config.admin_listen),
+                &AdminPort::of(&static_config, admin)?,
                 "GET",
                 &format!("/usage?{}", query.finish()),
             )?;

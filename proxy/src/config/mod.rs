@@ -11,6 +11,7 @@
 //! assembles the sections into the runtime types. An invalid configuration never exists at
 //! runtime.
 
+pub mod admin_token;
 pub mod model;
 pub mod regions;
 pub mod spec;

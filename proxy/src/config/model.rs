@@ -40,6 +40,9 @@ pub struct StaticConfig {
     pub tenants_file: PathBuf,
     /// Admin listener address.
     pub admin_listen: SocketAddr,
+    /// The admin token's file (resolved), when the admin endpoints require one; the token itself
+    /// is read by each load of the snapshot, so that a reload reads it again.
+    pub admin_token_file: Option<PathBuf>,
     /// Proxy listeners.
     pub listeners: Vec<ListenerSettings>,
     /// Audit sink settings.
@@ -98,6 +101,7 @@ impl StaticConfig {
             );
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
+        let admin_token_file = spec.admin.token_file.as_deref().map(|f| p.path(f));
         let listeners = ListenerSettings::list_from_spec(spec.listeners, admin_listen, &mut p);
         let audit = AuditSettings::from_spec(spec.audit, &mut p);
         let upstream = UpstreamSettings::from_spec(spec.upstream, &mut p);
@@ -125,6 +129,7 @@ impl StaticConfig {
             path: path.to_path_buf(),
             tenants_file,
             admin_listen,
+            admin_token_file,
             listeners,
             audit,
             upstream,
@@ -142,6 +147,27 @@ impl StaticConfig {
             log_level: spec.log.level.unwrap_or_else(|| "info".into()),
             tracing,
         })
+    }
+}
+
+impl StaticConfig {
+    /// The warning `check` prints and `run` logs when the admin endpoints need no token: anyone
+    /// who can connect to the admin port can close any tenant's runs (for every replica sharing
+    /// Redis) and read usage and metrics. A loopback address keeps other hosts out, not a
+    /// process that shares the network namespace, as a sidecar's agent does.
+    pub fn admin_token_warning(&self) -> Option<String> {
+        if self.admin_token_file.is_some() {
+            return None;
+        }
+        let reach = if self.admin_listen.ip().is_loopback() {
+            "every process in this network namespace (in a Kubernetes pod, the agent next to a sidecar proxy too)"
+        } else {
+            "every host that can reach this address"
+        };
+        Some(format!(
+            "the admin port {} requires no token: {reach} can close any tenant's runs and read usage and metrics; set `[admin] token_file`",
+            self.admin_listen
+        ))
     }
 }
 

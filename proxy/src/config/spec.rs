@@ -74,12 +74,16 @@ pub struct AdminSpec {
     /// Address of the admin listener; keep it on loopback or a private interface.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// A file holding the bearer token every admin endpoint but `/healthz` and `/readyz`
+    /// requires (read at start and on every reload).
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminSpec {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            token_file: None,
         }
     }
 }

@@ -102,12 +102,37 @@ impl<'a> Presented<'a> {
         headers: &'a http::HeaderMap,
         ssl: Option<&'a pingora::protocols::tls::SslDigest>,
     ) -> Self {
-        let mut values = headers.get_all(http::header::PROXY_AUTHORIZATION).iter();
+        let (proxy_authorization, proxy_authorization_repeated) =
+            match sole_header(headers, http::header::PROXY_AUTHORIZATION) {
+                Ok(value) => (value.map(|v| v.as_bytes()), false),
+                Err(RepeatedHeader) => (None, true),
+            };
         Self {
-            proxy_authorization: values.next().map(|v| v.as_bytes()),
-            proxy_authorization_repeated: values.next().is_some(),
+            proxy_authorization,
+            proxy_authorization_repeated,
             peer: ssl.and_then(|d| d.extension.get::<PeerCertificate>()),
         }
+    }
+}
+
+/// A header that carries an identity was given more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepeatedHeader;
+
+/// The one value of header `name`, if any; a header given twice is [`RepeatedHeader`].
+///
+/// SECURITY: the rule for every header that carries an identity (`Proxy-Authorization` on the
+/// proxy listeners, `Authorization` on the approvals API): two values are two identities, and
+/// picking one (the first, say) would let whatever sits in front of the proxy and the proxy
+/// disagree about who is calling. The caller refuses the request.
+pub fn sole_header(
+    headers: &http::HeaderMap,
+    name: impl http::header::AsHeaderName,
+) -> Result<Option<&http::HeaderValue>, RepeatedHeader> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (first, None) => Ok(first),
+        (Some(_), Some(_)) | (None, Some(_)) => Err(RepeatedHeader),
     }
 }
 
@@ -189,6 +214,40 @@ pub fn resolve(
     Err(IdentityError::Required)
 }
 
+/// Judges `who`, resolved earlier (the identity a tunnel was opened with), as a fresh request
+/// presenting the same credential would be judged now: its workload is still configured, and
+/// its token, if any, still passes the current key set, settings and revocation list (see
+/// [`TokenVerifier::recheck`]; no signature is verified again). The errors are those of
+/// [`resolve`]: a revoked token is [`IdentityError::Revoked`], the rest
+/// [`IdentityError::Invalid`].
+pub fn recheck(
+    who: &ResolvedIdentity,
+    workloads: &dyn Workloads,
+    tokens: Option<&TokenVerifier>,
+    now_unix: u64,
+) -> Result<(), IdentityError> {
+    let invalid = |why: &str| IdentityError::Invalid(why.to_string());
+    let mut revoked = false;
+    if let Some(token) = &who.token {
+        // SECURITY: `[token]` removed since: no token can be valid.
+        let verifier = tokens.ok_or_else(|| invalid("tokens are not accepted here"))?;
+        match verifier.recheck(token, now_unix) {
+            Ok(()) => {}
+            Err(token::TokenError::Revoked(_)) => revoked = true,
+            Err(e) => return Err(IdentityError::Invalid(e.to_string())),
+        }
+    }
+    if !workloads.has_workload(&who.tenant, &who.workload) {
+        return Err(invalid(
+            "the tenant or workload is no longer in the configuration",
+        ));
+    }
+    if revoked {
+        return Err(IdentityError::Revoked(Box::new(who.clone())));
+    }
+    Ok(())
+}
+
 fn resolve_token(
     workloads: &dyn Workloads,
     tokens: Option<&TokenVerifier>,
@@ -258,6 +317,48 @@ mod tests {
             http::HeaderValue::from_static("Bearer second"),
         );
         assert!(Presented::from_request(&headers, None).proxy_authorization_repeated);
+    }
+
+    #[test]
+    fn sole_header_refuses_a_second_value_whatever_it_is() {
+        use http::header::AUTHORIZATION;
+        let with = |values: &[&'static str]| {
+            let mut headers = http::HeaderMap::new();
+            for v in values {
+                headers.append(AUTHORIZATION, http::HeaderValue::from_static(v));
+            }
+            headers
+        };
+        for (name, values, want) in [
+            ("none", vec![], Ok(None)),
+            ("one", vec!["Bearer a"], Ok(Some("Bearer a"))),
+            (
+                "two tokens",
+                vec!["Bearer a", "Bearer b"],
+                Err(RepeatedHeader),
+            ),
+            (
+                "the same twice",
+                vec!["Bearer a", "Bearer a"],
+                Err(RepeatedHeader),
+            ),
+            (
+                "then garbage",
+                vec!["Bearer a", "garbage"],
+                Err(RepeatedHeader),
+            ),
+            (
+                "garbage first",
+                vec!["garbage", "Bearer a"],
+                Err(RepeatedHeader),
+            ),
+            ("an empty second", vec!["Bearer a", ""], Err(RepeatedHeader)),
+        ] {
+            let headers = with(&values);
+            let got = sole_header(&headers, AUTHORIZATION)
+                .map(|v| v.map(|v| v.to_str().unwrap_or("<binary>")));
+            assert_eq!(got, want, "{name}");
+        }
     }
 
     use std::collections::HashSet;

@@ -641,8 +641,15 @@ pub trait LimitBackend: Send + Sync + fmt::Debug {
     /// What is counted on each key now (tokens, micro-units, calls, or in-flight requests; a
     /// rate key reads 0), for `tenant-proxy usage`.
     async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, LimiterUnavailable>;
-    /// Whether the backend has ever been reachable (readiness).
+    /// Whether this replica can serve metered requests as configured (readiness): for a
+    /// shared backend, whether it answers now, unless the replica falls back to local counters
+    /// while it does not.
     fn is_ready(&self) -> bool {
+        self.is_connected()
+    }
+    /// Whether the backend answers now (`/readyz`'s `limiter_connected`): the in-memory one
+    /// always; a shared one when its last call or periodic probe got an answer.
+    fn is_connected(&self) -> bool {
         true
     }
     /// Read-only and cheap: the refusal one of the rate keys `rate_keys` builds would give now,

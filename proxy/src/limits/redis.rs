@@ -5,6 +5,7 @@
 //! time-boxed; when Redis cannot be reached the request is refused (`limiter_unavailable`), or,
 //! when configured, checked against local counters instead (counted and logged).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -217,6 +218,33 @@ async fn load_scripts(conn: &AsyncConn, timeout: Duration) {
     }
 }
 
+/// How often the backend's own thread asks Redis `PING`, so that an idle replica notices an
+/// outage (and its end) without a request paying for it.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether Redis answered the last call or probe: `/readyz`'s `limiter_connected`. Set by every
+/// call at the cost of one load (a store only when the answer changes), and by a `PING` every
+/// [`PROBE_INTERVAL`] from the backend's own thread.
+#[derive(Debug, Default)]
+struct Answering(AtomicBool);
+
+impl Answering {
+    fn mark(&self, answered: bool) {
+        if self.0.load(Ordering::Relaxed) != answered {
+            self.0.store(answered, Ordering::Relaxed);
+            if answered {
+                tracing::info!("limiter: redis answers again");
+            } else {
+                tracing::warn!("limiter: redis does not answer");
+            }
+        }
+    }
+
+    fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// What to do when Redis cannot be reached (`[limiter] on_unavailable`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -249,6 +277,8 @@ pub struct RedisBackend {
     /// The connection made (and remade) by the backend's own thread: readiness, the revocation
     /// list, and calls from a runtime whose own connection is not made yet.
     conn: Arc<ArcSwapOption<AsyncConn>>,
+    /// Whether Redis answered the last call or probe.
+    answering: Arc<Answering>,
     /// A connection per calling runtime thread, so a call does not cross threads.
     local: Arc<LocalConns>,
     admit_script: redis::Script,
@@ -291,6 +321,8 @@ impl RedisBackend {
             .clone()
             .keep_fresh(conn.clone(), settings.timeout);
         let (first_read, read_timeout) = (revocations.clone(), connect_timeout);
+        let answering = Arc::new(Answering::default());
+        let (probed, probe_timeout) = (answering.clone(), settings.timeout);
         std::thread::Builder::new()
             .name("redis".into())
             .spawn(move || {
@@ -315,9 +347,19 @@ impl RedisBackend {
                                     tracing::warn!(error = %e, "cannot read the shared revocation list");
                                 }
                                 load_scripts(&m, read_timeout).await;
+                                let mut probe = m.clone();
+                                let ping = redis::cmd("PING");
                                 slot.store(Some(Arc::new(m)));
+                                probed.mark(true);
                                 tracing::info!("limiter connected to redis");
-                                std::future::pending::<()>().await;
+                                loop {
+                                    tokio::time::sleep(PROBE_INTERVAL).await;
+                                    let answer = ping.query_async::<redis::Value>(&mut probe);
+                                    probed.mark(matches!(
+                                        answer_within(probe_timeout, answer).await,
+                                        Some(Ok(_))
+                                    ));
+                                }
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "limiter cannot reach redis; retrying");
@@ -330,6 +372,7 @@ impl RedisBackend {
             .map_err(|e| e.to_string())?;
         Ok(Self {
             conn,
+            answering,
             local: Arc::default(),
             admit_script: redis::Script::new(ADMIT),
             settle_script: redis::Script::new(SETTLE),
@@ -371,7 +414,9 @@ impl RedisBackend {
         let (mut conn, which) = self
             .conn_here()
             .ok_or_else(|| LimiterUnavailable("not connected".into()))?;
-        match answer_within(self.settings.timeout, call.run::<T>(&mut conn)).await {
+        let answer = answer_within(self.settings.timeout, call.run::<T>(&mut conn)).await;
+        self.answering.mark(matches!(answer, Some(Ok(_))));
+        match answer {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => Err(LimiterUnavailable(format!("{e} ({which})"))),
             None => Err(LimiterUnavailable(format!(
@@ -533,8 +578,21 @@ impl LimitBackend for RedisBackend {
             .collect())
     }
 
+    /// Under `fail_closed`, whether Redis answers now: every metered request is refused while it
+    /// does not, so the replica is not ready (every replica sharing this Redis goes unready
+    /// with it; see the README's *Limits*). Under `local_fallback` the replica serves from its
+    /// own counters, so it stays ready once Redis was reached (the revocation list read) once.
     fn is_ready(&self) -> bool {
-        self.conn.load().is_some() && self.revocations.has_been_read()
+        match self.settings.on_unavailable {
+            Unavailable::FailClosed => self.is_connected(),
+            Unavailable::LocalFallback => {
+                self.conn.load().is_some() && self.revocations.has_been_read()
+            }
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.conn.load().is_some() && self.revocations.has_been_read() && self.answering.get()
     }
 }
 

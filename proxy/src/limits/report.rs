@@ -98,7 +98,19 @@ fn reported(key: &LimitKey, period: ReportPeriod) -> Option<(&'static str, Optio
     }
 }
 
-/// Reads `tenant`'s spend at unix second `now`; with `run`, also that run's counters.
+/// Why a usage report could not be made: the caller's question, or the counters' backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    /// The tenant is not in the configuration.
+    #[error("tenant `{0}` is not configured")]
+    UnknownTenant(TenantId),
+    /// The counters could not be read (an infrastructure failure, not the caller's).
+    #[error(transparent)]
+    Unavailable(#[from] super::LimiterUnavailable),
+}
+
+/// Reads `tenant`'s spend at unix second `now`; with `run` (a valid run id: the caller checks
+/// it), also that run's counters.
 pub async fn usage_report(
     config: &(dyn LimitConfig + Sync),
     backend: &dyn LimitBackend,
@@ -106,10 +118,10 @@ pub async fn usage_report(
     period: ReportPeriod,
     run: Option<&str>,
     now: i64,
-) -> Result<UsageReport, String> {
+) -> Result<UsageReport, ReportError> {
     let entry = config
         .tenant_limits(tenant)
-        .ok_or_else(|| format!("tenant `{tenant}` is not configured"))?;
+        .ok_or_else(|| ReportError::UnknownTenant(tenant.clone()))?;
     let mut wanted: Vec<(LimitKey, &'static str, Option<u64>)> = Vec::new();
     let mut add = |keys: Vec<LimitKey>| {
         for key in keys {
@@ -158,7 +170,7 @@ pub async fn usage_report(
     let used = if keys.is_empty() {
         Vec::new()
     } else {
-        backend.read(&keys).await.map_err(|e| e.to_string())?
+        backend.read(&keys).await?
     };
     let window: Period = match period {
         ReportPeriod::Day => entry.calendar.day(now),

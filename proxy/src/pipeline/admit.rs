@@ -304,28 +304,33 @@ pub async fn admit(
 ) -> Result<Admitted, Deny> {
     // An unauditable request is never served.
     trail.slot = fx.reserve_audit()?;
-    let (who, tenant, revoked) = {
+    let (who, tenant, refusal) = {
         let (header, ssl) = match &ask {
             Ask::Http { source, .. } => (source.header(), source.ssl()),
             Ask::Connect { header, ssl, .. } => (*header, *ssl),
         };
-        let (who, revoked) = identify(caller, header, ssl, &snapshot)?;
+        let (who, refusal) = identify(caller, header, ssl, &snapshot)?;
         let traceparent = header.headers.get("traceparent").map(|v| v.as_bytes());
         let tenant = TenantContext::new(who.clone(), trail.request_id.clone(), traceparent);
-        (who, Arc::new(tenant), revoked)
+        (who, Arc::new(tenant), refusal)
     };
     trail.tenant = Some(tenant.clone());
     trail.mark("identity");
     // One tenant's unwritable partition refuses that tenant only.
     fx.admit_tenant(&mut trail.slot, &tenant.tenant)?;
-    // SECURITY: a revoked token is refused here, once its tenant is known, so the refusal is
-    // audited in the partition of the tenant whose token it was (the signature verified: the
-    // tenant is the issuer's word, not the agent's). Both lists are checked on every request,
-    // tunnels' inner ones included, so a revocation reaches tokens already in use: the file's
-    // at a reload, the shared one within a refresh.
+    // SECURITY: a revoked token, and a tunnel whose identity is no longer accepted, are
+    // refused here, once the tenant is known, so the refusal is audited in the partition of the
+    // tenant whose token (or tunnel) it was (the signature verified: the tenant is the issuer's
+    // word, not the agent's).
+    if let Some(deny) = refusal {
+        return Err(deny);
+    }
+    // Both revocation lists are checked on every request, tunnels' inner ones included, so a
+    // revocation reaches tokens already in use: the file's at a reload, the shared one within
+    // a refresh.
     if let Some(jti) = who.token.as_ref().and_then(|t| t.jti.as_deref()) {
         let in_file = snapshot.tokens.as_ref().is_some_and(|v| v.is_revoked(jti));
-        if revoked || in_file || fx.revoked(jti)? {
+        if in_file || fx.revoked(jti)? {
             return Err(IdentityError::Revoked(Box::new(who)).into());
         }
     }
@@ -359,18 +364,19 @@ pub async fn admit(
 }
 
 /// Who is calling: a tunnel's identity, re-checked; or what the request (`header`) and its
-/// connection (`ssl`) present, verified; and whether that token is revoked (refused by the
-/// caller, which audits it in the tenant's partition).
+/// connection (`ssl`) present, verified. With it, a refusal the caller gives once the tenant is
+/// known, so that it is audited in the tenant's partition: a revoked token, or a tunnel whose
+/// identity is no longer accepted.
 fn identify(
     caller: Caller<'_>,
     header: &RequestHeader,
     ssl: Option<&SslDigest>,
     snapshot: &Snapshot,
-) -> Result<(ResolvedIdentity, bool), Deny> {
+) -> Result<(ResolvedIdentity, Option<Deny>), Deny> {
     match caller {
         // SECURITY: a tunnel never changes identity; whatever the inner request presents is
         // ignored (and stripped upstream).
-        Caller::Tunnel(t) => Ok((tunnel_identity(t, snapshot)?, false)),
+        Caller::Tunnel(t) => tunnel_identity(t, snapshot),
         Caller::Listener(listener) => match identity::resolve(
             listener,
             &snapshot.tenants,
@@ -378,33 +384,42 @@ fn identify(
             Presented::from_request(&header.headers, ssl),
             unix_now(),
         ) {
-            Ok(who) => Ok((who, false)),
-            // Refused by the caller once the tenant is known, so the refusal is audited.
-            Err(IdentityError::Revoked(who)) => Ok((*who, true)),
+            Ok(who) => Ok((who, None)),
+            Err(IdentityError::Revoked(who)) => {
+                let deny = IdentityError::Revoked(who.clone()).into();
+                Ok((*who, Some(deny)))
+            }
             Err(e) => Err(e.into()),
         },
-        Caller::Named(who) => Ok((*who, false)),
+        Caller::Named(who) => Ok((*who, None)),
     }
 }
 
-/// The identity of a request inside an intercepted tunnel: the tunnel's own, re-checked against
-/// the current configuration (a reload may have removed the workload) and the token's expiry (a
-/// long-lived tunnel does not outlive the token that opened it).
-fn tunnel_identity(tunnel: &Tunnel, snapshot: &Snapshot) -> Result<ResolvedIdentity, Deny> {
+/// The identity of a request inside an intercepted (or plain) tunnel: the tunnel's own, judged
+/// as a fresh request presenting the credential that opened the tunnel would be judged now
+/// ([`identity::recheck`]: the current key set, token settings, revocation list and workloads;
+/// expiry with the leeway). A long-lived tunnel outlives neither its token nor a reload that
+/// would refuse it. The refusal is audited in the tunnel's tenant's partition while that
+/// tenant is configured.
+fn tunnel_identity(
+    tunnel: &Tunnel,
+    snapshot: &Snapshot,
+) -> Result<(ResolvedIdentity, Option<Deny>), Deny> {
     let who = &tunnel.identity;
-    if !snapshot.tenants.has_workload(&who.tenant, &who.workload) {
-        return Err(Deny::IdentityInvalid(
-            "the tunnel's workload is no longer in the configuration".into(),
-        ));
+    let deny = match identity::recheck(who, &snapshot.tenants, snapshot.tokens.as_ref(), unix_now())
+    {
+        Ok(()) => return Ok((who.clone(), None)),
+        Err(IdentityError::Invalid(why)) => Deny::IdentityInvalid(format!(
+            "the identity that opened this tunnel is no longer accepted ({why}); open a new tunnel"
+        )),
+        Err(e) => e.into(),
+    };
+    // A tenant removed from the configuration has no partition to audit in any more.
+    if snapshot.tenants.tenants.contains_key(&who.tenant) {
+        Ok((who.clone(), Some(deny)))
+    } else {
+        Err(deny)
     }
-    if let Some(token) = &who.token {
-        if token.expires_at <= unix_now() {
-            return Err(Deny::IdentityInvalid(
-                "the token that opened this tunnel has expired; open a new tunnel".into(),
-            ));
-        }
-    }
-    Ok(who.clone())
 }
 
 async fn admit_http(

@@ -301,6 +301,7 @@ pub async fn explain(
         correlation_id: None,
         jti: None,
         expires_at: u64::MAX,
+        accepted: Default::default(),
     };
     let who = ResolvedIdentity {
         tenant,

@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use super::verify::TokenError;
 
@@ -25,8 +26,12 @@ pub enum KeySetError {
     /// JSON, but not an object with a `keys` array.
     #[error("the JWKS is not an object with a `keys` array")]
     NotJwks,
-    /// The `keys` array is empty.
-    #[error("the JWKS has no keys")]
+    /// The `keys` array is empty: refused at startup, accepted at a reload (see
+    /// [`KeySet::from_jwks_json`]).
+    #[error(
+        "the JWKS has no keys: the proxy does not start with it (a running proxy accepts it at a \
+         reload and then refuses every token)"
+    )]
     Empty,
     /// An entry of `keys` is not a JSON object.
     #[error("entry {index} of `keys` is not an object")]
@@ -83,8 +88,20 @@ pub enum KeySetError {
 }
 
 /// Public keys by `kid`, each pinned to its one algorithm. `Debug` shows the key ids only.
+/// A set may be empty (a reload that pulled every key): it then refuses every token.
 pub struct KeySet {
-    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    keys: HashMap<String, Key>,
+}
+
+/// A SHA-256 over a public key's algorithm and point: which key a `kid` named when a token was
+/// verified, so a later look-up notices a key replaced under the same `kid`.
+pub type KeyFingerprint = [u8; 32];
+
+/// One public key: its decoding form, its one algorithm and its fingerprint.
+pub(super) struct Key {
+    pub(super) decoding: DecodingKey,
+    pub(super) alg: Algorithm,
+    pub(super) fingerprint: KeyFingerprint,
 }
 
 impl fmt::Debug for KeySet {
@@ -111,8 +128,10 @@ impl KeySet {
     /// Parses a JWKS (`{"keys":[…]}`) of Ed25519 (`OKP`) and P-256 (`EC`) public keys.
     ///
     /// Every key needs a unique non-empty `kid`; its `alg`, when present, must be the one its key
-    /// type allows (`EdDSA` or `ES256`). Any other key type, private key material, a key marked
-    /// for encryption, or an empty set is an error: one bad key rejects the whole document.
+    /// type allows (`EdDSA` or `ES256`). Any other key type, private key material or a key
+    /// marked for encryption is an error: one bad key rejects the whole document. An empty
+    /// `keys` array is a valid document (an operator pulling the only key after a compromise);
+    /// whether to accept it is the loader's choice ([`KeySetError::Empty`], [`KeySet::is_empty`]).
     pub fn from_jwks_json(text: &str) -> Result<KeySet, KeySetError> {
         let doc: Value = serde_json::from_str(text).map_err(|e| KeySetError::Parse {
             line: e.line(),
@@ -122,9 +141,6 @@ impl KeySet {
             .get("keys")
             .and_then(Value::as_array)
             .ok_or(KeySetError::NotJwks)?;
-        if entries.is_empty() {
-            return Err(KeySetError::Empty);
-        }
         let mut keys = HashMap::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let jwk = entry
@@ -145,16 +161,18 @@ impl KeySet {
         Ok(KeySet { keys })
     }
 
+    /// Whether the set has no key at all (every token is refused).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The key ids, in no particular order.
     pub fn kids(&self) -> impl Iterator<Item = &str> {
         self.keys.keys().map(String::as_str)
     }
 
     /// The key a token header selects: its `kid`, or the only key when it names none.
-    pub(super) fn select(
-        &self,
-        kid: Option<&str>,
-    ) -> Result<&(DecodingKey, Algorithm), TokenError> {
+    pub(super) fn select(&self, kid: Option<&str>) -> Result<&Key, TokenError> {
         match kid {
             Some(kid) => self.keys.get(kid).ok_or(TokenError::UnknownKey),
             // SECURITY: without a kid we only guess when there is nothing to guess between.
@@ -165,10 +183,7 @@ impl KeySet {
 }
 
 /// One JWK, already known to be an object with a `kid`, as a decoding key and its algorithm.
-fn parse_public_key(
-    jwk: &serde_json::Map<String, Value>,
-    kid: &str,
-) -> Result<(DecodingKey, Algorithm), KeySetError> {
+fn parse_public_key(jwk: &serde_json::Map<String, Value>, kid: &str) -> Result<Key, KeySetError> {
     let err_kid = || shown(kid);
     // SECURITY: a JWKS is public; private parameters mean someone published the wrong file.
     if ["d", "p", "q", "dp", "dq", "qi", "k"]
@@ -209,7 +224,7 @@ fn parse_public_key(
         return Err(KeySetError::NotForSigning { kid: err_kid() });
     }
     let invalid = || KeySetError::InvalidKey { kid: err_kid() };
-    let key = match alg {
+    let (decoding, point) = match alg {
         Algorithm::ES256 => {
             let x = coordinate(jwk, "x").ok_or_else(invalid)?;
             let y = coordinate(jwk, "y").ok_or_else(invalid)?;
@@ -217,9 +232,22 @@ fn parse_public_key(
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            DecodingKey::from_ec_der(&point)
+            (DecodingKey::from_ec_der(&point), point)
         }
-        _ => DecodingKey::from_ed_der(&coordinate(jwk, "x").ok_or_else(invalid)?),
+        _ => {
+            let x = coordinate(jwk, "x").ok_or_else(invalid)?;
+            (DecodingKey::from_ed_der(&x), x)
+        }
     };
-    Ok((key, alg))
+    let fingerprint = Sha256::new()
+        .chain_update(expected)
+        .chain_update([0])
+        .chain_update(&point)
+        .finalize()
+        .into();
+    Ok(Key {
+        decoding,
+        alg,
+        fingerprint,
+    })
 }

@@ -15,8 +15,8 @@ use serde::Serialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::{valid_run_id, valid_scope, RunBudget};
-use crate::ids::{TenantId, WorkloadId};
+use super::{valid_scope, RunBudget};
+use crate::ids::{valid_run_id, TenantId, WorkloadId};
 
 /// Signature algorithm for new keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

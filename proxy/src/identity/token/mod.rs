@@ -17,10 +17,12 @@ mod mint;
 pub mod settings;
 mod verify;
 
-pub use keys::{KeySet, KeySetError};
+pub use keys::{KeyFingerprint, KeySet, KeySetError};
 pub use mint::{generate_key, mint, GeneratedKey, KeyAlgorithm, MintError, MintRequest};
 pub use settings::{TokenConfig, TokenSpec};
-pub use verify::{TokenError, TokenSettings, TokenVerifier, VerifiedToken};
+pub use verify::{
+    accepted_until, Accepted, TokenError, TokenSettings, TokenVerifier, VerifiedToken,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// Longest `run_id` and `correlation_id`, in characters.
-const MAX_ID_CLAIM_LEN: usize = 128;
+const MAX_ID_CLAIM_LEN: usize = crate::ids::MAX_RUN_ID_LEN;
 
 /// A run's budget as carried by its token.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -62,14 +64,6 @@ pub enum Initiator {
     Agent,
     /// A service.
     Service,
-}
-
-/// A `run_id` (and the form of other short id claims): 1-128 characters from `A-Za-z0-9._:-`.
-fn valid_run_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_ID_CLAIM_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// An OAuth scope token (RFC 6749 section 3.3): printable ASCII except space, `"` and `\`.

@@ -174,6 +174,7 @@ fn valid_tokens_carry_their_claims() {
             correlation_id: None,
             jti: Some("jti-7".into()),
             expires_at: NOW + 300,
+            accepted: got.accepted.clone(),
         };
         assert_eq!(got, want, "{name}");
     }
@@ -518,7 +519,6 @@ fn jwks_cases() {
         ("no keys member", "{}".into(), NotJwks),
         ("keys not a list", r#"{"keys":{}}"#.into(), NotJwks),
         ("top-level list", "[]".into(), NotJwks),
-        ("empty", r#"{"keys":[]}"#.into(), Empty),
         ("entry not an object", r#"{"keys":["k"]}"#.into(), InvalidEntry { index: 0 }),
         ("missing kid", okp(json!({"kid": null})), MissingKid { index: 0 }),
         ("empty kid", okp(json!({"kid": ""})), MissingKid { index: 0 }),
@@ -561,6 +561,65 @@ fn jwks_cases() {
     for (name, text) in accepted {
         assert!(KeySet::from_jwks_json(&text).is_ok(), "{name}");
     }
+    // An empty set is a document (the loader decides whether to serve it), and refuses every
+    // token.
+    let empty = KeySet::from_jwks_json(r#"{"keys":[]}"#).expect("empty set");
+    assert!(empty.is_empty());
+    let v = TokenVerifier::new(settings(), empty, HashSet::new());
+    assert_eq!(v.verify(&minted(|_| {}), NOW), Err(UnknownKey));
+}
+
+/// A token accepted once is judged again, against a verifier of a later snapshot (keys,
+/// settings, revocations) and at a later time, exactly as a fresh presentation of it would be:
+/// the same answer, with no signature verified again.
+#[test]
+fn recheck_judges_an_accepted_token_as_verify_would_now() {
+    let jwks: Value = serde_json::from_str(&testdata("test-jwks.json")).expect("json");
+    let es_only = json!({"keys": [jwks["keys"][1]]}).to_string();
+    let rotated = generate_key(KeyAlgorithm::EdDSA, "test-ed").expect("key");
+    let reused_kid = json!({"keys": [rotated.jwk, jwks["keys"][1]]}).to_string();
+    let with = |jwks: &str, settings: TokenSettings, revoked: &[&str]| {
+        let keys = KeySet::from_jwks_json(jwks).expect("jwks");
+        let revoked = revoked.iter().map(|j| j.to_string()).collect();
+        TokenVerifier::new(settings, keys, revoked)
+    };
+    let same = testdata("test-jwks.json");
+    let issuer = |iss: &str| TokenSettings {
+        issuer: Some(iss.into()),
+        ..settings()
+    };
+    // Issued at NOW, expiring at NOW + 300, leeway 30 s.
+    let token = minted(|r| {
+        r.jti = Some("jti-open".into());
+        r.issuer = Some("issuer-1".into());
+    });
+    let accepted = verifier().verify(&token, NOW).expect("valid");
+    #[rustfmt::skip]
+    let cases: Vec<(&str, TokenVerifier, u64, Result<(), TokenError>)> = vec![
+        ("unchanged", with(&same, settings(), &[]), NOW + 10, Ok(())),
+        ("past exp, within the leeway", with(&same, settings(), &[]), NOW + 320, Ok(())),
+        ("past exp and the leeway", with(&same, settings(), &[]), NOW + 331, Err(Expired)),
+        ("leeway shortened", with(&same, TokenSettings { leeway: Duration::ZERO, ..settings() }, &[]), NOW + 301, Err(Expired)),
+        ("key removed", with(&es_only, settings(), &[]), NOW + 10, Err(UnknownKey)),
+        ("no keys at all", with(r#"{"keys":[]}"#, settings(), &[]), NOW + 10, Err(UnknownKey)),
+        ("kid now names another key", with(&reused_kid, settings(), &[]), NOW + 10, Err(BadSignature)),
+        ("audience changed", with(&same, TokenSettings { audience: "other".into(), ..settings() }, &[]), NOW + 10, Err(WrongAudience)),
+        ("issuer now required, matching", with(&same, issuer("issuer-1"), &[]), NOW + 10, Ok(())),
+        ("issuer changed", with(&same, issuer("issuer-2"), &[]), NOW + 10, Err(WrongIssuer)),
+        ("max lifetime lowered", with(&same, TokenSettings { max_lifetime: Duration::from_secs(60), ..settings() }, &[]), NOW + 10, Err(LifetimeTooLong { max_secs: 60 })),
+        ("revoked", with(&same, settings(), &["jti-open"]), NOW + 10, Err(Revoked(Box::new(accepted.clone())))),
+    ];
+    for (name, now_verifier, at, want) in cases {
+        let fresh = now_verifier.verify(&token, at).map(|_| ());
+        assert_eq!(fresh, want, "{name}: a fresh presentation");
+        assert_eq!(now_verifier.recheck(&accepted, at), want, "{name}: recheck");
+    }
+    // A token that was never verified names no key.
+    let described = VerifiedToken {
+        accepted: Accepted::default(),
+        ..accepted
+    };
+    assert_eq!(verifier().recheck(&described, NOW), Err(UnknownKey));
 }
 
 #[test]

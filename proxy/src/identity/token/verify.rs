@@ -10,9 +10,9 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::keys::KeySet;
-use super::{valid_run_id, valid_scope, Initiator, RunBudget, MAX_ID_CLAIM_LEN, MAX_TOKEN_LEN};
-use crate::ids::{TenantId, WorkloadId};
+use super::keys::{KeyFingerprint, KeySet};
+use super::{valid_scope, Initiator, RunBudget, MAX_ID_CLAIM_LEN, MAX_TOKEN_LEN};
+use crate::ids::{valid_run_id, TenantId, WorkloadId};
 
 /// Verification settings.
 #[derive(Debug, Clone)]
@@ -25,6 +25,25 @@ pub struct TokenSettings {
     pub max_lifetime: Duration,
     /// Clock-skew allowance applied to `exp`, `nbf` and `iat`.
     pub leeway: Duration,
+}
+
+impl TokenSettings {
+    /// The last second (since the Unix epoch) a token expiring at `exp` is accepted: `exp` plus
+    /// the leeway. The one definition of "expired" (see [`Self::expired`]); runs end then too.
+    pub fn accepted_until(&self, exp: u64) -> u64 {
+        accepted_until(exp, self.leeway)
+    }
+
+    /// Whether a token expiring at `exp` is expired at `now_unix`, the leeway allowed.
+    pub fn expired(&self, exp: u64, now_unix: u64) -> bool {
+        now_unix > self.accepted_until(exp)
+    }
+}
+
+/// The last second a token expiring at `exp` is accepted with clock-skew allowance `leeway`
+/// (what [`TokenSettings::accepted_until`] computes, for callers that hold only the leeway).
+pub fn accepted_until(exp: u64, leeway: Duration) -> u64 {
+    exp.saturating_add(leeway.as_secs())
 }
 
 /// The claims as sent: every field is checked for type and value by [`TokenVerifier::verify`],
@@ -77,6 +96,28 @@ pub struct VerifiedToken {
     pub jti: Option<String>,
     /// Expiry (`exp`), seconds since the Unix epoch.
     pub expires_at: u64,
+    /// What the token was accepted on beyond the claims above, for [`TokenVerifier::recheck`].
+    pub accepted: Accepted,
+}
+
+/// The key that verified a token and the registered claims the settings judge (`aud`, `iss`,
+/// `iat`, `nbf`), kept so that a token already accepted (the one that opened a tunnel) can be
+/// judged again against the current key set and settings without verifying its signature again.
+/// The default names no key, so [`TokenVerifier::recheck`] refuses it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Accepted {
+    /// The header's `kid`, as the key was selected by.
+    kid: Option<String>,
+    /// The fingerprint of the key that verified the signature.
+    key: KeyFingerprint,
+    /// `aud`, as a list (a string `aud` is a list of one).
+    audiences: Vec<String>,
+    /// `iss`.
+    issuer: Option<String>,
+    /// `iat`.
+    issued_at: u64,
+    /// `nbf`.
+    not_before: Option<u64>,
 }
 
 /// Why a token was refused. Display texts go into error bodies: no token content.
@@ -147,6 +188,16 @@ fn time_claim(v: Option<Value>, name: &'static str) -> Result<Option<u64>, Token
         None => Ok(None),
         Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(TokenError::InvalidClaim(name)),
         Some(_) => Err(TokenError::InvalidClaim(name)),
+    }
+}
+
+/// `aud` (as a list) names `audience`; with `sole`, names it alone.
+fn check_audience(audiences: &[String], audience: &str, sole: bool) -> Result<(), TokenError> {
+    let found = audiences.iter().any(|a| a == audience);
+    if found && (!sole || audiences.len() == 1) {
+        Ok(())
+    } else {
+        Err(TokenError::WrongAudience)
     }
 }
 
@@ -230,16 +281,16 @@ impl TokenVerifier {
             // looked at, so no key can be misused with another algorithm.
             _ => return Err(TokenError::UnsupportedAlgorithm),
         };
-        let (key, key_alg) = self.keys.select(header.kid.as_deref())?;
+        let key = self.keys.select(header.kid.as_deref())?;
         // SECURITY: the key decides the algorithm, never the token header.
-        if alg != *key_alg {
+        if alg != key.alg {
             return Err(TokenError::UnsupportedAlgorithm);
         }
         if payload.is_empty() || signature.is_empty() {
             return Err(TokenError::Malformed);
         }
 
-        let mut validation = Validation::new(*key_alg);
+        let mut validation = Validation::new(key.alg);
         // Time claims are checked below against the caller's clock.
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -250,60 +301,32 @@ impl TokenVerifier {
         if let Some(iss) = &self.settings.issuer {
             validation.set_issuer(&[iss]);
         }
-        let claims = jsonwebtoken::decode::<RawClaims>(token, key, &validation)
+        let claims = jsonwebtoken::decode::<RawClaims>(token, &key.decoding, &validation)
             .map_err(|e| decode_error(&e))?
             .claims;
 
         // `aud` again, here, so its type and value are checked whatever the library does.
-        let aud_ok = match claims.aud {
+        let audiences = match claims.aud {
             None => return Err(TokenError::MissingClaim("aud")),
-            Some(Value::String(a)) => a == audience,
-            Some(Value::Array(list)) => {
-                let mut found = false;
-                for a in &list {
-                    match a.as_str() {
-                        Some(a) => found |= a == audience,
-                        None => return Err(TokenError::InvalidClaim("aud")),
-                    }
-                }
-                found && (!sole_audience || list.len() == 1)
-            }
+            Some(Value::String(a)) => vec![a],
+            Some(Value::Array(list)) => list
+                .into_iter()
+                .map(|a| match a {
+                    Value::String(a) => Ok(a),
+                    _ => Err(TokenError::InvalidClaim("aud")),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err(TokenError::InvalidClaim("aud")),
         };
-        if !aud_ok {
-            return Err(TokenError::WrongAudience);
-        }
+        check_audience(&audiences, audience, sole_audience)?;
 
-        let leeway = self.settings.leeway.as_secs();
         let exp = time_claim(claims.exp, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
         let iat = time_claim(claims.iat, "iat")?.ok_or(TokenError::MissingClaim("iat"))?;
         let nbf = time_claim(claims.nbf, "nbf")?;
-        if now_unix > exp.saturating_add(leeway) {
-            return Err(TokenError::Expired);
-        }
-        let horizon = now_unix.saturating_add(leeway);
-        if iat > horizon || nbf.is_some_and(|nbf| nbf > horizon) {
-            return Err(TokenError::NotYetValid);
-        }
-        // SECURITY: a token that expires before it was issued is broken, not merely short.
-        if exp < iat {
-            return Err(TokenError::InvalidClaim("exp"));
-        }
-        let max_secs = self.settings.max_lifetime.as_secs();
-        // SECURITY: a token minted for longer than allowed is refused even while fresh, so a
-        // leaked long-lived token cannot be used at all.
-        if exp.saturating_sub(iat) > max_secs {
-            return Err(TokenError::LifetimeTooLong { max_secs });
-        }
+        self.check_times(exp, iat, nbf, now_unix)?;
 
         let iss = string_claim(claims.iss, "iss")?;
-        if let Some(want) = &self.settings.issuer {
-            match iss {
-                None => return Err(TokenError::MissingClaim("iss")),
-                Some(iss) if iss != *want => return Err(TokenError::WrongIssuer),
-                Some(_) => {}
-            }
-        }
+        self.check_issuer(iss.as_deref())?;
 
         let jti = string_claim(claims.jti, "jti")?;
 
@@ -361,12 +384,88 @@ impl TokenVerifier {
             correlation_id,
             jti,
             expires_at: exp,
+            accepted: Accepted {
+                kid: header.kid,
+                key: key.fingerprint,
+                audiences,
+                issuer: iss,
+                issued_at: iat,
+                not_before: nbf,
+            },
         };
         // Checked last, so a revoked token's refusal can name whose token it was.
         if verified.jti.as_deref().is_some_and(|j| self.is_revoked(j)) {
             return Err(TokenError::Revoked(Box::new(verified)));
         }
         Ok(verified)
+    }
+
+    /// Judges a token this proxy accepted earlier (`token`, from [`Self::verify`], possibly by
+    /// a verifier of an older snapshot) as [`Self::verify`] would judge it now, with this
+    /// verifier's keys, settings and revocation list, and the same errors: its key gone from
+    /// the set is `UnknownKey`, its `kid` now naming another key `BadSignature` (the signature
+    /// would not verify), then audience, time claims (expiry with the leeway, lifetime), issuer
+    /// and revocation. The signature is not verified again: the key's fingerprint stands for it
+    /// (a look-up and a comparison, not the tens of microseconds of a signature check).
+    pub fn recheck(&self, token: &VerifiedToken, now_unix: u64) -> Result<(), TokenError> {
+        let accepted = &token.accepted;
+        let key = self.keys.select(accepted.kid.as_deref())?;
+        // SECURITY: the same `kid`, another key (a rotation that reused the id): the token's
+        // signature is not one this key made.
+        if key.fingerprint != accepted.key {
+            return Err(TokenError::BadSignature);
+        }
+        check_audience(&accepted.audiences, &self.settings.audience, false)?;
+        self.check_times(
+            token.expires_at,
+            accepted.issued_at,
+            accepted.not_before,
+            now_unix,
+        )?;
+        self.check_issuer(accepted.issuer.as_deref())?;
+        if token.jti.as_deref().is_some_and(|j| self.is_revoked(j)) {
+            return Err(TokenError::Revoked(Box::new(token.clone())));
+        }
+        Ok(())
+    }
+
+    /// The time claims against `now_unix`, with the leeway: expired, not yet valid, expiring
+    /// before issued, issued for longer than the maximum lifetime.
+    fn check_times(
+        &self,
+        exp: u64,
+        iat: u64,
+        nbf: Option<u64>,
+        now_unix: u64,
+    ) -> Result<(), TokenError> {
+        if self.settings.expired(exp, now_unix) {
+            return Err(TokenError::Expired);
+        }
+        let horizon = now_unix.saturating_add(self.settings.leeway.as_secs());
+        if iat > horizon || nbf.is_some_and(|nbf| nbf > horizon) {
+            return Err(TokenError::NotYetValid);
+        }
+        // SECURITY: a token that expires before it was issued is broken, not merely short.
+        if exp < iat {
+            return Err(TokenError::InvalidClaim("exp"));
+        }
+        let max_secs = self.settings.max_lifetime.as_secs();
+        // SECURITY: a token minted for longer than allowed is refused even while fresh, so a
+        // leaked long-lived token cannot be used at all.
+        if exp.saturating_sub(iat) > max_secs {
+            return Err(TokenError::LifetimeTooLong { max_secs });
+        }
+        Ok(())
+    }
+
+    /// `iss` against the configured issuer, when one is configured.
+    fn check_issuer(&self, iss: Option<&str>) -> Result<(), TokenError> {
+        match (&self.settings.issuer, iss) {
+            (None, _) => Ok(()),
+            (Some(_), None) => Err(TokenError::MissingClaim("iss")),
+            (Some(want), Some(iss)) if iss != want => Err(TokenError::WrongIssuer),
+            (Some(_), Some(_)) => Ok(()),
+        }
     }
 
     /// Whether the configured revocation list (the `revoked_jtis_file`) names token id `jti`.

@@ -1,0 +1,259 @@
+//! The admin port's own guards, against the real binary: with `[admin] token_file` every
+//! endpoint but the probes requires the token (missing, wrong and repeated `Authorization` are
+//! refused with the proxy's JSON error shape), the CLI sends it, a rotated file is read on
+//! reload, and the token is never logged; run ids are held to the token claim's rule before
+//! anything reaches Redis or the audit trail.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const TOKEN: &str = "e2e-admin-token-3f9a1c0d7b2e";
+const ROTATED: &str = "e2e-admin-token-rotated-51c8";
+
+/// A proxy whose admin endpoints require [`TOKEN`] (the file `admin-token` next to its
+/// configuration).
+fn guarded(spec: ProxySpec) -> Proxy {
+    let mut spec = spec;
+    spec.config.admin.token_file = Some("admin-token".into());
+    Proxy::start_prepared(spec, |dir| {
+        std::fs::write(dir.join("admin-token"), format!("{TOKEN}\n")).unwrap();
+    })
+}
+
+/// `method path` on the admin port with the extra header lines `headers` (each ending in CRLF).
+fn admin(proxy: &Proxy, method: &str, path: &str, headers: &str) -> Response {
+    raw_request_to(
+        proxy.admin_addr(),
+        &format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap()
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}\r\n")
+}
+
+#[test]
+fn the_admin_token_guards_every_endpoint_but_the_probes() {
+    let proxy = guarded(ProxySpec::default());
+
+    // The probes answer without a token (the kubelet sends none), and with one.
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(admin(&proxy, "GET", path, "").status, 200, "{path}");
+        assert_eq!(
+            admin(&proxy, "GET", path, &bearer(TOKEN)).status,
+            200,
+            "{path}"
+        );
+    }
+
+    let guarded_calls = [
+        ("GET", "/metrics"),
+        ("GET", "/usage?tenant=acme"),
+        ("POST", "/runs/close?tenant=acme&run=run-1"),
+        ("GET", "/no-such-endpoint"),
+    ];
+    for (method, path) in guarded_calls {
+        for (case, headers) in [
+            ("missing", String::new()),
+            ("wrong", bearer("e2e-admin-token-3f9a1c0d7b2f")),
+            (
+                "another scheme",
+                "Authorization: Basic YWRtaW46YWRtaW4=\r\n".to_string(),
+            ),
+            ("empty", "Authorization: Bearer \r\n".to_string()),
+        ] {
+            let r = admin(&proxy, method, path, &headers);
+            let refusal = r.assert_refused(401, "admin_unauthorized");
+            assert_eq!(refusal["error"]["request_id"], r.request_id().as_str());
+            assert!(
+                r.header("www-authenticate")
+                    .is_some_and(|v| v.starts_with("Bearer ")),
+                "{case} {path}"
+            );
+        }
+        // Two `Authorization` headers are refused, even when both carry the token.
+        let twice = format!("{}{}", bearer(TOKEN), bearer(TOKEN));
+        let refusal = admin(&proxy, method, path, &twice).assert_refused(400, "bad_request");
+        assert!(
+            refusal["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("more than once"),
+            "{refusal}"
+        );
+    }
+    // Nothing was closed by the refused calls: a close with the token finds the run unseen.
+    let closed = admin(
+        &proxy,
+        "POST",
+        "/runs/close?tenant=acme&run=run-1",
+        &bearer(TOKEN),
+    );
+    assert_eq!(closed.status, 200, "{}", closed.body_text());
+    assert_eq!(closed.json()["closed"], "before_start");
+    let metrics = admin(&proxy, "GET", "/metrics", &bearer(TOKEN));
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body_text().contains("tenant_proxy_"));
+    assert_eq!(
+        admin(&proxy, "GET", "/usage?tenant=acme", &bearer(TOKEN)).status,
+        200
+    );
+
+    // The CLI reads the token from the configuration's token_file.
+    let config = proxy.path("tenant-proxy.toml");
+    let addr = proxy.admin_addr().to_string();
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &[
+            "run",
+            "close",
+            "--admin",
+            &addr,
+            "--config",
+            config.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--run",
+            "run-2",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("before_start"), "{out}");
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &[
+            "usage",
+            "--admin",
+            &addr,
+            "--config",
+            config.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    // `check` is quiet about a configured token.
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["check", "--config", config.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("requires no token"), "{out}");
+
+    // A rotated token is read on reload: the old one stops working, the new one works.
+    std::fs::write(proxy.path("admin-token"), format!("{ROTATED}\n")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin(&proxy, "GET", "/metrics", &bearer(ROTATED)).status != 200 {
+        assert!(Instant::now() < deadline, "the rotated token was not read");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    admin(&proxy, "GET", "/metrics", &bearer(TOKEN)).assert_refused(401, "admin_unauthorized");
+    // A file that goes bad keeps the last good token (the reload is rejected).
+    std::fs::write(proxy.path("admin-token"), "short\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !proxy.log().contains("the admin token must be") {
+        assert!(
+            Instant::now() < deadline,
+            "the bad token file was not reported"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        admin(&proxy, "GET", "/metrics", &bearer(ROTATED)).status,
+        200
+    );
+    admin(&proxy, "GET", "/metrics", &bearer("short")).assert_refused(401, "admin_unauthorized");
+
+    let log = proxy.log();
+    assert!(!log.contains(TOKEN) && !log.contains(ROTATED), "{log}");
+}
+
+#[test]
+fn without_a_token_the_admin_port_is_open_and_check_warns() {
+    let proxy = Proxy::start(ProxySpec::default());
+    assert_eq!(admin(&proxy, "GET", "/metrics", "").status, 200);
+    let config = proxy.path("tenant-proxy.toml");
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["check", "--config", config.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: the admin port") && out.contains("token_file"),
+        "{out}"
+    );
+    assert!(proxy.log().contains("requires no token"));
+}
+
+#[test]
+fn run_ids_outside_the_claim_rule_are_refused_and_reach_neither_redis_nor_the_audit() {
+    let redis = RedisServer::start();
+    let proxy =
+        guarded(ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_secs(1)));
+    let long = "r".repeat(129);
+    let auth = bearer(TOKEN);
+    for run in [
+        "..%2F..%2Fetc%0Aevil%00x",
+        "",
+        "a%20b",
+        "a%7Bb%7D",
+        "%C3%A9",
+        long.as_str(),
+    ] {
+        for (method, path) in [
+            ("POST", format!("/runs/close?tenant=acme&run={run}")),
+            ("GET", format!("/usage?tenant=acme&run={run}")),
+        ] {
+            let r = admin(&proxy, method, &path, &auth);
+            let refusal = r.assert_refused(400, "bad_request");
+            let message = refusal["error"]["message"].as_str().unwrap();
+            assert!(message.contains("not a valid run id"), "{path}: {message}");
+            assert!(!message.contains("etc"), "not echoed: {message}");
+        }
+    }
+    // The rule is the token's: 128 characters and its punctuation pass.
+    let ok = format!("A.b_c:d-{}", "r".repeat(120));
+    let r = admin(
+        &proxy,
+        "GET",
+        &format!("/usage?tenant=acme&run={ok}"),
+        &auth,
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    // Nothing of the refused ids was written: no run key, no audit record.
+    assert!(
+        redis.command("KEYS *").iter().all(|k| !k.contains(":run:")),
+        "{:?}",
+        redis.command("KEYS *")
+    );
+    assert!(proxy.audit_records("acme").is_empty());
+
+    // The CLI holds the same rule before calling.
+    let config = proxy.path("tenant-proxy.toml");
+    let addr = proxy.admin_addr().to_string();
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &[
+            "run",
+            "close",
+            "--admin",
+            &addr,
+            "--config",
+            config.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--run",
+            "../../etc",
+        ],
+        "",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not a valid run id"), "{out}");
+}
