@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-use tenant_proxy::audit::checkpoint::{Checkpoint, Signer};
+use tenant_proxy::audit::chain::line_hash;
+use tenant_proxy::audit::checkpoint::{Checkpoint, CheckpointLink, Signer};
 
 fn url(origin: &Origin, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", origin.port)
@@ -254,7 +255,8 @@ fn chains_survive_restart_and_rotation_and_every_tamper_is_detected() {
             "forge a checkpoint signed with another key",
             Box::new(|d: &Path| {
                 // A checkpoint signed by a key the attacker holds and publishes next to the
-                // real one (it could vouch for a truncated chain just as well).
+                // real one (it could vouch for a truncated chain just as well), linked as the
+                // writer would link it.
                 let path = d.join(&checkpoints);
                 let mut lines = lines_of(&path);
                 let real: Checkpoint = serde_json::from_str(lines.last().unwrap()).unwrap();
@@ -264,6 +266,10 @@ fn chains_survive_restart_and_rotation_and_every_tamper_is_detected() {
                     &hex::decode(&real.hash).unwrap().try_into().unwrap(),
                     real.file.clone(),
                     real.time.clone(),
+                    CheckpointLink {
+                        prev: line_hash(lines.last().unwrap().as_bytes()),
+                        interval: Duration::from_millis(real.interval_ms.unwrap()),
+                    },
                 );
                 other_key.publish(d).unwrap();
                 lines.push(serde_json::to_string(&forged).unwrap());
@@ -695,4 +701,291 @@ fn an_exported_file_verifies_on_its_own_and_one_changed_byte_fails_it() {
     assert_eq!(code, 1, "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report[0]["problem"]["reason"], "deleted", "{out}");
+}
+
+/// A proxy that signs every second with the key `audit keygen` made.
+fn signing_every_second() -> ProxySpec {
+    let mut spec = ProxySpec::default();
+    spec.config.audit.checkpoint_interval = Some(Duration::from_secs(1));
+    spec.config.audit.signing_key = Some("keys/audit-signing-key.pem".into());
+    spec
+}
+
+/// `tenant`'s record lines in chain order, each with its file.
+fn chain_lines(tenant_dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut files = record_files(tenant_dir);
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| lines_of(f).into_iter().map(move |l| (f.clone(), l)))
+        .collect()
+}
+
+/// Writes `lines` back into the files they name; `files` (all of them) are rewritten, emptied
+/// when no line is left.
+fn write_chain(files: &[PathBuf], lines: &[(PathBuf, String)]) {
+    for f in files {
+        let mine: Vec<String> = lines
+            .iter()
+            .filter(|(p, _)| p == f)
+            .map(|(_, l)| l.clone())
+            .collect();
+        write_lines(f, &mine);
+    }
+}
+
+/// Deletes the record at `seq`, renumbers each later line to `seq - 1` and sets its `prev` to
+/// the hash of the (new) line before it, keeping the rest of its bytes: the chain links again.
+fn delete_and_rechain(tenant_dir: &Path, seq: usize) {
+    let files = record_files(tenant_dir);
+    let mut lines = chain_lines(tenant_dir);
+    lines.remove(seq - 1);
+    for i in seq - 1..lines.len() {
+        let prev = hex::encode(line_hash(lines[i - 1].1.as_bytes()));
+        let text = &lines[i].1;
+        let tail = &text[text.find("\"prev\":\"").unwrap() + 8 + 64 + 1..];
+        lines[i].1 = format!("{{\"seq\":{},\"prev\":\"{prev}\"{tail}", i + 1);
+    }
+    write_chain(&files, &lines);
+}
+
+/// Keeps the checkpoint lines `keep` accepts.
+fn keep_checkpoints(path: &Path, keep: impl Fn(&Checkpoint) -> bool) {
+    let lines: Vec<String> = lines_of(path)
+        .into_iter()
+        .filter(|l| keep(&serde_json::from_str(l).unwrap()))
+        .collect();
+    write_lines(path, &lines);
+}
+
+#[test]
+fn removed_checkpoints_fail_verification_with_or_without_a_pinned_key() {
+    let origin = Origin::start();
+    let keys_home = tempfile::tempdir().unwrap();
+    let public = keygen(keys_home.path());
+    let copy_keys = |dir: &Path| copy_dir(&keys_home.path().join("keys"), &dir.join("keys"));
+
+    // 40 records, a restart, 50 more, a pause longer than the interval and the grace, 36 more.
+    let first = Proxy::start_prepared(signing_every_second(), copy_keys);
+    traffic(&first, &origin, 40, 0);
+    stop_cleanly(&first);
+    let audit_of_first = first.path("audit");
+    let second = Proxy::start_prepared(signing_every_second(), |dir| {
+        copy_keys(dir);
+        copy_dir(&audit_of_first, &dir.join("audit"));
+    });
+    traffic(&second, &origin, 50, 0);
+    std::thread::sleep(Duration::from_millis(3500));
+    traffic(&second, &origin, 36, 0);
+    stop_cleanly(&second);
+    let audit = second.path("audit");
+    let checkpoints_of = |d: &Path| d.join("acme").join("checkpoints.jsonl");
+    let checkpoints: Vec<Checkpoint> = lines_of(&checkpoints_of(&audit))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(checkpoints.len() >= 3, "{checkpoints:?}");
+    assert!(checkpoints.iter().all(|c| c.interval_ms == Some(1000)));
+    // The last checkpoint before record 50, as the attack keeps it.
+    let kept = checkpoints
+        .iter()
+        .filter(|c| c.seq < 50)
+        .map(|c| c.seq)
+        .max()
+        .unwrap();
+
+    // A second of grace (the interval is as short); the interval itself when no checkpoint
+    // is left to state it.
+    let pinned = public.to_str().unwrap();
+    let strict = ["--grace", "1s", "--checkpoint-interval", "1s"];
+    let with_key = [&strict[..], &["--key", pinned]].concat();
+    for args in [&strict[..], &with_key[..]] {
+        let (code, clean) = verify(&audit, args);
+        assert_eq!(code, 0, "{clean:#}");
+        assert_eq!(clean["acme"]["records"], 126, "{clean:#}");
+        assert!(
+            clean["acme"]["notes"].as_array().unwrap().is_empty(),
+            "{clean:#}"
+        );
+    }
+
+    type Tamper<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Tamper, &str, String)> = vec![
+        (
+            "delete record 50, re-chain the rest, keep the checkpoints before it",
+            Box::new(|d: &Path| {
+                delete_and_rechain(&d.join("acme"), 50);
+                keep_checkpoints(&checkpoints_of(d), |c| c.seq < 50);
+            }),
+            "unsigned",
+            format!(
+                "seq {} to 125 are covered by no checkpoint, yet seq {}",
+                kept + 1,
+                kept + 1
+            ),
+        ),
+        (
+            "delete a middle checkpoint",
+            Box::new(|d: &Path| {
+                let path = checkpoints_of(d);
+                let mut lines = lines_of(&path);
+                lines.remove(1);
+                write_lines(&path, &lines);
+            }),
+            "checkpoint_gap",
+            "checkpoint 2 (seq".to_string(),
+        ),
+        (
+            "empty checkpoints.jsonl",
+            Box::new(|d: &Path| std::fs::write(checkpoints_of(d), "").unwrap()),
+            "unsigned",
+            "seq 1 to 126 are covered by no checkpoint".to_string(),
+        ),
+        (
+            "delete checkpoints.jsonl",
+            Box::new(|d: &Path| std::fs::remove_file(checkpoints_of(d)).unwrap()),
+            "unsigned",
+            "the writer signs every 1s (as given)".to_string(),
+        ),
+    ];
+    for (name, tamper, expected, detail) in &cases {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(&audit, copy.path());
+        tamper(copy.path());
+        for args in [&strict[..], &with_key[..]] {
+            let (code, report) = verify(copy.path(), args);
+            assert_eq!(code, 1, "{name} {args:?}: {report:#}");
+            assert_eq!(
+                reason(&report, "acme").as_deref(),
+                Some(*expected),
+                "{name} {args:?}: {report:#}"
+            );
+            let text = report["acme"]["problem"]["detail"].as_str().unwrap();
+            assert!(text.contains(detail.as_str()), "{name}: {text}");
+        }
+    }
+    // The table names the range and the times.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&audit, copy.path());
+    (cases[0].1)(copy.path());
+    let out = Command::new(proxy_bin())
+        .args([
+            "audit",
+            "verify",
+            "--dir",
+            copy.path().to_str().unwrap(),
+            "--tenant",
+            "acme",
+        ])
+        .args(strict)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    assert!(
+        table.contains("unsigned at") && table.contains("before the newest record (seq 125, 20"),
+        "{table}"
+    );
+
+    // Cutting the records and their checkpoints after some point (the whole tail) cannot be
+    // told from the files; a checkpoint kept elsewhere tells it.
+    let anchor_home = tempfile::tempdir().unwrap();
+    let anchor = anchor_home.path().join("acme-last-checkpoint.jsonl");
+    std::fs::write(&anchor, lines_of(&checkpoints_of(&audit)).last().unwrap()).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&audit, copy.path());
+    let files = record_files(&copy.path().join("acme"));
+    let lines = chain_lines(&copy.path().join("acme"));
+    write_chain(&files, &lines[..kept as usize]);
+    keep_checkpoints(&checkpoints_of(copy.path()), |c| c.seq <= kept);
+    let (code, report) = verify(copy.path(), &with_key);
+    assert_eq!(code, 0, "{report:#}");
+    let anchored = [&with_key[..], &["--anchor", anchor.to_str().unwrap()]].concat();
+    let (code, report) = verify(copy.path(), &anchored);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(reason(&report, "acme").as_deref(), Some("truncated"));
+    let text = report["acme"]["problem"]["detail"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("covers seq 126 but the records end at seq {kept}")),
+        "{text}"
+    );
+    assert_eq!(verify(&audit, &anchored).0, 0);
+
+    // An export on its own: intact it verifies; cut short with its checkpoints removed, not.
+    let (code, exported, err) =
+        export_within(&audit, &["--tenant", "acme"], Duration::from_secs(20)).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme.jsonl");
+    std::fs::write(&file, &exported).unwrap();
+    let file_args = [&with_key[..], &["--json"]].concat();
+    let (code, out, err) = verify_file(&file, &file_args);
+    assert_eq!(code, 0, "{out}{err}");
+    let cut: Vec<&str> = exported
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let seq = v["seq"].as_u64().unwrap();
+            if v.get("signature").is_some() {
+                seq < 50
+            } else {
+                seq <= 100
+            }
+        })
+        .collect();
+    std::fs::write(&file, cut.join("\n") + "\n").unwrap();
+    let (code, out, _) = verify_file(&file, &file_args);
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["problem"]["reason"], "unsigned", "{out}");
+    let text = report[0]["problem"]["detail"].as_str().unwrap();
+    assert!(
+        text.contains(&format!(
+            "seq {} to 100 are covered by no checkpoint",
+            kept + 1
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_crash_leaves_an_unsigned_tail_that_verifies_with_a_note() {
+    let origin = Origin::start();
+    // The default interval (60 s): nothing is signed before the crash.
+    let proxy = Proxy::start(ProxySpec::default());
+    traffic(&proxy, &origin, 5, 0);
+    proxy.wait_audit_records("acme", 5);
+    Command::new("kill")
+        .arg("-9")
+        .arg(proxy.pid().to_string())
+        .status()
+        .unwrap();
+    let audit = proxy.path("audit");
+    assert!(!audit.join("acme/checkpoints.jsonl").exists());
+    let (code, report) = verify(&audit, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    let notes = report["acme"]["notes"].to_string();
+    assert!(
+        notes.contains("seq 1 to 5 follow the last checkpoint (logged 20")
+            && notes.contains("within the checkpoint interval (1m, the default"),
+        "{notes}"
+    );
+
+    // The next start signs the chain the crash left unsigned before it writes anything else.
+    let after = Proxy::start_prepared(ProxySpec::default(), |dir| {
+        copy_dir(&audit, &dir.join("audit"))
+    });
+    traffic(&after, &origin, 1, 0);
+    stop_cleanly(&after);
+    let checkpoints: Vec<Checkpoint> = lines_of(&after.path("audit/acme/checkpoints.jsonl"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        checkpoints.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [5, 6]
+    );
+    let (code, report) = verify(&after.path("audit"), &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["acme"]["checkpoints"], 2, "{report:#}");
 }

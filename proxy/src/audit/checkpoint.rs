@@ -2,6 +2,14 @@
 //! hash) signed with the proxy's Ed25519 key. A checkpoint makes dropping the newest records
 //! detectable, which the chain alone cannot show.
 //!
+//! Checkpoints form a chain of their own: each signs the hash of the tenant's previous
+//! checkpoint line (`prev_checkpoint`, 64 zeros for the first) and the writer's
+//! `checkpoint_interval` (`interval_ms`), so removing or reordering a checkpoint breaks the link
+//! of the next one, and `audit verify` knows how long records may stay unsigned. Checkpoints
+//! written before the chain existed (v1: neither field) are still read, but only before the
+//! first chained one. The link is not named `prev`: a checkpoint line must never parse as a
+//! chained record (`seq`, `prev`, `tenant`).
+//!
 //! Public keys are published as `DIR/_keys/<key_id>.pub` (64 hex digits of the raw Ed25519
 //! key); `key_id` is the first 16 hex digits of the key's SHA-256, so a published file can be
 //! checked against its name. Anyone who can write the directory can publish a key of their
@@ -11,6 +19,7 @@
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine as _;
 use ring::rand::SystemRandom;
@@ -35,6 +44,13 @@ pub struct Checkpoint {
     pub file: String,
     /// RFC 3339 UTC time the checkpoint was made.
     pub time: String,
+    /// Hex SHA-256 of the tenant's previous checkpoint line (64 zeros for its first); absent in
+    /// a legacy (v1) checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_checkpoint: Option<String>,
+    /// The writer's `checkpoint_interval`, in milliseconds; absent in a legacy (v1) checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
     /// Which key signed it.
     pub key_id: String,
     /// Hex Ed25519 signature over [`Checkpoint::message`].
@@ -43,13 +59,33 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// The signed bytes: every field but the signature, newline-separated after a domain tag
-    /// (no field can contain a newline: ids, hex, a relative path and a time).
+    /// (no field can contain a newline: ids, hex, a relative path, a time and a number). A
+    /// chained checkpoint has its own tag (v2), so dropping its link fields to pass it off as a
+    /// legacy one breaks its signature.
     pub fn message(&self) -> Vec<u8> {
-        format!(
-            "tenant-proxy audit checkpoint v1\n{}\n{}\n{}\n{}\n{}\n{}",
+        let v1 = format!(
+            "{}\n{}\n{}\n{}\n{}\n{}",
             self.tenant, self.seq, self.hash, self.file, self.time, self.key_id
+        );
+        if !self.is_chained() {
+            return format!("tenant-proxy audit checkpoint v1\n{v1}").into_bytes();
+        }
+        format!(
+            "tenant-proxy audit checkpoint v2\n{v1}\n{}\n{}",
+            self.prev_checkpoint.as_deref().unwrap_or_default(),
+            self.interval_ms.map(|i| i.to_string()).unwrap_or_default()
         )
         .into_bytes()
+    }
+
+    /// Whether it carries a link field (written since checkpoints are chained).
+    pub fn is_chained(&self) -> bool {
+        self.prev_checkpoint.is_some() || self.interval_ms.is_some()
+    }
+
+    /// The writer's checkpoint interval it signed, if any.
+    pub fn interval(&self) -> Option<Duration> {
+        self.interval_ms.map(Duration::from_millis)
     }
 
     /// Whether the signature is valid for `public_key`.
@@ -61,6 +97,15 @@ impl Checkpoint {
             .verify(&self.message(), &signature)
             .is_ok()
     }
+}
+
+/// What a checkpoint links to: the tenant's previous checkpoint, and how often the writer signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointLink {
+    /// SHA-256 of the previous checkpoint's line ([`super::chain::GENESIS`] for the first).
+    pub prev: [u8; 32],
+    /// The writer's `checkpoint_interval`.
+    pub interval: Duration,
 }
 
 /// The id of a public key: the first 16 hex digits of its SHA-256.
@@ -146,7 +191,8 @@ impl Signer {
         hex::encode(self.pair.public_key().as_ref())
     }
 
-    /// A signed checkpoint of `tenant`'s chain at (`seq`, `hash`) in `file`.
+    /// A signed checkpoint of `tenant`'s chain at (`seq`, `hash`) in `file`, linked to the
+    /// tenant's previous checkpoint.
     pub fn checkpoint(
         &self,
         tenant: &str,
@@ -154,16 +200,24 @@ impl Signer {
         hash: &[u8; 32],
         file: String,
         time: String,
+        link: CheckpointLink,
     ) -> Checkpoint {
-        let mut c = Checkpoint {
+        self.sign(Checkpoint {
             tenant: tenant.to_string(),
             seq,
             hash: hex::encode(hash),
             file,
             time,
-            key_id: self.key_id.clone(),
+            prev_checkpoint: Some(hex::encode(link.prev)),
+            interval_ms: Some(u64::try_from(link.interval.as_millis()).unwrap_or(u64::MAX)),
+            key_id: String::new(),
             signature: String::new(),
-        };
+        })
+    }
+
+    /// Sets `c`'s key id to this key's and signs it.
+    pub fn sign(&self, mut c: Checkpoint) -> Checkpoint {
+        c.key_id = self.key_id.clone();
         c.signature = hex::encode(self.pair.sign(&c.message()));
         c
     }
@@ -219,15 +273,34 @@ mod tests {
     fn signature_covers_every_field() {
         let (signer, _) = Signer::generate().unwrap();
         let public = hex::decode(signer.public_hex()).unwrap();
-        let c = signer.checkpoint("acme", 7, &[1; 32], "2026/11/28.jsonl".into(), "t".into());
+        let link = CheckpointLink {
+            prev: [3; 32],
+            interval: Duration::from_secs(60),
+        };
+        let c = signer.checkpoint(
+            "acme",
+            7,
+            &[1; 32],
+            "2026/11/28.jsonl".into(),
+            "t".into(),
+            link,
+        );
         assert!(c.signed_by(&public));
         type Change = fn(&mut Checkpoint);
-        let changes: [(&str, Change); 5] = [
+        let changes: [(&str, Change); 10] = [
             ("tenant", |c| c.tenant = "globex".into()),
             ("seq", |c| c.seq += 1),
             ("hash", |c| c.hash = hex::encode([2u8; 32])),
             ("file", |c| c.file = "2026/11/29.jsonl".into()),
             ("time", |c| c.time = "u".into()),
+            ("prev", |c| c.prev_checkpoint = Some(hex::encode([4u8; 32]))),
+            ("interval", |c| c.interval_ms = Some(3_600_000)),
+            ("no prev", |c| c.prev_checkpoint = None),
+            ("no interval", |c| c.interval_ms = None),
+            ("made legacy", |c| {
+                c.prev_checkpoint = None;
+                c.interval_ms = None;
+            }),
         ];
         for (name, change) in changes {
             let mut forged = c.clone();
@@ -236,6 +309,18 @@ mod tests {
         }
         let (other, _) = Signer::generate().unwrap();
         assert!(!c.signed_by(&hex::decode(other.public_hex()).unwrap()));
+        // A legacy checkpoint (no link) still verifies, under its own tag.
+        let legacy = signer.sign(Checkpoint {
+            prev_checkpoint: None,
+            interval_ms: None,
+            ..c.clone()
+        });
+        assert!(legacy.signed_by(&public) && !legacy.is_chained());
+        let line = serde_json::to_string(&legacy).unwrap();
+        assert!(
+            !line.contains("prev") && !line.contains("interval_ms"),
+            "{line}"
+        );
     }
 
     #[test]

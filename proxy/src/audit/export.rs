@@ -165,7 +165,7 @@ pub fn export(
 mod tests {
     use super::*;
     use crate::audit::chain::{line_hash, seal, tests::record, ChainHead};
-    use crate::audit::checkpoint::Signer;
+    use crate::audit::checkpoint::{CheckpointLink, Signer};
 
     #[test]
     fn a_range_comes_with_the_checkpoints_that_prove_it() {
@@ -174,6 +174,7 @@ mod tests {
         let tenant_dir = dir.path().join("acme");
         let mut head = ChainHead::EMPTY;
         let mut checkpoints = String::new();
+        let mut last_checkpoint = crate::audit::chain::GENESIS;
         for (day, times) in [("28", ["10", "11", "12"]), ("29", ["10", "11", "12"])] {
             let mut text = Vec::new();
             for hour in times {
@@ -189,8 +190,14 @@ mod tests {
                         &line_hash(&line),
                         format!("2026/11/{day}.jsonl"),
                         time.clone(),
+                        CheckpointLink {
+                            prev: last_checkpoint,
+                            interval: std::time::Duration::from_secs(3600),
+                        },
                     );
-                    checkpoints.push_str(&serde_json::to_string(&c).unwrap());
+                    let c = serde_json::to_string(&c).unwrap();
+                    last_checkpoint = line_hash(c.as_bytes());
+                    checkpoints.push_str(&c);
                     checkpoints.push('\n');
                 }
             }

@@ -8,16 +8,30 @@
 //! - `truncated`: a checkpoint names a `seq` the records no longer reach;
 //! - `bad_signature`: a checkpoint is malformed, signed by an unknown key, or its signature
 //!   does not match;
+//! - `checkpoint_gap`: a checkpoint does not link to the line before it in the checkpoints
+//!   file (one was removed, reordered or changed), or a legacy checkpoint follows chained ones;
+//! - `unsigned`: records are covered by no checkpoint although they were logged longer than the
+//!   checkpoint interval (plus a grace, [`GRACE`] by default) before the newest record: the
+//!   writer signs every interval and at shutdown, so their checkpoints were removed;
 //! - `unreadable`: a file could not be read.
 //!
 //! A last line without its newline in the newest file is a write cut short by a crash: the
-//! chain ends cleanly before it (a note), unless a checkpoint vouched for more.
+//! chain ends cleanly before it (a note), unless a checkpoint vouched for more. Records after
+//! the last checkpoint logged within one interval of the newest record (a crash, or a proxy
+//! still running) are a note too.
+//!
+//! SECURITY: from the files alone, records cut off together with every checkpoint after them
+//! (the whole tail after some point) cannot be told from a log that ended there; an anchor kept
+//! elsewhere ([`Trust::anchors`], `audit verify --anchor`) can.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 use super::chain::{self, GENESIS};
 use super::checkpoint::{self, Checkpoint};
@@ -38,6 +52,10 @@ pub enum Problem {
     Truncated,
     /// A checkpoint's signature is invalid or its key unknown.
     BadSignature,
+    /// A checkpoint does not link to the one before it: checkpoints were removed or reordered.
+    CheckpointGap,
+    /// Records older than the checkpoint interval have no checkpoint: checkpoints were removed.
+    Unsigned,
     /// A file could not be read.
     Unreadable,
 }
@@ -51,6 +69,8 @@ impl Problem {
             Self::Deleted => "deleted",
             Self::Truncated => "truncated",
             Self::BadSignature => "bad_signature",
+            Self::CheckpointGap => "checkpoint_gap",
+            Self::Unsigned => "unsigned",
             Self::Unreadable => "unreadable",
         }
     }
@@ -122,6 +142,40 @@ impl Keys {
     }
 }
 
+/// The checkpoint interval assumed when no checkpoint signed one (the `[audit]` default).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How much longer than the checkpoint interval records may wait for their checkpoint, by
+/// default: the queue, batching and a slow disk delay writes and checkpoints, and clocks step.
+pub const GRACE: Duration = Duration::from_secs(60);
+
+/// What a verification trusts beyond the files: the signers' keys, the writer's checkpoint
+/// interval when no checkpoint states it, and checkpoints kept elsewhere.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// The keys checkpoints may be signed with.
+    pub keys: Keys,
+    /// The checkpoint interval to assume when no checkpoint signed one (legacy checkpoints, or
+    /// none left); [`DEFAULT_INTERVAL`] when `None`.
+    pub interval: Option<Duration>,
+    /// How much longer than the interval records may go unsigned ([`GRACE`] by default).
+    pub grace: Duration,
+    /// Checkpoints kept outside the audit directory (`--anchor`): each tenant's records must
+    /// still reach the ones of that tenant, and hold the very record each signed.
+    pub anchors: Vec<Checkpoint>,
+}
+
+impl From<Keys> for Trust {
+    fn from(keys: Keys) -> Self {
+        Self {
+            keys,
+            interval: None,
+            grace: GRACE,
+            anchors: Vec::new(),
+        }
+    }
+}
+
 /// The tenants with a partition in `audit_dir`, sorted.
 pub fn tenants(audit_dir: &Path) -> std::io::Result<Vec<TenantId>> {
     let mut out = Vec::new();
@@ -144,10 +198,31 @@ struct Entry {
     hash: [u8; 32],
     file: usize,
     line: usize,
+    /// When the record was handed to the writer: its `time` plus its `latency_ms`, if any.
+    logged: Option<OffsetDateTime>,
+}
+
+#[derive(Deserialize)]
+struct LoggedFields {
+    time: Option<String>,
+    latency_ms: Option<f64>,
+}
+
+/// When a record line was handed to the writer: a request's record is made when it ends, its
+/// `time` being when it arrived; an event's `time` is when it happened.
+fn logged_at(line: &[u8]) -> Option<OffsetDateTime> {
+    let fields: LoggedFields = serde_json::from_slice(line).ok()?;
+    let arrived = OffsetDateTime::parse(&fields.time?, &Rfc3339).ok()?;
+    let took = fields
+        .latency_ms
+        .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
+        .and_then(|d| time::Duration::try_from(d).ok())
+        .unwrap_or_default();
+    arrived.checked_add(took).or(Some(arrived))
 }
 
 /// Verifies one tenant's partition.
-pub fn verify_tenant(audit_dir: &Path, tenant: &str, keys: &Keys) -> TenantReport {
+pub fn verify_tenant(audit_dir: &Path, tenant: &str, trust: &Trust) -> TenantReport {
     let mut report = TenantReport {
         tenant: tenant.to_string(),
         records: 0,
@@ -156,7 +231,7 @@ pub fn verify_tenant(audit_dir: &Path, tenant: &str, keys: &Keys) -> TenantRepor
         problem: None,
         notes: Vec::new(),
     };
-    if let Err(finding) = check(&audit_dir.join(tenant), tenant, keys, &mut report) {
+    if let Err(finding) = check(&audit_dir.join(tenant), tenant, trust, &mut report) {
         report.problem = Some(finding);
     }
     report
@@ -179,7 +254,7 @@ fn unreadable(what: &Path, e: std::io::Error) -> Finding {
 fn check(
     tenant_dir: &Path,
     tenant: &str,
-    keys: &Keys,
+    trust: &Trust,
     report: &mut TenantReport,
 ) -> Result<(), Finding> {
     let files = layout::record_files(tenant_dir).map_err(|e| unreadable(tenant_dir, e))?;
@@ -196,7 +271,7 @@ fn check(
             report.last_seq
         ));
     }
-    partition.check_checkpoints(&entries, keys, report)
+    partition.check_checkpoints(&entries, trust, report)
 }
 
 /// One tenant's partition: its directory, and its record files' names in chain order.
@@ -270,14 +345,17 @@ impl Partition<'_> {
             hash: chain::line_hash(line),
             file,
             line: line_no,
+            logged: logged_at(line),
         })
     }
 
-    /// Checkpoints: each signed by a known key for this tenant, and reached by the records.
+    /// Checkpoints: each signed by a known key for this tenant, reached by the records and
+    /// linked to the one before it; then the anchors kept elsewhere, and how long the records
+    /// after the last checkpoint have gone unsigned.
     fn check_checkpoints(
         &self,
         entries: &[Entry],
-        keys: &Keys,
+        trust: &Trust,
         report: &mut TenantReport,
     ) -> Result<(), Finding> {
         let path = self.dir.join(CHECKPOINTS_FILE);
@@ -292,23 +370,51 @@ impl Partition<'_> {
                 "the last line of {CHECKPOINTS_FILE} is incomplete, a write cut short; ignored"
             ));
         }
-        let mut last_checkpoint = 0;
+        let mut links = CheckpointLinks::new(Some(GENESIS));
         for (li, line) in lines.iter().enumerate() {
-            let seq = self.check_checkpoint(line, li + 1, entries, keys, report)?;
-            last_checkpoint = last_checkpoint.max(seq);
+            let number = li + 1;
+            let at = Some(format!("{CHECKPOINTS_FILE}:{number}"));
+            let c = self.check_checkpoint(line, number, entries, &trust.keys, report)?;
+            links.follow(&c, line, number, at)?;
         }
-        if report.last_seq > last_checkpoint {
-            report.notes.push(format!(
-                "seq {} to {} follow the last checkpoint: the chain vouches for them, no signature yet",
-                last_checkpoint + 1,
-                report.last_seq
+        links.note_legacy(report);
+        for anchor in trust.anchors.iter().filter(|a| a.tenant == self.tenant) {
+            self.check_anchor(anchor, entries, &trust.keys, report)?;
+        }
+        let interval = links.interval(trust);
+        check_unsigned(entries, links.covered, interval, trust.grace, self, report)
+    }
+
+    /// A checkpoint kept outside the directory: signed by a known key, and the records still
+    /// reach it and hold the very record it signed.
+    fn check_anchor(
+        &self,
+        anchor: &Checkpoint,
+        entries: &[Entry],
+        keys: &Keys,
+        report: &TenantReport,
+    ) -> Result<(), Finding> {
+        let at = Some(format!("anchor seq {}", anchor.seq));
+        verify_signature(anchor, keys)
+            .map_err(|detail| finding(Problem::BadSignature, at.clone(), detail))?;
+        if anchor.seq > report.last_seq {
+            return Err(finding(
+                Problem::Truncated,
+                at,
+                format!(
+                    "the anchor (a checkpoint of {}) covers seq {} but the records end at seq {}: records and their checkpoints after seq {} were removed",
+                    anchor.time,
+                    anchor.seq,
+                    report.last_seq,
+                    report.last_seq
+                ),
             ));
         }
-        Ok(())
+        self.check_head(anchor, entries, "the anchor")
     }
 
     /// One checkpoint line (`number`, from 1): its signature, its tenant, and that the record
-    /// it signed is still the one at its `seq`. Returns that `seq`.
+    /// it signed is still the one at its `seq`. Returns the checkpoint.
     fn check_checkpoint(
         &self,
         line: &[u8],
@@ -316,23 +422,12 @@ impl Partition<'_> {
         entries: &[Entry],
         keys: &Keys,
         report: &mut TenantReport,
-    ) -> Result<u64, Finding> {
+    ) -> Result<Checkpoint, Finding> {
         let at = Some(format!("{CHECKPOINTS_FILE}:{number}"));
         let bad_signature = |detail: String| finding(Problem::BadSignature, at.clone(), detail);
         let c: Checkpoint = serde_json::from_slice(line)
             .map_err(|_| bad_signature("the line is not a checkpoint".into()))?;
-        let Some(key) = keys.get(&c.key_id) else {
-            return Err(bad_signature(format!(
-                "signed with unknown key `{}`",
-                c.key_id
-            )));
-        };
-        if !c.signed_by(&key) {
-            return Err(bad_signature(format!(
-                "the signature of key `{}` does not match",
-                c.key_id
-            )));
-        }
+        verify_signature(&c, keys).map_err(bad_signature)?;
         if c.tenant != self.tenant {
             return Err(bad_signature(format!(
                 "the checkpoint is for tenant `{}`",
@@ -350,6 +445,12 @@ impl Partition<'_> {
                 ),
             ));
         }
+        self.check_head(&c, entries, &format!("checkpoint {number}"))?;
+        Ok(c)
+    }
+
+    /// That the record at `c.seq` is the one `c` signed (`what` names `c` in the finding).
+    fn check_head(&self, c: &Checkpoint, entries: &[Entry], what: &str) -> Result<(), Finding> {
         let head = c
             .seq
             .checked_sub(1)
@@ -362,14 +463,206 @@ impl Partition<'_> {
             return Err(finding(
                 Problem::Modified,
                 head.and_then(|e| Some(format!("{}:{}", self.names.get(e.file)?, e.line))),
+                format!("record seq {} is not the one {what} signed", c.seq),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// That `c` is signed by a key of `keys`; else what is wrong.
+fn verify_signature(c: &Checkpoint, keys: &Keys) -> Result<(), String> {
+    let Some(key) = keys.get(&c.key_id) else {
+        return Err(format!("signed with unknown key `{}`", c.key_id));
+    };
+    if !c.signed_by(&key) {
+        return Err(format!(
+            "the signature of key `{}` does not match",
+            c.key_id
+        ));
+    }
+    Ok(())
+}
+
+/// The chain of checkpoint lines, followed one valid checkpoint at a time: each chained
+/// checkpoint names the line before it (`prev_checkpoint`), legacy ones (no link) only come first.
+struct CheckpointLinks {
+    /// What the next line must link to; `None` for the first line of an export (its link is
+    /// outside the file).
+    expected: Option<[u8; 32]>,
+    /// Whether a chained checkpoint was seen.
+    chained: bool,
+    /// Legacy checkpoints seen.
+    legacy: u64,
+    /// The largest `seq` a checkpoint covers.
+    covered: u64,
+    /// The interval the last chained checkpoint signed.
+    interval: Option<Duration>,
+}
+
+impl CheckpointLinks {
+    fn new(start: Option<[u8; 32]>) -> Self {
+        Self {
+            expected: start,
+            chained: false,
+            legacy: 0,
+            covered: 0,
+            interval: None,
+        }
+    }
+
+    /// Follows checkpoint line `number` (`c`, valid and signed; `line` its bytes).
+    fn follow(
+        &mut self,
+        c: &Checkpoint,
+        line: &[u8],
+        number: usize,
+        at: Option<String>,
+    ) -> Result<(), Finding> {
+        let gap = |detail: String| finding(Problem::CheckpointGap, at.clone(), detail);
+        if c.is_chained() {
+            let (Some(prev), Some(interval)) = (c.prev_checkpoint.as_deref(), c.interval()) else {
+                return Err(finding(
+                    Problem::BadSignature,
+                    at.clone(),
+                    "the checkpoint has only one of `prev_checkpoint` and `interval_ms`".into(),
+                ));
+            };
+            let Some(prev) = chain::parse_hash(prev) else {
+                return Err(finding(
+                    Problem::BadSignature,
+                    at.clone(),
+                    "the checkpoint's `prev_checkpoint` is not a SHA-256".into(),
+                ));
+            };
+            match self.expected {
+                Some(expected) if expected != prev => {
+                    return Err(gap(if number == 1 {
+                        format!(
+                            "the first checkpoint (seq {}, {}) links to an earlier one that is gone: checkpoints were removed",
+                            c.seq, c.time
+                        )
+                    } else {
+                        format!(
+                            "checkpoint {number} (seq {}, {}) does not link to checkpoint {}: a checkpoint between them was removed, or they were reordered or changed",
+                            c.seq,
+                            c.time,
+                            number - 1
+                        )
+                    }));
+                }
+                _ => {}
+            }
+            self.chained = true;
+            self.interval = Some(interval);
+        } else if self.chained {
+            return Err(gap(format!(
+                "checkpoint {number} (seq {}) has no link to the one before it, yet follows chained checkpoints",
+                c.seq
+            )));
+        } else {
+            self.legacy += 1;
+        }
+        self.expected = Some(chain::line_hash(line));
+        self.covered = self.covered.max(c.seq);
+        Ok(())
+    }
+
+    /// Notes legacy checkpoints: removing one of them cannot be told.
+    fn note_legacy(&self, report: &mut TenantReport) {
+        if self.legacy > 0 {
+            report.notes.push(format!(
+                "the first {} checkpoint(s) predate chained checkpoints: one of them removed could not be told",
+                self.legacy
+            ));
+        }
+    }
+
+    /// The writer's checkpoint interval: as the last chained checkpoint signed it, else as
+    /// given, else the default.
+    fn interval(&self, trust: &Trust) -> (Duration, &'static str) {
+        match (self.interval, trust.interval) {
+            (Some(i), _) => (i, "as the last checkpoint states"),
+            (None, Some(i)) => (i, "as given"),
+            (None, None) => (
+                DEFAULT_INTERVAL,
+                "the default; no checkpoint states it, `--checkpoint-interval` sets it",
+            ),
+        }
+    }
+}
+
+/// Records after the last checkpoint (`covered`) may go unsigned only for the writer's
+/// checkpoint interval (plus `grace`): it signs every interval and when it stops, and signs a
+/// chain a crash left unsigned when it starts again. So a record logged longer than that before
+/// the newest record, yet covered by no checkpoint, means checkpoints were removed. Within it,
+/// unsigned records (a crash, or a writer still running) are a note.
+fn check_unsigned(
+    entries: &[Entry],
+    covered: u64,
+    (interval, source): (Duration, &str),
+    grace: Duration,
+    partition: &Partition<'_>,
+    report: &mut TenantReport,
+) -> Result<(), Finding> {
+    if report.last_seq <= covered {
+        return Ok(());
+    }
+    let first = covered + 1;
+    let uncovered: Vec<&Entry> = entries.iter().filter(|e| e.seq > covered).collect();
+    let newest = entries
+        .iter()
+        .filter_map(|e| Some((e.logged?, e.seq)))
+        .max();
+    let allowed = interval.saturating_add(grace);
+    // Whole seconds, or milliseconds below a second.
+    let show = |d: Duration| {
+        let shown = if d >= Duration::from_secs(1) {
+            Duration::from_secs(d.as_secs())
+        } else {
+            Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(0))
+        };
+        humantime::format_duration(shown)
+    };
+    let stamp = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
+    if let Some((newest, newest_seq)) = newest {
+        let too_old = uncovered.iter().find_map(|e| {
+            let logged = e.logged?;
+            let age = Duration::try_from(newest - logged).ok()?;
+            (age > allowed).then_some((e, logged, age))
+        });
+        if let Some((e, logged, age)) = too_old {
+            return Err(finding(
+                Problem::Unsigned,
+                partition.at(e.file, e.line),
                 format!(
-                    "record seq {} is not the one checkpoint {number} signed",
-                    c.seq
+                    "seq {first} to {} are covered by no checkpoint, yet seq {} was logged at {}, {} before the newest record (seq {newest_seq}, {}); the writer signs every {} ({source}) and when it stops, so at most {} (with {} grace) may be unsigned: checkpoints were removed",
+                    report.last_seq,
+                    e.seq,
+                    stamp(logged),
+                    show(age),
+                    stamp(newest),
+                    show(interval),
+                    show(allowed),
+                    show(grace),
                 ),
             ));
         }
-        Ok(c.seq)
     }
+    let span = uncovered.iter().filter_map(|e| e.logged).fold(
+        None,
+        |acc: Option<(OffsetDateTime, OffsetDateTime)>, t| {
+            Some(acc.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))))
+        },
+    );
+    report.notes.push(format!(
+        "seq {first} to {} follow the last checkpoint{}: within the checkpoint interval ({}, {source}) of the newest record, the chain vouches for them, no signature yet",
+        report.last_seq,
+        span.map(|(lo, hi)| format!(" (logged {} to {})", stamp(lo), stamp(hi)))
+            .unwrap_or_default(),
+        show(interval),
+    ));
+    Ok(())
 }
 
 /// Walks the links in file order: each `seq` one more than the last (else reordered or
@@ -464,10 +757,12 @@ fn gap(
 /// Verifies a file `audit export` wrote, on its own: its records (one tenant's, a range that
 /// may start after `seq` 1) must link one to the next, and its checkpoints (after the records)
 /// must be signed by a key of `keys` for that tenant and, where they fall inside the range, sign
-/// the very record at their `seq`. `name` is how findings name the file. What the file cannot
-/// prove is a note: the link of its first record to the one before the range, and records after
-/// the last checkpoint inside the range.
-pub fn verify_export(bytes: &[u8], name: &str, keys: &Keys) -> TenantReport {
+/// the very record at their `seq`, and each link to the checkpoint before it in the file. `name`
+/// is how findings name the file. What the file cannot prove is a note: the link of its first
+/// record to the one before the range, of its first checkpoint to the one before it, and records
+/// after the last checkpoint logged within one checkpoint interval of the file's newest record
+/// (older ones are `unsigned`, as in a directory).
+pub fn verify_export(bytes: &[u8], name: &str, trust: &Trust) -> TenantReport {
     let mut report = TenantReport {
         tenant: String::new(),
         records: 0,
@@ -476,7 +771,7 @@ pub fn verify_export(bytes: &[u8], name: &str, keys: &Keys) -> TenantReport {
         problem: None,
         notes: Vec::new(),
     };
-    if let Err(finding) = check_export(bytes, name, keys, &mut report) {
+    if let Err(finding) = check_export(bytes, name, trust, &mut report) {
         report.problem = Some(finding);
     }
     report
@@ -485,7 +780,7 @@ pub fn verify_export(bytes: &[u8], name: &str, keys: &Keys) -> TenantReport {
 fn check_export(
     bytes: &[u8],
     name: &str,
-    keys: &Keys,
+    trust: &Trust,
     report: &mut TenantReport,
 ) -> Result<(), Finding> {
     let at = |line: usize| Some(format!("{name}:{line}"));
@@ -531,22 +826,15 @@ fn check_export(
             first.seq - 1
         ));
     }
-    let mut vouched = first.seq.saturating_sub(1);
+    // The first checkpoint's link is to one before the file.
+    let mut links = CheckpointLinks::new(None);
     for (i, line) in checkpoints.iter().enumerate() {
         let number = split + i + 1;
         let bad = |detail: String| finding(Problem::BadSignature, at(number), detail);
         let c: Checkpoint = serde_json::from_slice(line).map_err(|_| {
             bad("the line is neither a record (records come first) nor a checkpoint".into())
         })?;
-        let Some(key) = keys.get(&c.key_id) else {
-            return Err(bad(format!("signed with unknown key `{}`", c.key_id)));
-        };
-        if !c.signed_by(&key) {
-            return Err(bad(format!(
-                "the signature of key `{}` does not match",
-                c.key_id
-            )));
-        }
+        verify_signature(&c, &trust.keys).map_err(bad)?;
         if c.tenant != first.tenant {
             return Err(bad(format!("the checkpoint is for tenant `{}`", c.tenant)));
         }
@@ -561,6 +849,7 @@ fn check_export(
                 ),
             ));
         }
+        links.follow(&c, line, i + 1, at(number))?;
         // The checkpoint just after the range signs a record the file does not hold.
         let Some(e) = entries.get(usize::try_from(c.seq - first.seq).unwrap_or(usize::MAX)) else {
             continue;
@@ -575,31 +864,60 @@ fn check_export(
                 ),
             ));
         }
-        vouched = vouched.max(c.seq);
     }
-    if report.last_seq > vouched {
-        report.notes.push(format!(
-            "seq {} to {} follow the last checkpoint inside the file: linked, not signed",
-            vouched + 1,
-            report.last_seq
-        ));
+    if links.chained && first_checkpoint_links_outside(checkpoints) {
+        report.notes.push(
+            "the file's first checkpoint links to one before the file: checkpoints before it are not checked".into(),
+        );
     }
-    Ok(())
+    links.note_legacy(report);
+    let covered = links.covered.max(first.seq.saturating_sub(1));
+    check_unsigned(
+        &entries,
+        covered,
+        links.interval(trust),
+        trust.grace,
+        &partition,
+        report,
+    )
+}
+
+/// Whether the first checkpoint line names a predecessor (its `prev` is not all zeros).
+fn first_checkpoint_links_outside(checkpoints: &[&[u8]]) -> bool {
+    checkpoints
+        .first()
+        .and_then(|l| serde_json::from_slice::<Checkpoint>(l).ok())
+        .and_then(|c| c.prev_checkpoint)
+        .is_some_and(|p| chain::parse_hash(&p) != Some(GENESIS))
 }
 
 /// Verifies every tenant in `audit_dir` (or one).
+///
+/// SECURITY: a tenant an anchor names is verified even when its partition is gone (its records
+/// then end before the anchor).
 pub fn verify_dir(
     audit_dir: &Path,
     tenant: Option<&TenantId>,
-    keys: &Keys,
+    trust: &Trust,
 ) -> std::io::Result<Vec<TenantReport>> {
     let tenants = match tenant {
         Some(t) => vec![t.clone()],
-        None => tenants(audit_dir)?,
+        None => {
+            let mut all = tenants(audit_dir)?;
+            for a in &trust.anchors {
+                if let Ok(t) = TenantId::new(&a.tenant) {
+                    if !all.contains(&t) {
+                        all.push(t);
+                    }
+                }
+            }
+            all.sort();
+            all
+        }
     };
     Ok(tenants
         .iter()
-        .map(|t| verify_tenant(audit_dir, t.as_str(), keys))
+        .map(|t| verify_tenant(audit_dir, t.as_str(), trust))
         .collect())
 }
 
@@ -637,7 +955,7 @@ pub fn render_text(reports: &[TenantReport]) -> String {
 mod tests {
     use super::*;
     use crate::audit::chain::{seal, tests::record, ChainHead};
-    use crate::audit::checkpoint::Signer;
+    use crate::audit::checkpoint::{CheckpointLink, Signer};
 
     /// A partition of `n` acme records in two files, a checkpoint at `checkpoint_at`.
     struct Fixture {
@@ -648,13 +966,22 @@ mod tests {
 
     impl Fixture {
         fn new(n: u64) -> Self {
+            Self::timed(n, 0)
+        }
+
+        /// `n` records, one every `step` seconds from 2026-11-28T10:00:00Z.
+        fn timed(n: u64, step: i64) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let (signer, _) = Signer::generate().unwrap();
             signer.publish(dir.path()).unwrap();
             let mut head = ChainHead::EMPTY;
             let mut lines = Vec::new();
-            for _ in 0..n {
-                let (line, h) = seal(&record("acme", "2026-11-28T10:00:00Z"), head).unwrap();
+            let start = OffsetDateTime::parse("2026-11-28T10:00:00Z", &Rfc3339).unwrap();
+            for i in 0..n {
+                let time = (start + time::Duration::seconds(step * i as i64))
+                    .format(&Rfc3339)
+                    .unwrap();
+                let (line, h) = seal(&record("acme", &time), head).unwrap();
                 head = h;
                 lines.push(line);
             }
@@ -680,7 +1007,13 @@ mod tests {
             }
         }
 
+        /// A checkpoint at `seq`, the first of its chain.
         fn checkpoint(&self, seq: u64) -> Checkpoint {
+            self.checkpoint_after(seq, None)
+        }
+
+        /// A checkpoint at `seq` linked to `prev` (the first of its chain when `None`).
+        fn checkpoint_after(&self, seq: u64, prev: Option<&Checkpoint>) -> Checkpoint {
             let line = &self.lines[usize::try_from(seq - 1).unwrap()];
             let file = if seq as usize > self.lines.len() / 2 {
                 "2026/11/29.jsonl"
@@ -693,7 +1026,18 @@ mod tests {
                 &chain::line_hash(line),
                 file.into(),
                 "2026-11-29T00:00:00Z".into(),
+                link_to(prev),
             )
+        }
+
+        /// Chained checkpoints at `seqs`, as the writer makes them.
+        fn checkpoints(&self, seqs: &[u64]) -> Vec<Checkpoint> {
+            let mut out: Vec<Checkpoint> = Vec::new();
+            for &seq in seqs {
+                let c = self.checkpoint_after(seq, out.last());
+                out.push(c);
+            }
+            out
         }
 
         fn write_checkpoints(&self, list: &[Checkpoint]) {
@@ -706,7 +1050,33 @@ mod tests {
         }
 
         fn verify(&self) -> TenantReport {
-            verify_tenant(self.dir.path(), "acme", &Keys::published(self.dir.path()))
+            verify_tenant(
+                self.dir.path(),
+                "acme",
+                &Keys::published(self.dir.path()).into(),
+            )
+        }
+    }
+
+    /// The link to `prev`'s line (the first checkpoint's when `None`), 60 s interval.
+    fn link_to(prev: Option<&Checkpoint>) -> CheckpointLink {
+        CheckpointLink {
+            prev: prev.map_or(GENESIS, |p| {
+                chain::line_hash(serde_json::to_string(p).unwrap().as_bytes())
+            }),
+            interval: Duration::from_secs(60),
+        }
+    }
+
+    /// Renumbers `lines[from..]` to follow `lines[from - 1]` and links each to the line before
+    /// it, keeping the rest of their bytes: the re-chaining a forger does after deleting a record.
+    fn rechain(lines: &mut [Vec<u8>], from: usize) {
+        for i in from..lines.len() {
+            let prev = hex::encode(chain::line_hash(&lines[i - 1]));
+            let text = String::from_utf8(lines[i].clone()).unwrap();
+            // `{"seq":N,"prev":"<64 hex>"` then the rest, kept.
+            let tail = &text[text.find("\"prev\":\"").unwrap() + 8 + 64 + 1..];
+            lines[i] = format!("{{\"seq\":{},\"prev\":\"{prev}\"{tail}", i + 1).into_bytes();
         }
     }
 
@@ -809,6 +1179,7 @@ mod tests {
                         &chain::parse_hash(&c.hash).unwrap(),
                         c.file.clone(),
                         c.time.clone(),
+                        link_to(None),
                     );
                     // Claims the real key's id.
                     c.signature = forged.signature;
@@ -829,7 +1200,7 @@ mod tests {
         ];
         for (name, tamper, expected) in cases {
             let f = Fixture::new(8);
-            f.write_checkpoints(&[f.checkpoint(3), f.checkpoint(8)]);
+            f.write_checkpoints(&f.checkpoints(&[3, 8]));
             tamper(&f);
             let report = f.verify();
             assert_eq!(reason(&report), expected, "{name}: {report:?}");
@@ -848,6 +1219,7 @@ mod tests {
             &chain::line_hash(line),
             "2026/11/29.jsonl".into(),
             "t".into(),
+            link_to(None),
         );
         f.write_checkpoints(&[forged]);
         // Published keys accept it: whoever writes the directory can publish a key.
@@ -858,7 +1230,7 @@ mod tests {
                 .try_into()
                 .unwrap(),
         );
-        let report = verify_tenant(f.dir.path(), "acme", &pinned);
+        let report = verify_tenant(f.dir.path(), "acme", &pinned.into());
         assert_eq!(reason(&report), Some(Problem::BadSignature));
     }
 
@@ -884,5 +1256,230 @@ mod tests {
         lines.push(line);
         f.write_files(&lines);
         assert_eq!(reason(&f.verify()), Some(Problem::Modified));
+    }
+
+    #[test]
+    fn removed_checkpoints_are_detected() {
+        type Tamper = fn(&Fixture);
+        // 126 records a minute apart, signed every 10 (as a 10-minute interval would).
+        let cases: [(&str, Tamper, Option<Problem>, &str); 8] = [
+            ("intact", |_| {}, None, ""),
+            (
+                "delete record 50, re-chain, keep checkpoints before it",
+                |f| {
+                    let mut l = f.lines.clone();
+                    l.remove(49);
+                    rechain(&mut l, 49);
+                    f.write_files(&l);
+                    f.write_checkpoints(&f.checkpoints(&[10, 20, 30, 40]));
+                },
+                Some(Problem::Unsigned),
+                "seq 41 to 125 are covered by no checkpoint, yet seq 41 was logged at 2026-11-28T10:40:00Z, 1h 25m before the newest record (seq 125, 2026-11-28T12:05:00Z)",
+            ),
+            (
+                "cut the records at seq 29, drop the last checkpoints",
+                |f| {
+                    fs::remove_file(f.dir.path().join("acme/2026/11/29.jsonl")).unwrap();
+                    let kept: Vec<u8> = f.lines[..29].join(&b'\n');
+                    fs::write(f.dir.path().join("acme/2026/11/28.jsonl"), [&kept[..], b"\n"].concat()).unwrap();
+                    f.write_checkpoints(&f.checkpoints(&[10, 20]));
+                },
+                Some(Problem::Unsigned),
+                "seq 21 to 29",
+            ),
+            (
+                "empty checkpoints.jsonl",
+                |f| f.write_checkpoints(&[]),
+                Some(Problem::Unsigned),
+                "seq 1 to 126",
+            ),
+            (
+                "delete checkpoints.jsonl",
+                |f| fs::remove_file(f.dir.path().join("acme").join(CHECKPOINTS_FILE)).unwrap(),
+                Some(Problem::Unsigned),
+                "the default; no checkpoint states it",
+            ),
+            (
+                "delete a middle checkpoint",
+                |f| {
+                    let mut c = f.checkpoints(&[10, 20, 30, 40, 126]);
+                    c.remove(2);
+                    f.write_checkpoints(&c);
+                },
+                Some(Problem::CheckpointGap),
+                "checkpoint 3 (seq 40, 2026-11-29T00:00:00Z) does not link to checkpoint 2",
+            ),
+            (
+                "swap two checkpoints",
+                |f| {
+                    let mut c = f.checkpoints(&[10, 20, 30, 40, 126]);
+                    c.swap(1, 2);
+                    f.write_checkpoints(&c);
+                },
+                Some(Problem::CheckpointGap),
+                "does not link to checkpoint 1",
+            ),
+            (
+                "delete the first checkpoints",
+                |f| {
+                    let c = f.checkpoints(&[10, 20, 30, 40, 126]);
+                    f.write_checkpoints(&c[2..]);
+                },
+                Some(Problem::CheckpointGap),
+                "the first checkpoint (seq 30, 2026-11-29T00:00:00Z) links to an earlier one that is gone",
+            ),
+        ];
+        for (name, tamper, expected, detail) in cases {
+            let f = Fixture::timed(126, 60);
+            f.write_checkpoints(&f.checkpoints(&[10, 20, 30, 40, 126]));
+            tamper(&f);
+            let report = f.verify();
+            assert_eq!(reason(&report), expected, "{name}: {report:?}");
+            let text = report.problem.map(|p| p.detail).unwrap_or_default();
+            assert!(text.contains(detail), "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn an_unsigned_tail_within_the_interval_is_a_note() {
+        // Signed up to 120; 121..126 (5 minutes) unsigned: a crash within a 10-minute interval.
+        let f = Fixture::timed(126, 60);
+        let mut c = f.checkpoints(&[10, 120]);
+        let ten_minutes = |c: &mut Checkpoint| {
+            c.interval_ms = Some(600_000);
+            *c = f.signer.sign(c.clone());
+        };
+        ten_minutes(&mut c[0]);
+        c[1].prev_checkpoint = Some(hex::encode(chain::line_hash(
+            serde_json::to_string(&c[0]).unwrap().as_bytes(),
+        )));
+        ten_minutes(&mut c[1]);
+        f.write_checkpoints(&c);
+        let r = f.verify();
+        assert_eq!(r.problem, None, "{r:?}");
+        let notes = r.notes.join("\n");
+        assert!(
+            notes.contains("seq 121 to 126 follow the last checkpoint (logged 2026-11-28T12:00:00Z to 2026-11-28T12:05:00Z): within the checkpoint interval (10m, as the last checkpoint states)"),
+            "{notes}"
+        );
+        // With the 60 s interval the checkpoints state, the same tail is too old.
+        f.write_checkpoints(&f.checkpoints(&[10, 120]));
+        let r = f.verify();
+        assert_eq!(reason(&r), Some(Problem::Unsigned), "{r:?}");
+        assert!(r.problem.unwrap().detail.contains("seq 121 to 126"));
+    }
+
+    #[test]
+    fn legacy_checkpoints_are_accepted_only_before_chained_ones() {
+        let f = Fixture::timed(30, 60);
+        let legacy = |seq: u64| {
+            let mut c = f.checkpoint(seq);
+            c.prev_checkpoint = None;
+            c.interval_ms = None;
+            f.signer.sign(c)
+        };
+        let line = |c: &Checkpoint| serde_json::to_string(c).unwrap();
+        // Legacy at 10 and 20, then chained at 30 linked to the last legacy line.
+        let (l10, l20) = (legacy(10), legacy(20));
+        let mut c30 = f.checkpoint(30);
+        c30.prev_checkpoint = Some(hex::encode(chain::line_hash(line(&l20).as_bytes())));
+        let c30 = f.signer.sign(c30);
+        f.write_checkpoints(&[l10.clone(), l20.clone(), c30.clone()]);
+        let r = f.verify();
+        assert_eq!(r.problem, None, "{r:?}");
+        assert!(r
+            .notes
+            .iter()
+            .any(|n| n.contains("2 checkpoint(s) predate")));
+        // A legacy one after the chained one is refused.
+        f.write_checkpoints(&[l10.clone(), c30.clone(), legacy(30)]);
+        assert_eq!(reason(&f.verify()), Some(Problem::CheckpointGap));
+        // Legacy only: the default interval applies (given, when stated).
+        f.write_checkpoints(&[l10, legacy(20)]);
+        let r = f.verify();
+        assert_eq!(reason(&r), Some(Problem::Unsigned), "{r:?}");
+        let trust = Trust {
+            interval: Some(Duration::from_secs(3600)),
+            ..Keys::published(f.dir.path()).into()
+        };
+        let r = verify_tenant(f.dir.path(), "acme", &trust);
+        assert_eq!(r.problem, None, "{r:?}");
+    }
+
+    #[test]
+    fn an_anchor_kept_elsewhere_detects_a_cut_tail() {
+        let f = Fixture::timed(30, 60);
+        let all = f.checkpoints(&[10, 20, 30]);
+        // Records after 20 cut off with their checkpoints: the files alone cannot tell.
+        f.write_files(&f.lines[..20]);
+        f.write_checkpoints(&all[..2]);
+        assert_eq!(f.verify().problem, None);
+        let trust = Trust {
+            anchors: vec![all[2].clone()],
+            ..Keys::published(f.dir.path()).into()
+        };
+        let r = verify_tenant(f.dir.path(), "acme", &trust);
+        assert_eq!(reason(&r), Some(Problem::Truncated), "{r:?}");
+        assert!(r
+            .problem
+            .unwrap()
+            .detail
+            .contains("covers seq 30 but the records end at seq 20"));
+        // An intact directory satisfies its anchor; a forged anchor is refused.
+        f.write_files(&f.lines);
+        f.write_checkpoints(&all);
+        assert_eq!(verify_tenant(f.dir.path(), "acme", &trust).problem, None);
+        let mut forged = all[2].clone();
+        forged.seq = 29;
+        let trust = Trust {
+            anchors: vec![forged],
+            ..trust
+        };
+        let r = verify_tenant(f.dir.path(), "acme", &trust);
+        assert_eq!(reason(&r), Some(Problem::BadSignature), "{r:?}");
+        // An anchored tenant whose partition is gone entirely.
+        fs::remove_dir_all(f.dir.path().join("acme")).unwrap();
+        let trust = Trust {
+            anchors: vec![all[2].clone()],
+            ..Keys::published(f.dir.path()).into()
+        };
+        let reports = verify_dir(f.dir.path(), None, &trust).unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reason(&reports[0]), Some(Problem::Truncated));
+    }
+
+    #[test]
+    fn an_export_needs_its_checkpoints_too() {
+        let f = Fixture::timed(40, 60);
+        let checkpoints = f.checkpoints(&[10, 20, 30, 40]);
+        let export = |records: &[Vec<u8>], checkpoints: &[Checkpoint]| {
+            let mut out = Vec::new();
+            for l in records {
+                out.extend_from_slice(l);
+                out.push(b'\n');
+            }
+            for c in checkpoints {
+                out.extend_from_slice(serde_json::to_string(c).unwrap().as_bytes());
+                out.push(b'\n');
+            }
+            verify_export(&out, "x.jsonl", &Keys::published(f.dir.path()).into())
+        };
+        // A range from seq 11: its first checkpoint links outside the file.
+        let r = export(&f.lines[10..], &checkpoints[1..]);
+        assert_eq!(r.problem, None, "{r:?}");
+        assert!(r
+            .notes
+            .iter()
+            .any(|n| n.contains("links to one before the file")));
+        // Cut short with its checkpoints removed.
+        let r = export(&f.lines[..35], &checkpoints[..1]);
+        assert_eq!(reason(&r), Some(Problem::Unsigned), "{r:?}");
+        assert!(r.problem.unwrap().detail.contains("seq 11 to 35"));
+        // A middle checkpoint removed.
+        let r = export(&f.lines, &[&checkpoints[..1], &checkpoints[2..]].concat());
+        assert_eq!(reason(&r), Some(Problem::CheckpointGap), "{r:?}");
+        // No checkpoint at all.
+        let r = export(&f.lines, &[]);
+        assert_eq!(reason(&r), Some(Problem::Unsigned), "{r:?}");
     }
 }

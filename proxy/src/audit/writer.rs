@@ -11,8 +11,11 @@
 //! writer last knew durable, so a retried write never leaves half of it behind.
 //!
 //! At `checkpoint_interval`, and when the writer stops, each tenant with new durable records
-//! gets a signed checkpoint. With a Redis Stream sink ([`super::stream`]), durable records are
-//! then sent there too.
+//! gets a signed checkpoint, linked to the tenant's previous checkpoint line: the one this
+//! writer wrote last, or after a restart the last one on disk. A tenant whose recovered chain
+//! head the last checkpoint on disk does not cover (a crash) gets one at once, so records a crash
+//! left unsigned do not stay unsigned for longer than an interval. With a Redis Stream sink
+//! ([`super::stream`]), durable records are then sent there too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -26,7 +29,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
 use super::chain::{self, ChainHead};
-use super::checkpoint::Signer;
+use super::checkpoint::{Checkpoint, CheckpointLink, Signer};
 use super::layout::{self, FilePos, CHECKPOINTS_FILE};
 use super::stream::StreamSink;
 use super::{tail, AuditEntry};
@@ -124,8 +127,11 @@ struct TenantLog {
     cursor: Cursor,
     /// Handle on `cursor.pos`, when open.
     file: Option<(FilePos, File)>,
-    /// `seq` of the last checkpoint written for this tenant since start.
+    /// `seq` of the tenant's last checkpoint (on disk at recovery, then written by this writer).
     checkpointed: u64,
+    /// SHA-256 of the tenant's last checkpoint line, which the next one links to; `None` when
+    /// unknown (a failed append): read again from disk before the next checkpoint.
+    last_checkpoint: Option<[u8; 32]>,
 }
 
 /// The records of a tenant whose partition failed, oldest first, kept until they are durable.
@@ -521,18 +527,48 @@ impl Writer {
         Ok(())
     }
 
-    /// The tenant's log, recovered from its newest file on first use.
+    /// The tenant's log, recovered from its newest file on first use. The recovered head is
+    /// signed at once when the last checkpoint on disk does not cover it (the previous process
+    /// crashed) or states another interval than this writer's (so `audit verify` judges the
+    /// records this writer leaves unsigned by its interval).
     fn log(&mut self, tenant: &str, today: FilePos) -> io::Result<&mut TenantLog> {
         if !self.logs.contains_key(tenant) {
-            let cursor = recover(&self.settings.dir.join(tenant), today)?;
-            self.logs.insert(
-                tenant.to_string(),
-                TenantLog {
-                    cursor,
-                    file: None,
-                    checkpointed: 0,
-                },
+            let tenant_dir = self.settings.dir.join(tenant);
+            let cursor = recover(&tenant_dir, today)?;
+            let interval_ms = interval_ms(self.settings.checkpoint_interval);
+            let (checkpointed, last_checkpoint, announce) = match last_checkpoint(
+                &tenant_dir.join(CHECKPOINTS_FILE),
+            ) {
+                Ok(Some(last)) => (
+                    last.seq,
+                    Some(last.hash),
+                    last.interval_ms != Some(interval_ms),
+                ),
+                Ok(None) => (0, Some(chain::GENESIS), false),
+                Err(e) => {
+                    // Retried before the next checkpoint; records are written meanwhile.
+                    tracing::error!(error = %e, %tenant, "cannot read the last audit checkpoint");
+                    (0, None, false)
+                }
+            };
+            let mut log = TenantLog {
+                cursor,
+                file: None,
+                checkpointed,
+                last_checkpoint,
+            };
+            if announce && log.cursor.head.seq == checkpointed {
+                // Signs the same head again, with this writer's interval.
+                log.checkpointed = checkpointed.saturating_sub(1);
+            }
+            checkpoint_log(
+                &self.signer,
+                &self.settings,
+                tenant,
+                &mut log,
+                SystemTime::now(),
             );
+            self.logs.insert(tenant.to_string(), log);
         }
         self.logs
             .get_mut(tenant)
@@ -542,29 +578,94 @@ impl Writer {
     /// Signs and appends a checkpoint for every tenant whose chain moved since its last one.
     /// A failure is logged and retried at the next interval; records keep being written.
     fn checkpoint_all(&mut self) {
-        let time = crate::clock::rfc3339(SystemTime::now());
+        let now = SystemTime::now();
         for (tenant, log) in &mut self.logs {
-            let head = log.cursor.head;
-            if head.seq == 0 || head.seq == log.checkpointed {
-                continue;
-            }
-            let checkpoint = self.signer.checkpoint(
-                tenant,
-                head.seq,
-                &head.hash,
-                log.cursor.head_pos.rel(),
-                time.clone(),
-            );
-            let path = self.settings.dir.join(tenant).join(CHECKPOINTS_FILE);
-            match append_line(&path, &checkpoint, self.settings.fsync) {
-                Ok(()) => log.checkpointed = head.seq,
-                Err(e) => {
-                    METRICS.audit_write_errors.inc();
-                    tracing::error!(error = %e, tenant = %tenant, "cannot write the audit checkpoint");
-                }
-            }
+            checkpoint_log(&self.signer, &self.settings, tenant, log, now);
         }
     }
+}
+
+/// Signs `log`'s chain head, linked to the tenant's last checkpoint, and appends it, unless the
+/// last checkpoint already covers it. A failure is logged; the next attempt reads the link
+/// again from disk.
+fn checkpoint_log(
+    signer: &Signer,
+    settings: &AuditSettings,
+    tenant: &str,
+    log: &mut TenantLog,
+    now: SystemTime,
+) {
+    let head = log.cursor.head;
+    if head.seq == 0 || head.seq <= log.checkpointed {
+        return;
+    }
+    let path = settings.dir.join(tenant).join(CHECKPOINTS_FILE);
+    let prev = match log.last_checkpoint {
+        Some(prev) => Ok(prev),
+        None => last_checkpoint(&path).map(|last| last.map_or(chain::GENESIS, |l| l.hash)),
+    };
+    let written = prev.and_then(|prev| {
+        let checkpoint = signer.checkpoint(
+            tenant,
+            head.seq,
+            &head.hash,
+            log.cursor.head_pos.rel(),
+            crate::clock::rfc3339(now),
+            CheckpointLink {
+                prev,
+                interval: settings.checkpoint_interval,
+            },
+        );
+        let line = serde_json::to_vec(&checkpoint)?;
+        append_line(&path, &line, settings.fsync)?;
+        Ok(chain::line_hash(&line))
+    });
+    match written {
+        Ok(hash) => {
+            log.checkpointed = head.seq;
+            log.last_checkpoint = Some(hash);
+        }
+        Err(e) => {
+            // The line may or may not be on disk: the next one links to what the file says.
+            log.last_checkpoint = None;
+            METRICS.audit_write_errors.inc();
+            tracing::error!(error = %e, tenant = %tenant, "cannot write the audit checkpoint");
+        }
+    }
+}
+
+fn interval_ms(interval: Duration) -> u64 {
+    u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The last complete line of a tenant's checkpoints file.
+struct LastCheckpoint {
+    /// Its `seq` (0 when the line is not a checkpoint).
+    seq: u64,
+    /// Its line's hash, which the next checkpoint links to.
+    hash: [u8; 32],
+    /// The interval it states (none for a legacy checkpoint).
+    interval_ms: Option<u64>,
+}
+
+/// The last complete line of a tenant's checkpoints file; `None` when there is none. A line
+/// that is not a checkpoint still gives its hash (the next checkpoint links to what is there;
+/// `audit verify` reports the line).
+fn last_checkpoint(path: &Path) -> io::Result<Option<LastCheckpoint>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let complete = tail::complete_len(&file)?;
+    Ok(tail::last_line(&file, complete)?.map(|line| {
+        let parsed = serde_json::from_slice::<Checkpoint>(&line).ok();
+        LastCheckpoint {
+            seq: parsed.as_ref().map_or(0, |c| c.seq),
+            hash: chain::line_hash(&line),
+            interval_ms: parsed.and_then(|c| c.interval_ms),
+        }
+    }))
 }
 
 /// Marks the sink unhealthy when dropped.
@@ -654,13 +755,9 @@ fn recover(tenant_dir: &Path, today: FilePos) -> io::Result<Cursor> {
     })
 }
 
-fn append_line(
-    path: &PathBuf,
-    value: &impl serde::Serialize,
-    fsync: FsyncPolicy,
-) -> io::Result<()> {
-    let mut line = serde_json::to_vec(value)?;
-    line.push(b'\n');
+/// Appends `line` and its newline to `path`, after cutting a torn last line.
+fn append_line(path: &PathBuf, line: &[u8], fsync: FsyncPolicy) -> io::Result<()> {
+    let line = [line, b"\n"].concat();
     let mut file = OpenOptions::new()
         .create(true)
         .read(true)
@@ -751,10 +848,10 @@ mod tests {
         assert_eq!(files[0], "2026/11/28.jsonl");
         assert_eq!(files[1], "2026/11/29.jsonl");
         assert_eq!(files[2], "2026/11/29_000001.jsonl");
-        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()));
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
         assert_eq!(report.problem, None);
         assert_eq!((report.records, report.checkpoints), (13, 2));
-        let report = verify_tenant(dir.path(), "globex", &Keys::published(dir.path()));
+        let report = verify_tenant(dir.path(), "globex", &Keys::published(dir.path()).into());
         assert_eq!((report.records, report.problem), (1, None));
     }
 
@@ -770,7 +867,7 @@ mod tests {
         let mut w = writer(dir.path(), 1 << 20);
         w.write_batch(&batch("acme", 2), at("2026-11-28")).unwrap();
         w.checkpoint_all();
-        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()));
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
         assert_eq!((report.records, report.problem), (4, None));
     }
 
@@ -787,7 +884,7 @@ mod tests {
         w.write_tenant("acme", &batch("acme", 1), at("2026-11-28"), true)
             .unwrap();
         w.checkpoint_all();
-        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()));
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
         assert_eq!((report.records, report.problem), (3, None));
     }
 
@@ -812,7 +909,7 @@ mod tests {
         );
         // The next attempt starts again from the disk and continues the chain there.
         w.write_batch(&batch("acme", 1), at("2026-11-28")).unwrap();
-        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()));
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
         assert_eq!((report.records, report.problem), (3, None));
     }
 
@@ -891,7 +988,7 @@ mod tests {
         assert_eq!(request_ids(dir.path(), "acme"), ["a1", "a2", "a3"]);
         w.checkpoint_all();
         for tenant in ["acme", "globex"] {
-            let report = verify_tenant(dir.path(), tenant, &Keys::published(dir.path()));
+            let report = verify_tenant(dir.path(), tenant, &Keys::published(dir.path()).into());
             assert_eq!(report.problem, None, "{tenant}");
         }
     }
@@ -924,7 +1021,7 @@ mod tests {
         w.retry_held(Instant::now());
         assert!(w.held.is_empty());
         assert_eq!(request_ids(dir.path(), "acme"), ["a1", "a2"]);
-        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()));
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
         assert_eq!((report.records, report.problem), (2, None));
     }
 
@@ -944,5 +1041,95 @@ mod tests {
         assert!(w.health.sink.load(Ordering::Acquire));
         assert!(w.held.is_empty());
         assert_eq!(request_ids(&root, "acme"), ["a1"]);
+    }
+
+    fn checkpoint_lines(dir: &Path, tenant: &str) -> Vec<String> {
+        fs::read_to_string(dir.join(tenant).join(CHECKPOINTS_FILE))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn parsed(line: &str) -> Checkpoint {
+        serde_json::from_str(line).unwrap()
+    }
+
+    #[test]
+    fn checkpoints_chain_across_restarts_and_a_crashed_head_is_signed_at_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write_batch(&batch("acme", 3), at("2026-11-28")).unwrap();
+        w.checkpoint_all();
+        w.write_batch(&batch("acme", 2), at("2026-11-28")).unwrap();
+        // A crash: seq 4 and 5 are not signed.
+        drop(w);
+        let lines = checkpoint_lines(dir.path(), "acme");
+        assert_eq!(lines.len(), 1);
+        let first = parsed(&lines[0]);
+        assert_eq!(first.prev_checkpoint, Some(hex::encode(chain::GENESIS)));
+        assert_eq!(first.interval_ms, Some(60_000));
+        // The next process (another generated key) signs the recovered head before anything
+        // else, linked to the last checkpoint on disk.
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write_batch(&batch("acme", 1), at("2026-11-28")).unwrap();
+        let lines = checkpoint_lines(dir.path(), "acme");
+        assert_eq!(lines.len(), 2);
+        let recovered = parsed(&lines[1]);
+        assert_eq!(recovered.seq, 5);
+        assert_ne!(recovered.key_id, first.key_id);
+        assert_eq!(
+            recovered.prev_checkpoint,
+            Some(hex::encode(chain::line_hash(lines[0].as_bytes())))
+        );
+        w.checkpoint_all();
+        drop(w);
+        // A clean restart: the head is covered, nothing is signed until the chain moves.
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write_batch(&batch("acme", 1), at("2026-11-28")).unwrap();
+        assert_eq!(checkpoint_lines(dir.path(), "acme").len(), 3);
+        w.checkpoint_all();
+        let lines = checkpoint_lines(dir.path(), "acme");
+        assert_eq!(parsed(&lines[3]).seq, 7);
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
+        assert_eq!(
+            (report.checkpoints, report.problem.clone()),
+            (4, None),
+            "{report:?}"
+        );
+
+        // A checkpoint removed while the writer runs: the next one still links to it.
+        let mut kept = checkpoint_lines(dir.path(), "acme");
+        kept.pop();
+        fs::write(
+            dir.path().join("acme").join(CHECKPOINTS_FILE),
+            kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
+        )
+        .unwrap();
+        w.write_batch(&batch("acme", 1), at("2026-11-28")).unwrap();
+        w.checkpoint_all();
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
+        assert_eq!(
+            report.problem.map(|p| p.reason),
+            Some(crate::audit::verify::Problem::CheckpointGap)
+        );
+    }
+
+    #[test]
+    fn a_writer_with_another_interval_states_it_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write_batch(&batch("acme", 2), at("2026-11-28")).unwrap();
+        w.checkpoint_all();
+        drop(w);
+        let mut w = writer(dir.path(), 1 << 20);
+        w.settings.checkpoint_interval = Duration::from_secs(600);
+        w.write_batch(&batch("acme", 1), at("2026-11-28")).unwrap();
+        let lines = checkpoint_lines(dir.path(), "acme");
+        assert_eq!(lines.len(), 2);
+        let restated = parsed(&lines[1]);
+        assert_eq!((restated.seq, restated.interval_ms), (2, Some(600_000)));
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
+        assert_eq!(report.problem, None, "{report:?}");
     }
 }

@@ -14,8 +14,8 @@ use crate::ids::TenantId;
 pub(super) enum AuditCommand {
     /// Check every tenant's hash chain and signed checkpoints in an audit directory (`--dir`),
     /// or one file `audit export` wrote (`--file`); report per tenant the records checked and
-    /// the first problem (modified, reordered, deleted, truncated, bad_signature). Exits 1 on
-    /// any problem.
+    /// the first problem (modified, reordered, deleted, truncated, bad_signature,
+    /// checkpoint_gap, unsigned). Exits 1 on any problem.
     Verify {
         /// The audit directory (`[audit] dir`). With `--file`: only where its published keys
         /// (`DIR/_keys/`) are read.
@@ -37,6 +37,22 @@ pub(super) enum AuditCommand {
         /// make forged checkpoints detectable.
         #[arg(long, value_name = "PUB")]
         key: Option<PathBuf>,
+        /// The writer's `checkpoint_interval` (e.g. `10m`), assumed where no checkpoint states it
+        /// (checkpoints written before they were chained, or none left); default `60s`.
+        /// Records logged longer than it (plus a minute's grace) before the newest one must be
+        /// covered by a checkpoint.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        checkpoint_interval: Option<std::time::Duration>,
+        /// How much longer than the checkpoint interval records may go unsigned (queueing,
+        /// slow disks, clock steps); default `60s`.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+        /// Checkpoint lines kept outside the audit directory (e.g. the last line of each
+        /// tenant's `checkpoints.jsonl`, copied out): the named tenant's records must still reach
+        /// each one. Detects the newest records cut off together with their checkpoints, which
+        /// the directory alone cannot show.
+        #[arg(long, value_name = "FILE", conflicts_with = "file")]
+        anchor: Vec<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -81,6 +97,26 @@ fn render(reports: &[crate::audit::verify::TenantReport], json: bool) -> anyhow:
     })
 }
 
+/// The checkpoints in `--anchor` files, one JSON line each (blank lines skipped).
+fn read_anchors(paths: &[PathBuf]) -> anyhow::Result<Vec<crate::audit::checkpoint::Checkpoint>> {
+    let mut anchors = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading `{}`", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let c: crate::audit::checkpoint::Checkpoint = serde_json::from_str(line)
+                .with_context(|| format!("`{}:{}` is not a checkpoint", path.display(), i + 1))?;
+            TenantId::new(&c.tenant)
+                .with_context(|| format!("`{}:{}` names no valid tenant", path.display(), i + 1))?;
+            anchors.push(c);
+        }
+    }
+    Ok(anchors)
+}
+
 /// Runs an `audit` subcommand.
 pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
     use crate::audit::{checkpoint, export, verify};
@@ -91,8 +127,12 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             file,
             tenant,
             key,
+            checkpoint_interval,
+            grace,
+            anchor,
             json,
         } => {
+            let grace = grace.unwrap_or(crate::audit::verify::GRACE);
             let dir = dir.or(dir_positional);
             let tenant = tenant.as_deref().map(TenantId::new).transpose()?;
             if let Some(file) = file {
@@ -107,7 +147,12 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 };
                 let bytes = std::fs::read(&file)
                     .with_context(|| format!("reading `{}`", file.display()))?;
-                let report = verify::verify_export(&bytes, &file.display().to_string(), &keys);
+                let trust = verify::Trust {
+                    interval: checkpoint_interval,
+                    grace,
+                    ..keys.into()
+                };
+                let report = verify::verify_export(&bytes, &file.display().to_string(), &trust);
                 if let Some(t) = &tenant {
                     if report.tenant != t.as_str() {
                         anyhow::bail!(
@@ -133,7 +178,13 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 Some(path) => verify::Keys::Pinned(checkpoint::read_public_key(&path)?),
                 None => verify::Keys::published(&dir),
             };
-            let reports = verify::verify_dir(&dir, tenant.as_ref(), &keys)
+            let trust = verify::Trust {
+                keys,
+                interval: checkpoint_interval,
+                grace,
+                anchors: read_anchors(&anchor)?,
+            };
+            let reports = verify::verify_dir(&dir, tenant.as_ref(), &trust)
                 .with_context(|| format!("reading `{}`", dir.display()))?;
             render(&reports, json)
         }
