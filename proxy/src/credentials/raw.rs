@@ -255,10 +255,11 @@ fn check_json(
 }
 
 /// Where a JSON body's handles are: each must be the whole value (after an optional auth scheme)
-/// of a credential field (`is_field`), at any depth. A handle in any other string (a prompt, a
-/// tool argument), in a member name or outside a string is refused: an upstream that reads
-/// those (a model asked to repeat its input reversed, spelled out, in hex) could hand the secret
-/// back in a form no scrubber recognises.
+/// of a credential field (`is_field`) of the body's top-level object. A handle in any other
+/// string (a prompt, a tool argument), in a member name, outside a string or in a credential
+/// field of a nested object (a tool call's `input` in a conversation the model reads back) is
+/// refused: an upstream that reads those (a model asked to repeat its input reversed, spelled
+/// out, in hex) could hand the secret back in a form no scrubber recognises.
 pub(crate) fn check_json_handles(
     body: &[u8],
     is_field: &dyn Fn(&str) -> bool,
@@ -275,9 +276,15 @@ pub(crate) fn check_json_handles(
         }))
     };
     let mut vetted = 0;
+    let mut depth = 0usize;
     let mut i = 0;
     while let Some(skip) = body[i..].iter().position(|b| STRUCTURE[usize::from(*b)]) {
         i += skip;
+        match body[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
         if body[i] != b'"' {
             i += 1;
             continue;
@@ -308,6 +315,12 @@ pub(crate) fn check_json_handles(
         if super::handle::has_marker(raw_value) {
             if !is_field(&name) || holding(raw_value) != Holding::Handle {
                 return refuse(raw_value, format!("body field `{}`", printable(&name)));
+            }
+            if depth != 1 {
+                return refuse(
+                    raw_value,
+                    format!("nested body field `{}`", printable(&name)),
+                );
             }
             vetted += count_markers(raw_value);
         }

@@ -332,6 +332,15 @@ fn query_and_body_substitution_encode_values() {
             "body field name `$CRED{search}`",
         ),
         (r#"{"model":1,"a":$CRED{search}}"#, "body"),
+        // A credential field inside a message (a tool call's input the model reads back).
+        (
+            r#"{"messages":[{"role":"assistant","content":[{"type":"tool_use","input":{"api_key":"$CRED{search}"}}]}]}"#,
+            "nested body field `api_key`",
+        ),
+        (
+            r#"{"cfg":{"api_key":"$CRED{search}"}}"#,
+            "nested body field `api_key`",
+        ),
     ] {
         refused("/s", Some(("application/json", body)), place);
     }
