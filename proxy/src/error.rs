@@ -248,6 +248,7 @@ impl From<crate::front::Violation> for Deny {
             Violation::Truncated => {
                 Deny::BadRequest("the connection closed in the middle of a request".into())
             }
+            Violation::BodyTooLarge => Deny::BodyTooLarge,
         }
     }
 }

@@ -226,8 +226,35 @@ fn malformed_targets_are_refused_before_dialing() {
             "request_body_too_large",
         ),
         (
+            // Only the size line: refused at once, not after waiting for data that never comes.
+            "chunk size over cap, no data",
+            format!(
+                "POST http://127.0.0.1:{o}/acme/x HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nFFFFFFFFFFF\r\n"
+            ),
+            413,
+            "request_body_too_large",
+        ),
+        (
             "dot segments",
             "GET /up/acme/../globex/x HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "empty path segment",
+            format!("GET http://127.0.0.1:{o}/acme//x HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nConnection: close\r\n\r\n"),
+            400,
+            "bad_request",
+        ),
+        (
+            "path parameter",
+            format!("GET http://127.0.0.1:{o}/acme/..;/x HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nConnection: close\r\n\r\n"),
+            400,
+            "bad_request",
+        ),
+        (
+            "port out of range",
+            "GET http://127.0.0.1:65616/acme/x HTTP/1.1\r\nHost: 127.0.0.1:65616\r\nConnection: close\r\n\r\n".into(),
             400,
             "bad_request",
         ),

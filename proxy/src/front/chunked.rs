@@ -107,6 +107,19 @@ impl ChunkedValidator {
         self.data
     }
 
+    /// Data bytes the body holds at least, counting what the chunk being read declares: more
+    /// than the body limit is known from a chunk's size line, before its data is sent.
+    pub fn declared_len(&self) -> u64 {
+        use State::*;
+        let pending = match self.state {
+            Data(left) => left,
+            Size | ExtSeparator | ExtNameStart | ExtName | ExtNameEnd | ExtValueStart
+            | ExtValueToken | ExtValueQuoted | ExtValueEscape | SizeLf => self.size,
+            _ => 0,
+        };
+        self.data.saturating_add(pending)
+    }
+
     /// Checks the next bytes of the body.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Fed, ChunkError> {
         let mut i = 0;
@@ -303,8 +316,14 @@ mod tests {
         }
         let mut v = ChunkedValidator::new(1024);
         assert_eq!(v.feed(b"5\r\nhel"), Ok(Fed::More));
+        assert_eq!(v.declared_len(), 5);
         assert_eq!(v.feed(b"lo\r\n0\r\n\r\nrest"), Ok(Fed::Done(9)));
         assert_eq!(v.data_len(), 5);
+        assert_eq!(v.declared_len(), 5);
+        // A size line declares its chunk before any of its data comes.
+        let mut v = ChunkedValidator::new(1024);
+        assert_eq!(v.feed(b"3\r\nabc\r\nFFFFFFFFFFF"), Ok(Fed::More));
+        assert_eq!(v.declared_len(), 3 + 0xFFF_FFFF_FFFF);
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct FrontLimits {
     pub header_timeout: Duration,
     /// From the end of a head to the end of its body.
     pub body_timeout: Duration,
+    /// Largest request body: a chunked body that declares more is refused at once (a
+    /// `Content-Length` over it is refused by the pipeline, from the head).
+    pub max_body_bytes: u64,
 }
 
 /// Why a connection stopped being read.
@@ -59,6 +62,8 @@ pub enum Violation {
     BodyTimeout,
     /// The client closed the connection in the middle of a body.
     Truncated,
+    /// A chunked body declared more data than the body limit.
+    BodyTooLarge,
 }
 
 /// How the current request's body is released.
@@ -290,6 +295,9 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
                 }
             }
             Phase::Chunked(v) => match v.feed(&self.buf[self.releasable..]) {
+                Ok(_) if v.declared_len() > self.limits.max_body_bytes => {
+                    self.poison(Violation::BodyTooLarge);
+                }
                 Ok(Fed::More) => self.releasable = self.buf.len(),
                 Ok(Fed::Done(n)) => {
                     self.releasable += n;
@@ -577,6 +585,7 @@ mod tests {
         },
         header_timeout: Duration::from_secs(5),
         body_timeout: Duration::from_secs(5),
+        max_body_bytes: 4096,
     };
 
     fn conn(limits: FrontLimits) -> (FrontConn<()>, DuplexStream) {
@@ -658,6 +667,32 @@ mod tests {
         assert_eq!(released(&mut c).await.unwrap(), two);
         drop(client);
         assert_eq!(c.next_head(Duration::from_secs(1)).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_declaring_more_than_the_body_limit_is_refused_before_its_data() {
+        // Only the size line comes: the refusal must not wait for data that may never come.
+        let (mut c, mut client) = conn(LIMITS);
+        let req =
+            b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n1000";
+        client.write_all(req).await.unwrap();
+        c.next_head(Duration::from_secs(1)).await.unwrap().unwrap();
+        let err = released(&mut c).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(c.violation(), Some(Violation::BodyTooLarge));
+        assert!(!c.reusable());
+        // Exactly the limit, in two chunks, passes.
+        let (mut c, mut client) = conn(LIMITS);
+        let mut ok =
+            b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n".to_vec();
+        ok.extend_from_slice(&[b'a'; 0x800]);
+        ok.extend_from_slice(b"\r\n800\r\n");
+        ok.extend_from_slice(&[b'b'; 0x800]);
+        ok.extend_from_slice(b"\r\n0\r\n\r\n");
+        client.write_all(&ok).await.unwrap();
+        c.next_head(Duration::from_secs(1)).await.unwrap().unwrap();
+        assert_eq!(released(&mut c).await.unwrap(), ok);
+        assert_eq!(c.violation(), None);
     }
 
     #[tokio::test]

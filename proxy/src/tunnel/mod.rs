@@ -120,6 +120,7 @@ impl EgressApp {
             },
             header_timeout: config.egress.client_header_timeout,
             body_timeout: config.limits.client_body_timeout,
+            max_body_bytes: u64::try_from(config.limits.max_body_bytes).unwrap_or(u64::MAX),
         }
     }
 
