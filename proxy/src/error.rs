@@ -332,6 +332,12 @@ impl Deny {
                     HeaderValue::from_static("Bearer realm=\"tenant-proxy-admin\""),
                 ));
             }
+            Deny::ApproverUnauthenticated(_) => {
+                headers.push((
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tenant-proxy-approvals\""),
+                ));
+            }
             _ => {}
         }
         if status == 407 {

@@ -494,6 +494,11 @@ fn a_repeated_authorization_header_is_refused_in_either_order() {
             Some(r.request_id().as_str()),
             "{name}: {body}"
         );
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"tenant-proxy-approvals\""),
+            "{name}"
+        );
     }
     // No approver acted, so nothing is audited as one.
     for tenant in ["acme", "globex"] {

@@ -365,6 +365,10 @@ impl ServeHttp for ApprovalsApp {
                 if let Ok(v) = http::HeaderValue::from_str(&request_id) {
                     resp.headers_mut().insert("x-request-id", v);
                 }
+                // `WWW-Authenticate` on 401, `Retry-After` where waiting helps.
+                for (name, value) in deny.extra_headers(status) {
+                    resp.headers_mut().append(name, value);
+                }
                 resp
             }
         }
