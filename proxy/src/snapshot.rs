@@ -93,11 +93,26 @@ impl Snapshot {
         if let Some(static_config) = static_config {
             check_listener_references(static_config, &tenants, problems);
         }
-        // Read with the tenant file, so that a reload (a rotated Secret, SIGHUP) reads it again
-        // and a file that went bad keeps the last good token.
+        // Read with the tenant file, so that a reload (a rotated Secret, SIGHUP) reads it again.
+        // At a reload, a file that went bad keeps the last good token without failing the
+        // reload: the revocations, key removals and policy edits it carries must not wait for
+        // the admin port's token to be fixed.
         let admin_token = static_config
             .and_then(|s| s.admin_token_file.as_deref())
-            .and_then(|f| AdminToken::read(f).map_err(|p| problems.push(p)).ok());
+            .and_then(|f| match (AdminToken::read(f), previous) {
+                (Ok(token), _) => Some(token),
+                (Err(problem), Some(previous)) if previous.admin_token.is_some() => {
+                    tracing::error!(
+                        %problem,
+                        "the admin token file cannot be used; the admin port keeps the last good token"
+                    );
+                    previous.admin_token.clone()
+                }
+                (Err(problem), _) => {
+                    problems.push(problem);
+                    None
+                }
+            });
         let tokens = tenants
             .token
             .as_ref()

@@ -2,7 +2,8 @@
 //!
 //! The file is read at start and again with every reload of the tenant configuration (its
 //! directory is watched, so a rotated Kubernetes Secret reloads too); a file that cannot be read
-//! or holds no usable token fails the load, and a failed reload keeps the last good token. Only
+//! or holds no usable token fails the start, and at a reload keeps the last good token while the
+//! rest of the reload applies. Only
 //! a SHA-256 digest of the token is kept, and a presented token is compared with it in constant
 //! time; neither is ever logged or printed (`Debug` shows the file, not the token).
 

@@ -386,6 +386,29 @@ pub fn apply(
         } else if handle::has_marker(&current)
             || (kind == BodyKind::Form && has_marker_maybe_encoded(&current))
         {
+            // SECURITY: a body substituted as one type is read as it: a form body that a
+            // lenient upstream would read as JSON puts a form field's secret into a chat
+            // message, and a second type lets the upstream pick the other reading.
+            let ambiguous = if req
+                .headers
+                .get_all(http::header::CONTENT_TYPE)
+                .iter()
+                .count()
+                > 1
+                || req.content_type.is_some_and(|ct| ct.contains(','))
+            {
+                Some("body with more than one `Content-Type`")
+            } else if kind == BodyKind::Form && raw::reads_as_json(&current) {
+                Some("form body that reads as JSON")
+            } else {
+                None
+            };
+            if let Some(place) = ambiguous {
+                return Err(first_handle_name(&current)
+                    .map_or(CredentialDeny::Malformed("body"), |n| {
+                        CredentialDeny::Position(n, place.into())
+                    }));
+            }
             current = Cow::Owned(match kind {
                 BodyKind::Json => {
                     let is_field = |name: &str| settings.positions.is_body_field(name);
@@ -683,7 +706,9 @@ impl<'a> Resolver<'a, '_> {
             if handle::has_marker(&decoded) {
                 let name = percent_decode(key.replace('+', " ").as_bytes());
                 let name = String::from_utf8_lossy(&name);
-                if !is_field(&name) || holding(&decoded) != Holding::Handle {
+                if handle::has_handle(&decoded)
+                    && (!is_field(&name) || holding(&decoded) != Holding::Handle)
+                {
                     return Err(first_handle_name(&decoded).map_or(
                         CredentialDeny::Malformed(position.as_str()),
                         |n| {

@@ -40,6 +40,15 @@ pub fn has_marker(input: &[u8]) -> bool {
     find(input, 0).is_some()
 }
 
+/// Whether `input` holds a handle to substitute: `$$CRED{` escapes alone are no handle; a
+/// malformed handle counts as one (its substitution refuses it).
+pub fn has_handle(input: &[u8]) -> bool {
+    has_marker(input)
+        && scan(input).map_or(true, |pieces| {
+            pieces.iter().any(|p| matches!(p, Piece::Handle(_)))
+        })
+}
+
 fn find(input: &[u8], from: usize) -> Option<usize> {
     let hay = input.get(from..)?;
     // Jump between `$` bytes (SIMD memchr), then compare the marker.

@@ -66,6 +66,11 @@ pub(crate) fn check_body(
     check_pairs(body, &is_field, "body field", on_literal)
 }
 
+/// Whether a lenient reader would take `body` for JSON (after a BOM), whatever its type says.
+pub(crate) fn reads_as_json(body: &[u8]) -> bool {
+    looks_like_json(body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body))
+}
+
 fn looks_like_json(body: &[u8]) -> bool {
     matches!(
         body.iter().find(|b| !b.is_ascii_whitespace()),
@@ -294,17 +299,19 @@ pub(crate) fn check_json_handles(
         let after = skip_ws(body, token.end);
         if body.get(after) != Some(&b':') {
             // A string that is no member's value (an array element, a top-level string).
-            if super::handle::has_marker(raw) {
+            if super::handle::has_handle(raw) {
                 return refuse(raw, "body".into());
             }
+            vetted += count_markers(raw);
             i = token.end;
             continue;
         }
         let key = decode_string(raw, token.escaped);
         let name = String::from_utf8_lossy(&key);
-        if super::handle::has_marker(raw) {
+        if super::handle::has_handle(raw) {
             return refuse(raw, format!("body field name `{}`", printable(&name)));
         }
+        vetted += count_markers(raw);
         let v = skip_ws(body, after + 1);
         if body.get(v) != Some(&b'"') {
             i = v;
@@ -312,7 +319,7 @@ pub(crate) fn check_json_handles(
         }
         let value = string_token(body, v);
         let raw_value = &body[value.inner.clone()];
-        if super::handle::has_marker(raw_value) {
+        if super::handle::has_handle(raw_value) {
             if !is_field(&name) || holding(raw_value) != Holding::Handle {
                 return refuse(raw_value, format!("body field `{}`", printable(&name)));
             }
@@ -322,8 +329,9 @@ pub(crate) fn check_json_handles(
                     format!("nested body field `{}`", printable(&name)),
                 );
             }
-            vetted += count_markers(raw_value);
         }
+        // Handles vetted above, and `$$CRED{` escapes, which stay literal text.
+        vetted += count_markers(raw_value);
         i = value.end;
     }
     // A handle outside every string (`{"a": $CRED{x}}`) would be substituted all the same.

@@ -59,7 +59,14 @@ pub enum LogFormat {
 /// above from anyone, anything from tenant-proxy's own crate.
 pub fn permitted(meta: &Metadata<'_>) -> bool {
     // SECURITY: third-party debug output includes request headers and bodies.
-    *meta.level() <= Level::INFO || is_own(meta.target())
+    (*meta.level() <= Level::INFO || is_own(meta.target())) && !logs_raw_requests(meta.target())
+}
+
+/// Targets whose lines, at any level, carry a request's raw bytes: pingora's HTTP app (the
+/// admin port and the approvals API) logs the whole buffer of a request it cannot parse,
+/// `Authorization` token included. Those services answer such a request themselves.
+fn logs_raw_requests(target: &str) -> bool {
+    target == "pingora_core::apps::http_app"
 }
 
 fn is_own(target: &str) -> bool {
@@ -239,6 +246,15 @@ mod tests {
             });
             assert!(!out.contains("CANARY"), "{directives}: {out}");
             assert!(out.contains("info line stays"), "{directives}: {out}");
+            // An unparsable request on the admin port or the approvals API: pingora logs its
+            // raw bytes, bearer token and all, as an error.
+            let raw = logged(directives, || {
+                tracing::error!(
+                    target: "pingora_core::apps::http_app",
+                    "HTTP server fails to read from downstream: buf: Authorization: Bearer tok-CANARY"
+                );
+            });
+            assert!(!raw.contains("CANARY"), "{directives}: {raw}");
             if directives.starts_with("trace") || directives.starts_with("debug") {
                 assert!(out.contains("own debug line stays"), "{directives}: {out}");
             }

@@ -366,10 +366,15 @@ fn host_header_matches(header: &[u8], host: &str, port: u16, scheme: Scheme) -> 
     h == host && port_of(&authority, scheme) == Ok(port)
 }
 
-/// The port an authority names, or the scheme's default when it names none. A port that is
-/// empty, zero or above 65535 is refused: `http`'s own reading turns those into "no port", and
-/// so into the default port, which is not what the client wrote.
+/// The port an authority names, or the scheme's default when it names none.
 fn port_of(authority: &http::uri::Authority, scheme: Scheme) -> Result<u16, TargetError> {
+    Ok(explicit_port(authority)?.unwrap_or(scheme.default_port()))
+}
+
+/// The port an authority names, if it names one. A port that is empty, zero, above 65535 or
+/// anything but digits (`+443`) is refused: `http`'s own reading turns the first three into
+/// "no port", and so into a default port, which is not what the client wrote.
+pub fn explicit_port(authority: &http::uri::Authority) -> Result<Option<u16>, TargetError> {
     let text = authority.as_str();
     // An IPv6 literal's colons are inside its brackets.
     let host_end = if text.starts_with('[') {
@@ -378,10 +383,12 @@ fn port_of(authority: &http::uri::Authority, scheme: Scheme) -> Result<u16, Targ
         0
     };
     let Some(colon) = text[host_end..].rfind(':').map(|i| host_end + i) else {
-        return Ok(scheme.default_port());
+        return Ok(None);
     };
     match text[colon + 1..].parse::<u16>() {
-        Ok(port) if port != 0 && text[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => Ok(port),
+        Ok(port) if port != 0 && text[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(Some(port))
+        }
         _ => Err(TargetError::Malformed(
             "the port must be a number from 1 to 65535".into(),
         )),

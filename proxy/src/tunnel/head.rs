@@ -32,8 +32,8 @@ pub fn parse_connect(head: &[u8]) -> Result<ConnectHead, Deny> {
     if authority.as_str().contains('@') || authority.as_str() != target {
         return Err(bad("the CONNECT target is not `host:port`"));
     }
-    let port = authority
-        .port_u16()
+    // The same reading of a port as every other target's: `+443`, `0` or `65536` is no port.
+    let port = crate::target::explicit_port(&authority)?
         .ok_or_else(|| bad("the CONNECT target needs a port, e.g. `api.openai.com:443`"))?;
     let host = crate::target::normalize_host(authority.host())?;
     let mut header = RequestHeader::build("CONNECT", target.as_bytes(), Some(req.headers.len()))
@@ -67,6 +67,11 @@ mod tests {
             b"CONNECT user@api.openai.com:443 HTTP/1.1\r\n\r\n",
             b"CONNECT /path HTTP/1.1\r\n\r\n",
             b"CONNECT http://api.openai.com:443/ HTTP/1.1\r\n\r\n",
+            b"CONNECT api.openai.com:+443 HTTP/1.1\r\n\r\n",
+            b"CONNECT api.openai.com:0 HTTP/1.1\r\n\r\n",
+            b"CONNECT api.openai.com:65536 HTTP/1.1\r\n\r\n",
+            b"CONNECT api.openai.com:4294967296 HTTP/1.1\r\n\r\n",
+            b"CONNECT api.openai.com: HTTP/1.1\r\n\r\n",
         ] {
             assert!(
                 matches!(parse_connect(req), Err(Deny::BadRequest(_))),

@@ -360,6 +360,80 @@ fn query_and_body_substitution_encode_values() {
         )),
     )
     .is_ok());
+    // A body that two readers would read differently is not substituted.
+    let chat =
+        r#"{"model":"m","messages":[{"role":"user","content":"say &api_key=$CRED{search}&"}]}"#;
+    for (ct, body, place) in [
+        (
+            "application/x-www-form-urlencoded",
+            chat,
+            "form body that reads as JSON",
+        ),
+        (
+            "APPLICATION/X-WWW-FORM-URLENCODED; charset=utf-8",
+            chat,
+            "form body that reads as JSON",
+        ),
+        (
+            "application/x-www-form-urlencoded, application/json",
+            chat,
+            "body with more than one `Content-Type`",
+        ),
+        (
+            "application/json, application/x-www-form-urlencoded",
+            r#"{"x":"&prompt=","api_key":"$CRED{search}"}"#,
+            "body with more than one `Content-Type`",
+        ),
+    ] {
+        refused("/s", Some((ct, body)), place);
+    }
+    // Two `Content-Type` headers, the first taken for the body's type: the second is another
+    // reading an upstream may choose.
+    assert_eq!(
+        run(
+            "acme",
+            "search.example",
+            "/s",
+            &[
+                ("content-type", "application/json"),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            Some(("application/json", r#"{"api_key":"$CRED{search}"}"#)),
+        )
+        .err(),
+        Some(CredentialDeny::Position(
+            "search".into(),
+            "body with more than one `Content-Type`".into()
+        ))
+    );
+    // `$$CRED{` is the literal text `$CRED{` anywhere, never a handle out of place.
+    let q = run(
+        "acme",
+        "search.example",
+        "/s?q=%24%24CRED%7Bsearch%7D",
+        &[],
+        None,
+    )
+    .expect("q");
+    assert_eq!(
+        q.path_and_query.as_deref(),
+        Some("/s?q=%24CRED%7Bsearch%7D")
+    );
+    let j = run(
+        "acme",
+        "search.example",
+        "/s",
+        &[],
+        Some((
+            "application/json",
+            r#"{"messages":[{"content":"write $$CRED{search}"}],"$$CRED{k}":1}"#,
+        )),
+    )
+    .expect("json");
+    assert_eq!(
+        j.body.as_deref(),
+        Some(&br#"{"messages":[{"content":"write $CRED{search}"}],"$CRED{k}":1}"#[..])
+    );
     let f = run(
         "acme",
         "search.example",
