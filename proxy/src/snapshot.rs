@@ -26,9 +26,9 @@ pub struct Snapshot {
     /// Token verifier, when tokens are configured.
     pub tokens: Option<TokenVerifier>,
     /// Compiled policies.
-    pub policy: PolicyEngine,
+    pub policy: Arc<PolicyEngine>,
     /// Compiled shadow (report-only) policies, when configured.
-    pub shadow_policy: Option<PolicyEngine>,
+    pub shadow_policy: Option<Arc<PolicyEngine>>,
     /// Every tenant's credentials (empty when none are configured).
     pub credentials: Arc<CredentialSet>,
     /// The token the admin endpoints require (`[admin] token_file`), read with every load.
@@ -132,10 +132,10 @@ impl Snapshot {
         let policy = load_policies(
             &tenants.policy_dir,
             &infos,
-            previous.map(|p| &p.policy),
+            previous.map(|p| &*p.policy),
             problems,
         )
-        .map(|engine| engine.with_decision_cache(cache_entries, "enforced"));
+        .map(|engine| Arc::new(engine.with_decision_cache(cache_entries, "enforced")));
         // The shadow set is held to the same checks: a broken one fails the load (or the
         // reload, which keeps the last good pair) rather than silently reporting nothing.
         let shadow_policy = match &tenants.shadow_policy_dir {
@@ -143,10 +143,14 @@ impl Snapshot {
             Some(dir) => load_policies(
                 dir,
                 &infos,
-                previous.and_then(|p| p.shadow_policy.as_ref()),
+                previous.and_then(|p| p.shadow_policy.as_deref()),
                 problems,
             )
-            .map(|engine| Some(engine.with_decision_cache(cache_entries, "shadow"))),
+            .map(|engine| {
+                Some(Arc::new(
+                    engine.with_decision_cache(cache_entries, "shadow"),
+                ))
+            }),
         };
         // A piece that failed left a problem, so nothing is silently dropped here.
         match (policy, shadow_policy, credentials) {
@@ -163,6 +167,33 @@ impl Snapshot {
             }
             _ => None,
         }
+    }
+
+    /// After a rejected reload: this snapshot with the token changes that only tighten applied
+    /// (token ids added to the revocation file, keys pulled from or replaced in the JWKS), when
+    /// those files read cleanly and change something. A problem elsewhere (a policy typo, a bad
+    /// credential file) must not keep a revoked token or a pulled key working until it is fixed.
+    fn tightened(&self) -> Option<Snapshot> {
+        let (config, verifier) = (self.tenants.token.as_ref()?, self.tokens.as_ref()?);
+        let keys = std::fs::read_to_string(&config.jwks_file)
+            .ok()
+            .and_then(|text| KeySet::from_jwks_json(&text).ok());
+        let revoked = config
+            .revoked_jtis_file
+            .as_deref()
+            .and_then(|f| read_revocations(f).ok());
+        if !verifier.would_tighten(keys.as_ref(), revoked.as_ref()) {
+            return None;
+        }
+        Some(Snapshot {
+            tenants: self.tenants.clone(),
+            tokens: Some(verifier.tightened(keys.as_ref(), revoked.as_ref())),
+            policy: Arc::clone(&self.policy),
+            shadow_policy: self.shadow_policy.clone(),
+            credentials: Arc::clone(&self.credentials),
+            admin_token: self.admin_token.clone(),
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+        })
     }
 
     /// The token verifier's clock-skew allowance: a token is accepted that long past its expiry.
@@ -440,6 +471,14 @@ impl SnapshotHandle {
                 METRICS.config_last_reload_successful.set(0);
                 for p in &problems {
                     tracing::error!(problem = %p, "reload rejected; keeping the last good configuration");
+                }
+                // SECURITY: revocations and pulled keys apply even so.
+                if let Some(tighter) = current.tightened() {
+                    tracing::warn!(
+                        generation = tighter.generation,
+                        "reload rejected, but its new token revocations and key removals apply"
+                    );
+                    self.current.store(Arc::new(tighter));
                 }
                 let lines = problems.iter().map(ToString::to_string).collect();
                 self.last_reload.store(Arc::new(LastReload::now(lines)));

@@ -588,6 +588,107 @@ fn jwks_and_revocation_list_reload() {
     );
 }
 
+/// A reload rejected for an unrelated problem (a broken policy) still applies the token
+/// changes that only tighten: a revoked jti and a pulled key stop working at once, while the
+/// rest of the last good configuration keeps serving; the fixed reload then takes it all.
+#[test]
+fn revocations_and_pulled_keys_apply_even_when_the_reload_is_rejected() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    // Signed by the key that stays, so only the revocation can refuse it.
+    let revoked = token(TokenOpts {
+        jti: Some("revoke-me-while-broken"),
+        key: TEST_KEY_ES256,
+        kid: Some("test-es"),
+        ..Default::default()
+    });
+    let kept = token(TokenOpts {
+        jti: Some("still-good"),
+        key: TEST_KEY_ES256,
+        kid: Some("test-es"),
+        ..Default::default()
+    });
+    let pulled = token(TokenOpts {
+        jti: Some("signed-by-the-pulled-key"),
+        ..Default::default()
+    });
+    for (t, path) in [
+        (&revoked, "/acme/r0"),
+        (&kept, "/acme/k0"),
+        (&pulled, "/acme/p0"),
+    ] {
+        assert_eq!(
+            forward_get(proxy.shared_port, &url(&origin, path), Some(t), "").status,
+            200
+        );
+    }
+    // One edit breaks a policy; with it, a revocation and a key pulled from the JWKS.
+    std::fs::write(
+        proxy.path("policies/tenants/acme/broken.cedar"),
+        "permit (principal, action, resource) when { nonsense };",
+    )
+    .unwrap();
+    std::fs::write(proxy.path("revoked.txt"), "revoke-me-while-broken\n").unwrap();
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(proxy.path("jwks.json")).unwrap()).unwrap();
+    let only_es: Vec<_> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kid"] == "test-es")
+        .cloned()
+        .collect();
+    std::fs::write(
+        proxy.path("jwks.json"),
+        serde_json::json!({ "keys": only_es }).to_string(),
+    )
+    .unwrap();
+    wait_for("the revocation despite the broken policy", || {
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, "/acme/r1"),
+            Some(&revoked),
+            "",
+        )
+        .status
+            == 407
+    });
+    assert_eq!(
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, "/acme/p1"),
+            Some(&pulled),
+            ""
+        )
+        .status,
+        407
+    );
+    // The rest is the last good configuration: the reload itself was rejected.
+    assert_eq!(
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, "/acme/k1"),
+            Some(&kept),
+            ""
+        )
+        .status,
+        200
+    );
+    let ready: serde_json::Value = serde_json::from_slice(
+        &raw_request(
+            proxy.admin_port,
+            "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .body,
+    )
+    .unwrap();
+    assert_eq!(ready["last_reload"]["ok"], false, "{ready}");
+    assert!(proxy
+        .log()
+        .contains("reload rejected, but its new token revocations and key removals apply"));
+}
+
 /// The decision cache (on by default) is per engine: a request allowed (and answered from the
 /// cache on repeat) is refused as soon as a reload brings a policy that forbids it, and the
 /// tenant's cache counts its hits and misses by opaque tenant id.

@@ -98,6 +98,7 @@ pub struct KeySet {
 pub type KeyFingerprint = [u8; 32];
 
 /// One public key: its decoding form, its one algorithm and its fingerprint.
+#[derive(Clone)]
 pub(super) struct Key {
     pub(super) decoding: DecodingKey,
     pub(super) alg: Algorithm,
@@ -164,6 +165,24 @@ impl KeySet {
     /// Whether the set has no key at all (every token is refused).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// The keys of this set that `other` also holds, under the same id and with the same
+    /// material: what stays trusted when `other` is read but cannot be taken whole.
+    pub fn kept_in(&self, other: &KeySet) -> KeySet {
+        KeySet {
+            keys: self
+                .keys
+                .iter()
+                .filter(|(kid, key)| {
+                    other
+                        .keys
+                        .get(*kid)
+                        .is_some_and(|k| k.fingerprint == key.fingerprint)
+                })
+                .map(|(kid, key)| (kid.clone(), key.clone()))
+                .collect(),
+        }
     }
 
     /// The key ids, in no particular order.

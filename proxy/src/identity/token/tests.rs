@@ -709,3 +709,43 @@ proptest! {
         let _ = KeySet::from_jwks_json(&text);
     }
 }
+
+#[test]
+fn tightening_only_pulls_keys_and_adds_revocations() {
+    let v = verifier();
+    let jwks: Value = serde_json::from_str(&testdata("test-jwks.json")).expect("json");
+    let only_es =
+        KeySet::from_jwks_json(&json!({ "keys": [jwks["keys"][1]] }).to_string()).expect("jwks");
+    let fresh = generate_key(KeyAlgorithm::EdDSA, "other").expect("generate");
+    let unrelated =
+        KeySet::from_jwks_json(&json!({ "keys": [fresh.jwk] }).to_string()).expect("jwks");
+    let revoked = HashSet::from(["revoked-2".to_string()]);
+    assert!(!v.would_tighten(None, None));
+    assert!(!v.would_tighten(
+        Some(&KeySet::from_jwks_json(&testdata("test-jwks.json")).expect("jwks")),
+        Some(&HashSet::from(["revoked-1".to_string()]))
+    ));
+    assert!(v.would_tighten(Some(&only_es), None));
+    assert!(v.would_tighten(None, Some(&revoked)));
+    let t = v.tightened(Some(&only_es), Some(&revoked));
+    let es = |jti: &str| {
+        let jti = jti.to_string();
+        mint_with(&testdata("es256-test.pem"), move |r| {
+            r.kid = Some("test-es".into());
+            r.jti = Some(jti);
+        })
+    };
+    // Only the keys the new set still holds.
+    check(&t, "ed key pulled", &minted(|_| {}), NOW, Err(UnknownKey));
+    check(&t, "es key kept", &es("fresh"), NOW, Ok(()));
+    // Nothing it refused is accepted: the old revocation stays, the new one is added.
+    for jti in ["revoked-1", "revoked-2"] {
+        assert!(
+            matches!(t.verify(&es(jti), NOW), Err(TokenError::Revoked(_))),
+            "{jti}"
+        );
+    }
+    // A key the old set did not trust is never added by a rejected reload.
+    let u = v.tightened(Some(&unrelated), None);
+    check(&u, "no key left", &es("fresh"), NOW, Err(UnknownKey));
+}
