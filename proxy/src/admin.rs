@@ -235,13 +235,9 @@ fn authenticate(token: Option<&AdminToken>, headers: &http::HeaderMap) -> Result
     let Some(token) = token else {
         return Ok(());
     };
-    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return Err(match headers.contains_key(http::header::AUTHORIZATION) {
-            true => Deny::BadRequest("`Authorization` is given more than once".into()),
-            false => Deny::AdminUnauthorized("no admin token was sent".into()),
-        });
-    };
+    let value = crate::identity::sole_header(headers, http::header::AUTHORIZATION)
+        .map_err(|_| Deny::BadRequest("`Authorization` is given more than once".into()))?
+        .ok_or_else(|| Deny::AdminUnauthorized("no admin token was sent".into()))?;
     let presented = value
         .to_str()
         .ok()

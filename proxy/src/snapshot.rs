@@ -182,12 +182,10 @@ impl Snapshot {
             .revoked_jtis_file
             .as_deref()
             .and_then(|f| read_revocations(f).ok());
-        if !verifier.would_tighten(keys.as_ref(), revoked.as_ref()) {
-            return None;
-        }
+        let tokens = verifier.tightened(keys.as_ref(), revoked.as_ref())?;
         Some(Snapshot {
             tenants: self.tenants.clone(),
-            tokens: Some(verifier.tightened(keys.as_ref(), revoked.as_ref())),
+            tokens: Some(tokens),
             policy: Arc::clone(&self.policy),
             shadow_policy: self.shadow_policy.clone(),
             credentials: Arc::clone(&self.credentials),

@@ -89,6 +89,7 @@ pub enum KeySetError {
 
 /// Public keys by `kid`, each pinned to its one algorithm. `Debug` shows the key ids only.
 /// A set may be empty (a reload that pulled every key): it then refuses every token.
+#[derive(Clone)]
 pub struct KeySet {
     keys: HashMap<String, Key>,
 }

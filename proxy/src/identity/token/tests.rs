@@ -720,14 +720,19 @@ fn tightening_only_pulls_keys_and_adds_revocations() {
     let unrelated =
         KeySet::from_jwks_json(&json!({ "keys": [fresh.jwk] }).to_string()).expect("jwks");
     let revoked = HashSet::from(["revoked-2".to_string()]);
-    assert!(!v.would_tighten(None, None));
-    assert!(!v.would_tighten(
-        Some(&KeySet::from_jwks_json(&testdata("test-jwks.json")).expect("jwks")),
-        Some(&HashSet::from(["revoked-1".to_string()]))
-    ));
-    assert!(v.would_tighten(Some(&only_es), None));
-    assert!(v.would_tighten(None, Some(&revoked)));
-    let t = v.tightened(Some(&only_es), Some(&revoked));
+    // Nothing new: nothing to apply.
+    assert!(v.tightened(None, None).is_none());
+    assert!(v
+        .tightened(
+            Some(&KeySet::from_jwks_json(&testdata("test-jwks.json")).expect("jwks")),
+            Some(&HashSet::from(["revoked-1".to_string()]))
+        )
+        .is_none());
+    assert!(v.tightened(Some(&only_es), None).is_some());
+    assert!(v.tightened(None, Some(&revoked)).is_some());
+    let t = v
+        .tightened(Some(&only_es), Some(&revoked))
+        .expect("tighter");
     let es = |jti: &str| {
         let jti = jti.to_string();
         mint_with(&testdata("es256-test.pem"), move |r| {
@@ -746,6 +751,6 @@ fn tightening_only_pulls_keys_and_adds_revocations() {
         );
     }
     // A key the old set did not trust is never added by a rejected reload.
-    let u = v.tightened(Some(&unrelated), None);
+    let u = v.tightened(Some(&unrelated), None).expect("tighter");
     check(&u, "no key left", &es("fresh"), NOW, Err(UnknownKey));
 }

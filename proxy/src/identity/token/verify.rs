@@ -219,28 +219,24 @@ fn decode_error(e: &jsonwebtoken::errors::Error) -> TokenError {
 
 impl TokenVerifier {
     /// This verifier, only stricter: the keys `keys` still holds (when given), and the token
-    /// ids `revoked_jtis` adds (when given). Nothing it refused is accepted by the result.
-    pub fn tightened(&self, keys: Option<&KeySet>, revoked_jtis: Option<&HashSet<String>>) -> Self {
-        let mut revoked = self.revoked.clone();
-        revoked.extend(revoked_jtis.into_iter().flatten().cloned());
-        Self {
-            settings: self.settings.clone(),
-            keys: keys.map_or_else(|| self.keys.kept_in(&self.keys), |k| self.keys.kept_in(k)),
-            revoked,
-        }
-    }
-
-    /// Whether [`Self::tightened`] with these would change anything.
-    pub fn would_tighten(
+    /// ids `revoked_jtis` adds (when given); `None` when that changes nothing. Nothing this
+    /// verifier refused is accepted by the result.
+    pub fn tightened(
         &self,
         keys: Option<&KeySet>,
         revoked_jtis: Option<&HashSet<String>>,
-    ) -> bool {
-        let fewer_keys =
-            keys.is_some_and(|k| self.keys.kept_in(k).kids().count() < self.keys.kids().count());
-        let more_revoked =
-            revoked_jtis.is_some_and(|r| r.iter().any(|jti| !self.revoked.contains(jti)));
-        fewer_keys || more_revoked
+    ) -> Option<Self> {
+        let keys = keys.map_or_else(|| self.keys.clone(), |k| self.keys.kept_in(k));
+        let mut revoked = self.revoked.clone();
+        revoked.extend(revoked_jtis.into_iter().flatten().cloned());
+        // Keys only go and revocations only come, so equal counts are equal sets.
+        let changed =
+            keys.kids().count() < self.keys.kids().count() || revoked.len() > self.revoked.len();
+        changed.then(|| Self {
+            settings: self.settings.clone(),
+            keys,
+            revoked,
+        })
     }
 
     /// A verifier for `keys`, refusing the token ids in `revoked_jtis`.
