@@ -522,6 +522,24 @@ fn check_reports_every_problem_with_location() {
     );
 }
 
+/// Rewrites the proxy's JWKS without the Ed25519 test key, keeping the ES256 one (`test-es`).
+fn pull_the_ed25519_key(proxy: &Proxy) {
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(proxy.path("jwks.json")).unwrap()).unwrap();
+    let only_es: Vec<_> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kid"] == "test-es")
+        .cloned()
+        .collect();
+    std::fs::write(
+        proxy.path("jwks.json"),
+        serde_json::json!({ "keys": only_es }).to_string(),
+    )
+    .unwrap();
+}
+
 #[test]
 fn jwks_and_revocation_list_reload() {
     let origin = Origin::start();
@@ -547,15 +565,6 @@ fn jwks_and_revocation_list_reload() {
     });
 
     // Rotating the key set: drop the Ed25519 key, keep the ES256 one.
-    let jwks: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(proxy.path("jwks.json")).unwrap()).unwrap();
-    let only_es: Vec<_> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|k| k["kid"] == "test-es")
-        .cloned()
-        .collect();
     let fresh_ed = token(TokenOpts::default());
     assert_eq!(
         forward_get(
@@ -567,11 +576,7 @@ fn jwks_and_revocation_list_reload() {
         .status,
         200
     );
-    std::fs::write(
-        proxy.path("jwks.json"),
-        serde_json::json!({ "keys": only_es }).to_string(),
-    )
-    .unwrap();
+    pull_the_ed25519_key(&proxy);
     wait_for("key rotation", || {
         forward_get(
             proxy.shared_port,
@@ -629,20 +634,7 @@ fn revocations_and_pulled_keys_apply_even_when_the_reload_is_rejected() {
     )
     .unwrap();
     std::fs::write(proxy.path("revoked.txt"), "revoke-me-while-broken\n").unwrap();
-    let jwks: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(proxy.path("jwks.json")).unwrap()).unwrap();
-    let only_es: Vec<_> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|k| k["kid"] == "test-es")
-        .cloned()
-        .collect();
-    std::fs::write(
-        proxy.path("jwks.json"),
-        serde_json::json!({ "keys": only_es }).to_string(),
-    )
-    .unwrap();
+    pull_the_ed25519_key(&proxy);
     wait_for("the revocation despite the broken policy", || {
         forward_get(
             proxy.shared_port,
