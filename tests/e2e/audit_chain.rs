@@ -583,6 +583,43 @@ fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
     assert!(stream_records(&redis, "tp:{globex}:audit").is_empty());
 }
 
+/// A required stream's connection dies with the server it was made to while no record is
+/// being sent. Once Redis is back, that dead connection must not cost a request: the first
+/// send after the restart finds it dead and goes out on a new one at once.
+#[test]
+fn a_required_stream_does_not_refuse_for_a_connection_the_old_server_closed() {
+    let origin = Origin::start();
+    let mut redis = RedisServer::start();
+    let mut spec = ProxySpec::default();
+    spec.config.audit.redis_url = Some(redis.url().into());
+    spec.config.audit.redis_required = Some(true);
+    let proxy = Proxy::start(spec);
+    traffic(&proxy, &origin, 2, 0);
+    wait_until("the stream", || {
+        stream_records(&redis, "tp:{acme}:audit").len() == 2
+    });
+
+    // Redis restarts while the stream is idle.
+    redis.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    redis.restart();
+    let statuses: Vec<u16> = (0..10)
+        .map(|i| {
+            forward_get(
+                proxy.sidecar_port,
+                &url(&origin, &format!("/acme/back/{i}")),
+                None,
+                "",
+            )
+            .status
+        })
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    wait_until("the records sent after the restart", || {
+        stream_records(&redis, "tp:{acme}:audit").len() == 10
+    });
+}
+
 #[test]
 fn an_optional_stream_that_is_down_does_not_refuse() {
     let origin = Origin::start();

@@ -177,6 +177,54 @@ fn readiness_and_usage_follow_redis_under_fail_closed() {
     assert_eq!(usage(&proxy).status, 200);
 }
 
+/// Every connection the proxy holds (one per worker thread, the admin port's, the probe's)
+/// dies with the server it was made to. Once Redis answers again, none of them may cost a
+/// request: the call that finds its connection dead is sent again on the new one.
+#[test]
+fn once_redis_is_back_no_call_is_refused_for_a_connection_the_old_server_closed() {
+    let mut redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_secs(1));
+    spec.tenant("acme").limits().concurrency = Some(10);
+    let proxy = Proxy::start(spec);
+    let url = format!("http://127.0.0.1:{}/acme/conns", origin.port);
+    let statuses = |n: usize| -> Vec<u16> {
+        (0..n)
+            .map(|_| forward_get(proxy.sidecar_port, &url, None, "").status)
+            .collect()
+    };
+    let usage = || {
+        raw_request_to(
+            proxy.admin_addr(),
+            "GET /usage?tenant=acme HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .status
+    };
+    // A thread's own connection is made in the background after its first call: several
+    // rounds, so that every worker and the admin port have theirs.
+    for _ in 0..3 {
+        assert!(statuses(10).iter().all(|s| *s == 200));
+        assert_eq!(usage(), 200);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // An outage with traffic: every connection fails and its remaking fails too.
+    redis.stop();
+    wait_readiness(&proxy, 503);
+    assert!(statuses(10).iter().all(|s| *s == 503));
+    assert_eq!(usage(), 503);
+    // Longer than a connection's own attempts to remake itself, which now have failed.
+    std::thread::sleep(Duration::from_secs(1));
+
+    redis.restart();
+    wait_readiness(&proxy, 200);
+    let after: Vec<u16> = (0..4).flat_map(|_| statuses(10)).collect();
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+    assert_eq!(usage(), 200);
+    assert_eq!(origin.count(), 30 + 40);
+}
+
 #[test]
 fn local_fallback_keeps_enforcing_per_replica_and_is_counted() {
     let mut redis = RedisServer::start();

@@ -91,6 +91,7 @@ impl StreamSink {
 
     fn send_pending(&mut self) -> redis::RedisResult<()> {
         while !self.pending.is_empty() {
+            let kept = self.conn.is_some();
             let conn = match &mut self.conn {
                 Some(c) => c,
                 None => self.conn.insert(self.endpoint.connect_blocking(TIMEOUT)?),
@@ -99,7 +100,7 @@ impl StreamSink {
             let maxlen = self.maxlen;
             // On a cluster the pipeline is split by the node owning each tenant's stream; the
             // lines of one tenant stay in order.
-            conn.pipeline(self.pending.iter().take(n), |cmd, (tenant, line)| {
+            let sent = conn.pipeline(self.pending.iter().take(n), |cmd, (tenant, line)| {
                 cmd.arg("XADD")
                     .arg(stream_key(tenant))
                     .arg("MAXLEN")
@@ -108,8 +109,20 @@ impl StreamSink {
                     .arg("*")
                     .arg("record")
                     .arg(line.as_slice());
-            })?;
-            self.pending.drain(..n);
+            });
+            match sent {
+                Ok(()) => drop(self.pending.drain(..n)),
+                // A connection kept from an earlier send may have died with the server it was
+                // made to (Redis restarted while the stream was idle), which only its next use
+                // tells. The lines go out at once on a new connection, so that a required
+                // stream does not refuse requests for a backoff after Redis is back. A new
+                // connection that fails is a real failure (the next pass starts fresh). A
+                // pipeline cut mid-flight may have been applied in part: its lines can then
+                // arrive twice, each with its own seq and chain hash, so a reader sees the
+                // repeat and never a gap.
+                Err(e) if kept && e.is_connection_dropped() => self.conn = None,
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

@@ -205,10 +205,32 @@ impl fmt::Debug for AsyncConn {
     }
 }
 
+/// Whether a call that failed with `error` is sent once more on the connection the manager
+/// has begun to remake.
+///
+/// A [`ConnectionManager`] learns that its connection is dead only from a call that fails on it
+/// (the socket closed by a restarted server, or the failed reconnect left by an outage), starts
+/// a new connection, and hands that call the error. Without a second try, every connection
+/// would refuse one request after each Redis restart, long after Redis answers again (and
+/// `/readyz`, probed on another connection, says so). The second try waits for the new
+/// connection; the caller's time box ([`local::answer_within`]) bounds both.
+///
+/// A call cut mid-flight may have run before its connection died; sending it again can then
+/// count one request twice, which only refuses sooner, never admits more (a lease is keyed by
+/// its id). The cluster client retries the same way (`retries` in [`RedisEndpoint`]).
+fn worth_a_second_try(error: &redis::RedisError) -> bool {
+    error.is_connection_dropped()
+}
+
 impl ConnectionLike for AsyncConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            AsyncConn::Node(c) => c.req_packed_command(cmd),
+            AsyncConn::Node(c) => Box::pin(async move {
+                match c.send_packed_command(cmd).await {
+                    Err(e) if worth_a_second_try(&e) => c.send_packed_command(cmd).await,
+                    answer => answer,
+                }
+            }),
             AsyncConn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -220,7 +242,14 @@ impl ConnectionLike for AsyncConn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            AsyncConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            AsyncConn::Node(c) => Box::pin(async move {
+                match c.send_packed_commands(pipeline, offset, count).await {
+                    Err(e) if worth_a_second_try(&e) => {
+                        c.send_packed_commands(pipeline, offset, count).await
+                    }
+                    answer => answer,
+                }
+            }),
             AsyncConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
