@@ -207,6 +207,21 @@ fn a_held_request_is_forwarded_once_after_approval_exactly_as_held() {
         (status, code_of(&answer).as_str()),
         (403, "approval_unknown")
     );
+    // Two hold ids have no one reading: refused before anything is looked up.
+    let (status, answer) = curl(&[
+        "-x",
+        &format!("http://127.0.0.1:{}", proxy.sidecar_port),
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "x-approval-hold: other",
+        "-H",
+        &format!("x-approval-hold: {hold_id}"),
+        "--data-binary",
+        body,
+        &url,
+    ]);
+    assert_eq!((status, code_of(&answer).as_str()), (400, "bad_request"));
     assert_eq!(origin.count(), 1);
     // Audited: requested, granted by alice, and the request record naming the hold.
     let records = proxy.wait_audit_records("acme", 3);

@@ -634,10 +634,12 @@ impl RunRegistry for RedisBackend {
         let mut cmd = redis::cmd("HINCRBY");
         cmd.arg(run_life_key(tenant, run)).arg("refusals").arg(1);
         let count = cmd.query_async::<i64>(&mut conn);
-        if !matches!(
+        let answered = matches!(
             answer_within(self.settings.timeout, count).await,
             Some(Ok(_))
-        ) {
+        );
+        self.answering.mark(answered);
+        if !answered {
             METRICS.limiter_errors.inc();
         }
     }

@@ -883,6 +883,13 @@ fn http_destination(
     if header_bytes(req) > config.limits.max_header_bytes {
         return Err(Deny::HeadersTooLarge);
     }
+    // One reading of the hold id, as of every header the proxy itself acts on.
+    if crate::identity::sole_header(&req.headers, crate::approvals::HOLD_HEADER).is_err() {
+        return Err(Deny::BadRequest(format!(
+            "`{}` is given more than once",
+            crate::approvals::HOLD_HEADER
+        )));
+    }
     // SECURITY: a header nominated in `Connection` is removed hop by hop on the way upstream,
     // after the decision; none the decision or the substitution rests on may be.
     let nominated = req
