@@ -64,6 +64,7 @@ fn tenant(id: &str) -> TenantContext {
             workload: WorkloadId::new("bot").unwrap(),
             source: IdentitySourceKind::Binding,
             token: None,
+            certificate: None,
         },
         Arc::from("req-1"),
         None,

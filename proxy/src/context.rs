@@ -106,6 +106,7 @@ mod tests {
             workload: WorkloadId::new("bot").expect("id"),
             source: IdentitySourceKind::Binding,
             token: None,
+            certificate: None,
         };
         let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let c = TenantContext::new(who, Arc::from("req-1"), Some(tp));

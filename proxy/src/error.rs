@@ -145,6 +145,7 @@ impl From<crate::identity::IdentityError> for Deny {
             IdentityError::Required => Deny::IdentityRequired,
             IdentityError::Invalid(why) => Deny::IdentityInvalid(why),
             revoked @ IdentityError::Revoked(_) => Deny::IdentityInvalid(revoked.to_string()),
+            IdentityError::Lapsed { why, .. } => Deny::IdentityInvalid(why),
         }
     }
 }

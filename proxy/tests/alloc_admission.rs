@@ -103,6 +103,7 @@ async fn one_request(config: &StaticConfig, snapshot: &Arc<Snapshot>) -> bool {
         workload: WorkloadId::new("support-bot").unwrap(),
         source: IdentitySourceKind::Binding,
         token: None,
+        certificate: None,
     };
     let fx = DecideOnly {
         config,

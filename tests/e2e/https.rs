@@ -1329,6 +1329,7 @@ fn start_mesh() -> Mesh {
             .unwrap(),
     );
     let rogue = TestCa::new("rogue CA").unwrap();
+    std::fs::write(dir.path().join("rogue-ca.pem"), &rogue.cert_pem).unwrap();
     write(
         "rogue",
         &rogue
@@ -1476,6 +1477,60 @@ fn mtls_spiffe_identity_for_tunnels_and_refusals_at_the_handshake() {
         origin.count(),
         1,
         "only the one allowed request ever reached the origin"
+    );
+}
+
+/// A keep-alive connection is as good as its client certificate, judged at every request: once
+/// the client trust bundle is replaced by one that does not verify it, the next request on the
+/// open connection is refused, audited for the workload the certificate named, and the
+/// connection closed (the client connects again with a certificate the bundle trusts).
+#[test]
+fn an_open_mtls_connection_loses_its_identity_with_its_ca() {
+    let mesh = start_mesh();
+    let origin = Origin::start();
+    let get = |path: &str| {
+        format!(
+            "GET http://127.0.0.1:{o}{path} HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\n\r\n",
+            o = origin.port
+        )
+    };
+    let mut conn = BufReader::new(mesh.tls("acme-bot"));
+    conn.get_mut()
+        .write_all(get("/public/before").as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut conn).unwrap().status, 200);
+
+    // The bundle now trusts another CA only.
+    let d = mesh.dir.path();
+    std::fs::copy(d.join("rogue-ca.pem"), d.join("mesh-ca.pem")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !mesh.h.proxy.log().contains("mTLS configuration reloaded") {
+        assert!(std::time::Instant::now() < deadline, "no reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    conn.get_mut()
+        .write_all(get("/public/after").as_bytes())
+        .unwrap();
+    let r = read_response(&mut conn).unwrap();
+    let body = r.assert_refused(407, "identity_invalid");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no longer trusted")),
+        "{body}"
+    );
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "closed after the refusal");
+    assert_eq!(origin.count(), 1);
+    let rec = mesh.h.proxy.audit_record("acme", &r.request_id());
+    assert_eq!(
+        (
+            rec["workload"].as_str(),
+            rec["identity_source"].as_str(),
+            rec["reason"].as_str()
+        ),
+        (Some("bot"), Some("mtls"), Some("identity_invalid"))
     );
 }
 

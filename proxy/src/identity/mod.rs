@@ -76,13 +76,19 @@ pub enum IdentityError {
     /// audited in that tenant's partition. Never served.
     #[error("the token has been revoked")]
     Revoked(Box<ResolvedIdentity>),
+    /// The client certificate that proved this connection's identity has expired since, or is
+    /// no longer trusted, with the identity it proved: the refusal is audited in that tenant's
+    /// partition (it was the CA's word, not the agent's). Never served.
+    #[error("{why}")]
+    Lapsed {
+        /// The identity the certificate proved at the handshake.
+        who: Box<ResolvedIdentity>,
+        /// Why it no longer does.
+        why: String,
+    },
 }
 
-/// What the mTLS handshake learned about the client, kept on the connection for every request
-/// on it. A certificate that verified but maps to no workload is kept as the refusal reason, so
-/// requests get `identity_invalid` rather than a bare TLS error.
-#[derive(Debug)]
-pub struct PeerCertificate(pub Result<mtls::PeerIdentity, String>);
+pub use mtls::PeerCertificate;
 
 /// Identity material presented with a request or its connection.
 #[derive(Debug, Clone, Copy, Default)]
@@ -147,6 +153,8 @@ pub struct ResolvedIdentity {
     pub source: IdentitySourceKind,
     /// The verified token, for token identities.
     pub token: Option<VerifiedToken>,
+    /// The client certificate, for mTLS identities.
+    pub certificate: Option<PeerCertificate>,
 }
 
 /// Resolves the caller's identity on a listener from what it presented. The first source that
@@ -182,6 +190,7 @@ pub fn resolve(
                     workload: b.workload.clone(),
                     source: IdentitySourceKind::Binding,
                     token: None,
+                    certificate: None,
                 });
             }
             IdentitySourceKind::Token => {
@@ -191,23 +200,29 @@ pub fn resolve(
                 return resolve_token(workloads, tokens, value, now_unix);
             }
             IdentitySourceKind::Mtls => {
-                let Some(PeerCertificate(peer)) = presented.peer else {
+                let Some(certificate) = presented.peer else {
                     continue;
                 };
-                let peer = peer
-                    .as_ref()
-                    .map_err(|why| IdentityError::Invalid(why.clone()))?;
+                let peer = certificate.identity().map_err(invalid)?;
                 if !workloads.has_workload(&peer.tenant, &peer.workload) {
                     return Err(invalid(
                         "the client certificate names a tenant or workload this proxy does not know",
                     ));
                 }
-                return Ok(ResolvedIdentity {
+                let who = ResolvedIdentity {
                     tenant: peer.tenant.clone(),
                     workload: peer.workload.clone(),
                     source: IdentitySourceKind::Mtls,
                     token: None,
-                });
+                    certificate: Some(certificate.clone()),
+                };
+                return match certificate.still_valid(now_unix) {
+                    Ok(()) => Ok(who),
+                    Err(why) => Err(IdentityError::Lapsed {
+                        who: Box::new(who),
+                        why,
+                    }),
+                };
             }
         }
     }
@@ -236,6 +251,11 @@ pub fn recheck(
             Err(token::TokenError::Revoked(_)) => revoked = true,
             Err(e) => return Err(IdentityError::Invalid(e.to_string())),
         }
+    }
+    if let Some(certificate) = &who.certificate {
+        certificate
+            .still_valid(now_unix)
+            .map_err(IdentityError::Invalid)?;
     }
     if !workloads.has_workload(&who.tenant, &who.workload) {
         return Err(invalid(
@@ -287,6 +307,7 @@ fn resolve_token(
         workload: verified.workload.clone(),
         source: IdentitySourceKind::Token,
         token: Some(verified),
+        certificate: None,
     };
     if revoked {
         return Err(IdentityError::Revoked(Box::new(who)));
@@ -362,6 +383,8 @@ mod tests {
     }
 
     use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
     use token::{mint, KeySet, MintRequest, TokenSettings};
 
@@ -430,11 +453,11 @@ mod tests {
     }
 
     fn peer(tenant: &str, workload: &str) -> PeerCertificate {
-        PeerCertificate(Ok(mtls::PeerIdentity {
+        PeerCertificate::assumed(mtls::PeerIdentity {
             spiffe_id: format!("spiffe://t/tenant/{tenant}/workload/{workload}"),
             tenant: TenantId::new(tenant).unwrap(),
             workload: WorkloadId::new(workload).unwrap(),
-        }))
+        })
     }
 
     /// Who `presented` is on `l`: `tenant/workload (source)`, or the error.
@@ -567,5 +590,62 @@ mod tests {
             NOW,
         );
         assert!(matches!(got, Err(IdentityError::Invalid(_))), "{got:?}");
+    }
+
+    /// A bundle that verifies every chain until it is replaced by one that verifies none.
+    #[derive(Default)]
+    struct Bundle {
+        replaced: AtomicBool,
+    }
+
+    impl mtls::ClientTrust for Bundle {
+        fn generation(&self) -> u64 {
+            u64::from(self.replaced.load(Ordering::Relaxed))
+        }
+        fn verify(
+            &self,
+            _: &[rustls::pki_types::CertificateDer<'static>],
+            _: u64,
+        ) -> (u64, Result<(), String>) {
+            (self.generation(), Err("UnknownIssuer".into()))
+        }
+    }
+
+    #[test]
+    fn an_mtls_identity_is_judged_again_with_its_certificate() {
+        let bundle = Arc::new(Bundle::default());
+        let trust: Arc<dyn mtls::ClientTrust> = bundle.clone();
+        let identity = mtls::PeerIdentity {
+            spiffe_id: "spiffe://t/tenant/acme/workload/bot".into(),
+            tenant: TenantId::new("acme").unwrap(),
+            workload: WorkloadId::new("bot").unwrap(),
+        };
+        let certificate = PeerCertificate::assumed_under(identity, trust, 0);
+        let presented = Presented {
+            peer: Some(&certificate),
+            ..Default::default()
+        };
+        let l = listener(&[IdentitySourceKind::Mtls], None);
+        let who = resolve(&l, &Known, None, presented, NOW).unwrap();
+        assert_eq!(who.certificate.as_ref(), Some(&certificate));
+        assert_eq!(recheck(&who, &Known, None, NOW), Ok(()));
+
+        // The bundle is replaced by one that does not verify it: a tunnel opened with it, and
+        // a new request on its connection, are refused.
+        bundle.replaced.store(true, Ordering::Relaxed);
+        let got = recheck(&who, &Known, None, NOW);
+        assert!(
+            matches!(&got, Err(IdentityError::Invalid(why)) if why.contains("no longer trusted")),
+            "{got:?}"
+        );
+        // On the connection, the refusal keeps the identity the certificate proved, so that
+        // it is audited in that tenant's partition.
+        match resolve(&l, &Known, None, presented, NOW) {
+            Err(IdentityError::Lapsed { who: lapsed, why }) => {
+                assert_eq!(*lapsed, who);
+                assert!(why.contains("no longer trusted"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

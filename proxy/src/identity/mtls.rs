@@ -7,12 +7,18 @@
 //! handshake but not `identify`: the bundle says who may connect, the trust domain says whose
 //! names this proxy believes.
 //!
+//! Both hold for the life of the connection only while they stay true: every request on it (and
+//! in a tunnel opened on it) asks [`PeerCertificate::still_valid`], which refuses a chain that
+//! has expired since the handshake, or that the trust bundle, replaced since, no longer
+//! verifies. An X509-SVID lives an hour; a keep-alive connection must not make it live longer.
+//!
 //! SPIFFE IDs are parsed strictly (SPIFFE ID spec): what a lenient URI parser would normalise
 //! (percent-encoding, dot segments, case, ports, user info) is refused, because two spellings of
 //! one identity would become two identities for policy, limits and audit.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -20,7 +26,8 @@ use anyhow::{bail, Context as _};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher as _};
 use rustls::pki_types::pem::{self, PemObject as _};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use x509_parser::extensions::GeneralName;
@@ -352,6 +359,154 @@ pub fn identify(
     })
 }
 
+/// The trust a client certificate is judged against: the mTLS listener's current client trust
+/// bundle, and a number that changes each time the bundle is replaced.
+pub trait ClientTrust: Send + Sync {
+    /// The current bundle's number.
+    fn generation(&self) -> u64;
+    /// Verifies `chain` (leaf first) against the current bundle at `now_unix`; answers the
+    /// number of the bundle that judged it.
+    fn verify(&self, chain: &[CertificateDer<'static>], now_unix: u64)
+        -> (u64, Result<(), String>);
+}
+
+/// What an mTLS handshake proved, kept on the connection for every request on it (and by
+/// tunnels opened on it), and judged again for each one ([`Self::still_valid`]).
+#[derive(Clone)]
+pub struct PeerCertificate(Arc<Proved>);
+
+struct Proved {
+    /// The identity the chain names; a chain that verified but names no identity this proxy
+    /// believes is kept as the refusal reason, so requests get `identity_invalid` rather than a
+    /// bare TLS error.
+    identity: Result<PeerIdentity, String>,
+    chain: Vec<CertificateDer<'static>>,
+    /// The earliest `notAfter` in the chain, Unix seconds.
+    not_after: u64,
+    trust: Arc<dyn ClientTrust>,
+    /// The number of the bundle that last verified the chain.
+    verified_under: AtomicU64,
+}
+
+impl PeerCertificate {
+    /// What the handshake that `trust`'s bundle number `generation` verified proves.
+    pub fn proved(
+        chain: &[CertificateDer<'_>],
+        pattern: &SpiffePattern,
+        trust: Arc<dyn ClientTrust>,
+        generation: u64,
+    ) -> Self {
+        Self(Arc::new(Proved {
+            identity: identify(chain, pattern).map_err(|e| e.to_string()),
+            not_after: earliest_not_after(chain),
+            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+            trust,
+            verified_under: AtomicU64::new(generation),
+        }))
+    }
+
+    /// The identity the handshake's chain names, or why it names none this proxy believes.
+    pub fn identity(&self) -> Result<&PeerIdentity, &str> {
+        self.0.identity.as_ref().map_err(String::as_str)
+    }
+
+    /// Whether the chain still proves its identity at `now_unix`, or why not: it has expired
+    /// since the handshake, or the trust bundle has been replaced since and no longer verifies
+    /// it. The chain is verified again only after a replacement (once per replacement while it
+    /// passes), so a request pays an atomic load and two comparisons.
+    pub fn still_valid(&self, now_unix: u64) -> Result<(), String> {
+        let proved = &*self.0;
+        if now_unix > proved.not_after {
+            return Err(
+                "the client certificate has expired since the connection was made; connect again with a current one"
+                    .into(),
+            );
+        }
+        if proved.trust.generation() != proved.verified_under.load(Ordering::Acquire) {
+            let (generation, verdict) = proved.trust.verify(&proved.chain, now_unix);
+            verdict.map_err(|e| {
+                format!(
+                    "the client certificate is no longer trusted: the listener's client trust bundle changed and does not verify it ({e})"
+                )
+            })?;
+            proved.verified_under.store(generation, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// The identity at `now_unix`: [`Self::identity`] while [`Self::still_valid`].
+    pub fn identity_at(&self, now_unix: u64) -> Result<&PeerIdentity, String> {
+        let identity = self.identity().map_err(str::to_string)?;
+        self.still_valid(now_unix)?;
+        Ok(identity)
+    }
+
+    /// A certificate taken as proved under a bundle that never changes, for tests of what is
+    /// done with an identity.
+    #[cfg(test)]
+    pub fn assumed(identity: PeerIdentity) -> Self {
+        struct Unchanging;
+        impl ClientTrust for Unchanging {
+            fn generation(&self) -> u64 {
+                0
+            }
+            fn verify(&self, _: &[CertificateDer<'static>], _: u64) -> (u64, Result<(), String>) {
+                (0, Err("never asked".into()))
+            }
+        }
+        Self::assumed_under(identity, Arc::new(Unchanging), 0)
+    }
+
+    /// A certificate taken as proved by `trust`'s bundle number `generation`.
+    #[cfg(test)]
+    pub fn assumed_under(
+        identity: PeerIdentity,
+        trust: Arc<dyn ClientTrust>,
+        generation: u64,
+    ) -> Self {
+        Self(Arc::new(Proved {
+            identity: Ok(identity),
+            chain: Vec::new(),
+            not_after: u64::MAX,
+            trust,
+            verified_under: AtomicU64::new(generation),
+        }))
+    }
+}
+
+impl fmt::Debug for PeerCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerCertificate")
+            .field("identity", &self.0.identity)
+            .field("not_after", &self.0.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two are equal when they are the same chain.
+impl PartialEq for PeerCertificate {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.chain == other.0.chain && self.0.identity == other.0.identity
+    }
+}
+
+impl Eq for PeerCertificate {}
+
+/// The earliest `notAfter` of `chain`, Unix seconds; 0 (long expired) when a certificate cannot
+/// be read, which a handshake that verified it makes impossible.
+fn earliest_not_after(chain: &[CertificateDer<'_>]) -> u64 {
+    chain
+        .iter()
+        .map(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .and_then(|(_, c)| u64::try_from(c.validity().not_after.timestamp()).ok())
+                .unwrap_or(0)
+        })
+        .min()
+        .unwrap_or(0)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Listener configuration
 
@@ -364,7 +519,30 @@ pub struct MtlsServer {
     cert: PathBuf,
     key: PathBuf,
     client_ca: PathBuf,
-    config: ArcSwap<ServerConfig>,
+    loaded: ArcSwap<Loaded>,
+}
+
+/// One reading of the files: the handshake's configuration, its client verifier (to judge a
+/// connection's chain again after a replacement) and its number.
+struct Loaded {
+    config: Arc<ServerConfig>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    generation: u64,
+}
+
+/// Numbers every reading of every mTLS listener's files; one counter for all is simplest, and
+/// only inequality is ever asked of two numbers.
+static READINGS: AtomicU64 = AtomicU64::new(1);
+
+impl Loaded {
+    fn read(cert: &Path, key: &Path, client_ca: &Path) -> anyhow::Result<Self> {
+        let (config, verifier) = build_config(cert, key, client_ca)?;
+        Ok(Self {
+            config: Arc::new(config),
+            verifier,
+            generation: READINGS.fetch_add(1, Ordering::Relaxed),
+        })
+    }
 }
 
 impl fmt::Debug for MtlsServer {
@@ -382,24 +560,29 @@ impl MtlsServer {
     /// Builds the configuration from the listener's certificate chain and key and the client
     /// trust bundle (PEM files). Client certificates are required.
     pub fn load(cert: &Path, key: &Path, client_ca: &Path) -> anyhow::Result<Self> {
-        let config = build_config(cert, key, client_ca)?;
         Ok(Self {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             client_ca: client_ca.to_path_buf(),
-            config: ArcSwap::from_pointee(config),
+            loaded: ArcSwap::from_pointee(Loaded::read(cert, key, client_ca)?),
         })
     }
 
     /// The configuration for the next handshake.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.config.load_full()
+        self.loaded.load().config.clone()
+    }
+
+    /// The configuration for the next handshake and its number (for [`PeerCertificate::proved`]).
+    pub fn current_numbered(&self) -> (Arc<ServerConfig>, u64) {
+        let loaded = self.loaded.load();
+        (loaded.config.clone(), loaded.generation)
     }
 
     /// Re-reads the three files; on error the previous configuration stays.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let config = build_config(&self.cert, &self.key, &self.client_ca)?;
-        self.config.store(Arc::new(config));
+        let loaded = Loaded::read(&self.cert, &self.key, &self.client_ca)?;
+        self.loaded.store(Arc::new(loaded));
         Ok(())
     }
 
@@ -470,7 +653,38 @@ impl MtlsServer {
     }
 }
 
-fn build_config(cert: &Path, key: &Path, client_ca: &Path) -> anyhow::Result<ServerConfig> {
+impl ClientTrust for MtlsServer {
+    fn generation(&self) -> u64 {
+        self.loaded.load().generation
+    }
+
+    fn verify(
+        &self,
+        chain: &[CertificateDer<'static>],
+        now_unix: u64,
+    ) -> (u64, Result<(), String>) {
+        let loaded = self.loaded.load();
+        let verdict = match chain.split_first() {
+            Some((leaf, intermediates)) => loaded
+                .verifier
+                .verify_client_cert(
+                    leaf,
+                    intermediates,
+                    UnixTime::since_unix_epoch(Duration::from_secs(now_unix)),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => Err("no client certificate".into()),
+        };
+        (loaded.generation, verdict)
+    }
+}
+
+fn build_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> anyhow::Result<(ServerConfig, Arc<dyn ClientCertVerifier>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = read_certs(cert, "server certificate")?;
     let key_der = read_key(key)?;
@@ -495,7 +709,7 @@ fn build_config(cert: &Path, key: &Path, client_ca: &Path) -> anyhow::Result<Ser
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("no TLS protocol version available")?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key_der)
         .with_context(|| {
             format!(
@@ -505,7 +719,7 @@ fn build_config(cert: &Path, key: &Path, client_ca: &Path) -> anyhow::Result<Ser
             )
         })?;
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-    Ok(config)
+    Ok((config, verifier))
 }
 
 fn read_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
@@ -738,6 +952,65 @@ mod tests {
         assert_eq!(peer.spiffe_id, id);
         assert_eq!(peer.tenant.as_str(), "acme");
         assert_eq!(peer.workload.as_str(), "agent-1");
+    }
+
+    fn unix_now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// A connection's certificate is judged again for every request: it stops identifying
+    /// anyone once it has expired, or once the bundle is replaced by one that does not verify
+    /// it (and does again under a bundle that does).
+    #[tokio::test]
+    async fn a_connections_certificate_stops_identifying_once_expired_or_untrusted() {
+        let client_ca = ca("client ca");
+        let other_ca = ca("other ca");
+        let f = files(&[&client_ca]);
+        let server = Arc::new(f.load());
+        let id = "spiffe://example.org/tenant/acme/workload/agent-1";
+        let (config, generation) = server.current_numbered();
+        let chain = handshake(config, &f.server_ca, Some(&client(&client_ca, &[id])))
+            .await
+            .unwrap();
+        let trust: Arc<dyn ClientTrust> = server.clone();
+        let peer = PeerCertificate::proved(&chain, &pattern(), trust, generation);
+        let now = unix_now();
+        assert_eq!(peer.identity_at(now).unwrap().spiffe_id, id);
+
+        // Its last second still identifies; the next one does not.
+        let not_after = earliest_not_after(&chain);
+        assert!(not_after > now, "{not_after}");
+        assert!(peer.identity_at(not_after).is_ok());
+        let e = peer.identity_at(not_after + 1).unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+
+        // The same bundle read again verifies it again.
+        server.reload().unwrap();
+        assert!(peer.identity_at(now).is_ok());
+        // A bundle without its CA: refused, on every request while it stays.
+        write_bundle(&f.client_ca, &[&other_ca]);
+        server.reload().unwrap();
+        for _ in 0..2 {
+            let e = peer.identity_at(now).unwrap_err();
+            assert!(e.contains("no longer trusted"), "{e}");
+        }
+        // Its CA back: identified again.
+        write_bundle(&f.client_ca, &[&other_ca, &client_ca]);
+        server.reload().unwrap();
+        assert_eq!(peer.identity_at(now).unwrap().spiffe_id, id);
+
+        // A certificate that never named an identity says why, before anything else.
+        let foreign = client(
+            &client_ca,
+            &["spiffe://other.org/tenant/acme/workload/agent-1"],
+        );
+        let trust: Arc<dyn ClientTrust> = server.clone();
+        let peer = PeerCertificate::proved(&foreign.chain, &pattern(), trust, generation);
+        let e = peer.identity_at(now).unwrap_err();
+        assert!(e.contains("trust domain"), "{e}");
     }
 
     #[tokio::test]

@@ -318,8 +318,8 @@ pub async fn admit(
     trail.mark("identity");
     // One tenant's unwritable partition refuses that tenant only.
     fx.admit_tenant(&mut trail.slot, &tenant.tenant)?;
-    // SECURITY: a revoked token, and a tunnel whose identity is no longer accepted, are
-    // refused here, once the tenant is known, so the refusal is audited in the partition of the
+    // SECURITY: a revoked token, a lapsed client certificate, and a tunnel whose identity is
+    // no longer accepted, are refused here, once the tenant is known, so the refusal is audited in the partition of the
     // tenant whose token (or tunnel) it was (the signature verified: the tenant is the issuer's
     // word, not the agent's).
     if let Some(deny) = refusal {
@@ -389,6 +389,7 @@ fn identify(
                 let deny = IdentityError::Revoked(who.clone()).into();
                 Ok((*who, Some(deny)))
             }
+            Err(IdentityError::Lapsed { who, why }) => Ok((*who, Some(Deny::IdentityInvalid(why)))),
             Err(e) => Err(e.into()),
         },
         Caller::Named(who) => Ok((*who, None)),

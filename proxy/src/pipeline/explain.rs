@@ -308,6 +308,7 @@ pub async fn explain(
         workload,
         source: IdentitySourceKind::Token,
         token: Some(token),
+        certificate: None,
     };
     let fx = DecideOnly {
         config,

@@ -390,9 +390,25 @@ impl TenantProxy {
                 | Deny::ConnectionLimit(_)
                 | Deny::Overloaded(_)
         );
+        // A connection whose identity is its client certificate (which has expired or lost
+        // its trust) would be refused for every further request: closing it lets the client
+        // connect again, with its current certificate.
+        let identity_spent = matches!(deny, Deny::IdentityInvalid(_))
+            && session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_deref())
+                .is_some_and(|d| {
+                    d.extension
+                        .get::<crate::identity::PeerCertificate>()
+                        .is_some()
+                });
         ctx.trail.refuse(deny);
         let poisoned = front_conn(session).is_some_and(|c| c.violation().is_some());
-        if fatal || poisoned || !(session.is_body_empty() || session.is_body_done()) {
+        if fatal
+            || identity_spent
+            || poisoned
+            || !(session.is_body_empty() || session.is_body_done())
+        {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(resp), false).await?;

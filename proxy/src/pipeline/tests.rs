@@ -211,6 +211,7 @@ fn acme() -> Box<ResolvedIdentity> {
         workload: WorkloadId::new("bot").unwrap(),
         source: IdentitySourceKind::Binding,
         token: None,
+        certificate: None,
     })
 }
 

@@ -45,7 +45,7 @@ use crate::clock::unix_now;
 use crate::config::ListenerSettings;
 use crate::error::Deny;
 use crate::front::{FrontLimits, HeadLimits};
-use crate::identity::mtls::MtlsServer;
+use crate::identity::mtls::{ClientTrust, MtlsServer};
 use crate::identity::ListenerKind;
 use crate::identity::{self, PeerCertificate, Presented};
 use crate::metrics::METRICS;
@@ -219,10 +219,13 @@ impl ServerApp for EgressApp {
 impl EgressApp {
     /// The mTLS handshake: a client without a certificate that chains to the trust bundle is
     /// refused here; one whose SPIFFE ID maps to no workload is refused per request.
-    async fn accept_mtls(&self, mtls: &MtlsServer, stream: Stream) -> Option<Stream> {
-        let acceptor = Acceptor::from_server_config(mtls.current());
+    async fn accept_mtls(&self, mtls: &Arc<MtlsServer>, stream: Stream) -> Option<Stream> {
+        let (config, generation) = mtls.current_numbered();
+        let acceptor = Acceptor::from_server_config(config);
         let callbacks = PeerCallbacks {
             listener: self.listener.clone(),
+            trust: mtls.clone(),
+            generation,
         };
         let handshake =
             handshake_with_callback(&acceptor, Rewound::new(stream, Bytes::new()), &callbacks);
@@ -753,9 +756,12 @@ impl TlsAccept for TunnelCallbacks {
     }
 }
 
-/// Reads the client certificate's SPIFFE ID once, at the handshake.
+/// Keeps what the handshake proved (the chain, its SPIFFE ID read once) on the connection.
 struct PeerCallbacks {
     listener: Arc<ListenerSettings>,
+    /// The bundle the handshake is verified against, and its number then.
+    trust: Arc<MtlsServer>,
+    generation: u64,
 }
 
 #[async_trait]
@@ -766,7 +772,12 @@ impl TlsAccept for PeerCallbacks {
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
         let pattern = self.listener.tls.as_ref()?.spiffe.clone();
         let chain = tls.peer_cert_chain_der().unwrap_or(&[]);
-        let peer = crate::identity::mtls::identify(chain, &pattern).map_err(|e| e.to_string());
-        Some(Arc::new(PeerCertificate(peer)))
+        let trust: Arc<dyn ClientTrust> = self.trust.clone();
+        Some(Arc::new(PeerCertificate::proved(
+            chain,
+            &pattern,
+            trust,
+            self.generation,
+        )))
     }
 }
