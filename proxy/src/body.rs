@@ -258,9 +258,11 @@ async fn read_body(
 pub struct LlmRequest {
     /// The `model` it names.
     pub model: Option<String>,
-    /// Its output ceiling (the first of the providers' ceiling fields present, see
+    /// Its output ceiling (the largest of the providers' ceiling fields present, see
     /// [`providers::request`]).
     pub max_output_tokens: Option<u64>,
+    /// How many completions it asks for (the largest of `n` and its synonyms present).
+    pub choices: Option<u64>,
 }
 
 /// Reads the model and the output ceiling (every provider's fields, see
@@ -285,16 +287,21 @@ pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
     }
     let named = providers::request::read_json(body)
         .map_err(|e| format!("the request body cannot be read as a JSON object: {e}"))?;
-    checked(named.model, named.max_output_tokens)
+    checked(named.model, named.max_output_tokens, named.choices)
 }
 
-fn checked(model: Option<String>, max_output_tokens: Option<u64>) -> Result<LlmRequest, String> {
+fn checked(
+    model: Option<String>,
+    max_output_tokens: Option<u64>,
+    choices: Option<u64>,
+) -> Result<LlmRequest, String> {
     if model.as_ref().is_some_and(|m| m.len() > 256) {
         return Err("`model` is longer than 256 bytes".into());
     }
     Ok(LlmRequest {
         model,
         max_output_tokens,
+        choices,
     })
 }
 
@@ -529,6 +536,8 @@ struct FormFields {
     models: Vec<(usize, String)>,
     /// Ceilings by precedence rank.
     ceilings: Vec<(usize, u64)>,
+    /// Numbers of completions by rank.
+    choices: Vec<(usize, u64)>,
 }
 
 impl FormFields {
@@ -547,21 +556,29 @@ impl FormFields {
             slots.push((rank, value));
             Ok(())
         }
+        let number = |value: &str| {
+            value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("form field `{name}` is not a whole number"))
+        };
         match providers::request::form_field(name) {
             Some(Slot::Model(rank)) => once(&mut self.models, rank, value.to_string(), name),
-            Some(Slot::Ceiling(rank)) => {
-                let number = value
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| format!("form field `{name}` is not a whole number"))?;
-                once(&mut self.ceilings, rank, number, name)
-            }
+            Some(Slot::Ceiling(rank)) => once(&mut self.ceilings, rank, number(value)?, name),
+            Some(Slot::Choices(rank)) => once(&mut self.choices, rank, number(value)?, name),
             None => Ok(()),
         }
     }
 
+    /// The best-ranked model; the largest ceiling and number of completions (see
+    /// [`providers::request::Named`]).
     fn finish(self) -> Result<LlmRequest, String> {
-        checked(first(self.models), first(self.ceilings))
+        let largest = |slots: Vec<(usize, u64)>| slots.into_iter().map(|(_, v)| v).max();
+        checked(
+            first(self.models),
+            largest(self.ceilings),
+            largest(self.choices),
+        )
     }
 }
 

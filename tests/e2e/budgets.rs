@@ -222,6 +222,74 @@ except openai.APIError as e:
     assert_eq!(r.code(), "budget_exhausted");
 }
 
+/// `n` completions are each generated up to `max_tokens`: all of them are reserved, so one call
+/// cannot overshoot a ceiling by a factor of `n`; with two ceilings, the larger is reserved.
+#[test]
+fn every_completion_and_the_larger_ceiling_are_reserved() {
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().tokens_per_minute = Some(100_000);
+    });
+    for (body, output) in [
+        (
+            r#"{"model":"gpt-4o-mini","max_tokens":450,"n":20,"messages":[]}"#,
+            450 * 20,
+        ),
+        (
+            r#"{"model":"gpt-4o-mini","max_tokens":1,"max_completion_tokens":5000,"messages":[]}"#,
+            5000,
+        ),
+    ] {
+        let r = llm_chat(proxy.sidecar_port, body, "");
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(
+            rec["reserved"]["tokens"].as_u64(),
+            Some(body.len() as u64 + output),
+            "{rec}"
+        );
+    }
+}
+
+/// An agent that hangs up on a stream just before its usage arrives was still served what it
+/// read (and the provider bills it): the call keeps its whole reservation, it is not refunded.
+#[test]
+fn a_stream_the_client_leaves_before_its_usage_keeps_its_reservation() {
+    use std::io::{BufRead, BufReader, Write};
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().tokens_per_minute = Some(100_000);
+    });
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":300,"stream":true,"messages":[]}"#;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        sock,
+        "POST /llm/chat/completions HTTP/1.1\r\nHost: llm\r\nContent-Type: application/json\r\nx-mock-output-tokens: 200\r\nx-mock-chunk-delay-ms: 5\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Read the head and a few deltas, then hang up.
+    let mut reader = BufReader::new(sock);
+    let (mut line, mut deltas) = (String::new(), 0);
+    while deltas < 5 {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the stream ended early"
+        );
+        deltas += usize::from(line.contains("\"content\""));
+    }
+    drop(reader);
+    let recs = proxy.wait_audit_records("acme", 1);
+    let rec = &recs[0];
+    assert_eq!(rec["reason"], "client_closed", "{rec}");
+    let reserved = rec["reserved"]["tokens"].as_u64().unwrap();
+    assert!(reserved >= 300, "{rec}");
+    assert_eq!(rec["settled"]["tokens"].as_u64(), Some(reserved), "{rec}");
+}
+
 #[test]
 fn a_stream_within_its_budget_is_extended_and_finishes() {
     let mock = start_mock();

@@ -429,6 +429,19 @@ fn the_free_plan_model_policy_applies_to_bedrock_models() {
     assert!(origin.requests().is_empty());
     let rec = proxy.audit_record("globex", &r.request_id());
     assert_eq!(rec["model"], MODEL, "{rec}");
+    // Bedrock serves the path's model whatever the body names: a free-plan model named in the
+    // body changes neither the policy's answer nor the model audited (and priced).
+    let body = CONVERSE.replacen('{', r#"{"model":"gpt-4o-mini","#, 1);
+    let r = post(
+        proxy.shared_port,
+        &converse_path(),
+        &body,
+        &format!("Proxy-Authorization: Bearer {globex}\r\n"),
+    );
+    r.assert_refused(403, "policy_denied");
+    assert!(origin.requests().is_empty());
+    let rec = proxy.audit_record("globex", &r.request_id());
+    assert_eq!(rec["model"], MODEL, "{rec}");
 }
 
 /// An OpenAI call and a Bedrock call draw from one day budget: the ceiling is set so that both

@@ -40,6 +40,8 @@ pub struct CallFacts<'a> {
     pub model: Option<&'a str>,
     /// The body's output ceiling (`max_tokens` and its synonyms), if any.
     pub max_output_tokens: Option<u64>,
+    /// How many completions the body asks for (`n` and its synonyms), if it says.
+    pub choices: Option<u64>,
     /// Request body size.
     pub body_bytes: u64,
     /// For a request to an MCP server: the `tools/call`s in its body. `None` for any other
@@ -135,7 +137,11 @@ pub fn plan(
         .and_then(|c| c.assumed_max_tokens)
         .or(entry.ceilings.assumed_max_tokens)
         .unwrap_or(DEFAULT_ASSUMED_MAX_TOKENS);
-    let output = call.max_output_tokens.unwrap_or(assumed);
+    // Each completion asked for is generated up to the ceiling.
+    let output = call
+        .max_output_tokens
+        .unwrap_or(assumed)
+        .saturating_mul(call.choices.unwrap_or(1).max(1));
     let charge = Charge {
         tokens: call.body_bytes.saturating_add(output),
         cost_micros: prices.map_or(0, |p| p.worst_case_micros(call.body_bytes, output)),
@@ -183,23 +189,25 @@ pub fn usage_charge(u: Usage, prices: Option<Prices>) -> Charge {
 pub struct Ending {
     /// The usage the response reported.
     pub usage: Option<Usage>,
-    /// The response was a success and ran to its end.
-    pub completed: bool,
+    /// The upstream may have served the call: it answered with a success status (however the
+    /// client's side ended), or it was sent the request and did not answer.
+    pub served: bool,
     /// The stream was cut at its reservation.
     pub cut: bool,
 }
 
 /// What a call that reserved `reserved` is settled at. Reported usage is the truth; without
-/// it, a call that completed (or was cut at its cover) keeps its whole reservation, so spend is
-/// never under-counted, and a call that failed gives its tokens and cost back. A tool call
-/// counts whether or not its upstream answered.
+/// it, a call the upstream may have served (or that was cut at its cover) keeps its whole
+/// reservation, so spend is never under-counted, and only a call that never reached the
+/// upstream, or that the upstream refused, gives its tokens and cost back. A tool call counts
+/// whether or not its upstream answered.
 pub fn settlement(reserved: Charge, prices: Option<Prices>, ending: Ending) -> Charge {
     match ending.usage {
         Some(u) if !ending.cut => Charge {
             tool_calls: reserved.tool_calls,
             ..usage_charge(u, prices)
         },
-        _ if ending.completed || ending.cut => reserved,
+        _ if ending.served || ending.cut => reserved,
         _ => Charge {
             tool_calls: reserved.tool_calls,
             ..Charge::default()
@@ -234,11 +242,7 @@ mod tests {
             cached_input_tokens: 40,
             output_tokens: 10,
         };
-        let end = |usage, completed, cut| Ending {
-            usage,
-            completed,
-            cut,
-        };
+        let end = |usage, served, cut| Ending { usage, served, cut };
         assert_eq!(
             settlement(reserved, Some(prices()), end(Some(usage), true, false)),
             Charge {
@@ -337,6 +341,7 @@ mod tests {
             let call = CallFacts {
                 model: None,
                 max_output_tokens: None,
+                choices: None,
                 body_bytes: 100,
                 mcp_tool_calls,
             };
@@ -358,5 +363,40 @@ mod tests {
         assert_eq!(charge(Some(3)), 3);
         assert_eq!(charge(Some(0)), 0);
         assert_eq!(charge(None), 1);
+    }
+
+    #[test]
+    fn every_completion_asked_for_is_reserved_up_to_the_ceiling() {
+        let config = OneTenant::default();
+        let tenant = run_context();
+        let destination = Destination {
+            scheme: Scheme::Https,
+            host: "api.openai.com".into(),
+            port: 443,
+            upstream_path: "/v1/chat/completions".into(),
+            audit_path: "/v1/chat/completions".into(),
+            route: None,
+            internal: false,
+            provider: None,
+        };
+        let reserved = |max_output_tokens, choices| {
+            let call = CallFacts {
+                model: Some("gpt-4o"),
+                max_output_tokens,
+                choices,
+                body_bytes: 100,
+                mcp_tool_calls: None,
+            };
+            let plan = plan(&config, &tenant, &destination, call, 1_700_000_000).unwrap();
+            plan.charge.tokens
+        };
+        assert_eq!(reserved(Some(450), None), 550);
+        assert_eq!(reserved(Some(450), Some(1)), 550);
+        assert_eq!(reserved(Some(450), Some(20)), 100 + 450 * 20);
+        assert_eq!(reserved(Some(450), Some(0)), 550, "n = 0 is still one");
+        assert_eq!(
+            reserved(None, Some(3)),
+            100 + 3 * DEFAULT_ASSUMED_MAX_TOKENS
+        );
     }
 }

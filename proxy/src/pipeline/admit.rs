@@ -188,6 +188,8 @@ pub struct HttpGrant {
     pub body_decoded: bool,
     /// The body's output ceiling, for an LLM call.
     pub max_output_tokens: Option<u64>,
+    /// How many completions the body asks for, for an LLM call.
+    pub choices: Option<u64>,
     /// Credential substitutions for the upstream request.
     pub applied: Option<Applied>,
     /// The provider the proxy asked for a stream's usage (its usage event is removed again).
@@ -473,19 +475,20 @@ async fn admit_http(
         let read = body::classify(body, &header.headers, to, config.limits.max_body_bytes)?;
         trail.model = read.llm.model;
         grant.max_output_tokens = read.llm.max_output_tokens;
+        grant.choices = read.llm.choices;
         grant.body_decoded = read.decoded;
         trail.body_sha256 = Some(crate::lower_hex::of(&Sha256::digest(&read.body)));
         trail.bytes_in = read.body.len() as u64;
         grant.body = Some(BufferedBody(read.body));
     }
-    // A provider that names the model in the path (Bedrock) is asked when the body names none.
-    // SECURITY: an Azure OpenAI deployment serves its own model whatever the body names (the
-    // agent could name a cheaper or allowed one there): its mapped model, else its name, is
-    // what policy and prices see.
+    // SECURITY: a provider that names the model in the path (an Azure OpenAI deployment, Gemini,
+    // Bedrock) serves that model whatever the body names, so the agent could name a cheaper or
+    // allowed one there: the path's model (an Azure deployment's mapped model, else its name)
+    // is what policy and prices see, and the body's is asked only when the path names none.
     if let Some(model) = snapshot.tenants.llm_providers.model_for(&destination) {
         trail.model = Some(model);
-    } else if trail.model.is_none() {
-        trail.model = registry::model_from_path(&destination.upstream_path);
+    } else if let Some(model) = registry::model_from_path(&destination.upstream_path) {
+        trail.model = Some(model);
     }
 
     // The method is copied: the questions outlive the borrow of the request a hold needs.
@@ -544,6 +547,7 @@ async fn admit_http(
     let call = CallFacts {
         model: trail.model.as_deref(),
         max_output_tokens: grant.max_output_tokens,
+        choices: grant.choices,
         body_bytes: trail.bytes_in,
         mcp_tool_calls: trail.mcp.as_ref().map(|m| m.tools_called.len() as u64),
     };

@@ -630,6 +630,7 @@ impl ProxyHttp for TenantProxy {
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         ctx.trail.upstream.1 = Some(Instant::now());
+        ctx.trail.upstream_status = Some(upstream_response.status);
         let had_length = upstream_response
             .headers
             .contains_key(http::header::CONTENT_LENGTH);
@@ -797,13 +798,19 @@ impl ProxyHttp for TenantProxy {
                     if let Some(extra) = ctx.stages.extensions() {
                         admission.add_extension(extra);
                     }
-                    let completed = e.is_none()
-                        && session
-                            .response_written()
-                            .is_some_and(|r| r.status.is_success());
+                    // SECURITY: whether the upstream may have served (and billed) the call is
+                    // the upstream's answer, not how the client's side ended: an agent that
+                    // hangs up just before a stream's usage arrives still used what it was
+                    // sent. A request that went out and got no answer (the client left first,
+                    // a deadline passed) may have been served too; only one that never reached
+                    // the upstream, or that it refused, gives its reservation back.
+                    let served = match ctx.trail.upstream_status {
+                        Some(status) => status.is_success(),
+                        None => ctx.trail.upstream.0.is_some(),
+                    };
                     let ending = Ending {
                         usage: ctx.trail.usage,
-                        completed,
+                        served,
                         cut: matches!(ctx.trail.outcome, Outcome::Refused(Deny::StreamCut(_))),
                     };
                     let used =

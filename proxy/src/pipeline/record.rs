@@ -115,6 +115,8 @@ pub struct Trail {
     pub settled: Option<Charge>,
     /// When the upstream connection was ready, and when its answer arrived.
     pub upstream: (Option<Instant>, Option<Instant>),
+    /// The status the upstream answered with (before anything the proxy did to the response).
+    pub upstream_status: Option<http::StatusCode>,
     /// The approval hold the request went through (or would have, for a shadow rule).
     pub approval: Option<crate::audit::ApprovalFields>,
     /// The outcome.
@@ -149,6 +151,7 @@ impl Trail {
             reserved: None,
             settled: None,
             upstream: (None, None),
+            upstream_status: None,
             approval: None,
             outcome: Outcome::Pending,
         }

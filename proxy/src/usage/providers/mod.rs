@@ -119,8 +119,8 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 /// or nested, `&["generationConfig", "maxOutputTokens"]`).
 pub type Field = &'static [&'static str];
 
-/// The request body fields that name the model and cap the output, each in precedence order
-/// (the first present counts).
+/// The request body fields that name the model (in precedence order: the first present counts)
+/// and cap the output (the largest present counts: which one the upstream reads is its choice).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFields {
     /// Fields that name the model (a string).

@@ -39,7 +39,8 @@ const OPERATIONS: &[&str] = &["chat/completions", "completions", "embeddings"];
 
 const FIELDS: RequestFields = RequestFields {
     model: &[&["model"]],
-    // `max_tokens` first: the older name, still read by every OpenAI-compatible server.
+    // `max_tokens`, the older name, is still read by every OpenAI-compatible server; with both,
+    // the larger is reserved.
     ceilings: &[&["max_tokens"], &["max_completion_tokens"]],
 };
 
@@ -81,8 +82,15 @@ impl Provider for OpenAiChat {
             return;
         };
         for delta in choices.iter().filter_map(|c| c.get("delta")) {
-            for field in ["content", "refusal", "reasoning_content"] {
+            // Every kind of generated output counts (a kind left out would stream unguarded):
+            // text, refusals, reasoning in both compatible spellings, and audio (its base64
+            // data and its transcript).
+            for field in ["content", "refusal", "reasoning_content", "reasoning"] {
                 generated.add(delta.get(field));
+            }
+            if let Some(audio) = delta.get("audio") {
+                generated.add(audio.get("data"));
+                generated.add(audio.get("transcript"));
             }
             if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
                 for call in calls {
@@ -128,9 +136,14 @@ impl Provider for OpenAiChat {
         if asked == Some(true) {
             return None;
         }
+        // `null` is the same as absent (the API documents the member as nullable), and the
+        // stream would then report no usage at all: replaced by an object that asks.
         let options = obj
             .entry("stream_options")
             .or_insert_with(|| Value::Object(Default::default()));
+        if options.is_null() {
+            *options = Value::Object(Default::default());
+        }
         options
             .as_object_mut()?
             .insert("include_usage".into(), Value::Bool(true));
@@ -238,6 +251,19 @@ pub(crate) mod tests {
                 deltas: 5
             }
         );
+        // Audio (data and transcript) and `reasoning` are output too.
+        let mut audio = Generated::default();
+        OpenAiChat.count_generated(
+            &serde_json::json!({"choices":[{"delta":{"audio":{"data":"AAAABBBB","transcript":"hi"},"reasoning":"why"}}]}),
+            &mut audio,
+        );
+        assert_eq!(
+            audio,
+            Generated {
+                bytes: 13,
+                deltas: 3
+            }
+        );
         let mut none = Generated::default();
         OpenAiChat.count_generated(
             &serde_json::json!({"type":"content_block_delta","delta":{"text":"x"}}),
@@ -262,7 +288,7 @@ pub(crate) mod tests {
             (
                 r#"{"model":"m","max_tokens":7,"max_completion_tokens":8}"#,
                 Some("m"),
-                Some(7),
+                Some(8),
             ),
             (r#"{"messages":[]}"#, None, None),
         ] {
@@ -280,6 +306,14 @@ pub(crate) mod tests {
     fn stream_usage_is_requested_only_when_missing() {
         let ask = |path: &str, body: &str| OpenAiChat.request_stream_usage(path, body.as_bytes());
         let with = ask("/v1/chat/completions", r#"{"model":"m","stream":true}"#).expect("changed");
+        let v: Value = serde_json::from_slice(&with).expect("json");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        // `null` options are no options: asked too (or the stream would report no usage).
+        let with = ask(
+            "/v1/chat/completions",
+            r#"{"model":"m","stream":true,"stream_options":null}"#,
+        )
+        .expect("changed");
         let v: Value = serde_json::from_slice(&with).expect("json");
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert!(ask(

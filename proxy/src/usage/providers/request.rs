@@ -22,9 +22,21 @@ use super::{Field, Provider};
 pub struct Named {
     /// The model (the first model field present, in precedence order).
     pub model: Option<String>,
-    /// The output ceiling (the first ceiling field present, in precedence order).
+    /// The output ceiling: the largest of the ceiling fields present. SECURITY: which one an
+    /// upstream reads is its choice (`max_tokens` or `max_completion_tokens`, say), so the
+    /// reservation covers the largest.
     pub max_output_tokens: Option<u64>,
+    /// How many completions the call asks for (`n`, `best_of`, Gemini's `candidateCount`): the
+    /// largest present. Each is generated up to the output ceiling.
+    pub choices: Option<u64>,
 }
+
+/// The fields that ask for several completions in one call, in every provider's spelling.
+const CHOICE_FIELDS: [Field; 3] = [
+    &["n"],
+    &["best_of"],
+    &["generationConfig", "candidateCount"],
+];
 
 /// Reads the model and ceiling fields of every provider from a JSON object. Allocates only the
 /// model name it returns.
@@ -50,6 +62,8 @@ pub enum Slot {
     Model(usize),
     /// An output ceiling.
     Ceiling(usize),
+    /// A number of completions.
+    Choices(usize),
 }
 
 /// Every provider's fields, as a tree of object keys, built once.
@@ -87,6 +101,9 @@ impl Tree {
                     ceilings += 1;
                 }
             }
+        }
+        for (rank, field) in CHOICE_FIELDS.into_iter().enumerate() {
+            tree.insert(field, Slot::Choices(rank));
         }
         tree
     }
@@ -139,15 +156,24 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
     de.end()?;
     Ok(Named {
         model: found.model.map(|(_, m)| m),
-        max_output_tokens: found.ceiling.map(|(_, c)| c),
+        max_output_tokens: found.ceiling,
+        choices: found.choices,
     })
 }
 
-/// The best-ranked values found so far.
+/// The best-ranked model and the largest numbers found so far.
 #[derive(Default)]
 struct Found {
     model: Option<(usize, String)>,
-    ceiling: Option<(usize, u64)>,
+    ceiling: Option<u64>,
+    choices: Option<u64>,
+}
+
+/// Keeps the larger of `best` and `value`.
+fn largest(best: &mut Option<u64>, value: Option<u64>) {
+    if let Some(v) = value {
+        *best = Some(best.map_or(v, |b| b.max(v)));
+    }
 }
 
 fn keep<T>(best: &mut Option<(usize, T)>, rank: usize, value: Option<T>) {
@@ -193,9 +219,13 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                     let v: Option<String> = map.next_value()?;
                     keep(&mut self.found.model, rank, v);
                 }
-                Some(Slot::Ceiling(rank)) => {
+                Some(Slot::Ceiling(_)) => {
                     let v: Option<u64> = map.next_value()?;
-                    keep(&mut self.found.ceiling, rank, v);
+                    largest(&mut self.found.ceiling, v);
+                }
+                Some(Slot::Choices(_)) => {
+                    let v: Option<u64> = map.next_value()?;
+                    largest(&mut self.found.choices, v);
                 }
                 None => map.next_value_seed(Nested {
                     nodes: &node.children,
@@ -335,19 +365,34 @@ mod tests {
         assert_eq!(form_field("messages"), None);
         // Plus the nested `inferenceConfig.maxTokens` (Bedrock) and `generationConfig.maxOutputTokens`
         // (Gemini), not form fields: forms are flat.
-        assert_eq!(FIELDS.root.len(), 6, "{:?}", FIELDS.root);
+        // And the numbers of completions: `n`, `best_of` (the nested `candidateCount` sits in
+        // `generationConfig`).
+        assert_eq!(FIELDS.root.len(), 8, "{:?}", FIELDS.root);
+        assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
         assert_eq!(read.max_output_tokens, Some(64));
+        // Several ceilings: the largest, whichever the upstream reads.
         let read = read_json(br#"{"max_output_tokens":3,"max_completion_tokens":2,"model":"m"}"#)
             .expect("read");
         assert_eq!(
             read,
             Named {
                 model: Some("m".into()),
-                max_output_tokens: Some(2)
+                max_output_tokens: Some(3),
+                choices: None,
             }
         );
+        let read = read_json(br#"{"max_tokens":1,"max_completion_tokens":5000}"#).expect("read");
+        assert_eq!(read.max_output_tokens, Some(5000));
+        // Completions asked for, in every spelling: the largest.
+        let read = read_json(br#"{"n":20,"best_of":3}"#).expect("read");
+        assert_eq!(read.choices, Some(20));
+        let read = read_json(br#"{"generationConfig":{"candidateCount":4,"maxOutputTokens":9}}"#)
+            .expect("read");
+        assert_eq!((read.choices, read.max_output_tokens), (Some(4), Some(9)));
+        assert!(read_json(br#"{"n":1,"n":20}"#).is_err(), "given twice");
+        assert!(read_json(br#"{"n":"20"}"#).is_err(), "not a number");
     }
 
     #[test]
@@ -356,11 +401,11 @@ mod tests {
         let got = read(r#"{"model":"g","generationConfig":{"temperature":1,"maxOutputTokens":5}}"#)
             .expect("read");
         assert_eq!(got.max_output_tokens, Some(5));
-        // Ranked: the first field of the list wins, wherever it sits in the body.
+        // The largest ceiling counts, wherever it sits in the body.
         let got =
             read(r#"{"max_tokens":9,"inferenceConfig":{"maxTokens":7},"generationConfig":null}"#)
                 .expect("read");
-        assert_eq!(got.max_output_tokens, Some(7));
+        assert_eq!(got.max_output_tokens, Some(9));
         for bad in [
             r#"{"generationConfig":{"maxOutputTokens":1,"maxOutputTokens":2}}"#,
             r#"{"generationConfig":{"maxOutputTokens":1},"generationConfig":{}}"#,
@@ -373,6 +418,7 @@ mod tests {
         // Escaped keys are the keys they spell.
         assert!(read(r#"{"model":"a","mod\u0065l":"b"}"#).is_err());
         // Forms are flat: a nested field is no form field.
-        assert_eq!(Tree::build(&[&Nesting]).root.len(), 4);
+        // (`model`, `generationConfig`, `inferenceConfig`, `max_tokens`, then `n` and `best_of`.)
+        assert_eq!(Tree::build(&[&Nesting]).root.len(), 6);
     }
 }
