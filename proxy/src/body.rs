@@ -1173,7 +1173,11 @@ mod tests {
                     "filler keys are not the fields read",
                     |(_, _, filler, ..)| {
                         filler.iter().all(|(k, _)| {
-                            !k.contains("model") && !k.contains("max") && !k.contains("token")
+                            !k.contains("model")
+                                && !k.contains("max")
+                                && !k.contains("token")
+                                && k != "n"
+                                && k != "best_of"
                         })
                     },
                 )
