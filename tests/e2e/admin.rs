@@ -102,42 +102,13 @@ fn the_admin_token_guards_every_endpoint_but_the_probes() {
     );
 
     // The CLI reads the token from the configuration's token_file.
-    let config = proxy.path("tenant-proxy.toml");
-    let addr = proxy.admin_addr().to_string();
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &[
-            "run",
-            "close",
-            "--admin",
-            &addr,
-            "--config",
-            config.to_str().unwrap(),
-            "--tenant",
-            "acme",
-            "--run",
-            "run-2",
-        ],
-        "",
-    );
+    let (code, out) = proxy.admin_cli(&["run", "close", "--tenant", "acme", "--run", "run-2"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("before_start"), "{out}");
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &[
-            "usage",
-            "--admin",
-            &addr,
-            "--config",
-            config.to_str().unwrap(),
-            "--tenant",
-            "acme",
-            "--json",
-        ],
-        "",
-    );
+    let (code, out) = proxy.admin_cli(&["usage", "--tenant", "acme", "--json"]);
     assert_eq!(code, 0, "{out}");
     // `check` is quiet about a configured token.
+    let config = proxy.path("tenant-proxy.toml");
     let (code, out) = proxy_cli(
         proxy.dir.path(),
         &["check", "--config", config.to_str().unwrap()],
@@ -240,24 +211,7 @@ fn run_ids_outside_the_claim_rule_are_refused_and_reach_neither_redis_nor_the_au
     assert!(proxy.audit_records("acme").is_empty());
 
     // The CLI holds the same rule before calling.
-    let config = proxy.path("tenant-proxy.toml");
-    let addr = proxy.admin_addr().to_string();
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &[
-            "run",
-            "close",
-            "--admin",
-            &addr,
-            "--config",
-            config.to_str().unwrap(),
-            "--tenant",
-            "acme",
-            "--run",
-            "../../etc",
-        ],
-        "",
-    );
+    let (code, out) = proxy.admin_cli(&["run", "close", "--tenant", "acme", "--run", "../../etc"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not a valid run id"), "{out}");
 }

@@ -192,35 +192,26 @@ fn a_held_request_is_forwarded_once_after_approval_exactly_as_held() {
     );
     again.assert_refused(409, "hold_resolved");
     // Nor can the same request ride on the spent hold (a waiting hold is never polled).
-    let (status, answer) = curl(&[
-        "-x",
-        &format!("http://127.0.0.1:{}", proxy.sidecar_port),
-        "-H",
-        "content-type: application/json",
-        "-H",
-        &format!("x-approval-hold: {hold_id}"),
-        "--data-binary",
-        body,
-        &url,
-    ]);
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.sidecar_port);
+    let resend = |holds: &[&str]| {
+        let holds: Vec<String> = holds
+            .iter()
+            .map(|h| format!("x-approval-hold: {h}"))
+            .collect();
+        let mut args = vec!["-x", &proxy_url, "-H", "content-type: application/json"];
+        for h in &holds {
+            args.extend(["-H", h.as_str()]);
+        }
+        args.extend(["--data-binary", body, &url]);
+        curl(&args)
+    };
+    let (status, answer) = resend(&[&hold_id]);
     assert_eq!(
         (status, code_of(&answer).as_str()),
         (403, "approval_unknown")
     );
     // Two hold ids have no one reading: refused before anything is looked up.
-    let (status, answer) = curl(&[
-        "-x",
-        &format!("http://127.0.0.1:{}", proxy.sidecar_port),
-        "-H",
-        "content-type: application/json",
-        "-H",
-        "x-approval-hold: other",
-        "-H",
-        &format!("x-approval-hold: {hold_id}"),
-        "--data-binary",
-        body,
-        &url,
-    ]);
+    let (status, answer) = resend(&["other", &hold_id]);
     assert_eq!((status, code_of(&answer).as_str()), (400, "bad_request"));
     assert_eq!(origin.count(), 1);
     // Audited: requested, granted by alice, and the request record naming the hold.

@@ -434,17 +434,7 @@ fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
     assert!(cost > 0);
 
     // The memory limiter's counters are read through the running proxy's admin port.
-    // (The configuration asks for port 0: the address the proxy bound is given with --admin.)
-    let config = proxy.path("tenant-proxy.toml");
-    let config = config.to_str().unwrap();
-    let admin = proxy.admin_addr().to_string();
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &[
-            "usage", "--config", config, "--tenant", "acme", "--json", "--admin", &admin,
-        ],
-        "",
-    );
+    let (code, out) = proxy.admin_cli(&["usage", "--tenant", "acme", "--json"]);
     assert_eq!(code, 0, "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let row = |scope: &str, measure: &str| {
@@ -469,13 +459,7 @@ fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
     assert_eq!(report["currency"], "USD");
 
     // The month view, as a table.
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &[
-            "usage", "--config", config, "--tenant", "acme", "--period", "month", "--admin", &admin,
-        ],
-        "",
-    );
+    let (code, out) = proxy.admin_cli(&["usage", "--tenant", "acme", "--period", "month"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("tenant acme  month") && out.contains("USD"),
@@ -483,13 +467,7 @@ fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
     );
 
     // Acme's spend never shows as globex's.
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &[
-            "usage", "--config", config, "--tenant", "globex", "--json", "--admin", &admin,
-        ],
-        "",
-    );
+    let (code, out) = proxy.admin_cli(&["usage", "--tenant", "globex", "--json"]);
     assert_eq!(code, 0, "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
@@ -501,21 +479,22 @@ fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
         "{report}"
     );
 
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &[
-            "usage", "--config", config, "--tenant", "nobody", "--admin", &admin,
-        ],
-        "",
-    );
+    let (code, out) = proxy.admin_cli(&["usage", "--tenant", "nobody"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not configured"), "{out}");
 
     // Without --admin the command goes where the configuration says (port 0 here: nothing
     // listens) and fails with the address it tried, never with someone else's counters.
+    let config = proxy.path("tenant-proxy.toml");
     let (code, out) = proxy_cli(
         proxy.dir.path(),
-        &["usage", "--config", config, "--tenant", "acme"],
+        &[
+            "usage",
+            "--config",
+            config.to_str().unwrap(),
+            "--tenant",
+            "acme",
+        ],
         "",
     );
     assert_eq!(code, 1, "{out}");

@@ -228,24 +228,8 @@ fn closing_a_run_summarizes_it_at_once_and_refuses_its_next_request_in_that_tena
 
     // The CLI closes acme's run through the admin port (the configuration asks for port 0, so
     // the bound address is given with --admin): the summary is written at once.
-    let config = proxy.path("tenant-proxy.toml");
-    let admin = proxy.admin_addr().to_string();
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &[
-            "run",
-            "close",
-            "--admin",
-            &admin,
-            "--config",
-            config.to_str().unwrap(),
-            "--tenant",
-            "acme",
-            "--run",
-            "run-shared-id",
-        ],
-        "",
-    );
+    let (code, out) =
+        proxy.admin_cli(&["run", "close", "--tenant", "acme", "--run", "run-shared-id"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"summarized\""), "{out}");
     let summary = wait_summary(&[&proxy], "acme", "run-shared-id");

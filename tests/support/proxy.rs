@@ -304,6 +304,17 @@ impl Proxy {
         }
     }
 
+    /// `tenant-proxy ARGS --config <its config> --admin <its admin address>`: a command that
+    /// calls this proxy's admin port (`run close`, `usage`). The configuration asks for port 0,
+    /// so the bound address is given. The exit code and the output.
+    pub fn admin_cli(&self, args: &[&str]) -> (i32, String) {
+        let config = self.path("tenant-proxy.toml");
+        let admin = self.admin_addr().to_string();
+        let mut all = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap(), "--admin", &admin]);
+        proxy_cli(self.dir.path(), &all, "")
+    }
+
     /// Where the admin listener is reached (loopback when it listens on every interface).
     pub fn admin_addr(&self) -> std::net::SocketAddr {
         let mut addr = self.ready.admin;
