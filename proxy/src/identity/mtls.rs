@@ -434,13 +434,6 @@ impl PeerCertificate {
         Ok(())
     }
 
-    /// The identity at `now_unix`: [`Self::identity`] while [`Self::still_valid`].
-    pub fn identity_at(&self, now_unix: u64) -> Result<&PeerIdentity, String> {
-        let identity = self.identity().map_err(str::to_string)?;
-        self.still_valid(now_unix)?;
-        Ok(identity)
-    }
-
     /// A certificate taken as proved under a bundle that never changes, for tests of what is
     /// done with an identity.
     #[cfg(test)]
@@ -568,13 +561,8 @@ impl MtlsServer {
         })
     }
 
-    /// The configuration for the next handshake.
-    pub fn current(&self) -> Arc<ServerConfig> {
-        self.loaded.load().config.clone()
-    }
-
-    /// The configuration for the next handshake and its number (for [`PeerCertificate::proved`]).
-    pub fn current_numbered(&self) -> (Arc<ServerConfig>, u64) {
+    /// The configuration for the next handshake, and its number (for [`PeerCertificate::proved`]).
+    pub fn current(&self) -> (Arc<ServerConfig>, u64) {
         let loaded = self.loaded.load();
         (loaded.config.clone(), loaded.generation)
     }
@@ -942,7 +930,7 @@ mod tests {
         let server = f.load();
         let id = "spiffe://example.org/tenant/acme/workload/agent-1";
         let chain = handshake(
-            server.current(),
+            server.current().0,
             &f.server_ca,
             Some(&client(&client_ca, &[id])),
         )
@@ -961,6 +949,14 @@ mod tests {
             .as_secs()
     }
 
+    /// The identity `peer` gives at `now_unix`, as a request asks it: the one its chain names,
+    /// while it is still valid.
+    fn identity_at(peer: &PeerCertificate, now_unix: u64) -> Result<&PeerIdentity, String> {
+        let identity = peer.identity().map_err(str::to_string)?;
+        peer.still_valid(now_unix)?;
+        Ok(identity)
+    }
+
     /// A connection's certificate is judged again for every request: it stops identifying
     /// anyone once it has expired, or once the bundle is replaced by one that does not verify
     /// it (and does again under a bundle that does).
@@ -971,36 +967,36 @@ mod tests {
         let f = files(&[&client_ca]);
         let server = Arc::new(f.load());
         let id = "spiffe://example.org/tenant/acme/workload/agent-1";
-        let (config, generation) = server.current_numbered();
+        let (config, generation) = server.current();
         let chain = handshake(config, &f.server_ca, Some(&client(&client_ca, &[id])))
             .await
             .unwrap();
         let trust: Arc<dyn ClientTrust> = server.clone();
         let peer = PeerCertificate::proved(&chain, &pattern(), trust, generation);
         let now = unix_now();
-        assert_eq!(peer.identity_at(now).unwrap().spiffe_id, id);
+        assert_eq!(identity_at(&peer, now).unwrap().spiffe_id, id);
 
         // Its last second still identifies; the next one does not.
         let not_after = earliest_not_after(&chain);
         assert!(not_after > now, "{not_after}");
-        assert!(peer.identity_at(not_after).is_ok());
-        let e = peer.identity_at(not_after + 1).unwrap_err();
+        assert!(identity_at(&peer, not_after).is_ok());
+        let e = identity_at(&peer, not_after + 1).unwrap_err();
         assert!(e.contains("expired"), "{e}");
 
         // The same bundle read again verifies it again.
         server.reload().unwrap();
-        assert!(peer.identity_at(now).is_ok());
+        assert!(identity_at(&peer, now).is_ok());
         // A bundle without its CA: refused, on every request while it stays.
         write_bundle(&f.client_ca, &[&other_ca]);
         server.reload().unwrap();
         for _ in 0..2 {
-            let e = peer.identity_at(now).unwrap_err();
+            let e = identity_at(&peer, now).unwrap_err();
             assert!(e.contains("no longer trusted"), "{e}");
         }
         // Its CA back: identified again.
         write_bundle(&f.client_ca, &[&other_ca, &client_ca]);
         server.reload().unwrap();
-        assert_eq!(peer.identity_at(now).unwrap().spiffe_id, id);
+        assert_eq!(identity_at(&peer, now).unwrap().spiffe_id, id);
 
         // A certificate that never named an identity says why, before anything else.
         let foreign = client(
@@ -1009,7 +1005,7 @@ mod tests {
         );
         let trust: Arc<dyn ClientTrust> = server.clone();
         let peer = PeerCertificate::proved(&foreign.chain, &pattern(), trust, generation);
-        let e = peer.identity_at(now).unwrap_err();
+        let e = identity_at(&peer, now).unwrap_err();
         assert!(e.contains("trust domain"), "{e}");
     }
 
@@ -1034,7 +1030,7 @@ mod tests {
             ("expired", Some(&expired), "expired"),
         ];
         for (name, leaf, reason) in cases {
-            let r = handshake(server.current(), &f.server_ca, leaf).await;
+            let r = handshake(server.current().0, &f.server_ca, leaf).await;
             let e = r.expect_err(name);
             assert!(e.contains(reason), "{name}: {e}");
         }
@@ -1049,7 +1045,7 @@ mod tests {
             &client_ca,
             &["spiffe://other.org/tenant/acme/workload/agent-1"],
         );
-        let chain = handshake(server.current(), &f.server_ca, Some(&leaf))
+        let chain = handshake(server.current().0, &f.server_ca, Some(&leaf))
             .await
             .unwrap();
         assert_eq!(
@@ -1361,21 +1357,29 @@ mod tests {
         let id = "spiffe://example.org/tenant/acme/workload/agent-1";
         let old_client = client(&old_ca, &[id]);
         let new_client = client(&new_ca, &[id]);
-        assert!(handshake(server.current(), &f.server_ca, Some(&old_client))
-            .await
-            .is_ok());
-        assert!(handshake(server.current(), &f.server_ca, Some(&new_client))
-            .await
-            .is_err());
+        assert!(
+            handshake(server.current().0, &f.server_ca, Some(&old_client))
+                .await
+                .is_ok()
+        );
+        assert!(
+            handshake(server.current().0, &f.server_ca, Some(&new_client))
+                .await
+                .is_err()
+        );
 
         write_bundle(&f.client_ca, &[&new_ca]);
         server.reload().unwrap();
-        assert!(handshake(server.current(), &f.server_ca, Some(&old_client))
-            .await
-            .is_err());
-        assert!(handshake(server.current(), &f.server_ca, Some(&new_client))
-            .await
-            .is_ok());
+        assert!(
+            handshake(server.current().0, &f.server_ca, Some(&old_client))
+                .await
+                .is_err()
+        );
+        assert!(
+            handshake(server.current().0, &f.server_ca, Some(&new_client))
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test]
@@ -1387,7 +1391,7 @@ mod tests {
             &client_ca,
             &["spiffe://example.org/tenant/acme/workload/agent-1"],
         );
-        let before = server.current();
+        let before = server.current().0;
         let broken: [(&str, &[u8]); 3] = [
             ("empty bundle", b""),
             (
@@ -1403,11 +1407,11 @@ mod tests {
             std::fs::write(&f.client_ca, bytes).unwrap();
             assert!(server.reload().is_err(), "{name}: reload succeeded");
             assert!(
-                Arc::ptr_eq(&before, &server.current()),
+                Arc::ptr_eq(&before, &server.current().0),
                 "{name}: config replaced"
             );
             assert!(
-                handshake(server.current(), &f.server_ca, Some(&good))
+                handshake(server.current().0, &f.server_ca, Some(&good))
                     .await
                     .is_ok(),
                 "{name}: trusted client refused"
@@ -1415,7 +1419,7 @@ mod tests {
         }
         std::fs::remove_file(&f.client_ca).unwrap();
         assert!(server.reload().is_err());
-        assert!(Arc::ptr_eq(&before, &server.current()));
+        assert!(Arc::ptr_eq(&before, &server.current().0));
     }
 
     #[test]
@@ -1475,7 +1479,7 @@ mod tests {
         let f = files(&[&old_ca]);
         let server = Arc::new(f.load());
         server.watch();
-        let before = server.current();
+        let before = server.current().0;
 
         // Replace by rename, as secret rotators do, so no half-written file is read.
         let tmp = f.dir.path().join("client-ca.pem.tmp");
@@ -1483,18 +1487,22 @@ mod tests {
         std::fs::rename(&tmp, &f.client_ca).unwrap();
 
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while Arc::ptr_eq(&before, &server.current()) {
+        while Arc::ptr_eq(&before, &server.current().0) {
             assert!(std::time::Instant::now() < deadline, "no reload within 5 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let id = "spiffe://example.org/tenant/acme/workload/agent-1";
         let new_client = client(&new_ca, &[id]);
         let old_client = client(&old_ca, &[id]);
-        assert!(handshake(server.current(), &f.server_ca, Some(&new_client))
-            .await
-            .is_ok());
-        assert!(handshake(server.current(), &f.server_ca, Some(&old_client))
-            .await
-            .is_err());
+        assert!(
+            handshake(server.current().0, &f.server_ca, Some(&new_client))
+                .await
+                .is_ok()
+        );
+        assert!(
+            handshake(server.current().0, &f.server_ca, Some(&old_client))
+                .await
+                .is_err()
+        );
     }
 }

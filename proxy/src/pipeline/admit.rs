@@ -321,9 +321,9 @@ pub async fn admit(
     // One tenant's unwritable partition refuses that tenant only.
     fx.admit_tenant(&mut trail.slot, &tenant.tenant)?;
     // SECURITY: a revoked token, a lapsed client certificate, and a tunnel whose identity is
-    // no longer accepted, are refused here, once the tenant is known, so the refusal is audited in the partition of the
-    // tenant whose token (or tunnel) it was (the signature verified: the tenant is the issuer's
-    // word, not the agent's).
+    // no longer accepted, are refused here, once the tenant is known, so the refusal is audited
+    // in the partition of the tenant whose token (certificate, tunnel) it was (the signature
+    // verified: the tenant is the issuer's word, not the agent's).
     if let Some(deny) = refusal {
         return Err(deny);
     }

@@ -220,7 +220,7 @@ impl EgressApp {
     /// The mTLS handshake: a client without a certificate that chains to the trust bundle is
     /// refused here; one whose SPIFFE ID maps to no workload is refused per request.
     async fn accept_mtls(&self, mtls: &Arc<MtlsServer>, stream: Stream) -> Option<Stream> {
-        let (config, generation) = mtls.current_numbered();
+        let (config, generation) = mtls.current();
         let acceptor = Acceptor::from_server_config(config);
         let callbacks = PeerCallbacks {
             listener: self.listener.clone(),

@@ -47,6 +47,11 @@ impl Provider for Gemini {
 
     fn model_from_path(&self, path: &str) -> Option<String> {
         let path = path.split(['?', '#']).next().unwrap_or("");
+        // Asked of every request's path: one without an operation (`:op`, plain or escaped)
+        // names no model, and is not copied to find out.
+        if !path.bytes().any(|b| b == b':' || b == b'%') {
+            return None;
+        }
         let decoded = super::percent_decoded(path)?;
         let path = decoded.as_str();
         let (head, op) = path.rsplit_once(':')?;
