@@ -565,7 +565,13 @@ impl FormFields {
         match providers::request::form_field(name) {
             Some(Slot::Model(rank)) => once(&mut self.models, rank, value.to_string(), name),
             Some(Slot::Ceiling(rank)) => once(&mut self.ceilings, rank, number(value)?, name),
-            Some(Slot::Choices(rank)) => once(&mut self.choices, rank, number(value)?, name),
+            // Leniently, as in JSON (see `providers::request`): no count is no refusal.
+            Some(Slot::Choices(rank)) => match value.trim().parse::<f64>() {
+                Ok(n) if n.is_finite() && n > 0.0 => {
+                    once(&mut self.choices, rank, n.ceil() as u64, name)
+                }
+                _ => Ok(()),
+            },
             None => Ok(()),
         }
     }

@@ -224,7 +224,7 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                     largest(&mut self.found.ceiling, v);
                 }
                 Some(Slot::Choices(_)) => {
-                    let v: Option<u64> = map.next_value()?;
+                    let Count(v) = map.next_value()?;
                     largest(&mut self.found.choices, v);
                 }
                 None => map.next_value_seed(Nested {
@@ -234,6 +234,29 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
             }
         }
         Ok(())
+    }
+}
+
+/// A number of completions, read as leniently as any upstream would read it: `n` is a common
+/// name outside LLM APIs (a tool's body is read too), so a value no upstream takes as a count
+/// counts as none rather than refusing the body, while every spelling some upstream does take
+/// (`3`, `3.0`, `"3"`, as lax validators coerce them) counts, rounded up.
+struct Count(Option<u64>);
+
+impl<'de> de::Deserialize<'de> for Count {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value: serde_json::Value = de::Deserialize::deserialize(d)?;
+        let number = match &value {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        // `as` saturates: a count past u64 is u64::MAX, which the reservation saturates too.
+        Ok(Count(
+            number
+                .filter(|n| n.is_finite() && *n > 0.0)
+                .map(|n| n.ceil() as u64),
+        ))
     }
 }
 
@@ -392,7 +415,23 @@ mod tests {
             .expect("read");
         assert_eq!((read.choices, read.max_output_tokens), (Some(4), Some(9)));
         assert!(read_json(br#"{"n":1,"n":20}"#).is_err(), "given twice");
-        assert!(read_json(br#"{"n":"20"}"#).is_err(), "not a number");
+        // Every spelling some upstream takes as a count counts; anything else is no count and
+        // refuses nothing (`n` is a common name in tools' bodies too).
+        for (body, choices) in [
+            (r#"{"n":"20"}"#, Some(20)),
+            (r#"{"n":2.5}"#, Some(3)),
+            (r#"{"n":1e3}"#, Some(1000)),
+            (r#"{"n":"x"}"#, None),
+            (r#"{"n":-4}"#, None),
+            (r#"{"n":[1]}"#, None),
+            (r#"{"n":null}"#, None),
+        ] {
+            assert_eq!(
+                read_json(body.as_bytes()).expect(body).choices,
+                choices,
+                "{body}"
+            );
+        }
     }
 
     #[test]
