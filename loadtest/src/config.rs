@@ -945,6 +945,19 @@ pub struct Ceilings {
     /// What a stream crossing a ceiling does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mid_stream: Option<MidStream>,
+    /// What LLM work the proxy cannot meter gets while spend is capped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unmetered_calls: Option<Unmetered>,
+}
+
+/// `unmetered_calls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmetered {
+    /// Refuse it (`unmetered_call`).
+    Refuse,
+    /// Let it through as a call.
+    Allow,
 }
 
 /// `mid_stream`.

@@ -25,8 +25,12 @@ pub enum Deny {
     Limited(LimitDeny),
     /// The shared limiter could not be reached (503 with `Retry-After`).
     LimiterUnavailable,
-    /// The LLM call's model has no price and the price table refuses unpriced models.
-    ModelNotPriced(String),
+    /// The LLM call's model has no price and the price table refuses unpriced models (`None`:
+    /// the call names no model).
+    ModelNotPriced(Option<String>),
+    /// LLM work whose tokens and cost the proxy cannot meter (named: "a batch job"), while a
+    /// token or cost ceiling applies to the caller.
+    UnmeteredCall(&'static str),
     /// A streaming response was ended mid-way: its tenant or run ran out of budget, or the
     /// counters could not be reached to extend it.
     StreamCut(crate::limits::stream::CutReason),
@@ -172,6 +176,7 @@ impl From<crate::limits::plan::PlanError> for Deny {
         use crate::limits::plan::PlanError;
         match e {
             PlanError::ModelNotPriced(model) => Deny::ModelNotPriced(model),
+            PlanError::Unmetered(what) => Deny::UnmeteredCall(what),
             PlanError::UnknownTenant => Deny::Internal,
         }
     }
@@ -470,9 +475,17 @@ impl Deny {
                 503,
                 "the limit counters cannot be reached; the request was not forwarded, retry shortly".into(),
             ),
-            Deny::ModelNotPriced(model) => (
+            Deny::ModelNotPriced(Some(model)) => (
                 403,
                 format!("model `{model}` has no price in the price table, and unpriced models are refused"),
+            ),
+            Deny::ModelNotPriced(None) => (
+                403,
+                "the call names no model, so it has no price in the price table, and unpriced models are refused".into(),
+            ),
+            Deny::UnmeteredCall(what) => (
+                403,
+                format!("{what} spends tokens or money the proxy cannot meter, and token or cost ceilings apply to this caller"),
             ),
             Deny::StreamCut(CutReason::Budget(ceiling)) => (
                 429,
@@ -687,6 +700,7 @@ impl Deny {
             },
             Deny::LimiterUnavailable => ReasonCode::LimiterUnavailable,
             Deny::ModelNotPriced(_) => ReasonCode::ModelNotPriced,
+            Deny::UnmeteredCall(_) => ReasonCode::UnmeteredCall,
             Deny::StreamCut(CutReason::Budget(_)) => ReasonCode::BudgetExhausted,
             Deny::StreamCut(CutReason::Unavailable) => ReasonCode::LimiterUnavailable,
             Deny::BadRequest(_) => ReasonCode::BadRequest,
@@ -824,6 +838,8 @@ mod tests {
             (Deny::McpMalformed("x".into()), 400, "mcp_malformed"),
             (Deny::ToolDenied("x".into()), 403, "tool_denied"),
             (Deny::RunClosed, 403, "run_closed"),
+            (Deny::UnmeteredCall("a batch job"), 403, "unmetered_call"),
+            (Deny::ModelNotPriced(None), 403, "model_not_priced"),
             (Deny::Framing("x".into()), 400, "bad_framing"),
             (
                 Deny::UnsupportedTransferEncoding,

@@ -64,6 +64,8 @@ reason_codes! {
     BudgetExhausted => "budget_exhausted",
     /// See `Deny::ModelNotPriced`.
     ModelNotPriced => "model_not_priced",
+    /// See `Deny::UnmeteredCall`.
+    UnmeteredCall => "unmetered_call",
     /// See `Deny::BadRequest`.
     BadRequest => "bad_request",
     /// See `Deny::HostMismatch`.

@@ -500,3 +500,135 @@ fn usage_cli_reports_spend_of_one_tenant_from_the_running_proxy() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("127.0.0.1:0"), "{out}");
 }
+
+/// A request to `path` on the `llm` route, on the sidecar (acme's `bot`) or, with `bearer`, on
+/// the token listener; `extra` header lines (`"Name: value\r\n"` each).
+fn llm_post(proxy: &Proxy, path: &str, body: &str, bearer: Option<&str>, extra: &str) -> Response {
+    let (port, auth) = match bearer {
+        Some(t) => (
+            proxy.shared_port,
+            format!("Proxy-Authorization: Bearer {t}\r\n"),
+        ),
+        None => (proxy.sidecar_port, String::new()),
+    };
+    raw_request(
+        port,
+        &format!(
+            "POST /llm/{path} HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\n{auth}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap()
+}
+
+/// Work whose tokens and cost no response shows the proxy (a batch job, an Assistants run, a
+/// WebSocket session) would pass every token and cost ceiling unseen: while one applies it is
+/// refused with `unmetered_call`, audited and never sent, unless the workload allows it; reads
+/// of the same resources pass, and so does everything when no ceiling caps spend.
+#[test]
+fn work_the_proxy_cannot_meter_is_refused_while_spend_is_capped() {
+    use tenant_proxy_loadtest::config::Unmetered;
+    let origin = Origin::start();
+    let proxy = budget_proxy(origin.port, |spec| {
+        let acme = spec.tenant("acme");
+        acme.limits().tokens_per_minute = Some(100_000);
+        acme.workload_limits("researcher").unmetered_calls = Some(Unmetered::Allow);
+        // globex caps only its request rate: nothing to skip.
+        spec.tenant("globex").limits().requests_per_minute = Some(1_000);
+    });
+    let batch =
+        r#"{"input_file_id":"file-1","endpoint":"/v1/chat/completions","completion_window":"24h"}"#;
+    for (path, what) in [
+        ("batches", "a batch job"),
+        ("threads/thread_1/runs", "an Assistants run"),
+        ("fine_tuning/jobs", "a fine-tuning job"),
+    ] {
+        let r = llm_post(&proxy, path, batch, None, "");
+        r.assert_refused(403, "unmetered_call");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.starts_with(what), "{message}");
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(
+            (rec["decision"].as_str(), rec["reason"].as_str()),
+            (Some("deny"), Some("unmetered_call")),
+            "{rec}"
+        );
+    }
+    // A WebSocket session toward an LLM API, on a path that is a call otherwise too.
+    let r = raw_request(
+        proxy.sidecar_port,
+        "GET /llm/responses HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    r.assert_refused(403, "unmetered_call");
+    assert_eq!(origin.count(), 0, "nothing refused reached the upstream");
+
+    // Reading, listing and cancelling start nothing.
+    let get = raw_request(
+        proxy.sidecar_port,
+        "GET /llm/batches/batch_1 HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(get.status, 200, "{}", get.body_text());
+    let cancel = llm_post(&proxy, "batches/batch_1/cancel", "{}", None, "");
+    assert_eq!(cancel.status, 200, "{}", cancel.body_text());
+    // The workload that allows unmetered work gets through, counted as a call.
+    let researcher = token(TokenOpts {
+        workload: "researcher",
+        ..Default::default()
+    });
+    let allowed = llm_post(&proxy, "batches", batch, Some(&researcher), "");
+    assert_eq!(allowed.status, 200, "{}", allowed.body_text());
+    // A tenant whose spend is not capped has nothing to skip.
+    let globex = token(TokenOpts {
+        tenant: "globex",
+        workload: "agent",
+        ..Default::default()
+    });
+    let open = llm_post(&proxy, "batches", batch, Some(&globex), "");
+    assert_eq!(open.status, 200, "{}", open.body_text());
+    assert_eq!(origin.matching("/v1/batches").len(), 4);
+}
+
+/// A chat completion that names no model (a server with a default one picks it) is still an
+/// LLM call: its tokens are reserved and settled from the usage it reports, and a price table
+/// that refuses unknown models refuses it.
+#[test]
+fn a_chat_that_names_no_model_is_metered_and_priced_as_an_unknown_model() {
+    let mock = start_mock();
+    // Without a price table: tokens only.
+    let mut spec = ProxySpec::default();
+    spec.llm_route(mock);
+    spec.tenant("acme").limits().tokens_per_minute = Some(100_000);
+    let proxy = Proxy::start(spec);
+    let body = r#"{"max_tokens":40,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = llm_post(&proxy, "chat/completions", body, None, "");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert_eq!(
+        rec["reserved"]["tokens"].as_u64(),
+        Some(body.len() as u64 + 40),
+        "{rec}"
+    );
+    let usage = &rec["usage"];
+    let used = usage["input_tokens"].as_u64().unwrap() + usage["output_tokens"].as_u64().unwrap();
+    assert_eq!(rec["settled"]["tokens"].as_u64(), Some(used), "{rec}");
+    // Streamed, the proxy asks for its usage as for any chat completion.
+    let stream = r#"{"stream":true,"max_tokens":30,"messages":[]}"#;
+    let r = llm_post(&proxy, "chat/completions", stream, None, "");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(!r.body_text().contains("\"usage\""), "{}", r.body_text());
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert!(rec["usage"]["output_tokens"].as_u64().is_some(), "{rec}");
+    // The test price table refuses unknown models: a call naming none is one.
+    drop(proxy);
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().cost_per_day_micros = Some(1_000_000);
+    });
+    let r = llm_post(&proxy, "chat/completions", body, None, "");
+    r.assert_refused(403, "model_not_priced");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("names no model"));
+}

@@ -36,6 +36,20 @@ pub enum MidStream {
     Finish,
 }
 
+/// What a request does that starts LLM work whose tokens and cost no response shows the proxy
+/// (a batch or fine-tuning job, an Assistants run, a Realtime or WebSocket session, an opaque
+/// tunnel to an LLM host), when a token or cost ceiling applies to its caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmetered {
+    /// Refuse it (`unmetered_call`, default): a ceiling the proxy cannot enforce is not silently
+    /// skipped.
+    #[default]
+    Refuse,
+    /// Let it through, counted as a call; its spend is outside the proxy's ceilings.
+    Allow,
+}
+
 /// Ceilings for one scope (a tenant's aggregate, or one workload).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +73,9 @@ pub struct Ceilings {
     pub assumed_max_tokens: Option<u64>,
     /// What a stream that crosses a tokens or cost ceiling does (default `cut`).
     pub mid_stream: Option<MidStream>,
+    /// What LLM work the proxy cannot meter gets while a token or cost ceiling applies
+    /// (default `refuse`; a workload's setting wins over its tenant's).
+    pub unmetered_calls: Option<Unmetered>,
 }
 
 impl Ceilings {
@@ -74,6 +91,11 @@ impl Ceilings {
     /// Whether a cost ceiling is set (a price table is then required).
     pub fn has_cost(&self) -> bool {
         self.cost_per_day_micros.is_some() || self.cost_per_month_micros.is_some()
+    }
+
+    /// Whether a ceiling on LLM tokens or cost is set.
+    pub fn meters_spend(&self) -> bool {
+        self.tokens_per_minute.is_some() || self.has_cost()
     }
 
     /// Checks values are usable.

@@ -14,7 +14,7 @@ use crate::context::TenantContext;
 use crate::limits::stream::StreamPlan;
 use crate::pricing::Prices;
 use crate::target::Destination;
-use crate::usage::providers::registry;
+use crate::usage::providers::registry::{self, Work};
 use crate::usage::Usage;
 
 use super::{keys_for, CallKind, Charge, LimitConfig, LimitKey, MidStream, Subject};
@@ -25,9 +25,14 @@ pub const DEFAULT_ASSUMED_MAX_TOKENS: u64 = 1024;
 /// Why a request cannot be planned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    /// A priced call to a model the price table does not list (and it refuses unlisted ones).
-    #[error("model `{0}` has no price in the price table")]
-    ModelNotPriced(String),
+    /// A priced call to a model the price table does not list (and it refuses unlisted ones);
+    /// `None`: a call that names no model (the server picks one).
+    #[error("the model has no price in the price table")]
+    ModelNotPriced(Option<String>),
+    /// LLM work the proxy cannot meter, while a token or cost ceiling applies to the caller and
+    /// nothing allows it (`unmetered_calls`).
+    #[error("{0} cannot be metered")]
+    Unmetered(&'static str),
     /// The tenant is not in the configuration (admission checked it; a bug if seen).
     #[error("the tenant is not configured")]
     UnknownTenant,
@@ -47,6 +52,8 @@ pub struct CallFacts<'a> {
     /// For a request to an MCP server: the `tools/call`s in its body. `None` for any other
     /// request, which counts as one call when it is not an LLM call.
     pub mcp_tool_calls: Option<u64>,
+    /// What the request is to an LLM API ([`registry::work`]).
+    pub work: Work,
 }
 
 /// How one request is counted.
@@ -60,6 +67,8 @@ pub struct Plan {
     pub prices: Option<Prices>,
     /// How a streaming response may extend its reservation (`None`: it is not cut).
     pub stream: Option<StreamPlan>,
+    /// What it is counted as: an LLM call's response is metered and settles its reservation.
+    pub kind: CallKind,
 }
 
 /// The request-rate ceilings every request of `tenant` is counted against, whatever it asks
@@ -98,28 +107,37 @@ pub fn plan(
         return Err(PlanError::UnknownTenant);
     };
     let workload = entry.workload_ceilings.get(&tenant.workload);
-    let prices = match (call.model, config.prices()) {
-        (Some(model), Some(table)) => Some(
-            table
-                .lookup(registry::price_key(destination), model)
-                .ok_or_else(|| PlanError::ModelNotPriced(model.to_string()))?,
-        ),
-        _ => None,
-    };
     // Only a signed run id carries a budget, so an agent cannot start a fresh one.
     let run = match (&tenant.budget, tenant.run.signed) {
         (Some(budget), true) => Some((tenant.run.id.as_str(), budget)),
+        _ => None,
+    };
+    // SECURITY: work whose spend no response shows would pass every token and cost ceiling
+    // unseen, so while one applies it is refused unless the tenant or workload allows it.
+    if let Work::Unmetered(what) = call.work {
+        if refuses_unmetered(entry.ceilings, workload, run.map(|(_, b)| b)) {
+            return Err(PlanError::Unmetered(what));
+        }
+    }
+    // A provider's call is an LLM call even when its body names no model (a server with a
+    // default one): its tokens are reserved and metered, and it is priced as an unknown model.
+    let kind = if call.model.is_some() || call.work == Work::Call {
+        CallKind::Llm
+    } else {
+        CallKind::Tool
+    };
+    let prices = match (kind, config.prices()) {
+        (CallKind::Llm, Some(table)) => Some(
+            table
+                .lookup(registry::price_key(destination), call.model.unwrap_or(""))
+                .ok_or_else(|| PlanError::ModelNotPriced(call.model.map(String::from)))?,
+        ),
         _ => None,
     };
     let who = Subject {
         tenant: &tenant.tenant,
         workload: &tenant.workload,
         run,
-    };
-    let kind = if call.model.is_some() {
-        CallKind::Llm
-    } else {
-        CallKind::Tool
     };
     let keys = keys_for(who, entry.ceilings, workload, entry.calendar, now, kind);
     if kind == CallKind::Tool {
@@ -131,6 +149,7 @@ pub fn plan(
             },
             prices: None,
             stream: None,
+            kind,
         });
     }
     let assumed = workload
@@ -170,7 +189,43 @@ pub fn plan(
         charge,
         prices,
         stream,
+        kind,
     })
+}
+
+/// Whether LLM work the proxy cannot meter is refused for a caller under `tenant` and
+/// `workload` ceilings and a signed run's `run` budget: a token or cost ceiling applies to it,
+/// and its workload's `unmetered_calls` (else its tenant's) does not allow it.
+fn refuses_unmetered(
+    tenant: &super::Ceilings,
+    workload: Option<&super::Ceilings>,
+    run: Option<&crate::identity::token::RunBudget>,
+) -> bool {
+    let metered = tenant.meters_spend()
+        || workload.is_some_and(super::Ceilings::meters_spend)
+        || run.is_some_and(|b| b.tokens.is_some() || b.cost_micros.is_some());
+    let setting = workload
+        .and_then(|c| c.unmetered_calls)
+        .or(tenant.unmetered_calls)
+        .unwrap_or_default();
+    metered && setting == super::Unmetered::Refuse
+}
+
+/// Whether `tenant`'s caller may not open a tunnel to an LLM host that nothing inside is read
+/// from (opaque): as for other work the proxy cannot meter ([`refuses_unmetered`]).
+pub fn refuses_unmetered_for(config: &dyn LimitConfig, tenant: &TenantContext) -> bool {
+    let Some(entry) = config.tenant_limits(&tenant.tenant) else {
+        return false;
+    };
+    let run = match (&tenant.budget, tenant.run.signed) {
+        (Some(budget), true) => Some(budget),
+        _ => None,
+    };
+    refuses_unmetered(
+        entry.ceilings,
+        entry.workload_ceilings.get(&tenant.workload),
+        run,
+    )
 }
 
 /// The tokens and cost of the usage an LLM response reported (cost 0 without prices).
@@ -344,6 +399,7 @@ mod tests {
                 choices: None,
                 body_bytes: 100,
                 mcp_tool_calls,
+                work: Work::Other,
             };
             let plan = plan(&config, &tenant, &destination, call, 1_700_000_000).unwrap();
             assert!(
@@ -386,6 +442,7 @@ mod tests {
                 choices,
                 body_bytes: 100,
                 mcp_tool_calls: None,
+                work: Work::Call,
             };
             let plan = plan(&config, &tenant, &destination, call, 1_700_000_000).unwrap();
             plan.charge.tokens
@@ -398,5 +455,180 @@ mod tests {
             reserved(None, Some(3)),
             100 + 3 * DEFAULT_ASSUMED_MAX_TOKENS
         );
+    }
+
+    /// A price table that lists one model and refuses the rest, over `OneTenant`'s ceilings.
+    struct Priced(OneTenant, crate::pricing::PriceTable);
+
+    impl LimitConfig for Priced {
+        fn tenant_limits(
+            &self,
+            tenant: &crate::ids::TenantId,
+        ) -> Option<super::super::TenantLimits<'_>> {
+            self.0.tenant_limits(tenant)
+        }
+
+        fn prices(&self) -> Option<&crate::pricing::PriceTable> {
+            Some(&self.1)
+        }
+    }
+
+    fn facts(model: Option<&str>, work: Work) -> CallFacts<'_> {
+        CallFacts {
+            model,
+            max_output_tokens: None,
+            choices: None,
+            body_bytes: 100,
+            mcp_tool_calls: None,
+            work,
+        }
+    }
+
+    #[test]
+    fn work_the_proxy_cannot_meter_is_refused_while_spend_is_capped() {
+        let destination = Destination::https_for_test("api.openai.com", "/v1/batches", None);
+        let batch = facts(None, Work::Unmetered("a batch job"));
+        let now = 1_700_000_000;
+        let mut unsigned = run_context();
+        unsigned.run.signed = false;
+        // No ceiling on tokens or cost (the run's budget caps tool calls only): nothing is
+        // skipped, so it is a call like any other.
+        let open = OneTenant::default();
+        let counted = plan(&open, &run_context(), &destination, batch, now).unwrap();
+        assert_eq!(
+            (counted.kind, counted.charge.tool_calls),
+            (CallKind::Tool, 1)
+        );
+
+        // Each place a token or cost ceiling can come from refuses it.
+        let capped = crate::limits::Ceilings {
+            tokens_per_minute: Some(1_000),
+            ..Default::default()
+        };
+        let tenant_capped = OneTenant {
+            ceilings: capped,
+            ..Default::default()
+        };
+        let mut workload_capped = OneTenant::default();
+        workload_capped
+            .workloads
+            .insert(crate::ids::WorkloadId::new("bot").unwrap(), capped);
+        for (name, config) in [("tenant", &tenant_capped), ("workload", &workload_capped)] {
+            assert_eq!(
+                plan(config, &unsigned, &destination, batch, now).unwrap_err(),
+                PlanError::Unmetered("a batch job"),
+                "{name}"
+            );
+        }
+        let mut run_capped = run_context();
+        run_capped.budget = Some(crate::identity::token::RunBudget {
+            cost_micros: Some(5),
+            ..Default::default()
+        });
+        assert_eq!(
+            plan(&open, &run_capped, &destination, batch, now).unwrap_err(),
+            PlanError::Unmetered("a batch job")
+        );
+        // A run budget that is not signed is no budget.
+        run_capped.run.signed = false;
+        assert!(plan(&open, &run_capped, &destination, batch, now).is_ok());
+
+        // `unmetered_calls = "allow"`: the workload's setting wins over its tenant's.
+        let allow = |c: crate::limits::Ceilings, setting| crate::limits::Ceilings {
+            unmetered_calls: Some(setting),
+            ..c
+        };
+        let tenant_allows = OneTenant {
+            ceilings: allow(capped, crate::limits::Unmetered::Allow),
+            ..Default::default()
+        };
+        let plan_allowed = plan(&tenant_allows, &unsigned, &destination, batch, now).unwrap();
+        assert_eq!(plan_allowed.kind, CallKind::Tool);
+        let mut workload_refuses = OneTenant {
+            ceilings: allow(capped, crate::limits::Unmetered::Allow),
+            ..Default::default()
+        };
+        workload_refuses.workloads.insert(
+            crate::ids::WorkloadId::new("bot").unwrap(),
+            allow(Default::default(), crate::limits::Unmetered::Refuse),
+        );
+        assert_eq!(
+            plan(&workload_refuses, &unsigned, &destination, batch, now).unwrap_err(),
+            PlanError::Unmetered("a batch job")
+        );
+        // Only the unmetered kind is refused: a read of the same path passes.
+        let read = facts(None, Work::Other);
+        assert!(plan(&tenant_capped, &unsigned, &destination, read, now).is_ok());
+    }
+
+    #[test]
+    fn a_providers_call_that_names_no_model_is_an_llm_call() {
+        let destination =
+            Destination::https_for_test("llm.internal", "/v1/chat/completions", Some("vllm"));
+        let now = 1_700_000_000;
+        let tenant = run_context();
+        // Without prices: tokens are reserved (body and assumed output) and the response metered.
+        let plan_open = plan(
+            &OneTenant::default(),
+            &tenant,
+            &destination,
+            facts(None, Work::Call),
+            now,
+        )
+        .unwrap();
+        assert_eq!(plan_open.kind, CallKind::Llm);
+        assert_eq!(plan_open.charge.tokens, 100 + DEFAULT_ASSUMED_MAX_TOKENS);
+        assert_eq!(plan_open.charge.tool_calls, 0);
+
+        // With prices: an unnamed model is an unknown one (refused, or the default prices).
+        let table = |text: &str| crate::pricing::PriceTable::parse(text, "test").unwrap();
+        let refuses = Priced(
+            OneTenant::default(),
+            table("currency = \"USD\"\n[providers.vllm]\n\"m\" = { input = 1, output = 2 }\n"),
+        );
+        assert_eq!(
+            plan(
+                &refuses,
+                &tenant,
+                &destination,
+                facts(None, Work::Call),
+                now
+            )
+            .unwrap_err(),
+            PlanError::ModelNotPriced(None)
+        );
+        assert!(plan(
+            &refuses,
+            &tenant,
+            &destination,
+            facts(Some("m"), Work::Call),
+            now
+        )
+        .is_ok());
+        let defaults = Priced(
+            OneTenant::default(),
+            table("currency = \"USD\"\nunknown_model = \"default\"\n[default]\ninput = 1_000_000\noutput = 1_000_000\n"),
+        );
+        let priced = plan(
+            &defaults,
+            &tenant,
+            &destination,
+            facts(None, Work::Call),
+            now,
+        )
+        .unwrap();
+        assert_eq!(priced.prices.map(|p| p.output), Some(1_000_000));
+        assert_eq!(priced.charge.cost_micros, 100 + DEFAULT_ASSUMED_MAX_TOKENS);
+
+        // Any other request without a model stays a call counted once.
+        let other = plan(
+            &OneTenant::default(),
+            &tenant,
+            &destination,
+            facts(None, Work::Other),
+            now,
+        )
+        .unwrap();
+        assert_eq!((other.kind, other.charge.tokens), (CallKind::Tool, 0));
     }
 }

@@ -200,6 +200,8 @@ pub struct HttpGrant {
     pub prices: Option<Prices>,
     /// How a streaming response may extend its reservation.
     pub stream_plan: Option<StreamPlan>,
+    /// It is an LLM call: its response's usage is metered.
+    pub llm: bool,
 }
 
 /// What an admitted tunnel carries.
@@ -544,14 +546,17 @@ async fn admit_http(
     let named = &mut trail.credentials;
     let applied = decide_credentials(fx, &asking, header, &grant, named, &mut uses).await?;
     let credential_permits = std::mem::take(&mut uses.ids);
+    let upgrade = header.headers.contains_key(http::header::UPGRADE);
     let call = CallFacts {
         model: trail.model.as_deref(),
         max_output_tokens: grant.max_output_tokens,
         choices: grant.choices,
         body_bytes: trail.bytes_in,
         mcp_tool_calls: trail.mcp.as_ref().map(|m| m.tools_called.len() as u64),
+        work: registry::work(&destination, &header.method, upgrade),
     };
     let plan = crate::limits::plan::plan(&snapshot.tenants, &tenant, &destination, call, fx.now())?;
+    grant.llm = plan.kind == crate::limits::CallKind::Llm;
     let allowed_by = trail
         .decision
         .iter()
@@ -610,7 +615,7 @@ async fn admit_http(
     substitute(applied, &mut grant, trail, &tenant);
     // So that every streamed call can be metered, ask a stream for its usage where its provider
     // reports it only when asked (and take the event out again before the agent sees it).
-    if trail.model.is_some() {
+    if grant.llm {
         if let Some(body) = &grant.body {
             if let Some((new, by)) =
                 registry::request_stream_usage(&destination.upstream_path, &body.0)
@@ -1014,19 +1019,32 @@ async fn admit_connect(
         .tenants
         .mcp
         .serves(host, port, Some(addr), &config.egress.hosts);
-    let (mode, minter) = if opaque.allowed && !mcp {
+    // SECURITY: so is a tunnel to an LLM API host while token or cost ceilings apply to the
+    // caller (unless allowed, `unmetered_calls`): its calls are metered only when read.
+    let metered = (registry::name_for_host(host).is_some()
+        || snapshot.tenants.llm_providers.for_host(host).is_some())
+        && crate::limits::plan::refuses_unmetered_for(&snapshot.tenants, &tenant);
+    let (mode, minter) = if opaque.allowed && !mcp && !metered {
         if let Some(d) = trail.decision.as_mut() {
             d.policy_ids.extend(opaque.policy_ids);
         }
         (TunnelMode::Opaque, None)
     } else {
         trail.tunnel_mode = Some(TunnelMode::Intercept);
+        // Policy would let it pass unread; only metering keeps it from that.
+        let unmetered = opaque.allowed && !mcp;
         let minter = fx.minter().ok_or_else(|| {
+            if unmetered {
+                return Deny::UnmeteredCall("an opaque tunnel to an LLM API");
+            }
             Deny::InterceptionUnavailable(
                 "no interception CA is configured (`[intercept]`), and no policy lets this tunnel pass opaquely".into(),
             )
         })?;
         if !minter.ca().permits(host) {
+            if unmetered {
+                return Err(Deny::UnmeteredCall("an opaque tunnel to an LLM API"));
+            }
             return Err(Deny::InterceptionUnavailable(
                 "the interception CA's name constraints do not cover this host".into(),
             ));

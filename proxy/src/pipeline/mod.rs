@@ -602,7 +602,7 @@ impl ProxyHttp for TenantProxy {
                 "upstream request without authorization",
             ));
         };
-        let readable = ctx.trail.model.is_some()
+        let readable = grant.llm
             || ctx.trail.mcp.is_some()
             || grant.applied.as_ref().is_some_and(|a| !a.used.is_empty());
         respond::upstream_request(admitted, grant, readable, upstream)
@@ -644,7 +644,7 @@ impl ProxyHttp for TenantProxy {
             let setup = StageSetup {
                 admitted,
                 grant,
-                llm: ctx.trail.model.is_some(),
+                llm: grant.llm,
                 head: session.req_header().method == http::Method::HEAD,
                 limits: self.shared.limits.clone(),
             };

@@ -37,11 +37,17 @@ when { context.path like "/ok/*" };
 
 @id("ok-tunnels")
 permit (principal, action == TenantProxy::Action::"connect", resource)
-when { resource == TenantProxy::Destination::"ok.test" };
+when {
+  resource == TenantProxy::Destination::"ok.test" ||
+  resource == TenantProxy::Destination::"api.openai.com"
+};
 
 @id("ok-opaque")
 permit (principal, action == TenantProxy::Action::"connect_opaque", resource)
-when { resource == TenantProxy::Destination::"ok.test" };
+when {
+  resource == TenantProxy::Destination::"ok.test" ||
+  resource == TenantProxy::Destination::"api.openai.com"
+};
 
 @id("credentials")
 permit (principal, action == TenantProxy::Action::"use_credential", resource);
@@ -64,6 +70,11 @@ when { context.path like "/held/forbidden/*" };
 /// A configuration with tenant acme (workload bot, a request ceiling) and its policies, loaded
 /// as `run` loads it.
 fn configured() -> (tempfile::TempDir, StaticConfig, Arc<Snapshot>) {
+    configured_with("")
+}
+
+/// [`configured`] with more of acme's `[limits]` (TOML lines).
+fn configured_with(limits: &str) -> (tempfile::TempDir, StaticConfig, Arc<Snapshot>) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -76,7 +87,7 @@ fn configured() -> (tempfile::TempDir, StaticConfig, Arc<Snapshot>) {
     std::fs::write(d.join("policies/global/test.cedar"), POLICIES).unwrap();
     std::fs::write(
         d.join("tenants.toml"),
-        "policy_dir = \"policies\"\n[tenants.acme]\nplan = \"pro\"\nregion = \"eu\"\nworkloads = [\"bot\"]\n[tenants.acme.limits]\nrequests_per_second = 100\n",
+        format!("policy_dir = \"policies\"\n[tenants.acme]\nplan = \"pro\"\nregion = \"eu\"\nworkloads = [\"bot\"]\n[tenants.acme.limits]\nrequests_per_second = 100\n{limits}"),
     )
     .unwrap();
     std::fs::write(
@@ -497,6 +508,42 @@ async fn connect(
     )
     .await;
     (got, trail)
+}
+
+/// An opaque tunnel to an LLM API would carry calls no ceiling sees: while a token or cost
+/// ceiling applies it must be intercepted (refused here, where no CA is configured), whatever
+/// `connect_opaque` permits, unless the tenant allows unmetered work.
+#[tokio::test]
+async fn a_tunnel_to_an_llm_api_is_read_while_spend_is_capped() {
+    let header = &RequestHeader::build("CONNECT", b"api.openai.com:443", None).unwrap();
+    let mode = |limits: &'static str| async move {
+        let (_dir, config, snapshot) = configured_with(limits);
+        let fx = Recording::new(&config, None);
+        let (got, trail) = connect(&fx, &snapshot, header, "api.openai.com", 443).await;
+        match got {
+            Ok(Admitted {
+                grant: Grant::Tunnel(g),
+                ..
+            }) => Ok(g.mode),
+            Err(deny) => Err((deny.code().as_str(), trail.tunnel_mode)),
+            Ok(_) => panic!("not a tunnel"),
+        }
+    };
+    assert_eq!(mode("").await, Ok(TunnelMode::Opaque));
+    assert_eq!(
+        mode("tokens_per_minute = 1000\n").await,
+        Err(("unmetered_call", Some(TunnelMode::Intercept)))
+    );
+    assert_eq!(
+        mode("tokens_per_minute = 1000\nunmetered_calls = \"allow\"\n").await,
+        Ok(TunnelMode::Opaque)
+    );
+    // Another host under the same ceilings passes as policy says.
+    let (_dir, config, snapshot) = configured_with("tokens_per_minute = 1000\n");
+    let fx = Recording::new(&config, None);
+    let ok = RequestHeader::build("CONNECT", b"ok.test:443", None).unwrap();
+    let (got, _) = connect(&fx, &snapshot, &ok, "ok.test", 443).await;
+    assert!(got.is_ok(), "{:?}", got.map(|_| ()));
 }
 
 #[tokio::test]

@@ -35,6 +35,11 @@ impl Provider for Anthropic {
         path.ends_with("/v1/messages")
     }
 
+    fn unmetered_work(&self, path: &CallPath<'_>) -> Option<&'static str> {
+        path.ends_with("/v1/messages/batches")
+            .then_some("a message batch")
+    }
+
     fn request_fields(&self) -> &'static RequestFields {
         &FIELDS
     }

@@ -30,6 +30,20 @@ const OPERATIONS: &[&str] = &[
     "/converse-stream",
 ];
 
+/// Requests that start work the proxy cannot meter: the runtime's asynchronous invocation, and
+/// the control plane's jobs and purchases (`bedrock.<region>.amazonaws.com`).
+const UNMETERED: &[(&str, &str)] = &[
+    ("/async-invoke", "an asynchronous invocation"),
+    (
+        "/invoke-with-bidirectional-stream",
+        "a bidirectional stream",
+    ),
+    ("/model-invocation-job", "a batch inference job"),
+    ("/model-customization-jobs", "a model customization job"),
+    ("/provisioned-model-throughput", "provisioned throughput"),
+    ("/evaluation-jobs", "an evaluation job"),
+];
+
 const FIELDS: RequestFields = RequestFields {
     model: &[],
     ceilings: &[&["inferenceConfig", "maxTokens"], &["max_tokens"]],
@@ -89,6 +103,13 @@ impl Provider for Bedrock {
 
     fn is_call(&self, path: &CallPath<'_>) -> bool {
         path.starts_with("/model/") && OPERATIONS.iter().any(|op| path.ends_with(op))
+    }
+
+    fn unmetered_work(&self, path: &CallPath<'_>) -> Option<&'static str> {
+        UNMETERED
+            .iter()
+            .find(|(end, _)| path.ends_with(end))
+            .map(|(_, what)| *what)
     }
 
     fn model_from_path(&self, path: &str) -> Option<String> {

@@ -19,6 +19,21 @@ pub struct Gemini;
 
 const OPERATIONS: &[&str] = &[":generatecontent", ":streamgeneratecontent"];
 
+/// Operations (`…:op`) and collections (`…/name`) that start work the proxy cannot meter: jobs
+/// billed later, generations priced per image or second, partner models whose usage is in
+/// another provider's shape.
+const UNMETERED: &[(&str, &str)] = &[
+    (":batchgeneratecontent", "a batch job"),
+    (":asyncbatchembedcontent", "a batch job"),
+    (":predictlongrunning", "a long-running generation"),
+    (":predict", "a prediction"),
+    (":rawpredict", "a partner model call"),
+    (":streamrawpredict", "a partner model call"),
+    ("/batchpredictionjobs", "a batch prediction job"),
+    ("/tuningjobs", "a tuning job"),
+    ("/tunedmodels", "a tuning job"),
+];
+
 const FIELDS: RequestFields = RequestFields {
     model: &[],
     ceilings: &[&["generationConfig", "maxOutputTokens"]],
@@ -40,9 +55,20 @@ impl Provider for Gemini {
     }
 
     fn is_call(&self, path: &CallPath<'_>) -> bool {
-        path.contains("/models/")
+        // A base model, a tuned model (`tunedModels/…`, its model unnamed for prices) or a
+        // Vertex AI endpoint (`endpoints/…`, likewise).
+        ["/models/", "/tunedmodels/", "/endpoints/"]
+            .iter()
+            .any(|c| path.contains(c))
             && !path.contains("/models/:")
             && OPERATIONS.iter().any(|op| path.ends_with(op))
+    }
+
+    fn unmetered_work(&self, path: &CallPath<'_>) -> Option<&'static str> {
+        UNMETERED
+            .iter()
+            .find(|(end, _)| path.ends_with(end))
+            .map(|(_, what)| *what)
     }
 
     fn model_from_path(&self, path: &str) -> Option<String> {

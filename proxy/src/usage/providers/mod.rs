@@ -67,6 +67,15 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// metered by: each path belongs to at most one provider.
     fn is_call(&self, path: &CallPath<'_>) -> bool;
 
+    /// LLM work a request to `path` starts whose tokens and cost no response shows the proxy:
+    /// a batch or fine-tuning job, a run or session that calls models later or elsewhere, a
+    /// price that is not per token. `Some(what)` names it for the refusal (`"a batch job"`).
+    /// Asked on any host (like [`Provider::is_call`]), of requests that may start work (not
+    /// `GET`, `HEAD`, `OPTIONS` or `DELETE`).
+    fn unmetered_work(&self, _path: &CallPath<'_>) -> Option<&'static str> {
+        None
+    }
+
     /// The request body fields that name the model and cap the output.
     fn request_fields(&self) -> &'static RequestFields;
 
@@ -217,6 +226,33 @@ impl CallPath<'_> {
     /// Whether the path starts with `prefix` (lowercase, starting with `/`).
     pub fn starts_with(&self, prefix: &str) -> bool {
         self.0.starts_with(prefix.as_bytes())
+    }
+
+    /// The path before its last segments when they are `pattern`'s (lowercase, starting with
+    /// `/`; a `*` segment is any one non-empty segment): `/v1` of `/v1/threads/abc/runs` for
+    /// `/threads/*/runs`. `None` when they are not.
+    pub fn before(&self, pattern: &str) -> Option<&[u8]> {
+        let mut end = self.0.len();
+        for want in pattern.as_bytes().rsplit(|b| *b == b'/') {
+            if want.is_empty() {
+                // The pattern's leading `/`: the segments matched are whole.
+                break;
+            }
+            let start = memchr::memrchr(b'/', &self.0[..end])?;
+            let segment = &self.0[start + 1..end];
+            if !(segment == want || (want == b"*" && !segment.is_empty())) {
+                return None;
+            }
+            end = start;
+        }
+        Some(&self.0[..end])
+    }
+
+    /// Whether the path is OpenAI's resource `rest` (`/batches`, `/threads/*/runs`): under
+    /// `/v1/` (any prefix before it) or Azure OpenAI's `/openai/`.
+    pub fn is_openai_resource(&self, rest: &str) -> bool {
+        self.before(rest)
+            .is_some_and(|head| head.ends_with(b"/v1") || head.ends_with(b"/openai"))
     }
 
     /// The operation of an OpenAI-style path: `chat/completions` of `/v1/chat/completions` (any

@@ -37,6 +37,25 @@ pub(super) const KEY_POSITIONS: KeyPositions = KeyPositions {
 
 const OPERATIONS: &[&str] = &["chat/completions", "completions", "embeddings"];
 
+/// Requests that start work the proxy cannot meter, under `/v1/` or Azure's `/openai/` (read by
+/// every OpenAI-compatible server's path: Mistral's batches are `/v1/batch/jobs`).
+const UNMETERED: &[(&str, &str)] = &[
+    ("/batches", "a batch job"),
+    ("/batch/jobs", "a batch job"),
+    ("/fine_tuning/jobs", "a fine-tuning job"),
+    ("/threads/runs", "an Assistants run"),
+    ("/threads/*/runs", "an Assistants run"),
+    ("/threads/*/runs/*/submit_tool_outputs", "an Assistants run"),
+    ("/realtime/sessions", "a Realtime session"),
+    ("/realtime/transcription_sessions", "a Realtime session"),
+    ("/realtime/client_secrets", "a Realtime session"),
+    ("/realtime/calls", "a Realtime session"),
+    ("/evals/*/runs", "an evaluation run"),
+    ("/videos", "a video generation"),
+    ("/videos/*/remix", "a video generation"),
+    ("/containers", "a code interpreter container"),
+];
+
 const FIELDS: RequestFields = RequestFields {
     model: &[&["model"]],
     // `max_tokens`, the older name, is still read by every OpenAI-compatible server; with both,
@@ -55,6 +74,13 @@ impl Provider for OpenAiChat {
 
     fn is_call(&self, path: &CallPath<'_>) -> bool {
         OPERATIONS.iter().any(|op| path.is_openai_operation(op))
+    }
+
+    fn unmetered_work(&self, path: &CallPath<'_>) -> Option<&'static str> {
+        UNMETERED
+            .iter()
+            .find(|(rest, _)| path.is_openai_resource(rest))
+            .map(|(_, what)| *what)
     }
 
     fn request_fields(&self) -> &'static RequestFields {

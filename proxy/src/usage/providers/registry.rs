@@ -155,6 +155,44 @@ pub fn is_llm_destination(destination: &Destination) -> bool {
         || for_destination(destination).is_some()
 }
 
+/// What a request to an LLM API is, for metering: decided from its destination, method and
+/// whether it asks to switch protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// One of a provider's calls (its path is): metered from its response, whether its body
+    /// names a model or the server picks one.
+    Call,
+    /// Work whose tokens and cost no response shows the proxy; names it for the refusal.
+    Unmetered(&'static str),
+    /// Anything else (a read, a file upload, a tool server's call).
+    Other,
+}
+
+/// What a `method` request to `destination` is (`upgrade`: it asks to switch protocols). A
+/// provider's unmetered work is recognized on any host, like its calls; an upgrade only toward
+/// an LLM destination (a Realtime or other WebSocket session carries its calls in frames the
+/// proxy does not meter).
+pub fn work(destination: &Destination, method: &http::Method, upgrade: bool) -> Work {
+    // First: a call path asked over a WebSocket (the Responses API's) is a session too.
+    if upgrade && is_llm_destination(destination) {
+        return Work::Unmetered("a WebSocket session");
+    }
+    if for_destination(destination).is_some() {
+        return Work::Call;
+    }
+    use http::Method;
+    if matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+    ) {
+        return Work::Other;
+    }
+    CallPath::with(&destination.upstream_path, |p| {
+        PROVIDERS.iter().find_map(|x| x.unmetered_work(&p))
+    })
+    .map_or(Work::Other, Work::Unmetered)
+}
+
 /// Every provider's and vendor's key positions. Toward a destination whose keys the proxy
 /// manages all of them apply, whatever its host: the proxy cannot know which reader an upstream
 /// uses (a gateway may take any provider's header), so a literal in any of them is refused.
@@ -359,5 +397,165 @@ mod tests {
         for name in ["x-auth-token", "cookie", "x-api-key2"] {
             assert!(key_header(name.as_bytes()).is_none(), "{name}");
         }
+    }
+
+    #[test]
+    fn work_that_cannot_be_metered_is_recognized_on_any_host() {
+        use http::Method;
+        let work = |host: &str, method: Method, path: &str, upgrade: bool| {
+            work(&dest(host, path, None), &method, upgrade)
+        };
+        let unmetered = [
+            ("api.openai.com", "/v1/batches", "a batch job"),
+            ("gateway.internal", "/openai/v1/batches", "a batch job"),
+            (
+                "acme.openai.azure.com",
+                "/openai/batches?api-version=1",
+                "a batch job",
+            ),
+            ("api.mistral.ai", "/v1/batch/jobs", "a batch job"),
+            (
+                "api.openai.com",
+                "/v1/fine_tuning/jobs",
+                "a fine-tuning job",
+            ),
+            ("api.openai.com", "/v1/threads/runs", "an Assistants run"),
+            (
+                "api.openai.com",
+                "/v1/threads/thread_1/runs",
+                "an Assistants run",
+            ),
+            (
+                "api.openai.com",
+                "/V1//threads/t/runs/r/submit_tool_outputs/",
+                "an Assistants run",
+            ),
+            (
+                "api.openai.com",
+                "/v1/realtime/client_secrets",
+                "a Realtime session",
+            ),
+            (
+                "api.openai.com",
+                "/v1/realtime/%73essions",
+                "a Realtime session",
+            ),
+            ("api.openai.com", "/v1/videos", "a video generation"),
+            (
+                "api.anthropic.com",
+                "/v1/messages/batches",
+                "a message batch",
+            ),
+            (
+                "generativelanguage.googleapis.com",
+                "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+                "a batch job",
+            ),
+            (
+                "generativelanguage.googleapis.com",
+                "/v1beta/models/veo-3.0:predictLongRunning",
+                "a long-running generation",
+            ),
+            (
+                "generativelanguage.googleapis.com",
+                "/v1beta/tunedModels",
+                "a tuning job",
+            ),
+            (
+                "us-east5-aiplatform.googleapis.com",
+                "/v1/projects/p/locations/l/publishers/anthropic/models/claude:rawPredict",
+                "a partner model call",
+            ),
+            (
+                "us-east5-aiplatform.googleapis.com",
+                "/v1/projects/p/locations/l/publishers/anthropic/models/claude:streamRawPredict",
+                "a partner model call",
+            ),
+            (
+                "aiplatform.googleapis.com",
+                "/v1/projects/p/locations/l/batchPredictionJobs",
+                "a batch prediction job",
+            ),
+            (
+                "bedrock-runtime.us-east-1.amazonaws.com",
+                "/async-invoke",
+                "an asynchronous invocation",
+            ),
+            (
+                "bedrock.us-east-1.amazonaws.com",
+                "/model-invocation-job",
+                "a batch inference job",
+            ),
+        ];
+        let unmetered = unmetered.into_iter().chain([
+            (
+                "api.openai.com",
+                "/v1/containers",
+                "a code interpreter container",
+            ),
+            (
+                "bedrock-runtime.us-east-1.amazonaws.com",
+                "/model/amazon.nova-sonic-v1%3A0/invoke-with-bidirectional-stream",
+                "a bidirectional stream",
+            ),
+        ]);
+        for (host, path, what) in unmetered {
+            assert_eq!(
+                work(host, Method::POST, path, false),
+                Work::Unmetered(what),
+                "{host}{path}"
+            );
+            // Reading or cancelling one starts nothing.
+            for method in [Method::GET, Method::DELETE, Method::HEAD] {
+                assert_eq!(work(host, method, path, false), Work::Other, "{host}{path}");
+            }
+        }
+        // Calls, whatever the body names; the rest is other work.
+        for (host, path) in [
+            ("llm.internal", "/v1/chat/completions"),
+            ("api.openai.com", "/v1/responses"),
+            (
+                "generativelanguage.googleapis.com",
+                "/v1beta/tunedModels/t1:generateContent",
+            ),
+            (
+                "europe-west4-aiplatform.googleapis.com",
+                "/v1/projects/p/locations/l/endpoints/42:streamGenerateContent",
+            ),
+        ] {
+            assert_eq!(
+                work(host, Method::POST, path, false),
+                Work::Call,
+                "{host}{path}"
+            );
+        }
+        for (host, path) in [
+            ("api.openai.com", "/v1/files"),
+            ("api.openai.com", "/v1/batches/batch_1/cancel"),
+            ("api.openai.com", "/v1/threads"),
+            ("api.openai.com", "/batches"),
+            ("api.openai.com", "/v1/my_batches"),
+            ("api.anthropic.com", "/v1/messages/batches/b1/cancel"),
+            ("tools.internal", "/search"),
+        ] {
+            assert_eq!(
+                work(host, Method::POST, path, false),
+                Work::Other,
+                "{host}{path}"
+            );
+        }
+        // A WebSocket toward an LLM API is a session, on a call path too; toward anything else
+        // it is nothing to meter.
+        for path in ["/v1/realtime?model=gpt-4o-realtime", "/v1/responses"] {
+            assert_eq!(
+                work("api.openai.com", Method::GET, path, true),
+                Work::Unmetered("a WebSocket session"),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            work("tools.internal", Method::GET, "/ws", true),
+            Work::Other
+        );
     }
 }
