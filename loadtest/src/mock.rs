@@ -5,7 +5,8 @@
 //!   plays a model that ignores its budget); with `"stream": true`, an SSE stream of one chunk
 //!   per completion token (`x-mock-chunk-delay-ms` apart), a usage chunk when
 //!   `stream_options.include_usage` is set, then `[DONE]`.
-//! - `POST …/messages`: an Anthropic message with `usage.input_tokens` / `output_tokens`.
+//! - `POST …/messages` (and Vertex AI's `…:rawPredict`): an Anthropic message with
+//!   `usage.input_tokens` / `output_tokens`.
 //! - anything else: 200 JSON echoing the method, path and received headers.
 //! - `Upgrade: websocket`: 101, then every byte is echoed back.
 //!
@@ -221,7 +222,8 @@ fn respond(head: &Head, body: &[u8]) -> Vec<Vec<u8>> {
         });
         return vec![json_response(200, &v)];
     }
-    if head.method == "POST" && path.ends_with("/messages") {
+    // Anthropic's messages, also as Vertex AI serves Claude (`…/models/{model}:rawPredict`).
+    if head.method == "POST" && (path.ends_with("/messages") || path.ends_with(":rawPredict")) {
         let v = json!({
             "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": "Hello from the mock."}], "stop_reason": "end_turn",

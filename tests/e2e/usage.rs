@@ -118,3 +118,47 @@ fn streams_are_metered_even_when_the_agent_did_not_ask_for_usage() {
         6
     );
 }
+
+/// Claude on Vertex AI (`…/publishers/anthropic/models/{model}:rawPredict`) is Anthropic's API
+/// with the model in the path: metered and priced as a call under a token ceiling. Another
+/// partner model's `rawPredict`, whose API the proxy does not read, is refused there instead of
+/// passing the ceiling unseen.
+#[test]
+fn claude_on_vertex_is_metered_and_unread_partner_models_are_refused_under_ceilings() {
+    let mock = start_mock();
+    let mut spec = ProxySpec::default();
+    spec.llm_route(mock);
+    spec.tenant("acme").limits().tokens_per_minute = Some(100_000);
+    let proxy = Proxy::start(spec);
+    let vertex = "/llm/projects/p1/locations/us-east5/publishers";
+    let body = r#"{"anthropic_version":"vertex-2023-10-16","max_tokens":13,"messages":[]}"#;
+    let call = |path: &str| {
+        raw_request(
+            proxy.sidecar_port,
+            &format!(
+                "POST {vertex}{path} HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .unwrap()
+    };
+    let claude = call("/anthropic/models/claude-sonnet-4%4020250514:rawPredict");
+    assert_eq!(claude.status, 200, "{}", claude.body_text());
+    let rec = proxy.audit_record("acme", &claude.request_id());
+    assert_eq!(rec["model"], "claude-sonnet-4@20250514", "{rec}");
+    assert_eq!(rec["usage"]["output_tokens"], 13, "{rec}");
+    assert_eq!(
+        rec["reserved"]["tokens"].as_u64(),
+        Some(body.len() as u64 + 13),
+        "{rec}"
+    );
+    let used = rec["usage"]["input_tokens"].as_u64().unwrap() + 13;
+    assert_eq!(rec["settled"]["tokens"].as_u64(), Some(used), "{rec}");
+
+    let other = call("/mistralai/models/mistral-large:rawPredict");
+    other.assert_refused(403, "unmetered_call");
+    assert!(other.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("a partner model call"));
+}

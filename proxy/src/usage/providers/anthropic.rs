@@ -1,15 +1,23 @@
 //! Anthropic messages: `usage.input_tokens`, `output_tokens` and `cache_read_input_tokens`
 //! (counted apart from `input_tokens`), in the JSON body or, streamed, in `message_start`'s
 //! `message` and the cumulative `message_delta` (streams report usage unasked).
+//!
+//! The same API on Vertex AI: `…/publishers/anthropic/models/{model}:rawPredict` and
+//! `:streamRawPredict`, the model in the path (`claude-sonnet-4@20250514`), the body and the
+//! response Anthropic's.
 
 use serde_json::Value;
 
 use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
-/// Anthropic messages (`/v1/messages`).
+/// Anthropic messages (`/v1/messages`, and Claude on Vertex AI).
 #[derive(Debug, Clone, Copy)]
 pub struct Anthropic;
+
+/// Vertex AI's path to an Anthropic model, and its operations (lowercase).
+const VERTEX_MODELS: &str = "/publishers/anthropic/models/";
+const VERTEX_OPERATIONS: &[&str] = &[":rawpredict", ":streamrawpredict"];
 
 const FIELDS: RequestFields = RequestFields {
     model: &[&["model"]],
@@ -33,6 +41,31 @@ impl Provider for Anthropic {
 
     fn is_call(&self, path: &CallPath<'_>) -> bool {
         path.ends_with("/v1/messages")
+            || (path.contains(VERTEX_MODELS)
+                && VERTEX_OPERATIONS.iter().any(|op| path.ends_with(op)))
+    }
+
+    fn model_from_path(&self, path: &str) -> Option<String> {
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        // Asked of every request's path: only one that names Vertex AI's Anthropic models
+        // (plainly, or escaped) is copied to find out.
+        let named = path
+            .as_bytes()
+            .windows(VERTEX_MODELS.len())
+            .any(|w| w.eq_ignore_ascii_case(VERTEX_MODELS.as_bytes()));
+        if !named && !path.contains('%') {
+            return None;
+        }
+        let decoded = super::percent_decoded(path)?;
+        let (head, op) = decoded.rsplit_once(':')?;
+        let op = format!(":{op}");
+        if !VERTEX_OPERATIONS.iter().any(|o| op.eq_ignore_ascii_case(o)) {
+            return None;
+        }
+        let lower = head.to_ascii_lowercase();
+        let at = lower.rfind(VERTEX_MODELS)? + VERTEX_MODELS.len();
+        let model = &head[at..];
+        (!model.is_empty() && !model.contains('/')).then(|| model.to_string())
     }
 
     fn unmetered_work(&self, path: &CallPath<'_>) -> Option<&'static str> {
@@ -164,5 +197,48 @@ pub(crate) mod tests {
         assert!(
             request::read_json_with(&[&Anthropic], br#"{"max_tokens":1,"max_tokens":2}"#).is_err()
         );
+    }
+
+    #[test]
+    fn claude_on_vertex_is_a_call_with_the_model_in_its_path() {
+        let base = "/v1/projects/p/locations/us-east5/publishers/anthropic/models";
+        for (path, model) in [
+            (
+                format!("{base}/claude-sonnet-4@20250514:rawPredict"),
+                "claude-sonnet-4@20250514",
+            ),
+            (
+                format!("{base}/claude-3-5-haiku%4020241022:streamRawPredict?alt=sse"),
+                "claude-3-5-haiku@20241022",
+            ),
+            (
+                format!("{base}/claude-opus-4%3ArawPredict"),
+                "claude-opus-4",
+            ),
+            (
+                "/V1/projects/p/locations/l/Publishers/Anthropic/Models/c1:RAWPREDICT".to_string(),
+                "c1",
+            ),
+        ] {
+            assert!(CallPath::with(&path, |c| Anthropic.is_call(&c)), "{path}");
+            assert_eq!(
+                Anthropic.model_from_path(&path).as_deref(),
+                Some(model),
+                "{path}"
+            );
+        }
+        for not in [
+            format!("{base}/claude:predict"),
+            format!("{base}/:rawPredict"),
+            "/v1/projects/p/locations/l/publishers/mistralai/models/m:rawPredict".to_string(),
+            "/v1beta/models/gemini-2.5-flash:generateContent".to_string(),
+            "/v1/messages".to_string(),
+        ] {
+            assert!(Anthropic.model_from_path(&not).is_none(), "{not}");
+        }
+        assert!(!CallPath::with(&format!("{base}/claude:predict"), |c| {
+            Anthropic.is_call(&c)
+        }));
+        assert!(CallPath::with("/v1/messages", |c| Anthropic.is_call(&c)));
     }
 }

@@ -20,13 +20,14 @@ pub struct Gemini;
 const OPERATIONS: &[&str] = &[":generatecontent", ":streamgeneratecontent"];
 
 /// Operations (`…:op`) and collections (`…/name`) that start work the proxy cannot meter: jobs
-/// billed later, generations priced per image or second, partner models whose usage is in
-/// another provider's shape.
+/// billed later, generations priced per image or second, partner models whose API the proxy
+/// does not read.
 const UNMETERED: &[(&str, &str)] = &[
     (":batchgeneratecontent", "a batch job"),
     (":asyncbatchembedcontent", "a batch job"),
     (":predictlongrunning", "a long-running generation"),
     (":predict", "a prediction"),
+    // (Anthropic's models on Vertex AI are Anthropic's calls, metered: see `anthropic`.)
     (":rawpredict", "a partner model call"),
     (":streamrawpredict", "a partner model call"),
     ("/batchpredictionjobs", "a batch prediction job"),

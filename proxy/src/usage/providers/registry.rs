@@ -463,12 +463,12 @@ mod tests {
             ),
             (
                 "us-east5-aiplatform.googleapis.com",
-                "/v1/projects/p/locations/l/publishers/anthropic/models/claude:rawPredict",
+                "/v1/projects/p/locations/l/publishers/mistralai/models/m:rawPredict",
                 "a partner model call",
             ),
             (
                 "us-east5-aiplatform.googleapis.com",
-                "/v1/projects/p/locations/l/publishers/anthropic/models/claude:streamRawPredict",
+                "/v1/projects/p/locations/l/publishers/mistralai/models/m:streamRawPredict",
                 "a partner model call",
             ),
             (
@@ -514,6 +514,10 @@ mod tests {
         for (host, path) in [
             ("llm.internal", "/v1/chat/completions"),
             ("api.openai.com", "/v1/responses"),
+        (
+            "us-east5-aiplatform.googleapis.com",
+            "/v1/projects/p/locations/l/publishers/anthropic/models/claude-sonnet-4@20250514:streamRawPredict",
+        ),
             (
                 "generativelanguage.googleapis.com",
                 "/v1beta/tunedModels/t1:generateContent",
