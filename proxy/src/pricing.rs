@@ -210,7 +210,8 @@ fn find(models: &BTreeMap<String, Prices>, model: &str) -> Option<Prices> {
 }
 
 /// `gpt-4o-2024-08-06` → `gpt-4o`, `claude-3-5-sonnet-20241022` → `claude-3-5-sonnet`,
-/// `gpt-4-0613` → `gpt-4`; `None` when the name ends in no such date.
+/// `gpt-4-0613` → `gpt-4`, `claude-sonnet-4@20250514` → `claude-sonnet-4`; `None` when the name
+/// ends in no such date.
 fn without_snapshot(model: &str) -> Option<&str> {
     let is_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     // -YYYY-MM-DD
@@ -222,6 +223,12 @@ fn without_snapshot(model: &str) -> Option<&str> {
         .then_some(base)
     }) {
         return (!base.is_empty()).then_some(base);
+    }
+    // @YYYYMMDD (Vertex AI's spelling: `claude-sonnet-4@20250514`)
+    if let Some((base, tail)) = model.rsplit_once('@') {
+        if tail.len() == 8 && is_digits(tail) {
+            return (!base.is_empty()).then_some(base);
+        }
     }
     // -YYYYMMDD or -MMDD
     let (base, tail) = model.rsplit_once('-')?;
@@ -484,6 +491,12 @@ unknown_model = "refuse"
             Some("claude-3-5-sonnet")
         );
         assert_eq!(without_snapshot("gpt-4-0613"), Some("gpt-4"));
+        assert_eq!(
+            without_snapshot("claude-sonnet-4@20250514"),
+            Some("claude-sonnet-4")
+        );
+        assert_eq!(without_snapshot("claude@latest"), None);
+        assert_eq!(without_snapshot("@20250514"), None);
         assert_eq!(without_snapshot("gpt-4o"), None);
         assert_eq!(without_snapshot("llama-3-70b"), None);
         assert_eq!(without_snapshot("2024-08-06"), None);
