@@ -1,6 +1,10 @@
 //! The OpenAI Responses API: `usage.input_tokens`, `output_tokens` and
 //! `input_tokens_details.cached_tokens`, in the JSON body or, streamed, inside the final
 //! `response.completed` event's `response` (streams report usage unasked).
+//!
+//! The Images API reports usage the same way (`gpt-image-1`) and is read here too: a call to it
+//! is an LLM call whether or not it names a model (the server's default is priced per image, so
+//! it is an unknown model to the price table, not a free call).
 
 use serde_json::Value;
 
@@ -8,9 +12,17 @@ use super::openai_chat::{HOSTS, KEY_POSITIONS, NAME};
 use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
-/// The OpenAI Responses API (`/v1/responses`, also under an Azure OpenAI deployment).
+/// The OpenAI Responses API (`/v1/responses`, also under an Azure OpenAI deployment) and the
+/// Images API.
 #[derive(Debug, Clone, Copy)]
 pub struct OpenAiResponses;
+
+const OPERATIONS: &[&str] = &[
+    "responses",
+    "images/generations",
+    "images/edits",
+    "images/variations",
+];
 
 const FIELDS: RequestFields = RequestFields {
     model: &[&["model"]],
@@ -27,7 +39,7 @@ impl Provider for OpenAiResponses {
     }
 
     fn is_call(&self, path: &CallPath<'_>) -> bool {
-        path.is_openai_operation("responses")
+        OPERATIONS.iter().any(|op| path.is_openai_operation(op))
     }
 
     fn request_fields(&self) -> &'static RequestFields {
@@ -106,6 +118,16 @@ pub(crate) mod tests {
                 "response",
                 r#"{"id":"r1","object":"response","output":[],"usage":{"input_tokens":9,"input_tokens_details":{"cached_tokens":1},"output_tokens":3,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":12}}"#,
                 u(9, 1, 3),
+            ),
+            (
+                "an image generation (gpt-image-1)",
+                r#"{"created":1713833628,"data":[{"b64_json":"iVBORw0KGgo="}],"usage":{"input_tokens":50,"input_tokens_details":{"image_tokens":40,"text_tokens":10},"output_tokens":4160,"total_tokens":4210}}"#,
+                u(50, 0, 4160),
+            ),
+            (
+                "a dall-e image, no usage",
+                r#"{"created":1713833628,"data":[{"url":"https://x"}]}"#,
+                None,
             ),
             ("no usage", r#"{"id":"r1","status":"in_progress"}"#, None),
             (

@@ -514,6 +514,8 @@ mod tests {
         for (host, path) in [
             ("llm.internal", "/v1/chat/completions"),
             ("api.openai.com", "/v1/responses"),
+        ("api.openai.com", "/v1/images/generations"),
+        ("acme.openai.azure.com", "/openai/deployments/img/images/edits"),
         (
             "us-east5-aiplatform.googleapis.com",
             "/v1/projects/p/locations/l/publishers/anthropic/models/claude-sonnet-4@20250514:streamRawPredict",
