@@ -263,6 +263,8 @@ pub struct LlmRequest {
     pub max_output_tokens: Option<u64>,
     /// How many completions it asks for (the largest of `n` and its synonyms present).
     pub choices: Option<u64>,
+    /// It asks to run in the background (`"background": true`, JSON bodies only).
+    pub background: bool,
 }
 
 /// Reads the model and the output ceiling (every provider's fields, see
@@ -287,7 +289,9 @@ pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
     }
     let named = providers::request::read_json(body)
         .map_err(|e| format!("the request body cannot be read as a JSON object: {e}"))?;
-    checked(named.model, named.max_output_tokens, named.choices)
+    let mut read = checked(named.model, named.max_output_tokens, named.choices)?;
+    read.background = named.background;
+    Ok(read)
 }
 
 fn checked(
@@ -302,6 +306,7 @@ fn checked(
         model,
         max_output_tokens,
         choices,
+        background: false,
     })
 }
 
@@ -572,7 +577,8 @@ impl FormFields {
                 }
                 _ => Ok(()),
             },
-            None => Ok(()),
+            // Background calls are JSON's (the Responses API's); a form's field is another's.
+            Some(Slot::Background) | None => Ok(()),
         }
     }
 
@@ -1184,6 +1190,7 @@ mod tests {
                                 && !k.contains("token")
                                 && k != "n"
                                 && k != "best_of"
+                                && k != "background"
                         })
                     },
                 )

@@ -554,6 +554,14 @@ fn work_the_proxy_cannot_meter_is_refused_while_spend_is_capped() {
             "{rec}"
         );
     }
+    // A response run in the background answers before it spends.
+    let background = r#"{"model":"gpt-4o-mini","background":true,"input":"hi"}"#;
+    let r = llm_post(&proxy, "responses", background, None, "");
+    r.assert_refused(403, "unmetered_call");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("a background response"));
     // A WebSocket session toward an LLM API, on a path that is a call otherwise too.
     let r = raw_request(
         proxy.sidecar_port,
@@ -572,6 +580,10 @@ fn work_the_proxy_cannot_meter_is_refused_while_spend_is_capped() {
     assert_eq!(get.status, 200, "{}", get.body_text());
     let cancel = llm_post(&proxy, "batches/batch_1/cancel", "{}", None, "");
     assert_eq!(cancel.status, 200, "{}", cancel.body_text());
+    // The same response in the foreground is a call, metered.
+    let foreground = r#"{"model":"gpt-4o-mini","background":false,"input":"hi"}"#;
+    let r = llm_post(&proxy, "responses", foreground, None, "");
+    assert_eq!(r.status, 200, "{}", r.body_text());
     // The workload that allows unmetered work gets through, counted as a call.
     let researcher = token(TokenOpts {
         workload: "researcher",
@@ -588,6 +600,7 @@ fn work_the_proxy_cannot_meter_is_refused_while_spend_is_capped() {
     let open = llm_post(&proxy, "batches", batch, Some(&globex), "");
     assert_eq!(open.status, 200, "{}", open.body_text());
     assert_eq!(origin.matching("/v1/batches").len(), 4);
+    assert_eq!(origin.matching("/v1/responses").len(), 1);
 }
 
 /// A chat completion that names no model (a server with a default one picks it) is still an

@@ -58,7 +58,8 @@ use crate::pricing::Prices;
 use crate::snapshot::Snapshot;
 use crate::target::{Destination, Scheme};
 use crate::tls::ca::LeafMinter;
-use crate::usage::providers::{registry, Provider};
+use crate::usage::providers::registry::{self, Work};
+use crate::usage::providers::Provider;
 
 /// Proof that the chain admitted a request to exactly this destination and address. Its fields
 /// are private: nothing but [`admit`] can make one.
@@ -202,6 +203,8 @@ pub struct HttpGrant {
     pub stream_plan: Option<StreamPlan>,
     /// It is an LLM call: its response's usage is metered.
     pub llm: bool,
+    /// The body asks the call to run in the background.
+    pub background: bool,
 }
 
 /// What an admitted tunnel carries.
@@ -478,6 +481,7 @@ async fn admit_http(
         trail.model = read.llm.model;
         grant.max_output_tokens = read.llm.max_output_tokens;
         grant.choices = read.llm.choices;
+        grant.background = read.llm.background;
         grant.body_decoded = read.decoded;
         trail.body_sha256 = Some(crate::lower_hex::of(&Sha256::digest(&read.body)));
         trail.bytes_in = read.body.len() as u64;
@@ -553,7 +557,11 @@ async fn admit_http(
         choices: grant.choices,
         body_bytes: trail.bytes_in,
         mcp_tool_calls: trail.mcp.as_ref().map(|m| m.tools_called.len() as u64),
-        work: registry::work(&destination, &header.method, upgrade),
+        work: match registry::work(&destination, &header.method, upgrade) {
+            // A call run in the background answers at once; what it spends shows only later.
+            Work::Call if grant.background => Work::Unmetered("a background response"),
+            work => work,
+        },
     };
     let plan = crate::limits::plan::plan(&snapshot.tenants, &tenant, &destination, call, fx.now())?;
     grant.llm = plan.kind == crate::limits::CallKind::Llm;

@@ -29,6 +29,9 @@ pub struct Named {
     /// How many completions the call asks for (`n`, `best_of`, Gemini's `candidateCount`): the
     /// largest present. Each is generated up to the output ceiling.
     pub choices: Option<u64>,
+    /// It asks to run in the background (the Responses API's `"background": true`): the call
+    /// returns at once, and what it spends shows only in a later response.
+    pub background: bool,
 }
 
 /// The fields that ask for several completions in one call, in every provider's spelling.
@@ -37,6 +40,9 @@ const CHOICE_FIELDS: [Field; 3] = [
     &["best_of"],
     &["generationConfig", "candidateCount"],
 ];
+
+/// The field that asks a call to run in the background (the Responses API's).
+const BACKGROUND_FIELD: Field = &["background"];
 
 /// Reads the model and ceiling fields of every provider from a JSON object. Allocates only the
 /// model name it returns.
@@ -64,6 +70,9 @@ pub enum Slot {
     Ceiling(usize),
     /// A number of completions.
     Choices(usize),
+    /// Whether the call runs in the background (only JSON `true` says so: other APIs use the
+    /// name for other things, such as an image's `"background": "transparent"`).
+    Background,
 }
 
 /// Every provider's fields, as a tree of object keys, built once.
@@ -105,6 +114,7 @@ impl Tree {
         for (rank, field) in CHOICE_FIELDS.into_iter().enumerate() {
             tree.insert(field, Slot::Choices(rank));
         }
+        tree.insert(BACKGROUND_FIELD, Slot::Background);
         tree
     }
 
@@ -158,6 +168,7 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
         model: found.model.map(|(_, m)| m),
         max_output_tokens: found.ceiling,
         choices: found.choices,
+        background: found.background,
     })
 }
 
@@ -167,6 +178,7 @@ struct Found {
     model: Option<(usize, String)>,
     ceiling: Option<u64>,
     choices: Option<u64>,
+    background: bool,
 }
 
 /// Keeps the larger of `best` and `value`.
@@ -226,6 +238,10 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                 Some(Slot::Choices(_)) => {
                     let Count(v) = map.next_value()?;
                     largest(&mut self.found.choices, v);
+                }
+                Some(Slot::Background) => {
+                    let v: serde_json::Value = map.next_value()?;
+                    self.found.background |= v == serde_json::Value::Bool(true);
                 }
                 None => map.next_value_seed(Nested {
                     nodes: &node.children,
@@ -390,7 +406,8 @@ mod tests {
         // (Gemini), not form fields: forms are flat.
         // And the numbers of completions: `n`, `best_of` (the nested `candidateCount` sits in
         // `generationConfig`).
-        assert_eq!(FIELDS.root.len(), 8, "{:?}", FIELDS.root);
+        // And `background`.
+        assert_eq!(FIELDS.root.len(), 9, "{:?}", FIELDS.root);
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
@@ -404,6 +421,7 @@ mod tests {
                 model: Some("m".into()),
                 max_output_tokens: Some(3),
                 choices: None,
+                background: false,
             }
         );
         let read = read_json(br#"{"max_tokens":1,"max_completion_tokens":5000}"#).expect("read");
@@ -432,6 +450,22 @@ mod tests {
                 "{body}"
             );
         }
+        // Only JSON `true` runs a call in the background; the name means other things elsewhere
+        // (an image's `"background": "transparent"`) and refuses nothing, unless given twice.
+        for (body, background) in [
+            (r#"{"background":true}"#, true),
+            (r#"{"background":false}"#, false),
+            (r#"{"background":"transparent"}"#, false),
+            (r#"{"background":null}"#, false),
+            (r#"{"tools":{"background":true}}"#, false),
+        ] {
+            assert_eq!(
+                read_json(body.as_bytes()).expect(body).background,
+                background,
+                "{body}"
+            );
+        }
+        assert!(read_json(br#"{"background":false,"background":true}"#).is_err());
     }
 
     #[test]
@@ -457,7 +491,8 @@ mod tests {
         // Escaped keys are the keys they spell.
         assert!(read(r#"{"model":"a","mod\u0065l":"b"}"#).is_err());
         // Forms are flat: a nested field is no form field.
-        // (`model`, `generationConfig`, `inferenceConfig`, `max_tokens`, then `n` and `best_of`.)
-        assert_eq!(Tree::build(&[&Nesting]).root.len(), 6);
+        // (`model`, `generationConfig`, `inferenceConfig`, `max_tokens`, then `n`, `best_of`
+        // and `background`.)
+        assert_eq!(Tree::build(&[&Nesting]).root.len(), 7);
     }
 }
