@@ -228,6 +228,22 @@ fn serve(stream: TcpStream, seen: &Seen) {
             while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
             return;
         }
+        "wsdeflate" => {
+            // Switches on compression nobody offered, then sends a compressed echo (RSV1).
+            let mut r = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nsec-websocket-extensions: permessage-deflate\r\n\r\n".to_vec();
+            let mut z =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            z.write_all(&json(serde_json::json!({ "auth": auth })))
+                .unwrap();
+            let payload = z.finish().unwrap();
+            assert!(payload.len() < 126);
+            r.push(0xC1);
+            r.push(payload.len() as u8);
+            r.extend_from_slice(&payload);
+            let _ = out.write_all(&r);
+            let _ = out.flush();
+            return;
+        }
         _ => plain("200 OK", "", b"{}"),
     };
     let _ = out.write_all(&response);
@@ -504,6 +520,17 @@ fn the_canary_reaches_no_sink_at_any_log_level() {
         assert!(masked.contains("*****"), "{v}: {masked}");
     }
     answers.push(("WebSocket", ws_bytes));
+    // An upstream that switches on compression anyway is refused before a frame passes.
+    let deflate = exchange(
+        proxy.sidecar_port,
+        format!(
+            "GET http://127.0.0.1:{u}/acme/wsdeflate HTTP/1.1\r\nHost: 127.0.0.1:{u}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate\r\nAuthorization: Bearer $CRED{{canary}}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let refused = parsed(&deflate);
+    refused.assert_refused(502, "upstream_encoded");
+    answers.push(("compressed WebSocket", deflate));
 
     // The secret did travel: the bound upstream got it, and asked for identity bodies.
     assert_eq!(

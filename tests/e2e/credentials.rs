@@ -338,6 +338,27 @@ fn canary_secret_appears_nowhere_but_the_bound_upstream() {
         echo.body_text()
     );
     assert_eq!(echo.header("x-echo"), Some("Bearer $CRED{openai}"));
+    // An upstream that keeps what it was sent shows the key to a later request that used no
+    // handle: every response from where the tenant's keys are bound is scrubbed of them all.
+    let logged = forward_get(
+        proxy.sidecar_port,
+        &url(&origin, "/acme/logged/x"),
+        None,
+        "",
+    );
+    assert_eq!(logged.status, 200, "{}", logged.body_text());
+    assert_eq!(
+        logged.json()["last_key"],
+        "Bearer $CRED{openai}",
+        "{}",
+        logged.body_text()
+    );
+    let asked = origin.matching("/acme/logged/x");
+    assert_eq!(
+        asked[0].headers.get("accept-encoding").map(String::as_str),
+        Some("identity"),
+        "asked in a form that can be scrubbed"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let log = proxy.log();
     assert!(log.contains("DEBUG"), "debug logging was on");
@@ -354,7 +375,8 @@ fn canary_secret_appears_nowhere_but_the_bound_upstream() {
     let metrics = proxy.metrics();
     assert!(!metrics.contains(ACME_OPENAI));
     assert!(
-        metrics.contains(r#"tenant_proxy_credential_scrubbed_total{tenant="acme"} 4"#),
+        // The echoes above (4), and the logged key shown to a later request.
+        metrics.contains(r#"tenant_proxy_credential_scrubbed_total{tenant="acme"} 5"#),
         "{metrics}"
     );
 }

@@ -21,7 +21,8 @@ pub struct Recorded {
 /// An origin that records every request. Paths: `/slow/...` sleeps 3 s before answering,
 /// `/reset/...` closes the connection without a response, `/echo/...` (and `/e404/...` with a
 /// 404) reflects the `Authorization` it got in a header and the body, as a careless upstream
-/// would; anything else answers 200 with a small JSON body.
+/// would, `/logged/...` the latest `Authorization` any request brought (a request log);
+/// anything else answers 200 with a small JSON body.
 pub struct Origin {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Recorded>>>,
@@ -140,6 +141,26 @@ fn serve_recorded<S: Read + Write>(stream: S, seen: Arc<Mutex<Vec<Recorded>>>, c
         }
         if target.contains("/slow/") {
             std::thread::sleep(Duration::from_secs(3));
+        }
+        if target.contains("/logged/") {
+            // Shows the latest `Authorization` it was ever sent, as an upstream with a request
+            // log (a debug page, a cache) would, to whoever asks next.
+            let logged = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find_map(|r| r.headers.get("authorization").cloned())
+                .unwrap_or_default();
+            let body = format!("{{\"last_key\":\"{logged}\"}}");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if reader.get_mut().write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+            continue;
         }
         if target.contains("/echo/") || target.contains("/e404/") {
             // Reflects what it received, as a careless upstream would (in a header and the body).

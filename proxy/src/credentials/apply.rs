@@ -195,6 +195,30 @@ pub struct Applied {
     pub sign: Option<Arc<Credential>>,
     /// The access tokens substituted (scrubbed from the response like any secret).
     pub tokens: AccessTokens,
+    /// Every credential of the tenant bound to the destination's host, used or not: an upstream
+    /// that keeps what it was sent (a request log, a cache, a debug page) can echo any of them
+    /// to a later request, so every response from there is scrubbed of them all.
+    pub guarded: Vec<Arc<Credential>>,
+}
+
+impl Applied {
+    /// Whether the response must be scrubbed (and so asked for in a readable form): a secret
+    /// was sent with this request, or the destination holds some of the tenant's.
+    pub fn scrubs(&self) -> bool {
+        !self.used.is_empty() || !self.guarded.is_empty() || !self.tokens.is_empty()
+    }
+
+    /// The secrets to scrub from the response: the ones used, and the ones the destination
+    /// may have kept (each once).
+    pub fn secrets(&self) -> Vec<Arc<Credential>> {
+        let mut all = self.used.clone();
+        for c in &self.guarded {
+            if !all.iter().any(|u| Arc::ptr_eq(u, c)) {
+                all.push(c.clone());
+            }
+        }
+        all
+    }
 }
 
 impl std::fmt::Debug for Applied {
@@ -214,6 +238,14 @@ impl std::fmt::Debug for Applied {
             .field("body_rewritten", &self.body.is_some())
             .field("signed_with", &self.sign.as_ref().map(|c| c.name.as_str()))
             .field("tokens", &self.tokens)
+            .field(
+                "guarded",
+                &self
+                    .guarded
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -281,6 +313,9 @@ pub fn apply(
     let mut out = Applied::default();
     // SECURITY: where this tenant's keys are managed, the agent's own key never goes along.
     let managed = set.manages_host(tenant, req.target.host);
+    if managed {
+        out.guarded = set.bound_to_host(tenant, req.target.host);
+    }
     let on_literal = match settings.raw_credential {
         RawCredentialMode::Refuse => OnLiteral::Refuse,
         RawCredentialMode::Strip => OnLiteral::Strip,

@@ -83,6 +83,21 @@ impl CredentialSet {
         out
     }
 
+    /// Every credential of `tenant` bound to `host` (whatever the path): the secrets a response
+    /// from there could echo.
+    pub fn bound_to_host(&self, tenant: &TenantId, host: &str) -> Vec<Arc<Credential>> {
+        self.tenants
+            .get(tenant)
+            .map(|creds| {
+                creds
+                    .values()
+                    .filter(|c| c.bindings.iter().any(|b| b.matches_host(host)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn manages_host(&self, tenant: &TenantId, host: &str) -> bool {
         self.tenants.get(tenant).is_some_and(|creds| {
             creds

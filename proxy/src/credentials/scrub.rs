@@ -83,6 +83,9 @@ pub struct Scrubber {
 #[derive(Debug, Default)]
 struct Frames {
     head: Vec<u8>,
+    /// The frame's reserved bits are set: an extension (none was agreed) encodes its payload,
+    /// so it cannot be read for secrets and is blanked whole.
+    reserved: bool,
     payload_left: u64,
     mask: Option<[u8; 4]>,
     unmasked_in: usize,
@@ -245,6 +248,7 @@ impl Scrubber {
                 f.head.push(input[i]);
                 i += 1;
                 if let Some((len, mask)) = frame_head(&f.head) {
+                    f.reserved = f.head[0] & 0x70 != 0;
                     out.append(&mut f.head);
                     f.payload_left = len;
                     f.mask = mask;
@@ -256,6 +260,16 @@ impl Scrubber {
             let take = usize::try_from(f.payload_left)
                 .unwrap_or(usize::MAX)
                 .min(input.len() - i);
+            if f.reserved {
+                // SECURITY: bytes no one here can decode pass as zeros, never as they are.
+                out.resize(out.len() + take, 0);
+                f.payload_left -= take as u64;
+                i += take;
+                if f.payload_left == 0 {
+                    self.replaced += 1;
+                }
+                continue;
+            }
             let mut part = input[i..i + take].to_vec();
             apply_mask(&mut part, f.mask, f.unmasked_in);
             f.unmasked_in += take;
@@ -560,9 +574,17 @@ fn base64_core(engine: &base64::engine::GeneralPurpose, value: &[u8], align: usi
 }
 
 /// Whether a response's body reaches the client in a form the scrubber cannot read: a content
-/// coding other than `identity` or a transfer coding other than `chunked`. A response that
-/// cannot have a body (to `HEAD`, 1xx, 204, 304) carries nothing to scrub.
+/// coding other than `identity` or a transfer coding other than `chunked`, or a switch to a
+/// WebSocket with an extension (none was offered: `permessage-deflate` would compress frames
+/// past the scrubber). A response that cannot have a body (to `HEAD`, other 1xx, 204, 304)
+/// carries nothing to scrub.
 pub fn unreadable_encoding(status: u16, head_request: bool, headers: &HeaderMap) -> bool {
+    if status == 101 {
+        return headers
+            .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .any(|v| !v.as_bytes().iter().all(u8::is_ascii_whitespace));
+    }
     if head_request || status < 200 || status == 204 || status == 304 {
         return false;
     }
@@ -852,6 +874,34 @@ mod tests {
                 tail.len()
             );
         }
+        // A frame whose reserved bits say an extension encoded it (RSV1: compressed) cannot be
+        // read, so its payload passes as zeros, whatever it holds; the frames around it as ever.
+        for mask in [None, Some([7u8, 1, 200, 33])] {
+            let mut compressed = frame(format!("deflated {SECRET}").as_bytes(), mask);
+            compressed[0] |= 0x40;
+            let mut stream = frame(b"plain", mask);
+            stream.extend_from_slice(&compressed);
+            stream.extend(frame(b"after", mask));
+            for cut in 0..stream.len() {
+                let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+                s.upgraded(&upgrade(true));
+                let mut out = s
+                    .scrub_chunk(Some(Bytes::copy_from_slice(&stream[..cut])), false)
+                    .expect("out")
+                    .to_vec();
+                out.extend_from_slice(
+                    &s.scrub_chunk(Some(Bytes::copy_from_slice(&stream[cut..])), false)
+                        .expect("out"),
+                );
+                assert_eq!(out.len(), stream.len(), "cut {cut}");
+                let plain = frame(b"plain", mask).len();
+                let head = if mask.is_some() { 6 } else { 2 };
+                assert_eq!(out[..plain + head], stream[..plain + head], "cut {cut}");
+                let blanked = &out[plain + head..plain + compressed.len()];
+                assert!(blanked.iter().all(|b| *b == 0), "cut {cut}");
+                assert_eq!(out[plain + compressed.len()..], frame(b"after", mask)[..]);
+            }
+        }
         // Another upgraded protocol keeps its lengths too.
         let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
         s.upgraded(&upgrade(false));
@@ -931,5 +981,19 @@ mod tests {
         assert!(!unreadable_encoding(200, true, &gz));
         assert!(!unreadable_encoding(304, false, &gz));
         assert!(!unreadable_encoding(101, false, &gz));
+        // A WebSocket that switched on an extension anyway (none was offered) is unreadable.
+        for v in [
+            "permessage-deflate",
+            "permessage-deflate; client_max_window_bits",
+            "x-foo",
+        ] {
+            let ws = h(&[("upgrade", "websocket"), ("sec-websocket-extensions", v)]);
+            assert!(unreadable_encoding(101, false, &ws), "{v}");
+        }
+        assert!(!unreadable_encoding(
+            101,
+            false,
+            &h(&[("upgrade", "websocket")])
+        ));
     }
 }

@@ -604,7 +604,10 @@ impl ProxyHttp for TenantProxy {
         };
         let readable = grant.llm
             || ctx.trail.mcp.is_some()
-            || grant.applied.as_ref().is_some_and(|a| !a.used.is_empty());
+            || grant
+                .applied
+                .as_ref()
+                .is_some_and(crate::credentials::apply::Applied::scrubs);
         respond::upstream_request(admitted, grant, readable, upstream)
     }
 

@@ -88,7 +88,7 @@ pub fn upstream_request(
             http::HeaderValue::from_static("identity"),
         )?;
     }
-    if grant.applied.as_ref().is_some_and(|a| !a.used.is_empty()) {
+    if grant.applied.as_ref().is_some_and(Applied::scrubs) {
         upstream.remove_header(&http::header::SEC_WEBSOCKET_EXTENSIONS);
     }
     // Signed last: the signature covers the request exactly as it leaves (body included).
@@ -228,9 +228,10 @@ impl Stages {
             stages.strip = Some(UsageEventStripper::new(asked));
             resp.remove_header(&http::header::CONTENT_LENGTH);
         }
-        if let Some(applied) = grant.applied.as_ref().filter(|a| !a.used.is_empty()) {
-            // SECURITY: the request carried a secret and asked for `identity`; a body still
-            // compressed could hide an echo of it, so it is withheld, never passed on.
+        if let Some(applied) = grant.applied.as_ref().filter(|a| a.scrubs()) {
+            // SECURITY: the request carried a secret, or went where the tenant's are bound, and
+            // asked for `identity`; a body still compressed (or WebSocket frames an extension
+            // may compress) could hide an echo, so it is withheld, never passed on.
             if crate::credentials::scrub::unreadable_encoding(
                 resp.status.as_u16(),
                 setup.head,
@@ -238,7 +239,7 @@ impl Stages {
             ) {
                 return Err(Deny::UpstreamEncoded);
             }
-            let mut scrubber = Scrubber::with_tokens(applied.used.clone(), &applied.tokens);
+            let mut scrubber = Scrubber::with_tokens(applied.secrets(), &applied.tokens);
             if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 scrubber.upgraded(&resp.headers);
             }
