@@ -173,24 +173,30 @@ pub enum Work {
 /// an LLM destination (a Realtime or other WebSocket session carries its calls in frames the
 /// proxy does not meter).
 pub fn work(destination: &Destination, method: &http::Method, upgrade: bool) -> Work {
-    // First: a call path asked over a WebSocket (the Responses API's) is a session too.
-    if upgrade && is_llm_destination(destination) {
-        return Work::Unmetered("a WebSocket session");
-    }
-    if for_destination(destination).is_some() {
-        return Work::Call;
-    }
     use http::Method;
-    if matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
-    ) {
-        return Work::Other;
-    }
-    CallPath::with(&destination.upstream_path, |p| {
-        PROVIDERS.iter().find_map(|x| x.unmetered_work(&p))
+    // Asked of every request: the path is normalized once (on the stack) for every question.
+    CallPath::with(&destination.upstream_path, |path| {
+        let call = PROVIDERS.iter().any(|p| p.is_call(&path));
+        // First: a call path asked over a WebSocket (the Responses API's) is a session too.
+        let llm =
+            || call || destination.provider.is_some() || name_for_host(&destination.host).is_some();
+        if upgrade && llm() {
+            return Work::Unmetered("a WebSocket session");
+        }
+        if call {
+            return Work::Call;
+        }
+        if matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+        ) {
+            return Work::Other;
+        }
+        PROVIDERS
+            .iter()
+            .find_map(|p| p.unmetered_work(&path))
+            .map_or(Work::Other, Work::Unmetered)
     })
-    .map_or(Work::Other, Work::Unmetered)
 }
 
 /// Every provider's and vendor's key positions. Toward a destination whose keys the proxy
