@@ -225,6 +225,71 @@ fn once_redis_is_back_no_call_is_refused_for_a_connection_the_old_server_closed(
     assert_eq!(origin.count(), 30 + 40);
 }
 
+/// Calls that end while Redis is down cannot give their concurrency slots back then; the slots
+/// are released once Redis answers again, not minutes later when their leases expire
+/// (`lease_ttl`, 5 min by default), so a short outage does not lock the tenant out.
+#[test]
+fn slots_whose_release_failed_are_released_once_redis_answers() {
+    let mut redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_secs(1));
+    spec.config.limiter.on_unavailable = Some(config::OnUnavailable::FailClosed);
+    spec.tenant("acme").limits().concurrency = Some(2);
+    let proxy = Proxy::start(spec);
+    let slow = format!("http://127.0.0.1:{}/acme/slow/x", origin.port);
+    let quick = format!("http://127.0.0.1:{}/acme/x", origin.port);
+    let port = proxy.sidecar_port;
+    // Two calls take both slots.
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let slow = slow.clone();
+            std::thread::spawn(move || forward_get(port, &slow, None, "").status)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.matching("/acme/slow/").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow calls were not admitted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Redis goes down with their leases saved, and comes back with them: the calls ended
+    // while it was down, so nothing released them then.
+    assert_eq!(redis.command("SAVE"), ["OK"]);
+    redis.stop();
+    let statuses: Vec<u16> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(statuses, [200, 200]);
+    // Down past the settlements' time box (1 s): they have failed for good.
+    std::thread::sleep(Duration::from_secs(2));
+    redis.restart();
+    let leases = redis.command("KEYS *conc*");
+    assert!(
+        !leases.is_empty(),
+        "the leases came back with Redis: {leases:?}"
+    );
+    let back = Instant::now();
+    loop {
+        let r = forward_get(port, &quick, None, "");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "still refused {:?} after Redis came back: {}",
+            back.elapsed(),
+            r.body_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Both slots are free: two slow calls at once pass.
+    let both: Vec<u16> = all_at_once(2, &[port], |p| forward_get(p, &slow, None, ""))
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(both, [200, 200]);
+}
+
 #[test]
 fn local_fallback_keeps_enforcing_per_replica_and_is_counted() {
     let mut redis = RedisServer::start();

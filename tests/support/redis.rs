@@ -143,7 +143,7 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on its port, empty (nothing is persisted).
+    /// Starts the server again on its port, with what a `SAVE` before it left (else empty).
     pub fn restart(&mut self) {
         self.stop();
         // A TLS server listens on its `--tls-port` only.

@@ -245,6 +245,77 @@ impl Answering {
     }
 }
 
+/// Concurrency slots whose release failed (Redis did not answer when the request ended), released
+/// again from the backend's own thread once Redis answers. Without it, a short outage during long
+/// calls would keep a tenant at its concurrency ceiling until the slots' leases expire
+/// (`lease_ttl`, minutes). Releasing a lease is idempotent (`ZREM` by its id), so a release
+/// that did land but whose answer was lost is harmless to repeat. Reservations of tokens and
+/// cost are not repeated: their settlement is not idempotent, and they stand (over-counted,
+/// never under-counted) until their window ends.
+#[derive(Debug, Default)]
+struct PendingReleases(std::sync::Mutex<std::collections::VecDeque<PendingRelease>>);
+
+/// One failed release: the lease keys, the lease id, and when its leases expire by themselves.
+#[derive(Debug)]
+struct PendingRelease {
+    keys: Vec<String>,
+    lease_id: String,
+    expires: std::time::Instant,
+}
+
+/// Most failed releases kept; older ones are left to expire (`lease_ttl`).
+const MAX_PENDING_RELEASES: usize = 65_536;
+
+impl PendingReleases {
+    fn push(&self, release: PendingRelease) {
+        let mut queue = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queue.len() >= MAX_PENDING_RELEASES {
+            queue.pop_front();
+        }
+        queue.push_back(release);
+    }
+
+    /// Releases every pending lease on `conn`; the ones that fail again are kept for the next
+    /// round, unless they have expired meanwhile.
+    async fn retry(&self, conn: &mut AsyncConn, script: &redis::Script, timeout: Duration) {
+        let pending: Vec<PendingRelease> = {
+            let mut queue = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue.drain(..).collect()
+        };
+        let now = std::time::Instant::now();
+        for release in pending.into_iter().filter(|r| r.expires > now) {
+            let released = match ScriptCall::new(script, &release.keys) {
+                Ok(mut call) => {
+                    call.arg(&release.lease_id);
+                    for _ in &release.keys {
+                        call.arg(2).arg(0).arg(0);
+                    }
+                    matches!(
+                        answer_within(timeout, call.run::<i64>(conn)).await,
+                        Some(Ok(_))
+                    )
+                }
+                // Keys of one tenant always share a slot; nothing to retry otherwise.
+                Err(_) => true,
+            };
+            if released {
+                tracing::info!(
+                    leases = release.keys.len(),
+                    "limiter: released slots whose release had failed"
+                );
+            } else {
+                self.push(release);
+            }
+        }
+    }
+}
+
 /// What to do when Redis cannot be reached (`[limiter] on_unavailable`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -289,6 +360,8 @@ pub struct RedisBackend {
     settings: RedisSettings,
     fallback: MemoryBackend,
     revocations: Arc<SharedRevocations>,
+    /// Concurrency slots to release again once Redis answers.
+    pending: Arc<PendingReleases>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -323,6 +396,8 @@ impl RedisBackend {
         let (first_read, read_timeout) = (revocations.clone(), connect_timeout);
         let answering = Arc::new(Answering::default());
         let (probed, probe_timeout) = (answering.clone(), settings.timeout);
+        let pending = Arc::new(PendingReleases::default());
+        let releases = pending.clone();
         std::thread::Builder::new()
             .name("redis".into())
             .spawn(move || {
@@ -352,13 +427,18 @@ impl RedisBackend {
                                 slot.store(Some(Arc::new(m)));
                                 probed.mark(true);
                                 tracing::info!("limiter connected to redis");
+                                let settle = redis::Script::new(SETTLE);
                                 loop {
                                     tokio::time::sleep(PROBE_INTERVAL).await;
                                     let answer = ping.query_async::<redis::Value>(&mut probe);
-                                    probed.mark(matches!(
+                                    let answered = matches!(
                                         answer_within(probe_timeout, answer).await,
                                         Some(Ok(_))
-                                    ));
+                                    );
+                                    probed.mark(answered);
+                                    if answered {
+                                        releases.retry(&mut probe, &settle, probe_timeout).await;
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -382,6 +462,7 @@ impl RedisBackend {
             fallback: MemoryBackend::new(settings.run_ttl),
             revocations,
             settings,
+            pending,
         })
     }
 
@@ -518,7 +599,14 @@ impl RedisBackend {
         };
         if let Err(e) = result {
             METRICS.limiter_errors.inc();
-            tracing::warn!(error = %e, "limiter settlement failed; reservations stand until they expire");
+            tracing::warn!(error = %e, "limiter settlement failed; reservations stand until their window ends, slots are released once redis answers");
+            if !admission.leases.is_empty() {
+                self.pending.push(PendingRelease {
+                    keys: admission.leases.iter().map(LimitKey::redis_name).collect(),
+                    lease_id: admission.lease_id.clone(),
+                    expires: std::time::Instant::now() + self.settings.lease_ttl,
+                });
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! `data:` fields and comment lines, and bounds what it holds so a hostile stream cannot grow it.
 
 /// Longest event data kept; longer events are skipped (usage events are small).
-const MAX_EVENT: usize = 256 * 1024;
+pub(crate) const MAX_EVENT: usize = 256 * 1024;
 
 /// Parser state across chunks.
 #[derive(Debug, Default)]
