@@ -373,9 +373,43 @@ impl Writer {
             }
             self.retry_held(now);
         }
-        for (tenant, held) in &self.held {
-            tracing::error!(%tenant, records = held.records.len(), "audit records could not be written before shutdown");
+        // Nothing is lost: each record goes to the process log as the line it would have been,
+        // chained on from the partition's head, ready to append once the partition is mended.
+        for (tenant, lines) in self.unwritten_lines() {
+            tracing::error!(%tenant, records = lines.len(), "audit records could not be written before shutdown; each follows as an `unwritten audit record`, in order, to append to the partition's newest file");
+            for line in lines {
+                match line {
+                    Ok(line) => tracing::error!(%tenant, %line, "unwritten audit record"),
+                    Err(e) => {
+                        tracing::error!(%tenant, error = %e, "unwritten audit record cannot be serialized")
+                    }
+                }
+            }
         }
+    }
+
+    /// The held records of every tenant as the lines they would have been written as: chained
+    /// from the partition's head when it is known (from genesis otherwise).
+    fn unwritten_lines(&self) -> Vec<(String, Vec<serde_json::Result<String>>)> {
+        self.held
+            .iter()
+            .map(|(tenant, held)| {
+                let mut head = self
+                    .logs
+                    .get(tenant)
+                    .map_or(ChainHead::EMPTY, |l| l.cursor.head);
+                let lines = held
+                    .records
+                    .iter()
+                    .map(|record| {
+                        let (line, next) = chain::seal(record, head)?;
+                        head = next;
+                        Ok(String::from_utf8_lossy(&line).into_owned())
+                    })
+                    .collect();
+                (tenant.clone(), lines)
+            })
+            .collect()
     }
 
     /// Whether the audit directory itself takes a write (a probe file, written and removed).
@@ -500,7 +534,23 @@ impl Writer {
         };
         for segment in segments {
             let file = open_at(&mut log.file, &tenant_dir, segment.pos)?;
-            let len = file.metadata()?.len();
+            let meta = file.metadata()?;
+            // SECURITY: a file removed while open (a cleanup job, a deleted partition or audit
+            // directory) would take every later record with it, unseen. The partition fails
+            // instead (its requests are refused while it does), and the retry writes into a new
+            // file that goes on from the chain's head, so `audit verify` shows what is missing.
+            if std::os::unix::fs::MetadataExt::nlink(&meta) == 0 {
+                log.file = None;
+                log.cursor.len = 0;
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "`{}` was removed while the audit writer had it open",
+                        segment.pos.path(&tenant_dir).display()
+                    ),
+                ));
+            }
+            let len = meta.len();
             if len != segment.start {
                 if retrying && len > segment.start {
                     // A failed attempt left part of these records: cut it, so a retried
@@ -991,6 +1041,84 @@ mod tests {
             let report = verify_tenant(dir.path(), tenant, &Keys::published(dir.path()).into());
             assert_eq!(report.problem, None, "{tenant}");
         }
+    }
+
+    /// A partition removed while its file is open (a cleanup job): the next write notices, the
+    /// tenant's requests are refused until the retry writes into a new file, and that file goes
+    /// on from the chain's head, so verification shows the records that were removed.
+    #[test]
+    fn a_partition_removed_underneath_the_writer_fails_then_goes_on_visibly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write(
+            vec![named("acme", "a1"), named("acme", "a2")],
+            at("2026-11-28"),
+        );
+        fs::remove_dir_all(dir.path().join("acme")).unwrap();
+        w.write(vec![named("acme", "a3")], at("2026-11-28"));
+        assert_eq!(
+            **w.health.failing.load(),
+            HashSet::from(["acme".to_string()]),
+            "nothing is written into the removed file"
+        );
+        w.retry_held(Instant::now() + RETRY_DELAY);
+        assert!(w.held.is_empty());
+        assert!(w.health.failing.load().is_empty());
+        assert_eq!(request_ids(dir.path(), "acme"), ["a3"]);
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
+        assert!(report.problem.is_some(), "the removal shows: {report:?}");
+        // A file removed alone (not its directory) is noticed the same way.
+        let files = layout::record_files(&dir.path().join("acme")).unwrap();
+        fs::remove_file(files[0].path(&dir.path().join("acme"))).unwrap();
+        w.write(vec![named("acme", "a4")], at("2026-11-28"));
+        assert!(!w.health.failing.load().is_empty());
+        w.retry_held(Instant::now() + RETRY_DELAY);
+        assert_eq!(request_ids(dir.path(), "acme"), ["a4"]);
+    }
+
+    /// Records a partition could not take before shutdown are not lost: they are logged as the
+    /// lines they would have been, and appended to the mended partition they verify.
+    #[test]
+    fn records_unwritten_at_shutdown_are_logged_as_their_chained_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme = dir.path().join("acme");
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write(vec![named("acme", "a1")], at("2026-11-28"));
+        let file = layout::record_files(&acme).unwrap()[0].path(&acme);
+        let kept = fs::read(&file).unwrap();
+        // The partition goes, and a file stands where it was: nothing can be written there.
+        fs::remove_dir_all(&acme).unwrap();
+        fs::write(&acme, b"in the way").unwrap();
+        w.write(
+            vec![named("acme", "a2"), named("acme", "a3")],
+            at("2026-11-28"),
+        );
+        w.retry_held(Instant::now() + RETRY_DELAY);
+        assert_eq!(w.held["acme"].records.len(), 2);
+        let unwritten = w.unwritten_lines();
+        assert_eq!(unwritten.len(), 1);
+        let lines: Vec<String> = unwritten[0]
+            .1
+            .iter()
+            .map(|l| l.as_ref().unwrap().clone())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        // Mended by hand: the partition back, the logged lines appended.
+        fs::remove_file(&acme).unwrap();
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let mut mended = kept;
+        for line in &lines {
+            mended.extend_from_slice(line.as_bytes());
+            mended.push(b'\n');
+        }
+        fs::write(&file, mended).unwrap();
+        assert_eq!(request_ids(dir.path(), "acme"), ["a1", "a2", "a3"]);
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
+        assert_eq!(
+            (report.records, report.problem.as_ref()),
+            (3, None),
+            "{report:?}"
+        );
     }
 
     #[test]
