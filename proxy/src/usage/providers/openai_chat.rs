@@ -46,6 +46,8 @@ const UNMETERED: &[(&str, &str)] = &[
     ("/threads/runs", "an Assistants run"),
     ("/threads/*/runs", "an Assistants run"),
     ("/threads/*/runs/*/submit_tool_outputs", "an Assistants run"),
+    // The Realtime API's WebSocket, and the sessions and secrets that open one elsewhere.
+    ("/realtime", "a Realtime session"),
     ("/realtime/sessions", "a Realtime session"),
     ("/realtime/transcription_sessions", "a Realtime session"),
     ("/realtime/client_secrets", "a Realtime session"),

@@ -177,11 +177,17 @@ pub fn work(destination: &Destination, method: &http::Method, upgrade: bool) -> 
     // Asked of every request: the path is normalized once (on the stack) for every question.
     CallPath::with(&destination.upstream_path, |path| {
         let call = PROVIDERS.iter().any(|p| p.is_call(&path));
-        // First: a call path asked over a WebSocket (the Responses API's) is a session too.
-        let llm =
-            || call || destination.provider.is_some() || name_for_host(&destination.host).is_some();
-        if upgrade && llm() {
-            return Work::Unmetered("a WebSocket session");
+        let unmetered = || PROVIDERS.iter().find_map(|p| p.unmetered_work(&path));
+        // First: a WebSocket to an LLM API's session path (on any host, as its other work), or
+        // to any path of an LLM destination (a call path too: the Responses API's) is a session.
+        if upgrade {
+            if let Some(what) = unmetered() {
+                return Work::Unmetered(what);
+            }
+            if call || destination.provider.is_some() || name_for_host(&destination.host).is_some()
+            {
+                return Work::Unmetered("a WebSocket session");
+            }
         }
         if call {
             return Work::Call;
@@ -192,10 +198,7 @@ pub fn work(destination: &Destination, method: &http::Method, upgrade: bool) -> 
         ) {
             return Work::Other;
         }
-        PROVIDERS
-            .iter()
-            .find_map(|p| p.unmetered_work(&path))
-            .map_or(Work::Other, Work::Unmetered)
+        unmetered().map_or(Work::Other, Work::Unmetered)
     })
 }
 
@@ -558,15 +561,38 @@ mod tests {
         }
         // A WebSocket toward an LLM API is a session, on a call path too; toward anything else
         // it is nothing to meter.
-        for path in ["/v1/realtime?model=gpt-4o-realtime", "/v1/responses"] {
+        for (path, what) in [
+            ("/v1/realtime?model=gpt-4o-realtime", "a Realtime session"),
+            ("/v1/responses", "a WebSocket session"),
+            ("/anything", "a WebSocket session"),
+        ] {
             assert_eq!(
                 work("api.openai.com", Method::GET, path, true),
-                Work::Unmetered("a WebSocket session"),
+                Work::Unmetered(what),
                 "{path}"
             );
         }
         assert_eq!(
             work("tools.internal", Method::GET, "/ws", true),
+            Work::Other
+        );
+        // The Realtime API's socket is a session on any host, like its other work.
+        assert_eq!(
+            work(
+                "gateway.internal",
+                Method::GET,
+                "/v1/realtime?model=m",
+                true
+            ),
+            Work::Unmetered("a Realtime session")
+        );
+        assert_eq!(
+            work(
+                "gateway.internal",
+                Method::GET,
+                "/v1/realtime?model=m",
+                false
+            ),
             Work::Other
         );
     }
