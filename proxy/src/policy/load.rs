@@ -664,6 +664,14 @@ fn list_policy_dir(dir: &Path, report: &mut Report) -> Vec<Listed> {
         }
         if is_cedar(&path) {
             match std::fs::read_to_string(&path) {
+                // SECURITY: an empty file is valid Cedar, and it is also what a file rewritten
+                // in place (`cat new > file`: truncated, then written) holds for a moment. Taken
+                // as it is, a reload in that moment would drop the file's forbids; refused, the
+                // last good policies stay until the file is whole.
+                Ok(text) if text.trim().is_empty() => out.push(Listed::Unreadable(
+                    path,
+                    "the file is empty (one being rewritten in place?): delete a policy file to remove its policies, and replace files whole (write another, then rename it over)".into(),
+                )),
                 Ok(text) => {
                     let hash = content_hash(text.as_bytes());
                     report.texts.insert(path.clone(), text);

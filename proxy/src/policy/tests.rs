@@ -473,6 +473,12 @@ fn load_problems_are_reported_with_location() {
         ),
         ("empty id", &[("global/a.cedar", "@id permit (principal, HTTP, resource);")], &["`@id` needs a value"]),
         (
+            // What a file rewritten in place holds for a moment: never taken for "no policies".
+            "empty file",
+            &[("global/a.cedar", "@id(\"x\") permit (principal, HTTP, resource);"), ("tenants/acme/f.cedar", " \n")],
+            &["tenants/acme/f.cedar: cannot read: the file is empty"],
+        ),
+        (
             "template",
             &[("global/a.cedar", "@id(\"t\") permit (principal == ?principal, HTTP, resource);")],
             &["`t` is a template"],
