@@ -200,6 +200,22 @@ pub async fn read_full(
         };
         METRICS.overload_refusals.with_label_values(&[reason]).inc();
     })?;
+    // A client that waits to hear `100 Continue` before it sends the body (RFC 9110 §10.1.1;
+    // curl does for large ones) is told to go on now: the body is read whole before anything is
+    // decided or sent upstream, so waiting for the upstream's own `100` would never end. A
+    // request refused before this point gets its final status instead, as the RFC allows.
+    if session.req_header().version == http::Version::HTTP_11
+        && session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| BodyError::Unreadable)?;
+    }
     let bytes = match tokio::time::timeout(deadline, read_body(session, cap, declared)).await {
         Ok(read) => read?,
         // The front enforces the same deadline on HTTP/1 connections; this one covers HTTP/2.

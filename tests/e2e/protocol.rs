@@ -900,3 +900,45 @@ fn a_taken_port_ends_the_process_at_once_with_one_line_naming_it() {
         "nothing started before the bind failed"
     );
 }
+
+/// A client that waits for `100 Continue` before it sends its body (curl does for large ones)
+/// is told to go on, and the body goes upstream whole with its head, without `Expect`. One that
+/// is refused before its body is read gets the refusal instead.
+#[test]
+fn a_client_that_expects_100_continue_is_told_to_send_its_body() {
+    let origin = Origin::start();
+    let proxy = start(|_| {});
+    let host = format!("127.0.0.1:{}", origin.port);
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST http://{host}/acme/expect HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n"
+    )
+    .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"{\"a\":\"xyz\"}").unwrap();
+    let r = read_response(&mut BufReader::new(&mut s)).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = origin.matching("/acme/expect");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, b"{\"a\":\"xyz\"}");
+    assert!(
+        !seen[0].headers.contains_key("expect"),
+        "{:?}",
+        seen[0].headers
+    );
+
+    // Refused before its body is read (too large): the final status, no `100`.
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST http://{host}/acme/expect HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\nContent-Length: 999999999999\r\n\r\n"
+    )
+    .unwrap();
+    let r = read_response(&mut BufReader::new(&mut s)).unwrap();
+    assert_eq!(r.status, 413, "{}", r.body_text());
+}

@@ -70,6 +70,8 @@ pub fn upstream_request(
     upstream.remove_header(&PROXY_CONNECTION);
     // The hold id an agent polls with is the proxy's, not the upstream's.
     upstream.remove_header(&HOLD);
+    // The body was read whole (the client was told `100 Continue`); it goes with the head.
+    upstream.remove_header(&http::header::EXPECT);
     for name in &admitted.snapshot.tenants.strip_headers {
         upstream.remove_header(name);
     }
