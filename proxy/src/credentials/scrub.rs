@@ -824,6 +824,21 @@ mod tests {
         f
     }
 
+    /// `stream` scrubbed as a WebSocket's bytes read in two chunks, cut at `cut`.
+    fn websocket_in_two(stream: &[u8], cut: usize) -> Vec<u8> {
+        let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+        s.upgraded(&upgrade(true));
+        let mut out = s
+            .scrub_chunk(Some(Bytes::copy_from_slice(&stream[..cut])), false)
+            .expect("out")
+            .to_vec();
+        out.extend_from_slice(
+            &s.scrub_chunk(Some(Bytes::copy_from_slice(&stream[cut..])), false)
+                .expect("out"),
+        );
+        out
+    }
+
     #[test]
     fn websocket_frames_are_scrubbed_whole_and_never_held() {
         for mask in [None, Some([7u8, 1, 200, 33])] {
@@ -835,16 +850,7 @@ mod tests {
             stream.extend(frame(b"ends with sk-CAN", mask));
             // Any cut of the stream gives back the same frames, same lengths, no secret.
             for cut in 0..stream.len() {
-                let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
-                s.upgraded(&upgrade(true));
-                let mut out = s
-                    .scrub_chunk(Some(Bytes::copy_from_slice(&stream[..cut])), false)
-                    .expect("out")
-                    .to_vec();
-                out.extend_from_slice(
-                    &s.scrub_chunk(Some(Bytes::copy_from_slice(&stream[cut..])), false)
-                        .expect("out"),
-                );
+                let out = websocket_in_two(&stream, cut);
                 assert_eq!(out.len(), stream.len(), "cut {cut}");
                 let mut rest = &out[..];
                 let mut payloads = Vec::new();
@@ -883,16 +889,7 @@ mod tests {
             stream.extend_from_slice(&compressed);
             stream.extend(frame(b"after", mask));
             for cut in 0..stream.len() {
-                let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
-                s.upgraded(&upgrade(true));
-                let mut out = s
-                    .scrub_chunk(Some(Bytes::copy_from_slice(&stream[..cut])), false)
-                    .expect("out")
-                    .to_vec();
-                out.extend_from_slice(
-                    &s.scrub_chunk(Some(Bytes::copy_from_slice(&stream[cut..])), false)
-                        .expect("out"),
-                );
+                let out = websocket_in_two(&stream, cut);
                 assert_eq!(out.len(), stream.len(), "cut {cut}");
                 let plain = frame(b"plain", mask).len();
                 let head = if mask.is_some() { 6 } else { 2 };
