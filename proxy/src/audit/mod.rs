@@ -34,7 +34,6 @@ pub use record::{
 pub use settings::{AuditSettings, AuditSpec, AuditStreamSettings, FsyncPolicy};
 pub use writer::AuditWriter;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -123,7 +122,7 @@ impl AuditSink {
     /// SECURITY: refuses when the audit directory cannot be written or the queue is full; a
     /// request that cannot be audited is not served.
     pub fn reserve(&self) -> Result<AuditSlot, AuditUnavailable> {
-        if !self.health.sink.load(Ordering::Acquire) {
+        if !self.health.serving() {
             refused(None);
             return Err(AuditUnavailable);
         }
@@ -163,7 +162,7 @@ impl AuditSink {
     /// Whether the sink as a whole can write (readiness): the audit directory takes writes and
     /// a required stream sink is up. One tenant's failing partition does not make it unhealthy.
     pub fn is_healthy(&self) -> bool {
-        self.health.sink.load(Ordering::Acquire)
+        self.health.serving()
     }
 
     /// Whether `tenant`'s partition can be written now.

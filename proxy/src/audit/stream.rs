@@ -61,6 +61,16 @@ impl StreamSink {
         self.ok || !self.required
     }
 
+    /// Whether a failed send refuses requests (`redis_required`).
+    pub(super) fn is_required(&self) -> bool {
+        self.required
+    }
+
+    /// Whether lines wait to be sent.
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Queues lines that are now durable in the files.
     pub(super) fn enqueue(&mut self, written: impl IntoIterator<Item = (String, Vec<u8>)>) {
         self.pending.extend(written);

@@ -99,6 +99,10 @@ pub(super) struct Health {
     pub(super) sink: AtomicBool,
     /// Tenants whose partition cannot be written now: only their requests are refused.
     pub(super) failing: ArcSwap<HashSet<String>>,
+    /// When the send to a required Redis Stream in progress began ([`mono_ms`]; 0: none). A
+    /// hung Redis blocks the writer inside that send until its timeout, unable to say so; a
+    /// send older than [`STREAM_STALL`] refuses requests meanwhile, as a failed one would.
+    pub(super) stream_send_since: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Health {
@@ -106,7 +110,32 @@ impl Default for Health {
         Self {
             sink: AtomicBool::new(true),
             failing: ArcSwap::from_pointee(HashSet::new()),
+            stream_send_since: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+}
+
+/// How long a send to a required Redis Stream may take before requests are refused while it
+/// lasts (sends take milliseconds; the send's own timeout is longer).
+pub(super) const STREAM_STALL: Duration = Duration::from_secs(1);
+
+/// Milliseconds since the first call, on the monotonic clock; never 0.
+pub(super) fn mono_ms() -> u64 {
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    u64::try_from(START.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+impl Health {
+    /// Whether requests may be served: the sink can write, and no required stream send has
+    /// been hanging for longer than [`STREAM_STALL`]. An atomic load or two.
+    pub(super) fn serving(&self) -> bool {
+        if !self.sink.load(Ordering::Acquire) {
+            return false;
+        }
+        let since = self.stream_send_since.load(Ordering::Acquire);
+        since == 0 || mono_ms().saturating_sub(since) <= STREAM_STALL.as_millis() as u64
     }
 }
 
@@ -433,7 +462,18 @@ impl Writer {
     fn flush_stream(&mut self) {
         if let Some(stream) = &mut self.stream {
             let was_healthy = stream.healthy();
-            if let Err(e) = stream.flush() {
+            // Requests see how long a required send has been blocking (see `Health`).
+            let watched = stream.is_required() && stream.has_pending();
+            if watched {
+                self.health
+                    .stream_send_since
+                    .store(mono_ms(), Ordering::Release);
+            }
+            let sent = stream.flush();
+            if watched {
+                self.health.stream_send_since.store(0, Ordering::Release);
+            }
+            if let Err(e) = sent {
                 METRICS.audit_write_errors.inc();
                 if was_healthy {
                     tracing::error!(error = %e, "cannot write the audit stream");
@@ -1119,6 +1159,28 @@ mod tests {
             (3, None),
             "{report:?}"
         );
+    }
+
+    /// A required stream send that hangs (a frozen Redis) refuses requests once it has lasted
+    /// longer than `STREAM_STALL`, before its own timeout ends it; a quick one refuses nothing.
+    #[test]
+    fn a_hanging_stream_send_refuses_before_it_times_out() {
+        let health = Health::default();
+        assert!(health.serving());
+        health.stream_send_since.store(mono_ms(), Ordering::Release);
+        assert!(health.serving(), "a send just begun");
+        // (The clock starts at its first reading: wait until it has run past the stall.)
+        let stall = STREAM_STALL.as_millis() as u64;
+        while mono_ms() <= stall + 100 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let long_ago = mono_ms() - stall - 50;
+        health.stream_send_since.store(long_ago, Ordering::Release);
+        assert!(!health.serving(), "a send hanging past the stall");
+        health.stream_send_since.store(0, Ordering::Release);
+        assert!(health.serving(), "the send ended");
+        health.sink.store(false, Ordering::Release);
+        assert!(!health.serving());
     }
 
     #[test]
