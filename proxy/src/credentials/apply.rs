@@ -310,12 +310,12 @@ pub fn apply(
     tokens: &AccessTokens,
     authorize: &mut dyn FnMut(&Credential, Position) -> bool,
 ) -> Result<Applied, CredentialDeny> {
-    let mut out = Applied::default();
     // SECURITY: where this tenant's keys are managed, the agent's own key never goes along.
-    let managed = set.manages_host(tenant, req.target.host);
-    if managed {
-        out.guarded = set.bound_to_host(tenant, req.target.host);
-    }
+    let mut out = Applied {
+        guarded: set.bound_to_host(tenant, req.target.host),
+        ..Applied::default()
+    };
+    let managed = !out.guarded.is_empty();
     let on_literal = match settings.raw_credential {
         RawCredentialMode::Refuse => OnLiteral::Refuse,
         RawCredentialMode::Strip => OnLiteral::Strip,

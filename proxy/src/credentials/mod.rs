@@ -65,8 +65,6 @@ impl CredentialSet {
         self.tenants.get(tenant)?.get(name)
     }
 
-    /// Whether any credential of `tenant` is bound to `host` (its credentials are managed there,
-    /// so a raw key from the agent is not accepted).
     /// The signing credentials of `tenant` (sorted by name): the ones an unsigned request may
     /// be signed with when its binding allows the destination.
     pub fn signing(&self, tenant: &TenantId) -> Vec<&Arc<Credential>> {
@@ -84,7 +82,8 @@ impl CredentialSet {
     }
 
     /// Every credential of `tenant` bound to `host` (whatever the path): the secrets a response
-    /// from there could echo.
+    /// from there could echo. None means the tenant's keys are not managed there; any means
+    /// they are, so a raw key from the agent is not accepted.
     pub fn bound_to_host(&self, tenant: &TenantId, host: &str) -> Vec<Arc<Credential>> {
         self.tenants
             .get(tenant)
@@ -96,14 +95,6 @@ impl CredentialSet {
                     .collect()
             })
             .unwrap_or_default()
-    }
-
-    pub fn manages_host(&self, tenant: &TenantId, host: &str) -> bool {
-        self.tenants.get(tenant).is_some_and(|creds| {
-            creds
-                .values()
-                .any(|c| c.bindings.iter().any(|b| b.matches_host(host)))
-        })
     }
 
     pub(crate) fn insert_tenant(

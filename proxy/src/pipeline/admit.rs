@@ -203,8 +203,6 @@ pub struct HttpGrant {
     pub stream_plan: Option<StreamPlan>,
     /// It is an LLM call: its response's usage is metered.
     pub llm: bool,
-    /// The body asks the call to run in the background.
-    pub background: bool,
 }
 
 /// What an admitted tunnel carries.
@@ -456,6 +454,8 @@ async fn admit_http(
     trail.destination = Some(destination.clone());
 
     let mut grant = HttpGrant::default();
+    // The body asks the call to run in the background.
+    let mut background = false;
     let (body, hold) = match &mut source {
         BodySource::Session(session) => match fx.read_body(session, &tenant.tenant).await? {
             Some((bytes, hold)) => (Some(bytes), hold),
@@ -481,7 +481,7 @@ async fn admit_http(
         trail.model = read.llm.model;
         grant.max_output_tokens = read.llm.max_output_tokens;
         grant.choices = read.llm.choices;
-        grant.background = read.llm.background;
+        background = read.llm.background;
         grant.body_decoded = read.decoded;
         trail.body_sha256 = Some(crate::lower_hex::of(&Sha256::digest(&read.body)));
         trail.bytes_in = read.body.len() as u64;
@@ -559,7 +559,7 @@ async fn admit_http(
         mcp_tool_calls: trail.mcp.as_ref().map(|m| m.tools_called.len() as u64),
         work: match registry::work(&destination, &header.method, upgrade) {
             // A call run in the background answers at once; what it spends shows only later.
-            Work::Call if grant.background => Work::Unmetered("a background response"),
+            Work::Call if background => Work::Unmetered("a background response"),
             work => work,
         },
     };
@@ -1039,22 +1039,17 @@ async fn admit_connect(
         (TunnelMode::Opaque, None)
     } else {
         trail.tunnel_mode = Some(TunnelMode::Intercept);
-        // Policy would let it pass unread; only metering keeps it from that.
-        let unmetered = opaque.allowed && !mcp;
+        // Where policy would let it pass unread, only metering keeps it from that.
+        let cannot_intercept = |why: &str| match opaque.allowed && !mcp {
+            true => Deny::UnmeteredCall("an opaque tunnel to an LLM API"),
+            false => Deny::InterceptionUnavailable(why.into()),
+        };
         let minter = fx.minter().ok_or_else(|| {
-            if unmetered {
-                return Deny::UnmeteredCall("an opaque tunnel to an LLM API");
-            }
-            Deny::InterceptionUnavailable(
-                "no interception CA is configured (`[intercept]`), and no policy lets this tunnel pass opaquely".into(),
-            )
+            cannot_intercept("no interception CA is configured (`[intercept]`), and no policy lets this tunnel pass opaquely")
         })?;
         if !minter.ca().permits(host) {
-            if unmetered {
-                return Err(Deny::UnmeteredCall("an opaque tunnel to an LLM API"));
-            }
-            return Err(Deny::InterceptionUnavailable(
-                "the interception CA's name constraints do not cover this host".into(),
+            return Err(cannot_intercept(
+                "the interception CA's name constraints do not cover this host",
             ));
         }
         (TunnelMode::Intercept, Some(minter))
