@@ -386,6 +386,12 @@ pub struct Egress {
     /// Name lookups one tenant may have running at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_dns_lookups_per_tenant: Option<u32>,
+    /// How long a tenant's answer for a name is kept.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::option"
+    )]
+    pub dns_cache_ttl: Option<Duration>,
     /// Deadline for a whole request head.
     #[serde(
         skip_serializing_if = "Option::is_none",

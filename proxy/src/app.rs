@@ -401,6 +401,7 @@ fn dialer(config: &StaticConfig) -> Dialer {
             own_listeners,
         },
         egress.max_dns_lookups_per_tenant,
+        egress.dns_cache_ttl,
     )
 }
 

@@ -1,7 +1,8 @@
 //! One tenant's trouble is its own: an unwritable audit partition refuses only its tenant, one
 //! tenant's endless runs do not push another's off the run watch list, a repeated admin query
 //! parameter cannot act on another tenant, two `Proxy-Authorization` headers are no
-//! identity, and one tenant's unanswered name lookups do not hold another's. Each test checks what the recording origin received and what the audit trail says.
+//! identity, one tenant's unanswered name lookups do not hold another's, and one tenant's kept
+//! name answers never answer another's lookups. Each test checks what the recording origin received and what the audit trail says.
 
 use std::time::{Duration, Instant};
 
@@ -445,4 +446,62 @@ fn a_tenants_unanswered_name_lookups_hold_only_its_own_places() {
         .audit_records("globex")
         .iter()
         .all(|r| r["reason"] != "dns_lookup_limit"));
+}
+
+/// A tenant's name lookups are answered from its own kept answers (`[egress] dns_cache_ttl`),
+/// never from another tenant's. The proxy runs in a network namespace whose `/etc/hosts` moves
+/// a name to a refused address: acme, which looked the name up before, still goes where its kept
+/// answer says; globex, which had not, looks the name up itself and is refused. The kept answer
+/// is the address that was checked and dialed, so nothing reaches an address no lookup gave.
+#[test]
+fn kept_name_answers_are_the_tenants_own() {
+    let Some(ns) = Netns::create_or_skip("tenant_trouble::kept_name_answers_are_the_tenants_own")
+    else {
+        return;
+    };
+    let mock = start_mock_on(ns.host_ip);
+    ns.hosts(&[("moving.test", ns.host_ip)]);
+    let mut spec = ProxySpec::default();
+    spec.config.admin.listen = Some(std::net::SocketAddr::new(ns.ns_ip, 0));
+    spec.config.egress.allow = vec![format!("{}/32", ns.host_ip)];
+    spec.config.egress.dns_cache_ttl = Some(Duration::from_secs(3600));
+    spec.command_prefix = ["ip", "netns", "exec", &ns.name].map(String::from).to_vec();
+    let proxy = Proxy::start(spec);
+    let globex_user = format!("agent:{}@", token_for("globex", "agent"));
+    // curl inside the namespace: status and, for a refusal, its code.
+    let ask = |port: u16, user: &str, path: &str| -> (String, String) {
+        let out = ns.run(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "-x",
+            &format!("http://{user}127.0.0.1:{port}"),
+            &format!("http://moving.test:{mock}{path}"),
+        ]);
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        let code = serde_json::from_str::<Value>(body)
+            .map(|v| v["error"]["code"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        (status.to_string(), code)
+    };
+    let served = ("200".to_string(), String::new());
+
+    assert_eq!(ask(proxy.sidecar_port, "", "/acme/1"), served);
+    // The name moves to an address the guard refuses (documentation range).
+    ns.hosts(&[("moving.test", "192.0.2.1".parse().unwrap())]);
+    assert_eq!(
+        ask(proxy.sidecar_port, "", "/acme/2"),
+        served,
+        "acme's kept answer stands"
+    );
+    assert_eq!(
+        ask(proxy.shared_port, &globex_user, "/globex/1"),
+        ("403".to_string(), "destination_forbidden".to_string()),
+        "globex looks the name up itself"
+    );
+    let globex = proxy.wait_audit_records("globex", 1);
+    assert_eq!(globex[0]["reason"], "destination_forbidden", "{globex:#?}");
 }

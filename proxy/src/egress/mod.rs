@@ -10,6 +10,7 @@
 //! The decision is always made on the resolved address, never on how the host was spelled:
 //! `2130706433`, `0x7f000001` and `127.1` are all 127.0.0.1 by the time they are checked.
 
+mod answers;
 mod exception;
 mod ranges;
 mod resolve;
@@ -17,9 +18,11 @@ pub mod settings;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::ids::TenantId;
 use crate::shares::TenantShares;
+use answers::Answers;
 
 pub use exception::EgressException;
 pub use ranges::non_global_reason;
@@ -99,16 +102,24 @@ pub struct Dialer {
     /// Each lookup therefore holds one of its tenant's places until the system call returns,
     /// not until the request stops waiting, and a tenant with none free is refused at once.
     lookups: Arc<TenantShares>,
+    /// Each tenant's answers, kept for `[egress] dns_cache_ttl` (none when it is zero).
+    answers: Option<Arc<Answers>>,
 }
 
 impl Dialer {
     /// A dialer that looks names up with `resolver` and applies `rules`; each tenant may have
-    /// `lookups_per_tenant` lookups running at once.
-    pub fn new(resolver: Arc<dyn Resolver>, rules: EgressRules, lookups_per_tenant: u32) -> Self {
+    /// `lookups_per_tenant` lookups running at once, and its answers are kept for `answers_ttl`.
+    pub fn new(
+        resolver: Arc<dyn Resolver>,
+        rules: EgressRules,
+        lookups_per_tenant: u32,
+        answers_ttl: Duration,
+    ) -> Self {
         Self {
             resolver,
             rules,
             lookups: Arc::new(TenantShares::new(u64::from(lookups_per_tenant))),
+            answers: Answers::new(answers_ttl).map(Arc::new),
         }
     }
 
@@ -118,13 +129,23 @@ impl Dialer {
         }
     }
 
-    /// Looks `host` up for `tenant`, in one of its lookup places.
-    async fn lookup(&self, tenant: &TenantId, host: &str) -> Result<Vec<IpAddr>, LookupFailed> {
+    /// `tenant`'s answer for `host`: the one kept, or a lookup in one of its lookup places.
+    async fn lookup(&self, tenant: &TenantId, host: &str) -> Result<Arc<[IpAddr]>, LookupFailed> {
+        let now = std::time::Instant::now();
+        if let Some(kept) = self.answers.as_ref().and_then(|a| a.get(tenant, host, now)) {
+            return Ok(kept);
+        }
         let hold = self.lookups.try_hold(tenant, 1).ok_or(LookupFailed::Busy)?;
-        self.resolver
+        let addrs: Arc<[IpAddr]> = self
+            .resolver
             .lookup(host, hold)
             .await
-            .map_err(LookupFailed::Resolver)
+            .map_err(LookupFailed::Resolver)?
+            .into();
+        if let Some(answers) = &self.answers {
+            answers.keep(tenant, host, &addrs, now);
+        }
+        Ok(addrs)
     }
 
     /// Resolves `host` (lowercase, IPv6 without brackets; an IP literal is parsed, not looked
@@ -143,15 +164,22 @@ impl Dialer {
         let unresolvable = || EgressRefusal::Unresolvable {
             host: host.to_string(),
         };
-        let answers = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => self.lookup(tenant, host).await.map_err(|e| match e {
-                LookupFailed::Busy => self.busy(),
-                LookupFailed::Resolver(e) => {
-                    tracing::debug!(host, error = %e, "upstream name lookup failed");
-                    unresolvable()
-                }
-            })?,
+        let (literal, looked_up);
+        let answers: &[IpAddr] = match host.parse::<IpAddr>() {
+            Ok(ip) => {
+                literal = [ip];
+                &literal
+            }
+            Err(_) => {
+                looked_up = self.lookup(tenant, host).await.map_err(|e| match e {
+                    LookupFailed::Busy => self.busy(),
+                    LookupFailed::Resolver(e) => {
+                        tracing::debug!(host, error = %e, "upstream name lookup failed");
+                        unresolvable()
+                    }
+                })?;
+                &looked_up
+            }
         };
         let first = *answers.first().ok_or_else(unresolvable)?;
         let covered = |ip: IpAddr| {
@@ -161,7 +189,7 @@ impl Dialer {
                 .chain(tenant_exceptions)
                 .any(|e| e.allows(host, port, ip))
         };
-        for &ip in &answers {
+        for &ip in answers {
             let address = SocketAddr::new(ip, port);
             if self.is_own_listener(address) {
                 return Err(EgressRefusal::OwnListener { address });
@@ -188,17 +216,24 @@ impl Dialer {
         tenant_exceptions: &[EgressException],
         tenant: &TenantId,
     ) -> Result<SocketAddr, EgressRefusal> {
-        let answers = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => self.lookup(tenant, host).await.map_err(|e| match e {
-                LookupFailed::Busy => self.busy(),
-                LookupFailed::Resolver(e) => {
-                    tracing::debug!(host, error = %e, "captured name lookup failed");
-                    EgressRefusal::NotOriginal {
-                        host: host.to_string(),
+        let (literal, looked_up);
+        let answers: &[IpAddr] = match host.parse::<IpAddr>() {
+            Ok(ip) => {
+                literal = [ip];
+                &literal
+            }
+            Err(_) => {
+                looked_up = self.lookup(tenant, host).await.map_err(|e| match e {
+                    LookupFailed::Busy => self.busy(),
+                    LookupFailed::Resolver(e) => {
+                        tracing::debug!(host, error = %e, "captured name lookup failed");
+                        EgressRefusal::NotOriginal {
+                            host: host.to_string(),
+                        }
                     }
-                }
-            })?,
+                })?;
+                &looked_up
+            }
         };
         let ip = original.ip().to_canonical();
         // SECURITY: the name is what policy decided on; it must be where the bytes go.
@@ -278,7 +313,12 @@ mod tests {
     #[tokio::test]
     async fn a_tenant_with_every_lookup_place_taken_is_refused_and_others_are_not() {
         let stuck = Arc::new(Stuck::default());
-        let d = Arc::new(Dialer::new(stuck.clone(), EgressRules::default(), 2));
+        let d = Arc::new(Dialer::new(
+            stuck.clone(),
+            EgressRules::default(),
+            2,
+            Duration::ZERO,
+        ));
         let acme = TenantId::new("acme").unwrap();
         let globex = TenantId::new("globex").unwrap();
         let pending: Vec<_> = (0..2)
@@ -353,6 +393,7 @@ mod tests {
         }
     }
 
+    /// A dialer that keeps no answers: each call looks its name up.
     fn dialer(resolver: Arc<dyn Resolver>, exceptions: &[&str], own_listeners: &[&str]) -> Dialer {
         Dialer::new(
             resolver,
@@ -361,6 +402,7 @@ mod tests {
                 own_listeners: own_listeners.iter().map(|s| sa(s)).collect(),
             },
             8,
+            Duration::ZERO,
         )
     }
 
@@ -610,6 +652,71 @@ mod tests {
             })
         );
         assert_eq!(r.calls(), 2);
+    }
+
+    /// With `dns_cache_ttl`, a tenant's answer is kept, and checked on every call as if it had
+    /// just been looked up; another tenant looks the name up itself; a failure is not kept.
+    #[tokio::test]
+    async fn kept_answers_are_the_tenants_own_and_checked_every_time() {
+        let r = Canned::new(&[&["8.8.8.8"], &["127.0.0.1"]]);
+        let d = Dialer::new(
+            r.clone(),
+            EgressRules::default(),
+            8,
+            Duration::from_secs(3600),
+        );
+        let globex = TenantId::new("globex").unwrap();
+        assert_eq!(
+            d.resolve_checked("api.example", 443, &[], &t()).await,
+            Ok(sa("8.8.8.8:443"))
+        );
+        assert_eq!(
+            d.resolve_checked("api.example", 80, &[], &t()).await,
+            Ok(sa("8.8.8.8:80"))
+        );
+        assert_eq!(
+            r.calls(),
+            1,
+            "the second call is answered from the kept answer"
+        );
+        let loopback = Err(EgressRefusal::Forbidden {
+            address: ip("127.0.0.1"),
+            reason: "loopback",
+        });
+        assert_eq!(
+            d.resolve_checked("api.example", 443, &[], &globex).await,
+            loopback,
+            "globex looks the name up itself"
+        );
+        assert_eq!(r.calls(), 2);
+        // The kept answer is checked each time: an exception lets it through, none refuses it.
+        assert_eq!(
+            d.resolve_checked("api.example", 443, &[exc("127.0.0.0/8")], &globex)
+                .await,
+            Ok(sa("127.0.0.1:443"))
+        );
+        assert_eq!(
+            d.resolve_checked("api.example", 443, &[], &globex).await,
+            loopback
+        );
+        assert_eq!(r.calls(), 2);
+
+        let late = Canned::new(&[&[], &["8.8.4.4"]]);
+        let d = Dialer::new(
+            late.clone(),
+            EgressRules::default(),
+            8,
+            Duration::from_secs(3600),
+        );
+        assert!(matches!(
+            d.resolve_checked("late.example", 443, &[], &t()).await,
+            Err(EgressRefusal::Unresolvable { .. })
+        ));
+        assert_eq!(
+            d.resolve_checked("late.example", 443, &[], &t()).await,
+            Ok(sa("8.8.4.4:443"))
+        );
+        assert_eq!(late.calls(), 2);
     }
 
     #[tokio::test]
