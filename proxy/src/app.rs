@@ -383,7 +383,8 @@ fn spawn_run_expiries(runs: Arc<crate::runs::RunTracker>) -> anyhow::Result<()> 
 }
 
 /// The egress guard: configured static answers in front of the system resolver, the global
-/// exceptions, and every address this process listens on (a request to itself is a loop).
+/// exceptions, and every address this process listens on: its listeners, the admin port and
+/// the approvals API (a request to itself is a loop, and would reach them as the proxy).
 fn dialer(config: &StaticConfig) -> Dialer {
     let egress = &config.egress;
     let system: Arc<dyn Resolver> = Arc::new(SystemResolver::new(egress.dns_timeout));
@@ -394,6 +395,7 @@ fn dialer(config: &StaticConfig) -> Dialer {
     };
     let mut own_listeners: Vec<_> = config.listeners.iter().map(|l| l.listen).collect();
     own_listeners.push(config.admin_listen);
+    own_listeners.extend(config.approvals.as_ref().map(|a| a.listen));
     Dialer::new(
         resolver,
         EgressRules {

@@ -68,7 +68,7 @@ pub enum Deny {
     /// A body sent to an MCP server is not JSON-RPC 2.0 the proxy can decide on.
     McpMalformed(String),
     /// Policy denied an MCP `tools/call` (the tool's name).
-    ToolDenied(String),
+    ToolDenied(String, PolicyRefusal),
     /// An MCP server's response could not be filtered, so it was withheld.
     McpResponseUnfiltered(String),
     /// The request's signed run was closed by an operator (`POST /runs/close`).
@@ -110,9 +110,9 @@ pub enum Deny {
     /// `Content-Encoding`), so it is not forwarded unchecked.
     UnsupportedBody(String),
     /// Policy denied reading an MCP resource (its URI).
-    ResourceDenied(String),
+    ResourceDenied(String, PolicyRefusal),
     /// Policy denied getting an MCP prompt (its name).
-    PromptDenied(String),
+    PromptDenied(String, PolicyRefusal),
     /// The upstream answered a request that carried a substituted secret with a compressed
     /// body, which cannot be scrubbed of echoed secrets; withheld.
     UpstreamEncoded,
@@ -215,11 +215,18 @@ impl From<&crate::mcp::McpRefusal> for Deny {
         use crate::policy::ItemKind;
         match r {
             McpRefusal::Malformed(why) => Deny::McpMalformed(why.clone()),
-            McpRefusal::Denied { item, name, .. } => match item {
-                ItemKind::Tool => Deny::ToolDenied(name.clone()),
-                ItemKind::Resource => Deny::ResourceDenied(name.clone()),
-                ItemKind::Prompt => Deny::PromptDenied(name.clone()),
-            },
+            McpRefusal::Denied {
+                item,
+                name,
+                decision,
+            } => {
+                let refusal = PolicyRefusal::of(decision);
+                match item {
+                    ItemKind::Tool => Deny::ToolDenied(name.clone(), refusal),
+                    ItemKind::Resource => Deny::ResourceDenied(name.clone(), refusal),
+                    ItemKind::Prompt => Deny::PromptDenied(name.clone(), refusal),
+                }
+            }
         }
     }
 }
@@ -281,14 +288,26 @@ impl PolicyRefusal {
     }
 
     fn message(&self) -> String {
+        self.message_for("make this request", None)
+    }
+
+    /// Why a request was refused: `doing` is what no policy allows ("make this request");
+    /// `item` names what a forbid or an evaluation error refused, when it is not the request
+    /// itself (an MCP tool, resource or prompt).
+    fn message_for(&self, doing: &str, item: Option<&str>) -> String {
+        let refused = match item {
+            Some(item) => format!("{item} is forbidden"),
+            None => "forbidden".into(),
+        };
         match self.forbids.as_slice() {
-            _ if self.errored => {
-                "a policy could not be evaluated for this request, so it is refused".into()
-            }
-            [] => "no policy allows this workload to make this request".into(),
-            [one] => format!("forbidden by policy `{one}`"),
+            _ if self.errored => format!(
+                "a policy could not be evaluated for {}, so it is refused",
+                item.unwrap_or("this request")
+            ),
+            [] => format!("no policy allows this workload to {doing}"),
+            [one] => format!("{refused} by policy `{one}`"),
             many => format!(
-                "forbidden by policies {}",
+                "{refused} by policies {}",
                 many.iter()
                     .map(|id| format!("`{id}`"))
                     .collect::<Vec<_>>()
@@ -357,7 +376,31 @@ impl Deny {
                 ));
             }
         }
+        if !Self::worth_retrying(status, &headers) {
+            headers.push((
+                http::HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            ));
+        }
         headers
+    }
+
+    /// Whether sending the same request again soon may succeed: a refusal that says when (a
+    /// `Retry-After` of a minute at most), or an upstream that failed or timed out. The OpenAI
+    /// and Anthropic SDKs retry every 408, 409, 429 and 5xx unless `x-should-retry: false`
+    /// says otherwise, so without it a spent budget or an exhausted run was asked again two or
+    /// three times, each refused and audited. A `Retry-After` of hours (a day's budget) is not
+    /// worth an SDK's retry either: it ignores waits that long and asks again in a second.
+    fn worth_retrying(status: u16, headers: &[(http::HeaderName, http::HeaderValue)]) -> bool {
+        let soon = headers.iter().any(|(name, value)| {
+            name == http::header::RETRY_AFTER
+                && value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|secs| secs <= 60)
+        });
+        soon || matches!(status, 408 | 502 | 504)
     }
 }
 
@@ -550,9 +593,15 @@ impl Deny {
                 400,
                 format!("this MCP server accepts only JSON-RPC 2.0 the proxy can check: {why}"),
             ),
-            Deny::ToolDenied(tool) => (
+            Deny::ToolDenied(tool, refusal) => (
                 403,
-                format!("no policy allows this workload to call MCP tool `{tool}`; nothing was sent to the server"),
+                format!(
+                    "{}; nothing was sent to the server",
+                    refusal.message_for(
+                        &format!("call MCP tool `{tool}`"),
+                        Some(&format!("MCP tool `{tool}`"))
+                    )
+                ),
             ),
             Deny::McpResponseUnfiltered(why) => (
                 502,
@@ -618,17 +667,29 @@ impl Deny {
                 415,
                 format!("this body cannot be checked for an LLM destination, so it was not forwarded: {why}"),
             ),
-            Deny::ResourceDenied(uri) => (
+            Deny::ResourceDenied(uri, refusal) => (
                 403,
-                format!("no policy allows this workload to read MCP resource `{uri}`; nothing was sent to the server"),
+                format!(
+                    "{}; nothing was sent to the server",
+                    refusal.message_for(
+                        &format!("read MCP resource `{uri}`"),
+                        Some(&format!("MCP resource `{uri}`"))
+                    )
+                ),
             ),
-            Deny::PromptDenied(name) => (
+            Deny::PromptDenied(name, refusal) => (
                 403,
-                format!("no policy allows this workload to get MCP prompt `{name}`; nothing was sent to the server"),
+                format!(
+                    "{}; nothing was sent to the server",
+                    refusal.message_for(
+                        &format!("get MCP prompt `{name}`"),
+                        Some(&format!("MCP prompt `{name}`"))
+                    )
+                ),
             ),
             Deny::UpstreamEncoded => (
                 502,
-                "the upstream answered with a compressed body although the request carried a credential and asked for none; it was withheld, since an echoed secret could not be removed from it".into(),
+                "the upstream answered with a compressed body although the proxy asked for an uncompressed one (its answers are checked for this tenant's secrets, which a compressed body could hide); it was withheld".into(),
             ),
             Deny::ApprovalPending(hold) => (
                 202,
@@ -719,7 +780,7 @@ impl Deny {
             Deny::UpstreamTls => ReasonCode::UpstreamTls,
             Deny::AuditUnavailable => ReasonCode::AuditUnavailable,
             Deny::McpMalformed(_) => ReasonCode::McpMalformed,
-            Deny::ToolDenied(_) => ReasonCode::ToolDenied,
+            Deny::ToolDenied(..) => ReasonCode::ToolDenied,
             Deny::McpResponseUnfiltered(_) => ReasonCode::McpResponseUnfiltered,
             Deny::RunClosed => ReasonCode::RunClosed,
             Deny::Internal => ReasonCode::Internal,
@@ -737,8 +798,8 @@ impl Deny {
             Deny::MethodNotAllowed(_) => ReasonCode::MethodNotAllowed,
             Deny::AdminUnauthorized(_) => ReasonCode::AdminUnauthorized,
             Deny::UnsupportedBody(_) => ReasonCode::UnsupportedMediaType,
-            Deny::ResourceDenied(_) => ReasonCode::ResourceDenied,
-            Deny::PromptDenied(_) => ReasonCode::PromptDenied,
+            Deny::ResourceDenied(..) => ReasonCode::ResourceDenied,
+            Deny::PromptDenied(..) => ReasonCode::PromptDenied,
             Deny::UpstreamEncoded => ReasonCode::UpstreamEncoded,
             Deny::ApprovalPending(_) => ReasonCode::ApprovalPending,
             Deny::ApprovalDenied(_) => ReasonCode::ApprovalDenied,
@@ -836,7 +897,11 @@ mod tests {
             (Deny::UpstreamTimeout, 504, "upstream_timeout"),
             (Deny::AuditUnavailable, 503, "audit_unavailable"),
             (Deny::McpMalformed("x".into()), 400, "mcp_malformed"),
-            (Deny::ToolDenied("x".into()), 403, "tool_denied"),
+            (
+                Deny::ToolDenied("x".into(), PolicyRefusal::default()),
+                403,
+                "tool_denied",
+            ),
             (Deny::RunClosed, 403, "run_closed"),
             (Deny::UnmeteredCall("a batch job"), 403, "unmetered_call"),
             (Deny::ModelNotPriced(None), 403, "model_not_priced"),
@@ -874,8 +939,16 @@ mod tests {
                 415,
                 "unsupported_media_type",
             ),
-            (Deny::ResourceDenied("x".into()), 403, "resource_denied"),
-            (Deny::PromptDenied("x".into()), 403, "prompt_denied"),
+            (
+                Deny::ResourceDenied("x".into(), PolicyRefusal::default()),
+                403,
+                "resource_denied",
+            ),
+            (
+                Deny::PromptDenied("x".into(), PolicyRefusal::default()),
+                403,
+                "prompt_denied",
+            ),
             (
                 Deny::Credential(CredentialDeny::Repeated("header `authorization`".into())),
                 400,
@@ -988,6 +1061,104 @@ mod tests {
                 Some(serde_json::Value::from(code))
             );
         }
+    }
+
+    /// SDKs retry 408, 409, 429 and 5xx by themselves: a refusal that a retry cannot change says
+    /// `x-should-retry: false`, one that says when to come back (within a minute) or an
+    /// upstream's failure does not.
+    #[test]
+    fn refusals_a_retry_cannot_change_say_so_to_sdks() {
+        use crate::limits::{LimitKey, Scope};
+        let tenant = crate::ids::TenantId::new("acme").expect("id");
+        let limited = |kind, retry_after| {
+            Deny::Limited(LimitDeny {
+                key: LimitKey {
+                    scope: Scope::Tenant(tenant.clone()),
+                    kind,
+                },
+                retry_after,
+            })
+        };
+        let rate = limited(
+            LimitKind::Rate {
+                per_period: 5,
+                period_secs: 1,
+                burst: 5,
+            },
+            Some(std::time::Duration::from_secs(1)),
+        );
+        let day = limited(
+            LimitKind::Quota {
+                measure: Measure::Cost,
+                window: Window::Run,
+                ceiling: 10,
+            },
+            Some(std::time::Duration::from_secs(5 * 3600)),
+        );
+        let run = limited(
+            LimitKind::Quota {
+                measure: Measure::Cost,
+                window: Window::Run,
+                ceiling: 10,
+            },
+            None,
+        );
+        let cases = [
+            (rate, false),
+            (Deny::LimiterUnavailable, false),
+            (Deny::AuditUnavailable, false),
+            (Deny::UpstreamUnreachable, false),
+            (Deny::UpstreamTimeout, false),
+            (day, true),
+            (run, true),
+            (Deny::PolicyDenied(PolicyRefusal::default()), true),
+            (Deny::BodyTooLarge, true),
+            (Deny::IdentityRequired, true),
+            (Deny::Internal, true),
+        ];
+        for (deny, told_not_to) in cases {
+            let (status, _, _) = deny.describe();
+            let headers = deny.extra_headers(status);
+            let said: Vec<_> = headers
+                .iter()
+                .filter(|(n, _)| n == "x-should-retry")
+                .map(|(_, v)| v.to_str().unwrap_or("?").to_string())
+                .collect();
+            let expected: Vec<String> = if told_not_to {
+                vec!["false".into()]
+            } else {
+                vec![]
+            };
+            assert_eq!(said, expected, "{deny:?}");
+        }
+    }
+
+    #[test]
+    fn an_mcp_refusal_names_the_forbid_that_decided_it() {
+        let forbidden = PolicyRefusal {
+            forbids: vec!["forbid-mcp-delete-repository".into()],
+            errored: false,
+        };
+        let (_, _, message) = Deny::ToolDenied("delete_repository".into(), forbidden).describe();
+        assert_eq!(
+            message,
+            "MCP tool `delete_repository` is forbidden by policy `forbid-mcp-delete-repository`; nothing was sent to the server"
+        );
+        let (_, _, message) =
+            Deny::ResourceDenied("file:///etc".into(), PolicyRefusal::default()).describe();
+        assert_eq!(
+            message,
+            "no policy allows this workload to read MCP resource `file:///etc`; nothing was sent to the server"
+        );
+        let errored = PolicyRefusal {
+            forbids: vec![],
+            errored: true,
+        };
+        let (_, _, message) = Deny::PromptDenied("p".into(), errored).describe();
+        assert_eq!(
+            message,
+            "a policy could not be evaluated for MCP prompt `p`, so it is refused; nothing was sent to the server"
+        );
     }
 
     #[test]

@@ -192,7 +192,8 @@ fn spoofed_tenant_headers_change_nothing_and_are_stripped() {
     let proxy = Proxy::start(ProxySpec::default());
     // globex's workload claims to be acme in every header it can write.
     let tok = token_for("globex", "agent");
-    let spoof = "X-Tenant-Id: acme\r\nX-Workload-Id: bot\r\nX-Tenant: acme\r\n";
+    // Also spelled with underscores, which servers reading headers CGI-style take for dashes.
+    let spoof = "X-Tenant-Id: acme\r\nX-Workload-Id: bot\r\nX-Tenant: acme\r\nX_Tenant_Id: acme\r\nx_workload_id: bot\r\n";
     let denied = forward_get(
         proxy.shared_port,
         &url(&origin, "/acme/data"),
@@ -224,6 +225,8 @@ fn spoofed_tenant_headers_change_nothing_and_are_stripped() {
         "x-tenant-id",
         "x-workload-id",
         "x-tenant",
+        "x_tenant_id",
+        "x_workload_id",
         "proxy-authorization",
     ] {
         assert!(

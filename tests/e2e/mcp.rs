@@ -474,6 +474,33 @@ fn malformed_json_rpc_is_refused_and_never_forwarded() {
         "nothing malformed was forwarded"
     );
 
+    // A WebSocket upgrade would leave a connection whose messages no check reads: refused,
+    // audited, never sent (a bodyless GET with `Upgrade` once passed as the event stream).
+    let (status, body) = curl(&[
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        &format!("http://127.0.0.1:{}/recorder/mcp", env.proxy.sidecar_port),
+    ]);
+    assert_eq!(status, 400, "{body}");
+    let refusal: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(refusal["error"]["code"], "mcp_malformed", "{body}");
+    let request_id = refusal["error"]["request_id"].as_str().unwrap();
+    assert_eq!(
+        env.proxy.audit_record("acme", request_id)["reason"],
+        "mcp_malformed"
+    );
+    assert_eq!(
+        env.recorder.count(),
+        before,
+        "the upgrade was not forwarded"
+    );
+
     // A GET (the server's event stream) carries no JSON-RPC and is not refused for it.
     let (status, body) = curl(&[&format!(
         "http://127.0.0.1:{}/recorder/mcp",

@@ -355,17 +355,21 @@ impl Holds {
             .await
             .map_err(|_| HoldEnd::Unavailable("the hold store cannot be reached".into()))?;
         // SECURITY: only a polled hold (a waiting one is forwarded by its waiter), of the
-        // workload that was held, with exactly the request that was held.
+        // workload that was held, with exactly the request that was held, and only while it
+        // is kept: the in-memory store drops old holds only when a new one opens, so an
+        // approval could otherwise be spent days after it was given.
+        let now = now_ms();
         let Some(status) = status.filter(|h| {
             h.record.mode == HoldMode::Poll.as_str()
                 && h.record.workload == ask.tenant.workload.as_str()
                 && h.record.request_digest == ask.request.digest
+                && now < h.record.deadline_ms.saturating_add(store::RETAIN_MS)
         }) else {
             return Err(HoldEnd::Unknown);
         };
         let secs = timeout_secs(&status.record);
         match status.state {
-            HoldState::Pending if now_ms() > status.record.deadline_ms => {
+            HoldState::Pending if now > status.record.deadline_ms => {
                 match self.expire(&status.record).await {
                     Some(other) => Err(self.end_of(other, &status.record)),
                     None => Err(HoldEnd::Expired(id.into(), secs)),

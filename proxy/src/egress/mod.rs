@@ -264,17 +264,38 @@ impl Dialer {
     }
 
     /// Whether dialing `dest` would reach one of the proxy's own listeners: the same address,
-    /// or a listener on every interface (0.0.0.0, ::) and a loopback or unspecified
-    /// destination on its port. IPv4-mapped forms compare as the IPv4 address they carry.
+    /// or a listener on every interface (0.0.0.0, ::) and, on its port, a loopback or
+    /// unspecified destination or any other address of this host. IPv4-mapped forms compare
+    /// as the IPv4 address they carry.
+    ///
+    /// SECURITY: a listener on every interface answers on the host's own addresses too (a
+    /// pod's IP, a VM's public address). Reached through them, the admin port would serve a
+    /// tenant another tenant's usage and runs, and another tenant's binding listener would lend
+    /// its identity. Which addresses are the host's is asked of the kernel when the port
+    /// matches (they change: DHCP, a pod's IP), not remembered from the start.
     fn is_own_listener(&self, dest: SocketAddr) -> bool {
         let ip = dest.ip().to_canonical();
-        self.rules.own_listeners.iter().any(|l| {
+        let mut on_every_interface = false;
+        let exact = self.rules.own_listeners.iter().any(|l| {
             let lip = l.ip().to_canonical();
-            l.port() == dest.port()
-                && (lip == ip
-                    || (lip.is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
-        })
+            if l.port() != dest.port() {
+                return false;
+            }
+            if lip.is_unspecified() {
+                on_every_interface = true;
+                return ip.is_loopback() || ip.is_unspecified();
+            }
+            lip == ip
+        });
+        exact || (on_every_interface && is_this_hosts_address(ip))
     }
+}
+
+/// Whether `ip` is an address of this host: the kernel lets a socket bind to it. (With
+/// `ip_nonlocal_bind` set it lets any address be bound; every destination on a listener's port
+/// is then refused, which fails closed.)
+fn is_this_hosts_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 #[cfg(test)]
@@ -859,6 +880,15 @@ mod tests {
             .is_err());
     }
 
+    /// An address of this host other than loopback: the source the kernel would pick toward a
+    /// public address (a connected UDP socket sends nothing), if it has a route.
+    fn non_loopback_address_of_this_host() -> Option<IpAddr> {
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        probe.connect("93.184.216.34:9").ok()?;
+        let ip = probe.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    }
+
     #[tokio::test]
     async fn own_listeners_are_refused_even_when_excepted() {
         let everything = ["0.0.0.0/0", "::/0"];
@@ -915,6 +945,28 @@ mod tests {
         assert_eq!(
             any.resolve_checked("localhost", 8081, &[], &t()).await,
             Ok(sa("127.0.0.1:8081"))
+        );
+        // The host's other addresses reach a listener on every interface too.
+        match non_loopback_address_of_this_host() {
+            Some(own) => {
+                let host = own.to_string();
+                let address = SocketAddr::new(own, 8080);
+                assert_eq!(
+                    any.resolve_checked(&host, 8080, &[], &t()).await,
+                    Err(EgressRefusal::OwnListener { address }),
+                    "{own}"
+                );
+                assert_eq!(
+                    any.resolve_checked(&host, 8081, &[], &t()).await,
+                    Ok(SocketAddr::new(own, 8081))
+                );
+            }
+            None => eprintln!("no non-loopback address here: the host-address case is not run"),
+        }
+        // An address that is not this host's is not a loop on that port.
+        assert_eq!(
+            any.resolve_checked("93.184.216.34", 8080, &[], &t()).await,
+            Ok(sa("93.184.216.34:8080"))
         );
         // A host-port exception for the listener itself does not help either.
         let named = dialer(

@@ -275,8 +275,9 @@ fn resolve_token(
     now_unix: u64,
 ) -> Result<ResolvedIdentity, IdentityError> {
     let invalid = |why: &str| IdentityError::Invalid(why.to_string());
-    let credential = parse_proxy_authorization(header)
-        .map_err(|_| invalid("`Proxy-Authorization` is not `Bearer <token>` or `Basic`"))?;
+    // The parser's reasons name the header's shape, never its content.
+    let credential =
+        parse_proxy_authorization(header).map_err(|e| IdentityError::Invalid(e.to_string()))?;
     let (token, username) = match &credential {
         ProxyCredential::Bearer(t) => (*t, None),
         ProxyCredential::Basic { username, password } => {

@@ -90,7 +90,7 @@ pub enum ProxyAuthError {
     #[error("`Basic` credentials have no `:` between user name and password")]
     MissingColon,
     /// `Basic` credentials with an empty password.
-    #[error("`Basic` credentials have an empty password; the token goes there")]
+    #[error("`Basic` credentials have an empty password, where the token goes (is the variable holding the token empty?)")]
     EmptyPassword,
 }
 

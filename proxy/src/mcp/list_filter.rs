@@ -197,6 +197,20 @@ impl ListFilter {
         if event.len() > self.cap {
             return Err(FilterError::TooLarge(self.cap));
         }
+        // SECURITY: event streams may also end lines with a bare CR, and their readers skip a
+        // leading BOM. This filter reads lines ended by LF only, so an event framed either way
+        // would look like one line with no data and pass unfiltered while a client read its
+        // list: refused instead (no MCP server is known to frame so).
+        if event.starts_with("\u{feff}".as_bytes()) {
+            return Err(FilterError::Unreadable(
+                "an event that begins with a byte order mark".into(),
+            ));
+        }
+        if has_bare_cr(event) {
+            return Err(FilterError::Unreadable(
+                "an event whose lines end with a bare CR".into(),
+            ));
+        }
         let lines: Vec<&[u8]> = event.split_inclusive(|b| *b == b'\n').collect();
         let data: Vec<&[u8]> = lines.iter().filter_map(|l| data_value(l)).collect();
         if data.is_empty() {
@@ -325,6 +339,14 @@ fn event_len(buf: &[u8]) -> Option<usize> {
         }
     }
     None
+}
+
+/// Whether `event` holds a CR that does not begin a CRLF (a line ending of its own).
+fn has_bare_cr(event: &[u8]) -> bool {
+    event
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\r' && event.get(i + 1) != Some(&b'\n'))
 }
 
 /// The value of a `data:` line (one leading space and the line ending removed).
@@ -560,6 +582,26 @@ mod tests {
             (
                 "list without tools",
                 "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n".into(),
+                1 << 20,
+            ),
+            // What an event-stream reader takes as a list in a `data:` line, behind a comment
+            // ended by a bare CR, or behind a leading byte order mark.
+            (
+                "bare CR line endings",
+                format!(": c\rdata: {}\r\r", list_result(json!(1), &["a", "wipe"])),
+                1 << 20,
+            ),
+            (
+                "a bare CR inside an LF-framed event",
+                format!(": c\rdata: {}\n\n", list_result(json!(1), &["a", "wipe"])),
+                1 << 20,
+            ),
+            (
+                "a leading byte order mark",
+                format!(
+                    "\u{feff}data: {}\n\n",
+                    list_result(json!(1), &["a", "wipe"])
+                ),
                 1 << 20,
             ),
         ];

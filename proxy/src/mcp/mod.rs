@@ -74,6 +74,11 @@ pub enum McpRefusal {
     },
 }
 
+/// Most tools, resources and prompts one message (a JSON-RPC batch) may use. MCP clients send
+/// one call per message (batches left the protocol in 2025-06-18); a few hundred is already
+/// more than any client batches.
+pub const MAX_ITEMS_PER_MESSAGE: usize = 256;
+
 /// Reads the body sent to MCP server `server` and decides every tool, resource and prompt it
 /// uses: tools first, then resources, then prompts, each in body order and each asked once.
 ///
@@ -95,8 +100,17 @@ pub fn admit(
         }
         None => jsonrpc::McpRequest::default(),
     };
+    // SECURITY: each item is a policy evaluation on the worker that serves every tenant of
+    // the listener; a batch of tens of thousands would hold it for seconds.
+    let items = request.tool_calls.len() + request.resource_reads.len() + request.prompt_gets.len();
+    if items > MAX_ITEMS_PER_MESSAGE {
+        return Err(McpRefusal::Malformed(format!(
+            "a message may use at most {MAX_ITEMS_PER_MESSAGE} tools, resources and prompts; this one uses {items}"
+        )));
+    }
     let mut decisions: Vec<Decision> = Vec::new();
-    let mut decided: Vec<(ItemKind, &str)> = Vec::new();
+    let mut decided: std::collections::HashSet<(ItemKind, &str)> =
+        std::collections::HashSet::with_capacity(items);
     let asked = request
         .tool_calls
         .iter()
@@ -109,10 +123,9 @@ pub fn admit(
         )
         .chain(request.prompt_gets.iter().map(|p| (ItemKind::Prompt, p)));
     for (item, name) in asked {
-        if decided.contains(&(item, name.as_str())) {
+        if !decided.insert((item, name.as_str())) {
             continue;
         }
-        decided.push((item, name));
         let decision = decide(item, name);
         if !decision.allowed {
             return Err(McpRefusal::Denied {
@@ -199,6 +212,14 @@ pub fn response_filter(
         .headers
         .get(http::header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    // SECURITY: after a protocol switch the connection carries bytes no check reads (a
+    // WebSocket transport would run any tool). Such a request is refused before it is sent;
+    // a server that switches anyway is not passed on.
+    if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Unfilterable(
+            "the server switched protocols, and nothing the proxy checks would be left",
+        ));
+    }
     // A 202 answers a message that needs no reply; it has no body to hold a list.
     let owed_list = !exchange.lists.is_empty()
         && response.status.is_success()
@@ -286,6 +307,36 @@ mod tests {
     );
 
     #[test]
+    fn a_message_using_more_items_than_allowed_is_refused_before_any_is_decided() {
+        let calls: Vec<String> = (0..=MAX_ITEMS_PER_MESSAGE)
+            .map(|i| {
+                format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"t{i}"}}}}"#)
+            })
+            .collect();
+        let body = format!("[{}]", calls.join(","));
+        let mut asked = 0;
+        let mut decide = |_: ItemKind, _: &str| {
+            asked += 1;
+            decision(false, "p")
+        };
+        let refusal = admit("s", &http::Method::POST, Some(body.as_bytes()), &mut decide);
+        assert!(
+            matches!(&refusal, Err(McpRefusal::Malformed(m)) if m.contains("at most 256")),
+            "{refusal:?}"
+        );
+        assert_eq!(asked, 0);
+        // At the limit, each distinct item is asked once.
+        let body = format!("[{}]", calls[..MAX_ITEMS_PER_MESSAGE].join(","));
+        let mut asked = 0;
+        let mut allow = |_: ItemKind, _: &str| {
+            asked += 1;
+            decision(true, "p")
+        };
+        assert!(admit("s", &http::Method::POST, Some(body.as_bytes()), &mut allow).is_ok());
+        assert_eq!(asked, MAX_ITEMS_PER_MESSAGE);
+    }
+
+    #[test]
     fn response_filters() {
         let exchange = |lists_tools: bool| McpExchange {
             lists: if lists_tools {
@@ -297,7 +348,7 @@ mod tests {
             ..McpExchange::refused("s")
         };
         #[rustfmt::skip]
-        let cases: [ResponseCase; 8] = [
+        let cases: [ResponseCase; 10] = [
             ("json list", true, 200, Some("application/json"), None, Ok(Some(Framing::Json))),
             ("sse list", true, 200, Some("text/event-stream"), None, Ok(Some(Framing::Sse))),
             ("json call result is read too", false, 200, Some("application/json"), None, Ok(Some(Framing::Json))),
@@ -306,6 +357,8 @@ mod tests {
             ("list as plain text", true, 200, Some("text/plain"), None, Err("neither JSON")),
             ("error page for a list", true, 404, Some("text/html"), None, Ok(None)),
             ("202 to a notification", true, 202, None, None, Ok(None)),
+            ("a protocol switch", false, 101, None, None, Err("switched protocols")),
+            ("a protocol switch naming JSON", true, 101, Some("application/json"), None, Err("switched protocols")),
         ];
         for (name, lists_tools, status, ctype, encoding, want) in cases {
             let mut resp = ResponseHeader::build(status, None).unwrap();

@@ -536,6 +536,14 @@ async fn admit_http(
         .mcp
         .server_for(&destination, Some(addr), hosts)
     {
+        // SECURITY: a protocol switch would leave a connection whose bytes no JSON-RPC check
+        // reads: a WebSocket transport to the server would run any tool, unfiltered and
+        // unaudited. An MCP server is spoken to with HTTP requests only.
+        if header.headers.contains_key(http::header::UPGRADE) {
+            return Err(Deny::McpMalformed(
+                "an MCP server is reached with HTTP requests (a JSON-RPC POST, a GET event stream), never a protocol upgrade such as WebSocket, whose messages the proxy could not check".into(),
+            ));
+        }
         let body = grant.body.as_ref().map(|b| b.0.as_ref());
         let record = McpTrail {
             decision: &mut trail.decision,
@@ -826,9 +834,17 @@ fn held_request(
         body_sha256: trail.body_sha256.clone(),
         credentials: applied.used.iter().map(|c| c.name.clone()).collect(),
         estimated_cost_micros: (cost_micros > 0).then_some(cost_micros),
+        // The scheme and port too: an HTTP/2 request in a tunnel has no `Host` to carry them,
+        // and an approval for one server must not be spent on another port of the same name.
         digest: crate::approvals::request_digest(
             &trail.method,
-            &format!("{}|{}", destination.host, target),
+            &format!(
+                "{}://{}:{}|{}",
+                destination.scheme.as_str(),
+                destination.host,
+                destination.port,
+                target
+            ),
             &header.headers,
             trail.body_sha256.as_deref(),
         ),

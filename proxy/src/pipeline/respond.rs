@@ -72,7 +72,19 @@ pub fn upstream_request(
     upstream.remove_header(&HOLD);
     // The body was read whole (the client was told `100 Continue`); it goes with the head.
     upstream.remove_header(&http::header::EXPECT);
-    for name in &admitted.snapshot.tenants.strip_headers {
+    let strip = &admitted.snapshot.tenants.strip_headers;
+    for name in strip {
+        upstream.remove_header(name);
+    }
+    // Servers that read headers CGI-style (`HTTP_X_TENANT_ID`) take `x_tenant_id` for
+    // `x-tenant-id`: its underscore spellings go too.
+    let spelled: Vec<http::HeaderName> = upstream
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_') && strip.iter().any(|s| same_but_underscores(k, s)))
+        .cloned()
+        .collect();
+    for name in &spelled {
         upstream.remove_header(name);
     }
     // W3C baggage has no integrity and may name tenants: only internal routes get it.
@@ -323,4 +335,14 @@ fn count_scrubbed(trail: &Trail, n: u64) {
             .with_label_values(&[trail.tenant_label()])
             .inc_by(n);
     }
+}
+
+/// Whether header names `a` and `b` are the same once `_` is read as `-` (both are lowercase).
+fn same_but_underscores(a: &http::HeaderName, b: &http::HeaderName) -> bool {
+    let (a, b) = (a.as_str().as_bytes(), b.as_str().as_bytes());
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            let dash = |c: u8| if c == b'_' { b'-' } else { c };
+            dash(*x) == dash(*y)
+        })
 }

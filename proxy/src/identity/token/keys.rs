@@ -197,7 +197,7 @@ impl KeySet {
             Some(kid) => self.keys.get(kid).ok_or(TokenError::UnknownKey),
             // SECURITY: without a kid we only guess when there is nothing to guess between.
             None if self.keys.len() == 1 => self.keys.values().next().ok_or(TokenError::UnknownKey),
-            None => Err(TokenError::UnknownKey),
+            None => Err(TokenError::NoKeyId),
         }
     }
 }

@@ -129,9 +129,12 @@ pub enum TokenError {
     /// `alg` other than EdDSA/ES256, or not the algorithm of the key it names.
     #[error("the token's signature algorithm is not accepted")]
     UnsupportedAlgorithm,
-    /// No key with this `kid` (or no `kid` while several keys are configured).
+    /// No key with this `kid`.
     #[error("the token is signed with an unknown key")]
     UnknownKey,
+    /// No `kid` while several keys are configured: which one signed it is not guessed.
+    #[error("the token names no key (`kid`) and several keys are configured")]
+    NoKeyId,
     /// The signature does not verify.
     #[error("the token's signature is invalid")]
     BadSignature,
