@@ -110,6 +110,9 @@ pub fn run(
     static_config.admin_listen = bound_admin.addr;
     let static_config = Arc::new(static_config);
 
+    if let Some(warning) = snapshot.memory_limiter_warning(&static_config.limiter) {
+        tracing::warn!("{warning}");
+    }
     let handle = Arc::new(SnapshotHandle::new(static_config.clone(), snapshot));
     let (audit, audit_writer) = AuditSink::start(&static_config.audit)?;
     crate::reload::spawn(handle.clone());
@@ -270,6 +273,14 @@ fn startup_lines(config: &StaticConfig) -> String {
         "  admin    {:width$}  http://{}  (/healthz /readyz /metrics)\n",
         "", config.admin_listen
     ));
+    if let Some(approvals) = &config.approvals {
+        out.push_str(&format!(
+            "  approvals {:w$}  http://{}  (approvers' API)\n",
+            "",
+            approvals.listen,
+            w = width.saturating_sub(1)
+        ));
+    }
     out
 }
 

@@ -32,8 +32,9 @@ pub enum BodyError {
     /// Over `max_body_bytes`, as sent or once decoded.
     #[error("the request body exceeds the configured limit")]
     TooLarge,
-    /// A chunked body too large to hold without a `Content-Length`.
-    #[error("a chunked body this large needs a `Content-Length`")]
+    /// A body of unknown length (HTTP/1 chunked, HTTP/2 without `content-length`) over
+    /// pingora's 64 KiB replay buffer, the only way a body read before the decision goes on.
+    #[error("a body of unknown length this large needs a `Content-Length`")]
     LengthRequired,
     /// Malformed, ambiguous or corrupt (the detail says how).
     #[error("{0}")]

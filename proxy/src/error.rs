@@ -575,7 +575,7 @@ impl Deny {
             }
             Deny::LengthRequired => (
                 411,
-                "chunked request bodies over 64 KiB need a `Content-Length` header".into(),
+                "a request body over 64 KiB needs a `Content-Length` header (HTTP/1 chunked or HTTP/2 without one): the proxy forwards a body of unknown length only up to 64 KiB; set the upload's length".into(),
             ),
             Deny::UpstreamUnreachable => {
                 (502, "the upstream could not be reached".into())

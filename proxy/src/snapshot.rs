@@ -40,6 +40,41 @@ pub struct Snapshot {
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 impl Snapshot {
+    /// The warning `check` prints and `run` logs when day or month cost ceilings are counted in
+    /// this process's memory: a restart (a deploy, a crash) starts them at zero again, so a
+    /// tenant can spend its month's budget again after each one.
+    pub fn memory_limiter_warning(
+        &self,
+        limiter: &crate::limits::settings::LimiterSettings,
+    ) -> Option<String> {
+        if !matches!(
+            limiter,
+            crate::limits::settings::LimiterSettings::Memory { .. }
+        ) {
+            return None;
+        }
+        let periodic = |c: &crate::limits::Ceilings| {
+            c.cost_per_day_micros.is_some() || c.cost_per_month_micros.is_some()
+        };
+        let tenants: Vec<&str> = self
+            .tenants
+            .tenants
+            .iter()
+            .filter(|(_, t)| periodic(&t.limits) || t.workload_limits.values().any(periodic))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if tenants.is_empty() {
+            return None;
+        }
+        let shown = match tenants.len() {
+            n if n > 3 => format!("{} and {} more", tenants[..3].join(", "), n - 3),
+            _ => tenants.join(", "),
+        };
+        Some(format!(
+            "day and month cost ceilings ({shown}) are counted in memory (`[limiter] backend = \"memory\"`): a restart starts them at zero, and each replica counts its own; use `backend = \"redis\"` to keep them"
+        ))
+    }
+
     /// Loads and validates the tenant file, keys, revocations and policies. Returns every
     /// problem found.
     pub fn load(static_config: &StaticConfig) -> Result<Self, Vec<ConfigProblem>> {

@@ -165,6 +165,49 @@ fn without_a_token_the_admin_port_is_open_and_check_warns() {
         "{out}"
     );
     assert!(proxy.log().contains("requires no token"));
+    // No day or month ceiling here: nothing to lose at a restart, no warning about it.
+    assert!(!out.contains("counted in memory"), "{out}");
+}
+
+/// Day and month cost ceilings counted in memory start at zero after a restart: `check` and
+/// `run` say so, naming the tenants; with the Redis limiter they do not.
+#[test]
+fn memory_counted_cost_ceilings_are_warned_about() {
+    let mut spec = ProxySpec::default().with_prices();
+    spec.tenant("globex").limits().cost_per_month_micros = Some(5_000_000);
+    let proxy = Proxy::start(spec);
+    let config = proxy.path("tenant-proxy.toml");
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["check", "--config", config.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("counted in memory"))
+        .unwrap_or_else(|| panic!("no warning: {out}"));
+    assert!(
+        line.starts_with("warning: day and month cost ceilings (globex)"),
+        "{line}"
+    );
+    assert!(line.contains("backend = \"redis\""), "{line}");
+    assert!(proxy.log().contains("counted in memory"));
+
+    let redis = RedisServer::start();
+    let mut spec = ProxySpec::default()
+        .with_prices()
+        .with_redis_limiter(redis.url(), Duration::from_secs(1));
+    spec.tenant("globex").limits().cost_per_month_micros = Some(5_000_000);
+    let proxy = Proxy::start(spec);
+    let config = proxy.path("tenant-proxy.toml");
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["check", "--config", config.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("counted in memory"), "{out}");
 }
 
 #[test]

@@ -1026,3 +1026,40 @@ fn a_crash_leaves_an_unsigned_tail_that_verifies_with_a_note() {
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["acme"]["checkpoints"], 2, "{report:#}");
 }
+
+/// Without `[audit] signing_key` each start signs with a key of its own, published in
+/// `_keys/`: `verify` pins them all with `--key` given once per key, and any one key left out
+/// (or a stranger's) is still a bad signature.
+#[test]
+fn keys_of_several_starts_are_pinned_together() {
+    let origin = Origin::start();
+    let first = Proxy::start(ProxySpec::default());
+    traffic(&first, &origin, 3, 1);
+    stop_cleanly(&first);
+    let audit_of_first = first.path("audit");
+    let second = Proxy::start_prepared(ProxySpec::default(), |dir| {
+        copy_dir(&audit_of_first, &dir.join("audit"));
+    });
+    traffic(&second, &origin, 2, 1);
+    stop_cleanly(&second);
+    let audit = second.path("audit");
+    let published: Vec<PathBuf> = walk(&audit.join("_keys"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pub"))
+        .collect();
+    assert_eq!(published.len(), 2, "one key per start: {published:?}");
+    let (a, b) = (
+        published[0].to_str().unwrap(),
+        published[1].to_str().unwrap(),
+    );
+
+    let (code, both) = verify(&audit, &["--key", a, "--key", b]);
+    assert_eq!(code, 0, "{both:#}");
+    assert_eq!(both["acme"]["records"], 5, "{both:#}");
+    assert_eq!(reason(&both, "acme"), None);
+    for one in [a, b] {
+        let (code, report) = verify(&audit, &["--key", one]);
+        assert_eq!(code, 1, "{report:#}");
+        assert_eq!(reason(&report, "acme").as_deref(), Some("bad_signature"));
+    }
+}

@@ -107,8 +107,9 @@ pub struct TenantReport {
 /// The public keys checkpoints may be signed with.
 #[derive(Debug, Clone)]
 pub enum Keys {
-    /// Only this key (`--key`).
-    Pinned([u8; 32]),
+    /// Only these keys (`--key`, given once per key: each start without `[audit] signing_key`
+    /// signs with a key of its own, and a rotation brings a new one).
+    Pinned(Vec<[u8; 32]>),
     /// Any key published in `DIR/_keys/` whose file name is its key id.
     Published(HashMap<String, [u8; 32]>),
 }
@@ -136,7 +137,10 @@ impl Keys {
 
     fn get(&self, key_id: &str) -> Option<[u8; 32]> {
         match self {
-            Self::Pinned(key) => (checkpoint::key_id(key) == key_id).then_some(*key),
+            Self::Pinned(keys) => keys
+                .iter()
+                .find(|key| checkpoint::key_id(&key[..]) == key_id)
+                .copied(),
             Self::Published(keys) => keys.get(key_id).copied(),
         }
     }
@@ -1224,13 +1228,19 @@ mod tests {
         f.write_checkpoints(&[forged]);
         // Published keys accept it: whoever writes the directory can publish a key.
         assert_eq!(reason(&f.verify()), None);
-        let pinned = Keys::Pinned(
-            hex::decode(f.signer.public_hex())
-                .unwrap()
-                .try_into()
-                .unwrap(),
-        );
+        let signer: [u8; 32] = hex::decode(f.signer.public_hex())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let pinned = Keys::Pinned(vec![signer]);
         let report = verify_tenant(f.dir.path(), "acme", &pinned.into());
+        assert_eq!(reason(&report), Some(Problem::BadSignature));
+        // Several pinned keys: the forger's is still none of them.
+        let pinned = Keys::Pinned(vec![[7; 32], signer]);
+        let report = verify_tenant(f.dir.path(), "acme", &pinned.into());
+        assert_eq!(reason(&report), Some(Problem::BadSignature));
+        // A key that is not the signer's refuses the honest checkpoints too.
+        let report = verify_tenant(f.dir.path(), "acme", &Keys::Pinned(vec![[7; 32]]).into());
         assert_eq!(reason(&report), Some(Problem::BadSignature));
     }
 

@@ -32,11 +32,13 @@ pub(super) enum AuditCommand {
         #[arg(long)]
         tenant: Option<String>,
         /// Accept only checkpoints signed by this public key (a `.pub` file from `DIR/_keys/`
-        /// or `audit keygen`). Without it any key published in `DIR/_keys/` is accepted, so a
-        /// forger who can write the directory could publish a key of their own: pin the key to
-        /// make forged checkpoints detectable.
+        /// or `audit keygen`); give it once per key (`--key a.pub --key b.pub`): each start
+        /// without `[audit] signing_key` signs with a new key, and a rotation brings one. Without
+        /// it any key published in `DIR/_keys/` is accepted, so a forger who can write the
+        /// directory could publish a key of their own: pin the keys to make forged checkpoints
+        /// detectable.
         #[arg(long, value_name = "PUB")]
-        key: Option<PathBuf>,
+        key: Vec<PathBuf>,
         /// The writer's `checkpoint_interval` (e.g. `10m`), assumed where no checkpoint states it
         /// (checkpoints written before they were chained, or none left); default `60s`.
         /// Records logged longer than it (plus a minute's grace) before the newest one must be
@@ -97,6 +99,18 @@ fn render(reports: &[crate::audit::verify::TenantReport], json: bool) -> anyhow:
     })
 }
 
+/// The keys `--key` pinned (each `.pub` file read), or `None` when none was given.
+fn pinned_keys(paths: &[PathBuf]) -> anyhow::Result<Option<crate::audit::verify::Keys>> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let keys = paths
+        .iter()
+        .map(|path| Ok(crate::audit::checkpoint::read_public_key(path)?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Some(crate::audit::verify::Keys::Pinned(keys)))
+}
+
 /// The checkpoints in `--anchor` files, one JSON line each (blank lines skipped).
 fn read_anchors(paths: &[PathBuf]) -> anyhow::Result<Vec<crate::audit::checkpoint::Checkpoint>> {
     let mut anchors = Vec::new();
@@ -138,8 +152,8 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             if let Some(file) = file {
                 // SECURITY: a file on its own carries no trusted key; the checkpoints' keys come
                 // from the caller (`--key`) or the directory the caller names, never the file.
-                let keys = match (key, &dir) {
-                    (Some(path), _) => verify::Keys::Pinned(checkpoint::read_public_key(&path)?),
+                let keys = match (pinned_keys(&key)?, &dir) {
+                    (Some(keys), _) => keys,
                     (None, Some(dir)) => verify::Keys::published(dir),
                     (None, None) => anyhow::bail!(
                         "an exported file carries no keys: give the checkpoint key with `--key PUB` (a `.pub` file from the audit directory's `_keys/`) or `--dir DIR`"
@@ -174,8 +188,8 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("no audit partition for tenant `{t}` in `{}`", dir.display());
                 }
             }
-            let keys = match key {
-                Some(path) => verify::Keys::Pinned(checkpoint::read_public_key(&path)?),
+            let keys = match pinned_keys(&key)? {
+                Some(keys) => keys,
                 None => verify::Keys::published(&dir),
             };
             let trust = verify::Trust {

@@ -14,7 +14,11 @@ pub(super) fn check(config: &Path) -> ExitCode {
                 snap.tenants.tenants.len(),
                 snap.tenants.routes.len()
             );
-            if let Some(warning) = s.admin_token_warning() {
+            let warnings = [
+                s.admin_token_warning(),
+                snap.memory_limiter_warning(&s.limiter),
+            ];
+            for warning in warnings.into_iter().flatten() {
                 eprintln!("warning: {warning}");
             }
             ExitCode::SUCCESS
