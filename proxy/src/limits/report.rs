@@ -234,23 +234,83 @@ pub fn render_text(report: &UsageReport, now: i64) -> String {
         "{:<24} {:<18} {:>16} {:>16} {:>16}\n",
         "scope", "counter", "used", "ceiling", "left"
     ));
+    let mut runs = false;
     for row in &report.rows {
         let measure = if row.measure == "cost_micros" {
             "cost"
         } else {
             row.measure.as_str()
         };
+        // A run's ceilings are in its signed token, which the counters do not keep: "-" would
+        // read as "no ceiling".
+        let unknown = if row.scope.starts_with("run:") {
+            runs = true;
+            "in token"
+        } else {
+            "-"
+        };
         out.push_str(&format!(
             "{:<24} {:<18} {:>16} {:>16} {:>16}\n",
             row.scope,
             measure,
             amount(&row.measure, row.used),
-            row.ceiling.map_or("-".into(), |c| amount(&row.measure, c)),
-            row.ceiling.map_or("-".into(), |c| amount(
+            row.ceiling
+                .map_or(unknown.into(), |c| amount(&row.measure, c)),
+            row.ceiling.map_or(unknown.into(), |c| amount(
                 &row.measure,
                 c.saturating_sub(row.used)
             )),
         ));
     }
+    if runs {
+        out.push_str(
+            "a run's ceilings are its token's `run_budget`, checked at each request; only its use is counted here\n",
+        );
+    }
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_ceilings_read_as_its_tokens_never_as_none() {
+        let row = |scope: &str, ceiling| Row {
+            scope: scope.into(),
+            measure: "tokens".into(),
+            used: 40,
+            ceiling,
+        };
+        let report = UsageReport {
+            tenant: "acme".into(),
+            time_zone: "UTC".into(),
+            currency: Some("USD".into()),
+            period: ReportPeriod::Day,
+            period_id: 20261205,
+            period_ends_at: 0,
+            rows: vec![row("tenant", Some(100)), row("run:r1", None)],
+        };
+        let text = render_text(&report, 0);
+        let run_line = text.lines().find(|l| l.starts_with("run:r1")).unwrap();
+        assert!(run_line.contains("in token"), "{text}");
+        assert!(!run_line.contains(" - "), "{text}");
+        let tenant_line = text
+            .lines()
+            .find(|l| l.starts_with("tenant ") && l.contains("tokens"))
+            .unwrap();
+        assert!(tenant_line.trim_end().ends_with("60"), "{text}");
+        assert!(text.contains("`run_budget`"), "{text}");
+        // Without a run row, no word about runs.
+        let report = UsageReport {
+            rows: vec![row("tenant", None)],
+            ..report
+        };
+        let text = render_text(&report, 0);
+        assert!(
+            !text.contains("run_budget") && text.contains(" - "),
+            "{text}"
+        );
+    }
 }

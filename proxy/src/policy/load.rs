@@ -60,15 +60,13 @@ impl Report {
     /// A cedar diagnostic that makes the load fail.
     fn diagnostic(&mut self, file: &Path, d: &dyn Diagnostic) {
         let problem = self.locate(file, d);
-        if !self.problems.contains(&problem) {
-            self.problems.push(problem);
-        }
+        fold_per_action(&mut self.problems, problem);
     }
 
     /// A cedar diagnostic that does not stop the load (a policy that can never apply, say).
     fn warning(&mut self, file: &Path, d: &dyn Diagnostic) {
         let warning = self.locate(file, d);
-        self.push_warning(warning);
+        fold_per_action(&mut self.warnings, warning);
     }
 
     /// A warning already located (one replayed from a previous load), reported once.
@@ -101,6 +99,53 @@ impl Report {
             message,
         }
     }
+}
+
+/// Adds `new` to `list`, once. Strict validation checks a policy once per action it may apply
+/// to, so one mistake (a misspelt context attribute in a policy for every action) came as one
+/// problem per action, in no fixed order; the same problem at the same place for several
+/// actions is one entry naming them all, sorted.
+fn fold_per_action(list: &mut Vec<PolicyProblem>, new: PolicyProblem) {
+    const ACTION: &str = "TenantProxy::Action::";
+    let split = |message: &str| -> Option<(String, Vec<String>, String)> {
+        let start = message.find(ACTION)? + ACTION.len();
+        let rest = message.get(start..)?;
+        // One `"name"`, or a list folded before: `"a", "b"`.
+        let mut names = Vec::new();
+        let mut at = 0;
+        loop {
+            let quoted = rest.get(at..)?.strip_prefix('"')?;
+            let end = quoted.find('"')?;
+            names.push(quoted[..end].to_string());
+            at += end + 2;
+            match rest.get(at..) {
+                Some(more) if more.starts_with(", \"") => at += 2,
+                _ => break,
+            }
+        }
+        Some((message[..start].to_string(), names, rest[at..].to_string()))
+    };
+    if list.contains(&new) {
+        return;
+    }
+    if let Some((head, names, tail)) = split(&new.message) {
+        let same_place =
+            |p: &PolicyProblem| p.file == new.file && p.line == new.line && p.column == new.column;
+        for existing in list.iter_mut().filter(|p| same_place(p)) {
+            let Some((h, mut all, t)) = split(&existing.message) else {
+                continue;
+            };
+            if h == head && t == tail {
+                all.extend(names);
+                all.sort();
+                all.dedup();
+                let quoted: Vec<String> = all.iter().map(|n| format!("\"{n}\"")).collect();
+                existing.message = format!("{head}{}{tail}", quoted.join(", "));
+                return;
+            }
+        }
+    }
+    list.push(new);
 }
 
 /// 1-based line and character column of byte `offset` in `text`.
@@ -297,6 +342,7 @@ fn compile(
             Own::Fresh { loaded, files } => {
                 let before = report.warnings.len();
                 validate(v, loaded, report);
+                warn_foreign_principals(&tenant.id, loaded, report);
                 OwnGroup {
                     files: files.clone(),
                     ids: ids_by_file(loaded, files),
@@ -824,6 +870,47 @@ fn check_unique_ids(policies: &[(&str, &Path)], others: &[(&str, &Path)], report
     }
 }
 
+/// Warns about each of `tenant`'s own policies whose principal is another tenant or one of its
+/// workloads. A tenant's policies are asked only about its own requests, so such a policy never
+/// applies: a forbid written in the wrong directory would protect nothing, silently. (Not a
+/// load problem: it refuses nothing that loads would otherwise allow.)
+fn warn_foreign_principals(tenant: &TenantId, policies: &[Loaded], report: &mut Report) {
+    for l in policies {
+        let uid = match l.policy.principal_constraint() {
+            cedar_policy::PrincipalConstraint::Eq(uid)
+            | cedar_policy::PrincipalConstraint::In(uid)
+            | cedar_policy::PrincipalConstraint::IsIn(_, uid) => uid,
+            _ => continue,
+        };
+        let id = uid.id().unescaped();
+        let owner = match uid.type_name().to_string().as_str() {
+            "TenantProxy::Tenant" => id,
+            "TenantProxy::Workload" => id.split_once('/').map_or(id, |(t, _)| t),
+            _ => continue,
+        };
+        if owner == tenant.as_str() {
+            continue;
+        }
+        // Located at the principal's id, after the policy's own `@id` when it has one.
+        let line = report.texts.get(&l.file).and_then(|text| {
+            let from = text.find(&format!("@id(\"{}\")", l.id)).unwrap_or(0);
+            let at = text
+                .get(from..)?
+                .find(&format!("\"{}\"", uid.id().escaped()))?;
+            Some(line_col(text, from + at))
+        });
+        report.push_warning(PolicyProblem {
+            file: l.file.clone(),
+            line: line.map(|(l, _)| l),
+            column: line.map(|(_, c)| c),
+            message: format!(
+                "policy `{}` is in tenant `{tenant}`'s directory but its principal is {uid}: a tenant's policies are asked only about its own requests, so it never applies; move it to `tenants/{owner}/`",
+                l.id
+            ),
+        });
+    }
+}
+
 /// Strictly validates `policies` and reports each error at its source location.
 fn validate(validator: &Validator, policies: &[Loaded], report: &mut Report) {
     let mut set = PolicySet::new();
@@ -910,7 +997,7 @@ fn build_entities(
 
 #[cfg(test)]
 mod tests {
-    use super::line_col;
+    use super::{fold_per_action, line_col, PolicyProblem};
 
     #[test]
     fn line_col_counts_lines_and_characters() {
@@ -925,5 +1012,34 @@ mod tests {
         for (name, text, offset, want) in cases {
             assert_eq!(line_col(text, offset), want, "{name}");
         }
+    }
+
+    #[test]
+    fn one_mistake_checked_for_several_actions_is_one_problem_naming_them() {
+        let at = |line, message: &str| PolicyProblem {
+            file: "t.cedar".into(),
+            line: Some(line),
+            column: Some(45),
+            message: message.into(),
+        };
+        let per_action = |action: &str| {
+            format!("for policy `typo`, attribute `hots` in context for TenantProxy::Action::\"{action}\" not found; help: did you mean `host`?")
+        };
+        let mut list = Vec::new();
+        for action in ["http", "connect", "mcp_tool_call", "connect"] {
+            fold_per_action(&mut list, at(2, &per_action(action)));
+        }
+        // Another place, and another message at the same place, stay apart.
+        fold_per_action(&mut list, at(3, &per_action("http")));
+        fold_per_action(&mut list, at(2, "unexpected token"));
+        let messages: Vec<&str> = list.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "for policy `typo`, attribute `hots` in context for TenantProxy::Action::\"connect\", \"http\", \"mcp_tool_call\" not found; help: did you mean `host`?",
+                per_action("http").as_str(),
+                "unexpected token",
+            ]
+        );
     }
 }

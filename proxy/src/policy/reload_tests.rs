@@ -369,3 +369,47 @@ fn reused_policies_never_cross_tenants() {
     assert!(acme("x.example.com").allowed && !acme("a.example.com").allowed);
     assert!(globex("a.example.com").allowed && !globex("x.example.com").allowed);
 }
+
+/// A policy in one tenant's directory whose principal is another tenant (or its workload) can
+/// never apply: the load warns at it, names both tenants, and keeps it out of nothing else.
+#[test]
+fn a_policy_naming_another_tenant_in_a_tenants_directory_warns() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::copy(SCHEMA, dir.join("schema.cedarschema")).expect("schema");
+    write(dir, "global/base.cedar", GLOBAL);
+    write(
+        dir,
+        "tenants/acme/own.cedar",
+        "@id(\"acme-own\")\npermit (principal in TenantProxy::Tenant::\"acme\", action == TenantProxy::Action::\"http\", resource);\n\
+         @id(\"meant-for-globex\")\nforbid (principal in TenantProxy::Tenant::\"globex\", action == TenantProxy::Action::\"http\", resource);\n\
+         @id(\"globex-workload\")\nforbid (principal == TenantProxy::Workload::\"globex/agent\", action == TenantProxy::Action::\"http\", resource);\n\
+         @id(\"acme-workload\")\nforbid (principal == TenantProxy::Workload::\"acme/bot\", action == TenantProxy::Action::\"http\", resource) when { context.host == \"x\" };\n",
+    );
+    let tenants = vec![
+        tenant("acme", "pro", &["bot"]),
+        tenant("globex", "free", &["agent"]),
+    ];
+    let checked = PolicyEngine::check(dir, &tenants);
+    let foreign: Vec<&PolicyProblem> = checked
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("never applies"))
+        .collect();
+    assert_eq!(foreign.len(), 2, "{:?}", checked.warnings);
+    assert!(
+        foreign[0].message.contains("`meant-for-globex`"),
+        "{foreign:?}"
+    );
+    assert!(
+        foreign[0].message.contains("tenants/globex/"),
+        "{foreign:?}"
+    );
+    assert_eq!(foreign[0].line, Some(4), "{foreign:?}");
+    assert!(
+        foreign[1].message.contains("`globex-workload`"),
+        "{foreign:?}"
+    );
+    assert_eq!(foreign[1].line, Some(6), "{foreign:?}");
+    assert!(checked.result.is_ok(), "a warning, not a load problem");
+}

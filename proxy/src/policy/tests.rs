@@ -134,8 +134,8 @@ macro_rules! case {
 #[test]
 fn quickstart_policies_decide_as_documented() {
     let engine = load_ok(&repo_policies());
-    assert_eq!(engine.policy_count(&tid("acme")), 12);
-    assert_eq!(engine.policy_count(&tid("globex")), 11);
+    assert_eq!(engine.policy_count(&tid("acme")), 13);
+    assert_eq!(engine.policy_count(&tid("globex")), 12);
     let chat = "/v1/chat/completions";
     let eu = "eu.api.openai.com";
     #[rustfmt::skip]
