@@ -80,6 +80,7 @@ pub mod otel;
 pub mod pipeline;
 pub mod policy;
 pub mod pricing;
+pub mod private_key;
 pub mod problems;
 pub mod reason;
 pub mod redis_conn;

@@ -309,3 +309,113 @@ fn a_refusal_keeps_the_connection_unless_a_body_is_left_unread() {
         "nothing else was forwarded"
     );
 }
+
+/// A platform signs its agents' tokens with its own issuer: the key `token keygen` writes is read
+/// by OpenSSL and by PyJWT (Python `cryptography`), and a token `token mint` makes with every
+/// documented claim verifies against the JWKS it wrote, in PyJWT too.
+#[test]
+fn generated_signing_keys_and_minted_tokens_work_with_other_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = proxy_cli(
+        dir.path(),
+        &[
+            "token",
+            "keygen",
+            "--kid",
+            "k1",
+            "--out",
+            "key.pem",
+            "--jwks",
+            "jwks.json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    let openssl = std::process::Command::new("openssl")
+        .args(["pkey", "-in", "key.pem", "-noout"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        openssl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&openssl.stderr)
+    );
+    let (code, token) = proxy_cli(
+        dir.path(),
+        &[
+            "token",
+            "mint",
+            "--key",
+            "key.pem",
+            "--kid",
+            "k1",
+            "--tenant",
+            "acme",
+            "--workload",
+            "bot",
+            "--ttl",
+            "5m",
+            "--run-id",
+            "r-7",
+            "--run-budget",
+            r#"{"tokens":1000,"cost_micros":250000}"#,
+            "--issuer",
+            "platform",
+            "--jti",
+            "jti-7",
+            "--not-before",
+            "0s",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{token}");
+    let claims = python(
+        r#"
+import json, os, jwt
+from cryptography.hazmat.primitives import serialization
+serialization.load_pem_private_key(open(os.environ["DIR"] + "/key.pem", "rb").read(), None)
+keys = json.load(open(os.environ["DIR"] + "/jwks.json"))["keys"]
+key = jwt.PyJWK(keys[0])
+claims = jwt.decode(os.environ["TOKEN"].strip(), key.key, algorithms=["EdDSA"],
+                    audience="tenant-proxy", issuer="platform")
+# And the key signs for PyJWT: the proxy's own verifier is what the other tests use.
+jwt.encode({"sub": "x"}, open(os.environ["DIR"] + "/key.pem").read(), algorithm="EdDSA")
+print(json.dumps(claims))
+"#,
+        &[
+            ("DIR", dir.path().display().to_string()),
+            ("TOKEN", token.clone()),
+        ],
+    );
+    let claims: serde_json::Value = serde_json::from_str(claims.trim()).unwrap();
+    assert_eq!(claims["tenant"], "acme");
+    assert_eq!(claims["sub"], "bot");
+    assert_eq!(claims["run_id"], "r-7");
+    assert_eq!(claims["run_budget"]["tokens"], 1000);
+    assert_eq!(claims["run_budget"]["cost_micros"], 250000);
+    assert_eq!(claims["jti"], "jti-7");
+    assert!(claims["nbf"].is_u64());
+
+    // A budget with a misspelt member is refused, naming it.
+    let (code, out) = proxy_cli(
+        dir.path(),
+        &[
+            "token",
+            "mint",
+            "--key",
+            "key.pem",
+            "--tenant",
+            "acme",
+            "--workload",
+            "bot",
+            "--run-id",
+            "r-7",
+            "--run-budget",
+            r#"{"tokns":1}"#,
+        ],
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(out.contains("unknown field `tokns`"), "{out}");
+}

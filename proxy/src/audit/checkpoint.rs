@@ -22,7 +22,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -170,10 +169,8 @@ impl Signer {
 
     /// A new random key; returns it with its PKCS#8 PEM (for `audit keygen`).
     pub fn generate() -> Result<(Self, Zeroizing<String>), KeyError> {
-        let doc =
-            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
-        let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| KeyError::Generate)?;
-        Ok((Self::from_pair(pair), der_to_pem(doc.as_ref())))
+        let (pair, der) = crate::private_key::generate_ed25519().ok_or(KeyError::Generate)?;
+        Ok((Self::from_pair(pair), crate::private_key::pem(&der)))
     }
 
     fn from_pair(pair: Ed25519KeyPair) -> Self {
@@ -251,17 +248,6 @@ fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
         .next()?;
     let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
-}
-
-fn der_to_pem(der: &[u8]) -> Zeroizing<String> {
-    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
-    let mut pem = Zeroizing::new(String::from("-----BEGIN PRIVATE KEY-----\n"));
-    for chunk in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        pem.push('\n');
-    }
-    pem.push_str("-----END PRIVATE KEY-----\n");
-    pem
 }
 
 #[cfg(test)]

@@ -12,35 +12,52 @@ use super::write_private;
 use crate::identity::token::{self, KeyAlgorithm, MintRequest};
 use crate::ids::{TenantId, WorkloadId};
 
+/// `token mint`'s options (boxed in [`TokenCommand`]: they outweigh the other commands').
+#[derive(Debug, clap::Args)]
+pub(super) struct MintArgs {
+    /// PKCS#8 PEM private key (Ed25519 or P-256).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Tenant id.
+    #[arg(long)]
+    tenant: String,
+    /// Workload id (the token's `sub`).
+    #[arg(long)]
+    workload: String,
+    /// Lifetime, e.g. `5m`; must not exceed the proxy's `token.max_lifetime`.
+    #[arg(long, default_value = "5m")]
+    ttl: String,
+    /// Run id the token is issued for.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Audience (`aud`); must match the proxy's `token.audience`.
+    #[arg(long, default_value = "tenant-proxy")]
+    audience: String,
+    /// Key id (`kid`) to put in the header; must match the JWKS entry.
+    #[arg(long)]
+    kid: Option<String>,
+    /// Space-separated scopes.
+    #[arg(long)]
+    scope: Option<String>,
+    /// The run's budget (`run_budget`), as JSON: `{"tokens":…, "cost_micros":…,
+    /// "tool_calls":…, "wall_time_s":…}` (any of them); needs `--run-id`.
+    #[arg(long, value_name = "JSON", requires = "run_id")]
+    run_budget: Option<String>,
+    /// Issuer (`iss`); must match the proxy's `token.issuer` when it sets one.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Token id (`jti`), e.g. to revoke it later; 128 random bits when not given.
+    #[arg(long)]
+    jti: Option<String>,
+    /// Not valid before this long from now (`nbf`), e.g. `30s`.
+    #[arg(long, value_name = "DURATION")]
+    not_before: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub(super) enum TokenCommand {
     /// Print a signed workload token.
-    Mint {
-        /// PKCS#8 PEM private key (Ed25519 or P-256).
-        #[arg(long, value_name = "FILE")]
-        key: PathBuf,
-        /// Tenant id.
-        #[arg(long)]
-        tenant: String,
-        /// Workload id (the token's `sub`).
-        #[arg(long)]
-        workload: String,
-        /// Lifetime, e.g. `5m`; must not exceed the proxy's `token.max_lifetime`.
-        #[arg(long, default_value = "5m")]
-        ttl: String,
-        /// Run id the token is issued for.
-        #[arg(long)]
-        run_id: Option<String>,
-        /// Audience (`aud`); must match the proxy's `token.audience`.
-        #[arg(long, default_value = "tenant-proxy")]
-        audience: String,
-        /// Key id (`kid`) to put in the header; must match the JWKS entry.
-        #[arg(long)]
-        kid: Option<String>,
-        /// Space-separated scopes.
-        #[arg(long)]
-        scope: Option<String>,
-    },
+    Mint(Box<MintArgs>),
     /// Revoke a token id (`jti`) in the Redis every replica sharing the limiter reads (within
     /// about a second); the `[token] revoked_jtis_file` stays a second source.
     Revoke {
@@ -83,36 +100,55 @@ pub(super) enum Alg {
 /// Runs a `token` subcommand.
 pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TokenCommand::Mint {
-            key,
-            tenant,
-            workload,
-            ttl,
-            run_id,
-            audience,
-            kid,
-            scope,
-        } => {
+        TokenCommand::Mint(args) => {
+            let MintArgs {
+                key,
+                tenant,
+                workload,
+                ttl,
+                run_id,
+                audience,
+                kid,
+                scope,
+                run_budget,
+                issuer,
+                jti,
+                not_before,
+            } = *args;
             let pem = std::fs::read_to_string(&key)
                 .with_context(|| format!("reading `{}`", key.display()))?;
             let ttl: Duration = humantime::parse_duration(&ttl)
                 .with_context(|| format!("`{ttl}` is not a duration"))?;
             let now_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            let run_budget: Option<token::RunBudget> = run_budget
+                .map(|json| {
+                    serde_json::from_str(&json).with_context(|| {
+                        format!("`--run-budget {json}` is not a budget: write e.g. `{{\"tokens\":10000,\"cost_micros\":500000}}`")
+                    })
+                })
+                .transpose()?;
+            let not_before = not_before
+                .map(|d| {
+                    humantime::parse_duration(&d)
+                        .map(|d| now_unix + d.as_secs())
+                        .with_context(|| format!("`{d}` is not a duration"))
+                })
+                .transpose()?;
             let req = MintRequest {
                 tenant: TenantId::new(&tenant)?,
                 workload: WorkloadId::new(&workload)?,
                 audience,
-                issuer: None,
+                issuer,
                 ttl,
                 run_id,
-                run_budget: None,
+                run_budget,
                 scopes: scope
                     .map(|s| s.split_whitespace().map(String::from).collect())
                     .unwrap_or_default(),
-                jti: None,
+                jti,
                 kid,
                 now_unix,
-                not_before: None,
+                not_before,
             };
             println!("{}", token::mint(&pem, &req)?);
             Ok(ExitCode::SUCCESS)

@@ -61,31 +61,15 @@ pub enum MintError {
     Sign,
 }
 
-fn to_pem(der: &[u8]) -> String {
-    let b64 = Zeroizing::new(STANDARD.encode(der));
-    let mut pem = String::with_capacity(b64.len() + b64.len() / 64 + 64);
-    pem.push_str("-----BEGIN PRIVATE KEY-----\n");
-    let mut rest: &str = &b64;
-    while !rest.is_empty() {
-        let (line, tail) = rest.split_at(rest.len().min(64));
-        pem.push_str(line);
-        pem.push('\n');
-        rest = tail;
-    }
-    pem.push_str("-----END PRIVATE KEY-----\n");
-    pem
-}
-
 /// Generates a signing key pair; `kid` goes into the JWK.
 pub fn generate_key(alg: KeyAlgorithm, kid: &str) -> Result<GeneratedKey, MintError> {
     if kid.is_empty() {
         return Err(MintError::InvalidRequest("kid"));
     }
     let rng = SystemRandom::new();
-    let (der, jwk) = match alg {
+    let (der, jwk): (Zeroizing<Vec<u8>>, _) = match alg {
         KeyAlgorithm::EdDSA => {
-            let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| MintError::Generate)?;
-            let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| MintError::Generate)?;
+            let (pair, der) = crate::private_key::generate_ed25519().ok_or(MintError::Generate)?;
             let jwk = serde_json::json!({
                 "kty": "OKP",
                 "crv": "Ed25519",
@@ -94,7 +78,7 @@ pub fn generate_key(alg: KeyAlgorithm, kid: &str) -> Result<GeneratedKey, MintEr
                 "alg": "EdDSA",
                 "use": "sig",
             });
-            (doc, jwk)
+            (der, jwk)
         }
         KeyAlgorithm::ES256 => {
             let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
@@ -116,11 +100,11 @@ pub fn generate_key(alg: KeyAlgorithm, kid: &str) -> Result<GeneratedKey, MintEr
                 "alg": "ES256",
                 "use": "sig",
             });
-            (doc, jwk)
+            (Zeroizing::new(doc.as_ref().to_vec()), jwk)
         }
     };
     Ok(GeneratedKey {
-        private_pem: to_pem(der.as_ref()),
+        private_pem: crate::private_key::pem(&der).to_string(),
         jwk,
     })
 }
