@@ -216,6 +216,55 @@ fn run_case(engine: &PolicyEngine, source: EntitySource, file: &str, case: CaseS
     }
 }
 
+/// Why `context` (with `resource`) is one the proxy never builds, if it is: the schema allows
+/// any Long and String, but a case that passes on `"hour": 99`, `"weekday": "Tuesday"` or a
+/// `context.host` other than its Destination proves nothing about a real request.
+fn impossible_context(context: &serde_json::Value, resource: &EntityUid) -> Result<(), String> {
+    if let Some(hour) = context.get("hour") {
+        if !hour.as_i64().is_some_and(|h| (0..=23).contains(&h)) {
+            return Err(format!("`hour` is {hour}; the proxy gives 0 to 23"));
+        }
+    }
+    const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    if let Some(day) = context.get("weekday") {
+        if !day.as_str().is_some_and(|d| WEEKDAYS.contains(&d)) {
+            return Err(format!(
+                "`weekday` is {day}; the proxy gives one of {}",
+                WEEKDAYS.join(", ")
+            ));
+        }
+    }
+    if let Some(port) = context.get("port") {
+        if !port.as_i64().is_some_and(|p| (1..=65535).contains(&p)) {
+            return Err(format!("`port` is {port}; the proxy gives 1 to 65535"));
+        }
+    }
+    if let Some(scheme) = context.get("scheme") {
+        if !matches!(scheme.as_str(), Some("http" | "https")) {
+            return Err(format!(
+                "`scheme` is {scheme}; the proxy gives `http` or `https`"
+            ));
+        }
+    }
+    // The resource of `http`, `connect` and `connect_opaque` is the destination host the
+    // context names (lowercase, no port).
+    let destination = resource.type_name().to_string() == "TenantProxy::Destination";
+    if let (true, Some(host)) = (destination, context.get("host")) {
+        let id = resource.id().unescaped();
+        if host.as_str() != Some(id) {
+            return Err(format!(
+                "`host` is {host} but the resource is the Destination `{id}`; the proxy gives both the same host"
+            ));
+        }
+        if id.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(format!(
+                "the Destination `{id}` is not lowercase; the proxy lowercases hosts"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn evaluate(
     engine: &PolicyEngine,
     source: EntitySource,
@@ -242,14 +291,14 @@ fn evaluate(
         .get(&tenant)
         .ok_or_else(|| format!("unknown tenant `{tenant}`"))?
         .compiled;
-    let context = Context::from_json_value(
-        case.request
-            .context
-            .clone()
-            .unwrap_or_else(|| serde_json::json!({})),
-        Some((schema, &action)),
-    )
-    .map_err(|e| format!("context: {e}"))?;
+    let written = case
+        .request
+        .context
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({}));
+    impossible_context(&written, &resource).map_err(|e| format!("context: {e}"))?;
+    let context = Context::from_json_value(written, Some((schema, &action)))
+        .map_err(|e| format!("context: {e}"))?;
     let request = Request::new(principal, action, resource, context, Some(schema))
         .map_err(|e| format!("request: {e}"))?;
     let base = match source {
@@ -316,4 +365,57 @@ pub fn render_table(results: &[CaseResult]) -> String {
         results.len() - failed
     ));
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::impossible_context;
+    use serde_json::json;
+
+    #[test]
+    fn contexts_the_proxy_never_builds_fail_the_case() {
+        let api: cedar_policy::EntityUid =
+            r#"TenantProxy::Destination::"api.openai.com""#.parse().unwrap();
+        let tool: cedar_policy::EntityUid = r#"TenantProxy::McpTool::"add""#.parse().unwrap();
+        let real = json!({"host": "api.openai.com", "port": 443, "scheme": "https", "hour": 23, "weekday": "sun"});
+        assert_eq!(impossible_context(&real, &api), Ok(()));
+        for (name, context, resource, needle) in [
+            (
+                "another host",
+                json!({"host": "evil.com"}),
+                &api,
+                "Destination",
+            ),
+            ("hour 99", json!({"hour": 99}), &api, "0 to 23"),
+            ("a negative hour", json!({"hour": -1}), &api, "0 to 23"),
+            (
+                "a weekday spelt out",
+                json!({"weekday": "Tuesday"}),
+                &api,
+                "mon, tue",
+            ),
+            ("port 0", json!({"port": 0}), &api, "1 to 65535"),
+            (
+                "scheme ftp",
+                json!({"scheme": "ftp"}),
+                &api,
+                "`http` or `https`",
+            ),
+        ] {
+            let got = impossible_context(&context, resource);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(needle)),
+                "{name}: {got:?}"
+            );
+        }
+        // An MCP item's context names the server's host, not the item: no host rule there.
+        assert_eq!(
+            impossible_context(&json!({"host": "mcp.example.com"}), &tool),
+            Ok(())
+        );
+        let upper: cedar_policy::EntityUid =
+            r#"TenantProxy::Destination::"API.openai.com""#.parse().unwrap();
+        assert!(impossible_context(&json!({"host": "API.openai.com"}), &upper).is_err());
+    }
 }
