@@ -376,7 +376,7 @@ impl Deny {
                 ));
             }
         }
-        if !Self::worth_retrying(status, &headers) {
+        if !self.worth_retrying(status, &headers) {
             headers.push((
                 http::HeaderName::from_static("x-should-retry"),
                 HeaderValue::from_static("false"),
@@ -391,7 +391,15 @@ impl Deny {
     /// says otherwise, so without it a spent budget or an exhausted run was asked again two or
     /// three times, each refused and audited. A `Retry-After` of hours (a day's budget) is not
     /// worth an SDK's retry either: it ignores waits that long and asks again in a second.
-    fn worth_retrying(status: u16, headers: &[(http::HeaderName, http::HeaderValue)]) -> bool {
+    fn worth_retrying(
+        &self,
+        status: u16,
+        headers: &[(http::HeaderName, http::HeaderValue)],
+    ) -> bool {
+        // An answer the proxy withheld for its form is given again the same way.
+        if matches!(self, Deny::McpResponseUnfiltered(_) | Deny::UpstreamEncoded) {
+            return false;
+        }
         let soon = headers.iter().any(|(name, value)| {
             name == http::header::RETRY_AFTER
                 && value
@@ -1109,6 +1117,8 @@ mod tests {
             (Deny::AuditUnavailable, false),
             (Deny::UpstreamUnreachable, false),
             (Deny::UpstreamTimeout, false),
+            (Deny::McpResponseUnfiltered("compressed".into()), true),
+            (Deny::UpstreamEncoded, true),
             (day, true),
             (run, true),
             (Deny::PolicyDenied(PolicyRefusal::default()), true),

@@ -333,3 +333,44 @@ fn a_revocation_reaches_the_requests_of_a_tunnel_already_open() {
         served_before_reload
     );
 }
+
+/// A plain tunnel needs no `connect` permit, but a `connect` forbid that matches it refuses it,
+/// audited as a policy denial naming the forbid; without one it opens as before.
+#[test]
+fn a_connect_forbid_refuses_a_plain_tunnel() {
+    let origin = Origin::start();
+    let mut spec = ProxySpec::default();
+    spec.config
+        .egress
+        .allow
+        .push(format!("127.0.0.1:{}", origin.port));
+    let port = origin.port;
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::write(
+            dir.join("policies/global/no-globex-tunnels.cedar"),
+            format!(
+                "@id(\"no-globex-plain-tunnels\")\nforbid (principal in TenantProxy::Tenant::\"globex\", action == TenantProxy::Action::\"connect\", resource)\nwhen {{ context.port == {port} }};\n"
+            ),
+        )
+        .unwrap();
+    });
+    let authority = format!("127.0.0.1:{port}");
+    let globex = token_for("globex", "agent");
+    let (_, status, text) = connect(
+        proxy.shared_port,
+        &authority,
+        &format!("Proxy-Authorization: Bearer {globex}\r\n"),
+    );
+    assert_eq!(status, 403, "{text}");
+    let refusal = body_json(&text);
+    assert_eq!(refusal["error"]["code"], "policy_denied", "{text}");
+    let record = proxy.audit_record("globex", refusal["error"]["request_id"].as_str().unwrap());
+    assert_eq!(record["decision"], "deny", "{record}");
+    assert_eq!(
+        record["policy_ids"][0], "no-globex-plain-tunnels",
+        "{record}"
+    );
+    // acme matches no forbid: its plain tunnel opens with no `connect` permit.
+    let (_, status, text) = connect(proxy.sidecar_port, &authority, "");
+    assert_eq!(status, 200, "{text}");
+}

@@ -274,7 +274,7 @@ impl Dialer {
     /// its identity. Which addresses are the host's is asked of the kernel when the port
     /// matches (they change: DHCP, a pod's IP), not remembered from the start.
     fn is_own_listener(&self, dest: SocketAddr) -> bool {
-        let ip = dest.ip().to_canonical();
+        let ip = dialed(dest.ip());
         let mut on_every_interface = false;
         let exact = self.rules.own_listeners.iter().any(|l| {
             let lip = l.ip().to_canonical();
@@ -288,6 +288,17 @@ impl Dialer {
             lip == ip
         });
         exact || (on_every_interface && is_this_hosts_address(ip))
+    }
+}
+
+/// The address a connection to `ip` reaches: IPv4-mapped forms are the IPv4 address they carry,
+/// and an unspecified address (`0.0.0.0`, `::`) is this host's loopback, where the kernel sends
+/// a connection to it. (A listener on 127.0.0.1 answers a dial of 0.0.0.0.)
+pub fn dialed(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        other => other,
     }
 }
 
@@ -915,6 +926,17 @@ mod tests {
         assert_eq!(
             exact.resolve_checked("me.internal", 8081, &[], &t()).await,
             Ok(sa("10.0.0.9:8081"))
+        );
+        // A dial of 0.0.0.0 (or ::) reaches this host's loopback, so a listener on 127.0.0.1.
+        assert_eq!(
+            exact.resolve_checked("0.0.0.0", 9090, &[], &t()).await,
+            loop_("0.0.0.0:9090")
+        );
+        assert_eq!(
+            exact
+                .resolve_checked("::ffff:0.0.0.0", 9090, &[], &t())
+                .await,
+            loop_("[::ffff:0.0.0.0]:9090")
         );
         assert_eq!(
             exact.resolve_checked("127.0.0.2", 9090, &[], &t()).await,

@@ -228,12 +228,13 @@ impl McpLocation {
         if self.port.is_some_and(|p| p != addr.port()) {
             return false;
         }
-        let ip = addr.ip().to_canonical();
+        // Compared as dialed: a server on 127.0.0.1 is also reached as 0.0.0.0.
+        let ip = crate::egress::dialed(addr.ip());
         match self.host.parse::<IpAddr>() {
-            Ok(own) => own.to_canonical() == ip,
+            Ok(own) => crate::egress::dialed(own) == ip,
             Err(_) => static_hosts
                 .get(&self.host)
-                .is_some_and(|answers| answers.iter().any(|a| a.to_canonical() == ip)),
+                .is_some_and(|answers| answers.iter().any(|a| crate::egress::dialed(*a) == ip)),
         }
     }
 }
@@ -249,7 +250,10 @@ fn trimmed_prefix(prefix: &str) -> String {
 /// Whether the path of `path_and_query` is `prefix` or below it. The path is compared
 /// percent-decoded and with repeated slashes folded, the way servers route it.
 // SECURITY: a spelling the server routes to the MCP endpoint but the proxy did not recognize
-// would skip tool authorization; the decoded form closes `/%6Dcp` and `//mcp`.
+// would skip tool authorization; the decoded form closes `/%6Dcp` and `//mcp`, and the
+// comparison ignores ASCII case, since Express (the TypeScript SDK's examples) and ASP.NET
+// Core (the C# SDK's `MapMcp`) route `/MCP` to `/mcp`. A case-sensitive server's `/MCP` is
+// then checked as MCP too: more checking, never less.
 fn under_prefix(path_and_query: &str, prefix: &str) -> bool {
     if prefix == "/" {
         return true;
@@ -262,10 +266,11 @@ fn under_prefix(path_and_query: &str, prefix: &str) -> bool {
             folded.push(c);
         }
     }
-    match folded.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
-    }
+    let Some(head) = folded.get(..prefix.len()) else {
+        return false;
+    };
+    let rest = &folded[prefix.len()..];
+    head.eq_ignore_ascii_case(prefix) && (rest.is_empty() || rest.starts_with('/'))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -409,6 +414,16 @@ host = "tools.example.com"
                 Some("tickets"),
             ),
             (
+                "another letter case (Express, ASP.NET Core route it alike)",
+                dest("mcp.example.com", 8443, "/MCP", None),
+                Some("tickets"),
+            ),
+            (
+                "another letter case, encoded and below",
+                dest("mcp.example.com", 8443, "/%4Dcp/v1", None),
+                Some("tickets"),
+            ),
+            (
                 "trailing dot host",
                 dest("mcp.example.com.", 8443, "/mcp", None),
                 Some("tickets"),
@@ -489,6 +504,8 @@ path_prefix = "/mcp"
             at("localhost", 9, "/x", "[::ffff:127.0.0.1]:9").as_deref(),
             Some("loop")
         );
+        // A dial of 0.0.0.0 reaches 127.0.0.1.
+        assert_eq!(at("0.0.0.0", 9, "/x", "0.0.0.0:9").as_deref(), Some("loop"));
         assert_eq!(
             at("localhost", 10, "/x", "127.0.0.1:10"),
             None,

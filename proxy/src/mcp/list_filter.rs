@@ -53,6 +53,26 @@ impl Framing {
     }
 }
 
+/// Whether `content_type` names no charset, or UTF-8. The filter reads bytes as UTF-8; a client
+/// decodes with the charset the response names, so in UTF-16 or EBCDIC it would read a list the
+/// filter found no line of.
+pub fn charset_is_utf8(content_type: &[u8]) -> bool {
+    content_type.split(|b| *b == b';').skip(1).all(|param| {
+        let Some(eq) = param.iter().position(|b| *b == b'=') else {
+            return true;
+        };
+        let (name, value) = (param[..eq].trim_ascii(), param[eq + 1..].trim_ascii());
+        if !name.eq_ignore_ascii_case(b"charset") {
+            return true;
+        }
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        value.eq_ignore_ascii_case(b"utf-8") || value.eq_ignore_ascii_case(b"utf8")
+    })
+}
+
 /// Items removed from lists so far, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hidden {
@@ -563,6 +583,27 @@ mod tests {
         assert_eq!(lines.len(), 2, "{out}");
         let v: Value = serde_json::from_str(lines[1].strip_prefix("data: ").unwrap()).unwrap();
         assert_eq!(names(&v), ["b"]);
+    }
+
+    #[test]
+    fn only_utf8_or_no_charset_is_read() {
+        for ok in [
+            "text/event-stream",
+            "text/event-stream; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/json; charset=\"utf-8\"",
+            "text/event-stream; charset=utf8; x=y",
+        ] {
+            assert!(charset_is_utf8(ok.as_bytes()), "{ok}");
+        }
+        for not in [
+            "text/event-stream; charset=utf-16",
+            "text/event-stream;charset=UTF-16BE",
+            "application/json; charset=\"utf-32\"",
+            "text/event-stream; x=y; Charset=cp500",
+        ] {
+            assert!(!charset_is_utf8(not.as_bytes()), "{not}");
+        }
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub enum McpRefusal {
     },
 }
 
-/// Most tools, resources and prompts one message (a JSON-RPC batch) may use. MCP clients send
+/// Most tools, resources, prompts and lists one message (a JSON-RPC batch) may use. MCP clients send
 /// one call per message (batches left the protocol in 2025-06-18); a few hundred is already
 /// more than any client batches.
 pub const MAX_ITEMS_PER_MESSAGE: usize = 256;
@@ -102,10 +102,14 @@ pub fn admit(
     };
     // SECURITY: each item is a policy evaluation on the worker that serves every tenant of
     // the listener; a batch of tens of thousands would hold it for seconds.
-    let items = request.tool_calls.len() + request.resource_reads.len() + request.prompt_gets.len();
+    // Lists count too: each answer is matched to its request's id, and filtered.
+    let items = request.tool_calls.len()
+        + request.resource_reads.len()
+        + request.prompt_gets.len()
+        + request.list_ids.len().max(request.lists.len());
     if items > MAX_ITEMS_PER_MESSAGE {
         return Err(McpRefusal::Malformed(format!(
-            "a message may use at most {MAX_ITEMS_PER_MESSAGE} tools, resources and prompts; this one uses {items}"
+            "a message may use at most {MAX_ITEMS_PER_MESSAGE} tools, resources, prompts and lists; this one uses {items}"
         )));
     }
     let mut decisions: Vec<Decision> = Vec::new();
@@ -204,10 +208,13 @@ pub fn response_filter(
     cap: usize,
     response: &mut ResponseHeader,
 ) -> Result<Option<ListFilter>, Unfilterable> {
-    let framing = response
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| Framing::for_content_type(v.as_bytes()));
+    let content_type = response.headers.get(http::header::CONTENT_TYPE);
+    let framing = content_type.and_then(|v| Framing::for_content_type(v.as_bytes()));
+    if framing.is_some()
+        && !content_type.is_some_and(|v| list_filter::charset_is_utf8(v.as_bytes()))
+    {
+        return Err(Unfilterable("the response's charset is not UTF-8"));
+    }
     let encoded = response
         .headers
         .get(http::header::CONTENT_ENCODING)
@@ -326,6 +333,21 @@ mod tests {
         );
         assert_eq!(asked, 0);
         // At the limit, each distinct item is asked once.
+        // Lists count toward it as well.
+        let lists: Vec<String> = (0..=MAX_ITEMS_PER_MESSAGE)
+            .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/list"}}"#))
+            .collect();
+        let body = format!("[{}]", lists.join(","));
+        let refusal = admit(
+            "s",
+            &http::Method::POST,
+            Some(body.as_bytes()),
+            &mut |_, _| decision(true, "p"),
+        );
+        assert!(
+            matches!(refusal, Err(McpRefusal::Malformed(_))),
+            "{refusal:?}"
+        );
         let body = format!("[{}]", calls[..MAX_ITEMS_PER_MESSAGE].join(","));
         let mut asked = 0;
         let mut allow = |_: ItemKind, _: &str| {
@@ -348,7 +370,7 @@ mod tests {
             ..McpExchange::refused("s")
         };
         #[rustfmt::skip]
-        let cases: [ResponseCase; 10] = [
+        let cases: [ResponseCase; 12] = [
             ("json list", true, 200, Some("application/json"), None, Ok(Some(Framing::Json))),
             ("sse list", true, 200, Some("text/event-stream"), None, Ok(Some(Framing::Sse))),
             ("json call result is read too", false, 200, Some("application/json"), None, Ok(Some(Framing::Json))),
@@ -358,6 +380,8 @@ mod tests {
             ("error page for a list", true, 404, Some("text/html"), None, Ok(None)),
             ("202 to a notification", true, 202, None, None, Ok(None)),
             ("a protocol switch", false, 101, None, None, Err("switched protocols")),
+            ("an event stream in UTF-16", false, 200, Some("text/event-stream; charset=utf-16"), None, Err("not UTF-8")),
+            ("JSON in UTF-8, named", true, 200, Some("application/json; charset=utf-8"), None, Ok(Some(Framing::Json))),
             ("a protocol switch naming JSON", true, 101, Some("application/json"), None, Err("switched protocols")),
         ];
         for (name, lists_tools, status, ctype, encoding, want) in cases {

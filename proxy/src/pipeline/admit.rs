@@ -997,6 +997,26 @@ async fn admit_connect(
         if !plain_http_port(config, &snapshot, &tenant.tenant, host, port) {
             return Err(Deny::ConnectPortForbidden(port));
         }
+        // A plain tunnel needs no `connect` permit (undici opens one for every `http://` URL,
+        // and its requests are decided one by one), but a `connect` forbid that matches it
+        // refuses it: a security team's `forbid … connect` to the metadata endpoint means the
+        // tunnel too, and the audit trail should not record it as allowed.
+        let (decision, shadow) = decide::connect(
+            &snapshot,
+            &tenant,
+            host,
+            port,
+            ConnectQuestion::Open,
+            fx.now(),
+        );
+        let forbidden =
+            !decision.allowed && (!decision.policy_ids.is_empty() || !decision.errors.is_empty());
+        if forbidden {
+            let refusal = PolicyRefusal::of(&decision);
+            trail.decision = Some(decision);
+            trail.shadow = shadow;
+            return Err(Deny::PolicyDenied(refusal));
+        }
         trail.tunnel_mode = Some(TunnelMode::Plain);
         let slot = fx.open_tunnel(&tenant.tenant, tunnel_cap(config, &snapshot, &tenant))?;
         return Ok(Admitted {
