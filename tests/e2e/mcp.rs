@@ -876,3 +876,78 @@ fn a_shadow_policy_on_tool_calls_changes_no_response_and_is_audited() {
     assert_eq!(would_deny("acme").as_deref(), Some("1"), "{metrics}");
     assert_eq!(would_deny("globex"), None, "{metrics}");
 }
+
+/// The legacy HTTP+SSE transport (a `GET /sse` stream whose `endpoint` event names where the
+/// client posts): the SDK's `sse_client` works through the proxy in forward mode, its list is
+/// filtered and a forbidden call refused; the `endpoint` event passes because its path is the
+/// server's.
+#[test]
+fn the_legacy_sse_transport_is_scoped_too() {
+    let legacy = McpFixture::start_legacy_sse();
+    let mut spec = ProxySpec {
+        policies: "tests/fixtures/policies-mcp",
+        ..Default::default()
+    };
+    spec.tenants.mcp = Some(config::Mcp {
+        max_message_bytes: Some(65536),
+        servers: vec![config::McpServer {
+            port: Some(legacy.port),
+            ..config::McpServer::by_host("tools-legacy", "127.0.0.1")
+        }],
+    });
+    let proxy = Proxy::start(spec);
+    let out = python(
+        r#"
+import asyncio, json, os
+
+async def main():
+    from mcp import ClientSession
+    from mcp.client.sse import sse_client
+    async with sse_client(os.environ["URL"]) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            listed = await session.list_tools()
+            added = await session.call_tool("add", {"a": 2, "b": 3})
+    # The legacy client raises when a POST is refused: the forbidden call in a session of its own.
+    try:
+        async with sse_client(os.environ["URL"]) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                await asyncio.wait_for(session.call_tool("wipe_disk", {}), 3)
+        wiped = "called"
+    except BaseException as e:
+        wiped = "refused: " + repr(e)[:300]
+    print(json.dumps({
+        "tools": sorted(t.name for t in listed.tools),
+        "sum": added.structured_content,
+        "wipe": wiped,
+    }))
+
+asyncio.run(main())
+"#,
+        &[
+            ("URL", format!("http://127.0.0.1:{}/sse", legacy.port)),
+            (
+                "HTTP_PROXY",
+                format!("http://127.0.0.1:{}", proxy.sidecar_port),
+            ),
+        ],
+    );
+    let v: Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(v["tools"], json!(["add", "echo"]), "{out}");
+    assert_eq!(v["sum"], json!({"result": 5}), "{out}");
+    let wipe = v["wipe"].as_str().unwrap();
+    // (The client reports the refused POST as an error or, depending on timing, a timeout.)
+    assert!(wipe.starts_with("refused"), "{out}");
+    let denied: Vec<Value> = proxy
+        .wait_audit_records("acme", 1)
+        .into_iter()
+        .filter(|r| r["reason"] == "tool_denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{out}");
+    assert_eq!(denied[0]["mcp"]["tools_called"], json!(["wipe_disk"]));
+    assert_eq!(
+        legacy.calls(),
+        [("add".to_string(), json!({"a": 2, "b": 3}))]
+    );
+}

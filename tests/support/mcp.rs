@@ -25,6 +25,22 @@ impl McpFixture {
     /// event stream; `tls` serves HTTPS with this certificate to requests naming these hosts
     /// (comma-separated).
     pub fn start(json_response: bool, tls: Option<(&PemPair, &str)>) -> Self {
+        Self::start_with(
+            if json_response {
+                &["--json-response"]
+            } else {
+                &[]
+            },
+            tls,
+        )
+    }
+
+    /// The legacy HTTP+SSE transport (`GET /sse`, `POST /messages/?session_id=`).
+    pub fn start_legacy_sse() -> Self {
+        Self::start_with(&["--legacy-sse"], None)
+    }
+
+    fn start_with(mode: &[&str], tls: Option<(&PemPair, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("calls.jsonl");
         let port_file = dir.path().join("port");
@@ -34,9 +50,7 @@ impl McpFixture {
             .arg(&log)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap());
-        if json_response {
-            cmd.arg("--json-response");
-        }
+        cmd.args(mode);
         if let Some((pair, hosts)) = tls {
             let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
             std::fs::write(&cert, &pair.cert).unwrap();

@@ -201,6 +201,15 @@ impl McpSettings {
         })
     }
 
+    /// The path prefix of the server named `name` (`/` for one marked by its host alone, its
+    /// upstream's base path for one marked by its route).
+    pub fn path_prefix_of(&self, name: &str) -> Option<&str> {
+        self.servers
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.at.path_prefix.as_str())
+    }
+
     /// Whether some MCP server is at `host:port` or at `addr` (on any path): a tunnel there
     /// must be intercepted, or its calls would pass unseen.
     pub fn serves(
@@ -254,7 +263,7 @@ fn trimmed_prefix(prefix: &str) -> String {
 // comparison ignores ASCII case, since Express (the TypeScript SDK's examples) and ASP.NET
 // Core (the C# SDK's `MapMcp`) route `/MCP` to `/mcp`. A case-sensitive server's `/MCP` is
 // then checked as MCP too: more checking, never less.
-fn under_prefix(path_and_query: &str, prefix: &str) -> bool {
+pub(super) fn under_prefix(path_and_query: &str, prefix: &str) -> bool {
     if prefix == "/" {
         return true;
     }

@@ -106,6 +106,9 @@ pub struct ListFilter {
     decided: HashMap<(ItemKind, String), bool>,
     /// Items removed so far.
     pub hidden: Hidden,
+    /// The server's path prefix: where an `endpoint` event (the legacy HTTP+SSE transport) may
+    /// send the client's messages. `None`: no `endpoint` event is passed.
+    endpoint_prefix: Option<String>,
 }
 
 impl ListFilter {
@@ -118,7 +121,15 @@ impl ListFilter {
             pending: Vec::new(),
             decided: HashMap::new(),
             hidden: Hidden::default(),
+            endpoint_prefix: None,
         }
+    }
+
+    /// Passes the legacy HTTP+SSE transport's `endpoint` event when the path it gives the
+    /// client's messages is under `prefix`, the server's own (so they are checked as MCP too).
+    pub fn with_endpoint_prefix(mut self, prefix: &str) -> Self {
+        self.endpoint_prefix = Some(prefix.to_string());
+        self
     }
 
     /// The framing this filter reads.
@@ -238,6 +249,27 @@ impl ListFilter {
             return Ok(());
         }
         let joined = data.join(&b'\n');
+        // The legacy HTTP+SSE transport's first event names, as a URL, where the client posts
+        // its messages: not JSON-RPC. It passes when that path is under the server's prefix,
+        // so those messages are checked as MCP; anywhere else they would not be.
+        if lines
+            .iter()
+            .any(|l| field_value(l, b"event") == Some(b"endpoint"))
+        {
+            let path = std::str::from_utf8(&joined).unwrap_or("");
+            let inside = self.endpoint_prefix.as_deref().is_some_and(|prefix| {
+                path.starts_with('/')
+                    && !path.starts_with("//")
+                    && super::config::under_prefix(path, prefix)
+            });
+            if !inside {
+                return Err(FilterError::Unreadable(
+                    "an `endpoint` event that sends messages outside the MCP server's path".into(),
+                ));
+            }
+            out.extend_from_slice(event);
+            return Ok(());
+        }
         let mut value = parse_strict(&joined)
             .map_err(|e| FilterError::Unreadable(format!("an event's data: {e}")))?;
         if !self.filter_value(&mut value, allowed)? {
@@ -367,6 +399,14 @@ fn has_bare_cr(event: &[u8]) -> bool {
         .iter()
         .enumerate()
         .any(|(i, b)| *b == b'\r' && event.get(i + 1) != Some(&b'\n'))
+}
+
+/// The value of a `name:` line (one leading space and the line ending removed).
+fn field_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let rest = line.strip_prefix(name)?.strip_prefix(b":")?;
+    let rest = rest.strip_suffix(b"\n").unwrap_or(rest);
+    let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+    Some(rest.strip_prefix(b" ").unwrap_or(rest))
 }
 
 /// The value of a `data:` line (one leading space and the line ending removed).
@@ -583,6 +623,43 @@ mod tests {
         assert_eq!(lines.len(), 2, "{out}");
         let v: Value = serde_json::from_str(lines[1].strip_prefix("data: ").unwrap()).unwrap();
         assert_eq!(names(&v), ["b"]);
+    }
+
+    #[test]
+    fn a_legacy_endpoint_event_passes_only_toward_the_servers_path() {
+        let stream = "event: endpoint\r\ndata: /mcp/messages?session_id=ab12\r\n\r\n";
+        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint_prefix("/mcp");
+        let out = run(&mut f, &[stream.as_bytes()]).unwrap();
+        assert_eq!(out, stream.as_bytes());
+        for (name, data, prefix) in [
+            (
+                "outside the prefix",
+                "/messages?session_id=ab12",
+                Some("/mcp"),
+            ),
+            (
+                "another host",
+                "http://elsewhere.example/mcp/messages",
+                Some("/mcp"),
+            ),
+            ("scheme-relative", "//elsewhere.example/mcp/m", Some("/mcp")),
+            (
+                "relative to the stream",
+                "messages?session_id=1",
+                Some("/mcp"),
+            ),
+            ("no prefix known", "/mcp/messages", None),
+        ] {
+            let stream = format!("event: endpoint\ndata: {data}\n\n");
+            let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20);
+            if let Some(p) = prefix {
+                f = f.with_endpoint_prefix(p);
+            }
+            assert!(run(&mut f, &[stream.as_bytes()]).is_err(), "{name}");
+        }
+        // Under `/`, every path is the server's.
+        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint_prefix("/");
+        assert!(run(&mut f, &[b"event: endpoint\ndata: /messages?s=1\n\n"]).is_ok());
     }
 
     #[test]

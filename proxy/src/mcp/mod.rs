@@ -206,6 +206,7 @@ pub struct Unfilterable(pub &'static str);
 pub fn response_filter(
     exchange: &McpExchange,
     cap: usize,
+    endpoint_prefix: Option<&str>,
     response: &mut ResponseHeader,
 ) -> Result<Option<ListFilter>, Unfilterable> {
     let content_type = response.headers.get(http::header::CONTENT_TYPE);
@@ -235,11 +236,11 @@ pub fn response_filter(
         Some(_) if encoded => Err(Unfilterable("the response is compressed")),
         Some(framing) => {
             response.remove_header(&http::header::CONTENT_LENGTH);
-            Ok(Some(ListFilter::new(
-                framing,
-                exchange.list_ids.clone(),
-                cap,
-            )))
+            let filter = ListFilter::new(framing, exchange.list_ids.clone(), cap);
+            Ok(Some(match endpoint_prefix {
+                Some(prefix) => filter.with_endpoint_prefix(prefix),
+                None => filter,
+            }))
         }
         None if owed_list => Err(Unfilterable(
             "the response is neither JSON nor an event stream",
@@ -393,7 +394,7 @@ mod tests {
             if let Some(e) = encoding {
                 resp.insert_header("content-encoding", e).unwrap();
             }
-            let got = response_filter(&exchange(lists_tools), 1024, &mut resp);
+            let got = response_filter(&exchange(lists_tools), 1024, None, &mut resp);
             match (got, want) {
                 (Ok(filter), Ok(framing)) => {
                     assert_eq!(filter.as_ref().map(|f| f.framing()), framing, "{name}");

@@ -206,8 +206,10 @@ impl Stages {
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         if let Some(exchange) = &trail.mcp {
-            let cap = setup.admitted.snapshot.tenants.mcp.max_message_bytes;
-            stages.list = crate::mcp::response_filter(exchange, cap, resp)?;
+            let mcp = &setup.admitted.snapshot.tenants.mcp;
+            let prefix = mcp.path_prefix_of(&exchange.server);
+            stages.list =
+                crate::mcp::response_filter(exchange, mcp.max_message_bytes, prefix, resp)?;
         }
         // Meter LLM calls whose response is readable as sent.
         if setup.llm && !encoded {
