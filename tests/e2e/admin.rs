@@ -108,13 +108,7 @@ fn the_admin_token_guards_every_endpoint_but_the_probes() {
     let (code, out) = proxy.admin_cli(&["usage", "--tenant", "acme", "--json"]);
     assert_eq!(code, 0, "{out}");
     // `check` is quiet about a configured token.
-    let config = proxy.path("tenant-proxy.toml");
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &["check", "--config", config.to_str().unwrap()],
-        "",
-    );
-    assert_eq!(code, 0, "{out}");
+    let out = check_ok(&proxy);
     assert!(!out.contains("requires no token"), "{out}");
 
     // A rotated token is read on reload: the old one stops working, the new one works.
@@ -149,10 +143,8 @@ fn the_admin_token_guards_every_endpoint_but_the_probes() {
     assert!(!log.contains(TOKEN) && !log.contains(ROTATED), "{log}");
 }
 
-#[test]
-fn without_a_token_the_admin_port_is_open_and_check_warns() {
-    let proxy = Proxy::start(ProxySpec::default());
-    assert_eq!(admin(&proxy, "GET", "/metrics", "").status, 200);
+/// What `tenant-proxy check` prints for `proxy`'s configuration, which it must accept.
+fn check_ok(proxy: &Proxy) -> String {
     let config = proxy.path("tenant-proxy.toml");
     let (code, out) = proxy_cli(
         proxy.dir.path(),
@@ -160,6 +152,14 @@ fn without_a_token_the_admin_port_is_open_and_check_warns() {
         "",
     );
     assert_eq!(code, 0, "{out}");
+    out
+}
+
+#[test]
+fn without_a_token_the_admin_port_is_open_and_check_warns() {
+    let proxy = Proxy::start(ProxySpec::default());
+    assert_eq!(admin(&proxy, "GET", "/metrics", "").status, 200);
+    let out = check_ok(&proxy);
     assert!(
         out.contains("warning: the admin port") && out.contains("token_file"),
         "{out}"
@@ -176,13 +176,7 @@ fn memory_counted_cost_ceilings_are_warned_about() {
     let mut spec = ProxySpec::default().with_prices();
     spec.tenant("globex").limits().cost_per_month_micros = Some(5_000_000);
     let proxy = Proxy::start(spec);
-    let config = proxy.path("tenant-proxy.toml");
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &["check", "--config", config.to_str().unwrap()],
-        "",
-    );
-    assert_eq!(code, 0, "{out}");
+    let out = check_ok(&proxy);
     let line = out
         .lines()
         .find(|l| l.contains("counted in memory"))
@@ -200,13 +194,7 @@ fn memory_counted_cost_ceilings_are_warned_about() {
         .with_redis_limiter(redis.url(), Duration::from_secs(1));
     spec.tenant("globex").limits().cost_per_month_micros = Some(5_000_000);
     let proxy = Proxy::start(spec);
-    let config = proxy.path("tenant-proxy.toml");
-    let (code, out) = proxy_cli(
-        proxy.dir.path(),
-        &["check", "--config", config.to_str().unwrap()],
-        "",
-    );
-    assert_eq!(code, 0, "{out}");
+    let out = check_ok(&proxy);
     assert!(!out.contains("counted in memory"), "{out}");
 }
 

@@ -21,6 +21,27 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// curl inside `ns` through the proxy on `port` (`user` is `name:token@` or empty): the status
+/// and, for a refusal, its code.
+fn curl_in(ns: &Netns, port: u16, user: &str, url: &str) -> (String, String) {
+    let out = ns.run(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        "-x",
+        &format!("http://{user}127.0.0.1:{port}"),
+        url,
+    ]);
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    let code = serde_json::from_str::<Value>(body)
+        .map(|v| v["error"]["code"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    (status.to_string(), code)
+}
+
 fn admin(proxy: &Proxy, method: &str, path_and_query: &str) -> Response {
     raw_request(
         proxy.admin_port,
@@ -392,25 +413,7 @@ fn a_tenants_unanswered_name_lookups_hold_only_its_own_places() {
     spec.command_prefix = ["ip", "netns", "exec", &ns.name].map(String::from).to_vec();
     let proxy = Proxy::start(spec);
     let globex_token = token_for("globex", "agent");
-    // curl inside the namespace: status and the refusal's code.
-    let ask = |port: u16, user: &str, url: &str| -> (String, String) {
-        let out = ns.run(&[
-            "curl",
-            "-s",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-            "-x",
-            &format!("http://{user}127.0.0.1:{port}"),
-            url,
-        ]);
-        let (body, status) = out.rsplit_once('\n').unwrap();
-        let code = serde_json::from_str::<Value>(body)
-            .map(|v| v["error"]["code"].as_str().unwrap_or("").to_string())
-            .unwrap_or_default();
-        (status.to_string(), code)
-    };
+    let ask = |port: u16, user: &str, url: &str| curl_in(&ns, port, user, url);
     let acme = |url: &str| ask(proxy.sidecar_port, "", url);
     let globex_user = format!("agent:{globex_token}@");
 
@@ -468,24 +471,8 @@ fn kept_name_answers_are_the_tenants_own() {
     spec.command_prefix = ["ip", "netns", "exec", &ns.name].map(String::from).to_vec();
     let proxy = Proxy::start(spec);
     let globex_user = format!("agent:{}@", token_for("globex", "agent"));
-    // curl inside the namespace: status and, for a refusal, its code.
-    let ask = |port: u16, user: &str, path: &str| -> (String, String) {
-        let out = ns.run(&[
-            "curl",
-            "-s",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-            "-x",
-            &format!("http://{user}127.0.0.1:{port}"),
-            &format!("http://moving.test:{mock}{path}"),
-        ]);
-        let (body, status) = out.rsplit_once('\n').unwrap();
-        let code = serde_json::from_str::<Value>(body)
-            .map(|v| v["error"]["code"].as_str().unwrap_or("").to_string())
-            .unwrap_or_default();
-        (status.to_string(), code)
+    let ask = |port: u16, user: &str, path: &str| {
+        curl_in(&ns, port, user, &format!("http://moving.test:{mock}{path}"))
     };
     let served = ("200".to_string(), String::new());
 

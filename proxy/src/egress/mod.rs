@@ -79,6 +79,23 @@ pub enum EgressRefusal {
     },
 }
 
+/// A host's addresses: an IP literal's own (held inline), or a name's answer.
+enum Addresses {
+    Literal([IpAddr; 1]),
+    Named(Arc<[IpAddr]>),
+}
+
+impl std::ops::Deref for Addresses {
+    type Target = [IpAddr];
+
+    fn deref(&self) -> &[IpAddr] {
+        match self {
+            Addresses::Literal(one) => one,
+            Addresses::Named(answer) => answer,
+        }
+    }
+}
+
 /// Why [`Dialer::lookup`] has no answers.
 enum LookupFailed {
     /// The tenant has no lookup place free.
@@ -129,6 +146,15 @@ impl Dialer {
         }
     }
 
+    /// `host`'s addresses for `tenant`: an IP literal is its own (no lookup, no place), a name
+    /// is looked up.
+    async fn addresses(&self, tenant: &TenantId, host: &str) -> Result<Addresses, LookupFailed> {
+        match host.parse::<IpAddr>() {
+            Ok(ip) => Ok(Addresses::Literal([ip])),
+            Err(_) => self.lookup(tenant, host).await.map(Addresses::Named),
+        }
+    }
+
     /// `tenant`'s answer for `host`: the one kept, or a lookup in one of its lookup places.
     async fn lookup(&self, tenant: &TenantId, host: &str) -> Result<Arc<[IpAddr]>, LookupFailed> {
         let now = std::time::Instant::now();
@@ -164,23 +190,13 @@ impl Dialer {
         let unresolvable = || EgressRefusal::Unresolvable {
             host: host.to_string(),
         };
-        let (literal, looked_up);
-        let answers: &[IpAddr] = match host.parse::<IpAddr>() {
-            Ok(ip) => {
-                literal = [ip];
-                &literal
+        let answers = self.addresses(tenant, host).await.map_err(|e| match e {
+            LookupFailed::Busy => self.busy(),
+            LookupFailed::Resolver(e) => {
+                tracing::debug!(host, error = %e, "upstream name lookup failed");
+                unresolvable()
             }
-            Err(_) => {
-                looked_up = self.lookup(tenant, host).await.map_err(|e| match e {
-                    LookupFailed::Busy => self.busy(),
-                    LookupFailed::Resolver(e) => {
-                        tracing::debug!(host, error = %e, "upstream name lookup failed");
-                        unresolvable()
-                    }
-                })?;
-                &looked_up
-            }
-        };
+        })?;
         let first = *answers.first().ok_or_else(unresolvable)?;
         let covered = |ip: IpAddr| {
             self.rules
@@ -189,7 +205,7 @@ impl Dialer {
                 .chain(tenant_exceptions)
                 .any(|e| e.allows(host, port, ip))
         };
-        for &ip in answers {
+        for &ip in answers.iter() {
             let address = SocketAddr::new(ip, port);
             if self.is_own_listener(address) {
                 return Err(EgressRefusal::OwnListener { address });
@@ -216,25 +232,15 @@ impl Dialer {
         tenant_exceptions: &[EgressException],
         tenant: &TenantId,
     ) -> Result<SocketAddr, EgressRefusal> {
-        let (literal, looked_up);
-        let answers: &[IpAddr] = match host.parse::<IpAddr>() {
-            Ok(ip) => {
-                literal = [ip];
-                &literal
+        let answers = self.addresses(tenant, host).await.map_err(|e| match e {
+            LookupFailed::Busy => self.busy(),
+            LookupFailed::Resolver(e) => {
+                tracing::debug!(host, error = %e, "captured name lookup failed");
+                EgressRefusal::NotOriginal {
+                    host: host.to_string(),
+                }
             }
-            Err(_) => {
-                looked_up = self.lookup(tenant, host).await.map_err(|e| match e {
-                    LookupFailed::Busy => self.busy(),
-                    LookupFailed::Resolver(e) => {
-                        tracing::debug!(host, error = %e, "captured name lookup failed");
-                        EgressRefusal::NotOriginal {
-                            host: host.to_string(),
-                        }
-                    }
-                })?;
-                &looked_up
-            }
-        };
+        })?;
         let ip = original.ip().to_canonical();
         // SECURITY: the name is what policy decided on; it must be where the bytes go.
         if !answers.iter().any(|a| a.to_canonical() == ip) {
