@@ -154,6 +154,16 @@ impl HoldEnd {
 }
 
 /// Unix milliseconds now.
+/// Whether `hold` answers a polled repeat, at unix ms `now`, by `workload` of the request whose
+/// digest is `digest`: only a polled hold (a waiting one is forwarded by its waiter), of the
+/// workload that was held, for exactly the request that was held, and only while it is kept.
+fn answers_repeat(hold: &HoldRecord, workload: &str, digest: &str, now: u64) -> bool {
+    hold.mode == HoldMode::Poll.as_str()
+        && hold.workload == workload
+        && hold.request_digest == digest
+        && now < hold.deadline_ms.saturating_add(store::RETAIN_MS)
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -359,12 +369,10 @@ impl Holds {
         // is kept: the in-memory store drops old holds only when a new one opens, so an
         // approval could otherwise be spent days after it was given.
         let now = now_ms();
-        let Some(status) = status.filter(|h| {
-            h.record.mode == HoldMode::Poll.as_str()
-                && h.record.workload == ask.tenant.workload.as_str()
-                && h.record.request_digest == ask.request.digest
-                && now < h.record.deadline_ms.saturating_add(store::RETAIN_MS)
-        }) else {
+        let workload = ask.tenant.workload.as_str();
+        let Some(status) =
+            status.filter(|h| answers_repeat(&h.record, workload, &ask.request.digest, now))
+        else {
             return Err(HoldEnd::Unknown);
         };
         let secs = timeout_secs(&status.record);
@@ -705,5 +713,46 @@ pub fn event(
         reason,
         detail,
         decision_s: decided.then(|| now_ms().saturating_sub(record.created_ms) as f64 / 1000.0),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_polled_hold_answers_only_its_own_repeat_while_it_is_kept() {
+        let hold: HoldRecord = serde_json::from_value(serde_json::json!({
+            "id": "h1", "tenant": "acme", "workload": "bot", "run_id": "r", "request_id": "q",
+            "method": "POST", "scheme": "https", "host": "api.example.com", "port": 443,
+            "path": "/pay", "policy_ids": ["p"], "mode": "poll", "created_ms": 1_000,
+            "deadline_ms": 6_000, "request_digest": "d1"
+        }))
+        .unwrap();
+        let kept_until = 6_000 + store::RETAIN_MS;
+        assert!(answers_repeat(&hold, "bot", "d1", 2_000));
+        assert!(answers_repeat(&hold, "bot", "d1", kept_until - 1));
+        assert!(
+            !answers_repeat(&hold, "bot", "d1", kept_until),
+            "past its keeping"
+        );
+        assert!(!answers_repeat(&hold, "bot", "d1", kept_until + 86_400_000));
+        assert!(
+            !answers_repeat(&hold, "agent", "d1", 2_000),
+            "another workload"
+        );
+        assert!(
+            !answers_repeat(&hold, "bot", "d2", 2_000),
+            "another request"
+        );
+        let waiting = HoldRecord {
+            mode: "wait".into(),
+            ..hold
+        };
+        assert!(
+            !answers_repeat(&waiting, "bot", "d1", 2_000),
+            "a waiting hold"
+        );
     }
 }
