@@ -817,7 +817,6 @@ fn held_request(
     applied: &Applied,
     cost_micros: u64,
 ) -> HeldRequest {
-    let target = String::from_utf8_lossy(header.raw_path());
     HeldRequest {
         method: trail.method.clone(),
         scheme: destination.scheme.as_str().into(),
@@ -834,21 +833,26 @@ fn held_request(
         body_sha256: trail.body_sha256.clone(),
         credentials: applied.used.iter().map(|c| c.name.clone()).collect(),
         estimated_cost_micros: (cost_micros > 0).then_some(cost_micros),
-        // The scheme and port too: an HTTP/2 request in a tunnel has no `Host` to carry them,
-        // and an approval for one server must not be spent on another port of the same name.
         digest: crate::approvals::request_digest(
             &trail.method,
-            &format!(
-                "{}://{}:{}|{}",
-                destination.scheme.as_str(),
-                destination.host,
-                destination.port,
-                target
-            ),
+            &approval_target(destination, header.raw_path()),
             &header.headers,
             trail.body_sha256.as_deref(),
         ),
     }
+}
+
+/// Where a held request goes, as its approval's digest reads it: the scheme, host and port
+/// (an HTTP/2 request in a tunnel has no `Host` to carry them, and an approval for one server
+/// must not be spent on another port of the same name) and the target as sent.
+pub(super) fn approval_target(destination: &Destination, target: &[u8]) -> String {
+    format!(
+        "{}://{}:{}|{}",
+        destination.scheme.as_str(),
+        destination.host,
+        destination.port,
+        String::from_utf8_lossy(target)
+    )
 }
 
 /// The request record's `approval` for a hold that ended with `held`.
@@ -1137,7 +1141,7 @@ fn plain_http_port(
 }
 
 /// A tunnel's destination as its record names it.
-fn tunnel_destination(scheme: Scheme, host: &str, port: u16) -> Destination {
+pub(super) fn tunnel_destination(scheme: Scheme, host: &str, port: u16) -> Destination {
     Destination {
         scheme,
         host: host.to_string(),

@@ -703,3 +703,38 @@ async fn explain_decides_the_same_as_a_proxy_answering_from_its_decision_cache()
         }
     }
 }
+
+/// An approval's digest names the scheme, host and port the held request went to, not only its
+/// target: an HTTP/2 request inside a tunnel carries no `Host`, and an approval for one server
+/// must not be spent on another port or scheme of the same name.
+#[test]
+fn an_approval_digest_is_bound_to_scheme_host_and_port() {
+    use crate::target::Scheme;
+    let headers = http::HeaderMap::new();
+    let digest = |scheme, host: &str, port| {
+        let destination = admit::tunnel_destination(scheme, host, port);
+        crate::approvals::request_digest(
+            "POST",
+            &admit::approval_target(&destination, b"/mcp"),
+            &headers,
+            Some("body"),
+        )
+    };
+    let held = digest(Scheme::Https, "tools.example", 37102);
+    assert_eq!(held, digest(Scheme::Https, "tools.example", 37102));
+    assert_ne!(
+        held,
+        digest(Scheme::Https, "tools.example", 37103),
+        "another port"
+    );
+    assert_ne!(
+        held,
+        digest(Scheme::Http, "tools.example", 37102),
+        "another scheme"
+    );
+    assert_ne!(
+        held,
+        digest(Scheme::Https, "other.example", 37102),
+        "another host"
+    );
+}
