@@ -83,14 +83,23 @@ pub const MAX_ITEMS_PER_MESSAGE: usize = 256;
 /// uses: tools first, then resources, then prompts, each in body order and each asked once.
 ///
 /// `body` is `None` when the request has none: fine for `GET` (the server's event stream) and
-/// `DELETE` (end of session), refused for `POST`. `decide` answers one question.
+/// `DELETE` (end of session), refused for `POST`; a request asking for a protocol `upgrade` is
+/// refused. `decide` answers one question.
 /// Returns the exchange and the allow decisions (for the audit record's policy ids).
 pub fn admit(
     server: &str,
     method: &http::Method,
+    upgrade: bool,
     body: Option<&[u8]>,
     decide: &mut dyn FnMut(ItemKind, &str) -> Decision,
 ) -> Result<(McpExchange, Vec<Decision>), McpRefusal> {
+    // SECURITY: a protocol switch would leave a connection whose bytes no JSON-RPC check reads:
+    // a WebSocket transport to the server would run any tool, unfiltered and unaudited.
+    if upgrade {
+        return Err(McpRefusal::Malformed(
+            "an MCP server is reached with HTTP requests (a JSON-RPC POST, a GET event stream), never a protocol upgrade such as WebSocket, whose messages the proxy could not check".into(),
+        ));
+    }
     let request = match body {
         Some(b) => jsonrpc::parse_request(b).map_err(|m| McpRefusal::Malformed(m.0))?,
         None if method == http::Method::POST => {
@@ -274,7 +283,7 @@ mod tests {
             asked.push(t.to_string());
             decision(t != "wipe", if t == "wipe" { "no-wipe" } else { "ok" })
         };
-        let refusal = admit("s", &http::Method::POST, Some(body), &mut decide).unwrap_err();
+        let refusal = admit("s", &http::Method::POST, false, Some(body), &mut decide).unwrap_err();
         assert_eq!(asked, ["add", "wipe"]);
         match refusal {
             McpRefusal::Denied {
@@ -292,9 +301,13 @@ mod tests {
     #[test]
     fn allowed_exchange() {
         let body = br#"[{"jsonrpc":"2.0","id":"l","method":"tools/list"},{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}]"#;
-        let (exchange, decisions) = admit("docs", &http::Method::POST, Some(body), &mut |_, _| {
-            decision(true, "ok")
-        })
+        let (exchange, decisions) = admit(
+            "docs",
+            &http::Method::POST,
+            false,
+            Some(body),
+            &mut |_, _| decision(true, "ok"),
+        )
         .unwrap();
         assert_eq!(exchange.server, "docs");
         assert_eq!(exchange.tools_called, ["add"]);
@@ -327,7 +340,13 @@ mod tests {
             asked += 1;
             decision(false, "p")
         };
-        let refusal = admit("s", &http::Method::POST, Some(body.as_bytes()), &mut decide);
+        let refusal = admit(
+            "s",
+            &http::Method::POST,
+            false,
+            Some(body.as_bytes()),
+            &mut decide,
+        );
         assert!(
             matches!(&refusal, Err(McpRefusal::Malformed(m)) if m.contains("at most 256")),
             "{refusal:?}"
@@ -342,6 +361,7 @@ mod tests {
         let refusal = admit(
             "s",
             &http::Method::POST,
+            false,
             Some(body.as_bytes()),
             &mut |_, _| decision(true, "p"),
         );
@@ -355,7 +375,14 @@ mod tests {
             asked += 1;
             decision(true, "p")
         };
-        assert!(admit("s", &http::Method::POST, Some(body.as_bytes()), &mut allow).is_ok());
+        assert!(admit(
+            "s",
+            &http::Method::POST,
+            false,
+            Some(body.as_bytes()),
+            &mut allow
+        )
+        .is_ok());
         assert_eq!(asked, MAX_ITEMS_PER_MESSAGE);
     }
 
@@ -416,16 +443,16 @@ mod tests {
     fn bodyless_requests() {
         let mut never = |_: ItemKind, _: &str| -> Decision { panic!("nothing to decide") };
         assert!(matches!(
-            admit("s", &http::Method::POST, None, &mut never),
+            admit("s", &http::Method::POST, false, None, &mut never),
             Err(McpRefusal::Malformed(_))
         ));
         for method in [http::Method::GET, http::Method::DELETE] {
-            let (exchange, _) = admit("s", &method, None, &mut never).unwrap();
+            let (exchange, _) = admit("s", &method, false, None, &mut never).unwrap();
             assert!(exchange.tools_called.is_empty() && exchange.lists.is_empty());
         }
         // A body on any method is read.
         assert!(matches!(
-            admit("s", &http::Method::GET, Some(b"nope"), &mut never),
+            admit("s", &http::Method::GET, false, Some(b"nope"), &mut never),
             Err(McpRefusal::Malformed(_))
         ));
     }
@@ -442,7 +469,8 @@ mod tests {
             asked.push((item, name.to_string()));
             decision(!name.contains("secret"), "p")
         };
-        let refusal = admit("docs", &http::Method::POST, Some(body), &mut decide).unwrap_err();
+        let refusal =
+            admit("docs", &http::Method::POST, false, Some(body), &mut decide).unwrap_err();
         assert_eq!(
             asked,
             [
@@ -457,6 +485,7 @@ mod tests {
         let (exchange, decisions) = admit(
             "docs",
             &http::Method::POST,
+            false,
             Some(
                 br#"{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"summarize"}}"#,
             ),
@@ -468,6 +497,7 @@ mod tests {
         let refusal = admit(
             "docs",
             &http::Method::POST,
+            false,
             Some(br#"{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"leak"}}"#),
             &mut |_, _| decision(false, "no"),
         )

@@ -528,29 +528,22 @@ async fn admit_http(
             original,
         )
         .await?;
+    let upgrade = header.headers.contains_key(http::header::UPGRADE);
     // An MCP server (recognized by its destination or by the address just checked, however it
     // was reached) has its tools, resources and prompts decided one by one, on the body as the
-    // agent wrote it (before any credential is substituted into it).
+    // agent wrote it (before any credential is substituted into it); it is never upgraded to.
     if let Some(server) = snapshot
         .tenants
         .mcp
         .server_for(&destination, Some(addr), hosts)
     {
-        // SECURITY: a protocol switch would leave a connection whose bytes no JSON-RPC check
-        // reads: a WebSocket transport to the server would run any tool, unfiltered and
-        // unaudited. An MCP server is spoken to with HTTP requests only.
-        if header.headers.contains_key(http::header::UPGRADE) {
-            return Err(Deny::McpMalformed(
-                "an MCP server is reached with HTTP requests (a JSON-RPC POST, a GET event stream), never a protocol upgrade such as WebSocket, whose messages the proxy could not check".into(),
-            ));
-        }
         let body = grant.body.as_ref().map(|b| b.0.as_ref());
         let record = McpTrail {
             decision: &mut trail.decision,
             shadow: &mut trail.shadow,
             exchange: &mut trail.mcp,
         };
-        asking.mcp(&server.name, body, record, observer)?;
+        asking.mcp(&server.name, upgrade, body, record, observer)?;
     }
     // Credentials are decided now (a refused one refuses at once), and the permits that allowed
     // their use may ask for approval as much as the `http` and MCP ones.
@@ -558,7 +551,6 @@ async fn admit_http(
     let named = &mut trail.credentials;
     let applied = decide_credentials(fx, &asking, header, &grant, named, &mut uses).await?;
     let credential_permits = std::mem::take(&mut uses.ids);
-    let upgrade = header.headers.contains_key(http::header::UPGRADE);
     let call = CallFacts {
         model: trail.model.as_deref(),
         max_output_tokens: grant.max_output_tokens,

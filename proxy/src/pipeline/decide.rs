@@ -147,6 +147,7 @@ impl<'a> Asking<'a> {
     pub fn mcp(
         &self,
         server: &str,
+        upgrade: bool,
         body: Option<&[u8]>,
         trail: McpTrail<'_>,
         observer: &mut dyn Observer,
@@ -162,8 +163,8 @@ impl<'a> Asking<'a> {
             observer.mcp_item(server, item, name, &d);
             d
         };
-        let enforced = crate::mcp::admit(server, method, body, &mut decide);
-        if let Some(shadow_items) = self.mcp_shadow(server, body) {
+        let enforced = crate::mcp::admit(server, method, upgrade, body, &mut decide);
+        if let Some(shadow_items) = self.mcp_shadow(server, upgrade, body) {
             fold_shadow(shadow, enforced.is_ok(), shadow_items);
         }
         let tenant_label = self.tenant.tenant.as_str();
@@ -232,10 +233,10 @@ impl<'a> Asking<'a> {
     /// What the shadow set, when configured, would decide about what an MCP request uses:
     /// allowed (with the permits' ids) or its first denial. `None` without a shadow set or for
     /// a malformed body (refused whatever the policies say).
-    fn mcp_shadow(&self, server: &str, body: Option<&[u8]>) -> Option<Decision> {
+    fn mcp_shadow(&self, server: &str, upgrade: bool, body: Option<&[u8]>) -> Option<Decision> {
         let shadow = self.snapshot.shadow_policy.as_ref()?;
         let mut decide = |item: ItemKind, name: &str| self.mcp_item(shadow, server, item, name);
-        match crate::mcp::admit(server, self.method, body, &mut decide) {
+        match crate::mcp::admit(server, self.method, upgrade, body, &mut decide) {
             Ok((_, decisions)) => Some(Decision {
                 allowed: true,
                 policy_ids: decisions.into_iter().flat_map(|d| d.policy_ids).collect(),

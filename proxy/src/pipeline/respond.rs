@@ -72,19 +72,16 @@ pub fn upstream_request(
     upstream.remove_header(&HOLD);
     // The body was read whole (the client was told `100 Continue`); it goes with the head.
     upstream.remove_header(&http::header::EXPECT);
+    // Each listed name in any spelling a server may read it by: servers that read headers
+    // CGI-style (`HTTP_X_TENANT_ID`) take `x_tenant_id` for `x-tenant-id`.
     let strip = &admitted.snapshot.tenants.strip_headers;
-    for name in strip {
-        upstream.remove_header(name);
-    }
-    // Servers that read headers CGI-style (`HTTP_X_TENANT_ID`) take `x_tenant_id` for
-    // `x-tenant-id`: its underscore spellings go too.
-    let spelled: Vec<http::HeaderName> = upstream
+    let claims: Vec<http::HeaderName> = upstream
         .headers
         .keys()
-        .filter(|k| k.as_str().contains('_') && strip.iter().any(|s| same_but_underscores(k, s)))
+        .filter(|k| strip.iter().any(|s| same_but_underscores(k, s)))
         .cloned()
         .collect();
-    for name in &spelled {
+    for name in &claims {
         upstream.remove_header(name);
     }
     // W3C baggage has no integrity and may name tenants: only internal routes get it.
