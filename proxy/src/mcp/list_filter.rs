@@ -252,13 +252,13 @@ impl ListFilter {
         // The legacy HTTP+SSE transport's first event names, as a URL, where the client posts
         // its messages: not JSON-RPC. It passes when that path is under the server's prefix,
         // so those messages are checked as MCP; anywhere else they would not be.
-        if lines
-            .iter()
-            .any(|l| field_value(l, b"event") == Some(b"endpoint"))
-        {
+        // The last `event` field names the event, as the client reads it.
+        let event_type = lines.iter().rev().find_map(|l| field_value(l, b"event"));
+        if event_type == Some(&b"endpoint"[..]) {
             let path = std::str::from_utf8(&joined).unwrap_or("");
             let inside = self.endpoint_prefix.as_deref().is_some_and(|prefix| {
-                path.starts_with('/')
+                data.len() == 1
+                    && path.starts_with('/')
                     && !path.starts_with("//")
                     && super::config::under_prefix(path, prefix)
             });
@@ -657,6 +657,17 @@ mod tests {
             }
             assert!(run(&mut f, &[stream.as_bytes()]).is_err(), "{name}");
         }
+        // An `event` line naming it something else afterwards makes it that event, read as
+        // JSON-RPC: filtered (here, refused as not JSON), never passed as an endpoint.
+        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint_prefix("/");
+        assert!(run(
+            &mut f,
+            &[b"event: endpoint\nevent: message\ndata: /messages?s=1\n\n"]
+        )
+        .is_err());
+        // Two data lines are not one path.
+        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint_prefix("/");
+        assert!(run(&mut f, &[b"event: endpoint\ndata: /m\ndata: {}\n\n"]).is_err());
         // Under `/`, every path is the server's.
         let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint_prefix("/");
         assert!(run(&mut f, &[b"event: endpoint\ndata: /messages?s=1\n\n"]).is_ok());
