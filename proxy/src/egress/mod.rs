@@ -282,18 +282,19 @@ impl Dialer {
     fn is_own_listener(&self, dest: SocketAddr) -> bool {
         let ip = dialed(dest.ip());
         let mut on_every_interface = false;
-        let exact = self.rules.own_listeners.iter().any(|l| {
-            let lip = l.ip().to_canonical();
-            if l.port() != dest.port() {
-                return false;
+        for listener in self
+            .rules
+            .own_listeners
+            .iter()
+            .filter(|l| l.port() == dest.port())
+        {
+            let lip = listener.ip().to_canonical();
+            if lip == ip || (lip.is_unspecified() && ip.is_loopback()) {
+                return true;
             }
-            if lip.is_unspecified() {
-                on_every_interface = true;
-                return ip.is_loopback() || ip.is_unspecified();
-            }
-            lip == ip
-        });
-        exact || (on_every_interface && is_this_hosts_address(ip))
+            on_every_interface |= lip.is_unspecified();
+        }
+        on_every_interface && is_this_hosts_address(ip)
     }
 }
 

@@ -275,11 +275,10 @@ pub(super) fn under_prefix(path_and_query: &str, prefix: &str) -> bool {
             folded.push(c);
         }
     }
-    let Some(head) = folded.get(..prefix.len()) else {
-        return false;
-    };
-    let rest = &folded[prefix.len()..];
-    head.eq_ignore_ascii_case(prefix) && (rest.is_empty() || rest.starts_with('/'))
+    let (path, prefix) = (folded.as_bytes(), prefix.as_bytes());
+    path.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        && matches!(path.get(prefix.len()), None | Some(b'/'))
 }
 
 fn percent_decode(s: &str) -> String {
