@@ -71,6 +71,9 @@ pub enum Deny {
     ToolDenied(String, PolicyRefusal),
     /// An MCP server's response could not be filtered, so it was withheld.
     McpResponseUnfiltered(String),
+    /// A request to an MCP server named a session not opened by its workload through the
+    /// proxy (see [`crate::mcp::session`]).
+    McpSessionUnknown(crate::mcp::session::Unknown),
     /// The request's signed run was closed by an operator (`POST /runs/close`).
     RunClosed,
     /// A phase ran without the state it requires (a bug); refused rather than forwarded.
@@ -597,6 +600,18 @@ impl Deny {
                 503,
                 "the audit log cannot record this request right now; retry shortly".into(),
             ),
+            Deny::McpSessionUnknown(unknown) => (
+                404,
+                format!(
+                    "{} was not opened by this workload through the proxy (sessions are bound to the workload that opened them); start a new session with `initialize`. Nothing was sent to the server",
+                    match unknown {
+                        crate::mcp::session::Unknown::Header =>
+                            "this `Mcp-Session-Id` (sent once, as given in the server's answer)",
+                        crate::mcp::session::Unknown::Query =>
+                            "the session named in this URL's query",
+                    }
+                ),
+            ),
             Deny::McpMalformed(why) => (
                 400,
                 format!("this MCP server accepts only JSON-RPC 2.0 the proxy can check: {why}"),
@@ -788,6 +803,7 @@ impl Deny {
             Deny::UpstreamTls => ReasonCode::UpstreamTls,
             Deny::AuditUnavailable => ReasonCode::AuditUnavailable,
             Deny::McpMalformed(_) => ReasonCode::McpMalformed,
+            Deny::McpSessionUnknown(_) => ReasonCode::McpSessionUnknown,
             Deny::ToolDenied(..) => ReasonCode::ToolDenied,
             Deny::McpResponseUnfiltered(_) => ReasonCode::McpResponseUnfiltered,
             Deny::RunClosed => ReasonCode::RunClosed,
@@ -905,6 +921,11 @@ mod tests {
             (Deny::UpstreamTimeout, 504, "upstream_timeout"),
             (Deny::AuditUnavailable, 503, "audit_unavailable"),
             (Deny::McpMalformed("x".into()), 400, "mcp_malformed"),
+            (
+                Deny::McpSessionUnknown(crate::mcp::session::Unknown::Header),
+                404,
+                "mcp_session_unknown",
+            ),
             (
                 Deny::ToolDenied("x".into(), PolicyRefusal::default()),
                 403,

@@ -98,6 +98,8 @@ reason_codes! {
     AuditUnavailable => "audit_unavailable",
     /// See `Deny::McpMalformed`.
     McpMalformed => "mcp_malformed",
+    /// See `Deny::McpSessionUnknown`.
+    McpSessionUnknown => "mcp_session_unknown",
     /// See `Deny::ToolDenied`.
     ToolDenied => "tool_denied",
     /// See `Deny::McpResponseUnfiltered`.

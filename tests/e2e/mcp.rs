@@ -917,10 +917,34 @@ async def main():
         wiped = "called"
     except BaseException as e:
         wiped = "refused: " + repr(e)[:300]
+    # The session the `endpoint` event names is acme's alone: sealed, it works for acme; the
+    # server's raw id, or acme's URL from globex, is refused.
+    import httpx
+    INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}}
+    url = os.environ["URL"]
+    base = url[: url.index("/sse")]
+    with httpx.Client(proxy=os.environ["HTTP_PROXY"], timeout=20) as acme, \
+         httpx.Client(proxy=os.environ["GLOBEX_PROXY"], timeout=20) as globex:
+        with acme.stream("GET", url, headers={"accept": "text/event-stream"}) as stream:
+            # (Kept: a line iterator dropped here would close the stream, and the session.)
+            lines = stream.iter_lines()
+            endpoint = next(l[5:].strip() for l in lines if l.startswith("data:"))
+            path, sealed = endpoint.split("session_id=", 1)
+            raw = sealed.split(".", 2)[2]
+            posts = {
+                "own": acme.post(base + endpoint, json=INIT).status_code,
+                "raw": acme.post(base + path + "session_id=" + raw, json=INIT),
+                "stolen": globex.post(base + endpoint, json=INIT),
+            }
+    posts = {k: v if isinstance(v, int) else [v.status_code, v.json()["error"]["code"]]
+             for k, v in posts.items()}
     print(json.dumps({
         "tools": sorted(t.name for t in listed.tools),
         "sum": added.structured_content,
         "wipe": wiped,
+        "sealed": sealed,
+        "posts": posts,
     }))
 
 asyncio.run(main())
@@ -931,9 +955,23 @@ asyncio.run(main())
                 "HTTP_PROXY",
                 format!("http://127.0.0.1:{}", proxy.sidecar_port),
             ),
+            (
+                "GLOBEX_PROXY",
+                format!(
+                    "http://agent:{}@127.0.0.1:{}",
+                    token_for("globex", "agent"),
+                    proxy.shared_port
+                ),
+            ),
         ],
     );
     let v: Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    assert!(v["sealed"].as_str().unwrap().starts_with("tp1."), "{out}");
+    assert_eq!(
+        v["posts"],
+        json!({"own": 202, "raw": [404, "mcp_session_unknown"], "stolen": [404, "mcp_session_unknown"]}),
+        "{out}"
+    );
     assert_eq!(v["tools"], json!(["add", "echo"]), "{out}");
     assert_eq!(v["sum"], json!({"result": 5}), "{out}");
     let wipe = v["wipe"].as_str().unwrap();
@@ -949,5 +987,119 @@ asyncio.run(main())
     assert_eq!(
         legacy.calls(),
         [("add".to_string(), json!({"a": 2, "b": 3}))]
+    );
+}
+
+/// MCP sessions belong to the workload that opened them: the server's `Mcp-Session-Id` reaches
+/// the agent sealed for its workload, goes back to the server as the server's own, and another
+/// tenant presenting it (or the agent presenting the server's raw id) is refused with
+/// `mcp_session_unknown`, audited, and nothing reaches the server. The SDK's client works
+/// through it unchanged.
+#[test]
+fn sessions_are_bound_to_the_workload_that_opened_them() {
+    let stateful = McpFixture::start_stateful();
+    let mut spec = ProxySpec {
+        policies: "tests/fixtures/policies-mcp",
+        ..Default::default()
+    };
+    spec.tenants.routes.push(config::Route::new(
+        "tools-stateful",
+        "/tools-stateful/",
+        format!("http://127.0.0.1:{}/", stateful.port),
+    ));
+    spec.tenants.mcp = Some(config::Mcp {
+        max_message_bytes: Some(65536),
+        servers: vec![config::McpServer::by_route(
+            "tools-stateful",
+            "tools-stateful",
+        )],
+    });
+    let proxy = Proxy::start(spec);
+    let out = python(
+        r#"
+import asyncio, json, os, httpx
+H = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}}
+
+def post(url, body, auth=None, sid=None):
+    h = dict(H)
+    if auth:
+        h["proxy-authorization"] = auth
+    if sid:
+        h["mcp-session-id"] = sid
+    r = httpx.post(url, json=body, headers=h, timeout=20)
+    return {"status": r.status_code, "sid": r.headers.get("mcp-session-id"), "body": r.text,
+            "request_id": r.headers.get("x-request-id", "")}
+
+def add(i, a, b):
+    return {"jsonrpc": "2.0", "id": i, "method": "tools/call",
+            "params": {"name": "add", "arguments": {"a": a, "b": b}}}
+
+acme, globex, auth = os.environ["ACME"], os.environ["GLOBEX"], os.environ["AUTH"]
+out = {}
+out["init"] = post(acme, INIT)
+sid = out["init"]["sid"]
+post(acme, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid=sid)
+out["own"] = post(acme, add(2, 1, 2), sid=sid)
+g = post(globex, INIT, auth=auth)["sid"]
+post(globex, {"jsonrpc": "2.0", "method": "notifications/initialized"}, auth=auth, sid=g)
+out["globex_own"] = post(globex, add(2, 3, 4), auth=auth, sid=g)
+out["stolen"] = post(globex, add(3, 5, 5), auth=auth, sid=sid)
+out["raw"] = post(acme, add(4, 7, 7), sid=sid.split(".", 2)[2])
+out["twice"] = httpx.post(acme, json=add(5, 8, 8), timeout=20,
+    headers=[*H.items(), ("mcp-session-id", sid), ("mcp-session-id", sid)]).status_code
+
+async def sdk():
+    from mcp import Client
+    async with Client(acme) as client:
+        listed = await client.list_tools()
+        added = await client.call_tool("add", {"a": 20, "b": 22})
+    return sorted(t.name for t in listed.tools), added.structured_content
+out["sdk"] = asyncio.run(sdk())
+print(json.dumps(out))
+"#,
+        &[
+            (
+                "ACME",
+                format!("http://127.0.0.1:{}/tools-stateful/mcp", proxy.sidecar_port),
+            ),
+            (
+                "GLOBEX",
+                format!("http://127.0.0.1:{}/tools-stateful/mcp", proxy.shared_port),
+            ),
+            ("AUTH", format!("Bearer {}", token_for("globex", "agent"))),
+        ],
+    );
+    let v: Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    let sealed = v["init"]["sid"].as_str().unwrap();
+    assert!(sealed.starts_with("tp1."), "{out}");
+    // Its own session works: the server got its own id back (it refuses ids it never issued).
+    assert_eq!(v["own"]["status"], 200, "{out}");
+    let own: Value = serde_json::from_str(v["own"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(own["result"]["structuredContent"], json!({"result": 3}), "{out}");
+    assert_eq!(v["globex_own"]["status"], 200, "{out}");
+    // Another tenant with acme's sealed id, acme with the server's raw one, the id sent twice.
+    for (case, tenant) in [("stolen", "globex"), ("raw", "acme")] {
+        let reply = &v[case];
+        assert_eq!(reply["status"], 404, "{case}: {out}");
+        let body: Value = serde_json::from_str(reply["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "mcp_session_unknown", "{case}: {out}");
+        assert!(!reply["body"].as_str().unwrap().contains(sealed), "{case}");
+        let record = proxy.audit_record(tenant, reply["request_id"].as_str().unwrap());
+        assert_eq!(record["reason"], "mcp_session_unknown", "{case}");
+        assert_eq!(record["decision"], "deny", "{case}");
+        assert_eq!(record["mcp"]["server"], "tools-stateful", "{case}");
+    }
+    assert_eq!(v["twice"], 404, "{out}");
+    assert_eq!(v["sdk"], json!([["add", "echo"], {"result": 42}]), "{out}");
+    // Only the calls made in each workload's own session reached the server.
+    assert_eq!(
+        stateful.calls(),
+        [
+            ("add".to_string(), json!({"a": 1, "b": 2})),
+            ("add".to_string(), json!({"a": 3, "b": 4})),
+            ("add".to_string(), json!({"a": 20, "b": 22})),
+        ]
     );
 }

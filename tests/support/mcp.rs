@@ -35,6 +35,12 @@ impl McpFixture {
         )
     }
 
+    /// Streamable HTTP with sessions: `initialize` opens one (`Mcp-Session-Id`) that every later
+    /// request must name (JSON answers).
+    pub fn start_stateful() -> Self {
+        Self::start_with(&["--json-response", "--stateful"], None)
+    }
+
     /// The legacy HTTP+SSE transport (`GET /sse`, `POST /messages/?session_id=`).
     pub fn start_legacy_sse() -> Self {
         Self::start_with(&["--legacy-sse"], None)

@@ -267,12 +267,11 @@ impl TenantConfig {
         let strip_headers = strip_headers(&spec.strip_headers, &mut p);
         let token = spec.token.map(|t| TokenConfig::from_spec(t, &mut p));
         let routes = Route::list_from_spec(spec.routes, &mut p);
-        let mcp = McpSettings::from_spec(spec.mcp.unwrap_or_default(), &routes).unwrap_or_else(
-            |problems| {
+        let mcp = McpSettings::from_spec(spec.mcp.unwrap_or_default(), &routes, &|f| p.path(f))
+            .unwrap_or_else(|problems| {
                 p.extend(problems);
                 McpSettings::default()
-            },
-        );
+            });
         let prices = spec
             .prices_file
             .as_ref()

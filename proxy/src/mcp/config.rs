@@ -21,11 +21,18 @@
 //! port = 443                    # optionally one port (default: any),
 //! path_prefix = "/mcp"          # optionally one path prefix (default: every path)
 //! ```
+//!
+//! `session_key_file` (optional) holds the key MCP session ids are sealed with
+//! ([`super::session`]); replicas behind one load balancer need the same one.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
+
+use super::session::SessionKey;
 
 use crate::target::Destination;
 use crate::target::Route;
@@ -42,6 +49,9 @@ pub struct McpSpec {
     /// The MCP servers.
     #[serde(default)]
     pub servers: Vec<McpServerSpec>,
+    /// The key MCP session ids are sealed with ([`super::session`]); replicas that share it
+    /// open each other's. Default: a key of this process alone.
+    pub session_key_file: Option<PathBuf>,
 }
 
 /// `[[mcp.servers]]`, as written.
@@ -67,6 +77,8 @@ pub struct McpSettings {
     pub max_message_bytes: usize,
     /// Servers in configuration order; the first match wins.
     pub servers: Vec<McpServer>,
+    /// What session ids are sealed with.
+    pub session_key: Arc<SessionKey>,
 }
 
 impl Default for McpSettings {
@@ -74,6 +86,7 @@ impl Default for McpSettings {
         Self {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             servers: Vec::new(),
+            session_key: SessionKey::process(),
         }
     }
 }
@@ -101,8 +114,23 @@ pub struct McpLocation {
 
 impl McpSettings {
     /// Validates `spec` against the tenant file's `routes`; problems are `(field, message)`.
-    pub fn from_spec(spec: McpSpec, routes: &[Route]) -> Result<Self, Vec<(String, String)>> {
+    /// `path` resolves a file named in the tenant file.
+    pub fn from_spec(
+        spec: McpSpec,
+        routes: &[Route],
+        path: &dyn Fn(&Path) -> PathBuf,
+    ) -> Result<Self, Vec<(String, String)>> {
         let mut problems = Vec::new();
+        let session_key = match &spec.session_key_file {
+            None => SessionKey::process(),
+            Some(file) => match SessionKey::read(&path(file)) {
+                Ok(key) => Arc::new(key),
+                Err(message) => {
+                    problems.push(("mcp.session_key_file".into(), message));
+                    SessionKey::process()
+                }
+            },
+        };
         let max_message_bytes = spec.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
         if max_message_bytes < 1024 {
             problems.push((
@@ -178,6 +206,7 @@ impl McpSettings {
             Ok(Self {
                 max_message_bytes,
                 servers,
+                session_key,
             })
         } else {
             Err(problems)
@@ -281,7 +310,7 @@ pub(super) fn under_prefix(path_and_query: &str, prefix: &str) -> bool {
         && matches!(path.get(prefix.len()), None | Some(b'/'))
 }
 
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -344,7 +373,7 @@ mod tests {
         docs.host = "docs.internal".into();
         docs.port = 8080;
         docs.base_path = "/mcp/".into();
-        McpSettings::from_spec(spec, &[route("llm"), docs])
+        McpSettings::from_spec(spec, &[route("llm"), docs], &|p| p.to_path_buf())
     }
 
     fn no_hosts() -> HashMap<String, Vec<IpAddr>> {
@@ -490,6 +519,7 @@ path_prefix = "/mcp"
             )
             .unwrap(),
             &[route("llm")],
+            &|p| p.to_path_buf(),
         )
         .unwrap();
         let hosts = HashMap::from([(

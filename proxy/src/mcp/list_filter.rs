@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::session::Sealer;
 use super::jsonrpc::{parse_strict, ItemKind, ListKind};
 
 /// Why a response could not be filtered.
@@ -107,8 +108,9 @@ pub struct ListFilter {
     /// Items removed so far.
     pub hidden: Hidden,
     /// The server's path prefix: where an `endpoint` event (the legacy HTTP+SSE transport) may
-    /// send the client's messages. `None`: no `endpoint` event is passed.
-    endpoint_prefix: Option<String>,
+    /// send the client's messages, and what seals the session it names. `None`: no `endpoint`
+    /// event is passed.
+    endpoint: Option<(String, Sealer)>,
 }
 
 impl ListFilter {
@@ -121,14 +123,15 @@ impl ListFilter {
             pending: Vec::new(),
             decided: HashMap::new(),
             hidden: Hidden::default(),
-            endpoint_prefix: None,
+            endpoint: None,
         }
     }
 
     /// Passes the legacy HTTP+SSE transport's `endpoint` event when the path it gives the
-    /// client's messages is under `prefix`, the server's own (so they are checked as MCP too).
-    pub fn with_endpoint_prefix(mut self, prefix: &str) -> Self {
-        self.endpoint_prefix = Some(prefix.to_string());
+    /// client's messages is under `prefix`, the server's own (so they are checked as MCP too),
+    /// with the session it names sealed by `sealer`.
+    pub fn with_endpoint(mut self, prefix: &str, sealer: Sealer) -> Self {
+        self.endpoint = Some((prefix.to_string(), sealer));
         self
     }
 
@@ -256,18 +259,21 @@ impl ListFilter {
         let event_type = lines.iter().rev().find_map(|l| field_value(l, b"event"));
         if event_type == Some(&b"endpoint"[..]) {
             let path = std::str::from_utf8(&joined).unwrap_or("");
-            let inside = self.endpoint_prefix.as_deref().is_some_and(|prefix| {
+            let Some((_, sealer)) = self.endpoint.as_ref().filter(|(prefix, _)| {
                 data.len() == 1
                     && path.starts_with('/')
                     && !path.starts_with("//")
                     && super::config::under_prefix(path, prefix)
-            });
-            if !inside {
+            }) else {
                 return Err(FilterError::Unreadable(
                     "an `endpoint` event that sends messages outside the MCP server's path".into(),
                 ));
+            };
+            // The session the URL names is this workload's alone.
+            match super::session::seal_endpoint(&sealer.binding(), path) {
+                Some(sealed) => replace_data(&lines, sealed.as_bytes(), out),
+                None => out.extend_from_slice(event),
             }
-            out.extend_from_slice(event);
             return Ok(());
         }
         let mut value = parse_strict(&joined)
@@ -276,23 +282,7 @@ impl ListFilter {
             out.extend_from_slice(event);
             return Ok(());
         }
-        // The data lines become one line holding the filtered message, where the first was.
-        let mut wrote_data = false;
-        for line in lines {
-            if data_value(line).is_none() {
-                out.extend_from_slice(line);
-            } else if !wrote_data {
-                wrote_data = true;
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(value.to_string().as_bytes());
-                let eol: &[u8] = if line.ends_with(b"\r\n") {
-                    b"\r\n"
-                } else {
-                    b"\n"
-                };
-                out.extend_from_slice(eol);
-            }
-        }
+        replace_data(&lines, value.to_string().as_bytes(), out);
         Ok(())
     }
 
@@ -393,6 +383,27 @@ fn event_len(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Writes an event's lines with its data lines replaced by one holding `data`, where the first
+/// was.
+fn replace_data(lines: &[&[u8]], data: &[u8], out: &mut Vec<u8>) {
+    let mut wrote_data = false;
+    for line in lines {
+        if data_value(line).is_none() {
+            out.extend_from_slice(line);
+        } else if !wrote_data {
+            wrote_data = true;
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(data);
+            let eol: &[u8] = if line.ends_with(b"\r\n") {
+                b"\r\n"
+            } else {
+                b"\n"
+            };
+            out.extend_from_slice(eol);
+        }
+    }
+}
+
 /// Whether `event` holds a CR that does not begin a CRLF (a line ending of its own).
 fn has_bare_cr(event: &[u8]) -> bool {
     event
@@ -426,6 +437,10 @@ fn data_value(line: &[u8]) -> Option<&[u8]> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn sealer() -> Sealer {
+        Sealer::new(super::super::session::SessionKey::process(), "acme", "bot", "docs")
+    }
 
     fn only_a_and_b(_: ItemKind, name: &str) -> bool {
         name == "a" || name == "b"
@@ -627,10 +642,19 @@ mod tests {
 
     #[test]
     fn a_legacy_endpoint_event_passes_only_toward_the_servers_path() {
-        let stream = "event: endpoint\r\ndata: /mcp/messages?session_id=ab12\r\n\r\n";
-        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint_prefix("/mcp");
-        let out = run(&mut f, &[stream.as_bytes()]).unwrap();
-        assert_eq!(out, stream.as_bytes());
+        // The session it names is sealed for the workload; the rest of the event is kept.
+        let stream = "id: 7\r\nevent: endpoint\r\ndata: /mcp/messages?v=2&session_id=ab12\r\n\r\n";
+        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint("/mcp", sealer());
+        let out = String::from_utf8(run(&mut f, &[stream.as_bytes()]).unwrap()).unwrap();
+        let sealed = sealer().binding().seal("ab12");
+        assert_eq!(
+            out,
+            format!("id: 7\r\nevent: endpoint\r\ndata: /mcp/messages?v=2&session_id={sealed}\r\n\r\n")
+        );
+        // A URL without a session is passed as it is.
+        let stream = "event: endpoint\ndata: /mcp/messages\n\n";
+        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint("/mcp", sealer());
+        assert_eq!(run(&mut f, &[stream.as_bytes()]).unwrap(), stream.as_bytes());
         for (name, data, prefix) in [
             (
                 "outside the prefix",
@@ -653,23 +677,23 @@ mod tests {
             let stream = format!("event: endpoint\ndata: {data}\n\n");
             let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20);
             if let Some(p) = prefix {
-                f = f.with_endpoint_prefix(p);
+                f = f.with_endpoint(p, sealer());
             }
             assert!(run(&mut f, &[stream.as_bytes()]).is_err(), "{name}");
         }
         // An `event` line naming it something else afterwards makes it that event, read as
         // JSON-RPC: filtered (here, refused as not JSON), never passed as an endpoint.
-        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint_prefix("/");
+        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint("/", sealer());
         assert!(run(
             &mut f,
             &[b"event: endpoint\nevent: message\ndata: /messages?s=1\n\n"]
         )
         .is_err());
         // Two data lines are not one path.
-        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint_prefix("/");
+        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint("/", sealer());
         assert!(run(&mut f, &[b"event: endpoint\ndata: /m\ndata: {}\n\n"]).is_err());
         // Under `/`, every path is the server's.
-        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint_prefix("/");
+        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint("/", sealer());
         assert!(run(&mut f, &[b"event: endpoint\ndata: /messages?s=1\n\n"]).is_ok());
     }
 

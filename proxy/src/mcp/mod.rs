@@ -18,6 +18,7 @@
 pub mod config;
 pub mod jsonrpc;
 pub mod list_filter;
+pub mod session;
 
 use pingora::http::ResponseHeader;
 use serde_json::Value;
@@ -41,6 +42,8 @@ pub struct McpExchange {
     pub lists: Vec<ListKind>,
     /// The list request ids with their kind, matched against response ids.
     pub list_ids: Vec<(Value, ListKind)>,
+    /// The server's own session ids, opened from what the agent sent ([`session`]).
+    pub session: session::Opened,
 }
 
 impl McpExchange {
@@ -53,6 +56,7 @@ impl McpExchange {
             prompts_got: Vec::new(),
             lists: Vec::new(),
             list_ids: Vec::new(),
+            session: session::Opened::default(),
         }
     }
 }
@@ -156,6 +160,7 @@ pub fn admit(
         prompts_got: request.prompt_gets,
         lists: request.lists,
         list_ids: request.list_ids,
+        session: session::Opened::default(),
     };
     Ok((exchange, decisions))
 }
@@ -203,6 +208,35 @@ pub fn observe_hidden(tenant_label: &str, filter: Option<&ListFilter>) {
     }
 }
 
+/// Seals the session ids a response hands out in `Mcp-Session-Id`.
+fn seal_session_header(
+    sealer: &session::Sealer,
+    response: &mut ResponseHeader,
+) -> Result<(), Unfilterable> {
+    let issued: Vec<http::HeaderValue> = response
+        .headers
+        .get_all(session::MCP_SESSION_ID)
+        .iter()
+        .cloned()
+        .collect();
+    if issued.is_empty() {
+        return Ok(());
+    }
+    response.remove_header(&session::MCP_SESSION_ID);
+    let binding = sealer.binding();
+    for id in issued {
+        let id = id
+            .to_str()
+            .map_err(|_| Unfilterable("the server's session id is not visible ASCII"))?;
+        let sealed = http::HeaderValue::try_from(binding.seal(id))
+            .map_err(|_| Unfilterable("the server's session id cannot be sealed"))?;
+        response
+            .append_header(session::MCP_SESSION_ID, sealed)
+            .map_err(|_| Unfilterable("the server's session id cannot be sealed"))?;
+    }
+    Ok(())
+}
+
 /// A response that must be filtered cannot be (the reason); it is withheld, never passed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -212,12 +246,17 @@ pub struct Unfilterable(pub &'static str);
 /// list results (its `Content-Length` is dropped, since filtering changes the length).
 /// SECURITY: a successful response owed a list that the filter cannot read (another content
 /// type, or compressed) is refused before anything of it is sent.
+///
+/// Every session id the server hands out (`Mcp-Session-Id`, or the `endpoint` event's URL) is
+/// sealed for the workload by `sealer` ([`session`]).
 pub fn response_filter(
     exchange: &McpExchange,
     cap: usize,
     endpoint_prefix: Option<&str>,
+    sealer: &session::Sealer,
     response: &mut ResponseHeader,
 ) -> Result<Option<ListFilter>, Unfilterable> {
+    seal_session_header(sealer, response)?;
     let content_type = response.headers.get(http::header::CONTENT_TYPE);
     let framing = content_type.and_then(|v| Framing::for_content_type(v.as_bytes()));
     if framing.is_some()
@@ -247,7 +286,7 @@ pub fn response_filter(
             response.remove_header(&http::header::CONTENT_LENGTH);
             let filter = ListFilter::new(framing, exchange.list_ids.clone(), cap);
             Ok(Some(match endpoint_prefix {
-                Some(prefix) => filter.with_endpoint_prefix(prefix),
+                Some(prefix) => filter.with_endpoint(prefix, sealer.clone()),
                 None => filter,
             }))
         }
@@ -262,6 +301,10 @@ pub fn response_filter(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    fn sealer() -> session::Sealer {
+        session::Sealer::new(session::SessionKey::process(), "acme", "bot", "s")
+    }
 
     fn decision(allowed: bool, id: &str) -> Decision {
         Decision {
@@ -421,7 +464,7 @@ mod tests {
             if let Some(e) = encoding {
                 resp.insert_header("content-encoding", e).unwrap();
             }
-            let got = response_filter(&exchange(lists_tools), 1024, None, &mut resp);
+            let got = response_filter(&exchange(lists_tools), 1024, None, &sealer(), &mut resp);
             match (got, want) {
                 (Ok(filter), Ok(framing)) => {
                     assert_eq!(filter.as_ref().map(|f| f.framing()), framing, "{name}");
@@ -506,5 +549,31 @@ mod tests {
             matches!(&refusal, McpRefusal::Denied { item: ItemKind::Prompt, name, .. } if name == "leak"),
             "{refusal:?}"
         );
+    }
+
+    #[test]
+    fn session_ids_a_server_hands_out_are_sealed_for_the_workload() {
+        let exchange = McpExchange::refused("s");
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-type", "application/json").unwrap();
+        resp.insert_header("mcp-session-id", "server-1").unwrap();
+        response_filter(&exchange, 1024, None, &sealer(), &mut resp).unwrap();
+        let sent: Vec<&str> = resp
+            .headers
+            .get_all("mcp-session-id")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(sent.len(), 1);
+        assert_ne!(sent[0], "server-1");
+        assert_eq!(sealer().binding().open(sent[0]), Some("server-1"));
+        // An id that is not text is withheld rather than passed unsealed.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header(
+            "mcp-session-id",
+            http::HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
+        )
+        .unwrap();
+        assert!(response_filter(&exchange, 1024, None, &sealer(), &mut resp).is_err());
     }
 }

@@ -47,6 +47,7 @@ use crate::credentials::oauth::TokenSource;
 use crate::credentials::secret::SecretValue;
 use crate::egress::EgressException;
 use crate::error::{Deny, PolicyRefusal};
+use crate::mcp::McpExchange;
 use crate::identity::{self, IdentityError, ListenerIdentity, Presented, ResolvedIdentity};
 use crate::ids::TenantId;
 use crate::limits::plan::{CallFacts, Plan};
@@ -537,6 +538,24 @@ async fn admit_http(
         .mcp
         .server_for(&destination, Some(addr), hosts)
     {
+        // A session id must be one sealed for this workload and server: no request runs in
+        // a session another tenant or workload opened.
+        let binding = snapshot.tenants.mcp.session_key.binding(
+            tenant.tenant.as_str(),
+            tenant.workload.as_str(),
+            &server.name,
+        );
+        let session = match crate::mcp::session::open_request(
+            &binding,
+            &header.headers,
+            &destination.upstream_path,
+        ) {
+            Ok(opened) => opened,
+            Err(unknown) => {
+                trail.mcp = Some(McpExchange::refused(&server.name));
+                return Err(Deny::McpSessionUnknown(unknown));
+            }
+        };
         let body = grant.body.as_ref().map(|b| b.0.as_ref());
         let record = McpTrail {
             decision: &mut trail.decision,
@@ -544,6 +563,9 @@ async fn admit_http(
             exchange: &mut trail.mcp,
         };
         asking.mcp(&server.name, upgrade, body, record, observer)?;
+        if let Some(exchange) = trail.mcp.as_mut() {
+            exchange.session = session;
+        }
     }
     // Credentials are decided now (a refused one refuses at once), and the permits that allowed
     // their use may ask for approval as much as the `http` and MCP ones.

@@ -608,7 +608,11 @@ impl ProxyHttp for TenantProxy {
                 .applied
                 .as_ref()
                 .is_some_and(crate::credentials::apply::Applied::scrubs);
-        respond::upstream_request(admitted, grant, readable, upstream)
+        respond::upstream_request(admitted, grant, readable, upstream)?;
+        if let Some(exchange) = &ctx.trail.mcp {
+            respond::mcp_session_upstream(&exchange.session, upstream)?;
+        }
+        Ok(())
     }
 
     async fn request_body_filter(

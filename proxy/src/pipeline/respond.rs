@@ -35,6 +35,24 @@ const PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-
 const HOLD: http::HeaderName = http::HeaderName::from_static(crate::approvals::HOLD_HEADER);
 const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
 
+/// The server's own session ids go upstream in place of the sealed ones the agent sent
+/// ([`crate::mcp::session`]).
+pub fn mcp_session_upstream(
+    opened: &crate::mcp::session::Opened,
+    upstream: &mut RequestHeader,
+) -> pingora::Result<()> {
+    if let Some(id) = &opened.header {
+        upstream.insert_header(crate::mcp::session::MCP_SESSION_ID, id.as_str())?;
+    }
+    if let Some(path_and_query) = &opened.path_and_query {
+        let uri: http::Uri = path_and_query.parse().map_err(|_| {
+            Error::explain(ErrorType::InternalError, "opened MCP path is not a valid URI")
+        })?;
+        upstream.set_uri(uri);
+    }
+    Ok(())
+}
+
 /// Writes the admitted request as it goes upstream: origin-form target, the substitutions, the
 /// real body length, `Host`, no identity material, trace context.
 pub fn upstream_request(
@@ -205,8 +223,20 @@ impl Stages {
         if let Some(exchange) = &trail.mcp {
             let mcp = &setup.admitted.snapshot.tenants.mcp;
             let prefix = mcp.path_prefix_of(&exchange.server);
-            stages.list =
-                crate::mcp::response_filter(exchange, mcp.max_message_bytes, prefix, resp)?;
+            let tenant = &setup.admitted.tenant;
+            let sealer = crate::mcp::session::Sealer::new(
+                mcp.session_key.clone(),
+                tenant.tenant.as_str(),
+                tenant.workload.as_str(),
+                &exchange.server,
+            );
+            stages.list = crate::mcp::response_filter(
+                exchange,
+                mcp.max_message_bytes,
+                prefix,
+                &sealer,
+                resp,
+            )?;
         }
         // Meter LLM calls whose response is readable as sent.
         if setup.llm && !encoded {
