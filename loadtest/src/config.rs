@@ -1075,6 +1075,9 @@ pub struct Mcp {
     /// `[[mcp.servers]]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<McpServer>,
+    /// The key MCP session ids are sealed with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_key_file: Option<PathBuf>,
 }
 
 /// `[[mcp.servers]]`: a server named by its route, or by its host (and port, path prefix).
@@ -1239,6 +1242,7 @@ mod tests {
         t.mcp = Some(Mcp {
             max_message_bytes: None,
             servers: vec![McpServer::by_route("tools", "llm")],
+            session_key_file: Some("mcp-session.key".into()),
         });
         let table = t.to_table().unwrap();
         let acme = &table["tenants"]["acme"];

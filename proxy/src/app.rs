@@ -110,7 +110,11 @@ pub fn run(
     static_config.admin_listen = bound_admin.addr;
     let static_config = Arc::new(static_config);
 
-    if let Some(warning) = snapshot.memory_limiter_warning(&static_config.limiter) {
+    let warnings = [
+        snapshot.memory_limiter_warning(&static_config.limiter),
+        snapshot.mcp_session_key_warning(&static_config.limiter),
+    ];
+    for warning in warnings.into_iter().flatten() {
         tracing::warn!("{warning}");
     }
     let handle = Arc::new(SnapshotHandle::new(static_config.clone(), snapshot));

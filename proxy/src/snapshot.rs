@@ -75,6 +75,23 @@ impl Snapshot {
         ))
     }
 
+    /// The warning `check` prints and `run` logs when replicas share a Redis limiter (so run
+    /// behind one load balancer) but seal MCP session ids each with a key of its own: a session
+    /// opened through one replica would be refused by the others.
+    pub fn mcp_session_key_warning(
+        &self,
+        limiter: &crate::limits::settings::LimiterSettings,
+    ) -> Option<String> {
+        let mcp = &self.tenants.mcp;
+        let shared = !matches!(
+            limiter,
+            crate::limits::settings::LimiterSettings::Memory { .. }
+        );
+        (shared && !mcp.servers.is_empty() && mcp.session_key.file.is_none()).then(|| {
+            "MCP session ids are sealed with a key of this process (`[mcp] session_key_file` is not set): a session opened through one replica is refused by the others (`mcp_session_unknown`), and every session ends at a restart; give replicas one shared key".to_string()
+        })
+    }
+
     /// Loads and validates the tenant file, keys, revocations and policies. Returns every
     /// problem found.
     pub fn load(static_config: &StaticConfig) -> Result<Self, Vec<ConfigProblem>> {

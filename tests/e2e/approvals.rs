@@ -36,6 +36,7 @@ fn spec_with_tools(origin: u16) -> ProxySpec {
     spec.tenants.mcp = Some(config::Mcp {
         max_message_bytes: None,
         servers: vec![config::McpServer::by_route("tools", "tools")],
+        ..Default::default()
     });
     spec
 }

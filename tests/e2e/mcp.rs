@@ -131,6 +131,7 @@ fn start_with_shadow(shadow: Option<&str>) -> Env {
     spec.tenants.mcp = Some(config::Mcp {
         max_message_bytes: Some(65536),
         servers,
+        ..Default::default()
     });
     if shadow.is_some() {
         spec.tenants.shadow_policy_dir = Some("shadow".into());
@@ -661,6 +662,7 @@ fn intercepted_tunnels_to_an_https_mcp_server_are_scoped_too() {
             path_prefix: Some("/mcp".into()),
             ..config::McpServer::by_host("tls-mcp", "mcp.test")
         }],
+        ..Default::default()
     });
     let proxy = Proxy::start_prepared(spec, |dir| {
         std::fs::write(dir.join("origin-ca.pem"), &origin_ca_pem).unwrap();
@@ -894,6 +896,7 @@ fn the_legacy_sse_transport_is_scoped_too() {
             port: Some(legacy.port),
             ..config::McpServer::by_host("tools-legacy", "127.0.0.1")
         }],
+        ..Default::default()
     });
     let proxy = Proxy::start(spec);
     let out = python(
@@ -1013,6 +1016,7 @@ fn sessions_are_bound_to_the_workload_that_opened_them() {
             "tools-stateful",
             "tools-stateful",
         )],
+        ..Default::default()
     });
     let proxy = Proxy::start(spec);
     let out = python(
@@ -1077,14 +1081,21 @@ print(json.dumps(out))
     // Its own session works: the server got its own id back (it refuses ids it never issued).
     assert_eq!(v["own"]["status"], 200, "{out}");
     let own: Value = serde_json::from_str(v["own"]["body"].as_str().unwrap()).unwrap();
-    assert_eq!(own["result"]["structuredContent"], json!({"result": 3}), "{out}");
+    assert_eq!(
+        own["result"]["structuredContent"],
+        json!({"result": 3}),
+        "{out}"
+    );
     assert_eq!(v["globex_own"]["status"], 200, "{out}");
     // Another tenant with acme's sealed id, acme with the server's raw one, the id sent twice.
     for (case, tenant) in [("stolen", "globex"), ("raw", "acme")] {
         let reply = &v[case];
         assert_eq!(reply["status"], 404, "{case}: {out}");
         let body: Value = serde_json::from_str(reply["body"].as_str().unwrap()).unwrap();
-        assert_eq!(body["error"]["code"], "mcp_session_unknown", "{case}: {out}");
+        assert_eq!(
+            body["error"]["code"], "mcp_session_unknown",
+            "{case}: {out}"
+        );
         assert!(!reply["body"].as_str().unwrap().contains(sealed), "{case}");
         let record = proxy.audit_record(tenant, reply["request_id"].as_str().unwrap());
         assert_eq!(record["reason"], "mcp_session_unknown", "{case}");

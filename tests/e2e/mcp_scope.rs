@@ -60,6 +60,7 @@ fn start() -> Env {
             config::McpServer::by_route("tickets", "tickets"),
             config::McpServer::by_route("recorder", "recorder"),
         ],
+        ..Default::default()
     });
     spec.config.egress.connect_ports = Some(vec![port]);
     for host in ["mcp.test", "alias.test"] {

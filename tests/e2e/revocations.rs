@@ -128,3 +128,70 @@ fn a_revocation_in_redis_reaches_every_replica_and_the_file_still_counts() {
     }
     assert!(origin.count() > before);
 }
+
+/// A replica that misses the moment Redis comes back empty (paused, or busy) must still see the
+/// revocations written after it: the list's version is never given twice, so a later list is
+/// never mistaken for the one the replica holds.
+#[test]
+fn a_revocation_after_redis_lost_its_data_reaches_a_replica_that_missed_the_loss() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let a = Proxy::start(
+        ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_millis(200)),
+    );
+    let revoke = |jti: &str| {
+        let config = a.path("tenant-proxy.toml");
+        let (code, out) = proxy_cli(
+            a.dir.path(),
+            &[
+                "token",
+                "revoke",
+                "--config",
+                config.to_str().unwrap(),
+                "--jti",
+                jti,
+                "--keep",
+                "1h",
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{out}");
+    };
+    let refused_within = |jti: &'static str, what: &str| {
+        let t = token(TokenOpts {
+            jti: Some(jti),
+            ..Default::default()
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = status_with(&a, &origin, &t);
+            if r.status == 407 {
+                r.assert_refused(407, "identity_invalid");
+                return;
+            }
+            assert_eq!(r.status, 200);
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the revocation never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    revoke("before-the-loss");
+    refused_within("before-the-loss", "first revocation");
+    // The replica sleeps through the loss: Redis comes back empty and gets one revocation,
+    // which a counted version would number as the replica's own.
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &a.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    redis.command("FLUSHALL");
+    revoke("after-the-loss");
+    signal("-CONT");
+    refused_within("after-the-loss", "revocation after the loss");
+}

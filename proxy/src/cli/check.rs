@@ -17,6 +17,7 @@ pub(super) fn check(config: &Path) -> ExitCode {
             let warnings = [
                 s.admin_token_warning(),
                 snap.memory_limiter_warning(&s.limiter),
+                snap.mcp_session_key_warning(&s.limiter),
             ];
             for warning in warnings.into_iter().flatten() {
                 eprintln!("warning: {warning}");

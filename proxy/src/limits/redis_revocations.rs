@@ -5,7 +5,7 @@
 //!
 //! The list is the sorted set `tp:{revocations}:jtis` (member: the jti; score: the unix second
 //! after which the entry may go, the latest expiry a token with that id can have) and a version
-//! counter `tp:{revocations}:version` bumped by each revocation, both under one hash tag (one
+//! `tp:{revocations}:version` each revocation sets to the time it wrote, both under one hash tag (one
 //! Cluster slot). Each replica keeps the whole list in memory and refreshes it every
 //! [`REFRESH`] in the background (one script call that returns the list only when its version
 //! moved), so the hot path reads a local set and never waits on Redis. A list that could not be
@@ -26,7 +26,8 @@ use crate::redis_conn::{AsyncConn, ScriptCall};
 
 /// The sorted set of revoked ids.
 pub const REVOKED_KEY: &str = "tp:{revocations}:jtis";
-/// Bumped by every revocation, so a refresh fetches the list only when it changed.
+/// Set by every revocation to a value never given before (the write's time), so a refresh
+/// fetches the list only when it changed, also after Redis lost its data.
 pub const VERSION_KEY: &str = "tp:{revocations}:version";
 /// How often each replica reads the list.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -47,10 +48,19 @@ return out
 
 const REVOKE: &str = r#"
 -- KEYS[1] the revoked set, KEYS[2] its version; ARGV[1] the id, ARGV[2] keep until (unix s).
--- An id already revoked keeps the later of its two keep times.
+-- An id already revoked keeps the later of its two keep times. The new version is the time of
+-- this write in microseconds (one more than the last version when the clock is behind it), not
+-- a count: a Redis that lost its data (a restart without persistence, a flush, a failover to a
+-- replica that missed writes) would count again from 0 and give a later list a version a
+-- replica already holds, which would then never fetch it. A time is not given twice.
+local t = redis.call('TIME')
+local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or 0)
+if v <= last then v = last + 1 end
 local cur = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or 0)
 if tonumber(ARGV[2]) > cur then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
-return redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[2], string.format('%d', v))
+return v
 "#;
 
 /// The shared revocation list as this replica last read it.

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::session::Sealer;
 use super::jsonrpc::{parse_strict, ItemKind, ListKind};
+use super::session::Sealer;
 
 /// Why a response could not be filtered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -439,7 +439,12 @@ mod tests {
     use serde_json::json;
 
     fn sealer() -> Sealer {
-        Sealer::new(super::super::session::SessionKey::process(), "acme", "bot", "docs")
+        Sealer::new(
+            super::super::session::SessionKey::process(),
+            "acme",
+            "bot",
+            "docs",
+        )
     }
 
     fn only_a_and_b(_: ItemKind, name: &str) -> bool {
@@ -644,17 +649,24 @@ mod tests {
     fn a_legacy_endpoint_event_passes_only_toward_the_servers_path() {
         // The session it names is sealed for the workload; the rest of the event is kept.
         let stream = "id: 7\r\nevent: endpoint\r\ndata: /mcp/messages?v=2&session_id=ab12\r\n\r\n";
-        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint("/mcp", sealer());
+        let mut f =
+            ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint("/mcp", sealer());
         let out = String::from_utf8(run(&mut f, &[stream.as_bytes()]).unwrap()).unwrap();
         let sealed = sealer().binding().seal("ab12");
         assert_eq!(
             out,
-            format!("id: 7\r\nevent: endpoint\r\ndata: /mcp/messages?v=2&session_id={sealed}\r\n\r\n")
+            format!(
+                "id: 7\r\nevent: endpoint\r\ndata: /mcp/messages?v=2&session_id={sealed}\r\n\r\n"
+            )
         );
         // A URL without a session is passed as it is.
         let stream = "event: endpoint\ndata: /mcp/messages\n\n";
-        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint("/mcp", sealer());
-        assert_eq!(run(&mut f, &[stream.as_bytes()]).unwrap(), stream.as_bytes());
+        let mut f =
+            ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint("/mcp", sealer());
+        assert_eq!(
+            run(&mut f, &[stream.as_bytes()]).unwrap(),
+            stream.as_bytes()
+        );
         for (name, data, prefix) in [
             (
                 "outside the prefix",

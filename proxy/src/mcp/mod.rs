@@ -555,7 +555,8 @@ mod tests {
     fn session_ids_a_server_hands_out_are_sealed_for_the_workload() {
         let exchange = McpExchange::refused("s");
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.insert_header("content-type", "application/json").unwrap();
+        resp.insert_header("content-type", "application/json")
+            .unwrap();
         resp.insert_header("mcp-session-id", "server-1").unwrap();
         response_filter(&exchange, 1024, None, &sealer(), &mut resp).unwrap();
         let sent: Vec<&str> = resp

@@ -93,7 +93,12 @@ impl SessionKey {
     }
 
     /// The key for one workload's sessions with one server.
-    pub fn binding<'a>(&'a self, tenant: &'a str, workload: &'a str, server: &'a str) -> Binding<'a> {
+    pub fn binding<'a>(
+        &'a self,
+        tenant: &'a str,
+        workload: &'a str,
+        server: &'a str,
+    ) -> Binding<'a> {
         Binding {
             key: self,
             tenant,
@@ -145,8 +150,8 @@ impl Binding<'_> {
     /// The id the agent sees for the server's `id`.
     pub fn seal(&self, id: &str) -> String {
         let tag = self.mac(id);
-        let mac = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(&tag.as_ref()[..MAC_BYTES]);
+        let mac =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag.as_ref()[..MAC_BYTES]);
         let mut sealed = String::with_capacity(PREFIX.len() + MAC_CHARS + 1 + id.len());
         sealed.push_str(PREFIX);
         sealed.push_str(&mac);
@@ -177,10 +182,7 @@ impl Binding<'_> {
 /// Whether a query parameter names a session: `sessionId`, `session_id`, `session-id` or
 /// `session`, in any letter case.
 pub fn is_session_parameter(name: &str) -> bool {
-    let spelled: Vec<u8> = name
-        .bytes()
-        .filter(|b| !matches!(b, b'_' | b'-'))
-        .collect();
+    let spelled: Vec<u8> = name.bytes().filter(|b| !matches!(b, b'_' | b'-')).collect();
     spelled.eq_ignore_ascii_case(b"sessionid") || spelled.eq_ignore_ascii_case(b"session")
 }
 
@@ -345,7 +347,10 @@ mod tests {
         // The same bytes make the same key (another replica opens what this one sealed).
         let again = SessionKey::read(&file).unwrap();
         let by_one = from_file.binding("acme", "bot", "docs").seal("x");
-        assert_eq!(again.binding("acme", "bot", "docs").open(&by_one), Some("x"));
+        assert_eq!(
+            again.binding("acme", "bot", "docs").open(&by_one),
+            Some("x")
+        );
     }
 
     #[test]
@@ -394,12 +399,21 @@ mod tests {
         let key = SessionKey::read(&a).unwrap();
         assert_eq!(key, SessionKey::read(&b).unwrap());
         let shown = format!("{key:?}");
-        assert!(!shown.contains(&secret) && shown.starts_with("SessionKey("), "{shown}");
+        assert!(
+            !shown.contains(&secret) && shown.starts_with("SessionKey("),
+            "{shown}"
+        );
     }
 
     #[test]
     fn session_parameters_are_found_in_every_spelling() {
-        for name in ["sessionId", "session_id", "SESSION-ID", "session", "Session"] {
+        for name in [
+            "sessionId",
+            "session_id",
+            "SESSION-ID",
+            "session",
+            "Session",
+        ] {
             assert!(is_session_parameter(name), "{name}");
         }
         for name in ["sessions", "id", "sid", "session_key", "api_key"] {

@@ -46,7 +46,10 @@ pub fn mcp_session_upstream(
     }
     if let Some(path_and_query) = &opened.path_and_query {
         let uri: http::Uri = path_and_query.parse().map_err(|_| {
-            Error::explain(ErrorType::InternalError, "opened MCP path is not a valid URI")
+            Error::explain(
+                ErrorType::InternalError,
+                "opened MCP path is not a valid URI",
+            )
         })?;
         upstream.set_uri(uri);
     }
