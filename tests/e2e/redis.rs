@@ -545,3 +545,37 @@ fn daily_cost_rolls_over_at_local_midnight_and_the_month_carries_on() {
         assert_eq!(backend.read(&day2).await.unwrap(), vec![500, 1_500]);
     });
 }
+
+/// Admissions that Redis runs only after a stall, when the proxy has long refused their
+/// requests, charge nothing: no concurrency slot stays held and no allowance is spent.
+#[test]
+fn admissions_queued_during_a_redis_stall_charge_nothing() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_millis(200));
+    let acme = spec.tenant("acme").limits();
+    acme.requests_per_minute = Some(20);
+    acme.concurrency = Some(10);
+    let proxy = Proxy::start(spec);
+    let url = format!("http://127.0.0.1:{}/acme/stall", origin.port);
+    // The proxy learns Redis's clock from its probe (every second).
+    std::thread::sleep(Duration::from_millis(2500));
+    // Redis stalls for three seconds; twelve requests arrive meanwhile, are refused, and their
+    // admissions wait in Redis's queue.
+    redis.command("CLIENT PAUSE 3000 ALL");
+    let refused: Vec<u16> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..12)
+            .map(|_| s.spawn(|| forward_get(proxy.sidecar_port, &url, None, "").status))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
+    std::thread::sleep(Duration::from_millis(3500));
+    // Redis ran them on resuming: none took a slot, none spent the minute's twenty requests.
+    assert_eq!(redis.command("ZCARD tp:{acme}:conc"), ["0"]);
+    let after: Vec<u16> = (0..20)
+        .map(|_| forward_get(proxy.sidecar_port, &url, None, "").status)
+        .collect();
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+    assert_eq!(origin.matching("/acme/stall").len(), 20);
+}

@@ -5,7 +5,7 @@
 //! time-boxed; when Redis cannot be reached the request is refused (`limiter_unavailable`), or,
 //! when configured, checked against local counters instead (counted and logged).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,8 @@ use crate::redis_conn::{AsyncConn, RedisEndpoint, ScriptCall};
 
 const ADMIT: &str = r#"
 -- Checks every key, then (only if all admit) updates every key. ARGV[1] lease id, ARGV[2] lease
--- ttl (ms), ARGV[3] run key ttl (s); then per key: kind, a, b, c.
+-- ttl (ms), ARGV[3] run key ttl (s), ARGV[4] the latest time (Redis's, us; 0: none) at which the
+-- admission may still apply; then per key: kind, a, b, c.
 -- 1 rate: a = interval us, b = tolerance us (GCRA)
 -- 2 concurrency: a = max (sorted set of leases scored by expiry)
 -- 3 tokens per minute: a = ceiling, b = reservation (hash {w = minute, u = used})
@@ -42,9 +43,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local ttl = tonumber(ARGV[2])
 local runttl = tonumber(ARGV[3])
+-- A call that runs after its caller gave up (Redis stalled, the call queued meanwhile) would
+-- charge a request that was refused: it applies nothing ('2').
+local deadline = tonumber(ARGV[4])
+if deadline > 0 and now > deadline then return '2' end
 local st = {}
 for i = 1, #KEYS do
-  local base = 3 + (i - 1) * 4
+  local base = 4 + (i - 1) * 4
   local kind = tonumber(ARGV[base + 1])
   local a = tonumber(ARGV[base + 2])
   local b = tonumber(ARGV[base + 3])
@@ -77,7 +82,7 @@ local function expire(key, c)
 end
 local out = {1}
 for i = 1, #KEYS do
-  local base = 3 + (i - 1) * 4
+  local base = 4 + (i - 1) * 4
   local kind = tonumber(ARGV[base + 1])
   local a = tonumber(ARGV[base + 2])
   local b = tonumber(ARGV[base + 3])
@@ -218,8 +223,66 @@ async fn load_scripts(conn: &AsyncConn, timeout: Duration) {
     }
 }
 
-/// How often the backend's own thread asks Redis `PING`, so that an idle replica notices an
-/// outage (and its end) without a request paying for it.
+/// Redis's clock as this replica sees it: the offset from the local clock, measured by the
+/// probe (`TIME`, halfway through its round trip). An admission carries the latest Redis time
+/// at which it may still apply, so one that Redis runs only after a stall, when the proxy has
+/// long refused the request, charges nothing: without it, a Redis paused for seconds ran every
+/// queued admission on resuming and spent a tenant's day on refused requests.
+#[derive(Debug)]
+struct RedisClock {
+    /// Redis time minus local time, in microseconds ([`i64::MIN`]: not measured yet).
+    offset_us: AtomicI64,
+}
+
+impl Default for RedisClock {
+    fn default() -> Self {
+        Self {
+            offset_us: AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
+/// How late past the caller's own deadline an admission may still apply: the caller may take
+/// an answer a little after its timeout (see [`answer_within`]), and the masters of a cluster
+/// each have their own clock; a stall shorter than this still charges what it queued.
+const LATE_ADMISSION_SLACK: Duration = Duration::from_secs(1);
+
+impl RedisClock {
+    fn measured(&self, sent_us: i64, redis_us: i64, answered_us: i64) {
+        let offset = redis_us - (sent_us + (answered_us - sent_us) / 2);
+        self.offset_us.store(offset, Ordering::Relaxed);
+    }
+
+    /// The latest Redis time (us) at which an admission sent now with `timeout` may apply; 0
+    /// (none) until the offset is known.
+    fn deadline(&self, timeout: Duration) -> i64 {
+        let offset = self.offset_us.load(Ordering::Relaxed);
+        if offset == i64::MIN {
+            return 0;
+        }
+        let slack =
+            i64::try_from((timeout * 2 + LATE_ADMISSION_SLACK).as_micros()).unwrap_or(i64::MAX / 4);
+        unix_us().saturating_add(offset).saturating_add(slack)
+    }
+}
+
+fn unix_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Redis's `TIME` answer in microseconds.
+fn time_us(answer: &[String]) -> Option<i64> {
+    match answer {
+        [secs, micros] => Some(secs.parse::<i64>().ok()? * 1_000_000 + micros.parse::<i64>().ok()?),
+        _ => None,
+    }
+}
+
+/// How often the backend's own thread asks Redis `TIME`, so that an idle replica notices an
+/// outage (and its end) without a request paying for it, and knows Redis's clock.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whether Redis answered the last call or probe: `/readyz`'s `limiter_connected`. Set by every
@@ -350,6 +413,8 @@ pub struct RedisBackend {
     conn: Arc<ArcSwapOption<AsyncConn>>,
     /// Whether Redis answered the last call or probe.
     answering: Arc<Answering>,
+    /// Redis's clock, for the admissions' deadlines.
+    clock: Arc<RedisClock>,
     /// A connection per calling runtime thread, so a call does not cross threads.
     local: Arc<LocalConns>,
     admit_script: redis::Script,
@@ -396,6 +461,8 @@ impl RedisBackend {
         let (first_read, read_timeout) = (revocations.clone(), connect_timeout);
         let answering = Arc::new(Answering::default());
         let (probed, probe_timeout) = (answering.clone(), settings.timeout);
+        let clock = Arc::new(RedisClock::default());
+        let clocked = clock.clone();
         let pending = Arc::new(PendingReleases::default());
         let releases = pending.clone();
         std::thread::Builder::new()
@@ -423,18 +490,22 @@ impl RedisBackend {
                                 }
                                 load_scripts(&m, read_timeout).await;
                                 let mut probe = m.clone();
-                                let ping = redis::cmd("PING");
+                                let time = redis::cmd("TIME");
                                 slot.store(Some(Arc::new(m)));
                                 probed.mark(true);
                                 tracing::info!("limiter connected to redis");
                                 let settle = redis::Script::new(SETTLE);
                                 loop {
                                     tokio::time::sleep(PROBE_INTERVAL).await;
-                                    let answer = ping.query_async::<redis::Value>(&mut probe);
-                                    let answered = matches!(
-                                        answer_within(probe_timeout, answer).await,
-                                        Some(Ok(_))
-                                    );
+                                    let sent = unix_us();
+                                    let answer = time.query_async::<Vec<String>>(&mut probe);
+                                    let answer = answer_within(probe_timeout, answer).await;
+                                    let answered = matches!(answer, Some(Ok(_)));
+                                    if let Some(redis_us) =
+                                        answer.and_then(Result::ok).as_deref().and_then(time_us)
+                                    {
+                                        clocked.measured(sent, redis_us, unix_us());
+                                    }
                                     probed.mark(answered);
                                     if answered {
                                         releases.retry(&mut probe, &settle, probe_timeout).await;
@@ -453,6 +524,7 @@ impl RedisBackend {
         Ok(Self {
             conn,
             answering,
+            clock,
             local: Arc::default(),
             admit_script: redis::Script::new(ADMIT),
             settle_script: redis::Script::new(SETTLE),
@@ -519,7 +591,8 @@ impl RedisBackend {
         invocation
             .arg(lease_id)
             .arg(millis(self.settings.lease_ttl))
-            .arg(self.settings.run_ttl.as_secs().max(1));
+            .arg(self.settings.run_ttl.as_secs().max(1))
+            .arg(self.clock.deadline(self.settings.timeout));
         for key in keys {
             invocation.arg(kind_code(&key.kind));
             match key.kind {
