@@ -579,3 +579,32 @@ fn admissions_queued_during_a_redis_stall_charge_nothing() {
     assert!(after.iter().all(|s| *s == 200), "{after:?}");
     assert_eq!(origin.matching("/acme/stall").len(), 20);
 }
+
+/// A request that runs longer than `lease_ttl` keeps its concurrency slot: its lease is renewed
+/// while it runs, and released when it ends.
+#[test]
+fn a_request_longer_than_its_lease_keeps_its_slot() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_secs(1));
+    spec.config.limiter.lease_ttl = Some(Duration::from_secs(2));
+    spec.tenant("acme").limits().concurrency = Some(1);
+    let proxy = Proxy::start(spec);
+    let port = proxy.sidecar_port;
+    let base = format!("http://127.0.0.1:{}/acme", origin.port);
+    std::thread::scope(|s| {
+        // The origin takes three seconds to answer `/slow/`: a second and a half past the lease.
+        let long = s.spawn(|| forward_get(port, &format!("{base}/slow/long"), None, "").status);
+        std::thread::sleep(Duration::from_millis(2500));
+        let during = forward_get(port, &format!("{base}/during"), None, "");
+        during.assert_refused(429, "concurrency_limited");
+        assert_eq!(long.join().unwrap(), 200);
+    });
+    // Ended: the slot is free again, and no lease is left behind.
+    assert_eq!(
+        forward_get(port, &format!("{base}/after"), None, "").status,
+        200
+    );
+    assert_eq!(redis.command("ZCARD tp:{acme}:conc"), ["0"]);
+    assert!(origin.matching("/acme/during").is_empty());
+}

@@ -555,6 +555,19 @@ pub struct Admission {
     pub reserved: Charge,
     /// Admitted by a replica's local fallback counters (settled there, not in the shared ones).
     pub local: bool,
+    /// Keeps the leases of a shared backend alive while the request runs; stops when the
+    /// admission is dropped (the request ended and was settled).
+    pub renewal: Option<LeaseRenewal>,
+}
+
+/// A task that renews an admission's leases; aborted when dropped.
+#[derive(Debug)]
+pub struct LeaseRenewal(pub tokio::task::AbortHandle);
+
+impl Drop for LeaseRenewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Admission {

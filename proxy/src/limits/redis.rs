@@ -14,8 +14,8 @@ use arc_swap::ArcSwapOption;
 use super::memory::MemoryBackend;
 use super::redis_revocations::SharedRevocations;
 use super::{
-    run_life_key, Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind,
-    RateHeadline, RunClaim, RunLedger, RunSighting,
+    run_life_key, Admission, AdmitError, Charge, LeaseRenewal, LimitBackend, LimitDeny, LimitKey,
+    LimitKind, RateHeadline, RunClaim, RunLedger, RunSighting,
 };
 use super::{LimiterUnavailable, RunEnd, RunRegistry};
 use crate::ids::TenantId;
@@ -142,6 +142,21 @@ end
 return 1
 "#;
 
+const RENEW: &str = r#"
+-- Keeps a running request's concurrency leases. KEYS: the concurrency sets; ARGV[1] the lease
+-- id, ARGV[2] lease ttl (ms). A lease still held expires a ttl from now; one already gone (it
+-- expired while Redis was out, or was released) is not brought back.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local ttl = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  if redis.call('ZADD', KEYS[i], 'XX', 'CH', now + ttl, ARGV[1]) == 1 then
+    if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
+end
+return 1
+"#;
+
 const READ: &str = r#"
 -- What each key counts now. ARGV[i]: the key's kind (as for ADMIT).
 local t = redis.call('TIME')
@@ -203,7 +218,7 @@ return {1, tonumber(v[1] or -1), tonumber(v[5] or exp), tonumber(v[3] or 0), ton
 "#;
 
 /// Every script the backend runs.
-const SCRIPTS: [&str; 5] = [ADMIT, SETTLE, READ, SIGHT_RUN, END_RUN];
+const SCRIPTS: [&str; 6] = [ADMIT, SETTLE, RENEW, READ, SIGHT_RUN, END_RUN];
 
 /// Loads the scripts into Redis (every master of a cluster) before the backend reports ready.
 /// Without this, a burst of first requests each meet `NOSCRIPT` and send the script's source
@@ -419,6 +434,8 @@ pub struct RedisBackend {
     local: Arc<LocalConns>,
     admit_script: redis::Script,
     settle_script: redis::Script,
+    /// Shared with the renewal tasks.
+    renew_script: Arc<redis::Script>,
     read_script: redis::Script,
     sight_run_script: redis::Script,
     end_run_script: redis::Script,
@@ -528,6 +545,7 @@ impl RedisBackend {
             local: Arc::default(),
             admit_script: redis::Script::new(ADMIT),
             settle_script: redis::Script::new(SETTLE),
+            renew_script: Arc::new(redis::Script::new(RENEW)),
             read_script: redis::Script::new(READ),
             sight_run_script: redis::Script::new(SIGHT_RUN),
             end_run_script: redis::Script::new(END_RUN),
@@ -633,6 +651,40 @@ impl RedisBackend {
         figures(&reply)
     }
 
+    /// Renews `admission`'s concurrency leases every third of `lease_ttl` until the admission
+    /// is dropped: a lease is there for a replica that crashes, and without renewal a request
+    /// that runs longer than `lease_ttl` (a long stream, an event stream, a WebSocket) would stop
+    /// counting while it still runs. A renewal that fails is tried again at the next turn.
+    fn renew_while_running(&self, admission: &Admission) -> Option<LeaseRenewal> {
+        if admission.leases.is_empty() {
+            return None;
+        }
+        let (mut conn, _) = self.conn_here()?;
+        let names: Vec<String> = admission.leases.iter().map(LimitKey::redis_name).collect();
+        let script = self.renew_script.clone();
+        let lease_id = admission.lease_id.clone();
+        let (ttl, timeout) = (self.settings.lease_ttl, self.settings.timeout);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let Ok(mut call) = ScriptCall::new(&script, &names) else {
+                    return;
+                };
+                call.arg(&lease_id).arg(millis(ttl));
+                if !matches!(
+                    answer_within(timeout, call.run::<i64>(&mut conn)).await,
+                    Some(Ok(_))
+                ) {
+                    METRICS.limiter_errors.inc();
+                    tracing::warn!(
+                        "cannot renew a running request's concurrency lease; trying again"
+                    );
+                }
+            }
+        });
+        Some(LeaseRenewal(task.abort_handle()))
+    }
+
     /// Settles reservations and removes leases, in one script call.
     async fn finish_redis(&self, admission: &Admission, used: Charge) {
         if admission.metered.is_empty() && admission.leases.is_empty() {
@@ -691,7 +743,9 @@ impl LimitBackend for RedisBackend {
         match self.admit_redis(keys, &lease_id, charge).await {
             Ok(reply) => {
                 METRICS.limiter_fallback_active.set(0);
-                decode(keys, &reply, lease_id, charge)
+                let mut admission = decode(keys, &reply, lease_id, charge)?;
+                admission.renewal = self.renew_while_running(&admission);
+                Ok(admission)
             }
             Err(e) => {
                 METRICS.limiter_errors.inc();
