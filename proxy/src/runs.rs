@@ -250,6 +250,11 @@ impl RunTracker {
                 tracing::warn!(error = %e, "limiter unavailable for a run's record; refusing");
                 RunRefusal::LimiterUnavailable
             })?;
+        // A closed run (also one closed before its first request) is refused before it is
+        // watched or said to start: it would start with no summary ever to follow.
+        if sighting.closed {
+            return Err(RunRefusal::Closed);
+        }
         self.watch(tenant, ends_at);
         if sighting.first {
             slot.emit(RunEvent {
@@ -263,9 +268,6 @@ impl RunTracker {
                 request_id: Some(tenant.request_id.to_string()),
                 totals: None,
             });
-        }
-        if sighting.closed {
-            return Err(RunRefusal::Closed);
         }
         Ok(())
     }

@@ -338,3 +338,27 @@ fn replicas_sharing_redis_write_one_run_started_and_one_run_summary_between_them
         assert_eq!(code, 0, "{out}");
     }
 }
+
+/// A run closed before its first request never starts: its requests are refused `run_closed`,
+/// and no `run_started` is written (no `run_summary` could ever follow it).
+#[test]
+fn a_run_closed_before_its_first_request_never_starts() {
+    let mock = start_mock();
+    let proxy = llm_proxy(mock, None);
+    let closed = admin_close(&proxy, "tenant=acme&run=run-future");
+    assert_eq!(
+        closed.json()["closed"],
+        "before_start",
+        "{}",
+        closed.body_text()
+    );
+    let token = run_token("acme", "bot", "run-future", 300);
+    let refused = llm_chat(proxy.shared_port, CHAT, &bearer(&token));
+    refused.assert_refused(403, "run_closed");
+    assert_eq!(
+        proxy.audit_record("acme", &refused.request_id())["reason"],
+        "run_closed"
+    );
+    assert!(events(&proxy, "acme", "run_started", "run-future").is_empty());
+    assert!(events(&proxy, "acme", "run_summary", "run-future").is_empty());
+}
