@@ -389,3 +389,46 @@ fn a_failover_under_load_falls_back_to_local_counters_then_resumes_shared_ones()
     println!("local fallback: {admitted} admitted, spent {spent} (bound {bound})");
     assert!(spent <= bound, "{spent} spent, bound {bound}\n{postmortem}");
 }
+
+/// One master hung (its clients paused; no failover) does not make the replica unready while
+/// the other masters answer: the tenants of the other slots are served, and readiness says so,
+/// instead of every replica leaving the load balancer together.
+#[test]
+fn one_hung_master_leaves_the_replica_ready_for_the_other_slots() {
+    let cluster = RedisCluster::start();
+    let origin = Origin::start();
+    let mut spec = cluster_proxy(&cluster, config::OnUnavailable::FailClosed);
+    spec.tenant("acme").limits().concurrency = Some(10);
+    let proxy = Proxy::start(spec);
+    let acme_master = cluster.master_of("tp:{acme}:conc");
+    let list_master = cluster.master_of("tp:{revocations}:jtis");
+    let other = (0..1000)
+        .map(|i| cluster.master_of(&format!("k{{t{i}}}")))
+        .find(|p| *p != acme_master && *p != list_master)
+        .expect("a master serving neither acme nor the revocation list");
+    let url = format!("http://127.0.0.1:{}/acme/hung", origin.port);
+    assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+    let ready = |p: &Proxy| {
+        raw_request_to(
+            p.admin_addr(),
+            "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .status
+    };
+    // A probe or call that meets the paused master waits on it; acme's calls (two a second)
+    // are answered meanwhile, and readiness is read in between.
+    cluster.cli(other, &["CLIENT", "PAUSE", "4000", "ALL"]);
+    let until = Instant::now() + Duration::from_millis(3500);
+    let mut samples = Vec::new();
+    let mut next_call = Instant::now();
+    while Instant::now() < until {
+        if Instant::now() >= next_call {
+            assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+            next_call += Duration::from_millis(500);
+        }
+        samples.push(ready(&proxy));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(samples.iter().all(|s| *s == 200), "{samples:?}");
+}

@@ -300,26 +300,48 @@ fn time_us(answer: &[String]) -> Option<i64> {
 /// outage (and its end) without a request paying for it, and knows Redis's clock.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Whether Redis answered the last call or probe: `/readyz`'s `limiter_connected`. Set by every
-/// call at the cost of one load (a store only when the answer changes), and by a `PING` every
-/// [`PROBE_INTERVAL`] from the backend's own thread.
+/// Whether Redis answers: `/readyz`'s `limiter_connected`. Every call and the `TIME` probe
+/// (every [`PROBE_INTERVAL`], from the backend's own thread; a cluster routes it to one master)
+/// report their outcome. Redis answers while the latest outcome is an answer, or while some
+/// call got one within [`RECENT_ANSWER`]: a cluster with one master hung still answers for the
+/// tenants of the other masters' slots, so the replica stays ready for them (those slots'
+/// tenants get what `on_unavailable` says), and only when every call and probe failed for that
+/// long is the replica not ready.
 #[derive(Debug, Default)]
-struct Answering(AtomicBool);
+struct Answering {
+    /// The latest outcome was a failure.
+    failing: AtomicBool,
+    /// Unix ms of the last answer, written at most every [`ANSWER_STAMP_EVERY_MS`] (a store per
+    /// call from every worker would make the threads fight over one cache line).
+    answered_ms: AtomicI64,
+}
+
+/// How long after its last answer a Redis whose calls now fail still counts as answering.
+const RECENT_ANSWER: Duration = Duration::from_millis(2500);
+const ANSWER_STAMP_EVERY_MS: i64 = 100;
 
 impl Answering {
     fn mark(&self, answered: bool) {
-        if self.0.load(Ordering::Relaxed) != answered {
-            self.0.store(answered, Ordering::Relaxed);
+        if answered {
+            let now = unix_us() / 1000;
+            if now - self.answered_ms.load(Ordering::Relaxed) >= ANSWER_STAMP_EVERY_MS {
+                self.answered_ms.store(now, Ordering::Relaxed);
+            }
+        }
+        if self.failing.load(Ordering::Relaxed) == answered {
+            self.failing.store(!answered, Ordering::Relaxed);
             if answered {
                 tracing::info!("limiter: redis answers again");
             } else {
-                tracing::warn!("limiter: redis does not answer");
+                tracing::warn!("limiter: a redis call got no answer");
             }
         }
     }
 
     fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        let recent = unix_us() / 1000 - self.answered_ms.load(Ordering::Relaxed)
+            < i64::try_from(RECENT_ANSWER.as_millis()).unwrap_or(i64::MAX);
+        !self.failing.load(Ordering::Relaxed) || recent
     }
 }
 
@@ -958,5 +980,51 @@ fn decode(
         }
         // An answer we do not understand admits nothing.
         _ => Err(AdmitError::Unavailable),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_answers_while_some_call_got_an_answer_lately() {
+        let a = Answering::default();
+        a.mark(true);
+        assert!(a.get());
+        // One master hung: its calls fail, the others' are answered.
+        a.mark(false);
+        assert!(a.get(), "an answer a moment ago");
+        a.mark(true);
+        a.mark(false);
+        assert!(a.get());
+        // Every call failed for longer than the window: not answering.
+        a.answered_ms.store(
+            unix_us() / 1000 - i64::try_from(RECENT_ANSWER.as_millis()).unwrap() - 1,
+            Ordering::Relaxed,
+        );
+        assert!(!a.get());
+        // The first answer makes it answering again at once.
+        a.mark(true);
+        assert!(a.get());
+    }
+
+    #[test]
+    fn an_admission_may_apply_until_its_deadline_on_redis_clock() {
+        let clock = RedisClock::default();
+        // Not measured yet: no deadline.
+        assert_eq!(clock.deadline(Duration::from_millis(50)), 0);
+        // Redis's clock an hour ahead of this one.
+        let sent = unix_us();
+        clock.measured(sent, sent + 3_600_000_000 + 500, sent + 1000);
+        let deadline = clock.deadline(Duration::from_millis(50));
+        let expected = unix_us() + 3_600_000_000 + 1_100_000;
+        assert!(
+            (deadline - expected).abs() < 50_000,
+            "{deadline} {expected}"
+        );
+        assert_eq!(time_us(&["12".into(), "345".into()]), Some(12_000_345));
+        assert_eq!(time_us(&["12".into()]), None);
     }
 }
