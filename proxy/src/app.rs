@@ -121,9 +121,13 @@ pub fn run(
     let (audit, audit_writer) = AuditSink::start(&static_config.audit)?;
     crate::reload::spawn(handle.clone());
 
+    // Shutdown is drained before pingora hears of the signal (see `crate::drain`): pingora's
+    // grace period, a sleep after which every task still running is dropped unrecorded, is
+    // none. `graceful_shutdown_timeout` still bounds how long its runtimes take to stop.
+    let drain = crate::drain::Drain::new();
     let conf = ServerConf {
         threads: static_config.threads,
-        grace_period_seconds: Some(static_config.grace_period.as_secs()),
+        grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(static_config.graceful_shutdown_timeout.as_secs()),
         ca_file: ca_bundle(&static_config)?,
         ..ServerConf::default()
@@ -174,6 +178,7 @@ pub fn run(
             crate::credentials::oauth::fetch::client_config(&static_config.upstream.extra_ca_files)
                 .map_err(|e| anyhow::anyhow!("the trust for token endpoints: {e}"))?,
         ),
+        drain: drain.clone(),
     });
     for (listener, bound) in static_config.listeners.iter().zip(bound_listeners) {
         let addr = bound.addr;
@@ -195,7 +200,12 @@ pub fn run(
             shared.clone(),
             mtls,
         );
-        let service = ListenService::new(format!("proxy {}", listener.name), bound, app);
+        let service = ListenService::new(
+            format!("proxy {}", listener.name),
+            bound,
+            app,
+            drain.clone(),
+        );
         server.add_service(match listener.kind {
             ListenerKind::Transparent => service.capturing(),
             ListenerKind::Proxy => service,
@@ -205,12 +215,17 @@ pub fn run(
 
     let admin = AdminApp::new(
         handle.clone(),
-        audit,
+        audit.clone(),
         limits,
         runs,
         static_config.listeners.iter().map(|l| l.listen).collect(),
     );
-    server.add_service(ListenService::new("admin".into(), bound_admin, admin));
+    server.add_service(ListenService::new(
+        "admin".into(),
+        bound_admin,
+        admin,
+        drain.clone(),
+    ));
     tracing::info!(addr = %static_config.admin_listen, token = static_config.admin_token_file.is_some(), "admin listening");
     if let Some(warning) = static_config.admin_token_warning() {
         tracing::warn!("{warning}");
@@ -221,10 +236,15 @@ pub fn run(
             holds.clone(),
             approver_verifier(handle.clone(), holds.settings().audience.clone()),
         );
-        server.add_service(ListenService::new("approvals".into(), bound, app));
+        server.add_service(ListenService::new(
+            "approvals".into(),
+            bound,
+            app,
+            drain.clone(),
+        ));
         server.add_service(pingora::services::background::background_service(
             "approval holds",
-            HoldsShutdown(holds),
+            HoldsShutdown(holds, drain.watch()),
         ));
         tracing::info!(%addr, "approvals API listening");
     }
@@ -234,8 +254,16 @@ pub fn run(
     }
     // Where to point `HTTP_PROXY`, without reading the configuration.
     print!("{}", startup_lines(&static_config));
-    server.run(pingora::server::RunArgs::default());
-    // The services have stopped: write what is still queued and the final checkpoints.
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(crate::drain::DrainOnSignal {
+            drain,
+            audit,
+            grace: static_config.grace_period,
+            settle: static_config.graceful_shutdown_timeout,
+        }),
+    });
+    // The drain saw every request record and the services have stopped: write what is still
+    // queued and the final checkpoints.
     audit_writer.shutdown();
     Ok(())
 }
@@ -369,18 +397,17 @@ fn approver_verifier(
     })
 }
 
-/// Cancels every waiting approval hold once shutdown starts, so its agent is refused while the
-/// connection is still up (and nothing held by this process is forwarded later).
-struct HoldsShutdown(Arc<crate::approvals::Holds>);
+/// Cancels every waiting approval hold once the drain begins (the watch), so its agent is
+/// refused while the connection is still up (and nothing held by this process is forwarded
+/// later).
+struct HoldsShutdown(Arc<crate::approvals::Holds>, pingora::server::ShutdownWatch);
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for HoldsShutdown {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        while shutdown.changed().await.is_ok() {
-            if *shutdown.borrow() {
-                break;
-            }
-        }
+    async fn start(&self, _pingora_shutdown: pingora::server::ShutdownWatch) {
+        let mut shutdown = self.1.clone();
+        // A value that was already true counts (`wait_for` checks it first).
+        let _ = shutdown.wait_for(|stopping| *stopping).await;
         self.0.shut_down();
     }
 }

@@ -102,6 +102,9 @@ pub enum Deny {
     ProtectedHopHeader(&'static str),
     /// The client went away before the request completed (recorded, never sent).
     ClientClosed,
+    /// The proxy shut down before the request completed: it was still running when the drain
+    /// time ran out, and its connection was cut (recorded, never sent: the connection is gone).
+    Shutdown,
     /// An admin endpoint, or the tenant it names, does not exist.
     AdminNotFound(String),
     /// An admin endpoint called with the wrong method.
@@ -351,7 +354,8 @@ impl Deny {
             | Deny::Overloaded(_)
             | Deny::ConnectionLimit(_)
             | Deny::BodyMemoryLimit(_)
-            | Deny::DnsLookupLimit(_) => {
+            | Deny::DnsLookupLimit(_)
+            | Deny::Shutdown => {
                 headers.push(one_second());
             }
             Deny::AdminUnauthorized(_) => {
@@ -680,6 +684,10 @@ impl Deny {
                 499,
                 "the client closed the connection before the request completed".into(),
             ),
+            Deny::Shutdown => (
+                503,
+                "the proxy shut down before the request completed; retry shortly".into(),
+            ),
             Deny::AdminNotFound(why) => (404, why.clone()),
             Deny::MethodNotAllowed(why) => (405, why.clone()),
             Deny::AdminUnauthorized(why) => (
@@ -818,6 +826,7 @@ impl Deny {
             Deny::BodyMemoryLimit(_) => ReasonCode::BodyMemoryLimit,
             Deny::ProtectedHopHeader(_) => ReasonCode::BadConnectionHeader,
             Deny::ClientClosed => ReasonCode::ClientClosed,
+            Deny::Shutdown => ReasonCode::Shutdown,
             Deny::AdminNotFound(_) => ReasonCode::NotFound,
             Deny::MethodNotAllowed(_) => ReasonCode::MethodNotAllowed,
             Deny::AdminUnauthorized(_) => ReasonCode::AdminUnauthorized,
@@ -952,6 +961,7 @@ mod tests {
                 "bad_connection_header",
             ),
             (Deny::ClientClosed, 499, "client_closed"),
+            (Deny::Shutdown, 503, "shutdown"),
             (Deny::AdminNotFound("x".into()), 404, "not_found"),
             (
                 Deny::MethodNotAllowed("x".into()),

@@ -30,6 +30,10 @@
 //! The process log ([`logging`]) holds no secret at any level: third-party debug lines stay
 //! off, and failures are logged without the upstream bytes pingora keeps in its errors.
 //!
+//! On `SIGTERM` the proxy drains ([`drain`]): it stops accepting, lets the requests in flight
+//! finish within the drain time, and cuts the rest so that each still records and settles before
+//! the audit writer stops.
+//!
 //! At startup the process raises its soft open-file limit to the hard one ([`open_files`]), so
 //! the connection caps, not the host's default 1024 descriptors, bound how many clients it serves.
 //!
@@ -65,6 +69,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod credentials;
+pub mod drain;
 pub mod egress;
 pub mod error;
 pub mod front;

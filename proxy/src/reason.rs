@@ -136,6 +136,8 @@ reason_codes! {
     BadConnectionHeader => "bad_connection_header",
     /// See `Deny::ClientClosed`.
     ClientClosed => "client_closed",
+    /// See `Deny::Shutdown`.
+    Shutdown => "shutdown",
     /// See `Deny::AdminNotFound`.
     NotFound => "not_found",
     /// See `Deny::MethodNotAllowed`.

@@ -290,6 +290,121 @@ fn a_stream_the_client_leaves_before_its_usage_keeps_its_reservation() {
     assert_eq!(rec["settled"]["tokens"].as_u64(), Some(reserved), "{rec}");
 }
 
+/// `SIGTERM` with streams running: the proxy stops accepting, lets what finishes within the
+/// drain time (`[server] grace_period`) finish, then cuts the rest. Every stream gets exactly
+/// one record, the cut ones `shutdown` with their reservation settled (no usage arrived), and
+/// the process exits soon after the drain time, its audit writer having written them all.
+#[test]
+fn streams_running_at_sigterm_finish_or_are_cut_and_each_is_recorded_and_settled() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::Instant;
+    let mock = start_mock();
+    let grace = Duration::from_secs(3);
+    let mut proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().tokens_per_minute = Some(100_000);
+        spec.config.server.grace_period = Some(grace);
+    });
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":300,"stream":true,"messages":[]}"#;
+    // A stream of `deltas` deltas 100 ms apart, read up to its first delta.
+    let open = |deltas: u32| {
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        write!(
+            sock,
+            "POST /llm/chat/completions HTTP/1.1\r\nHost: llm\r\nContent-Type: application/json\r\nx-mock-output-tokens: {deltas}\r\nx-mock-chunk-delay-ms: 100\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reader = BufReader::new(sock);
+        let mut line = String::new();
+        while !line.contains("\"content\"") {
+            line.clear();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "no first delta");
+        }
+        reader
+    };
+    // Three 10-second streams, and one of a second that finishes within the drain time.
+    let long: Vec<_> = (0..3).map(|_| open(100)).collect();
+    let short = open(10);
+    proxy.sigterm();
+    let sent = Instant::now();
+    // Each stream read to its end: whether it finished (`[DONE]`) and when its last delta came.
+    let read_out = |mut reader: BufReader<std::net::TcpStream>| {
+        std::thread::spawn(move || {
+            let (mut line, mut done, mut last) = (String::new(), false, sent);
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return (done, last.duration_since(sent)),
+                    Ok(_) => {
+                        done |= line.contains("[DONE]");
+                        if line.contains("\"content\"") {
+                            last = Instant::now();
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let long: Vec<_> = long.into_iter().map(read_out).collect();
+    let short = read_out(short);
+    // New connections are refused once draining begins.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).is_err(),
+        "a connection accepted while draining"
+    );
+    // Cut at the drain time; the test config gives the cut requests 1 s to record.
+    let exited = proxy.wait_exit(grace + Duration::from_secs(3));
+    let took = sent.elapsed();
+    assert!(
+        exited.is_some(),
+        "still running {took:?} after SIGTERM; log:\n{}",
+        proxy.log()
+    );
+    let (short_done, _) = short.join().unwrap();
+    assert!(
+        short_done,
+        "the short stream did not finish within the drain time"
+    );
+    for stream in long {
+        let (done, last) = stream.join().unwrap();
+        assert!(!done, "a 10-second stream finished");
+        // It was served through the drain time, not dropped at the signal.
+        assert!(
+            last >= grace - Duration::from_millis(500),
+            "last delta {last:?} after SIGTERM"
+        );
+    }
+    let records: Vec<_> = proxy
+        .audit_records("acme")
+        .into_iter()
+        .filter(|r| r["event"] == "request")
+        .collect();
+    let log = proxy.log();
+    assert_eq!(records.len(), 4, "{records:#?}\n{log}");
+    assert_eq!(
+        records.iter().filter(|r| r["reason"] == "allowed").count(),
+        1,
+        "{records:#?}"
+    );
+    let cut: Vec<_> = records
+        .iter()
+        .filter(|r| r["reason"] == "shutdown")
+        .collect();
+    assert_eq!(cut.len(), 3, "{records:#?}");
+    for rec in cut {
+        assert_eq!(rec["decision"], "deny", "{rec}");
+        let reserved = rec["reserved"]["tokens"].as_u64().unwrap();
+        assert!(reserved >= 300, "{rec}");
+        // Served and no usage reported: the whole reservation is spent, never refunded.
+        assert_eq!(rec["settled"]["tokens"].as_u64(), Some(reserved), "{rec}");
+    }
+    // And its `request` log line (repeats of one reason may be summarized).
+    assert!(log.contains(r#"reason="shutdown""#), "{log}");
+}
+
 #[test]
 fn a_stream_within_its_budget_is_extended_and_finishes() {
     let mock = start_mock();

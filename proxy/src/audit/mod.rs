@@ -14,6 +14,9 @@
 //! tenant: once the caller's tenant is known, a request whose tenant's partition cannot be
 //! written is refused ([`AuditSink::admit_tenant`]) while other tenants are served; the writer
 //! keeps that tenant's records and writes them once its partition recovers.
+//!
+//! A reserved slot is a record owed: the sink counts them, so shutdown can wait until every
+//! request has recorded before the writer drains its queue ([`AuditSink::all_recorded`]).
 
 pub mod chain;
 pub mod checkpoint;
@@ -34,9 +37,10 @@ pub use record::{
 pub use settings::{AuditSettings, AuditSpec, AuditStreamSettings, FsyncPolicy};
 pub use writer::AuditWriter;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::ids::TenantId;
 use crate::metrics::{Metrics, METRICS};
@@ -47,12 +51,42 @@ use writer::Health;
 pub struct AuditSink {
     tx: mpsc::Sender<AuditEntry>,
     health: Arc<Health>,
+    owed: Arc<Owed>,
 }
 
 /// A reserved place in the audit queue; [`AuditSlot::emit`] fills it without waiting.
 #[derive(Debug)]
 pub struct AuditSlot {
     permit: mpsc::OwnedPermit<AuditEntry>,
+    // Dropped after the record is enqueued (or with an unused slot): one record less owed.
+    _owed: OwedRecord,
+}
+
+/// Slots reserved and not yet filled or given back: the records still to come.
+#[derive(Debug, Default)]
+struct Owed {
+    count: AtomicUsize,
+    /// Woken when the count reaches zero.
+    none: Notify,
+}
+
+/// One record owed, counted while it lives.
+#[derive(Debug)]
+struct OwedRecord(Arc<Owed>);
+
+impl OwedRecord {
+    fn new(owed: &Arc<Owed>) -> Self {
+        owed.count.fetch_add(1, Ordering::AcqRel);
+        Self(owed.clone())
+    }
+}
+
+impl Drop for OwedRecord {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none.notify_waiters();
+        }
+    }
 }
 
 impl AuditSlot {
@@ -114,7 +148,8 @@ impl AuditSink {
             .map_err(AuditStartError::Stream)?;
         let writer = writer::spawn(settings.clone(), signer, stream, rx, health.clone())
             .map_err(AuditStartError::Writer)?;
-        Ok((Self { tx, health }, writer))
+        let owed = Arc::default();
+        Ok((Self { tx, health, owed }, writer))
     }
 
     /// Reserves a slot for this request's record, before its tenant is known.
@@ -127,7 +162,10 @@ impl AuditSink {
             return Err(AuditUnavailable);
         }
         match self.tx.clone().try_reserve_owned() {
-            Ok(permit) => Ok(AuditSlot { permit }),
+            Ok(permit) => Ok(AuditSlot {
+                permit,
+                _owed: OwedRecord::new(&self.owed),
+            }),
             Err(_) => {
                 refused(None);
                 Err(AuditUnavailable)
@@ -168,6 +206,27 @@ impl AuditSink {
     /// Whether `tenant`'s partition can be written now.
     pub fn tenant_writable(&self, tenant: &TenantId) -> bool {
         !self.health.failing.load().contains(tenant.as_str())
+    }
+
+    /// Records owed: slots reserved (requests, tunnels and events in progress) and not yet
+    /// filled or given back.
+    pub fn owed(&self) -> usize {
+        self.owed.count.load(Ordering::Acquire)
+    }
+
+    /// Returns once no record is owed: every request that reserved a slot has enqueued its
+    /// record (or given the slot back). Shutdown waits on it before the writer drains.
+    pub async fn all_recorded(&self) {
+        loop {
+            let none = self.owed.none.notified();
+            tokio::pin!(none);
+            // Registered before the count is read, so a drop to zero in between still wakes it.
+            none.as_mut().enable();
+            if self.owed() == 0 {
+                return;
+            }
+            none.await;
+        }
     }
 
     /// How many tenants' partitions cannot be written now (readiness shows the count, never

@@ -67,9 +67,9 @@ pub struct StaticConfig {
     pub policy: crate::policy::settings::PolicySettings,
     /// Worker threads per listener.
     pub threads: usize,
-    /// Seconds to keep serving after SIGTERM.
+    /// The drain time: how long requests in flight get to finish after SIGTERM.
     pub grace_period: Duration,
-    /// Seconds in-flight requests get during shutdown.
+    /// How long the requests cut after the drain time get to record and settle.
     pub graceful_shutdown_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,

@@ -99,10 +99,12 @@ pub struct ServerSpec {
     /// Worker threads per listener.
     #[serde(default = "default_threads")]
     pub threads: usize,
-    /// How long to keep serving after SIGTERM before shutting down.
+    /// The drain time: how long requests in flight get to finish after SIGTERM (no new
+    /// connections are accepted); those still running then are cut (see `crate::drain`).
     #[serde(default = "default_grace")]
     pub grace_period: String,
-    /// How long in-flight requests get once shutdown starts.
+    /// How long the requests cut at the end of the drain time get to record and settle before
+    /// the process exits.
     #[serde(default = "default_grace")]
     pub graceful_shutdown_timeout: String,
 }

@@ -5,6 +5,9 @@
 //! listeners. Binding here first turns a taken port into one clear error before anything else
 //! starts, lets a listener ask for port 0 (the address actually bound is reported), and keeps the
 //! accept loop ours.
+//!
+//! Shutdown is the proxy's own ([`crate::drain`]): a service stops accepting when the drain
+//! begins, and every connection it accepts can be cut when the drain runs out of time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +18,8 @@ use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::SocketDigest;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
+
+use crate::drain::Drain;
 
 /// A TCP socket bound and listening, not yet accepting.
 #[derive(Debug)]
@@ -38,6 +43,7 @@ pub struct ListenService<A> {
     name: String,
     bound: Option<Bound>,
     app: Option<A>,
+    drain: Arc<Drain>,
     /// Record each connection's original destination (a transparent listener).
     capture: bool,
 }
@@ -52,12 +58,13 @@ impl<A> std::fmt::Debug for ListenService<A> {
 }
 
 impl<A: ServerApp + Send + Sync + 'static> ListenService<A> {
-    /// A service named `name` serving `app` on `bound`.
-    pub fn new(name: String, bound: Bound, app: A) -> Self {
+    /// A service named `name` serving `app` on `bound` until `drain` begins.
+    pub fn new(name: String, bound: Bound, app: A, drain: Arc<Drain>) -> Self {
         Self {
             name,
             bound: Some(bound),
             app: Some(app),
+            drain,
             capture: false,
         }
     }
@@ -76,9 +83,12 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenService<A> {
     async fn start_service(
         &mut self,
         _fds: Option<ListenFds>,
-        mut shutdown: ShutdownWatch,
+        // pingora's own shutdown comes after the drain: too late to stop accepting, and what is
+        // served under it is dropped without its record (see `crate::drain`).
+        _pingora_shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
+        let mut shutdown = self.drain.watch();
         let (Some(bound), Some(app)) = (self.bound.take(), self.app.take()) else {
             return;
         };
@@ -127,6 +137,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenService<A> {
             let mut stream: pingora::protocols::Stream =
                 Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
             stream.set_socket_digest(digest);
+            let stream = self.drain.cuttable(stream);
             let app = app.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {

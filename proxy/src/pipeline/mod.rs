@@ -10,7 +10,7 @@
 //! | `response_filter` | [`respond::Stages::for_response`]: list filter, meter, stream guard, usage stripper, scrubber |
 //! | `response_body_filter` | [`respond::Stages::feed`], in that order |
 //! | `fail_to_proxy` | a cut stream ends with its event; an upstream failure becomes its refusal |
-//! | `logging` | settles limits, then [`record::Trail::finish_request`]: record, metrics, log line |
+//! | `logging` | settles limits, then [`record::Trail::finish_request`]: record, metrics, log line (a request cut at shutdown comes here too, as `shutdown`: see [`crate::drain`]) |
 //!
 //! `CONNECT` tunnels (the tunnel module) and `tenant-proxy policy explain` ([`explain`]) go
 //! through the same [`admit::admit`].
@@ -95,6 +95,8 @@ pub struct Shared {
     pub approvals: Option<Arc<crate::approvals::Holds>>,
     /// The trust for `https` token endpoints.
     pub token_tls: Arc<rustls::ClientConfig>,
+    /// Shutdown: whether the requests still running were cut.
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 #[async_trait]
@@ -444,8 +446,9 @@ fn item_allowed(
         .allowed
 }
 
-/// Maps a pingora error to the refusal the client sees.
-fn deny_for_error(e: &Error) -> Option<Deny> {
+/// Maps a pingora error to the refusal the client sees; `cut`: the drain has cut the client
+/// connections (see [`crate::drain`]).
+fn deny_for_error(e: &Error, cut: bool) -> Option<Deny> {
     use ErrorType::*;
     match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
@@ -454,6 +457,8 @@ fn deny_for_error(e: &Error) -> Option<Deny> {
         TLSHandshakeFailure | InvalidCert | HandshakeError => Some(Deny::UpstreamTls),
         _ => match e.esource() {
             ErrorSource::Upstream => Some(Deny::UpstreamUnreachable),
+            // The proxy cut the client's connection at shutdown: not the client's doing.
+            ErrorSource::Downstream if cut => Some(Deny::Shutdown),
             // The client went away (the front refuses malformed requests before pingora).
             ErrorSource::Downstream => Some(Deny::ClientClosed),
             ErrorSource::Internal | ErrorSource::Unset => Some(Deny::Internal),
@@ -758,7 +763,7 @@ impl ProxyHttp for TenantProxy {
         }
         let deny = match &ctx.trail.outcome {
             Outcome::Refused(d) => Some(d.clone()),
-            _ => deny_for_error(e),
+            _ => deny_for_error(e, self.shared.drain.is_cut()),
         };
         let Some(deny) = deny else {
             return FailToProxy {
@@ -766,8 +771,8 @@ impl ProxyHttp for TenantProxy {
                 can_reuse_downstream: false,
             };
         };
-        if deny == Deny::ClientClosed {
-            // Nobody to answer; recorded with what ended it.
+        if matches!(deny, Deny::ClientClosed | Deny::Shutdown) {
+            // Nobody to answer (the connection is gone or cut); recorded with what ended it.
             ctx.trail.refuse(deny);
             return FailToProxy {
                 error_code: 0,
@@ -793,7 +798,8 @@ impl ProxyHttp for TenantProxy {
             // SECURITY: only a forward whose upstream answer arrived is recorded as allowed; a
             // request that ended any other way after admission is recorded with what ended it,
             // and as an internal error when nothing says.
-            ctx.trail.outcome = match e.and_then(deny_for_error) {
+            let cut = self.shared.drain.is_cut();
+            ctx.trail.outcome = match e.and_then(|e| deny_for_error(e, cut)) {
                 Some(d) => Outcome::Refused(d),
                 None if ctx.trail.upstream.1.is_some() => Outcome::Forwarded,
                 None => Outcome::Refused(Deny::Internal),

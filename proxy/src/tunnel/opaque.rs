@@ -33,10 +33,13 @@ pub async fn relay(
         // Reads are cancel-safe: a read that loses the race has consumed nothing.
         tokio::select! {
             r = client.read(&mut from_client), if client_open => match r {
-                Ok(0) | Err(_) => {
+                Ok(0) => {
                     client_open = false;
                     let _ = upstream.shutdown().await;
                 }
+                // A broken client connection (or one cut at shutdown, see `crate::drain`) takes
+                // nothing more: waiting on the upstream would only hold the tunnel's record.
+                Err(_) => break,
                 Ok(n) => {
                     if upstream.write_all(&from_client[..n]).await.is_err() {
                         break;
