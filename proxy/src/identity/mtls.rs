@@ -65,6 +65,9 @@ pub enum SpiffeError {
     /// The leaf has more than one SPIFFE URI SAN, which the X509-SVID spec forbids.
     #[error("the client certificate has more than one SPIFFE ID")]
     MultipleIds,
+    /// The leaf has a URI SAN besides its SPIFFE ID; an X509-SVID holds exactly one URI SAN.
+    #[error("the client certificate has more than one URI name: an X509-SVID holds exactly one, its SPIFFE ID")]
+    ExtraUri,
     /// The SPIFFE ID breaks the SPIFFE ID syntax.
     #[error("the SPIFFE ID is malformed: {0}")]
     Malformed(&'static str),
@@ -295,6 +298,10 @@ impl SpiffePattern {
 ///
 /// The scheme is compared without case here so that a second ID spelled `SPIFFE://` cannot
 /// hide next to the first; [`SpiffePattern::match_id`] then refuses that spelling.
+///
+/// SECURITY: a certificate with more than one URI SAN is refused even when only one is a
+/// SPIFFE ID (X509-SVID spec: exactly one URI SAN). Another consumer of the same certificate
+/// may read the other URI as the identity, and the two would then disagree on who called.
 pub fn spiffe_ids(cert_der: &[u8]) -> Result<Vec<String>, SpiffeError> {
     let (rest, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| SpiffeError::BadCertificate(e.to_string()))?;
@@ -307,20 +314,28 @@ pub fn spiffe_ids(cert_der: &[u8]) -> Result<Vec<String>, SpiffeError> {
     let san = cert
         .subject_alternative_name()
         .map_err(|e| SpiffeError::BadCertificate(e.to_string()))?;
-    let ids: Vec<String> = san
+    let uris: Vec<&str> = san
         .map(|ext| {
             ext.value
                 .general_names
                 .iter()
                 .filter_map(|name| match name {
-                    GeneralName::URI(uri) if has_spiffe_scheme(uri) => Some((*uri).to_owned()),
+                    GeneralName::URI(uri) => Some(*uri),
                     _ => None,
                 })
                 .collect()
         })
         .unwrap_or_default();
+    let ids: Vec<String> = uris
+        .iter()
+        .filter(|uri| has_spiffe_scheme(uri))
+        .map(|uri| (*uri).to_owned())
+        .collect();
     if ids.len() > 1 {
         return Err(SpiffeError::MultipleIds);
+    }
+    if uris.len() > 1 {
+        return Err(SpiffeError::ExtraUri);
     }
     Ok(ids)
 }
@@ -1070,9 +1085,27 @@ mod tests {
         // A second ID in another spelling of the scheme counts too.
         let upper = client(&ca, &[a, "SPIFFE://example.org/tenant/x/workload/y"]);
         assert_eq!(spiffe_ids(&upper.chain[0]), Err(SpiffeError::MultipleIds));
-        // Non-SPIFFE URIs are not IDs.
-        let mixed = client(&ca, &["https://example.org/x", a]);
-        assert_eq!(spiffe_ids(&mixed.chain[0]).unwrap(), vec![a.to_string()]);
+        // Another URI next to the SPIFFE ID, before or after it: an X509-SVID holds exactly
+        // one URI SAN, so the certificate gives no identity at all.
+        for uris in [["https://example.org/x", a], [a, "https://tenant/acme"]] {
+            let mixed = client(&ca, &uris);
+            assert_eq!(spiffe_ids(&mixed.chain[0]), Err(SpiffeError::ExtraUri));
+            assert_eq!(
+                identify(&mixed.chain, &pattern()),
+                Err(SpiffeError::ExtraUri)
+            );
+        }
+        // Other kinds of names next to the one URI are not counted.
+        let dns = leaf(
+            &ca,
+            vec![
+                SanType::DnsName("agent.example.org".try_into().unwrap()),
+                uri(a),
+            ],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            false,
+        );
+        assert_eq!(spiffe_ids(&dns.chain[0]).unwrap(), vec![a.to_string()]);
         let none = client(&ca, &[]);
         assert_eq!(spiffe_ids(&none.chain[0]).unwrap(), Vec::<String>::new());
         assert_eq!(
