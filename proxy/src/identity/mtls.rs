@@ -697,6 +697,13 @@ fn build_config(
         .into_iter()
         .enumerate()
     {
+        check_ca(&ca).with_context(|| {
+            format!(
+                "certificate {} in the client trust bundle `{}` cannot be a trust anchor",
+                i + 1,
+                client_ca.display()
+            )
+        })?;
         roots.add(ca).with_context(|| {
             format!(
                 "certificate {} in the client trust bundle `{}` is not a usable CA certificate",
@@ -723,6 +730,33 @@ fn build_config(
         })?;
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Ok((config, verifier))
+}
+
+/// Refuses a certificate of the client trust bundle that is not a CA certificate: one without
+/// basicConstraints `cA=true`, or whose keyUsage does not allow signing certificates.
+///
+/// SECURITY: rustls keeps only an anchor's subject, key and name constraints, so a workload
+/// certificate placed in the bundle would be trusted to issue certificates, and whoever holds
+/// its key could mint a certificate for any tenant of the trust domain. (The anchors'
+/// path-length constraints are not kept either: a known limit, see the README.)
+fn check_ca(der: &CertificateDer<'_>) -> anyhow::Result<()> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow::anyhow!("it cannot be parsed: {e}"))?;
+    let subject = cert.subject().to_string();
+    let is_ca = cert
+        .basic_constraints()
+        .map_err(|e| anyhow::anyhow!("`{subject}`: its basicConstraints cannot be read: {e}"))?
+        .is_some_and(|bc| bc.value.ca);
+    if !is_ca {
+        bail!("`{subject}` is not a CA certificate (no basicConstraints with cA=true)");
+    }
+    let key_usage = cert
+        .key_usage()
+        .map_err(|e| anyhow::anyhow!("`{subject}`: its keyUsage cannot be read: {e}"))?;
+    if key_usage.is_some_and(|ku| !ku.value.key_cert_sign()) {
+        bail!("`{subject}` may not sign certificates (its keyUsage lacks keyCertSign)");
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
@@ -1488,6 +1522,76 @@ mod tests {
 
         let e = err(&missing, &f.key, &f.client_ca);
         assert!(e.contains("cannot read the server certificate"), "{e}");
+    }
+
+    /// A self-signed certificate with the given basicConstraints and keyUsage, as PEM.
+    fn self_signed(name: &str, is_ca: IsCa, key_usages: Vec<KeyUsagePurpose>) -> String {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = is_ca;
+        params.key_usages = key_usages;
+        params
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+    }
+
+    #[test]
+    fn mtls_client_ca_holds_only_ca_certificates() {
+        let client_ca = ca("client ca");
+        let f = files(&[&client_ca]);
+        let server = f.load();
+        let before = server.current().0;
+        let workload = client(&client_ca, &["spiffe://example.org/tenant/acme/workload/a"]);
+        let cases = [
+            // A workload's certificate: its key holder could mint any tenant.
+            (
+                "leaf",
+                workload.cert_pem.clone(),
+                "`CN=leaf` is not a CA certificate",
+            ),
+            (
+                "no basic constraints",
+                self_signed("bare", IsCa::NoCa, vec![]),
+                "`CN=bare` is not a CA certificate",
+            ),
+            (
+                "cA=false",
+                self_signed("not-ca", IsCa::ExplicitNoCa, vec![]),
+                "`CN=not-ca` is not a CA certificate",
+            ),
+            (
+                "keyUsage without keyCertSign",
+                self_signed(
+                    "no-certsign",
+                    IsCa::Ca(BasicConstraints::Unconstrained),
+                    vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign],
+                ),
+                "`CN=no-certsign` may not sign certificates",
+            ),
+        ];
+        for (name, pem, want) in cases {
+            // Next to a good CA, in either order: the whole bundle is refused.
+            for bundle in [
+                format!("{}{pem}", client_ca.pem),
+                format!("{pem}{}", client_ca.pem),
+            ] {
+                std::fs::write(&f.client_ca, bundle).unwrap();
+                let e = format!(
+                    "{:#}",
+                    MtlsServer::load(&f.cert, &f.key, &f.client_ca).unwrap_err()
+                );
+                assert!(e.contains(want), "{name}: {e}");
+                assert!(e.contains("client-ca.pem"), "{name}: {e}");
+                // A reload with it keeps the previous bundle.
+                assert!(server.reload().is_err(), "{name}");
+                assert!(Arc::ptr_eq(&before, &server.current().0), "{name}");
+            }
+        }
+        // A CA certificate without a keyUsage extension may sign (RFC 5280 4.2.1.3).
+        let no_ku = self_signed("no-ku", IsCa::Ca(BasicConstraints::Unconstrained), vec![]);
+        std::fs::write(&f.client_ca, format!("{}{no_ku}", client_ca.pem)).unwrap();
+        MtlsServer::load(&f.cert, &f.key, &f.client_ca).unwrap();
     }
 
     #[test]
