@@ -117,6 +117,17 @@ impl AuditSink {
         Ok((Self { tx, health }, writer))
     }
 
+    /// Whether [`Self::start`] could write the audit directory, for `tenant-proxy check`: the
+    /// same probe, in the directory or (when it does not exist yet) in the nearest directory
+    /// above it, where `start` would create it; the probe file is removed and no directory is
+    /// created.
+    pub fn check_writable(settings: &AuditSettings) -> Result<(), AuditStartError> {
+        writer::check_writable(&settings.dir).map_err(|source| AuditStartError::NotWritable {
+            dir: settings.dir.display().to_string(),
+            source,
+        })
+    }
+
     /// Reserves a slot for this request's record, before its tenant is known.
     ///
     /// SECURITY: refuses when the audit directory cannot be written or the queue is full; a

@@ -45,12 +45,39 @@ const RETRIES_WHEN_STOPPING: u32 = 10;
 
 pub(super) fn probe_writable(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let probe = dir.join(".write-probe");
-    let written = File::create(&probe).and_then(|mut f| {
+    probe_file(&dir.join(".write-probe"))
+}
+
+/// [`probe_writable`] without creating anything that stays: the probe goes into `dir`, or into
+/// the nearest existing directory above it (where `probe_writable` would create `dir`), under a
+/// name of this process's own, so that it never meets a running proxy's probe.
+pub(super) fn check_writable(dir: &Path) -> io::Result<()> {
+    let existing = dir
+        .ancestors()
+        .find(|d| d.as_os_str().is_empty() || d.exists())
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
+        .unwrap_or(dir);
+    if !existing.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("`{}` is not a directory", existing.display()),
+        ));
+    }
+    probe_file(&existing.join(format!(".check-probe-{}", std::process::id())))
+}
+
+fn probe_file(probe: &Path) -> io::Result<()> {
+    let written = File::create(probe).and_then(|mut f| {
         f.write_all(b"ok")?;
         f.sync_data()
     });
-    let removed = fs::remove_file(&probe);
+    let removed = fs::remove_file(probe);
     written.and(removed)
 }
 

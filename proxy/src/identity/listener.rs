@@ -2,7 +2,7 @@
 //! is calling (its identity sources in order, its bound workload, its mTLS files).
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -112,7 +112,8 @@ impl ListenerSettings {
             p.push("listener", "at least one `[[listener]]` is required");
         }
         let mut names = HashSet::new();
-        let mut addrs = HashSet::from([admin]);
+        // Every address taken so far, and what took it.
+        let mut addrs = vec![(admin, "the admin listener".to_string())];
         let mut listeners = Vec::new();
         for (i, l) in specs.into_iter().enumerate() {
             let at = |field: &str| format!("listener[{i}].{field}");
@@ -121,10 +122,17 @@ impl ListenerSettings {
             }
             let listen = match l.listen.parse::<SocketAddr>() {
                 Ok(a) => {
-                    // Port 0 asks the kernel for a free port: each such socket gets its own.
-                    if a.port() != 0 && !addrs.insert(a) {
-                        p.push(at("listen"), format!("address `{a}` is used twice"));
+                    if let Some((b, owner)) = addrs.iter().find(|(b, _)| overlap(a, *b)) {
+                        let message = if a == *b {
+                            format!("address `{a}` is used twice (also by {owner})")
+                        } else {
+                            format!(
+                                "address `{a}` overlaps `{b}` of {owner}: a wildcard address takes its port on every address, so the second socket cannot bind"
+                            )
+                        };
+                        p.push(at("listen"), message);
                     }
+                    addrs.push((a, format!("listener `{}`", l.name)));
                     a
                 }
                 Err(_) => {
@@ -168,6 +176,20 @@ impl ListenerSettings {
         }
         listeners
     }
+}
+
+/// Whether sockets bound to `a` and to `b` would fight for one port: the same address, or a
+/// wildcard and any address it covers. `0.0.0.0` covers every IPv4 address; `::` covers every
+/// address, IPv4 too, because sockets are dual-stack by default (Linux `bindv6only = 0`).
+/// Port 0 asks the kernel for a free port: each such socket gets its own.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: IpAddr, other: IpAddr| match wild {
+        IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
+        IpAddr::V6(w) => w.is_unspecified(),
+    };
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
 }
 
 /// `[listener.tls]`: present exactly when the listener identifies callers by `mtls`.
@@ -255,5 +277,63 @@ fn listener_binding(
             None
         }
         (None, false) => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_addresses_overlap_on_one_port() {
+        let cases = [
+            ("same address", "127.0.0.1:8080", "127.0.0.1:8080", true),
+            (
+                "v4 wildcard and loopback",
+                "0.0.0.0:8080",
+                "127.0.0.1:8080",
+                true,
+            ),
+            (
+                "loopback and v4 wildcard",
+                "127.0.0.1:8080",
+                "0.0.0.0:8080",
+                true,
+            ),
+            (
+                "v6 wildcard and v4 address",
+                "[::]:8080",
+                "10.0.0.1:8080",
+                true,
+            ),
+            (
+                "v6 wildcard and v6 loopback",
+                "[::1]:8080",
+                "[::]:8080",
+                true,
+            ),
+            (
+                "v4 wildcard and v6 loopback",
+                "0.0.0.0:8080",
+                "[::1]:8080",
+                false,
+            ),
+            (
+                "two specific addresses",
+                "127.0.0.1:8080",
+                "127.0.0.2:8080",
+                false,
+            ),
+            ("other ports", "0.0.0.0:8080", "127.0.0.1:8081", false),
+            ("port 0", "0.0.0.0:0", "127.0.0.1:0", false),
+        ];
+        for (name, a, b, want) in cases {
+            assert_eq!(
+                overlap(a.parse().unwrap(), b.parse().unwrap()),
+                want,
+                "{name}"
+            );
+        }
     }
 }
