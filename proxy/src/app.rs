@@ -244,6 +244,9 @@ pub fn run(
     if let Some(warning) = static_config.admin_token_warning() {
         tracing::warn!("{warning}");
     }
+    for warning in static_config.exposed_binding_warnings() {
+        tracing::warn!("{warning}");
+    }
     if let (Some(holds), Some(bound)) = (holds, bound_approvals) {
         let addr = bound.addr;
         let app = crate::approvals::api::ApprovalsApp::new(

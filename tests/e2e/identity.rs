@@ -551,3 +551,37 @@ fn check_loads_mtls_files_and_the_audit_directory_as_run_does() {
         assert!(run_out.contains(wants[0]), "{name}: {run_out}");
     }
 }
+
+/// A listener whose binding is the caller's identity, on an address other hosts may reach,
+/// makes `check` warn (and `run` log the same); on loopback, or for a token listener, it does
+/// not.
+#[test]
+fn a_binding_listener_other_hosts_reach_is_warned_about() {
+    const WARNING: &str = "takes its binding as the caller's identity";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let check = |spec: &ProxySpec| {
+        spec.write_in(d);
+        let (code, out) = proxy_cli(d, &["check", "--config", "tenant-proxy.toml"], "");
+        assert_eq!(code, 0, "{out}");
+        out
+    };
+    let mut spec = ProxySpec::default();
+    let out = check(&spec);
+    assert!(!out.contains(WARNING), "{out}");
+
+    // `check` binds nothing: the wildcard addresses are only written down.
+    spec.config.listener_mut(SIDECAR).unwrap().listen = "0.0.0.0:44021".parse().unwrap();
+    spec.config.listener_mut(SHARED).unwrap().listen = "[::]:44022".parse().unwrap();
+    let out = check(&spec);
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(WARNING)).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].starts_with("warning: listener `sidecar` (0.0.0.0:44021)")
+            && lines[0].contains("anyone who can reach that address acts as acme/bot"),
+        "{out}"
+    );
+
+    let proxy = Proxy::start(ProxySpec::default());
+    assert!(!proxy.log().contains(WARNING), "{}", proxy.log());
+}

@@ -178,6 +178,33 @@ impl ListenerSettings {
     }
 }
 
+impl ListenerSettings {
+    /// The warning `check` prints and `run` logs when this listener takes its binding as the
+    /// identity of connections from anywhere: it identifies callers by `binding` (first, or
+    /// after a token that a caller may simply leave out) and listens on an address other
+    /// hosts may reach (a wildcard or a routable address). Anyone who reaches it is then the
+    /// bound workload, with its credentials and budgets.
+    ///
+    /// A transparent listener is not warned about: it must take redirected IPv4 and IPv6
+    /// connections (`[::]`), and a connection made to it directly, not redirected, is refused
+    /// (its original destination is the listener itself).
+    pub fn exposed_binding_warning(&self) -> Option<String> {
+        let binding = self.identity.binding.as_ref()?;
+        if self.kind == ListenerKind::Transparent || self.listen.ip().to_canonical().is_loopback() {
+            return None;
+        }
+        let reach = if self.listen.ip().is_unspecified() {
+            "every address of this host"
+        } else {
+            "an address other hosts may reach"
+        };
+        Some(format!(
+            "listener `{}` ({}) takes its binding as the caller's identity and listens on {reach}: anyone who can reach that address acts as {}/{}, with its credentials and budgets; bind it to loopback (127.0.0.1) or a pod-local interface, or identify callers by `token` or `mtls`",
+            self.name, self.listen, binding.tenant, binding.workload
+        ))
+    }
+}
+
 /// Whether sockets bound to `a` and to `b` would fight for one port: the same address, or a
 /// wildcard and any address it covers. `0.0.0.0` covers every IPv4 address; `::` covers every
 /// address, IPv4 too, because sockets are dual-stack by default (Linux `bindv6only = 0`).
@@ -284,6 +311,72 @@ fn listener_binding(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn listener(
+        listen: &str,
+        kind: ListenerKind,
+        sources: &[IdentitySourceKind],
+    ) -> ListenerSettings {
+        ListenerSettings {
+            name: "l".into(),
+            listen: listen.parse().unwrap(),
+            kind,
+            identity: ListenerIdentity {
+                sources: sources.to_vec(),
+                binding: sources
+                    .contains(&IdentitySourceKind::Binding)
+                    .then(|| ListenerBinding {
+                        tenant: TenantId::new("acme").unwrap(),
+                        workload: WorkloadId::new("bot").unwrap(),
+                    }),
+            },
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn a_binding_listener_other_hosts_reach_is_warned_about() {
+        use IdentitySourceKind::{Binding, Token};
+        use ListenerKind::{Proxy, Transparent};
+        let cases: [(&str, &str, ListenerKind, &[IdentitySourceKind], bool); 10] = [
+            ("v4 wildcard", "0.0.0.0:8080", Proxy, &[Binding], true),
+            ("v6 wildcard", "[::]:8080", Proxy, &[Binding], true),
+            ("routable address", "10.1.2.3:8080", Proxy, &[Binding], true),
+            (
+                "binding after a token",
+                "0.0.0.0:8080",
+                Proxy,
+                &[Token, Binding],
+                true,
+            ),
+            ("v4 loopback", "127.0.0.1:8080", Proxy, &[Binding], false),
+            (
+                "other v4 loopback",
+                "127.0.0.2:8080",
+                Proxy,
+                &[Binding],
+                false,
+            ),
+            ("v6 loopback", "[::1]:8080", Proxy, &[Binding], false),
+            (
+                "v4-mapped loopback",
+                "[::ffff:127.0.0.1]:8080",
+                Proxy,
+                &[Binding],
+                false,
+            ),
+            ("tokens only", "0.0.0.0:8080", Proxy, &[Token], false),
+            ("transparent", "[::]:15001", Transparent, &[Binding], false),
+        ];
+        for (name, listen, kind, sources, warned) in cases {
+            let warning = listener(listen, kind, sources).exposed_binding_warning();
+            assert_eq!(warning.is_some(), warned, "{name}: {warning:?}");
+            if let Some(w) = warning {
+                assert!(w.contains("listener `l`") && w.contains("acme/bot"), "{w}");
+                assert!(w.contains("anyone who can reach that address"), "{w}");
+            }
+        }
+    }
 
     #[test]
     fn listener_addresses_overlap_on_one_port() {
