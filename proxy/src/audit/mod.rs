@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod export;
 pub mod layout;
 pub mod line;
+mod lock;
 mod record;
 pub mod settings;
 pub mod stream;
@@ -75,6 +76,16 @@ pub enum AuditStartError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (another proxy) writes the directory.
+    #[error(
+        "audit directory `{dir}` is in use by another tenant-proxy ({holder}): two proxies writing one directory corrupt each other's chains; give each its own `[audit] dir`"
+    )]
+    InUse {
+        /// The directory.
+        dir: String,
+        /// Who holds it, as it wrote in the lock file.
+        holder: String,
+    },
     /// The checkpoint signing key could not be loaded or made.
     #[error(transparent)]
     Key(#[from] checkpoint::KeyError),
@@ -95,6 +106,15 @@ impl AuditSink {
             source,
         };
         writer::probe_writable(&settings.dir).map_err(not_writable)?;
+        // SECURITY: taken before anything is written (the public key, a torn line cut at
+        // start), and held until the writer has written its last checkpoint.
+        let lock = lock::DirLock::take(&settings.dir).map_err(|e| match e {
+            lock::LockError::Held(holder) => AuditStartError::InUse {
+                dir: settings.dir.display().to_string(),
+                holder: holder.unwrap_or_else(|| "which did not say who it is".into()),
+            },
+            lock::LockError::Io(source) => not_writable(source),
+        })?;
         let signer = match &settings.signing_key {
             Some(path) => checkpoint::Signer::load(path)?,
             // A key that lives as long as this process: its checkpoints verify against the
@@ -112,7 +132,7 @@ impl AuditSink {
             .map(stream::StreamSink::new)
             .transpose()
             .map_err(AuditStartError::Stream)?;
-        let writer = writer::spawn(settings.clone(), signer, stream, rx, health.clone())
+        let writer = writer::spawn(settings.clone(), signer, stream, rx, health.clone(), lock)
             .map_err(AuditStartError::Writer)?;
         Ok((Self { tx, health }, writer))
     }

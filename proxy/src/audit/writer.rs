@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use super::chain::{self, ChainHead};
 use super::checkpoint::{Checkpoint, CheckpointLink, Signer};
 use super::layout::{self, FilePos, CHECKPOINTS_FILE};
+use super::lock::DirLock;
 use super::stream::StreamSink;
 use super::{tail, AuditEntry};
 use super::{AuditSettings, FsyncPolicy};
@@ -87,6 +88,8 @@ fn probe_file(probe: &Path) -> io::Result<()> {
 pub struct AuditWriter {
     stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<()>,
+    /// Released once the thread has finished (when this value is dropped), never before.
+    _lock: DirLock,
 }
 
 impl AuditWriter {
@@ -106,6 +109,7 @@ pub(super) fn spawn(
     stream: Option<StreamSink>,
     rx: mpsc::Receiver<AuditEntry>,
     health: Arc<Health>,
+    lock: DirLock,
 ) -> io::Result<AuditWriter> {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = Writer::new(settings, signer, stream, health, stop.clone());
@@ -115,7 +119,11 @@ pub(super) fn spawn(
     let handle = std::thread::Builder::new()
         .name("audit-writer".into())
         .spawn(move || writer.run(&runtime, rx))?;
-    Ok(AuditWriter { stop, handle })
+    Ok(AuditWriter {
+        stop,
+        handle,
+        _lock: lock,
+    })
 }
 
 /// What requests see of the writer, published by it and read on every request without a lock.
