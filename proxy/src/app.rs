@@ -37,6 +37,9 @@ pub fn check(
         Ok(checked) => (Some(checked.value), checked.problems),
         Err(problems) => (None, problems),
     };
+    if let Some(s) = &static_config {
+        check_files(s, &mut problems);
+    }
     let tenants_file = match &static_config {
         Some(s) => Some(s.tenants_file.clone()),
         None => crate::config::tenants_file_named_by(config_path).ok(),
@@ -57,6 +60,32 @@ pub fn check(
             Ok((static_config, snapshot))
         }
         _ => Err(problems),
+    }
+}
+
+/// What the static file names that `run` opens before it serves: each mTLS listener's
+/// certificate, key and client trust bundle, loaded by the same function `run` uses, and the
+/// audit directory, tested for writing the way the audit writer tests it (leaving nothing).
+fn check_files(s: &StaticConfig, problems: &mut Vec<ConfigProblem>) {
+    for (i, listener) in s.listeners.iter().enumerate() {
+        let Some(tls) = &listener.tls else { continue };
+        // A missing file is already a problem of the static file.
+        if ![&tls.cert, &tls.key, &tls.client_ca]
+            .iter()
+            .all(|f| f.is_file())
+        {
+            continue;
+        }
+        if let Err(e) = MtlsServer::load(&tls.cert, &tls.key, &tls.client_ca) {
+            problems.push(ConfigProblem::at(
+                &s.path,
+                format!("listener[{i}].tls"),
+                format!("loading TLS files of listener `{}`: {e:#}", listener.name),
+            ));
+        }
+    }
+    if let Err(e) = AuditSink::check_writable(&s.audit) {
+        problems.push(ConfigProblem::at(&s.path, "audit.dir", e.to_string()));
     }
 }
 
@@ -228,6 +257,9 @@ pub fn run(
     ));
     tracing::info!(addr = %static_config.admin_listen, token = static_config.admin_token_file.is_some(), "admin listening");
     if let Some(warning) = static_config.admin_token_warning() {
+        tracing::warn!("{warning}");
+    }
+    for warning in static_config.exposed_binding_warnings() {
         tracing::warn!("{warning}");
     }
     if let (Some(holds), Some(bound)) = (holds, bound_approvals) {

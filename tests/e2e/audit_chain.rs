@@ -1063,3 +1063,55 @@ fn keys_of_several_starts_are_pinned_together() {
         assert_eq!(reason(&report, "acme").as_deref(), Some("bad_signature"));
     }
 }
+
+/// A second proxy given a running proxy's audit directory fails at start, naming the
+/// directory and the process that holds it, and writes nothing there; `audit verify` (a
+/// reader) still works while the first one runs, and the first one keeps serving.
+#[test]
+fn a_second_proxy_on_the_same_audit_directory_fails_to_start() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    traffic(&proxy, &origin, 2, 0);
+    // The same configuration: its listeners ask for free ports, its audit directory is the
+    // first proxy's.
+    let mut second = Command::new(proxy_bin())
+        .args(["run", "--config", "tenant-proxy.toml"])
+        .current_dir(proxy.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second proxy started on the audit directory of a running one");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = second.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("audit directory `")
+            && text.contains("is in use by another tenant-proxy")
+            && text.contains(&format!("pid {} on host", proxy.pid())),
+        "{text}"
+    );
+
+    traffic(&proxy, &origin, 2, 0);
+    let (code, report) = verify(&proxy.path("audit"), &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["acme"]["records"].as_u64().unwrap(), 4, "{report:#}");
+    stop_cleanly(&proxy);
+    let (code, report) = verify(&proxy.path("audit"), &[]);
+    assert_eq!(code, 0, "{report:#}");
+}

@@ -419,3 +419,169 @@ print(json.dumps(claims))
     assert_ne!(code, 0);
     assert!(out.contains("unknown field `tokns`"), "{out}");
 }
+
+/// `tenant-proxy check` loads what `run` loads: every broken mTLS file, an audit directory
+/// that cannot be written and listeners fighting for a port fail it, each problem naming the
+/// listener or field, and `run` refuses the same. A good configuration passes and `check`
+/// leaves nothing in (or for) the audit directory.
+#[test]
+fn check_loads_mtls_files_and_the_audit_directory_as_run_does() {
+    use tenant_proxy_loadtest::tls::TestCa;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mesh = TestCa::new("mesh CA").unwrap();
+    let listener = mesh.server(&["127.0.0.1"]).unwrap();
+    let workload = mesh
+        .client("spiffe://mesh.test/tenant/acme/workload/bot")
+        .unwrap();
+    let files = [
+        ("mesh-ca.pem", mesh.cert_pem.as_str()),
+        ("listener.pem", &listener.cert),
+        ("listener-key.pem", &listener.key),
+        ("workload.pem", &workload.cert),
+        ("workload-key.pem", &workload.key),
+        ("not-pem.txt", "not a pem\n"),
+        ("empty.pem", ""),
+        ("a-file", "a file, not a directory\n"),
+    ];
+    for (name, text) in files {
+        std::fs::write(d.join(name), text).unwrap();
+    }
+    let tls = |cert: &str, key: &str, client_ca: &str| config::ListenerTls {
+        cert: cert.into(),
+        key: key.into(),
+        client_ca: client_ca.into(),
+        spiffe_id: "spiffe://{trust_domain}/tenant/{tenant}/workload/{workload}".into(),
+        trust_domain: "mesh.test".into(),
+    };
+    let write = |configure: &dyn Fn(&mut ProxySpec)| {
+        let mut spec = ProxySpec::default();
+        spec.config.listeners.push(config::Listener::mtls(
+            "mesh",
+            tls("listener.pem", "listener-key.pem", "mesh-ca.pem"),
+        ));
+        configure(&mut spec);
+        spec.write_in(d);
+    };
+    let check = || proxy_cli(d, &["check", "--config", "tenant-proxy.toml"], "");
+
+    write(&|_| {});
+    let (code, out) = check();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !d.join("audit").exists(),
+        "check created the audit directory"
+    );
+    std::fs::create_dir(d.join("audit")).unwrap();
+    let (code, out) = check();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        std::fs::read_dir(d.join("audit")).unwrap().count(),
+        0,
+        "check left a file in the audit directory"
+    );
+
+    type Configure = Box<dyn Fn(&mut ProxySpec)>;
+    let mesh_tls = |cert: &'static str, key: &'static str, client_ca: &'static str| -> Configure {
+        Box::new(move |spec: &mut ProxySpec| {
+            spec.config.listener_mut("mesh").unwrap().tls = Some(tls(cert, key, client_ca));
+        })
+    };
+    let cases: Vec<(&str, Configure, &[&str])> = vec![
+        (
+            "a key file that is not PEM",
+            mesh_tls("listener.pem", "not-pem.txt", "mesh-ca.pem"),
+            &[
+                "listener[2].tls",
+                "listener `mesh`",
+                "not-pem.txt",
+                "no private key",
+            ],
+        ),
+        (
+            "a key of another certificate",
+            mesh_tls("listener.pem", "workload-key.pem", "mesh-ca.pem"),
+            &[
+                "listener[2].tls",
+                "listener `mesh`",
+                "workload-key.pem",
+                "does not match",
+            ],
+        ),
+        (
+            "an empty client_ca",
+            mesh_tls("listener.pem", "listener-key.pem", "empty.pem"),
+            &["listener[2].tls", "empty.pem", "holds no certificate"],
+        ),
+        (
+            "a workload certificate as client_ca",
+            mesh_tls("listener.pem", "listener-key.pem", "workload.pem"),
+            &["listener[2].tls", "workload.pem", "is not a CA certificate"],
+        ),
+        (
+            "an audit directory that cannot be made",
+            Box::new(|spec: &mut ProxySpec| spec.config.audit.dir = "a-file/audit".into()),
+            &["audit.dir", "a-file", "is not writable"],
+        ),
+        (
+            "a wildcard and a loopback listener on one port",
+            Box::new(|spec: &mut ProxySpec| {
+                spec.config.listener_mut(SIDECAR).unwrap().listen =
+                    "0.0.0.0:44017".parse().unwrap();
+                spec.config.listener_mut(SHARED).unwrap().listen =
+                    "127.0.0.1:44017".parse().unwrap();
+            }),
+            &[
+                "listener[1].listen",
+                "`127.0.0.1:44017` overlaps `0.0.0.0:44017` of listener `sidecar`",
+            ],
+        ),
+    ];
+    for (name, configure, wants) in cases {
+        write(&*configure);
+        let (code, out) = check();
+        assert_eq!(code, 1, "{name}: {out}");
+        for want in wants {
+            assert!(out.contains(want), "{name}: no `{want}` in {out}");
+        }
+        // `run` refuses the same configuration with the same problem, before binding anything.
+        let (code, run_out) = proxy_cli(d, &["run", "--config", "tenant-proxy.toml"], "");
+        assert_ne!(code, 0, "{name}: {run_out}");
+        assert!(run_out.contains(wants[0]), "{name}: {run_out}");
+    }
+}
+
+/// A listener whose binding is the caller's identity, on an address other hosts may reach,
+/// makes `check` warn (and `run` log the same); on loopback, or for a token listener, it does
+/// not.
+#[test]
+fn a_binding_listener_other_hosts_reach_is_warned_about() {
+    const WARNING: &str = "takes its binding as the caller's identity";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let check = |spec: &ProxySpec| {
+        spec.write_in(d);
+        let (code, out) = proxy_cli(d, &["check", "--config", "tenant-proxy.toml"], "");
+        assert_eq!(code, 0, "{out}");
+        out
+    };
+    let mut spec = ProxySpec::default();
+    let out = check(&spec);
+    assert!(!out.contains(WARNING), "{out}");
+
+    // `check` binds nothing: the wildcard addresses are only written down.
+    spec.config.listener_mut(SIDECAR).unwrap().listen = "0.0.0.0:44021".parse().unwrap();
+    spec.config.listener_mut(SHARED).unwrap().listen = "[::]:44022".parse().unwrap();
+    let out = check(&spec);
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(WARNING)).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].starts_with("warning: listener `sidecar` (0.0.0.0:44021)")
+            && lines[0].contains("anyone who can reach that address acts as acme/bot"),
+        "{out}"
+    );
+
+    let proxy = Proxy::start(ProxySpec::default());
+    assert!(!proxy.log().contains(WARNING), "{}", proxy.log());
+}

@@ -215,10 +215,14 @@ fn audit_partitions_and_metrics_are_per_tenant() {
         assert_eq!(r["run_signed"], false);
     }
     // Partition layout: audit/<tenant>/<yyyy>/<mm>/<dd>.jsonl, and nothing for globex yet
-    // (`_keys/` holds the checkpoint signers' public keys, no tenant's data).
+    // (`_keys/` holds the checkpoint signers' public keys and `.tenant-proxy.lock` the running
+    // writer's pid, no tenant's data).
     let files: Vec<_> = walk(&proxy.path("audit"))
         .into_iter()
-        .filter(|f| !f.starts_with(proxy.path("audit/_keys")))
+        .filter(|f| {
+            !f.starts_with(proxy.path("audit/_keys"))
+                && *f != proxy.path("audit/.tenant-proxy.lock")
+        })
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let rel = files[0]

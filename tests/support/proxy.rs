@@ -107,6 +107,25 @@ impl ProxySpec {
         self.tenants.routes.last_mut().unwrap()
     }
 
+    /// Lays the configuration out in `dir` (`tenant-proxy.toml` and what it names), as
+    /// [`Proxy::start`] does, without starting anything: for `tenant-proxy check`.
+    pub fn write_in(&self, dir: &Path) {
+        let root = repo_root();
+        copy_dir(&root.join(self.policies), &dir.join("policies"));
+        std::fs::copy(
+            root.join("policies/schema.cedarschema"),
+            dir.join("policies/schema.cedarschema"),
+        )
+        .unwrap();
+        std::fs::copy(root.join(TEST_JWKS), dir.join("jwks.json")).unwrap();
+        std::fs::write(dir.join("revoked.txt"), "# revoked\nrevoked-jti-1\n").unwrap();
+        for (from, to) in &self.copies {
+            std::fs::copy(root.join(from), dir.join(to)).unwrap();
+        }
+        self.config.write(&dir.join("tenant-proxy.toml")).unwrap();
+        self.tenants.write(&dir.join("tenants.toml")).unwrap();
+    }
+
     /// Prices LLM calls with `tests/fixtures/prices.toml` (1 micro-unit an input token of
     /// gpt-4o-mini, 2 an output token).
     pub fn with_prices(mut self) -> Self {
@@ -182,24 +201,7 @@ impl Proxy {
 
     fn start_listening(spec: ProxySpec, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let root = repo_root();
-        copy_dir(&root.join(spec.policies), &dir.path().join("policies"));
-        std::fs::copy(
-            root.join("policies/schema.cedarschema"),
-            dir.path().join("policies/schema.cedarschema"),
-        )
-        .unwrap();
-        std::fs::copy(root.join(TEST_JWKS), dir.path().join("jwks.json")).unwrap();
-        std::fs::write(dir.path().join("revoked.txt"), "# revoked\nrevoked-jti-1\n").unwrap();
-        for (from, to) in &spec.copies {
-            std::fs::copy(root.join(from), dir.path().join(to)).unwrap();
-        }
-        spec.config
-            .write(&dir.path().join("tenant-proxy.toml"))
-            .unwrap();
-        spec.tenants
-            .write(&dir.path().join("tenants.toml"))
-            .unwrap();
+        spec.write_in(dir.path());
         prepare(dir.path());
 
         let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();

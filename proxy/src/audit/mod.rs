@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod export;
 pub mod layout;
 pub mod line;
+mod lock;
 mod record;
 pub mod settings;
 pub mod stream;
@@ -109,6 +110,16 @@ pub enum AuditStartError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (another proxy) writes the directory.
+    #[error(
+        "audit directory `{dir}` is in use by another tenant-proxy ({holder}): two proxies writing one directory corrupt each other's chains; give each its own `[audit] dir`"
+    )]
+    InUse {
+        /// The directory.
+        dir: String,
+        /// Who holds it, as it wrote in the lock file.
+        holder: String,
+    },
     /// The checkpoint signing key could not be loaded or made.
     #[error(transparent)]
     Key(#[from] checkpoint::KeyError),
@@ -129,6 +140,15 @@ impl AuditSink {
             source,
         };
         writer::probe_writable(&settings.dir).map_err(not_writable)?;
+        // SECURITY: taken before anything is written (the public key, a torn line cut at
+        // start), and held until the writer has written its last checkpoint.
+        let lock = lock::DirLock::take(&settings.dir).map_err(|e| match e {
+            lock::LockError::Held(holder) => AuditStartError::InUse {
+                dir: settings.dir.display().to_string(),
+                holder: holder.unwrap_or_else(|| "which did not say who it is".into()),
+            },
+            lock::LockError::Io(source) => not_writable(source),
+        })?;
         let signer = match &settings.signing_key {
             Some(path) => checkpoint::Signer::load(path)?,
             // A key that lives as long as this process: its checkpoints verify against the
@@ -146,10 +166,21 @@ impl AuditSink {
             .map(stream::StreamSink::new)
             .transpose()
             .map_err(AuditStartError::Stream)?;
-        let writer = writer::spawn(settings.clone(), signer, stream, rx, health.clone())
+        let writer = writer::spawn(settings.clone(), signer, stream, rx, health.clone(), lock)
             .map_err(AuditStartError::Writer)?;
         let owed = Arc::default();
         Ok((Self { tx, health, owed }, writer))
+    }
+
+    /// Whether [`Self::start`] could write the audit directory, for `tenant-proxy check`: the
+    /// same probe, in the directory or (when it does not exist yet) in the nearest directory
+    /// above it, where `start` would create it; the probe file is removed and no directory is
+    /// created.
+    pub fn check_writable(settings: &AuditSettings) -> Result<(), AuditStartError> {
+        writer::check_writable(&settings.dir).map_err(|source| AuditStartError::NotWritable {
+            dir: settings.dir.display().to_string(),
+            source,
+        })
     }
 
     /// Reserves a slot for this request's record, before its tenant is known.

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use super::chain::{self, ChainHead};
 use super::checkpoint::{Checkpoint, CheckpointLink, Signer};
 use super::layout::{self, FilePos, CHECKPOINTS_FILE};
+use super::lock::DirLock;
 use super::stream::StreamSink;
 use super::{tail, AuditEntry};
 use super::{AuditSettings, FsyncPolicy};
@@ -45,12 +46,39 @@ const RETRIES_WHEN_STOPPING: u32 = 10;
 
 pub(super) fn probe_writable(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let probe = dir.join(".write-probe");
-    let written = File::create(&probe).and_then(|mut f| {
+    probe_file(&dir.join(".write-probe"))
+}
+
+/// [`probe_writable`] without creating anything that stays: the probe goes into `dir`, or into
+/// the nearest existing directory above it (where `probe_writable` would create `dir`), under a
+/// name of this process's own, so that it never meets a running proxy's probe.
+pub(super) fn check_writable(dir: &Path) -> io::Result<()> {
+    let existing = dir
+        .ancestors()
+        .find(|d| d.as_os_str().is_empty() || d.exists())
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
+        .unwrap_or(dir);
+    if !existing.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("`{}` is not a directory", existing.display()),
+        ));
+    }
+    probe_file(&existing.join(format!(".check-probe-{}", std::process::id())))
+}
+
+fn probe_file(probe: &Path) -> io::Result<()> {
+    let written = File::create(probe).and_then(|mut f| {
         f.write_all(b"ok")?;
         f.sync_data()
     });
-    let removed = fs::remove_file(&probe);
+    let removed = fs::remove_file(probe);
     written.and(removed)
 }
 
@@ -60,6 +88,8 @@ pub(super) fn probe_writable(dir: &Path) -> io::Result<()> {
 pub struct AuditWriter {
     stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<()>,
+    /// Released once the thread has finished (when this value is dropped), never before.
+    _lock: DirLock,
 }
 
 impl AuditWriter {
@@ -79,6 +109,7 @@ pub(super) fn spawn(
     stream: Option<StreamSink>,
     rx: mpsc::Receiver<AuditEntry>,
     health: Arc<Health>,
+    lock: DirLock,
 ) -> io::Result<AuditWriter> {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = Writer::new(settings, signer, stream, health, stop.clone());
@@ -88,7 +119,11 @@ pub(super) fn spawn(
     let handle = std::thread::Builder::new()
         .name("audit-writer".into())
         .spawn(move || writer.run(&runtime, rx))?;
-    Ok(AuditWriter { stop, handle })
+    Ok(AuditWriter {
+        stop,
+        handle,
+        _lock: lock,
+    })
 }
 
 /// What requests see of the writer, published by it and read on every request without a lock.

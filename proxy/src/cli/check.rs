@@ -19,7 +19,8 @@ pub(super) fn check(config: &Path) -> ExitCode {
                 snap.memory_limiter_warning(&s.limiter),
                 snap.mcp_session_key_warning(&s.limiter),
             ];
-            for warning in warnings.into_iter().flatten() {
+            let listeners = s.exposed_binding_warnings();
+            for warning in warnings.into_iter().flatten().chain(listeners) {
                 eprintln!("warning: {warning}");
             }
             ExitCode::SUCCESS

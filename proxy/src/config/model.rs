@@ -171,6 +171,18 @@ impl StaticConfig {
     }
 }
 
+impl StaticConfig {
+    /// The warnings `check` prints and `run` logs for listeners that take their binding as the
+    /// identity of callers other hosts may be (see
+    /// [`ListenerSettings::exposed_binding_warning`]).
+    pub fn exposed_binding_warnings(&self) -> Vec<String> {
+        self.listeners
+            .iter()
+            .filter_map(ListenerSettings::exposed_binding_warning)
+            .collect()
+    }
+}
+
 /// `[server]`, validated.
 struct ServerSettings {
     threads: usize,

@@ -2,7 +2,7 @@
 //! is calling (its identity sources in order, its bound workload, its mTLS files).
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -112,7 +112,8 @@ impl ListenerSettings {
             p.push("listener", "at least one `[[listener]]` is required");
         }
         let mut names = HashSet::new();
-        let mut addrs = HashSet::from([admin]);
+        // Every address taken so far, and what took it.
+        let mut addrs = vec![(admin, "the admin listener".to_string())];
         let mut listeners = Vec::new();
         for (i, l) in specs.into_iter().enumerate() {
             let at = |field: &str| format!("listener[{i}].{field}");
@@ -121,10 +122,17 @@ impl ListenerSettings {
             }
             let listen = match l.listen.parse::<SocketAddr>() {
                 Ok(a) => {
-                    // Port 0 asks the kernel for a free port: each such socket gets its own.
-                    if a.port() != 0 && !addrs.insert(a) {
-                        p.push(at("listen"), format!("address `{a}` is used twice"));
+                    if let Some((b, owner)) = addrs.iter().find(|(b, _)| overlap(a, *b)) {
+                        let message = if a == *b {
+                            format!("address `{a}` is used twice (also by {owner})")
+                        } else {
+                            format!(
+                                "address `{a}` overlaps `{b}` of {owner}: a wildcard address takes its port on every address, so the second socket cannot bind"
+                            )
+                        };
+                        p.push(at("listen"), message);
                     }
+                    addrs.push((a, format!("listener `{}`", l.name)));
                     a
                 }
                 Err(_) => {
@@ -168,6 +176,47 @@ impl ListenerSettings {
         }
         listeners
     }
+}
+
+impl ListenerSettings {
+    /// The warning `check` prints and `run` logs when this listener takes its binding as the
+    /// identity of connections from anywhere: it identifies callers by `binding` (first, or
+    /// after a token that a caller may simply leave out) and listens on an address other
+    /// hosts may reach (a wildcard or a routable address). Anyone who reaches it is then the
+    /// bound workload, with its credentials and budgets.
+    ///
+    /// A transparent listener is not warned about: it must take redirected IPv4 and IPv6
+    /// connections (`[::]`), and a connection made to it directly, not redirected, is refused
+    /// (its original destination is the listener itself).
+    pub fn exposed_binding_warning(&self) -> Option<String> {
+        let binding = self.identity.binding.as_ref()?;
+        if self.kind == ListenerKind::Transparent || self.listen.ip().to_canonical().is_loopback() {
+            return None;
+        }
+        let reach = if self.listen.ip().is_unspecified() {
+            "every address of this host"
+        } else {
+            "an address other hosts may reach"
+        };
+        Some(format!(
+            "listener `{}` ({}) takes its binding as the caller's identity and listens on {reach}: anyone who can reach that address acts as {}/{}, with its credentials and budgets; bind it to loopback (127.0.0.1) or a pod-local interface, or identify callers by `token` or `mtls`",
+            self.name, self.listen, binding.tenant, binding.workload
+        ))
+    }
+}
+
+/// Whether sockets bound to `a` and to `b` would fight for one port: the same address, or a
+/// wildcard and any address it covers. `0.0.0.0` covers every IPv4 address; `::` covers every
+/// address, IPv4 too, because sockets are dual-stack by default (Linux `bindv6only = 0`).
+/// Port 0 asks the kernel for a free port: each such socket gets its own.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: IpAddr, other: IpAddr| match wild {
+        IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
+        IpAddr::V6(w) => w.is_unspecified(),
+    };
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
 }
 
 /// `[listener.tls]`: present exactly when the listener identifies callers by `mtls`.
@@ -255,5 +304,129 @@ fn listener_binding(
             None
         }
         (None, false) => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn listener(
+        listen: &str,
+        kind: ListenerKind,
+        sources: &[IdentitySourceKind],
+    ) -> ListenerSettings {
+        ListenerSettings {
+            name: "l".into(),
+            listen: listen.parse().unwrap(),
+            kind,
+            identity: ListenerIdentity {
+                sources: sources.to_vec(),
+                binding: sources
+                    .contains(&IdentitySourceKind::Binding)
+                    .then(|| ListenerBinding {
+                        tenant: TenantId::new("acme").unwrap(),
+                        workload: WorkloadId::new("bot").unwrap(),
+                    }),
+            },
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn a_binding_listener_other_hosts_reach_is_warned_about() {
+        use IdentitySourceKind::{Binding, Token};
+        use ListenerKind::{Proxy, Transparent};
+        let cases: [(&str, &str, ListenerKind, &[IdentitySourceKind], bool); 10] = [
+            ("v4 wildcard", "0.0.0.0:8080", Proxy, &[Binding], true),
+            ("v6 wildcard", "[::]:8080", Proxy, &[Binding], true),
+            ("routable address", "10.1.2.3:8080", Proxy, &[Binding], true),
+            (
+                "binding after a token",
+                "0.0.0.0:8080",
+                Proxy,
+                &[Token, Binding],
+                true,
+            ),
+            ("v4 loopback", "127.0.0.1:8080", Proxy, &[Binding], false),
+            (
+                "other v4 loopback",
+                "127.0.0.2:8080",
+                Proxy,
+                &[Binding],
+                false,
+            ),
+            ("v6 loopback", "[::1]:8080", Proxy, &[Binding], false),
+            (
+                "v4-mapped loopback",
+                "[::ffff:127.0.0.1]:8080",
+                Proxy,
+                &[Binding],
+                false,
+            ),
+            ("tokens only", "0.0.0.0:8080", Proxy, &[Token], false),
+            ("transparent", "[::]:15001", Transparent, &[Binding], false),
+        ];
+        for (name, listen, kind, sources, warned) in cases {
+            let warning = listener(listen, kind, sources).exposed_binding_warning();
+            assert_eq!(warning.is_some(), warned, "{name}: {warning:?}");
+            if let Some(w) = warning {
+                assert!(w.contains("listener `l`") && w.contains("acme/bot"), "{w}");
+                assert!(w.contains("anyone who can reach that address"), "{w}");
+            }
+        }
+    }
+
+    #[test]
+    fn listener_addresses_overlap_on_one_port() {
+        let cases = [
+            ("same address", "127.0.0.1:8080", "127.0.0.1:8080", true),
+            (
+                "v4 wildcard and loopback",
+                "0.0.0.0:8080",
+                "127.0.0.1:8080",
+                true,
+            ),
+            (
+                "loopback and v4 wildcard",
+                "127.0.0.1:8080",
+                "0.0.0.0:8080",
+                true,
+            ),
+            (
+                "v6 wildcard and v4 address",
+                "[::]:8080",
+                "10.0.0.1:8080",
+                true,
+            ),
+            (
+                "v6 wildcard and v6 loopback",
+                "[::1]:8080",
+                "[::]:8080",
+                true,
+            ),
+            (
+                "v4 wildcard and v6 loopback",
+                "0.0.0.0:8080",
+                "[::1]:8080",
+                false,
+            ),
+            (
+                "two specific addresses",
+                "127.0.0.1:8080",
+                "127.0.0.2:8080",
+                false,
+            ),
+            ("other ports", "0.0.0.0:8080", "127.0.0.1:8081", false),
+            ("port 0", "0.0.0.0:0", "127.0.0.1:0", false),
+        ];
+        for (name, a, b, want) in cases {
+            assert_eq!(
+                overlap(a.parse().unwrap(), b.parse().unwrap()),
+                want,
+                "{name}"
+            );
+        }
     }
 }

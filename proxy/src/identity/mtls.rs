@@ -65,6 +65,9 @@ pub enum SpiffeError {
     /// The leaf has more than one SPIFFE URI SAN, which the X509-SVID spec forbids.
     #[error("the client certificate has more than one SPIFFE ID")]
     MultipleIds,
+    /// The leaf has a URI SAN besides its SPIFFE ID; an X509-SVID holds exactly one URI SAN.
+    #[error("the client certificate has more than one URI name: an X509-SVID holds exactly one, its SPIFFE ID")]
+    ExtraUri,
     /// The SPIFFE ID breaks the SPIFFE ID syntax.
     #[error("the SPIFFE ID is malformed: {0}")]
     Malformed(&'static str),
@@ -295,6 +298,10 @@ impl SpiffePattern {
 ///
 /// The scheme is compared without case here so that a second ID spelled `SPIFFE://` cannot
 /// hide next to the first; [`SpiffePattern::match_id`] then refuses that spelling.
+///
+/// SECURITY: a certificate with more than one URI SAN is refused even when only one is a
+/// SPIFFE ID (X509-SVID spec: exactly one URI SAN). Another consumer of the same certificate
+/// may read the other URI as the identity, and the two would then disagree on who called.
 pub fn spiffe_ids(cert_der: &[u8]) -> Result<Vec<String>, SpiffeError> {
     let (rest, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| SpiffeError::BadCertificate(e.to_string()))?;
@@ -307,20 +314,28 @@ pub fn spiffe_ids(cert_der: &[u8]) -> Result<Vec<String>, SpiffeError> {
     let san = cert
         .subject_alternative_name()
         .map_err(|e| SpiffeError::BadCertificate(e.to_string()))?;
-    let ids: Vec<String> = san
+    let uris: Vec<&str> = san
         .map(|ext| {
             ext.value
                 .general_names
                 .iter()
                 .filter_map(|name| match name {
-                    GeneralName::URI(uri) if has_spiffe_scheme(uri) => Some((*uri).to_owned()),
+                    GeneralName::URI(uri) => Some(*uri),
                     _ => None,
                 })
                 .collect()
         })
         .unwrap_or_default();
+    let ids: Vec<String> = uris
+        .iter()
+        .filter(|uri| has_spiffe_scheme(uri))
+        .map(|uri| (*uri).to_owned())
+        .collect();
     if ids.len() > 1 {
         return Err(SpiffeError::MultipleIds);
+    }
+    if uris.len() > 1 {
+        return Err(SpiffeError::ExtraUri);
     }
     Ok(ids)
 }
@@ -682,6 +697,13 @@ fn build_config(
         .into_iter()
         .enumerate()
     {
+        check_ca(&ca).with_context(|| {
+            format!(
+                "certificate {} in the client trust bundle `{}` cannot be a trust anchor",
+                i + 1,
+                client_ca.display()
+            )
+        })?;
         roots.add(ca).with_context(|| {
             format!(
                 "certificate {} in the client trust bundle `{}` is not a usable CA certificate",
@@ -708,6 +730,33 @@ fn build_config(
         })?;
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Ok((config, verifier))
+}
+
+/// Refuses a certificate of the client trust bundle that is not a CA certificate: one without
+/// basicConstraints `cA=true`, or whose keyUsage does not allow signing certificates.
+///
+/// SECURITY: rustls keeps only an anchor's subject, key and name constraints, so a workload
+/// certificate placed in the bundle would be trusted to issue certificates, and whoever holds
+/// its key could mint a certificate for any tenant of the trust domain. (The anchors'
+/// path-length constraints are not kept either: a known limit, see the README.)
+fn check_ca(der: &CertificateDer<'_>) -> anyhow::Result<()> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow::anyhow!("it cannot be parsed: {e}"))?;
+    let subject = cert.subject().to_string();
+    let is_ca = cert
+        .basic_constraints()
+        .map_err(|e| anyhow::anyhow!("`{subject}`: its basicConstraints cannot be read: {e}"))?
+        .is_some_and(|bc| bc.value.ca);
+    if !is_ca {
+        bail!("`{subject}` is not a CA certificate (no basicConstraints with cA=true)");
+    }
+    let key_usage = cert
+        .key_usage()
+        .map_err(|e| anyhow::anyhow!("`{subject}`: its keyUsage cannot be read: {e}"))?;
+    if key_usage.is_some_and(|ku| !ku.value.key_cert_sign()) {
+        bail!("`{subject}` may not sign certificates (its keyUsage lacks keyCertSign)");
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
@@ -1070,9 +1119,27 @@ mod tests {
         // A second ID in another spelling of the scheme counts too.
         let upper = client(&ca, &[a, "SPIFFE://example.org/tenant/x/workload/y"]);
         assert_eq!(spiffe_ids(&upper.chain[0]), Err(SpiffeError::MultipleIds));
-        // Non-SPIFFE URIs are not IDs.
-        let mixed = client(&ca, &["https://example.org/x", a]);
-        assert_eq!(spiffe_ids(&mixed.chain[0]).unwrap(), vec![a.to_string()]);
+        // Another URI next to the SPIFFE ID, before or after it: an X509-SVID holds exactly
+        // one URI SAN, so the certificate gives no identity at all.
+        for uris in [["https://example.org/x", a], [a, "https://tenant/acme"]] {
+            let mixed = client(&ca, &uris);
+            assert_eq!(spiffe_ids(&mixed.chain[0]), Err(SpiffeError::ExtraUri));
+            assert_eq!(
+                identify(&mixed.chain, &pattern()),
+                Err(SpiffeError::ExtraUri)
+            );
+        }
+        // Other kinds of names next to the one URI are not counted.
+        let dns = leaf(
+            &ca,
+            vec![
+                SanType::DnsName("agent.example.org".try_into().unwrap()),
+                uri(a),
+            ],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            false,
+        );
+        assert_eq!(spiffe_ids(&dns.chain[0]).unwrap(), vec![a.to_string()]);
         let none = client(&ca, &[]);
         assert_eq!(spiffe_ids(&none.chain[0]).unwrap(), Vec::<String>::new());
         assert_eq!(
@@ -1455,6 +1522,76 @@ mod tests {
 
         let e = err(&missing, &f.key, &f.client_ca);
         assert!(e.contains("cannot read the server certificate"), "{e}");
+    }
+
+    /// A self-signed certificate with the given basicConstraints and keyUsage, as PEM.
+    fn self_signed(name: &str, is_ca: IsCa, key_usages: Vec<KeyUsagePurpose>) -> String {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = is_ca;
+        params.key_usages = key_usages;
+        params
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+    }
+
+    #[test]
+    fn mtls_client_ca_holds_only_ca_certificates() {
+        let client_ca = ca("client ca");
+        let f = files(&[&client_ca]);
+        let server = f.load();
+        let before = server.current().0;
+        let workload = client(&client_ca, &["spiffe://example.org/tenant/acme/workload/a"]);
+        let cases = [
+            // A workload's certificate: its key holder could mint any tenant.
+            (
+                "leaf",
+                workload.cert_pem.clone(),
+                "`CN=leaf` is not a CA certificate",
+            ),
+            (
+                "no basic constraints",
+                self_signed("bare", IsCa::NoCa, vec![]),
+                "`CN=bare` is not a CA certificate",
+            ),
+            (
+                "cA=false",
+                self_signed("not-ca", IsCa::ExplicitNoCa, vec![]),
+                "`CN=not-ca` is not a CA certificate",
+            ),
+            (
+                "keyUsage without keyCertSign",
+                self_signed(
+                    "no-certsign",
+                    IsCa::Ca(BasicConstraints::Unconstrained),
+                    vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign],
+                ),
+                "`CN=no-certsign` may not sign certificates",
+            ),
+        ];
+        for (name, pem, want) in cases {
+            // Next to a good CA, in either order: the whole bundle is refused.
+            for bundle in [
+                format!("{}{pem}", client_ca.pem),
+                format!("{pem}{}", client_ca.pem),
+            ] {
+                std::fs::write(&f.client_ca, bundle).unwrap();
+                let e = format!(
+                    "{:#}",
+                    MtlsServer::load(&f.cert, &f.key, &f.client_ca).unwrap_err()
+                );
+                assert!(e.contains(want), "{name}: {e}");
+                assert!(e.contains("client-ca.pem"), "{name}: {e}");
+                // A reload with it keeps the previous bundle.
+                assert!(server.reload().is_err(), "{name}");
+                assert!(Arc::ptr_eq(&before, &server.current().0), "{name}");
+            }
+        }
+        // A CA certificate without a keyUsage extension may sign (RFC 5280 4.2.1.3).
+        let no_ku = self_signed("no-ku", IsCa::Ca(BasicConstraints::Unconstrained), vec![]);
+        std::fs::write(&f.client_ca, format!("{}{no_ku}", client_ca.pem)).unwrap();
+        MtlsServer::load(&f.cert, &f.key, &f.client_ca).unwrap();
     }
 
     #[test]
