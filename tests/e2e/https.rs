@@ -1534,6 +1534,74 @@ fn an_open_mtls_connection_loses_its_identity_with_its_ca() {
     );
 }
 
+/// The value of the unlabelled counter `family` in `metrics`.
+fn counter(metrics: &str, family: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(family)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no `{family}` in:\n{metrics}"))
+}
+
+/// Anyone who reaches the mTLS listener can fail a handshake, before any identity and as often
+/// as they like. Each failure is counted, but the log gets a sample: one line per listener a
+/// second on each worker, the rest counted as suppressed, so such a flood cannot fill the log
+/// queue and push other lines out.
+#[test]
+fn a_burst_of_failed_mtls_handshakes_writes_a_bounded_number_of_lines() {
+    let mesh = start_mesh();
+    let failures_before = counter(
+        &mesh.h.proxy.metrics(),
+        "tenant_proxy_mtls_handshake_failures_total",
+    );
+    const BURST: usize = 300;
+    let started = std::time::Instant::now();
+    for _ in 0..BURST {
+        // Plain HTTP where a TLS ClientHello is due: the handshake fails at its first record.
+        let mut s = TcpStream::connect(("127.0.0.1", mesh.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        // The proxy closes the connection once the handshake has failed.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // Counted once the handshake's error is back on the proxy's side, which may be a moment
+    // after the client saw the connection close.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let metrics = mesh.h.proxy.metrics();
+        let failures =
+            counter(&metrics, "tenant_proxy_mtls_handshake_failures_total") - failures_before;
+        if failures >= BURST as f64 {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{failures} counted");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = mesh.h.proxy.log();
+    let lines = log.matches("mTLS handshake refused").count() as u64;
+    // The test proxy has 2 worker threads per listener: at most one line each a second (and
+    // one more each for a second the burst straddles).
+    assert!(
+        lines >= 1 && lines <= 2 * (seconds + 1),
+        "{lines} lines in {seconds} s:\n{log}"
+    );
+    assert!(
+        counter(&metrics, "tenant_proxy_log_lines_suppressed_total")
+            >= (BURST as u64 - lines) as f64,
+        "{metrics}"
+    );
+    // The line still says where and why.
+    let line = log
+        .lines()
+        .find(|l| l.contains("mTLS handshake refused"))
+        .unwrap();
+    assert!(
+        line.contains("listener=mesh") && line.contains("error="),
+        "{line}"
+    );
+}
+
 impl Mesh {
     /// A TLS connection to the mTLS listener with `client`'s certificate.
     fn tls(&self, client: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
