@@ -437,7 +437,7 @@ pub struct SnapshotHandle {
 
 /// The result of the last load of the tenant configuration (the first load at start counts),
 /// as `/readyz` reports it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct LastReload {
     /// Whether it was applied (a rejected reload keeps the last good configuration).
     pub ok: bool,
@@ -448,6 +448,17 @@ pub struct LastReload {
 }
 
 impl LastReload {
+    /// What `/readyz` (which needs no token) shows of it: whether it was applied, when, and
+    /// how many problems it had. SECURITY: never their text, which names tenants, policy ids
+    /// and files; the log has it.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ok": self.ok,
+            "at": self.at,
+            "problems": self.problems.len(),
+        })
+    }
+
     fn now(problems: Vec<String>) -> Self {
         let at = time::OffsetDateTime::now_utc()
             .replace_nanosecond(0)
@@ -535,5 +546,32 @@ impl SnapshotHandle {
                 Err(problems)
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_sees_a_count_of_reload_problems_never_their_text() {
+        let failed = LastReload::now(vec![
+            "policies/tenants/globex/new.cedar:2:1: for policy `globex-secret-rule`, …".into(),
+            "tenants.toml: tenant `initech` …".into(),
+        ]);
+        let summary = failed.summary();
+        assert_eq!(summary["ok"], false);
+        assert_eq!(summary["problems"], 2);
+        assert!(summary["at"].as_str().unwrap().ends_with('Z'));
+        let text = summary.to_string();
+        for secret in ["globex", "initech", "cedar", "tenants.toml"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        let applied = LastReload::now(Vec::new()).summary();
+        assert_eq!(
+            (&applied["ok"], &applied["problems"]),
+            (&true.into(), &0.into())
+        );
     }
 }
