@@ -1309,6 +1309,8 @@ fn start_mesh() -> Mesh {
         std::fs::write(dir.path().join(format!("{name}-key.pem")), &pair.key).unwrap();
     };
     std::fs::write(dir.path().join("mesh-ca.pem"), &mesh.cert_pem).unwrap();
+    // What clients trust the listener's certificate with (the bundle file may change).
+    std::fs::write(dir.path().join("proxy-ca.pem"), &mesh.cert_pem).unwrap();
     write("listener", &mesh.server(&["127.0.0.1"]).unwrap());
     write(
         "acme-bot",
@@ -1368,7 +1370,7 @@ impl Mesh {
             "-x".to_string(),
             format!("https://127.0.0.1:{}", self.port),
             "--proxy-cacert".into(),
-            format!("{}/mesh-ca.pem", d.display()),
+            format!("{}/proxy-ca.pem", d.display()),
             "--cacert".into(),
             bundle,
         ];
@@ -1600,6 +1602,78 @@ fn a_burst_of_failed_mtls_handshakes_writes_a_bounded_number_of_lines() {
         line.contains("listener=mesh") && line.contains("error="),
         "{line}"
     );
+}
+
+/// `/readyz`'s `last_reload`.
+fn last_reload(proxy: &Proxy) -> serde_json::Value {
+    raw_request_to(
+        proxy.admin_addr(),
+        "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap()
+    .json()["last_reload"]
+        .clone()
+}
+
+/// A client trust bundle replaced by a broken file keeps the previous bundle (so every CA the
+/// edit meant to remove) trusted; that must be alertable like a rejected tenant file: counted
+/// as a failed reload, `config_last_reload_successful` 0 and `/readyz` saying so, until a
+/// good bundle is read.
+#[test]
+fn a_broken_client_bundle_shows_as_a_failed_reload_until_fixed() {
+    let mesh = start_mesh();
+    let proxy = &mesh.h.proxy;
+    let url = format!("https://llm.test:{}/v1/models", mesh.h.mock);
+    let errors = |m: &str| metric_sum(m, "tenant_proxy_config_reloads_total", "result", "error");
+    let errors_before = errors(&proxy.metrics());
+
+    let d = mesh.dir.path();
+    let good = std::fs::read(d.join("mesh-ca.pem")).unwrap();
+    std::fs::write(d.join("mesh-ca.tmp"), "").unwrap();
+    std::fs::rename(d.join("mesh-ca.tmp"), d.join("mesh-ca.pem")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !proxy
+        .metrics()
+        .contains("\ntenant_proxy_config_last_reload_successful 0\n")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed reload does not show:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(errors(&proxy.metrics()) > errors_before);
+    let last = last_reload(proxy);
+    assert_eq!(
+        (&last["ok"], &last["problems"]),
+        (&serde_json::json!(false), &serde_json::json!(1)),
+        "{last}"
+    );
+    assert!(proxy.log().contains("mTLS configuration not reloaded"));
+    // The previous bundle still serves.
+    let (status, out) = mesh.curl("acme-bot", &url);
+    assert_eq!(status, 200, "{out}");
+
+    // Fixed: the next reload clears it.
+    std::fs::write(d.join("mesh-ca.tmp"), &good).unwrap();
+    std::fs::rename(d.join("mesh-ca.tmp"), d.join("mesh-ca.pem")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !proxy
+        .metrics()
+        .contains("\ntenant_proxy_config_last_reload_successful 1\n")
+    {
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let last = last_reload(proxy);
+    assert_eq!(
+        (&last["ok"], &last["problems"]),
+        (&serde_json::json!(true), &serde_json::json!(0)),
+        "{last}"
+    );
+    let (status, out) = mesh.curl("acme-bot", &url);
+    assert_eq!(status, 200, "{out}");
 }
 
 impl Mesh {
