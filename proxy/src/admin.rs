@@ -329,7 +329,9 @@ impl AdminApp {
     /// serve (see [`LimitBackend::is_ready`]); 503 with the failing part otherwise.
     /// `limiter_connected` is whether the limiter's backend answers now, which under
     /// `local_fallback` may be false on a ready replica. It carries the last reload's result
-    /// (`last_reload: {ok, at, problems}`), which does not change the status. A tenant whose own audit partition
+    /// (`last_reload: {ok, at, problems}`, `problems` a count), which does not change the
+    /// status. SECURITY: this answer needs no token, so it holds counts and booleans only: a
+    /// problem's text names tenants, policies and files, and is in the log. A tenant whose own audit partition
     /// fails does not make the replica unready (the other tenants are served); the count of
     /// such partitions is reported.
     async fn readiness(&self) -> Response<Vec<u8>> {
@@ -351,7 +353,7 @@ impl AdminApp {
             "listeners_accepting": listening,
             // A rejected reload leaves the last good configuration serving: still ready, but
             // visibly not running what is on disk.
-            "last_reload": &*self.snapshot.last_reload(),
+            "last_reload": self.snapshot.last_reload().summary(),
         });
         respond(
             if ready { 200 } else { 503 },

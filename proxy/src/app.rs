@@ -218,7 +218,10 @@ pub fn run(
                         format!("loading TLS files of listener `{}`", listener.name)
                     })?;
                 let server = Arc::new(server);
-                server.watch();
+                server.watch(
+                    handle.reload_status(),
+                    format!("listener `{}` TLS files", listener.name),
+                );
                 Some(server)
             }
             None => None,

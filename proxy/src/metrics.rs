@@ -31,8 +31,9 @@ pub struct Metrics {
     /// 1 while the audit sink can write (its files, and the Redis Stream when required), 0 while
     /// it cannot and every new request is refused with `audit_unavailable`.
     pub audit_healthy: IntGauge,
-    /// 1 when the last reload of the tenant configuration was applied (or none was tried yet), 0
-    /// when it was rejected and the last good configuration is still enforced.
+    /// 1 when the last reload of every reloadable part (the tenant configuration with the admin
+    /// token file, each mTLS listener's files) was applied (or none was tried yet), 0
+    /// when one was rejected and that part's last good state is still in force.
     pub config_last_reload_successful: IntGauge,
     /// Cost ceilings of the loaded tenant configuration, by tenant and period (`day`, `month`),
     /// in micro-units of the price table's currency; a tenant without a ceiling has no series.
@@ -209,7 +210,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         config_last_reload_successful: IntGauge::new(
             "tenant_proxy_config_last_reload_successful",
-            "1 when the last tenant configuration reload was applied, 0 when it was rejected",
+            "1 when the last reload of every reloadable part (tenant configuration, admin token file, mTLS files) was applied, 0 when one was rejected",
         )?,
         cost_ceiling_micros: IntGaugeVec::new(
             Opts::new(

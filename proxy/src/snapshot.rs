@@ -35,6 +35,10 @@ pub struct Snapshot {
     pub admin_token: Option<AdminToken>,
     /// Increments with every successful load.
     pub generation: u64,
+    /// Parts of this load that could not be read and kept their last good state instead (the
+    /// admin token file at a reload): the load applied, but the reload is reported as failed
+    /// until a later one reads them.
+    pub kept_previous: Vec<String>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -149,6 +153,9 @@ impl Snapshot {
         // At a reload, a file that went bad keeps the last good token without failing the
         // reload: the revocations, key removals and policy edits it carries must not wait for
         // the admin port's token to be fixed.
+        // SECURITY: the kept token is reported (metrics, `/readyz`) as a failed reload: a token
+        // rotated because it leaked stays valid until the file is fixed, and that must show.
+        let mut kept_previous = Vec::new();
         let admin_token = static_config
             .and_then(|s| s.admin_token_file.as_deref())
             .and_then(|f| match (AdminToken::read(f), previous) {
@@ -158,6 +165,7 @@ impl Snapshot {
                         %problem,
                         "the admin token file cannot be used; the admin port keeps the last good token"
                     );
+                    kept_previous.push(problem.to_string());
                     previous.admin_token.clone()
                 }
                 (Err(problem), _) => {
@@ -215,6 +223,7 @@ impl Snapshot {
                     credentials: Arc::new(credentials),
                     admin_token,
                     generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+                    kept_previous,
                 })
             }
             _ => None,
@@ -243,6 +252,8 @@ impl Snapshot {
             credentials: Arc::clone(&self.credentials),
             admin_token: self.admin_token.clone(),
             generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+            // The rejected reload this follows is what is reported.
+            kept_previous: Vec::new(),
         })
     }
 
@@ -429,15 +440,15 @@ fn publish_metrics(snapshot: &Snapshot) {
 pub struct SnapshotHandle {
     current: ArcSwap<Snapshot>,
     static_config: Arc<StaticConfig>,
-    last_reload: ArcSwap<LastReload>,
+    reloads: Arc<ReloadStatus>,
     /// Access tokens of token credentials: kept across reloads for the credentials whose value
     /// did not change, dropped for the ones rotated or removed.
     pub tokens: crate::credentials::oauth::cache::TokenCache,
 }
 
-/// The result of the last load of the tenant configuration (the first load at start counts),
-/// as `/readyz` reports it.
-#[derive(Debug, Clone, serde::Serialize)]
+/// The result of the last load of a reloadable part (the first load at start counts), or of
+/// every part together (see [`ReloadStatus::combined`]), as `/readyz` reports it.
+#[derive(Debug, Clone)]
 pub struct LastReload {
     /// Whether it was applied (a rejected reload keeps the last good configuration).
     pub ok: bool,
@@ -448,6 +459,17 @@ pub struct LastReload {
 }
 
 impl LastReload {
+    /// What `/readyz` (which needs no token) shows of it: whether it was applied, when, and
+    /// how many problems it had. SECURITY: never their text, which names tenants, policy ids
+    /// and files; the log has it.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ok": self.ok,
+            "at": self.at,
+            "problems": self.problems.len(),
+        })
+    }
+
     fn now(problems: Vec<String>) -> Self {
         let at = time::OffsetDateTime::now_utc()
             .replace_nanosecond(0)
@@ -465,22 +487,104 @@ impl LastReload {
     }
 }
 
+/// The part of [`ReloadStatus`] the tenant configuration is (with the admin token file, read
+/// with it).
+pub const TENANT_CONFIGURATION: &str = "tenant configuration";
+
+/// The last reload of each part of the configuration that reloads on its own: the tenant
+/// configuration (with the admin token file), and each mTLS listener's TLS files. A failed
+/// reload of any part keeps that part's last good state serving, and shows the same way for
+/// every part: `tenant_proxy_config_reloads_total{result="error"}` counts it,
+/// `tenant_proxy_config_last_reload_successful` is 0 and `/readyz`'s `last_reload` says it
+/// failed, until a later reload of that part succeeds. SECURITY: a bad file is often a
+/// revocation gone wrong (a CA pulled from the client bundle, a leaked admin token rotated);
+/// the old state still being trusted must be alertable, not only in the log.
+#[derive(Debug)]
+pub struct ReloadStatus {
+    parts: std::sync::Mutex<Vec<(String, LastReload)>>,
+}
+
+impl ReloadStatus {
+    /// The status at start: the tenant configuration loaded (a failed start never gets here).
+    pub fn new() -> Self {
+        METRICS.config_last_reload_successful.set(1);
+        Self {
+            parts: std::sync::Mutex::new(vec![(
+                TENANT_CONFIGURATION.to_string(),
+                LastReload::now(Vec::new()),
+            )]),
+        }
+    }
+
+    /// Records a reload of `part`: applied whole when `problems` is empty, else failed (the
+    /// part keeps its last good state) for the reasons given.
+    pub fn record(&self, part: &str, problems: Vec<String>) {
+        let result = if problems.is_empty() { "ok" } else { "error" };
+        METRICS.config_reloads.with_label_values(&[result]).inc();
+        let mut parts = self
+            .parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = LastReload::now(problems);
+        match parts.iter_mut().find(|(name, _)| name == part) {
+            Some((_, entry)) => *entry = last,
+            None => parts.push((part.to_string(), last)),
+        }
+        let all_ok = parts.iter().all(|(_, l)| l.ok);
+        METRICS.config_last_reload_successful.set(i64::from(all_ok));
+    }
+
+    /// Every part together: applied when each part's last reload was; when the latest ran;
+    /// the problems of every part whose last reload failed.
+    pub fn combined(&self) -> LastReload {
+        let parts = self
+            .parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = parts
+            .iter()
+            .map(|(_, l)| l.at.as_str())
+            .max()
+            .unwrap_or_default()
+            .to_string();
+        let problems: Vec<String> = parts
+            .iter()
+            .flat_map(|(_, l)| l.problems.iter().cloned())
+            .collect();
+        LastReload {
+            ok: parts.iter().all(|(_, l)| l.ok),
+            at,
+            problems,
+        }
+    }
+}
+
+impl Default for ReloadStatus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl SnapshotHandle {
     /// Wraps the first snapshot.
     pub fn new(static_config: Arc<StaticConfig>, first: Snapshot) -> Self {
         publish_metrics(&first);
-        METRICS.config_last_reload_successful.set(1);
         Self {
             current: ArcSwap::from_pointee(first),
             static_config,
-            last_reload: ArcSwap::from_pointee(LastReload::now(Vec::new())),
+            reloads: Arc::new(ReloadStatus::new()),
             tokens: Default::default(),
         }
     }
 
-    /// The result of the last load.
-    pub fn last_reload(&self) -> Arc<LastReload> {
-        self.last_reload.load_full()
+    /// The result of the last reload of every part together (see [`ReloadStatus`]).
+    pub fn last_reload(&self) -> LastReload {
+        self.reloads.combined()
+    }
+
+    /// Where the parts that reload on their own (mTLS files) record their reloads.
+    pub fn reload_status(&self) -> Arc<ReloadStatus> {
+        self.reloads.clone()
     }
 
     /// The snapshot requests use now.
@@ -508,17 +612,20 @@ impl SnapshotHandle {
                             _ => false,
                         })
                 });
+                let kept = next.kept_previous.clone();
                 self.current.store(Arc::new(next));
-                METRICS.config_reloads.with_label_values(&["ok"]).inc();
-                METRICS.config_last_reload_successful.set(1);
-                self.last_reload
-                    .store(Arc::new(LastReload::now(Vec::new())));
-                tracing::info!(generation, "tenant configuration reloaded");
+                if kept.is_empty() {
+                    tracing::info!(generation, "tenant configuration reloaded");
+                } else {
+                    tracing::error!(
+                        generation,
+                        "tenant configuration reloaded except the admin token file; the reload counts as failed until it is fixed"
+                    );
+                }
+                self.reloads.record(TENANT_CONFIGURATION, kept);
                 Ok(generation)
             }
             Err(problems) => {
-                METRICS.config_reloads.with_label_values(&["error"]).inc();
-                METRICS.config_last_reload_successful.set(0);
                 for p in &problems {
                     tracing::error!(problem = %p, "reload rejected; keeping the last good configuration");
                 }
@@ -531,9 +638,61 @@ impl SnapshotHandle {
                     self.current.store(Arc::new(tighter));
                 }
                 let lines = problems.iter().map(ToString::to_string).collect();
-                self.last_reload.store(Arc::new(LastReload::now(lines)));
+                self.reloads.record(TENANT_CONFIGURATION, lines);
                 Err(problems)
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_sees_a_count_of_reload_problems_never_their_text() {
+        let failed = LastReload::now(vec![
+            "policies/tenants/globex/new.cedar:2:1: for policy `globex-secret-rule`, …".into(),
+            "tenants.toml: tenant `initech` …".into(),
+        ]);
+        let summary = failed.summary();
+        assert_eq!(summary["ok"], false);
+        assert_eq!(summary["problems"], 2);
+        assert!(summary["at"].as_str().unwrap().ends_with('Z'));
+        let text = summary.to_string();
+        for secret in ["globex", "initech", "cedar", "tenants.toml"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        let applied = LastReload::now(Vec::new()).summary();
+        assert_eq!(
+            (&applied["ok"], &applied["problems"]),
+            (&true.into(), &0.into())
+        );
+    }
+
+    #[test]
+    fn a_parts_failed_reload_shows_until_that_part_reloads() {
+        let status = ReloadStatus::new();
+        assert!(status.combined().ok);
+        let mesh = "listener `mesh` TLS files";
+        status.record(mesh, vec!["client-ca.pem holds no certificate".into()]);
+        let last = status.combined();
+        assert_eq!((last.ok, last.problems.len()), (false, 1));
+        // Another part's good reload does not clear it.
+        status.record(TENANT_CONFIGURATION, Vec::new());
+        assert!(!status.combined().ok);
+        status.record(TENANT_CONFIGURATION, vec!["admin token".into()]);
+        assert_eq!(status.combined().problems.len(), 2);
+        // That part's own good reload does.
+        status.record(mesh, Vec::new());
+        let last = status.combined();
+        assert_eq!((last.ok, last.problems.len()), (false, 1));
+        status.record(TENANT_CONFIGURATION, Vec::new());
+        let applied = status.combined().summary();
+        assert_eq!(
+            (&applied["ok"], &applied["problems"]),
+            (&true.into(), &0.into())
+        );
     }
 }

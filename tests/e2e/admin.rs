@@ -135,9 +135,48 @@ fn the_admin_token_guards_every_endpoint_but_the_probes() {
         200
     );
     admin(&proxy, "GET", "/metrics", &bearer("short")).assert_refused(401, "admin_unauthorized");
+    // ... but the kept token shows as a failed reload, as a rejected tenant file does (a token
+    // rotated because it leaked is still valid), until the file is fixed.
     let ready: serde_json::Value =
         serde_json::from_slice(&admin(&proxy, "GET", "/readyz", "").body).unwrap();
-    assert_eq!(ready["last_reload"]["ok"], true, "{ready}");
+    assert_eq!(
+        (
+            &ready["last_reload"]["ok"],
+            &ready["last_reload"]["problems"]
+        ),
+        (&serde_json::json!(false), &serde_json::json!(1)),
+        "{ready}"
+    );
+    let metrics = admin(&proxy, "GET", "/metrics", &bearer(ROTATED)).body_text();
+    assert!(
+        metrics.contains("\ntenant_proxy_config_last_reload_successful 0\n")
+            && metric_sum(
+                &metrics,
+                "tenant_proxy_config_reloads_total",
+                "result",
+                "error"
+            ) >= 1.0,
+        "{metrics}"
+    );
+    std::fs::write(proxy.path("admin-token"), format!("{TOKEN}\n")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin(&proxy, "GET", "/metrics", &bearer(TOKEN)).status != 200 {
+        assert!(Instant::now() < deadline, "the fixed token was not read");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ready: serde_json::Value =
+        serde_json::from_slice(&admin(&proxy, "GET", "/readyz", "").body).unwrap();
+    assert_eq!(
+        (
+            &ready["last_reload"]["ok"],
+            &ready["last_reload"]["problems"]
+        ),
+        (&serde_json::json!(true), &serde_json::json!(0)),
+        "{ready}"
+    );
+    assert!(admin(&proxy, "GET", "/metrics", &bearer(TOKEN))
+        .body_text()
+        .contains("\ntenant_proxy_config_last_reload_successful 1\n"));
 
     let log = proxy.log();
     assert!(!log.contains(TOKEN) && !log.contains(ROTATED), "{log}");

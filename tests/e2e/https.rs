@@ -1309,6 +1309,8 @@ fn start_mesh() -> Mesh {
         std::fs::write(dir.path().join(format!("{name}-key.pem")), &pair.key).unwrap();
     };
     std::fs::write(dir.path().join("mesh-ca.pem"), &mesh.cert_pem).unwrap();
+    // What clients trust the listener's certificate with (the bundle file may change).
+    std::fs::write(dir.path().join("proxy-ca.pem"), &mesh.cert_pem).unwrap();
     write("listener", &mesh.server(&["127.0.0.1"]).unwrap());
     write(
         "acme-bot",
@@ -1368,7 +1370,7 @@ impl Mesh {
             "-x".to_string(),
             format!("https://127.0.0.1:{}", self.port),
             "--proxy-cacert".into(),
-            format!("{}/mesh-ca.pem", d.display()),
+            format!("{}/proxy-ca.pem", d.display()),
             "--cacert".into(),
             bundle,
         ];
@@ -1532,6 +1534,146 @@ fn an_open_mtls_connection_loses_its_identity_with_its_ca() {
         ),
         (Some("bot"), Some("mtls"), Some("identity_invalid"))
     );
+}
+
+/// The value of the unlabelled counter `family` in `metrics`.
+fn counter(metrics: &str, family: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(family)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no `{family}` in:\n{metrics}"))
+}
+
+/// Anyone who reaches the mTLS listener can fail a handshake, before any identity and as often
+/// as they like. Each failure is counted, but the log gets a sample: one line per listener a
+/// second on each worker, the rest counted as suppressed, so such a flood cannot fill the log
+/// queue and push other lines out.
+#[test]
+fn a_burst_of_failed_mtls_handshakes_writes_a_bounded_number_of_lines() {
+    let mesh = start_mesh();
+    let failures_before = counter(
+        &mesh.h.proxy.metrics(),
+        "tenant_proxy_mtls_handshake_failures_total",
+    );
+    const BURST: usize = 300;
+    let started = std::time::Instant::now();
+    for _ in 0..BURST {
+        // Plain HTTP where a TLS ClientHello is due: the handshake fails at its first record.
+        let mut s = TcpStream::connect(("127.0.0.1", mesh.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        // The proxy closes the connection once the handshake has failed.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // Counted once the handshake's error is back on the proxy's side, which may be a moment
+    // after the client saw the connection close.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let metrics = mesh.h.proxy.metrics();
+        let failures =
+            counter(&metrics, "tenant_proxy_mtls_handshake_failures_total") - failures_before;
+        if failures >= BURST as f64 {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{failures} counted");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = mesh.h.proxy.log();
+    let lines = log.matches("mTLS handshake refused").count() as u64;
+    // The test proxy has 2 worker threads per listener: at most one line each a second (and
+    // one more each for a second the burst straddles).
+    assert!(
+        lines >= 1 && lines <= 2 * (seconds + 1),
+        "{lines} lines in {seconds} s:\n{log}"
+    );
+    assert!(
+        counter(&metrics, "tenant_proxy_log_lines_suppressed_total")
+            >= (BURST as u64 - lines) as f64,
+        "{metrics}"
+    );
+    // The line still says where and why.
+    let line = log
+        .lines()
+        .find(|l| l.contains("mTLS handshake refused"))
+        .unwrap();
+    assert!(
+        line.contains("listener=mesh") && line.contains("error="),
+        "{line}"
+    );
+}
+
+/// `/readyz`'s `last_reload`.
+fn last_reload(proxy: &Proxy) -> serde_json::Value {
+    raw_request_to(
+        proxy.admin_addr(),
+        "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap()
+    .json()["last_reload"]
+        .clone()
+}
+
+/// A client trust bundle replaced by a broken file keeps the previous bundle (so every CA the
+/// edit meant to remove) trusted; that must be alertable like a rejected tenant file: counted
+/// as a failed reload, `config_last_reload_successful` 0 and `/readyz` saying so, until a
+/// good bundle is read.
+#[test]
+fn a_broken_client_bundle_shows_as_a_failed_reload_until_fixed() {
+    let mesh = start_mesh();
+    let proxy = &mesh.h.proxy;
+    let url = format!("https://llm.test:{}/v1/models", mesh.h.mock);
+    let errors = |m: &str| metric_sum(m, "tenant_proxy_config_reloads_total", "result", "error");
+    let errors_before = errors(&proxy.metrics());
+
+    let d = mesh.dir.path();
+    let good = std::fs::read(d.join("mesh-ca.pem")).unwrap();
+    std::fs::write(d.join("mesh-ca.tmp"), "").unwrap();
+    std::fs::rename(d.join("mesh-ca.tmp"), d.join("mesh-ca.pem")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !proxy
+        .metrics()
+        .contains("\ntenant_proxy_config_last_reload_successful 0\n")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed reload does not show:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(errors(&proxy.metrics()) > errors_before);
+    let last = last_reload(proxy);
+    assert_eq!(
+        (&last["ok"], &last["problems"]),
+        (&serde_json::json!(false), &serde_json::json!(1)),
+        "{last}"
+    );
+    assert!(proxy.log().contains("mTLS configuration not reloaded"));
+    // The previous bundle still serves.
+    let (status, out) = mesh.curl("acme-bot", &url);
+    assert_eq!(status, 200, "{out}");
+
+    // Fixed: the next reload clears it.
+    std::fs::write(d.join("mesh-ca.tmp"), &good).unwrap();
+    std::fs::rename(d.join("mesh-ca.tmp"), d.join("mesh-ca.pem")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !proxy
+        .metrics()
+        .contains("\ntenant_proxy_config_last_reload_successful 1\n")
+    {
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let last = last_reload(proxy);
+    assert_eq!(
+        (&last["ok"], &last["problems"]),
+        (&serde_json::json!(true), &serde_json::json!(0)),
+        "{last}"
+    );
+    let (status, out) = mesh.curl("acme-bot", &url);
+    assert_eq!(status, 200, "{out}");
 }
 
 impl Mesh {

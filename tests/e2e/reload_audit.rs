@@ -73,7 +73,7 @@ fn policy_reload_good_then_bad_keeps_last_good() {
         proxy.log()
     );
     // `/readyz` stays 200 (the last good set serves) and says the last reload was rejected,
-    // when, and why.
+    // when, and with how many problems; not what they are (it needs no token; the log says).
     let readyz = || {
         raw_request(
             proxy.admin_port,
@@ -86,12 +86,11 @@ fn policy_reload_good_then_bad_keeps_last_good() {
     let last = &ready.json()["last_reload"];
     assert_eq!(last["ok"], false, "{last}");
     assert!(last["at"].as_str().unwrap().ends_with('Z'), "{last}");
+    assert_eq!(last["problems"], 1, "{last}");
     assert!(
-        last["problems"][0]
-            .as_str()
-            .unwrap()
-            .contains("broken.cedar"),
-        "{last}"
+        !ready.body_text().contains("broken.cedar") && !ready.body_text().contains("acme"),
+        "no file, policy or tenant named: {}",
+        ready.body_text()
     );
 
     // Fix it and remove the grant; then SIGHUP also reloads.
@@ -107,7 +106,7 @@ fn policy_reload_good_then_bad_keeps_last_good() {
     let last = &readyz().json()["last_reload"];
     assert_eq!(
         (&last["ok"], &last["problems"]),
-        (&serde_json::json!(true), &serde_json::json!([])),
+        (&serde_json::json!(true), &serde_json::json!(0)),
         "{last}"
     );
 }

@@ -114,8 +114,14 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenService<A> {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors returns at once, again and again: wait for some
-                    // to be released instead of spinning.
-                    tracing::warn!(service = %self.name, error = %e, "accept failed");
+                    // to be released instead of spinning. Clients can cause it (by holding
+                    // connections open): sampled like a refusal.
+                    if let Some(suppressed) = crate::logging::sample_line(
+                        crate::logging::LineKey::Listener(&self.name),
+                        "accept_failed",
+                    ) {
+                        tracing::warn!(service = %self.name, error = %e, suppressed, "accept failed");
+                    }
                     if e.raw_os_error() == Some(24) {
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     }

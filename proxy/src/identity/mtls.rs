@@ -591,8 +591,10 @@ impl MtlsServer {
 
     /// Reloads when the files change, from a background thread that stops once the server is
     /// dropped (at the next change). Directories are watched, not files, so replacement by
-    /// rename (editors, Kubernetes secrets) is seen. Call once.
-    pub fn watch(self: &Arc<Self>) {
+    /// rename (editors, Kubernetes secrets) is seen. Each reload is recorded in `status` as
+    /// `part`: a failed one keeps the previous files serving and shows as a failed reload
+    /// (metrics, `/readyz`) until a later one succeeds. Call once.
+    pub fn watch(self: &Arc<Self>, status: Arc<crate::snapshot::ReloadStatus>, part: String) {
         let mut dirs: Vec<PathBuf> = [&self.cert, &self.key, &self.client_ca]
             .into_iter()
             .map(|p| match p.parent() {
@@ -637,16 +639,25 @@ impl MtlsServer {
                         return;
                     };
                     // Errors name files and reasons, never key bytes (see `read_key`).
+                    // SECURITY: a bad bundle keeps the previous one, and so every CA the edit
+                    // meant to remove: reported as a failed reload, not only logged.
                     match server.reload() {
-                        Ok(()) => tracing::info!(
-                            cert = %server.cert.display(),
-                            client_ca = %server.client_ca.display(),
-                            "mTLS configuration reloaded"
-                        ),
-                        Err(e) => tracing::warn!(
-                            error = format!("{e:#}"),
-                            "mTLS configuration not reloaded; keeping the previous one"
-                        ),
+                        Ok(()) => {
+                            tracing::info!(
+                                cert = %server.cert.display(),
+                                client_ca = %server.client_ca.display(),
+                                "mTLS configuration reloaded"
+                            );
+                            status.record(&part, Vec::new());
+                        }
+                        Err(e) => {
+                            let error = format!("{part}: {e:#}");
+                            tracing::error!(
+                                %error,
+                                "mTLS configuration not reloaded; keeping the previous one"
+                            );
+                            status.record(&part, vec![error]);
+                        }
                     }
                 }
             });
@@ -1615,7 +1626,8 @@ mod tests {
         let new_ca = ca("new ca");
         let f = files(&[&old_ca]);
         let server = Arc::new(f.load());
-        server.watch();
+        let status = Arc::new(crate::snapshot::ReloadStatus::new());
+        server.watch(status.clone(), "listener `mesh` TLS files".into());
         let before = server.current().0;
 
         // Replace by rename, as secret rotators do, so no half-written file is read.
@@ -1641,5 +1653,37 @@ mod tests {
                 .await
                 .is_err()
         );
+        assert!(status.combined().ok);
+
+        // A broken bundle keeps the previous one serving, and the reload shows as failed.
+        std::fs::write(&tmp, "").unwrap();
+        std::fs::rename(&tmp, &f.client_ca).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while status.combined().ok {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no failed reload within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let last = status.combined();
+        assert_eq!(last.problems.len(), 1);
+        assert!(last.problems[0].contains("listener `mesh`"), "{last:?}");
+        assert!(
+            handshake(server.current().0, &f.server_ca, Some(&new_client))
+                .await
+                .is_ok()
+        );
+        // Fixed: the next reload clears it.
+        write_bundle(&tmp, &[&new_ca]);
+        std::fs::rename(&tmp, &f.client_ca).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !status.combined().ok {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no recovery within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

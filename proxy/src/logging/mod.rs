@@ -14,9 +14,11 @@
 //! write to standard error takes a process-wide lock and blocks while the reader (a container
 //! runtime's log pipe) is behind, which would stall every request on that worker. When the queue
 //! is full a line is dropped and counted (`tenant_proxy_log_lines_dropped_total`) rather than
-//! waited for; the audit log, not this one, is the record of every decision. Refusal lines are
-//! sampled per tenant and reason ([`throttle`]), so a flooding tenant neither pays a line per
-//! refused request nor crowds other tenants' lines out of the queue. The line every request gets
+//! waited for; the audit log, not this one, is the record of every decision. Refusal lines, and
+//! every other line a client can cause at will on a failure path (a refused mTLS handshake, an
+//! egress refusal, a failed client handshake in a tunnel, a failed upstream), are sampled per
+//! tenant (or listener, before any identity) and reason ([`throttle`]), so a flooding client
+//! neither pays a line per refused request nor crowds other tenants' lines out of the queue. The line every request gets
 //! is formatted without `tracing`'s layer ([`request_line`]), in the layer's layout.
 
 mod lines;
@@ -81,7 +83,7 @@ static QUEUE: OnceLock<lines::LineQueue> = OnceLock::new();
 
 pub use lines::WriterGuard;
 pub use request_line::{log_request, RequestLine};
-pub use throttle::{refusal_line, suppressed_lines};
+pub use throttle::{refusal_line, sample_line, suppressed_lines, LineKey};
 
 /// Starts the logger on standard error: `RUST_LOG` when set, else `level`, capped by
 /// [`permitted`]. Lines are written by a thread of their own; keep the guard until the process
@@ -144,19 +146,28 @@ where
 }
 
 /// Logs a failed proxy attempt in place of pingora's line: what failed (the error's kind and
-/// side), for which request, never the error's context or cause (upstream bytes).
+/// side), for which request, never the error's context or cause (upstream bytes). A tenant can
+/// make its upstream fail as often as it likes (a host that resets, a stream past its
+/// ceiling), so the lines above `debug` are sampled per tenant and error kind ([`throttle`]):
+/// one kind of failure does not hide another's first line.
 pub fn proxy_failure(e: &Error, request_id: &str, tenant: &str, retried: bool) {
     let kind = e.etype().as_str();
     let source = e.esource().as_str();
+    // The kinds are pingora's CamelCase names and the proxy's own endings, never a refusal's
+    // snake_case reason: no window is shared with a request line.
+    let sampled = |kind| sample_line(LineKey::Tenant(tenant), kind);
     match (e.etype(), e.esource()) {
         // Our own endings (a stream cut, a withheld response): the request line says why.
         (ErrorType::Custom(_), _) => {
-            tracing::info!(
-                request_id,
-                tenant,
-                error = kind,
-                "response ended by the proxy"
-            )
+            if let Some(suppressed) = sampled(kind) {
+                tracing::info!(
+                    request_id,
+                    tenant,
+                    error = kind,
+                    suppressed,
+                    "response ended by the proxy"
+                )
+            }
         }
         (_, ErrorSource::Downstream) => {
             tracing::debug!(
@@ -168,23 +179,31 @@ pub fn proxy_failure(e: &Error, request_id: &str, tenant: &str, retried: bool) {
             )
         }
         (_, ErrorSource::Upstream) => {
-            tracing::warn!(
-                request_id,
-                tenant,
-                error = kind,
-                source,
-                retried,
-                "upstream request failed"
-            )
+            if let Some(suppressed) = sampled(kind) {
+                tracing::warn!(
+                    request_id,
+                    tenant,
+                    error = kind,
+                    source,
+                    retried,
+                    suppressed,
+                    "upstream request failed"
+                )
+            }
         }
-        _ => tracing::error!(
-            request_id,
-            tenant,
-            error = kind,
-            source,
-            retried,
-            "request failed"
-        ),
+        _ => {
+            if let Some(suppressed) = sampled(kind) {
+                tracing::error!(
+                    request_id,
+                    tenant,
+                    error = kind,
+                    source,
+                    retried,
+                    suppressed,
+                    "request failed"
+                )
+            }
+        }
     }
 }
 
@@ -279,5 +298,31 @@ mod tests {
                 && out.contains("req-1"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn failed_upstreams_are_sampled_per_tenant() {
+        // A thread of its own: a fresh worker's windows.
+        std::thread::spawn(|| {
+            let mut e = Error::new(ErrorType::ConnectRefused);
+            e.esource = ErrorSource::Upstream;
+            let out = logged("info", || {
+                for i in 0..100 {
+                    proxy_failure(&e, &format!("req-{i}"), "acme", false);
+                }
+                proxy_failure(&e, "req-globex", "globex", false);
+                // Another kind of failure of the same tenant has its own first line.
+                let mut other = Error::new(ErrorType::InvalidHTTPHeader);
+                other.esource = ErrorSource::Upstream;
+                proxy_failure(&other, "req-header", "acme", false);
+            });
+            assert_eq!(out.matches("upstream request failed").count(), 3, "{out}");
+            assert!(
+                out.contains("req-0") && out.contains("req-globex") && out.contains("req-header"),
+                "{out}"
+            );
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -111,7 +111,14 @@ impl<'a> Asking<'a> {
             .policy_eval_duration
             .observe(started.elapsed().as_secs_f64());
         if !decision.errors.is_empty() {
-            tracing::warn!(request_id = %self.tenant.request_id, tenant = %tenant, errors = ?decision.errors, "policy evaluation errors; denying");
+            // A request can be shaped to make a policy error as often as the caller likes:
+            // sampled per tenant.
+            if let Some(suppressed) = crate::logging::sample_line(
+                crate::logging::LineKey::Tenant(tenant.as_str()),
+                "policy_eval_errors",
+            ) {
+                tracing::warn!(request_id = %self.tenant.request_id, tenant = %tenant, errors = ?decision.errors, suppressed, "policy evaluation errors; denying");
+            }
         }
         let shadow = self.snapshot.shadow_policy.as_ref().map(|shadow| {
             ShadowDecision::compare(
@@ -204,7 +211,12 @@ impl<'a> Asking<'a> {
                 } = refusal
                 {
                     if !denied.errors.is_empty() {
-                        tracing::warn!(request_id = %self.tenant.request_id, tenant = %self.tenant.tenant, errors = ?denied.errors, "policy evaluation errors on an MCP request; denying");
+                        if let Some(suppressed) = crate::logging::sample_line(
+                            crate::logging::LineKey::Tenant(self.tenant.tenant.as_str()),
+                            "mcp_policy_eval_errors",
+                        ) {
+                            tracing::warn!(request_id = %self.tenant.request_id, tenant = %self.tenant.tenant, errors = ?denied.errors, suppressed, "policy evaluation errors on an MCP request; denying");
+                        }
                     }
                     let (metric_kind, list) = match item {
                         ItemKind::Tool => (None, &mut exchange.tools_called),

@@ -148,7 +148,13 @@ impl Effects for Shared {
         match &self.revocations {
             Some(list) => list.is_revoked(jti).map_err(|e| {
                 METRICS.limiter_errors.inc();
-                tracing::warn!(error = %e, "refusing a token: the revocation list is stale");
+                // Every request with a token meets it while the list is stale: sampled.
+                if let Some(suppressed) = crate::logging::sample_line(
+                    crate::logging::LineKey::Tenant("none"),
+                    "revocations_stale",
+                ) {
+                    tracing::warn!(error = %e, suppressed, "refusing a token: the revocation list is stale");
+                }
                 Deny::LimiterUnavailable
             }),
             None => Ok(false),
@@ -217,7 +223,7 @@ impl Effects for Shared {
                     .with_label_values(&[tenant.tenant.as_str()])
                     .inc();
             }
-            deny_for_refusal(&tenant.request_id, &refusal)
+            deny_for_refusal(tenant, &refusal)
         })
     }
 
@@ -271,12 +277,20 @@ impl Effects for Shared {
             .get(&tenant.tenant, name, source.fingerprint(), timeout, grant)
             .await;
         if let Err(why) = &token {
-            tracing::warn!(
-                tenant = %tenant.tenant,
-                credential = name,
-                reason = %why,
-                "no access token for a token credential"
-            );
+            // Each request naming the credential meets a failing grant: sampled per tenant.
+            if let Some(suppressed) = crate::logging::sample_line(
+                crate::logging::LineKey::Tenant(tenant.tenant.as_str()),
+                "token_grant_failed",
+            ) {
+                tracing::warn!(
+                    request_id = %tenant.request_id,
+                    tenant = %tenant.tenant,
+                    credential = name,
+                    reason = %why,
+                    suppressed,
+                    "no access token for a token credential"
+                );
+            }
         }
         token
     }
@@ -307,9 +321,30 @@ impl Effects for Shared {
 }
 
 /// The SSRF guard's refusal as the client sees it: the kind of address, never the address (an
-/// agent must not learn internal addresses by probing names).
-pub fn deny_for_refusal(request_id: &str, refusal: &EgressRefusal) -> Deny {
-    tracing::info!(request_id, %refusal, "destination refused by the egress guard");
+/// agent must not learn internal addresses by probing names). The log line that names the
+/// address is sampled per tenant and kind of refusal: a tenant can ask for refused
+/// destinations as often as it likes.
+pub fn deny_for_refusal(tenant: &TenantContext, refusal: &EgressRefusal) -> Deny {
+    let line = match refusal {
+        EgressRefusal::Unresolvable { .. } => "egress_unresolvable",
+        EgressRefusal::Forbidden { .. } => "egress_forbidden",
+        EgressRefusal::OwnListener { .. } => "egress_own_listener",
+        EgressRefusal::NotOriginal { .. } => "egress_not_original",
+        EgressRefusal::LookupsBusy { .. } => "egress_lookups_busy",
+    };
+    if let Some(suppressed) = crate::logging::sample_line(
+        crate::logging::LineKey::Tenant(tenant.tenant.as_str()),
+        line,
+    ) {
+        tracing::info!(
+            request_id = %tenant.request_id,
+            tenant = %tenant.tenant,
+            workload = %tenant.workload,
+            %refusal,
+            suppressed,
+            "destination refused by the egress guard"
+        );
+    }
     match refusal {
         EgressRefusal::Unresolvable { .. } => Deny::UpstreamUnreachable,
         EgressRefusal::Forbidden { reason, .. } => {

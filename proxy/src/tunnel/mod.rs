@@ -234,7 +234,15 @@ impl EgressApp {
             Ok(Ok(tls)) => Some(Box::new(tls)),
             Ok(Err(e)) => {
                 METRICS.mtls_handshake_failures.inc();
-                tracing::info!(listener = %self.listener.name, error = %e, "mTLS handshake refused");
+                // Anyone who reaches the listener can fail a handshake, as often as they like:
+                // one line per listener a second on each worker, the rest counted.
+                let name = &self.listener.name;
+                if let Some(suppressed) = crate::logging::sample_line(
+                    crate::logging::LineKey::Listener(name),
+                    "mtls_handshake_refused",
+                ) {
+                    tracing::info!(listener = %name, error = %e, suppressed, "mTLS handshake refused");
+                }
                 None
             }
             Err(_) => None,
@@ -397,10 +405,17 @@ impl EgressApp {
                 // SECURITY: a port opened for plain HTTP never carries TLS: that is what
                 // `connect_ports` governs. The client already has its `200`, so the refusal is
                 // the closed connection and the tunnel's record.
-                tracing::info!(
-                    tunnel = %trail.request_id, host = %head.host, port = head.port,
-                    "TLS inside a tunnel opened for plain HTTP; list the port in `[egress] connect_ports` to intercept it"
-                );
+                if let Some(suppressed) = crate::logging::sample_line(
+                    crate::logging::LineKey::Tenant(trail.tenant_label()),
+                    "tls_in_plain_tunnel",
+                ) {
+                    tracing::info!(
+                        tunnel = %trail.request_id, tenant = trail.tenant_label(),
+                        listener = %self.listener.name, host = %head.host, port = head.port,
+                        suppressed,
+                        "TLS inside a tunnel opened for plain HTTP; list the port in `[egress] connect_ports` to intercept it"
+                    );
+                }
                 trail.refuse(Deny::ConnectPortForbidden(head.port));
                 trail.finish_tunnel(&self.shared.runs, 0).await;
             }
@@ -531,11 +546,18 @@ impl EgressApp {
                     Ok(Err(e)) => e.to_string(),
                     _ => "timed out".into(),
                 };
-                // The most common cause by far: the client does not trust the local CA.
-                tracing::warn!(
-                    tunnel = %t.request_id, tenant, host = %tunnel.host, %error,
-                    "client TLS handshake in an intercepted tunnel failed; does the client trust the proxy CA? see `tenant-proxy ca env`"
-                );
+                // The most common cause by far: the client does not trust the local CA. The
+                // client can fail its handshakes at will: sampled per tenant.
+                if let Some(suppressed) = crate::logging::sample_line(
+                    crate::logging::LineKey::Tenant(&tenant),
+                    "client_tls_failed",
+                ) {
+                    tracing::warn!(
+                        tunnel = %t.request_id, tenant, listener = %self.listener.name,
+                        host = %tunnel.host, %error, suppressed,
+                        "client TLS handshake in an intercepted tunnel failed; does the client trust the proxy CA? see `tenant-proxy ca env`"
+                    );
+                }
                 t.finish_tunnel(&self.shared.runs, 200).await;
                 return;
             }

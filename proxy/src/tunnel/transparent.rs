@@ -124,7 +124,15 @@ impl EgressApp {
             let tenant = crate::context::TenantContext::new(who, trail.request_id.clone(), None);
             trail.tenant = Some(Arc::new(tenant));
         }
-        tracing::info!(listener = %self.listener.name, request_id = %trail.request_id, refusal = %deny.code(), "captured connection refused");
+        // A captured client can be refused at will: sampled per tenant (or listener, when the
+        // binding names none) like the tunnel line that follows.
+        let key = match &trail.tenant {
+            Some(t) => crate::logging::LineKey::Tenant(t.tenant.as_str()),
+            None => crate::logging::LineKey::Listener(&self.listener.name),
+        };
+        if let Some(suppressed) = crate::logging::sample_line(key, "captured_refused") {
+            tracing::info!(listener = %self.listener.name, tenant = trail.tenant_label(), request_id = %trail.request_id, refusal = %deny.code(), suppressed, "captured connection refused");
+        }
         trail.refuse(deny);
         trail.finish_tunnel(&self.shared.runs, 0).await;
     }
