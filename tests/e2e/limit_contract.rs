@@ -863,7 +863,8 @@ async fn concurrent_admissions_never_overshoot(b: Backends) {
 // Redis only
 
 /// A replica that stops (and never gives its slots back) holds them only `lease_ttl`: in Redis,
-/// leases are sorted-set members that expire. (In memory, leases die with their process.)
+/// leases are sorted-set members that expire unless their replica renews them. (In memory,
+/// leases die with their process.)
 #[test]
 fn redis_leases_of_a_vanished_replica_expire_after_lease_ttl() {
     run(Store::Redis, |b: Backends| async move {
@@ -875,8 +876,13 @@ fn redis_leases_of_a_vanished_replica_expire_after_lease_ttl() {
             ..Default::default()
         };
         let k = keys("acme", "bot", &c, None, None, CallKind::Tool);
-        let _never_finished = backend.admit(&k, Charge::default()).await.unwrap();
+        // While its replica runs, a request keeps its slot past `lease_ttl` (renewed)...
+        let mut never_finished = backend.admit(&k, Charge::default()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
         refused(backend.admit(&k, Charge::default()).await);
+        // ...and once the replica is gone, nothing renews it: it expires.
+        drop(never_finished.renewal.take());
+        std::mem::forget(never_finished);
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert_eq!(backend.read(&k).await.unwrap(), vec![0]);
         let again = backend.admit(&k, Charge::default()).await.unwrap();
