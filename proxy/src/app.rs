@@ -300,6 +300,12 @@ pub fn run(
     // The drain saw every request record and the services have stopped: write what is still
     // queued and the final checkpoints.
     audit_writer.shutdown();
+    // Nothing listens any more: the file must not tell a reader otherwise.
+    if let Some(path) = ready_file {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the ready file");
+        }
+    }
     Ok(())
 }
 

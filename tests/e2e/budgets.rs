@@ -363,6 +363,8 @@ fn streams_running_at_sigterm_finish_or_are_cut_and_each_is_recorded_and_settled
         "still running {took:?} after SIGTERM; log:\n{}",
         proxy.log()
     );
+    // Nothing listens any more, and the ready file no longer says otherwise.
+    assert!(!proxy.path("ready.json").exists());
     let (short_done, _) = short.join().unwrap();
     assert!(
         short_done,
