@@ -619,3 +619,50 @@ fn a_request_longer_than_its_lease_keeps_its_slot() {
     }
     assert!(origin.matching("/acme/during").is_empty());
 }
+
+/// A Redis out of memory (`maxmemory` reached, `noeviction`) refuses an admission whole: the
+/// request is refused `limiter_unavailable` and nothing of it is counted, whichever ceilings
+/// the tenant has (a lease check used to write first, which let the rest of the script through).
+#[test]
+fn a_redis_out_of_memory_refuses_an_admission_whole() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_secs(1));
+    let acme = spec.tenant("acme").limits();
+    acme.requests_per_minute = Some(1000);
+    acme.concurrency = Some(10);
+    let proxy = Proxy::start(spec);
+    let url = format!("http://127.0.0.1:{}/acme/oom", origin.port);
+    assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+    let counters = || -> Vec<(String, Vec<String>)> {
+        let mut keys = redis.command("KEYS tp:{acme}:*");
+        keys.sort();
+        keys.into_iter()
+            .map(|k| {
+                let value = match redis.command(&format!("TYPE {k}"))[0].as_str() {
+                    "zset" => redis.command(&format!("ZCARD {k}")),
+                    "hash" => redis.command(&format!("HGETALL {k}")),
+                    _ => redis.command(&format!("GET {k}")),
+                };
+                (k, value)
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.command("ZCARD tp:{acme}:conc") != ["0"] {
+        assert!(
+            Instant::now() < deadline,
+            "the first request's slot was not given back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = counters();
+    redis.command("CONFIG SET maxmemory-policy noeviction");
+    redis.command("CONFIG SET maxmemory 1");
+    let r = forward_get(proxy.sidecar_port, &url, None, "");
+    r.assert_refused(503, "limiter_unavailable");
+    assert_eq!(counters(), before);
+    assert_eq!(origin.matching("/acme/oom").len(), 1);
+    redis.command("CONFIG SET maxmemory 0");
+    assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+}

@@ -59,8 +59,10 @@ for i = 1, #KEYS do
     if now < tat - b then return figures({0, i, tat - b - now}) end
     st[i] = tat + a
   elseif kind == 2 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now / 1000)
-    if redis.call('ZCARD', KEYS[i]) >= a then return figures({0, i, 1000000}) end
+    -- Read only: the checks write nothing (see the note on memory below).
+    if redis.call('ZCOUNT', KEYS[i], '(' .. string.format('%d', math.floor(now / 1000)), '+inf') >= a then
+      return figures({0, i, 1000000})
+    end
   elseif kind == 3 then
     local w = math.floor(now / 60000000)
     local cur = redis.call('HMGET', KEYS[i], 'w', 'u')
@@ -77,6 +79,11 @@ for i = 1, #KEYS do
     st[i] = s
   end
 end
+-- Memory: Redis refuses a write that may grow memory past `maxmemory` (noeviction) only until
+-- the script's first write; after one, it lets every later write through, so that a script is
+-- not cut halfway. So the checks above only read, and every key's first write below grows memory
+-- (SET, ZADD, HSET, INCRBY): a Redis out of memory refuses the whole admission at its first
+-- write, and nothing is counted (the request is refused `limiter_unavailable`).
 local function expire(key, c)
   if c > 0 then redis.call('EXPIREAT', key, c) else redis.call('EXPIRE', key, runttl) end
 end
@@ -93,6 +100,7 @@ for i = 1, #KEYS do
     table.insert(out, st[i] - now)
   elseif kind == 2 then
     redis.call('ZADD', KEYS[i], now / 1000 + ttl, ARGV[1])
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now / 1000)
     redis.call('PEXPIRE', KEYS[i], ttl)
     table.insert(out, -1)
     table.insert(out, 0)
@@ -122,13 +130,19 @@ const SETTLE: &str = r#"
 -- 2 concurrency: remove the lease; 3 tokens per minute: a = minute of the reservation,
 -- b = used - reserved; 4 quota: b = used - reserved. Counters never go below zero, and a counter
 -- that expired meanwhile is not recreated.
+-- Leases first: their removal frees memory, and once a script has written, a Redis out of
+-- memory lets its later writes through, so a settlement (which corrects existing counters, and
+-- mostly lowers them) is not refused and its call charged its whole reservation.
+for i = 1, #KEYS do
+  if tonumber(ARGV[2 + (i - 1) * 3]) == 2 then redis.call('ZREM', KEYS[i], ARGV[1]) end
+end
 for i = 1, #KEYS do
   local base = 1 + (i - 1) * 3
   local kind = tonumber(ARGV[base + 1])
   local a = tonumber(ARGV[base + 2])
   local b = tonumber(ARGV[base + 3])
   if kind == 2 then
-    redis.call('ZREM', KEYS[i], ARGV[1])
+    -- Removed above.
   elseif kind == 3 then
     if tonumber(redis.call('HGET', KEYS[i], 'w')) == a then
       local u = (tonumber(redis.call('HGET', KEYS[i], 'u')) or 0) + b
