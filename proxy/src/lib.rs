@@ -90,6 +90,7 @@ pub mod problems;
 pub mod reason;
 pub mod redis_conn;
 pub mod reload;
+pub mod reload_status;
 pub mod runs;
 pub mod shares;
 pub mod snapshot;

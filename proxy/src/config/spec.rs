@@ -100,7 +100,7 @@ pub struct ServerSpec {
     #[serde(default = "default_threads")]
     pub threads: usize,
     /// The drain time: how long requests in flight get to finish after SIGTERM (no new
-    /// connections are accepted); those still running then are cut (see `crate::drain`).
+    /// connections are accepted); those still running then are cut, and still recorded.
     #[serde(default = "default_grace")]
     pub grace_period: String,
     /// How long the requests cut at the end of the drain time get to record and settle before

@@ -594,7 +594,7 @@ impl MtlsServer {
     /// rename (editors, Kubernetes secrets) is seen. Each reload is recorded in `status` as
     /// `part`: a failed one keeps the previous files serving and shows as a failed reload
     /// (metrics, `/readyz`) until a later one succeeds. Call once.
-    pub fn watch(self: &Arc<Self>, status: Arc<crate::snapshot::ReloadStatus>, part: String) {
+    pub fn watch(self: &Arc<Self>, status: Arc<crate::reload_status::ReloadStatus>, part: String) {
         let mut dirs: Vec<PathBuf> = [&self.cert, &self.key, &self.client_ca]
             .into_iter()
             .map(|p| match p.parent() {
@@ -1626,7 +1626,7 @@ mod tests {
         let new_ca = ca("new ca");
         let f = files(&[&old_ca]);
         let server = Arc::new(f.load());
-        let status = Arc::new(crate::snapshot::ReloadStatus::new());
+        let status = Arc::new(crate::reload_status::ReloadStatus::new());
         server.watch(status.clone(), "listener `mesh` TLS files".into());
         let before = server.current().0;
 
