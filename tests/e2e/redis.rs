@@ -666,3 +666,38 @@ fn a_redis_out_of_memory_refuses_an_admission_whole() {
     redis.command("CONFIG SET maxmemory 0");
     assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
 }
+
+/// A stall short enough that Redis still applies the admissions the proxy gave up on: their
+/// concurrency slots are released once Redis answers and their deadline has passed, so the
+/// tenant is not locked out for `lease_ttl`.
+#[test]
+fn a_short_stall_leaves_no_slot_held() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_millis(200));
+    spec.tenant("acme").limits().concurrency = Some(4);
+    let proxy = Proxy::start(spec);
+    let url = format!("http://127.0.0.1:{}/acme/short-stall", origin.port);
+    assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+    redis.command("CLIENT PAUSE 700 ALL");
+    let refused: Vec<u16> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| forward_get(proxy.sidecar_port, &url, None, "").status))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
+    // Applied on resuming (within their deadline), then released: well before `lease_ttl`.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while redis.command("ZCARD tp:{acme}:conc") != ["0"] {
+        assert!(
+            Instant::now() < deadline,
+            "slots of refused requests stay held"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after: Vec<u16> = (0..4)
+        .map(|_| forward_get(proxy.sidecar_port, &url, None, "").status)
+        .collect();
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+}

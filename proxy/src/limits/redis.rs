@@ -375,6 +375,10 @@ struct PendingRelease {
     keys: Vec<String>,
     lease_id: String,
     expires: std::time::Instant,
+    /// Not sent before then: the release of an admission that got no answer must come after
+    /// the latest moment that admission could still apply (its deadline), or the admission,
+    /// still queued in a stalled Redis, would take the slot after its release.
+    not_before: std::time::Instant,
 }
 
 /// Most failed releases kept; older ones are left to expire (`lease_ttl`).
@@ -404,6 +408,10 @@ impl PendingReleases {
         };
         let now = std::time::Instant::now();
         for release in pending.into_iter().filter(|r| r.expires > now) {
+            if release.not_before > now {
+                self.push(release);
+                continue;
+            }
             let released = match ScriptCall::new(script, &release.keys) {
                 Ok(mut call) => {
                     call.arg(&release.lease_id);
@@ -544,6 +552,19 @@ impl RedisBackend {
                                 load_scripts(&m, read_timeout).await;
                                 let mut probe = m.clone();
                                 let time = redis::cmd("TIME");
+                                // Redis's clock is known before the first admission: until
+                                // then an admission carries no deadline.
+                                let sent = unix_us();
+                                if let Some(Ok(answer)) = answer_within(
+                                    read_timeout,
+                                    time.query_async::<Vec<String>>(&mut probe),
+                                )
+                                .await
+                                {
+                                    if let Some(redis_us) = time_us(&answer) {
+                                        clocked.measured(sent, redis_us, unix_us());
+                                    }
+                                }
                                 slot.store(Some(Arc::new(m)));
                                 probed.mark(true);
                                 tracing::info!("limiter connected to redis");
@@ -687,6 +708,28 @@ impl RedisBackend {
         figures(&reply)
     }
 
+    /// An admission that got no answer may still be waiting in a stalled Redis, and apply up
+    /// to its deadline: its leases (if any) are released once Redis answers and that deadline
+    /// has passed, so a short stall does not leave a tenant locked out for `lease_ttl`. (Its
+    /// reservations, if it applied, stand until their window ends: over-counted, never under.)
+    fn release_if_late(&self, keys: &[LimitKey], lease_id: &str) {
+        let leases: Vec<String> = keys
+            .iter()
+            .filter(|k| matches!(k.kind, LimitKind::Concurrency { .. }))
+            .map(LimitKey::redis_name)
+            .collect();
+        if leases.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        self.pending.push(PendingRelease {
+            keys: leases,
+            lease_id: lease_id.to_string(),
+            expires: now + self.settings.lease_ttl,
+            not_before: now + self.settings.timeout * 2 + LATE_ADMISSION_SLACK,
+        });
+    }
+
     /// Renews `admission`'s concurrency leases every third of `lease_ttl` until the admission
     /// is dropped: a lease is there for a replica that crashes, and without renewal a request
     /// that runs longer than `lease_ttl` (a long stream, an event stream, a WebSocket) would stop
@@ -766,6 +809,7 @@ impl RedisBackend {
                     keys: admission.leases.iter().map(LimitKey::redis_name).collect(),
                     lease_id: admission.lease_id.clone(),
                     expires: std::time::Instant::now() + self.settings.lease_ttl,
+                    not_before: std::time::Instant::now(),
                 });
             }
         }
@@ -776,7 +820,11 @@ impl RedisBackend {
 impl LimitBackend for RedisBackend {
     async fn admit(&self, keys: &[LimitKey], charge: Charge) -> Result<Admission, AdmitError> {
         let lease_id = crate::trace::random_hex(16);
-        match self.admit_redis(keys, &lease_id, charge).await {
+        let result = self.admit_redis(keys, &lease_id, charge).await;
+        if result.is_err() {
+            self.release_if_late(keys, &lease_id);
+        }
+        match result {
             Ok(reply) => {
                 METRICS.limiter_fallback_active.set(0);
                 let mut admission = decode(keys, &reply, lease_id, charge)?;

@@ -213,6 +213,19 @@ pub fn open_request(
     path_and_query: &str,
 ) -> Result<Opened, Unknown> {
     let mut opened = Opened::default();
+    // A server that reads headers CGI-style takes `Mcp_Session_Id` for `Mcp-Session-Id`: such a
+    // spelling is refused rather than passed unopened.
+    if headers.keys().any(|name| {
+        name != MCP_SESSION_ID
+            && name.as_str().len() == MCP_SESSION_ID.as_str().len()
+            && name
+                .as_str()
+                .bytes()
+                .zip(MCP_SESSION_ID.as_str().bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    }) {
+        return Err(Unknown::Header);
+    }
     let mut values = headers.get_all(MCP_SESSION_ID).iter();
     if let Some(value) = values.next() {
         if values.next().is_some() {
@@ -444,6 +457,16 @@ mod tests {
             assert_eq!(
                 open_request(&acme, &header(&presented), "/mcp"),
                 Err(Unknown::Header)
+            );
+        }
+        // Spelt with underscores (read as the header by CGI-style servers): refused.
+        for name in ["mcp_session_id", "mcp-session_id"] {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::HeaderName::from_static(name), "raw".parse().unwrap());
+            assert_eq!(
+                open_request(&acme, &h, "/mcp"),
+                Err(Unknown::Header),
+                "{name}"
             );
         }
         // Sent twice, even both its own: refused (which one would the server read?).
