@@ -94,6 +94,7 @@ pub mod reload_status;
 pub mod runs;
 pub mod shares;
 pub mod snapshot;
+mod stream_wrap;
 pub mod target;
 pub mod tls;
 pub mod trace;
