@@ -73,6 +73,7 @@ pub mod drain;
 pub mod egress;
 pub mod error;
 pub mod front;
+pub mod header_names;
 pub mod identity;
 pub mod ids;
 pub mod limits;

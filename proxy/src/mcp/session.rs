@@ -216,13 +216,7 @@ pub fn open_request(
     // A server that reads headers CGI-style takes `Mcp_Session_Id` for `Mcp-Session-Id`: such a
     // spelling is refused rather than passed unopened.
     if headers.keys().any(|name| {
-        name != MCP_SESSION_ID
-            && name.as_str().len() == MCP_SESSION_ID.as_str().len()
-            && name
-                .as_str()
-                .bytes()
-                .zip(MCP_SESSION_ID.as_str().bytes())
-                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+        name != MCP_SESSION_ID && crate::header_names::same_but_underscores(name, &MCP_SESSION_ID)
     }) {
         return Err(Unknown::Header);
     }
@@ -235,59 +229,59 @@ pub fn open_request(
         let id = binding.open(presented).ok_or(Unknown::Header)?;
         opened.header = Some(id.to_string());
     }
-    if let Some((path, query)) = path_and_query.split_once('?') {
-        let mut changed = false;
-        let mut rewritten = String::with_capacity(path_and_query.len());
-        rewritten.push_str(path);
-        rewritten.push('?');
-        for (i, pair) in query.split('&').enumerate() {
-            if i > 0 {
-                rewritten.push('&');
-            }
-            match pair.split_once('=') {
-                Some((name, value)) if is_session_parameter(&decoded(name)) => {
-                    let id = binding.open(value).ok_or(Unknown::Query)?;
-                    rewritten.push_str(name);
-                    rewritten.push('=');
-                    rewritten.push_str(id);
-                    changed = true;
-                }
-                // A session parameter without a value names no session, but a server might
-                // still read it: refused like an unsealed one.
-                None if is_session_parameter(&decoded(pair)) => return Err(Unknown::Query),
-                _ => rewritten.push_str(pair),
-            }
-        }
-        if changed {
-            opened.path_and_query = Some(rewritten);
-        }
-    }
+    // A session parameter without a value names no session, but a server might still read
+    // it: refused like an unsealed one.
+    opened.path_and_query = map_session_parameters(path_and_query, Err(Unknown::Query), |value| {
+        binding
+            .open(value)
+            .map(str::to_string)
+            .ok_or(Unknown::Query)
+    })?;
     Ok(opened)
 }
 
 /// Seals the session parameters in the query of an `endpoint` URL (the older HTTP+SSE
 /// transport's); `None` when it has none.
 pub fn seal_endpoint(binding: &Binding<'_>, path_and_query: &str) -> Option<String> {
-    let (path, query) = path_and_query.split_once('?')?;
+    map_session_parameters(path_and_query, Ok(()), |value| Ok(binding.seal(value)))
+        .ok()
+        .flatten()
+}
+
+/// `path_and_query` with the value of each session parameter of its query replaced by
+/// `map(value)`, the rest as it was; `None` when no value was replaced. A session parameter
+/// without a value gives `bare` (kept as it is when that is `Ok`).
+fn map_session_parameters(
+    path_and_query: &str,
+    bare: Result<(), Unknown>,
+    mut map: impl FnMut(&str) -> Result<String, Unknown>,
+) -> Result<Option<String>, Unknown> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return Ok(None);
+    };
     let mut changed = false;
-    let mut sealed = String::with_capacity(path_and_query.len() + 32);
-    sealed.push_str(path);
-    sealed.push('?');
+    let mut mapped = String::with_capacity(path_and_query.len() + 32);
+    mapped.push_str(path);
+    mapped.push('?');
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
-            sealed.push('&');
+            mapped.push('&');
         }
         match pair.split_once('=') {
             Some((name, value)) if is_session_parameter(&decoded(name)) => {
-                sealed.push_str(name);
-                sealed.push('=');
-                sealed.push_str(&binding.seal(value));
+                mapped.push_str(name);
+                mapped.push('=');
+                mapped.push_str(&map(value)?);
                 changed = true;
             }
-            _ => sealed.push_str(pair),
+            None if is_session_parameter(&decoded(pair)) => {
+                bare?;
+                mapped.push_str(pair);
+            }
+            _ => mapped.push_str(pair),
         }
     }
-    changed.then_some(sealed)
+    Ok(changed.then_some(mapped))
 }
 
 /// The name `Mcp-Session-Id`.

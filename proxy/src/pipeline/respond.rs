@@ -99,7 +99,11 @@ pub fn upstream_request(
     let claims: Vec<http::HeaderName> = upstream
         .headers
         .keys()
-        .filter(|k| strip.iter().any(|s| same_but_underscores(k, s)))
+        .filter(|k| {
+            strip
+                .iter()
+                .any(|s| crate::header_names::same_but_underscores(k, s))
+        })
         .cloned()
         .collect();
     for name in &claims {
@@ -367,14 +371,4 @@ fn count_scrubbed(trail: &Trail, n: u64) {
             .with_label_values(&[trail.tenant_label()])
             .inc_by(n);
     }
-}
-
-/// Whether header names `a` and `b` are the same once `_` is read as `-` (both are lowercase).
-fn same_but_underscores(a: &http::HeaderName, b: &http::HeaderName) -> bool {
-    let (a, b) = (a.as_str().as_bytes(), b.as_str().as_bytes());
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            let dash = |c: u8| if c == b'_' { b'-' } else { c };
-            dash(*x) == dash(*y)
-        })
 }
