@@ -820,8 +820,12 @@ impl RedisBackend {
 impl LimitBackend for RedisBackend {
     async fn admit(&self, keys: &[LimitKey], charge: Charge) -> Result<Admission, AdmitError> {
         let lease_id = crate::trace::random_hex(16);
+        let sent = std::time::Instant::now();
         let result = self.admit_redis(keys, &lease_id, charge).await;
-        if result.is_err() {
+        // Only a call that ran out of time may still be waiting in Redis. One that failed at
+        // once (not connected, refused, an error answer) never applies, and queueing its release
+        // would let a tenant flooding an outage push others' pending releases out of the queue.
+        if result.is_err() && sent.elapsed() >= self.settings.timeout {
             self.release_if_late(keys, &lease_id);
         }
         match result {
