@@ -546,6 +546,16 @@ fn daily_cost_rolls_over_at_local_midnight_and_the_month_carries_on() {
     });
 }
 
+/// The statuses of `n` GETs of `url` sent at once through the listener on `port`.
+fn at_once(n: usize, port: u16, url: &str) -> Vec<u16> {
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..n)
+            .map(|_| s.spawn(|| forward_get(port, url, None, "").status))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    })
+}
+
 /// Admissions that Redis runs only after a stall, when the proxy has long refused their
 /// requests, charge nothing: no concurrency slot stays held and no allowance is spent.
 #[test]
@@ -563,12 +573,7 @@ fn admissions_queued_during_a_redis_stall_charge_nothing() {
     // Redis stalls for three seconds; twelve requests arrive meanwhile, are refused, and their
     // admissions wait in Redis's queue.
     redis.command("CLIENT PAUSE 3000 ALL");
-    let refused: Vec<u16> = std::thread::scope(|s| {
-        let calls: Vec<_> = (0..12)
-            .map(|_| s.spawn(|| forward_get(proxy.sidecar_port, &url, None, "").status))
-            .collect();
-        calls.into_iter().map(|c| c.join().unwrap()).collect()
-    });
+    let refused = at_once(12, proxy.sidecar_port, &url);
     assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
     std::thread::sleep(Duration::from_millis(3500));
     // Redis ran them on resuming: none took a slot, none spent the minute's twenty requests.
@@ -680,12 +685,7 @@ fn a_short_stall_leaves_no_slot_held() {
     let url = format!("http://127.0.0.1:{}/acme/short-stall", origin.port);
     assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
     redis.command("CLIENT PAUSE 700 ALL");
-    let refused: Vec<u16> = std::thread::scope(|s| {
-        let calls: Vec<_> = (0..6)
-            .map(|_| s.spawn(|| forward_get(proxy.sidecar_port, &url, None, "").status))
-            .collect();
-        calls.into_iter().map(|c| c.join().unwrap()).collect()
-    });
+    let refused = at_once(6, proxy.sidecar_port, &url);
     assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
     // Applied on resuming (within their deadline), then released: well before `lease_ttl`.
     let deadline = Instant::now() + Duration::from_secs(8);

@@ -32,6 +32,26 @@ fn status_with(proxy: &Proxy, origin: &Origin, token: &str) -> Response {
     )
 }
 
+/// `tenant-proxy token revoke` of `jti` for an hour, with `proxy`'s configuration.
+fn revoke(proxy: &Proxy, jti: &str) {
+    let config = proxy.path("tenant-proxy.toml");
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &[
+            "token",
+            "revoke",
+            "--config",
+            config.to_str().unwrap(),
+            "--jti",
+            jti,
+            "--keep",
+            "1h",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
 #[test]
 fn a_revocation_in_redis_reaches_every_replica_and_the_file_still_counts() {
     let mut redis = RedisServer::start();
@@ -61,22 +81,7 @@ fn a_revocation_in_redis_reaches_every_replica_and_the_file_still_counts() {
         audited_for_acme(p, &r, "identity_invalid");
     }
 
-    let config = a.path("tenant-proxy.toml");
-    let (code, out) = proxy_cli(
-        a.dir.path(),
-        &[
-            "token",
-            "revoke",
-            "--config",
-            config.to_str().unwrap(),
-            "--jti",
-            "shared-revoke-1",
-            "--keep",
-            "1h",
-        ],
-        "",
-    );
-    assert_eq!(code, 0, "{out}");
+    revoke(&a, "shared-revoke-1");
     let score: u64 = redis.command("ZSCORE tp:{revocations}:jtis shared-revoke-1")[0]
         .parse()
         .unwrap();
@@ -139,24 +144,6 @@ fn a_revocation_after_redis_lost_its_data_reaches_a_replica_that_missed_the_loss
     let a = Proxy::start(
         ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_millis(200)),
     );
-    let revoke = |jti: &str| {
-        let config = a.path("tenant-proxy.toml");
-        let (code, out) = proxy_cli(
-            a.dir.path(),
-            &[
-                "token",
-                "revoke",
-                "--config",
-                config.to_str().unwrap(),
-                "--jti",
-                jti,
-                "--keep",
-                "1h",
-            ],
-            "",
-        );
-        assert_eq!(code, 0, "{out}");
-    };
     let refused_within = |jti: &'static str, what: &str| {
         let t = token(TokenOpts {
             jti: Some(jti),
@@ -177,7 +164,7 @@ fn a_revocation_after_redis_lost_its_data_reaches_a_replica_that_missed_the_loss
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    revoke("before-the-loss");
+    revoke(&a, "before-the-loss");
     refused_within("before-the-loss", "first revocation");
     // The replica sleeps through the loss: Redis comes back empty and gets one revocation,
     // which a counted version would number as the replica's own.
@@ -191,7 +178,7 @@ fn a_revocation_after_redis_lost_its_data_reaches_a_replica_that_missed_the_loss
     };
     signal("-STOP");
     redis.command("FLUSHALL");
-    revoke("after-the-loss");
+    revoke(&a, "after-the-loss");
     signal("-CONT");
     refused_within("after-the-loss", "revocation after the loss");
 }
