@@ -617,6 +617,21 @@ fn websocket_upgrades_pass_inside_an_intercepted_tunnel_after_authorization() {
     let mut back = [0u8; 10];
     tls.read_exact(&mut back).unwrap();
     assert_eq!(back, frame);
+    // Once closed, its record counts the frames each way, the client's too: what an agent sends
+    // over a WebSocket is as visible in the audit trail as a request body.
+    drop(tls);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let records = h.proxy.audit_records("acme");
+        if let Some(r) = records.iter().find(|r| r["path"] == "/v1/realtime") {
+            break r.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{records:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(record["status"], 101, "{record}");
+    assert_eq!(record["bytes_in"], 10, "{record}");
+    assert!(record["bytes_out"].as_u64().unwrap() >= 10, "{record}");
 
     // The same upgrade to a forbidden path is refused before it reaches the origin.
     let mut tls = intercepted(&h, h.proxy.sidecar_port, &authority, "");
@@ -961,6 +976,36 @@ fn idle_tunnels_are_closed() {
     let started = std::time::Instant::now();
     assert_eq!(sock.read(&mut buf).unwrap_or(0), 0);
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// An opaque tunnel still open when the drain time ends is cut, and its record says so
+/// (`shutdown`, as for the HTTP requests cut then), not `allowed` as if either side had closed it.
+#[test]
+fn an_opaque_tunnel_cut_at_shutdown_is_recorded_as_cut() {
+    let grace = Duration::from_secs(1);
+    let mut h = start_https(|spec| spec.config.server.grace_period = Some(grace));
+    let (mut sock, status, text) =
+        connect(h.proxy.sidecar_port, &format!("pinned.test:{}", h.mock), "");
+    assert_eq!(status, 200, "{text}");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    h.proxy.sigterm();
+    assert!(
+        h.proxy.wait_exit(grace + Duration::from_secs(5)).is_some(),
+        "still running; log:\n{}",
+        h.proxy.log()
+    );
+    let mut buf = [0u8; 1];
+    assert!(matches!(sock.read(&mut buf), Ok(0) | Err(_)));
+    let records = h.proxy.audit_records("acme");
+    let tunnel: Vec<_> = records
+        .iter()
+        .filter(|r| r["method"] == "CONNECT")
+        .collect();
+    assert_eq!(tunnel.len(), 1, "{records:#?}");
+    assert_eq!(tunnel[0]["tunnel"]["mode"], "opaque", "{}", tunnel[0]);
+    assert_eq!(tunnel[0]["reason"], "shutdown", "{}", tunnel[0]);
+    assert_eq!(tunnel[0]["decision"], "deny", "{}", tunnel[0]);
 }
 
 // ---------------------------------------------------------------------------------------------

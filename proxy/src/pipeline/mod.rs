@@ -105,8 +105,8 @@ impl Effects for Shared {
         &self.config
     }
 
-    fn reserve_audit(&self) -> Result<Option<AuditSlot>, Deny> {
-        Ok(Some(self.audit.reserve()?))
+    fn reserve_audit(&self, tenant: Option<&TenantId>) -> Result<Option<AuditSlot>, Deny> {
+        Ok(Some(self.audit.reserve(tenant)?))
     }
 
     fn admit_tenant(&self, slot: &mut Option<AuditSlot>, tenant: &TenantId) -> Result<(), Deny> {
@@ -666,6 +666,10 @@ impl ProxyHttp for TenantProxy {
         // tail here. Hand over the whole body (again, on a retry).
         if let Some(full) = ctx.http().and_then(|(_, g)| g.body.as_ref()) {
             *body = Some(full.0.clone());
+        } else if let Some(sent) = body {
+            // No body was held: these are an upgraded connection's bytes (a WebSocket's
+            // frames), counted as a body's are.
+            ctx.trail.bytes_in += sent.len() as u64;
         }
         Ok(())
     }

@@ -352,9 +352,15 @@ impl EgressApp {
         trail.outcome = Outcome::Forwarded;
         if let Some(upstream) = upstream {
             let idle = self.shared.config.egress.tunnel_idle_timeout;
-            let (up, down) = opaque::relay(stream, upstream, early, idle).await;
+            let relayed = opaque::relay(stream, upstream, early, idle).await;
+            let (up, down) = (relayed.up, relayed.down);
             trail.bytes_in = up;
             trail.bytes_out = down;
+            // Ended by the proxy's drain, not by either side: recorded as such, as the HTTP
+            // requests cut then are.
+            if relayed.client_failed && self.shared.drain.is_cut() {
+                trail.refuse(Deny::Shutdown);
+            }
             let tenant = trail.tenant_label().to_string();
             for (direction, n) in [("up", up), ("down", down)] {
                 METRICS
@@ -687,7 +693,7 @@ impl EgressApp {
         trail.tunnel = conn.context().tunnel.as_ref().map(|t| t.id.clone());
         trail.tunnel_mode = conn.context().tunnel.as_ref().map(|t| t.mode());
         if let Some(who) = who {
-            trail.slot = self.shared.audit.reserve().ok();
+            trail.slot = self.shared.audit.reserve(Some(&who.tenant)).ok();
             let tenant = crate::context::TenantContext::new(who, trail.request_id.clone(), None);
             trail.tenant = Some(Arc::new(tenant));
         }

@@ -11,21 +11,32 @@ use tokio::net::TcpStream;
 
 const BUF: usize = 16 * 1024;
 
-/// Relays until both sides are done or nothing moves for `idle`; returns bytes sent up
-/// (client → upstream, `early` included) and down.
+/// What a relay moved, and how it ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relayed {
+    /// Bytes sent up (client → upstream, the early bytes included).
+    pub up: u64,
+    /// Bytes sent down.
+    pub down: u64,
+    /// The client's connection failed rather than closed: broken, or cut at shutdown.
+    pub client_failed: bool,
+}
+
+/// Relays until both sides are done or nothing moves for `idle`.
 pub async fn relay(
     mut client: Stream,
     mut upstream: TcpStream,
     early: Bytes,
     idle: Duration,
-) -> (u64, u64) {
+) -> Relayed {
     let (mut up, mut down) = (0u64, 0u64);
     if !early.is_empty() {
         if upstream.write_all(&early).await.is_err() {
-            return (0, 0);
+            return Relayed::default();
         }
         up += early.len() as u64;
     }
+    let mut client_failed = false;
     let mut from_client = vec![0u8; BUF];
     let mut from_upstream = vec![0u8; BUF];
     let (mut client_open, mut upstream_open) = (true, true);
@@ -39,7 +50,10 @@ pub async fn relay(
                 }
                 // A broken client connection (or one cut at shutdown, see `crate::drain`) takes
                 // nothing more: waiting on the upstream would only hold the tunnel's record.
-                Err(_) => break,
+                Err(_) => {
+                    client_failed = true;
+                    break;
+                }
                 Ok(n) => {
                     if upstream.write_all(&from_client[..n]).await.is_err() {
                         break;
@@ -56,6 +70,7 @@ pub async fn relay(
                     if client.write_all(&from_upstream[..n]).await.is_err()
                         || client.flush().await.is_err()
                     {
+                        client_failed = true;
                         break;
                     }
                     down += n as u64;
@@ -64,5 +79,9 @@ pub async fn relay(
             _ = tokio::time::sleep(idle) => break,
         }
     }
-    (up, down)
+    Relayed {
+        up,
+        down,
+        client_failed,
+    }
 }

@@ -120,7 +120,7 @@ impl EgressApp {
             unix_now(),
         );
         if let Ok(who) = who {
-            trail.slot = self.shared.audit.reserve().ok();
+            trail.slot = self.shared.audit.reserve(Some(&who.tenant)).ok();
             let tenant = crate::context::TenantContext::new(who, trail.request_id.clone(), None);
             trail.tenant = Some(Arc::new(tenant));
         }
