@@ -3,10 +3,13 @@
 //! Each tenant's chain is continued from what the writer last wrote; a second writer in the
 //! same directory (two proxies given one `[audit] dir`, a shared hostPath) interleaves records
 //! and checkpoints, so both refuse requests on and off and the trail no longer verifies. The
-//! writer therefore holds an exclusive advisory lock (`flock`) on [`LOCK_FILE`] in the
-//! directory for the life of the process: a second proxy fails at start instead, told which
-//! process holds it. Readers (`audit verify`, `audit export`) take no lock and are never
-//! kept out. The kernel releases the lock when the process ends, however it ends.
+//! writer therefore holds an exclusive advisory lock (`flock`) on the directory itself for the
+//! life of the process: a second proxy fails at start instead, told which process holds it
+//! (read from [`LOCK_FILE`], which the holder writes). The lock is on the directory, not on
+//! that file: a file can be deleted and created again while its lock lives on the deleted
+//! one, which would let a second writer in. Readers (`audit verify`, `audit export`) take no
+//! lock and are never kept out. The kernel releases the lock when the process ends, however it
+//! ends.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read as _, Write as _};
@@ -21,7 +24,7 @@ const MAX_HOLDER_LEN: usize = 200;
 /// The audit directory's lock, held while this value lives.
 #[derive(Debug)]
 pub struct DirLock {
-    _file: File,
+    _dir: File,
 }
 
 /// Why the lock was not taken.
@@ -37,24 +40,25 @@ impl DirLock {
     /// Takes the lock on `dir` (which must exist) without waiting, and writes this process's
     /// id and host into the lock file for whoever is refused next.
     pub fn take(dir: &Path) -> Result<Self, LockError> {
+        let handle = File::open(dir).map_err(LockError::Io)?;
         let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(LockError::Io)?;
-        match file.try_lock() {
+        match handle.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(LockError::Held(holder(&mut file))),
+            Err(TryLockError::WouldBlock) => {
+                let holder = File::open(&path).ok().and_then(|mut f| holder(&mut f));
+                return Err(LockError::Held(holder));
+            }
             Err(TryLockError::Error(e)) => return Err(LockError::Io(e)),
         }
         let me = format!("pid {} on host `{}`\n", std::process::id(), hostname());
-        file.set_len(0)
-            .and_then(|()| file.write_all(me.as_bytes()))
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(me.as_bytes()))
             .map_err(LockError::Io)?;
-        Ok(Self { _file: file })
+        Ok(Self { _dir: handle })
     }
 }
 
@@ -92,6 +96,19 @@ mod tests {
             other => panic!("the second lock was not refused: {other:?}"),
         }
         drop(first);
-        let _again = DirLock::take(dir.path()).unwrap();
+        let again = DirLock::take(dir.path()).unwrap();
+        // Deleting the lock file (or writing another) does not free the directory.
+        std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(matches!(
+            DirLock::take(dir.path()),
+            Err(LockError::Held(None))
+        ));
+        std::fs::write(dir.path().join(LOCK_FILE), "").unwrap();
+        assert!(matches!(
+            DirLock::take(dir.path()),
+            Err(LockError::Held(None))
+        ));
+        drop(again);
+        DirLock::take(dir.path()).unwrap();
     }
 }
