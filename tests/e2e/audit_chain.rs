@@ -563,6 +563,22 @@ fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
         served,
         "no request served while the stream fails"
     );
+    // The sidecar's listener says whose refusals these were, in the metrics and the log.
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains("tenant_proxy_audit_refusals_total{tenant=\"acme\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("tenant_proxy_audit_refusals_total{tenant=\"none\"}"),
+        "{metrics}"
+    );
+    let log = proxy.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reason=\"audit_unavailable\"") && l.contains("tenant=\"acme\"")),
+        "{log}"
+    );
 
     // Redis is back (empty): the records held while it was down arrive, then service resumes.
     redis.restart();

@@ -183,13 +183,15 @@ impl AuditSink {
         })
     }
 
-    /// Reserves a slot for this request's record, before its tenant is known.
+    /// Reserves a slot for this request's record, before its identity is verified. `tenant`,
+    /// when the connection alone says it (a bound listener's, a tunnel's), only names whose
+    /// refusal it was in the metrics.
     ///
     /// SECURITY: refuses when the audit directory cannot be written or the queue is full; a
     /// request that cannot be audited is not served.
-    pub fn reserve(&self) -> Result<AuditSlot, AuditUnavailable> {
+    pub fn reserve(&self, tenant: Option<&TenantId>) -> Result<AuditSlot, AuditUnavailable> {
         if !self.health.serving() {
-            refused(None);
+            refused(tenant);
             return Err(AuditUnavailable);
         }
         match self.tx.clone().try_reserve_owned() {
@@ -198,7 +200,7 @@ impl AuditSink {
                 _owed: OwedRecord::new(&self.owed),
             }),
             Err(_) => {
-                refused(None);
+                refused(tenant);
                 Err(AuditUnavailable)
             }
         }
@@ -223,7 +225,7 @@ impl AuditSink {
     /// [`Self::reserve`] and [`Self::admit_tenant`] together, for records whose tenant is known
     /// from the start (run events).
     pub fn reserve_for(&self, tenant: &TenantId) -> Result<AuditSlot, AuditUnavailable> {
-        let mut slot = Some(self.reserve()?);
+        let mut slot = Some(self.reserve(Some(tenant))?);
         self.admit_tenant(&mut slot, tenant)?;
         slot.ok_or(AuditUnavailable)
     }

@@ -47,7 +47,9 @@ use crate::credentials::oauth::TokenSource;
 use crate::credentials::secret::SecretValue;
 use crate::egress::EgressException;
 use crate::error::{Deny, PolicyRefusal};
-use crate::identity::{self, IdentityError, ListenerIdentity, Presented, ResolvedIdentity};
+use crate::identity::{
+    self, IdentityError, IdentitySourceKind, ListenerIdentity, Presented, ResolvedIdentity,
+};
 use crate::ids::TenantId;
 use crate::limits::plan::{CallFacts, Plan};
 use crate::limits::stream::StreamPlan;
@@ -228,8 +230,8 @@ pub trait Effects: Send + Sync {
     /// The static configuration.
     fn config(&self) -> &StaticConfig;
     /// Reserves the record's audit slot before anything is decided (`None`: nothing is
-    /// recorded).
-    fn reserve_audit(&self) -> Result<Option<AuditSlot>, Deny>;
+    /// recorded); `tenant` names a refusal's tenant when the connection alone says it.
+    fn reserve_audit(&self, tenant: Option<&TenantId>) -> Result<Option<AuditSlot>, Deny>;
     /// Refuses a tenant whose audit partition cannot be written.
     fn admit_tenant(&self, slot: &mut Option<AuditSlot>, tenant: &TenantId) -> Result<(), Deny>;
     /// Counts a client connection against its tenant (at most once per connection). Returns
@@ -308,8 +310,19 @@ pub async fn admit(
     trail: &mut Trail,
     observer: &mut dyn Observer,
 ) -> Result<Admitted, Deny> {
-    // An unauditable request is never served.
-    trail.slot = fx.reserve_audit()?;
+    // An unauditable request is never served. Its refusal names the tenant when the connection
+    // alone says which it is (nothing presented is read for it).
+    let fixed = fixed_identity(&caller);
+    trail.slot = match fx.reserve_audit(fixed.as_ref().map(|who| &who.tenant)) {
+        Ok(slot) => slot,
+        Err(deny) => {
+            if let Some(who) = fixed {
+                let tenant = TenantContext::new(who, trail.request_id.clone(), None);
+                trail.tenant = Some(Arc::new(tenant));
+            }
+            return Err(deny);
+        }
+    };
     let (who, tenant, refusal) = {
         let (header, ssl) = match &ask {
             Ask::Http { source, .. } => (source.header(), source.ssl()),
@@ -373,6 +386,25 @@ pub async fn admit(
 /// connection (`ssl`) present, verified. With it, a refusal the caller gives once the tenant is
 /// known, so that it is audited in the tenant's partition: a revoked token, or a tunnel whose
 /// identity is no longer accepted.
+/// The identity the connection alone gives, without reading anything the request presents: a
+/// listener bound to one workload and nothing else, a tunnel's, one named outright.
+fn fixed_identity(caller: &Caller<'_>) -> Option<ResolvedIdentity> {
+    match caller {
+        Caller::Tunnel(t) => Some(t.identity.clone()),
+        Caller::Listener(listener) => match (listener.sources.as_slice(), &listener.binding) {
+            ([IdentitySourceKind::Binding], Some(bound)) => Some(ResolvedIdentity {
+                tenant: bound.tenant.clone(),
+                workload: bound.workload.clone(),
+                source: IdentitySourceKind::Binding,
+                token: None,
+                certificate: None,
+            }),
+            _ => None,
+        },
+        Caller::Named(who) => Some((**who).clone()),
+    }
+}
+
 fn identify(
     caller: Caller<'_>,
     header: &RequestHeader,
@@ -1230,7 +1262,7 @@ impl Effects for DecideOnly<'_> {
         self.config
     }
 
-    fn reserve_audit(&self) -> Result<Option<AuditSlot>, Deny> {
+    fn reserve_audit(&self, _: Option<&TenantId>) -> Result<Option<AuditSlot>, Deny> {
         Ok(None)
     }
 

@@ -135,7 +135,7 @@ impl Effects for Recording<'_> {
     fn config(&self) -> &StaticConfig {
         self.config
     }
-    fn reserve_audit(&self) -> Result<Option<AuditSlot>, Deny> {
+    fn reserve_audit(&self, _: Option<&TenantId>) -> Result<Option<AuditSlot>, Deny> {
         self.step("audit", Deny::AuditUnavailable).map(|_| None)
     }
     fn admit_tenant(&self, _: &mut Option<AuditSlot>, _: &TenantId) -> Result<(), Deny> {
