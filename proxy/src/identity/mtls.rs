@@ -701,8 +701,24 @@ fn build_config(
 ) -> anyhow::Result<(ServerConfig, Arc<dyn ClientCertVerifier>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = read_certs(cert, "server certificate")?;
+    if let Some(leaf) = chain.first() {
+        check_server_leaf(leaf, crate::clock::unix_now()).with_context(|| {
+            format!(
+                "the server certificate `{}` cannot be served",
+                cert.display()
+            )
+        })?;
+    }
     let key_der = read_key(key)?;
 
+    // SECURITY: a trust bundle is public; a CA's private key inside it can mint a certificate
+    // for any tenant of the trust domain, and sits wherever the bundle is copied (a ConfigMap).
+    if PrivateKeyDer::from_pem_slice(&read_file(client_ca, "client trust bundle")?).is_ok() {
+        bail!(
+            "the client trust bundle `{}` holds a private key: it must hold CA certificates only (keep the CA's key out of it, and replace that key if the bundle was shared)",
+            client_ca.display()
+        );
+    }
     let mut roots = RootCertStore::empty();
     for (i, ca) in read_certs(client_ca, "client trust bundle")?
         .into_iter()
@@ -766,6 +782,29 @@ fn check_ca(der: &CertificateDer<'_>) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("`{subject}`: its keyUsage cannot be read: {e}"))?;
     if key_usage.is_some_and(|ku| !ku.value.key_cert_sign()) {
         bail!("`{subject}` may not sign certificates (its keyUsage lacks keyCertSign)");
+    }
+    Ok(())
+}
+
+/// Refuses a server certificate no client would accept, with what is wrong with it (rustls
+/// would otherwise blame the key, or serve a certificate every handshake then fails on):
+/// one that is not X.509 v3, has expired, or is not valid yet.
+fn check_server_leaf(der: &CertificateDer<'_>, now_unix: u64) -> anyhow::Result<()> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow::anyhow!("it cannot be parsed: {e}"))?;
+    if cert.version() != x509_parser::x509::X509Version::V3 {
+        bail!(
+            "it is an X.509 v{} certificate; TLS needs v3 (with a subjectAltName)",
+            cert.version().0 + 1
+        );
+    }
+    let validity = cert.validity();
+    let now = i64::try_from(now_unix).unwrap_or(i64::MAX);
+    if validity.not_after.timestamp() < now {
+        bail!("it expired at {}", validity.not_after);
+    }
+    if validity.not_before.timestamp() > now {
+        bail!("it is not valid before {}", validity.not_before);
     }
     Ok(())
 }
@@ -1533,6 +1572,57 @@ mod tests {
 
         let e = err(&missing, &f.key, &f.client_ca);
         assert!(e.contains("cannot read the server certificate"), "{e}");
+    }
+
+    /// A server certificate no client would accept, and a trust bundle holding a private key,
+    /// are refused at load and on reload (the previous files keep serving), each with what is
+    /// wrong with it.
+    #[test]
+    fn mtls_expired_server_certificates_and_bundles_holding_a_key_are_refused() {
+        let client_ca = ca("client ca");
+        let f = files(&[&client_ca]);
+        let server = f.load();
+        let before = server.current().0;
+        let err = || {
+            let e = format!(
+                "{:#}",
+                MtlsServer::load(&f.cert, &f.key, &f.client_ca).unwrap_err()
+            );
+            assert!(server.reload().is_err(), "{e}");
+            assert!(Arc::ptr_eq(&before, &server.current().0), "{e}");
+            e
+        };
+        let good = std::fs::read_to_string(&f.cert).unwrap();
+        let good_key = std::fs::read_to_string(&f.key).unwrap();
+        let expired = leaf(
+            &f.server_ca,
+            vec![SanType::DnsName("localhost".try_into().unwrap())],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            true,
+        );
+        std::fs::write(&f.cert, &expired.cert_pem).unwrap();
+        std::fs::write(&f.key, &expired.key_pem).unwrap();
+        let e = err();
+        assert!(
+            e.contains("server.pem` cannot be served: it expired at"),
+            "{e}"
+        );
+        std::fs::write(&f.cert, &good).unwrap();
+        std::fs::write(&f.key, &good_key).unwrap();
+
+        // The CA's key (any key) next to its certificate in the bundle.
+        let workload = client(&client_ca, &[]);
+        std::fs::write(
+            &f.client_ca,
+            format!("{}{}", client_ca.pem, workload.key_pem),
+        )
+        .unwrap();
+        let e = err();
+        assert!(e.contains("client-ca.pem` holds a private key"), "{e}");
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
+        // Certificates only: loads again.
+        write_bundle(&f.client_ca, &[&client_ca]);
+        server.reload().unwrap();
     }
 
     /// A self-signed certificate with the given basicConstraints and keyUsage, as PEM.
