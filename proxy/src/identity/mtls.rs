@@ -739,9 +739,11 @@ fn build_config(
             )
         })?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .context("cannot build the client certificate verifier")?;
+    let verifier: Arc<dyn ClientCertVerifier> = Arc::new(IssuersMaySign(
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .context("cannot build the client certificate verifier")?,
+    ));
 
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -757,6 +759,93 @@ fn build_config(
         })?;
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Ok((config, verifier))
+}
+
+/// webpki's client verification, which also refuses a chain whose client sent an intermediate
+/// CA certificate that may not sign certificates (a keyUsage without keyCertSign).
+///
+/// SECURITY: webpki checks an intermediate's basicConstraints but not its keyUsage, so a CA
+/// certificate issued for another purpose (signing only, say) under a trusted root could issue
+/// workload certificates for any tenant of the trust domain (RFC 5280 4.2.1.3).
+#[derive(Debug)]
+struct IssuersMaySign(Arc<dyn ClientCertVerifier>);
+
+/// An intermediate the client sent that may not sign certificates.
+#[derive(thiserror::Error)]
+#[error("the intermediate `{0}` may not sign certificates (its keyUsage lacks keyCertSign)")]
+struct IssuerMayNotSign(String);
+
+// rustls shows a certificate error's cause with `Debug`: the sentence, not the struct.
+impl fmt::Debug for IssuerMayNotSign {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl ClientCertVerifier for IssuersMaySign {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
+        for der in intermediates {
+            // Only a CA certificate can issue (webpki refuses any other as an issuer); one the
+            // client sent along that could not be in the path is left alone.
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+                continue;
+            };
+            let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+            let may_sign = match cert.key_usage() {
+                Ok(Some(ku)) => ku.value.key_cert_sign(),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if is_ca && !may_sign {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                        IssuerMayNotSign(cert.subject().to_string()),
+                    ))),
+                ));
+            }
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Refuses a certificate of the client trust bundle that is not a CA certificate: one without
@@ -1039,6 +1128,55 @@ mod tests {
         assert_eq!(peer.spiffe_id, id);
         assert_eq!(peer.tenant.as_str(), "acme");
         assert_eq!(peer.workload.as_str(), "agent-1");
+    }
+
+    /// An intermediate CA under `root` with these key usages.
+    fn intermediate(root: &Ca, name: &str, key_usages: Vec<KeyUsagePurpose>) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = key_usages;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &root.issuer).unwrap();
+        Ca {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A client whose chain runs through an intermediate CA that may not sign certificates is
+    /// refused at the handshake, and when its chain is judged again; one whose intermediate
+    /// may sign is identified.
+    #[tokio::test]
+    async fn mtls_an_intermediate_that_may_not_sign_certificates_issues_nobody() {
+        let root = ca("client root");
+        let f = files(&[&root]);
+        let server = f.load();
+        let id = "spiffe://example.org/tenant/acme/workload/agent-1";
+        for (usages, issues) in [
+            (
+                vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign],
+                true,
+            ),
+            (vec![], true),
+            (vec![KeyUsagePurpose::DigitalSignature], false),
+        ] {
+            let inter = intermediate(&root, "signing only", usages.clone());
+            let mut workload = client(&inter, &[id]);
+            workload.chain.push(inter.der.clone());
+            let shaken = handshake(server.current().0, &f.server_ca, Some(&workload)).await;
+            let judged = server.verify(&workload.chain, unix_now()).1;
+            if issues {
+                assert!(shaken.is_ok(), "{usages:?}: {shaken:?}");
+                assert!(judged.is_ok(), "{usages:?}: {judged:?}");
+            } else {
+                let e = shaken.unwrap_err();
+                assert!(e.contains("may not sign certificates"), "{e}");
+                let e = judged.unwrap_err();
+                assert!(e.contains("`CN=signing only` may not sign"), "{e}");
+            }
+        }
     }
 
     fn unix_now() -> u64 {
