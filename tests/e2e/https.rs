@@ -630,6 +630,10 @@ fn websocket_upgrades_pass_inside_an_intercepted_tunnel_after_authorization() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(record["status"], 101, "{record}");
+    // However the client hung up (here without a TLS close_notify), that is how a WebSocket
+    // ends: allowed, not a refusal.
+    assert_eq!(record["decision"], "allow", "{record}");
+    assert_eq!(record["reason"], "allowed", "{record}");
     assert_eq!(record["bytes_in"], 10, "{record}");
     assert!(record["bytes_out"].as_u64().unwrap() >= 10, "{record}");
 

@@ -483,9 +483,9 @@ fn item_allowed(
 
 /// Maps a pingora error to the refusal the client sees; `cut`: the drain has cut the client
 /// connections (see [`crate::drain`]).
-fn deny_for_error(e: &Error, cut: bool) -> Option<Deny> {
+fn deny_for_error(e: &Error, cut: bool, upgraded: bool) -> Option<Deny> {
     use ErrorType::*;
-    match e.etype() {
+    let deny = match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
             Some(Deny::UpstreamTimeout)
         }
@@ -498,6 +498,17 @@ fn deny_for_error(e: &Error, cut: bool) -> Option<Deny> {
             ErrorSource::Downstream => Some(Deny::ClientClosed),
             ErrorSource::Internal | ErrorSource::Unset => Some(Deny::Internal),
         },
+    };
+    // An upgraded connection (a WebSocket) has no end of response: it ends when either side
+    // closes, resets or goes quiet, and that is its normal end. Only the proxy's own cut (and
+    // its own failures) is not.
+    match deny {
+        Some(Deny::ClientClosed | Deny::UpstreamUnreachable | Deny::UpstreamTimeout)
+            if upgraded =>
+        {
+            None
+        }
+        deny => deny,
     }
 }
 
@@ -802,7 +813,7 @@ impl ProxyHttp for TenantProxy {
         }
         let deny = match &ctx.trail.outcome {
             Outcome::Refused(d) => Some(d.clone()),
-            _ => deny_for_error(e, self.shared.drain.is_cut()),
+            _ => deny_for_error(e, self.shared.drain.is_cut(), ctx.trail.upgraded()),
         };
         let Some(deny) = deny else {
             return FailToProxy {
@@ -837,8 +848,8 @@ impl ProxyHttp for TenantProxy {
             // SECURITY: only a forward whose upstream answer arrived is recorded as allowed; a
             // request that ended any other way after admission is recorded with what ended it,
             // and as an internal error when nothing says.
-            let cut = self.shared.drain.is_cut();
-            ctx.trail.outcome = match e.and_then(|e| deny_for_error(e, cut)) {
+            let (cut, upgraded) = (self.shared.drain.is_cut(), ctx.trail.upgraded());
+            ctx.trail.outcome = match e.and_then(|e| deny_for_error(e, cut, upgraded)) {
                 Some(d) => Outcome::Refused(d),
                 None if ctx.trail.upstream.1.is_some() => Outcome::Forwarded,
                 None => Outcome::Refused(Deny::Internal),
@@ -857,7 +868,9 @@ impl ProxyHttp for TenantProxy {
                     // a deadline passed) may have been served too; only one that never reached
                     // the upstream, or that it refused, gives its reservation back.
                     let served = match ctx.trail.upstream_status {
-                        Some(status) => status.is_success(),
+                        Some(status) => {
+                            status.is_success() || status == http::StatusCode::SWITCHING_PROTOCOLS
+                        }
                         None => ctx.trail.upstream.0.is_some(),
                     };
                     let ending = Ending {

@@ -167,6 +167,12 @@ impl Trail {
         self.phases.push((phase, Instant::now()));
     }
 
+    /// Whether the upstream switched protocols (a WebSocket): the exchange then runs until
+    /// either side closes.
+    pub fn upgraded(&self) -> bool {
+        self.upstream_status == Some(http::StatusCode::SWITCHING_PROTOCOLS)
+    }
+
     /// Records the refusal `deny` as the outcome.
     pub fn refuse(&mut self, deny: Deny) {
         self.outcome = Outcome::Refused(deny);
