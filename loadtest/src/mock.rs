@@ -6,7 +6,8 @@
 //!   per completion token (`x-mock-chunk-delay-ms` apart), a usage chunk when
 //!   `stream_options.include_usage` is set, then `[DONE]`.
 //! - `POST …/messages` (and Vertex AI's `…:rawPredict`): an Anthropic message with
-//!   `usage.input_tokens` / `output_tokens`.
+//!   `usage.input_tokens` / `output_tokens`, and `cache_creation_input_tokens` when the request
+//!   says how many in `x-mock-cache-write-tokens` (a prompt written to the cache).
 //! - anything else: 200 JSON echoing the method, path and received headers.
 //! - `Upgrade: websocket`: 101, then every byte is echoed back.
 //!
@@ -224,10 +225,17 @@ fn respond(head: &Head, body: &[u8]) -> Vec<Vec<u8>> {
     }
     // Anthropic's messages, also as Vertex AI serves Claude (`…/models/{model}:rawPredict`).
     if head.method == "POST" && (path.ends_with("/messages") || path.ends_with(":rawPredict")) {
+        let mut usage = json!({"input_tokens": prompt_tokens, "output_tokens": completion_tokens});
+        if let Some(written) = head
+            .header("x-mock-cache-write-tokens")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            usage["cache_creation_input_tokens"] = json!(written);
+        }
         let v = json!({
             "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": "Hello from the mock."}], "stop_reason": "end_turn",
-            "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}
+            "usage": usage
         });
         return vec![json_response(200, &v)];
     }

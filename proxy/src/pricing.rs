@@ -10,6 +10,10 @@
 //! [providers.openai]
 //! "gpt-4o-mini" = { input = 150_000, cached_input = 75_000, output = 600_000 }
 //!
+//! [providers.anthropic]
+//! "claude-sonnet-4" = { input = 3_000_000, cached_input = 300_000, cache_write = 3_750_000,
+//!                       cache_write_long = 6_000_000, output = 15_000_000 }
+//!
 //! [default]
 //! input = 5_000_000
 //! output = 15_000_000
@@ -22,6 +26,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::usage::Usage;
+
 /// Micro-units per million tokens, for each kind of token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prices {
@@ -29,26 +35,52 @@ pub struct Prices {
     pub input: u64,
     /// Input tokens served from the provider's prompt cache.
     pub cached_input: u64,
+    /// Input tokens written to the provider's prompt cache (default: `input`).
+    pub cache_write: u64,
+    /// Input tokens written for the longer cache lifetime (default: `cache_write`).
+    pub cache_write_long: u64,
     /// Output (completion) tokens, reasoning included.
     pub output: u64,
 }
 
 impl Prices {
-    /// What a call cost: `input` tokens of which `cached` were cache hits, and `output` tokens.
-    /// Rounded up to the next micro-unit.
-    pub fn cost_micros(&self, input: u64, cached: u64, output: u64) -> u64 {
-        let cached = cached.min(input);
-        let total = (u128::from(input - cached) * u128::from(self.input))
+    /// Prices with no cache discount or surcharge.
+    pub fn flat(input: u64, output: u64) -> Self {
+        Self {
+            input,
+            cached_input: input,
+            cache_write: input,
+            cache_write_long: input,
+            output,
+        }
+    }
+
+    /// What a call that used `u` cost, rounded up to the next micro-unit. The input tokens are
+    /// priced by kind: cache reads, cache writes (the long-lived ones apart), and the rest; a
+    /// kind reported larger than what is left of the input is cut to it.
+    pub fn cost_micros(&self, u: &Usage) -> u64 {
+        let cached = u.cached_input_tokens.min(u.input_tokens);
+        let written = u.cache_write_input_tokens.min(u.input_tokens - cached);
+        let long = u.cache_write_long_input_tokens.min(written);
+        let plain = u.input_tokens - cached - written;
+        // Each product fits in u128 (u64 × u64); only their sum can overflow.
+        let total = (u128::from(plain) * u128::from(self.input))
             .saturating_add(u128::from(cached) * u128::from(self.cached_input))
-            .saturating_add(u128::from(output) * u128::from(self.output));
+            .saturating_add(u128::from(written - long) * u128::from(self.cache_write))
+            .saturating_add(u128::from(long) * u128::from(self.cache_write_long))
+            .saturating_add(u128::from(u.output_tokens) * u128::from(self.output));
         per_million(total)
     }
 
     /// The most a call with `input` prompt tokens and at most `output` output tokens can cost,
-    /// whatever the cache does.
+    /// whatever the cache does (the agent decides what is written to it).
     pub fn worst_case_micros(&self, input: u64, output: u64) -> u64 {
-        // Each product fits in u128 (u64 × u64); only their sum can overflow.
-        let total = (u128::from(input) * u128::from(self.input.max(self.cached_input)))
+        let per_input = self
+            .input
+            .max(self.cached_input)
+            .max(self.cache_write)
+            .max(self.cache_write_long);
+        let total = (u128::from(input) * u128::from(per_input))
             .saturating_add(u128::from(output) * u128::from(self.output));
         per_million(total)
     }
@@ -235,7 +267,8 @@ fn without_snapshot(model: &str) -> Option<&str> {
     ((tail.len() == 8 || tail.len() == 4) && is_digits(tail) && !base.is_empty()).then_some(base)
 }
 
-/// Reads `{ input, cached_input?, output }`; `cached_input` defaults to `input`.
+/// Reads `{ input, cached_input?, cache_write?, cache_write_long?, output }`; `cached_input` and
+/// `cache_write` default to `input`, `cache_write_long` to `cache_write`.
 fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option<Prices> {
     let Some(table) = v.as_table() else {
         problem(format!(
@@ -270,24 +303,37 @@ fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option
     };
     let input = field("input");
     let cached_input = field("cached_input");
+    let cache_write = field("cache_write");
+    let cache_write_long = field("cache_write_long");
     let output = field("output");
     for key in table.keys() {
-        if !matches!(key.as_str(), "input" | "cached_input" | "output") {
+        if !matches!(
+            key.as_str(),
+            "input" | "cached_input" | "cache_write" | "cache_write_long" | "output"
+        ) {
             problem(format!(
-                "{at}: unknown key `{key}` (expected input, cached_input, output)"
+                "{at}: unknown key `{key}` (expected input, cached_input, cache_write, \
+                 cache_write_long, output)"
             ));
         }
     }
     // A field that was present but wrong has been reported already.
-    let (Some(input), Some(cached_input), Some(output)) = (input, cached_input, output) else {
+    let (Some(input), Some(cached_input), Some(cache_write), Some(cache_write_long), Some(output)) =
+        (input, cached_input, cache_write, cache_write_long, output)
+    else {
         return None;
     };
     match (input, output) {
-        (Some(input), Some(output)) => Some(Prices {
-            input,
-            cached_input: cached_input.unwrap_or(input),
-            output,
-        }),
+        (Some(input), Some(output)) => {
+            let cache_write = cache_write.unwrap_or(input);
+            Some(Prices {
+                input,
+                cached_input: cached_input.unwrap_or(input),
+                cache_write,
+                cache_write_long: cache_write_long.unwrap_or(cache_write),
+                output,
+            })
+        }
         (input, output) => {
             let missing: Vec<&str> = [("input", input), ("output", output)]
                 .into_iter()
@@ -383,37 +429,68 @@ unknown_model = "refuse"
         .unwrap();
         assert_eq!(
             t.lookup(Some("openai"), "anything"),
-            Some(Prices {
-                input: 1,
-                cached_input: 1,
-                output: 2
-            })
+            Some(Prices::flat(1, 2))
         );
+    }
+
+    /// `input` input tokens of which `cached` read and `written` (`long` of them for the longer
+    /// lifetime) written to the cache, and `output` output tokens.
+    fn used(input: u64, cached: u64, written: u64, long: u64, output: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            cached_input_tokens: cached,
+            cache_write_input_tokens: written,
+            cache_write_long_input_tokens: long,
+            output_tokens: output,
+        }
     }
 
     #[test]
     fn costs_are_integer_and_round_up() {
         let p = Prices {
-            input: 150_000,
             cached_input: 75_000,
-            output: 600_000,
+            ..Prices::flat(150_000, 600_000)
         };
         // 1000 input (400 cached), 100 output: 600*0.15 + 400*0.075 + 100*0.6 = 180 micros.
-        assert_eq!(p.cost_micros(1000, 400, 100), 180);
+        assert_eq!(p.cost_micros(&used(1000, 400, 0, 0, 100)), 180);
         // One token at 0.15 micros rounds up to 1.
-        assert_eq!(p.cost_micros(1, 0, 0), 1);
-        assert_eq!(p.cost_micros(0, 0, 0), 0);
+        assert_eq!(p.cost_micros(&used(1, 0, 0, 0, 0)), 1);
+        assert_eq!(p.cost_micros(&used(0, 0, 0, 0, 0)), 0);
         // More cached than input is clamped, never underflows.
-        assert_eq!(p.cost_micros(10, 50, 0), 1);
+        assert_eq!(p.cost_micros(&used(10, 50, 0, 0, 0)), 1);
         // Worst case prices every input token as uncached.
         assert_eq!(p.worst_case_micros(1000, 100), 210);
-        assert!(p.worst_case_micros(1000, 100) >= p.cost_micros(1000, 400, 100));
-        let huge = Prices {
-            input: u64::MAX,
-            cached_input: u64::MAX,
-            output: u64::MAX,
-        };
+        assert!(p.worst_case_micros(1000, 100) >= p.cost_micros(&used(1000, 400, 0, 0, 100)));
+        let huge = Prices::flat(u64::MAX, u64::MAX);
         assert_eq!(huge.worst_case_micros(u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    /// Anthropic's cache: writes cost 1.25× the input (2× for the one-hour cache), reads 0.1×.
+    #[test]
+    fn cache_writes_are_priced_as_writes_and_reads_as_reads() {
+        let t = PriceTable::parse(
+            "currency = \"USD\"\n[providers.anthropic]\n\"claude-sonnet-4\" = { input = 3_000_000, cached_input = 300_000, cache_write = 3_750_000, cache_write_long = 6_000_000, output = 15_000_000 }\n\"plain\" = { input = 2, output = 3 }\n\"writes\" = { input = 2, cache_write = 5, output = 3 }\n",
+            "p",
+        )
+        .unwrap();
+        let p = t.lookup(Some("anthropic"), "claude-sonnet-4").unwrap();
+        // 8 plain + 27,000 written + 50 output: 8*3 + 27000*3.75 + 50*15 = 102,024 micros.
+        assert_eq!(p.cost_micros(&used(27_008, 0, 27_000, 0, 50)), 102_024);
+        // 1,000 of the writes for an hour: 2.25 more each.
+        assert_eq!(p.cost_micros(&used(27_008, 0, 27_000, 1_000, 50)), 104_274);
+        // Reads and writes together, the rest plain: 1000*0.3 + 2000*3.75 + 100*3 = 8,100.
+        assert_eq!(p.cost_micros(&used(3_100, 1_000, 2_000, 0, 0)), 8_100);
+        // Writes reported beyond the input are cut to what is left of it.
+        assert_eq!(
+            p.cost_micros(&used(100, 40, 500, 900, 0)),
+            p.cost_micros(&used(100, 40, 60, 60, 0))
+        );
+        // The worst case prices every input token at the dearest input kind.
+        assert_eq!(p.worst_case_micros(1_000, 0), 6_000);
+        // Unlisted cache prices are the input price.
+        assert_eq!(t.lookup(None, "plain").unwrap(), Prices::flat(2, 3));
+        let w = t.lookup(None, "writes").unwrap();
+        assert_eq!((w.cache_write, w.cache_write_long), (5, 5));
     }
 
     proptest::proptest! {
@@ -422,13 +499,19 @@ unknown_model = "refuse"
         #[test]
         fn fuzz_settled_cost_never_exceeds_the_worst_case(
             input in 0u64..10_000_000, cached in 0u64..10_000_000, output in 0u64..1_000_000,
-            extra in 0u64..1_000_000,
+            written in 0u64..10_000_000, long in 0u64..10_000_000, extra in 0u64..1_000_000,
             pi in 0u64..100_000_000, pc in 0u64..100_000_000, po in 0u64..100_000_000,
+            pw in 0u64..100_000_000, pl in 0u64..100_000_000,
         ) {
-            let p = Prices { input: pi, cached_input: pc, output: po };
-            proptest::prop_assert!(
-                p.cost_micros(input, cached, output) <= p.worst_case_micros(input, output + extra)
-            );
+            let p = Prices {
+                input: pi,
+                cached_input: pc,
+                cache_write: pw,
+                cache_write_long: pl,
+                output: po,
+            };
+            let u = used(input, cached, written, long, output);
+            proptest::prop_assert!(p.cost_micros(&u) <= p.worst_case_micros(input, output + extra));
         }
     }
 

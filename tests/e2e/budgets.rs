@@ -407,6 +407,56 @@ fn streams_running_at_sigterm_finish_or_are_cut_and_each_is_recorded_and_settled
     assert!(log.contains(r#"reason="shutdown""#), "{log}");
 }
 
+/// Prompt-cache writes are input: they count toward the token ceiling and cost their price
+/// (here 3 micro-units a token against 1 for plain input), and a call's input is reserved at
+/// that dearest price, since the agent decides what is written.
+#[test]
+fn prompt_cache_writes_are_charged_at_their_price() {
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().cost_per_day_micros = Some(1_000_000);
+    });
+    let body = r#"{"model":"claude-cache-test","max_tokens":10,"messages":[]}"#;
+    let r = raw_request(
+        proxy.sidecar_port,
+        &format!(
+            "POST /llm/messages HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nx-mock-cache-write-tokens: 27000\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let rec = proxy.audit_record("acme", &r.request_id());
+    let plain = r.json()["usage"]["input_tokens"].as_u64().unwrap();
+    assert_eq!(
+        rec["usage"]["input_tokens"].as_u64(),
+        Some(plain + 27_000),
+        "{rec}"
+    );
+    assert_eq!(rec["usage"]["cache_write_input_tokens"], 27_000, "{rec}");
+    assert_eq!(
+        rec["settled"]["cost_micros"].as_u64(),
+        Some(plain + 3 * 27_000 + 2 * 10),
+        "{rec}"
+    );
+    assert_eq!(
+        rec["settled"]["tokens"].as_u64(),
+        Some(plain + 27_000 + 10),
+        "{rec}"
+    );
+    assert_eq!(
+        rec["reserved"]["cost_micros"].as_u64(),
+        Some(3 * body.len() as u64 + 2 * 10),
+        "{rec}"
+    );
+    let metrics = proxy.metrics();
+    assert!(
+        metrics
+            .contains(r#"tenant_proxy_llm_tokens_total{kind="cache_write",tenant="acme"} 27000"#),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn a_stream_within_its_budget_is_extended_and_finishes() {
     let mock = start_mock();

@@ -180,6 +180,8 @@ pub(crate) mod tests {
             usage: Some(crate::usage::Usage {
                 input_tokens: 70,
                 cached_input_tokens: 3,
+                cache_write_input_tokens: 60,
+                cache_write_long_input_tokens: 6,
                 output_tokens: u64::MAX,
             }),
             reserved: Some(crate::limits::Charge {

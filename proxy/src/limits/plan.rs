@@ -232,9 +232,7 @@ pub fn refuses_unmetered_for(config: &dyn LimitConfig, tenant: &TenantContext) -
 pub fn usage_charge(u: Usage, prices: Option<Prices>) -> Charge {
     Charge {
         tokens: u.input_tokens.saturating_add(u.output_tokens),
-        cost_micros: prices.map_or(0, |p| {
-            p.cost_micros(u.input_tokens, u.cached_input_tokens, u.output_tokens)
-        }),
+        cost_micros: prices.map_or(0, |p| p.cost_micros(&u)),
         tool_calls: 0,
     }
 }
@@ -279,9 +277,8 @@ mod tests {
 
     fn prices() -> Prices {
         Prices {
-            input: 1_000_000,
             cached_input: 500_000,
-            output: 2_000_000,
+            ..Prices::flat(1_000_000, 2_000_000)
         }
     }
 
@@ -296,6 +293,7 @@ mod tests {
             input_tokens: 100,
             cached_input_tokens: 40,
             output_tokens: 10,
+            ..Usage::default()
         };
         let end = |usage, served, cut| Ending { usage, served, cut };
         assert_eq!(

@@ -254,6 +254,7 @@ impl Trail {
             for (kind, n) in [
                 ("input", u.input_tokens),
                 ("cached_input", u.cached_input_tokens),
+                ("cache_write", u.cache_write_input_tokens),
                 ("output", u.output_tokens),
             ] {
                 METRICS

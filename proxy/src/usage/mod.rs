@@ -28,12 +28,25 @@ const MAX_JSON: usize = 2 * 1024 * 1024;
 /// Tokens one call used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
-    /// Prompt / input tokens (including cached ones).
+    /// Prompt / input tokens (including those read from and written to the provider's cache).
     pub input_tokens: u64,
     /// Input tokens served from the provider's cache.
     pub cached_input_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`, Bedrock's `cacheWriteInputTokens`), billed above the input
+    /// price.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_input_tokens: u64,
+    /// Of those, the ones written for the longer cache lifetime (Anthropic's one-hour cache),
+    /// billed higher still.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_long_input_tokens: u64,
     /// Completion / output tokens.
     pub output_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// How a response is metered.
@@ -248,6 +261,7 @@ pub(crate) mod testing {
             input_tokens: i,
             cached_input_tokens: c,
             output_tokens: o,
+            ..Usage::default()
         })
     }
 

@@ -1,6 +1,8 @@
-//! Anthropic messages: `usage.input_tokens`, `output_tokens` and `cache_read_input_tokens`
-//! (counted apart from `input_tokens`), in the JSON body or, streamed, in `message_start`'s
-//! `message` and the cumulative `message_delta` (streams report usage unasked).
+//! Anthropic messages: `usage.input_tokens`, `output_tokens`, and the prompt cache's
+//! `cache_read_input_tokens` and `cache_creation_input_tokens` (both counted apart from
+//! `input_tokens`; writes for the one-hour cache in `cache_creation.ephemeral_1h_input_tokens`),
+//! in the JSON body or, streamed, in `message_start`'s `message` and the cumulative
+//! `message_delta` (streams report usage unasked).
 //!
 //! The same API on Vertex AI: `…/publishers/anthropic/models/{model}:rawPredict` and
 //! `:streamRawPredict`, the model in the path (`claude-sonnet-4@20250514`), the body and the
@@ -116,19 +118,28 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
         return;
     };
     let entry = acc.get_or_insert_with(Usage::default);
-    if let Some(n) = num(u, &["input_tokens"]) {
-        entry.input_tokens = n;
-    }
     if let Some(n) = num(u, &["output_tokens"]) {
         entry.output_tokens = n;
     }
+    // Cache reads and writes are counted apart from `input_tokens` (the tokens after the last
+    // cache breakpoint): the input is all three. A later event (a stream's `message_delta`)
+    // may repeat some of them; what it leaves out stands.
     if let Some(n) = num(u, &["cache_read_input_tokens"]) {
-        // Cache reads are counted apart from `input_tokens`; the input is both.
         entry.cached_input_tokens = n;
-        entry.input_tokens = entry
-            .input_tokens
-            .max(num(u, &["input_tokens"]).unwrap_or(0) + n);
     }
+    if let Some(n) = num(u, &["cache_creation_input_tokens"]) {
+        entry.cache_write_input_tokens = n;
+    }
+    if let Some(n) = num(u, &["cache_creation", "ephemeral_1h_input_tokens"]) {
+        entry.cache_write_long_input_tokens = n;
+    }
+    let cache = entry
+        .cached_input_tokens
+        .saturating_add(entry.cache_write_input_tokens);
+    entry.input_tokens = match num(u, &["input_tokens"]) {
+        Some(n) => n.saturating_add(cache),
+        None => entry.input_tokens.max(cache),
+    };
 }
 
 #[cfg(test)]
@@ -174,6 +185,47 @@ pub(crate) mod tests {
         for (name, body, want) in cases {
             assert_eq!(meter_json(&Anthropic, body), want, "{name}");
         }
+    }
+
+    /// Prompt-cache writes are input too (billed above the input price), whether the body or a
+    /// stream's `message_start` reports them; the one-hour cache's writes are told apart.
+    #[test]
+    fn cache_writes_are_input_and_counted_as_writes() {
+        let writes = |input, read, written, long, output| {
+            Some(Usage {
+                input_tokens: input,
+                cached_input_tokens: read,
+                cache_write_input_tokens: written,
+                cache_write_long_input_tokens: long,
+                output_tokens: output,
+            })
+        };
+        let body = r#"{"type":"message","usage":{"input_tokens":8,"cache_creation_input_tokens":27000,"cache_read_input_tokens":0,"output_tokens":50}}"#;
+        assert_eq!(
+            meter_json(&Anthropic, body),
+            writes(27_008, 0, 27_000, 0, 50)
+        );
+        let both = r#"{"type":"message","usage":{"input_tokens":8,"cache_creation_input_tokens":3000,"cache_read_input_tokens":500,"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000},"output_tokens":5}}"#;
+        assert_eq!(
+            meter_json(&Anthropic, both),
+            writes(3_508, 500, 3_000, 2_000, 5)
+        );
+        // Streamed: `message_start` carries the input side, `message_delta` the output (and,
+        // in newer streams, the input side again).
+        let stream = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":8,\"cache_creation_input_tokens\":27000,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":50}}\n\n",
+        );
+        meter_stream(&Anthropic, stream, writes(27_008, 0, 27_000, 0, 50), 0, 0);
+        let repeated = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":8,\"cache_creation_input_tokens\":27000,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":8,\"output_tokens\":50}}\n\n",
+        );
+        meter_stream(&Anthropic, repeated, writes(27_008, 0, 27_000, 0, 50), 0, 0);
     }
 
     #[test]

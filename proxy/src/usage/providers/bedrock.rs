@@ -180,11 +180,13 @@ fn fold_converse(v: &Value, acc: &mut Option<Usage>) {
     };
     let entry = acc.get_or_insert_with(Usage::default);
     let cached = num(u, &["cacheReadInputTokens"]).unwrap_or(0);
+    let written = num(u, &["cacheWriteInputTokens"]).unwrap_or(0);
     if let Some(n) = num(u, &["inputTokens"]) {
-        // Cache reads are counted apart from `inputTokens`; the input is both.
-        entry.input_tokens = n + cached;
+        // Cache reads and writes are counted apart from `inputTokens`; the input is all three.
+        entry.input_tokens = n.saturating_add(cached).saturating_add(written);
     }
     entry.cached_input_tokens = cached;
+    entry.cache_write_input_tokens = written;
     if let Some(n) = num(u, &["outputTokens"]) {
         entry.output_tokens = n;
     }
@@ -264,6 +266,17 @@ pub(crate) mod tests {
                 "converse with cache reads",
                 r#"{"usage":{"inputTokens":10,"cacheReadInputTokens":90,"outputTokens":1,"totalTokens":101}}"#,
                 u(100, 90, 1),
+            ),
+            (
+                "converse with cache writes",
+                r#"{"usage":{"inputTokens":3,"cacheWriteInputTokens":27000,"cacheReadInputTokens":10,"outputTokens":50,"totalTokens":27063}}"#,
+                Some(Usage {
+                    input_tokens: 27_013,
+                    cached_input_tokens: 10,
+                    cache_write_input_tokens: 27_000,
+                    cache_write_long_input_tokens: 0,
+                    output_tokens: 50,
+                }),
             ),
             (
                 "invoke, anthropic body",

@@ -134,8 +134,13 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
         return;
     };
     let entry = acc.get_or_insert_with(Usage::default);
+    let tool_use = num(u, &["toolUsePromptTokenCount"]);
     if let Some(n) = num(u, &["promptTokenCount"]) {
-        entry.input_tokens = n;
+        // What tools (code execution, URL context, search) fed back into the prompt is counted
+        // apart from the prompt, and billed as input too.
+        entry.input_tokens = n.saturating_add(tool_use.unwrap_or(0));
+    } else if let Some(n) = tool_use {
+        entry.input_tokens = entry.input_tokens.max(n);
     }
     if let Some(n) = num(u, &["cachedContentTokenCount"]) {
         entry.cached_input_tokens = n;
@@ -165,6 +170,11 @@ mod tests {
                 "thinking and cache",
                 r#"{"usageMetadata":{"promptTokenCount":100,"cachedContentTokenCount":60,"candidatesTokenCount":5,"thoughtsTokenCount":20,"totalTokenCount":125}}"#,
                 u(100, 60, 25),
+            ),
+            (
+                "tool-use prompt",
+                r#"{"usageMetadata":{"promptTokenCount":3,"toolUsePromptTokenCount":40000,"candidatesTokenCount":50,"totalTokenCount":40053}}"#,
+                u(40_003, 0, 50),
             ),
             (
                 "array stream",
