@@ -4,7 +4,8 @@
 //!   length / 4, completion tokens = `max_tokens` or 16, or `x-mock-output-tokens` when a test
 //!   plays a model that ignores its budget); with `"stream": true`, an SSE stream of one chunk
 //!   per completion token (`x-mock-chunk-delay-ms` apart), a usage chunk when
-//!   `stream_options.include_usage` is set, then `[DONE]`.
+//!   `stream_options.include_usage` is set, then `[DONE]`; `x-mock-content-bytes` makes the
+//!   (non-streamed) completion that many bytes long.
 //! - `POST …/messages` (and Vertex AI's `…:rawPredict`): an Anthropic message with
 //!   `usage.input_tokens` / `output_tokens`, and `cache_creation_input_tokens` when the request
 //!   says how many in `x-mock-cache-write-tokens` (a prompt written to the cache).
@@ -216,9 +217,17 @@ fn respond(head: &Head, body: &[u8]) -> Vec<Vec<u8>> {
                 == Some(true);
             return sse_chat(&model, prompt_tokens, completion_tokens, include_usage);
         }
+        // `x-mock-content-bytes`: a completion that long (a body past the proxy's copy limit).
+        let content = match head
+            .header("x-mock-content-bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            Some(n) => "x".repeat(n),
+            None => "Hello from the mock.".to_string(),
+        };
         let v = json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock."}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
         });
         return vec![json_response(200, &v)];

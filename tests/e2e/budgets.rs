@@ -407,6 +407,39 @@ fn streams_running_at_sigterm_finish_or_are_cut_and_each_is_recorded_and_settled
     assert!(log.contains(r#"reason="shutdown""#), "{log}");
 }
 
+/// A response too large for the meter's copy (3 MB here) is still settled at the usage it
+/// reports, not at a reservation that assumed far less output.
+#[test]
+fn a_response_past_the_copy_limit_is_settled_at_its_reported_usage() {
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().cost_per_day_micros = Some(100_000_000);
+    });
+    let body = r#"{"model":"gpt-4o-mini","n":4,"messages":[]}"#;
+    let r = raw_request(
+        proxy.sidecar_port,
+        &format!(
+            "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nx-mock-content-bytes: 3000000\r\nx-mock-output-tokens: 640000\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() > 3_000_000);
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert_eq!(rec["usage"]["output_tokens"], 640_000, "{rec}");
+    let input = rec["usage"]["input_tokens"].as_u64().unwrap();
+    assert_eq!(
+        rec["settled"]["cost_micros"].as_u64(),
+        Some(input + 2 * 640_000),
+        "{rec}"
+    );
+    assert!(
+        rec["reserved"]["cost_micros"].as_u64().unwrap() < 2 * 640_000,
+        "the reservation assumed less: {rec}"
+    );
+}
+
 /// Prompt-cache writes are input: they count toward the token ceiling and cost their price
 /// (here 3 micro-units a token against 1 for plain input), and a call's input is reserved at
 /// that dearest price, since the agent decides what is written.

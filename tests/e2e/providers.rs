@@ -187,6 +187,16 @@ fn azure_raw_keys_unmapped_deployments_and_unknown_shapes_fail_closed() {
         rec["settled"]["cost_micros"], 0,
         "never settled as zero: {rec}"
     );
+    // So is one whose body no meter reads (not JSON, SSE or an event stream).
+    let r = post(
+        path,
+        "api-key: $CRED{azure}\r\nx-test-shape: text\r\n",
+        chat,
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert!(rec["usage"].is_null(), "{rec}");
+    assert_eq!(rec["settled"], rec["reserved"], "{rec}");
     let metrics = proxy.metrics();
     assert_eq!(
         metric_sum(
@@ -195,7 +205,7 @@ fn azure_raw_keys_unmapped_deployments_and_unknown_shapes_fail_closed() {
             "tenant",
             "acme"
         ),
-        1.0
+        2.0
     );
 }
 

@@ -188,6 +188,9 @@ pub struct Stages {
     scrub: Option<Scrubber>,
     /// The response is a success (a metered one without readable usage is counted).
     success: bool,
+    /// An LLM call's response that no meter can read (compressed, or of a type that carries no
+    /// usage the proxy reads): its usage is unknown, and counted so.
+    unread: bool,
 }
 
 /// What the stages are set up from, besides the response head.
@@ -254,6 +257,7 @@ impl Stages {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|ct| UsageMeter::for_response(ct, provider));
         }
+        stages.unread = setup.llm && stages.meter.is_none();
         // A stream that may be cut for budget ends with an event of ours, so its length changes.
         // Only hard ceilings (quotas) cut a stream; a per-minute rate does not.
         let grant = setup.grant;
@@ -316,6 +320,12 @@ impl Stages {
         if let Some(filter) = self.list.as_mut() {
             let chunk = body.take().unwrap_or_default();
             *body = Some(filter.feed(&chunk, end, allowed).map_err(Cut::Unfiltered)?);
+        }
+        if end && self.unread && self.success {
+            METRICS
+                .llm_usage_unknown
+                .with_label_values(&[trail.tenant_label()])
+                .inc();
         }
         // Usage is read from the bytes the upstream sent, before anything is removed.
         if let Some(meter) = self.meter.as_mut() {

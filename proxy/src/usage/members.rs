@@ -100,6 +100,287 @@ impl<'de> Visitor<'de> for Level<'_> {
     }
 }
 
+/// Most bytes a [`MemberScanner`] keeps: the members it keeps are a usage report, not a body.
+const MAX_KEPT: usize = 256 * 1024;
+
+/// Most containers open at once that a [`MemberScanner`] follows.
+const MAX_DEPTH: usize = 4096;
+
+/// Longest member name a [`MemberScanner`] compares; a longer one is not wanted.
+const MAX_NAME: usize = 256;
+
+/// A JSON body read as it streams, keeping of its top object (or of each object of a top array)
+/// only the members `wanted` may name, as a JSON text of the body's shape that
+/// [`parse_members`] then reads: a body of any size (a response of many choices, a long output)
+/// is metered with a copy the size of its usage report. What is skipped is followed for its
+/// structure only (strings, nesting, separators); what is kept is checked by the parse. A
+/// member whose name is escaped is kept, for the parse to compare unescaped.
+#[derive(Debug)]
+pub(super) struct MemberScanner {
+    wanted: Vec<&'static str>,
+    kept: Vec<u8>,
+    /// Open containers, `{` or `[`.
+    open: Vec<u8>,
+    /// Inside a string (and just after a backslash in it).
+    string: Option<bool>,
+    /// Where the scanner is in the object whose members it sorts.
+    at: At,
+    /// The name being read.
+    name: Vec<u8>,
+    /// The current member is kept.
+    keep: bool,
+    /// Nothing written yet at the current level of `kept` (no separator needed).
+    first: bool,
+    /// In an element of the top array (its end is the next comma).
+    element: bool,
+    /// The top value ended: only whitespace may follow.
+    ended: bool,
+    /// Not JSON, too deep, or too much to keep: nothing is read.
+    broken: bool,
+}
+
+/// A position in the object whose members are sorted (the top one, or an element of a top
+/// array).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// Outside such an object.
+    Outside,
+    /// Before a name (or the object's end).
+    Name,
+    /// Before a name, after a comma.
+    NextName,
+    /// In a name.
+    InName,
+    /// Before the colon.
+    Colon,
+    /// Before the value.
+    Value,
+    /// In a scalar value.
+    Scalar,
+    /// In a string or container value (its end brings `After`).
+    Nested,
+    /// After a value: a comma or the object's end.
+    After,
+}
+
+impl MemberScanner {
+    /// A scanner keeping the members named in `wanted`.
+    pub(super) fn new(wanted: Vec<&'static str>) -> Self {
+        Self {
+            wanted,
+            kept: Vec::new(),
+            open: Vec::new(),
+            string: None,
+            at: At::Outside,
+            name: Vec::new(),
+            keep: false,
+            first: true,
+            element: false,
+            ended: false,
+            broken: false,
+        }
+    }
+
+    /// The depth at which members are sorted: inside the top object, or inside an element of
+    /// the top array.
+    fn member_depth(&self) -> usize {
+        if self.open.first() == Some(&b'[') {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn keep_byte(&mut self, b: u8) {
+        if self.keep {
+            self.kept.push(b);
+        }
+    }
+
+    /// Reads `chunk`, the next bytes of the body.
+    pub(super) fn feed(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            if self.broken {
+                return;
+            }
+            self.byte(b);
+            if self.kept.len() > MAX_KEPT || self.open.len() > MAX_DEPTH {
+                self.broken = true;
+            }
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        if let Some(escaped) = self.string {
+            self.string = match (escaped, b) {
+                (true, _) => Some(false),
+                (false, b'\\') => Some(true),
+                (false, b'"') => None,
+                _ => Some(false),
+            };
+            if self.at == At::InName {
+                if self.string.is_none() {
+                    self.at = At::Colon;
+                } else if self.name.len() < MAX_NAME {
+                    self.name.push(b);
+                }
+            } else {
+                self.keep_byte(b);
+                if self.string.is_none()
+                    && self.at == At::Nested
+                    && self.open.len() == self.member_depth()
+                {
+                    self.at = At::After;
+                }
+            }
+            return;
+        }
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            if self.at == At::Scalar {
+                self.at = At::After;
+            }
+            return;
+        }
+        if self.ended {
+            self.broken = true;
+            return;
+        }
+        let depth = self.open.len();
+        let members = self.member_depth();
+        if depth == members && self.open.last() == Some(&b'{') {
+            self.member_byte(b);
+        } else if depth == 0 {
+            match b {
+                b'{' | b'[' => {
+                    self.open.push(b);
+                    self.kept.push(b);
+                    self.first = true;
+                    if b == b'{' {
+                        self.at = At::Name;
+                    }
+                }
+                // A scalar body keeps nothing.
+                _ => self.broken = true,
+            }
+        } else if depth == 1 && members == 2 {
+            // Between the elements of the top array (an element that is not an object is kept
+            // as `null`, as `parse_members` keeps it).
+            match b {
+                b',' if self.element => self.element = false,
+                b']' if self.element || self.first => {
+                    self.open.pop();
+                    self.kept.push(b']');
+                    self.ended = true;
+                }
+                b',' | b']' => self.broken = true,
+                _ if self.element => self.nested_byte(b),
+                _ => {
+                    self.element = true;
+                    if !std::mem::take(&mut self.first) {
+                        self.kept.push(b',');
+                    }
+                    if b == b'{' {
+                        self.open.push(b);
+                        self.kept.push(b'{');
+                        self.first = true;
+                        self.at = At::Name;
+                    } else {
+                        self.kept.extend_from_slice(b"null");
+                        self.nested_byte(b);
+                    }
+                }
+            }
+        } else {
+            self.nested_byte(b);
+        }
+    }
+
+    /// A byte between the members of the object whose members are sorted.
+    fn member_byte(&mut self, b: u8) {
+        match (self.at, b) {
+            (At::Name | At::NextName, b'"') => {
+                self.string = Some(false);
+                self.name.clear();
+                self.at = At::InName;
+            }
+            (At::Colon, b':') => {
+                self.keep = self.name.len() < MAX_NAME
+                    && (self.name.contains(&b'\\')
+                        || self
+                            .wanted
+                            .iter()
+                            .any(|w| w.as_bytes() == self.name.as_slice()));
+                if self.keep {
+                    if !std::mem::take(&mut self.first) {
+                        self.kept.push(b',');
+                    }
+                    self.kept.push(b'"');
+                    self.kept.extend_from_slice(&self.name);
+                    self.kept.extend_from_slice(b"\":");
+                }
+                self.at = At::Value;
+            }
+            (At::Value, b'"') => {
+                self.keep_byte(b);
+                self.string = Some(false);
+                self.at = At::Nested;
+            }
+            (At::Value, b'{' | b'[') => {
+                self.keep_byte(b);
+                self.open.push(b);
+                self.at = At::Nested;
+            }
+            // A value is missing.
+            (At::Value, b'}' | b']' | b',' | b':') => self.broken = true,
+            (At::Value, _) => {
+                self.keep_byte(b);
+                self.at = At::Scalar;
+            }
+            (At::Scalar | At::After, b',') => {
+                self.keep = false;
+                self.at = At::NextName;
+            }
+            (At::Name | At::Scalar | At::After, b'}') => {
+                self.keep = false;
+                self.open.pop();
+                self.kept.push(b'}');
+                self.first = false;
+                self.ended = self.open.is_empty();
+                self.at = At::Outside;
+            }
+            (At::Scalar, b'{' | b'[' | b']' | b'"' | b':') => self.broken = true,
+            (At::Scalar, _) => self.keep_byte(b),
+            _ => self.broken = true,
+        }
+    }
+
+    /// A byte inside a value that is skipped or copied whole.
+    fn nested_byte(&mut self, b: u8) {
+        self.keep_byte(b);
+        match b {
+            b'"' => self.string = Some(false),
+            b'{' | b'[' => self.open.push(b),
+            b'}' | b']' => {
+                let opened = if b == b'}' { b'{' } else { b'[' };
+                if self.open.pop() != Some(opened) {
+                    self.broken = true;
+                    return;
+                }
+                if self.at == At::Nested && self.open.len() == self.member_depth() {
+                    self.at = At::After;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The kept members as JSON text, once the body has ended; `None` when it was not JSON
+    /// (as far as the scanner follows it), or ended early.
+    pub(super) fn finish(&self) -> Option<&[u8]> {
+        (!self.broken && self.ended && self.string.is_none()).then_some(self.kept.as_slice())
+    }
+}
+
 /// A member's name: `Some` (owned) when it is wanted, `None` (nothing copied) when not. An
 /// escaped name is compared unescaped, as a whole parse would key it.
 struct Member<'w>(&'w dyn Fn(&str) -> bool);
@@ -212,6 +493,97 @@ mod tests {
         assert_eq!(parse_members(kept_bad, &usage_only), None);
         let kept_deep = format!(r#"{{"usage":{}{}}}"#, "[".repeat(200), "]".repeat(200));
         assert_eq!(kept(&kept_deep), None);
+    }
+
+    /// What a scanner keeps of `body` fed in pieces cut at `cuts`, parsed as the meter parses it.
+    fn scanned(body: &[u8], cuts: &[usize]) -> Option<Value> {
+        let mut scanner = MemberScanner::new(vec!["message", "usage"]);
+        let mut at = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&body.len())) {
+            scanner.feed(&body[at..cut]);
+            at = cut;
+        }
+        parse_members(scanner.finish()?, &usage_only)
+    }
+
+    #[test]
+    fn a_scanned_body_keeps_what_a_whole_parse_keeps() {
+        let bodies = [
+            r#"{"id":"c1","choices":[{"message":{"content":"long text"}}],"usage":{"prompt_tokens":3,"details":{"a":[1,2]}},"message":{"usage":{"x":1}}}"#,
+            r#" { "choices" : [ { "text" : "a \"}] { [ \\" } ] , "usage" : { "a" : -1.5e3 , "b" : [ true , false , null ] } } "#,
+            r#"{"usage":7,"n":null,"t":true,"s":"x","o":{}}"#,
+            r#"{"us\u0061ge":{"a":1},"usage":{"a":2}}"#,
+            r#"{"usage":{"a":2},"us\u0061ge":{"a":1}}"#,
+            r#"{"usage":{"a":1},"usage":{"a":2}}"#,
+            r#"[{"usage":{"a":1},"text":"x"},"s",[{"usage":{}}],12,{"usage":{"a":2}},{}]"#,
+            r#"[]"#,
+            r#"{}"#,
+            r#"{"a":{"usage":{"deep":1}},"b":[{"usage":2}]}"#,
+        ];
+        for body in bodies {
+            let whole = parse_members(body.as_bytes(), &usage_only);
+            assert!(whole.is_some(), "{body}");
+            for cut in 0..=body.len() {
+                assert_eq!(
+                    scanned(body.as_bytes(), &[cut]),
+                    whole,
+                    "{body} cut at {cut}"
+                );
+            }
+            let every: Vec<usize> = (1..body.len()).collect();
+            assert_eq!(
+                scanned(body.as_bytes(), &every),
+                whole,
+                "{body} byte by byte"
+            );
+        }
+    }
+
+    #[test]
+    fn a_scanned_body_that_is_not_json_keeps_nothing() {
+        for bad in [
+            "",
+            "{",
+            r#"{"usage":{}}x"#,
+            r#"{"usage":{}} {"usage":{}}"#,
+            r#"{"choices":[1,]"#,
+            r#"{"choices":"unterminated}"#,
+            r#"{"usage":{},}"#,
+            r#"{"usage" {}}"#,
+            r#"{"usage":}"#,
+            r#"{,"usage":{}}"#,
+            r#"[{"usage":{}},]"#,
+            r#"{"a":[}"#,
+            r#"{"usage":{"a":tru}}"#,
+            "1",
+            "\"usage\"",
+        ] {
+            assert_eq!(scanned(bad.as_bytes(), &[]), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_scanner_keeps_little_of_a_large_body_and_gives_up_on_a_large_usage() {
+        let text = "x".repeat(8 * 1024 * 1024);
+        let body =
+            format!(r#"{{"choices":[{{"message":{{"content":"{text}"}}}}],"usage":{{"a":1}}}}"#);
+        let mut scanner = MemberScanner::new(vec!["usage"]);
+        for piece in body.as_bytes().chunks(16 * 1024) {
+            scanner.feed(piece);
+        }
+        assert_eq!(scanner.finish(), Some(&br#"{"usage":{"a":1}}"#[..]));
+        let huge = format!(r#"{{"usage":{{"a":"{}"}}}}"#, "y".repeat(MAX_KEPT));
+        let mut scanner = MemberScanner::new(vec!["usage"]);
+        scanner.feed(huge.as_bytes());
+        assert_eq!(scanner.finish(), None);
+        let deep = format!(
+            r#"{{"c":{}{},"usage":{{}}}}"#,
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        let mut scanner = MemberScanner::new(vec!["usage"]);
+        scanner.feed(deep.as_bytes());
+        assert_eq!(scanner.finish(), None);
     }
 
     #[test]

@@ -22,7 +22,8 @@ use providers::registry::PROVIDERS;
 use providers::{Generated, Provider};
 use sse::SseParser;
 
-/// Largest JSON response body copied for metering.
+/// Largest JSON response body copied whole for metering; past it, the body is scanned for the
+/// members the usage readers read ([`members::MemberScanner`]).
 const MAX_JSON: usize = 2 * 1024 * 1024;
 
 /// Tokens one call used.
@@ -64,8 +65,8 @@ enum Framing {
     Json {
         /// The copy so far.
         body: Vec<u8>,
-        /// The body outgrew the limit; not metered.
-        overflow: bool,
+        /// Once the body outgrew [`MAX_JSON`]: the members kept of it so far.
+        scanned: Option<Box<members::MemberScanner>>,
     },
     /// An SSE stream, parsed event by event.
     Sse {
@@ -73,8 +74,8 @@ enum Framing {
         parser: SseParser,
         /// Usage seen so far.
         usage: Option<Usage>,
-        /// Output tokens estimated from the content deltas streamed so far.
-        streamed_estimate: u64,
+        /// The content streamed so far.
+        streamed: Streamed,
     },
     /// An AWS event stream (Bedrock), parsed message by message.
     EventStream {
@@ -82,9 +83,30 @@ enum Framing {
         parser: EventStreamParser,
         /// Usage seen so far.
         usage: Option<Usage>,
-        /// Output tokens estimated from the content deltas streamed so far.
-        streamed_estimate: u64,
+        /// The content streamed so far.
+        streamed: Streamed,
     },
+}
+
+/// The content a stream carried.
+#[derive(Debug, Clone, Copy, Default)]
+struct Streamed {
+    /// Output tokens estimated from the content deltas (see [`Generated::tokens`]).
+    estimate: u64,
+    /// Content deltas that carried text: each is at least one token.
+    content_deltas: u64,
+}
+
+impl Streamed {
+    /// `u`, unless it reports fewer output tokens than the stream carried deltas of content:
+    /// then it is a partial report (an Anthropic stream that ended without its closing
+    /// `message_delta`, after an `error` event say), and the output is the estimate.
+    fn at_least(&self, mut u: Usage) -> Usage {
+        if u.output_tokens < self.content_deltas {
+            u.output_tokens = self.estimate.max(u.output_tokens);
+        }
+        u
+    }
 }
 
 /// Reads one stream event's JSON with `provider`'s reader (or every reader).
@@ -92,14 +114,15 @@ fn read_event(
     provider: Option<&'static dyn Provider>,
     v: &Value,
     usage: &mut Option<Usage>,
-    streamed_estimate: &mut u64,
+    streamed: &mut Streamed,
 ) {
     let mut generated = Generated::default();
     each(provider, |p| {
         p.usage_from_event(v, usage);
         p.count_generated(v, &mut generated);
     });
-    *streamed_estimate += generated.tokens();
+    streamed.estimate += generated.tokens();
+    streamed.content_deltas += generated.nonempty;
 }
 
 /// The JSON an event-stream message carries: its payload, or for a `chunk` (Bedrock's
@@ -118,6 +141,15 @@ fn event_stream_json(m: &eventstream::Message<'_>) -> Option<Value> {
         }
         _ => Some(v),
     }
+}
+
+/// The members of a JSON body that `provider`'s readers (or every reader) read.
+fn usage_members(provider: Option<&'static dyn Provider>) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    each(provider, |p| names.extend_from_slice(p.usage_members()));
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 /// Runs `f` with `provider`, or with every provider when it is unknown.
@@ -144,18 +176,18 @@ impl UsageMeter {
             Framing::Sse {
                 parser: SseParser::default(),
                 usage: None,
-                streamed_estimate: 0,
+                streamed: Streamed::default(),
             }
         } else if is("application/vnd.amazon.eventstream") {
             Framing::EventStream {
                 parser: EventStreamParser::default(),
                 usage: None,
-                streamed_estimate: 0,
+                streamed: Streamed::default(),
             }
         } else if is("application/json") {
             Framing::Json {
                 body: Vec::new(),
-                overflow: false,
+                scanned: None,
             }
         } else {
             return None;
@@ -175,32 +207,37 @@ impl UsageMeter {
     pub fn feed(&mut self, chunk: &[u8]) {
         let provider = self.provider;
         match &mut self.framing {
-            Framing::Json { body, overflow } => {
-                if body.len() + chunk.len() > MAX_JSON {
-                    *overflow = true;
-                    body.clear();
-                } else if !*overflow {
-                    body.extend_from_slice(chunk);
+            Framing::Json { body, scanned } => match scanned {
+                Some(scanner) => scanner.feed(chunk),
+                None if body.len() + chunk.len() > MAX_JSON => {
+                    // Too large to copy (many choices, a long output): from here on only the
+                    // members a reader reads are kept, so its usage is still read.
+                    let mut scanner = members::MemberScanner::new(usage_members(provider));
+                    scanner.feed(body);
+                    scanner.feed(chunk);
+                    *body = Vec::new();
+                    *scanned = Some(Box::new(scanner));
                 }
-            }
+                None => body.extend_from_slice(chunk),
+            },
             Framing::Sse {
                 parser,
                 usage,
-                streamed_estimate,
+                streamed,
             } => parser.feed(chunk, &mut |data| {
                 if data != b"[DONE]" {
                     if let Ok(v) = serde_json::from_slice::<Value>(data) {
-                        read_event(provider, &v, usage, streamed_estimate);
+                        read_event(provider, &v, usage, streamed);
                     }
                 }
             }),
             Framing::EventStream {
                 parser,
                 usage,
-                streamed_estimate,
+                streamed,
             } => parser.feed(chunk, &mut |m| {
                 if let Some(v) = event_stream_json(&m) {
-                    read_event(provider, &v, usage, streamed_estimate);
+                    read_event(provider, &v, usage, streamed);
                 }
             }),
         }
@@ -214,25 +251,22 @@ impl UsageMeter {
         match &self.framing {
             Framing::Json { .. } => 0,
             Framing::Sse {
-                usage,
-                streamed_estimate,
-                ..
+                usage, streamed, ..
             }
             | Framing::EventStream {
-                usage,
-                streamed_estimate,
-                ..
-            } => (*streamed_estimate).max(usage.map_or(0, |u| u.output_tokens)),
+                usage, streamed, ..
+            } => streamed.estimate.max(usage.map_or(0, |u| u.output_tokens)),
         }
     }
 
     /// The usage read, once the body has ended.
     pub fn finish(&self) -> Option<Usage> {
         match &self.framing {
-            Framing::Json { body, overflow } => {
-                if *overflow {
-                    return None;
-                }
+            Framing::Json { body, scanned } => {
+                let body = match scanned {
+                    Some(scanner) => scanner.finish()?,
+                    None => body.as_slice(),
+                };
                 let wanted = |name: &str| {
                     let mut yes = false;
                     each(self.provider, |p| yes |= p.usage_members().contains(&name));
@@ -243,10 +277,18 @@ impl UsageMeter {
                 each(self.provider, |p| p.usage_from_json(&v, &mut usage));
                 usage
             }
-            Framing::Sse { usage, .. } => *usage,
+            Framing::Sse {
+                usage, streamed, ..
+            } => usage.map(|u| streamed.at_least(u)),
             // SECURITY: a malformed frame or a stream cut mid-message may have hidden the usage
             // event: unknown, never what was read before it.
-            Framing::EventStream { parser, usage, .. } => usage.filter(|_| parser.at_boundary()),
+            Framing::EventStream {
+                parser,
+                usage,
+                streamed,
+            } => usage
+                .filter(|_| parser.at_boundary())
+                .map(|u| streamed.at_least(u)),
         }
     }
 }
@@ -340,6 +382,43 @@ mod tests {
             m.feed(c.as_bytes());
         }
         m.finish()
+    }
+
+    /// A JSON body too large to copy (forty long choices) is still metered by the usage it
+    /// reports, for a known provider and for an unknown one, in one piece or in many; one that
+    /// is cut short, or not JSON, is not.
+    #[test]
+    fn a_json_body_past_the_copy_limit_is_metered_by_its_usage() {
+        let choice = format!(
+            r#"{{"index":0,"message":{{"role":"assistant","content":"{}"}},"finish_reason":"length"}}"#,
+            "word ".repeat(16_000)
+        );
+        let choices = vec![choice; 40].join(",");
+        let body = format!(
+            r#"{{"id":"c","object":"chat.completion","choices":[{choices}],"usage":{{"prompt_tokens":12,"completion_tokens":640000,"total_tokens":640012}}}}"#
+        );
+        assert!(body.len() > MAX_JSON);
+        let chat: &'static dyn Provider = &providers::openai_chat::OpenAiChat;
+        for provider in [Some(chat), None] {
+            for piece in [body.len(), 16 * 1024, 1000] {
+                let mut m = UsageMeter::for_response("application/json", provider).unwrap();
+                for chunk in body.as_bytes().chunks(piece) {
+                    m.feed(chunk);
+                }
+                assert_eq!(
+                    m.finish(),
+                    u(12, 0, 640_000),
+                    "{provider:?} in pieces of {piece}"
+                );
+            }
+            let mut cut = UsageMeter::for_response("application/json", provider).unwrap();
+            cut.feed(&body.as_bytes()[..body.len() - 1]);
+            assert_eq!(cut.finish(), None);
+            let mut trailing = UsageMeter::for_response("application/json", provider).unwrap();
+            trailing.feed(body.as_bytes());
+            trailing.feed(b" x");
+            assert_eq!(trailing.finish(), None);
+        }
     }
 
     /// A response from a destination whose path names no provider is read with every

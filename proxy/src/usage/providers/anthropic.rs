@@ -187,6 +187,23 @@ pub(crate) mod tests {
         }
     }
 
+    /// A stream that ends without its closing `message_delta` (after an `error` event, say)
+    /// reported only `message_start`'s placeholder output: the output is what was streamed.
+    #[test]
+    fn a_stream_that_ends_before_its_final_usage_counts_what_it_streamed() {
+        let mut stream = String::from(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n",
+        );
+        for _ in 0..300 {
+            stream.push_str("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"word \"}}\n\n");
+        }
+        stream.push_str("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
+        let mut m = crate::usage::UsageMeter::for_response("text/event-stream", Some(&Anthropic))
+            .expect("meterable");
+        m.feed(stream.as_bytes());
+        assert_eq!(m.finish(), u(20, 0, 600));
+    }
+
     /// Prompt-cache writes are input too (billed above the input price), whether the body or a
     /// stream's `message_start` reports them; the one-hour cache's writes are told apart.
     #[test]

@@ -166,6 +166,8 @@ pub struct Generated {
     pub bytes: usize,
     /// Content deltas carrying them.
     pub deltas: u64,
+    /// Of those, the ones that were not empty.
+    pub nonempty: u64,
 }
 
 impl Generated {
@@ -174,6 +176,7 @@ impl Generated {
         if let Some(s) = text.and_then(Value::as_str) {
             self.bytes += s.len();
             self.deltas += 1;
+            self.nonempty += u64::from(!s.is_empty());
         }
     }
 
@@ -329,6 +332,16 @@ fn percent_decoded(text: &str) -> Option<String> {
 /// The whole number at a path of member names (`&["a", "b"]` reads what `v.pointer("/a/b")`
 /// reads), found without the two strings `Value::pointer` allocates per name, and without
 /// splitting a path string on every read: the readers' paths are fixed.
+/// A usage count at `path` in `v`: `Ok(None)` when absent (or null), `Err(())` when present but
+/// not a non-negative integer. A report that cannot be read is no report (the call keeps its
+/// reservation), never a zero.
+fn count(v: &Value, path: &[&str]) -> Result<Option<u64>, ()> {
+    match path.iter().try_fold(v, |v, name| v.get(name)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(n) => n.as_u64().map(Some).ok_or(()),
+    }
+}
+
 fn num(v: &Value, path: &[&str]) -> Option<u64> {
     path.iter()
         .try_fold(v, |v, name| v.get(name))
@@ -415,7 +428,8 @@ mod tests {
             g,
             Generated {
                 bytes: 13,
-                deltas: 2
+                deltas: 2,
+                nonempty: 1
             }
         );
         assert_eq!(g.tokens(), 4);

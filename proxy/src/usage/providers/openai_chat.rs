@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use super::{count, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
 /// A chat-completions body's `stream` flag, read without the rest of the body.
@@ -192,14 +192,25 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
     let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
         return;
     };
+    // An empty or unreadable report (`{}`, a negative or fractional count) is none.
+    let (Ok(input), Ok(output), Ok(cached)) = (
+        count(u, &["prompt_tokens"]),
+        count(u, &["completion_tokens"]),
+        count(u, &["prompt_tokens_details", "cached_tokens"]),
+    ) else {
+        return;
+    };
+    if input.is_none() && output.is_none() {
+        return;
+    }
     let entry = acc.get_or_insert_with(Usage::default);
-    if let Some(n) = num(u, &["prompt_tokens"]) {
+    if let Some(n) = input {
         entry.input_tokens = n;
     }
-    if let Some(n) = num(u, &["completion_tokens"]) {
+    if let Some(n) = output {
         entry.output_tokens = n;
     }
-    if let Some(n) = num(u, &["prompt_tokens_details", "cached_tokens"]) {
+    if let Some(n) = cached {
         entry.cached_input_tokens = n;
     }
 }
@@ -236,11 +247,33 @@ pub(crate) mod tests {
             ),
             ("no usage", r#"{"ok":true}"#, None),
             ("usage null", r#"{"usage":null}"#, None),
-            // Other providers' shapes are not this one's.
+            // Other providers' shapes are not this one's: no report, never a zero.
             (
                 "anthropic's",
                 r#"{"type":"message","usage":{"input_tokens":20,"output_tokens":5}}"#,
-                u(0, 0, 0),
+                None,
+            ),
+            // Nor is a report with nothing readable in it.
+            ("empty", r#"{"usage":{}}"#, None),
+            (
+                "negative",
+                r#"{"usage":{"prompt_tokens":3,"completion_tokens":-5}}"#,
+                None,
+            ),
+            (
+                "fractional",
+                r#"{"usage":{"prompt_tokens":3,"completion_tokens":5.5}}"#,
+                None,
+            ),
+            (
+                "a string",
+                r#"{"usage":{"prompt_tokens":3,"completion_tokens":"500"}}"#,
+                None,
+            ),
+            (
+                "cached count unreadable",
+                r#"{"usage":{"prompt_tokens":3,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":-1}}}"#,
+                None,
             ),
         ];
         for (name, body, want) in cases {
@@ -276,7 +309,8 @@ pub(crate) mod tests {
             g,
             Generated {
                 bytes: 10,
-                deltas: 5
+                deltas: 5,
+                nonempty: 5
             }
         );
         // Audio (data and transcript) and `reasoning` are output too.
@@ -289,7 +323,8 @@ pub(crate) mod tests {
             audio,
             Generated {
                 bytes: 13,
-                deltas: 3
+                deltas: 3,
+                nonempty: 3
             }
         );
         let mut none = Generated::default();

@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::openai_chat::{HOSTS, KEY_POSITIONS, NAME};
-use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use super::{count, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
 /// The OpenAI Responses API (`/v1/responses`, also under an Azure OpenAI deployment) and the
@@ -84,14 +84,25 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
     let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
         return;
     };
+    // An empty or unreadable report (`{}`, a negative or fractional count) is none.
+    let (Ok(input), Ok(output), Ok(cached)) = (
+        count(u, &["input_tokens"]),
+        count(u, &["output_tokens"]),
+        count(u, &["input_tokens_details", "cached_tokens"]),
+    ) else {
+        return;
+    };
+    if input.is_none() && output.is_none() {
+        return;
+    }
     let entry = acc.get_or_insert_with(Usage::default);
-    if let Some(n) = num(u, &["input_tokens"]) {
+    if let Some(n) = input {
         entry.input_tokens = n;
     }
-    if let Some(n) = num(u, &["output_tokens"]) {
+    if let Some(n) = output {
         entry.output_tokens = n;
     }
-    if let Some(n) = num(u, &["input_tokens_details", "cached_tokens"]) {
+    if let Some(n) = cached {
         entry.cached_input_tokens = n;
     }
 }
@@ -131,9 +142,15 @@ pub(crate) mod tests {
             ),
             ("no usage", r#"{"id":"r1","status":"in_progress"}"#, None),
             (
-                "chat's shape is not this one's",
+                "chat's shape is not this one's: no report, never a zero",
                 r#"{"usage":{"prompt_tokens":12,"completion_tokens":7}}"#,
-                u(0, 0, 0),
+                None,
+            ),
+            ("empty", r#"{"usage":{}}"#, None),
+            (
+                "negative",
+                r#"{"usage":{"input_tokens":3,"output_tokens":-7}}"#,
+                None,
             ),
         ];
         for (name, body, want) in cases {
