@@ -24,6 +24,12 @@ const OPERATIONS: &[&str] = &[":generatecontent", ":streamgeneratecontent"];
 /// does not read.
 const UNMETERED: &[(&str, &str)] = &[
     (":batchgeneratecontent", "a batch job"),
+    // Billed per token, but their responses report no usage.
+    (":embedcontent", "an embedding call that reports no usage"),
+    (
+        ":batchembedcontents",
+        "an embedding call that reports no usage",
+    ),
     (":asyncbatchembedcontent", "a batch job"),
     (":predictlongrunning", "a long-running generation"),
     (":predict", "a prediction"),
@@ -35,9 +41,17 @@ const UNMETERED: &[(&str, &str)] = &[
     ("/tunedmodels", "a tuning job"),
 ];
 
+/// Gemini's JSON front ends take a field by its proto name as well as its JSON name
+/// (`generation_config.max_output_tokens`), each level apart: every spelling is read, and the
+/// largest ceiling counts.
 const FIELDS: RequestFields = RequestFields {
     model: &[],
-    ceilings: &[&["generationConfig", "maxOutputTokens"]],
+    ceilings: &[
+        &["generationConfig", "maxOutputTokens"],
+        &["generationConfig", "max_output_tokens"],
+        &["generation_config", "maxOutputTokens"],
+        &["generation_config", "max_output_tokens"],
+    ],
 };
 
 const KEY_POSITIONS: KeyPositions = KeyPositions {

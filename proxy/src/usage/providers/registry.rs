@@ -462,6 +462,16 @@ mod tests {
             ),
             (
                 "generativelanguage.googleapis.com",
+                "/v1beta/models/gemini-embedding-001:embedContent",
+                "an embedding call that reports no usage",
+            ),
+            (
+                "generativelanguage.googleapis.com",
+                "/v1beta/models/gemini-embedding-001:batchEmbedContents",
+                "an embedding call that reports no usage",
+            ),
+            (
+                "generativelanguage.googleapis.com",
                 "/v1beta/models/veo-3.0:predictLongRunning",
                 "a long-running generation",
             ),

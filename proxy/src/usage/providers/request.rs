@@ -35,10 +35,14 @@ pub struct Named {
 }
 
 /// The fields that ask for several completions in one call, in every provider's spelling.
-const CHOICE_FIELDS: [Field; 3] = [
+const CHOICE_FIELDS: [Field; 6] = [
     &["n"],
     &["best_of"],
+    // Gemini's JSON front ends take proto field names as well as their JSON names.
     &["generationConfig", "candidateCount"],
+    &["generationConfig", "candidate_count"],
+    &["generation_config", "candidateCount"],
+    &["generation_config", "candidate_count"],
 ];
 
 /// The field that asks a call to run in the background (the Responses API's).
@@ -241,7 +245,7 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                 }
                 Some(Slot::Background) => {
                     let v: serde_json::Value = map.next_value()?;
-                    self.found.background |= v == serde_json::Value::Bool(true);
+                    self.found.background |= truthy(&v);
                 }
                 None => map.next_value_seed(Nested {
                     nodes: &node.children,
@@ -250,6 +254,21 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a flag is set, read as leniently as any upstream would read it: lax validators
+/// (pydantic's, behind vLLM and many gateways) take `1`, `"true"`, `"yes"` and their like as
+/// true, so an agent cannot ask for background work in a spelling only the proxy reads as no.
+fn truthy(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|n| n != 0.0),
+        serde_json::Value::String(s) => matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "on" | "t" | "y"
+        ),
+        _ => false,
     }
 }
 
@@ -406,8 +425,8 @@ mod tests {
         // (Gemini), not form fields: forms are flat.
         // And the numbers of completions: `n`, `best_of` (the nested `candidateCount` sits in
         // `generationConfig`).
-        // And `background`.
-        assert_eq!(FIELDS.root.len(), 9, "{:?}", FIELDS.root);
+        // And `background`. (Gemini's `generation_config`, its proto spelling, is the tenth.)
+        assert_eq!(FIELDS.root.len(), 10, "{:?}", FIELDS.root);
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
@@ -432,7 +451,37 @@ mod tests {
         let read = read_json(br#"{"generationConfig":{"candidateCount":4,"maxOutputTokens":9}}"#)
             .expect("read");
         assert_eq!((read.choices, read.max_output_tokens), (Some(4), Some(9)));
+        // Gemini's proto spellings, each level apart, next to the JSON ones: the largest.
+        let read = read_json(
+            br#"{"generation_config":{"candidate_count":4,"max_output_tokens":5000},"generationConfig":{"maxOutputTokens":1,"candidate_count":2}}"#,
+        )
+        .expect("read");
+        assert_eq!(
+            (read.choices, read.max_output_tokens),
+            (Some(4), Some(5000))
+        );
         assert!(read_json(br#"{"n":1,"n":20}"#).is_err(), "given twice");
+        // `background` in every spelling a lax validator takes as true.
+        for (v, background) in [
+            ("true", true),
+            ("\"true\"", true),
+            ("\"True\"", true),
+            ("1", true),
+            ("\"1\"", true),
+            ("\"yes\"", true),
+            ("false", false),
+            ("0", false),
+            ("\"false\"", false),
+            ("null", false),
+            ("{}", false),
+        ] {
+            let body = format!(r#"{{"model":"m","background":{v}}}"#);
+            assert_eq!(
+                read_json(body.as_bytes()).expect("read").background,
+                background,
+                "{v}"
+            );
+        }
         // Every spelling some upstream takes as a count counts; anything else is no count and
         // refuses nothing (`n` is a common name in tools' bodies too).
         for (body, choices) in [
@@ -491,8 +540,8 @@ mod tests {
         // Escaped keys are the keys they spell.
         assert!(read(r#"{"model":"a","mod\u0065l":"b"}"#).is_err());
         // Forms are flat: a nested field is no form field.
-        // (`model`, `generationConfig`, `inferenceConfig`, `max_tokens`, then `n`, `best_of`
-        // and `background`.)
-        assert_eq!(Tree::build(&[&Nesting]).root.len(), 7);
+        // (`model`, `generationConfig`, `inferenceConfig`, `max_tokens`, then `n`, `best_of`,
+        // `generation_config` and `background`.)
+        assert_eq!(Tree::build(&[&Nesting]).root.len(), 8);
     }
 }
