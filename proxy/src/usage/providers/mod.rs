@@ -168,6 +168,10 @@ pub struct Generated {
     pub deltas: u64,
     /// Of those, the ones that were not empty.
     pub nonempty: u64,
+    /// Of the bytes, the ASCII digits.
+    pub digits: usize,
+    /// Characters outside ASCII, and the bytes they take.
+    pub wide: (usize, usize),
 }
 
 impl Generated {
@@ -177,15 +181,26 @@ impl Generated {
             self.bytes += s.len();
             self.deltas += 1;
             self.nonempty += u64::from(!s.is_empty());
+            self.digits += s.bytes().filter(u8::is_ascii_digit).count();
+            if !s.is_ascii() {
+                let wide = s.chars().filter(|c| !c.is_ascii());
+                let (chars, bytes) = wide.fold((0, 0), |(n, b), c| (n + 1, b + c.len_utf8()));
+                self.wide.0 += chars;
+                self.wide.1 += bytes;
+            }
         }
     }
 
-    /// Estimated output tokens: about 4 bytes a token, at least 1 per delta, so it leans high.
+    /// Estimated output tokens, leaning high: about 4 bytes a token of ASCII text, but 3
+    /// digits (tokenizers split numbers into groups of at most three) and 1 character outside
+    /// ASCII (CJK, emoji) a token; at least 1 per delta.
     pub fn tokens(&self) -> u64 {
         if self.deltas == 0 {
             return 0;
         }
-        (self.bytes.div_ceil(4) as u64).max(self.deltas)
+        let text = self.bytes - self.digits - self.wide.1;
+        let estimate = text.div_ceil(4) + self.digits.div_ceil(3) + self.wide.0;
+        (estimate as u64).max(self.deltas)
     }
 }
 
@@ -429,10 +444,19 @@ mod tests {
             Generated {
                 bytes: 13,
                 deltas: 2,
-                nonempty: 1
+                nonempty: 1,
+                digits: 0,
+                wide: (0, 0)
             }
         );
         assert_eq!(g.tokens(), 4);
+        // Digits come at most three a token, characters outside ASCII one each.
+        let mut digits = Generated::default();
+        digits.add(Some(&Value::from("1234567890".repeat(4))));
+        assert_eq!(digits.tokens(), 14);
+        let mut wide = Generated::default();
+        wide.add(Some(&Value::from("東京は晴れ 🙂 ok")));
+        assert_eq!(wide.tokens(), 6 + 1);
         g.add(Some(&Value::from(5)));
         g.add(None);
         assert_eq!(g.deltas, 2, "only strings are content");

@@ -310,7 +310,8 @@ pub(crate) mod tests {
             Generated {
                 bytes: 10,
                 deltas: 5,
-                nonempty: 5
+                nonempty: 5,
+                ..Generated::default()
             }
         );
         // Audio (data and transcript) and `reasoning` are output too.
@@ -324,7 +325,8 @@ pub(crate) mod tests {
             Generated {
                 bytes: 13,
                 deltas: 3,
-                nonempty: 3
+                nonempty: 3,
+                ..Generated::default()
             }
         );
         let mut none = Generated::default();
