@@ -312,12 +312,12 @@ pub async fn admit(
 ) -> Result<Admitted, Deny> {
     // An unauditable request is never served. Its refusal names the tenant when the connection
     // alone says which it is (nothing presented is read for it).
-    let fixed = fixed_identity(&caller);
-    trail.slot = match fx.reserve_audit(fixed.as_ref().map(|who| &who.tenant)) {
+    let fixed = FixedIdentity::of(&caller);
+    trail.slot = match fx.reserve_audit(fixed.as_ref().map(FixedIdentity::tenant)) {
         Ok(slot) => slot,
         Err(deny) => {
-            if let Some(who) = fixed {
-                let tenant = TenantContext::new(who, trail.request_id.clone(), None);
+            if let Some(fixed) = fixed {
+                let tenant = TenantContext::new(fixed.resolved(), trail.request_id.clone(), None);
                 trail.tenant = Some(Arc::new(tenant));
             }
             return Err(deny);
@@ -387,21 +387,43 @@ pub async fn admit(
 /// known, so that it is audited in the tenant's partition: a revoked token, or a tunnel whose
 /// identity is no longer accepted.
 /// The identity the connection alone gives, without reading anything the request presents: a
-/// listener bound to one workload and nothing else, a tunnel's, one named outright.
-fn fixed_identity(caller: &Caller<'_>) -> Option<ResolvedIdentity> {
-    match caller {
-        Caller::Tunnel(t) => Some(t.identity.clone()),
-        Caller::Listener(listener) => match (listener.sources.as_slice(), &listener.binding) {
-            ([IdentitySourceKind::Binding], Some(bound)) => Some(ResolvedIdentity {
+/// tunnel's, a listener's bound to one workload and nothing else, one named outright. Borrowed:
+/// it is asked of every request, and only a refusal copies it.
+enum FixedIdentity<'a> {
+    Resolved(&'a ResolvedIdentity),
+    Bound(&'a identity::ListenerBinding),
+}
+
+impl FixedIdentity<'_> {
+    fn of<'a>(caller: &'a Caller<'_>) -> Option<FixedIdentity<'a>> {
+        match caller {
+            Caller::Tunnel(t) => Some(FixedIdentity::Resolved(&t.identity)),
+            Caller::Listener(listener) => match (listener.sources.as_slice(), &listener.binding) {
+                ([IdentitySourceKind::Binding], Some(bound)) => Some(FixedIdentity::Bound(bound)),
+                _ => None,
+            },
+            Caller::Named(who) => Some(FixedIdentity::Resolved(who)),
+        }
+    }
+
+    fn tenant(&self) -> &TenantId {
+        match self {
+            FixedIdentity::Resolved(who) => &who.tenant,
+            FixedIdentity::Bound(bound) => &bound.tenant,
+        }
+    }
+
+    fn resolved(&self) -> ResolvedIdentity {
+        match self {
+            FixedIdentity::Resolved(who) => (*who).clone(),
+            FixedIdentity::Bound(bound) => ResolvedIdentity {
                 tenant: bound.tenant.clone(),
                 workload: bound.workload.clone(),
                 source: IdentitySourceKind::Binding,
                 token: None,
                 certificate: None,
-            }),
-            _ => None,
-        },
-        Caller::Named(who) => Some((**who).clone()),
+            },
+        }
     }
 }
 
