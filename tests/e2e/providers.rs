@@ -169,6 +169,15 @@ fn azure_raw_keys_unmapped_deployments_and_unknown_shapes_fail_closed() {
         chat,
     )
     .assert_refused(403, "model_not_priced");
+    // The same path in another case is the same deployment's call: its model is read from the
+    // path spelled that way, never taken from the body, even one that names a priced model.
+    // (Doubled slashes are refused earlier.)
+    post(
+        "/OpenAI/Deployments/big-one/chat/completions?api-version=2024-06-01",
+        "api-key: $CRED{azure}\r\n",
+        r#"{"model":"gpt-35-turbo","max_tokens":20,"messages":[]}"#,
+    )
+    .assert_refused(403, "model_not_priced");
     assert!(origin.requests().is_empty(), "nothing refused was sent");
 
     // A 200 whose body reports no usage: usage unknown, counted, and the reservation stays

@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use super::{count, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
 /// Anthropic messages (`/v1/messages`, and Claude on Vertex AI).
@@ -48,24 +48,15 @@ impl Provider for Anthropic {
     }
 
     fn model_from_path(&self, path: &str) -> Option<String> {
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        // Asked of every request's path: only one that names Vertex AI's Anthropic models
-        // (plainly, or escaped) is copied to find out.
-        let named = path
-            .as_bytes()
-            .windows(VERTEX_MODELS.len())
-            .any(|w| w.eq_ignore_ascii_case(VERTEX_MODELS.as_bytes()));
-        if !named && !path.contains('%') {
-            return None;
-        }
-        let decoded = super::percent_decoded(path)?;
-        let (head, op) = decoded.rsplit_once(':')?;
+        // Asked of every request's path: only one that may name Vertex AI's Anthropic models is
+        // copied to find out.
+        let path = super::routed(path, VERTEX_MODELS)?;
+        let (head, op) = path.rsplit_once(':')?;
         let op = format!(":{op}");
         if !VERTEX_OPERATIONS.iter().any(|o| op.eq_ignore_ascii_case(o)) {
             return None;
         }
-        let lower = head.to_ascii_lowercase();
-        let at = lower.rfind(VERTEX_MODELS)? + VERTEX_MODELS.len();
+        let at = super::find_ignore_case(head, VERTEX_MODELS, true)? + VERTEX_MODELS.len();
         let model = &head[at..];
         (!model.is_empty() && !model.contains('/')).then(|| model.to_string())
     }
@@ -117,29 +108,43 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
     let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
         return;
     };
+    // An empty or unreadable report (`{}`, a negative or fractional count) is none.
+    let (Ok(input), Ok(output), Ok(read), Ok(written), Ok(long)) = (
+        count(u, &["input_tokens"]),
+        count(u, &["output_tokens"]),
+        count(u, &["cache_read_input_tokens"]),
+        count(u, &["cache_creation_input_tokens"]),
+        count(u, &["cache_creation", "ephemeral_1h_input_tokens"]),
+    ) else {
+        return;
+    };
+    if [input, output, read, written].iter().all(Option::is_none) {
+        return;
+    }
     let entry = acc.get_or_insert_with(Usage::default);
-    if let Some(n) = num(u, &["output_tokens"]) {
+    if let Some(n) = output {
         entry.output_tokens = n;
     }
     // Cache reads and writes are counted apart from `input_tokens` (the tokens after the last
     // cache breakpoint): the input is all three. A later event (a stream's `message_delta`)
     // may repeat some of them; what it leaves out stands.
-    if let Some(n) = num(u, &["cache_read_input_tokens"]) {
+    let base = entry
+        .input_tokens
+        .saturating_sub(entry.cached_input_tokens)
+        .saturating_sub(entry.cache_write_input_tokens);
+    if let Some(n) = read {
         entry.cached_input_tokens = n;
     }
-    if let Some(n) = num(u, &["cache_creation_input_tokens"]) {
+    if let Some(n) = written {
         entry.cache_write_input_tokens = n;
     }
-    if let Some(n) = num(u, &["cache_creation", "ephemeral_1h_input_tokens"]) {
+    if let Some(n) = long {
         entry.cache_write_long_input_tokens = n;
     }
-    let cache = entry
-        .cached_input_tokens
+    entry.input_tokens = input
+        .unwrap_or(base)
+        .saturating_add(entry.cached_input_tokens)
         .saturating_add(entry.cache_write_input_tokens);
-    entry.input_tokens = match num(u, &["input_tokens"]) {
-        Some(n) => n.saturating_add(cache),
-        None => entry.input_tokens.max(cache),
-    };
 }
 
 #[cfg(test)]
@@ -243,6 +248,28 @@ pub(crate) mod tests {
             "data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":8,\"output_tokens\":50}}\n\n",
         );
         meter_stream(&Anthropic, repeated, writes(27_008, 0, 27_000, 0, 50), 0, 0);
+        // The input side split between the events: each count stands, and the input is all.
+        let split = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":50000,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"cache_creation_input_tokens\":27000,\"output_tokens\":50}}\n\n",
+        );
+        meter_stream(&Anthropic, split, writes(77_000, 0, 27_000, 0, 50), 0, 0);
+    }
+
+    /// A report with nothing readable in it is no report (the call keeps its reservation).
+    #[test]
+    fn an_unreadable_report_is_none() {
+        for body in [
+            r#"{"type":"message","usage":{}}"#,
+            r#"{"type":"message","usage":{"input_tokens":3,"output_tokens":-1}}"#,
+            r#"{"type":"message","usage":{"input_tokens":3,"output_tokens":2.5}}"#,
+            r#"{"type":"message","usage":{"input_tokens":"3","output_tokens":2}}"#,
+            r#"{"type":"message","usage":{"input_tokens":3,"output_tokens":2,"cache_creation_input_tokens":-5}}"#,
+        ] {
+            assert_eq!(meter_json(&Anthropic, body), None, "{body}");
+        }
     }
 
     #[test]

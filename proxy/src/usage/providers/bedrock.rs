@@ -16,7 +16,7 @@
 use serde_json::Value;
 
 use super::anthropic::Anthropic;
-use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use super::{count, num, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
 /// AWS Bedrock runtime.
@@ -113,14 +113,19 @@ impl Provider for Bedrock {
     }
 
     fn model_from_path(&self, path: &str) -> Option<String> {
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        let rest = path.strip_prefix("/model/")?;
+        // The id may hold an escaped `/` (an inference profile's ARN): the operation is the
+        // last segment, whatever comes before it.
+        let path = super::routed(path, "/model/")?;
+        let rest = path
+            .get(.."/model/".len())
+            .filter(|p| p.eq_ignore_ascii_case("/model/"))
+            .map(|_| &path["/model/".len()..])?;
         let (id, op) = rest.rsplit_once('/')?;
         let op = format!("/{op}");
         if id.is_empty() || !OPERATIONS.iter().any(|o| op.eq_ignore_ascii_case(o)) {
             return None;
         }
-        super::percent_decoded(id)
+        Some(id.to_string())
     }
 
     fn request_fields(&self) -> &'static RequestFields {
@@ -178,16 +183,43 @@ fn fold_converse(v: &Value, acc: &mut Option<Usage>) {
     else {
         return;
     };
+    // An unreadable report (a negative or fractional count) is none.
+    let (Ok(input), Ok(output), Ok(cached), Ok(written)) = (
+        count(u, &["inputTokens"]),
+        count(u, &["outputTokens"]),
+        count(u, &["cacheReadInputTokens"]),
+        count(u, &["cacheWriteInputTokens"]),
+    ) else {
+        return;
+    };
+    // The writes for the one-hour cache (`cacheDetails`, one entry per lifetime).
+    let mut long = 0u64;
+    for detail in u
+        .get("cacheDetails")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let hour = detail
+            .get("ttl")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.eq_ignore_ascii_case("1h"));
+        match count(detail, &["inputTokens"]) {
+            Ok(n) if hour => long = long.saturating_add(n.unwrap_or(0)),
+            Ok(_) => {}
+            Err(()) => return,
+        }
+    }
     let entry = acc.get_or_insert_with(Usage::default);
-    let cached = num(u, &["cacheReadInputTokens"]).unwrap_or(0);
-    let written = num(u, &["cacheWriteInputTokens"]).unwrap_or(0);
-    if let Some(n) = num(u, &["inputTokens"]) {
+    let (cached, written) = (cached.unwrap_or(0), written.unwrap_or(0));
+    if let Some(n) = input {
         // Cache reads and writes are counted apart from `inputTokens`; the input is all three.
         entry.input_tokens = n.saturating_add(cached).saturating_add(written);
     }
     entry.cached_input_tokens = cached;
     entry.cache_write_input_tokens = written;
-    if let Some(n) = num(u, &["outputTokens"]) {
+    entry.cache_write_long_input_tokens = long.min(written);
+    if let Some(n) = output {
         entry.output_tokens = n;
     }
 }
@@ -266,6 +298,22 @@ pub(crate) mod tests {
                 "converse with cache reads",
                 r#"{"usage":{"inputTokens":10,"cacheReadInputTokens":90,"outputTokens":1,"totalTokens":101}}"#,
                 u(100, 90, 1),
+            ),
+            (
+                "converse with one-hour cache writes",
+                r#"{"usage":{"inputTokens":3,"cacheWriteInputTokens":27000,"cacheDetails":[{"ttl":"1h","inputTokens":20000},{"ttl":"5m","inputTokens":7000}],"outputTokens":50,"totalTokens":27053}}"#,
+                Some(Usage {
+                    input_tokens: 27_003,
+                    cached_input_tokens: 0,
+                    cache_write_input_tokens: 27_000,
+                    cache_write_long_input_tokens: 20_000,
+                    output_tokens: 50,
+                }),
+            ),
+            (
+                "converse, an unreadable count",
+                r#"{"usage":{"inputTokens":-3,"outputTokens":50,"totalTokens":47}}"#,
+                None,
             ),
             (
                 "converse with cache writes",

@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::{num, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use super::{count, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
 /// Google Gemini (`generativelanguage.googleapis.com`, Vertex AI paths).
@@ -87,21 +87,15 @@ impl Provider for Gemini {
     }
 
     fn model_from_path(&self, path: &str) -> Option<String> {
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        // Asked of every request's path: one without an operation (`:op`, plain or escaped)
-        // names no model, and is not copied to find out.
-        if !path.bytes().any(|b| b == b':' || b == b'%') {
-            return None;
-        }
-        let decoded = super::percent_decoded(path)?;
-        let path = decoded.as_str();
+        // Asked of every request's path: only one that may name a model is copied to find out.
+        let path = super::routed(path, "/models/")?;
         let (head, op) = path.rsplit_once(':')?;
         let op = format!(":{op}");
         if !OPERATIONS.iter().any(|o| op.eq_ignore_ascii_case(o)) {
             return None;
         }
-        let at = head.rfind("/models/")?;
-        let model = &head[at + "/models/".len()..];
+        let at = super::find_ignore_case(head, "/models/", true)? + "/models/".len();
+        let model = &head[at..];
         (!model.is_empty() && !model.contains('/')).then(|| model.to_string())
     }
 
@@ -147,23 +141,35 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
     let Some(u) = v.get("usageMetadata").filter(|u| u.is_object()) else {
         return;
     };
-    let entry = acc.get_or_insert_with(Usage::default);
-    let tool_use = num(u, &["toolUsePromptTokenCount"]);
-    if let Some(n) = num(u, &["promptTokenCount"]) {
-        // What tools (code execution, URL context, search) fed back into the prompt is counted
-        // apart from the prompt, and billed as input too.
-        entry.input_tokens = n.saturating_add(tool_use.unwrap_or(0));
-    } else if let Some(n) = tool_use {
-        entry.input_tokens = entry.input_tokens.max(n);
+    // An empty or unreadable report (`{}`, a negative or fractional count) is none.
+    let (Ok(prompt), Ok(tool_use), Ok(cached), Ok(candidates), Ok(thoughts)) = (
+        count(u, &["promptTokenCount"]),
+        count(u, &["toolUsePromptTokenCount"]),
+        count(u, &["cachedContentTokenCount"]),
+        count(u, &["candidatesTokenCount"]),
+        count(u, &["thoughtsTokenCount"]),
+    ) else {
+        return;
+    };
+    if prompt.is_none() && tool_use.is_none() && candidates.is_none() && thoughts.is_none() {
+        return;
     }
-    if let Some(n) = num(u, &["cachedContentTokenCount"]) {
+    let entry = acc.get_or_insert_with(Usage::default);
+    if prompt.is_some() || tool_use.is_some() {
+        // What tools (code execution, URL context, search) fed back into the prompt is counted
+        // apart from the prompt, and billed as input too. A stream's reports are cumulative:
+        // one that leaves a count out has not taken it back.
+        let input = prompt.unwrap_or(0).saturating_add(tool_use.unwrap_or(0));
+        entry.input_tokens = entry.input_tokens.max(input);
+    }
+    if let Some(n) = cached {
         entry.cached_input_tokens = n;
     }
-    let candidates = num(u, &["candidatesTokenCount"]);
-    let thoughts = num(u, &["thoughtsTokenCount"]);
     if candidates.is_some() || thoughts.is_some() {
         // Thinking tokens are billed as output.
-        entry.output_tokens = candidates.unwrap_or(0) + thoughts.unwrap_or(0);
+        entry.output_tokens = candidates
+            .unwrap_or(0)
+            .saturating_add(thoughts.unwrap_or(0));
     }
 }
 
@@ -184,6 +190,17 @@ mod tests {
                 "thinking and cache",
                 r#"{"usageMetadata":{"promptTokenCount":100,"cachedContentTokenCount":60,"candidatesTokenCount":5,"thoughtsTokenCount":20,"totalTokenCount":125}}"#,
                 u(100, 60, 25),
+            ),
+            ("empty report", r#"{"usageMetadata":{}}"#, None),
+            (
+                "unreadable count",
+                r#"{"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":-50}}"#,
+                None,
+            ),
+            (
+                "array stream, tool use reported in one chunk only",
+                r#"[{"usageMetadata":{"promptTokenCount":10,"toolUsePromptTokenCount":40000}},{"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":5}}]"#,
+                u(40_010, 0, 5),
             ),
             (
                 "tool-use prompt",

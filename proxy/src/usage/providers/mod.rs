@@ -322,6 +322,45 @@ fn normalize(path: &[u8], out: &mut [u8]) -> usize {
     n
 }
 
+/// `path` as servers route it with its case kept, when it may hold `marker` (a segment such as
+/// `/models/`, in any case, escaped, or behind repeated slashes): without query and fragment,
+/// percent-decoded, repeated slashes folded, trailing slashes removed. A model named in a path is
+/// read from this, so it is found wherever [`CallPath`] (the same, lowercased) finds the call,
+/// and the two never disagree about what a path is. `None` for a path that cannot hold it
+/// (most paths: nothing is copied then).
+pub(super) fn routed(path: &str, marker: &str) -> Option<String> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let may = path.contains('%')
+        || path.contains("//")
+        || find_ignore_case(path, marker, false).is_some();
+    if !may {
+        return None;
+    }
+    let decoded = percent_decoded(path)?;
+    let mut out = String::with_capacity(decoded.len());
+    for c in decoded.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    while out.len() > 1 && out.ends_with('/') {
+        out.pop();
+    }
+    Some(out)
+}
+
+/// Where `needle` (ASCII) is in `hay`, in any ASCII case: the first place, or the last.
+pub(super) fn find_ignore_case(hay: &str, needle: &str, last: bool) -> Option<usize> {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    let mut at =
+        (0..=h.len().checked_sub(n.len())?).filter(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n));
+    if last {
+        at.next_back()
+    } else {
+        at.next()
+    }
+}
+
 /// `text` with its `%XX` escapes decoded (other bytes, and malformed escapes, as they are): a
 /// model id as the provider names it, from a path segment the client percent-encoded.
 fn percent_decoded(text: &str) -> Option<String> {
@@ -344,9 +383,6 @@ fn percent_decoded(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The whole number at a path of member names (`&["a", "b"]` reads what `v.pointer("/a/b")`
-/// reads), found without the two strings `Value::pointer` allocates per name, and without
-/// splitting a path string on every read: the readers' paths are fixed.
 /// A usage count at `path` in `v`: `Ok(None)` when absent (or null), `Err(())` when present but
 /// not a non-negative integer. A report that cannot be read is no report (the call keeps its
 /// reservation), never a zero.
@@ -357,6 +393,9 @@ fn count(v: &Value, path: &[&str]) -> Result<Option<u64>, ()> {
     }
 }
 
+/// The whole number at a path of member names (`&["a", "b"]` reads what `v.pointer("/a/b")`
+/// reads), found without the two strings `Value::pointer` allocates per name, and without
+/// splitting a path string on every read: the readers' paths are fixed.
 fn num(v: &Value, path: &[&str]) -> Option<u64> {
     path.iter()
         .try_fold(v, |v, name| v.get(name))

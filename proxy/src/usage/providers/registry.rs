@@ -107,10 +107,11 @@ pub fn name_for_host(host: &str) -> Option<&'static str> {
 /// written (percent-decoded, case kept).
 pub fn deployment_of(path: &str) -> Option<String> {
     const DEPLOYMENTS: &str = "/openai/deployments/";
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let at = path.find(DEPLOYMENTS)? + DEPLOYMENTS.len();
+    // Found as the call is (any case, escaped, behind repeated slashes), the name as written.
+    let path = super::routed(path, DEPLOYMENTS)?;
+    let at = super::find_ignore_case(&path, DEPLOYMENTS, false)? + DEPLOYMENTS.len();
     let name = path[at..].split('/').next().filter(|n| !n.is_empty())?;
-    super::percent_decoded(name)
+    Some(name.to_string())
 }
 
 /// The provider a call to `destination` is, for policies (`context.provider`): the one that
@@ -605,5 +606,48 @@ mod tests {
             ),
             Work::Other
         );
+    }
+
+    /// A call's model is read from its path wherever the path is found to be a call: in any
+    /// case, escaped, behind repeated or trailing slashes. (Finding the call and the model on
+    /// differently read paths let the body's model decide policy and price.)
+    #[test]
+    fn a_model_named_in_a_path_is_read_however_the_path_is_spelled() {
+        let cases = [
+            (
+                "/openai/deployments/gpt-4o/chat/completions?api-version=1",
+                "gpt-4o",
+            ),
+            ("/OpenAI/Deployments/gpt-4o/chat/completions", "gpt-4o"),
+            ("//openai//deployments//gpt-4o/chat/completions", "gpt-4o"),
+            ("/openai/%64eployments/gpt-4o/chat/completions", "gpt-4o"),
+            ("/model/anthropic.claude-v2/converse", "anthropic.claude-v2"),
+            ("/Model/anthropic.claude-v2/Converse", "anthropic.claude-v2"),
+            ("//model//anthropic.claude-v2/converse/", "anthropic.claude-v2"),
+            (
+                "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.m/converse",
+                "arn:aws:bedrock:us-east-1:1:inference-profile/us.m",
+            ),
+            ("/v1beta/models/gemini-2.5-pro:generateContent", "gemini-2.5-pro"),
+            ("/v1beta/Models/gemini-2.5-pro:GenerateContent", "gemini-2.5-pro"),
+            ("/v1beta/models//gemini-2.5-pro:generateContent", "gemini-2.5-pro"),
+            (
+                "/v1/projects/p/locations/l/Publishers/Anthropic/Models/claude-sonnet-4@20250514:rawPredict",
+                "claude-sonnet-4@20250514",
+            ),
+            (
+                "/v1/projects/p/locations/l/publishers/anthropic/models//claude-sonnet-4:rawPredict",
+                "claude-sonnet-4",
+            ),
+        ];
+        for (path, model) in cases {
+            assert!(for_path(path).is_some(), "{path} is a call");
+            let deployment = deployment_of(path);
+            let named = model_from_path(path).or(deployment);
+            assert_eq!(named.as_deref(), Some(model), "{path}");
+        }
+        // A path that names no model copies nothing to find out.
+        assert_eq!(model_from_path("/v1/chat/completions"), None);
+        assert_eq!(deployment_of("/v1/chat/completions"), None);
     }
 }
