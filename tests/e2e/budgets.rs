@@ -407,6 +407,58 @@ fn streams_running_at_sigterm_finish_or_are_cut_and_each_is_recorded_and_settled
     assert!(log.contains(r#"reason="shutdown""#), "{log}");
 }
 
+/// A stream let finish past its reservation (`mid_stream = "finish"`, no `max_tokens`) whose
+/// agent hangs up before the usage arrives is settled at its reservation plus the output the
+/// proxy saw streamed past it, not at the reservation alone.
+#[test]
+fn a_stream_past_its_reservation_that_the_client_leaves_pays_for_what_it_streamed() {
+    use std::io::{BufRead, BufReader, Write};
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, |spec| {
+        let acme = spec.tenant("acme").limits();
+        acme.tokens_per_minute = Some(1_000_000);
+        acme.assumed_max_tokens = Some(20);
+        acme.mid_stream = Some(config::MidStream::Finish);
+    });
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        sock,
+        "POST /llm/chat/completions HTTP/1.1\r\nHost: llm\r\nContent-Type: application/json\r\nx-mock-output-tokens: 5000\r\nx-mock-chunk-delay-ms: 1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // 300 deltas (a token each), well past the 20 reserved, then hang up.
+    let mut reader = BufReader::new(sock);
+    let (mut line, mut deltas) = (String::new(), 0);
+    while deltas < 300 {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the stream ended early"
+        );
+        deltas += usize::from(line.contains("\"content\""));
+    }
+    drop(reader);
+    let recs = proxy.wait_audit_records("acme", 1);
+    let rec = &recs[0];
+    assert_eq!(rec["reason"], "client_closed", "{rec}");
+    assert!(rec["usage"].is_null(), "{rec}");
+    let reserved = rec["reserved"]["tokens"].as_u64().unwrap();
+    let settled = rec["settled"]["tokens"].as_u64().unwrap();
+    assert_eq!(reserved, body.len() as u64 + 20, "{rec}");
+    assert!(
+        settled >= reserved + 300 - 20,
+        "settled {settled} for 300 streamed tokens: {rec}"
+    );
+    assert!(
+        rec["settled"]["cost_micros"].as_u64() > rec["reserved"]["cost_micros"].as_u64(),
+        "{rec}"
+    );
+}
+
 /// A response too large for the meter's copy (3 MB here) is still settled at the usage it
 /// reports, not at a reservation that assumed far less output.
 #[test]

@@ -247,6 +247,10 @@ pub struct Ending {
     pub served: bool,
     /// The stream was cut at its reservation.
     pub cut: bool,
+    /// Output tokens the proxy saw streamed (its estimate; 0 for a response that is no stream).
+    pub streamed_output: u64,
+    /// Output tokens the reservation covered, its extensions included.
+    pub covered_output: u64,
 }
 
 /// What a call that reserved `reserved` is settled at. Reported usage is the truth; without
@@ -260,7 +264,23 @@ pub fn settlement(reserved: Charge, prices: Option<Prices>, ending: Ending) -> C
             tool_calls: reserved.tool_calls,
             ..usage_charge(u, prices)
         },
-        _ if ending.served || ending.cut => reserved,
+        // No report: the reservation, and the output seen streamed past what it covered (a
+        // stream let finish past its reservation whose client left before its usage arrived).
+        _ if ending.served || ending.cut => {
+            let beyond = ending.streamed_output.saturating_sub(ending.covered_output);
+            let extra = usage_charge(
+                Usage {
+                    output_tokens: beyond,
+                    ..Usage::default()
+                },
+                prices,
+            );
+            Charge {
+                tokens: reserved.tokens.saturating_add(extra.tokens),
+                cost_micros: reserved.cost_micros.saturating_add(extra.cost_micros),
+                tool_calls: reserved.tool_calls,
+            }
+        }
         _ => Charge {
             tool_calls: reserved.tool_calls,
             ..Charge::default()
@@ -295,7 +315,13 @@ mod tests {
             output_tokens: 10,
             ..Usage::default()
         };
-        let end = |usage, served, cut| Ending { usage, served, cut };
+        let end = |usage, served, cut| Ending {
+            usage,
+            served,
+            cut,
+            streamed_output: 0,
+            covered_output: 0,
+        };
         assert_eq!(
             settlement(reserved, Some(prices()), end(Some(usage), true, false)),
             Charge {
@@ -318,6 +344,34 @@ mod tests {
             settlement(reserved, None, end(None, false, false)),
             Charge::default()
         );
+        // No report after a stream that ran past its cover (let finish, its client gone before
+        // the usage): the reservation and the output seen past the cover.
+        let past = Ending {
+            streamed_output: 48_000,
+            covered_output: 1_000,
+            ..end(None, true, false)
+        };
+        assert_eq!(
+            settlement(reserved, Some(prices()), past),
+            Charge {
+                tokens: 1_000 + 47_000,
+                cost_micros: 2_000 + 2 * 47_000,
+                tool_calls: 0
+            }
+        );
+        // Within its cover, or with a report, the stream's estimate changes nothing.
+        let within = Ending {
+            streamed_output: 900,
+            covered_output: 1_000,
+            ..end(None, true, false)
+        };
+        assert_eq!(settlement(reserved, Some(prices()), within), reserved);
+        let reported = Ending {
+            streamed_output: 48_000,
+            covered_output: 1_000,
+            ..end(Some(usage), true, false)
+        };
+        assert_eq!(settlement(reserved, Some(prices()), reported).tokens, 110);
         let tool = Charge {
             tool_calls: 1,
             ..Charge::default()

@@ -877,6 +877,12 @@ impl ProxyHttp for TenantProxy {
                         usage: ctx.trail.usage,
                         served,
                         cut: matches!(ctx.trail.outcome, Outcome::Refused(Deny::StreamCut(_))),
+                        streamed_output: ctx.stages.streamed_output(),
+                        // The reservation is the body's bytes (its input bound) and the output.
+                        covered_output: admission
+                            .reserved
+                            .tokens
+                            .saturating_sub(ctx.trail.bytes_in),
                     };
                     let used =
                         crate::limits::plan::settlement(admission.reserved, grant.prices, ending);

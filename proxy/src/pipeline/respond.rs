@@ -368,6 +368,15 @@ impl Stages {
         self.list.as_ref()
     }
 
+    /// Output tokens a streamed response carried as far as the proxy could tell (0 for a body
+    /// that is not a stream).
+    pub fn streamed_output(&self) -> u64 {
+        self.meter
+            .as_ref()
+            .filter(|m| m.is_stream())
+            .map_or(0, UsageMeter::output_estimate)
+    }
+
     /// Budget extensions a stream guard was granted (added to the reservation before settling).
     pub fn extensions(&self) -> Option<crate::limits::Charge> {
         self.guard.as_ref().map(StreamGuard::granted)

@@ -133,6 +133,8 @@ pub(super) struct MemberScanner {
     first: bool,
     /// In an element of the top array (its end is the next comma).
     element: bool,
+    /// Where in `kept` the current element of the top array begins (its comma included).
+    element_start: usize,
     /// The top value ended: only whitespace may follow.
     ended: bool,
     /// Not JSON, too deep, or too much to keep: nothing is read.
@@ -176,6 +178,7 @@ impl MemberScanner {
             keep: false,
             first: true,
             element: false,
+            element_start: 0,
             ended: false,
             broken: false,
         }
@@ -276,6 +279,7 @@ impl MemberScanner {
                 _ if self.element => self.nested_byte(b),
                 _ => {
                     self.element = true;
+                    self.element_start = self.kept.len();
                     if !std::mem::take(&mut self.first) {
                         self.kept.push(b',');
                     }
@@ -347,11 +351,24 @@ impl MemberScanner {
                 self.first = false;
                 self.ended = self.open.is_empty();
                 self.at = At::Outside;
+                if !self.ended && self.kept.len() > MAX_KEPT / 2 {
+                    self.keep_last_element();
+                }
             }
             (At::Scalar, b'{' | b'[' | b']' | b'"' | b':') => self.broken = true,
             (At::Scalar, _) => self.keep_byte(b),
             _ => self.broken = true,
         }
+    }
+
+    /// Drops every element of the top array kept before the one that just ended. A stream sent
+    /// as one JSON array (Gemini's) repeats its usage, cumulative, in every element: a long one
+    /// would otherwise outgrow [`MAX_KEPT`], and its last report is the one that counts.
+    fn keep_last_element(&mut self) {
+        let last = self.kept.split_off(self.element_start);
+        self.kept.truncate(1);
+        self.kept
+            .extend_from_slice(last.strip_prefix(b",").unwrap_or(&last));
     }
 
     /// A byte inside a value that is skipped or copied whole.
@@ -576,6 +593,26 @@ mod tests {
         let mut scanner = MemberScanner::new(vec!["usage"]);
         scanner.feed(huge.as_bytes());
         assert_eq!(scanner.finish(), None);
+        // A stream sent as one array repeats its usage in every element: what is kept stays
+        // small, the last report.
+        let elements: Vec<String> = (1..=20_000)
+            .map(|i| {
+                format!(
+                    r#"{{"candidates":[{{"content":{{"parts":[{{"text":"word"}}]}}}}],"usageMetadata":{{"promptTokenCount":9,"candidatesTokenCount":{i}}}}}"#
+                )
+            })
+            .collect();
+        let stream = format!("[{}]", elements.join(",\r\n"));
+        let mut scanner = MemberScanner::new(vec!["usageMetadata"]);
+        for piece in stream.as_bytes().chunks(4096) {
+            scanner.feed(piece);
+        }
+        let kept = scanner.finish().expect("kept");
+        assert!(kept.len() < MAX_KEPT, "{}", kept.len());
+        let wanted = |n: &str| n == "usageMetadata";
+        let v = parse_members(kept, &wanted).expect("json");
+        let last = v.as_array().and_then(|a| a.last()).expect("an element");
+        assert_eq!(last["usageMetadata"]["candidatesTokenCount"], 20_000);
         let deep = format!(
             r#"{{"c":{}{},"usage":{{}}}}"#,
             "[".repeat(MAX_DEPTH + 1),

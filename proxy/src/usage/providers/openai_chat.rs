@@ -109,7 +109,12 @@ impl Provider for OpenAiChat {
         let Some(choices) = event.get("choices").and_then(Value::as_array) else {
             return;
         };
-        for delta in choices.iter().filter_map(|c| c.get("delta")) {
+        for choice in choices {
+            // A legacy completion streams its text in the choice itself.
+            let Some(delta) = choice.get("delta") else {
+                generated.add(choice.get("text"));
+                continue;
+            };
             // Every kind of generated output counts (a kind left out would stream unguarded):
             // text, refusals, reasoning in both compatible spellings, and audio (its base64
             // data and its transcript).
@@ -128,12 +133,13 @@ impl Provider for OpenAiChat {
         }
     }
 
-    /// Adds `stream_options.include_usage = true` to a streaming chat-completions body that
-    /// lacks it. Any path ending in `/chat/completions` on any host: OpenAI-compatible APIs serve
-    /// chat completions under other prefixes too (DeepSeek's `/chat/completions`, Gemini's
-    /// `/v1beta/openai/chat/completions`) and take the same option.
+    /// Adds `stream_options.include_usage = true` to a streaming chat-completions (or legacy
+    /// completions) body that lacks it. Any path ending in `/chat/completions` on any host:
+    /// OpenAI-compatible APIs serve chat completions under other prefixes too (DeepSeek's
+    /// `/chat/completions`, Gemini's `/v1beta/openai/chat/completions`) and take the same
+    /// option; legacy completions, under `/v1/completions`.
     fn request_stream_usage(&self, path: &str, body: &[u8]) -> Option<Vec<u8>> {
-        if !path.ends_with("/chat/completions") {
+        if !path.ends_with("/chat/completions") && !path.ends_with("/v1/completions") {
             return None;
         }
         // A body that never spells `stream` has no `stream` member: a member name can only
@@ -368,6 +374,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_legacy_completions_stream_is_metered_and_estimated() {
+        let stream = concat!(
+            "data: {\"id\":\"c\",\"object\":\"text_completion\",\"choices\":[{\"text\":\"Hello there\",\"index\":0,\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c\",\"object\":\"text_completion\",\"choices\":[{\"text\":\", friend\",\"index\":0,\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"id\":\"c\",\"object\":\"text_completion\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        // "Hello there" → 3, ", friend" → 2.
+        let cut = stream.find("\"choices\":[]").expect("usage event") - 40;
+        meter_stream(&OpenAiChat, stream, u(3, 0, 4), 5, cut);
+    }
+
+    #[test]
     fn stream_usage_is_requested_only_when_missing() {
         let ask = |path: &str, body: &str| OpenAiChat.request_stream_usage(path, body.as_bytes());
         let with = ask("/v1/chat/completions", r#"{"model":"m","stream":true}"#).expect("changed");
@@ -390,6 +409,12 @@ pub(crate) mod tests {
         assert!(ask("/v1/responses", r#"{"stream":true}"#).is_none());
         assert!(ask("/v1/chat/completions", "not json").is_none());
         assert!(ask("/chat/completions", r#"{"stream":true}"#).is_some());
+        // Legacy completions are asked too.
+        assert!(ask(
+            "/v1/completions",
+            r#"{"model":"m","prompt":"p","stream":true}"#
+        )
+        .is_some());
         // What the quick read of the flag must not get wrong: the full parse decides these.
         // SECURITY: a stream the proxy fails to ask usage for is a stream it cannot meter.
         for streaming in [
