@@ -251,37 +251,42 @@ fn every_completion_and_the_larger_ceiling_are_reserved() {
     }
 }
 
-/// An agent that hangs up on a stream just before its usage arrives was still served what it
-/// read (and the provider bills it): the call keeps its whole reservation, it is not refunded.
-#[test]
-fn a_stream_the_client_leaves_before_its_usage_keeps_its_reservation() {
+/// Streams `body` from the mock (`tokens` deltas, `delay_ms` apart) through acme's sidecar,
+/// reads `deltas` of them and hangs up.
+fn read_deltas_then_leave(proxy: &Proxy, body: &str, tokens: u32, delay_ms: u32, deltas: usize) {
     use std::io::{BufRead, BufReader, Write};
-    let mock = start_mock();
-    let proxy = budget_proxy(mock, |spec| {
-        spec.tenant("acme").limits().tokens_per_minute = Some(100_000);
-    });
-    let body = r#"{"model":"gpt-4o-mini","max_tokens":300,"stream":true,"messages":[]}"#;
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     write!(
         sock,
-        "POST /llm/chat/completions HTTP/1.1\r\nHost: llm\r\nContent-Type: application/json\r\nx-mock-output-tokens: 200\r\nx-mock-chunk-delay-ms: 5\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /llm/chat/completions HTTP/1.1\r\nHost: llm\r\nContent-Type: application/json\r\nx-mock-output-tokens: {tokens}\r\nx-mock-chunk-delay-ms: {delay_ms}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
-    // Read the head and a few deltas, then hang up.
     let mut reader = BufReader::new(sock);
-    let (mut line, mut deltas) = (String::new(), 0);
-    while deltas < 5 {
+    let (mut line, mut read) = (String::new(), 0);
+    while read < deltas {
         line.clear();
         assert!(
             reader.read_line(&mut line).unwrap() > 0,
             "the stream ended early"
         );
-        deltas += usize::from(line.contains("\"content\""));
+        read += usize::from(line.contains("\"content\""));
     }
-    drop(reader);
+}
+
+/// An agent that hangs up on a stream just before its usage arrives was still served what it
+/// read (and the provider bills it): the call keeps its whole reservation, it is not refunded.
+#[test]
+fn a_stream_the_client_leaves_before_its_usage_keeps_its_reservation() {
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().tokens_per_minute = Some(100_000);
+    });
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":300,"stream":true,"messages":[]}"#;
+    // Read the head and a few deltas, then hang up.
+    read_deltas_then_leave(&proxy, body, 200, 5, 5);
     let recs = proxy.wait_audit_records("acme", 1);
     let rec = &recs[0];
     assert_eq!(rec["reason"], "client_closed", "{rec}");
@@ -412,7 +417,6 @@ fn streams_running_at_sigterm_finish_or_are_cut_and_each_is_recorded_and_settled
 /// proxy saw streamed past it, not at the reservation alone.
 #[test]
 fn a_stream_past_its_reservation_that_the_client_leaves_pays_for_what_it_streamed() {
-    use std::io::{BufRead, BufReader, Write};
     let mock = start_mock();
     let proxy = budget_proxy(mock, |spec| {
         let acme = spec.tenant("acme").limits();
@@ -421,27 +425,8 @@ fn a_stream_past_its_reservation_that_the_client_leaves_pays_for_what_it_streame
         acme.mid_stream = Some(config::MidStream::Finish);
     });
     let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        sock,
-        "POST /llm/chat/completions HTTP/1.1\r\nHost: llm\r\nContent-Type: application/json\r\nx-mock-output-tokens: 5000\r\nx-mock-chunk-delay-ms: 1\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
     // 300 deltas (a token each), well past the 20 reserved, then hang up.
-    let mut reader = BufReader::new(sock);
-    let (mut line, mut deltas) = (String::new(), 0);
-    while deltas < 300 {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "the stream ended early"
-        );
-        deltas += usize::from(line.contains("\"content\""));
-    }
-    drop(reader);
+    read_deltas_then_leave(&proxy, body, 5000, 1, 300);
     let recs = proxy.wait_audit_records("acme", 1);
     let rec = &recs[0];
     assert_eq!(rec["reason"], "client_closed", "{rec}");

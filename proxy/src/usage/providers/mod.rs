@@ -393,6 +393,28 @@ fn count(v: &Value, path: &[&str]) -> Result<Option<u64>, ()> {
     }
 }
 
+/// Folds a report whose input, output and cached-input counts are at `paths` (in that order)
+/// into `acc`, as OpenAI's APIs write them. An empty or unreadable report (`{}`, a negative or
+/// fractional count) is none.
+fn fold_counts(u: &Value, paths: [&[&str]; 3], acc: &mut Option<Usage>) {
+    let [Ok(input), Ok(output), Ok(cached)] = paths.map(|p| count(u, p)) else {
+        return;
+    };
+    if input.is_none() && output.is_none() {
+        return;
+    }
+    let entry = acc.get_or_insert_with(Usage::default);
+    if let Some(n) = input {
+        entry.input_tokens = n;
+    }
+    if let Some(n) = output {
+        entry.output_tokens = n;
+    }
+    if let Some(n) = cached {
+        entry.cached_input_tokens = n;
+    }
+}
+
 /// The whole number at a path of member names (`&["a", "b"]` reads what `v.pointer("/a/b")`
 /// reads), found without the two strings `Value::pointer` allocates per name, and without
 /// splitting a path string on every read: the readers' paths are fixed.

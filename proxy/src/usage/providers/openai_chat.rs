@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::{count, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use super::{fold_counts, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
 /// A chat-completions body's `stream` flag, read without the rest of the body.
@@ -198,27 +198,15 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
     let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
         return;
     };
-    // An empty or unreadable report (`{}`, a negative or fractional count) is none.
-    let (Ok(input), Ok(output), Ok(cached)) = (
-        count(u, &["prompt_tokens"]),
-        count(u, &["completion_tokens"]),
-        count(u, &["prompt_tokens_details", "cached_tokens"]),
-    ) else {
-        return;
-    };
-    if input.is_none() && output.is_none() {
-        return;
-    }
-    let entry = acc.get_or_insert_with(Usage::default);
-    if let Some(n) = input {
-        entry.input_tokens = n;
-    }
-    if let Some(n) = output {
-        entry.output_tokens = n;
-    }
-    if let Some(n) = cached {
-        entry.cached_input_tokens = n;
-    }
+    fold_counts(
+        u,
+        [
+            &["prompt_tokens"],
+            &["completion_tokens"],
+            &["prompt_tokens_details", "cached_tokens"],
+        ],
+        acc,
+    );
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::openai_chat::{HOSTS, KEY_POSITIONS, NAME};
-use super::{count, CallPath, Generated, KeyPositions, Provider, RequestFields};
+use super::{fold_counts, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
 /// The OpenAI Responses API (`/v1/responses`, also under an Azure OpenAI deployment) and the
@@ -84,27 +84,15 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
     let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
         return;
     };
-    // An empty or unreadable report (`{}`, a negative or fractional count) is none.
-    let (Ok(input), Ok(output), Ok(cached)) = (
-        count(u, &["input_tokens"]),
-        count(u, &["output_tokens"]),
-        count(u, &["input_tokens_details", "cached_tokens"]),
-    ) else {
-        return;
-    };
-    if input.is_none() && output.is_none() {
-        return;
-    }
-    let entry = acc.get_or_insert_with(Usage::default);
-    if let Some(n) = input {
-        entry.input_tokens = n;
-    }
-    if let Some(n) = output {
-        entry.output_tokens = n;
-    }
-    if let Some(n) = cached {
-        entry.cached_input_tokens = n;
-    }
+    fold_counts(
+        u,
+        [
+            &["input_tokens"],
+            &["output_tokens"],
+            &["input_tokens_details", "cached_tokens"],
+        ],
+        acc,
+    );
 }
 
 #[cfg(test)]
