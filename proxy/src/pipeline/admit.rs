@@ -382,10 +382,6 @@ pub async fn admit(
     }
 }
 
-/// Who is calling: a tunnel's identity, re-checked; or what the request (`header`) and its
-/// connection (`ssl`) present, verified. With it, a refusal the caller gives once the tenant is
-/// known, so that it is audited in the tenant's partition: a revoked token, or a tunnel whose
-/// identity is no longer accepted.
 /// The identity the connection alone gives, without reading anything the request presents: a
 /// tunnel's, a listener's bound to one workload and nothing else, one named outright. Borrowed:
 /// it is asked of every request, and only a refusal copies it.
@@ -427,6 +423,10 @@ impl FixedIdentity<'_> {
     }
 }
 
+/// Who is calling: a tunnel's identity, re-checked; or what the request (`header`) and its
+/// connection (`ssl`) present, verified. With it, a refusal the caller gives once the tenant is
+/// known, so that it is audited in the tenant's partition: a revoked token, or a tunnel whose
+/// identity is no longer accepted.
 fn identify(
     caller: Caller<'_>,
     header: &RequestHeader,

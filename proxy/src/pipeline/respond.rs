@@ -369,12 +369,9 @@ impl Stages {
     }
 
     /// Output tokens a streamed response carried as far as the proxy could tell (0 for a body
-    /// that is not a stream).
+    /// that is not a stream, see [`UsageMeter::output_estimate`]).
     pub fn streamed_output(&self) -> u64 {
-        self.meter
-            .as_ref()
-            .filter(|m| m.is_stream())
-            .map_or(0, UsageMeter::output_estimate)
+        self.meter.as_ref().map_or(0, UsageMeter::output_estimate)
     }
 
     /// Budget extensions a stream guard was granted (added to the reservation before settling).
