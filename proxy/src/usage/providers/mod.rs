@@ -221,11 +221,11 @@ impl CallPath<'_> {
         // Decoding never lengthens a path.
         if path.len() <= STACK_PATH {
             let mut buf = [0u8; STACK_PATH];
-            let n = normalize(path, &mut buf);
+            let n = normalize::<true>(path, &mut buf);
             f(CallPath(&buf[..n]))
         } else {
             let mut buf = vec![0u8; path.len()];
-            let n = normalize(path, &mut buf);
+            let n = normalize::<true>(path, &mut buf);
             f(CallPath(&buf[..n]))
         }
     }
@@ -295,8 +295,9 @@ impl CallPath<'_> {
     }
 }
 
-/// Writes `path` normalized into `out` (at least as long); returns the length written.
-fn normalize(path: &[u8], out: &mut [u8]) -> usize {
+/// Writes `path` normalized into `out` (at least as long), ASCII-lowercased when `LOWER`;
+/// returns the length written.
+fn normalize<const LOWER: bool>(path: &[u8], out: &mut [u8]) -> usize {
     let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
     let mut n = 0;
     let mut i = 0;
@@ -313,7 +314,7 @@ fn normalize(path: &[u8], out: &mut [u8]) -> usize {
         if b == b'/' && n > 0 && out[n - 1] == b'/' {
             continue;
         }
-        out[n] = b.to_ascii_lowercase();
+        out[n] = if LOWER { b.to_ascii_lowercase() } else { b };
         n += 1;
     }
     while n > 0 && out[n - 1] == b'/' {
@@ -322,12 +323,13 @@ fn normalize(path: &[u8], out: &mut [u8]) -> usize {
     n
 }
 
-/// `path` as servers route it with its case kept, when it may hold `marker` (a segment such as
-/// `/models/`, in any case, escaped, or behind repeated slashes): without query and fragment,
-/// percent-decoded, repeated slashes folded, trailing slashes removed. A model named in a path is
-/// read from this, so it is found wherever [`CallPath`] (the same, lowercased) finds the call,
-/// and the two never disagree about what a path is. `None` for a path that cannot hold it
-/// (most paths: nothing is copied then).
+/// `path` normalized as [`CallPath`] normalizes it (no query or fragment, percent-decoded,
+/// repeated and trailing slashes dropped) but with its case kept, when it may hold `marker` (a
+/// segment such as `/models/`, in any case, escaped, or behind repeated slashes). A model named
+/// in a path is read from this, so the call and its model are never found on paths read two
+/// ways. Bytes that are not UTF-8 once decoded are replaced, so such a model is still read (and
+/// priced as the unknown model it is). `None` for a path that cannot hold `marker` (most paths:
+/// nothing is copied then).
 pub(super) fn routed(path: &str, marker: &str) -> Option<String> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     let may = path.contains('%')
@@ -336,17 +338,9 @@ pub(super) fn routed(path: &str, marker: &str) -> Option<String> {
     if !may {
         return None;
     }
-    let decoded = percent_decoded(path)?;
-    let mut out = String::with_capacity(decoded.len());
-    for c in decoded.chars() {
-        if !(c == '/' && out.ends_with('/')) {
-            out.push(c);
-        }
-    }
-    while out.len() > 1 && out.ends_with('/') {
-        out.pop();
-    }
-    Some(out)
+    let mut out = vec![0u8; path.len()];
+    let n = normalize::<false>(path.as_bytes(), &mut out);
+    Some(String::from_utf8_lossy(&out[..n]).into_owned())
 }
 
 /// Where `needle` (ASCII) is in `hay`, in any ASCII case: the first place, or the last.
@@ -359,28 +353,6 @@ pub(super) fn find_ignore_case(hay: &str, needle: &str, last: bool) -> Option<us
     } else {
         at.next()
     }
-}
-
-/// `text` with its `%XX` escapes decoded (other bytes, and malformed escapes, as they are): a
-/// model id as the provider names it, from a path segment the client percent-encoded.
-fn percent_decoded(text: &str) -> Option<String> {
-    let b = text.as_bytes();
-    let hex = |x: Option<&u8>| x.and_then(|x| (*x as char).to_digit(16));
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (b[i], hex(b.get(i + 1)), hex(b.get(i + 2))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (x, _, _) => {
-                out.push(x);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A usage count at `path` in `v`: `Ok(None)` when absent (or null), `Err(())` when present but
