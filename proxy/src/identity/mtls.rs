@@ -770,9 +770,9 @@ fn build_config(
 #[derive(Debug)]
 struct IssuersMaySign(Arc<dyn ClientCertVerifier>);
 
-/// An intermediate the client sent that may not sign certificates.
+/// An intermediate the client sent that may not sign certificates (or cannot be read to tell).
 #[derive(thiserror::Error)]
-#[error("the intermediate `{0}` may not sign certificates (its keyUsage lacks keyCertSign)")]
+#[error("{0}")]
 struct IssuerMayNotSign(String);
 
 // rustls shows a certificate error's cause with `Debug`: the sentence, not the struct.
@@ -802,24 +802,36 @@ impl ClientCertVerifier for IssuersMaySign {
         now: UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
         let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
+        let refuse = |why: String| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(IssuerMayNotSign(why)),
+            )))
+        };
         for der in intermediates {
+            // SECURITY: one that cannot be read is refused, not skipped: it may be in the path.
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+                return Err(refuse(
+                    "an intermediate the client sent cannot be read".into(),
+                ));
+            };
             // Only a CA certificate can issue (webpki refuses any other as an issuer); one the
             // client sent along that could not be in the path is left alone.
-            let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-                continue;
+            let is_ca = match cert.basic_constraints() {
+                Ok(Some(bc)) => bc.value.ca,
+                Ok(None) => false,
+                Err(_) => true,
             };
-            let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
             let may_sign = match cert.key_usage() {
                 Ok(Some(ku)) => ku.value.key_cert_sign(),
                 Ok(None) => true,
                 Err(_) => false,
             };
             if is_ca && !may_sign {
-                return Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(
-                        IssuerMayNotSign(cert.subject().to_string()),
-                    ))),
-                ));
+                return Err(refuse(format!(
+                    "the intermediate `{}` may not sign certificates (its keyUsage lacks \
+                     keyCertSign)",
+                    cert.subject()
+                )));
             }
         }
         Ok(verified)
@@ -1177,6 +1189,15 @@ mod tests {
                 assert!(e.contains("`CN=signing only` may not sign"), "{e}");
             }
         }
+        // An intermediate that cannot be read is refused rather than skipped.
+        let inter = intermediate(&root, "signing", vec![KeyUsagePurpose::KeyCertSign]);
+        let mut workload = client(&inter, &[id]);
+        workload.chain.push(inter.der.clone());
+        workload
+            .chain
+            .push(CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]));
+        let e = server.verify(&workload.chain, unix_now()).1.unwrap_err();
+        assert!(e.contains("cannot be read"), "{e}");
     }
 
     fn unix_now() -> u64 {
