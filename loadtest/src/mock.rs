@@ -4,7 +4,8 @@
 //!   length / 4, completion tokens = `max_tokens` or 16, or `x-mock-output-tokens` when a test
 //!   plays a model that ignores its budget); with `"stream": true`, an SSE stream of one chunk
 //!   per completion token (`x-mock-chunk-delay-ms` apart), a usage chunk when
-//!   `stream_options.include_usage` is set, then `[DONE]`; `x-mock-content-bytes` makes the
+//!   `stream_options.include_usage` is set, then `[DONE]`, its lines ended by `\n` (or as
+//!   `x-mock-sse-line-end: cr | crlf` says); `x-mock-content-bytes` makes the
 //!   (non-streamed) completion that many bytes long.
 //! - `POST …/messages` (and Vertex AI's `…:rawPredict`): an Anthropic message with
 //!   `usage.input_tokens` / `output_tokens`, and `cache_creation_input_tokens` when the request
@@ -215,7 +216,19 @@ fn respond(head: &Head, body: &[u8]) -> Vec<Vec<u8>> {
                 .pointer("/stream_options/include_usage")
                 .and_then(Value::as_bool)
                 == Some(true);
-            return sse_chat(&model, prompt_tokens, completion_tokens, include_usage);
+            // `x-mock-sse-line-end`: `cr` or `crlf` end the stream's lines so (default `\n`).
+            let line_end = match head.header("x-mock-sse-line-end") {
+                Some("cr") => "\r",
+                Some("crlf") => "\r\n",
+                _ => "\n",
+            };
+            return sse_chat(
+                &model,
+                prompt_tokens,
+                completion_tokens,
+                include_usage,
+                line_end,
+            );
         }
         // `x-mock-content-bytes`: a completion that long (a body past the proxy's copy limit).
         let content = match head
@@ -270,7 +283,13 @@ fn json_response(status: u16, v: &Value) -> Vec<u8> {
     out
 }
 
-fn sse_chat(model: &str, prompt: u64, completion: u64, include_usage: bool) -> Vec<Vec<u8>> {
+fn sse_chat(
+    model: &str,
+    prompt: u64,
+    completion: u64,
+    include_usage: bool,
+    line_end: &str,
+) -> Vec<Vec<u8>> {
     let mut events = Vec::new();
     // One chunk per completion token, as providers stream them.
     let words = ["Hello", " from", " the", " mock."];
@@ -296,7 +315,7 @@ fn sse_chat(model: &str, prompt: u64, completion: u64, include_usage: bool) -> V
             .to_vec(),
     ];
     let chunk = |data: &str| {
-        let payload = format!("data: {data}\n\n");
+        let payload = format!("data: {data}{line_end}{line_end}");
         format!("{:x}\r\n{payload}\r\n", payload.len()).into_bytes()
     };
     for e in &events {

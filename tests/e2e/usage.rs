@@ -82,28 +82,41 @@ fn streams_are_metered_even_when_the_agent_did_not_ask_for_usage() {
     let mut spec = ProxySpec::default();
     spec.llm_route(mock);
     let proxy = Proxy::start(spec);
-    let call = |body: &str| {
+    let call_ending = |body: &str, line_end: &str| {
         raw_request(
             proxy.sidecar_port,
             &format!(
-                "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nx-mock-sse-line-end: {line_end}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             ),
         )
         .unwrap()
     };
-    // Not asked: the proxy asks the upstream, meters, and hides the extra event.
-    let quiet = call(r#"{"model":"gpt-4o-mini","max_tokens":5,"stream":true,"messages":[]}"#);
-    assert_eq!(quiet.status, 200);
-    let text = quiet.body_text();
-    assert!(
-        text.ends_with("data: [DONE]\n\n") && !text.contains("\"usage\""),
-        "{text}"
-    );
-    assert_eq!(
-        proxy.audit_record("acme", &quiet.request_id())["usage"]["output_tokens"],
-        5
-    );
+    let call = |body: &str| call_ending(body, "lf");
+    // Not asked: the proxy asks the upstream, meters, and hides the extra event, whatever ends
+    // the stream's lines (the event-stream format allows `\n`, `\r\n` and a bare `\r`).
+    for (line_end, end) in [("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")] {
+        let quiet = call_ending(
+            r#"{"model":"gpt-4o-mini","max_tokens":5,"stream":true,"messages":[]}"#,
+            line_end,
+        );
+        assert_eq!(quiet.status, 200);
+        let text = quiet.body_text();
+        assert!(
+            text.ends_with(&format!("data: [DONE]{end}{end}")) && !text.contains("\"usage\""),
+            "{line_end}: {text:?}"
+        );
+        assert_eq!(
+            text.matches("chat.completion.chunk").count(),
+            6,
+            "{line_end}: every other event passes: {text:?}"
+        );
+        assert_eq!(
+            proxy.audit_record("acme", &quiet.request_id())["usage"]["output_tokens"],
+            5,
+            "{line_end}"
+        );
+    }
     // Asked: the agent gets its usage event, untouched.
     let asked = call(
         r#"{"model":"gpt-4o-mini","max_tokens":6,"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
