@@ -9,7 +9,8 @@
 //!   (non-streamed) completion that many bytes long.
 //! - `POST …/messages` (and Vertex AI's `…:rawPredict`): an Anthropic message with
 //!   `usage.input_tokens` / `output_tokens`, and `cache_creation_input_tokens` when the request
-//!   says how many in `x-mock-cache-write-tokens` (a prompt written to the cache).
+//!   says how many in `x-mock-cache-write-tokens` (a prompt written to the cache), and
+//!   `server_tool_use.web_search_requests` when it says how many in `x-mock-web-searches`.
 //! - anything else: 200 JSON echoing the method, path and received headers.
 //! - `Upgrade: websocket`: 101, then every byte is echoed back.
 //!
@@ -253,6 +254,13 @@ fn respond(head: &Head, body: &[u8]) -> Vec<Vec<u8>> {
             .and_then(|v| v.parse::<u64>().ok())
         {
             usage["cache_creation_input_tokens"] = json!(written);
+        }
+        // `x-mock-web-searches`: searches the web search tool ran (billed each).
+        if let Some(searches) = head
+            .header("x-mock-web-searches")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            usage["server_tool_use"] = json!({ "web_search_requests": searches });
         }
         let v = json!({
             "id": "msg_mock", "type": "message", "role": "assistant", "model": model,

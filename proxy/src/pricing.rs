@@ -1,7 +1,7 @@
 //! The price table: what a model's tokens cost, per provider, in integer micro-units of the
-//! deployment's currency per million tokens. Money is never a float: a price such as `0.15`
-//! USD per million is written `150_000`, and every cost is computed in `u128` and rounded up,
-//! so a ceiling is never crossed by rounding.
+//! deployment's currency per million tokens (and what a web search costs, per search). Money is
+//! never a float: a price such as `0.15` USD per million is written `150_000`, and every cost is
+//! computed in `u128` and rounded up, so a ceiling is never crossed by rounding.
 //!
 //! ```toml
 //! currency = "USD"
@@ -12,7 +12,8 @@
 //!
 //! [providers.anthropic]
 //! "claude-sonnet-4" = { input = 3_000_000, cached_input = 300_000, cache_write = 3_750_000,
-//!                       cache_write_long = 6_000_000, output = 15_000_000 }
+//!                       cache_write_long = 6_000_000, output = 15_000_000,
+//!                       web_search = 10_000 }   # micro-units per search, not per million
 //!
 //! [default]
 //! input = 5_000_000
@@ -41,6 +42,9 @@ pub struct Prices {
     pub cache_write_long: u64,
     /// Output (completion) tokens, reasoning included.
     pub output: u64,
+    /// Micro-units per web search the provider ran for the call (not per million: 10.00 per
+    /// 1,000 searches is `10_000`); 0 when the table gives none.
+    pub web_search: u64,
 }
 
 impl Prices {
@@ -52,12 +56,14 @@ impl Prices {
             cache_write: input,
             cache_write_long: input,
             output,
+            web_search: 0,
         }
     }
 
     /// What a call that used `u` cost, rounded up to the next micro-unit. The input tokens are
     /// priced by kind: cache reads, cache writes (the long-lived ones apart), and the rest; a
-    /// kind reported larger than what is left of the input is cut to it.
+    /// kind reported larger than what is left of the input is cut to it. Web searches are
+    /// priced each.
     pub fn cost_micros(&self, u: &Usage) -> u64 {
         let cached = u.cached_input_tokens.min(u.input_tokens);
         let written = u.cache_write_input_tokens.min(u.input_tokens - cached);
@@ -69,7 +75,8 @@ impl Prices {
             .saturating_add(u128::from(written - long) * u128::from(self.cache_write))
             .saturating_add(u128::from(long) * u128::from(self.cache_write_long))
             .saturating_add(u128::from(u.output_tokens) * u128::from(self.output));
-        per_million(total)
+        let searches = u128::from(u.web_searches) * u128::from(self.web_search);
+        per_million(total).saturating_add(u64::try_from(searches).unwrap_or(u64::MAX))
     }
 
     /// The most a call with `input` prompt tokens and at most `output` output tokens can cost,
@@ -267,8 +274,18 @@ fn without_snapshot(model: &str) -> Option<&str> {
     ((tail.len() == 8 || tail.len() == 4) && is_digits(tail) && !base.is_empty()).then_some(base)
 }
 
-/// Reads `{ input, cached_input?, cache_write?, cache_write_long?, output }`; `cached_input` and
-/// `cache_write` default to `input`, `cache_write_long` to `cache_write`.
+/// Reads `{ input, cached_input?, cache_write?, cache_write_long?, output, web_search? }`;
+/// `cached_input` and `cache_write` default to `input`, `cache_write_long` to `cache_write`,
+/// `web_search` (per search) to 0.
+/// What a price field's figure is per.
+fn unit(field: &str) -> &'static str {
+    if field == "web_search" {
+        "per search"
+    } else {
+        "per million tokens"
+    }
+}
+
 fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option<Prices> {
     let Some(table) = v.as_table() else {
         problem(format!(
@@ -287,15 +304,15 @@ fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option
                     String::new()
                 };
                 problem(format!(
-                    "{at}.{name} is a float; prices are integer micro-units of currency per \
-                     million tokens{hint}"
+                    "{at}.{name} is a float; prices are integer micro-units of currency {}{hint}",
+                    unit(name)
                 ));
                 None
             }
             Some(other) => {
                 problem(format!(
-                    "{at}.{name} must be a non-negative integer (micro-units per million \
-                     tokens), not {other}"
+                    "{at}.{name} must be a non-negative integer (micro-units {}), not {other}",
+                    unit(name)
                 ));
                 None
             }
@@ -306,20 +323,34 @@ fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option
     let cache_write = field("cache_write");
     let cache_write_long = field("cache_write_long");
     let output = field("output");
+    let web_search = field("web_search");
     for key in table.keys() {
         if !matches!(
             key.as_str(),
-            "input" | "cached_input" | "cache_write" | "cache_write_long" | "output"
+            "input" | "cached_input" | "cache_write" | "cache_write_long" | "output" | "web_search"
         ) {
             problem(format!(
                 "{at}: unknown key `{key}` (expected input, cached_input, cache_write, \
-                 cache_write_long, output)"
+                 cache_write_long, output, web_search)"
             ));
         }
     }
     // A field that was present but wrong has been reported already.
-    let (Some(input), Some(cached_input), Some(cache_write), Some(cache_write_long), Some(output)) =
-        (input, cached_input, cache_write, cache_write_long, output)
+    let (
+        Some(input),
+        Some(cached_input),
+        Some(cache_write),
+        Some(cache_write_long),
+        Some(output),
+        Some(web_search),
+    ) = (
+        input,
+        cached_input,
+        cache_write,
+        cache_write_long,
+        output,
+        web_search,
+    )
     else {
         return None;
     };
@@ -332,6 +363,7 @@ fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option
                 cache_write,
                 cache_write_long: cache_write_long.unwrap_or(cache_write),
                 output,
+                web_search: web_search.unwrap_or(0),
             })
         }
         (input, output) => {
@@ -442,6 +474,7 @@ unknown_model = "refuse"
             cache_write_input_tokens: written,
             cache_write_long_input_tokens: long,
             output_tokens: output,
+            web_searches: 0,
         }
     }
 
@@ -493,6 +526,53 @@ unknown_model = "refuse"
         assert_eq!((w.cache_write, w.cache_write_long), (5, 5));
     }
 
+    /// A web search is priced each, on top of the tokens (whose price is per million); a model
+    /// the table gives no search price has free searches, and a float or negative one is an
+    /// error that says what the figure is per.
+    #[test]
+    fn web_searches_are_priced_per_search() {
+        let t = PriceTable::parse(
+            "currency = \"USD\"\n[providers.anthropic]\n\"claude-sonnet-4\" = { input = 3_000_000, output = 15_000_000, web_search = 10_000 }\n\"plain\" = { input = 2, output = 3 }\n",
+            "p",
+        )
+        .unwrap();
+        let p = t.lookup(Some("anthropic"), "claude-sonnet-4").unwrap();
+        assert_eq!(p.web_search, 10_000);
+        let searched = Usage {
+            web_searches: 3,
+            ..used(1_000, 0, 0, 0, 100)
+        };
+        // 1000 × 3 + 100 × 15 = 4,500 for the tokens, 3 × 10,000 for the searches.
+        assert_eq!(p.cost_micros(&searched), 34_500);
+        assert_eq!(t.lookup(None, "plain").unwrap().web_search, 0);
+        let huge = Prices {
+            web_search: u64::MAX,
+            ..Prices::flat(u64::MAX, u64::MAX)
+        };
+        let all = Usage {
+            web_searches: u64::MAX,
+            ..used(u64::MAX, 0, 0, 0, u64::MAX)
+        };
+        assert_eq!(huge.cost_micros(&all), u64::MAX);
+        for (entry, says) in [
+            (
+                "web_search = 0.01",
+                "integer micro-units of currency per search (write 10000",
+            ),
+            ("web_search = -1", "micro-units per search"),
+        ] {
+            let problems = PriceTable::parse(
+                &format!("currency = \"USD\"\n[providers.openai]\n\"m\" = {{ input = 1, output = 1, {entry} }}\n"),
+                "p",
+            )
+            .unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.contains(says)),
+                "{entry}: {problems:?}"
+            );
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::fuzz_cases(256)))]
 
@@ -509,6 +589,7 @@ unknown_model = "refuse"
                 cache_write: pw,
                 cache_write_long: pl,
                 output: po,
+                web_search: 0,
             };
             let u = used(input, cached, written, long, output);
             proptest::prop_assert!(p.cost_micros(&u) <= p.worst_case_micros(input, output + extra));

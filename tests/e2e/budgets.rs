@@ -527,6 +527,61 @@ fn prompt_cache_writes_are_charged_at_their_price() {
     );
 }
 
+/// Hosted web searches are billed per search on top of the tokens: a call whose response
+/// reports three is settled at three times the model's `web_search` price more, counts them in
+/// its audit record and metric, and the tenant's spend shows it.
+#[test]
+fn web_searches_are_charged_at_their_price() {
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().cost_per_day_micros = Some(1_000_000);
+    });
+    let body = r#"{"model":"claude-cache-test","max_tokens":10,"messages":[],"tools":[{"type":"web_search_20250305","name":"web_search","max_uses":5}]}"#;
+    let call = |searches: u64| {
+        raw_request(
+            proxy.sidecar_port,
+            &format!(
+                "POST /llm/messages HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nx-mock-web-searches: {searches}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .unwrap()
+    };
+    let r = call(3);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let rec = proxy.audit_record("acme", &r.request_id());
+    let input = r.json()["usage"]["input_tokens"].as_u64().unwrap();
+    assert_eq!(rec["usage"]["web_searches"], 3, "{rec}");
+    assert_eq!(
+        rec["settled"]["cost_micros"].as_u64(),
+        Some(input + 2 * 10 + 3 * 1_000),
+        "{rec}"
+    );
+    // Searches are no tokens.
+    assert_eq!(rec["settled"]["tokens"].as_u64(), Some(input + 10), "{rec}");
+    // A call that searched nothing shows no searches.
+    let none = call(0);
+    let rec = proxy.audit_record("acme", &none.request_id());
+    assert!(rec["usage"].get("web_searches").is_none(), "{rec}");
+    assert_eq!(
+        rec["settled"]["cost_micros"].as_u64(),
+        Some(input + 2 * 10),
+        "{rec}"
+    );
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains(r#"tenant_proxy_llm_web_searches_total{tenant="acme"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            r#"tenant_proxy_llm_cost_micros_total{{tenant="acme"}} {}"#,
+            2 * (input + 20) + 3_000
+        )),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn a_stream_within_its_budget_is_extended_and_finishes() {
     let mock = start_mock();

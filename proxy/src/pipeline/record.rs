@@ -262,6 +262,12 @@ impl Trail {
                     .with_label_values(&[tenant_label, kind])
                     .inc_by(n);
             }
+            if u.web_searches > 0 {
+                METRICS
+                    .llm_web_searches
+                    .with_label_values(&[tenant_label])
+                    .inc_by(u.web_searches);
+            }
         }
         if matches!(
             reason,

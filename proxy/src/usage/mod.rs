@@ -44,6 +44,11 @@ pub struct Usage {
     pub cache_write_long_input_tokens: u64,
     /// Completion / output tokens.
     pub output_tokens: u64,
+    /// Web searches the provider ran for the call (Anthropic's
+    /// `usage.server_tool_use.web_search_requests`, the Responses API's `web_search_call`
+    /// output items): billed per search, apart from the tokens they add.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub web_searches: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -263,13 +268,16 @@ impl UsageMeter {
     pub fn finish(&self) -> Option<Usage> {
         match &self.framing {
             Framing::Json { body, scanned } => {
-                let body = match scanned {
-                    Some(scanner) => scanner.finish()?,
-                    None => body.as_slice(),
+                let (body, whole) = match scanned {
+                    Some(scanner) => (scanner.finish()?, false),
+                    None => (body.as_slice(), true),
                 };
                 let wanted = |name: &str| {
                     let mut yes = false;
-                    each(self.provider, |p| yes |= p.usage_members().contains(&name));
+                    each(self.provider, |p| {
+                        yes |= p.usage_members().contains(&name)
+                            || whole && p.whole_body_members().contains(&name);
+                    });
                     yes
                 };
                 let v = members::parse_members(body, &wanted)?;

@@ -2,7 +2,8 @@
 //! `cache_read_input_tokens` and `cache_creation_input_tokens` (both counted apart from
 //! `input_tokens`; writes for the one-hour cache in `cache_creation.ephemeral_1h_input_tokens`),
 //! in the JSON body or, streamed, in `message_start`'s `message` and the cumulative
-//! `message_delta` (streams report usage unasked).
+//! `message_delta` (streams report usage unasked); and the web searches the server tool ran,
+//! `server_tool_use.web_search_requests`, billed each.
 //!
 //! The same API on Vertex AI: `…/publishers/anthropic/models/{model}:rawPredict` and
 //! `:streamRawPredict`, the model in the path (`claude-sonnet-4@20250514`), the body and the
@@ -109,21 +110,29 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
         return;
     };
     // An empty or unreadable report (`{}`, a negative or fractional count) is none.
-    let (Ok(input), Ok(output), Ok(read), Ok(written), Ok(long)) = (
+    let (Ok(input), Ok(output), Ok(read), Ok(written), Ok(long), Ok(searches)) = (
         count(u, &["input_tokens"]),
         count(u, &["output_tokens"]),
         count(u, &["cache_read_input_tokens"]),
         count(u, &["cache_creation_input_tokens"]),
         count(u, &["cache_creation", "ephemeral_1h_input_tokens"]),
+        count(u, &["server_tool_use", "web_search_requests"]),
     ) else {
         return;
     };
-    if [input, output, read, written].iter().all(Option::is_none) {
+    if [input, output, read, written, searches]
+        .iter()
+        .all(Option::is_none)
+    {
         return;
     }
     let entry = acc.get_or_insert_with(Usage::default);
     if let Some(n) = output {
         entry.output_tokens = n;
+    }
+    // Cumulative, like the output: a later report of it stands.
+    if let Some(n) = searches {
+        entry.web_searches = n;
     }
     // Cache reads and writes are counted apart from `input_tokens` (the tokens after the last
     // cache breakpoint): the input is all three. A later event (a stream's `message_delta`)
@@ -220,6 +229,7 @@ pub(crate) mod tests {
                 cache_write_input_tokens: written,
                 cache_write_long_input_tokens: long,
                 output_tokens: output,
+                web_searches: 0,
             })
         };
         let body = r#"{"type":"message","usage":{"input_tokens":8,"cache_creation_input_tokens":27000,"cache_read_input_tokens":0,"output_tokens":50}}"#;
@@ -256,6 +266,32 @@ pub(crate) mod tests {
             "data: {\"type\":\"message_delta\",\"usage\":{\"cache_creation_input_tokens\":27000,\"output_tokens\":50}}\n\n",
         );
         meter_stream(&Anthropic, split, writes(77_000, 0, 27_000, 0, 50), 0, 0);
+    }
+
+    /// The web search tool's searches (`server_tool_use.web_search_requests`) are counted, in a
+    /// body and in a stream, whose `message_delta` reports them cumulatively.
+    #[test]
+    fn web_searches_are_counted() {
+        let searched = |input, output, searches| {
+            Some(Usage {
+                web_searches: searches,
+                ..u(input, 0, output).unwrap()
+            })
+        };
+        let body = r#"{"type":"message","usage":{"input_tokens":105,"output_tokens":6039,"server_tool_use":{"web_search_requests":2}}}"#;
+        assert_eq!(meter_json(&Anthropic, body), searched(105, 6039, 2));
+        let stream = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":8,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":20,\"server_tool_use\":{\"web_search_requests\":1}}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":50,\"server_tool_use\":{\"web_search_requests\":3}}}\n\n",
+        );
+        meter_stream(&Anthropic, stream, searched(8, 50, 3), 0, 0);
+        // An unreadable count makes the report none, as any other.
+        let bad = r#"{"type":"message","usage":{"input_tokens":1,"output_tokens":1,"server_tool_use":{"web_search_requests":-2}}}"#;
+        assert_eq!(meter_json(&Anthropic, bad), None);
     }
 
     /// A report with nothing readable in it is no report (the call keeps its reservation).

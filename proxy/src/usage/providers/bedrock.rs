@@ -308,6 +308,7 @@ pub(crate) mod tests {
                     cache_write_input_tokens: 27_000,
                     cache_write_long_input_tokens: 20_000,
                     output_tokens: 50,
+                    web_searches: 0,
                 }),
             ),
             (
@@ -324,6 +325,7 @@ pub(crate) mod tests {
                     cache_write_input_tokens: 27_000,
                     cache_write_long_input_tokens: 0,
                     output_tokens: 50,
+                    web_searches: 0,
                 }),
             ),
             (

@@ -93,6 +93,14 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// reader must not look at any other member.
     fn usage_members(&self) -> &'static [&'static str];
 
+    /// Members [`Provider::usage_from_json`] also reads while the body is copied whole (up to the
+    /// meter's copy limit), and not past it: members that grow with the output (the Responses
+    /// API's `output`, where each web search is an item), which the scanner of a larger body
+    /// cannot keep without giving up on the usage itself.
+    fn whole_body_members(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Folds the usage one stream event reports into `acc`, as [`Provider::usage_from_json`].
     /// `event` is the event's JSON payload, whatever framing carried it.
     fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>);

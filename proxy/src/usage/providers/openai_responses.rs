@@ -1,6 +1,7 @@
 //! The OpenAI Responses API: `usage.input_tokens`, `output_tokens` and
 //! `input_tokens_details.cached_tokens`, in the JSON body or, streamed, inside the final
-//! `response.completed` event's `response` (streams report usage unasked).
+//! `response.completed` event's `response` (streams report usage unasked); and the web searches
+//! the hosted tool ran, one `web_search_call` item each in the response's `output`.
 //!
 //! The Images API reports usage the same way (`gpt-image-1`) and is read here too: a call to it
 //! is an LLM call whether or not it names a model (the server's default is priced per image, so
@@ -58,6 +59,10 @@ impl Provider for OpenAiResponses {
         &["response", "usage"]
     }
 
+    fn whole_body_members(&self) -> &'static [&'static str] {
+        &["output"]
+    }
+
     fn usage_from_event(&self, event: &Value, acc: &mut Option<Usage>) {
         fold(event, acc);
     }
@@ -93,6 +98,14 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
         ],
         acc,
     );
+    // Each web search the hosted tool ran is an output item of its own, billed each; the usage
+    // does not count them.
+    if let (Some(entry), Some(output)) = (acc.as_mut(), v.get("output").and_then(Value::as_array)) {
+        entry.web_searches = output
+            .iter()
+            .filter(|item| item.get("type").and_then(Value::as_str) == Some("web_search_call"))
+            .count() as u64;
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +157,29 @@ pub(crate) mod tests {
         for (name, body, want) in cases {
             assert_eq!(meter_json(&OpenAiResponses, body), want, "{name}");
         }
+    }
+
+    /// Each `web_search_call` output item is a search, in a body and in a stream's final
+    /// response; other items (messages, function calls, file searches) are not.
+    #[test]
+    fn web_search_calls_are_counted() {
+        let body = r#"{"id":"r1","object":"response","output":[{"type":"web_search_call","id":"ws_1","status":"completed","action":{"type":"search","query":"a"}},{"type":"reasoning","id":"rs_1"},{"type":"web_search_call","id":"ws_2","status":"completed"},{"type":"message","content":[{"type":"output_text","text":"web_search_call"}]},{"type":"function_call","name":"web_search_call"}],"usage":{"input_tokens":9,"output_tokens":3}}"#;
+        let want = Usage {
+            web_searches: 2,
+            ..u(9, 0, 3).unwrap()
+        };
+        assert_eq!(meter_json(&OpenAiResponses, body), Some(want));
+        let stream = format!(
+            "event: response.web_search_call.completed\r\ndata: {{\"type\":\"response.web_search_call.completed\",\"item_id\":\"ws_1\"}}\r\n\r\nevent: response.completed\r\ndata: {{\"type\":\"response.completed\",\"response\":{body}}}\r\n\r\n"
+        );
+        meter_stream(&OpenAiResponses, &stream, Some(want), 0, 0);
+        // Past the copy limit the `output` is not kept (a long output would make the usage
+        // unreadable too): the tokens are read, the searches are not (see the README).
+        let long = body.replace(
+            r#"{"type":"reasoning","id":"rs_1"}"#,
+            &format!(r#"{{"type":"reasoning","id":"{}"}}"#, "x".repeat(3 << 20)),
+        );
+        assert_eq!(meter_json(&OpenAiResponses, &long), u(9, 0, 3));
     }
 
     #[test]
