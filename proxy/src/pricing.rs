@@ -60,6 +60,18 @@ impl Prices {
         }
     }
 
+    /// Each price the larger of `self`'s and `other`'s.
+    fn dearest(self, other: Self) -> Self {
+        Self {
+            input: self.input.max(other.input),
+            cached_input: self.cached_input.max(other.cached_input),
+            cache_write: self.cache_write.max(other.cache_write),
+            cache_write_long: self.cache_write_long.max(other.cache_write_long),
+            output: self.output.max(other.output),
+            web_search: self.web_search.max(other.web_search),
+        }
+    }
+
     /// What a call that used `u` cost, rounded up to the next micro-unit. The input tokens are
     /// priced by kind: cache reads, cache writes (the long-lived ones apart), and the rest; a
     /// kind reported larger than what is left of the input is cut to it. Web searches are
@@ -223,7 +235,8 @@ impl PriceTable {
     ///
     /// A provider the table lists is searched alone. Without one (or one the table does not
     /// list), every provider is searched, and when several list the model at different prices
-    /// the dearest is used, so an unknown route can never make a call cheaper than it is.
+    /// each kind of token (and a search) takes the dearest of them, so an unknown route can
+    /// never make a call cheaper than any listing of its model would.
     pub fn lookup(&self, provider: Option<&str>, model: &str) -> Option<Prices> {
         let found = match provider.and_then(|p| self.providers.get(p)) {
             Some(models) => find(models, model),
@@ -231,7 +244,7 @@ impl PriceTable {
                 .providers
                 .values()
                 .filter_map(|models| find(models, model))
-                .max_by_key(|p| (p.output, p.input, p.cached_input)),
+                .reduce(Prices::dearest),
         };
         found.or(match self.unknown_model {
             UnknownModel::Default => self.default,
@@ -450,6 +463,37 @@ unknown_model = "refuse"
         assert_eq!(t.lookup(None, "llama-3"), None);
         assert_eq!(t.unknown_model(), UnknownModel::Refuse);
         assert_eq!(t.currency(), "USD");
+    }
+
+    /// Two providers list a model, one dearer for output, the other for cache writes and
+    /// searches: a call on an unknown route pays the dearer of each, whatever it used.
+    #[test]
+    fn an_unknown_route_pays_the_dearest_of_every_price() {
+        let t = PriceTable::parse(
+            "currency = \"USD\"\n[providers.a]\n\"m\" = { input = 1, output = 9 }\n[providers.b]\n\"m\" = { input = 2, cached_input = 1, cache_write = 7, cache_write_long = 8, output = 3, web_search = 5 }\n",
+            "p",
+        )
+        .unwrap();
+        let p = t.lookup(None, "m").unwrap();
+        assert_eq!(
+            p,
+            Prices {
+                input: 2,
+                cached_input: 1,
+                cache_write: 7,
+                cache_write_long: 8,
+                output: 9,
+                web_search: 5,
+            }
+        );
+        for listed in ["a", "b"] {
+            let q = t.lookup(Some(listed), "m").unwrap();
+            let u = Usage {
+                web_searches: 2,
+                ..used(1_000_000, 0, 500_000, 100_000, 1_000_000)
+            };
+            assert!(p.cost_micros(&u) >= q.cost_micros(&u), "{listed}");
+        }
     }
 
     #[test]
