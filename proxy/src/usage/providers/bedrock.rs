@@ -42,7 +42,15 @@ const UNMETERED: &[(&str, &str)] = &[
     ("/model-customization-jobs", "a model customization job"),
     ("/provisioned-model-throughput", "provisioned throughput"),
     ("/evaluation-jobs", "an evaluation job"),
+    // Bedrock Agents' knowledge-base answers: a model writes them, and reports no usage.
+    ("/retrieveandgenerate", "a knowledge-base answer"),
+    ("/retrieveandgeneratestream", "a knowledge-base answer"),
 ];
+
+/// Bedrock Agents' `InvokeAgent`: `/agents/{id}/agentAliases/{alias}/sessions/{session}/text`
+/// (paths are compared lowercased).
+const AGENT_ALIASES: &str = "/agentaliases/";
+const AGENT_TEXT: &str = "/text";
 
 const FIELDS: RequestFields = RequestFields {
     model: &[],
@@ -59,8 +67,8 @@ const KEY_POSITIONS: KeyPositions = KeyPositions {
     body: &[],
 };
 
-/// `bedrock-runtime.<region>.amazonaws.com` (and its FIPS spelling), ignoring ASCII case and a
-/// trailing dot, without allocating.
+/// `bedrock-runtime.<region>.amazonaws.com`, Bedrock Agents' `bedrock-agent-runtime.<region>…`
+/// (and their FIPS spellings), ignoring ASCII case and a trailing dot, without allocating.
 fn is_runtime_host(host: &str) -> bool {
     let host = host.trim_end_matches('.').as_bytes();
     let strip_prefix = |p: &str| {
@@ -68,9 +76,14 @@ fn is_runtime_host(host: &str) -> bool {
             .filter(|h| h.eq_ignore_ascii_case(p.as_bytes()))
             .map(|_| &host[p.len()..])
     };
-    let Some(rest) =
-        strip_prefix("bedrock-runtime.").or_else(|| strip_prefix("bedrock-runtime-fips."))
-    else {
+    let Some(rest) = [
+        "bedrock-runtime.",
+        "bedrock-runtime-fips.",
+        "bedrock-agent-runtime.",
+        "bedrock-agent-runtime-fips.",
+    ]
+    .into_iter()
+    .find_map(strip_prefix) else {
         return false;
     };
     const SUFFIX: &[u8] = b".amazonaws.com";
@@ -106,6 +119,11 @@ impl Provider for Bedrock {
     }
 
     fn unmetered_work(&self, path: &CallPath<'_>) -> Option<&'static str> {
+        // Bedrock Agents (`bedrock-agent-runtime.<region>.amazonaws.com`): an agent calls its
+        // models itself, and its answer reports no usage.
+        if path.contains(AGENT_ALIASES) && path.ends_with(AGENT_TEXT) {
+            return Some("a Bedrock agent invocation");
+        }
         UNMETERED
             .iter()
             .find(|(end, _)| path.ends_with(end))
@@ -441,6 +459,8 @@ pub(crate) mod tests {
             "bedrock-runtime.us-east-1.amazonaws.com",
             "BEDROCK-RUNTIME.eu-west-3.amazonaws.com.",
             "bedrock-runtime-fips.us-west-2.amazonaws.com",
+            "bedrock-agent-runtime.us-east-1.amazonaws.com",
+            "bedrock-agent-runtime-fips.us-gov-west-1.amazonaws.com",
         ] {
             assert!(is_runtime_host(host), "{host}");
         }
@@ -449,6 +469,7 @@ pub(crate) mod tests {
             "bedrock-runtime.x.amazonaws.com.evil.example",
             "bedrock.us-east-1.amazonaws.com",
             "bedrock-runtime.us east.amazonaws.com",
+            "bedrock-agent.us-east-1.amazonaws.com",
         ] {
             assert!(!is_runtime_host(host), "{host}");
         }

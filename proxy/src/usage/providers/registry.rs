@@ -518,6 +518,21 @@ mod tests {
                 "/model/amazon.nova-sonic-v1%3A0/invoke-with-bidirectional-stream",
                 "a bidirectional stream",
             ),
+            (
+                "bedrock-agent-runtime.us-east-1.amazonaws.com",
+                "/agents/AGENT123/agentAliases/TSTALIASID/sessions/s-1/text",
+                "a Bedrock agent invocation",
+            ),
+            (
+                "bedrock-agent-runtime.eu-west-1.amazonaws.com",
+                "/retrieveAndGenerate",
+                "a knowledge-base answer",
+            ),
+            (
+                "bedrock-agent-runtime.eu-west-1.amazonaws.com",
+                "/retrieveAndGenerateStream",
+                "a knowledge-base answer",
+            ),
         ]);
         for (host, path, what) in unmetered {
             assert_eq!(
