@@ -1826,6 +1826,24 @@ fn every_spelling_of_loopback_is_refused_after_resolution_without_traffic() {
     assert_eq!(origin.count(), 0, "nothing reached the loopback origin");
     let recs = proxy.wait_audit_records("acme", 9);
     assert!(recs.iter().all(|r| r["reason"] == "destination_forbidden"));
+    // The policy and the record see the address, never the spelling: a `forbid` on
+    // `127.0.0.1` or `::1` is one on all of them.
+    let hosts: Vec<&str> = recs.iter().map(|r| r["host"].as_str().unwrap()).collect();
+    assert_eq!(
+        hosts,
+        [
+            "127.0.0.1",
+            "127.0.0.1",
+            "127.0.0.1",
+            "127.0.0.1",
+            "127.0.0.1",
+            "127.0.0.1",
+            "::1",
+            "localhost",
+            "127.0.0.1"
+        ],
+        "{recs:?}"
+    );
 }
 
 #[test]

@@ -5,6 +5,8 @@
 
 pub mod settings;
 
+use std::net::{IpAddr, Ipv6Addr};
+
 /// A route-mode mapping from a path prefix to an upstream base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -326,11 +328,20 @@ fn route(target: &str, routes: &[Route]) -> Result<Destination, TargetError> {
     })
 }
 
-/// Lowercase host without brackets or trailing dot, as destinations and policies name it.
+/// Lowercase host without brackets or trailing dot, as destinations and policies name it; an IP
+/// address in its canonical text, however it was spelt.
 ///
 /// A name with an empty label (`a..b`, `.a`, or `a..` with two trailing dots) is refused: it
 /// names no host in DNS, and stripping one dot more or less is how two readers (this one and a
 /// policy, a credential binding or a resolver) would come to disagree on which host it means.
+///
+/// SECURITY: resolvers read legacy spellings of an IPv4 address (`2130706433`, `0x7f000001`,
+/// `0177.0.0.1`, `127.1`) and long forms of an IPv6 one (`0:0:0:0:0:0:0:1`,
+/// `::ffff:127.0.0.1`) as the address itself, so a policy on `127.0.0.1` must see that text
+/// for every one of them: the destination is the canonical text (`127.0.0.1`, `::1`; an
+/// IPv4-mapped IPv6 address as its IPv4 address), and the connection goes to that text, never
+/// to the spelling. A host whose last label is a number (as WHATWG URL parsing reads it) but
+/// which is no IPv4 address (`1.2.3.256`, `example.0x1g`) is refused rather than looked up.
 pub fn normalize_host(host: &str) -> Result<String, TargetError> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let host = host.strip_suffix('.').unwrap_or(host);
@@ -346,8 +357,45 @@ pub fn normalize_host(host: &str) -> Result<String, TargetError> {
             "the request target's host has an empty label (`..`, or a leading dot)".into(),
         ));
     }
+    if let Some(ip) = ip_literal(host)? {
+        return Ok(ip.to_string());
+    }
     // Checked on the borrowed text, so the host is copied once, lower-cased.
     Ok(host.to_ascii_lowercase())
+}
+
+/// The address `host` (without brackets) spells, if it spells one.
+fn ip_literal(host: &str) -> Result<Option<IpAddr>, TargetError> {
+    let not_an_address = || {
+        TargetError::Malformed(
+            "the request target's host is neither a name nor an IP address".into(),
+        )
+    };
+    if host.contains(':') {
+        let v6: Ipv6Addr = host.parse().map_err(|_| not_an_address())?;
+        return Ok(Some(match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }));
+    }
+    if !ends_in_a_number(host) {
+        return Ok(None);
+    }
+    match url::Host::parse(host) {
+        Ok(url::Host::Ipv4(v4)) => Ok(Some(IpAddr::V4(v4))),
+        _ => Err(not_an_address()),
+    }
+}
+
+/// Whether the last label of `host` is a number (decimal, or `0x` hex), which makes the whole
+/// host an IPv4 address to WHATWG URL parsing, and to `inet_aton`, or nothing.
+fn ends_in_a_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or(host);
+    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    last.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x"))
+        && last[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn host_header_matches(header: &[u8], host: &str, port: u16, scheme: Scheme) -> bool {
@@ -497,6 +545,59 @@ pub fn audit_path(path_and_query: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every spelling a resolver reads as an address is that address's canonical text; a name
+    /// stays a name; a host that ends in a number but is no address is refused.
+    #[test]
+    fn an_ip_address_is_named_by_its_canonical_text_however_it_is_spelt() {
+        for (spelt, canonical) in [
+            ("127.0.0.1", "127.0.0.1"),
+            ("2130706433", "127.0.0.1"),
+            ("0x7f000001", "127.0.0.1"),
+            ("0X7F000001", "127.0.0.1"),
+            ("0177.0.0.1", "127.0.0.1"),
+            ("127.1", "127.0.0.1"),
+            ("0x7f.1", "127.0.0.1"),
+            ("127.000.000.001", "127.0.0.1"),
+            ("127.0.0.1.", "127.0.0.1"),
+            ("169.254.169.254", "169.254.169.254"),
+            ("0xa9fea9fe", "169.254.169.254"),
+            ("[::1]", "::1"),
+            ("[0::1]", "::1"),
+            ("[0:0:0:0:0:0:0:1]", "::1"),
+            ("[0000:0000:0000:0000:0000:0000:0000:0001]", "::1"),
+            ("[::ffff:127.0.0.1]", "127.0.0.1"),
+            ("[::FFFF:7f00:1]", "127.0.0.1"),
+            ("[2606:4700:4700:0:0:0:0:1111]", "2606:4700:4700::1111"),
+            ("[FD00::1]", "fd00::1"),
+            ("api.openai.com", "api.openai.com"),
+            ("API.OpenAI.com.", "api.openai.com"),
+            ("1password.com", "1password.com"),
+            ("0x.example", "0x.example"),
+            ("example.0xg", "example.0xg"),
+        ] {
+            assert_eq!(normalize_host(spelt).as_deref(), Ok(canonical), "{spelt}");
+        }
+        for refused in [
+            "1.2.3.256",
+            "256.1",
+            "4294967296",
+            "0x100000000",
+            "08.0.0.1",
+            "1.2.3.4.5",
+            "example.123",
+            "example.0x1f",
+            "[::1%25eth0]",
+            "[fe80::1%eth0]",
+            "[1:2:3]",
+        ] {
+            assert!(
+                matches!(normalize_host(refused), Err(TargetError::Malformed(_))),
+                "{refused}: {:?}",
+                normalize_host(refused)
+            );
+        }
+    }
 
     /// What `check_path` decides, written as decoding the path into a new string first: the
     /// reference the in-place reading must agree with.
