@@ -761,11 +761,13 @@ fn gap(
 /// Verifies a file `audit export` wrote, on its own: its records (one tenant's, a range that
 /// may start after `seq` 1) must link one to the next, and its checkpoints (after the records)
 /// must be signed by a key of `keys` for that tenant and, where they fall inside the range, sign
-/// the very record at their `seq`, and each link to the checkpoint before it in the file. `name`
-/// is how findings name the file. What the file cannot prove is a note: the link of its first
-/// record to the one before the range, of its first checkpoint to the one before it, and records
-/// after the last checkpoint logged within one checkpoint interval of the file's newest record
-/// (older ones are `unsigned`, as in a directory).
+/// the very record at their `seq`, and each link to the checkpoint before it in the file; past
+/// the records there is at most one (the first after the range), a second means the file was
+/// cut short (`truncated`). `name` is how findings name the file. What the file cannot prove is
+/// a note: the link of its first record to the one before the range, of its first checkpoint to
+/// the one before it, and records after the last checkpoint inside the range logged within one
+/// checkpoint interval of the file's newest record (older ones are `unsigned`, as in a
+/// directory).
 pub fn verify_export(bytes: &[u8], name: &str, trust: &Trust) -> TenantReport {
     let mut report = TenantReport {
         tenant: String::new(),
@@ -832,6 +834,10 @@ fn check_export(
     }
     // The first checkpoint's link is to one before the file.
     let mut links = CheckpointLinks::new(None);
+    // The last checkpoint inside the range: what signs the file's own records.
+    let mut signed = first.seq.saturating_sub(1);
+    // The checkpoint after the range, `audit export` writes at most one.
+    let mut after: Option<(usize, u64)> = None;
     for (i, line) in checkpoints.iter().enumerate() {
         let number = split + i + 1;
         let bad = |detail: String| finding(Problem::BadSignature, at(number), detail);
@@ -854,7 +860,23 @@ fn check_export(
             ));
         }
         links.follow(&c, line, i + 1, at(number))?;
-        // The checkpoint just after the range signs a record the file does not hold.
+        if c.seq > report.last_seq {
+            // SECURITY: the checkpoint after the range signs a record the file does not
+            // hold; a second one means records it signed were cut off the file.
+            if let Some((line_no, seq)) = after {
+                return Err(finding(
+                    Problem::Truncated,
+                    at(number),
+                    format!(
+                        "the checkpoint covers seq {} but the records end at seq {}, and line {line_no} already is the one checkpoint an export holds after its range (seq {seq}): the file was cut short",
+                        c.seq, report.last_seq
+                    ),
+                ));
+            }
+            after = Some((number, c.seq));
+            continue;
+        }
+        signed = signed.max(c.seq);
         let Some(e) = entries.get(usize::try_from(c.seq - first.seq).unwrap_or(usize::MAX)) else {
             continue;
         };
@@ -875,15 +897,24 @@ fn check_export(
         );
     }
     links.note_legacy(report);
-    let covered = links.covered.max(first.seq.saturating_sub(1));
+    // Records after the last checkpoint inside the range are linked but signed by none: the
+    // checkpoint after the range signs a record outside the file.
     check_unsigned(
         &entries,
-        covered,
+        signed,
         links.interval(trust),
         trust.grace,
         &partition,
         report,
-    )
+    )?;
+    if let Some((_, seq)) = after.filter(|_| report.last_seq > signed) {
+        report.notes.push(format!(
+            "the file's last checkpoint (seq {seq}) signs a record after the file: seq {} to {} are linked by the chain but signed by no checkpoint in the file",
+            signed + 1,
+            report.last_seq
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the first checkpoint line names a predecessor (its `prev` is not all zeros).
@@ -1491,5 +1522,65 @@ mod tests {
         // No checkpoint at all.
         let r = export(&f.lines, &[]);
         assert_eq!(reason(&r), Some(Problem::Unsigned), "{r:?}");
+    }
+
+    /// Writes an export of `records` then `checkpoints` and verifies it.
+    fn verify_export_of(
+        f: &Fixture,
+        records: &[Vec<u8>],
+        checkpoints: &[Checkpoint],
+    ) -> TenantReport {
+        let mut out = Vec::new();
+        for l in records {
+            out.extend_from_slice(l);
+            out.push(b'\n');
+        }
+        for c in checkpoints {
+            out.extend_from_slice(serde_json::to_string(c).unwrap().as_bytes());
+            out.push(b'\n');
+        }
+        verify_export(&out, "x.jsonl", &Keys::published(f.dir.path()).into())
+    }
+
+    #[test]
+    fn an_export_cut_short_with_its_checkpoints_kept_is_truncated() {
+        // A record every 5 s, signed every 10 records (50 s, within the 60 s interval).
+        let f = Fixture::timed(40, 5);
+        let checkpoints = f.checkpoints(&[10, 20, 30, 40]);
+        // An honest export up to seq 25: the checkpoints in range and the first one after.
+        let r = verify_export_of(&f, &f.lines[..25], &checkpoints[..3]);
+        assert_eq!(r.problem, None, "{r:?}");
+        assert_eq!(r.checkpoints, 3);
+        let notes = r.notes.join("\n");
+        assert!(
+            notes.contains("the file's last checkpoint (seq 30) signs a record after the file: seq 21 to 25 are linked by the chain but signed by no checkpoint in the file"),
+            "{notes}"
+        );
+        // The whole export cut after seq 25, every checkpoint kept: two past the records.
+        let r = verify_export_of(&f, &f.lines[..25], &checkpoints);
+        assert_eq!(reason(&r), Some(Problem::Truncated), "{r:?}");
+        let finding = r.problem.unwrap();
+        assert_eq!(finding.at.as_deref(), Some("x.jsonl:29"));
+        assert!(
+            finding
+                .detail
+                .contains("covers seq 40 but the records end at seq 25"),
+            "{}",
+            finding.detail
+        );
+        // Cut, a record after the last checkpoint in range rewritten and re-chained.
+        let mut lines = f.lines[..25].to_vec();
+        let text = String::from_utf8(lines[22].clone()).unwrap();
+        lines[22] = text.replacen("\"allow\"", "\"deny\"", 1).into_bytes();
+        assert_ne!(lines[22], f.lines[22]);
+        rechain(&mut lines, 23);
+        let r = verify_export_of(&f, &lines, &checkpoints);
+        assert_eq!(reason(&r), Some(Problem::Truncated), "{r:?}");
+        // Records long unsigned are judged by the last checkpoint inside the range, never by
+        // the one after it.
+        let sparse = f.checkpoints(&[10, 40]);
+        let r = verify_export_of(&f, &f.lines[..38], &sparse);
+        assert_eq!(reason(&r), Some(Problem::Unsigned), "{r:?}");
+        assert!(r.problem.unwrap().detail.contains("seq 11 to 38"));
     }
 }
