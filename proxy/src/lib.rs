@@ -76,6 +76,7 @@ pub mod front;
 pub mod header_names;
 pub mod identity;
 pub mod ids;
+pub mod json_names;
 pub mod limits;
 pub mod logging;
 pub mod lower_hex;

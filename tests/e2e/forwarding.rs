@@ -141,6 +141,12 @@ with httpx.Client(timeout=20) as c:  # httpx reads HTTP_PROXY from the environme
     print(r.status_code, r.json()["error"]["code"])
     r = c.post(o + "/globex/dup", content='{"model":"gpt-4o-mini","model":"gpt-4o"}', headers={"content-type": "application/json"})
     print(r.status_code, r.json()["error"]["code"])
+    # Servers that match names ignoring case (Go's encoding/json: Ollama, LocalAI) read `Model`:
+    # so does the policy, and beside `model` it is a model given twice.
+    r = c.post(o + "/globex/fold", content='{"Model":"gpt-4o"}', headers={"content-type": "application/json"})
+    print(r.status_code, r.json()["error"]["code"])
+    r = c.post(o + "/globex/fold", content='{"model":"gpt-4o-mini","Model":"gpt-4o"}', headers={"content-type": "application/json"})
+    print(r.status_code, r.json()["error"]["code"])
 "#,
         &env,
     );
@@ -153,14 +159,17 @@ with httpx.Client(timeout=20) as c:  # httpx reads HTTP_PROXY from the environme
             "200",
             "403 policy_denied",
             "403 policy_denied",
+            "400 bad_request",
+            "403 policy_denied",
             "400 bad_request"
         ],
         "{out}"
     );
-    // The free-plan model rule decided both model refusals, whatever the content type said.
-    let recs = proxy.wait_audit_records("globex", 6);
+    // The free-plan model rule decided the model refusals, whatever the content type said or
+    // the case the name was spelt in.
+    let recs = proxy.wait_audit_records("globex", 8);
     let denied: Vec<_> = recs.iter().filter(|r| r["model"] == "gpt-4o").collect();
-    assert_eq!(denied.len(), 2, "{recs:?}");
+    assert_eq!(denied.len(), 3, "{recs:?}");
     for d in denied {
         assert_eq!(d["policy_ids"], serde_json::json!(["free-plan-models"]));
     }

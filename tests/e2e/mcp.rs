@@ -457,6 +457,15 @@ fn malformed_json_rpc_is_refused_and_never_forwarded() {
             "tool name given twice",
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","name":"wipe_disk"}}"#.to_string(),
         ),
+        // A server that matches names ignoring case (Go's `encoding/json`) reads the last.
+        (
+            "tool name given twice, in two cases",
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","Name":"wipe_disk"}}"#.to_string(),
+        ),
+        (
+            "a second method in another case",
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","METHOD":"tools/call","params":{"name":"wipe_disk"}}"#.to_string(),
+        ),
         ("empty body", String::new()),
     ];
     let before = env.recorder.count();

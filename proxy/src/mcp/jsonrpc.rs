@@ -151,10 +151,38 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     Ok(value)
 }
 
+/// The members of a message, of its `params` and of a completion's `params.ref` that decide
+/// what the call is.
+const MESSAGE_MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+const PARAMS_MEMBERS: &[&str] = &["name", "uri", "ref"];
+const REF_MEMBERS: &[&str] = &["type", "name", "uri"];
+
+/// SECURITY: refuses an object that spells a member the proxy reads in another case as well as
+/// (or instead of) exactly: a server that matches names ignoring case (Go's `encoding/json`)
+/// would act on `{"name":"allowed","Name":"denied"}` as `denied` (see [`crate::json_names`]).
+fn exact_members(fields: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), String> {
+    for name in known {
+        if let Some(other) = crate::json_names::misspelt(fields.keys().map(String::as_str), name) {
+            return Err(format!(
+                "`{at}{other}` is `{name}` spelt in another case, which servers that match names \
+                 ignoring case would read"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn read_message(message: &Value, request: &mut McpRequest) -> Result<(), String> {
     let Value::Object(fields) = message else {
         return Err("not a JSON object".into());
     };
+    exact_members(fields, MESSAGE_MEMBERS, "")?;
+    if let Some(Value::Object(params)) = fields.get("params") {
+        exact_members(params, PARAMS_MEMBERS, "params.")?;
+        if let Some(Value::Object(reference)) = params.get("ref") {
+            exact_members(reference, REF_MEMBERS, "params.ref.")?;
+        }
+    }
     if fields.get("jsonrpc") != Some(&Value::String("2.0".into())) {
         return Err("`jsonrpc` must be \"2.0\"".into());
     }
@@ -437,6 +465,15 @@ mod tests {
                 r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"docs://ok","uri":"docs://secret"}}"#.into(),
                 "duplicate key `uri`",
             ),
+            // Go's `encoding/json` matches names ignoring case (`ſ` is `s`, `K` is `k`), the
+            // last match winning: each of these is another call to a Go server.
+            ("a tool named twice, in two cases", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_docs","Name":"delete_all"}}"#.into(), "`params.Name` is `name`"),
+            ("a tool named in upper case", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"NAME":"admin_tool"}}"#.into(), "`params.NAME` is `name`"),
+            ("a second method", r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"delete_all"}}"#.into(), "`Method` is `method`"),
+            ("a method in another case only", r#"{"jsonrpc":"2.0","id":1,"METHOD":"tools/call","result":{}}"#.into(), "`METHOD` is `method`"),
+            ("params folded", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"search_docs\"},\"param\u{17f}\":{\"name\":\"delete_all\"}}".into(), "is `params`"),
+            ("a resource named twice", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"docs://ok","Uri":"file:///etc/passwd"}}"#.into(), "`params.Uri` is `uri`"),
+            ("a completion's ref in another case", r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"ok","NAME":"secret"}}}"#.into(), "`params.ref.NAME` is `name`"),
             ("params a string", r#"{"jsonrpc":"2.0","id":1,"method":"x","params":"a"}"#.into(), "`params`"),
             ("method not a string", r#"{"jsonrpc":"2.0","id":1,"method":7}"#.into(), "`method`"),
             ("object id", r#"{"jsonrpc":"2.0","id":{},"method":"tools/list"}"#.into(), "`id`"),

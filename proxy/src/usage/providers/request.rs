@@ -351,7 +351,16 @@ impl<'de> Visitor<'de> for Key<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().position(|n| n.key == v))
+        // SECURITY: `Model` or `MAX_TOKENS` is the field to servers that match names ignoring
+        // case (Go's `encoding/json`: Ollama, LocalAI, one-api), so it is read as the field, and
+        // given with the exact spelling too it is the field given twice, refused (which copy a
+        // server keeps is its choice; see `crate::json_names`). The exact name is compared
+        // first: most keys are no field, and most fields are spelt exactly.
+        Ok(self.0.iter().position(|n| n.key == v).or_else(|| {
+            self.0
+                .iter()
+                .position(|n| crate::json_names::same_folded(n.key, v))
+        }))
     }
 }
 
@@ -461,6 +470,40 @@ mod tests {
             (Some(4), Some(5000))
         );
         assert!(read_json(br#"{"n":1,"n":20}"#).is_err(), "given twice");
+        // Names spelt in another case are the field to servers that match names ignoring case
+        // (Go's `encoding/json`, where `K` is `k`): read as the field, refused beside it.
+        for (body, model, ceiling) in [
+            (
+                &br#"{"Model":"gpt-4o","MAX_TOKENS":9}"#[..],
+                Some("gpt-4o"),
+                Some(9),
+            ),
+            (
+                "{\"model\":\"m\",\"max_to\u{212a}ens\":7}".as_bytes(),
+                Some("m"),
+                Some(7),
+            ),
+            (
+                br#"{"GenerationConfig":{"MaxOutputTokens":5}}"#,
+                None,
+                Some(5),
+            ),
+        ] {
+            let read = read_json(body).expect("read");
+            assert_eq!(
+                (read.model.as_deref(), read.max_output_tokens),
+                (model, ceiling),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        for body in [
+            &br#"{"model":"gpt-4o-mini","Model":"gpt-4o"}"#[..],
+            br#"{"max_tokens":1,"Max_Tokens":100000}"#,
+            br#"{"generationConfig":{"maxOutputTokens":1},"GENERATIONCONFIG":{"maxOutputTokens":100000}}"#,
+        ] {
+            assert!(read_json(body).is_err(), "{}", String::from_utf8_lossy(body));
+        }
         // `background` in every spelling a lax validator takes as true.
         for (v, background) in [
             ("true", true),
