@@ -1,6 +1,8 @@
 //! `audit export`: one tenant's records in a time range, byte for byte as written (so their
 //! hashes still link), followed by the checkpoints that vouch for them: those within the
-//! exported `seq` range and the first one after it.
+//! exported `seq` range and the first one after it. The records are one unbroken stretch of the
+//! chain, from the first record whose `time` is in the range to the last, so that an untouched
+//! export always verifies.
 //!
 //! SECURITY: only `DIR/<tenant>/` is read, found by names alone and without following
 //! symbolic links; another tenant's files are never opened.
@@ -89,6 +91,12 @@ struct RecordTime {
 }
 
 /// Writes `tenant`'s records in `range` and their checkpoints to `out`, one JSON line each.
+///
+/// The records written are one unbroken stretch of the chain: from the first record whose
+/// `time` is in the range to the last one, with every record chained between them. A record's
+/// `time` is when its request arrived, but records are chained when their requests end, so
+/// `time` goes back and forth along the chain; records picked by `time` alone would leave holes
+/// in their own `seq` range, which `audit verify --file` must report as `deleted`.
 pub fn export(
     audit_dir: &Path,
     tenant: &TenantId,
@@ -100,39 +108,34 @@ pub fn export(
     if !is_dir {
         return Err(ExportError::NoPartition(tenant.to_string()));
     }
-    let mut summary = ExportSummary::default();
+    let files = layout::record_files(&tenant_dir)?;
+    // First the `seq` range, then its records: the chain between the first and the last
+    // record in the time range, whatever their own `time`.
     let mut seqs: Option<(u64, u64)> = None;
-    for pos in layout::record_files(&tenant_dir)? {
-        let bytes = fs::read(pos.path(&tenant_dir))?;
-        // Complete lines only: a torn last line was never a record.
-        for line in bytes.split_inclusive(|b| *b == b'\n') {
-            let Some(line) = line.strip_suffix(b"\n") else {
-                continue;
-            };
-            let Some(link) = chain::parse_link(line) else {
-                continue;
-            };
-            let time = serde_json::from_slice::<RecordTime>(line)
-                .ok()
-                .and_then(|r| {
-                    OffsetDateTime::parse(&r.time, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                });
-            if link.tenant != tenant.as_str() || !time.is_some_and(|t| range.contains(t)) {
-                continue;
-            }
-            out.write_all(line)?;
-            out.write_all(b"\n")?;
-            summary.records += 1;
-            seqs = Some(match seqs {
-                None => (link.seq, link.seq),
-                Some((lo, hi)) => (lo.min(link.seq), hi.max(link.seq)),
+    for_each_record(&tenant_dir, &files, tenant, |line, seq| {
+        let time = serde_json::from_slice::<RecordTime>(line)
+            .ok()
+            .and_then(|r| {
+                OffsetDateTime::parse(&r.time, &time::format_description::well_known::Rfc3339).ok()
             });
+        if time.is_some_and(|t| range.contains(t)) {
+            seqs = Some(seqs.map_or((seq, seq), |(lo, hi)| (lo.min(seq), hi.max(seq))));
         }
-    }
+        Ok(())
+    })?;
+    let mut summary = ExportSummary::default();
     let Some((first, last)) = seqs else {
         return Ok(summary);
     };
+    // The proxy may have written more since the first pass: the range is the one found there.
+    for_each_record(&tenant_dir, &files, tenant, |line, seq| {
+        if (first..=last).contains(&seq) {
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+            summary.records += 1;
+        }
+        Ok(())
+    })?;
     let path = tenant_dir.join(CHECKPOINTS_FILE);
     let is_file = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
     if is_file {
@@ -158,6 +161,31 @@ pub fn export(
         }
     }
     Ok(summary)
+}
+
+/// Calls `f` with each complete record line of `tenant` in `files` (in chain order) and its
+/// `seq`; a torn last line was never a record, and lines of other tenants are skipped.
+fn for_each_record(
+    tenant_dir: &Path,
+    files: &[layout::FilePos],
+    tenant: &TenantId,
+    mut f: impl FnMut(&[u8], u64) -> io::Result<()>,
+) -> io::Result<()> {
+    for pos in files {
+        let bytes = fs::read(pos.path(tenant_dir))?;
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            let Some(line) = line.strip_suffix(b"\n") else {
+                continue;
+            };
+            let Some(link) = chain::parse_link(line) else {
+                continue;
+            };
+            if link.tenant == tenant.as_str() {
+                f(line, link.seq)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -235,6 +263,87 @@ mod tests {
             export(dir.path(), &missing, Range::default(), &mut Vec::new()),
             Err(ExportError::NoPartition(_))
         ));
+    }
+
+    #[test]
+    fn a_range_is_an_unbroken_stretch_of_the_chain() {
+        // Records are chained when their requests end, `time` is when they arrived: it goes
+        // back and forth along the chain.
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, _) = Signer::generate().unwrap();
+        signer.publish(dir.path()).unwrap();
+        let tenant_dir = dir.path().join("acme");
+        let mut head = ChainHead::EMPTY;
+        let mut text = Vec::new();
+        for time in ["00", "05", "58", "10", "03", "20"].map(|s| match s {
+            "58" => "2026-11-28T09:59:58Z".to_string(),
+            s => format!("2026-11-28T10:00:{s}Z"),
+        }) {
+            let (line, h) = seal(&record("acme", &time), head).unwrap();
+            head = h;
+            text.extend_from_slice(&line);
+            text.push(b'\n');
+        }
+        let path = tenant_dir.join("2026/11/28.jsonl");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+        let c = signer.checkpoint(
+            "acme",
+            head.seq,
+            &head.hash,
+            "2026/11/28.jsonl".into(),
+            "2026-11-28T10:00:30Z".into(),
+            CheckpointLink {
+                prev: crate::audit::chain::GENESIS,
+                interval: std::time::Duration::from_secs(60),
+            },
+        );
+        fs::write(
+            tenant_dir.join(CHECKPOINTS_FILE),
+            format!("{}\n", serde_json::to_string(&c).unwrap()),
+        )
+        .unwrap();
+
+        let tenant = TenantId::new("acme").unwrap();
+        let trust = crate::audit::verify::Keys::published(dir.path()).into();
+        for (name, from, to, expected) in [
+            // Arrived up to 10:00:04: seq 1, 3 and 5, and 2 and 4 chained between them.
+            (
+                "to",
+                None,
+                Some("2026-11-28T10:00:04Z"),
+                vec![1, 2, 3, 4, 5, 6],
+            ),
+            // Arrived from 10:00:04: seq 2, 4 and 6, and 3 and 5 between them.
+            (
+                "from",
+                Some("2026-11-28T10:00:04Z"),
+                None,
+                vec![2, 3, 4, 5, 6, 6],
+            ),
+            (
+                "the whole day",
+                Some("2026-11-28"),
+                Some("2026-11-28"),
+                vec![1, 2, 3, 4, 5, 6, 6],
+            ),
+        ] {
+            let range = Range::parse(from, to).unwrap();
+            let mut out = Vec::new();
+            export(dir.path(), &tenant, range, &mut out).unwrap();
+            let seqs: Vec<u64> = String::from_utf8(out.clone())
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(seqs, expected, "{name}");
+            let report = crate::audit::verify::verify_export(&out, "x.jsonl", &trust);
+            assert_eq!(report.problem, None, "{name}: {report:?}");
+        }
     }
 
     #[test]
