@@ -466,6 +466,12 @@ fn malformed_json_rpc_is_refused_and_never_forwarded() {
             "a second method in another case",
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","METHOD":"tools/call","params":{"name":"wipe_disk"}}"#.to_string(),
         ),
+        // A name is written to the audit record: one past the limit is refused, not recorded
+        // at whatever length an agent sends.
+        (
+            "a tool name of 32 KiB",
+            call(json!(1), &"x".repeat(32 << 10), json!({})).to_string(),
+        ),
         ("empty body", String::new()),
     ];
     let before = env.recorder.count();

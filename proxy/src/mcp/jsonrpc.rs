@@ -127,6 +127,12 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Malformed> {
         Value::Array(items) if items.is_empty() => {
             return Err(Malformed("an empty JSON-RPC batch is not a request".into()))
         }
+        Value::Array(items) if items.len() > MAX_BATCH => {
+            return Err(Malformed(format!(
+                "a JSON-RPC batch of {} messages; at most {MAX_BATCH} are taken",
+                items.len()
+            )))
+        }
         Value::Array(items) => items,
         Value::Object(_) => vec![value],
         _ => {
@@ -149,6 +155,27 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     let StrictValue(value) = StrictValue::deserialize(&mut de)?;
     de.end()?;
     Ok(value)
+}
+
+/// Limits on what a request names. SECURITY: each name is decided and written to the tenant's
+/// audit record, so an unbounded one would let one request write megabytes of audit (a shared
+/// disk: every tenant's records). Tool and prompt names are short identifiers (the MCP
+/// specification suggests at most 128 characters), resource URIs longer.
+const MAX_NAME: usize = 256;
+const MAX_URI: usize = 8 * 1024;
+/// Messages in one batch (the MCP specification dropped batches in 2025-06-18; older clients
+/// send a few).
+const MAX_BATCH: usize = 1024;
+
+/// Refuses `value`, named by `what` in `params.{at}`, past `max` bytes.
+fn bounded(value: &str, max: usize, at: &str) -> Result<String, String> {
+    if value.len() > max {
+        return Err(format!(
+            "`params.{at}` is {} bytes long; at most {max} are taken",
+            value.len()
+        ));
+    }
+    Ok(value.to_string())
 }
 
 /// The members of a message, of its `params` and of a completion's `params.ref` that decide
@@ -219,36 +246,46 @@ fn read_call(
     ) {
         return Err("`params` must be an object or an array".into());
     }
-    let param = |name: &str, what: &str| -> Result<String, String> {
+    let param = |name: &str, what: &str, max: usize| -> Result<String, String> {
         // SECURITY: a call whose tool, resource or prompt cannot be named cannot be authorized.
-        params
+        let value = params
             .and_then(|p| p.get(name))
             .and_then(Value::as_str)
-            .map(String::from)
             .ok_or(format!(
                 "a `{method}` needs a string `params.{name}` ({what})"
-            ))
+            ))?;
+        bounded(value, max, name)
     };
     match method {
-        TOOLS_CALL => request.tool_calls.push(param("name", "the tool")?),
+        TOOLS_CALL => request
+            .tool_calls
+            .push(param("name", "the tool", MAX_NAME)?),
         RESOURCES_READ | RESOURCES_SUBSCRIBE => {
-            request.resource_reads.push(param("uri", "the resource")?)
+            request
+                .resource_reads
+                .push(param("uri", "the resource", MAX_URI)?)
         }
-        PROMPTS_GET => request.prompt_gets.push(param("name", "the prompt")?),
+        PROMPTS_GET => request
+            .prompt_gets
+            .push(param("name", "the prompt", MAX_NAME)?),
         COMPLETION_COMPLETE => {
             let reference = params.and_then(|p| p.get("ref"));
             let field = |f: &str| reference.and_then(|r| r.get(f)).and_then(Value::as_str);
             match field("type") {
-                Some("ref/prompt") => request.prompt_gets.push(
-                    field("name")
-                        .ok_or("a `completion/complete` for a prompt needs a string `params.ref.name`")?
-                        .to_string(),
-                ),
-                Some("ref/resource") => request.resource_reads.push(
-                    field("uri")
-                        .ok_or("a `completion/complete` for a resource needs a string `params.ref.uri`")?
-                        .to_string(),
-                ),
+                Some("ref/prompt") => request.prompt_gets.push(bounded(
+                    field("name").ok_or(
+                        "a `completion/complete` for a prompt needs a string `params.ref.name`",
+                    )?,
+                    MAX_NAME,
+                    "ref.name",
+                )?),
+                Some("ref/resource") => request.resource_reads.push(bounded(
+                    field("uri").ok_or(
+                        "a `completion/complete` for a resource needs a string `params.ref.uri`",
+                    )?,
+                    MAX_URI,
+                    "ref.uri",
+                )?),
                 _ => {
                     return Err("a `completion/complete` needs `params.ref` of type `ref/prompt` or `ref/resource`".into())
                 }
@@ -336,6 +373,21 @@ mod tests {
 
     fn call(name: &str, id: Value) -> Value {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": {}}})
+    }
+
+    /// Names and batches at their limits are taken (the refusals past them are in
+    /// `refused_bodies`).
+    #[test]
+    fn names_and_batches_at_their_limits_are_taken() {
+        let name = "t".repeat(MAX_NAME);
+        let batch = Value::Array(vec![call(&name, json!(1)); MAX_BATCH]).to_string();
+        let request = parse_request(batch.as_bytes()).expect("taken");
+        assert_eq!(request.tool_calls.len(), MAX_BATCH);
+        assert_eq!(request.tool_calls[0], name);
+        let uri = format!("docs://{}", "u".repeat(MAX_URI - 7));
+        let read = json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":uri}});
+        let request = parse_request(read.to_string().as_bytes()).expect("taken");
+        assert_eq!(request.resource_reads, vec![uri]);
     }
 
     #[test]
@@ -474,6 +526,11 @@ mod tests {
             ("params folded", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"search_docs\"},\"param\u{17f}\":{\"name\":\"delete_all\"}}".into(), "is `params`"),
             ("a resource named twice", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"docs://ok","Uri":"file:///etc/passwd"}}"#.into(), "`params.Uri` is `uri`"),
             ("a completion's ref in another case", r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"ok","NAME":"secret"}}}"#.into(), "`params.ref.NAME` is `name`"),
+            ("a tool name past the limit", call(&"t".repeat(257), json!(1)).to_string(), "`params.name` is 257 bytes"),
+            ("a prompt name past the limit", json!({"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p".repeat(7 << 20)}}).to_string(), "at most 256"),
+            ("a resource URI past the limit", json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":format!("docs://{}", "u".repeat(8192))}}).to_string(), "`params.uri` is 8199 bytes"),
+            ("a completion's prompt past the limit", json!({"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p".repeat(300)}}}).to_string(), "`params.ref.name`"),
+            ("a batch past the limit", Value::Array(vec![call("a", json!(1)); 1025]).to_string(), "batch of 1025"),
             ("params a string", r#"{"jsonrpc":"2.0","id":1,"method":"x","params":"a"}"#.into(), "`params`"),
             ("method not a string", r#"{"jsonrpc":"2.0","id":1,"method":7}"#.into(), "`method`"),
             ("object id", r#"{"jsonrpc":"2.0","id":{},"method":"tools/list"}"#.into(), "`id`"),
