@@ -216,6 +216,32 @@ fn malformed_targets_are_refused_before_dialing() {
             431,
             "request_headers_too_large",
         ),
+        // The decision is on the request line: headers that make an upstream run another
+        // method or path, or that servers reading `_` as `-` take for ones the proxy acts on.
+        (
+            "a method override",
+            format!(
+                "POST http://127.0.0.1:{o}/acme/x HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nX-HTTP-Method-Override: DELETE\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "a path override",
+            format!(
+                "GET http://127.0.0.1:{o}/acme/x HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nX-Original-URL: /admin\r\nConnection: close\r\n\r\n"
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "a proxy token spelt with `_`",
+            format!(
+                "GET http://127.0.0.1:{o}/acme/x HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nProxy_Authorization: Bearer secret\r\nConnection: close\r\n\r\n"
+            ),
+            400,
+            "bad_request",
+        ),
         (
             "body over cap",
             format!(

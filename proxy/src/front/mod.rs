@@ -41,6 +41,52 @@ const PROTECTED: &[&str] = &[
     "x-request-id",
 ];
 
+/// Headers that tell an upstream to act on another method or path than the request line's
+/// (frameworks and gateways honour them: Google APIs, Rails, Symfony, IIS). The policy and the
+/// credential bindings decide on the request line, so a request that carries one is refused
+/// rather than decided as one call and run as another.
+const OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-method",
+];
+
+/// Why a request's header names are refused: one asks the upstream to use another method or
+/// path ([`OVERRIDES`]), or one spelt with `_` is, to servers that read `_` as `-` (CGI and WSGI
+/// put both in one `HTTP_…` variable), a header the proxy acts on (`Proxy_Authorization` would
+/// carry the agent's proxy token upstream, `Content_Length` another framing). `names` are
+/// lower case, as `http` keeps them.
+pub fn misleading_header<'a>(names: impl Iterator<Item = &'a str>) -> Option<String> {
+    for name in names {
+        if !name.starts_with("x-") && !name.contains('_') {
+            continue;
+        }
+        if OVERRIDES.contains(&name) {
+            return Some(format!(
+                "`{name}` asks the upstream for another method or path than the request line's, \
+                 which is what the proxy decides on; send the request as it is meant"
+            ));
+        }
+        if name.contains('_') {
+            let dashed = name.replace('_', "-");
+            // Providers' key headers spelt with `_` are credential positions already (a literal
+            // or a second spelling there is refused by the credential checks).
+            let acted_on = PROTECTED.contains(&dashed.as_str())
+                || OVERRIDES.contains(&dashed.as_str())
+                || dashed == "proxy-connection";
+            if acted_on {
+                return Some(format!(
+                    "`{name}` is `{dashed}` to servers that read `_` as `-`; spell it `{dashed}`"
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// The first protected header a `Connection` field nominates, if any (see [`PROTECTED`], and
 /// every provider's key headers); other options (`close`, `keep-alive`, `upgrade`, custom
 /// hop-by-hop fields) are fine.
@@ -61,6 +107,35 @@ pub fn nominated_protected<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_that_would_make_the_upstream_run_another_request_are_named() {
+        for name in [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "x-original-url",
+            "x-rewrite-url",
+            "x_http_method_override",
+            "proxy_authorization",
+            "content_length",
+            "transfer_encoding",
+            "proxy_connection",
+        ] {
+            let names = ["accept", "user-agent", name, "x-custom"];
+            assert!(misleading_header(names.into_iter()).is_some(), "{name}");
+        }
+        for name in [
+            "x-request-id",
+            "x_custom_thing",
+            "accept",
+            "x-api-key",
+            "x_api_key",
+            "my_header",
+        ] {
+            assert_eq!(misleading_header([name].into_iter()), None, "{name}");
+        }
+    }
 
     #[test]
     fn protected_headers_cannot_be_nominated_hop_by_hop() {

@@ -989,6 +989,10 @@ fn http_destination(
     if header_bytes(req) > config.limits.max_header_bytes {
         return Err(Deny::HeadersTooLarge);
     }
+    // SECURITY: the decision is on the request line; see `front::misleading_header`.
+    if let Some(why) = crate::front::misleading_header(req.headers.keys().map(|n| n.as_str())) {
+        return Err(Deny::BadRequest(why));
+    }
     // One reading of the hold id, as of every header the proxy itself acts on.
     if crate::identity::sole_header(&req.headers, crate::approvals::HOLD_HEADER).is_err() {
         return Err(Deny::BadRequest(format!(
