@@ -1006,8 +1006,9 @@ fn a_crash_leaves_an_unsigned_tail_that_verifies_with_a_note() {
     let origin = Origin::start();
     // The default interval (60 s): nothing is signed before the crash.
     let proxy = Proxy::start(ProxySpec::default());
-    traffic(&proxy, &origin, 5, 0);
+    traffic(&proxy, &origin, 5, 2);
     proxy.wait_audit_records("acme", 5);
+    proxy.wait_audit_records("globex", 2);
     Command::new("kill")
         .arg("-9")
         .arg(proxy.pid().to_string())
@@ -1024,23 +1025,34 @@ fn a_crash_leaves_an_unsigned_tail_that_verifies_with_a_note() {
         "{notes}"
     );
 
-    // The next start signs the chain the crash left unsigned before it writes anything else.
+    // The next start signs every chain the crash left unsigned before it writes anything
+    // else, a tenant that sends nothing more (globex) included.
     let after = Proxy::start_prepared(ProxySpec::default(), |dir| {
         copy_dir(&audit, &dir.join("audit"))
     });
+    let seqs = |tenant: &str| -> Vec<u64> {
+        lines_of(&after.path(&format!("audit/{tenant}/checkpoints.jsonl")))
+            .iter()
+            .map(|l| serde_json::from_str::<Checkpoint>(l).unwrap().seq)
+            .collect()
+    };
+    // Signed at start, before the proxy serves: the listeners answering, it is on disk.
+    traffic(&after, &origin, 0, 0);
+    assert_eq!(seqs("acme"), [5]);
+    assert_eq!(seqs("globex"), [2]);
     traffic(&after, &origin, 1, 0);
     stop_cleanly(&after);
-    let checkpoints: Vec<Checkpoint> = lines_of(&after.path("audit/acme/checkpoints.jsonl"))
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(
-        checkpoints.iter().map(|c| c.seq).collect::<Vec<_>>(),
-        [5, 6]
-    );
+    assert_eq!(seqs("acme"), [5, 6]);
+    assert_eq!(seqs("globex"), [2]);
     let (code, report) = verify(&after.path("audit"), &[]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["acme"]["checkpoints"], 2, "{report:#}");
+    assert_eq!(report["globex"]["checkpoints"], 1, "{report:#}");
+    assert_eq!(
+        report["globex"]["notes"],
+        serde_json::json!([]),
+        "{report:#}"
+    );
 }
 
 /// Without `[audit] signing_key` each start signs with a key of its own, published in

@@ -13,8 +13,9 @@
 //! At `checkpoint_interval`, and when the writer stops, each tenant with new durable records
 //! gets a signed checkpoint, linked to the tenant's previous checkpoint line: the one this
 //! writer wrote last, or after a restart the last one on disk. A tenant whose recovered chain
-//! head the last checkpoint on disk does not cover (a crash) gets one at once, so records a crash
-//! left unsigned do not stay unsigned for longer than an interval. With a Redis Stream sink
+//! head the last checkpoint on disk does not cover (a crash) gets one when the writer starts,
+//! before any request is served (every partition in the directory, idle tenants' included), so
+//! records a crash left unsigned do not stay unsigned for longer than an interval. With a Redis Stream sink
 //! ([`super::stream`]), durable records are then sent there too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -112,7 +113,10 @@ pub(super) fn spawn(
     lock: DirLock,
 ) -> io::Result<AuditWriter> {
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = Writer::new(settings, signer, stream, health, stop.clone());
+    let mut writer = Writer::new(settings, signer, stream, health, stop.clone());
+    // SECURITY: before any request is served, every partition's chain head a crash left
+    // unsigned is signed, idle tenants' included.
+    writer.recover_all(SystemTime::now());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
@@ -652,7 +656,8 @@ impl Writer {
         Ok(())
     }
 
-    /// The tenant's log, recovered from its newest file on first use. The recovered head is
+    /// The tenant's log, recovered from its newest file at start ([`Self::recover_all`]) or on
+    /// first use. The recovered head is
     /// signed at once when the last checkpoint on disk does not cover it (the previous process
     /// crashed) or states another interval than this writer's (so `audit verify` judges the
     /// records this writer leaves unsigned by its interval).
@@ -698,6 +703,27 @@ impl Writer {
         self.logs
             .get_mut(tenant)
             .ok_or_else(|| io::Error::other("tenant log vanished"))
+    }
+
+    /// Recovers every tenant's partition in the audit directory, signing each recovered chain
+    /// head the last checkpoint on disk does not cover (the previous process crashed), so the
+    /// records a crash left unsigned are signed at start, not when their tenant next sends a
+    /// request. A partition that cannot be recovered is logged and tried again on its tenant's
+    /// first record (which it then holds, refusing the tenant's requests).
+    fn recover_all(&mut self, now: SystemTime) {
+        let tenants = match super::verify::tenants(&self.settings.dir) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the audit partitions to recover them");
+                return;
+            }
+        };
+        let today = FilePos::day_of(now);
+        for tenant in tenants {
+            if let Err(e) = self.log(tenant.as_str(), today) {
+                tracing::error!(error = %e, %tenant, "cannot recover the audit partition; retried on the tenant's next record");
+            }
+        }
     }
 
     /// Signs and appends a checkpoint for every tenant whose chain moved since its last one.
@@ -1338,6 +1364,46 @@ mod tests {
             report.problem.map(|p| p.reason),
             Some(crate::audit::verify::Problem::CheckpointGap)
         );
+    }
+
+    #[test]
+    fn a_restart_after_a_crash_signs_every_tenants_head_before_any_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write_batch(&batch("acme", 3), at("2026-11-28")).unwrap();
+        w.write_batch(&batch("globex", 2), at("2026-11-28"))
+            .unwrap();
+        w.checkpoint_all();
+        w.write_batch(&batch("acme", 2), at("2026-11-28")).unwrap();
+        w.write_batch(&batch("initech", 4), at("2026-11-28"))
+            .unwrap();
+        // A crash: acme's 4 and 5 and all of initech are unsigned; globex is covered.
+        drop(w);
+        let mut w = writer(dir.path(), 1 << 20);
+        w.recover_all(at("2026-11-29"));
+        // No tenant sent anything, yet each crashed head is signed, and only those.
+        let seqs = |tenant: &str| -> Vec<u64> {
+            checkpoint_lines(dir.path(), tenant)
+                .iter()
+                .map(|l| parsed(l).seq)
+                .collect()
+        };
+        assert_eq!(seqs("acme"), [3, 5]);
+        assert_eq!(seqs("globex"), [2]);
+        assert_eq!(seqs("initech"), [4]);
+        for tenant in ["acme", "globex", "initech"] {
+            let report = verify_tenant(dir.path(), tenant, &Keys::published(dir.path()).into());
+            assert_eq!(report.problem, None, "{tenant}: {report:?}");
+            assert!(report.notes.is_empty(), "{tenant}: {report:?}");
+        }
+        // Signed once: the clean stop signs nothing more.
+        w.checkpoint_all();
+        assert_eq!(seqs("acme"), [3, 5]);
+        // The recovered chains go on.
+        w.write_batch(&batch("initech", 1), at("2026-11-29"))
+            .unwrap();
+        w.checkpoint_all();
+        assert_eq!(seqs("initech"), [4, 5]);
     }
 
     #[test]
