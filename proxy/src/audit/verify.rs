@@ -180,12 +180,20 @@ impl From<Keys> for Trust {
     }
 }
 
-/// The tenants with a partition in `audit_dir`, sorted.
+/// The tenants with a partition in `audit_dir` (a directory, not a symbolic link), sorted.
 pub fn tenants(audit_dir: &Path) -> std::io::Result<Vec<TenantId>> {
+    entries_named_as_tenants(audit_dir, |kind| kind.is_dir())
+}
+
+/// The entries of `audit_dir` named as tenants whose kind `keep` accepts, sorted.
+fn entries_named_as_tenants(
+    audit_dir: &Path,
+    keep: impl Fn(&fs::FileType) -> bool,
+) -> std::io::Result<Vec<TenantId>> {
     let mut out = Vec::new();
     for e in fs::read_dir(audit_dir)? {
         let e = e?;
-        if e.file_type()?.is_dir() {
+        if keep(&e.file_type()?) {
             if let Some(t) = e.file_name().to_str().and_then(|n| TenantId::new(n).ok()) {
                 out.push(t);
             }
@@ -235,7 +243,21 @@ pub fn verify_tenant(audit_dir: &Path, tenant: &str, trust: &Trust) -> TenantRep
         problem: None,
         notes: Vec::new(),
     };
-    if let Err(finding) = check(&audit_dir.join(tenant), tenant, trust, &mut report) {
+    let partition = audit_dir.join(tenant);
+    // SECURITY: partitions are read without following symbolic links (as `audit export` reads
+    // them); one in place of a partition is reported, never passed over.
+    if fs::symlink_metadata(&partition).is_ok_and(|m| m.file_type().is_symlink()) {
+        report.problem = Some(finding(
+            Problem::Unreadable,
+            None,
+            format!(
+                "`{}` is a symbolic link, not a partition directory: not verified",
+                partition.display()
+            ),
+        ));
+        return report;
+    }
+    if let Err(finding) = check(&partition, tenant, trust, &mut report) {
         report.problem = Some(finding);
     }
     report
@@ -938,7 +960,9 @@ pub fn verify_dir(
     let tenants = match tenant {
         Some(t) => vec![t.clone()],
         None => {
-            let mut all = tenants(audit_dir)?;
+            // Symbolic links named as tenants too: each is reported, not skipped.
+            let mut all =
+                entries_named_as_tenants(audit_dir, |kind| kind.is_dir() || kind.is_symlink())?;
             for a in &trust.anchors {
                 if let Ok(t) = TenantId::new(&a.tenant) {
                     if !all.contains(&t) {
@@ -1487,6 +1511,30 @@ mod tests {
         let reports = verify_dir(f.dir.path(), None, &trust).unwrap();
         assert_eq!(reports.len(), 1);
         assert_eq!(reason(&reports[0]), Some(Problem::Truncated));
+    }
+
+    #[test]
+    fn a_symlinked_partition_is_reported_not_skipped() {
+        let f = Fixture::timed(20, 5);
+        f.write_checkpoints(&f.checkpoints(&[10, 20]));
+        let trust: Trust = Keys::published(f.dir.path()).into();
+        assert_eq!(reason(&f.verify()), None);
+        // acme's partition moved aside and linked back in its place.
+        fs::rename(f.dir.path().join("acme"), f.dir.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink("moved", f.dir.path().join("acme")).unwrap();
+        let reports = verify_dir(f.dir.path(), None, &trust).unwrap();
+        let acme = reports.iter().find(|r| r.tenant == "acme");
+        let acme = acme.unwrap_or_else(|| panic!("acme skipped: {reports:?}"));
+        assert_eq!(reason(acme), Some(Problem::Unreadable), "{acme:?}");
+        assert!(acme
+            .problem
+            .as_ref()
+            .unwrap()
+            .detail
+            .contains("is a symbolic link"));
+        let tenant = TenantId::new("acme").unwrap();
+        let reports = verify_dir(f.dir.path(), Some(&tenant), &trust).unwrap();
+        assert_eq!(reason(&reports[0]), Some(Problem::Unreadable));
     }
 
     #[test]
