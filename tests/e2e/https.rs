@@ -580,7 +580,7 @@ fn websocket_upgrades_pass_inside_an_intercepted_tunnel_after_authorization() {
     let authority = format!("llm.test:{}", h.mock);
     let mut tls = intercepted(&h, h.proxy.sidecar_port, &authority, "");
     let upgrade = format!(
-        "GET /v1/realtime HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"
+        "GET /v1/realtime?model=gpt-4o-realtime HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"
     );
     tls.write_all(upgrade.as_bytes()).unwrap();
     tls.flush().unwrap();
@@ -623,13 +623,19 @@ fn websocket_upgrades_pass_inside_an_intercepted_tunnel_after_authorization() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let record = loop {
         let records = h.proxy.audit_records("acme");
-        if let Some(r) = records.iter().find(|r| r["path"] == "/v1/realtime") {
+        if let Some(r) = records.iter().find(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/v1/realtime"))
+        }) {
             break r.clone();
         }
         assert!(std::time::Instant::now() < deadline, "{records:#?}");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(record["status"], 101, "{record}");
+    // The session's model is in its URL: the policy decided on it, the record names it.
+    assert_eq!(record["model"], "gpt-4o-realtime", "{record}");
     // However the client hung up (here without a TLS close_notify), that is how a WebSocket
     // ends: allowed, not a refusal.
     assert_eq!(record["decision"], "allow", "{record}");

@@ -550,6 +550,10 @@ async fn admit_http(
         trail.model = Some(model);
     } else if let Some(model) = registry::model_from_path(&destination.upstream_path) {
         trail.model = Some(model);
+    } else if let Some(model) =
+        registry::model_from_query(&destination.upstream_path).map_err(Deny::BadRequest)?
+    {
+        trail.model = Some(model);
     }
 
     // The method is copied: the questions outlive the borrow of the request a hold needs.

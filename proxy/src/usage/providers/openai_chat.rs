@@ -59,7 +59,8 @@ const UNMETERED: &[(&str, &str)] = &[
 ];
 
 const FIELDS: RequestFields = RequestFields {
-    model: &[&["model"]],
+    // A Realtime client secret's model is its session's (`/v1/realtime/client_secrets`).
+    model: &[&["model"], &["session", "model"]],
     // `max_tokens`, the older name, is still read by every OpenAI-compatible server; with both,
     // the larger is reserved.
     ceilings: &[&["max_tokens"], &["max_completion_tokens"]],

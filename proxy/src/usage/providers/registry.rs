@@ -136,6 +136,26 @@ pub fn model_from_path(path: &str) -> Option<String> {
     PROVIDERS.iter().find_map(|p| p.model_from_path(path))
 }
 
+/// The model a Realtime session names in its URL (`/v1/realtime?model=gpt-realtime`, the
+/// WebSocket's only place for it), percent-decoded; `Err` when the query names more than one
+/// (which one a server takes is its choice).
+pub fn model_from_query(path: &str) -> Result<Option<String>, String> {
+    let Some((path, query)) = path.split_once('?') else {
+        return Ok(None);
+    };
+    if !CallPath::with(path, |p| p.is_openai_resource("/realtime")) {
+        return Ok(None);
+    }
+    let mut named = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(name, _)| name == "model")
+        .map(|(_, model)| model.into_owned());
+    let first = named.next();
+    if named.next().is_some() {
+        return Err("the query names `model` more than once".into());
+    }
+    Ok(first)
+}
+
 /// The provider whose LLM call `path` (origin form, query allowed) is, on any host.
 pub fn for_path(path: &str) -> Option<&'static dyn Provider> {
     CallPath::with(path, |p| PROVIDERS.iter().find(|x| x.is_call(&p)).copied())
@@ -233,6 +253,41 @@ pub fn request_stream_usage(path: &str, body: &[u8]) -> Option<(Vec<u8>, &'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Realtime session names its model in its URL; the query is read as servers read it
+    /// (percent-decoded), and a model named twice is refused; other paths' queries name none.
+    #[test]
+    fn a_realtime_sessions_model_is_read_from_its_query() {
+        for (path, want) in [
+            ("/v1/realtime?model=gpt-realtime", Ok(Some("gpt-realtime"))),
+            (
+                "/openai/realtime?api-version=1&model=gpt-4o%2Drealtime",
+                Ok(Some("gpt-4o-realtime")),
+            ),
+            ("/V1/Realtime?model=m", Ok(Some("m"))),
+            ("/v1/realtime", Ok(None)),
+            ("/v1/realtime?voice=x", Ok(None)),
+            ("/v1/chat/completions?model=m", Ok(None)),
+            ("/v1/realtime/client_secrets?model=m", Ok(None)),
+            ("/v1/realtime?model=a&model=b", Err(())),
+            ("/v1/realtime?model=a&model=a", Err(())),
+        ] {
+            assert_eq!(
+                model_from_query(path)
+                    .as_ref()
+                    .map(Option::as_deref)
+                    .map_err(|_| ()),
+                want,
+                "{path}"
+            );
+        }
+        // A client secret's model is its session's.
+        let read = super::super::request::read_json(
+            br#"{"session":{"type":"realtime","model":"gpt-realtime"}}"#,
+        )
+        .expect("read");
+        assert_eq!(read.model.as_deref(), Some("gpt-realtime"));
+    }
 
     fn dest(host: &str, path: &str, provider: Option<&str>) -> Destination {
         Destination::https_for_test(host, path, provider)

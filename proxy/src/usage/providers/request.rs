@@ -434,8 +434,9 @@ mod tests {
         // (Gemini), not form fields: forms are flat.
         // And the numbers of completions: `n`, `best_of` (the nested `candidateCount` sits in
         // `generationConfig`).
-        // And `background`. (Gemini's `generation_config`, its proto spelling, is the tenth.)
-        assert_eq!(FIELDS.root.len(), 10, "{:?}", FIELDS.root);
+        // And `background`. (Gemini's `generation_config`, its proto spelling, is the tenth, and
+        // a Realtime client secret's `session.model` the eleventh.)
+        assert_eq!(FIELDS.root.len(), 11, "{:?}", FIELDS.root);
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
