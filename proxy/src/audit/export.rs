@@ -192,6 +192,18 @@ fn for_each_record(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// The `seq` of every line of an export, records and checkpoints alike.
+    fn seqs(out: &[u8]) -> Vec<u64> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
     use crate::audit::chain::{line_hash, seal, tests::record, ChainHead};
     use crate::audit::checkpoint::{CheckpointLink, Signer};
 
@@ -246,15 +258,7 @@ mod tests {
                 checkpoints: 2
             }
         );
-        let seqs: Vec<u64> = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
+        let seqs = seqs(&out);
         // Records 2 and 3, the checkpoint at 2 and the first one after the range (4).
         assert_eq!(seqs, [2, 3, 2, 4]);
 
@@ -331,15 +335,7 @@ mod tests {
             let range = Range::parse(from, to).unwrap();
             let mut out = Vec::new();
             export(dir.path(), &tenant, range, &mut out).unwrap();
-            let seqs: Vec<u64> = String::from_utf8(out.clone())
-                .unwrap()
-                .lines()
-                .map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                        .as_u64()
-                        .unwrap()
-                })
-                .collect();
+            let seqs = seqs(&out);
             assert_eq!(seqs, expected, "{name}");
             let report = crate::audit::verify::verify_export(&out, "x.jsonl", &trust);
             assert_eq!(report.problem, None, "{name}: {report:?}");

@@ -1542,16 +1542,7 @@ mod tests {
         let f = Fixture::timed(40, 60);
         let checkpoints = f.checkpoints(&[10, 20, 30, 40]);
         let export = |records: &[Vec<u8>], checkpoints: &[Checkpoint]| {
-            let mut out = Vec::new();
-            for l in records {
-                out.extend_from_slice(l);
-                out.push(b'\n');
-            }
-            for c in checkpoints {
-                out.extend_from_slice(serde_json::to_string(c).unwrap().as_bytes());
-                out.push(b'\n');
-            }
-            verify_export(&out, "x.jsonl", &Keys::published(f.dir.path()).into())
+            verify_export_of(&f, records, checkpoints)
         };
         // A range from seq 11: its first checkpoint links outside the file.
         let r = export(&f.lines[10..], &checkpoints[1..]);
