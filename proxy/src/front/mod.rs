@@ -116,6 +116,7 @@ mod tests {
             "x-method-override",
             "x-original-url",
             "x-rewrite-url",
+            "x-original-method",
             "x_http_method_override",
             "proxy_authorization",
             "content_length",
