@@ -251,6 +251,8 @@ pub struct Ending {
     pub streamed_output: u64,
     /// Output tokens the reservation covered, its extensions included.
     pub covered_output: u64,
+    /// Web searches the proxy saw the stream start (0 for a response that is no stream).
+    pub streamed_searches: u64,
 }
 
 /// What a call that reserved `reserved` is settled at. Reported usage is the truth; without
@@ -264,13 +266,15 @@ pub fn settlement(reserved: Charge, prices: Option<Prices>, ending: Ending) -> C
             tool_calls: reserved.tool_calls,
             ..usage_charge(u, prices)
         },
-        // No report: the reservation, and the output seen streamed past what it covered (a
-        // stream let finish past its reservation whose client left before its usage arrived).
+        // No report: the reservation, the output seen streamed past what it covered (a stream
+        // let finish past its reservation whose client left before its usage arrived), and the
+        // web searches seen started (no reservation covers them).
         _ if ending.served || ending.cut => {
             let beyond = ending.streamed_output.saturating_sub(ending.covered_output);
             let extra = usage_charge(
                 Usage {
                     output_tokens: beyond,
+                    web_searches: ending.streamed_searches,
                     ..Usage::default()
                 },
                 prices,
@@ -321,6 +325,7 @@ mod tests {
             cut,
             streamed_output: 0,
             covered_output: 0,
+            streamed_searches: 0,
         };
         assert_eq!(
             settlement(reserved, Some(prices()), end(Some(usage), true, false)),
@@ -372,6 +377,26 @@ mod tests {
             ..end(Some(usage), true, false)
         };
         assert_eq!(settlement(reserved, Some(prices()), reported).tokens, 110);
+        // No report after a stream that showed searches starting: each is charged, on top of
+        // the reservation (none covers them); a cut stream's too.
+        let searched = Prices {
+            web_search: 10_000,
+            ..prices()
+        };
+        for (served, cut) in [(true, false), (false, true)] {
+            let ending = Ending {
+                streamed_searches: 3,
+                ..end(None, served, cut)
+            };
+            assert_eq!(
+                settlement(reserved, Some(searched), ending),
+                Charge {
+                    tokens: 1_000,
+                    cost_micros: 2_000 + 30_000,
+                    tool_calls: 0
+                }
+            );
+        }
         let tool = Charge {
             tool_calls: 1,
             ..Charge::default()

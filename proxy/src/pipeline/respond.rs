@@ -374,6 +374,11 @@ impl Stages {
         self.meter.as_ref().map_or(0, UsageMeter::output_estimate)
     }
 
+    /// Web searches a streamed response showed starting (see [`UsageMeter::searches_seen`]).
+    pub fn streamed_searches(&self) -> u64 {
+        self.meter.as_ref().map_or(0, UsageMeter::searches_seen)
+    }
+
     /// Budget extensions a stream guard was granted (added to the reservation before settling).
     pub fn extensions(&self) -> Option<crate::limits::Charge> {
         self.guard.as_ref().map(StreamGuard::granted)

@@ -100,6 +100,8 @@ struct Streamed {
     estimate: u64,
     /// Content deltas that carried text: each is at least one token.
     content_deltas: u64,
+    /// Web searches the stream showed starting.
+    searches: u64,
 }
 
 impl Streamed {
@@ -110,6 +112,8 @@ impl Streamed {
         if u.output_tokens < self.content_deltas {
             u.output_tokens = self.estimate.max(u.output_tokens);
         }
+        // Each search the stream showed was run (and billed), whatever the report says.
+        u.web_searches = u.web_searches.max(self.searches);
         u
     }
 }
@@ -128,6 +132,7 @@ fn read_event(
     });
     streamed.estimate += generated.tokens();
     streamed.content_deltas += generated.nonempty;
+    streamed.searches += generated.searches;
 }
 
 /// The JSON an event-stream message carries: its payload, or for a `chunk` (Bedrock's
@@ -245,6 +250,17 @@ impl UsageMeter {
                     read_event(provider, &v, usage, streamed);
                 }
             }),
+        }
+    }
+
+    /// Web searches the stream showed the provider starting, so far (0 for a JSON body): what a
+    /// stream whose report never arrives is settled for, besides its tokens.
+    pub fn searches_seen(&self) -> u64 {
+        match &self.framing {
+            Framing::Json { .. } => 0,
+            Framing::Sse { streamed, .. } | Framing::EventStream { streamed, .. } => {
+                streamed.searches
+            }
         }
     }
 

@@ -87,9 +87,19 @@ impl Provider for Anthropic {
         fold(event, acc);
     }
 
-    /// `content_block_delta` events: text, tool input JSON, thinking.
+    /// `content_block_delta` events: text, tool input JSON, thinking; and each web search, a
+    /// `content_block_start` of a `server_tool_use` block calling `web_search`.
     fn count_generated(&self, event: &Value, generated: &mut Generated) {
-        if event.get("type").and_then(Value::as_str) != Some("content_block_delta") {
+        let kind = event.get("type").and_then(Value::as_str);
+        if kind == Some("content_block_start") {
+            let block = event.get("content_block");
+            let field = |f: &str| block.and_then(|b| b.get(f)).and_then(Value::as_str);
+            if field("type") == Some("server_tool_use") && field("name") == Some("web_search") {
+                generated.searches += 1;
+            }
+            return;
+        }
+        if kind != Some("content_block_delta") {
             return;
         }
         if let Some(delta) = event.get("delta") {
@@ -289,6 +299,22 @@ pub(crate) mod tests {
             "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":50,\"server_tool_use\":{\"web_search_requests\":3}}}\n\n",
         );
         meter_stream(&Anthropic, stream, searched(8, 50, 3), 0, 0);
+        // Each search the stream shows starting counts, whether or not the stream lives to
+        // report it: a stream cut before its `message_delta` still ran its searches.
+        let search = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"server_tool_use\",\"id\":\"srvtoolu_1\",\"name\":\"web_search\",\"input\":{}}}\n\n";
+        let other_tool = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"web_search\",\"input\":{}}}\n\n";
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":8,\"output_tokens\":1}}}\n\n";
+        let cut = format!("{start}{search}{other_tool}{search}");
+        let mut m = crate::usage::UsageMeter::for_response("text/event-stream", Some(&Anthropic))
+            .expect("meterable");
+        m.feed(cut.as_bytes());
+        assert_eq!(m.searches_seen(), 2);
+        assert_eq!(m.finish(), searched(8, 1, 2));
+        // A report of fewer than the stream showed is partial: the searches seen stand.
+        let reported = format!(
+            "{cut}event: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":30,\"server_tool_use\":{{\"web_search_requests\":1}}}}}}\n\n"
+        );
+        meter_stream(&Anthropic, &reported, searched(8, 30, 2), 0, 0);
         // An unreadable count makes the report none, as any other.
         let bad = r#"{"type":"message","usage":{"input_tokens":1,"output_tokens":1,"server_tool_use":{"web_search_requests":-2}}}"#;
         assert_eq!(meter_json(&Anthropic, bad), None);

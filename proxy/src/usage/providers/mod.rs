@@ -180,6 +180,9 @@ pub struct Generated {
     pub digits: usize,
     /// Characters outside ASCII, and the bytes they take.
     pub wide: (usize, usize),
+    /// Web searches the stream shows the provider starting (each billed, whether or not the
+    /// stream lives to report them).
+    pub searches: u64,
 }
 
 impl Generated {
@@ -487,7 +490,8 @@ mod tests {
                 deltas: 2,
                 nonempty: 1,
                 digits: 0,
-                wide: (0, 0)
+                wide: (0, 0),
+                searches: 0,
             }
         );
         assert_eq!(g.tokens(), 4);

@@ -68,14 +68,18 @@ impl Provider for OpenAiResponses {
     }
 
     /// `response.*.delta` events (output text, refusals, function-call arguments, reasoning);
-    /// the matching `.done` events repeat the text and are not counted again.
+    /// the matching `.done` events repeat the text and are not counted again. Each web search
+    /// is an output item added (`response.output_item.added` of a `web_search_call`).
     fn count_generated(&self, event: &Value, generated: &mut Generated) {
-        if event
-            .get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t.starts_with("response.") && t.ends_with(".delta"))
-        {
+        let Some(kind) = event.get("type").and_then(Value::as_str) else {
+            return;
+        };
+        if kind.starts_with("response.") && kind.ends_with(".delta") {
             generated.add(event.get("delta"));
+        } else if kind == "response.output_item.added"
+            && event.pointer("/item/type").and_then(Value::as_str) == Some("web_search_call")
+        {
+            generated.searches += 1;
         }
     }
 }
@@ -173,6 +177,15 @@ pub(crate) mod tests {
             "event: response.web_search_call.completed\r\ndata: {{\"type\":\"response.web_search_call.completed\",\"item_id\":\"ws_1\"}}\r\n\r\nevent: response.completed\r\ndata: {{\"type\":\"response.completed\",\"response\":{body}}}\r\n\r\n"
         );
         meter_stream(&OpenAiResponses, &stream, Some(want), 0, 0);
+        // Each search the stream shows starting counts, even when the final event never comes
+        // (the agent hung up, or it was too large to read): no usage, but the searches stand.
+        let added = "event: response.output_item.added\r\ndata: {\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"web_search_call\",\"id\":\"ws_1\",\"status\":\"in_progress\"}}\r\n\r\n";
+        let message = "event: response.output_item.added\r\ndata: {\"type\":\"response.output_item.added\",\"output_index\":1,\"item\":{\"type\":\"message\",\"id\":\"m_1\"}}\r\n\r\n";
+        let mut m =
+            crate::usage::UsageMeter::for_response("text/event-stream", Some(&OpenAiResponses))
+                .expect("meterable");
+        m.feed(format!("{added}{message}{added}{added}").as_bytes());
+        assert_eq!((m.finish(), m.searches_seen()), (None, 3));
         // Past the copy limit the `output` is not kept (a long output would make the usage
         // unreadable too): the tokens are read, the searches are not (see the README).
         let long = body.replace(
