@@ -53,7 +53,8 @@ const AGENT_ALIASES: &str = "/agentaliases/";
 const AGENT_TEXT: &str = "/text";
 
 const FIELDS: RequestFields = RequestFields {
-    model: &[],
+    // Bedrock Agents' inline agent names the model it runs (`InvokeInlineAgent`).
+    model: &[&["foundationModel"]],
     ceilings: &[&["inferenceConfig", "maxTokens"], &["max_tokens"]],
 };
 
@@ -70,35 +71,44 @@ const KEY_POSITIONS: KeyPositions = KeyPositions {
 /// `bedrock-runtime.<region>.amazonaws.com`, Bedrock Agents' `bedrock-agent-runtime.<region>…`
 /// (and their FIPS spellings), ignoring ASCII case and a trailing dot, without allocating.
 fn is_runtime_host(host: &str) -> bool {
+    runtime_host(host).is_some()
+}
+
+/// Bedrock Agents' runtime (`bedrock-agent-runtime.<region>.amazonaws.com`): every operation
+/// that is not a read (agents, inline agents, flows, knowledge-base answers and queries,
+/// reranking, prompt optimization) runs models or is billed by AWS without a usage report the
+/// proxy can read.
+pub fn is_agent_runtime_host(host: &str) -> bool {
+    runtime_host(host) == Some(true)
+}
+
+/// Whether `host` is a Bedrock runtime host, and if so whether it is the agents' one.
+fn runtime_host(host: &str) -> Option<bool> {
     let host = host.trim_end_matches('.').as_bytes();
-    let strip_prefix = |p: &str| {
+    let strip_prefix = |(p, agent): (&str, bool)| {
         host.get(..p.len())
             .filter(|h| h.eq_ignore_ascii_case(p.as_bytes()))
-            .map(|_| &host[p.len()..])
+            .map(|_| (&host[p.len()..], agent))
     };
-    let Some(rest) = [
-        "bedrock-runtime.",
-        "bedrock-runtime-fips.",
-        "bedrock-agent-runtime.",
-        "bedrock-agent-runtime-fips.",
+    let (rest, agent) = [
+        ("bedrock-runtime.", false),
+        ("bedrock-runtime-fips.", false),
+        ("bedrock-agent-runtime.", true),
+        ("bedrock-agent-runtime-fips.", true),
     ]
     .into_iter()
-    .find_map(strip_prefix) else {
-        return false;
-    };
+    .find_map(strip_prefix)?;
     const SUFFIX: &[u8] = b".amazonaws.com";
-    let Some(region) = rest
+    let region = rest
         .len()
         .checked_sub(SUFFIX.len())
         .filter(|at| rest[*at..].eq_ignore_ascii_case(SUFFIX))
-        .map(|at| &rest[..at])
-    else {
-        return false;
-    };
-    !region.is_empty()
+        .map(|at| &rest[..at])?;
+    let valid = !region.is_empty()
         && region
             .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+    valid.then_some(agent)
 }
 
 impl Provider for Bedrock {

@@ -219,7 +219,12 @@ pub fn work(destination: &Destination, method: &http::Method, upgrade: bool) -> 
         ) {
             return Work::Other;
         }
-        unmetered().map_or(Work::Other, Work::Unmetered)
+        unmetered()
+            .or_else(|| {
+                super::bedrock::is_agent_runtime_host(&destination.host)
+                    .then_some("Bedrock Agents work")
+            })
+            .map_or(Work::Other, Work::Unmetered)
     })
 }
 
@@ -587,6 +592,27 @@ mod tests {
                 "bedrock-agent-runtime.eu-west-1.amazonaws.com",
                 "/retrieveAndGenerateStream",
                 "a knowledge-base answer",
+            ),
+            // Every other operation of the agents' runtime that is not a read.
+            (
+                "bedrock-agent-runtime.eu-west-1.amazonaws.com",
+                "/agents/session-1",
+                "Bedrock Agents work",
+            ),
+            (
+                "bedrock-agent-runtime.eu-west-1.amazonaws.com",
+                "/flows/F1/aliases/A1",
+                "Bedrock Agents work",
+            ),
+            (
+                "BEDROCK-AGENT-RUNTIME.us-east-1.amazonaws.com.",
+                "/rerank",
+                "Bedrock Agents work",
+            ),
+            (
+                "bedrock-agent-runtime-fips.us-east-1.amazonaws.com",
+                "/optimize-prompt",
+                "Bedrock Agents work",
             ),
         ]);
         for (host, path, what) in unmetered {

@@ -430,13 +430,19 @@ mod tests {
         );
         assert_eq!(form_field("MAX_Tokens"), Some(Slot::Ceiling(0)));
         assert_eq!(form_field("messages"), None);
+        assert_eq!(form_field("foundationModel"), Some(Slot::Model(2)));
+        let read =
+            read_json(br#"{"foundationModel":"anthropic.claude-3-haiku","instruction":"x"}"#)
+                .expect("read");
+        assert_eq!(read.model.as_deref(), Some("anthropic.claude-3-haiku"));
         // Plus the nested `inferenceConfig.maxTokens` (Bedrock) and `generationConfig.maxOutputTokens`
         // (Gemini), not form fields: forms are flat.
         // And the numbers of completions: `n`, `best_of` (the nested `candidateCount` sits in
         // `generationConfig`).
         // And `background`. (Gemini's `generation_config`, its proto spelling, is the tenth, and
-        // a Realtime client secret's `session.model` the eleventh.)
-        assert_eq!(FIELDS.root.len(), 11, "{:?}", FIELDS.root);
+        // a Realtime client secret's `session.model` the eleventh, a Bedrock inline agent's
+        // `foundationModel` the twelfth.)
+        assert_eq!(FIELDS.root.len(), 12, "{:?}", FIELDS.root);
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
