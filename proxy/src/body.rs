@@ -599,6 +599,21 @@ impl FormFields {
         }
     }
 
+    /// Takes a `session` field: a Realtime call's session (`/v1/realtime/calls` posts it as a
+    /// JSON part beside the SDP offer), whose `model` is the call's; a `model` field beside it
+    /// is a model given twice.
+    fn take_session(&mut self, value: &str) -> Result<(), String> {
+        if !value.trim_start().starts_with('{') {
+            return Ok(());
+        }
+        let session = providers::request::read_json(value.as_bytes())
+            .map_err(|e| format!("form field `session` cannot be read as a JSON object: {e}"))?;
+        match session.model {
+            Some(model) => self.take("model", &model),
+            None => Ok(()),
+        }
+    }
+
     /// The best-ranked model; the largest ceiling and number of completions (see
     /// [`providers::request::Named`]).
     fn finish(self) -> Result<LlmRequest, String> {
@@ -619,6 +634,9 @@ fn first<T>(slots: Vec<(usize, T)>) -> Option<T> {
 fn url_encoded(body: &[u8]) -> Result<LlmRequest, String> {
     let mut fields = FormFields::default();
     for (k, v) in form_urlencoded::parse(body) {
+        if k.eq_ignore_ascii_case("session") {
+            fields.take_session(&v)?;
+        }
         fields.take(&k, &v)?;
     }
     fields.finish()
@@ -659,9 +677,13 @@ fn multipart(body: &[u8], boundary: &str) -> Result<LlmRequest, String> {
         next.extend_from_slice(delimiter);
         let end = find(content, &next).ok_or_else(|| malformed("no closing delimiter"))?;
         if let Some(name) = part_name(head) {
-            if providers::request::form_field(&name).is_some() {
+            let session = name.eq_ignore_ascii_case("session");
+            if session || providers::request::form_field(&name).is_some() {
                 let value = std::str::from_utf8(&content[..end])
                     .map_err(|_| malformed("a field value that is not UTF-8"))?;
+                if session {
+                    fields.take_session(value)?;
+                }
                 fields.take(&name, value)?;
             }
         }
@@ -916,6 +938,25 @@ mod tests {
             LlmRequest::default(),
             "an upload names no model"
         );
+        // A Realtime call (`/v1/realtime/calls`): the SDP offer and the session, whose model is
+        // the call's; beside a `model` field it is a model given twice.
+        let call = |extra: &str| {
+            to_llm(
+                format!("--b\r\nContent-Disposition: form-data; name=\"sdp\"\r\n\r\nv=0\r\n--b\r\nContent-Disposition: form-data; name=\"session\"\r\nContent-Type: application/json\r\n\r\n{{\"type\":\"realtime\",\"model\":\"gpt-realtime\"}}\r\n{extra}--b--").into_bytes(),
+                &[("content-type", "multipart/form-data; boundary=b")],
+            )
+        };
+        assert_eq!(call("").unwrap().llm.model.as_deref(), Some("gpt-realtime"));
+        assert!(call(
+            "--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-mini\r\n"
+        )
+        .is_err());
+        let form = to_llm(
+            b"session=%7B%22model%22%3A%22gpt-realtime%22%7D".to_vec(),
+            &[("content-type", "application/x-www-form-urlencoded")],
+        )
+        .unwrap();
+        assert_eq!(form.llm.model.as_deref(), Some("gpt-realtime"));
     }
 
     #[test]

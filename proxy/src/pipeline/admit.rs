@@ -550,10 +550,16 @@ async fn admit_http(
         trail.model = Some(model);
     } else if let Some(model) = registry::model_from_path(&destination.upstream_path) {
         trail.model = Some(model);
-    } else if let Some(model) =
+    } else if let Some(named) =
         registry::model_from_query(&destination.upstream_path).map_err(Deny::BadRequest)?
     {
-        trail.model = Some(model);
+        trail.model = Some(match named {
+            registry::QueryModel::Model(model) => model,
+            registry::QueryModel::Deployment(deployment) => snapshot
+                .tenants
+                .llm_providers
+                .deployment_model(&destination, deployment),
+        });
     }
 
     // The method is copied: the questions outlive the borrow of the request a hold needs.

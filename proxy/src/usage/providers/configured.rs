@@ -172,10 +172,15 @@ impl ConfiguredProviders {
     /// (under the provider that prices it), else the deployment's own name.
     pub fn model_for(&self, destination: &Destination) -> Option<String> {
         let deployment = super::registry::deployment_of(&destination.upstream_path)?;
-        let mapped = super::registry::price_key(destination)
+        Some(self.deployment_model(destination, deployment))
+    }
+
+    /// The model `deployment` (of a call to `destination`) is mapped to, else its own name.
+    pub fn deployment_model(&self, destination: &Destination, deployment: String) -> String {
+        super::registry::price_key(destination)
             .and_then(|name| self.named(name))
-            .and_then(|p| p.deployments.get(&deployment).cloned());
-        Some(mapped.unwrap_or(deployment))
+            .and_then(|p| p.deployments.get(&deployment).cloned())
+            .unwrap_or(deployment)
     }
 }
 

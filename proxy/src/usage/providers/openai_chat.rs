@@ -59,8 +59,13 @@ const UNMETERED: &[(&str, &str)] = &[
 ];
 
 const FIELDS: RequestFields = RequestFields {
-    // A Realtime client secret's model is its session's (`/v1/realtime/client_secrets`).
-    model: &[&["model"], &["session", "model"]],
+    // A Realtime client secret's model is its session's (`/v1/realtime/client_secrets`), a
+    // transcription session's its transcription's (`/v1/realtime/transcription_sessions`).
+    model: &[
+        &["model"],
+        &["session", "model"],
+        &["input_audio_transcription", "model"],
+    ],
     // `max_tokens`, the older name, is still read by every OpenAI-compatible server; with both,
     // the larger is reserved.
     ceilings: &[&["max_tokens"], &["max_completion_tokens"]],

@@ -136,22 +136,41 @@ pub fn model_from_path(path: &str) -> Option<String> {
     PROVIDERS.iter().find_map(|p| p.model_from_path(path))
 }
 
-/// The model a Realtime session names in its URL (`/v1/realtime?model=gpt-realtime`, the
-/// WebSocket's only place for it), percent-decoded; `Err` when the query names more than one
-/// (which one a server takes is its choice).
-pub fn model_from_query(path: &str) -> Result<Option<String>, String> {
+/// What a Realtime session's URL names: its model (OpenAI's `/v1/realtime?model=…`) or its Azure
+/// OpenAI deployment (`/openai/realtime?deployment=…`), the WebSocket's only place for either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryModel {
+    /// A model.
+    Model(String),
+    /// An Azure OpenAI deployment, to be mapped to its model.
+    Deployment(String),
+}
+
+/// The model or deployment a Realtime session names in its URL, read as leniently as any server
+/// reads a query (percent-decoded, `&` or `;` between pairs, names in any case, a `[]` suffix);
+/// `Err` when it names more than one (which one a server takes is its choice).
+pub fn model_from_query(path: &str) -> Result<Option<QueryModel>, String> {
     let Some((path, query)) = path.split_once('?') else {
         return Ok(None);
     };
     if !CallPath::with(path, |p| p.is_openai_resource("/realtime")) {
         return Ok(None);
     }
-    let mut named = url::form_urlencoded::parse(query.as_bytes())
-        .filter(|(name, _)| name == "model")
-        .map(|(_, model)| model.into_owned());
+    let query = query.split('#').next().unwrap_or("");
+    let mut named = query
+        .split(['&', ';'])
+        .flat_map(|pair| url::form_urlencoded::parse(pair.as_bytes()))
+        .filter_map(|(name, value)| {
+            let name = name.trim().to_ascii_lowercase();
+            match name.strip_suffix("[]").unwrap_or(&name) {
+                "model" => Some(QueryModel::Model(value.into_owned())),
+                "deployment" => Some(QueryModel::Deployment(value.into_owned())),
+                _ => None,
+            }
+        });
     let first = named.next();
     if named.next().is_some() {
-        return Err("the query names `model` more than once".into());
+        return Err("the query names the session's model (or deployment) more than once".into());
     }
     Ok(first)
 }
@@ -259,32 +278,38 @@ pub fn request_stream_usage(path: &str, body: &[u8]) -> Option<(Vec<u8>, &'stati
 mod tests {
     use super::*;
 
-    /// A Realtime session names its model in its URL; the query is read as servers read it
-    /// (percent-decoded), and a model named twice is refused; other paths' queries name none.
+    /// A Realtime session names its model (or Azure deployment) in its URL; the query is read as
+    /// leniently as servers read it, and a model named twice is refused; other paths' queries
+    /// name none.
     #[test]
     fn a_realtime_sessions_model_is_read_from_its_query() {
+        let model = |m: &str| Ok(Some(QueryModel::Model(m.into())));
         for (path, want) in [
-            ("/v1/realtime?model=gpt-realtime", Ok(Some("gpt-realtime"))),
+            ("/v1/realtime?model=gpt-realtime", model("gpt-realtime")),
             (
                 "/openai/realtime?api-version=1&model=gpt-4o%2Drealtime",
-                Ok(Some("gpt-4o-realtime")),
+                model("gpt-4o-realtime"),
             ),
-            ("/V1/Realtime?model=m", Ok(Some("m"))),
+            ("/V1/Realtime?model=m", model("m")),
+            ("/v1/realtime?MODEL=m", model("m")),
+            ("/v1/realtime?mod%65l=m", model("m")),
+            ("/v1/realtime?voice=x;model=m", model("m")),
+            ("/v1/realtime?model[]=m", model("m")),
+            (
+                "/openai/realtime?api-version=2024-10-01-preview&deployment=prod-4o",
+                Ok(Some(QueryModel::Deployment("prod-4o".into()))),
+            ),
             ("/v1/realtime", Ok(None)),
             ("/v1/realtime?voice=x", Ok(None)),
+            ("/v1/realtime#model=m", Ok(None)),
             ("/v1/chat/completions?model=m", Ok(None)),
             ("/v1/realtime/client_secrets?model=m", Ok(None)),
             ("/v1/realtime?model=a&model=b", Err(())),
             ("/v1/realtime?model=a&model=a", Err(())),
+            ("/v1/realtime?model=a;MODEL=b", Err(())),
+            ("/openai/realtime?deployment=a&model=b", Err(())),
         ] {
-            assert_eq!(
-                model_from_query(path)
-                    .as_ref()
-                    .map(Option::as_deref)
-                    .map_err(|_| ()),
-                want,
-                "{path}"
-            );
+            assert_eq!(model_from_query(path).map_err(|_| ()), want, "{path}");
         }
         // A client secret's model is its session's.
         let read = super::super::request::read_json(
@@ -292,6 +317,12 @@ mod tests {
         )
         .expect("read");
         assert_eq!(read.model.as_deref(), Some("gpt-realtime"));
+        // A transcription session's model is its transcription's.
+        let read = super::super::request::read_json(
+            br#"{"input_audio_transcription":{"model":"gpt-4o-transcribe"}}"#,
+        )
+        .expect("read");
+        assert_eq!(read.model.as_deref(), Some("gpt-4o-transcribe"));
     }
 
     fn dest(host: &str, path: &str, provider: Option<&str>) -> Destination {
