@@ -376,6 +376,7 @@ pub fn classify(
             decoded: false,
         }),
         BodyDestination::Other => {
+            refuse_method_override(&body, headers)?;
             let llm = llm_request(&body).map_err(BodyError::Malformed)?;
             Ok(Classified {
                 body,
@@ -385,6 +386,36 @@ pub fn classify(
         }
         BodyDestination::Llm => classify_llm(body, headers, cap),
     }
+}
+
+/// SECURITY: a form that carries `_method` is run by web frameworks (Rails, Laravel, Symfony)
+/// as that method, not the request line's, which is what the proxy decided on: refused. Only
+/// form bodies are read for it (a JSON body's members are the application's); a form the
+/// proxy cannot read is forwarded as before (its framework cannot read it either).
+fn refuse_method_override(body: &[u8], headers: &http::HeaderMap) -> Result<(), BodyError> {
+    let name = crate::front::METHOD_PARAMETER;
+    let found = match media_type(headers).as_deref() {
+        Some("application/x-www-form-urlencoded") => body
+            .split(|b| *b == b'&' || *b == b';')
+            .flat_map(form_urlencoded::parse)
+            .any(|(k, _)| k.trim() == name),
+        Some("multipart/form-data") => boundary(headers).is_some_and(|boundary| {
+            let mut found = false;
+            let _ = each_part(body, &boundary, &mut |part, _| {
+                found |= part.trim() == name;
+                Ok(())
+            });
+            found
+        }),
+        _ => false,
+    };
+    if found {
+        return Err(BodyError::Malformed(format!(
+            "the form's `{name}` asks the upstream for another method than the request line's, \
+             which is what the proxy decides on; send the request with that method"
+        )));
+    }
+    Ok(())
 }
 
 fn classify_llm(
@@ -646,6 +677,30 @@ fn url_encoded(body: &[u8]) -> Result<LlmRequest, String> {
 /// output ceiling. File parts are skipped; the body must be well formed to its closing
 /// delimiter.
 fn multipart(body: &[u8], boundary: &str) -> Result<LlmRequest, String> {
+    let mut fields = FormFields::default();
+    each_part(body, boundary, &mut |name, content| {
+        let session = name.eq_ignore_ascii_case("session");
+        if session || providers::request::form_field(name).is_some() {
+            let value = std::str::from_utf8(content).map_err(|_| {
+                "the multipart body cannot be read: a field value that is not UTF-8"
+            })?;
+            if session {
+                fields.take_session(value)?;
+            }
+            fields.take(name, value)?;
+        }
+        Ok(())
+    })?;
+    fields.finish()
+}
+
+/// Calls `part` with the name and content of each named part of a `multipart/form-data` body,
+/// which must be well formed to its closing delimiter.
+fn each_part(
+    body: &[u8],
+    boundary: &str,
+    part: &mut dyn FnMut(&str, &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
     let malformed = |why: &str| format!("the multipart body cannot be read: {why}");
     let delimiter = format!("--{boundary}");
     let delimiter = delimiter.as_bytes();
@@ -653,10 +708,9 @@ fn multipart(body: &[u8], boundary: &str) -> Result<LlmRequest, String> {
     // Anything before the first delimiter is a preamble.
     let start = find(rest, delimiter).ok_or_else(|| malformed("no boundary delimiter"))?;
     rest = &rest[start + delimiter.len()..];
-    let mut fields = FormFields::default();
     loop {
         if rest.starts_with(b"--") {
-            return fields.finish();
+            return Ok(());
         }
         rest = rest
             .strip_prefix(b"\r\n")
@@ -677,15 +731,7 @@ fn multipart(body: &[u8], boundary: &str) -> Result<LlmRequest, String> {
         next.extend_from_slice(delimiter);
         let end = find(content, &next).ok_or_else(|| malformed("no closing delimiter"))?;
         if let Some(name) = part_name(head) {
-            let session = name.eq_ignore_ascii_case("session");
-            if session || providers::request::form_field(&name).is_some() {
-                let value = std::str::from_utf8(&content[..end])
-                    .map_err(|_| malformed("a field value that is not UTF-8"))?;
-                if session {
-                    fields.take_session(value)?;
-                }
-                fields.take(&name, value)?;
-            }
+            part(&name, &content[..end])?;
         }
         rest = &content[end + next.len()..];
     }
@@ -889,6 +935,51 @@ mod tests {
             assert_eq!(read.decoded, decoded, "{name}");
             // What is forwarded is what was read: decoded, without the BOM.
             assert_eq!(&read.body[..], CHAT, "{name}");
+        }
+    }
+
+    /// A form to a tool that carries `_method` (Rails, Laravel, Symfony run it as that method)
+    /// is refused, urlencoded or multipart, however the name is escaped; other fields, and JSON
+    /// members, are the application's.
+    #[test]
+    fn a_method_override_in_a_form_is_refused() {
+        let to_tool = |body: &[u8], ct: &str| {
+            let headers: http::HeaderMap = [(http::header::CONTENT_TYPE, ct.parse().unwrap())]
+                .into_iter()
+                .collect();
+            classify(
+                Bytes::copy_from_slice(body),
+                &headers,
+                BodyDestination::Other,
+                1 << 20,
+            )
+        };
+        let form = "application/x-www-form-urlencoded";
+        let multi = "multipart/form-data; boundary=b";
+        for (body, ct) in [
+            (&b"title=x&_method=delete"[..], form),
+            (b"%5Fmethod=DELETE", form),
+            (b"a=1;_method=PUT", form),
+            (
+                b"--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--",
+                multi,
+            ),
+        ] {
+            assert!(
+                matches!(to_tool(body, ct), Err(BodyError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        for (body, ct) in [
+            (&b"payment_method=card&title=x"[..], form),
+            (br#"{"_method":"DELETE"}"#, "application/json"),
+            (
+                b"--b\r\nContent-Disposition: form-data; name=\"payment_method\"\r\n\r\ncard\r\n--b--",
+                multi,
+            ),
+        ] {
+            assert!(to_tool(body, ct).is_ok(), "{}", String::from_utf8_lossy(body));
         }
     }
 

@@ -235,6 +235,22 @@ fn malformed_targets_are_refused_before_dialing() {
             "bad_request",
         ),
         (
+            "a method override in the query",
+            format!(
+                "POST http://127.0.0.1:{o}/acme/x?_method=DELETE HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "a method override in a form",
+            format!(
+                "POST http://127.0.0.1:{o}/acme/x HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 24\r\nConnection: close\r\n\r\ntitle=x&_method=DELETE&y"
+            ),
+            400,
+            "bad_request",
+        ),
+        (
             "a proxy token spelt with `_`",
             format!(
                 "GET http://127.0.0.1:{o}/acme/x HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nProxy_Authorization: Bearer secret\r\nConnection: close\r\n\r\n"

@@ -87,6 +87,30 @@ pub fn misleading_header<'a>(names: impl Iterator<Item = &'a str>) -> Option<Str
     None
 }
 
+/// The parameter web frameworks read as the request's real method (Rails, Laravel, Symfony,
+/// Express's method-override: `POST /items/1?_method=DELETE`, or in a form body).
+pub const METHOD_PARAMETER: &str = "_method";
+
+/// Whether `target`'s query carries [`METHOD_PARAMETER`] (percent-decoded, `&` or `;` between
+/// pairs, as frameworks read it).
+pub fn method_override_in_query(target: &str) -> bool {
+    let Some((_, query)) = target.split_once('?') else {
+        return false;
+    };
+    // Most queries have no such name, spelt or escaped: nothing to parse.
+    let bytes = query.as_bytes();
+    if memchr::memmem::find(bytes, b"method").is_none()
+        && memchr::memmem::find(bytes, b"%").is_none()
+    {
+        return false;
+    }
+    let query = query.split('#').next().unwrap_or("");
+    query
+        .split(['&', ';'])
+        .flat_map(|pair| url::form_urlencoded::parse(pair.as_bytes()))
+        .any(|(name, _)| name.trim() == METHOD_PARAMETER)
+}
+
 /// The first protected header a `Connection` field nominates, if any (see [`PROTECTED`], and
 /// every provider's key headers); other options (`close`, `keep-alive`, `upgrade`, custom
 /// hop-by-hop fields) are fine.
@@ -107,6 +131,29 @@ pub fn nominated_protected<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_method_override_in_the_query_is_found_however_it_is_spelt() {
+        for target in [
+            "/items/1?_method=DELETE",
+            "/items/1?a=1&_method=put",
+            "/items/1?a=1;_method=put",
+            "/items/1?%5Fmethod=DELETE",
+            "/items/1?_metho%64=DELETE",
+            "http://h/items?x&_method",
+        ] {
+            assert!(method_override_in_query(target), "{target}");
+        }
+        for target in [
+            "/items/1",
+            "/items/1?payment_method=card",
+            "/items/1?method=x",
+            "/items/_method?x=1",
+            "/items/1?x=%25",
+        ] {
+            assert!(!method_override_in_query(target), "{target}");
+        }
+    }
 
     #[test]
     fn headers_that_would_make_the_upstream_run_another_request_are_named() {

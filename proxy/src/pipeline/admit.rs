@@ -1003,6 +1003,17 @@ fn http_destination(
     if let Some(why) = crate::front::misleading_header(req.headers.keys().map(|n| n.as_str())) {
         return Err(Deny::BadRequest(why));
     }
+    if req
+        .uri
+        .path_and_query()
+        .is_some_and(|p| crate::front::method_override_in_query(p.as_str()))
+    {
+        return Err(Deny::BadRequest(format!(
+            "the query's `{}` asks the upstream for another method than the request line's, \
+             which is what the proxy decides on; send the request with that method",
+            crate::front::METHOD_PARAMETER
+        )));
+    }
     // One reading of the hold id, as of every header the proxy itself acts on.
     if crate::identity::sole_header(&req.headers, crate::approvals::HOLD_HEADER).is_err() {
         return Err(Deny::BadRequest(format!(
