@@ -694,13 +694,12 @@ fn multipart(body: &[u8], boundary: &str) -> Result<LlmRequest, String> {
     fields.finish()
 }
 
+/// What [`each_part`] calls with each named part: its name and content.
+type PartVisitor<'v> = dyn FnMut(&str, &[u8]) -> Result<(), String> + 'v;
+
 /// Calls `part` with the name and content of each named part of a `multipart/form-data` body,
 /// which must be well formed to its closing delimiter.
-fn each_part(
-    body: &[u8],
-    boundary: &str,
-    part: &mut dyn FnMut(&str, &[u8]) -> Result<(), String>,
-) -> Result<(), String> {
+fn each_part(body: &[u8], boundary: &str, part: &mut PartVisitor<'_>) -> Result<(), String> {
     let malformed = |why: &str| format!("the multipart body cannot be read: {why}");
     let delimiter = format!("--{boundary}");
     let delimiter = delimiter.as_bytes();
