@@ -388,34 +388,83 @@ pub fn classify(
     }
 }
 
-/// SECURITY: a form that carries `_method` is run by web frameworks (Rails, Laravel, Symfony)
-/// as that method, not the request line's, which is what the proxy decided on: refused. Only
-/// form bodies are read for it (a JSON body's members are the application's); a form the
-/// proxy cannot read is forwarded as before (its framework cannot read it either).
+/// SECURITY: a body that carries `_method` is run by web frameworks as that method, not the
+/// request line's, which is what the proxy decided on: refused. Each reader looks where its
+/// framework does, so this looks wherever any of them does:
+/// - a form, URL-encoded or multipart, or a body without a `Content-Type` (Rack, hence Rails and
+///   Sinatra, reads that as a form);
+/// - any `multipart/*` body, however its parts are framed (PHP's parser takes bare `\n` line
+///   ends): a part named `_method` anywhere in it;
+/// - a JSON object's top-level `_method` (Laravel reads JSON input as it reads forms).
+///
+/// The name is looked for first, so bodies that do not carry it are not parsed; a
+/// `Content-Encoding` is not undone (frameworks do not undo it either).
 fn refuse_method_override(body: &[u8], headers: &http::HeaderMap) -> Result<(), BodyError> {
     let name = crate::front::METHOD_PARAMETER;
-    let found = match media_type(headers).as_deref() {
-        Some("application/x-www-form-urlencoded") => body
-            .split(|b| *b == b'&' || *b == b';')
-            .flat_map(form_urlencoded::parse)
-            .any(|(k, _)| k.trim() == name),
-        Some("multipart/form-data") => boundary(headers).is_some_and(|boundary| {
-            let mut found = false;
-            let _ = each_part(body, &boundary, &mut |part, _| {
-                found |= part.trim() == name;
-                Ok(())
-            });
-            found
-        }),
-        _ => false,
+    // Spelt as it is, or with the `_` escaped (forms).
+    let mentioned = memchr::memmem::find(body, name.as_bytes()).is_some()
+        || memchr::memmem::find(body, b"%5F").is_some()
+        || memchr::memmem::find(body, b"%5f").is_some();
+    if !mentioned {
+        return Ok(());
+    }
+    let media = media_type(headers);
+    let found = match media.as_deref() {
+        Some(m) if m.starts_with("multipart/") => names_a_part(body, name),
+        None | Some("application/x-www-form-urlencoded") => {
+            form_has(body, name) || json_has(body, name)
+        }
+        Some(_) => json_has(body, name),
     };
     if found {
         return Err(BodyError::Malformed(format!(
-            "the form's `{name}` asks the upstream for another method than the request line's, \
+            "the body's `{name}` asks the upstream for another method than the request line's, \
              which is what the proxy decides on; send the request with that method"
         )));
     }
     Ok(())
+}
+
+/// Whether a URL-encoded form has a field `name` (`&` or `;` between pairs).
+fn form_has(body: &[u8], name: &str) -> bool {
+    body.split(|b| *b == b'&' || *b == b';')
+        .flat_map(form_urlencoded::parse)
+        .any(|(k, _)| k.trim() == name)
+}
+
+/// Whether a multipart body, however it is framed, names a part `name`: a `name="…"`, `name=…`
+/// or `name*=…''…` parameter with that value, compared ignoring the parameter's case.
+fn names_a_part(body: &[u8], name: &str) -> bool {
+    let lower = body.to_ascii_lowercase();
+    let name = name.as_bytes();
+    memchr::memmem::find_iter(&lower, b"name").any(|at| {
+        let rest = &lower[at + 4..];
+        let rest = rest.strip_prefix(b"*").unwrap_or(rest);
+        let Some(value) = rest.trim_ascii_start().strip_prefix(b"=") else {
+            return false;
+        };
+        let end = value
+            .iter()
+            .position(|b| matches!(b, b';' | b'\r' | b'\n'))
+            .unwrap_or(value.len());
+        let mut value = value[..end].trim_ascii();
+        // RFC 5987: `charset'lang'value`.
+        if let Some(at) = value.iter().rposition(|b| *b == b'\'') {
+            value = &value[at + 1..];
+        }
+        let value = value.strip_prefix(b"\"").unwrap_or(value);
+        value.strip_suffix(b"\"").unwrap_or(value) == name
+    })
+}
+
+/// Whether a JSON object has a top-level member `name`.
+fn json_has(body: &[u8], name: &str) -> bool {
+    let body = body.strip_prefix(BOM).unwrap_or(body);
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return false;
+    }
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+        .is_ok_and(|object| object.contains_key(name))
 }
 
 fn classify_llm(
@@ -937,14 +986,16 @@ mod tests {
         }
     }
 
-    /// A form to a tool that carries `_method` (Rails, Laravel, Symfony run it as that method)
-    /// is refused, urlencoded or multipart, however the name is escaped; other fields, and JSON
-    /// members, are the application's.
+    /// A body to a tool that carries `_method` where a framework reads it (Rails, Laravel,
+    /// Symfony run the request as that method) is refused, however it is typed, framed or
+    /// escaped; other fields, nested JSON members and text are the application's.
     #[test]
     fn a_method_override_in_a_form_is_refused() {
         let to_tool = |body: &[u8], ct: &str| {
-            let headers: http::HeaderMap = [(http::header::CONTENT_TYPE, ct.parse().unwrap())]
+            let headers: http::HeaderMap = [(http::header::CONTENT_TYPE, ct)]
                 .into_iter()
+                .filter(|(_, ct)| !ct.is_empty())
+                .map(|(name, ct)| (name, ct.parse().unwrap()))
                 .collect();
             classify(
                 Bytes::copy_from_slice(body),
@@ -963,6 +1014,25 @@ mod tests {
                 b"--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--",
                 multi,
             ),
+            // Rack reads a body without a type as a form.
+            (b"title=x&_method=delete", ""),
+            // Other multipart types, and framings the strict reader refuses (bare `\n`,
+            // padding after the boundary) that PHP's accepts.
+            (
+                b"--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--",
+                "multipart/mixed; boundary=b",
+            ),
+            (
+                b"--b  \nContent-Disposition: form-data; NAME=_method\n\nDELETE\n--b--",
+                multi,
+            ),
+            (
+                b"--b\r\nContent-Disposition: form-data; name*=utf-8''_method\r\n\r\nDELETE\r\n--b--",
+                multi,
+            ),
+            // Laravel reads JSON input as it reads forms.
+            (br#"{"title":"x","_method":"DELETE"}"#, "application/json"),
+            (br#"{"_method":"DELETE"}"#, ""),
         ] {
             assert!(
                 matches!(to_tool(body, ct), Err(BodyError::Malformed(_))),
@@ -972,9 +1042,14 @@ mod tests {
         }
         for (body, ct) in [
             (&b"payment_method=card&title=x"[..], form),
-            (br#"{"_method":"DELETE"}"#, "application/json"),
+            (br#"{"nested":{"_method":"DELETE"},"payment_method":"x"}"#, "application/json"),
+            (b"the _method field", "text/plain"),
             (
                 b"--b\r\nContent-Disposition: form-data; name=\"payment_method\"\r\n\r\ncard\r\n--b--",
+                multi,
+            ),
+            (
+                b"--b\r\nContent-Disposition: form-data; name=\"_methods\"\r\n\r\nx\r\n--b--",
                 multi,
             ),
         ] {
