@@ -51,10 +51,26 @@ const UNMETERED: &[(&str, &str)] = &[
 /// (paths are compared lowercased).
 const AGENT_ALIASES: &str = "/agentaliases/";
 const AGENT_TEXT: &str = "/text";
+/// `ApplyGuardrail`: `/guardrail/{id}/version/{version}/apply`.
+const GUARDRAIL_APPLY: &str = "/guardrail/*/version/*/apply";
 
 const FIELDS: RequestFields = RequestFields {
-    // Bedrock Agents' inline agent names the model it runs (`InvokeInlineAgent`).
-    model: &[&["foundationModel"]],
+    // Bedrock Agents name the models they run: an inline agent's `foundationModel`, a prompt
+    // optimization's `targetModelId`, a knowledge-base answer's `modelArn`.
+    model: &[
+        &["foundationModel"],
+        &["targetModelId"],
+        &[
+            "retrieveAndGenerateConfiguration",
+            "knowledgeBaseConfiguration",
+            "modelArn",
+        ],
+        &[
+            "retrieveAndGenerateConfiguration",
+            "externalSourcesConfiguration",
+            "modelArn",
+        ],
+    ],
     ceilings: &[&["inferenceConfig", "maxTokens"], &["max_tokens"]],
 };
 
@@ -82,9 +98,18 @@ pub fn is_agent_runtime_host(host: &str) -> bool {
     runtime_host(host) == Some(true)
 }
 
-/// Whether `host` is a Bedrock runtime host, and if so whether it is the agents' one.
+/// Whether `host` is a Bedrock runtime host, and if so whether it is the agents' one; an
+/// interface VPC endpoint's name (`vpce-….bedrock-runtime.<region>.vpce.amazonaws.com`) too.
 fn runtime_host(host: &str) -> Option<bool> {
     let host = host.trim_end_matches('.').as_bytes();
+    let endpoint = host
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"vpce-"));
+    let host = if endpoint {
+        &host[memchr::memchr(b'.', host)? + 1..]
+    } else {
+        host
+    };
     let strip_prefix = |(p, agent): (&str, bool)| {
         host.get(..p.len())
             .filter(|h| h.eq_ignore_ascii_case(p.as_bytes()))
@@ -104,6 +129,15 @@ fn runtime_host(host: &str) -> Option<bool> {
         .checked_sub(SUFFIX.len())
         .filter(|at| rest[*at..].eq_ignore_ascii_case(SUFFIX))
         .map(|at| &rest[..at])?;
+    let region = if endpoint {
+        region
+            .len()
+            .checked_sub(5)
+            .filter(|at| region[*at..].eq_ignore_ascii_case(b".vpce"))
+            .map(|at| &region[..at])?
+    } else {
+        region
+    };
     let valid = !region.is_empty()
         && region
             .iter()
@@ -133,6 +167,10 @@ impl Provider for Bedrock {
         // models itself, and its answer reports no usage.
         if path.contains(AGENT_ALIASES) && path.ends_with(AGENT_TEXT) {
             return Some("a Bedrock agent invocation");
+        }
+        // `ApplyGuardrail`, billed per text unit checked, with no usage the proxy reads.
+        if path.before(GUARDRAIL_APPLY).is_some() {
+            return Some("a guardrail check");
         }
         UNMETERED
             .iter()
@@ -471,6 +509,8 @@ pub(crate) mod tests {
             "bedrock-runtime-fips.us-west-2.amazonaws.com",
             "bedrock-agent-runtime.us-east-1.amazonaws.com",
             "bedrock-agent-runtime-fips.us-gov-west-1.amazonaws.com",
+            "vpce-0123456789abcdef0-abcdefgh.bedrock-runtime.us-east-1.vpce.amazonaws.com",
+            "VPCE-0a1-b2.bedrock-agent-runtime.eu-west-1.vpce.amazonaws.com.",
         ] {
             assert!(is_runtime_host(host), "{host}");
         }
@@ -480,6 +520,9 @@ pub(crate) mod tests {
             "bedrock.us-east-1.amazonaws.com",
             "bedrock-runtime.us east.amazonaws.com",
             "bedrock-agent.us-east-1.amazonaws.com",
+            "vpce-1.bedrock-runtime.us-east-1.amazonaws.com.evil.example",
+            "vpce-1.evil.example",
+            "bedrock-runtime.us-east-1.vpce.amazonaws.com",
         ] {
             assert!(!is_runtime_host(host), "{host}");
         }

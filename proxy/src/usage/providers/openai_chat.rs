@@ -61,10 +61,14 @@ const UNMETERED: &[(&str, &str)] = &[
 const FIELDS: RequestFields = RequestFields {
     // A Realtime client secret's model is its session's (`/v1/realtime/client_secrets`), a
     // transcription session's its transcription's (`/v1/realtime/transcription_sessions`).
+    // The GA Realtime API nests a session's transcription under `audio.input`.
     model: &[
         &["model"],
         &["session", "model"],
         &["input_audio_transcription", "model"],
+        &["session", "input_audio_transcription", "model"],
+        &["audio", "input", "transcription", "model"],
+        &["session", "audio", "input", "transcription", "model"],
     ],
     // `max_tokens`, the older name, is still read by every OpenAI-compatible server; with both,
     // the larger is reserved.

@@ -323,6 +323,25 @@ mod tests {
         )
         .expect("read");
         assert_eq!(read.model.as_deref(), Some("gpt-4o-transcribe"));
+        // The GA spellings, and Bedrock Agents' models; a session's own model comes first.
+        for (body, model) in [
+            (
+                &br#"{"session":{"type":"transcription","audio":{"input":{"transcription":{"model":"gpt-4o-transcribe"}}}}}"#[..],
+                "gpt-4o-transcribe",
+            ),
+            (
+                br#"{"session":{"model":"gpt-realtime","audio":{"input":{"transcription":{"model":"whisper-1"}}}}}"#,
+                "gpt-realtime",
+            ),
+            (br#"{"input":{"textPrompt":{"text":"x"}},"targetModelId":"anthropic.claude-3-haiku"}"#, "anthropic.claude-3-haiku"),
+            (
+                br#"{"input":{"text":"q"},"retrieveAndGenerateConfiguration":{"type":"KNOWLEDGE_BASE","knowledgeBaseConfiguration":{"knowledgeBaseId":"kb","modelArn":"arn:aws:bedrock:us-east-1::foundation-model/m"}}}"#,
+                "arn:aws:bedrock:us-east-1::foundation-model/m",
+            ),
+        ] {
+            let read = super::super::request::read_json(body).expect("read");
+            assert_eq!(read.model.as_deref(), Some(model), "{}", String::from_utf8_lossy(body));
+        }
     }
 
     fn dest(host: &str, path: &str, provider: Option<&str>) -> Destination {
@@ -644,6 +663,16 @@ mod tests {
                 "bedrock-agent-runtime-fips.us-east-1.amazonaws.com",
                 "/optimize-prompt",
                 "Bedrock Agents work",
+            ),
+            (
+                "vpce-0a1-b2.bedrock-agent-runtime.us-east-1.vpce.amazonaws.com",
+                "/flows/F1/aliases/A1",
+                "Bedrock Agents work",
+            ),
+            (
+                "bedrock-runtime.us-east-1.amazonaws.com",
+                "/guardrail/gr-1/version/DRAFT/apply",
+                "a guardrail check",
             ),
         ]);
         for (host, path, what) in unmetered {

@@ -430,7 +430,8 @@ mod tests {
         );
         assert_eq!(form_field("MAX_Tokens"), Some(Slot::Ceiling(0)));
         assert_eq!(form_field("messages"), None);
-        assert_eq!(form_field("foundationModel"), Some(Slot::Model(3)));
+        assert_eq!(form_field("foundationModel"), Some(Slot::Model(6)));
+        assert_eq!(form_field("targetModelId"), Some(Slot::Model(7)));
         let read =
             read_json(br#"{"foundationModel":"anthropic.claude-3-haiku","instruction":"x"}"#)
                 .expect("read");
@@ -440,10 +441,10 @@ mod tests {
         // And the numbers of completions: `n`, `best_of` (the nested `candidateCount` sits in
         // `generationConfig`).
         // And `background`. (Gemini's `generation_config`, its proto spelling, is the tenth, and
-        // a Realtime client secret's `session.model` the eleventh, a transcription session's
-        // `input_audio_transcription.model` the twelfth, a Bedrock inline agent's
-        // `foundationModel` the thirteenth.)
-        assert_eq!(FIELDS.root.len(), 13, "{:?}", FIELDS.root);
+        // then the Realtime API's nested models (`session`, `input_audio_transcription`,
+        // `audio`) and Bedrock Agents' (`foundationModel`, `targetModelId`,
+        // `retrieveAndGenerateConfiguration`).)
+        assert_eq!(FIELDS.root.len(), 16, "{:?}", FIELDS.root);
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
