@@ -401,48 +401,51 @@ pub fn classify(
 /// `Content-Encoding` is not undone (frameworks do not undo it either).
 fn refuse_method_override(body: &[u8], headers: &http::HeaderMap) -> Result<(), BodyError> {
     let name = crate::front::METHOD_PARAMETER;
-    // Spelt as it is, or with the `_` escaped (forms).
-    let mentioned = memchr::memmem::find(body, name.as_bytes()).is_some()
-        || memchr::memmem::find(body, b"%5F").is_some()
-        || memchr::memmem::find(body, b"%5f").is_some();
-    if !mentioned {
+    // Most bodies cannot spell it in any way a framework reads (as it is, `.method`,
+    // `[method`, or with letters escaped in a form or in JSON): nothing to parse.
+    let may_spell = memchr::memmem::find(body, b"ethod").is_some()
+        || memchr::memchr(b'%', body).is_some()
+        || memchr::memmem::find(body, b"\\u").is_some();
+    if !may_spell {
         return Ok(());
     }
-    let media = media_type(headers);
-    let found = match media.as_deref() {
-        Some(m) if m.starts_with("multipart/") => names_a_part(body, name),
-        None | Some("application/x-www-form-urlencoded") => {
-            form_has(body, name) || json_has(body, name)
+    let found = match media_type(headers).as_deref() {
+        Some(m) if m.starts_with("multipart/") => names_a_part(body),
+        // Rack reads a body without a type (or with an empty one) as a form.
+        None | Some("" | "application/x-www-form-urlencoded") => {
+            form_has_method(body) || json_has_method(body)
         }
-        Some(_) => json_has(body, name),
+        Some(_) => json_has_method(body),
     };
     if found {
         return Err(BodyError::Malformed(format!(
             "the body's `{name}` asks the upstream for another method than the request line's, \
-             which is what the proxy decides on; send the request with that method"
+             which is what the proxy decides on, or the body names it in a way that cannot be \
+             checked; send the request with that method"
         )));
     }
     Ok(())
 }
 
-/// Whether a URL-encoded form has a field `name` (`&` or `;` between pairs).
-fn form_has(body: &[u8], name: &str) -> bool {
+/// Whether a URL-encoded form has a method field (`&` or `;` between pairs).
+fn form_has_method(body: &[u8]) -> bool {
     body.split(|b| *b == b'&' || *b == b';')
         .flat_map(form_urlencoded::parse)
-        .any(|(k, _)| k.trim() == name)
+        .any(|(k, _)| crate::front::is_method_parameter(&k))
 }
 
-/// Whether a multipart body, however it is framed, names a part `name`: a `name="…"`, `name=…`
-/// or `name*=…''…` parameter with that value, compared ignoring the parameter's case.
-fn names_a_part(body: &[u8], name: &str) -> bool {
+/// Whether a multipart body, however it is framed, names a part the method field: a
+/// `name="…"`, `name=…` or `name*=…''…` parameter with that value, compared ignoring the
+/// parameter's case.
+fn names_a_part(body: &[u8]) -> bool {
     let lower = body.to_ascii_lowercase();
-    let name = name.as_bytes();
     memchr::memmem::find_iter(&lower, b"name").any(|at| {
-        let rest = &lower[at + 4..];
+        let rest = &body[at + 4..];
         let rest = rest.strip_prefix(b"*").unwrap_or(rest);
         let Some(value) = rest.trim_ascii_start().strip_prefix(b"=") else {
             return false;
         };
+        let value = value.trim_ascii_start();
         let end = value
             .iter()
             .position(|b| matches!(b, b';' | b'\r' | b'\n'))
@@ -453,18 +456,66 @@ fn names_a_part(body: &[u8], name: &str) -> bool {
             value = &value[at + 1..];
         }
         let value = value.strip_prefix(b"\"").unwrap_or(value);
-        value.strip_suffix(b"\"").unwrap_or(value) == name
+        let value = value.strip_suffix(b"\"").unwrap_or(value);
+        std::str::from_utf8(value).is_ok_and(crate::front::is_method_parameter)
     })
 }
 
-/// Whether a JSON object has a top-level member `name`.
-fn json_has(body: &[u8], name: &str) -> bool {
+/// Whether a body shaped like a JSON object has a top-level method member, or cannot be read
+/// far enough to tell (it is then refused: a reader more lenient than this one, or one without
+/// its limits, might find the member). The keys are found by a scan, not a parse, so no depth or
+/// number (`1e400`) stops it; each key is decoded (`\u005f…`) before it is compared.
+fn json_has_method(body: &[u8]) -> bool {
     let body = body.strip_prefix(BOM).unwrap_or(body);
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    let Some(start) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return false;
+    };
+    if body[start] != b'{' {
         return false;
     }
-    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
-        .is_ok_and(|object| object.contains_key(name))
+    let name = crate::front::METHOD_PARAMETER;
+    let mut depth = 0usize;
+    let mut expect_key = false;
+    let mut i = start;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                let open = i;
+                i += 1;
+                loop {
+                    match body.get(i) {
+                        None => return true,
+                        Some(b'\\') => i += 2,
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+                if depth == 1 && expect_key {
+                    match serde_json::from_slice::<String>(&body[open..=i]) {
+                        Ok(key) if key == name => return true,
+                        Ok(_) => {}
+                        Err(_) => return true,
+                    }
+                }
+                expect_key = false;
+            }
+            b'{' => {
+                depth += 1;
+                expect_key = depth == 1;
+            }
+            b'[' => depth += 1,
+            b'}' | b']' => {
+                let Some(d) = depth.checked_sub(1) else {
+                    return true;
+                };
+                depth = d;
+            }
+            b',' => expect_key = depth == 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 fn classify_llm(
@@ -1033,6 +1084,23 @@ mod tests {
             // Laravel reads JSON input as it reads forms.
             (br#"{"title":"x","_method":"DELETE"}"#, "application/json"),
             (br#"{"_method":"DELETE"}"#, ""),
+            // Letters escaped in a form or in JSON; PHP's `.` and `[` for `_`.
+            (b"_%6Dethod=DELETE", form),
+            (b"%5F%6D%65%74%68%6F%64=DELETE", form),
+            (b".method=DELETE", form),
+            (b"[method=DELETE", form),
+            (
+                b"--b\r\nContent-Disposition: form-data; name=\".method\"\r\n\r\nDELETE\r\n--b--",
+                multi,
+            ),
+            (br#"{"\u005fmethod":"DELETE"}"#, "application/json"),
+            // A JSON reader with limits gives up where another reads on: not a way past.
+            (br#"{"n":1e400,"_method":"DELETE"}"#, "application/json"),
+            (
+                format!(r#"{{"deep":{}{},"_method":"DELETE"}}"#, "[".repeat(200), "]".repeat(200))
+                    .as_bytes(),
+                "application/json",
+            ),
         ] {
             assert!(
                 matches!(to_tool(body, ct), Err(BodyError::Malformed(_))),
@@ -1052,6 +1120,8 @@ mod tests {
                 b"--b\r\nContent-Disposition: form-data; name=\"_methods\"\r\n\r\nx\r\n--b--",
                 multi,
             ),
+            (br#"{"a":{"_method":"x"},"b":["_method"],"c":"_method"}"#, "application/json"),
+            (b"a.method=x&title=100%25", form),
         ] {
             assert!(to_tool(body, ct).is_ok(), "{}", String::from_utf8_lossy(body));
         }

@@ -91,8 +91,26 @@ pub fn misleading_header<'a>(names: impl Iterator<Item = &'a str>) -> Option<Str
 /// Express's method-override: `POST /items/1?_method=DELETE`, or in a form body).
 pub const METHOD_PARAMETER: &str = "_method";
 
+/// Whether a form or query field named `name` (percent-decoded) is [`METHOD_PARAMETER`] to some
+/// framework: PHP turns `.`, ` ` and an unmatched `[` in a name into `_` (`.method`, `[method`)
+/// and drops leading spaces.
+pub fn is_method_parameter(name: &str) -> bool {
+    let name = name.trim_start();
+    name.len() == METHOD_PARAMETER.len()
+        && name
+            .bytes()
+            .map(|b| {
+                if matches!(b, b'.' | b' ' | b'[') {
+                    b'_'
+                } else {
+                    b
+                }
+            })
+            .eq(METHOD_PARAMETER.bytes())
+}
+
 /// Whether `target`'s query carries [`METHOD_PARAMETER`] (percent-decoded, `&` or `;` between
-/// pairs, as frameworks read it).
+/// pairs, spelt as any framework reads it, see [`is_method_parameter`]).
 pub fn method_override_in_query(target: &str) -> bool {
     let Some((_, query)) = target.split_once('?') else {
         return false;
@@ -108,7 +126,7 @@ pub fn method_override_in_query(target: &str) -> bool {
     query
         .split(['&', ';'])
         .flat_map(|pair| url::form_urlencoded::parse(pair.as_bytes()))
-        .any(|(name, _)| name.trim() == METHOD_PARAMETER)
+        .any(|(name, _)| is_method_parameter(&name))
 }
 
 /// The first protected header a `Connection` field nominates, if any (see [`PROTECTED`], and
@@ -140,6 +158,10 @@ mod tests {
             "/items/1?a=1;_method=put",
             "/items/1?%5Fmethod=DELETE",
             "/items/1?_metho%64=DELETE",
+            "/items/1?_%6Dethod=DELETE",
+            "/items/1?.method=DELETE",
+            "/items/1?[method=DELETE",
+            "/items/1?%20_method=DELETE",
             "http://h/items?x&_method",
         ] {
             assert!(method_override_in_query(target), "{target}");
@@ -148,6 +170,8 @@ mod tests {
             "/items/1",
             "/items/1?payment_method=card",
             "/items/1?method=x",
+            "/items/1?a.method=x",
+            "/items/1?_method_=x",
             "/items/_method?x=1",
             "/items/1?x=%25",
         ] {
