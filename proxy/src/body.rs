@@ -726,7 +726,8 @@ impl FormFields {
                 _ => Ok(()),
             },
             // Background calls are JSON's (the Responses API's); a form's field is another's.
-            Some(Slot::Background) | None => Ok(()),
+            // Secondary models are nested, never form fields.
+            Some(Slot::Background | Slot::SecondaryModel(_)) | None => Ok(()),
         }
     }
 
@@ -748,6 +749,15 @@ impl FormFields {
     /// The best-ranked model; the largest ceiling and number of completions (see
     /// [`providers::request::Named`]).
     fn finish(self) -> Result<LlmRequest, String> {
+        // SECURITY: as in JSON, two fields naming different models leave the choice upstream.
+        if let [(_, first), rest @ ..] = self.models.as_slice() {
+            if let Some((_, other)) = rest.iter().find(|(_, m)| m != first) {
+                return Err(format!(
+                    "the form names two models, `{first}` and `{other}`; which one a server \
+                     uses is its choice"
+                ));
+            }
+        }
         let largest = |slots: Vec<(usize, u64)>| slots.into_iter().map(|(_, v)| v).max();
         checked(
             first(self.models),
@@ -1192,6 +1202,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(form.llm.model.as_deref(), Some("gpt-realtime"));
+        // Two form fields naming different models leave the choice to the upstream: refused.
+        let two = to_llm(
+            b"model=gpt-4o-mini&foundationModel=anthropic.claude-3-opus".to_vec(),
+            &[("content-type", "application/x-www-form-urlencoded")],
+        );
+        assert!(two.is_err());
     }
 
     #[test]

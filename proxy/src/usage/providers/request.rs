@@ -70,6 +70,9 @@ pub fn form_field(name: &str) -> Option<Slot> {
 pub enum Slot {
     /// A model name.
     Model(usize),
+    /// A second model the call uses beside its own (a Realtime session's transcription model):
+    /// the call's model only when no field names its own.
+    SecondaryModel(usize),
     /// An output ceiling.
     Ceiling(usize),
     /// A number of completions.
@@ -105,7 +108,14 @@ impl Tree {
         for p in providers {
             let fields = p.request_fields();
             for field in fields.model {
-                if tree.insert(field, Slot::Model(models)) {
+                // A transcription's model (a Realtime session's) is the call's second model,
+                // beside its own; any other is the model the call runs.
+                let slot = if field.iter().any(|k| k.contains("transcription")) {
+                    Slot::SecondaryModel(models)
+                } else {
+                    Slot::Model(models)
+                };
+                if tree.insert(field, slot) {
                     models += 1;
                 }
             }
@@ -169,7 +179,7 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
     })?;
     de.end()?;
     Ok(Named {
-        model: found.model.map(|(_, m)| m),
+        model: found.model.or(found.secondary_model).map(|(_, m)| m),
         max_output_tokens: found.ceiling,
         choices: found.choices,
         background: found.background,
@@ -180,6 +190,7 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
 #[derive(Default)]
 struct Found {
     model: Option<(usize, String)>,
+    secondary_model: Option<(usize, String)>,
     ceiling: Option<u64>,
     choices: Option<u64>,
     background: bool,
@@ -233,7 +244,22 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
             match node.slot {
                 Some(Slot::Model(rank)) => {
                     let v: Option<String> = map.next_value()?;
+                    // SECURITY: two fields that name different models (a decoy `model` beside
+                    // Bedrock's `targetModelId`) leave the choice to the upstream's reader.
+                    if let (Some((_, kept)), Some(v)) = (&self.found.model, &v) {
+                        if kept != v {
+                            return Err(de::Error::custom(format!(
+                                "the body names two models, `{kept}` and `{v}` (in `{}`); which \
+                                 one a server uses is its choice",
+                                node.key
+                            )));
+                        }
+                    }
                     keep(&mut self.found.model, rank, v);
+                }
+                Some(Slot::SecondaryModel(rank)) => {
+                    let v: Option<String> = map.next_value()?;
+                    keep(&mut self.found.secondary_model, rank, v);
                 }
                 Some(Slot::Ceiling(_)) => {
                     let v: Option<u64> = map.next_value()?;
@@ -431,6 +457,27 @@ mod tests {
         assert_eq!(form_field("MAX_Tokens"), Some(Slot::Ceiling(0)));
         assert_eq!(form_field("messages"), None);
         assert_eq!(form_field("foundationModel"), Some(Slot::Model(6)));
+        // Two fields naming different models are refused (a decoy `model` beside the one a
+        // Bedrock agent runs); the same model twice is one model; a transcription's model is a
+        // second model, the call's only when nothing names its own.
+        for body in [
+            &br#"{"model":"gpt-4o-mini","targetModelId":"anthropic.claude-3-opus"}"#[..],
+            br#"{"foundationModel":"anthropic.claude-3-opus","model":"gpt-4o-mini"}"#,
+            br#"{"model":"a","session":{"model":"b"}}"#,
+        ] {
+            assert!(
+                read_json(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let same = read_json(br#"{"model":"m","foundationModel":"m"}"#).expect("read");
+        assert_eq!(same.model.as_deref(), Some("m"));
+        let realtime = read_json(
+            br#"{"model":"gpt-realtime","input_audio_transcription":{"model":"whisper-1"}}"#,
+        )
+        .expect("read");
+        assert_eq!(realtime.model.as_deref(), Some("gpt-realtime"));
         assert_eq!(form_field("targetModelId"), Some(Slot::Model(7)));
         let read =
             read_json(br#"{"foundationModel":"anthropic.claude-3-haiku","instruction":"x"}"#)
