@@ -1136,6 +1136,8 @@ fn a_second_proxy_on_the_same_audit_directory_fails_to_start() {
     );
 
     traffic(&proxy, &origin, 2, 0);
+    // A record is written after its response, by the writer's next batch: wait for it.
+    proxy.wait_audit_records("acme", 4);
     let (code, report) = verify(&proxy.path("audit"), &[]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["acme"]["records"].as_u64().unwrap(), 4, "{report:#}");
