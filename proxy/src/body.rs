@@ -429,9 +429,7 @@ fn refuse_method_override(body: &[u8], headers: &http::HeaderMap) -> Result<(), 
 
 /// Whether a URL-encoded form has a method field (`&` or `;` between pairs).
 fn form_has_method(body: &[u8]) -> bool {
-    body.split(|b| *b == b'&' || *b == b';')
-        .flat_map(form_urlencoded::parse)
-        .any(|(k, _)| crate::front::is_method_parameter(&k))
+    crate::form_pairs::lenient(body).any(|(k, _)| crate::front::is_method_parameter(&k))
 }
 
 /// Whether a multipart body, however it is framed, names a part the method field: a

@@ -72,6 +72,7 @@ pub mod credentials;
 pub mod drain;
 pub mod egress;
 pub mod error;
+pub mod form_pairs;
 pub mod front;
 pub mod header_names;
 pub mod identity;

@@ -112,21 +112,15 @@ pub fn is_method_parameter(name: &str) -> bool {
 /// Whether `target`'s query carries [`METHOD_PARAMETER`] (percent-decoded, `&` or `;` between
 /// pairs, spelt as any framework reads it, see [`is_method_parameter`]).
 pub fn method_override_in_query(target: &str) -> bool {
-    let Some((_, query)) = target.split_once('?') else {
+    let Some(query) = crate::form_pairs::query_of(target) else {
         return false;
     };
     // Most queries have no such name, spelt or escaped: nothing to parse.
     let bytes = query.as_bytes();
-    if memchr::memmem::find(bytes, b"method").is_none()
-        && memchr::memmem::find(bytes, b"%").is_none()
-    {
+    if memchr::memmem::find(bytes, b"method").is_none() && memchr::memchr(b'%', bytes).is_none() {
         return false;
     }
-    let query = query.split('#').next().unwrap_or("");
-    query
-        .split(['&', ';'])
-        .flat_map(|pair| url::form_urlencoded::parse(pair.as_bytes()))
-        .any(|(name, _)| is_method_parameter(&name))
+    crate::form_pairs::lenient(bytes).any(|(name, _)| is_method_parameter(&name))
 }
 
 /// The first protected header a `Connection` field nominates, if any (see [`PROTECTED`], and

@@ -150,24 +150,20 @@ pub enum QueryModel {
 /// reads a query (percent-decoded, `&` or `;` between pairs, names in any case, a `[]` suffix);
 /// `Err` when it names more than one (which one a server takes is its choice).
 pub fn model_from_query(path: &str) -> Result<Option<QueryModel>, String> {
-    let Some((path, query)) = path.split_once('?') else {
+    let Some(query) = crate::form_pairs::query_of(path) else {
         return Ok(None);
     };
     if !CallPath::with(path, |p| p.is_openai_resource("/realtime")) {
         return Ok(None);
     }
-    let query = query.split('#').next().unwrap_or("");
-    let mut named = query
-        .split(['&', ';'])
-        .flat_map(|pair| url::form_urlencoded::parse(pair.as_bytes()))
-        .filter_map(|(name, value)| {
-            let name = name.trim().to_ascii_lowercase();
-            match name.strip_suffix("[]").unwrap_or(&name) {
-                "model" => Some(QueryModel::Model(value.into_owned())),
-                "deployment" => Some(QueryModel::Deployment(value.into_owned())),
-                _ => None,
-            }
-        });
+    let mut named = crate::form_pairs::lenient(query.as_bytes()).filter_map(|(name, value)| {
+        let name = name.trim().to_ascii_lowercase();
+        match name.strip_suffix("[]").unwrap_or(&name) {
+            "model" => Some(QueryModel::Model(value.into_owned())),
+            "deployment" => Some(QueryModel::Deployment(value.into_owned())),
+            _ => None,
+        }
+    });
     let first = named.next();
     if named.next().is_some() {
         return Err("the query names the session's model (or deployment) more than once".into());
