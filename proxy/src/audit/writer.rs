@@ -15,8 +15,8 @@
 //! writer wrote last, or after a restart the last one on disk. A tenant whose recovered chain
 //! head the last checkpoint on disk does not cover (a crash) gets one when the writer starts,
 //! before any request is served (every partition in the directory, idle tenants' included), so
-//! records a crash left unsigned do not stay unsigned for longer than an interval. With a Redis Stream sink
-//! ([`super::stream`]), durable records are then sent there too.
+//! records a crash left unsigned do not stay unsigned for longer than an interval. With a Redis
+//! Stream sink ([`super::stream`]), durable records are then sent there too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -657,10 +657,9 @@ impl Writer {
     }
 
     /// The tenant's log, recovered from its newest file at start ([`Self::recover_all`]) or on
-    /// first use. The recovered head is
-    /// signed at once when the last checkpoint on disk does not cover it (the previous process
-    /// crashed) or states another interval than this writer's (so `audit verify` judges the
-    /// records this writer leaves unsigned by its interval).
+    /// first use. The recovered head is signed at once when the last checkpoint on disk does not
+    /// cover it (the previous process crashed) or states another interval than this writer's (so
+    /// `audit verify` judges the records this writer leaves unsigned by its interval).
     fn log(&mut self, tenant: &str, today: FilePos) -> io::Result<&mut TenantLog> {
         if !self.logs.contains_key(tenant) {
             let tenant_dir = self.settings.dir.join(tenant);

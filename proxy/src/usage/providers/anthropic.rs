@@ -254,28 +254,29 @@ pub(crate) mod tests {
         );
         // Streamed: `message_start` carries the input side, `message_delta` the output (and,
         // in newer streams, the input side again).
-        let stream = concat!(
-            "event: message_start\n",
-            "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":8,\"cache_creation_input_tokens\":27000,\"output_tokens\":1}}}\n\n",
-            "event: message_delta\n",
-            "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":50}}\n\n",
+        // A `message_start` reporting `start`, then a `message_delta` reporting `delta`.
+        let two_events = |start: &str, delta: &str| {
+            format!(
+                "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{{start}}}}}}}\n\nevent: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{{delta}}}}}\n\n"
+            )
+        };
+        let start = r#""input_tokens":8,"cache_creation_input_tokens":27000,"output_tokens":1"#;
+        let stream = two_events(start, r#""output_tokens":50"#);
+        meter_stream(&Anthropic, &stream, writes(27_008, 0, 27_000, 0, 50), 0, 0);
+        let repeated = two_events(start, r#""input_tokens":8,"output_tokens":50"#);
+        meter_stream(
+            &Anthropic,
+            &repeated,
+            writes(27_008, 0, 27_000, 0, 50),
+            0,
+            0,
         );
-        meter_stream(&Anthropic, stream, writes(27_008, 0, 27_000, 0, 50), 0, 0);
-        let repeated = concat!(
-            "event: message_start\n",
-            "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":8,\"cache_creation_input_tokens\":27000,\"output_tokens\":1}}}\n\n",
-            "event: message_delta\n",
-            "data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":8,\"output_tokens\":50}}\n\n",
-        );
-        meter_stream(&Anthropic, repeated, writes(27_008, 0, 27_000, 0, 50), 0, 0);
         // The input side split between the events: each count stands, and the input is all.
-        let split = concat!(
-            "event: message_start\n",
-            "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":50000,\"output_tokens\":1}}}\n\n",
-            "event: message_delta\n",
-            "data: {\"type\":\"message_delta\",\"usage\":{\"cache_creation_input_tokens\":27000,\"output_tokens\":50}}\n\n",
+        let split = two_events(
+            r#""input_tokens":50000,"output_tokens":1"#,
+            r#""cache_creation_input_tokens":27000,"output_tokens":50"#,
         );
-        meter_stream(&Anthropic, split, writes(77_000, 0, 27_000, 0, 50), 0, 0);
+        meter_stream(&Anthropic, &split, writes(77_000, 0, 27_000, 0, 50), 0, 0);
     }
 
     /// The web search tool's searches (`server_tool_use.web_search_requests`) are counted, in a
