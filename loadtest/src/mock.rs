@@ -11,6 +11,9 @@
 //!   `usage.input_tokens` / `output_tokens`, and `cache_creation_input_tokens` when the request
 //!   says how many in `x-mock-cache-write-tokens` (a prompt written to the cache), and
 //!   `server_tool_use.web_search_requests` when it says how many in `x-mock-web-searches`.
+//! - `POST …/responses`: a Responses API response with `usage`, and one `web_search_call` or
+//!   `file_search_call` output item per call the request asks for in `x-mock-web-searches` and
+//!   `x-mock-file-searches`.
 //! - anything else: 200 JSON echoing the method, path and received headers.
 //! - `Upgrade: websocket`: 101, then every byte is echoed back.
 //!
@@ -243,6 +246,37 @@ fn respond(head: &Head, body: &[u8]) -> Vec<Vec<u8>> {
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+        });
+        return vec![json_response(200, &v)];
+    }
+    // The Responses API: `x-mock-web-searches` and `x-mock-file-searches` hosted tool calls,
+    // one output item each (billed per call), before the message.
+    if head.method == "POST" && path.ends_with("/responses") {
+        let calls = |name: &str| {
+            head.header(name)
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        let mut output: Vec<Value> = Vec::new();
+        for i in 0..calls("x-mock-web-searches") {
+            output.push(
+                json!({"type": "web_search_call", "id": format!("ws_{i}"), "status": "completed",
+                "action": {"type": "search", "query": "mock"}}),
+            );
+        }
+        for i in 0..calls("x-mock-file-searches") {
+            output.push(
+                json!({"type": "file_search_call", "id": format!("fs_{i}"), "status": "completed",
+                "queries": ["mock"], "results": null}),
+            );
+        }
+        output.push(json!({"type": "message", "id": "msg_mock", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": "Hello from the mock.", "annotations": []}]}));
+        let v = json!({
+            "id": "resp_mock", "object": "response", "status": "completed", "model": model,
+            "output": output,
+            "usage": {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
         });
         return vec![json_response(200, &v)];
     }

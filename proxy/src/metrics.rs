@@ -58,8 +58,9 @@ pub struct Metrics {
     pub credential_token_grants: IntCounterVec,
     /// LLM tokens read from responses, by tenant and kind (`input`, `cached_input`, `output`).
     pub llm_tokens: IntCounterVec,
-    /// Web searches LLM responses reported (hosted search tools, billed per search), by tenant.
-    pub llm_web_searches: IntCounterVec,
+    /// Calls LLM providers' hosted tools made (billed per call), by tenant and tool
+    /// (`web_search`, `file_search`).
+    pub llm_hosted_tool_calls: IntCounterVec,
     /// Limiter backend calls that failed or timed out.
     pub limiter_errors: IntCounter,
     /// Process log lines dropped because the log writer was behind (copied from the writer's
@@ -262,12 +263,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["tenant", "kind"],
         )?,
-        llm_web_searches: IntCounterVec::new(
+        llm_hosted_tool_calls: IntCounterVec::new(
             Opts::new(
-                "tenant_proxy_llm_web_searches_total",
-                "Web searches LLM responses reported (billed per search)",
+                "tenant_proxy_llm_hosted_tool_calls_total",
+                "Calls LLM providers' hosted tools made (billed per call)",
             ),
-            &["tenant"],
+            &["tenant", "tool"],
         )?,
         limiter_errors: IntCounter::new(
             "tenant_proxy_limiter_errors_total",
@@ -456,7 +457,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.credential_scrubbed.clone()),
         Box::new(m.credential_token_grants.clone()),
         Box::new(m.llm_tokens.clone()),
-        Box::new(m.llm_web_searches.clone()),
+        Box::new(m.llm_hosted_tool_calls.clone()),
         Box::new(m.limiter_errors.clone()),
         Box::new(m.log_lines_dropped.clone()),
         Box::new(m.log_lines_suppressed.clone()),

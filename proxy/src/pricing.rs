@@ -1,5 +1,5 @@
 //! The price table: what a model's tokens cost, per provider, in integer micro-units of the
-//! deployment's currency per million tokens (and what a web search costs, per search). Money is
+//! deployment's currency per million tokens (and what a hosted tool call costs, per call). Money is
 //! never a float: a price such as `0.15` USD per million is written `150_000`, and every cost is
 //! computed in `u128` and rounded up, so a ceiling is never crossed by rounding.
 //!
@@ -13,7 +13,7 @@
 //! [providers.anthropic]
 //! "claude-sonnet-4" = { input = 3_000_000, cached_input = 300_000, cache_write = 3_750_000,
 //!                       cache_write_long = 6_000_000, output = 15_000_000,
-//!                       web_search = 10_000 }   # micro-units per search, not per million
+//!                       web_search = 10_000 }   # micro-units per call, not per million
 //!
 //! [default]
 //! input = 5_000_000
@@ -45,6 +45,9 @@ pub struct Prices {
     /// Micro-units per web search the provider ran for the call (not per million: 10.00 per
     /// 1,000 searches is `10_000`); 0 when the table gives none.
     pub web_search: u64,
+    /// Micro-units per file search (vector store search) the provider ran for the call, as
+    /// `web_search`.
+    pub file_search: u64,
 }
 
 impl Prices {
@@ -57,6 +60,7 @@ impl Prices {
             cache_write_long: input,
             output,
             web_search: 0,
+            file_search: 0,
         }
     }
 
@@ -69,12 +73,13 @@ impl Prices {
             cache_write_long: self.cache_write_long.max(other.cache_write_long),
             output: self.output.max(other.output),
             web_search: self.web_search.max(other.web_search),
+            file_search: self.file_search.max(other.file_search),
         }
     }
 
     /// What a call that used `u` cost, rounded up to the next micro-unit. The input tokens are
     /// priced by kind: cache reads, cache writes (the long-lived ones apart), and the rest; a
-    /// kind reported larger than what is left of the input is cut to it. Web searches are
+    /// kind reported larger than what is left of the input is cut to it. Hosted tool calls are
     /// priced each.
     pub fn cost_micros(&self, u: &Usage) -> u64 {
         let cached = u.cached_input_tokens.min(u.input_tokens);
@@ -87,8 +92,10 @@ impl Prices {
             .saturating_add(u128::from(written - long) * u128::from(self.cache_write))
             .saturating_add(u128::from(long) * u128::from(self.cache_write_long))
             .saturating_add(u128::from(u.output_tokens) * u128::from(self.output));
-        let searches = u128::from(u.web_searches) * u128::from(self.web_search);
-        per_million(total).saturating_add(u64::try_from(searches).unwrap_or(u64::MAX))
+        let calls = u.hosted_calls;
+        let per_call = (u128::from(calls.web_searches) * u128::from(self.web_search))
+            .saturating_add(u128::from(calls.file_searches) * u128::from(self.file_search));
+        per_million(total).saturating_add(u64::try_from(per_call).unwrap_or(u64::MAX))
     }
 
     /// The most a call with `input` prompt tokens and at most `output` output tokens can cost,
@@ -287,18 +294,21 @@ fn without_snapshot(model: &str) -> Option<&str> {
     ((tail.len() == 8 || tail.len() == 4) && is_digits(tail) && !base.is_empty()).then_some(base)
 }
 
-/// Reads `{ input, cached_input?, cache_write?, cache_write_long?, output, web_search? }`;
-/// `cached_input` and `cache_write` default to `input`, `cache_write_long` to `cache_write`,
-/// `web_search` (per search) to 0.
 /// What a price field's figure is per.
 fn unit(field: &str) -> &'static str {
-    if field == "web_search" {
-        "per search"
+    if PER_CALL.contains(&field) {
+        "per call"
     } else {
         "per million tokens"
     }
 }
 
+/// The price fields that are per hosted tool call, not per million tokens.
+const PER_CALL: [&str; 2] = ["web_search", "file_search"];
+
+/// Reads `{ input, cached_input?, cache_write?, cache_write_long?, output, web_search?,
+/// file_search? }`; `cached_input` and `cache_write` default to `input`, `cache_write_long` to
+/// `cache_write`, the per-call prices to 0.
 fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option<Prices> {
     let Some(table) = v.as_table() else {
         problem(format!(
@@ -337,14 +347,16 @@ fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option
     let cache_write_long = field("cache_write_long");
     let output = field("output");
     let web_search = field("web_search");
+    let file_search = field("file_search");
     for key in table.keys() {
         if !matches!(
             key.as_str(),
-            "input" | "cached_input" | "cache_write" | "cache_write_long" | "output" | "web_search"
-        ) {
+            "input" | "cached_input" | "cache_write" | "cache_write_long" | "output"
+        ) && !PER_CALL.contains(&key.as_str())
+        {
             problem(format!(
                 "{at}: unknown key `{key}` (expected input, cached_input, cache_write, \
-                 cache_write_long, output, web_search)"
+                 cache_write_long, output, web_search, file_search)"
             ));
         }
     }
@@ -356,6 +368,7 @@ fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option
         Some(cache_write_long),
         Some(output),
         Some(web_search),
+        Some(file_search),
     ) = (
         input,
         cached_input,
@@ -363,6 +376,7 @@ fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option
         cache_write_long,
         output,
         web_search,
+        file_search,
     )
     else {
         return None;
@@ -377,6 +391,7 @@ fn prices(v: &toml::Value, at: &str, problem: &mut impl FnMut(String)) -> Option
                 cache_write_long: cache_write_long.unwrap_or(cache_write),
                 output,
                 web_search: web_search.unwrap_or(0),
+                file_search: file_search.unwrap_or(0),
             })
         }
         (input, output) => {
@@ -401,6 +416,7 @@ pub fn format_micros(micros: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::HostedCalls;
 
     const TABLE: &str = r#"
 currency = "USD"
@@ -470,7 +486,7 @@ unknown_model = "refuse"
     #[test]
     fn an_unknown_route_pays_the_dearest_of_every_price() {
         let t = PriceTable::parse(
-            "currency = \"USD\"\n[providers.a]\n\"m\" = { input = 1, output = 9 }\n[providers.b]\n\"m\" = { input = 2, cached_input = 1, cache_write = 7, cache_write_long = 8, output = 3, web_search = 5 }\n",
+            "currency = \"USD\"\n[providers.a]\n\"m\" = { input = 1, output = 9 }\n[providers.b]\n\"m\" = { input = 2, cached_input = 1, cache_write = 7, cache_write_long = 8, output = 3, web_search = 5, file_search = 4 }\n[providers.c]\n\"m\" = { input = 1, output = 1, file_search = 6 }\n",
             "p",
         )
         .unwrap();
@@ -484,12 +500,16 @@ unknown_model = "refuse"
                 cache_write_long: 8,
                 output: 9,
                 web_search: 5,
+                file_search: 6,
             }
         );
-        for listed in ["a", "b"] {
+        for listed in ["a", "b", "c"] {
             let q = t.lookup(Some(listed), "m").unwrap();
             let u = Usage {
-                web_searches: 2,
+                hosted_calls: HostedCalls {
+                    web_searches: 2,
+                    file_searches: 3,
+                },
                 ..used(1_000_000, 0, 500_000, 100_000, 1_000_000)
             };
             assert!(p.cost_micros(&u) >= q.cost_micros(&u), "{listed}");
@@ -518,7 +538,7 @@ unknown_model = "refuse"
             cache_write_input_tokens: written,
             cache_write_long_input_tokens: long,
             output_tokens: output,
-            web_searches: 0,
+            hosted_calls: HostedCalls::default(),
         }
     }
 
@@ -570,40 +590,60 @@ unknown_model = "refuse"
         assert_eq!((w.cache_write, w.cache_write_long), (5, 5));
     }
 
-    /// A web search is priced each, on top of the tokens (whose price is per million); a model
-    /// the table gives no search price has free searches, and a float or negative one is an
-    /// error that says what the figure is per.
+    /// A hosted tool call is priced each, on top of the tokens (whose price is per million); a
+    /// model the table gives no price for a tool has free calls to it, and a float or negative
+    /// one is an error that says what the figure is per.
     #[test]
-    fn web_searches_are_priced_per_search() {
+    fn hosted_tool_calls_are_priced_per_call() {
         let t = PriceTable::parse(
-            "currency = \"USD\"\n[providers.anthropic]\n\"claude-sonnet-4\" = { input = 3_000_000, output = 15_000_000, web_search = 10_000 }\n\"plain\" = { input = 2, output = 3 }\n",
+            "currency = \"USD\"\n[providers.openai]\n\"gpt-4o\" = { input = 3_000_000, output = 15_000_000, web_search = 10_000, file_search = 2_500 }\n\"plain\" = { input = 2, output = 3 }\n",
             "p",
         )
         .unwrap();
-        let p = t.lookup(Some("anthropic"), "claude-sonnet-4").unwrap();
-        assert_eq!(p.web_search, 10_000);
+        let p = t.lookup(Some("openai"), "gpt-4o").unwrap();
+        assert_eq!((p.web_search, p.file_search), (10_000, 2_500));
         let searched = Usage {
-            web_searches: 3,
+            hosted_calls: HostedCalls {
+                web_searches: 3,
+                file_searches: 2,
+            },
             ..used(1_000, 0, 0, 0, 100)
         };
-        // 1000 × 3 + 100 × 15 = 4,500 for the tokens, 3 × 10,000 for the searches.
-        assert_eq!(p.cost_micros(&searched), 34_500);
-        assert_eq!(t.lookup(None, "plain").unwrap().web_search, 0);
+        // 1000 × 3 + 100 × 15 = 4,500 for the tokens, 3 × 10,000 for the web searches and
+        // 2 × 2,500 for the file searches.
+        assert_eq!(p.cost_micros(&searched), 39_500);
+        let plain = t.lookup(None, "plain").unwrap();
+        assert_eq!((plain.web_search, plain.file_search), (0, 0));
         let huge = Prices {
             web_search: u64::MAX,
+            file_search: u64::MAX,
             ..Prices::flat(u64::MAX, u64::MAX)
         };
         let all = Usage {
-            web_searches: u64::MAX,
+            hosted_calls: HostedCalls {
+                web_searches: u64::MAX,
+                file_searches: u64::MAX,
+            },
             ..used(u64::MAX, 0, 0, 0, u64::MAX)
         };
         assert_eq!(huge.cost_micros(&all), u64::MAX);
+        let only_files = Usage {
+            hosted_calls: HostedCalls {
+                web_searches: 0,
+                file_searches: u64::MAX,
+            },
+            ..used(0, 0, 0, 0, 0)
+        };
+        assert_eq!(huge.cost_micros(&only_files), u64::MAX);
         for (entry, says) in [
             (
                 "web_search = 0.01",
-                "integer micro-units of currency per search (write 10000",
+                "integer micro-units of currency per call (write 10000",
             ),
-            ("web_search = -1", "micro-units per search"),
+            ("web_search = -1", "micro-units per call"),
+            ("file_search = 2.5", "per call (write 2500000"),
+            ("file_search = \"2500\"", "micro-units per call"),
+            ("file_searches = 1", "unknown key `file_searches`"),
         ] {
             let problems = PriceTable::parse(
                 &format!("currency = \"USD\"\n[providers.openai]\n\"m\" = {{ input = 1, output = 1, {entry} }}\n"),
@@ -634,6 +674,7 @@ unknown_model = "refuse"
                 cache_write_long: pl,
                 output: po,
                 web_search: 0,
+                file_search: 0,
             };
             let u = used(input, cached, written, long, output);
             proptest::prop_assert!(p.cost_micros(&u) <= p.worst_case_micros(input, output + extra));

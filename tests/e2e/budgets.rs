@@ -527,31 +527,33 @@ fn prompt_cache_writes_are_charged_at_their_price() {
     );
 }
 
-/// Hosted web searches are billed per search on top of the tokens: a call whose response
-/// reports three is settled at three times the model's `web_search` price more, counts them in
-/// its audit record and metric, and the tenant's spend shows it.
+/// Hosted tool calls are billed per call on top of the tokens: a call whose response reports
+/// web or file searches is settled at each one's price more (the model's `web_search` and
+/// `file_search`), counts them in its audit record and metric, and the tenant's spend shows it.
+/// Anthropic reports its searches in the usage; the Responses API as output items.
 #[test]
-fn web_searches_are_charged_at_their_price() {
+fn hosted_tool_calls_are_charged_at_their_price() {
     let mock = start_mock();
     let proxy = budget_proxy(mock, |spec| {
         spec.tenant("acme").limits().cost_per_day_micros = Some(1_000_000);
     });
-    let body = r#"{"model":"claude-cache-test","max_tokens":10,"messages":[],"tools":[{"type":"web_search_20250305","name":"web_search","max_uses":5}]}"#;
-    let call = |searches: u64| {
+    let call = |path: &str, body: &str, web: u64, file: u64| {
         raw_request(
             proxy.sidecar_port,
             &format!(
-                "POST /llm/messages HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nx-mock-web-searches: {searches}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "POST /llm/{path} HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nx-mock-web-searches: {web}\r\nx-mock-file-searches: {file}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             ),
         )
         .unwrap()
     };
-    let r = call(3);
+    let messages = r#"{"model":"claude-cache-test","max_tokens":10,"messages":[],"tools":[{"type":"web_search_20250305","name":"web_search","max_uses":5}]}"#;
+    let r = call("messages", messages, 3, 0);
     assert_eq!(r.status, 200, "{}", r.body_text());
     let rec = proxy.audit_record("acme", &r.request_id());
     let input = r.json()["usage"]["input_tokens"].as_u64().unwrap();
     assert_eq!(rec["usage"]["web_searches"], 3, "{rec}");
+    assert!(rec["usage"].get("file_searches").is_none(), "{rec}");
     assert_eq!(
         rec["settled"]["cost_micros"].as_u64(),
         Some(input + 2 * 10 + 3 * 1_000),
@@ -560,7 +562,7 @@ fn web_searches_are_charged_at_their_price() {
     // Searches are no tokens.
     assert_eq!(rec["settled"]["tokens"].as_u64(), Some(input + 10), "{rec}");
     // A call that searched nothing shows no searches.
-    let none = call(0);
+    let none = call("messages", messages, 0, 0);
     let rec = proxy.audit_record("acme", &none.request_id());
     assert!(rec["usage"].get("web_searches").is_none(), "{rec}");
     assert_eq!(
@@ -568,15 +570,37 @@ fn web_searches_are_charged_at_their_price() {
         Some(input + 2 * 10),
         "{rec}"
     );
-    let metrics = proxy.metrics();
-    assert!(
-        metrics.contains(r#"tenant_proxy_llm_web_searches_total{tenant="acme"} 3"#),
-        "{metrics}"
+    // The Responses API: each `web_search_call` item at gpt-4o-mini's `web_search` (1,000),
+    // each `file_search_call` at its `file_search` (300).
+    let responses = r#"{"model":"gpt-4o-mini","max_output_tokens":7,"input":"hi","tools":[{"type":"web_search"},{"type":"file_search","vector_store_ids":["vs_1"]}]}"#;
+    let r = call("responses", responses, 2, 3);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let rec = proxy.audit_record("acme", &r.request_id());
+    let responses_input = r.json()["usage"]["input_tokens"].as_u64().unwrap();
+    assert_eq!(rec["usage"]["web_searches"], 2, "{rec}");
+    assert_eq!(rec["usage"]["file_searches"], 3, "{rec}");
+    let responses_cost = responses_input + 2 * 7 + 2 * 1_000 + 3 * 300;
+    assert_eq!(
+        rec["settled"]["cost_micros"].as_u64(),
+        Some(responses_cost),
+        "{rec}"
     );
+    assert_eq!(
+        rec["settled"]["tokens"].as_u64(),
+        Some(responses_input + 7),
+        "{rec}"
+    );
+    let metrics = proxy.metrics();
+    for series in [
+        r#"tenant_proxy_llm_hosted_tool_calls_total{tenant="acme",tool="web_search"} 5"#,
+        r#"tenant_proxy_llm_hosted_tool_calls_total{tenant="acme",tool="file_search"} 3"#,
+    ] {
+        assert!(metrics.contains(series), "{series}: {metrics}");
+    }
     assert!(
         metrics.contains(&format!(
             r#"tenant_proxy_llm_cost_micros_total{{tenant="acme"}} {}"#,
-            2 * (input + 20) + 3_000
+            2 * (input + 20) + 3_000 + responses_cost
         )),
         "{metrics}"
     );

@@ -183,7 +183,10 @@ pub(crate) mod tests {
                 cache_write_input_tokens: 60,
                 cache_write_long_input_tokens: 6,
                 output_tokens: u64::MAX,
-                web_searches: 2,
+                hosted_calls: crate::usage::HostedCalls {
+                    web_searches: 2,
+                    file_searches: 1,
+                },
             }),
             reserved: Some(crate::limits::Charge {
                 tokens: 1,

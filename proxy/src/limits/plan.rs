@@ -15,7 +15,7 @@ use crate::limits::stream::StreamPlan;
 use crate::pricing::Prices;
 use crate::target::Destination;
 use crate::usage::providers::registry::{self, Work};
-use crate::usage::Usage;
+use crate::usage::{HostedCalls, Usage};
 
 use super::{keys_for, CallKind, Charge, LimitConfig, LimitKey, MidStream, Subject};
 
@@ -251,8 +251,9 @@ pub struct Ending {
     pub streamed_output: u64,
     /// Output tokens the reservation covered, its extensions included.
     pub covered_output: u64,
-    /// Web searches the proxy saw the stream start (0 for a response that is no stream).
-    pub streamed_searches: u64,
+    /// Hosted tool calls the proxy saw the stream start (none for a response that is no
+    /// stream).
+    pub streamed_hosted_calls: HostedCalls,
 }
 
 /// What a call that reserved `reserved` is settled at. Reported usage is the truth; without
@@ -268,13 +269,13 @@ pub fn settlement(reserved: Charge, prices: Option<Prices>, ending: Ending) -> C
         },
         // No report: the reservation, the output seen streamed past what it covered (a stream
         // let finish past its reservation whose client left before its usage arrived), and the
-        // web searches seen started (no reservation covers them).
+        // hosted tool calls seen started (no reservation covers them).
         _ if ending.served || ending.cut => {
             let beyond = ending.streamed_output.saturating_sub(ending.covered_output);
             let extra = usage_charge(
                 Usage {
                     output_tokens: beyond,
-                    web_searches: ending.streamed_searches,
+                    hosted_calls: ending.streamed_hosted_calls,
                     ..Usage::default()
                 },
                 prices,
@@ -325,7 +326,7 @@ mod tests {
             cut,
             streamed_output: 0,
             covered_output: 0,
-            streamed_searches: 0,
+            streamed_hosted_calls: HostedCalls::default(),
         };
         assert_eq!(
             settlement(reserved, Some(prices()), end(Some(usage), true, false)),
@@ -381,18 +382,22 @@ mod tests {
         // the reservation (none covers them); a cut stream's too.
         let searched = Prices {
             web_search: 10_000,
+            file_search: 2_500,
             ..prices()
         };
         for (served, cut) in [(true, false), (false, true)] {
             let ending = Ending {
-                streamed_searches: 3,
+                streamed_hosted_calls: HostedCalls {
+                    web_searches: 3,
+                    file_searches: 2,
+                },
                 ..end(None, served, cut)
             };
             assert_eq!(
                 settlement(reserved, Some(searched), ending),
                 Charge {
                     tokens: 1_000,
-                    cost_micros: 2_000 + 30_000,
+                    cost_micros: 2_000 + 30_000 + 5_000,
                     tool_calls: 0
                 }
             );

@@ -878,7 +878,7 @@ impl ProxyHttp for TenantProxy {
                         served,
                         cut: matches!(ctx.trail.outcome, Outcome::Refused(Deny::StreamCut(_))),
                         streamed_output: ctx.stages.streamed_output(),
-                        streamed_searches: ctx.stages.streamed_searches(),
+                        streamed_hosted_calls: ctx.stages.streamed_hosted_calls(),
                         // The reservation is the body's bytes (its input bound) and the output.
                         covered_output: admission
                             .reserved

@@ -262,11 +262,17 @@ impl Trail {
                     .with_label_values(&[tenant_label, kind])
                     .inc_by(n);
             }
-            if u.web_searches > 0 {
-                METRICS
-                    .llm_web_searches
-                    .with_label_values(&[tenant_label])
-                    .inc_by(u.web_searches);
+            let hosted = u.hosted_calls;
+            for (tool, n) in [
+                ("web_search", hosted.web_searches),
+                ("file_search", hosted.file_searches),
+            ] {
+                if n > 0 {
+                    METRICS
+                        .llm_hosted_tool_calls
+                        .with_label_values(&[tenant_label, tool])
+                        .inc_by(n);
+                }
             }
         }
         if matches!(

@@ -26,7 +26,7 @@ use crate::metrics::METRICS;
 use crate::policy::ItemKind;
 use crate::usage::providers::registry;
 use crate::usage::strip::UsageEventStripper;
-use crate::usage::UsageMeter;
+use crate::usage::{HostedCalls, UsageMeter};
 
 // Header names the upstream request removes, parsed once (a `&str` name is parsed again on
 // every call). `traceparent` is set by its `&'static str`: pingora writes a name it is given as
@@ -374,9 +374,12 @@ impl Stages {
         self.meter.as_ref().map_or(0, UsageMeter::output_estimate)
     }
 
-    /// Web searches a streamed response showed starting (see [`UsageMeter::searches_seen`]).
-    pub fn streamed_searches(&self) -> u64 {
-        self.meter.as_ref().map_or(0, UsageMeter::searches_seen)
+    /// Hosted tool calls a streamed response showed starting (see
+    /// [`UsageMeter::hosted_calls_seen`]).
+    pub fn streamed_hosted_calls(&self) -> HostedCalls {
+        self.meter
+            .as_ref()
+            .map_or_else(HostedCalls::default, UsageMeter::hosted_calls_seen)
     }
 
     /// Budget extensions a stream guard was granted (added to the reservation before settling).

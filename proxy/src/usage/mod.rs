@@ -44,11 +44,44 @@ pub struct Usage {
     pub cache_write_long_input_tokens: u64,
     /// Completion / output tokens.
     pub output_tokens: u64,
-    /// Web searches the provider ran for the call (Anthropic's
-    /// `usage.server_tool_use.web_search_requests`, the Responses API's `web_search_call`
-    /// output items): billed per search, apart from the tokens they add.
+    /// Calls the provider's hosted tools made for the call, billed per call.
+    #[serde(flatten)]
+    pub hosted_calls: HostedCalls,
+}
+
+/// Calls a provider's hosted tools made for one LLM call: billed per call, apart from the tokens
+/// they add to the call's input and output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HostedCalls {
+    /// Web searches (Anthropic's `usage.server_tool_use.web_search_requests`, the Responses
+    /// API's `web_search_call` output items).
     #[serde(skip_serializing_if = "is_zero")]
     pub web_searches: u64,
+    /// File searches over vector stores (the Responses API's `file_search_call` output items).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub file_searches: u64,
+}
+
+impl HostedCalls {
+    /// Each count the larger of `self`'s and `other`'s: a report and what the stream showed
+    /// count the same calls, so they are not added.
+    pub fn at_least(self, other: Self) -> Self {
+        Self {
+            web_searches: self.web_searches.max(other.web_searches),
+            file_searches: self.file_searches.max(other.file_searches),
+        }
+    }
+
+    /// Counts `other`'s calls too.
+    pub fn add(&mut self, other: Self) {
+        self.web_searches = self.web_searches.saturating_add(other.web_searches);
+        self.file_searches = self.file_searches.saturating_add(other.file_searches);
+    }
+
+    /// Whether no hosted tool was called.
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -100,8 +133,8 @@ struct Streamed {
     estimate: u64,
     /// Content deltas that carried text: each is at least one token.
     content_deltas: u64,
-    /// Web searches the stream showed starting.
-    searches: u64,
+    /// Hosted tool calls the stream showed starting.
+    hosted_calls: HostedCalls,
 }
 
 impl Streamed {
@@ -112,8 +145,8 @@ impl Streamed {
         if u.output_tokens < self.content_deltas {
             u.output_tokens = self.estimate.max(u.output_tokens);
         }
-        // Each search the stream showed was run (and billed), whatever the report says.
-        u.web_searches = u.web_searches.max(self.searches);
+        // Each tool call the stream showed was run (and billed), whatever the report says.
+        u.hosted_calls = u.hosted_calls.at_least(self.hosted_calls);
         u
     }
 }
@@ -132,7 +165,7 @@ fn read_event(
     });
     streamed.estimate += generated.tokens();
     streamed.content_deltas += generated.nonempty;
-    streamed.searches += generated.searches;
+    streamed.hosted_calls.add(generated.hosted_calls);
 }
 
 /// The JSON an event-stream message carries: its payload, or for a `chunk` (Bedrock's
@@ -253,13 +286,13 @@ impl UsageMeter {
         }
     }
 
-    /// Web searches the stream showed the provider starting, so far (0 for a JSON body): what a
-    /// stream whose report never arrives is settled for, besides its tokens.
-    pub fn searches_seen(&self) -> u64 {
+    /// Hosted tool calls the stream showed the provider starting, so far (none for a JSON
+    /// body): what a stream whose report never arrives is settled for, besides its tokens.
+    pub fn hosted_calls_seen(&self) -> HostedCalls {
         match &self.framing {
-            Framing::Json { .. } => 0,
+            Framing::Json { .. } => HostedCalls::default(),
             Framing::Sse { streamed, .. } | Framing::EventStream { streamed, .. } => {
-                streamed.searches
+                streamed.hosted_calls
             }
         }
     }

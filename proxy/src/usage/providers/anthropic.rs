@@ -95,7 +95,7 @@ impl Provider for Anthropic {
             let block = event.get("content_block");
             let field = |f: &str| block.and_then(|b| b.get(f)).and_then(Value::as_str);
             if field("type") == Some("server_tool_use") && field("name") == Some("web_search") {
-                generated.searches += 1;
+                generated.hosted_calls.web_searches += 1;
             }
             return;
         }
@@ -142,7 +142,7 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
     }
     // Cumulative, like the output: a later report of it stands.
     if let Some(n) = searches {
-        entry.web_searches = n;
+        entry.hosted_calls.web_searches = n;
     }
     // Cache reads and writes are counted apart from `input_tokens` (the tokens after the last
     // cache breakpoint): the input is all three. A later event (a stream's `message_delta`)
@@ -171,6 +171,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::usage::providers::request;
     use crate::usage::testing::{meter_json, meter_stream, u};
+    use crate::usage::HostedCalls;
 
     /// A stream as Anthropic sends it (shapes from the API reference): pings, a comment line,
     /// text and tool-input deltas, and a `message_delta` whose `data:` spans two lines.
@@ -239,7 +240,7 @@ pub(crate) mod tests {
                 cache_write_input_tokens: written,
                 cache_write_long_input_tokens: long,
                 output_tokens: output,
-                web_searches: 0,
+                hosted_calls: Default::default(),
             })
         };
         let body = r#"{"type":"message","usage":{"input_tokens":8,"cache_creation_input_tokens":27000,"cache_read_input_tokens":0,"output_tokens":50}}"#;
@@ -285,7 +286,10 @@ pub(crate) mod tests {
     fn web_searches_are_counted() {
         let searched = |input, output, searches| {
             Some(Usage {
-                web_searches: searches,
+                hosted_calls: HostedCalls {
+                    web_searches: searches,
+                    file_searches: 0,
+                },
                 ..u(input, 0, output).unwrap()
             })
         };
@@ -309,7 +313,7 @@ pub(crate) mod tests {
         let mut m = crate::usage::UsageMeter::for_response("text/event-stream", Some(&Anthropic))
             .expect("meterable");
         m.feed(cut.as_bytes());
-        assert_eq!(m.searches_seen(), 2);
+        assert_eq!(m.hosted_calls_seen().web_searches, 2);
         assert_eq!(m.finish(), searched(8, 1, 2));
         // A report of fewer than the stream showed is partial: the searches seen stand.
         let reported = format!(

@@ -374,7 +374,7 @@ pub(crate) mod tests {
                     cache_write_input_tokens: 27_000,
                     cache_write_long_input_tokens: 20_000,
                     output_tokens: 50,
-                    web_searches: 0,
+                    hosted_calls: Default::default(),
                 }),
             ),
             (
@@ -391,7 +391,7 @@ pub(crate) mod tests {
                     cache_write_input_tokens: 27_000,
                     cache_write_long_input_tokens: 0,
                     output_tokens: 50,
-                    web_searches: 0,
+                    hosted_calls: Default::default(),
                 }),
             ),
             (

@@ -180,9 +180,9 @@ pub struct Generated {
     pub digits: usize,
     /// Characters outside ASCII, and the bytes they take.
     pub wide: (usize, usize),
-    /// Web searches the stream shows the provider starting (each billed, whether or not the
-    /// stream lives to report them).
-    pub searches: u64,
+    /// Hosted tool calls the stream shows the provider starting (each billed, whether or not
+    /// the stream lives to report them).
+    pub hosted_calls: crate::usage::HostedCalls,
 }
 
 impl Generated {
@@ -491,7 +491,7 @@ mod tests {
                 nonempty: 1,
                 digits: 0,
                 wide: (0, 0),
-                searches: 0,
+                hosted_calls: Default::default(),
             }
         );
         assert_eq!(g.tokens(), 4);

@@ -1,7 +1,8 @@
 //! The OpenAI Responses API: `usage.input_tokens`, `output_tokens` and
 //! `input_tokens_details.cached_tokens`, in the JSON body or, streamed, inside the final
-//! `response.completed` event's `response` (streams report usage unasked); and the web searches
-//! the hosted tool ran, one `web_search_call` item each in the response's `output`.
+//! `response.completed` event's `response` (streams report usage unasked); and the calls the
+//! hosted tools made, billed each: one `web_search_call` or `file_search_call` item per call in
+//! the response's `output`.
 //!
 //! The Images API reports usage the same way (`gpt-image-1`) and is read here too: a call to it
 //! is an LLM call whether or not it names a model (the server's default is priced per image, so
@@ -11,7 +12,7 @@ use serde_json::Value;
 
 use super::openai_chat::{HOSTS, KEY_POSITIONS, NAME};
 use super::{fold_counts, CallPath, Generated, KeyPositions, Provider, RequestFields};
-use crate::usage::Usage;
+use crate::usage::{HostedCalls, Usage};
 
 /// The OpenAI Responses API (`/v1/responses`, also under an Azure OpenAI deployment) and the
 /// Images API.
@@ -68,19 +69,29 @@ impl Provider for OpenAiResponses {
     }
 
     /// `response.*.delta` events (output text, refusals, function-call arguments, reasoning);
-    /// the matching `.done` events repeat the text and are not counted again. Each web search
-    /// is an output item added (`response.output_item.added` of a `web_search_call`).
+    /// the matching `.done` events repeat the text and are not counted again. Each hosted tool
+    /// call is an output item added (`response.output_item.added` of a `web_search_call` or
+    /// `file_search_call`).
     fn count_generated(&self, event: &Value, generated: &mut Generated) {
         let Some(kind) = event.get("type").and_then(Value::as_str) else {
             return;
         };
         if kind.starts_with("response.") && kind.ends_with(".delta") {
             generated.add(event.get("delta"));
-        } else if kind == "response.output_item.added"
-            && event.pointer("/item/type").and_then(Value::as_str) == Some("web_search_call")
-        {
-            generated.searches += 1;
+        } else if kind == "response.output_item.added" {
+            if let Some(item) = event.pointer("/item/type").and_then(Value::as_str) {
+                count_hosted_call(item, &mut generated.hosted_calls);
+            }
         }
+    }
+}
+
+/// Counts an output item of type `item` when it is a billed hosted tool call.
+fn count_hosted_call(item: &str, calls: &mut HostedCalls) {
+    match item {
+        "web_search_call" => calls.web_searches += 1,
+        "file_search_call" => calls.file_searches += 1,
+        _ => {}
     }
 }
 
@@ -102,13 +113,16 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
         ],
         acc,
     );
-    // Each web search the hosted tool ran is an output item of its own, billed each; the usage
-    // does not count them.
+    // Each call a hosted tool made is an output item of its own, billed each; the usage does
+    // not count them.
     if let (Some(entry), Some(output)) = (acc.as_mut(), v.get("output").and_then(Value::as_array)) {
-        entry.web_searches = output
-            .iter()
-            .filter(|item| item.get("type").and_then(Value::as_str) == Some("web_search_call"))
-            .count() as u64;
+        let mut calls = HostedCalls::default();
+        for item in output {
+            if let Some(item) = item.get("type").and_then(Value::as_str) {
+                count_hosted_call(item, &mut calls);
+            }
+        }
+        entry.hosted_calls = calls;
     }
 }
 
@@ -163,13 +177,17 @@ pub(crate) mod tests {
         }
     }
 
-    /// Each `web_search_call` output item is a search, in a body and in a stream's final
-    /// response; other items (messages, function calls, file searches) are not.
+    /// Each `web_search_call` output item is a web search and each `file_search_call` a file
+    /// search, in a body and in a stream's final response; other items (messages, function
+    /// calls, reasoning), and the names in them, are not.
     #[test]
-    fn web_search_calls_are_counted() {
-        let body = r#"{"id":"r1","object":"response","output":[{"type":"web_search_call","id":"ws_1","status":"completed","action":{"type":"search","query":"a"}},{"type":"reasoning","id":"rs_1"},{"type":"web_search_call","id":"ws_2","status":"completed"},{"type":"message","content":[{"type":"output_text","text":"web_search_call"}]},{"type":"function_call","name":"web_search_call"}],"usage":{"input_tokens":9,"output_tokens":3}}"#;
+    fn hosted_tool_calls_are_counted() {
+        let body = r#"{"id":"r1","object":"response","output":[{"type":"web_search_call","id":"ws_1","status":"completed","action":{"type":"search","query":"a"}},{"type":"reasoning","id":"rs_1"},{"type":"file_search_call","id":"fs_1","status":"completed","queries":["q"]},{"type":"web_search_call","id":"ws_2","status":"completed"},{"type":"message","content":[{"type":"output_text","text":"web_search_call"}]},{"type":"function_call","name":"file_search_call"}],"usage":{"input_tokens":9,"output_tokens":3}}"#;
         let want = Usage {
-            web_searches: 2,
+            hosted_calls: HostedCalls {
+                web_searches: 2,
+                file_searches: 1,
+            },
             ..u(9, 0, 3).unwrap()
         };
         assert_eq!(meter_json(&OpenAiResponses, body), Some(want));
@@ -181,11 +199,16 @@ pub(crate) mod tests {
         // (the agent hung up, or it was too large to read): no usage, but the searches stand.
         let added = "event: response.output_item.added\r\ndata: {\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"web_search_call\",\"id\":\"ws_1\",\"status\":\"in_progress\"}}\r\n\r\n";
         let message = "event: response.output_item.added\r\ndata: {\"type\":\"response.output_item.added\",\"output_index\":1,\"item\":{\"type\":\"message\",\"id\":\"m_1\"}}\r\n\r\n";
+        let file = added.replace("web_search_call", "file_search_call");
         let mut m =
             crate::usage::UsageMeter::for_response("text/event-stream", Some(&OpenAiResponses))
                 .expect("meterable");
-        m.feed(format!("{added}{message}{added}{added}").as_bytes());
-        assert_eq!((m.finish(), m.searches_seen()), (None, 3));
+        m.feed(format!("{added}{message}{file}{added}{added}").as_bytes());
+        let seen = HostedCalls {
+            web_searches: 3,
+            file_searches: 1,
+        };
+        assert_eq!((m.finish(), m.hosted_calls_seen()), (None, seen));
         // Past the copy limit the `output` is not kept (a long output would make the usage
         // unreadable too): the tokens are read, the searches are not (see the README).
         let long = body.replace(
