@@ -644,6 +644,14 @@ fn a_policy_refusal_names_the_deciding_forbid_and_nothing_of_another_tenant() {
     let body = r.assert_refused(403, "policy_denied");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("could not be evaluated"), "{message}");
+    // Its audit record names the policy that failed as the one that decided, never the permit
+    // that Cedar would have allowed by.
+    let rec = proxy.audit_record("evalerr", &r.request_id());
+    assert_eq!(rec["policy_ids"], serde_json::json!(["evalerr-overflow"]), "{rec}");
+    assert!(
+        rec["policy_errors"].to_string().contains("evalerr-overflow"),
+        "{rec}"
+    );
     for tenant_policy in [
         "acme-paths",
         "globex-paths",

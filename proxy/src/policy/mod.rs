@@ -54,8 +54,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName, EntityUid,
-    PolicySet, Request, RestrictedExpression, Schema,
+    AuthorizationError, Authorizer, Context, Decision as CedarDecision, Entities, EntityId,
+    EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression, Schema,
 };
 
 use crate::ids::{TenantId, WorkloadId};
@@ -657,11 +657,25 @@ impl PolicyEngine {
                 .is_authorized(request, &set.compiled.policies, &set.compiled.entities);
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
-        let mut policy_ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
-        policy_ids.sort_unstable();
         // SECURITY: Cedar skips a policy whose evaluation errors, so an erroring `forbid` would
         // not deny. Any error denies.
-        let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
+        let cedar_allowed = response.decision() == CedarDecision::Allow;
+        let allowed = cedar_allowed && errors.is_empty();
+        // The policies that decided: Cedar's reason (the permits of an allow, the forbids of a
+        // deny), or, for an allow the errors turned into a deny, the policies that failed: the
+        // permits did not decide it, and a record of a denial must not name them.
+        let mut policy_ids: Vec<String> = if cedar_allowed && !allowed {
+            diagnostics
+                .errors()
+                .map(|e| match e {
+                    AuthorizationError::PolicyEvaluationError(e) => e.policy_id().to_string(),
+                })
+                .collect()
+        } else {
+            diagnostics.reason().map(|id| id.to_string()).collect()
+        };
+        policy_ids.sort_unstable();
+        policy_ids.dedup();
         Decision {
             allowed,
             policy_ids,

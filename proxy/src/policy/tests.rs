@@ -413,8 +413,9 @@ fn evaluation_errors_deny() {
         d.errors.iter().any(|e| e.contains("overflow")),
         "the error names the policy: {d:?}"
     );
-    // Cedar itself would have allowed: the permit is the reason it reports.
-    assert_eq!(d.policy_ids, ["all"]);
+    // Cedar itself would have allowed (the permit is the reason it reports), but the error
+    // decided the denial: the failed policy is named, never the permit.
+    assert_eq!(d.policy_ids, ["overflow"]);
 }
 
 #[test]
