@@ -275,6 +275,9 @@ async fn read_body(
 pub struct LlmRequest {
     /// The `model` it names.
     pub model: Option<String>,
+    /// The other models it names, each decided as `model` is (see
+    /// [`providers::request::Named::other_models`]; JSON bodies only).
+    pub other_models: Vec<String>,
     /// Its output ceiling (the largest of the providers' ceiling fields present, see
     /// [`providers::request`]).
     pub max_output_tokens: Option<u64>,
@@ -307,6 +310,17 @@ pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
     let named = providers::request::read_json(body)
         .map_err(|e| format!("the request body cannot be read as a JSON object: {e}"))?;
     let mut read = checked(named.model, named.max_output_tokens, named.choices)?;
+    if let Some(long) = named
+        .other_models
+        .iter()
+        .find(|m| m.len() > MAX_MODEL_BYTES)
+    {
+        return Err(format!(
+            "a model name is longer than {MAX_MODEL_BYTES} bytes (`{}…`)",
+            long.chars().take(32).collect::<String>()
+        ));
+    }
+    read.other_models = named.other_models;
     read.background = named.background;
     Ok(read)
 }
@@ -316,16 +330,20 @@ fn checked(
     max_output_tokens: Option<u64>,
     choices: Option<u64>,
 ) -> Result<LlmRequest, String> {
-    if model.as_ref().is_some_and(|m| m.len() > 256) {
-        return Err("`model` is longer than 256 bytes".into());
+    if model.as_ref().is_some_and(|m| m.len() > MAX_MODEL_BYTES) {
+        return Err(format!("`model` is longer than {MAX_MODEL_BYTES} bytes"));
     }
     Ok(LlmRequest {
         model,
+        other_models: Vec::new(),
         max_output_tokens,
         choices,
         background: false,
     })
 }
+
+/// The longest model name read (a longer one refuses the body).
+const MAX_MODEL_BYTES: usize = 256;
 
 /// The UTF-8 byte order mark.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -689,6 +707,8 @@ struct FormFields {
     ceilings: Vec<(usize, u64)>,
     /// Numbers of completions by rank.
     choices: Vec<(usize, u64)>,
+    /// The other models a `session` part names.
+    other_models: Vec<String>,
 }
 
 impl FormFields {
@@ -724,8 +744,8 @@ impl FormFields {
                 _ => Ok(()),
             },
             // Background calls are JSON's (the Responses API's); a form's field is another's.
-            // Secondary models are nested, never form fields.
-            Some(Slot::Background | Slot::SecondaryModel(_)) | None => Ok(()),
+            // Secondary and other models are nested, never form fields.
+            Some(Slot::Background | Slot::SecondaryModel(_) | Slot::OtherModel) | None => Ok(()),
         }
     }
 
@@ -738,6 +758,7 @@ impl FormFields {
         }
         let session = providers::request::read_json(value.as_bytes())
             .map_err(|e| format!("form field `session` cannot be read as a JSON object: {e}"))?;
+        self.other_models.extend(session.other_models);
         match session.model {
             Some(model) => self.take("model", &model),
             None => Ok(()),
@@ -757,11 +778,15 @@ impl FormFields {
             }
         }
         let largest = |slots: Vec<(usize, u64)>| slots.into_iter().map(|(_, v)| v).max();
-        checked(
+        let mut read = checked(
             first(self.models),
             largest(self.ceilings),
             largest(self.choices),
-        )
+        )?;
+        let mut others = self.other_models;
+        others.retain(|m| Some(m) != read.model.as_ref());
+        read.other_models = others;
+        Ok(read)
     }
 }
 

@@ -647,9 +647,15 @@ fn a_policy_refusal_names_the_deciding_forbid_and_nothing_of_another_tenant() {
     // Its audit record names the policy that failed as the one that decided, never the permit
     // that Cedar would have allowed by.
     let rec = proxy.audit_record("evalerr", &r.request_id());
-    assert_eq!(rec["policy_ids"], serde_json::json!(["evalerr-overflow"]), "{rec}");
+    assert_eq!(
+        rec["policy_ids"],
+        serde_json::json!(["evalerr-overflow"]),
+        "{rec}"
+    );
     assert!(
-        rec["policy_errors"].to_string().contains("evalerr-overflow"),
+        rec["policy_errors"]
+            .to_string()
+            .contains("evalerr-overflow"),
         "{rec}"
     );
     for tenant_policy in [

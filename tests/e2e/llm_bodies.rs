@@ -100,6 +100,61 @@ const BIG_MODEL: &[u8] = br#"{"model":"gpt-4o","messages":[{"role":"user","conte
 const MINI: &[u8] =
     br#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
 
+/// Every model a call uses is decided, not only the one it runs: a Realtime session's
+/// transcription model, a Bedrock inline agent's collaborators'. One the policy refuses
+/// refuses the call (by the rule that refused it), and the record names it.
+#[test]
+fn every_model_a_call_names_is_decided() {
+    let env = start();
+    for (name, body) in [
+        (
+            "a transcription model",
+            &br#"{"model":"gpt-4o-mini","input_audio_transcription":{"model":"gpt-4o"}}"#[..],
+        ),
+        (
+            "a collaborator's model",
+            br#"{"foundationModel":"gpt-4o-mini","collaborators":[{"foundationModel":"gpt-4o-mini"},{"foundationModel":"gpt-4o"}]}"#,
+        ),
+        (
+            "a collaborator's prompt override",
+            br#"{"foundationModel":"gpt-4o-mini","collaborators":[{"promptOverrideConfiguration":{"promptConfigurations":[{"foundationModel":"gpt-4o"}]}}]}"#,
+        ),
+    ] {
+        let r = post(&env, Way::Route, body, "Content-Type: application/json\r\n");
+        r.assert_refused(403, "policy_denied");
+        let record = env.proxy.audit_record("globex", &r.request_id());
+        assert_eq!(record["model"], "gpt-4o-mini", "{name}: {record}");
+        assert_eq!(record["other_models"], serde_json::json!(["gpt-4o"]), "{name}: {record}");
+        assert_eq!(
+            record["policy_ids"],
+            serde_json::json!(["free-plan-models"]),
+            "{name}: {record}"
+        );
+    }
+    assert_eq!(env.origin.count(), 0, "nothing refused was forwarded");
+    // Models the plan allows pass, and the record lists them.
+    let allowed = br#"{"model":"gpt-4o-mini","max_tokens":5,"input_audio_transcription":{"model":"gpt-4o-mini-transcribe"}}"#;
+    let r = post(
+        &env,
+        Way::Route,
+        allowed,
+        "Content-Type: application/json\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let record = env.proxy.audit_record("globex", &r.request_id());
+    assert_eq!(
+        record["other_models"],
+        serde_json::json!(["gpt-4o-mini-transcribe"]),
+        "{record}"
+    );
+    assert_eq!(env.origin.count(), 1);
+    // A call that names one model has no `other_models`.
+    let r = post(&env, Way::Route, MINI, "Content-Type: application/json\r\n");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let record = env.proxy.audit_record("globex", &r.request_id());
+    assert!(record.get("other_models").is_none(), "{record}");
+}
+
 #[test]
 fn a_hidden_model_is_seen_and_decided() {
     let env = start();

@@ -176,6 +176,7 @@ pub(crate) mod tests {
             path: Some(format!("/v1/{awkward}")),
             route: Some("openai".into()),
             model: Some(awkward.into()),
+            other_models: vec!["whisper-1".into(), awkward.into()],
             credentials: vec!["openai".into(), awkward.into()],
             usage: Some(crate::usage::Usage {
                 input_tokens: 70,

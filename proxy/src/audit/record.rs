@@ -140,6 +140,10 @@ pub struct AuditRecord {
     pub route: Option<String>,
     /// Model named by the JSON body.
     pub model: Option<String>,
+    /// The other models the body names (a Bedrock inline agent's collaborators, a Realtime
+    /// session's transcription model), each decided as `model` is; omitted when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_models: Vec<String>,
     /// Credential names substituted (or the one refused). Never values.
     pub credentials: Vec<String>,
     /// LLM usage read from the response, when it reported any.
@@ -227,6 +231,7 @@ impl AuditRecord {
             path: None,
             route: None,
             model: None,
+            other_models: Vec::new(),
             credentials: Vec::new(),
             usage: None,
             reserved: None,
@@ -275,6 +280,7 @@ impl Fields for AuditRecord {
             path,
             route,
             model,
+            other_models,
             credentials,
             usage,
             reserved,
@@ -314,6 +320,9 @@ impl Fields for AuditRecord {
         m.opt_str("path", path.as_deref())?;
         m.opt_str("route", route.as_deref())?;
         m.opt_str("model", model.as_deref())?;
+        if !other_models.is_empty() {
+            m.strs("other_models", other_models)?;
+        }
         m.strs("credentials", credentials)?;
         m.value("usage", usage)?;
         m.value("reserved", reserved)?;

@@ -534,6 +534,7 @@ async fn admit_http(
         let to = body_destination(&snapshot, &destination, hosts);
         let read = body::classify(body, &header.headers, to, config.limits.max_body_bytes)?;
         trail.model = read.llm.model;
+        trail.other_models = read.llm.other_models;
         grant.max_output_tokens = read.llm.max_output_tokens;
         grant.choices = read.llm.choices;
         background = read.llm.background;
@@ -573,7 +574,29 @@ async fn admit_http(
         fx.now(),
     );
     observer.facts(&asking.facts);
-    let (decision, shadow) = asking.http();
+    let (mut decision, shadow) = asking.http();
+    // Every other model the call uses is decided as its model is: one the policy refuses
+    // refuses the call, and the permits that allowed them join the decision's.
+    if decision.allowed {
+        for other in &trail.other_models {
+            let (d, _) = Asking::new(
+                &snapshot,
+                &tenant,
+                &destination,
+                &method,
+                Some(other),
+                fx.now(),
+            )
+            .http();
+            if !d.allowed {
+                decision = d;
+                break;
+            }
+            decision.policy_ids.extend(d.policy_ids);
+        }
+        decision.policy_ids.sort_unstable();
+        decision.policy_ids.dedup();
+    }
     let refusal = (!decision.allowed).then(|| PolicyRefusal::of(&decision));
     trail.decision = Some(decision);
     trail.shadow = shadow;

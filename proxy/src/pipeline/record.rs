@@ -93,6 +93,8 @@ pub struct Trail {
     pub shadow: Option<ShadowDecision>,
     /// The model the body names.
     pub model: Option<String>,
+    /// The other models it names, each decided as `model` is.
+    pub other_models: Vec<String>,
     /// Credentials used, or the one refused (names only).
     pub credentials: Vec<String>,
     /// SHA-256 of the body as forwarded.
@@ -140,6 +142,7 @@ impl Trail {
             decision: None,
             shadow: None,
             model: None,
+            other_models: Vec::new(),
             credentials: Vec::new(),
             body_sha256: None,
             bytes_in: 0,
@@ -331,6 +334,7 @@ impl Trail {
             path,
             route,
             model: self.model.take(),
+            other_models: std::mem::take(&mut self.other_models),
             credentials: std::mem::take(&mut self.credentials),
             usage: self.usage,
             reserved: self.reserved,

@@ -16,6 +16,7 @@
 use serde_json::Value;
 
 use super::anthropic::Anthropic;
+use super::request::EACH;
 use super::{count, num, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
@@ -55,10 +56,26 @@ const AGENT_TEXT: &str = "/text";
 const GUARDRAIL_APPLY: &str = "/guardrail/*/version/*/apply";
 
 const FIELDS: RequestFields = RequestFields {
-    // Bedrock Agents name the models they run: an inline agent's `foundationModel`, a prompt
-    // optimization's `targetModelId`, a knowledge-base answer's `modelArn`.
+    // Bedrock Agents name the models they run: an inline agent's `foundationModel` (and its
+    // collaborators' and prompt overrides', each decided too), a prompt optimization's
+    // `targetModelId`, a knowledge-base answer's `modelArn`.
     model: &[
         &["foundationModel"],
+        &["collaborators", EACH, "foundationModel"],
+        &[
+            "promptOverrideConfiguration",
+            "promptConfigurations",
+            EACH,
+            "foundationModel",
+        ],
+        &[
+            "collaborators",
+            EACH,
+            "promptOverrideConfiguration",
+            "promptConfigurations",
+            EACH,
+            "foundationModel",
+        ],
         &["targetModelId"],
         &[
             "retrieveAndGenerateConfiguration",

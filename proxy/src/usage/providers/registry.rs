@@ -340,6 +340,87 @@ mod tests {
         }
     }
 
+    /// The models a call uses beside its own are its other models, each once and never its own:
+    /// a Realtime session's transcription model, a Bedrock inline agent's collaborators' and
+    /// prompt overrides' (at any depth of those arrays).
+    #[test]
+    fn other_models_are_read_beside_the_model() {
+        let read = |body: &str| super::super::request::read_json(body.as_bytes());
+        for (body, model, others) in [
+            (
+                r#"{"session":{"model":"gpt-realtime","audio":{"input":{"transcription":{"model":"whisper-1"}}}}}"#,
+                Some("gpt-realtime"),
+                &["whisper-1"][..],
+            ),
+            (
+                r#"{"session":{"model":"gpt-realtime","audio":{"input":{"transcription":{"model":"gpt-realtime"}}}}}"#,
+                Some("gpt-realtime"),
+                &[],
+            ),
+            (
+                r#"{"foundationModel":"m-cheap","instruction":"x","collaborators":[{"foundationModel":"m-dear","collaboratorName":"a"},{"foundationModel":"m-cheap"},{"foundationModel":"m-dear"},{"foundationModel":"m-mid","promptOverrideConfiguration":{"promptConfigurations":[{"foundationModel":"m-deep"},{"promptType":"ORCHESTRATION"}]}}],"promptOverrideConfiguration":{"promptConfigurations":[{"foundationModel":"m-prompt"}]}}"#,
+                Some("m-cheap"),
+                &["m-dear", "m-deep", "m-mid", "m-prompt"],
+            ),
+            // Only the collaborators name a model: the call has no model of its own, and each
+            // of theirs is decided.
+            (
+                r#"{"collaborators":[{"foundationModel":"m-dear"}]}"#,
+                None,
+                &["m-dear"],
+            ),
+            // Every body is read with every provider's fields: an unrelated API's
+            // `collaborators` (names, an object, numbers, nested arrays) is passed over.
+            (
+                r#"{"model":"gpt-4o","collaborators":["alice",3,null,true,{"x":1},[{"foundationModel":"m-hidden"}]]}"#,
+                Some("gpt-4o"),
+                &[],
+            ),
+            (
+                r#"{"model":"gpt-4o","collaborators":{"foundationModel":"m"}}"#,
+                Some("gpt-4o"),
+                &[],
+            ),
+            (
+                r#"{"model":"gpt-4o","collaborators":"all"}"#,
+                Some("gpt-4o"),
+                &[],
+            ),
+            (
+                r#"{"model":"gpt-4o","collaborators":null}"#,
+                Some("gpt-4o"),
+                &[],
+            ),
+        ] {
+            let got = read(body).expect(body);
+            assert_eq!(got.model.as_deref(), model, "{body}");
+            assert_eq!(got.other_models, others, "{body}");
+        }
+        // A collaborator's model given twice in its object, or in another case beside itself,
+        // is ambiguous; a model that is no string is refused as the model is.
+        for body in [
+            r#"{"collaborators":[{"foundationModel":"a","foundationModel":"b"}]}"#,
+            r#"{"collaborators":[{"foundationModel":"a","FoundationModel":"b"}]}"#,
+            r#"{"collaborators":[{"foundationModel":7}]}"#,
+        ] {
+            assert!(read(body).is_err(), "{body}");
+        }
+        // Each distinct model is a decision: past 16, the body is refused.
+        let many = |n: usize| {
+            let list: Vec<String> = (0..n)
+                .map(|i| format!(r#"{{"foundationModel":"m{i}"}}"#))
+                .collect();
+            format!(r#"{{"collaborators":[{}]}}"#, list.join(","))
+        };
+        assert_eq!(read(&many(16)).expect("16").other_models.len(), 16);
+        assert!(read(&many(17)).is_err());
+        let repeated = format!(
+            r#"{{"collaborators":[{}]}}"#,
+            vec![r#"{"foundationModel":"same"}"#; 1000].join(",")
+        );
+        assert_eq!(read(&repeated).expect("one model").other_models, ["same"]);
+    }
+
     fn dest(host: &str, path: &str, provider: Option<&str>) -> Destination {
         Destination::https_for_test(host, path, provider)
     }

@@ -22,6 +22,10 @@ use super::{Field, Provider};
 pub struct Named {
     /// The model (the first model field present, in precedence order).
     pub model: Option<String>,
+    /// The other models the call uses beside it (a Bedrock inline agent's collaborators, a
+    /// Realtime session's transcription model), each once, never `model` itself: each is put to
+    /// the policy as `model` is.
+    pub other_models: Vec<String>,
     /// The output ceiling: the largest of the ceiling fields present. SECURITY: which one an
     /// upstream reads is its choice (`max_tokens` or `max_completion_tokens`, say), so the
     /// reservation covers the largest.
@@ -48,6 +52,12 @@ const CHOICE_FIELDS: [Field; 6] = [
 /// The field that asks a call to run in the background (the Responses API's).
 const BACKGROUND_FIELD: Field = &["background"];
 
+/// In a field's path: each element of an array (`["collaborators", EACH, "foundationModel"]`).
+pub const EACH: &str = "*";
+
+/// Most distinct models one body may name: each is a policy decision.
+const MAX_MODELS: usize = 16;
+
 /// Reads the model and ceiling fields of every provider from a JSON object. Allocates only the
 /// model name it returns.
 pub fn read_json(body: &[u8]) -> Result<Named, serde_json::Error> {
@@ -71,8 +81,11 @@ pub enum Slot {
     /// A model name.
     Model(usize),
     /// A second model the call uses beside its own (a Realtime session's transcription model):
-    /// the call's model only when no field names its own.
+    /// the call's model only when no field names its own, else one of its other models.
     SecondaryModel(usize),
+    /// A model inside an array (a Bedrock inline agent's collaborators): one of the call's
+    /// other models.
+    OtherModel,
     /// An output ceiling.
     Ceiling(usize),
     /// A number of completions.
@@ -109,13 +122,17 @@ impl Tree {
             let fields = p.request_fields();
             for field in fields.model {
                 // A transcription's model (a Realtime session's) is the call's second model,
-                // beside its own; any other is the model the call runs.
-                let slot = if field.iter().any(|k| k.contains("transcription")) {
+                // beside its own; one inside an array is one of several the call uses; any other
+                // is the model the call runs.
+                let slot = if field.contains(&EACH) {
+                    Slot::OtherModel
+                } else if field.iter().any(|k| k.contains("transcription")) {
                     Slot::SecondaryModel(models)
                 } else {
                     Slot::Model(models)
                 };
-                if tree.insert(field, slot) {
+                // Other models have no rank: each is decided, none chosen.
+                if tree.insert(field, slot) && slot != Slot::OtherModel {
                     models += 1;
                 }
             }
@@ -178,8 +195,17 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
         found: &mut found,
     })?;
     de.end()?;
+    let (model, mut others) = match (found.model, found.secondary_model) {
+        (Some((_, model)), secondary) => (Some(model), secondary.map(|(_, m)| m)),
+        (None, secondary) => (secondary.map(|(_, m)| m), None),
+    };
+    let mut other_models: Vec<String> = others.take().into_iter().chain(found.others).collect();
+    other_models.sort_unstable();
+    other_models.dedup();
+    other_models.retain(|m| Some(m) != model.as_ref());
     Ok(Named {
-        model: found.model.or(found.secondary_model).map(|(_, m)| m),
+        model,
+        other_models,
         max_output_tokens: found.ceiling,
         choices: found.choices,
         background: found.background,
@@ -191,6 +217,8 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
 struct Found {
     model: Option<(usize, String)>,
     secondary_model: Option<(usize, String)>,
+    /// Models inside arrays, each once.
+    others: Vec<String>,
     ceiling: Option<u64>,
     choices: Option<u64>,
     background: bool,
@@ -261,6 +289,17 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                     let v: Option<String> = map.next_value()?;
                     keep(&mut self.found.secondary_model, rank, v);
                 }
+                Some(Slot::OtherModel) => {
+                    let v: Option<String> = map.next_value()?;
+                    if let Some(v) = v.filter(|v| !self.found.others.contains(v)) {
+                        if self.found.others.len() == MAX_MODELS {
+                            return Err(de::Error::custom(format!(
+                                "the body names more than {MAX_MODELS} models"
+                            )));
+                        }
+                        self.found.others.push(v);
+                    }
+                }
                 Some(Slot::Ceiling(_)) => {
                     let v: Option<u64> = map.next_value()?;
                     largest(&mut self.found.ceiling, v);
@@ -321,10 +360,21 @@ impl<'de> de::Deserialize<'de> for Count {
     }
 }
 
-/// An object inside the body that holds fields (or `null`).
+/// An object inside the body that holds fields (or `null`); or, when its fields are those of
+/// each element of an array ([`EACH`]), that array (or `null`).
 struct Nested<'t, 'f> {
     nodes: &'t [Node],
     found: &'f mut Found,
+}
+
+impl<'t> Nested<'t, '_> {
+    /// The fields of each element, when this is an array's place.
+    fn elements(&self) -> Option<&'t [Node]> {
+        match self.nodes {
+            [each] if each.key == EACH => Some(&each.children),
+            _ => None,
+        }
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Nested<'_, '_> {
@@ -339,7 +389,10 @@ impl<'de> Visitor<'de> for Nested<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object or null")
+        match self.elements() {
+            Some(_) => f.write_str("a JSON array of objects, or null"),
+            None => f.write_str("a JSON object or null"),
+        }
     }
 
     fn visit_none<E: de::Error>(self) -> Result<(), E> {
@@ -351,10 +404,141 @@ impl<'de> Visitor<'de> for Nested<'_, '_> {
     }
 
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(Level {
+        match self.elements() {
+            Some(nodes) => d.deserialize_any(Each {
+                nodes,
+                found: self.found,
+            }),
+            None => d.deserialize_map(Level {
+                nodes: self.nodes,
+                found: self.found,
+            }),
+        }
+    }
+}
+
+/// An array whose object elements may hold `nodes`. Only the elements that are objects are
+/// read, and anything else in the array's place is passed over: the array's name is the
+/// provider's (Bedrock's `collaborators`), but every body is read with every provider's fields,
+/// and an unrelated API may use the name for anything. An upstream that reads the field reads
+/// objects there, so nothing it would use is passed over.
+struct Each<'t, 'f> {
+    nodes: &'t [Node],
+    found: &'f mut Found,
+}
+
+impl<'de> DeserializeSeed<'de> for Each<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Each<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(Element {
+                nodes: self.nodes,
+                found: &mut *self.found,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// One element of an [`Each`] array: its fields when it is an object, else nothing.
+struct Element<'t, 'f> {
+    nodes: &'t [Node],
+    found: &'f mut Found,
+}
+
+impl<'de> DeserializeSeed<'de> for Element<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Element<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        Level {
             nodes: self.nodes,
             found: self.found,
-        })
+        }
+        .visit_map(map)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
     }
 }
 
@@ -489,9 +673,9 @@ mod tests {
         // `generationConfig`).
         // And `background`. (Gemini's `generation_config`, its proto spelling, is the tenth, and
         // then the Realtime API's nested models (`session`, `input_audio_transcription`,
-        // `audio`) and Bedrock Agents' (`foundationModel`, `targetModelId`,
-        // `retrieveAndGenerateConfiguration`).)
-        assert_eq!(FIELDS.root.len(), 16, "{:?}", FIELDS.root);
+        // `audio`) and Bedrock Agents' (`foundationModel`, `collaborators`,
+        // `promptOverrideConfiguration`, `targetModelId`, `retrieveAndGenerateConfiguration`).)
+        assert_eq!(FIELDS.root.len(), 18, "{:?}", FIELDS.root);
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
@@ -503,6 +687,7 @@ mod tests {
             read,
             Named {
                 model: Some("m".into()),
+                other_models: Vec::new(),
                 max_output_tokens: Some(3),
                 choices: None,
                 background: false,
