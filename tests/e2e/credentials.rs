@@ -691,6 +691,27 @@ fn expiry_startup_failure_and_master_rotation() {
     proxy.write_tenants(&rotated);
     let (code, out) = proxy_cli(dir, &["check", "--config", "tenant-proxy.toml"], "");
     assert_eq!(code, 0, "{out}");
+    // A key file is never written over: not by a second rotation to it, not by `init-master`.
+    let key_before = std::fs::read(proxy.path("master-2.key")).unwrap();
+    for args in [
+        &[
+            "cred",
+            "--config",
+            "tenant-proxy.toml",
+            "rotate-master",
+            "--new-key-file",
+            "master-2.key",
+        ][..],
+        &["cred", "init-master", "--out", "master-2.key"],
+    ] {
+        let (code, out) = proxy_cli(dir, args, "");
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains("not overwriting a key"), "{args:?}: {out}");
+    }
+    assert_eq!(
+        std::fs::read(proxy.path("master-2.key")).unwrap(),
+        key_before
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = forward_get(
@@ -720,4 +741,93 @@ fn expiry_startup_failure_and_master_rotation() {
     let (code, out) = proxy_cli(dir, &["run", "--config", "tenant-proxy.toml"], "");
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("failed authentication"), "{out}");
+}
+
+/// Vault edits run one at a time: edits made at once all land, and a `cred rm` that reports a
+/// key removed is never undone by a `cred put` (of another tenant's key) running beside it.
+#[test]
+fn concurrent_vault_edits_all_land_and_a_removal_stays_removed() {
+    let proxy = start(vec![], Duration::from_secs(10));
+    let dir = proxy.dir.path();
+    let put_args = |tenant: &str, name: &str| -> Vec<String> {
+        [
+            "cred",
+            "--config",
+            "tenant-proxy.toml",
+            "put",
+            "--tenant",
+            tenant,
+            "--name",
+            name,
+            "--bind",
+            "127.0.0.1/x/",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = |args: Vec<String>, value: String| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        proxy_cli(dir, &args, &value)
+    };
+    std::thread::scope(|s| {
+        let edits: Vec<_> = (0..8)
+            .map(|i| {
+                let args = put_args("acme", &format!("parallel{i}"));
+                s.spawn(move || run(args, format!("sk-parallel-{i}")))
+            })
+            .collect();
+        for edit in edits {
+            let (code, out) = edit.join().unwrap();
+            assert_eq!(code, 0, "{out}");
+        }
+    });
+    let list = |tenant: &str| {
+        let (code, out) = proxy_cli(
+            dir,
+            &[
+                "cred",
+                "--config",
+                "tenant-proxy.toml",
+                "list",
+                "--tenant",
+                tenant,
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{out}");
+        out
+    };
+    let listed = list("acme");
+    for i in 0..8 {
+        assert!(listed.contains(&format!("parallel{i}\t")), "{listed}");
+    }
+    for round in 0..6 {
+        let (code, out) = run(put_args("acme", "leaked"), format!("sk-leaked-{round}"));
+        assert_eq!(code, 0, "{out}");
+        let (removed, _) = std::thread::scope(|s| {
+            let other =
+                s.spawn(|| run(put_args("globex", &format!("other{round}")), "sk-o".into()));
+            let rm = run(
+                [
+                    "cred",
+                    "--config",
+                    "tenant-proxy.toml",
+                    "rm",
+                    "--tenant",
+                    "acme",
+                    "--name",
+                    "leaked",
+                ]
+                .map(String::from)
+                .to_vec(),
+                String::new(),
+            );
+            (rm, other.join().unwrap())
+        });
+        assert_eq!(removed.0, 0, "{}", removed.1);
+        assert!(
+            !list("acme").contains("leaked\t"),
+            "round {round}: the removal was undone"
+        );
+    }
 }

@@ -331,6 +331,34 @@ fn generated_signing_keys_and_minted_tokens_work_with_other_tools() {
         "",
     );
     assert_eq!(code, 0, "{out}");
+    // Running it again never replaces the key or its published half: not at the same file, and
+    // not under a kid the JWKS already has (every token the old key signed would be refused).
+    let key = std::fs::read(dir.path().join("key.pem")).unwrap();
+    let jwks = std::fs::read(dir.path().join("jwks.json")).unwrap();
+    for (kid, out_file, says) in [
+        ("k2", "key.pem", "not overwriting a key"),
+        ("k1", "key-2.pem", "kid `k1` is already in"),
+    ] {
+        let (code, out) = proxy_cli(
+            dir.path(),
+            &[
+                "token",
+                "keygen",
+                "--kid",
+                kid,
+                "--out",
+                out_file,
+                "--jwks",
+                "jwks.json",
+            ],
+            "",
+        );
+        assert_eq!(code, 1, "{kid} {out_file}: {out}");
+        assert!(out.contains(says), "{kid} {out_file}: {out}");
+    }
+    assert_eq!(std::fs::read(dir.path().join("key.pem")).unwrap(), key);
+    assert_eq!(std::fs::read(dir.path().join("jwks.json")).unwrap(), jwks);
+    assert!(!dir.path().join("key-2.pem").exists());
     let openssl = std::process::Command::new("openssl")
         .args(["pkey", "-in", "key.pem", "-noout"])
         .current_dir(dir.path())

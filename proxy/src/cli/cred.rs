@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -91,6 +91,16 @@ pub(super) fn cred(config: &Path, command: CredCommand) -> anyhow::Result<ExitCo
             tenants.path.display()
         );
     };
+    // The value is read before the vault is locked: someone typing it holds no one up.
+    let value = match &command {
+        CredCommand::Put { .. } => Some(secret_from_stdin()?),
+        _ => None,
+    };
+    // An edit holds the vault locked from its read to its write (see `lock_for_edit`).
+    let _edit = match command {
+        CredCommand::List { .. } | CredCommand::InitMaster { .. } => None,
+        _ => Some(lock_for_edit(&store.file)?),
+    };
     let mut vault = Vault::open(&store.file, store.master.read()?)?;
     let known = |t: &str| -> anyhow::Result<TenantId> {
         let id = TenantId::new(t)?;
@@ -116,13 +126,7 @@ pub(super) fn cred(config: &Path, command: CredCommand) -> anyhow::Result<ExitCo
                 .map_err(anyhow::Error::msg)?;
             let positions = parse_positions(&positions).map_err(anyhow::Error::msg)?;
             let expires = expires.map(|e| parse_expiry(&e)).transpose()?;
-            let mut value = zeroize::Zeroizing::new(String::new());
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)?;
-            let trimmed = value.trim_end_matches(['\n', '\r']);
-            if trimmed.is_empty() {
-                anyhow::bail!("no value on standard input (pipe it in: `printf %s \"$KEY\" | tenant-proxy cred put …`)");
-            }
-            let secret = SecretValue::new(trimmed.as_bytes().to_vec());
+            let secret = value.ok_or_else(|| anyhow::anyhow!("no value read"))?;
             vault.put_kind(&tenant, &name, &secret, bind, positions, expires, kind)?;
             vault.save()?;
             eprintln!(
@@ -169,6 +173,54 @@ pub(super) fn cred(config: &Path, command: CredCommand) -> anyhow::Result<ExitCo
         CredCommand::InitMaster { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The credential's value from standard input, without its trailing line end.
+fn secret_from_stdin() -> anyhow::Result<SecretValue> {
+    let mut value = zeroize::Zeroizing::new(String::new());
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)?;
+    let trimmed = value.trim_end_matches(['\n', '\r']);
+    if trimmed.is_empty() {
+        anyhow::bail!("no value on standard input (pipe it in: `printf %s \"$KEY\" | tenant-proxy cred put …`)");
+    }
+    Ok(SecretValue::new(trimmed.as_bytes().to_vec()))
+}
+
+/// How long an edit waits for another to finish.
+const EDIT_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Locks the vault's directory (an advisory `flock`, released when the returned file is
+/// dropped or the process ends) for one read-change-write of the vault. Without it, two edits
+/// at once each write back their own copy and one undoes the other: a `cred rm` of a leaked key
+/// would be reported done and then brought back by a `cred put` of another tenant's running
+/// beside it. The directory, not a lock file beside the vault: a lock file can be deleted and
+/// made again while the lock lives on the deleted one (as the audit directory's lock explains).
+fn lock_for_edit(vault: &Path) -> anyhow::Result<std::fs::File> {
+    let dir = match vault.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let handle = std::fs::File::open(dir)
+        .with_context(|| format!("opening the vault's directory `{}`", dir.display()))?;
+    let deadline = Instant::now() + EDIT_LOCK_WAIT;
+    loop {
+        match handle.try_lock() {
+            Ok(()) => return Ok(handle),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "`{}` stayed locked for {} s: another `tenant-proxy cred` command is editing the \
+                 vault (or another process locks that directory); try again",
+                dir.display(),
+                EDIT_LOCK_WAIT.as_secs()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("locking the vault's directory `{}`", dir.display())))
+            }
+        }
+    }
 }
 
 fn parse_expiry(text: &str) -> anyhow::Result<u64> {

@@ -18,7 +18,6 @@ mod usage;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// tenant-proxy: the egress proxy that puts every agent call under its tenant's identity,
@@ -165,13 +164,21 @@ impl Cli {
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    // SECURITY: never over an existing file. Every caller writes a key, and a key written over
+    // is gone: a master key takes every stored secret with it, a signing key every token or
+    // checkpoint it signed.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("creating `{}`", path.display()))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "`{}` exists; not overwriting a key (move it away first if you mean to replace it)",
+                path.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("creating `{}`", path.display())),
+        })?;
     f.write_all(bytes)?;
     Ok(())
 }

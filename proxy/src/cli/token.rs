@@ -165,17 +165,35 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
                 Alg::Es256 => KeyAlgorithm::ES256,
             };
             let key = token::generate_key(alg, &kid)?;
-            write_private(&out, key.private_pem.as_bytes())?;
             let mut set: serde_json::Value = match std::fs::read_to_string(&jwks) {
                 Ok(text) => serde_json::from_str(&text)
                     .with_context(|| format!("`{}` is not JSON", jwks.display()))?,
-                Err(_) => serde_json::json!({ "keys": [] }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    serde_json::json!({ "keys": [] })
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("reading `{}`", jwks.display()))
+                    )
+                }
             };
             let keys = set
                 .get_mut("keys")
                 .and_then(|k| k.as_array_mut())
                 .ok_or_else(|| anyhow::anyhow!("`{}` has no `keys` array", jwks.display()))?;
-            keys.retain(|k| k.get("kid").and_then(|v| v.as_str()) != Some(kid.as_str()));
+            // A kid already published stays its key's: replacing it would refuse every token
+            // that key signed. Rotation adds a key under a new kid.
+            if keys
+                .iter()
+                .any(|k| k.get("kid").and_then(|v| v.as_str()) == Some(kid.as_str()))
+            {
+                anyhow::bail!(
+                    "kid `{kid}` is already in `{}`; give the new key another kid (rotate by adding \
+                     a key, and remove the old one once the tokens it signed have expired)",
+                    jwks.display()
+                );
+            }
+            write_private(&out, key.private_pem.as_bytes())?;
             keys.push(key.jwk);
             std::fs::write(&jwks, serde_json::to_vec_pretty(&set)?)?;
             eprintln!(
