@@ -510,6 +510,143 @@ fn malformed_requests_inside_an_intercepted_tunnel_are_refused_and_closed() {
     assert_valid_requests_pass(&aim, &origin, open());
 }
 
+/// The upstream gets the body that was decided on, once: an HTTP/2 request that ends with a
+/// trailers frame (pingora hands its end over separately) was forwarded with its body twice,
+/// joined into form pairs nothing decided on (`…&_` + `method=DELETE…` is `_method=DELETE`).
+#[test]
+fn an_http2_request_ending_in_trailers_forwards_its_body_once() {
+    let ca = TestCa::new("e2e protocol origin CA").unwrap();
+    let origin = Origin::start_tls(&ca.server(&["llm.test"]).unwrap());
+    let origin_ca = ca.cert_pem.clone();
+    let mut spec = ProxySpec {
+        policies: "tests/fixtures/policies-https",
+        ..Default::default()
+    };
+    spec.config.egress.connect_ports = Some(vec![origin.port]);
+    spec.config
+        .egress
+        .hosts
+        .insert("llm.test".into(), vec!["127.0.0.1".into()]);
+    spec.config.upstream.extra_ca_files = vec!["origin-ca.pem".into()];
+    spec.config.intercept = Some(config::Intercept::ca_in("ca"));
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::write(dir.join("origin-ca.pem"), &origin_ca).unwrap();
+        let (code, out) = proxy_cli(
+            dir,
+            &["ca", "init", "--out", "ca", "--permit", "llm.test"],
+            "",
+        );
+        assert_eq!(code, 0, "{out}");
+    });
+    let authority = format!("llm.test:{}", origin.port);
+    let ca_pem = std::fs::read_to_string(proxy.path("ca/ca.pem")).unwrap();
+    let mut client = (*tenant_proxy_loadtest::tls::client_config(&ca_pem).unwrap()).clone();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let body = b"method=DELETE&a=1&_";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, id) = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port))
+            .await
+            .unwrap();
+        tcp.write_all(
+            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.unwrap());
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        let name = rustls::pki_types::ServerName::try_from("llm.test").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (send, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        let mut send = send.ready().await.unwrap();
+        let request = http::Request::post(format!("https://{authority}/v1/form"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = send.send_request(request, false).unwrap();
+        stream
+            .send_data(bytes::Bytes::from_static(body), false)
+            .unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("1"));
+        stream.send_trailers(trailers).unwrap();
+        let response = response.await.unwrap();
+        let status = response.status().as_u16();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let mut answer = response.into_body();
+        while let Some(chunk) = answer.data().await {
+            let chunk = chunk.unwrap();
+            answer.flow_control().release_capacity(chunk.len()).unwrap();
+        }
+        (status, id)
+    });
+    assert_eq!(status, 200);
+    let got = origin.matching("/v1/form");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].body,
+        body,
+        "{}",
+        String::from_utf8_lossy(&got[0].body)
+    );
+    let rec = proxy.audit_record("acme", &id);
+    assert_eq!(rec["bytes_in"], body.len(), "{rec}");
+}
+
+/// An upgrade request with a body: the body goes upstream once, and after the switch the
+/// client's own bytes follow (a copy of the body was sent in place of each of them).
+#[test]
+fn an_upgrade_request_with_a_body_forwards_it_once_and_then_the_clients_bytes() {
+    let mock = start_mock();
+    let mut spec = ProxySpec::default();
+    spec.llm_route(mock);
+    let proxy = Proxy::start(spec);
+    let mut s = plain(proxy.sidecar_port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /llm/ws HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 9\r\n\r\nBODY-ONCE"
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut read_until = |s: &mut TcpStream, seen: &mut Vec<u8>, needle: &[u8]| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !seen.windows(needle.len()).any(|w| w == needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                String::from_utf8_lossy(seen)
+            );
+            let n = s.read(&mut buf).unwrap_or(0);
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    read_until(&mut s, &mut seen, b"101 Switching Protocols");
+    s.write_all(b"FRAME-ONE").unwrap();
+    read_until(&mut s, &mut seen, b"FRAME-ONE");
+    s.write_all(b"FRAME-TWO").unwrap();
+    read_until(&mut s, &mut seen, b"FRAME-TWO");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.matches("BODY-ONCE").count() <= 1, "{text}");
+}
+
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// An intercepted tunnel to `authority` on the proxy's `port`, TLS established.

@@ -20,6 +20,9 @@ pub struct RequestCtx {
     /// The final event of a response cut short (a stream out of budget, an MCP list that could
     /// not be filtered), written by `fail_to_proxy`.
     pub cut_event: Option<Vec<u8>>,
+    /// The held body was handed to the current upstream attempt (see
+    /// `TenantProxy::request_body_filter`).
+    pub body_handed: bool,
 }
 
 impl RequestCtx {
@@ -30,6 +33,7 @@ impl RequestCtx {
             admitted: None,
             stages: Stages::default(),
             cut_event: None,
+            body_handed: false,
         }
     }
 

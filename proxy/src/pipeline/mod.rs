@@ -663,24 +663,50 @@ impl ProxyHttp for TenantProxy {
         if let Some(exchange) = &ctx.trail.mcp {
             respond::mcp_session_upstream(&exchange.session, upstream)?;
         }
+        // A new attempt (a retry on another connection) is handed the held body anew.
+        ctx.body_handed = false;
         Ok(())
     }
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         // The body was read in full before the decision; pingora passes only its retry-buffer
-        // tail here. Hand over the whole body (again, on a retry).
-        if let Some(full) = ctx.http().and_then(|(_, g)| g.body.as_ref()) {
-            *body = Some(full.0.clone());
-        } else if let Some(sent) = body {
-            // No body was held: these are an upgraded connection's bytes (a WebSocket's
-            // frames), counted as a body's are.
-            ctx.trail.bytes_in += sent.len() as u64;
+        // tail here. Hand over the whole body, once per upstream attempt (again on a retry).
+        // SECURITY: once only. Pingora calls this again at the end of a stream (an HTTP/2
+        // request that ends with trailers) and for an upgraded connection's bytes; handing the
+        // body over at each call sent the upstream the decided body twice, joined into pairs
+        // and fields nothing decided on, or in place of a WebSocket's frames.
+        let held = ctx
+            .http()
+            .and_then(|(_, g)| g.body.as_ref())
+            .map(|b| b.0.clone());
+        match held {
+            Some(full) if !ctx.body_handed => {
+                ctx.body_handed = true;
+                *body = Some(full);
+            }
+            Some(_) if !session.was_upgraded() => {
+                // The request's body is all in what was handed over: anything more is no part
+                // of what was decided on, and is not forwarded.
+                if body.take().is_some_and(|extra| !extra.is_empty()) {
+                    return Err(Error::explain(
+                        ErrorType::InternalError,
+                        "request body bytes past the body that was decided on",
+                    ));
+                }
+            }
+            _ => {
+                if let Some(sent) = body {
+                    // An upgraded connection's bytes (a WebSocket's frames), counted as a
+                    // body's are.
+                    ctx.trail.bytes_in += sent.len() as u64;
+                }
+            }
         }
         Ok(())
     }
@@ -754,6 +780,7 @@ impl ProxyHttp for TenantProxy {
             trail,
             stages,
             cut_event,
+            ..
         } = &mut **ctx;
         let method = &session.req_header().method;
         let server = trail.mcp.as_ref().map(|m| m.server.clone());
