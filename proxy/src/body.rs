@@ -413,7 +413,8 @@ pub fn classify(
 ///   Sinatra, reads that as a form);
 /// - any `multipart/*` body, however its parts are framed (PHP's parser takes bare `\n` line
 ///   ends): a part named `_method` anywhere in it;
-/// - a JSON object's top-level `_method` (Laravel reads JSON input as it reads forms).
+/// - a JSON object's top-level `_method` (Laravel reads JSON input as it reads forms);
+/// - in any ASCII case (`_METHOD`: ASP.NET Core's form collection ignores case).
 ///
 /// The name is looked for first, so bodies that do not carry it are not parsed; a
 /// `Content-Encoding` is not undone (frameworks do not undo it either).
@@ -421,7 +422,7 @@ fn refuse_method_override(body: &[u8], headers: &http::HeaderMap) -> Result<(), 
     let name = crate::front::METHOD_PARAMETER;
     // Most bodies cannot spell it in any way a framework reads (as it is, `.method`,
     // `[method`, or with letters escaped in a form or in JSON): nothing to parse.
-    let may_spell = memchr::memmem::find(body, b"ethod").is_some()
+    let may_spell = crate::front::contains_ignoring_case(body, b"ethod")
         || memchr::memchr(b'%', body).is_some()
         || memchr::memmem::find(body, b"\\u").is_some();
     if !may_spell {
@@ -508,7 +509,7 @@ fn json_has_method(body: &[u8]) -> bool {
                 }
                 if depth == 1 && expect_key {
                     match serde_json::from_slice::<String>(&body[open..=i]) {
-                        Ok(key) if key == name => return true,
+                        Ok(key) if key.eq_ignore_ascii_case(name) => return true,
                         Ok(_) => {}
                         Err(_) => return true,
                     }
@@ -1127,6 +1128,15 @@ mod tests {
                 multi,
             ),
             (br#"{"\u005fmethod":"DELETE"}"#, "application/json"),
+            // ASP.NET Core reads form names ignoring case.
+            (b"title=x&_METHOD=DELETE", form),
+            (b"_Method=DELETE", form),
+            (b"_%4DETHOD=DELETE", form),
+            (
+                b"--b\r\nContent-Disposition: form-data; name=\"_METHOD\"\r\n\r\nDELETE\r\n--b--",
+                multi,
+            ),
+            (br#"{"_METHOD":"DELETE"}"#, "application/json"),
             // A JSON reader with limits gives up where another reads on: not a way past.
             (br#"{"n":1e400,"_method":"DELETE"}"#, "application/json"),
             (
@@ -1155,6 +1165,7 @@ mod tests {
             ),
             (br#"{"a":{"_method":"x"},"b":["_method"],"c":"_method"}"#, "application/json"),
             (b"a.method=x&title=100%25", form),
+            (b"PAYMENT_METHOD=card&_METHODS=x", form),
         ] {
             assert!(to_tool(body, ct).is_ok(), "{}", String::from_utf8_lossy(body));
         }

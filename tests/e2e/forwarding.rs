@@ -251,6 +251,14 @@ fn malformed_targets_are_refused_before_dialing() {
             "bad_request",
         ),
         (
+            "a method override in a form, in another case (ASP.NET Core)",
+            format!(
+                "POST http://127.0.0.1:{o}/acme/x HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 24\r\nConnection: close\r\n\r\ntitle=x&_METHOD=DELETE&y"
+            ),
+            400,
+            "bad_request",
+        ),
+        (
             "a proxy token spelt with `_`",
             format!(
                 "GET http://127.0.0.1:{o}/acme/x HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nProxy_Authorization: Bearer secret\r\nConnection: close\r\n\r\n"

@@ -93,7 +93,8 @@ pub const METHOD_PARAMETER: &str = "_method";
 
 /// Whether a form or query field named `name` (percent-decoded) is [`METHOD_PARAMETER`] to some
 /// framework: PHP turns `.`, ` ` and an unmatched `[` in a name into `_` (`.method`, `[method`)
-/// and drops leading spaces.
+/// and drops leading spaces; ASP.NET Core's form and query collections ignore case
+/// (`_METHOD`).
 pub fn is_method_parameter(name: &str) -> bool {
     let name = name.trim_start();
     name.len() == METHOD_PARAMETER.len()
@@ -103,10 +104,22 @@ pub fn is_method_parameter(name: &str) -> bool {
                 if matches!(b, b'.' | b' ' | b'[') {
                     b'_'
                 } else {
-                    b
+                    b.to_ascii_lowercase()
                 }
             })
             .eq(METHOD_PARAMETER.bytes())
+}
+
+/// Whether `bytes` holds `lower` (ASCII lower case) in any ASCII case, without a copy.
+pub fn contains_ignoring_case(bytes: &[u8], lower: &[u8]) -> bool {
+    let Some((&first, rest)) = lower.split_first() else {
+        return true;
+    };
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), bytes).any(|at| {
+        bytes
+            .get(at + 1..at + lower.len())
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(rest))
+    })
 }
 
 /// Whether `target`'s query carries [`METHOD_PARAMETER`] (percent-decoded, `&` or `;` between
@@ -117,7 +130,7 @@ pub fn method_override_in_query(target: &str) -> bool {
     };
     // Most queries have no such name, spelt or escaped: nothing to parse.
     let bytes = query.as_bytes();
-    if memchr::memmem::find(bytes, b"method").is_none() && memchr::memchr(b'%', bytes).is_none() {
+    if !contains_ignoring_case(bytes, b"method") && memchr::memchr(b'%', bytes).is_none() {
         return false;
     }
     crate::form_pairs::lenient(bytes).any(|(name, _)| is_method_parameter(&name))
@@ -157,6 +170,9 @@ mod tests {
             "/items/1?[method=DELETE",
             "/items/1?%20_method=DELETE",
             "http://h/items?x&_method",
+            // ASP.NET Core's query collection ignores case.
+            "/items/1?_METHOD=DELETE",
+            "/items/1?a=1&_Method=put",
         ] {
             assert!(method_override_in_query(target), "{target}");
         }
@@ -168,8 +184,24 @@ mod tests {
             "/items/1?_method_=x",
             "/items/_method?x=1",
             "/items/1?x=%25",
+            "/items/1?PAYMENT_METHOD=card",
         ] {
             assert!(!method_override_in_query(target), "{target}");
+        }
+    }
+
+    #[test]
+    fn a_name_is_found_in_any_ascii_case_without_a_copy() {
+        for (bytes, found) in [
+            (&b"x_MeThOd"[..], true),
+            (b"method", true),
+            (b"METHOD", true),
+            (b"metho", false),
+            (b"", false),
+            (b"mEthoD=1", true),
+            (b"m\xc3\xa9thod", false),
+        ] {
+            assert_eq!(contains_ignoring_case(bytes, b"method"), found, "{bytes:?}");
         }
     }
 
