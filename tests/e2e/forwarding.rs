@@ -251,6 +251,22 @@ fn malformed_targets_are_refused_before_dialing() {
             "bad_request",
         ),
         (
+            "an overlong UTF-8 `..` in the path",
+            format!(
+                "GET http://127.0.0.1:{o}/acme/%C0%AE%C0%AE/admin HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nConnection: close\r\n\r\n"
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "a double-encoded `..` in the path",
+            format!(
+                "GET http://127.0.0.1:{o}/acme/%252E%252E/admin HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nConnection: close\r\n\r\n"
+            ),
+            400,
+            "bad_request",
+        ),
+        (
             "a method override in a form, in another case (ASP.NET Core)",
             format!(
                 "POST http://127.0.0.1:{o}/acme/x HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 24\r\nConnection: close\r\n\r\ntitle=x&_METHOD=DELETE&y"

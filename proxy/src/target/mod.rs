@@ -451,7 +451,11 @@ pub fn explicit_port(authority: &http::uri::Authority) -> Result<Option<u16>, Ta
 /// the meaning of (a malformed one, an encoded control character, or an encoded letter, digit or
 /// `-._~`, which RFC 3986 says to send as itself: `/v1/%66iles` is `/v1/files` to the upstream
 /// but not to a policy on `"/v1/files*"`, or an escape in lower case). Escapes of other
-/// characters in upper case (`%20`, `%3A`, UTF-8) pass, and the policy sees them as sent.
+/// characters in upper case (`%20`, `%3A`, UTF-8) pass, and the policy sees them as sent,
+/// unless a second reading could make separators or dots of them: an escaped `%` before two
+/// hex digits (`%252E`, which a second decoding reads as `.`), escapes that decode to no valid
+/// UTF-8 (the overlong `%C0%AE` is `.` to lenient decoders), and characters that Unicode
+/// normalization (NFKC) turns into `.`, `/` or `\` (the fullwidth `．`).
 fn check_path(path_and_query: &str) -> Result<(), TargetError> {
     let whole = path_and_query.as_bytes();
     let bytes = &whole[..memchr::memchr(b'?', whole).unwrap_or(whole.len())];
@@ -475,6 +479,8 @@ fn check_path(path_and_query: &str) -> Result<(), TargetError> {
         ));
     }
     let mut i = 0;
+    // An escape of a byte outside ASCII: the decoded path is checked as a whole after.
+    let mut wide = false;
     // Jump between the bytes that matter (SIMD memchr): most paths have neither.
     while let Some(at) = memchr::memchr2(b'%', b'\\', &bytes[i..]) {
         i += at;
@@ -504,6 +510,22 @@ fn check_path(path_and_query: &str) -> Result<(), TargetError> {
                     "a percent-encoded control character in the path".into(),
                 ))
             }
+            Some(b'%')
+                if bytes
+                    .get(i + 3)
+                    .copied()
+                    .is_some_and(|d| hex_value(d).is_some())
+                    && bytes
+                        .get(i + 4)
+                        .copied()
+                        .is_some_and(|d| hex_value(d).is_some()) =>
+            {
+                return Err(TargetError::Malformed(
+                    "a percent-encoded `%` before two hex digits in the path (`%252E`): a \
+                     second decoding reads another character there"
+                        .into(),
+                ))
+            }
             // One spelling per escape (RFC 3986's upper case), so `%3a` cannot pass a policy
             // written against `%3A` that the upstream reads the same.
             Some(_) if bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase) => {
@@ -511,8 +533,67 @@ fn check_path(path_and_query: &str) -> Result<(), TargetError> {
                     "a percent-encoding in lower case in the path: write `%3A`, not `%3a`".into(),
                 ))
             }
-            Some(_) => i += 3,
+            Some(b) => {
+                wide |= !b.is_ascii();
+                i += 3;
+            }
         }
+    }
+    if wide {
+        check_decoded_path(bytes)?;
+    }
+    Ok(())
+}
+
+/// Characters that Unicode compatibility normalization (NFKC) turns into `.`, `..`, `...`,
+/// `/` or `\`: an upstream that normalizes its paths reads a separator or a dot segment there.
+const NORMALIZED_TO_SEPARATORS: [char; 8] = [
+    '\u{2024}', // ONE DOT LEADER
+    '\u{2025}', // TWO DOT LEADER
+    '\u{2026}', // HORIZONTAL ELLIPSIS
+    '\u{FE52}', // SMALL FULL STOP
+    '\u{FE68}', // SMALL REVERSE SOLIDUS
+    '\u{FF0E}', // FULLWIDTH FULL STOP
+    '\u{FF0F}', // FULLWIDTH SOLIDUS
+    '\u{FF3C}', // FULLWIDTH REVERSE SOLIDUS
+];
+
+/// The path's escapes outside ASCII, decoded: valid UTF-8 (an overlong or otherwise invalid
+/// sequence is whatever a lenient decoder makes of it, `%C0%AE` a `.`), and none of the
+/// characters normalization makes separators or dots of.
+fn check_decoded_path(path: &[u8]) -> Result<(), TargetError> {
+    // Every `%` was checked to start an escape.
+    let mut decoded = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        let escaped = match (path[i], path.get(i + 1), path.get(i + 2)) {
+            (b'%', Some(&hi), Some(&lo)) => hex_value(hi).zip(hex_value(lo)),
+            _ => None,
+        };
+        match escaped {
+            Some((hi, lo)) => {
+                decoded.push(hi << 4 | lo);
+                i += 3;
+            }
+            None => {
+                decoded.push(path[i]);
+                i += 1;
+            }
+        }
+    }
+    let Ok(text) = std::str::from_utf8(&decoded) else {
+        return Err(TargetError::Malformed(
+            "percent-encodings in the path that are no valid UTF-8 (such as the overlong \
+             `%C0%AE`)"
+                .into(),
+        ));
+    };
+    if text.contains(NORMALIZED_TO_SEPARATORS) {
+        return Err(TargetError::Malformed(
+            "a character in the path that Unicode normalization makes a `.`, `/` or `\\` of \
+             (such as the fullwidth `．`)"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -615,9 +696,12 @@ mod tests {
             return false;
         }
         let mut decoded = Vec::new();
+        // The whole path decoded, and which of its bytes were escapes.
+        let mut full: Vec<(u8, bool)> = Vec::new();
         let mut rest = path.as_bytes();
         while let Some((&b, tail)) = rest.split_first() {
             if b != b'%' {
+                full.push((b, false));
                 rest = tail;
                 continue;
             }
@@ -630,23 +714,87 @@ mod tests {
             if hex.iter().any(u8::is_ascii_lowercase) {
                 return false;
             }
-            decoded.push(u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap());
+            let byte = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
+            decoded.push(byte);
+            full.push((byte, true));
             rest = &tail[2..];
         }
         let unreserved = |b: &u8| b.is_ascii_alphanumeric() || b"-._~".contains(b);
-        !decoded
+        if decoded
             .iter()
             .any(|b| b"/\\".contains(b) || unreserved(b) || b.is_ascii_control())
+        {
+            return false;
+        }
+        // An escaped `%` before two hex digits decodes again.
+        if full
+            .windows(3)
+            .any(|w| w[0] == (b'%', true) && w[1..].iter().all(|(b, _)| b.is_ascii_hexdigit()))
+        {
+            return false;
+        }
+        if decoded.iter().any(|b| !b.is_ascii()) {
+            let bytes: Vec<u8> = full.iter().map(|(b, _)| *b).collect();
+            let Ok(text) = String::from_utf8(bytes) else {
+                return false;
+            };
+            if text.chars().any(|c| NORMALIZED_TO_SEPARATORS.contains(&c)) {
+                return false;
+            }
+        }
+        true
     }
 
     #[test]
     fn paths_are_checked_as_decoding_each_segment_would() {
         // Every path of up to four pieces from these, between and around slashes.
         let pieces = [
-            "", ".", "..", "...", "%2e", "%2E", "%2e%2E", ".%2e", "%2e.", "%2", "%2f", "%2F", "%",
-            "a", "a.", "\\", "%%2e2e", "e", "2", "?x=..", "%41", "%7e", "%5c", "%5C", "%00", "%7F",
-            "%20", "%3A", "%C3%A9", "%zz", "%+1", "%-1", "%3a", "%c3%A9", ";", "..;", ".;x", "a;b",
+            "",
+            ".",
+            "..",
+            "...",
+            "%2e",
+            "%2E",
+            "%2e%2E",
+            ".%2e",
+            "%2e.",
+            "%2",
+            "%2f",
+            "%2F",
+            "%",
+            "a",
+            "a.",
+            "\\",
+            "%%2e2e",
+            "e",
+            "2",
+            "?x=..",
+            "%41",
+            "%7e",
+            "%5c",
+            "%5C",
+            "%00",
+            "%7F",
+            "%20",
+            "%3A",
+            "%C3%A9",
+            "%zz",
+            "%+1",
+            "%-1",
+            "%3a",
+            "%c3%A9",
+            ";",
+            "..;",
+            ".;x",
+            "a;b",
             "%3B",
+            "%25",
+            "2E",
+            "%252E",
+            "%C0%AE",
+            "%C3",
+            "%A9",
+            "%EF%BC%8E",
         ];
         let mut checked = 0;
         for a in pieces {
@@ -676,6 +824,17 @@ mod tests {
             "/v1/mod%zzels",
             "/v1/x%",
             "/model/a%3a0",
+            // Read again by lenient, double or normalizing decoders as `..`, `/` or `\`.
+            "/v1/%C0%AE%C0%AE/admin",
+            "/v1/%E0%80%AE%E0%80%AE/admin",
+            "/v1/%C1%9C",
+            "/v1/%C0%80",
+            "/v1/%252E%252E/admin",
+            "/v1/%252f",
+            "/v1/%EF%BC%8E%EF%BC%8E/admin",
+            "/v1/a%EF%BC%8Fb",
+            "/v1/%E2%80%A5/admin",
+            "/v1/%FF",
         ] {
             assert!(check_path(path).is_err(), "{path}");
         }
@@ -683,6 +842,9 @@ mod tests {
             "/v1/a%20b",
             "/model/anthropic.claude-v1%3A0/invoke",
             "/caf%C3%A9",
+            "/v1/%E4%B8%AD%E6%96%87",
+            "/v1/100%25",
+            "/v1/%25zz",
         ] {
             assert!(check_path(path).is_ok(), "{path}");
         }
