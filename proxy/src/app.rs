@@ -87,6 +87,47 @@ fn check_files(s: &StaticConfig, problems: &mut Vec<ConfigProblem>) {
     if let Err(e) = AuditSink::check_writable(&s.audit) {
         problems.push(ConfigProblem::at(&s.path, "audit.dir", e.to_string()));
     }
+    // The interception CA as `run` loads it: a key of another CA, or one that cannot be read.
+    if let Some(i) = s.intercept.as_ref().filter(|i| i.ca_cert.is_file()) {
+        if let Err(e) = LocalCa::load(&i.ca_cert, &i.ca_key) {
+            problems.push(ConfigProblem::at(
+                &s.path,
+                "intercept",
+                format!("loading the interception CA: {e:#}"),
+            ));
+        }
+    }
+    // An extra CA file with no certificate in it would fail every upstream TLS call.
+    for (i, file) in s.upstream.extra_ca_files.iter().enumerate() {
+        if let Err(e) = count_certificates(file).and_then(|n| {
+            (n > 0)
+                .then_some(())
+                .ok_or_else(|| "it holds no PEM certificate".to_string())
+        }) {
+            problems.push(ConfigProblem::at(
+                &s.path,
+                format!("upstream.extra_ca_files[{i}]"),
+                format!("`{}`: {e}", file.display()),
+            ));
+        }
+    }
+    // `RUST_LOG` replaces `[log] level`, so it is checked as that is (an empty one is unset).
+    if let Some(filter) = crate::logging::rust_log() {
+        if let Err(e) = crate::logging::check_filter(&filter) {
+            problems.push(ConfigProblem::at(&s.path, "log.level (RUST_LOG)", e));
+        }
+    }
+}
+
+/// How many PEM certificates `file` holds (an unreadable or malformed one is an error).
+fn count_certificates(file: &std::path::Path) -> Result<usize, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut n = 0;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(file).map_err(|e| e.to_string())? {
+        cert.map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Starts the logger (see [`crate::logging`]: no level setting opens third-party debug lines);

@@ -76,6 +76,52 @@ fn key_script_then_check_passes_for_quickstart_and_compose() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // What `run` would refuse, `check` refuses too: a CA key of another CA, a CA file with no
+    // certificate, a log level that is none (every line would go), in the file or `RUST_LOG`.
+    let config = dir.path().join("quickstart/tenant-proxy.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    for (name, broken, env, says) in [
+        (
+            "another CA's key",
+            good.replace("ca/ca-key.pem", "origin-ca/ca-key.pem"),
+            None,
+            "the key does not belong to the certificate",
+        ),
+        (
+            "a CA file without a certificate",
+            good.replace("\"origin-ca/ca.pem\"", "\"tenants.toml\""),
+            None,
+            "holds no PEM certificate",
+        ),
+        (
+            "a misspelt log level",
+            good.replace("level = \"info\"", "level = \"warning\""),
+            None,
+            "`warning` in the log filter",
+        ),
+        (
+            "a misspelt RUST_LOG",
+            good.clone(),
+            Some("infoo"),
+            "`infoo` in the log filter",
+        ),
+    ] {
+        assert!(env.is_some() || broken != good, "{name}: the edit applies");
+        std::fs::write(&config, &broken).unwrap();
+        for command in ["check", "run"] {
+            let mut cmd = Command::new(bin);
+            cmd.args([command, "--config", "quickstart/tenant-proxy.toml"])
+                .current_dir(dir.path());
+            if let Some(filter) = env {
+                cmd.env("RUST_LOG", filter);
+            }
+            let out = cmd.output().unwrap();
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{name}: {command}: {text}");
+            assert!(text.contains(says), "{name}: {command}: {text}");
+        }
+    }
+    std::fs::write(&config, &good).unwrap();
     // The demo credentials went into the vault, one per tenant, and no secret is in clear.
     let vault = std::fs::read_to_string(dir.path().join("quickstart/keys/vault.json")).unwrap();
     assert!(

@@ -538,6 +538,11 @@ mod tests {
                 "log-bad-format.toml",
                 "log-bad-format.toml:5:10: unknown variant `yaml`, expected `text` or `json`",
             ),
+            // A misspelt level would turn every log line off.
+            (
+                "log-bad-level.toml",
+                "log-bad-level.toml:5:9: `warning` in the log filter `warning` is no level",
+            ),
             ("binding-missing.toml", "listener[0].binding"),
             ("tracing-bad-endpoint.toml", "tracing.otlp_endpoint"),
             ("tracing-bad-endpoint.toml", "tracing.timeout"),

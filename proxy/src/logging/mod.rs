@@ -43,7 +43,56 @@ pub struct LogSpec {
     #[serde(default)]
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `tenant_proxy=debug`; `RUST_LOG` overrides it.
+    #[serde(default, deserialize_with = "checked_filter")]
     pub level: Option<String>,
+}
+
+/// `RUST_LOG`, when set to something (an empty one is unset).
+pub fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|filter| !filter.trim().is_empty())
+}
+
+/// Reads `[log] level`, refusing what [`check_filter`] refuses.
+fn checked_filter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let filter = <String as serde::Deserialize>::deserialize(d)?;
+    check_filter(&filter).map_err(serde::de::Error::custom)?;
+    Ok(Some(filter))
+}
+
+/// Checks a log filter (`[log] level`, `RUST_LOG`): comma-separated directives, each a level
+/// (`trace`, `debug`, `info`, `warn`, `error`, `off`) or `target=level`.
+///
+/// `tracing` reads any other word as a target to log at every level, so a misspelt level
+/// (`warning`, `infoo`) or an empty one would turn every line off, errors included, and say
+/// nothing: refused instead.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    let is_level = |s: &str| {
+        s.trim()
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_ok()
+            && !s.trim().is_empty()
+    };
+    if filter.trim().is_empty() {
+        return Err("the log filter is empty: give a level (`info`)".into());
+    }
+    for directive in filter.split(',') {
+        let directive = directive.trim();
+        let level = match directive.rsplit_once('=') {
+            // A span field's value (`target[span{field=value}]`) is no level to check.
+            Some((_, after)) if after.contains(['}', ']']) => continue,
+            Some((_, level)) => level,
+            None => directive,
+        };
+        if !is_level(level) {
+            return Err(format!(
+                "`{directive}` in the log filter `{filter}` is no level (trace, debug, info, warn, \
+                 error, off) or `target=level` directive"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Log output format.
@@ -91,7 +140,9 @@ pub use throttle::{refusal_line, sample_line, suppressed_lines, LineKey};
 /// (tests) or its thread could not start (then lines go to standard error from the worker).
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init(format: LogFormat, level: &str) -> Option<WriterGuard> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = rust_log()
+        .and_then(|filter| EnvFilter::try_new(filter).ok())
+        .unwrap_or_else(|| EnvFilter::new(level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (queue, guard) = match lines::start(std::io::stderr(), QUEUED_LINES) {
         Ok(started) => started,
@@ -212,6 +263,37 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::sync::{Arc, Mutex};
+
+    /// Levels and `target=level` directives pass; a word that is no level (which `tracing`
+    /// would read as a target, turning every other line off) or nothing is refused.
+    #[test]
+    fn log_filters_name_levels() {
+        for good in [
+            "info",
+            "WARN",
+            "debug,pingora=warn",
+            "tenant_proxy=debug, info",
+            "off",
+            "tenant_proxy::pipeline=trace",
+            "h[span{field=value}]",
+            "3",
+        ] {
+            assert!(check_filter(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "warning",
+            "infoo",
+            "info ,",
+            "",
+            " ",
+            "errors",
+            "verbose",
+            "tenant_proxy=loud",
+            "info,,warn",
+        ] {
+            assert!(check_filter(bad).is_err(), "{bad}");
+        }
+    }
 
     /// Bytes written, kept.
     #[derive(Clone, Default)]
