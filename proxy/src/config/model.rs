@@ -290,13 +290,26 @@ impl TenantConfig {
             .and_then(|f| price_table(&p.path(f), &mut p));
         let has_prices = spec.prices_file.is_some();
         let prices_path = spec.prices_file.as_ref().map(|f| p.path(f));
-        let tenants = spec
+        let tenants: BTreeMap<TenantId, TenantEntry> = spec
             .tenants
             .into_iter()
             .filter_map(|(id, t)| TenantEntry::from_spec(&id, t, has_prices, &mut p))
             .collect();
         let (credential_settings, credential_source) =
             crate::credentials::settings::from_spec(spec.credentials, &mut p);
+        if let Some(crate::credentials::CredentialSource::Files(store)) = &credential_source {
+            for c in store.declared.iter() {
+                if !tenants.contains_key(&c.tenant) {
+                    p.push(
+                        "credentials.file",
+                        format!(
+                            "credential `{}` is declared for tenant `{}`, which is not configured",
+                            c.name, c.tenant
+                        ),
+                    );
+                }
+            }
+        }
         let regions =
             DestinationRegions::from_spec(&spec.destination_regions).unwrap_or_else(|problems| {
                 p.extend(problems);
@@ -593,6 +606,14 @@ mod tests {
             (
                 "tenants-bad-position.toml",
                 "tenants-bad-position.toml:10:17: unknown variant `cookie`, expected one of `header`, `query`, `body`",
+            ),
+            (
+                "tenants-credential-twice.toml",
+                "credentials.file[1].name: tenant `acme`'s credential `openai` is declared twice",
+            ),
+            (
+                "tenants-credential-twice.toml",
+                "credential `openai` is declared for tenant `acmee`, which is not configured",
             ),
         ];
         for (file, want) in tenant_cases {

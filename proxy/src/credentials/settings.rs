@@ -180,15 +180,29 @@ fn vault(
     }))
 }
 
-/// The `[[credentials.file]]` entries whose tenant is valid, each with its bindings.
+/// The `[[credentials.file]]` entries whose tenant is valid, each with its bindings. A tenant's
+/// credential declared twice is refused: the second entry's bindings would replace the first's,
+/// which a reviewer reading the first would take for the ones in force.
 fn declared_files(files: Vec<FileCredentialSpec>, p: &mut Problems<'_>) -> Vec<FileCredential> {
-    let mut declared = Vec::new();
+    let mut declared: Vec<FileCredential> = Vec::new();
     for (i, f) in files.into_iter().enumerate() {
         let at = |field: &str| format!("credentials.file[{i}].{field}");
         let Ok(tenant) = TenantId::new(&f.tenant).map_err(|e| p.push(at("tenant"), e.to_string()))
         else {
             continue;
         };
+        if declared
+            .iter()
+            .any(|d| d.tenant == tenant && d.name == f.name)
+        {
+            p.push(
+                at("name"),
+                format!(
+                    "tenant `{tenant}`'s credential `{}` is declared twice: give each one entry",
+                    f.name
+                ),
+            );
+        }
         if !valid_name(&f.name) {
             p.push(at("name"), format!("`{}` is not a credential name", f.name));
         }
