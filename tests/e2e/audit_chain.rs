@@ -1145,3 +1145,23 @@ fn a_second_proxy_on_the_same_audit_directory_fails_to_start() {
     let (code, report) = verify(&proxy.path("audit"), &[]);
     assert_eq!(code, 0, "{report:#}");
 }
+
+/// `audit verify` of a directory the proxy never wrote (empty, another directory, a path that is
+/// none) fails instead of reporting each subdirectory as a tenant with nothing wrong.
+#[test]
+fn verifying_a_directory_that_is_no_audit_trail_fails() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("empty")).unwrap();
+    for sub in ["config/ca", "config/keys"] {
+        std::fs::create_dir_all(home.path().join(sub)).unwrap();
+    }
+    for (dir, says) in [
+        ("empty", "is no audit directory"),
+        ("config", "is no audit directory"),
+        ("missing", "is not a directory"),
+    ] {
+        let (code, out) = proxy_cli(home.path(), &["audit", "verify", "--dir", dir], "");
+        assert_eq!(code, 1, "{dir}: {out}");
+        assert!(out.contains(says), "{dir}: {out}");
+    }
+}

@@ -198,8 +198,23 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 grace,
                 anchors: read_anchors(&anchor)?,
             };
+            if !dir.is_dir() {
+                anyhow::bail!("`{}` is not a directory", dir.display());
+            }
             let reports = verify::verify_dir(&dir, tenant.as_ref(), &trust)
                 .with_context(|| format!("reading `{}`", dir.display()))?;
+            // A directory the proxy never wrote (a wrong path, a volume not mounted) holds
+            // nothing to verify: that is no success. The proxy publishes its checkpoint keys in
+            // `_keys/` at start; without them, some record or checkpoint must be there.
+            let found = reports.iter().any(|r| r.records > 0 || r.checkpoints > 0);
+            if !found && !dir.join(crate::audit::layout::KEYS_DIR).is_dir() {
+                anyhow::bail!(
+                    "`{}` is no audit directory: it holds no `{}/` (the keys the proxy publishes \
+                     at start) and no audit record",
+                    dir.display(),
+                    crate::audit::layout::KEYS_DIR
+                );
+            }
             render(&reports, json)
         }
         AuditCommand::Export {
