@@ -67,15 +67,24 @@ impl Snapshot {
             .filter(|(_, t)| periodic(&t.limits) || t.workload_limits.values().any(periodic))
             .map(|(id, _)| id.as_str())
             .collect();
-        if tenants.is_empty() {
+        // Signed runs (from tokens) are in memory too: their budgets, records and closures.
+        let runs = self.tenants.token.is_some();
+        if tenants.is_empty() && !runs {
             return None;
         }
         let shown = match tenants.len() {
             n if n > 3 => format!("{} and {} more", tenants[..3].join(", "), n - 3),
             _ => tenants.join(", "),
         };
+        let what = match (tenants.is_empty(), runs) {
+            (false, true) => format!(
+                "day and month cost ceilings ({shown}) and signed runs (their budgets, records and `run close`) are"
+            ),
+            (false, false) => format!("day and month cost ceilings ({shown}) are"),
+            (true, _) => "signed runs (their budgets, records and `run close`) are".to_string(),
+        };
         Some(format!(
-            "day and month cost ceilings ({shown}) are counted in memory (`[limiter] backend = \"memory\"`): a restart starts them at zero, and each replica counts its own; use `backend = \"redis\"` to keep them"
+            "{what} kept in memory (`[limiter] backend = \"memory\"`): a restart forgets them (ceilings start at zero, a closed run is served again), and each replica keeps its own; use `backend = \"redis\"` to keep them"
         ))
     }
 

@@ -105,6 +105,8 @@ fn the_admin_token_guards_every_endpoint_but_the_probes() {
     let (code, out) = proxy.admin_cli(&["run", "close", "--tenant", "acme", "--run", "run-2"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("before_start"), "{out}");
+    // With the memory limiter, the closure lasts as long as this process: said so.
+    assert!(out.contains("a restart forgets that it was closed"), "{out}");
     let (code, out) = proxy.admin_cli(&["usage", "--tenant", "acme", "--json"]);
     assert_eq!(code, 0, "{out}");
     // `check` is quiet about a configured token.
@@ -204,12 +206,18 @@ fn without_a_token_the_admin_port_is_open_and_check_warns() {
         "{out}"
     );
     assert!(proxy.log().contains("requires no token"));
-    // No day or month ceiling here: nothing to lose at a restart, no warning about it.
-    assert!(!out.contains("counted in memory"), "{out}");
+    // No day or month ceiling here, but signed runs are kept in memory too.
+    assert!(
+        out.contains(
+            "warning: signed runs (their budgets, records and `run close`) are kept in memory"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("cost ceilings"), "{out}");
 }
 
-/// Day and month cost ceilings counted in memory start at zero after a restart: `check` and
-/// `run` say so, naming the tenants; with the Redis limiter they do not.
+/// Day and month cost ceilings and signed runs kept in memory are forgotten at a restart:
+/// `check` and `run` say so, naming the tenants; with the Redis limiter they do not.
 #[test]
 fn memory_counted_cost_ceilings_are_warned_about() {
     let mut spec = ProxySpec::default().with_prices();
@@ -218,14 +226,17 @@ fn memory_counted_cost_ceilings_are_warned_about() {
     let out = check_ok(&proxy);
     let line = out
         .lines()
-        .find(|l| l.contains("counted in memory"))
+        .find(|l| l.contains("kept in memory"))
         .unwrap_or_else(|| panic!("no warning: {out}"));
     assert!(
-        line.starts_with("warning: day and month cost ceilings (globex)"),
+        line.starts_with(
+            "warning: day and month cost ceilings (globex) and signed runs (their budgets, records and `run close`) are kept in memory"
+        ),
         "{line}"
     );
+    assert!(line.contains("a closed run is served again"), "{line}");
     assert!(line.contains("backend = \"redis\""), "{line}");
-    assert!(proxy.log().contains("counted in memory"));
+    assert!(proxy.log().contains("kept in memory"));
 
     let redis = RedisServer::start();
     let mut spec = ProxySpec::default()
@@ -234,7 +245,7 @@ fn memory_counted_cost_ceilings_are_warned_about() {
     spec.tenant("globex").limits().cost_per_month_micros = Some(5_000_000);
     let proxy = Proxy::start(spec);
     let out = check_ok(&proxy);
-    assert!(!out.contains("counted in memory"), "{out}");
+    assert!(!out.contains("kept in memory"), "{out}");
 }
 
 #[test]

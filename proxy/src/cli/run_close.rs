@@ -28,5 +28,15 @@ pub(super) fn close(
         .append_pair("run", run);
     let body = admin_call(&port, "POST", &format!("/runs/close?{}", query.finish()))?;
     println!("{}", String::from_utf8_lossy(&body).trim());
+    if matches!(
+        static_config.limiter,
+        crate::limits::settings::LimiterSettings::Memory { .. }
+    ) {
+        eprintln!(
+            "note: the limiter keeps runs in memory (`[limiter] backend = \"memory\"`): this proxy \
+             refuses the run from now on, but a restart forgets that it was closed, and other \
+             replicas never knew; use `backend = \"redis\"` to keep closures"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
