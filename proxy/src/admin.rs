@@ -306,6 +306,15 @@ impl ServeHttp for AdminApp {
             Err(deny) => return json_error(&deny),
         };
         let is_post = req.method == http::Method::POST;
+        // The read endpoints answer GET and HEAD only, as `/runs/close` answers POST only.
+        let is_read = matches!(req.method, http::Method::GET | http::Method::HEAD);
+        let reads = matches!(
+            path.as_str(),
+            "/healthz" | "/readyz" | "/metrics" | "/usage"
+        );
+        if reads && !is_read {
+            return json_error(&Deny::MethodNotAllowed("use GET".into()));
+        }
         match path.as_str() {
             "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => self.readiness().await,

@@ -121,6 +121,16 @@ impl<'a> Problems<'a> {
         }
     }
 
+    /// A duration that must be more than zero: a timeout of zero fires at once (a request head
+    /// sent in two packets would get 408), and a lease of zero ends as it starts.
+    pub fn positive_duration(&mut self, location: &str, value: &str) -> Duration {
+        let d = self.duration(location, value);
+        if d.is_zero() && humantime::parse_duration(value).is_ok() {
+            self.push(location, "must be more than zero");
+        }
+        d
+    }
+
     /// `path` as written in the file, resolved against the file's directory.
     pub fn path(&self, path: &Path) -> PathBuf {
         relative_to(self.file, path)

@@ -106,7 +106,10 @@ fn the_admin_token_guards_every_endpoint_but_the_probes() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("before_start"), "{out}");
     // With the memory limiter, the closure lasts as long as this process: said so.
-    assert!(out.contains("a restart forgets that it was closed"), "{out}");
+    assert!(
+        out.contains("a restart forgets that it was closed"),
+        "{out}"
+    );
     let (code, out) = proxy.admin_cli(&["usage", "--tenant", "acme", "--json"]);
     assert_eq!(code, 0, "{out}");
     // `check` is quiet about a configured token.
@@ -200,6 +203,16 @@ fn check_ok(proxy: &Proxy) -> String {
 fn without_a_token_the_admin_port_is_open_and_check_warns() {
     let proxy = Proxy::start(ProxySpec::default());
     assert_eq!(admin(&proxy, "GET", "/metrics", "").status, 200);
+    // Read endpoints answer GET and HEAD only.
+    for (method, path) in [
+        ("DELETE", "/metrics"),
+        ("PUT", "/metrics"),
+        ("POST", "/usage?tenant=acme"),
+        ("POST", "/healthz"),
+    ] {
+        let r = admin(&proxy, method, path, "");
+        r.assert_refused(405, "method_not_allowed");
+    }
     let out = check_ok(&proxy);
     assert!(
         out.contains("warning: the admin port") && out.contains("token_file"),

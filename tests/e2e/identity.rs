@@ -613,3 +613,105 @@ fn a_binding_listener_other_hosts_reach_is_warned_about() {
     let proxy = Proxy::start(ProxySpec::default());
     assert!(!proxy.log().contains(WARNING), "{}", proxy.log());
 }
+
+/// CLI arguments that would make something that cannot work, or that turns a protection off,
+/// are refused with a message naming the problem (never a panic): a CA valid past what a date
+/// can say, capture rules that exclude every address, a token expired when minted or living a
+/// century.
+#[test]
+fn cli_arguments_that_cannot_work_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = proxy_cli(
+        dir.path(),
+        &[
+            "token",
+            "keygen",
+            "--kid",
+            "k1",
+            "--out",
+            "key.pem",
+            "--jwks",
+            "jwks.json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    let mint = |ttl: &str| {
+        proxy_cli(
+            dir.path(),
+            &[
+                "token",
+                "mint",
+                "--key",
+                "key.pem",
+                "--kid",
+                "k1",
+                "--tenant",
+                "acme",
+                "--workload",
+                "bot",
+                "--ttl",
+                ttl,
+            ],
+            "",
+        )
+    };
+    for (args, says) in [
+        (
+            vec!["ca", "init", "--out", "ca", "--days", "4294967295"],
+            "at most 36500 days",
+        ),
+        (
+            vec![
+                "sidecar-init",
+                "--port",
+                "15001",
+                "--proxy-uid",
+                "1337",
+                "--exclude-cidr",
+                "0.0.0.0/0",
+            ],
+            "excludes every address",
+        ),
+        (
+            vec![
+                "sidecar-init",
+                "--port",
+                "15001",
+                "--proxy-uid",
+                "1337",
+                "--exclude-cidr",
+                "::/0",
+            ],
+            "excludes every address",
+        ),
+        (
+            vec![
+                "sidecar-init",
+                "--port",
+                "15001",
+                "--proxy-uid",
+                "1337",
+                "--exclude-port",
+                "0",
+            ],
+            "names no port",
+        ),
+    ] {
+        let (code, out) = proxy_cli(dir.path(), &args, "");
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains(says), "{args:?}: {out}");
+        assert!(!out.contains("panicked"), "{args:?}: {out}");
+    }
+    assert!(!dir.path().join("ca").exists());
+    for ttl in ["0s", "36500d"] {
+        let (code, out) = mint(ttl);
+        assert_eq!(code, 1, "{ttl}: {out}");
+        assert!(
+            out.contains("`--ttl` must be more than zero"),
+            "{ttl}: {out}"
+        );
+    }
+    let (code, out) = mint("5m");
+    assert_eq!(code, 0, "{out}");
+}

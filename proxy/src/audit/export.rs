@@ -34,6 +34,14 @@ pub enum ExportError {
     /// `--from`/`--to` is neither a date nor an RFC 3339 time.
     #[error("`{0}` is neither a date (`2026-11-28`) nor an RFC 3339 time")]
     BadTime(String),
+    /// `--to` is before `--from`.
+    #[error("`--to {to}` is before `--from {from}`: the range holds nothing")]
+    ReversedRange {
+        /// `--from` as given.
+        from: String,
+        /// `--to` as given.
+        to: String,
+    },
     /// The tenant has no partition.
     #[error("no audit partition for tenant `{0}`")]
     NoPartition(String),
@@ -65,10 +73,20 @@ impl Range {
             };
             Ok(day.midnight().assume_utc())
         };
-        Ok(Self {
+        let range = Self {
             from: from.map(|t| bound(t, false)).transpose()?,
             until: to.map(|t| bound(t, true)).transpose()?,
-        })
+        };
+        // A range that ends before it starts holds nothing: a mistake, not an empty export.
+        if let (Some(f), Some(u)) = (range.from, range.until) {
+            if u <= f {
+                return Err(ExportError::ReversedRange {
+                    from: from.unwrap_or_default().chars().take(64).collect(),
+                    to: to.unwrap_or_default().chars().take(64).collect(),
+                });
+            }
+        }
+        Ok(range)
     }
 
     fn contains(&self, t: OffsetDateTime) -> bool {
@@ -356,6 +374,11 @@ mod tests {
         ] {
             assert_eq!(r.contains(at(t)), inside, "{name}");
         }
+        // One day is a range; a range that ends before it starts is refused.
+        assert!(matches!(
+            Range::parse(Some("2026-12-10"), Some("2026-12-01")),
+            Err(ExportError::ReversedRange { .. })
+        ));
         let r = Range::parse(None, Some("2026-11-28T10:00:00Z")).unwrap();
         assert!(r.contains(at("2026-11-28T10:00:00Z")));
         assert!(!r.contains(at("2026-11-28T10:00:01Z")));

@@ -226,6 +226,10 @@ fn lock_for_edit(vault: &Path) -> anyhow::Result<std::fs::File> {
 fn parse_expiry(text: &str) -> anyhow::Result<u64> {
     if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
     {
+        // An expiry already past would store a credential every request is refused.
+        if t <= time::OffsetDateTime::now_utc() {
+            anyhow::bail!("`--expires {text}` is in the past");
+        }
         return Ok(u64::try_from(t.unix_timestamp()).unwrap_or(0));
     }
     let d = humantime::parse_duration(text)

@@ -40,6 +40,13 @@ pub fn sidecar_init(args: SidecarInit) -> anyhow::Result<ExitCode> {
     if args.port == 0 {
         bail!("`--port` must be the transparent listener's port, not 0");
     }
+    // Each exclusion is a way around the proxy: one that covers everything captures nothing.
+    if let Some(all) = args.exclude_cidrs.iter().find(|c| c.prefix_len() == 0) {
+        bail!("`--exclude-cidr {all}` excludes every address: nothing would be captured");
+    }
+    if args.exclude_ports.contains(&0) {
+        bail!("`--exclude-port 0` names no port");
+    }
     let rules = CaptureRules {
         port: args.port,
         proxy_uid: args.proxy_uid,

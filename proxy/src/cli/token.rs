@@ -12,6 +12,9 @@ use super::write_private;
 use crate::identity::token::{self, KeyAlgorithm, MintRequest};
 use crate::ids::{TenantId, WorkloadId};
 
+/// The longest lifetime `token mint` gives a token.
+const MAX_MINT_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// `token mint`'s options (boxed in [`TokenCommand`]: they outweigh the other commands').
 #[derive(Debug, clap::Args)]
 pub(super) struct MintArgs {
@@ -119,6 +122,15 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("reading `{}`", key.display()))?;
             let ttl: Duration = humantime::parse_duration(&ttl)
                 .with_context(|| format!("`{ttl}` is not a duration"))?;
+            // A token that is expired when minted, or that outlives any plausible
+            // `token.max_lifetime` (the proxy refuses those anyway), is a mistake.
+            if ttl.is_zero() || ttl > MAX_MINT_TTL {
+                anyhow::bail!(
+                    "`--ttl` must be more than zero and at most {} (the proxy refuses tokens that \
+                     live longer than its `token.max_lifetime`)",
+                    humantime::format_duration(MAX_MINT_TTL)
+                );
+            }
             let now_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
             let run_budget: Option<token::RunBudget> = run_budget
                 .map(|json| {

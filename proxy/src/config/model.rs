@@ -183,6 +183,9 @@ impl StaticConfig {
     }
 }
 
+/// The most worker threads a listener may have.
+const MAX_THREADS: usize = 1024;
+
 /// `[server]`, validated.
 struct ServerSettings {
     threads: usize,
@@ -194,6 +197,14 @@ impl ServerSettings {
     fn from_spec(spec: ServerSpec, p: &mut Problems<'_>) -> Self {
         if spec.threads == 0 {
             p.push("server.threads", "must be at least 1");
+        }
+        // Threads per listener: past a few per core they only cost memory and start-up time
+        // (100,000 never finished starting).
+        if spec.threads > MAX_THREADS {
+            p.push(
+                "server.threads",
+                format!("must be at most {MAX_THREADS} (threads per listener; about one per core)"),
+            );
         }
         Self {
             threads: spec.threads.max(1),
@@ -555,6 +566,11 @@ mod tests {
             (
                 "log-bad-level.toml",
                 "log-bad-level.toml:5:9: `warning` in the log filter `warning` is no level",
+            ),
+            ("threads-huge.toml", "server.threads: must be at most 1024"),
+            (
+                "zero-header-timeout.toml",
+                "egress.client_header_timeout: must be more than zero",
             ),
             ("binding-missing.toml", "listener[0].binding"),
             ("tracing-bad-endpoint.toml", "tracing.otlp_endpoint"),

@@ -151,14 +151,14 @@ impl EgressSettings {
             exceptions,
             connect_ports: spec.connect_ports,
             hosts,
-            dns_timeout: p.duration("egress.dns_timeout", &spec.dns_timeout),
+            dns_timeout: p.positive_duration("egress.dns_timeout", &spec.dns_timeout),
             tunnel_idle_timeout: p
                 .duration("egress.tunnel_idle_timeout", &spec.tunnel_idle_timeout),
             max_tunnels_per_tenant: spec.max_tunnels_per_tenant,
             max_dns_lookups_per_tenant: spec.max_dns_lookups_per_tenant,
             dns_cache_ttl: p.duration("egress.dns_cache_ttl", &spec.dns_cache_ttl),
             client_header_timeout: p
-                .duration("egress.client_header_timeout", &spec.client_header_timeout),
+                .positive_duration("egress.client_header_timeout", &spec.client_header_timeout),
         }
     }
 }

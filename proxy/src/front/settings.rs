@@ -141,7 +141,7 @@ impl RequestLimits {
             max_headers: spec.max_headers.clamp(1, HARD_MAX_HEADERS),
             max_body_bytes: spec.max_body_bytes,
             client_body_timeout: p
-                .duration("limits.client_body_timeout", &spec.client_body_timeout),
+                .positive_duration("limits.client_body_timeout", &spec.client_body_timeout),
             max_buffered_body_bytes: spec.max_buffered_body_bytes,
             // SECURITY: by default no tenant may hold more than a quarter of the body memory,
             // so one tenant's slow uploads cannot refuse every other tenant's bodies.

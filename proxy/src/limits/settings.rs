@@ -95,9 +95,11 @@ impl LimiterSettings {
                 LimiterSettings::Redis(RedisSettings {
                     // A placeholder when invalid (the problem is recorded; never served).
                     endpoint: endpoint.unwrap_or_else(RedisEndpoint::unusable),
-                    timeout: p
-                        .duration("limiter.timeout", spec.timeout.as_deref().unwrap_or("50ms")),
-                    lease_ttl: p.duration(
+                    timeout: p.positive_duration(
+                        "limiter.timeout",
+                        spec.timeout.as_deref().unwrap_or("50ms"),
+                    ),
+                    lease_ttl: p.positive_duration(
                         "limiter.lease_ttl",
                         spec.lease_ttl.as_deref().unwrap_or("5m"),
                     ),

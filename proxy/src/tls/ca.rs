@@ -44,6 +44,8 @@ pub const DEFAULT_COMMON_NAME: &str = "tenant-proxy local CA";
 /// image and Java keystore that trusts it must be updated when it rotates. Exposure is bounded
 /// by the name constraints, the 0600 key and the hours-long leaves, not by the CA's expiry.
 pub const DEFAULT_VALIDITY_DAYS: u32 = 3650;
+/// The longest validity `ca init` gives a CA.
+pub const MAX_VALIDITY_DAYS: u32 = 36_500;
 /// Long enough that a busy host is minted for about twice a day, short enough that a leaked
 /// leaf key (they only ever live in memory) is useless by tomorrow.
 pub const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -96,6 +98,13 @@ pub fn init(opts: &CaInitOptions) -> anyhow::Result<CaFiles> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     if opts.validity_days == 0 {
         bail!("the CA must be valid for at least one day");
+    }
+    // Past this a date overflows what certificates (and the `time` crate) can say.
+    if opts.validity_days > MAX_VALIDITY_DAYS {
+        bail!(
+            "the CA may be valid for at most {MAX_VALIDITY_DAYS} days (100 years), not {}",
+            opts.validity_days
+        );
     }
     let common_name = opts.common_name.trim();
     if common_name.is_empty() {
