@@ -508,7 +508,9 @@ fn spawn_run_expiries(runs: Arc<crate::runs::RunTracker>) -> anyhow::Result<()> 
 
 /// The egress guard: configured static answers in front of the system resolver, the global
 /// exceptions, and every address this process listens on: its listeners, the admin port and
-/// the approvals API (a request to itself is a loop, and would reach them as the proxy).
+/// the approvals API (a request to itself is a loop, and would reach them as the proxy); and
+/// the Redis servers it keeps every tenant's counters, runs, holds and audit copy in (an
+/// exception that covers their network must not let a tenant's request write there).
 fn dialer(config: &StaticConfig) -> Dialer {
     let egress = &config.egress;
     let system: Arc<dyn Resolver> = Arc::new(SystemResolver::new(egress.dns_timeout));
@@ -520,6 +522,12 @@ fn dialer(config: &StaticConfig) -> Dialer {
     let mut own_listeners: Vec<_> = config.listeners.iter().map(|l| l.listen).collect();
     own_listeners.push(config.admin_listen);
     own_listeners.extend(config.approvals.as_ref().map(|a| a.listen));
+    if let crate::limits::LimiterSettings::Redis(r) = &config.limiter {
+        own_listeners.extend(r.endpoint.addresses());
+    }
+    if let Some(stream) = &config.audit.stream {
+        own_listeners.extend(stream.endpoint.addresses());
+    }
     Dialer::new(
         resolver,
         EgressRules {

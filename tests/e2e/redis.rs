@@ -712,3 +712,28 @@ fn a_short_stall_leaves_no_slot_held() {
         .collect();
     assert!(after.iter().all(|s| *s == 200), "{after:?}");
 }
+
+/// The limiter's Redis is the proxy's own, like its listeners: a tenant's request never reaches
+/// it, even where an egress exception covers its address (here all of 127.0.0.1), so no tenant
+/// can write there (Redis runs an HTTP request line as an inline command).
+#[test]
+fn the_limiters_redis_is_never_a_destination() {
+    let redis = RedisServer::start();
+    let proxy = proxy_with_redis(&redis);
+    let port = redis.port;
+    let r = forward_get(
+        proxy.sidecar_port,
+        &format!("http://127.0.0.1:{port}/acme/pwned"),
+        None,
+        "",
+    );
+    r.assert_refused(403, "destination_forbidden");
+    assert!(
+        r.body_text().contains("this proxy itself"),
+        "{}",
+        r.body_text()
+    );
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert_eq!(rec["decision"], "deny", "{rec}");
+    assert_eq!(redis.cli(&["EXISTS", "/acme/pwned"]).trim(), "0");
+}

@@ -65,8 +65,9 @@ pub enum EgressRefusal {
         /// The name as the connection gave it.
         host: String,
     },
-    /// The destination is one of the proxy's own listeners (a loop).
-    #[error("the upstream {address} is this proxy's own listener")]
+    /// The destination is one of the proxy's own listeners (a loop) or the Redis it keeps its
+    /// state in.
+    #[error("the upstream {address} is this proxy's own listener or Redis")]
     OwnListener {
         /// The refused destination.
         address: SocketAddr,

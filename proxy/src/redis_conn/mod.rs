@@ -83,6 +83,32 @@ impl RedisEndpoint {
         Ok(parsed.into_endpoint(None, None))
     }
 
+    /// The addresses of the configured nodes (a cluster's seeds), resolved now: what the egress
+    /// guard refuses to let a tenant's request reach. A node whose name does not resolve has
+    /// none.
+    pub fn addresses(&self) -> Vec<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs as _;
+        let mut out = Vec::new();
+        for url in &self.nodes {
+            let Ok(info) = url.as_str().into_connection_info() else {
+                continue;
+            };
+            let (host, port) = match info.addr() {
+                redis::ConnectionAddr::Tcp(host, port)
+                | redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+                _ => continue,
+            };
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            if let Ok(addrs) = (host.as_str(), port).to_socket_addrs() {
+                out.extend(addrs);
+            }
+        }
+        out
+    }
+
     /// A placeholder for a section whose endpoint was rejected: it connects nowhere (such a
     /// configuration is never served; its problems are reported).
     pub fn unusable() -> Self {
