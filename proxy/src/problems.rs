@@ -43,13 +43,22 @@ impl ConfigProblem {
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // One problem, one line (`check`'s list, a log line): a parser's message that spans
+        // lines (TOML's `expected …` under its first line) is joined with `; `.
+        let message = self
+            .message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
         match &self.location {
             // `file:line:col: message` (the form editors jump to), `file: field: message` otherwise.
             Some(loc) if loc.starts_with(|c: char| c.is_ascii_digit()) => {
-                write!(f, "{}:{}: {}", self.file.display(), loc, self.message)
+                write!(f, "{}:{}: {}", self.file.display(), loc, message)
             }
-            Some(loc) => write!(f, "{}: {}: {}", self.file.display(), loc, self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
+            Some(loc) => write!(f, "{}: {}: {}", self.file.display(), loc, message),
+            None => write!(f, "{}: {}", self.file.display(), message),
         }
     }
 }
@@ -175,6 +184,37 @@ pub fn relative_to(base_file: &Path, path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message over several lines (a TOML parser's) shows on one line.
+    #[test]
+    fn a_problem_is_one_line() {
+        let p = ConfigProblem::at(
+            Path::new("t.toml"),
+            "34:15",
+            "invalid table header\nexpected `.`, `]`\n",
+        );
+        assert_eq!(
+            p.to_string(),
+            "t.toml:34:15: invalid table header; expected `.`, `]`"
+        );
+        let zero = {
+            let mut p = Problems::new(Path::new("t.toml"));
+            p.positive_duration("egress.dns_timeout", "0s");
+            p.positive_duration("egress.client_header_timeout", "1s");
+            p.positive_duration("limiter.timeout", "never");
+            p.checked(())
+                .problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(zero.len(), 2, "{zero:?}");
+        assert_eq!(
+            zero[0],
+            "t.toml: egress.dns_timeout: must be more than zero"
+        );
+        assert!(zero[1].contains("`never` is not a duration"), "{zero:?}");
+    }
 
     #[test]
     fn problems_keep_their_file_and_location_and_resolve_paths_next_to_the_file() {
