@@ -453,6 +453,16 @@ pub struct SnapshotHandle {
     /// Access tokens of token credentials: kept across reloads for the credentials whose value
     /// did not change, dropped for the ones rotated or removed.
     pub tokens: crate::credentials::oauth::cache::TokenCache,
+    /// The static file's digest when it was read at start (see [`static_file_digest`]).
+    static_digest: Option<[u8; 32]>,
+}
+
+/// The SHA-256 of the static file as it is now (`None` when it cannot be read).
+fn static_file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
+    use sha2::Digest as _;
+    std::fs::read(path)
+        .ok()
+        .map(|b| sha2::Sha256::digest(b).into())
 }
 
 pub use crate::reload_status::{LastReload, ReloadStatus, TENANT_CONFIGURATION};
@@ -463,10 +473,19 @@ impl SnapshotHandle {
         publish_metrics(&first);
         Self {
             current: ArcSwap::from_pointee(first),
-            static_config,
             reloads: Arc::new(ReloadStatus::new()),
             tokens: Default::default(),
+            static_digest: static_file_digest(&static_config.path),
+            static_config,
         }
+    }
+
+    /// Whether the static file differs from what was read at start: a reload does not read it
+    /// (it holds listeners, limits, egress and audit settings that need a restart), so an edit
+    /// of it would otherwise look applied.
+    pub fn static_file_changed(&self) -> bool {
+        self.static_digest.is_some()
+            && static_file_digest(&self.static_config.path) != self.static_digest
     }
 
     /// The result of the last reload of every part together (see [`ReloadStatus`]).
@@ -486,6 +505,12 @@ impl SnapshotHandle {
 
     /// Rebuilds the snapshot; on failure the last good one stays and the problems are returned.
     pub fn reload(&self) -> Result<u64, Vec<ConfigProblem>> {
+        if self.static_file_changed() {
+            tracing::warn!(
+                file = %self.static_config.path.display(),
+                "the static file changed since start and is not reloaded: its settings (listeners, limits, egress, upstream, audit, log) apply at the next restart; reloads read the tenant file and what it names"
+            );
+        }
         // The current snapshot lends the policies it compiled; the new one shares the unchanged
         // tenants' compiled sets but none of their decision caches.
         let current = self.current.load_full();

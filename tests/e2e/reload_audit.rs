@@ -759,3 +759,31 @@ fn a_cached_allow_is_refused_once_a_reload_forbids_it() {
         .starts_with("tenant_proxy_policy_decision_cache_total{")
         && l.contains(r#"tenant="globex""#)));
 }
+
+/// An edit of the static file is not reloaded (its settings need a restart): a reload says so
+/// instead of looking as if it applied.
+#[test]
+fn a_reload_says_the_changed_static_file_needs_a_restart() {
+    let proxy = Proxy::start(ProxySpec::default());
+    proxy.sighup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !proxy.log().contains("tenant configuration reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !proxy.log().contains("the static file changed"),
+        "{}",
+        proxy.log()
+    );
+    let path = proxy.path("tenant-proxy.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n# edited after start\n");
+    std::fs::write(&path, text).unwrap();
+    proxy.sighup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !proxy.log().contains("the static file changed since start") {
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
