@@ -508,19 +508,20 @@ impl Deny {
                         let what = match measure {
                             Measure::Tokens => format!("{ceiling} LLM tokens"),
                             Measure::Cost => format!(
-                                "cost ceiling of {} (currency units)",
+                                "{} (in the price table's currency)",
                                 crate::pricing::format_micros(ceiling)
                             ),
                             Measure::ToolCalls => format!("{ceiling} tool calls"),
                         };
-                        let when = match window {
-                            Window::Run => "; a run's budget does not renew".to_string(),
-                            Window::Day(_) => format!("; the day ends in {retry}s (tenant time zone)"),
-                            Window::Month(_) => format!("; the month ends in {retry}s (tenant time zone)"),
+                        // "its run budget of …", "its day ceiling of …".
+                        let (limit, when) = match window {
+                            Window::Run => ("run budget", "; a run's budget does not renew".to_string()),
+                            Window::Day(_) => ("day ceiling", format!("; the day ends in {retry}s (tenant time zone)")),
+                            Window::Month(_) => ("month ceiling", format!("; the month ends in {retry}s (tenant time zone)")),
                         };
                         (
                             429,
-                            format!("{whose} would exceed its {} {what} with this call's reservation{when}", window.as_str()),
+                            format!("{whose} would exceed its {limit} of {what} with this call's reservation{when}"),
                         )
                     }
                     LimitKind::WallTime { max_secs } => (
@@ -1105,6 +1106,51 @@ mod tests {
     /// SDKs retry 408, 409, 429 and 5xx by themselves: a refusal that a retry cannot change says
     /// `x-should-retry: false`, one that says when to come back (within a minute) or an
     /// upstream's failure does not.
+    /// Budget refusals read as sentences: "its run budget of …", "its day ceiling of …".
+    #[test]
+    fn budget_refusals_name_the_budget_and_its_window() {
+        use crate::limits::{LimitKey, Scope};
+        let run = crate::ids::TenantId::new("acme").expect("id");
+        let refused = |scope, measure, window| {
+            Deny::Limited(LimitDeny {
+                key: LimitKey {
+                    scope,
+                    kind: LimitKind::Quota {
+                        measure,
+                        window,
+                        ceiling: 1_000_000,
+                    },
+                },
+                retry_after: Some(std::time::Duration::from_secs(60)),
+            })
+            .describe()
+            .2
+        };
+        assert_eq!(
+            refused(
+                Scope::Run(run.clone(), "r1".into()),
+                Measure::Tokens,
+                Window::Run
+            ),
+            "this run would exceed its run budget of 1000000 LLM tokens with this call's reservation; a run's budget does not renew"
+        );
+        let day = refused(
+            Scope::Tenant(run),
+            Measure::Cost,
+            Window::Day(crate::limits::calendar::Period {
+                id: 20261205,
+                starts_at: 0,
+                ends_at: 86_400,
+            }),
+        );
+        assert!(
+            day.starts_with(
+                "this tenant would exceed its day ceiling of 1.00 (in the price table's currency)"
+            ),
+            "{day}"
+        );
+    }
+
     #[test]
     fn refusals_a_retry_cannot_change_say_so_to_sdks() {
         use crate::limits::{LimitKey, Scope};

@@ -150,6 +150,9 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             let dir = dir.or(dir_positional);
             let tenant = tenant.as_deref().map(TenantId::new).transpose()?;
             if let Some(file) = file {
+                // The file first: a missing one is the problem to name, not the keys.
+                let bytes = std::fs::read(&file)
+                    .with_context(|| format!("reading `{}`", file.display()))?;
                 // SECURITY: a file on its own carries no trusted key; the checkpoints' keys come
                 // from the caller (`--key`) or the directory the caller names, never the file.
                 let keys = match (pinned_keys(&key)?, &dir) {
@@ -159,8 +162,6 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
                         "an exported file carries no keys: give the checkpoint key with `--key PUB` (a `.pub` file from the audit directory's `_keys/`) or `--dir DIR`"
                     ),
                 };
-                let bytes = std::fs::read(&file)
-                    .with_context(|| format!("reading `{}`", file.display()))?;
                 let trust = verify::Trust {
                     interval: checkpoint_interval,
                     grace,
@@ -225,6 +226,9 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
         } => {
             // SECURITY: a validated id cannot name a path outside `DIR/<tenant>/`.
             let tenant = TenantId::new(&tenant)?;
+            if !dir.is_dir() {
+                anyhow::bail!("`{}` is not a directory", dir.display());
+            }
             let range = export::Range::parse(from.as_deref(), to.as_deref())?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());

@@ -38,9 +38,11 @@ pub(super) enum CredCommand {
         /// Expiry: an RFC 3339 time (`2027-01-31T00:00:00Z`) or a duration from now (`30d`).
         #[arg(long)]
         expires: Option<String>,
-        /// What the value is: `static` (substituted as written, the default) or `aws_sigv4`
+        /// What the value is: `static` (substituted as written, the default); `aws_sigv4`
         /// (JSON `{"access_key_id", "secret_access_key", "session_token"?, "region",
-        /// "service"?}`: the proxy signs requests with it, the agent never sees it).
+        /// "service"?}`: the proxy signs requests with it, the agent never sees it);
+        /// `oauth2_client_credentials` or `google_service_account` (the proxy obtains access
+        /// tokens with it; see the README's *Credentials*).
         #[arg(long, default_value = "static")]
         kind: KindName,
     },

@@ -54,7 +54,7 @@ pub enum MintError {
     #[error("the key is not a PKCS#8 PEM (`BEGIN PRIVATE KEY`) Ed25519 or P-256 private key")]
     BadKey,
     /// A request field holds a value the verifier would refuse.
-    #[error("cannot mint a token: the `{0}` value is invalid")]
+    #[error("the `{0}` value is invalid")]
     InvalidRequest(&'static str),
     /// Signing failed.
     #[error("signing the token failed")]
