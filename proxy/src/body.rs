@@ -1131,6 +1131,13 @@ mod tests {
             // ASP.NET Core reads form names ignoring case.
             (b"title=x&_METHOD=DELETE", form),
             (b"_Method=DELETE", form),
+            // qs (Express), Rack and PHP read bracketed names as arrays and maps.
+            (b"_method[]=DELETE", form),
+            (b"a=1&_method%5B0%5D=DELETE", form),
+            (
+                b"--b\r\nContent-Disposition: form-data; name=\"_method[]\"\r\n\r\nDELETE\r\n--b--",
+                multi,
+            ),
             (b"_%4DETHOD=DELETE", form),
             (
                 b"--b\r\nContent-Disposition: form-data; name=\"_METHOD\"\r\n\r\nDELETE\r\n--b--",

@@ -130,12 +130,12 @@ impl<'a> Problems<'a> {
         }
     }
 
-    /// A duration that must be more than zero: a timeout of zero fires at once (a request head
-    /// sent in two packets would get 408), and a lease of zero ends as it starts.
+    /// A duration of at least a millisecond: a timeout of zero (or `1ns`) fires at once (a
+    /// request head sent in two packets would get 408), and a lease of zero ends as it starts.
     pub fn positive_duration(&mut self, location: &str, value: &str) -> Duration {
         let d = self.duration(location, value);
-        if d.is_zero() && humantime::parse_duration(value).is_ok() {
-            self.push(location, "must be more than zero");
+        if d < Duration::from_millis(1) && humantime::parse_duration(value).is_ok() {
+            self.push(location, "must be more than zero (at least `1ms`)");
         }
         d
     }
@@ -211,7 +211,7 @@ mod tests {
         assert_eq!(zero.len(), 2, "{zero:?}");
         assert_eq!(
             zero[0],
-            "t.toml: egress.dns_timeout: must be more than zero"
+            "t.toml: egress.dns_timeout: must be more than zero (at least `1ms`)"
         );
         assert!(zero[1].contains("`never` is not a duration"), "{zero:?}");
     }

@@ -671,7 +671,7 @@ fn cli_arguments_that_cannot_work_are_refused_with_a_reason() {
                 "--exclude-cidr",
                 "0.0.0.0/0",
             ],
-            "excludes every address",
+            "cover every address",
         ),
         (
             vec![
@@ -683,7 +683,7 @@ fn cli_arguments_that_cannot_work_are_refused_with_a_reason() {
                 "--exclude-cidr",
                 "::/0",
             ],
-            "excludes every address",
+            "cover every address",
         ),
         (
             vec![
@@ -703,8 +703,42 @@ fn cli_arguments_that_cannot_work_are_refused_with_a_reason() {
         assert!(out.contains(says), "{args:?}: {out}");
         assert!(!out.contains("panicked"), "{args:?}: {out}");
     }
+    // Ranges that together cover every address, and a key written where its JWKS goes.
+    for (args, says) in [
+        (
+            vec![
+                "sidecar-init",
+                "--port",
+                "15001",
+                "--proxy-uid",
+                "1337",
+                "--exclude-cidr",
+                "0.0.0.0/1",
+                "--exclude-cidr",
+                "128.0.0.0/1",
+            ],
+            "cover every address",
+        ),
+        (
+            vec![
+                "token",
+                "keygen",
+                "--kid",
+                "k9",
+                "--out",
+                "same.json",
+                "--jwks",
+                "same.json",
+            ],
+            "name one file",
+        ),
+    ] {
+        let (code, out) = proxy_cli(dir.path(), &args, "");
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
     assert!(!dir.path().join("ca").exists());
-    for ttl in ["0s", "36500d"] {
+    for ttl in ["0s", "999ms", "36500d"] {
         let (code, out) = mint(ttl);
         assert_eq!(code, 1, "{ttl}: {out}");
         assert!(
@@ -714,4 +748,51 @@ fn cli_arguments_that_cannot_work_are_refused_with_a_reason() {
     }
     let (code, out) = mint("5m");
     assert_eq!(code, 0, "{out}");
+}
+
+/// `token keygen` runs at once into one JWKS all land: each reads, changes and writes it back
+/// under a lock, and the file is replaced whole.
+#[test]
+fn concurrent_keygens_into_one_jwks_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..6)
+            .map(|i| {
+                let dir = dir.path();
+                s.spawn(move || {
+                    let kid = format!("k{i}");
+                    let out = format!("key{i}.pem");
+                    proxy_cli(
+                        dir,
+                        &[
+                            "token",
+                            "keygen",
+                            "--kid",
+                            &kid,
+                            "--out",
+                            &out,
+                            "--jwks",
+                            "jwks.json",
+                        ],
+                        "",
+                    )
+                })
+            })
+            .collect();
+        for run in runs {
+            let (code, out) = run.join().unwrap();
+            assert_eq!(code, 0, "{out}");
+        }
+    });
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("jwks.json")).unwrap())
+            .unwrap();
+    let mut kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    kids.sort_unstable();
+    assert_eq!(kids, ["k0", "k1", "k2", "k3", "k4", "k5"]);
 }

@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use super::write_private;
+use super::{lock_for_edit, write_private};
 use crate::config::{StaticConfig, TenantConfig};
 use crate::credentials::binding::parse_binding;
 use crate::credentials::kind::KindName;
@@ -186,43 +186,6 @@ fn secret_from_stdin() -> anyhow::Result<SecretValue> {
         anyhow::bail!("no value on standard input (pipe it in: `printf %s \"$KEY\" | tenant-proxy cred put …`)");
     }
     Ok(SecretValue::new(trimmed.as_bytes().to_vec()))
-}
-
-/// How long an edit waits for another to finish.
-const EDIT_LOCK_WAIT: Duration = Duration::from_secs(30);
-
-/// Locks the vault's directory (an advisory `flock`, released when the returned file is
-/// dropped or the process ends) for one read-change-write of the vault. Without it, two edits
-/// at once each write back their own copy and one undoes the other: a `cred rm` of a leaked key
-/// would be reported done and then brought back by a `cred put` of another tenant's running
-/// beside it. The directory, not a lock file beside the vault: a lock file can be deleted and
-/// made again while the lock lives on the deleted one (as the audit directory's lock explains).
-fn lock_for_edit(vault: &Path) -> anyhow::Result<std::fs::File> {
-    let dir = match vault.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let handle = std::fs::File::open(dir)
-        .with_context(|| format!("opening the vault's directory `{}`", dir.display()))?;
-    let deadline = Instant::now() + EDIT_LOCK_WAIT;
-    loop {
-        match handle.try_lock() {
-            Ok(()) => return Ok(handle),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-                "`{}` stayed locked for {} s: another `tenant-proxy cred` command is editing the \
-                 vault (or another process locks that directory); try again",
-                dir.display(),
-                EDIT_LOCK_WAIT.as_secs()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("locking the vault's directory `{}`", dir.display())))
-            }
-        }
-    }
 }
 
 fn parse_expiry(text: &str) -> anyhow::Result<u64> {

@@ -15,6 +15,7 @@ mod sidecar_init;
 mod token;
 mod usage;
 
+use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -156,6 +157,43 @@ impl Cli {
                 json,
                 admin,
             } => usage::usage(&config, &tenant, period, run.as_deref(), json, admin),
+        }
+    }
+}
+
+/// How long an edit waits for another to finish.
+const EDIT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Locks the directory of `vault` (the vault, or any file the CLI reads, changes and writes back) (an advisory `flock`, released when the returned file is
+/// dropped or the process ends) for one read-change-write of the vault. Without it, two edits
+/// at once each write back their own copy and one undoes the other: a `cred rm` of a leaked key
+/// would be reported done and then brought back by a `cred put` of another tenant's running
+/// beside it. The directory, not a lock file beside the vault: a lock file can be deleted and
+/// made again while the lock lives on the deleted one (as the audit directory's lock explains).
+pub(crate) fn lock_for_edit(vault: &Path) -> anyhow::Result<std::fs::File> {
+    let dir = match vault.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let handle = std::fs::File::open(dir)
+        .with_context(|| format!("opening the directory `{}`", dir.display()))?;
+    let deadline = std::time::Instant::now() + EDIT_LOCK_WAIT;
+    loop {
+        match handle.try_lock() {
+            Ok(()) => return Ok(handle),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "`{}` stayed locked for {} s: another `tenant-proxy` command is editing a file \
+                 there (or another process locks that directory); try again",
+                dir.display(),
+                EDIT_LOCK_WAIT.as_secs()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("locking the directory `{}`", dir.display())))
+            }
         }
     }
 }

@@ -41,8 +41,12 @@ pub fn sidecar_init(args: SidecarInit) -> anyhow::Result<ExitCode> {
         bail!("`--port` must be the transparent listener's port, not 0");
     }
     // Each exclusion is a way around the proxy: one that covers everything captures nothing.
-    if let Some(all) = args.exclude_cidrs.iter().find(|c| c.prefix_len() == 0) {
-        bail!("`--exclude-cidr {all}` excludes every address: nothing would be captured");
+    // Together, too: `0.0.0.0/1` and `128.0.0.0/1` are every IPv4 address.
+    if let Some(all) = IpNet::aggregate(&args.exclude_cidrs)
+        .into_iter()
+        .find(|c| c.prefix_len() == 0)
+    {
+        bail!("the `--exclude-cidr` ranges cover every address ({all}): nothing would be captured");
     }
     if args.exclude_ports.contains(&0) {
         bail!("`--exclude-port 0` names no port");

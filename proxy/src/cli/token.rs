@@ -124,10 +124,11 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("`{ttl}` is not a duration"))?;
             // A token that is expired when minted, or that outlives any plausible
             // `token.max_lifetime` (the proxy refuses those anyway), is a mistake.
-            if ttl.is_zero() || ttl > MAX_MINT_TTL {
+            // (Token times are whole seconds: less than one would expire as it is issued.)
+            if ttl < Duration::from_secs(1) || ttl > MAX_MINT_TTL {
                 anyhow::bail!(
-                    "`--ttl` must be more than zero and at most {} (the proxy refuses tokens that \
-                     live longer than its `token.max_lifetime`)",
+                    "`--ttl` must be more than zero (at least `1s`) and at most {} (the proxy \
+                     refuses tokens that live longer than its `token.max_lifetime`)",
                     humantime::format_duration(MAX_MINT_TTL)
                 );
             }
@@ -146,6 +147,9 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
                         .with_context(|| format!("`{d}` is not a duration"))
                 })
                 .transpose()?;
+            if not_before.is_some_and(|nbf| nbf >= now_unix + ttl.as_secs()) {
+                anyhow::bail!("`--not-before` must be before the token expires (`--ttl`)");
+            }
             let req = MintRequest {
                 tenant: TenantId::new(&tenant)?,
                 workload: WorkloadId::new(&workload)?,
@@ -176,7 +180,16 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
                 Alg::Eddsa => KeyAlgorithm::EdDSA,
                 Alg::Es256 => KeyAlgorithm::ES256,
             };
+            if out == jwks
+                || std::fs::canonicalize(&out)
+                    .ok()
+                    .is_some_and(|o| std::fs::canonicalize(&jwks).ok().is_some_and(|j| o == j))
+            {
+                anyhow::bail!("`--out` and `--jwks` name one file: the key would be lost");
+            }
             let key = token::generate_key(alg, &kid)?;
+            // The JWKS is read, changed and written back: one keygen at a time.
+            let _edit = super::lock_for_edit(&jwks)?;
             let mut set: serde_json::Value = match std::fs::read_to_string(&jwks) {
                 Ok(text) => serde_json::from_str(&text)
                     .with_context(|| format!("`{}` is not JSON", jwks.display()))?,
@@ -207,7 +220,17 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             }
             write_private(&out, key.private_pem.as_bytes())?;
             keys.push(key.jwk);
-            std::fs::write(&jwks, serde_json::to_vec_pretty(&set)?)?;
+            // Whole or not at all: a reader (the proxy reloading it) never sees half a file.
+            let dir = match jwks.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+                .with_context(|| format!("writing next to `{}`", jwks.display()))?;
+            std::io::Write::write_all(&mut tmp, &serde_json::to_vec_pretty(&set)?)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&jwks)
+                .with_context(|| format!("writing `{}`", jwks.display()))?;
             eprintln!(
                 "wrote private key to `{}` and public key `{kid}` to `{}`",
                 out.display(),

@@ -232,9 +232,9 @@ impl UpstreamSettings {
     /// Validates `[upstream]`; CA files resolve against the configuration file.
     pub fn from_spec(spec: UpstreamSpec, p: &mut Problems<'_>) -> Self {
         let settings = UpstreamSettings {
-            connect_timeout: p.duration("upstream.connect_timeout", &spec.connect_timeout),
-            read_timeout: p.duration("upstream.read_timeout", &spec.read_timeout),
-            write_timeout: p.duration("upstream.write_timeout", &spec.write_timeout),
+            connect_timeout: p.positive_duration("upstream.connect_timeout", &spec.connect_timeout),
+            read_timeout: p.positive_duration("upstream.read_timeout", &spec.read_timeout),
+            write_timeout: p.positive_duration("upstream.write_timeout", &spec.write_timeout),
             extra_ca_files: spec.extra_ca_files.iter().map(|f| p.path(f)).collect(),
         };
         for (i, f) in settings.extra_ca_files.iter().enumerate() {

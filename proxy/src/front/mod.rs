@@ -92,11 +92,19 @@ pub fn misleading_header<'a>(names: impl Iterator<Item = &'a str>) -> Option<Str
 pub const METHOD_PARAMETER: &str = "_method";
 
 /// Whether a form or query field named `name` (percent-decoded) is [`METHOD_PARAMETER`] to some
-/// framework: PHP turns `.`, ` ` and an unmatched `[` in a name into `_` (`.method`, `[method`)
-/// and drops leading spaces; ASP.NET Core's form and query collections ignore case
-/// (`_METHOD`).
+/// framework: PHP turns `.`, ` ` and an unmatched `[` in a name into `_` (`.method`, `[method`),
+/// drops leading spaces and ends a name at a NUL; ASP.NET Core's form and query collections
+/// ignore case (`_METHOD`); and a name with brackets after it (`_method[]`, `_method[0]`) is
+/// that field as an array or map to qs (Express), Rack and PHP, whose method overrides take
+/// its first value.
 pub fn is_method_parameter(name: &str) -> bool {
     let name = name.trim_start();
+    let name = name.split('\0').next().unwrap_or_default();
+    // The name before its first `[`, unless that `[` starts it (PHP's `[method`).
+    let name = match name.char_indices().skip(1).find(|(_, c)| *c == '[') {
+        Some((at, _)) => &name[..at],
+        None => name,
+    };
     name.len() == METHOD_PARAMETER.len()
         && name
             .bytes()
@@ -173,6 +181,12 @@ mod tests {
             // ASP.NET Core's query collection ignores case.
             "/items/1?_METHOD=DELETE",
             "/items/1?a=1&_Method=put",
+            // qs, Rack and PHP read a bracketed name as that field's array or map.
+            "/items/1?_method[]=DELETE",
+            "/items/1?_method%5B0%5D=DELETE",
+            "/items/1?_method[x]=DELETE",
+            // PHP ends a name at a NUL.
+            "/items/1?_method%00x=DELETE",
         ] {
             assert!(method_override_in_query(target), "{target}");
         }
@@ -185,6 +199,8 @@ mod tests {
             "/items/_method?x=1",
             "/items/1?x=%25",
             "/items/1?PAYMENT_METHOD=card",
+            "/items/1?payment_method[]=card",
+            "/items/1?x[_method]=DELETE",
         ] {
             assert!(!method_override_in_query(target), "{target}");
         }

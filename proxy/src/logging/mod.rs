@@ -68,30 +68,38 @@ fn checked_filter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
 /// (`warning`, `infoo`) or an empty one would turn every line off, errors included, and say
 /// nothing: refused instead.
 pub fn check_filter(filter: &str) -> Result<(), String> {
-    let is_level = |s: &str| {
-        s.trim()
-            .parse::<tracing_subscriber::filter::LevelFilter>()
-            .is_ok()
-            && !s.trim().is_empty()
-    };
+    let is_level =
+        |s: &str| !s.is_empty() && s.parse::<tracing_subscriber::filter::LevelFilter>().is_ok();
     if filter.trim().is_empty() {
         return Err("the log filter is empty: give a level (`info`)".into());
     }
+    // Spaces are no part of a directive to `tracing` (` info ` turns every line off).
+    if filter.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "the log filter `{filter}` has spaces in it: write directives without them \
+             (`tenant_proxy=debug,info`)"
+        ));
+    }
     for directive in filter.split(',') {
-        let directive = directive.trim();
-        let level = match directive.rsplit_once('=') {
-            // A span field's value (`target[span{field=value}]`) is no level to check.
-            Some((_, after)) if after.contains(['}', ']']) => continue,
-            Some((_, level)) => level,
-            None => directive,
+        // A span filter (`target[span{field=value}]=level`) is left to `tracing`'s parser.
+        if directive.contains('[') {
+            continue;
+        }
+        let ok = match directive.split_once('=') {
+            Some((target, level)) => !target.is_empty() && is_level(level),
+            None => is_level(directive),
         };
-        if !is_level(level) {
+        if !ok {
             return Err(format!(
-                "`{directive}` in the log filter `{filter}` is no level (trace, debug, info, warn, \
-                 error, off) or `target=level` directive"
+                "`{directive}` in the log filter `{filter}` is no level (trace, debug, info, \
+                 warn, error, off) or `target=level` directive"
             ));
         }
     }
+    // And what `tracing` itself would not read.
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| format!("the log filter `{filter}` cannot be read: {e}"))?;
     Ok(())
 }
 
@@ -272,7 +280,7 @@ mod tests {
             "info",
             "WARN",
             "debug,pingora=warn",
-            "tenant_proxy=debug, info",
+            "tenant_proxy=debug,info",
             "off",
             "tenant_proxy::pipeline=trace",
             "h[span{field=value}]",
@@ -286,6 +294,11 @@ mod tests {
             "info ,",
             "",
             " ",
+            " info ",
+            "info\t",
+            "=info",
+            "tenant_proxy=info=debug",
+            "tenant_proxy=",
             "errors",
             "verbose",
             "tenant_proxy=loud",

@@ -539,24 +539,26 @@ fn check_path(path_and_query: &str) -> Result<(), TargetError> {
             }
         }
     }
-    if wide {
+    // Escapes outside ASCII, or such bytes sent raw (servers take raw UTF-8 in a path too).
+    if wide || !bytes.is_ascii() {
         check_decoded_path(bytes)?;
     }
     Ok(())
 }
 
-/// Characters that Unicode compatibility normalization (NFKC) turns into `.`, `..`, `...`,
-/// `/` or `\`: an upstream that normalizes its paths reads a separator or a dot segment there.
-const NORMALIZED_TO_SEPARATORS: [char; 8] = [
-    '\u{2024}', // ONE DOT LEADER
-    '\u{2025}', // TWO DOT LEADER
-    '\u{2026}', // HORIZONTAL ELLIPSIS
-    '\u{FE52}', // SMALL FULL STOP
-    '\u{FE68}', // SMALL REVERSE SOLIDUS
-    '\u{FF0E}', // FULLWIDTH FULL STOP
-    '\u{FF0F}', // FULLWIDTH SOLIDUS
-    '\u{FF3C}', // FULLWIDTH REVERSE SOLIDUS
-];
+/// ASCII characters a path must not gain by Unicode compatibility normalization (NFKC): an
+/// upstream that normalizes its paths would read a separator, a dot segment, an escape, a
+/// query, a fragment or a path parameter where the policy saw a letter (`．`, `／`, `℀` = `a/c`).
+const NORMALIZED_MEANINGFUL: &[char] = &['.', '/', '\\', '%', '?', '#', ';'];
+
+/// Whether NFKC turns `c` (outside ASCII) into text holding one of [`NORMALIZED_MEANINGFUL`].
+fn normalizes_to_meaningful(c: char) -> bool {
+    use unicode_normalization::UnicodeNormalization as _;
+    !c.is_ascii()
+        && std::iter::once(c)
+            .nfkc()
+            .any(|n| NORMALIZED_MEANINGFUL.contains(&n))
+}
 
 /// The path's escapes outside ASCII, decoded: valid UTF-8 (an overlong or otherwise invalid
 /// sequence is whatever a lenient decoder makes of it, `%C0%AE` a `.`), and none of the
@@ -588,7 +590,7 @@ fn check_decoded_path(path: &[u8]) -> Result<(), TargetError> {
                 .into(),
         ));
     };
-    if text.contains(NORMALIZED_TO_SEPARATORS) {
+    if text.chars().any(normalizes_to_meaningful) {
         return Err(TargetError::Malformed(
             "a character in the path that Unicode normalization makes a `.`, `/` or `\\` of \
              (such as the fullwidth `．`)"
@@ -738,7 +740,7 @@ mod tests {
             let Ok(text) = String::from_utf8(bytes) else {
                 return false;
             };
-            if text.chars().any(|c| NORMALIZED_TO_SEPARATORS.contains(&c)) {
+            if text.chars().any(normalizes_to_meaningful) {
                 return false;
             }
         }
@@ -835,6 +837,14 @@ mod tests {
             "/v1/a%EF%BC%8Fb",
             "/v1/%E2%80%A5/admin",
             "/v1/%FF",
+            // Sent raw rather than escaped, and other characters NFKC makes `%`, `?`, `;` or a
+            // `/` of (`℀` is `a/c`).
+            "/v1/x／..／..／admin",
+            "/v1/‥/admin",
+            "/v1/%E2%84%80",
+            "/v1/%EF%BC%85",
+            "/v1/%EF%BC%9F",
+            "/v1/%EF%BC%9B",
         ] {
             assert!(check_path(path).is_err(), "{path}");
         }
@@ -845,6 +855,8 @@ mod tests {
             "/v1/%E4%B8%AD%E6%96%87",
             "/v1/100%25",
             "/v1/%25zz",
+            "/v1/中文",
+            "/v1/café",
         ] {
             assert!(check_path(path).is_ok(), "{path}");
         }

@@ -11,6 +11,7 @@
 use serde_json::Value;
 
 use super::openai_chat::{HOSTS, KEY_POSITIONS, NAME};
+use super::request::EACH;
 use super::{fold_counts, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::{HostedCalls, Usage};
 
@@ -27,7 +28,9 @@ const OPERATIONS: &[&str] = &[
 ];
 
 const FIELDS: RequestFields = RequestFields {
-    model: &[&["model"]],
+    // A hosted tool that runs a model of its own (`image_generation`'s `model`) uses it beside
+    // the call's: one of its other models.
+    model: &[&["model"], &["tools", EACH, "model"]],
     ceilings: &[&["max_output_tokens"]],
 };
 

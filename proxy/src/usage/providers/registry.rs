@@ -391,6 +391,23 @@ mod tests {
                 Some("gpt-4o"),
                 &[],
             ),
+            // The beta and the GA transcription spelling both: each is decided.
+            (
+                r#"{"model":"gpt-realtime","input_audio_transcription":{"model":"whisper-1"},"audio":{"input":{"transcription":{"model":"gpt-4o-transcribe"}}}}"#,
+                Some("gpt-realtime"),
+                &["gpt-4o-transcribe", "whisper-1"],
+            ),
+            (
+                r#"{"input_audio_transcription":{"model":"whisper-1"},"audio":{"input":{"transcription":{"model":"gpt-4o-transcribe"}}}}"#,
+                Some("whisper-1"),
+                &["gpt-4o-transcribe"],
+            ),
+            // A hosted tool's own model (the Responses API's image generation).
+            (
+                r#"{"model":"gpt-4o-mini","tools":[{"type":"web_search"},{"type":"image_generation","model":"gpt-image-1"}]}"#,
+                Some("gpt-4o-mini"),
+                &["gpt-image-1"],
+            ),
         ] {
             let got = read(body).expect(body);
             assert_eq!(got.model.as_deref(), model, "{body}");

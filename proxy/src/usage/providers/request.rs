@@ -195,11 +195,16 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
         found: &mut found,
     })?;
     de.end()?;
-    let (model, mut others) = match (found.model, found.secondary_model) {
-        (Some((_, model)), secondary) => (Some(model), secondary.map(|(_, m)| m)),
-        (None, secondary) => (secondary.map(|(_, m)| m), None),
+    // Every secondary model is one of the call's other models, but for the best-ranked one
+    // when no field names the call's own (a transcription session's model is its model).
+    let mut secondary = found.secondary_models;
+    secondary.sort_by_key(|(rank, _)| *rank);
+    let mut secondary = secondary.into_iter().map(|(_, m)| m);
+    let model = match found.model {
+        Some((_, model)) => Some(model),
+        None => secondary.next(),
     };
-    let mut other_models: Vec<String> = others.take().into_iter().chain(found.others).collect();
+    let mut other_models: Vec<String> = secondary.chain(found.others).collect();
     other_models.sort_unstable();
     other_models.dedup();
     other_models.retain(|m| Some(m) != model.as_ref());
@@ -216,7 +221,8 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
 #[derive(Default)]
 struct Found {
     model: Option<(usize, String)>,
-    secondary_model: Option<(usize, String)>,
+    /// Every secondary model named (a body may carry the beta and the GA spelling both).
+    secondary_models: Vec<(usize, String)>,
     /// Models inside arrays, each once.
     others: Vec<String>,
     ceiling: Option<u64>,
@@ -287,7 +293,7 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                 }
                 Some(Slot::SecondaryModel(rank)) => {
                     let v: Option<String> = map.next_value()?;
-                    keep(&mut self.found.secondary_model, rank, v);
+                    self.found.secondary_models.extend(v.map(|v| (rank, v)));
                 }
                 Some(Slot::OtherModel) => {
                     let v: Option<String> = map.next_value()?;
@@ -674,8 +680,9 @@ mod tests {
         // And `background`. (Gemini's `generation_config`, its proto spelling, is the tenth, and
         // then the Realtime API's nested models (`session`, `input_audio_transcription`,
         // `audio`) and Bedrock Agents' (`foundationModel`, `collaborators`,
-        // `promptOverrideConfiguration`, `targetModelId`, `retrieveAndGenerateConfiguration`).)
-        assert_eq!(FIELDS.root.len(), 18, "{:?}", FIELDS.root);
+        // `promptOverrideConfiguration`, `targetModelId`, `retrieveAndGenerateConfiguration`),
+        // and the Responses API's hosted tools (`tools`).)
+        assert_eq!(FIELDS.root.len(), 19, "{:?}", FIELDS.root);
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
