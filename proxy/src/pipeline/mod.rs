@@ -690,7 +690,10 @@ impl ProxyHttp for TenantProxy {
                 ctx.body_handed = true;
                 *body = Some(full);
             }
-            Some(_) if !session.was_upgraded() => {
+            // An upgrade request's later bytes are its upgraded connection's (the WebSocket
+            // frames a client may send as soon as it reads the 101, before pingora has marked
+            // the session upgraded).
+            Some(_) if !session.was_upgraded() && !session.is_upgrade_req() => {
                 // The request's body is all in what was handed over: anything more is no part
                 // of what was decided on, and is not forwarded.
                 if body.take().is_some_and(|extra| !extra.is_empty()) {
