@@ -612,8 +612,8 @@ fn an_http2_request_ending_in_trailers_forwards_its_body_once() {
 /// never replaced by copies of it (each later call of the body filter handed the body over
 /// again, in place of the WebSocket frames). The mock answers 101 at once and echoes every byte
 /// it gets. Pingora may end such a connection right after the 101 when the upstream switches
-/// before the request's body is sent (an upgrade request with a body is unusual; see the
-/// README's notes): then nothing is echoed, and nothing unchecked went upstream either.
+/// before the request's body is sent (an upgrade request with a body is unusual; the README
+/// says so under *Bodies*): then nothing is echoed, and nothing unchecked went upstream either.
 #[test]
 fn an_upgrade_request_with_a_body_never_sends_the_body_twice() {
     let mock = start_mock();
