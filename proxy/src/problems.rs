@@ -133,8 +133,10 @@ impl<'a> Problems<'a> {
     /// A duration of at least a millisecond: a timeout of zero (or `1ns`) fires at once (a
     /// request head sent in two packets would get 408), and a lease of zero ends as it starts.
     pub fn positive_duration(&mut self, location: &str, value: &str) -> Duration {
+        let problems = self.list.len();
         let d = self.duration(location, value);
-        if d < Duration::from_millis(1) && humantime::parse_duration(value).is_ok() {
+        // (A value that is no duration was reported by `duration` already.)
+        if d < Duration::from_millis(1) && self.list.len() == problems {
             self.push(location, "must be more than zero (at least `1ms`)");
         }
         d

@@ -465,9 +465,9 @@ fn a_head_is_cut_at_its_size_cap_without_being_buffered_past_it() {
     assert_nothing_smuggled(&origin);
 }
 
-/// Plain-HTTP requests inside an intercepted tunnel meet the same front.
-#[test]
-fn malformed_requests_inside_an_intercepted_tunnel_are_refused_and_closed() {
+/// A TLS recording origin for `llm.test`, and a proxy that intercepts tunnels to it (its CA
+/// made by `ca init`, the origin's CA trusted upstream).
+fn intercepting_proxy() -> (Origin, Proxy) {
     let ca = TestCa::new("e2e protocol origin CA").unwrap();
     let origin = Origin::start_tls(&ca.server(&["llm.test"]).unwrap());
     let origin_ca = ca.cert_pem.clone();
@@ -491,6 +491,13 @@ fn malformed_requests_inside_an_intercepted_tunnel_are_refused_and_closed() {
         );
         assert_eq!(code, 0, "{out}");
     });
+    (origin, proxy)
+}
+
+/// Plain-HTTP requests inside an intercepted tunnel meet the same front.
+#[test]
+fn malformed_requests_inside_an_intercepted_tunnel_are_refused_and_closed() {
+    let (origin, proxy) = intercepting_proxy();
     let authority = format!("llm.test:{}", origin.port);
     let aim = Aim {
         base: String::new(),
@@ -515,29 +522,7 @@ fn malformed_requests_inside_an_intercepted_tunnel_are_refused_and_closed() {
 /// joined into form pairs nothing decided on (`…&_` + `method=DELETE…` is `_method=DELETE`).
 #[test]
 fn an_http2_request_ending_in_trailers_forwards_its_body_once() {
-    let ca = TestCa::new("e2e protocol origin CA").unwrap();
-    let origin = Origin::start_tls(&ca.server(&["llm.test"]).unwrap());
-    let origin_ca = ca.cert_pem.clone();
-    let mut spec = ProxySpec {
-        policies: "tests/fixtures/policies-https",
-        ..Default::default()
-    };
-    spec.config.egress.connect_ports = Some(vec![origin.port]);
-    spec.config
-        .egress
-        .hosts
-        .insert("llm.test".into(), vec!["127.0.0.1".into()]);
-    spec.config.upstream.extra_ca_files = vec!["origin-ca.pem".into()];
-    spec.config.intercept = Some(config::Intercept::ca_in("ca"));
-    let proxy = Proxy::start_prepared(spec, |dir| {
-        std::fs::write(dir.join("origin-ca.pem"), &origin_ca).unwrap();
-        let (code, out) = proxy_cli(
-            dir,
-            &["ca", "init", "--out", "ca", "--permit", "llm.test"],
-            "",
-        );
-        assert_eq!(code, 0, "{out}");
-    });
+    let (origin, proxy) = intercepting_proxy();
     let authority = format!("llm.test:{}", origin.port);
     let ca_pem = std::fs::read_to_string(proxy.path("ca/ca.pem")).unwrap();
     let mut client = (*tenant_proxy_loadtest::tls::client_config(&ca_pem).unwrap()).clone();

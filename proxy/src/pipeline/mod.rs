@@ -681,14 +681,11 @@ impl ProxyHttp for TenantProxy {
         // request that ends with trailers) and for an upgraded connection's bytes; handing the
         // body over at each call sent the upstream the decided body twice, joined into pairs
         // and fields nothing decided on, or in place of a WebSocket's frames.
-        let held = ctx
-            .http()
-            .and_then(|(_, g)| g.body.as_ref())
-            .map(|b| b.0.clone());
+        let held = ctx.http().and_then(|(_, g)| g.body.as_ref());
         match held {
             Some(full) if !ctx.body_handed => {
+                *body = Some(full.0.clone());
                 ctx.body_handed = true;
-                *body = Some(full);
             }
             // An upgrade request's later bytes are its upgraded connection's (the WebSocket
             // frames a client may send as soon as it reads the 101, before pingora has marked

@@ -77,11 +77,6 @@ impl HostedCalls {
         self.web_searches = self.web_searches.saturating_add(other.web_searches);
         self.file_searches = self.file_searches.saturating_add(other.file_searches);
     }
-
-    /// Whether no hosted tool was called.
-    pub fn is_none(&self) -> bool {
-        *self == Self::default()
-    }
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -414,6 +414,7 @@ impl<'de> Visitor<'de> for Nested<'_, '_> {
             Some(nodes) => d.deserialize_any(Each {
                 nodes,
                 found: self.found,
+                element: false,
             }),
             None => d.deserialize_map(Level {
                 nodes: self.nodes,
@@ -423,14 +424,16 @@ impl<'de> Visitor<'de> for Nested<'_, '_> {
     }
 }
 
-/// An array whose object elements may hold `nodes`. Only the elements that are objects are
-/// read, and anything else in the array's place is passed over: the array's name is the
-/// provider's (Bedrock's `collaborators`), but every body is read with every provider's fields,
-/// and an unrelated API may use the name for anything. An upstream that reads the field reads
-/// objects there, so nothing it would use is passed over.
+/// An array whose object elements may hold `nodes` (`element: false`), or one element of it
+/// (`element: true`). Only the elements that are objects are read, and anything else in the
+/// array's place is passed over: the array's name is the provider's (Bedrock's
+/// `collaborators`), but every body is read with every provider's fields, and an unrelated API
+/// may use the name for anything. An upstream that reads the field reads objects there, so
+/// nothing it would use is passed over.
 struct Each<'t, 'f> {
     nodes: &'t [Node],
     found: &'f mut Found,
+    element: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for Each<'_, '_> {
@@ -449,10 +452,15 @@ impl<'de> Visitor<'de> for Each<'_, '_> {
     }
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.element {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
         while seq
-            .next_element_seed(Element {
+            .next_element_seed(Each {
                 nodes: self.nodes,
                 found: &mut *self.found,
+                element: true,
             })?
             .is_some()
         {}
@@ -460,66 +468,14 @@ impl<'de> Visitor<'de> for Each<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-}
-
-/// One element of an [`Each`] array: its fields when it is an object, else nothing.
-struct Element<'t, 'f> {
-    nodes: &'t [Node],
-    found: &'f mut Found,
-}
-
-impl<'de> DeserializeSeed<'de> for Element<'_, '_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Element<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        Level {
-            nodes: self.nodes,
-            found: self.found,
+        if self.element {
+            return Level {
+                nodes: self.nodes,
+                found: self.found,
+            }
+            .visit_map(map);
         }
-        .visit_map(map)
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(())
     }
 
