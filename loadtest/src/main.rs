@@ -29,9 +29,10 @@ use tenant_proxy_loadtest::{mock, tls};
 use tunnel::{Hosts, Tunnels};
 
 /// Every row `run` knows, in the order they are measured.
-const ROWS: [&str; 19] = [
+const ROWS: [&str; 21] = [
     "direct",
     BARE_PINGORA,
+    BARE_REFUSE,
     "nginx",
     "haproxy",
     "squid",
@@ -43,6 +44,7 @@ const ROWS: [&str; 19] = [
     REFUSED_ROW,
     REFUSED_BUDGET_ROW,
     "route+limits(redis)",
+    REFUSED_REDIS_ROW,
     REDIS_CLUSTER_ROW,
     TUNNEL_KEEP_ALIVE,
     NEW_TUNNEL_CACHED,
@@ -62,6 +64,10 @@ const ROUTE_AT_WARN: &str = "route(log=warn)";
 /// an allowed one's.
 const REFUSED_ROW: &str = "refused(rate)";
 
+/// [`REFUSED_ROW`] with the Redis limiter: Redis refuses the flood's first request, and the
+/// replica refuses the rest without asking Redis until the moment Redis named has passed.
+const REFUSED_REDIS_ROW: &str = "refused(rate)+redis";
+
 /// The same request from a globex whose daily cost ceiling is spent (429 `budget_exhausted`):
 /// such a refusal comes from the full admission, as what a request will cost is known only
 /// once its body is decoded.
@@ -72,6 +78,10 @@ const REDIS_CLUSTER_ROW: &str = "route+limits(redis-cluster)";
 
 /// The baseline every proxy row is compared with ([`bare`]).
 const BARE_PINGORA: &str = "bare-pingora";
+
+/// Bare pingora answering every request with a 429 in `request_filter` ([`bare`]): what the
+/// framework alone costs for a request it refuses, the floor under the `refused(…)` rows.
+const BARE_REFUSE: &str = "bare-pingora(refuse)";
 
 /// HTTPS rows: requests over kept intercepted tunnels, and whole new tunnels.
 const TUNNEL_KEEP_ALIVE: &str = "tunnel(intercept)";
@@ -157,13 +167,15 @@ enum Cmd {
         /// CONNECT, TLS handshake and one request).
         #[arg(long, default_value_t = 2_000)]
         new_tunnels: usize,
-        /// Run only these rows (comma-separated: direct, bare-pingora, nginx, haproxy, squid
+        /// Run only these rows (comma-separated: direct, bare-pingora, bare-pingora(refuse),
+        /// nginx, haproxy, squid
         /// (each when installed: loadtest/install-peers.sh), forward, route, route(log=warn),
         /// route+limits(memory),
         /// route+limits(memory)+noisy-neighbour, refused(rate), refused(budget), route+limits(redis),
+        /// refused(rate)+redis, route+limits(redis-cluster),
         /// tunnel(intercept),
         /// new-tunnel(cached-leaf), new-tunnel(resumed), new-tunnel(cached-leaf+new-upstream),
-        /// new-tunnel(fresh-leaf); the redis row needs `redis-server` on PATH). Default: all.
+        /// new-tunnel(fresh-leaf); the redis rows need `redis-server` on PATH). Default: all.
         #[arg(long, value_delimiter = ',', value_parser = parse_row)]
         only: Vec<String>,
     },
@@ -269,6 +281,9 @@ enum Cmd {
         /// Worker threads (the proxy rows' `[server] threads`).
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Answer every request with a 429 instead (the `bare-pingora(refuse)` row).
+        #[arg(long)]
+        refuse: bool,
     },
 }
 
@@ -400,7 +415,11 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             let report = idle::measure(&args).await?;
             Ok(idle::print(&report))
         }),
-        Cmd::BarePingora { upstream, threads } => {
+        Cmd::BarePingora {
+            upstream,
+            threads,
+            refuse,
+        } => {
             // The port is found here and announced on stdout for `run`, which connects to it
             // once pingora listens (pingora binds by address and reports nothing).
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -408,7 +427,8 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 .port();
             println!("{port}");
             drop(rt);
-            bare::serve(SocketAddr::from(([127, 0, 0, 1], port)), upstream, threads)?;
+            let listen = SocketAddr::from(([127, 0, 0, 1], port));
+            bare::serve(listen, upstream, threads, refuse)?;
             Ok(true)
         }
         Cmd::Slowloris {
@@ -572,6 +592,16 @@ impl ProxyProcess {
 /// Starts the `bare-pingora` server (this binary's hidden subcommand), pinned like the proxy,
 /// and waits until it accepts connections.
 async fn start_bare(upstream: SocketAddr, pin: bool, dir: &Path) -> anyhow::Result<ProxyProcess> {
+    start_bare_server(upstream, pin, dir, false).await
+}
+
+/// [`start_bare`], or with `refuse` the server of the `bare-pingora(refuse)` row.
+async fn start_bare_server(
+    upstream: SocketAddr,
+    pin: bool,
+    dir: &Path,
+    refuse: bool,
+) -> anyhow::Result<ProxyProcess> {
     let exe = std::env::current_exe()?;
     let mut cmd = if pin {
         let mut c = Command::new("taskset");
@@ -581,9 +611,17 @@ async fn start_bare(upstream: SocketAddr, pin: bool, dir: &Path) -> anyhow::Resu
         Command::new(&exe)
     };
     std::fs::create_dir_all(dir)?;
-    let log = dir.join("bare-pingora.log");
+    let log = dir.join(if refuse {
+        "bare-pingora-refuse.log"
+    } else {
+        "bare-pingora.log"
+    });
+    if refuse {
+        cmd.arg("bare-pingora").arg("--refuse");
+    } else {
+        cmd.arg("bare-pingora");
+    }
     let mut child = cmd
-        .arg("bare-pingora")
         .arg("--upstream")
         .arg(upstream.to_string())
         .arg("--threads")
@@ -961,7 +999,7 @@ fn spent_budget_limits(tenants: &mut TenantFile) {
 /// The refusal code a refused row's requests must get (most of them: a few are admitted).
 fn refused_row_code(row: &str) -> Option<&'static str> {
     match row {
-        REFUSED_ROW => Some("rate_limited"),
+        REFUSED_ROW | REFUSED_REDIS_ROW => Some("rate_limited"),
         REFUSED_BUDGET_ROW => Some("budget_exhausted"),
         _ => None,
     }
@@ -1586,11 +1624,18 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         });
     }
     let dir = tempfile::tempdir()?;
-    let redis = if wanted("route+limits(redis)") {
+    let redis_rows: Vec<&str> = ["route+limits(redis)", REFUSED_REDIS_ROW]
+        .into_iter()
+        .filter(|r| wanted(r))
+        .collect();
+    let redis = if !redis_rows.is_empty() {
         if which("redis-server") {
             Some(start_redis(&dir.path().join("redis"))?)
         } else {
-            eprintln!("note: skipping row `route+limits(redis)`: redis-server is not on PATH");
+            eprintln!(
+                "note: skipping rows {}: redis-server is not on PATH",
+                redis_rows.join(", ")
+            );
             None
         }
     } else {
@@ -1612,15 +1657,15 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         redis.as_ref().map(|r| {
             (
                 "redis-proxy",
-                "route+limits(redis)",
+                redis_rows.clone(),
                 format!("redis://127.0.0.1:{}", r.port),
             )
         }),
         cluster
             .as_ref()
-            .map(|c| ("redis-cluster-proxy", REDIS_CLUSTER_ROW, c.url())),
+            .map(|c| ("redis-cluster-proxy", vec![REDIS_CLUSTER_ROW], c.url())),
     ];
-    for (dir, row, url) in redis_urls.into_iter().flatten() {
+    for (dir, rows, url) in redis_urls.into_iter().flatten() {
         let (mut config, mut tenants) = repo_config();
         config.limiter = Limiter {
             backend: Some(tenant_proxy_loadtest::config::LimiterBackend::Redis),
@@ -1630,7 +1675,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         acme_limits(&mut tenants);
         groups.push(Group {
             dir,
-            rows: vec![row],
+            rows,
             config,
             tenants,
             ca_init: None,
@@ -1732,6 +1777,25 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             Err(e) => {
                 println!("| {BARE_PINGORA} (failed to start) | 0 | - | - | - | - | - | - | - |");
                 Err(format!("{BARE_PINGORA}: {e:#}"))
+            }
+        };
+        if let Err(e) = measured {
+            failures.push(e);
+        }
+    }
+    if wanted(BARE_REFUSE) {
+        let measured = match start_bare_server(mock_addr, pin, dir.path(), true).await {
+            Ok(mut bare) => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], bare.port));
+                let raw = chat_request("/v1/chat/completions", &mock_host);
+                let load = Load::refused(addr, raw, &args);
+                measure(BARE_REFUSE, &load, &args, Some(&mut bare), None)
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => {
+                println!("| {BARE_REFUSE} (failed to start) | 0 | - | - | - | - | - | - | - |");
+                Err(format!("{BARE_REFUSE}: {e:#}"))
             }
         };
         if let Err(e) = measured {

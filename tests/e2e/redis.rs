@@ -77,11 +77,16 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
         .iter()
         .all(|k| k.starts_with("tp:{acme}:")));
 
+    // A replica Redis has refused nothing yet: a and b remember acme's rate refusals until the
+    // moment Redis named, and refuse acme for rate meanwhile, Redis or not.
+    let c = proxy_with_redis(&redis);
+
     // Redis stops: refusals are immediate 503s with Retry-After, nothing is forwarded.
     redis.stop();
+    forward_get(a.sidecar_port, &url, None, "").assert_refused(429, "rate_limited");
     let before = origin.count();
     let started = Instant::now();
-    let r = forward_get(a.sidecar_port, &url, None, "");
+    let r = forward_get(c.sidecar_port, &url, None, "");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "no stall: {:?}",
@@ -91,15 +96,15 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(origin.count(), before);
     assert_eq!(
-        a.audit_record("acme", &r.request_id())["reason"],
+        c.audit_record("acme", &r.request_id())["reason"],
         "limiter_unavailable"
     );
-    assert!(a.metrics().contains("tenant_proxy_limiter_errors_total"));
+    assert!(c.metrics().contains("tenant_proxy_limiter_errors_total"));
 
-    // Redis comes back (empty): both replicas recover without a restart.
+    // Redis comes back (empty): every replica recovers without a restart.
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
-    for p in [a.sidecar_port, b.sidecar_port] {
+    for p in [a.sidecar_port, b.sidecar_port, c.sidecar_port] {
         while forward_get(p, &url, None, "").status != 200 {
             assert!(Instant::now() < deadline, "no recovery");
             std::thread::sleep(Duration::from_millis(100));
@@ -736,4 +741,113 @@ fn the_limiters_redis_is_never_a_destination() {
     let rec = proxy.audit_record("acme", &r.request_id());
     assert_eq!(rec["decision"], "deny", "{rec}");
     assert_eq!(redis.cli(&["EXISTS", "/acme/pwned"]).trim(), "0");
+}
+
+/// The commands Redis runs while `during` runs (its `MONITOR` feed, scripts' own calls
+/// included), one line each.
+fn redis_commands_during(redis: &RedisServer, during: impl FnOnce()) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut monitor = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    monitor.write_all(b"MONITOR\r\n").unwrap();
+    let mut feed = BufReader::new(monitor.try_clone().unwrap());
+    let mut ok = String::new();
+    feed.read_line(&mut ok).unwrap();
+    assert_eq!(ok.trim_end(), "+OK");
+    during();
+    // A command appears in the feed as it runs; once it is quiet for a moment, all have.
+    monitor
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    while feed.read_line(&mut line).is_ok_and(|n| n > 0) {
+        lines.push(std::mem::take(&mut line));
+    }
+    lines
+}
+
+/// A tenant flooding past its request rate is refused by the replica that Redis refused it
+/// through, without a Redis call per request, until the moment Redis named: a flood cannot
+/// load the Redis every tenant of every replica shares. Each refusal is still a 429 with
+/// `Retry-After`, audited, and consumes nothing; other tenants' admissions still go to Redis;
+/// another replica learns the refusal from Redis itself; and the tenant is admitted again once
+/// the moment passes.
+#[test]
+fn a_rate_flood_is_refused_without_asking_redis_until_redis_would_admit_again() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let spec = || {
+        let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_secs(1));
+        spec.tenant("acme").limits().requests_per_minute = Some(6);
+        spec.tenant("globex").limits().requests_per_minute = Some(600);
+        spec
+    };
+    let (a, b) = (Proxy::start(spec()), Proxy::start(spec()));
+    let url = format!("http://127.0.0.1:{}/acme/flood", origin.port);
+    for i in 0..6 {
+        let r = forward_get(a.sidecar_port, &url, None, "");
+        assert_eq!(r.status, 200, "call {i}: {}", r.body_text());
+    }
+    // Redis refuses the seventh (an admission of its own: the replica had nothing to go by).
+    forward_get(a.sidecar_port, &url, None, "").assert_refused(429, "rate_limited");
+    a.wait_audit_records("acme", 7);
+
+    let globex = token_for("globex", "agent");
+    let globex_url = format!("http://127.0.0.1:{}/globex/calm", origin.port);
+    let mut refusals = Vec::new();
+    let commands = redis_commands_during(&redis, || {
+        for _ in 0..20 {
+            refusals.push(forward_get(a.sidecar_port, &url, None, ""));
+        }
+        let calm = forward_get(a.shared_port, &globex_url, Some(&globex), "");
+        assert_eq!(calm.status, 200, "{}", calm.body_text());
+        a.wait_audit_records("globex", 1);
+    });
+    for r in &refusals {
+        r.assert_refused(429, "rate_limited");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=10).contains(&retry), "retry-after {retry}");
+        assert_eq!(
+            a.audit_record("acme", &r.request_id())["reason"],
+            "rate_limited"
+        );
+    }
+    assert!(
+        !commands.iter().any(|c| c.contains("{acme}")),
+        "the flood reached Redis: {commands:?}"
+    );
+    assert!(
+        commands.iter().any(|c| c.contains("tp:{globex}:")),
+        "globex's admission goes to Redis as before: {commands:?}"
+    );
+    assert_eq!(origin.matching("/acme/flood").len(), 6, "nothing forwarded");
+
+    // The other replica has not been refused: it asks Redis, which refuses it too.
+    let commands = redis_commands_during(&redis, || {
+        forward_get(b.sidecar_port, &url, None, "").assert_refused(429, "rate_limited");
+    });
+    assert!(
+        commands.iter().any(|c| c.contains("tp:{acme}:")),
+        "{commands:?}"
+    );
+
+    // Once the moment Redis named has passed, acme is admitted again: the refusals consumed
+    // nothing (six a minute: one every ten seconds).
+    let last = refusals.last().unwrap();
+    let retry: u64 = last.header("retry-after").unwrap().parse().unwrap();
+    std::thread::sleep(Duration::from_secs(retry));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = forward_get(a.sidecar_port, &url, None, "");
+        if r.status == 200 {
+            break;
+        }
+        r.assert_refused(429, "rate_limited");
+        assert!(
+            Instant::now() < deadline,
+            "not admitted again after its Retry-After"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(origin.matching("/acme/flood").len(), 7);
 }

@@ -9,6 +9,7 @@
 //! in-memory backend ([`memory`]) serves a single proxy; [`redis`] is shared by replicas.
 
 pub mod calendar;
+pub mod known_refusals;
 pub mod memory;
 pub mod plan;
 pub mod redis;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
+use super::known_refusals::KnownRefusals;
 use super::memory::MemoryBackend;
 use super::redis_revocations::SharedRevocations;
 use super::{
@@ -488,6 +489,8 @@ pub struct RedisBackend {
     revocations: Arc<SharedRevocations>,
     /// Concurrency slots to release again once Redis answers.
     pending: Arc<PendingReleases>,
+    /// Rate refusals Redis gave, answered here until they pass (see [`KnownRefusals`]).
+    known_refusals: KnownRefusals,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -610,6 +613,7 @@ impl RedisBackend {
             revocations,
             settings,
             pending,
+            known_refusals: KnownRefusals::default(),
         })
     }
 
@@ -831,7 +835,18 @@ impl LimitBackend for RedisBackend {
         match result {
             Ok(reply) => {
                 METRICS.limiter_fallback_active.set(0);
-                let mut admission = decode(keys, &reply, lease_id, charge)?;
+                let mut admission = match decode(keys, &reply, lease_id, charge) {
+                    Ok(admission) => admission,
+                    Err(AdmitError::Limited(deny)) => {
+                        // Counted from when the call was sent, before Redis read its clock.
+                        if let Some(wait) = deny.retry_after {
+                            let now = std::time::Instant::now();
+                            self.known_refusals.remember(&deny.key, sent + wait, now);
+                        }
+                        return Err(AdmitError::Limited(deny));
+                    }
+                    Err(e) => return Err(e),
+                };
                 admission.renewal = self.renew_while_running(&admission);
                 Ok(admission)
             }
@@ -865,6 +880,13 @@ impl LimitBackend for RedisBackend {
         } else {
             self.finish_redis(&admission, used).await;
         }
+    }
+
+    fn already_over(&self, rate_keys: &dyn Fn() -> Vec<LimitKey>) -> Option<LimitDeny> {
+        let (key, wait) = self
+            .known_refusals
+            .refusal(rate_keys, std::time::Instant::now())?;
+        Some(LimitDeny::for_key(&key, crate::clock::unix_now_i64(), wait))
     }
 
     async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, LimiterUnavailable> {
