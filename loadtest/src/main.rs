@@ -1763,39 +1763,27 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             failures.push(e);
         }
     }
-    // The baseline next, so every proxy row can print its ratio to it.
-    if wanted(BARE_PINGORA) {
-        let measured = match start_bare(mock_addr, pin, dir.path()).await {
-            Ok(mut bare) => {
-                let addr = SocketAddr::from(([127, 0, 0, 1], bare.port));
-                let raw = chat_request("/v1/chat/completions", &mock_host);
-                let load = Load::plain(addr, raw, &args);
-                measure(BARE_PINGORA, &load, &args, Some(&mut bare), None)
-                    .await
-                    .map(|_| ())
-            }
-            Err(e) => {
-                println!("| {BARE_PINGORA} (failed to start) | 0 | - | - | - | - | - | - | - |");
-                Err(format!("{BARE_PINGORA}: {e:#}"))
-            }
-        };
-        if let Err(e) = measured {
-            failures.push(e);
+    // The baseline next, so every proxy row can print its ratio to it; then its refusing twin.
+    for (row, refuse) in [(BARE_PINGORA, false), (BARE_REFUSE, true)] {
+        if !wanted(row) {
+            continue;
         }
-    }
-    if wanted(BARE_REFUSE) {
-        let measured = match start_bare_server(mock_addr, pin, dir.path(), true).await {
+        let measured = match start_bare_server(mock_addr, pin, dir.path(), refuse).await {
             Ok(mut bare) => {
                 let addr = SocketAddr::from(([127, 0, 0, 1], bare.port));
                 let raw = chat_request("/v1/chat/completions", &mock_host);
-                let load = Load::refused(addr, raw, &args);
-                measure(BARE_REFUSE, &load, &args, Some(&mut bare), None)
+                let load = if refuse {
+                    Load::refused(addr, raw, &args)
+                } else {
+                    Load::plain(addr, raw, &args)
+                };
+                measure(row, &load, &args, Some(&mut bare), None)
                     .await
                     .map(|_| ())
             }
             Err(e) => {
-                println!("| {BARE_REFUSE} (failed to start) | 0 | - | - | - | - | - | - | - |");
-                Err(format!("{BARE_REFUSE}: {e:#}"))
+                println!("| {row} (failed to start) | 0 | - | - | - | - | - | - | - |");
+                Err(format!("{row}: {e:#}"))
             }
         };
         if let Err(e) = measured {
