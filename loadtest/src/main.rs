@@ -301,6 +301,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `work` (a subcommand that starts processes: proxies, baselines, Redis) until it ends or
+/// a signal ends the run (SIGTERM from `timeout` or a CI runner, SIGINT, SIGHUP). Then `work`
+/// is dropped, and with it every process handle it holds, each of which stops its process: a
+/// stopped run leaves no proxy or Redis behind holding ports and memory.
+fn until_signalled(
+    rt: &tokio::runtime::Runtime,
+    work: impl std::future::Future<Output = anyhow::Result<bool>>,
+) -> anyhow::Result<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let name = tokio::select! {
+            done = work => return done,
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => "SIGHUP",
+        };
+        bail!("stopped by {name}; the processes it started are stopped")
+    })
+}
+
 /// Runs the chosen subcommand; `Ok(false)` means a row failed (already reported on stderr).
 fn real_main(cli: Cli) -> anyhow::Result<bool> {
     // One thread: the load generator and the in-process mock share one core, pinned away from
@@ -349,16 +372,19 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             duration_limit,
             new_tunnels,
             only,
-        } => rt.block_on(run(RunArgs {
-            proxy_bin,
-            requests,
-            concurrency,
-            limit: duration_limit,
-            new_tunnels,
-            only,
-            log_level: cli.log_level,
-            baseline: std::sync::OnceLock::new(),
-        })),
+        } => until_signalled(
+            &rt,
+            run(RunArgs {
+                proxy_bin,
+                requests,
+                concurrency,
+                limit: duration_limit,
+                new_tunnels,
+                only,
+                log_level: cli.log_level,
+                baseline: std::sync::OnceLock::new(),
+            }),
+        ),
         Cmd::Sse {
             proxy_bin,
             streams,
@@ -367,7 +393,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             event_interval,
             tokens,
             only,
-        } => rt.block_on(async {
+        } => until_signalled(&rt, async {
             let args = sse::Args {
                 proxy_bin,
                 streams,
@@ -388,7 +414,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             requests,
             concurrency,
             load_timeout,
-        } => rt.block_on(async {
+        } => until_signalled(&rt, async {
             let args = tenants::Args {
                 proxy_bin,
                 tenants,
@@ -405,7 +431,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             proxy_bin,
             connections,
             skip_bare,
-        } => rt.block_on(async {
+        } => until_signalled(&rt, async {
             let args = idle::Args {
                 proxy_bin,
                 connections,
@@ -440,17 +466,20 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             header_timeout,
             body_timeout,
             concurrency,
-        } => rt.block_on(slowloris::run(slowloris::Args {
-            log_level: cli.log_level,
-            proxy_bin,
-            connections,
-            slow_bodies,
-            duration,
-            trickle,
-            header_timeout,
-            body_timeout,
-            concurrency,
-        })),
+        } => until_signalled(
+            &rt,
+            slowloris::run(slowloris::Args {
+                log_level: cli.log_level,
+                proxy_bin,
+                connections,
+                slow_bodies,
+                duration,
+                trickle,
+                header_timeout,
+                body_timeout,
+                concurrency,
+            }),
+        ),
     }
 }
 
@@ -539,26 +568,31 @@ impl Drop for ProxyProcess {
     }
 }
 
+/// CPU time (user + system, all threads) process `pid` has used so far.
+fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Skip past `(comm)`, which may itself contain spaces; utime and stime are fields 14 and
+    // 15 (1-based), i.e. the 12th and 13th after the command name.
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .context("unexpected /proc stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .context("unexpected /proc stat format")
+    };
+    let ticks = field(11)? + field(12)?;
+    // CLK_TCK is 100 on Linux x86_64 and aarch64; sysconf would need libc and unsafe.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
 impl ProxyProcess {
     /// CPU time (user + system, all threads) the proxy has used so far.
     fn cpu(&self) -> anyhow::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Skip past `(comm)`, which may itself contain spaces; utime and stime are fields 14 and
-        // 15 (1-based), i.e. the 12th and 13th after the command name.
-        let rest = stat
-            .rsplit_once(") ")
-            .map(|(_, r)| r)
-            .context("unexpected /proc stat format")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| -> anyhow::Result<u64> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse().ok())
-                .context("unexpected /proc stat format")
-        };
-        let ticks = field(11)? + field(12)?;
-        // CLK_TCK is 100 on Linux x86_64 and aarch64; sysconf would need libc and unsafe.
-        Ok(Duration::from_millis(ticks * 10))
+        process_cpu(self.child.id())
     }
 
     /// `Some(description)` once the child has exited.
@@ -1905,7 +1939,24 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
                         .await
                     })
                 });
+                // Redis's own CPU, on the load generator's core: what the row's figures do not
+                // show in the proxy's column (warm-up included, so per request of both).
+                let redis_pid = redis
+                    .as_ref()
+                    .filter(|_| g.dir == "redis-proxy")
+                    .map(|r| r.child.id());
+                let redis_before = redis_pid.and_then(|pid| process_cpu(pid).ok());
                 let measured = measure(row, &load, &args, Some(&mut proxy), None).await;
+                if let (Some(pid), Some(before), Ok((r, _))) = (redis_pid, redis_before, &measured)
+                {
+                    if let Ok(after) = process_cpu(pid) {
+                        let requests = (r.requests + load.warm_ops).max(1) as f64;
+                        let us = after.saturating_sub(before).as_secs_f64() * 1e6 / requests;
+                        eprintln!(
+                            "note: row `{row}`: redis-server used {us:.1} µs of CPU a request"
+                        );
+                    }
+                }
                 if let Some(code) = refused_row_code(row) {
                     // The row measures one kind of refusal: check that it is what refused.
                     let globex = ["decision=\"deny\"", "tenant=\"globex\""];
