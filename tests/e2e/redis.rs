@@ -371,6 +371,15 @@ fn replicas_share_one_token_ceiling() {
         admitted > 0 && spent <= 600,
         "{admitted} admitted, {spent} spent"
     );
+    // The minute's counter expires, two minutes after its minute's first admission at most (it
+    // is given its expiry once a minute, not at every admission).
+    let keys = redis.command("KEYS *");
+    let minute = keys
+        .iter()
+        .find(|k| k.starts_with("tp:{acme}:") && k.contains("tpm"))
+        .unwrap_or_else(|| panic!("{keys:?}"));
+    let ttl: i64 = redis.command(&format!("PTTL {minute}"))[0].parse().unwrap();
+    assert!(ttl > 0 && ttl <= 120_000, "{minute} expires in {ttl} ms");
 }
 
 /// Prices calls; acme (whose days are New York's) and globex may each spend 2000 micro-units a
