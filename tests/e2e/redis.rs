@@ -330,14 +330,32 @@ fn local_fallback_keeps_enforcing_per_replica_and_is_counted() {
     let statuses: Vec<u16> = (0..5)
         .map(|_| forward_get(proxy.sidecar_port, &url, None, "").status)
         .collect();
-    // The local counters enforce the same ceiling on this replica.
+    // The local counters enforce the same ceiling on this replica. Over it, calls are refused
+    // before their admission, as with the memory limiter (a flood during an outage costs no
+    // admission per refused request): the three admitted were the admissions counted.
     assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
+    // Metrics are counted in each request's logging phase, which writes its audit record.
+    proxy.wait_audit_records("acme", 5);
     let metrics = proxy.metrics();
     assert!(
-        metrics.contains("tenant_proxy_limiter_fallback_total 5"),
+        metrics.contains("tenant_proxy_limiter_fallback_total 3"),
         "{metrics}"
     );
+    assert!(metrics.contains(
+        r#"tenant_proxy_requests_total{code="rate_limited",decision="deny",tenant="acme"} 2"#
+    ));
     assert!(proxy.log().contains("enforcing local counters"));
+
+    // Redis is back (empty): the shared counters decide again at once, whatever the local ones
+    // counted during the outage (they would refuse acme for most of a minute).
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readiness(&proxy).1["limiter_connected"] != true {
+        assert!(Instant::now() < deadline, "Redis not seen again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = forward_get(proxy.sidecar_port, &url, None, "");
+    assert_eq!(r.status, 200, "{}", r.body_text());
 }
 
 #[test]

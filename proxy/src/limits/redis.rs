@@ -883,10 +883,17 @@ impl LimitBackend for RedisBackend {
     }
 
     fn already_over(&self, rate_keys: &dyn Fn() -> Vec<LimitKey>) -> Option<LimitDeny> {
-        let (key, wait) = self
-            .known_refusals
-            .refusal(rate_keys, std::time::Instant::now())?;
-        Some(LimitDeny::for_key(&key, crate::clock::unix_now_i64(), wait))
+        let now = std::time::Instant::now();
+        if let Some((key, wait)) = self.known_refusals.refusal(rate_keys, now) {
+            return Some(LimitDeny::for_key(&key, crate::clock::unix_now_i64(), wait));
+        }
+        // While Redis does not answer and this replica admits on its own counters, those know
+        // their refusals as the memory limiter does. Not once Redis answers again: what the
+        // local counters counted during the outage is never the shared counters' word.
+        if self.settings.on_unavailable == Unavailable::LocalFallback && !self.answering.get() {
+            return self.fallback.already_over(rate_keys);
+        }
+        None
     }
 
     async fn read(&self, keys: &[LimitKey]) -> Result<Vec<u64>, LimiterUnavailable> {
