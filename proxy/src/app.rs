@@ -418,20 +418,8 @@ fn write_ready_file(path: &std::path::Path, config: &StaticConfig) -> anyhow::Re
     if let Some(a) = &config.approvals {
         ready["approvals"] = a.listen.to_string().into();
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let write = || -> std::io::Result<()> {
-        let mut file = tempfile::Builder::new()
-            .prefix(".ready-")
-            .tempfile_in(dir)?;
-        file.write_all(ready.to_string().as_bytes())?;
-        file.as_file().sync_all()?;
-        file.persist(path).map_err(|e| e.error)?;
-        Ok(())
-    };
-    write().with_context(|| format!("writing the ready file `{}`", path.display()))
+    crate::whole_file::replace(path, ready.to_string().as_bytes())
+        .with_context(|| format!("writing the ready file `{}`", path.display()))
 }
 
 /// Where approval holds live: with the limiter's counters (Redis, shared by the replicas), or

@@ -104,6 +104,7 @@ pub mod trace;
 pub mod transparent;
 pub mod tunnel;
 pub mod usage;
+pub mod whole_file;
 
 /// How many cases a property test runs: `default`, or `PROPTEST_CASES` when set (run the
 /// parsers' fuzz targets longer with e.g. `PROPTEST_CASES=200000 cargo test -p tenant-proxy

@@ -15,10 +15,10 @@ mod sidecar_init;
 mod token;
 mod usage;
 
-use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// tenant-proxy: the egress proxy that puts every agent call under its tenant's identity,
@@ -164,17 +164,15 @@ impl Cli {
 /// How long an edit waits for another to finish.
 const EDIT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Locks the directory of `vault` (the vault, or any file the CLI reads, changes and writes back) (an advisory `flock`, released when the returned file is
-/// dropped or the process ends) for one read-change-write of the vault. Without it, two edits
+/// Locks the directory of `file` (the vault, the JWKS: a file the CLI reads, changes and writes
+/// back) with an advisory `flock`, released when the returned handle is dropped or the process
+/// ends, for one read-change-write of that file. Without it, two edits
 /// at once each write back their own copy and one undoes the other: a `cred rm` of a leaked key
 /// would be reported done and then brought back by a `cred put` of another tenant's running
 /// beside it. The directory, not a lock file beside the vault: a lock file can be deleted and
 /// made again while the lock lives on the deleted one (as the audit directory's lock explains).
-pub(crate) fn lock_for_edit(vault: &Path) -> anyhow::Result<std::fs::File> {
-    let dir = match vault.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+pub(crate) fn lock_for_edit(file: &Path) -> anyhow::Result<std::fs::File> {
+    let dir = crate::whole_file::directory_of(file);
     let handle = std::fs::File::open(dir)
         .with_context(|| format!("opening the directory `{}`", dir.display()))?;
     let deadline = std::time::Instant::now() + EDIT_LOCK_WAIT;

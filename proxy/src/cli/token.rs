@@ -221,15 +221,7 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             write_private(&out, key.private_pem.as_bytes())?;
             keys.push(key.jwk);
             // Whole or not at all: a reader (the proxy reloading it) never sees half a file.
-            let dir = match jwks.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-                .with_context(|| format!("writing next to `{}`", jwks.display()))?;
-            std::io::Write::write_all(&mut tmp, &serde_json::to_vec_pretty(&set)?)?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(&jwks)
+            crate::whole_file::replace(&jwks, &serde_json::to_vec_pretty(&set)?)
                 .with_context(|| format!("writing `{}`", jwks.display()))?;
             eprintln!(
                 "wrote private key to `{}` and public key `{kid}` to `{}`",

@@ -9,7 +9,6 @@
 //! fsynced and renamed over the vault, so a crash never leaves a half-written vault.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -555,27 +554,15 @@ impl Vault {
         Ok(())
     }
 
-    /// Writes the vault atomically: temporary file in the same directory, fsync, rename.
+    /// Writes the vault whole or not at all ([`crate::whole_file::replace`]).
     pub fn save(&self) -> Result<(), VaultError> {
         let io = |source| VaultError::Io {
             path: self.path.clone(),
             source,
         };
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| Path::new("."));
         let bytes = serde_json::to_vec_pretty(&self.file)
             .map_err(|e| VaultError::Invalid(e.to_string()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        tmp.write_all(&bytes).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(&self.path).map_err(|e| io(e.error))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::whole_file::replace(&self.path, &bytes).map_err(io)
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod settings;
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr};
 
 /// A route-mode mapping from a path prefix to an upstream base URL.
@@ -565,24 +566,7 @@ fn normalizes_to_meaningful(c: char) -> bool {
 /// characters normalization makes separators or dots of.
 fn check_decoded_path(path: &[u8]) -> Result<(), TargetError> {
     // Every `%` was checked to start an escape.
-    let mut decoded = Vec::with_capacity(path.len());
-    let mut i = 0;
-    while i < path.len() {
-        let escaped = match (path[i], path.get(i + 1), path.get(i + 2)) {
-            (b'%', Some(&hi), Some(&lo)) => hex_value(hi).zip(hex_value(lo)),
-            _ => None,
-        };
-        match escaped {
-            Some((hi, lo)) => {
-                decoded.push(hi << 4 | lo);
-                i += 3;
-            }
-            None => {
-                decoded.push(path[i]);
-                i += 1;
-            }
-        }
-    }
+    let decoded: Cow<'_, [u8]> = percent_encoding::percent_decode(path).into();
     let Ok(text) = std::str::from_utf8(&decoded) else {
         return Err(TargetError::Malformed(
             "percent-encodings in the path that are no valid UTF-8 (such as the overlong \

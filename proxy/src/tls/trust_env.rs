@@ -84,10 +84,7 @@ fn write_bundle_from(ca: &Path, system: Option<&Path>, out: &Path) -> anyhow::Re
     }
     text.push_str("-----END CERTIFICATE-----\n");
 
-    let dir = out
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or_else(|| Path::new("."));
+    let dir = crate::whole_file::directory_of(out);
     // Written beside and renamed into place: a tool starting meanwhile never reads half a bundle.
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("writing into `{}`", dir.display()))?;
