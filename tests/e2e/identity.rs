@@ -310,26 +310,24 @@ fn a_refusal_keeps_the_connection_unless_a_body_is_left_unread() {
     );
 }
 
+/// `tenant-proxy token keygen --kid KID --out OUT --jwks JWKS` in `dir`.
+fn keygen(dir: &std::path::Path, kid: &str, out: &str, jwks: &str) -> (i32, String) {
+    proxy_cli(
+        dir,
+        &[
+            "token", "keygen", "--kid", kid, "--out", out, "--jwks", jwks,
+        ],
+        "",
+    )
+}
+
 /// A platform signs its agents' tokens with its own issuer: the key `token keygen` writes is read
 /// by OpenSSL and by PyJWT (Python `cryptography`), and a token `token mint` makes with every
 /// documented claim verifies against the JWKS it wrote, in PyJWT too.
 #[test]
 fn generated_signing_keys_and_minted_tokens_work_with_other_tools() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, out) = proxy_cli(
-        dir.path(),
-        &[
-            "token",
-            "keygen",
-            "--kid",
-            "k1",
-            "--out",
-            "key.pem",
-            "--jwks",
-            "jwks.json",
-        ],
-        "",
-    );
+    let (code, out) = keygen(dir.path(), "k1", "key.pem", "jwks.json");
     assert_eq!(code, 0, "{out}");
     // Running it again never replaces the key or its published half: not at the same file, and
     // not under a kid the JWKS already has (every token the old key signed would be refused).
@@ -339,20 +337,7 @@ fn generated_signing_keys_and_minted_tokens_work_with_other_tools() {
         ("k2", "key.pem", "not overwriting a key"),
         ("k1", "key-2.pem", "kid `k1` is already in"),
     ] {
-        let (code, out) = proxy_cli(
-            dir.path(),
-            &[
-                "token",
-                "keygen",
-                "--kid",
-                kid,
-                "--out",
-                out_file,
-                "--jwks",
-                "jwks.json",
-            ],
-            "",
-        );
+        let (code, out) = keygen(dir.path(), kid, out_file, "jwks.json");
         assert_eq!(code, 1, "{kid} {out_file}: {out}");
         assert!(out.contains(says), "{kid} {out_file}: {out}");
     }
@@ -621,20 +606,7 @@ fn a_binding_listener_other_hosts_reach_is_warned_about() {
 #[test]
 fn cli_arguments_that_cannot_work_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, out) = proxy_cli(
-        dir.path(),
-        &[
-            "token",
-            "keygen",
-            "--kid",
-            "k1",
-            "--out",
-            "key.pem",
-            "--jwks",
-            "jwks.json",
-        ],
-        "",
-    );
+    let (code, out) = keygen(dir.path(), "k1", "key.pem", "jwks.json");
     assert_eq!(code, 0, "{out}");
     let mint = |ttl: &str| {
         proxy_cli(
@@ -762,20 +734,7 @@ fn concurrent_keygens_into_one_jwks_all_land() {
                 s.spawn(move || {
                     let kid = format!("k{i}");
                     let out = format!("key{i}.pem");
-                    proxy_cli(
-                        dir,
-                        &[
-                            "token",
-                            "keygen",
-                            "--kid",
-                            &kid,
-                            "--out",
-                            &out,
-                            "--jwks",
-                            "jwks.json",
-                        ],
-                        "",
-                    )
+                    keygen(dir, &kid, &out, "jwks.json")
                 })
             })
             .collect();
