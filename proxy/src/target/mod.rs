@@ -6,7 +6,7 @@
 pub mod settings;
 
 use std::borrow::Cow;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A route-mode mapping from a path prefix to an upstream base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,11 +139,13 @@ pub fn resolve(
 ) -> Result<Destination, TargetError> {
     let target = std::str::from_utf8(raw_target)
         .map_err(|_| TargetError::Malformed("the request target is not valid UTF-8".into()))?;
-    let lower_start = target
-        .get(..8)
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    if lower_start.starts_with("http://") || lower_start.starts_with("https://") {
+    let starts_with = |prefix: &str| {
+        target
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+    };
+    if starts_with("http://") || starts_with("https://") {
         forward(target, host_header)
     } else if target.starts_with('/') {
         route(target, routes)
@@ -252,9 +254,9 @@ fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, Targ
     let uri: http::Uri = target.parse().map_err(|_| {
         TargetError::Malformed("the request target is not a valid absolute URL".into())
     })?;
-    let scheme = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
-        Some("http") => Scheme::Http,
-        Some("https") => Scheme::Https,
+    let scheme = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
+        Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
         _ => {
             return Err(TargetError::Malformed(
                 "only `http` and `https` URLs can be proxied".into(),
@@ -273,7 +275,10 @@ fn forward(target: &str, host_header: Option<&[u8]>) -> Result<Destination, Targ
     let host = normalize_host(authority.host())?;
     let port = port_of(authority, scheme)?;
     if let Some(h) = host_header {
-        if !host_header_matches(h, &host, port, scheme) {
+        // A `Host` that spells the target's authority as it is written (what clients send)
+        // reads as the same host and port without a second parse.
+        let same_text = h.trim_ascii() == authority.as_str().as_bytes();
+        if !same_text && !host_header_matches(h, &host, port, scheme) {
             return Err(TargetError::HostMismatch);
         }
     }
@@ -357,6 +362,12 @@ pub fn normalize_host(host: &str) -> Result<String, TargetError> {
         return Err(TargetError::Malformed(
             "the request target's host has an empty label (`..`, or a leading dot)".into(),
         ));
+    }
+    // The common spelling first: four decimal octets without leading zeros are the
+    // canonical text already (std's parser takes nothing else), as WHATWG URL parsing reads
+    // them, so the text is kept as it is.
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return Ok(host.to_owned());
     }
     if let Some(ip) = ip_literal(host)? {
         return Ok(ip.to_string());
@@ -987,6 +998,19 @@ mod tests {
         }
         // Port 80 is http's default, so these agree.
         assert!(resolve(b"http://a.example:80/", Some(b"a.example"), &[]).is_ok());
+        // The same text (around spaces), and another spelling of the same address and port.
+        for (target, host) in [
+            (&b"http://127.0.0.1:8080/"[..], &b" 127.0.0.1:8080 "[..]),
+            (b"http://0177.0.0.1:8080/", b"127.0.0.1:8080"),
+            (b"http://127.0.0.1:8080/", b"2130706433:8080"),
+        ] {
+            let d = resolve(target, Some(host), &[]).expect("the same host");
+            assert_eq!((d.host.as_str(), d.port), ("127.0.0.1", 8080));
+        }
+        assert_eq!(
+            resolve(b"http://127.0.0.1:8080/", Some(b"127.0.0.2:8080"), &[]).err(),
+            Some(TargetError::HostMismatch)
+        );
         // One trailing dot (a fully qualified name) and upper case name the same host.
         let d = resolve(b"http://A.Example./", Some(b"a.example"), &[]).expect("fqdn");
         assert_eq!(d.host, "a.example");
