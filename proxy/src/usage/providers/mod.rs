@@ -228,7 +228,7 @@ impl CallPath<'_> {
     /// Runs `f` on `path` (origin form, query allowed) normalized. Typical paths are normalized
     /// on the stack: asking costs no allocation.
     pub fn with<R>(path: &str, f: impl FnOnce(CallPath<'_>) -> R) -> R {
-        let path = path.split(['?', '#']).next().unwrap_or("").as_bytes();
+        let path = without_query(path).as_bytes();
         // Decoding never lengthens a path.
         if path.len() <= STACK_PATH {
             let mut buf = [0u8; STACK_PATH];
@@ -342,9 +342,11 @@ fn normalize<const LOWER: bool>(path: &[u8], out: &mut [u8]) -> usize {
 /// priced as the unknown model it is). `None` for a path that cannot hold `marker` (most paths:
 /// nothing is copied then).
 pub(super) fn routed(path: &str, marker: &str) -> Option<String> {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let may = path.contains('%')
-        || path.contains("//")
+    let path = without_query(path);
+    // Asked of every request's path, several times: byte scans, no substring searchers.
+    let bytes = path.as_bytes();
+    let may = memchr::memchr(b'%', bytes).is_some()
+        || bytes.windows(2).any(|pair| pair == b"//")
         || find_ignore_case(path, marker, false).is_some();
     if !may {
         return None;
@@ -354,11 +356,20 @@ pub(super) fn routed(path: &str, marker: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out[..n]).into_owned())
 }
 
+/// `path` without its query and fragment.
+fn without_query(path: &str) -> &str {
+    let end = memchr::memchr2(b'?', b'#', path.as_bytes()).unwrap_or(path.len());
+    &path[..end]
+}
+
 /// Where `needle` (ASCII) is in `hay`, in any ASCII case: the first place, or the last.
 pub(super) fn find_ignore_case(hay: &str, needle: &str, last: bool) -> Option<usize> {
     let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    let mut at =
-        (0..=h.len().checked_sub(n.len())?).filter(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n));
+    let first = n.first()?.to_ascii_lowercase();
+    // The first byte alone rules out almost every place, so the rest is compared rarely.
+    let mut at = (0..=h.len().checked_sub(n.len())?).filter(|&i| {
+        h[i].to_ascii_lowercase() == first && h[i..i + n.len()].eq_ignore_ascii_case(n)
+    });
     if last {
         at.next_back()
     } else {
@@ -410,6 +421,24 @@ fn num(v: &Value, path: &[&str]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_ignore_case_finds_the_first_or_last_place_in_any_case() {
+        let hay = "/v1/Models/a/MODELS/b";
+        assert_eq!(find_ignore_case(hay, "/models/", false), Some(3));
+        assert_eq!(find_ignore_case(hay, "/models/", true), Some(12));
+        assert_eq!(find_ignore_case(hay, "models/", false), Some(4));
+        assert_eq!(find_ignore_case(hay, "models/", true), Some(13));
+        assert_eq!(find_ignore_case(hay, "/models/b/", false), None);
+        assert_eq!(find_ignore_case("/mod", "/models/", false), None);
+        // The needle at the very end, and a place too near the end to hold it.
+        assert_eq!(find_ignore_case("x/MODELS/", "/models/", true), Some(1));
+        assert_eq!(
+            find_ignore_case("/models/x/model", "/models/", true),
+            Some(0)
+        );
+        assert_eq!(find_ignore_case("", "/", false), None);
+    }
 
     #[test]
     fn num_reads_what_pointer_reads() {
