@@ -5,6 +5,7 @@ mod bare;
 mod idle;
 mod peers;
 mod redis_cluster;
+mod rounds;
 mod slowloris;
 mod sse;
 mod tenants;
@@ -178,6 +179,11 @@ enum Cmd {
         /// new-tunnel(fresh-leaf); the redis rows need `redis-server` on PATH). Default: all.
         #[arg(long, value_delimiter = ',', value_parser = parse_row)]
         only: Vec<String>,
+        /// Measure the rows this many times, one whole round after the other, then print the
+        /// medians (each round's ratios are to that round's bare-pingora row): single rounds on
+        /// a shared machine scatter by a fifth or more.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+        rounds: u32,
     },
     /// Hold slow clients (trickled heads and bodies) open against the proxy for a while, with
     /// normal requests beside them: when are they closed, what do normal requests see, how
@@ -372,19 +378,34 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             duration_limit,
             new_tunnels,
             only,
-        } => until_signalled(
-            &rt,
-            run(RunArgs {
-                proxy_bin,
-                requests,
-                concurrency,
-                limit: duration_limit,
-                new_tunnels,
-                only,
-                log_level: cli.log_level,
-                baseline: std::sync::OnceLock::new(),
-            }),
-        ),
+            rounds,
+        } => until_signalled(&rt, async {
+            let figures = Arc::new(rounds::Collected::default());
+            let mut all_passed = true;
+            for round in 1..=rounds as usize {
+                if rounds > 1 {
+                    println!("\n## Round {round} of {rounds}\n");
+                }
+                all_passed &= run(RunArgs {
+                    proxy_bin: proxy_bin.clone(),
+                    requests,
+                    concurrency,
+                    limit: duration_limit,
+                    new_tunnels,
+                    only: only.clone(),
+                    log_level: cli.log_level.clone(),
+                    baseline: std::sync::OnceLock::new(),
+                    round,
+                    figures: figures.clone(),
+                })
+                .await?;
+            }
+            if rounds > 1 {
+                println!("\n## Medians of {rounds} rounds\n");
+                print!("{}", rounds::median_table(&figures.all()));
+            }
+            Ok(all_passed)
+        }),
         Cmd::Sse {
             proxy_bin,
             streams,
@@ -1065,6 +1086,10 @@ struct RunArgs {
     /// The `bare-pingora` row's req/s and CPU µs per request, once measured: the other rows
     /// print their ratio to it.
     baseline: std::sync::OnceLock<(f64, f64)>,
+    /// Which round this is (`--rounds`), from 1.
+    round: usize,
+    /// Every round's figures, for the medians table.
+    figures: Arc<rounds::Collected>,
 }
 
 impl RunArgs {
@@ -1234,6 +1259,15 @@ async fn measure<T: Target>(
         _ => None,
     };
     let cpu = cpu_us.map_or("-".into(), |c| format!("{c:.1}"));
+    if r.errors == 0 {
+        args.figures.push(rounds::Figures {
+            round: args.round,
+            row: name.to_string(),
+            rps: r.rps(),
+            p99_ms: r.quantile_ms(0.99),
+            cpu_us,
+        });
+    }
     if name == BARE_PINGORA && r.errors == 0 {
         if let Some(c) = cpu_us {
             let _ = args.baseline.set((r.rps(), c));
@@ -2134,6 +2168,8 @@ mod tests {
             only: Vec::new(),
             log_level: None,
             baseline: std::sync::OnceLock::new(),
+            round: 1,
+            figures: Arc::default(),
         };
         let rows = [
             TUNNEL_KEEP_ALIVE,
