@@ -55,8 +55,8 @@ pub fn median_table(figures: &[Figures]) -> String {
             .find(|f| f.round == round && f.row == BASELINE)
     };
     let mut out = String::from(
-        "| path | rounds | req/s | p99 ms | proxy CPU µs/req | req/s ÷ bare | CPU ÷ bare | CPU ÷ bare, each round |\n\
-         |---|---:|---:|---:|---:|---:|---:|---|\n",
+        "| path | rounds | req/s | p99 ms | proxy CPU µs/req | req/s ÷ bare | p99 ÷ bare | CPU ÷ bare | CPU ÷ bare, each round |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for row in rows {
         let of_row: Vec<&Figures> = figures.iter().filter(|f| f.row == row).collect();
@@ -64,6 +64,7 @@ pub fn median_table(figures: &[Figures]) -> String {
         let p99 = median(of_row.iter().map(|f| f.p99_ms).collect());
         let cpu = median(of_row.iter().filter_map(|f| f.cpu_us).collect());
         let mut rps_ratios = Vec::new();
+        let mut p99_ratios = Vec::new();
         let mut cpu_ratios = Vec::new();
         for f in &of_row {
             let Some(base) = baseline(f.round) else {
@@ -71,6 +72,9 @@ pub fn median_table(figures: &[Figures]) -> String {
             };
             if base.rps > 0.0 {
                 rps_ratios.push(f.rps / base.rps);
+            }
+            if base.p99_ms > 0.0 {
+                p99_ratios.push(f.p99_ms / base.p99_ms);
             }
             if let (Some(c), Some(b)) = (f.cpu_us, base.cpu_us) {
                 if b > 0.0 {
@@ -84,12 +88,13 @@ pub fn median_table(figures: &[Figures]) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         out.push_str(&format!(
-            "| {row} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {row} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             of_row.len(),
             shown(rps, 0),
             shown(p99, 3),
             shown(cpu, 1),
             shown(median(rps_ratios), 2),
+            shown(median(p99_ratios), 2),
             shown(median(cpu_ratios.clone()), 2),
             if each.is_empty() { "-" } else { &each },
         ));
@@ -149,17 +154,17 @@ mod tests {
         // Rows in the order first measured; no proxy, no CPU ratio.
         assert_eq!(
             lines[2],
-            "| direct | 3 | 80000 | 8.000 | - | 2.33 | - | - |"
+            "| direct | 3 | 80000 | 8.000 | - | 2.33 | 2.33 | - | - |"
         );
         assert_eq!(
             lines[3],
-            "| bare-pingora | 3 | 30000 | 3.000 | 30.0 | 1.00 | 1.00 | 1.00, 1.00, 1.00 |"
+            "| bare-pingora | 3 | 30000 | 3.000 | 30.0 | 1.00 | 1.00 | 1.00 | 1.00, 1.00, 1.00 |"
         );
         // Each round's ratio against that round's baseline: 2.0, 1.2, 1.2 (median 1.2), not
         // the ratio of the medians (40 / 30 = 1.33).
         assert_eq!(
             lines[4],
-            "| route | 3 | 18000 | 1.800 | 40.0 | 0.60 | 1.20 | 2.00, 1.20, 1.20 |"
+            "| route | 3 | 18000 | 1.800 | 40.0 | 0.60 | 0.60 | 1.20 | 2.00, 1.20, 1.20 |"
         );
     }
 
@@ -171,7 +176,7 @@ mod tests {
         ];
         let table = median_table(&figures);
         assert!(
-            table.ends_with("| route | 2 | 21000 | 2.100 | 42.0 | - | - | - |\n"),
+            table.ends_with("| route | 2 | 21000 | 2.100 | 42.0 | - | - | - | - |\n"),
             "{table}"
         );
     }
