@@ -823,21 +823,10 @@ fn encode(value: &[u8], enc: Encoding) -> Vec<u8> {
     }
 }
 
+/// `input` with each `%` and two hex digits decoded, as servers decode; anything else (a `%`
+/// not followed by two hex digits, such as `%+4`) is kept as it is.
 pub(crate) fn percent_decode(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%' && i + 2 < input.len() {
-            if let Ok(b) = u8::from_str_radix(&String::from_utf8_lossy(&input[i + 1..i + 3]), 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(input[i]);
-        i += 1;
-    }
-    out
+    percent_encoding::percent_decode(input).collect()
 }
 
 /// Whether `input` has a handle marker, literally or percent-encoded (`%24CRED%7B`). Decodes

@@ -897,3 +897,19 @@ fn strip_mode_strips_literals_in_every_position_and_keeps_handles() {
         Some(CredentialDeny::Repeated("header `authorization`".into()))
     );
 }
+
+/// Only `%` and two hex digits decode, as servers decode them: `%+4` is no escape (a
+/// hand-written decoder read it as byte 4, since `from_str_radix` takes a leading `+`).
+#[test]
+fn percent_decoding_takes_only_two_hex_digits() {
+    assert_eq!(percent_decode(b"%24CRED%7bkey%7D"), b"$CRED{key}");
+    for kept in [&b"%+4x"[..], b"%-1", b"%4", b"%", b"%g0", b"100%"] {
+        assert_eq!(
+            percent_decode(kept),
+            kept,
+            "{:?}",
+            String::from_utf8_lossy(kept)
+        );
+    }
+    assert_eq!(percent_decode(b"a%+41%41"), b"a%+41A");
+}
