@@ -130,6 +130,16 @@ pub(super) fn spawn(
     })
 }
 
+/// Whether the writer, holding one record, waits up to the flush interval for more before it
+/// writes: so that a busy proxy writes in large batches. Not while stopping, and not when a
+/// full batch is queued already: a writer that slept on a full queue would cap how many
+/// records a second it takes (1,024 a flush interval), and the queue is every tenant's, so one
+/// tenant's flood of refused requests, each audited, would fill it and get every tenant's
+/// requests refused `audit_unavailable`.
+fn waits_for_more(stopping: bool, queued: usize) -> bool {
+    !stopping && queued + 1 < MAX_BATCH
+}
+
 /// What requests see of the writer, published by it and read on every request without a lock.
 #[derive(Debug)]
 pub(super) struct Health {
@@ -268,9 +278,7 @@ impl Writer {
             match first {
                 Some(r) => {
                     batch.push(r);
-                    if !stopping {
-                        // Wait up to the flush interval for more, so a busy proxy writes in
-                        // large batches.
+                    if waits_for_more(stopping, rx.len()) {
                         std::thread::sleep(
                             self.settings.flush_interval.min(Duration::from_millis(50)),
                         );
@@ -939,6 +947,16 @@ mod tests {
             signing_key: None,
             stream: None,
         }
+    }
+
+    #[test]
+    fn the_writer_waits_for_more_records_only_while_a_batch_is_not_full() {
+        assert!(waits_for_more(false, 0));
+        assert!(waits_for_more(false, MAX_BATCH - 2));
+        // With the record in hand, a full batch.
+        assert!(!waits_for_more(false, MAX_BATCH - 1));
+        assert!(!waits_for_more(false, 10 * MAX_BATCH));
+        assert!(!waits_for_more(true, 0));
     }
 
     fn writer(dir: &Path, max_file_bytes: u64) -> Writer {
