@@ -6,8 +6,6 @@
 //! bundle of the system roots plus the CA, and only Node's, which adds to its roots, gets the CA.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -84,15 +82,8 @@ fn write_bundle_from(ca: &Path, system: Option<&Path>, out: &Path) -> anyhow::Re
     }
     text.push_str("-----END CERTIFICATE-----\n");
 
-    let dir = crate::whole_file::directory_of(out);
-    // Written beside and renamed into place: a tool starting meanwhile never reads half a bundle.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("writing into `{}`", dir.display()))?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(out)
+    // Whole or not at all: a tool starting meanwhile never reads half a bundle.
+    crate::whole_file::replace_readable_by_all(out, text.as_bytes())
         .with_context(|| format!("writing `{}`", out.display()))?;
     Ok(out.to_path_buf())
 }
@@ -244,6 +235,7 @@ fn sh_quote(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::tls::ca::{init, CaInitOptions};
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn count_certs(text: &str) -> usize {
         text.matches("-----BEGIN CERTIFICATE-----").count()
