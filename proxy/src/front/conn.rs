@@ -333,14 +333,11 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
         // proxy's working set out of the core's cache (loadtest/README.md, item 36).
         self.buf.reserve(want);
         let mut room = (&mut self.buf).limit(want);
-        match ready!(poll_read_buf(Pin::new(&mut self.inner), cx, &mut room)) {
-            Ok(0) => {
-                self.eof = true;
-                Poll::Ready(Ok(0))
-            }
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(e)),
+        let n = ready!(poll_read_buf(Pin::new(&mut self.inner), cx, &mut room))?;
+        if n == 0 {
+            self.eof = true;
         }
+        Poll::Ready(Ok(n))
     }
 }
 
