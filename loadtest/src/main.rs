@@ -402,7 +402,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             }
             if rounds > 1 {
                 println!("\n## Medians of {rounds} rounds\n");
-                print!("{}", rounds::median_table(&figures.all()));
+                print!("{}", rounds::median_table(&figures.all(), BARE_PINGORA));
             }
             Ok(all_passed)
         }),

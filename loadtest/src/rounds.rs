@@ -37,22 +37,19 @@ impl Collected {
     }
 }
 
-/// The row every ratio is taken against.
-const BASELINE: &str = "bare-pingora";
-
 /// The medians table: per row, its medians over the rounds it was measured in, and the median
-/// of its per-round ratios to the baseline row of the same round, with those ratios listed.
-pub fn median_table(figures: &[Figures]) -> String {
+/// of its per-round ratios to the `baseline` row of the same round, with those ratios listed.
+pub fn median_table(figures: &[Figures], baseline: &str) -> String {
     let mut rows: Vec<&str> = Vec::new();
     for f in figures {
         if !rows.contains(&f.row.as_str()) {
             rows.push(&f.row);
         }
     }
-    let baseline = |round: usize| {
+    let baseline_of = |round: usize| {
         figures
             .iter()
-            .find(|f| f.round == round && f.row == BASELINE)
+            .find(|f| f.round == round && f.row == baseline)
     };
     let mut out = String::from(
         "| path | rounds | req/s | p99 ms | proxy CPU µs/req | req/s ÷ bare | p99 ÷ bare | CPU ÷ bare | CPU ÷ bare, each round |\n\
@@ -67,7 +64,7 @@ pub fn median_table(figures: &[Figures]) -> String {
         let mut p99_ratios = Vec::new();
         let mut cpu_ratios = Vec::new();
         for f in &of_row {
-            let Some(base) = baseline(f.round) else {
+            let Some(base) = baseline_of(f.round) else {
                 continue;
             };
             if base.rps > 0.0 {
@@ -95,7 +92,7 @@ pub fn median_table(figures: &[Figures]) -> String {
             shown(cpu, 1),
             shown(median(rps_ratios), 2),
             shown(median(p99_ratios), 2),
-            shown(median(cpu_ratios.clone()), 2),
+            shown(median(cpu_ratios), 2),
             if each.is_empty() { "-" } else { &each },
         ));
     }
@@ -125,6 +122,8 @@ fn shown(value: Option<f64>, decimals: usize) -> String {
 mod tests {
     use super::*;
 
+    const BASELINE: &str = "bare-pingora";
+
     fn f(round: usize, row: &str, rps: f64, cpu: Option<f64>) -> Figures {
         Figures {
             round,
@@ -148,7 +147,7 @@ mod tests {
             f(3, BASELINE, 30_000.0, Some(30.0)),
             f(3, "route", 18_000.0, Some(36.0)),
         ];
-        let table = median_table(&figures);
+        let table = median_table(&figures, BASELINE);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 5, "{table}");
         // Rows in the order first measured; no proxy, no CPU ratio.
@@ -174,7 +173,7 @@ mod tests {
             f(1, "route", 20_000.0, Some(40.0)),
             f(2, "route", 22_000.0, Some(44.0)),
         ];
-        let table = median_table(&figures);
+        let table = median_table(&figures, BASELINE);
         assert!(
             table.ends_with("| route | 2 | 21000 | 2.100 | 42.0 | - | - | - | - |\n"),
             "{table}"
