@@ -1786,6 +1786,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     };
     let pinned_rows = !groups.is_empty()
         || wanted(BARE_PINGORA)
+        || wanted(BARE_REFUSE)
         || peers::Peer::ALL.iter().any(|p| wanted(p.row()));
     let pin = pinned_rows && taskset_usable();
     if pinned_rows {

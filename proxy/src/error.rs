@@ -57,8 +57,12 @@ pub enum Deny {
     BodyTooLarge,
     /// A chunked body too large to hold without a `Content-Length`.
     LengthRequired,
-    /// The upstream refused or reset the connection, or could not be resolved.
+    /// The upstream refused or reset the connection, or could not be resolved: the request
+    /// did not reach it.
     UpstreamUnreachable,
+    /// The upstream was connected to, then closed or reset the connection, or answered with
+    /// something that is not HTTP, before a complete response: the request may have reached it.
+    UpstreamFailed,
     /// The upstream did not answer in time.
     UpstreamTimeout,
     /// The upstream's TLS certificate did not verify (never downgraded to plain text).
@@ -596,6 +600,10 @@ impl Deny {
             Deny::UpstreamUnreachable => {
                 (502, "the upstream could not be reached".into())
             }
+            Deny::UpstreamFailed => (
+                502,
+                "the upstream closed the connection or sent an invalid response after the request was sent to it".into(),
+            ),
             Deny::UpstreamTimeout => (504, "the upstream did not answer in time".into()),
             Deny::UpstreamTls => (
                 502,
@@ -808,6 +816,7 @@ impl Deny {
             Deny::BodyTooLarge => ReasonCode::RequestBodyTooLarge,
             Deny::LengthRequired => ReasonCode::LengthRequired,
             Deny::UpstreamUnreachable => ReasonCode::UpstreamUnreachable,
+            Deny::UpstreamFailed => ReasonCode::UpstreamFailed,
             Deny::UpstreamTimeout => ReasonCode::UpstreamTimeout,
             Deny::UpstreamTls => ReasonCode::UpstreamTls,
             Deny::AuditUnavailable => ReasonCode::AuditUnavailable,
@@ -928,6 +937,7 @@ mod tests {
             (Deny::HeadersTooLarge, 431, "request_headers_too_large"),
             (Deny::BodyTooLarge, 413, "request_body_too_large"),
             (Deny::UpstreamUnreachable, 502, "upstream_unreachable"),
+            (Deny::UpstreamFailed, 502, "upstream_failed"),
             (Deny::UpstreamTimeout, 504, "upstream_timeout"),
             (Deny::AuditUnavailable, 503, "audit_unavailable"),
             (Deny::McpMalformed("x".into()), 400, "mcp_malformed"),
@@ -1193,6 +1203,7 @@ mod tests {
             (Deny::LimiterUnavailable, false),
             (Deny::AuditUnavailable, false),
             (Deny::UpstreamUnreachable, false),
+            (Deny::UpstreamFailed, false),
             (Deny::UpstreamTimeout, false),
             (Deny::McpResponseUnfiltered("compressed".into()), true),
             (Deny::UpstreamEncoded, true),

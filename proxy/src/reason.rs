@@ -90,6 +90,8 @@ reason_codes! {
     LengthRequired => "length_required",
     /// See `Deny::UpstreamUnreachable`.
     UpstreamUnreachable => "upstream_unreachable",
+    /// See `Deny::UpstreamFailed`.
+    UpstreamFailed => "upstream_failed",
     /// See `Deny::UpstreamTimeout`.
     UpstreamTimeout => "upstream_timeout",
     /// See `Deny::UpstreamTls`.

@@ -925,7 +925,7 @@ fn a_request_that_ends_after_admission_is_never_recorded_as_allowed() {
         None,
         "",
     );
-    r.assert_refused(502, "upstream_unreachable");
+    r.assert_refused(502, "upstream_failed");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let recs = proxy.audit_records("acme");
@@ -937,7 +937,7 @@ fn a_request_that_ends_after_admission_is_never_recorded_as_allowed() {
             assert_eq!(reset["decision"], "deny", "{reset}");
             assert_eq!(
                 (reset["reason"].as_str(), reset["status"].as_u64()),
-                (Some("upstream_unreachable"), Some(502))
+                (Some("upstream_failed"), Some(502))
             );
             break;
         }

@@ -482,14 +482,22 @@ fn item_allowed(
 }
 
 /// Maps a pingora error to the refusal the client sees; `cut`: the drain has cut the client
-/// connections (see [`crate::drain`]).
-fn deny_for_error(e: &Error, cut: bool, upgraded: bool) -> Option<Deny> {
+/// connections (see [`crate::drain`]); `reached`: a connection to the upstream was made, so the
+/// request may have reached it.
+fn deny_for_error(e: &Error, cut: bool, upgraded: bool, reached: bool) -> Option<Deny> {
     use ErrorType::*;
     let deny = match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
             Some(Deny::UpstreamTimeout)
         }
         TLSHandshakeFailure | InvalidCert | HandshakeError => Some(Deny::UpstreamTls),
+        // A retry's connect that failed after an earlier attempt's connection broke: the last
+        // word is that the upstream cannot be reached.
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
+        | SocketError => Some(Deny::UpstreamUnreachable),
+        // SECURITY (audit): once connected, the request (credentials and all) may have reached
+        // the upstream; the record must not say it could not be reached.
+        _ if e.esource() == &ErrorSource::Upstream && reached => Some(Deny::UpstreamFailed),
         _ => match e.esource() {
             ErrorSource::Upstream => Some(Deny::UpstreamUnreachable),
             // The proxy cut the client's connection at shutdown: not the client's doing.
@@ -503,11 +511,12 @@ fn deny_for_error(e: &Error, cut: bool, upgraded: bool) -> Option<Deny> {
     // closes, resets or goes quiet, and that is its normal end. Only the proxy's own cut (and
     // its own failures) is not.
     match deny {
-        Some(Deny::ClientClosed | Deny::UpstreamUnreachable | Deny::UpstreamTimeout)
-            if upgraded =>
-        {
-            None
-        }
+        Some(
+            Deny::ClientClosed
+            | Deny::UpstreamUnreachable
+            | Deny::UpstreamFailed
+            | Deny::UpstreamTimeout,
+        ) if upgraded => None,
         deny => deny,
     }
 }
@@ -840,7 +849,12 @@ impl ProxyHttp for TenantProxy {
         }
         let deny = match &ctx.trail.outcome {
             Outcome::Refused(d) => Some(d.clone()),
-            _ => deny_for_error(e, self.shared.drain.is_cut(), ctx.trail.upgraded()),
+            _ => deny_for_error(
+                e,
+                self.shared.drain.is_cut(),
+                ctx.trail.upgraded(),
+                ctx.trail.upstream.0.is_some(),
+            ),
         };
         let Some(deny) = deny else {
             return FailToProxy {
@@ -876,7 +890,8 @@ impl ProxyHttp for TenantProxy {
             // request that ended any other way after admission is recorded with what ended it,
             // and as an internal error when nothing says.
             let (cut, upgraded) = (self.shared.drain.is_cut(), ctx.trail.upgraded());
-            ctx.trail.outcome = match e.and_then(|e| deny_for_error(e, cut, upgraded)) {
+            let reached = ctx.trail.upstream.0.is_some();
+            ctx.trail.outcome = match e.and_then(|e| deny_for_error(e, cut, upgraded, reached)) {
                 Some(d) => Outcome::Refused(d),
                 None if ctx.trail.upstream.1.is_some() => Outcome::Forwarded,
                 None => Outcome::Refused(Deny::Internal),

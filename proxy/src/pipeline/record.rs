@@ -280,7 +280,10 @@ impl Trail {
         }
         if matches!(
             reason,
-            ReasonCode::UpstreamUnreachable | ReasonCode::UpstreamTimeout | ReasonCode::UpstreamTls
+            ReasonCode::UpstreamUnreachable
+                | ReasonCode::UpstreamFailed
+                | ReasonCode::UpstreamTimeout
+                | ReasonCode::UpstreamTls
         ) {
             METRICS
                 .upstream_errors

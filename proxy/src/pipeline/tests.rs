@@ -738,3 +738,66 @@ fn an_approval_digest_is_bound_to_scheme_host_and_port() {
         "another host"
     );
 }
+
+/// What the client and the record are told when pingora gives up on the upstream: a connect
+/// that failed never reached it; a connection that broke, or an answer that was not HTTP,
+/// after the request was sent may have.
+#[test]
+fn upstream_errors_say_whether_the_request_may_have_reached_the_upstream() {
+    use pingora::{Error, ErrorType};
+    let up = |etype: ErrorType| Error::new_up(etype);
+    let cases = [
+        (
+            up(ErrorType::ConnectRefused),
+            false,
+            Some(Deny::UpstreamUnreachable),
+        ),
+        // A retry's connect refused after the first connection broke.
+        (
+            up(ErrorType::ConnectRefused),
+            true,
+            Some(Deny::UpstreamUnreachable),
+        ),
+        (
+            up(ErrorType::ConnectionClosed),
+            false,
+            Some(Deny::UpstreamUnreachable),
+        ),
+        (
+            up(ErrorType::ConnectionClosed),
+            true,
+            Some(Deny::UpstreamFailed),
+        ),
+        (
+            up(ErrorType::InvalidHTTPHeader),
+            true,
+            Some(Deny::UpstreamFailed),
+        ),
+        (up(ErrorType::ReadError), true, Some(Deny::UpstreamFailed)),
+        (
+            up(ErrorType::ReadTimedout),
+            true,
+            Some(Deny::UpstreamTimeout),
+        ),
+        (
+            up(ErrorType::TLSHandshakeFailure),
+            true,
+            Some(Deny::UpstreamTls),
+        ),
+        (
+            Error::new_down(ErrorType::ConnectionClosed),
+            true,
+            Some(Deny::ClientClosed),
+        ),
+    ];
+    for (e, reached, want) in cases {
+        assert_eq!(
+            super::deny_for_error(&e, false, false, reached),
+            want,
+            "{e} reached={reached}"
+        );
+    }
+    // An upgraded connection's end is its normal end, however the upstream ended it.
+    let closed = up(ErrorType::ConnectionClosed);
+    assert_eq!(super::deny_for_error(&closed, false, true, true), None);
+}
