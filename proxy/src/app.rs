@@ -99,15 +99,11 @@ fn check_files(s: &StaticConfig, problems: &mut Vec<ConfigProblem>) {
     }
     // An extra CA file with no certificate in it would fail every upstream TLS call.
     for (i, file) in s.upstream.extra_ca_files.iter().enumerate() {
-        if let Err(e) = count_certificates(file).and_then(|n| {
-            (n > 0)
-                .then_some(())
-                .ok_or_else(|| "it holds no PEM certificate".to_string())
-        }) {
+        if let Err(e) = crate::tls::pem::read_certs(file, "CA file") {
             problems.push(ConfigProblem::at(
                 &s.path,
                 format!("upstream.extra_ca_files[{i}]"),
-                format!("`{}`: {e}", file.display()),
+                format!("{e:#}"),
             ));
         }
     }
@@ -117,17 +113,6 @@ fn check_files(s: &StaticConfig, problems: &mut Vec<ConfigProblem>) {
             problems.push(ConfigProblem::at(&s.path, "log.level (RUST_LOG)", e));
         }
     }
-}
-
-/// How many PEM certificates `file` holds (an unreadable or malformed one is an error).
-fn count_certificates(file: &std::path::Path) -> Result<usize, String> {
-    use rustls::pki_types::pem::PemObject as _;
-    let mut n = 0;
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(file).map_err(|e| e.to_string())? {
-        cert.map_err(|e| e.to_string())?;
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// Starts the logger (see [`crate::logging`]: no level setting opens third-party debug lines);

@@ -91,7 +91,7 @@ fn key_script_then_check_passes_for_quickstart_and_compose() {
             "a CA file without a certificate",
             good.replace("\"origin-ca/ca.pem\"", "\"tenants.toml\""),
             None,
-            "holds no PEM certificate",
+            "the CA file `quickstart/tenants.toml` holds no certificate",
         ),
         (
             "a misspelt log level",

@@ -25,15 +25,15 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher as _};
-use rustls::pki_types::pem::{self, PemObject as _};
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use x509_parser::extensions::GeneralName;
-use zeroize::Zeroizing;
 
 use crate::ids::{InvalidId, TenantId, WorkloadId};
+use crate::tls::pem::{read_certs, read_file, read_key};
 
 /// Longest SPIFFE ID accepted, in bytes: the spec's interoperability bound.
 const MAX_ID_LEN: usize = 2048;
@@ -908,35 +908,6 @@ fn check_server_leaf(der: &CertificateDer<'_>, now_unix: u64) -> anyhow::Result<
         bail!("it is not valid before {}", validity.not_before);
     }
     Ok(())
-}
-
-fn read_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .with_context(|| format!("cannot read the {what} `{}`", path.display()))
-}
-
-fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = read_file(path, what)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("the {what} `{}` is not valid PEM", path.display()))?;
-    if certs.is_empty() {
-        bail!("the {what} `{}` holds no certificate", path.display());
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let pem = read_file(path, "private key")?;
-    // The PEM error's details are dropped: they may quote lines of the key file.
-    match PrivateKeyDer::from_pem_slice(&pem) {
-        Ok(key) => Ok(key),
-        Err(pem::Error::NoItemsFound) => {
-            bail!("the private key `{}` holds no private key", path.display())
-        }
-        Err(_) => bail!("the private key `{}` is not valid PEM", path.display()),
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //!   make Python, Node, curl, Go, git, pip, uv and the AWS SDKs trust it.
 
 pub mod ca;
+pub mod pem;
 pub mod resume;
 pub mod settings;
 pub mod trust_env;
