@@ -216,7 +216,7 @@ pub fn run(
         limits: limits.clone(),
         runs: runs.clone(),
         revocations,
-        egress: Arc::new(dialer(&static_config)),
+        egress: Arc::new(dialer(&static_config)?),
         minter,
         sessions: static_config.intercept.as_ref().and_then(|i| {
             crate::tls::resume::SessionScopes::new(i.session_lifetime, i.session_scopes)
@@ -483,8 +483,9 @@ fn spawn_run_expiries(runs: Arc<crate::runs::RunTracker>) -> anyhow::Result<()> 
 /// exceptions, and every address this process listens on: its listeners, the admin port and
 /// the approvals API (a request to itself is a loop, and would reach them as the proxy); and
 /// the Redis servers it keeps every tenant's counters, runs, holds and audit copy in (an
-/// exception that covers their network must not let a tenant's request write there).
-fn dialer(config: &StaticConfig) -> Dialer {
+/// exception that covers their network must not let a tenant's request write there), kept
+/// current by a thread of their own.
+fn dialer(config: &StaticConfig) -> std::io::Result<Dialer> {
     let egress = &config.egress;
     let system: Arc<dyn Resolver> = Arc::new(SystemResolver::new(egress.dns_timeout));
     let resolver: Arc<dyn Resolver> = if egress.hosts.is_empty() {
@@ -495,21 +496,23 @@ fn dialer(config: &StaticConfig) -> Dialer {
     let mut own_listeners: Vec<_> = config.listeners.iter().map(|l| l.listen).collect();
     own_listeners.push(config.admin_listen);
     own_listeners.extend(config.approvals.as_ref().map(|a| a.listen));
+    let mut redis = Vec::new();
     if let crate::limits::LimiterSettings::Redis(r) = &config.limiter {
-        own_listeners.extend(r.endpoint.addresses());
+        redis.push(r.endpoint.clone());
     }
     if let Some(stream) = &config.audit.stream {
-        own_listeners.extend(stream.endpoint.addresses());
+        redis.push(stream.endpoint.clone());
     }
-    Dialer::new(
+    Ok(Dialer::new(
         resolver,
         EgressRules {
             exceptions: egress.exceptions.clone(),
             own_listeners,
+            redis: crate::redis_conn::guard::start(redis)?,
         },
         egress.max_dns_lookups_per_tenant,
         egress.dns_cache_ttl,
-    )
+    ))
 }
 
 /// pingora trusts either the system roots or one CA file; with extra CAs configured we write a

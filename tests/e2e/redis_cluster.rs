@@ -16,6 +16,33 @@ fn cluster_proxy(cluster: &RedisCluster, on_unavailable: config::OnUnavailable) 
     spec
 }
 
+/// The configuration names three of the cluster's six nodes; the other three, and every node's
+/// bus port, are the same Redis. None of them is a destination, though an exception covers
+/// their addresses: the proxy learns them from the cluster.
+#[test]
+fn no_node_of_the_limiters_cluster_is_a_destination_named_or_not() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(cluster_proxy(&cluster, config::OnUnavailable::FailClosed));
+    let ports = cluster.all_ports();
+    assert_eq!(ports.len(), 12);
+    for port in ports {
+        let r = forward_get(
+            proxy.sidecar_port,
+            &format!("http://127.0.0.1:{port}/acme/pwned"),
+            None,
+            "",
+        );
+        r.assert_refused(403, "destination_forbidden");
+        assert!(
+            r.body_text().contains("this proxy itself"),
+            "{port}: {}",
+            r.body_text()
+        );
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(rec["reason"], "destination_forbidden", "{port}: {rec}");
+    }
+}
+
 #[test]
 fn replicas_share_one_ceiling_and_audit_streams_on_a_cluster() {
     let cluster = RedisCluster::start();

@@ -345,6 +345,14 @@ impl RedisCluster {
         format!("redis+cluster://{}", seeds.join(","))
     }
 
+    /// Every node's client port and cluster bus port.
+    pub fn all_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .flat_map(|n| [n.port, n._bus.port])
+            .collect()
+    }
+
     /// Every node as a `redis://` seed URL.
     pub fn seed_urls(&self) -> Vec<String> {
         self.nodes

@@ -37,6 +37,9 @@ pub struct EgressRules {
     /// The proxy's own listen addresses (proxy and admin): dialing one is a loop, refused even
     /// when an exception covers it.
     pub own_listeners: Vec<SocketAddr>,
+    /// The Redis servers the proxy keeps its state in, refused like its own listeners; kept
+    /// current while it runs (see [`crate::redis_conn::guard`]).
+    pub redis: crate::redis_conn::guard::Guarded,
 }
 
 /// Why a destination was refused.
@@ -283,10 +286,12 @@ impl Dialer {
     fn is_own_listener(&self, dest: SocketAddr) -> bool {
         let ip = dialed(dest.ip());
         let mut on_every_interface = false;
+        let redis = self.rules.redis.load();
         for listener in self
             .rules
             .own_listeners
             .iter()
+            .chain(redis.iter())
             .filter(|l| l.port() == dest.port())
         {
             let lip = listener.ip().to_canonical();
@@ -440,6 +445,7 @@ mod tests {
             EgressRules {
                 exceptions: exceptions.iter().map(|s| exc(s)).collect(),
                 own_listeners: own_listeners.iter().map(|s| sa(s)).collect(),
+                redis: Default::default(),
             },
             8,
             Duration::ZERO,
@@ -906,6 +912,30 @@ mod tests {
         probe.connect("93.184.216.34:9").ok()?;
         let ip = probe.local_addr().ok()?.ip();
         (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    }
+
+    /// A Redis node learnt after the dialer was made (a cluster's node, a moved server) is
+    /// refused from then on, on its address only.
+    #[tokio::test]
+    async fn redis_addresses_learnt_while_running_are_refused_even_when_excepted() {
+        let everything = ["0.0.0.0/0", "::/0"];
+        let d = dialer(Canned::new(&[&["10.0.0.7"]]), &everything, &[]);
+        let acme = t();
+        let node = || d.resolve_checked("redis-4.internal", 6379, &[], &acme);
+        assert_eq!(node().await, Ok(sa("10.0.0.7:6379")));
+        d.rules
+            .redis
+            .store(Arc::new(vec![sa("10.0.0.7:6379"), sa("10.0.0.7:16379")]));
+        let loop_ = |a: &str| Err(EgressRefusal::OwnListener { address: sa(a) });
+        assert_eq!(node().await, loop_("10.0.0.7:6379"));
+        assert_eq!(
+            d.resolve_checked("10.0.0.7", 16379, &[], &t()).await,
+            loop_("10.0.0.7:16379")
+        );
+        assert_eq!(
+            d.resolve_checked("10.0.0.7", 6380, &[], &t()).await,
+            Ok(sa("10.0.0.7:6380"))
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! the slot; [`one_slot`] is checked before each script call, so a key that would break this is
 //! refused here, not by the cluster at run time (`CROSSSLOT`).
 
+pub mod guard;
 pub mod local;
 pub mod settings;
 
@@ -109,6 +110,27 @@ impl RedisEndpoint {
         out
     }
 
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// A cluster's `CLUSTER NODES` lines, from the first seed that answers within `timeout`;
+    /// `None` when none does (see [`guard`]).
+    pub fn cluster_nodes(&self, timeout: Duration) -> Option<Vec<String>> {
+        self.nodes.iter().find_map(|url| {
+            let mut conn = self
+                .client_for(url)
+                .ok()?
+                .get_connection_with_timeout(timeout)
+                .ok()?;
+            conn.set_read_timeout(Some(timeout)).ok()?;
+            conn.set_write_timeout(Some(timeout)).ok()?;
+            let text: String = redis::cmd("CLUSTER").arg("NODES").query(&mut conn).ok()?;
+            Some(text.lines().map(str::to_string).collect())
+        })
+    }
+
     /// A placeholder for a section whose endpoint was rejected: it connects nowhere (such a
     /// configuration is never served; its problems are reported).
     pub fn unusable() -> Self {
@@ -143,7 +165,11 @@ impl RedisEndpoint {
     }
 
     fn single_client(&self) -> redis::RedisResult<redis::Client> {
-        let url = self.nodes.first().map(String::as_str).unwrap_or_default();
+        self.client_for(self.nodes.first().map(String::as_str).unwrap_or_default())
+    }
+
+    /// A client of the node at `url`, with the configured login and trust.
+    fn client_for(&self, url: &str) -> redis::RedisResult<redis::Client> {
         let info = self.node_info(url)?;
         if self.tls && self.ca_pem.is_some() {
             redis::Client::build_with_tls(info, self.tls_certificates())
