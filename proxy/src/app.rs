@@ -483,8 +483,8 @@ fn spawn_run_expiries(runs: Arc<crate::runs::RunTracker>) -> anyhow::Result<()> 
 /// exceptions, and every address this process listens on: its listeners, the admin port and
 /// the approvals API (a request to itself is a loop, and would reach them as the proxy); and
 /// the Redis servers it keeps every tenant's counters, runs, holds and audit copy in (an
-/// exception that covers their network must not let a tenant's request write there), kept
-/// current by a thread of their own.
+/// exception that covers their network must not let a tenant's request write there) and the
+/// trace collector, kept current by a thread of their own.
 fn dialer(config: &StaticConfig) -> std::io::Result<Dialer> {
     let egress = &config.egress;
     let system: Arc<dyn Resolver> = Arc::new(SystemResolver::new(egress.dns_timeout));
@@ -496,19 +496,20 @@ fn dialer(config: &StaticConfig) -> std::io::Result<Dialer> {
     let mut own_listeners: Vec<_> = config.listeners.iter().map(|l| l.listen).collect();
     own_listeners.push(config.admin_listen);
     own_listeners.extend(config.approvals.as_ref().map(|a| a.listen));
-    let mut redis = Vec::new();
+    let mut services = crate::egress::services::Services::default();
     if let crate::limits::LimiterSettings::Redis(r) = &config.limiter {
-        redis.push(r.endpoint.clone());
+        services.redis.push(r.endpoint.clone());
     }
     if let Some(stream) = &config.audit.stream {
-        redis.push(stream.endpoint.clone());
+        services.redis.push(stream.endpoint.clone());
     }
+    services.named.extend(config.tracing.collector());
     Ok(Dialer::new(
         resolver,
         EgressRules {
             exceptions: egress.exceptions.clone(),
             own_listeners,
-            redis: crate::redis_conn::guard::start(redis)?,
+            services: crate::egress::services::start(services)?,
         },
         egress.max_dns_lookups_per_tenant,
         egress.dns_cache_ttl,

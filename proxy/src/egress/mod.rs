@@ -14,6 +14,7 @@ mod answers;
 mod exception;
 mod ranges;
 mod resolve;
+pub mod services;
 pub mod settings;
 
 use std::net::{IpAddr, SocketAddr};
@@ -37,9 +38,10 @@ pub struct EgressRules {
     /// The proxy's own listen addresses (proxy and admin): dialing one is a loop, refused even
     /// when an exception covers it.
     pub own_listeners: Vec<SocketAddr>,
-    /// The Redis servers the proxy keeps its state in, refused like its own listeners; kept
-    /// current while it runs (see [`crate::redis_conn::guard`]).
-    pub redis: crate::redis_conn::guard::Guarded,
+    /// The services the proxy itself uses (the Redis servers it keeps its state in, the trace
+    /// collector), refused like its own listeners; kept current while it runs (see
+    /// [`services`]).
+    pub services: services::Guarded,
 }
 
 /// Why a destination was refused.
@@ -68,9 +70,9 @@ pub enum EgressRefusal {
         /// The name as the connection gave it.
         host: String,
     },
-    /// The destination is one of the proxy's own listeners (a loop) or the Redis it keeps its
-    /// state in.
-    #[error("the upstream {address} is this proxy's own listener or Redis")]
+    /// The destination is one of the proxy's own listeners (a loop), or a service it uses: the
+    /// Redis it keeps its state in, its trace collector.
+    #[error("the upstream {address} is this proxy's own listener or a service it uses")]
     OwnListener {
         /// The refused destination.
         address: SocketAddr,
@@ -286,12 +288,12 @@ impl Dialer {
     fn is_own_listener(&self, dest: SocketAddr) -> bool {
         let ip = dialed(dest.ip());
         let mut on_every_interface = false;
-        let redis = self.rules.redis.load();
+        let services = self.rules.services.load();
         for listener in self
             .rules
             .own_listeners
             .iter()
-            .chain(redis.iter())
+            .chain(services.iter())
             .filter(|l| l.port() == dest.port())
         {
             let lip = listener.ip().to_canonical();
@@ -445,7 +447,7 @@ mod tests {
             EgressRules {
                 exceptions: exceptions.iter().map(|s| exc(s)).collect(),
                 own_listeners: own_listeners.iter().map(|s| sa(s)).collect(),
-                redis: Default::default(),
+                services: Default::default(),
             },
             8,
             Duration::ZERO,
@@ -924,7 +926,7 @@ mod tests {
         let node = || d.resolve_checked("redis-4.internal", 6379, &[], &acme);
         assert_eq!(node().await, Ok(sa("10.0.0.7:6379")));
         d.rules
-            .redis
+            .services
             .store(Arc::new(vec![sa("10.0.0.7:6379"), sa("10.0.0.7:16379")]));
         let loop_ = |a: &str| Err(EgressRefusal::OwnListener { address: sa(a) });
         assert_eq!(node().await, loop_("10.0.0.7:6379"));

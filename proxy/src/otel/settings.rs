@@ -41,6 +41,14 @@ impl Default for TracingSettings {
 }
 
 impl TracingSettings {
+    /// The collector's host and port (80 when the URL names none), which the egress guard
+    /// refuses as a destination.
+    pub fn collector(&self) -> Option<(String, u16)> {
+        let uri = self.otlp_endpoint.as_ref()?.parse::<http::Uri>().ok()?;
+        let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+        Some((host.to_string(), uri.port_u16().unwrap_or(80)))
+    }
+
     /// Validates `[tracing]`: the endpoint is an `http://` URL with a host (this build's exporter
     /// speaks plain HTTP: run a collector next to the proxy, as an agent or sidecar).
     pub fn from_spec(spec: TracingSpec, p: &mut Problems<'_>) -> Self {
@@ -71,5 +79,28 @@ impl TracingSettings {
             service_name,
             timeout,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_collector_is_the_endpoints_host_and_port() {
+        let with = |e: &str| TracingSettings {
+            otlp_endpoint: Some(e.into()),
+            ..TracingSettings::default()
+        };
+        assert_eq!(
+            with("http://otel.internal:4318/v1/traces").collector(),
+            Some(("otel.internal".into(), 4318))
+        );
+        assert_eq!(
+            with("http://[::1]/v1/traces").collector(),
+            Some(("::1".into(), 80))
+        );
+        assert_eq!(TracingSettings::default().collector(), None);
     }
 }

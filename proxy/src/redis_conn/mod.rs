@@ -8,7 +8,6 @@
 //! the slot; [`one_slot`] is checked before each script call, so a key that would break this is
 //! refused here, not by the cluster at run time (`CROSSSLOT`).
 
-pub mod guard;
 pub mod local;
 pub mod settings;
 
@@ -116,7 +115,7 @@ impl RedisEndpoint {
     }
 
     /// A cluster's `CLUSTER NODES` lines, from the first seed that answers within `timeout`;
-    /// `None` when none does (see [`guard`]).
+    /// `None` when none does (the egress guard learns a cluster's nodes from it).
     pub fn cluster_nodes(&self, timeout: Duration) -> Option<Vec<String>> {
         self.nodes.iter().find_map(|url| {
             let mut conn = self
