@@ -22,25 +22,50 @@ fn cluster_proxy(cluster: &RedisCluster, on_unavailable: config::OnUnavailable) 
 #[test]
 fn no_node_of_the_limiters_cluster_is_a_destination_named_or_not() {
     let cluster = RedisCluster::start();
+    let refused = |proxy: &Proxy, ports: &[u16]| {
+        for port in ports {
+            let r = forward_get(
+                proxy.sidecar_port,
+                &format!("http://127.0.0.1:{port}/acme/pwned"),
+                None,
+                "",
+            );
+            r.assert_refused(403, "destination_forbidden");
+            assert!(
+                r.body_text().contains("this proxy itself"),
+                "{port}: {}",
+                r.body_text()
+            );
+            let rec = proxy.audit_record("acme", &r.request_id());
+            assert_eq!(rec["reason"], "destination_forbidden", "{port}: {rec}");
+        }
+    };
     let proxy = Proxy::start(cluster_proxy(&cluster, config::OnUnavailable::FailClosed));
     let ports = cluster.all_ports();
     assert_eq!(ports.len(), 12);
-    for port in ports {
-        let r = forward_get(
-            proxy.sidecar_port,
-            &format!("http://127.0.0.1:{port}/acme/pwned"),
-            None,
-            "",
-        );
-        r.assert_refused(403, "destination_forbidden");
-        assert!(
-            r.body_text().contains("this proxy itself"),
-            "{port}: {}",
-            r.body_text()
-        );
-        let rec = proxy.audit_record("acme", &r.request_id());
-        assert_eq!(rec["reason"], "destination_forbidden", "{port}: {rec}");
+    refused(&proxy, &ports);
+
+    // A login that may not ask `CLUSTER NODES` (only `CLUSTER SLOTS`, what a cluster client
+    // needs): the nodes come from `CLUSTER SLOTS`, which names a replica once it is in sync, so
+    // each master gets a write and its replica catches up first.
+    let mut masters = std::collections::BTreeSet::new();
+    for key in (0..).map(|i| format!("k{i}")) {
+        if masters.insert(cluster.master_of(&key)) {
+            cluster.command(&["SET", &key, "1"]);
+            cluster.wait_replica_in_sync(&key, Duration::from_secs(20));
+        }
+        if masters.len() == 3 {
+            break;
+        }
     }
+    let client_ports: Vec<u16> = cluster.all_ports().chunks(2).map(|p| p[0]).collect();
+    for port in &client_ports {
+        let out = cluster.cli(*port, &["ACL", "SETUSER", "default", "-cluster|nodes"]);
+        assert_eq!(out.trim(), "OK", "{port}");
+        assert!(cluster.cli(*port, &["CLUSTER", "NODES"]).contains("NOPERM"));
+    }
+    let restricted = Proxy::start(cluster_proxy(&cluster, config::OnUnavailable::FailClosed));
+    refused(&restricted, &client_ports);
 }
 
 #[test]

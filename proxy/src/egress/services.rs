@@ -8,10 +8,10 @@
 //! seeds are some of its nodes (the client learns the rest from the cluster, and a failover or
 //! a resharding adds more), every node also listens on its cluster bus port, and a server named
 //! by DNS moves when its pod restarts. So the list is rebuilt every [`REFRESH`] from the names
-//! resolved again and, for a cluster, from `CLUSTER NODES` asked of each seed in turn. A
-//! refresh that learns nothing (no seed answers, a name resolves to nothing) keeps what was
-//! known: an address leaves the list only when its name resolves elsewhere or its cluster
-//! answers without it.
+//! resolved again and, for a cluster, from what its first seed to answer names (see
+//! [`RedisEndpoint::cluster_nodes`]). A refresh that learns nothing (no seed answers, a name
+//! resolves to nothing) keeps what was known: an address leaves the list only when its name
+//! resolves elsewhere or its cluster answers without it.
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs as _};
@@ -51,13 +51,10 @@ impl Services {
 
     /// Each configured name resolved now, one set per Redis endpoint then per named service.
     fn resolved(&self) -> Vec<BTreeSet<SocketAddr>> {
-        let named = self.named.iter().map(|(host, port)| {
-            (host.as_str(), *port)
-                .to_socket_addrs()
-                .into_iter()
-                .flatten()
-                .collect()
-        });
+        let named = self
+            .named
+            .iter()
+            .map(|(host, port)| resolve(host, *port).into_iter().collect());
         self.redis
             .iter()
             .map(|e| e.addresses().into_iter().collect())
@@ -127,9 +124,9 @@ fn refresh(services: &Services, known: &mut Known) {
     let mut answered = false;
     let mut nodes = BTreeSet::new();
     for endpoint in services.redis.iter().filter(|e| e.is_cluster()) {
-        if let Some(lines) = endpoint.cluster_nodes(ASK_TIMEOUT) {
+        if let Some(named) = endpoint.cluster_nodes(ASK_TIMEOUT) {
             answered = true;
-            nodes.extend(lines.iter().flat_map(|n| node_addresses(n)));
+            nodes.extend(named.iter().flat_map(|(host, port)| resolve(host, *port)));
         }
     }
     if answered {
@@ -137,30 +134,12 @@ fn refresh(services: &Services, known: &mut Known) {
     }
 }
 
-/// The addresses of one `CLUSTER NODES` line: the node's client port and its bus port, on its
-/// IP, or on its announced hostname resolved. A node without an address yet (`:0@0`) has none.
-fn node_addresses(line: &str) -> Vec<SocketAddr> {
-    // <id> <ip:port@cport[,hostname]> <flags> …
-    let Some(field) = line.split_whitespace().nth(1) else {
-        return Vec::new();
-    };
-    let (address, hostname) = field.split_once(',').unwrap_or((field, ""));
-    let Some((host_port, bus)) = address.split_once('@') else {
-        return Vec::new();
-    };
-    let Some((ip, port)) = host_port.rsplit_once(':') else {
-        return Vec::new();
-    };
-    let ports = [port, bus].map(|p| p.parse::<u16>().ok().filter(|p| *p != 0));
-    let host = if ip.is_empty() { hostname } else { ip };
-    if host.is_empty() {
-        return Vec::new();
-    }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    ports
+/// `host` (an IP or a name) on `port`, resolved now; none when it does not resolve.
+fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
+    (host, port)
+        .to_socket_addrs()
         .into_iter()
         .flatten()
-        .flat_map(|port| (host, port).to_socket_addrs().into_iter().flatten())
         .collect()
 }
 
@@ -168,42 +147,6 @@ fn node_addresses(line: &str) -> Vec<SocketAddr> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_cluster_nodes_line_gives_the_client_and_bus_ports() {
-        let line = "07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected";
-        assert_eq!(
-            node_addresses(line),
-            ["127.0.0.1:30004", "127.0.0.1:31004"].map(|a| a.parse().unwrap())
-        );
-        // IPv6, and a hostname announced beside the address.
-        let line = "e7d1 ::1:7000@17000,redis-0.redis myself,master - 0 0 1 connected 0-5460";
-        assert_eq!(
-            node_addresses(line),
-            ["[::1]:7000", "[::1]:17000"].map(|a| a.parse().unwrap())
-        );
-        // Only a hostname: it is resolved.
-        let line = "e7d1 :7000@17000,localhost master - 0 0 1 connected";
-        let got = node_addresses(line);
-        assert!(
-            got.iter().any(|a| a.port() == 7000 && a.ip().is_loopback()),
-            "{got:?}"
-        );
-        assert!(got.iter().any(|a| a.port() == 17000), "{got:?}");
-    }
-
-    #[test]
-    fn a_node_without_an_address_or_a_garbled_line_gives_none() {
-        for line in [
-            "e7d1 :0@0 handshake - 0 0 0 connected",
-            "",
-            "e7d1",
-            "e7d1 nonsense master",
-            "e7d1 127.0.0.1:x@y master",
-        ] {
-            assert!(node_addresses(line).is_empty(), "{line}");
-        }
-    }
 
     #[test]
     fn a_refresh_without_an_answer_keeps_what_is_known() {

@@ -114,9 +114,11 @@ impl RedisEndpoint {
         self.cluster
     }
 
-    /// A cluster's `CLUSTER NODES` lines, from the first seed that answers within `timeout`;
-    /// `None` when none does (the egress guard learns a cluster's nodes from it).
-    pub fn cluster_nodes(&self, timeout: Duration) -> Option<Vec<String>> {
+    /// Every node of a cluster as `(host, port)`, its client and its bus port, from the first
+    /// seed that answers within `timeout` (`CLUSTER NODES`; when the login may not ask that,
+    /// `CLUSTER SLOTS`, which every cluster client may ask: client ports only, and a replica
+    /// only once it has caught up with its master); `None` when no seed answers. The egress guard learns a cluster's nodes from it.
+    pub fn cluster_nodes(&self, timeout: Duration) -> Option<Vec<(String, u16)>> {
         self.nodes.iter().find_map(|url| {
             let mut conn = self
                 .client_for(url)
@@ -125,8 +127,16 @@ impl RedisEndpoint {
                 .ok()?;
             conn.set_read_timeout(Some(timeout)).ok()?;
             conn.set_write_timeout(Some(timeout)).ok()?;
-            let text: String = redis::cmd("CLUSTER").arg("NODES").query(&mut conn).ok()?;
-            Some(text.lines().map(str::to_string).collect())
+            match redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query::<String>(&mut conn)
+            {
+                Ok(text) => Some(text.lines().flat_map(nodes_line_addresses).collect()),
+                Err(_) => {
+                    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn).ok()?;
+                    Some(slots_addresses(&slots))
+                }
+            }
         })
     }
 
@@ -365,6 +375,65 @@ impl BlockingConn {
     }
 }
 
+/// The addresses of one `CLUSTER NODES` line, `<id> <ip:port@cport[,hostname]> <flags> …`:
+/// the client and bus ports on the node's IP, or on its announced hostname when it has no IP.
+/// A node without an address yet (`:0@0`) has none.
+fn nodes_line_addresses(line: &str) -> Vec<(String, u16)> {
+    let Some(field) = line.split_whitespace().nth(1) else {
+        return Vec::new();
+    };
+    let (address, hostname) = field.split_once(',').unwrap_or((field, ""));
+    let Some((host_port, bus)) = address.split_once('@') else {
+        return Vec::new();
+    };
+    let Some((ip, port)) = host_port.rsplit_once(':') else {
+        return Vec::new();
+    };
+    let host = if ip.is_empty() { hostname } else { ip };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Vec::new();
+    }
+    [port, bus]
+        .into_iter()
+        .filter_map(|p| p.parse::<u16>().ok().filter(|p| *p != 0))
+        .map(|p| (host.to_string(), p))
+        .collect()
+}
+
+/// The nodes of a `CLUSTER SLOTS` answer: per slot range `[start, end, node…]`, each node
+/// `[ip, port, id, …]`.
+fn slots_addresses(slots: &Value) -> Vec<(String, u16)> {
+    let Value::Array(ranges) = slots else {
+        return Vec::new();
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    ranges
+        .iter()
+        .filter_map(|range| match range {
+            Value::Array(parts) => Some(parts.iter().skip(2)),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|node| match node {
+            Value::Array(fields) => match (fields.first().and_then(text), fields.get(1)) {
+                (Some(host), Some(Value::Int(port))) if !host.is_empty() && host != "?" => {
+                    u16::try_from(*port)
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .map(|p| (host, p))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// The hash tag of `key`: the text between its first `{` and the next `}` when that is not
 /// empty, else the whole key (what Redis Cluster hashes to pick the slot).
 pub fn hash_tag(key: &str) -> &str {
@@ -458,6 +527,69 @@ impl<'s> ScriptCall<'s> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_cluster_nodes_line_gives_the_client_and_bus_ports() {
+        let owned = |v: &[(&str, u16)]| -> Vec<(String, u16)> {
+            v.iter().map(|(h, p)| (h.to_string(), *p)).collect()
+        };
+        let line = "07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected";
+        assert_eq!(
+            nodes_line_addresses(line),
+            owned(&[("127.0.0.1", 30004), ("127.0.0.1", 31004)])
+        );
+        // IPv6, and a hostname announced beside the address.
+        let line = "e7d1 ::1:7000@17000,redis-0.redis myself,master - 0 0 1 connected 0-5460";
+        assert_eq!(
+            nodes_line_addresses(line),
+            owned(&[("::1", 7000), ("::1", 17000)])
+        );
+        // Only a hostname.
+        let line = "e7d1 :7000@17000,redis-0.redis master - 0 0 1 connected";
+        assert_eq!(
+            nodes_line_addresses(line),
+            owned(&[("redis-0.redis", 7000), ("redis-0.redis", 17000)])
+        );
+        for line in [
+            "e7d1 :0@0 handshake - 0 0 0 connected",
+            "",
+            "e7d1",
+            "e7d1 nonsense master",
+            "e7d1 127.0.0.1:x@y master",
+        ] {
+            assert!(nodes_line_addresses(line).is_empty(), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_slots_answer_gives_every_nodes_client_port() {
+        let node = |ip: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(ip.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let slots = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("10.0.0.1", 7000),
+                node("10.0.0.4", 7003),
+            ]),
+            Value::Array(vec![Value::Int(5461), Value::Int(10922), node("?", 7001)]),
+            Value::Int(3),
+        ]);
+        assert_eq!(
+            slots_addresses(&slots),
+            [
+                ("10.0.0.1".to_string(), 7000),
+                ("10.0.0.4".to_string(), 7003)
+            ]
+        );
+        assert!(slots_addresses(&Value::Nil).is_empty());
+    }
+
     use super::*;
 
     #[test]
