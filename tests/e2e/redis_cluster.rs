@@ -59,6 +59,23 @@ fn no_node_of_the_limiters_cluster_is_a_destination_named_or_not() {
         }
     }
     let client_ports: Vec<u16> = cluster.all_ports().chunks(2).map(|p| p[0]).collect();
+    // A node learns a replica's progress by gossip: wait until every node's `CLUSTER SLOTS`
+    // names all six.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for port in &client_ports {
+        loop {
+            let slots = cluster.cli(*port, &["CLUSTER", "SLOTS"]);
+            let named: Vec<&str> = slots.lines().collect();
+            if client_ports
+                .iter()
+                .all(|p| named.contains(&p.to_string().as_str()))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{port}: {slots}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     for port in &client_ports {
         let out = cluster.cli(*port, &["ACL", "SETUSER", "default", "-cluster|nodes"]);
         assert_eq!(out.trim(), "OK", "{port}");
