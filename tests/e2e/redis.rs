@@ -752,21 +752,7 @@ fn a_short_stall_leaves_no_slot_held() {
 fn the_limiters_redis_is_never_a_destination() {
     let redis = RedisServer::start();
     let proxy = proxy_with_redis(&redis);
-    let port = redis.port;
-    let r = forward_get(
-        proxy.sidecar_port,
-        &format!("http://127.0.0.1:{port}/acme/pwned"),
-        None,
-        "",
-    );
-    r.assert_refused(403, "destination_forbidden");
-    assert!(
-        r.body_text().contains("this proxy itself"),
-        "{}",
-        r.body_text()
-    );
-    let rec = proxy.audit_record("acme", &r.request_id());
-    assert_eq!(rec["decision"], "deny", "{rec}");
+    proxy.assert_refused_as_itself(&format!("http://127.0.0.1:{}/acme/pwned", redis.port));
     assert_eq!(redis.cli(&["EXISTS", "/acme/pwned"]).trim(), "0");
 }
 

@@ -24,20 +24,7 @@ fn no_node_of_the_limiters_cluster_is_a_destination_named_or_not() {
     let cluster = RedisCluster::start();
     let refused = |proxy: &Proxy, ports: &[u16]| {
         for port in ports {
-            let r = forward_get(
-                proxy.sidecar_port,
-                &format!("http://127.0.0.1:{port}/acme/pwned"),
-                None,
-                "",
-            );
-            r.assert_refused(403, "destination_forbidden");
-            assert!(
-                r.body_text().contains("this proxy itself"),
-                "{port}: {}",
-                r.body_text()
-            );
-            let rec = proxy.audit_record("acme", &r.request_id());
-            assert_eq!(rec["reason"], "destination_forbidden", "{port}: {rec}");
+            proxy.assert_refused_as_itself(&format!("http://127.0.0.1:{port}/acme/pwned"));
         }
     };
     let proxy = Proxy::start(cluster_proxy(&cluster, config::OnUnavailable::FailClosed));

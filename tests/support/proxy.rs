@@ -350,6 +350,21 @@ impl Proxy {
         super::wait_record_in(&self.path("audit"), tenant, request_id)
     }
 
+    /// Asserts that acme's `GET url` on the sidecar listener is refused as this proxy itself (403
+    /// `destination_forbidden`: one of its listeners or a service it uses), and audited so.
+    pub fn assert_refused_as_itself(&self, url: &str) {
+        let r = super::forward_get(self.sidecar_port, url, None, "");
+        r.assert_refused(403, "destination_forbidden");
+        assert!(
+            r.body_text().contains("this proxy itself"),
+            "{url}: {}",
+            r.body_text()
+        );
+        let rec = self.audit_record("acme", &r.request_id());
+        assert_eq!(rec["decision"], "deny", "{url}: {rec}");
+        assert_eq!(rec["reason"], "destination_forbidden", "{url}: {rec}");
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
