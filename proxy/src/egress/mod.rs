@@ -285,15 +285,17 @@ impl Dialer {
     /// tenant another tenant's usage and runs, and another tenant's binding listener would lend
     /// its identity. Which addresses are the host's is asked of the kernel when the port
     /// matches (they change: DHCP, a pod's IP), not remembered from the start.
+    ///
+    /// A service's address is where it is reached, not what it is bound to: a Redis on this
+    /// host named by 127.0.0.1 may listen on every interface, so one on this host is refused on
+    /// its port at any address of this host.
     fn is_own_listener(&self, dest: SocketAddr) -> bool {
         let ip = dialed(dest.ip());
         let mut on_every_interface = false;
-        let services = self.rules.services.load();
         for listener in self
             .rules
             .own_listeners
             .iter()
-            .chain(services.iter())
             .filter(|l| l.port() == dest.port())
         {
             let lip = listener.ip().to_canonical();
@@ -301,6 +303,14 @@ impl Dialer {
                 return true;
             }
             on_every_interface |= lip.is_unspecified();
+        }
+        let services = self.rules.services.load();
+        for service in services.iter().filter(|s| s.port() == dest.port()) {
+            let sip = dialed(service.ip());
+            if sip == ip {
+                return true;
+            }
+            on_every_interface |= is_this_hosts_address(sip);
         }
         on_every_interface && is_this_hosts_address(ip)
     }
@@ -937,6 +947,44 @@ mod tests {
         assert_eq!(
             d.resolve_checked("10.0.0.7", 6380, &[], &t()).await,
             Ok(sa("10.0.0.7:6380"))
+        );
+    }
+
+    /// A Redis on this host, named by its loopback address, may listen on every interface: its
+    /// port is refused at every address of this host, and only there.
+    #[tokio::test]
+    async fn a_service_on_this_host_is_refused_at_every_address_of_this_host() {
+        let everything = ["0.0.0.0/0", "::/0"];
+        let d = dialer(Canned::new(&[&["10.0.0.7"]]), &everything, &[]);
+        d.rules.services.store(Arc::new(vec![sa("127.0.0.1:6379")]));
+        let loop_ = |a: &str| Err(EgressRefusal::OwnListener { address: sa(a) });
+        for other in ["127.0.0.1", "127.0.0.2", "0.0.0.0"] {
+            assert_eq!(
+                d.resolve_checked(other, 6379, &[], &t()).await,
+                loop_(&format!("{other}:6379"))
+            );
+        }
+        if let Some(here) = non_loopback_address_of_this_host() {
+            let at = SocketAddr::new(here, 6379);
+            assert_eq!(
+                d.resolve_checked(&here.to_string(), 6379, &[], &t()).await,
+                Err(EgressRefusal::OwnListener { address: at })
+            );
+        }
+        // Another host, and another port of this one, are not the service.
+        assert_eq!(
+            d.resolve_checked("10.0.0.7", 6379, &[], &t()).await,
+            Ok(sa("10.0.0.7:6379"))
+        );
+        assert_eq!(
+            d.resolve_checked("127.0.0.1", 6380, &[], &t()).await,
+            Ok(sa("127.0.0.1:6380"))
+        );
+        // A remote service is refused on its own address only.
+        d.rules.services.store(Arc::new(vec![sa("10.0.0.7:6379")]));
+        assert_eq!(
+            d.resolve_checked("127.0.0.1", 6379, &[], &t()).await,
+            Ok(sa("127.0.0.1:6379"))
         );
     }
 
