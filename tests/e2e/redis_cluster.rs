@@ -45,7 +45,7 @@ fn no_node_of_the_limiters_cluster_is_a_destination_named_or_not() {
             break;
         }
     }
-    let client_ports: Vec<u16> = cluster.all_ports().chunks(2).map(|p| p[0]).collect();
+    let client_ports = cluster.client_ports();
     // A node learns a replica's progress by gossip: wait until every node's `CLUSTER SLOTS`
     // names all six.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -258,7 +258,7 @@ pub struct RedisCluster {
 struct ClusterNode {
     port: u16,
     _held: HeldPort,
-    _bus: HeldPort,
+    bus: HeldPort,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -303,7 +303,7 @@ impl RedisCluster {
                 ClusterNode {
                     port: held.port,
                     _held: held,
-                    _bus: bus,
+                    bus,
                     child: Some(child),
                     dir,
                 }
@@ -345,11 +345,16 @@ impl RedisCluster {
         format!("redis+cluster://{}", seeds.join(","))
     }
 
+    /// Every node's client port.
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
     /// Every node's client port and cluster bus port.
     pub fn all_ports(&self) -> Vec<u16> {
         self.nodes
             .iter()
-            .flat_map(|n| [n.port, n._bus.port])
+            .flat_map(|n| [n.port, n.bus.port])
             .collect()
     }
 

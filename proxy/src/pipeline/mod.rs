@@ -491,14 +491,24 @@ fn deny_for_error(e: &Error, cut: bool, upgraded: bool, reached: bool) -> Option
             Some(Deny::UpstreamTimeout)
         }
         TLSHandshakeFailure | InvalidCert | HandshakeError => Some(Deny::UpstreamTls),
-        // A retry's connect that failed after an earlier attempt's connection broke: the last
-        // word is that the upstream cannot be reached.
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
-        | SocketError => Some(Deny::UpstreamUnreachable),
-        // SECURITY (audit): once connected, the request (credentials and all) may have reached
-        // the upstream; the record must not say it could not be reached.
-        _ if e.esource() == &ErrorSource::Upstream && reached => Some(Deny::UpstreamFailed),
-        _ => match e.esource() {
+        etype => match e.esource() {
+            // SECURITY (audit): once connected, the request (credentials and all) may have
+            // reached the upstream; the record must not say it could not be reached. A connect
+            // that failed (a retry's, after an earlier attempt's connection broke) did not.
+            ErrorSource::Upstream
+                if reached
+                    && !matches!(
+                        etype,
+                        ConnectRefused
+                            | ConnectNoRoute
+                            | ConnectError
+                            | ConnectProxyFailure
+                            | BindError
+                            | SocketError
+                    ) =>
+            {
+                Some(Deny::UpstreamFailed)
+            }
             ErrorSource::Upstream => Some(Deny::UpstreamUnreachable),
             // The proxy cut the client's connection at shutdown: not the client's doing.
             ErrorSource::Downstream if cut => Some(Deny::Shutdown),

@@ -117,7 +117,8 @@ impl RedisEndpoint {
     /// Every node of a cluster as `(host, port)`, its client and its bus port, from the first
     /// seed that answers within `timeout` (`CLUSTER NODES`; when the login may not ask that,
     /// `CLUSTER SLOTS`, which every cluster client may ask: client ports only, and a replica
-    /// only once it has caught up with its master); `None` when no seed answers. The egress guard learns a cluster's nodes from it.
+    /// only once it has caught up with its master); `None` when no seed answers. The egress
+    /// guard learns a cluster's nodes from it.
     pub fn cluster_nodes(&self, timeout: Duration) -> Option<Vec<(String, u16)>> {
         self.nodes.iter().find_map(|url| {
             let mut conn = self
@@ -527,6 +528,7 @@ impl<'s> ScriptCall<'s> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn a_cluster_nodes_line_gives_the_client_and_bus_ports() {
@@ -589,8 +591,6 @@ mod tests {
         );
         assert!(slots_addresses(&Value::Nil).is_empty());
     }
-
-    use super::*;
 
     #[test]
     fn hash_tags_follow_the_cluster_rule() {
