@@ -343,6 +343,10 @@ fn claim_cases() {
         ("run_budget unknown field", with_claim("run_budget", json!({"usd": 2})), InvalidClaim("run_budget")),
         ("run_budget negative", with_claim("run_budget", json!({"tokens": -1})), InvalidClaim("run_budget")),
         ("run_budget a number", with_claim("run_budget", json!(5)), InvalidClaim("run_budget")),
+        ("run_budget without run_id", claims_token(|c| {
+            c.remove("run_id");
+            c.insert("run_budget".into(), json!({"cost_micros": 1500}));
+        }), InvalidClaim("run_budget")),
         ("scope with quote", with_claim("scope", json!("llm \"x")), InvalidClaim("scope")),
         ("scope a list", with_claim("scope", json!(["llm"])), InvalidClaim("scope")),
         ("initiator unknown", with_claim("initiator", json!("robot")), InvalidClaim("initiator")),

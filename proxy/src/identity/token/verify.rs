@@ -370,6 +370,12 @@ impl TokenVerifier {
             .map(serde_json::from_value::<RunBudget>)
             .transpose()
             .map_err(|_| TokenError::InvalidClaim("run_budget"))?;
+        // SECURITY: a budget caps a run; without a run id there is no run to cap (each request
+        // is a run of its own), so the budget would be dropped and the caller left uncapped.
+        // The issuer meant a cap: the token is refused rather than honoured without it.
+        if run_budget.is_some() && run_id.is_none() {
+            return Err(TokenError::InvalidClaim("run_budget"));
+        }
         let scopes = match string_claim(claims.scope, "scope")? {
             None => Vec::new(),
             Some(s) => {
