@@ -5,7 +5,9 @@
 //!   plays a model that ignores its budget); with `"stream": true`, an SSE stream of one chunk
 //!   per completion token (`x-mock-chunk-delay-ms` apart), a usage chunk when
 //!   `stream_options.include_usage` is set, then `[DONE]`, its lines ended by `\n` (or as
-//!   `x-mock-sse-line-end: cr | crlf` says); `x-mock-content-bytes` makes the
+//!   `x-mock-sse-line-end: cr | crlf` says; `x-mock-stream-whole: 1` writes the whole stream
+//!   as one body with its `Content-Length`, as a server that buffers its stream does);
+//!   `x-mock-content-bytes` makes the
 //!   (non-streamed) completion that many bytes long.
 //! - `POST …/messages` (and Vertex AI's `…:rawPredict`): an Anthropic message with
 //!   `usage.input_tokens` / `output_tokens`, and `cache_creation_input_tokens` when the request
@@ -226,13 +228,17 @@ fn respond(head: &Head, body: &[u8]) -> Vec<Vec<u8>> {
                 Some("crlf") => "\r\n",
                 _ => "\n",
             };
-            return sse_chat(
+            let parts = sse_chat(
                 &model,
                 prompt_tokens,
                 completion_tokens,
                 include_usage,
                 line_end,
             );
+            if head.header("x-mock-stream-whole") == Some("1") {
+                return whole_stream(&parts);
+            }
+            return parts;
         }
         // `x-mock-content-bytes`: a completion that long (a body past the proxy's copy limit).
         let content = match head
@@ -323,6 +329,33 @@ fn json_response(status: u16, v: &Value) -> Vec<u8> {
     .into_bytes();
     out.extend_from_slice(body.as_bytes());
     out
+}
+
+/// The chunked stream `parts` (a head, then one chunk an event) as one body with its length.
+fn whole_stream(parts: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut body = Vec::new();
+    for part in &parts[1..] {
+        // Each part is `<hex length>\r\n<payload>\r\n`, the last one followed by `0\r\n\r\n`.
+        let mut rest = part.as_slice();
+        while let Some(at) = rest.windows(2).position(|w| w == b"\r\n") {
+            let len = std::str::from_utf8(&rest[..at])
+                .ok()
+                .and_then(|h| usize::from_str_radix(h, 16).ok())
+                .unwrap_or(0);
+            if len == 0 {
+                break;
+            }
+            body.extend_from_slice(&rest[at + 2..at + 2 + len]);
+            rest = &rest[at + 2 + len + 2..];
+        }
+    }
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut whole = head.into_bytes();
+    whole.extend_from_slice(&body);
+    vec![whole]
 }
 
 fn sse_chat(

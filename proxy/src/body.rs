@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::ids::TenantId;
 use crate::metrics::METRICS;
 use crate::shares::{ShareHold, TenantShares};
-use crate::usage::providers::{self, request::Slot};
+use crate::usage::providers::{self, request::CeilingFields, request::Slot};
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 
@@ -281,6 +281,8 @@ pub struct LlmRequest {
     /// Its output ceiling (the largest of the providers' ceiling fields present, see
     /// [`providers::request`]).
     pub max_output_tokens: Option<u64>,
+    /// Which ceiling fields it set (whether the call's own API reads one of them).
+    pub ceiling_fields: CeilingFields,
     /// How many completions it asks for (the largest of `n` and its synonyms present).
     pub choices: Option<u64>,
     /// It asks to run in the background (`"background": true`, JSON bodies only).
@@ -310,6 +312,7 @@ pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
     let named = providers::request::read_json(body)
         .map_err(|e| format!("the request body cannot be read as a JSON object: {e}"))?;
     let mut read = checked(named.model, named.max_output_tokens, named.choices)?;
+    read.ceiling_fields = named.ceiling_fields;
     if let Some(long) = named
         .other_models
         .iter()
@@ -337,6 +340,7 @@ fn checked(
         model,
         other_models: Vec::new(),
         max_output_tokens,
+        ceiling_fields: CeilingFields::default(),
         choices,
         background: false,
     })
@@ -778,12 +782,17 @@ impl FormFields {
                 ));
             }
         }
+        let mut fields = CeilingFields::default();
+        for (rank, _) in &self.ceilings {
+            fields.set(*rank);
+        }
         let largest = |slots: Vec<(usize, u64)>| slots.into_iter().map(|(_, v)| v).max();
         let mut read = checked(
             first(self.models),
             largest(self.ceilings),
             largest(self.choices),
         )?;
+        read.ceiling_fields = fields;
         let mut others = self.other_models;
         others.retain(|m| Some(m) != read.model.as_ref());
         read.other_models = others;

@@ -222,6 +222,66 @@ except openai.APIError as e:
     assert_eq!(r.code(), "budget_exhausted");
 }
 
+/// A ceiling in another API's spelling caps nothing: chat-completions servers ignore the
+/// Responses API's `max_output_tokens` and Gemini's `generationConfig.maxOutputTokens`, so a
+/// chat call that sets only those is reserved and guarded as one that sets no ceiling, and its
+/// stream is cut at the run's budget instead of spending past it.
+#[test]
+fn a_ceiling_the_calls_api_does_not_read_does_not_cap_it() {
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().assumed_max_tokens = Some(100);
+    });
+    for (run, ceiling) in [
+        ("run-foreign-responses", r#""max_output_tokens":1"#),
+        (
+            "run-foreign-gemini",
+            r#""generationConfig":{"maxOutputTokens":1}"#,
+        ),
+    ] {
+        let bearer = run_token(
+            run,
+            RunBudget {
+                tokens: Some(600),
+                ..RunBudget::default()
+            },
+        );
+        // The mock ignores the field, as a chat server does, and writes 3000 tokens.
+        let (status, body) = curl(&[
+            "-N",
+            "-H",
+            &format!("Proxy-Authorization: Bearer {bearer}"),
+            "-H",
+            "x-mock-output-tokens: 3000",
+            "-H",
+            "x-mock-chunk-delay-ms: 1",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            &format!(r#"{{"model":"gpt-4o-mini","stream":true,{ceiling},"messages":[]}}"#),
+            &format!(
+                "http://127.0.0.1:{}/llm/chat/completions",
+                proxy.shared_port
+            ),
+        ]);
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("event: error") && !body.contains("[DONE]"),
+            "{ceiling}: the stream is cut at the run's budget: {body}"
+        );
+    }
+    let recs = proxy.wait_audit_records("acme", 4);
+    let requests: Vec<_> = recs.iter().filter(|r| r["event"] == "request").collect();
+    assert_eq!(requests.len(), 2, "{recs:?}");
+    for rec in requests {
+        assert_eq!(rec["stream_cut"], true, "{rec}");
+        assert!(
+            rec["settled"]["tokens"].as_u64().unwrap() <= 600,
+            "the run never spent past its budget: {rec}"
+        );
+    }
+}
+
 /// `n` completions are each generated up to `max_tokens`: all of them are reserved, so one call
 /// cannot overshoot a ceiling by a factor of `n`; with two ceilings, the larger is reserved.
 #[test]
@@ -653,6 +713,53 @@ fn a_stream_within_its_budget_is_extended_and_finishes() {
         rec["settled"]["tokens"],
         rec["usage"]["input_tokens"].as_u64().unwrap() + 400
     );
+}
+
+/// A stream that arrives faster than the guard's extensions are answered ends with an
+/// extension still being asked for. It is reserved on the counters all the same, so the
+/// settlement waits for its answer and takes it into account: the tenant's counter holds exactly
+/// what the records say was settled, never a step more. Redis answers after a round trip, so
+/// there a stream written at once always ends with one in flight.
+#[test]
+fn an_extension_asked_for_as_a_stream_ends_is_settled_with_it() {
+    let mock = start_mock();
+    let redis = RedisServer::start();
+    for limiter in ["memory", "redis"] {
+        let mut spec = ProxySpec::default().with_prices();
+        if limiter == "redis" {
+            spec = spec.with_redis_limiter(redis.url(), Duration::from_secs(1));
+        }
+        spec.llm_route(mock);
+        let acme = spec.tenant("acme").limits();
+        acme.assumed_max_tokens = Some(50);
+        acme.cost_per_day_micros = Some(50_000_000);
+        let proxy = Proxy::start(spec);
+        let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
+        let mut settled = 0;
+        for _ in 0..3 {
+            let r = llm_chat(
+                proxy.sidecar_port,
+                body,
+                "x-mock-output-tokens: 400\r\nx-mock-stream-whole: 1\r\n",
+            );
+            assert_eq!(r.status, 200, "{limiter}");
+            assert!(r.body_text().contains("[DONE]"), "{}", r.body_text());
+            let rec = proxy.audit_record("acme", &r.request_id());
+            assert_eq!(rec["reason"], "allowed", "{rec}");
+            assert_eq!(rec["usage"]["output_tokens"], 400, "{rec}");
+            settled += rec["settled"]["cost_micros"].as_u64().unwrap();
+        }
+        let (code, out) = proxy.admin_cli(&["usage", "--tenant", "acme", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let used = report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["scope"] == "tenant" && r["measure"] == "cost_micros")
+            .and_then(|r| r["used"].as_u64());
+        assert_eq!(used, Some(settled), "{limiter}: {report}");
+    }
 }
 
 #[test]

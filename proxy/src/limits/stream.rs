@@ -48,8 +48,16 @@ pub struct StreamGuard {
     /// Output tokens covered by the reservation and the extensions granted so far.
     covered: u64,
     granted: Charge,
-    pending: Option<Arc<AtomicU8>>,
+    pending: Option<Pending>,
     refused: Option<CutReason>,
+}
+
+/// An extension asked for and not yet taken into account: its outcome, written by the task
+/// that asks, and that task, so the stream's end can wait for it.
+#[derive(Debug)]
+struct Pending {
+    outcome: Arc<AtomicU8>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl StreamGuard {
@@ -74,9 +82,46 @@ impl StreamGuard {
         }
     }
 
-    /// Extensions granted so far (to add to the admission before settling).
+    /// Extensions granted so far.
     pub fn granted(&self) -> Charge {
         self.granted
+    }
+
+    /// Every extension granted, once the one still being asked for (if any) has its answer: what
+    /// to add to the admission before settling. SECURITY (accounting): an extension asked for
+    /// near the end of a stream is reserved on the counters whether or not a later chunk came
+    /// to read its answer; left out of the settlement, its reservation would stand until its
+    /// window ends and overcharge the tenant. The ask is time-boxed by the backend, so this
+    /// waits at most the limiter's timeout.
+    pub async fn finish(&mut self) -> Charge {
+        if let Some(task) = self.pending.as_mut().and_then(|p| p.task.take()) {
+            // A task that panicked left its outcome pending: nothing was granted to settle.
+            let _ = task.await;
+        }
+        self.take_outcome();
+        self.granted
+    }
+
+    /// Reads the outcome of the extension in flight, if it has one.
+    fn take_outcome(&mut self) {
+        let Some(p) = &self.pending else { return };
+        match p.outcome.load(Ordering::Acquire) {
+            PENDING => {}
+            GRANTED => {
+                self.covered = self.covered.saturating_add(self.step_tokens);
+                self.granted = self.granted.plus(self.step);
+                self.pending = None;
+            }
+            code => {
+                self.refused = Some(match code {
+                    REFUSED_RUN => CutReason::Budget("run"),
+                    REFUSED_DAY => CutReason::Budget("day"),
+                    REFUSED_MONTH => CutReason::Budget("month"),
+                    _ => CutReason::Unavailable,
+                });
+                self.pending = None;
+            }
+        }
     }
 
     /// Why the stream was refused more budget, if it was.
@@ -87,25 +132,7 @@ impl StreamGuard {
     /// Decides on the chunk that brought the output estimate to `output_estimate`.
     /// Synchronous: it only reads the result of an extension started on an earlier chunk.
     pub fn observe(&mut self, output_estimate: u64) -> Verdict {
-        if let Some(p) = &self.pending {
-            match p.load(Ordering::Acquire) {
-                PENDING => {}
-                GRANTED => {
-                    self.covered = self.covered.saturating_add(self.step_tokens);
-                    self.granted = self.granted.plus(self.step);
-                    self.pending = None;
-                }
-                code => {
-                    self.refused = Some(match code {
-                        REFUSED_RUN => CutReason::Budget("run"),
-                        REFUSED_DAY => CutReason::Budget("day"),
-                        REFUSED_MONTH => CutReason::Budget("month"),
-                        _ => CutReason::Unavailable,
-                    });
-                    self.pending = None;
-                }
-            }
-        }
+        self.take_outcome();
         if let (true, Some(reason)) = (output_estimate > self.covered, self.refused) {
             return Verdict::Cut(reason);
         }
@@ -122,16 +149,20 @@ impl StreamGuard {
 
     fn start_extension(&mut self) {
         let state = Arc::new(AtomicU8::new(PENDING));
-        self.pending = Some(state.clone());
         let backend = self.backend.clone();
         let keys = self.keys.clone();
         let step = self.step;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to ask on: no extension, so the stream ends at its reservation.
             state.store(UNAVAILABLE, Ordering::Release);
+            self.pending = Some(Pending {
+                outcome: state,
+                task: None,
+            });
             return;
         };
-        runtime.spawn(async move {
+        let outcome = state.clone();
+        let task = runtime.spawn(async move {
             let result = match backend.admit(&keys, step).await {
                 Ok(_) => GRANTED,
                 Err(AdmitError::Limited(deny)) => match deny.key.kind {
@@ -148,6 +179,10 @@ impl StreamGuard {
                 Err(AdmitError::Unavailable) => UNAVAILABLE,
             };
             state.store(result, Ordering::Release);
+        });
+        self.pending = Some(Pending {
+            outcome,
+            task: Some(task),
         });
     }
 }
@@ -244,6 +279,36 @@ mod tests {
         assert_eq!(guard.observe(300), Verdict::Pass, "exactly at the cover");
         assert_eq!(guard.observe(301), Verdict::Cut(CutReason::Budget("run")));
         drop(admission);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_stream_waits_for_the_extension_it_asked_for() {
+        let backend = Arc::new(MemoryBackend::default());
+        let tokens = |n| Charge {
+            tokens: n,
+            ..Charge::default()
+        };
+        // The last chunk brings the estimate near the cover: an extension is asked for, and no
+        // chunk follows to read its answer.
+        let mut guard = StreamGuard::new(
+            backend.clone(),
+            vec![run_tokens(1_000)],
+            100,
+            100,
+            tokens(100),
+        );
+        assert_eq!(guard.observe(60), Verdict::Pass);
+        assert!(guard.pending.is_some(), "an extension is being asked for");
+        assert_eq!(
+            guard.finish().await,
+            tokens(100),
+            "granted, so it is settled"
+        );
+        // One the budget has no room for is not.
+        let mut guard = StreamGuard::new(backend, vec![run_tokens(1)], 100, 100, tokens(100));
+        assert_eq!(guard.observe(60), Verdict::Pass);
+        assert_eq!(guard.finish().await, Charge::default());
+        assert_eq!(guard.refused(), Some(CutReason::Budget("run")));
     }
 
     #[tokio::test]

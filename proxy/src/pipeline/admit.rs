@@ -535,7 +535,14 @@ async fn admit_http(
         let read = body::classify(body, &header.headers, to, config.limits.max_body_bytes)?;
         trail.model = read.llm.model;
         trail.other_models = read.llm.other_models;
-        grant.max_output_tokens = read.llm.max_output_tokens;
+        // SECURITY: only a ceiling field the call's own API reads caps its output (see
+        // `CeilingFields::read_by`); a call that sets none of those is reserved and guarded as
+        // one that sets no ceiling, whatever other APIs' fields it carries.
+        let own_api = registry::for_destination(&destination);
+        grant.max_output_tokens = read
+            .llm
+            .max_output_tokens
+            .filter(|_| own_api.is_some_and(|api| read.llm.ceiling_fields.read_by(api)));
         grant.choices = read.llm.choices;
         background = read.llm.background;
         grant.body_decoded = read.decoded;

@@ -910,7 +910,7 @@ impl ProxyHttp for TenantProxy {
         if let Some(admitted) = ctx.admitted.as_mut() {
             if let admit::Grant::Http(grant) = &mut admitted.grant {
                 if let Some(mut admission) = grant.limits.take() {
-                    if let Some(extra) = ctx.stages.extensions() {
+                    if let Some(extra) = ctx.stages.extensions().await {
                         admission.add_extension(extra);
                     }
                     // SECURITY: whether the upstream may have served (and billed) the call is

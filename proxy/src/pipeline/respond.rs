@@ -382,9 +382,13 @@ impl Stages {
             .map_or_else(HostedCalls::default, UsageMeter::hosted_calls_seen)
     }
 
-    /// Budget extensions a stream guard was granted (added to the reservation before settling).
-    pub fn extensions(&self) -> Option<crate::limits::Charge> {
-        self.guard.as_ref().map(StreamGuard::granted)
+    /// Budget extensions a stream guard was granted, the one still being asked for included
+    /// once it has its answer (added to the reservation before settling).
+    pub async fn extensions(&mut self) -> Option<crate::limits::Charge> {
+        match self.guard.as_mut() {
+            Some(guard) => Some(guard.finish().await),
+            None => None,
+        }
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Named {
     /// upstream reads is its choice (`max_tokens` or `max_completion_tokens`, say), so the
     /// reservation covers the largest.
     pub max_output_tokens: Option<u64>,
+    /// Which ceiling fields the body set: whether the call's own API reads any of them.
+    pub ceiling_fields: CeilingFields,
     /// How many completions the call asks for (`n`, `best_of`, Gemini's `candidateCount`): the
     /// largest present. Each is generated up to the output ceiling.
     pub choices: Option<u64>,
@@ -95,6 +97,39 @@ pub enum Slot {
     Background,
 }
 
+/// The ceiling fields a body set, by their rank among every provider's ceiling fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CeilingFields(u64);
+
+impl CeilingFields {
+    /// Notes the ceiling field of `rank` as set.
+    pub fn set(&mut self, rank: usize) {
+        self.0 |= u32::try_from(rank)
+            .ok()
+            .and_then(|r| 1u64.checked_shl(r))
+            .unwrap_or(0);
+    }
+
+    /// Whether `provider`'s API reads one of these fields. SECURITY: only such a field caps what
+    /// the call generates; a field of another API's spelling (`max_output_tokens` in a chat
+    /// completion, which chat servers ignore) caps nothing, and a call that sets no other is
+    /// reserved and guarded as one that sets no ceiling.
+    pub fn read_by(self, provider: &dyn Provider) -> bool {
+        provider
+            .request_fields()
+            .ceilings
+            .iter()
+            .filter_map(|field| FIELDS.slot(field))
+            .any(|slot| match slot {
+                Slot::Ceiling(rank) => {
+                    let bit = u32::try_from(rank).ok().and_then(|r| 1u64.checked_shl(r));
+                    bit.is_some_and(|bit| self.0 & bit != 0)
+                }
+                _ => false,
+            })
+    }
+}
+
 /// Every provider's fields, as a tree of object keys, built once.
 static FIELDS: LazyLock<Tree> = LazyLock::new(|| Tree::build(PROVIDERS));
 
@@ -147,6 +182,16 @@ impl Tree {
         }
         tree.insert(BACKGROUND_FIELD, Slot::Background);
         tree
+    }
+
+    /// What `field` holds, if it is one of the tree's.
+    fn slot(&self, field: Field) -> Option<Slot> {
+        let (last, path) = field.split_last()?;
+        let mut level = &self.root;
+        for key in path {
+            level = &level.iter().find(|n| n.key == *key)?.children;
+        }
+        level.iter().find(|n| n.key == *last)?.slot
     }
 
     /// Adds `field` holding `slot`; false when it is there already.
@@ -212,6 +257,7 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
         model,
         other_models,
         max_output_tokens: found.ceiling,
+        ceiling_fields: found.ceiling_fields,
         choices: found.choices,
         background: found.background,
     })
@@ -226,6 +272,7 @@ struct Found {
     /// Models inside arrays, each once.
     others: Vec<String>,
     ceiling: Option<u64>,
+    ceiling_fields: CeilingFields,
     choices: Option<u64>,
     background: bool,
 }
@@ -306,8 +353,11 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                         self.found.others.push(v);
                     }
                 }
-                Some(Slot::Ceiling(_)) => {
+                Some(Slot::Ceiling(rank)) => {
                     let v: Option<u64> = map.next_value()?;
+                    if v.is_some() {
+                        self.found.ceiling_fields.set(rank);
+                    }
                     largest(&mut self.found.ceiling, v);
                 }
                 Some(Slot::Choices(_)) => {
@@ -543,6 +593,36 @@ mod tests {
     use crate::usage::Usage;
     use serde_json::Value;
 
+    #[test]
+    fn a_ceiling_caps_a_call_only_in_a_field_its_own_api_reads() {
+        use crate::usage::providers::{
+            anthropic::Anthropic, gemini::Gemini, openai_chat::OpenAiChat,
+            openai_responses::OpenAiResponses,
+        };
+        let read_by = |body: &str, api: &dyn Provider| {
+            read_json(body.as_bytes())
+                .expect("read")
+                .ceiling_fields
+                .read_by(api)
+        };
+        // The Responses API's spelling in a chat completion: chat servers ignore it.
+        let responses = r#"{"model":"m","max_output_tokens":1}"#;
+        assert!(!read_by(responses, &OpenAiChat));
+        assert!(read_by(responses, &OpenAiResponses));
+        // Gemini's, nested, anywhere else.
+        let gemini = r#"{"model":"m","generationConfig":{"maxOutputTokens":1}}"#;
+        assert!(!read_by(gemini, &OpenAiChat) && !read_by(gemini, &Anthropic));
+        assert!(read_by(gemini, &Gemini));
+        // `max_tokens` is chat's and Anthropic's; both spellings of chat's count.
+        assert!(read_by(r#"{"max_tokens":5}"#, &OpenAiChat));
+        assert!(read_by(r#"{"max_tokens":5}"#, &Anthropic));
+        assert!(read_by(r#"{"max_completion_tokens":5}"#, &OpenAiChat));
+        assert!(!read_by(r#"{"max_completion_tokens":5}"#, &Anthropic));
+        // A null field sets nothing.
+        assert!(!read_by(r#"{"max_tokens":null}"#, &OpenAiChat));
+        assert!(!read_by(r#"{"model":"m"}"#, &OpenAiChat));
+    }
+
     /// A provider with nested fields, as the next providers have (Gemini's
     /// `generationConfig.maxOutputTokens`).
     #[derive(Debug)]
@@ -652,10 +732,19 @@ mod tests {
                 model: Some("m".into()),
                 other_models: Vec::new(),
                 max_output_tokens: Some(3),
+                // Both are set: the Responses API's and chat's (checked in
+                // `a_ceiling_caps_a_call_only_in_a_field_its_own_api_reads`).
+                ceiling_fields: read.ceiling_fields,
                 choices: None,
                 background: false,
             }
         );
+        assert!(read
+            .ceiling_fields
+            .read_by(&crate::usage::providers::openai_chat::OpenAiChat));
+        assert!(read
+            .ceiling_fields
+            .read_by(&crate::usage::providers::openai_responses::OpenAiResponses));
         let read = read_json(br#"{"max_tokens":1,"max_completion_tokens":5000}"#).expect("read");
         assert_eq!(read.max_output_tokens, Some(5000));
         // Completions asked for, in every spelling: the largest.
