@@ -16,6 +16,9 @@
 //! - `POST …/responses`: a Responses API response with `usage`, and one `web_search_call` or
 //!   `file_search_call` output item per call the request asks for in `x-mock-web-searches` and
 //!   `x-mock-file-searches`.
+//! - `POST …/api/chat` (Ollama's own API): an `application/x-ndjson` stream of one line per
+//!   completion token (`x-mock-output-tokens`, default 16; `x-mock-chunk-delay-ms` apart), then
+//!   a `done` line with `eval_count`: a shape the proxy has no usage reader for.
 //! - anything else: 200 JSON echoing the method, path and received headers.
 //! - `Upgrade: websocket`: 101, then every byte is echoed back.
 //!
@@ -257,6 +260,9 @@ fn respond(head: &Head, body: &[u8]) -> Vec<Vec<u8>> {
     }
     // The Responses API: `x-mock-web-searches` and `x-mock-file-searches` hosted tool calls,
     // one output item each (billed per call), before the message.
+    if head.method == "POST" && path.ends_with("/api/chat") {
+        return ndjson_chat(&model, completion_tokens);
+    }
     if head.method == "POST" && path.ends_with("/responses") {
         let calls = |name: &str| {
             head.header(name)
@@ -329,6 +335,24 @@ fn json_response(status: u16, v: &Value) -> Vec<u8> {
     .into_bytes();
     out.extend_from_slice(body.as_bytes());
     out
+}
+
+/// Ollama's `/api/chat` stream: one NDJSON line a token, then the `done` line, chunked.
+fn ndjson_chat(model: &str, completion: u64) -> Vec<Vec<u8>> {
+    let chunk = |line: &str| format!("{:x}\r\n{line}\n\r\n", line.len() + 1).into_bytes();
+    let mut parts = vec![
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec(),
+    ];
+    for _ in 0..completion.max(1) {
+        let line = json!({"model": model, "message": {"role": "assistant", "content": "word "}, "done": false});
+        parts.push(chunk(&line.to_string()));
+    }
+    let done = json!({"model": model, "done": true, "eval_count": completion});
+    let mut last = chunk(&done.to_string());
+    last.extend_from_slice(b"0\r\n\r\n");
+    parts.push(last);
+    parts
 }
 
 /// The chunked stream `parts` (a head, then one chunk an event) as one body with its length.

@@ -282,6 +282,65 @@ fn a_ceiling_the_calls_api_does_not_read_does_not_cap_it() {
     }
 }
 
+/// An answer the proxy has no usage reader for (Ollama's own `/api/chat` NDJSON stream) to a
+/// call whose output nothing caps is bounded by its bytes (every token is at least one): it is
+/// guarded and settled by them, so it is cut where the run's budget ends instead of running on
+/// past it at the price of its reservation.
+#[test]
+fn an_answer_no_meter_reads_is_bounded_by_its_bytes() {
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, |spec| {
+        let route = spec.tenants.routes.iter_mut().find(|r| r.name == "llm");
+        route.unwrap().provider = Some("openai".into());
+        spec.tenant("acme").limits().assumed_max_tokens = Some(100);
+    });
+    let bearer = run_token(
+        "run-ndjson",
+        RunBudget {
+            tokens: Some(2_000),
+            ..RunBudget::default()
+        },
+    );
+    // 3000 lines of about 80 bytes, 1 ms apart: far past what the run may spend.
+    let (_, body) = curl(&[
+        "-N",
+        "-H",
+        &format!("Proxy-Authorization: Bearer {bearer}"),
+        "-H",
+        "x-mock-output-tokens: 3000",
+        "-H",
+        "x-mock-chunk-delay-ms: 1",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        r#"{"model":"gpt-4o-mini","messages":[]}"#,
+        &format!("http://127.0.0.1:{}/llm/api/chat", proxy.shared_port),
+    ]);
+    assert!(
+        body.contains("\"content\"") && !body.contains("\"done\":true"),
+        "the stream ran, then was cut short: {body}"
+    );
+    let recs = proxy.wait_audit_records("acme", 2);
+    let rec = recs
+        .iter()
+        .find(|r| r["event"] == "request")
+        .unwrap_or_else(|| panic!("{recs:?}"));
+    assert_eq!(rec["stream_cut"], true, "{rec}");
+    assert_eq!(
+        (rec["reason"].as_str(), rec["ceiling"].as_str()),
+        (Some("budget_exhausted"), Some("run")),
+        "{rec}"
+    );
+    // Settled by the bytes generated: up to the budget and the one line that crossed it (the
+    // upstream generated it; the client did not get it).
+    let settled = rec["settled"]["tokens"].as_u64().unwrap();
+    assert!(
+        settled > 1_000 && settled <= 2_000 + 100,
+        "settled by the bytes generated: {rec}"
+    );
+    assert!(settled >= body.len() as u64, "{rec}");
+}
+
 /// `n` completions are each generated up to `max_tokens`: all of them are reserved, so one call
 /// cannot overshoot a ceiling by a factor of `n`; with two ceilings, the larger is reserved.
 #[test]

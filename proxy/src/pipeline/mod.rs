@@ -815,11 +815,10 @@ impl ProxyHttp for TenantProxy {
                 // which writes the final event and ends the response cleanly.
                 let deny = Deny::StreamCut(reason);
                 let (_, code, message) = deny.describe();
-                *cut_event = Some(crate::limits::stream::cut_event(
-                    code.as_str(),
-                    &message,
-                    &trail.request_id,
-                ));
+                // Another framing (an NDJSON or text stream) just ends, short of its length.
+                *cut_event = stages.cut_ends_with_event().then(|| {
+                    crate::limits::stream::cut_event(code.as_str(), &message, &trail.request_id)
+                });
                 trail.refuse(deny);
                 Err(stop("stream_cut", "stream cut: budget spent"))
             }
@@ -929,7 +928,7 @@ impl ProxyHttp for TenantProxy {
                         usage: ctx.trail.usage,
                         served,
                         cut: matches!(ctx.trail.outcome, Outcome::Refused(Deny::StreamCut(_))),
-                        streamed_output: ctx.stages.streamed_output(),
+                        streamed_output: ctx.stages.output_seen(),
                         streamed_hosted_calls: ctx.stages.streamed_hosted_calls(),
                         // The reservation is the body's bytes (its input bound) and the output.
                         covered_output: admission

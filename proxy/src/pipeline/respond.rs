@@ -191,6 +191,9 @@ pub struct Stages {
     /// An LLM call's response that no meter can read (compressed, or of a type that carries no
     /// usage the proxy reads): its usage is unknown, and counted so.
     unread: bool,
+    /// Of an LLM call's answer, when no ceiling field of its API caps its output, the bytes
+    /// seen so far (see [`Stages::output_seen`]); `None` when they bound nothing.
+    uncapped_bytes: Option<u64>,
 }
 
 /// What the stages are set up from, besides the response head.
@@ -258,14 +261,22 @@ impl Stages {
                 .and_then(|ct| UsageMeter::for_response(ct, provider));
         }
         stages.unread = setup.llm && stages.meter.is_none();
+        let grant = setup.grant;
+        // SECURITY (budgets): an answer to a call whose output no ceiling field of its API caps
+        // may run past any reservation, and one in a shape no reader knows (an Ollama
+        // `/api/chat` NDJSON stream, a `text/plain` one, JSON without a usage the readers find)
+        // shows no estimate of it. Every generated token is at least one byte of text, so the
+        // bytes passed bound its output: such an answer is settled by them, and guarded by them
+        // when no meter reads it, as a metered stream is by its estimate. (A compressed answer,
+        // which the proxy asked not to get, bounds nothing.)
+        if setup.llm && !encoded && grant.max_output_tokens.is_none() {
+            stages.uncapped_bytes = Some(0);
+        }
         // A stream that may be cut for budget ends with an event of ours, so its length changes.
         // Only hard ceilings (quotas) cut a stream; a per-minute rate does not.
-        let grant = setup.grant;
-        if let (Some(true), Some(plan), Some(admission)) = (
-            stages.meter.as_ref().map(UsageMeter::is_stream),
-            grant.stream_plan,
-            &grant.limits,
-        ) {
+        let guarded = stages.meter.as_ref().is_some_and(UsageMeter::is_stream)
+            || (stages.unread && stages.uncapped_bytes.is_some());
+        if let (true, Some(plan), Some(admission)) = (guarded, grant.stream_plan, &grant.limits) {
             let keys = admission.quota_keys();
             if !keys.is_empty() {
                 stages.guard = Some(StreamGuard::new(
@@ -275,7 +286,9 @@ impl Stages {
                     plan.step_tokens,
                     plan.step,
                 ));
-                resp.remove_header(&http::header::CONTENT_LENGTH);
+                if stages.cut_ends_with_event() {
+                    resp.remove_header(&http::header::CONTENT_LENGTH);
+                }
             }
         }
         if let (Some(asked), true) = (grant.usage_requested, sse) {
@@ -341,11 +354,15 @@ impl Stages {
                         .inc();
                 }
             }
-            if let Some(guard) = self.guard.as_mut() {
-                if let Verdict::Cut(reason) = guard.observe(meter.output_estimate()) {
-                    *body = None;
-                    return Err(Cut::Budget(reason));
-                }
+        }
+        if let (Some(seen), Some(b)) = (self.uncapped_bytes.as_mut(), body.as_ref()) {
+            *seen += b.len() as u64;
+        }
+        let seen = self.output_seen();
+        if let Some(guard) = self.guard.as_mut() {
+            if let Verdict::Cut(reason) = guard.observe(seen) {
+                *body = None;
+                return Err(Cut::Budget(reason));
             }
         }
         if let Some(strip) = self.strip.as_mut() {
@@ -369,9 +386,21 @@ impl Stages {
     }
 
     /// Output tokens a streamed response carried as far as the proxy could tell (0 for a body
-    /// that is not a stream, see [`UsageMeter::output_estimate`]).
-    pub fn streamed_output(&self) -> u64 {
-        self.meter.as_ref().map_or(0, UsageMeter::output_estimate)
+    /// that is not a stream, see [`UsageMeter::output_estimate`]); when the meter saw none of
+    /// an answer to a call nothing caps (no meter reads it, or its shape is unknown), its bytes
+    /// (an upper bound: every token is at least a byte).
+    pub fn output_seen(&self) -> u64 {
+        let estimate = self.meter.as_ref().map_or(0, UsageMeter::output_estimate);
+        match self.uncapped_bytes {
+            Some(bytes) if estimate == 0 => bytes,
+            _ => estimate,
+        }
+    }
+
+    /// Whether a cut ends the response with the stream's error event: a metered stream's does;
+    /// an answer no meter reads is of a framing the proxy does not write, and just ends short.
+    pub fn cut_ends_with_event(&self) -> bool {
+        self.meter.is_some()
     }
 
     /// Hosted tool calls a streamed response showed starting (see
