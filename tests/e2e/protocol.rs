@@ -208,6 +208,28 @@ fn cases(aim: &Aim) -> Vec<Case> {
             "bad_request",
             false,
         ),
+        // Bytes httparse reads but no URI holds: refused by the front, not by pingora's bare 400.
+        case(
+            "angle brackets in the path",
+            format!("GET {} HTTP/1.1\r\nHost: {h}\r\n{x}\r\n", aim.target("/acme/proto-<b>")).into_bytes(),
+            400,
+            "bad_request",
+            true,
+        ),
+        case(
+            "a backtick in the path",
+            format!("GET {} HTTP/1.1\r\nHost: {h}\r\n{x}\r\n", aim.target("/acme/proto-`id`")).into_bytes(),
+            400,
+            "bad_request",
+            true,
+        ),
+        case(
+            "an angle bracket in the query",
+            format!("GET {} HTTP/1.1\r\nHost: {h}\r\n{x}\r\n", aim.target("/acme/proto-q?x=<b")).into_bytes(),
+            400,
+            "bad_request",
+            true,
+        ),
         // Methods are case-sensitive; an upstream that upper-cases them would run another.
         case(
             "a method in lower case",
@@ -370,13 +392,16 @@ fn malformed_requests_are_refused_and_closed_on_the_sidecar_and_token_listeners(
         ..sidecar.clone()
     };
     let ids = run_cases(&shared, || plain(proxy.shared_port));
-    // A refused head that still carries one valid token is audited for that token's tenant.
-    let (_, smuggle_id) = &ids[0];
-    let rec = proxy.audit_record("acme", smuggle_id);
-    assert_eq!(
-        (rec["workload"].as_str(), rec["reason"].as_str()),
-        (Some("researcher"), Some("bad_framing"))
-    );
+    // A refused head that still carries one valid token is audited for that token's tenant,
+    // whichever check refused it (a head the scanner gives up on included).
+    for ((name, id), case) in ids.iter().zip(cases(&shared)) {
+        let rec = proxy.audit_record("acme", id);
+        assert_eq!(
+            (rec["workload"].as_str(), rec["reason"].as_str()),
+            (Some("researcher"), Some(case.code)),
+            "{name}"
+        );
+    }
     // Route mode frames the same way.
     let route = Aim {
         base: String::new(),
@@ -396,6 +421,57 @@ fn malformed_requests_are_refused_and_closed_on_the_sidecar_and_token_listeners(
 
     assert_nothing_smuggled(&origin);
     assert_valid_requests_pass(&sidecar, &origin, plain(proxy.sidecar_port));
+}
+
+/// A `CONNECT` whose target the proxy cannot read is refused as any malformed head is: with
+/// the JSON body, and audited when the caller is known (here, the sidecar's binding).
+#[test]
+fn an_unreadable_connect_target_is_refused_and_audited() {
+    let proxy = start(|_| {});
+    for target in [
+        "example.com",
+        "example.com:0",
+        "example.com:65536",
+        "example..com:443",
+        "example.com:443/x",
+    ] {
+        let r = raw_request(
+            proxy.sidecar_port,
+            &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"),
+        )
+        .unwrap();
+        r.assert_refused(400, "bad_request");
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(rec["reason"], "bad_request", "{target}: {rec}");
+    }
+}
+
+/// A request that asks to switch protocols ends its connection whatever the answer (the front
+/// reads what follows as the new protocol's): when the upstream does not switch, or the request
+/// is refused, the response says `Connection: close`, so no client sends another request on it
+/// that nobody would read.
+#[test]
+fn an_upgrade_that_is_not_switched_says_the_connection_closes() {
+    let origin = Origin::start();
+    let proxy = start(|_| {});
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let host = format!("127.0.0.1:{}", origin.port);
+    for (url, status) in [
+        (format!("http://{host}/acme/upgrade-not-switched"), 200),
+        (
+            format!("http://{host}/acme/upgrade-refused?_method=DELETE"),
+            400,
+        ),
+    ] {
+        let (resp, closed) = exchange(
+            plain(proxy.sidecar_port),
+            format!("GET {url} HTTP/1.1\r\nHost: {host}\r\n{upgrade}\r\n").as_bytes(),
+        );
+        assert_eq!(resp.status, status, "{url}: {}", resp.body_text());
+        assert_eq!(resp.header("connection"), Some("close"), "{url}");
+        assert!(closed, "{url}");
+    }
 }
 
 #[test]
@@ -591,6 +667,84 @@ fn an_http2_request_ending_in_trailers_forwards_its_body_once() {
     );
     let rec = proxy.audit_record("acme", &id);
     assert_eq!(rec["bytes_in"], body.len(), "{rec}");
+}
+
+/// HTTP/2 streams inside an intercepted tunnel meet the checks HTTP/1 requests meet in the
+/// front: a `CONNECT` stream is refused `connect_unsupported` (not pingora's bare 405), and a
+/// head with more fields than `max_headers` (HPACK makes a repeated field about a byte) is
+/// refused `too_many_headers`, each with its JSON body and record.
+#[test]
+fn http2_streams_meet_the_front_s_checks() {
+    let (origin, proxy) = intercepting_proxy();
+    let authority = format!("llm.test:{}", origin.port);
+    let ca_pem = std::fs::read_to_string(proxy.path("ca/ca.pem")).unwrap();
+    let mut client = (*tenant_proxy_loadtest::tls::client_config(&ca_pem).unwrap()).clone();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answers = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port))
+            .await
+            .unwrap();
+        tcp.write_all(
+            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.unwrap());
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        let name = rustls::pki_types::ServerName::try_from("llm.test").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (send, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        let connect = http::Request::connect(authority.as_str()).body(()).unwrap();
+        let mut many = http::Request::get(format!("https://{authority}/v1/many-headers"));
+        for _ in 0..150 {
+            many = many.header("x-dup", "v");
+        }
+        let mut answers = Vec::new();
+        for request in [connect, many.body(()).unwrap()] {
+            let mut send = send.clone().ready().await.unwrap();
+            let (response, _) = send.send_request(request, true).unwrap();
+            let response = response.await.unwrap();
+            let status = response.status().as_u16();
+            let id = response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let mut body = Vec::new();
+            let mut answer = response.into_body();
+            while let Some(chunk) = answer.data().await {
+                let chunk = chunk.unwrap();
+                answer.flow_control().release_capacity(chunk.len()).unwrap();
+                body.extend_from_slice(&chunk);
+            }
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            answers.push((status, id, body));
+        }
+        answers
+    });
+    for ((status, id, body), (want_status, code)) in answers
+        .iter()
+        .zip([(405, "connect_unsupported"), (431, "too_many_headers")])
+    {
+        assert_eq!(
+            (*status, body["error"]["code"].as_str()),
+            (want_status, Some(code)),
+            "{body}"
+        );
+        assert_eq!(body["error"]["request_id"].as_str(), Some(id.as_str()));
+        let rec = proxy.audit_record("acme", id);
+        assert_eq!(rec["reason"], code, "{rec}");
+        assert_eq!(rec["tunnel"]["mode"], "intercept", "{rec}");
+    }
+    assert!(origin.matching("/v1/many-headers").is_empty());
 }
 
 /// An upgrade request with a body: the body goes upstream once, and the client's own bytes are

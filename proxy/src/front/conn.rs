@@ -184,7 +184,13 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
         let mut deadline: Option<Instant> = None;
         loop {
             match scanner.scan(&self.buf, self.limits.head) {
-                Err(e) => return Err(self.poison(Violation::Head(e))),
+                Err(e) => {
+                    // Keep what was read for whoever writes the refusal (as below, and on a
+                    // truncated or late head): a valid token in it identifies the caller, and
+                    // the refusal is audited.
+                    self.releasable = self.buf.len();
+                    return Err(self.poison(Violation::Head(e)));
+                }
                 Ok(Scan::Complete { start, end }) => {
                     self.buf.advance(start);
                     let len = end - start;
@@ -205,6 +211,7 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
+                    self.releasable = self.buf.len();
                     Err(self.poison(Violation::Truncated))
                 };
             }
@@ -223,9 +230,15 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
                 Ok(Ok(0)) => self.eof = true,
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) if self.buf.is_empty() => return Ok(None),
-                Ok(Err(_)) => return Err(self.poison(Violation::Truncated)),
+                Ok(Err(_)) => {
+                    self.releasable = self.buf.len();
+                    return Err(self.poison(Violation::Truncated));
+                }
                 Err(_) if deadline.is_none() && self.buf.is_empty() => return Ok(None),
-                Err(_) => return Err(self.poison(Violation::HeadTimeout)),
+                Err(_) => {
+                    self.releasable = self.buf.len();
+                    return Err(self.poison(Violation::HeadTimeout));
+                }
             }
         }
     }

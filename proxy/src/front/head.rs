@@ -299,6 +299,16 @@ pub fn parse(head: &[u8], limits: HeadLimits) -> Result<Head, HeadError> {
     } else {
         TargetForm::Absolute
     };
+    // pingora builds its request from the target with `http::Uri`, which refuses bytes
+    // httparse lets through (`<`, `>`, `` ` ``): refused here instead, so the request gets the
+    // JSON refusal and its record rather than pingora's bare `400`.
+    if matches!(form, TargetForm::Origin | TargetForm::Absolute)
+        && http::Uri::try_from(target).is_err()
+    {
+        return Err(HeadError::Malformed(
+            "a request target that is no valid URI",
+        ));
+    }
     if !http10 && host.is_none() && !connect {
         // RFC 9112 §3.2: absolute form included.
         return Err(HeadError::Malformed("an HTTP/1.1 request without `Host`"));

@@ -1029,6 +1029,11 @@ fn http_destination(
     if header_bytes(req) > config.limits.max_header_bytes {
         return Err(Deny::HeadersTooLarge);
     }
+    // The front counts an HTTP/1 head's fields; an HTTP/2 stream's are counted here (HPACK
+    // makes a repeated field about one byte, so the byte cap alone lets thousands through).
+    if req.headers.len() > config.limits.max_headers {
+        return Err(Deny::TooManyHeaders(config.limits.max_headers));
+    }
     // SECURITY: the decision is on the request line; see `front::misleading_header`.
     if let Some(why) = crate::front::misleading_header(req.headers.keys().map(|n| n.as_str())) {
         return Err(Deny::BadRequest(why));

@@ -572,7 +572,13 @@ impl ProxyHttp for TenantProxy {
         // The front hands pingora one checked request at a time and reads the next head itself
         // (pipelined requests wait there, not in pingora). pingora only needs to know the
         // connection may be reused, and for how long an idle HTTP/2 connection may stay.
-        if session.get_keepalive().is_some() {
+        // An HTTP/1 request that asks to switch protocols ends its connection whatever the
+        // answer (the front reads the rest as the switched protocol's): a refusal or an upstream
+        // that does not switch says `Connection: close`, so the client does not send another
+        // request that nobody would read.
+        if session.is_upgrade_req() && !session.is_http2() {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
             let idle = if tunnel_of(session).is_some() {
                 self.shared
                     .config

@@ -100,6 +100,10 @@ impl EgressApp {
         // connection is closed like an idle HTTP/1.1 tunnel.
         let mut options = pingora::apps::HttpServerOptions::default();
         options.h2_idle_timeout = Some(shared.config.egress.tunnel_idle_timeout);
+        // A `CONNECT` stream inside an HTTP/2 tunnel reaches the pipeline, which refuses it
+        // (`connect_unsupported`, with its JSON body and record) as the front refuses an HTTP/1
+        // one; pingora would answer its own bare 405, unaudited. Nothing forwards a `CONNECT`.
+        options.allow_connect_method_proxying = true;
         http.server_options = Some(options);
         Self {
             http: Arc::new(http),
@@ -185,24 +189,19 @@ impl ServerApp for EgressApp {
         match conn.next_head(idle).await {
             Ok(None) => {}
             Err(violation) => self.refuse_front(&mut conn, violation.into()).await,
-            Ok(Some(head)) if head.connect => {
-                let (stream, head, early) = conn.take_connect();
-                match head::parse_connect(&head) {
-                    // Boxed, like serving HTTP below: a connection still sending its first
-                    // head (a slow client, the usual attack) holds only the small state of
-                    // reading it, not that of every path it might take.
-                    Ok(head) => {
-                        let opened = Opened::Connect;
-                        Box::pin(self.tunnel(stream, head, early.freeze(), opened, shutdown)).await
-                    }
-                    Err(deny) => {
-                        // Nobody is identified yet: like any unidentified refusal, no record.
-                        let mut stream = stream;
-                        let id = crate::trace::random_hex(16);
-                        write_refusal(&mut stream, &deny, &id).await;
-                    }
+            Ok(Some(head)) if head.connect => match head::parse_connect(conn.head_bytes()) {
+                // Boxed, like serving HTTP below: a connection still sending its first head (a
+                // slow client, the usual attack) holds only the small state of reading it, not
+                // that of every path it might take.
+                Ok(head) => {
+                    let (stream, _, early) = conn.take_connect();
+                    let opened = Opened::Connect;
+                    Box::pin(self.tunnel(stream, head, early.freeze(), opened, shutdown)).await
                 }
-            }
+                // Refused as any head the front refuses: audited when the caller is known (the
+                // listener's binding, a valid token in the head).
+                Err(deny) => self.refuse_front(&mut conn, deny).await,
+            },
             Ok(Some(_)) => {
                 let idle = Duration::from_secs(PLAIN_KEEPALIVE_SECS);
                 Box::pin(self.serve_http1(Box::new(conn), idle, shutdown)).await
