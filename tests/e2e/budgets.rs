@@ -100,6 +100,25 @@ fn daily_cost_ceiling_refuses_with_the_ceiling_named_and_unpriced_models_are_ref
     assert!(!metrics.contains("tenant_proxy_llm_cost_micros_total{tenant=\"globex\"}"));
 }
 
+/// POSTs `body` to `path` on the shared listener with `bearer`'s token, the mock told to write
+/// `tokens` tokens 1 ms apart: the status and what curl read as it streamed.
+fn stream_as(proxy: &Proxy, bearer: &str, path: &str, body: &str, tokens: u32) -> (u16, String) {
+    curl(&[
+        "-N",
+        "-H",
+        &format!("Proxy-Authorization: Bearer {bearer}"),
+        "-H",
+        &format!("x-mock-output-tokens: {tokens}"),
+        "-H",
+        "x-mock-chunk-delay-ms: 1",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        body,
+        &format!("http://127.0.0.1:{}{path}", proxy.shared_port),
+    ])
+}
+
 fn run_token(run_id: &'static str, budget: RunBudget) -> String {
     token(TokenOpts {
         run_id: Some(run_id),
@@ -149,23 +168,13 @@ except openai.APIError as e:
     );
 
     // curl sees a complete chunked response that ends with the error event.
-    let (status, body) = curl(&[
-        "-N",
-        "-H",
-        &format!("Proxy-Authorization: Bearer {bearer}"),
-        "-H",
-        "x-mock-output-tokens: 3000",
-        "-H",
-        "x-mock-chunk-delay-ms: 1",
-        "-H",
-        "content-type: application/json",
-        "--data",
+    let (status, body) = stream_as(
+        &proxy,
+        &bearer,
+        "/llm/chat/completions",
         r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
-        &format!(
-            "http://127.0.0.1:{}/llm/chat/completions",
-            proxy.shared_port
-        ),
-    ]);
+        3000,
+    );
     // The run has little left, so this one is either refused up front or cut at once.
     assert!(status == 200 || status == 429, "{status} {body}");
     if status == 200 {
@@ -247,23 +256,13 @@ fn a_ceiling_the_calls_api_does_not_read_does_not_cap_it() {
             },
         );
         // The mock ignores the field, as a chat server does, and writes 3000 tokens.
-        let (status, body) = curl(&[
-            "-N",
-            "-H",
-            &format!("Proxy-Authorization: Bearer {bearer}"),
-            "-H",
-            "x-mock-output-tokens: 3000",
-            "-H",
-            "x-mock-chunk-delay-ms: 1",
-            "-H",
-            "content-type: application/json",
-            "--data",
+        let (status, body) = stream_as(
+            &proxy,
+            &bearer,
+            "/llm/chat/completions",
             &format!(r#"{{"model":"gpt-4o-mini","stream":true,{ceiling},"messages":[]}}"#),
-            &format!(
-                "http://127.0.0.1:{}/llm/chat/completions",
-                proxy.shared_port
-            ),
-        ]);
+            3000,
+        );
         assert_eq!(status, 200, "{body}");
         assert!(
             body.contains("event: error") && !body.contains("[DONE]"),
@@ -302,20 +301,13 @@ fn an_answer_no_meter_reads_is_bounded_by_its_bytes() {
         },
     );
     // 3000 lines of about 80 bytes, 1 ms apart: far past what the run may spend.
-    let (_, body) = curl(&[
-        "-N",
-        "-H",
-        &format!("Proxy-Authorization: Bearer {bearer}"),
-        "-H",
-        "x-mock-output-tokens: 3000",
-        "-H",
-        "x-mock-chunk-delay-ms: 1",
-        "-H",
-        "content-type: application/json",
-        "--data",
+    let (_, body) = stream_as(
+        &proxy,
+        &bearer,
+        "/llm/api/chat",
         r#"{"model":"gpt-4o-mini","messages":[]}"#,
-        &format!("http://127.0.0.1:{}/llm/api/chat", proxy.shared_port),
-    ]);
+        3000,
+    );
     assert!(
         body.contains("\"content\"") && !body.contains("\"done\":true"),
         "the stream ran, then was cut short: {body}"
@@ -738,23 +730,13 @@ fn a_stream_within_its_budget_is_extended_and_finishes() {
             ..RunBudget::default()
         },
     );
-    let (status, body) = curl(&[
-        "-N",
-        "-H",
-        &format!("Proxy-Authorization: Bearer {bearer}"),
-        "-H",
-        "x-mock-output-tokens: 400",
-        "-H",
-        "x-mock-chunk-delay-ms: 1",
-        "-H",
-        "content-type: application/json",
-        "--data",
+    let (status, body) = stream_as(
+        &proxy,
+        &bearer,
+        "/llm/chat/completions",
         r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
-        &format!(
-            "http://127.0.0.1:{}/llm/chat/completions",
-            proxy.shared_port
-        ),
-    ]);
+        400,
+    );
     assert_eq!(status, 200);
     assert!(
         body.contains("[DONE]") && !body.contains("event: error"),

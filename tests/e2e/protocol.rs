@@ -593,6 +593,38 @@ fn malformed_requests_inside_an_intercepted_tunnel_are_refused_and_closed() {
     assert_valid_requests_pass(&aim, &origin, open());
 }
 
+/// An HTTP/2 connection, as acme's sidecar, inside an intercepted tunnel to `authority`
+/// (`llm.test:PORT`), trusting the proxy's CA. Call from within a Tokio runtime.
+async fn h2_in_tunnel(proxy: &Proxy, authority: &str) -> h2::client::SendRequest<bytes::Bytes> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ca_pem = std::fs::read_to_string(proxy.path("ca/ca.pem")).unwrap();
+    let mut client = (*tenant_proxy_loadtest::tls::client_config(&ca_pem).unwrap()).clone();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port))
+        .await
+        .unwrap();
+    tcp.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let name = rustls::pki_types::ServerName::try_from("llm.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (send, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    send
+}
+
 /// The upstream gets the body that was decided on, once: an HTTP/2 request that ends with a
 /// trailers frame (pingora hands its end over separately) was forwarded with its body twice,
 /// joined into form pairs nothing decided on (`…&_` + `method=DELETE…` is `_method=DELETE`).
@@ -600,37 +632,10 @@ fn malformed_requests_inside_an_intercepted_tunnel_are_refused_and_closed() {
 fn an_http2_request_ending_in_trailers_forwards_its_body_once() {
     let (origin, proxy) = intercepting_proxy();
     let authority = format!("llm.test:{}", origin.port);
-    let ca_pem = std::fs::read_to_string(proxy.path("ca/ca.pem")).unwrap();
-    let mut client = (*tenant_proxy_loadtest::tls::client_config(&ca_pem).unwrap()).clone();
-    client.alpn_protocols = vec![b"h2".to_vec()];
     let body = b"method=DELETE&a=1&_";
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (status, id) = runtime.block_on(async {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port))
-            .await
-            .unwrap();
-        tcp.write_all(
-            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(tcp.read_u8().await.unwrap());
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
-        let name = rustls::pki_types::ServerName::try_from("llm.test").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        let (send, connection) = h2::client::handshake(tls).await.unwrap();
-        tokio::spawn(connection);
+        let send = h2_in_tunnel(&proxy, &authority).await;
         let mut send = send.ready().await.unwrap();
         let request = http::Request::post(format!("https://{authority}/v1/form"))
             .header("content-type", "application/x-www-form-urlencoded")
@@ -677,32 +682,9 @@ fn an_http2_request_ending_in_trailers_forwards_its_body_once() {
 fn http2_streams_meet_the_front_s_checks() {
     let (origin, proxy) = intercepting_proxy();
     let authority = format!("llm.test:{}", origin.port);
-    let ca_pem = std::fs::read_to_string(proxy.path("ca/ca.pem")).unwrap();
-    let mut client = (*tenant_proxy_loadtest::tls::client_config(&ca_pem).unwrap()).clone();
-    client.alpn_protocols = vec![b"h2".to_vec()];
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let answers = runtime.block_on(async {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port))
-            .await
-            .unwrap();
-        tcp.write_all(
-            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(tcp.read_u8().await.unwrap());
-        }
-        assert!(head.starts_with(b"HTTP/1.1 200"));
-        let name = rustls::pki_types::ServerName::try_from("llm.test").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        let (send, connection) = h2::client::handshake(tls).await.unwrap();
-        tokio::spawn(connection);
+        let send = h2_in_tunnel(&proxy, &authority).await;
         let connect = http::Request::connect(authority.as_str()).body(()).unwrap();
         let mut many = http::Request::get(format!("https://{authority}/v1/many-headers"));
         for _ in 0..150 {
