@@ -517,6 +517,31 @@ fn a_repeated_authorization_header_is_refused_in_either_order() {
     }
 }
 
+/// The `Bearer` scheme is matched in any case (RFC 9110), as on the proxy listeners and the
+/// admin port; another scheme, or no token, is still refused.
+#[test]
+fn the_bearer_scheme_is_read_in_any_case() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let token = approver_token("globex", "mallory", &[]);
+    let list = |authorization: &str| {
+        raw_request(
+            proxy.approvals_port(),
+            &format!(
+                "GET /v1/tenants/globex/holds HTTP/1.1\r\nHost: approvals\r\nAuthorization: {authorization}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .unwrap()
+    };
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = list(&format!("{scheme} {token}"));
+        assert_eq!(r.status, 200, "{scheme}: {}", r.body_text());
+    }
+    for refused in [format!("Basic {token}"), "Bearer ".to_string(), token.clone()] {
+        list(&refused).assert_refused(401, "approver_unauthenticated");
+    }
+}
+
 #[test]
 fn a_hold_naming_a_group_is_decided_only_by_an_approver_in_it() {
     let origin = Origin::start();
