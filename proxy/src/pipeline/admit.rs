@@ -164,6 +164,9 @@ pub enum Ask<'a> {
 pub struct Admitted {
     /// Who asked.
     pub tenant: Arc<TenantContext>,
+    /// The identity it was admitted with (a tunnel's, for a request inside one): what a
+    /// relay it becomes is judged again by ([`super::lapse`]).
+    pub identity: ResolvedIdentity,
     /// The configuration it was admitted under (every later phase uses the same one).
     pub snapshot: Arc<Snapshot>,
     /// The proof `upstream_peer` requires.
@@ -368,7 +371,7 @@ pub async fn admit(
     fx.sight_run(&tenant, snapshot.token_leeway()).await?;
     match ask {
         Ask::Http { source, tunnel } => {
-            admit_http(fx, snapshot, tenant, source, tunnel, trail, observer).await
+            admit_http(fx, snapshot, tenant, &who, source, tunnel, trail, observer).await
         }
         Ask::Connect {
             host,
@@ -483,10 +486,12 @@ fn tunnel_identity(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn admit_http(
     fx: &dyn Effects,
     snapshot: Arc<Snapshot>,
     tenant: Arc<TenantContext>,
+    who: &ResolvedIdentity,
     mut source: BodySource<'_>,
     tunnel: Option<&Tunnel>,
     trail: &mut Trail,
@@ -752,6 +757,7 @@ async fn admit_http(
     // Every check passed: only now does the request carry proof of authorization.
     Ok(Admitted {
         tenant,
+        identity: who.clone(),
         snapshot,
         permit: Permit {
             destination,
@@ -1141,6 +1147,7 @@ async fn admit_connect(
         let slot = fx.open_tunnel(&tenant.tenant, tunnel_cap(config, &snapshot, &tenant))?;
         return Ok(Admitted {
             tenant,
+            identity: who.clone(),
             snapshot,
             permit: Permit {
                 destination: tunnel_destination(Scheme::Http, host, port),
@@ -1213,6 +1220,7 @@ async fn admit_connect(
     trail.tunnel_mode = Some(mode);
     Ok(Admitted {
         tenant,
+        identity: who.clone(),
         snapshot,
         permit: Permit {
             destination: tunnel_destination(Scheme::Https, host, port),
