@@ -166,6 +166,18 @@ impl Effects for Shared {
         }
     }
 
+    fn still_accepted(&self, who: &crate::identity::ResolvedIdentity) -> Result<(), Deny> {
+        lapse::judge_now(self, who).map_err(|lapse| lapse.deny)
+    }
+
+    fn reloaded_since(
+        &self,
+        admitted: &crate::snapshot::Snapshot,
+    ) -> Option<Arc<crate::snapshot::Snapshot>> {
+        let now = self.snapshot.load();
+        (now.generation != admitted.generation).then_some(now)
+    }
+
     async fn read_body(
         &self,
         session: &mut Session,
