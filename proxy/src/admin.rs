@@ -241,9 +241,7 @@ fn authenticate(token: Option<&AdminToken>, headers: &http::HeaderMap) -> Result
     let presented = value
         .to_str()
         .ok()
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
+        .and_then(crate::identity::bearer_token)
         .ok_or_else(|| Deny::AdminUnauthorized("`Authorization` is not `Bearer <token>`".into()))?;
     if token.matches(presented) {
         Ok(())

@@ -168,6 +168,7 @@ pub fn run(
     let warnings = [
         snapshot.memory_limiter_warning(&static_config.limiter),
         snapshot.mcp_session_key_warning(&static_config.limiter),
+        snapshot.revocation_file_warning(),
     ];
     for warning in warnings.into_iter().flatten() {
         tracing::warn!("{warning}");

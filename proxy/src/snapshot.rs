@@ -105,6 +105,25 @@ impl Snapshot {
         })
     }
 
+    /// The warning `check` prints and `run` logs for lines of `[token] revoked_jtis_file` that do
+    /// not revoke what they seem to name: an id with a `#` in it (the line is cut at the `#`, so
+    /// `batch#7` revokes `batch`), or with whitespace or a control character inside. No token
+    /// with such an id is accepted (see [`crate::identity::token::valid_jti`]), so the token
+    /// such a line was written for is refused anyway; the line itself is a mistake to fix.
+    pub fn revocation_file_warning(&self) -> Option<String> {
+        let path = self.tenants.token.as_ref()?.revoked_jtis_file.as_deref()?;
+        let text = std::fs::read_to_string(path).ok()?;
+        let odd = crate::identity::token::misleading_revocation_lines(&text);
+        (!odd.is_empty()).then(|| {
+            format!(
+                "`revoked_jtis_file` `{}` has lines that revoke no token as written ({}): each line is cut at its first `#` and trimmed, and {}",
+                path.display(),
+                odd.join(", "),
+                crate::identity::token::JTI_RULE
+            )
+        })
+    }
+
     /// Loads and validates the tenant file, keys, revocations and policies. Returns every
     /// problem found.
     pub fn load(static_config: &StaticConfig) -> Result<Self, Vec<ConfigProblem>> {
@@ -425,12 +444,7 @@ pub fn tenant_infos(tenants: &TenantConfig) -> Vec<TenantInfo> {
 fn read_revocations(path: &Path) -> Result<HashSet<String>, ConfigProblem> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigProblem::file(path, format!("cannot read revocation list: {e}")))?;
-    Ok(text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect())
+    Ok(crate::identity::token::revocation_ids(&text))
 }
 
 /// Publishes what the metrics show of a snapshot about to be served: its cost ceilings.

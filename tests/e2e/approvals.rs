@@ -517,6 +517,131 @@ fn a_repeated_authorization_header_is_refused_in_either_order() {
     }
 }
 
+/// A hold can last long past its request's admission: once approved, the request is judged
+/// again before any secret goes into it. A token revoked (or expired, its key pulled, its
+/// workload removed) during the wait refuses it as a fresh request would be (`identity_invalid`,
+/// audited with the approval it had), and nothing reaches the upstream.
+#[test]
+fn a_request_whose_token_was_revoked_while_held_is_refused_once_approved() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let approver = approver_token("globex", "gina", &[]);
+    let agent_token = token(TokenOpts {
+        tenant: "globex",
+        workload: "agent",
+        jti: Some("held-then-revoked"),
+        ..Default::default()
+    });
+    let via = |url: &str, extra: &[&str]| {
+        let mut args = vec![
+            "-x".to_string(),
+            format!("http://127.0.0.1:{}", proxy.shared_port),
+            "--proxy-header".to_string(),
+            format!("Proxy-Authorization: Bearer {agent_token}"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.push(url.to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&args)
+    };
+    let pay = format!("http://127.0.0.1:{}/pay/charge", origin.port);
+    let open = format!("http://127.0.0.1:{}/open/check", origin.port);
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| {
+            via(
+                &pay,
+                &[
+                    "-H",
+                    "content-type: application/json",
+                    "--data-binary",
+                    r#"{"amount": 7}"#,
+                ],
+            )
+        });
+        let holds = wait_holds(&proxy, "globex", &approver, 1);
+        // Revoked while it waits; a fresh request with the token is refused from then on.
+        std::fs::write(
+            proxy.path("revoked.txt"),
+            "revoked-jti-1\nheld-then-revoked\n",
+        )
+        .unwrap();
+        proxy.sighup();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while via(&open, &[]).0 != 407 {
+            assert!(
+                Instant::now() < deadline,
+                "the revocation was never applied"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let id = holds[0]["id"].as_str().unwrap();
+        let r = api(
+            &proxy,
+            "POST",
+            &format!("/v1/tenants/globex/holds/{id}/approve"),
+            &approver,
+            Some("{}"),
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let (status, answer) = agent.join().unwrap();
+        assert_eq!(status, 407, "{answer}");
+        assert_eq!(code_of(&answer), "identity_invalid", "{answer}");
+        assert!(answer.contains("revoked"), "{answer}");
+    });
+    assert!(
+        origin
+            .requests()
+            .iter()
+            .all(|r| !r.target.starts_with("/pay")),
+        "the held request reached the upstream: {:?}",
+        origin.requests()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let request = loop {
+        let records = proxy.audit_records("globex");
+        if let Some(r) = records
+            .iter()
+            .find(|r| r["event"] == "request" && r["path"] == "/pay/charge")
+        {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "{records:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(request["reason"], "identity_invalid", "{request}");
+    assert_eq!(request["approval"]["outcome"], "granted", "{request}");
+    assert_eq!(request["credentials"], json!([]), "{request}");
+}
+
+/// The `Bearer` scheme is matched in any case (RFC 9110), as on the proxy listeners and the
+/// admin port; another scheme, or no token, is still refused.
+#[test]
+fn the_bearer_scheme_is_read_in_any_case() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let token = approver_token("globex", "mallory", &[]);
+    let list = |authorization: &str| {
+        raw_request(
+            proxy.approvals_port(),
+            &format!(
+                "GET /v1/tenants/globex/holds HTTP/1.1\r\nHost: approvals\r\nAuthorization: {authorization}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .unwrap()
+    };
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = list(&format!("{scheme} {token}"));
+        assert_eq!(r.status, 200, "{scheme}: {}", r.body_text());
+    }
+    for refused in [
+        format!("Basic {token}"),
+        "Bearer ".to_string(),
+        token.clone(),
+    ] {
+        list(&refused).assert_refused(401, "approver_unauthenticated");
+    }
+}
+
 #[test]
 fn a_hold_naming_a_group_is_decided_only_by_an_approver_in_it() {
     let origin = Origin::start();

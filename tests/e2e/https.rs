@@ -930,6 +930,192 @@ fn a_tunnel_opened_within_the_leeway_is_served_as_long_as_its_token_is_accepted(
     assert!(text.contains("expired"), "{text}");
 }
 
+/// Waits (20 s at most) until the proxy closes `tls`, a relay with nothing more to say: a read
+/// ends (EOF, or the reset of a connection cut).
+fn until_closed(tls: &mut Tls) {
+    tls.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 64];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => return,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+            Ok(n) => panic!("the relay sent {n} unexpected bytes"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay was never ended"
+        );
+    }
+}
+
+/// The record of acme's tunnel or request `id`, once written (10 s at most).
+fn record_when_written(h: &Https, id: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = h.proxy.audit_records("acme");
+        if let Some(r) = records.iter().find(|r| id(r)) {
+            return r.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{records:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An opaque tunnel (its bytes relayed unread) has no inner request to refuse: it ends once its
+/// identity would no longer be accepted (revoked, expired past the leeway, its key pulled), and
+/// its record says why, where before it relayed on while a fresh request with its token was
+/// refused.
+#[test]
+fn an_opaque_tunnel_ends_when_its_identity_is_no_longer_accepted() {
+    let h = start_https(|spec| {
+        if let Some(token) = spec.tenants.token.as_mut() {
+            token.leeway = Some(Duration::from_secs(1));
+        }
+    });
+    let authority = format!("pinned.test:{}", h.mock);
+    // An opaque tunnel that works: TLS to the origin itself through it.
+    let open = |token: &str| {
+        let auth = format!("Proxy-Authorization: Bearer {token}\r\n");
+        let (sock, status, text) = connect(h.proxy.shared_port, &authority, &auth);
+        assert_eq!(status, 200, "{text}");
+        let mut tls = tls_over(sock, "pinned.test", &h.origin_ca).unwrap();
+        let r = request_over(
+            &mut tls,
+            &format!("GET /pinned/echo HTTP/1.1\r\nHost: {authority}\r\n\r\n"),
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        tls
+    };
+
+    // 1. Revoked in the file while open: the relay ends within a reload and a second.
+    let revoked = token(TokenOpts {
+        jti: Some("opaque-revoked"),
+        ..Default::default()
+    });
+    let mut tls = open(&revoked);
+    std::fs::write(
+        h.proxy.path("revoked.txt"),
+        "revoked-jti-1\nopaque-revoked\n",
+    )
+    .unwrap();
+    h.proxy.sighup();
+    until_closed(&mut tls);
+    let record = record_when_written(&h, |r| r["ended"] == "token_revoked");
+    assert_eq!(record["method"], "CONNECT", "{record}");
+    assert_eq!(record["reason"], "identity_invalid", "{record}");
+    assert_eq!(record["ended"], "token_revoked", "{record}");
+    assert!(record["bytes_out"].as_u64().unwrap() > 0, "{record}");
+    let (_, status, _) = connect(
+        h.proxy.shared_port,
+        &authority,
+        &format!("Proxy-Authorization: Bearer {revoked}\r\n"),
+    );
+    assert_eq!(status, 407);
+
+    // 2. Expired: a token that expires in 3 s (leeway 1 s) ends its relay then, not later.
+    let t = now();
+    let short = token(TokenOpts {
+        issued_at: t - 297,
+        ttl_secs: 300,
+        jti: Some("opaque-expiring"),
+        ..Default::default()
+    });
+    let mut tls = open(&short);
+    until_closed(&mut tls);
+    assert!(now() >= t + 4, "ended before its token expired");
+    let record = record_when_written(&h, |r| r["ended"] == "token_expired");
+    assert_eq!(record["tunnel"]["mode"], "opaque", "{record}");
+    assert_eq!(record["reason"], "identity_invalid", "{record}");
+}
+
+/// An upgraded connection (a WebSocket) relays with no request to judge: it ends once its
+/// identity would no longer be accepted (here its key is pulled from the JWKS), and its record
+/// says why; the WebSocket of a listener bound to its workload is untouched.
+#[test]
+fn a_websocket_ends_when_its_identity_is_no_longer_accepted() {
+    let h = start_https(|_| {});
+    let authority = format!("llm.test:{}", h.mock);
+    let upgrade = |tls: &mut Tls| {
+        let upgrade = format!(
+            "GET /v1/realtime?model=gpt-4o-realtime HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"
+        );
+        tls.write_all(upgrade.as_bytes()).unwrap();
+        tls.flush().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(tls.read(&mut byte).unwrap(), 1);
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+        let frame = [0x81u8, 0x81, 1, 2, 3, 4, b'p' ^ 1];
+        tls.write_all(&frame).unwrap();
+        tls.flush().unwrap();
+        let mut back = [0u8; 7];
+        tls.read_exact(&mut back).unwrap();
+        assert_eq!(back, frame);
+    };
+    let by_token = token(TokenOpts {
+        jti: Some("ws-1"),
+        ..Default::default()
+    });
+    let auth = format!("Proxy-Authorization: Bearer {by_token}\r\n");
+    let mut ws = intercepted(&h, h.proxy.shared_port, &authority, &auth);
+    upgrade(&mut ws);
+    let mut bound = intercepted(&h, h.proxy.sidecar_port, &authority, "");
+    upgrade(&mut bound);
+
+    // `test-ed`, the key that signed the token, is pulled. Both WebSockets keep talking (a
+    // frame every 200 ms, so that neither goes quiet): the token's ends, its record says why,
+    // and the sidecar's (its listener is its identity) goes on.
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(h.proxy.path("jwks.json")).unwrap()).unwrap();
+    let others: Vec<_> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kid"] != "test-ed")
+        .cloned()
+        .collect();
+    std::fs::write(
+        h.proxy.path("jwks.json"),
+        serde_json::json!({ "keys": others }).to_string(),
+    )
+    .unwrap();
+    h.proxy.sighup();
+    let ping = |tls: &mut Tls| -> bool {
+        let frame = [0x81u8, 0x81, 1, 2, 3, 4, b'q' ^ 1];
+        let mut back = [0u8; 7];
+        tls.write_all(&frame).is_ok()
+            && tls.flush().is_ok()
+            && tls.read_exact(&mut back).is_ok()
+            && back == frame
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ping(&mut ws) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WebSocket was never ended"
+        );
+        assert!(ping(&mut bound), "the sidecar's WebSocket was ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let record = record_when_written(&h, |r| r["ended"].is_string());
+    assert_eq!(record["status"], 101, "{record}");
+    assert_eq!(record["reason"], "identity_invalid", "{record}");
+    assert_eq!(record["ended"], "identity_withdrawn", "{record}");
+    assert_eq!(record["tunnel"]["mode"], "intercept", "{record}");
+    assert!(ping(&mut bound), "the sidecar's WebSocket was ended");
+}
+
 #[test]
 fn tunnels_per_tenant_are_capped() {
     let h = start_https(|spec| spec.tenant("acme").max_tunnels = Some(1));

@@ -80,6 +80,40 @@ fn policy_check_warns_about_a_policy_that_can_never_apply() {
     assert!(out.contains("1 warning(s)"), "{out}");
 }
 
+/// A tunnel is never held for approval, so a mark on a permit that allows one (a `connect` or
+/// `connect_opaque` permit, or one with no action in its scope) is a load error, as on a
+/// `forbid`, rather than a hold that silently never happens.
+#[test]
+fn policy_check_refuses_an_approval_mark_on_a_tunnel_permit() {
+    for (name, scope) in [
+        ("connect", r#"action == TenantProxy::Action::"connect""#),
+        (
+            "connect_opaque",
+            r#"action == TenantProxy::Action::"connect_opaque""#,
+        ),
+        (
+            "http and connect",
+            r#"action in [TenantProxy::Action::"http", TenantProxy::Action::"connect"]"#,
+        ),
+        ("any action", "action"),
+    ] {
+        let dir = repo_policies_copy();
+        std::fs::write(
+            dir.path().join("tenants/globex/held-tunnel.cedar"),
+            format!(
+                "@id(\"globex-connect-needs-person\")\n@approval(\"required\")\npermit (principal in TenantProxy::Tenant::\"globex\", {scope}, resource)\n  when {{ resource == TenantProxy::Destination::\"pinned.example.com\" }};\n"
+            ),
+        )
+        .unwrap();
+        let (code, out) = policy_cli(&["policy", "check", path_str(dir.path())]);
+        assert_eq!(code, 1, "{name}: {out}");
+        assert!(
+            out.contains("globex-connect-needs-person") && out.contains("`@approval`"),
+            "{name}: {out}"
+        );
+    }
+}
+
 #[test]
 fn the_repo_policies_pass_their_own_tests() {
     let (code, out) = policy_cli(&[

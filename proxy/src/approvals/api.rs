@@ -112,13 +112,13 @@ impl ApprovalsApp {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
         // SECURITY: two `Authorization` headers are two approvers; none is picked (the rule
-        // of the proxy listeners' `Proxy-Authorization`).
+        // of the proxy listeners' `Proxy-Authorization`). The scheme is read in any case, as
+        // on every other listener.
         let bearer =
             crate::identity::sole_header(&req.headers, http::header::AUTHORIZATION).map(|value| {
                 value
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::trim)
+                    .and_then(crate::identity::bearer_token)
                     .map(String::from)
             });
         let (tenant, call) = route(&method, &path)?;

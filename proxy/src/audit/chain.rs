@@ -197,6 +197,7 @@ pub(crate) mod tests {
             settled: Some(crate::limits::Charge::default()),
             ceiling: Some("day"),
             stream_cut: true,
+            ended: Some("token_revoked"),
             tunnel: Some(TunnelFields {
                 id: "t-1".into(),
                 mode: "intercept",

@@ -158,6 +158,11 @@ pub struct AuditRecord {
     /// The response stream was ended early because a budget ran out.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stream_cut: bool,
+    /// Why the proxy ended a relay (an opaque tunnel, an upgraded connection) whose identity
+    /// was no longer accepted: `token_revoked`, `token_expired`, `certificate_lapsed`,
+    /// `identity_withdrawn` or `revocations_unavailable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<&'static str>,
     /// The `CONNECT` tunnel this record is, or that the request came through.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelFields>,
@@ -238,6 +243,7 @@ impl AuditRecord {
             settled: None,
             ceiling: None,
             stream_cut: false,
+            ended: None,
             tunnel: None,
             mcp: None,
             approval: None,
@@ -287,6 +293,7 @@ impl Fields for AuditRecord {
             settled,
             ceiling,
             stream_cut,
+            ended,
             tunnel,
             mcp,
             approval,
@@ -332,6 +339,9 @@ impl Fields for AuditRecord {
         }
         if *stream_cut {
             m.bool("stream_cut", true);
+        }
+        if let Some(ended) = ended {
+            m.str("ended", ended)?;
         }
         if let Some(tunnel) = tunnel {
             m.value("tunnel", tunnel)?;

@@ -18,6 +18,7 @@ pub(super) fn check(config: &Path) -> ExitCode {
                 s.admin_token_warning(),
                 snap.memory_limiter_warning(&s.limiter),
                 snap.mcp_session_key_warning(&s.limiter),
+                snap.revocation_file_warning(),
             ];
             let listeners = s.exposed_binding_warnings();
             for warning in warnings.into_iter().flatten().chain(listeners) {

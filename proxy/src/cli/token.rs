@@ -150,6 +150,9 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             if not_before.is_some_and(|nbf| nbf >= now_unix + ttl.as_secs()) {
                 anyhow::bail!("`--not-before` must be before the token expires (`--ttl`)");
             }
+            if jti.as_deref().is_some_and(|j| !token::valid_jti(j)) {
+                anyhow::bail!("`--jti`: {}", token::JTI_RULE);
+            }
             let req = MintRequest {
                 tenant: TenantId::new(&tenant)?,
                 workload: WorkloadId::new(&workload)?,
@@ -238,8 +241,9 @@ fn revoke(config: &std::path::Path, jti: &str, keep: &str) -> anyhow::Result<Exi
     use crate::limits::LimiterSettings;
     let keep: Duration =
         humantime::parse_duration(keep).with_context(|| format!("`{keep}` is not a duration"))?;
-    if jti.is_empty() {
-        anyhow::bail!("`--jti` is empty");
+    // No token with such an id is accepted, so revoking it would only look like it worked.
+    if !crate::identity::token::valid_jti(jti) {
+        anyhow::bail!("`--jti`: {}", crate::identity::token::JTI_RULE);
     }
     let static_config =
         crate::config::StaticConfig::load(config).map_err(crate::app::problems_error)?;

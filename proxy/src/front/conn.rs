@@ -13,6 +13,10 @@
 //! Once a request's bytes are all released, a read only looks for the client closing (what
 //! pingora's idle read during a response is for): bytes that arrive are kept for the next head
 //! (up to the head cap), an end of stream is passed on, and otherwise the read waits.
+//!
+//! A connection can be given an end ([`FrontConn::end_when`]): once it comes, every read and
+//! write fails, so whoever serves the connection (pingora relaying an upgraded connection's
+//! bytes) ends as if the client had gone.
 
 use std::future::Future;
 use std::io;
@@ -105,8 +109,16 @@ pub struct FrontConn<C> {
     body_deadline: Option<Pin<Box<Sleep>>>,
     /// Written by pingora, not yet sent (see [`WRITE_BUFFER`]).
     pending: BytesMut,
+    /// Ends the connection when ready (see [`Self::end_when`]). A `Mutex` only to be set through
+    /// `&self` and to be `Sync`, as pingora's streams must be; polled through `&mut self`.
+    end: std::sync::Mutex<Option<EndSignal>>,
+    /// The end came: every read and write fails.
+    ended: bool,
     context: C,
 }
+
+/// What ends a connection (see [`FrontConn::end_when`]).
+pub type EndSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 // Nothing of `C` is ever pinned: the context is only read through `&self`.
 impl<C> Unpin for FrontConn<C> {}
@@ -139,8 +151,38 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
             limits,
             body_deadline: None,
             pending: BytesMut::new(),
+            end: std::sync::Mutex::new(None),
+            ended: false,
             context,
         }
+    }
+
+    /// Ends the connection once `end` completes: from then on every read and write fails (with
+    /// `ConnectionAborted`), which wakes whoever waits on it. A later call replaces the end.
+    pub fn end_when(&self, end: EndSignal) {
+        let mut slot = self
+            .end
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = Some(end);
+    }
+
+    /// Whether the end came; registers `cx` to be woken when it does.
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.ended {
+            return true;
+        }
+        let slot = self
+            .end
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(end) = slot.as_mut() {
+            if end.as_mut().poll(cx).is_ready() {
+                *slot = None;
+                self.ended = true;
+            }
+        }
+        self.ended
     }
 
     /// What the application attached to this connection.
@@ -367,6 +409,9 @@ impl<C: Send + Sync + 'static> AsyncRead for FrontConn<C> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.poll_ended(cx) {
+            return Poll::Ready(Err(ended_error()));
+        }
         loop {
             this.classify();
             if this.releasable > 0 {
@@ -429,6 +474,14 @@ impl<C: Send + Sync + 'static> AsyncRead for FrontConn<C> {
     }
 }
 
+/// The error every read and write of an ended connection gets.
+fn ended_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the connection was ended by the proxy",
+    )
+}
+
 impl<C> FrontConn<C> {
     /// Sends what [`Self::pending`] holds to the client.
     fn poll_send_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -451,6 +504,9 @@ impl<C: Send + Sync + 'static> AsyncWrite for FrontConn<C> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.poll_ended(cx) {
+            return Poll::Ready(Err(ended_error()));
+        }
         if this.pending.len() + buf.len() <= WRITE_BUFFER {
             this.pending.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
@@ -467,6 +523,9 @@ impl<C: Send + Sync + 'static> AsyncWrite for FrontConn<C> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.poll_ended(cx) {
+            return Poll::Ready(Err(ended_error()));
+        }
         if let Err(e) = ready!(self.poll_send_pending(cx)) {
             return Poll::Ready(Err(e));
         }
@@ -487,6 +546,9 @@ impl<C: Send + Sync + 'static> AsyncWrite for FrontConn<C> {
     ) -> Poll<io::Result<usize>> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let this = &mut *self;
+        if this.poll_ended(cx) {
+            return Poll::Ready(Err(ended_error()));
+        }
         if this.pending.len() + total <= WRITE_BUFFER {
             for b in bufs {
                 this.pending.extend_from_slice(b);
@@ -559,6 +621,50 @@ mod tests {
                 Ok(Err(e)) => return Err(e),
             }
         }
+    }
+
+    /// An upgraded connection given an end: a read parked on it is woken and fails when the end
+    /// comes, and every later read and write fails too, bytes waiting included.
+    #[tokio::test]
+    async fn an_end_wakes_a_parked_read_and_fails_every_later_read_and_write() {
+        let (mut c, mut client) = conn(LIMITS);
+        client
+            .write_all(
+                b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        c.next_head(Duration::from_secs(1)).await.unwrap().unwrap();
+        released(&mut c).await.unwrap();
+        assert!(c.upgraded());
+        let (end, ended) = tokio::sync::oneshot::channel::<()>();
+        c.end_when(Box::pin(async move {
+            let _ = ended.await;
+        }));
+        // Before the end, the upgraded bytes pass.
+        client.write_all(b"frame-1").await.unwrap();
+        let mut got = [0u8; 7];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"frame-1");
+        c.write_all(b"pong").await.unwrap();
+        c.flush().await.unwrap();
+        // Parked on a read nothing answers: the end wakes it.
+        let parked = tokio::spawn(async move {
+            let mut one = [0u8; 1];
+            let read = c.read(&mut one).await;
+            (c, read)
+        });
+        tokio::task::yield_now().await;
+        end.send(()).unwrap();
+        let (mut c, read) = tokio::time::timeout(Duration::from_secs(5), parked)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::ConnectionAborted);
+        client.write_all(b"frame-2").await.unwrap();
+        assert!(c.read(&mut got).await.is_err());
+        assert!(c.write_all(b"late").await.is_err());
+        assert!(c.flush().await.is_err());
     }
 
     #[tokio::test]

@@ -142,6 +142,16 @@ pub fn sole_header(
     }
 }
 
+/// The token of an `Authorization`-style header value in the `Bearer` scheme (RFC 6750); none
+/// for another scheme or an empty token. The scheme is matched in any case (RFC 9110 §11.1:
+/// `bearer`, `BEARER` are `Bearer`), as the proxy listeners match `Proxy-Authorization`'s: every
+/// listener that reads a bearer token (the admin port, the approvals API) reads it here.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// A verified identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedIdentity {
@@ -380,6 +390,24 @@ mod tests {
             let got = sole_header(&headers, AUTHORIZATION)
                 .map(|v| v.map(|v| v.to_str().unwrap_or("<binary>")));
             assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for (name, value, want) in [
+            ("canonical", "Bearer abc", Some("abc")),
+            ("lower", "bearer abc", Some("abc")),
+            ("upper", "BEARER abc", Some("abc")),
+            ("mixed, spaces around", "  bEaReR   abc  ", Some("abc")),
+            ("a tab", "Bearer\tabc", Some("abc")),
+            ("no token", "Bearer", None),
+            ("an empty token", "Bearer   ", None),
+            ("another scheme", "Basic abc", None),
+            ("a prefix of the scheme", "Bear abc", None),
+            ("no scheme", "abc", None),
+        ] {
+            assert_eq!(bearer_token(value), want, "{name}");
         }
     }
 

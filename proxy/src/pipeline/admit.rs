@@ -164,6 +164,9 @@ pub enum Ask<'a> {
 pub struct Admitted {
     /// Who asked.
     pub tenant: Arc<TenantContext>,
+    /// The identity it was admitted with (a tunnel's, for a request inside one): what a
+    /// relay it becomes is judged again by ([`super::lapse`]).
+    pub identity: ResolvedIdentity,
     /// The configuration it was admitted under (every later phase uses the same one).
     pub snapshot: Arc<Snapshot>,
     /// The proof `upstream_peer` requires.
@@ -294,6 +297,13 @@ pub trait Effects: Send + Sync {
         ask: HoldAsk<'_>,
         session: Option<&mut Session>,
     ) -> Result<Granted, HoldEnd>;
+    /// Judges `who` again, as a fresh request presenting the same credential would be judged
+    /// now (see [`super::lapse::judge`]): after a hold, whose wait may have outlasted the token,
+    /// or seen it revoked, its key pulled or its workload removed.
+    fn still_accepted(&self, who: &ResolvedIdentity) -> Result<(), Deny>;
+    /// The configuration now, when it is another than `admitted` (a reload since): what a
+    /// request that waited is decided again under. `None` when it is the same.
+    fn reloaded_since(&self, admitted: &Snapshot) -> Option<Arc<Snapshot>>;
     /// Unix second now (a described request says when it arrives).
     fn now(&self) -> i64 {
         unix_now_i64()
@@ -368,7 +378,7 @@ pub async fn admit(
     fx.sight_run(&tenant, snapshot.token_leeway()).await?;
     match ask {
         Ask::Http { source, tunnel } => {
-            admit_http(fx, snapshot, tenant, source, tunnel, trail, observer).await
+            admit_http(fx, snapshot, tenant, &who, source, tunnel, trail, observer).await
         }
         Ask::Connect {
             host,
@@ -483,10 +493,12 @@ fn tunnel_identity(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn admit_http(
     fx: &dyn Effects,
     snapshot: Arc<Snapshot>,
     tenant: Arc<TenantContext>,
+    who: &ResolvedIdentity,
     mut source: BodySource<'_>,
     tunnel: Option<&Tunnel>,
     trail: &mut Trail,
@@ -731,9 +743,36 @@ async fn admit_http(
             let held = fx.hold(ask, session).await;
             trail.approval = Some(approval_fields(&need, &held));
             held.map_err(deny_for_hold)?;
+            // SECURITY: the wait (up to a day) may have outlasted what admitted the request: its
+            // token expired or was revoked, its key pulled, its workload removed. It is judged
+            // again as a fresh request would be before any secret is put into it.
+            fx.still_accepted(who)?;
+            // A reload during the wait: the request is decided again under the configuration
+            // now (its `http` question, and every credential use with the credentials now),
+            // so a permit withdrawn, a forbid added or a credential pulled meanwhile holds.
+            let now = fx.reloaded_since(&snapshot);
+            let asking_now = now.as_deref().map(|now| {
+                Asking::new(
+                    now,
+                    &tenant,
+                    &destination,
+                    &method,
+                    trail.model.as_deref(),
+                    fx.now(),
+                )
+            });
+            if let Some(asking_now) = &asking_now {
+                let decision = http_decision(asking_now, &trail.other_models, fx.now());
+                if !decision.allowed {
+                    let refusal = PolicyRefusal::of(&decision);
+                    trail.decision = Some(decision);
+                    return Err(Deny::PolicyDenied(refusal));
+                }
+            }
             let header = source.header();
             let named = &mut trail.credentials;
-            decide_credentials(fx, &asking, header, &grant, named, observer).await?
+            let asking = asking_now.as_ref().unwrap_or(&asking);
+            decide_credentials(fx, asking, header, &grant, named, observer).await?
         }
     };
     substitute(applied, &mut grant, trail, &tenant);
@@ -759,6 +798,7 @@ async fn admit_http(
     // Every check passed: only now does the request carry proof of authorization.
     Ok(Admitted {
         tenant,
+        identity: who.clone(),
         snapshot,
         permit: Permit {
             destination,
@@ -766,6 +806,31 @@ async fn admit_http(
         },
         grant: Grant::Http(grant),
     })
+}
+
+/// A held request's `http` decision as `asking` puts it (under the configuration of a reload
+/// during its wait): its model's, and every other model it names decided as its model is, as at
+/// admission.
+fn http_decision(asking: &Asking<'_>, other_models: &[String], now: i64) -> Decision {
+    let (decision, _) = asking.http();
+    if !decision.allowed {
+        return decision;
+    }
+    for other in other_models {
+        let (d, _) = Asking::new(
+            asking.snapshot,
+            asking.tenant,
+            asking.destination,
+            asking.method,
+            Some(other),
+            now,
+        )
+        .http();
+        if !d.allowed {
+            return d;
+        }
+    }
+    decision
 }
 
 /// Watches the `use_credential` questions for the permits that allowed them (an approval may
@@ -1153,6 +1218,7 @@ async fn admit_connect(
         let slot = fx.open_tunnel(&tenant.tenant, tunnel_cap(config, &snapshot, &tenant))?;
         return Ok(Admitted {
             tenant,
+            identity: who.clone(),
             snapshot,
             permit: Permit {
                 destination: tunnel_destination(Scheme::Http, host, port),
@@ -1225,6 +1291,7 @@ async fn admit_connect(
     trail.tunnel_mode = Some(mode);
     Ok(Admitted {
         tenant,
+        identity: who.clone(),
         snapshot,
         permit: Permit {
             destination: tunnel_destination(Scheme::Https, host, port),
@@ -1417,6 +1484,15 @@ impl Effects for DecideOnly<'_> {
             hold_id: String::new(),
             approver: None,
         })
+    }
+
+    fn still_accepted(&self, _: &ResolvedIdentity) -> Result<(), Deny> {
+        // Explain holds nothing, so nothing waits: the identity was judged a moment ago.
+        Ok(())
+    }
+
+    fn reloaded_since(&self, _: &Snapshot) -> Option<Arc<Snapshot>> {
+        None
     }
 
     fn now(&self) -> i64 {

@@ -2,9 +2,10 @@
 //! [`Admitted`] value the chain hands over (absent until every check passed, so a phase that
 //! needs it and finds none refuses), and the response's stages.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::admit::{Admitted, Grant, HttpGrant};
+use super::lapse::Lapse;
 use super::record::Trail;
 use super::respond::Stages;
 
@@ -23,6 +24,9 @@ pub struct RequestCtx {
     /// The held body was handed to the current upstream attempt (see
     /// `TenantProxy::request_body_filter`).
     pub body_handed: bool,
+    /// For an upgrade request, where its relay's end is noted when its identity lapsed (see
+    /// [`super::lapse`]).
+    pub lapse: Option<Arc<OnceLock<Lapse>>>,
 }
 
 impl RequestCtx {
@@ -34,7 +38,19 @@ impl RequestCtx {
             stages: Stages::default(),
             cut_event: None,
             body_handed: false,
+            lapse: None,
         }
+    }
+
+    /// Whether the proxy ended this request's relay because its identity lapsed; if so the
+    /// trail records it so (the refusal, and why), whatever else ended the exchange.
+    pub fn note_lapse(&mut self) -> bool {
+        let Some(lapse) = self.lapse.as_ref().and_then(|l| l.get()) else {
+            return false;
+        };
+        self.trail.ended = Some(lapse.ended);
+        self.trail.refuse(lapse.deny.clone());
+        true
     }
 
     /// The admitted request and its HTTP grant, when the chain admitted it.

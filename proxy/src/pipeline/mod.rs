@@ -12,6 +12,10 @@
 //! | `fail_to_proxy` | a cut stream ends with its event; an upstream failure becomes its refusal |
 //! | `logging` | settles limits, then [`record::Trail::finish_request`]: record, metrics, log line (a request cut at shutdown comes here too, as `shutdown`: see [`crate::drain`]) |
 //!
+//! An upgrade request (a WebSocket) becomes a relay with no later request to judge: once
+//! admitted, its connection ends when its identity is no longer accepted ([`lapse`]), and its
+//! record says why.
+//!
 //! `CONNECT` tunnels (the tunnel module) and `tenant-proxy policy explain` ([`explain`]) go
 //! through the same [`admit::admit`].
 
@@ -21,6 +25,7 @@ pub mod conn;
 pub mod ctx;
 pub mod decide;
 pub mod explain;
+pub mod lapse;
 pub mod record;
 pub mod respond;
 mod span;
@@ -159,6 +164,18 @@ impl Effects for Shared {
             }),
             None => Ok(false),
         }
+    }
+
+    fn still_accepted(&self, who: &crate::identity::ResolvedIdentity) -> Result<(), Deny> {
+        lapse::judge_now(self, who).map_err(|lapse| lapse.deny)
+    }
+
+    fn reloaded_since(
+        &self,
+        admitted: &crate::snapshot::Snapshot,
+    ) -> Option<Arc<crate::snapshot::Snapshot>> {
+        let now = self.snapshot.load();
+        (now.generation != admitted.generation).then_some(now)
     }
 
     async fn read_body(
@@ -405,6 +422,28 @@ impl TenantProxy {
         Ok(())
     }
 
+    /// An admitted upgrade request (a WebSocket) relays bytes for as long as both sides keep it
+    /// open, with no request to judge again: its connection ends once its identity is no longer
+    /// accepted ([`lapse::watch`]), and the request's record says why (see `logging`).
+    ///
+    /// SECURITY: otherwise a revoked or expired token, a pulled key, a removed workload would
+    /// keep an open WebSocket relaying while every fresh request with it is refused.
+    fn watch_upgrade(&self, session: &Session, ctx: &mut RequestCtx) {
+        if !session.is_upgrade_req() {
+            return;
+        }
+        let (Some(conn), Some(admitted)) = (front_conn(session), ctx.admitted.as_ref()) else {
+            return;
+        };
+        let seen = Arc::new(std::sync::OnceLock::new());
+        let watch = lapse::watch(self.shared.clone(), admitted.identity.clone());
+        let noted = seen.clone();
+        conn.end_when(Box::pin(async move {
+            let _ = noted.set(watch.await);
+        }));
+        ctx.lapse = Some(seen);
+    }
+
     /// Writes the JSON refusal. The connection stays open when the request had no body or its
     /// body was read whole (a refused agent retries on it; reconnecting for every refusal would
     /// make a noisy neighbour cost everyone more). Otherwise it is closed, rather than drained:
@@ -600,7 +639,10 @@ impl ProxyHttp for TenantProxy {
         ctx: &mut Self::CTX,
     ) -> pingora::Result<bool> {
         match self.admit(session, ctx).await {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                self.watch_upgrade(session, ctx);
+                Ok(false)
+            }
             Err(deny) => {
                 self.refuse(session, ctx, deny).await?;
                 Ok(true)
@@ -862,6 +904,13 @@ impl ProxyHttp for TenantProxy {
                 can_reuse_downstream: false,
             };
         }
+        if ctx.note_lapse() {
+            // The proxy ended the relay: nobody to answer (its connection is ended).
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let deny = match &ctx.trail.outcome {
             Outcome::Refused(d) => Some(d.clone()),
             _ => deny_for_error(
@@ -900,6 +949,7 @@ impl ProxyHttp for TenantProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        ctx.note_lapse();
         if ctx.trail.outcome == Outcome::Pending {
             // SECURITY: only a forward whose upstream answer arrived is recorded as allowed; a
             // request that ended any other way after admission is recorded with what ended it,

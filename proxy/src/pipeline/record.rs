@@ -121,6 +121,8 @@ pub struct Trail {
     pub upstream_status: Option<http::StatusCode>,
     /// The approval hold the request went through (or would have, for a shadow rule).
     pub approval: Option<crate::audit::ApprovalFields>,
+    /// Why the proxy ended this relay (an opaque tunnel, an upgraded connection), when it did.
+    pub ended: Option<super::lapse::Ended>,
     /// The outcome.
     pub outcome: Outcome,
 }
@@ -156,6 +158,7 @@ impl Trail {
             upstream: (None, None),
             upstream_status: None,
             approval: None,
+            ended: None,
             outcome: Outcome::Pending,
         }
     }
@@ -344,6 +347,7 @@ impl Trail {
             settled: self.settled,
             ceiling,
             stream_cut,
+            ended: self.ended.map(super::lapse::Ended::as_str),
             tunnel: self.tunnel.as_ref().map(|id| TunnelFields {
                 id: id.to_string(),
                 mode: self.tunnel_mode.unwrap_or(TunnelMode::Intercept).as_str(),
@@ -411,6 +415,7 @@ impl Trail {
             tunnel,
             bytes_in,
             bytes_out,
+            ended: self.ended.map(super::lapse::Ended::as_str),
             ..base
         });
     }

@@ -105,6 +105,8 @@ struct Recording<'a> {
     config: &'a StaticConfig,
     calls: Mutex<Vec<&'static str>>,
     fail_at: Option<&'static str>,
+    /// The configuration a reload brought while a request was held, if one did.
+    reloaded: Option<Arc<Snapshot>>,
 }
 
 impl<'a> Recording<'a> {
@@ -113,6 +115,7 @@ impl<'a> Recording<'a> {
             config,
             calls: Mutex::new(Vec::new()),
             fail_at,
+            reloaded: None,
         }
     }
 
@@ -213,6 +216,17 @@ impl Effects for Recording<'_> {
             hold_id: "h1".into(),
             approver: Some("alice".into()),
         })
+    }
+    fn still_accepted(&self, _: &ResolvedIdentity) -> Result<(), Deny> {
+        self.step(
+            "rejudge",
+            Deny::IdentityInvalid("the token has been revoked".into()),
+        )
+    }
+    fn reloaded_since(&self, admitted: &Snapshot) -> Option<Arc<Snapshot>> {
+        self.reloaded
+            .clone()
+            .filter(|now| now.generation != admitted.generation)
     }
 }
 
@@ -415,14 +429,22 @@ async fn an_unknown_credential_is_refused_after_policy_and_egress_but_before_lim
 
 #[tokio::test]
 async fn a_marked_permit_holds_after_every_other_check_and_before_the_ceilings() {
-    let (_dir, config, snapshot) = configured();
+    let (dir, config, snapshot) = configured();
     let header = request("POST", "http://api.ok.test/held/pay", &[]);
     let fx = Recording::new(&config, None);
     let (code, trail) = http(&fx, &snapshot, &header, None).await;
     assert_eq!(code, "allowed");
     assert_eq!(
         fx.calls(),
-        ["audit", "partition", "run", "egress", "hold", "limits"]
+        [
+            "audit",
+            "partition",
+            "run",
+            "egress",
+            "hold",
+            "rejudge",
+            "limits"
+        ]
     );
     let approval = trail.approval.expect("recorded");
     assert_eq!(
@@ -433,6 +455,29 @@ async fn a_marked_permit_holds_after_every_other_check_and_before_the_ceilings()
         ),
         (Some("h1"), "granted", Some("alice"))
     );
+
+    // Approved, but the identity lapsed during the wait (revoked, expired, its key pulled):
+    // refused as a fresh request would be, nothing substituted, no allowance reserved.
+    let fx = Recording::new(&config, Some("rejudge"));
+    let (code, trail) = http(&fx, &snapshot, &header, None).await;
+    assert_eq!(code, "identity_invalid");
+    assert!(!fx.calls().contains(&"limits"), "{:?}", fx.calls());
+    assert!(trail.credentials.is_empty(), "{:?}", trail.credentials);
+    assert_eq!(trail.approval.map(|a| a.outcome), Some("granted"));
+
+    // Approved, but a reload during the wait forbids it now: refused by the policy now.
+    std::fs::write(
+        dir.path().join("policies/global/later.cedar"),
+        "@id(\"paying-stopped\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource)\nwhen { context.path like \"/held/pay*\" };\n",
+    )
+    .unwrap();
+    let mut fx = Recording::new(&config, None);
+    fx.reloaded = Some(Arc::new(Snapshot::load(&config).unwrap()));
+    let (code, trail) = http(&fx, &snapshot, &header, None).await;
+    assert_eq!(code, "policy_denied");
+    assert!(!fx.calls().contains(&"limits"), "{:?}", fx.calls());
+    let decision = trail.decision.expect("decided");
+    assert_eq!(decision.policy_ids, ["paying-stopped"]);
 
     // Denied: refused with the approver's reason, no allowance reserved.
     let fx = Recording::new(&config, Some("hold"));

@@ -13,11 +13,25 @@
 //! A marked permit that is among the policies allowing a question (`http`, `mcp_tool_call`,
 //! `mcp_resource`, `mcp_prompt`, `use_credential`) makes the request wait for a person of its
 //! tenant. Only a permit can be marked: an approval can turn an allow into a hold, never a deny
-//! into an allow, and a `forbid` that applies still refuses at once.
+//! into an allow, and a `forbid` that applies still refuses at once. And only a permit whose
+//! scope names those actions alone ([`HELD_ACTIONS`]): a tunnel (`connect`, `connect_opaque`) is
+//! never held, so a mark that would also apply to one is a load error, not a hold that silently
+//! never happens.
 
 use std::time::Duration;
 
-use cedar_policy::{Effect, Policy};
+use cedar_policy::{ActionConstraint, Effect, Policy};
+
+/// The actions a request is held on when a marked permit allows them: the questions the
+/// admission chain asks of every HTTP request (its `http` question, its MCP items, its credential
+/// uses) before it goes out. A marked permit's scope must name its actions among these.
+pub const HELD_ACTIONS: [&str; 5] = [
+    "http",
+    "mcp_tool_call",
+    "mcp_resource",
+    "mcp_prompt",
+    "use_credential",
+];
 
 /// How the agent learns the outcome of a hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +88,7 @@ impl ApprovalRule {
         if policy.effect() != Effect::Permit {
             return Err("`@approval` is only allowed on a `permit` policy".into());
         }
+        held_actions_only(policy)?;
         let shadow = match approval {
             "required" => false,
             "shadow" => true,
@@ -128,6 +143,53 @@ impl ApprovalRule {
             mode,
         }))
     }
+}
+
+/// Whether every action `policy`'s scope can match is one a request is held on.
+///
+/// SECURITY: a tunnel is decided before any request inside it exists, and an opaque tunnel's
+/// requests are never seen, so nothing holds a `connect` or `connect_opaque`: a mark on a
+/// permit that allows one (named, or through a scope with no action constraint) would be
+/// ignored there, the tunnel opened with no person asked. Such a policy is refused at load
+/// instead (as a marked `forbid` is), naming what to mark instead.
+fn held_actions_only(policy: &Policy) -> Result<(), String> {
+    let named = match policy.action_constraint() {
+        ActionConstraint::Any => {
+            return Err(format!(
+                "`@approval` needs the policy's scope to name its actions (`action == TenantProxy::Action::\"http\"`, or `action in [...]`) among {}: with any action it would also permit tunnels (`connect`, `connect_opaque`), which are never held",
+                held_list()
+            ))
+        }
+        ActionConstraint::Eq(action) => vec![action],
+        ActionConstraint::In(actions) => actions,
+    };
+    for action in named {
+        let name = action.id().unescaped();
+        let ours = action.type_name().to_string() == "TenantProxy::Action";
+        if ours && HELD_ACTIONS.contains(&name) {
+            continue;
+        }
+        return Err(if ours && matches!(name, "connect" | "connect_opaque") {
+            format!(
+                "`@approval` on a `{name}` permit: a tunnel is never held for approval (it opens before any request inside it is seen, and an opaque tunnel's never are); mark the `http` permits of the requests an intercepted tunnel carries instead"
+            )
+        } else {
+            format!(
+                "`@approval` on a permit for `{action}`: only {} are held for approval",
+                held_list()
+            )
+        });
+    }
+    Ok(())
+}
+
+/// The held actions, for messages.
+fn held_list() -> String {
+    HELD_ACTIONS
+        .iter()
+        .map(|a| format!("`{a}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn valid_group(g: &str) -> bool {
@@ -201,7 +263,7 @@ mod tests {
     fn annotations_read_and_refused() {
         let ok = rule(
             r#"@approval("required") @approval_timeout("10m") @approvers("finance, ops") @approval_mode("poll")
-               permit (principal, action, resource);"#,
+               permit (principal, action == TenantProxy::Action::"http", resource);"#,
         )
         .expect("valid")
         .expect("marked");
@@ -223,7 +285,7 @@ mod tests {
             ),
             (
                 "unknown value",
-                r#"@approval("maybe") permit (principal, action, resource);"#,
+                r#"@approval("maybe") permit (principal, action == TenantProxy::Action::"http", resource);"#,
                 "`required` or `shadow`",
             ),
             (
@@ -233,27 +295,57 @@ mod tests {
             ),
             (
                 "bad duration",
-                r#"@approval("required") @approval_timeout("soon") permit (principal, action, resource);"#,
+                r#"@approval("required") @approval_timeout("soon") permit (principal, action == TenantProxy::Action::"http", resource);"#,
                 "not a duration",
             ),
             (
                 "too long",
-                r#"@approval("required") @approval_timeout("2d") permit (principal, action, resource);"#,
+                r#"@approval("required") @approval_timeout("2d") permit (principal, action == TenantProxy::Action::"http", resource);"#,
                 "between 1s and 24h",
             ),
             (
                 "bad group",
-                r#"@approval("required") @approvers("a b") permit (principal, action, resource);"#,
+                r#"@approval("required") @approvers("a b") permit (principal, action == TenantProxy::Action::"http", resource);"#,
                 "name groups",
             ),
             (
                 "empty group",
-                r#"@approval("required") @approvers("a,") permit (principal, action, resource);"#,
+                r#"@approval("required") @approvers("a,") permit (principal, action == TenantProxy::Action::"http", resource);"#,
                 "name groups",
             ),
             (
+                "on a connect permit",
+                r#"@approval("required") permit (principal, action == TenantProxy::Action::"connect", resource);"#,
+                "a tunnel is never held",
+            ),
+            (
+                "on a connect_opaque permit",
+                r#"@approval("required") permit (principal, action == TenantProxy::Action::"connect_opaque", resource);"#,
+                "a tunnel is never held",
+            ),
+            (
+                "a shadow mark on a connect permit",
+                r#"@approval("shadow") permit (principal, action == TenantProxy::Action::"connect", resource);"#,
+                "a tunnel is never held",
+            ),
+            (
+                "connect among the actions",
+                r#"@approval("required") permit (principal, action in [TenantProxy::Action::"http", TenantProxy::Action::"connect"], resource);"#,
+                "`connect` permit",
+            ),
+            (
+                "any action",
+                r#"@approval("required") permit (principal, action, resource);"#,
+                "needs the policy's scope to name its actions",
+            ),
+            (
+                "an action of another namespace",
+                r#"@approval("required") permit (principal, action == Other::Action::"http", resource);"#,
+                "only `http`, `mcp_tool_call`",
+            ),
+            (
                 "bad mode",
-                r#"@approval("required") @approval_mode("later") permit (principal, action, resource);"#,
+                r#"@approval("required") @approval_mode("later") permit (principal, action == TenantProxy::Action::"http", resource);"#,
                 "`wait` or `poll`",
             ),
         ];
@@ -261,6 +353,14 @@ mod tests {
             let err = rule(text).expect_err(name);
             assert!(err.contains(want), "{name}: {err}");
         }
+        for held in HELD_ACTIONS {
+            let text = format!(
+                r#"@approval("required") permit (principal, action == TenantProxy::Action::"{held}", resource);"#
+            );
+            assert!(matches!(rule(&text), Ok(Some(_))), "{held}");
+        }
+        let several = r#"@approval("required") permit (principal, action in [TenantProxy::Action::"http", TenantProxy::Action::"use_credential"], resource);"#;
+        assert!(matches!(rule(several), Ok(Some(_))));
     }
 
     #[test]

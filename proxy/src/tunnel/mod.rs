@@ -11,7 +11,8 @@
 //!     each request inside runs the full pipeline under the tunnel's identity (carried on the
 //!     TLS connection itself as a [`Tunnel`], so no request can present another);
 //!   - **opaque** (policy opt-in, e.g. certificate-pinned clients): bytes are relayed to the
-//!     checked address, counted, and audited when the tunnel closes.
+//!     checked address, counted, and audited when the tunnel closes; the tunnel ends once its
+//!     identity is no longer accepted (`crate::pipeline::lapse`).
 //!
 //!   An intercepted tunnel whose client does not open with a TLS ClientHello is served as plain
 //!   HTTP/1.1 instead (what undici's `ProxyAgent` sends for `http://` URLs), each request
@@ -52,6 +53,7 @@ use crate::metrics::METRICS;
 use crate::pipeline::admit::{self, Admitted, Ask, Caller, Grant, TunnelGrant};
 use crate::pipeline::caps::TenantSlot;
 use crate::pipeline::conn::{Conn, ConnFacts, Tunnel};
+use crate::pipeline::lapse;
 use crate::pipeline::record::{write_refusal, Outcome, Trail, TunnelMode};
 use crate::pipeline::{Shared, TenantProxy, PLAIN_KEEPALIVE_SECS};
 use crate::target::Scheme;
@@ -351,13 +353,20 @@ impl EgressApp {
         trail.outcome = Outcome::Forwarded;
         if let Some(upstream) = upstream {
             let idle = self.shared.config.egress.tunnel_idle_timeout;
-            let relayed = opaque::relay(stream, upstream, early, idle).await;
+            // SECURITY: an opaque tunnel carries no request to judge again, so it is watched
+            // instead: it ends once its identity would no longer be accepted (revoked, expired,
+            // its key pulled, its workload removed), not when its client pleases.
+            let lapse = Box::pin(lapse::watch(self.shared.clone(), identity));
+            let (relayed, lapsed) = opaque::relay(stream, upstream, early, idle, lapse).await;
             let (up, down) = (relayed.up, relayed.down);
             trail.bytes_in = up;
             trail.bytes_out = down;
-            // Ended by the proxy's drain, not by either side: recorded as such, as the HTTP
-            // requests cut then are.
-            if relayed.client_failed && self.shared.drain.is_cut() {
+            if let Some(lapse) = lapsed {
+                trail.ended = Some(lapse.ended);
+                trail.refuse(lapse.deny);
+            } else if relayed.client_failed && self.shared.drain.is_cut() {
+                // Ended by the proxy's drain, not by either side: recorded as such, as the
+                // HTTP requests cut then are.
                 trail.refuse(Deny::Shutdown);
             }
             let tenant = trail.tenant_label().to_string();

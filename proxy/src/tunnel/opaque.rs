@@ -1,7 +1,9 @@
 //! Opaque tunnels: bytes relayed both ways to the address the egress guard checked, counted,
-//! and closed after an idle period. Half-closes are passed on, so request/response protocols
-//! that signal the end of a request with EOF still work.
+//! and closed after an idle period, or when the proxy ends them (their identity no longer
+//! accepted). Half-closes are passed on, so request/response protocols that signal the end of
+//! a request with EOF still work.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,20 +24,23 @@ pub struct Relayed {
     pub client_failed: bool,
 }
 
-/// Relays until both sides are done or nothing moves for `idle`.
-pub async fn relay(
+/// Relays until both sides are done, nothing moves for `idle`, or `end` completes (then both
+/// connections are closed, whatever was in flight, and `end`'s value is returned).
+pub async fn relay<E: Future + Unpin>(
     mut client: Stream,
     mut upstream: TcpStream,
     early: Bytes,
     idle: Duration,
-) -> Relayed {
+    mut end: E,
+) -> (Relayed, Option<E::Output>) {
     let (mut up, mut down) = (0u64, 0u64);
     if !early.is_empty() {
         if upstream.write_all(&early).await.is_err() {
-            return Relayed::default();
+            return (Relayed::default(), None);
         }
         up += early.len() as u64;
     }
+    let mut ended = None;
     let mut client_failed = false;
     let mut from_client = vec![0u8; BUF];
     let mut from_upstream = vec![0u8; BUF];
@@ -77,11 +82,16 @@ pub async fn relay(
                 }
             },
             _ = tokio::time::sleep(idle) => break,
+            why = &mut end => {
+                ended = Some(why);
+                break;
+            }
         }
     }
-    Relayed {
+    let relayed = Relayed {
         up,
         down,
         client_failed,
-    }
+    };
+    (relayed, ended)
 }

@@ -207,7 +207,7 @@ pub fn mint(private_pem: &str, req: &MintRequest) -> Result<String, MintError> {
     if !req.scopes.iter().all(|s| valid_scope(s)) {
         return Err(MintError::InvalidRequest("scopes"));
     }
-    if req.jti.as_deref().is_some_and(str::is_empty) {
+    if req.jti.as_deref().is_some_and(|j| !super::valid_jti(j)) {
         return Err(MintError::InvalidRequest("jti"));
     }
     let exp = req

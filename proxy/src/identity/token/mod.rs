@@ -66,6 +66,61 @@ pub enum Initiator {
     Service,
 }
 
+/// Whether `jti` is a token id this proxy accepts (in a token it verifies or mints, and in
+/// `token revoke`): one a line of `[token] revoked_jtis_file` names exactly. That file cuts each
+/// line at its first `#` (the rest is a comment) and trims it, so an id holding a `#`, or
+/// whitespace at either end, could not be revoked there, and its line would revoke another id
+/// (`batch#7` revokes `batch`). So an id is refused when it is empty or holds a `#`, whitespace
+/// or a control character (UUIDs, hex, base64url and the ids identity providers issue hold none).
+pub fn valid_jti(jti: &str) -> bool {
+    !jti.is_empty()
+        && jti
+            .chars()
+            .all(|c| c != '#' && !c.is_whitespace() && !c.is_control())
+}
+
+/// The token ids a `revoked_jtis_file` holding `text` revokes: one per line, each line cut at its
+/// first `#` (the rest is a comment) and trimmed; blank lines name none.
+pub fn revocation_ids(text: &str) -> std::collections::HashSet<String> {
+    text.lines()
+        .map(|l| revocation_line(l).0)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The token id a line of `revoked_jtis_file` names (empty for none), and whether the line has
+/// a comment: the line is cut at its first `#` and trimmed. Token ids never hold a `#` or
+/// whitespace ([`valid_jti`]), so every id the proxy accepts is named
+/// by a line holding exactly it.
+pub fn revocation_line(line: &str) -> (&str, bool) {
+    match line.split_once('#') {
+        Some((id, _)) => (id.trim(), true),
+        None => (line.trim(), false),
+    }
+}
+
+/// The lines of a `revoked_jtis_file` holding `text` that do not revoke the id they seem to
+/// name, as `line N: `…``: a `#` right after an id (`batch#7` revokes `batch`: a comment starts
+/// a line or follows whitespace), or an id no token can have (whitespace inside).
+pub fn misleading_revocation_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let (id, _) = revocation_line(line);
+            let before_hash = line.split_once('#').map(|(before, _)| before);
+            let glued = !id.is_empty()
+                && before_hash.is_some_and(|before| !before.ends_with(char::is_whitespace));
+            let unnamable = !id.is_empty() && !valid_jti(id);
+            (glued || unnamable).then(|| format!("line {}: `{}`", i + 1, line.trim()))
+        })
+        .collect()
+}
+
+/// What a token id may not hold, for messages that refuse one.
+pub const JTI_RULE: &str =
+    "a token id (`jti`) may not be empty or hold `#`, whitespace or control characters (a `revoked_jtis_file` line could not name it)";
+
 /// An OAuth scope token (RFC 6749 section 3.3): printable ASCII except space, `"` and `\`.
 fn valid_scope(s: &str) -> bool {
     !s.is_empty()

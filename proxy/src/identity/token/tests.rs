@@ -332,6 +332,17 @@ fn claim_cases() {
         ("audience missing", without_claim("aud"), MissingClaim("aud")),
         ("audience a number", with_claim("aud", json!(7)), MissingClaim("aud")),
         ("jti a number", with_claim("jti", json!(1)), InvalidClaim("jti")),
+        // Ids no `revoked_jtis_file` line can name exactly (see `valid_jti`).
+        ("jti empty", with_claim("jti", json!("")), InvalidClaim("jti")),
+        ("jti with a hash", with_claim("jti", json!("batch#7")), InvalidClaim("jti")),
+        ("jti starting with a hash", with_claim("jti", json!("#7")), InvalidClaim("jti")),
+        ("jti with a leading space", with_claim("jti", json!(" jti-7")), InvalidClaim("jti")),
+        ("jti with a trailing space", with_claim("jti", json!("jti-7 ")), InvalidClaim("jti")),
+        ("jti with a space inside", with_claim("jti", json!("jti 7")), InvalidClaim("jti")),
+        ("jti with a tab", with_claim("jti", json!("jti\t7")), InvalidClaim("jti")),
+        ("jti with a newline", with_claim("jti", json!("jti-7\nrevoked-1")), InvalidClaim("jti")),
+        ("jti with a no-break space", with_claim("jti", json!("jti-7\u{a0}")), InvalidClaim("jti")),
+        ("jti with a control character", with_claim("jti", json!("jti\u{7}7")), InvalidClaim("jti")),
         ("tenant traversal", with_claim("tenant", json!("../x")), InvalidClaim("tenant")),
         ("tenant missing", without_claim("tenant"), MissingClaim("tenant")),
         ("tenant a number", with_claim("tenant", json!(1)), InvalidClaim("tenant")),
@@ -446,6 +457,51 @@ fn mints_with_openssl_style_ed25519_keys() {
     check(&v, "rfc 8410 key", &token, NOW, Ok(()));
 }
 
+/// Every token id a token may carry is revoked by a `revoked_jtis_file` line holding exactly it
+/// (the file read by `revocation_ids`, the ids ruled by `valid_jti`), and such a line revokes
+/// nothing else.
+#[test]
+fn every_accepted_jti_is_revocable_by_its_own_line() {
+    for jti in [
+        "jti-7",
+        "0b7f2c5e-9d3a-4c1e-8f6a-2b5d7e9c1a3f",
+        "AT.aBc-_~+/=:;!$%&*()[]{}<>?@^|'\"`,.",
+        "été-☃",
+    ] {
+        assert!(valid_jti(jti), "{jti}");
+        let token = minted(|r| r.jti = Some(jti.into()));
+        let file = format!("# revoked today\n{jti}\nother-1   # an id with a comment\n");
+        let revoked = revocation_ids(&file);
+        assert!(revoked.contains(jti), "{jti}: {revoked:?}");
+        let keys = KeySet::from_jwks_json(&testdata("test-jwks.json")).expect("jwks");
+        let v = TokenVerifier::new(settings(), keys, revoked);
+        let got = v.verify(&token, NOW);
+        assert!(matches!(got, Err(Revoked(_))), "{jti}: {got:?}");
+        // The line names this id only: a token whose id is a prefix of it is not revoked.
+        let prefix: String = jti.chars().take(jti.chars().count() - 1).collect();
+        let other = minted(|r| r.jti = Some(prefix.clone()));
+        assert!(v.verify(&other, NOW).is_ok(), "{prefix}");
+    }
+}
+
+/// `check` warns about the lines that revoke another id than they show.
+#[test]
+fn misleading_revocation_lines_are_found() {
+    let file = "# a comment\n\njti-1\njti-2 # revoked by Ann\njti-3\t# tab\nbatch#7\n  batch#8  # x\njti 9\n#jti-10\n";
+    assert_eq!(
+        misleading_revocation_lines(file),
+        [
+            "line 6: `batch#7`",
+            "line 7: `batch#8  # x`",
+            "line 8: `jti 9`"
+        ]
+    );
+    assert_eq!(
+        revocation_ids(file),
+        HashSet::from(["jti-1", "jti-2", "jti-3", "batch", "jti 9"].map(String::from))
+    );
+}
+
 #[test]
 fn mint_refusals() {
     let sec1 = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIA==\n-----END EC PRIVATE KEY-----\n";
@@ -469,6 +525,8 @@ fn mint_refusals() {
         ("scope", MintRequest { scopes: vec!["a b".into()], ..req() }, "scopes"),
         ("audience", MintRequest { audience: String::new(), ..req() }, "audience"),
         ("jti", MintRequest { jti: Some(String::new()), ..req() }, "jti"),
+        ("jti with a hash", MintRequest { jti: Some("batch#7".into()), ..req() }, "jti"),
+        ("jti with spaces", MintRequest { jti: Some(" jti-7 ".into()), ..req() }, "jti"),
         ("exp overflows", MintRequest { now_unix: u64::MAX, ..req() }, "ttl"),
     ];
     for (name, r, field) in bad_request {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::keys::{KeyFingerprint, KeySet};
-use super::{valid_scope, Initiator, RunBudget, MAX_ID_CLAIM_LEN, MAX_TOKEN_LEN};
+use super::{valid_jti, valid_scope, Initiator, RunBudget, MAX_ID_CLAIM_LEN, MAX_TOKEN_LEN};
 use crate::ids::{valid_run_id, TenantId, WorkloadId};
 
 /// Verification settings.
@@ -353,6 +353,10 @@ impl TokenVerifier {
         self.check_issuer(iss.as_deref())?;
 
         let jti = string_claim(claims.jti, "jti")?;
+        // SECURITY: an id no `revoked_jtis_file` line can name could never be revoked there.
+        if jti.as_deref().is_some_and(|j| !valid_jti(j)) {
+            return Err(TokenError::InvalidClaim("jti"));
+        }
 
         let tenant =
             string_claim(claims.tenant, "tenant")?.ok_or(TokenError::MissingClaim("tenant"))?;

@@ -1,0 +1,143 @@
+//! Long-lived relays judged again while they last.
+//!
+//! A request is judged once, when it arrives, and a tunnel's inner requests each under the
+//! tunnel's identity ([`super::admit`]). Two things relay bytes with no request to judge: an
+//! opaque tunnel (`connect_opaque`) and an upgraded connection (a WebSocket), each for as long
+//! as both sides keep it open. They are watched instead: [`watch`] completes once a fresh
+//! request presenting the identity the relay was opened with would be refused ([`judge`]: its
+//! token revoked, in the file or the shared list, or expired past the leeway; its key pulled or
+//! replaced; the token settings changed so that it no longer passes; its workload or tenant
+//! removed; its client certificate expired or no longer trusted), and the relay then ends, its
+//! record saying why ([`Ended`]). It is judged at once, then every [`RECHECK`]: a reload or a
+//! revocation reaches an open relay within a second, and so does its token's expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::admit::Effects;
+use super::Shared;
+use crate::error::Deny;
+use crate::identity::{self, IdentityError, ResolvedIdentity};
+use crate::snapshot::Snapshot;
+
+/// How often an open relay's identity is judged again: a look-up in the current snapshot and
+/// revocation lists, once a second per relay.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// Why the proxy ended a relay, as its record's `ended` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Its token's id was revoked (`revoked_jtis_file`, or the shared list).
+    TokenRevoked,
+    /// Its token expired (its `exp` plus the leeway passed).
+    TokenExpired,
+    /// Its client certificate expired, or the trust bundle no longer verifies it.
+    CertificateLapsed,
+    /// The configuration no longer accepts it: its key pulled or replaced, the token settings
+    /// changed, its tenant or workload removed, tokens no longer accepted.
+    IdentityWithdrawn,
+    /// The shared revocation list could not be read for too long, and the limiter fails closed:
+    /// a fresh request with the token would be refused (`limiter_unavailable`).
+    RevocationsUnavailable,
+}
+
+impl Ended {
+    /// The record's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ended::TokenRevoked => "token_revoked",
+            Ended::TokenExpired => "token_expired",
+            Ended::CertificateLapsed => "certificate_lapsed",
+            Ended::IdentityWithdrawn => "identity_withdrawn",
+            Ended::RevocationsUnavailable => "revocations_unavailable",
+        }
+    }
+}
+
+/// An identity no longer accepted: why, and the refusal a fresh request with it would get (the
+/// relay's record carries its code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lapse {
+    /// Why.
+    pub ended: Ended,
+    /// The refusal.
+    pub deny: Deny,
+}
+
+/// Judges `who` (the identity a relay, or a held request, was admitted with) as a fresh request
+/// presenting the same credential would be judged now: [`identity::recheck`] against the
+/// current snapshot (keys, token settings, the revocation file, workloads; expiry with the
+/// leeway; the client certificate), then the shared revocation list (`revoked`). No signature
+/// is verified again.
+pub fn judge(
+    snapshot: &Snapshot,
+    revoked: &dyn Fn(&str) -> Result<bool, Deny>,
+    who: &ResolvedIdentity,
+    now_unix: u64,
+) -> Result<(), Lapse> {
+    if let Err(e) = identity::recheck(who, &snapshot.tenants, snapshot.tokens.as_ref(), now_unix) {
+        let ended = match &e {
+            IdentityError::Revoked(_) => Ended::TokenRevoked,
+            _ if who.token.as_ref().is_some_and(|t| {
+                now_unix > identity::token::accepted_until(t.expires_at, snapshot.token_leeway())
+            }) =>
+            {
+                Ended::TokenExpired
+            }
+            _ if who
+                .certificate
+                .as_ref()
+                .is_some_and(|c| c.still_valid(now_unix).is_err()) =>
+            {
+                Ended::CertificateLapsed
+            }
+            _ => Ended::IdentityWithdrawn,
+        };
+        let deny = match e {
+            IdentityError::Invalid(why) => Deny::IdentityInvalid(format!(
+                "the identity this connection was opened with is no longer accepted ({why})"
+            )),
+            e => e.into(),
+        };
+        return Err(Lapse { ended, deny });
+    }
+    if let Some(jti) = who.token.as_ref().and_then(|t| t.jti.as_deref()) {
+        match revoked(jti) {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(Lapse {
+                    ended: Ended::TokenRevoked,
+                    deny: IdentityError::Revoked(Box::new(who.clone())).into(),
+                })
+            }
+            // SECURITY: as a fresh request with the token is refused while the list is stale
+            // (and the limiter fails closed), so is the relay: a revocation made meanwhile
+            // would go unseen.
+            Err(deny) => {
+                return Err(Lapse {
+                    ended: Ended::RevocationsUnavailable,
+                    deny,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`judge`] with the proxy's current snapshot and shared revocation list.
+pub fn judge_now(shared: &Shared, who: &ResolvedIdentity) -> Result<(), Lapse> {
+    let snapshot = shared.snapshot.load();
+    let revoked = |jti: &str| shared.revoked(jti);
+    judge(&snapshot, &revoked, who, crate::clock::unix_now())
+}
+
+/// Completes once `who` is no longer accepted ([`judge_now`]), with why: judged at once, then
+/// every [`RECHECK`]. A relay runs beside it and ends when it completes.
+pub async fn watch(shared: Arc<Shared>, who: ResolvedIdentity) -> Lapse {
+    loop {
+        if let Err(lapse) = judge_now(&shared, &who) {
+            return lapse;
+        }
+        tokio::time::sleep(RECHECK).await;
+    }
+}
