@@ -415,3 +415,43 @@ fn a_failing_token_endpoint_refuses_its_tenant_with_503_and_leaves_others_alone(
     );
     assert!(!proxy.log().contains(ACME_SECRET));
 }
+
+#[test]
+fn a_lifetime_of_any_size_is_served_bounded_and_audited() {
+    // Token endpoints that answer `expires_in` of 2^64-1 (a number, a string) or 2^63-1: the
+    // number is theirs to choose, and no clock can add it to the present.
+    let endpoint = TokenEndpoint::start(&json!({
+        "acme-huge": {"secret": ACME_SECRET, "expires_in": u64::MAX},
+        "acme-hugestr": {"secret": ACME_SECRET, "expires_in": u64::MAX.to_string()},
+        "acme-big63": {"secret": ACME_SECRET, "expires_in": i64::MAX},
+    }));
+    let origin = Origin::start();
+    let names = ["huge", "hugestr", "big63"];
+    let proxy = start(Duration::from_secs(10), &[], |dir| {
+        for name in names {
+            let value = client(&endpoint, "/token", &format!("acme-{name}"), ACME_SECRET);
+            put(dir, "acme", name, "oauth2_client_credentials", &value);
+        }
+    });
+    let mut ids = Vec::new();
+    for name in names {
+        // Served, and the token kept: the second call is answered from the cache.
+        for _ in 0..2 {
+            let r = call(proxy.sidecar_port, &origin, None, name);
+            assert_eq!(r.status, 200, "{name}: {}", r.body_text());
+            ids.push((name, r.request_id()));
+        }
+        let granted = endpoint.granted(&format!("acme-{name}"));
+        assert_eq!(granted.len(), 1, "{name}: {granted:?}");
+        assert_eq!(
+            bearers(&origin).last().unwrap(),
+            granted[0]["token"].as_str().unwrap()
+        );
+    }
+    for (name, id) in ids {
+        let rec = proxy.audit_record("acme", &id);
+        assert_eq!(rec["decision"], "allow", "{rec}");
+        assert_eq!(rec["credentials"], json!([name]), "{rec}");
+    }
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+}

@@ -164,10 +164,12 @@ impl TokenCache {
                     .with_label_values(&label)
                     .inc();
                 let now = Instant::now();
+                // SECURITY: a lifetime is the token endpoint's number; however a grant read it,
+                // the expiry is bounded before it is added to the clock (never a panic).
+                let lifetime = token.lifetime.min(super::MAX_LIFETIME);
                 let refresh_at = now
-                    + token
-                        .lifetime
-                        .saturating_sub(refresh_margin(token.lifetime));
+                    .checked_add(lifetime.saturating_sub(refresh_margin(lifetime)))
+                    .unwrap_or(now);
                 let cached = Arc::new(Cached {
                     value: token.value,
                     refresh_at,
@@ -307,6 +309,28 @@ mod tests {
         assert_eq!(c.expose(), b"newer");
         cache.retain(|_, _, fp| fp == [9; 32]);
         assert_eq!(cache.slots.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_token_of_any_lifetime_is_cached_without_overflowing_the_clock() {
+        // A grant that did not bound its lifetime (the endpoint's `2^64-1` seconds): served,
+        // cached for at most a day, never a panic.
+        let cache = TokenCache::default();
+        let t = Duration::from_secs(5);
+        let huge = || async {
+            Ok(AccessToken {
+                value: SecretValue::new(b"forever".to_vec()),
+                lifetime: Duration::from_secs(u64::MAX),
+            })
+        };
+        let got = cache.get(&tid("acme"), "g", [1; 32], t, huge).await;
+        assert_eq!(got.expect("token").expose(), b"forever");
+        let again = cache
+            .get(&tid("acme"), "g", [1; 32], t, || async {
+                Err("no second grant while the first is fresh".to_string())
+            })
+            .await;
+        assert_eq!(again.expect("cached").expose(), b"forever");
     }
 
     #[tokio::test]
