@@ -567,6 +567,108 @@ fn bodies_too_large_to_scan_are_refused_toward_managed_hosts() {
 }
 
 #[test]
+fn a_header_the_proxy_decides_on_is_read_on_every_line_or_refused_when_repeated() {
+    let origin = Origin::start();
+    let proxy = start(&origin, config::RawCredential::Refuse);
+    let own = format!(r#"{{"api_key":"{LITERAL}"}}"#);
+    // A coding on any line of `Content-Encoding` is a coding: the body as sent is not what
+    // the upstream reads, whichever line the proxy would have looked at first.
+    for (case, codings, path) in [
+        (
+            "identity then gzip",
+            "Content-Encoding: identity\r\nContent-Encoding: gzip\r\n",
+            "/acme/ce1",
+        ),
+        (
+            "gzip then identity",
+            "Content-Encoding: gzip\r\nContent-Encoding: identity\r\n",
+            "/acme/ce2",
+        ),
+        (
+            "empty then br",
+            "Content-Encoding: \r\nContent-Encoding: br\r\n",
+            "/acme/ce3",
+        ),
+    ] {
+        let r = send(
+            proxy.sidecar_port,
+            "POST",
+            &url(&origin, path),
+            codings,
+            Some(("application/json", b"\x1f\x8b\x08\x00")),
+        );
+        refused(
+            &proxy,
+            &origin,
+            "acme",
+            &r,
+            (415, "credential_scan_incomplete"),
+            path,
+            case,
+        );
+    }
+    // A type given twice, or with two readings, is refused whoever's destination it is: the
+    // proxy would check the body as one type while the upstream parses it as the other.
+    for (case, extra, content_type, path) in [
+        (
+            "multipart, then JSON",
+            "Content-Type: multipart/form-data; boundary=XX\r\n",
+            "application/json",
+            "/acme/ct1",
+        ),
+        (
+            "JSON, then a form",
+            "Content-Type: application/json\r\n",
+            "application/x-www-form-urlencoded",
+            "/acme/ct2",
+        ),
+        (
+            "a boundary twice",
+            "",
+            "multipart/form-data; boundary=XX; boundary=YY",
+            "/acme/ct3",
+        ),
+        (
+            "two types in one line",
+            "",
+            "multipart/form-data; boundary=XX, application/json",
+            "/acme/ct4",
+        ),
+    ] {
+        let r = send(
+            proxy.sidecar_port,
+            "POST",
+            &url(&origin, path),
+            extra,
+            Some((content_type, own.as_bytes())),
+        );
+        refused(
+            &proxy,
+            &origin,
+            "acme",
+            &r,
+            (400, "bad_request"),
+            path,
+            case,
+        );
+    }
+    // One line of each passes as before.
+    let r = send(
+        proxy.sidecar_port,
+        "POST",
+        &url(&origin, "/acme/ok"),
+        "Content-Encoding: identity\r\n",
+        Some(("application/json", br#"{"api_key":"$CRED{openai}"}"#)),
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let got = origin.matching("/acme/ok");
+    assert_eq!(
+        got[0].body,
+        format!(r#"{{"api_key":"{ACME_KEY}"}}"#).as_bytes()
+    );
+}
+
+#[test]
 fn binding_prefixes_match_whole_path_segments() {
     let origin = Origin::start();
     let proxy = start(&origin, config::RawCredential::Refuse);

@@ -136,8 +136,9 @@ pub struct RequestParts<'a> {
     pub body: Option<&'a Bytes>,
     /// `Content-Type`.
     pub content_type: Option<&'a str>,
-    /// `Content-Encoding` of the body, when it is still encoded.
-    pub content_encoding: Option<&'a str>,
+    /// The body is still in a content coding other than `identity` (any coding on any line of
+    /// `Content-Encoding`, see [`crate::header_names::content_coded`]).
+    pub encoded: bool,
 }
 
 /// The access tokens obtained for a request's token credentials, by credential name. `Debug`
@@ -326,10 +327,7 @@ pub fn apply(
     if let (true, Some(body)) = (managed, req.body) {
         // SECURITY: a body that is not scanned whole could carry a key (or a handle) past the
         // scan; toward a managed destination it is refused, never forwarded half-scanned.
-        if req
-            .content_encoding
-            .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"))
-        {
+        if req.encoded {
             return Err(CredentialDeny::ScanIncomplete(ScanGap::Encoded));
         }
         if body.len() > settings.scan_body_max_bytes {

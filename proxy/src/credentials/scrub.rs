@@ -207,8 +207,11 @@ impl Scrubber {
     /// masked again when the upstream masks.
     pub fn upgraded(&mut self, headers: &HeaderMap) {
         self.same_length = true;
-        let websocket = headers
-            .get(http::header::UPGRADE)
+        // Read frame by frame only when it is a WebSocket and nothing else: a stream of
+        // another protocol read as frames would pass its "heads" unscrubbed.
+        let websocket = crate::header_names::sole(headers, http::header::UPGRADE)
+            .ok()
+            .flatten()
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
         if websocket {
@@ -597,7 +600,7 @@ pub fn unreadable_encoding(status: u16, head_request: bool, headers: &HeaderMap)
             })
         })
     };
-    codings(http::header::CONTENT_ENCODING, "identity")
+    crate::header_names::content_coded(headers)
         || codings(http::header::TRANSFER_ENCODING, "chunked")
 }
 
@@ -899,6 +902,21 @@ mod tests {
                 assert_eq!(out[plain + compressed.len()..], frame(b"after", mask)[..]);
             }
         }
+        // An `Upgrade` named twice is no WebSocket: scrubbed as a stream (a stream of another
+        // protocol read as frames would pass its "heads" as they are).
+        let mut twice = upgrade(true);
+        twice.append(http::header::UPGRADE, http::HeaderValue::from_static("h2c"));
+        let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+        s.upgraded(&twice);
+        // Read as frames, `\x81\x7e` and the secret's first two bytes would be a head, passed
+        // as it is, and the rest a payload that no longer holds the whole secret.
+        let mut raw = vec![0x81, 0x7e];
+        raw.extend_from_slice(SECRET.as_bytes());
+        let out = s
+            .scrub_chunk(Some(Bytes::from(raw.clone())), true)
+            .expect("out");
+        assert_eq!(out.len(), raw.len());
+        assert!(!String::from_utf8_lossy(&out).contains("CANARY"));
         // Another upgraded protocol keeps its lengths too.
         let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
         s.upgraded(&upgrade(false));

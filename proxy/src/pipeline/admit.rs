@@ -1044,6 +1044,12 @@ fn http_destination(
             crate::approvals::HOLD_HEADER
         )));
     }
+    // SECURITY: the authority, the body's type and its length are decided on by one value
+    // each; a second line (or a type with two readings) could be the one the upstream reads,
+    // past the credential, `_method` and model checks that read the first.
+    if let Some(why) = crate::header_names::ambiguity(&req.headers) {
+        return Err(Deny::BadRequest(why));
+    }
     // SECURITY: a header nominated in `Connection` is removed hop by hop on the way upstream,
     // after the decision; none the decision or the substitution rests on may be.
     let nominated = req
