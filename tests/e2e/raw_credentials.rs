@@ -78,6 +78,8 @@ fn start(origin: &Origin, raw_credential: config::RawCredential) -> Proxy {
         "/up/",
         format!("http://127.0.0.1:{}/", origin.port),
     ));
+    // An LLM API (OpenAI's paths) at the origin, open to every tenant.
+    spec.llm_route(origin.port);
     Proxy::start_prepared(spec, prepare)
 }
 
@@ -666,6 +668,84 @@ fn a_header_the_proxy_decides_on_is_read_on_every_line_or_refused_when_repeated(
         got[0].body,
         format!(r#"{{"api_key":"{ACME_KEY}"}}"#).as_bytes()
     );
+}
+
+#[test]
+fn a_body_is_read_by_every_reader_whatever_its_type_declares() {
+    let origin = Origin::start();
+    let proxy = start(&origin, config::RawCredential::Refuse);
+    let json = format!(r#"{{"model":"gpt-4o","messages":[],"api_key":"{LITERAL}"}}"#);
+    let form = format!("model=gpt-4o&api_key={LITERAL}");
+    let part = |name: &str| {
+        format!("--XX\r\nContent-Disposition: form-data; {name}\r\n\r\n{LITERAL}\r\n--XX--\r\n")
+    };
+    let multipart = "multipart/form-data; boundary=XX";
+    for (case, target, content_type, body, path) in [
+        (
+            "JSON declared multipart",
+            url(&origin, "/acme/mp1"),
+            multipart,
+            json.clone(),
+            "/acme/mp1",
+        ),
+        (
+            "JSON declared multipart, to an LLM API",
+            "/llm/chat/completions".to_string(),
+            multipart,
+            json.clone(),
+            "/v1/chat/completions",
+        ),
+        (
+            "a form declared multipart",
+            url(&origin, "/acme/mp2"),
+            multipart,
+            form.clone(),
+            "/acme/mp2",
+        ),
+        (
+            "a part named the RFC 2231 way",
+            url(&origin, "/acme/mp3"),
+            multipart,
+            part("name*=UTF-8''api_key"),
+            "/acme/mp3",
+        ),
+        (
+            "a part named twice",
+            url(&origin, "/acme/mp4"),
+            multipart,
+            part("name=\"file\"; name*=UTF-8''api%5Fkey"),
+            "/acme/mp4",
+        ),
+        (
+            "multipart declared as text",
+            url(&origin, "/acme/mp5"),
+            "text/plain",
+            part("name=\"api_key\""),
+            "/acme/mp5",
+        ),
+    ] {
+        let r = send(
+            proxy.sidecar_port,
+            "POST",
+            &target,
+            "",
+            Some((content_type, body.as_bytes())),
+        );
+        refused(
+            &proxy,
+            &origin,
+            "acme",
+            &r,
+            (403, "raw_credential"),
+            path,
+            case,
+        );
+    }
+    assert!(origin.matching(LITERAL).is_empty());
+    assert!(!origin
+        .requests()
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.body).contains(LITERAL)));
 }
 
 #[test]
