@@ -44,7 +44,9 @@ use crate::credentials::apply::{AccessTokens, Applied, CredentialDeny};
 use crate::credentials::kind::Kind;
 use crate::credentials::oauth::cache::TokenUnavailable;
 use crate::credentials::oauth::TokenSource;
+use crate::credentials::scrub::Patterns;
 use crate::credentials::secret::SecretValue;
+use crate::credentials::Credential;
 use crate::egress::EgressException;
 use crate::error::{Deny, PolicyRefusal};
 use crate::identity::{
@@ -276,17 +278,28 @@ pub trait Effects: Send + Sync {
     }
     /// The interception CA's leaf minter, when one is configured.
     fn minter(&self) -> Option<Arc<LeafMinter>>;
-    /// `tenant`'s access token for its token credential `name` (minted from `source`): the
+    /// `tenant`'s access token for its token credential `cred` (minted from `source`): the
     /// cached one while fresh, else one grant to the source's endpoint, resolved and checked
     /// with `exceptions` like any upstream, within `timeout`.
     async fn access_token(
         &self,
         tenant: &TenantContext,
-        name: &str,
+        cred: &Arc<Credential>,
         source: &Arc<TokenSource>,
         exceptions: &[EgressException],
         timeout: Duration,
     ) -> Result<SecretValue, TokenUnavailable>;
+    /// Every secret a response from `host` may echo to `tenant`, under `snapshot` (see
+    /// [`crate::credentials::echoes`]): `None` when nothing of the tenant's is or lately was
+    /// bound there, or when nothing is forwarded (`policy explain`).
+    fn echoes(
+        &self,
+        _snapshot: &Snapshot,
+        _tenant: &TenantId,
+        _host: &str,
+    ) -> Option<Arc<Patterns>> {
+        None
+    }
     /// Holds a request that a marked permit allowed until a person of its tenant decides (see
     /// [`crate::approvals`]); `session` is watched for the agent going away.
     async fn hold(
@@ -729,6 +742,9 @@ async fn admit_http(
             decide_credentials(fx, &asking, header, &grant, named, observer).await?
         }
     };
+    // Every secret a response from there may echo to this tenant, used or not, now or lately.
+    let mut applied = applied;
+    applied.echoes = fx.echoes(&snapshot, &tenant.tenant, &destination.host);
     substitute(applied, &mut grant, trail, &tenant);
     // So that every streamed call can be metered, ask a stream for its usage where its provider
     // reports it only when asked (and take the event out again before the agent sees it).
@@ -856,7 +872,7 @@ async fn access_token(
     };
     let exceptions = egress_exceptions(snapshot, &tenant.tenant);
     let timeout = snapshot.tenants.credential_settings.token_timeout;
-    fx.access_token(tenant, name, source, exceptions, timeout)
+    fx.access_token(tenant, cred, source, exceptions, timeout)
         .await
         .map_err(|why| CredentialDeny::Unavailable(name.to_string(), why.0))
 }
@@ -1394,7 +1410,7 @@ impl Effects for DecideOnly<'_> {
     async fn access_token(
         &self,
         _: &TenantContext,
-        _: &str,
+        _: &Arc<Credential>,
         _: &Arc<TokenSource>,
         _: &[EgressException],
         _: Duration,

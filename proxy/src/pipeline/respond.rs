@@ -289,7 +289,7 @@ impl Stages {
             ) {
                 return Err(Deny::UpstreamEncoded);
             }
-            let mut scrubber = Scrubber::with_tokens(applied.secrets(), &applied.tokens);
+            let mut scrubber = Scrubber::new(applied.scrub_patterns());
             if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 scrubber.upgraded(&resp.headers);
             }

@@ -202,7 +202,7 @@ impl Effects for Recording<'_> {
     async fn access_token(
         &self,
         _: &TenantContext,
-        _: &str,
+        _: &Arc<crate::credentials::Credential>,
         _: &Arc<crate::credentials::oauth::TokenSource>,
         _: &[EgressException],
         _: std::time::Duration,
