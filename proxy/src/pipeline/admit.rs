@@ -1210,20 +1210,34 @@ async fn admit_connect(
     let metered = (registry::name_for_host(host).is_some()
         || snapshot.tenants.llm_providers.for_host(host).is_some())
         && crate::limits::plan::refuses_unmetered_for(&snapshot.tenants, &tenant);
-    let (mode, minter) = if opaque.allowed && !mcp && !metered {
+    // SECURITY: so is a tunnel to a host the tenant's credentials are (or lately were) bound
+    // to, on any port: what comes back from there is scrubbed of them (an upstream that kept
+    // what a substituted request sent it shows it to whoever asks next), which only an
+    // intercepted tunnel allows.
+    let bound = snapshot.credentials.any_bound_to_host(&tenant.tenant, host)
+        || fx.echoes(&snapshot, &tenant.tenant, host).is_some();
+    let (mode, minter) = if opaque.allowed && !mcp && !metered && !bound {
         if let Some(d) = trail.decision.as_mut() {
             d.policy_ids.extend(opaque.policy_ids);
         }
         (TunnelMode::Opaque, None)
     } else {
         trail.tunnel_mode = Some(TunnelMode::Intercept);
-        // Where policy would let it pass unread, only metering keeps it from that.
-        let cannot_intercept = |why: &str| match opaque.allowed && !mcp {
-            true => Deny::UnmeteredCall("an opaque tunnel to an LLM API"),
-            false => Deny::InterceptionUnavailable(why.into()),
+        // Where policy would let it pass unread, say what keeps it from that.
+        let cannot_intercept = |why: &str| match (opaque.allowed && !mcp, bound) {
+            (true, true) => Deny::InterceptionUnavailable(format!(
+                "the tenant's credentials are bound to this host, so its answers are scrubbed \
+                 of them, which an opaque tunnel would not allow, and {why}"
+            )),
+            (true, false) => Deny::UnmeteredCall("an opaque tunnel to an LLM API"),
+            (false, _) => Deny::InterceptionUnavailable(why.into()),
         };
         let minter = fx.minter().ok_or_else(|| {
-            cannot_intercept("no interception CA is configured (`[intercept]`), and no policy lets this tunnel pass opaquely")
+            cannot_intercept(if opaque.allowed && !mcp {
+                "no interception CA is configured (`[intercept]`)"
+            } else {
+                "no interception CA is configured (`[intercept]`), and no policy lets this tunnel pass opaquely"
+            })
         })?;
         if !minter.ca().permits(host) {
             return Err(cannot_intercept(

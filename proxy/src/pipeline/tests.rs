@@ -631,6 +631,52 @@ async fn a_tunnel_to_an_llm_api_is_read_while_spend_is_capped() {
     assert!(got.is_ok(), "{:?}", got.map(|_| ()));
 }
 
+/// A tunnel to a host the tenant's credentials are bound to carries answers that must be
+/// scrubbed of them: intercepted whatever `connect_opaque` permits (refused here, where no CA
+/// is configured), on any port; a credential bound elsewhere changes nothing.
+#[tokio::test]
+async fn a_tunnel_to_a_host_the_tenants_credentials_are_bound_to_is_read() {
+    let header = RequestHeader::build("CONNECT", b"ok.test:443", None).unwrap();
+    let mode = |secrets: &'static [(&'static str, &'static str, &'static str)]| {
+        let header = &header;
+        async move {
+            let (_dir, config, snapshot) = configured_with_secrets("", secrets);
+            let fx = Recording::new(&config, None);
+            let (got, trail) = connect(&fx, &snapshot, header, "ok.test", 443).await;
+            match got {
+                Ok(Admitted {
+                    grant: Grant::Tunnel(g),
+                    ..
+                }) => Ok(g.mode),
+                Err(deny) => {
+                    let (_, code, message) = deny.describe();
+                    assert!(
+                        message.contains("credentials are bound to this host"),
+                        "{message}"
+                    );
+                    Err((code.as_str(), trail.tunnel_mode))
+                }
+                Ok(_) => panic!("not a tunnel"),
+            }
+        }
+    };
+    assert_eq!(mode(&[]).await, Ok(TunnelMode::Opaque));
+    assert_eq!(
+        mode(&[("other", "other.example", "sk-acme-other-1")]).await,
+        Ok(TunnelMode::Opaque)
+    );
+    for bound in [
+        &[("pinned", "ok.test", "sk-acme-pinned-1")][..],
+        &[("pinned", "http://ok.test:8080/v1", "sk-acme-pinned-1")],
+    ] {
+        assert_eq!(
+            mode(bound).await,
+            Err(("interception_unavailable", Some(TunnelMode::Intercept))),
+            "{bound:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_tunnel_is_decided_by_port_then_policy_then_cap_then_egress() {
     let (_dir, config, snapshot) = configured();
