@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
             path_and_query: "/v1/chat/completions",
             body: Some(&body),
             content_type: Some("application/json"),
-            content_encoding: None,
+            encoded: false,
         };
         b.iter(|| {
             black_box(
@@ -104,7 +104,7 @@ fn bench(c: &mut Criterion) {
             path_and_query: "/v1/chat/completions",
             body: Some(&body),
             content_type: Some("application/json"),
-            content_encoding: None,
+            encoded: false,
         };
         b.iter(|| {
             black_box(
@@ -143,7 +143,7 @@ fn bench(c: &mut Criterion) {
                 path_and_query: "/v1/chat/completions",
                 body: Some(&long_body),
                 content_type: Some("application/json"),
-                content_encoding: None,
+                encoded: false,
             };
             b.iter(|| {
                 black_box(

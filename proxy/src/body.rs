@@ -173,11 +173,12 @@ pub async fn read_full(
     budget: &Arc<BodyBudget>,
     deadline: Duration,
 ) -> Result<Option<ReadBody>, BodyError> {
-    let declared = match session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-    {
+    // SECURITY: one length (HTTP/1 heads with two are refused by the front; an HTTP/2 request
+    // reaches here as its client wrote it).
+    let length =
+        crate::header_names::sole(&session.req_header().headers, http::header::CONTENT_LENGTH)
+            .map_err(|_| BodyError::Malformed("`Content-Length` is given more than once".into()))?;
+    let declared = match length {
         Some(v) => Some(
             v.to_str()
                 .ok()
@@ -692,7 +693,10 @@ fn media_type(headers: &http::HeaderMap) -> Option<String> {
 
 /// The `boundary` parameter of a multipart `Content-Type`.
 fn boundary(headers: &http::HeaderMap) -> Option<String> {
-    let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    let value = crate::header_names::sole(headers, http::header::CONTENT_TYPE)
+        .ok()??
+        .to_str()
+        .ok()?;
     value.split(';').skip(1).find_map(|param| {
         let (k, v) = param.split_once('=')?;
         k.trim()

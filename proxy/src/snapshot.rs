@@ -467,6 +467,9 @@ pub struct SnapshotHandle {
     /// Access tokens of token credentials: kept across reloads for the credentials whose value
     /// did not change, dropped for the ones rotated or removed.
     pub tokens: crate::credentials::oauth::cache::TokenCache,
+    /// What responses are scrubbed of, per tenant and host: its credentials' values and tokens,
+    /// and the values a reload or a refresh retired (the token cache retires into the same).
+    pub echoes: crate::credentials::echoes::Echoes,
     /// The static file's digest when it was read at start (see [`static_file_digest`]).
     static_digest: Option<[u8; 32]>,
 }
@@ -485,10 +488,12 @@ impl SnapshotHandle {
     /// Wraps the first snapshot.
     pub fn new(static_config: Arc<StaticConfig>, first: Snapshot) -> Self {
         publish_metrics(&first);
+        let retired = Arc::new(crate::credentials::echoes::Retired::default());
         Self {
             current: ArcSwap::from_pointee(first),
             reloads: Arc::new(ReloadStatus::new()),
-            tokens: Default::default(),
+            tokens: crate::credentials::oauth::cache::TokenCache::new(retired.clone()),
+            echoes: crate::credentials::echoes::Echoes::new(retired),
             static_digest: static_file_digest(&static_config.path),
             static_config,
         }
@@ -532,7 +537,15 @@ impl SnapshotHandle {
             Ok(next) => {
                 let generation = next.generation;
                 publish_metrics(&next);
-                // SECURITY: tokens minted from a rotated or removed value go with it.
+                // SECURITY: a value rotated, rebound or removed is still looked for in the
+                // responses of the hosts it was bound to (they may have kept it), for a while.
+                self.echoes.retired().changed(
+                    &current.credentials,
+                    &next.credentials,
+                    std::time::Instant::now(),
+                );
+                // SECURITY: tokens minted from a rotated or removed value go with it (they are
+                // only looked for in responses, until they expire).
                 self.tokens.retain(|tenant, name, fingerprint| {
                     next.credentials
                         .get(tenant, name)

@@ -50,7 +50,7 @@ fn typical_request_without_handles_allocates_nothing() {
         path_and_query: "/v1/chat/completions?api-version=2024-10-01&q=a%20b",
         body: Some(&body),
         content_type: Some("application/json"),
-        content_encoding: None,
+        encoded: false,
     };
     let mut authorize = |_: &_, _| true;
     let tokens = AccessTokens::default();

@@ -574,6 +574,98 @@ fn opaque_tunnels_pass_bytes_and_are_audited_with_counts() {
     assert!(t["bytes_out"].as_u64().unwrap() > 500, "{t}");
 }
 
+/// A host that keeps what it is sent (the recording origin's `/logged/`), over TLS as
+/// `kept.test`, where acme's credential `kept` is bound and policy would let a tunnel pass
+/// opaquely: what it kept from a substituted request must come back scrubbed, so the tunnel is
+/// intercepted anyway.
+#[test]
+fn a_tunnel_to_a_host_the_tenants_credentials_are_bound_to_is_read_not_relayed() {
+    const KEPT_SECRET: &str = "sk-acme-kept-canary-3b91";
+    let ca = TestCa::new("kept origin CA").unwrap();
+    let origin = Origin::start_tls(&ca.server(&["kept.test"]).unwrap());
+    let origin_ca_pem = ca.cert_pem.clone();
+    let mut spec = ProxySpec {
+        policies: "tests/fixtures/policies-https",
+        ..Default::default()
+    };
+    spec.config.egress.connect_ports = Some(vec![443, origin.port]);
+    spec.config
+        .egress
+        .hosts
+        .insert("kept.test".into(), vec!["127.0.0.1".into()]);
+    spec.config.upstream.extra_ca_files = vec!["origin-ca.pem".into()];
+    spec.config.intercept = Some(config::Intercept::ca_in("ca"));
+    let credentials = spec.tenants.credentials();
+    credentials.files_dir = Some("secrets".into());
+    credentials.files.push(config::FileCredential::header(
+        "acme",
+        "kept",
+        &["kept.test"],
+    ));
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::write(dir.join("origin-ca.pem"), &origin_ca_pem).unwrap();
+        let args = [
+            "ca",
+            "init",
+            "--out",
+            "ca",
+            "--name",
+            "e2e CA",
+            "--permit",
+            "kept.test",
+        ];
+        let (code, out) = proxy_cli(dir, &args, "");
+        assert_eq!(code, 0, "{out}");
+        std::fs::create_dir_all(dir.join("secrets/acme")).unwrap();
+        std::fs::write(dir.join("secrets/acme/kept"), KEPT_SECRET).unwrap();
+        std::fs::write(
+            dir.join("policies/tenants/acme/kept.cedar"),
+            r#"
+@id("acme-kept")
+permit (principal in TenantProxy::Tenant::"acme", action, resource)
+when { resource == TenantProxy::Destination::"kept.test" };
+"#,
+        )
+        .unwrap();
+    });
+    let authority = format!("kept.test:{}", origin.port);
+    // A request that carries the key (forward mode, to `https://`): the origin keeps it.
+    let r = forward_get(
+        proxy.sidecar_port,
+        &format!("https://{authority}/x/echo/1"),
+        None,
+        "Authorization: Bearer $CRED{kept}\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(
+        origin.requests()[0].headers["authorization"],
+        format!("Bearer {KEPT_SECRET}")
+    );
+    // The same host through a tunnel policy lets pass opaquely: intercepted all the same, so
+    // what the host kept comes back as the handle, to a client that trusts the proxy's CA.
+    let (sock, status, text) = connect(proxy.sidecar_port, &authority, "");
+    assert_eq!(status, 200, "{text}");
+    let mut tls = tls_over(sock, "kept.test", &proxy.path("ca/ca.pem"))
+        .expect("the tunnel is intercepted: the proxy's leaf, not the origin's certificate");
+    let kept = request_over(
+        &mut tls,
+        &format!("GET /x/logged/2 HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(kept.status, 200, "{}", kept.body_text());
+    assert_eq!(kept.json()["last_key"], "Bearer $CRED{kept}");
+    assert!(!kept.body_text().contains(KEPT_SECRET));
+    let recs = proxy.wait_audit_records("acme", 3);
+    let tunnel = recs
+        .iter()
+        .find(|r| r["method"] == "CONNECT")
+        .expect("the tunnel's record");
+    assert_eq!(tunnel["tunnel"]["mode"], "intercept", "{tunnel}");
+    // A client that trusts only the origin (certificate pinning) cannot have it relayed unread.
+    let (sock, status, text) = connect(proxy.sidecar_port, &authority, "");
+    assert_eq!(status, 200, "{text}");
+    assert!(tls_over(sock, "kept.test", &proxy.path("origin-ca.pem")).is_err());
+}
+
 #[test]
 fn websocket_upgrades_pass_inside_an_intercepted_tunnel_after_authorization() {
     let h = start_https(|_| {});

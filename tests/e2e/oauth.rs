@@ -24,6 +24,10 @@ const RUST_LOG: &str =
     "trace,pingora_proxy::proxy_h1=trace,pingora_core=trace,pingora_core::protocols::http::v1::client=trace,pingora=trace";
 
 fn put(dir: &Path, tenant: &str, name: &str, kind: &str, value: &str) {
+    put_bound(dir, tenant, name, kind, "127.0.0.1", value);
+}
+
+fn put_bound(dir: &Path, tenant: &str, name: &str, kind: &str, bind: &str, value: &str) {
     let args = [
         "cred",
         "--config",
@@ -34,7 +38,7 @@ fn put(dir: &Path, tenant: &str, name: &str, kind: &str, value: &str) {
         "--name",
         name,
         "--bind",
-        "127.0.0.1",
+        bind,
         "--in",
         "header",
         "--kind",
@@ -414,4 +418,184 @@ fn a_failing_token_endpoint_refuses_its_tenant_with_503_and_leaves_others_alone(
         "four failed grants"
     );
     assert!(!proxy.log().contains(ACME_SECRET));
+}
+
+#[test]
+fn a_lifetime_of_any_size_is_served_bounded_and_audited() {
+    // Token endpoints that answer `expires_in` of 2^64-1 (a number, a string) or 2^63-1: the
+    // number is theirs to choose, and no clock can add it to the present.
+    let endpoint = TokenEndpoint::start(&json!({
+        "acme-huge": {"secret": ACME_SECRET, "expires_in": u64::MAX},
+        "acme-hugestr": {"secret": ACME_SECRET, "expires_in": u64::MAX.to_string()},
+        "acme-big63": {"secret": ACME_SECRET, "expires_in": i64::MAX},
+    }));
+    let origin = Origin::start();
+    let names = ["huge", "hugestr", "big63"];
+    let proxy = start(Duration::from_secs(10), &[], |dir| {
+        for name in names {
+            let value = client(&endpoint, "/token", &format!("acme-{name}"), ACME_SECRET);
+            put(dir, "acme", name, "oauth2_client_credentials", &value);
+        }
+    });
+    let mut ids = Vec::new();
+    for name in names {
+        // Served, and the token kept: the second call is answered from the cache.
+        for _ in 0..2 {
+            let r = call(proxy.sidecar_port, &origin, None, name);
+            assert_eq!(r.status, 200, "{name}: {}", r.body_text());
+            ids.push((name, r.request_id()));
+        }
+        let granted = endpoint.granted(&format!("acme-{name}"));
+        assert_eq!(granted.len(), 1, "{name}: {granted:?}");
+        assert_eq!(
+            bearers(&origin).last().unwrap(),
+            granted[0]["token"].as_str().unwrap()
+        );
+    }
+    for (name, id) in ids {
+        let rec = proxy.audit_record("acme", &id);
+        assert_eq!(rec["decision"], "allow", "{rec}");
+        assert_eq!(rec["credentials"], json!([name]), "{rec}");
+    }
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+}
+
+/// Waits for a reload of the tenant configuration after `before` of them were logged.
+fn reloaded_after(proxy: &Proxy, before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.log().matches("tenant configuration reloaded").count() <= before {
+        assert!(Instant::now() < deadline, "no reload: {}", proxy.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What an upstream that keeps what it is sent (`/logged/`: the last `Authorization` it got)
+/// shows a later request that carries no secret, through `url`'s host.
+fn kept(proxy: &Proxy, url: &str) -> String {
+    let r = forward_get(proxy.sidecar_port, url, None, "");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    r.json()["last_key"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_host_that_keeps_what_it_is_sent_never_shows_a_token_or_a_value_it_lately_had() {
+    const KEY_V1: &str = "sk-acme-key-v1-canary-51e0";
+    const KEY_V2: &str = "sk-acme-key-v2-canary-a9c3";
+    const GONE: &str = "sk-acme-gone-canary-07d4";
+    let endpoint = TokenEndpoint::start(&json!({
+        "acme-client": {"secret": ACME_SECRET},
+        "acme-rotated": {"secret": ROTATED_SECRET},
+    }));
+    let origin = Origin::start();
+    let proxy = start(Duration::from_secs(10), &[], |dir| {
+        let acme = client(&endpoint, "/token", "acme-client", ACME_SECRET);
+        put(dir, "acme", "gapi", "oauth2_client_credentials", &acme);
+        put(dir, "acme", "key", "static", KEY_V1);
+        // The only credential bound to `localhost`: once it is removed, nothing is.
+        put_bound(dir, "acme", "gone", "static", "localhost", GONE);
+    });
+    let here = |path: &str| format!("http://127.0.0.1:{}{path}", origin.port);
+    let local = |path: &str| format!("http://localhost:{}{path}", origin.port);
+    let bearer = |handle: &str| format!("Authorization: Bearer $CRED{{{handle}}}\r\n");
+
+    // The current access token, sent by a request that used it, shown to one that did not.
+    let r = call(proxy.sidecar_port, &origin, None, "gapi");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let token = endpoint.granted("acme-client")[0]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(bearers(&origin).last().unwrap(), &token);
+    assert_eq!(
+        kept(&proxy, &here("/public/logged/x")),
+        "Bearer $CRED{gapi}"
+    );
+
+    // A static value rotated: the old value, still in the upstream's log, is not shown.
+    let r = forward_get(
+        proxy.sidecar_port,
+        &here("/public/echo/x"),
+        None,
+        &bearer("key"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(bearers(&origin).last().unwrap(), KEY_V1);
+    let before = proxy.log().matches("tenant configuration reloaded").count();
+    put(&proxy.path(""), "acme", "key", "static", KEY_V2);
+    proxy.sighup();
+    reloaded_after(&proxy, before);
+    assert_eq!(kept(&proxy, &here("/public/logged/x")), "Bearer $CRED{key}");
+
+    // A token credential rotated: the token minted from the old value is dropped, never sent
+    // again, but still looked for until it expires.
+    let r = call(proxy.sidecar_port, &origin, None, "gapi");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(bearers(&origin).last().unwrap(), &token);
+    let before = proxy.log().matches("tenant configuration reloaded").count();
+    let rotated = client(&endpoint, "/token", "acme-rotated", ROTATED_SECRET);
+    put(
+        &proxy.path(""),
+        "acme",
+        "gapi",
+        "oauth2_client_credentials",
+        &rotated,
+    );
+    proxy.sighup();
+    reloaded_after(&proxy, before);
+    assert_eq!(
+        kept(&proxy, &here("/public/logged/x")),
+        "Bearer $CRED{gapi}"
+    );
+
+    // A credential removed, and with it the last one bound to its host: that host's answers
+    // are still scrubbed of it (and asked for in a form that can be).
+    let r = forward_get(
+        proxy.sidecar_port,
+        &local("/acme/echo/x"),
+        None,
+        &bearer("gone"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(bearers(&origin).last().unwrap(), GONE);
+    let before = proxy.log().matches("tenant configuration reloaded").count();
+    let args = [
+        "cred",
+        "--config",
+        "tenant-proxy.toml",
+        "rm",
+        "--tenant",
+        "acme",
+        "--name",
+        "gone",
+    ];
+    let (code, out) = proxy_cli(&proxy.path(""), &args, "");
+    assert_eq!(code, 0, "{out}");
+    proxy.sighup();
+    reloaded_after(&proxy, before);
+    forward_get(
+        proxy.sidecar_port,
+        &local("/acme/echo/x"),
+        None,
+        &bearer("gone"),
+    )
+    .assert_refused(403, "credential_unknown");
+    assert_eq!(kept(&proxy, &local("/acme/logged/x")), "Bearer $CRED{gone}");
+    let asked = origin.matching("/acme/logged/x");
+    assert_eq!(
+        asked[0].headers.get("accept-encoding").map(String::as_str),
+        Some("identity")
+    );
+
+    // Nothing of it reached a sink either.
+    let log = proxy.log();
+    for secret in [
+        token.as_str(),
+        KEY_V1,
+        KEY_V2,
+        GONE,
+        ACME_SECRET,
+        ROTATED_SECRET,
+    ] {
+        assert!(!log.contains(secret), "the log has {secret}");
+    }
 }

@@ -78,6 +78,8 @@ fn start(origin: &Origin, raw_credential: config::RawCredential) -> Proxy {
         "/up/",
         format!("http://127.0.0.1:{}/", origin.port),
     ));
+    // An LLM API (OpenAI's paths) at the origin, open to every tenant.
+    spec.llm_route(origin.port);
     Proxy::start_prepared(spec, prepare)
 }
 
@@ -564,6 +566,186 @@ fn bodies_too_large_to_scan_are_refused_toward_managed_hosts() {
         "/globex/big-handle",
         "unmanaged, handle",
     );
+}
+
+#[test]
+fn a_header_the_proxy_decides_on_is_read_on_every_line_or_refused_when_repeated() {
+    let origin = Origin::start();
+    let proxy = start(&origin, config::RawCredential::Refuse);
+    let own = format!(r#"{{"api_key":"{LITERAL}"}}"#);
+    // A coding on any line of `Content-Encoding` is a coding: the body as sent is not what
+    // the upstream reads, whichever line the proxy would have looked at first.
+    for (case, codings, path) in [
+        (
+            "identity then gzip",
+            "Content-Encoding: identity\r\nContent-Encoding: gzip\r\n",
+            "/acme/ce1",
+        ),
+        (
+            "gzip then identity",
+            "Content-Encoding: gzip\r\nContent-Encoding: identity\r\n",
+            "/acme/ce2",
+        ),
+        (
+            "empty then br",
+            "Content-Encoding: \r\nContent-Encoding: br\r\n",
+            "/acme/ce3",
+        ),
+    ] {
+        let r = send(
+            proxy.sidecar_port,
+            "POST",
+            &url(&origin, path),
+            codings,
+            Some(("application/json", b"\x1f\x8b\x08\x00")),
+        );
+        refused(
+            &proxy,
+            &origin,
+            "acme",
+            &r,
+            (415, "credential_scan_incomplete"),
+            path,
+            case,
+        );
+    }
+    // A type given twice, or with two readings, is refused whoever's destination it is: the
+    // proxy would check the body as one type while the upstream parses it as the other.
+    for (case, extra, content_type, path) in [
+        (
+            "multipart, then JSON",
+            "Content-Type: multipart/form-data; boundary=XX\r\n",
+            "application/json",
+            "/acme/ct1",
+        ),
+        (
+            "JSON, then a form",
+            "Content-Type: application/json\r\n",
+            "application/x-www-form-urlencoded",
+            "/acme/ct2",
+        ),
+        (
+            "a boundary twice",
+            "",
+            "multipart/form-data; boundary=XX; boundary=YY",
+            "/acme/ct3",
+        ),
+        (
+            "two types in one line",
+            "",
+            "multipart/form-data; boundary=XX, application/json",
+            "/acme/ct4",
+        ),
+    ] {
+        let r = send(
+            proxy.sidecar_port,
+            "POST",
+            &url(&origin, path),
+            extra,
+            Some((content_type, own.as_bytes())),
+        );
+        refused(
+            &proxy,
+            &origin,
+            "acme",
+            &r,
+            (400, "bad_request"),
+            path,
+            case,
+        );
+    }
+    // One line of each passes as before.
+    let r = send(
+        proxy.sidecar_port,
+        "POST",
+        &url(&origin, "/acme/ok"),
+        "Content-Encoding: identity\r\n",
+        Some(("application/json", br#"{"api_key":"$CRED{openai}"}"#)),
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let got = origin.matching("/acme/ok");
+    assert_eq!(
+        got[0].body,
+        format!(r#"{{"api_key":"{ACME_KEY}"}}"#).as_bytes()
+    );
+}
+
+#[test]
+fn a_body_is_read_by_every_reader_whatever_its_type_declares() {
+    let origin = Origin::start();
+    let proxy = start(&origin, config::RawCredential::Refuse);
+    let json = format!(r#"{{"model":"gpt-4o","messages":[],"api_key":"{LITERAL}"}}"#);
+    let form = format!("model=gpt-4o&api_key={LITERAL}");
+    let part = |name: &str| {
+        format!("--XX\r\nContent-Disposition: form-data; {name}\r\n\r\n{LITERAL}\r\n--XX--\r\n")
+    };
+    let multipart = "multipart/form-data; boundary=XX";
+    for (case, target, content_type, body, path) in [
+        (
+            "JSON declared multipart",
+            url(&origin, "/acme/mp1"),
+            multipart,
+            json.clone(),
+            "/acme/mp1",
+        ),
+        (
+            "JSON declared multipart, to an LLM API",
+            "/llm/chat/completions".to_string(),
+            multipart,
+            json.clone(),
+            "/v1/chat/completions",
+        ),
+        (
+            "a form declared multipart",
+            url(&origin, "/acme/mp2"),
+            multipart,
+            form.clone(),
+            "/acme/mp2",
+        ),
+        (
+            "a part named the RFC 2231 way",
+            url(&origin, "/acme/mp3"),
+            multipart,
+            part("name*=UTF-8''api_key"),
+            "/acme/mp3",
+        ),
+        (
+            "a part named twice",
+            url(&origin, "/acme/mp4"),
+            multipart,
+            part("name=\"file\"; name*=UTF-8''api%5Fkey"),
+            "/acme/mp4",
+        ),
+        (
+            "multipart declared as text",
+            url(&origin, "/acme/mp5"),
+            "text/plain",
+            part("name=\"api_key\""),
+            "/acme/mp5",
+        ),
+    ] {
+        let r = send(
+            proxy.sidecar_port,
+            "POST",
+            &target,
+            "",
+            Some((content_type, body.as_bytes())),
+        );
+        refused(
+            &proxy,
+            &origin,
+            "acme",
+            &r,
+            (403, "raw_credential"),
+            path,
+            case,
+        );
+    }
+    assert!(origin.matching(LITERAL).is_empty());
+    assert!(!origin
+        .requests()
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.body).contains(LITERAL)));
 }
 
 #[test]

@@ -20,6 +20,7 @@ use super::handle::{self, SubstituteError};
 use super::kind::Kind;
 use super::positions::{holding, CredentialPositions, Holding};
 use super::raw::{self, OnLiteral};
+use super::scrub::Patterns;
 use super::secret::SecretValue;
 use super::{Credential, CredentialSet};
 use crate::ids::TenantId;
@@ -136,8 +137,9 @@ pub struct RequestParts<'a> {
     pub body: Option<&'a Bytes>,
     /// `Content-Type`.
     pub content_type: Option<&'a str>,
-    /// `Content-Encoding` of the body, when it is still encoded.
-    pub content_encoding: Option<&'a str>,
+    /// The body is still in a content coding other than `identity` (any coding on any line of
+    /// `Content-Encoding`, see [`crate::header_names::content_coded`]).
+    pub encoded: bool,
 }
 
 /// The access tokens obtained for a request's token credentials, by credential name. `Debug`
@@ -195,29 +197,37 @@ pub struct Applied {
     pub sign: Option<Arc<Credential>>,
     /// The access tokens substituted (scrubbed from the response like any secret).
     pub tokens: AccessTokens,
-    /// Every credential of the tenant bound to the destination's host, used or not: an upstream
-    /// that keeps what it was sent (a request log, a cache, a debug page) can echo any of them
-    /// to a later request, so every response from there is scrubbed of them all.
-    pub guarded: Vec<Arc<Credential>>,
+    /// Some credential of the tenant is bound to the destination's host (used or not).
+    pub managed: bool,
+    /// Every secret a response from the destination's host may echo to this tenant (see
+    /// [`super::echoes`]): its credentials' values and access tokens there, used or not, now
+    /// and lately. An upstream that keeps what it was sent (a request log, a cache, a debug
+    /// page) can echo any of them to a later request, so every response from there is
+    /// scrubbed of them all. Set by the caller after [`apply`] (`None`: nothing is or was
+    /// bound there, or the caller keeps no such sets).
+    pub echoes: Option<Arc<Patterns>>,
 }
 
 impl Applied {
     /// Whether the response must be scrubbed (and so asked for in a readable form): a secret
-    /// was sent with this request, or the destination holds some of the tenant's.
+    /// was sent with this request, or the destination holds (or lately held) some of the
+    /// tenant's.
     pub fn scrubs(&self) -> bool {
-        !self.used.is_empty() || !self.guarded.is_empty() || !self.tokens.is_empty()
+        !self.used.is_empty() || !self.tokens.is_empty() || self.managed || self.echoes.is_some()
     }
 
-    /// The secrets to scrub from the response: the ones used, and the ones the destination
-    /// may have kept (each once).
-    pub fn secrets(&self) -> Vec<Arc<Credential>> {
-        let mut all = self.used.clone();
-        for c in &self.guarded {
-            if !all.iter().any(|u| Arc::ptr_eq(u, c)) {
-                all.push(c.clone());
+    /// What the response is scrubbed of: the destination's echo set, which holds every
+    /// credential a request there can use (it was built from the same snapshot) and, unless a
+    /// refresh raced it, the tokens used; else the secrets and tokens this request used.
+    pub fn scrub_patterns(&self) -> Arc<Patterns> {
+        let own = || Patterns::of(&self.used, &self.tokens);
+        match &self.echoes {
+            Some(echoes) if self.tokens.iter().all(|(_, t)| echoes.covers(t.expose())) => {
+                echoes.clone()
             }
+            Some(echoes) => Arc::new(echoes.merged(own())),
+            None => Arc::new(own()),
         }
-        all
     }
 }
 
@@ -238,14 +248,8 @@ impl std::fmt::Debug for Applied {
             .field("body_rewritten", &self.body.is_some())
             .field("signed_with", &self.sign.as_ref().map(|c| c.name.as_str()))
             .field("tokens", &self.tokens)
-            .field(
-                "guarded",
-                &self
-                    .guarded
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .field("managed", &self.managed)
+            .field("echoes", &self.echoes)
             .finish()
     }
 }
@@ -311,11 +315,11 @@ pub fn apply(
     authorize: &mut dyn FnMut(&Credential, Position) -> bool,
 ) -> Result<Applied, CredentialDeny> {
     // SECURITY: where this tenant's keys are managed, the agent's own key never goes along.
+    let managed = set.any_bound_to_host(tenant, req.target.host);
     let mut out = Applied {
-        guarded: set.bound_to_host(tenant, req.target.host),
+        managed,
         ..Applied::default()
     };
-    let managed = !out.guarded.is_empty();
     let on_literal = match settings.raw_credential {
         RawCredentialMode::Refuse => OnLiteral::Refuse,
         RawCredentialMode::Strip => OnLiteral::Strip,
@@ -326,10 +330,7 @@ pub fn apply(
     if let (true, Some(body)) = (managed, req.body) {
         // SECURITY: a body that is not scanned whole could carry a key (or a handle) past the
         // scan; toward a managed destination it is refused, never forwarded half-scanned.
-        if req
-            .content_encoding
-            .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"))
-        {
+        if req.encoded {
             return Err(CredentialDeny::ScanIncomplete(ScanGap::Encoded));
         }
         if body.len() > settings.scan_body_max_bytes {

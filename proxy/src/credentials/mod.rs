@@ -8,10 +8,12 @@
 //!   refuses the agent's own keys ([`raw`]) toward destinations whose keys are managed;
 //! - [`oauth`]: OAuth2 token credentials, their grants and the per-tenant token cache;
 //! - [`scrub`]: replaces a secret echoed back in a response (raw, escaped or base64) with its
-//!   handle.
+//!   handle; [`echoes`]: every secret a response from a host may echo, per tenant (current and
+//!   lately retired values, access tokens), compiled once per tenant and host.
 
 pub mod apply;
 pub mod binding;
+pub mod echoes;
 pub mod files;
 pub mod handle;
 pub mod kind;
@@ -79,6 +81,22 @@ impl CredentialSet {
             .unwrap_or_default();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Whether any credential of `tenant` is bound to `host` (whatever the scheme, port and
+    /// path): the tenant's keys are managed there, so a raw key from the agent is not accepted,
+    /// and what comes back is scrubbed. Allocates nothing.
+    pub fn any_bound_to_host(&self, tenant: &TenantId, host: &str) -> bool {
+        self.tenants.get(tenant).is_some_and(|creds| {
+            creds
+                .values()
+                .any(|c| c.bindings.iter().any(|b| b.matches_host(host)))
+        })
+    }
+
+    /// Every credential of every tenant.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Credential>> {
+        self.tenants.values().flat_map(HashMap::values)
     }
 
     /// Every credential of `tenant` bound to `host` (whatever the path): the secrets a response

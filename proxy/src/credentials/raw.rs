@@ -1,11 +1,13 @@
 //! Finding the agent's own keys: literals in the credential positions of a request body or query
 //! toward a destination whose keys the proxy manages (see [`super::positions`]).
 //!
-//! The readers here are deliberately lenient, because the upstream's parser decides what a body
-//! means, not the `Content-Type`: a body that looks like JSON is read as JSON tokens whatever its
-//! type (escapes decoded, at any depth, across several top-level values, past trailing garbage,
-//! `NaN` and the like); any other body is read as `k=v` pairs split on `&` and `;` (what form
-//! parsers, old and new, accept); a `multipart/form-data` body by its parts. Each credential
+//! The readers here are deliberately lenient, and every one that can read a body reads it,
+//! because the upstream's parser decides what a body means, not the `Content-Type`: a body that
+//! looks like JSON is read as JSON tokens whatever its type (escapes decoded, at any depth,
+//! across several top-level values, past trailing garbage, `NaN` and the like); every body but
+//! JSON declared JSON is read as `k=v` pairs split on `&` and `;` (what form parsers, old and
+//! new, accept); a body is read by its parts with the boundary of a declared `multipart/*` type
+//! and with the one its first line names (each part by every name it is given). Each credential
 //! field must hold one `$CRED{}` handle or nothing: a literal is refused (or, in strip mode,
 //! removed), a field given twice in one object, form or query is refused as repeated.
 
@@ -24,7 +26,17 @@ pub(crate) enum OnLiteral {
     Strip,
 }
 
-/// Checks a request body's credential fields. `Ok(Some(new))` when literals were stripped.
+/// Checks a request body's credential fields with every reader that can read it, whatever its
+/// `Content-Type` says: the upstream's parser decides what the body means, and a declared type
+/// is only a hint to it. `Ok(Some(new))` when literals were stripped.
+///
+/// SECURITY: the readers run one after the other on the body as the previous one left it:
+/// - multipart, with each boundary a parser could take: the declared one (any `multipart/*`
+///   type) and the one the body's first line names;
+/// - JSON, when the body looks like JSON (after a BOM);
+/// - `k=v` pairs, on every body but a JSON one declared JSON (no server reads that as a form;
+///   a body without a type is a form to Rack, hence Rails, and a multipart type does not stop
+///   a lenient reader from taking a form).
 pub(crate) fn check_body(
     body: &[u8],
     content_type: Option<&str>,
@@ -32,38 +44,65 @@ pub(crate) fn check_body(
     on_literal: OnLiteral,
 ) -> Result<Option<Vec<u8>>, CredentialDeny> {
     let is_field = |name: &str| positions.is_body_field(name);
-    if let Some(boundary) = content_type.and_then(multipart_boundary) {
-        return check_multipart(body, boundary.as_bytes(), &is_field, on_literal);
+    let mut current: Cow<'_, [u8]> = Cow::Borrowed(body);
+    let declared = content_type.and_then(multipart_boundary);
+    let first_line = first_line_boundary(body);
+    for boundary in [
+        declared.as_deref(),
+        first_line.filter(|b| Some(*b) != declared.as_deref()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Some(new) = check_multipart(&current, boundary.as_bytes(), &is_field, on_literal)? {
+            current = Cow::Owned(new);
+        }
     }
-    let bom = if body.starts_with(b"\xEF\xBB\xBF") {
+    let bom = if current.starts_with(b"\xEF\xBB\xBF") {
         3
     } else {
         0
     };
-    let form = content_type.is_some_and(|ct| {
-        ct.trim_start()
-            .get(..33)
-            .is_some_and(|p| p.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
-    });
-    if looks_like_json(&body[bom..]) {
-        let stripped = check_json(&body[bom..], &is_field, on_literal)?.map(|new| {
-            let mut out = body[..bom].to_vec();
+    let json = looks_like_json(&current[bom..]);
+    if json {
+        if let Some(new) = check_json(&current[bom..], &is_field, on_literal)? {
+            let mut out = current[..bom].to_vec();
             out.extend_from_slice(&new);
-            out
-        });
-        if !form {
-            return Ok(stripped);
+            current = Cow::Owned(out);
         }
-        // Declared a form: its upstream reads pairs, whatever the bytes look like.
-        let current = stripped.as_deref().unwrap_or(body);
-        return Ok(
-            match check_pairs(current, &is_field, "body field", on_literal)? {
-                Some(new) => Some(new),
-                None => stripped,
-            },
-        );
     }
-    check_pairs(body, &is_field, "body field", on_literal)
+    if !(json && declared_json(content_type)) {
+        if let Some(new) = check_pairs(&current, &is_field, "body field", on_literal)? {
+            current = Cow::Owned(new);
+        }
+    }
+    Ok(match current {
+        Cow::Owned(new) => Some(new),
+        Cow::Borrowed(_) => None,
+    })
+}
+
+/// Whether `content_type` names JSON (`application/json`, `application/…+json`).
+fn declared_json(content_type: Option<&str>) -> bool {
+    let essence = content_type
+        .and_then(|ct| ct.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The boundary a body's first line names, when it starts like a multipart body (`--` and a
+/// boundary of 1 to 70 characters, then the line's end): what a parser that finds its boundary
+/// in the body, not the header, would split it on.
+fn first_line_boundary(body: &[u8]) -> Option<&str> {
+    let rest = body.strip_prefix(b"--")?;
+    let end = rest.iter().position(|b| matches!(b, b'\r' | b'\n'))?;
+    let boundary = std::str::from_utf8(&rest[..end]).ok()?.trim_end();
+    let bchar = |c: char| c.is_ascii_alphanumeric() || "'()+_,-./:=? ".contains(c);
+    (!boundary.is_empty() && boundary.len() <= 70 && boundary.chars().all(bchar))
+        .then_some(boundary)
 }
 
 /// Whether a lenient reader would take `body` for JSON (after a BOM), whatever its type says.
@@ -78,9 +117,15 @@ fn looks_like_json(body: &[u8]) -> bool {
     )
 }
 
+/// The `boundary` of a `multipart/*` type (any subtype: a parser may split any of them into
+/// named parts).
 fn multipart_boundary(content_type: &str) -> Option<String> {
     let (essence, params) = content_type.split_once(';')?;
-    if !essence.trim().eq_ignore_ascii_case("multipart/form-data") {
+    let essence = essence.trim();
+    if !essence
+        .get(..10)
+        .is_some_and(|p| p.eq_ignore_ascii_case("multipart/"))
+    {
         return None;
     }
     params.split(';').find_map(|p| {
@@ -595,12 +640,14 @@ fn check_multipart(
         else {
             continue;
         };
-        let Some(name) = disposition_name(&part[..head_end]) else {
+        // A part with several names (two `Content-Disposition` lines, `name` and `name*`) is
+        // a credential field when any of them is: a parser keeps one, not necessarily the first.
+        let Some(name) = disposition_names(&part[..head_end])
+            .into_iter()
+            .find(|n| is_field(n))
+        else {
             continue;
         };
-        if !is_field(&name) {
-            continue;
-        }
         let place = format!("body field `{}`", printable(&name));
         let normalized = normalize_field(&name);
         if seen.contains(&normalized) {
@@ -630,18 +677,52 @@ fn check_multipart(
     Ok(Some(out))
 }
 
-fn disposition_name(head: &[u8]) -> Option<String> {
+/// Every name a part's head gives it: each `name` parameter of each `Content-Disposition` line,
+/// quoted or not (a quoted one unescaped), and each RFC 2231 / 5987 `name*` (`UTF-8''api%5Fkey`,
+/// percent-decoded).
+fn disposition_names(head: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(head);
-    let line = text.lines().find(|l| {
+    let mut names = Vec::new();
+    for line in text.lines().filter(|l| {
         l.get(..20)
             .is_some_and(|p| p.eq_ignore_ascii_case("content-disposition:"))
-    })?;
-    line.split(';').skip(1).find_map(|param| {
-        let (k, v) = param.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case("name")
-            .then(|| v.trim().trim_matches('"').to_string())
-    })
+    }) {
+        for param in line.split(';').skip(1) {
+            let Some((k, v)) = param.split_once('=') else {
+                continue;
+            };
+            let (k, v) = (k.trim(), v.trim());
+            if k.eq_ignore_ascii_case("name") {
+                names.push(unquote(v));
+            } else if k.eq_ignore_ascii_case("name*") {
+                // `charset'language'value`, the value percent-encoded.
+                let value = unquote(v);
+                let encoded = value.rsplit('\'').next().unwrap_or(&value);
+                names.push(
+                    String::from_utf8_lossy(&percent_decode(encoded.as_bytes())).into_owned(),
+                );
+            }
+        }
+    }
+    names
+}
+
+/// A parameter value as a parser reads it: a quoted string unescaped (`\x` is `x`), anything
+/// else as it is.
+fn unquote(v: &str) -> String {
+    let Some(inner) = v.strip_prefix('"') else {
+        return v.to_string();
+    };
+    let inner = inner.strip_suffix('"').unwrap_or(inner);
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -870,6 +951,99 @@ mod tests {
         );
         let fine = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\napi_key=sk-x\r\n--XyZ--\r\n";
         assert_eq!(body(fine, mp), Ok(None));
+    }
+
+    #[test]
+    fn every_reader_runs_whatever_the_type_declares() {
+        let json = r#"{"model":"gpt-4o","messages":[],"api_key":"sk-RAW"}"#;
+        let form = "model=gpt-4o&api_key=sk-RAW";
+        let part = |disposition: &str, boundary: &str| {
+            format!("--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n\r\nsk-RAW\r\n--{boundary}--\r\n")
+        };
+        let field = raw("body field `api_key`");
+        let cases: Vec<(&str, String, Option<&str>)> = vec![
+            ("JSON declared multipart", json.into(), Some("multipart/form-data; boundary=XX")),
+            ("form declared multipart", form.into(), Some("multipart/form-data; boundary=XX")),
+            ("JSON declared a form", json.into(), Some("application/x-www-form-urlencoded")),
+            ("form declared JSON", form.into(), Some("application/json")),
+            ("form without a type", form.into(), None),
+            (
+                "a form in a JSON string, without a type (Rack reads it as a form)",
+                r#"{"q":"x&api_key=sk-RAW&"}"#.into(),
+                None,
+            ),
+            (
+                "a form in a JSON string, as text",
+                r#"{"q":"x&api_key=sk-RAW&"}"#.into(),
+                Some("text/plain"),
+            ),
+            (
+                "RFC 2231 name",
+                part("name*=UTF-8''api_key", "XX"),
+                Some("multipart/form-data; boundary=XX"),
+            ),
+            (
+                "RFC 2231 name, percent-encoded",
+                part("name*=UTF-8''api%5Fkey", "XX"),
+                Some("multipart/form-data; boundary=XX"),
+            ),
+            (
+                "a name beside another",
+                part("name=\"file\"; name*=UTF-8''api_key", "XX"),
+                Some("multipart/form-data; boundary=XX"),
+            ),
+            (
+                "a quoted name with an escape",
+                part("name=\"api\\_key\"", "XX"),
+                Some("multipart/form-data; boundary=XX"),
+            ),
+            (
+                "a second Content-Disposition",
+                "--XX\r\nContent-Disposition: form-data; name=\"file\"\r\ncontent-disposition: form-data; name=\"api_key\"\r\n\r\nsk-RAW\r\n--XX--\r\n".into(),
+                Some("multipart/form-data; boundary=XX"),
+            ),
+            (
+                "the body's own boundary, not the declared one",
+                part("name=\"api_key\"", "YY"),
+                Some("multipart/form-data; boundary=XX"),
+            ),
+            ("multipart declared as text", part("name=\"api_key\"", "YY"), Some("text/plain")),
+            (
+                "another multipart type",
+                part("name=\"api_key\"", "XX"),
+                Some("multipart/mixed; boundary=XX"),
+            ),
+        ];
+        let open: Vec<&str> = cases
+            .iter()
+            .filter(|(_, b, ct)| body(b, *ct) != field)
+            .map(|(name, ..)| *name)
+            .collect();
+        assert!(open.is_empty(), "read past: {open:#?}");
+        // A JSON body declared JSON has one reading: text in its strings is not a form.
+        assert_eq!(
+            body(
+                r#"{"q":"x&api_key=sk-not-a-field&"}"#,
+                Some("application/json")
+            ),
+            Ok(None)
+        );
+        assert_eq!(
+            body(
+                r#"{"q":"x&api_key=sk-not-a-field&"}"#,
+                Some("application/vnd.api+json; charset=utf-8")
+            ),
+            Ok(None)
+        );
+        // Strip mode removes what each reader found.
+        assert_eq!(
+            stripped(json, Some("multipart/form-data; boundary=XX")),
+            r#"{"model":"gpt-4o","messages":[],"api_key":null}"#
+        );
+        assert_eq!(
+            stripped(form, Some("multipart/form-data; boundary=XX")),
+            "model=gpt-4o"
+        );
     }
 
     #[test]

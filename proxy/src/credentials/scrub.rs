@@ -64,14 +64,149 @@ struct Pattern {
     masks: bool,
 }
 
-/// Scrubs one response.
-pub struct Scrubber {
+/// The compiled forms of a set of secrets: what a [`Scrubber`] looks for. Compiling costs a few
+/// base64 encodings per secret, so a set is built once per tenant and host (see
+/// [`super::echoes`]) and shared by every response from there.
+pub struct Patterns {
+    /// Longest first: of two matches at one place, the longer wins.
     patterns: Vec<Pattern>,
-    /// Bytes a match can start with.
-    starts: [bool; 256],
-    carry: BytesMut,
+    /// For each byte, the patterns (indices, in order) a match starting with it can be: their
+    /// first byte in either case where case is ignored, and every pattern for `\` and `%`,
+    /// which can begin an escaped first byte. Empty: nothing starts there.
+    by_first: Vec<Vec<usize>>,
     /// Most bytes a chunk holds back: at least the longest match (each byte escaped).
     hold_cap: usize,
+}
+
+impl std::fmt::Debug for Patterns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The patterns are secret material.
+        f.debug_struct("Patterns")
+            .field("patterns", &self.patterns.len())
+            .finish()
+    }
+}
+
+impl Patterns {
+    /// The forms of each secret, each replaced by its credential's handle (`$CRED{name}`).
+    pub fn compile<'a>(named: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        let mut patterns: Vec<Pattern> = Vec::new();
+        for (name, value) in named {
+            if value.is_empty() {
+                continue;
+            }
+            // A secret with a space, a control character or a non-ASCII byte (a PEM key;
+            // static values are refused at load) is looked for as its long visible runs, so
+            // that a match consists of visible ASCII only (what the hold-back relies on).
+            let raw: Vec<&[u8]> = if value.iter().all(|b| may_be_in_a_match(*b)) {
+                vec![value]
+            } else {
+                value
+                    .split(|b| !may_be_in_a_match(*b))
+                    .filter(|run| run.len() >= MIN_RUN_LEN)
+                    .collect()
+            };
+            for piece in raw {
+                if patterns.iter().any(|p| !p.masks && p.bytes == piece) {
+                    continue;
+                }
+                patterns.push(Pattern {
+                    bytes: piece.to_vec(),
+                    ignore_case: piece.len() >= MIN_FUZZY_LEN,
+                    replacement: format!("$CRED{{{name}}}").into_bytes(),
+                    masks: false,
+                });
+            }
+            let stars = vec![b'*'; value.len()];
+            for align in 0..3 {
+                for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+                    let core = base64_core(engine, value, align);
+                    if core.len() < MIN_FUZZY_LEN || patterns.iter().any(|p| p.bytes == core) {
+                        continue;
+                    }
+                    patterns.push(Pattern {
+                        bytes: core,
+                        ignore_case: false,
+                        replacement: base64_core(engine, &stars, align),
+                        masks: true,
+                    });
+                }
+            }
+        }
+        Self::indexed(patterns)
+    }
+
+    /// The secrets of `secrets` (a static value; a signing or token credential's secret parts)
+    /// and the access tokens `tokens` substituted for token credentials, each replaced by its
+    /// credential's handle.
+    pub fn of(secrets: &[Arc<Credential>], tokens: &AccessTokens) -> Self {
+        let mut named: Vec<(&str, &[u8])> = Vec::new();
+        for c in secrets {
+            named.extend(echoable(c).into_iter().map(|v| (c.name.as_str(), v)));
+        }
+        named.extend(tokens.iter().map(|(n, t)| (n, t.expose())));
+        Self::compile(named)
+    }
+
+    /// These patterns and `other`'s together.
+    pub fn merged(&self, other: Patterns) -> Self {
+        let mut patterns = self.patterns.clone();
+        for p in other.patterns {
+            if !patterns.iter().any(|q| q.bytes == p.bytes) {
+                patterns.push(p);
+            }
+        }
+        Self::indexed(patterns)
+    }
+
+    /// Whether a secret of visible ASCII (an access token) is looked for as written.
+    pub fn covers(&self, secret: &[u8]) -> bool {
+        self.patterns.iter().any(|p| !p.masks && p.bytes == secret)
+    }
+
+    /// Whether there is nothing to look for.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    fn indexed(mut patterns: Vec<Pattern>) -> Self {
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.bytes.len()));
+        let mut by_first: Vec<Vec<usize>> = vec![Vec::new(); 256];
+        for (k, p) in patterns.iter().enumerate() {
+            let first = p.bytes[0];
+            let mut starts = vec![first, b'\\', b'%'];
+            if p.ignore_case {
+                starts.extend([first.to_ascii_lowercase(), first.to_ascii_uppercase()]);
+            }
+            starts.sort_unstable();
+            starts.dedup();
+            for b in starts {
+                by_first[usize::from(b)].push(k);
+            }
+        }
+        // An escaped byte takes at most six (`\u0073`).
+        let longest = patterns.first().map_or(0, |p| p.bytes.len());
+        Self {
+            patterns,
+            by_first,
+            hold_cap: HOLD_MIN.max(6 * longest),
+        }
+    }
+}
+
+/// The secret bytes of `c` a response could echo: a static value itself; a signing or token
+/// credential's value is a document, and its secret parts are what could echo.
+pub fn echoable(c: &Credential) -> Vec<&[u8]> {
+    match &c.kind {
+        crate::credentials::kind::Kind::Static => vec![c.value.expose()],
+        other => other.echoable_secrets(),
+    }
+}
+
+/// Scrubs one response.
+pub struct Scrubber {
+    patterns: Arc<Patterns>,
+    carry: BytesMut,
     same_length: bool,
     /// On a WebSocket: where in its frames the stream is.
     frames: Option<Frames>,
@@ -96,7 +231,7 @@ impl std::fmt::Debug for Scrubber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The patterns are secret material.
         f.debug_struct("Scrubber")
-            .field("patterns", &self.patterns.len())
+            .field("patterns", &self.patterns.patterns.len())
             .field("held_back", &self.carry.len())
             .field("same_length", &self.same_length)
             .field("replaced", &self.replaced)
@@ -105,95 +240,11 @@ impl std::fmt::Debug for Scrubber {
 }
 
 impl Scrubber {
-    /// A scrubber for the credentials a request used.
-    pub fn new(secrets: Vec<Arc<Credential>>) -> Self {
-        Self::with_tokens(secrets, &AccessTokens::default())
-    }
-
-    /// A scrubber for the credentials a request used and the access tokens substituted for
-    /// its token credentials (each replaced by its credential's handle).
-    pub fn with_tokens(secrets: Vec<Arc<Credential>>, tokens: &AccessTokens) -> Self {
-        let mut patterns: Vec<Pattern> = Vec::new();
-        let mut named: Vec<(&str, &[u8])> = Vec::new();
-        for c in &secrets {
-            // A signing or token credential's value is a document; its secret parts are what
-            // could echo.
-            match &c.kind {
-                crate::credentials::kind::Kind::Static => {
-                    named.push((c.name.as_str(), c.value.expose()))
-                }
-                other => named.extend(
-                    other
-                        .echoable_secrets()
-                        .into_iter()
-                        .map(|v| (c.name.as_str(), v)),
-                ),
-            }
-        }
-        named.extend(tokens.iter().map(|(n, t)| (n, t.expose())));
-        for (name, value) in named {
-            {
-                if value.is_empty() {
-                    continue;
-                }
-                // A secret with a space, a control character or a non-ASCII byte (a PEM key;
-                // static values are refused at load) is looked for as its long visible runs, so
-                // that a match consists of visible ASCII only (what the hold-back relies on).
-                let raw: Vec<&[u8]> = if value.iter().all(|b| may_be_in_a_match(*b)) {
-                    vec![value]
-                } else {
-                    value
-                        .split(|b| !may_be_in_a_match(*b))
-                        .filter(|run| run.len() >= MIN_RUN_LEN)
-                        .collect()
-                };
-                for piece in raw {
-                    patterns.push(Pattern {
-                        bytes: piece.to_vec(),
-                        ignore_case: piece.len() >= MIN_FUZZY_LEN,
-                        replacement: format!("$CRED{{{name}}}").into_bytes(),
-                        masks: false,
-                    });
-                }
-                let stars = vec![b'*'; value.len()];
-                for align in 0..3 {
-                    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
-                        let core = base64_core(engine, value, align);
-                        if core.len() < MIN_FUZZY_LEN || patterns.iter().any(|p| p.bytes == core) {
-                            continue;
-                        }
-                        patterns.push(Pattern {
-                            bytes: core,
-                            ignore_case: false,
-                            replacement: base64_core(engine, &stars, align),
-                            masks: true,
-                        });
-                    }
-                }
-            }
-        }
-        // Longer patterns first: of two matches at one place, the longer wins.
-        patterns.sort_by_key(|p| std::cmp::Reverse(p.bytes.len()));
-        let mut starts = [false; 256];
-        if !patterns.is_empty() {
-            starts[usize::from(b'\\')] = true;
-            starts[usize::from(b'%')] = true;
-        }
-        for p in &patterns {
-            let first = p.bytes[0];
-            starts[usize::from(first)] = true;
-            if p.ignore_case {
-                starts[usize::from(first.to_ascii_lowercase())] = true;
-                starts[usize::from(first.to_ascii_uppercase())] = true;
-            }
-        }
-        // An escaped byte takes at most six (`\u0073`).
-        let longest = patterns.first().map_or(0, |p| p.bytes.len());
+    /// A scrubber of one response for `patterns`.
+    pub fn new(patterns: Arc<Patterns>) -> Self {
         Self {
             patterns,
-            starts,
             carry: BytesMut::new(),
-            hold_cap: HOLD_MIN.max(6 * longest),
             same_length: false,
             frames: None,
             replaced: 0,
@@ -207,8 +258,11 @@ impl Scrubber {
     /// masked again when the upstream masks.
     pub fn upgraded(&mut self, headers: &HeaderMap) {
         self.same_length = true;
-        let websocket = headers
-            .get(http::header::UPGRADE)
+        // Read frame by frame only when it is a WebSocket and nothing else: a stream of
+        // another protocol read as frames would pass its "heads" unscrubbed.
+        let websocket = crate::header_names::sole(headers, http::header::UPGRADE)
+            .ok()
+            .flatten()
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
         if websocket {
@@ -370,7 +424,7 @@ impl Scrubber {
         let mut from = 0;
         for &(start, end, k) in matches {
             out.extend_from_slice(&input[from..start]);
-            let p = &self.patterns[k];
+            let p = &self.patterns.patterns[k];
             let len = end - start;
             if self.same_length && !p.masks {
                 out.resize(out.len() + len, b'*');
@@ -397,16 +451,18 @@ impl Scrubber {
         let mut matches = Vec::new();
         let mut emit = hold;
         let mut i = 0;
+        let patterns = &*self.patterns;
         while i < hold {
-            if !self.starts[usize::from(input[i])] {
+            let candidates = &patterns.by_first[usize::from(input[i])];
+            if candidates.is_empty() {
                 i += 1;
                 continue;
             }
             // A match that begins before `hold` is complete in `input`: its bytes are visible,
             // and the byte before `hold` is not, or the run held back is longer than any match.
             let mut best: Option<(usize, usize)> = None;
-            for (k, p) in self.patterns.iter().enumerate() {
-                if let Some(e) = match_at(input, i, p) {
+            for &k in candidates {
+                if let Some(e) = match_at(input, i, &patterns.patterns[k]) {
                     if best.is_none_or(|(be, _)| e > be) {
                         best = Some((e, k));
                     }
@@ -431,7 +487,7 @@ impl Scrubber {
         let run = input
             .iter()
             .rev()
-            .take(self.hold_cap)
+            .take(self.patterns.hold_cap)
             .take_while(|b| may_be_in_a_match(**b))
             .count();
         input.len() - run
@@ -597,7 +653,7 @@ pub fn unreadable_encoding(status: u16, head_request: bool, headers: &HeaderMap)
             })
         })
     };
-    codings(http::header::CONTENT_ENCODING, "identity")
+    crate::header_names::content_coded(headers)
         || codings(http::header::TRANSFER_ENCODING, "chunked")
 }
 
@@ -620,9 +676,14 @@ mod tests {
         })
     }
 
+    /// A scrubber for `secrets`.
+    fn scrubber(secrets: Vec<Arc<Credential>>) -> Scrubber {
+        Scrubber::new(Arc::new(Patterns::of(&secrets, &AccessTokens::default())))
+    }
+
     /// Scrubs `body` cut at every split point (and byte by byte); every way must agree.
     fn scrub_split(secrets: &[(&str, &str)], body: &[u8]) -> (Vec<u8>, u64) {
-        let make = || Scrubber::new(secrets.iter().map(|(n, v)| cred(n, v)).collect());
+        let make = || scrubber(secrets.iter().map(|(n, v)| cred(n, v)).collect());
         let mut first: Option<(Vec<u8>, u64)> = None;
         let mut ways: Vec<Vec<usize>> = (0..=body.len()).map(|s| vec![s]).collect();
         ways.push((1..body.len()).collect());
@@ -671,7 +732,7 @@ mod tests {
 
     /// What the agent receives of a first chunk `data: X`, before the next chunk comes.
     fn released_before_the_next_chunk(secrets: &[(&str, &str)], chunk: &str) -> String {
-        let mut s = Scrubber::new(secrets.iter().map(|(n, v)| cred(n, v)).collect());
+        let mut s = scrubber(secrets.iter().map(|(n, v)| cred(n, v)).collect());
         let out = s
             .scrub_chunk(Some(Bytes::copy_from_slice(chunk.as_bytes())), false)
             .unwrap_or_default();
@@ -826,7 +887,7 @@ mod tests {
 
     /// `stream` scrubbed as a WebSocket's bytes read in two chunks, cut at `cut`.
     fn websocket_in_two(stream: &[u8], cut: usize) -> Vec<u8> {
-        let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+        let mut s = scrubber(vec![cred("canary", SECRET)]);
         s.upgraded(&upgrade(true));
         let mut out = s
             .scrub_chunk(Some(Bytes::copy_from_slice(&stream[..cut])), false)
@@ -870,7 +931,7 @@ mod tests {
                 assert_eq!(payloads[2], "ends with sk-CAN");
             }
             // Whole frames in one read come out at once.
-            let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+            let mut s = scrubber(vec![cred("canary", SECRET)]);
             s.upgraded(&upgrade(true));
             let tail = frame(b"ends with sk-CAN", mask);
             assert_eq!(
@@ -899,8 +960,23 @@ mod tests {
                 assert_eq!(out[plain + compressed.len()..], frame(b"after", mask)[..]);
             }
         }
+        // An `Upgrade` named twice is no WebSocket: scrubbed as a stream (a stream of another
+        // protocol read as frames would pass its "heads" as they are).
+        let mut twice = upgrade(true);
+        twice.append(http::header::UPGRADE, http::HeaderValue::from_static("h2c"));
+        let mut s = scrubber(vec![cred("canary", SECRET)]);
+        s.upgraded(&twice);
+        // Read as frames, `\x81\x7e` and the secret's first two bytes would be a head, passed
+        // as it is, and the rest a payload that no longer holds the whole secret.
+        let mut raw = vec![0x81, 0x7e];
+        raw.extend_from_slice(SECRET.as_bytes());
+        let out = s
+            .scrub_chunk(Some(Bytes::from(raw.clone())), true)
+            .expect("out");
+        assert_eq!(out.len(), raw.len());
+        assert!(!String::from_utf8_lossy(&out).contains("CANARY"));
         // Another upgraded protocol keeps its lengths too.
-        let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+        let mut s = scrubber(vec![cred("canary", SECRET)]);
         s.upgraded(&upgrade(false));
         let raw = format!("Bearer {SECRET}");
         let out = s
@@ -912,7 +988,7 @@ mod tests {
 
     #[test]
     fn headers_no_secrets_and_no_false_alarms() {
-        let mut s = Scrubber::new(vec![cred("k", "abc")]);
+        let mut s = scrubber(vec![cred("k", "abc")]);
         assert_eq!(
             s.scrub_value(b"Bearer abc").as_deref(),
             Some(&b"Bearer $CRED{k}"[..])
@@ -920,18 +996,18 @@ mod tests {
         assert_eq!(s.scrub_value(b"nothing"), None);
         // Short secrets are matched exactly: `ABC` is not `abc`.
         assert_eq!(s.scrub_value(b"ABC"), None);
-        let mut none = Scrubber::new(vec![]);
+        let mut none = scrubber(vec![]);
         assert_eq!(
             none.scrub_chunk(Some(Bytes::from_static(b"x")), false),
             Some(Bytes::from_static(b"x"))
         );
         // Escapes, percent signs and ordinary text pass unchanged (and uncopied).
-        let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+        let mut s = scrubber(vec![cred("canary", SECRET)]);
         let text = Bytes::from_static(b"{\"a\":\"line\\nbreak 100% \\u00e9 sk-other\"}");
         assert_eq!(s.scrub_chunk(Some(text.clone()), true), Some(text));
         assert_eq!(s.replaced, 0);
         // A tail that could begin an echo is held back, then released when it does not.
-        let mut s = Scrubber::new(vec![cred("canary", SECRET)]);
+        let mut s = scrubber(vec![cred("canary", SECRET)]);
         assert_eq!(
             s.scrub_chunk(Some(Bytes::from_static(b"data: sk-CAN")), false),
             Some(Bytes::from_static(b"data: "))

@@ -135,11 +135,7 @@ pub fn sole_header(
     headers: &http::HeaderMap,
     name: impl http::header::AsHeaderName,
 ) -> Result<Option<&http::HeaderValue>, RepeatedHeader> {
-    let mut values = headers.get_all(name).iter();
-    match (values.next(), values.next()) {
-        (first, None) => Ok(first),
-        (Some(_), Some(_)) | (None, Some(_)) => Err(RepeatedHeader),
-    }
+    crate::header_names::sole(headers, name).map_err(|_| RepeatedHeader)
 }
 
 /// The token of an `Authorization`-style header value in the `Bearer` scheme (RFC 6750); none

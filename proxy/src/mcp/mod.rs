@@ -257,17 +257,17 @@ pub fn response_filter(
     response: &mut ResponseHeader,
 ) -> Result<Option<ListFilter>, Unfilterable> {
     seal_session_header(sealer, response)?;
-    let content_type = response.headers.get(http::header::CONTENT_TYPE);
+    // One type, or none the filter can rely on (two lines are two readings of the body).
+    let content_type = crate::header_names::sole(&response.headers, http::header::CONTENT_TYPE)
+        .ok()
+        .flatten();
     let framing = content_type.and_then(|v| Framing::for_content_type(v.as_bytes()));
     if framing.is_some()
         && !content_type.is_some_and(|v| list_filter::charset_is_utf8(v.as_bytes()))
     {
         return Err(Unfilterable("the response's charset is not UTF-8"));
     }
-    let encoded = response
-        .headers
-        .get(http::header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let encoded = crate::header_names::content_coded(&response.headers);
     // SECURITY: after a protocol switch the connection carries bytes no check reads (a
     // WebSocket transport would run any tool). Such a request is refused before it is sent;
     // a server that switches anyway is not passed on.
@@ -478,6 +478,25 @@ mod tests {
                     assert!(why.contains(needle), "{name}: {why}")
                 }
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        // A header read by its value is read on every line (a coding) or by its one line (a
+        // type): the second line of either is no way past the filter.
+        type Lines<'a> = &'a [(&'a str, &'a str)];
+        #[rustfmt::skip]
+        let repeated: [(&str, Lines<'_>, &str); 3] = [
+            ("identity, then gzip", &[("content-type", "application/json"), ("content-encoding", "identity"), ("content-encoding", "gzip")], "compressed"),
+            ("text, then JSON", &[("content-type", "text/plain"), ("content-type", "application/json")], "neither JSON"),
+            ("JSON, then text", &[("content-type", "application/json"), ("content-type", "text/plain")], "neither JSON"),
+        ];
+        for (name, headers, needle) in repeated {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            for (k, v) in headers {
+                resp.append_header(k.to_string(), *v).unwrap();
+            }
+            match response_filter(&exchange(true), 1024, None, &sealer(), &mut resp) {
+                Err(Unfilterable(why)) => assert!(why.contains(needle), "{name}: {why}"),
+                Ok(f) => panic!("{name}: filtered as {:?}", f.map(|f| f.framing())),
             }
         }
     }

@@ -44,7 +44,9 @@ use crate::credentials::apply::{AccessTokens, Applied, CredentialDeny};
 use crate::credentials::kind::Kind;
 use crate::credentials::oauth::cache::TokenUnavailable;
 use crate::credentials::oauth::TokenSource;
+use crate::credentials::scrub::Patterns;
 use crate::credentials::secret::SecretValue;
+use crate::credentials::Credential;
 use crate::egress::EgressException;
 use crate::error::{Deny, PolicyRefusal};
 use crate::identity::{
@@ -279,17 +281,28 @@ pub trait Effects: Send + Sync {
     }
     /// The interception CA's leaf minter, when one is configured.
     fn minter(&self) -> Option<Arc<LeafMinter>>;
-    /// `tenant`'s access token for its token credential `name` (minted from `source`): the
+    /// `tenant`'s access token for its token credential `cred` (minted from `source`): the
     /// cached one while fresh, else one grant to the source's endpoint, resolved and checked
     /// with `exceptions` like any upstream, within `timeout`.
     async fn access_token(
         &self,
         tenant: &TenantContext,
-        name: &str,
+        cred: &Arc<Credential>,
         source: &Arc<TokenSource>,
         exceptions: &[EgressException],
         timeout: Duration,
     ) -> Result<SecretValue, TokenUnavailable>;
+    /// Every secret a response from `host` may echo to `tenant`, under `snapshot` (see
+    /// [`crate::credentials::echoes`]): `None` when nothing of the tenant's is or lately was
+    /// bound there, or when nothing is forwarded (`policy explain`).
+    fn echoes(
+        &self,
+        _snapshot: &Snapshot,
+        _tenant: &TenantId,
+        _host: &str,
+    ) -> Option<Arc<Patterns>> {
+        None
+    }
     /// Holds a request that a marked permit allowed until a person of its tenant decides (see
     /// [`crate::approvals`]); `session` is watched for the agent going away.
     async fn hold(
@@ -775,6 +788,9 @@ async fn admit_http(
             decide_credentials(fx, asking, header, &grant, named, observer).await?
         }
     };
+    // Every secret a response from there may echo to this tenant, used or not, now or lately.
+    let mut applied = applied;
+    applied.echoes = fx.echoes(&snapshot, &tenant.tenant, &destination.host);
     substitute(applied, &mut grant, trail, &tenant);
     // So that every streamed call can be metered, ask a stream for its usage where its provider
     // reports it only when asked (and take the event out again before the agent sees it).
@@ -928,7 +944,7 @@ async fn access_token(
     };
     let exceptions = egress_exceptions(snapshot, &tenant.tenant);
     let timeout = snapshot.tenants.credential_settings.token_timeout;
-    fx.access_token(tenant, name, source, exceptions, timeout)
+    fx.access_token(tenant, cred, source, exceptions, timeout)
         .await
         .map_err(|why| CredentialDeny::Unavailable(name.to_string(), why.0))
 }
@@ -1121,6 +1137,12 @@ fn http_destination(
             crate::approvals::HOLD_HEADER
         )));
     }
+    // SECURITY: the authority, the body's type and its length are decided on by one value
+    // each; a second line (or a type with two readings) could be the one the upstream reads,
+    // past the credential, `_method` and model checks that read the first.
+    if let Some(why) = crate::header_names::ambiguity(&req.headers) {
+        return Err(Deny::BadRequest(why));
+    }
     // SECURITY: a header nominated in `Connection` is removed hop by hop on the way upstream,
     // after the decision; none the decision or the substitution rests on may be.
     let nominated = req
@@ -1266,20 +1288,34 @@ async fn admit_connect(
     let metered = (registry::name_for_host(host).is_some()
         || snapshot.tenants.llm_providers.for_host(host).is_some())
         && crate::limits::plan::refuses_unmetered_for(&snapshot.tenants, &tenant);
-    let (mode, minter) = if opaque.allowed && !mcp && !metered {
+    // SECURITY: so is a tunnel to a host the tenant's credentials are (or lately were) bound
+    // to, on any port: what comes back from there is scrubbed of them (an upstream that kept
+    // what a substituted request sent it shows it to whoever asks next), which only an
+    // intercepted tunnel allows.
+    let bound = snapshot.credentials.any_bound_to_host(&tenant.tenant, host)
+        || fx.echoes(&snapshot, &tenant.tenant, host).is_some();
+    let (mode, minter) = if opaque.allowed && !mcp && !metered && !bound {
         if let Some(d) = trail.decision.as_mut() {
             d.policy_ids.extend(opaque.policy_ids);
         }
         (TunnelMode::Opaque, None)
     } else {
         trail.tunnel_mode = Some(TunnelMode::Intercept);
-        // Where policy would let it pass unread, only metering keeps it from that.
-        let cannot_intercept = |why: &str| match opaque.allowed && !mcp {
-            true => Deny::UnmeteredCall("an opaque tunnel to an LLM API"),
-            false => Deny::InterceptionUnavailable(why.into()),
+        // Where policy would let it pass unread, say what keeps it from that.
+        let cannot_intercept = |why: &str| match (opaque.allowed && !mcp, bound) {
+            (true, true) => Deny::InterceptionUnavailable(format!(
+                "the tenant's credentials are bound to this host, so its answers are scrubbed \
+                 of them, which an opaque tunnel would not allow, and {why}"
+            )),
+            (true, false) => Deny::UnmeteredCall("an opaque tunnel to an LLM API"),
+            (false, _) => Deny::InterceptionUnavailable(why.into()),
         };
         let minter = fx.minter().ok_or_else(|| {
-            cannot_intercept("no interception CA is configured (`[intercept]`), and no policy lets this tunnel pass opaquely")
+            cannot_intercept(if opaque.allowed && !mcp {
+                "no interception CA is configured (`[intercept]`)"
+            } else {
+                "no interception CA is configured (`[intercept]`), and no policy lets this tunnel pass opaquely"
+            })
         })?;
         if !minter.ca().permits(host) {
             return Err(cannot_intercept(
@@ -1467,7 +1503,7 @@ impl Effects for DecideOnly<'_> {
     async fn access_token(
         &self,
         _: &TenantContext,
-        _: &str,
+        _: &Arc<Credential>,
         _: &Arc<TokenSource>,
         _: &[EgressException],
         _: Duration,

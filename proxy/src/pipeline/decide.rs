@@ -286,15 +286,13 @@ impl<'a> Asking<'a> {
             headers: &req.headers,
             path_and_query: &self.destination.upstream_path,
             body,
-            content_type: req
-                .headers
-                .get(http::header::CONTENT_TYPE)
+            // One line at most (a second was refused with the request's other headers).
+            content_type: crate::header_names::sole(&req.headers, http::header::CONTENT_TYPE)
+                .ok()
+                .flatten()
                 .and_then(|v| v.to_str().ok()),
-            content_encoding: req
-                .headers
-                .get(http::header::CONTENT_ENCODING)
-                .filter(|_| !decoded)
-                .map(|v| v.to_str().unwrap_or("unreadable")),
+            // SECURITY: every line of it, as the upstream reads them all.
+            encoded: !decoded && crate::header_names::content_coded(&req.headers),
         };
         let mut authorize_use = |cred: &Credential, position: Position| {
             let use_facts = CredentialFacts {

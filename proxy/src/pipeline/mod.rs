@@ -47,14 +47,16 @@ use crate::config::{ListenerSettings, StaticConfig};
 use crate::context::TenantContext;
 use crate::credentials::oauth::cache::TokenUnavailable;
 use crate::credentials::oauth::TokenSource;
+use crate::credentials::scrub::Patterns;
 use crate::credentials::secret::SecretValue;
+use crate::credentials::Credential;
 use crate::egress::{EgressException, EgressRefusal};
 use crate::error::Deny;
 use crate::ids::TenantId;
 use crate::limits::plan::{Ending, Plan};
 use crate::limits::{Admission, AdmitError, LimitBackend};
 use crate::metrics::{Metrics, METRICS};
-use crate::snapshot::SnapshotHandle;
+use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::tls::ca::LeafMinter;
 use admit::{Ask, BodySource, Caller, Effects};
 use caps::{TenantCounts, TenantSlot};
@@ -266,11 +268,12 @@ impl Effects for Shared {
     async fn access_token(
         &self,
         tenant: &TenantContext,
-        name: &str,
+        cred: &Arc<Credential>,
         source: &Arc<TokenSource>,
         exceptions: &[EgressException],
         timeout: Duration,
     ) -> Result<SecretValue, TokenUnavailable> {
+        let name = cred.name.as_str();
         let grant = || async {
             let endpoint = source.endpoint();
             // SECURITY: the token endpoint is an upstream like any other: resolved and checked
@@ -291,7 +294,7 @@ impl Effects for Shared {
         let token = self
             .snapshot
             .tokens
-            .get(&tenant.tenant, name, source.fingerprint(), timeout, grant)
+            .get(cred, source.fingerprint(), timeout, grant)
             .await;
         if let Err(why) = &token {
             // Each request naming the credential meets a failing grant: sampled per tenant.
@@ -310,6 +313,17 @@ impl Effects for Shared {
             }
         }
         token
+    }
+
+    fn echoes(&self, snapshot: &Snapshot, tenant: &TenantId, host: &str) -> Option<Arc<Patterns>> {
+        let handle = &self.snapshot;
+        handle.echoes.for_host(
+            &snapshot.credentials,
+            snapshot.generation,
+            &handle.tokens,
+            tenant,
+            host,
+        )
     }
 
     async fn hold(

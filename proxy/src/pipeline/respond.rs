@@ -225,14 +225,19 @@ impl Stages {
             success: resp.status.is_success(),
             ..Stages::default()
         };
-        let encoded = resp
-            .headers
-            .get(http::header::CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        let sse = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        // Every line of a list header; one line of the type, or none (two types are no type
+        // the meter or the stripper can rely on).
+        let encoded = crate::header_names::content_coded(&resp.headers);
+        let content_type = crate::header_names::sole(&resp.headers, http::header::CONTENT_TYPE)
+            .ok()
+            .flatten()
+            .and_then(|v| v.to_str().ok());
+        let sse = content_type.is_some_and(|v| v.starts_with("text/event-stream"));
+        // Meter LLM calls whose response is readable as sent.
+        if setup.llm && !encoded {
+            let provider = registry::for_destination(setup.admitted.permit.destination());
+            stages.meter = content_type.and_then(|ct| UsageMeter::for_response(ct, provider));
+        }
         if let Some(exchange) = &trail.mcp {
             let mcp = &setup.admitted.snapshot.tenants.mcp;
             let prefix = mcp.path_prefix_of(&exchange.server);
@@ -250,15 +255,6 @@ impl Stages {
                 &sealer,
                 resp,
             )?;
-        }
-        // Meter LLM calls whose response is readable as sent.
-        if setup.llm && !encoded {
-            let provider = registry::for_destination(setup.admitted.permit.destination());
-            stages.meter = resp
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|ct| UsageMeter::for_response(ct, provider));
         }
         stages.unread = setup.llm && stages.meter.is_none();
         let grant = setup.grant;
@@ -306,7 +302,7 @@ impl Stages {
             ) {
                 return Err(Deny::UpstreamEncoded);
             }
-            let mut scrubber = Scrubber::with_tokens(applied.secrets(), &applied.tokens);
+            let mut scrubber = Scrubber::new(applied.scrub_patterns());
             if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 scrubber.upgraded(&resp.headers);
             }

@@ -75,8 +75,27 @@ fn configured() -> (tempfile::TempDir, StaticConfig, Arc<Snapshot>) {
 
 /// [`configured`] with more of acme's `[limits]` (TOML lines).
 fn configured_with(limits: &str) -> (tempfile::TempDir, StaticConfig, Arc<Snapshot>) {
+    configured_with_secrets(limits, &[])
+}
+
+/// [`configured_with`], and acme's mounted credentials: (name, bound host, value) each.
+fn configured_with_secrets(
+    limits: &str,
+    secrets: &[(&str, &str, &str)],
+) -> (tempfile::TempDir, StaticConfig, Arc<Snapshot>) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let mut limits = limits.to_string();
+    if !secrets.is_empty() {
+        std::fs::create_dir_all(d.join("secrets/acme")).unwrap();
+        limits.push_str("[credentials]\nfiles_dir = \"secrets\"\n");
+        for (name, host, value) in secrets {
+            std::fs::write(d.join("secrets/acme").join(name), value).unwrap();
+            limits.push_str(&format!(
+                "[[credentials.file]]\ntenant = \"acme\"\nname = \"{name}\"\nbind = [\"{host}\"]\n"
+            ));
+        }
+    }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::fs::create_dir_all(d.join("policies/global")).unwrap();
     std::fs::copy(
@@ -186,7 +205,7 @@ impl Effects for Recording<'_> {
     async fn access_token(
         &self,
         _: &TenantContext,
-        _: &str,
+        _: &Arc<crate::credentials::Credential>,
         _: &Arc<crate::credentials::oauth::TokenSource>,
         _: &[EgressException],
         _: std::time::Duration,
@@ -378,6 +397,72 @@ async fn what_is_refused_on_its_face_is_refused_before_any_name_is_resolved() {
             "{name} ({code}): {calls:?}"
         );
     }
+}
+
+/// A header the proxy decides on by its one value, given twice (or a type with two readings),
+/// is refused before anything reads it; `Content-Encoding` is read on every line.
+#[tokio::test]
+async fn a_header_read_by_one_value_has_one_reading_and_every_coding_counts() {
+    let (_dir, config, snapshot) =
+        configured_with_secrets("", &[("openai", "api.ok.test", "sk-acme-canary-1")]);
+    let post = |headers: &[(&str, &str)]| request("POST", "http://api.ok.test/ok/x", headers);
+    let json = ("content-type", "application/json");
+    for (name, header) in [
+        (
+            "two types",
+            post(&[("content-type", "multipart/form-data; boundary=XX"), json]),
+        ),
+        (
+            "a boundary twice",
+            post(&[(
+                "content-type",
+                "multipart/form-data; boundary=XX; boundary=YY",
+            )]),
+        ),
+        (
+            "two types in one line",
+            post(&[("content-type", "text/plain, application/json")]),
+        ),
+        (
+            "two lengths",
+            post(&[json, ("content-length", "17"), ("content-length", "17")]),
+        ),
+        ("two hosts", {
+            let mut h = post(&[json]);
+            h.append_header("host", "other.test").unwrap();
+            h
+        }),
+    ] {
+        let fx = Recording::new(&config, None);
+        let (code, trail) = http(&fx, &snapshot, &header, Some(r#"{"api_key":"sk-own"}"#)).await;
+        assert_eq!(code, "bad_request", "{name}");
+        assert!(trail.decision.is_none(), "{name}: decided");
+        assert!(!fx.calls().contains(&"egress"), "{name}: {:?}", fx.calls());
+    }
+    // A coding on a second line is a coding: the body cannot be scanned, toward a host where
+    // acme's key is managed.
+    for codings in [
+        &[
+            ("content-encoding", "identity"),
+            ("content-encoding", "gzip"),
+        ][..],
+        &[
+            ("content-encoding", "gzip"),
+            ("content-encoding", "identity"),
+        ],
+        &[("content-encoding", "identity, gzip")],
+        &[("content-encoding", "gzip")],
+    ] {
+        let mut headers = vec![json];
+        headers.extend_from_slice(codings);
+        let fx = Recording::new(&config, None);
+        let (code, _) = http(&fx, &snapshot, &post(&headers), Some("gzipped")).await;
+        assert_eq!(code, "credential_scan_incomplete", "{codings:?}");
+    }
+    let fx = Recording::new(&config, None);
+    let header = post(&[json, ("content-encoding", "identity")]);
+    let (code, _) = http(&fx, &snapshot, &header, Some(r#"{"a":1}"#)).await;
+    assert_eq!(code, "allowed");
 }
 
 #[tokio::test]
@@ -589,6 +674,52 @@ async fn a_tunnel_to_an_llm_api_is_read_while_spend_is_capped() {
     let ok = RequestHeader::build("CONNECT", b"ok.test:443", None).unwrap();
     let (got, _) = connect(&fx, &snapshot, &ok, "ok.test", 443).await;
     assert!(got.is_ok(), "{:?}", got.map(|_| ()));
+}
+
+/// A tunnel to a host the tenant's credentials are bound to carries answers that must be
+/// scrubbed of them: intercepted whatever `connect_opaque` permits (refused here, where no CA
+/// is configured), on any port; a credential bound elsewhere changes nothing.
+#[tokio::test]
+async fn a_tunnel_to_a_host_the_tenants_credentials_are_bound_to_is_read() {
+    let header = RequestHeader::build("CONNECT", b"ok.test:443", None).unwrap();
+    let mode = |secrets: &'static [(&'static str, &'static str, &'static str)]| {
+        let header = &header;
+        async move {
+            let (_dir, config, snapshot) = configured_with_secrets("", secrets);
+            let fx = Recording::new(&config, None);
+            let (got, trail) = connect(&fx, &snapshot, header, "ok.test", 443).await;
+            match got {
+                Ok(Admitted {
+                    grant: Grant::Tunnel(g),
+                    ..
+                }) => Ok(g.mode),
+                Err(deny) => {
+                    let (_, code, message) = deny.describe();
+                    assert!(
+                        message.contains("credentials are bound to this host"),
+                        "{message}"
+                    );
+                    Err((code.as_str(), trail.tunnel_mode))
+                }
+                Ok(_) => panic!("not a tunnel"),
+            }
+        }
+    };
+    assert_eq!(mode(&[]).await, Ok(TunnelMode::Opaque));
+    assert_eq!(
+        mode(&[("other", "other.example", "sk-acme-other-1")]).await,
+        Ok(TunnelMode::Opaque)
+    );
+    for bound in [
+        &[("pinned", "ok.test", "sk-acme-pinned-1")][..],
+        &[("pinned", "http://ok.test:8080/v1", "sk-acme-pinned-1")],
+    ] {
+        assert_eq!(
+            mode(bound).await,
+            Err(("interception_unavailable", Some(TunnelMode::Intercept))),
+            "{bound:?}"
+        );
+    }
 }
 
 #[tokio::test]

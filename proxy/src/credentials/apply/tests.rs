@@ -117,7 +117,7 @@ fn run(
         path_and_query,
         body: body_bytes.as_ref(),
         content_type: body.map(|(ct, _)| ct),
-        content_encoding: None,
+        encoded: false,
     };
     apply(
         &set(),
@@ -465,7 +465,7 @@ fn policy_denial_and_no_work_without_handles() {
         path_and_query: "/v1/x",
         body: None,
         content_type: None,
-        content_encoding: None,
+        encoded: false,
     };
     let denied = apply(
         &set(),
@@ -513,7 +513,7 @@ fn strip_mode_removes_agent_keys_instead_of_refusing() {
         path_and_query: "/v1/x",
         body: None,
         content_type: None,
-        content_encoding: None,
+        encoded: false,
     };
     let settings = CredentialSettings {
         raw_credential: RawCredentialMode::Strip,
@@ -793,7 +793,7 @@ fn authorities_and_unscannable_bodies() {
         path_and_query: "/v1/x",
         body: Some(body),
         content_type: Some("text/plain"),
-        content_encoding: encoding,
+        encoded: encoding,
     };
     let settings = CredentialSettings {
         scan_body_max_bytes: 65_536,
@@ -811,22 +811,22 @@ fn authorities_and_unscannable_bodies() {
         )
     };
     assert_eq!(
-        go(&parts("api.openai.com", &big, None)).err(),
+        go(&parts("api.openai.com", &big, false)).err(),
         Some(CredentialDeny::ScanIncomplete(ScanGap::TooLarge(65_536)))
     );
     let small = Bytes::from_static(b"{}");
     assert_eq!(
-        go(&parts("api.openai.com", &small, Some("gzip"))).err(),
+        go(&parts("api.openai.com", &small, true)).err(),
         Some(CredentialDeny::ScanIncomplete(ScanGap::Encoded))
     );
-    assert!(go(&parts("api.openai.com", &small, Some("identity"))).is_ok());
+    assert!(go(&parts("api.openai.com", &small, false)).is_ok());
     // Not managed: a large body passes, unless a handle hides anywhere in it.
-    assert!(go(&parts("other.example", &big, None)).is_ok());
+    assert!(go(&parts("other.example", &big, false)).is_ok());
     let mut hidden = vec![b'a'; 70_000];
     hidden.extend_from_slice(b"$CRED{openai}");
     let hidden = Bytes::from(hidden);
     assert_eq!(
-        go(&parts("other.example", &hidden, None)).err(),
+        go(&parts("other.example", &hidden, false)).err(),
         Some(CredentialDeny::Position("openai".into(), "body".into()))
     );
 }
@@ -853,7 +853,7 @@ fn strip_mode_strips_literals_in_every_position_and_keeps_handles() {
         path_and_query: "/v1/x?key=sk-agent-own&q=1",
         body: Some(&body),
         content_type: Some("application/json"),
-        content_encoding: None,
+        encoded: false,
     };
     let settings = CredentialSettings {
         raw_credential: RawCredentialMode::Strip,

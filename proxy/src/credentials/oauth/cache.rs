@@ -9,6 +9,11 @@
 //! A slot remembers the fingerprint of the stored value its token was minted from: after a
 //! rotation the next request finds another fingerprint, and the slot (with the old value's
 //! token) is replaced, so a token derived from a rotated secret is never served.
+//!
+//! A token no longer served (replaced by a refresh, or dropped with its slot) may still be in an
+//! upstream's request log: it is handed to [`Retired`] until it expires, so responses from its
+//! credential's hosts are still scrubbed of it (see [`crate::credentials::echoes`]). Every change
+//! of a tenant's tokens moves its stamp, so the compiled echo sets that hold them are rebuilt.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +23,9 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::AccessToken;
+use crate::credentials::echoes::{next_stamp, Retired};
 use crate::credentials::secret::SecretValue;
+use crate::credentials::Credential;
 use crate::ids::TenantId;
 use crate::metrics::METRICS;
 
@@ -31,6 +38,8 @@ fn refresh_margin(lifetime: Duration) -> Duration {
 struct Cached {
     value: SecretValue,
     refresh_at: Instant,
+    /// When the endpoint said it expires (bounded, see [`super::MAX_LIFETIME`]).
+    expires: Instant,
 }
 
 /// What the last grant left behind (held by the one request granting).
@@ -41,6 +50,8 @@ struct State {
 }
 
 struct Slot {
+    /// The credential its tokens are minted for (its bindings say where they go).
+    cred: Arc<Credential>,
     fingerprint: [u8; 32],
     current: Mutex<Option<Arc<Cached>>>,
     /// Incremented (under `refresh`) by every finished grant, success or failure.
@@ -49,8 +60,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(fingerprint: [u8; 32]) -> Self {
+    fn new(cred: Arc<Credential>, fingerprint: [u8; 32]) -> Self {
         Self {
+            cred,
             fingerprint,
             current: Mutex::new(None),
             generation: AtomicU64::new(0),
@@ -65,13 +77,28 @@ impl Slot {
             .filter(|c| now < c.refresh_at)
             .map(|c| c.value.clone())
     }
+
+    /// The token, fresh or not (what an upstream may have been sent last).
+    fn token(&self) -> Option<SecretValue> {
+        let current = self.current.lock().ok()?;
+        current.as_ref().map(|c| c.value.clone())
+    }
 }
 
 /// The process's access tokens, by tenant and credential name. `Debug` shows the number of
 /// slots only.
-#[derive(Default)]
 pub struct TokenCache {
     slots: DashMap<(TenantId, String), Arc<Slot>>,
+    /// Where tokens no longer served go.
+    retired: Arc<Retired>,
+    /// When each tenant's tokens last changed (absent: never).
+    stamps: DashMap<TenantId, u64>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self::new(Arc::new(Retired::default()))
+    }
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -88,39 +115,82 @@ impl std::fmt::Debug for TokenCache {
 pub struct TokenUnavailable(pub String);
 
 impl TokenCache {
-    /// The slot of `tenant`'s `name`, replaced when the stored value changed (`fingerprint`).
-    fn slot(&self, tenant: &TenantId, name: &str, fingerprint: [u8; 32]) -> Arc<Slot> {
-        let key = (tenant.clone(), name.to_string());
+    /// An empty cache whose tokens, once no longer served, go to `retired`.
+    pub fn new(retired: Arc<Retired>) -> Self {
+        Self {
+            slots: DashMap::new(),
+            retired,
+            stamps: DashMap::new(),
+        }
+    }
+
+    /// When `tenant`'s tokens last changed (0: never): a compiled echo set built at another
+    /// stamp is out of date.
+    pub fn stamp(&self, tenant: &TenantId) -> u64 {
+        self.stamps.get(tenant).map_or(0, |s| *s)
+    }
+
+    /// The token of `tenant`'s credential `name` last obtained (fresh or not), if any.
+    pub fn current(&self, tenant: &TenantId, name: &str) -> Option<SecretValue> {
+        self.slots
+            .get(&(tenant.clone(), name.to_string()))
+            .and_then(|slot| slot.token())
+    }
+
+    fn touched(&self, tenant: &TenantId) {
+        self.stamps.insert(tenant.clone(), next_stamp());
+    }
+
+    /// Hands a slot's token, no longer served, to the retired values until it expires.
+    fn retire(&self, slot: &Slot) {
+        let taken = slot.current.lock().ok().and_then(|mut c| c.take());
+        if let Some(old) = taken {
+            let now = Instant::now();
+            self.retired
+                .token(slot.cred.clone(), old.value.clone(), old.expires, now);
+        }
+        self.touched(&slot.cred.tenant);
+    }
+
+    /// The slot of `cred`, replaced when the stored value changed (`fingerprint`).
+    fn slot(&self, cred: &Arc<Credential>, fingerprint: [u8; 32]) -> Arc<Slot> {
+        let key = (cred.tenant.clone(), cred.name.clone());
         if let Some(slot) = self.slots.get(&key) {
             if slot.fingerprint == fingerprint {
                 return slot.clone();
             }
         }
-        // SECURITY: a rotated value's slot starts empty; the old token is dropped (zeroized)
-        // with the old slot once no request holds it.
+        // SECURITY: a rotated value's slot starts empty; the old token is never served again
+        // (it is only looked for in responses until it expires).
         let mut entry = self
             .slots
             .entry(key)
-            .or_insert_with(|| Arc::new(Slot::new(fingerprint)));
+            .or_insert_with(|| Arc::new(Slot::new(cred.clone(), fingerprint)));
         if entry.fingerprint != fingerprint {
-            *entry = Arc::new(Slot::new(fingerprint));
+            let old =
+                std::mem::replace(&mut *entry, Arc::new(Slot::new(cred.clone(), fingerprint)));
+            self.retire(&old);
         }
         entry.clone()
     }
 
     /// Drops the slots of credentials `keep` no longer knows (or whose value changed), so a
-    /// deleted or rotated credential's tokens do not outlive the reload that removed it.
+    /// deleted or rotated credential's tokens are not served after the reload that removed it.
     pub fn retain(&self, keep: impl Fn(&TenantId, &str, [u8; 32]) -> bool) {
-        self.slots
-            .retain(|(tenant, name), slot| keep(tenant, name, slot.fingerprint));
+        self.slots.retain(|(tenant, name), slot| {
+            let kept = keep(tenant, name, slot.fingerprint);
+            if !kept {
+                self.retire(slot);
+            }
+            kept
+        });
     }
 
-    /// `tenant`'s token for credential `name` (stored value `fingerprint`): the cached one while
-    /// fresh, else one grant (`grant`), bounded by `timeout`, shared by every request waiting.
+    /// The token of `cred` (stored value `fingerprint`): the cached one while fresh, else one
+    /// grant (`grant`), bounded by `timeout`, shared by every request waiting.
     pub async fn get<F, Fut>(
         &self,
-        tenant: &TenantId,
-        name: &str,
+        cred: &Arc<Credential>,
         fingerprint: [u8; 32],
         timeout: Duration,
         grant: F,
@@ -129,7 +199,8 @@ impl TokenCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<AccessToken, String>>,
     {
-        let slot = self.slot(tenant, name, fingerprint);
+        let tenant = &cred.tenant;
+        let slot = self.slot(cred, fingerprint);
         if let Some(token) = slot.fresh(Instant::now()) {
             return Ok(token);
         }
@@ -164,18 +235,30 @@ impl TokenCache {
                     .with_label_values(&label)
                     .inc();
                 let now = Instant::now();
+                // SECURITY: a lifetime is the token endpoint's number; however a grant read it,
+                // the expiry is bounded before it is added to the clock (never a panic).
+                let lifetime = token.lifetime.min(super::MAX_LIFETIME);
                 let refresh_at = now
-                    + token
-                        .lifetime
-                        .saturating_sub(refresh_margin(token.lifetime));
+                    .checked_add(lifetime.saturating_sub(refresh_margin(lifetime)))
+                    .unwrap_or(now);
                 let cached = Arc::new(Cached {
                     value: token.value,
                     refresh_at,
+                    expires: now.checked_add(lifetime).unwrap_or(now),
                 });
                 let value = cached.value.clone();
-                if let Ok(mut current) = slot.current.lock() {
-                    *current = Some(cached);
+                let replaced = slot
+                    .current
+                    .lock()
+                    .ok()
+                    .and_then(|mut current| current.replace(cached));
+                // The token it replaces may still be in an upstream's log: looked for in
+                // responses until it expires.
+                if let Some(old) = replaced.filter(|old| old.value.expose() != value.expose()) {
+                    self.retired
+                        .token(slot.cred.clone(), old.value.clone(), old.expires, now);
                 }
+                self.touched(tenant);
                 Ok(value)
             }
             Ok(Err(why)) => self.failed(&mut state, tenant, why),
@@ -200,6 +283,22 @@ impl TokenCache {
         state.failure = Some(why.clone());
         Err(TokenUnavailable(why))
     }
+
+    /// Makes `tenant`'s token of `name` due for refresh (tests: a refresh without waiting).
+    #[cfg(test)]
+    pub(crate) fn make_due(&self, tenant: &TenantId, name: &str) {
+        if let Some(slot) = self.slots.get(&(tenant.clone(), name.to_string())) {
+            if let Ok(mut current) = slot.current.lock() {
+                if let Some(c) = current.take() {
+                    *current = Some(Arc::new(Cached {
+                        value: c.value.clone(),
+                        refresh_at: Instant::now(),
+                        expires: c.expires,
+                    }));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +308,19 @@ mod tests {
 
     fn tid(s: &str) -> TenantId {
         TenantId::new(s).expect("tenant id")
+    }
+
+    /// Credential `g` of `tenant` (the cache reads its tenant, name and bindings).
+    fn cred(tenant: &str) -> Arc<Credential> {
+        Arc::new(Credential {
+            tenant: tid(tenant),
+            name: "g".into(),
+            value: SecretValue::new(b"{}".to_vec()),
+            bindings: vec![crate::credentials::binding::Binding::host("api.test")],
+            positions: vec![],
+            expires_at: None,
+            kind: crate::credentials::kind::Kind::Static,
+        })
     }
 
     fn token(v: &str, secs: u64) -> AccessToken {
@@ -232,17 +344,11 @@ mod tests {
             let (cache, grants) = (cache.clone(), grants.clone());
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get(
-                        &tid("acme"),
-                        "g",
-                        [1; 32],
-                        Duration::from_secs(5),
-                        || async {
-                            grants.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            outcome.map(|v| token(v, 3600)).map_err(String::from)
-                        },
-                    )
+                    .get(&cred("acme"), [1; 32], Duration::from_secs(5), || async {
+                        grants.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        outcome.map(|v| token(v, 3600)).map_err(String::from)
+                    })
                     .await
             }));
         }
@@ -263,13 +369,9 @@ mod tests {
         assert_eq!(grants, 1);
         // Another tenant's credential of the same name has its own grant and token.
         let other = cache
-            .get(
-                &tid("globex"),
-                "g",
-                [1; 32],
-                Duration::from_secs(5),
-                || async { Ok(token("tok-globex", 3600)) },
-            )
+            .get(&cred("globex"), [1; 32], Duration::from_secs(5), || async {
+                Ok(token("tok-globex", 3600))
+            })
             .await
             .expect("token");
         assert_eq!(other.expose(), b"tok-globex");
@@ -280,16 +382,14 @@ mod tests {
         let cache = TokenCache::default();
         let t = Duration::from_secs(5);
         let a = cache
-            .get(&tid("acme"), "g", [1; 32], t, || async {
+            .get(&cred("acme"), [1; 32], t, || async {
                 Ok(token("old", 3600))
             })
             .await
             .expect("token");
         assert_eq!(a.expose(), b"old");
         let b = cache
-            .get(&tid("acme"), "g", [2; 32], t, || async {
-                Ok(token("new", 0))
-            })
+            .get(&cred("acme"), [2; 32], t, || async { Ok(token("new", 0)) })
             .await
             .expect("token");
         assert_eq!(
@@ -299,7 +399,7 @@ mod tests {
         );
         // A zero-lifetime token is never served from the cache.
         let c = cache
-            .get(&tid("acme"), "g", [2; 32], t, || async {
+            .get(&cred("acme"), [2; 32], t, || async {
                 Ok(token("newer", 3600))
             })
             .await
@@ -307,6 +407,28 @@ mod tests {
         assert_eq!(c.expose(), b"newer");
         cache.retain(|_, _, fp| fp == [9; 32]);
         assert_eq!(cache.slots.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_token_of_any_lifetime_is_cached_without_overflowing_the_clock() {
+        // A grant that did not bound its lifetime (the endpoint's `2^64-1` seconds): served,
+        // cached for at most a day, never a panic.
+        let cache = TokenCache::default();
+        let t = Duration::from_secs(5);
+        let huge = || async {
+            Ok(AccessToken {
+                value: SecretValue::new(b"forever".to_vec()),
+                lifetime: Duration::from_secs(u64::MAX),
+            })
+        };
+        let got = cache.get(&cred("acme"), [1; 32], t, huge).await;
+        assert_eq!(got.expect("token").expose(), b"forever");
+        let again = cache
+            .get(&cred("acme"), [1; 32], t, || async {
+                Err("no second grant while the first is fresh".to_string())
+            })
+            .await;
+        assert_eq!(again.expect("cached").expose(), b"forever");
     }
 
     #[tokio::test]
@@ -321,13 +443,9 @@ mod tests {
         assert_eq!(grants, 1, "one grant, one shared failure");
         // The next request tries again.
         let ok = cache
-            .get(
-                &tid("acme"),
-                "g",
-                [1; 32],
-                Duration::from_secs(5),
-                || async { Ok(token("back", 3600)) },
-            )
+            .get(&cred("acme"), [1; 32], Duration::from_secs(5), || async {
+                Ok(token("back", 3600))
+            })
             .await
             .expect("token");
         assert_eq!(ok.expose(), b"back");
@@ -341,7 +459,7 @@ mod tests {
             let cache = cache.clone();
             tokio::spawn(async move {
                 cache
-                    .get(&tid("acme"), "g", [1; 32], t, || async {
+                    .get(&cred("acme"), [1; 32], t, || async {
                         tokio::time::sleep(Duration::from_secs(30)).await;
                         Ok(token("late", 3600))
                     })
@@ -350,7 +468,7 @@ mod tests {
         };
         // While acme's grant hangs, globex's is served.
         let other = cache
-            .get(&tid("globex"), "g", [1; 32], t, || async {
+            .get(&cred("globex"), [1; 32], t, || async {
                 Ok(token("g", 3600))
             })
             .await
@@ -359,7 +477,7 @@ mod tests {
         let err = slow.await.expect("task").expect_err("timed out");
         assert!(err.0.contains("did not answer"), "{err}");
         let err = cache
-            .get(&tid("acme"), "g", [1; 32], t, || async {
+            .get(&cred("acme"), [1; 32], t, || async {
                 Err("the token endpoint answered 401".to_string())
             })
             .await

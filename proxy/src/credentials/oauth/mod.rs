@@ -454,6 +454,11 @@ impl std::fmt::Debug for AccessToken {
 /// `expires_in` optional).
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
+/// The longest a token is kept: a longer `expires_in` (up to `2^64-1` seconds, which no clock
+/// can add to the present) is read as this. Refreshing a long-lived token early costs one grant
+/// a day; trusting the endpoint's number would overflow the expiry.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// Reads a token endpoint's JSON answer. The token must be printable ASCII without spaces (it
 /// goes into headers); errors never quote the body.
 pub fn parse_answer(body: &[u8]) -> Result<AccessToken, String> {
@@ -463,23 +468,37 @@ pub fn parse_answer(body: &[u8]) -> Result<AccessToken, String> {
     if token.is_empty() || token.len() > 16 * 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("the token endpoint's `access_token` is empty or not printable".into());
     }
-    let lifetime = match answer.expires_in {
-        None => DEFAULT_LIFETIME,
-        Some(serde_json::Value::Number(n)) => n
-            .as_u64()
-            .map(Duration::from_secs)
-            .ok_or("the token endpoint's `expires_in` is not a whole number of seconds")?,
-        // Some servers send it as a string.
-        Some(serde_json::Value::String(s)) => s
-            .parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|_| "the token endpoint's `expires_in` is not a whole number of seconds")?,
-        Some(_) => return Err("the token endpoint's `expires_in` is not a number".into()),
-    };
     Ok(AccessToken {
         value: super::secret::SecretValue::new(token.as_bytes().to_vec()),
-        lifetime,
+        lifetime: lifetime(answer.expires_in.as_ref())?,
     })
+}
+
+/// An answer's `expires_in` as a lifetime, at most [`MAX_LIFETIME`].
+///
+/// SECURITY: the number is the token endpoint's to choose, up to any size: it is bounded here,
+/// before anything adds it to a clock (an `Instant` plus `2^64-1` seconds panics).
+fn lifetime(expires_in: Option<&serde_json::Value>) -> Result<Duration, String> {
+    let not_whole = || "the token endpoint's `expires_in` is not a whole number of seconds";
+    let secs = match expires_in {
+        None => return Ok(DEFAULT_LIFETIME),
+        // A whole number too large for 64 bits is read by serde as a float: as large as any.
+        Some(serde_json::Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(secs), _) => secs,
+            (None, Some(f)) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 => u64::MAX,
+            _ => return Err(not_whole().into()),
+        },
+        // Some servers send it as a string.
+        Some(serde_json::Value::String(s)) => {
+            let digits = s.trim();
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(not_whole().into());
+            }
+            digits.parse::<u64>().unwrap_or(u64::MAX)
+        }
+        Some(_) => return Err("the token endpoint's `expires_in` is not a number".into()),
+    };
+    Ok(Duration::from_secs(secs).min(MAX_LIFETIME))
 }
 
 #[cfg(test)]

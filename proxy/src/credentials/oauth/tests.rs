@@ -163,3 +163,36 @@ fn token_answers_are_read_strictly() {
         assert!(!err.contains("canary"), "{err}");
     }
 }
+
+#[test]
+fn a_lifetime_of_any_size_is_bounded_before_it_meets_a_clock() {
+    let day = MAX_LIFETIME;
+    for (expires_in, want) in [
+        // 2^64-1 and 2^63-1, as numbers and as strings; past 64 bits; a day and a second more.
+        ("18446744073709551615", day),
+        ("\"18446744073709551615\"", day),
+        ("9223372036854775807", day),
+        ("\"9223372036854775807\"", day),
+        ("184467440737095516150000", day),
+        ("\"184467440737095516150000\"", day),
+        ("1e300", day),
+        ("86401", day),
+        ("86400", day),
+        ("3600", Duration::from_secs(3600)),
+        ("\" 60 \"", Duration::from_secs(60)),
+        ("0", Duration::ZERO),
+    ] {
+        let body = format!(r#"{{"access_token":"x","expires_in":{expires_in}}}"#);
+        let t = parse_answer(body.as_bytes()).expect(expires_in);
+        assert_eq!(t.lifetime, want, "{expires_in}");
+        // What the cache does with it: an expiry on the clock, never an overflow.
+        let now = std::time::Instant::now();
+        assert!(now.checked_add(t.lifetime).is_some(), "{expires_in}");
+    }
+    for bad in [
+        "-1", "1.5", "\"-1\"", "\"1e3\"", "\"\"", "\"12a\"", "true", "[1]",
+    ] {
+        let body = format!(r#"{{"access_token":"x","expires_in":{bad}}}"#);
+        assert!(parse_answer(body.as_bytes()).is_err(), "{bad}");
+    }
+}
