@@ -876,34 +876,23 @@ fn each_part(body: &[u8], boundary: &str, part: &mut PartVisitor<'_>) -> Result<
         next.extend_from_slice(b"\r\n");
         next.extend_from_slice(delimiter);
         let end = find(content, &next).ok_or_else(|| malformed("no closing delimiter"))?;
-        if let Some(name) = part_name(head) {
-            part(&name, &content[..end])?;
+        // SECURITY: a part that names itself twice over, differently (`name` beside a `name*`
+        // that decodes to `model`, two `Content-Disposition` lines), is read as one field by one
+        // server and as another by the next: which one is not the proxy's guess to make.
+        let mut names = crate::part_names::of(head.as_bytes());
+        names.dedup();
+        match names.as_slice() {
+            [] => {}
+            [name] => part(name, &content[..end])?,
+            [first, second, ..] => {
+                return Err(malformed(&format!(
+                    "a part is named both `{first}` and `{second}`; which name a server reads is \
+                     its choice"
+                )))
+            }
         }
         rest = &content[end + next.len()..];
     }
-}
-
-/// The field name of a part (`Content-Disposition: form-data; name="…"`, or `name*=`).
-fn part_name(head: &str) -> Option<String> {
-    let disposition = head.split("\r\n").find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-disposition")
-            .then_some(v)
-    })?;
-    disposition.split(';').skip(1).find_map(|param| {
-        let (k, v) = param.split_once('=')?;
-        let v = v.trim();
-        match k.trim().to_ascii_lowercase().as_str() {
-            "name" => Some(v.trim_matches('"').to_string()),
-            // RFC 5987 `charset'lang'value`.
-            "name*" => v
-                .rsplit('\'')
-                .next()
-                .map(|n| n.trim_matches('"').to_string()),
-            _ => None,
-        }
-    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -1214,6 +1203,8 @@ mod tests {
             "form-data; name=model",
             "form-data; NAME=\"Model\"",
             "form-data; name*=utf-8''model",
+            // Percent-encoded, as RFC 2231 readers decode it.
+            "form-data; name*=UTF-8''mod%65l",
         ] {
             let read = to_llm(
                 multipart_body(disposition),
@@ -1225,6 +1216,17 @@ mod tests {
                 Some("whisper-1"),
                 "{disposition}"
             );
+        }
+        // A part named twice over, differently: which name a server reads is its choice.
+        for disposition in [
+            "form-data; name=\"file\"; name*=UTF-8''model",
+            "form-data; name=\"file\"\r\nContent-Disposition: form-data; name=\"model\"",
+        ] {
+            let read = to_llm(
+                multipart_body(disposition),
+                &[("content-type", "multipart/form-data; boundary=\"XyZ\"")],
+            );
+            assert!(read.is_err(), "{disposition}: {read:?}");
         }
         let upload = to_llm(
             b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b--"

@@ -85,6 +85,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod open_files;
 pub mod otel;
+pub mod part_names;
 pub mod pipeline;
 pub mod policy;
 pub mod pricing;

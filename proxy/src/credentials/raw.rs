@@ -642,7 +642,7 @@ fn check_multipart(
         };
         // A part with several names (two `Content-Disposition` lines, `name` and `name*`) is
         // a credential field when any of them is: a parser keeps one, not necessarily the first.
-        let Some(name) = disposition_names(&part[..head_end])
+        let Some(name) = crate::part_names::of(&part[..head_end])
             .into_iter()
             .find(|n| is_field(n))
         else {
@@ -675,54 +675,6 @@ fn check_multipart(
     }
     out.extend_from_slice(&body[from..]);
     Ok(Some(out))
-}
-
-/// Every name a part's head gives it: each `name` parameter of each `Content-Disposition` line,
-/// quoted or not (a quoted one unescaped), and each RFC 2231 / 5987 `name*` (`UTF-8''api%5Fkey`,
-/// percent-decoded).
-fn disposition_names(head: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(head);
-    let mut names = Vec::new();
-    for line in text.lines().filter(|l| {
-        l.get(..20)
-            .is_some_and(|p| p.eq_ignore_ascii_case("content-disposition:"))
-    }) {
-        for param in line.split(';').skip(1) {
-            let Some((k, v)) = param.split_once('=') else {
-                continue;
-            };
-            let (k, v) = (k.trim(), v.trim());
-            if k.eq_ignore_ascii_case("name") {
-                names.push(unquote(v));
-            } else if k.eq_ignore_ascii_case("name*") {
-                // `charset'language'value`, the value percent-encoded.
-                let value = unquote(v);
-                let encoded = value.rsplit('\'').next().unwrap_or(&value);
-                names.push(
-                    String::from_utf8_lossy(&percent_decode(encoded.as_bytes())).into_owned(),
-                );
-            }
-        }
-    }
-    names
-}
-
-/// A parameter value as a parser reads it: a quoted string unescaped (`\x` is `x`), anything
-/// else as it is.
-fn unquote(v: &str) -> String {
-    let Some(inner) = v.strip_prefix('"') else {
-        return v.to_string();
-    };
-    let inner = inner.strip_suffix('"').unwrap_or(inner);
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => out.extend(chars.next()),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
