@@ -211,6 +211,9 @@ pub struct HttpGrant {
     pub stream_plan: Option<StreamPlan>,
     /// It is an LLM call: its response's usage is metered.
     pub llm: bool,
+    /// The provider whose call the destination's path is (its API reads the request and writes
+    /// the response), looked up once for the admission and the response's meter.
+    pub call_api: Option<&'static dyn Provider>,
 }
 
 /// What an admitted tunnel carries.
@@ -533,7 +536,10 @@ async fn admit_http(
     }
     trail.destination = Some(destination.clone());
 
-    let mut grant = HttpGrant::default();
+    let mut grant = HttpGrant {
+        call_api: registry::for_destination(&destination),
+        ..HttpGrant::default()
+    };
     // The body asks the call to run in the background.
     let mut background = false;
     let (body, hold) = match &mut source {
@@ -563,7 +569,7 @@ async fn admit_http(
         // SECURITY: only a ceiling field the call's own API reads caps its output (see
         // `CeilingFields::read_by`); a call that sets none of those is reserved and guarded as
         // one that sets no ceiling, whatever other APIs' fields it carries.
-        let own_api = registry::for_destination(&destination);
+        let own_api = grant.call_api;
         grant.max_output_tokens = read
             .llm
             .max_output_tokens
@@ -698,7 +704,12 @@ async fn admit_http(
         choices: grant.choices,
         body_bytes: trail.bytes_in,
         mcp_tool_calls: trail.mcp.as_ref().map(|m| m.tools_called.len() as u64),
-        work: match registry::work(&destination, &header.method, upgrade) {
+        work: match registry::work(
+            &destination,
+            &header.method,
+            upgrade,
+            grant.call_api.is_some(),
+        ) {
             // A call run in the background answers at once; what it spends shows only later.
             Work::Call if background => Work::Unmetered("a background response"),
             work => work,

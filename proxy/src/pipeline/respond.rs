@@ -24,7 +24,6 @@ use crate::limits::LimitBackend;
 use crate::mcp::list_filter::{FilterError, ListFilter};
 use crate::metrics::METRICS;
 use crate::policy::ItemKind;
-use crate::usage::providers::registry;
 use crate::usage::strip::UsageEventStripper;
 use crate::usage::{HostedCalls, UsageMeter};
 
@@ -235,7 +234,7 @@ impl Stages {
         let sse = content_type.is_some_and(|v| v.starts_with("text/event-stream"));
         // Meter LLM calls whose response is readable as sent.
         if setup.llm && !encoded {
-            let provider = registry::for_destination(setup.admitted.permit.destination());
+            let provider = setup.grant.call_api;
             stages.meter = content_type.and_then(|ct| UsageMeter::for_response(ct, provider));
         }
         if let Some(exchange) = &trail.mcp {

@@ -204,15 +204,19 @@ pub enum Work {
     Other,
 }
 
-/// What a `method` request to `destination` is (`upgrade`: it asks to switch protocols). A
+/// What a `method` request to `destination` is (`upgrade`: it asks to switch protocols; `call`:
+/// its path is a provider's call, [`for_destination`], which the caller looked up already). A
 /// provider's unmetered work is recognized on any host, like its calls; an upgrade only toward
 /// an LLM destination (a Realtime or other WebSocket session carries its calls in frames the
 /// proxy does not meter).
-pub fn work(destination: &Destination, method: &http::Method, upgrade: bool) -> Work {
+pub fn work(destination: &Destination, method: &http::Method, upgrade: bool, call: bool) -> Work {
     use http::Method;
-    // Asked of every request: the path is normalized once (on the stack) for every question.
+    // A call's path needs no second look (normalizing it is most of the cost).
+    if call && !upgrade {
+        return Work::Call;
+    }
+    // The path is normalized once (on the stack) for every other question.
     CallPath::with(&destination.upstream_path, |path| {
-        let call = PROVIDERS.iter().any(|p| p.is_call(&path));
         let unmetered = || PROVIDERS.iter().find_map(|p| p.unmetered_work(&path));
         // First: a WebSocket to an LLM API's session path (on any host, as its other work), or
         // to any path of an LLM destination (a call path too: the Responses API's) is a session.
@@ -617,7 +621,8 @@ mod tests {
     fn work_that_cannot_be_metered_is_recognized_on_any_host() {
         use http::Method;
         let work = |host: &str, method: Method, path: &str, upgrade: bool| {
-            work(&dest(host, path, None), &method, upgrade)
+            let d = dest(host, path, None);
+            work(&d, &method, upgrade, for_destination(&d).is_some())
         };
         let unmetered = [
             ("api.openai.com", "/v1/batches", "a batch job"),
