@@ -536,10 +536,7 @@ async fn admit_http(
     }
     trail.destination = Some(destination.clone());
 
-    let mut grant = HttpGrant {
-        call_api: registry::for_destination(&destination),
-        ..HttpGrant::default()
-    };
+    let mut grant = HttpGrant::default();
     // The body asks the call to run in the background.
     let mut background = false;
     let (body, hold) = match &mut source {
@@ -559,6 +556,8 @@ async fn admit_http(
     if let Some(deny) = fx.already_over(&rate_keys) {
         return Err(deny);
     }
+    // Looked up once, after the early refusal (a flood's requests skip it).
+    grant.call_api = registry::for_destination(&destination);
     let header = source.header();
     let hosts = &config.egress.hosts;
     if let Some(body) = body {
