@@ -226,13 +226,7 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
         let mut deadline: Option<Instant> = None;
         loop {
             match scanner.scan(&self.buf, self.limits.head) {
-                Err(e) => {
-                    // Keep what was read for whoever writes the refusal (as below, and on a
-                    // truncated or late head): a valid token in it identifies the caller, and
-                    // the refusal is audited.
-                    self.releasable = self.buf.len();
-                    return Err(self.poison(Violation::Head(e)));
-                }
+                Err(e) => return Err(self.refuse_partial_head(Violation::Head(e))),
                 Ok(Scan::Complete { start, end }) => {
                     self.buf.advance(start);
                     let len = end - start;
@@ -253,8 +247,7 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
-                    self.releasable = self.buf.len();
-                    Err(self.poison(Violation::Truncated))
+                    Err(self.refuse_partial_head(Violation::Truncated))
                 };
             }
             // The header deadline runs from the head's first byte; before it, the idle wait.
@@ -272,15 +265,9 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
                 Ok(Ok(0)) => self.eof = true,
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) if self.buf.is_empty() => return Ok(None),
-                Ok(Err(_)) => {
-                    self.releasable = self.buf.len();
-                    return Err(self.poison(Violation::Truncated));
-                }
+                Ok(Err(_)) => return Err(self.refuse_partial_head(Violation::Truncated)),
                 Err(_) if deadline.is_none() && self.buf.is_empty() => return Ok(None),
-                Err(_) => {
-                    self.releasable = self.buf.len();
-                    return Err(self.poison(Violation::HeadTimeout));
-                }
+                Err(_) => return Err(self.refuse_partial_head(Violation::HeadTimeout)),
             }
         }
     }
@@ -321,6 +308,14 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
                 None => self.body_deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
         }
+    }
+
+    /// Refuses a head that was never read whole (the scanner gave up, the client stopped, the
+    /// deadline passed), keeping what was read for whoever writes the refusal: a valid token
+    /// in it identifies the caller, and the refusal is audited.
+    fn refuse_partial_head(&mut self, why: Violation) -> Violation {
+        self.releasable = self.buf.len();
+        self.poison(why)
     }
 
     fn poison(&mut self, why: Violation) -> Violation {

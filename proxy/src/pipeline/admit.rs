@@ -611,29 +611,8 @@ async fn admit_http(
         fx.now(),
     );
     observer.facts(&asking.facts);
-    let (mut decision, shadow) = asking.http();
-    // Every other model the call uses is decided as its model is: one the policy refuses
-    // refuses the call, and the permits that allowed them join the decision's.
-    if decision.allowed {
-        for other in &trail.other_models {
-            let (d, _) = Asking::new(
-                &snapshot,
-                &tenant,
-                &destination,
-                &method,
-                Some(other),
-                fx.now(),
-            )
-            .http();
-            if !d.allowed {
-                decision = d;
-                break;
-            }
-            decision.policy_ids.extend(d.policy_ids);
-        }
-        decision.policy_ids.sort_unstable();
-        decision.policy_ids.dedup();
-    }
+    let (decision, shadow) = asking.http();
+    let decision = with_other_models(&asking, decision, &trail.other_models, fx.now());
     let refusal = (!decision.allowed).then(|| PolicyRefusal::of(&decision));
     trail.decision = Some(decision);
     trail.shadow = shadow;
@@ -785,7 +764,9 @@ async fn admit_http(
                 )
             });
             if let Some(asking_now) = &asking_now {
-                let decision = http_decision(asking_now, &trail.other_models, fx.now());
+                let (decision, _) = asking_now.http();
+                let decision =
+                    with_other_models(asking_now, decision, &trail.other_models, fx.now());
                 if !decision.allowed {
                     let refusal = PolicyRefusal::of(&decision);
                     trail.decision = Some(decision);
@@ -834,11 +815,15 @@ async fn admit_http(
     })
 }
 
-/// A held request's `http` decision as `asking` puts it (under the configuration of a reload
-/// during its wait): its model's, and every other model it names decided as its model is, as at
-/// admission.
-fn http_decision(asking: &Asking<'_>, other_models: &[String], now: i64) -> Decision {
-    let (decision, _) = asking.http();
+/// The call's `http` decision (`decision`, its model's, as `asking` put it) with every other
+/// model the call uses decided as its model is: one the policy refuses refuses the call, and
+/// the permits that allowed them join the decision's.
+fn with_other_models(
+    asking: &Asking<'_>,
+    mut decision: Decision,
+    other_models: &[String],
+    now: i64,
+) -> Decision {
     if !decision.allowed {
         return decision;
     }
@@ -855,7 +840,10 @@ fn http_decision(asking: &Asking<'_>, other_models: &[String], now: i64) -> Deci
         if !d.allowed {
             return d;
         }
+        decision.policy_ids.extend(d.policy_ids);
     }
+    decision.policy_ids.sort_unstable();
+    decision.policy_ids.dedup();
     decision
 }
 
