@@ -182,3 +182,82 @@ fn a_revocation_after_redis_lost_its_data_reaches_a_replica_that_missed_the_loss
     signal("-CONT");
     refused_within("after-the-loss", "revocation after the loss");
 }
+
+/// A response that streams for long (an LLM's SSE answer) is judged again as it passes: once
+/// its token is revoked it ends within a reload and a second, with an SSE error event saying
+/// why, and its record says it was ended so. A stream asked for with another token runs on.
+#[test]
+fn a_stream_running_when_its_token_is_revoked_ends_with_an_event_saying_why() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mock = start_mock();
+    let mut spec = ProxySpec::default();
+    spec.llm_route(mock);
+    let proxy = Proxy::start(spec);
+    // A stream of 60 deltas 100 ms apart, read up to its first delta: the reader, and the
+    // request id from its head.
+    let open = |bearer: &str| {
+        let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", proxy.shared_port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        write!(
+            sock,
+            "POST /llm/chat/completions HTTP/1.1\r\nHost: llm\r\nProxy-Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\nx-mock-output-tokens: 60\r\nx-mock-chunk-delay-ms: 100\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reader = BufReader::new(sock);
+        let (mut line, mut request_id) = (String::new(), String::new());
+        while !line.contains("\"content\"") {
+            line.clear();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "no first delta");
+            if let Some(id) = line.to_ascii_lowercase().strip_prefix("x-request-id:") {
+                request_id = id.trim().to_string();
+            }
+            assert!(
+                !line.starts_with("HTTP/1.1 ") || line.contains(" 200 "),
+                "{line}"
+            );
+        }
+        (reader, request_id)
+    };
+    // Everything the stream still sends, to its end.
+    let rest = |mut reader: BufReader<std::net::TcpStream>| {
+        let mut text = String::new();
+        let _ = reader.read_to_string(&mut text);
+        text
+    };
+    let doomed = token(TokenOpts {
+        jti: Some("stream-revoked"),
+        ..Default::default()
+    });
+    let kept = token(TokenOpts {
+        jti: Some("stream-kept"),
+        ..Default::default()
+    });
+    let (doomed_stream, id) = open(&doomed);
+    let (kept_stream, kept_id) = open(&kept);
+    std::fs::write(proxy.path("revoked.txt"), "revoked-jti-1\nstream-revoked\n").unwrap();
+    proxy.sighup();
+    let revoked_at = Instant::now();
+    let text = rest(doomed_stream);
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(4),
+        "the stream ran on for {:?} after its token was revoked",
+        revoked_at.elapsed()
+    );
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(text.contains("event: error"), "{text}");
+    assert!(text.contains("\"code\":\"identity_invalid\""), "{text}");
+    assert!(text.contains(&id), "the event names the request: {text}");
+    let record = proxy.audit_record("acme", &id);
+    assert_eq!(record["ended"], "token_revoked", "{record}");
+    assert_eq!(record["reason"], "identity_invalid", "{record}");
+    assert_eq!(record["decision"], "deny", "{record}");
+    // The other token's stream was not touched.
+    let text = rest(kept_stream);
+    assert!(text.contains("[DONE]"), "{text}");
+    let record = proxy.audit_record("acme", &kept_id);
+    assert!(record["ended"].is_null(), "{record}");
+    assert_eq!(record["decision"], "allow", "{record}");
+}

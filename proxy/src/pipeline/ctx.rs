@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::admit::{Admitted, Grant, HttpGrant};
-use super::lapse::Lapse;
+use super::lapse::{Lapse, Recheck};
 use super::record::Trail;
 use super::respond::Stages;
 
@@ -27,6 +27,8 @@ pub struct RequestCtx {
     /// For an upgrade request, where its relay's end is noted when its identity lapsed (see
     /// [`super::lapse`]).
     pub lapse: Option<Arc<OnceLock<Lapse>>>,
+    /// When the response's identity is next judged as its body passes.
+    pub recheck: Recheck,
 }
 
 impl RequestCtx {
@@ -39,6 +41,7 @@ impl RequestCtx {
             cut_event: None,
             body_handed: false,
             lapse: None,
+            recheck: Recheck::default(),
         }
     }
 

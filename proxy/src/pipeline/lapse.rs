@@ -1,9 +1,12 @@
 //! Long-lived relays judged again while they last.
 //!
 //! A request is judged once, when it arrives, and a tunnel's inner requests each under the
-//! tunnel's identity ([`super::admit`]). Two things relay bytes with no request to judge: an
+//! tunnel's identity ([`super::admit`]). Three things relay bytes with no request to judge: an
 //! opaque tunnel (`connect_opaque`) and an upgraded connection (a WebSocket), each for as long
-//! as both sides keep it open. They are watched instead: [`watch`] completes once a fresh
+//! as both sides keep it open, and a response that streams for long (an LLM's SSE stream, an
+//! MCP server's event stream, which lasts as long as its session). A response is judged again
+//! as its chunks pass ([`Recheck`]: nothing passes between chunks, so nothing reaches a client
+//! whose identity lapsed). The others are watched: [`watch`] completes once a fresh
 //! request presenting the identity the relay was opened with would be refused ([`judge`]: its
 //! token revoked, in the file or the shared list, or expired past the leeway; its key pulled or
 //! replaced; the token settings changed so that it no longer passes; its workload or tenant
@@ -12,7 +15,7 @@
 //! revocation reaches an open relay within a second, and so does its token's expiry.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::admit::Effects;
 use super::Shared;
@@ -129,6 +132,35 @@ pub fn judge_now(shared: &Shared, who: &ResolvedIdentity) -> Result<(), Lapse> {
     let snapshot = shared.snapshot.load();
     let revoked = |jti: &str| shared.revoked(jti);
     judge(&snapshot, &revoked, who, crate::clock::unix_now())
+}
+
+/// When a response's identity is next judged, as its body passes.
+///
+/// SECURITY: a stream (an LLM's SSE answer, an MCP server's event stream) would otherwise go on
+/// reaching a client whose token was revoked or expired, whose key was pulled or whose workload
+/// was removed, while every fresh request with it is refused.
+#[derive(Debug, Default)]
+pub struct Recheck {
+    due: Option<Instant>,
+}
+
+impl Recheck {
+    /// Judges `who` ([`judge_now`]) when a [`RECHECK`] has passed since it was last judged (at
+    /// first, since `admitted`, the request's start): one clock read for each chunk, a look-up
+    /// a second at most.
+    pub fn chunk(
+        &mut self,
+        shared: &Shared,
+        who: &ResolvedIdentity,
+        admitted: Instant,
+    ) -> Result<(), Lapse> {
+        let now = Instant::now();
+        if now < *self.due.get_or_insert(admitted + RECHECK) {
+            return Ok(());
+        }
+        self.due = Some(now + RECHECK);
+        judge_now(shared, who)
+    }
 }
 
 /// Completes once `who` is no longer accepted ([`judge_now`]), with why: judged at once, then

@@ -861,8 +861,27 @@ impl ProxyHttp for TenantProxy {
             trail,
             stages,
             cut_event,
+            recheck,
             ..
         } = &mut **ctx;
+        if let Some(admitted) = admitted.as_ref() {
+            if let Err(lapse) = recheck.chunk(&self.shared, &admitted.identity, trail.started) {
+                // The identity the response was asked with is no longer accepted: the chunk in
+                // hand is dropped and the response ends, an SSE stream with an event saying why
+                // (written by `fail_to_proxy`, as for a stream out of budget).
+                *body = None;
+                let (_, code, message) = lapse.deny.describe();
+                *cut_event = stages.cut_ends_with_sse_event().then(|| {
+                    crate::limits::stream::cut_event(code.as_str(), &message, &trail.request_id)
+                });
+                trail.ended = Some(lapse.ended);
+                trail.refuse(lapse.deny);
+                return Err(stop(
+                    "identity_lapsed",
+                    "the response's identity is no longer accepted",
+                ));
+            }
+        }
         let method = &session.req_header().method;
         let server = trail.mcp.as_ref().map(|m| m.server.clone());
         let mut allowed = |item, name: &str| {

@@ -193,6 +193,9 @@ pub struct Stages {
     /// Of an LLM call's answer, when no ceiling field of its API caps its output, the bytes
     /// seen so far (see [`Stages::output_seen`]); `None` when they bound nothing.
     uncapped_bytes: Option<u64>,
+    /// An SSE stream as sent (not compressed, no declared length) and not an MCP server's: a
+    /// cut may end it with an event of ours.
+    open_sse: bool,
 }
 
 /// What the stages are set up from, besides the response head.
@@ -313,7 +316,18 @@ impl Stages {
             resp.remove_header(&http::header::CONTENT_LENGTH);
             stages.scrub = Some(scrubber);
         }
+        stages.open_sse = sse
+            && !encoded
+            && trail.mcp.is_none()
+            && !resp.headers.contains_key(http::header::CONTENT_LENGTH);
         Ok(stages)
+    }
+
+    /// Whether a response cut for a reason other than its budget (its identity lapsed) ends
+    /// with an error event: an SSE stream does (a client sees why); any other framing (JSON, an
+    /// MCP server's JSON-RPC events, a compressed body, a declared length) just ends short.
+    pub fn cut_ends_with_sse_event(&self) -> bool {
+        self.open_sse
     }
 
     /// Runs `body` through every stage, in order. `allowed` decides whether a list may show an
