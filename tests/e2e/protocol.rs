@@ -1082,6 +1082,86 @@ fn a_request_that_ends_after_admission_is_never_recorded_as_allowed() {
     }
 }
 
+/// A client that goes away in the middle of its body (a cancelled upload) is recorded as
+/// `client_closed`, with no status (nobody was answered), not as a malformed request: whether it
+/// closes, half-closes or resets its connection, with a declared length or chunked. Nothing
+/// reaches the upstream.
+#[test]
+fn an_upload_the_client_abandons_is_recorded_as_client_closed() {
+    let origin = Origin::start();
+    let proxy = start(|_| {});
+    let before = origin.count();
+    let cases: [(&str, &str, &str, u8); 4] = [
+        (
+            "/gone/closed",
+            "Content-Length: 1000\r\n",
+            "only a little",
+            0,
+        ),
+        ("/gone/half", "Content-Length: 1000\r\n", "only a little", 1),
+        (
+            "/gone/reset",
+            "Content-Length: 1000\r\n",
+            "only a little",
+            2,
+        ),
+        (
+            "/gone/chunked",
+            "Transfer-Encoding: chunked\r\n",
+            "5\r\nhello\r\n",
+            0,
+        ),
+    ];
+    for (path, framing, sent, how) in cases {
+        let mut s = plain(proxy.sidecar_port);
+        write!(
+            s,
+            "POST http://127.0.0.1:{o}{path} HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nContent-Type: text/plain\r\n{framing}\r\n{sent}",
+            o = origin.port
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        match how {
+            0 => drop(s),
+            1 => {
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+                assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+            }
+            _ => {
+                // SO_LINGER 0: the close sends a reset.
+                let reset = nix::libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &reset)
+                    .unwrap();
+                drop(s);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let recs = proxy.audit_records("acme");
+        let found: Vec<_> = cases
+            .iter()
+            .filter_map(|(path, ..)| recs.iter().find(|r| r["path"] == *path))
+            .collect();
+        if found.len() == cases.len() {
+            for rec in found {
+                assert_eq!(rec["decision"], "deny", "{rec}");
+                assert_eq!(rec["reason"], "client_closed", "{rec}");
+                assert_eq!(rec["status"].as_u64().unwrap_or(0), 0, "{rec}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "records: {recs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(origin.count(), before, "nothing reached the upstream");
+}
+
 #[test]
 fn the_open_file_limit_is_raised_to_the_hard_limit_and_a_short_one_is_named() {
     // Started the way many hosts start services: a soft limit of 256 under a hard one of 4096.

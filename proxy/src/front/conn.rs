@@ -59,7 +59,7 @@ pub enum Violation {
     HeadTimeout,
     /// The body did not arrive by its deadline.
     BodyTimeout,
-    /// The client closed the connection in the middle of a body.
+    /// The client closed (or reset) the connection in the middle of a request.
     Truncated,
     /// A chunked body declared more data than the body limit.
     BodyTooLarge,
@@ -460,7 +460,14 @@ impl<C: Send + Sync + 'static> AsyncRead for FrontConn<C> {
                     }
                     match this.poll_fill(cx) {
                         Poll::Ready(Ok(_)) => continue,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Err(e)) => {
+                            // A connection reset in the middle of a body ended it short, as
+                            // one closed there did.
+                            if !matches!(this.phase, Phase::Raw) {
+                                this.poison(Violation::Truncated);
+                            }
+                            return Poll::Ready(Err(e));
+                        }
                         Poll::Pending => return Poll::Pending,
                     }
                 }

@@ -196,6 +196,9 @@ impl Effects for Shared {
         .await
         .map_err(
             |e| match (&e, front_conn(session).and_then(|c| c.violation())) {
+                // The client ended its side in the middle of its body (closed, half-closed,
+                // reset): an abandoned upload, nobody to answer.
+                (_, Some(crate::front::Violation::Truncated)) => Deny::ClientClosed,
                 // The front knows why a read failed: a framing error, a missed deadline.
                 (crate::body::BodyError::Unreadable, Some(violation)) => Deny::from(violation),
                 _ => Deny::from(e),
@@ -468,6 +471,12 @@ impl TenantProxy {
         ctx: &mut RequestCtx,
         deny: Deny,
     ) -> pingora::Result<()> {
+        if deny == Deny::ClientClosed {
+            // Nobody to answer: recorded with what ended it.
+            ctx.trail.refuse(deny);
+            session.set_keepalive(None);
+            return Ok(());
+        }
         let (resp, body) = refusal_response(&deny, ctx.request_id())?;
         // SECURITY: after a framing error or a missed deadline the connection is never read
         // again (pingora may report such a body as done); a client over its connection cap
