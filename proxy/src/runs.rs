@@ -272,6 +272,16 @@ impl RunTracker {
         Ok(())
     }
 
+    /// Whether `run` of `tenant` was closed, as every replica sharing the backend sees it (read
+    /// only).
+    pub async fn is_closed(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+    ) -> Result<bool, crate::limits::LimiterUnavailable> {
+        self.registry.run_closed(tenant, run).await
+    }
+
     /// Counts a refused request of a signed run for its summary.
     pub async fn count_refusal(&self, tenant: &TenantContext) {
         if tenant.run.signed {

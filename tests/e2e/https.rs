@@ -1135,35 +1135,15 @@ fn an_opaque_tunnel_ends_when_its_identity_is_no_longer_accepted() {
 fn a_websocket_ends_when_its_identity_is_no_longer_accepted() {
     let h = start_https(|_| {});
     let authority = format!("llm.test:{}", h.mock);
-    let upgrade = |tls: &mut Tls| {
-        let upgrade = format!(
-            "GET /v1/realtime?model=gpt-4o-realtime HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"
-        );
-        tls.write_all(upgrade.as_bytes()).unwrap();
-        tls.flush().unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(tls.read(&mut byte).unwrap(), 1);
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-        let frame = [0x81u8, 0x81, 1, 2, 3, 4, b'p' ^ 1];
-        tls.write_all(&frame).unwrap();
-        tls.flush().unwrap();
-        let mut back = [0u8; 7];
-        tls.read_exact(&mut back).unwrap();
-        assert_eq!(back, frame);
-    };
     let by_token = token(TokenOpts {
         jti: Some("ws-1"),
         ..Default::default()
     });
     let auth = format!("Proxy-Authorization: Bearer {by_token}\r\n");
     let mut ws = intercepted(&h, h.proxy.shared_port, &authority, &auth);
-    upgrade(&mut ws);
+    websocket_upgrade(&mut ws, &authority);
     let mut bound = intercepted(&h, h.proxy.sidecar_port, &authority, "");
-    upgrade(&mut bound);
+    websocket_upgrade(&mut bound, &authority);
 
     // `test-ed`, the key that signed the token, is pulled. Both WebSockets keep talking (a
     // frame every 200 ms, so that neither goes quiet): the token's ends, its record says why,
@@ -1183,29 +1163,121 @@ fn a_websocket_ends_when_its_identity_is_no_longer_accepted() {
     )
     .unwrap();
     h.proxy.sighup();
-    let ping = |tls: &mut Tls| -> bool {
-        let frame = [0x81u8, 0x81, 1, 2, 3, 4, b'q' ^ 1];
-        let mut back = [0u8; 7];
-        tls.write_all(&frame).is_ok()
-            && tls.flush().is_ok()
-            && tls.read_exact(&mut back).is_ok()
-            && back == frame
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while ping(&mut ws) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the WebSocket was never ended"
-        );
-        assert!(ping(&mut bound), "the sidecar's WebSocket was ended");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until_websocket_ends(&mut ws, &mut bound);
     let record = record_when_written(&h, |r| r["ended"].is_string());
     assert_eq!(record["status"], 101, "{record}");
     assert_eq!(record["reason"], "identity_invalid", "{record}");
     assert_eq!(record["ended"], "identity_withdrawn", "{record}");
     assert_eq!(record["tunnel"]["mode"], "intercept", "{record}");
-    assert!(ping(&mut bound), "the sidecar's WebSocket was ended");
+    assert!(
+        websocket_ping(&mut bound),
+        "the sidecar's WebSocket was ended"
+    );
+}
+
+/// Upgrades an intercepted connection to a WebSocket to the mock, and checks a frame comes back.
+fn websocket_upgrade(tls: &mut Tls, authority: &str) {
+    let upgrade = format!(
+        "GET /v1/realtime?model=gpt-4o-realtime HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"
+    );
+    tls.write_all(upgrade.as_bytes()).unwrap();
+    tls.flush().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tls.read(&mut byte).unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    assert!(websocket_ping(tls), "no frame came back");
+}
+
+/// Sends a frame on an upgraded connection; whether the mock's echo came back.
+fn websocket_ping(tls: &mut Tls) -> bool {
+    let frame = [0x81u8, 0x81, 1, 2, 3, 4, b'q' ^ 1];
+    let mut back = [0u8; 7];
+    tls.write_all(&frame).is_ok()
+        && tls.flush().is_ok()
+        && tls.read_exact(&mut back).is_ok()
+        && back == frame
+}
+
+/// Keeps both WebSockets talking (a frame every 200 ms, so that neither goes quiet) until
+/// `ending` ends; `kept` must keep working meanwhile.
+fn until_websocket_ends(ending: &mut Tls, kept: &mut Tls) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while websocket_ping(ending) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WebSocket was never ended"
+        );
+        assert!(websocket_ping(kept), "the other WebSocket was ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `tenant-proxy run close` reaches what a signed run has open: its WebSocket ends (its record
+/// saying `ended: run_closed`), as does its streamed answer, with an SSE event saying why; the
+/// same tenant's other run goes on.
+#[test]
+fn closing_a_run_ends_its_websockets_and_streams_already_open() {
+    use std::io::BufRead;
+    let h = start_https(|_| {});
+    let authority = format!("llm.test:{}", h.mock);
+    let run_token = |run: &'static str| {
+        token(TokenOpts {
+            run_id: Some(run),
+            ..Default::default()
+        })
+    };
+    let (closing, other) = (run_token("run-to-close"), run_token("run-kept"));
+    let auth = |t: &str| format!("Proxy-Authorization: Bearer {t}\r\n");
+    let mut ws = intercepted(&h, h.proxy.shared_port, &authority, &auth(&closing));
+    websocket_upgrade(&mut ws, &authority);
+    let mut kept = intercepted(&h, h.proxy.shared_port, &authority, &auth(&other));
+    websocket_upgrade(&mut kept, &authority);
+    // A stream of the run (60 deltas 100 ms apart) in its own tunnel, read to its first delta.
+    let mut stream = intercepted(&h, h.proxy.shared_port, &authority, &auth(&closing));
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer $CRED{{openai}}\r\nContent-Type: application/json\r\nx-mock-output-tokens: 60\r\nx-mock-chunk-delay-ms: 100\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream.flush().unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    while !line.contains("\"content\"") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "no first delta");
+        assert!(
+            !line.starts_with("HTTP/1.1 ") || line.contains(" 200 "),
+            "{line}"
+        );
+    }
+
+    let (code, out) =
+        h.proxy
+            .admin_cli(&["run", "close", "--tenant", "acme", "--run", "run-to-close"]);
+    assert_eq!(code, 0, "{out}");
+    until_websocket_ends(&mut ws, &mut kept);
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    assert!(!rest.contains("[DONE]"), "{rest}");
+    assert!(rest.contains("\"code\":\"run_closed\""), "{rest}");
+    let ws_record = record_when_written(&h, |r| r["status"] == 101 && r["ended"].is_string());
+    assert_eq!(ws_record["ended"], "run_closed", "{ws_record}");
+    assert_eq!(ws_record["reason"], "run_closed", "{ws_record}");
+    assert_eq!(ws_record["run_id"], "run-to-close", "{ws_record}");
+    let stream_record =
+        record_when_written(&h, |r| r["status"] == 200 && r["ended"] == "run_closed");
+    assert_eq!(stream_record["run_id"], "run-to-close", "{stream_record}");
+    assert_eq!(stream_record["decision"], "deny", "{stream_record}");
+    assert!(
+        websocket_ping(&mut kept),
+        "the other run's WebSocket was ended"
+    );
 }
 
 #[test]

@@ -666,6 +666,13 @@ async fn run_life_records_are_per_tenant_and_closing_one_leaves_the_other(b: Bac
         other => panic!("{other:?}"),
     }
     assert!(runs.sight_run(&globex, "r1", later).await.unwrap().closed);
+    // Read without a sighting (what open relays and streams ask once a second).
+    assert!(runs.run_closed(&globex, "r1").await.unwrap());
+    assert!(
+        !runs.run_closed(&acme, "r1").await.unwrap(),
+        "closing globex's r1 closed acme's"
+    );
+    assert!(!runs.run_closed(&acme, "not-seen").await.unwrap());
     let live = runs.sight_run(&acme, "r1", later).await.unwrap();
     assert_eq!(
         live,

@@ -341,6 +341,14 @@ impl RunRegistry for MemoryBackend {
     ) -> Result<RunClaim, LimiterUnavailable> {
         Ok(self.end_run_at(tenant, run, end, unix_ms()))
     }
+
+    async fn run_closed(&self, tenant: &TenantId, run: &str) -> Result<bool, LimiterUnavailable> {
+        let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(runs
+            .lives
+            .get(&run_life_key(tenant, run))
+            .is_some_and(|life| life.closed_ms.is_some()))
+    }
 }
 
 impl MemoryBackend {

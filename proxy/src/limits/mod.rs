@@ -722,6 +722,9 @@ pub trait RunRegistry: Send + Sync + fmt::Debug {
         run: &str,
         end: RunEnd,
     ) -> Result<RunClaim, LimiterUnavailable>;
+    /// Whether the run was closed (read only: nothing is recorded), for the relays and streams
+    /// of the run already open (see `pipeline::lapse`).
+    async fn run_closed(&self, tenant: &TenantId, run: &str) -> Result<bool, LimiterUnavailable>;
 }
 
 /// One tenant's ceilings as the configuration sets them.

@@ -976,6 +976,35 @@ impl RunRegistry for RedisBackend {
         }
     }
 
+    async fn run_closed(&self, tenant: &TenantId, run: &str) -> Result<bool, LimiterUnavailable> {
+        let answer = match self.conn_here() {
+            Some((mut conn, _)) => {
+                let mut cmd = redis::cmd("HEXISTS");
+                cmd.arg(run_life_key(tenant, run)).arg("closed_ms");
+                let exists = cmd.query_async::<i64>(&mut conn);
+                answer_within(self.settings.timeout, exists).await
+            }
+            None => None,
+        };
+        match answer {
+            Some(Ok(exists)) => {
+                self.answering.mark(true);
+                Ok(exists == 1)
+            }
+            failed => {
+                self.answering.mark(false);
+                METRICS.limiter_errors.inc();
+                match self.settings.on_unavailable {
+                    Unavailable::FailClosed => Err(LimiterUnavailable(match failed {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "no answer".into(),
+                    })),
+                    Unavailable::LocalFallback => self.fallback.run_closed(tenant, run).await,
+                }
+            }
+        }
+    }
+
     async fn end_run(
         &self,
         tenant: &TenantId,

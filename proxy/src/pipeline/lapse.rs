@@ -6,15 +6,20 @@
 //! as both sides keep it open, and a response that streams for long (an LLM's SSE stream, an
 //! MCP server's event stream, which lasts as long as its session). A response is judged again
 //! as its chunks pass ([`Recheck`]: nothing passes between chunks, so nothing reaches a client
-//! whose identity lapsed). The others are watched: [`watch`] completes once a fresh
+//! whose identity lapsed). The others, and a streamed response of a signed run, are watched:
+//! [`watch`] completes once a fresh
 //! request presenting the identity the relay was opened with would be refused ([`judge`]: its
 //! token revoked, in the file or the shared list, or expired past the leeway; its key pulled or
 //! replaced; the token settings changed so that it no longer passes; its workload or tenant
 //! removed; its client certificate expired or no longer trusted), and the relay then ends, its
 //! record saying why ([`Ended`]). It is judged at once, then every [`RECHECK`]: a reload or a
-//! revocation reaches an open relay within a second, and so does its token's expiry.
+//! revocation reaches an open relay within a second, and so does its token's expiry. A relay
+//! of a signed run also ends once the run is closed (`tenant-proxy run close`, on any replica
+//! sharing the limiter): a fresh request of the run would be refused `run_closed`. A limiter
+//! that does not answer leaves the run's relays open (the revocation list, read from the same
+//! Redis, ends token relays once it is stale and the limiter fails closed).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::admit::Effects;
@@ -42,6 +47,8 @@ pub enum Ended {
     /// The shared revocation list could not be read for too long, and the limiter fails closed:
     /// a fresh request with the token would be refused (`limiter_unavailable`).
     RevocationsUnavailable,
+    /// Its signed run was closed (`tenant-proxy run close`).
+    RunClosed,
 }
 
 impl Ended {
@@ -53,6 +60,7 @@ impl Ended {
             Ended::CertificateLapsed => "certificate_lapsed",
             Ended::IdentityWithdrawn => "identity_withdrawn",
             Ended::RevocationsUnavailable => "revocations_unavailable",
+            Ended::RunClosed => "run_closed",
         }
     }
 }
@@ -134,26 +142,31 @@ pub fn judge_now(shared: &Shared, who: &ResolvedIdentity) -> Result<(), Lapse> {
     judge(&snapshot, &revoked, who, crate::clock::unix_now())
 }
 
-/// When a response's identity is next judged, as its body passes.
+/// When a response's identity is next judged, as its body passes, and, for a streamed response
+/// of a signed run, the [`watch`] running beside it.
 ///
 /// SECURITY: a stream (an LLM's SSE answer, an MCP server's event stream) would otherwise go on
-/// reaching a client whose token was revoked or expired, whose key was pulled or whose workload
-/// was removed, while every fresh request with it is refused.
+/// reaching a client whose token was revoked or expired, whose key was pulled, whose workload
+/// was removed or whose run was closed, while every fresh request with it is refused.
 #[derive(Debug, Default)]
 pub struct Recheck {
     due: Option<Instant>,
+    watcher: Option<Watcher>,
 }
 
 impl Recheck {
     /// Judges `who` ([`judge_now`]) when a [`RECHECK`] has passed since it was last judged (at
     /// first, since `admitted`, the request's start): one clock read for each chunk, a look-up
-    /// a second at most.
+    /// a second at most. A lapse the watcher saw (its run closed) counts at once.
     pub fn chunk(
         &mut self,
         shared: &Shared,
         who: &ResolvedIdentity,
         admitted: Instant,
     ) -> Result<(), Lapse> {
+        if let Some(lapse) = self.watcher.as_ref().and_then(|w| w.seen.get()) {
+            return Err(lapse.clone());
+        }
         let now = Instant::now();
         if now < *self.due.get_or_insert(admitted + RECHECK) {
             return Ok(());
@@ -161,13 +174,67 @@ impl Recheck {
         self.due = Some(now + RECHECK);
         judge_now(shared, who)
     }
+
+    /// Watches a streamed response of a signed run: whether the run is closed needs the
+    /// limiter (a round trip to a shared one), which a body's chunks cannot wait for, so it is
+    /// asked beside them, once a second, for as long as the response lasts.
+    pub fn watch_run(&mut self, shared: &Arc<Shared>, who: &ResolvedIdentity) {
+        if self.watcher.is_some() || signed_run(who).is_none() {
+            return;
+        }
+        let seen = Arc::new(OnceLock::new());
+        let noted = seen.clone();
+        let watch = watch(shared.clone(), who.clone());
+        let task = tokio::spawn(async move {
+            let _ = noted.set(watch.await);
+        });
+        self.watcher = Some(Watcher {
+            seen,
+            task: task.abort_handle(),
+        });
+    }
 }
 
-/// Completes once `who` is no longer accepted ([`judge_now`]), with why: judged at once, then
-/// every [`RECHECK`]. A relay runs beside it and ends when it completes.
+/// A [`watch`] running on its own task beside a response; it ends with the response.
+#[derive(Debug)]
+struct Watcher {
+    seen: Arc<OnceLock<Lapse>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The signed run `who`'s token names.
+fn signed_run(who: &ResolvedIdentity) -> Option<&str> {
+    who.token.as_ref().and_then(|t| t.run_id.as_deref())
+}
+
+/// Whether `who`'s signed run was closed, as the limiter says now; a limiter that does not
+/// answer closes nothing (see the module's note).
+async fn run_closed(shared: &Shared, who: &ResolvedIdentity) -> Option<Lapse> {
+    let run = signed_run(who)?;
+    match shared.runs.is_closed(&who.tenant, run).await {
+        Ok(true) => Some(Lapse {
+            ended: Ended::RunClosed,
+            deny: Deny::RunClosed,
+        }),
+        Ok(false) | Err(_) => None,
+    }
+}
+
+/// Completes once `who` is no longer accepted ([`judge_now`]) or its signed run was closed,
+/// with why: judged at once, then every [`RECHECK`]. A relay runs beside it and ends when it
+/// completes.
 pub async fn watch(shared: Arc<Shared>, who: ResolvedIdentity) -> Lapse {
     loop {
         if let Err(lapse) = judge_now(&shared, &who) {
+            return lapse;
+        }
+        if let Some(lapse) = run_closed(&shared, &who).await {
             return lapse;
         }
         tokio::time::sleep(RECHECK).await;

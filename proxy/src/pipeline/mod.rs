@@ -839,6 +839,13 @@ impl ProxyHttp for TenantProxy {
                 return Err(stop("response_refused", "the response cannot be passed on"));
             }
         };
+        // A response that streams (no length: an SSE answer, an MCP server's event stream) of a
+        // signed run ends once the run is closed (an upgrade's relay is watched on its own).
+        if !had_length && upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(admitted) = ctx.admitted.as_ref() {
+                ctx.recheck.watch_run(&self.shared, &admitted.identity);
+            }
+        }
         // A body whose length we changed is re-framed as chunked for HTTP/1.1 clients; left
         // unframed it would end by closing the connection, and with it a keep-alive tunnel.
         if had_length
