@@ -1035,6 +1035,44 @@ fn work_the_proxy_cannot_meter_is_refused_while_spend_is_capped() {
     r.assert_refused(403, "unmetered_call");
     assert_eq!(origin.count(), 0, "nothing refused reached the upstream");
 
+    // An offer to switch to another protocol is no WebSocket: `h2c`, which Java's HttpClient and
+    // `curl --http2` send with every plain-text call, or an `Upgrade` that `Connection` does not
+    // nominate. The offer is declined (dropped, never sent on) and the call is an ordinary one,
+    // metered; its connection stays usable.
+    let chat = r#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[]}"#;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(sock.try_clone().unwrap());
+    for offer in [
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+        "Upgrade: websocket\r\n",
+        "Connection: keep-alive, Upgrade\r\nUpgrade: websocket, h2c\r\n",
+    ] {
+        use std::io::Write;
+        write!(
+            sock,
+            "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\n{offer}Content-Length: {}\r\n\r\n{chat}",
+            chat.len()
+        )
+        .unwrap();
+        let r = read_response(&mut reader).unwrap();
+        assert_eq!(r.status, 200, "{offer}: {}", r.body_text());
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(rec["decision"], "allow", "{rec}");
+        assert!(rec["reserved"]["tokens"].as_u64().unwrap() > 0, "{rec}");
+    }
+    let sent = origin.requests();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    for req in sent {
+        assert!(!req.headers.contains_key("upgrade"), "{:?}", req.headers);
+        assert!(
+            !req.headers.contains_key("http2-settings"),
+            "{:?}",
+            req.headers
+        );
+    }
+
     // Reading, listing and cancelling start nothing.
     let get = raw_request(
         proxy.sidecar_port,

@@ -68,8 +68,9 @@ pub struct Head {
     pub framing: Framing,
     /// `CONNECT`.
     pub connect: bool,
-    /// The request asks to switch protocols (`Upgrade` nominated by `Connection`): after the
-    /// answer the connection may carry anything, so it is never read as HTTP again.
+    /// The request asks to switch to a WebSocket (`Upgrade: websocket`, nominated by
+    /// `Connection`; the only switch the proxy relays): after the answer the connection may
+    /// carry anything, so it is never read as HTTP again.
     pub upgrade: bool,
     /// The target's form.
     pub target: TargetForm,
@@ -237,7 +238,7 @@ pub fn parse(head: &[u8], limits: HeadLimits) -> Result<Head, HeadError> {
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut host: Option<&[u8]> = None;
-    let mut upgrade_field = false;
+    let (mut upgrade_lines, mut websocket) = (0, false);
     let mut upgrade_nominated = false;
     for h in req.headers.iter() {
         let name = h.name;
@@ -257,7 +258,9 @@ pub fn parse(head: &[u8], limits: HeadLimits) -> Result<Head, HeadError> {
             }
             host = Some(h.value);
         } else if name.eq_ignore_ascii_case("upgrade") {
-            upgrade_field = true;
+            // Only a WebSocket is ever switched to (the pipeline drops any other `Upgrade`).
+            upgrade_lines += 1;
+            websocket = h.value.trim_ascii().eq_ignore_ascii_case(b"websocket");
         } else if name.eq_ignore_ascii_case("connection") {
             upgrade_nominated |=
                 connection_options(h.value).any(|o| o.eq_ignore_ascii_case(b"upgrade"));
@@ -350,7 +353,7 @@ pub fn parse(head: &[u8], limits: HeadLimits) -> Result<Head, HeadError> {
         len: head.len(),
         framing: if connect { Framing::None } else { framing },
         connect,
-        upgrade: upgrade_field && upgrade_nominated,
+        upgrade: upgrade_lines == 1 && websocket && upgrade_nominated && !http10,
         target: form,
     })
 }
@@ -462,6 +465,15 @@ mod tests {
             !not_u.upgrade,
             "Upgrade without Connection: upgrade is not a switch"
         );
+        for other in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket, h2c\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            let h = whole(other).unwrap();
+            assert!(!h.upgrade, "{}", String::from_utf8_lossy(other));
+        }
     }
 
     #[test]

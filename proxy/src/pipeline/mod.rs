@@ -518,6 +518,50 @@ impl TenantProxy {
     }
 }
 
+/// `HTTP2-Settings`, which only an `h2c` upgrade sends.
+const HTTP2_SETTINGS: http::HeaderName = http::HeaderName::from_static("http2-settings");
+
+/// Keeps a request's `Upgrade` only when it asks for a WebSocket and nominates it in
+/// `Connection` (RFC 9110 §7.8), the one upgrade the proxy relays; any other (`h2c`, which Java's
+/// `HttpClient` and `curl --http2` send on every plain-text call, a TLS upgrade, an `Upgrade`
+/// that `Connection` does not nominate) is dropped, with `HTTP2-Settings` and their
+/// `Connection` options, as a server that does not take it up may (§7.8). The request is then
+/// an ordinary HTTP/1.1 call, decided and metered as one, and no upstream is asked to switch to
+/// a protocol the proxy would relay unread.
+fn drop_other_upgrades(req: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
+    let Some(upgrade) = req.headers.get(http::header::UPGRADE) else {
+        return Ok(());
+    };
+    let connection = req.headers.get_all(http::header::CONNECTION);
+    let nominated = connection.iter().any(|v| {
+        crate::front::head::connection_options(v.as_bytes())
+            .any(|o| o.eq_ignore_ascii_case(b"upgrade"))
+    });
+    let websocket = upgrade
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"websocket")
+        && req.headers.get_all(http::header::UPGRADE).iter().count() == 1;
+    if nominated && websocket && req.version == http::Version::HTTP_11 {
+        return Ok(());
+    }
+    let kept: Vec<Vec<u8>> = connection
+        .iter()
+        .flat_map(|v| crate::front::head::connection_options(v.as_bytes()))
+        .filter(|o| {
+            !o.eq_ignore_ascii_case(b"upgrade") && !o.eq_ignore_ascii_case(b"http2-settings")
+        })
+        .map(<[u8]>::to_vec)
+        .collect();
+    req.remove_header(&http::header::UPGRADE);
+    req.remove_header(&HTTP2_SETTINGS);
+    req.remove_header(&http::header::CONNECTION);
+    if !kept.is_empty() {
+        req.insert_header(http::header::CONNECTION, kept.join(&b", "[..]))?;
+    }
+    Ok(())
+}
+
 /// Whether a list result may show this item to the request's workload: the same decision a use
 /// of it would get. Anything missing denies.
 fn item_allowed(
@@ -634,10 +678,11 @@ impl ProxyHttp for TenantProxy {
         // The front hands pingora one checked request at a time and reads the next head itself
         // (pipelined requests wait there, not in pingora). pingora only needs to know the
         // connection may be reused, and for how long an idle HTTP/2 connection may stay.
-        // An HTTP/1 request that asks to switch protocols ends its connection whatever the
+        // An HTTP/1 request that asks to switch to a WebSocket ends its connection whatever the
         // answer (the front reads the rest as the switched protocol's): a refusal or an upstream
         // that does not switch says `Connection: close`, so the client does not send another
-        // request that nobody would read.
+        // request that nobody would read. Any other switch it offers is declined first.
+        drop_other_upgrades(session.req_header_mut())?;
         if session.is_upgrade_req() && !session.is_http2() {
             session.set_keepalive(None);
         } else if session.get_keepalive().is_some() {
