@@ -1082,6 +1082,34 @@ fn a_request_that_ends_after_admission_is_never_recorded_as_allowed() {
     }
 }
 
+/// A request refused before its body is read (no identity on the token listener) while the
+/// client is still sending a large body: the client reads the JSON refusal, not a reset. The
+/// proxy reads and discards the rest of the body (bounded) before it closes, since closing with
+/// unread bytes resets the connection; nothing reaches the upstream.
+#[test]
+fn a_client_still_sending_its_body_reads_a_refusal_made_before_it() {
+    let origin = Origin::start();
+    let proxy = start(|_| {});
+    let body = vec![b'x'; 3 << 20];
+    let mut s = plain(proxy.shared_port);
+    write!(
+        s,
+        "POST http://127.0.0.1:{o}/upload HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len(),
+        o = origin.port
+    )
+    .unwrap();
+    // The refusal is written (and, without the drain, the connection closed) before the body.
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(&body)
+        .expect("the proxy reset the connection under the upload");
+    let mut reader = std::io::BufReader::new(s);
+    let r = read_response(&mut reader).expect("no refusal to read");
+    r.assert_refused(407, "identity_required");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(origin.count(), 0);
+}
+
 /// A client that goes away in the middle of its body (a cancelled upload) is recorded as
 /// `client_closed`, with no status (nobody was answered), not as a malformed request: whether it
 /// closes, half-closes or resets its connection, with a declared length or chunked. Nothing

@@ -463,8 +463,9 @@ impl TenantProxy {
 
     /// Writes the JSON refusal. The connection stays open when the request had no body or its
     /// body was read whole (a refused agent retries on it; reconnecting for every refusal would
-    /// make a noisy neighbour cost everyone more). Otherwise it is closed, rather than drained:
-    /// the proxy never reads a body a refused client keeps sending.
+    /// make a noisy neighbour cost everyone more). Otherwise it is closed, after what is left
+    /// of the body is read and discarded for a bounded time ([`drain_body`]), so that a client
+    /// still sending it reads the refusal.
     async fn refuse(
         &self,
         session: &mut Session,
@@ -503,18 +504,46 @@ impl TenantProxy {
                 });
         ctx.trail.refuse(deny);
         let poisoned = front_conn(session).is_some_and(|c| c.violation().is_some());
-        if fatal
-            || identity_spent
-            || poisoned
-            || !(session.is_body_empty() || session.is_body_done())
-        {
+        let body_pending = !(session.is_body_empty() || session.is_body_done());
+        if fatal || identity_spent || poisoned || body_pending {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(resp), false).await?;
         session
             .write_response_body(Some(Bytes::from(body)), true)
             .await?;
+        // A client still sending its body reads the refusal only if the connection is not
+        // reset under it. A framing error, a missed deadline or a shed connection is closed at
+        // once; a client waiting for `100 Continue` sends nothing more.
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if body_pending && !(fatal || poisoned || expects_continue) {
+            drain_body(session, self.shared.config.limits.max_body_bytes).await;
+        }
         Ok(())
+    }
+}
+
+/// How long a refused request's body is read and discarded at most (see [`drain_body`]).
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and discards what is left of a refused request's body, for at most [`DRAIN_TIME`] and
+/// `max` bytes, after its refusal was written: closing a socket with unread bytes resets it
+/// (RFC 9112 §9.6), so a client still uploading (Node's `http`, undici, Python's `requests`
+/// inside a tunnel) would see a broken pipe instead of the refusal, and an HTTP/2 stream given
+/// no more window never ends for clients that wait to finish sending. Nothing read is kept or
+/// forwarded; the connection is closed after.
+async fn drain_body(session: &mut Session, max: usize) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut read = 0usize;
+    while read < max {
+        match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+            Ok(Ok(Some(chunk))) => read = read.saturating_add(chunk.len()),
+            _ => return,
+        }
     }
 }
 
