@@ -1216,6 +1216,56 @@ fn until_websocket_ends(ending: &mut Tls, kept: &mut Tls) {
     }
 }
 
+/// An emergency forbid reaches the relays already open: after the reload, an opaque tunnel and a
+/// WebSocket whose own question (`connect_opaque`, `http`) the policy now refuses end within a
+/// second, their records saying `ended: policy_withdrawn`; a fresh one is refused.
+#[test]
+fn a_reload_that_forbids_a_relay_ends_it() {
+    let h = start_https(|_| {});
+    let pinned = format!("pinned.test:{}", h.mock);
+    let llm = format!("llm.test:{}", h.mock);
+    let bearer = token(TokenOpts::default());
+    let auth = format!("Proxy-Authorization: Bearer {bearer}\r\n");
+    let (sock, status, text) = connect(h.proxy.shared_port, &pinned, &auth);
+    assert_eq!(status, 200, "{text}");
+    let mut opaque = tls_over(sock, "pinned.test", &h.origin_ca).unwrap();
+    let r = request_over(
+        &mut opaque,
+        &format!("GET /pinned/echo HTTP/1.1\r\nHost: {pinned}\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let mut ws = intercepted(&h, h.proxy.sidecar_port, &llm, "");
+    websocket_upgrade(&mut ws, &llm);
+
+    std::fs::write(
+        h.proxy.path("policies/tenants/acme/zz-emergency.cedar"),
+        r#"@id("emergency")
+forbid (principal, action in [TenantProxy::Action::"connect", TenantProxy::Action::"connect_opaque", TenantProxy::Action::"http"], resource)
+when { context.host == "pinned.test" || context.host == "llm.test" };
+"#,
+    )
+    .unwrap();
+    h.proxy.sighup();
+    until_closed(&mut opaque);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while websocket_ping(&mut ws) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WebSocket was never ended"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let tunnel = record_when_written(&h, |r| r["method"] == "CONNECT" && r["ended"].is_string());
+    assert_eq!(tunnel["ended"], "policy_withdrawn", "{tunnel}");
+    assert_eq!(tunnel["reason"], "policy_denied", "{tunnel}");
+    assert_eq!(tunnel["tunnel"]["mode"], "opaque", "{tunnel}");
+    let upgrade = record_when_written(&h, |r| r["status"] == 101 && r["ended"].is_string());
+    assert_eq!(upgrade["ended"], "policy_withdrawn", "{upgrade}");
+    assert_eq!(upgrade["reason"], "policy_denied", "{upgrade}");
+    let (_, status, _) = connect(h.proxy.shared_port, &pinned, &auth);
+    assert_eq!(status, 403, "a fresh tunnel is refused");
+}
+
 /// `tenant-proxy run close` reaches what a signed run has open: its WebSocket ends (its record
 /// saying `ended: run_closed`), as does its streamed answer, with an SSE event saying why; the
 /// same tenant's other run goes on.

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 use super::caps::TenantSlot;
 use super::conn::{front_conn, ConnFacts, Tunnel};
-use super::decide::{self, Asking, McpTrail, Observer};
+use super::decide::{self, with_other_models, Asking, McpTrail, Observer};
 use super::record::{Trail, TunnelMode};
 use crate::approvals::{Granted, HeldRequest, HoldAsk, HoldEnd};
 use crate::audit::ApprovalFields;
@@ -813,38 +813,6 @@ async fn admit_http(
         },
         grant: Grant::Http(grant),
     })
-}
-
-/// The call's `http` decision (`decision`, its model's, as `asking` put it) with every other
-/// model the call uses decided as its model is: one the policy refuses refuses the call, and
-/// the permits that allowed them join the decision's.
-fn with_other_models(
-    asking: &Asking<'_>,
-    mut decision: Decision,
-    other_models: &[String],
-    now: i64,
-) -> Decision {
-    if !decision.allowed {
-        return decision;
-    }
-    for other in other_models {
-        let (d, _) = Asking::new(
-            asking.snapshot,
-            asking.tenant,
-            asking.destination,
-            asking.method,
-            Some(other),
-            now,
-        )
-        .http();
-        if !d.allowed {
-            return d;
-        }
-        decision.policy_ids.extend(d.policy_ids);
-    }
-    decision.policy_ids.sort_unstable();
-    decision.policy_ids.dedup();
-    decision
 }
 
 /// Watches the `use_credential` questions for the permits that allowed them (an approval may

@@ -12,7 +12,7 @@ use crate::context::TenantContext;
 use crate::credentials::apply::{AccessTokens, Applied, CredentialDeny, RequestParts};
 use crate::credentials::binding::{Position, Target};
 use crate::credentials::Credential;
-use crate::error::Deny;
+use crate::error::{Deny, PolicyRefusal};
 use crate::mcp::{McpExchange, McpRefusal};
 use crate::metrics::METRICS;
 use crate::policy::shadow::ShadowDecision;
@@ -318,6 +318,82 @@ impl<'a> Asking<'a> {
             &mut authorize_use,
         )
     }
+}
+
+/// The call's `http` decision (`decision`, its model's, as `asking` put it) with every other
+/// model the call uses decided as its model is: one the policy refuses refuses the call, and
+/// the permits that allowed them join the decision's.
+pub fn with_other_models(
+    asking: &Asking<'_>,
+    mut decision: Decision,
+    other_models: &[String],
+    now: i64,
+) -> Decision {
+    if !decision.allowed {
+        return decision;
+    }
+    for other in other_models {
+        let (d, _) = Asking::new(
+            asking.snapshot,
+            asking.tenant,
+            asking.destination,
+            asking.method,
+            Some(other),
+            now,
+        )
+        .http();
+        if !d.allowed {
+            return d;
+        }
+        decision.policy_ids.extend(d.policy_ids);
+    }
+    decision.policy_ids.sort_unstable();
+    decision.policy_ids.dedup();
+    decision
+}
+
+/// A relay's own policy question, asked again under the configuration of the moment (see
+/// `lapse::watch`): `Err` with the refusal a fresh request would get.
+pub type Redecide = Box<dyn Fn(&Snapshot, i64) -> Result<(), Deny> + Send + Sync>;
+
+/// The `http` question of an upgraded request (a WebSocket), its other models included.
+pub fn http_again(
+    tenant: std::sync::Arc<TenantContext>,
+    destination: Destination,
+    method: http::Method,
+    model: Option<String>,
+    other_models: Vec<String>,
+) -> Redecide {
+    Box::new(move |snapshot, now| {
+        let asking = Asking::new(
+            snapshot,
+            &tenant,
+            &destination,
+            &method,
+            model.as_deref(),
+            now,
+        );
+        let (decision, _) = asking.http();
+        let decision = with_other_models(&asking, decision, &other_models, now);
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(Deny::PolicyDenied(PolicyRefusal::of(&decision)))
+        }
+    })
+}
+
+/// The `connect` and `connect_opaque` questions of an opaque tunnel to `host:port`.
+pub fn opaque_again(tenant: std::sync::Arc<TenantContext>, host: String, port: u16) -> Redecide {
+    Box::new(move |snapshot, now| {
+        for question in [ConnectQuestion::Open, ConnectQuestion::Opaque] {
+            let (decision, _) = connect(snapshot, &tenant, &host, port, question, now);
+            if !decision.allowed {
+                return Err(Deny::PolicyDenied(PolicyRefusal::of(&decision)));
+            }
+        }
+        Ok(())
+    })
 }
 
 /// The `connect` (or `connect_opaque`) question for a tunnel of `tenant` to `host:port`, with

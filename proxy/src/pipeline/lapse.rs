@@ -49,6 +49,9 @@ pub enum Ended {
     RevocationsUnavailable,
     /// Its signed run was closed (`tenant-proxy run close`).
     RunClosed,
+    /// The policy no longer allows it: its own question (`connect` and `connect_opaque` for an
+    /// opaque tunnel, `http` for a WebSocket), asked again after a reload, is refused.
+    PolicyWithdrawn,
 }
 
 impl Ended {
@@ -61,6 +64,7 @@ impl Ended {
             Ended::IdentityWithdrawn => "identity_withdrawn",
             Ended::RevocationsUnavailable => "revocations_unavailable",
             Ended::RunClosed => "run_closed",
+            Ended::PolicyWithdrawn => "policy_withdrawn",
         }
     }
 }
@@ -184,7 +188,7 @@ impl Recheck {
         }
         let seen = Arc::new(OnceLock::new());
         let noted = seen.clone();
-        let watch = watch(shared.clone(), who.clone());
+        let watch = watch(shared.clone(), who.clone(), None);
         let task = tokio::spawn(async move {
             let _ = noted.set(watch.await);
         });
@@ -226,16 +230,57 @@ async fn run_closed(shared: &Shared, who: &ResolvedIdentity) -> Option<Lapse> {
     }
 }
 
-/// Completes once `who` is no longer accepted ([`judge_now`]) or its signed run was closed,
-/// with why: judged at once, then every [`RECHECK`]. A relay runs beside it and ends when it
-/// completes.
-pub async fn watch(shared: Arc<Shared>, who: ResolvedIdentity) -> Lapse {
+/// How often a relay's own question is asked again when nothing was reloaded: a policy may read
+/// the hour and the weekday.
+pub const REDECIDE: Duration = Duration::from_secs(60);
+
+/// A relay's own policy question (see [`super::decide::Redecide`]), and the configuration
+/// generation it was last answered under.
+pub struct Question {
+    /// The generation the relay was admitted under.
+    pub generation: u64,
+    /// The question.
+    pub ask: super::decide::Redecide,
+}
+
+impl std::fmt::Debug for Question {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Question(generation {})", self.generation)
+    }
+}
+
+/// Completes once `who` is no longer accepted ([`judge_now`]), its signed run was closed, or
+/// the relay's own `question` is refused under a reloaded configuration (or at a later hour,
+/// asked every [`REDECIDE`]), with why: judged at once, then every [`RECHECK`]. A relay runs
+/// beside it and ends when it completes.
+///
+/// SECURITY: an emergency forbid (a host compromised, a workload's access withdrawn) reaches
+/// the relays already open, not only the next request.
+pub async fn watch(
+    shared: Arc<Shared>,
+    who: ResolvedIdentity,
+    question: Option<Question>,
+) -> Lapse {
+    let mut decided = question.as_ref().map(|q| (q.generation, Instant::now()));
     loop {
         if let Err(lapse) = judge_now(&shared, &who) {
             return lapse;
         }
         if let Some(lapse) = run_closed(&shared, &who).await {
             return lapse;
+        }
+        if let (Some(q), Some((generation, at))) = (&question, decided.as_mut()) {
+            let snapshot = shared.snapshot.load();
+            if snapshot.generation != *generation || at.elapsed() >= REDECIDE {
+                if let Err(deny) = (q.ask)(&snapshot, crate::clock::unix_now_i64()) {
+                    return Lapse {
+                        ended: Ended::PolicyWithdrawn,
+                        deny,
+                    };
+                }
+                *generation = snapshot.generation;
+                *at = Instant::now();
+            }
         }
         tokio::time::sleep(RECHECK).await;
     }

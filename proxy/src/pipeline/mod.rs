@@ -441,7 +441,8 @@ impl TenantProxy {
 
     /// An admitted upgrade request (a WebSocket) relays bytes for as long as both sides keep it
     /// open, with no request to judge again: its connection ends once its identity is no longer
-    /// accepted ([`lapse::watch`]), and the request's record says why (see `logging`).
+    /// accepted, its run was closed, or its `http` question is refused after a reload
+    /// ([`lapse::watch`]), and the request's record says why (see `logging`).
     ///
     /// SECURITY: otherwise a revoked or expired token, a pulled key, a removed workload would
     /// keep an open WebSocket relaying while every fresh request with it is refused.
@@ -453,7 +454,21 @@ impl TenantProxy {
             return;
         };
         let seen = Arc::new(std::sync::OnceLock::new());
-        let watch = lapse::watch(self.shared.clone(), admitted.identity.clone());
+        let question = lapse::Question {
+            generation: admitted.snapshot.generation,
+            ask: decide::http_again(
+                admitted.tenant.clone(),
+                admitted.permit.destination().clone(),
+                session.req_header().method.clone(),
+                ctx.trail.model.clone(),
+                ctx.trail.other_models.clone(),
+            ),
+        };
+        let watch = lapse::watch(
+            self.shared.clone(),
+            admitted.identity.clone(),
+            Some(question),
+        );
         let noted = seen.clone();
         conn.end_when(Box::pin(async move {
             let _ = noted.set(watch.await);

@@ -53,8 +53,8 @@ use crate::metrics::METRICS;
 use crate::pipeline::admit::{self, Admitted, Ask, Caller, Grant, TunnelGrant};
 use crate::pipeline::caps::TenantSlot;
 use crate::pipeline::conn::{Conn, ConnFacts, Tunnel};
-use crate::pipeline::lapse;
 use crate::pipeline::record::{write_refusal, Outcome, Trail, TunnelMode};
+use crate::pipeline::{decide, lapse};
 use crate::pipeline::{Shared, TenantProxy, PLAIN_KEEPALIVE_SECS};
 use crate::target::Scheme;
 use crate::tls::ca::TunnelCertResolver;
@@ -355,8 +355,13 @@ impl EgressApp {
             let idle = self.shared.config.egress.tunnel_idle_timeout;
             // SECURITY: an opaque tunnel carries no request to judge again, so it is watched
             // instead: it ends once its identity would no longer be accepted (revoked, expired,
-            // its key pulled, its workload removed), not when its client pleases.
-            let lapse = Box::pin(lapse::watch(self.shared.clone(), identity));
+            // its key pulled, its workload removed), its run is closed, or a reload's policy
+            // refuses it, not when its client pleases.
+            let question = trail.tenant.clone().map(|tenant| lapse::Question {
+                generation,
+                ask: decide::opaque_again(tenant, head.host.clone(), head.port),
+            });
+            let lapse = Box::pin(lapse::watch(self.shared.clone(), identity, question));
             let (relayed, lapsed) = opaque::relay(stream, upstream, early, idle, lapse).await;
             let (up, down) = (relayed.up, relayed.down);
             trail.bytes_in = up;
