@@ -23,7 +23,8 @@
 //! - `Upgrade: websocket`: 101, then every byte is echoed back.
 //!
 //! Every response carries the SHA-256 of the received `Authorization` as
-//! `x-mock-authorization-sha256`. A mock started with [`serve_mock_recording`] also notes when
+//! `x-mock-authorization-sha256`, and is labelled `content-encoding: X` when the request says
+//! `x-mock-content-encoding: X` (an upstream that ignores `Accept-Encoding`). A mock started with [`serve_mock_recording`] also notes when
 //! it writes the first event of each stream whose request names itself in `x-mock-stream-id`
 //! ([`FirstEvents`]), so a client in the same process can tell how long that event took to
 //! reach it (through a proxy or not).
@@ -142,6 +143,7 @@ pub async fn serve_stream_recording<S: AsyncRead + AsyncWrite + Unpin>(
         let body = read_body(&mut rd, &mut buf, &head).await?;
         let mut reply = respond(&head, &body);
         echo_authorization(&head, &mut reply);
+        label_encoding(&head, &mut reply);
         let delay = head
             .header("x-mock-chunk-delay-ms")
             .and_then(|v| v.parse::<u64>().ok())
@@ -182,6 +184,20 @@ pub async fn serve_stream_recording<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+/// `x-mock-content-encoding: gzip` labels the answer so, whatever the request's
+/// `Accept-Encoding` said (the body stays as it is): an upstream that compresses although the
+/// proxy asked for `identity`, which the proxy must not pass on where it has to read the answer.
+fn label_encoding(head: &Head, reply: &mut [Vec<u8>]) {
+    let (Some(coding), Some(first)) = (head.header("x-mock-content-encoding"), reply.first_mut())
+    else {
+        return;
+    };
+    if let Some(end) = first.windows(2).position(|w| w == b"\r\n") {
+        let line = format!("content-encoding: {coding}\r\n");
+        first.splice(end + 2..end + 2, line.into_bytes());
+    }
 }
 
 /// Echoes the SHA-256 of the `Authorization` header the mock received as

@@ -123,9 +123,9 @@ pub enum Deny {
     ResourceDenied(String, PolicyRefusal),
     /// Policy denied getting an MCP prompt (its name).
     PromptDenied(String, PolicyRefusal),
-    /// The upstream answered a request that carried a substituted secret with a compressed
-    /// body, which cannot be scrubbed of echoed secrets; withheld.
-    UpstreamEncoded,
+    /// The upstream answered with a compressed body although the proxy asked for none, where
+    /// the answer must be read: scrubbed of echoed secrets, or metered (why); withheld.
+    UpstreamEncoded(&'static str),
     /// The request waits for a person's approval and its policy asks for polling: 202 with the
     /// hold id (`x-approval-hold`); the agent sends the same request again with that header.
     ApprovalPending(String),
@@ -202,6 +202,13 @@ impl From<crate::runs::RunRefusal> for Deny {
         }
     }
 }
+
+/// Why a compressed answer is withheld ([`Deny::UpstreamEncoded`]): it is scrubbed of this
+/// tenant's secrets.
+pub const SCRUBBED: &str =
+    "its answers are checked for this tenant's secrets, which a compressed body could hide";
+/// Why a compressed answer is withheld ([`Deny::UpstreamEncoded`]): it is metered by reading it.
+pub const METERED: &str = "an answer whose output no ceiling field caps is metered by reading it, which a compressed body prevents, while a token or cost ceiling applies";
 
 impl From<crate::body::BodyError> for Deny {
     fn from(e: crate::body::BodyError) -> Self {
@@ -408,7 +415,10 @@ impl Deny {
         headers: &[(http::HeaderName, http::HeaderValue)],
     ) -> bool {
         // An answer the proxy withheld for its form is given again the same way.
-        if matches!(self, Deny::McpResponseUnfiltered(_) | Deny::UpstreamEncoded) {
+        if matches!(
+            self,
+            Deny::McpResponseUnfiltered(_) | Deny::UpstreamEncoded(_)
+        ) {
             return false;
         }
         let soon = headers.iter().any(|(name, value)| {
@@ -727,9 +737,9 @@ impl Deny {
                     )
                 ),
             ),
-            Deny::UpstreamEncoded => (
+            Deny::UpstreamEncoded(why) => (
                 502,
-                "the upstream answered with a compressed body although the proxy asked for an uncompressed one (its answers are checked for this tenant's secrets, which a compressed body could hide); it was withheld".into(),
+                format!("the upstream answered with a compressed body although the proxy asked for an uncompressed one ({why}); it was withheld"),
             ),
             Deny::ApprovalPending(hold) => (
                 202,
@@ -843,7 +853,7 @@ impl Deny {
             Deny::UnsupportedBody(_) => ReasonCode::UnsupportedMediaType,
             Deny::ResourceDenied(..) => ReasonCode::ResourceDenied,
             Deny::PromptDenied(..) => ReasonCode::PromptDenied,
-            Deny::UpstreamEncoded => ReasonCode::UpstreamEncoded,
+            Deny::UpstreamEncoded(_) => ReasonCode::UpstreamEncoded,
             Deny::ApprovalPending(_) => ReasonCode::ApprovalPending,
             Deny::ApprovalDenied(_) => ReasonCode::ApprovalDenied,
             Deny::ApprovalTimeout(_) => ReasonCode::ApprovalTimeout,
@@ -1022,7 +1032,7 @@ mod tests {
                 503,
                 "credential_unavailable",
             ),
-            (Deny::UpstreamEncoded, 502, "upstream_encoded"),
+            (Deny::UpstreamEncoded(SCRUBBED), 502, "upstream_encoded"),
             (Deny::ApprovalPending("h".into()), 202, "approval_pending"),
             (Deny::ApprovalDenied("no".into()), 403, "approval_denied"),
             (Deny::ApprovalTimeout(5), 403, "approval_timeout"),
@@ -1206,7 +1216,7 @@ mod tests {
             (Deny::UpstreamFailed, false),
             (Deny::UpstreamTimeout, false),
             (Deny::McpResponseUnfiltered("compressed".into()), true),
-            (Deny::UpstreamEncoded, true),
+            (Deny::UpstreamEncoded(SCRUBBED), true),
             (day, true),
             (run, true),
             (Deny::PolicyDenied(PolicyRefusal::default()), true),

@@ -387,6 +387,37 @@ fn read_deltas_then_leave(proxy: &Proxy, body: &str, tokens: u32, delay_ms: u32,
     }
 }
 
+/// An answer to a call whose output no ceiling field caps is metered by reading it. An upstream
+/// that compresses it anyway (the proxy asked for `identity`) would be settled at its
+/// reservation however much it generated: while a token or cost ceiling applies such an answer
+/// is withheld (`upstream_encoded`), and audited. A capped call's compressed answer, or one to a
+/// tenant with no such ceiling, passes.
+#[test]
+fn a_compressed_answer_nothing_caps_is_withheld_while_a_ceiling_applies() {
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().cost_per_day_micros = Some(10_000_000);
+    });
+    let gzip = "x-mock-content-encoding: gzip\r\n";
+    let uncapped = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+    let r = llm_chat(proxy.sidecar_port, uncapped, gzip);
+    r.assert_refused(502, "upstream_encoded");
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert_eq!(rec["reason"], "upstream_encoded", "{rec}");
+    assert!(
+        rec["settled"]["cost_micros"].as_u64().unwrap() > 0,
+        "the upstream served it: {rec}"
+    );
+    // Capped: the ceiling bounds what it can cost, so it passes (settled at its reservation).
+    let capped = r#"{"model":"gpt-4o-mini","max_tokens":20,"messages":[]}"#;
+    let r = llm_chat(proxy.sidecar_port, capped, gzip);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    // Not compressed: read and metered as usual.
+    let r = llm_chat(proxy.sidecar_port, uncapped, "");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+}
+
 /// An agent that hangs up on a stream just before its usage arrives was still served what it
 /// read (and the provider bills it): the call keeps its whole reservation, it is not refunded.
 #[test]

@@ -270,6 +270,24 @@ impl Stages {
         if setup.llm && !encoded && grant.max_output_tokens.is_none() {
             stages.uncapped_bytes = Some(0);
         }
+        // SECURITY (budgets): such an answer compressed (the proxy asked for `identity`) bounds
+        // nothing, so while a token or cost ceiling applies it is withheld rather than settled
+        // at its reservation, however much it generated.
+        if setup.llm
+            && grant.max_output_tokens.is_none()
+            && resp.status.is_success()
+            && crate::credentials::scrub::unreadable_encoding(
+                resp.status.as_u16(),
+                setup.head,
+                &resp.headers,
+            )
+            && grant
+                .limits
+                .as_ref()
+                .is_some_and(|a| !a.quota_keys().is_empty())
+        {
+            return Err(Deny::UpstreamEncoded(crate::error::METERED));
+        }
         // A stream that may be cut for budget ends with an event of ours, so its length changes.
         // Only hard ceilings (quotas) cut a stream; a per-minute rate does not.
         let guarded = stages.meter.as_ref().is_some_and(UsageMeter::is_stream)
@@ -302,7 +320,7 @@ impl Stages {
                 setup.head,
                 &resp.headers,
             ) {
-                return Err(Deny::UpstreamEncoded);
+                return Err(Deny::UpstreamEncoded(crate::error::SCRUBBED));
             }
             let mut scrubber = Scrubber::new(applied.scrub_patterns());
             if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
