@@ -202,7 +202,7 @@ fn a_stream_running_when_its_token_is_revoked_ends_with_an_event_saying_why() {
             .unwrap();
         write!(
             sock,
-            "POST /llm/chat/completions HTTP/1.1\r\nHost: llm\r\nProxy-Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\nx-mock-output-tokens: 60\r\nx-mock-chunk-delay-ms: 100\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /llm/chat/completions HTTP/1.1\r\nHost: llm\r\nProxy-Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\nx-mock-output-tokens: 60\r\nx-mock-chunk-delay-ms: 100\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
