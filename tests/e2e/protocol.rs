@@ -729,6 +729,59 @@ fn http2_streams_meet_the_front_s_checks() {
     assert!(origin.matching("/v1/many-headers").is_empty());
 }
 
+/// The same over HTTP/2 inside a tunnel: a stream refused before its body is read (a `//` path)
+/// while its client still has more body to send than the stream's window takes. The proxy
+/// answers, then reads (and discards) the rest, giving the stream window, so a client that
+/// finishes sending before it reads (httpx, curl) is not left waiting for window.
+#[test]
+fn an_http2_client_still_sending_its_body_is_given_window_after_a_refusal() {
+    let (origin, proxy) = intercepting_proxy();
+    let authority = format!("llm.test:{}", origin.port);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, sent) = runtime.block_on(async {
+        let send = h2_in_tunnel(&proxy, &authority).await;
+        let mut send = send.ready().await.unwrap();
+        let request = http::Request::post(format!("https://{authority}/v1//refused"))
+            .header("content-type", "application/octet-stream")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = send.send_request(request, false).unwrap();
+        let response = response.await.unwrap();
+        let status = response.status().as_u16();
+        let mut answer = response.into_body();
+        while let Some(chunk) = answer.data().await {
+            let chunk = chunk.unwrap();
+            answer.flow_control().release_capacity(chunk.len()).unwrap();
+        }
+        // Four times the default 64 KiB window, sent as the proxy gives window for it.
+        let mut left = 256 * 1024;
+        while left > 0 {
+            stream.reserve_capacity(left);
+            let granted = tokio::time::timeout(
+                Duration::from_secs(4),
+                std::future::poll_fn(|cx| stream.poll_capacity(cx)),
+            )
+            .await;
+            let Ok(Some(Ok(n))) = granted else {
+                break;
+            };
+            let n = n.min(left);
+            left -= n;
+            stream
+                .send_data(bytes::Bytes::from(vec![b'x'; n]), left == 0)
+                .unwrap();
+        }
+        (status, 256 * 1024 - left)
+    });
+    assert_eq!(status, 400);
+    assert_eq!(
+        sent,
+        256 * 1024,
+        "the proxy gave no window for the rest of the body"
+    );
+    assert!(origin.matching("/refused").is_empty());
+}
+
 /// An upgrade request with a body: the body goes upstream once, and the client's own bytes are
 /// never replaced by copies of it (each later call of the body filter handed the body over
 /// again, in place of the WebSocket frames). The mock answers 101 at once and echoes every byte
