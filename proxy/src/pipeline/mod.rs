@@ -530,12 +530,14 @@ impl TenantProxy {
         // A client still sending its body reads the refusal only if the connection is not
         // reset under it. A framing error, a missed deadline or a shed connection is closed at
         // once; a client waiting for `100 Continue` sends nothing more.
-        let expects_continue = session
-            .req_header()
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if body_pending && !(fatal || poisoned || expects_continue) {
+        let expects_continue = || {
+            session
+                .req_header()
+                .headers
+                .get(http::header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        };
+        if body_pending && !(fatal || poisoned || expects_continue()) {
             drain_body(session, self.shared.config.limits.max_body_bytes).await;
         }
         Ok(())
