@@ -671,19 +671,7 @@ fn websocket_upgrades_pass_inside_an_intercepted_tunnel_after_authorization() {
     let h = start_https(|_| {});
     let authority = format!("llm.test:{}", h.mock);
     let mut tls = intercepted(&h, h.proxy.sidecar_port, &authority, "");
-    let upgrade = format!(
-        "GET /v1/realtime?model=gpt-4o-realtime HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"
-    );
-    tls.write_all(upgrade.as_bytes()).unwrap();
-    tls.flush().unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(tls.read(&mut byte).unwrap(), 1);
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let head = websocket_upgrade(&mut tls, &authority).to_lowercase();
     assert!(
         head.contains(&format!(
             "x-mock-authorization-sha256: {}",
@@ -732,8 +720,9 @@ fn websocket_upgrades_pass_inside_an_intercepted_tunnel_after_authorization() {
     // ends: allowed, not a refusal.
     assert_eq!(record["decision"], "allow", "{record}");
     assert_eq!(record["reason"], "allowed", "{record}");
-    assert_eq!(record["bytes_in"], 10, "{record}");
-    assert!(record["bytes_out"].as_u64().unwrap() >= 10, "{record}");
+    // The upgrade's own 7-byte ping frame, then the 10-byte one above.
+    assert_eq!(record["bytes_in"], 17, "{record}");
+    assert!(record["bytes_out"].as_u64().unwrap() >= 17, "{record}");
 
     // The same upgrade to a forbidden path is refused before it reaches the origin.
     let mut tls = intercepted(&h, h.proxy.sidecar_port, &authority, "");
@@ -1175,8 +1164,9 @@ fn a_websocket_ends_when_its_identity_is_no_longer_accepted() {
     );
 }
 
-/// Upgrades an intercepted connection to a WebSocket to the mock, and checks a frame comes back.
-fn websocket_upgrade(tls: &mut Tls, authority: &str) {
+/// Upgrades an intercepted connection to a WebSocket to the mock, and checks a frame comes back;
+/// the 101's head.
+fn websocket_upgrade(tls: &mut Tls, authority: &str) -> String {
     let upgrade = format!(
         "GET /v1/realtime?model=gpt-4o-realtime HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"
     );
@@ -1190,6 +1180,7 @@ fn websocket_upgrade(tls: &mut Tls, authority: &str) {
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
     assert!(websocket_ping(tls), "no frame came back");
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// Sends a frame on an upgraded connection; whether the mock's echo came back.
