@@ -46,9 +46,10 @@ pub fn add_tenants(
 }
 
 /// Copies the schema and the global policies of `repo_policies` into `policy_dir` (no tenant's
-/// own policies).
+/// own policies, but the `tenants/` directory a policy directory must have).
 pub fn copy_schema_and_global(repo_policies: &Path, policy_dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(policy_dir.join("global"))?;
+    std::fs::create_dir_all(policy_dir.join("tenants"))?;
     std::fs::copy(
         repo_policies.join("schema.cedarschema"),
         policy_dir.join("schema.cedarschema"),

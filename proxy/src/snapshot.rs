@@ -293,23 +293,30 @@ impl Snapshot {
             .map_or(std::time::Duration::ZERO, |t| t.leeway)
     }
 
-    /// Files whose change should trigger a reload.
+    /// Files and directories whose change should trigger a reload: those this snapshot was read
+    /// from.
     pub fn watched_paths(&self) -> Vec<PathBuf> {
-        let mut paths = vec![self.tenants.path.clone(), self.tenants.policy_dir.clone()];
-        paths.extend(self.tenants.shadow_policy_dir.clone());
-        paths.extend(self.tenants.prices_path.clone());
-        if let Some(t) = &self.tenants.token {
-            paths.push(t.jwks_file.clone());
-            if let Some(r) = &t.revoked_jtis_file {
-                paths.push(r.clone());
-            }
-        }
-        if let Some(source) = &self.tenants.credential_source {
-            paths.extend(source.store().watched_paths());
-        }
+        let mut paths = named_paths(&self.tenants);
         paths.extend(self.admin_token.as_ref().map(|t| t.path().to_path_buf()));
         paths
     }
+}
+
+/// The tenant file and the files and directories it names.
+fn named_paths(tenants: &TenantConfig) -> Vec<PathBuf> {
+    let mut paths = vec![tenants.path.clone(), tenants.policy_dir.clone()];
+    paths.extend(tenants.shadow_policy_dir.clone());
+    paths.extend(tenants.prices_path.clone());
+    if let Some(t) = &tenants.token {
+        paths.push(t.jwks_file.clone());
+        if let Some(r) = &t.revoked_jtis_file {
+            paths.push(r.clone());
+        }
+    }
+    if let Some(source) = &tenants.credential_source {
+        paths.extend(source.store().watched_paths());
+    }
+    paths
 }
 
 /// The static file's references into the tenant file: each listener's bound workload exists,
@@ -520,6 +527,24 @@ impl SnapshotHandle {
     /// The snapshot requests use now.
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Files and directories whose change should trigger a reload, as the configuration names
+    /// them now: those the current snapshot was read from, and those the tenant file names now
+    /// (when it can be read). They differ after a rejected reload, such as one that moved
+    /// `policy_dir` to a directory whose policies do not load yet: fixing those must reload,
+    /// and the current snapshot's token files still apply what they revoke (see
+    /// [`Snapshot::tightened`]).
+    pub fn watched_paths(&self) -> Vec<PathBuf> {
+        let mut paths = self.load().watched_paths();
+        paths.push(self.static_config.tenants_file.clone());
+        if let Ok(now) = TenantConfig::check(&self.static_config.tenants_file) {
+            paths.extend(named_paths(&now.value));
+        }
+        paths.extend(self.static_config.admin_token_file.clone());
+        paths.sort();
+        paths.dedup();
+        paths
     }
 
     /// Rebuilds the snapshot; on failure the last good one stays and the problems are returned.

@@ -36,6 +36,7 @@ mod redis;
 mod redis_cluster;
 mod redis_tls;
 mod reload_audit;
+mod reload_watch;
 mod revocations;
 mod runs;
 mod sigv4;

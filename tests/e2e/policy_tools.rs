@@ -703,6 +703,7 @@ fn a_shadow_policy_set_changes_no_response_and_is_audited() {
         std::fs::create_dir_all(dir.join("secrets/acme")).unwrap();
         std::fs::write(dir.join("secrets/acme/openai"), "sk-explain-secret").unwrap();
         std::fs::create_dir_all(dir.join("shadow/global")).unwrap();
+        std::fs::create_dir_all(dir.join("shadow/tenants")).unwrap();
         std::fs::copy(
             repo_root().join("policies/schema.cedarschema"),
             dir.join("shadow/schema.cedarschema"),

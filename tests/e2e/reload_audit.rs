@@ -111,6 +111,123 @@ fn policy_reload_good_then_bad_keeps_last_good() {
     );
 }
 
+/// A policy directory whose `global/` is missing (moved away for a moment: a directory swap, a
+/// checkout in progress) is a problem, not a set without global policies: the reload is
+/// rejected and the global forbids keep denying, `/readyz` shows it, `check` and `policy check`
+/// fail naming the directory, and `run` refuses to start. The same for a missing `tenants/`.
+#[test]
+fn a_missing_global_or_tenants_directory_is_a_problem_not_an_empty_set() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let p = proxy.sidecar_port;
+    // `forbidden-paths` (a global forbid) denies acme what its own permit would allow.
+    let forbidden = || forward_get(p, &url(&origin, "/forbidden/x"), None, "");
+    forbidden().assert_refused(403, "policy_denied");
+    let errors = || {
+        proxy
+            .metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"tenant_proxy_config_reloads_total{result="error"} "#))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let check = || {
+        proxy_cli(
+            proxy.dir.path(),
+            &["check", "--config", "tenant-proxy.toml"],
+            "",
+        )
+    };
+    let policy_check = || {
+        proxy_cli(
+            proxy.dir.path(),
+            &[
+                "policy",
+                "check",
+                "policies",
+                "--config",
+                "tenant-proxy.toml",
+            ],
+            "",
+        )
+    };
+    assert_eq!(check().0, 0, "{}", check().1);
+
+    for moved in ["global", "tenants"] {
+        let failed = errors();
+        let from = proxy.path(&format!("policies/{moved}"));
+        let away = proxy.path(&format!("policies/{moved}.next"));
+        std::fs::rename(&from, &away).unwrap();
+        wait_for(&format!("the reload without `{moved}/` rejected"), || {
+            errors() > failed
+        });
+        let refused = forbidden();
+        refused.assert_refused(403, "policy_denied");
+        assert!(
+            refused.body_text().contains("forbidden-paths"),
+            "the last good set, global forbids included: {}",
+            refused.body_text()
+        );
+        let ready = raw_request(
+            proxy.admin_port,
+            "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(ready.json()["last_reload"]["ok"], false, "{moved}");
+        let missing = format!("policies/{moved}: ");
+        assert!(proxy.log().contains(&missing), "{moved}: {}", proxy.log());
+        for (what, (code, out)) in [("check", check()), ("policy check", policy_check())] {
+            assert_eq!(code, 1, "{what} without `{moved}/`: {out}");
+            assert!(
+                out.contains(&missing) && out.contains("does not exist"),
+                "{what} names the missing directory: {out}"
+            );
+        }
+        // `run` refuses to start with it (in a directory of its own: the same configuration
+        // would otherwise start a second proxy on the same audit trail).
+        let fresh = tempfile::tempdir().unwrap();
+        ProxySpec::default().write_in(fresh.path());
+        std::fs::remove_dir_all(fresh.path().join(format!("policies/{moved}"))).unwrap();
+        let (status, out) = run_briefly(fresh.path());
+        assert!(status.is_some_and(|s| !s.success()), "{out}");
+        assert!(out.contains(&missing), "{out}");
+
+        std::fs::rename(&away, &from).unwrap();
+        wait_for(&format!("`{moved}/` back"), || {
+            proxy
+                .metrics()
+                .contains("\ntenant_proxy_config_last_reload_successful 1\n")
+        });
+        forbidden().assert_refused(403, "policy_denied");
+    }
+}
+
+/// `tenant-proxy run` in `dir`, given 10 s to exit: its exit status (`None` if it was still
+/// running, and was killed) and its output.
+fn run_briefly(dir: &std::path::Path) -> (Option<std::process::ExitStatus>, String) {
+    let log = dir.join("run.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(proxy_bin())
+        .args(["run", "--config", "tenant-proxy.toml"])
+        .current_dir(dir)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, std::fs::read_to_string(&log).unwrap())
+}
+
 #[test]
 fn tenant_file_reload_rejects_unknown_field() {
     let origin = Origin::start();

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher as _};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
@@ -590,54 +589,35 @@ impl MtlsServer {
     }
 
     /// Reloads when the files change, from a background thread that stops once the server is
-    /// dropped (at the next change). Directories are watched, not files, so replacement by
-    /// rename (editors, Kubernetes secrets) is seen. Each reload is recorded in `status` as
-    /// `part`: a failed one keeps the previous files serving and shows as a failed reload
-    /// (metrics, `/readyz`) until a later one succeeds. Call once.
+    /// dropped (at the next change). The files are watched by path, wherever their symlinks
+    /// lead (see [`crate::reload`]), and watched anew before each reload: replacement by rename
+    /// (editors, Kubernetes secrets), a file linked into another directory and a directory
+    /// replaced are all seen. Each reload is recorded in `status` as `part`: a failed one keeps
+    /// the previous files serving and shows as a failed reload (metrics, `/readyz`) until a
+    /// later one succeeds. Call once.
     pub fn watch(self: &Arc<Self>, status: Arc<crate::reload_status::ReloadStatus>, part: String) {
-        let mut dirs: Vec<PathBuf> = [&self.cert, &self.key, &self.client_ca]
-            .into_iter()
-            .map(|p| match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            })
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-
+        const OTHERWISE: &str = "mTLS files reload only at a restart";
+        let paths = vec![self.cert.clone(), self.key.clone(), self.client_ca.clone()];
         let (tx, rx) = mpsc::channel::<()>();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Reads (ours included) must not trigger reloads.
-            if let Ok(e) = event {
-                if !e.kind.is_access() {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "file watching unavailable; mTLS files will not reload");
-                return;
-            }
+        let Some(watcher) = crate::reload::watch(&paths, &tx, None, OTHERWISE) else {
+            return;
         };
-        for d in &dirs {
-            if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
-                tracing::warn!(path = %d.display(), error = %e, "cannot watch for mTLS file changes");
-            }
-        }
 
         let server = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("mtls-reloader".into())
             .spawn(move || {
-                let _watcher = watcher;
+                let mut watcher = Some(watcher);
                 while rx.recv().is_ok() {
                     std::thread::sleep(DEBOUNCE);
                     while rx.try_recv().is_ok() {}
                     let Some(server) = server.upgrade() else {
                         return;
                     };
+                    // SECURITY: where the files lead now (a Secret's directory swapped, a link
+                    // flipped) is watched before they are read, or the next change (a CA taken
+                    // out of the bundle) would never reload.
+                    watcher = crate::reload::watch(&paths, &tx, watcher, OTHERWISE);
                     // Errors name files and reasons, never key bytes (see `read_key`).
                     // SECURITY: a bad bundle keeps the previous one, and so every CA the edit
                     // meant to remove: reported as a failed reload, not only logged.
@@ -1905,5 +1885,39 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A bundle linked into another directory (where a secret store keeps the real file):
+    /// replacing the file the link leads to reloads, so a CA taken out of it stops being trusted.
+    #[tokio::test]
+    async fn mtls_watch_follows_a_bundle_linked_into_another_directory() {
+        let old_ca = ca("old ca");
+        let new_ca = ca("new ca");
+        let f = files(&[&old_ca]);
+        let store = f.dir.path().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::rename(&f.client_ca, store.join("client-ca.pem")).unwrap();
+        std::os::unix::fs::symlink("store/client-ca.pem", &f.client_ca).unwrap();
+        let server = Arc::new(f.load());
+        let status = Arc::new(crate::reload_status::ReloadStatus::new());
+        server.watch(status.clone(), "listener `mesh` TLS files".into());
+        let before = server.current().0;
+
+        let tmp = store.join("client-ca.pem.tmp");
+        write_bundle(&tmp, &[&new_ca]);
+        std::fs::rename(&tmp, store.join("client-ca.pem")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Arc::ptr_eq(&before, &server.current().0) {
+            assert!(std::time::Instant::now() < deadline, "no reload within 5 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let id = "spiffe://example.org/tenant/acme/workload/agent-1";
+        assert!(handshake(
+            server.current().0,
+            &f.server_ca,
+            Some(&client(&old_ca, &[id]))
+        )
+        .await
+        .is_err());
     }
 }

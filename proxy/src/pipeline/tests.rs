@@ -98,6 +98,7 @@ fn configured_with_secrets(
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::fs::create_dir_all(d.join("policies/global")).unwrap();
+    std::fs::create_dir_all(d.join("policies/tenants")).unwrap();
     std::fs::copy(
         root.join("policies/schema.cedarschema"),
         d.join("policies/schema.cedarschema"),

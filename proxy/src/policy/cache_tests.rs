@@ -28,6 +28,9 @@ fn tenants() -> Vec<TenantInfo> {
 /// A policy directory with the repo's schema and `files` (relative path, text).
 fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
+    for sub in ["global", "tenants"] {
+        std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+    }
     write_files(dir.path(), files);
     std::fs::copy(
         PathBuf::from(concat!(

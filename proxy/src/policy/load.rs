@@ -21,6 +21,11 @@ use crate::ids::{TenantId, WorkloadId};
 
 const SCHEMA_FILE: &str = "schema.cedarschema";
 
+/// Why a missing `global/`, `tenants/` or policy directory is refused.
+const MISSING_DIRECTORY: &str = "the directory does not exist: a policy directory needs \
+     `schema.cedarschema`, `global/` and `tenants/` (either may be empty), and one moved away is \
+     refused rather than loaded as no policies";
+
 /// One policy with its final id and where it came from.
 struct Loaded {
     policy: Policy,
@@ -263,6 +268,22 @@ fn compile(
     previous: Option<&PolicyEngine>,
     report: &mut Report,
 ) -> Option<PolicyEngine> {
+    // A policy directory that is not there is one problem, not one for each part it lacks.
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            report.file(dir, "not a directory");
+            return None;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            report.file(dir, MISSING_DIRECTORY);
+            return None;
+        }
+        Err(e) => {
+            report.file(dir, format!("cannot read: {e}"));
+            return None;
+        }
+    }
     let (schema, schema_hash) = read_schema(dir, report);
     // SECURITY: reuse only what was compiled from this directory against these schema bytes;
     // anything else starts from nothing.
@@ -594,7 +615,7 @@ fn check_actions(schema: &Schema, names: &Names, path: &Path, report: &mut Repor
     }
 }
 
-/// The entries of `dir`, sorted; a missing directory is empty, an unreadable one a problem.
+/// The entries of `dir`, sorted; a directory that is missing or cannot be read is a problem.
 fn entries(dir: &Path, report: &mut Report) -> Vec<PathBuf> {
     match std::fs::read_dir(dir) {
         Ok(iter) => {
@@ -608,7 +629,13 @@ fn entries(dir: &Path, report: &mut Report) -> Vec<PathBuf> {
             paths.sort();
             paths
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        // SECURITY: `global/` or `tenants/` moved away for a moment (a directory swapped, a
+        // checkout in progress) would load as no policies, its forbids dropped; refuse, so that
+        // a reload keeps the last good set and a start stops. An empty directory is fine.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            report.file(dir, MISSING_DIRECTORY);
+            Vec::new()
+        }
         // SECURITY: an unreadable directory may hold forbids; refuse rather than load without it.
         Err(e) => {
             report.file(dir, format!("cannot list: {e}"));

@@ -326,6 +326,9 @@ fn reload_reuses_only_what_did_not_change_and_matches_a_full_load() {
         other.path().join("schema.cedarschema"),
     )
     .expect("schema");
+    for sub in ["global", "tenants"] {
+        std::fs::create_dir_all(other.path().join(sub)).expect("mkdir");
+    }
     let next = reload_matches_full_load("other directory", other.path(), &tenants, engine);
     assert_eq!(next.policy_count(&tid("acme")), 0);
 }
@@ -337,6 +340,7 @@ fn reused_policies_never_cross_tenants() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     std::fs::copy(SCHEMA, dir.join("schema.cedarschema")).expect("schema");
+    std::fs::create_dir_all(dir.join("global")).expect("mkdir");
     let a = permit("a-only", "", "a.example.com");
     let x = permit("x-only", "", "x.example.com");
     write(dir, "tenants/acme/own.cedar", &a);

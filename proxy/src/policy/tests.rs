@@ -65,6 +65,9 @@ fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
         dir.path().join("schema.cedarschema"),
     )
     .expect("copy schema");
+    for sub in ["global", "tenants"] {
+        std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+    }
     for (rel, text) in files {
         let path = dir.path().join(rel);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
@@ -538,14 +541,15 @@ fn every_problem_is_reported_once() {
 
 #[test]
 fn schema_problems_are_reported() {
-    let empty = tempfile::tempdir().expect("tempdir");
+    let empty = dir_with(&[]);
+    std::fs::remove_file(empty.path().join("schema.cedarschema")).expect("rm");
     let problems = PolicyEngine::load(empty.path(), &tenants()).expect_err("no schema");
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0]
         .to_string()
         .contains("schema.cedarschema: cannot read the schema"));
 
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir_with(&[]);
     std::fs::write(
         dir.path().join("schema.cedarschema"),
         "namespace TenantProxy {\n  entity Tenant = { plan: Strin };\n}",
@@ -554,7 +558,7 @@ fn schema_problems_are_reported() {
     let text = problems_text(dir.path());
     assert!(text.contains("schema.cedarschema:2:"), "{text}");
 
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir_with(&[]);
     std::fs::write(
         dir.path().join("schema.cedarschema"),
         "namespace TenantProxy { entity Tenant = { plan: String, region: String }; entity Workload in [Tenant] = { tenant: Tenant, name: String }; entity Destination; }",
@@ -564,6 +568,49 @@ fn schema_problems_are_reported() {
     assert!(
         text.contains("does not declare action `TenantProxy::Action::\"http\"`"),
         "{text}"
+    );
+}
+
+/// A policy directory without `global/` or `tenants/`, or not there at all, is a problem: one
+/// moved away for a moment (a directory swapped, a checkout in progress) must not load as no
+/// policies, its forbids dropped. A tenant without a directory of its own is fine.
+#[test]
+fn a_missing_global_or_tenants_directory_is_a_problem() {
+    let dir = dir_with(&[(
+        "global/g.cedar",
+        r#"@id("g") permit (principal, HTTP, resource);"#,
+    )]);
+    load_ok(dir.path());
+    for missing in ["global", "tenants"] {
+        let away = dir.path().join(format!("{missing}.next"));
+        std::fs::rename(dir.path().join(missing), &away).expect("mv");
+        let problems = PolicyEngine::load(dir.path(), &tenants()).expect_err(missing);
+        assert_eq!(problems.len(), 1, "{missing}: {problems:#?}");
+        assert_eq!(problems[0].file, dir.path().join(missing));
+        assert!(
+            problems[0]
+                .message
+                .starts_with("the directory does not exist"),
+            "{missing}: {problems:#?}"
+        );
+        std::fs::rename(&away, dir.path().join(missing)).expect("mv back");
+    }
+    let nowhere = dir.path().join("nowhere");
+    let problems = PolicyEngine::load(&nowhere, &tenants()).expect_err("no directory");
+    assert_eq!(
+        problems.len(),
+        1,
+        "one problem, not one per part: {problems:#?}"
+    );
+    assert_eq!(problems[0].file, nowhere);
+    assert!(problems[0]
+        .message
+        .starts_with("the directory does not exist"));
+    let file = dir.path().join("schema.cedarschema");
+    let problems = PolicyEngine::load(&file, &tenants()).expect_err("a file");
+    assert_eq!(
+        (problems.len(), problems[0].message.as_str()),
+        (1, "not a directory")
     );
 }
 
