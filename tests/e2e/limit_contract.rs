@@ -937,6 +937,47 @@ fn redis_scripts_the_server_lost_are_sent_again_by_the_next_call() {
     });
 }
 
+/// A refusal counted for a run never seen (its first request refused) creates the run's life
+/// record in Redis: it expires `run_ttl` later, as a seen run's does, and counting a refusal
+/// never shortens the life of a run that has one.
+#[test]
+fn redis_a_refusal_of_a_run_never_seen_expires() {
+    run(Store::Redis, |b: Backends| async move {
+        let runs = b
+            .make(Duration::from_secs(120), Duration::from_secs(300))
+            .runs;
+        let server = b.redis.as_ref().expect("a Redis server");
+        let acme = tenant("acme");
+        let pttl = |run: &str| -> i64 {
+            server.command(&format!("PTTL tp:{{acme}}:run:{run}:life"))[0]
+                .parse()
+                .unwrap()
+        };
+        runs.count_refusal(&acme, "never-seen").await;
+        assert_eq!(
+            server.command("HGET tp:{acme}:run:never-seen:life refusals"),
+            ["1"]
+        );
+        let ttl = pttl("never-seen");
+        assert!((100_000..=120_000).contains(&ttl), "{ttl}");
+        // Seen with a token valid for an hour: kept for an hour plus `run_ttl`.
+        runs.sight_run(&acme, "seen", unix_ms() + 3_600_000)
+            .await
+            .unwrap();
+        runs.count_refusal(&acme, "seen").await;
+        let ttl = pttl("seen");
+        assert!(ttl > 3_600_000, "{ttl}");
+        // The refused run's first request later starts it, and it lives as a seen run does.
+        assert!(
+            runs.sight_run(&acme, "never-seen", unix_ms() + 3_600_000)
+                .await
+                .unwrap()
+                .first
+        );
+        assert!(pttl("never-seen") > 3_600_000);
+    });
+}
+
 /// Every Redis key carries its tenant as a hash tag, runs included: the behaviour above rests
 /// on it, and a Redis Cluster keeps one tenant's keys in one slot.
 #[test]

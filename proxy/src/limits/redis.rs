@@ -232,8 +232,25 @@ redis.call('HSET', KEYS[1], 'summarized', now)
 return {1, tonumber(v[1] or -1), tonumber(v[5] or exp), tonumber(v[3] or 0), tonumber(v[4] or 0)}
 "#;
 
+const COUNT_REFUSAL: &str = r#"
+-- A refused request of a signed run. KEYS[1] the run's life hash; ARGV[1] run ttl (s). A run
+-- never sighted (its first request refused) gets its life hash here: it expires like any run's
+-- (`EXPIRE .. NX` would need Redis 7), and one that has an expiry keeps it.
+redis.call('HINCRBY', KEYS[1], 'refusals', 1)
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"#;
+
 /// Every script the backend runs.
-const SCRIPTS: [&str; 6] = [ADMIT, SETTLE, RENEW, READ, SIGHT_RUN, END_RUN];
+const SCRIPTS: [&str; 7] = [
+    ADMIT,
+    SETTLE,
+    RENEW,
+    READ,
+    SIGHT_RUN,
+    END_RUN,
+    COUNT_REFUSAL,
+];
 
 /// Loads the scripts into Redis (every master of a cluster) before the backend reports ready.
 /// Without this, a burst of first requests each meet `NOSCRIPT` and send the script's source
@@ -484,6 +501,7 @@ pub struct RedisBackend {
     read_script: redis::Script,
     sight_run_script: redis::Script,
     end_run_script: redis::Script,
+    count_refusal_script: redis::Script,
     settings: RedisSettings,
     fallback: MemoryBackend,
     revocations: Arc<SharedRevocations>,
@@ -609,6 +627,7 @@ impl RedisBackend {
             read_script: redis::Script::new(READ),
             sight_run_script: redis::Script::new(SIGHT_RUN),
             end_run_script: redis::Script::new(END_RUN),
+            count_refusal_script: redis::Script::new(COUNT_REFUSAL),
             fallback: MemoryBackend::new(settings.run_ttl),
             revocations,
             settings,
@@ -960,18 +979,18 @@ impl RunRegistry for RedisBackend {
     }
 
     async fn count_refusal(&self, tenant: &TenantId, run: &str) {
-        let Some((mut conn, _)) = self.conn_here() else {
+        if self.conn.load().is_none() {
             return;
-        };
-        let mut cmd = redis::cmd("HINCRBY");
-        cmd.arg(run_life_key(tenant, run)).arg("refusals").arg(1);
-        let count = cmd.query_async::<i64>(&mut conn);
-        let answered = matches!(
-            answer_within(self.settings.timeout, count).await,
-            Some(Ok(_))
-        );
-        self.answering.mark(answered);
-        if !answered {
+        }
+        let counted =
+            match ScriptCall::new(&self.count_refusal_script, &[run_life_key(tenant, run)]) {
+                Ok(mut invocation) => {
+                    invocation.arg(self.settings.run_ttl.as_secs().max(1));
+                    self.invoke::<i64>(&invocation).await.is_ok()
+                }
+                Err(_) => false,
+            };
+        if !counted {
             METRICS.limiter_errors.inc();
         }
     }
