@@ -677,6 +677,16 @@ impl RedisBackend {
         }
     }
 
+    /// Keeps what this replica learned of a run's closure (its own close, a sighting or a read
+    /// that said closed) in the local record it falls back on, so that a closed run stays
+    /// refused here while Redis does not answer. A closure only another replica saw is not
+    /// known here then.
+    fn learned_closed(&self, tenant: &TenantId, run: &str) {
+        if self.settings.on_unavailable == Unavailable::LocalFallback {
+            self.fallback.record_closed(tenant, run);
+        }
+    }
+
     async fn admit_redis(
         &self,
         keys: &[LimitKey],
@@ -961,10 +971,16 @@ impl RunRegistry for RedisBackend {
             .arg(expires_ms)
             .arg(self.settings.run_ttl.as_secs().max(1));
         match self.invoke::<Vec<i64>>(&invocation).await {
-            Ok(reply) => Ok(RunSighting {
-                first: reply.first() == Some(&1),
-                closed: reply.get(1) == Some(&1),
-            }),
+            Ok(reply) => {
+                let sighting = RunSighting {
+                    first: reply.first() == Some(&1),
+                    closed: reply.get(1) == Some(&1),
+                };
+                if sighting.closed {
+                    self.learned_closed(tenant, run);
+                }
+                Ok(sighting)
+            }
             Err(e) => {
                 METRICS.limiter_errors.inc();
                 match self.settings.on_unavailable {
@@ -1008,6 +1024,9 @@ impl RunRegistry for RedisBackend {
         match answer {
             Some(Ok(exists)) => {
                 self.answering.mark(true);
+                if exists == 1 {
+                    self.learned_closed(tenant, run);
+                }
                 Ok(exists == 1)
             }
             failed => {
@@ -1040,6 +1059,10 @@ impl RunRegistry for RedisBackend {
             .arg(self.settings.run_ttl.as_secs().max(1));
         let reply: Vec<i64> = self.invoke(&invocation).await?;
         let at = |i: usize| reply.get(i).copied().unwrap_or(0);
+        // Every answer marked the run closed.
+        if end == RunEnd::Closed {
+            self.learned_closed(tenant, run);
+        }
         match reply.first() {
             Some(0) => Ok(RunClaim::Taken),
             Some(2) => Ok(RunClaim::NotYet { expires_ms: at(1) }),
