@@ -1024,6 +1024,55 @@ fn redis_a_closed_run_stays_closed_under_local_fallback_while_redis_is_out() {
     });
 }
 
+/// A claim on a run's summary that reaches Redis only after its caller gave up (Redis stalled
+/// meanwhile) claims nothing, for a close and an expiry alike: the caller was told it failed,
+/// and its next try claims the run and writes the summary. (Such a claim used to apply: the run
+/// was closed and marked summarized, and every later claim found it taken, so no `run_summary`
+/// was ever written.) A shorter stall only delays the claim: its caller waits for it.
+#[test]
+fn redis_a_run_claim_that_runs_after_its_caller_gave_up_claims_nothing() {
+    run(Store::Redis, |b: Backends| async move {
+        let runs = b
+            .make_with(
+                Duration::from_secs(3600),
+                Duration::from_secs(300),
+                Duration::from_millis(200),
+                Unavailable::FailClosed,
+            )
+            .runs;
+        let server = b.redis.as_ref().expect("a Redis server");
+        let acme = tenant("acme");
+        runs.sight_run(&acme, "closing", unix_ms() + 600_000)
+            .await
+            .unwrap();
+        let expiry = unix_ms() + 300;
+        runs.sight_run(&acme, "expiring", expiry).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (run, end) in [("closing", RunEnd::Closed), ("expiring", RunEnd::Expired)] {
+            // Redis stalls for 1.8 s, longer than a claim may apply (the calls' 200 ms timeout
+            // plus a second).
+            server.command("CLIENT PAUSE 1800 ALL");
+            let stalled = runs.end_run(&acme, run, end).await;
+            assert!(stalled.is_err(), "{run}: {stalled:?}");
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            assert_eq!(
+                server.command(&format!("HEXISTS tp:{{acme}}:run:{run}:life summarized")),
+                ["0"],
+                "{run}: the claim its caller gave up on took the run"
+            );
+            // A stall of half a second: the claim applies, and its caller is still waiting.
+            server.command("CLIENT PAUSE 500 ALL");
+            match runs.end_run(&acme, run, end).await.unwrap() {
+                RunClaim::Claimed(ledger) => {
+                    assert_eq!(ledger.requests, 1, "{run}: {ledger:?}");
+                    assert!(ledger.start_ms.is_some(), "{run}: {ledger:?}");
+                }
+                other => panic!("{run}: the summary is lost: {other:?}"),
+            }
+        }
+    });
+}
+
 /// A refusal counted for a run never seen (its first request refused) creates the run's life
 /// record in Redis: it expires `run_ttl` later, as a seen run's does, and counting a refusal
 /// never shortens the life of a run that has one.
