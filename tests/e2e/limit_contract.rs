@@ -53,6 +53,23 @@ impl Backends {
     /// run counters live `run_ttl` after their last reservation (whole seconds: Redis expires
     /// keys by the second) and whose leases outlive a crashed holder by `lease_ttl` (Redis only).
     fn make(&self, run_ttl: Duration, lease_ttl: Duration) -> Backend {
+        self.make_with(
+            run_ttl,
+            lease_ttl,
+            Duration::from_secs(2),
+            Unavailable::FailClosed,
+        )
+    }
+
+    /// [`Self::make`], whose Redis calls are given `timeout` and do what `on_unavailable` says
+    /// without an answer.
+    fn make_with(
+        &self,
+        run_ttl: Duration,
+        lease_ttl: Duration,
+        timeout: Duration,
+        on_unavailable: Unavailable,
+    ) -> Backend {
         let url = match (&self.redis, &self.cluster) {
             (Some(server), _) => Some(server.url()),
             (_, Some(cluster)) => Some(cluster.url()),
@@ -62,10 +79,10 @@ impl Backends {
             None => LimiterSettings::Memory { run_ttl },
             Some(url) => LimiterSettings::Redis(RedisSettings {
                 endpoint: tenant_proxy::redis_conn::RedisEndpoint::from_url(&url).unwrap(),
-                timeout: Duration::from_secs(2),
+                timeout,
                 lease_ttl,
                 run_ttl,
-                on_unavailable: Unavailable::FailClosed,
+                on_unavailable,
             }),
         };
         let backend = tenant_proxy::limits::backend(&settings).unwrap();
@@ -934,6 +951,166 @@ fn redis_scripts_the_server_lost_are_sent_again_by_the_next_call() {
         runs.sight_run(&tenant("acme"), "r1", unix_ms() + 60_000)
             .await
             .unwrap();
+    });
+}
+
+/// Under `local_fallback`, a run this replica knows to be closed stays closed while Redis does
+/// not answer: its own close, a sighting that said closed and a read that said closed are kept
+/// in the local record it falls back on (which used to know no closure, so the run was served
+/// again). A close only another replica saw is not known here during the outage.
+#[test]
+fn redis_a_closed_run_stays_closed_under_local_fallback_while_redis_is_out() {
+    run(Store::Redis, |mut b: Backends| async move {
+        let replica = || {
+            b.make_with(
+                Duration::from_secs(3600),
+                Duration::from_secs(300),
+                Duration::from_millis(500),
+                Unavailable::LocalFallback,
+            )
+            .runs
+        };
+        let (here, other) = (replica(), replica());
+        let acme = tenant("acme");
+        let later = unix_ms() + 600_000;
+        for run in ["own", "sighted", "read", "elsewhere", "live"] {
+            assert!(here.sight_run(&acme, run, later).await.unwrap().first);
+        }
+        // This replica closes `own`; the other closes the rest, and this one learns of
+        // `sighted` from a request, of `read` from what an open relay asks.
+        assert!(matches!(
+            here.end_run(&acme, "own", RunEnd::Closed).await.unwrap(),
+            RunClaim::Claimed(_)
+        ));
+        for run in ["sighted", "read", "elsewhere"] {
+            assert!(matches!(
+                other.end_run(&acme, run, RunEnd::Closed).await.unwrap(),
+                RunClaim::Claimed(_)
+            ));
+        }
+        assert!(
+            here.sight_run(&acme, "sighted", later)
+                .await
+                .unwrap()
+                .closed
+        );
+        assert!(here.run_closed(&acme, "read").await.unwrap());
+
+        b.redis.as_mut().expect("a Redis server").stop();
+        for run in ["own", "sighted", "read"] {
+            assert!(
+                here.sight_run(&acme, run, later).await.unwrap().closed,
+                "closed run `{run}` served while redis is out"
+            );
+            assert!(here.run_closed(&acme, run).await.unwrap(), "{run}");
+        }
+        assert!(!here.sight_run(&acme, "live", later).await.unwrap().closed);
+        // The documented limit: a close this replica never saw is not known during the outage.
+        assert!(
+            !here
+                .sight_run(&acme, "elsewhere", later)
+                .await
+                .unwrap()
+                .closed
+        );
+        // Another tenant's run of the same id is not closed by acme's close.
+        assert!(
+            !here
+                .sight_run(&tenant("globex"), "own", later)
+                .await
+                .unwrap()
+                .closed
+        );
+    });
+}
+
+/// A claim on a run's summary that reaches Redis only after its caller gave up (Redis stalled
+/// meanwhile) claims nothing, for a close and an expiry alike: the caller was told it failed,
+/// and its next try claims the run and writes the summary. (Such a claim used to apply: the run
+/// was closed and marked summarized, and every later claim found it taken, so no `run_summary`
+/// was ever written.) A shorter stall only delays the claim: its caller waits for it.
+#[test]
+fn redis_a_run_claim_that_runs_after_its_caller_gave_up_claims_nothing() {
+    run(Store::Redis, |b: Backends| async move {
+        let runs = b
+            .make_with(
+                Duration::from_secs(3600),
+                Duration::from_secs(300),
+                Duration::from_millis(200),
+                Unavailable::FailClosed,
+            )
+            .runs;
+        let server = b.redis.as_ref().expect("a Redis server");
+        let acme = tenant("acme");
+        runs.sight_run(&acme, "closing", unix_ms() + 600_000)
+            .await
+            .unwrap();
+        let expiry = unix_ms() + 300;
+        runs.sight_run(&acme, "expiring", expiry).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (run, end) in [("closing", RunEnd::Closed), ("expiring", RunEnd::Expired)] {
+            // Redis stalls for 1.8 s, longer than a claim may apply (the calls' 200 ms timeout
+            // plus a second).
+            server.command("CLIENT PAUSE 1800 ALL");
+            let stalled = runs.end_run(&acme, run, end).await;
+            assert!(stalled.is_err(), "{run}: {stalled:?}");
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            assert_eq!(
+                server.command(&format!("HEXISTS tp:{{acme}}:run:{run}:life summarized")),
+                ["0"],
+                "{run}: the claim its caller gave up on took the run"
+            );
+            // A stall of half a second: the claim applies, and its caller is still waiting.
+            server.command("CLIENT PAUSE 500 ALL");
+            match runs.end_run(&acme, run, end).await.unwrap() {
+                RunClaim::Claimed(ledger) => {
+                    assert_eq!(ledger.requests, 1, "{run}: {ledger:?}");
+                    assert!(ledger.start_ms.is_some(), "{run}: {ledger:?}");
+                }
+                other => panic!("{run}: the summary is lost: {other:?}"),
+            }
+        }
+    });
+}
+
+/// A refusal counted for a run never seen (its first request refused) creates the run's life
+/// record in Redis: it expires `run_ttl` later, as a seen run's does, and counting a refusal
+/// never shortens the life of a run that has one.
+#[test]
+fn redis_a_refusal_of_a_run_never_seen_expires() {
+    run(Store::Redis, |b: Backends| async move {
+        let runs = b
+            .make(Duration::from_secs(120), Duration::from_secs(300))
+            .runs;
+        let server = b.redis.as_ref().expect("a Redis server");
+        let acme = tenant("acme");
+        let pttl = |run: &str| -> i64 {
+            server.command(&format!("PTTL tp:{{acme}}:run:{run}:life"))[0]
+                .parse()
+                .unwrap()
+        };
+        runs.count_refusal(&acme, "never-seen").await;
+        assert_eq!(
+            server.command("HGET tp:{acme}:run:never-seen:life refusals"),
+            ["1"]
+        );
+        let ttl = pttl("never-seen");
+        assert!((100_000..=120_000).contains(&ttl), "{ttl}");
+        // Seen with a token valid for an hour: kept for an hour plus `run_ttl`.
+        runs.sight_run(&acme, "seen", unix_ms() + 3_600_000)
+            .await
+            .unwrap();
+        runs.count_refusal(&acme, "seen").await;
+        let ttl = pttl("seen");
+        assert!(ttl > 3_600_000, "{ttl}");
+        // The refused run's first request later starts it, and it lives as a seen run does.
+        assert!(
+            runs.sight_run(&acme, "never-seen", unix_ms() + 3_600_000)
+                .await
+                .unwrap()
+                .first
+        );
+        assert!(pttl("never-seen") > 3_600_000);
     });
 }
 

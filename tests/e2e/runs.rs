@@ -362,3 +362,35 @@ fn a_run_closed_before_its_first_request_never_starts() {
     assert!(events(&proxy, "acme", "run_started", "run-future").is_empty());
     assert!(events(&proxy, "acme", "run_summary", "run-future").is_empty());
 }
+
+/// The first request of a run that meets a Redis stall is refused (`limiter_unavailable`), and
+/// its sighting, which Redis runs only once the stall ends, records nothing: the run's next
+/// request is its first, and writes `run_started`. (The late sighting used to take the run's
+/// start, so no request was ever the first and no `run_started` was written.)
+#[test]
+fn a_first_request_refused_during_a_redis_stall_leaves_the_run_to_start_with_the_next() {
+    let redis = RedisServer::start();
+    let mock = start_mock();
+    let proxy = llm_proxy(mock, Some(&redis));
+    let t = run_token("acme", "bot", "run-stalled", 300);
+    // The proxy knows Redis's clock (read on connecting, then every second).
+    std::thread::sleep(Duration::from_millis(1500));
+    // Redis stalls for 1.8 s, longer than a sighting may apply (twice the calls' timeout, 500
+    // ms): the request is refused, and its sighting waits in Redis's queue.
+    redis.command("CLIENT PAUSE 1800 ALL");
+    let refused = llm_chat(proxy.shared_port, CHAT, &bearer(&t));
+    refused.assert_refused(503, "limiter_unavailable");
+    proxy.audit_record("acme", &refused.request_id());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        redis.command("HEXISTS tp:{acme}:run:run-stalled:life start_ms"),
+        ["0"],
+        "the refused request's sighting started the run"
+    );
+    let served = llm_chat(proxy.shared_port, CHAT, &bearer(&t));
+    assert_eq!(served.status, 200, "{}", served.body_text());
+    proxy.audit_record("acme", &served.request_id());
+    let started = events(&proxy, "acme", "run_started", "run-stalled");
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0]["request_id"], served.request_id().as_str());
+}

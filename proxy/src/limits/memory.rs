@@ -210,6 +210,19 @@ impl MemoryBackend {
         })
     }
 
+    /// Records that the run was closed (learned elsewhere: the shared backend this one stands
+    /// in for while it does not answer), claiming nothing: its later sightings here say closed.
+    pub fn record_closed_at(&self, tenant: &TenantId, run: &str, now_ms: i64) {
+        self.with_life(tenant, run, now_ms, |life| {
+            life.closed_ms.get_or_insert(now_ms);
+        });
+    }
+
+    /// [`Self::record_closed_at`] now.
+    pub fn record_closed(&self, tenant: &TenantId, run: &str) {
+        self.record_closed_at(tenant, run, unix_ms());
+    }
+
     /// [`LimitBackend::end_run`] at `now_ms`.
     pub fn end_run_at(&self, tenant: &TenantId, run: &str, end: RunEnd, now_ms: i64) -> RunClaim {
         self.with_life(tenant, run, now_ms, |life| {
@@ -1062,6 +1075,11 @@ mod tests {
             })
         );
         assert!(m.sight_run_at(&acme, "r1", at(100), at(4)).closed);
+        // A close learned elsewhere (the shared backend this one stands in for) refuses the
+        // run's later sightings, and another tenant's run of that id is not touched.
+        m.record_closed_at(&acme, "r2", at(4));
+        assert!(m.sight_run_at(&acme, "r2", at(100), at(5)).closed);
+        assert!(!m.sight_run_at(&globex, "r2", at(100), at(5)).closed);
         // Its expiry later finds it already summarized.
         assert_eq!(
             m.end_run_at(&acme, "r1", RunEnd::Expired, at(101)),

@@ -198,8 +198,13 @@ return out
 
 const SIGHT_RUN: &str = r#"
 -- A request of a signed run. KEYS[1] the run's life hash; ARGV[1] its token's expiry (unix ms),
--- ARGV[2] run ttl (s). Returns {first, closed}.
+-- ARGV[2] run ttl (s), ARGV[3] the latest time (Redis's, us; 0: none) at which the sighting may
+-- still apply. Returns {first, closed}, or {-1} (too late: nothing applied).
 local t = redis.call('TIME')
+-- A sighting that runs after its caller gave up (the request was refused) would take the run's
+-- start, and the next request, the first one served, would not be the first: no `run_started`.
+local deadline = tonumber(ARGV[3])
+if deadline > 0 and tonumber(t[1]) * 1000000 + tonumber(t[2]) > deadline then return {-1} end
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local first = redis.call('HSETNX', KEYS[1], 'start_ms', now)
 redis.call('HINCRBY', KEYS[1], 'requests', 1)
@@ -215,9 +220,13 @@ return {first, redis.call('HEXISTS', KEYS[1], 'closed_ms')}
 
 const END_RUN: &str = r#"
 -- Claims a run's summary. KEYS[1] the life hash; ARGV[1] 'closed' or 'expired', ARGV[2] run
--- ttl (s). Returns {0} taken, {2, expires_ms} not yet, or
+-- ttl (s), ARGV[3] the latest time (Redis's, us) at which the claim may still apply. Returns
+-- {0} taken, {2, expires_ms} not yet, {-1} too late (nothing applied, not even the close), or
 -- {1, start_ms (-1: none), end_ms, requests, refusals}.
 local t = redis.call('TIME')
+-- A claim that runs after its caller gave up would mark the run summarized with no summary
+-- ever written (the caller answered that it failed; its retry would find the claim taken).
+if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[3]) then return {-1} end
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[1] == 'closed' then
   redis.call('HSETNX', KEYS[1], 'closed_ms', now)
@@ -232,8 +241,25 @@ redis.call('HSET', KEYS[1], 'summarized', now)
 return {1, tonumber(v[1] or -1), tonumber(v[5] or exp), tonumber(v[3] or 0), tonumber(v[4] or 0)}
 "#;
 
+const COUNT_REFUSAL: &str = r#"
+-- A refused request of a signed run. KEYS[1] the run's life hash; ARGV[1] run ttl (s). A run
+-- never sighted (its first request refused) gets its life hash here: it expires like any run's
+-- (`EXPIRE .. NX` would need Redis 7), and one that has an expiry keeps it.
+redis.call('HINCRBY', KEYS[1], 'refusals', 1)
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"#;
+
 /// Every script the backend runs.
-const SCRIPTS: [&str; 6] = [ADMIT, SETTLE, RENEW, READ, SIGHT_RUN, END_RUN];
+const SCRIPTS: [&str; 7] = [
+    ADMIT,
+    SETTLE,
+    RENEW,
+    READ,
+    SIGHT_RUN,
+    END_RUN,
+    COUNT_REFUSAL,
+];
 
 /// Loads the scripts into Redis (every master of a cluster) before the backend reports ready.
 /// Without this, a burst of first requests each meet `NOSCRIPT` and send the script's source
@@ -286,15 +312,43 @@ impl RedisClock {
     /// The latest Redis time (us) at which an admission sent now with `timeout` may apply; 0
     /// (none) until the offset is known.
     fn deadline(&self, timeout: Duration) -> i64 {
+        self.after(timeout * 2 + LATE_ADMISSION_SLACK).unwrap_or(0)
+    }
+
+    /// Redis's time (us) `wait` from now; `None` until the offset is known.
+    fn after(&self, wait: Duration) -> Option<i64> {
         let offset = self.offset_us.load(Ordering::Relaxed);
         if offset == i64::MIN {
-            return 0;
+            return None;
         }
-        let slack =
-            i64::try_from((timeout * 2 + LATE_ADMISSION_SLACK).as_micros()).unwrap_or(i64::MAX / 4);
-        unix_us().saturating_add(offset).saturating_add(slack)
+        let wait = i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 4);
+        Some(unix_us().saturating_add(offset).saturating_add(wait))
     }
 }
+
+/// A run sighting decides whether a request is its run's first, and so writes `run_started`.
+/// Applying it after its caller gave up is not the safe side, as it is for a charge (see
+/// [`LATE_ADMISSION_SLACK`]): the request was refused, the next one is not the first, and the
+/// event is lost. So a sighting applies only until twice `timeout` after it was sent, on Redis's
+/// clock (as long as a caller whose own runtime was behind waits, see [`answer_within`], so a
+/// busy proxy refuses no more of them than before), and its caller waits this much longer than
+/// that for the answer: for its way back, and for the error of this replica's estimate of
+/// Redis's clock (measured every second, halfway through a `TIME` round trip; on a cluster, on
+/// one master, so another master's skew counts too). What remains: a sighting Redis ran in time
+/// whose answer comes back later than this (Redis stalled right after running it, before
+/// writing its answer; the connection cut between; clocks further apart). That run starts with
+/// no `run_started`. A hung Redis refuses a signed run's request after twice `timeout` plus this.
+const SIGHTING_ANSWER_GRACE: Duration = Duration::from_millis(25);
+
+/// A claim on a run's summary applies only until `timeout` plus this after it was sent (on
+/// Redis's clock), and its caller waits twice this past `timeout` for the answer: a claim that
+/// applied after its caller gave up would leave the run summarized with no summary written (the
+/// caller answered that it failed, and its retry finds the claim taken). Claims are not on a
+/// request's path (an operator's close, the once-a-second expiry watcher), so they can wait: a
+/// stall shorter than this only delays the claim, and clocks (a cluster's masters, this
+/// replica's estimate) may be this far apart. What remains: an answer lost after Redis ran the
+/// claim in time (the connection cut between), or later than this.
+const CLAIM_SLACK: Duration = Duration::from_secs(1);
 
 fn unix_us() -> i64 {
     std::time::SystemTime::now()
@@ -484,6 +538,7 @@ pub struct RedisBackend {
     read_script: redis::Script,
     sight_run_script: redis::Script,
     end_run_script: redis::Script,
+    count_refusal_script: redis::Script,
     settings: RedisSettings,
     fallback: MemoryBackend,
     revocations: Arc<SharedRevocations>,
@@ -609,6 +664,7 @@ impl RedisBackend {
             read_script: redis::Script::new(READ),
             sight_run_script: redis::Script::new(SIGHT_RUN),
             end_run_script: redis::Script::new(END_RUN),
+            count_refusal_script: redis::Script::new(COUNT_REFUSAL),
             fallback: MemoryBackend::new(settings.run_ttl),
             revocations,
             settings,
@@ -643,18 +699,68 @@ impl RedisBackend {
         &self,
         call: &ScriptCall<'_>,
     ) -> Result<T, LimiterUnavailable> {
+        self.invoke_within(call, self.settings.timeout).await
+    }
+
+    /// [`Self::invoke`], waiting up to `wait` for the answer.
+    async fn invoke_within<T: redis::FromRedisValue>(
+        &self,
+        call: &ScriptCall<'_>,
+        wait: Duration,
+    ) -> Result<T, LimiterUnavailable> {
         let (mut conn, which) = self
             .conn_here()
             .ok_or_else(|| LimiterUnavailable("not connected".into()))?;
-        let answer = answer_within(self.settings.timeout, call.run::<T>(&mut conn)).await;
+        let answer = answer_within(wait, call.run::<T>(&mut conn)).await;
         self.answering.mark(matches!(answer, Some(Ok(_))));
         match answer {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => Err(LimiterUnavailable(format!("{e} ({which})"))),
             None => Err(LimiterUnavailable(format!(
-                "no answer within {:?} ({which})",
-                self.settings.timeout
+                "no answer within {wait:?} ({which})"
             ))),
+        }
+    }
+
+    /// Keeps what this replica learned of a run's closure (its own close, a sighting or a read
+    /// that said closed) in the local record it falls back on, so that a closed run stays
+    /// refused here while Redis does not answer. A closure only another replica saw is not
+    /// known here then.
+    fn learned_closed(&self, tenant: &TenantId, run: &str) {
+        if self.settings.on_unavailable == Unavailable::LocalFallback {
+            self.fallback.record_closed(tenant, run);
+        }
+    }
+
+    /// A run sighting on Redis. One that reached Redis after its deadline applied nothing and
+    /// fails as a call with no answer does (see [`SIGHTING_ANSWER_GRACE`]).
+    async fn sight_run_redis(
+        &self,
+        tenant: &TenantId,
+        run: &str,
+        expires_ms: i64,
+    ) -> Result<RunSighting, LimiterUnavailable> {
+        let mut invocation = ScriptCall::new(&self.sight_run_script, &[run_life_key(tenant, run)])
+            .map_err(LimiterUnavailable)?;
+        invocation
+            .arg(expires_ms)
+            .arg(self.settings.run_ttl.as_secs().max(1))
+            .arg(self.clock.after(self.settings.timeout * 2).unwrap_or(0));
+        let reply: Vec<i64> = self
+            .invoke_within(
+                &invocation,
+                self.settings.timeout * 2 + SIGHTING_ANSWER_GRACE,
+            )
+            .await?;
+        match reply.first() {
+            Some(-1) => Err(LimiterUnavailable(format!(
+                "the run sighting reached redis more than {:?} after it was sent; nothing was recorded",
+                self.settings.timeout * 2
+            ))),
+            first => Ok(RunSighting {
+                first: first == Some(&1),
+                closed: reply.get(1) == Some(&1),
+            }),
         }
     }
 
@@ -936,16 +1042,13 @@ impl RunRegistry for RedisBackend {
         run: &str,
         expires_ms: i64,
     ) -> Result<RunSighting, LimiterUnavailable> {
-        let mut invocation = ScriptCall::new(&self.sight_run_script, &[run_life_key(tenant, run)])
-            .map_err(LimiterUnavailable)?;
-        invocation
-            .arg(expires_ms)
-            .arg(self.settings.run_ttl.as_secs().max(1));
-        match self.invoke::<Vec<i64>>(&invocation).await {
-            Ok(reply) => Ok(RunSighting {
-                first: reply.first() == Some(&1),
-                closed: reply.get(1) == Some(&1),
-            }),
+        match self.sight_run_redis(tenant, run, expires_ms).await {
+            Ok(sighting) => {
+                if sighting.closed {
+                    self.learned_closed(tenant, run);
+                }
+                Ok(sighting)
+            }
             Err(e) => {
                 METRICS.limiter_errors.inc();
                 match self.settings.on_unavailable {
@@ -960,18 +1063,18 @@ impl RunRegistry for RedisBackend {
     }
 
     async fn count_refusal(&self, tenant: &TenantId, run: &str) {
-        let Some((mut conn, _)) = self.conn_here() else {
+        if self.conn.load().is_none() {
             return;
-        };
-        let mut cmd = redis::cmd("HINCRBY");
-        cmd.arg(run_life_key(tenant, run)).arg("refusals").arg(1);
-        let count = cmd.query_async::<i64>(&mut conn);
-        let answered = matches!(
-            answer_within(self.settings.timeout, count).await,
-            Some(Ok(_))
-        );
-        self.answering.mark(answered);
-        if !answered {
+        }
+        let counted =
+            match ScriptCall::new(&self.count_refusal_script, &[run_life_key(tenant, run)]) {
+                Ok(mut invocation) => {
+                    invocation.arg(self.settings.run_ttl.as_secs().max(1));
+                    self.invoke::<i64>(&invocation).await.is_ok()
+                }
+                Err(_) => false,
+            };
+        if !counted {
             METRICS.limiter_errors.inc();
         }
     }
@@ -989,6 +1092,9 @@ impl RunRegistry for RedisBackend {
         match answer {
             Some(Ok(exists)) => {
                 self.answering.mark(true);
+                if exists == 1 {
+                    self.learned_closed(tenant, run);
+                }
                 Ok(exists == 1)
             }
             failed => {
@@ -1011,6 +1117,16 @@ impl RunRegistry for RedisBackend {
         run: &str,
         end: RunEnd,
     ) -> Result<RunClaim, LimiterUnavailable> {
+        // SECURITY (audit): a claim applies only until its deadline, and its caller waits past
+        // it (see [`CLAIM_SLACK`]): a claim is either answered or never applied, so a summary is
+        // not lost to a claim that landed after its caller gave up. Without Redis's clock there
+        // is no deadline, and no claim is sent.
+        let deadline = self
+            .clock
+            .after(self.settings.timeout + CLAIM_SLACK)
+            .ok_or_else(|| {
+                LimiterUnavailable("redis's clock is not known yet; no run is claimed".into())
+            })?;
         let mut invocation = ScriptCall::new(&self.end_run_script, &[run_life_key(tenant, run)])
             .map_err(LimiterUnavailable)?;
         invocation
@@ -1018,10 +1134,21 @@ impl RunRegistry for RedisBackend {
                 RunEnd::Closed => "closed",
                 RunEnd::Expired => "expired",
             })
-            .arg(self.settings.run_ttl.as_secs().max(1));
-        let reply: Vec<i64> = self.invoke(&invocation).await?;
+            .arg(self.settings.run_ttl.as_secs().max(1))
+            .arg(deadline);
+        let reply: Vec<i64> = self
+            .invoke_within(&invocation, self.settings.timeout + CLAIM_SLACK * 2)
+            .await?;
         let at = |i: usize| reply.get(i).copied().unwrap_or(0);
+        // Every answer but a late one marked the run closed.
+        if end == RunEnd::Closed && reply.first().is_some_and(|r| *r >= 0) {
+            self.learned_closed(tenant, run);
+        }
         match reply.first() {
+            Some(-1) => Err(LimiterUnavailable(format!(
+                "the run claim reached redis more than {:?} after it was sent; nothing was claimed",
+                self.settings.timeout + CLAIM_SLACK
+            ))),
             Some(0) => Ok(RunClaim::Taken),
             Some(2) => Ok(RunClaim::NotYet { expires_ms: at(1) }),
             Some(1) => Ok(RunClaim::Claimed(RunLedger {
@@ -1139,6 +1266,7 @@ mod tests {
         let clock = RedisClock::default();
         // Not measured yet: no deadline.
         assert_eq!(clock.deadline(Duration::from_millis(50)), 0);
+        assert_eq!(clock.after(Duration::from_millis(50)), None);
         // Redis's clock an hour ahead of this one.
         let sent = unix_us();
         clock.measured(sent, sent + 3_600_000_000 + 500, sent + 1000);
@@ -1148,6 +1276,10 @@ mod tests {
             (deadline - expected).abs() < 50_000,
             "{deadline} {expected}"
         );
+        // A run's sighting: twice the call's timeout, no slack.
+        let tight = clock.after(Duration::from_millis(100)).unwrap();
+        let expected = unix_us() + 3_600_000_000 + 100_500;
+        assert!((tight - expected).abs() < 50_000, "{tight} {expected}");
         assert_eq!(time_us(&["12".into(), "345".into()]), Some(12_000_345));
         assert_eq!(time_us(&["12".into()]), None);
     }
