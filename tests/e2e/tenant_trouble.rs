@@ -161,6 +161,132 @@ fn one_tenants_full_partition_refuses_that_tenant_only() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// The value of the gauge `tenant_proxy_audit_held_records` for `tenant` (0 when absent).
+fn held_records(proxy: &Proxy, tenant: &str) -> f64 {
+    metric_sum(
+        &proxy.metrics(),
+        "tenant_proxy_audit_held_records",
+        "tenant",
+        tenant,
+    )
+}
+
+/// A head refused before the pipeline (an ambiguous length) on `port`, with `token` when given.
+fn malformed_head(port: u16, origin: &Origin, token: Option<&str>) -> Response {
+    let auth = token
+        .map(|t| format!("Proxy-Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    raw_request(
+        port,
+        &format!(
+            "GET http://127.0.0.1:{o}/public/malformed HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\n{auth}Content-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            o = origin.port
+        ),
+    )
+    .unwrap()
+}
+
+/// Refusals of a tenant whose partition fails get no record, however early they are refused: a
+/// malformed head on its bound listener, or with its valid token, reserves nothing for it, so a
+/// flood of them leaves the records the writer holds for it as they were (they would grow
+/// memory without bound, and keep the tenant refused once space is back), and the tenant is
+/// served as soon as its partition recovers.
+#[test]
+fn a_failing_partitions_refused_heads_hold_no_records() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let acme_token = token_for("acme", "researcher");
+    // acme's partition for today is /dev/full (a full disk).
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y/%m/%d"])
+        .output()
+        .unwrap();
+    let today = proxy.path(&format!(
+        "audit/acme/{}.jsonl",
+        String::from_utf8(date.stdout).unwrap().trim()
+    ));
+    std::fs::create_dir_all(today.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &today).unwrap();
+    let first = forward_get(
+        proxy.sidecar_port,
+        &url(&origin, "/public/acme-1"),
+        None,
+        "",
+    );
+    assert_eq!(first.status, 200, "{}", first.body_text());
+    wait_for("acme's refusal", Duration::from_secs(10), || {
+        let r = forward_get(
+            proxy.sidecar_port,
+            &url(&origin, "/public/acme-2"),
+            None,
+            "",
+        );
+        r.status == 503 && r.code() == "audit_unavailable"
+    });
+    let held = held_records(&proxy, "acme");
+    assert!(held >= 1.0, "acme's first record is held");
+
+    for _ in 0..40 {
+        malformed_head(proxy.sidecar_port, &origin, None).assert_refused(400, "bad_framing");
+        malformed_head(proxy.shared_port, &origin, Some(&acme_token))
+            .assert_refused(400, "bad_framing");
+    }
+    // (A record is handed to the writer after its response: give any a moment to arrive.)
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        held_records(&proxy, "acme"),
+        held,
+        "the refused heads hold nothing"
+    );
+    assert!(
+        metric_sum(
+            &proxy.metrics(),
+            "tenant_proxy_audit_refusals_total",
+            "tenant",
+            "acme"
+        ) >= 80.0,
+        "each counted as an audit refusal"
+    );
+
+    // Space again: acme is served at once, and only what it held is written.
+    std::fs::remove_file(&today).unwrap();
+    wait_for("acme's recovery", Duration::from_secs(10), || {
+        forward_get(
+            proxy.sidecar_port,
+            &url(&origin, "/public/acme-3"),
+            None,
+            "",
+        )
+        .status
+            == 200
+    });
+    // Such a refusal is audited for acme again.
+    let r = malformed_head(proxy.sidecar_port, &origin, None);
+    r.assert_refused(400, "bad_framing");
+    assert_eq!(
+        proxy.audit_record("acme", &r.request_id())["reason"],
+        "bad_framing"
+    );
+    let records = proxy.audit_records("acme");
+    assert!(records
+        .iter()
+        .any(|r| r["request_id"] == first.request_id().as_str()));
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["reason"] == "bad_framing")
+            .count(),
+        1,
+        "only the refusal made once the partition took writes again"
+    );
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["audit", "verify", proxy.path("audit").to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
 /// A signed run's token for `tenant`, living `ttl_secs`.
 fn run_token(tenant: &'static str, workload: &'static str, run: &'static str, ttl: u64) -> String {
     token(TokenOpts {
