@@ -1,5 +1,6 @@
-//! One tenant's trouble is its own: an unwritable audit partition refuses only its tenant, one
-//! tenant's endless runs do not push another's off the run watch list, a repeated admin query
+//! One tenant's trouble is its own: an unwritable audit partition refuses only its tenant (its
+//! refused heads holding no records, and what it could not take by shutdown appending to it
+//! once mended), one tenant's endless runs do not push another's off the run watch list, a repeated admin query
 //! parameter cannot act on another tenant, two `Proxy-Authorization` headers are no
 //! identity, one tenant's unanswered name lookups do not hold another's, and one tenant's kept
 //! name answers never answer another's lookups. Each test checks what the recording origin received and what the audit trail says.
@@ -159,6 +160,250 @@ fn one_tenants_full_partition_refuses_that_tenant_only() {
         "",
     );
     assert_eq!(code, 0, "{out}");
+}
+
+/// The value of the gauge `tenant_proxy_audit_held_records` for `tenant` (0 when absent).
+fn held_records(proxy: &Proxy, tenant: &str) -> f64 {
+    metric_sum(
+        &proxy.metrics(),
+        "tenant_proxy_audit_held_records",
+        "tenant",
+        tenant,
+    )
+}
+
+/// A head refused before the pipeline (an ambiguous length) on `port`, with `token` when given.
+fn malformed_head(port: u16, origin: &Origin, token: Option<&str>) -> Response {
+    let auth = token
+        .map(|t| format!("Proxy-Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    raw_request(
+        port,
+        &format!(
+            "GET http://127.0.0.1:{o}/public/malformed HTTP/1.1\r\nHost: 127.0.0.1:{o}\r\n{auth}Content-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            o = origin.port
+        ),
+    )
+    .unwrap()
+}
+
+/// Refusals of a tenant whose partition fails get no record, however early they are refused: a
+/// malformed head on its bound listener, or with its valid token, reserves nothing for it, so a
+/// flood of them leaves the records the writer holds for it as they were (they would grow
+/// memory without bound, and keep the tenant refused once space is back), and the tenant is
+/// served as soon as its partition recovers.
+#[test]
+fn a_failing_partitions_refused_heads_hold_no_records() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let acme_token = token_for("acme", "researcher");
+    // acme's partition for today is /dev/full (a full disk).
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y/%m/%d"])
+        .output()
+        .unwrap();
+    let today = proxy.path(&format!(
+        "audit/acme/{}.jsonl",
+        String::from_utf8(date.stdout).unwrap().trim()
+    ));
+    std::fs::create_dir_all(today.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &today).unwrap();
+    let first = forward_get(
+        proxy.sidecar_port,
+        &url(&origin, "/public/acme-1"),
+        None,
+        "",
+    );
+    assert_eq!(first.status, 200, "{}", first.body_text());
+    wait_for("acme's refusal", Duration::from_secs(10), || {
+        let r = forward_get(
+            proxy.sidecar_port,
+            &url(&origin, "/public/acme-2"),
+            None,
+            "",
+        );
+        r.status == 503 && r.code() == "audit_unavailable"
+    });
+    let held = held_records(&proxy, "acme");
+    assert!(held >= 1.0, "acme's first record is held");
+
+    for _ in 0..40 {
+        malformed_head(proxy.sidecar_port, &origin, None).assert_refused(400, "bad_framing");
+        malformed_head(proxy.shared_port, &origin, Some(&acme_token))
+            .assert_refused(400, "bad_framing");
+    }
+    // (A record is handed to the writer after its response: give any a moment to arrive.)
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        held_records(&proxy, "acme"),
+        held,
+        "the refused heads hold nothing"
+    );
+    assert!(
+        metric_sum(
+            &proxy.metrics(),
+            "tenant_proxy_audit_refusals_total",
+            "tenant",
+            "acme"
+        ) >= 80.0,
+        "each counted as an audit refusal"
+    );
+
+    // Space again: acme is served at once, and only what it held is written.
+    std::fs::remove_file(&today).unwrap();
+    wait_for("acme's recovery", Duration::from_secs(10), || {
+        forward_get(
+            proxy.sidecar_port,
+            &url(&origin, "/public/acme-3"),
+            None,
+            "",
+        )
+        .status
+            == 200
+    });
+    // Such a refusal is audited for acme again.
+    let r = malformed_head(proxy.sidecar_port, &origin, None);
+    r.assert_refused(400, "bad_framing");
+    assert_eq!(
+        proxy.audit_record("acme", &r.request_id())["reason"],
+        "bad_framing"
+    );
+    let records = proxy.audit_records("acme");
+    assert!(records
+        .iter()
+        .any(|r| r["request_id"] == first.request_id().as_str()));
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["reason"] == "bad_framing")
+            .count(),
+        1,
+        "only the refusal made once the partition took writes again"
+    );
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["audit", "verify", proxy.path("audit").to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A tmpfs mounted for one test (a small file system that fills up: a full disk), unmounted
+/// on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` bytes at `at` (created); why it cannot (it takes root).
+    fn mount(at: &std::path::Path, size: u64) -> Result<Self, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("`mount`: {e}"))?;
+        if out.status.success() {
+            Ok(Self(at.to_path_buf()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The `unwritten audit record` lines of `tenant` in a proxy's log, in order.
+fn unwritten_lines(log: &str, tenant: &str) -> Vec<String> {
+    let marker = format!("unwritten audit record tenant={tenant} line=");
+    log.lines()
+        .filter_map(|l| l.split_once(&marker).map(|(_, line)| line.to_string()))
+        .collect()
+}
+
+/// A partition that fills up and stays full until the proxy stops: the records it could not
+/// take are logged as `unwritten audit record` lines, and the failed appends left nothing
+/// behind (a part of a record without its newline), so appending the logged lines to the
+/// partition's newest file, as the README says, gives a partition `audit verify` accepts.
+#[test]
+fn records_unwritten_at_shutdown_append_to_a_partition_that_verifies() {
+    let origin = Origin::start();
+    let mut mounted = None;
+    let mut proxy = Proxy::start_prepared(ProxySpec::default(), |dir| {
+        mounted = Some(Tmpfs::mount(&dir.join("audit/acme"), 64 * 1024));
+    });
+    let _mount = match mounted.unwrap() {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: cannot mount a tmpfs: {why}");
+            return;
+        }
+    };
+    let acme = proxy.path("audit/acme");
+    let get = |path: &str| forward_get(proxy.sidecar_port, &url(&origin, path), None, "");
+    assert_eq!(get("/public/acme-1").status, 200);
+    proxy.wait_audit_records("acme", 1);
+    let file = walk(&acme)
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "jsonl") && !f.ends_with("checkpoints.jsonl"))
+        .unwrap();
+    let written = std::fs::metadata(&file).unwrap().len();
+    // The next record starts within the file's last page, which holds part of it, not all:
+    // the failed append writes part of a record.
+    assert_ne!(written % 4096, 0);
+    // The partition fills up.
+    {
+        use std::io::Write as _;
+        let mut filler = std::fs::File::create(acme.join("filler")).unwrap();
+        while filler.write_all(&[0u8; 1024]).is_ok() {}
+    }
+    wait_for("acme's refusal", Duration::from_secs(10), || {
+        let r = get("/public/acme-2");
+        r.status == 503 && r.code() == "audit_unavailable"
+    });
+    // Stopped while still full.
+    proxy.sigterm();
+    assert!(proxy.wait_exit(Duration::from_secs(30)).is_some());
+    let log = proxy.log();
+    let lines = unwritten_lines(&log, "acme");
+    assert!(!lines.is_empty(), "{log}");
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(
+        bytes.last(),
+        Some(&b'\n'),
+        "the partition ends with a whole record: {} bytes after the last newline",
+        bytes.len() - bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+    );
+
+    // Mended as the README says: the partition moved to a disk with room, the logged lines
+    // appended to its newest file.
+    let mended = tempfile::tempdir().unwrap();
+    let audit = proxy.path("audit");
+    for from in walk(&audit) {
+        let rel = from.strip_prefix(&audit).unwrap();
+        if rel.ends_with("filler") {
+            continue;
+        }
+        let to = mended.path().join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&from, &to).unwrap();
+    }
+    let newest = mended.path().join(file.strip_prefix(&audit).unwrap());
+    let mut appended = std::fs::read(&newest).unwrap();
+    for line in &lines {
+        appended.extend_from_slice(line.as_bytes());
+        appended.push(b'\n');
+    }
+    std::fs::write(&newest, appended).unwrap();
+    let (code, out) = proxy_cli(mended.path(), &["audit", "verify", "--dir", "."], "");
+    assert_eq!(code, 0, "{out}");
+    let records = records_in(mended.path(), "acme");
+    assert!(records.len() > lines.len());
 }
 
 /// A signed run's token for `tenant`, living `ttl_secs`.

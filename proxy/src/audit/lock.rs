@@ -24,7 +24,8 @@ const MAX_HOLDER_LEN: usize = 200;
 /// The audit directory's lock, held while this value lives.
 #[derive(Debug)]
 pub struct DirLock {
-    _dir: File,
+    /// The directory locked, open.
+    dir: File,
 }
 
 /// Why the lock was not taken.
@@ -58,7 +59,18 @@ impl DirLock {
             .open(&path)
             .and_then(|mut file| file.write_all(me.as_bytes()))
             .map_err(LockError::Io)?;
-        Ok(Self { _dir: handle })
+        Ok(Self { dir: handle })
+    }
+
+    /// Whether `dir` is still the directory locked. Once it was removed or replaced (a new
+    /// directory made at its path), the lock holds a directory nobody sees, and anyone may
+    /// lock the new one.
+    pub fn holds(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        match (self.dir.metadata(), std::fs::metadata(dir)) {
+            (Ok(locked), Ok(now)) => locked.dev() == now.dev() && locked.ino() == now.ino(),
+            _ => false,
+        }
     }
 }
 
@@ -110,5 +122,20 @@ mod tests {
         ));
         drop(again);
         DirLock::take(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_lock_knows_when_its_directory_was_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("audit");
+        std::fs::create_dir(&dir).unwrap();
+        let lock = DirLock::take(&dir).unwrap();
+        assert!(lock.holds(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!lock.holds(&dir), "removed");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(!lock.holds(&dir), "made anew");
+        // Which is why it matters: the new directory is anyone's.
+        DirLock::take(&dir).unwrap();
     }
 }

@@ -183,14 +183,17 @@ impl AuditSink {
         })
     }
 
-    /// Reserves a slot for this request's record, before its identity is verified. `tenant`,
-    /// when the connection alone says it (a bound listener's, a tunnel's), only names whose
-    /// refusal it was in the metrics.
+    /// Reserves a slot for this request's record, before its identity is verified (`tenant`
+    /// none) or once the caller is known: from the connection alone (a bound listener's, a
+    /// tunnel's), or for a refusal before the pipeline (a malformed head with a valid token).
     ///
     /// SECURITY: refuses when the audit directory cannot be written or the queue is full; a
-    /// request that cannot be audited is not served.
+    /// request that cannot be audited is not served. A known tenant whose partition cannot be
+    /// written gets no slot either, as [`Self::admit_tenant`] would give it back: a refusal
+    /// reserved for a failing tenant would be held by the writer until the partition recovers,
+    /// one per refused request, so every slot for a known tenant goes through this check.
     pub fn reserve(&self, tenant: Option<&TenantId>) -> Result<AuditSlot, AuditUnavailable> {
-        if !self.health.serving() {
+        if !self.health.serving() || tenant.is_some_and(|t| !self.tenant_writable(t)) {
             refused(tenant);
             return Err(AuditUnavailable);
         }
@@ -222,12 +225,11 @@ impl AuditSink {
         Err(AuditUnavailable)
     }
 
-    /// [`Self::reserve`] and [`Self::admit_tenant`] together, for records whose tenant is known
-    /// from the start (run events).
+    /// [`Self::reserve`] for a record whose tenant is known from the start (run and approval
+    /// events, refusals before the pipeline): none when that tenant's partition cannot be
+    /// written, as [`Self::admit_tenant`] decides.
     pub fn reserve_for(&self, tenant: &TenantId) -> Result<AuditSlot, AuditUnavailable> {
-        let mut slot = Some(self.reserve(Some(tenant))?);
-        self.admit_tenant(&mut slot, tenant)?;
-        slot.ok_or(AuditUnavailable)
+        self.reserve(Some(tenant))
     }
 
     /// Whether the sink as a whole can write (readiness): the audit directory takes writes and
@@ -281,3 +283,43 @@ fn refused(tenant: Option<&TenantId>) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the audit log cannot record this request right now")]
 pub struct AuditUnavailable;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Every slot reserved for a known tenant goes through the tenant's check: a refusal
+    /// recorded before the pipeline (a malformed head on a bound listener, a refused captured
+    /// connection) gets no slot while its tenant's partition fails, so the writer holds nothing
+    /// for it; other tenants, and callers not yet known, still get theirs.
+    #[test]
+    fn a_failing_partitions_tenant_gets_no_slot_however_it_is_reserved() {
+        let (tx, _rx) = mpsc::channel(8);
+        let sink = AuditSink {
+            tx,
+            health: Arc::new(Health::default()),
+            owed: Arc::default(),
+        };
+        let acme = TenantId::new("acme").unwrap();
+        let globex = TenantId::new("globex").unwrap();
+        sink.health
+            .failing
+            .store(Arc::new(HashSet::from(["acme".to_string()])));
+        assert_eq!(sink.reserve(Some(&acme)).err(), Some(AuditUnavailable));
+        assert_eq!(sink.reserve_for(&acme).err(), Some(AuditUnavailable));
+        assert_eq!(sink.owed(), 0, "no record is owed for the refusal");
+        assert!(sink.reserve(Some(&globex)).is_ok());
+        let mut unknown = Some(sink.reserve(None).unwrap());
+        // Once known to be acme's, the slot is given back.
+        assert_eq!(
+            sink.admit_tenant(&mut unknown, &acme),
+            Err(AuditUnavailable)
+        );
+        assert!(unknown.is_none());
+        assert_eq!(sink.owed(), 0);
+        sink.health.failing.store(Arc::new(HashSet::new()));
+        assert!(sink.reserve_for(&acme).is_ok());
+    }
+}

@@ -3,12 +3,14 @@
 //! It is the only code ordering a tenant's records, so it alone assigns `seq` and `prev`.
 //!
 //! Each tenant's records are written on their own: when a tenant's partition cannot be written
-//! the writer keeps that tenant's records (in order), refuses that tenant's new requests and
-//! retries until the partition recovers, while every other tenant is written and served as
-//! usual. Records are never dropped. When the audit directory itself cannot take a write (a
-//! full disk), every request is refused. A tenant's chain head only advances once all its
-//! records in hand are written, and every append first cuts the file back to the length the
-//! writer last knew durable, so a retried write never leaves half of it behind.
+//! the writer keeps that tenant's records (in order, at most [`MAX_HELD_PER_TENANT`]; older ones
+//! past that go to the process log as the lines they would have been), refuses that tenant's
+//! new requests and retries until the partition recovers, while every other tenant is written
+//! and served as usual. Records are never dropped. When the audit directory itself cannot take
+//! a write (a full disk), or is no longer the directory this writer locked, every request is
+//! refused and nothing is written. A tenant's chain head only advances once the records written
+//! are durable, and a failed append is cut back at once to the length the writer last knew
+//! durable, so a failed write never leaves part of a record behind.
 //!
 //! At `checkpoint_interval`, and when the writer stops, each tenant with new durable records
 //! gets a signed checkpoint, linked to the tenant's previous checkpoint line: the one this
@@ -18,7 +20,7 @@
 //! records a crash left unsigned do not stay unsigned for longer than an interval. With a Redis
 //! Stream sink ([`super::stream`]), durable records are then sent there too.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -32,7 +34,7 @@ use tokio::sync::mpsc;
 use super::chain::{self, ChainHead};
 use super::checkpoint::{Checkpoint, CheckpointLink, Signer};
 use super::layout::{self, FilePos, CHECKPOINTS_FILE};
-use super::lock::DirLock;
+use super::lock::{DirLock, LockError};
 use super::stream::StreamSink;
 use super::{tail, AuditEntry};
 use super::{AuditSettings, FsyncPolicy};
@@ -44,6 +46,15 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 const TICK: Duration = Duration::from_millis(100);
 /// Attempts at writing the last batches once stopping, before giving up on a failing disk.
 const RETRIES_WHEN_STOPPING: u32 = 10;
+/// Most records the writer keeps in memory for one tenant whose partition cannot be written.
+/// Its requests are refused meanwhile, so only requests already admitted add to them (their
+/// refusals reserve no record); past the bound the oldest go to the process log as `unwritten
+/// audit record` lines, chained on, so a partition that stays failing costs bounded memory and
+/// loses nothing. About 2.5 KiB each: 25 MiB per failing tenant at most.
+const MAX_HELD_PER_TENANT: usize = 10_000;
+/// Records a retry writes first, before the rest of what a tenant holds: a partition still
+/// failing costs each retry this many records sealed, not the whole backlog.
+const RETRY_FIRST: usize = 16;
 
 pub(super) fn probe_writable(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
@@ -88,9 +99,8 @@ fn probe_file(probe: &Path) -> io::Result<()> {
 #[derive(Debug)]
 pub struct AuditWriter {
     stop: Arc<AtomicBool>,
+    /// The thread owns the directory's lock: released once it has finished, never before.
     handle: std::thread::JoinHandle<()>,
-    /// Released once the thread has finished (when this value is dropped), never before.
-    _lock: DirLock,
 }
 
 impl AuditWriter {
@@ -113,7 +123,7 @@ pub(super) fn spawn(
     lock: DirLock,
 ) -> io::Result<AuditWriter> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut writer = Writer::new(settings, signer, stream, health, stop.clone());
+    let mut writer = Writer::new(settings, signer, stream, health, stop.clone(), lock);
     // SECURITY: before any request is served, every partition's chain head a crash left
     // unsigned is signed, idle tenants' included.
     writer.recover_all(SystemTime::now());
@@ -123,11 +133,7 @@ pub(super) fn spawn(
     let handle = std::thread::Builder::new()
         .name("audit-writer".into())
         .spawn(move || writer.run(&runtime, rx))?;
-    Ok(AuditWriter {
-        stop,
-        handle,
-        _lock: lock,
-    })
+    Ok(AuditWriter { stop, handle })
 }
 
 /// Whether the writer, holding one record, waits up to the flush interval for more before it
@@ -210,13 +216,34 @@ struct TenantLog {
     /// SHA-256 of the tenant's last checkpoint line, which the next one links to; `None` when
     /// unknown (a failed append): read again from disk before the next checkpoint.
     last_checkpoint: Option<[u8; 32]>,
+    /// The file changed underneath the writer (removed, renamed, written by another process):
+    /// where to append is read from the disk again before the next write. The chain head is
+    /// kept.
+    reread: bool,
 }
 
-/// The records of a tenant whose partition failed, oldest first, kept until they are durable.
+/// What a tenant whose partition failed waits to write, kept until it is durable.
 struct Held {
-    records: Vec<AuditEntry>,
+    /// Its records, oldest first (at most the writer's `max_held`).
+    records: VecDeque<AuditEntry>,
+    /// Its checkpoint could not be written: written again before the tenant is served.
+    checkpoint: bool,
+    /// The head of the records logged as unwritten past the bound, when the writer has no log
+    /// for the tenant (its partition never recovered) to move the head of.
+    after: Option<ChainHead>,
     /// No new attempt before this instant.
     next_try: Instant,
+}
+
+impl Held {
+    fn new(next_try: Instant) -> Self {
+        Self {
+            records: VecDeque::new(),
+            checkpoint: false,
+            after: None,
+            next_try,
+        }
+    }
 }
 
 struct Writer {
@@ -226,10 +253,19 @@ struct Writer {
     stream: Option<StreamSink>,
     /// Tenants whose partition failed, with the records they wait to write.
     held: BTreeMap<String, Held>,
-    /// Whether the audit directory itself took a write at the last probe.
+    /// Most records held for one tenant ([`MAX_HELD_PER_TENANT`]).
+    max_held: usize,
+    /// Whether the audit directory itself took a write at the last probe (and is the one
+    /// locked). While it does not, nothing is written and every request is refused.
     root_ok: bool,
     /// No new probe of the directory before this instant.
     next_probe: Instant,
+    /// The audit directory's lock, held until the writer ends.
+    lock: DirLock,
+    /// Whether the key is published in the directory locked (again once it is taken anew).
+    key_published: bool,
+    /// No new look at whether the lock still holds the directory before this instant.
+    next_lock_check: Instant,
     /// What requests see.
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
@@ -242,6 +278,7 @@ impl Writer {
         stream: Option<StreamSink>,
         health: Arc<Health>,
         stop: Arc<AtomicBool>,
+        lock: DirLock,
     ) -> Self {
         Self {
             settings,
@@ -249,8 +286,12 @@ impl Writer {
             logs: HashMap::new(),
             stream,
             held: BTreeMap::new(),
+            max_held: MAX_HELD_PER_TENANT,
             root_ok: true,
             next_probe: Instant::now(),
+            lock,
+            key_published: true,
+            next_lock_check: Instant::now() + RETRY_DELAY,
             health,
             stop,
         }
@@ -325,13 +366,11 @@ impl Writer {
         }
         let mut failed = false;
         for (tenant, records) in groups {
-            if let Some(held) = self.held.get_mut(&tenant) {
-                // Behind the records it holds already: a chain is written in order.
-                held.records.extend(records);
-                METRICS
-                    .audit_held_records
-                    .with_label_values(&[&tenant])
-                    .set(held.records.len() as i64);
+            // Behind the records it holds already: a chain is written in order. And nothing is
+            // written while the audit directory fails (SECURITY: or is no longer the directory
+            // this writer locked, which another proxy may write now).
+            if self.held.contains_key(&tenant) || !self.root_ok {
+                self.keep(&tenant, records);
                 continue;
             }
             match self.write_tenant(&tenant, &records, now, false) {
@@ -366,29 +405,73 @@ impl Writer {
         if let Some(log) = self.logs.get_mut(&tenant) {
             log.file = None;
         }
-        METRICS
-            .audit_partition_failing
-            .with_label_values(&[&tenant])
-            .set(1);
-        METRICS
-            .audit_held_records
-            .with_label_values(&[&tenant])
-            .set(records.len() as i64);
-        self.held.insert(
-            tenant,
-            Held {
-                records,
-                next_try: Instant::now() + RETRY_DELAY,
-            },
-        );
+        self.keep(&tenant, records);
         self.publish_health();
     }
 
-    /// Tries again the held records of every tenant whose retry is due; a tenant whose
-    /// records are all written takes requests again.
+    /// Adds `records` behind those `tenant` holds (its partition failing from now on, when it
+    /// held none), keeping at most `max_held`.
+    ///
+    /// SECURITY: past the bound the oldest records go to the process log as `unwritten audit
+    /// record` lines, chained on from the partition's head, and the head moves past them, so
+    /// the records written once the partition recovers go on after them: memory stays bounded,
+    /// nothing is dropped, and `audit verify` shows the logged ones missing (`deleted`) until
+    /// they are put back. The tenant's requests are refused all along.
+    fn keep(&mut self, tenant: &str, records: Vec<AuditEntry>) {
+        let held = self
+            .held
+            .entry(tenant.to_string())
+            .or_insert_with(|| Held::new(Instant::now() + RETRY_DELAY));
+        held.records.extend(records);
+        if held.records.len() > self.max_held {
+            let over = held.records.len() - self.max_held;
+            let oldest: Vec<AuditEntry> = held.records.drain(..over).collect();
+            let log = self.logs.get_mut(tenant);
+            // (Without a log the partition's head was never read: the lines go on from the
+            // last ones logged, or from genesis, as at shutdown.)
+            let head = log
+                .as_ref()
+                .map(|l| l.cursor.head)
+                .or(held.after)
+                .unwrap_or(ChainHead::EMPTY);
+            tracing::error!(%tenant, records = oldest.len(), held = self.max_held, first_seq = head.seq + 1, "audit partition failing past the records it may hold; the oldest follow as `unwritten audit record` lines, in order, to put back in the partition before the record after them");
+            let head = log_unwritten(tenant, head, &oldest);
+            match log {
+                Some(log) => {
+                    log.cursor.head = head;
+                    // Not on disk: no checkpoint signs them (the next one signs the record
+                    // written after them).
+                    log.checkpointed = log.checkpointed.max(head.seq);
+                }
+                None => held.after = Some(head),
+            }
+        }
+        METRICS
+            .audit_partition_failing
+            .with_label_values(&[tenant])
+            .set(1);
+        METRICS
+            .audit_held_records
+            .with_label_values(&[tenant])
+            .set(held.records.len() as i64);
+    }
+
+    /// Tries again what every tenant whose retry is due holds; a tenant whose records (and
+    /// checkpoint) are all written takes requests again.
     fn retry_held(&mut self, now: Instant) {
+        if self.root_ok && now >= self.next_lock_check {
+            self.next_lock_check = now + RETRY_DELAY;
+            if !self.lock.holds(&self.settings.dir) {
+                self.probe_root();
+            }
+        }
         if !self.root_ok && now >= self.next_probe {
             self.probe_root();
+        }
+        if !self.root_ok {
+            // SECURITY: nothing is written into a directory that fails or is not this
+            // writer's; the records wait.
+            return;
         }
         let due: Vec<String> = self
             .held
@@ -400,13 +483,13 @@ impl Writer {
             return;
         }
         for tenant in due {
-            let Some(held) = self.held.remove(&tenant) else {
+            let Some(mut held) = self.held.remove(&tenant) else {
                 continue;
             };
-            match self.write_tenant(&tenant, &held.records, SystemTime::now(), true) {
-                Ok(lines) => {
-                    self.written(lines, held.records.len());
-                    tracing::warn!(%tenant, records = held.records.len(), "audit partition recovered; its held records are written");
+            let before = held.records.len();
+            match self.write_held(&tenant, &mut held) {
+                Ok(()) => {
+                    tracing::warn!(%tenant, records = before, "audit partition recovered; its held records are written");
                     METRICS
                         .audit_partition_failing
                         .with_label_values(&[&tenant])
@@ -421,17 +504,47 @@ impl Writer {
                     if let Some(log) = self.logs.get_mut(&tenant) {
                         log.file = None;
                     }
-                    self.held.insert(
-                        tenant,
-                        Held {
-                            next_try: now + RETRY_DELAY,
-                            ..held
-                        },
-                    );
+                    METRICS
+                        .audit_held_records
+                        .with_label_values(&[&tenant])
+                        .set(held.records.len() as i64);
+                    held.next_try = now + RETRY_DELAY;
+                    self.held.insert(tenant, held);
                 }
             }
         }
         self.flush_stream();
+    }
+
+    /// Writes what `tenant` holds, oldest first: a few records, then the rest in batches, each
+    /// one durable before the next (and dropped from `held` once it is), then its checkpoint
+    /// when that failed. A partition still failing costs the first few records, not the whole
+    /// backlog.
+    fn write_held(&mut self, tenant: &str, held: &mut Held) -> io::Result<()> {
+        if let Some(after) = held.after {
+            // Records were logged as unwritten before the partition's head was known: the
+            // chain goes on after them.
+            let log = self.log(tenant, FilePos::day_of(SystemTime::now()))?;
+            log.cursor.head = after;
+            log.checkpointed = log.checkpointed.max(after.seq);
+            held.after = None;
+        }
+        let mut chunk = RETRY_FIRST;
+        while !held.records.is_empty() {
+            let n = held.records.len().min(chunk);
+            let records = &held.records.make_contiguous()[..n];
+            let lines = self.write_tenant(tenant, records, SystemTime::now(), true)?;
+            self.written(lines, n);
+            held.records.drain(..n);
+            chunk = MAX_BATCH;
+        }
+        if held.checkpoint {
+            if let Some(log) = self.logs.get_mut(tenant) {
+                checkpoint_log(&self.signer, &self.settings, tenant, log, SystemTime::now())?;
+            }
+            held.checkpoint = false;
+        }
+        Ok(())
     }
 
     /// Once stopping: a last few attempts at the held records before giving up on them.
@@ -451,29 +564,41 @@ impl Writer {
         }
         // Nothing is lost: each record goes to the process log as the line it would have been,
         // chained on from the partition's head, ready to append once the partition is mended.
-        for (tenant, lines) in self.unwritten_lines() {
-            tracing::error!(%tenant, records = lines.len(), "audit records could not be written before shutdown; each follows as an `unwritten audit record`, in order, to append to the partition's newest file");
-            for line in lines {
-                match line {
-                    Ok(line) => tracing::error!(%tenant, %line, "unwritten audit record"),
-                    Err(e) => {
-                        tracing::error!(%tenant, error = %e, "unwritten audit record cannot be serialized")
-                    }
-                }
-            }
+        // (Every failed append was cut back, so the partition's newest file ends with a whole
+        // record.)
+        let tenants: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| !h.records.is_empty())
+            .map(|(t, _)| t.clone())
+            .collect();
+        for tenant in tenants {
+            let Some(held) = self.held.get(&tenant) else {
+                continue;
+            };
+            tracing::error!(%tenant, records = held.records.len(), "audit records could not be written before shutdown; each follows as an `unwritten audit record`, in order, to append to the partition's newest file");
+            log_unwritten(&tenant, self.held_head(&tenant), held.records.iter());
         }
+    }
+
+    /// The chain head `tenant`'s held records go on from: the partition's (moved past any
+    /// records logged as unwritten), from genesis when the writer never read it.
+    fn held_head(&self, tenant: &str) -> ChainHead {
+        self.logs
+            .get(tenant)
+            .map(|l| l.cursor.head)
+            .or_else(|| self.held.get(tenant).and_then(|h| h.after))
+            .unwrap_or(ChainHead::EMPTY)
     }
 
     /// The held records of every tenant as the lines they would have been written as: chained
     /// from the partition's head when it is known (from genesis otherwise).
+    #[cfg(test)]
     fn unwritten_lines(&self) -> Vec<(String, Vec<serde_json::Result<String>>)> {
         self.held
             .iter()
             .map(|(tenant, held)| {
-                let mut head = self
-                    .logs
-                    .get(tenant)
-                    .map_or(ChainHead::EMPTY, |l| l.cursor.head);
+                let mut head = self.held_head(tenant);
                 let lines = held
                     .records
                     .iter()
@@ -488,9 +613,10 @@ impl Writer {
             .collect()
     }
 
-    /// Whether the audit directory itself takes a write (a probe file, written and removed).
+    /// Whether the audit directory itself takes a write (a probe file, written and removed),
+    /// and is still the directory this writer locked.
     fn probe_root(&mut self) {
-        let ok = probe_writable(&self.settings.dir).is_ok();
+        let ok = self.keep_lock() && probe_writable(&self.settings.dir).is_ok();
         if ok != self.root_ok {
             if ok {
                 tracing::warn!("audit directory writable again");
@@ -503,6 +629,47 @@ impl Writer {
         self.root_ok = ok;
         self.next_probe = Instant::now() + RETRY_DELAY;
         self.publish_health();
+    }
+
+    /// Whether this writer holds the audit directory's lock. The lock is on the directory
+    /// taken at start: once that directory is removed or replaced (a cleanup of the volume) the
+    /// lock holds nothing anyone sees, and a second proxy could start on the new one.
+    ///
+    /// SECURITY: the writer then takes the new directory's lock (creating it, as at start) and
+    /// publishes its key there again, so `audit verify` finds it; when another process holds
+    /// it, false: the sink fails (every request refused, nothing written) rather than two
+    /// writers sharing the directory. Tried again at each probe.
+    fn keep_lock(&mut self) -> bool {
+        let dir = &self.settings.dir;
+        if !self.lock.holds(dir) {
+            let taken = fs::create_dir_all(dir)
+                .map_err(LockError::Io)
+                .and_then(|()| DirLock::take(dir));
+            match taken {
+                Ok(lock) => {
+                    tracing::warn!(dir = %dir.display(), "the audit directory was removed or replaced; its lock is taken again and the checkpoint key published again");
+                    self.lock = lock;
+                    self.key_published = false;
+                }
+                Err(e) => {
+                    if self.root_ok {
+                        let why = match e {
+                            LockError::Held(holder) => format!(
+                                "in use by another tenant-proxy ({})",
+                                holder.as_deref().unwrap_or("which did not say who it is")
+                            ),
+                            LockError::Io(e) => format!("cannot be locked: {e}"),
+                        };
+                        tracing::error!(dir = %dir.display(), "the audit directory was removed or replaced and the new one is {why}; refusing every request");
+                    }
+                    return false;
+                }
+            }
+        }
+        if !self.key_published {
+            self.key_published = self.signer.publish(dir).is_ok();
+        }
+        self.key_published
     }
 
     /// Sends durable records to the stream sink, if any, and updates health.
@@ -561,7 +728,20 @@ impl Writer {
         retrying: bool,
     ) -> io::Result<Vec<(String, Vec<u8>)>> {
         let today = FilePos::day_of(now);
-        let mut cursor = self.log(tenant, today)?.cursor.clone();
+        let tenant_dir = self.settings.dir.join(tenant);
+        let log = self.log(tenant, today)?;
+        if log.reread {
+            // The file changed underneath the writer: where to append is read from the disk
+            // again, and the chain goes on from the head this writer knows, so `audit verify`
+            // shows what went with the file (a chain started afresh from what is left would
+            // hide it).
+            let disk = recover(&tenant_dir, today)?;
+            log.cursor.pos = disk.pos;
+            log.cursor.len = disk.len;
+            log.file = None;
+            log.reread = false;
+        }
+        let mut cursor = log.cursor.clone();
         let mut written = Vec::with_capacity(records.len());
         let mut segments: Vec<Segment> = Vec::new();
         for record in records {
@@ -593,13 +773,7 @@ impl Writer {
             cursor.head = head;
             cursor.head_pos = cursor.pos;
         }
-        if let Err(e) = self.write_segments(tenant, &segments, retrying) {
-            if e.kind() == io::ErrorKind::InvalidData {
-                // The file changed underneath the writer: start again from the disk.
-                self.logs.remove(tenant);
-            }
-            return Err(e);
-        }
+        self.write_segments(tenant, &segments, retrying)?;
         // Everything is written: the chain head advances.
         if let Some(log) = self.logs.get_mut(tenant) {
             log.cursor = cursor;
@@ -619,21 +793,25 @@ impl Writer {
         let Some(log) = self.logs.get_mut(tenant) else {
             return Err(io::Error::other("no log for the tenant"));
         };
-        for segment in segments {
+        for (i, segment) in segments.iter().enumerate() {
+            let path = segment.pos.path(&tenant_dir);
             let file = open_at(&mut log.file, &tenant_dir, segment.pos)?;
             let meta = file.metadata()?;
-            // SECURITY: a file removed while open (a cleanup job, a deleted partition or audit
-            // directory) would take every later record with it, unseen. The partition fails
-            // instead (its requests are refused while it does), and the retry writes into a new
-            // file that goes on from the chain's head, so `audit verify` shows what is missing.
-            if std::os::unix::fs::MetadataExt::nlink(&meta) == 0 {
+            // SECURITY: the file open must still be the partition's file at its path. One
+            // removed (a cleanup job, a deleted partition or audit directory), renamed or moved
+            // aside (`mv`, the partition's directory with it), or whose name is gone while
+            // another link keeps it (`cp -al` then `rm`) would take every later record with it,
+            // unseen. The partition fails instead (its requests are refused while it does), and
+            // the retry writes into the file now at the path, going on from the chain's head,
+            // so `audit verify` shows what is missing.
+            if !is_at(&path, &meta) {
                 log.file = None;
-                log.cursor.len = 0;
+                log.reread = true;
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!(
-                        "`{}` was removed while the audit writer had it open",
-                        segment.pos.path(&tenant_dir).display()
+                        "`{}` was removed, moved or replaced while the audit writer had it open",
+                        path.display()
                     ),
                 ));
             }
@@ -645,20 +823,44 @@ impl Writer {
                     file.set_len(segment.start)?;
                 } else {
                     // SECURITY: someone else wrote or truncated the file; never cut or pad
-                    // what is not ours.
+                    // what is not ours. Where to append is read again before the next attempt.
+                    log.file = None;
+                    log.reread = true;
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!(
                             "`{}` is {len} bytes but the audit writer left it at {}: another process changed it",
-                            segment.pos.path(&tenant_dir).display(),
+                            path.display(),
                             segment.start
                         ),
                     ));
                 }
             }
-            file.write_all(&segment.bytes)?;
-            if fsync == FsyncPolicy::Batch {
-                file.sync_data()?;
+            let appended = file.write_all(&segment.bytes).and_then(|()| {
+                if fsync == FsyncPolicy::Batch {
+                    file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = appended {
+                // A failed append (a full disk) may have left part of a record: every file
+                // this write appended to is cut back to the length it had (shrinking takes no
+                // space), so the partition ends with a whole record even if no retry follows
+                // (the `unwritten audit record` lines logged at shutdown append to it).
+                let cut = file.set_len(segment.start).and_then(|()| {
+                    segments[..i].iter().try_for_each(|done| {
+                        OpenOptions::new()
+                            .write(true)
+                            .open(done.pos.path(&tenant_dir))?
+                            .set_len(done.start)
+                    })
+                });
+                if let Err(cut) = cut {
+                    tracing::error!(%tenant, error = %cut, "cannot cut a failed audit write back; the next attempt cuts it");
+                }
+                log.file = None;
+                return Err(e);
             }
         }
         Ok(())
@@ -693,12 +895,14 @@ impl Writer {
                 file: None,
                 checkpointed,
                 last_checkpoint,
+                reread: false,
             };
             if announce && log.cursor.head.seq == checkpointed {
                 // Signs the same head again, with this writer's interval.
                 log.checkpointed = checkpointed.saturating_sub(1);
             }
-            checkpoint_log(
+            // (A failure is logged; the next checkpoint tries again.)
+            let _ = checkpoint_log(
                 &self.signer,
                 &self.settings,
                 tenant,
@@ -734,28 +938,44 @@ impl Writer {
     }
 
     /// Signs and appends a checkpoint for every tenant whose chain moved since its last one.
-    /// A failure is logged and retried at the next interval; records keep being written.
+    ///
+    /// SECURITY: a partition that cannot take its checkpoint fails as one that cannot take a
+    /// record does: its tenant's requests are refused, and the retry writes the checkpoint
+    /// before they are served again. Nothing is written while the audit directory fails.
     fn checkpoint_all(&mut self) {
-        let now = SystemTime::now();
-        for (tenant, log) in &mut self.logs {
-            checkpoint_log(&self.signer, &self.settings, tenant, log, now);
+        if !self.root_ok {
+            return;
         }
+        let now = SystemTime::now();
+        let mut failed = Vec::new();
+        for (tenant, log) in &mut self.logs {
+            if checkpoint_log(&self.signer, &self.settings, tenant, log, now).is_err() {
+                failed.push(tenant.clone());
+            }
+        }
+        for tenant in failed {
+            self.keep(&tenant, Vec::new());
+            if let Some(held) = self.held.get_mut(&tenant) {
+                held.checkpoint = true;
+            }
+        }
+        self.publish_health();
     }
 }
 
 /// Signs `log`'s chain head, linked to the tenant's last checkpoint, and appends it, unless the
-/// last checkpoint already covers it. A failure is logged; the next attempt reads the link
-/// again from disk.
+/// last checkpoint already covers it. A failure is logged (and returned); the next attempt
+/// reads the link again from disk.
 fn checkpoint_log(
     signer: &Signer,
     settings: &AuditSettings,
     tenant: &str,
     log: &mut TenantLog,
     now: SystemTime,
-) {
+) -> io::Result<()> {
     let head = log.cursor.head;
     if head.seq == 0 || head.seq <= log.checkpointed {
-        return;
+        return Ok(());
     }
     let path = settings.dir.join(tenant).join(CHECKPOINTS_FILE);
     let prev = match log.last_checkpoint {
@@ -782,14 +1002,45 @@ fn checkpoint_log(
         Ok(hash) => {
             log.checkpointed = head.seq;
             log.last_checkpoint = Some(hash);
+            Ok(())
         }
         Err(e) => {
             // The line may or may not be on disk: the next one links to what the file says.
             log.last_checkpoint = None;
             METRICS.audit_write_errors.inc();
             tracing::error!(error = %e, tenant = %tenant, "cannot write the audit checkpoint");
+            Err(e)
         }
     }
+}
+
+/// Logs `records` of `tenant` at `ERROR` as the lines they would have been (`unwritten audit
+/// record`), chained on from `head`, in order; returns the head after them.
+fn log_unwritten<'a>(
+    tenant: &str,
+    mut head: ChainHead,
+    records: impl IntoIterator<Item = &'a AuditEntry>,
+) -> ChainHead {
+    for record in records {
+        match chain::seal(record, head) {
+            Ok((line, next)) => {
+                head = next;
+                let line = String::from_utf8_lossy(&line);
+                tracing::error!(%tenant, %line, "unwritten audit record");
+            }
+            Err(e) => {
+                tracing::error!(%tenant, error = %e, "unwritten audit record cannot be serialized")
+            }
+        }
+    }
+    head
+}
+
+/// Whether `path` names the very file `open` is (its device and inode): not when the path is
+/// gone or names another file.
+fn is_at(path: &Path, open: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(path).is_ok_and(|at| at.dev() == open.dev() && at.ino() == open.ino())
 }
 
 fn interval_ms(interval: Duration) -> u64 {
@@ -913,20 +1164,32 @@ fn recover(tenant_dir: &Path, today: FilePos) -> io::Result<Cursor> {
     })
 }
 
-/// Appends `line` and its newline to `path`, after cutting a torn last line.
+/// Appends `line` and its newline to `path`, after cutting a torn last line; a failed append is
+/// cut back. The partition's directory is created when it is gone (moved aside, removed), as a
+/// record's write creates it.
 fn append_line(path: &PathBuf, line: &[u8], fsync: FsyncPolicy) -> io::Result<()> {
     let line = [line, b"\n"].concat();
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
     let mut file = OpenOptions::new()
         .create(true)
         .read(true)
         .append(true)
         .open(path)?;
-    tail::cut_torn_tail(&file)?;
-    file.write_all(&line)?;
-    if fsync == FsyncPolicy::Batch {
-        file.sync_data()?;
+    let len = tail::cut_torn_tail(&file)?;
+    let appended = file.write_all(&line).and_then(|()| {
+        if fsync == FsyncPolicy::Batch {
+            file.sync_data()
+        } else {
+            Ok(())
+        }
+    });
+    if appended.is_err() {
+        // Shrinking takes no space: the file ends with a whole line even if nothing follows.
+        let _ = file.set_len(len);
     }
-    Ok(())
+    appended
 }
 
 #[cfg(test)]
@@ -968,6 +1231,7 @@ mod tests {
             None,
             Arc::new(Health::default()),
             Arc::new(AtomicBool::new(false)),
+            DirLock::take(dir).unwrap(),
         )
     }
 
@@ -1057,7 +1321,7 @@ mod tests {
     }
 
     #[test]
-    fn a_file_changed_by_another_process_is_not_cut_but_recovered() {
+    fn a_file_changed_by_another_process_is_not_cut_and_the_chain_goes_on_visibly() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = writer(dir.path(), 1 << 20);
         w.write_batch(&batch("acme", 3), at("2026-11-28")).unwrap();
@@ -1075,10 +1339,16 @@ mod tests {
             kept,
             "nothing padded or cut"
         );
-        // The next attempt starts again from the disk and continues the chain there.
+        // The next attempt appends where the file now ends, and goes on from the chain's head
+        // the writer knows: the record removed shows (a chain going on from what is left would
+        // hide it).
         w.write_batch(&batch("acme", 1), at("2026-11-28")).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 3);
+        assert_eq!(last_seq(dir.path(), "acme"), 4);
         let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
-        assert_eq!((report.records, report.problem), (3, None));
+        let problem = report.problem.unwrap();
+        assert_eq!(problem.reason, crate::audit::verify::Problem::Deleted);
+        assert_eq!(problem.detail, "seq 3 to 3 are missing");
     }
 
     #[test]
@@ -1237,6 +1507,349 @@ mod tests {
             (3, None),
             "{report:?}"
         );
+    }
+
+    /// The `unwritten audit record` lines `f` logs, in order (the `line` field of each).
+    fn logged_unwritten(f: impl FnOnce()) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer({
+                let out = out.clone();
+                move || out.clone()
+            })
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["fields"]["message"] == "unwritten audit record")
+            .map(|v| v["fields"]["line"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn seq_of(line: &str) -> u64 {
+        chain::parse_link(line.as_bytes())
+            .unwrap_or_else(|| panic!("not a record: {line}"))
+            .seq
+    }
+
+    /// The `seq` of `tenant`'s last record on disk.
+    fn last_seq(dir: &Path, tenant: &str) -> u64 {
+        let files = layout::record_files(&dir.join(tenant)).unwrap();
+        let text = fs::read_to_string(files.last().unwrap().path(&dir.join(tenant))).unwrap();
+        seq_of(text.lines().last().unwrap())
+    }
+
+    /// A tenant whose partition stays failing costs bounded memory: past `max_held` the oldest
+    /// records go to the log as the lines they would have been, chained on; once the partition
+    /// is back the chain goes on after them, so `audit verify` shows them missing until they
+    /// are put back, and with them back the partition verifies.
+    #[test]
+    fn a_failing_partition_holds_a_bounded_number_of_records_and_logs_the_rest() {
+        // A partition with a record already (the writer knows its head), and one never written
+        // (it does not).
+        for known in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let acme = dir.path().join("acme");
+            let mut w = writer(dir.path(), 1 << 20);
+            w.max_held = 4;
+            let first = if known {
+                w.write(vec![named("acme", "a0")], at("2026-11-28"));
+                1
+            } else {
+                0
+            };
+            let kept = fs::read(acme.join("2026/11/28.jsonl")).ok();
+            // The partition goes, and a file stands where it was: nothing can be written there.
+            let _ = fs::remove_dir_all(&acme);
+            fs::write(&acme, b"in the way").unwrap();
+            let mut retry_at = Instant::now();
+            let logged = logged_unwritten(|| {
+                for i in 0..5 {
+                    w.write(
+                        vec![
+                            named("acme", &format!("a{}", 2 * i + 1)),
+                            named("acme", &format!("a{}", 2 * i + 2)),
+                        ],
+                        at("2026-11-28"),
+                    );
+                    assert!(w.held["acme"].records.len() <= 4, "the bound holds");
+                    retry_at += 2 * RETRY_DELAY;
+                    w.retry_held(retry_at);
+                    assert!(w.held["acme"].records.len() <= 4);
+                }
+            });
+            assert_eq!(w.held["acme"].records.len(), 4);
+            assert!(w.health.failing.load().contains("acme"), "still refused");
+            // The six oldest went to the log, chained on from the partition's head.
+            let seqs: Vec<u64> = logged.iter().map(|l| seq_of(l)).collect();
+            assert_eq!(seqs, (first + 1..=first + 6).collect::<Vec<_>>(), "{known}");
+            // The partition back: the four held are written after them, the chain going on.
+            fs::remove_file(&acme).unwrap();
+            if let Some(kept) = &kept {
+                fs::create_dir_all(acme.join("2026/11")).unwrap();
+                fs::write(acme.join("2026/11/28.jsonl"), kept).unwrap();
+            }
+            w.retry_held(retry_at + 2 * RETRY_DELAY);
+            assert!(w.held.is_empty());
+            assert!(w.health.failing.load().is_empty());
+            let ids = request_ids(dir.path(), "acme");
+            assert_eq!(&ids[ids.len() - 4..], ["a7", "a8", "a9", "a10"]);
+            assert_eq!(last_seq(dir.path(), "acme"), first + 10);
+            w.checkpoint_all();
+            let keys = Keys::published(dir.path()).into();
+            let problem = verify_tenant(dir.path(), "acme", &keys).problem.unwrap();
+            assert_eq!(problem.reason, crate::audit::verify::Problem::Deleted);
+            assert!(
+                problem.detail.starts_with(&format!(
+                    "seq {} to {} are missing",
+                    first + 1,
+                    first + 6
+                )),
+                "{problem:?}"
+            );
+            // The logged lines put back where they belong (here: before the records written
+            // on the retry's day), the partition verifies.
+            let at = acme.join("2026/11/28.jsonl");
+            let mut mended = kept.unwrap_or_default();
+            for line in &logged {
+                mended.extend_from_slice(line.as_bytes());
+                mended.push(b'\n');
+            }
+            fs::create_dir_all(at.parent().unwrap()).unwrap();
+            fs::write(&at, mended).unwrap();
+            let report = verify_tenant(dir.path(), "acme", &keys);
+            assert_eq!(
+                (report.records, report.problem),
+                (first + 10, None),
+                "{known}"
+            );
+        }
+    }
+
+    /// A retry writes what a tenant holds a few records first, then the rest in batches, each
+    /// durable before the next: a partition that fails again partway keeps what was written
+    /// (and a partition still failing costs a retry those few records, not the backlog).
+    #[test]
+    fn a_retry_writes_the_held_records_a_batch_at_a_time_keeping_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme = dir.path().join("acme");
+        let mut w = writer(dir.path(), 1 << 20);
+        // Every record's line is as long (ids of one length, seq below 100) give or take a
+        // digit: the first RETRY_FIRST fit in today's file, the next one rotates into a part
+        // that cannot be made (a directory is in the way).
+        let line = chain::seal(&named("acme", "r00"), ChainHead::EMPTY)
+            .unwrap()
+            .0;
+        let len = line.len() as u64 + 1;
+        w.settings.max_file_bytes = RETRY_FIRST as u64 * (len + 1) + len / 2;
+        fs::write(&acme, b"in the way").unwrap();
+        let records: Vec<AuditEntry> = (0..40)
+            .map(|i| named("acme", &format!("r{i:02}")))
+            .collect();
+        w.write(records, SystemTime::now());
+        assert_eq!(w.held["acme"].records.len(), 40);
+        fs::remove_file(&acme).unwrap();
+        let today = FilePos::day_of(SystemTime::now());
+        fs::create_dir_all(today.next_part().path(&acme)).unwrap();
+        w.retry_held(Instant::now() + RETRY_DELAY);
+        assert_eq!(
+            w.held["acme"].records.len(),
+            40 - RETRY_FIRST,
+            "progress is kept"
+        );
+        assert_eq!(request_ids(dir.path(), "acme").len(), RETRY_FIRST);
+        assert!(w.health.failing.load().contains("acme"));
+        fs::remove_dir(today.next_part().path(&acme)).unwrap();
+        w.retry_held(Instant::now() + 3 * RETRY_DELAY);
+        assert!(w.held.is_empty());
+        let ids = request_ids(dir.path(), "acme");
+        assert_eq!(ids, (0..40).map(|i| format!("r{i:02}")).collect::<Vec<_>>());
+        w.checkpoint_all();
+        let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
+        assert_eq!((report.records, report.problem), (40, None));
+    }
+
+    /// A partition file that leaves its path while open (renamed, moved aside with its
+    /// directory, or unlinked while a snapshot's hard link keeps it) is not written on: the
+    /// partition fails, then goes on in a new file from the chain's head, visibly.
+    #[test]
+    fn a_partition_file_moved_or_unlinked_while_open_is_not_written_on() {
+        for how in ["rename", "hard link then rm", "directory moved aside"] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut w = writer(dir.path(), 1 << 20);
+            w.write(
+                vec![named("acme", "a1"), named("acme", "a2")],
+                at("2026-11-28"),
+            );
+            let path = dir.path().join("acme/2026/11/28.jsonl");
+            let elsewhere = match how {
+                "rename" => {
+                    let to = dir.path().join("acme/2026/11/28.jsonl.old");
+                    fs::rename(&path, &to).unwrap();
+                    to
+                }
+                "hard link then rm" => {
+                    let to = dir.path().join("snapshot.jsonl");
+                    fs::hard_link(&path, &to).unwrap();
+                    fs::remove_file(&path).unwrap();
+                    to
+                }
+                _ => {
+                    fs::rename(dir.path().join("acme"), dir.path().join("acme-archived")).unwrap();
+                    dir.path().join("acme-archived/2026/11/28.jsonl")
+                }
+            };
+            w.write(vec![named("acme", "a3")], at("2026-11-28"));
+            assert_eq!(
+                **w.health.failing.load(),
+                HashSet::from(["acme".to_string()]),
+                "{how}: the partition fails"
+            );
+            assert_eq!(
+                fs::read_to_string(&elsewhere).unwrap().lines().count(),
+                2,
+                "{how}: nothing written into the file that left"
+            );
+            w.retry_held(Instant::now() + RETRY_DELAY);
+            assert!(w.held.is_empty(), "{how}");
+            assert_eq!(request_ids(dir.path(), "acme"), ["a3"], "{how}");
+            assert_eq!(last_seq(dir.path(), "acme"), 3, "{how}: the chain goes on");
+            w.checkpoint_all();
+            let problem = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into())
+                .problem
+                .unwrap();
+            assert_eq!(
+                (problem.reason, problem.detail.as_str()),
+                (
+                    crate::audit::verify::Problem::Deleted,
+                    "seq 1 to 2 are missing"
+                ),
+                "{how}"
+            );
+        }
+    }
+
+    /// A checkpoint that cannot be written fails the partition as a record that cannot does:
+    /// the tenant is refused until the retry writes it. One whose partition's directory was
+    /// moved aside is written into the directory made anew, as a record would be.
+    #[test]
+    fn a_checkpoint_that_cannot_be_written_fails_the_partition_until_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write(vec![named("acme", "a1")], at("2026-11-28"));
+        let checkpoints = dir.path().join("acme").join(CHECKPOINTS_FILE);
+        fs::create_dir(&checkpoints).unwrap();
+        w.checkpoint_all();
+        assert_eq!(
+            **w.health.failing.load(),
+            HashSet::from(["acme".to_string()])
+        );
+        w.retry_held(Instant::now() + RETRY_DELAY);
+        assert!(w.health.failing.load().contains("acme"), "still failing");
+        fs::remove_dir(&checkpoints).unwrap();
+        w.retry_held(Instant::now() + 3 * RETRY_DELAY);
+        assert!(w.health.failing.load().is_empty());
+        assert_eq!(checkpoint_lines(dir.path(), "acme").len(), 1);
+
+        // The whole partition moved aside: the checkpoint goes into the directory made anew.
+        w.write(vec![named("acme", "a2")], at("2026-11-28"));
+        fs::rename(dir.path().join("acme"), dir.path().join("acme-archived")).unwrap();
+        w.checkpoint_all();
+        assert!(w.health.failing.load().is_empty());
+        assert_eq!(checkpoint_lines(dir.path(), "acme").len(), 1);
+    }
+
+    /// A partition deleted before the writer opened its file (the tenant sent nothing since
+    /// the start) goes on from the chain's head the writer recovered, as one deleted while its
+    /// file was open does: `audit verify` shows the records deleted, not a fresh chain.
+    #[test]
+    fn a_partition_deleted_before_its_file_was_opened_goes_on_from_its_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write_batch(&batch("acme", 5), at("2026-11-28")).unwrap();
+        w.checkpoint_all();
+        drop(w);
+        let mut w = writer(dir.path(), 1 << 20);
+        w.recover_all(at("2026-11-28"));
+        fs::remove_dir_all(dir.path().join("acme")).unwrap();
+        w.write(vec![named("acme", "a6")], at("2026-11-28"));
+        w.retry_held(Instant::now() + RETRY_DELAY);
+        assert!(w.held.is_empty());
+        assert_eq!(request_ids(dir.path(), "acme"), ["a6"]);
+        assert_eq!(last_seq(dir.path(), "acme"), 6);
+        w.checkpoint_all();
+        let problem = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into())
+            .problem
+            .unwrap();
+        assert_eq!(
+            (problem.reason, problem.detail.as_str()),
+            (
+                crate::audit::verify::Problem::Deleted,
+                "seq 1 to 5 are missing"
+            )
+        );
+    }
+
+    /// The audit directory removed while the writer runs: the writer locks the directory made
+    /// anew (so no second proxy can start on it) and publishes its key there again; when
+    /// another process locked the new one first, the writer refuses everything and writes
+    /// nothing there until it is free.
+    #[test]
+    fn a_removed_audit_directory_is_locked_again_or_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("audit");
+        fs::create_dir(&dir).unwrap();
+        let mut w = writer(&dir, 1 << 20);
+        let key = dir
+            .join(layout::KEYS_DIR)
+            .join(format!("{}.pub", w.signer.key_id()));
+        w.write(vec![named("acme", "a1")], at("2026-11-28"));
+        // Removed while idle: the writer notices within a retry.
+        fs::remove_dir_all(&dir).unwrap();
+        w.retry_held(Instant::now() + RETRY_DELAY);
+        assert!(
+            matches!(DirLock::take(&dir), Err(LockError::Held(_))),
+            "the directory made anew is this writer's"
+        );
+        assert!(key.exists(), "the key is published again");
+        assert!(w.health.serving());
+        w.write(vec![named("acme", "a2")], at("2026-11-28"));
+        w.retry_held(Instant::now() + RETRY_DELAY);
+        assert_eq!(request_ids(&dir, "acme"), ["a2"]);
+
+        // Removed again, and another proxy locks the new directory first.
+        fs::remove_dir_all(&dir).unwrap();
+        fs::create_dir(&dir).unwrap();
+        let other = DirLock::take(&dir).unwrap();
+        w.write(vec![named("acme", "a3")], at("2026-11-28"));
+        assert!(!w.health.serving(), "every request is refused");
+        w.write(vec![named("acme", "a4")], at("2026-11-28"));
+        w.retry_held(Instant::now() + RETRY_DELAY);
+        w.checkpoint_all();
+        assert!(!w.health.serving());
+        assert!(
+            !dir.join("acme").exists(),
+            "nothing written into the other's directory"
+        );
+        drop(other);
+        w.retry_held(Instant::now() + 2 * RETRY_DELAY);
+        assert!(w.health.serving());
+        assert!(w.held.is_empty());
+        assert_eq!(request_ids(&dir, "acme"), ["a3", "a4"]);
+        assert!(key.exists());
     }
 
     /// A required stream send that hangs (a frozen Redis) refuses requests once it has lasted

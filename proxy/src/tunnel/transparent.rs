@@ -120,7 +120,10 @@ impl EgressApp {
             unix_now(),
         );
         if let Ok(who) = who {
-            trail.slot = self.shared.audit.reserve(Some(&who.tenant)).ok();
+            // SECURITY: a failing partition's tenant gets no slot (and so no record held in memory)
+            // for a refusal, as in the pipeline: holding one per refused head would let a tenant
+            // fill the proxy's memory while its partition cannot be written.
+            trail.slot = self.shared.audit.reserve_for(&who.tenant).ok();
             let tenant = crate::context::TenantContext::new(who, trail.request_id.clone(), None);
             trail.tenant = Some(Arc::new(tenant));
         }
