@@ -86,6 +86,7 @@ pub mod metrics;
 pub mod open_files;
 pub mod otel;
 pub mod part_names;
+pub mod path_watch;
 pub mod pipeline;
 pub mod policy;
 pub mod pricing;

@@ -590,7 +590,7 @@ impl MtlsServer {
 
     /// Reloads when the files change, from a background thread that stops once the server is
     /// dropped (at the next change). The files are watched by path, wherever their symlinks
-    /// lead (see [`crate::reload`]), and watched anew before each reload: replacement by rename
+    /// lead (see [`crate::path_watch`]), and watched anew before each reload: replacement by rename
     /// (editors, Kubernetes secrets), a file linked into another directory and a directory
     /// replaced are all seen. Each reload is recorded in `status` as `part`: a failed one keeps
     /// the previous files serving and shows as a failed reload (metrics, `/readyz`) until a
@@ -599,7 +599,7 @@ impl MtlsServer {
         const OTHERWISE: &str = "mTLS files reload only at a restart";
         let paths = vec![self.cert.clone(), self.key.clone(), self.client_ca.clone()];
         let (tx, rx) = mpsc::channel::<()>();
-        let Some(watcher) = crate::reload::watch(&paths, &tx, None, OTHERWISE) else {
+        let Some(watcher) = crate::path_watch::watch(&paths, &tx, None, OTHERWISE) else {
             return;
         };
 
@@ -617,7 +617,7 @@ impl MtlsServer {
                     // SECURITY: where the files lead now (a Secret's directory swapped, a link
                     // flipped) is watched before they are read, or the next change (a CA taken
                     // out of the bundle) would never reload.
-                    watcher = crate::reload::watch(&paths, &tx, watcher, OTHERWISE);
+                    watcher = crate::path_watch::watch(&paths, &tx, watcher, OTHERWISE);
                     // Errors name files and reasons, never key bytes (see `read_key`).
                     // SECURITY: a bad bundle keeps the previous one, and so every CA the edit
                     // meant to remove: reported as a failed reload, not only logged.
