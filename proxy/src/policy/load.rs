@@ -335,6 +335,7 @@ fn compile(
     check_unique_ids(&global_ids, &[], report);
     if let Some(v) = &validator {
         validate(v, &global, report);
+        warn_unmatchable_literals(&global, report);
     }
     let mut compiled = HashMap::new();
     let mut sources = HashMap::new();
@@ -364,11 +365,15 @@ fn compile(
                 let before = report.warnings.len();
                 validate(v, loaded, report);
                 warn_foreign_principals(&tenant.id, loaded, report);
-                OwnGroup {
+                warn_unmatchable_literals(loaded, report);
+                let group = OwnGroup {
                     files: files.clone(),
                     ids: ids_by_file(loaded, files),
                     warnings: report.warnings.get(before..).unwrap_or_default().to_vec(),
-                }
+                };
+                // Not kept with the files' warnings: it depends on the tenant file too.
+                warn_unknown_workloads(tenant, loaded, report);
+                group
             }
             Own::Reused { sources, .. } => {
                 for w in &sources.own.warnings {
@@ -918,24 +923,150 @@ fn warn_foreign_principals(tenant: &TenantId, policies: &[Loaded], report: &mut 
         if owner == tenant.as_str() {
             continue;
         }
+        let message = format!(
+            "policy `{}` is in tenant `{tenant}`'s directory but its principal is {uid}: a tenant's policies are asked only about its own requests, so it never applies; move it to `tenants/{owner}/`",
+            l.id
+        );
         // Located at the principal's id, after the policy's own `@id` when it has one.
-        let line = report.texts.get(&l.file).and_then(|text| {
-            let from = text.find(&format!("@id(\"{}\")", l.id)).unwrap_or(0);
-            let at = text
-                .get(from..)?
-                .find(&format!("\"{}\"", uid.id().escaped()))?;
-            Some(line_col(text, from + at))
-        });
-        report.push_warning(PolicyProblem {
-            file: l.file.clone(),
-            line: line.map(|(l, _)| l),
-            column: line.map(|(_, c)| c),
-            message: format!(
-                "policy `{}` is in tenant `{tenant}`'s directory but its principal is {uid}: a tenant's policies are asked only about its own requests, so it never applies; move it to `tenants/{owner}/`",
-                l.id
-            ),
-        });
+        warn_at(report, l, &format!("\"{}\"", uid.id().escaped()), message);
     }
+}
+
+/// Warns about each of `tenant`'s own policies whose principal is a workload of that tenant it
+/// does not have (a typo such as `acme/reseacher`): the policy never applies, and a forbid
+/// meant to hold would not.
+fn warn_unknown_workloads(tenant: &TenantInfo, policies: &[Loaded], report: &mut Report) {
+    // Checked without a tenant file (`policy check DIR`), a tenant's workloads are not known.
+    if tenant.workloads.is_empty() {
+        return;
+    }
+    for l in policies {
+        let uid = match l.policy.principal_constraint() {
+            cedar_policy::PrincipalConstraint::Eq(uid)
+            | cedar_policy::PrincipalConstraint::In(uid)
+            | cedar_policy::PrincipalConstraint::IsIn(_, uid) => uid,
+            _ => continue,
+        };
+        if uid.type_name().to_string() != "TenantProxy::Workload" {
+            continue;
+        }
+        let Some((owner, workload)) = uid.id().unescaped().split_once('/') else {
+            continue;
+        };
+        if owner != tenant.id.as_str() || tenant.workloads.iter().any(|w| w.as_str() == workload) {
+            continue;
+        }
+        let message = format!(
+            "policy `{}` names workload `{workload}`, which tenant `{owner}` does not have: it never applies",
+            l.id
+        );
+        warn_at(report, l, &format!("\"{}\"", uid.id().escaped()), message);
+    }
+}
+
+/// Warns about each policy that compares what the proxy normalizes with a literal no request
+/// carries, so that it never applies (a forbid that holds nothing): a host (`Destination` id,
+/// `context.host`) or scheme not in lower case, a method not in upper case.
+fn warn_unmatchable_literals(policies: &[Loaded], report: &mut Report) {
+    for l in policies {
+        let mut found: Vec<(&'static str, String)> = Vec::new();
+        if let cedar_policy::ResourceConstraint::Eq(uid)
+        | cedar_policy::ResourceConstraint::In(uid)
+        | cedar_policy::ResourceConstraint::IsIn(_, uid) = l.policy.resource_constraint()
+        {
+            if uid.type_name().to_string() == "TenantProxy::Destination" {
+                found.push(("host", uid.id().unescaped().to_string()));
+            }
+        }
+        if let Ok(json) = l.policy.to_json() {
+            compared_literals(&json, &mut found);
+        }
+        for (attr, literal) in found {
+            let never = match attr {
+                "host" | "scheme" => literal.bytes().any(|b| b.is_ascii_uppercase()),
+                "method" => literal.bytes().any(|b| b.is_ascii_lowercase()),
+                _ => false,
+            };
+            if !never {
+                continue;
+            }
+            let case = if attr == "method" { "upper" } else { "lower" };
+            let message = format!(
+                "policy `{}` compares the {attr} with \"{literal}\", which no request has ({attr}s are {case} case when policies see them): that comparison never holds",
+                l.id
+            );
+            warn_at(report, l, &literal, message);
+        }
+    }
+}
+
+/// The literals a policy's conditions compare `context.host`, `context.method` or
+/// `context.scheme` with (`==`, `!=`, `like`, a set's `contains`), from its JSON form.
+fn compared_literals(v: &serde_json::Value, out: &mut Vec<(&'static str, String)>) {
+    use serde_json::Value;
+    fn attr(v: &Value) -> Option<&'static str> {
+        let dot = v.get(".")?;
+        if dot.get("left")?.get("Var")?.as_str()? != "context" {
+            return None;
+        }
+        ["host", "method", "scheme"]
+            .into_iter()
+            .find(|a| dot.get("attr").and_then(Value::as_str) == Some(*a))
+    }
+    fn literals(v: &Value) -> Vec<String> {
+        match (v.get("Value"), v.get("Set")) {
+            (Some(Value::String(s)), _) => vec![s.clone()],
+            (_, Some(Value::Array(items))) => items.iter().flat_map(literals).collect(),
+            _ => Vec::new(),
+        }
+    }
+    match v {
+        Value::Object(map) => {
+            for (op, args) in map {
+                let (left, right) = (args.get("left"), args.get("right"));
+                match op.as_str() {
+                    "==" | "!=" | "contains" => {
+                        for (a, b) in [(left, right), (right, left)] {
+                            if let (Some(name), Some(other)) = (a.and_then(attr), b) {
+                                out.extend(literals(other).into_iter().map(|l| (name, l)));
+                            }
+                        }
+                    }
+                    "like" => {
+                        if let (Some(name), Some(Value::Array(pattern))) =
+                            (left.and_then(attr), args.get("pattern"))
+                        {
+                            let text: String = pattern
+                                .iter()
+                                .filter_map(|e| e.get("Literal").and_then(Value::as_str))
+                                .collect();
+                            out.push((name, text));
+                        }
+                    }
+                    _ => {}
+                }
+                compared_literals(args, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| compared_literals(i, out)),
+        _ => {}
+    }
+}
+
+/// Pushes a warning about policy `l`, located at `needle`'s first place after its `@id` (when
+/// it has one).
+fn warn_at(report: &mut Report, l: &Loaded, needle: &str, message: String) {
+    let line = report.texts.get(&l.file).and_then(|text| {
+        let from = text.find(&format!("@id(\"{}\")", l.id)).unwrap_or(0);
+        let at = text.get(from..)?.find(needle)?;
+        Some(line_col(text, from + at))
+    });
+    report.push_warning(PolicyProblem {
+        file: l.file.clone(),
+        line: line.map(|(l, _)| l),
+        column: line.map(|(_, c)| c),
+        message,
+    });
 }
 
 /// Strictly validates `policies` and reports each error at its source location.

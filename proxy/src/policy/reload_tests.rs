@@ -417,3 +417,57 @@ fn a_policy_naming_another_tenant_in_a_tenants_directory_warns() {
     assert_eq!(foreign[1].line, Some(6), "{foreign:?}");
     assert!(checked.result.is_ok(), "a warning, not a load problem");
 }
+
+/// A policy that can never apply for a reason `check` can see is warned at: a workload its
+/// tenant does not have, and a host, scheme or method compared in a case no request has (hosts
+/// and schemes are lower case, methods upper case, when policies see them). The same in the
+/// global files; a policy that can apply is not warned at.
+#[test]
+fn a_policy_that_never_applies_for_a_typo_or_a_case_warns() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::copy(SCHEMA, dir.join("schema.cedarschema")).expect("schema");
+    write(
+        dir,
+        "global/base.cedar",
+        &format!(
+            "{GLOBAL}\n@id(\"global-scheme\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when {{ context.scheme != \"HTTPS\" }};\n"
+        ),
+    );
+    write(
+        dir,
+        "tenants/acme/own.cedar",
+        "@id(\"typo\")\nforbid (principal == TenantProxy::Workload::\"acme/bott\", action == TenantProxy::Action::\"http\", resource);\n\
+         @id(\"upper-host\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource == TenantProxy::Destination::\"API.example.com\");\n\
+         @id(\"lower-method\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { [\"GET\", \"delete\"].contains(context.method) };\n\
+         @id(\"like-host\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { context.host like \"*.Example.com\" };\n\
+         @id(\"fine\")\nforbid (principal == TenantProxy::Workload::\"acme/bot\", action == TenantProxy::Action::\"http\", resource) when { context.method == \"DELETE\" && context.host == \"api.example.com\" };\n",
+    );
+    let tenants = vec![tenant("acme", "pro", &["bot"])];
+    let checked = PolicyEngine::check(dir, &tenants);
+    let warned: Vec<(String, Option<usize>)> = checked
+        .warnings
+        .iter()
+        .map(|w| (w.message.clone(), w.line))
+        .collect();
+    let at = |id: &str| {
+        warned
+            .iter()
+            .filter(|(m, _)| m.contains(&format!("`{id}`")))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(at("typo").len(), 1, "{warned:?}");
+    assert!(at("typo")[0].0.contains("workload `bott`"), "{warned:?}");
+    assert_eq!(at("typo")[0].1, Some(2), "{warned:?}");
+    assert!(
+        at("upper-host")[0].0.contains("\"API.example.com\""),
+        "{warned:?}"
+    );
+    assert!(at("lower-method")[0].0.contains("\"delete\""), "{warned:?}");
+    assert_eq!(at("lower-method").len(), 1, "GET is fine: {warned:?}");
+    assert!(at("like-host")[0].0.contains("Example.com"), "{warned:?}");
+    assert!(at("global-scheme")[0].0.contains("\"HTTPS\""), "{warned:?}");
+    assert!(at("fine").is_empty(), "{warned:?}");
+    assert!(checked.result.is_ok(), "warnings, not load problems");
+}
