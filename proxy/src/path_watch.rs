@@ -72,8 +72,10 @@ impl Target {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let mut names = vec![path.clone()];
         let resolved = resolve(&path, &mut names);
-        let dir = resolved.is_dir().then(|| resolved.clone());
+        let dir = resolved.is_dir().then(|| normal(&resolved));
         names.push(resolved);
+        // Compared as bytes (see `concerns`): no `.`, doubled or trailing `/` to tell apart.
+        let names = names.iter().map(|n| normal(n)).collect();
         Self { names, dir }
     }
 
@@ -100,10 +102,34 @@ impl Target {
     /// Whether a change at `changed` may change what this path holds: it is one of the names,
     /// or a directory above one (created, renamed, removed: what the name leads to changed),
     /// or within the directory the path leads to.
+    ///
+    /// Compared as bytes, not component by component: a process log or an audit trail written
+    /// beside a watched file sends an event for every write, each one checked here on the
+    /// watcher's thread while the proxy serves.
     fn concerns(&self, changed: &Path) -> bool {
-        self.names.iter().any(|n| n.starts_with(changed))
-            || self.dir.as_ref().is_some_and(|d| changed.starts_with(d))
+        use std::os::unix::ffi::OsStrExt as _;
+        let changed = changed.as_os_str().as_bytes();
+        self.names
+            .iter()
+            .any(|n| within(n.as_os_str().as_bytes(), changed))
+            || self
+                .dir
+                .as_ref()
+                .is_some_and(|d| within(changed, d.as_os_str().as_bytes()))
     }
+}
+
+/// `path` as its components spell it: no `.`, doubled or trailing `/`.
+fn normal(path: &Path) -> PathBuf {
+    path.components().collect()
+}
+
+/// Whether `path` is `prefix` or beneath it (both normal).
+fn within(path: &[u8], prefix: &[u8]) -> bool {
+    path.starts_with(prefix)
+        && (path.len() == prefix.len()
+            || prefix.ends_with(b"/")
+            || path.get(prefix.len()) == Some(&b'/'))
 }
 
 /// Where `path` (absolute) leads, following every symlink on the way as the kernel does and
@@ -187,9 +213,26 @@ fn watches(targets: &[Target]) -> Vec<(PathBuf, RecursiveMode)> {
 fn concerns(changed: &[PathBuf], targets: &[Target]) -> bool {
     // An event naming no path (the watcher lost track) may be about anything.
     changed.is_empty()
-        || changed
-            .iter()
-            .any(|c| targets.iter().any(|t| t.concerns(c)))
+        || changed.iter().any(|c| {
+            // The watcher names `watched directory/entry`; anything else is made normal first.
+            let c = if is_normal(c) {
+                std::borrow::Cow::Borrowed(c.as_path())
+            } else {
+                std::borrow::Cow::Owned(normal(c))
+            };
+            targets.iter().any(|t| t.concerns(&c))
+        })
+}
+
+/// Whether `path` is absolute with no `.`, doubled or trailing `/` (what `normal` makes).
+fn is_normal(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let b = path.as_os_str().as_bytes();
+    b.first() == Some(&b'/')
+        && (b.len() == 1 || !b.ends_with(b"/"))
+        && !b.windows(2).any(|w| w == b"//")
+        && !b.windows(3).any(|w| w == b"/./")
+        && !b.ends_with(b"/.")
 }
 
 #[cfg(test)]
@@ -200,6 +243,38 @@ mod tests {
 
     fn is_watched(targets: &[Target], dir: &Path, mode: RecursiveMode) -> bool {
         watches(targets).contains(&(dir.to_path_buf(), mode))
+    }
+
+    /// Paths are compared as bytes once made normal: a trailing or doubled `/` or a `.` in the
+    /// configured path, or in an event's, changes nothing; a sibling whose name only starts
+    /// with the watched one's is not it.
+    #[test]
+    fn spellings_of_a_path_are_the_same_path_and_a_longer_name_is_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("policies/global")).unwrap();
+        std::fs::write(root.join("tenants.toml"), "").unwrap();
+        let spelled = format!("{}/./policies//", root.display());
+        let targets = [
+            Target::new(Path::new(&spelled)),
+            Target::new(&root.join("tenants.toml")),
+        ];
+        for (path, want) in [
+            (format!("{}/policies/global/a.cedar", root.display()), true),
+            (
+                format!("{}//policies/./global/a.cedar", root.display()),
+                true,
+            ),
+            (format!("{}/policies", root.display()), true),
+            (
+                format!("{}/policies-old/global/a.cedar", root.display()),
+                false,
+            ),
+            (format!("{}/tenants.toml.swp", root.display()), false),
+            (format!("{}/tenants.toml", root.display()), true),
+        ] {
+            assert_eq!(concerns(&[PathBuf::from(&path)], &targets), want, "{path}");
+        }
     }
 
     #[test]
