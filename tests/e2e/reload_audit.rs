@@ -904,3 +904,59 @@ fn a_reload_says_the_changed_static_file_needs_a_restart() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Every decided record names the version of the policy set that decided it: the same for the
+/// same files, another once the tenant's own files change (a reviewer's comment too), and the
+/// other tenant's unchanged by it.
+#[test]
+fn a_record_names_the_version_of_the_policy_set_that_decided_it() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let globex = token(TokenOpts {
+        tenant: "globex",
+        workload: "agent",
+        ..Default::default()
+    });
+    let acme_call = || forward_get(proxy.sidecar_port, &url(&origin, "/acme/v"), None, "");
+    let globex_call = || {
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, "/globex/v"),
+            Some(&globex),
+            "",
+        )
+    };
+    let version = |tenant: &str, r: &Response| -> String {
+        let record = proxy.audit_record(tenant, &r.request_id());
+        let v = record["policy_version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(v.len(), 16, "{record}");
+        v
+    };
+    let (acme_before, globex_before) = (
+        version("acme", &acme_call()),
+        version("globex", &globex_call()),
+    );
+    assert_eq!(
+        version("acme", &acme_call()),
+        acme_before,
+        "same files, same version"
+    );
+    assert_ne!(acme_before, globex_before);
+
+    let own = std::fs::read_dir(proxy.path("policies/tenants/acme"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cedar"))
+        .unwrap();
+    let text = std::fs::read_to_string(&own).unwrap();
+    std::fs::write(&own, format!("// reviewed\n{text}")).unwrap();
+    let mut acme_after = acme_before.clone();
+    wait_for("the reload", || {
+        acme_after = version("acme", &acme_call());
+        acme_after != acme_before
+    });
+    assert_eq!(version("globex", &globex_call()), globex_before);
+}

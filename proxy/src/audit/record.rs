@@ -178,6 +178,10 @@ pub struct AuditRecord {
     pub reason: ReasonCode,
     /// Ids of the Cedar policies that decided.
     pub policy_ids: Vec<String>,
+    /// The version of the tenant's policy set that decided (16 hex digits of its files'
+    /// digest), when a policy was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<std::sync::Arc<str>>,
     /// Cedar evaluation errors (they deny).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policy_errors: Vec<String>,
@@ -250,6 +254,7 @@ impl AuditRecord {
             decision,
             reason,
             policy_ids: Vec::new(),
+            policy_version: None,
             policy_errors: Vec::new(),
             shadow: None,
             status,
@@ -300,6 +305,7 @@ impl Fields for AuditRecord {
             decision,
             reason,
             policy_ids,
+            policy_version,
             policy_errors,
             shadow,
             status,
@@ -355,6 +361,9 @@ impl Fields for AuditRecord {
         m.str("decision", decision.as_str())?;
         m.str("reason", reason.as_str())?;
         m.strs("policy_ids", policy_ids)?;
+        if let Some(version) = policy_version {
+            m.str("policy_version", version)?;
+        }
         if !policy_errors.is_empty() {
             m.strs("policy_errors", policy_errors)?;
         }

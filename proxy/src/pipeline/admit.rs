@@ -614,9 +614,10 @@ async fn admit_http(
     let (decision, shadow) = asking.http();
     let decision = with_other_models(&asking, decision, &trail.other_models, fx.now());
     let refusal = (!decision.allowed).then(|| PolicyRefusal::of(&decision));
+    // (The fields, not `decided` and `mark`: `asking` still borrows the trail's model.)
     trail.decision = Some(decision);
+    trail.policy_version = snapshot.policy.version(&tenant.tenant);
     trail.shadow = shadow;
-    // (The field, not `mark`: `asking` still borrows the trail's model.)
     trail.phases.push(("policy", std::time::Instant::now()));
     if let Some(refusal) = refusal {
         return Err(Deny::PolicyDenied(refusal));
@@ -769,7 +770,9 @@ async fn admit_http(
                     with_other_models(asking_now, decision, &trail.other_models, fx.now());
                 if !decision.allowed {
                     let refusal = PolicyRefusal::of(&decision);
-                    trail.decision = Some(decision);
+                    if let Some(now) = now.as_deref() {
+                        trail.decided(decision, now);
+                    }
                     return Err(Deny::PolicyDenied(refusal));
                 }
             }
@@ -1198,7 +1201,7 @@ async fn admit_connect(
             !decision.allowed && (!decision.policy_ids.is_empty() || !decision.errors.is_empty());
         if forbidden {
             let refusal = PolicyRefusal::of(&decision);
-            trail.decision = Some(decision);
+            trail.decided(decision, &snapshot);
             trail.shadow = shadow;
             return Err(Deny::PolicyDenied(refusal));
         }
@@ -1225,7 +1228,7 @@ async fn admit_connect(
     let (decision, shadow) =
         decide::connect(&snapshot, &tenant, host, port, ConnectQuestion::Open, now);
     let refusal = (!decision.allowed).then(|| PolicyRefusal::of(&decision));
-    trail.decision = Some(decision);
+    trail.decided(decision, &snapshot);
     trail.shadow = shadow;
     trail.mark("policy");
     if let Some(refusal) = refusal {

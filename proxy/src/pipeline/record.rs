@@ -89,6 +89,8 @@ pub struct Trail {
     pub authority: Option<(String, u16)>,
     /// The enforced decision (the `http` or `connect` question, and any MCP questions).
     pub decision: Option<Decision>,
+    /// The version of the policy set that made `decision` (see `PolicyEngine::version`).
+    pub policy_version: Option<Arc<str>>,
     /// What the shadow policies would have decided.
     pub shadow: Option<ShadowDecision>,
     /// The model the body names.
@@ -142,6 +144,7 @@ impl Trail {
             destination: None,
             authority: None,
             decision: None,
+            policy_version: None,
             shadow: None,
             model: None,
             other_models: Vec::new(),
@@ -166,6 +169,16 @@ impl Trail {
     /// The tenant label for metrics and logs.
     pub fn tenant_label(&self) -> &str {
         Metrics::tenant_label(self.tenant.as_ref().map(|t| t.tenant.as_str()))
+    }
+
+    /// Keeps the enforced decision and the version of the policy set (of `snapshot`, for the
+    /// trail's tenant) that made it.
+    pub fn decided(&mut self, decision: Decision, snapshot: &crate::snapshot::Snapshot) {
+        self.policy_version = self
+            .tenant
+            .as_ref()
+            .and_then(|t| snapshot.policy.version(&t.tenant));
+        self.decision = Some(decision);
     }
 
     /// Notes that the request passed `phase` (identity, policy, credentials, limits) now.
@@ -446,6 +459,7 @@ impl Trail {
             .unwrap_or_default();
         let base = AuditRecord {
             policy_ids,
+            policy_version: self.policy_version.take(),
             policy_errors,
             shadow: self.shadow.take(),
             ..AuditRecord::of(

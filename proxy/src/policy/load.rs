@@ -178,6 +178,29 @@ fn content_hash(bytes: &[u8]) -> ContentHash {
     Sha256::digest(bytes).into()
 }
 
+/// The version of a tenant's set (see `PolicyEngine::version`): the schema's hash, then each
+/// global file and each of the tenant's own, by its path under `dir` and its hash.
+fn set_version(
+    dir: &Path,
+    schema: Option<ContentHash>,
+    global: Option<&FileKey>,
+    own: &FileKey,
+) -> std::sync::Arc<str> {
+    let mut h = Sha256::new();
+    h.update(schema.unwrap_or_default());
+    for (part, files) in [(b'g', global.map_or(&[][..], Vec::as_slice)), (b'o', own)] {
+        for (path, hash) in files {
+            let name = path.strip_prefix(dir).unwrap_or(path);
+            h.update([part]);
+            h.update(name.as_os_str().as_encoded_bytes());
+            h.update([0]);
+            h.update(hash);
+        }
+    }
+    let digest: [u8; 32] = h.finalize().into();
+    std::sync::Arc::from(crate::lower_hex::of(&digest[..8]))
+}
+
 /// Every `.cedar` file of one directory, in name order, with the hash of its bytes.
 type FileKey = Vec<(PathBuf, ContentHash)>;
 
@@ -398,10 +421,12 @@ fn compile(
             None => build_tenant(dir, tenant, schema, &names, &global, mine, report),
         };
         if let Some(built) = built {
+            let version = set_version(dir, schema_hash, global_files.as_ref(), &own_group.files);
             compiled.insert(
                 tenant.id.clone(),
                 TenantPolicies {
                     compiled: built,
+                    version,
                     cache: None,
                 },
             );

@@ -245,6 +245,8 @@ struct CompiledTenant {
 /// One tenant's compiled policies and this engine's own cache of its decisions.
 struct TenantPolicies {
     compiled: std::sync::Arc<CompiledTenant>,
+    /// The version of the set it was compiled from (see [`PolicyEngine::version`]).
+    version: std::sync::Arc<str>,
     /// Decisions already made for this tenant, when caching is on (see [`cache`]). Never
     /// shared between engines: a reload starts every cache empty.
     cache: Option<cache::DecisionCache>,
@@ -497,6 +499,15 @@ impl PolicyEngine {
                 .into_iter()
                 .filter_map(|id| set.approvals.get(id).map(|r| (id.as_str(), r))),
         )
+    }
+
+    /// The version of `tenant`'s policy set: 16 hex digits of a SHA-256 over the schema and
+    /// every file the set was compiled from (global and the tenant's own, by path under the
+    /// policy directory and content). The same files give the same version wherever and
+    /// whenever they are loaded, and any edit (a comment too) gives another, so an audit
+    /// record names the set that decided it, and a reviewer can tell which commit that was.
+    pub fn version(&self, tenant: &TenantId) -> Option<std::sync::Arc<str>> {
+        self.tenants.get(tenant).map(|t| t.version.clone())
     }
 
     /// Number of policies in `tenant`'s set (global + its own); 0 for an unknown tenant.

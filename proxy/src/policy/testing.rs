@@ -332,6 +332,8 @@ fn evaluate(
             principals: Default::default(),
             approvals: Default::default(),
         }),
+        // Never asked: a case's decision is not recorded.
+        version: std::sync::Arc::from(""),
         // A case decides once, with its own entities: nothing to cache.
         cache: None,
     };

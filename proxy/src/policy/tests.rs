@@ -916,3 +916,50 @@ permit (principal in TenantProxy::Tenant::"acme", action == TenantProxy::Action:
         assert_eq!(decision.policy_ids, ids, "{name}");
     }
 }
+
+/// A tenant's policy-set version names the files its set was compiled from: the same files
+/// give the same version in another directory (another replica, a restart), an edit of the
+/// tenant's own files (a comment too) changes its version only, an edit of a global file
+/// changes every tenant's.
+#[test]
+fn a_sets_version_follows_its_files_and_only_them() {
+    let files = [
+        (
+            "global/base.cedar",
+            "@id(\"g\")\npermit (principal, HTTP, resource);\n",
+        ),
+        (
+            "tenants/acme/own.cedar",
+            "@id(\"a\")\nforbid (principal, HTTP, resource) when { context.host == \"x\" };\n",
+        ),
+    ];
+    let (one, two) = (dir_with(&files), dir_with(&files));
+    let versions = |dir: &Path| {
+        let engine = load_ok(dir);
+        let v = |t: &str| engine.version(&TenantId::new(t).unwrap()).expect("version");
+        (v("acme"), v("globex"))
+    };
+    let (acme, globex) = versions(one.path());
+    assert_eq!(acme.len(), 16, "{acme}");
+    assert!(acme.bytes().all(|b| b.is_ascii_hexdigit()), "{acme}");
+    assert_ne!(acme, globex, "each tenant's set is its own");
+    assert_eq!(
+        versions(two.path()),
+        (acme.clone(), globex.clone()),
+        "same files, same versions"
+    );
+
+    let own = one.path().join("tenants/acme/own.cedar");
+    let text = std::fs::read_to_string(&own).unwrap();
+    std::fs::write(&own, format!("// reviewed\n{text}")).unwrap();
+    let (acme_after, globex_after) = versions(one.path());
+    assert_ne!(acme_after, acme, "a comment is an edit");
+    assert_eq!(globex_after, globex, "globex's files did not change");
+
+    let global = one.path().join("global/base.cedar");
+    let text = std::fs::read_to_string(&global).unwrap();
+    std::fs::write(&global, format!("{text}\n")).unwrap();
+    let (acme_last, globex_last) = versions(one.path());
+    assert_ne!(acme_last, acme_after);
+    assert_ne!(globex_last, globex);
+}
