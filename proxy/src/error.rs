@@ -208,7 +208,7 @@ impl From<crate::runs::RunRefusal> for Deny {
 pub const SCRUBBED: &str =
     "its answers are checked for this tenant's secrets, which a compressed body could hide";
 /// Why a compressed answer is withheld ([`Deny::UpstreamEncoded`]): it is metered by reading it.
-pub const METERED: &str = "an answer whose output no ceiling field caps is metered by reading it, which a compressed body prevents, while a token or cost ceiling applies";
+pub const METERED: &str = "an answer whose output no ceiling field caps is metered by reading it, which a compressed body prevents, while a token or cost quota applies";
 
 impl From<crate::body::BodyError> for Deny {
     fn from(e: crate::body::BodyError) -> Self {

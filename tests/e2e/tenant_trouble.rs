@@ -51,12 +51,11 @@ fn admin(proxy: &Proxy, method: &str, path_and_query: &str) -> Response {
     .unwrap()
 }
 
-#[test]
-fn one_tenants_full_partition_refuses_that_tenant_only() {
-    let origin = Origin::start();
-    let proxy = Proxy::start(ProxySpec::default());
-    let globex = token_for("globex", "agent");
-    // acme's partition for today is /dev/full: every write fails with ENOSPC, as on a full disk.
+/// Makes acme's partition for today `/dev/full` (every write fails with ENOSPC, as on a full
+/// disk), then waits until acme is refused for it: its first request is admitted, its record
+/// cannot be written, and acme is refused next. The file to remove to repair it, and that
+/// first request's response.
+fn fail_acmes_partition(proxy: &Proxy, origin: &Origin) -> (std::path::PathBuf, Response) {
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y/%m/%d"])
         .output()
@@ -67,24 +66,22 @@ fn one_tenants_full_partition_refuses_that_tenant_only() {
     ));
     std::fs::create_dir_all(today.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink("/dev/full", &today).unwrap();
-
-    // acme's first request is admitted; its record cannot be written, so acme is refused next.
-    let first = forward_get(
-        proxy.sidecar_port,
-        &url(&origin, "/public/acme-1"),
-        None,
-        "",
-    );
+    let first = forward_get(proxy.sidecar_port, &url(origin, "/public/acme-1"), None, "");
     assert_eq!(first.status, 200, "{}", first.body_text());
     wait_for("acme's refusal", Duration::from_secs(10), || {
-        let r = forward_get(
-            proxy.sidecar_port,
-            &url(&origin, "/public/acme-2"),
-            None,
-            "",
-        );
+        let r = forward_get(proxy.sidecar_port, &url(origin, "/public/acme-2"), None, "");
         r.status == 503 && r.code() == "audit_unavailable"
     });
+    (today, first)
+}
+
+#[test]
+fn one_tenants_full_partition_refuses_that_tenant_only() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let globex = token_for("globex", "agent");
+    // acme's first request is admitted; its record cannot be written, so acme is refused next.
+    let (today, first) = fail_acmes_partition(&proxy, &origin);
     let acme_seen = origin.matching("/public/acme").len();
 
     // globex is served and audited all along.
@@ -197,33 +194,7 @@ fn a_failing_partitions_refused_heads_hold_no_records() {
     let origin = Origin::start();
     let proxy = Proxy::start(ProxySpec::default());
     let acme_token = token_for("acme", "researcher");
-    // acme's partition for today is /dev/full (a full disk).
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y/%m/%d"])
-        .output()
-        .unwrap();
-    let today = proxy.path(&format!(
-        "audit/acme/{}.jsonl",
-        String::from_utf8(date.stdout).unwrap().trim()
-    ));
-    std::fs::create_dir_all(today.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink("/dev/full", &today).unwrap();
-    let first = forward_get(
-        proxy.sidecar_port,
-        &url(&origin, "/public/acme-1"),
-        None,
-        "",
-    );
-    assert_eq!(first.status, 200, "{}", first.body_text());
-    wait_for("acme's refusal", Duration::from_secs(10), || {
-        let r = forward_get(
-            proxy.sidecar_port,
-            &url(&origin, "/public/acme-2"),
-            None,
-            "",
-        );
-        r.status == 503 && r.code() == "audit_unavailable"
-    });
+    let (today, first) = fail_acmes_partition(&proxy, &origin);
     let held = held_records(&proxy, "acme");
     assert!(held >= 1.0, "acme's first record is held");
 

@@ -237,7 +237,7 @@ pub const REDECIDE: Duration = Duration::from_secs(60);
 /// A relay's own policy question (see [`super::decide::Redecide`]), and the configuration
 /// generation it was last answered under.
 pub struct Question {
-    /// The generation the relay was admitted under.
+    /// The generation it was last answered under (at first, the relay's admission's).
     pub generation: u64,
     /// The question.
     pub ask: super::decide::Redecide,
@@ -261,7 +261,7 @@ pub async fn watch(
     who: ResolvedIdentity,
     question: Option<Question>,
 ) -> Lapse {
-    let mut decided = question.as_ref().map(|q| (q.generation, Instant::now()));
+    let (mut question, mut asked) = (question, Instant::now());
     loop {
         if let Err(lapse) = judge_now(&shared, &who) {
             return lapse;
@@ -269,17 +269,17 @@ pub async fn watch(
         if let Some(lapse) = run_closed(&shared, &who).await {
             return lapse;
         }
-        if let (Some(q), Some((generation, at))) = (&question, decided.as_mut()) {
+        if let Some(q) = question.as_mut() {
             let snapshot = shared.snapshot.load();
-            if snapshot.generation != *generation || at.elapsed() >= REDECIDE {
+            if snapshot.generation != q.generation || asked.elapsed() >= REDECIDE {
                 if let Err(deny) = (q.ask)(&snapshot, crate::clock::unix_now_i64()) {
                     return Lapse {
                         ended: Ended::PolicyWithdrawn,
                         deny,
                     };
                 }
-                *generation = snapshot.generation;
-                *at = Instant::now();
+                q.generation = snapshot.generation;
+                asked = Instant::now();
             }
         }
         tokio::time::sleep(RECHECK).await;

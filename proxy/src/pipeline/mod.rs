@@ -544,6 +544,14 @@ impl TenantProxy {
     }
 }
 
+/// The SSE error event that ends a stream cut for `deny`, when its framing takes one (`sse`).
+fn last_event(sse: bool, deny: &Deny, request_id: &str) -> Option<Vec<u8>> {
+    sse.then(|| {
+        let (_, code, message) = deny.describe();
+        crate::limits::stream::cut_event(code.as_str(), &message, request_id)
+    })
+}
+
 /// How long a refused request's body is read and discarded at most (see [`drain_body`]).
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
@@ -977,10 +985,11 @@ impl ProxyHttp for TenantProxy {
                 // hand is dropped and the response ends, an SSE stream with an event saying why
                 // (written by `fail_to_proxy`, as for a stream out of budget).
                 *body = None;
-                let (_, code, message) = lapse.deny.describe();
-                *cut_event = stages.cut_ends_with_sse_event().then(|| {
-                    crate::limits::stream::cut_event(code.as_str(), &message, &trail.request_id)
-                });
+                *cut_event = last_event(
+                    stages.cut_ends_with_sse_event(),
+                    &lapse.deny,
+                    &trail.request_id,
+                );
                 trail.ended = Some(lapse.ended);
                 trail.refuse(lapse.deny);
                 return Err(stop(
@@ -1002,11 +1011,8 @@ impl ProxyHttp for TenantProxy {
                 // pingora drop the upstream (which stops generating) and call `fail_to_proxy`,
                 // which writes the final event and ends the response cleanly.
                 let deny = Deny::StreamCut(reason);
-                let (_, code, message) = deny.describe();
                 // Another framing (an NDJSON or text stream) just ends, short of its length.
-                *cut_event = stages.cut_ends_with_event().then(|| {
-                    crate::limits::stream::cut_event(code.as_str(), &message, &trail.request_id)
-                });
+                *cut_event = last_event(stages.cut_ends_with_event(), &deny, &trail.request_id);
                 trail.refuse(deny);
                 Err(stop("stream_cut", "stream cut: budget spent"))
             }

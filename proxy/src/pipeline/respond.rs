@@ -271,8 +271,8 @@ impl Stages {
             stages.uncapped_bytes = Some(0);
         }
         // SECURITY (budgets): such an answer compressed (the proxy asked for `identity`) bounds
-        // nothing, so while a token or cost ceiling applies it is withheld rather than settled
-        // at its reservation, however much it generated.
+        // nothing, so while a token or cost quota applies (the ceilings that cut a stream) it is
+        // withheld rather than settled at its reservation, however much it generated.
         if setup.llm
             && grant.max_output_tokens.is_none()
             && resp.status.is_success()

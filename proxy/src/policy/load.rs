@@ -927,17 +927,24 @@ fn check_unique_ids(policies: &[(&str, &Path)], others: &[(&str, &Path)], report
     }
 }
 
+/// The entity a policy's principal is (`==`, `in`, `is … in`), when it names one.
+fn principal(l: &Loaded) -> Option<cedar_policy::EntityUid> {
+    match l.policy.principal_constraint() {
+        cedar_policy::PrincipalConstraint::Eq(uid)
+        | cedar_policy::PrincipalConstraint::In(uid)
+        | cedar_policy::PrincipalConstraint::IsIn(_, uid) => Some(uid),
+        _ => None,
+    }
+}
+
 /// Warns about each of `tenant`'s own policies whose principal is another tenant or one of its
 /// workloads. A tenant's policies are asked only about its own requests, so such a policy never
 /// applies: a forbid written in the wrong directory would protect nothing, silently. (Not a
 /// load problem: it refuses nothing that loads would otherwise allow.)
 fn warn_foreign_principals(tenant: &TenantId, policies: &[Loaded], report: &mut Report) {
     for l in policies {
-        let uid = match l.policy.principal_constraint() {
-            cedar_policy::PrincipalConstraint::Eq(uid)
-            | cedar_policy::PrincipalConstraint::In(uid)
-            | cedar_policy::PrincipalConstraint::IsIn(_, uid) => uid,
-            _ => continue,
+        let Some(uid) = principal(l) else {
+            continue;
         };
         let id = uid.id().unescaped();
         let owner = match uid.type_name().to_string().as_str() {
@@ -966,11 +973,8 @@ fn warn_unknown_workloads(tenant: &TenantInfo, policies: &[Loaded], report: &mut
         return;
     }
     for l in policies {
-        let uid = match l.policy.principal_constraint() {
-            cedar_policy::PrincipalConstraint::Eq(uid)
-            | cedar_policy::PrincipalConstraint::In(uid)
-            | cedar_policy::PrincipalConstraint::IsIn(_, uid) => uid,
-            _ => continue,
+        let Some(uid) = principal(l) else {
+            continue;
         };
         if uid.type_name().to_string() != "TenantProxy::Workload" {
             continue;
