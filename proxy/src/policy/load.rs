@@ -26,6 +26,11 @@ const MISSING_DIRECTORY: &str = "the directory does not exist: a policy director
      `schema.cedarschema`, `global/` and `tenants/` (either may be empty), and one moved away is \
      refused rather than loaded as no policies";
 
+/// Why a tenant directory that held policies and is now missing is refused.
+const MISSING_TENANT_DIRECTORY: &str = "the directory does not exist, and the policies in force \
+     were loaded from it: one moved away is refused rather than loaded as the global policies \
+     only; to remove a tenant's own policies, leave its directory empty";
+
 /// One policy with its final id and where it came from.
 struct Loaded {
     policy: Policy,
@@ -310,8 +315,10 @@ fn compile(
     let (schema, schema_hash) = read_schema(dir, report);
     // SECURITY: reuse only what was compiled from this directory against these schema bytes;
     // anything else starts from nothing.
-    let previous = previous
-        .filter(|p| p.sources.dir == dir && schema_hash.is_some_and(|h| h == p.sources.schema));
+    // What the serving set compiled from this directory, whatever its schema: which tenants had
+    // files of their own.
+    let serving = previous.filter(|p| p.sources.dir == dir);
+    let previous = serving.filter(|p| schema_hash.is_some_and(|h| h == p.sources.schema));
 
     let mut configured: HashSet<&TenantId> = HashSet::new();
     for t in tenants {
@@ -332,6 +339,24 @@ fn compile(
     let global_files = file_key(&global_listed);
     let global = parse_listed(dir, &global_listed, report);
     let mut own = read_tenant_dirs(dir, &configured, previous, report);
+    // SECURITY: a tenant's directory moved away for a moment (swapped for a new version, a
+    // checkout in progress) would load that tenant as global-only, its own forbids dropped.
+    // Once a tenant has files, removing them takes an empty directory, not a missing one.
+    if let Some(serving) = serving {
+        for tenant in tenants {
+            let had_files = serving
+                .sources
+                .tenants
+                .get(&tenant.id)
+                .is_some_and(|s| !s.own.files.is_empty());
+            if had_files && !own.contains_key(&tenant.id) {
+                report.file(
+                    &dir.join("tenants").join(tenant.id.as_str()),
+                    MISSING_TENANT_DIRECTORY,
+                );
+            }
+        }
+    }
     let global_unchanged =
         previous.is_some_and(|p| global_files.as_ref() == Some(&p.sources.global));
 

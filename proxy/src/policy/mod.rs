@@ -311,7 +311,9 @@ impl PolicyEngine {
     /// same: a tenant whose own files (compared by content), configuration, the global files
     /// and the schema are all unchanged keeps its compiled set, a changed file is parsed and
     /// validated again, and a changed schema recompiles everything. The result (engine,
-    /// problems and warnings) is the one a full load of `dir` gives; decision caches start
+    /// problems and warnings) is the one a full load of `dir` gives, but for one more problem: a
+    /// tenant directory from which `previous` loaded files and which is now missing (one moved
+    /// away must not leave that tenant with the global policies only). Decision caches start
     /// empty. Warnings are logged, as by [`Self::load`].
     pub fn reload(
         dir: &Path,

@@ -1,6 +1,8 @@
 //! A reload that reuses the previous engine's compiled tenants (`PolicyEngine::reload`) must
 //! give exactly what a full load of the same directory gives: the same decisions for every
-//! tenant, the same problems and warnings, and a refused edit keeps the previous engine.
+//! tenant, the same problems and warnings, and a refused edit keeps the previous engine. The one
+//! difference: a tenant directory that held files in the previous engine and is now missing is
+//! refused, which a full load cannot know.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -331,6 +333,71 @@ fn reload_reuses_only_what_did_not_change_and_matches_a_full_load() {
     }
     let next = reload_matches_full_load("other directory", other.path(), &tenants, engine);
     assert_eq!(next.policy_count(&tid("acme")), 0);
+}
+
+/// A tenant's directory moved away for a moment (a swap, a checkout in progress) must not
+/// reload that tenant as global-only: the reload is refused, whatever else changed with it. A
+/// first load cannot know, and an empty directory is how a tenant's own policies are removed.
+#[test]
+fn a_tenant_directory_that_held_policies_and_is_gone_is_refused_on_reload() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::copy(SCHEMA, dir.join("schema.cedarschema")).expect("schema");
+    write(dir, "global/base.cedar", GLOBAL);
+    write(
+        dir,
+        "tenants/acme/own.cedar",
+        &permit("acme-a", "", "a.example.com"),
+    );
+    std::fs::create_dir_all(dir.join("tenants/globex")).expect("mkdir");
+    let tenants = vec![
+        tenant("acme", "pro", &["bot"]),
+        tenant("globex", "free", &["agent"]),
+        tenant("initech", "pro", &["bot"]),
+    ];
+    let engine = PolicyEngine::load(dir, &tenants).expect("load");
+
+    std::fs::rename(dir.join("tenants/acme"), dir.join("acme.next")).expect("mv");
+    std::fs::remove_dir(dir.join("tenants/globex")).expect("rmdir");
+    let schema = std::fs::read_to_string(SCHEMA).expect("schema");
+    for (step, schema) in [
+        ("same schema", schema.clone()),
+        ("schema edited", format!("{schema}\n// edited\n")),
+    ] {
+        std::fs::write(dir.join("schema.cedarschema"), schema).expect("schema");
+        let problems = PolicyEngine::check_after(dir, &tenants, Some(&engine))
+            .result
+            .expect_err(step);
+        assert_eq!(
+            problems.len(),
+            1,
+            "{step}: only acme had files: {problems:#?}"
+        );
+        assert_eq!(problems[0].file, dir.join("tenants/acme"), "{step}");
+        assert!(
+            problems[0]
+                .message
+                .starts_with("the directory does not exist"),
+            "{step}: {problems:#?}"
+        );
+        assert!(
+            PolicyEngine::check(dir, &tenants).result.is_ok(),
+            "{step}: a first load has nothing to compare with"
+        );
+    }
+
+    std::fs::create_dir(dir.join("tenants/acme")).expect("mkdir");
+    let emptied = PolicyEngine::check_after(dir, &tenants, Some(&engine))
+        .result
+        .expect("an empty directory removes acme's own policies");
+    assert_eq!(
+        emptied.policy_count(&tid("acme")),
+        emptied.policy_count(&tid("globex"))
+    );
+    std::fs::remove_dir(dir.join("tenants/acme")).expect("rmdir");
+    PolicyEngine::check_after(dir, &tenants, Some(&emptied))
+        .result
+        .expect("a directory with no files may go");
 }
 
 /// A tenant's reused policies come only from its own previous set: swapping two tenants'
