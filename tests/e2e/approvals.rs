@@ -840,6 +840,67 @@ fn an_mcp_batch_with_a_marked_tool_waits_whole_and_the_rest_goes_at_once() {
     assert_eq!(seen[1].body, batch.as_bytes());
 }
 
+/// A reload during a hold decides the request again as a fresh one would be, on every
+/// question, not only its `http` one: a forbid on an MCP tool the held batch calls, added while
+/// it waits, refuses it once approved, and nothing reaches the server.
+#[test]
+fn an_mcp_tool_forbidden_by_a_reload_while_held_is_refused_once_approved() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec_with_tools(origin.port));
+    let alice = approver_token("acme", "alice", &[]);
+    let call = |id: u32, tool: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": tool, "arguments": {"amount": 5}}})
+    };
+    let batch = json!([call(1, "add"), call(2, "transfer")]).to_string();
+    let reloads = |proxy: &Proxy| {
+        metric_sum(
+            &proxy.metrics(),
+            "tenant_proxy_config_reloads_total",
+            "result",
+            "ok",
+        )
+    };
+    let before = reloads(&proxy);
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| mcp_post(&proxy, &batch));
+        let holds = wait_holds(&proxy, "acme", &alice, 1);
+        std::fs::write(
+            proxy.path("policies/global/later.cedar"),
+            "@id(\"add-stopped\")\nforbid (principal, action == TenantProxy::Action::\"mcp_tool_call\", resource == TenantProxy::McpTool::\"add\");\n",
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reloads(&proxy) <= before {
+            assert!(Instant::now() < deadline, "no reload");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let id = holds[0]["id"].as_str().unwrap();
+        let r = api(
+            &proxy,
+            "POST",
+            &format!("/v1/tenants/acme/holds/{id}/approve"),
+            &alice,
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let (status, body) = agent.join().unwrap();
+        assert_eq!(
+            (status, code_of(&body).as_str()),
+            (403, "tool_denied"),
+            "{body}"
+        );
+    });
+    assert_eq!(origin.count(), 0, "nothing of the batch went out");
+    let records = proxy.wait_audit_records("acme", 1);
+    let record = records
+        .iter()
+        .find(|r| r["approval"]["outcome"] == "granted")
+        .expect("the approved request's record");
+    assert_eq!(record["decision"], "deny", "{record:#}");
+    assert_eq!(record["policy_ids"], json!(["add-stopped"]), "{record:#}");
+}
+
 fn redis_spec(origin: u16, redis: &RedisServer) -> ProxySpec {
     spec(origin).with_redis_limiter(redis.url(), Duration::from_millis(500))
 }

@@ -624,7 +624,7 @@ async fn admit_http(
     }
     // The address is resolved and checked only for an authorized request (a denied caller
     // cannot probe names), and exactly this address is dialed (no second lookup).
-    let addr = fx
+    let mut addr = fx
         .resolve(
             &destination.host,
             destination.port,
@@ -634,43 +634,20 @@ async fn admit_http(
         )
         .await?;
     let upgrade = header.headers.contains_key(http::header::UPGRADE);
-    // An MCP server (recognized by its destination or by the address just checked, however it
-    // was reached) has its tools, resources and prompts decided one by one, on the body as the
-    // agent wrote it (before any credential is substituted into it); it is never upgraded to.
-    if let Some(server) = snapshot
-        .tenants
-        .mcp
-        .server_for(&destination, Some(addr), hosts)
-    {
-        // A session id must be one sealed for this workload and server: no request runs in
-        // a session another tenant or workload opened.
-        let binding = snapshot.tenants.mcp.session_key.binding(
-            tenant.tenant.as_str(),
-            tenant.workload.as_str(),
-            &server.name,
-        );
-        let session = match crate::mcp::session::open_request(
-            &binding,
-            &header.headers,
-            &destination.upstream_path,
-        ) {
-            Ok(opened) => opened,
-            Err(unknown) => {
-                trail.mcp = Some(McpExchange::refused(&server.name));
-                return Err(Deny::McpSessionUnknown(unknown));
-            }
-        };
-        let body = grant.body.as_ref().map(|b| b.0.as_ref());
-        let record = McpTrail {
-            decision: &mut trail.decision,
-            shadow: &mut trail.shadow,
-            exchange: &mut trail.mcp,
-        };
-        asking.mcp(&server.name, upgrade, body, record, observer)?;
-        if let Some(exchange) = trail.mcp.as_mut() {
-            exchange.session = session;
-        }
-    }
+    let record = McpTrail {
+        decision: &mut trail.decision,
+        shadow: &mut trail.shadow,
+        exchange: &mut trail.mcp,
+    };
+    let mcp = McpAsk {
+        destination: &destination,
+        addr,
+        hosts,
+        headers: &header.headers,
+        body: grant.body.as_ref().map(|b| b.0.as_ref()),
+        upgrade,
+    };
+    decide_mcp(&snapshot, &asking, &mcp, record, observer)?;
     // Credentials are decided now (a refused one refuses at once), and the permits that allowed
     // their use may ask for approval as much as the `http` and MCP ones.
     let mut uses = CredentialPermits::new(observer);
@@ -694,13 +671,16 @@ async fn admit_http(
             work => work,
         },
     };
-    let plan = crate::limits::plan::plan(&snapshot.tenants, &tenant, &destination, call, fx.now())?;
+    let mut plan =
+        crate::limits::plan::plan(&snapshot.tenants, &tenant, &destination, call, fx.now())?;
     grant.llm = plan.kind == crate::limits::CallKind::Llm;
     let allowed_by = trail
         .decision
         .iter()
         .flat_map(|d| d.policy_ids.iter())
         .chain(credential_permits.iter());
+    // The configuration a reload brought while the request waited for approval, if one did.
+    let mut reloaded = None;
     let applied = match snapshot.policy.approval_need(&tenant.tenant, allowed_by) {
         None => applied,
         Some(need) if need.shadow => {
@@ -751,8 +731,11 @@ async fn admit_http(
             // again as a fresh request would be before any secret is put into it.
             fx.still_accepted(who)?;
             // A reload during the wait: the request is decided again under the configuration
-            // now (its `http` question, and every credential use with the credentials now),
-            // so a permit withdrawn, a forbid added or a credential pulled meanwhile holds.
+            // now, every question a fresh request is asked (its `http` question, the address
+            // with the egress exceptions now, an MCP server's items, every credential use with
+            // the credentials now, and its ceilings below), so a permit withdrawn, a forbid
+            // added, an exception, credential or allowance pulled meanwhile holds. Where it
+            // goes stays what the approver was shown.
             let now = fx.reloaded_since(&snapshot);
             let asking_now = now.as_deref().map(|now| {
                 Asking::new(
@@ -775,13 +758,46 @@ async fn admit_http(
                     }
                     return Err(Deny::PolicyDenied(refusal));
                 }
+                if let Some(now) = now.as_deref() {
+                    addr = fx
+                        .resolve(
+                            &destination.host,
+                            destination.port,
+                            egress_exceptions(now, &tenant.tenant),
+                            &tenant,
+                            original,
+                        )
+                        .await?;
+                    trail.mcp = None;
+                    let record = McpTrail {
+                        decision: &mut trail.decision,
+                        shadow: &mut trail.shadow,
+                        exchange: &mut trail.mcp,
+                    };
+                    let mcp = McpAsk {
+                        destination: &destination,
+                        addr,
+                        hosts,
+                        headers: &source.header().headers,
+                        body: grant.body.as_ref().map(|b| b.0.as_ref()),
+                        upgrade,
+                    };
+                    decide_mcp(now, asking_now, &mcp, record, observer)?;
+                }
             }
             let header = source.header();
             let named = &mut trail.credentials;
             let asking = asking_now.as_ref().unwrap_or(&asking);
-            decide_credentials(fx, asking, header, &grant, named, observer).await?
+            let applied = decide_credentials(fx, asking, header, &grant, named, observer).await?;
+            if let Some(now) = &now {
+                plan =
+                    crate::limits::plan::plan(&now.tenants, &tenant, &destination, call, fx.now())?;
+            }
+            reloaded = now;
+            applied
         }
     };
+    let snapshot = reloaded.unwrap_or(snapshot);
     // Every secret a response from there may echo to this tenant, used or not, now or lately.
     let mut applied = applied;
     applied.echoes = fx.echoes(&snapshot, &tenant.tenant, &destination.host);
@@ -816,6 +832,64 @@ async fn admit_http(
         },
         grant: Grant::Http(grant),
     })
+}
+
+/// What the MCP check reads of a request.
+struct McpAsk<'a> {
+    destination: &'a Destination,
+    /// The address the egress guard checked.
+    addr: SocketAddr,
+    hosts: &'a std::collections::HashMap<String, Vec<std::net::IpAddr>>,
+    headers: &'a http::HeaderMap,
+    body: Option<&'a [u8]>,
+    upgrade: bool,
+}
+
+/// An MCP server (recognized by its destination or by the address just checked, however it was
+/// reached) has its tools, resources and prompts decided one by one, on the body as the agent
+/// wrote it (before any credential is substituted into it); it is never upgraded to.
+fn decide_mcp(
+    snapshot: &Snapshot,
+    asking: &Asking<'_>,
+    ask: &McpAsk<'_>,
+    record: McpTrail<'_>,
+    observer: &mut dyn Observer,
+) -> Result<(), Deny> {
+    let Some(server) = snapshot
+        .tenants
+        .mcp
+        .server_for(ask.destination, Some(ask.addr), ask.hosts)
+    else {
+        return Ok(());
+    };
+    // A session id must be one sealed for this workload and server: no request runs in a
+    // session another tenant or workload opened.
+    let binding = snapshot.tenants.mcp.session_key.binding(
+        asking.tenant.tenant.as_str(),
+        asking.tenant.workload.as_str(),
+        &server.name,
+    );
+    let session = match crate::mcp::session::open_request(
+        &binding,
+        ask.headers,
+        &ask.destination.upstream_path,
+    ) {
+        Ok(opened) => opened,
+        Err(unknown) => {
+            *record.exchange = Some(McpExchange::refused(&server.name));
+            return Err(Deny::McpSessionUnknown(unknown));
+        }
+    };
+    let exchange = McpTrail {
+        decision: &mut *record.decision,
+        shadow: &mut *record.shadow,
+        exchange: &mut *record.exchange,
+    };
+    asking.mcp(&server.name, ask.upgrade, ask.body, exchange, observer)?;
+    if let Some(exchange) = record.exchange.as_mut() {
+        exchange.session = session;
+    }
+    Ok(())
 }
 
 /// Watches the `use_credential` questions for the permits that allowed them (an approval may

@@ -551,6 +551,26 @@ async fn a_marked_permit_holds_after_every_other_check_and_before_the_ceilings()
     assert!(trail.credentials.is_empty(), "{:?}", trail.credentials);
     assert_eq!(trail.approval.map(|a| a.outcome), Some("granted"));
 
+    // Approved after a reload that forbids nothing of it: decided again in full (its address
+    // with the egress exceptions now, too), then admitted.
+    let mut fx = Recording::new(&config, None);
+    fx.reloaded = Some(Arc::new(Snapshot::load(&config).unwrap()));
+    let (code, _) = http(&fx, &snapshot, &header, None).await;
+    assert_eq!(code, "allowed");
+    assert_eq!(
+        fx.calls(),
+        [
+            "audit",
+            "partition",
+            "run",
+            "egress",
+            "hold",
+            "rejudge",
+            "egress",
+            "limits"
+        ]
+    );
+
     // Approved, but a reload during the wait forbids it now: refused by the policy now.
     std::fs::write(
         dir.path().join("policies/global/later.cedar"),
