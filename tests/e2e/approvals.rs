@@ -892,11 +892,22 @@ fn an_mcp_tool_forbidden_by_a_reload_while_held_is_refused_once_approved() {
         );
     });
     assert_eq!(origin.count(), 0, "nothing of the batch went out");
-    let records = proxy.wait_audit_records("acme", 1);
-    let record = records
-        .iter()
-        .find(|r| r["approval"]["outcome"] == "granted")
-        .expect("the approved request's record");
+    // The record is written once the response is: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let records = proxy.audit_records("acme");
+        if let Some(r) = records
+            .into_iter()
+            .find(|r| r["approval"]["outcome"] == "granted")
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record of the approved request"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(record["decision"], "deny", "{record:#}");
     assert_eq!(record["policy_ids"], json!(["add-stopped"]), "{record:#}");
 }
