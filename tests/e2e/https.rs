@@ -1257,6 +1257,90 @@ when { context.host == "pinned.test" || context.host == "llm.test" };
     assert_eq!(status, 403, "a fresh tunnel is refused");
 }
 
+/// A reload that withdraws what let a relay open, other than a policy, reaches it too: acme's
+/// egress exception withdrawn ends its opaque tunnel and its WebSocket to a loopback address
+/// (`ended: egress_withdrawn`); a credential bound by reload to an opaque tunnel's host ends it
+/// (`ended: interception_required`), since its answers must now be scrubbed.
+#[test]
+fn a_reload_that_withdraws_an_exception_or_the_opaque_passage_ends_the_relay() {
+    let h = start_https(|spec| {
+        spec.config.egress.allow = Vec::new();
+        spec.tenants.tenant("acme").egress_allow = vec!["127.0.0.1/32".into()];
+    });
+    let pinned = format!("pinned.test:{}", h.mock);
+    let llm = format!("llm.test:{}", h.mock);
+    let bearer = token(TokenOpts::default());
+    let auth = format!("Proxy-Authorization: Bearer {bearer}\r\n");
+    let open_opaque = || {
+        let (sock, status, text) = connect(h.proxy.shared_port, &pinned, &auth);
+        assert_eq!(status, 200, "{text}");
+        let mut opaque = tls_over(sock, "pinned.test", &h.origin_ca).unwrap();
+        let r = request_over(
+            &mut opaque,
+            &format!("GET /pinned/echo HTTP/1.1\r\nHost: {pinned}\r\n\r\n"),
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        opaque
+    };
+    let mut opaque = open_opaque();
+    let mut ws = intercepted(&h, h.proxy.sidecar_port, &llm, "");
+    websocket_upgrade(&mut ws, &llm);
+
+    let mut tenants = h.proxy.tenants().clone();
+    tenants.tenant("acme").egress_allow.clear();
+    h.proxy.write_tenants(&tenants);
+    until_closed(&mut opaque);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while websocket_ping(&mut ws) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WebSocket was never ended"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let tunnel = record_when_written(&h, |r| r["method"] == "CONNECT" && r["ended"].is_string());
+    assert_eq!(tunnel["ended"], "egress_withdrawn", "{tunnel}");
+    assert_eq!(tunnel["reason"], "destination_forbidden", "{tunnel}");
+    let upgrade = record_when_written(&h, |r| r["status"] == 101 && r["ended"].is_string());
+    assert_eq!(upgrade["ended"], "egress_withdrawn", "{upgrade}");
+    assert_eq!(upgrade["reason"], "destination_forbidden", "{upgrade}");
+    let (_, status, _) = connect(h.proxy.shared_port, &pinned, &auth);
+    assert_eq!(status, 403, "a fresh tunnel is refused");
+
+    // The exception back, an opaque tunnel again; then a key of acme's bound to its host.
+    tenants.tenant("acme").egress_allow = vec!["127.0.0.1/32".into()];
+    h.proxy.write_tenants(&tenants);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while connect(h.proxy.shared_port, &pinned, &auth).1 != 200 {
+        assert!(std::time::Instant::now() < deadline, "exception never back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut opaque = open_opaque();
+    std::fs::write(h.proxy.path("secrets/acme/pinned_key"), "sk-pinned-3333").unwrap();
+    tenants
+        .credentials()
+        .files
+        .push(config::FileCredential::header(
+            "acme",
+            "pinned_key",
+            &["pinned.test"],
+        ));
+    h.proxy.write_tenants(&tenants);
+    until_closed(&mut opaque);
+    let ended: Vec<_> = h
+        .proxy
+        .audit_records("acme")
+        .into_iter()
+        .filter(|r| r["method"] == "CONNECT" && r["ended"].is_string())
+        .collect();
+    let tunnel = record_when_written(&h, |r| {
+        r["method"] == "CONNECT" && r["ended"] == "interception_required"
+    });
+    assert_eq!(tunnel["reason"], "interception_unavailable", "{tunnel}");
+    assert_eq!(tunnel["tunnel"]["mode"], "opaque", "{tunnel}");
+    assert!(ended.len() <= 2, "{ended:#?}");
+}
+
 /// `tenant-proxy run close` reaches what a signed run has open: its WebSocket ends (its record
 /// saying `ended: run_closed`), as does its streamed answer, with an SSE event saying why; the
 /// same tenant's other run goes on.

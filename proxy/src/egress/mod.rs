@@ -204,28 +204,41 @@ impl Dialer {
             }
         })?;
         let first = *answers.first().ok_or_else(unresolvable)?;
-        let covered = |ip: IpAddr| {
-            self.rules
+        for &ip in answers.iter() {
+            self.check_address(host, SocketAddr::new(ip, port), tenant_exceptions)?;
+        }
+        Ok(SocketAddr::new(first, port))
+    }
+
+    /// Whether `address`, an answer for `host`, may be dialed: not one of the proxy's own
+    /// listeners, and a global address or one an exception (the deployment's, or the tenant's
+    /// `tenant_exceptions`) covers. Also asked again of the address a relay still open dialed
+    /// (an opaque tunnel, a WebSocket) after a reload, with the exceptions then.
+    pub fn check_address(
+        &self,
+        host: &str,
+        address: SocketAddr,
+        tenant_exceptions: &[EgressException],
+    ) -> Result<(), EgressRefusal> {
+        if self.is_own_listener(address) {
+            return Err(EgressRefusal::OwnListener { address });
+        }
+        let ip = address.ip();
+        if let Some(reason) = non_global_reason(ip) {
+            let covered = self
+                .rules
                 .exceptions
                 .iter()
                 .chain(tenant_exceptions)
-                .any(|e| e.allows(host, port, ip))
-        };
-        for &ip in answers.iter() {
-            let address = SocketAddr::new(ip, port);
-            if self.is_own_listener(address) {
-                return Err(EgressRefusal::OwnListener { address });
-            }
-            if let Some(reason) = non_global_reason(ip) {
-                if !covered(ip) {
-                    return Err(EgressRefusal::Forbidden {
-                        address: ip,
-                        reason,
-                    });
-                }
+                .any(|e| e.allows(host, address.port(), ip));
+            if !covered {
+                return Err(EgressRefusal::Forbidden {
+                    address: ip,
+                    reason,
+                });
             }
         }
-        Ok(SocketAddr::new(first, port))
+        Ok(())
     }
 
     /// For a captured connection: `host` (its `Host` or SNI) must resolve to `original`, the
@@ -255,23 +268,7 @@ impl Dialer {
             });
         }
         let original = SocketAddr::new(ip, original.port());
-        if self.is_own_listener(original) {
-            return Err(EgressRefusal::OwnListener { address: original });
-        }
-        if let Some(reason) = non_global_reason(ip) {
-            let covered = self
-                .rules
-                .exceptions
-                .iter()
-                .chain(tenant_exceptions)
-                .any(|e| e.allows(host, original.port(), ip));
-            if !covered {
-                return Err(EgressRefusal::Forbidden {
-                    address: ip,
-                    reason,
-                });
-            }
-        }
+        self.check_address(host, original, tenant_exceptions)?;
         Ok(original)
     }
 

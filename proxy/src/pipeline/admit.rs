@@ -1319,24 +1319,11 @@ async fn admit_connect(
         )
         .await?;
     let (opaque, _) = decide::connect(&snapshot, &tenant, host, port, ConnectQuestion::Opaque, now);
-    // SECURITY: a tunnel to an MCP server (by name, or by the address just checked) is always
-    // intercepted, whatever `connect_opaque` says, so what it calls is decided and its lists
-    // filtered.
-    let mcp = snapshot
-        .tenants
-        .mcp
-        .serves(host, port, Some(addr), &config.egress.hosts);
-    // SECURITY: so is a tunnel to an LLM API host while token or cost ceilings apply to the
-    // caller (unless allowed, `unmetered_calls`): its calls are metered only when read.
-    let metered = (registry::name_for_host(host).is_some()
-        || snapshot.tenants.llm_providers.for_host(host).is_some())
-        && crate::limits::plan::refuses_unmetered_for(&snapshot.tenants, &tenant);
-    // SECURITY: so is a tunnel to a host the tenant's credentials are (or lately were) bound
-    // to, on any port: what comes back from there is scrubbed of them (an upstream that kept
-    // what a substituted request sent it shows it to whoever asks next), which only an
-    // intercepted tunnel allows.
-    let bound = snapshot.credentials.any_bound_to_host(&tenant.tenant, host)
-        || fx.echoes(&snapshot, &tenant.tenant, host).is_some();
+    let Intercepted {
+        mcp,
+        metered,
+        bound,
+    } = must_intercept(fx, &snapshot, &tenant, host, port, addr);
     let (mode, minter) = if opaque.allowed && !mcp && !metered && !bound {
         if let Some(d) = trail.decision.as_mut() {
             d.policy_ids.extend(opaque.policy_ids);
@@ -1386,6 +1373,55 @@ async fn admit_connect(
     })
 }
 
+/// Why a tunnel must be intercepted whatever `connect_opaque` says (any of them true).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Intercepted {
+    /// It goes to an MCP server.
+    pub mcp: bool,
+    /// It goes to an LLM API host while a token or cost ceiling applies.
+    pub metered: bool,
+    /// It goes to a host the tenant's credentials are (or lately were) bound to.
+    pub bound: bool,
+}
+
+impl Intercepted {
+    pub fn any(self) -> bool {
+        self.mcp || self.metered || self.bound
+    }
+}
+
+/// Whether a tunnel of `tenant` to `host:port`, dialed at `addr`, must be intercepted under
+/// `snapshot`: asked when it opens, and of an opaque tunnel still open after a reload (see
+/// `lapse::opaque_again`).
+pub(super) fn must_intercept(
+    fx: &dyn Effects,
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    host: &str,
+    port: u16,
+    addr: SocketAddr,
+) -> Intercepted {
+    Intercepted {
+        // SECURITY: a tunnel to an MCP server (by name, or by the address checked) is always
+        // intercepted, so what it calls is decided and its lists filtered.
+        mcp: snapshot
+            .tenants
+            .mcp
+            .serves(host, port, Some(addr), &fx.config().egress.hosts),
+        // SECURITY: so is a tunnel to an LLM API host while token or cost ceilings apply to
+        // the caller (unless allowed, `unmetered_calls`): its calls are metered only when read.
+        metered: (registry::name_for_host(host).is_some()
+            || snapshot.tenants.llm_providers.for_host(host).is_some())
+            && crate::limits::plan::refuses_unmetered_for(&snapshot.tenants, tenant),
+        // SECURITY: so is a tunnel to a host the tenant's credentials are (or lately were)
+        // bound to, on any port: what comes back from there is scrubbed of them (an upstream
+        // that kept what a substituted request sent it shows it to whoever asks next), which
+        // only an intercepted tunnel allows.
+        bound: snapshot.credentials.any_bound_to_host(&tenant.tenant, host)
+            || fx.echoes(snapshot, &tenant.tenant, host).is_some(),
+    }
+}
+
 /// The tenant's cap on open tunnels (its own, or the deployment's default).
 fn tunnel_cap(config: &StaticConfig, snapshot: &Snapshot, tenant: &TenantContext) -> u32 {
     snapshot
@@ -1429,7 +1465,10 @@ pub(super) fn tunnel_destination(scheme: Scheme, host: &str, port: u16) -> Desti
 }
 
 /// The tenant's own egress exceptions (added to the global ones by the guard).
-fn egress_exceptions<'a>(snapshot: &'a Snapshot, tenant: &TenantId) -> &'a [EgressException] {
+pub(super) fn egress_exceptions<'a>(
+    snapshot: &'a Snapshot,
+    tenant: &TenantId,
+) -> &'a [EgressException] {
     snapshot
         .tenants
         .tenants

@@ -12,7 +12,7 @@ use crate::context::TenantContext;
 use crate::credentials::apply::{AccessTokens, Applied, CredentialDeny, RequestParts};
 use crate::credentials::binding::{Position, Target};
 use crate::credentials::Credential;
-use crate::error::{Deny, PolicyRefusal};
+use crate::error::Deny;
 use crate::mcp::{McpExchange, McpRefusal};
 use crate::metrics::METRICS;
 use crate::policy::shadow::ShadowDecision;
@@ -350,50 +350,6 @@ pub fn with_other_models(
     decision.policy_ids.sort_unstable();
     decision.policy_ids.dedup();
     decision
-}
-
-/// A relay's own policy question, asked again under the configuration of the moment (see
-/// `lapse::watch`): `Err` with the refusal a fresh request would get.
-pub type Redecide = Box<dyn Fn(&Snapshot, i64) -> Result<(), Deny> + Send + Sync>;
-
-/// The `http` question of an upgraded request (a WebSocket), its other models included.
-pub fn http_again(
-    tenant: std::sync::Arc<TenantContext>,
-    destination: Destination,
-    method: http::Method,
-    model: Option<String>,
-    other_models: Vec<String>,
-) -> Redecide {
-    Box::new(move |snapshot, now| {
-        let asking = Asking::new(
-            snapshot,
-            &tenant,
-            &destination,
-            &method,
-            model.as_deref(),
-            now,
-        );
-        let (decision, _) = asking.http();
-        let decision = with_other_models(&asking, decision, &other_models, now);
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(Deny::PolicyDenied(PolicyRefusal::of(&decision)))
-        }
-    })
-}
-
-/// The `connect` and `connect_opaque` questions of an opaque tunnel to `host:port`.
-pub fn opaque_again(tenant: std::sync::Arc<TenantContext>, host: String, port: u16) -> Redecide {
-    Box::new(move |snapshot, now| {
-        for question in [ConnectQuestion::Open, ConnectQuestion::Opaque] {
-            let (decision, _) = connect(snapshot, &tenant, &host, port, question, now);
-            if !decision.allowed {
-                return Err(Deny::PolicyDenied(PolicyRefusal::of(&decision)));
-            }
-        }
-        Ok(())
-    })
 }
 
 /// The `connect` (or `connect_opaque`) question for a tunnel of `tenant` to `host:port`, with

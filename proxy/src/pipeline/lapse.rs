@@ -17,16 +17,25 @@
 //! of a signed run also ends once the run is closed (`tenant-proxy run close`, on any replica
 //! sharing the limiter): a fresh request of the run would be refused `run_closed`. A limiter
 //! that does not answer leaves the run's relays open (the revocation list, read from the same
-//! Redis, ends token relays once it is stale and the limiter fails closed).
+//! Redis, ends token relays once it is stale and the limiter fails closed). A relay's own
+//! questions ([`Redecide`]: its policy questions, the egress guard on the address it dialed,
+//! whether an opaque tunnel would be intercepted now) are asked again after every reload and
+//! every [`REDECIDE`].
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::admit::Effects;
+use super::decide::{self, with_other_models, Asking};
 use super::Shared;
+use crate::context::TenantContext;
 use crate::error::Deny;
 use crate::identity::{self, IdentityError, ResolvedIdentity};
+use crate::policy::ConnectQuestion;
 use crate::snapshot::Snapshot;
+use crate::target::Destination;
+use crate::usage::providers::registry::{self, Work};
 
 /// How often an open relay's identity is judged again: a look-up in the current snapshot and
 /// revocation lists, once a second per relay.
@@ -52,6 +61,15 @@ pub enum Ended {
     /// The policy no longer allows it: its own question (`connect` and `connect_opaque` for an
     /// opaque tunnel, `http` for a WebSocket), asked again after a reload, is refused.
     PolicyWithdrawn,
+    /// The egress guard refuses the address it dialed now: the exception that let it reach a
+    /// private address was withdrawn.
+    EgressWithdrawn,
+    /// An opaque tunnel that would be intercepted now (its host became an MCP server's, an
+    /// LLM API's under a token or cost ceiling, or one the tenant's credentials are bound to):
+    /// an open tunnel cannot become one, so it ends and the client's next is intercepted.
+    InterceptionRequired,
+    /// A WebSocket the proxy cannot meter, while a token or cost ceiling applies now.
+    Unmetered,
 }
 
 impl Ended {
@@ -65,6 +83,9 @@ impl Ended {
             Ended::RevocationsUnavailable => "revocations_unavailable",
             Ended::RunClosed => "run_closed",
             Ended::PolicyWithdrawn => "policy_withdrawn",
+            Ended::EgressWithdrawn => "egress_withdrawn",
+            Ended::InterceptionRequired => "interception_required",
+            Ended::Unmetered => "unmetered",
         }
     }
 }
@@ -234,13 +255,137 @@ async fn run_closed(shared: &Shared, who: &ResolvedIdentity) -> Option<Lapse> {
 /// the hour and the weekday.
 pub const REDECIDE: Duration = Duration::from_secs(60);
 
-/// A relay's own policy question (see [`super::decide::Redecide`]), and the configuration
-/// generation it was last answered under.
+/// A relay's own questions (see [`Redecide`]), and the configuration generation they were last
+/// answered under.
 pub struct Question {
     /// The generation it was last answered under (at first, the relay's admission's).
     pub generation: u64,
-    /// The question.
-    pub ask: super::decide::Redecide,
+    /// The questions.
+    pub ask: Redecide,
+}
+
+/// A relay's own questions, asked again under the configuration of the moment (see [`watch`]):
+/// every check its admission made that a reload can change, but its name's lookup (it stays
+/// connected to the address it dialed). `Err` with why it ends and the refusal a fresh request
+/// would get.
+pub type Redecide = Box<dyn Fn(&Shared, &Snapshot, i64) -> Result<(), Lapse> + Send + Sync>;
+
+/// A relay the policy refuses now.
+fn policy_withdrawn(decision: &crate::policy::Decision) -> Lapse {
+    Lapse {
+        ended: Ended::PolicyWithdrawn,
+        deny: Deny::PolicyDenied(crate::error::PolicyRefusal::of(decision)),
+    }
+}
+
+/// The egress guard on the address a relay of `tenant` dialed for `host`, with the tenant's
+/// exceptions now.
+fn still_reachable(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    host: &str,
+    addr: SocketAddr,
+) -> Result<(), Lapse> {
+    let exceptions = super::admit::egress_exceptions(snapshot, &tenant.tenant);
+    shared
+        .egress
+        .check_address(host, addr, exceptions)
+        .map_err(|refusal| Lapse {
+            ended: Ended::EgressWithdrawn,
+            deny: super::deny_for_refusal(tenant, &refusal),
+        })
+}
+
+/// An upgraded request (a WebSocket) to `destination`, dialed at `addr`: its `http` question
+/// (its other models included), the egress guard on its address, whether its destination is
+/// an MCP server now (never upgraded to), and whether a ceiling now refuses work the proxy
+/// cannot meter.
+pub fn upgrade_again(
+    tenant: Arc<TenantContext>,
+    destination: Destination,
+    method: http::Method,
+    model: Option<String>,
+    other_models: Vec<String>,
+    addr: SocketAddr,
+) -> Redecide {
+    Box::new(move |shared, snapshot, now| {
+        let asking = Asking::new(
+            snapshot,
+            &tenant,
+            &destination,
+            &method,
+            model.as_deref(),
+            now,
+        );
+        let (decision, _) = asking.http();
+        let decision = with_other_models(&asking, decision, &other_models, now);
+        if !decision.allowed {
+            return Err(policy_withdrawn(&decision));
+        }
+        still_reachable(shared, snapshot, &tenant, &destination.host, addr)?;
+        let hosts = &shared.config.egress.hosts;
+        if let Some(server) = snapshot
+            .tenants
+            .mcp
+            .server_for(&destination, Some(addr), hosts)
+        {
+            return Err(Lapse {
+                ended: Ended::PolicyWithdrawn,
+                deny: Deny::McpMalformed(format!(
+                    "`{}` is an MCP server now, which is reached with HTTP requests, never a protocol upgrade such as WebSocket",
+                    server.name
+                )),
+            });
+        }
+        let call = registry::for_destination(&destination).is_some();
+        if let Work::Unmetered(what) = registry::work(&destination, &method, true, call) {
+            if crate::limits::plan::refuses_unmetered_for(&snapshot.tenants, &tenant) {
+                return Err(Lapse {
+                    ended: Ended::Unmetered,
+                    deny: Deny::UnmeteredCall(what),
+                });
+            }
+        }
+        Ok(())
+    })
+}
+
+/// An opaque tunnel to `host:port`, dialed at `addr`: its `connect` and `connect_opaque`
+/// questions, the egress guard on its address, and whether it would be intercepted now.
+pub fn opaque_again(
+    tenant: Arc<TenantContext>,
+    host: String,
+    port: u16,
+    addr: SocketAddr,
+) -> Redecide {
+    Box::new(move |shared, snapshot, now| {
+        for question in [ConnectQuestion::Open, ConnectQuestion::Opaque] {
+            let (decision, _) = decide::connect(snapshot, &tenant, &host, port, question, now);
+            if !decision.allowed {
+                return Err(policy_withdrawn(&decision));
+            }
+        }
+        still_reachable(shared, snapshot, &tenant, &host, addr)?;
+        let must = super::admit::must_intercept(shared, snapshot, &tenant, &host, port, addr);
+        if !must.any() {
+            return Ok(());
+        }
+        let deny = if must.mcp || must.bound {
+            Deny::InterceptionUnavailable(
+                "this opaque tunnel's host must now be intercepted (an MCP server's, or one the \
+                 tenant's credentials are bound to), which an open tunnel cannot become; open a \
+                 new tunnel"
+                    .into(),
+            )
+        } else {
+            Deny::UnmeteredCall("an opaque tunnel to an LLM API")
+        };
+        Err(Lapse {
+            ended: Ended::InterceptionRequired,
+            deny,
+        })
+    })
 }
 
 impl std::fmt::Debug for Question {
@@ -272,11 +417,8 @@ pub async fn watch(
         if let Some(q) = question.as_mut() {
             let snapshot = shared.snapshot.load();
             if snapshot.generation != q.generation || asked.elapsed() >= REDECIDE {
-                if let Err(deny) = (q.ask)(&snapshot, crate::clock::unix_now_i64()) {
-                    return Lapse {
-                        ended: Ended::PolicyWithdrawn,
-                        deny,
-                    };
+                if let Err(lapse) = (q.ask)(&shared, &snapshot, crate::clock::unix_now_i64()) {
+                    return lapse;
                 }
                 q.generation = snapshot.generation;
                 asked = Instant::now();

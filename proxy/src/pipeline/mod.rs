@@ -453,15 +453,19 @@ impl TenantProxy {
         let (Some(conn), Some(admitted)) = (front_conn(session), ctx.admitted.as_ref()) else {
             return;
         };
+        let Ok(addr) = admitted.permit.addr() else {
+            return;
+        };
         let seen = Arc::new(std::sync::OnceLock::new());
         let question = lapse::Question {
             generation: admitted.snapshot.generation,
-            ask: decide::http_again(
+            ask: lapse::upgrade_again(
                 admitted.tenant.clone(),
                 admitted.permit.destination().clone(),
                 session.req_header().method.clone(),
                 ctx.trail.model.clone(),
                 ctx.trail.other_models.clone(),
+                addr,
             ),
         };
         let watch = lapse::watch(

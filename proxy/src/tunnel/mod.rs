@@ -53,8 +53,8 @@ use crate::metrics::METRICS;
 use crate::pipeline::admit::{self, Admitted, Ask, Caller, Grant, TunnelGrant};
 use crate::pipeline::caps::TenantSlot;
 use crate::pipeline::conn::{Conn, ConnFacts, Tunnel};
+use crate::pipeline::lapse;
 use crate::pipeline::record::{write_refusal, Outcome, Trail, TunnelMode};
-use crate::pipeline::{decide, lapse};
 use crate::pipeline::{Shared, TenantProxy, PLAIN_KEEPALIVE_SECS};
 use crate::target::Scheme;
 use crate::tls::ca::TunnelCertResolver;
@@ -329,7 +329,7 @@ impl EgressApp {
                 let dialed =
                     tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await;
                 match dialed {
-                    Ok(Ok(upstream)) => Some(upstream),
+                    Ok(Ok(upstream)) => Some((upstream, addr)),
                     Ok(Err(_)) => {
                         let deny = Deny::UpstreamUnreachable;
                         self.refused(&mut stream, &mut trail, deny, opened).await;
@@ -351,7 +351,7 @@ impl EgressApp {
             return;
         }
         trail.outcome = Outcome::Forwarded;
-        if let Some(upstream) = upstream {
+        if let Some((upstream, addr)) = upstream {
             let idle = self.shared.config.egress.tunnel_idle_timeout;
             // SECURITY: an opaque tunnel carries no request to judge again, so it is watched
             // instead: it ends once its identity would no longer be accepted (revoked, expired,
@@ -359,7 +359,7 @@ impl EgressApp {
             // refuses it, not when its client pleases.
             let question = trail.tenant.clone().map(|tenant| lapse::Question {
                 generation,
-                ask: decide::opaque_again(tenant, head.host.clone(), head.port),
+                ask: lapse::opaque_again(tenant, head.host.clone(), head.port, addr),
             });
             let lapse = Box::pin(lapse::watch(self.shared.clone(), identity, question));
             let (relayed, lapsed) = opaque::relay(stream, upstream, early, idle, lapse).await;
