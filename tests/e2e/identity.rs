@@ -184,6 +184,32 @@ fn basic_auth_password_carries_the_token() {
     ]);
     assert_eq!(status, 407, "{body}");
     assert_eq!(origin.matching("/globex/hello").len(), 1);
+    // The token is genuine, so its refusal is globex's to see.
+    let refused: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = refused["error"]["request_id"].as_str().unwrap();
+    let record = proxy.audit_record("globex", id);
+    assert_eq!(record["reason"], "identity_invalid", "{record}");
+    // A revoked token is audited as revoked in its tenant's partition whatever user name it is
+    // presented with: picking one does not escape the record.
+    let revoked = token(TokenOpts {
+        tenant: "globex",
+        workload: "agent",
+        jti: Some("revoked-jti-1"),
+        ..Default::default()
+    });
+    for user in ["agent", "someone-else", "x"] {
+        let (status, body) = curl(&[
+            "-x",
+            &format!("http://{user}:{revoked}@127.0.0.1:{}", proxy.shared_port),
+            &url(&origin, "/globex/hello"),
+        ]);
+        assert_eq!(status, 407, "{user}: {body}");
+        let refused: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let id = refused["error"]["request_id"].as_str().unwrap();
+        let record = proxy.audit_record("globex", id);
+        assert_eq!(record["reason"], "identity_invalid", "{user}: {record}");
+        assert_eq!(record["workload"], "agent", "{user}: {record}");
+    }
 }
 
 #[test]

@@ -76,16 +76,28 @@ pub enum IdentityError {
     /// audited in that tenant's partition. Never served.
     #[error("the token has been revoked")]
     Revoked(Box<ResolvedIdentity>),
-    /// The client certificate that proved this connection's identity has expired since, or is
-    /// no longer trusted, with the identity it proved: the refusal is audited in that tenant's
-    /// partition (it was the CA's word, not the agent's). Never served.
+    /// A credential that proved an identity but is refused: the client certificate that proved
+    /// this connection's identity has expired since, or is no longer trusted (it was the CA's
+    /// word, not the agent's); a genuine token presented with another proxy user name than its
+    /// workload. The refusal is audited in that tenant's partition. Never served.
     #[error("{why}")]
     Lapsed {
-        /// The identity the certificate proved at the handshake.
+        /// The identity the credential proved.
         who: Box<ResolvedIdentity>,
         /// Why it no longer does.
         why: String,
     },
+}
+
+impl IdentityError {
+    /// The identity a refused credential proved (a revoked token, a lapsed certificate), in whose
+    /// tenant's partition the refusal is audited; none for a credential that proved nothing.
+    pub fn proven(self) -> Option<ResolvedIdentity> {
+        match self {
+            IdentityError::Revoked(who) | IdentityError::Lapsed { who, .. } => Some(*who),
+            _ => None,
+        }
+    }
 }
 
 pub use mtls::PeerCertificate;
@@ -297,13 +309,6 @@ fn resolve_token(
         Err(crate::identity::token::TokenError::Revoked(verified)) => (*verified, true),
         Err(e) => return Err(IdentityError::Invalid(e.to_string())),
     };
-    if let Some(user) = username {
-        if !user.is_empty() && user != verified.workload.as_str() {
-            return Err(invalid(
-                "the proxy user name does not match the token's workload",
-            ));
-        }
-    }
     if !workloads.has_workload(&verified.tenant, &verified.workload) {
         return Err(invalid(
             "the token names a tenant or workload this proxy does not know",
@@ -316,8 +321,19 @@ fn resolve_token(
         token: Some(verified),
         certificate: None,
     };
+    // SECURITY: a genuine token is refused in its tenant's partition, whatever else is wrong
+    // with how it is presented: a revoked token's holder must not escape the record by picking
+    // another proxy user name.
     if revoked {
         return Err(IdentityError::Revoked(Box::new(who)));
+    }
+    if let Some(user) = username {
+        if !user.is_empty() && user != who.workload.as_str() {
+            return Err(IdentityError::Lapsed {
+                who: Box::new(who),
+                why: "the proxy user name does not match the token's workload".into(),
+            });
+        }
     }
     Ok(who)
 }

@@ -48,7 +48,7 @@ use crate::error::Deny;
 use crate::front::{FrontLimits, HeadLimits};
 use crate::identity::mtls::{ClientTrust, MtlsServer};
 use crate::identity::ListenerKind;
-use crate::identity::{self, PeerCertificate, Presented};
+use crate::identity::{self, IdentityError, PeerCertificate, Presented};
 use crate::metrics::METRICS;
 use crate::pipeline::admit::{self, Admitted, Ask, Caller, Grant, TunnelGrant};
 use crate::pipeline::caps::TenantSlot;
@@ -693,6 +693,7 @@ impl EgressApp {
                         .as_deref()
                         .and_then(|d| d.extension.get::<PeerCertificate>()),
                 };
+                // A revoked token's refused head is audited in its tenant's partition too.
                 identity::resolve(
                     &self.listener.identity,
                     &snapshot.tenants,
@@ -700,7 +701,7 @@ impl EgressApp {
                     presented,
                     unix_now(),
                 )
-                .ok()
+                .map_or_else(IdentityError::proven, Some)
             }
         };
         trail.tunnel = conn.context().tunnel.as_ref().map(|t| t.id.clone());

@@ -70,23 +70,38 @@ pub enum Initiator {
 /// `token revoke`): one a line of `[token] revoked_jtis_file` names exactly. That file cuts each
 /// line at its first `#` (the rest is a comment) and trims it, so an id holding a `#`, or
 /// whitespace at either end, could not be revoked there, and its line would revoke another id
-/// (`batch#7` revokes `batch`). So an id is refused when it is empty or holds a `#`, whitespace
-/// or a control character (UUIDs, hex, base64url and the ids identity providers issue hold none).
+/// (`batch#7` revokes `batch`). So an id is refused when it is empty or holds a `#`, or anything
+/// but printable ASCII: whitespace, control characters, and the invisible ones an editor may
+/// leave in a line (a byte-order mark, a zero-width space) that would make it name another id
+/// than it shows (UUIDs, hex, base64url and the ids identity providers issue hold none).
 pub fn valid_jti(jti: &str) -> bool {
-    !jti.is_empty()
-        && jti
-            .chars()
-            .all(|c| c != '#' && !c.is_whitespace() && !c.is_control())
+    !jti.is_empty() && jti.bytes().all(|b| b != b'#' && b.is_ascii_graphic())
 }
 
 /// The token ids a `revoked_jtis_file` holding `text` revokes: one per line, each line cut at its
-/// first `#` (the rest is a comment) and trimmed; blank lines name none.
+/// first `#` (the rest is a comment) and trimmed; blank lines name none. A byte-order mark at the
+/// start (PowerShell's and old Notepad's UTF-8) is not part of the first id.
+///
+/// SECURITY: a line whose id holds characters no token id has (an invisible zero-width space, a
+/// no-break space) revokes also the id it shows, those characters left out: revoking the id a
+/// person meant errs on the safe side; `check` warns at such a line.
 pub fn revocation_ids(text: &str) -> std::collections::HashSet<String> {
-    text.lines()
-        .map(|l| revocation_line(l).0)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut ids = std::collections::HashSet::new();
+    for line in text.lines() {
+        let id = revocation_line(line).0;
+        if id.is_empty() {
+            continue;
+        }
+        if !valid_jti(id) {
+            let shown: String = id.chars().filter(|c| !invisible(*c)).collect();
+            if valid_jti(&shown) {
+                ids.insert(shown);
+            }
+        }
+        ids.insert(id.to_string());
+    }
+    ids
 }
 
 /// The token id a line of `revoked_jtis_file` names (empty for none), and whether the line has
@@ -100,10 +115,19 @@ pub fn revocation_line(line: &str) -> (&str, bool) {
     }
 }
 
+/// A character a line of text may hold without showing it: whitespace other than the ASCII
+/// space (which shows as a gap), control characters, and the zero-width and direction marks.
+fn invisible(c: char) -> bool {
+    (c.is_whitespace() && c != ' ')
+        || c.is_control()
+        || matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
 /// The lines of a `revoked_jtis_file` holding `text` that do not revoke the id they seem to
 /// name, as `line N: `…``: a `#` right after an id (`batch#7` revokes `batch`: a comment starts
 /// a line or follows whitespace), or an id no token can have (whitespace inside).
 pub fn misleading_revocation_lines(text: &str) -> Vec<String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     text.lines()
         .enumerate()
         .filter_map(|(i, line)| {
@@ -119,7 +143,7 @@ pub fn misleading_revocation_lines(text: &str) -> Vec<String> {
 
 /// What a token id may not hold, for messages that refuse one.
 pub const JTI_RULE: &str =
-    "a token id (`jti`) may not be empty or hold `#`, whitespace or control characters (a `revoked_jtis_file` line could not name it)";
+    "a token id (`jti`) may not be empty or hold `#` or anything but printable ASCII (a `revoked_jtis_file` line could not name it)";
 
 /// An OAuth scope token (RFC 6749 section 3.3): printable ASCII except space, `"` and `\`.
 fn valid_scope(s: &str) -> bool {
