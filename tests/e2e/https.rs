@@ -2074,6 +2074,38 @@ fn counter(metrics: &str, family: &str) -> f64 {
         .unwrap_or_else(|| panic!("no `{family}` in:\n{metrics}"))
 }
 
+/// A connection closed before its first byte (`/readyz`'s probe of every listener, a load
+/// balancer's TCP check, a port scan) is not a failed handshake: nothing is counted or logged.
+#[test]
+fn probes_that_send_nothing_are_not_failed_mtls_handshakes() {
+    let mesh = start_mesh();
+    let failures = || {
+        counter(
+            &mesh.h.proxy.metrics(),
+            "tenant_proxy_mtls_handshake_failures_total",
+        )
+    };
+    assert_eq!(mesh.h.proxy.readyz(), 200);
+    for _ in 0..20 {
+        drop(TcpStream::connect(("127.0.0.1", mesh.port)).unwrap());
+    }
+    // What a failed handshake is still counts: plain bytes where a ClientHello is due.
+    let mut s = TcpStream::connect(("127.0.0.1", mesh.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = s.read_to_end(&mut Vec::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while failures() < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed handshake was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(failures(), 1.0, "probes were counted as failed handshakes");
+}
+
 /// Anyone who reaches the mTLS listener can fail a handshake, before any identity and as often
 /// as they like. Each failure is counted, but the log gets a sample: one line per listener a
 /// second on each worker, the rest counted as suppressed, so such a flood cannot fill the log

@@ -220,7 +220,17 @@ impl ServerApp for EgressApp {
 impl EgressApp {
     /// The mTLS handshake: a client without a certificate that chains to the trust bundle is
     /// refused here; one whose SPIFFE ID maps to no workload is refused per request.
-    async fn accept_mtls(&self, mtls: &Arc<MtlsServer>, stream: Stream) -> Option<Stream> {
+    async fn accept_mtls(&self, mtls: &Arc<MtlsServer>, mut stream: Stream) -> Option<Stream> {
+        let deadline =
+            tokio::time::Instant::now() + self.shared.config.egress.client_header_timeout;
+        // A connection closed before its first byte is a TCP probe (`/readyz`, a load
+        // balancer's or an orchestrator's health check, a port scan), not a failed handshake:
+        // it is not counted, or every probe would look like an attack on the listener.
+        let mut first = bytes::BytesMut::with_capacity(4096);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
         let (config, generation) = mtls.current();
         let acceptor = Acceptor::from_server_config(config);
         let callbacks = PeerCallbacks {
@@ -229,9 +239,8 @@ impl EgressApp {
             generation,
         };
         let handshake =
-            handshake_with_callback(&acceptor, Rewound::new(stream, Bytes::new()), &callbacks);
-        match tokio::time::timeout(self.shared.config.egress.client_header_timeout, handshake).await
-        {
+            handshake_with_callback(&acceptor, Rewound::new(stream, first.freeze()), &callbacks);
+        match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
             Ok(Err(e)) => {
                 METRICS.mtls_handshake_failures.inc();
