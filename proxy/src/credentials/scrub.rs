@@ -251,6 +251,24 @@ impl Scrubber {
         }
     }
 
+    /// Matches are masked with as many bytes as they had: for a response whose length is
+    /// already announced (a scrubber that starts part-way, see `Stages::look_for_secrets`).
+    pub fn keeping_length(mut self) -> Self {
+        self.same_length = true;
+        self
+    }
+
+    /// Looks for `more` too, from the next chunk on.
+    pub fn look_for(&mut self, more: &Patterns) {
+        let mut patterns = self.patterns.patterns.clone();
+        for p in &more.patterns {
+            if !patterns.iter().any(|q| q.bytes == p.bytes) {
+                patterns.push(p.clone());
+            }
+        }
+        self.patterns = Arc::new(Patterns::indexed(patterns));
+    }
+
     /// The response upgraded the connection (`101`, with its headers): from now on matches are
     /// masked with as many bytes as they had, since the new protocol frames its own lengths. A
     /// WebSocket is read frame by frame: each frame's payload is scrubbed whole (a frame is

@@ -182,22 +182,23 @@ pub struct Recheck {
 impl Recheck {
     /// Judges `who` ([`judge_now`]) when a [`RECHECK`] has passed since it was last judged (at
     /// first, since `admitted`, the request's start): one clock read for each chunk, a look-up
-    /// a second at most. A lapse the watcher saw (its run closed) counts at once.
+    /// a second at most. A lapse the watcher saw (its run closed) counts at once. `Ok(true)`
+    /// when it was judged now (what else a response looks at once a second goes with it).
     pub fn chunk(
         &mut self,
         shared: &Shared,
         who: &ResolvedIdentity,
         admitted: Instant,
-    ) -> Result<(), Lapse> {
+    ) -> Result<bool, Lapse> {
         if let Some(lapse) = self.watcher.as_ref().and_then(|w| w.seen.get()) {
             return Err(lapse.clone());
         }
         let now = Instant::now();
         if now < *self.due.get_or_insert(admitted + RECHECK) {
-            return Ok(());
+            return Ok(false);
         }
         self.due = Some(now + RECHECK);
-        judge_now(shared, who)
+        judge_now(shared, who).map(|()| true)
     }
 
     /// Watches a streamed response of a signed run: whether the run is closed needs the

@@ -984,7 +984,19 @@ impl ProxyHttp for TenantProxy {
             ..
         } = &mut **ctx;
         if let Some(admitted) = admitted.as_ref() {
-            if let Err(lapse) = recheck.chunk(&self.shared, &admitted.identity, trail.started) {
+            let judged = recheck.chunk(&self.shared, &admitted.identity, trail.started);
+            if judged == Ok(true) {
+                // SECURITY: a secret bound to this host, or rotated, while the response lasts
+                // (an SSE answer, an MCP event stream, a WebSocket) may be echoed in it once a
+                // later request sent it: it is scrubbed of the secrets of the moment too.
+                let now = self.shared.snapshot.load();
+                if now.generation != stages.scrub_generation() {
+                    let host = &admitted.permit.destination().host;
+                    let echoes = self.shared.echoes(&now, &admitted.tenant.tenant, host);
+                    stages.look_for_secrets(now.generation, echoes);
+                }
+            }
+            if let Err(lapse) = judged {
                 // The identity the response was asked with is no longer accepted: the chunk in
                 // hand is dropped and the response ends, an SSE stream with an event saying why
                 // (written by `fail_to_proxy`, as for a stream out of budget).

@@ -17,7 +17,7 @@ use pingora::{Error, ErrorType};
 use super::admit::{Admitted, HttpGrant};
 use super::record::Trail;
 use crate::credentials::apply::Applied;
-use crate::credentials::scrub::Scrubber;
+use crate::credentials::scrub::{Patterns, Scrubber};
 use crate::error::Deny;
 use crate::limits::stream::{CutReason, StreamGuard, Verdict};
 use crate::limits::LimitBackend;
@@ -185,6 +185,10 @@ pub struct Stages {
     guard: Option<StreamGuard>,
     strip: Option<UsageEventStripper>,
     scrub: Option<Scrubber>,
+    /// The configuration generation whose secrets `scrub` looks for (or found none to).
+    scrub_generation: u64,
+    /// The body is sent as it is (no content coding): a scrubber could read it.
+    readable: bool,
     /// The response is a success (a metered one without readable usage is counted).
     success: bool,
     /// An LLM call's response that no meter can read (compressed, or of a type that carries no
@@ -214,6 +218,26 @@ pub struct StageSetup<'a> {
 }
 
 impl Stages {
+    /// The configuration generation whose secrets the response is scrubbed of.
+    pub fn scrub_generation(&self) -> u64 {
+        self.scrub_generation
+    }
+
+    /// From the next chunk on, the response is scrubbed of `echoes` too: the secrets a response
+    /// from its host may echo under configuration generation `generation` (a secret bound to
+    /// the host, or rotated, while the response lasts). A response that was not scrubbed starts
+    /// being scrubbed, keeping every length (its `Content-Length`, a WebSocket's frames); one
+    /// still compressed cannot be.
+    pub fn look_for_secrets(&mut self, generation: u64, echoes: Option<Arc<Patterns>>) {
+        self.scrub_generation = generation;
+        let Some(echoes) = echoes else { return };
+        match self.scrub.as_mut() {
+            Some(scrubber) => scrubber.look_for(&echoes),
+            None if self.readable => self.scrub = Some(Scrubber::new(echoes).keeping_length()),
+            None => {}
+        }
+    }
+
     /// Sets up the stages this response needs and adjusts its head for them (a body whose
     /// length a stage may change loses its `Content-Length`). Refuses a response that must be
     /// read but cannot be (an MCP list that cannot be filtered, a compressed answer to a request
@@ -223,13 +247,15 @@ impl Stages {
         trail: &Trail,
         resp: &mut ResponseHeader,
     ) -> Result<Self, Deny> {
-        let mut stages = Stages {
-            success: resp.status.is_success(),
-            ..Stages::default()
-        };
         // Every line of a list header; one line of the type, or none (two types are no type
         // the meter or the stripper can rely on).
         let encoded = crate::header_names::content_coded(&resp.headers);
+        let mut stages = Stages {
+            success: resp.status.is_success(),
+            scrub_generation: setup.admitted.snapshot.generation,
+            readable: !encoded,
+            ..Stages::default()
+        };
         let content_type = crate::header_names::sole(&resp.headers, http::header::CONTENT_TYPE)
             .ok()
             .flatten()
@@ -454,5 +480,65 @@ fn count_scrubbed(trail: &Trail, n: u64) {
             .credential_scrubbed
             .with_label_values(&[trail.tenant_label()])
             .inc_by(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = "sk-old-0123456789abcdef";
+    const NEW: &str = "sk-new-fedcba9876543210";
+
+    fn patterns(value: &str) -> Arc<Patterns> {
+        Arc::new(Patterns::compile([("key", value.as_bytes())]))
+    }
+
+    /// `text` through `stages` as the response's last chunk.
+    fn last_chunk(stages: &mut Stages, text: &str) -> String {
+        let mut trail = Trail::new(Arc::from("l"), "GET".into());
+        let mut body = Some(Bytes::from(text.to_owned()));
+        stages
+            .feed(&mut body, true, &mut trail, &mut |_, _| true)
+            .expect("fed");
+        String::from_utf8(body.unwrap_or_default().to_vec()).expect("utf-8")
+    }
+
+    /// A secret bound to the response's host, or rotated, while the response lasts is scrubbed
+    /// from the next chunk on: added to a scrubber that had the old value, or by a scrubber that
+    /// starts then (keeping the announced length); a compressed body cannot be.
+    #[test]
+    fn a_secret_bound_or_rotated_while_a_response_lasts_is_scrubbed_from_then_on() {
+        let text = format!("data: {{\"echo\": \"{NEW}\"}}\n\n");
+        let scrubbed = |readable| Stages {
+            scrub: Some(Scrubber::new(patterns(OLD))),
+            readable,
+            ..Stages::default()
+        };
+        let mut before = scrubbed(true);
+        assert!(
+            last_chunk(&mut before, &text).contains(NEW),
+            "the old set knew nothing of it"
+        );
+
+        let mut rotated = scrubbed(true);
+        rotated.look_for_secrets(7, Some(patterns(NEW)));
+        assert_eq!(rotated.scrub_generation(), 7);
+        let out = last_chunk(&mut rotated, &text);
+        assert!(!out.contains(NEW) && out.contains("$CRED{key}"), "{out}");
+
+        let mut unscrubbed = Stages {
+            readable: true,
+            ..Stages::default()
+        };
+        unscrubbed.look_for_secrets(8, Some(patterns(NEW)));
+        let out = last_chunk(&mut unscrubbed, &text);
+        assert!(!out.contains(NEW), "{out}");
+        assert_eq!(out.len(), text.len(), "the announced length holds: {out}");
+
+        let mut compressed = Stages::default();
+        compressed.look_for_secrets(9, Some(patterns(NEW)));
+        assert_eq!(compressed.scrub_generation(), 9);
+        assert!(compressed.scrub.is_none());
     }
 }
