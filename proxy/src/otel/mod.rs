@@ -57,7 +57,10 @@ pub fn init(settings: &TracingSettings) -> anyhow::Result<()> {
         .build();
     let tracer = provider.tracer("tenant-proxy");
     let _ = TRACER.set((provider, tracer));
-    tracing::info!(endpoint = %endpoint, "exporting traces over OTLP/HTTP");
+    // Host and port only, never the URL (see `TracingSettings::from_spec`).
+    if let Some((host, port)) = settings.collector() {
+        tracing::info!(%host, port, "exporting traces over OTLP/HTTP");
+    }
     Ok(())
 }
 

@@ -53,15 +53,20 @@ impl TracingSettings {
     /// speaks plain HTTP: run a collector next to the proxy, as an agent or sidecar).
     pub fn from_spec(spec: TracingSpec, p: &mut Problems<'_>) -> Self {
         let defaults = Self::default();
+        // SECURITY: the endpoint is never quoted (it may hold a password or a key); user info
+        // and a query are refused, so the one logged at start (host and port) hides nothing.
         let otlp_endpoint = spec.otlp_endpoint.filter(|e| {
-            let ok = e
-                .parse::<http::Uri>()
-                .ok()
-                .is_some_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+            let uri = e.parse::<http::Uri>().ok();
+            let ok = uri.as_ref().is_some_and(|u| {
+                u.scheme_str() == Some("http")
+                    && u.host().is_some()
+                    && !u.authority().is_some_and(|a| a.as_str().contains('@'))
+                    && u.query().is_none()
+            });
             if !ok {
                 p.push(
                     "tracing.otlp_endpoint",
-                    format!("`{e}` is not an `http://HOST:PORT/v1/traces` URL (OTLP over HTTP; TLS to the collector is not supported: run a collector next to the proxy)"),
+                    "is not an `http://HOST:PORT/v1/traces` URL without user info or query (OTLP over HTTP; TLS to the collector is not supported: run a collector next to the proxy)",
                 );
             }
             ok
@@ -102,5 +107,27 @@ mod tests {
             Some(("::1".into(), 80))
         );
         assert_eq!(TracingSettings::default().collector(), None);
+    }
+
+    /// An endpoint with user info or a query is refused, and the refusal never quotes it.
+    #[test]
+    fn an_endpoint_with_a_secret_in_it_is_refused_without_quoting_it() {
+        for bad in [
+            "http://user:sk-otel-secret@otel.internal:4318/v1/traces",
+            "http://otel.internal:4318/v1/traces?api_key=sk-otel-secret",
+            "https://otel.internal/v1/traces",
+        ] {
+            let path = std::path::Path::new("tenant-proxy.toml");
+            let mut p = crate::problems::Problems::new(path);
+            let spec = TracingSpec {
+                otlp_endpoint: Some(bad.into()),
+                ..TracingSpec::default()
+            };
+            let settings = TracingSettings::from_spec(spec, &mut p);
+            assert_eq!(settings.otlp_endpoint, None, "{bad}");
+            let text = format!("{:?}", p.checked(()).into_result().expect_err(bad));
+            assert!(text.contains("tracing.otlp_endpoint"), "{bad}: {text}");
+            assert!(!text.contains("sk-otel-secret"), "{bad}: {text}");
+        }
     }
 }

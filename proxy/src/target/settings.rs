@@ -77,21 +77,25 @@ impl Route {
 }
 
 /// Splits `https://host:port/base/` into its parts; the base path always ends with `/`.
+///
+/// SECURITY: the messages never quote the URL: a refused one may hold a password or a key (in
+/// its user info or query), and they go to the log on a reload and to `check`'s output. The
+/// problem's location names the route.
 fn parse_base_url(url: &str) -> Result<(Scheme, String, u16, String), String> {
-    let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    let uri: http::Uri = url.parse().map_err(|_| "is not a URL".to_string())?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::Http,
         Some("https") => Scheme::Https,
-        _ => return Err(format!("`{url}` must start with `http://` or `https://`")),
+        _ => return Err("must start with `http://` or `https://`".into()),
     };
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("`{url}` has no host"))?;
+    let authority = uri.authority().ok_or_else(|| "has no host".to_string())?;
     if authority.as_str().contains('@') {
-        return Err(format!("`{url}` must not contain user info"));
+        return Err(
+            "must not contain user info (a credential goes in the vault, bound to the host)".into(),
+        );
     }
     if uri.query().is_some() {
-        return Err(format!("`{url}` must not contain a query"));
+        return Err("must not contain a query".into());
     }
     let host = authority
         .host()
@@ -127,10 +131,15 @@ mod tests {
             ),
             ("ftp://x/", None),
             ("https://u:p@x/", None),
+            ("https://x/v1/?api-key=sk-secret-1", None),
             ("not a url", None),
         ];
         for (url, want) in cases {
-            let got = parse_base_url(url).ok();
+            let parsed = parse_base_url(url);
+            if let Err(why) = &parsed {
+                assert!(!why.contains(url), "the URL is never quoted: {why}");
+            }
+            let got = parsed.ok();
             let got = got
                 .as_ref()
                 .map(|(s, h, p, b)| (*s, h.as_str(), *p, b.as_str()));
