@@ -103,7 +103,7 @@ impl IdentityError {
 pub use mtls::PeerCertificate;
 
 /// Identity material presented with a request or its connection.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct Presented<'a> {
     /// The `Proxy-Authorization` header value.
     pub proxy_authorization: Option<&'a [u8]>,
@@ -111,6 +111,23 @@ pub struct Presented<'a> {
     pub proxy_authorization_repeated: bool,
     /// The client certificate's identity, on mTLS listeners.
     pub peer: Option<&'a PeerCertificate>,
+}
+
+impl std::fmt::Debug for Presented<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The header holds a whole token (a credential): its presence only.
+        f.debug_struct("Presented")
+            .field(
+                "proxy_authorization",
+                &self.proxy_authorization.map(|_| "<redacted>"),
+            )
+            .field(
+                "proxy_authorization_repeated",
+                &self.proxy_authorization_repeated,
+            )
+            .field("peer", &self.peer)
+            .finish()
+    }
 }
 
 impl<'a> Presented<'a> {
@@ -342,6 +359,18 @@ fn resolve_token(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presented_material_prints_without_the_token() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            http::header::PROXY_AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer tok-secret-7"),
+        );
+        let printed = format!("{:?}", Presented::from_request(&headers, None));
+        assert!(!printed.contains("tok-secret-7"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+    }
 
     #[test]
     fn a_repeated_proxy_authorization_is_seen() {

@@ -47,12 +47,29 @@ pub struct RedisEndpointSpec {
 }
 
 /// A parsed Redis URL (or list of seeds).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     nodes: Vec<String>,
     cluster: bool,
     tls: bool,
     has_password: bool,
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A node may carry the URL's user info (its password): the address after it only.
+        let nodes: Vec<&str> = self
+            .nodes
+            .iter()
+            .map(|n| n.rsplit_once('@').map_or(n.as_str(), |(_, at)| at))
+            .collect();
+        f.debug_struct("RedisUrl")
+            .field("nodes", &nodes)
+            .field("cluster", &self.cluster)
+            .field("tls", &self.tls)
+            .field("has_password", &self.has_password)
+            .finish()
+    }
 }
 
 impl RedisUrl {
@@ -290,6 +307,17 @@ impl RedisEndpointSpec {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn a_redis_url_prints_without_its_password() {
+        for url in [
+            "redis://app:pw-secret-1@10.0.0.1:6379/0",
+            "rediss+cluster://app:pw-secret-1@a:7000,b:7001",
+        ] {
+            let printed = format!("{:?}", RedisUrl::parse(url).expect(url));
+            assert!(!printed.contains("pw-secret-1"), "{printed}");
+        }
+    }
 
     fn check(spec: &RedisEndpointSpec) -> Result<RedisEndpoint, Vec<String>> {
         let mut p = Problems::new(Path::new("/nonexistent/tenant-proxy.toml"));

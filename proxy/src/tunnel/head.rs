@@ -6,7 +6,6 @@ use pingora::http::RequestHeader;
 use crate::error::Deny;
 
 /// A parsed `CONNECT` request.
-#[derive(Debug)]
 pub struct ConnectHead {
     /// Lowercase host (IPv6 without brackets).
     pub host: String,
@@ -14,6 +13,18 @@ pub struct ConnectHead {
     pub port: u16,
     /// The request as a header, for identity and trace context.
     pub header: RequestHeader,
+}
+
+impl std::fmt::Debug for ConnectHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The head's fields hold the caller's `Proxy-Authorization` (a token): names only.
+        let names: Vec<&str> = self.header.headers.keys().map(|k| k.as_str()).collect();
+        f.debug_struct("ConnectHead")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("header_names", &names)
+            .finish()
+    }
 }
 
 /// Reads the tunnel target of a `CONNECT` head the front accepted.
@@ -53,9 +64,14 @@ mod tests {
 
     #[test]
     fn connect_targets_are_host_and_port() {
-        let head = parse_connect(b"CONNECT API.OpenAI.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\nProxy-Authorization: Bearer t\r\n\r\n").unwrap();
+        let head = parse_connect(b"CONNECT API.OpenAI.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\nProxy-Authorization: Bearer tok-secret-7\r\n\r\n").unwrap();
         assert_eq!((head.host.as_str(), head.port), ("api.openai.com", 443));
         assert!(head.header.headers.get("proxy-authorization").is_some());
+        let printed = format!("{head:?}");
+        assert!(
+            !printed.contains("tok-secret-7") && printed.contains("proxy-authorization"),
+            "{printed}"
+        );
         let v6 = parse_connect(b"CONNECT [::1]:8443 HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 8443));
     }

@@ -32,7 +32,7 @@ pub const GOOGLE_DEFAULT_SCOPE: &str = "https://www.googleapis.com/auth/cloud-pl
 const ASSERTION_LIFETIME_SECS: u64 = 3600;
 
 /// Where a token credential's grants go: parsed from its URL once, at load.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// `https` (or `http` toward a loopback host only).
     pub tls: bool,
@@ -42,6 +42,20 @@ pub struct Endpoint {
     pub port: u16,
     /// Path and query the grant is posted to.
     pub path_and_query: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL comes from the secret credential document, and a query may carry a key:
+        // where it goes, never what it asks.
+        let path = self.path_and_query.split('?').next().unwrap_or_default();
+        f.debug_struct("Endpoint")
+            .field("tls", &self.tls)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("path", &path)
+            .finish()
+    }
 }
 
 impl Endpoint {
