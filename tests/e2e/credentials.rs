@@ -96,6 +96,56 @@ fn auth(value: &str) -> String {
     format!("Authorization: Bearer {value}\r\n")
 }
 
+/// `cred put` reads the value from a pipe or a file only: at a terminal it would be echoed as
+/// it is typed or pasted (and kept in the scrollback), so a terminal is refused and nothing is
+/// stored. (`script` gives the command a pseudo-terminal.)
+#[test]
+fn cred_put_refuses_a_terminal_as_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = proxy_cli(
+        dir.path(),
+        &["cred", "init-master", "--out", "master.key"],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    let mut spec = ProxySpec::default();
+    spec.tenants.credentials = Some(config::Credentials {
+        vault_file: Some("vault.json".into()),
+        master_key_file: Some("master.key".into()),
+        ..Default::default()
+    });
+    spec.write_in(dir.path());
+    // The same command with a pipe stores the value.
+    put(
+        dir.path(),
+        "acme",
+        "piped",
+        "api.example.com",
+        "header",
+        "sk-piped-1",
+    );
+    let stored = std::fs::read(dir.path().join("vault.json")).unwrap();
+    let command = format!(
+        "{} cred --config tenant-proxy.toml put --tenant acme --name k --bind api.example.com",
+        proxy_bin().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) is installed");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("standard input is a terminal"), "{text}");
+    assert_eq!(
+        std::fs::read(dir.path().join("vault.json")).unwrap(),
+        stored,
+        "nothing stored"
+    );
+}
+
 #[test]
 fn each_tenant_gets_its_own_secret_and_never_another() {
     let origin = Origin::start();

@@ -179,6 +179,11 @@ pub(super) fn cred(config: &Path, command: CredCommand) -> anyhow::Result<ExitCo
 
 /// The credential's value from standard input, without its trailing line end.
 fn secret_from_stdin() -> anyhow::Result<SecretValue> {
+    // SECURITY: a value typed or pasted at a terminal is echoed on screen and kept in its
+    // scrollback (and a recording of the session): only a pipe or a file is read.
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!("standard input is a terminal, which would show the value as it is typed or pasted: pipe it in (`printf %s \"$KEY\" | tenant-proxy cred put …`) or redirect a file (`< key.txt`)");
+    }
     let mut value = zeroize::Zeroizing::new(String::new());
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)?;
     let trimmed = value.trim_end_matches(['\n', '\r']);
