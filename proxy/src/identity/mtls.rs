@@ -581,11 +581,45 @@ impl MtlsServer {
         (loaded.config.clone(), loaded.generation)
     }
 
-    /// Re-reads the three files; on error the previous configuration stays.
+    /// Re-reads the three files; on error the previous configuration stays, but for its trust:
+    ///
+    /// SECURITY: a CA taken out of the client trust bundle (a compromise) must not wait for the
+    /// rest to be fixed. When the server certificate or key cannot be used but the bundle can,
+    /// the bundle applies with the certificate and key already served; a bundle that holds no
+    /// certificate at all trusts no one (every handshake refused until a CA is published), as
+    /// a JWKS emptied at a reload refuses every token. Either is still reported as an error.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let loaded = Loaded::read(&self.cert, &self.key, &self.client_ca)?;
-        self.loaded.store(Arc::new(loaded));
-        Ok(())
+        let error = match Loaded::read(&self.cert, &self.key, &self.client_ca) {
+            Ok(loaded) => {
+                self.loaded.store(Arc::new(loaded));
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (verifier, applied) = match client_verifier(&self.client_ca, &provider) {
+            Ok(verifier) => (verifier, "the client trust bundle applies now"),
+            Err(_) if bundle_is_empty(&self.client_ca) => (
+                Arc::new(TrustsNoOne(provider.clone())) as Arc<dyn ClientCertVerifier>,
+                "the client trust bundle holds no certificate: every client is refused until a CA is published",
+            ),
+            Err(_) => return Err(error),
+        };
+        let previous = self.loaded.load();
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("no TLS protocol version available")?
+            .with_client_cert_verifier(verifier.clone())
+            .with_cert_resolver(previous.config.cert_resolver.clone());
+        config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        self.loaded.store(Arc::new(Loaded {
+            config: Arc::new(config),
+            verifier,
+            generation: READINGS.fetch_add(1, Ordering::Relaxed),
+        }));
+        Err(error.context(format!(
+            "{applied}; the server certificate and key already served stay"
+        )))
     }
 
     /// Reloads when the files change, from a background thread that stops once the server is
@@ -690,7 +724,36 @@ fn build_config(
         })?;
     }
     let key_der = read_key(key)?;
+    let verifier = client_verifier(client_ca, &provider)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("no TLS protocol version available")?
+        .with_client_cert_verifier(verifier.clone())
+        .with_single_cert(chain, key_der)
+        .with_context(|| {
+            format!(
+                "the key `{}` is unusable or does not match the certificate `{}`",
+                key.display(),
+                cert.display()
+            )
+        })?;
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok((config, verifier))
+}
 
+/// Whether the client trust bundle holds no certificate at all (empty, or comments only).
+fn bundle_is_empty(client_ca: &Path) -> bool {
+    read_file(client_ca, "client trust bundle").is_ok_and(|pem| {
+        CertificateDer::pem_slice_iter(&pem).next().is_none()
+            && PrivateKeyDer::from_pem_slice(&pem).is_err()
+    })
+}
+
+/// The verifier of client certificates against the trust bundle `client_ca`.
+fn client_verifier(
+    client_ca: &Path,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
     // SECURITY: a trust bundle is public; a CA's private key inside it can mint a certificate
     // for any tenant of the trust domain, and sits wherever the bundle is copied (a ConfigMap).
     if PrivateKeyDer::from_pem_slice(&read_file(client_ca, "client trust bundle")?).is_ok() {
@@ -719,26 +782,73 @@ fn build_config(
             )
         })?;
     }
-    let verifier: Arc<dyn ClientCertVerifier> = Arc::new(IssuersMaySign(
+    Ok(Arc::new(IssuersMaySign(
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .context("cannot build the client certificate verifier")?,
-    ));
+    )))
+}
 
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("no TLS protocol version available")?
-        .with_client_cert_verifier(verifier.clone())
-        .with_single_cert(chain, key_der)
-        .with_context(|| {
-            format!(
-                "the key `{}` is unusable or does not match the certificate `{}`",
-                key.display(),
-                cert.display()
-            )
-        })?;
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-    Ok((config, verifier))
+/// The verifier of a listener whose trust bundle was emptied at a reload: no client
+/// certificate is trusted.
+#[derive(Debug)]
+struct TrustsNoOne(Arc<rustls::crypto::CryptoProvider>);
+
+impl ClientCertVerifier for TrustsNoOne {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// webpki's client verification, which also refuses a chain whose client sent an intermediate
@@ -1619,8 +1729,8 @@ mod tests {
             &["spiffe://example.org/tenant/acme/workload/agent-1"],
         );
         let before = server.current().0;
-        let broken: [(&str, &[u8]); 3] = [
-            ("empty bundle", b""),
+        // (An empty bundle trusts no one: `mtls_trust_taken_out_applies_even_when_the_rest_cannot`.)
+        let broken: [(&str, &[u8]); 2] = [
             (
                 "not pem",
                 b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
@@ -1693,13 +1803,18 @@ mod tests {
         let f = files(&[&client_ca]);
         let server = f.load();
         let before = server.current().0;
+        // The certificate served stays; so does the bundle, unless it is the bundle that
+        // changed (see `mtls_trust_taken_out_applies_even_when_the_rest_cannot`).
         let err = || {
             let e = format!(
                 "{:#}",
                 MtlsServer::load(&f.cert, &f.key, &f.client_ca).unwrap_err()
             );
             assert!(server.reload().is_err(), "{e}");
-            assert!(Arc::ptr_eq(&before, &server.current().0), "{e}");
+            assert!(
+                Arc::ptr_eq(&before.cert_resolver, &server.current().0.cert_resolver),
+                "{e}"
+            );
             e
         };
         let good = std::fs::read_to_string(&f.cert).unwrap();
@@ -1721,6 +1836,7 @@ mod tests {
         std::fs::write(&f.key, &good_key).unwrap();
 
         // The CA's key (any key) next to its certificate in the bundle.
+        let before = server.current().0;
         let workload = client(&client_ca, &[]);
         std::fs::write(
             &f.client_ca,
@@ -1730,9 +1846,66 @@ mod tests {
         let e = err();
         assert!(e.contains("client-ca.pem` holds a private key"), "{e}");
         assert!(!e.contains("PRIVATE KEY"), "{e}");
+        assert!(Arc::ptr_eq(&before, &server.current().0), "{e}");
         // Certificates only: loads again.
         write_bundle(&f.client_ca, &[&client_ca]);
         server.reload().unwrap();
+    }
+
+    /// A CA taken out of the trust bundle (a compromise) is out at once, even when the server
+    /// certificate beside it cannot be served (the one served stays); a bundle emptied at a
+    /// reload trusts no one until a CA is published. Both still count as failed reloads.
+    #[tokio::test]
+    async fn mtls_trust_taken_out_applies_even_when_the_rest_cannot() {
+        let (compromised, kept) = (ca("compromised ca"), ca("kept ca"));
+        let f = files(&[&compromised, &kept]);
+        let server = f.load();
+        let id = "spiffe://example.org/tenant/acme/workload/a";
+        let (bad, good) = (client(&compromised, &[id]), client(&kept, &[id]));
+        let trusted = |w: &Leaf| server.verify(&w.chain, unix_now()).1.is_ok();
+        assert!(trusted(&bad) && trusted(&good));
+        let served = server.current().0.cert_resolver.clone();
+
+        let expired = leaf(
+            &f.server_ca,
+            vec![SanType::DnsName("localhost".try_into().unwrap())],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            true,
+        );
+        let (good_cert, good_key) = (
+            std::fs::read(&f.cert).unwrap(),
+            std::fs::read(&f.key).unwrap(),
+        );
+        std::fs::write(&f.cert, &expired.cert_pem).unwrap();
+        std::fs::write(&f.key, &expired.key_pem).unwrap();
+        write_bundle(&f.client_ca, &[&kept]);
+        let e = format!("{:#}", server.reload().unwrap_err());
+        assert!(e.contains("the client trust bundle applies now"), "{e}");
+        assert!(e.contains("cannot be served"), "{e}");
+        assert!(!trusted(&bad) && trusted(&good));
+        assert!(Arc::ptr_eq(&served, &server.current().0.cert_resolver));
+        assert!(handshake(server.current().0, &f.server_ca, Some(&bad))
+            .await
+            .is_err());
+        assert!(handshake(server.current().0, &f.server_ca, Some(&good))
+            .await
+            .is_ok());
+
+        std::fs::write(&f.client_ca, "# every CA pulled\n").unwrap();
+        let e = format!("{:#}", server.reload().unwrap_err());
+        assert!(e.contains("every client is refused"), "{e}");
+        assert!(!trusted(&good));
+        assert!(handshake(server.current().0, &f.server_ca, Some(&good))
+            .await
+            .is_err());
+        // At a start an empty bundle is still an error: there it is almost always a mistake.
+        assert!(MtlsServer::load(&f.cert, &f.key, &f.client_ca).is_err());
+
+        std::fs::write(&f.cert, good_cert).unwrap();
+        std::fs::write(&f.key, good_key).unwrap();
+        write_bundle(&f.client_ca, &[&kept]);
+        server.reload().unwrap();
+        assert!(trusted(&good) && !trusted(&bad));
     }
 
     /// A self-signed certificate with the given basicConstraints and keyUsage, as PEM.
@@ -1856,7 +2029,11 @@ mod tests {
         assert!(status.combined().ok);
 
         // A broken bundle keeps the previous one serving, and the reload shows as failed.
-        std::fs::write(&tmp, "").unwrap();
+        std::fs::write(
+            &tmp,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         std::fs::rename(&tmp, &f.client_ca).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while status.combined().ok {
