@@ -169,8 +169,10 @@ pub fn run(
         snapshot.memory_limiter_warning(&static_config.limiter),
         snapshot.mcp_session_key_warning(&static_config.limiter),
         snapshot.revocation_file_warning(),
+        snapshot.master_key_warning(),
     ];
-    for warning in warnings.into_iter().flatten() {
+    let files = static_config.readable_secret_warnings();
+    for warning in warnings.into_iter().flatten().chain(files) {
         tracing::warn!("{warning}");
     }
     let handle = Arc::new(SnapshotHandle::new(static_config.clone(), snapshot));

@@ -44,6 +44,20 @@ pub struct Snapshot {
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 impl Snapshot {
+    /// The warning `check` prints and `run` logs when the vault's master key file can be read
+    /// by users other than its owner (see [`crate::config::readable_secret_warning`]).
+    pub fn master_key_warning(&self) -> Option<String> {
+        match &self.tenants.credential_source {
+            Some(crate::credentials::CredentialSource::Vault(store)) => match &store.master {
+                crate::credentials::vault::MasterKeySource::File(f) => {
+                    crate::config::readable_secret_warning("the vault's master key", f)
+                }
+                crate::credentials::vault::MasterKeySource::Env(_) => None,
+            },
+            _ => None,
+        }
+    }
+
     /// The warning `check` prints and `run` logs when day or month cost ceilings are counted in
     /// this process's memory: a restart (a deploy, a crash) starts them at zero again, so a
     /// tenant can spend its month's budget again after each one.

@@ -19,9 +19,11 @@ pub(super) fn check(config: &Path) -> ExitCode {
                 snap.memory_limiter_warning(&s.limiter),
                 snap.mcp_session_key_warning(&s.limiter),
                 snap.revocation_file_warning(),
+                snap.master_key_warning(),
             ];
             let listeners = s.exposed_binding_warnings();
-            for warning in warnings.into_iter().flatten().chain(listeners) {
+            let files = s.readable_secret_warnings();
+            for warning in warnings.into_iter().flatten().chain(listeners).chain(files) {
                 eprintln!("warning: {warning}");
             }
             ExitCode::SUCCESS

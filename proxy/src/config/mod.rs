@@ -18,7 +18,7 @@ pub mod spec;
 
 pub use crate::identity::ListenerSettings;
 pub use crate::problems::{relative_to, Checked, ConfigProblem};
-pub use model::{StaticConfig, TenantConfig, TenantEntry};
+pub use model::{readable_secret_warning, StaticConfig, TenantConfig, TenantEntry};
 
 use std::path::{Path, PathBuf};
 

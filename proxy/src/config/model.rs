@@ -171,7 +171,44 @@ impl StaticConfig {
     }
 }
 
+/// The warning for a file of secret material (`what`) that users other than its owner may
+/// read, if it is one: `cp`, an archive or a permissive umask leave keys group- or
+/// world-readable, and anyone on the host could then mint certificates or open the vault.
+pub fn readable_secret_warning(what: &str, path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{what} `{}` can be read by users other than its owner (mode {:o}): `chmod 600` it",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
 impl StaticConfig {
+    /// The warnings `check` prints and `run` logs for the secret files of this configuration
+    /// (the interception CA's key, listeners' TLS keys, the admin token) that other users of
+    /// the host may read.
+    pub fn readable_secret_warnings(&self) -> Vec<String> {
+        let mut files: Vec<(&str, &std::path::Path)> = Vec::new();
+        if let Some(i) = &self.intercept {
+            files.push(("the interception CA's key", &i.ca_key));
+        }
+        for l in &self.listeners {
+            if let Some(tls) = &l.tls {
+                files.push(("a listener's TLS key", &tls.key));
+            }
+        }
+        if let Some(t) = &self.admin_token_file {
+            files.push(("the admin token file", t));
+        }
+        files
+            .into_iter()
+            .filter_map(|(what, path)| readable_secret_warning(what, path))
+            .collect()
+    }
+
     /// The warnings `check` prints and `run` logs for listeners that take their binding as the
     /// identity of callers other hosts may be (see
     /// [`ListenerSettings::exposed_binding_warning`]).
@@ -492,6 +529,26 @@ impl Workloads for TenantConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_others_can_read_is_warned_at() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("ca-key.pem");
+        std::fs::write(&key, "k").unwrap();
+        for (mode, warned) in [
+            (0o644, true),
+            (0o640, true),
+            (0o604, true),
+            (0o600, false),
+            (0o400, false),
+        ] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let w = readable_secret_warning("the interception CA's key", &key);
+            assert_eq!(w.is_some(), warned, "{mode:o}: {w:?}");
+        }
+        assert!(readable_secret_warning("x", &dir.path().join("missing")).is_none());
+    }
 
     fn testdata(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))

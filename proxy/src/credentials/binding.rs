@@ -213,8 +213,10 @@ pub fn parse_binding(text: &str) -> Result<Binding, String> {
         ),
         None => (authority, None),
     };
+    // A fully qualified name's final dot names the same host, and requests' hosts are read
+    // without it: a binding kept with it would never match.
     let b = Binding {
-        host: host.to_ascii_lowercase(),
+        host: host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase(),
         scheme,
         port,
         path_prefixes: path.map(|p| vec![p.to_string()]).unwrap_or_default(),
@@ -299,6 +301,12 @@ mod tests {
         assert_eq!(
             post_only.describe(),
             "scheme=any host=a.example port=any paths=any methods=POST"
+        );
+        let dotted = parse_binding("API.OpenAI.com.:443/v1/").expect("ok");
+        assert_eq!(
+            dotted,
+            parse_binding("api.openai.com:443/v1/").expect("ok"),
+            "the final dot and the case name the same host"
         );
         let post = parse_binding("POST|GET https://api.openai.com/v1/").expect("ok");
         assert_eq!(post.methods, vec!["POST".to_string(), "GET".to_string()]);
