@@ -2180,7 +2180,7 @@ fn last_reload(proxy: &Proxy) -> serde_json::Value {
 /// A client trust bundle replaced by a broken file keeps the previous bundle (so every CA the
 /// edit meant to remove) trusted; that must be alertable like a rejected tenant file: counted
 /// as a failed reload, `config_last_reload_successful` 0 and `/readyz` saying so, until a
-/// good bundle is read.
+/// good bundle is read. An emptied bundle trusts no one.
 #[test]
 fn a_broken_client_bundle_shows_as_a_failed_reload_until_fixed() {
     let mesh = start_mesh();
@@ -2191,7 +2191,11 @@ fn a_broken_client_bundle_shows_as_a_failed_reload_until_fixed() {
 
     let d = mesh.dir.path();
     let good = std::fs::read(d.join("mesh-ca.pem")).unwrap();
-    std::fs::write(d.join("mesh-ca.tmp"), "").unwrap();
+    std::fs::write(
+        d.join("mesh-ca.tmp"),
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     std::fs::rename(d.join("mesh-ca.tmp"), d.join("mesh-ca.pem")).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !proxy
@@ -2236,6 +2240,19 @@ fn a_broken_client_bundle_shows_as_a_failed_reload_until_fixed() {
     );
     let (status, out) = mesh.curl("acme-bot", &url);
     assert_eq!(status, 200, "{out}");
+
+    // Emptied (every CA pulled after a compromise): no one is trusted until a CA is published,
+    // as an emptied JWKS refuses every token, and the reload shows as failed.
+    std::fs::write(d.join("mesh-ca.tmp"), "# pulled\n").unwrap();
+    std::fs::rename(d.join("mesh-ca.tmp"), d.join("mesh-ca.pem")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mesh.curl("acme-bot", &url).0 == 200 {
+        assert!(std::time::Instant::now() < deadline, "still trusted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(proxy
+        .metrics()
+        .contains("\ntenant_proxy_config_last_reload_successful 0\n"));
 }
 
 impl Mesh {
