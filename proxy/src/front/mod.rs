@@ -41,8 +41,9 @@ const PROTECTED: &[&str] = &[
     "x-request-id",
 ];
 
-/// Headers that tell an upstream to act on another method or path than the request line's
-/// (frameworks and gateways honour them: Google APIs, Rails, Symfony, IIS). The policy and the
+/// Headers that tell an upstream to act on another method, path or host than the request's
+/// (frameworks and gateways honour them: Google APIs, Rails, Symfony, IIS; reverse proxies and
+/// multi-tenant gateways route by the forwarded host). The policy and the
 /// credential bindings decide on the request line, so a request that carries one is refused
 /// rather than decided as one call and run as another.
 const OVERRIDES: &[&str] = &[
@@ -52,6 +53,12 @@ const OVERRIDES: &[&str] = &[
     "x-original-url",
     "x-rewrite-url",
     "x-original-method",
+    // Host overrides: a gateway behind the bound host that routes by them would carry the
+    // credential substituted for that host to another backend.
+    "x-forwarded-host",
+    "x-host",
+    "x-original-host",
+    "x-forwarded-server",
 ];
 
 /// Why a request's header names are refused: one asks the upstream to use another method or
@@ -61,12 +68,22 @@ const OVERRIDES: &[&str] = &[
 /// lower case, as `http` keeps them.
 pub fn misleading_header<'a>(names: impl Iterator<Item = &'a str>) -> Option<String> {
     for name in names {
+        // RFC 7239's `Forwarded` may name a host (`host=`) and a scheme; an agent has no
+        // proxies of its own to report, so it is refused whatever its value.
+        if name == "forwarded" {
+            return Some(
+                "`forwarded` may ask the upstream for another host or scheme than the \
+                 request's, which is what the proxy decides on; the agent has no proxies to \
+                 report: send the request without it"
+                    .into(),
+            );
+        }
         if !name.starts_with("x-") && !name.contains('_') {
             continue;
         }
         if OVERRIDES.contains(&name) {
             return Some(format!(
-                "`{name}` asks the upstream for another method or path than the request line's, \
+                "`{name}` asks the upstream for another method, path or host than the request's, \
                  which is what the proxy decides on; send the request as it is meant"
             ));
         }
@@ -230,6 +247,12 @@ mod tests {
             "x-original-url",
             "x-rewrite-url",
             "x-original-method",
+            "x-forwarded-host",
+            "x_forwarded_host",
+            "x-host",
+            "x-original-host",
+            "x-forwarded-server",
+            "forwarded",
             "x_http_method_override",
             "proxy_authorization",
             "content_length",
@@ -241,6 +264,8 @@ mod tests {
         }
         for name in [
             "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-proto",
             "x_custom_thing",
             "accept",
             "x-api-key",
