@@ -752,6 +752,12 @@ impl FormFields {
                 }
                 _ => Ok(()),
             },
+            // A gateway's model list (OpenRouter's `models`, LiteLLM's `fallbacks`): in a form,
+            // each value is one more model, decided as the call's is.
+            Some(Slot::ModelList) => {
+                self.other_models.push(value.to_string());
+                Ok(())
+            }
             // Background calls are JSON's (the Responses API's); a form's field is another's.
             // Secondary and other models are nested, never form fields.
             Some(Slot::Background | Slot::SecondaryModel(_) | Slot::OtherModel) | None => Ok(()),

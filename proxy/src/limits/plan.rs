@@ -114,14 +114,21 @@ pub fn plan(
     };
     // SECURITY: work whose spend no response shows would pass every token and cost ceiling
     // unseen, so while one applies it is refused unless the tenant or workload allows it.
-    if let Work::Unmetered(what) = call.work {
+    // An LLM API's request the proxy does not know (see `Work::Unrecognized`) is an LLM call
+    // when its body names a model, and otherwise work it cannot meter.
+    let work = match call.work {
+        Work::Unrecognized(_) if call.model.is_some() => Work::Other,
+        Work::Unrecognized(what) => Work::Unmetered(what),
+        work => work,
+    };
+    if let Work::Unmetered(what) = work {
         if refuses_unmetered(entry.ceilings, workload, run.map(|(_, b)| b)) {
             return Err(PlanError::Unmetered(what));
         }
     }
     // A provider's call is an LLM call even when its body names no model (a server with a
     // default one): its tokens are reserved and metered, and it is priced as an unknown model.
-    let kind = if call.model.is_some() || call.work == Work::Call {
+    let kind = if call.model.is_some() || work == Work::Call {
         CallKind::Llm
     } else {
         CallKind::Tool
@@ -641,6 +648,31 @@ mod tests {
         // Only the unmetered kind is refused: a read of the same path passes.
         let read = facts(None, Work::Other);
         assert!(plan(&tenant_capped, &unsigned, &destination, read, now).is_ok());
+
+        // A request to an LLM API the proxy does not know: unmetered work when its body names
+        // no model, an LLM call (reserved and metered) when it names one.
+        let unknown = Work::Unrecognized(registry::UNRECOGNIZED);
+        assert_eq!(
+            plan(
+                &tenant_capped,
+                &unsigned,
+                &destination,
+                facts(None, unknown),
+                now
+            )
+            .unwrap_err(),
+            PlanError::Unmetered(registry::UNRECOGNIZED)
+        );
+        let named = plan(
+            &tenant_capped,
+            &unsigned,
+            &destination,
+            facts(Some("m"), unknown),
+            now,
+        )
+        .unwrap();
+        assert_eq!(named.kind, CallKind::Llm);
+        assert!(named.charge.tokens > 0);
     }
 
     #[test]
