@@ -515,6 +515,14 @@ fn apply_headers(
                     set_headers.push((name.clone(), v));
                 }
             }
+            if managed && !marked && name == http::header::SEC_WEBSOCKET_PROTOCOL {
+                subprotocol_keys(
+                    &headers.get_all(name),
+                    on_literal,
+                    set_headers,
+                    remove_headers,
+                )?;
+            }
             continue;
         };
         if managed || marked {
@@ -556,6 +564,66 @@ fn apply_headers(
         }
     }
     Ok(())
+}
+
+/// WebSocket subprotocols that carry an API key, for browsers, which cannot set headers on a
+/// WebSocket: OpenAI Realtime's `openai-insecure-api-key.<key>` (the key is the rest of the
+/// token). Compared ignoring ASCII case.
+const KEY_SUBPROTOCOL_PREFIXES: &[&str] = &["openai-insecure-api-key."];
+
+/// Subprotocols after which the next one is a key (Deepgram's `token, <key>`).
+const KEY_SUBPROTOCOL_MARKERS: &[&str] = &["token", "bearer"];
+
+/// Toward a destination whose keys the proxy manages, an agent's own key in a WebSocket
+/// subprotocol (see [`KEY_SUBPROTOCOL_PREFIXES`]) is refused as a raw credential, or in strip
+/// mode removed with the rest of the list kept. SECURITY: the header is no credential position
+/// (a handle there is refused), yet upstreams read a key from it.
+fn subprotocol_keys(
+    values: &http::header::GetAll<'_, HeaderValue>,
+    on_literal: OnLiteral,
+    set_headers: &mut Vec<(HeaderName, HeaderValue)>,
+    remove_headers: &mut Vec<HeaderName>,
+) -> Result<(), CredentialDeny> {
+    let name = http::header::SEC_WEBSOCKET_PROTOCOL;
+    let mut kept: Vec<Vec<&[u8]>> = Vec::new();
+    let mut found = false;
+    for value in values.iter() {
+        let mut tokens: Vec<&[u8]> = Vec::new();
+        let mut after_marker = false;
+        for token in value.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            let prefixed = KEY_SUBPROTOCOL_PREFIXES.iter().any(|p| {
+                token.len() > p.len() && token[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            });
+            if prefixed || (after_marker && !token.is_empty()) {
+                found = true;
+                after_marker = false;
+                continue;
+            }
+            after_marker = KEY_SUBPROTOCOL_MARKERS
+                .iter()
+                .any(|m| token.eq_ignore_ascii_case(m.as_bytes()));
+            if !token.is_empty() && !after_marker {
+                tokens.push(token);
+            }
+        }
+        kept.push(tokens);
+    }
+    if !found {
+        return Ok(());
+    }
+    match on_literal {
+        OnLiteral::Refuse => Err(CredentialDeny::Raw(format!("header `{name}`"))),
+        OnLiteral::Strip => {
+            remove_headers.push(name.clone());
+            for tokens in kept.into_iter().filter(|t| !t.is_empty()) {
+                let v = HeaderValue::from_bytes(&tokens.join(&b", "[..]))
+                    .map_err(|_| CredentialDeny::Malformed("header"))?;
+                set_headers.push((name.clone(), v));
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
