@@ -270,7 +270,10 @@ pub fn work(destination: &Destination, method: &http::Method, upgrade: bool, cal
     use http::Method;
     // A call's path needs no second look (normalizing it is most of the cost).
     if call && !upgrade {
-        return Work::Call;
+        return match unreadable_format(&destination.upstream_path) {
+            Some(what) => Work::Unmetered(what),
+            None => Work::Call,
+        };
     }
     // The path is normalized once (on the stack) for every other question.
     CallPath::with(&destination.upstream_path, |path| {
@@ -310,6 +313,28 @@ pub fn work(destination: &Destination, method: &http::Method, upgrade: bool, cal
         Work::Other
     })
 }
+
+/// What a call whose query asks for an answer in a format no reader knows is: Google APIs'
+/// `alt` (or `$alt`) system parameter switches the answer to protobuf (`alt=proto`) or raw
+/// bytes (`alt=media`); only `json` and `sse` are read. `None`: the answer is readable.
+///
+/// SECURITY: such an answer's usage (Gemini's hidden thinking tokens above all) cannot be read,
+/// nor bounded by its bytes, so while a quota applies it is refused as unmetered work rather
+/// than settled at its reservation. Names are compared percent-decoded and ignoring case, and
+/// every copy counts (which one a server takes is its choice).
+fn unreadable_format(target: &str) -> Option<&'static str> {
+    let query = crate::form_pairs::query_of(target)?;
+    let unreadable = crate::form_pairs::lenient(query.as_bytes()).any(|(name, value)| {
+        let name = name.trim();
+        let alt = name.eq_ignore_ascii_case("alt") || name.eq_ignore_ascii_case("$alt");
+        let value = value.trim();
+        alt && !(value.eq_ignore_ascii_case("json") || value.eq_ignore_ascii_case("sse"))
+    });
+    unreadable.then_some(UNREADABLE_FORMAT)
+}
+
+/// What a call asking for an answer no reader knows is, for its refusal.
+pub const UNREADABLE_FORMAT: &str = "a call whose answer format (`alt`) the proxy cannot read";
 
 /// Every provider's and vendor's key positions. Toward a destination whose keys the proxy
 /// manages all of them apply, whatever its host: the proxy cannot know which reader an upstream
@@ -922,6 +947,40 @@ mod tests {
             for method in [Method::GET, Method::DELETE, Method::HEAD] {
                 assert_eq!(work(host, method, path, false), Work::Other, "{host}{path}");
             }
+        }
+        // A call that asks for an answer no reader knows (Google's `alt=proto`) is unmetered;
+        // `json` and `sse` are read.
+        let gemini = "/v1beta/models/gemini-2.5-pro:generateContent";
+        for (query, want) in [
+            ("?alt=proto", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?ALT=Proto", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?%24alt=proto", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?alt=media", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?alt=json&alt=proto", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?key=k;alt=proto", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?alt=json", Work::Call),
+            ("?alt=sse", Work::Call),
+            ("?key=k", Work::Call),
+            ("", Work::Call),
+        ] {
+            let path = format!("{gemini}{query}").replace(
+                ":generateContent",
+                if query.contains("sse") {
+                    ":streamGenerateContent"
+                } else {
+                    ":generateContent"
+                },
+            );
+            assert_eq!(
+                work(
+                    "generativelanguage.googleapis.com",
+                    Method::POST,
+                    &path,
+                    false
+                ),
+                want,
+                "{path}"
+            );
         }
         // Calls, whatever the body names; the rest is other work.
         for (host, path) in [
