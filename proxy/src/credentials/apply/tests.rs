@@ -536,6 +536,25 @@ fn strip_mode_removes_agent_keys_instead_of_refusing() {
     assert!(applied.set_headers.is_empty());
 }
 
+/// A substituted header holds a secret: it is marked sensitive (kept out of HTTP/2's HPACK
+/// table, redacted in `Debug`).
+#[test]
+fn substituted_headers_are_sensitive() {
+    let applied = run(
+        "acme",
+        "api.openai.com",
+        "/v1/chat/completions",
+        &[("authorization", "Bearer $CRED{openai}")],
+        None,
+    )
+    .expect("applied");
+    assert!(!applied.set_headers.is_empty());
+    for (name, value) in &applied.set_headers {
+        assert!(value.is_sensitive(), "{name}");
+        assert_eq!(format!("{value:?}"), "Sensitive");
+    }
+}
+
 /// OpenAI Realtime's browser authentication puts the key in a WebSocket subprotocol: toward a
 /// managed host it is the agent's own key, refused (or stripped, the other subprotocols kept);
 /// toward another host it passes.
