@@ -26,6 +26,9 @@ pub struct Named {
     /// Realtime session's transcription model), each once, never `model` itself: each is put to
     /// the policy as `model` is.
     pub other_models: Vec<String>,
+    /// Of `other_models`, those a gateway may answer with instead of `model` (its fallback
+    /// lists, see [`MODEL_LIST_FIELDS`]): the call is priced at the dearest of them all.
+    pub fallback_models: Vec<String>,
     /// The output ceiling: the largest of the ceiling fields present. SECURITY: which one an
     /// upstream reads is its choice (`max_tokens` or `max_completion_tokens`, say), so the
     /// reservation covers the largest.
@@ -272,9 +275,12 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
     other_models.sort_unstable();
     other_models.dedup();
     other_models.retain(|m| Some(m) != model.as_ref());
+    let mut fallback_models = found.fallbacks;
+    fallback_models.retain(|m| Some(m) != model.as_ref());
     Ok(Named {
         model,
         other_models,
+        fallback_models,
         max_output_tokens: found.ceiling,
         ceiling_fields: found.ceiling_fields,
         choices: found.choices,
@@ -290,6 +296,8 @@ struct Found {
     secondary_models: Vec<(usize, String)>,
     /// Models inside arrays, each once.
     others: Vec<String>,
+    /// Models of a gateway's fallback lists, each once (also in `others`).
+    fallbacks: Vec<String>,
     ceiling: Option<u64>,
     ceiling_fields: CeilingFields,
     choices: Option<u64>,
@@ -377,6 +385,9 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                     let mut named = Vec::new();
                     strings_in(&v, &mut named);
                     for m in named {
+                        if !self.found.fallbacks.contains(&m) {
+                            self.found.fallbacks.push(m.clone());
+                        }
                         if self.found.others.contains(&m) {
                             continue;
                         }
@@ -742,6 +753,12 @@ mod tests {
             let read = read_json(body).expect("read");
             assert!(read.model.is_some());
             assert_eq!(read.other_models, want, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                read.fallback_models,
+                want,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
         // More than the models one body may name is refused.
         let many: Vec<String> = (0..=MAX_MODELS).map(|k| format!("\"m{k}\"")).collect();
@@ -823,6 +840,7 @@ mod tests {
             Named {
                 model: Some("m".into()),
                 other_models: Vec::new(),
+                fallback_models: Vec::new(),
                 max_output_tokens: Some(3),
                 // Both are set: the Responses API's and chat's (checked in
                 // `a_ceiling_caps_a_call_only_in_a_field_its_own_api_reads`).
