@@ -279,6 +279,9 @@ pub struct LlmRequest {
     /// The other models it names, each decided as `model` is (see
     /// [`providers::request::Named::other_models`]; JSON bodies only).
     pub other_models: Vec<String>,
+    /// Of those, the ones a gateway may answer with instead of `model` (its fallback lists): the
+    /// call is priced at the dearest of them all.
+    pub fallback_models: Vec<String>,
     /// Its output ceiling (the largest of the providers' ceiling fields present, see
     /// [`providers::request`]).
     pub max_output_tokens: Option<u64>,
@@ -325,6 +328,7 @@ pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
         ));
     }
     read.other_models = named.other_models;
+    read.fallback_models = named.fallback_models;
     read.background = named.background;
     Ok(read)
 }
@@ -340,6 +344,7 @@ fn checked(
     Ok(LlmRequest {
         model,
         other_models: Vec::new(),
+        fallback_models: Vec::new(),
         max_output_tokens,
         ceiling_fields: CeilingFields::default(),
         choices,
@@ -718,6 +723,8 @@ struct FormFields {
     choices: Vec<(usize, u64)>,
     /// The other models a `session` part names.
     other_models: Vec<String>,
+    /// The models of a gateway's fallback lists (also in `other_models`).
+    fallback_models: Vec<String>,
 }
 
 impl FormFields {
@@ -752,6 +759,13 @@ impl FormFields {
                 }
                 _ => Ok(()),
             },
+            // A gateway's model list (OpenRouter's `models`, LiteLLM's `fallbacks`): in a form,
+            // each value is one more model, decided as the call's is.
+            Some(Slot::ModelList) => {
+                self.other_models.push(value.to_string());
+                self.fallback_models.push(value.to_string());
+                Ok(())
+            }
             // Background calls are JSON's (the Responses API's); a form's field is another's.
             // Secondary and other models are nested, never form fields.
             Some(Slot::Background | Slot::SecondaryModel(_) | Slot::OtherModel) | None => Ok(()),
@@ -768,6 +782,7 @@ impl FormFields {
         let session = providers::request::read_json(value.as_bytes())
             .map_err(|e| format!("form field `session` cannot be read as a JSON object: {e}"))?;
         self.other_models.extend(session.other_models);
+        self.fallback_models.extend(session.fallback_models);
         match session.model {
             Some(model) => self.take("model", &model),
             None => Ok(()),
@@ -800,6 +815,9 @@ impl FormFields {
         let mut others = self.other_models;
         others.retain(|m| Some(m) != read.model.as_ref());
         read.other_models = others;
+        let mut fallbacks = self.fallback_models;
+        fallbacks.retain(|m| Some(m) != read.model.as_ref());
+        read.fallback_models = fallbacks;
         Ok(read)
     }
 }

@@ -558,9 +558,32 @@ impl Metrics {
     }
 }
 
+/// Adds `n` to `counter`, stopping at `u64::MAX` instead of wrapping to a small number.
+///
+/// SECURITY: counters fed from numbers an upstream reports (tokens, hosted tool calls, the cost
+/// computed from them) would otherwise go backwards by one report of `u64::MAX`, hiding a
+/// tenant's usage from every rate and alert computed on them. (A concurrent add between the
+/// read and the add can still pass the top; only a hostile report comes near it.)
+pub fn add_saturating(counter: &IntCounter, n: u64) {
+    let room = u64::MAX - counter.get();
+    counter.inc_by(n.min(room));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upstream that reports `u64::MAX` tokens leaves the counter at its top, not one below
+    /// where it was.
+    #[test]
+    fn counters_fed_by_upstreams_saturate() {
+        let c = IntCounter::new("t", "t").expect("counter");
+        add_saturating(&c, 5001);
+        add_saturating(&c, u64::MAX);
+        assert_eq!(c.get(), u64::MAX);
+        add_saturating(&c, 7);
+        assert_eq!(c.get(), u64::MAX);
+    }
 
     #[test]
     fn enum_labelled_families_have_every_series_at_zero_from_the_start() {

@@ -65,7 +65,7 @@ impl Prices {
     }
 
     /// Each price the larger of `self`'s and `other`'s.
-    fn dearest(self, other: Self) -> Self {
+    pub fn dearest(self, other: Self) -> Self {
         Self {
             input: self.input.max(other.input),
             cached_input: self.cached_input.max(other.cached_input),

@@ -1049,6 +1049,51 @@ fn work_the_proxy_cannot_meter_is_refused_while_spend_is_capped() {
             "{rec}"
         );
     }
+    // Endpoints found spending unmetered under a cost ceiling, on any host, and a call asking
+    // for an answer no reader knows (`alt=proto`). (This route names no provider: its other
+    // paths are no LLM API's, see `registry::work`.)
+    for (path, body, what) in [
+        (
+            "agents/completions",
+            r#"{"agent_id":"ag_1","messages":[]}"#,
+            "an agent run",
+        ),
+        (
+            "conversations",
+            r#"{"agent_id":"ag_1","inputs":"hi"}"#,
+            "an agent conversation",
+        ),
+        (
+            "conversations/conv_1",
+            r#"{"inputs":"more"}"#,
+            "an agent conversation",
+        ),
+        (
+            "chatkit/sessions",
+            r#"{"workflow":{"id":"wf_1"}}"#,
+            "a ChatKit session",
+        ),
+        (
+            "fine_tuning/alpha/graders/run",
+            r#"{"grader":{"type":"score_model","model":"gpt-4o"}}"#,
+            "a grader run",
+        ),
+        (
+            "fine-tunes",
+            r#"{"model":"gpt-4o-mini","training_file":"file-1"}"#,
+            "a fine-tuning job",
+        ),
+        (
+            "chat/completions?alt=proto",
+            r#"{"model":"gpt-4o-mini","messages":[]}"#,
+            "a call whose answer format",
+        ),
+    ] {
+        let r = llm_post(&proxy, path, body, None, "");
+        r.assert_refused(403, "unmetered_call");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.starts_with(what), "{path}: {message}");
+    }
     // A response run in the background answers before it spends.
     let background = r#"{"model":"gpt-4o-mini","background":true,"input":"hi"}"#;
     let r = llm_post(&proxy, "responses", background, None, "");
@@ -1134,6 +1179,41 @@ fn work_the_proxy_cannot_meter_is_refused_while_spend_is_capped() {
     assert_eq!(open.status, 200, "{}", open.body_text());
     assert_eq!(origin.matching("/v1/batches").len(), 4);
     assert_eq!(origin.matching("/v1/responses").len(), 1);
+}
+
+/// Toward an LLM API (here a route that names its provider), a request that is no call, no
+/// known unmetered work and not known to be free is refused as unmetered work while spend is
+/// capped when its body names no model (the next endpoint a provider adds that spends); one that
+/// names a model is an LLM call, reserved and metered; a file upload passes.
+#[test]
+fn an_llm_apis_unknown_requests_are_metered_or_refused_under_a_cost_ceiling() {
+    let origin = Origin::start();
+    let proxy = budget_proxy(origin.port, |spec| {
+        let route = spec.tenants.routes.iter_mut().find(|r| r.name == "llm");
+        route.unwrap().provider = Some("openai".into());
+        spec.tenant("acme").limits().cost_per_day_micros = Some(10_000_000);
+    });
+    let r = llm_post(&proxy, "some_new_job", r#"{"input":"hi"}"#, None, "");
+    r.assert_refused(403, "unmetered_call");
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert_eq!(rec["reason"], "unmetered_call", "{rec}");
+    assert_eq!(origin.count(), 0, "nothing refused was forwarded");
+    let named = llm_post(
+        &proxy,
+        "some_new_job",
+        r#"{"model":"gpt-4o-mini","input":"hi"}"#,
+        None,
+        "",
+    );
+    assert_eq!(named.status, 200, "{}", named.body_text());
+    let rec = proxy.audit_record("acme", &named.request_id());
+    assert!(
+        rec["reserved"]["cost_micros"].as_u64().unwrap() > 0,
+        "{rec}"
+    );
+    let upload = llm_post(&proxy, "files", r#"{"purpose":"batch"}"#, None, "");
+    assert_eq!(upload.status, 200, "{}", upload.body_text());
+    assert_eq!(origin.count(), 2);
 }
 
 /// A chat completion that names no model (a server with a default one picks it) is still an

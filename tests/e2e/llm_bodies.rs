@@ -101,8 +101,9 @@ const MINI: &[u8] =
     br#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
 
 /// Every model a call uses is decided, not only the one it runs: a Realtime session's
-/// transcription model, a Bedrock inline agent's collaborators'. One the policy refuses
-/// refuses the call (by the rule that refused it), and the record names it.
+/// transcription model, a Bedrock inline agent's collaborators', a gateway's fallback models.
+/// One the policy refuses refuses the call (by the rule that refused it), and the record names
+/// it.
 #[test]
 fn every_model_a_call_names_is_decided() {
     let env = start();
@@ -118,6 +119,15 @@ fn every_model_a_call_names_is_decided() {
         (
             "a collaborator's prompt override",
             br#"{"foundationModel":"gpt-4o-mini","collaborators":[{"promptOverrideConfiguration":{"promptConfigurations":[{"foundationModel":"gpt-4o"}]}}]}"#,
+        ),
+        // A gateway may answer with any model of its fallback list.
+        (
+            "OpenRouter's fallback list",
+            br#"{"model":"gpt-4o-mini","models":["gpt-4o-mini","gpt-4o"],"max_tokens":5}"#,
+        ),
+        (
+            "LiteLLM's fallbacks",
+            br#"{"model":"gpt-4o-mini","fallbacks":["gpt-4o"],"max_tokens":5}"#,
         ),
     ] {
         let r = post(&env, Way::Route, body, "Content-Type: application/json\r\n");

@@ -24,6 +24,7 @@ use super::scrub::Patterns;
 use super::secret::SecretValue;
 use super::{Credential, CredentialSet};
 use crate::ids::TenantId;
+use zeroize::Zeroizing;
 
 /// Request-side credential settings.
 #[derive(Debug, Clone)]
@@ -393,10 +394,16 @@ pub fn apply(
             )?);
         }
         if let Cow::Owned(q) = query {
+            // The substituted query is wiped once copied, at its exact size, into the target.
+            let q = Zeroizing::new(q);
             out.path_and_query = Some(if q.is_empty() {
                 path.to_string()
             } else {
-                format!("{path}?{q}")
+                let mut target = String::with_capacity(path.len() + 1 + q.len());
+                target.push_str(path);
+                target.push('?');
+                target.push_str(&q);
+                target
             });
         }
     }
@@ -508,12 +515,21 @@ fn apply_headers(
                 }
                 // Only escapes (`$$CRED{`): unescape every value.
                 for value in values {
-                    let replaced =
-                        resolver.substitute(value.as_bytes(), Position::Header, Encoding::Raw)?;
-                    let v = HeaderValue::from_bytes(&replaced)
-                        .map_err(|_| CredentialDeny::Malformed("header"))?;
-                    set_headers.push((name.clone(), v));
+                    let replaced = Zeroizing::new(
+                        resolver
+                            .substitute(value.as_bytes(), Position::Header, Encoding::Raw)?
+                            .into_owned(),
+                    );
+                    set_headers.push((name.clone(), sensitive_value(&replaced)?));
                 }
+            }
+            if managed && !marked && name == http::header::SEC_WEBSOCKET_PROTOCOL {
+                subprotocol_keys(
+                    &headers.get_all(name),
+                    on_literal,
+                    set_headers,
+                    remove_headers,
+                )?;
             }
             continue;
         };
@@ -546,16 +562,87 @@ fn apply_headers(
                 // A handle (or, toward an unmanaged destination, a handle with a literal, which
                 // the handle's binding refuses).
                 Holding::Literal | Holding::Handle => {
-                    let replaced =
-                        resolver.substitute(value.as_bytes(), Position::Header, Encoding::Raw)?;
-                    let v = HeaderValue::from_bytes(&replaced)
-                        .map_err(|_| CredentialDeny::Malformed("header"))?;
-                    set_headers.push((name.clone(), v));
+                    // The substituted copy is wiped once the header value holds it.
+                    let replaced = Zeroizing::new(
+                        resolver
+                            .substitute(value.as_bytes(), Position::Header, Encoding::Raw)?
+                            .into_owned(),
+                    );
+                    set_headers.push((name.clone(), sensitive_value(&replaced)?));
                 }
             }
         }
     }
     Ok(())
+}
+
+/// A header value that holds a secret, marked sensitive: HTTP/2 then never adds it to the HPACK
+/// table (where it would outlive the request and shape later headers' compression), and its
+/// `Debug` form is redacted.
+fn sensitive_value(bytes: &[u8]) -> Result<HeaderValue, CredentialDeny> {
+    let mut v = HeaderValue::from_bytes(bytes).map_err(|_| CredentialDeny::Malformed("header"))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// WebSocket subprotocols that carry an API key, for browsers, which cannot set headers on a
+/// WebSocket: OpenAI Realtime's `openai-insecure-api-key.<key>` (the key is the rest of the
+/// token). Compared ignoring ASCII case.
+const KEY_SUBPROTOCOL_PREFIXES: &[&str] = &["openai-insecure-api-key."];
+
+/// Subprotocols after which the next one is a key (Deepgram's `token, <key>`).
+const KEY_SUBPROTOCOL_MARKERS: &[&str] = &["token", "bearer"];
+
+/// Toward a destination whose keys the proxy manages, an agent's own key in a WebSocket
+/// subprotocol (see [`KEY_SUBPROTOCOL_PREFIXES`]) is refused as a raw credential, or in strip
+/// mode removed with the rest of the list kept. SECURITY: the header is no credential position
+/// (a handle there is refused), yet upstreams read a key from it.
+fn subprotocol_keys(
+    values: &http::header::GetAll<'_, HeaderValue>,
+    on_literal: OnLiteral,
+    set_headers: &mut Vec<(HeaderName, HeaderValue)>,
+    remove_headers: &mut Vec<HeaderName>,
+) -> Result<(), CredentialDeny> {
+    let name = http::header::SEC_WEBSOCKET_PROTOCOL;
+    let mut kept: Vec<Vec<&[u8]>> = Vec::new();
+    let mut found = false;
+    for value in values.iter() {
+        let mut tokens: Vec<&[u8]> = Vec::new();
+        let mut after_marker = false;
+        for token in value.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            let prefixed = KEY_SUBPROTOCOL_PREFIXES.iter().any(|p| {
+                token.len() > p.len() && token[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            });
+            if prefixed || (after_marker && !token.is_empty()) {
+                found = true;
+                after_marker = false;
+                continue;
+            }
+            after_marker = KEY_SUBPROTOCOL_MARKERS
+                .iter()
+                .any(|m| token.eq_ignore_ascii_case(m.as_bytes()));
+            if !token.is_empty() && !after_marker {
+                tokens.push(token);
+            }
+        }
+        kept.push(tokens);
+    }
+    if !found {
+        return Ok(());
+    }
+    match on_literal {
+        OnLiteral::Refuse => Err(CredentialDeny::Raw(format!("header `{name}`"))),
+        OnLiteral::Strip => {
+            remove_headers.push(name.clone());
+            for tokens in kept.into_iter().filter(|t| !t.is_empty()) {
+                let v = HeaderValue::from_bytes(&tokens.join(&b", "[..]))
+                    .map_err(|_| CredentialDeny::Malformed("header"))?;
+                set_headers.push((name.clone(), v));
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -703,7 +790,7 @@ impl<'a> Resolver<'a, '_> {
     ) -> Result<Cow<'i, [u8]>, CredentialDeny> {
         handle::substitute(input, |name| {
             let text = self.resolve_text(name, position)?;
-            Ok(Cow::Owned(encode(text.bytes(), enc)))
+            Ok(encode(text.bytes(), enc))
         })
         .map_err(|e| match e {
             SubstituteError::Handle(_) => CredentialDeny::Malformed(position.as_str()),
@@ -723,10 +810,13 @@ impl<'a> Resolver<'a, '_> {
         is_field: &dyn Fn(&str) -> bool,
         what: &str,
     ) -> Result<String, CredentialDeny> {
-        let mut out = String::with_capacity(text.len() + 64);
+        // SECURITY: the pairs are first cut into segments (the encoded secrets wiped when
+        // dropped), so the output is allocated once at its exact size: growing it would leave
+        // copies of the secrets in freed memory.
+        let mut segments: Vec<Segment<'_>> = Vec::new();
         for (i, pair) in text.split('&').enumerate() {
             if i > 0 {
-                out.push('&');
+                segments.push(Segment::Text("&"));
             }
             let (key, value) = match pair.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
@@ -735,10 +825,10 @@ impl<'a> Resolver<'a, '_> {
             if has_marker_maybe_encoded(key.as_bytes()) {
                 return Err(CredentialDeny::Malformed(position.as_str()));
             }
-            out.push_str(key);
+            segments.push(Segment::Text(key));
             let Some(value) = value else { continue };
-            out.push('=');
-            let decoded = percent_decode(value.replace('+', " ").as_bytes());
+            segments.push(Segment::Text("="));
+            let decoded = Zeroizing::new(percent_decode(value.replace('+', " ").as_bytes()));
             if handle::has_marker(&decoded) {
                 let name = percent_decode(key.replace('+', " ").as_bytes());
                 let name = String::from_utf8_lossy(&name);
@@ -755,26 +845,64 @@ impl<'a> Resolver<'a, '_> {
                         },
                     ));
                 }
-                let mut pieces = Vec::new();
-                for piece in handle::scan(&decoded)
-                    .map_err(|_| CredentialDeny::Malformed(position.as_str()))?
-                {
+                let scanned = handle::scan(&decoded)
+                    .map_err(|_| CredentialDeny::Malformed(position.as_str()))?;
+                let mut texts = Vec::with_capacity(scanned.len());
+                for piece in &scanned {
+                    if let handle::Piece::Handle(n) = piece {
+                        texts.push(self.resolve_text(n, position)?);
+                    }
+                }
+                let len = scanned
+                    .iter()
+                    .map(|p| match p {
+                        handle::Piece::Literal(l) => l.len(),
+                        handle::Piece::Handle(_) => 0,
+                    })
+                    .chain(texts.iter().map(|t| t.bytes().len()))
+                    .sum();
+                let mut pieces = Zeroizing::new(Vec::with_capacity(len));
+                let mut texts = texts.iter();
+                for piece in &scanned {
                     match piece {
                         handle::Piece::Literal(l) => pieces.extend_from_slice(l),
-                        handle::Piece::Handle(n) => {
-                            pieces.extend_from_slice(self.resolve_text(n, position)?.bytes())
+                        handle::Piece::Handle(_) => {
+                            if let Some(t) = texts.next() {
+                                pieces.extend_from_slice(t.bytes());
+                            }
                         }
                     }
                 }
-                out.push_str(&String::from_utf8_lossy(&encode(
-                    &pieces,
-                    Encoding::Percent,
-                )));
+                // Percent-encoded: ASCII only.
+                segments.push(Segment::Secret(encode(&pieces, Encoding::Percent)));
             } else {
-                out.push_str(value);
+                segments.push(Segment::Text(value));
+            }
+        }
+        let len = segments.iter().map(Segment::len).sum();
+        let mut out = String::with_capacity(len);
+        for segment in &segments {
+            match segment {
+                Segment::Text(t) => out.push_str(t),
+                Segment::Secret(bytes) => out.extend(bytes.iter().map(|b| char::from(*b))),
             }
         }
         Ok(out)
+    }
+}
+
+/// A piece of a rewritten `k=v&…` text: as written, or an encoded secret (ASCII).
+enum Segment<'t> {
+    Text(&'t str),
+    Secret(Zeroizing<Vec<u8>>),
+}
+
+impl Segment<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Segment::Text(t) => t.len(),
+            Segment::Secret(s) => s.len(),
+        }
     }
 }
 
@@ -795,28 +923,57 @@ impl Text<'_> {
     }
 }
 
-fn encode(value: &[u8], enc: Encoding) -> Vec<u8> {
+/// `value` (a secret) encoded for `enc`, in a buffer of its exact size that is wiped when
+/// dropped (a growing buffer would leave copies of the secret in freed memory).
+fn encode(value: &[u8], enc: Encoding) -> Zeroizing<Vec<u8>> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
     match enc {
-        Encoding::Raw => value.to_vec(),
+        Encoding::Raw => Zeroizing::new(value.to_vec()),
         Encoding::JsonString => {
-            let mut out = Vec::with_capacity(value.len() + 8);
+            let len = value
+                .iter()
+                .map(|b| match b {
+                    b'"' | b'\\' => 2,
+                    0..=0x1f => 6,
+                    _ => 1,
+                })
+                .sum();
+            let mut out = Zeroizing::new(Vec::with_capacity(len));
             for &b in value {
                 match b {
                     b'"' => out.extend_from_slice(b"\\\""),
                     b'\\' => out.extend_from_slice(b"\\\\"),
-                    0..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+                    0..=0x1f => out.extend_from_slice(&[
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX_LOWER[usize::from(b >> 4)],
+                        HEX_LOWER[usize::from(b & 0xf)],
+                    ]),
                     _ => out.push(b),
                 }
             }
             out
         }
         Encoding::Percent => {
-            let mut out = Vec::with_capacity(value.len() * 3);
+            let unreserved =
+                |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~');
+            let len = value
+                .iter()
+                .map(|b| if unreserved(*b) { 1 } else { 3 })
+                .sum();
+            let mut out = Zeroizing::new(Vec::with_capacity(len));
             for &b in value {
-                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                if unreserved(b) {
                     out.push(b);
                 } else {
-                    out.extend_from_slice(format!("%{b:02X}").as_bytes());
+                    out.extend_from_slice(&[
+                        b'%',
+                        HEX[usize::from(b >> 4)],
+                        HEX[usize::from(b & 0xf)],
+                    ]);
                 }
             }
             out

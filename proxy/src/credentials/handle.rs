@@ -10,6 +10,8 @@
 
 use std::borrow::Cow;
 
+use zeroize::Zeroizing;
+
 const MARKER: &[u8] = b"$CRED{";
 /// Longest accepted credential name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -111,20 +113,39 @@ pub fn scan(input: &[u8]) -> Result<Vec<Piece<'_>>, HandleError> {
 
 /// Replaces every handle in `input` with what `resolve` returns for its name. Returns the input
 /// unchanged (borrowed, no allocation) when it has no marker at all.
+///
+/// SECURITY: every handle is resolved first, so the output is allocated once at its exact size
+/// (growing it would leave copies of the secrets in freed memory), and the resolved values are
+/// wiped when dropped.
 pub fn substitute<'a, E>(
     input: &'a [u8],
-    mut resolve: impl FnMut(&str) -> Result<Cow<'a, [u8]>, E>,
+    mut resolve: impl FnMut(&str) -> Result<Zeroizing<Vec<u8>>, E>,
 ) -> Result<Cow<'a, [u8]>, SubstituteError<E>> {
     if !has_marker(input) {
         return Ok(Cow::Borrowed(input));
     }
     let pieces = scan(input).map_err(SubstituteError::Handle)?;
-    let mut out = Vec::with_capacity(input.len() + 64);
-    for piece in pieces {
+    let mut values: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+    let mut len = 0;
+    for piece in &pieces {
+        match piece {
+            Piece::Literal(l) => len += l.len(),
+            Piece::Handle(name) => {
+                let value = resolve(name).map_err(SubstituteError::Resolve)?;
+                len += value.len();
+                values.push(value);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(len);
+    let mut values = values.iter();
+    for piece in &pieces {
         match piece {
             Piece::Literal(l) => out.extend_from_slice(l),
-            Piece::Handle(name) => {
-                out.extend_from_slice(&resolve(name).map_err(SubstituteError::Resolve)?)
+            Piece::Handle(_) => {
+                if let Some(value) = values.next() {
+                    out.extend_from_slice(value);
+                }
             }
         }
     }
@@ -192,7 +213,7 @@ mod tests {
         assert!(matches!(out, Cow::Borrowed(_)));
         let out = substitute::<()>(b"Bearer $CRED{k}!", |n| {
             assert_eq!(n, "k");
-            Ok(Cow::Borrowed(b"VALUE"))
+            Ok(Zeroizing::new(b"VALUE".to_vec()))
         })
         .expect("ok");
         assert_eq!(&*out, b"Bearer VALUE!");

@@ -31,6 +31,7 @@ use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
+use zeroize::Zeroizing;
 
 use super::apply::AccessTokens;
 use super::Credential;
@@ -54,8 +55,10 @@ fn may_be_in_a_match(b: u8) -> bool {
 /// One form of one secret.
 #[derive(Clone)]
 struct Pattern {
-    /// The bytes to find; each may also appear escaped (see [`unit`]).
-    bytes: Vec<u8>,
+    /// The bytes to find; each may also appear escaped (see [`spellings_at`]). Secret (or its
+    /// reversible base64), so wiped when dropped: patterns are rebuilt on every reload and
+    /// token refresh, and freed memory would otherwise keep them.
+    bytes: Zeroizing<Vec<u8>>,
     /// ASCII case ignored.
     ignore_case: bool,
     /// What replaces a match (the handle text, or a same-length base64 mask).
@@ -107,11 +110,11 @@ impl Patterns {
                     .collect()
             };
             for piece in raw {
-                if patterns.iter().any(|p| !p.masks && p.bytes == piece) {
+                if patterns.iter().any(|p| !p.masks && *p.bytes == piece) {
                     continue;
                 }
                 patterns.push(Pattern {
-                    bytes: piece.to_vec(),
+                    bytes: Zeroizing::new(piece.to_vec()),
                     ignore_case: piece.len() >= MIN_FUZZY_LEN,
                     replacement: format!("$CRED{{{name}}}").into_bytes(),
                     masks: false,
@@ -127,7 +130,7 @@ impl Patterns {
                     patterns.push(Pattern {
                         bytes: core,
                         ignore_case: false,
-                        replacement: base64_core(engine, &stars, align),
+                        replacement: base64_core(engine, &stars, align).to_vec(),
                         masks: true,
                     });
                 }
@@ -161,7 +164,7 @@ impl Patterns {
 
     /// Whether a secret of visible ASCII (an access token) is looked for as written.
     pub fn covers(&self, secret: &[u8]) -> bool {
-        self.patterns.iter().any(|p| !p.masks && p.bytes == secret)
+        self.patterns.iter().any(|p| !p.masks && *p.bytes == secret)
     }
 
     /// Whether there is nothing to look for.
@@ -552,99 +555,113 @@ struct Scan {
     emit: usize,
 }
 
-/// Where a whole match of `p` starting at `at` ends; `None` when there is none in `input` (an
-/// input that ends inside one holds none: what is held back is decided apart, see [`Scrubber::scan`]).
+/// Where a whole match of `p` starting at `at` ends (the longest, when several spellings
+/// match); `None` when there is none in `input` (an input that ends inside one holds none: what
+/// is held back is decided apart, see [`Scrubber::scan`]).
+///
+/// SECURITY: a byte of the secret may be spelled several ways at one place, and taking the
+/// first that fits loses the others: `%` is both itself and the start of `%25`, `\` both itself
+/// and the start of `\\` or `\u005c`. So every spelling is followed: the positions the
+/// pattern's first bytes can end at are kept as a set (at most a few: each spelling of a byte
+/// takes 1 to 6 input bytes, and most fail at once), and the pattern matches if any survives.
 fn match_at(input: &[u8], at: usize, p: &Pattern) -> Option<usize> {
-    let mut i = at;
-    for &want in &p.bytes {
-        if i >= input.len() {
+    let (&first, rest) = p.bytes.split_first()?;
+    // Most places fail at the first byte: nothing is allocated for them.
+    let mut ends: Vec<usize> = spellings_at(input, at, first, p.ignore_case)
+        .into_iter()
+        .flatten()
+        .map(|n| at + n)
+        .collect();
+    let mut next: Vec<usize> = Vec::with_capacity(4);
+    for &want in rest {
+        if ends.is_empty() {
             return None;
         }
-        match unit(input, i, want, p.ignore_case) {
-            Unit::Consumed(n) => i += n,
-            Unit::NeedMore | Unit::Mismatch => return None,
+        next.clear();
+        for &i in &ends {
+            for n in spellings_at(input, i, want, p.ignore_case)
+                .into_iter()
+                .flatten()
+            {
+                if !next.contains(&(i + n)) {
+                    next.push(i + n);
+                }
+            }
         }
+        std::mem::swap(&mut ends, &mut next);
     }
-    Some(i)
+    ends.into_iter().max()
 }
 
-enum Unit {
-    Consumed(usize),
-    NeedMore,
-    Mismatch,
-}
-
-/// Whether the bytes at `i` stand for `want`: the byte itself, a JSON escape of it (`\u0073`,
-/// `\/`, `\n`, …) or its percent-encoding (`%73`).
-fn unit(input: &[u8], i: usize, want: u8, ignore_case: bool) -> Unit {
+/// The lengths of the spellings of `want` that begin at `i`: the byte itself, and a JSON escape
+/// of it (`\u0073`, `\/`, `\n`, …) or its percent-encoding (`%73`), which can both fit when
+/// `want` is `\` or `%`. An input that ends inside a spelling holds none of it.
+fn spellings_at(input: &[u8], i: usize, want: u8, ignore_case: bool) -> [Option<usize>; 2] {
     let same = |b: u8| b == want || (ignore_case && b.eq_ignore_ascii_case(&want));
-    let b = input[i];
-    if same(b) {
-        return Unit::Consumed(1);
-    }
-    let (decoded, len) = match b {
-        b'\\' => match input.get(i + 1) {
-            None => return Unit::NeedMore,
-            Some(b'u') => match hex(input, i + 2, 4) {
-                Ok(cp) if cp < 0x80 => (cp as u8, 6),
-                Ok(_) => return Unit::Mismatch,
-                Err(need_more) => return need_more,
-            },
-            Some(c) => match c {
-                b'/' | b'\\' | b'"' => (*c, 2),
-                b'b' => (0x08, 2),
-                b'f' => (0x0c, 2),
-                b'n' => (b'\n', 2),
-                b'r' => (b'\r', 2),
-                b't' => (b'\t', 2),
-                _ => return Unit::Mismatch,
-            },
-        },
-        b'%' => match hex(input, i + 1, 2) {
-            Ok(v) => (v as u8, 3),
-            Err(need_more) => return need_more,
-        },
-        _ => return Unit::Mismatch,
+    let Some(&b) = input.get(i) else {
+        return [None, None];
     };
-    if same(decoded) {
-        Unit::Consumed(len)
-    } else {
-        Unit::Mismatch
-    }
+    let literal = same(b).then_some(1);
+    let decoded = match b {
+        b'\\' => match input.get(i + 1) {
+            Some(b'u') => hex(input, i + 2, 4)
+                .filter(|cp| *cp < 0x80)
+                .map(|cp| (cp as u8, 6)),
+            Some(c) => match c {
+                b'/' | b'\\' | b'"' => Some((*c, 2)),
+                b'b' => Some((0x08, 2)),
+                b'f' => Some((0x0c, 2)),
+                b'n' => Some((b'\n', 2)),
+                b'r' => Some((b'\r', 2)),
+                b't' => Some((b'\t', 2)),
+                _ => None,
+            },
+            None => None,
+        },
+        b'%' => hex(input, i + 1, 2).map(|v| (v as u8, 3)),
+        _ => None,
+    };
+    let escaped = decoded.and_then(|(d, len)| same(d).then_some(len));
+    [literal, escaped]
 }
 
-/// `digits` hex digits at `at`: the value, or `NeedMore` when the input ends in valid digits,
-/// `Mismatch` when a digit is not hex.
-fn hex(input: &[u8], at: usize, digits: usize) -> Result<u32, Unit> {
+/// `digits` hex digits at `at`: their value, or `None` when one is not hex or the input ends.
+fn hex(input: &[u8], at: usize, digits: usize) -> Option<u32> {
     let mut v = 0u32;
     for k in 0..digits {
-        let Some(b) = input.get(at + k) else {
-            return Err(Unit::NeedMore);
-        };
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return Err(Unit::Mismatch),
+        let d = match input.get(at + k)? {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'a'..=b'f' => b - b'a' + 10,
+            b @ b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
         };
         v = (v << 4) | u32::from(d);
     }
-    Ok(v)
+    Some(v)
 }
 
 /// The base64 characters that encode `value`'s bits alone when it starts `align` bytes into a
 /// 3-byte group: characters mixing in neighbouring bytes are left out.
-fn base64_core(engine: &base64::engine::GeneralPurpose, value: &[u8], align: usize) -> Vec<u8> {
-    let mut padded = vec![0u8; align];
+/// The copies made on the way hold the secret (or its reversible encoding): wiped when dropped.
+fn base64_core(
+    engine: &base64::engine::GeneralPurpose,
+    value: &[u8],
+    align: usize,
+) -> Zeroizing<Vec<u8>> {
+    let mut padded = Zeroizing::new(Vec::with_capacity(align + value.len() + 2));
+    padded.resize(align, 0);
     padded.extend_from_slice(value);
     padded.extend_from_slice(&[0, 0]);
-    let encoded = engine.encode(&padded).into_bytes();
+    let encoded = Zeroizing::new(engine.encode(&*padded));
     let first = (8 * align).div_ceil(6);
     let last = (8 * (align + value.len())) / 6;
-    encoded
-        .get(first..last)
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default()
+    Zeroizing::new(
+        encoded
+            .as_bytes()
+            .get(first..last)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default(),
+    )
 }
 
 /// Whether a response's body reaches the client in a form the scrubber cannot read: a content
@@ -848,6 +865,58 @@ mod tests {
                 "{name}"
             );
             assert_eq!(n, 1, "{name}");
+        }
+    }
+
+    /// Every spelling of a byte the echo of a secret can use in place of it.
+    fn spellings(b: u8) -> Vec<String> {
+        let mut all = vec![
+            char::from(b).to_string(),
+            format!("%{b:02X}"),
+            format!("%{b:02x}"),
+            format!("\\u{b:04X}"),
+            format!("\\u{b:04x}"),
+        ];
+        if let Some(short) = match b {
+            b'/' | b'\\' | b'"' => Some(format!("\\{}", char::from(b))),
+            _ => None,
+        } {
+            all.push(short);
+        }
+        all
+    }
+
+    #[test]
+    fn every_escaped_spelling_of_an_escape_character_is_found() {
+        // `%` and `\` are both bytes of a secret and the first byte of an escape: an echo that
+        // escapes them (`%25` in a query or form, `\\` in JSON) must be found like the others.
+        for secret in [
+            "PCTab%cdEF12gh",
+            "BSLab\\cdEF12gh",
+            "SLSab/cdEF12gh",
+            "DQTab\"cdEF12gh",
+            "%%front-and-back12\\\\",
+            "%25-literal-looking%2F",
+        ] {
+            let specials: Vec<u8> = b"%\\/\"".to_vec();
+            for &b in &specials {
+                if !secret.as_bytes().contains(&b) {
+                    continue;
+                }
+                for spelling in spellings(b) {
+                    let echo = secret.replace(char::from(b), &spelling);
+                    for (before, after) in [("[", "]"), ("q=", "&x=1"), ("", "")] {
+                        let body = format!("{before}{echo}{after}");
+                        let (out, n) = scrub_split(&[("s", secret)], body.as_bytes());
+                        assert_eq!(
+                            String::from_utf8(out).expect("utf8"),
+                            format!("{before}$CRED{{s}}{after}"),
+                            "{secret} echoed as {echo}"
+                        );
+                        assert_eq!(n, 1, "{secret} echoed as {echo}");
+                    }
+                }
+            }
         }
     }
 

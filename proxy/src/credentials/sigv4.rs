@@ -209,8 +209,19 @@ fn sign_with(
         .into_parts();
     let (headers, _params) = instructions.into_parts();
     for h in headers {
+        let mut value = http::HeaderValue::from_str(h.value())
+            .map_err(|_| SignError(format!("header `{}`", h.name())))?;
+        // SECURITY: the session token is a secret and the signature authorizes a replay for
+        // minutes: marked sensitive, HTTP/2 keeps them out of its HPACK table, and `Debug`
+        // prints them redacted.
+        if ["authorization", "x-amz-security-token"]
+            .iter()
+            .any(|n| h.name().eq_ignore_ascii_case(n))
+        {
+            value.set_sensitive(true);
+        }
         upstream
-            .insert_header(h.name(), h.value())
+            .insert_header(h.name(), value)
             .map_err(|_| SignError(format!("header `{}`", h.name())))?;
     }
     Ok(())
@@ -361,6 +372,29 @@ mod tests {
         assert!(
             auth(&h).ends_with("726c5c4879a6b4ccbbd3b24edbd6b8826d34f87450fbbf4e85546fc7ba9c1642")
         );
+    }
+
+    /// The signature and the session token are marked sensitive (kept out of HTTP/2's HPACK
+    /// table, redacted in `Debug`); the rest of the signature's headers are not secret.
+    #[test]
+    fn signature_headers_that_are_secret_are_sensitive() {
+        let mut h = header(
+            "POST",
+            "/model/m/converse",
+            "bedrock-runtime.us-east-1.amazonaws.com",
+        );
+        sign(
+            &key(Some("SESSION-TOKEN-1234")),
+            &mut h,
+            "https",
+            b"{}",
+            suite_time(),
+        )
+        .expect("signed");
+        assert!(h.headers["authorization"].is_sensitive());
+        assert!(h.headers["x-amz-security-token"].is_sensitive());
+        assert!(!h.headers["x-amz-date"].is_sensitive());
+        assert!(!format!("{:?}", h.headers).contains("SESSION-TOKEN-1234"));
     }
 
     #[test]

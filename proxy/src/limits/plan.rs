@@ -43,6 +43,9 @@ pub enum PlanError {
 pub struct CallFacts<'a> {
     /// The model the JSON body names (an LLM call), if any.
     pub model: Option<&'a str>,
+    /// Models a gateway may answer with instead (OpenRouter's `models`, LiteLLM's
+    /// `fallbacks`): the call is priced at the dearest of these and `model`.
+    pub fallback_models: &'a [String],
     /// The body's output ceiling (`max_tokens` and its synonyms), if any.
     pub max_output_tokens: Option<u64>,
     /// How many completions the body asks for (`n` and its synonyms), if it says.
@@ -114,24 +117,42 @@ pub fn plan(
     };
     // SECURITY: work whose spend no response shows would pass every token and cost ceiling
     // unseen, so while one applies it is refused unless the tenant or workload allows it.
-    if let Work::Unmetered(what) = call.work {
+    // An LLM API's request the proxy does not know (see `Work::Unrecognized`) is an LLM call
+    // when its body names a model, and otherwise work it cannot meter.
+    let work = match call.work {
+        Work::Unrecognized(_) if call.model.is_some() => Work::Other,
+        Work::Unrecognized(what) => Work::Unmetered(what),
+        work => work,
+    };
+    if let Work::Unmetered(what) = work {
         if refuses_unmetered(entry.ceilings, workload, run.map(|(_, b)| b)) {
             return Err(PlanError::Unmetered(what));
         }
     }
     // A provider's call is an LLM call even when its body names no model (a server with a
     // default one): its tokens are reserved and metered, and it is priced as an unknown model.
-    let kind = if call.model.is_some() || call.work == Work::Call {
+    let kind = if call.model.is_some() || work == Work::Call {
         CallKind::Llm
     } else {
         CallKind::Tool
     };
     let prices = match (kind, config.prices()) {
-        (CallKind::Llm, Some(table)) => Some(
-            table
-                .lookup(registry::price_key(destination), call.model.unwrap_or(""))
-                .ok_or_else(|| PlanError::ModelNotPriced(call.model.map(String::from)))?,
-        ),
+        (CallKind::Llm, Some(table)) => {
+            let provider = registry::price_key(destination);
+            let mut prices = table
+                .lookup(provider, call.model.unwrap_or(""))
+                .ok_or_else(|| PlanError::ModelNotPriced(call.model.map(String::from)))?;
+            // SECURITY: a gateway may answer with any model of its fallback list, so the call
+            // is reserved and settled at the dearest of their prices (each must be priced):
+            // naming a cheap model first cannot buy a dear one at its price.
+            for fallback in call.fallback_models {
+                let theirs = table
+                    .lookup(provider, fallback)
+                    .ok_or_else(|| PlanError::ModelNotPriced(Some(fallback.clone())))?;
+                prices = prices.dearest(theirs);
+            }
+            Some(prices)
+        }
         _ => None,
     };
     let who = Subject {
@@ -477,6 +498,7 @@ mod tests {
         let charge = |mcp_tool_calls| {
             let call = CallFacts {
                 model: None,
+                fallback_models: &[],
                 max_output_tokens: None,
                 choices: None,
                 body_bytes: 100,
@@ -520,6 +542,7 @@ mod tests {
         let reserved = |max_output_tokens, choices| {
             let call = CallFacts {
                 model: Some("gpt-4o"),
+                fallback_models: &[],
                 max_output_tokens,
                 choices,
                 body_bytes: 100,
@@ -558,12 +581,73 @@ mod tests {
     fn facts(model: Option<&str>, work: Work) -> CallFacts<'_> {
         CallFacts {
             model,
+            fallback_models: &[],
             max_output_tokens: None,
             choices: None,
             body_bytes: 100,
             mcp_tool_calls: None,
             work,
         }
+    }
+
+    /// A gateway may answer with any model of its fallback list: the call is reserved (and so
+    /// settled) at the dearest prices among them, and one the table does not price refuses.
+    #[test]
+    fn a_call_is_priced_at_the_dearest_of_its_fallback_models() {
+        let destination =
+            Destination::https_for_test("openrouter.ai", "/api/v1/chat/completions", None);
+        let table = crate::pricing::PriceTable::parse(
+            "currency = \"USD\"\n[providers.openrouter]\n\"mini\" = { input = 1_000_000, output = 2_000_000 }\n\"big\" = { input = 10_000_000, output = 40_000_000 }\n",
+            "test",
+        )
+        .unwrap();
+        let config = Priced(OneTenant::default(), table);
+        let now = 1_700_000_000;
+        let tenant = run_context();
+        let alone = plan(
+            &config,
+            &tenant,
+            &destination,
+            facts(Some("mini"), Work::Call),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            alone.prices.map(|p| (p.input, p.output)),
+            Some((1_000_000, 2_000_000))
+        );
+        let big = ["big".to_string()];
+        let with_fallback = plan(
+            &config,
+            &tenant,
+            &destination,
+            CallFacts {
+                fallback_models: &big,
+                ..facts(Some("mini"), Work::Call)
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            with_fallback.prices.map(|p| (p.input, p.output)),
+            Some((10_000_000, 40_000_000))
+        );
+        assert!(with_fallback.charge.cost_micros > alone.charge.cost_micros);
+        let unpriced = ["unlisted".to_string()];
+        assert_eq!(
+            plan(
+                &config,
+                &tenant,
+                &destination,
+                CallFacts {
+                    fallback_models: &unpriced,
+                    ..facts(Some("mini"), Work::Call)
+                },
+                now,
+            )
+            .unwrap_err(),
+            PlanError::ModelNotPriced(Some("unlisted".into()))
+        );
     }
 
     #[test]
@@ -641,6 +725,31 @@ mod tests {
         // Only the unmetered kind is refused: a read of the same path passes.
         let read = facts(None, Work::Other);
         assert!(plan(&tenant_capped, &unsigned, &destination, read, now).is_ok());
+
+        // A request to an LLM API the proxy does not know: unmetered work when its body names
+        // no model, an LLM call (reserved and metered) when it names one.
+        let unknown = Work::Unrecognized(registry::UNRECOGNIZED);
+        assert_eq!(
+            plan(
+                &tenant_capped,
+                &unsigned,
+                &destination,
+                facts(None, unknown),
+                now
+            )
+            .unwrap_err(),
+            PlanError::Unmetered(registry::UNRECOGNIZED)
+        );
+        let named = plan(
+            &tenant_capped,
+            &unsigned,
+            &destination,
+            facts(Some("m"), unknown),
+            now,
+        )
+        .unwrap();
+        assert_eq!(named.kind, CallKind::Llm);
+        assert!(named.charge.tokens > 0);
     }
 
     #[test]

@@ -539,6 +539,8 @@ async fn admit_http(
     let mut grant = HttpGrant::default();
     // The body asks the call to run in the background.
     let mut background = false;
+    // The models a gateway may answer with instead of the body's (its fallback lists).
+    let mut fallback_models: Vec<String> = Vec::new();
     let (body, hold) = match &mut source {
         BodySource::Session(session) => match fx.read_body(session, &tenant.tenant).await? {
             Some((bytes, hold)) => (Some(bytes), hold),
@@ -575,6 +577,7 @@ async fn admit_http(
             .filter(|_| own_api.is_some_and(|api| read.llm.ceiling_fields.read_by(api)));
         grant.choices = read.llm.choices;
         background = read.llm.background;
+        fallback_models = read.llm.fallback_models;
         grant.body_decoded = read.decoded;
         trail.body_sha256 = Some(crate::lower_hex::of(&Sha256::digest(&read.body)));
         trail.bytes_in = read.body.len() as u64;
@@ -656,6 +659,7 @@ async fn admit_http(
     let credential_permits = std::mem::take(&mut uses.ids);
     let call = CallFacts {
         model: trail.model.as_deref(),
+        fallback_models: &fallback_models,
         max_output_tokens: grant.max_output_tokens,
         choices: grant.choices,
         body_bytes: trail.bytes_in,

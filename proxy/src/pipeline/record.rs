@@ -258,10 +258,10 @@ impl Trail {
                 .observe(u.as_secs_f64());
         }
         if let Some(cost) = self.settled.map(|c| c.cost_micros).filter(|c| *c > 0) {
-            METRICS
-                .llm_cost_micros
-                .with_label_values(&[tenant_label])
-                .inc_by(cost);
+            crate::metrics::add_saturating(
+                &METRICS.llm_cost_micros.with_label_values(&[tenant_label]),
+                cost,
+            );
         }
         crate::mcp::observe_hidden(tenant_label, list_filter);
         self.export_span(status);
@@ -276,10 +276,11 @@ impl Trail {
                 ("cache_write", u.cache_write_input_tokens),
                 ("output", u.output_tokens),
             ] {
-                METRICS
-                    .llm_tokens
-                    .with_label_values(&[tenant_label, kind])
-                    .inc_by(n);
+                // Upstream-reported: saturates rather than wraps.
+                crate::metrics::add_saturating(
+                    &METRICS.llm_tokens.with_label_values(&[tenant_label, kind]),
+                    n,
+                );
             }
             let hosted = u.hosted_calls;
             for (tool, n) in [
@@ -287,10 +288,12 @@ impl Trail {
                 ("file_search", hosted.file_searches),
             ] {
                 if n > 0 {
-                    METRICS
-                        .llm_hosted_tool_calls
-                        .with_label_values(&[tenant_label, tool])
-                        .inc_by(n);
+                    crate::metrics::add_saturating(
+                        &METRICS
+                            .llm_hosted_tool_calls
+                            .with_label_values(&[tenant_label, tool]),
+                        n,
+                    );
                 }
             }
         }

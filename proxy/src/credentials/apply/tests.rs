@@ -536,6 +536,105 @@ fn strip_mode_removes_agent_keys_instead_of_refusing() {
     assert!(applied.set_headers.is_empty());
 }
 
+/// A substituted header holds a secret: it is marked sensitive (kept out of HTTP/2's HPACK
+/// table, redacted in `Debug`).
+#[test]
+fn substituted_headers_are_sensitive() {
+    let applied = run(
+        "acme",
+        "api.openai.com",
+        "/v1/chat/completions",
+        &[("authorization", "Bearer $CRED{openai}")],
+        None,
+    )
+    .expect("applied");
+    assert!(!applied.set_headers.is_empty());
+    for (name, value) in &applied.set_headers {
+        assert!(value.is_sensitive(), "{name}");
+        assert_eq!(format!("{value:?}"), "Sensitive");
+    }
+}
+
+/// OpenAI Realtime's browser authentication puts the key in a WebSocket subprotocol: toward a
+/// managed host it is the agent's own key, refused (or stripped, the other subprotocols kept);
+/// toward another host it passes.
+#[test]
+fn a_key_in_a_websocket_subprotocol_is_a_raw_credential() {
+    let deny = Some(CredentialDeny::Raw(
+        "header `sec-websocket-protocol`".into(),
+    ));
+    for (protocols, want) in [
+        ("realtime, openai-insecure-api-key.sk-mine", deny.clone()),
+        ("realtime,OpenAI-Insecure-API-Key.sk-mine", deny.clone()),
+        ("token, sk-mine", deny.clone()),
+        ("realtime, openai-beta.realtime-v1", None),
+        ("realtime", None),
+    ] {
+        let got = run(
+            "acme",
+            "api.openai.com",
+            "/v1/realtime?model=m",
+            &[("sec-websocket-protocol", protocols)],
+            None,
+        );
+        assert_eq!(got.err(), want, "{protocols}");
+        // Not a managed host: the agent's own key is its own business.
+        assert!(run(
+            "acme",
+            "example.com",
+            "/v1/realtime",
+            &[("sec-websocket-protocol", protocols)],
+            None,
+        )
+        .is_ok());
+    }
+    let h = headers(&[(
+        "sec-websocket-protocol",
+        "realtime, openai-insecure-api-key.sk-mine, openai-beta.realtime-v1",
+    )]);
+    let req = RequestParts {
+        target: Target {
+            scheme: "https",
+            host: "api.openai.com",
+            port: 443,
+            path: "/v1/realtime",
+            method: "GET",
+        },
+        raw_target: b"/v1/realtime",
+        authority: None,
+        headers: &h,
+        path_and_query: "/v1/realtime",
+        body: None,
+        content_type: None,
+        encoded: false,
+    };
+    let settings = CredentialSettings {
+        raw_credential: RawCredentialMode::Strip,
+        ..CredentialSettings::default()
+    };
+    let applied = apply(
+        &set(),
+        &settings,
+        &tid("acme"),
+        &req,
+        100,
+        &AccessTokens::default(),
+        &mut |_, _| true,
+    )
+    .expect("stripped");
+    assert_eq!(
+        applied.remove_headers,
+        vec![HeaderName::from_static("sec-websocket-protocol")]
+    );
+    assert_eq!(
+        applied.set_headers,
+        vec![(
+            HeaderName::from_static("sec-websocket-protocol"),
+            HeaderValue::from_static("realtime, openai-beta.realtime-v1")
+        )]
+    );
+}
+
 fn raw(place: &str) -> Option<CredentialDeny> {
     Some(CredentialDeny::Raw(place.into()))
 }

@@ -43,6 +43,11 @@ const UNMETERED: &[(&str, &str)] = &[
     ("/model-customization-jobs", "a model customization job"),
     ("/provisioned-model-throughput", "provisioned throughput"),
     ("/evaluation-jobs", "an evaluation job"),
+    // `InvokeDataAutomationAsync` elsewhere than on its runtime's host (a gateway).
+    (
+        "/invokedataautomationasync",
+        "a Bedrock Data Automation job",
+    ),
     // Bedrock Agents' knowledge-base answers: a model writes them, and reports no usage.
     ("/retrieveandgenerate", "a knowledge-base answer"),
     ("/retrieveandgeneratestream", "a knowledge-base answer"),
@@ -101,23 +106,28 @@ const KEY_POSITIONS: KeyPositions = KeyPositions {
     body: &[],
 };
 
-/// `bedrock-runtime.<region>.amazonaws.com`, Bedrock Agents' `bedrock-agent-runtime.<region>…`
-/// (and their FIPS spellings), ignoring ASCII case and a trailing dot, without allocating.
+/// `bedrock-runtime.<region>.amazonaws.com`, Bedrock Agents' `bedrock-agent-runtime.<region>…`,
+/// AgentCore's `bedrock-agentcore.<region>…` and Data Automation's
+/// `bedrock-data-automation-runtime.<region>…` (and their FIPS spellings), ignoring ASCII case
+/// and a trailing dot, without allocating.
 fn is_runtime_host(host: &str) -> bool {
     runtime_host(host).is_some()
 }
 
-/// Bedrock Agents' runtime (`bedrock-agent-runtime.<region>.amazonaws.com`): every operation
-/// that is not a read (agents, inline agents, flows, knowledge-base answers and queries,
-/// reranking, prompt optimization) runs models or is billed by AWS without a usage report the
-/// proxy can read.
-pub fn is_agent_runtime_host(host: &str) -> bool {
-    runtime_host(host) == Some(true)
+/// What every operation that is not a read is toward a runtime whose work the proxy cannot
+/// meter: Bedrock Agents' (agents, inline agents, flows, knowledge-base answers and queries,
+/// reranking, prompt optimization: they run models or are billed by AWS without a usage report
+/// the proxy can read), AgentCore's (agent runtimes, code interpreter and browser sessions,
+/// billed per second of compute) and Data Automation's (`InvokeDataAutomationAsync`, a job
+/// billed per page, image or minute, named by a header on the path `/`). `None`: another host.
+pub fn agent_runtime_work(host: &str) -> Option<&'static str> {
+    runtime_host(host).flatten()
 }
 
-/// Whether `host` is a Bedrock runtime host, and if so whether it is the agents' one; an
-/// interface VPC endpoint's name (`vpce-….bedrock-runtime.<region>.vpce.amazonaws.com`) too.
-fn runtime_host(host: &str) -> Option<bool> {
+/// Whether `host` is a Bedrock runtime host, and if so what its non-read operations are when
+/// none is metered (see [`agent_runtime_work`]); an interface VPC endpoint's name
+/// (`vpce-….bedrock-runtime.<region>.vpce.amazonaws.com`) too.
+fn runtime_host(host: &str) -> Option<Option<&'static str>> {
     let host = host.trim_end_matches('.').as_bytes();
     let endpoint = host
         .get(..5)
@@ -127,16 +137,26 @@ fn runtime_host(host: &str) -> Option<bool> {
     } else {
         host
     };
-    let strip_prefix = |(p, agent): (&str, bool)| {
+    let strip_prefix = |(p, agent): (&str, Option<&'static str>)| {
         host.get(..p.len())
             .filter(|h| h.eq_ignore_ascii_case(p.as_bytes()))
             .map(|_| (&host[p.len()..], agent))
     };
     let (rest, agent) = [
-        ("bedrock-runtime.", false),
-        ("bedrock-runtime-fips.", false),
-        ("bedrock-agent-runtime.", true),
-        ("bedrock-agent-runtime-fips.", true),
+        ("bedrock-runtime.", None),
+        ("bedrock-runtime-fips.", None),
+        ("bedrock-agent-runtime.", Some("Bedrock Agents work")),
+        ("bedrock-agent-runtime-fips.", Some("Bedrock Agents work")),
+        ("bedrock-agentcore.", Some("Bedrock AgentCore work")),
+        ("bedrock-agentcore-fips.", Some("Bedrock AgentCore work")),
+        (
+            "bedrock-data-automation-runtime.",
+            Some("a Bedrock Data Automation job"),
+        ),
+        (
+            "bedrock-data-automation-runtime-fips.",
+            Some("a Bedrock Data Automation job"),
+        ),
     ]
     .into_iter()
     .find_map(strip_prefix)?;
@@ -186,6 +206,12 @@ impl Provider for Bedrock {
             return Some("a Bedrock agent invocation");
         }
         // `ApplyGuardrail`, billed per text unit checked, with no usage the proxy reads.
+        // AgentCore's `InvokeAgentRuntime` on any host (its own is refused whole, see
+        // [`agent_runtime_work`]): the agent runs models and tools, billed per second.
+        // (The ARN is percent-encoded in the path, and decoded here: any segments between.)
+        if path.contains("/runtimes/") && path.ends_with("/invocations") {
+            return Some("Bedrock AgentCore work");
+        }
         if path.before(GUARDRAIL_APPLY).is_some() {
             return Some("a guardrail check");
         }

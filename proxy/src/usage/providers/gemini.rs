@@ -39,6 +39,13 @@ const UNMETERED: &[(&str, &str)] = &[
     ("/batchpredictionjobs", "a batch prediction job"),
     ("/tuningjobs", "a tuning job"),
     ("/tunedmodels", "a tuning job"),
+    // File Search imports embed the file at indexing time, billed per token, with no usage.
+    (":importfile", "a file search import"),
+    (":uploadtofilesearchstore", "a file search import"),
+    // Vertex AI Agent Engine (`reasoningEngines/{id}:query`): the agent runs models and tools
+    // itself, and its answer reports no usage.
+    (":query", "an Agent Engine query"),
+    (":streamquery", "an Agent Engine query"),
 ];
 
 /// Gemini's JSON front ends take a field by its proto name as well as its JSON name

@@ -56,6 +56,20 @@ const UNMETERED: &[(&str, &str)] = &[
     ("/videos", "a video generation"),
     ("/videos/*/remix", "a video generation"),
     ("/containers", "a code interpreter container"),
+    // ChatKit mints a client secret for a session that runs a workflow elsewhere, as a Realtime
+    // client secret does.
+    ("/chatkit/sessions", "a ChatKit session"),
+    // A grader run calls the model its body nests (`grader.model`), and reports no usage.
+    ("/fine_tuning/alpha/graders/run", "a grader run"),
+    // The legacy fine-tuning API, still Together's.
+    ("/fine-tunes", "a fine-tuning job"),
+    // Mistral's agents and conversations run an agent (its model and its tools, billed per
+    // call) named by `agent_id`, or continue one: no body names what is priced. (OpenAI's
+    // `POST /v1/conversations` only stores items, and is refused all the same under a quota.)
+    ("/agents/completions", "an agent run"),
+    ("/conversations", "an agent conversation"),
+    ("/conversations/*", "an agent conversation"),
+    ("/conversations/*/restart", "an agent conversation"),
 ];
 
 const FIELDS: RequestFields = RequestFields {

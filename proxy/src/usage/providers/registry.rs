@@ -200,8 +200,65 @@ pub enum Work {
     Call,
     /// Work whose tokens and cost no response shows the proxy; names it for the refusal.
     Unmetered(&'static str),
+    /// A request to an LLM API (a provider's or vendor's API host, a declared `llm_provider`
+    /// or a route's `provider`) that is neither one of its calls, nor work known unmetered, nor
+    /// known to be free: an LLM call when its body names a model (reserved, and settled at
+    /// the usage it reports or else at its reservation), else unmetered work named by this.
+    Unrecognized(&'static str),
     /// Anything else (a read, a file upload, a tool server's call).
     Other,
+}
+
+/// What a request of [`Work::Unrecognized`] that names no model is, for its refusal.
+pub const UNRECOGNIZED: &str = "a request to an LLM API the proxy does not know to be free";
+
+/// Requests to an LLM API known to start no work that is billed (under `/v1/` or Azure's
+/// `/openai/`, as [`CallPath::is_openai_resource`] reads them): uploads and stored objects
+/// (files, assistants, threads and their messages, vector stores, a conversation's items,
+/// skills) and the free token counts and moderations. Whatever else an LLM API is asked
+/// without naming a model is refused as unmetered work while a quota applies.
+const FREE_RESOURCES: &[&str] = &[
+    "/files",
+    "/uploads",
+    "/uploads/*/parts",
+    "/uploads/*/complete",
+    "/assistants",
+    "/assistants/*",
+    "/threads",
+    "/threads/*",
+    "/threads/*/messages",
+    "/threads/*/messages/*",
+    "/vector_stores",
+    "/vector_stores/*",
+    "/vector_stores/*/files",
+    "/vector_stores/*/files/*",
+    "/vector_stores/*/file_batches",
+    "/conversations/*/items",
+    "/skills",
+    "/skills/*/versions",
+    "/moderations",
+    "/responses/input_tokens",
+    "/messages/count_tokens",
+    "/fine_tuning/alpha/graders/validate",
+    "/evals",
+    "/evals/*",
+];
+
+/// Path ends that are free on every LLM API: cancelling (OpenAI-style `…/cancel`, Google's
+/// long-running operations' `…:cancel`), counting tokens (Gemini's `:countTokens`, Bedrock's
+/// `/count-tokens`) and Gemini's file uploads (`/upload/v1beta/files`).
+const FREE_ENDS: &[&str] = &[
+    "/cancel",
+    ":cancel",
+    ":counttokens",
+    "/count-tokens",
+    "/files",
+];
+
+/// Whether `path` is a request an LLM API serves without billing work (see [`FREE_RESOURCES`]).
+fn is_free(path: &CallPath<'_>) -> bool {
+    FREE_ENDS.iter().any(|end| path.ends_with(end))
+        || FREE_RESOURCES.iter().any(|r| path.is_openai_resource(r))
 }
 
 /// What a `method` request to `destination` is (`upgrade`: it asks to switch protocols; `call`:
@@ -213,7 +270,10 @@ pub fn work(destination: &Destination, method: &http::Method, upgrade: bool, cal
     use http::Method;
     // A call's path needs no second look (normalizing it is most of the cost).
     if call && !upgrade {
-        return Work::Call;
+        return match unreadable_format(&destination.upstream_path) {
+            Some(what) => Work::Unmetered(what),
+            None => Work::Call,
+        };
     }
     // The path is normalized once (on the stack) for every other question.
     CallPath::with(&destination.upstream_path, |path| {
@@ -238,14 +298,43 @@ pub fn work(destination: &Destination, method: &http::Method, upgrade: bool, cal
         ) {
             return Work::Other;
         }
-        unmetered()
-            .or_else(|| {
-                super::bedrock::is_agent_runtime_host(&destination.host)
-                    .then_some("Bedrock Agents work")
-            })
-            .map_or(Work::Other, Work::Unmetered)
+        if let Some(what) =
+            unmetered().or_else(|| super::bedrock::agent_runtime_work(&destination.host))
+        {
+            return Work::Unmetered(what);
+        }
+        // SECURITY: an LLM API's other requests are work the proxy cannot meter unless they
+        // are known to be free (or name a model, see `Work::Unrecognized`): a list of what
+        // spends would miss the next endpoint a provider adds, and forward it unmetered.
+        let llm_api = destination.provider.is_some() || name_for_host(&destination.host).is_some();
+        if llm_api && !is_free(&path) {
+            return Work::Unrecognized(UNRECOGNIZED);
+        }
+        Work::Other
     })
 }
+
+/// What a call whose query asks for an answer in a format no reader knows is: Google APIs'
+/// `alt` (or `$alt`) system parameter switches the answer to protobuf (`alt=proto`) or raw
+/// bytes (`alt=media`); only `json` and `sse` are read. `None`: the answer is readable.
+///
+/// SECURITY: such an answer's usage (Gemini's hidden thinking tokens above all) cannot be read,
+/// nor bounded by its bytes, so while a quota applies it is refused as unmetered work rather
+/// than settled at its reservation. Names are compared percent-decoded and ignoring case, and
+/// every copy counts (which one a server takes is its choice).
+fn unreadable_format(target: &str) -> Option<&'static str> {
+    let query = crate::form_pairs::query_of(target)?;
+    let unreadable = crate::form_pairs::lenient(query.as_bytes()).any(|(name, value)| {
+        let name = name.trim();
+        let alt = name.eq_ignore_ascii_case("alt") || name.eq_ignore_ascii_case("$alt");
+        let value = value.trim();
+        alt && !(value.eq_ignore_ascii_case("json") || value.eq_ignore_ascii_case("sse"))
+    });
+    unreadable.then_some(UNREADABLE_FORMAT)
+}
+
+/// What a call asking for an answer no reader knows is, for its refusal.
+pub const UNREADABLE_FORMAT: &str = "a call whose answer format (`alt`) the proxy cannot read";
 
 /// Every provider's and vendor's key positions. Toward a destination whose keys the proxy
 /// manages all of them apply, whatever its host: the proxy cannot know which reader an upstream
@@ -773,6 +862,80 @@ mod tests {
                 "/guardrail/gr-1/version/DRAFT/apply",
                 "a guardrail check",
             ),
+            // Found by the red team: forwarded unmetered under a cost ceiling.
+            (
+                "api.mistral.ai",
+                "/v1/agents/completions",
+                "an agent run",
+            ),
+            (
+                "api.mistral.ai",
+                "/v1/conversations",
+                "an agent conversation",
+            ),
+            (
+                "api.mistral.ai",
+                "/v1/conversations/conv_1",
+                "an agent conversation",
+            ),
+            (
+                "api.mistral.ai",
+                "/v1/conversations/conv_1/restart",
+                "an agent conversation",
+            ),
+            ("api.openai.com", "/v1/chatkit/sessions", "a ChatKit session"),
+            (
+                "api.openai.com",
+                "/v1/fine_tuning/alpha/graders/run",
+                "a grader run",
+            ),
+            ("api.together.xyz", "/v1/fine-tunes", "a fine-tuning job"),
+            ("api.openai.com", "/v1/fine-tunes", "a fine-tuning job"),
+            (
+                "us-central1-aiplatform.googleapis.com",
+                "/v1/projects/p/locations/l/reasoningEngines/42:query",
+                "an Agent Engine query",
+            ),
+            (
+                "us-central1-aiplatform.googleapis.com",
+                "/v1beta1/projects/p/locations/l/reasoningEngines/42:streamQuery",
+                "an Agent Engine query",
+            ),
+            (
+                "bedrock-agentcore.us-east-1.amazonaws.com",
+                "/runtimes/arn%3Aaws%3Abedrock-agentcore%3Aus-east-1%3A1%3Aruntime%2Fr-1/invocations",
+                "Bedrock AgentCore work",
+            ),
+            (
+                "gateway.internal",
+                "/runtimes/arn%3Aaws%3Abedrock-agentcore%3Aus-east-1%3A1%3Aruntime%2Fr-1/invocations",
+                "Bedrock AgentCore work",
+            ),
+            (
+                "bedrock-agentcore.us-east-1.amazonaws.com",
+                "/code-interpreters/aws.codeinterpreter.v1/sessions/start",
+                "Bedrock AgentCore work",
+            ),
+            (
+                "bedrock-data-automation-runtime.us-east-1.amazonaws.com",
+                "/",
+                "a Bedrock Data Automation job",
+            ),
+            (
+                "gateway.internal",
+                "/InvokeDataAutomationAsync",
+                "a Bedrock Data Automation job",
+            ),
+            (
+                "generativelanguage.googleapis.com",
+                "/v1beta/fileSearchStores/s1:importFile",
+                "a file search import",
+            ),
+            (
+                "generativelanguage.googleapis.com",
+                "/upload/v1beta/fileSearchStores/s1:uploadToFileSearchStore",
+                "a file search import",
+            ),
         ]);
         for (host, path, what) in unmetered {
             assert_eq!(
@@ -784,6 +947,40 @@ mod tests {
             for method in [Method::GET, Method::DELETE, Method::HEAD] {
                 assert_eq!(work(host, method, path, false), Work::Other, "{host}{path}");
             }
+        }
+        // A call that asks for an answer no reader knows (Google's `alt=proto`) is unmetered;
+        // `json` and `sse` are read.
+        let gemini = "/v1beta/models/gemini-2.5-pro:generateContent";
+        for (query, want) in [
+            ("?alt=proto", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?ALT=Proto", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?%24alt=proto", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?alt=media", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?alt=json&alt=proto", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?key=k;alt=proto", Work::Unmetered(UNREADABLE_FORMAT)),
+            ("?alt=json", Work::Call),
+            ("?alt=sse", Work::Call),
+            ("?key=k", Work::Call),
+            ("", Work::Call),
+        ] {
+            let path = format!("{gemini}{query}").replace(
+                ":generateContent",
+                if query.contains("sse") {
+                    ":streamGenerateContent"
+                } else {
+                    ":generateContent"
+                },
+            );
+            assert_eq!(
+                work(
+                    "generativelanguage.googleapis.com",
+                    Method::POST,
+                    &path,
+                    false
+                ),
+                want,
+                "{path}"
+            );
         }
         // Calls, whatever the body names; the rest is other work.
         for (host, path) in [
@@ -810,18 +1007,47 @@ mod tests {
                 "{host}{path}"
             );
         }
+        // Requests an LLM API serves free, and anything toward other hosts.
         for (host, path) in [
             ("api.openai.com", "/v1/files"),
+            ("api.openai.com", "/v1/uploads/u1/parts"),
             ("api.openai.com", "/v1/batches/batch_1/cancel"),
             ("api.openai.com", "/v1/threads"),
-            ("api.openai.com", "/batches"),
-            ("api.openai.com", "/v1/my_batches"),
+            ("api.openai.com", "/v1/threads/t1/messages"),
+            ("api.openai.com", "/v1/vector_stores/vs1/files"),
+            ("api.openai.com", "/v1/conversations/c1/items"),
+            ("api.openai.com", "/v1/fine_tuning/alpha/graders/validate"),
             ("api.anthropic.com", "/v1/messages/batches/b1/cancel"),
+            ("api.anthropic.com", "/v1/messages/count_tokens"),
+            (
+                "generativelanguage.googleapis.com",
+                "/v1beta/models/gemini-2.5-flash:countTokens",
+            ),
+            ("generativelanguage.googleapis.com", "/upload/v1beta/files"),
             ("tools.internal", "/search"),
+            ("tools.internal", "/v1/my_batches"),
         ] {
             assert_eq!(
                 work(host, Method::POST, path, false),
                 Work::Other,
+                "{host}{path}"
+            );
+        }
+        // Anything else an LLM API is asked (not a call, not listed either way) is unmetered
+        // work unless its body names a model (decided by the plan).
+        for (host, path, provider) in [
+            ("api.openai.com", "/batches", None),
+            ("api.openai.com", "/v1/my_batches", None),
+            ("api.openai.com", "/v1/some_new_job", None),
+            ("api.mistral.ai", "/v1/ocr", None),
+            ("openrouter.ai", "/api/v1/anything", None),
+            ("acme.openai.azure.com", "/openai/assistants_v3/run", None),
+            ("llm.internal", "/api/pull", Some("vllm")),
+        ] {
+            let d = dest(host, path, provider);
+            assert_eq!(
+                super::work(&d, &Method::POST, false, for_destination(&d).is_some()),
+                Work::Unrecognized(UNRECOGNIZED),
                 "{host}{path}"
             );
         }

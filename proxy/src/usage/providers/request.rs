@@ -26,6 +26,9 @@ pub struct Named {
     /// Realtime session's transcription model), each once, never `model` itself: each is put to
     /// the policy as `model` is.
     pub other_models: Vec<String>,
+    /// Of `other_models`, those a gateway may answer with instead of `model` (its fallback
+    /// lists, see [`MODEL_LIST_FIELDS`]): the call is priced at the dearest of them all.
+    pub fallback_models: Vec<String>,
     /// The output ceiling: the largest of the ceiling fields present. SECURITY: which one an
     /// upstream reads is its choice (`max_tokens` or `max_completion_tokens`, say), so the
     /// reservation covers the largest.
@@ -49,6 +52,19 @@ const CHOICE_FIELDS: [Field; 6] = [
     &["generationConfig", "candidate_count"],
     &["generation_config", "candidateCount"],
     &["generation_config", "candidate_count"],
+];
+
+/// Fields in which a gateway takes more models for one call, beside its `model`: models it may
+/// route the call to instead (OpenRouter's `models` fallback list; LiteLLM's `fallbacks`,
+/// `context_window_fallback_dict` and `content_policy_fallbacks`). SECURITY: the upstream may
+/// answer with any of them, so each is decided as the call's model is; a string, an array of
+/// strings or objects, or an object whose keys and values name models (every string in it is
+/// taken for a model: a shape the proxy misreads refuses rather than passes).
+const MODEL_LIST_FIELDS: [Field; 4] = [
+    &["models"],
+    &["fallbacks"],
+    &["context_window_fallback_dict"],
+    &["content_policy_fallbacks"],
 ];
 
 /// The field that asks a call to run in the background (the Responses API's).
@@ -88,6 +104,9 @@ pub enum Slot {
     /// A model inside an array (a Bedrock inline agent's collaborators): one of the call's
     /// other models.
     OtherModel,
+    /// Models a gateway may route the call to instead (see [`MODEL_LIST_FIELDS`]): each one of
+    /// the call's other models.
+    ModelList,
     /// An output ceiling.
     Ceiling(usize),
     /// A number of completions.
@@ -180,6 +199,9 @@ impl Tree {
         for (rank, field) in CHOICE_FIELDS.into_iter().enumerate() {
             tree.insert(field, Slot::Choices(rank));
         }
+        for field in MODEL_LIST_FIELDS {
+            tree.insert(field, Slot::ModelList);
+        }
         tree.insert(BACKGROUND_FIELD, Slot::Background);
         tree
     }
@@ -253,9 +275,12 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
     other_models.sort_unstable();
     other_models.dedup();
     other_models.retain(|m| Some(m) != model.as_ref());
+    let mut fallback_models = found.fallbacks;
+    fallback_models.retain(|m| Some(m) != model.as_ref());
     Ok(Named {
         model,
         other_models,
+        fallback_models,
         max_output_tokens: found.ceiling,
         ceiling_fields: found.ceiling_fields,
         choices: found.choices,
@@ -271,6 +296,8 @@ struct Found {
     secondary_models: Vec<(usize, String)>,
     /// Models inside arrays, each once.
     others: Vec<String>,
+    /// Models of a gateway's fallback lists, each once (also in `others`).
+    fallbacks: Vec<String>,
     ceiling: Option<u64>,
     ceiling_fields: CeilingFields,
     choices: Option<u64>,
@@ -353,6 +380,25 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                         self.found.others.push(v);
                     }
                 }
+                Some(Slot::ModelList) => {
+                    let v: serde_json::Value = map.next_value()?;
+                    let mut named = Vec::new();
+                    strings_in(&v, &mut named);
+                    for m in named {
+                        if !self.found.fallbacks.contains(&m) {
+                            self.found.fallbacks.push(m.clone());
+                        }
+                        if self.found.others.contains(&m) {
+                            continue;
+                        }
+                        if self.found.others.len() == MAX_MODELS {
+                            return Err(de::Error::custom(format!(
+                                "the body names more than {MAX_MODELS} models"
+                            )));
+                        }
+                        self.found.others.push(m);
+                    }
+                }
                 Some(Slot::Ceiling(rank)) => {
                     let v: Option<u64> = map.next_value()?;
                     if v.is_some() {
@@ -375,6 +421,21 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Every string in `v` (object keys too), in order: the models a gateway's model list names.
+fn strings_in(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(items) => items.iter().for_each(|i| strings_in(i, out)),
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                out.push(k.clone());
+                strings_in(v, out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -659,6 +720,52 @@ mod tests {
         fn count_generated(&self, _: &Value, _: &mut Generated) {}
     }
 
+    /// A gateway may answer with any model of its fallback list (OpenRouter's `models`,
+    /// LiteLLM's `fallbacks` and fallback maps): each is one of the call's other models, decided
+    /// as its model is, in every shape the lists take.
+    #[test]
+    fn a_gateways_fallback_models_are_the_calls_other_models() {
+        for (body, want) in [
+            (
+                &br#"{"model":"gpt-4o-mini","models":["gpt-4o-mini","gpt-4o"]}"#[..],
+                vec!["gpt-4o"],
+            ),
+            (
+                br#"{"model":"gpt-4o-mini","models":["openai/gpt-4o"],"route":"fallback"}"#,
+                vec!["openai/gpt-4o"],
+            ),
+            (br#"{"model":"m","fallbacks":["gpt-4o"]}"#, vec!["gpt-4o"]),
+            (
+                br#"{"model":"m","fallbacks":[{"m":["gpt-4o","o1"]}]}"#,
+                vec!["gpt-4o", "o1"],
+            ),
+            (
+                br#"{"model":"m","context_window_fallback_dict":{"m":"gpt-4o-128k"}}"#,
+                vec!["gpt-4o-128k"],
+            ),
+            (
+                br#"{"model":"m","content_policy_fallbacks":[{"m":["claude-opus"]}]}"#,
+                vec!["claude-opus"],
+            ),
+            (br#"{"model":"m","models":"gpt-4o"}"#, vec!["gpt-4o"]),
+            (br#"{"model":"m","models":null,"fallbacks":[]}"#, vec![]),
+        ] {
+            let read = read_json(body).expect("read");
+            assert!(read.model.is_some());
+            assert_eq!(read.other_models, want, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                read.fallback_models,
+                want,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // More than the models one body may name is refused.
+        let many: Vec<String> = (0..=MAX_MODELS).map(|k| format!("\"m{k}\"")).collect();
+        let body = format!(r#"{{"model":"m","models":[{}]}}"#, many.join(","));
+        assert!(read_json(body.as_bytes()).is_err());
+    }
+
     #[test]
     fn every_providers_fields_in_precedence_order() {
         // The union, in registry order: what the proxy read before the registry.
@@ -718,7 +825,9 @@ mod tests {
         // `audio`) and Bedrock Agents' (`foundationModel`, `collaborators`,
         // `promptOverrideConfiguration`, `targetModelId`, `retrieveAndGenerateConfiguration`),
         // and the Responses API's hosted tools (`tools`).)
-        assert_eq!(FIELDS.root.len(), 19, "{:?}", FIELDS.root);
+        // And the gateways' model lists (`models`, `fallbacks`, `context_window_fallback_dict`,
+        // `content_policy_fallbacks`).
+        assert_eq!(FIELDS.root.len(), 23, "{:?}", FIELDS.root);
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
@@ -731,6 +840,7 @@ mod tests {
             Named {
                 model: Some("m".into()),
                 other_models: Vec::new(),
+                fallback_models: Vec::new(),
                 max_output_tokens: Some(3),
                 // Both are set: the Responses API's and chat's (checked in
                 // `a_ceiling_caps_a_call_only_in_a_field_its_own_api_reads`).
@@ -877,7 +987,7 @@ mod tests {
         assert!(read(r#"{"model":"a","mod\u0065l":"b"}"#).is_err());
         // Forms are flat: a nested field is no form field.
         // (`model`, `generationConfig`, `inferenceConfig`, `max_tokens`, then `n`, `best_of`,
-        // `generation_config` and `background`.)
-        assert_eq!(Tree::build(&[&Nesting]).root.len(), 8);
+        // `generation_config`, the four gateway model lists and `background`.)
+        assert_eq!(Tree::build(&[&Nesting]).root.len(), 12);
     }
 }
