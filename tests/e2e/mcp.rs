@@ -1129,3 +1129,63 @@ print(json.dumps(out))
         ]
     );
 }
+
+/// A request to an MCP server whose query names a session (the older transport's `endpoint`
+/// URL) and carries a credential handle gets both: the server's own session id and the
+/// substituted secret, never the literal `$CRED{}` handle (the opened session path was once
+/// written over the substituted one).
+#[test]
+fn a_session_parameter_opens_in_the_substituted_query() {
+    let recorder = Origin::start();
+    let mut spec = ProxySpec {
+        policies: "tests/fixtures/policies-mcp",
+        ..Default::default()
+    };
+    spec.tenants.routes.push(config::Route::new(
+        "recorder",
+        "/recorder/",
+        format!("http://127.0.0.1:{}/", recorder.port),
+    ));
+    spec.tenants.mcp = Some(config::Mcp {
+        max_message_bytes: Some(65536),
+        servers: vec![config::McpServer::by_route("recorder", "recorder")],
+        session_key_file: Some("mcp-session.key".into()),
+        ..Default::default()
+    });
+    let credentials = spec.tenants.credentials();
+    credentials.files_dir = Some("secrets".into());
+    credentials.files.push(config::FileCredential {
+        positions: vec![config::CredentialPosition::Query],
+        ..config::FileCredential::header("acme", "search_key", &["127.0.0.1/"])
+    });
+    let key = "k".repeat(48);
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::write(dir.join("mcp-session.key"), &key).unwrap();
+        std::fs::create_dir_all(dir.join("secrets/acme")).unwrap();
+        std::fs::write(dir.join("secrets/acme/search_key"), "sk-query-secret").unwrap();
+        std::fs::write(
+            dir.join("policies/global/credentials.cedar"),
+            "permit (principal, action == TenantProxy::Action::\"use_credential\", resource);\n",
+        )
+        .unwrap();
+    });
+    let session_key =
+        tenant_proxy::mcp::session::SessionKey::read(&proxy.path("mcp-session.key")).unwrap();
+    let sealed = session_key.binding("acme", "bot", "recorder").seal("s-1");
+    let body = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let r = raw_request(
+        proxy.sidecar_port,
+        &format!(
+            "POST /recorder/messages?session_id={sealed}&key=$CRED{{search_key}} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let got = recorder.matching("/messages");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].target, "/messages?session_id=s-1&key=sk-query-secret",
+        "the server's own session id and the substituted secret"
+    );
+}
