@@ -19,6 +19,7 @@ pub mod config;
 pub mod jsonrpc;
 pub mod list_filter;
 pub mod session;
+pub mod uri;
 
 use pingora::http::ResponseHeader;
 use serde_json::Value;
@@ -175,11 +176,12 @@ pub fn audit_fields(
         server: exchange.server.clone(),
         tools_called: exchange.tools_called.clone(),
         tools_hidden: hidden.tools,
-        // URIs may carry secrets in their query, like paths: keys only.
+        // URIs may carry secrets in their userinfo and query, like targets: neither is kept
+        // (userinfo is refused on the way in; this holds whatever reaches a record).
         resources_read: exchange
             .resources_read
             .iter()
-            .map(|uri| crate::target::audit_path(uri))
+            .map(|uri| uri::audit(uri))
             .collect(),
         prompts_got: exchange.prompts_got.clone(),
         resources_hidden: hidden.resources,
@@ -499,6 +501,19 @@ mod tests {
                 Ok(f) => panic!("{name}: filtered as {:?}", f.map(|f| f.framing())),
             }
         }
+    }
+
+    /// The record keeps no userinfo, query value or fragment of a resource URI.
+    #[test]
+    fn audited_resource_uris_hold_no_secret() {
+        let exchange = McpExchange {
+            resources_read: vec!["https://alice:PW@example.com/doc?token=Q#t=F".into()],
+            ..McpExchange::refused("s")
+        };
+        assert_eq!(
+            audit_fields(&exchange, None).resources_read,
+            ["https://example.com/doc?token#"]
+        );
     }
 
     #[test]
