@@ -1187,7 +1187,6 @@ fn a_session_parameter_opens_in_the_substituted_query() {
         max_message_bytes: Some(65536),
         servers: vec![config::McpServer::by_route("recorder", "recorder")],
         session_key_file: Some("mcp-session.key".into()),
-        ..Default::default()
     });
     let credentials = spec.tenants.credentials();
     credentials.files_dir = Some("secrets".into());

@@ -145,7 +145,7 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Malformed> {
             )))
         }
         Body::Batch(messages, _) => messages,
-        Body::One(message) => vec![message],
+        Body::One(message) => vec![*message],
         Body::Other => {
             return Err(Malformed(
                 "the body must be a JSON-RPC object or a batch array".into(),
@@ -361,7 +361,7 @@ fn read_call(method: &str, message: &Message, request: &mut McpRequest) -> Resul
 /// A request body as read: one message, a batch (the messages read, up to [`MAX_BATCH`], and
 /// how many it holds), or anything else.
 enum Body {
-    One(Message),
+    One(Box<Message>),
     Batch(Vec<Message>, usize),
     Other,
 }
@@ -656,7 +656,7 @@ impl<'de> Visitor<'de> for BodySeed {
     }
     not_an_object!(Body::Other);
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body, A::Error> {
-        MessageSeed.visit_map(map).map(Body::One)
+        MessageSeed.visit_map(map).map(|m| Body::One(Box::new(m)))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
         let mut messages = Vec::new();
