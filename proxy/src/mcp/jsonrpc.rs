@@ -416,22 +416,45 @@ struct RefObject {
     uri: Option<String>,
 }
 
-/// The keys of one object so far, to refuse a repeat. Borrowed from the body where the key
-/// has no escape, so an object of many members costs a pointer and a length each.
+/// The keys of one object so far, to refuse a repeat: each as a 64-bit keyed hash (SipHash
+/// under this object's own random key), so an object of many members costs 8 bytes a member
+/// rather than a copy of its name, in one vector sorted when the object ends (a hash set took
+/// twice as much). Two names that differ but hash alike (about one chance in 2^64 a pair, and
+/// no way to aim for it without the key) would refuse a valid body, never pass a repeat.
 #[derive(Default)]
-struct Keys<'de>(std::collections::HashSet<std::borrow::Cow<'de, str>>);
+struct Keys {
+    hasher: std::collections::hash_map::RandomState,
+    seen: Vec<u64>,
+}
 
-impl<'de> Keys<'de> {
+/// Members of an object checked for a repeat as they come, so the refusal can name it; past
+/// them, a repeat is found when the object ends.
+const KEYS_CHECKED_AT_ONCE: usize = 64;
+
+impl Keys {
     /// Adds `key`. SECURITY: a repeated key is refused (a first-wins and a last-wins parser
     /// would see different tool names); it is quoted only when it is short printable text.
-    fn add<E: de::Error>(&mut self, key: std::borrow::Cow<'de, str>) -> Result<(), E> {
-        if self.0.contains(&key) {
-            return Err(match quotable(&key) {
+    fn add<E: de::Error>(&mut self, key: &str) -> Result<(), E> {
+        use std::hash::BuildHasher as _;
+        let hash = self.hasher.hash_one(key);
+        if self.seen.len() < KEYS_CHECKED_AT_ONCE && self.seen.contains(&hash) {
+            return Err(match quotable(key) {
                 Some(key) => E::custom(format!("duplicate key `{key}`")),
                 None => E::custom("a duplicate key"),
             });
         }
-        self.0.insert(key);
+        self.seen.push(hash);
+        Ok(())
+    }
+
+    /// Ends the object: refuses a repeat not found as it came.
+    fn end<E: de::Error>(mut self) -> Result<(), E> {
+        if self.seen.len() > KEYS_CHECKED_AT_ONCE {
+            self.seen.sort_unstable();
+            if self.seen.windows(2).any(|pair| pair[0] == pair[1]) {
+                return Err(E::custom("a duplicate key"));
+            }
+        }
         Ok(())
     }
 }
@@ -511,8 +534,9 @@ impl<'de> Visitor<'de> for SkipVisitor {
         let mut keys = Keys::default();
         while let Some(key) = map.next_key_seed(Key)? {
             map.next_value::<Skip>()?;
-            keys.add(key)?;
+            keys.add(&key)?;
         }
+        keys.end()?;
         Ok(Skip)
     }
 }
@@ -728,8 +752,9 @@ impl<'de> Visitor<'de> for MessageSeed {
                     map.next_value::<Skip>()?;
                 }
             }
-            keys.add(key)?;
+            keys.add(&key)?;
         }
+        keys.end()?;
         Ok(message)
     }
 }
@@ -769,8 +794,9 @@ impl<'de> Visitor<'de> for ParamsSeed {
                     map.next_value::<Skip>()?;
                 }
             }
-            keys.add(key)?;
+            keys.add(&key)?;
         }
+        keys.end()?;
         Ok(Params::Object(params))
     }
 }
@@ -810,8 +836,9 @@ impl<'de> Visitor<'de> for RefSeed {
                     map.next_value::<Skip>()?;
                 }
             }
-            keys.add(key)?;
+            keys.add(&key)?;
         }
+        keys.end()?;
         Ok(Ref::Object(reference))
     }
 }
@@ -1103,6 +1130,10 @@ mod tests {
     /// body, however deep in a call's arguments.
     #[test]
     fn what_is_skipped_is_still_read_strictly() {
+        let members: Vec<String> = (0..=KEYS_CHECKED_AT_ONCE)
+            .map(|i| format!(r#""m{i}":0"#))
+            .collect();
+        let many_then_repeat = format!(r#"{{{},"m0":1}}"#, members.join(","));
         for (name, arguments, needle) in [
             (
                 "a repeated key",
@@ -1157,26 +1188,50 @@ mod tests {
             );
             return;
         }
-        let mut body = String::with_capacity(9 << 20);
-        body.push_str(
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":["#,
-        );
-        while body.len() < 8 << 20 {
-            body.push_str("[],");
-        }
-        body.push_str("[]]}}}");
         // The code that reads it is paged in first (file pages count as resident too).
-        let warm = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":[[],[]]}}}"#;
+        let warm = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":[[],[]],"y":{"a":0}}}}"#;
         parse_request(warm.as_bytes()).unwrap();
-        let before = peak_resident_bytes();
-        let request = parse_request(body.as_bytes()).unwrap();
-        let grown = peak_resident_bytes() - before;
-        assert_eq!(request.tool_calls, ["t"]);
-        assert!(
-            grown < body.len() as u64 / 4,
-            "reading a {}-byte body took {grown} bytes more at its peak",
-            body.len()
-        );
+        // Arrays of empty arrays, and an object of many members (whose names are kept, to
+        // refuse a repeat).
+        let array = |i: usize| {
+            if i == 0 {
+                "[]".to_string()
+            } else {
+                ",[]".to_string()
+            }
+        };
+        let object = |i: usize| {
+            let sep = if i == 0 { "" } else { "," };
+            format!(r#"{sep}"{i}":0"#)
+        };
+        // (A member's name is kept as an 8-byte hash: a body of short names takes about its
+        // size again; a tree took 6 times it, and 24 times a body of arrays.)
+        for (shape, item, open, close, bound) in [
+            ("arrays", &array as &dyn Fn(usize) -> String, "[", "]", 4),
+            ("members", &object, "{", "}", 1),
+        ] {
+            let mut body = String::with_capacity(9 << 20);
+            body.push_str(
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":"#,
+            );
+            body.push_str(open);
+            let mut i = 0;
+            while body.len() < 8 << 20 {
+                body.push_str(&item(i));
+                i += 1;
+            }
+            body.push_str(close);
+            body.push_str("}}}");
+            let before = peak_resident_bytes();
+            let request = parse_request(body.as_bytes()).unwrap();
+            let grown = peak_resident_bytes() - before;
+            assert_eq!(request.tool_calls, ["t"]);
+            assert!(
+                grown < body.len() as u64 / bound,
+                "{shape}: reading a {}-byte body took {grown} bytes more at its peak",
+                body.len()
+            );
+        }
     }
 
     /// This process's peak resident memory (`VmHWM`).
