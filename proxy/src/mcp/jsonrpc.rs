@@ -1145,6 +1145,11 @@ mod tests {
                 r#"[{"\u0062":1,"b":2}]"#,
                 "duplicate key `b`",
             ),
+            (
+                "a repeat past the members checked at once",
+                many_then_repeat.as_str(),
+                "a duplicate key",
+            ),
             ("invalid escape", r#"{"a":"\ud800"}"#, "not valid JSON"),
             ("a number out of range", "[1e400]", "not valid JSON"),
             ("unterminated", r#"{"a":[}"#, "not valid JSON"),
