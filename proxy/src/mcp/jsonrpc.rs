@@ -4,8 +4,9 @@
 //! duplicate object keys are refused (a first-wins and a last-wins parser would see different
 //! tool names), every message must say `"jsonrpc": "2.0"`, ids must be strings, numbers or
 //! null, a `tools/call` must name its tool with a string `params.name`, a `resources/read` (or
-//! `resources/subscribe`) its resource with a string `params.uri`, a `prompts/get` its prompt
-//! with a string `params.name`, and a `completion/complete` the prompt or resource it completes.
+//! `resources/subscribe`, `resources/unsubscribe`) its resource with a string `params.uri` in
+//! a form URL parsers do not rewrite ([`super::uri`]), a `prompts/get` its prompt with a string
+//! `params.name`, and a `completion/complete` the prompt or resource it completes.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -100,8 +101,9 @@ pub use crate::policy::ItemKind;
 pub struct McpRequest {
     /// The tool named by every `tools/call` message, in body order (repeats kept).
     pub tool_calls: Vec<String>,
-    /// The resource URI of every `resources/read` and `resources/subscribe`, and of every
-    /// resource template a `completion/complete` names, in body order.
+    /// The resource URI of every `resources/read`, `resources/subscribe` and
+    /// `resources/unsubscribe`, and of every resource template a `completion/complete` names,
+    /// in body order.
     pub resource_reads: Vec<String>,
     /// The prompt named by every `prompts/get`, and by every `completion/complete` for a
     /// prompt, in body order.

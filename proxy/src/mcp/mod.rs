@@ -8,8 +8,8 @@
 //! 1. a request with a body (and every POST) must be JSON-RPC 2.0, one message or a non-empty
 //!    batch ([`jsonrpc`]); anything else is refused (`mcp_malformed`) and never forwarded;
 //! 2. every `tools/call` in it is decided as Cedar action `mcp_tool_call`, every
-//!    `resources/read` (and `resources/subscribe`) as `mcp_resource`, every `prompts/get` as
-//!    `mcp_prompt` ([`authorize`]); one denial refuses the whole request (`tool_denied`,
+//!    `resources/read` (and `resources/subscribe`, `resources/unsubscribe`) as
+//!    `mcp_resource`, every `prompts/get` as `mcp_prompt` ([`authorize`]); one denial refuses the whole request (`tool_denied`,
 //!    `resource_denied`, `prompt_denied`), so nothing of a batch reaches the server;
 //! 3. the response's `tools/list`, `resources/list`, `resources/templates/list` and
 //!    `prompts/list` results keep only what this workload may use ([`list_filter`]); a response
