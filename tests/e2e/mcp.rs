@@ -18,7 +18,10 @@ use crate::support::*;
 
 /// A server that answers every request with a tool list the proxy cannot filter, chosen by path:
 /// `/badjson/` a tool without a name, `/text/` a plain-text body, `/gzip/` a compressed body,
-/// `/badsse/` one good event (listing `add` and `wipe_disk`) and then one that is not JSON.
+/// `/badsse/` one good event (listing `add` and `wipe_disk`) and then one that is not JSON,
+/// `/caseresult/` the list under `Result` (read as `result` by Go's `encoding/json`),
+/// `/manytools/` a list of more items than one answer may hold, `/dupkey/` a result repeating
+/// a member whose name looks like a secret.
 fn start_broken_server() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -55,6 +58,31 @@ fn answer_broken(stream: TcpStream) {
             "application/json",
             "",
             r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"title":"wipe_disk"}]}}"#.to_string(),
+        )
+    } else if head.contains("/caseresult/") {
+        (
+            "application/json",
+            "",
+            good.replace("\"result\"", "\"Result\""),
+        )
+    } else if head.contains("/manytools/") {
+        let tools: Vec<String> = (0..1100)
+            .map(|i| format!(r#"{{"name":"wipe_disk{i}"}}"#))
+            .collect();
+        (
+            "application/json",
+            "",
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{}]}}}}"#,
+                tools.join(",")
+            ),
+        )
+    } else if head.contains("/dupkey/") {
+        (
+            "application/json",
+            "",
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[],"sk-SECRET-KEY":1,"sk-SECRET-KEY":2}}"#
+                .to_string(),
         )
     } else if head.contains("/text/") {
         ("text/plain", "", "add, echo, wipe_disk".to_string())
@@ -586,9 +614,18 @@ fn an_answer_that_cannot_be_filtered_is_withheld() {
     // Found unreadable once the body was read: if the header had not left yet, the whole answer
     // is refused as above; if it had, the rest is replaced by a JSON-RPC error for the list.
     // Either way the unfiltered list never arrives.
-    for (path, filtered_first) in [("broken/badjson", false), ("broken/badsse", true)] {
+    // (A list under `Result`, or past the items one answer may hold, and a refusal that would
+    // quote a member name the server wrote, are withheld the same way.)
+    for (path, filtered_first) in [
+        ("broken/badjson", false),
+        ("broken/badsse", true),
+        ("broken/caseresult", false),
+        ("broken/manytools", false),
+        ("broken/dupkey", false),
+    ] {
         let reply = post(&env, Who::Acme, path, &list(json!(1)));
         assert!(!reply.body.contains("wipe_disk"), "{path}: {}", reply.body);
+        assert!(!reply.body.contains("SECRET"), "{path}: {}", reply.body);
         if reply.status == 502 {
             reply.refusal(502, "mcp_response_unfiltered");
         } else {
@@ -1127,5 +1164,64 @@ print(json.dumps(out))
             ("add".to_string(), json!({"a": 3, "b": 4})),
             ("add".to_string(), json!({"a": 20, "b": 22})),
         ]
+    );
+}
+
+/// A request to an MCP server whose query names a session (the older transport's `endpoint`
+/// URL) and carries a credential handle gets both: the server's own session id and the
+/// substituted secret, never the literal `$CRED{}` handle (the opened session path was once
+/// written over the substituted one).
+#[test]
+fn a_session_parameter_opens_in_the_substituted_query() {
+    let recorder = Origin::start();
+    let mut spec = ProxySpec {
+        policies: "tests/fixtures/policies-mcp",
+        ..Default::default()
+    };
+    spec.tenants.routes.push(config::Route::new(
+        "recorder",
+        "/recorder/",
+        format!("http://127.0.0.1:{}/", recorder.port),
+    ));
+    spec.tenants.mcp = Some(config::Mcp {
+        max_message_bytes: Some(65536),
+        servers: vec![config::McpServer::by_route("recorder", "recorder")],
+        session_key_file: Some("mcp-session.key".into()),
+    });
+    let credentials = spec.tenants.credentials();
+    credentials.files_dir = Some("secrets".into());
+    credentials.files.push(config::FileCredential {
+        positions: vec![config::CredentialPosition::Query],
+        ..config::FileCredential::header("acme", "search_key", &["127.0.0.1/"])
+    });
+    let key = "k".repeat(48);
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::write(dir.join("mcp-session.key"), &key).unwrap();
+        std::fs::create_dir_all(dir.join("secrets/acme")).unwrap();
+        std::fs::write(dir.join("secrets/acme/search_key"), "sk-query-secret").unwrap();
+        std::fs::write(
+            dir.join("policies/global/credentials.cedar"),
+            "permit (principal, action == TenantProxy::Action::\"use_credential\", resource);\n",
+        )
+        .unwrap();
+    });
+    let session_key =
+        tenant_proxy::mcp::session::SessionKey::read(&proxy.path("mcp-session.key")).unwrap();
+    let sealed = session_key.binding("acme", "bot", "recorder").seal("s-1");
+    let body = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let r = raw_request(
+        proxy.sidecar_port,
+        &format!(
+            "POST /recorder/messages?session_id={sealed}&key=$CRED{{search_key}} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let got = recorder.matching("/messages");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].target, "/messages?session_id=s-1&key=sk-query-secret",
+        "the server's own session id and the substituted secret"
     );
 }

@@ -555,3 +555,46 @@ fn other_spellings_of_a_servers_address_are_the_same_server() {
     }
     assert_eq!(env.recorder.count(), 0, "nothing reached the server");
 }
+
+/// A resource URI a URL parser rewrites before the server reads it (pydantic's `AnyUrl` behind
+/// the Python SDK drops a TAB, strips spaces and controls at the ends, reads `\` as `/`) is
+/// refused `mcp_malformed` before any policy decides the text: `docs://pri<TAB>vate/salaries`
+/// is `docs://private/salaries` to the server, which `no-private-docs` forbids. Userinfo is
+/// refused alike, and neither the refusal nor its record repeats the password.
+#[test]
+fn resource_uris_a_parser_rewrites_are_refused_and_audited() {
+    let env = start();
+    for (i, uri) in [
+        "docs://pri\tvate/salaries",
+        "docs://private/sal\naries",
+        " docs://private/salaries",
+        "docs://private/salaries\t",
+        "docs://public/x\\..\\..\\private/salaries",
+        "docs://alice:PW-SECRET@private/salaries",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for method in ["resources/read", "resources/subscribe"] {
+            let r = send(
+                &env,
+                Who::Acme,
+                Way::Route,
+                &rpc(i as u64, method, json!({ "uri": uri })),
+            );
+            r.refused(400, "mcp_malformed");
+            assert_eq!(r.json()["error"]["request_id"], r.request_id.as_str());
+            assert!(!r.body.contains("PW-SECRET"), "{}", r.body);
+            let record = env.proxy.audit_record("acme", &r.request_id);
+            assert_eq!(record["reason"], "mcp_malformed", "{uri:?}: {record}");
+            assert_eq!(record["mcp"]["server"], "tickets", "{uri:?}: {record}");
+            assert!(!record.to_string().contains("PW-SECRET"), "{record}");
+        }
+    }
+    let log = env.server.log();
+    assert!(
+        !log.iter()
+            .any(|l| l["resource"] == "docs://private/salaries"),
+        "{log:?}"
+    );
+}

@@ -536,3 +536,45 @@ fn mounted_aws_keys_sign_and_malformed_ones_are_rejected_without_their_value() {
     );
     assert!(!out.contains("canary"), "the value leaked: {out}");
 }
+
+/// A request to an MCP server with a session parameter in its query is signed over the path
+/// the server gets (its own session id), not the sealed one the agent sent: the session id is
+/// opened before the signature, never after it.
+#[test]
+fn an_mcp_request_is_signed_over_the_opened_session_path() {
+    let origin = BedrockOrigin::start(&origin_keys(), None);
+    let proxy = start_with(&origin, false, true, |spec| {
+        spec.tenants.routes.push(config::Route::new(
+            "tools",
+            "/tools/",
+            // (Under `/acme/`, which acme's `http` policy permits.)
+            format!("http://127.0.0.1:{}/acme/", origin.port),
+        ));
+        spec.tenants.mcp = Some(config::Mcp {
+            max_message_bytes: Some(65536),
+            servers: vec![config::McpServer::by_route("tools", "tools")],
+            session_key_file: Some("mcp-session.key".into()),
+        });
+        // Any file of at least 32 bytes is a session key; the test seals with it too.
+        spec.copies
+            .push(("tests/fixtures/prices.toml", "mcp-session.key"));
+    });
+    let key = tenant_proxy::mcp::session::SessionKey::read(&proxy.path("mcp-session.key"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sealed = key.binding("acme", "bot", "tools").seal("s-1");
+    let body = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let r = raw_request(
+        proxy.sidecar_port,
+        &format!(
+            "POST /tools/mcp?session_id={sealed} HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nAuthorization: $CRED{{aws}}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap();
+    let got = origin
+        .requests()
+        .pop()
+        .unwrap_or_else(|| panic!("nothing arrived: {} {}", r.status, r.body_text()));
+    assert_eq!(got["path"], "/acme/mcp?session_id=s-1", "{got}");
+    assert_eq!(got["ok"], true, "{got}: {}", r.body_text());
+}

@@ -4,15 +4,16 @@
 //! duplicate object keys are refused (a first-wins and a last-wins parser would see different
 //! tool names), every message must say `"jsonrpc": "2.0"`, ids must be strings, numbers or
 //! null, a `tools/call` must name its tool with a string `params.name`, a `resources/read` (or
-//! `resources/subscribe`) its resource with a string `params.uri`, a `prompts/get` its prompt
-//! with a string `params.name`, and a `completion/complete` the prompt or resource it completes.
+//! `resources/subscribe`, `resources/unsubscribe`) its resource with a string `params.uri` in
+//! a form URL parsers do not rewrite ([`super::uri`]), a `prompts/get` its prompt with a string
+//! `params.name`, and a `completion/complete` the prompt or resource it completes.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// The MCP method whose calls are authorized one by one.
 pub const TOOLS_CALL: &str = "tools/call";
@@ -20,6 +21,9 @@ pub const TOOLS_CALL: &str = "tools/call";
 pub const RESOURCES_READ: &str = "resources/read";
 /// Subscribing to a resource's updates: authorized like reading it.
 pub const RESOURCES_SUBSCRIBE: &str = "resources/subscribe";
+/// Ending a subscription: authorized like reading the resource (its URI is decided and
+/// audited like any other, so it is held to the same form).
+pub const RESOURCES_UNSUBSCRIBE: &str = "resources/unsubscribe";
 /// Getting a prompt, authorized per prompt name.
 pub const PROMPTS_GET: &str = "prompts/get";
 /// Argument completion for a prompt or a resource template: authorized like using it.
@@ -97,8 +101,9 @@ pub use crate::policy::ItemKind;
 pub struct McpRequest {
     /// The tool named by every `tools/call` message, in body order (repeats kept).
     pub tool_calls: Vec<String>,
-    /// The resource URI of every `resources/read` and `resources/subscribe`, and of every
-    /// resource template a `completion/complete` names, in body order.
+    /// The resource URI of every `resources/read`, `resources/subscribe` and
+    /// `resources/unsubscribe`, and of every resource template a `completion/complete` names,
+    /// in body order.
     pub resource_reads: Vec<String>,
     /// The prompt named by every `prompts/get`, and by every `completion/complete` for a
     /// prompt, in body order.
@@ -120,22 +125,30 @@ impl fmt::Display for Malformed {
 }
 
 /// Parses `body` as one JSON-RPC 2.0 message or a non-empty batch of them.
+///
+/// SECURITY: the body is read down to the members the check needs ([`Message`]); everything
+/// else (a call's `arguments`, a response's `result`) is read in place and dropped
+/// ([`Skip`]), still checked for valid JSON, valid UTF-8, no repeated key and serde_json's
+/// nesting limit. A whole tree of a body of tiny values (`[[],[],…]`) took about 18 times the
+/// body in memory, on a worker every tenant shares.
 pub fn parse_request(body: &[u8]) -> Result<McpRequest, Malformed> {
-    let value = parse_strict(body)
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let read = BodySeed
+        .deserialize(&mut de)
+        .and_then(|read| de.end().map(|()| read))
         .map_err(|e| Malformed(format!("the body is not valid JSON-RPC 2.0: {e}")))?;
-    let messages = match value {
-        Value::Array(items) if items.is_empty() => {
+    let messages = match read {
+        Body::Batch(_, 0) => {
             return Err(Malformed("an empty JSON-RPC batch is not a request".into()))
         }
-        Value::Array(items) if items.len() > MAX_BATCH => {
+        Body::Batch(_, n) if n > MAX_BATCH => {
             return Err(Malformed(format!(
-                "a JSON-RPC batch of {} messages; at most {MAX_BATCH} are taken",
-                items.len()
+                "a JSON-RPC batch of {n} messages; at most {MAX_BATCH} are taken"
             )))
         }
-        Value::Array(items) => items,
-        Value::Object(_) => vec![value],
-        _ => {
+        Body::Batch(messages, _) => messages,
+        Body::One(message) => vec![*message],
+        Body::Other => {
             return Err(Malformed(
                 "the body must be a JSON-RPC object or a batch array".into(),
             ))
@@ -149,7 +162,9 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Malformed> {
     Ok(request)
 }
 
-/// Parses JSON into a [`Value`], refusing any object that repeats a key.
+/// Parses JSON into a [`Value`], refusing any object that repeats a key. For what a server
+/// answers: the error names no key (the text reaches the agent, and a key the server wrote
+/// is the server's, not the proxy's to repeat).
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let StrictValue(value) = StrictValue::deserialize(&mut de)?;
@@ -178,6 +193,16 @@ fn bounded(value: &str, max: usize, at: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
+/// A resource URI (`params.{at}`), bounded and in a form the server reads as the policy does
+/// ([`super::uri::refusal`]).
+fn resource_uri(value: &str, at: &str) -> Result<String, String> {
+    let uri = bounded(value, MAX_URI, at)?;
+    match super::uri::refusal(&uri) {
+        Some(why) => Err(format!("`params.{at}` {why}")),
+        None => Ok(uri),
+    }
+}
+
 /// The members of a message, of its `params` and of a completion's `params.ref` that decide
 /// what the call is.
 const MESSAGE_MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
@@ -187,46 +212,64 @@ const REF_MEMBERS: &[&str] = &["type", "name", "uri"];
 /// SECURITY: refuses an object that spells a member the proxy reads in another case as well as
 /// (or instead of) exactly: a server that matches names ignoring case (Go's `encoding/json`)
 /// would act on `{"name":"allowed","Name":"denied"}` as `denied` (see [`crate::json_names`]).
-fn exact_members(fields: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), String> {
-    for name in known {
-        if let Some(other) = crate::json_names::misspelt(fields.keys().map(String::as_str), name) {
-            return Err(format!(
-                "`{at}{other}` is `{name}` spelt in another case, which servers that match names \
-                 ignoring case would read"
-            ));
-        }
+/// Notes the first such member of an object in `misspelt`.
+fn note_misspelt(misspelt: &mut Option<String>, name: &str, known: &[&str], at: &str) {
+    if misspelt.is_some() {
+        return;
     }
-    Ok(())
+    if let Some(exact) = known
+        .iter()
+        .find(|k| **k != name && crate::json_names::same_folded(name, k))
+    {
+        *misspelt = Some(format!(
+            "`{at}{}` is `{exact}` spelt in another case, which servers that match names \
+             ignoring case would read",
+            quotable(name).unwrap_or("…")
+        ));
+    }
 }
 
-fn read_message(message: &Value, request: &mut McpRequest) -> Result<(), String> {
-    let Value::Object(fields) = message else {
+/// `name` when it is short printable text to quote back in a refusal (the agent's own, but
+/// written to the audit record with it).
+fn quotable(name: &str) -> Option<&str> {
+    (name.len() <= MAX_NAME && !name.chars().any(char::is_control)).then_some(name)
+}
+
+fn read_message(message: &Message, request: &mut McpRequest) -> Result<(), String> {
+    if message.not_object {
         return Err("not a JSON object".into());
-    };
-    exact_members(fields, MESSAGE_MEMBERS, "")?;
-    if let Some(Value::Object(params)) = fields.get("params") {
-        exact_members(params, PARAMS_MEMBERS, "params.")?;
-        if let Some(Value::Object(reference)) = params.get("ref") {
-            exact_members(reference, REF_MEMBERS, "params.ref.")?;
-        }
     }
-    if fields.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+    let params = match &message.params {
+        Some(Params::Object(params)) => Some(params),
+        _ => None,
+    };
+    let reference = params.and_then(|p| match &p.reference {
+        Some(Ref::Object(r)) => Some(r),
+        _ => None,
+    });
+    let misspelt = [
+        &message.misspelt,
+        &params.and_then(|p| p.misspelt.clone()),
+        &reference.and_then(|r| r.misspelt.clone()),
+    ];
+    if let Some(why) = misspelt.into_iter().flatten().next() {
+        return Err(why.clone());
+    }
+    if message.jsonrpc.as_ref().and_then(Option::as_deref) != Some("2.0") {
         return Err("`jsonrpc` must be \"2.0\"".into());
     }
-    if let Some(id) = fields.get("id") {
-        if !matches!(id, Value::String(_) | Value::Number(_) | Value::Null) {
-            return Err("`id` must be a string, a number or null".into());
-        }
+    if let Some(None) = message.id {
+        return Err("`id` must be a string, a number or null".into());
     }
-    match fields.get("method") {
-        Some(Value::String(method)) => read_call(method, fields, request),
-        Some(_) => Err("`method` must be a string".into()),
+    match &message.method {
+        Some(Some(method)) => read_call(method, message, request),
+        Some(None) => Err("`method` must be a string".into()),
         // A response the client sends back (to a server's sampling or elicitation request).
         None => {
-            if !fields.contains_key("id") {
+            if message.id.is_none() {
                 return Err("a message without `method` must be a response with an `id`".into());
             }
-            match (fields.contains_key("result"), fields.contains_key("error")) {
+            match (message.result, message.error) {
                 (true, false) | (false, true) => Ok(()),
                 _ => Err("a response must have exactly one of `result` and `error`".into()),
             }
@@ -234,56 +277,68 @@ fn read_message(message: &Value, request: &mut McpRequest) -> Result<(), String>
     }
 }
 
-fn read_call(
-    method: &str,
-    fields: &Map<String, Value>,
-    request: &mut McpRequest,
-) -> Result<(), String> {
-    let params = fields.get("params");
-    if !matches!(
-        params,
-        None | Some(Value::Object(_)) | Some(Value::Array(_))
-    ) {
-        return Err("`params` must be an object or an array".into());
-    }
-    let param = |name: &str, what: &str, max: usize| -> Result<String, String> {
-        // SECURITY: a call whose tool, resource or prompt cannot be named cannot be authorized.
-        let value = params
-            .and_then(|p| p.get(name))
-            .and_then(Value::as_str)
-            .ok_or(format!(
-                "a `{method}` needs a string `params.{name}` ({what})"
-            ))?;
-        bounded(value, max, name)
+fn read_call(method: &str, message: &Message, request: &mut McpRequest) -> Result<(), String> {
+    let params = match &message.params {
+        None | Some(Params::Array) => None,
+        Some(Params::Object(params)) => Some(params),
+        Some(Params::Other) => return Err("`params` must be an object or an array".into()),
     };
+    // SECURITY: a call whose tool, resource or prompt cannot be named cannot be authorized.
+    fn param<'v>(
+        value: Option<&'v String>,
+        method: &str,
+        name: &str,
+        what: &str,
+    ) -> Result<&'v str, String> {
+        value.map(String::as_str).ok_or(format!(
+            "a `{method}` needs a string `params.{name}` ({what})"
+        ))
+    }
     match method {
-        TOOLS_CALL => request
-            .tool_calls
-            .push(param("name", "the tool", MAX_NAME)?),
-        RESOURCES_READ | RESOURCES_SUBSCRIBE => {
-            request
-                .resource_reads
-                .push(param("uri", "the resource", MAX_URI)?)
+        TOOLS_CALL => {
+            let name = param(
+                params.and_then(|p| p.name.as_ref()),
+                method,
+                "name",
+                "the tool",
+            )?;
+            request.tool_calls.push(bounded(name, MAX_NAME, "name")?)
         }
-        PROMPTS_GET => request
-            .prompt_gets
-            .push(param("name", "the prompt", MAX_NAME)?),
+        RESOURCES_READ | RESOURCES_SUBSCRIBE | RESOURCES_UNSUBSCRIBE => {
+            let uri = param(
+                params.and_then(|p| p.uri.as_ref()),
+                method,
+                "uri",
+                "the resource",
+            )?;
+            request.resource_reads.push(resource_uri(uri, "uri")?)
+        }
+        PROMPTS_GET => {
+            let name = param(
+                params.and_then(|p| p.name.as_ref()),
+                method,
+                "name",
+                "the prompt",
+            )?;
+            request.prompt_gets.push(bounded(name, MAX_NAME, "name")?)
+        }
         COMPLETION_COMPLETE => {
-            let reference = params.and_then(|p| p.get("ref"));
-            let field = |f: &str| reference.and_then(|r| r.get(f)).and_then(Value::as_str);
-            match field("type") {
+            let reference = params.and_then(|p| match &p.reference {
+                Some(Ref::Object(r)) => Some(r),
+                _ => None,
+            });
+            match reference.and_then(|r| r.kind.as_deref()) {
                 Some("ref/prompt") => request.prompt_gets.push(bounded(
-                    field("name").ok_or(
+                    reference.and_then(|r| r.name.as_deref()).ok_or(
                         "a `completion/complete` for a prompt needs a string `params.ref.name`",
                     )?,
                     MAX_NAME,
                     "ref.name",
                 )?),
-                Some("ref/resource") => request.resource_reads.push(bounded(
-                    field("uri").ok_or(
+                Some("ref/resource") => request.resource_reads.push(resource_uri(
+                    reference.and_then(|r| r.uri.as_deref()).ok_or(
                         "a `completion/complete` for a resource needs a string `params.ref.uri`",
                     )?,
-                    MAX_URI,
                     "ref.uri",
                 )?),
                 _ => {
@@ -296,13 +351,498 @@ fn read_call(
                 if !request.lists.contains(&kind) {
                     request.lists.push(kind);
                 }
-                if let Some(id) = fields.get("id") {
+                if let Some(Some(id)) = &message.id {
                     request.list_ids.push((id.clone(), kind));
                 }
             }
         }
     }
     Ok(())
+}
+
+/// A request body as read: one message, a batch (the messages read, up to [`MAX_BATCH`], and
+/// how many it holds), or anything else.
+enum Body {
+    One(Box<Message>),
+    Batch(Vec<Message>, usize),
+    Other,
+}
+
+/// What one message says, read down to the members the check needs.
+#[derive(Default)]
+struct Message {
+    /// Not a JSON object (a batch member that is a string, a number, an array).
+    not_object: bool,
+    /// The first member the proxy reads that is spelt in another case (the refusal's text).
+    misspelt: Option<String>,
+    /// `jsonrpc` when it is a string; `Some(None)` when it is something else.
+    jsonrpc: Option<Option<String>>,
+    /// `id` when it is a string, a number or null; `Some(None)` when it is something else.
+    id: Option<Option<Value>>,
+    /// `method` when it is a string; `Some(None)` when it is something else.
+    method: Option<Option<String>>,
+    params: Option<Params>,
+    result: bool,
+    error: bool,
+}
+
+/// A message's `params`.
+enum Params {
+    Object(ParamsObject),
+    Array,
+    /// A string, a number, a boolean or null.
+    Other,
+}
+
+/// The members of `params` a call is named by (each when it is a string).
+#[derive(Default)]
+struct ParamsObject {
+    misspelt: Option<String>,
+    name: Option<String>,
+    uri: Option<String>,
+    reference: Option<Ref>,
+}
+
+/// A completion's `params.ref`.
+enum Ref {
+    Object(RefObject),
+    Other,
+}
+
+/// The members of `params.ref` (each when it is a string).
+#[derive(Default)]
+struct RefObject {
+    misspelt: Option<String>,
+    kind: Option<String>,
+    name: Option<String>,
+    uri: Option<String>,
+}
+
+/// The keys of one object so far, to refuse a repeat: each as a 64-bit keyed hash (SipHash
+/// under this object's own random key), so an object of many members costs 8 bytes a member
+/// rather than a copy of its name, in one vector sorted when the object ends (a hash set took
+/// twice as much). Two names that differ but hash alike (about one chance in 2^64 a pair, and
+/// no way to aim for it without the key) would refuse a valid body, never pass a repeat.
+#[derive(Default)]
+struct Keys {
+    hasher: std::collections::hash_map::RandomState,
+    seen: Vec<u64>,
+}
+
+/// Members of an object checked for a repeat as they come, so the refusal can name it; past
+/// them, a repeat is found when the object ends.
+const KEYS_CHECKED_AT_ONCE: usize = 64;
+
+impl Keys {
+    /// Adds `key`. SECURITY: a repeated key is refused (a first-wins and a last-wins parser
+    /// would see different tool names); it is quoted only when it is short printable text.
+    fn add<E: de::Error>(&mut self, key: &str) -> Result<(), E> {
+        use std::hash::BuildHasher as _;
+        let hash = self.hasher.hash_one(key);
+        if self.seen.len() < KEYS_CHECKED_AT_ONCE && self.seen.contains(&hash) {
+            return Err(match quotable(key) {
+                Some(key) => E::custom(format!("duplicate key `{key}`")),
+                None => E::custom("a duplicate key"),
+            });
+        }
+        self.seen.push(hash);
+        Ok(())
+    }
+
+    /// Ends the object: refuses a repeat not found as it came.
+    fn end<E: de::Error>(mut self) -> Result<(), E> {
+        if self.seen.len() > KEYS_CHECKED_AT_ONCE {
+            self.seen.sort_unstable();
+            if self.seen.windows(2).any(|pair| pair[0] == pair[1]) {
+                return Err(E::custom("a duplicate key"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the body when it has no escape.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v))
+    }
+}
+
+/// A value read for its syntax and left out: valid JSON (strings valid UTF-8, numbers in
+/// range), no object repeating a key, within serde_json's nesting limit; nothing of it kept.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Skip, E> {
+        if !v.is_finite() {
+            return Err(E::custom("a number that is not finite"));
+        }
+        Ok(Skip)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        let mut keys = Keys::default();
+        while let Some(key) = map.next_key_seed(Key)? {
+            map.next_value::<Skip>()?;
+            keys.add(&key)?;
+        }
+        keys.end()?;
+        Ok(Skip)
+    }
+}
+
+/// A value that matters when it is a string (`method`, `params.name`...); anything else is
+/// skipped and read as `None`.
+struct Text;
+
+impl<'de> DeserializeSeed<'de> for Text {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Text {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        SkipVisitor.visit_f64(v).map(|_| None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        SkipVisitor.visit_seq(seq).map(|_| None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        SkipVisitor.visit_map(map).map(|_| None)
+    }
+}
+
+/// A message's `id`: kept when it is a string, a number or null, `None` otherwise.
+struct Id;
+
+impl<'de> DeserializeSeed<'de> for Id {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Id {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Value::String(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Some(Value::String(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(Value::from(v)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(|n| Some(Value::Number(n)))
+            .ok_or_else(|| E::custom("a number that is not finite"))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Some(Value::Null))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        SkipVisitor.visit_seq(seq).map(|_| None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        SkipVisitor.visit_map(map).map(|_| None)
+    }
+}
+
+/// Implements the visits of everything but an object (and, with `seq`, an array) for a visitor
+/// whose value is `$other`.
+macro_rules! not_an_object {
+    ($other:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            SkipVisitor.visit_f64(v).map(|_| $other)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+    };
+}
+
+/// The whole body.
+struct BodySeed;
+
+impl<'de> DeserializeSeed<'de> for BodySeed {
+    type Value = Body;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Body, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BodySeed {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    not_an_object!(Body::Other);
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body, A::Error> {
+        MessageSeed.visit_map(map).map(|m| Body::One(Box::new(m)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+        let mut messages = Vec::new();
+        let mut count = 0;
+        loop {
+            // Past the limit the messages are only counted, for the refusal's text.
+            let more = if count < MAX_BATCH {
+                seq.next_element_seed(MessageSeed)?
+                    .map(|m| messages.push(m))
+                    .is_some()
+            } else {
+                seq.next_element::<Skip>()?.is_some()
+            };
+            if !more {
+                return Ok(Body::Batch(messages, count));
+            }
+            count += 1;
+        }
+    }
+}
+
+/// One message.
+struct MessageSeed;
+
+impl<'de> DeserializeSeed<'de> for MessageSeed {
+    type Value = Message;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Message, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MessageSeed {
+    type Value = Message;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    not_an_object!(Message {
+        not_object: true,
+        ..Message::default()
+    });
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Message, A::Error> {
+        SkipVisitor.visit_seq(seq)?;
+        Ok(Message {
+            not_object: true,
+            ..Message::default()
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+        let mut message = Message::default();
+        let mut keys = Keys::default();
+        while let Some(key) = map.next_key_seed(Key)? {
+            match &*key {
+                "jsonrpc" => message.jsonrpc = Some(map.next_value_seed(Text)?),
+                "id" => message.id = Some(map.next_value_seed(Id)?),
+                "method" => message.method = Some(map.next_value_seed(Text)?),
+                "params" => message.params = Some(map.next_value_seed(ParamsSeed)?),
+                "result" => {
+                    map.next_value::<Skip>()?;
+                    message.result = true;
+                }
+                "error" => {
+                    map.next_value::<Skip>()?;
+                    message.error = true;
+                }
+                other => {
+                    note_misspelt(&mut message.misspelt, other, MESSAGE_MEMBERS, "");
+                    map.next_value::<Skip>()?;
+                }
+            }
+            keys.add(&key)?;
+        }
+        keys.end()?;
+        Ok(message)
+    }
+}
+
+/// A message's `params`.
+struct ParamsSeed;
+
+impl<'de> DeserializeSeed<'de> for ParamsSeed {
+    type Value = Params;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Params, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParamsSeed {
+    type Value = Params;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    not_an_object!(Params::Other);
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Params, A::Error> {
+        SkipVisitor.visit_seq(seq)?;
+        Ok(Params::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params, A::Error> {
+        let mut params = ParamsObject::default();
+        let mut keys = Keys::default();
+        while let Some(key) = map.next_key_seed(Key)? {
+            match &*key {
+                "name" => params.name = map.next_value_seed(Text)?,
+                "uri" => params.uri = map.next_value_seed(Text)?,
+                "ref" => params.reference = Some(map.next_value_seed(RefSeed)?),
+                other => {
+                    note_misspelt(&mut params.misspelt, other, PARAMS_MEMBERS, "params.");
+                    map.next_value::<Skip>()?;
+                }
+            }
+            keys.add(&key)?;
+        }
+        keys.end()?;
+        Ok(Params::Object(params))
+    }
+}
+
+/// A completion's `params.ref`.
+struct RefSeed;
+
+impl<'de> DeserializeSeed<'de> for RefSeed {
+    type Value = Ref;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Ref, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RefSeed {
+    type Value = Ref;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    not_an_object!(Ref::Other);
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Ref, A::Error> {
+        SkipVisitor.visit_seq(seq)?;
+        Ok(Ref::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ref, A::Error> {
+        let mut reference = RefObject::default();
+        let mut keys = Keys::default();
+        while let Some(key) = map.next_key_seed(Key)? {
+            match &*key {
+                "type" => reference.kind = map.next_value_seed(Text)?,
+                "name" => reference.name = map.next_value_seed(Text)?,
+                "uri" => reference.uri = map.next_value_seed(Text)?,
+                other => {
+                    note_misspelt(&mut reference.misspelt, other, REF_MEMBERS, "params.ref.");
+                    map.next_value::<Skip>()?;
+                }
+            }
+            keys.add(&key)?;
+        }
+        keys.end()?;
+        Ok(Ref::Object(reference))
+    }
 }
 
 /// A JSON value whose objects have no repeated key.
@@ -357,8 +897,9 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut fields = BTreeMap::new();
         while let Some(key) = map.next_key::<String>()? {
             let StrictValue(v) = map.next_value()?;
-            if fields.insert(key.clone(), v).is_some() {
-                return Err(de::Error::custom(format!("duplicate key `{key}`")));
+            // The key is the server's: not quoted (see [`parse_strict`]).
+            if fields.insert(key, v).is_some() {
+                return Err(de::Error::custom("an object repeats a key"));
             }
         }
         Ok(Value::Object(fields.into_iter().collect()))
@@ -531,6 +1072,21 @@ mod tests {
             ("a resource URI past the limit", json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":format!("docs://{}", "u".repeat(8192))}}).to_string(), "`params.uri` is 8199 bytes"),
             ("a completion's prompt past the limit", json!({"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p".repeat(300)}}}).to_string(), "`params.ref.name`"),
             ("a batch past the limit", Value::Array(vec![call("a", json!(1)); 1025]).to_string(), "batch of 1025"),
+            // URL parsers (WHATWG: Node's `new URL`, pydantic's `AnyUrl`) drop TAB, LF and CR,
+            // strip C0 and spaces at the ends and read `\` as `/`: each of these is
+            // `/etc/passwd` (or `docs://private/...`) to the server, but no policy pattern's.
+            ("a backslash path", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///srv/data/x\\..\\..\\..\\etc\\passwd"}}"#.into(), "`params.uri` holds a backslash"),
+            ("dot segments split by a TAB", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///srv/data/.\t./.\t./etc/passwd"}}"#.into(), "control character"),
+            ("a TAB in a name", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///e\ttc/passwd"}}"#.into(), "control character"),
+            ("a leading space", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":" file:///etc/passwd"}}"#.into(), "whitespace"),
+            ("a trailing TAB", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///etc/passwd\t"}}"#.into(), "control character"),
+            ("a NUL", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///etc/passwd\u0000.txt"}}"#.into(), "control character"),
+            ("a TAB in another scheme", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"docs://pri\tvate/salaries"}}"#.into(), "control character"),
+            ("a subscription", r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"file:///e\ntc/passwd"}}"#.into(), "control character"),
+            ("an unsubscription", r#"{"jsonrpc":"2.0","id":1,"method":"resources/unsubscribe","params":{"uri":"file:///e\rtc/passwd"}}"#.into(), "control character"),
+            ("an unsubscription without a uri", r#"{"jsonrpc":"2.0","id":1,"method":"resources/unsubscribe","params":{}}"#.into(), "params.uri"),
+            ("a completion's resource", r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"file:///srv\\..\\etc/{f}"}}}"#.into(), "`params.ref.uri` holds a backslash"),
+            ("userinfo", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"https://alice:PW@example.com/doc?token=Q"}}"#.into(), "userinfo"),
             ("params a string", r#"{"jsonrpc":"2.0","id":1,"method":"x","params":"a"}"#.into(), "`params`"),
             ("method not a string", r#"{"jsonrpc":"2.0","id":1,"method":7}"#.into(), "`method`"),
             ("object id", r#"{"jsonrpc":"2.0","id":{},"method":"tools/list"}"#.into(), "`id`"),
@@ -553,6 +1109,148 @@ mod tests {
             let err = parse_request(body.as_bytes()).expect_err(name);
             assert!(err.0.contains(needle), "{name}: {err}");
         }
+    }
+
+    /// A refusal never repeats the userinfo (a password) it refuses.
+    #[test]
+    fn a_uri_refusal_does_not_repeat_the_uri() {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"https://alice:PW-SECRET@example.com/doc"}}"#;
+        let err = parse_request(body.as_bytes()).unwrap_err();
+        assert!(!err.0.contains("PW-SECRET"), "{err}");
+    }
+
+    #[test]
+    fn an_unsubscription_names_its_resource() {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"resources/unsubscribe","params":{"uri":"docs://a"}}"#;
+        assert_eq!(
+            parse_request(body.as_bytes()).unwrap().resource_reads,
+            ["docs://a"]
+        );
+    }
+
+    /// Strictness holds in what is skipped: a repeated key or invalid text anywhere refuses the
+    /// body, however deep in a call's arguments.
+    #[test]
+    fn what_is_skipped_is_still_read_strictly() {
+        let members: Vec<String> = (0..=KEYS_CHECKED_AT_ONCE)
+            .map(|i| format!(r#""m{i}":0"#))
+            .collect();
+        let many_then_repeat = format!(r#"{{{},"m0":1}}"#, members.join(","));
+        for (name, arguments, needle) in [
+            (
+                "a repeated key",
+                r#"{"a":{"b":1,"b":2}}"#,
+                "duplicate key `b`",
+            ),
+            (
+                "a repeated escaped key",
+                r#"[{"\u0062":1,"b":2}]"#,
+                "duplicate key `b`",
+            ),
+            (
+                "a repeat past the members checked at once",
+                many_then_repeat.as_str(),
+                "a duplicate key",
+            ),
+            ("invalid escape", r#"{"a":"\ud800"}"#, "not valid JSON"),
+            ("a number out of range", "[1e400]", "not valid JSON"),
+            ("unterminated", r#"{"a":[}"#, "not valid JSON"),
+        ] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{arguments}}}}}"#
+            );
+            let err = parse_request(body.as_bytes()).expect_err(name);
+            assert!(err.0.contains(needle), "{name}: {err}");
+        }
+        let long = "k".repeat(MAX_NAME + 1);
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"{long}":1,"{long}":2}}}}}}"#
+        );
+        let err = parse_request(body.as_bytes()).unwrap_err();
+        assert!(
+            err.0.contains("a duplicate key") && !err.0.contains(&long),
+            "{err}"
+        );
+    }
+
+    /// SECURITY: a body is read in about its own size, not as a tree of every value in it
+    /// (which took some 18 times the body for one of tiny values: `[[],[],…]`). Measured as the
+    /// growth of this process's peak resident memory, in a process of its own (this test run
+    /// again alone), so no other test's allocations count.
+    #[test]
+    fn a_body_of_tiny_values_is_read_without_a_tree() {
+        const CHILD: &str = "TENANT_PROXY_JSONRPC_PEAK_CHILD";
+        const NAME: &str = "mcp::jsonrpc::tests::a_body_of_tiny_values_is_read_without_a_tree";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        // The code that reads it is paged in first (file pages count as resident too).
+        let warm = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":[[],[]],"y":{"a":0}}}}"#;
+        parse_request(warm.as_bytes()).unwrap();
+        // Arrays of empty arrays, and an object of many members (whose names are kept, to
+        // refuse a repeat).
+        let array = |i: usize| {
+            if i == 0 {
+                "[]".to_string()
+            } else {
+                ",[]".to_string()
+            }
+        };
+        let object = |i: usize| {
+            let sep = if i == 0 { "" } else { "," };
+            format!(r#"{sep}"{i}":0"#)
+        };
+        // (A member's name is kept as an 8-byte hash: a body of short names takes about its
+        // size again; a tree took 6 times it, and 24 times a body of arrays.)
+        for (shape, item, open, close, bound) in [
+            ("arrays", &array as &dyn Fn(usize) -> String, "[", "]", 4),
+            ("members", &object, "{", "}", 1),
+        ] {
+            let mut body = String::with_capacity(9 << 20);
+            body.push_str(
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":"#,
+            );
+            body.push_str(open);
+            let mut i = 0;
+            while body.len() < 8 << 20 {
+                body.push_str(&item(i));
+                i += 1;
+            }
+            body.push_str(close);
+            body.push_str("}}}");
+            let before = peak_resident_bytes();
+            let request = parse_request(body.as_bytes()).unwrap();
+            let grown = peak_resident_bytes() - before;
+            assert_eq!(request.tool_calls, ["t"]);
+            assert!(
+                grown < body.len() as u64 / bound,
+                "{shape}: reading a {}-byte body took {grown} bytes more at its peak",
+                body.len()
+            );
+        }
+    }
+
+    /// This process's peak resident memory (`VmHWM`).
+    fn peak_resident_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        kib * 1024
     }
 
     #[test]

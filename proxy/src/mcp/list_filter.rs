@@ -28,7 +28,22 @@ pub enum FilterError {
     /// The body is not what an MCP server sends for this request.
     #[error("the MCP response cannot be read: {0}")]
     Unreadable(String),
+    /// One answer (a JSON body, or one event of a stream) lists more items than
+    /// [`MAX_LIST_ITEMS`].
+    #[error("the MCP response lists more than {MAX_LIST_ITEMS} items in one answer")]
+    TooManyItems,
 }
+
+/// Most list items (tools, resources, templates, prompts, all lists together) one answer may
+/// hold: a JSON body, or one event of a stream. SECURITY: each distinct item is a policy
+/// decision made inline, on the worker every tenant of the listener shares; an 8 MiB list of
+/// half a million names held it for seconds. Servers page longer lists (`nextCursor`), and
+/// requests are held to [`super::MAX_ITEMS_PER_MESSAGE`] for the same reason. An answer past
+/// it is withheld like any other that cannot be filtered, before any of its items is decided.
+pub const MAX_LIST_ITEMS: usize = 1024;
+
+/// The members of a message the filter reads, or that a client reads to tell what it is.
+const MESSAGE_MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
 
 /// How the response is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +307,14 @@ impl ListFilter {
         value: &mut Value,
         allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
     ) -> Result<bool, FilterError> {
+        // Counted before any is decided: a refused answer costs no decision.
+        let listed: usize = match &*value {
+            Value::Array(messages) => messages.iter().map(list_items).sum(),
+            message => list_items(message),
+        };
+        if listed > MAX_LIST_ITEMS {
+            return Err(FilterError::TooManyItems);
+        }
         match value {
             Value::Array(items) => {
                 let mut changed = false;
@@ -304,6 +327,7 @@ impl ListFilter {
         }
     }
 
+    /// Filters the lists of one message.
     fn filter_message(
         &mut self,
         message: &mut Value,
@@ -312,6 +336,11 @@ impl ListFilter {
         let Some(fields) = message.as_object_mut() else {
             return Ok(false);
         };
+        // SECURITY: a client that matches names ignoring case (Go's `encoding/json`) reads
+        // `Result` as `result`: a list under it would reach it unfiltered. So a member the
+        // filter or a client reads, spelt in another case, makes the answer unfilterable, as
+        // it makes a request malformed (the name is the server's: not quoted).
+        misspelt(fields, MESSAGE_MEMBERS, "a message")?;
         let answers = fields.get("id").and_then(|id| {
             self.list_ids
                 .iter()
@@ -321,6 +350,10 @@ impl ListFilter {
         let Some(result) = fields.get_mut("result") else {
             return Ok(false);
         };
+        if let Some(result) = result.as_object() {
+            let fields: Vec<&str> = ListKind::ALL.iter().map(|k| k.field()).collect();
+            misspelt(result, &fields, "a result")?;
+        }
         let mut changed = false;
         for kind in ListKind::ALL {
             let carries = result.get(kind.field()).is_some();
@@ -336,6 +369,9 @@ impl ListFilter {
             };
             let mut keep = Vec::with_capacity(items.len());
             for item in items.drain(..) {
+                if let Some(fields) = item.as_object() {
+                    misspelt(fields, &[kind.item_key()], "a list item")?;
+                }
                 let name = item
                     .get(kind.item_key())
                     .and_then(Value::as_str)
@@ -349,6 +385,15 @@ impl ListFilter {
                 let key = (kind.item(), name.to_string());
                 let ok = match self.decided.get(&key) {
                     Some(ok) => *ok,
+                    // SECURITY: a resource the server lists by a URI an agent could not ask
+                    // for (see [`super::uri`]) is hidden: the policy would decide other text
+                    // than a client's URL parser reads.
+                    None if kind.item() == ItemKind::Resource
+                        && super::uri::refusal(name).is_some() =>
+                    {
+                        self.decided.insert(key, false);
+                        false
+                    }
                     None => {
                         let ok = allowed(kind.item(), name);
                         self.decided.insert(key, ok);
@@ -366,6 +411,35 @@ impl ListFilter {
         }
         Ok(changed)
     }
+}
+
+/// The items of the lists in `message`'s result.
+fn list_items(message: &Value) -> usize {
+    let Some(result) = message.get("result") else {
+        return 0;
+    };
+    ListKind::ALL
+        .iter()
+        .filter_map(|kind| result.get(kind.field()).and_then(Value::as_array))
+        .map(Vec::len)
+        .sum()
+}
+
+/// Refuses an object (`what`) holding one of `known` spelt in another case.
+fn misspelt(
+    fields: &serde_json::Map<String, Value>,
+    known: &[&str],
+    what: &str,
+) -> Result<(), FilterError> {
+    for name in known {
+        if crate::json_names::misspelt(fields.keys().map(String::as_str), name).is_some() {
+            return Err(FilterError::Unreadable(format!(
+                "{what} holds `{name}` spelt in another case, which clients that match names \
+                 ignoring case would read"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The length of the first complete event in `buf` (through the blank line that ends it).
@@ -592,7 +666,45 @@ mod tests {
                 br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[],"tools":[{"name":"c"}]}}"#
                     .to_vec(),
                 1 << 20,
-                "duplicate key",
+                "repeats a key",
+            ),
+            // A client that matches names ignoring case (Go's `encoding/json`) reads each of
+            // these as a list the filter never saw.
+            (
+                "result spelt in another case",
+                br#"{"jsonrpc":"2.0","id":1,"Result":{"tools":[{"name":"c"}]}}"#.to_vec(),
+                1 << 20,
+                "`result` spelt in another case",
+            ),
+            (
+                "result twice, in two cases",
+                br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]},"RESULT":{"tools":[{"name":"c"}]}}"#.to_vec(),
+                1 << 20,
+                "`result` spelt in another case",
+            ),
+            (
+                "an unasked answer in another case",
+                br#"{"jsonrpc":"2.0","id":9,"resulT":{"tools":[{"name":"c"}]}}"#.to_vec(),
+                1 << 20,
+                "`result` spelt in another case",
+            ),
+            (
+                "id spelt in another case",
+                br#"{"jsonrpc":"2.0","ID":1,"result":{"tools":[{"name":"a"}]}}"#.to_vec(),
+                1 << 20,
+                "`id` spelt in another case",
+            ),
+            (
+                "the list spelt in another case",
+                br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[],"Tools":[{"name":"c"}]}}"#.to_vec(),
+                1 << 20,
+                "`tools` spelt in another case",
+            ),
+            (
+                "an item's name spelt in another case",
+                br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","Name":"c"}]}}"#.to_vec(),
+                1 << 20,
+                "`name` spelt in another case",
             ),
             (
                 "too large",
@@ -606,6 +718,86 @@ mod tests {
             let err = run(&mut f, &[&body]).expect_err(name);
             assert!(err.to_string().contains(needle), "{name}: {err}");
         }
+    }
+
+    /// Refusals name nothing the server wrote: the text reaches the agent without the echo
+    /// scrubber (a server may echo a substituted secret as a member name).
+    #[test]
+    fn a_refusal_quotes_no_member_name_of_the_response() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[],"sk-live-SECRET":1,"sk-live-SECRET":2}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"sk-live-SECRET":{},"result":{"tools":[{"name":"a","sk-live-SECRET":1,"sk-live-SECRET":1}]}}"#,
+        ] {
+            let mut f = ListFilter::new(Framing::Json, tools(vec![json!(1)]), 1 << 20);
+            let err = run(&mut f, &[body.as_bytes()]).expect_err(body);
+            assert!(!err.to_string().contains("SECRET"), "{err}");
+            let ended = String::from_utf8(f.error_message(&err)).unwrap();
+            assert!(!ended.contains("SECRET"), "{ended}");
+        }
+    }
+
+    /// An answer listing more than [`MAX_LIST_ITEMS`] items (in one JSON body, batch included,
+    /// or in one event) is withheld before any item is decided; at the limit it is filtered.
+    #[test]
+    fn an_answer_listing_too_many_items_is_withheld_undecided() {
+        let owned: Vec<String> = (0..=MAX_LIST_ITEMS).map(|i| format!("t{i}")).collect();
+        let listed: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let over = list_result(json!(1), &listed).to_string();
+        let half = list_result(json!(1), &listed[..MAX_LIST_ITEMS / 2 + 1]);
+        let batch = json!([half, half]).to_string();
+        let event = format!("event: message\ndata: {over}\n\n");
+        for (framing, body) in [
+            (Framing::Json, over.as_str()),
+            (Framing::Json, batch.as_str()),
+            (Framing::Sse, event.as_str()),
+        ] {
+            let mut f = ListFilter::new(framing, tools(vec![json!(1)]), 1 << 24);
+            let mut asked = 0;
+            let mut allowed = |_: ItemKind, _: &str| {
+                asked += 1;
+                true
+            };
+            let err = f.feed(body.as_bytes(), true, &mut allowed).unwrap_err();
+            assert_eq!(err, FilterError::TooManyItems, "{framing:?}");
+            assert_eq!(asked, 0, "{framing:?}");
+        }
+        let at = list_result(json!(1), &listed[..MAX_LIST_ITEMS]).to_string();
+        let mut f = ListFilter::new(Framing::Json, tools(vec![json!(1)]), 1 << 24);
+        let out = run(&mut f, &[at.as_bytes()]).unwrap();
+        let kept: Value = serde_json::from_slice(&out).unwrap();
+        assert!(names(&kept).is_empty());
+        assert_eq!(f.hidden.tools, MAX_LIST_ITEMS as u64);
+    }
+
+    /// A resource listed by a URI an agent could not ask for (see [`super::super::uri`]) is
+    /// hidden without a decision: the policy would decide other text than a client reads.
+    #[test]
+    fn resources_listed_by_uris_parsers_rewrite_are_hidden() {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"resources": [
+            {"uri": "file:///srv/ok"},
+            {"uri": "file:///srv/data/x\\..\\..\\etc/passwd"},
+            {"uri": "file:///e\ttc/passwd"},
+            {"uri": " file:///etc/passwd"},
+        ]}})
+        .to_string();
+        let mut f = ListFilter::new(
+            Framing::Json,
+            vec![(json!(1), ListKind::Resources)],
+            1 << 20,
+        );
+        let mut asked = Vec::new();
+        let mut allowed = |_: ItemKind, name: &str| {
+            asked.push(name.to_string());
+            true
+        };
+        let out = f.feed(body.as_bytes(), true, &mut allowed).unwrap();
+        let kept: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            kept["result"]["resources"],
+            json!([{"uri": "file:///srv/ok"}])
+        );
+        assert_eq!(asked, ["file:///srv/ok"]);
+        assert_eq!(f.hidden.resources, 3);
     }
 
     #[test]

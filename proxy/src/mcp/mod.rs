@@ -8,8 +8,8 @@
 //! 1. a request with a body (and every POST) must be JSON-RPC 2.0, one message or a non-empty
 //!    batch ([`jsonrpc`]); anything else is refused (`mcp_malformed`) and never forwarded;
 //! 2. every `tools/call` in it is decided as Cedar action `mcp_tool_call`, every
-//!    `resources/read` (and `resources/subscribe`) as `mcp_resource`, every `prompts/get` as
-//!    `mcp_prompt` ([`authorize`]); one denial refuses the whole request (`tool_denied`,
+//!    `resources/read` (and `resources/subscribe`, `resources/unsubscribe`) as
+//!    `mcp_resource`, every `prompts/get` as `mcp_prompt` ([`authorize`]); one denial refuses the whole request (`tool_denied`,
 //!    `resource_denied`, `prompt_denied`), so nothing of a batch reaches the server;
 //! 3. the response's `tools/list`, `resources/list`, `resources/templates/list` and
 //!    `prompts/list` results keep only what this workload may use ([`list_filter`]); a response
@@ -19,6 +19,7 @@ pub mod config;
 pub mod jsonrpc;
 pub mod list_filter;
 pub mod session;
+pub mod uri;
 
 use pingora::http::ResponseHeader;
 use serde_json::Value;
@@ -175,11 +176,12 @@ pub fn audit_fields(
         server: exchange.server.clone(),
         tools_called: exchange.tools_called.clone(),
         tools_hidden: hidden.tools,
-        // URIs may carry secrets in their query, like paths: keys only.
+        // URIs may carry secrets in their userinfo and query, like targets: neither is kept
+        // (userinfo is refused on the way in; this holds whatever reaches a record).
         resources_read: exchange
             .resources_read
             .iter()
-            .map(|uri| crate::target::audit_path(uri))
+            .map(|uri| uri::audit(uri))
             .collect(),
         prompts_got: exchange.prompts_got.clone(),
         resources_hidden: hidden.resources,
@@ -499,6 +501,19 @@ mod tests {
                 Ok(f) => panic!("{name}: filtered as {:?}", f.map(|f| f.framing())),
             }
         }
+    }
+
+    /// The record keeps no userinfo, query value or fragment of a resource URI.
+    #[test]
+    fn audited_resource_uris_hold_no_secret() {
+        let exchange = McpExchange {
+            resources_read: vec!["https://alice:PW@example.com/doc?token=Q#t=F".into()],
+            ..McpExchange::refused("s")
+        };
+        assert_eq!(
+            audit_fields(&exchange, None).resources_read,
+            ["https://example.com/doc?token#"]
+        );
     }
 
     #[test]

@@ -201,8 +201,30 @@ pub enum Unknown {
 pub struct Opened {
     /// The server's `Mcp-Session-Id`, when the request carried one.
     pub header: Option<String>,
-    /// The path and query with the server's own session parameters, when the query had any.
-    pub path_and_query: Option<String>,
+    /// The query's session parameters, each as presented (sealed) and as the server handed it
+    /// out; empty when the query had none.
+    pub query: Vec<(String, String)>,
+}
+
+impl Opened {
+    /// `path_and_query` (the upstream's, as it leaves: after credentials were substituted into
+    /// its query) with each session parameter's sealed value replaced by the server's own;
+    /// `None` when there is none to replace. The request's other parameters are kept as they
+    /// are in `path_and_query`, never as the agent sent them (that would put back a
+    /// `$CRED{}` handle in place of its substituted value).
+    /// SECURITY: a session parameter whose value was not opened is refused, never sent sealed.
+    pub fn upstream_path(&self, path_and_query: &str) -> Result<Option<String>, Unknown> {
+        if self.query.is_empty() {
+            return Ok(None);
+        }
+        map_session_parameters(path_and_query, Ok(()), |value| {
+            self.query
+                .iter()
+                .find(|(sealed, _)| sealed == value)
+                .map(|(_, id)| id.clone())
+                .ok_or(Unknown::Query)
+        })
+    }
 }
 
 /// Opens the session ids a request to an MCP server carries: its `Mcp-Session-Id` headers and
@@ -231,11 +253,11 @@ pub fn open_request(
     }
     // A session parameter without a value names no session, but a server might still read
     // it: refused like an unsealed one.
-    opened.path_and_query = map_session_parameters(path_and_query, Err(Unknown::Query), |value| {
-        binding
-            .open(value)
-            .map(str::to_string)
-            .ok_or(Unknown::Query)
+    let query = &mut opened.query;
+    map_session_parameters(path_and_query, Err(Unknown::Query), |value| {
+        let id = binding.open(value).ok_or(Unknown::Query)?;
+        query.push((value.to_string(), id.to_string()));
+        Ok(id.to_string())
     })?;
     Ok(opened)
 }
@@ -471,9 +493,18 @@ mod tests {
         let url = seal_endpoint(&acme, "/mcp/messages?v=1&sessionId=ab&x").unwrap();
         let opened = open_request(&acme, &http::HeaderMap::new(), &url).unwrap();
         assert_eq!(
-            opened.path_and_query.as_deref(),
+            opened.upstream_path(&url).unwrap().as_deref(),
             Some("/mcp/messages?v=1&sessionId=ab&x")
         );
+        // It opens in the path as it leaves, whatever else was substituted into it, and a
+        // sealed value it did not open is never sent.
+        let substituted = url.replace("v=1", "v=secret");
+        assert_eq!(
+            opened.upstream_path(&substituted).unwrap().as_deref(),
+            Some("/mcp/messages?v=secret&sessionId=ab&x")
+        );
+        let other = seal_endpoint(&acme, "/mcp/messages?sessionId=cd").unwrap();
+        assert_eq!(opened.upstream_path(&other), Err(Unknown::Query));
         assert_eq!(seal_endpoint(&acme, "/mcp/messages?v=1"), None);
         assert_eq!(seal_endpoint(&acme, "/mcp/messages"), None);
         // Another's URL, a raw one, a percent-encoded name, a bare name: refused.

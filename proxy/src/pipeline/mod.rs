@@ -852,10 +852,8 @@ impl ProxyHttp for TenantProxy {
                 .applied
                 .as_ref()
                 .is_some_and(crate::credentials::apply::Applied::scrubs);
-        respond::upstream_request(admitted, grant, readable, upstream)?;
-        if let Some(exchange) = &ctx.trail.mcp {
-            respond::mcp_session_upstream(&exchange.session, upstream)?;
-        }
+        let session = ctx.trail.mcp.as_ref().map(|m| &m.session);
+        respond::upstream_request(admitted, grant, readable, session, upstream)?;
         // A new attempt (a retry on another connection) is handed the held body anew.
         ctx.body_handed = false;
         Ok(())

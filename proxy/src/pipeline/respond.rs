@@ -35,15 +35,23 @@ const HOLD: http::HeaderName = http::HeaderName::from_static(crate::approvals::H
 const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
 
 /// The server's own session ids go upstream in place of the sealed ones the agent sent
-/// ([`crate::mcp::session`]).
-pub fn mcp_session_upstream(
+/// ([`crate::mcp::session`]), in the upstream request as it leaves (credentials already
+/// substituted into its query).
+fn mcp_session_upstream(
     opened: &crate::mcp::session::Opened,
     upstream: &mut RequestHeader,
 ) -> pingora::Result<()> {
     if let Some(id) = &opened.header {
         upstream.insert_header(crate::mcp::session::MCP_SESSION_ID, id.as_str())?;
     }
-    if let Some(path_and_query) = &opened.path_and_query {
+    let current = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path_and_query = opened.upstream_path(current).map_err(|_| {
+        Error::explain(
+            ErrorType::InternalError,
+            "an MCP session parameter changed after it was opened",
+        )
+    })?;
+    if let Some(path_and_query) = path_and_query {
         let uri: http::Uri = path_and_query.parse().map_err(|_| {
             Error::explain(
                 ErrorType::InternalError,
@@ -55,12 +63,14 @@ pub fn mcp_session_upstream(
     Ok(())
 }
 
-/// Writes the admitted request as it goes upstream: origin-form target, the substitutions, the
-/// real body length, `Host`, no identity material, trace context.
+/// Writes the admitted request as it goes upstream: origin-form target, the substitutions, an
+/// MCP server's own session ids (`mcp_session`), the real body length, `Host`, no identity
+/// material, trace context; signed last.
 pub fn upstream_request(
     admitted: &Admitted,
     grant: &HttpGrant,
     wants_readable: bool,
+    mcp_session: Option<&crate::mcp::session::Opened>,
     upstream: &mut RequestHeader,
 ) -> pingora::Result<()> {
     let dest = admitted.permit.destination();
@@ -70,6 +80,11 @@ pub fn upstream_request(
     upstream.set_uri(uri);
     if let Some(applied) = &grant.applied {
         apply_substitutions(applied, upstream)?;
+    }
+    // After the substitutions (the session ids open in the query they left) and before the
+    // signature (which covers the path the server gets).
+    if let Some(opened) = mcp_session {
+        mcp_session_upstream(opened, upstream)?;
     }
     // The body may have been rewritten (credentials, usage request): send its real length.
     if let Some(body) = &grant.body {
