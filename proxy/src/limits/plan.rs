@@ -131,7 +131,8 @@ pub fn plan(
     }
     // A provider's call is an LLM call even when its body names no model (a server with a
     // default one): its tokens are reserved and metered, and it is priced as an unknown model.
-    let kind = if call.model.is_some() || work == Work::Call {
+    // A request known to be free is never priced, whatever model its body names.
+    let kind = if (call.model.is_some() && work != Work::Free) || work == Work::Call {
         CallKind::Llm
     } else {
         CallKind::Tool
@@ -588,6 +589,41 @@ mod tests {
             mcp_tool_calls: None,
             work,
         }
+    }
+
+    /// A request known to be free (`count_tokens`, `moderations`, an assistant's creation) is
+    /// never priced, whatever model its body names: neither charged a reservation nor refused
+    /// as a model the table does not price.
+    #[test]
+    fn a_free_request_naming_a_model_is_not_priced() {
+        let destination = Destination::https_for_test("api.openai.com", "/v1/moderations", None);
+        let table = crate::pricing::PriceTable::parse(
+            "currency = \"USD\"\n[providers.openai]\n\"gpt-4o\" = { input = 1_000_000, output = 2_000_000 }\n",
+            "test",
+        )
+        .unwrap();
+        let config = Priced(OneTenant::default(), table);
+        let (tenant, now) = (run_context(), 1_700_000_000);
+        let free = plan(
+            &config,
+            &tenant,
+            &destination,
+            facts(Some("omni-moderation-latest"), Work::Free),
+            now,
+        )
+        .unwrap();
+        assert_eq!((free.kind, free.prices.is_none()), (CallKind::Tool, true));
+        let unrecognized = plan(
+            &config,
+            &tenant,
+            &destination,
+            facts(Some("omni-moderation-latest"), Work::Unrecognized("x")),
+            now,
+        );
+        assert!(
+            matches!(unrecognized, Err(PlanError::ModelNotPriced(_))),
+            "{unrecognized:?}"
+        );
     }
 
     /// A gateway may answer with any model of its fallback list: the call is reserved (and so

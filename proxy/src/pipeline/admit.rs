@@ -1414,7 +1414,7 @@ pub(super) fn must_intercept(
             .serves(host, port, Some(addr), &fx.config().egress.hosts),
         // SECURITY: so is a tunnel to an LLM API host while token or cost ceilings apply to
         // the caller (unless allowed, `unmetered_calls`): its calls are metered only when read.
-        metered: (registry::name_for_host(host).is_some()
+        metered: (registry::is_llm_api_host(host)
             || snapshot.tenants.llm_providers.for_host(host).is_some())
             && crate::limits::plan::refuses_unmetered_for(&snapshot.tenants, tenant),
         // SECURITY: so is a tunnel to a host the tenant's credentials are (or lately were)

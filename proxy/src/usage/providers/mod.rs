@@ -387,6 +387,16 @@ fn count(v: &Value, path: &[&str]) -> Result<Option<u64>, ()> {
     }
 }
 
+/// Whether `host` (a trailing dot ignored) ends with `suffix` after at least one more byte,
+/// ignoring ASCII case: a regional host of a provider (`eu.api.openai.com`,
+/// `us-central1-aiplatform.googleapis.com`).
+pub(super) fn host_ends_with(host: &str, suffix: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    host.len() > suffix.len()
+        && host.is_char_boundary(host.len() - suffix.len())
+        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
 /// Folds a report whose input, output and cached-input counts are at `paths` (in that order)
 /// into `acc`, as OpenAI's APIs write them. An empty or unreadable report (`{}`, a negative or
 /// fractional count) is none.

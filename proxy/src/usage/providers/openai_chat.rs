@@ -28,6 +28,15 @@ pub(super) const NAME: &str = "openai";
 /// OpenAI's API hosts (shared with [`super::openai_responses`]).
 pub(super) const HOSTS: &[&str] = &["api.openai.com"];
 
+/// `api.openai.com` and its regional hosts (`eu.api.openai.com`, `us.api.openai.com`: data
+/// residency projects), the same API.
+pub(super) fn owns_openai_host(host: &str) -> bool {
+    HOSTS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(host.trim_end_matches('.')))
+        || super::host_ends_with(host, ".api.openai.com")
+}
+
 /// Where OpenAI's APIs take a key (shared with [`super::openai_responses`]).
 pub(super) const KEY_POSITIONS: KeyPositions = KeyPositions {
     headers: &["authorization"],
@@ -96,6 +105,10 @@ impl Provider for OpenAiChat {
 
     fn default_hosts(&self) -> &'static [&'static str] {
         HOSTS
+    }
+
+    fn owns_host(&self, host: &str) -> bool {
+        owns_openai_host(host)
     }
 
     fn is_call(&self, path: &CallPath<'_>) -> bool {

@@ -43,6 +43,10 @@ impl Provider for OpenAiResponses {
         HOSTS
     }
 
+    fn owns_host(&self, host: &str) -> bool {
+        super::openai_chat::owns_openai_host(host)
+    }
+
     fn is_call(&self, path: &CallPath<'_>) -> bool {
         OPERATIONS.iter().any(|op| path.is_openai_operation(op))
     }

@@ -90,17 +90,30 @@ pub fn name_for_host(host: &str) -> Option<&'static str> {
     let host = host.trim_end_matches('.');
     let is = |v: &Vendor| {
         v.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
-            || v.host_suffixes.iter().any(|s| {
-                host.len() > s.len()
-                    && host.is_char_boundary(host.len() - s.len())
-                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
-            })
+            || v.host_suffixes
+                .iter()
+                .any(|s| super::host_ends_with(host, s))
     };
     PROVIDERS
         .iter()
         .find(|p| p.owns_host(host))
         .map(|p| p.name())
         .or_else(|| VENDORS.iter().find(|v| is(v)).map(|v| v.name))
+}
+
+/// Whether `host` serves an LLM API: a provider's or vendor's host ([`name_for_host`]), or
+/// Vertex AI's (global, or regional as `us-central1-aiplatform.googleapis.com`), which serves
+/// several providers' models and so names no price key of its own (a route's or a declared
+/// provider's `provider` does).
+///
+/// SECURITY: what such a host is asked is metered, refused as unmetered work, or known free
+/// (see [`work`]), and a tunnel to it is intercepted while a quota applies.
+pub fn is_llm_api_host(host: &str) -> bool {
+    name_for_host(host).is_some()
+        || host
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case("aiplatform.googleapis.com")
+        || super::host_ends_with(host, "-aiplatform.googleapis.com")
 }
 
 /// The deployment an Azure OpenAI call names in its path (`/openai/deployments/<name>/…`), as
@@ -187,7 +200,7 @@ pub fn for_destination(destination: &Destination) -> Option<&'static dyn Provide
 /// route it, see [`CallPath`]).
 pub fn is_llm_destination(destination: &Destination) -> bool {
     destination.provider.is_some()
-        || name_for_host(&destination.host).is_some()
+        || is_llm_api_host(&destination.host)
         || for_destination(destination).is_some()
 }
 
@@ -205,6 +218,10 @@ pub enum Work {
     /// known to be free: an LLM call when its body names a model (reserved, and settled at
     /// the usage it reports or else at its reservation), else unmetered work named by this.
     Unrecognized(&'static str),
+    /// A request to an LLM API known to start no billed work (see [`FREE_RESOURCES`]), even
+    /// when its body names a model (`count_tokens`, `moderations`, an assistant's creation):
+    /// never priced as an LLM call.
+    Free,
     /// Anything else (a read, a file upload, a tool server's call).
     Other,
 }
@@ -242,6 +259,11 @@ const FREE_RESOURCES: &[&str] = &[
     "/fine_tuning/alpha/graders/validate",
     "/evals",
     "/evals/*",
+    // Updates of stored objects' metadata, and stops.
+    "/chat/completions/*",
+    "/threads/*/runs/*",
+    "/evals/*/runs/*",
+    "/fine_tuning/jobs/*/pause",
 ];
 
 /// Path ends that are free on every LLM API: cancelling (OpenAI-style `…/cancel`, Google's
@@ -268,8 +290,10 @@ fn is_free(path: &CallPath<'_>) -> bool {
 /// proxy does not meter).
 pub fn work(destination: &Destination, method: &http::Method, upgrade: bool, call: bool) -> Work {
     use http::Method;
-    // A call's path needs no second look (normalizing it is most of the cost).
-    if call && !upgrade {
+    // A call's path needs no second look (normalizing it is most of the cost). Calls are
+    // POSTs: a read of a call path (`GET /v1/chat/completions` lists stored completions) is
+    // decided below like any read.
+    if call && !upgrade && *method == Method::POST {
         return match unreadable_format(&destination.upstream_path) {
             Some(what) => Work::Unmetered(what),
             None => Work::Call,
@@ -284,19 +308,18 @@ pub fn work(destination: &Destination, method: &http::Method, upgrade: bool, cal
             if let Some(what) = unmetered() {
                 return Work::Unmetered(what);
             }
-            if call || destination.provider.is_some() || name_for_host(&destination.host).is_some()
-            {
+            if call || destination.provider.is_some() || is_llm_api_host(&destination.host) {
                 return Work::Unmetered("a WebSocket session");
             }
-        }
-        if call {
-            return Work::Call;
         }
         if matches!(
             *method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
         ) {
             return Work::Other;
+        }
+        if call {
+            return Work::Call;
         }
         if let Some(what) =
             unmetered().or_else(|| super::bedrock::agent_runtime_work(&destination.host))
@@ -306,11 +329,12 @@ pub fn work(destination: &Destination, method: &http::Method, upgrade: bool, cal
         // SECURITY: an LLM API's other requests are work the proxy cannot meter unless they
         // are known to be free (or name a model, see `Work::Unrecognized`): a list of what
         // spends would miss the next endpoint a provider adds, and forward it unmetered.
-        let llm_api = destination.provider.is_some() || name_for_host(&destination.host).is_some();
-        if llm_api && !is_free(&path) {
-            return Work::Unrecognized(UNRECOGNIZED);
+        let llm_api = destination.provider.is_some() || is_llm_api_host(&destination.host);
+        match (llm_api, is_free(&path)) {
+            (true, false) => Work::Unrecognized(UNRECOGNIZED),
+            (true, true) => Work::Free,
+            (false, _) => Work::Other,
         }
-        Work::Other
     })
 }
 
@@ -1024,6 +1048,20 @@ mod tests {
                 "/v1beta/models/gemini-2.5-flash:countTokens",
             ),
             ("generativelanguage.googleapis.com", "/upload/v1beta/files"),
+            ("api.openai.com", "/v1/chat/completions/cc_1"),
+            ("eu.api.openai.com", "/v1/threads/t1/runs/r1"),
+            ("api.openai.com", "/v1/evals/e1/runs/r1"),
+            ("api.openai.com", "/v1/fine_tuning/jobs/j1/pause"),
+            ("api.openai.com", "/v1/moderations"),
+            ("api.openai.com", "/v1/assistants"),
+        ] {
+            assert_eq!(
+                work(host, Method::POST, path, false),
+                Work::Free,
+                "{host}{path}"
+            );
+        }
+        for (host, path) in [
             ("tools.internal", "/search"),
             ("tools.internal", "/v1/my_batches"),
         ] {
@@ -1033,12 +1071,30 @@ mod tests {
                 "{host}{path}"
             );
         }
+        // A read of a call path (listing stored completions) is no call.
+        assert_eq!(
+            work("api.openai.com", Method::GET, "/v1/chat/completions", false),
+            Work::Other
+        );
         // Anything else an LLM API is asked (not a call, not listed either way) is unmetered
         // work unless its body names a model (decided by the plan).
         for (host, path, provider) in [
             ("api.openai.com", "/batches", None),
             ("api.openai.com", "/v1/my_batches", None),
             ("api.openai.com", "/v1/some_new_job", None),
+            // Regional hosts are the same APIs.
+            ("eu.api.openai.com", "/v1/some_new_job", None),
+            ("us.api.openai.com", "/v1/fine_tuning/jobs/j1/resume", None),
+            (
+                "us-central1-aiplatform.googleapis.com",
+                "/v1/projects/p/locations/l:evaluateInstances",
+                None,
+            ),
+            (
+                "aiplatform.googleapis.com",
+                "/v1/projects/p/locations/l/cachedContents",
+                None,
+            ),
             ("api.mistral.ai", "/v1/ocr", None),
             ("openrouter.ai", "/api/v1/anything", None),
             ("acme.openai.azure.com", "/openai/assistants_v3/run", None),
