@@ -606,15 +606,21 @@ fn subprotocol_keys(
     let name = http::header::SEC_WEBSOCKET_PROTOCOL;
     let mut kept: Vec<Vec<&[u8]>> = Vec::new();
     let mut found = false;
+    // SECURITY: a server reads the header's lines as one list (joined with `, `), and list
+    // parsing skips empty elements: a marker at the end of one line names the first token of
+    // the next, and `token,,KEY` is `token, KEY`.
+    let mut after_marker = false;
     for value in values.iter() {
         let mut tokens: Vec<&[u8]> = Vec::new();
-        let mut after_marker = false;
         for token in value.as_bytes().split(|b| *b == b',') {
             let token = token.trim_ascii();
+            if token.is_empty() {
+                continue;
+            }
             let prefixed = KEY_SUBPROTOCOL_PREFIXES.iter().any(|p| {
                 token.len() > p.len() && token[..p.len()].eq_ignore_ascii_case(p.as_bytes())
             });
-            if prefixed || (after_marker && !token.is_empty()) {
+            if prefixed || after_marker {
                 found = true;
                 after_marker = false;
                 continue;
@@ -622,7 +628,7 @@ fn subprotocol_keys(
             after_marker = KEY_SUBPROTOCOL_MARKERS
                 .iter()
                 .any(|m| token.eq_ignore_ascii_case(m.as_bytes()));
-            if !token.is_empty() && !after_marker {
+            if !after_marker {
                 tokens.push(token);
             }
         }

@@ -567,6 +567,8 @@ fn a_key_in_a_websocket_subprotocol_is_a_raw_credential() {
         ("realtime, openai-insecure-api-key.sk-mine", deny.clone()),
         ("realtime,OpenAI-Insecure-API-Key.sk-mine", deny.clone()),
         ("token, sk-mine", deny.clone()),
+        ("token,,sk-mine", deny.clone()),
+        ("bearer, , sk-mine", deny.clone()),
         ("realtime, openai-beta.realtime-v1", None),
         ("realtime", None),
     ] {
@@ -587,6 +589,21 @@ fn a_key_in_a_websocket_subprotocol_is_a_raw_credential() {
             None,
         )
         .is_ok());
+    }
+    // A server joins the header's lines into one list: a marker ending one line names the
+    // first token of the next.
+    for lines in [["token", "sk-mine"], ["realtime, bearer", "sk-mine"]] {
+        let got = run(
+            "acme",
+            "api.openai.com",
+            "/v1/realtime?model=m",
+            &[
+                ("sec-websocket-protocol", lines[0]),
+                ("sec-websocket-protocol", lines[1]),
+            ],
+            None,
+        );
+        assert_eq!(got.err(), deny, "{lines:?}");
     }
     let h = headers(&[(
         "sec-websocket-protocol",
