@@ -327,6 +327,9 @@ pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
             long.chars().take(32).collect::<String>()
         ));
     }
+    if named.other_models.iter().any(|m| m.contains(',')) {
+        return Err(SEVERAL_MODELS.into());
+    }
     read.other_models = named.other_models;
     read.fallback_models = named.fallback_models;
     read.background = named.background;
@@ -341,6 +344,9 @@ fn checked(
     if model.as_ref().is_some_and(|m| m.len() > MAX_MODEL_BYTES) {
         return Err(format!("`model` is longer than {MAX_MODEL_BYTES} bytes"));
     }
+    if model.as_ref().is_some_and(|m| m.contains(',')) {
+        return Err(SEVERAL_MODELS.into());
+    }
     Ok(LlmRequest {
         model,
         other_models: Vec::new(),
@@ -351,6 +357,13 @@ fn checked(
         background: false,
     })
 }
+
+/// Why a model name with a comma is refused.
+///
+/// SECURITY: gateways (LiteLLM) read `"a,b"` as several models and call each; a policy that
+/// allows `a*` would pass the call to `b`. No provider's model name holds a comma.
+const SEVERAL_MODELS: &str = "a model name holds a comma, which some gateways read as several \
+     models and call each: name one model (a gateway's fallbacks go in its fallback field)";
 
 /// The longest model name read (a longer one refuses the body).
 const MAX_MODEL_BYTES: usize = 256;
@@ -922,6 +935,20 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A model name with a comma names several models to gateways that call each (LiteLLM):
+    /// refused, as `model` and as a fallback.
+    #[test]
+    fn a_model_name_with_a_comma_is_refused() {
+        for body in [
+            &br#"{"model":"gpt-4o-mini,gpt-4o"}"#[..],
+            br#"{"model":"gpt-4o-mini","fallbacks":["a,b"]}"#,
+        ] {
+            let e = llm_request(body).expect_err("refused");
+            assert!(e.contains("comma"), "{e}");
+        }
+        assert!(llm_request(br#"{"model":"gpt-4o-mini"}"#).is_ok());
+    }
 
     #[test]
     fn one_tenant_cannot_hold_the_body_memory_of_all() {
@@ -1557,7 +1584,8 @@ mod tests {
         fn chat_object() -> impl Strategy<Value = (String, u64, String)> {
             let ws = || prop::sample::select(vec!["", " ", "\n", "\t", "\r\n  "]);
             (
-                "[ -~]{0,40}",
+                // Any printable ASCII but a comma (a model name with one is refused).
+                "[ -+\\--~]{0,40}",
                 any::<u64>(),
                 prop::collection::vec(("[a-z_]{1,12}", "[ -~]{0,20}"), 0..4),
                 0usize..3,
@@ -1569,6 +1597,8 @@ mod tests {
                     |(_, _, filler, ..)| {
                         filler.iter().all(|(k, _)| {
                             !k.contains("model")
+                                && k != "extra_body"
+                                && k != "user_config"
                                 && !k.contains("max")
                                 && !k.contains("token")
                                 && k != "n"

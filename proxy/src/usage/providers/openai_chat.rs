@@ -115,6 +115,21 @@ impl Provider for OpenAiChat {
         OPERATIONS.iter().any(|op| path.is_openai_operation(op))
     }
 
+    /// The engine of the legacy `/v1/engines/{engine}/…` paths, which gateways still serve
+    /// (LiteLLM's `/engines/{model}/chat/completions`): the model the call runs whatever the
+    /// body names, as an Azure deployment's.
+    fn model_from_path(&self, path: &str) -> Option<String> {
+        const ENGINES: &str = "/engines/";
+        // Asked of every request's path: only one that may name an engine is copied.
+        let path = super::routed(path, ENGINES)?;
+        let at = super::find_ignore_case(&path, ENGINES, false)? + ENGINES.len();
+        let rest = &path[at..];
+        let (engine, op) = rest.split_once('/')?;
+        let op = op.split(['?', '#']).next().unwrap_or_default();
+        let named = OPERATIONS.iter().any(|o| op.eq_ignore_ascii_case(o));
+        (named && !engine.is_empty()).then(|| engine.to_string())
+    }
+
     fn unmetered_work(&self, path: &CallPath<'_>) -> Option<&'static str> {
         UNMETERED
             .iter()

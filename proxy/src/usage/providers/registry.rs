@@ -1186,5 +1186,16 @@ mod tests {
         // A path that names no model copies nothing to find out.
         assert_eq!(model_from_path("/v1/chat/completions"), None);
         assert_eq!(deployment_of("/v1/chat/completions"), None);
+        // The legacy engines form, which gateways serve (LiteLLM's `/engines/{model}/…`): the
+        // engine is the model, whatever the body names.
+        for (path, model) in [
+            ("/engines/gpt-4o/chat/completions", Some("gpt-4o")),
+            ("/v1/Engines/gpt-4o/completions?x=1", Some("gpt-4o")),
+            ("/v1/engines/%67pt-4o/embeddings", Some("gpt-4o")),
+            ("/v1/engines", None),
+            ("/v1/engines/gpt-4o", None),
+        ] {
+            assert_eq!(model_from_path(path).as_deref(), model, "{path}");
+        }
     }
 }

@@ -60,11 +60,21 @@ const CHOICE_FIELDS: [Field; 6] = [
 /// answer with any of them, so each is decided as the call's model is; a string, an array of
 /// strings or objects, or an object whose keys and values name models (every string in it is
 /// taken for a model: a shape the proxy misreads refuses rather than passes).
-const MODEL_LIST_FIELDS: [Field; 4] = [
+///
+/// LiteLLM merges `extra_body` into the body it sends on (so each of these, and a `model`
+/// there, is read in it too), and builds a router for the one call from `user_config`'s
+/// `model_list`, whose entries name the models it runs.
+const MODEL_LIST_FIELDS: [Field; 10] = [
     &["models"],
     &["fallbacks"],
     &["context_window_fallback_dict"],
     &["content_policy_fallbacks"],
+    &["extra_body", "model"],
+    &["extra_body", "models"],
+    &["extra_body", "fallbacks"],
+    &["extra_body", "context_window_fallback_dict"],
+    &["extra_body", "content_policy_fallbacks"],
+    &["user_config", "model_list", EACH, "litellm_params", "model"],
 ];
 
 /// The field that asks a call to run in the background (the Responses API's).
@@ -749,6 +759,16 @@ mod tests {
             ),
             (br#"{"model":"m","models":"gpt-4o"}"#, vec!["gpt-4o"]),
             (br#"{"model":"m","models":null,"fallbacks":[]}"#, vec![]),
+            // LiteLLM's `extra_body` (merged into the body it sends on) and per-call router.
+            (
+                br#"{"model":"m","extra_body":{"models":["gpt-4o"]}}"#,
+                vec!["gpt-4o"],
+            ),
+            (br#"{"model":"m","extra_body":{"model":"gpt-4o"}}"#, vec!["gpt-4o"]),
+            (
+                br#"{"model":"m","user_config":{"model_list":[{"model_name":"m","litellm_params":{"model":"openai/gpt-4o"}}]}}"#,
+                vec!["openai/gpt-4o"],
+            ),
         ] {
             let read = read_json(body).expect("read");
             assert!(read.model.is_some());
@@ -826,8 +846,8 @@ mod tests {
         // `promptOverrideConfiguration`, `targetModelId`, `retrieveAndGenerateConfiguration`),
         // and the Responses API's hosted tools (`tools`).)
         // And the gateways' model lists (`models`, `fallbacks`, `context_window_fallback_dict`,
-        // `content_policy_fallbacks`).
-        assert_eq!(FIELDS.root.len(), 23, "{:?}", FIELDS.root);
+        // `content_policy_fallbacks`, and LiteLLM's `extra_body` and `user_config`).
+        assert_eq!(FIELDS.root.len(), 25, "{:?}", FIELDS.root);
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
@@ -987,7 +1007,8 @@ mod tests {
         assert!(read(r#"{"model":"a","mod\u0065l":"b"}"#).is_err());
         // Forms are flat: a nested field is no form field.
         // (`model`, `generationConfig`, `inferenceConfig`, `max_tokens`, then `n`, `best_of`,
-        // `generation_config`, the four gateway model lists and `background`.)
-        assert_eq!(Tree::build(&[&Nesting]).root.len(), 12);
+        // `generation_config`, the four gateway model lists, `extra_body`, `user_config` and
+        // `background`.)
+        assert_eq!(Tree::build(&[&Nesting]).root.len(), 14);
     }
 }
