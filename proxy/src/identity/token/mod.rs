@@ -88,7 +88,7 @@ pub fn valid_jti(jti: &str) -> bool {
 pub fn revocation_ids(text: &str) -> std::collections::HashSet<String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut ids = std::collections::HashSet::new();
-    for line in text.lines() {
+    for line in lines(text) {
         let id = revocation_line(line).0;
         if id.is_empty() {
             continue;
@@ -115,12 +115,43 @@ pub fn revocation_line(line: &str) -> (&str, bool) {
     }
 }
 
-/// A character a line of text may hold without showing it: whitespace other than the ASCII
-/// space (which shows as a gap), control characters, and the zero-width and direction marks.
+/// A character a revocation line's id cannot mean: anything but printable ASCII and the
+/// space (which shows as a gap). Token ids are printable ASCII ([`valid_jti`]), so whatever
+/// else a line holds (a zero-width space, a variation selector, a tag character, a filler) is
+/// invisible or foreign to the id it shows.
 fn invisible(c: char) -> bool {
-    (c.is_whitespace() && c != ' ')
-        || c.is_control()
-        || matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    !(c.is_ascii_graphic() || c == ' ')
+}
+
+/// The lines of a revocation file: ended by LF, CRLF or a lone CR (old Mac editors).
+fn lines(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let (mut out, mut start, mut i) = (Vec::new(), 0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => {
+                out.push(&text[start..i]);
+                i += 1;
+            }
+            b'\r' => {
+                out.push(&text[start..i]);
+                i += if bytes.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        start = i;
+    }
+    if start < bytes.len() {
+        out.push(&text[start..]);
+    }
+    out
 }
 
 /// The lines of a `revoked_jtis_file` holding `text` that do not revoke the id they seem to
@@ -128,7 +159,8 @@ fn invisible(c: char) -> bool {
 /// a line or follows whitespace), or an id no token can have (whitespace inside).
 pub fn misleading_revocation_lines(text: &str) -> Vec<String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    text.lines()
+    lines(text)
+        .into_iter()
         .enumerate()
         .filter_map(|(i, line)| {
             let (id, _) = revocation_line(line);

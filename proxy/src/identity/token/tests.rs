@@ -518,6 +518,15 @@ fn invisible_characters_in_the_revocation_file_do_not_hide_an_id() {
         // (A no-break space at either end is trimmed like any whitespace.)
         ["line 2: `second-2\u{200b}`", "line 4: `\u{2060}fourth-4`"]
     );
+    // Whatever else an id's line holds that no token id can (variation selectors, tag
+    // characters, fillers, a Mongolian vowel separator), it revokes the id it shows; so does a
+    // line ended by a lone CR.
+    let odd = "a-1\u{180e}\nb-2\u{fe0f}\n\u{e0020}c-3\nd-4\u{3164}\re-5\u{34f}\r\nf-6";
+    let odd_ids = revocation_ids(odd);
+    for id in ["a-1", "b-2", "c-3", "d-4", "e-5", "f-6"] {
+        assert!(odd_ids.contains(id), "{id}: {odd_ids:?}");
+    }
+    assert_eq!(misleading_revocation_lines(odd).len(), 5, "{odd:?}");
     let keys = KeySet::from_jwks_json(&testdata("test-jwks.json")).expect("jwks");
     let v = TokenVerifier::new(settings(), keys, ids);
     for id in ["first-1", "second-2"] {
