@@ -529,11 +529,7 @@ async fn admit_http(
     let original = tunnel.and_then(|t| t.original).or(captured);
     let mut destination =
         http_destination(source.header(), tunnel, captured, &snapshot, config, trail)?;
-    // A host the tenant file declares an LLM provider's is priced and named as that provider.
-    if destination.provider.is_none() {
-        let declared = snapshot.tenants.llm_providers.for_host(&destination.host);
-        destination.provider = declared.map(|p| p.name.clone());
-    }
+    declared_provider(&mut destination, &snapshot);
     trail.destination = Some(destination.clone());
 
     let mut grant = HttpGrant::default();
@@ -794,8 +790,22 @@ async fn admit_http(
             let asking = asking_now.as_ref().unwrap_or(&asking);
             let applied = decide_credentials(fx, asking, header, &grant, named, observer).await?;
             if let Some(now) = &now {
-                plan =
-                    crate::limits::plan::plan(&now.tenants, &tenant, &destination, call, fx.now())?;
+                // Its host may be an LLM provider's now: what it is is asked again too.
+                let mut there = destination.clone();
+                declared_provider(&mut there, now);
+                let call = CallFacts {
+                    work: match registry::work(
+                        &there,
+                        &method,
+                        upgrade,
+                        registry::for_destination(&there).is_some(),
+                    ) {
+                        Work::Call if background => Work::Unmetered("a background response"),
+                        work => work,
+                    },
+                    ..call
+                };
+                plan = crate::limits::plan::plan(&now.tenants, &tenant, &there, call, fx.now())?;
             }
             reloaded = now;
             applied
@@ -1375,6 +1385,15 @@ async fn admit_connect(
             minter,
         }),
     })
+}
+
+/// A host the tenant file declares an LLM provider's (`[[llm_provider]]`) is priced and named
+/// as that provider, unless its route names one.
+pub(super) fn declared_provider(destination: &mut Destination, snapshot: &Snapshot) {
+    if destination.provider.is_none() {
+        let declared = snapshot.tenants.llm_providers.for_host(&destination.host);
+        destination.provider = declared.map(|p| p.name.clone());
+    }
 }
 
 /// Why a tunnel must be intercepted whatever `connect_opaque` says (any of them true).

@@ -339,8 +339,11 @@ pub fn upgrade_again(
                 )),
             });
         }
-        let call = registry::for_destination(&destination).is_some();
-        if let Work::Unmetered(what) = registry::work(&destination, &method, true, call) {
+        // Its host may be an LLM provider's now (`[[llm_provider]]`).
+        let mut there = destination.clone();
+        super::admit::declared_provider(&mut there, snapshot);
+        let call = registry::for_destination(&there).is_some();
+        if let Work::Unmetered(what) = registry::work(&there, &method, true, call) {
             if crate::limits::plan::refuses_unmetered_for(&snapshot.tenants, &tenant) {
                 return Err(Lapse {
                     ended: Ended::Unmetered,

@@ -991,7 +991,16 @@ impl ProxyHttp for TenantProxy {
                 if now.generation != stages.scrub_generation() {
                     let host = &admitted.permit.destination().host;
                     let echoes = self.shared.echoes(&now, &admitted.tenant.tenant, host);
-                    stages.look_for_secrets(now.generation, echoes);
+                    if let Err(deny) = stages.look_for_secrets(now.generation, echoes) {
+                        // Compressed, it cannot be read for them: it ends, as a fresh
+                        // request's compressed answer is withheld.
+                        *body = None;
+                        trail.refuse(deny);
+                        return Err(stop(
+                            "upstream_encoded",
+                            "a compressed response that must now be scrubbed",
+                        ));
+                    }
                 }
             }
             if let Err(lapse) = judged {

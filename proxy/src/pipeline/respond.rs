@@ -241,16 +241,26 @@ impl Stages {
     /// From the next chunk on, the response is scrubbed of `echoes` too: the secrets a response
     /// from its host may echo under configuration generation `generation` (a secret bound to
     /// the host, or rotated, while the response lasts). A response that was not scrubbed starts
-    /// being scrubbed, keeping every length (its `Content-Length`, a WebSocket's frames); one
-    /// still compressed cannot be.
-    pub fn look_for_secrets(&mut self, generation: u64, echoes: Option<Arc<Patterns>>) {
+    /// being scrubbed, keeping every length (its `Content-Length`, a WebSocket's frames).
+    ///
+    /// SECURITY: one still compressed cannot be read for them: it ends (`Err`, with the refusal
+    /// a fresh request there would get once its answer came compressed), since the proxy never
+    /// passes on what it cannot scrub.
+    pub fn look_for_secrets(
+        &mut self,
+        generation: u64,
+        echoes: Option<Arc<Patterns>>,
+    ) -> Result<(), Deny> {
         self.scrub_generation = generation;
-        let Some(echoes) = echoes else { return };
+        let Some(echoes) = echoes else {
+            return Ok(());
+        };
         match self.scrub.as_mut() {
             Some(scrubber) => scrubber.look_for(&echoes),
             None if self.readable => self.scrub = Some(Scrubber::new(echoes).keeping_length()),
-            None => {}
+            None => return Err(Deny::UpstreamEncoded(crate::error::SCRUBBED)),
         }
+        Ok(())
     }
 
     /// Sets up the stages this response needs and adjusts its head for them (a body whose
@@ -537,7 +547,7 @@ mod tests {
         );
 
         let mut rotated = scrubbed(true);
-        rotated.look_for_secrets(7, Some(patterns(NEW)));
+        rotated.look_for_secrets(7, Some(patterns(NEW))).unwrap();
         assert_eq!(rotated.scrub_generation(), 7);
         let out = last_chunk(&mut rotated, &text);
         assert!(!out.contains(NEW) && out.contains("$CRED{key}"), "{out}");
@@ -546,14 +556,17 @@ mod tests {
             readable: true,
             ..Stages::default()
         };
-        unscrubbed.look_for_secrets(8, Some(patterns(NEW)));
+        unscrubbed.look_for_secrets(8, Some(patterns(NEW))).unwrap();
         let out = last_chunk(&mut unscrubbed, &text);
         assert!(!out.contains(NEW), "{out}");
         assert_eq!(out.len(), text.len(), "the announced length holds: {out}");
 
         let mut compressed = Stages::default();
-        compressed.look_for_secrets(9, Some(patterns(NEW)));
-        assert_eq!(compressed.scrub_generation(), 9);
-        assert!(compressed.scrub.is_none());
+        assert_eq!(
+            compressed.look_for_secrets(9, Some(patterns(NEW))),
+            Err(Deny::UpstreamEncoded(crate::error::SCRUBBED)),
+            "a compressed response that must now be scrubbed ends"
+        );
+        assert_eq!(compressed.look_for_secrets(10, None), Ok(()));
     }
 }

@@ -571,6 +571,21 @@ async fn a_marked_permit_holds_after_every_other_check_and_before_the_ceilings()
         ]
     );
 
+    // Approved after a reload that declares its host an LLM provider's while a cost ceiling
+    // applies: its body names no model, so it is work the proxy cannot meter now.
+    let (dir2, config2, snapshot2) = configured_with("tokens_per_minute = 1000\n");
+    let tenants = std::fs::read_to_string(dir2.path().join("tenants.toml")).unwrap();
+    std::fs::write(
+        dir2.path().join("tenants.toml"),
+        format!("{tenants}[[llm_provider]]\nname = \"vllm\"\nhosts = [\"api.ok.test\"]\napi = \"openai_compatible\"\n"),
+    )
+    .unwrap();
+    let mut fx = Recording::new(&config2, None);
+    fx.reloaded = Some(Arc::new(Snapshot::load(&config2).unwrap()));
+    let (code, _) = http(&fx, &snapshot2, &header, None).await;
+    assert_eq!(code, "unmetered_call");
+    assert!(!fx.calls().contains(&"limits"), "{:?}", fx.calls());
+
     // Approved, but a reload during the wait forbids it now: refused by the policy now.
     std::fs::write(
         dir.path().join("policies/global/later.cedar"),
