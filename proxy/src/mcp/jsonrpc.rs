@@ -199,7 +199,7 @@ fn resource_uri(value: &str, at: &str) -> Result<String, String> {
     let uri = bounded(value, MAX_URI, at)?;
     match super::uri::refusal(&uri) {
         Some(why) => Err(format!("`params.{at}` {why}")),
-        None => Ok(uri),
+        None => Ok(super::uri::as_read(&uri)),
     }
 }
 

@@ -42,6 +42,11 @@ pub enum FilterError {
 /// it is withheld like any other that cannot be filtered, before any of its items is decided.
 pub const MAX_LIST_ITEMS: usize = 1024;
 
+/// Most decisions a response keeps for its later events: a few answers' worth. Past it they are
+/// forgotten (and made again when asked again), so that a long event stream of new names
+/// cannot grow the proxy's memory without bound.
+const MAX_DECIDED: usize = 4 * MAX_LIST_ITEMS;
+
 /// The members of a message the filter reads, or that a client reads to tell what it is.
 const MESSAGE_MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
 
@@ -118,7 +123,8 @@ pub struct ListFilter {
     cap: usize,
     /// JSON: the whole body so far. SSE: the unfinished event.
     pending: Vec<u8>,
-    /// Decisions already made in this response, by item.
+    /// Decisions already made in this response, by item; at most [`MAX_DECIDED`] (an event
+    /// stream lasts as long as its session, and each event may name new items).
     decided: HashMap<(ItemKind, String), bool>,
     /// Items removed so far.
     pub hidden: Hidden,
@@ -383,6 +389,9 @@ impl ListFilter {
                         ))
                     })?;
                 let key = (kind.item(), name.to_string());
+                if self.decided.len() >= MAX_DECIDED && !self.decided.contains_key(&key) {
+                    self.decided.clear();
+                }
                 let ok = match self.decided.get(&key) {
                     Some(ok) => *ok,
                     // SECURITY: a resource the server lists by a URI an agent could not ask
@@ -395,7 +404,11 @@ impl ListFilter {
                         false
                     }
                     None => {
-                        let ok = allowed(kind.item(), name);
+                        // A resource is decided as a client's URL parser reads its URI.
+                        let ok = match kind.item() {
+                            ItemKind::Resource => allowed(kind.item(), &super::uri::as_read(name)),
+                            _ => allowed(kind.item(), name),
+                        };
                         self.decided.insert(key, ok);
                         ok
                     }
@@ -966,6 +979,26 @@ mod tests {
             let mut f = ListFilter::new(Framing::Sse, tools(vec![json!(1)]), cap);
             let chunks: Vec<&[u8]> = stream.as_bytes().chunks(512).collect();
             assert!(run(&mut f, &chunks).is_err(), "{name}");
+        }
+    }
+
+    /// A long event stream of new names keeps a bounded number of decisions.
+    #[test]
+    fn the_decisions_kept_are_bounded() {
+        let ids: Vec<Value> = (0..8).map(|i| json!(i)).collect();
+        let mut f = ListFilter::new(Framing::Sse, tools(ids), 1 << 20);
+        let mut allowed = |_: ItemKind, _: &str| true;
+        for event in 0..8 {
+            let names: Vec<String> = (0..MAX_LIST_ITEMS)
+                .map(|k| format!("t{event}-{k}"))
+                .collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let text = format!(
+                "event: message\ndata: {}\n\n",
+                list_result(json!(event), &names)
+            );
+            f.feed(text.as_bytes(), false, &mut allowed).unwrap();
+            assert!(f.decided.len() <= MAX_DECIDED, "{}", f.decided.len());
         }
     }
 

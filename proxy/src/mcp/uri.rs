@@ -31,6 +31,23 @@ pub fn refusal(uri: &str) -> Option<&'static str> {
     None
 }
 
+/// `uri` as the server reads it, which is what the policy decides: WHATWG URL parsing (the
+/// `url` crate, as Node's `new URL` and pydantic read it) lower-cases the scheme and host, maps
+/// a host through IDNA (fullwidth letters, a soft hyphen), decodes `%2E` in it, drops a default
+/// or empty port, resolves `.` and `..` segments (`%2e` too, and before a query:
+/// `file:///srv/data/..?x` is `file:///srv/?x`), and gives an empty path a `/`. A URI such a
+/// parser refuses, or a relative one, is decided as written.
+///
+/// SECURITY: `https://INTERNAL.example/secret`, `docs://private:/salaries` or
+/// `https:///internal.example/secret` would otherwise match none of a policy's forbids (or
+/// escape a permitted root) while the server reads the forbidden resource.
+pub fn as_read(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(parsed) => parsed.into(),
+        Err(_) => uri.to_string(),
+    }
+}
+
 /// `uri` as the audit record and logs show it: no userinfo, query values removed (like a
 /// request's path, see [`crate::target::audit_path`]), no fragment text.
 pub fn audit(uri: &str) -> String {
@@ -74,6 +91,52 @@ fn userinfo(uri: &str) -> Option<std::ops::Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uri_is_decided_as_url_parsers_read_it() {
+        for (written, read) in [
+            (
+                "https://INTERNAL.example/secret",
+                "https://internal.example/secret",
+            ),
+            (
+                "https://internal.example:443/secret",
+                "https://internal.example/secret",
+            ),
+            (
+                "https://internal.example:/secret",
+                "https://internal.example/secret",
+            ),
+            (
+                "https://ｉｎｔｅｒｎａｌ.example/secret",
+                "https://internal.example/secret",
+            ),
+            (
+                "https://inter\u{ad}nal.example/secret",
+                "https://internal.example/secret",
+            ),
+            (
+                "https://internal%2Eexample/secret",
+                "https://internal.example/secret",
+            ),
+            (
+                "https:///internal.example/secret",
+                "https://internal.example/secret",
+            ),
+            ("docs://private:/salaries", "docs://private/salaries"),
+            ("FILE:///etc/passwd", "file:///etc/passwd"),
+            ("file:///srv/data/..?x", "file:///srv/?x"),
+            (
+                "file:///srv/data/%2e%2e/%2E%2E/etc/passwd",
+                "file:///etc/passwd",
+            ),
+            ("https://example.com", "https://example.com/"),
+            ("file:///srv/data/report.txt", "file:///srv/data/report.txt"),
+            ("notes/today", "notes/today"),
+        ] {
+            assert_eq!(as_read(written), read, "{written}");
+        }
+    }
 
     #[test]
     fn uris_parsers_rewrite_are_refused() {
