@@ -1128,6 +1128,29 @@ mod tests {
         );
     }
 
+    /// A resource is decided as a server's URL parser reads its URI (see `uri::as_read`).
+    #[test]
+    fn a_resource_is_named_as_url_parsers_read_it() {
+        for (uri, read) in [
+            (
+                "https://INTERNAL.example:443/secret",
+                "https://internal.example/secret",
+            ),
+            ("file:///srv/data/..?x", "file:///srv/?x"),
+            ("docs://private:/salaries", "docs://private/salaries"),
+        ] {
+            let body =
+                json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":uri}});
+            assert_eq!(
+                parse_request(body.to_string().as_bytes())
+                    .unwrap()
+                    .resource_reads,
+                [read],
+                "{uri}"
+            );
+        }
+    }
+
     /// Strictness holds in what is skipped: a repeated key or invalid text anywhere refuses the
     /// body, however deep in a call's arguments.
     #[test]

@@ -813,6 +813,33 @@ mod tests {
         assert_eq!(f.hidden.resources, 3);
     }
 
+    /// A listed resource is decided as a client's URL parser reads its URI, and listed as the
+    /// server wrote it.
+    #[test]
+    fn listed_resources_are_decided_as_url_parsers_read_them() {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"resources": [
+            {"uri": "https://INTERNAL.example:443/secret"},
+        ]}})
+        .to_string();
+        let mut f = ListFilter::new(
+            Framing::Json,
+            vec![(json!(1), ListKind::Resources)],
+            1 << 20,
+        );
+        let mut asked = Vec::new();
+        let mut allowed = |_: ItemKind, name: &str| {
+            asked.push(name.to_string());
+            true
+        };
+        let out = f.feed(body.as_bytes(), true, &mut allowed).unwrap();
+        let kept: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(asked, ["https://internal.example/secret"]);
+        assert_eq!(
+            kept["result"]["resources"],
+            json!([{"uri": "https://INTERNAL.example:443/secret"}])
+        );
+    }
+
     #[test]
     fn sse_events_filtered_one_by_one() {
         let list = list_result(json!(1), &["c", "a", "b"]).to_string();
