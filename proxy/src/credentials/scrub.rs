@@ -561,25 +561,37 @@ struct Scan {
 ///
 /// SECURITY: a byte of the secret may be spelled several ways at one place, and taking the
 /// first that fits loses the others: `%` is both itself and the start of `%25`, `\` both itself
-/// and the start of `\\` or `\u005c`. So every spelling is followed: the positions the
-/// pattern's first bytes can end at are kept as a set (at most a few: each spelling of a byte
-/// takes 1 to 6 input bytes, and most fail at once), and the pattern matches if any survives.
+/// and the start of `\\` or `\u005c`. So every spelling is followed. One way through is the rule
+/// (this runs at every place a pattern's first byte is seen, on every scrubbed response): only
+/// where both spellings of a byte fit does the match go on from a set of ends
+/// ([`match_from`]), and only then is anything allocated.
 fn match_at(input: &[u8], at: usize, p: &Pattern) -> Option<usize> {
-    let (&first, rest) = p.bytes.split_first()?;
-    // Most places fail at the first byte: nothing is allocated for them.
-    let mut ends: Vec<usize> = spellings_at(input, at, first, p.ignore_case)
-        .into_iter()
-        .flatten()
-        .map(|n| at + n)
-        .collect();
-    let mut next: Vec<usize> = Vec::with_capacity(4);
+    let mut i = at;
+    for (k, &want) in p.bytes.iter().enumerate() {
+        match spellings_at(input, i, want, p.ignore_case) {
+            [None, None] => return None,
+            [Some(n), None] | [None, Some(n)] => i += n,
+            [Some(a), Some(b)] => {
+                let rest = p.bytes.get(k + 1..).unwrap_or_default();
+                return match_from(input, vec![i + a, i + b], rest, p.ignore_case);
+            }
+        }
+    }
+    (!p.bytes.is_empty()).then_some(i)
+}
+
+/// Where a match whose next bytes are `rest` ends, going on from every place in `ends` (the
+/// longest, when several do): the positions the pattern's bytes so far can end at are kept as a
+/// set (at most a few: each spelling of a byte takes 1 to 6 input bytes, and most fail at once).
+fn match_from(input: &[u8], mut ends: Vec<usize>, rest: &[u8], ignore_case: bool) -> Option<usize> {
+    let mut next: Vec<usize> = Vec::with_capacity(ends.len());
     for &want in rest {
         if ends.is_empty() {
             return None;
         }
         next.clear();
         for &i in &ends {
-            for n in spellings_at(input, i, want, p.ignore_case)
+            for n in spellings_at(input, i, want, ignore_case)
                 .into_iter()
                 .flatten()
             {
