@@ -791,8 +791,16 @@ mod tests {
             {"uri": "file:///srv/data/x\\..\\..\\etc/passwd"},
             {"uri": "file:///e\ttc/passwd"},
             {"uri": " file:///etc/passwd"},
-        ]}})
-        .to_string();
+        ]}});
+        let (kept, asked, hidden) = filter_resources(&body);
+        assert_eq!(kept, json!([{"uri": "file:///srv/ok"}]));
+        assert_eq!(asked, ["file:///srv/ok"]);
+        assert_eq!(hidden, 3);
+    }
+
+    /// A `resources/list` answer to request 1 through a filter that allows every resource it
+    /// asks about: what is kept, what it asked about, how many it hid.
+    fn filter_resources(body: &Value) -> (Value, Vec<String>, u64) {
         let mut f = ListFilter::new(
             Framing::Json,
             vec![(json!(1), ListKind::Resources)],
@@ -803,14 +811,12 @@ mod tests {
             asked.push(name.to_string());
             true
         };
-        let out = f.feed(body.as_bytes(), true, &mut allowed).unwrap();
+        let out = f
+            .feed(body.to_string().as_bytes(), true, &mut allowed)
+            .unwrap();
         let kept: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(
-            kept["result"]["resources"],
-            json!([{"uri": "file:///srv/ok"}])
-        );
-        assert_eq!(asked, ["file:///srv/ok"]);
-        assert_eq!(f.hidden.resources, 3);
+        let hidden = f.hidden.resources;
+        (kept["result"]["resources"].clone(), asked, hidden)
     }
 
     /// A listed resource is decided as a client's URL parser reads its URI, and listed as the
@@ -819,23 +825,11 @@ mod tests {
     fn listed_resources_are_decided_as_url_parsers_read_them() {
         let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"resources": [
             {"uri": "https://INTERNAL.example:443/secret"},
-        ]}})
-        .to_string();
-        let mut f = ListFilter::new(
-            Framing::Json,
-            vec![(json!(1), ListKind::Resources)],
-            1 << 20,
-        );
-        let mut asked = Vec::new();
-        let mut allowed = |_: ItemKind, name: &str| {
-            asked.push(name.to_string());
-            true
-        };
-        let out = f.feed(body.as_bytes(), true, &mut allowed).unwrap();
-        let kept: Value = serde_json::from_slice(&out).unwrap();
+        ]}});
+        let (kept, asked, _) = filter_resources(&body);
         assert_eq!(asked, ["https://internal.example/secret"]);
         assert_eq!(
-            kept["result"]["resources"],
+            kept,
             json!([{"uri": "https://INTERNAL.example:443/secret"}])
         );
     }

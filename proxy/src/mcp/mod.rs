@@ -84,6 +84,10 @@ pub enum McpRefusal {
 /// more than any client batches.
 pub const MAX_ITEMS_PER_MESSAGE: usize = 256;
 
+/// Why a request to an MCP server that asks for a protocol upgrade is refused (and a WebSocket
+/// whose destination became an MCP server ends, see `pipeline::lapse`).
+pub const NEVER_UPGRADED: &str = "an MCP server is reached with HTTP requests (a JSON-RPC POST, a GET event stream), never a protocol upgrade such as WebSocket, whose messages the proxy could not check";
+
 /// Reads the body sent to MCP server `server` and decides every tool, resource and prompt it
 /// uses: tools first, then resources, then prompts, each in body order and each asked once.
 ///
@@ -101,9 +105,7 @@ pub fn admit(
     // SECURITY: a protocol switch would leave a connection whose bytes no JSON-RPC check reads:
     // a WebSocket transport to the server would run any tool, unfiltered and unaudited.
     if upgrade {
-        return Err(McpRefusal::Malformed(
-            "an MCP server is reached with HTTP requests (a JSON-RPC POST, a GET event stream), never a protocol upgrade such as WebSocket, whose messages the proxy could not check".into(),
-        ));
+        return Err(McpRefusal::Malformed(NEVER_UPGRADED.into()));
     }
     let request = match body {
         Some(b) => jsonrpc::parse_request(b).map_err(|m| McpRefusal::Malformed(m.0))?,

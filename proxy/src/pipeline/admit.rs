@@ -660,16 +660,13 @@ async fn admit_http(
         choices: grant.choices,
         body_bytes: trail.bytes_in,
         mcp_tool_calls: trail.mcp.as_ref().map(|m| m.tools_called.len() as u64),
-        work: match registry::work(
+        work: call_work(
             &destination,
             &header.method,
             upgrade,
-            grant.call_api.is_some(),
-        ) {
-            // A call run in the background answers at once; what it spends shows only later.
-            Work::Call if background => Work::Unmetered("a background response"),
-            work => work,
-        },
+            grant.call_api,
+            background,
+        ),
     };
     let mut plan =
         crate::limits::plan::plan(&snapshot.tenants, &tenant, &destination, call, fx.now())?;
@@ -793,16 +790,9 @@ async fn admit_http(
                 // Its host may be an LLM provider's now: what it is is asked again too.
                 let mut there = destination.clone();
                 declared_provider(&mut there, now);
+                let call_api = registry::for_destination(&there);
                 let call = CallFacts {
-                    work: match registry::work(
-                        &there,
-                        &method,
-                        upgrade,
-                        registry::for_destination(&there).is_some(),
-                    ) {
-                        Work::Call if background => Work::Unmetered("a background response"),
-                        work => work,
-                    },
+                    work: call_work(&there, &method, upgrade, call_api, background),
                     ..call
                 };
                 plan = crate::limits::plan::plan(&now.tenants, &tenant, &there, call, fx.now())?;
@@ -1385,6 +1375,22 @@ async fn admit_connect(
             minter,
         }),
     })
+}
+
+/// What a request is for metering ([`registry::work`]; `call_api`: its path's provider, looked
+/// up already), a call run in the background being work whose spend shows only later.
+fn call_work(
+    destination: &Destination,
+    method: &http::Method,
+    upgrade: bool,
+    call_api: Option<&'static dyn Provider>,
+    background: bool,
+) -> Work {
+    match registry::work(destination, method, upgrade, call_api.is_some()) {
+        // A call run in the background answers at once; what it spends shows only later.
+        Work::Call if background => Work::Unmetered("a background response"),
+        work => work,
+    }
 }
 
 /// A host the tenant file declares an LLM provider's (`[[llm_provider]]`) is priced and named

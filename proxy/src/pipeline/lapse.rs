@@ -326,17 +326,11 @@ pub fn upgrade_again(
         }
         still_reachable(shared, snapshot, &tenant, &destination.host, addr)?;
         let hosts = &shared.config.egress.hosts;
-        if let Some(server) = snapshot
-            .tenants
-            .mcp
-            .server_for(&destination, Some(addr), hosts)
-        {
+        let mcp = &snapshot.tenants.mcp;
+        if mcp.server_for(&destination, Some(addr), hosts).is_some() {
             return Err(Lapse {
                 ended: Ended::PolicyWithdrawn,
-                deny: Deny::McpMalformed(format!(
-                    "`{}` is an MCP server now, which is reached with HTTP requests, never a protocol upgrade such as WebSocket",
-                    server.name
-                )),
+                deny: Deny::McpMalformed(crate::mcp::NEVER_UPGRADED.into()),
             });
         }
         // Its host may be an LLM provider's now (`[[llm_provider]]`).
