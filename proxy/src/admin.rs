@@ -294,6 +294,11 @@ impl ServeHttp for AdminApp {
         // The probes answer anyone (the kubelet sends no token); everything else, unknown paths
         // included, is authenticated before anything of the request is looked at.
         if !probe {
+            // Before the token: a page must not learn whether one is configured, and without
+            // one this is the only check (see `front::browser_marker`).
+            if let Some(marker) = crate::front::browser_marker(&req.headers) {
+                return json_error(&Deny::BrowserRequest(marker));
+            }
             let snap = self.snapshot.load();
             if let Err(deny) = authenticate(snap.admin_token.as_ref(), &req.headers) {
                 return json_error(&deny);

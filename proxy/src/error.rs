@@ -116,6 +116,9 @@ pub enum Deny {
     /// An admin endpoint (other than the probes) called without the configured admin token
     /// (why, never the token).
     AdminUnauthorized(String),
+    /// A web page's request to the proxy as a server (a route, or the admin port): the header
+    /// a browser marked it with (`Origin`, `Sec-Fetch-Site`).
+    BrowserRequest(&'static str),
     /// A body toward an LLM destination that the proxy cannot classify (its media type, or its
     /// `Content-Encoding`), so it is not forwarded unchecked.
     UnsupportedBody(String),
@@ -708,6 +711,14 @@ impl Deny {
                 "the proxy shut down before the request completed; retry shortly".into(),
             ),
             Deny::AdminNotFound(why) => (404, why.clone()),
+            Deny::BrowserRequest(marker) => (
+                403,
+                format!(
+                    "`{marker}` marks a request a web page made: a page a browser opens may not \
+                     act as this port's caller (on a listener, its workload); call from the \
+                     agent's own process"
+                ),
+            ),
             Deny::MethodNotAllowed(why) => (405, why.clone()),
             Deny::AdminUnauthorized(why) => (
                 401,
@@ -850,6 +861,7 @@ impl Deny {
             Deny::AdminNotFound(_) => ReasonCode::NotFound,
             Deny::MethodNotAllowed(_) => ReasonCode::MethodNotAllowed,
             Deny::AdminUnauthorized(_) => ReasonCode::AdminUnauthorized,
+            Deny::BrowserRequest(_) => ReasonCode::BrowserRequest,
             Deny::UnsupportedBody(_) => ReasonCode::UnsupportedMediaType,
             Deny::ResourceDenied(..) => ReasonCode::ResourceDenied,
             Deny::PromptDenied(..) => ReasonCode::PromptDenied,
@@ -994,6 +1006,7 @@ mod tests {
                 401,
                 "admin_unauthorized",
             ),
+            (Deny::BrowserRequest("origin"), 403, "browser_request"),
             (
                 Deny::UnsupportedBody("x".into()),
                 415,

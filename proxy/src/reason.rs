@@ -172,6 +172,8 @@ reason_codes! {
     HoldOrphaned => "hold_orphaned",
     /// See `Deny::AdminUnauthorized`.
     AdminUnauthorized => "admin_unauthorized",
+    /// See `Deny::BrowserRequest`.
+    BrowserRequest => "browser_request",
 }
 
 impl fmt::Display for ReasonCode {

@@ -309,3 +309,98 @@ fn run_ids_outside_the_claim_rule_are_refused_and_reach_neither_redis_nor_the_au
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not a valid run id"), "{out}");
 }
+
+#[test]
+fn a_web_pages_requests_to_a_route_or_the_admin_port_are_refused_and_audited() {
+    // A listener bound to one workload and an admin port without a token act for whoever
+    // reaches them, and a page the host's browser opens reaches them (a form post, or a
+    // rebound name). What a browser marks as a page's request is refused; an agent's request,
+    // or a browser proxying through the listener, is not.
+    let mock = start_mock();
+    let mut spec = ProxySpec::default();
+    spec.llm_route(mock);
+    let proxy = Proxy::start(spec);
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    for (marker, header) in [
+        ("origin", "Origin: https://evil.example\r\n"),
+        ("origin", "Origin: null\r\n"),
+        (
+            "sec-fetch-site",
+            "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n",
+        ),
+        ("sec-fetch-site", "Sec-Fetch-Site: same-site\r\n"),
+        // After a rebinding the page is same-origin with the port; a GET sends no `Origin`.
+        (
+            "sec-fetch-site",
+            "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: cors\r\n",
+        ),
+        (
+            "origin",
+            "Sec-Fetch-Site: none\r\nOrigin: http://127.0.0.1:3000\r\n",
+        ),
+    ] {
+        let r = llm_chat(proxy.sidecar_port, body, header);
+        let refusal = r.assert_refused(403, "browser_request");
+        let message = refusal["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("`{marker}`")),
+            "{header}: {message}"
+        );
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(rec["reason"], "browser_request", "{rec}");
+        assert_eq!(rec["decision"], "deny", "{rec}");
+    }
+    // Typed into the address bar (`none`), or no marker at all: served.
+    for header in ["Sec-Fetch-Site: none\r\nSec-Fetch-Mode: navigate\r\n", ""] {
+        let r = llm_chat(proxy.sidecar_port, body, header);
+        assert_eq!(r.status, 200, "{header}: {}", r.body_text());
+    }
+    // A browser that uses the listener as its proxy names the target: its pages' requests are
+    // the agent's, decided as any other.
+    let r = forward_get(
+        proxy.sidecar_port,
+        &format!("http://127.0.0.1:{mock}/v1/models"),
+        None,
+        "Origin: https://app.example\r\nSec-Fetch-Site: cross-site\r\n",
+    );
+    assert_ne!(r.code(), "browser_request", "{}", r.body_text());
+
+    // The admin port: a page's post would close a run (CSRF), its reads after a rebinding
+    // would read every tenant's spend. The probes answer anyone, as before.
+    for header in [
+        "Origin: https://evil.example\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: same-origin\r\n",
+    ] {
+        for (method, path) in [
+            ("POST", "/runs/close?tenant=acme&run=run-1"),
+            ("GET", "/usage?tenant=acme"),
+            ("GET", "/metrics"),
+        ] {
+            admin(&proxy, method, path, header).assert_refused(403, "browser_request");
+        }
+        assert_eq!(admin(&proxy, "GET", "/readyz", header).status, 200);
+    }
+    // The run was not closed: closing it now is the first close.
+    let closed = admin(&proxy, "POST", "/runs/close?tenant=acme&run=run-1", "");
+    assert_eq!(
+        closed.json()["closed"],
+        "before_start",
+        "{}",
+        closed.body_text()
+    );
+    assert_eq!(
+        admin(&proxy, "GET", "/metrics", "Sec-Fetch-Site: none\r\n").status,
+        200
+    );
+    // With a token the page is refused before the token is looked at (a page must not learn
+    // whether one is configured).
+    let guarded = guarded(ProxySpec::default());
+    admin(
+        &guarded,
+        "GET",
+        "/metrics",
+        &format!("Origin: https://evil.example\r\n{}", bearer(TOKEN)),
+    )
+    .assert_refused(403, "browser_request");
+}

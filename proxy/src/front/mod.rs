@@ -104,6 +104,24 @@ pub fn misleading_header<'a>(names: impl Iterator<Item = &'a str>) -> Option<Str
     None
 }
 
+/// The header a browser marks a web page's request with, when it has one: `Origin` (sent with
+/// every cross-origin request and every POST) or a `Sec-Fetch-Site` other than `none` (`none`
+/// is a person typing the address; every current browser sends it with every request).
+///
+/// SECURITY: a port that acts for whoever reaches it (a listener bound to one workload, an
+/// admin port without a token) is reachable from any page its host's browser opens: a form or
+/// `fetch` posts to `127.0.0.1` without a preflight (CSRF), and a name that resolves to
+/// `127.0.0.1` after the page loaded makes the page same-origin with the port (DNS
+/// rebinding), so it reads the answers too. No agent library sends these headers.
+pub fn browser_marker(headers: &http::HeaderMap) -> Option<&'static str> {
+    if headers.contains_key(http::header::ORIGIN) {
+        return Some("origin");
+    }
+    let user_typed = |v: &http::HeaderValue| v.as_bytes().eq_ignore_ascii_case(b"none");
+    let site = headers.get_all("sec-fetch-site");
+    (site.iter().next().is_some() && !site.iter().all(user_typed)).then_some("sec-fetch-site")
+}
+
 /// The parameter web frameworks read as the request's real method (Rails, Laravel, Symfony,
 /// Express's method-override: `POST /items/1?_method=DELETE`, or in a form body).
 pub const METHOD_PARAMETER: &str = "_method";
@@ -181,6 +199,40 @@ pub fn nominated_protected<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_browsers_marks_of_a_pages_request_are_found() {
+        let headers = |lines: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (name, value) in lines {
+                h.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            h
+        };
+        for (lines, marker) in [
+            (&[("origin", "null")][..], Some("origin")),
+            (&[("origin", "https://evil.example")], Some("origin")),
+            (&[("sec-fetch-site", "cross-site")], Some("sec-fetch-site")),
+            (&[("sec-fetch-site", "same-origin")], Some("sec-fetch-site")),
+            (&[("sec-fetch-site", "None")], None),
+            (
+                &[("sec-fetch-site", "none"), ("sec-fetch-site", "cross-site")],
+                Some("sec-fetch-site"),
+            ),
+            (&[("sec-fetch-site", "")], Some("sec-fetch-site")),
+            (
+                &[("sec-fetch-mode", "navigate"), ("sec-fetch-site", "none")],
+                None,
+            ),
+            (&[("referer", "https://evil.example/")], None),
+            (&[], None),
+        ] {
+            assert_eq!(browser_marker(&headers(lines)), marker, "{lines:?}");
+        }
+    }
 
     #[test]
     fn a_method_override_in_the_query_is_found_however_it_is_spelt() {

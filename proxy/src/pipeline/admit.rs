@@ -1225,7 +1225,18 @@ fn http_destination(
             crate::target::tunneled_as(t.scheme, req.raw_path(), host, &t.host, t.port)?
         }
         (None, Some(original)) => crate::target::captured(req.raw_path(), host, original)?,
-        (None, None) => crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?,
+        (None, None) => {
+            // A path alone names the proxy itself as the server (a route): a browser's page
+            // can send that to a listener on its host, which then acts as the listener's
+            // workload. A browser proxying through us sends absolute targets, never refused
+            // here. See `front::browser_marker`.
+            if req.raw_path().starts_with(b"/") {
+                if let Some(marker) = crate::front::browser_marker(&req.headers) {
+                    return Err(Deny::BrowserRequest(marker));
+                }
+            }
+            crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?
+        }
     })
 }
 
