@@ -711,7 +711,46 @@ fn a_redis_out_of_memory_refuses_an_admission_whole() {
     r.assert_refused(503, "limiter_unavailable");
     assert_eq!(counters(), before);
     assert_eq!(origin.matching("/acme/oom").len(), 1);
+    // Redis still answers `TIME`, but refuses every admission: the replica is not ready, so a
+    // load balancer moves its traffic to one that can serve it, and is ready again once Redis
+    // takes writes.
+    let body = wait_readiness(&proxy, 503);
+    assert_eq!(body["limiter_connected"], false, "{body}");
     redis.command("CONFIG SET maxmemory 0");
+    wait_readiness(&proxy, 200);
+    assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+}
+
+/// A Redis that answers but refuses writes is no limiter: a demoted master (now a read-only
+/// replica) and an ACL user that lost its right to run scripts make the replica unready, as a
+/// Redis that is down does, and ready again once they are undone.
+#[test]
+fn a_redis_that_answers_but_refuses_admissions_is_not_ready() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let proxy = proxy_with_redis(&redis);
+    wait_readiness(&proxy, 200);
+    let url = format!("http://127.0.0.1:{}/acme/refused", origin.port);
+    let nowhere = HeldPort::closed().unwrap();
+    for (break_it, mend) in [
+        (
+            format!("REPLICAOF 127.0.0.1 {}", nowhere.port),
+            "REPLICAOF NO ONE".to_string(),
+        ),
+        (
+            "ACL SETUSER default -@scripting".into(),
+            "ACL SETUSER default +@all".into(),
+        ),
+    ] {
+        redis.command(&break_it);
+        let body = wait_readiness(&proxy, 503);
+        assert_eq!(body["limiter_connected"], false, "{break_it}: {body}");
+        let r = forward_get(proxy.sidecar_port, &url, None, "");
+        r.assert_refused(503, "limiter_unavailable");
+        redis.command(&mend);
+        wait_readiness(&proxy, 200);
+    }
+    assert!(origin.matching("/acme/refused").is_empty());
     assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
 }
 

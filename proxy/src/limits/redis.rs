@@ -250,8 +250,23 @@ if redis.call('PTTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) e
 return 1
 "#;
 
+/// The readiness probe: Redis's clock, from a script that writes as admissions do. A Redis that
+/// answers `TIME` may still refuse every admission: out of memory, a demoted master (a read-only
+/// replica), an ACL user that may not run scripts or write the limiter's keys; such a replica
+/// must not look ready. The key is written and deleted in one atomic step (no one ever sees
+/// it); no tenant's keys have its name.
+const PROBE: &str = r#"
+redis.call('SET', KEYS[1], '1')
+redis.call('DEL', KEYS[1])
+return redis.call('TIME')
+"#;
+
+/// The key [`PROBE`] writes, under a hash tag of its own.
+const PROBE_KEY: &str = "tp:{limiter}:probe";
+
 /// Every script the backend runs.
-const SCRIPTS: [&str; 7] = [
+const SCRIPTS: [&str; 8] = [
+    PROBE,
     ADMIT,
     SETTLE,
     RENEW,
@@ -365,11 +380,11 @@ fn time_us(answer: &[String]) -> Option<i64> {
     }
 }
 
-/// How often the backend's own thread asks Redis `TIME`, so that an idle replica notices an
+/// How often the backend's own thread runs [`PROBE`], so that an idle replica notices an
 /// outage (and its end) without a request paying for it, and knows Redis's clock.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Whether Redis answers: `/readyz`'s `limiter_connected`. Every call and the `TIME` probe
+/// Whether Redis answers: `/readyz`'s `limiter_connected`. Every call and the [`PROBE`]
 /// (every [`PROBE_INTERVAL`], from the backend's own thread; a cluster routes it to one master)
 /// report their outcome. Redis answers while the latest outcome is an answer, or while some
 /// call got one within [`RECENT_ANSWER`]: a cluster with one master hung still answers for the
@@ -609,13 +624,16 @@ impl RedisBackend {
                                 }
                                 load_scripts(&m, read_timeout).await;
                                 let mut probe = m.clone();
-                                let time = redis::cmd("TIME");
+                                let probe_script = redis::Script::new(PROBE);
+                                let Ok(time) = ScriptCall::new(&probe_script, &[PROBE_KEY]) else {
+                                    unreachable!("one key has one slot");
+                                };
                                 // Redis's clock is known before the first admission: until
                                 // then an admission carries no deadline.
                                 let sent = unix_us();
                                 if let Some(Ok(answer)) = answer_within(
                                     read_timeout,
-                                    time.query_async::<Vec<String>>(&mut probe),
+                                    time.run::<Vec<String>>(&mut probe),
                                 )
                                 .await
                                 {
@@ -630,7 +648,7 @@ impl RedisBackend {
                                 loop {
                                     tokio::time::sleep(PROBE_INTERVAL).await;
                                     let sent = unix_us();
-                                    let answer = time.query_async::<Vec<String>>(&mut probe);
+                                    let answer = time.run::<Vec<String>>(&mut probe);
                                     let answer = answer_within(probe_timeout, answer).await;
                                     let answered = matches!(answer, Some(Ok(_)));
                                     if let Some(redis_us) =
