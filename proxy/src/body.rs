@@ -91,6 +91,8 @@ pub struct BodyHold {
     /// Given back to the tenant's share when dropped.
     _tenant: ShareHold,
     bytes: u64,
+    /// What the body took beyond `bytes` once read (see [`BodyHold::grow_to`]).
+    grown: Vec<BodyHold>,
 }
 
 impl BodyBudget {
@@ -129,6 +131,7 @@ impl BodyBudget {
             budget: self.clone(),
             _tenant: share,
             bytes,
+            grown: Vec::new(),
         })
     }
 
@@ -142,6 +145,38 @@ impl BodyBudget {
     pub fn held_by(&self, tenant: &TenantId) -> u64 {
         self.tenants.held(tenant)
     }
+}
+
+impl BodyHold {
+    /// Holds `bytes` in all from now on for a body that became larger than what was held for it
+    /// while it was read: a `Content-Encoding` decoded (the decoded body is what the request
+    /// keeps and forwards). Refused as [`BodyBudget::try_hold`] refuses (the hold stays as it
+    /// was).
+    ///
+    /// SECURITY: without it a compressed body counted its bytes on the wire: `gzip, gzip` makes
+    /// a 228-byte body of 8 MiB, so one tenant's requests held tens of thousands of times its
+    /// share, and the process's memory with it.
+    pub fn grow_to(&mut self, tenant: &TenantId, bytes: u64) -> Result<(), BodyError> {
+        let held = self.bytes + self.grown.iter().map(|g| g.bytes).sum::<u64>();
+        if bytes <= held {
+            return Ok(());
+        }
+        let more = self
+            .budget
+            .try_hold(tenant, bytes - held)
+            .inspect_err(count_overload)?;
+        self.grown.push(more);
+        Ok(())
+    }
+}
+
+/// Counts a body refused for memory (`tenant_proxy_overload_refusals_total`).
+fn count_overload(refusal: &BodyError) {
+    let reason = match refusal {
+        BodyError::TenantOverloaded(_) => "tenant_body_memory",
+        _ => "body_memory",
+    };
+    METRICS.overload_refusals.with_label_values(&[reason]).inc();
 }
 
 impl Drop for BodyHold {
@@ -195,13 +230,9 @@ pub async fn read_full(
     }
     // A chunked body is held to the retry buffer's size (larger ones are refused below).
     let reserve = declared.unwrap_or(RETRY_BUFFER_LIMIT.min(cap));
-    let hold = budget.try_hold(tenant, reserve as u64).inspect_err(|e| {
-        let reason = match e {
-            BodyError::TenantOverloaded(_) => "tenant_body_memory",
-            _ => "body_memory",
-        };
-        METRICS.overload_refusals.with_label_values(&[reason]).inc();
-    })?;
+    let hold = budget
+        .try_hold(tenant, reserve as u64)
+        .inspect_err(count_overload)?;
     // A client that waits to hear `100 Continue` before it sends the body (RFC 9110 §10.1.1;
     // curl does for large ones) is told to go on now: the body is read whole before anything is
     // decided or sent upstream, so waiting for the upstream's own `100` would never end. A
@@ -948,6 +979,40 @@ mod tests {
             assert!(e.contains("comma"), "{e}");
         }
         assert!(llm_request(br#"{"model":"gpt-4o-mini"}"#).is_ok());
+    }
+
+    #[test]
+    fn a_hold_grows_to_its_decoded_body_within_the_same_bounds() {
+        let budget = BodyBudget::new(100, 40);
+        let acme = TenantId::new("acme").unwrap();
+        let mut hold = budget.try_hold(&acme, 5).unwrap();
+        hold.grow_to(&acme, 30).unwrap();
+        assert_eq!((budget.held(), budget.held_by(&acme)), (30, 30));
+        // Smaller than held: nothing changes.
+        hold.grow_to(&acme, 20).unwrap();
+        assert_eq!(budget.held(), 30);
+        // Past the tenant's share: refused, and the hold stays as it was.
+        assert_eq!(
+            hold.grow_to(&acme, 41).unwrap_err(),
+            BodyError::TenantOverloaded(40)
+        );
+        assert_eq!((budget.held(), budget.held_by(&acme)), (30, 30));
+        hold.grow_to(&acme, 40).unwrap();
+        assert_eq!((budget.held(), budget.held_by(&acme)), (40, 40));
+        // Past the process's bound.
+        let globex = TenantId::new("globex").unwrap();
+        let mut other = budget.try_hold(&globex, 20).unwrap();
+        let _third = budget
+            .try_hold(&TenantId::new("initech").unwrap(), 40)
+            .unwrap();
+        assert_eq!(
+            other.grow_to(&globex, 21).unwrap_err(),
+            BodyError::Overloaded
+        );
+        drop(hold);
+        assert_eq!((budget.held(), budget.held_by(&acme)), (60, 0));
+        drop(other);
+        assert_eq!(budget.held(), 40);
     }
 
     #[test]

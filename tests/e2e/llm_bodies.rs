@@ -24,12 +24,18 @@ struct Env {
 }
 
 fn start() -> Env {
+    start_with(|_| {})
+}
+
+/// [`start`], with the changes `configure` makes to the proxy's configuration.
+fn start_with(configure: impl FnOnce(&mut ProxySpec)) -> Env {
     let origin = Origin::start();
     let mut spec = ProxySpec::default().with_prices();
     spec.llm_route(origin.port).provider = Some("openai".into());
     // A cost ceiling, so an LLM call reserves before it is forwarded.
     spec.tenant("globex").limits().cost_per_day_micros = Some(1_000_000_000);
     spec.config.limits.max_body_bytes = Some(1_048_576);
+    configure(&mut spec);
     let proxy = Proxy::start_prepared(spec, |dir| {
         std::fs::write(
                 dir.join("policies/global/llm-paths.cedar"),
@@ -385,4 +391,66 @@ fn other_destinations_get_their_bodies_unchanged() {
     assert_eq!(got.headers["content-encoding"], "gzip");
     let record = env.proxy.audit_record("globex", &r.request_id());
     assert_eq!(record["model"], Value::Null);
+}
+
+/// A decoded body is held against the body memory at its decoded size: `gzip, gzip` makes a
+/// few hundred bytes of a body near the cap, which counted its bytes on the wire, so one
+/// tenant's requests held thousands of times its share. Past the share a body is refused
+/// (`body_memory_limit`, audited, nothing forwarded); within it, served as before.
+#[test]
+fn a_decoded_body_is_held_at_its_decoded_size() {
+    let env = start_with(|spec| {
+        spec.config.limits.max_buffered_body_bytes_per_tenant = Some(1_048_576);
+    });
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","max_tokens":5,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "a".repeat(700_000)
+    );
+    let twice = gzip(&gzip(body.as_bytes()));
+    assert!(twice.len() < 4_000, "{}", twice.len());
+    let post_to = |path: &str| {
+        let mut raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nProxy-Authorization: Bearer {}\r\nContent-Encoding: gzip, gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            env.origin.port,
+            env.globex,
+            twice.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&twice);
+        raw_request_bytes(env.proxy.shared_port, &raw).unwrap()
+    };
+    std::thread::scope(|s| {
+        // The origin holds this one for 3 s, and with it 700 kB of globex's 1 MiB share.
+        let first = s.spawn(|| post_to("/llm/slow/chat/completions"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while env.origin.count() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first call never arrived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let r = post_to("/llm/chat/completions");
+        let refusal = r.assert_refused(429, "body_memory_limit");
+        assert!(
+            refusal["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("1048576 bytes"),
+            "{refusal}"
+        );
+        let record = env.proxy.audit_record("globex", &r.request_id());
+        assert_eq!(record["reason"], "body_memory_limit", "{record}");
+        assert_eq!(env.origin.count(), 1, "nothing refused was forwarded");
+        let first = first.join().unwrap();
+        assert_eq!(first.status, 200, "{}", first.body_text());
+    });
+    assert!(env
+        .proxy
+        .metrics()
+        .contains("tenant_proxy_overload_refusals_total{reason=\"tenant_body_memory\"} 1"));
+    // Once the first call gave its share back, the same body is decoded, decided and forwarded.
+    let r = post_to("/llm/chat/completions");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(env.origin.requests()[1].body, body.as_bytes());
 }

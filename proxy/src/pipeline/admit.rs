@@ -561,6 +561,10 @@ async fn admit_http(
     if let Some(body) = body {
         let to = body_destination(&snapshot, &destination, hosts);
         let read = body::classify(body, &header.headers, to, config.limits.max_body_bytes)?;
+        // The decoded body is what the request keeps: held against the body memory as such.
+        if let Some(hold) = grant.body_hold.as_mut() {
+            hold.grow_to(&tenant.tenant, read.body.len() as u64)?;
+        }
         trail.model = read.llm.model;
         trail.other_models = read.llm.other_models;
         // SECURITY: only a ceiling field the call's own API reads caps its output (see
