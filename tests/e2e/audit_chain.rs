@@ -599,6 +599,51 @@ fn redis_stream_gets_each_tenants_records_and_a_required_stream_fails_closed() {
     assert!(stream_records(&redis, "tp:{globex}:audit").is_empty());
 }
 
+/// At shutdown the stream's unsent lines are sent once more past the backoff, and what still
+/// cannot be sent goes to the process log, line by line: where the stream is the durable copy
+/// (a pod's files on an `emptyDir`), a single send inside the backoff lost them without a word.
+#[test]
+fn a_required_streams_unsent_records_are_sent_or_logged_at_shutdown() {
+    let origin = Origin::start();
+    for redis_back_before_exit in [true, false] {
+        let mut redis = RedisServer::start();
+        let mut spec = ProxySpec::default();
+        spec.config.audit.redis_url = Some(redis.url().into());
+        spec.config.audit.redis_required = Some(true);
+        let mut proxy = Proxy::start(spec);
+        traffic(&proxy, &origin, 1, 0);
+        wait_until("the stream", || {
+            stream_records(&redis, "tp:{acme}:audit").len() == 1
+        });
+        redis.stop();
+        // Requests until the sink has failed: their records are in the files, not the stream.
+        let target = url(&origin, "/acme/while-down");
+        wait_until("audit_unavailable refusals", || {
+            forward_get(proxy.sidecar_port, &target, None, "").code() == "audit_unavailable"
+        });
+        if redis_back_before_exit {
+            redis.restart();
+        }
+        proxy.sigterm();
+        assert!(proxy.wait_exit(Duration::from_secs(20)).is_some());
+        let files = file_lines(&proxy, "acme");
+        assert!(files.len() >= 2, "{files:?}");
+        if redis_back_before_exit {
+            // (The restarted Redis is empty: it holds what was unsent.)
+            assert_eq!(stream_records(&redis, "tp:{acme}:audit"), files[1..]);
+            assert!(!proxy.log().contains("unsent audit stream record"));
+        } else {
+            let marker = "unsent audit stream record tenant=acme line=";
+            let unsent: Vec<String> = proxy
+                .log()
+                .lines()
+                .filter_map(|l| l.split_once(marker).map(|(_, line)| line.to_string()))
+                .collect();
+            assert_eq!(unsent, files[1..], "{}", proxy.log());
+        }
+    }
+}
+
 /// A required stream's connection dies with the server it was made to while no record is
 /// being sent. Once Redis is back, that dead connection must not cost a request: the first
 /// send after the restart finds it dead and goes out on a new one at once.

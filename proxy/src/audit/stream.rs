@@ -71,6 +71,16 @@ impl StreamSink {
         !self.pending.is_empty()
     }
 
+    /// Ends any backoff: the next [`Self::flush`] tries at once (the writer's last sends).
+    pub(super) fn retry_now(&mut self) {
+        self.retry_at = None;
+    }
+
+    /// The lines still unsent, oldest first, leaving none.
+    pub(super) fn take_pending(&mut self) -> VecDeque<(String, Vec<u8>)> {
+        std::mem::take(&mut self.pending)
+    }
+
     /// Queues lines that are now durable in the files.
     pub(super) fn enqueue(&mut self, written: impl IntoIterator<Item = (String, Vec<u8>)>) {
         self.pending.extend(written);

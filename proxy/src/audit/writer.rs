@@ -348,7 +348,7 @@ impl Writer {
         }
         self.write_held_before_exit();
         self.checkpoint_all();
-        self.flush_stream();
+        self.flush_stream_before_exit();
         tracing::info!("audit writer stopped");
     }
 
@@ -578,6 +578,38 @@ impl Writer {
             };
             tracing::error!(%tenant, records = held.records.len(), "audit records could not be written before shutdown; each follows as an `unwritten audit record`, in order, to append to the partition's newest file");
             log_unwritten(&tenant, self.held_head(&tenant), held.records.iter());
+        }
+    }
+
+    /// The stream's last sends, as [`Self::write_held_before_exit`] makes the partitions': tried
+    /// again a few times past any backoff (Redis may just be back), then each line still unsent
+    /// goes to the process log as an `unsent audit stream record`. The files hold them, but
+    /// where the stream is the durable copy (a pod's files on an `emptyDir`) the files go with
+    /// the pod: one `flush` inside a backoff dropped them without a word.
+    fn flush_stream_before_exit(&mut self) {
+        for attempt in 0..RETRIES_WHEN_STOPPING {
+            if !self.stream.as_ref().is_some_and(StreamSink::has_pending) {
+                break;
+            }
+            if attempt > 0 {
+                std::thread::sleep(RETRY_DELAY);
+            }
+            if let Some(stream) = &mut self.stream {
+                stream.retry_now();
+            }
+            self.flush_stream();
+        }
+        let Some(stream) = &mut self.stream else {
+            return;
+        };
+        let unsent = stream.take_pending();
+        if unsent.is_empty() {
+            return;
+        }
+        tracing::error!(records = unsent.len(), "audit records could not be sent to the audit stream before shutdown (the partitions' files hold them); each follows as an `unsent audit stream record`, in order");
+        for (tenant, line) in unsent {
+            let line = String::from_utf8_lossy(&line);
+            tracing::error!(%tenant, %line, "unsent audit stream record");
         }
     }
 
