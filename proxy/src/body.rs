@@ -981,6 +981,61 @@ mod tests {
         assert!(llm_request(br#"{"model":"gpt-4o-mini"}"#).is_ok());
     }
 
+    /// A model list, a count and a flag are read without a tree of their value: 8 MiB of
+    /// `[1,1,…]` in `fallbacks` took 600 MB before the policy was asked.
+    #[test]
+    fn lists_and_flags_are_read_without_a_tree_of_them() {
+        // The first large body read raises the peak by about its size whatever it holds (the
+        // allocator's first growth): read one that holds no list before measuring.
+        let warm = format!(r#"{{"model":"a","prompt":"{}"}}"#, "a".repeat(8 << 20));
+        llm_request(warm.as_bytes()).unwrap();
+        drop(warm);
+        for (field, item) in [
+            ("fallbacks", "1"),
+            ("fallbacks", "{}"),
+            ("fallbacks", "[]"),
+            ("models", "null"),
+            ("n", "1"),
+            ("background", "[]"),
+        ] {
+            let mut body = String::with_capacity(9 << 20);
+            body.push_str(&format!(r#"{{"model":"gpt-4o-mini","{field}":["#));
+            body.push_str(item);
+            while body.len() < 8 << 20 {
+                body.push(',');
+                body.push_str(item);
+            }
+            body.push_str("]}");
+            let before = crate::peak_resident_bytes();
+            let read = llm_request(body.as_bytes()).unwrap();
+            let grown = crate::peak_resident_bytes() - before;
+            assert_eq!(read.model.as_deref(), Some("gpt-4o-mini"));
+            assert!(
+                read.other_models.is_empty(),
+                "{field}: {:?}",
+                read.other_models
+            );
+            assert!(
+                grown < body.len() as u64 / 2,
+                "{field} of {item}: reading a {}-byte body took {grown} bytes more at its peak",
+                body.len()
+            );
+        }
+        // What the lists name is still read, however nested, keys too, and at most 16 models.
+        let read = llm_request(
+            br#"{"model":"a","fallbacks":[1,"b",{"c":["d",null,{"e":2}]},["b"],true],"n":"3","background":"yes"}"#,
+        )
+        .unwrap();
+        assert_eq!(read.other_models, ["b", "c", "d", "e"]);
+        assert_eq!(read.fallback_models, ["b", "c", "d", "e"]);
+        assert_eq!(read.choices, Some(3));
+        assert!(read.background);
+        let many: Vec<String> = (0..17).map(|i| format!("m{i}")).collect();
+        let body = serde_json::json!({"model": "a", "models": many}).to_string();
+        let e = llm_request(body.as_bytes()).expect_err("refused");
+        assert!(e.contains("more than 16 models"), "{e}");
+    }
+
     #[test]
     fn a_hold_grows_to_its_decoded_body_within_the_same_bounds() {
         let budget = BodyBudget::new(100, 40);

@@ -118,3 +118,18 @@ pub(crate) fn fuzz_cases(default: u32) -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// This process's peak resident memory (`VmHWM`), for tests that bound what reading a body
+/// takes.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn peak_resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}

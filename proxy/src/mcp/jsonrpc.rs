@@ -1252,9 +1252,9 @@ mod tests {
             }
             body.push_str(close);
             body.push_str("}}}");
-            let before = peak_resident_bytes();
+            let before = crate::peak_resident_bytes();
             let request = parse_request(body.as_bytes()).unwrap();
-            let grown = peak_resident_bytes() - before;
+            let grown = crate::peak_resident_bytes() - before;
             assert_eq!(request.tool_calls, ["t"]);
             assert!(
                 grown < body.len() as u64 / bound,
@@ -1262,18 +1262,6 @@ mod tests {
                 body.len()
             );
         }
-    }
-
-    /// This process's peak resident memory (`VmHWM`).
-    fn peak_resident_bytes() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap();
-        kib * 1024
     }
 
     #[test]

@@ -390,25 +390,7 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                         self.found.others.push(v);
                     }
                 }
-                Some(Slot::ModelList) => {
-                    let v: serde_json::Value = map.next_value()?;
-                    let mut named = Vec::new();
-                    strings_in(&v, &mut named);
-                    for m in named {
-                        if !self.found.fallbacks.contains(&m) {
-                            self.found.fallbacks.push(m.clone());
-                        }
-                        if self.found.others.contains(&m) {
-                            continue;
-                        }
-                        if self.found.others.len() == MAX_MODELS {
-                            return Err(de::Error::custom(format!(
-                                "the body names more than {MAX_MODELS} models"
-                            )));
-                        }
-                        self.found.others.push(m);
-                    }
-                }
+                Some(Slot::ModelList) => map.next_value_seed(ModelList(self.found))?,
                 Some(Slot::Ceiling(rank)) => {
                     let v: Option<u64> = map.next_value()?;
                     if v.is_some() {
@@ -421,7 +403,7 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                     largest(&mut self.found.choices, v);
                 }
                 Some(Slot::Background) => {
-                    let v: serde_json::Value = map.next_value()?;
+                    let v: Scalar = map.next_value()?;
                     self.found.background |= truthy(&v);
                 }
                 None => map.next_value_seed(Nested {
@@ -434,33 +416,145 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
     }
 }
 
-/// Every string in `v` (object keys too), in order: the models a gateway's model list names.
-fn strings_in(v: &serde_json::Value, out: &mut Vec<String>) {
-    match v {
-        serde_json::Value::String(s) => out.push(s.clone()),
-        serde_json::Value::Array(items) => items.iter().for_each(|i| strings_in(i, out)),
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                out.push(k.clone());
-                strings_in(v, out);
-            }
+/// A gateway's model list (a list, a map, or lists of maps: every string in it, object keys
+/// too, is a model a gateway may use), each model added to the fallbacks and the other models
+/// as it is read. SECURITY: no tree of the value is built (8 MiB of `[1,1,…]` made one of
+/// 600 MB before the policy was asked), and past [`MAX_MODELS`] distinct models the body is
+/// refused as it is read.
+struct ModelList<'f>(&'f mut Found);
+
+impl<'de> DeserializeSeed<'de> for ModelList<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl ModelList<'_> {
+    fn name<E: de::Error>(&mut self, model: &str) -> Result<(), E> {
+        if !self.0.fallbacks.iter().any(|m| m == model) {
+            self.0.fallbacks.push(model.to_owned());
         }
-        _ => {}
+        if self.0.others.iter().any(|m| m == model) {
+            return Ok(());
+        }
+        if self.0.others.len() == MAX_MODELS {
+            return Err(E::custom(format!(
+                "the body names more than {MAX_MODELS} models"
+            )));
+        }
+        self.0.others.push(model.to_owned());
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for ModelList<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of models")
+    }
+
+    fn visit_str<E: de::Error>(mut self, v: &str) -> Result<(), E> {
+        self.name(v)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(ModelList(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            self.name(&key)?;
+            map.next_value_seed(ModelList(&mut *self.0))?;
+        }
+        Ok(())
+    }
+
+    // Anything else names no model.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// A flag's or a count's value as lenient readers take it: a boolean, a number or a string;
+/// anything else (a list, an object, `null`) is none of them, and is skipped without a tree
+/// of it being built.
+enum Scalar {
+    Bool(bool),
+    Number(f64),
+    Text(String),
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Scalar {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v as f64))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v as f64))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_owned()))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
     }
 }
 
 /// Whether a flag is set, read as leniently as any upstream would read it: lax validators
 /// (pydantic's, behind vLLM and many gateways) take `1`, `"true"`, `"yes"` and their like as
 /// true, so an agent cannot ask for background work in a spelling only the proxy reads as no.
-fn truthy(v: &serde_json::Value) -> bool {
+fn truthy(v: &Scalar) -> bool {
     match v {
-        serde_json::Value::Bool(b) => *b,
-        serde_json::Value::Number(n) => n.as_f64().is_some_and(|n| n != 0.0),
-        serde_json::Value::String(s) => matches!(
+        Scalar::Bool(b) => *b,
+        Scalar::Number(n) => *n != 0.0,
+        Scalar::Text(s) => matches!(
             s.trim().to_ascii_lowercase().as_str(),
             "true" | "1" | "yes" | "on" | "t" | "y"
         ),
-        _ => false,
+        Scalar::Other => false,
     }
 }
 
@@ -472,11 +566,10 @@ struct Count(Option<u64>);
 
 impl<'de> de::Deserialize<'de> for Count {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value: serde_json::Value = de::Deserialize::deserialize(d)?;
-        let number = match &value {
-            serde_json::Value::Number(n) => n.as_f64(),
-            serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
-            _ => None,
+        let number = match Scalar::deserialize(d)? {
+            Scalar::Number(n) => Some(n),
+            Scalar::Text(s) => s.trim().parse::<f64>().ok(),
+            Scalar::Bool(_) | Scalar::Other => None,
         };
         // `as` saturates: a count past u64 is u64::MAX, which the reservation saturates too.
         Ok(Count(
