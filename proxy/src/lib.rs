@@ -119,6 +119,30 @@ pub(crate) fn fuzz_cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// Whether this is the test `name` (its full path) running in a process of its own; when it is
+/// not, runs it so (this test binary again, with that test alone) and asserts it passed. For
+/// tests that measure the process (its peak memory), which other tests' work would disturb.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn in_own_process(name: &str) -> bool {
+    const CHILD: &str = "TENANT_PROXY_TEST_ALONE";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.contains("1 passed"),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
 /// This process's peak resident memory (`VmHWM`), for tests that bound what reading a body
 /// takes.
 #[cfg(test)]

@@ -1202,20 +1202,9 @@ mod tests {
     /// again alone), so no other test's allocations count.
     #[test]
     fn a_body_of_tiny_values_is_read_without_a_tree() {
-        const CHILD: &str = "TENANT_PROXY_JSONRPC_PEAK_CHILD";
-        const NAME: &str = "mcp::jsonrpc::tests::a_body_of_tiny_values_is_read_without_a_tree";
-        if std::env::var_os(CHILD).is_none() {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
-                .env(CHILD, "1")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if !crate::in_own_process(
+            "mcp::jsonrpc::tests::a_body_of_tiny_values_is_read_without_a_tree",
+        ) {
             return;
         }
         // The code that reads it is paged in first (file pages count as resident too).
