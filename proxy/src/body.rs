@@ -957,8 +957,9 @@ fn each_part(body: &[u8], boundary: &str, part: &mut PartVisitor<'_>) -> Result<
     }
 }
 
+/// Where `needle` first occurs in `haystack`, in linear time (see `credentials::raw`'s).
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 #[cfg(test)]

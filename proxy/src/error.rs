@@ -481,6 +481,10 @@ impl Deny {
                     413,
                     format!("the request body is larger than the {limit} bytes scanned for credentials, and this destination's keys are managed by the proxy"),
                 ),
+                CredentialDeny::ScanIncomplete(ScanGap::TooDeep(levels)) => (
+                    400,
+                    format!("the request body's JSON is nested deeper than the {levels} levels scanned for credentials, and this destination's keys are managed by the proxy"),
+                ),
                 CredentialDeny::ScanIncomplete(ScanGap::Encoded) => (
                     415,
                     "a request body with a `Content-Encoding` cannot be scanned for credentials, and this destination's keys are managed by the proxy; send it unencoded".into(),
@@ -1035,6 +1039,11 @@ mod tests {
             (
                 Deny::Credential(CredentialDeny::ScanIncomplete(ScanGap::Encoded)),
                 415,
+                "credential_scan_incomplete",
+            ),
+            (
+                Deny::Credential(CredentialDeny::ScanIncomplete(ScanGap::TooDeep(512))),
+                400,
                 "credential_scan_incomplete",
             ),
             (

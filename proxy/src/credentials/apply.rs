@@ -70,6 +70,8 @@ pub enum ScanGap {
     TooLarge(usize),
     /// Sent with a `Content-Encoding`: its bytes are not what the upstream reads.
     Encoded,
+    /// JSON nested deeper than the scan follows (this many levels).
+    TooDeep(usize),
 }
 
 /// Why credentials could not be applied. Messages name the handle, never a value.

@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use super::apply::{percent_decode, CredentialDeny};
+use super::apply::{percent_decode, CredentialDeny, ScanGap};
 use super::positions::{holding, normalize_field, CredentialPositions, Holding};
 
 /// What to do with a literal found in a credential position.
@@ -181,6 +181,12 @@ struct Frame {
     credential_array: Option<(String, usize)>,
 }
 
+/// The deepest JSON the scan follows. SECURITY: each level is a frame on the scan's stack, so
+/// a body of nothing but `[` (1 MiB: over 100 MB of frames) would cost memory out of all
+/// proportion to its bytes; no agent's request nests near this deep (serde_json, behind many
+/// servers, stops at 128).
+const MAX_JSON_DEPTH: usize = 512;
+
 /// Walks every JSON token of `body` (see the module doc). `Ok(Some(new))` when stripped.
 fn check_json(
     body: &[u8],
@@ -233,6 +239,11 @@ fn check_json(
                             i = value.end;
                         }
                         Some(b'[') => {
+                            if stack.len() == MAX_JSON_DEPTH {
+                                return Err(CredentialDeny::ScanIncomplete(ScanGap::TooDeep(
+                                    MAX_JSON_DEPTH,
+                                )));
+                            }
                             stack.push(Frame {
                                 credential_array: Some((place, 0)),
                                 ..Frame::default()
@@ -267,6 +278,11 @@ fn check_json(
                 i = token.end;
             }
             b'{' | b'[' => {
+                if stack.len() == MAX_JSON_DEPTH {
+                    return Err(CredentialDeny::ScanIncomplete(ScanGap::TooDeep(
+                        MAX_JSON_DEPTH,
+                    )));
+                }
                 stack.push(Frame::default());
                 i += 1;
             }
@@ -677,11 +693,14 @@ fn check_multipart(
     Ok(Some(out))
 }
 
+/// Where `needle` first occurs in `hay`. SECURITY: in time linear in both (a boundary is the
+/// client's, of any length: a window-by-window comparison with a 30,000-byte one took a
+/// quarter of a second of a shared worker per body).
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
+    if needle.is_empty() {
         return None;
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 #[cfg(test)]
@@ -704,6 +723,52 @@ mod tests {
 
     fn raw(place: &str) -> Result<Option<String>, CredentialDeny> {
         Err(CredentialDeny::Raw(place.into()))
+    }
+
+    /// Each level of a JSON body is a frame of the scan: past [`MAX_JSON_DEPTH`] the body is
+    /// refused (a megabyte of `[` took over 100 MB of frames), not forwarded unscanned.
+    #[test]
+    fn json_deeper_than_the_scan_follows_is_refused() {
+        let nested = |levels: usize| {
+            format!(
+                r#"{}{{"api_key":"sk-x"}}{}"#,
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        // At the deepest level followed, a literal is still found.
+        assert_eq!(
+            body(&nested(MAX_JSON_DEPTH), None),
+            raw("body field `api_key`")
+        );
+        for json in [nested(MAX_JSON_DEPTH + 1), "[".repeat(1 << 20)] {
+            assert_eq!(
+                body(&json, Some("application/json")),
+                Err(CredentialDeny::ScanIncomplete(ScanGap::TooDeep(
+                    MAX_JSON_DEPTH
+                )))
+            );
+        }
+        // Through a credential field's array too.
+        let deep_array = format!(r#"{{"api_key":{}"#, "[".repeat(MAX_JSON_DEPTH));
+        assert_eq!(
+            body(&deep_array, None),
+            Err(CredentialDeny::ScanIncomplete(ScanGap::TooDeep(
+                MAX_JSON_DEPTH
+            )))
+        );
+    }
+
+    /// A boundary is the client's and may be long (parsers do not all hold it to 70 bytes):
+    /// its parts are read as with a short one.
+    #[test]
+    fn a_long_multipart_boundary_is_read_like_a_short_one() {
+        let boundary = "b".repeat(30_000);
+        let form = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"api_key\"\r\n\r\nsk-x\r\n--{boundary}--\r\n"
+        );
+        let ct = format!("multipart/form-data; boundary={boundary}");
+        assert_eq!(body(&form, Some(&ct)), raw("body field `api_key`"));
     }
 
     #[test]
