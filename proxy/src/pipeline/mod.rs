@@ -196,6 +196,10 @@ impl Effects for Shared {
         .await
         .map_err(
             |e| match (&e, front_conn(session).and_then(|c| c.violation())) {
+                // The proxy's drain cut the connection in the middle of the body.
+                (_, Some(crate::front::Violation::Truncated)) if self.drain.is_cut() => {
+                    Deny::Shutdown
+                }
                 // The client ended its side in the middle of its body (closed, half-closed,
                 // reset): an abandoned upload, nobody to answer.
                 (_, Some(crate::front::Violation::Truncated)) => Deny::ClientClosed,

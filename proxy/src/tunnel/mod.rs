@@ -190,7 +190,7 @@ impl ServerApp for EgressApp {
         let idle = self.shared.config.egress.client_header_timeout;
         match conn.next_head(idle).await {
             Ok(None) => {}
-            Err(violation) => self.refuse_front(&mut conn, violation.into()).await,
+            Err(violation) => self.refuse_front(&mut conn, self.front_refusal(violation)).await,
             Ok(Some(head)) if head.connect => match head::parse_connect(conn.head_bytes()) {
                 // Boxed, like serving HTTP below: a connection still sending its first head (a
                 // slow client, the usual attack) holds only the small state of reading it, not
@@ -512,7 +512,7 @@ impl EgressApp {
                 self.refuse_front(&mut conn, Deny::ConnectUnsupported).await
             }
             Ok(Some(_)) => self.serve_http1(Box::new(conn), idle, shutdown).await,
-            Err(violation) => self.refuse_front(&mut conn, violation.into()).await,
+            Err(violation) => self.refuse_front(&mut conn, self.front_refusal(violation)).await,
         }
     }
 
@@ -663,7 +663,7 @@ impl EgressApp {
                 }
                 Ok(Some(_)) => {}
                 Err(violation) => {
-                    self.refuse_front(&mut conn, violation.into()).await;
+                    self.refuse_front(&mut conn, self.front_refusal(violation)).await;
                     return;
                 }
             }
@@ -674,6 +674,15 @@ impl EgressApp {
     /// missed, a `CONNECT` inside a connection) with a JSON body, closes the connection, and
     /// audits the refusal when the caller is known: the tunnel's identity, the listener's
     /// binding, the client certificate, or a valid token in the refused head.
+    /// The refusal of a head the front could not take: a head cut short once the drain has cut
+    /// the clients' connections was cut by the proxy (`shutdown`), not malformed by its client.
+    fn front_refusal(&self, violation: crate::front::Violation) -> Deny {
+        match violation {
+            crate::front::Violation::Truncated if self.shared.drain.is_cut() => Deny::Shutdown,
+            other => other.into(),
+        }
+    }
+
     async fn refuse_front(&self, conn: &mut Conn, deny: Deny) {
         let deny = match deny {
             Deny::TooManyHeaders(_) => Deny::TooManyHeaders(self.shared.config.limits.max_headers),
