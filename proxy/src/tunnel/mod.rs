@@ -190,7 +190,10 @@ impl ServerApp for EgressApp {
         let idle = self.shared.config.egress.client_header_timeout;
         match conn.next_head(idle).await {
             Ok(None) => {}
-            Err(violation) => self.refuse_front(&mut conn, self.front_refusal(violation)).await,
+            Err(violation) => {
+                self.refuse_front(&mut conn, self.front_refusal(violation))
+                    .await
+            }
             Ok(Some(head)) if head.connect => match head::parse_connect(conn.head_bytes()) {
                 // Boxed, like serving HTTP below: a connection still sending its first head (a
                 // slow client, the usual attack) holds only the small state of reading it, not
@@ -512,7 +515,10 @@ impl EgressApp {
                 self.refuse_front(&mut conn, Deny::ConnectUnsupported).await
             }
             Ok(Some(_)) => self.serve_http1(Box::new(conn), idle, shutdown).await,
-            Err(violation) => self.refuse_front(&mut conn, self.front_refusal(violation)).await,
+            Err(violation) => {
+                self.refuse_front(&mut conn, self.front_refusal(violation))
+                    .await
+            }
         }
     }
 
@@ -663,7 +669,8 @@ impl EgressApp {
                 }
                 Ok(Some(_)) => {}
                 Err(violation) => {
-                    self.refuse_front(&mut conn, self.front_refusal(violation)).await;
+                    self.refuse_front(&mut conn, self.front_refusal(violation))
+                        .await;
                     return;
                 }
             }

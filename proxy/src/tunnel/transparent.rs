@@ -79,7 +79,10 @@ impl EgressApp {
                 let idle = egress.client_header_timeout;
                 match conn.next_head(idle).await {
                     Ok(None) => {}
-                    Err(violation) => self.refuse_front(&mut conn, self.front_refusal(violation)).await,
+                    Err(violation) => {
+                        self.refuse_front(&mut conn, self.front_refusal(violation))
+                            .await
+                    }
                     Ok(Some(head)) if head.connect => {
                         self.refuse_front(&mut conn, Deny::ConnectUnsupported).await
                     }
