@@ -7,19 +7,46 @@
 //! asks for ([`crate::usage::providers::Provider::usage_members`]) become part of the tree; the
 //! rest is skipped in place.
 
+use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+/// What of a wanted member is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keep {
+    /// Its value, whole.
+    Whole,
+    /// Of a list of items, each object item's `type` only, as `{"type": …}` (the Responses
+    /// API's `output`, whose items' types are what is billed; their content is the output).
+    ItemTypes,
+}
+
+/// Most values one kept member holds (a usage report holds a few dozen; `output` one item per
+/// output item), and most values the whole tree holds (a JSON-array stream repeats its usage
+/// in every element). SECURITY: past either the usage is unknown (settled at the reservation):
+/// a 2 MiB answer of `{"usage":[1,1,…]}` or `[1,1,…]` made a tree of over 150 MB.
+const MAX_MEMBER_VALUES: usize = 4096;
+const MAX_VALUES: usize = 256 * 1024;
+
 /// Parses `body`, keeping of its top object (or of each object in a body that is an array) the
-/// members `wanted` says yes to. Anything else at the top (a string, a number, a nested array)
-/// is read and left out as `null`: no reader looks into it. `None` when `body` is not one
-/// JSON value. What is skipped is read for its syntax only: a string's bytes are not checked
-/// for UTF-8 nor a number for its range, so such a body is metered where a whole parse gave up.
-pub(super) fn parse_members(body: &[u8], wanted: &dyn Fn(&str) -> bool) -> Option<Value> {
+/// members `wanted` names, as it says. Anything else at the top (a string, a number, a nested
+/// array) is read and left out as `null`, and an element of a top array that keeps no member
+/// is left out: no reader looks into them. `None` when `body` is not one JSON value, or keeps
+/// more than [`MAX_MEMBER_VALUES`] values in a member or [`MAX_VALUES`] in all. What is skipped
+/// is read for its syntax only: a string's bytes are not checked for UTF-8 nor a number for its
+/// range, so such a body is metered where a whole parse gave up.
+pub(super) fn parse_members(body: &[u8], wanted: &dyn Fn(&str) -> Option<Keep>) -> Option<Value> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let v = Level { wanted, top: true }.deserialize(&mut de).ok()?;
+    let total = Cell::new(MAX_VALUES);
+    let v = Level {
+        wanted,
+        top: true,
+        total: &total,
+    }
+    .deserialize(&mut de)
+    .ok()?;
     de.end().ok()?;
     Some(v)
 }
@@ -27,8 +54,10 @@ pub(super) fn parse_members(body: &[u8], wanted: &dyn Fn(&str) -> bool) -> Optio
 /// A value at the top (`top`) or one level into a top array.
 #[derive(Clone, Copy)]
 struct Level<'w> {
-    wanted: &'w dyn Fn(&str) -> bool,
+    wanted: &'w dyn Fn(&str) -> Option<Keep>,
     top: bool,
+    /// Values the tree may still take.
+    total: &'w Cell<usize>,
 }
 
 impl<'de> DeserializeSeed<'de> for Level<'_> {
@@ -49,15 +78,20 @@ impl<'de> Visitor<'de> for Level<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut kept = Map::new();
         while let Some(name) = map.next_key_seed(Member(self.wanted))? {
-            match name {
-                // A repeated member replaces the earlier one, as in a whole parse.
-                Some(name) => {
-                    kept.insert(name, map.next_value()?);
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
+            let Some((name, keep)) = name else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let budget = Budget {
+                member: &Cell::new(MAX_MEMBER_VALUES),
+                total: self.total,
+            };
+            // A repeated member replaces the earlier one, as in a whole parse.
+            let value = match keep {
+                Keep::Whole => map.next_value_seed(Tree(budget))?,
+                Keep::ItemTypes => map.next_value_seed(ItemTypes(budget))?,
+            };
+            kept.insert(name, value);
         }
         Ok(Value::Object(kept))
     }
@@ -70,7 +104,9 @@ impl<'de> Visitor<'de> for Level<'_> {
         let inner = Level { top: false, ..self };
         let mut items = Vec::new();
         while let Some(v) = seq.next_element_seed(inner)? {
-            items.push(v);
+            if v.as_object().is_some_and(|m| !m.is_empty()) {
+                items.push(v);
+            }
         }
         Ok(Value::Array(items))
     }
@@ -400,25 +436,288 @@ impl MemberScanner {
 
 /// A member's name: `Some` (owned) when it is wanted, `None` (nothing copied) when not. An
 /// escaped name is compared unescaped, as a whole parse would key it.
-struct Member<'w>(&'w dyn Fn(&str) -> bool);
+struct Member<'w>(&'w dyn Fn(&str) -> Option<Keep>);
 
 impl<'de> DeserializeSeed<'de> for Member<'_> {
-    type Value = Option<String>;
+    type Value = Option<(String, Keep)>;
 
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Option<String>, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
         de.deserialize_str(self)
     }
 }
 
 impl<'de> Visitor<'de> for Member<'_> {
-    type Value = Option<String>;
+    type Value = Option<(String, Keep)>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a member name")
     }
 
-    fn visit_str<E>(self, name: &str) -> Result<Option<String>, E> {
-        Ok((self.0)(name).then(|| name.to_owned()))
+    fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
+        Ok((self.0)(name).map(|keep| (name.to_owned(), keep)))
+    }
+}
+
+/// What a kept member may still take: its own values and the tree's.
+#[derive(Clone, Copy)]
+struct Budget<'b> {
+    member: &'b Cell<usize>,
+    total: &'b Cell<usize>,
+}
+
+impl Budget<'_> {
+    /// Takes `n` values, or fails the parse when either budget is spent.
+    fn spend<E: de::Error>(self, n: usize) -> Result<(), E> {
+        let (member, total) = (self.member.get(), self.total.get());
+        if member < n || total < n {
+            return Err(E::custom("more values than a usage report holds"));
+        }
+        self.member.set(member - n);
+        self.total.set(total - n);
+        Ok(())
+    }
+}
+
+/// A kept member's value, as `serde_json::Value` reads it, within its [`Budget`].
+struct Tree<'b>(Budget<'b>);
+
+impl<'de> DeserializeSeed<'de> for Tree<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Tree<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        self.0.spend(1)?;
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        self.0.spend(1)?;
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.0.spend(1)?;
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        self.0.spend(1)?;
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.0.spend(1)?;
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        self.0.spend(1)?;
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.0.spend(1)?;
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(Tree(self.0))? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.0.spend(1)?;
+        let mut members = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            members.insert(name, map.next_value_seed(Tree(self.0))?);
+        }
+        Ok(Value::Object(members))
+    }
+}
+
+/// A kept list of items: each object item's `type` (a string), as `{"type": …}`; other items,
+/// and anything but a list, are read and left out.
+struct ItemTypes<'b>(Budget<'b>);
+
+impl<'de> DeserializeSeed<'de> for ItemTypes<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemTypes<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of items")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<ItemType>()? {
+            if let ItemType(Some(kind)) = item {
+                self.0.spend(2)?;
+                let mut only = Map::new();
+                only.insert("type".into(), Value::String(kind));
+                items.push(Value::Object(only));
+            }
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
+/// One item of an [`ItemTypes`] list: its `type`, when it is an object whose `type` is a
+/// string (the last one, when repeated, as a whole parse keeps it).
+struct ItemType(Option<String>);
+
+impl<'de> de::Deserialize<'de> for ItemType {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(ItemTypeVisitor)
+    }
+}
+
+struct ItemTypeVisitor;
+
+impl<'de> Visitor<'de> for ItemTypeVisitor {
+    type Value = ItemType;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an item")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ItemType, A::Error> {
+        let mut kind = None;
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if name == "type" {
+                kind = map.next_value::<TypeName>()?.0;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(ItemType(kind))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ItemType, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(ItemType(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<ItemType, E> {
+        Ok(ItemType(None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<ItemType, E> {
+        Ok(ItemType(None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<ItemType, E> {
+        Ok(ItemType(None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<ItemType, E> {
+        Ok(ItemType(None))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<ItemType, E> {
+        Ok(ItemType(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<ItemType, E> {
+        Ok(ItemType(None))
+    }
+}
+
+/// An item's `type`: a string, or nothing for any other value (read and left out).
+struct TypeName(Option<String>);
+
+impl<'de> de::Deserialize<'de> for TypeName {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(TypeNameVisitor)
+    }
+}
+
+struct TypeNameVisitor;
+
+impl<'de> Visitor<'de> for TypeNameVisitor {
+    type Value = TypeName;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an item's type")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<TypeName, E> {
+        Ok(TypeName(Some(v.to_owned())))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TypeName, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(TypeName(None))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TypeName, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(TypeName(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<TypeName, E> {
+        Ok(TypeName(None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<TypeName, E> {
+        Ok(TypeName(None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<TypeName, E> {
+        Ok(TypeName(None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<TypeName, E> {
+        Ok(TypeName(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<TypeName, E> {
+        Ok(TypeName(None))
     }
 }
 
@@ -426,8 +725,8 @@ impl<'de> Visitor<'de> for Member<'_> {
 mod tests {
     use super::*;
 
-    fn usage_only(name: &str) -> bool {
-        name == "usage" || name == "message"
+    fn usage_only(name: &str) -> Option<Keep> {
+        (name == "usage" || name == "message").then_some(Keep::Whole)
     }
 
     fn kept(body: &str) -> Option<Value> {
@@ -478,12 +777,62 @@ mod tests {
         );
     }
 
+    /// Of an array body, the objects that keep a member, in order; elements that keep none
+    /// (other values, objects without a wanted member) are left out: no reader looks into them,
+    /// and a million of them made a tree of a million values.
     #[test]
     fn an_array_body_keeps_each_objects_members() {
         assert_eq!(
-            kept(r#"[{"usage":{"a":1},"text":"x"},"s",[{"usage":{}}],{"usage":{"a":2}}]"#),
-            Some(serde_json::json!([{"usage": {"a": 1}}, null, null, {"usage": {"a": 2}}]))
+            kept(
+                r#"[{"usage":{"a":1},"text":"x"},"s",[{"usage":{}}],{},{"text":"y"},{"usage":{"a":2}}]"#
+            ),
+            Some(serde_json::json!([{"usage": {"a": 1}}, {"usage": {"a": 2}}]))
         );
+    }
+
+    /// A kept member holds at most [`MAX_MEMBER_VALUES`] values, and the tree at most
+    /// [`MAX_VALUES`]: past either the body's usage is unknown, not a tree many times its size.
+    #[test]
+    fn kept_values_are_bounded() {
+        let list = |n: usize| vec!["1"; n].join(",");
+        let fits = format!(r#"{{"usage":[{}]}}"#, list(MAX_MEMBER_VALUES - 1));
+        assert!(kept(&fits).is_some());
+        let over = format!(r#"{{"usage":[{}]}}"#, list(MAX_MEMBER_VALUES));
+        assert_eq!(kept(&over), None);
+        // Each element's members have their own budget; the whole tree has one too.
+        let element = r#"{"usage":{"a":1}}"#;
+        let many = |n: usize| format!("[{}]", vec![element; n].join(","));
+        assert!(kept(&many(MAX_VALUES / 3)).is_some());
+        assert_eq!(kept(&many(MAX_VALUES / 2 + 1)), None);
+        // Elements that keep nothing cost nothing.
+        let skipped = format!("[{}]", list(MAX_VALUES * 2));
+        assert_eq!(kept(&skipped), Some(serde_json::json!([])));
+    }
+
+    /// A list of output items keeps each object item's `type`, and nothing of its content.
+    #[test]
+    fn item_lists_keep_each_items_type() {
+        let wanted = |name: &str| match name {
+            "usage" => Some(Keep::Whole),
+            "output" => Some(Keep::ItemTypes),
+            _ => None,
+        };
+        let body = r#"{"output":[{"type":"web_search_call","id":"ws","action":{"query":"q"}},{"content":[{"type":"output_text"}]},"s",{"type":7},{"type":"a","type":"message","content":[{"logprobs":[1,2,3]}]}],"usage":{"a":1}}"#;
+        assert_eq!(
+            parse_members(body.as_bytes(), &wanted),
+            Some(serde_json::json!({
+                "output": [{"type": "web_search_call"}, {"type": "message"}],
+                "usage": {"a": 1},
+            }))
+        );
+        let not_a_list = r#"{"output":{"type":"x"},"usage":{"a":1}}"#;
+        assert_eq!(
+            parse_members(not_a_list.as_bytes(), &wanted),
+            Some(serde_json::json!({"output": null, "usage": {"a": 1}}))
+        );
+        let items = vec![r#"{"type":"message"}"#; MAX_MEMBER_VALUES / 2 + 1].join(",");
+        let over = format!(r#"{{"output":[{items}],"usage":{{"a":1}}}}"#);
+        assert_eq!(parse_members(over.as_bytes(), &wanted), None);
     }
 
     #[test]
@@ -609,7 +958,7 @@ mod tests {
         }
         let kept = scanner.finish().expect("kept");
         assert!(kept.len() < MAX_KEPT, "{}", kept.len());
-        let wanted = |n: &str| n == "usageMetadata";
+        let wanted = |n: &str| (n == "usageMetadata").then_some(Keep::Whole);
         let v = parse_members(kept, &wanted).expect("json");
         let last = v.as_array().and_then(|a| a.last()).expect("an element");
         assert_eq!(last["usageMetadata"]["candidatesTokenCount"], 20_000);

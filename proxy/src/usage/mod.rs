@@ -317,12 +317,17 @@ impl UsageMeter {
                     None => (body.as_slice(), true),
                 };
                 let wanted = |name: &str| {
-                    let mut yes = false;
+                    let (mut usage, mut items) = (false, false);
                     each(self.provider, |p| {
-                        yes |= p.usage_members().contains(&name)
-                            || whole && p.whole_body_members().contains(&name);
+                        usage |= p.usage_members().contains(&name);
+                        items |= whole && p.whole_body_members().contains(&name);
                     });
-                    yes
+                    // A member some reader reads whole is kept whole.
+                    if usage {
+                        Some(members::Keep::Whole)
+                    } else {
+                        items.then_some(members::Keep::ItemTypes)
+                    }
                 };
                 let v = members::parse_members(body, &wanted)?;
                 let mut usage = None;

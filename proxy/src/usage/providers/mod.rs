@@ -96,7 +96,8 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Members [`Provider::usage_from_json`] also reads while the body is copied whole (up to the
     /// meter's copy limit), and not past it: members that grow with the output (the Responses
     /// API's `output`, where each web search is an item), which the scanner of a larger body
-    /// cannot keep without giving up on the usage itself.
+    /// cannot keep without giving up on the usage itself. Each is a list of items of which the
+    /// reader sees each object item's `type` only (`{"type": …}`): the rest is the output.
     fn whole_body_members(&self) -> &'static [&'static str] {
         &[]
     }
