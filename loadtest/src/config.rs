@@ -636,6 +636,12 @@ pub struct Server {
         serialize_with = "duration::option"
     )]
     pub graceful_shutdown_timeout: Option<Duration>,
+    /// How long after SIGTERM the proxy serves as usual, not ready, before draining.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::option"
+    )]
+    pub shutdown_delay: Option<Duration>,
 }
 
 /// `[policy]`.

@@ -38,6 +38,7 @@ pub struct AdminApp {
     limits: Arc<dyn LimitBackend>,
     runs: Arc<RunTracker>,
     listeners: Listeners,
+    drain: Arc<crate::drain::Drain>,
 }
 
 impl AdminApp {
@@ -49,6 +50,7 @@ impl AdminApp {
         limits: Arc<dyn LimitBackend>,
         runs: Arc<RunTracker>,
         listeners: Vec<SocketAddr>,
+        drain: Arc<crate::drain::Drain>,
     ) -> Self {
         Self {
             snapshot,
@@ -59,6 +61,7 @@ impl AdminApp {
                 addrs: listeners,
                 all_up: AtomicBool::new(false),
             },
+            drain,
         }
     }
 }
@@ -352,7 +355,8 @@ impl AdminApp {
         let limiter_ok = self.limits.is_ready();
         let limiter_connected = self.limits.is_connected();
         let listening = self.listeners.accepting().await;
-        let ready = audit_ok && limiter_ok && listening;
+        let terminating = self.drain.is_terminating();
+        let ready = audit_ok && limiter_ok && listening && !terminating;
         let body = serde_json::json!({
             "ready": ready,
             "config_generation": snap.generation,
@@ -363,6 +367,8 @@ impl AdminApp {
             "audit_partitions_failing": self.audit.failing_partitions(),
             "limiter_connected": limiter_connected,
             "listeners_accepting": listening,
+            // A shutdown signal came: still serving (`shutdown_delay`) or draining.
+            "terminating": terminating,
             // A rejected reload leaves the last good configuration serving: still ready, but
             // visibly not running what is on disk.
             "last_reload": self.snapshot.last_reload().summary(),

@@ -280,6 +280,7 @@ pub fn run(
         limits,
         runs,
         static_config.listeners.iter().map(|l| l.listen).collect(),
+        drain.clone(),
     );
     server.add_service(ListenService::new(
         "admin".into(),
@@ -324,6 +325,7 @@ pub fn run(
             audit,
             grace: static_config.grace_period,
             settle: static_config.graceful_shutdown_timeout,
+            delay: static_config.shutdown_delay,
         }),
     });
     // The drain saw every request record and the services have stopped: write what is still

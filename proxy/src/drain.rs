@@ -45,6 +45,9 @@ const CUT_SHARDS: usize = 32;
 /// The shutdown state every listener shares.
 #[derive(Debug)]
 pub struct Drain {
+    /// True once a shutdown signal came: `/readyz` answers 503 from then on, even while the
+    /// proxy still serves as usual (`[server] shutdown_delay`).
+    terminating: AtomicBool,
     /// True once the drain begins: the shutdown watch the services run under.
     begun: watch::Sender<bool>,
     /// True once the requests still running are cut: read by every connection before its
@@ -60,6 +63,7 @@ impl Drain {
     /// Not draining.
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
+            terminating: AtomicBool::new(false),
             begun: watch::Sender::new(false),
             cut: Arc::new(AtomicBool::new(false)),
             cuts: (0..CUT_SHARDS).map(|_| watch::Sender::new(false)).collect(),
@@ -70,6 +74,11 @@ impl Drain {
     /// The shutdown watch to serve under: true once the drain begins.
     pub fn watch(&self) -> ShutdownWatch {
         self.begun.subscribe()
+    }
+
+    /// Whether a shutdown signal came (the proxy may still serve, for `shutdown_delay`).
+    pub fn is_terminating(&self) -> bool {
+        self.terminating.load(Ordering::Acquire)
     }
 
     /// Whether the requests still running were cut: a request that ended with its client's
@@ -152,6 +161,8 @@ pub struct DrainOnSignal {
     pub grace: Duration,
     /// `[server] graceful_shutdown_timeout`.
     pub settle: Duration,
+    /// `[server] shutdown_delay`.
+    pub delay: Duration,
 }
 
 #[async_trait]
@@ -161,11 +172,29 @@ impl ShutdownSignalWatch for DrainOnSignal {
         let mut term = Signal::new(SignalKind::terminate());
         let mut quit = Signal::new(SignalKind::quit());
         let mut int = Signal::new(SignalKind::interrupt());
-        let (grace, told) = tokio::select! {
-            () = term.recv() => (self.grace, ShutdownSignal::GracefulTerminate),
-            () = quit.recv() => (self.grace, ShutdownSignal::GracefulTerminate),
-            () = int.recv() => (Duration::ZERO, ShutdownSignal::FastShutdown),
+        let (grace, delay, told) = tokio::select! {
+            () = term.recv() => (self.grace, self.delay, ShutdownSignal::GracefulTerminate),
+            () = quit.recv() => (self.grace, self.delay, ShutdownSignal::GracefulTerminate),
+            () = int.recv() => (Duration::ZERO, Duration::ZERO, ShutdownSignal::FastShutdown),
         };
+        self.drain.terminating.store(true, Ordering::Release);
+        if !delay.is_zero() {
+            // Not ready, still serving: whoever routes connections here (a load balancer, a
+            // Kubernetes Service whose endpoints update after the pod is told to stop) stops
+            // before the listeners close, so no client is refused during a rollout.
+            tracing::info!(
+                delay_ms = delay.as_millis(),
+                "shutting down: not ready, serving as usual until the drain begins"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                // An impatient second signal: no more waiting.
+                () = int.recv() => {
+                    self.drain.run(&self.audit, Duration::ZERO, self.settle).await;
+                    return ShutdownSignal::FastShutdown;
+                }
+            }
+        }
         tokio::select! {
             () = self.drain.run(&self.audit, grace, self.settle) => told,
             // An impatient second signal: cut now (the requests still record).

@@ -404,3 +404,42 @@ fn a_web_pages_requests_to_a_route_or_the_admin_port_are_refused_and_audited() {
     )
     .assert_refused(403, "browser_request");
 }
+
+/// `[server] shutdown_delay`: after `SIGTERM` the proxy goes on serving, new connections
+/// included, while `/readyz` answers 503 (`terminating`), so a load balancer stops sending it
+/// connections before its listeners close; then it drains and exits as before.
+#[test]
+fn after_sigterm_it_serves_unready_for_the_shutdown_delay_then_drains() {
+    let origin = Origin::start();
+    let mut spec = ProxySpec::default();
+    spec.config.server.shutdown_delay = Some(Duration::from_secs(2));
+    spec.config.server.grace_period = Some(Duration::from_secs(1));
+    let mut proxy = Proxy::start(spec);
+    let url = format!("http://127.0.0.1:{}/acme/during-delay", origin.port);
+    let ready = admin(&proxy, "GET", "/readyz", "");
+    assert_eq!(ready.status, 200, "{}", ready.body_text());
+    assert_eq!(ready.json()["terminating"], false);
+    proxy.sigterm();
+    let signalled = Instant::now();
+    let deadline = signalled + Duration::from_secs(1);
+    loop {
+        let r = admin(&proxy, "GET", "/readyz", "");
+        if r.status == 503 {
+            assert_eq!(r.json()["terminating"], true, "{}", r.body_text());
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Not ready, still serving: a new connection's request is served and audited.
+    let r = forward_get(proxy.sidecar_port, &url, None, "");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(signalled.elapsed() < Duration::from_secs(2));
+    assert_eq!(origin.matching("/acme/during-delay").len(), 1);
+    // Then the drain: the listeners close and the process exits.
+    let exited = proxy.wait_exit(Duration::from_secs(10));
+    assert!(exited.is_some(), "{}", proxy.log());
+    assert!(signalled.elapsed() >= Duration::from_secs(2));
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert_eq!(rec["reason"], "allowed", "{rec}");
+}

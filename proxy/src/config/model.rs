@@ -71,6 +71,8 @@ pub struct StaticConfig {
     pub grace_period: Duration,
     /// How long the requests cut after the drain time get to record and settle.
     pub graceful_shutdown_timeout: Duration,
+    /// How long after SIGTERM everything is served as usual (`/readyz` 503) before the drain.
+    pub shutdown_delay: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -143,6 +145,7 @@ impl StaticConfig {
             threads: server.threads,
             grace_period: server.grace_period,
             graceful_shutdown_timeout: server.graceful_shutdown_timeout,
+            shutdown_delay: server.shutdown_delay,
             log_format: spec.log.format,
             log_level: spec.log.level.unwrap_or_else(|| "info".into()),
             tracing,
@@ -228,6 +231,7 @@ struct ServerSettings {
     threads: usize,
     grace_period: Duration,
     graceful_shutdown_timeout: Duration,
+    shutdown_delay: Duration,
 }
 
 impl ServerSettings {
@@ -250,6 +254,7 @@ impl ServerSettings {
                 "server.graceful_shutdown_timeout",
                 &spec.graceful_shutdown_timeout,
             ),
+            shutdown_delay: p.duration("server.shutdown_delay", &spec.shutdown_delay),
         }
     }
 }

@@ -107,6 +107,11 @@ pub struct ServerSpec {
     /// the process exits.
     #[serde(default = "default_grace")]
     pub graceful_shutdown_timeout: String,
+    /// How long after SIGTERM the proxy goes on serving as usual, new connections included,
+    /// with `/readyz` answering 503, before the drain begins: the time a load balancer or
+    /// Kubernetes takes to stop sending it connections.
+    #[serde(default = "default_shutdown_delay")]
+    pub shutdown_delay: String,
 }
 
 impl Default for ServerSpec {
@@ -115,6 +120,7 @@ impl Default for ServerSpec {
             threads: default_threads(),
             grace_period: default_grace(),
             graceful_shutdown_timeout: default_grace(),
+            shutdown_delay: default_shutdown_delay(),
         }
     }
 }
@@ -124,6 +130,9 @@ fn default_threads() -> usize {
 }
 fn default_grace() -> String {
     "5s".into()
+}
+fn default_shutdown_delay() -> String {
+    "0s".into()
 }
 
 /// The tenant file: everything that may change while the proxy runs.
