@@ -347,6 +347,9 @@ impl Writer {
             }
         }
         self.write_held_before_exit();
+        if !self.root_ok {
+            tracing::warn!("the final checkpoints are not written: the audit directory cannot be written (the next start signs the chain heads it recovers)");
+        }
         self.checkpoint_all();
         self.flush_stream_before_exit();
         tracing::info!("audit writer stopped");
