@@ -822,6 +822,10 @@ async fn admit_http(
             }
         }
     }
+    // What is sent is held, as it now is (credentials substituted, usage asked for).
+    if let (Some(hold), Some(body)) = (grant.body_hold.as_mut(), &grant.body) {
+        hold.grow_to(&tenant.tenant, body.0.len() as u64)?;
+    }
     // Ceilings last: a request refused for any other reason does not use up the allowance.
     grant.prices = plan.prices;
     if !plan.keys.is_empty() {

@@ -5,16 +5,174 @@
 //! A stream reports usage only when asked (`stream_options.include_usage`): the proxy asks on the
 //! agent's behalf and takes the usage event out again when the agent had not asked for it.
 
+use serde::de;
 use serde_json::Value;
 
 use super::{fold_counts, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
-/// A chat-completions body's `stream` flag, read without the rest of the body.
-#[derive(serde::Deserialize)]
-struct StreamFlag {
-    #[serde(default)]
+/// Most members of `stream_options` carried over when usage is asked for (it has two today);
+/// past it the stream is not asked (its deltas still estimate its output).
+const MAX_OPTIONS: usize = 32;
+
+/// A chat-completions body's top-level `stream` and `stream_options`, read without a tree of
+/// the body (the last of a repeated member wins, as in a whole parse); `None` when the body is
+/// not one JSON object.
+struct StreamMembers {
+    /// The flag, when it is a bool.
     stream: Option<bool>,
+    options: Options,
+}
+
+/// `stream_options`.
+enum Options {
+    Absent,
+    Null,
+    /// An object of scalar members (nested values are left out: no option has one).
+    Object(serde_json::Map<String, Value>),
+    /// Anything else, or an object of more than [`MAX_OPTIONS`] members.
+    Other,
+}
+
+impl StreamMembers {
+    fn read(body: &[u8]) -> Option<Self> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let top = de::Deserializer::deserialize_map(&mut de, TopVisitor).ok()?;
+        de.end().ok()?;
+        Some(top)
+    }
+}
+
+struct TopVisitor;
+
+impl<'de> de::Visitor<'de> for TopVisitor {
+    type Value = StreamMembers;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<StreamMembers, A::Error> {
+        let mut top = StreamMembers {
+            stream: None,
+            options: Options::Absent,
+        };
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*name {
+                "stream" => {
+                    top.stream = match map.next_value::<Scalar>()? {
+                        Scalar(Some(Value::Bool(b))) => Some(b),
+                        _ => None,
+                    }
+                }
+                "stream_options" => top.options = map.next_value()?,
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(top)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Options {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Options;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("stream options")
+            }
+            fn visit_unit<E>(self) -> Result<Options, E> {
+                Ok(Options::Null)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Options, A::Error> {
+                let mut members = serde_json::Map::new();
+                let mut too_many = false;
+                while let Some(name) = map.next_key::<String>()? {
+                    let Scalar(value) = map.next_value()?;
+                    match value {
+                        Some(v) if !too_many => {
+                            members.insert(name, v);
+                            too_many = members.len() > MAX_OPTIONS;
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(if too_many {
+                    Options::Other
+                } else {
+                    Options::Object(members)
+                })
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Options, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Options::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Options, E> {
+                Ok(Options::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Options, E> {
+                Ok(Options::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Options, E> {
+                Ok(Options::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Options, E> {
+                Ok(Options::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Options, E> {
+                Ok(Options::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A scalar value as it is (`null` too), or nothing for a list or an object (read without a
+/// tree of it).
+struct Scalar(Option<Value>);
+
+impl<'de> de::Deserialize<'de> for Scalar {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::Bool(v))))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::from(v))))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::from(v))))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::from(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::String(v.to_owned()))))
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar(Some(Value::Null)))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Scalar(None))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Scalar(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// OpenAI chat completions (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, also
@@ -201,39 +359,34 @@ impl Provider for OpenAiChat {
         {
             return None;
         }
-        // Most calls do not stream: read just the flag (no tree of the whole body) and stop
-        // there. Only a body the typed read rejects (a duplicate `stream`, a flag that is not
-        // a bool) or one that streams goes on to the full parse below, so what is decided is
-        // exactly what the full parse would decide (its last duplicate wins, as upstream).
-        if let Ok(StreamFlag { stream }) = serde_json::from_slice::<StreamFlag>(body) {
-            if stream != Some(true) {
-                return None;
-            }
-        }
-        let mut v: Value = serde_json::from_slice(body).ok()?;
-        let obj = v.as_object_mut()?;
-        if obj.get("stream").and_then(Value::as_bool) != Some(true) {
+        // Read without a tree of the body (SECURITY: an 8 MiB body made one of 600 MB), the last
+        // of each member winning, as upstream parsers take duplicates.
+        let top = StreamMembers::read(body)?;
+        if top.stream != Some(true) {
             return None;
         }
-        let asked = obj
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool);
-        if asked == Some(true) {
+        let mut options = match top.options {
+            // `null` is the same as absent (the API documents the member as nullable), and the
+            // stream would then report no usage at all: replaced by an object that asks.
+            Options::Absent | Options::Null => serde_json::Map::new(),
+            Options::Object(members) => members,
+            Options::Other => return None,
+        };
+        if options.get("include_usage").and_then(Value::as_bool) == Some(true) {
             return None;
         }
-        // `null` is the same as absent (the API documents the member as nullable), and the
-        // stream would then report no usage at all: replaced by an object that asks.
-        let options = obj
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Default::default()));
-        if options.is_null() {
-            *options = Value::Object(Default::default());
-        }
-        options
-            .as_object_mut()?
-            .insert("include_usage".into(), Value::Bool(true));
-        serde_json::to_vec(&v).ok()
+        options.insert("include_usage".into(), Value::Bool(true));
+        // The body is changed by one member added at the end of its object (the last of a
+        // repeated member wins upstream), its other bytes as they were: a tree written out again
+        // spelled numbers otherwise (`1e15` became 16 digits and `.0`).
+        let close = body.iter().rposition(|b| *b == b'}')?;
+        let member = serde_json::to_vec(&Value::Object(options)).ok()?;
+        let mut out = Vec::with_capacity(body.len() + member.len() + 20);
+        out.extend_from_slice(&body[..close]);
+        out.extend_from_slice(b",\"stream_options\":");
+        out.extend_from_slice(&member);
+        out.extend_from_slice(&body[close..]);
+        Some(out)
     }
 
     /// The usage-only chunk: `"choices": []` with a `usage` object.
@@ -424,6 +577,72 @@ pub(crate) mod tests {
         // "Hello there" → 3, ", friend" → 2.
         let cut = stream.find("\"choices\":[]").expect("usage event") - 40;
         meter_stream(&OpenAiChat, stream, u(3, 0, 4), 5, cut);
+    }
+
+    /// The body asked for usage is the body sent with one member added at the end: its other
+    /// bytes are as they were (numbers are not spelt again), and it is read without a tree.
+    #[test]
+    fn asking_for_usage_adds_one_member_and_changes_nothing_else() {
+        let body = r#"{"model":"m","x":1e15,"y":[1.50,{"z":"\u00e9"}],"stream":true} "#;
+        let out = OpenAiChat
+            .request_stream_usage("/v1/chat/completions", body.as_bytes())
+            .expect("asked");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"model":"m","x":1e15,"y":[1.50,{"z":"\u00e9"}],"stream":true,"stream_options":{"include_usage":true}} "#
+        );
+        // Options carried over (scalars; nothing nests in them), the last repeat winning.
+        let body = r#"{"stream":true,"stream_options":{"include_usage":true},"stream_options":{"include_obfuscation":false,"include_usage":false,"n":{"a":1}}}"#;
+        let out = OpenAiChat
+            .request_stream_usage("/v1/chat/completions", body.as_bytes())
+            .expect("asked");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_obfuscation": false, "include_usage": true})
+        );
+        let many: Vec<String> = (0..=MAX_OPTIONS).map(|i| format!(r#""o{i}":1"#)).collect();
+        let body = format!(
+            r#"{{"stream":true,"stream_options":{{{}}}}}"#,
+            many.join(",")
+        );
+        assert!(OpenAiChat
+            .request_stream_usage("/v1/chat/completions", body.as_bytes())
+            .is_none());
+    }
+
+    /// SECURITY: a flag the quick read could not take (`"stream":1`) sent the body to a whole
+    /// parse: 8 MiB of `[1,1,…]` took 600 MB.
+    #[test]
+    fn the_stream_flag_is_read_without_a_tree_of_the_body() {
+        if !crate::in_own_process(
+            "usage::providers::openai_chat::tests::the_stream_flag_is_read_without_a_tree_of_the_body",
+        ) {
+            return;
+        }
+        let ask =
+            |body: &str| OpenAiChat.request_stream_usage("/v1/chat/completions", body.as_bytes());
+        let warm = format!(r#"{{"stream":true,"p":"{}"}}"#, "a".repeat(8 << 20));
+        assert!(ask(&warm).is_some());
+        drop(warm);
+        for flag in ["1", "true"] {
+            let mut body = String::with_capacity(9 << 20);
+            body.push_str(&format!(r#"{{"model":"m","stream":{flag},"x":[1"#));
+            while body.len() < 8 << 20 {
+                body.push_str(",1");
+            }
+            body.push_str("]}");
+            let before = crate::peak_resident_bytes();
+            let asked = ask(&body);
+            let grown = crate::peak_resident_bytes() - before;
+            assert_eq!(asked.is_some(), flag == "true");
+            // Asked: the body once more, as it is sent.
+            assert!(
+                grown < body.len() as u64 * 3 / 2,
+                "stream {flag}: a {}-byte body took {grown} bytes more at its peak",
+                body.len()
+            );
+        }
     }
 
     #[test]
