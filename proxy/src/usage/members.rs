@@ -24,11 +24,12 @@ pub(super) enum Keep {
 }
 
 /// Most values one kept member holds (a usage report holds a few dozen; `output` one item per
-/// output item), and most values the whole tree holds (a JSON-array stream repeats its usage
-/// in every element). SECURITY: past either the usage is unknown (settled at the reservation):
+/// output item), and most values the whole tree holds, each kept member's name and each kept
+/// element of an array answer counted as one (a JSON-array stream repeats its usage in every
+/// element: 20,000 elements take 100,000). SECURITY: past either the usage is unknown (settled at the reservation):
 /// a 2 MiB answer of `{"usage":[1,1,…]}` or `[1,1,…]` made a tree of over 150 MB.
 const MAX_MEMBER_VALUES: usize = 4096;
-const MAX_VALUES: usize = 256 * 1024;
+const MAX_VALUES: usize = 128 * 1024;
 
 /// Parses `body`, keeping of its top object (or of each object in a body that is an array) the
 /// members `wanted` names, as it says. Anything else at the top (a string, a number, a nested
@@ -86,6 +87,7 @@ impl<'de> Visitor<'de> for Level<'_> {
                 member: &Cell::new(MAX_MEMBER_VALUES),
                 total: self.total,
             };
+            take(self.total, 1)?;
             // A repeated member replaces the earlier one, as in a whole parse.
             let value = match keep {
                 Keep::Whole => map.next_value_seed(Tree(budget))?,
@@ -105,6 +107,7 @@ impl<'de> Visitor<'de> for Level<'_> {
         let mut items = Vec::new();
         while let Some(v) = seq.next_element_seed(inner)? {
             if v.as_object().is_some_and(|m| !m.is_empty()) {
+                take(self.total, 1)?;
                 items.push(v);
             }
         }
@@ -458,6 +461,16 @@ impl<'de> Visitor<'de> for Member<'_> {
     }
 }
 
+/// Takes `n` of the tree's values, or fails the parse when they are spent.
+fn take<E: de::Error>(total: &Cell<usize>, n: usize) -> Result<(), E> {
+    let left = total.get();
+    if left < n {
+        return Err(E::custom("more values than a usage report holds"));
+    }
+    total.set(left - n);
+    Ok(())
+}
+
 /// What a kept member may still take: its own values and the tree's.
 #[derive(Clone, Copy)]
 struct Budget<'b> {
@@ -802,8 +815,12 @@ mod tests {
         // Each element's members have their own budget; the whole tree has one too.
         let element = r#"{"usage":{"a":1}}"#;
         let many = |n: usize| format!("[{}]", vec![element; n].join(","));
-        assert!(kept(&many(MAX_VALUES / 3)).is_some());
-        assert_eq!(kept(&many(MAX_VALUES / 2 + 1)), None);
+        // (An element that keeps a member costs its value, the member's name and itself.)
+        assert!(kept(&many(MAX_VALUES / 5)).is_some());
+        assert_eq!(kept(&many(MAX_VALUES / 4 + 1)), None);
+        let small = |n: usize| format!("[{}]", vec![r#"{"usage":1}"#; n].join(","));
+        assert!(kept(&small(MAX_VALUES / 3)).is_some());
+        assert_eq!(kept(&small(MAX_VALUES / 3 + 1)), None);
         // Elements that keep nothing cost nothing.
         let skipped = format!("[{}]", list(MAX_VALUES * 2));
         assert_eq!(kept(&skipped), Some(serde_json::json!([])));

@@ -170,6 +170,12 @@ fn event_stream_json(m: &eventstream::Message<'_>) -> Option<Value> {
     if m.message_type != Some("event") {
         return None;
     }
+    // SECURITY (memory): an event is read as a tree, so it is held to an SSE event's bound (a
+    // 2 MiB message of `[1,1,…]` made a tree of 150 MB). Usage reports and deltas are a few
+    // hundred bytes; a larger event is not read (its usage, if any, unknown).
+    if m.payload.len() > sse::MAX_EVENT {
+        return None;
+    }
     let v: Value = serde_json::from_slice(m.payload).ok()?;
     match v.get("bytes").and_then(Value::as_str) {
         Some(b64) if m.event_type == Some("chunk") => {
@@ -432,6 +438,30 @@ mod tests {
     use providers::anthropic::tests::STREAM as ANTHROPIC;
     use providers::openai_chat::tests::STREAM as OPENAI_CHAT;
     use providers::openai_responses::tests::STREAM as OPENAI_RESPONSES;
+
+    /// An event-stream message larger than an SSE event may be is not read as a tree (a 2 MiB
+    /// one of `[1,1,…]` made 150 MB): the stream's usage comes from its other messages.
+    #[test]
+    fn an_event_stream_message_past_the_event_bound_is_not_read() {
+        let big = format!(
+            r#"{{"contentBlockIndex":0,"delta":{{"text":"{}"}},"p":[{}]}}"#,
+            "word ".repeat(100),
+            vec!["1"; sse::MAX_EVENT / 2].join(",")
+        );
+        assert!(big.len() > sse::MAX_EVENT);
+        let mut stream = eventstream::event("contentBlockDelta", &big);
+        stream.extend(providers::bedrock::tests::converse_stream());
+        let mut m = UsageMeter::for_response("application/vnd.amazon.eventstream", None).unwrap();
+        m.feed(&stream);
+        // The usage of the metadata event after it, its deltas' text: as without it (read, its
+        // 500 bytes of text would count past the 9 output tokens reported).
+        let mut alone =
+            UsageMeter::for_response("application/vnd.amazon.eventstream", None).unwrap();
+        alone.feed(&providers::bedrock::tests::converse_stream());
+        assert!(alone.finish().is_some());
+        assert_eq!(m.finish(), alone.finish());
+        assert_eq!(m.output_estimate(), alone.output_estimate());
+    }
 
     fn meter(ct: &str, chunks: &[&str]) -> Option<Usage> {
         let mut m = UsageMeter::for_response(ct, None)?;
