@@ -303,6 +303,16 @@ impl ServeHttp for AdminApp {
                 return json_error(&Deny::BrowserRequest(marker));
             }
             let snap = self.snapshot.load();
+            // Without a token the port acts for whoever reaches it: a page rebound to it sends
+            // its own name (see `front::unrebindable_host`). A token is no page's to send.
+            let host = req
+                .headers
+                .get(http::header::HOST)
+                .map(http::HeaderValue::as_bytes)
+                .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+            if snap.admin_token.is_none() && !host.is_some_and(crate::front::unrebindable_host) {
+                return json_error(&Deny::BrowserRequest("host"));
+            }
             if let Err(deny) = authenticate(snap.admin_token.as_ref(), &req.headers) {
                 return json_error(&deny);
             }

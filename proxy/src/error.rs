@@ -715,6 +715,13 @@ impl Deny {
                 "the proxy shut down before the request completed; retry shortly".into(),
             ),
             Deny::AdminNotFound(why) => (404, why.clone()),
+            Deny::BrowserRequest("host") => (
+                403,
+                "this port acts for whoever reaches it, so it answers only to a `Host` that no \
+                 web page can rebind to it: an IP address (not 0.0.0.0), `localhost` or a \
+                 single-label name; call it by one of those"
+                    .into(),
+            ),
             Deny::BrowserRequest(marker) => (
                 403,
                 format!(

@@ -355,6 +355,46 @@ fn a_web_pages_requests_to_a_route_or_the_admin_port_are_refused_and_audited() {
         let r = llm_chat(proxy.sidecar_port, body, header);
         assert_eq!(r.status, 200, "{header}: {}", r.body_text());
     }
+    // A rebound name sends no marker over plain HTTP (a same-origin GET), only its own name:
+    // the listener bound to a workload answers only to names no page can rebind.
+    let get = |port: u16, host: &str, extra: &str| {
+        raw_request(
+            port,
+            &format!(
+                "GET /llm/models HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+            ),
+        )
+        .unwrap()
+    };
+    for host in ["rebind.evil.example:8080", "0.0.0.0:8080"] {
+        let r = get(proxy.sidecar_port, host, "");
+        let refusal = r.assert_refused(403, "browser_request");
+        assert!(
+            refusal["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("`Host`"),
+            "{refusal}"
+        );
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(rec["reason"], "browser_request", "{rec}");
+    }
+    for host in [
+        "127.0.0.1:8080",
+        "localhost:8080",
+        "[::1]:8080",
+        "tenant-proxy",
+    ] {
+        assert_eq!(get(proxy.sidecar_port, host, "").status, 200, "{host}");
+    }
+    // A token is no page's to send: the shared listener's route answers any name.
+    let token = token_for("globex", "agent");
+    let r = get(
+        proxy.shared_port,
+        "rebind.evil.example:8080",
+        &format!("Proxy-Authorization: Bearer {token}\r\n"),
+    );
+    assert_ne!(r.code(), "browser_request", "{}", r.body_text());
     // A browser that uses the listener as its proxy names the target: its pages' requests are
     // the agent's, decided as any other.
     let r = forward_get(
@@ -381,6 +421,22 @@ fn a_web_pages_requests_to_a_route_or_the_admin_port_are_refused_and_audited() {
         }
         assert_eq!(admin(&proxy, "GET", "/readyz", header).status, 200);
     }
+    // Without a token, a rebound name is refused too (its reads carry no marker).
+    let rebound = |method: &str, path: &str| {
+        raw_request_to(
+            proxy.admin_addr(),
+            &format!("{method} {path} HTTP/1.1\r\nHost: rebind.evil.example:9090\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap()
+    };
+    for (method, path) in [
+        ("GET", "/usage?tenant=acme"),
+        ("GET", "/metrics"),
+        ("POST", "/runs/close?tenant=acme&run=run-1"),
+    ] {
+        rebound(method, path).assert_refused(403, "browser_request");
+    }
+    assert_eq!(rebound("GET", "/readyz").status, 200);
     // The run was not closed: closing it now is the first close.
     let closed = admin(&proxy, "POST", "/runs/close?tenant=acme&run=run-1", "");
     assert_eq!(
@@ -403,6 +459,16 @@ fn a_web_pages_requests_to_a_route_or_the_admin_port_are_refused_and_audited() {
         &format!("Origin: https://evil.example\r\n{}", bearer(TOKEN)),
     )
     .assert_refused(403, "browser_request");
+    // With a token, any name: the token is what a page cannot send.
+    let r = raw_request_to(
+        guarded.admin_addr(),
+        &format!(
+            "GET /metrics HTTP/1.1\r\nHost: tenant-proxy.monitoring.svc:9090\r\n{}Connection: close\r\n\r\n",
+            bearer(TOKEN)
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
 }
 
 /// `[server] shutdown_delay`: after `SIGTERM` the proxy goes on serving, new connections

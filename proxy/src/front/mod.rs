@@ -122,6 +122,35 @@ pub fn browser_marker(headers: &http::HeaderMap) -> Option<&'static str> {
     (site.iter().next().is_some() && !site.iter().all(user_typed)).then_some("sec-fetch-site")
 }
 
+/// Whether `host` (a `Host` value, with or without its port) names the proxy in a way no web
+/// page can rebind: an IP address other than an unspecified one (`0.0.0.0`: browsers send it
+/// to loopback from any site), `localhost` or a name under it (browsers resolve those to
+/// loopback themselves), or a single-label name (a container's or a pod's: no public zone
+/// answers for it). A page served from a name an attacker's DNS answers for, rebound to this
+/// address after it loaded, sends that name.
+pub fn unrebindable_host(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let host = host.trim();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, _)) => {
+                return addr
+                    .parse::<std::net::Ipv6Addr>()
+                    .is_ok_and(|a| !a.is_unspecified());
+            }
+            None => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    if let Ok(ip) = name.parse::<std::net::Ipv4Addr>() {
+        return !ip.is_unspecified();
+    }
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    !name.is_empty() && (name == "localhost" || name.ends_with(".localhost") || !name.contains('.'))
+}
+
 /// The parameter web frameworks read as the request's real method (Rails, Laravel, Symfony,
 /// Express's method-override: `POST /items/1?_method=DELETE`, or in a form body).
 pub const METHOD_PARAMETER: &str = "_method";
@@ -199,6 +228,39 @@ pub fn nominated_protected<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_names_no_page_can_rebind_are_unrebindable() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "10.1.2.3:9090",
+            "[::1]:8080",
+            "[::1]",
+            "localhost",
+            "LOCALHOST:8080",
+            "app.localhost:3000",
+            "localhost.",
+            "tenant-proxy:9090",
+            "proxy",
+        ] {
+            assert!(unrebindable_host(host.as_bytes()), "{host}");
+        }
+        for host in [
+            "rebind.evil.example:8080",
+            "evil.example",
+            "localhost.evil.example",
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "[::1",
+            "",
+            ":8080",
+            "127.0.0.1.nip.io",
+            "tenant-proxy.default.svc.cluster.local:8080",
+        ] {
+            assert!(!unrebindable_host(host.as_bytes()), "{host}");
+        }
+    }
 
     #[test]
     fn a_browsers_marks_of_a_pages_request_are_found() {

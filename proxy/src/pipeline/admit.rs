@@ -527,8 +527,14 @@ async fn admit_http(
         BodySource::Given(..) => None,
     };
     let original = tunnel.and_then(|t| t.original).or(captured);
-    let mut destination =
-        http_destination(source.header(), tunnel, captured, &snapshot, config, trail)?;
+    let bound = who.source == crate::identity::IdentitySourceKind::Binding;
+    let mut destination = http_destination(
+        source.header(),
+        (tunnel, captured, bound),
+        &snapshot,
+        config,
+        trail,
+    )?;
     declared_provider(&mut destination, &snapshot);
     trail.destination = Some(destination.clone());
 
@@ -1142,8 +1148,7 @@ fn deny_for_hold(end: HoldEnd) -> Deny {
 /// parser with an ambiguity in it.
 fn http_destination(
     req: &RequestHeader,
-    tunnel: Option<&Tunnel>,
-    captured: Option<SocketAddr>,
+    (tunnel, captured, bound): (Option<&Tunnel>, Option<SocketAddr>, bool),
     snapshot: &Snapshot,
     config: &StaticConfig,
     trail: &mut Trail,
@@ -1241,6 +1246,14 @@ fn http_destination(
             if req.raw_path().starts_with(b"/") {
                 if let Some(marker) = crate::front::browser_marker(&req.headers) {
                     return Err(Deny::BrowserRequest(marker));
+                }
+                // A page whose name was rebound to this address sends its own name as `Host`
+                // and, over plain HTTP, neither marker (browsers send `Sec-Fetch-*` to secure
+                // origins only, and `Origin` not with a same-origin GET). The listener acts as
+                // its workload for whoever reaches it, so it answers only to names no page can
+                // rebind. (A token or a certificate is not a page's to send.)
+                if bound && host.is_some_and(|h| !crate::front::unrebindable_host(h)) {
+                    return Err(Deny::BrowserRequest("host"));
                 }
             }
             crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?
