@@ -674,6 +674,39 @@ fn an_http2_request_ending_in_trailers_forwards_its_body_once() {
     assert_eq!(rec["bytes_in"], body.len(), "{rec}");
 }
 
+/// An HTTP/2 client that resets its stream in the middle of its body abandoned the upload, as
+/// an HTTP/1 client that closes does: recorded `client_closed`, never `bad_request`, nothing
+/// forwarded.
+#[test]
+fn an_http2_upload_reset_mid_body_is_recorded_as_its_clients_doing() {
+    let (origin, proxy) = intercepting_proxy();
+    let authority = format!("llm.test:{}", origin.port);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let send = h2_in_tunnel(&proxy, &authority).await;
+        let mut send = send.ready().await.unwrap();
+        let request = http::Request::post(format!("https://{authority}/v1/abandoned"))
+            .header("content-type", "application/json")
+            .header("content-length", "1000")
+            .body(())
+            .unwrap();
+        let (_response, mut stream) = send.send_request(request, false).unwrap();
+        stream
+            .send_data(bytes::Bytes::from_static(b"{\"a\":"), false)
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    });
+    let records = proxy.wait_audit_records("acme", 1);
+    let rec = records
+        .iter()
+        .find(|r| r["path"] == "/v1/abandoned")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(rec["reason"], "client_closed", "{rec}");
+    assert!(origin.matching("/v1/abandoned").is_empty());
+}
+
 /// HTTP/2 streams inside an intercepted tunnel meet the checks HTTP/1 requests meet in the
 /// front: a `CONNECT` stream is refused `connect_unsupported` (not pingora's bare 405), and a
 /// head with more fields than `max_headers` (HPACK makes a repeated field about a byte) is

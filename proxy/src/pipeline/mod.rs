@@ -205,6 +205,15 @@ impl Effects for Shared {
                 (_, Some(crate::front::Violation::Truncated)) => Deny::ClientClosed,
                 // The front knows why a read failed: a framing error, a missed deadline.
                 (crate::body::BodyError::Unreadable, Some(violation)) => Deny::from(violation),
+                // An HTTP/2 stream's body (no front under it; the h2 layer checked its frames)
+                // ends unread when its client reset the stream or left, or the drain cut it.
+                (crate::body::BodyError::Unreadable, None) if session.is_http2() => {
+                    if self.drain.is_cut() {
+                        Deny::Shutdown
+                    } else {
+                        Deny::ClientClosed
+                    }
+                }
                 _ => Deny::from(e),
             },
         )?;
