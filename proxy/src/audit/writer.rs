@@ -46,6 +46,8 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 const TICK: Duration = Duration::from_millis(100);
 /// Attempts at writing the last batches once stopping, before giving up on a failing disk.
 const RETRIES_WHEN_STOPPING: u32 = 10;
+/// How long the writer goes on trying to send the stream's last lines once stopping.
+const STREAM_EXIT_TIME: Duration = Duration::from_secs(3);
 /// Most records the writer keeps in memory for one tenant whose partition cannot be written.
 /// Its requests are refused meanwhile, so only requests already admitted add to them (their
 /// refusals reserve no record); past the bound the oldest go to the process log as `unwritten
@@ -589,14 +591,22 @@ impl Writer {
     /// goes to the process log as an `unsent audit stream record`. The files hold them, but
     /// where the stream is the durable copy (a pod's files on an `emptyDir`) the files go with
     /// the pod: one `flush` inside a backoff dropped them without a word.
+    ///
+    /// The attempts start within [`STREAM_EXIT_TIME`] (one may take the stream's connect and
+    /// send timeouts past it): the process must end within the orchestrator's termination
+    /// budget, or the lines it would log are lost with it.
     fn flush_stream_before_exit(&mut self) {
-        for attempt in 0..RETRIES_WHEN_STOPPING {
-            if !self.stream.as_ref().is_some_and(StreamSink::has_pending) {
-                break;
+        let deadline = Instant::now() + STREAM_EXIT_TIME;
+        let mut first = true;
+        while self.stream.as_ref().is_some_and(StreamSink::has_pending) {
+            if !first {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(RETRY_DELAY.min(left));
             }
-            if attempt > 0 {
-                std::thread::sleep(RETRY_DELAY);
-            }
+            first = false;
             if let Some(stream) = &mut self.stream {
                 stream.retry_now();
             }
