@@ -741,17 +741,33 @@ fn a_redis_that_answers_but_refuses_admissions_is_not_ready() {
             "ACL SETUSER default -@scripting".into(),
             "ACL SETUSER default +@all".into(),
         ),
+        // Keys the shared revocation list lives under left out: token requests would be
+        // refused (the list not read recently), so the replica is not ready either.
+        (
+            "ACL SETUSER default resetkeys ~tp:{acme}:* ~tp:{globex}:* ~tp:{limiter}:*".into(),
+            "ACL SETUSER default resetkeys ~*".into(),
+        ),
     ] {
         redis.command(&break_it);
         let body = wait_readiness(&proxy, 503);
         assert_eq!(body["limiter_connected"], false, "{break_it}: {body}");
-        let r = forward_get(proxy.sidecar_port, &url, None, "");
+        // A token request (its revocations checked) is refused whichever it is.
+        let token = token_for("acme", "researcher");
+        let r = forward_get(proxy.shared_port, &url, Some(&token), "");
         r.assert_refused(503, "limiter_unavailable");
         redis.command(&mend);
         wait_readiness(&proxy, 200);
     }
     assert!(origin.matching("/acme/refused").is_empty());
     assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+    // An ACL that covers every key admissions and the revocation list use, but not the probe's
+    // own: the replica serves, so it stays ready (the probe asks `TIME` instead).
+    redis.command("ACL SETUSER default resetkeys ~tp:{acme}:* ~tp:{globex}:* ~tp:{revocations}:*");
+    std::thread::sleep(Duration::from_secs(4));
+    let (status, body) = readiness(&proxy);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+    redis.command("ACL SETUSER default resetkeys ~*");
 }
 
 /// A stall short enough that Redis still applies the admissions the proxy gave up on: their

@@ -264,6 +264,23 @@ return redis.call('TIME')
 /// The key [`PROBE`] writes, under a hash tag of its own.
 const PROBE_KEY: &str = "tp:{limiter}:probe";
 
+/// Runs [`PROBE`] (`call`) within `wait`. An ACL user whose key patterns leave out the probe's
+/// key (say, the tenants' tags only) is refused it (`NOPERM`) though admissions may be served:
+/// then `TIME` answers for whether Redis answers, as before the probe wrote.
+async fn probe_once(
+    call: &ScriptCall<'_>,
+    conn: &mut AsyncConn,
+    wait: Duration,
+) -> Option<redis::RedisResult<Vec<String>>> {
+    let answer = answer_within(wait, call.run::<Vec<String>>(conn)).await;
+    match &answer {
+        Some(Err(e)) if e.code() == Some("NOPERM") => {
+            answer_within(wait, redis::cmd("TIME").query_async(conn)).await
+        }
+        _ => answer,
+    }
+}
+
 /// Every script the backend runs.
 const SCRIPTS: [&str; 8] = [
     PROBE,
@@ -631,11 +648,8 @@ impl RedisBackend {
                                 // Redis's clock is known before the first admission: until
                                 // then an admission carries no deadline.
                                 let sent = unix_us();
-                                if let Some(Ok(answer)) = answer_within(
-                                    read_timeout,
-                                    time.run::<Vec<String>>(&mut probe),
-                                )
-                                .await
+                                if let Some(Ok(answer)) =
+                                    probe_once(&time, &mut probe, read_timeout).await
                                 {
                                     if let Some(redis_us) = time_us(&answer) {
                                         clocked.measured(sent, redis_us, unix_us());
@@ -648,8 +662,8 @@ impl RedisBackend {
                                 loop {
                                     tokio::time::sleep(PROBE_INTERVAL).await;
                                     let sent = unix_us();
-                                    let answer = time.run::<Vec<String>>(&mut probe);
-                                    let answer = answer_within(probe_timeout, answer).await;
+                                    let answer =
+                                        probe_once(&time, &mut probe, probe_timeout).await;
                                     let answered = matches!(answer, Some(Ok(_)));
                                     if let Some(redis_us) =
                                         answer.and_then(Result::ok).as_deref().and_then(time_us)
@@ -1048,7 +1062,7 @@ impl LimitBackend for RedisBackend {
     }
 
     fn is_connected(&self) -> bool {
-        self.conn.load().is_some() && self.revocations.has_been_read() && self.answering.get()
+        self.conn.load().is_some() && self.revocations.is_fresh() && self.answering.get()
     }
 }
 

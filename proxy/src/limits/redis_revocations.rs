@@ -113,6 +113,14 @@ impl SharedRevocations {
         self.read_at_ms.load(Ordering::Acquire) > 0
     }
 
+    /// Whether the list was read within [`STALE_AFTER`]: under `fail_closed` token requests are
+    /// refused otherwise, so a replica whose list cannot be read (an ACL that leaves out its
+    /// key, the master of its slot down) is not ready.
+    pub fn is_fresh(&self) -> bool {
+        let age = unix_ms().saturating_sub(self.read_at_ms.load(Ordering::Acquire));
+        self.has_been_read() && age <= i64::try_from(STALE_AFTER.as_millis()).unwrap_or(i64::MAX)
+    }
+
     /// Reads the list once through `conn`, within `timeout`.
     pub async fn refresh(&self, conn: &AsyncConn, timeout: Duration) -> Result<(), String> {
         let mut conn = conn.clone();
