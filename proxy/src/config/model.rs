@@ -226,6 +226,9 @@ impl StaticConfig {
 /// The most worker threads a listener may have.
 const MAX_THREADS: usize = 1024;
 
+/// The longest `[server] shutdown_delay`.
+const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
+
 /// `[server]`, validated.
 struct ServerSettings {
     threads: usize,
@@ -247,6 +250,16 @@ impl ServerSettings {
                 format!("must be at most {MAX_THREADS} (threads per listener; about one per core)"),
             );
         }
+        let shutdown_delay = p.duration("server.shutdown_delay", &spec.shutdown_delay);
+        // Past any termination budget the proxy would serve on, unready, until killed: nothing
+        // in flight would be drained or recorded.
+        if shutdown_delay > MAX_SHUTDOWN_DELAY {
+            p.push(
+                "server.shutdown_delay",
+                "must be at most 5m (the time a load balancer takes to stop sending connections; \
+                 the drain follows it)",
+            );
+        }
         Self {
             threads: spec.threads.max(1),
             grace_period: p.duration("server.grace_period", &spec.grace_period),
@@ -254,7 +267,7 @@ impl ServerSettings {
                 "server.graceful_shutdown_timeout",
                 &spec.graceful_shutdown_timeout,
             ),
-            shutdown_delay: p.duration("server.shutdown_delay", &spec.shutdown_delay),
+            shutdown_delay,
         }
     }
 }
@@ -630,6 +643,10 @@ mod tests {
                 "log-bad-level.toml:5:9: `warning` in the log filter `warning` is no level",
             ),
             ("threads-huge.toml", "server.threads: must be at most 1024"),
+            (
+                "shutdown-delay-huge.toml",
+                "server.shutdown_delay: must be at most 5m",
+            ),
             (
                 "zero-header-timeout.toml",
                 "egress.client_header_timeout: must be more than zero",
