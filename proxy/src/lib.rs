@@ -78,6 +78,7 @@ pub mod header_names;
 pub mod identity;
 pub mod ids;
 pub mod json_names;
+pub mod json_scalar;
 pub mod limits;
 pub mod logging;
 pub mod lower_hex;

@@ -643,7 +643,10 @@ impl<'de> Visitor<'de> for ItemTypeVisitor {
         let mut kind = None;
         while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if name == "type" {
-                kind = map.next_value::<TypeName>()?.0;
+                kind = match map.next_value::<crate::json_scalar::Scalar>()?.0 {
+                    Some(Value::String(kind)) => Some(kind),
+                    _ => None,
+                };
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -678,59 +681,6 @@ impl<'de> Visitor<'de> for ItemTypeVisitor {
 
     fn visit_unit<E>(self) -> Result<ItemType, E> {
         Ok(ItemType(None))
-    }
-}
-
-/// An item's `type`: a string, or nothing for any other value (read and left out).
-struct TypeName(Option<String>);
-
-impl<'de> de::Deserialize<'de> for TypeName {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        de.deserialize_any(TypeNameVisitor)
-    }
-}
-
-struct TypeNameVisitor;
-
-impl<'de> Visitor<'de> for TypeNameVisitor {
-    type Value = TypeName;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an item's type")
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<TypeName, E> {
-        Ok(TypeName(Some(v.to_owned())))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TypeName, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(TypeName(None))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TypeName, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(TypeName(None))
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<TypeName, E> {
-        Ok(TypeName(None))
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<TypeName, E> {
-        Ok(TypeName(None))
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<TypeName, E> {
-        Ok(TypeName(None))
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<TypeName, E> {
-        Ok(TypeName(None))
-    }
-
-    fn visit_unit<E>(self) -> Result<TypeName, E> {
-        Ok(TypeName(None))
     }
 }
 

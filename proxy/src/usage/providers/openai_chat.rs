@@ -8,6 +8,8 @@
 use serde::de;
 use serde_json::Value;
 
+use crate::json_scalar::Scalar;
+
 use super::{fold_counts, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
@@ -123,52 +125,6 @@ impl<'de> de::Deserialize<'de> for Options {
             }
             fn visit_str<E>(self, _: &str) -> Result<Options, E> {
                 Ok(Options::Other)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A scalar value as it is (`null` too), or nothing for a list or an object (read without a
-/// tree of it).
-struct Scalar(Option<Value>);
-
-impl<'de> de::Deserialize<'de> for Scalar {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> de::Visitor<'de> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any value")
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar(Some(Value::Bool(v))))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar(Some(Value::from(v))))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(Some(Value::from(v))))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar(Some(Value::from(v))))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(Some(Value::String(v.to_owned()))))
-            }
-            fn visit_unit<E>(self) -> Result<Scalar, E> {
-                Ok(Scalar(Some(Value::Null)))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(Scalar(None))
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
-                while map
-                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(Scalar(None))
             }
         }
         d.deserialize_any(V)

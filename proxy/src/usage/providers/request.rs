@@ -16,6 +16,7 @@ use serde::Deserializer as _;
 
 use super::registry::PROVIDERS;
 use super::{Field, Provider};
+use crate::json_scalar::Scalar;
 
 /// What a JSON request body names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -491,70 +492,18 @@ impl<'de> Visitor<'de> for ModelList<'_> {
     }
 }
 
-/// A flag's or a count's value as lenient readers take it: a boolean, a number or a string;
-/// anything else (a list, an object, `null`) is none of them, and is skipped without a tree
-/// of it being built.
-enum Scalar {
-    Bool(bool),
-    Number(f64),
-    Text(String),
-    Other,
-}
-
-impl<'de> de::Deserialize<'de> for Scalar {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ScalarVisitor)
-    }
-}
-
-struct ScalarVisitor;
-
-impl<'de> Visitor<'de> for ScalarVisitor {
-    type Value = Scalar;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any value")
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-        Ok(Scalar::Bool(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-        Ok(Scalar::Number(v as f64))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-        Ok(Scalar::Number(v as f64))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-        Ok(Scalar::Number(v))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-        Ok(Scalar::Text(v.to_owned()))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
-        Ok(Scalar::Other)
-    }
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Other)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Other)
-    }
-}
-
 /// Whether a flag is set, read as leniently as any upstream would read it: lax validators
 /// (pydantic's, behind vLLM and many gateways) take `1`, `"true"`, `"yes"` and their like as
 /// true, so an agent cannot ask for background work in a spelling only the proxy reads as no.
 fn truthy(v: &Scalar) -> bool {
-    match v {
-        Scalar::Bool(b) => *b,
-        Scalar::Number(n) => *n != 0.0,
-        Scalar::Text(s) => matches!(
+    match &v.0 {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::Number(n)) => n.as_f64().is_some_and(|n| n != 0.0),
+        Some(serde_json::Value::String(s)) => matches!(
             s.trim().to_ascii_lowercase().as_str(),
             "true" | "1" | "yes" | "on" | "t" | "y"
         ),
-        Scalar::Other => false,
+        _ => false,
     }
 }
 
@@ -566,10 +515,10 @@ struct Count(Option<u64>);
 
 impl<'de> de::Deserialize<'de> for Count {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let number = match Scalar::deserialize(d)? {
-            Scalar::Number(n) => Some(n),
-            Scalar::Text(s) => s.trim().parse::<f64>().ok(),
-            Scalar::Bool(_) | Scalar::Other => None,
+        let number = match Scalar::deserialize(d)?.0 {
+            Some(serde_json::Value::Number(n)) => n.as_f64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+            _ => None,
         };
         // `as` saturates: a count past u64 is u64::MAX, which the reservation saturates too.
         Ok(Count(
