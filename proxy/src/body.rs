@@ -348,19 +348,7 @@ pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
         .map_err(|e| format!("the request body cannot be read as a JSON object: {e}"))?;
     let mut read = checked(named.model, named.max_output_tokens, named.choices)?;
     read.ceiling_fields = named.ceiling_fields;
-    if let Some(long) = named
-        .other_models
-        .iter()
-        .find(|m| m.len() > MAX_MODEL_BYTES)
-    {
-        return Err(format!(
-            "a model name is longer than {MAX_MODEL_BYTES} bytes (`{}…`)",
-            long.chars().take(32).collect::<String>()
-        ));
-    }
-    if named.other_models.iter().any(|m| m.contains(',')) {
-        return Err(SEVERAL_MODELS.into());
-    }
+    checked_others(&named.other_models)?;
     read.other_models = named.other_models;
     read.fallback_models = named.fallback_models;
     read.background = named.background;
@@ -387,6 +375,21 @@ fn checked(
         choices,
         background: false,
     })
+}
+
+/// The checks every other model a body names meets, however the body is framed (JSON, a form,
+/// multipart): as the call's own model, no longer than [`MAX_MODEL_BYTES`] and no comma.
+fn checked_others(others: &[String]) -> Result<(), String> {
+    if let Some(long) = others.iter().find(|m| m.len() > MAX_MODEL_BYTES) {
+        return Err(format!(
+            "a model name is longer than {MAX_MODEL_BYTES} bytes (`{}…`)",
+            long.chars().take(32).collect::<String>()
+        ));
+    }
+    if others.iter().any(|m| m.contains(',')) {
+        return Err(SEVERAL_MODELS.into());
+    }
+    Ok(())
 }
 
 /// Why a model name with a comma is refused.
@@ -516,9 +519,10 @@ fn form_has_method(body: &[u8]) -> bool {
 /// only its first bytes are read (the name a framework reads ends at a NUL or a `[`).
 fn names_a_part(body: &[u8]) -> bool {
     let lower = body.to_ascii_lowercase();
-    // The separator the values seen so far end at, and the last `'` before it (from where the
-    // first of those values began).
+    // The separator the values seen so far end at, where the spaces before it begin, and the
+    // last `'` before it (from where the first of those values began).
     let mut end = 0;
+    let mut tail = 0;
     let mut quote: Option<usize> = None;
     let mut searched = false;
     memchr::memmem::find_iter(&lower, b"name").any(|at| {
@@ -531,10 +535,12 @@ fn names_a_part(body: &[u8]) -> bool {
         let from = body.len() - value.len();
         if !searched || end < from {
             end = memchr::memchr3(b';', b'\r', b'\n', value).map_or(body.len(), |e| from + e);
+            tail = from + body[from..end].trim_ascii_end().len();
             quote = memchr::memrchr(b'\'', &body[from..end]).map(|q| from + q);
             searched = true;
         }
-        let mut value = body[from..end].trim_ascii();
+        // (`from` is past leading spaces already; a value inside the trailing ones is empty.)
+        let mut value = &body[from..tail.max(from)];
         // RFC 5987: `charset'lang'value`.
         if let Some(q) = quote.filter(|q| *q >= from) {
             let cut = q + 1 - from;
@@ -850,11 +856,7 @@ impl FormFields {
             },
             // A gateway's model list (OpenRouter's `models`, LiteLLM's `fallbacks`): in a form,
             // each value is one more model, decided as the call's is.
-            Some(Slot::ModelList) => {
-                self.other_models.push(value.to_string());
-                self.fallback_models.push(value.to_string());
-                Ok(())
-            }
+            Some(Slot::ModelList) => self.add_other(value, true),
             // Background calls are JSON's (the Responses API's); a form's field is another's.
             // Secondary and other models are nested, never form fields.
             Some(Slot::Background | Slot::SecondaryModel(_) | Slot::OtherModel) | None => Ok(()),
@@ -870,12 +872,34 @@ impl FormFields {
         }
         let session = providers::request::read_json(value.as_bytes())
             .map_err(|e| format!("form field `session` cannot be read as a JSON object: {e}"))?;
-        self.other_models.extend(session.other_models);
-        self.fallback_models.extend(session.fallback_models);
+        for model in &session.other_models {
+            let fallback = session.fallback_models.contains(model);
+            self.add_other(model, fallback)?;
+        }
         match session.model {
             Some(model) => self.take("model", &model),
             None => Ok(()),
         }
+    }
+
+    /// One more model the call may run (a gateway's `fallback` when `fallback`), each distinct
+    /// one once. SECURITY: each is a policy decision and a line of the audit record: past
+    /// [`providers::request::MAX_MODELS`] the body is refused, as a JSON one is (a form of
+    /// 160,000 names took 3 s of a shared worker and 3 MB of record).
+    fn add_other(&mut self, model: &str, fallback: bool) -> Result<(), String> {
+        if !self.other_models.iter().any(|m| m == model) {
+            if self.other_models.len() == providers::request::MAX_MODELS {
+                return Err(format!(
+                    "the body names more than {} models",
+                    providers::request::MAX_MODELS
+                ));
+            }
+            self.other_models.push(model.to_owned());
+        }
+        if fallback && !self.fallback_models.iter().any(|m| m == model) {
+            self.fallback_models.push(model.to_owned());
+        }
+        Ok(())
     }
 
     /// The best-ranked model; the largest ceiling and number of completions (see
@@ -901,6 +925,7 @@ impl FormFields {
             largest(self.choices),
         )?;
         read.ceiling_fields = fields;
+        checked_others(&self.other_models)?;
         let mut others = self.other_models;
         others.retain(|m| Some(m) != read.model.as_ref());
         read.other_models = others;
@@ -986,8 +1011,14 @@ fn each_part(body: &[u8], boundary: &str, part: &mut PartVisitor<'_>) -> Result<
         // SECURITY: a part that names itself twice over, differently (`name` beside a `name*`
         // that decodes to `model`, two `Content-Disposition` lines), is read as one field by one
         // server and as another by the next: which one is not the proxy's guess to make.
-        let mut names = crate::part_names::of(head.as_bytes());
-        names.dedup();
+        // The first name, and the first other one (no more are read).
+        let mut names: Vec<String> = Vec::new();
+        crate::part_names::each(head.as_bytes(), |name| {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+            names.len() < 2
+        });
         match names.as_slice() {
             [] => {}
             [name] => part(name, &content[..end])?,
@@ -1212,6 +1243,64 @@ mod tests {
 
     const CHAT: &[u8] = br#"{"model":"gpt-4o","max_tokens":7,"messages":[]}"#;
 
+    /// A form's or a multipart body's model list meets a JSON list's checks: at most 16
+    /// distinct models (each is a decision and a line of the record; repeats are one), none
+    /// with a comma (a gateway calls each), none longer than a model name may be.
+    #[test]
+    fn a_forms_model_list_is_held_to_a_json_lists_checks() {
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let read = |body: String| to_llm(body.into_bytes(), &form);
+        let repeated = format!("model=a{}", "&models=b".repeat(100_000));
+        let ok = read(repeated).unwrap();
+        assert_eq!(ok.llm.other_models, ["b"]);
+        assert_eq!(ok.llm.fallback_models, ["b"]);
+        let many: String = (0..17).map(|i| format!("&fallbacks=m{i}")).collect();
+        let e = read(format!("model=a{many}")).unwrap_err();
+        assert!(
+            matches!(&e, BodyError::Malformed(m) if m.contains("more than 16 models")),
+            "{e:?}"
+        );
+        let e = read("model=a&fallbacks=gpt-4o-mini%2Cgpt-4o".into()).unwrap_err();
+        assert!(
+            matches!(&e, BodyError::Malformed(m) if m.contains("comma")),
+            "{e:?}"
+        );
+        let e = read(format!("model=a&models={}", "m".repeat(300))).unwrap_err();
+        assert!(
+            matches!(&e, BodyError::Malformed(m) if m.contains("longer than")),
+            "{e:?}"
+        );
+        let multi = [("content-type", "multipart/form-data; boundary=XX")];
+        let part = |name: &str, value: &str| {
+            format!("--XX\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+        };
+        let body = format!(
+            "{}{}--XX--\r\n",
+            part("model", "a"),
+            part("fallbacks", "x,y")
+        );
+        let e = to_llm(body.into_bytes(), &multi).unwrap_err();
+        assert!(
+            matches!(&e, BodyError::Malformed(m) if m.contains("comma")),
+            "{e:?}"
+        );
+    }
+
+    /// A part that names itself a million times is read one name at a time, and refused at its
+    /// second distinct name.
+    #[test]
+    fn a_part_named_many_times_is_refused_at_its_second_name() {
+        let multi = [("content-type", "multipart/form-data; boundary=XX")];
+        let names = ";name=a".repeat(200_000);
+        let body =
+            format!("--XX\r\nContent-Disposition: form-data{names}; name=b\r\n\r\nv\r\n--XX--\r\n");
+        let e = to_llm(body.into_bytes(), &multi).unwrap_err();
+        assert!(
+            matches!(&e, BodyError::Malformed(m) if m.contains("named both `a` and `b`")),
+            "{e:?}"
+        );
+    }
+
     /// (case, body, request headers, what is expected: decoded or the refusal code).
     type Case<T> = (&'static str, Vec<u8>, Vec<(&'static str, &'static str)>, T);
 
@@ -1309,9 +1398,15 @@ mod tests {
                 &found[found.len().saturating_sub(40)..]
             );
         }
+        // Values that share one run of trailing spaces trim it once.
+        let spaces = " ".repeat(1_000_000);
+        assert!(names_a_part(
+            format!("{many}name=_method{spaces}").as_bytes()
+        ));
         for not_found in [
             format!("name=\"_method{}\"", "x".repeat(100)),
             format!("{many}name=_methods"),
+            format!("{many}{spaces};x"),
         ] {
             assert!(!names_a_part(not_found.as_bytes()));
         }

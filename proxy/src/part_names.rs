@@ -8,9 +8,21 @@
 
 /// Every name `head` (a part's header lines) gives its part, in order: each `name` parameter of
 /// each `Content-Disposition` line, unquoted, and each `name*`, percent-decoded.
+#[cfg(test)]
 pub fn of(head: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(head);
     let mut names = Vec::new();
+    each(head, |name| {
+        names.push(name);
+        true
+    });
+    names
+}
+
+/// Hands each name `head` gives its part to `visit`, in the order of [`of`], until `visit`
+/// says `false`. SECURITY (memory): the names are not collected, so a part that names itself
+/// a million times costs one name at a time.
+pub fn each(head: &[u8], mut visit: impl FnMut(String) -> bool) {
+    let text = String::from_utf8_lossy(head);
     for line in text.lines().filter(|l| {
         l.get(..20)
             .is_some_and(|p| p.eq_ignore_ascii_case("content-disposition:"))
@@ -20,19 +32,23 @@ pub fn of(head: &[u8]) -> Vec<String> {
                 continue;
             };
             let (k, v) = (k.trim(), v.trim());
-            if k.eq_ignore_ascii_case("name") {
-                names.push(unquote(v));
+            let name = if k.eq_ignore_ascii_case("name") {
+                unquote(v)
             } else if k.eq_ignore_ascii_case("name*") {
                 // `charset'language'value`, the value percent-encoded.
                 let value = unquote(v);
                 let encoded = value.rsplit('\'').next().unwrap_or(&value);
                 let decoded: Vec<u8> =
                     percent_encoding::percent_decode(encoded.as_bytes()).collect();
-                names.push(String::from_utf8_lossy(&decoded).into_owned());
+                String::from_utf8_lossy(&decoded).into_owned()
+            } else {
+                continue;
+            };
+            if !visit(name) {
+                return;
             }
         }
     }
-    names
 }
 
 /// A parameter value as a parser reads it: a quoted string unescaped (`\x` is `x`), anything

@@ -658,10 +658,14 @@ fn check_multipart(
         };
         // A part with several names (two `Content-Disposition` lines, `name` and `name*`) is
         // a credential field when any of them is: a parser keeps one, not necessarily the first.
-        let Some(name) = crate::part_names::of(&part[..head_end])
-            .into_iter()
-            .find(|n| is_field(n))
-        else {
+        let mut field = None;
+        crate::part_names::each(&part[..head_end], |n| {
+            if is_field(&n) {
+                field = Some(n);
+            }
+            field.is_none()
+        });
+        let Some(name) = field else {
             continue;
         };
         let place = format!("body field `{}`", printable(&name));

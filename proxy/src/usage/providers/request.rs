@@ -85,7 +85,7 @@ const BACKGROUND_FIELD: Field = &["background"];
 pub const EACH: &str = "*";
 
 /// Most distinct models one body may name: each is a policy decision.
-const MAX_MODELS: usize = 16;
+pub const MAX_MODELS: usize = 16;
 
 /// Reads the model and ceiling fields of every provider from a JSON object. Allocates only the
 /// model name it returns.
