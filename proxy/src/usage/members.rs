@@ -52,6 +52,25 @@ pub(super) fn parse_members(body: &[u8], wanted: &dyn Fn(&str) -> Option<Keep>) 
     Some(v)
 }
 
+/// Most values a stream event read whole holds (an event is at most 256 KiB; a dense one is a
+/// tree of about 64 times its size). An event past it is not read (its usage, if any, unknown).
+const MAX_EVENT_VALUES: usize = 64 * 1024;
+
+/// `bytes` (one stream event's JSON) as a tree of at most [`MAX_EVENT_VALUES`] values; `None`
+/// when it is not JSON or holds more.
+pub(super) fn bounded_event(bytes: &[u8]) -> Option<Value> {
+    let (member, total) = (Cell::new(MAX_EVENT_VALUES), Cell::new(MAX_EVENT_VALUES));
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = Tree(Budget {
+        member: &member,
+        total: &total,
+    })
+    .deserialize(&mut de)
+    .ok()?;
+    de.end().ok()?;
+    Some(v)
+}
+
 /// A value at the top (`top`) or one level into a top array.
 #[derive(Clone, Copy)]
 struct Level<'w> {
@@ -774,6 +793,21 @@ mod tests {
         // Elements that keep nothing cost nothing.
         let skipped = format!("[{}]", list(MAX_VALUES * 2));
         assert_eq!(kept(&skipped), Some(serde_json::json!([])));
+    }
+
+    /// A stream event is read whole within [`MAX_EVENT_VALUES`] values.
+    #[test]
+    fn a_stream_event_is_read_within_its_bound() {
+        let event = r#"{"type":"x","delta":{"text":"hi"},"usage":{"a":1,"b":[1,2.5,null,true]}}"#;
+        assert_eq!(
+            bounded_event(event.as_bytes()),
+            serde_json::from_str::<Value>(event).ok()
+        );
+        let dense = format!("[{}]", vec!["[]"; MAX_EVENT_VALUES].join(","));
+        assert_eq!(bounded_event(dense.as_bytes()), None);
+        let fits = format!("[{}]", vec!["1"; MAX_EVENT_VALUES - 1].join(","));
+        assert!(bounded_event(fits.as_bytes()).is_some());
+        assert_eq!(bounded_event(b"{\"a\":1} x"), None);
     }
 
     /// A list of output items keeps each object item's `type`, and nothing of its content.

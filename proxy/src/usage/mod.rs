@@ -176,12 +176,12 @@ fn event_stream_json(m: &eventstream::Message<'_>) -> Option<Value> {
     if m.payload.len() > sse::MAX_EVENT {
         return None;
     }
-    let v: Value = serde_json::from_slice(m.payload).ok()?;
+    let v = members::bounded_event(m.payload)?;
     match v.get("bytes").and_then(Value::as_str) {
         Some(b64) if m.event_type == Some("chunk") => {
             use base64::Engine as _;
             let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-            serde_json::from_slice(&raw).ok()
+            members::bounded_event(&raw)
         }
         _ => Some(v),
     }
@@ -270,7 +270,7 @@ impl UsageMeter {
                 streamed,
             } => parser.feed(chunk, &mut |data| {
                 if data != b"[DONE]" {
-                    if let Ok(v) = serde_json::from_slice::<Value>(data) {
+                    if let Some(v) = members::bounded_event(data) {
                         read_event(provider, &v, usage, streamed);
                     }
                 }

@@ -5,7 +5,6 @@
 //! exactly the stream it requested.
 
 use bytes::{Bytes, BytesMut};
-use serde_json::Value;
 
 use super::providers::Provider;
 use super::sse::{SseParser, MAX_EVENT};
@@ -136,8 +135,8 @@ impl UsageEventStripper {
     fn is_usage_event(&self, event: &[u8]) -> bool {
         let mut usage = false;
         SseParser::default().feed(event, &mut |data| {
-            usage = serde_json::from_slice::<Value>(data)
-                .is_ok_and(|v| self.provider.is_requested_usage_event(&v));
+            usage = super::members::bounded_event(data)
+                .is_some_and(|v| self.provider.is_requested_usage_event(&v));
         });
         usage
     }
