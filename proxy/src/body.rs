@@ -257,6 +257,26 @@ pub async fn read_full(
     Ok(bytes.map(|bytes| ReadBody { bytes, hold }))
 }
 
+/// Why a body could not be read: an HTTP/2 stream the proxy's own HTTP/2 layer reset for
+/// breaking the protocol (a body longer or shorter than its `content-length`, bad frames) is
+/// the client's malformed request; anything else (its client reset the stream or left, the
+/// connection failed) is for the caller to tell apart.
+fn unreadable(e: &pingora::Error) -> BodyError {
+    let h2 = e
+        .root_cause()
+        .downcast_ref::<h2::Error>()
+        .filter(|h2| !h2.is_remote() && !h2.is_io());
+    match h2.and_then(h2::Error::reason) {
+        Some(reason) if reason != h2::Reason::CANCEL && reason != h2::Reason::NO_ERROR => {
+            BodyError::Malformed(format!(
+                "the HTTP/2 stream broke the protocol ({reason:?}): a body longer or shorter than \
+                 its `content-length`, or malformed frames"
+            ))
+        }
+        _ => BodyError::Unreadable,
+    }
+}
+
 async fn read_body(
     session: &mut Session,
     cap: usize,
@@ -279,7 +299,7 @@ async fn read_body(
         }
         let chunk = match session.read_request_body().await {
             Ok(c) => c,
-            Err(_) => return Err(BodyError::Unreadable),
+            Err(e) => return Err(unreadable(&e)),
         };
         match chunk {
             Some(c) => {

@@ -509,3 +509,25 @@ fn after_sigterm_it_serves_unready_for_the_shutdown_delay_then_drains() {
     let rec = proxy.audit_record("acme", &r.request_id());
     assert_eq!(rec["reason"], "allowed", "{rec}");
 }
+
+/// An admin port listening on every address (the gateway shape's `0.0.0.0`) is called by the
+/// CLI on loopback: it named `0.0.0.0` as `Host`, which the port refuses as a page's.
+#[test]
+fn the_cli_reaches_an_admin_port_that_listens_on_every_address() {
+    let mut spec = ProxySpec::default();
+    spec.config.admin.listen = Some("0.0.0.0:0".parse().unwrap());
+    let proxy = Proxy::start(spec);
+    // The address as the configuration gives it: every address, on the port it was given.
+    let every = format!("0.0.0.0:{}", proxy.admin_addr().port());
+    let config = proxy.path("tenant-proxy.toml");
+    let config = config.to_str().unwrap();
+    for args in [
+        &["usage", "--tenant", "acme", "--json"][..],
+        &["run", "close", "--tenant", "acme", "--run", "r-any"],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--config", config, "--admin", &every]);
+        let (code, out) = proxy_cli(proxy.path(".").as_path(), &all, "");
+        assert_eq!(code, 0, "{args:?}: {out}");
+    }
+}

@@ -707,6 +707,38 @@ fn an_http2_upload_reset_mid_body_is_recorded_as_its_clients_doing() {
     assert!(origin.matching("/v1/abandoned").is_empty());
 }
 
+/// An HTTP/2 body longer than its `content-length` breaks the protocol: the proxy's HTTP/2
+/// layer resets the stream, and the record says the request was malformed (`bad_request`),
+/// not that its client left.
+#[test]
+fn an_http2_body_longer_than_its_length_is_a_bad_request() {
+    let (origin, proxy) = intercepting_proxy();
+    let authority = format!("llm.test:{}", origin.port);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let send = h2_in_tunnel(&proxy, &authority).await;
+        let mut send = send.ready().await.unwrap();
+        let request = http::Request::post(format!("https://{authority}/v1/longer"))
+            .header("content-type", "application/json")
+            .header("content-length", "3")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = send.send_request(request, false).unwrap();
+        stream
+            .send_data(bytes::Bytes::from_static(b"{\"a\":1,\"b\":2}"), true)
+            .unwrap();
+        let _ = response.await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    });
+    let records = proxy.wait_audit_records("acme", 1);
+    let rec = records
+        .iter()
+        .find(|r| r["path"] == "/v1/longer")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(rec["reason"], "bad_request", "{rec}");
+    assert!(origin.matching("/v1/longer").is_empty());
+}
+
 /// HTTP/2 streams inside an intercepted tunnel meet the checks HTTP/1 requests meet in the
 /// front: a `CONNECT` stream is refused `connect_unsupported` (not pingora's bare 405), and a
 /// head with more fields than `max_headers` (HPACK makes a repeated field about a byte) is

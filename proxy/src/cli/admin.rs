@@ -38,7 +38,15 @@ impl AdminPort {
 /// plain HTTP/1.1), with the admin token when the configuration names one.
 pub(super) fn admin_call(port: &AdminPort, method: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
-    let addr = port.addr;
+    // An admin port listening on every address (`0.0.0.0`, the gateway shape's) is called on
+    // loopback: `0.0.0.0` is no address to name in `Host` (the port refuses it, as a page's).
+    let mut addr = port.addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| {
             format!(

@@ -135,10 +135,15 @@ pub fn unrebindable_host(host: &[u8]) -> bool {
     let host = host.trim();
     let name = match host.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
+            // An IPv4 address written as IPv6 (`::ffff:127.0.0.1`, or the old `::a.b.c.d`)
+            // is no way an agent names the proxy, and browsers send it without a mark (it
+            // reaches loopback, or as `::ffff:0:0` every address).
             Some((addr, _)) => {
-                return addr
-                    .parse::<std::net::Ipv6Addr>()
-                    .is_ok_and(|a| !a.is_unspecified());
+                return addr.parse::<std::net::Ipv6Addr>().is_ok_and(|a| {
+                    !a.is_unspecified()
+                        && a.to_ipv4_mapped().is_none()
+                        && (a.is_loopback() || a.segments()[..6] != [0; 6])
+                });
             }
             None => return false,
         },
@@ -253,6 +258,10 @@ mod tests {
             "0.0.0.0:8080",
             "[::]:8080",
             "[::1",
+            "[::ffff:127.0.0.1]:8080",
+            "[::ffff:7f00:1]:8080",
+            "[::ffff:0:0]:8080",
+            "[::127.0.0.1]:8080",
             "",
             ":8080",
             "127.0.0.1.nip.io",

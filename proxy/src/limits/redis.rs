@@ -265,20 +265,26 @@ return redis.call('TIME')
 const PROBE_KEY: &str = "tp:{limiter}:probe";
 
 /// Runs [`PROBE`] (`call`) within `wait`. An ACL user whose key patterns leave out the probe's
-/// key (say, the tenants' tags only) is refused it (`NOPERM`) though admissions may be served:
-/// then `TIME` answers for whether Redis answers, as before the probe wrote.
+/// key is refused it (`NOPERM`): the replica is not ready, and the log says why once. (Falling
+/// back to `TIME` made a replica whose user may touch no tenant's key look ready; the README
+/// names the keys the user needs, the probe's among them.)
 async fn probe_once(
     call: &ScriptCall<'_>,
     conn: &mut AsyncConn,
     wait: Duration,
 ) -> Option<redis::RedisResult<Vec<String>>> {
+    static SAID: std::sync::Once = std::sync::Once::new();
     let answer = answer_within(wait, call.run::<Vec<String>>(conn)).await;
-    match &answer {
-        Some(Err(e)) if e.code() == Some("NOPERM") => {
-            answer_within(wait, redis::cmd("TIME").query_async(conn)).await
+    if let Some(Err(e)) = &answer {
+        if e.code() == Some("NOPERM") {
+            SAID.call_once(|| {
+                tracing::error!(
+                    "limiter: the redis user may not write `{PROBE_KEY}` (NOPERM): it needs the keys under `tp:` (see the README's ACL); not ready until it may"
+                );
+            });
         }
-        _ => answer,
     }
+    answer
 }
 
 /// Every script the backend runs.
