@@ -22,7 +22,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::audit::AuditSink;
 use crate::config::admin_token::AdminToken;
-use crate::error::{error_body, Deny};
+use crate::error::{error_body, BrowserSign, Deny};
 use crate::ids::{valid_run_id, TenantId, RUN_ID_RULE};
 use crate::limits::report::{usage_report, ReportError, ReportPeriod};
 use crate::limits::LimitBackend;
@@ -300,7 +300,7 @@ impl ServeHttp for AdminApp {
             // Before the token: a page must not learn whether one is configured, and without
             // one this is the only check (see `front::browser_marker`).
             if let Some(marker) = crate::front::browser_marker(&req.headers) {
-                return json_error(&Deny::BrowserRequest(marker));
+                return json_error(&Deny::BrowserRequest(BrowserSign::Marked(marker)));
             }
             let snap = self.snapshot.load();
             // Without a token the port acts for whoever reaches it: a page rebound to it sends
@@ -311,7 +311,7 @@ impl ServeHttp for AdminApp {
                 .map(http::HeaderValue::as_bytes)
                 .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
             if snap.admin_token.is_none() && !host.is_some_and(crate::front::unrebindable_host) {
-                return json_error(&Deny::BrowserRequest("host"));
+                return json_error(&Deny::BrowserRequest(BrowserSign::RebindableHost));
             }
             if let Err(deny) = authenticate(snap.admin_token.as_ref(), &req.headers) {
                 return json_error(&deny);

@@ -116,9 +116,9 @@ pub enum Deny {
     /// An admin endpoint (other than the probes) called without the configured admin token
     /// (why, never the token).
     AdminUnauthorized(String),
-    /// A web page's request to the proxy as a server (a route, or the admin port): the header
-    /// a browser marked it with (`Origin`, `Sec-Fetch-Site`).
-    BrowserRequest(&'static str),
+    /// A web page's request to the proxy as a server (a route, or the admin port): how it
+    /// shows (see [`crate::front::browser_marker`], [`crate::front::unrebindable_host`]).
+    BrowserRequest(BrowserSign),
     /// A body toward an LLM destination that the proxy cannot classify (its media type, or its
     /// `Content-Encoding`), so it is not forwarded unchecked.
     UnsupportedBody(String),
@@ -284,6 +284,15 @@ impl From<crate::front::Violation> for Deny {
             Violation::BodyTooLarge => Deny::BodyTooLarge,
         }
     }
+}
+
+/// How a request shows that a web page made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrowserSign {
+    /// The header a browser marked it with (`origin`, `sec-fetch-site`).
+    Marked(&'static str),
+    /// A `Host` a page could have rebound to the proxy's address.
+    RebindableHost,
 }
 
 /// Why Cedar did not allow a request, as far as the caller may learn it: the ids of the
@@ -715,14 +724,14 @@ impl Deny {
                 "the proxy shut down before the request completed; retry shortly".into(),
             ),
             Deny::AdminNotFound(why) => (404, why.clone()),
-            Deny::BrowserRequest("host") => (
+            Deny::BrowserRequest(BrowserSign::RebindableHost) => (
                 403,
                 "this port acts for whoever reaches it, so it answers only to a `Host` that no \
                  web page can rebind to it: an IP address (not 0.0.0.0), `localhost` or a \
                  single-label name; call it by one of those"
                     .into(),
             ),
-            Deny::BrowserRequest(marker) => (
+            Deny::BrowserRequest(BrowserSign::Marked(marker)) => (
                 403,
                 format!(
                     "`{marker}` marks a request a web page made: a page a browser opens may not \
@@ -1017,7 +1026,16 @@ mod tests {
                 401,
                 "admin_unauthorized",
             ),
-            (Deny::BrowserRequest("origin"), 403, "browser_request"),
+            (
+                Deny::BrowserRequest(BrowserSign::Marked("origin")),
+                403,
+                "browser_request",
+            ),
+            (
+                Deny::BrowserRequest(BrowserSign::RebindableHost),
+                403,
+                "browser_request",
+            ),
             (
                 Deny::UnsupportedBody("x".into()),
                 415,

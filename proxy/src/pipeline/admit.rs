@@ -48,7 +48,7 @@ use crate::credentials::scrub::Patterns;
 use crate::credentials::secret::SecretValue;
 use crate::credentials::Credential;
 use crate::egress::EgressException;
-use crate::error::{Deny, PolicyRefusal};
+use crate::error::{BrowserSign, Deny, PolicyRefusal};
 use crate::identity::{
     self, IdentityError, IdentitySourceKind, ListenerIdentity, Presented, ResolvedIdentity,
 };
@@ -1245,7 +1245,7 @@ fn http_destination(
             // here. See `front::browser_marker`.
             if req.raw_path().starts_with(b"/") {
                 if let Some(marker) = crate::front::browser_marker(&req.headers) {
-                    return Err(Deny::BrowserRequest(marker));
+                    return Err(Deny::BrowserRequest(BrowserSign::Marked(marker)));
                 }
                 // A page whose name was rebound to this address sends its own name as `Host`
                 // and, over plain HTTP, neither marker (browsers send `Sec-Fetch-*` to secure
@@ -1253,7 +1253,7 @@ fn http_destination(
                 // its workload for whoever reaches it, so it answers only to names no page can
                 // rebind. (A token or a certificate is not a page's to send.)
                 if bound && host.is_some_and(|h| !crate::front::unrebindable_host(h)) {
-                    return Err(Deny::BrowserRequest("host"));
+                    return Err(Deny::BrowserRequest(BrowserSign::RebindableHost));
                 }
             }
             crate::target::resolve(req.raw_path(), host, &snapshot.tenants.routes)?
