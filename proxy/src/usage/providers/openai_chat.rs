@@ -14,7 +14,8 @@ use super::{fold_counts, CallPath, Generated, KeyPositions, Provider, RequestFie
 use crate::usage::Usage;
 
 /// Most members of `stream_options` carried over when usage is asked for (it has two today);
-/// past it the stream is not asked (its deltas still estimate its output).
+/// the rest are left out. SECURITY: the stream is asked whatever else the options hold (a body
+/// that could opt out by naming 33 options would stream unmetered).
 const MAX_OPTIONS: usize = 32;
 
 /// A chat-completions body's top-level `stream` and `stream_options`, read without a tree of
@@ -32,7 +33,7 @@ enum Options {
     Null,
     /// An object of scalar members (nested values are left out: no option has one).
     Object(serde_json::Map<String, Value>),
-    /// Anything else, or an object of more than [`MAX_OPTIONS`] members.
+    /// Anything else.
     Other,
 }
 
@@ -89,23 +90,17 @@ impl<'de> de::Deserialize<'de> for Options {
                 Ok(Options::Null)
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Options, A::Error> {
+                // `include_usage` wherever it stands (the last one wins), and the first
+                // [`MAX_OPTIONS`] other scalar members.
                 let mut members = serde_json::Map::new();
-                let mut too_many = false;
                 while let Some(name) = map.next_key::<String>()? {
                     let Scalar(value) = map.next_value()?;
-                    match value {
-                        Some(v) if !too_many => {
-                            members.insert(name, v);
-                            too_many = members.len() > MAX_OPTIONS;
-                        }
-                        _ => {}
+                    let room = members.len() < MAX_OPTIONS || members.contains_key(&name);
+                    if let Some(v) = value.filter(|_| room || name == "include_usage") {
+                        members.insert(name, v);
                     }
                 }
-                Ok(if too_many {
-                    Options::Other
-                } else {
-                    Options::Object(members)
-                })
+                Ok(Options::Object(members))
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Options, A::Error> {
                 while seq.next_element::<de::IgnoredAny>()?.is_some() {}
@@ -557,9 +552,24 @@ pub(crate) mod tests {
             v["stream_options"],
             serde_json::json!({"include_obfuscation": false, "include_usage": true})
         );
-        let many: Vec<String> = (0..=MAX_OPTIONS).map(|i| format!(r#""o{i}":1"#)).collect();
+        // Many options cannot opt a stream out: the first ones are carried over, usage is asked
+        // for; one that asks already, past them, still counts as asking.
+        let many: Vec<String> = (0..MAX_OPTIONS + 5)
+            .map(|i| format!(r#""o{i}":1"#))
+            .collect();
         let body = format!(
             r#"{{"stream":true,"stream_options":{{{}}}}}"#,
+            many.join(",")
+        );
+        let out = OpenAiChat
+            .request_stream_usage("/v1/chat/completions", body.as_bytes())
+            .expect("asked");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let options = v["stream_options"].as_object().unwrap();
+        assert_eq!(options.len(), MAX_OPTIONS + 1);
+        assert_eq!(options["include_usage"], true);
+        let body = format!(
+            r#"{{"stream":true,"stream_options":{{{},"include_usage":true}}}}"#,
             many.join(",")
         );
         assert!(OpenAiChat
