@@ -674,69 +674,63 @@ fn an_http2_request_ending_in_trailers_forwards_its_body_once() {
     assert_eq!(rec["bytes_in"], body.len(), "{rec}");
 }
 
-/// An HTTP/2 client that resets its stream in the middle of its body abandoned the upload, as
-/// an HTTP/1 client that closes does: recorded `client_closed`, never `bad_request`, nothing
-/// forwarded.
+/// An HTTP/2 body that ends unread is recorded for what ended it: a client that resets its
+/// stream in the middle of its body abandoned the upload, as an HTTP/1 client that closes does
+/// (`client_closed`); a body longer than its `content-length` breaks the protocol, and the
+/// proxy's HTTP/2 layer resets the stream (`bad_request`). Nothing is forwarded either way.
 #[test]
-fn an_http2_upload_reset_mid_body_is_recorded_as_its_clients_doing() {
+fn an_http2_body_that_ends_unread_is_recorded_for_what_ended_it() {
     let (origin, proxy) = intercepting_proxy();
     let authority = format!("llm.test:{}", origin.port);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let send = h2_in_tunnel(&proxy, &authority).await;
-        let mut send = send.ready().await.unwrap();
-        let request = http::Request::post(format!("https://{authority}/v1/abandoned"))
-            .header("content-type", "application/json")
-            .header("content-length", "1000")
-            .body(())
-            .unwrap();
-        let (_response, mut stream) = send.send_request(request, false).unwrap();
-        stream
-            .send_data(bytes::Bytes::from_static(b"{\"a\":"), false)
-            .unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        stream.send_reset(h2::Reason::CANCEL);
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    });
-    let records = proxy.wait_audit_records("acme", 1);
-    let rec = records
-        .iter()
-        .find(|r| r["path"] == "/v1/abandoned")
-        .unwrap_or_else(|| panic!("{records:?}"));
-    assert_eq!(rec["reason"], "client_closed", "{rec}");
-    assert!(origin.matching("/v1/abandoned").is_empty());
-}
-
-/// An HTTP/2 body longer than its `content-length` breaks the protocol: the proxy's HTTP/2
-/// layer resets the stream, and the record says the request was malformed (`bad_request`),
-/// not that its client left.
-#[test]
-fn an_http2_body_longer_than_its_length_is_a_bad_request() {
-    let (origin, proxy) = intercepting_proxy();
-    let authority = format!("llm.test:{}", origin.port);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let send = h2_in_tunnel(&proxy, &authority).await;
-        let mut send = send.ready().await.unwrap();
-        let request = http::Request::post(format!("https://{authority}/v1/longer"))
-            .header("content-type", "application/json")
-            .header("content-length", "3")
-            .body(())
-            .unwrap();
-        let (response, mut stream) = send.send_request(request, false).unwrap();
-        stream
-            .send_data(bytes::Bytes::from_static(b"{\"a\":1,\"b\":2}"), true)
-            .unwrap();
-        let _ = response.await;
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    });
-    let records = proxy.wait_audit_records("acme", 1);
-    let rec = records
-        .iter()
-        .find(|r| r["path"] == "/v1/longer")
-        .unwrap_or_else(|| panic!("{records:?}"));
-    assert_eq!(rec["reason"], "bad_request", "{rec}");
-    assert!(origin.matching("/v1/longer").is_empty());
+    for (path, length, data, reset, reason) in [
+        (
+            "/v1/abandoned",
+            "1000",
+            &b"{\"a\":"[..],
+            true,
+            "client_closed",
+        ),
+        (
+            "/v1/longer",
+            "3",
+            b"{\"a\":1,\"b\":2}",
+            false,
+            "bad_request",
+        ),
+    ] {
+        runtime.block_on(async {
+            let send = h2_in_tunnel(&proxy, &authority).await;
+            let mut send = send.ready().await.unwrap();
+            let request = http::Request::post(format!("https://{authority}{path}"))
+                .header("content-type", "application/json")
+                .header("content-length", length)
+                .body(())
+                .unwrap();
+            let (response, mut stream) = send.send_request(request, false).unwrap();
+            stream
+                .send_data(bytes::Bytes::from_static(data), !reset)
+                .unwrap();
+            if reset {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                stream.send_reset(h2::Reason::CANCEL);
+            } else {
+                let _ = response.await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let rec = loop {
+            let records = proxy.audit_records("acme");
+            if let Some(rec) = records.into_iter().find(|r| r["path"] == path) {
+                break rec;
+            }
+            assert!(std::time::Instant::now() < deadline, "no record of {path}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_eq!(rec["reason"], reason, "{rec}");
+        assert!(origin.matching(path).is_empty());
+    }
 }
 
 /// HTTP/2 streams inside an intercepted tunnel meet the checks HTTP/1 requests meet in the
