@@ -8,7 +8,6 @@
 //! a form URL parsers do not rewrite ([`super::uri`]), a `prompts/get` its prompt with a string
 //! `params.name`, and a `completion/complete` the prompt or resource it completes.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -162,16 +161,6 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Malformed> {
     Ok(request)
 }
 
-/// Parses JSON into a [`Value`], refusing any object that repeats a key. For what a server
-/// answers: the error names no key (the text reaches the agent, and a key the server wrote
-/// is the server's, not the proxy's to repeat).
-pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let StrictValue(value) = StrictValue::deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
-}
-
 /// Limits on what a request names. SECURITY: each name is decided and written to the tenant's
 /// audit record, so an unbounded one would let one request write megabytes of audit (a shared
 /// disk: every tenant's records). Tool and prompt names are short identifiers (the MCP
@@ -205,7 +194,8 @@ fn resource_uri(value: &str, at: &str) -> Result<String, String> {
 
 /// The members of a message, of its `params` and of a completion's `params.ref` that decide
 /// what the call is.
-const MESSAGE_MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+pub(super) const MESSAGE_MEMBERS: &[&str] =
+    &["jsonrpc", "id", "method", "params", "result", "error"];
 const PARAMS_MEMBERS: &[&str] = &["name", "uri", "ref"];
 const REF_MEMBERS: &[&str] = &["type", "name", "uri"];
 
@@ -423,8 +413,10 @@ struct RefObject {
 /// rather than a copy of its name, in one vector sorted when the object ends (a hash set took
 /// twice as much). Two names that differ but hash alike (about one chance in 2^64 a pair, and
 /// no way to aim for it without the key) would refuse a valid body, never pass a repeat.
+/// `QUOTE`: the refusal names the key (an agent's body); a server's answer is not quoted
+/// (its text reaches the agent, and a key the server wrote may echo a substituted secret).
 #[derive(Default)]
-struct Keys {
+pub(super) struct Keys<const QUOTE: bool> {
     hasher: std::collections::hash_map::RandomState,
     seen: Vec<u64>,
 }
@@ -433,16 +425,16 @@ struct Keys {
 /// them, a repeat is found when the object ends.
 const KEYS_CHECKED_AT_ONCE: usize = 64;
 
-impl Keys {
+impl<const QUOTE: bool> Keys<QUOTE> {
     /// Adds `key`. SECURITY: a repeated key is refused (a first-wins and a last-wins parser
     /// would see different tool names); it is quoted only when it is short printable text.
-    fn add<E: de::Error>(&mut self, key: &str) -> Result<(), E> {
+    pub(super) fn add<E: de::Error>(&mut self, key: &str) -> Result<(), E> {
         use std::hash::BuildHasher as _;
         let hash = self.hasher.hash_one(key);
         if self.seen.len() < KEYS_CHECKED_AT_ONCE && self.seen.contains(&hash) {
-            return Err(match quotable(key) {
+            return Err(match quotable(key).filter(|_| QUOTE) {
                 Some(key) => E::custom(format!("duplicate key `{key}`")),
-                None => E::custom("a duplicate key"),
+                None => Self::repeat(),
             });
         }
         self.seen.push(hash);
@@ -450,19 +442,30 @@ impl Keys {
     }
 
     /// Ends the object: refuses a repeat not found as it came.
-    fn end<E: de::Error>(mut self) -> Result<(), E> {
+    pub(super) fn end<E: de::Error>(mut self) -> Result<(), E> {
         if self.seen.len() > KEYS_CHECKED_AT_ONCE {
             self.seen.sort_unstable();
             if self.seen.windows(2).any(|pair| pair[0] == pair[1]) {
-                return Err(E::custom("a duplicate key"));
+                return Err(Self::repeat());
             }
         }
         Ok(())
     }
+
+    fn repeat<E: de::Error>() -> E {
+        E::custom(if QUOTE {
+            "a duplicate key"
+        } else {
+            "an object repeats a key"
+        })
+    }
 }
 
+/// What an agent's body is read with.
+type AgentKeys = Keys<true>;
+
 /// An object key, borrowed from the body when it has no escape.
-struct Key;
+pub(super) struct Key;
 
 impl<'de> DeserializeSeed<'de> for Key {
     type Value = std::borrow::Cow<'de, str>;
@@ -490,56 +493,61 @@ impl<'de> Visitor<'de> for Key {
 }
 
 /// A value read for its syntax and left out: valid JSON (strings valid UTF-8, numbers in
-/// range), no object repeating a key, within serde_json's nesting limit; nothing of it kept.
-struct Skip;
+/// range), no object repeating a key, within serde_json's nesting limit; nothing of it kept. `QUOTE` as for [`Keys`].
+pub(super) struct SkipAs<const QUOTE: bool>;
 
-impl<'de> Deserialize<'de> for Skip {
+/// What an agent's body is skipped with.
+pub(super) type Skip = SkipAs<true>;
+/// What a server's answer is skipped with.
+pub(super) type ServerSkip = SkipAs<false>;
+
+impl<'de, const QUOTE: bool> Deserialize<'de> for SkipAs<QUOTE> {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        de.deserialize_any(SkipVisitor)
+        de.deserialize_any(SkipVisitor::<QUOTE>)
     }
 }
 
-struct SkipVisitor;
+pub(super) struct SkipVisitor<const QUOTE: bool>;
 
-impl<'de> Visitor<'de> for SkipVisitor {
-    type Value = Skip;
+impl<'de, const QUOTE: bool> Visitor<'de> for SkipVisitor<QUOTE> {
+    type Value = SkipAs<QUOTE>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
-        Ok(Skip)
+    fn visit_bool<E>(self, _: bool) -> Result<SkipAs<QUOTE>, E> {
+        Ok(SkipAs)
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
-        Ok(Skip)
+    fn visit_i64<E>(self, _: i64) -> Result<SkipAs<QUOTE>, E> {
+        Ok(SkipAs)
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
-        Ok(Skip)
+    fn visit_u64<E>(self, _: u64) -> Result<SkipAs<QUOTE>, E> {
+        Ok(SkipAs)
     }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Skip, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<SkipAs<QUOTE>, E> {
         if !v.is_finite() {
             return Err(E::custom("a number that is not finite"));
         }
-        Ok(Skip)
+        Ok(SkipAs)
     }
-    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
-        Ok(Skip)
+    fn visit_str<E>(self, _: &str) -> Result<SkipAs<QUOTE>, E> {
+        Ok(SkipAs)
     }
-    fn visit_unit<E>(self) -> Result<Skip, E> {
-        Ok(Skip)
+    fn visit_unit<E>(self) -> Result<SkipAs<QUOTE>, E> {
+        Ok(SkipAs)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
-        while seq.next_element::<Skip>()?.is_some() {}
-        Ok(Skip)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SkipAs<QUOTE>, A::Error> {
+        while seq.next_element::<SkipAs<QUOTE>>()?.is_some() {}
+        Ok(SkipAs)
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
-        let mut keys = Keys::default();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SkipAs<QUOTE>, A::Error> {
+        let mut keys = Keys::<QUOTE>::default();
         while let Some(key) = map.next_key_seed(Key)? {
-            map.next_value::<Skip>()?;
+            map.next_value::<SkipAs<QUOTE>>()?;
             keys.add(&key)?;
         }
         keys.end()?;
-        Ok(Skip)
+        Ok(SkipAs)
     }
 }
 
@@ -577,23 +585,23 @@ impl<'de> Visitor<'de> for Text {
         Ok(None)
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        SkipVisitor.visit_f64(v).map(|_| None)
+        SkipVisitor::<true>.visit_f64(v).map(|_| None)
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(None)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        SkipVisitor.visit_seq(seq).map(|_| None)
+        SkipVisitor::<true>.visit_seq(seq).map(|_| None)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        SkipVisitor.visit_map(map).map(|_| None)
+        SkipVisitor::<true>.visit_map(map).map(|_| None)
     }
 }
 
-/// A message's `id`: kept when it is a string, a number or null, `None` otherwise.
-struct Id;
+/// A message's `id`: kept when it is a string, a number or null, `None` otherwise. `QUOTE` as for [`Keys`].
+pub(super) struct IdAs<const QUOTE: bool>;
 
-impl<'de> DeserializeSeed<'de> for Id {
+impl<'de, const QUOTE: bool> DeserializeSeed<'de> for IdAs<QUOTE> {
     type Value = Option<Value>;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
@@ -601,7 +609,7 @@ impl<'de> DeserializeSeed<'de> for Id {
     }
 }
 
-impl<'de> Visitor<'de> for Id {
+impl<'de, const QUOTE: bool> Visitor<'de> for IdAs<QUOTE> {
     type Value = Option<Value>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -631,10 +639,10 @@ impl<'de> Visitor<'de> for Id {
         Ok(None)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        SkipVisitor.visit_seq(seq).map(|_| None)
+        SkipVisitor::<QUOTE>.visit_seq(seq).map(|_| None)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        SkipVisitor.visit_map(map).map(|_| None)
+        SkipVisitor::<QUOTE>.visit_map(map).map(|_| None)
     }
 }
 
@@ -652,7 +660,7 @@ macro_rules! not_an_object {
             Ok($other)
         }
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-            SkipVisitor.visit_f64(v).map(|_| $other)
+            SkipVisitor::<true>.visit_f64(v).map(|_| $other)
         }
         fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
             Ok($other)
@@ -726,7 +734,7 @@ impl<'de> Visitor<'de> for MessageSeed {
         ..Message::default()
     });
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Message, A::Error> {
-        SkipVisitor.visit_seq(seq)?;
+        SkipVisitor::<true>.visit_seq(seq)?;
         Ok(Message {
             not_object: true,
             ..Message::default()
@@ -734,11 +742,11 @@ impl<'de> Visitor<'de> for MessageSeed {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
         let mut message = Message::default();
-        let mut keys = Keys::default();
+        let mut keys = AgentKeys::default();
         while let Some(key) = map.next_key_seed(Key)? {
             match &*key {
                 "jsonrpc" => message.jsonrpc = Some(map.next_value_seed(Text)?),
-                "id" => message.id = Some(map.next_value_seed(Id)?),
+                "id" => message.id = Some(map.next_value_seed(IdAs::<true>)?),
                 "method" => message.method = Some(map.next_value_seed(Text)?),
                 "params" => message.params = Some(map.next_value_seed(ParamsSeed)?),
                 "result" => {
@@ -780,12 +788,12 @@ impl<'de> Visitor<'de> for ParamsSeed {
     }
     not_an_object!(Params::Other);
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Params, A::Error> {
-        SkipVisitor.visit_seq(seq)?;
+        SkipVisitor::<true>.visit_seq(seq)?;
         Ok(Params::Array)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params, A::Error> {
         let mut params = ParamsObject::default();
-        let mut keys = Keys::default();
+        let mut keys = AgentKeys::default();
         while let Some(key) = map.next_key_seed(Key)? {
             match &*key {
                 "name" => params.name = map.next_value_seed(Text)?,
@@ -822,12 +830,12 @@ impl<'de> Visitor<'de> for RefSeed {
     }
     not_an_object!(Ref::Other);
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Ref, A::Error> {
-        SkipVisitor.visit_seq(seq)?;
+        SkipVisitor::<true>.visit_seq(seq)?;
         Ok(Ref::Other)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ref, A::Error> {
         let mut reference = RefObject::default();
-        let mut keys = Keys::default();
+        let mut keys = AgentKeys::default();
         while let Some(key) = map.next_key_seed(Key)? {
             match &*key {
                 "type" => reference.kind = map.next_value_seed(Text)?,
@@ -842,67 +850,6 @@ impl<'de> Visitor<'de> for RefSeed {
         }
         keys.end()?;
         Ok(Ref::Object(reference))
-    }
-}
-
-/// A JSON value whose objects have no repeated key.
-struct StrictValue(Value);
-
-impl<'de> Deserialize<'de> for StrictValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        serde_json::Number::from_f64(v)
-            .map(Value::Number)
-            .ok_or_else(|| E::custom("a number that is not finite"))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(StrictValue(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        // Collected in a BTreeMap first so a repeat is seen before anything is overwritten.
-        let mut fields = BTreeMap::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let StrictValue(v) = map.next_value()?;
-            // The key is the server's: not quoted (see [`parse_strict`]).
-            if fields.insert(key, v).is_some() {
-                return Err(de::Error::custom("an object repeats a key"));
-            }
-        }
-        Ok(Value::Object(fields.into_iter().collect()))
     }
 }
 

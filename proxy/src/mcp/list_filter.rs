@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::jsonrpc::{parse_strict, ItemKind, ListKind};
+use super::answer::{self, ReadError};
+use super::jsonrpc::{ItemKind, ListKind};
 use super::session::Sealer;
 
 /// Why a response could not be filtered.
@@ -46,9 +47,6 @@ pub const MAX_LIST_ITEMS: usize = 1024;
 /// forgotten (and made again when asked again), so that a long event stream of new names
 /// cannot grow the proxy's memory without bound.
 const MAX_DECIDED: usize = 4 * MAX_LIST_ITEMS;
-
-/// The members of a message the filter reads, or that a client reads to tell what it is.
-const MESSAGE_MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
 
 /// How the response is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,11 +202,9 @@ impl ListFilter {
         if body.trim_ascii().is_empty() && self.list_ids.is_empty() {
             return Ok(Bytes::from(body));
         }
-        let mut value = parse_strict(&body).map_err(|e| FilterError::Unreadable(e.to_string()))?;
-        if self.filter_value(&mut value, allowed)? {
-            Ok(Bytes::from(value.to_string()))
-        } else {
-            Ok(Bytes::from(body))
+        match self.filter_answer(&body, allowed)? {
+            Some(filtered) => Ok(Bytes::from(filtered)),
+            None => Ok(Bytes::from(body)),
         }
     }
 
@@ -297,162 +293,87 @@ impl ListFilter {
             }
             return Ok(());
         }
-        let mut value = parse_strict(&joined)
-            .map_err(|e| FilterError::Unreadable(format!("an event's data: {e}")))?;
-        if !self.filter_value(&mut value, allowed)? {
-            out.extend_from_slice(event);
-            return Ok(());
+        match self.filter_answer(&joined, allowed) {
+            Ok(Some(filtered)) => replace_data(&lines, &filtered, out),
+            Ok(None) => out.extend_from_slice(event),
+            Err(FilterError::Unreadable(why)) => {
+                return Err(FilterError::Unreadable(format!("an event's data: {why}")))
+            }
+            Err(e) => return Err(e),
         }
-        replace_data(&lines, value.to_string().as_bytes(), out);
         Ok(())
     }
 
-    /// Filters every list in `value` (one message or a batch); true when anything changed.
-    fn filter_value(
+    /// Filters every list in `text` (one message or a batch): `None` when all it lists is
+    /// allowed, else the text with each list that lost items written anew (its kept items as
+    /// the server wrote them), every other byte as it was.
+    fn filter_answer(
         &mut self,
-        value: &mut Value,
+        text: &[u8],
         allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
-    ) -> Result<bool, FilterError> {
-        // Counted before any is decided: a refused answer costs no decision.
-        let listed: usize = match &*value {
-            Value::Array(messages) => messages.iter().map(list_items).sum(),
-            message => list_items(message),
-        };
-        if listed > MAX_LIST_ITEMS {
-            return Err(FilterError::TooManyItems);
-        }
-        match value {
-            Value::Array(items) => {
-                let mut changed = false;
-                for item in items {
-                    changed |= self.filter_message(item, allowed)?;
+    ) -> Result<Option<Vec<u8>>, FilterError> {
+        // Read whole before any item is decided: a refused answer costs no decision.
+        let answer = answer::read(text, &self.list_ids, MAX_LIST_ITEMS).map_err(|e| match e {
+            ReadError::Unreadable(why) => FilterError::Unreadable(why),
+            ReadError::TooManyItems => FilterError::TooManyItems,
+        })?;
+        let mut filtered: Option<Vec<u8>> = None;
+        let mut copied = 0;
+        for list in answer.lists {
+            let mut kept = Vec::with_capacity(list.items.len());
+            for item in &list.items {
+                if self.decide(list.kind, &item.name, allowed) {
+                    kept.push(item.text.as_bytes());
+                } else {
+                    self.hidden.count(list.kind.item());
                 }
-                Ok(changed)
             }
-            message => self.filter_message(message, allowed),
-        }
-    }
-
-    /// Filters the lists of one message.
-    fn filter_message(
-        &mut self,
-        message: &mut Value,
-        allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
-    ) -> Result<bool, FilterError> {
-        let Some(fields) = message.as_object_mut() else {
-            return Ok(false);
-        };
-        // SECURITY: a client that matches names ignoring case (Go's `encoding/json`) reads
-        // `Result` as `result`: a list under it would reach it unfiltered. So a member the
-        // filter or a client reads, spelt in another case, makes the answer unfilterable, as
-        // it makes a request malformed (the name is the server's: not quoted).
-        misspelt(fields, MESSAGE_MEMBERS, "a message")?;
-        let answers = fields.get("id").and_then(|id| {
-            self.list_ids
-                .iter()
-                .find(|(listed, _)| listed == id)
-                .map(|(_, kind)| *kind)
-        });
-        let Some(result) = fields.get_mut("result") else {
-            return Ok(false);
-        };
-        if let Some(result) = result.as_object() {
-            let fields: Vec<&str> = ListKind::ALL.iter().map(|k| k.field()).collect();
-            misspelt(result, &fields, "a result")?;
-        }
-        let mut changed = false;
-        for kind in ListKind::ALL {
-            let carries = result.get(kind.field()).is_some();
-            if !(answers == Some(kind) || carries) {
+            if kept.len() == list.items.len() {
                 continue;
             }
-            let Some(Value::Array(items)) = result.get_mut(kind.field()) else {
-                return Err(FilterError::Unreadable(format!(
-                    "a `{}` result without a `{}` array",
-                    kind.method(),
-                    kind.field()
-                )));
-            };
-            let mut keep = Vec::with_capacity(items.len());
-            for item in items.drain(..) {
-                if let Some(fields) = item.as_object() {
-                    misspelt(fields, &[kind.item_key()], "a list item")?;
+            let out = filtered.get_or_insert_with(|| Vec::with_capacity(text.len()));
+            out.extend_from_slice(&text[copied..list.span.start]);
+            out.push(b'[');
+            for (i, item) in kept.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
                 }
-                let name = item
-                    .get(kind.item_key())
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        FilterError::Unreadable(format!(
-                            "an item of `{}` without a string `{}`",
-                            kind.field(),
-                            kind.item_key()
-                        ))
-                    })?;
-                let key = (kind.item(), name.to_string());
-                if self.decided.len() >= MAX_DECIDED && !self.decided.contains_key(&key) {
-                    self.decided.clear();
-                }
-                let ok = match self.decided.get(&key) {
-                    Some(ok) => *ok,
-                    // SECURITY: a resource the server lists by a URI an agent could not ask
-                    // for (see [`super::uri`]) is hidden: the policy would decide other text
-                    // than a client's URL parser reads.
-                    None if kind.item() == ItemKind::Resource
-                        && super::uri::refusal(name).is_some() =>
-                    {
-                        self.decided.insert(key, false);
-                        false
-                    }
-                    None => {
-                        // A resource is decided as a client's URL parser reads its URI.
-                        let ok = match kind.item() {
-                            ItemKind::Resource => allowed(kind.item(), &super::uri::as_read(name)),
-                            _ => allowed(kind.item(), name),
-                        };
-                        self.decided.insert(key, ok);
-                        ok
-                    }
-                };
-                if ok {
-                    keep.push(item);
-                } else {
-                    self.hidden.count(kind.item());
-                }
+                out.extend_from_slice(item);
             }
-            *items = keep;
-            changed = true;
+            out.push(b']');
+            copied = list.span.end;
         }
-        Ok(changed)
+        Ok(filtered.map(|mut out| {
+            out.extend_from_slice(&text[copied..]);
+            out
+        }))
     }
-}
 
-/// The items of the lists in `message`'s result.
-fn list_items(message: &Value) -> usize {
-    let Some(result) = message.get("result") else {
-        return 0;
-    };
-    ListKind::ALL
-        .iter()
-        .filter_map(|kind| result.get(kind.field()).and_then(Value::as_array))
-        .map(Vec::len)
-        .sum()
-}
-
-/// Refuses an object (`what`) holding one of `known` spelt in another case.
-fn misspelt(
-    fields: &serde_json::Map<String, Value>,
-    known: &[&str],
-    what: &str,
-) -> Result<(), FilterError> {
-    for name in known {
-        if crate::json_names::misspelt(fields.keys().map(String::as_str), name).is_some() {
-            return Err(FilterError::Unreadable(format!(
-                "{what} holds `{name}` spelt in another case, which clients that match names \
-                 ignoring case would read"
-            )));
+    /// Whether the item of `kind` named `name` is kept, decided once per response.
+    fn decide(
+        &mut self,
+        kind: ListKind,
+        name: &str,
+        allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
+    ) -> bool {
+        let key = (kind.item(), name.to_string());
+        if self.decided.len() >= MAX_DECIDED && !self.decided.contains_key(&key) {
+            self.decided.clear();
         }
+        if let Some(ok) = self.decided.get(&key) {
+            return *ok;
+        }
+        let ok = match kind.item() {
+            // SECURITY: a resource the server lists by a URI an agent could not ask for (see
+            // [`super::uri`]) is hidden: the policy would decide other text than a client's URL
+            // parser reads. A resource is decided as that parser reads its URI.
+            ItemKind::Resource if super::uri::refusal(name).is_some() => false,
+            ItemKind::Resource => allowed(kind.item(), &super::uri::as_read(name)),
+            _ => allowed(kind.item(), name),
+        };
+        self.decided.insert(key, ok);
+        ok
     }
-    Ok(())
 }
 
 /// The length of the first complete event in `buf` (through the blank line that ends it).
@@ -479,14 +400,18 @@ fn replace_data(lines: &[&[u8]], data: &[u8], out: &mut Vec<u8>) {
             out.extend_from_slice(line);
         } else if !wrote_data {
             wrote_data = true;
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(data);
             let eol: &[u8] = if line.ends_with(b"\r\n") {
                 b"\r\n"
             } else {
                 b"\n"
             };
-            out.extend_from_slice(eol);
+            // A filtered answer keeps the server's line breaks: one `data` line each, which a
+            // client joins with the same breaks.
+            for piece in data.split(|b| *b == b'\n') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(piece);
+                out.extend_from_slice(eol);
+            }
         }
     }
 }
@@ -865,9 +790,15 @@ mod tests {
         let stream = format!("event: message\n{data}\n");
         let mut f = ListFilter::new(Framing::Sse, tools(vec![json!("q")]), 1 << 20);
         let out = String::from_utf8(run(&mut f, &[stream.as_bytes()]).unwrap()).unwrap();
+        // The filtered data keeps the server's line breaks, one `data` line each.
         let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
-        assert_eq!(lines.len(), 2, "{out}");
-        let v: Value = serde_json::from_str(lines[1].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(lines[0], "event: message", "{out}");
+        let data: Vec<&str> = lines[1..]
+            .iter()
+            .map(|l| l.strip_prefix("data: ").unwrap())
+            .collect();
+        assert!(data.len() > 1, "{out}");
+        let v: Value = serde_json::from_str(&data.join("\n")).unwrap();
         assert_eq!(names(&v), ["b"]);
     }
 
@@ -1166,6 +1097,95 @@ mod tests {
                     .is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    /// A filtered answer is the server's text with only the arrays that lost items written
+    /// anew: its spacing, its members' order and spelling, and the kept items, byte for byte.
+    #[test]
+    fn a_filtered_answer_keeps_every_other_byte() {
+        let body = concat!(
+            "[ {\"jsonrpc\": \"2.0\", \"id\": 1,\n  \"result\": { \"nextCursor\": \"x\\u0041\",",
+            " \"tools\": [ {\"name\":\"a\", \"n\": 1.50},\n {\"name\": \"c\"} , {\"name\":\"b\",",
+            "\"inputSchema\": {\"type\": \"object\"}} ] } },\n",
+            "  {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[ {\"name\":\"a\"} ]}} ]"
+        );
+        let mut f = ListFilter::new(Framing::Json, tools(vec![json!(1), json!(2)]), 1 << 20);
+        let out = String::from_utf8(run(&mut f, &[body.as_bytes()]).unwrap()).unwrap();
+        let want = concat!(
+            "[ {\"jsonrpc\": \"2.0\", \"id\": 1,\n  \"result\": { \"nextCursor\": \"x\\u0041\",",
+            " \"tools\": [{\"name\":\"a\", \"n\": 1.50},{\"name\":\"b\",",
+            "\"inputSchema\": {\"type\": \"object\"}}] } },\n",
+            "  {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[ {\"name\":\"a\"} ]}} ]"
+        );
+        assert_eq!(out, want);
+        assert_eq!(f.hidden.tools, 1);
+        // All allowed: the answer passes as it came.
+        let mut f = ListFilter::new(Framing::Json, tools(vec![json!(1)]), 1 << 20);
+        let kept = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[ {"name":"a"}, {"name":"b"} ]}}"#;
+        assert_eq!(run(&mut f, &[kept.as_bytes()]).unwrap(), kept.as_bytes());
+    }
+
+    /// An answer is read without a tree of it: 8 MiB of `[[],[],…]` in a call's result, or in
+    /// a listed tool's schema, took about 30 times its size before (every JSON answer was
+    /// parsed whole, since a list may hide in any `result`). Measured as the growth of the
+    /// peak resident memory of a process of its own; the body held and the filtered copy are
+    /// about twice the body.
+    #[test]
+    fn answers_are_read_without_a_tree_of_them() {
+        if !crate::in_own_process(
+            "mcp::list_filter::tests::answers_are_read_without_a_tree_of_them",
+        ) {
+            return;
+        }
+        let filler = |body: &mut String, item: &str| {
+            body.push_str(item);
+            while body.len() < 8 << 20 {
+                body.push(',');
+                body.push_str(item);
+            }
+        };
+        // The first large buffers raise the peak by about their size whatever they hold.
+        let warm = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"result":{{"text":"{}"}}}}"#,
+            "a".repeat(8 << 20)
+        );
+        let mut f = ListFilter::new(Framing::Json, tools(vec![]), 16 << 20);
+        run(&mut f, &[warm.as_bytes()]).unwrap();
+        drop(warm);
+        for (case, item, listed) in [
+            ("a call's result", "[]", false),
+            ("a call's result", "{}", false),
+            ("a listed tool's schema", "[]", true),
+            ("a listed tool's schema", "1", true),
+        ] {
+            let mut body = String::with_capacity(9 << 20);
+            if listed {
+                body.push_str(r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"c"},{"name":"a","inputSchema":["#);
+                filler(&mut body, item);
+                body.push_str("]}]}}");
+            } else {
+                body.push_str(r#"{"jsonrpc":"2.0","id":1,"result":{"content":["#);
+                filler(&mut body, item);
+                body.push_str("]}}");
+            }
+            let mut f = ListFilter::new(Framing::Json, tools(vec![json!(7)]), 16 << 20);
+            let before = crate::peak_resident_bytes();
+            let out = run(&mut f, &[body.as_bytes()]).unwrap();
+            let grown = crate::peak_resident_bytes() - before;
+            assert!(
+                grown < 3 * body.len() as u64,
+                "{case} of {item}: filtering a {}-byte answer took {grown} bytes more at its peak",
+                body.len()
+            );
+            if listed {
+                assert_eq!(f.hidden.tools, 1, "{case}");
+                assert!(
+                    out.starts_with(br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a","#)
+                );
+            } else {
+                assert_eq!(out, body.as_bytes(), "{case}");
+            }
         }
     }
 }

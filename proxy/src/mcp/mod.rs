@@ -15,6 +15,7 @@
 //!    `prompts/list` results keep only what this workload may use ([`list_filter`]); a response
 //!    that cannot be filtered is cut, never passed unfiltered.
 
+pub mod answer;
 pub mod config;
 pub mod jsonrpc;
 pub mod list_filter;
