@@ -19,7 +19,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::jsonrpc::{IdAs, Key, Keys, ListKind, ServerSkip, SkipVisitor, MESSAGE_MEMBERS};
+use super::jsonrpc::{IdAs, Key, Keys, ListKind, ServerSkip, SkipVisitor, TextAs, MESSAGE_MEMBERS};
 
 /// The lists of one answer, in the order they stand in its text.
 #[derive(Debug, Default)]
@@ -130,31 +130,6 @@ impl<'a> Reader<'a, '_> {
     }
 }
 
-/// Implements the visits of a number, a string, a boolean and null for a visitor whose value
-/// is `$value`: none holds a list.
-macro_rules! scalars_are {
-    ($value:expr) => {
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-            SkipVisitor::<false>.visit_f64(v).map(|_| $value)
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-    };
-}
-
 /// The whole answer: one message, a batch, or (holding no list) anything else.
 struct AnswerSeed<'a, 'r, 'x>(&'x Reader<'a, 'r>);
 
@@ -172,7 +147,7 @@ impl<'a> Visitor<'a> for AnswerSeed<'a, '_, '_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    scalars_are!(());
+    not_an_object!(());
     fn visit_map<A: MapAccess<'a>>(self, map: A) -> Result<(), A::Error> {
         MessageSeed(self.0).visit_map(map)
     }
@@ -199,7 +174,7 @@ impl<'a> Visitor<'a> for MessageSeed<'a, '_, '_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    scalars_are!(());
+    not_an_object!(());
     fn visit_seq<A: SeqAccess<'a>>(self, seq: A) -> Result<(), A::Error> {
         SkipVisitor::<false>.visit_seq(seq).map(drop)
     }
@@ -279,7 +254,7 @@ impl<'a> Visitor<'a> for ResultSeed<'a, '_, '_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    scalars_are!(ResultRead::Other);
+    not_an_object!(ResultRead::Other);
     fn visit_seq<A: SeqAccess<'a>>(self, seq: A) -> Result<Self::Value, A::Error> {
         SkipVisitor::<false>
             .visit_seq(seq)
@@ -409,7 +384,7 @@ impl<'a, 'de> Visitor<'de> for NameSeed<'a, '_, '_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    scalars_are!(None);
+    not_an_object!(None);
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         SkipVisitor::<false>.visit_seq(seq).map(|_| None)
     }
@@ -419,7 +394,7 @@ impl<'a, 'de> Visitor<'de> for NameSeed<'a, '_, '_> {
         while let Some(key) = map.next_key_seed(Key)? {
             self.reader.misspelt(&key, &[self.key], "a list item")?;
             if key == self.key {
-                name = map.next_value_seed(Text)?;
+                name = map.next_value_seed(TextAs::<false>)?;
             } else {
                 map.next_value::<ServerSkip>()?;
             }
@@ -427,51 +402,5 @@ impl<'a, 'de> Visitor<'de> for NameSeed<'a, '_, '_> {
         }
         keys.end()?;
         Ok(name)
-    }
-}
-
-/// A value kept when it is a string.
-struct Text;
-
-impl<'de> DeserializeSeed<'de> for Text {
-    type Value = Option<String>;
-
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-        de.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Text {
-    type Value = Option<String>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        SkipVisitor::<false>.visit_f64(v).map(|_| None)
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Some(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Some(v))
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        SkipVisitor::<false>.visit_seq(seq).map(|_| None)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        SkipVisitor::<false>.visit_map(map).map(|_| None)
     }
 }

@@ -552,10 +552,10 @@ impl<'de, const QUOTE: bool> Visitor<'de> for SkipVisitor<QUOTE> {
 }
 
 /// A value that matters when it is a string (`method`, `params.name`...); anything else is
-/// skipped and read as `None`.
-struct Text;
+/// skipped and read as `None`. `QUOTE` as for [`Keys`].
+pub(super) struct TextAs<const QUOTE: bool>;
 
-impl<'de> DeserializeSeed<'de> for Text {
+impl<'de, const QUOTE: bool> DeserializeSeed<'de> for TextAs<QUOTE> {
     type Value = Option<String>;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
@@ -563,7 +563,7 @@ impl<'de> DeserializeSeed<'de> for Text {
     }
 }
 
-impl<'de> Visitor<'de> for Text {
+impl<'de, const QUOTE: bool> Visitor<'de> for TextAs<QUOTE> {
     type Value = Option<String>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -585,16 +585,16 @@ impl<'de> Visitor<'de> for Text {
         Ok(None)
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        SkipVisitor::<true>.visit_f64(v).map(|_| None)
+        SkipVisitor::<QUOTE>.visit_f64(v).map(|_| None)
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(None)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        SkipVisitor::<true>.visit_seq(seq).map(|_| None)
+        SkipVisitor::<QUOTE>.visit_seq(seq).map(|_| None)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        SkipVisitor::<true>.visit_map(map).map(|_| None)
+        SkipVisitor::<QUOTE>.visit_map(map).map(|_| None)
     }
 }
 
@@ -644,31 +644,6 @@ impl<'de, const QUOTE: bool> Visitor<'de> for IdAs<QUOTE> {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         SkipVisitor::<QUOTE>.visit_map(map).map(|_| None)
     }
-}
-
-/// Implements the visits of everything but an object (and, with `seq`, an array) for a visitor
-/// whose value is `$other`.
-macro_rules! not_an_object {
-    ($other:expr) => {
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-            SkipVisitor::<true>.visit_f64(v).map(|_| $other)
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-    };
 }
 
 /// The whole body.
@@ -745,9 +720,9 @@ impl<'de> Visitor<'de> for MessageSeed {
         let mut keys = AgentKeys::default();
         while let Some(key) = map.next_key_seed(Key)? {
             match &*key {
-                "jsonrpc" => message.jsonrpc = Some(map.next_value_seed(Text)?),
+                "jsonrpc" => message.jsonrpc = Some(map.next_value_seed(TextAs::<true>)?),
                 "id" => message.id = Some(map.next_value_seed(IdAs::<true>)?),
-                "method" => message.method = Some(map.next_value_seed(Text)?),
+                "method" => message.method = Some(map.next_value_seed(TextAs::<true>)?),
                 "params" => message.params = Some(map.next_value_seed(ParamsSeed)?),
                 "result" => {
                     map.next_value::<Skip>()?;
@@ -796,8 +771,8 @@ impl<'de> Visitor<'de> for ParamsSeed {
         let mut keys = AgentKeys::default();
         while let Some(key) = map.next_key_seed(Key)? {
             match &*key {
-                "name" => params.name = map.next_value_seed(Text)?,
-                "uri" => params.uri = map.next_value_seed(Text)?,
+                "name" => params.name = map.next_value_seed(TextAs::<true>)?,
+                "uri" => params.uri = map.next_value_seed(TextAs::<true>)?,
                 "ref" => params.reference = Some(map.next_value_seed(RefSeed)?),
                 other => {
                     note_misspelt(&mut params.misspelt, other, PARAMS_MEMBERS, "params.");
@@ -838,9 +813,9 @@ impl<'de> Visitor<'de> for RefSeed {
         let mut keys = AgentKeys::default();
         while let Some(key) = map.next_key_seed(Key)? {
             match &*key {
-                "type" => reference.kind = map.next_value_seed(Text)?,
-                "name" => reference.name = map.next_value_seed(Text)?,
-                "uri" => reference.uri = map.next_value_seed(Text)?,
+                "type" => reference.kind = map.next_value_seed(TextAs::<true>)?,
+                "name" => reference.name = map.next_value_seed(TextAs::<true>)?,
+                "uri" => reference.uri = map.next_value_seed(TextAs::<true>)?,
                 other => {
                     note_misspelt(&mut reference.misspelt, other, REF_MEMBERS, "params.ref.");
                     map.next_value::<Skip>()?;

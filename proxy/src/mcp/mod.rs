@@ -15,6 +15,34 @@
 //!    `prompts/list` results keep only what this workload may use ([`list_filter`]); a response
 //!    that cannot be filtered is cut, never passed unfiltered.
 
+/// Implements the visits of a number, a string, a boolean and null for a visitor of the
+/// children's JSON readers whose value is `$other` (a finite number checked as [`jsonrpc`]'s
+/// skipping does).
+macro_rules! not_an_object {
+    ($other:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            super::jsonrpc::SkipVisitor::<true>
+                .visit_f64(v)
+                .map(|_| $other)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+    };
+}
+
 pub mod answer;
 pub mod config;
 pub mod jsonrpc;
