@@ -157,21 +157,24 @@ impl BodyHold {
     /// a 228-byte body of 8 MiB, so one tenant's requests held tens of thousands of times its
     /// share, and the process's memory with it.
     pub fn grow_to(&mut self, tenant: &TenantId, bytes: u64) -> Result<(), BodyError> {
+        self.try_grow_to(tenant, bytes).inspect_err(count_overload)
+    }
+
+    /// As [`BodyHold::grow_to`], for a caller that has another way than a refusal when it
+    /// does not fit (and counts the refusal itself if it refuses).
+    pub fn try_grow_to(&mut self, tenant: &TenantId, bytes: u64) -> Result<(), BodyError> {
         let held = self.bytes + self.grown.iter().map(|g| g.bytes).sum::<u64>();
         if bytes <= held {
             return Ok(());
         }
-        let more = self
-            .budget
-            .try_hold(tenant, bytes - held)
-            .inspect_err(count_overload)?;
+        let more = self.budget.try_hold(tenant, bytes - held)?;
         self.grown.push(more);
         Ok(())
     }
 }
 
 /// Counts a body refused for memory (`tenant_proxy_overload_refusals_total`).
-fn count_overload(refusal: &BodyError) {
+pub fn count_overload(refusal: &BodyError) {
     let reason = match refusal {
         BodyError::TenantOverloaded(_) => "tenant_body_memory",
         _ => "body_memory",

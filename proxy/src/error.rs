@@ -708,7 +708,7 @@ impl Deny {
             ),
             Deny::BodyMemoryLimit(max) => (
                 429,
-                format!("this tenant's requests in flight already hold {max} bytes of request bodies, as much as one tenant may; retry shortly"),
+                format!("this tenant's requests in flight already hold {max} bytes of bodies (request bodies, and responses read whole), as much as one tenant may; retry shortly"),
             ),
             Deny::ProtectedHopHeader(name) => (
                 400,

@@ -638,6 +638,45 @@ fn a_response_past_the_copy_limit_is_settled_at_its_reported_usage() {
     );
 }
 
+/// The meter's copy of a JSON answer counts against the tenant's body memory share; one that
+/// does not fit is not refused: its usage is read from the members that carry it, as past the
+/// copy limit, and it is settled at that usage.
+#[test]
+fn a_response_past_the_body_memory_share_is_still_metered() {
+    let mock = start_mock();
+    let proxy = budget_proxy(mock, |spec| {
+        spec.tenant("acme").limits().cost_per_day_micros = Some(100_000_000);
+        spec.config.limits.max_body_bytes = Some(16_384);
+        spec.config.limits.max_buffered_body_bytes_per_tenant = Some(32_768);
+    });
+    let body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+    let r = raw_request(
+        proxy.sidecar_port,
+        &format!(
+            "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nx-mock-content-bytes: 200000\r\nx-mock-output-tokens: 5000\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(r.body.len() > 200_000);
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert_eq!(rec["decision"], "allow", "{rec}");
+    assert_eq!(rec["usage"]["output_tokens"], 5000, "{rec}");
+    let input = rec["usage"]["input_tokens"].as_u64().unwrap();
+    assert_eq!(
+        rec["settled"]["cost_micros"].as_u64(),
+        Some(input + 2 * 5000),
+        "{rec}"
+    );
+    // Nothing was refused for memory.
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains("tenant_proxy_overload_refusals_total{reason=\"tenant_body_memory\"} 0"),
+        "{metrics}"
+    );
+}
+
 /// Prompt-cache writes are input: they count toward the token ceiling and cost their price
 /// (here 3 micro-units a token against 1 for plain input), and a call's input is reserved at
 /// that dearest price, since the agent decides what is written.

@@ -21,7 +21,7 @@ use crate::support::*;
 /// `/badsse/` one good event (listing `add` and `wipe_disk`) and then one that is not JSON,
 /// `/caseresult/` the list under `Result` (read as `result` by Go's `encoding/json`),
 /// `/manytools/` a list of more items than one answer may hold, `/dupkey/` a result repeating
-/// a member whose name looks like a secret.
+/// a member whose name looks like a secret, `/good/` a list as JSON, `/bigtools/` a longer one.
 fn start_broken_server() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -77,6 +77,26 @@ fn answer_broken(stream: TcpStream) {
                 tools.join(",")
             ),
         )
+    } else if head.contains("/good/") {
+        ("application/json", "", good.to_string())
+    } else if head.contains("/bigtools/") {
+        // About 40 kB: within the filter's 64 KiB, past a 32 KiB body memory share.
+        let tools: Vec<String> = (0..400)
+            .map(|i| {
+                format!(
+                    r#"{{"name":"wipe_disk{i}","description":"{}"}}"#,
+                    "x".repeat(80)
+                )
+            })
+            .collect();
+        (
+            "application/json",
+            "",
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{{"name":"add"}},{}]}}}}"#,
+                tools.join(",")
+            ),
+        )
     } else if head.contains("/dupkey/") {
         (
             "application/json",
@@ -120,11 +140,12 @@ struct Env {
 }
 
 fn start() -> Env {
-    start_with_shadow(None)
+    start_with(None, |_| {})
 }
 
-/// As [`start`], with a shadow (report-only) policy set: the enforced one plus `shadow`.
-fn start_with_shadow(shadow: Option<&str>) -> Env {
+/// As [`start`], with a shadow (report-only) policy set (the enforced one plus `shadow`), and
+/// the configuration `tune` changes.
+fn start_with(shadow: Option<&str>, tune: impl FnOnce(&mut ProxySpec)) -> Env {
     let sse = McpFixture::start(false, None);
     let json = McpFixture::start(true, None);
     let recorder = Origin::start();
@@ -164,6 +185,7 @@ fn start_with_shadow(shadow: Option<&str>) -> Env {
     if shadow.is_some() {
         spec.tenants.shadow_policy_dir = Some("shadow".into());
     }
+    tune(&mut spec);
     // The shadow set: the enforced policies plus `shadow`, a policy under rollout.
     let proxy = Proxy::start_prepared(spec, |dir| {
         if let Some(extra) = shadow {
@@ -644,6 +666,46 @@ fn an_answer_that_cannot_be_filtered_is_withheld() {
     }
 }
 
+/// An answer is held whole to be filtered, and what it holds counts against the tenant's body
+/// memory share: one past it is withheld (the unfiltered list never arrives) and recorded as
+/// the body memory limit; one within it is filtered as always.
+#[test]
+fn an_answer_past_the_body_memory_share_is_withheld() {
+    let env = start_with(None, |spec| {
+        spec.config.limits.max_body_bytes = Some(16_384);
+        spec.config.limits.max_buffered_body_bytes_per_tenant = Some(32_768);
+    });
+    let reply = post(&env, Who::Acme, "broken/bigtools", &list(json!(1)));
+    assert!(!reply.body.contains("wipe_disk"), "{}", reply.body);
+    if reply.status == 429 {
+        reply.refusal(429, "body_memory_limit");
+    } else {
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let last = reply.messages.last().unwrap();
+        assert_eq!(last["id"], 1, "{}", reply.body);
+        assert_eq!(last["error"]["code"], -32603, "{}", reply.body);
+        assert!(
+            last["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("body memory"),
+            "{}",
+            reply.body
+        );
+    }
+    let record = env.proxy.audit_record("acme", &reply.request_id);
+    assert_eq!(record["reason"], "body_memory_limit", "{record}");
+    assert_eq!(record["decision"], "deny", "{record}");
+    assert!(env
+        .proxy
+        .metrics()
+        .contains("tenant_proxy_overload_refusals_total{reason=\"tenant_body_memory\"} 1"));
+    // A smaller answer, held and given back as before, is filtered.
+    let reply = post(&env, Who::Acme, "broken/good", &list(json!(1)));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.tool_names(), ["add"]);
+}
+
 #[test]
 fn the_mcp_sdk_client_works_through_the_proxy() {
     let env = start();
@@ -872,9 +934,9 @@ fn policy_explain_decides_tool_calls_as_the_running_proxy() {
 #[test]
 fn a_shadow_policy_on_tool_calls_changes_no_response_and_is_audited() {
     // Rolling out "nobody may call `echo`": report-only first.
-    let env = start_with_shadow(Some(
+    let env = start_with(Some(
         "@id(\"rollout-no-echo\")\nforbid (principal, action == TenantProxy::Action::\"mcp_tool_call\", resource == TenantProxy::McpTool::\"echo\");\n",
-    ));
+    ), |_| {});
     let echo = post(
         &env,
         Who::Acme,

@@ -33,6 +33,9 @@ pub enum FilterError {
     /// [`MAX_LIST_ITEMS`].
     #[error("the MCP response lists more than {MAX_LIST_ITEMS} items in one answer")]
     TooManyItems,
+    /// Holding the answer to filter it would take the proxy past its body memory bound.
+    #[error("the proxy holds as much body memory as it may")]
+    Overloaded,
 }
 
 /// Most list items (tools, resources, templates, prompts, all lists together) one answer may
@@ -152,6 +155,16 @@ impl ListFilter {
     pub fn with_endpoint(mut self, prefix: &str, sealer: Sealer) -> Self {
         self.endpoint = Some((prefix.to_string(), sealer));
         self
+    }
+
+    /// Bytes this filter holds once it takes `more`: the answer so far (a JSON body, and at
+    /// its `end` the filtered copy written beside it) or the event in progress.
+    pub fn held_with(&self, more: usize, end: bool) -> usize {
+        let held = self.pending.len() + more;
+        match self.framing {
+            Framing::Json if end => 2 * held,
+            _ => held,
+        }
     }
 
     /// The framing this filter reads.

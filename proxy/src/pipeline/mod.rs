@@ -55,6 +55,7 @@ use crate::error::Deny;
 use crate::ids::TenantId;
 use crate::limits::plan::{Ending, Plan};
 use crate::limits::{Admission, AdmitError, LimitBackend};
+use crate::mcp::list_filter::FilterError;
 use crate::metrics::{Metrics, METRICS};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::tls::ca::LeafMinter;
@@ -939,6 +940,7 @@ impl ProxyHttp for TenantProxy {
                 llm: grant.llm,
                 head: session.req_header().method == http::Method::HEAD,
                 limits: self.shared.limits.clone(),
+                bodies: &self.shared.bodies,
             };
             let headline = grant.limits.as_ref().and_then(|a| a.headline);
             Stages::for_response(setup, &ctx.trail, upstream_response).map(|s| (s, headline))
@@ -1048,9 +1050,21 @@ impl ProxyHttp for TenantProxy {
                 // which writes the final event and ends the response cleanly.
                 let deny = Deny::StreamCut(reason);
                 // Another framing (an NDJSON or text stream) just ends, short of its length.
-                *cut_event = last_event(stages.cut_ends_with_event(), &deny, &trail.request_id);
+                *cut_event = stages.cut_event(&deny, &trail.request_id);
                 trail.refuse(deny);
                 Err(stop("stream_cut", "stream cut: budget spent"))
+            }
+            Err(Cut::Overloaded(deny)) => {
+                // What the response must be held whole to be read (an MCP answer, an
+                // event-stream message) does not fit the body memory bound: the rest is
+                // withheld, an MCP answer's replaced by a JSON-RPC error for its list.
+                *body = None;
+                *cut_event = match stages.list_filter() {
+                    Some(filter) => Some(filter.error_message(&FilterError::Overloaded)),
+                    None => last_event(stages.cut_ends_with_sse_event(), &deny, &trail.request_id),
+                };
+                trail.refuse(deny);
+                Err(stop("overloaded", "response body memory"))
             }
             Err(Cut::Unfiltered(error)) => {
                 // The rest of an MCP response whose lists could not be filtered is withheld,

@@ -16,9 +16,11 @@ use pingora::{Error, ErrorType};
 
 use super::admit::{Admitted, HttpGrant};
 use super::record::Trail;
+use crate::body::{BodyBudget, BodyError, BodyHold};
 use crate::credentials::apply::Applied;
 use crate::credentials::scrub::{Patterns, Scrubber};
 use crate::error::Deny;
+use crate::ids::TenantId;
 use crate::limits::stream::{CutReason, StreamGuard, Verdict};
 use crate::limits::LimitBackend;
 use crate::mcp::list_filter::{FilterError, ListFilter};
@@ -190,6 +192,8 @@ pub enum Cut {
     Budget(CutReason),
     /// An MCP list could not be filtered: the rest is withheld.
     Unfiltered(FilterError),
+    /// What the stages must hold to read the response does not fit the body memory bound.
+    Overloaded(Deny),
 }
 
 /// The stages one response body runs through, in their one order.
@@ -215,6 +219,15 @@ pub struct Stages {
     /// An SSE stream as sent (not compressed, no declared length) and not an MCP server's: a
     /// cut may end it with an event of ours.
     open_sse: bool,
+    /// What the stages buffer of the response, held against the body memory bound.
+    held: Option<Held>,
+}
+
+/// The body memory a response's stages hold, and whose it is.
+#[derive(Debug)]
+struct Held {
+    hold: BodyHold,
+    tenant: TenantId,
 }
 
 /// What the stages are set up from, besides the response head.
@@ -230,6 +243,8 @@ pub struct StageSetup<'a> {
     pub head: bool,
     /// The limiter, for a stream guard's extensions.
     pub limits: Arc<dyn LimitBackend>,
+    /// The body memory bound, which what the stages buffer counts against.
+    pub bodies: &'a Arc<BodyBudget>,
 }
 
 impl Stages {
@@ -310,6 +325,15 @@ impl Stages {
             )?;
         }
         stages.unread = setup.llm && stages.meter.is_none();
+        // SECURITY: an MCP answer is read whole (up to `max_message_bytes`, 8 MiB by default),
+        // a usage copy up to 2 MiB, an event-stream message up to 2 MiB: uncounted, a hostile
+        // upstream's answers to many requests at once held all the memory the request bodies'
+        // bound keeps. They count against the same bound, as they grow.
+        if stages.list.is_some() || stages.meter.is_some() {
+            let tenant = setup.admitted.tenant.tenant.clone();
+            let hold = setup.bodies.try_hold(&tenant, 0)?;
+            stages.held = Some(Held { hold, tenant });
+        }
         let grant = setup.grant;
         // SECURITY (budgets): an answer to a call whose output no ceiling field of its API caps
         // may run past any reservation, and one in a shape no reader knows (an Ollama
@@ -408,6 +432,8 @@ impl Stages {
         trail: &mut Trail,
         allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
     ) -> Result<(), Cut> {
+        let more = body.as_ref().map_or(0, Bytes::len);
+        self.hold_buffers(more, end).map_err(Cut::Overloaded)?;
         if let Some(filter) = self.list.as_mut() {
             let chunk = body.take().unwrap_or_default();
             *body = Some(filter.feed(&chunk, end, allowed).map_err(Cut::Unfiltered)?);
@@ -458,6 +484,32 @@ impl Stages {
         Ok(())
     }
 
+    /// Holds, before they take the next `more` bytes, what the list filter and the meter will
+    /// buffer against the body memory bound (a hold only grows: it is given back when the
+    /// request ends). When it does not fit, the meter stops copying a JSON answer (its usage is
+    /// read from the members that carry it, as past the copy limit); if it still does not, the
+    /// response is cut.
+    fn hold_buffers(&mut self, more: usize, end: bool) -> Result<(), Deny> {
+        loop {
+            let buffered = self.list.as_ref().map_or(0, |l| l.held_with(more, end))
+                + self.meter.as_ref().map_or(0, |m| m.held_with(more));
+            let Some(held) = self.held.as_mut() else {
+                return Ok(());
+            };
+            match held.hold.try_grow_to(&held.tenant, buffered as u64) {
+                Ok(()) => return Ok(()),
+                Err(_) if self.meter.as_mut().is_some_and(UsageMeter::stop_copying) => {}
+                Err(refusal) => {
+                    crate::body::count_overload(&refusal);
+                    return Err(match refusal {
+                        BodyError::Overloaded => Deny::Overloaded("response body memory"),
+                        other => other.into(),
+                    });
+                }
+            }
+        }
+    }
+
     /// The MCP list filter (what it hid, for the record).
     pub fn list_filter(&self) -> Option<&ListFilter> {
         self.list.as_ref()
@@ -479,6 +531,19 @@ impl Stages {
     /// an answer no meter reads is of a framing the proxy does not write, and just ends short.
     pub fn cut_ends_with_event(&self) -> bool {
         self.meter.is_some()
+    }
+
+    /// The error event a cut ends the response with (see [`Stages::cut_ends_with_event`]), in
+    /// the stream's own framing: an SSE `error` event, or an AWS event stream's exception
+    /// message.
+    pub fn cut_event(&self, deny: &Deny, request_id: &str) -> Option<Vec<u8>> {
+        let meter = self.meter.as_ref()?;
+        let (_, code, message) = deny.describe();
+        Some(if meter.is_event_stream() {
+            crate::usage::eventstream::exception(code.as_str(), &message, request_id)
+        } else {
+            crate::limits::stream::cut_event(code.as_str(), &message, request_id)
+        })
     }
 
     /// Hosted tool calls a streamed response showed starting (see

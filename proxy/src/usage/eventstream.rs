@@ -51,6 +51,11 @@ pub struct EventStreamParser {
 }
 
 impl EventStreamParser {
+    /// Bytes held for the message in progress.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Feeds a chunk; calls `on_message` for every whole, CRC-checked message it completes.
     pub fn feed(&mut self, chunk: &[u8], on_message: &mut dyn FnMut(Message<'_>)) {
         if self.broken.is_some() {
@@ -186,8 +191,7 @@ fn parse_message(m: &[u8]) -> Result<Message<'_>, FrameError> {
     Ok(message)
 }
 
-/// Writes one message (string headers only), as a service would. For tests and fixtures.
-#[cfg(test)]
+/// Writes one message (string headers only), as a service would.
 pub(crate) fn frame(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
     let mut h = Vec::new();
     for (name, value) in headers {
@@ -208,6 +212,25 @@ pub(crate) fn frame(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     out
+}
+
+/// The exception message that ends a stream the proxy cut: the AWS SDKs raise it as the
+/// operation's error (boto3: `EventStreamError: An error occurred (throttlingException) …`),
+/// where text of another framing would be a checksum failure.
+pub fn exception(code: &str, message: &str, request_id: &str) -> Vec<u8> {
+    let payload = serde_json::json!({
+        "message": format!("tenant-proxy: {message} ({code}, request {request_id})"),
+        "code": code,
+        "request_id": request_id,
+    });
+    frame(
+        &[
+            (":exception-type", "throttlingException"),
+            (":content-type", "application/json"),
+            (":message-type", "exception"),
+        ],
+        payload.to_string().as_bytes(),
+    )
 }
 
 /// An event message of `event_type` carrying `payload`.
@@ -367,6 +390,31 @@ mod tests {
             assert_eq!(p.error(), Some(err), "{name}");
             assert!(p.buf.capacity() == 0, "{name}: nothing kept");
         }
+    }
+
+    /// A cut stream ends with an exception message the SDKs read: whole, checksummed, typed.
+    #[test]
+    fn a_cut_ends_with_an_exception_message() {
+        let bytes = exception("stream_cut", "the budget is spent", "req-1");
+        let mut seen = Vec::new();
+        let mut p = EventStreamParser::default();
+        p.feed(&bytes, &mut |m| {
+            seen.push((
+                m.message_type.map(str::to_string),
+                serde_json::from_slice::<serde_json::Value>(m.payload).unwrap(),
+            ))
+        });
+        assert_eq!(seen.len(), 1, "one whole message");
+        let (kind, payload) = &seen[0];
+        assert_eq!(kind.as_deref(), Some("exception"));
+        assert_eq!(payload["code"], "stream_cut");
+        assert_eq!(payload["request_id"], "req-1");
+        assert!(payload["message"]
+            .as_str()
+            .unwrap()
+            .contains("the budget is spent"));
+        let headers = String::from_utf8_lossy(&bytes);
+        assert!(headers.contains(":exception-type") && headers.contains("throttlingException"));
     }
 
     proptest! {

@@ -239,6 +239,11 @@ impl UsageMeter {
         Some(Self { provider, framing })
     }
 
+    /// Whether the response is an AWS event stream (Bedrock's), whose messages are binary.
+    pub fn is_event_stream(&self) -> bool {
+        matches!(self.framing, Framing::EventStream { .. })
+    }
+
     /// Whether the response is a stream (metered, and estimated, event by event).
     pub fn is_stream(&self) -> bool {
         matches!(
@@ -247,21 +252,54 @@ impl UsageMeter {
         )
     }
 
+    /// Bytes this meter holds once it takes `more`: a JSON answer's copy, an event-stream
+    /// message in progress (an SSE event's, at most 256 KiB, are not counted).
+    pub fn held_with(&self, more: usize) -> usize {
+        match &self.framing {
+            Framing::Json {
+                body,
+                scanned: None,
+            } => body.len() + more,
+            Framing::Json { .. } | Framing::Sse { .. } => 0,
+            Framing::EventStream { parser, .. } => parser.buffered() + more,
+        }
+    }
+
+    /// Stops copying a JSON answer: from here on only the members a reader reads are kept, as
+    /// past the copy limit. False when there was no copy to stop.
+    pub fn stop_copying(&mut self) -> bool {
+        let provider = self.provider;
+        match &mut self.framing {
+            Framing::Json {
+                body,
+                scanned: scanned @ None,
+            } => {
+                let mut scanner = members::MemberScanner::new(usage_members(provider));
+                scanner.feed(body);
+                *body = Vec::new();
+                *scanned = Some(Box::new(scanner));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Feeds a response body chunk (synchronous: called from the body filter).
     pub fn feed(&mut self, chunk: &[u8]) {
+        if let Framing::Json {
+            body,
+            scanned: None,
+        } = &self.framing
+        {
+            if body.len() + chunk.len() > MAX_JSON {
+                // Too large to copy (many choices, a long output): its usage is still read.
+                self.stop_copying();
+            }
+        }
         let provider = self.provider;
         match &mut self.framing {
             Framing::Json { body, scanned } => match scanned {
                 Some(scanner) => scanner.feed(chunk),
-                None if body.len() + chunk.len() > MAX_JSON => {
-                    // Too large to copy (many choices, a long output): from here on only the
-                    // members a reader reads are kept, so its usage is still read.
-                    let mut scanner = members::MemberScanner::new(usage_members(provider));
-                    scanner.feed(body);
-                    scanner.feed(chunk);
-                    *body = Vec::new();
-                    *scanned = Some(Box::new(scanner));
-                }
                 None => body.extend_from_slice(chunk),
             },
             Framing::Sse {
@@ -506,6 +544,28 @@ mod tests {
             trailing.feed(b" x");
             assert_eq!(trailing.finish(), None);
         }
+    }
+
+    /// A meter told to stop copying (the body memory bound is reached) reads the usage from
+    /// the members that carry it, wherever the answer stands; it holds no copy after.
+    #[test]
+    fn a_meter_that_stops_copying_still_reads_the_usage() {
+        let body = r#"{"id":"c","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+        let chat: &'static dyn Provider = &providers::openai_chat::OpenAiChat;
+        for at in [0, 1, 20, body.len() - 1, body.len()] {
+            let mut m = UsageMeter::for_response("application/json", Some(chat)).unwrap();
+            m.feed(&body.as_bytes()[..at]);
+            assert_eq!(m.held_with(5), at + 5);
+            assert!(m.stop_copying(), "at {at}");
+            assert!(!m.stop_copying(), "once");
+            assert_eq!(m.held_with(5), 0);
+            m.feed(&body.as_bytes()[at..]);
+            assert_eq!(m.held_with(5), 0);
+            assert_eq!(m.finish(), u(12, 0, 3), "stopped at {at}");
+        }
+        // Streams hold no copy to stop.
+        let mut sse = UsageMeter::for_response("text/event-stream", Some(chat)).unwrap();
+        assert!(!sse.stop_copying());
     }
 
     /// A response from a destination whose path names no provider is read with every
