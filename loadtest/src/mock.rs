@@ -24,7 +24,8 @@
 //!
 //! Every response carries the SHA-256 of the received `Authorization` as
 //! `x-mock-authorization-sha256`, and is labelled `content-encoding: X` when the request says
-//! `x-mock-content-encoding: X` (an upstream that ignores `Accept-Encoding`). A mock started with [`serve_mock_recording`] also notes when
+//! `x-mock-content-encoding: X` (an upstream that ignores `Accept-Encoding`), and names itself
+//! `x-request-id: X` when the request says `x-mock-request-id: X`. A mock started with [`serve_mock_recording`] also notes when
 //! it writes the first event of each stream whose request names itself in `x-mock-stream-id`
 //! ([`FirstEvents`]), so a client in the same process can tell how long that event took to
 //! reach it (through a proxy or not).
@@ -143,6 +144,7 @@ pub async fn serve_stream_recording<S: AsyncRead + AsyncWrite + Unpin>(
         let body = read_body(&mut rd, &mut buf, &head).await?;
         let mut reply = respond(&head, &body);
         echo_authorization(&head, &mut reply);
+        name_the_request(&head, &mut reply);
         label_encoding(&head, &mut reply);
         let delay = head
             .header("x-mock-chunk-delay-ms")
@@ -211,6 +213,18 @@ fn echo_authorization(head: &Head, reply: &mut [Vec<u8>]) {
     if let Some(end) = first.windows(2).position(|w| w == b"\r\n") {
         let digest = hex::encode(sha2::Sha256::digest(value.as_bytes()));
         let line = format!("x-mock-authorization-sha256: {digest}\r\n");
+        first.splice(end + 2..end + 2, line.into_bytes());
+    }
+}
+
+/// Answers with `x-request-id: X` when the request says `x-mock-request-id: X`, as OpenAI names
+/// each request it serves.
+fn name_the_request(head: &Head, reply: &mut [Vec<u8>]) {
+    let (Some(id), Some(first)) = (head.header("x-mock-request-id"), reply.first_mut()) else {
+        return;
+    };
+    if let Some(end) = first.windows(2).position(|w| w == b"\r\n") {
+        let line = format!("x-request-id: {id}\r\n");
         first.splice(end + 2..end + 2, line.into_bytes());
     }
 }

@@ -76,6 +76,40 @@ fn json_sse_and_anthropic_usage_is_metered_per_tenant() {
     assert!(rec["usage"].is_null(), "{rec}");
 }
 
+/// The proxy's id names every response (`x-request-id`); the upstream's own id, which its
+/// support asks for, moves to `x-upstream-request-id` and the record when it looks like an id.
+#[test]
+fn an_upstreams_request_id_reaches_the_client_and_the_record() {
+    let mock = start_mock();
+    let mut spec = ProxySpec::default();
+    spec.llm_route(mock);
+    let proxy = Proxy::start(spec);
+    let call = |id: &str| {
+        let body = r#"{"model":"gpt-4o-mini","max_tokens":3,"messages":[]}"#;
+        raw_request(
+            proxy.sidecar_port,
+            &format!(
+                "POST /llm/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nx-mock-request-id: {id}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .unwrap()
+    };
+    let r = call("req_8c1f2e90ab");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.header("x-upstream-request-id"), Some("req_8c1f2e90ab"));
+    let ours = r.request_id();
+    assert_ne!(ours, "req_8c1f2e90ab");
+    let rec = proxy.audit_record("acme", &ours);
+    assert_eq!(rec["upstream_request_id"], "req_8c1f2e90ab", "{rec}");
+    // Text that is not an id is neither passed on under our name nor recorded.
+    let r = call("see <b>this</b>");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.header("x-upstream-request-id"), None);
+    let rec = proxy.audit_record("acme", &r.request_id());
+    assert!(rec.get("upstream_request_id").is_none(), "{rec}");
+}
+
 #[test]
 fn streams_are_metered_even_when_the_agent_did_not_ask_for_usage() {
     let mock = start_mock();

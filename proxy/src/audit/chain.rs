@@ -227,6 +227,7 @@ pub(crate) mod tests {
             }),
             latency_ms: 0.1 + 0.2,
             upstream_latency_ms: Some(1e-7),
+            upstream_request_id: Some("req_abc-123".into()),
             bytes_in: 90,
             bytes_out: u64::MAX,
             request_body_sha256: Some("ab".repeat(32)),

@@ -194,6 +194,9 @@ pub struct AuditRecord {
     pub latency_ms: f64,
     /// Time from upstream connection to upstream response header, milliseconds.
     pub upstream_latency_ms: Option<f64>,
+    /// The upstream's own id for the request (its `x-request-id`), which its support asks for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_request_id: Option<String>,
     /// Request body bytes.
     pub bytes_in: u64,
     /// Response body bytes.
@@ -260,6 +263,7 @@ impl AuditRecord {
             status,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_latency_ms: None,
+            upstream_request_id: None,
             bytes_in: 0,
             bytes_out: 0,
             request_body_sha256: None,
@@ -311,6 +315,7 @@ impl Fields for AuditRecord {
             status,
             latency_ms,
             upstream_latency_ms,
+            upstream_request_id,
             bytes_in,
             bytes_out,
             request_body_sha256,
@@ -373,6 +378,9 @@ impl Fields for AuditRecord {
         m.uint("status", u64::from(*status));
         m.value("latency_ms", latency_ms)?;
         m.value("upstream_latency_ms", upstream_latency_ms)?;
+        if let Some(id) = upstream_request_id {
+            m.str("upstream_request_id", id)?;
+        }
         m.uint("bytes_in", *bytes_in);
         m.uint("bytes_out", *bytes_out);
         m.opt_str("request_body_sha256", request_body_sha256.as_deref())

@@ -972,6 +972,11 @@ impl ProxyHttp for TenantProxy {
         {
             upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
+        if let Some(theirs) = record::upstream_request_id(&upstream_response.headers) {
+            let theirs = theirs.to_string();
+            upstream_response.insert_header("x-upstream-request-id", &theirs)?;
+            ctx.trail.upstream_request_id = Some(theirs);
+        }
         upstream_response.insert_header("x-request-id", &*ctx.trail.request_id)?;
         if let Some(h) = headline {
             upstream_response.insert_header("x-ratelimit-limit", h.limit.to_string())?;

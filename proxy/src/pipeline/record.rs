@@ -101,6 +101,8 @@ pub struct Trail {
     pub credentials: Vec<String>,
     /// SHA-256 of the body as forwarded.
     pub body_sha256: Option<String>,
+    /// The upstream's own id for the request (see [`upstream_request_id`]).
+    pub upstream_request_id: Option<String>,
     /// Bytes from the client (body, or a tunnel's bytes up).
     pub bytes_in: u64,
     /// Bytes to the client (body, or a tunnel's bytes down).
@@ -150,6 +152,7 @@ impl Trail {
             other_models: Vec::new(),
             credentials: Vec::new(),
             body_sha256: None,
+            upstream_request_id: None,
             bytes_in: 0,
             bytes_out: 0,
             tunnel: None,
@@ -374,6 +377,7 @@ impl Trail {
                 .map(|m| crate::mcp::audit_fields(m, list_filter)),
             approval: self.approval.take(),
             upstream_latency_ms: upstream.map(|u| u.as_secs_f64() * 1000.0),
+            upstream_request_id: self.upstream_request_id.take(),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             request_body_sha256: self.body_sha256.take(),
@@ -548,8 +552,50 @@ pub async fn write_refusal(stream: &mut Stream, deny: &Deny, request_id: &str) -
     status
 }
 
+/// The upstream's own id for a request: its response's `x-request-id` (OpenAI's; Anthropic's
+/// `request-id` reaches the client as it is), which the proxy's own id replaces in that header.
+/// Kept, as `x-upstream-request-id` and in the record, when it looks like an id: at most 128
+/// letters, digits and `-_.:` (the record is the proxy's; it takes no text an upstream chose).
+pub fn upstream_request_id(headers: &http::HeaderMap) -> Option<&str> {
+    let id = crate::header_names::sole(headers, "x-request-id")
+        .ok()
+        .flatten()?
+        .to_str()
+        .ok()?;
+    let fits = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    fits.then_some(id)
+}
+
 #[cfg(test)]
 mod tests {
+    /// The upstream's id is kept when it looks like one; anything else, or two of them, not.
+    #[test]
+    fn an_upstreams_request_id_is_kept_when_it_is_an_id() {
+        let with = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append("x-request-id", http::HeaderValue::from_str(v).unwrap());
+            }
+            upstream_request_id(&h).map(str::to_string)
+        };
+        assert_eq!(
+            with(&["req_8c1f2e-A.b:9"]).as_deref(),
+            Some("req_8c1f2e-A.b:9")
+        );
+        let long = "a".repeat(129);
+        for bad in ["", "req 1", "sk-live\"x", "<script>", long.as_str(), "é"] {
+            if http::HeaderValue::from_str(bad).is_ok() {
+                assert_eq!(with(&[bad]), None, "{bad}");
+            }
+        }
+        assert_eq!(with(&["a", "b"]), None);
+        assert_eq!(with(&[]), None);
+    }
+
     use super::*;
 
     #[test]
