@@ -28,6 +28,8 @@ if [ ! -f "$qs/origin-ca/ca.pem" ] || [ ! -f "$qs/origin-ca/ca-key.pem" ]; then
   rm -rf "$qs/origin-ca"
   "$bin/tenant-proxy" ca init --out "$qs/origin-ca" --name "tenant-proxy quickstart origin CA" \
     --permit llm.quickstart.test
+  echo "(that one is the mock upstream's CA: only the proxy trusts it, through [upstream] extra_ca_files;"
+  echo " clients trust the interception CA in $qs/ca)"
 fi
 
 # A master key and a vault with demo keys bound to the local mock.

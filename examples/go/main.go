@@ -2,8 +2,9 @@
 // HTTP_PROXY, HTTPS_PROXY and NO_PROXY (http.ProxyFromEnvironment), but never proxies localhost or
 // 127.0.0.1, whatever the variables say: point it at a name (the quickstart's mock is
 // llm.quickstart.test, which only the proxy resolves), never at a loopback address. For https://
-// URLs it must trust the proxy's interception CA: SSL_CERT_FILE (a bundle from `tenant-proxy ca
-// env`). The key is a `$CRED{openai}` handle the proxy substitutes.
+// URLs it must trust the proxy's interception CA: SSL_CERT_FILE (quickstart/ca/bundle.pem below
+// is the bundle `tenant-proxy ca env --ca quickstart/ca/ca.pem` writes). The key is a
+// `$CRED{openai}` handle the proxy substitutes.
 //
 //	HTTP_PROXY=http://127.0.0.1:8080 OPENAI_BASE_URL=http://llm.quickstart.test:18000/v1 go run .
 //	HTTPS_PROXY=http://127.0.0.1:8080 SSL_CERT_FILE=quickstart/ca/bundle.pem \

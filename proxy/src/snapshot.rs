@@ -183,7 +183,7 @@ impl Snapshot {
                 problems.push(ConfigProblem::file(
                     tenants_file,
                     "the token keys, credentials and policies it names were not checked: the file \
-                     could not be read",
+                     could not be read or parsed (above)",
                 ));
                 return None;
             }

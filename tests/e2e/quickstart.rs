@@ -554,9 +554,13 @@ fn readme_walkthrough_runs_as_written_including_intercepted_https() {
         .unwrap();
     assert_eq!(untrusting.status.code(), Some(60), "{untrusting:?}");
 
-    // 9. A tunnel no policy permits, and the metadata endpoint.
+    // 9. A tunnel the policies refuse (acme is in the EU), and the metadata endpoint.
     let (status, out) = curl(&["-i", "-x", &sidecar, "https://example.com/"]);
     assert!(out.contains("403"), "{status} {out}");
+    assert!(
+        out.contains("forbidden by policy `eu-data-residency`"),
+        "{status} {out}"
+    );
     let (status, out) = curl(&["-x", &sidecar, "http://169.254.169.254/latest/meta-data"]);
     assert_eq!(status, 403, "{out}");
     // acme is in the EU: the residency rule refuses too, and the message names both forbids.

@@ -17,6 +17,11 @@ fn audited_for_acme(proxy: &Proxy, r: &Response, code: &str) {
         "{record}"
     );
     assert_eq!(record["workload"], "bot", "{record}");
+    // Refused before its target was read, the request still names its method.
+    assert!(
+        ["GET", "CONNECT"].contains(&record["method"].as_str().unwrap()),
+        "{record}"
+    );
     assert!(proxy
         .audit_records("globex")
         .iter()

@@ -74,7 +74,8 @@ pub(super) fn ca(command: CaCommand) -> anyhow::Result<ExitCode> {
             }
             let cert = std::path::absolute(&files.cert).unwrap_or(files.cert);
             println!(
-                "next: make clients trust it with `eval \"$(tenant-proxy ca env --ca {})\"`",
+                "next: as the interception CA (`[intercept] ca_cert`), make clients trust it with \
+                 `eval \"$(tenant-proxy ca env --ca {})\"`",
                 cert.display()
             );
         }

@@ -336,6 +336,12 @@ pub async fn admit(
     trail: &mut Trail,
     observer: &mut dyn Observer,
 ) -> Result<Admitted, Deny> {
+    // Known before anything is decided, so every refusal's record names it.
+    let method = match &ask {
+        Ask::Http { source, .. } => &source.header().method,
+        Ask::Connect { header, .. } => &header.method,
+    };
+    trail.method = method.as_str().to_owned();
     // An unauditable request is never served. Its refusal names the tenant when the connection
     // alone says which it is (nothing presented is read for it).
     let fixed = FixedIdentity::of(&caller);
@@ -1153,7 +1159,6 @@ fn http_destination(
     config: &StaticConfig,
     trail: &mut Trail,
 ) -> Result<Destination, Deny> {
-    trail.method = req.method.as_str().to_owned();
     if req.method == http::Method::CONNECT {
         return Err(Deny::ConnectUnsupported);
     }
@@ -1284,7 +1289,6 @@ async fn admit_connect(
     trail: &mut Trail,
 ) -> Result<Admitted, Deny> {
     let config = fx.config();
-    trail.method = "CONNECT".into();
     trail.authority = Some((host.to_string(), port));
     if !config.egress.connect_ports.contains(&port) {
         // `connect_ports` are for TLS. A tunnel to a port a plain-HTTP request could reach

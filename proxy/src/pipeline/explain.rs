@@ -552,5 +552,11 @@ pub fn render_text(e: &Explanation) -> String {
             }
         ));
     }
+    // An allow here is the policies' and the proxy's checks of the request itself; what the
+    // proxy checks only when the request comes may still refuse it.
+    out.push_str(
+        "not checked: the egress guard (where the host resolves: loopback, private and metadata \
+         addresses, this proxy itself) and whether the ceilings have room\n",
+    );
     out
 }
