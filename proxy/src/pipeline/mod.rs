@@ -384,13 +384,19 @@ pub fn deny_for_refusal(tenant: &TenantContext, refusal: &EgressRefusal) -> Deny
         crate::logging::LineKey::Tenant(tenant.tenant.as_str()),
         line,
     ) {
+        // A name that does not resolve is not the guard's refusal (the client gets
+        // `upstream_unreachable`): its line says so.
+        let what = match refusal {
+            EgressRefusal::Unresolvable { .. } => "destination could not be resolved",
+            _ => "destination refused by the egress guard",
+        };
         tracing::info!(
             request_id = %tenant.request_id,
             tenant = %tenant.tenant,
             workload = %tenant.workload,
             %refusal,
             suppressed,
-            "destination refused by the egress guard"
+            "{what}"
         );
     }
     match refusal {
