@@ -625,9 +625,16 @@ fn forward_mode_with_curl_is_scoped_the_same_way() {
 #[test]
 fn an_answer_that_cannot_be_filtered_is_withheld() {
     let env = start();
-    // Refused before anything is sent: the answer's type or encoding cannot be read.
-    for path in ["broken/text", "broken/gzip"] {
-        let reply = post(&env, Who::Acme, path, &list(json!(1)));
+    // Refused before anything is sent: the answer's type or encoding cannot be read, whether
+    // or not the request asked for a list (a client may read any successful body as the answer
+    // it waits for: the TypeScript SDK reads a GET stream as SSE whatever its type).
+    let call_add = call(json!(1), "add", json!({"a": 1, "b": 2})).to_string();
+    for (path, body) in [
+        ("broken/text", list(json!(1))),
+        ("broken/gzip", list(json!(1))),
+        ("broken/text", call_add),
+    ] {
+        let reply = post(&env, Who::Acme, path, &body);
         reply.refusal(502, "mcp_response_unfiltered");
         assert!(!reply.body.contains("wipe_disk"), "{path}: {}", reply.body);
         let record = env.proxy.audit_record("acme", &reply.request_id);

@@ -165,8 +165,8 @@ pub fn parse_request(body: &[u8]) -> Result<McpRequest, Malformed> {
 /// audit record, so an unbounded one would let one request write megabytes of audit (a shared
 /// disk: every tenant's records). Tool and prompt names are short identifiers (the MCP
 /// specification suggests at most 128 characters), resource URIs longer.
-const MAX_NAME: usize = 256;
-const MAX_URI: usize = 8 * 1024;
+pub(super) const MAX_NAME: usize = 256;
+pub(super) const MAX_URI: usize = 8 * 1024;
 /// Messages in one batch (the MCP specification dropped batches in 2025-06-18; older clients
 /// send a few).
 const MAX_BATCH: usize = 1024;

@@ -33,6 +33,10 @@ pub enum FilterError {
     /// [`MAX_LIST_ITEMS`].
     #[error("the MCP response lists more than {MAX_LIST_ITEMS} items in one answer")]
     TooManyItems,
+    /// One response (an event stream) lists more distinct items, all its answers together,
+    /// than [`MAX_DECISIONS`].
+    #[error("the MCP response lists more than {MAX_DECISIONS} distinct items")]
+    TooManyDecisions,
     /// Holding the answer to filter it would take the proxy past its body memory bound.
     #[error("the proxy holds as much body memory as it may")]
     Overloaded,
@@ -46,10 +50,17 @@ pub enum FilterError {
 /// it is withheld like any other that cannot be filtered, before any of its items is decided.
 pub const MAX_LIST_ITEMS: usize = 1024;
 
-/// Most decisions a response keeps for its later events: a few answers' worth. Past it they are
-/// forgotten (and made again when asked again), so that a long event stream of new names
-/// cannot grow the proxy's memory without bound.
+/// Most decisions a response keeps for its later events: a few answers' worth, of names of at
+/// most [`MAX_DECIDED_BYTES`] together. Past either they are forgotten (and made again when
+/// asked again), so that a long event stream of new names cannot grow the proxy's memory
+/// without bound.
 const MAX_DECIDED: usize = 4 * MAX_LIST_ITEMS;
+const MAX_DECIDED_BYTES: usize = 1024 * 1024;
+
+/// Most policy decisions one response may take, all its answers together. SECURITY:
+/// [`MAX_LIST_ITEMS`] bounds one answer; an event stream may carry answers for as long as it
+/// lasts, and 400 answers of 1024 new names held a worker every tenant shares for seconds.
+pub const MAX_DECISIONS: usize = 16 * MAX_LIST_ITEMS;
 
 /// How the response is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +89,14 @@ impl Framing {
 /// Whether `content_type` names no charset, or UTF-8. The filter reads bytes as UTF-8; a client
 /// decodes with the charset the response names, so in UTF-16 or EBCDIC it would read a list the
 /// filter found no line of.
+///
+/// SECURITY: every parameter a client may take for the charset counts: RFC 2231's `charset*`
+/// and `charset*0` too (Python's `email` reads `charset*=''utf-7`, and httpx decodes an event
+/// stream with it), and any other spelling of `charset` this reading does not take apart
+/// refuses the type.
 pub fn charset_is_utf8(content_type: &[u8]) -> bool {
-    content_type.split(|b| *b == b';').skip(1).all(|param| {
+    let mut read = 0;
+    let all_utf8 = content_type.split(|b| *b == b';').skip(1).all(|param| {
         let Some(eq) = param.iter().position(|b| *b == b'=') else {
             return true;
         };
@@ -87,12 +104,18 @@ pub fn charset_is_utf8(content_type: &[u8]) -> bool {
         if !name.eq_ignore_ascii_case(b"charset") {
             return true;
         }
+        read += 1;
         let value = value
             .strip_prefix(b"\"")
             .and_then(|v| v.strip_suffix(b"\""))
             .unwrap_or(value);
         value.eq_ignore_ascii_case(b"utf-8") || value.eq_ignore_ascii_case(b"utf8")
-    })
+    });
+    let named = content_type
+        .windows(b"charset".len())
+        .filter(|w| w.eq_ignore_ascii_case(b"charset"))
+        .count();
+    all_utf8 && named == read
 }
 
 /// Items removed from lists so far, by kind.
@@ -124,6 +147,14 @@ pub struct ListFilter {
     cap: usize,
     /// JSON: the whole body so far. SSE: the unfinished event.
     pending: Vec<u8>,
+    /// SSE: where in `pending` the line begins that is not known to end yet, and how much of
+    /// `pending` was searched for line ends (not searched again when more comes).
+    line: usize,
+    searched: usize,
+    /// Names in `decided`, in bytes.
+    decided_bytes: usize,
+    /// Policy decisions taken so far.
+    decisions: usize,
     /// Decisions already made in this response, by item; at most [`MAX_DECIDED`] (an event
     /// stream lasts as long as its session, and each event may name new items).
     decided: HashMap<(ItemKind, String), bool>,
@@ -143,6 +174,10 @@ impl ListFilter {
             list_ids,
             cap,
             pending: Vec::new(),
+            line: 0,
+            searched: 0,
+            decided_bytes: 0,
+            decisions: 0,
             decided: HashMap::new(),
             hidden: Hidden::default(),
             endpoint: None,
@@ -158,12 +193,14 @@ impl ListFilter {
     }
 
     /// Bytes this filter holds once it takes `more`: the answer so far (a JSON body, and at
-    /// its `end` the filtered copy written beside it) or the event in progress.
+    /// its `end` the filtered copy written beside it), or the events in progress (each read
+    /// with its data joined and its filtered copy beside it).
     pub fn held_with(&self, more: usize, end: bool) -> usize {
         let held = self.pending.len() + more;
         match self.framing {
             Framing::Json if end => 2 * held,
-            _ => held,
+            Framing::Json => held,
+            Framing::Sse => 3 * held,
         }
     }
 
@@ -227,18 +264,37 @@ impl ListFilter {
         end: bool,
         allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
     ) -> Result<Bytes, FilterError> {
-        self.pending.extend_from_slice(chunk);
+        // Read in place: a copy of each event, and the rest moved down after each, made a
+        // stream of many small events quadratic.
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(chunk.len());
-        while let Some(len) = event_len(&self.pending) {
-            let event: Vec<u8> = self.pending.drain(..len).collect();
-            self.filter_event(&event, &mut out, allowed)?;
+        let mut at = 0;
+        let mut line = self.line;
+        let mut from = self.searched;
+        loop {
+            match event_end(&pending, line, from) {
+                Ok(end) => {
+                    self.filter_event(&pending[at..end], &mut out, allowed)?;
+                    (at, line, from) = (end, end, end);
+                }
+                Err(begun) => {
+                    line = begun;
+                    break;
+                }
+            }
         }
-        if end && !self.pending.is_empty() {
-            let rest = std::mem::take(&mut self.pending);
-            self.filter_event(&rest, &mut out, allowed)?;
-        } else if self.pending.len() > self.cap {
+        if end && at < pending.len() {
+            self.filter_event(&pending[at..], &mut out, allowed)?;
+            (at, line) = (pending.len(), pending.len());
+        }
+        pending.drain(..at);
+        if pending.len() > self.cap {
             return Err(FilterError::TooLarge(self.cap));
         }
+        self.line = line - at;
+        self.searched = pending.len();
+        self.pending = pending;
         Ok(Bytes::from(out))
     }
 
@@ -275,22 +331,32 @@ impl ListFilter {
                 "an event whose lines end with a bare CR".into(),
             ));
         }
-        let lines: Vec<&[u8]> = event.split_inclusive(|b| *b == b'\n').collect();
-        let data: Vec<&[u8]> = lines.iter().filter_map(|l| data_value(l)).collect();
-        if data.is_empty() {
+        // The data, joined as a client joins it, and the event's name (its last `event`).
+        let mut joined = Vec::new();
+        let mut data_lines = 0;
+        let mut event_type = None;
+        for line in event.split_inclusive(|b| *b == b'\n') {
+            if let Some(value) = data_value(line) {
+                if data_lines > 0 {
+                    joined.push(b'\n');
+                }
+                joined.extend_from_slice(value);
+                data_lines += 1;
+            } else if let Some(name) = field_value(line, b"event") {
+                event_type = Some(name);
+            }
+        }
+        if data_lines == 0 {
             out.extend_from_slice(event);
             return Ok(());
         }
-        let joined = data.join(&b'\n');
         // The legacy HTTP+SSE transport's first event names, as a URL, where the client posts
         // its messages: not JSON-RPC. It passes when that path is under the server's prefix,
         // so those messages are checked as MCP; anywhere else they would not be.
-        // The last `event` field names the event, as the client reads it.
-        let event_type = lines.iter().rev().find_map(|l| field_value(l, b"event"));
         if event_type == Some(&b"endpoint"[..]) {
             let path = std::str::from_utf8(&joined).unwrap_or("");
             let Some((_, sealer)) = self.endpoint.as_ref().filter(|(prefix, _)| {
-                data.len() == 1
+                data_lines == 1
                     && path.starts_with('/')
                     && !path.starts_with("//")
                     && super::config::under_prefix(path, prefix)
@@ -301,13 +367,13 @@ impl ListFilter {
             };
             // The session the URL names is this workload's alone.
             match super::session::seal_endpoint(&sealer.binding(), path) {
-                Some(sealed) => replace_data(&lines, sealed.as_bytes(), out),
+                Some(sealed) => replace_data(event, sealed.as_bytes(), out),
                 None => out.extend_from_slice(event),
             }
             return Ok(());
         }
         match self.filter_answer(&joined, allowed) {
-            Ok(Some(filtered)) => replace_data(&lines, &filtered, out),
+            Ok(Some(filtered)) => replace_data(event, &filtered, out),
             Ok(None) => out.extend_from_slice(event),
             Err(FilterError::Unreadable(why)) => {
                 return Err(FilterError::Unreadable(format!("an event's data: {why}")))
@@ -335,7 +401,7 @@ impl ListFilter {
         for list in answer.lists {
             let mut kept = Vec::with_capacity(list.items.len());
             for item in &list.items {
-                if self.decide(list.kind, &item.name, allowed) {
+                if self.decide(list.kind, &item.name, allowed)? {
                     kept.push(item.text.as_bytes());
                 } else {
                     self.hidden.count(list.kind.item());
@@ -368,13 +434,23 @@ impl ListFilter {
         kind: ListKind,
         name: &str,
         allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
-    ) -> bool {
-        let key = (kind.item(), name.to_string());
-        if self.decided.len() >= MAX_DECIDED && !self.decided.contains_key(&key) {
-            self.decided.clear();
+    ) -> Result<bool, FilterError> {
+        // SECURITY: a name no request may name (the request side's own bounds) can never be
+        // called: hidden without a decision, and without a place among the decisions kept.
+        let longest = match kind.item() {
+            ItemKind::Resource => super::jsonrpc::MAX_URI,
+            ItemKind::Tool | ItemKind::Prompt => super::jsonrpc::MAX_NAME,
+        };
+        if name.len() > longest {
+            return Ok(false);
         }
+        let key = (kind.item(), name.to_string());
         if let Some(ok) = self.decided.get(&key) {
-            return *ok;
+            return Ok(*ok);
+        }
+        self.decisions += 1;
+        if self.decisions > MAX_DECISIONS {
+            return Err(FilterError::TooManyDecisions);
         }
         let ok = match kind.item() {
             // SECURITY: a resource the server lists by a URI an agent could not ask for (see
@@ -384,31 +460,37 @@ impl ListFilter {
             ItemKind::Resource => allowed(kind.item(), &super::uri::as_read(name)),
             _ => allowed(kind.item(), name),
         };
+        if self.decided.len() >= MAX_DECIDED || self.decided_bytes + name.len() > MAX_DECIDED_BYTES
+        {
+            self.decided.clear();
+            self.decided_bytes = 0;
+        }
+        self.decided_bytes += name.len();
         self.decided.insert(key, ok);
-        ok
+        Ok(ok)
     }
 }
 
-/// The length of the first complete event in `buf` (through the blank line that ends it).
-fn event_len(buf: &[u8]) -> Option<usize> {
-    let mut line_start = 0;
-    for (i, b) in buf.iter().enumerate() {
-        if *b == b'\n' {
-            let line = &buf[line_start..i];
-            if line.is_empty() || line == b"\r" {
-                return Some(i + 1);
-            }
-            line_start = i + 1;
+/// Where the first event in `buf` that is not read yet ends (past the blank line that ends
+/// it): `line` is the start of a line not yet known to end, and line ends are searched for
+/// from `from` on (what came before was searched). Else the start of the last line begun.
+fn event_end(buf: &[u8], mut line: usize, from: usize) -> Result<usize, usize> {
+    for i in memchr::memchr_iter(b'\n', &buf[from..]) {
+        let end = from + i;
+        let text = &buf[line..end];
+        if text.is_empty() || text == b"\r" {
+            return Ok(end + 1);
         }
+        line = end + 1;
     }
-    None
+    Err(line)
 }
 
 /// Writes an event's lines with its data lines replaced by one holding `data`, where the first
 /// was.
-fn replace_data(lines: &[&[u8]], data: &[u8], out: &mut Vec<u8>) {
+fn replace_data(event: &[u8], data: &[u8], out: &mut Vec<u8>) {
     let mut wrote_data = false;
-    for line in lines {
+    for line in event.split_inclusive(|b| *b == b'\n') {
         if data_value(line).is_none() {
             out.extend_from_slice(line);
         } else if !wrote_data {
@@ -895,6 +977,15 @@ mod tests {
             "text/event-stream;charset=UTF-16BE",
             "application/json; charset=\"utf-32\"",
             "text/event-stream; x=y; Charset=cp500",
+            // RFC 2231's forms, which Python's `email` (and so httpx) reads as the charset.
+            "text/event-stream; charset*=''utf-7",
+            "text/event-stream; charset*0=utf-7",
+            "text/event-stream; charset*0*=''utf-7",
+            "text/event-stream; charset=utf-8; charset*=''utf-7",
+            // Any other spelling this reading does not take apart.
+            "text/event-stream; x=\"a;charset=utf-7\"",
+            "text/event-stream, charset=utf-7",
+            "text/event-stream; charset",
         ] {
             assert!(!charset_is_utf8(not.as_bytes()), "{not}");
         }
@@ -965,6 +1056,100 @@ mod tests {
             f.feed(text.as_bytes(), false, &mut allowed).unwrap();
             assert!(f.decided.len() <= MAX_DECIDED, "{}", f.decided.len());
         }
+        // Kept names are bounded in bytes too: 300 URIs of 8 KiB, each its own answer.
+        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20);
+        for i in 0..300 {
+            let uri = format!("file:///{i}/{}", "a".repeat(8000));
+            let body = json!({"jsonrpc": "2.0", "id": i, "result": {"resources": [{"uri": uri}]}});
+            let text = format!("event: message\ndata: {body}\n\n");
+            f.feed(text.as_bytes(), false, &mut allowed).unwrap();
+            assert!(f.decided_bytes <= MAX_DECIDED_BYTES, "{}", f.decided_bytes);
+        }
+    }
+
+    /// A name no request could name (past the request side's bounds) is hidden without a
+    /// decision and kept nowhere.
+    #[test]
+    fn a_name_no_request_could_name_is_hidden_undecided() {
+        let long = "a".repeat(257);
+        let uri = format!("file:///{}", "a".repeat(8 * 1024));
+        let body = json!([
+            {"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": long}, {"name": "a"}]}},
+            {"jsonrpc": "2.0", "id": 2, "result": {"resources": [{"uri": uri}, {"uri": "file:///ok"}]}},
+        ]);
+        let mut f = ListFilter::new(Framing::Json, Vec::new(), 1 << 20);
+        let mut asked = Vec::new();
+        let mut allowed = |_: ItemKind, name: &str| {
+            asked.push(name.to_string());
+            true
+        };
+        let out = f
+            .feed(body.to_string().as_bytes(), true, &mut allowed)
+            .unwrap();
+        let out: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(out[0]["result"]["tools"], json!([{"name": "a"}]));
+        assert_eq!(
+            out[1]["result"]["resources"],
+            json!([{"uri": "file:///ok"}])
+        );
+        assert_eq!(asked, ["a", "file:///ok"]);
+        assert_eq!((f.hidden.tools, f.hidden.resources), (1, 1));
+        assert_eq!(f.decided.len(), 2);
+    }
+
+    /// A stream may carry answers for as long as it lasts: past [`MAX_DECISIONS`] distinct
+    /// items in all, the rest of it is withheld.
+    #[test]
+    fn the_decisions_one_response_takes_are_bounded() {
+        let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20);
+        let mut decided = 0;
+        let mut allowed = |_: ItemKind, _: &str| {
+            decided += 1;
+            true
+        };
+        let mut refused = None;
+        for event in 0..=MAX_DECISIONS / MAX_LIST_ITEMS {
+            let names: Vec<String> = (0..MAX_LIST_ITEMS)
+                .map(|k| format!("t{event}-{k}"))
+                .collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let text = format!("data: {}\n\n", list_result(json!(event), &names));
+            if let Err(e) = f.feed(text.as_bytes(), false, &mut allowed) {
+                refused = Some((event, e));
+                break;
+            }
+        }
+        assert_eq!(
+            refused,
+            Some((
+                MAX_DECISIONS / MAX_LIST_ITEMS,
+                FilterError::TooManyDecisions
+            ))
+        );
+        assert_eq!(decided, MAX_DECISIONS);
+    }
+
+    /// Events are read where they stand: a stream of many empty events, and one long
+    /// event that comes a kilobyte at a time, are each read once (a copy of each event and the
+    /// rest moved down after it, and a rescan of the unfinished event per chunk, made both
+    /// quadratic: seconds of a shared worker).
+    #[test]
+    fn events_are_read_in_place_and_once() {
+        let list = format!("data: {}\n\n", list_result(json!(1), &["a", "c"]));
+        let mut stream = "\n".repeat(256 << 10);
+        stream.push_str(&list);
+        let mut f = ListFilter::new(Framing::Sse, tools(vec![json!(1)]), 1 << 20);
+        let out = run(&mut f, &[stream.as_bytes()]).unwrap();
+        assert_eq!(&out[..256 << 10], "\n".repeat(256 << 10).as_bytes());
+        assert_eq!(f.hidden.tools, 1);
+        // One long event (a comment line of 4 MiB, then the list), a kilobyte at a time.
+        let mut event = format!(": {}\n", "x".repeat(4 << 20));
+        event.push_str(&list);
+        let mut f = ListFilter::new(Framing::Sse, tools(vec![json!(1)]), 8 << 20);
+        let chunks: Vec<&[u8]> = event.as_bytes().chunks(1024).collect();
+        let out = run(&mut f, &chunks).unwrap();
+        assert!(out.ends_with(b"\n\n"));
+        assert_eq!(f.hidden.tools, 1);
     }
 
     #[test]
@@ -1166,6 +1351,24 @@ mod tests {
         let mut f = ListFilter::new(Framing::Json, tools(vec![]), 16 << 20);
         run(&mut f, &[warm.as_bytes()]).unwrap();
         drop(warm);
+        // One event of short lines: each line held a slice in two vectors (about 18 times
+        // the event).
+        let mut event = String::with_capacity(9 << 20);
+        while event.len() < 8 << 20 {
+            event.push_str("a\n");
+        }
+        event.push_str(&format!("data: {}\n\n", list_result(json!(1), &["a", "c"])));
+        let mut f = ListFilter::new(Framing::Sse, tools(vec![json!(1)]), 16 << 20);
+        let before = crate::peak_resident_bytes();
+        run(&mut f, &[event.as_bytes()]).unwrap();
+        let grown = crate::peak_resident_bytes() - before;
+        assert_eq!(f.hidden.tools, 1);
+        assert!(
+            grown < 4 * event.len() as u64,
+            "an event of short lines: filtering {} bytes took {grown} bytes more at its peak",
+            event.len()
+        );
+        drop(event);
         for (case, item, listed) in [
             ("a call's result", "[]", false),
             ("a call's result", "{}", false),

@@ -74,6 +74,8 @@ pub struct McpExchange {
     pub list_ids: Vec<(Value, ListKind)>,
     /// The server's own session ids, opened from what the agent sent ([`session`]).
     pub session: session::Opened,
+    /// The request posted messages (a `202` to it acknowledges them; no client reads its body).
+    pub posted: bool,
 }
 
 impl McpExchange {
@@ -87,6 +89,7 @@ impl McpExchange {
             lists: Vec::new(),
             list_ids: Vec::new(),
             session: session::Opened::default(),
+            posted: false,
         }
     }
 }
@@ -193,6 +196,7 @@ pub fn admit(
         lists: request.lists,
         list_ids: request.list_ids,
         session: session::Opened::default(),
+        posted: body.is_some(),
     };
     Ok((exchange, decisions))
 }
@@ -309,10 +313,21 @@ pub fn response_filter(
             "the server switched protocols, and nothing the proxy checks would be left",
         ));
     }
-    // A 202 answers a message that needs no reply; it has no body to hold a list.
-    let owed_list = !exchange.lists.is_empty()
-        && response.status.is_success()
-        && response.status != http::StatusCode::ACCEPTED;
+    // SECURITY: a client may read any successful body as the answer it waits for, a list
+    // included, whatever its type says (the TypeScript SDK reads a GET stream as SSE whatever
+    // its type; Python's reads any type that starts with `application/json`, and trims
+    // Unicode spaces off `text/event-stream`; a server may answer a list on the GET stream
+    // before it answers the POST that asked): a successful body the filter cannot read is
+    // withheld whether or not this request asked for a list. Only one with nothing in it (a
+    // `204`, a declared length of 0) passes unread, and a `202` acknowledging posted messages
+    // (clients never read its body; the SDKs' servers write `Accepted` in it).
+    let bodyless = response.status == http::StatusCode::NO_CONTENT
+        || crate::header_names::sole(&response.headers, http::header::CONTENT_LENGTH)
+            .ok()
+            .flatten()
+            .is_some_and(|v| v.as_bytes() == b"0");
+    let acknowledged = response.status == http::StatusCode::ACCEPTED && exchange.posted;
+    let must_read = response.status.is_success() && !bodyless && !acknowledged;
     match framing {
         Some(_) if encoded => Err(Unfilterable("the response is compressed")),
         Some(framing) => {
@@ -323,7 +338,7 @@ pub fn response_filter(
                 None => filter,
             }))
         }
-        None if owed_list => Err(Unfilterable(
+        None if must_read => Err(Unfilterable(
             "the response is neither JSON nor an event stream",
         )),
         None => Ok(None),
@@ -471,10 +486,11 @@ mod tests {
                 Vec::new()
             },
             list_ids: vec![(Value::from(1), ListKind::Tools)],
+            posted: lists_tools,
             ..McpExchange::refused("s")
         };
         #[rustfmt::skip]
-        let cases: [ResponseCase; 12] = [
+        let cases: [ResponseCase; 17] = [
             ("json list", true, 200, Some("application/json"), None, Ok(Some(Framing::Json))),
             ("sse list", true, 200, Some("text/event-stream"), None, Ok(Some(Framing::Sse))),
             ("json call result is read too", false, 200, Some("application/json"), None, Ok(Some(Framing::Json))),
@@ -482,7 +498,14 @@ mod tests {
             ("compressed", false, 200, Some("application/json"), Some("gzip"), Err("compressed")),
             ("list as plain text", true, 200, Some("text/plain"), None, Err("neither JSON")),
             ("error page for a list", true, 404, Some("text/html"), None, Ok(None)),
-            ("202 to a notification", true, 202, None, None, Ok(None)),
+            // A client may read any successful body, a list's answer included (the GET
+            // stream's, whatever its type: the TypeScript SDK).
+            ("a body of no type", false, 200, None, None, Err("neither JSON")),
+            ("a stream typed as text", false, 200, Some("text/plain"), None, Err("neither JSON")),
+            ("a 202 acknowledging a post", true, 202, Some("text/plain"), None, Ok(None)),
+            ("a 202 to a GET, with a body", false, 202, Some("text/plain"), None, Err("neither JSON")),
+            ("JSON, nearly", false, 200, Some("application/json-rpc"), None, Err("neither JSON")),
+            ("an event stream and a Unicode space", false, 200, Some("text/event-stream\u{a0}"), None, Err("neither JSON")),
             ("a protocol switch", false, 101, None, None, Err("switched protocols")),
             ("an event stream in UTF-16", false, 200, Some("text/event-stream; charset=utf-16"), None, Err("not UTF-8")),
             ("JSON in UTF-8, named", true, 200, Some("application/json; charset=utf-8"), None, Ok(Some(Framing::Json))),
@@ -512,6 +535,16 @@ mod tests {
                 }
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
+        }
+        // A successful answer with nothing in it passes unread: a 204, a 202 to a notification.
+        for (status, length) in [(204, None), (202, Some("0")), (200, Some("0"))] {
+            let mut resp = ResponseHeader::build(status, None).unwrap();
+            if let Some(length) = length {
+                resp.insert_header("content-length", length).unwrap();
+            }
+            resp.insert_header("content-type", "text/plain").unwrap();
+            let got = response_filter(&exchange(true), 1024, None, &sealer(), &mut resp);
+            assert!(matches!(got, Ok(None)), "{status}: {got:?}");
         }
         // A header read by its value is read on every line (a coding) or by its one line (a
         // type): the second line of either is no way past the filter.
