@@ -282,10 +282,13 @@ pub fn run(
         static_config.listeners.iter().map(|l| l.listen).collect(),
         drain.clone(),
     );
+    let own_front = static_config
+        .limits
+        .front(static_config.egress.client_header_timeout);
     server.add_service(ListenService::new(
         "admin".into(),
         bound_admin,
-        admin,
+        crate::own_http::Fronted::new(admin, own_front),
         drain.clone(),
     ));
     tracing::info!(addr = %static_config.admin_listen, token = static_config.admin_token_file.is_some(), "admin listening");
@@ -304,7 +307,7 @@ pub fn run(
         server.add_service(ListenService::new(
             "approvals".into(),
             bound,
-            app,
+            crate::own_http::Fronted::new(app, own_front),
             drain.clone(),
         ));
         server.add_service(pingora::services::background::background_service(

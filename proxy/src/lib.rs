@@ -86,6 +86,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod open_files;
 pub mod otel;
+pub mod own_http;
 pub mod part_names;
 pub mod path_watch;
 pub mod pipeline;

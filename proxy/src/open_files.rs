@@ -39,7 +39,8 @@ pub fn raise_to_hard_limit() -> nix::Result<OpenFileLimit> {
 
 /// Descriptors the connection caps allow at worst: each client connection of each listener
 /// may hold one upstream connection (or a tunnel's) beside it, plus a margin for audit files,
-/// the admin port, Redis and name lookups.
+/// the admin port and the approvals API (at most [`crate::own_http::MAX_OPEN`] each), Redis and
+/// name lookups.
 pub fn needed_for(listeners: usize, max_connections_per_listener: u32) -> u64 {
     const MARGIN: u64 = 256;
     (listeners as u64)

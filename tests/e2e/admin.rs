@@ -531,3 +531,70 @@ fn the_cli_reaches_an_admin_port_that_listens_on_every_address() {
         assert_eq!(code, 0, "{args:?}: {out}");
     }
 }
+
+/// The admin port reads requests as strictly as the listeners (JSON refusals for heads a
+/// lenient reader would take another way, the header deadline) and takes at most 64
+/// connections at once: a loop of trickled heads once held any number of descriptors, which
+/// every listener draws on.
+#[test]
+fn the_admin_port_reads_heads_strictly_under_deadlines_and_a_connection_cap() {
+    use std::io::{Read, Write};
+    let mut spec = ProxySpec::default();
+    spec.config.egress.client_header_timeout = Some(Duration::from_secs(2));
+    let proxy = Proxy::start(spec);
+    let raw = |bytes: &str| raw_request_to(proxy.admin_addr(), bytes).unwrap();
+    // Heads a lenient reader serves: a bare LF, two framings; a folded line.
+    for (head, code) in [
+        ("GET /healthz HTTP/1.1\nHost: admin\n\n", "bad_request"),
+        (
+            "POST /runs/close?tenant=acme&run=r1 HTTP/1.1\r\nHost: admin\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "bad_framing",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: admin\r\nX-A: a\r\n b\r\n\r\n",
+            "bad_request",
+        ),
+    ] {
+        let r = raw(head);
+        assert_eq!(r.code(), code, "{head:?}: {}", r.body_text());
+        assert!(r.status >= 400, "{head:?}");
+    }
+    // A well-formed request is served, and its connection kept.
+    let r = raw("GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    // A head trickled past the deadline is cut with 408.
+    let started = Instant::now();
+    let mut slow = std::net::TcpStream::connect(proxy.admin_addr()).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let mut answer = String::new();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    // 64 connections at once; the next is refused, and served again once they close.
+    let held: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(proxy.admin_addr()).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = raw("GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    refused.assert_refused(503, "overloaded");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = raw("GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.body_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -80,12 +80,12 @@ fn answer_broken(stream: TcpStream) {
     } else if head.contains("/good/") {
         ("application/json", "", good.to_string())
     } else if head.contains("/bigtools/") {
-        // About 40 kB: within the filter's 64 KiB, past a 32 KiB body memory share.
-        let tools: Vec<String> = (0..400)
+        // About 150 kB: within the filter's 256 KiB, past a 128 KiB body memory share.
+        let tools: Vec<String> = (0..1000)
             .map(|i| {
                 format!(
                     r#"{{"name":"wipe_disk{i}","description":"{}"}}"#,
-                    "x".repeat(80)
+                    "x".repeat(140)
                 )
             })
             .collect();
@@ -679,8 +679,11 @@ fn an_answer_that_cannot_be_filtered_is_withheld() {
 #[test]
 fn an_answer_past_the_body_memory_share_is_withheld() {
     let env = start_with(None, |spec| {
-        spec.config.limits.max_body_bytes = Some(16_384);
-        spec.config.limits.max_buffered_body_bytes_per_tenant = Some(32_768);
+        spec.config.limits.max_body_bytes = Some(65_536);
+        spec.config.limits.max_buffered_body_bytes_per_tenant = Some(131_072);
+        if let Some(mcp) = spec.tenants.mcp.as_mut() {
+            mcp.max_message_bytes = Some(262_144);
+        }
     });
     let reply = post(&env, Who::Acme, "broken/bigtools", &list(json!(1)));
     assert!(!reply.body.contains("wipe_disk"), "{}", reply.body);

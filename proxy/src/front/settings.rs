@@ -99,6 +99,19 @@ pub struct RequestLimits {
 }
 
 impl RequestLimits {
+    /// What a connection's requests are read under, its heads within `header_timeout`.
+    pub fn front(&self, header_timeout: Duration) -> super::FrontLimits {
+        super::FrontLimits {
+            head: super::HeadLimits {
+                max_bytes: self.max_header_bytes,
+                max_headers: self.max_headers,
+            },
+            header_timeout,
+            body_timeout: self.client_body_timeout,
+            max_body_bytes: u64::try_from(self.max_body_bytes).unwrap_or(u64::MAX),
+        }
+    }
+
     /// Validates `[limits]`, recording each problem at its field.
     pub fn from_spec(spec: &RequestLimitsSpec, p: &mut Problems<'_>) -> Self {
         if spec.max_header_bytes < 1024 {

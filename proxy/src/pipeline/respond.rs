@@ -226,9 +226,16 @@ pub struct Stages {
 /// The body memory a response's stages hold, and whose it is.
 #[derive(Debug)]
 struct Held {
-    hold: BodyHold,
+    budget: Arc<BodyBudget>,
     tenant: TenantId,
+    /// `None` until the stages buffer more than [`UNCOUNTED_RESPONSE_BYTES`].
+    hold: Option<BodyHold>,
 }
+
+/// What a response's stages may buffer before it is held against the body memory bound: about
+/// what one chunk brings (every answer in flight has its session's buffers beside it, about
+/// 100 KiB, uncounted), so that the usual answer of a few kilobytes takes no hold at all.
+const UNCOUNTED_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// What the stages are set up from, besides the response head.
 #[derive(Debug)]
@@ -330,9 +337,11 @@ impl Stages {
         // upstream's answers to many requests at once held all the memory the request bodies'
         // bound keeps. They count against the same bound, as they grow.
         if stages.list.is_some() || stages.meter.is_some() {
-            let tenant = setup.admitted.tenant.tenant.clone();
-            let hold = setup.bodies.try_hold(&tenant, 0)?;
-            stages.held = Some(Held { hold, tenant });
+            stages.held = Some(Held {
+                budget: setup.bodies.clone(),
+                tenant: setup.admitted.tenant.tenant.clone(),
+                hold: None,
+            });
         }
         let grant = setup.grant;
         // SECURITY (budgets): an answer to a call whose output no ceiling field of its API caps
@@ -496,7 +505,15 @@ impl Stages {
             let Some(held) = self.held.as_mut() else {
                 return Ok(());
             };
-            match held.hold.try_grow_to(&held.tenant, buffered as u64) {
+            let grown = match &mut held.hold {
+                None if buffered <= UNCOUNTED_RESPONSE_BYTES => Ok(()),
+                None => held
+                    .budget
+                    .try_hold(&held.tenant, buffered as u64)
+                    .map(|hold| held.hold = Some(hold)),
+                Some(hold) => hold.try_grow_to(&held.tenant, buffered as u64),
+            };
+            match grown {
                 Ok(()) => return Ok(()),
                 Err(_) if self.meter.as_mut().is_some_and(UsageMeter::stop_copying) => {}
                 Err(refusal) => {

@@ -45,7 +45,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::clock::unix_now;
 use crate::config::ListenerSettings;
 use crate::error::Deny;
-use crate::front::{FrontLimits, HeadLimits};
+use crate::front::FrontLimits;
 use crate::identity::mtls::{ClientTrust, MtlsServer};
 use crate::identity::ListenerKind;
 use crate::identity::{self, IdentityError, PeerCertificate, Presented};
@@ -119,15 +119,7 @@ impl EgressApp {
     /// How this listener's requests are read.
     fn front_limits(&self) -> FrontLimits {
         let config = &self.shared.config;
-        FrontLimits {
-            head: HeadLimits {
-                max_bytes: config.limits.max_header_bytes,
-                max_headers: config.limits.max_headers,
-            },
-            header_timeout: config.egress.client_header_timeout,
-            body_timeout: config.limits.client_body_timeout,
-            max_body_bytes: u64::try_from(config.limits.max_body_bytes).unwrap_or(u64::MAX),
-        }
+        config.limits.front(config.egress.client_header_timeout)
     }
 
     /// Takes one of the listener's connection slots, unless it is full.
