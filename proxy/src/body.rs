@@ -247,10 +247,17 @@ pub async fn read_full(
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
     {
+        // pingora closes a connection after any response written before its request's body
+        // was read, a `100` too: the final response decides (a refusal once the whole body
+        // is read leaves the connection open, as without `Expect`).
         session
-            .write_continue_response()
-            .await
-            .map_err(|_| BodyError::Unreadable)?;
+            .as_mut()
+            .set_close_on_response_before_downstream_finish(false);
+        let sent = session.write_continue_response().await;
+        session
+            .as_mut()
+            .set_close_on_response_before_downstream_finish(true);
+        sent.map_err(|_| BodyError::Unreadable)?;
     }
     let bytes = match tokio::time::timeout(deadline, read_body(session, cap, declared)).await {
         Ok(read) => read?,

@@ -1417,6 +1417,37 @@ fn a_client_that_expects_100_continue_is_told_to_send_its_body() {
         "{:?}",
         seen[0].headers
     );
+    // The `100` did not close the connection: a request refused once its whole body was read
+    // leaves it open too, as without `Expect`, and the next request is served on it.
+    assert_eq!(
+        r.header("connection"),
+        Some("keep-alive"),
+        "{:?}",
+        r.headers
+    );
+    write!(
+        s,
+        "POST http://{host}/globex/expect HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    )
+    .unwrap();
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"{}").unwrap();
+    let r = read_response(&mut BufReader::new(&mut s)).unwrap();
+    r.assert_refused(403, "policy_denied");
+    assert_eq!(
+        r.header("connection"),
+        Some("keep-alive"),
+        "{:?}",
+        r.headers
+    );
+    write!(
+        s,
+        "GET http://{host}/acme/after HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let r = read_response(&mut BufReader::new(&mut s)).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_text());
 
     // Refused before its body is read (too large): the final status, no `100`.
     let mut s = TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).unwrap();
