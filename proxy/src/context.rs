@@ -50,6 +50,9 @@ pub struct TenantContext {
     pub initiator: Option<Initiator>,
     /// Upstream correlation id from the token.
     pub correlation_id: Option<String>,
+    /// The token's id (`jti`), when a token with one identified the caller: the audit record
+    /// names it, so that a leaked token's requests can be found, and a revoked one's refusals.
+    pub token_id: Option<String>,
     /// This request's id.
     pub request_id: Arc<str>,
     /// Trace context.
@@ -88,6 +91,7 @@ impl TenantContext {
             scopes: token.as_ref().map(|t| t.scopes.clone()).unwrap_or_default(),
             initiator: token.as_ref().and_then(|t| t.initiator),
             correlation_id: token.as_ref().and_then(|t| t.correlation_id.clone()),
+            token_id: token.as_ref().and_then(|t| t.jti.clone()),
             run,
             request_id,
             trace,

@@ -110,20 +110,26 @@ fn media_type_ambiguity(value: &str) -> Option<&'static str> {
         .then_some("names a parameter more than once")
 }
 
-/// Whether a body is in a content coding other than `identity`: any coding on any line of
-/// `Content-Encoding` (a list header: every line counts, as every comma-separated entry; a line
-/// that is not text counts as a coding).
+/// Whether a body reaches its reader in a coding other than `identity`: any coding on any line
+/// of `Content-Encoding`, or a transfer coding other than `chunked` (which pingora removes) on
+/// any line of `Transfer-Encoding` (list headers: every line counts, as every comma-separated
+/// entry; a line that is not text counts as a coding).
+///
+/// SECURITY: a transfer coding is the connection's, so it reaches the proxy's readers as it
+/// was sent: an answer `Transfer-Encoding: gzip, chunked` hid a secret echoed in it from the
+/// scrubber, and a list from the MCP filter, while curl decodes it.
 pub fn content_coded(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| {
+    let coded = |name: http::header::HeaderName, undone: &'static [&'static str]| {
+        headers.get_all(name).iter().any(|v| {
             v.to_str().map_or(true, |s| {
                 s.split(',')
                     .map(str::trim)
-                    .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case("identity"))
+                    .any(|t| !t.is_empty() && !undone.iter().any(|u| t.eq_ignore_ascii_case(u)))
             })
         })
+    };
+    coded(http::header::CONTENT_ENCODING, &["identity"])
+        || coded(http::header::TRANSFER_ENCODING, &["identity", "chunked"])
 }
 
 #[cfg(test)]
@@ -179,6 +185,25 @@ mod tests {
             (
                 "not text",
                 &[("content-encoding", &b"gz\xffip"[..])][..],
+                true,
+            ),
+            // Transfer codings reach the readers as sent, but for `chunked`.
+            (
+                "chunked",
+                &[("transfer-encoding", &b"chunked"[..])][..],
+                false,
+            ),
+            (
+                "gzip, chunked",
+                &[("transfer-encoding", &b"gzip, chunked"[..])][..],
+                true,
+            ),
+            (
+                "deflate on its own line",
+                &[
+                    ("transfer-encoding", &b"deflate"[..]),
+                    ("transfer-encoding", &b"Chunked"[..]),
+                ][..],
                 true,
             ),
         ] {

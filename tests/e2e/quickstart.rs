@@ -557,9 +557,19 @@ fn readme_walkthrough_runs_as_written_including_intercepted_https() {
     // 9. A tunnel the policies refuse (acme is in the EU), and the metadata endpoint.
     let (status, out) = curl(&["-i", "-x", &sidecar, "https://example.com/"]);
     assert!(out.contains("403"), "{status} {out}");
+    // The refusal's body (curl does not show a refused tunnel's) names the policy.
+    let refused = raw_request(
+        qs.sidecar,
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .unwrap();
+    refused.assert_refused(403, "policy_denied");
     assert!(
-        out.contains("forbidden by policy `eu-data-residency`"),
-        "{status} {out}"
+        refused
+            .body_text()
+            .contains("forbidden by policy `eu-data-residency`"),
+        "{}",
+        refused.body_text()
     );
     let (status, out) = curl(&["-x", &sidecar, "http://169.254.169.254/latest/meta-data"]);
     assert_eq!(status, 403, "{out}");

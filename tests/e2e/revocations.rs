@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// Asserts that refusal `r` is audited in acme's partition (the revoked token was acme's), with
-/// its code, and in no other tenant's.
-fn audited_for_acme(proxy: &Proxy, r: &Response, code: &str) {
+/// its code and the token's id, and in no other tenant's.
+fn audited_for_acme(proxy: &Proxy, r: &Response, code: &str, jti: &str) {
     let id = r.request_id();
     let record = proxy.audit_record("acme", &id);
     assert_eq!(
@@ -17,6 +17,7 @@ fn audited_for_acme(proxy: &Proxy, r: &Response, code: &str) {
         "{record}"
     );
     assert_eq!(record["workload"], "bot", "{record}");
+    assert_eq!(record["token_id"], jti, "{record}");
     // Refused before its target was read, the request still names its method.
     assert!(
         ["GET", "CONNECT"].contains(&record["method"].as_str().unwrap()),
@@ -83,7 +84,7 @@ fn a_revocation_in_redis_reaches_every_replica_and_the_file_still_counts() {
         assert_eq!(status_with(p, &origin, &doomed).status, 200);
         let r = status_with(p, &origin, &in_file);
         r.assert_refused(407, "identity_invalid");
-        audited_for_acme(p, &r, "identity_invalid");
+        audited_for_acme(p, &r, "identity_invalid", "revoked-jti-1");
     }
 
     revoke(&a, "shared-revoke-1");
@@ -100,7 +101,7 @@ fn a_revocation_in_redis_reaches_every_replica_and_the_file_still_counts() {
             if r.status == 407 {
                 r.assert_refused(407, "identity_invalid");
                 assert!(r.body_text().contains("revoked"), "{}", r.body_text());
-                audited_for_acme(p, &r, "identity_invalid");
+                audited_for_acme(p, &r, "identity_invalid", "shared-revoke-1");
                 break;
             }
             assert_eq!(r.status, 200);
@@ -120,7 +121,7 @@ fn a_revocation_in_redis_reaches_every_replica_and_the_file_still_counts() {
         let r = status_with(&a, &origin, &kept);
         if r.status == 503 {
             r.assert_refused(503, "limiter_unavailable");
-            audited_for_acme(&a, &r, "limiter_unavailable");
+            audited_for_acme(&a, &r, "limiter_unavailable", "kept-1");
             break;
         }
         assert_eq!(r.status, 200);

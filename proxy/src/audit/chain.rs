@@ -111,6 +111,7 @@ pub(crate) mod tests {
             scopes: Vec::new(),
             initiator: None,
             correlation_id: None,
+            token_id: None,
             request_id: "req-1".into(),
             trace: crate::trace::TraceContext::continue_or_start(None),
         };
@@ -228,6 +229,7 @@ pub(crate) mod tests {
             latency_ms: 0.1 + 0.2,
             upstream_latency_ms: Some(1e-7),
             upstream_request_id: Some("req_abc-123".into()),
+            token_id: Some("jti-7".into()),
             bytes_in: 90,
             bytes_out: u64::MAX,
             request_body_sha256: Some("ab".repeat(32)),

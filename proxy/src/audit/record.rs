@@ -120,6 +120,9 @@ pub struct AuditRecord {
     pub run_id: String,
     /// Whether the run id was signed.
     pub run_signed: bool,
+    /// The identifying token's id (`jti`), when a token with one identified the caller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
     /// Request id.
     pub request_id: String,
     /// W3C trace id.
@@ -233,6 +236,7 @@ impl AuditRecord {
             identity_source: tenant.identity_source.as_str(),
             run_id: tenant.run.id.clone(),
             run_signed: tenant.run.signed,
+            token_id: tenant.token_id.clone(),
             request_id: tenant.request_id.to_string(),
             trace_id: tenant.trace.trace_id.clone(),
             listener: listener.to_string(),
@@ -285,6 +289,7 @@ impl Fields for AuditRecord {
             identity_source,
             run_id,
             run_signed,
+            token_id,
             request_id,
             trace_id,
             listener,
@@ -328,6 +333,9 @@ impl Fields for AuditRecord {
         m.str("identity_source", identity_source)?;
         m.str("run_id", run_id)?;
         m.bool("run_signed", *run_signed);
+        if let Some(id) = token_id {
+            m.str("token_id", id)?;
+        }
         m.str("request_id", request_id)?;
         m.str("trace_id", trace_id)?;
         m.str("listener", listener)?;

@@ -717,17 +717,7 @@ pub fn unreadable_encoding(status: u16, head_request: bool, headers: &HeaderMap)
     if head_request || status < 200 || status == 204 || status == 304 {
         return false;
     }
-    let codings = |name: http::header::HeaderName, allowed: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str().map_or(true, |s| {
-                s.split(',')
-                    .map(str::trim)
-                    .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case(allowed))
-            })
-        })
-    };
     crate::header_names::content_coded(headers)
-        || codings(http::header::TRANSFER_ENCODING, "chunked")
 }
 
 #[cfg(test)]

@@ -477,6 +477,7 @@ mod tests {
             scopes: Vec::new(),
             initiator: None,
             correlation_id: None,
+            token_id: None,
             request_id: "req-1".into(),
             trace: crate::trace::TraceContext::continue_or_start(None),
         }

@@ -55,12 +55,13 @@ pub const MAX_LIST_ITEMS: usize = 1024;
 /// asked again), so that a long event stream of new names cannot grow the proxy's memory
 /// without bound.
 const MAX_DECIDED: usize = 4 * MAX_LIST_ITEMS;
-const MAX_DECIDED_BYTES: usize = 1024 * 1024;
+const MAX_DECIDED_BYTES: usize = 256 * 1024;
 
-/// Most policy decisions one response may take, all its answers together. SECURITY:
-/// [`MAX_LIST_ITEMS`] bounds one answer; an event stream may carry answers for as long as it
-/// lasts, and 400 answers of 1024 new names held a worker every tenant shares for seconds.
-pub const MAX_DECISIONS: usize = 16 * MAX_LIST_ITEMS;
+/// Most policy decisions one response may take, all its answers together: a few answers' worth
+/// of new names (a repeated name is decided once). SECURITY: [`MAX_LIST_ITEMS`] bounds one
+/// answer; an event stream may carry answers for as long as it lasts, and 400 answers of 1024
+/// new names held a worker every tenant shares for seconds (each decision about 7 µs).
+pub const MAX_DECISIONS: usize = 4 * MAX_LIST_ITEMS;
 
 /// How the response is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,11 +198,13 @@ impl ListFilter {
     /// with its data joined and its filtered copy beside it).
     pub fn held_with(&self, more: usize, end: bool) -> usize {
         let held = self.pending.len() + more;
-        match self.framing {
+        let read = match self.framing {
             Framing::Json if end => 2 * held,
             Framing::Json => held,
             Framing::Sse => 3 * held,
-        }
+        };
+        // The decisions kept: their names, and about 64 bytes of map for each.
+        read + self.decided_bytes + 64 * self.decided.len()
     }
 
     /// The framing this filter reads.
@@ -1041,10 +1044,11 @@ mod tests {
     /// A long event stream of new names keeps a bounded number of decisions.
     #[test]
     fn the_decisions_kept_are_bounded() {
-        let ids: Vec<Value> = (0..8).map(|i| json!(i)).collect();
+        let answers = MAX_DECISIONS / MAX_LIST_ITEMS;
+        let ids: Vec<Value> = (0..answers).map(|i| json!(i)).collect();
         let mut f = ListFilter::new(Framing::Sse, tools(ids), 1 << 20);
         let mut allowed = |_: ItemKind, _: &str| true;
-        for event in 0..8 {
+        for event in 0..answers {
             let names: Vec<String> = (0..MAX_LIST_ITEMS)
                 .map(|k| format!("t{event}-{k}"))
                 .collect();

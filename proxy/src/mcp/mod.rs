@@ -550,8 +550,10 @@ mod tests {
         // type): the second line of either is no way past the filter.
         type Lines<'a> = &'a [(&'a str, &'a str)];
         #[rustfmt::skip]
-        let repeated: [(&str, Lines<'_>, &str); 3] = [
+        let repeated: [(&str, Lines<'_>, &str); 4] = [
             ("identity, then gzip", &[("content-type", "application/json"), ("content-encoding", "identity"), ("content-encoding", "gzip")], "compressed"),
+            // A transfer coding reaches the filter as sent (curl decodes it).
+            ("a transfer coding", &[("content-type", "text/event-stream"), ("transfer-encoding", "gzip, chunked")], "compressed"),
             ("text, then JSON", &[("content-type", "text/plain"), ("content-type", "application/json")], "neither JSON"),
             ("JSON, then text", &[("content-type", "application/json"), ("content-type", "text/plain")], "neither JSON"),
         ];
