@@ -111,25 +111,38 @@ fn media_type_ambiguity(value: &str) -> Option<&'static str> {
 }
 
 /// Whether a body reaches its reader in a coding other than `identity`: any coding on any line
-/// of `Content-Encoding`, or a transfer coding other than `chunked` (which pingora removes) on
-/// any line of `Transfer-Encoding` (list headers: every line counts, as every comma-separated
-/// entry; a line that is not text counts as a coding).
+/// of `Content-Encoding` (a list header: every line counts, as every comma-separated entry; a
+/// line that is not text counts as a coding), or any `Transfer-Encoding` but one line of just
+/// `chunked`, the one framing pingora removes.
 ///
 /// SECURITY: a transfer coding is the connection's, so it reaches the proxy's readers as it
 /// was sent: an answer `Transfer-Encoding: gzip, chunked` hid a secret echoed in it from the
-/// scrubber, and a list from the MCP filter, while curl decodes it.
+/// scrubber, and a list from the MCP filter, while curl decodes it. And pingora frames a body
+/// by the last coding alone: under `chunked, identity` (or `chunked ,`, or `chunked` and
+/// `identity` on two lines) it read the body to the connection's end with its chunk framing
+/// in it, so an echo split by chunk-size lines passed the scrubber, and clients that undo
+/// the framing read it whole.
 pub fn content_coded(headers: &HeaderMap) -> bool {
-    let coded = |name: http::header::HeaderName, undone: &'static [&'static str]| {
-        headers.get_all(name).iter().any(|v| {
+    let content = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| {
             v.to_str().map_or(true, |s| {
                 s.split(',')
                     .map(str::trim)
-                    .any(|t| !t.is_empty() && !undone.iter().any(|u| t.eq_ignore_ascii_case(u)))
+                    .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case("identity"))
             })
-        })
+        });
+    let mut transfer = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    let framed = match (transfer.next(), transfer.next()) {
+        (None, _) => false,
+        (Some(only), None) => !only
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => true,
     };
-    coded(http::header::CONTENT_ENCODING, &["identity"])
-        || coded(http::header::TRANSFER_ENCODING, &["identity", "chunked"])
+    content || framed
 }
 
 #[cfg(test)]
@@ -187,11 +200,45 @@ mod tests {
                 &[("content-encoding", &b"gz\xffip"[..])][..],
                 true,
             ),
-            // Transfer codings reach the readers as sent, but for `chunked`.
+            // Transfer codings reach the readers as sent, but for one `chunked`; pingora frames
+            // by the last coding alone.
             (
                 "chunked",
                 &[("transfer-encoding", &b"chunked"[..])][..],
                 false,
+            ),
+            (
+                "Chunked",
+                &[("transfer-encoding", &b" Chunked "[..])][..],
+                false,
+            ),
+            (
+                "chunked, identity",
+                &[("transfer-encoding", &b"chunked, identity"[..])][..],
+                true,
+            ),
+            (
+                "chunked and an empty coding",
+                &[("transfer-encoding", &b"chunked ,"[..])][..],
+                true,
+            ),
+            (
+                "chunked, then identity",
+                &[
+                    ("transfer-encoding", &b"chunked"[..]),
+                    ("transfer-encoding", &b"identity"[..]),
+                ][..],
+                true,
+            ),
+            (
+                "chunked twice",
+                &[("transfer-encoding", &b"chunked, chunked"[..])][..],
+                true,
+            ),
+            (
+                "identity",
+                &[("transfer-encoding", &b"identity"[..])][..],
+                true,
             ),
             (
                 "gzip, chunked",

@@ -204,6 +204,19 @@ fn serve(stream: TcpStream, seen: &Seen) {
             r.extend_from_slice(b"\r\n0\r\n\r\n");
             r
         }
+        "techunkid" => {
+            // Framed in chunks, but declared `chunked, identity`: pingora frames by the last
+            // coding, so the chunk framing (which splits the echo) would reach the scrubber,
+            // and a client that undoes it would read the echo whole.
+            let mut r = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked, identity\r\nconnection: close\r\n\r\n".to_vec();
+            for piece in echo.chunks(3) {
+                r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                r.extend_from_slice(piece);
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"0\r\n\r\n");
+            r
+        }
         "ws" => {
             let head = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nx-echo: {auth}\r\n\r\n"
@@ -429,6 +442,12 @@ fn the_canary_reaches_no_sink_at_any_log_level() {
         ("SSE echo split mid-secret", get("/acme/sse", ""), 200, "$CRED{canary}"),
         ("gzip echo", get("/acme/gzip", ""), 502, "upstream_encoded"),
         ("gzip transfer coding", get("/acme/tegzip", ""), 502, "upstream_encoded"),
+        (
+            "chunks declared chunked, identity",
+            get("/acme/techunkid", ""),
+            502,
+            "upstream_encoded",
+        ),
         (
             "refused: unbound host",
             format!("GET http://localhost:{u}/acme/ok HTTP/1.1\r\nHost: localhost:{u}\r\nAuthorization: Bearer $CRED{{canary}}\r\nConnection: close\r\n\r\n"),
