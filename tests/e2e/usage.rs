@@ -102,8 +102,9 @@ fn an_upstreams_request_id_reaches_the_client_and_the_record() {
     assert_ne!(ours, "req_8c1f2e90ab");
     let rec = proxy.audit_record("acme", &ours);
     assert_eq!(rec["upstream_request_id"], "req_8c1f2e90ab", "{rec}");
-    // Text that is not an id is neither passed on under our name nor recorded.
-    let r = call("see <b>this</b>");
+    // Text that is not an id is neither passed on under our name nor recorded, and an upstream
+    // cannot write that name itself.
+    let r = call("see <b>this</b>\r\nx-upstream-request-id: spoofed");
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(r.header("x-upstream-request-id"), None);
     let rec = proxy.audit_record("acme", &r.request_id());

@@ -978,8 +978,11 @@ impl ProxyHttp for TenantProxy {
         {
             upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
-        if let Some(theirs) = record::upstream_request_id(&upstream_response.headers) {
-            let theirs = theirs.to_string();
+        // The upstream's own id is the only thing `x-upstream-request-id` carries: one the
+        // upstream wrote under that name is not passed off as checked.
+        let theirs = record::upstream_request_id(&upstream_response.headers).map(str::to_string);
+        upstream_response.remove_header("x-upstream-request-id");
+        if let Some(theirs) = theirs {
             upstream_response.insert_header("x-upstream-request-id", &theirs)?;
             ctx.trail.upstream_request_id = Some(theirs);
         }

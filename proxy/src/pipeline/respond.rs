@@ -332,17 +332,6 @@ impl Stages {
             )?;
         }
         stages.unread = setup.llm && stages.meter.is_none();
-        // SECURITY: an MCP answer is read whole (up to `max_message_bytes`, 8 MiB by default),
-        // a usage copy up to 2 MiB, an event-stream message up to 2 MiB: uncounted, a hostile
-        // upstream's answers to many requests at once held all the memory the request bodies'
-        // bound keeps. They count against the same bound, as they grow.
-        if stages.list.is_some() || stages.meter.is_some() {
-            stages.held = Some(Held {
-                budget: setup.bodies.clone(),
-                tenant: setup.admitted.tenant.tenant.clone(),
-                hold: None,
-            });
-        }
         let grant = setup.grant;
         // SECURITY (budgets): an answer to a call whose output no ceiling field of its API caps
         // may run past any reservation, and one in a shape no reader knows (an Ollama
@@ -417,6 +406,18 @@ impl Stages {
             // Replacing a secret changes the body's length.
             resp.remove_header(&http::header::CONTENT_LENGTH);
             stages.scrub = Some(scrubber);
+        }
+        // SECURITY: an MCP answer is read whole (up to `max_message_bytes`, 8 MiB by default),
+        // a usage copy up to 2 MiB, an event-stream message up to 2 MiB, an SSE event up to
+        // 256 KiB in each of three readers: uncounted, a hostile upstream's answers to many
+        // requests at once held all the memory the request bodies' bound keeps. They count
+        // against the same bound, as they grow.
+        if stages.list.is_some() || stages.meter.is_some() || stages.strip.is_some() {
+            stages.held = Some(Held {
+                budget: setup.bodies.clone(),
+                tenant: setup.admitted.tenant.tenant.clone(),
+                hold: None,
+            });
         }
         stages.open_sse = sse
             && !encoded
@@ -501,7 +502,8 @@ impl Stages {
     fn hold_buffers(&mut self, more: usize, end: bool) -> Result<(), Deny> {
         loop {
             let buffered = self.list.as_ref().map_or(0, |l| l.held_with(more, end))
-                + self.meter.as_ref().map_or(0, |m| m.held_with(more));
+                + self.meter.as_ref().map_or(0, |m| m.held_with(more))
+                + self.strip.as_ref().map_or(0, |s| s.buffered() + more);
             let Some(held) = self.held.as_mut() else {
                 return Ok(());
             };

@@ -252,15 +252,16 @@ impl UsageMeter {
         )
     }
 
-    /// Bytes this meter holds once it takes `more`: a JSON answer's copy, an event-stream
-    /// message in progress (an SSE event's, at most 256 KiB, are not counted).
+    /// Bytes this meter holds once it takes `more`: a JSON answer's copy, the SSE line and
+    /// event in progress, an event-stream message in progress.
     pub fn held_with(&self, more: usize) -> usize {
         match &self.framing {
             Framing::Json {
                 body,
                 scanned: None,
             } => body.len() + more,
-            Framing::Json { .. } | Framing::Sse { .. } => 0,
+            Framing::Json { .. } => 0,
+            Framing::Sse { parser, .. } => parser.buffered() + more,
             Framing::EventStream { parser, .. } => parser.buffered() + more,
         }
     }
@@ -563,9 +564,11 @@ mod tests {
             assert_eq!(m.held_with(5), 0);
             assert_eq!(m.finish(), u(12, 0, 3), "stopped at {at}");
         }
-        // Streams hold no copy to stop.
+        // Streams hold no copy to stop, but the event in progress counts.
         let mut sse = UsageMeter::for_response("text/event-stream", Some(chat)).unwrap();
         assert!(!sse.stop_copying());
+        sse.feed(format!("data: {{\"x\":\"{}", "a".repeat(100_000)).as_bytes());
+        assert!(sse.held_with(7) >= 100_007, "{}", sse.held_with(7));
     }
 
     /// A response from a destination whose path names no provider is read with every

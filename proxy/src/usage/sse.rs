@@ -17,6 +17,11 @@ pub struct SseParser {
 
 impl SseParser {
     /// Feeds a chunk; calls `on_event` with each complete event's data.
+    /// Bytes held for the line and the event in progress (their buffers' room).
+    pub fn buffered(&self) -> usize {
+        self.line.capacity() + self.data.capacity()
+    }
+
     pub fn feed(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(&[u8])) {
         for &b in chunk {
             if self.last_was_cr {

@@ -55,6 +55,11 @@ impl UsageEventStripper {
     }
 
     /// Feeds a chunk; returns the bytes of the complete events to pass on.
+    /// Bytes held for the event in progress (its buffer's room).
+    pub fn buffered(&self) -> usize {
+        self.event.capacity()
+    }
+
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Bytes {
         let mut out = BytesMut::new();
         let mut rest = chunk;
