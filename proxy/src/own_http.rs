@@ -1,20 +1,29 @@
 //! The front of the proxy's own HTTP ports (the admin port, the approvals API): requests are
 //! read as strictly as on the listeners ([`crate::front`]: one checked head at a time, lines
-//! ended by CRLF, one framing, the header and body deadlines) and the port serves at most
-//! [`MAX_OPEN`] connections at once. At the cap a new connection takes the slot of the one that
-//! has waited longest for a head (idle, or still sending one); it is refused only when every
-//! connection is being served.
+//! ended by CRLF, one framing, the header and body deadlines), each answer is written within
+//! [`WRITE_TIMEOUT`], and the port serves at most [`MAX_OPEN`] connections, at most
+//! [`MAX_OPEN_PER_PEER`] of them from one address.
+//!
+//! At its address's share (or the port's cap) a new connection takes the slot of the
+//! connection that has waited longest for a head (idle between requests, or still sending
+//! one), from its own address first (else from the address that holds the most); it is refused
+//! only when all of them are being served.
 //!
 //! SECURITY: the admin port is reachable by the agent beside a sidecar. Served by pingora's own
 //! lenient reading, a head trickled a byte at a time was kept for ever and a port took any
 //! number of such connections: a loop of them took the file descriptors every listener draws
 //! on. And a head pingora reads another way than a strict reader (a bare LF, both
-//! `Content-Length` and `Transfer-Encoding`) was served. A plain cap would have let 64 idle
-//! connections lock the probes and the CLI out instead.
+//! `Content-Length` and `Transfer-Encoding`) was served. A plain cap let 64 idle connections
+//! lock the probes and the CLI out; taking the oldest waiting slot let a flood of new
+//! connections evict a prober still sending its head; and 64 clients that never read their
+//! answers held every slot "being served". The share per address keeps the kubelet's probes
+//! (from the node) and Prometheus (from its pod) in slots the agent (from the pod's own
+//! address or loopback) cannot take.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,14 +42,41 @@ use crate::pipeline::PLAIN_KEEPALIVE_SECS;
 /// probes, the CLI and approvers.
 pub const MAX_OPEN: u32 = 64;
 
+/// Of [`MAX_OPEN`], what one address may hold.
+pub const MAX_OPEN_PER_PEER: u32 = MAX_OPEN / 4;
+
+/// Longest one write of an answer may wait for its client to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `app` behind the front.
 pub struct Fronted<A> {
     app: Arc<A>,
     limits: FrontLimits,
-    open: AtomicU32,
-    /// The connections waiting for a head, oldest first, each with what ends it.
-    waiting: Mutex<VecDeque<(u64, Arc<Notify>)>>,
+    slots: Mutex<Slots>,
     next_id: AtomicU64,
+}
+
+/// Who holds the port's connection slots.
+#[derive(Debug, Default)]
+struct Slots {
+    open: u32,
+    by_peer: HashMap<IpAddr, u32>,
+    /// The connections waiting for a head, oldest first, each with its address and what ends
+    /// it.
+    waiting: VecDeque<(u64, IpAddr, Arc<Notify>)>,
+}
+
+impl Slots {
+    /// Ends the oldest waiting connection of `peer`; false when it has none waiting.
+    fn evict_from(&mut self, peer: IpAddr) -> bool {
+        let Some(at) = self.waiting.iter().position(|(_, p, _)| *p == peer) else {
+            return false;
+        };
+        if let Some((_, _, end)) = self.waiting.remove(at) {
+            end.notify_one();
+        }
+        true
+    }
 }
 
 impl<A> Fronted<A> {
@@ -49,36 +85,50 @@ impl<A> Fronted<A> {
         Self {
             app: Arc::new(app),
             limits,
-            open: AtomicU32::new(0),
-            waiting: Mutex::new(VecDeque::new()),
+            slots: Mutex::new(Slots::default()),
             next_id: AtomicU64::new(0),
         }
     }
 
-    /// Takes a slot: a free one, or the slot of the connection that has waited longest for a
-    /// head (it ends as it notices). False when every connection is being served.
-    fn take_slot(&self) -> bool {
-        let free = self
-            .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_OPEN).then_some(n + 1)
-            })
-            .is_ok();
-        if free {
-            return true;
-        }
-        let oldest = self
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_front();
-        let Some((_, end)) = oldest else {
-            return false;
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a slot for a connection from `peer` (see the module's text); false when it is
+    /// refused. A slot taken from another connection is counted at once: the caps are passed
+    /// by the connections still ending.
+    fn take_slot(&self, peer: IpAddr) -> bool {
+        let mut slots = self.slots();
+        let mine = slots.by_peer.get(&peer).copied().unwrap_or(0);
+        let room = if mine >= MAX_OPEN_PER_PEER {
+            slots.evict_from(peer)
+        } else if slots.open >= MAX_OPEN {
+            let heaviest = slots
+                .by_peer
+                .iter()
+                .filter(|(p, n)| **n > mine && slots.waiting.iter().any(|(_, w, _)| w == *p))
+                .max_by_key(|(_, n)| **n)
+                .map(|(p, _)| *p);
+            heaviest.is_some_and(|p| slots.evict_from(p))
+        } else {
+            true
         };
-        end.notify_one();
-        // Counted at once: the cap is passed by the connections still ending.
-        self.open.fetch_add(1, Ordering::AcqRel);
-        true
+        if room {
+            slots.open += 1;
+            *slots.by_peer.entry(peer).or_default() += 1;
+        }
+        room
+    }
+
+    fn give_back(&self, peer: IpAddr) {
+        let mut slots = self.slots();
+        slots.open = slots.open.saturating_sub(1);
+        if let Some(n) = slots.by_peer.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                slots.by_peer.remove(&peer);
+            }
+        }
     }
 
     /// The connection's next head, read while it is listed as waiting; `None` when a new
@@ -86,22 +136,17 @@ impl<A> Fronted<A> {
     async fn next_head(
         &self,
         conn: &mut FrontConn<()>,
+        peer: IpAddr,
         idle: Duration,
     ) -> Option<Result<Option<Head>, Violation>> {
         let me = self.next_id.fetch_add(1, Ordering::Relaxed);
         let end = Arc::new(Notify::new());
-        self.waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back((me, end.clone()));
+        self.slots().waiting.push_back((me, peer, end.clone()));
         let next = tokio::select! {
             next = conn.next_head(idle) => Some(next),
             () = end.notified() => None,
         };
-        self.waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(id, _)| *id != me);
+        self.slots().waiting.retain(|(id, _, _)| *id != me);
         next
     }
 }
@@ -110,17 +155,19 @@ impl<A> std::fmt::Debug for Fronted<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fronted")
             .field("limits", &self.limits)
-            .field("open", &self.open)
             .finish_non_exhaustive()
     }
 }
 
 /// One of the port's connection slots, given back when the connection ends.
-struct Slot<'a>(&'a AtomicU32);
+struct Slot<'a, A> {
+    port: &'a Fronted<A>,
+    peer: IpAddr,
+}
 
-impl Drop for Slot<'_> {
+impl<A> Drop for Slot<'_, A> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.port.give_back(self.peer);
     }
 }
 
@@ -132,16 +179,23 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Fronted<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let id = crate::trace::random_hex(16);
-        if !self.take_slot() {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        if !self.take_slot(peer) {
             let refusal = Deny::Overloaded("connections to this port");
             write_refusal(&mut stream, &refusal, &id).await;
             return None;
         }
-        let _slot = Slot(&self.open);
+        let _slot = Slot {
+            port: &**self,
+            peer,
+        };
         let mut conn = Box::new(FrontConn::new(stream, b"", self.limits, ()));
         let mut idle = self.limits.header_timeout;
         loop {
-            let refusal = match self.next_head(&mut conn, idle).await? {
+            let refusal = match self.next_head(&mut conn, peer, idle).await? {
                 Ok(None) => return None,
                 Ok(Some(head)) if head.connect => Deny::ConnectUnsupported,
                 Ok(Some(_)) => {
@@ -154,6 +208,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Fronted<A> {
                         .is_some_and(|line| line.ends_with(b" HTTP/1.0"));
                     let mut session = ServerSession::new_http1(conn);
                     session.set_keepalive((!*shutdown.borrow()).then_some(PLAIN_KEEPALIVE_SECS));
+                    session.set_write_timeout(Some(WRITE_TIMEOUT));
                     let reused = self.app.process_new_http(session, shutdown).await?;
                     let (stream, _) = reused.consume();
                     // pingora hands back the stream it was given.
