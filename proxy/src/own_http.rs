@@ -1,8 +1,8 @@
 //! The front of the proxy's own HTTP ports (the admin port, the approvals API): requests are
 //! read as strictly as on the listeners ([`crate::front`]: one checked head at a time, lines
-//! ended by CRLF, one framing, the header and body deadlines), each answer is written within
-//! [`WRITE_TIMEOUT`], and the port serves at most [`MAX_OPEN`] connections, at most
-//! [`MAX_OPEN_PER_PEER`] of them from one address.
+//! ended by CRLF, one framing, the header and body deadlines), each request is done within
+//! [`REQUEST_DEADLINE`] (each write within [`WRITE_TIMEOUT`]), and the port serves at most
+//! [`MAX_OPEN`] connections, at most [`MAX_OPEN_PER_PEER`] of them from one address.
 //!
 //! At its address's share (or the port's cap) a new connection takes the slot of the
 //! connection that has waited longest for a head (idle between requests, or still sending
@@ -47,6 +47,10 @@ pub const MAX_OPEN_PER_PEER: u32 = MAX_OPEN / 4;
 
 /// Longest one write of an answer may wait for its client to read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest one request may take, read, answered and written (pingora writes an answer's head
+/// without a deadline; no endpoint of these ports waits on anything for long).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 /// `app` behind the front.
 pub struct Fronted<A> {
@@ -209,7 +213,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Fronted<A> {
                     let mut session = ServerSession::new_http1(conn);
                     session.set_keepalive((!*shutdown.borrow()).then_some(PLAIN_KEEPALIVE_SECS));
                     session.set_write_timeout(Some(WRITE_TIMEOUT));
-                    let reused = self.app.process_new_http(session, shutdown).await?;
+                    let served = self.app.process_new_http(session, shutdown);
+                    let reused = tokio::time::timeout(REQUEST_DEADLINE, served)
+                        .await
+                        .ok()??;
                     let (stream, _) = reused.consume();
                     // pingora hands back the stream it was given.
                     conn = stream.into_any().downcast::<FrontConn<()>>().ok()?;
