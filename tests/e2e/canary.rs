@@ -204,6 +204,10 @@ fn serve(stream: TcpStream, seen: &Seen) {
             r.extend_from_slice(b"\r\n0\r\n\r\n");
             r
         }
+        "nocontent" => {
+            format!("HTTP/1.1 204 No Content\r\nx-echo: {auth}\r\ncontent-length: 0\r\n\r\n")
+                .into_bytes()
+        }
         "techunkid" => {
             // Framed in chunks, but declared `chunked, identity`: pingora frames by the last
             // coding, so the chunk framing (which splits the echo) would reach the scrubber,
@@ -478,6 +482,14 @@ fn the_canary_reaches_no_sink_at_any_log_level() {
         }
         answers.push((case, bytes));
     }
+
+    // A 204 whose echo was scrubbed (which drops its declared length) is not framed as
+    // chunked: it has no body, and a client would wait for one.
+    let bytes = exchange(proxy.sidecar_port, get("/acme/nocontent", "").as_bytes());
+    let head = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 204"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(!head.contains("content-length: 0\r\n\r\n0"), "{head}");
 
     // The base64 echo still decodes; the secret is not in any of its forms.
     let b64 = parsed(&answers.iter().find(|(c, _)| *c == "base64 echo").unwrap().1);
