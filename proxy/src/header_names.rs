@@ -110,6 +110,12 @@ fn media_type_ambiguity(value: &str) -> Option<&'static str> {
         .then_some("names a parameter more than once")
 }
 
+/// Whether an answer can carry no body (RFC 9110 §6.4.1): one to `HEAD`, an informational one,
+/// a 204, a 304.
+pub fn bodyless_answer(head_request: bool, status: u16) -> bool {
+    head_request || status < 200 || status == 204 || status == 304
+}
+
 /// Whether a body reaches its reader in a coding other than `identity`: any coding on any line
 /// of `Content-Encoding` (a list header: every line counts, as every comma-separated entry; a
 /// line that is not text counts as a coding), or any `Transfer-Encoding` but one line of just

@@ -714,7 +714,7 @@ pub fn unreadable_encoding(status: u16, head_request: bool, headers: &HeaderMap)
             .iter()
             .any(|v| !v.as_bytes().iter().all(u8::is_ascii_whitespace));
     }
-    if head_request || status < 200 || status == 204 || status == 304 {
+    if crate::header_names::bodyless_answer(head_request, status) {
         return false;
     }
     crate::header_names::content_coded(headers)

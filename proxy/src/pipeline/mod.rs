@@ -972,8 +972,10 @@ impl ProxyHttp for TenantProxy {
         // unframed it would end by closing the connection, and with it a keep-alive tunnel.
         // An answer that has no body (to `HEAD`, a 204, a 304) is not framed: a client would
         // wait for the chunks (Python `requests` until its timeout).
-        let bodyless = session.req_header().method == http::Method::HEAD
-            || matches!(upstream_response.status.as_u16(), 100..=199 | 204 | 304);
+        let bodyless = crate::header_names::bodyless_answer(
+            session.req_header().method == http::Method::HEAD,
+            upstream_response.status.as_u16(),
+        );
         if had_length
             && !bodyless
             && !upstream_response

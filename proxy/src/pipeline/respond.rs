@@ -17,10 +17,10 @@ use pingora::{Error, ErrorType};
 use super::admit::{Admitted, HttpGrant};
 use super::record::Trail;
 use crate::body::{BodyBudget, BodyError, BodyHold};
+use crate::context::TenantContext;
 use crate::credentials::apply::Applied;
 use crate::credentials::scrub::{Patterns, Scrubber};
 use crate::error::Deny;
-use crate::ids::TenantId;
 use crate::limits::stream::{CutReason, StreamGuard, Verdict};
 use crate::limits::LimitBackend;
 use crate::mcp::list_filter::{FilterError, ListFilter};
@@ -223,11 +223,12 @@ pub struct Stages {
     held: Option<Held>,
 }
 
-/// The body memory a response's stages hold, and whose it is.
+/// The body memory a response's stages hold, and whose it is (the request's context, shared:
+/// a copy of the tenant's id would be an allocation on every metered answer).
 #[derive(Debug)]
 struct Held {
     budget: Arc<BodyBudget>,
-    tenant: TenantId,
+    who: Arc<TenantContext>,
     /// `None` until the stages buffer more than [`UNCOUNTED_RESPONSE_BYTES`].
     hold: Option<BodyHold>,
 }
@@ -415,7 +416,7 @@ impl Stages {
         if stages.list.is_some() || stages.meter.is_some() || stages.strip.is_some() {
             stages.held = Some(Held {
                 budget: setup.bodies.clone(),
-                tenant: setup.admitted.tenant.tenant.clone(),
+                who: setup.admitted.tenant.clone(),
                 hold: None,
             });
         }
@@ -494,8 +495,8 @@ impl Stages {
         Ok(())
     }
 
-    /// Holds, before they take the next `more` bytes, what the list filter and the meter will
-    /// buffer against the body memory bound (a hold only grows: it is given back when the
+    /// Holds, before they take the next `more` bytes, what the list filter, the meter and the
+    /// usage stripper will buffer against the body memory bound (a hold only grows: it is given back when the
     /// request ends). When it does not fit, the meter stops copying a JSON answer (its usage is
     /// read from the members that carry it, as past the copy limit); if it still does not, the
     /// response is cut.
@@ -511,9 +512,9 @@ impl Stages {
                 None if buffered <= UNCOUNTED_RESPONSE_BYTES => Ok(()),
                 None => held
                     .budget
-                    .try_hold(&held.tenant, buffered as u64)
+                    .try_hold(&held.who.tenant, buffered as u64)
                     .map(|hold| held.hold = Some(hold)),
-                Some(hold) => hold.try_grow_to(&held.tenant, buffered as u64),
+                Some(hold) => hold.try_grow_to(&held.who.tenant, buffered as u64),
             };
             match grown {
                 Ok(()) => return Ok(()),
