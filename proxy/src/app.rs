@@ -169,6 +169,7 @@ pub fn run(
         snapshot.memory_limiter_warning(&static_config.limiter),
         snapshot.mcp_session_key_warning(&static_config.limiter),
         snapshot.revocation_file_warning(),
+        snapshot.jwks_warning(),
         snapshot.master_key_warning(),
     ];
     let files = static_config.readable_secret_warnings();

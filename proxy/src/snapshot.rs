@@ -126,7 +126,7 @@ impl Snapshot {
     /// such a line was written for is refused anyway; the line itself is a mistake to fix.
     pub fn revocation_file_warning(&self) -> Option<String> {
         let path = self.tenants.token.as_ref()?.revoked_jtis_file.as_deref()?;
-        let text = std::fs::read_to_string(path).ok()?;
+        let text = revocation_text(path).ok()?;
         let odd = crate::identity::token::misleading_revocation_lines(&text);
         (!odd.is_empty()).then(|| {
             format!(
@@ -136,6 +136,13 @@ impl Snapshot {
                 crate::identity::token::JTI_RULE
             )
         })
+    }
+
+    /// The warning `check` prints and `run` logs for JWKS entries left out as keys the proxy
+    /// does not verify with (see [`KeySet::from_jwks_json`]).
+    pub fn jwks_warning(&self) -> Option<String> {
+        let (config, tokens) = (self.tenants.token.as_ref()?, self.tokens.as_ref()?);
+        skipped_keys_warning(&config.jwks_file, tokens.keys())
     }
 
     /// Loads and validates the tenant file, keys, revocations and policies. Returns every
@@ -189,7 +196,7 @@ impl Snapshot {
             }
         };
         if let Some(static_config) = static_config {
-            check_listener_references(static_config, &tenants, problems);
+            check_listener_references(static_config, &tenants, previous.is_some(), problems);
         }
         // Read with the tenant file, so that a reload (a rotated Secret, SIGHUP) reads it again.
         // At a reload, a file that went bad keeps the last good token without failing the
@@ -273,14 +280,15 @@ impl Snapshot {
     }
 
     /// After a rejected reload: this snapshot with the token changes that only tighten applied
-    /// (token ids added to the revocation file, keys pulled from or replaced in the JWKS), when
-    /// those files read cleanly and change something. A problem elsewhere (a policy typo, a bad
+    /// (token ids added to the revocation file, keys pulled from, replaced in or made unusable
+    /// in the JWKS), when those files can be read (the JWKS as JSON with a `keys` array, though
+    /// an entry of it may be rejected) and change something. A problem elsewhere (a policy typo, a bad
     /// credential file) must not keep a revoked token or a pulled key working until it is fixed.
     fn tightened(&self) -> Option<Snapshot> {
         let (config, verifier) = (self.tenants.token.as_ref()?, self.tokens.as_ref()?);
         let keys = std::fs::read_to_string(&config.jwks_file)
             .ok()
-            .and_then(|text| KeySet::from_jwks_json(&text).ok());
+            .and_then(|text| KeySet::named_in(&text));
         let revoked = config
             .revoked_jtis_file
             .as_deref()
@@ -335,14 +343,31 @@ fn named_paths(tenants: &TenantConfig) -> Vec<PathBuf> {
 
 /// The static file's references into the tenant file: each listener's bound workload exists,
 /// and a listener that accepts tokens has a `[token]` section to verify them with.
+///
+/// At a reload (`reloading`) a bound workload (or its tenant) taken out of the tenant file is
+/// not a problem but the operator cutting it off: the reload applies, and the listener refuses
+/// every request it would have served as that workload (`identity_invalid`) until the workload
+/// returns. Refusing the reload instead would keep serving the workload the operator removed.
+/// At startup (and in `tenant-proxy check`) it is still a problem: a listener bound to nothing
+/// is almost always a typo.
 fn check_listener_references(
     static_config: &StaticConfig,
     tenants: &TenantConfig,
+    reloading: bool,
     problems: &mut Vec<ConfigProblem>,
 ) {
     for (i, listener) in static_config.listeners.iter().enumerate() {
         if let Some(b) = &listener.identity.binding {
-            if !tenants.has_workload(&b.tenant, &b.workload) {
+            if !tenants.has_workload(&b.tenant, &b.workload) && reloading {
+                tracing::warn!(
+                    listener = %listener.name,
+                    tenant = %b.tenant,
+                    workload = %b.workload,
+                    "the workload this listener is bound to is no longer in the tenant file: the \
+                     listener refuses every request it would serve as that workload \
+                     (identity_invalid) until the workload returns"
+                );
+            } else if !tenants.has_workload(&b.tenant, &b.workload) {
                 problems.push(ConfigProblem::at(
                     &static_config.path,
                     format!("listener[{i}].binding"),
@@ -392,7 +417,14 @@ fn load_tokens(
                 .map_err(|e| ConfigProblem::file(&config.jwks_file, e.to_string()))
         })
         .and_then(|keys| match (keys.is_empty(), reloading) {
-            (false, _) => Ok(keys),
+            (false, _) => {
+                if reloading {
+                    if let Some(warning) = skipped_keys_warning(&config.jwks_file, &keys) {
+                        tracing::warn!("{warning}");
+                    }
+                }
+                Ok(keys)
+            }
             (true, true) => {
                 tracing::warn!(
                     file = %config.jwks_file.display(),
@@ -400,9 +432,17 @@ fn load_tokens(
                 );
                 Ok(keys)
             }
-            (true, false) => Err(ConfigProblem::file(
+            (true, false) if keys.skipped().is_empty() => Err(ConfigProblem::file(
                 &config.jwks_file,
                 KeySetError::Empty.to_string(),
+            )),
+            (true, false) => Err(ConfigProblem::file(
+                &config.jwks_file,
+                format!(
+                    "the JWKS has no Ed25519 or P-256 signing key (left out: {}): the proxy \
+                     verifies EdDSA and ES256 tokens only",
+                    keys.skipped().join(", ")
+                ),
             )),
         });
     let revoked = match &config.revoked_jtis_file {
@@ -462,10 +502,34 @@ pub fn tenant_infos(tenants: &TenantConfig) -> Vec<TenantInfo> {
         .collect()
 }
 
+/// The warning for a JWKS's entries left out: no token verifies with them.
+fn skipped_keys_warning(jwks_file: &Path, keys: &KeySet) -> Option<String> {
+    (!keys.skipped().is_empty()).then(|| {
+        format!(
+            "`jwks_file` `{}` has keys the proxy does not verify with, left out: {}; tokens \
+             signed with them are refused (the proxy verifies EdDSA and ES256 tokens only)",
+            jwks_file.display(),
+            keys.skipped().join(", ")
+        )
+    })
+}
+
 fn read_revocations(path: &Path) -> Result<HashSet<String>, ConfigProblem> {
-    let text = std::fs::read_to_string(path)
+    let text = revocation_text(path)
         .map_err(|e| ConfigProblem::file(path, format!("cannot read revocation list: {e}")))?;
     Ok(crate::identity::token::revocation_ids(&text))
+}
+
+/// The text of a revocation file. SECURITY: a byte that is not UTF-8 (a comment saved by an
+/// editor in Latin-1 or Windows-1252) must not void the file and with it every revocation added
+/// since: token ids are printable ASCII ([`crate::identity::token::valid_jti`]), so such a byte
+/// is read as U+FFFD, which no id holds, and every line naming an id still revokes it.
+fn revocation_text(path: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 /// Publishes what the metrics show of a snapshot about to be served: its cost ceilings.
@@ -632,6 +696,26 @@ impl SnapshotHandle {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revocation_file_with_bytes_that_are_not_utf8_still_revokes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("revoked.txt");
+        std::fs::write(
+            &path,
+            b"jti-1  # laptop of J\xfcrgen (stolen)\n\xff\xfe\njti-2\r\nbad\xe9id\n",
+        )
+        .unwrap();
+        let ids = read_revocations(&path).expect("read");
+        assert!(ids.contains("jti-1") && ids.contains("jti-2"), "{ids:?}");
+        // A foreign byte in an id is read as U+FFFD, which no token id holds.
+        assert!(ids.contains("bad\u{fffd}id"), "{ids:?}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            read_revocations(&path).is_err(),
+            "a missing file is still a problem"
+        );
+    }
 
     #[test]
     fn readiness_sees_a_count_of_reload_problems_never_their_text() {

@@ -521,6 +521,75 @@ fn cost_ceiling_gauges_follow_the_tenant_file_per_tenant() {
     );
 }
 
+/// Taking the workload a sidecar listener is bound to out of the tenant file cuts it off: the
+/// reload applies (refusing it would keep serving the workload the operator removed), the
+/// listener refuses every request with `identity_invalid`, on a kept-alive connection too, and
+/// the workload put back is served again.
+#[test]
+fn removing_a_sidecars_workload_cuts_the_sidecar_off() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let sidecar = |path: &str| forward_get(proxy.sidecar_port, &url(&origin, path), None, "");
+    assert_eq!(sidecar("/acme/before").status, 200);
+    let mut kept_alive = std::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).unwrap();
+    kept_alive
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let get = |path: &str| {
+        format!(
+            "GET {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            url(&origin, path),
+            origin.port
+        )
+    };
+    let status_of = |conn: &mut std::net::TcpStream, path: &str| -> String {
+        use std::io::{Read as _, Write as _};
+        conn.write_all(get(path).as_bytes()).unwrap();
+        let mut buf = vec![0u8; 16 * 1024];
+        let n = conn.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(status_of(&mut kept_alive, "/acme/k0").starts_with("HTTP/1.1 200"));
+
+    let original = proxy.tenants().clone();
+    let mut without = original.clone();
+    without.tenant("acme").workloads.retain(|w| w != "bot");
+    proxy.write_tenants(&without);
+    wait_for("the sidecar cut off", || {
+        sidecar("/acme/wait").status == 407
+    });
+    let refused = sidecar("/acme/cut2");
+    let body: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+    assert_eq!(body["error"]["code"], "identity_invalid", "{body}");
+    assert!(body["error"]["request_id"].is_string(), "{body}");
+    let answer = status_of(&mut kept_alive, "/acme/k1");
+    assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
+    // The reload applied, and the log says why the sidecar refuses.
+    let ready: serde_json::Value = serde_json::from_slice(
+        &raw_request(
+            proxy.admin_port,
+            "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .body,
+    )
+    .unwrap();
+    assert_eq!(ready["last_reload"]["ok"], true, "{ready}");
+    assert!(proxy
+        .log()
+        .contains("the workload this listener is bound to is no longer in the tenant file"));
+    // Nothing reached the origin while it was cut off.
+    assert!(!origin
+        .requests()
+        .iter()
+        .any(|r| r.target.contains("/acme/cut2") || r.target.contains("/acme/k1")));
+
+    proxy.write_tenants(&original);
+    wait_for("the sidecar served again", || {
+        sidecar("/acme/after").status == 200
+    });
+}
+
 #[test]
 fn audit_sink_failure_refuses_then_recovers() {
     let origin = Origin::start();
@@ -799,6 +868,93 @@ fn revocations_and_pulled_keys_apply_even_when_the_reload_is_rejected() {
     assert!(proxy
         .log()
         .contains("reload rejected, but its new token revocations and key removals apply"));
+}
+
+/// A JWKS edit the proxy rejects (an entry it cannot use) still pulls the keys it no longer
+/// names, and a revocation file with a byte that is not UTF-8 (a comment saved in Latin-1)
+/// still revokes: neither waits for a reload that passes. A JWKS that holds an identity
+/// provider's RSA keys beside its EC ones is taken, the RSA keys left out and warned about.
+#[test]
+fn a_jwks_or_revocation_edit_that_is_not_clean_still_tightens() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let es = |jti: &'static str| {
+        token(TokenOpts {
+            jti: Some(jti),
+            key: TEST_KEY_ES256,
+            kid: Some("test-es"),
+            ..Default::default()
+        })
+    };
+    let (kept, revoked) = (es("kept"), es("revoked-in-latin-1"));
+    let pulled = token(TokenOpts::default());
+    let status = |t: &str, path: &str| {
+        forward_get(proxy.shared_port, &url(&origin, path), Some(t), "").status
+    };
+    for (t, path) in [
+        (&kept, "/acme/k0"),
+        (&revoked, "/acme/r0"),
+        (&pulled, "/acme/p0"),
+    ] {
+        assert_eq!(status(t, path), 200, "{path}");
+    }
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(proxy.path("jwks.json")).unwrap()).unwrap();
+    let es_key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == "test-es")
+        .unwrap()
+        .clone();
+    let write_jwks = |keys: serde_json::Value| {
+        std::fs::write(
+            proxy.path("jwks.json"),
+            serde_json::json!({ "keys": keys }).to_string(),
+        )
+        .unwrap();
+    };
+    // The Ed25519 key pulled, and a malformed EC key added in the same edit.
+    let broken = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "idp-new", "x": "AAAA", "y": "AAAA"});
+    write_jwks(serde_json::json!([es_key.clone(), broken]));
+    wait_for("the pulled key refused despite the rejected JWKS", || {
+        status(&pulled, "/acme/p1") == 407
+    });
+    assert_eq!(status(&kept, "/acme/k1"), 200);
+    let ready = || -> serde_json::Value {
+        serde_json::from_slice(
+            &raw_request(
+                proxy.admin_port,
+                "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap()
+            .body,
+        )
+        .unwrap()
+    };
+    assert_eq!(ready()["last_reload"]["ok"], false);
+    // A revocation whose comment an editor saved in Latin-1, while the JWKS is still rejected.
+    std::fs::write(
+        proxy.path("revoked.txt"),
+        b"revoked-in-latin-1  # laptop of J\xfcrgen (stolen)\n",
+    )
+    .unwrap();
+    wait_for("the Latin-1 revocation", || {
+        status(&revoked, "/acme/r1") == 407
+    });
+    assert_eq!(status(&kept, "/acme/k2"), 200);
+    // An identity provider's JWKS: its RSA key left out, the reload taken.
+    let rsa = serde_json::json!({"kty": "RSA", "kid": "idp-rsa", "alg": "RS256", "use": "sig", "n": "AQAB", "e": "AQAB"});
+    write_jwks(serde_json::json!([es_key, rsa]));
+    wait_for("the JWKS with an RSA key taken", || {
+        ready()["last_reload"]["ok"] == true
+    });
+    assert_eq!(status(&kept, "/acme/k3"), 200);
+    assert_eq!(status(&revoked, "/acme/r2"), 407);
+    assert_eq!(status(&pulled, "/acme/p2"), 407);
+    assert!(proxy
+        .log()
+        .contains("left out: `idp-rsa` (not Ed25519 or P-256)"));
 }
 
 /// The decision cache (on by default) is per engine: a request allowed (and answered from the

@@ -19,6 +19,7 @@ pub(super) fn check(config: &Path) -> ExitCode {
                 snap.memory_limiter_warning(&s.limiter),
                 snap.mcp_session_key_warning(&s.limiter),
                 snap.revocation_file_warning(),
+                snap.jwks_warning(),
                 snap.master_key_warning(),
             ];
             let listeners = s.exposed_binding_warnings();

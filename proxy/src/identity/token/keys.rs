@@ -92,6 +92,10 @@ pub enum KeySetError {
 #[derive(Clone)]
 pub struct KeySet {
     keys: HashMap<String, Key>,
+    /// The entries left out as keys this proxy does not verify with (an identity provider's
+    /// RSA keys, its encryption keys), each as `` `kid` (why) ``: tokens naming them are refused
+    /// as signed with an unknown key.
+    skipped: Vec<String>,
 }
 
 /// A SHA-256 over a public key's algorithm and point: which key a `kid` named when a token was
@@ -127,45 +131,86 @@ fn coordinate(jwk: &serde_json::Map<String, Value>, name: &str) -> Option<Vec<u8
 }
 
 impl KeySet {
-    /// Parses a JWKS (`{"keys":[…]}`) of Ed25519 (`OKP`) and P-256 (`EC`) public keys.
+    /// Parses a JWKS (`{"keys":[…]}`) for its Ed25519 (`OKP`) and P-256 (`EC`) public keys.
     ///
-    /// Every key needs a unique non-empty `kid`; its `alg`, when present, must be the one its key
-    /// type allows (`EdDSA` or `ES256`). Any other key type, private key material or a key
-    /// marked for encryption is an error: one bad key rejects the whole document. An empty
-    /// `keys` array is a valid document (an operator pulling the only key after a compromise);
-    /// whether to accept it is the loader's choice ([`KeySetError::Empty`], [`KeySet::is_empty`]).
+    /// Every entry needs a unique non-empty `kid`; a key's `alg`, when present, must be the one
+    /// its key type allows (`EdDSA` or `ES256`). An entry of another key type (an identity
+    /// provider publishes its RSA keys beside its EC ones) or marked for encryption is left out
+    /// and listed ([`KeySet::skipped`]): no token verifies with it. Private key material (a
+    /// JWKS is public: someone published the wrong file) or a malformed key of a type the proxy
+    /// verifies with is an error, and one such entry rejects the whole document. An empty set
+    /// is a valid document (an operator pulling the only key after a compromise); whether to
+    /// accept it is the loader's choice ([`KeySetError::Empty`], [`KeySet::is_empty`]).
     pub fn from_jwks_json(text: &str) -> Result<KeySet, KeySetError> {
-        let doc: Value = serde_json::from_str(text).map_err(|e| KeySetError::Parse {
-            line: e.line(),
-            column: e.column(),
-        })?;
-        let entries = doc
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or(KeySetError::NotJwks)?;
-        let mut keys = HashMap::with_capacity(entries.len());
+        let entries = jwks_entries(text)?;
+        let mut set = KeySet {
+            keys: HashMap::with_capacity(entries.len()),
+            skipped: Vec::new(),
+        };
+        let mut kids = std::collections::HashSet::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
-            let jwk = entry
-                .as_object()
-                .ok_or(KeySetError::InvalidEntry { index })?;
-            let kid = jwk
-                .get("kid")
-                .and_then(Value::as_str)
-                .filter(|k| !k.is_empty())
-                .ok_or(KeySetError::MissingKid { index })?;
+            let (jwk, kid) = entry_kid(entry, index)?;
             // SECURITY: a duplicate kid would make the verifying key depend on document order.
-            if keys.contains_key(kid) {
+            if !kids.insert(kid) {
                 return Err(KeySetError::DuplicateKid { kid: shown(kid) });
             }
-            let key = parse_public_key(jwk, kid)?;
-            keys.insert(kid.to_string(), key);
+            match parse_public_key(jwk, kid) {
+                Ok(key) => {
+                    set.keys.insert(kid.to_string(), key);
+                }
+                // An entry with no `kty` is a broken key, not another type.
+                Err(KeySetError::UnsupportedKey { kid })
+                    if jwk.get("kty").is_some_and(Value::is_string) =>
+                {
+                    set.skipped.push(format!("`{kid}` (not Ed25519 or P-256)"));
+                }
+                Err(KeySetError::NotForSigning { kid }) => {
+                    set.skipped.push(format!("`{kid}` (not for signatures)"));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(KeySet { keys })
+        Ok(set)
+    }
+
+    /// The keys a JWKS document still names, read leniently: what stays trusted after a reload
+    /// that cannot be taken whole ([`KeySet::kept_in`]). Every entry that does not parse as a
+    /// key (malformed, another type, private material) names none, and a `kid` that appears
+    /// more than once names none, so a key made unusable in the file stops verifying at once,
+    /// as a key pulled from it does. `None` when the text is not a JWKS at all (a file caught
+    /// half-written): then nothing can be told from it.
+    pub fn named_in(text: &str) -> Option<KeySet> {
+        let entries = jwks_entries(text).ok()?;
+        let mut keys = HashMap::with_capacity(entries.len());
+        let mut repeated = std::collections::HashSet::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let Ok((jwk, kid)) = entry_kid(entry, index) else {
+                continue;
+            };
+            let key = parse_public_key(jwk, kid);
+            if keys.contains_key(kid) || repeated.contains(kid) {
+                keys.remove(kid);
+                repeated.insert(kid);
+            } else if let Ok(key) = key {
+                keys.insert(kid.to_string(), key);
+            } else {
+                repeated.insert(kid);
+            }
+        }
+        Some(KeySet {
+            keys,
+            skipped: Vec::new(),
+        })
     }
 
     /// Whether the set has no key at all (every token is refused).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// The entries of the document left out, as [`KeySet::from_jwks_json`] describes.
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
     }
 
     /// The keys of this set that `other` also holds, under the same id and with the same
@@ -183,6 +228,7 @@ impl KeySet {
                 })
                 .map(|(kid, key)| (kid.clone(), key.clone()))
                 .collect(),
+            skipped: self.skipped.clone(),
         }
     }
 
@@ -200,6 +246,37 @@ impl KeySet {
             None => Err(TokenError::NoKeyId),
         }
     }
+}
+
+/// The `keys` array of a JWKS document.
+fn jwks_entries(text: &str) -> Result<Vec<Value>, KeySetError> {
+    let doc: Value = serde_json::from_str(text).map_err(|e| KeySetError::Parse {
+        line: e.line(),
+        column: e.column(),
+    })?;
+    match doc {
+        Value::Object(mut members) => match members.remove("keys") {
+            Some(Value::Array(entries)) => Ok(entries),
+            _ => Err(KeySetError::NotJwks),
+        },
+        _ => Err(KeySetError::NotJwks),
+    }
+}
+
+/// Entry `index` of `keys` as an object, and its `kid`.
+fn entry_kid(
+    entry: &Value,
+    index: usize,
+) -> Result<(&serde_json::Map<String, Value>, &str), KeySetError> {
+    let jwk = entry
+        .as_object()
+        .ok_or(KeySetError::InvalidEntry { index })?;
+    let kid = jwk
+        .get("kid")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+        .ok_or(KeySetError::MissingKid { index })?;
+    Ok((jwk, kid))
 }
 
 /// One JWK, already known to be an object with a `kid`, as a decoding key and its algorithm.

@@ -619,19 +619,13 @@ fn jwks_cases() {
         ("empty kid", okp(json!({"kid": ""})), MissingKid { index: 0 }),
         ("numeric kid", okp(json!({"kid": 5})), MissingKid { index: 0 }),
         ("duplicate kid", two_a.to_string(), DuplicateKid { kid: a() }),
-        ("rsa key", rsa.into(), UnsupportedKey { kid: "r".into() }),
         ("oct secret", okp(json!({"kty": "oct", "k": "c2VjcmV0"})), PrivateKey { kid: a() }),
-        ("oct without k", okp(json!({"kty": "oct"})), UnsupportedKey { kid: a() }),
-        ("p-384", ec(json!({"crv": "P-384"})), UnsupportedKey { kid: e() }),
-        ("x25519", okp(json!({"crv": "X25519"})), UnsupportedKey { kid: a() }),
         ("no kty", okp(json!({"kty": null})), UnsupportedKey { kid: a() }),
         ("okp with alg ES256", okp(json!({"alg": "ES256"})), AlgorithmMismatch { kid: a(), expected: "EdDSA" }),
         ("ec with alg RS256", ec(json!({"alg": "RS256"})), AlgorithmMismatch { kid: e(), expected: "ES256" }),
         ("ec with alg none", ec(json!({"alg": "none"})), AlgorithmMismatch { kid: e(), expected: "ES256" }),
         ("private okp", okp(json!({"d": x})), PrivateKey { kid: a() }),
         ("private ec", ec(json!({"d": x})), PrivateKey { kid: e() }),
-        ("use enc", okp(json!({"use": "enc"})), NotForSigning { kid: a() }),
-        ("key_ops encrypt", okp(json!({"key_ops": ["encrypt"]})), NotForSigning { kid: a() }),
         ("x too short", okp(json!({"x": "AAAA"})), InvalidKey { kid: a() }),
         ("x padded", okp(json!({"x": format!("{x}=")})), InvalidKey { kid: a() }),
         ("x missing", okp(json!({"x": null})), InvalidKey { kid: a() }),
@@ -656,6 +650,31 @@ fn jwks_cases() {
     for (name, text) in accepted {
         assert!(KeySet::from_jwks_json(&text).is_ok(), "{name}");
     }
+    // Keys of another type or use are left out (an identity provider's RSA keys beside its EC
+    // ones), named for the warning; no token verifies with them.
+    #[rustfmt::skip]
+    let skipped = [
+        ("rsa key", rsa.to_string(), "`r` (not Ed25519 or P-256)"),
+        ("oct without k", okp(json!({"kty": "oct"})), "`a` (not Ed25519 or P-256)"),
+        ("p-384", ec(json!({"crv": "P-384"})), "`e` (not Ed25519 or P-256)"),
+        ("x25519", okp(json!({"crv": "X25519"})), "`a` (not Ed25519 or P-256)"),
+        ("use enc", okp(json!({"use": "enc"})), "`a` (not for signatures)"),
+        ("key_ops encrypt", okp(json!({"key_ops": ["encrypt"]})), "`a` (not for signatures)"),
+    ];
+    for (name, text, why) in skipped {
+        let set = KeySet::from_jwks_json(&text).expect(name);
+        assert!(set.is_empty(), "{name}");
+        assert_eq!(set.skipped(), [why.to_string()], "{name}");
+    }
+    let mixed: Value = serde_json::from_str(&testdata("test-jwks.json")).expect("json");
+    let mut entries = mixed["keys"].as_array().expect("keys").clone();
+    entries.push(serde_json::from_str::<Value>(rsa).expect("rsa")["keys"][0].clone());
+    let mixed = KeySet::from_jwks_json(&json!({ "keys": entries }).to_string()).expect("mixed");
+    assert_eq!(mixed.kids().count(), 2);
+    assert_eq!(mixed.skipped().len(), 1);
+    let token = minted(|_| {});
+    let v = TokenVerifier::new(settings(), mixed, HashSet::new());
+    assert!(v.verify(&token, NOW).is_ok());
     // An empty set is a document (the loader decides whether to serve it), and refuses every
     // token.
     let empty = KeySet::from_jwks_json(r#"{"keys":[]}"#).expect("empty set");
@@ -848,4 +867,45 @@ fn tightening_only_pulls_keys_and_adds_revocations() {
     // A key the old set did not trust is never added by a rejected reload.
     let u = v.tightened(Some(&unrelated), None).expect("tighter");
     check(&u, "no key left", &es("fresh"), NOW, Err(UnknownKey));
+}
+
+/// A JWKS that cannot be taken whole (an entry the proxy rejects) still says which keys it no
+/// longer names: they stop verifying at once, as a pull from a valid file does.
+#[test]
+fn a_rejected_jwks_still_names_the_keys_it_keeps() {
+    let v = verifier();
+    let jwks: Value = serde_json::from_str(&testdata("test-jwks.json")).expect("json");
+    let (ed, es) = (jwks["keys"][0].clone(), jwks["keys"][1].clone());
+    let mut broken_es = es.clone();
+    broken_es["x"] = json!("AAAA");
+    let mut private_ed = ed.clone();
+    private_ed["d"] = ed["x"].clone();
+    let rsa = json!({"kty": "RSA", "kid": "r", "n": "AQAB", "e": "AQAB", "d": "AQAB"});
+    let fresh = generate_key(KeyAlgorithm::EdDSA, "k2").expect("generate");
+    let kept = |doc: Value| {
+        let text = doc.to_string();
+        assert!(KeySet::from_jwks_json(&text).is_err(), "{text}");
+        let named = KeySet::named_in(&text).expect("a jwks");
+        let mut kids: Vec<String> = v.tightened(Some(&named), None).map_or_else(
+            || vec!["test-ed".into(), "test-es".into()],
+            |t| t.keys().kids().map(String::from).collect(),
+        );
+        kids.sort();
+        kids
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+        ("ed pulled, an unusable key added", json!({"keys": [fresh.jwk.clone(), es.clone(), rsa.clone()]}), vec!["test-es"]),
+        ("es made malformed", json!({"keys": [ed.clone(), broken_es.clone()]}), vec!["test-ed"]),
+        ("ed now with private material", json!({"keys": [private_ed, es.clone()]}), vec!["test-es"]),
+        ("es twice", json!({"keys": [ed.clone(), es.clone(), es.clone()]}), vec!["test-ed"]),
+        ("an entry with no kid", json!({"keys": [ed.clone(), es.clone(), {"kty": "OKP"}]}), vec!["test-ed", "test-es"]),
+    ];
+    for (name, doc, want) in cases {
+        assert_eq!(kept(doc), want, "{name}");
+    }
+    // Text that is no JWKS tells nothing: the keys stay.
+    for text in ["{\"keys\": [", "[]", ""] {
+        assert!(KeySet::named_in(text).is_none(), "{text}");
+    }
 }

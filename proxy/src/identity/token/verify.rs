@@ -242,6 +242,11 @@ impl TokenVerifier {
         })
     }
 
+    /// The key set tokens are verified with.
+    pub fn keys(&self) -> &KeySet {
+        &self.keys
+    }
+
     /// A verifier for `keys`, refusing the token ids in `revoked_jtis`.
     pub fn new(settings: TokenSettings, keys: KeySet, revoked_jtis: HashSet<String>) -> Self {
         Self {
