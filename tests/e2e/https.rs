@@ -1252,6 +1252,59 @@ when { context.host == "pinned.test" || context.host == "llm.test" };
     assert_eq!(status, 403, "a fresh tunnel is refused");
 }
 
+/// An emergency forbid on `connect` reaches an intercepted tunnel already open: once the reload
+/// applies, its next request is refused `policy_denied` (nothing reaches the host), as a fresh
+/// `CONNECT` is, and its record names the forbid; another tunnel's host is untouched.
+#[test]
+fn a_reload_that_forbids_connect_refuses_the_requests_of_open_intercepted_tunnels() {
+    let h = start_https(|_| {});
+    let llm = format!("llm.test:{}", h.mock);
+    let models = |tls: &mut Tls, n: u32| {
+        request_over(
+            tls,
+            &format!("GET /v1/models?n={n} HTTP/1.1\r\nHost: {llm}\r\nAuthorization: Bearer $CRED{{openai}}\r\n\r\n"),
+        )
+    };
+    let mut tls = intercepted(&h, h.proxy.sidecar_port, &llm, "");
+    let r = models(&mut tls, 0);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+
+    std::fs::write(
+        h.proxy.path("policies/tenants/acme/zz-emergency.cedar"),
+        r#"@id("emergency-connect")
+forbid (principal, action == TenantProxy::Action::"connect", resource)
+when { context.host == "llm.test" };
+"#,
+    )
+    .unwrap();
+    h.proxy.sighup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 1;
+    let refused = loop {
+        let r = models(&mut tls, n);
+        if r.status != 200 {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the open tunnel kept serving"
+        );
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    refused.assert_refused(403, "policy_denied");
+    let record = record_when_written(&h, |r| {
+        r["reason"] == "policy_denied" && r["method"] == "GET"
+    });
+    assert_eq!(record["tunnel"]["mode"], "intercept", "{record}");
+    assert!(
+        record.to_string().contains("emergency-connect"),
+        "the record names the forbid: {record}"
+    );
+    let (_, status, _) = connect(h.proxy.sidecar_port, &llm, "");
+    assert_eq!(status, 403, "a fresh tunnel is refused");
+}
+
 /// A reload that withdraws what let a relay open, other than a policy, reaches it too: acme's
 /// egress exception withdrawn ends its opaque tunnel and its WebSocket to a loopback address
 /// (`ended: egress_withdrawn`); a credential bound by reload to an opaque tunnel's host ends it

@@ -515,6 +515,46 @@ fn tunnel_identity(
     }
 }
 
+/// The `connect` question of the tunnel a request arrived in, asked again after a reload or a
+/// minute ([`ConnectJudged`]): a tunnel opened under a policy that has since withdrawn it
+/// serves no more requests (an emergency forbid on the host reaches the tunnels already open,
+/// as it ends an opaque tunnel's relay). An intercepted tunnel needs `connect` allowed, as at
+/// `CONNECT`; a plain-HTTP one is refused only by a policy that forbids it (its requests are
+/// each judged in full, as at `CONNECT`).
+fn tunnel_still_allowed(
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    tunnel: &Tunnel,
+    now: i64,
+    trail: &mut Trail,
+) -> Result<(), Deny> {
+    if !tunnel.connect_judged.due(snapshot.generation, now) {
+        return Ok(());
+    }
+    let (decision, shadow) = decide::connect(
+        snapshot,
+        tenant,
+        &tunnel.host,
+        tunnel.port,
+        ConnectQuestion::Open,
+        now,
+    );
+    let refused = match tunnel.scheme {
+        Scheme::Https => !decision.allowed,
+        Scheme::Http => {
+            !decision.allowed && (!decision.policy_ids.is_empty() || !decision.errors.is_empty())
+        }
+    };
+    if refused {
+        let refusal = PolicyRefusal::of(&decision);
+        trail.decided(decision, snapshot);
+        trail.shadow = shadow;
+        return Err(Deny::PolicyDenied(refusal));
+    }
+    tunnel.connect_judged.judged(snapshot.generation, now);
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn admit_http(
     fx: &dyn Effects,
@@ -543,6 +583,9 @@ async fn admit_http(
     )?;
     declared_provider(&mut destination, &snapshot);
     trail.destination = Some(destination.clone());
+    if let Some(t) = tunnel {
+        tunnel_still_allowed(&snapshot, &tenant, t, fx.now(), trail)?;
+    }
 
     let mut grant = HttpGrant::default();
     // The body asks the call to run in the background.

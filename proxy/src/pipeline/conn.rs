@@ -6,6 +6,7 @@
 //! HTTP/2 request inside a tunnel on the TLS connection's digest (the only per-connection place
 //! pingora's HTTP/2 server offers).
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use pingora::proxy::Session;
@@ -32,6 +33,41 @@ pub struct Tunnel {
     /// What the requests inside speak to the upstream: HTTPS when the client's TLS was
     /// terminated, plain HTTP when the client spoke HTTP straight away.
     pub scheme: crate::target::Scheme,
+    /// When the tunnel's own `connect` question was last answered as it was at `CONNECT`.
+    pub connect_judged: ConnectJudged,
+}
+
+/// When a tunnel's `connect` question was last judged: the snapshot generation and the time
+/// (Unix seconds). An inner request asks it again after a reload or a minute (a policy may
+/// read the hour), as an opaque tunnel's relay does, so an emergency forbid on the host reaches
+/// the requests of tunnels already open.
+#[derive(Debug)]
+pub struct ConnectJudged {
+    generation: AtomicU64,
+    at: AtomicI64,
+}
+
+impl ConnectJudged {
+    /// Judged under `generation` at `now`.
+    pub fn new(generation: u64, now: i64) -> Self {
+        Self {
+            generation: AtomicU64::new(generation),
+            at: AtomicI64::new(now),
+        }
+    }
+
+    /// Whether the question is to be asked again under `generation` at `now`.
+    pub fn due(&self, generation: u64, now: i64) -> bool {
+        let every = i64::try_from(super::lapse::REDECIDE.as_secs()).unwrap_or(i64::MAX);
+        self.generation.load(Ordering::Relaxed) != generation
+            || now.saturating_sub(self.at.load(Ordering::Relaxed)) >= every
+    }
+
+    /// Judged again, as before, under `generation` at `now`.
+    pub fn judged(&self, generation: u64, now: i64) {
+        self.generation.store(generation, Ordering::Relaxed);
+        self.at.store(now, Ordering::Relaxed);
+    }
 }
 
 impl Tunnel {

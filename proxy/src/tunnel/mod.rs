@@ -52,7 +52,7 @@ use crate::identity::{self, IdentityError, PeerCertificate, Presented};
 use crate::metrics::METRICS;
 use crate::pipeline::admit::{self, Admitted, Ask, Caller, Grant, TunnelGrant};
 use crate::pipeline::caps::TenantSlot;
-use crate::pipeline::conn::{Conn, ConnFacts, Tunnel};
+use crate::pipeline::conn::{Conn, ConnFacts, ConnectJudged, Tunnel};
 use crate::pipeline::lapse;
 use crate::pipeline::record::{write_refusal, Outcome, Trail, TunnelMode};
 use crate::pipeline::{Shared, TenantProxy, PLAIN_KEEPALIVE_SECS};
@@ -410,6 +410,7 @@ impl EgressApp {
                     port: head.port,
                     original: opened.original(),
                     scheme: Scheme::Https,
+                    connect_judged: ConnectJudged::new(generation, crate::clock::unix_now_i64()),
                 });
                 let resolver = Arc::new(TunnelCertResolver::new(
                     &tunnel.identity.tenant,
@@ -452,6 +453,7 @@ impl EgressApp {
                     port: head.port,
                     original: opened.original(),
                     scheme: Scheme::Http,
+                    connect_judged: ConnectJudged::new(generation, crate::clock::unix_now_i64()),
                 });
                 self.serve_inside(stream, &early, tunnel, connection, shutdown)
                     .await
