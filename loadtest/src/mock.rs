@@ -20,7 +20,8 @@
 //!   completion token (`x-mock-output-tokens`, default 16; `x-mock-chunk-delay-ms` apart), then
 //!   a `done` line with `eval_count`: a shape the proxy has no usage reader for.
 //! - anything else: 200 JSON echoing the method, path and received headers.
-//! - `Upgrade: websocket`: 101, then every byte is echoed back.
+//! - `Upgrade: websocket`: 101 (with the accept for its `Sec-WebSocket-Key`), then every byte
+//!   is echoed back.
 //!
 //! Every response carries the SHA-256 of the received `Authorization` as
 //! `x-mock-authorization-sha256`, and is labelled `content-encoding: X` when the request says
@@ -97,6 +98,15 @@ async fn serve_conn(stream: TcpStream, first_events: Option<&FirstEvents>) -> io
     serve_stream_recording(stream, first_events).await
 }
 
+/// The `Sec-WebSocket-Accept` for a request's `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+fn websocket_accept(key: &str) -> String {
+    use base64::Engine as _;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.trim().as_bytes());
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
+}
+
 /// Serves mock requests on one established connection (plain or TLS).
 ///
 /// A request with `Upgrade: websocket` is answered `101 Switching Protocols` and every byte
@@ -118,8 +128,16 @@ pub async fn serve_stream_recording<S: AsyncRead + AsyncWrite + Unpin>(
             .header("upgrade")
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
         {
-            let mut reply =
-                vec![b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec()];
+            // A WebSocket server's answer: the accept derived from the request's key (the
+            // proxy passes no switch without it).
+            let accept = head
+                .header("sec-websocket-key")
+                .map(|key| format!("Sec-WebSocket-Accept: {}\r\n", websocket_accept(key)))
+                .unwrap_or_default();
+            let mut reply = vec![format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{accept}\r\n"
+            )
+            .into_bytes()];
             echo_authorization(&head, &mut reply);
             wr.write_all(&reply.concat()).await?;
             wr.write_all(&buf).await?;

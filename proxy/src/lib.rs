@@ -108,6 +108,7 @@ pub mod trace;
 pub mod transparent;
 pub mod tunnel;
 pub mod usage;
+pub mod websocket_switch;
 pub mod whole_file;
 
 /// How many cases a property test runs: `default`, or `PROPTEST_CASES` when set (run the

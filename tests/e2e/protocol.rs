@@ -474,6 +474,86 @@ fn an_upgrade_that_is_not_switched_says_the_connection_closes() {
     }
 }
 
+/// An upstream's `101` that does not complete the WebSocket handshake the request opened (an
+/// endpoint that reflects a status, a backend that answers `101` to anything) is withheld as
+/// `upstream_failed`: relayed, it would leave the client's next bytes unread by any check and
+/// served by the upstream as a request no policy decided ("WebSocket smuggling"). A `101` to a
+/// request that asked for no switch is withheld too.
+#[test]
+fn an_upstream_switch_that_completes_no_websocket_handshake_is_withheld() {
+    let origin = Origin::start();
+    let proxy = start(|_| {});
+    let host = format!("127.0.0.1:{}", origin.port);
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let smuggled = format!("GET http://{host}/acme/admin-secret HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    for (name, head) in [("websocket upgrade", upgrade), ("no upgrade asked", "")] {
+        let mut s = plain(proxy.sidecar_port);
+        let request =
+            format!("GET http://{host}/acme/switch/x HTTP/1.1\r\nHost: {host}\r\n{head}\r\n");
+        s.write_all(request.as_bytes()).unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let r = read_response(&mut reader).unwrap();
+        r.assert_refused(502, "upstream_failed");
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(rec["decision"], "deny", "{name}: {rec}");
+        assert_eq!(rec["reason"], "upstream_failed", "{name}: {rec}");
+        // What the client sends next never reaches the upstream as a request.
+        let _ = s.write_all(smuggled.as_bytes());
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let seen: Vec<String> = origin.requests().into_iter().map(|r| r.target).collect();
+    assert!(
+        !seen.iter().any(|t| t.contains("admin-secret")),
+        "smuggled past the policy: {seen:?}"
+    );
+    // The mock, a WebSocket server, still switches: the handshake completes.
+    let mock = start_mock();
+    let mut s = plain(proxy.sidecar_port);
+    let mock_host = format!("127.0.0.1:{mock}");
+    s.write_all(
+        format!("GET http://{mock_host}/acme/ws HTTP/1.1\r\nHost: {mock_host}\r\n{upgrade}\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1);
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
+
+/// An upstream that sends an interim `100 Continue` and then closes has not answered: the client
+/// gets the refusal after the interim answer (not an empty reply), and the record says 502.
+#[test]
+fn an_interim_answer_then_nothing_is_refused_after_it() {
+    let origin = Origin::start();
+    let proxy = start(|_| {});
+    let host = format!("127.0.0.1:{}", origin.port);
+    let mut s = plain(proxy.sidecar_port);
+    s.write_all(
+        format!("GET http://{host}/acme/only100/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    let at = text
+        .find("HTTP/1.1 502")
+        .unwrap_or_else(|| panic!("no refusal: {text}"));
+    assert!(text.contains("upstream_failed"), "{text}");
+    let final_response = read_response(&mut BufReader::new(&all[at..])).unwrap();
+    let rec = proxy.audit_record("acme", &final_response.request_id());
+    assert_eq!(rec["status"], 502, "{rec}");
+    assert_eq!(rec["reason"], "upstream_failed", "{rec}");
+}
+
 #[test]
 fn absolute_form_targets_must_agree_with_host_and_name_it() {
     let origin = Origin::start();

@@ -19,7 +19,9 @@ pub struct Recorded {
 }
 
 /// An origin that records every request. Paths: `/slow/...` sleeps 3 s before answering,
-/// `/reset/...` closes the connection without a response, `/echo/...` (and `/e404/...` with a
+/// `/reset/...` closes the connection without a response, `/only100/...` sends `100 Continue`
+/// and closes, `/switch/...` answers `101` with no WebSocket handshake and reads on as HTTP,
+/// `/echo/...` (and `/e404/...` with a
 /// 404) reflects the `Authorization` it got in a header and the body, as a careless upstream
 /// would, `/logged/...` the latest `Authorization` any request brought (a request log);
 /// anything else answers 200 with a small JSON body.
@@ -138,6 +140,24 @@ fn serve_recorded<S: Read + Write>(stream: S, seen: Arc<Mutex<Vec<Recorded>>>, c
         });
         if target.contains("/reset/") {
             return;
+        }
+        if target.contains("/only100/") {
+            // An interim answer, then nothing: the connection closes with no response.
+            let _ = reader.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+            return;
+        }
+        if target.contains("/switch/") {
+            // Answers `101` to anything (as an endpoint that reflects a status does), with no
+            // WebSocket accept, and goes on reading the connection as HTTP: a client's next
+            // bytes would be served as a request no policy decided.
+            if reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+            continue;
         }
         if target.contains("/slow/") {
             std::thread::sleep(Duration::from_secs(3));

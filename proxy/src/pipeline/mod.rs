@@ -412,6 +412,14 @@ pub fn deny_for_refusal(tenant: &TenantContext, refusal: &EgressRefusal) -> Deny
     }
 }
 
+/// Whether the response's own header (not an interim `1xx` before it) went to the client; a
+/// `101` is the response's header: the connection switched with it.
+fn final_header_written(session: &Session) -> bool {
+    session.response_written().is_some_and(|r| {
+        !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
+    })
+}
+
 /// The proxy for one listener.
 #[derive(Debug)]
 pub struct TenantProxy {
@@ -929,7 +937,36 @@ impl ProxyHttp for TenantProxy {
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         ctx.trail.upstream.1 = Some(Instant::now());
-        ctx.trail.upstream_status = Some(upstream_response.status);
+        let status = upstream_response.status;
+        // SECURITY: see `websocket_switch`. A switch the request did not open as a WebSocket
+        // handshake (or one an HTTP/2 client cannot take) would leave the client's next bytes
+        // unread by any check; it is withheld as an invalid answer.
+        if status == http::StatusCode::SWITCHING_PROTOCOLS
+            && (session.is_http2()
+                || !crate::websocket_switch::completes_handshake(
+                    &session.req_header().headers,
+                    &upstream_response.headers,
+                ))
+        {
+            if let Some(suppressed) = crate::logging::sample_line(
+                crate::logging::LineKey::Tenant(ctx.trail.tenant_label()),
+                "upstream_switch_refused",
+            ) {
+                tracing::warn!(
+                    request_id = %ctx.trail.request_id,
+                    tenant = ctx.trail.tenant_label(),
+                    suppressed,
+                    "the upstream answered 101 Switching Protocols without completing a WebSocket handshake the request opened; withheld as upstream_failed"
+                );
+            }
+            ctx.trail.refuse(Deny::UpstreamFailed);
+            return Err(stop("upstream_switch_refused", "invalid protocol switch"));
+        }
+        // An interim answer (`100 Continue`, `103 Early Hints`) is not the request's answer: the
+        // record names the final one, or what ended the request without one.
+        if !status.is_informational() || status == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.trail.upstream_status = Some(status);
+        }
         let had_length = upstream_response
             .headers
             .contains_key(http::header::CONTENT_LENGTH);
@@ -1108,8 +1145,9 @@ impl ProxyHttp for TenantProxy {
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
         // A cut response whose header never left (pingora may hold the header with the first
-        // body chunks) is refused whole below instead.
-        let header_sent = session.response_written().is_some();
+        // body chunks) is refused whole below instead. An interim answer (`100 Continue`) is no
+        // header of the response: the refusal still follows it.
+        let header_sent = final_header_written(session);
         if let Some(event) = ctx.cut_event.take().filter(|_| header_sent) {
             // The stream was cut (budget spent, or an MCP list that could not be filtered): end
             // it with our event, as a complete response.
@@ -1152,7 +1190,7 @@ impl ProxyHttp for TenantProxy {
             };
         }
         let status = deny.describe().0;
-        if session.response_written().is_none() {
+        if !header_sent {
             if let Err(write_err) = self.refuse(session, ctx, deny).await {
                 tracing::debug!(error = %write_err, "cannot write error response");
             }
@@ -1220,8 +1258,10 @@ impl ProxyHttp for TenantProxy {
                 }
             }
         }
+        // An interim answer alone (`100 Continue`, then nothing) is no status of the request's.
         let status = session
             .response_written()
+            .filter(|_| final_header_written(session))
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let filter = ctx.stages.list_filter();
