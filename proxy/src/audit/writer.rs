@@ -935,6 +935,17 @@ impl Writer {
                     (0, None, false)
                 }
             };
+            if checkpointed > cursor.head.seq {
+                // Records a checkpoint signed are gone (a file removed, a record cut short by
+                // another process, a disk restored from an older copy): the chain goes on from
+                // what is left, and `audit verify` reports the gap; it must not go unnoticed.
+                tracing::error!(
+                    %tenant,
+                    records_end_at = cursor.head.seq,
+                    checkpoint_signed = checkpointed,
+                    "the audit partition's records end before its last checkpoint: records it signed were removed or cut since (`tenant-proxy audit verify` reports which); new records go on from the last one left"
+                );
+            }
             let mut log = TenantLog {
                 cursor,
                 file: None,
@@ -1173,11 +1184,12 @@ fn recover(tenant_dir: &Path, today: FilePos) -> io::Result<Cursor> {
             head_pos: today,
         });
     };
+    let newest_path = newest.path(tenant_dir);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .open(newest.path(tenant_dir))?;
-    let len = tail::cut_torn_tail(&file)?;
+        .open(&newest_path)?;
+    let len = keep_torn_tail(&file, &newest_path)?;
     let mut head = ChainHead::EMPTY;
     let mut head_pos = newest;
     for &pos in files.iter().rev() {
@@ -1207,6 +1219,45 @@ fn recover(tenant_dir: &Path, today: FilePos) -> io::Result<Cursor> {
         head,
         head_pos,
     })
+}
+
+/// Cuts a torn last line off a record file at recovery (a write the previous process did not
+/// finish, or bytes another process left), keeping its bytes in `<file>.torn` beside it: what
+/// the proxy removes from an audit partition is moved, never destroyed, and the cut is logged.
+/// (`audit verify` and the writer read only `.jsonl` files.) Returns the file's length after.
+fn keep_torn_tail(file: &File, path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let complete = tail::complete_len(file)?;
+    let len = file.metadata()?.len();
+    if complete == len {
+        return Ok(len);
+    }
+    let mut kept_path = path.as_os_str().to_owned();
+    kept_path.push(".torn");
+    let mut kept = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&kept_path)?;
+    let mut at = complete;
+    let mut buf = vec![0u8; 64 * 1024];
+    while at < len {
+        let want = usize::try_from(len - at).map_or(buf.len(), |n| n.min(buf.len()));
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        kept.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    kept.write_all(b"\n")?;
+    kept.sync_data()?;
+    tracing::warn!(
+        file = %path.display(),
+        bytes = len - complete,
+        kept = %std::path::Path::new(&kept_path).display(),
+        "cut an unfinished last line off an audit file (the previous process stopped mid-write, or another process wrote to it); its bytes are kept beside it"
+    );
+    tail::cut_torn_tail(file)
 }
 
 /// Appends `line` and its newline to `path`, after cutting a torn last line; a failed append is
@@ -1346,6 +1397,17 @@ mod tests {
         w.checkpoint_all();
         let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
         assert_eq!((report.records, report.problem), (4, None));
+        // The bytes cut off are moved beside the file, never destroyed.
+        let kept = fs::read(dir.path().join("acme/2026/11/28.jsonl.torn")).unwrap();
+        assert_eq!(kept, b"{\"seq\":3,\"prev\":\"ab\n");
+        // A second torn tail is kept after the first.
+        drop(w);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":5,").unwrap();
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write_batch(&batch("acme", 1), at("2026-11-28")).unwrap();
+        let kept = fs::read(dir.path().join("acme/2026/11/28.jsonl.torn")).unwrap();
+        assert_eq!(kept, b"{\"seq\":3,\"prev\":\"ab\n{\"seq\":5,\n");
     }
 
     #[test]
