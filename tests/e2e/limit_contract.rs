@@ -914,6 +914,38 @@ fn redis_leases_of_a_vanished_replica_expire_after_lease_ttl() {
     });
 }
 
+/// A Redis that loses its data (flushed, restarted without persistence, failed over to a replica
+/// that missed writes) loses the leases of the requests still running: each running request
+/// puts its lease back at its next renewal (a third of `lease_ttl`), so they count against the
+/// ceiling again, however long they run. A lease released is never brought back.
+#[test]
+fn redis_leases_redis_lost_come_back_while_their_requests_run() {
+    run(Store::Redis, |b: Backends| async move {
+        let backend = b
+            .make(Duration::from_secs(3600), Duration::from_millis(600))
+            .counters;
+        let server = b.redis.as_ref().expect("a Redis server");
+        let c = Ceilings {
+            concurrency: Some(1),
+            ..Default::default()
+        };
+        let k = keys("acme", "bot", &c, None, None, CallKind::Tool);
+        let running = backend.admit(&k, Charge::default()).await.unwrap();
+        refused(backend.admit(&k, Charge::default()).await);
+        server.command("FLUSHALL");
+        assert_eq!(backend.read(&k).await.unwrap(), vec![0], "lost");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(backend.read(&k).await.unwrap(), vec![1], "put back");
+        refused(backend.admit(&k, Charge::default()).await);
+        // Released: the slot is free, and no renewal brings it back.
+        backend.finish(running, Charge::default()).await;
+        let again = backend.admit(&k, Charge::default()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        backend.finish(again, Charge::default()).await;
+        assert_eq!(backend.read(&k).await.unwrap(), vec![0]);
+    });
+}
+
 /// A Redis that lost the limiter's scripts (restarted, `SCRIPT FLUSH`ed, a failover to a replica
 /// that never loaded them) answers `NOSCRIPT`: each call sends its script once and asks again,
 /// so nothing is refused, admitted or lost for it, on the admission, refusal, read, settlement

@@ -563,11 +563,34 @@ pub struct Admission {
 
 /// A task that renews an admission's leases; aborted when dropped.
 #[derive(Debug)]
-pub struct LeaseRenewal(pub tokio::task::AbortHandle);
+pub struct LeaseRenewal {
+    task: tokio::task::AbortHandle,
+    /// Held by the task while a renewal is on its way: [`LeaseRenewal::stop`] takes it, so no
+    /// renewal is still in flight once the leases are released.
+    in_flight: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl LeaseRenewal {
+    /// The renewal run by `task`, which holds `in_flight` while a renewal is on its way.
+    pub fn new(
+        task: tokio::task::AbortHandle,
+        in_flight: std::sync::Arc<tokio::sync::Mutex<()>>,
+    ) -> Self {
+        Self { task, in_flight }
+    }
+
+    /// Stops renewing, once the renewal on its way (if any) is done: a renewal brings back a
+    /// lease that is gone (Redis lost it while the request ran), so one that reached Redis
+    /// after the release would bring back the released lease.
+    pub async fn stop(self) {
+        let _none_in_flight = self.in_flight.lock().await;
+        self.task.abort();
+    }
+}
 
 impl Drop for LeaseRenewal {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 

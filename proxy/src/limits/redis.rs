@@ -159,15 +159,17 @@ return 1
 
 const RENEW: &str = r#"
 -- Keeps a running request's concurrency leases. KEYS: the concurrency sets; ARGV[1] the lease
--- id, ARGV[2] lease ttl (ms). A lease still held expires a ttl from now; one already gone (it
--- expired while Redis was out, or was released) is not brought back.
+-- id, ARGV[2] lease ttl (ms). Each lease expires a ttl from now, and one that is gone is put
+-- back: the request still runs, so its slot is still taken (Redis lost it: restarted without
+-- persistence, flushed, failed over to a replica that missed it; or it expired during an
+-- outage longer than the ttl). A released lease is not renewed: its request stops renewing
+-- before it releases it.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local ttl = tonumber(ARGV[2])
 for i = 1, #KEYS do
-  if redis.call('ZADD', KEYS[i], 'XX', 'CH', now + ttl, ARGV[1]) == 1 then
-    if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
-  end
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[1])
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return 1
 "#;
@@ -891,9 +893,12 @@ impl RedisBackend {
         let script = self.renew_script.clone();
         let lease_id = admission.lease_id.clone();
         let (ttl, timeout) = (self.settings.lease_ttl, self.settings.timeout);
+        let in_flight = Arc::new(tokio::sync::Mutex::new(()));
+        let held = in_flight.clone();
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ttl / 3).await;
+                let _renewing = held.lock().await;
                 let Ok(mut call) = ScriptCall::new(&script, &names) else {
                     return;
                 };
@@ -909,7 +914,7 @@ impl RedisBackend {
                 }
             }
         });
-        Some(LeaseRenewal(task.abort_handle()))
+        Some(LeaseRenewal::new(task.abort_handle(), in_flight))
     }
 
     /// Settles reservations and removes leases, in one script call.
@@ -1018,10 +1023,14 @@ impl LimitBackend for RedisBackend {
         }
     }
 
-    async fn finish(&self, admission: Admission, used: Charge) {
+    async fn finish(&self, mut admission: Admission, used: Charge) {
         if admission.local {
             self.fallback.finish(admission, used).await;
         } else {
+            // No renewal may reach Redis after the release (it would bring the lease back).
+            if let Some(renewal) = admission.renewal.take() {
+                renewal.stop().await;
+            }
             self.finish_redis(&admission, used).await;
         }
     }
