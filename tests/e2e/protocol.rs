@@ -554,6 +554,37 @@ fn an_interim_answer_then_nothing_is_refused_after_it() {
     assert_eq!(rec["reason"], "upstream_failed", "{rec}");
 }
 
+/// An HTTP/2 client cannot switch protocols: an upstream's `101` to its request is withheld as
+/// `upstream_failed`, with the JSON body (not a bare stream reset) and its record.
+#[test]
+fn an_upstream_switch_to_an_http2_request_is_withheld() {
+    let (origin, proxy) = intercepting_proxy();
+    let authority = format!("llm.test:{}", origin.port);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) = runtime.block_on(async {
+        let send = h2_in_tunnel(&proxy, &authority).await;
+        let mut send = send.ready().await.unwrap();
+        let request = http::Request::get(format!("https://{authority}/v1/switch/h2"))
+            .body(())
+            .unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            bytes.extend_from_slice(&chunk.unwrap());
+        }
+        (status, bytes)
+    });
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "upstream_failed", "{body}");
+    let id = body["error"]["request_id"].as_str().unwrap();
+    let rec = proxy.audit_record("acme", id);
+    assert_eq!(rec["reason"], "upstream_failed", "{rec}");
+}
+
 #[test]
 fn absolute_form_targets_must_agree_with_host_and_name_it() {
     let origin = Origin::start();
