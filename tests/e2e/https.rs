@@ -1254,7 +1254,8 @@ when { context.host == "pinned.test" || context.host == "llm.test" };
 
 /// An emergency forbid on `connect` reaches an intercepted tunnel already open: once the reload
 /// applies, its next request is refused `policy_denied` (nothing reaches the host), as a fresh
-/// `CONNECT` is, and its record names the forbid; another tunnel's host is untouched.
+/// `CONNECT` is, and its record names the forbid; a WebSocket open inside a tunnel to the host
+/// ends (`policy_withdrawn`).
 #[test]
 fn a_reload_that_forbids_connect_refuses_the_requests_of_open_intercepted_tunnels() {
     let h = start_https(|_| {});
@@ -1268,6 +1269,9 @@ fn a_reload_that_forbids_connect_refuses_the_requests_of_open_intercepted_tunnel
     let mut tls = intercepted(&h, h.proxy.sidecar_port, &llm, "");
     let r = models(&mut tls, 0);
     assert_eq!(r.status, 200, "{}", r.body_text());
+    // A WebSocket opened inside another tunnel to the host: a relay, with no request to refuse.
+    let mut ws = intercepted(&h, h.proxy.sidecar_port, &llm, "");
+    websocket_upgrade(&mut ws, &llm);
 
     std::fs::write(
         h.proxy.path("policies/tenants/acme/zz-emergency.cedar"),
@@ -1303,6 +1307,11 @@ when { context.host == "llm.test" };
     );
     let (_, status, _) = connect(h.proxy.sidecar_port, &llm, "");
     assert_eq!(status, 403, "a fresh tunnel is refused");
+    // The WebSocket ends too, its record saying why.
+    until_websocket_ends(&mut ws, None);
+    let upgrade = record_when_written(&h, |r| r["status"] == 101 && r["ended"].is_string());
+    assert_eq!(upgrade["ended"], "policy_withdrawn", "{upgrade}");
+    assert_eq!(upgrade["reason"], "policy_denied", "{upgrade}");
 }
 
 /// A reload that withdraws what let a relay open, other than a policy, reaches it too: acme's

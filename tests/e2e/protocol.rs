@@ -535,6 +535,16 @@ fn an_interim_answer_then_nothing_is_refused_after_it() {
     let origin = Origin::start();
     let proxy = start(|_| {});
     let host = format!("127.0.0.1:{}", origin.port);
+    // A request before it leaves a pooled connection for it to reuse: a failure on a reused
+    // connection is one pingora would try again on a new one.
+    let warm = raw_request(
+        proxy.sidecar_port,
+        &format!(
+            "GET http://{host}/acme/warm HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(warm.status, 200);
     let mut s = plain(proxy.sidecar_port);
     s.write_all(
         format!("GET http://{host}/acme/only100/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
@@ -548,6 +558,10 @@ fn an_interim_answer_then_nothing_is_refused_after_it() {
         .find("HTTP/1.1 502")
         .unwrap_or_else(|| panic!("no refusal: {text}"));
     assert!(text.contains("upstream_failed"), "{text}");
+    // Once the interim answer went to the client the request is not tried again: one interim
+    // answer, one request upstream.
+    assert_eq!(text.matches("100 Continue").count(), 1, "{text}");
+    assert_eq!(origin.matching("/acme/only100/x").len(), 1);
     let final_response = read_response(&mut BufReader::new(&all[at..])).unwrap();
     let rec = proxy.audit_record("acme", &final_response.request_id());
     assert_eq!(rec["status"], 502, "{rec}");

@@ -588,6 +588,21 @@ fn removing_a_sidecars_workload_cuts_the_sidecar_off() {
     wait_for("the sidecar served again", || {
         sidecar("/acme/after").status == 200
     });
+
+    // The whole tenant taken out, its policy directory left behind: the same.
+    let mut without_acme = original.clone();
+    without_acme.tenants.remove("acme");
+    proxy.write_tenants(&without_acme);
+    wait_for("the tenant cut off", || {
+        sidecar("/acme/wait2").status == 407
+    });
+    assert!(proxy
+        .log()
+        .contains("policies for tenant `acme`, which the configuration no longer defines"));
+    proxy.write_tenants(&original);
+    wait_for("the tenant served again", || {
+        sidecar("/acme/after2").status == 200
+    });
 }
 
 #[test]

@@ -531,6 +531,29 @@ fn tunnel_still_allowed(
     if !tunnel.connect_judged.due(snapshot.generation, now) {
         return Ok(());
     }
+    if let Some((decision, shadow)) = tunnel_connect_refused(snapshot, tenant, tunnel, now) {
+        let refusal = PolicyRefusal::of(&decision);
+        trail.decided(decision, snapshot);
+        trail.shadow = shadow;
+        return Err(Deny::PolicyDenied(refusal));
+    }
+    tunnel.connect_judged.judged(snapshot.generation, now);
+    Ok(())
+}
+
+/// The tunnel's `connect` question asked now, and the decision when it refuses the tunnel: an
+/// intercepted tunnel needs `connect` allowed, a plain-HTTP one is refused only by a policy that
+/// forbids it (see [`tunnel_still_allowed`]). Asked for its requests and for the relays opened
+/// inside it (a WebSocket).
+pub(super) fn tunnel_connect_refused(
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+    tunnel: &Tunnel,
+    now: i64,
+) -> Option<(
+    crate::policy::Decision,
+    Option<crate::policy::shadow::ShadowDecision>,
+)> {
     let (decision, shadow) = decide::connect(
         snapshot,
         tenant,
@@ -545,14 +568,7 @@ fn tunnel_still_allowed(
             !decision.allowed && (!decision.policy_ids.is_empty() || !decision.errors.is_empty())
         }
     };
-    if refused {
-        let refusal = PolicyRefusal::of(&decision);
-        trail.decided(decision, snapshot);
-        trail.shadow = shadow;
-        return Err(Deny::PolicyDenied(refusal));
-    }
-    tunnel.connect_judged.judged(snapshot.generation, now);
-    Ok(())
+    refused.then_some((decision, shadow))
 }
 
 #[allow(clippy::too_many_arguments)]

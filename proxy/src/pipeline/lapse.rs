@@ -299,9 +299,9 @@ fn still_reachable(
 }
 
 /// An upgraded request (a WebSocket) to `destination`, dialed at `addr`: its `http` question
-/// (its other models included), the egress guard on its address, whether its destination is
-/// an MCP server now (never upgraded to), and whether a ceiling now refuses work the proxy
-/// cannot meter.
+/// (its other models included), the `connect` question of the tunnel it was opened in, the
+/// egress guard on its address, whether its destination is an MCP server now (never upgraded
+/// to), and whether a ceiling now refuses work the proxy cannot meter.
 pub fn upgrade_again(
     tenant: Arc<TenantContext>,
     destination: Destination,
@@ -309,8 +309,16 @@ pub fn upgrade_again(
     model: Option<String>,
     other_models: Vec<String>,
     addr: SocketAddr,
+    tunnel: Option<Arc<super::conn::Tunnel>>,
 ) -> Redecide {
     Box::new(move |shared, snapshot, now| {
+        if let Some(t) = &tunnel {
+            if let Some((decision, _)) =
+                super::admit::tunnel_connect_refused(snapshot, &tenant, t, now)
+            {
+                return Err(policy_withdrawn(&decision));
+            }
+        }
         let asking = Asking::new(
             snapshot,
             &tenant,

@@ -494,6 +494,7 @@ impl TenantProxy {
                 ctx.trail.model.clone(),
                 ctx.trail.other_models.clone(),
                 addr,
+                tunnel_of(session),
             ),
         };
         let watch = lapse::watch(
@@ -1268,6 +1269,30 @@ impl ProxyHttp for TenantProxy {
         ctx.trail
             .finish_request(&self.shared.runs, status, filter)
             .await;
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // pingora's rule (an idempotent request whose body it still holds may be tried again on
+        // a new connection), and one more: once anything of an answer went to the client (an
+        // interim `100 Continue` or `103 Early Hints`), a second attempt would send it twice
+        // and run the request twice for one answer.
+        if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+            || session.response_written().is_some()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, e: &Error) -> bool {

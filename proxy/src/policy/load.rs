@@ -67,6 +67,16 @@ impl Report {
         self.at(file, None, message);
     }
 
+    /// A warning about a file or directory as a whole (the load goes on).
+    fn note(&mut self, file: &Path, message: impl Into<String>) {
+        self.warnings.push(PolicyProblem {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            message: message.into(),
+        });
+    }
+
     /// A cedar diagnostic that makes the load fail.
     fn diagnostic(&mut self, file: &Path, d: &dyn Diagnostic) {
         let problem = self.locate(file, d);
@@ -235,6 +245,9 @@ pub(super) struct Sources {
     schema: ContentHash,
     global: FileKey,
     tenants: HashMap<TenantId, TenantSources>,
+    /// Tenants a reload took out of the configuration: their directories may be left behind
+    /// (a warning, not a problem; see `read_tenant_dirs`) until they are defined again.
+    retired: HashSet<TenantId>,
 }
 
 pub(super) fn load(
@@ -338,7 +351,17 @@ fn compile(
     let global_listed = list_policy_dir(&dir.join("global"), report);
     let global_files = file_key(&global_listed);
     let global = parse_listed(dir, &global_listed, report);
-    let mut own = read_tenant_dirs(dir, &configured, previous, report);
+    let retired: HashSet<TenantId> = previous
+        .map(|p| {
+            p.tenants
+                .keys()
+                .chain(&p.sources.retired)
+                .filter(|id| !configured.contains(id))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut own = read_tenant_dirs(dir, &configured, &retired, previous, report);
     // SECURITY: a tenant's directory moved away for a moment (swapped for a new version, a
     // checkout in progress) would load that tenant as global-only, its own forbids dropped.
     // Once a tenant has files, removing them takes an empty directory, not a missing one.
@@ -490,6 +513,7 @@ fn compile(
             schema: schema_hash?,
             global: global_files?,
             tenants: sources,
+            retired,
         },
     })
 }
@@ -709,11 +733,13 @@ fn is_cedar(path: &Path) -> bool {
     path.extension().is_some_and(|x| x == "cedar")
 }
 
-/// `tenants/<tenant>/`: each directory must name a configured tenant. A directory whose files
-/// all have the bytes `previous` compiled the tenant from is not parsed again.
+/// `tenants/<tenant>/`: each directory must name a configured tenant, or one a reload took out
+/// of the configuration (`retired`). A directory whose files all have the bytes `previous`
+/// compiled the tenant from is not parsed again.
 fn read_tenant_dirs<'a>(
     root: &Path,
     configured: &HashSet<&TenantId>,
+    retired: &HashSet<TenantId>,
     previous: Option<&'a PolicyEngine>,
     report: &mut Report,
 ) -> HashMap<TenantId, Own<'a>> {
@@ -756,6 +782,16 @@ fn read_tenant_dirs<'a>(
                 };
                 out.insert(id, own);
             }
+            // A tenant just taken out of the tenant file (an operator cutting it off) leaves its
+            // directory behind: its policies apply to no one any more, and the removal must not
+            // wait for the directory to go too (a rejected reload would keep serving the tenant).
+            Ok(id) if retired.contains(&id) => report.note(
+                &path,
+                format!(
+                    "policies for tenant `{name}`, which the configuration no longer defines: \
+                     not loaded (remove the directory)"
+                ),
+            ),
             // SECURITY: policies for a tenant the configuration does not define are most likely
             // a typo in the directory name, whose forbids would silently apply to no one.
             Ok(_) => report.file(

@@ -1,8 +1,9 @@
 //! A reload that reuses the previous engine's compiled tenants (`PolicyEngine::reload`) must
 //! give exactly what a full load of the same directory gives: the same decisions for every
-//! tenant, the same problems and warnings, and a refused edit keeps the previous engine. The one
-//! difference: a tenant directory that held files in the previous engine and is now missing is
-//! refused, which a full load cannot know.
+//! tenant, the same problems and warnings, and a refused edit keeps the previous engine. Two
+//! differences: a tenant directory that held files in the previous engine and is now missing is
+//! refused, and the directory left by a tenant a reload took out of the configuration is only
+//! warned about; a full load knows neither.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -260,14 +261,43 @@ fn reload_reuses_only_what_did_not_change_and_matches_a_full_load() {
     std::fs::remove_file(dir.join("tenants/acme/extra.cedar")).expect("rm");
     engine = reload_matches_full_load("acme file deleted", dir, &tenants, engine);
 
-    // A tenant removed while its directory stays: refused (and the engine kept), then both
-    // removed.
+    // A tenant removed while its directory stays (an operator cutting it off): the reload
+    // applies, warning about the directory, where a full load (a start) refuses it; later
+    // reloads tolerate the directory too. A directory for a tenant never configured is still
+    // refused at a reload (most likely a typo, whose forbids would apply to no one).
     tenants.retain(|t| t.id.as_str() != "globex");
-    engine = reload_matches_full_load("globex removed, directory left", dir, &tenants, engine);
+    let checked = PolicyEngine::check_after(dir, &tenants, Some(&engine));
     assert!(
-        engine.tenants.contains_key(&tid("globex")),
-        "previous engine kept"
+        checked
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("no longer defines")),
+        "{:?}",
+        checked.warnings
     );
+    engine = checked.result.expect("the removal applies");
+    assert!(!engine.tenants.contains_key(&tid("globex")));
+    assert!(PolicyEngine::check(dir, &tenants).result.is_err());
+    let later = PolicyEngine::check_after(dir, &tenants, Some(&engine));
+    engine = later
+        .result
+        .expect("a later reload tolerates the directory");
+    write(
+        dir,
+        "tenants/acmee/typo.cedar",
+        &permit("typo", "", "a.example.com"),
+    );
+    let typo = PolicyEngine::check_after(dir, &tenants, Some(&engine));
+    let problems = typo
+        .result
+        .expect_err("a typo'd tenant directory is refused");
+    assert!(
+        problems.iter().any(|p| p
+            .message
+            .contains("`acmee`, which the configuration does not define")),
+        "{problems:?}"
+    );
+    std::fs::remove_dir_all(dir.join("tenants/acmee")).expect("rm");
     std::fs::remove_dir_all(dir.join("tenants/globex")).expect("rm");
     engine = reload_matches_full_load("globex removed", dir, &tenants, engine);
     assert!(!engine.tenants.contains_key(&tid("globex")));

@@ -248,8 +248,10 @@ impl KeySet {
     }
 }
 
-/// The `keys` array of a JWKS document.
+/// The `keys` array of a JWKS document. A byte-order mark before it (Notepad's and
+/// PowerShell's UTF-8) is no part of the document, as in the revocation file.
 fn jwks_entries(text: &str) -> Result<Vec<Value>, KeySetError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let doc: Value = serde_json::from_str(text).map_err(|e| KeySetError::Parse {
         line: e.line(),
         column: e.column(),

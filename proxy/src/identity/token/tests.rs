@@ -649,6 +649,15 @@ fn jwks_cases() {
     ];
     for (name, text) in accepted {
         assert!(KeySet::from_jwks_json(&text).is_ok(), "{name}");
+        let with_bom = format!("\u{feff}{text}");
+        assert!(
+            KeySet::from_jwks_json(&with_bom).is_ok(),
+            "{name} with a BOM"
+        );
+        assert!(
+            KeySet::named_in(&with_bom).is_some_and(|k| !k.is_empty()),
+            "{name}"
+        );
     }
     // Keys of another type or use are left out (an identity provider's RSA keys beside its EC
     // ones), named for the warning; no token verifies with them.
