@@ -363,9 +363,9 @@ fn check_listener_references(
                     listener = %listener.name,
                     tenant = %b.tenant,
                     workload = %b.workload,
-                    "the workload this listener is bound to is no longer in the tenant file: the \
-                     listener refuses every request it would serve as that workload \
-                     (identity_invalid) until the workload returns"
+                    "the workload this listener is bound to is no longer in the tenant file: once \
+                     this reload applies, the listener refuses every request it would serve as \
+                     that workload (identity_invalid) until the workload returns"
                 );
             } else if !tenants.has_workload(&b.tenant, &b.workload) {
                 problems.push(ConfigProblem::at(
@@ -647,14 +647,15 @@ impl SnapshotHandle {
                     &next.credentials,
                     std::time::Instant::now(),
                 );
-                // SECURITY: tokens minted from a rotated or removed value go with it (they are
-                // only looked for in responses, until they expire).
-                self.tokens.retain(|tenant, name, fingerprint| {
+                // SECURITY: tokens minted from a rotated, rebound or removed value go with it
+                // (they are only looked for in responses of the hosts they went to, until they
+                // expire).
+                self.tokens.retain(|minted_for, fingerprint| {
                     next.credentials
-                        .get(tenant, name)
+                        .get(&minted_for.tenant, &minted_for.name)
                         .is_some_and(|c| match &c.kind {
                             crate::credentials::kind::Kind::Token(t) => {
-                                t.fingerprint() == fingerprint
+                                t.fingerprint() == fingerprint && c.bindings == minted_for.bindings
                             }
                             _ => false,
                         })

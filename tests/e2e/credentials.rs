@@ -856,7 +856,7 @@ fn concurrent_vault_edits_all_land_and_a_removal_stays_removed() {
                     &format!("other{round}"),
                     bind,
                     "header",
-                    "sk-o",
+                    "sk-other-1",
                 )
             });
             cli(&[

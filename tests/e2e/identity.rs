@@ -750,6 +750,23 @@ fn cli_arguments_that_cannot_work_are_refused_with_a_reason() {
 
 /// `token keygen` runs at once into one JWKS all land: each reads, changes and writes it back
 /// under a lock, and the file is replaced whole.
+/// A JWKS saved with a byte-order mark (Notepad's, PowerShell's UTF-8) is read by `keygen` as
+/// the proxy reads it, and written back without one.
+#[test]
+fn keygen_adds_to_a_jwks_saved_with_a_byte_order_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = keygen(dir.path(), "k1", "k1.pem", "jwks.json");
+    assert_eq!(code, 0, "{out}");
+    let text = std::fs::read_to_string(dir.path().join("jwks.json")).unwrap();
+    std::fs::write(dir.path().join("jwks.json"), format!("\u{feff}{text}")).unwrap();
+    let (code, out) = keygen(dir.path(), "k2", "k2.pem", "jwks.json");
+    assert_eq!(code, 0, "{out}");
+    let text = std::fs::read_to_string(dir.path().join("jwks.json")).unwrap();
+    assert!(!text.starts_with('\u{feff}'));
+    let jwks: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
+}
+
 #[test]
 fn concurrent_keygens_into_one_jwks_all_land() {
     let dir = tempfile::tempdir().unwrap();

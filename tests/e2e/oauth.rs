@@ -547,6 +547,39 @@ fn a_host_that_keeps_what_it_is_sent_never_shows_a_token_or_a_value_it_lately_ha
         "Bearer $CRED{gapi}"
     );
 
+    // A token credential bound elsewhere, its value unchanged: the token the old host was sent
+    // (and keeps) is still looked for there, and the new host gets a token of its own.
+    let r = call(proxy.sidecar_port, &origin, None, "gapi");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let sent = bearers(&origin).last().unwrap().clone();
+    let before = proxy.log().matches("tenant configuration reloaded").count();
+    put_bound(
+        &proxy.path(""),
+        "acme",
+        "gapi",
+        "oauth2_client_credentials",
+        "localhost",
+        &rotated,
+    );
+    proxy.sighup();
+    reloaded_after(&proxy, before);
+    assert_eq!(
+        kept(&proxy, &here("/public/logged/x")),
+        "Bearer $CRED{gapi}"
+    );
+    let r = forward_get(
+        proxy.sidecar_port,
+        &local("/acme/echo/x"),
+        None,
+        &bearer("gapi"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_ne!(
+        bearers(&origin).last().unwrap(),
+        &sent,
+        "a token of its own"
+    );
+
     // A credential removed, and with it the last one bound to its host: that host's answers
     // are still scrubbed of it (and asked for in a form that can be).
     let r = forward_get(

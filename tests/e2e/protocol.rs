@@ -562,6 +562,25 @@ fn an_interim_answer_then_nothing_is_refused_after_it() {
     // answer, one request upstream.
     assert_eq!(text.matches("100 Continue").count(), 1, "{text}");
     assert_eq!(origin.matching("/acme/only100/x").len(), 1);
+    // The proxy's own `100 Continue` (to a client that expects one) is no answer of the
+    // upstream's: a request that fails on a reused connection is still tried again on a new one.
+    let warm = raw_request(
+        proxy.sidecar_port,
+        &format!(
+            "GET http://{host}/acme/warm2 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(warm.status, 200);
+    let _ = raw_request(
+        proxy.sidecar_port,
+        &format!("PUT http://{host}/acme/reset/expect HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{{\"a\":1}}"),
+    );
+    assert_eq!(
+        origin.matching("/acme/reset/expect").len(),
+        2,
+        "tried again"
+    );
     let final_response = read_response(&mut BufReader::new(&all[at..])).unwrap();
     let rec = proxy.audit_record("acme", &final_response.request_id());
     assert_eq!(rec["status"], 502, "{rec}");

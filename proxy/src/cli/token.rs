@@ -194,7 +194,9 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             // The JWKS is read, changed and written back: one keygen at a time.
             let _edit = super::lock_for_edit(&jwks)?;
             let mut set: serde_json::Value = match std::fs::read_to_string(&jwks) {
-                Ok(text) => serde_json::from_str(&text)
+                // A byte-order mark before it is no part of the JWKS, as where the proxy reads it
+                // (written back without one).
+                Ok(text) => serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))
                     .with_context(|| format!("`{}` is not JSON", jwks.display()))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     serde_json::json!({ "keys": [] })

@@ -402,7 +402,7 @@ mod tests {
         let rotated = cred("acme", "key", "api.test", "sk-acme-key-new-2", Kind::Static);
         let second = set(&[&rotated, &elsewhere]);
         retired.changed(&first, &second, now);
-        tokens.retain(|t, n, _| second.get(t, n).is_some());
+        tokens.retain(|c, _| second.get(&c.tenant, &c.name).is_some());
         let p = echoes.for_host(&second, 2, &tokens, &acme, "api.test");
         assert_eq!(
             scrubbed(
@@ -420,6 +420,58 @@ mod tests {
         assert!(echoes
             .for_host(&gone, 3, &tokens, &acme, "other.test")
             .is_none());
+    }
+
+    /// A token credential bound elsewhere by a reload (its value unchanged): its live token was
+    /// kept in its slot and looked for at the new host only, so the old host (which may have
+    /// kept it) showed it to whoever asked. The rebind retires the token where it went, and the
+    /// new host gets a token of its own.
+    #[tokio::test]
+    async fn a_rebound_token_is_still_looked_for_where_it_went() {
+        let retired = Arc::new(Retired::default());
+        let tokens = TokenCache::new(retired.clone());
+        let echoes = Echoes::new(retired.clone());
+        let acme = tid("acme");
+        let at_api = cred(
+            "acme",
+            "tok",
+            "api.test",
+            "",
+            token_kind("cs-acme-secret-1"),
+        );
+        let first = set(&[&at_api]);
+        grant(&tokens, &at_api, "tok-acme-access-1", 3600).await;
+        let at_other = cred(
+            "acme",
+            "tok",
+            "other.test",
+            "",
+            token_kind("cs-acme-secret-1"),
+        );
+        let second = set(&[&at_other]);
+        // The reload's two steps, as `SnapshotHandle::reload` takes them.
+        retired.changed(&first, &second, Instant::now());
+        tokens.retain(|minted_for, _| {
+            second
+                .get(&minted_for.tenant, &minted_for.name)
+                .is_some_and(|c| c.bindings == minted_for.bindings)
+        });
+        let p = echoes.for_host(&second, 2, &tokens, &acme, "api.test");
+        assert_eq!(
+            scrubbed(&p, "tok-acme-access-1 cs-acme-secret-1"),
+            "$CRED{tok} $CRED{tok}"
+        );
+        // The new host is served a token minted for it, never the one the old host saw.
+        assert!(tokens.current(&acme, "tok").is_none());
+        grant(&tokens, &at_other, "tok-acme-access-2", 3600).await;
+        assert_eq!(
+            tokens.current(&acme, "tok").map(|t| t.expose().to_vec()),
+            Some(b"tok-acme-access-2".to_vec())
+        );
+        // A request still under the old binding gets its own slot back, and retires the other.
+        grant(&tokens, &at_api, "tok-acme-access-3", 3600).await;
+        let p = echoes.for_host(&second, 2, &tokens, &acme, "other.test");
+        assert_eq!(scrubbed(&p, "tok-acme-access-2"), "$CRED{tok}");
     }
 
     #[tokio::test]

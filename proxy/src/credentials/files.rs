@@ -97,7 +97,7 @@ mod tests {
     fn reads_values_per_tenant() {
         let dir = tempfile::tempdir().expect("dir");
         std::fs::create_dir_all(dir.path().join("acme")).expect("mkdir");
-        std::fs::write(dir.path().join("acme/openai"), "sk-acme\n").expect("write");
+        std::fs::write(dir.path().join("acme/openai"), "sk-acme-1\n").expect("write");
         let decl = FileCredential {
             tenant: TenantId::new("acme").expect("id"),
             name: "openai".into(),
@@ -112,7 +112,7 @@ mod tests {
                 .expect("cred")
                 .value
                 .expose(),
-            b"sk-acme"
+            b"sk-acme-1"
         );
         let missing = FileCredential {
             name: "other".into(),

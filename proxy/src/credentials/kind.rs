@@ -71,6 +71,11 @@ impl std::str::FromStr for KindName {
     }
 }
 
+/// The shortest secret the proxy takes (a static value, a minted access token): every answer
+/// from a host it is bound to is scrubbed of it, and a value of a byte or two would rewrite
+/// those answers wherever the bytes occur (no key an API issues is that short).
+pub const MIN_SECRET_BYTES: usize = 8;
+
 /// A credential's value, as its kind uses it.
 #[derive(Debug, Clone)]
 pub enum Kind {
@@ -95,6 +100,10 @@ impl Kind {
                  handle, as in `Authorization: Bearer $CRED{name}`"
                     .into(),
             ),
+            KindName::Static if value.expose().len() < MIN_SECRET_BYTES => Err(format!(
+                "a static value must be at least {MIN_SECRET_BYTES} bytes: a shorter one is no \
+                 secret, and answers would be scrubbed of every occurrence of it"
+            )),
             KindName::Static => Ok(Kind::Static),
             KindName::AwsSigv4 => {
                 AwsKey::parse(value.expose()).map(|k| Kind::AwsSigv4(Arc::new(k)))
@@ -135,9 +144,14 @@ mod tests {
     #[test]
     fn kinds_parse_and_fail_without_the_value() {
         assert!(matches!(
-            Kind::parse(KindName::Static, &SecretValue::new(b"sk-1".to_vec())),
+            Kind::parse(KindName::Static, &SecretValue::new(b"sk-12345".to_vec())),
             Ok(Kind::Static)
         ));
+        for short in [&b"e"[..], b"sk-1", b"sk-1234"] {
+            let err = Kind::parse(KindName::Static, &SecretValue::new(short.to_vec()))
+                .expect_err("too short");
+            assert!(err.contains("at least 8 bytes"), "{err}");
+        }
         for bad in [
             &b"Bearer sk-canary"[..],
             b"sk-canary\tx",

@@ -582,7 +582,7 @@ mod tests {
         v.put(
             &tid("acme"),
             "openai",
-            &SecretValue::new(b"sk-acme".to_vec()),
+            &SecretValue::new(b"sk-acme-1".to_vec()),
             bind.clone(),
             vec![Position::Header],
             None,
@@ -617,7 +617,7 @@ mod tests {
                 .expect("acme")
                 .value
                 .expose(),
-            b"sk-acme"
+            b"sk-acme-1"
         );
         assert_eq!(
             set.get(&tid("globex"), "openai")
@@ -684,7 +684,7 @@ mod tests {
                 .expect("acme")
                 .value
                 .expose(),
-            b"sk-acme"
+            b"sk-acme-1"
         );
     }
 

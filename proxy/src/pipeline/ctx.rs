@@ -24,6 +24,10 @@ pub struct RequestCtx {
     /// The held body was handed to the current upstream attempt (see
     /// `TenantProxy::request_body_filter`).
     pub body_handed: bool,
+    /// An upstream's interim answer (`100 Continue`, `103 Early Hints`) was relayed to the
+    /// client: the request is not tried again (see `TenantProxy::error_while_proxy`). The
+    /// proxy's own `100 Continue` to a client that expects one is not an upstream's answer.
+    pub interim_relayed: bool,
     /// For an upgrade request, where its relay's end is noted when its identity lapsed (see
     /// [`super::lapse`]).
     pub lapse: Option<Arc<OnceLock<Lapse>>>,
@@ -40,6 +44,7 @@ impl RequestCtx {
             stages: Stages::default(),
             cut_event: None,
             body_handed: false,
+            interim_relayed: false,
             lapse: None,
             recheck: Recheck::default(),
         }

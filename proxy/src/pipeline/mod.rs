@@ -967,6 +967,8 @@ impl ProxyHttp for TenantProxy {
         // record names the final one, or what ended the request without one.
         if !status.is_informational() || status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.trail.upstream_status = Some(status);
+        } else {
+            ctx.interim_relayed = true;
         }
         let had_length = upstream_response
             .headers
@@ -1276,17 +1278,17 @@ impl ProxyHttp for TenantProxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         // pingora's rule (an idempotent request whose body it still holds may be tried again on
-        // a new connection), and one more: once anything of an answer went to the client (an
-        // interim `100 Continue` or `103 Early Hints`), a second attempt would send it twice
-        // and run the request twice for one answer.
+        // a new connection), and one more: once anything of the upstream's answer went to the
+        // client (an interim `100 Continue` or `103 Early Hints`), a second attempt would send
+        // it twice and run the request twice for one answer.
         if !session.req_header().method.is_idempotent()
             || session.as_ref().retry_buffer_truncated()
-            || session.response_written().is_some()
+            || ctx.interim_relayed
         {
             e.set_retry(false);
         } else {

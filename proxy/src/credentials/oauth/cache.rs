@@ -152,21 +152,26 @@ impl TokenCache {
         self.touched(&slot.cred.tenant);
     }
 
-    /// The slot of `cred`, replaced when the stored value changed (`fingerprint`).
+    /// The slot of `cred`, replaced when the stored value changed (`fingerprint`) or the
+    /// credential was bound elsewhere.
     fn slot(&self, cred: &Arc<Credential>, fingerprint: [u8; 32]) -> Arc<Slot> {
         let key = (cred.tenant.clone(), cred.name.clone());
+        let serves =
+            |slot: &Slot| slot.fingerprint == fingerprint && slot.cred.bindings == cred.bindings;
         if let Some(slot) = self.slots.get(&key) {
-            if slot.fingerprint == fingerprint {
+            if serves(&slot) {
                 return slot.clone();
             }
         }
-        // SECURITY: a rotated value's slot starts empty; the old token is never served again
-        // (it is only looked for in responses until it expires).
+        // SECURITY: a rotated or rebound value's slot starts empty; the old token is never
+        // served again, and is looked for in the responses of the hosts it was bound to (which
+        // may have kept it) until it expires. A rebound token kept in its slot was looked for
+        // at the new hosts only, and the old ones showed it to whoever asked.
         let mut entry = self
             .slots
             .entry(key)
             .or_insert_with(|| Arc::new(Slot::new(cred.clone(), fingerprint)));
-        if entry.fingerprint != fingerprint {
+        if !serves(&entry) {
             let old =
                 std::mem::replace(&mut *entry, Arc::new(Slot::new(cred.clone(), fingerprint)));
             self.retire(&old);
@@ -174,11 +179,12 @@ impl TokenCache {
         entry.clone()
     }
 
-    /// Drops the slots of credentials `keep` no longer knows (or whose value changed), so a
-    /// deleted or rotated credential's tokens are not served after the reload that removed it.
-    pub fn retain(&self, keep: impl Fn(&TenantId, &str, [u8; 32]) -> bool) {
-        self.slots.retain(|(tenant, name), slot| {
-            let kept = keep(tenant, name, slot.fingerprint);
+    /// Drops the slots `keep` refuses, given the credential each slot's tokens were minted for
+    /// and its stored value's fingerprint, so a deleted, rotated or rebound credential's tokens
+    /// are not served after the reload that changed it (and are looked for where they went).
+    pub fn retain(&self, keep: impl Fn(&Credential, [u8; 32]) -> bool) {
+        self.slots.retain(|_, slot| {
+            let kept = keep(&slot.cred, slot.fingerprint);
             if !kept {
                 self.retire(slot);
             }
@@ -405,7 +411,7 @@ mod tests {
             .await
             .expect("token");
         assert_eq!(c.expose(), b"newer");
-        cache.retain(|_, _, fp| fp == [9; 32]);
+        cache.retain(|_, fp| fp == [9; 32]);
         assert_eq!(cache.slots.len(), 0);
     }
 

@@ -35,7 +35,15 @@ pub async fn grant(
         let stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS with the token endpoint failed ({e})"))?;
+            .map_err(|e| {
+                // The handshake's error quotes the endpoint's certificate (its names, which
+                // whoever runs the endpoint chooses): the operator's log has it, the agent's
+                // refusal (and its record) only what failed.
+                tracing::warn!(host = %endpoint.host, error = %e, "TLS with a token endpoint failed");
+                "TLS with the token endpoint failed (its certificate could not be verified, or the \
+                 handshake was refused; the proxy's log says why)"
+                    .to_string()
+            })?;
         post(stream, endpoint, request).await
     } else {
         post(tcp, endpoint, request).await

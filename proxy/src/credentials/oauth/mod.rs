@@ -482,11 +482,30 @@ pub fn parse_answer(body: &[u8]) -> Result<AccessToken, String> {
     if token.is_empty() || token.len() > 16 * 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("the token endpoint's `access_token` is empty or not printable".into());
     }
+    if token.len() < super::kind::MIN_SECRET_BYTES {
+        return Err(format!(
+            "the token endpoint's `access_token` is shorter than {} bytes",
+            super::kind::MIN_SECRET_BYTES
+        ));
+    }
+    let lifetime = lifetime(answer.expires_in.as_ref())?;
+    // SECURITY (the endpoint's load): a token that expires at once is never fresh, so every
+    // request would make a grant of its own (and send a token already expired).
+    if lifetime < MIN_LIFETIME {
+        return Err(format!(
+            "the token endpoint's token expires in {} s, too soon to be used (at least {} s)",
+            lifetime.as_secs(),
+            MIN_LIFETIME.as_secs()
+        ));
+    }
     Ok(AccessToken {
         value: super::secret::SecretValue::new(token.as_bytes().to_vec()),
-        lifetime: lifetime(answer.expires_in.as_ref())?,
+        lifetime,
     })
 }
+
+/// The shortest lifetime a token is taken with (`expires_in`).
+pub const MIN_LIFETIME: Duration = Duration::from_secs(5);
 
 /// An answer's `expires_in` as a lifetime, at most [`MAX_LIFETIME`].
 ///

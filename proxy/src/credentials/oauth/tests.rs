@@ -147,15 +147,19 @@ fn token_answers_are_read_strictly() {
     assert_eq!(t.value.expose(), b"ya29.abc");
     assert_eq!(t.lifetime, Duration::from_secs(3599));
     assert!(!format!("{t:?}").contains("ya29"));
-    let t = parse_answer(br#"{"access_token":"x","expires_in":"60"}"#).expect("string");
+    let t = parse_answer(br#"{"access_token":"tok-0001","expires_in":"60"}"#).expect("string");
     assert_eq!(t.lifetime, Duration::from_secs(60));
-    let t = parse_answer(br#"{"access_token":"x"}"#).expect("no expiry");
+    let t = parse_answer(br#"{"access_token":"tok-0001"}"#).expect("no expiry");
     assert_eq!(t.lifetime, DEFAULT_LIFETIME);
     for bad in [
         &br#"{"access_token":""}"#[..],
         br#"{"access_token":"a b"}"#,
         br#"{"access_token":"a\r\nX-Evil: 1"}"#,
-        br#"{"access_token":"x","expires_in":-1}"#,
+        br#"{"access_token":"tok-0001","expires_in":-1}"#,
+        br#"{"access_token":"tok-0001","expires_in":0}"#,
+        br#"{"access_token":"tok-0001","expires_in":4}"#,
+        br#"{"access_token":"e","expires_in":3600}"#,
+        br#"{"access_token":"tok-001","expires_in":3600}"#,
         br#"{"error":"invalid_client canary"}"#,
         b"canary",
     ] {
@@ -180,9 +184,9 @@ fn a_lifetime_of_any_size_is_bounded_before_it_meets_a_clock() {
         ("86400", day),
         ("3600", Duration::from_secs(3600)),
         ("\" 60 \"", Duration::from_secs(60)),
-        ("0", Duration::ZERO),
+        ("5", Duration::from_secs(5)),
     ] {
-        let body = format!(r#"{{"access_token":"x","expires_in":{expires_in}}}"#);
+        let body = format!(r#"{{"access_token":"tok-0001","expires_in":{expires_in}}}"#);
         let t = parse_answer(body.as_bytes()).expect(expires_in);
         assert_eq!(t.lifetime, want, "{expires_in}");
         // What the cache does with it: an expiry on the clock, never an overflow.
@@ -192,7 +196,7 @@ fn a_lifetime_of_any_size_is_bounded_before_it_meets_a_clock() {
     for bad in [
         "-1", "1.5", "\"-1\"", "\"1e3\"", "\"\"", "\"12a\"", "true", "[1]",
     ] {
-        let body = format!(r#"{{"access_token":"x","expires_in":{bad}}}"#);
+        let body = format!(r#"{{"access_token":"tok-0001","expires_in":{bad}}}"#);
         assert!(parse_answer(body.as_bytes()).is_err(), "{bad}");
     }
 }
