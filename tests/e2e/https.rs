@@ -1312,6 +1312,17 @@ when { context.host == "llm.test" };
     let upgrade = record_when_written(&h, |r| r["status"] == 101 && r["ended"].is_string());
     assert_eq!(upgrade["ended"], "policy_withdrawn", "{upgrade}");
     assert_eq!(upgrade["reason"], "policy_denied", "{upgrade}");
+    // It names the forbid that ended it, and the policy set that has it.
+    assert!(
+        upgrade["policy_ids"]
+            .to_string()
+            .contains("emergency-connect"),
+        "{upgrade}"
+    );
+    assert_eq!(
+        upgrade["policy_version"], record["policy_version"],
+        "{upgrade}"
+    );
 }
 
 /// A reload that withdraws what let a relay open, other than a policy, reaches it too: acme's

@@ -58,6 +58,12 @@ impl RequestCtx {
         };
         self.trail.ended = Some(lapse.ended);
         self.trail.refuse(lapse.deny.clone());
+        // The record names what ended the relay (the forbid, in the policy set that decided
+        // it), not the permit that admitted it.
+        if let Some(withdrawn) = &lapse.withdrawn_by {
+            self.trail.decision = Some(withdrawn.0.clone());
+            self.trail.policy_version = withdrawn.1.clone();
+        }
         true
     }
 

@@ -98,6 +98,9 @@ pub struct Lapse {
     pub ended: Ended,
     /// The refusal.
     pub deny: Deny,
+    /// When a policy withdrew the relay: the decision that did, and the version of the policy
+    /// set that made it (the record names them, not the permit that admitted the relay).
+    pub withdrawn_by: Option<Box<(crate::policy::Decision, Option<Arc<str>>)>>,
 }
 
 /// Judges `who` (the identity a relay, or a held request, was admitted with) as a fresh request
@@ -135,13 +138,18 @@ pub fn judge(
             )),
             e => e.into(),
         };
-        return Err(Lapse { ended, deny });
+        return Err(Lapse {
+            ended,
+            deny,
+            withdrawn_by: None,
+        });
     }
     if let Some(jti) = who.token.as_ref().and_then(|t| t.jti.as_deref()) {
         match revoked(jti) {
             Ok(false) => {}
             Ok(true) => {
                 return Err(Lapse {
+                    withdrawn_by: None,
                     ended: Ended::TokenRevoked,
                     deny: IdentityError::Revoked(Box::new(who.clone())).into(),
                 })
@@ -151,6 +159,7 @@ pub fn judge(
             // would go unseen.
             Err(deny) => {
                 return Err(Lapse {
+                    withdrawn_by: None,
                     ended: Ended::RevocationsUnavailable,
                     deny,
                 })
@@ -245,6 +254,7 @@ async fn run_closed(shared: &Shared, who: &ResolvedIdentity) -> Option<Lapse> {
     let run = signed_run(who)?;
     match shared.runs.is_closed(&who.tenant, run).await {
         Ok(true) => Some(Lapse {
+            withdrawn_by: None,
             ended: Ended::RunClosed,
             deny: Deny::RunClosed,
         }),
@@ -272,10 +282,18 @@ pub struct Question {
 pub type Redecide = Box<dyn Fn(&Shared, &Snapshot, i64) -> Result<(), Lapse> + Send + Sync>;
 
 /// A relay the policy refuses now.
-fn policy_withdrawn(decision: &crate::policy::Decision) -> Lapse {
+fn policy_withdrawn(
+    decision: crate::policy::Decision,
+    snapshot: &Snapshot,
+    tenant: &TenantContext,
+) -> Lapse {
     Lapse {
         ended: Ended::PolicyWithdrawn,
-        deny: Deny::PolicyDenied(crate::error::PolicyRefusal::of(decision)),
+        deny: Deny::PolicyDenied(crate::error::PolicyRefusal::of(&decision)),
+        withdrawn_by: Some(Box::new((
+            decision,
+            snapshot.policy.version(&tenant.tenant),
+        ))),
     }
 }
 
@@ -293,6 +311,7 @@ fn still_reachable(
         .egress
         .check_address(host, addr, exceptions)
         .map_err(|refusal| Lapse {
+            withdrawn_by: None,
             ended: Ended::EgressWithdrawn,
             deny: super::deny_for_refusal(tenant, &refusal),
         })
@@ -316,7 +335,7 @@ pub fn upgrade_again(
             if let Some((decision, _)) =
                 super::admit::tunnel_connect_refused(snapshot, &tenant, t, now)
             {
-                return Err(policy_withdrawn(&decision));
+                return Err(policy_withdrawn(decision, snapshot, &tenant));
             }
         }
         let asking = Asking::new(
@@ -330,13 +349,14 @@ pub fn upgrade_again(
         let (decision, _) = asking.http();
         let decision = with_other_models(&asking, decision, &other_models, now);
         if !decision.allowed {
-            return Err(policy_withdrawn(&decision));
+            return Err(policy_withdrawn(decision, snapshot, &tenant));
         }
         still_reachable(shared, snapshot, &tenant, &destination.host, addr)?;
         let hosts = &shared.config.egress.hosts;
         let mcp = &snapshot.tenants.mcp;
         if mcp.server_for(&destination, Some(addr), hosts).is_some() {
             return Err(Lapse {
+                withdrawn_by: None,
                 ended: Ended::PolicyWithdrawn,
                 deny: Deny::McpMalformed(crate::mcp::NEVER_UPGRADED.into()),
             });
@@ -348,6 +368,7 @@ pub fn upgrade_again(
         if let Work::Unmetered(what) = registry::work(&there, &method, true, call) {
             if crate::limits::plan::refuses_unmetered_for(&snapshot.tenants, &tenant) {
                 return Err(Lapse {
+                    withdrawn_by: None,
                     ended: Ended::Unmetered,
                     deny: Deny::UnmeteredCall(what),
                 });
@@ -369,7 +390,7 @@ pub fn opaque_again(
         for question in [ConnectQuestion::Open, ConnectQuestion::Opaque] {
             let (decision, _) = decide::connect(snapshot, &tenant, &host, port, question, now);
             if !decision.allowed {
-                return Err(policy_withdrawn(&decision));
+                return Err(policy_withdrawn(decision, snapshot, &tenant));
             }
         }
         still_reachable(shared, snapshot, &tenant, &host, addr)?;
@@ -388,6 +409,7 @@ pub fn opaque_again(
             Deny::UnmeteredCall("an opaque tunnel to an LLM API")
         };
         Err(Lapse {
+            withdrawn_by: None,
             ended: Ended::InterceptionRequired,
             deny,
         })
