@@ -565,15 +565,7 @@ fn removing_a_sidecars_workload_cuts_the_sidecar_off() {
     let answer = status_of(&mut kept_alive, "/acme/k1");
     assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
     // The reload applied, and the log says why the sidecar refuses.
-    let ready: serde_json::Value = serde_json::from_slice(
-        &raw_request(
-            proxy.admin_port,
-            "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap()
-        .body,
-    )
-    .unwrap();
+    let ready: serde_json::Value = proxy.readyz_json();
     assert_eq!(ready["last_reload"]["ok"], true, "{ready}");
     assert!(proxy
         .log()
@@ -870,15 +862,7 @@ fn revocations_and_pulled_keys_apply_even_when_the_reload_is_rejected() {
         .status,
         200
     );
-    let ready: serde_json::Value = serde_json::from_slice(
-        &raw_request(
-            proxy.admin_port,
-            "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap()
-        .body,
-    )
-    .unwrap();
+    let ready: serde_json::Value = proxy.readyz_json();
     assert_eq!(ready["last_reload"]["ok"], false, "{ready}");
     assert!(proxy
         .log()
@@ -936,17 +920,7 @@ fn a_jwks_or_revocation_edit_that_is_not_clean_still_tightens() {
         status(&pulled, "/acme/p1") == 407
     });
     assert_eq!(status(&kept, "/acme/k1"), 200);
-    let ready = || -> serde_json::Value {
-        serde_json::from_slice(
-            &raw_request(
-                proxy.admin_port,
-                "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-            )
-            .unwrap()
-            .body,
-        )
-        .unwrap()
-    };
+    let ready = || proxy.readyz_json();
     assert_eq!(ready()["last_reload"]["ok"], false);
     // A revocation whose comment an editor saved in Latin-1, while the JWKS is still rejected.
     std::fs::write(

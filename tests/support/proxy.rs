@@ -189,6 +189,16 @@ impl Proxy {
         Self::start_listening(spec, |_| {})
     }
 
+    /// `/readyz`'s body.
+    pub fn readyz_json(&self) -> serde_json::Value {
+        let r = raw_request_to(
+            self.admin_addr(),
+            "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
     /// `/readyz`'s status.
     pub fn readyz(&self) -> u16 {
         raw_request_to(

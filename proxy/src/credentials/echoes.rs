@@ -35,8 +35,9 @@ use crate::ids::TenantId;
 /// for in responses. A replaced access token is looked for until it expires, at most as long.
 pub const RETIRED_FOR: Duration = Duration::from_secs(24 * 3600);
 
-/// Most retired values kept per credential name (the oldest goes first).
-pub const MAX_RETIRED_PER_CREDENTIAL: usize = 4;
+/// Most retired values kept per credential name (the oldest goes first). A token credential
+/// rebound retires two (its stored secret and its token), so this keeps four rebinds' worth.
+pub const MAX_RETIRED_PER_CREDENTIAL: usize = 8;
 
 /// Most retired values kept per tenant (the oldest goes first).
 pub const MAX_RETIRED_PER_TENANT: usize = 32;
@@ -474,6 +475,50 @@ mod tests {
         assert_eq!(scrubbed(&p, "tok-acme-access-2"), "$CRED{tok}");
     }
 
+    /// A reload that rebinds, rotates or removes a token credential while a grant for it is on
+    /// its way drops the slot (retired empty); the token the grant brings is still sent to the
+    /// request that waited, so it is looked for where it went all the same.
+    #[tokio::test]
+    async fn a_token_granted_while_a_reload_drops_its_credential_is_still_looked_for() {
+        let retired = Arc::new(Retired::default());
+        let tokens = Arc::new(TokenCache::new(retired.clone()));
+        let echoes = Echoes::new(retired.clone());
+        let acme = tid("acme");
+        let tok = cred(
+            "acme",
+            "tok",
+            "api.test",
+            "",
+            token_kind("cs-acme-secret-1"),
+        );
+        let first = set(&[&tok]);
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let granting = {
+            let (tokens, tok) = (tokens.clone(), tok.clone());
+            tokio::spawn(async move {
+                tokens
+                    .get(&tok, [7; 32], Duration::from_secs(5), || async move {
+                        let _ = wait.await;
+                        Ok(AccessToken {
+                            value: SecretValue::new(b"tok-acme-midgrant-1".to_vec()),
+                            lifetime: Duration::from_secs(3600),
+                        })
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        tokio::task::yield_now().await;
+        let second = set(&[]);
+        retired.changed(&first, &second, Instant::now());
+        tokens.retain(|c, _| second.get(&c.tenant, &c.name).is_some());
+        release.send(()).unwrap();
+        let sent = granting.await.unwrap();
+        assert_eq!(sent.expose(), b"tok-acme-midgrant-1");
+        let p = echoes.for_host(&second, 2, &tokens, &acme, "api.test");
+        assert_eq!(scrubbed(&p, "tok-acme-midgrant-1"), "$CRED{tok}");
+    }
+
     #[tokio::test]
     async fn each_tenant_is_scrubbed_of_its_own_secrets_only() {
         let retired = Arc::new(Retired::default());
@@ -564,7 +609,7 @@ mod tests {
             .for_host(&acme, "api.test", later, &mut out)
             .is_none());
         assert!(out.is_empty());
-        let t = cred("acme", "t", "api.test", "", token_kind("cs-x"));
+        let t = cred("acme", "t", "api.test", "", token_kind("cs-x-secret"));
         let other = Retired::default();
         other.token(
             t.clone(),

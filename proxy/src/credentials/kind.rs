@@ -91,6 +91,23 @@ impl Kind {
     /// Reads `value` as a `name` credential: checked once, at load (or at `cred put`). The
     /// error names what is wrong, never the value.
     pub fn parse(name: KindName, value: &SecretValue) -> Result<Self, String> {
+        let kind = Self::parse_kind(name, value)?;
+        // Every secret answers are scrubbed of (a signing key's secret and session token, a
+        // token credential's client secret) meets the floor a static value does.
+        if kind
+            .echoable_secrets()
+            .iter()
+            .any(|s| s.len() < MIN_SECRET_BYTES)
+        {
+            return Err(format!(
+                "a secret in this credential is shorter than {MIN_SECRET_BYTES} bytes: a shorter \
+                 one is no secret, and answers would be scrubbed of every occurrence of it"
+            ));
+        }
+        Ok(kind)
+    }
+
+    fn parse_kind(name: KindName, value: &SecretValue) -> Result<Self, String> {
         match name {
             // The response scrubber looks for echoes made of visible ASCII only (what it holds
             // back at a chunk's end must not depend on the secret), and a key needs nothing else.
@@ -147,6 +164,21 @@ mod tests {
             Kind::parse(KindName::Static, &SecretValue::new(b"sk-12345".to_vec())),
             Ok(Kind::Static)
         ));
+        // Every secret of a credential meets the floor, not only a static value.
+        for short in [
+            r#"{"token_url":"https://auth.example.com/t","client_id":"c","client_secret":"e"}"#,
+            r#"{"access_key_id":"AKIDEXAMPLE","secret_access_key":"e","region":"us-east-1"}"#,
+            r#"{"access_key_id":"AKIDEXAMPLE","secret_access_key":"wJalrXUtnFEMI/K7MDENG","session_token":"t","region":"us-east-1"}"#,
+        ] {
+            let kind = if short.contains("token_url") {
+                KindName::Oauth2ClientCredentials
+            } else {
+                KindName::AwsSigv4
+            };
+            let err = Kind::parse(kind, &SecretValue::new(short.as_bytes().to_vec()))
+                .expect_err("a short secret");
+            assert!(err.contains("shorter than 8 bytes"), "{short}: {err}");
+        }
         for short in [&b"e"[..], b"sk-1", b"sk-1234"] {
             let err = Kind::parse(KindName::Static, &SecretValue::new(short.to_vec()))
                 .expect_err("too short");

@@ -252,7 +252,7 @@ impl TokenCache {
                     refresh_at,
                     expires: now.checked_add(lifetime).unwrap_or(now),
                 });
-                let value = cached.value.clone();
+                let (value, expires) = (cached.value.clone(), cached.expires);
                 let replaced = slot
                     .current
                     .lock()
@@ -263,6 +263,18 @@ impl TokenCache {
                 if let Some(old) = replaced.filter(|old| old.value.expose() != value.expose()) {
                     self.retired
                         .token(slot.cred.clone(), old.value.clone(), old.expires, now);
+                }
+                // SECURITY: a reload that rebound, rotated or removed the credential during the
+                // grant dropped this slot (retiring it empty): the token this request is about
+                // to send is looked for where it goes all the same, as a retired one.
+                let key = (tenant.clone(), cred.name.clone());
+                if !self
+                    .slots
+                    .get(&key)
+                    .is_some_and(|held| Arc::ptr_eq(&held, &slot))
+                {
+                    self.retired
+                        .token(slot.cred.clone(), value.clone(), expires, now);
                 }
                 self.touched(tenant);
                 Ok(value)
