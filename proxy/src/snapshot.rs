@@ -358,7 +358,9 @@ fn check_listener_references(
 ) {
     for (i, listener) in static_config.listeners.iter().enumerate() {
         if let Some(b) = &listener.identity.binding {
-            if !tenants.has_workload(&b.tenant, &b.workload) && reloading {
+            if tenants.has_workload(&b.tenant, &b.workload) {
+                // Bound to a workload the tenant file has.
+            } else if reloading {
                 tracing::warn!(
                     listener = %listener.name,
                     tenant = %b.tenant,
@@ -367,7 +369,7 @@ fn check_listener_references(
                      this reload applies, the listener refuses every request it would serve as \
                      that workload (identity_invalid) until the workload returns"
                 );
-            } else if !tenants.has_workload(&b.tenant, &b.workload) {
+            } else {
                 problems.push(ConfigProblem::at(
                     &static_config.path,
                     format!("listener[{i}].binding"),
@@ -650,16 +652,7 @@ impl SnapshotHandle {
                 // SECURITY: tokens minted from a rotated, rebound or removed value go with it
                 // (they are only looked for in responses of the hosts they went to, until they
                 // expire).
-                self.tokens.retain(|minted_for, fingerprint| {
-                    next.credentials
-                        .get(&minted_for.tenant, &minted_for.name)
-                        .is_some_and(|c| match &c.kind {
-                            crate::credentials::kind::Kind::Token(t) => {
-                                t.fingerprint() == fingerprint && c.bindings == minted_for.bindings
-                            }
-                            _ => false,
-                        })
-                });
+                self.tokens.keep_only(&next.credentials);
                 let kept = next.kept_previous.clone();
                 self.current.store(Arc::new(next));
                 if kept.is_empty() {

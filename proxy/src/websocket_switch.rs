@@ -28,21 +28,28 @@ pub fn completes_handshake(request: &HeaderMap, response: &HeaderMap) -> bool {
     if STANDARD.decode(key).map_or(true, |k| k.len() != 16) {
         return false;
     }
-    let switches_to_websocket = |headers: &HeaderMap| {
-        matches!(
-            crate::header_names::sole(headers, http::header::UPGRADE),
-            Ok(Some(v)) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
-        )
-    };
-    let nominates_upgrade = response.get_all(http::header::CONNECTION).iter().any(|v| {
-        crate::front::head::connection_options(v.as_bytes())
-            .any(|o| o.eq_ignore_ascii_case(b"upgrade"))
-    });
     let accept = matches!(
         crate::header_names::sole(response, http::header::SEC_WEBSOCKET_ACCEPT),
         Ok(Some(v)) if v.as_bytes().trim_ascii() == accept_for(key).as_bytes()
     );
-    switches_to_websocket(request) && switches_to_websocket(response) && nominates_upgrade && accept
+    names_websocket(request) && names_websocket(response) && nominates_upgrade(response) && accept
+}
+
+/// Whether `headers` have one `Upgrade` line, naming `websocket` (the one switch the proxy
+/// relays).
+pub fn names_websocket(headers: &HeaderMap) -> bool {
+    matches!(
+        crate::header_names::sole(headers, http::header::UPGRADE),
+        Ok(Some(v)) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
+    )
+}
+
+/// Whether a line of `Connection` in `headers` nominates `upgrade` (RFC 9110 §7.8).
+pub fn nominates_upgrade(headers: &HeaderMap) -> bool {
+    headers.get_all(http::header::CONNECTION).iter().any(|v| {
+        crate::front::head::connection_options(v.as_bytes())
+            .any(|o| o.eq_ignore_ascii_case(b"upgrade"))
+    })
 }
 
 /// The `Sec-WebSocket-Accept` a server derives from `key`.

@@ -1257,7 +1257,9 @@ fn keep_torn_tail(file: &File, path: &Path) -> io::Result<u64> {
         kept = %std::path::Path::new(&kept_path).display(),
         "cut an unfinished last line off an audit file (the previous process stopped mid-write, or another process wrote to it); its bytes are kept beside it"
     );
-    tail::cut_torn_tail(file)
+    file.set_len(complete)?;
+    file.sync_data()?;
+    Ok(complete)
 }
 
 /// Appends `line` and its newline to `path`, after cutting a torn last line; a failed append is

@@ -403,7 +403,7 @@ mod tests {
         let rotated = cred("acme", "key", "api.test", "sk-acme-key-new-2", Kind::Static);
         let second = set(&[&rotated, &elsewhere]);
         retired.changed(&first, &second, now);
-        tokens.retain(|c, _| second.get(&c.tenant, &c.name).is_some());
+        tokens.keep_only(&second);
         let p = echoes.for_host(&second, 2, &tokens, &acme, "api.test");
         assert_eq!(
             scrubbed(
@@ -452,11 +452,7 @@ mod tests {
         let second = set(&[&at_other]);
         // The reload's two steps, as `SnapshotHandle::reload` takes them.
         retired.changed(&first, &second, Instant::now());
-        tokens.retain(|minted_for, _| {
-            second
-                .get(&minted_for.tenant, &minted_for.name)
-                .is_some_and(|c| c.bindings == minted_for.bindings)
-        });
+        tokens.keep_only(&second);
         let p = echoes.for_host(&second, 2, &tokens, &acme, "api.test");
         assert_eq!(
             scrubbed(&p, "tok-acme-access-1 cs-acme-secret-1"),
@@ -511,7 +507,7 @@ mod tests {
         tokio::task::yield_now().await;
         let second = set(&[]);
         retired.changed(&first, &second, Instant::now());
-        tokens.retain(|c, _| second.get(&c.tenant, &c.name).is_some());
+        tokens.keep_only(&second);
         release.send(()).unwrap();
         let sent = granting.await.unwrap();
         assert_eq!(sent.expose(), b"tok-acme-midgrant-1");

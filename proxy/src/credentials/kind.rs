@@ -92,16 +92,20 @@ impl Kind {
     /// error names what is wrong, never the value.
     pub fn parse(name: KindName, value: &SecretValue) -> Result<Self, String> {
         let kind = Self::parse_kind(name, value)?;
-        // Every secret answers are scrubbed of (a signing key's secret and session token, a
-        // token credential's client secret) meets the floor a static value does.
-        if kind
-            .echoable_secrets()
-            .iter()
-            .any(|s| s.len() < MIN_SECRET_BYTES)
-        {
+        // Every secret answers are scrubbed of (a static value; a signing key's secret and
+        // session token, a token credential's client secret) meets one floor.
+        let short = match &kind {
+            Kind::Static => value.expose().len() < MIN_SECRET_BYTES,
+            other => other
+                .echoable_secrets()
+                .iter()
+                .any(|s| s.len() < MIN_SECRET_BYTES),
+        };
+        if short {
             return Err(format!(
-                "a secret in this credential is shorter than {MIN_SECRET_BYTES} bytes: a shorter \
-                 one is no secret, and answers would be scrubbed of every occurrence of it"
+                "a secret in this credential is shorter than {MIN_SECRET_BYTES} bytes (every \
+                 secret must be at least {MIN_SECRET_BYTES} bytes): a shorter one is no secret, \
+                 and answers would be scrubbed of every occurrence of it"
             ));
         }
         Ok(kind)
@@ -117,10 +121,6 @@ impl Kind {
                  handle, as in `Authorization: Bearer $CRED{name}`"
                     .into(),
             ),
-            KindName::Static if value.expose().len() < MIN_SECRET_BYTES => Err(format!(
-                "a static value must be at least {MIN_SECRET_BYTES} bytes: a shorter one is no \
-                 secret, and answers would be scrubbed of every occurrence of it"
-            )),
             KindName::Static => Ok(Kind::Static),
             KindName::AwsSigv4 => {
                 AwsKey::parse(value.expose()).map(|k| Kind::AwsSigv4(Arc::new(k)))

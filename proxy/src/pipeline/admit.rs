@@ -562,13 +562,21 @@ pub(super) fn tunnel_connect_refused(
         ConnectQuestion::Open,
         now,
     );
-    let refused = match tunnel.scheme {
+    connect_refuses(tunnel.scheme, &decision).then_some((decision, shadow))
+}
+
+/// Whether a `connect` decision refuses a tunnel carrying `scheme`: an intercepted (HTTPS)
+/// tunnel needs `connect` allowed; a plain-HTTP one needs no permit (undici opens one for every
+/// `http://` URL, and its requests are decided one by one), but a forbid that matches it (or a
+/// policy error) refuses it: a security team's `forbid … connect` to the metadata endpoint
+/// means the tunnel too, and the audit trail should not record it as allowed.
+fn connect_refuses(scheme: Scheme, decision: &crate::policy::Decision) -> bool {
+    match scheme {
         Scheme::Https => !decision.allowed,
         Scheme::Http => {
             !decision.allowed && (!decision.policy_ids.is_empty() || !decision.errors.is_empty())
         }
-    };
-    refused.then_some((decision, shadow))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1358,10 +1366,7 @@ async fn admit_connect(
         if !plain_http_port(config, &snapshot, &tenant.tenant, host, port) {
             return Err(Deny::ConnectPortForbidden(port));
         }
-        // A plain tunnel needs no `connect` permit (undici opens one for every `http://` URL,
-        // and its requests are decided one by one), but a `connect` forbid that matches it
-        // refuses it: a security team's `forbid … connect` to the metadata endpoint means the
-        // tunnel too, and the audit trail should not record it as allowed.
+        // A plain tunnel is refused only by a `connect` forbid (see `connect_refuses`).
         let (decision, shadow) = decide::connect(
             &snapshot,
             &tenant,
@@ -1370,9 +1375,7 @@ async fn admit_connect(
             ConnectQuestion::Open,
             fx.now(),
         );
-        let forbidden =
-            !decision.allowed && (!decision.policy_ids.is_empty() || !decision.errors.is_empty());
-        if forbidden {
+        if connect_refuses(Scheme::Http, &decision) {
             let refusal = PolicyRefusal::of(&decision);
             trail.decided(decision, &snapshot);
             trail.shadow = shadow;

@@ -103,6 +103,17 @@ pub struct Lapse {
     pub withdrawn_by: Option<Box<(crate::policy::Decision, Option<Arc<str>>)>>,
 }
 
+impl Lapse {
+    /// Ended for `ended`, refused with `deny` (no policy withdrew it).
+    fn new(ended: Ended, deny: Deny) -> Self {
+        Self {
+            ended,
+            deny,
+            withdrawn_by: None,
+        }
+    }
+}
+
 /// Judges `who` (the identity a relay, or a held request, was admitted with) as a fresh request
 /// presenting the same credential would be judged now: [`identity::recheck`] against the
 /// current snapshot (keys, token settings, the revocation file, workloads; expiry with the
@@ -138,32 +149,21 @@ pub fn judge(
             )),
             e => e.into(),
         };
-        return Err(Lapse {
-            ended,
-            deny,
-            withdrawn_by: None,
-        });
+        return Err(Lapse::new(ended, deny));
     }
     if let Some(jti) = who.token.as_ref().and_then(|t| t.jti.as_deref()) {
         match revoked(jti) {
             Ok(false) => {}
             Ok(true) => {
-                return Err(Lapse {
-                    withdrawn_by: None,
-                    ended: Ended::TokenRevoked,
-                    deny: IdentityError::Revoked(Box::new(who.clone())).into(),
-                })
+                return Err(Lapse::new(
+                    Ended::TokenRevoked,
+                    IdentityError::Revoked(Box::new(who.clone())).into(),
+                ))
             }
             // SECURITY: as a fresh request with the token is refused while the list is stale
             // (and the limiter fails closed), so is the relay: a revocation made meanwhile
             // would go unseen.
-            Err(deny) => {
-                return Err(Lapse {
-                    withdrawn_by: None,
-                    ended: Ended::RevocationsUnavailable,
-                    deny,
-                })
-            }
+            Err(deny) => return Err(Lapse::new(Ended::RevocationsUnavailable, deny)),
         }
     }
     Ok(())
@@ -253,11 +253,7 @@ fn signed_run(who: &ResolvedIdentity) -> Option<&str> {
 async fn run_closed(shared: &Shared, who: &ResolvedIdentity) -> Option<Lapse> {
     let run = signed_run(who)?;
     match shared.runs.is_closed(&who.tenant, run).await {
-        Ok(true) => Some(Lapse {
-            withdrawn_by: None,
-            ended: Ended::RunClosed,
-            deny: Deny::RunClosed,
-        }),
+        Ok(true) => Some(Lapse::new(Ended::RunClosed, Deny::RunClosed)),
         Ok(false) | Err(_) => None,
     }
 }
@@ -310,10 +306,11 @@ fn still_reachable(
     shared
         .egress
         .check_address(host, addr, exceptions)
-        .map_err(|refusal| Lapse {
-            withdrawn_by: None,
-            ended: Ended::EgressWithdrawn,
-            deny: super::deny_for_refusal(tenant, &refusal),
+        .map_err(|refusal| {
+            Lapse::new(
+                Ended::EgressWithdrawn,
+                super::deny_for_refusal(tenant, &refusal),
+            )
         })
 }
 
@@ -355,11 +352,10 @@ pub fn upgrade_again(
         let hosts = &shared.config.egress.hosts;
         let mcp = &snapshot.tenants.mcp;
         if mcp.server_for(&destination, Some(addr), hosts).is_some() {
-            return Err(Lapse {
-                withdrawn_by: None,
-                ended: Ended::PolicyWithdrawn,
-                deny: Deny::McpMalformed(crate::mcp::NEVER_UPGRADED.into()),
-            });
+            return Err(Lapse::new(
+                Ended::PolicyWithdrawn,
+                Deny::McpMalformed(crate::mcp::NEVER_UPGRADED.into()),
+            ));
         }
         // Its host may be an LLM provider's now (`[[llm_provider]]`).
         let mut there = destination.clone();
@@ -367,11 +363,7 @@ pub fn upgrade_again(
         let call = registry::for_destination(&there).is_some();
         if let Work::Unmetered(what) = registry::work(&there, &method, true, call) {
             if crate::limits::plan::refuses_unmetered_for(&snapshot.tenants, &tenant) {
-                return Err(Lapse {
-                    withdrawn_by: None,
-                    ended: Ended::Unmetered,
-                    deny: Deny::UnmeteredCall(what),
-                });
+                return Err(Lapse::new(Ended::Unmetered, Deny::UnmeteredCall(what)));
             }
         }
         Ok(())
@@ -408,11 +400,7 @@ pub fn opaque_again(
         } else {
             Deny::UnmeteredCall("an opaque tunnel to an LLM API")
         };
-        Err(Lapse {
-            withdrawn_by: None,
-            ended: Ended::InterceptionRequired,
-            deny,
-        })
+        Err(Lapse::new(Ended::InterceptionRequired, deny))
     })
 }
 

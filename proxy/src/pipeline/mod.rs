@@ -412,12 +412,17 @@ pub fn deny_for_refusal(tenant: &TenantContext, refusal: &EgressRefusal) -> Deny
     }
 }
 
-/// Whether the response's own header (not an interim `1xx` before it) went to the client; a
-/// `101` is the response's header: the connection switched with it.
+/// Whether `status` is the response's own (not an interim `1xx` before it); a `101` is: the
+/// connection switched with it.
+fn is_the_answer(status: http::StatusCode) -> bool {
+    !status.is_informational() || status == http::StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// Whether the response's own header (not an interim answer before it) went to the client.
 fn final_header_written(session: &Session) -> bool {
-    session.response_written().is_some_and(|r| {
-        !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
-    })
+    session
+        .response_written()
+        .is_some_and(|r| is_the_answer(r.status))
 }
 
 /// The proxy for one listener.
@@ -616,23 +621,18 @@ const HTTP2_SETTINGS: http::HeaderName = http::HeaderName::from_static("http2-se
 /// an ordinary HTTP/1.1 call, decided and metered as one, and no upstream is asked to switch to
 /// a protocol the proxy would relay unread.
 fn drop_other_upgrades(req: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
-    let Some(upgrade) = req.headers.get(http::header::UPGRADE) else {
-        return Ok(());
-    };
-    let connection = req.headers.get_all(http::header::CONNECTION);
-    let nominated = connection.iter().any(|v| {
-        crate::front::head::connection_options(v.as_bytes())
-            .any(|o| o.eq_ignore_ascii_case(b"upgrade"))
-    });
-    let websocket = upgrade
-        .as_bytes()
-        .trim_ascii()
-        .eq_ignore_ascii_case(b"websocket")
-        && req.headers.get_all(http::header::UPGRADE).iter().count() == 1;
-    if nominated && websocket && req.version == http::Version::HTTP_11 {
+    if !req.headers.contains_key(http::header::UPGRADE) {
         return Ok(());
     }
-    let kept: Vec<Vec<u8>> = connection
+    if crate::websocket_switch::nominates_upgrade(&req.headers)
+        && crate::websocket_switch::names_websocket(&req.headers)
+        && req.version == http::Version::HTTP_11
+    {
+        return Ok(());
+    }
+    let kept: Vec<Vec<u8>> = req
+        .headers
+        .get_all(http::header::CONNECTION)
         .iter()
         .flat_map(|v| crate::front::head::connection_options(v.as_bytes()))
         .filter(|o| {
@@ -965,7 +965,7 @@ impl ProxyHttp for TenantProxy {
         }
         // An interim answer (`100 Continue`, `103 Early Hints`) is not the request's answer: the
         // record names the final one, or what ended the request without one.
-        if !status.is_informational() || status == http::StatusCode::SWITCHING_PROTOCOLS {
+        if is_the_answer(status) {
             ctx.trail.upstream_status = Some(status);
         } else {
             ctx.interim_relayed = true;

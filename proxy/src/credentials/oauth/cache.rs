@@ -24,8 +24,9 @@ use dashmap::DashMap;
 
 use super::AccessToken;
 use crate::credentials::echoes::{next_stamp, Retired};
+use crate::credentials::kind::Kind;
 use crate::credentials::secret::SecretValue;
-use crate::credentials::Credential;
+use crate::credentials::{Credential, CredentialSet};
 use crate::ids::TenantId;
 use crate::metrics::METRICS;
 
@@ -76,6 +77,12 @@ impl Slot {
             .as_ref()
             .filter(|c| now < c.refresh_at)
             .map(|c| c.value.clone())
+    }
+
+    /// Whether this slot's tokens are the ones `cred` (its stored value `fingerprint`) is
+    /// served: minted from that value, for those bindings.
+    fn serves(&self, cred: &Credential, fingerprint: [u8; 32]) -> bool {
+        self.fingerprint == fingerprint && self.cred.bindings == cred.bindings
     }
 
     /// The token, fresh or not (what an upstream may have been sent last).
@@ -156,8 +163,7 @@ impl TokenCache {
     /// credential was bound elsewhere.
     fn slot(&self, cred: &Arc<Credential>, fingerprint: [u8; 32]) -> Arc<Slot> {
         let key = (cred.tenant.clone(), cred.name.clone());
-        let serves =
-            |slot: &Slot| slot.fingerprint == fingerprint && slot.cred.bindings == cred.bindings;
+        let serves = |slot: &Slot| slot.serves(cred, fingerprint);
         if let Some(slot) = self.slots.get(&key) {
             if serves(&slot) {
                 return slot.clone();
@@ -179,12 +185,23 @@ impl TokenCache {
         entry.clone()
     }
 
-    /// Drops the slots `keep` refuses, given the credential each slot's tokens were minted for
-    /// and its stored value's fingerprint, so a deleted, rotated or rebound credential's tokens
-    /// are not served after the reload that changed it (and are looked for where they went).
-    pub fn retain(&self, keep: impl Fn(&Credential, [u8; 32]) -> bool) {
+    /// Keeps only the slots a credential of `set` is still served by (the same stored value, the
+    /// same bindings), so a deleted, rotated or rebound credential's tokens are not served after
+    /// the reload that changed it (and are looked for where they went).
+    pub fn keep_only(&self, set: &CredentialSet) {
+        self.retain(|slot| {
+            set.get(&slot.cred.tenant, &slot.cred.name)
+                .is_some_and(|c| match &c.kind {
+                    Kind::Token(t) => slot.serves(c, t.fingerprint()),
+                    _ => false,
+                })
+        });
+    }
+
+    /// Drops (and retires) the slots `keep` refuses.
+    fn retain(&self, keep: impl Fn(&Slot) -> bool) {
         self.slots.retain(|_, slot| {
-            let kept = keep(&slot.cred, slot.fingerprint);
+            let kept = keep(slot);
             if !kept {
                 self.retire(slot);
             }
@@ -423,7 +440,7 @@ mod tests {
             .await
             .expect("token");
         assert_eq!(c.expose(), b"newer");
-        cache.retain(|_, fp| fp == [9; 32]);
+        cache.retain(|slot| slot.fingerprint == [9; 32]);
         assert_eq!(cache.slots.len(), 0);
     }
 

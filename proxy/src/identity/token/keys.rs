@@ -182,19 +182,16 @@ impl KeySet {
     pub fn named_in(text: &str) -> Option<KeySet> {
         let entries = jwks_entries(text).ok()?;
         let mut keys = HashMap::with_capacity(entries.len());
-        let mut repeated = std::collections::HashSet::new();
+        let mut seen = std::collections::HashSet::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let Ok((jwk, kid)) = entry_kid(entry, index) else {
                 continue;
             };
-            let key = parse_public_key(jwk, kid);
-            if keys.contains_key(kid) || repeated.contains(kid) {
+            if !seen.insert(kid) {
+                // Named twice: which key it names would depend on document order.
                 keys.remove(kid);
-                repeated.insert(kid);
-            } else if let Ok(key) = key {
+            } else if let Ok(key) = parse_public_key(jwk, kid) {
                 keys.insert(kid.to_string(), key);
-            } else {
-                repeated.insert(kid);
             }
         }
         Some(KeySet {
