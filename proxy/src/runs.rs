@@ -413,9 +413,16 @@ impl RunTracker {
             tenant.workload.as_str(),
             expires_at,
         );
-        if !watched {
+        // A tenant mints run ids at will: one line per tenant a second, the rest counted.
+        let key = crate::logging::LineKey::Tenant(tenant.tenant.as_str());
+        if let Some(suppressed) = (!watched)
+            .then(|| crate::logging::sample_line(key, "runs_unwatched"))
+            .flatten()
+        {
             tracing::warn!(
                 tenant = %tenant.tenant,
+                run_id = %tenant.run.id,
+                suppressed,
                 "this tenant has too many live runs to watch; this run's summary is left to another replica or a close"
             );
         }

@@ -892,6 +892,54 @@ fn an_extension_asked_for_as_a_stream_ends_is_settled_with_it() {
     }
 }
 
+/// An upstream that sends a whole answer at once (a buffering gateway) far past what a call
+/// without `max_tokens` reserved: the chunk waits for an extension that covers it, and a ceiling
+/// with no room for one cuts the stream there. Passed on while the extension was still being
+/// asked for, such an answer reached the client whole, whatever the ceiling.
+#[test]
+fn a_whole_answer_at_once_is_cut_at_the_ceiling_not_passed_over_it() {
+    let mock = start_mock();
+    let redis = RedisServer::start();
+    for limiter in ["memory", "redis"] {
+        let mut spec = ProxySpec::default().with_prices();
+        if limiter == "redis" {
+            spec = spec.with_redis_limiter(redis.url(), Duration::from_secs(1));
+        }
+        spec.llm_route(mock);
+        let acme = spec.tenant("acme").limits();
+        acme.assumed_max_tokens = Some(20);
+        acme.cost_per_day_micros = Some(3_000);
+        let proxy = Proxy::start(spec);
+        let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
+        let r = llm_chat(
+            proxy.sidecar_port,
+            body,
+            "x-mock-output-tokens: 20000\r\nx-mock-stream-whole: 1\r\n",
+        );
+        let text = r.body_text();
+        // Cut before its head left (pingora sends the head with the first chunk): refused
+        // whole; after: ended with the error event.
+        match r.status {
+            429 => {
+                r.assert_refused(429, "budget_exhausted");
+            }
+            200 => assert!(
+                text.contains("budget_exhausted") && !text.contains("[DONE]"),
+                "{limiter}: the stream must be cut: {}",
+                &text[text.len().saturating_sub(400)..]
+            ),
+            other => panic!("{limiter}: {other} {text}"),
+        }
+        // The ceiling (3,000 micro-units: 1,500 output tokens at most) stopped what
+        // the client was given: well short of the answer's 20,000 events.
+        let events = text.matches("data: ").count();
+        assert!(events < 10_000, "{limiter}: {events} events passed");
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(rec["stream_cut"], true, "{limiter}: {rec}");
+        assert_eq!(rec["ceiling"], "day", "{limiter}: {rec}");
+    }
+}
+
 #[test]
 fn run_tool_calls_and_wall_time_are_per_run_and_only_from_signed_tokens() {
     let origin = Origin::start();

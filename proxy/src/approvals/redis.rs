@@ -28,8 +28,8 @@ use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 
 use super::store::{
-    counts_until, Caps, Change, Decided, HoldRecord, HoldState, HoldStatus, HoldStore, OpenError,
-    Renewal, StoreUnavailable, Transition, RETAIN_MS,
+    counts_until, retained_until, Caps, Change, Decided, HoldRecord, HoldState, HoldStatus,
+    HoldStore, OpenError, Renewal, StoreUnavailable, Transition, RETAIN_MS,
 };
 use crate::redis_conn::{AsyncConn, RedisEndpoint, ScriptCall};
 
@@ -80,7 +80,8 @@ return {code, redis.call('HGETALL', KEYS[1])}
 "#;
 
 const TRANSITION: &str = r#"
--- KEYS[1] hold, KEYS[2] pending set. ARGV: id, from, to, decided json, now ms, before deadline.
+-- KEYS[1] hold, KEYS[2] pending set. ARGV: id, from, to, decided json, now ms, before deadline,
+-- how long (ms) the hold is kept in its new state (never longer than it already is).
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return {0, ''} end
 if st ~= ARGV[2] then return {2, st} end
@@ -97,6 +98,9 @@ if ARGV[6] == '1' and tonumber(ARGV[5]) > tonumber(redis.call('HGET', KEYS[1], '
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'decided', ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[3] ~= 'pending' and redis.call('PTTL', KEYS[1]) > tonumber(ARGV[7]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+end
 return {1, ARGV[3]}
 "#;
 
@@ -375,7 +379,8 @@ impl HoldStore for RedisHolds {
             .arg(change.to.as_str())
             .arg(decided)
             .arg(change.decided.at_ms)
-            .arg(if change.before_deadline { "1" } else { "0" });
+            .arg(if change.before_deadline { "1" } else { "0" })
+            .arg(retained_until(change.to, 0));
         let (code, state): (i64, String) = self.timed(invocation.run(&mut conn)).await?;
         let left_pending = change.from == HoldState::Pending && matches!(code, 1 | 4);
         if left_pending {

@@ -19,8 +19,30 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-/// How long a hold is kept after its deadline (a polling agent can still learn its outcome).
+/// How long a hold is kept after its deadline, or after its decision when it was decided
+/// before (a polling agent can still learn its outcome).
 pub const RETAIN_MS: u64 = 10 * 60 * 1000;
+
+/// How long a cancelled hold is kept: its agent went away, so nobody polls for it; an approver
+/// who opens it a moment later is told it was resolved.
+///
+/// SECURITY: an agent can open and cancel holds as fast as it can send a request and hang up
+/// (holds come before the ceilings, which a cancelled hold never reaches): kept to the
+/// deadline, up to a day, they grew the store without a bound.
+pub const CANCELLED_RETAIN_MS: u64 = 60 * 1000;
+
+/// The most holds a tenant keeps after their decision (in this process's store), as a
+/// multiple of its pending cap: past it, its oldest decided holds go first.
+pub const DECIDED_PER_PENDING: usize = 4;
+
+/// How long after its decision at `at_ms` a hold that is now `state` is kept.
+pub fn retained_until(state: HoldState, at_ms: u64) -> u64 {
+    let keep = match state {
+        HoldState::Cancelled => CANCELLED_RETAIN_MS,
+        _ => RETAIN_MS,
+    };
+    at_ms.saturating_add(keep)
+}
 
 /// How long an owner's lease on a waiting hold runs unless renewed (it is renewed at every
 /// look, every [`super::CHECK_INTERVAL`]).
@@ -169,6 +191,18 @@ impl HoldStatus {
     /// owner's lease when that ends first.
     pub fn counts_until(&self) -> u64 {
         counts_until(self.record.deadline_ms, self.lease_ms)
+    }
+
+    /// Until when it is kept: a pending hold until [`RETAIN_MS`] after its deadline, a
+    /// decided one as [`retained_until`] says (never past that).
+    pub fn kept_until(&self) -> u64 {
+        let by_deadline = self.record.deadline_ms.saturating_add(RETAIN_MS);
+        match (&self.decided, self.state) {
+            (Some(d), state) if state != HoldState::Pending => {
+                retained_until(state, d.at_ms).min(by_deadline)
+            }
+            _ => by_deadline,
+        }
     }
 
     /// Whether it is pending but its owner's lease has lapsed at `now_ms`.
@@ -320,8 +354,26 @@ impl HoldStore for MemoryHolds {
     ) -> Result<(), OpenError> {
         let now = record.created_ms;
         let mut holds = self.lock();
-        // Holds past their retention go; the map is bounded by the caps and the retention.
-        holds.retain(|_, h| h.record.deadline_ms.saturating_add(RETAIN_MS) > now);
+        // Holds past their retention go; the map is bounded by the caps (pending holds), the
+        // retention and the bound on each tenant's decided holds.
+        holds.retain(|_, h| h.kept_until() > now);
+        let decided_cap = caps.per_tenant.saturating_mul(DECIDED_PER_PENDING).max(1);
+        let mut decided: Vec<(u64, String)> = holds
+            .values()
+            .filter(|h| h.record.tenant == record.tenant && h.state != HoldState::Pending)
+            .map(|h| {
+                (
+                    h.decided.as_ref().map_or(0, |d| d.at_ms),
+                    h.record.id.clone(),
+                )
+            })
+            .collect();
+        if decided.len() >= decided_cap {
+            decided.sort_unstable();
+            for (_, id) in &decided[..=decided.len() - decided_cap] {
+                holds.remove(&(record.tenant.clone(), id.clone()));
+            }
+        }
         let counted = |h: &&HoldStatus| h.state == HoldState::Pending && h.counts_until() > now;
         let all = holds.values().filter(counted).count();
         let tenant = holds
@@ -431,5 +483,64 @@ mod tests {
         assert_eq!(counts_until(10, None), 10);
         assert_eq!(counts_until(10, Some(5)), 5);
         assert_eq!(counts_until(10, Some(50)), 10);
+    }
+
+    fn hold(tenant: &str, id: &str, created_ms: u64) -> HoldRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "tenant": tenant, "workload": "bot", "run_id": "r", "request_id": id,
+            "method": "POST", "scheme": "https", "host": "api.example.com", "port": 443,
+            "path": "/pay", "policy_ids": ["p"], "mode": "wait", "created_ms": created_ms,
+            "deadline_ms": created_ms + 86_400_000, "request_digest": "d"
+        }))
+        .expect("a hold record")
+    }
+
+    /// An agent that opens holds and hangs up at once (each cancelled) cannot grow the store:
+    /// cancelled holds go after a minute, and a tenant keeps a bounded number of decided ones,
+    /// the oldest going first; another tenant's are not touched.
+    #[tokio::test]
+    async fn decided_holds_are_bounded_per_tenant_and_cancelled_ones_go_soon() {
+        let store = MemoryHolds::default();
+        let caps = Caps {
+            per_tenant: 5,
+            global: 1000,
+        };
+        let cancel = |at_ms| Change {
+            from: HoldState::Pending,
+            to: HoldState::Cancelled,
+            decided: Decided {
+                approver: None,
+                reason: None,
+                at_ms,
+            },
+            before_deadline: false,
+        };
+        store
+            .open(&hold("globex", "g1", 1), None, caps)
+            .await
+            .unwrap();
+        for n in 0..100u64 {
+            let id = format!("a{n}");
+            store
+                .open(&hold("acme", &id, 10 + n), None, caps)
+                .await
+                .unwrap();
+            let done = store.transition("acme", &id, cancel(10 + n)).await.unwrap();
+            assert!(matches!(done, Transition::Done(_)), "{done:?}");
+        }
+        let bound = caps.per_tenant * DECIDED_PER_PENDING;
+        let acme = |store: &MemoryHolds| store.lock().keys().filter(|(t, _)| t == "acme").count();
+        assert!(acme(&store) <= bound, "{} kept", acme(&store));
+        // The newest are the ones kept; the oldest went.
+        assert!(store.get("acme", "a99").await.unwrap().is_some());
+        assert!(store.get("acme", "a0").await.unwrap().is_none());
+        // A minute after, every cancelled hold is gone; globex's pending hold stays.
+        let later = 200 + CANCELLED_RETAIN_MS;
+        store
+            .open(&hold("acme", "late", later), None, caps)
+            .await
+            .unwrap();
+        assert_eq!(acme(&store), 1, "only the new one");
+        assert!(store.get("globex", "g1").await.unwrap().is_some());
     }
 }

@@ -1,8 +1,9 @@
 //! `audit export`: one tenant's records in a time range, byte for byte as written (so their
 //! hashes still link), followed by the checkpoints that vouch for them: those within the
 //! exported `seq` range and the first one after it. The records are one unbroken stretch of the
-//! chain, from the first record whose `time` is in the range to the last, so that an untouched
-//! export always verifies.
+//! chain, from the first record whose `time` is in the range to the last, and on to the first
+//! checkpoint at or after it, so that an untouched export always verifies and its last record
+//! is signed.
 //!
 //! SECURITY: only `DIR/<tenant>/` is read, found by names alone and without following
 //! symbolic links; another tenant's files are never opened.
@@ -145,6 +146,29 @@ pub fn export(
     let Some((first, last)) = seqs else {
         return Ok(summary);
     };
+    let path = tenant_dir.join(CHECKPOINTS_FILE);
+    let is_file = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+    let checkpoints = if is_file {
+        fs::read(&path)?
+    } else {
+        Vec::new()
+    };
+    let checkpoint_lines = || {
+        checkpoints
+            .split_inclusive(|b| *b == b'\n')
+            .filter_map(|line| line.strip_suffix(b"\n"))
+            .filter_map(|line| Some((line, serde_json::from_slice::<Checkpoint>(line).ok()?)))
+            .filter(|(_, c)| c.tenant == tenant.as_str())
+    };
+    // The records run on to the first checkpoint at or after the range's last one, so that a
+    // checkpoint in the file signs the last record (a file in which none signs a record
+    // vouches for nothing: `audit verify --file` reports it `unsigned`); at most one checkpoint
+    // interval more. Records not yet signed (the writer signs every interval) stay unsigned.
+    let last = checkpoint_lines()
+        .map(|(_, c)| c.seq)
+        .filter(|seq| *seq >= last)
+        .min()
+        .unwrap_or(last);
     // The proxy may have written more since the first pass: the range is the one found there.
     for_each_record(&tenant_dir, &files, tenant, |line, seq| {
         if (first..=last).contains(&seq) {
@@ -154,28 +178,17 @@ pub fn export(
         }
         Ok(())
     })?;
-    let path = tenant_dir.join(CHECKPOINTS_FILE);
-    let is_file = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
-    if is_file {
-        let bytes = fs::read(&path)?;
-        let mut after_range = false;
-        for line in bytes.split_inclusive(|b| *b == b'\n') {
-            let Some(line) = line.strip_suffix(b"\n") else {
-                continue;
-            };
-            let Ok(c) = serde_json::from_slice::<Checkpoint>(line) else {
-                continue;
-            };
-            let wanted = if c.seq > last {
-                !std::mem::replace(&mut after_range, true)
-            } else {
-                c.seq >= first
-            };
-            if wanted && c.tenant == tenant.as_str() {
-                out.write_all(line)?;
-                out.write_all(b"\n")?;
-                summary.checkpoints += 1;
-            }
+    let mut after_range = false;
+    for (line, c) in checkpoint_lines() {
+        let wanted = if c.seq > last {
+            !std::mem::replace(&mut after_range, true)
+        } else {
+            c.seq >= first
+        };
+        if wanted {
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+            summary.checkpoints += 1;
         }
     }
     Ok(summary)
@@ -272,13 +285,14 @@ mod tests {
         assert_eq!(
             summary,
             ExportSummary {
-                records: 2,
-                checkpoints: 2
+                records: 3,
+                checkpoints: 3
             }
         );
         let seqs = seqs(&out);
-        // Records 2 and 3, the checkpoint at 2 and the first one after the range (4).
-        assert_eq!(seqs, [2, 3, 2, 4]);
+        // Records 2 and 3, then 4, which the first checkpoint after them signs; the checkpoints
+        // at 2 and 4, and the first one after the records (6).
+        assert_eq!(seqs, [2, 3, 4, 2, 4, 6]);
 
         let missing = TenantId::new("globex").unwrap();
         assert!(matches!(
@@ -330,11 +344,12 @@ mod tests {
         let trust = crate::audit::verify::Keys::published(dir.path()).into();
         for (name, from, to, expected) in [
             // Arrived up to 10:00:04: seq 1, 3 and 5, and 2 and 4 chained between them.
+            // Then on to seq 6, which the checkpoint signs.
             (
                 "to",
                 None,
                 Some("2026-11-28T10:00:04Z"),
-                vec![1, 2, 3, 4, 5, 6],
+                vec![1, 2, 3, 4, 5, 6, 6],
             ),
             // Arrived from 10:00:04: seq 2, 4 and 6, and 3 and 5 between them.
             (

@@ -919,6 +919,23 @@ fn check_export(
         );
     }
     links.note_legacy(report);
+    // SECURITY: with no checkpoint inside the range, nothing in the file is signed: its records
+    // and their times are whatever its writer chose, and a forger needs no key to chain them.
+    // The time rule below (records this recent may still wait for their checkpoint) holds for
+    // a directory, where the writer's own later records date them, not for a file on its own.
+    if signed < first.seq {
+        let (interval, _) = links.interval(trust);
+        return Err(finding(
+            Problem::Unsigned,
+            at(1),
+            format!(
+                "no checkpoint in the file signs any of its records (seq {} to {}): nothing shows the proxy wrote them; export a range that holds a checkpoint (the writer signs every {}), or verify the directory",
+                first.seq,
+                report.last_seq,
+                humantime::format_duration(interval),
+            ),
+        ));
+    }
     // Records after the last checkpoint inside the range are linked but signed by none: the
     // checkpoint after the range signs a record outside the file.
     check_unsigned(
@@ -1621,5 +1638,28 @@ mod tests {
         let r = verify_export_of(&f, &f.lines[..38], &sparse);
         assert_eq!(reason(&r), Some(Problem::Unsigned), "{r:?}");
         assert!(r.problem.unwrap().detail.contains("seq 11 to 38"));
+    }
+
+    /// A file in which no checkpoint signs a record vouches for nothing, however recent its
+    /// records say they are: a forger chains records and picks their times without a key.
+    #[test]
+    fn an_export_with_nothing_signed_is_unsigned() {
+        let recent = Fixture::timed(12, 1);
+        let after = recent.checkpoints(&[10]);
+        for (name, checkpoints) in [
+            ("no checkpoint", &[][..]),
+            ("only the one after", &after[..]),
+        ] {
+            let r = verify_export_of(&recent, &recent.lines[..5], checkpoints);
+            assert_eq!(reason(&r), Some(Problem::Unsigned), "{name}: {r:?}");
+            let detail = r.problem.unwrap().detail;
+            assert!(
+                detail.contains("no checkpoint in the file signs any of its records (seq 1 to 5)"),
+                "{name}: {detail}"
+            );
+        }
+        // The same records with the checkpoint that signs them verify.
+        let r = verify_export_of(&recent, &recent.lines[..10], &after);
+        assert_eq!(r.problem, None, "{r:?}");
     }
 }

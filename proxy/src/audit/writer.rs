@@ -1005,6 +1005,12 @@ impl Writer {
         let now = SystemTime::now();
         let mut failed = Vec::new();
         for (tenant, log) in &mut self.logs {
+            // A partition that took nothing for a whole interval lets go of its file: one open
+            // descriptor per tenant ever served (a removed tenant's, a tenant that stopped) is
+            // not kept for the life of the process; the next record opens it again.
+            if log.cursor.head.seq <= log.checkpointed {
+                log.file = None;
+            }
             if checkpoint_log(&self.signer, &self.settings, tenant, log, now).is_err() {
                 failed.push(tenant.clone());
             }
@@ -2013,6 +2019,36 @@ mod tests {
         assert_eq!(request_ids(dir.path(), "acme"), ["a1", "a2"]);
         let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
         assert_eq!((report.records, report.problem), (2, None));
+    }
+
+    /// A partition idle for a whole checkpoint interval closes its file (a removed tenant's
+    /// descriptor is not kept for ever), and its next record opens it again, chained on.
+    #[test]
+    fn an_idle_partition_lets_go_of_its_file_and_takes_records_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 1 << 20);
+        w.write(
+            vec![named("acme", "a1"), named("globex", "g1")],
+            at("2026-11-28"),
+        );
+        w.checkpoint_all();
+        let open = |w: &Writer, t: &str| w.logs.get(t).unwrap().file.is_some();
+        assert!(
+            open(&w, "acme") && open(&w, "globex"),
+            "written this interval"
+        );
+        w.write(vec![named("globex", "g2")], at("2026-11-28"));
+        w.checkpoint_all();
+        assert!(!open(&w, "acme"), "acme took nothing for an interval");
+        assert!(open(&w, "globex"));
+        w.write(vec![named("acme", "a2")], at("2026-11-28"));
+        assert!(open(&w, "acme"));
+        w.checkpoint_all();
+        assert_eq!(request_ids(dir.path(), "acme"), ["a1", "a2"]);
+        for tenant in ["acme", "globex"] {
+            let report = verify_tenant(dir.path(), tenant, &Keys::published(dir.path()).into());
+            assert_eq!((report.records, report.problem), (2, None), "{tenant}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use ipnet::IpNet;
 
-use crate::transparent::rules::{Backend, CaptureRules};
+use crate::transparent::rules::{Backend, CaptureRules, IPTABLES_CHAIN};
 
 /// `sidecar-init` arguments.
 #[derive(Debug, Args)]
@@ -60,8 +60,16 @@ pub fn sidecar_init(args: SidecarInit) -> anyhow::Result<ExitCode> {
     let scripts: Vec<(&str, &[&str], String)> = match args.backend {
         Backend::Nft => vec![("nft", &["-f", "-"], rules.nft())],
         Backend::Iptables => vec![
-            ("iptables-restore", &["--noflush"], rules.iptables(false)),
-            ("ip6tables-restore", &["--noflush"], rules.iptables(true)),
+            (
+                "iptables-restore",
+                &["--noflush"],
+                rules.iptables(false, args.apply && jump_in_place("iptables")),
+            ),
+            (
+                "ip6tables-restore",
+                &["--noflush"],
+                rules.iptables(true, args.apply && jump_in_place("ip6tables")),
+            ),
         ],
     };
     for (tool, tool_args, script) in &scripts {
@@ -74,6 +82,26 @@ pub fn sidecar_init(args: SidecarInit) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `OUTPUT` already jumps to the capture chain (an earlier apply): `tool -C` succeeds
+/// only for a rule that is there.
+fn jump_in_place(tool: &str) -> bool {
+    Command::new(tool)
+        .args([
+            "-t",
+            "nat",
+            "-C",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-j",
+            IPTABLES_CHAIN,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Runs `tool args` with `script` on its standard input; its failure is ours.

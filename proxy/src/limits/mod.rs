@@ -363,6 +363,15 @@ impl Charge {
         }
     }
 
+    /// `n` times this charge.
+    pub fn times(self, n: u64) -> Charge {
+        Charge {
+            tokens: self.tokens.saturating_mul(n),
+            cost_micros: self.cost_micros.saturating_mul(n),
+            tool_calls: self.tool_calls.saturating_mul(n),
+        }
+    }
+
     /// The sum of two charges.
     pub fn plus(self, other: Charge) -> Charge {
         Charge {
@@ -718,6 +727,12 @@ pub trait LimitBackend: Send + Sync + fmt::Debug {
     /// others pay nothing per request.
     fn already_over(&self, _rate_keys: &dyn Fn() -> Vec<LimitKey>) -> Option<LimitDeny> {
         None
+    }
+    /// The longest [`Self::admit`] takes to answer (its time box): how long a stream's chunk
+    /// that waits for an extension waits. Zero for a backend whose answer is ready when first
+    /// asked (the in-memory one).
+    fn answer_within(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }
 

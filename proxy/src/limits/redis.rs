@@ -969,8 +969,17 @@ impl RedisBackend {
     }
 }
 
+/// What a call's time box may run past its `timeout`: a starved runtime's late wake-up and
+/// the turns it then gives the call (see [`answer_within`]).
+const ANSWER_SLACK: Duration = Duration::from_millis(10);
+
 #[async_trait::async_trait]
 impl LimitBackend for RedisBackend {
+    fn answer_within(&self) -> Duration {
+        // A call waits its timeout, and once more when the runtime was behind.
+        self.settings.timeout.saturating_mul(2) + ANSWER_SLACK
+    }
+
     async fn admit(&self, keys: &[LimitKey], charge: Charge) -> Result<Admission, AdmitError> {
         let lease_id = crate::trace::random_hex(16);
         let sent = std::time::Instant::now();

@@ -1,14 +1,20 @@
 //! Keeps a streaming LLM response within its tenant's and run's budgets.
 //!
 //! A streaming call that sets no `max_tokens` may run past what was reserved for it. The body
-//! filter that sees the stream is synchronous (it cannot wait for Redis), so as the running
+//! filters that see the stream are synchronous (they cannot wait for Redis), so as the running
 //! output estimate nears the reservation the guard starts an extension in the background, and
-//! reads its result on a later chunk. If an extension is refused, or the counters cannot be
-//! reached, the stream is cut once it passes what is covered: spend stops at the ceiling rather
-//! than running into overage.
+//! reads its result on a later chunk. A chunk that would take the output past what is covered
+//! is not passed on before an extension covers it: the guard asks for one sized to it and has
+//! the proxy wait for the answer before the chunk goes on (pingora sleeps on the duration the
+//! upstream body filter returns, before the downstream one runs). If an extension is refused,
+//! or the counters cannot be reached in time, the stream is cut there: spend stops at the
+//! ceiling rather than running into overage, however fast the upstream sends.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use super::{AdmitError, Charge, LimitBackend, LimitKey, LimitKind, Window};
 
@@ -33,6 +39,9 @@ pub enum CutReason {
 pub enum Verdict {
     /// Pass it on.
     Pass,
+    /// Wait this long for the extensions in flight, then decide again
+    /// ([`StreamGuard::after_wait`]): the chunk goes past what is covered.
+    Wait(Duration),
     /// End the stream here with an error event.
     Cut(CutReason),
 }
@@ -48,14 +57,16 @@ pub struct StreamGuard {
     /// Output tokens covered by the reservation and the extensions granted so far.
     covered: u64,
     granted: Charge,
-    pending: Option<Pending>,
+    /// Extensions asked for and not yet taken into account.
+    pending: Vec<Pending>,
     refused: Option<CutReason>,
 }
 
-/// An extension asked for and not yet taken into account: its outcome, written by the task
-/// that asks, and that task, so the stream's end can wait for it.
+/// An extension asked for and not yet taken into account: how many steps it asks for, its
+/// outcome (written by the task that asks) and that task, so the stream's end can wait for it.
 #[derive(Debug)]
 struct Pending {
+    steps: u64,
     outcome: Arc<AtomicU8>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -77,7 +88,7 @@ impl StreamGuard {
             step,
             covered: covered_output,
             granted: Charge::default(),
-            pending: None,
+            pending: Vec::new(),
             refused: None,
         }
     }
@@ -87,40 +98,48 @@ impl StreamGuard {
         self.granted
     }
 
-    /// Every extension granted, once the one still being asked for (if any) has its answer: what
-    /// to add to the admission before settling. SECURITY (accounting): an extension asked for
-    /// near the end of a stream is reserved on the counters whether or not a later chunk came
-    /// to read its answer; left out of the settlement, its reservation would stand until its
-    /// window ends and overcharge the tenant. The ask is time-boxed by the backend, so this
+    /// Every extension granted, once those still being asked for (if any) have their answers:
+    /// what to add to the admission before settling. SECURITY (accounting): an extension asked
+    /// for near the end of a stream is reserved on the counters whether or not a later chunk
+    /// came to read its answer; left out of the settlement, its reservation would stand until
+    /// its window ends and overcharge the tenant. The ask is time-boxed by the backend, so this
     /// waits at most the limiter's timeout.
     pub async fn finish(&mut self) -> Charge {
-        if let Some(task) = self.pending.as_mut().and_then(|p| p.task.take()) {
-            // A task that panicked left its outcome pending: nothing was granted to settle.
-            let _ = task.await;
+        for p in &mut self.pending {
+            if let Some(task) = p.task.take() {
+                // A task that panicked left its outcome pending: nothing was granted to settle.
+                let _ = task.await;
+            }
         }
-        self.take_outcome();
+        self.take_outcomes();
         self.granted
     }
 
-    /// Reads the outcome of the extension in flight, if it has one.
-    fn take_outcome(&mut self) {
-        let Some(p) = &self.pending else { return };
-        match p.outcome.load(Ordering::Acquire) {
-            PENDING => {}
-            GRANTED => {
-                self.covered = self.covered.saturating_add(self.step_tokens);
-                self.granted = self.granted.plus(self.step);
-                self.pending = None;
+    /// Takes the outcomes of the extensions that have one.
+    fn take_outcomes(&mut self) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &self.pending[i];
+            match p.outcome.load(Ordering::Acquire) {
+                PENDING => {
+                    i += 1;
+                    continue;
+                }
+                GRANTED => {
+                    let tokens = self.step_tokens.saturating_mul(p.steps);
+                    self.covered = self.covered.saturating_add(tokens);
+                    self.granted = self.granted.plus(self.step.times(p.steps));
+                }
+                code => {
+                    self.refused = Some(match code {
+                        REFUSED_RUN => CutReason::Budget("run"),
+                        REFUSED_DAY => CutReason::Budget("day"),
+                        REFUSED_MONTH => CutReason::Budget("month"),
+                        _ => CutReason::Unavailable,
+                    });
+                }
             }
-            code => {
-                self.refused = Some(match code {
-                    REFUSED_RUN => CutReason::Budget("run"),
-                    REFUSED_DAY => CutReason::Budget("day"),
-                    REFUSED_MONTH => CutReason::Budget("month"),
-                    _ => CutReason::Unavailable,
-                });
-                self.pending = None;
-            }
+            self.pending.swap_remove(i);
         }
     }
 
@@ -129,41 +148,83 @@ impl StreamGuard {
         self.refused
     }
 
-    /// Decides on the chunk that brought the output estimate to `output_estimate`.
-    /// Synchronous: it only reads the result of an extension started on an earlier chunk.
+    /// Output tokens covered once every extension in flight is granted.
+    fn covered_if_granted(&self) -> u64 {
+        let asked: u64 = self.pending.iter().map(|p| p.steps).sum();
+        self.covered
+            .saturating_add(self.step_tokens.saturating_mul(asked))
+    }
+
+    /// Decides on the chunk that brought the output estimate to `output_estimate`, before it
+    /// goes on. Synchronous: it reads the results of extensions already asked for, and asks for
+    /// more where needed.
     pub fn observe(&mut self, output_estimate: u64) -> Verdict {
-        self.take_outcome();
-        if let (true, Some(reason)) = (output_estimate > self.covered, self.refused) {
-            return Verdict::Cut(reason);
+        self.take_outcomes();
+        if output_estimate > self.covered {
+            if let Some(reason) = self.refused {
+                return Verdict::Cut(reason);
+            }
+            // SECURITY (budgets): past the cover, the chunk waits for an extension that covers
+            // it; passed on while one was still asked for, a fast upstream (a buffering gateway
+            // that sends the whole answer at once) ran any budget over by as much as it sent.
+            let short = output_estimate.saturating_sub(self.covered_if_granted());
+            if short > 0 {
+                // Enough for the chunk and half a step beyond, in one ask.
+                let steps = short
+                    .saturating_add(self.step_tokens / 2)
+                    .div_ceil(self.step_tokens);
+                self.start_extension(steps.max(1));
+                self.take_outcomes();
+            }
+            return match (output_estimate > self.covered, self.refused) {
+                (false, _) => Verdict::Pass,
+                (true, Some(reason)) => Verdict::Cut(reason),
+                (true, None) => Verdict::Wait(self.backend.answer_within()),
+            };
         }
         // Ask ahead, half a step before the cover runs out, so a granted extension is usually
         // in place before it is needed; while one is in flight the stream is not held up.
         if self.refused.is_none()
-            && self.pending.is_none()
+            && self.pending.is_empty()
             && output_estimate.saturating_add(self.step_tokens / 2) >= self.covered
         {
-            self.start_extension();
+            self.start_extension(1);
+            self.take_outcomes();
         }
         Verdict::Pass
     }
 
-    fn start_extension(&mut self) {
+    /// Decides again on a chunk [`Self::observe`] had wait: it passes only if it is covered
+    /// now. An extension still unanswered after the wait (the backend's time box) cuts as an
+    /// unreachable backend does.
+    pub fn after_wait(&mut self, output_estimate: u64) -> Verdict {
+        self.take_outcomes();
+        if output_estimate <= self.covered {
+            return Verdict::Pass;
+        }
+        Verdict::Cut(self.refused.unwrap_or(CutReason::Unavailable))
+    }
+
+    /// Asks for `steps` extensions in one call. A backend that answers at once (the in-memory
+    /// one) answers here; any other is asked on a task of its own.
+    fn start_extension(&mut self, steps: u64) {
         let state = Arc::new(AtomicU8::new(PENDING));
         let backend = self.backend.clone();
         let keys = self.keys.clone();
-        let step = self.step;
+        let charge = self.step.times(steps);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to ask on: no extension, so the stream ends at its reservation.
             state.store(UNAVAILABLE, Ordering::Release);
-            self.pending = Some(Pending {
+            self.pending.push(Pending {
+                steps,
                 outcome: state,
                 task: None,
             });
             return;
         };
         let outcome = state.clone();
-        let task = runtime.spawn(async move {
-            let result = match backend.admit(&keys, step).await {
+        let mut ask = Box::pin(async move {
+            let result = match backend.admit(&keys, charge).await {
                 Ok(_) => GRANTED,
                 Err(AdmitError::Limited(deny)) => match deny.key.kind {
                     LimitKind::Quota {
@@ -180,9 +241,15 @@ impl StreamGuard {
             };
             state.store(result, Ordering::Release);
         });
-        self.pending = Some(Pending {
+        // Polled once here: a later poll (by the task) registers its own waker.
+        let task = match ask.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(()) => None,
+            Poll::Pending => Some(runtime.spawn(ask)),
+        };
+        self.pending.push(Pending {
+            steps,
             outcome,
-            task: Some(task),
+            task,
         });
     }
 }
@@ -236,7 +303,7 @@ mod tests {
     async fn settle(guard: &mut StreamGuard, estimate: u64) -> Verdict {
         let first = guard.observe(estimate);
         for _ in 0..1000 {
-            if guard.pending.is_none() {
+            if guard.pending.is_empty() {
                 return guard.observe(estimate);
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -244,26 +311,136 @@ mod tests {
                 break;
             }
         }
-        assert!(guard.pending.is_none(), "the extension never finished");
+        assert!(guard.pending.is_empty(), "the extension never finished");
         first
+    }
+
+    /// Counters that take `delay` to answer (a Redis round trip), in memory.
+    #[derive(Debug)]
+    struct Slow {
+        inner: MemoryBackend,
+        delay: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl LimitBackend for Slow {
+        async fn admit(
+            &self,
+            keys: &[LimitKey],
+            charge: Charge,
+        ) -> Result<super::super::Admission, AdmitError> {
+            tokio::time::sleep(self.delay).await;
+            self.inner.admit(keys, charge).await
+        }
+        async fn finish(&self, admission: super::super::Admission, used: Charge) {
+            self.inner.finish(admission, used).await;
+        }
+        async fn read(
+            &self,
+            keys: &[LimitKey],
+        ) -> Result<Vec<u64>, super::super::LimiterUnavailable> {
+            self.inner.read(keys).await
+        }
+        fn answer_within(&self) -> Duration {
+            self.delay * 4
+        }
+    }
+
+    fn tokens(n: u64) -> Charge {
+        Charge {
+            tokens: n,
+            ..Charge::default()
+        }
+    }
+
+    /// A chunk that takes the output far past its cover at once (a buffering gateway sends a
+    /// whole answer in one read) passes only once an extension covers all of it: asked for in
+    /// one call, sized to it, answered before the chunk goes on; one the budget has no room for
+    /// cuts it, however large.
+    #[tokio::test]
+    async fn a_chunk_past_the_cover_waits_for_an_extension_that_covers_it() {
+        // Answered at once: decided in `observe`.
+        let backend = Arc::new(MemoryBackend::default());
+        let mut guard = StreamGuard::new(
+            backend.clone(),
+            vec![run_tokens(10_000)],
+            100,
+            100,
+            tokens(100),
+        );
+        assert_eq!(guard.observe(5_000), Verdict::Pass);
+        assert_eq!(
+            guard.granted(),
+            tokens(5_000),
+            "49 steps and half a step beyond"
+        );
+        let mut guard = StreamGuard::new(backend, vec![run_tokens(1_000)], 100, 100, tokens(100));
+        assert_eq!(guard.observe(5_000), Verdict::Cut(CutReason::Budget("run")));
+        assert_eq!(guard.granted(), Charge::default());
+
+        // Answered later: the chunk waits, then passes once covered, or is cut.
+        let slow = |ceiling| {
+            let backend = Arc::new(Slow {
+                inner: MemoryBackend::default(),
+                delay: Duration::from_millis(20),
+            });
+            StreamGuard::new(backend, vec![run_tokens(ceiling)], 100, 100, tokens(100))
+        };
+        let mut guard = slow(10_000);
+        let Verdict::Wait(wait) = guard.observe(5_000) else {
+            panic!("the chunk must wait for its extension")
+        };
+        assert_eq!(wait, Duration::from_millis(80));
+        assert_eq!(
+            guard.after_wait(5_000),
+            Verdict::Cut(CutReason::Unavailable),
+            "not answered yet: never passed unchecked"
+        );
+        let mut guard = slow(10_000);
+        let Verdict::Wait(wait) = guard.observe(5_000) else {
+            panic!("the chunk must wait for its extension")
+        };
+        tokio::time::sleep(wait).await;
+        assert_eq!(guard.after_wait(5_000), Verdict::Pass);
+        assert_eq!(guard.finish().await, tokens(5_000));
+        let mut guard = slow(1_000);
+        let Verdict::Wait(wait) = guard.observe(5_000) else {
+            panic!("the chunk must wait for its extension")
+        };
+        tokio::time::sleep(wait).await;
+        assert_eq!(
+            guard.after_wait(5_000),
+            Verdict::Cut(CutReason::Budget("run"))
+        );
+        // An ask-ahead in flight that covers too little: another is asked for the rest.
+        let mut guard = slow(10_000);
+        assert_eq!(
+            guard.observe(60),
+            Verdict::Pass,
+            "ask ahead, not waited for"
+        );
+        assert_eq!(guard.pending.len(), 1);
+        let Verdict::Wait(wait) = guard.observe(1_000) else {
+            panic!("the chunk must wait for its extension")
+        };
+        assert_eq!(guard.pending.len(), 2, "the rest asked for beside it");
+        tokio::time::sleep(wait).await;
+        assert_eq!(guard.after_wait(1_000), Verdict::Pass);
     }
 
     #[tokio::test]
     async fn extends_while_budget_lasts_then_cuts_past_the_cover() {
         let backend = Arc::new(MemoryBackend::default());
         let key = run_tokens(300);
-        let tokens = |n| Charge {
-            tokens: n,
-            ..Charge::default()
-        };
         // The call reserved 100 tokens; the run allows 300, so two extensions of 100 fit.
         let admission = backend
             .admit_now(std::slice::from_ref(&key), tokens(100))
             .expect("admit");
         let mut guard = StreamGuard::new(backend.clone(), vec![key], 100, 100, tokens(100));
         assert_eq!(guard.observe(10), Verdict::Pass);
-        assert!(
-            guard.pending.is_none(),
+        assert_eq!(
+            guard.granted(),
+            Charge::default(),
             "far from the cover: no extension yet"
         );
         assert_eq!(settle(&mut guard, 60).await, Verdict::Pass);
@@ -283,11 +460,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_end_of_a_stream_waits_for_the_extension_it_asked_for() {
-        let backend = Arc::new(MemoryBackend::default());
-        let tokens = |n| Charge {
-            tokens: n,
-            ..Charge::default()
-        };
+        let backend = Arc::new(Slow {
+            inner: MemoryBackend::default(),
+            delay: Duration::from_millis(20),
+        });
         // The last chunk brings the estimate near the cover: an extension is asked for, and no
         // chunk follows to read its answer.
         let mut guard = StreamGuard::new(
@@ -298,7 +474,7 @@ mod tests {
             tokens(100),
         );
         assert_eq!(guard.observe(60), Verdict::Pass);
-        assert!(guard.pending.is_some(), "an extension is being asked for");
+        assert_eq!(guard.pending.len(), 1, "an extension is being asked for");
         assert_eq!(
             guard.finish().await,
             tokens(100),

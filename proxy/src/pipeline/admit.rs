@@ -1428,7 +1428,12 @@ async fn admit_connect(
     } = must_intercept(fx, &snapshot, &tenant, host, port, addr);
     let (mode, minter) = if opaque.allowed && !mcp && !metered && !bound {
         if let Some(d) = trail.decision.as_mut() {
-            d.policy_ids.extend(opaque.policy_ids);
+            // One permit may allow both questions: named once.
+            for id in opaque.policy_ids {
+                if !d.policy_ids.contains(&id) {
+                    d.policy_ids.push(id);
+                }
+            }
         }
         (TunnelMode::Opaque, None)
     } else {

@@ -8,6 +8,7 @@
 //! | `upstream_request_filter` | [`respond::upstream_request`]: origin-form target, substitutions, `Host`, identity stripped, trace context |
 //! | `request_body_filter` | hands the buffered body to the upstream |
 //! | `response_filter` | [`respond::Stages::for_response`]: list filter, meter, stream guard, usage stripper, scrubber |
+//! | `upstream_response_body_filter` | [`respond::Stages::read_upstream`]: body memory held, usage metered, a stream's budget decided (a chunk past its cover waits here for an extension) |
 //! | `response_body_filter` | [`respond::Stages::feed`], in that order |
 //! | `fail_to_proxy` | a cut stream ends with its event; an upstream failure becomes its refusal |
 //! | `logging` | settles limits, then [`record::Trail::finish_request`]: record, metrics, log line (a request cut at shutdown comes here too, as `shutdown`: see [`crate::drain`]) |
@@ -741,6 +742,45 @@ fn upstream_pool_key(tenant: &TenantId) -> u64 {
 }
 
 /// An error that makes pingora stop the response (and call `fail_to_proxy`).
+/// Ends a response its stages cut: records why, keeps the event that ends it for
+/// `fail_to_proxy` to write (the error makes pingora drop the upstream, which stops
+/// generating), and returns that error.
+fn cut_response(
+    stages: &Stages,
+    trail: &mut record::Trail,
+    cut_event: &mut Option<Vec<u8>>,
+    cut: Cut,
+) -> Box<Error> {
+    match cut {
+        Cut::Budget(reason) => {
+            // The stream ran out of budget; another framing (an NDJSON or text stream) just
+            // ends, short of its length.
+            let deny = Deny::StreamCut(reason);
+            *cut_event = stages.cut_event(&deny, &trail.request_id);
+            trail.refuse(deny);
+            stop("stream_cut", "stream cut: budget spent")
+        }
+        Cut::Overloaded(deny) => {
+            // What the response must be held whole to be read (an MCP answer, an event-stream
+            // message) does not fit the body memory bound: the rest is withheld, an MCP
+            // answer's replaced by a JSON-RPC error for its list.
+            *cut_event = match stages.list_filter() {
+                Some(filter) => Some(filter.error_message(&FilterError::Overloaded)),
+                None => last_event(stages.cut_ends_with_sse_event(), &deny, &trail.request_id),
+            };
+            trail.refuse(deny);
+            stop("overloaded", "response body memory")
+        }
+        Cut::Unfiltered(error) => {
+            // The rest of an MCP response whose lists could not be filtered is withheld,
+            // replaced by a JSON-RPC error framed like the response.
+            *cut_event = stages.list_filter().map(|f| f.error_message(&error));
+            trail.refuse(Deny::McpResponseUnfiltered(error.to_string()));
+            stop("mcp_response_unfiltered", "MCP list could not be filtered")
+        }
+    }
+}
+
 fn stop(kind: &'static str, why: &'static str) -> Box<Error> {
     let mut e = Error::explain(ErrorType::Custom(kind), why);
     e.set_retry(false);
@@ -1103,42 +1143,31 @@ impl ProxyHttp for TenantProxy {
             item_allowed(admitted.as_ref(), server.as_deref(), method, item, name)
         };
         let fed = stages.feed(body, end_of_stream, trail, &mut allowed);
-        match fed {
-            Ok(()) => Ok(None),
-            Err(Cut::Budget(reason)) => {
-                // The stream ran out of budget: the chunk in hand is dropped and the error makes
-                // pingora drop the upstream (which stops generating) and call `fail_to_proxy`,
-                // which writes the final event and ends the response cleanly.
-                let deny = Deny::StreamCut(reason);
-                // Another framing (an NDJSON or text stream) just ends, short of its length.
-                *cut_event = stages.cut_event(&deny, &trail.request_id);
-                trail.refuse(deny);
-                Err(stop("stream_cut", "stream cut: budget spent"))
-            }
-            Err(Cut::Overloaded(deny)) => {
-                // What the response must be held whole to be read (an MCP answer, an
-                // event-stream message) does not fit the body memory bound: the rest is
-                // withheld, an MCP answer's replaced by a JSON-RPC error for its list.
-                *body = None;
-                *cut_event = match stages.list_filter() {
-                    Some(filter) => Some(filter.error_message(&FilterError::Overloaded)),
-                    None => last_event(stages.cut_ends_with_sse_event(), &deny, &trail.request_id),
-                };
-                trail.refuse(deny);
-                Err(stop("overloaded", "response body memory"))
-            }
-            Err(Cut::Unfiltered(error)) => {
-                // The rest of an MCP response whose lists could not be filtered is withheld,
-                // replaced by a JSON-RPC error framed like the response.
-                *body = None;
-                *cut_event = stages.list_filter().map(|f| f.error_message(&error));
-                trail.refuse(Deny::McpResponseUnfiltered(error.to_string()));
-                Err(stop(
-                    "mcp_response_unfiltered",
-                    "MCP list could not be filtered",
-                ))
-            }
-        }
+        fed.map(|()| None).map_err(|cut| {
+            // The chunk in hand is dropped.
+            *body = None;
+            cut_response(stages, trail, cut_event, cut)
+        })
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        let RequestCtx {
+            trail,
+            stages,
+            cut_event,
+            ..
+        } = &mut **ctx;
+        // Metered (and its budget decided) as it arrives, before pingora sleeps on the wait
+        // this returns and the downstream filter passes it on.
+        stages
+            .read_upstream(body, end_of_stream, trail)
+            .map_err(|cut| cut_response(stages, trail, cut_event, cut))
     }
 
     async fn fail_to_proxy(

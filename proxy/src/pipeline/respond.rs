@@ -221,6 +221,9 @@ pub struct Stages {
     open_sse: bool,
     /// What the stages buffer of the response, held against the body memory bound.
     held: Option<Held>,
+    /// The chunk in hand waited for an extension ([`Stages::read_upstream`]): it goes on only
+    /// if one covers it now.
+    waited: bool,
 }
 
 /// The body memory a response's stages hold, and whose it is (the request's context, shared:
@@ -434,21 +437,19 @@ impl Stages {
         self.open_sse
     }
 
-    /// Runs `body` through every stage, in order. `allowed` decides whether a list may show an
-    /// item. The usage read so far is kept for the record.
-    pub fn feed(
+    /// Reads `body` as the upstream sent it (pingora's upstream body filter, which runs before
+    /// the downstream one): counts what the buffers will hold, meters it, and decides whether
+    /// it may go on. `Some(wait)`: the chunk takes the output past what its reservation covers
+    /// and an extension is being asked for; pingora waits that long before the downstream
+    /// filter ([`Self::feed`]) decides again. The usage read so far is kept for the record.
+    pub fn read_upstream(
         &mut self,
-        body: &mut Option<Bytes>,
+        body: &Option<Bytes>,
         end: bool,
         trail: &mut Trail,
-        allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
-    ) -> Result<(), Cut> {
+    ) -> Result<Option<std::time::Duration>, Cut> {
         let more = body.as_ref().map_or(0, Bytes::len);
         self.hold_buffers(more, end).map_err(Cut::Overloaded)?;
-        if let Some(filter) = self.list.as_mut() {
-            let chunk = body.take().unwrap_or_default();
-            *body = Some(filter.feed(&chunk, end, allowed).map_err(Cut::Unfiltered)?);
-        }
         if end && self.unread && self.success {
             METRICS
                 .llm_usage_unknown
@@ -474,11 +475,36 @@ impl Stages {
             *seen += b.len() as u64;
         }
         let seen = self.output_seen();
-        if let Some(guard) = self.guard.as_mut() {
-            if let Verdict::Cut(reason) = guard.observe(seen) {
+        match self.guard.as_mut().map(|g| g.observe(seen)) {
+            Some(Verdict::Cut(reason)) => Err(Cut::Budget(reason)),
+            Some(Verdict::Wait(wait)) => {
+                self.waited = true;
+                Ok(Some(wait))
+            }
+            Some(Verdict::Pass) | None => Ok(None),
+        }
+    }
+
+    /// Runs `body`, already read by [`Self::read_upstream`], through the stages that change
+    /// what goes on, in order. `allowed` decides whether a list may show an item.
+    pub fn feed(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        trail: &mut Trail,
+        allowed: &mut dyn FnMut(ItemKind, &str) -> bool,
+    ) -> Result<(), Cut> {
+        // A chunk that waited for an extension goes on only if one covers it now.
+        if std::mem::take(&mut self.waited) {
+            let seen = self.output_seen();
+            if let Some(Verdict::Cut(reason)) = self.guard.as_mut().map(|g| g.after_wait(seen)) {
                 *body = None;
                 return Err(Cut::Budget(reason));
             }
+        }
+        if let Some(filter) = self.list.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            *body = Some(filter.feed(&chunk, end, allowed).map_err(Cut::Unfiltered)?);
         }
         if let Some(strip) = self.strip.as_mut() {
             let chunk = body.take().unwrap_or_default();

@@ -73,6 +73,7 @@ impl ApprovalRule {
     /// The rule `policy`'s annotations describe: `Ok(None)` when it has none, `Err` (the text
     /// of a load problem) when they are invalid or sit on a `forbid`.
     pub fn from_policy(policy: &Policy) -> Result<Option<Self>, String> {
+        check_annotation_names(policy)?;
         let approval = policy.annotation("approval");
         let others = ["approval_timeout", "approvers", "approval_mode"];
         let Some(approval) = approval else {
@@ -143,6 +144,55 @@ impl ApprovalRule {
             mode,
         }))
     }
+}
+
+/// The annotations tenant-proxy reads: `@id` and the approval ones.
+const READ_ANNOTATIONS: [&str; 5] = [
+    "id",
+    "approval",
+    "approval_timeout",
+    "approvers",
+    "approval_mode",
+];
+
+/// Refuses an annotation whose name is a near miss of one tenant-proxy reads (`@Approval`,
+/// `@approver`, `@aproval_timeout`, `@approvalMode`, `@ID`).
+///
+/// SECURITY: Cedar accepts any annotation and the proxy ignores those it does not read, so a
+/// misspelt `@approval` would leave its permit allowing at once, and a misspelt `@approvers`
+/// would let any approver of the tenant decide: a hold that silently never happens. Other
+/// annotations (`@owner`, `@ticket`, `@reviewed_by`) stay free.
+fn check_annotation_names(policy: &Policy) -> Result<(), String> {
+    for (name, _) in policy.annotations() {
+        if READ_ANNOTATIONS.contains(&name) {
+            continue;
+        }
+        let folded = name.to_ascii_lowercase().replace('-', "_");
+        let distance = |known: &str| {
+            if folded.replace('_', "") == known.replace('_', "") {
+                Some(0)
+            } else if known.len() > 2 {
+                Some(strsim::damerau_levenshtein(&folded, known)).filter(|d| *d <= 2)
+            } else {
+                None
+            }
+        };
+        let nearest = READ_ANNOTATIONS
+            .iter()
+            .filter_map(|known| Some((distance(known)?, *known)))
+            .min();
+        let meant = match nearest {
+            Some((_, known)) => Some(known),
+            None if folded.starts_with("approv") || folded.starts_with("aprov") => Some("approval"),
+            None => None,
+        };
+        if let Some(meant) = meant {
+            return Err(format!(
+                "`@{name}` is not an annotation tenant-proxy reads: did you mean `@{meant}`? (annotation names are exact; a misspelt approval annotation would leave the permit without the hold it asks for)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether every action `policy`'s scope can match is one a request is held on.
@@ -361,6 +411,42 @@ mod tests {
         }
         let several = r#"@approval("required") permit (principal, action in [TenantProxy::Action::"http", TenantProxy::Action::"use_credential"], resource);"#;
         assert!(matches!(rule(several), Ok(Some(_))));
+    }
+
+    #[test]
+    fn near_misses_of_the_annotations_read_are_refused() {
+        let permit = r#"permit (principal, action == TenantProxy::Action::"http", resource);"#;
+        #[rustfmt::skip]
+        let misspelt = [
+            (r#"@Approval("required")"#, "`@approval`"),
+            (r#"@APPROVAL("required")"#, "`@approval`"),
+            (r#"@aproval("required")"#, "`@approval`"),
+            (r#"@approvals("required")"#, "`@approval`"),
+            (r#"@approval("required") @approver("legal")"#, "`@approvers`"),
+            (r#"@approval("required") @Approvers("legal")"#, "`@approvers`"),
+            (r#"@approval("required") @approval_timout("1m")"#, "`@approval_timeout`"),
+            (r#"@approval("required") @approvalTimeout("1m")"#, "`@approval_timeout`"),
+            (r#"@approval("required") @approval_mod("poll")"#, "`@approval_mode`"),
+            (r#"@approval_required("yes")"#, "`@approval`"),
+            (r#"@ID("x")"#, "`@id`"),
+        ];
+        for (annotations, meant) in misspelt {
+            let err = rule(&format!("{annotations} {permit}")).expect_err(annotations);
+            assert!(
+                err.contains("is not an annotation tenant-proxy reads") && err.contains(meant),
+                "{annotations}: {err}"
+            );
+        }
+        // Annotations of the authors' own stay free.
+        for free in [
+            r#"@owner("payments-team")"#,
+            r#"@ticket("SEC-123")"#,
+            r#"@reviewed_by("alice")"#,
+            r#"@description("stripe writes")"#,
+            r#"@idea("x")"#,
+        ] {
+            assert_eq!(rule(&format!("{free} {permit}")), Ok(None), "{free}");
+        }
     }
 
     #[test]

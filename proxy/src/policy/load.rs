@@ -14,6 +14,7 @@ use miette::Diagnostic;
 use sha2::{Digest as _, Sha256};
 
 use super::approval::ApprovalRule;
+use super::context_values;
 use super::{
     CompiledTenant, PolicyCheck, PolicyEngine, PolicyProblem, TenantInfo, TenantPolicies, NAMESPACE,
 };
@@ -492,7 +493,9 @@ fn compile(
         return None;
     }
     let schema = schema?;
-    Some(PolicyEngine {
+    let sample_principal =
+        EntityUid::from_type_name_and_id(names.workload.clone(), EntityId::new("schema/check"));
+    let engine = PolicyEngine {
         tenants: compiled,
         action_http: names.action_http,
         action_use_credential: names.action_use_credential,
@@ -515,7 +518,11 @@ fn compile(
             tenants: sources,
             retired,
         },
-    })
+    };
+    for mismatch in engine.schema_mismatches(&sample_principal) {
+        report.file(&dir.join(SCHEMA_FILE), mismatch);
+    }
+    report.problems.is_empty().then_some(engine)
 }
 
 /// `(id, index of its file in files)` of each of `loaded`.
@@ -1054,59 +1061,101 @@ fn warn_unknown_workloads(tenant: &TenantInfo, policies: &[Loaded], report: &mut
     }
 }
 
-/// Warns about each policy that compares what the proxy normalizes with a literal no request
-/// carries, so that it never applies (a forbid that holds nothing): a host (`Destination` id,
-/// `context.host`) or scheme not in lower case, a method not in upper case.
+/// Warns about each policy that compares a context attribute (or its resource) with a literal
+/// no request has, so that the comparison never holds (a forbid that forbids nothing) or, with
+/// `!=`, always holds: a host (`Destination` id, `context.host`) not as the proxy gives it (in
+/// upper case, with a trailing dot or a port, an IP address in another spelling), a scheme not
+/// `http`/`https`, a method not in upper case, an hour, weekday, port or position out of range
+/// (see [`context_values`]). In the scope and in conditions alike.
 fn warn_unmatchable_literals(policies: &[Loaded], report: &mut Report) {
     for l in policies {
-        let mut found: Vec<(&'static str, String)> = Vec::new();
+        let mut found: Vec<Compared> = Vec::new();
         if let cedar_policy::ResourceConstraint::Eq(uid)
         | cedar_policy::ResourceConstraint::In(uid)
         | cedar_policy::ResourceConstraint::IsIn(_, uid) = l.policy.resource_constraint()
         {
-            if uid.type_name().to_string() == "TenantProxy::Destination" {
-                found.push(("host", uid.id().unescaped().to_string()));
+            if uid.type_name().to_string() == DESTINATION {
+                found.push(Compared {
+                    attr: "host",
+                    literal: uid.id().unescaped().into(),
+                    op: "==",
+                });
             }
         }
         if let Ok(json) = l.policy.to_json() {
             compared_literals(&json, &mut found);
         }
-        for (attr, literal) in found {
-            let never = match attr {
-                "host" | "scheme" => literal.bytes().any(|b| b.is_ascii_uppercase()),
-                "method" => literal.bytes().any(|b| b.is_ascii_lowercase()),
-                _ => false,
+        for c in found {
+            let why = match (&c.literal, c.op) {
+                (serde_json::Value::String(text), "like") => {
+                    context_values::impossible_in_pattern(c.attr, text)
+                }
+                (literal, _) => context_values::impossible(c.attr, literal),
             };
-            if !never {
-                continue;
-            }
-            let case = if attr == "method" { "upper" } else { "lower" };
+            let Some(why) = why else { continue };
+            let shown = match &c.literal {
+                serde_json::Value::String(text) => format!("\"{text}\""),
+                other => other.to_string(),
+            };
+            let outcome = if c.op == "!=" {
+                "always holds"
+            } else {
+                "never holds"
+            };
             let message = format!(
-                "policy `{}` compares the {attr} with \"{literal}\", which no request has ({attr}s are {case} case when policies see them): that comparison never holds",
-                l.id
+                "policy `{}` compares the {} with {shown}, which no request has ({why}): that comparison {outcome}",
+                l.id, c.attr
             );
-            warn_at(report, l, &literal, message);
+            warn_at(report, l, &shown, message);
         }
     }
 }
 
-/// The literals a policy's conditions compare `context.host`, `context.method` or
-/// `context.scheme` with (`==`, `!=`, `like`, a set's `contains`), from its JSON form.
-fn compared_literals(v: &serde_json::Value, out: &mut Vec<(&'static str, String)>) {
+const DESTINATION: &str = "TenantProxy::Destination";
+
+/// A comparison in a policy's conditions of a context attribute (or the resource, as `host`)
+/// with a literal.
+struct Compared {
+    attr: &'static str,
+    literal: serde_json::Value,
+    /// `==`, `!=`, `contains`, `in` or `like` (its literal then the pattern, `*` for wildcards).
+    op: &'static str,
+}
+
+/// The literals a policy's conditions compare a context attribute the proxy narrows (see
+/// [`context_values`]) or the resource with (`==`, `!=`, `in`, `like`, a set's `contains`),
+/// from its JSON form.
+fn compared_literals(v: &serde_json::Value, out: &mut Vec<Compared>) {
     use serde_json::Value;
-    fn attr(v: &Value) -> Option<&'static str> {
+    const ATTRS: [&str; 7] = [
+        "host", "method", "scheme", "hour", "weekday", "port", "position",
+    ];
+    /// The attribute `v` reads; `resource` reads as `host`, its literals being Destinations.
+    fn attr(v: &Value) -> Option<(&'static str, bool)> {
+        if v.get("Var").and_then(Value::as_str) == Some("resource") {
+            return Some(("host", true));
+        }
         let dot = v.get(".")?;
         if dot.get("left")?.get("Var")?.as_str()? != "context" {
             return None;
         }
-        ["host", "method", "scheme"]
-            .into_iter()
-            .find(|a| dot.get("attr").and_then(Value::as_str) == Some(*a))
+        let name = dot.get("attr").and_then(Value::as_str)?;
+        ATTRS.into_iter().find(|a| *a == name).map(|a| (a, false))
     }
-    fn literals(v: &Value) -> Vec<String> {
+    fn literals(v: &Value, resource: bool) -> Vec<Value> {
         match (v.get("Value"), v.get("Set")) {
-            (Some(Value::String(s)), _) => vec![s.clone()],
-            (_, Some(Value::Array(items))) => items.iter().flat_map(literals).collect(),
+            (Some(Value::Object(e)), _) if resource => e
+                .get("__entity")
+                .filter(|e| e.get("type").and_then(Value::as_str) == Some(DESTINATION))
+                .and_then(|e| e.get("id").cloned())
+                .into_iter()
+                .collect(),
+            (Some(scalar @ (Value::String(_) | Value::Number(_))), _) if !resource => {
+                vec![scalar.clone()]
+            }
+            (_, Some(Value::Array(items))) => {
+                items.iter().flat_map(|i| literals(i, resource)).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -1114,23 +1163,39 @@ fn compared_literals(v: &serde_json::Value, out: &mut Vec<(&'static str, String)
         Value::Object(map) => {
             for (op, args) in map {
                 let (left, right) = (args.get("left"), args.get("right"));
-                match op.as_str() {
-                    "==" | "!=" | "contains" => {
+                let op: &'static str = match op.as_str() {
+                    "==" => "==",
+                    "!=" => "!=",
+                    "contains" => "contains",
+                    "in" => "in",
+                    "like" => "like",
+                    _ => "",
+                };
+                match op {
+                    "==" | "!=" | "contains" | "in" => {
                         for (a, b) in [(left, right), (right, left)] {
-                            if let (Some(name), Some(other)) = (a.and_then(attr), b) {
-                                out.extend(literals(other).into_iter().map(|l| (name, l)));
+                            if let (Some((attr, resource)), Some(other)) = (a.and_then(attr), b) {
+                                out.extend(
+                                    literals(other, resource)
+                                        .into_iter()
+                                        .map(|literal| Compared { attr, literal, op }),
+                                );
                             }
                         }
                     }
                     "like" => {
-                        if let (Some(name), Some(Value::Array(pattern))) =
+                        if let (Some((attr, false)), Some(Value::Array(pattern))) =
                             (left.and_then(attr), args.get("pattern"))
                         {
                             let text: String = pattern
                                 .iter()
-                                .filter_map(|e| e.get("Literal").and_then(Value::as_str))
+                                .map(|e| e.get("Literal").and_then(Value::as_str).unwrap_or("*"))
                                 .collect();
-                            out.push((name, text));
+                            out.push(Compared {
+                                attr,
+                                literal: Value::String(text),
+                                op,
+                            });
                         }
                     }
                     _ => {}

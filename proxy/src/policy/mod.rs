@@ -43,6 +43,7 @@
 
 pub mod approval;
 mod cache;
+mod context_values;
 mod load;
 pub mod settings;
 pub mod shadow;
@@ -651,8 +652,9 @@ impl PolicyEngine {
             EntityUid::from_type_name_and_id(entity_type.clone(), EntityId::new(facts.name));
         let host = normalize_host(facts.http.host);
         let mut pairs = http_pairs(facts.http, &host);
-        // `model` is about LLM bodies; a JSON-RPC body never names one.
-        pairs.retain(|(k, _)| k != "model");
+        // `model` and `provider` are about LLM calls; a JSON-RPC body never names a model, and
+        // the MCP contexts declare neither.
+        pairs.retain(|(k, _)| k != "model" && k != "provider");
         for (k, v) in [("server", facts.server), (field, facts.name)] {
             pairs.push((
                 k.to_string(),
@@ -662,6 +664,101 @@ impl PolicyEngine {
         let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         Request::new(principal.clone(), action.clone(), resource, context, schema)
             .map_err(|e| e.to_string())
+    }
+
+    /// Where the requests this engine builds disagree with its schema, one message each.
+    ///
+    /// SECURITY: the hot path builds requests without the schema (see [`Self::http_request`]),
+    /// and policies are validated against the schema, not against what the proxy sends. A schema
+    /// edited to say otherwise (`run_signed: String`, `port: String`) lets a policy pass
+    /// validation and `policy test` while comparing values no request has: a `forbid` on
+    /// `context.run_signed == "false"` would never hold. So every kind of request, with its
+    /// optional fields present and absent, is built once against the schema at load.
+    fn schema_mismatches(&self, principal: &EntityUid) -> Vec<String> {
+        let scopes = ["llm".to_string()];
+        let full = HttpRequestFacts {
+            scheme: "https",
+            host: "api.example.com",
+            port: 443,
+            method: "POST",
+            path: "/v1/chat/completions",
+            model: Some("gpt-4o"),
+            provider: Some("openai"),
+            run_signed: true,
+            scopes: &scopes,
+            route: Some("openai"),
+            destination_region: Some("eu"),
+            hour: 23,
+            weekday: "sun",
+        };
+        let bare = HttpRequestFacts {
+            model: None,
+            provider: None,
+            run_signed: false,
+            scopes: &[],
+            route: None,
+            destination_region: None,
+            ..full
+        };
+        let mut mismatches = Vec::new();
+        let mut check = |action: &EntityUid, built: Result<Request, String>| {
+            if let Err(e) = built {
+                let message = format!(
+                    "the schema does not describe what the proxy sends for action `{action}`: {e}"
+                );
+                if !mismatches.contains(&message) {
+                    mismatches.push(message);
+                }
+            }
+        };
+        let schema = Some(&self.schema);
+        for http in [&full, &bare] {
+            check(
+                &self.action_http,
+                self.http_request(principal, http, schema),
+            );
+            let credential = CredentialFacts {
+                name: "openai",
+                position: "header",
+                http,
+            };
+            check(
+                &self.action_use_credential,
+                self.credential_request(principal, &credential, schema),
+            );
+            for (item, action) in [
+                (ItemKind::Tool, &self.action_mcp_tool_call),
+                (ItemKind::Resource, &self.action_mcp_resource),
+                (ItemKind::Prompt, &self.action_mcp_prompt),
+            ] {
+                let mcp = McpFacts {
+                    server: "docs",
+                    item,
+                    name: "search",
+                    http,
+                };
+                check(action, self.mcp_request(principal, &mcp, schema));
+            }
+            let connect = ConnectFacts {
+                host: http.host,
+                port: http.port,
+                run_signed: http.run_signed,
+                scopes: http.scopes,
+                destination_region: http.destination_region,
+                hour: http.hour,
+                weekday: http.weekday,
+            };
+            for (question, action) in [
+                (ConnectQuestion::Open, &self.action_connect),
+                (ConnectQuestion::Opaque, &self.action_connect_opaque),
+            ] {
+                check(
+                    action,
+                    self.connect_request(principal, question, &connect, schema),
+                );
+            }
+        }
+        mismatches
     }
 
     fn decide(&self, set: &TenantPolicies, request: &Request) -> Decision {

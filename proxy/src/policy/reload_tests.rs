@@ -538,6 +538,12 @@ fn a_policy_that_never_applies_for_a_typo_or_a_case_warns() {
          @id(\"upper-host\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource == TenantProxy::Destination::\"API.example.com\");\n\
          @id(\"lower-method\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { [\"GET\", \"delete\"].contains(context.method) };\n\
          @id(\"like-host\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { context.host like \"*.Example.com\" };\n\
+         @id(\"cond-resource\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { resource == TenantProxy::Destination::\"API.OpenAI.com\" && context.method == \"POST\" };\n\
+         @id(\"trailing-dot\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { context.host == \"api.openai.com.\" };\n\
+         @id(\"with-port\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource == TenantProxy::Destination::\"api.openai.com:443\");\n\
+         @id(\"weekend\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { [\"Sat\", \"Sun\"].contains(context.weekday) };\n\
+         @id(\"hour-24\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { context.hour == 24 };\n\
+         @id(\"not-upper\")\npermit (principal, action == TenantProxy::Action::\"http\", resource) when { context.host != \"API.example.com\" && context.weekday == \"sat\" && context.hour == 23 };\n\
          @id(\"fine\")\nforbid (principal == TenantProxy::Workload::\"acme/bot\", action == TenantProxy::Action::\"http\", resource) when { context.method == \"DELETE\" && context.host == \"api.example.com\" };\n",
     );
     let tenants = vec![tenant("acme", "pro", &["bot"])];
@@ -565,6 +571,28 @@ fn a_policy_that_never_applies_for_a_typo_or_a_case_warns() {
     assert_eq!(at("lower-method").len(), 1, "GET is fine: {warned:?}");
     assert!(at("like-host")[0].0.contains("Example.com"), "{warned:?}");
     assert!(at("global-scheme")[0].0.contains("\"HTTPS\""), "{warned:?}");
+    for (id, literal, why) in [
+        ("cond-resource", "\"API.OpenAI.com\"", "lower case"),
+        ("trailing-dot", "\"api.openai.com.\"", "no trailing dot"),
+        ("with-port", "\"api.openai.com:443\"", "no port"),
+        ("hour-24", "24", "0 to 23"),
+    ] {
+        let found = at(id);
+        assert_eq!(found.len(), 1, "{id}: {warned:?}");
+        assert!(
+            found[0].0.contains(literal)
+                && found[0].0.contains(why)
+                && found[0].0.ends_with("that comparison never holds"),
+            "{id}: {found:?}"
+        );
+    }
+    assert_eq!(at("weekend").len(), 2, "Sat and Sun: {warned:?}");
+    let not_upper = at("not-upper");
+    assert_eq!(not_upper.len(), 1, "{warned:?}");
+    assert!(
+        not_upper[0].0.ends_with("that comparison always holds"),
+        "{not_upper:?}"
+    );
     assert!(at("fine").is_empty(), "{warned:?}");
     assert!(checked.result.is_ok(), "warnings, not load problems");
 }

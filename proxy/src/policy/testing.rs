@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use cedar_policy::{Context, Entities, EntityUid, Request};
 use serde::Deserialize;
 
-use super::{PolicyEngine, PolicyProblem};
+use super::{context_values, PolicyEngine, PolicyProblem};
 use crate::ids::TenantId;
 
 /// Where the test files live, relative to the policy directory.
@@ -217,48 +217,27 @@ fn run_case(engine: &PolicyEngine, source: EntitySource, file: &str, case: CaseS
 }
 
 /// Why `context` (with `resource`) is one the proxy never builds, if it is: the schema allows
-/// any Long and String, but a case that passes on `"hour": 99`, `"weekday": "Tuesday"` or a
-/// `context.host` other than its Destination proves nothing about a real request.
+/// any Long and String, but a case that passes on `"hour": 99`, `"weekday": "Tuesday"`, an
+/// upper-case host or a `context.host` other than its Destination proves nothing about a real
+/// request (see [`context_values`]).
 fn impossible_context(context: &serde_json::Value, resource: &EntityUid) -> Result<(), String> {
-    if let Some(hour) = context.get("hour") {
-        if !hour.as_i64().is_some_and(|h| (0..=23).contains(&h)) {
-            return Err(format!("`hour` is {hour}; the proxy gives 0 to 23"));
-        }
-    }
-    const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-    if let Some(day) = context.get("weekday") {
-        if !day.as_str().is_some_and(|d| WEEKDAYS.contains(&d)) {
-            return Err(format!(
-                "`weekday` is {day}; the proxy gives one of {}",
-                WEEKDAYS.join(", ")
-            ));
-        }
-    }
-    if let Some(port) = context.get("port") {
-        if !port.as_i64().is_some_and(|p| (1..=65535).contains(&p)) {
-            return Err(format!("`port` is {port}; the proxy gives 1 to 65535"));
-        }
-    }
-    if let Some(scheme) = context.get("scheme") {
-        if !matches!(scheme.as_str(), Some("http" | "https")) {
-            return Err(format!(
-                "`scheme` is {scheme}; the proxy gives `http` or `https`"
-            ));
+    for (attr, value) in context.as_object().into_iter().flatten() {
+        if let Some(why) = context_values::impossible(attr, value) {
+            return Err(format!("`{attr}` is {value}; {why}"));
         }
     }
     // The resource of `http`, `connect` and `connect_opaque` is the destination host the
-    // context names (lowercase, no port).
-    let destination = resource.type_name().to_string() == "TenantProxy::Destination";
-    if let (true, Some(host)) = (destination, context.get("host")) {
+    // context names.
+    if resource.type_name().to_string() == "TenantProxy::Destination" {
         let id = resource.id().unescaped();
-        if host.as_str() != Some(id) {
+        if let Some(why) = context_values::impossible("host", &id.into()) {
             return Err(format!(
-                "`host` is {host} but the resource is the Destination `{id}`; the proxy gives both the same host"
+                "the Destination `{id}` is not a host the proxy gives: {why}"
             ));
         }
-        if id.bytes().any(|b| b.is_ascii_uppercase()) {
+        if let Some(host) = context.get("host").filter(|h| h.as_str() != Some(id)) {
             return Err(format!(
-                "the Destination `{id}` is not lowercase; the proxy lowercases hosts"
+                "`host` is {host} but the resource is the Destination `{id}`; the proxy gives both the same host"
             ));
         }
     }
@@ -403,6 +382,24 @@ mod tests {
                 json!({"scheme": "ftp"}),
                 &api,
                 "`http` or `https`",
+            ),
+            (
+                "a lower-case method",
+                json!({"method": "post"}),
+                &api,
+                "upper case",
+            ),
+            (
+                "a host with its port",
+                json!({"host": "api.openai.com:443"}),
+                &api,
+                "no port",
+            ),
+            (
+                "a position of another name",
+                json!({"position": "headers"}),
+                &api,
+                "`header`, `query` or `body`",
             ),
         ] {
             let got = impossible_context(&context, resource);

@@ -571,6 +571,40 @@ fn schema_problems_are_reported() {
     );
 }
 
+/// A schema whose contexts say otherwise than what the proxy sends is refused: policies would be
+/// validated (and `policy test` cases built) against types no request has.
+#[test]
+fn a_schema_that_does_not_describe_the_requests_is_a_problem() {
+    let shipped =
+        std::fs::read_to_string(repo_policies().join("schema.cedarschema")).expect("schema");
+    #[rustfmt::skip]
+    let edits = [
+        ("a field of another type", "    run_signed: Bool,        // the run id came from a signed token", "    run_signed: String,", "Action::\"http\""),
+        ("a connect field of another type", "    port: Long,              // the CONNECT port", "    port: String, //", "Action::\"connect\""),
+        ("a required field never sent", "    path: String,            // upstream path without the query", "    path: String, team: String,", "Action::\"http\""),
+        ("an optional field it sends, undeclared", "    provider?: String,", "", "Action::\"http\""),
+    ];
+    for (name, from, to, action) in edits {
+        assert!(shipped.contains(from), "{name}: the shipped schema changed");
+        let dir = dir_with(&[]);
+        std::fs::write(
+            dir.path().join("schema.cedarschema"),
+            shipped.replacen(from, to, 1),
+        )
+        .expect("write");
+        let problems = PolicyEngine::load(dir.path(), &tenants()).expect_err(name);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.file.ends_with("schema.cedarschema")
+                    && p.message
+                        .contains("the schema does not describe what the proxy sends")
+                    && p.message.contains(action)),
+            "{name}: {problems:#?}"
+        );
+    }
+}
+
 /// A policy directory without `global/` or `tenants/`, or not there at all, is a problem: one
 /// moved away for a moment (a directory swapped, a checkout in progress) must not load as no
 /// policies, its forbids dropped. A tenant without a directory of its own is fine.

@@ -70,8 +70,9 @@ impl CaptureRules {
 
     /// The `iptables-restore --noflush` input for IPv4 (`v6 = false`) or
     /// `ip6tables-restore --noflush` for IPv6: the chain is flushed and refilled, and `OUTPUT`
-    /// sends TCP through it.
-    pub fn iptables(&self, v6: bool) -> String {
+    /// sends TCP through it, unless `jump_in_place` (an earlier apply's jump is there: a
+    /// second would send every connection through the chain twice, and stay after a removal).
+    pub fn iptables(&self, v6: bool, jump_in_place: bool) -> String {
         let loopback = if v6 { "::1/128" } else { "127.0.0.0/8" };
         let chain = IPTABLES_CHAIN;
         let mut s = String::new();
@@ -92,7 +93,9 @@ impl CaptureRules {
             let _ = writeln!(s, "-A {chain} -p tcp --dport {port} -j RETURN");
         }
         let _ = writeln!(s, "-A {chain} -p tcp -j REDIRECT --to-ports {}", self.port);
-        let _ = writeln!(s, "-A OUTPUT -p tcp -j {chain}");
+        if !jump_in_place {
+            let _ = writeln!(s, "-A OUTPUT -p tcp -j {chain}");
+        }
         let _ = writeln!(s, "COMMIT");
         s
     }
@@ -147,8 +150,8 @@ mod tests {
 
     #[test]
     fn iptables_rules_split_the_exclusions_by_family() {
-        let v4 = rules().iptables(false);
-        let v6 = rules().iptables(true);
+        let v4 = rules().iptables(false, false);
+        let v6 = rules().iptables(true, false);
         assert!(v4.contains("-A TENANT_PROXY_OUTPUT -m owner --uid-owner 1337 -j RETURN"));
         assert!(v4.contains("-d 127.0.0.0/8 -j RETURN") && v6.contains("-d ::1/128 -j RETURN"));
         assert!(v4.contains("-d 10.96.0.0/12") && !v4.contains("fd00::/8"));
@@ -161,5 +164,9 @@ mod tests {
                 .trim_end()
                 .ends_with("-A OUTPUT -p tcp -j TENANT_PROXY_OUTPUT\nCOMMIT"));
         }
+        // Applied again: the chain is refilled, the jump to it not added twice.
+        let again = rules().iptables(false, true);
+        assert!(again.contains(":TENANT_PROXY_OUTPUT - [0:0]"));
+        assert!(!again.contains("-A OUTPUT"), "{again}");
     }
 }

@@ -19,6 +19,11 @@ pub enum Sniffed {
         /// Lowercase SNI.
         sni: Option<String>,
     },
+    /// A TLS record that is no ClientHello this proxy can read (malformed, refused by rustls,
+    /// or larger than [`MAX_CLIENT_HELLO`]): its server name cannot be known.
+    UnreadableTls,
+    /// A ClientHello begun and not finished within the wait.
+    StalledTls,
     /// What starts an HTTP/1 request (`METHOD SP`).
     Http,
     /// Anything else, or nothing within the wait (a protocol where the server speaks first).
@@ -26,7 +31,8 @@ pub enum Sniffed {
 }
 
 /// Reads from `stream` until its first bytes are recognized. Returns what they are and every
-/// byte read; `None` when the client closed (or failed) before sending a full ClientHello.
+/// byte read; `None` when the client closed (or failed) before sending a byte, or in the middle
+/// of its ClientHello.
 /// `first_wait` bounds the wait for the first byte (after it, nothing is waited for: a client
 /// that sends nothing may be waiting for the server); `hello_wait` the whole ClientHello.
 pub async fn sniff<S: AsyncRead + Unpin>(
@@ -40,13 +46,16 @@ pub async fn sniff<S: AsyncRead + Unpin>(
         Ok(0) => return None,
         Ok(_) => {}
     }
-    if buf[0] == 0x16 {
+    if buf[0] == TLS_HANDSHAKE {
         let hello = tokio::time::timeout(hello_wait, client_hello(stream, &mut buf)).await;
+        // SECURITY: a TLS record whose server name cannot be read is not decided on the
+        // address as a client without SNI is: one that policy lets through opaquely there would
+        // let any name pass, a blocked one or one the tenant's credentials are bound to.
         return match hello {
-            Ok(Some(sni)) => Some((Sniffed::Tls { sni }, buf)),
-            // A record that is not a ClientHello is not TLS this proxy can serve.
-            Ok(None) => Some((Sniffed::Other, buf)),
-            Err(_) => None,
+            Ok(Hello::Sni(sni)) => Some((Sniffed::Tls { sni }, buf)),
+            Ok(Hello::Unreadable) => Some((Sniffed::UnreadableTls, buf)),
+            Ok(Hello::Closed) => None,
+            Err(_) => Some((Sniffed::StalledTls, buf)),
         };
     }
     // `METHOD SP`: letters up to the first space. The front checks the rest strictly.
@@ -78,20 +87,25 @@ async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> u
     }
 }
 
+/// What the bytes of a TLS handshake record turned out to be.
+enum Hello {
+    /// A whole ClientHello, with its server name if it has one.
+    Sni(Option<String>),
+    /// Not a ClientHello rustls reads, or one larger than [`MAX_CLIENT_HELLO`].
+    Unreadable,
+    /// The stream ended before the ClientHello did.
+    Closed,
+}
+
 /// Feeds `buf` (and what follows on `stream`) to rustls until it holds a whole ClientHello.
-/// `Some(sni)` for a ClientHello, `None` for bytes that are not one (or a stream that ends
-/// before one is complete, or one larger than [`MAX_CLIENT_HELLO`]).
-async fn client_hello<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-) -> Option<Option<String>> {
+async fn client_hello<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Hello {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut fed = 0;
     loop {
         while fed < buf.len() {
             let mut rest = &buf[fed..];
             match acceptor.read_tls(&mut rest) {
-                Ok(0) | Err(_) => return None,
+                Ok(0) | Err(_) => return Hello::Unreadable,
                 Ok(n) => fed += n,
             }
         }
@@ -101,16 +115,60 @@ async fn client_hello<S: AsyncRead + Unpin>(
                     .client_hello()
                     .server_name()
                     .map(str::to_ascii_lowercase);
-                return Some(sni);
+                return Hello::Sni(sni);
             }
             Ok(None) => {}
-            Err(_) => return None,
+            Err(_) => return Hello::Unreadable,
         }
-        if buf.len() > MAX_CLIENT_HELLO || read_some(stream, buf).await == 0 {
-            return None;
+        if buf.len() > MAX_CLIENT_HELLO {
+            return Hello::Unreadable;
+        }
+        if read_some(stream, buf).await == 0 {
+            return Hello::Closed;
         }
     }
 }
+
+/// Whether `first`, the first bytes a client sent only after the proxy took it for a protocol
+/// in which the server speaks first, are a TLS ClientHello or an HTTP request line: `None`
+/// while that cannot be told yet (an upper-case start without its line's end).
+///
+/// SECURITY: TLS and HTTP clients speak first. One that waits past the sniffing before it
+/// does would be relayed on a decision about the address alone, its server name or `Host`
+/// never checked: it is refused instead.
+pub fn speaks_first_late(first: &[u8]) -> Option<bool> {
+    const MAX_LINE: usize = 8 * 1024;
+    let method = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    match first.first() {
+        None => None,
+        Some(&TLS_HANDSHAKE) => Some(true),
+        // Not `METHOD SP`: no HTTP request.
+        _ if method == 0 || method > MAX_METHOD => Some(false),
+        _ if first.len() > method && first[method] != b' ' => Some(false),
+        _ => {
+            let line = &first[method..];
+            let end = line.iter().position(|b| *b == b'\n');
+            let line = &line[..end.unwrap_or(line.len())];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            // A request line is printable text; anything else is another protocol's.
+            if line.iter().any(|b| !(0x20..0x7f).contains(b)) {
+                return Some(false);
+            }
+            match end {
+                Some(_) => Some(
+                    [&b" HTTP/1.1"[..], b" HTTP/1.0", b" HTTP/2.0"]
+                        .iter()
+                        .any(|v| line.ends_with(v)),
+                ),
+                None if first.len() >= MAX_LINE => Some(false),
+                None => None,
+            }
+        }
+    }
+}
+
+/// The first byte of a TLS handshake record (a ClientHello's).
+const TLS_HANDSHAKE: u8 = 0x16;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -162,12 +220,71 @@ mod tests {
         for other in [
             &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
             b"get / HTTP/1.1\r\n",
-            b"\x16\x03\x01\x00\x05hello",
             b"AAAAAAAAAAAAAAAAAAAAAAAAA ",
         ] {
             assert_eq!(sniffed(other).await.unwrap().0, Sniffed::Other, "{other:?}");
         }
+        // A TLS record that is no ClientHello, or one larger than the proxy reads: its name
+        // cannot be known, so it is not taken for a client without one.
+        let mut huge = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+        huge.extend(std::iter::repeat_n(0x01, MAX_CLIENT_HELLO + 64));
+        for unreadable in [&b"\x16\x03\x01\x00\x05hello"[..], &huge] {
+            assert_eq!(
+                sniffed(unreadable).await.unwrap().0,
+                Sniffed::UnreadableTls,
+                "{:?}",
+                &unreadable[..8]
+            );
+        }
         assert_eq!(sniffed(b"").await, None);
+        // A ClientHello cut short by the client's close: it asked for nothing.
+        assert_eq!(sniffed(&hello[..hello.len() / 2]).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_that_stalls_is_told() {
+        let hello = client_hello_for("api.example.test");
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &hello[..20])
+            .await
+            .unwrap();
+        let got = sniff(
+            &mut server,
+            Duration::from_millis(50),
+            Duration::from_millis(50),
+        )
+        .await;
+        assert_eq!(got, Some((Sniffed::StalledTls, hello[..20].to_vec())));
+    }
+
+    #[test]
+    fn late_speakers_are_told_by_their_first_bytes() {
+        let hello = client_hello_for("api.example.test");
+        #[rustfmt::skip]
+        let cases: [(&[u8], Option<bool>); 12] = [
+            (&hello, Some(true)),
+            (&hello[..1], Some(true)),
+            (b"GET /x HTTP/1.1\r\nHost: a\r\n", Some(true)),
+            (b"POST / HTTP/1.0\n", Some(true)),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(true)),
+            // Protocols in which the server speaks first: SMTP, IMAP, MySQL's binary answer.
+            (b"EHLO client.example\r\n", Some(false)),
+            (b"a001 LOGIN user pass\r\n", Some(false)),
+            (b"\x55\x00\x00\x01\x8d\xa2", Some(false)),
+            (b"\x20\x00\x00\x01", Some(false)),
+            // Not told yet: an upper-case start whose line has not ended.
+            (b"GET /x HTT", None),
+            (b"G", None),
+            (b"", None),
+        ];
+        for (first, want) in cases {
+            assert_eq!(
+                speaks_first_late(first),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(first)
+            );
+        }
     }
 
     #[tokio::test]

@@ -366,11 +366,19 @@ impl EgressApp {
                 ask: lapse::opaque_again(tenant, head.host.clone(), head.port, addr),
             });
             let lapse = Box::pin(lapse::watch(self.shared.clone(), identity, question));
-            let (relayed, lapsed) = opaque::relay(stream, upstream, early, idle, lapse).await;
+            // A captured client that sent nothing within the sniffing's wait was taken for a
+            // protocol in which the server speaks first, and decided on the address alone.
+            let vet = (matches!(opened, Opened::CapturedOther(_)) && early.is_empty())
+                .then_some(crate::transparent::sniff::speaks_first_late as opaque::Vet);
+            let (relayed, lapsed) = opaque::relay(stream, upstream, early, idle, lapse, vet).await;
             let (up, down) = (relayed.up, relayed.down);
             trail.bytes_in = up;
             trail.bytes_out = down;
-            if let Some(lapse) = lapsed {
+            if relayed.vetoed {
+                trail.refuse(Deny::InterceptionUnavailable(
+                    "the captured client sent a TLS ClientHello or an HTTP request only after a silence that took it for a protocol in which the server speaks first: decided on the address alone, its server name or Host would go unchecked".into(),
+                ));
+            } else if let Some(lapse) = lapsed {
                 trail.ended = Some(lapse.ended);
                 trail.refuse(lapse.deny);
             } else if relayed.client_failed && self.shared.drain.is_cut() {

@@ -22,16 +22,27 @@ pub struct Relayed {
     pub down: u64,
     /// The client's connection failed rather than closed: broken, or cut at shutdown.
     pub client_failed: bool,
+    /// The relay was stopped before the client's first bytes went up, as `vet` asked.
+    pub vetoed: bool,
 }
+
+/// Tells what a client's first bytes are: `Some(true)` stops the relay, `Some(false)` lets
+/// them through, `None` waits for more (see [`relay`]).
+pub type Vet = fn(&[u8]) -> Option<bool>;
 
 /// Relays until both sides are done, nothing moves for `idle`, or `end` completes (then both
 /// connections are closed, whatever was in flight, and `end`'s value is returned).
+///
+/// With `vet`, the client's first bytes are held (the upstream's still flow down) until `vet`
+/// tells what they are: `Some(false)` lets them and the rest through, `Some(true)` ends the
+/// relay with nothing of them sent (`vetoed`), `None` waits for more of them.
 pub async fn relay<E: Future + Unpin>(
     mut client: Stream,
     mut upstream: TcpStream,
     early: Bytes,
     idle: Duration,
     mut end: E,
+    vet: Option<Vet>,
 ) -> (Relayed, Option<E::Output>) {
     let (mut up, mut down) = (0u64, 0u64);
     if !early.is_empty() {
@@ -42,6 +53,9 @@ pub async fn relay<E: Future + Unpin>(
     }
     let mut ended = None;
     let mut client_failed = false;
+    let mut vetoed = false;
+    // The client's first bytes while `vet` has not told what they are.
+    let mut held: Option<Vec<u8>> = vet.map(|_| Vec::new());
     let mut from_client = vec![0u8; BUF];
     let mut from_upstream = vec![0u8; BUF];
     let (mut client_open, mut upstream_open) = (true, true);
@@ -60,10 +74,23 @@ pub async fn relay<E: Future + Unpin>(
                     break;
                 }
                 Ok(n) => {
-                    if upstream.write_all(&from_client[..n]).await.is_err() {
+                    let mut vetted = None;
+                    if let (Some(first), Some(vet)) = (held.as_mut(), vet) {
+                        first.extend_from_slice(&from_client[..n]);
+                        match vet(first) {
+                            None => continue,
+                            Some(true) => {
+                                vetoed = true;
+                                break;
+                            }
+                            Some(false) => vetted = held.take(),
+                        }
+                    }
+                    let chunk = vetted.as_deref().unwrap_or(&from_client[..n]);
+                    if upstream.write_all(chunk).await.is_err() {
                         break;
                     }
-                    up += n as u64;
+                    up += chunk.len() as u64;
                 }
             },
             r = upstream.read(&mut from_upstream), if upstream_open => match r {
@@ -92,6 +119,68 @@ pub async fn relay<E: Future + Unpin>(
         up,
         down,
         client_failed,
+        vetoed,
     };
     (relayed, ended)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A relay that vets the client's first bytes: the upstream's banner flows down before
+    /// them, a ClientHello-like first byte stops the relay with nothing of it sent up, and
+    /// anything else goes up whole, held bytes first.
+    #[tokio::test]
+    async fn a_vetted_relay_holds_the_clients_first_bytes_until_told() {
+        for (first, vetoed) in [(&b"\x16\x03\x01"[..], true), (&b"EHLO me\r\n"[..], false)] {
+            let upstream_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let proxy_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let (up_addr, proxy_addr) = (
+                upstream_side.local_addr().unwrap(),
+                proxy_side.local_addr().unwrap(),
+            );
+            let origin = tokio::spawn(async move {
+                let (mut s, _) = upstream_side.accept().await.unwrap();
+                s.write_all(b"220 banner\r\n").await.unwrap();
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                got
+            });
+            let mut client = TcpStream::connect(proxy_addr).await.unwrap();
+            let (accepted, _) = proxy_side.accept().await.unwrap();
+            let upstream = TcpStream::connect(up_addr).await.unwrap();
+            let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
+            let relay = tokio::spawn(relay(
+                stream,
+                upstream,
+                Bytes::new(),
+                Duration::from_secs(5),
+                std::future::pending::<()>(),
+                Some(crate::transparent::sniff::speaks_first_late as Vet),
+            ));
+            let mut banner = [0u8; 12];
+            client.read_exact(&mut banner).await.unwrap();
+            assert_eq!(&banner, b"220 banner\r\n");
+            // Sent in two parts: the first alone cannot be told yet (an upper-case start).
+            client.write_all(&first[..1]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(&first[1..]).await.unwrap();
+            if !vetoed {
+                client.shutdown().await.unwrap();
+            }
+            let (relayed, _) = relay.await.unwrap();
+            assert_eq!(relayed.vetoed, vetoed, "{first:?}");
+            drop(client);
+            let got = origin.await.unwrap();
+            if vetoed {
+                assert!(got.is_empty(), "{got:?}");
+            } else {
+                assert_eq!(got, first, "held bytes first, whole");
+                assert_eq!(relayed.up, first.len() as u64);
+            }
+        }
+    }
 }

@@ -95,10 +95,25 @@ impl EgressApp {
             }
             Sniffed::Tls { sni } => (sni.unwrap_or(address), Opened::CapturedTls(original)),
             Sniffed::Other => (address, Opened::CapturedOther(original)),
+            Sniffed::UnreadableTls => {
+                let deny = Deny::InterceptionUnavailable(
+                    "the captured client's TLS handshake is no ClientHello this proxy can read (malformed, or over 16 KiB): its server name cannot be checked".into(),
+                );
+                self.refuse_captured(Some(original), deny).await;
+                return;
+            }
+            Sniffed::StalledTls => {
+                self.refuse_captured(Some(original), Deny::RequestTimeout)
+                    .await;
+                return;
+            }
         };
-        let Some(head) = connect_head(&host, original.port()) else {
-            self.refuse_captured(Some(original), Deny::Internal).await;
-            return;
+        let head = match connect_head(&host, original.port()) {
+            Ok(head) => head,
+            Err(deny) => {
+                self.refuse_captured(Some(original), deny).await;
+                return;
+            }
         };
         self.tunnel(stream, head, early.into(), opened, shutdown)
             .await
@@ -146,16 +161,45 @@ impl EgressApp {
 
 /// The `CONNECT` a captured TLS (or other) connection is decided as: to `host` on the dialed
 /// port, with no headers (nothing in captured traffic is believed about identity).
-fn connect_head(host: &str, port: u16) -> Option<ConnectHead> {
+///
+/// SECURITY: the name is normalized as a `CONNECT` target's is (a trailing dot dropped, an
+/// address in its canonical text), so that every check after this one (the tenant's bound
+/// hosts, MCP servers, LLM hosts, the record) sees the name policy decides on: rustls keeps an
+/// SNI's trailing dot, and `llm.test.` was not a host the tenant's credentials are bound to.
+fn connect_head(host: &str, port: u16) -> Result<ConnectHead, Deny> {
+    let host = crate::target::normalize_host(host)?;
     let authority = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     };
-    let header = RequestHeader::build("CONNECT", authority.as_bytes(), Some(0)).ok()?;
-    Some(ConnectHead {
-        host: host.to_string(),
-        port,
-        header,
-    })
+    let header = RequestHeader::build("CONNECT", authority.as_bytes(), Some(0))
+        .map_err(|_| Deny::Internal)?;
+    Ok(ConnectHead { host, port, header })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::connect_head;
+
+    /// A captured ClientHello's name is decided (and compared with the tenant's bound hosts,
+    /// MCP servers and LLM hosts) as a `CONNECT` target's would be: rustls keeps an SNI's
+    /// trailing dot, and `llm.test.` passed for a host no credential was bound to.
+    #[test]
+    fn a_captured_name_is_normalized_as_a_connect_target_is() {
+        for (sni, host) in [
+            ("llm.test.", "llm.test"),
+            ("LLM.Test", "llm.test"),
+            ("10.0.0.1", "10.0.0.1"),
+            ("::ffff:127.0.0.1", "127.0.0.1"),
+        ] {
+            let head = connect_head(sni, 443).unwrap();
+            assert_eq!(head.host, host, "{sni}");
+            assert_eq!(head.port, 443);
+        }
+        assert!(connect_head("a..b", 443).is_err());
+        let v6 = connect_head("::1", 8443).unwrap();
+        assert_eq!(v6.host, "::1");
+    }
 }
