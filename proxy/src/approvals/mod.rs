@@ -223,6 +223,16 @@ struct Kept {
     tenant: String,
 }
 
+impl Kept {
+    fn new(tenant: String) -> Self {
+        METRICS
+            .approval_holds_pending
+            .with_label_values(&[&tenant])
+            .inc();
+        Self { tenant }
+    }
+}
+
 impl Drop for Kept {
     fn drop(&mut self) {
         METRICS
@@ -277,13 +287,6 @@ impl Holds {
             return self.repeat(&ask, &id).await;
         }
         let tenant = ask.tenant.tenant.as_str().to_string();
-        METRICS
-            .approval_holds_pending
-            .with_label_values(&[&tenant])
-            .inc();
-        let kept = Kept {
-            tenant: tenant.clone(),
-        };
         // SECURITY: a hold nobody could audit is never opened.
         let slot = self
             .audit
@@ -335,6 +338,9 @@ impl Holds {
                 ));
             }
         }
+        // Counted once the store keeps it: a hold refused for capacity is none of this
+        // replica's holds.
+        let kept = Kept::new(tenant.clone());
         slot.emit(event(
             EventKind::ApprovalRequested,
             &record,

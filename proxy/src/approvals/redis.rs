@@ -56,7 +56,8 @@ return 1
 "#;
 
 const KEEP: &str = r#"
--- KEYS[1] hold, KEYS[2] pending set. ARGV: id, now ms, lease ms, decided json (if orphaned).
+-- KEYS[1] hold, KEYS[2] pending set. ARGV: id, now ms, lease ms, decided json (if orphaned),
+-- how long (ms) an orphaned hold is kept (never longer than it already is).
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return {0, {}} end
 local code = 1
@@ -66,6 +67,7 @@ if st == 'pending' then
     if tonumber(lease) < tonumber(ARGV[2]) then
       redis.call('HSET', KEYS[1], 'state', 'orphaned', 'decided', ARGV[4])
       redis.call('ZREM', KEYS[2], ARGV[1])
+      if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
       code = 2
     else
       redis.call('HSET', KEYS[1], 'lease', ARGV[3])
@@ -81,7 +83,8 @@ return {code, redis.call('HGETALL', KEYS[1])}
 
 const TRANSITION: &str = r#"
 -- KEYS[1] hold, KEYS[2] pending set. ARGV: id, from, to, decided json, now ms, before deadline,
--- how long (ms) the hold is kept in its new state (never longer than it already is).
+-- how long (ms) the hold is kept in its new state, and how long once orphaned (never longer
+-- than it already is).
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return {0, ''} end
 if st ~= ARGV[2] then return {2, st} end
@@ -90,6 +93,7 @@ if st == 'pending' then
   if lease and tonumber(lease) < tonumber(ARGV[5]) then
     redis.call('HSET', KEYS[1], 'state', 'orphaned', 'decided', ARGV[4])
     redis.call('ZREM', KEYS[2], ARGV[1])
+    if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[8]) then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
     return {4, 'orphaned'}
   end
 end
@@ -333,7 +337,12 @@ impl HoldStore for RedisHolds {
         .map_err(|e| StoreUnavailable(e.to_string()))?;
         let (hold, pending) = (hold_key(tenant, id), pending_key(tenant));
         let mut invocation = prepare(&self.keep, &[&hold, &pending])?;
-        invocation.arg(id).arg(now_ms).arg(lease_ms).arg(orphaned);
+        invocation
+            .arg(id)
+            .arg(now_ms)
+            .arg(lease_ms)
+            .arg(orphaned)
+            .arg(retained_until(HoldState::Orphaned, 0));
         let (code, fields): (i64, HashMap<String, String>) =
             self.timed(invocation.run(&mut conn)).await?;
         // SECURITY: the key names the tenant, and the record must too.
@@ -380,7 +389,8 @@ impl HoldStore for RedisHolds {
             .arg(decided)
             .arg(change.decided.at_ms)
             .arg(if change.before_deadline { "1" } else { "0" })
-            .arg(retained_until(change.to, 0));
+            .arg(retained_until(change.to, 0))
+            .arg(retained_until(HoldState::Orphaned, 0));
         let (code, state): (i64, String) = self.timed(invocation.run(&mut conn)).await?;
         let left_pending = change.from == HoldState::Pending && matches!(code, 1 | 4);
         if left_pending {

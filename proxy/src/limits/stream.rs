@@ -60,13 +60,21 @@ pub struct StreamGuard {
     /// Extensions asked for and not yet taken into account.
     pending: Vec<Pending>,
     refused: Option<CutReason>,
+    /// Steps an ask ahead asks for: doubled each time a chunk had to wait (an upstream faster
+    /// than the steps are answered), so that it waits a few times, not once a step.
+    ahead: u64,
 }
 
-/// An extension asked for and not yet taken into account: how many steps it asks for, its
-/// outcome (written by the task that asks) and that task, so the stream's end can wait for it.
+/// The most steps one ask ahead asks for.
+const MAX_AHEAD: u64 = 64;
+
+/// An extension asked for and not yet taken into account: how many steps it asks for, whether
+/// it asks ahead of need, its outcome (written by the task that asks) and that task, so the
+/// stream's end can wait for it.
 #[derive(Debug)]
 struct Pending {
     steps: u64,
+    ahead: bool,
     outcome: Arc<AtomicU8>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -90,6 +98,7 @@ impl StreamGuard {
             granted: Charge::default(),
             pending: Vec::new(),
             refused: None,
+            ahead: 1,
         }
     }
 
@@ -130,6 +139,9 @@ impl StreamGuard {
                     self.covered = self.covered.saturating_add(tokens);
                     self.granted = self.granted.plus(self.step.times(p.steps));
                 }
+                // An ask ahead of more than one step that does not fit says nothing of what
+                // the stream needs: the next asks are one step, or sized to the need.
+                _ if p.ahead && p.steps > 1 => self.ahead = 1,
                 code => {
                     self.refused = Some(match code {
                         REFUSED_RUN => CutReason::Budget("run"),
@@ -173,13 +185,16 @@ impl StreamGuard {
                 let steps = short
                     .saturating_add(self.step_tokens / 2)
                     .div_ceil(self.step_tokens);
-                self.start_extension(steps.max(1));
+                self.start_extension(steps.max(1), false);
                 self.take_outcomes();
             }
             return match (output_estimate > self.covered, self.refused) {
                 (false, _) => Verdict::Pass,
                 (true, Some(reason)) => Verdict::Cut(reason),
-                (true, None) => Verdict::Wait(self.backend.answer_within()),
+                (true, None) => {
+                    self.ahead = self.ahead.saturating_mul(2).min(MAX_AHEAD);
+                    Verdict::Wait(self.backend.answer_within())
+                }
             };
         }
         // Ask ahead, half a step before the cover runs out, so a granted extension is usually
@@ -188,7 +203,7 @@ impl StreamGuard {
             && self.pending.is_empty()
             && output_estimate.saturating_add(self.step_tokens / 2) >= self.covered
         {
-            self.start_extension(1);
+            self.start_extension(self.ahead, true);
             self.take_outcomes();
         }
         Verdict::Pass
@@ -205,9 +220,10 @@ impl StreamGuard {
         Verdict::Cut(self.refused.unwrap_or(CutReason::Unavailable))
     }
 
-    /// Asks for `steps` extensions in one call. A backend that answers at once (the in-memory
-    /// one) answers here; any other is asked on a task of its own.
-    fn start_extension(&mut self, steps: u64) {
+    /// Asks for `steps` extensions in one call (`ahead` of need, or for the chunk in hand). A
+    /// backend that answers at once (the in-memory one) answers here; any other is asked on a
+    /// task of its own.
+    fn start_extension(&mut self, steps: u64, ahead: bool) {
         let state = Arc::new(AtomicU8::new(PENDING));
         let backend = self.backend.clone();
         let keys = self.keys.clone();
@@ -217,6 +233,7 @@ impl StreamGuard {
             state.store(UNAVAILABLE, Ordering::Release);
             self.pending.push(Pending {
                 steps,
+                ahead,
                 outcome: state,
                 task: None,
             });
@@ -248,6 +265,7 @@ impl StreamGuard {
         };
         self.pending.push(Pending {
             steps,
+            ahead,
             outcome,
             task,
         });
@@ -426,6 +444,30 @@ mod tests {
         assert_eq!(guard.pending.len(), 2, "the rest asked for beside it");
         tokio::time::sleep(wait).await;
         assert_eq!(guard.after_wait(1_000), Verdict::Pass);
+        // Having waited, it asks further ahead: two steps, then four.
+        assert_eq!(guard.ahead, 2);
+        let covered = guard.covered;
+        assert_eq!(guard.observe(covered - 10), Verdict::Pass);
+        assert_eq!(guard.pending.last().map(|p| p.steps), Some(2));
+        // An ask ahead that does not fit does not stop the stream: the next ask is sized to
+        // the need, and only its refusal cuts.
+        let mut guard = StreamGuard::new(
+            Arc::new(MemoryBackend::default()),
+            vec![run_tokens(400)],
+            100,
+            100,
+            tokens(100),
+        );
+        guard.ahead = 8;
+        assert_eq!(guard.observe(60), Verdict::Pass);
+        assert_eq!((guard.refused(), guard.ahead), (None, 1), "800 did not fit");
+        assert_eq!(guard.observe(150), Verdict::Pass, "100 more did");
+        assert_eq!(
+            guard.observe(450),
+            Verdict::Pass,
+            "and 200 more: 400 in all"
+        );
+        assert_eq!(guard.observe(501), Verdict::Cut(CutReason::Budget("run")));
     }
 
     #[tokio::test]

@@ -155,44 +155,78 @@ const READ_ANNOTATIONS: [&str; 5] = [
     "approval_mode",
 ];
 
-/// Refuses an annotation whose name is a near miss of one tenant-proxy reads (`@Approval`,
-/// `@approver`, `@aproval_timeout`, `@approvalMode`, `@ID`).
+/// Refuses an annotation that looks meant for one tenant-proxy reads: its name a near miss of
+/// one (`@Approval`, `@approver`, `@aproval_timeout`, `@approvalMode`, `@ID`); a name about
+/// approval whose value asks for one (`@requires_approval("true")`); beside `@approval`, a
+/// name about a hold's timeout, mode or approvers (`@timeout("1m")`, `@reviewers("x")`).
 ///
 /// SECURITY: Cedar accepts any annotation and the proxy ignores those it does not read, so a
 /// misspelt `@approval` would leave its permit allowing at once, and a misspelt `@approvers`
 /// would let any approver of the tenant decide: a hold that silently never happens. Other
-/// annotations (`@owner`, `@ticket`, `@reviewed_by`) stay free.
+/// annotations (`@owner`, `@ticket`, `@approved_by`) stay free.
 fn check_annotation_names(policy: &Policy) -> Result<(), String> {
-    for (name, _) in policy.annotations() {
+    let marked = policy.annotation("approval").is_some();
+    for (name, value) in policy.annotations() {
         if READ_ANNOTATIONS.contains(&name) {
             continue;
         }
-        let folded = name.to_ascii_lowercase().replace('-', "_");
-        let distance = |known: &str| {
-            if folded.replace('_', "") == known.replace('_', "") {
-                Some(0)
-            } else if known.len() > 2 {
-                Some(strsim::damerau_levenshtein(&folded, known)).filter(|d| *d <= 2)
-            } else {
-                None
-            }
-        };
-        let nearest = READ_ANNOTATIONS
-            .iter()
-            .filter_map(|known| Some((distance(known)?, *known)))
-            .min();
-        let meant = match nearest {
-            Some((_, known)) => Some(known),
-            None if folded.starts_with("approv") || folded.starts_with("aprov") => Some("approval"),
-            None => None,
-        };
-        if let Some(meant) = meant {
+        if let Some(meant) = meant_annotation(name, value, marked) {
             return Err(format!(
                 "`@{name}` is not an annotation tenant-proxy reads: did you mean `@{meant}`? (annotation names are exact; a misspelt approval annotation would leave the permit without the hold it asks for)"
             ));
         }
     }
     Ok(())
+}
+
+/// The annotation `@name(value)` looks meant for, if any (see [`check_annotation_names`]).
+fn meant_annotation(name: &str, value: &str, marked: bool) -> Option<&'static str> {
+    let folded = name.to_ascii_lowercase().replace('-', "_");
+    let bare = folded.replace('_', "");
+    // A near miss: the same but for case and separators, or a letter or two off (one for
+    // the short names, so that `@approved` stays free).
+    let distance = |known: &str| {
+        if bare == known.replace('_', "") {
+            return Some(0);
+        }
+        let most = match known.len() {
+            0..=2 => return None,
+            3..=11 => 1,
+            _ => 2,
+        };
+        Some(strsim::damerau_levenshtein(&folded, known)).filter(|d| *d <= most)
+    };
+    if let Some((_, known)) = READ_ANNOTATIONS
+        .iter()
+        .filter_map(|known| Some((distance(known)?, *known)))
+        .min()
+    {
+        return Some(known);
+    }
+    let about_approval = ["approv", "aprov", "aproov"]
+        .iter()
+        .any(|a| bare.contains(a));
+    let asks = matches!(
+        value.to_ascii_lowercase().as_str(),
+        "required" | "require" | "shadow" | "yes" | "true" | "1" | "on"
+    );
+    if about_approval && asks {
+        return Some("approval");
+    }
+    if marked {
+        let family = [
+            ("timeout", "approval_timeout"),
+            ("mode", "approval_mode"),
+            ("approver", "approvers"),
+            ("reviewer", "approvers"),
+            ("group", "approvers"),
+        ];
+        return family
+            .iter()
+            .find(|(part, _)| bare.contains(part))
+            .map(|(_, known)| *known);
+    }
+    None
 }
 
 /// Whether every action `policy`'s scope can match is one a request is held on.
@@ -428,6 +462,11 @@ mod tests {
             (r#"@approval("required") @approvalTimeout("1m")"#, "`@approval_timeout`"),
             (r#"@approval("required") @approval_mod("poll")"#, "`@approval_mode`"),
             (r#"@approval_required("yes")"#, "`@approval`"),
+            (r#"@requires_approval("true")"#, "`@approval`"),
+            (r#"@human_approval("required")"#, "`@approval`"),
+            (r#"@approval("required") @timeout("1m")"#, "`@approval_timeout`"),
+            (r#"@approval("required") @mode("poll")"#, "`@approval_mode`"),
+            (r#"@approval("required") @reviewers("legal")"#, "`@approvers`"),
             (r#"@ID("x")"#, "`@id`"),
         ];
         for (annotations, meant) in misspelt {
@@ -444,6 +483,11 @@ mod tests {
             r#"@reviewed_by("alice")"#,
             r#"@description("stripe writes")"#,
             r#"@idea("x")"#,
+            r#"@approved_by("alice")"#,
+            r#"@approved("2026-12-01")"#,
+            r#"@approval_ticket("SEC-9")"#,
+            r#"@approvalStatus("reviewed")"#,
+            r#"@timeout("1m")"#,
         ] {
             assert_eq!(rule(&format!("{free} {permit}")), Ok(None), "{free}");
         }

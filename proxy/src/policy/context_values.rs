@@ -42,10 +42,33 @@ pub fn impossible_in_pattern(attr: &str, text: &str) -> Option<String> {
         "method" if text.bytes().any(|b| b.is_ascii_lowercase()) => {
             Some("methods are upper case".to_string())
         }
+        "weekday" if text.bytes().any(|b| b.is_ascii_uppercase()) => {
+            Some("weekdays are lower case".to_string())
+        }
         "host" if text.ends_with('.') => Some("hosts have no trailing dot".to_string()),
-        "host" if has_port(text) => Some(NO_PORT.to_string()),
+        "host" if has_port(text) || text.contains(['/', '[', ']', '@', ' ']) => {
+            Some(NO_PORT.to_string())
+        }
         _ => None,
     }
+}
+
+/// Why `attr OP n` (`<`, `<=`, `>`, `>=`, the attribute on the left) never holds, if it never
+/// does: no hour is 24 or more, no port above 65535.
+pub fn impossible_comparison(attr: &str, op: &str, n: i64) -> Option<String> {
+    let (lo, hi, what) = match attr {
+        "hour" => (0, 23, "the proxy gives 0 to 23"),
+        "port" => (1, 65_535, "the proxy gives 1 to 65535"),
+        _ => return None,
+    };
+    let never = match op {
+        "<" => n <= lo,
+        "<=" => n < lo,
+        ">" => n >= hi,
+        ">=" => n > hi,
+        _ => false,
+    };
+    never.then(|| what.to_string())
 }
 
 const NO_PORT: &str = "hosts have no port, brackets, scheme or path (the port is `context.port`)";
@@ -60,6 +83,9 @@ fn impossible_host(host: &str) -> Option<String> {
     if host.contains(['[', ']', '/', '@', ' ']) {
         return Some(NO_PORT.to_string());
     }
+    if !host.is_ascii() {
+        return Some("hosts are ASCII (an IDN in its `xn--` form)".to_string());
+    }
     if let Ok(ip) = host.parse::<IpAddr>() {
         let canonical = match ip {
             IpAddr::V6(v6) => v6
@@ -70,10 +96,13 @@ fn impossible_host(host: &str) -> Option<String> {
         return (canonical != host)
             .then(|| format!("IP addresses are in their canonical text (`{canonical}`)"));
     }
-    if host.bytes().all(|b| b.is_ascii_digit()) {
-        return Some("a number is decided as the IPv4 address it stands for".to_string());
+    // As the proxy reads a request's host: `127.1`, `0x7f.0.0.1` and `2130706433` are
+    // `127.0.0.1`; an empty label or a numeric last label is no host it accepts.
+    match crate::target::normalize_host(host) {
+        Err(_) => Some("the proxy refuses such a host".to_string()),
+        Ok(given) if given != host => Some(format!("the proxy gives it as `{given}`")),
+        Ok(_) => None,
     }
-    None
 }
 
 /// A `:port` after a name or an IPv4 address (an IPv6 address has colons of its own).
@@ -103,7 +132,10 @@ mod tests {
             ("host", json!("[::1]")), ("host", json!("https://api.openai.com")),
             ("host", json!("api.openai.com/v1")), ("host", json!("")),
             ("host", json!("0::1")), ("host", json!("::ffff:127.0.0.1")),
-            ("host", json!("2130706433")),
+            ("host", json!("2130706433")), ("host", json!("127.1")),
+            ("host", json!("0x7f.0.0.1")), ("host", json!("127.0.0.01")),
+            ("host", json!("api..x.com")), ("host", json!(".openai.com")),
+            ("host", json!("bücher.example")),
         ];
         for (attr, value) in never {
             assert!(impossible(attr, &value).is_some(), "{attr} {value}");
@@ -133,5 +165,28 @@ mod tests {
         assert_eq!(impossible_in_pattern("scheme", "http*"), None);
         assert_eq!(impossible_in_pattern("host", "api.*"), None);
         assert_eq!(impossible_in_pattern("host", "api.example.com:*"), None);
+        assert!(impossible_in_pattern("host", "https://*").is_some());
+        assert!(impossible_in_pattern("host", "*.openai.com/*").is_some());
+        assert!(impossible_in_pattern("weekday", "S*").is_some());
+        assert_eq!(impossible_in_pattern("weekday", "s*"), None);
+    }
+
+    #[test]
+    fn comparisons_that_never_hold() {
+        for (attr, op, n) in [
+            ("hour", ">=", 24),
+            ("hour", ">", 23),
+            ("hour", "<", 0),
+            ("port", ">", 65_535),
+            ("port", "<", 1),
+        ] {
+            assert!(
+                impossible_comparison(attr, op, n).is_some(),
+                "{attr} {op} {n}"
+            );
+        }
+        for (attr, op, n) in [("hour", ">=", 23), ("hour", "<", 1), ("port", "<=", 443)] {
+            assert_eq!(impossible_comparison(attr, op, n), None, "{attr} {op} {n}");
+        }
     }
 }

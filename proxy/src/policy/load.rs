@@ -519,8 +519,13 @@ fn compile(
             retired,
         },
     };
-    for mismatch in engine.schema_mismatches(&sample_principal) {
-        report.file(&dir.join(SCHEMA_FILE), mismatch);
+    let schema_path = dir.join(SCHEMA_FILE);
+    let mut mismatches = engine.schema_mismatches(&sample_principal);
+    if let Some(text) = report.texts.get(&schema_path) {
+        mismatches.extend(declared_never_given(text));
+    }
+    for mismatch in mismatches {
+        report.file(&schema_path, mismatch);
     }
     report.problems.is_empty().then_some(engine)
 }
@@ -1090,6 +1095,9 @@ fn warn_unmatchable_literals(policies: &[Loaded], report: &mut Report) {
                 (serde_json::Value::String(text), "like") => {
                     context_values::impossible_in_pattern(c.attr, text)
                 }
+                (literal, op @ ("<" | "<=" | ">" | ">=")) => literal
+                    .as_i64()
+                    .and_then(|n| context_values::impossible_comparison(c.attr, op, n)),
                 (literal, _) => context_values::impossible(c.attr, literal),
             };
             let Some(why) = why else { continue };
@@ -1118,7 +1126,8 @@ const DESTINATION: &str = "TenantProxy::Destination";
 struct Compared {
     attr: &'static str,
     literal: serde_json::Value,
-    /// `==`, `!=`, `contains`, `in` or `like` (its literal then the pattern, `*` for wildcards).
+    /// `==`, `!=`, `contains`, `in`, `like` (its literal then the pattern, `*` for wildcards),
+    /// or `<`, `<=`, `>`, `>=` (as if the attribute were on the left).
     op: &'static str,
 }
 
@@ -1169,6 +1178,10 @@ fn compared_literals(v: &serde_json::Value, out: &mut Vec<Compared>) {
                     "contains" => "contains",
                     "in" => "in",
                     "like" => "like",
+                    "<" => "<",
+                    "<=" => "<=",
+                    ">" => ">",
+                    ">=" => ">=",
                     _ => "",
                 };
                 match op {
@@ -1180,6 +1193,29 @@ fn compared_literals(v: &serde_json::Value, out: &mut Vec<Compared>) {
                                         .into_iter()
                                         .map(|literal| Compared { attr, literal, op }),
                                 );
+                            }
+                        }
+                    }
+                    "<" | "<=" | ">" | ">=" => {
+                        // Read with the attribute on the left: `24 <= context.hour` is
+                        // `context.hour >= 24`.
+                        let flipped = match op {
+                            "<" => ">",
+                            "<=" => ">=",
+                            ">" => "<",
+                            _ => "<=",
+                        };
+                        for (a, b, op) in [(left, right, op), (right, left, flipped)] {
+                            if let (Some((attr, false)), Some(number)) =
+                                (a.and_then(attr), b.and_then(|b| b.get("Value")))
+                            {
+                                if number.is_i64() {
+                                    out.push(Compared {
+                                        attr,
+                                        literal: number.clone(),
+                                        op,
+                                    });
+                                }
                             }
                         }
                     }
@@ -1253,6 +1289,84 @@ fn validate(validator: &Validator, policies: &[Loaded], report: &mut Report) {
 }
 
 type Principals = HashMap<WorkloadId, EntityUid>;
+
+/// The attributes [`build_entities`] gives each entity type the proxy builds or names (the
+/// others: none).
+const ENTITY_ATTRIBUTES: [(&str, &[&str]); 7] = [
+    ("Tenant", &["plan", "region"]),
+    ("Workload", &["tenant", "name"]),
+    ("Destination", &[]),
+    ("Credential", &[]),
+    ("McpTool", &[]),
+    ("McpResource", &[]),
+    ("McpPrompt", &[]),
+];
+
+/// What the schema (`text`) declares that the proxy never gives: an optional context attribute
+/// no request carries (`user_agent?: String`), an attribute of an entity it never sets
+/// (`entity Destination = { risk?: String }`). One message each.
+///
+/// SECURITY: validation accepts a policy that reads such an attribute (with `has`, or on an
+/// optional one), `policy test` accepts cases that give it, and no request ever does: a
+/// `forbid` on it forbids nothing.
+fn declared_never_given(text: &str) -> Vec<String> {
+    use serde_json::Value;
+    let Ok(json) = cedar_policy::SchemaFragment::from_cedarschema_str(text)
+        .map_err(|_| ())
+        .and_then(|(fragment, _)| fragment.to_json_value().map_err(|_| ()))
+    else {
+        return Vec::new();
+    };
+    let Some(ns) = json.get(NAMESPACE) else {
+        return Vec::new();
+    };
+    // A record's attribute names, inline or through a common type.
+    let attributes = |ty: &Value| -> Vec<String> {
+        let name = match ty.get("type").and_then(Value::as_str) {
+            Some("Record") => None,
+            Some("EntityOrCommon") => ty.get("name").and_then(Value::as_str),
+            other => other,
+        };
+        let record = match name {
+            None => Some(ty),
+            Some(name) => {
+                let name = name.strip_prefix(&format!("{NAMESPACE}::")).unwrap_or(name);
+                ns.get("commonTypes").and_then(|c| c.get(name))
+            }
+        };
+        record
+            .and_then(|r| r.get("attributes"))
+            .and_then(Value::as_object)
+            .map(|a| a.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (action, sent) in super::sent_context_attributes() {
+        let Some(context) = ns.pointer(&format!("/actions/{action}/appliesTo/context")) else {
+            continue;
+        };
+        for attr in attributes(context) {
+            if !sent.contains(&attr) {
+                out.push(format!(
+                    "the schema declares `{attr}` in the context of action `{action}`, which the proxy never sends: a policy that reads it never holds"
+                ));
+            }
+        }
+    }
+    for (entity, given) in ENTITY_ATTRIBUTES {
+        let Some(shape) = ns.pointer(&format!("/entityTypes/{entity}/shape")) else {
+            continue;
+        };
+        for attr in attributes(shape) {
+            if !given.contains(&attr.as_str()) {
+                out.push(format!(
+                    "the schema declares `{attr}` on `{entity}`, which the proxy never gives it: a policy that reads it never holds"
+                ));
+            }
+        }
+    }
+    out
+}
 
 /// The tenant entity and its workloads, checked against the schema.
 fn build_entities(

@@ -572,12 +572,8 @@ impl PolicyEngine {
             EntityId::new(facts.name),
         );
         let host = normalize_host(facts.http.host);
-        let mut pairs = destination_pairs(facts.http, &host);
-        pairs.push((
-            "position".to_string(),
-            RestrictedExpression::new_string(facts.position.to_string()),
-        ));
-        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+        let context =
+            Context::from_pairs(credential_pairs(facts, &host)).map_err(|e| e.to_string())?;
         Request::new(
             principal.clone(),
             self.action_use_credential.clone(),
@@ -598,37 +594,8 @@ impl PolicyEngine {
         let host = normalize_host(facts.host);
         let resource =
             EntityUid::from_type_name_and_id(self.destination_type.clone(), EntityId::new(&host));
-        let mut pairs = vec![
-            (
-                "host".to_string(),
-                RestrictedExpression::new_string(host.to_string()),
-            ),
-            (
-                "port".to_string(),
-                RestrictedExpression::new_long(i64::from(facts.port)),
-            ),
-            (
-                "run_signed".to_string(),
-                RestrictedExpression::new_bool(facts.run_signed),
-            ),
-            (
-                "scopes".to_string(),
-                RestrictedExpression::new_set(
-                    facts
-                        .scopes
-                        .iter()
-                        .map(|s| RestrictedExpression::new_string(s.clone())),
-                ),
-            ),
-        ];
-        pairs.extend(clock_pairs(facts.hour, facts.weekday));
-        if let Some(r) = facts.destination_region {
-            pairs.push((
-                "destination_region".to_string(),
-                RestrictedExpression::new_string(r.to_string()),
-            ));
-        }
-        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+        let context =
+            Context::from_pairs(connect_pairs(facts, &host)).map_err(|e| e.to_string())?;
         let action = match question {
             ConnectQuestion::Open => &self.action_connect,
             ConnectQuestion::Opaque => &self.action_connect_opaque,
@@ -643,25 +610,15 @@ impl PolicyEngine {
         facts: &McpFacts<'_>,
         schema: Option<&Schema>,
     ) -> Result<Request, String> {
-        let (action, entity_type, field) = match facts.item {
-            ItemKind::Tool => (&self.action_mcp_tool_call, &self.mcp_tool_type, "tool"),
-            ItemKind::Resource => (&self.action_mcp_resource, &self.mcp_resource_type, "uri"),
-            ItemKind::Prompt => (&self.action_mcp_prompt, &self.mcp_prompt_type, "prompt"),
+        let (action, entity_type) = match facts.item {
+            ItemKind::Tool => (&self.action_mcp_tool_call, &self.mcp_tool_type),
+            ItemKind::Resource => (&self.action_mcp_resource, &self.mcp_resource_type),
+            ItemKind::Prompt => (&self.action_mcp_prompt, &self.mcp_prompt_type),
         };
         let resource =
             EntityUid::from_type_name_and_id(entity_type.clone(), EntityId::new(facts.name));
         let host = normalize_host(facts.http.host);
-        let mut pairs = http_pairs(facts.http, &host);
-        // `model` and `provider` are about LLM calls; a JSON-RPC body never names a model, and
-        // the MCP contexts declare neither.
-        pairs.retain(|(k, _)| k != "model" && k != "provider");
-        for (k, v) in [("server", facts.server), (field, facts.name)] {
-            pairs.push((
-                k.to_string(),
-                RestrictedExpression::new_string(v.to_string()),
-            ));
-        }
-        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+        let context = Context::from_pairs(mcp_pairs(facts, &host)).map_err(|e| e.to_string())?;
         Request::new(principal.clone(), action.clone(), resource, context, schema)
             .map_err(|e| e.to_string())
     }
@@ -676,21 +633,7 @@ impl PolicyEngine {
     /// optional fields present and absent, is built once against the schema at load.
     fn schema_mismatches(&self, principal: &EntityUid) -> Vec<String> {
         let scopes = ["llm".to_string()];
-        let full = HttpRequestFacts {
-            scheme: "https",
-            host: "api.example.com",
-            port: 443,
-            method: "POST",
-            path: "/v1/chat/completions",
-            model: Some("gpt-4o"),
-            provider: Some("openai"),
-            run_signed: true,
-            scopes: &scopes,
-            route: Some("openai"),
-            destination_region: Some("eu"),
-            hour: 23,
-            weekday: "sun",
-        };
+        let full = full_http_facts(&scopes);
         let bare = HttpRequestFacts {
             model: None,
             provider: None,
@@ -849,6 +792,140 @@ fn destination_pairs(f: &HttpRequestFacts<'_>, host: &str) -> Vec<(String, Restr
     ));
     pairs.push(string("method", f.method));
     pairs.push(string("path", f.path));
+    pairs
+}
+
+/// A request with every optional fact present.
+fn full_http_facts(scopes: &[String]) -> HttpRequestFacts<'_> {
+    HttpRequestFacts {
+        scheme: "https",
+        host: "api.example.com",
+        port: 443,
+        method: "POST",
+        path: "/v1/chat/completions",
+        model: Some("gpt-4o"),
+        provider: Some("openai"),
+        run_signed: true,
+        scopes,
+        route: Some("openai"),
+        destination_region: Some("eu"),
+        hour: 23,
+        weekday: "sun",
+    }
+}
+
+/// Every context attribute the proxy can send with each action (its optional ones included),
+/// by action name: what a schema may declare.
+fn sent_context_attributes() -> Vec<(&'static str, Vec<String>)> {
+    let scopes = ["llm".to_string()];
+    let http = full_http_facts(&scopes);
+    let host = http.host;
+    let names = |pairs: Vec<(String, RestrictedExpression)>| -> Vec<String> {
+        pairs.into_iter().map(|(name, _)| name).collect()
+    };
+    let connect = ConnectFacts {
+        host,
+        port: http.port,
+        run_signed: true,
+        scopes: &scopes,
+        destination_region: Some("eu"),
+        hour: 23,
+        weekday: "sun",
+    };
+    let credential = CredentialFacts {
+        name: "openai",
+        position: "header",
+        http: &http,
+    };
+    let mcp = |item| McpFacts {
+        server: "docs",
+        item,
+        name: "search",
+        http: &http,
+    };
+    vec![
+        ("http", names(http_pairs(&http, host))),
+        ("use_credential", names(credential_pairs(&credential, host))),
+        ("connect", names(connect_pairs(&connect, host))),
+        ("connect_opaque", names(connect_pairs(&connect, host))),
+        (
+            "mcp_tool_call",
+            names(mcp_pairs(&mcp(ItemKind::Tool), host)),
+        ),
+        (
+            "mcp_resource",
+            names(mcp_pairs(&mcp(ItemKind::Resource), host)),
+        ),
+        ("mcp_prompt", names(mcp_pairs(&mcp(ItemKind::Prompt), host))),
+    ]
+}
+
+/// The `ConnectContext` record of the schema.
+fn connect_pairs(facts: &ConnectFacts<'_>, host: &str) -> Vec<(String, RestrictedExpression)> {
+    let mut pairs = vec![
+        (
+            "host".to_string(),
+            RestrictedExpression::new_string(host.to_string()),
+        ),
+        (
+            "port".to_string(),
+            RestrictedExpression::new_long(i64::from(facts.port)),
+        ),
+        (
+            "run_signed".to_string(),
+            RestrictedExpression::new_bool(facts.run_signed),
+        ),
+        (
+            "scopes".to_string(),
+            RestrictedExpression::new_set(
+                facts
+                    .scopes
+                    .iter()
+                    .map(|s| RestrictedExpression::new_string(s.clone())),
+            ),
+        ),
+    ];
+    pairs.extend(clock_pairs(facts.hour, facts.weekday));
+    if let Some(r) = facts.destination_region {
+        pairs.push((
+            "destination_region".to_string(),
+            RestrictedExpression::new_string(r.to_string()),
+        ));
+    }
+    pairs
+}
+
+/// The `CredentialContext` record of the schema.
+fn credential_pairs(
+    facts: &CredentialFacts<'_>,
+    host: &str,
+) -> Vec<(String, RestrictedExpression)> {
+    let mut pairs = destination_pairs(facts.http, host);
+    pairs.push((
+        "position".to_string(),
+        RestrictedExpression::new_string(facts.position.to_string()),
+    ));
+    pairs
+}
+
+/// The MCP contexts of the schema (`McpToolContext`, `McpResourceContext`,
+/// `McpPromptContext`).
+fn mcp_pairs(facts: &McpFacts<'_>, host: &str) -> Vec<(String, RestrictedExpression)> {
+    let field = match facts.item {
+        ItemKind::Tool => "tool",
+        ItemKind::Resource => "uri",
+        ItemKind::Prompt => "prompt",
+    };
+    let mut pairs = http_pairs(facts.http, host);
+    // `model` and `provider` are about LLM calls; a JSON-RPC body never names a model, and
+    // the MCP contexts declare neither.
+    pairs.retain(|(k, _)| k != "model" && k != "provider");
+    for (k, v) in [("server", facts.server), (field, facts.name)] {
+        pairs.push((
+            k.to_string(),
+            RestrictedExpression::new_string(v.to_string()),
+        ));
+    }
     pairs
 }
 

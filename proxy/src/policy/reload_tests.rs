@@ -543,6 +543,8 @@ fn a_policy_that_never_applies_for_a_typo_or_a_case_warns() {
          @id(\"with-port\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource == TenantProxy::Destination::\"api.openai.com:443\");\n\
          @id(\"weekend\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { [\"Sat\", \"Sun\"].contains(context.weekday) };\n\
          @id(\"hour-24\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { context.hour == 24 };\n\
+         @id(\"hour-ge\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { 24 <= context.hour };\n\
+         @id(\"short-ip\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { context.host == \"127.1\" };\n\
          @id(\"not-upper\")\npermit (principal, action == TenantProxy::Action::\"http\", resource) when { context.host != \"API.example.com\" && context.weekday == \"sat\" && context.hour == 23 };\n\
          @id(\"fine\")\nforbid (principal == TenantProxy::Workload::\"acme/bot\", action == TenantProxy::Action::\"http\", resource) when { context.method == \"DELETE\" && context.host == \"api.example.com\" };\n",
     );
@@ -576,6 +578,8 @@ fn a_policy_that_never_applies_for_a_typo_or_a_case_warns() {
         ("trailing-dot", "\"api.openai.com.\"", "no trailing dot"),
         ("with-port", "\"api.openai.com:443\"", "no port"),
         ("hour-24", "24", "0 to 23"),
+        ("hour-ge", "24", "0 to 23"),
+        ("short-ip", "\"127.1\"", "`127.0.0.1`"),
     ] {
         let found = at(id);
         assert_eq!(found.len(), 1, "{id}: {warned:?}");

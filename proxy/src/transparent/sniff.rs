@@ -58,21 +58,62 @@ pub async fn sniff<S: AsyncRead + Unpin>(
             Err(_) => Some((Sniffed::StalledTls, buf)),
         };
     }
-    // `METHOD SP`: letters up to the first space. The front checks the rest strictly.
+    // An HTTP/1 request line, after any empty lines a server would skip; the front checks the
+    // rest strictly (a lower-case method, say, is refused there, not relayed unread).
     loop {
-        let method_end = buf.iter().position(|b| !b.is_ascii_uppercase());
-        match method_end {
-            Some(0) => return Some((Sniffed::Other, buf)),
-            Some(n) if buf[n] == b' ' && n <= MAX_METHOD => return Some((Sniffed::Http, buf)),
-            Some(_) => return Some((Sniffed::Other, buf)),
-            None if buf.len() > MAX_METHOD => return Some((Sniffed::Other, buf)),
+        match request_line(&buf) {
+            Some(true) => return Some((Sniffed::Http, buf)),
+            Some(false) => return Some((Sniffed::Other, buf)),
             None => {}
         }
         match tokio::time::timeout(hello_wait, read_some(stream, &mut buf)).await {
-            Ok(0) | Err(_) => return Some((Sniffed::Other, buf)),
+            Ok(0) => return Some((Sniffed::Other, buf)),
+            // SECURITY: what may still be a request line, stalled, is taken for one (the
+            // front's deadline refuses it, audited): decided on the address alone, its `Host`
+            // and path would go unchecked once it went on.
+            Err(_) => return Some((Sniffed::Http, buf)),
             Ok(_) => {}
         }
     }
+}
+
+/// Whether `first` starts an HTTP/1 request line (`METHOD SP target SP HTTP/1.1`, the empty
+/// lines a server skips before it skipped too): `None` while that cannot be told yet (a
+/// token that may still be a method, a line that has not ended).
+pub fn request_line(first: &[u8]) -> Option<bool> {
+    const MAX_LINE: usize = 8 * 1024;
+    let Some(start) = first.iter().position(|b| *b != b'\r' && *b != b'\n') else {
+        return (first.len() >= MAX_LINE).then_some(false);
+    };
+    let rest = &first[start..];
+    let end = rest.iter().position(|b| *b == b'\n');
+    let line = &rest[..end.unwrap_or(rest.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // A request line is printable text; its method a token (RFC 9110), then a space.
+    if line.iter().any(|b| !(0x20..0x7f).contains(b)) {
+        return Some(false);
+    }
+    let method = line.iter().take_while(|b| is_tchar(**b)).count();
+    if method > MAX_METHOD || (method == 0 && !line.is_empty()) {
+        return Some(false);
+    }
+    if method < line.len() && line[method] != b' ' {
+        return Some(false);
+    }
+    match end {
+        Some(_) => Some(
+            [&b" HTTP/1.1"[..], b" HTTP/1.0", b" HTTP/2.0"]
+                .iter()
+                .any(|v| line.ends_with(v)),
+        ),
+        None if rest.len() >= MAX_LINE => Some(false),
+        None => None,
+    }
+}
+
+/// A token character (RFC 9110 `tchar`).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Reads whatever is available into `buf`; 0 at end of stream or on an error.
@@ -137,33 +178,10 @@ async fn client_hello<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -
 /// does would be relayed on a decision about the address alone, its server name or `Host`
 /// never checked: it is refused instead.
 pub fn speaks_first_late(first: &[u8]) -> Option<bool> {
-    const MAX_LINE: usize = 8 * 1024;
-    let method = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
     match first.first() {
         None => None,
         Some(&TLS_HANDSHAKE) => Some(true),
-        // Not `METHOD SP`: no HTTP request.
-        _ if method == 0 || method > MAX_METHOD => Some(false),
-        _ if first.len() > method && first[method] != b' ' => Some(false),
-        _ => {
-            let line = &first[method..];
-            let end = line.iter().position(|b| *b == b'\n');
-            let line = &line[..end.unwrap_or(line.len())];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            // A request line is printable text; anything else is another protocol's.
-            if line.iter().any(|b| !(0x20..0x7f).contains(b)) {
-                return Some(false);
-            }
-            match end {
-                Some(_) => Some(
-                    [&b" HTTP/1.1"[..], b" HTTP/1.0", b" HTTP/2.0"]
-                        .iter()
-                        .any(|v| line.ends_with(v)),
-                ),
-                None if first.len() >= MAX_LINE => Some(false),
-                None => None,
-            }
-        }
+        Some(_) => request_line(first),
     }
 }
 
@@ -219,10 +237,22 @@ mod tests {
         assert_eq!(sniffed(get).await.unwrap(), (Sniffed::Http, get.to_vec()));
         for other in [
             &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
-            b"get / HTTP/1.1\r\n",
             b"AAAAAAAAAAAAAAAAAAAAAAAAA ",
+            b"get key\r\n",
+            b"*1\r\n$4\r\nPING\r\n",
         ] {
             assert_eq!(sniffed(other).await.unwrap().0, Sniffed::Other, "{other:?}");
+        }
+        // HTTP however its request line is spelt: the front judges it (a lower-case method is
+        // refused there), never the address alone; empty lines before it are skipped, as
+        // servers skip them.
+        for http in [
+            &b"get / HTTP/1.1\r\n"[..],
+            b"\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\n\nPOST / HTTP/1.0\n",
+            b"M-SEARCH * HTTP/1.1\r\n",
+        ] {
+            assert_eq!(sniffed(http).await.unwrap().0, Sniffed::Http, "{http:?}");
         }
         // A TLS record that is no ClientHello, or one larger than the proxy reads: its name
         // cannot be known, so it is not taken for a client without one.
@@ -257,11 +287,30 @@ mod tests {
         assert_eq!(got, Some((Sniffed::StalledTls, hello[..20].to_vec())));
     }
 
+    /// A request line begun and stalled is taken for HTTP (the front's deadline refuses it),
+    /// not for another protocol decided on the address alone.
+    #[tokio::test]
+    async fn a_request_line_that_stalls_is_http() {
+        for begun in [&b"GET"[..], b"\r\n", b"GET /forbidden/x HT"] {
+            let (mut client, mut server) = tokio::io::duplex(1024);
+            tokio::io::AsyncWriteExt::write_all(&mut client, begun)
+                .await
+                .unwrap();
+            let got = sniff(
+                &mut server,
+                Duration::from_millis(50),
+                Duration::from_millis(50),
+            )
+            .await;
+            assert_eq!(got, Some((Sniffed::Http, begun.to_vec())), "{begun:?}");
+        }
+    }
+
     #[test]
     fn late_speakers_are_told_by_their_first_bytes() {
         let hello = client_hello_for("api.example.test");
         #[rustfmt::skip]
-        let cases: [(&[u8], Option<bool>); 12] = [
+        let cases: [(&[u8], Option<bool>); 14] = [
             (&hello, Some(true)),
             (&hello[..1], Some(true)),
             (b"GET /x HTTP/1.1\r\nHost: a\r\n", Some(true)),
@@ -272,9 +321,12 @@ mod tests {
             (b"a001 LOGIN user pass\r\n", Some(false)),
             (b"\x55\x00\x00\x01\x8d\xa2", Some(false)),
             (b"\x20\x00\x00\x01", Some(false)),
-            // Not told yet: an upper-case start whose line has not ended.
+            // After empty lines too.
+            (b"\r\nGET /x HTTP/1.1\r\n", Some(true)),
+            // Not told yet: a start whose line has not ended.
             (b"GET /x HTT", None),
             (b"G", None),
+            (b"\r\n", None),
             (b"", None),
         ];
         for (first, want) in cases {

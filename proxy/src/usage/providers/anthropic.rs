@@ -102,11 +102,9 @@ impl Provider for Anthropic {
         if kind != Some("content_block_delta") {
             return;
         }
-        if let Some(delta) = event.get("delta") {
-            for field in ["text", "partial_json", "thinking"] {
-                generated.add(delta.get(field));
-            }
-        }
+        // Every kind of delta (text, tool input JSON, thinking, and any other), not its type
+        // or a thinking block's signature.
+        generated.add_all(event.get("delta"), &["type", "signature"]);
     }
 }
 

@@ -276,9 +276,9 @@ impl Provider for Bedrock {
             .get("delta")
             .filter(|_| event.get("contentBlockIndex").is_some())
         {
-            generated.add(delta.get("text"));
-            generated.add(delta.pointer("/toolUse/input"));
-            generated.add(delta.pointer("/reasoningContent/text"));
+            // Text, tool input, reasoning (its redacted form too), and any other kind; not a
+            // reasoning block's signature.
+            generated.add_all(Some(delta), &["signature"]);
         }
     }
 }

@@ -136,8 +136,10 @@ impl Provider for Gemini {
         };
         for c in candidates {
             if let Some(parts) = c.pointer("/content/parts").and_then(Value::as_array) {
+                // Every kind of part: text, `functionCall` arguments, `executableCode`, inline
+                // data; not a thought's signature or a part's MIME type.
                 for p in parts {
-                    generated.add(p.get("text"));
+                    generated.add_all(Some(p), &["thoughtSignature", "mimeType", "thought"]);
                 }
             }
         }
@@ -184,6 +186,23 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
 mod tests {
     use super::*;
     use crate::usage::testing::{meter_json, meter_stream, u};
+
+    /// Every kind of part a candidate streams is output the guard sees: a function call's
+    /// name and arguments, executable code, text; not a thought's signature. Counted by text
+    /// alone, a stream of function calls or code ran past every budget.
+    #[test]
+    fn every_kind_of_part_counts_as_generated() {
+        let event = serde_json::json!({"candidates": [{"content": {"parts": [
+            {"functionCall": {"name": "f", "args": {"city": "Paris", "n": 12}}},
+            {"executableCode": {"language": "PYTHON", "code": "print(1)"}},
+            {"text": "hi", "thoughtSignature": "c2lnbmF0dXJlLXNpZ25hdHVyZQ=="},
+            {"thought": true},
+        ]}}]});
+        let mut g = Generated::default();
+        Gemini.count_generated(&event, &mut g);
+        // "f" "Paris" "12" "PYTHON" "print(1)" "hi".
+        assert_eq!((g.bytes, g.deltas, g.digits), (24, 3, 3), "{g:?}");
+    }
 
     #[test]
     fn usage_from_json_bodies_and_the_array_stream() {

@@ -190,16 +190,65 @@ impl Generated {
     /// Counts `text` when it is a string (an absent or non-string field counts nothing).
     pub fn add(&mut self, text: Option<&Value>) {
         if let Some(s) = text.and_then(Value::as_str) {
-            self.bytes += s.len();
+            self.text(s);
             self.deltas += 1;
             self.nonempty += u64::from(!s.is_empty());
-            self.digits += s.bytes().filter(u8::is_ascii_digit).count();
-            if !s.is_ascii() {
-                let wide = s.chars().filter(|c| !c.is_ascii());
-                let (chars, bytes) = wide.fold((0, 0), |(n, b), c| (n + 1, b + c.len_utf8()));
-                self.wide.0 += chars;
-                self.wide.1 += bytes;
+        }
+    }
+
+    /// Counts every string and number inside `value`, at any depth, but under the members
+    /// named in `skip` (metadata: a role, an id, a signature), as one delta.
+    ///
+    /// SECURITY (budgets): a stream's guard sees only the output counted here, and a kind of
+    /// output a reader names field by field is missed when a provider streams another (a
+    /// legacy `function_call`, a Gemini `functionCall`, `executableCode` or `inlineData` part):
+    /// uncounted, it streamed past every budget. Counting what is not named leans high, which
+    /// a budget can afford.
+    pub fn add_all(&mut self, value: Option<&Value>, skip: &[&str]) {
+        let Some(value) = value else { return };
+        let before = self.bytes;
+        // A delta that carries nothing (`{}` with a finish reason) is none.
+        if self.walk(value, skip) {
+            self.deltas += 1;
+            self.nonempty += u64::from(self.bytes > before);
+        }
+    }
+
+    /// Counts the strings and numbers under `value`; whether it held any.
+    fn walk(&mut self, value: &Value, skip: &[&str]) -> bool {
+        match value {
+            Value::String(s) => {
+                self.text(s);
+                true
             }
+            Value::Number(n) => {
+                let mut buf = itoa::Buffer::new();
+                let text = match n.as_i64() {
+                    Some(i) => buf.format(i),
+                    // A fraction or a huge number: about as many digits as it has.
+                    None => "0000000000000000",
+                };
+                self.text(text);
+                true
+            }
+            Value::Array(items) => items.iter().fold(false, |any, i| self.walk(i, skip) | any),
+            Value::Object(members) => members
+                .iter()
+                .filter(|(name, _)| !skip.contains(&name.as_str()))
+                .fold(false, |any, (_, member)| self.walk(member, skip) | any),
+            Value::Bool(_) | Value::Null => false,
+        }
+    }
+
+    /// Counts the bytes of `s`: its digits and its characters outside ASCII apart.
+    fn text(&mut self, s: &str) {
+        self.bytes += s.len();
+        self.digits += s.bytes().filter(u8::is_ascii_digit).count();
+        if !s.is_ascii() {
+            let wide = s.chars().filter(|c| !c.is_ascii());
+            let (chars, bytes) = wide.fold((0, 0), |(n, b), c| (n + 1, b + c.len_utf8()));
+            self.wide.0 += chars;
+            self.wide.1 += bytes;
         }
     }
 

@@ -277,20 +277,10 @@ impl Provider for OpenAiChat {
                 continue;
             };
             // Every kind of generated output counts (a kind left out would stream unguarded):
-            // text, refusals, reasoning in both compatible spellings, and audio (its base64
-            // data and its transcript).
-            for field in ["content", "refusal", "reasoning_content", "reasoning"] {
-                generated.add(delta.get(field));
-            }
-            if let Some(audio) = delta.get("audio") {
-                generated.add(audio.get("data"));
-                generated.add(audio.get("transcript"));
-            }
-            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-                for call in calls {
-                    generated.add(call.pointer("/function/arguments"));
-                }
-            }
+            // text, refusals, reasoning in both compatible spellings, audio (its base64 data
+            // and its transcript), tool-call and legacy `function_call` arguments, and any
+            // other member a compatible API streams; not the delta's metadata.
+            generated.add_all(Some(delta), &["role", "id", "type", "index"]);
         }
     }
 
@@ -455,15 +445,23 @@ pub(crate) mod tests {
         .expect("json");
         let mut g = Generated::default();
         OpenAiChat.count_generated(&event, &mut g);
+        // One delta a choice, every string in it counted.
         assert_eq!(
             g,
             Generated {
                 bytes: 10,
-                deltas: 5,
-                nonempty: 5,
+                deltas: 2,
+                nonempty: 2,
                 ..Generated::default()
             }
         );
+        // A legacy `function_call` (the `functions` parameter) is output too.
+        let mut legacy = Generated::default();
+        OpenAiChat.count_generated(
+            &serde_json::json!({"choices":[{"delta":{"function_call":{"name":"f","arguments":"{\"a\":1}"}}}]}),
+            &mut legacy,
+        );
+        assert_eq!((legacy.bytes, legacy.deltas), (8, 1), "{legacy:?}");
         // Audio (data and transcript) and `reasoning` are output too.
         let mut audio = Generated::default();
         OpenAiChat.count_generated(
@@ -474,8 +472,8 @@ pub(crate) mod tests {
             audio,
             Generated {
                 bytes: 13,
-                deltas: 3,
-                nonempty: 3,
+                deltas: 1,
+                nonempty: 1,
                 ..Generated::default()
             }
         );

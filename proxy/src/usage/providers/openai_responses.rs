@@ -84,7 +84,7 @@ impl Provider for OpenAiResponses {
             return;
         };
         if kind.starts_with("response.") && kind.ends_with(".delta") {
-            generated.add(event.get("delta"));
+            generated.add_all(event.get("delta"), &[]);
         } else if kind == "response.output_item.added" {
             if let Some(item) = event.pointer("/item/type").and_then(Value::as_str) {
                 count_hosted_call(item, &mut generated.hosted_calls);
