@@ -160,9 +160,16 @@ impl StreamGuard {
         self.refused
     }
 
-    /// Output tokens covered once every extension in flight is granted.
+    /// Output tokens covered once every extension in flight for a chunk is granted (asks ahead
+    /// of need left out: one may be refused where an ask sized to the need fits, and a chunk
+    /// waiting on it would then be cut with room left).
     fn covered_if_granted(&self) -> u64 {
-        let asked: u64 = self.pending.iter().map(|p| p.steps).sum();
+        let asked: u64 = self
+            .pending
+            .iter()
+            .filter(|p| !p.ahead)
+            .map(|p| p.steps)
+            .sum();
         self.covered
             .saturating_add(self.step_tokens.saturating_mul(asked))
     }
@@ -444,6 +451,19 @@ mod tests {
         assert_eq!(guard.pending.len(), 2, "the rest asked for beside it");
         tokio::time::sleep(wait).await;
         assert_eq!(guard.after_wait(1_000), Verdict::Pass);
+        // An ask ahead in flight does not stand for the need: a chunk past the cover asks for
+        // what it needs beside it, so a refused ask ahead never cuts a stream with room left.
+        let mut ahead_only = slow(10_000);
+        ahead_only.ahead = 8;
+        assert_eq!(ahead_only.observe(60), Verdict::Pass);
+        let Verdict::Wait(_) = ahead_only.observe(150) else {
+            panic!("the chunk must wait for its extension")
+        };
+        assert_eq!(
+            ahead_only.pending.iter().filter(|p| !p.ahead).count(),
+            1,
+            "an ask sized to the chunk"
+        );
         // Having waited, it asks further ahead: two steps, then four.
         assert_eq!(guard.ahead, 2);
         let covered = guard.covered;

@@ -203,27 +203,53 @@ fn meant_annotation(name: &str, value: &str, marked: bool) -> Option<&'static st
     {
         return Some(known);
     }
-    let about_approval = ["approv", "aprov", "aproov"]
-        .iter()
-        .any(|a| bare.contains(a));
+    // A name that asks for a person's approval (`@requires_approval`, `@human_approval`), not
+    // one that records one or waives it (`@approved`, `@preapproved`, `@approval_exempt`).
+    let asks_for_approval = ["approval", "aproval"].iter().any(|a| bare.contains(a))
+        && !["exempt", "skip", "waive", "approved", "approvedby"]
+            .iter()
+            .any(|w| bare.contains(w))
+        && !["no", "pre", "auto", "non"]
+            .iter()
+            .any(|p| bare.starts_with(p));
     let asks = matches!(
-        value.to_ascii_lowercase().as_str(),
-        "required" | "require" | "shadow" | "yes" | "true" | "1" | "on"
+        value.trim().to_ascii_lowercase().as_str(),
+        "required"
+            | "require"
+            | "shadow"
+            | "yes"
+            | "true"
+            | "1"
+            | "on"
+            | "always"
+            | "enabled"
+            | "mandatory"
     );
-    if about_approval && asks {
+    if asks_for_approval && asks {
         return Some("approval");
     }
     if marked {
+        // Beside `@approval`: a hold's timeout, mode or approvers under another name.
         let family = [
             ("timeout", "approval_timeout"),
+            ("holdtimeout", "approval_timeout"),
+            ("approvalttl", "approval_timeout"),
+            ("ttl", "approval_timeout"),
+            ("holdmode", "approval_mode"),
             ("mode", "approval_mode"),
             ("approver", "approvers"),
             ("reviewer", "approvers"),
-            ("group", "approvers"),
+            ("reviewers", "approvers"),
+            ("approvalby", "approvers"),
+            ("approvalgroup", "approvers"),
+            ("approvalgroups", "approvers"),
+            ("approvergroup", "approvers"),
+            ("approvergroups", "approvers"),
+            ("deciders", "approvers"),
         ];
         return family
             .iter()
-            .find(|(part, _)| bare.contains(part))
+            .find(|(name, _)| bare == *name)
             .map(|(_, known)| *known);
     }
     None
@@ -467,6 +493,11 @@ mod tests {
             (r#"@approval("required") @timeout("1m")"#, "`@approval_timeout`"),
             (r#"@approval("required") @mode("poll")"#, "`@approval_mode`"),
             (r#"@approval("required") @reviewers("legal")"#, "`@approvers`"),
+            (r#"@approval("required") @approval_ttl("5m")"#, "`@approval_timeout`"),
+            (r#"@approval("required") @approval_by("legal")"#, "`@approvers`"),
+            (r#"@approval("required") @deciders("legal")"#, "`@approvers`"),
+            (r#"@requires_approval("always")"#, "`@approval`"),
+            (r#"@requires_approval(" true")"#, "`@approval`"),
             (r#"@ID("x")"#, "`@id`"),
         ];
         for (annotations, meant) in misspelt {
@@ -488,8 +519,18 @@ mod tests {
             r#"@approval_ticket("SEC-9")"#,
             r#"@approvalStatus("reviewed")"#,
             r#"@timeout("1m")"#,
+            r#"@approval("required") @model("gpt-4o")"#,
+            r#"@approval("required") @rollout_mode("canary")"#,
+            r#"@approval("required") @owner_group("payments")"#,
+            r#"@preapproved("true")"#,
+            r#"@no_approval("true")"#,
+            r#"@auto_approve("true")"#,
+            r#"@approval_exempt("yes")"#,
+            r#"@approved("yes")"#,
+            r#"@security_approved("true")"#,
         ] {
-            assert_eq!(rule(&format!("{free} {permit}")), Ok(None), "{free}");
+            let got = rule(&format!("{free} {permit}"));
+            assert!(got.is_ok(), "{free}: {got:?}");
         }
     }
 

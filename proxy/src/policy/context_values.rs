@@ -45,6 +45,16 @@ pub fn impossible_in_pattern(attr: &str, text: &str) -> Option<String> {
         "weekday" if text.bytes().any(|b| b.is_ascii_uppercase()) => {
             Some("weekdays are lower case".to_string())
         }
+        // A few values, each known: the pattern must match one.
+        "weekday" | "scheme" | "position" => {
+            let values: &[&str] = match attr {
+                "weekday" => &WEEKDAYS,
+                "scheme" => &["http", "https"],
+                _ => &["header", "query", "body"],
+            };
+            (!values.iter().any(|v| glob(text.as_bytes(), v.as_bytes())))
+                .then(|| format!("it matches none of {}", values.join(", ")))
+        }
         "host" if text.ends_with('.') => Some("hosts have no trailing dot".to_string()),
         "host" if has_port(text) || text.contains(['/', '[', ']', '@', ' ']) => {
             Some(NO_PORT.to_string())
@@ -69,6 +79,17 @@ pub fn impossible_comparison(attr: &str, op: &str, n: i64) -> Option<String> {
         _ => false,
     };
     never.then(|| what.to_string())
+}
+
+/// Whether `pattern` (`*` for any run of bytes) matches all of `text`.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, &text[i..])),
+        Some((p, rest)) => text
+            .split_first()
+            .is_some_and(|(t, tail)| p == t && glob(rest, tail)),
+    }
 }
 
 const NO_PORT: &str = "hosts have no port, brackets, scheme or path (the port is `context.port`)";
@@ -169,6 +190,12 @@ mod tests {
         assert!(impossible_in_pattern("host", "*.openai.com/*").is_some());
         assert!(impossible_in_pattern("weekday", "S*").is_some());
         assert_eq!(impossible_in_pattern("weekday", "s*"), None);
+        for never in ["*day", "tues", "weekend"] {
+            assert!(impossible_in_pattern("weekday", never).is_some(), "{never}");
+        }
+        assert_eq!(impossible_in_pattern("weekday", "t*"), None);
+        assert!(impossible_in_pattern("scheme", "ftp*").is_some());
+        assert_eq!(impossible_in_pattern("position", "*e*"), None);
     }
 
     #[test]

@@ -1320,7 +1320,8 @@ fn declared_never_given(text: &str) -> Vec<String> {
     let Some(ns) = json.get(NAMESPACE) else {
         return Vec::new();
     };
-    // A record's attribute names, inline or through a common type.
+    // A record's attribute names, inline or through a common type (of this namespace, another
+    // one named in full, or the empty one).
     let attributes = |ty: &Value| -> Vec<String> {
         let name = match ty.get("type").and_then(Value::as_str) {
             Some("Record") => None,
@@ -1330,8 +1331,9 @@ fn declared_never_given(text: &str) -> Vec<String> {
         let record = match name {
             None => Some(ty),
             Some(name) => {
-                let name = name.strip_prefix(&format!("{NAMESPACE}::")).unwrap_or(name);
-                ns.get("commonTypes").and_then(|c| c.get(name))
+                let (space, local) = name.rsplit_once("::").unwrap_or((NAMESPACE, name));
+                let common = |space: &str| json.get(space)?.get("commonTypes")?.get(local);
+                common(space).or_else(|| common(""))
             }
         };
         record
@@ -1340,8 +1342,29 @@ fn declared_never_given(text: &str) -> Vec<String> {
             .map(|a| a.keys().cloned().collect())
             .unwrap_or_default()
     };
+    let sent_by_action = super::sent_context_attributes();
     let mut out = Vec::new();
-    for (action, sent) in super::sent_context_attributes() {
+    // Actions the proxy never asks, in any namespace: a policy on one never applies.
+    for (space, declared) in json.as_object().into_iter().flatten() {
+        for action in declared
+            .get("actions")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|a| a.keys())
+        {
+            if space != NAMESPACE || !sent_by_action.iter().any(|(a, _)| a == action) {
+                let place = if space.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in `{space}`")
+                };
+                out.push(format!(
+                    "the schema declares action `{action}`{place}, which the proxy never asks: a policy on it never applies"
+                ));
+            }
+        }
+    }
+    for (action, sent) in sent_by_action {
         let Some(context) = ns.pointer(&format!("/actions/{action}/appliesTo/context")) else {
             continue;
         };
@@ -1354,7 +1377,36 @@ fn declared_never_given(text: &str) -> Vec<String> {
         }
     }
     for (entity, given) in ENTITY_ATTRIBUTES {
-        let Some(shape) = ns.pointer(&format!("/entityTypes/{entity}/shape")) else {
+        let Some(declared) = ns.pointer(&format!("/entityTypes/{entity}")) else {
+            continue;
+        };
+        // The proxy makes a workload a member of its tenant, and nothing else a member of
+        // anything; it sets no tags.
+        let parents: &[&str] = if entity == "Workload" {
+            &["Tenant"]
+        } else {
+            &[]
+        };
+        for parent in declared
+            .get("memberOfTypes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            let local = parent.rsplit_once("::").map_or(parent, |(_, l)| l);
+            if !parents.contains(&local) {
+                out.push(format!(
+                    "the schema makes `{entity}` a member of `{parent}`, which the proxy never does: a policy that asks `in` it never holds"
+                ));
+            }
+        }
+        if declared.get("tags").is_some() {
+            out.push(format!(
+                "the schema declares tags on `{entity}`, which the proxy never sets: a policy that reads them never holds"
+            ));
+        }
+        let Some(shape) = declared.get("shape") else {
             continue;
         };
         for attr in attributes(shape) {

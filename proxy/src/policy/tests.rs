@@ -586,6 +586,9 @@ fn a_schema_that_does_not_describe_the_requests_is_a_problem() {
         ("an optional field it never sends", "    route?: String,          // only when the request came through a route-mode route", "    route?: String, user_agent?: String,", "`user_agent` in the context of action `http`"),
         ("an attribute of an entity it never sets", "  entity Destination;", "  entity Destination = { risk?: String };", "`risk` on `Destination`"),
         ("a tenant attribute it never sets", "    region: String,\n  };", "    region: String,\n    team?: String,\n  };", "`team` on `Tenant`"),
+        ("a parent it never sets", "  entity Destination;", "  entity DestGroup;\n  entity Destination in [DestGroup];", "member of `DestGroup`"),
+        ("tags it never sets", "  entity Destination;", "  entity Destination tags String;", "tags on `Destination`"),
+        ("an action it never asks", "  entity Destination;", "  entity Destination;\n  action http_write appliesTo { principal: [Workload], resource: [Destination] };", "action `http_write`"),
     ];
     for (name, from, to, action) in edits {
         assert!(shipped.contains(from), "{name}: the shipped schema changed");

@@ -8,8 +8,6 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// The most a ClientHello may take before it is given up on (a large post-quantum key share
 /// and many extensions stay well under it).
 const MAX_CLIENT_HELLO: usize = 16 * 1024;
-/// The longest HTTP method token this proxy accepts (the front's own bound).
-const MAX_METHOD: usize = 16;
 
 /// What the client sent first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,37 +75,52 @@ pub async fn sniff<S: AsyncRead + Unpin>(
     }
 }
 
-/// Whether `first` starts an HTTP/1 request line (`METHOD SP target SP HTTP/1.1`, the empty
-/// lines a server skips before it skipped too): `None` while that cannot be told yet (a
-/// token that may still be a method, a line that has not ended).
+/// Whether `first` may start an HTTP request (the empty lines a server skips before it skipped
+/// too): a method token, a space or tab, then a target as servers take one (`/…`, `*`, or an
+/// absolute URL), or a line that names an HTTP version anywhere. `None` while that cannot be
+/// told yet.
+///
+/// SECURITY: what servers take for a request is HTTP here, however it is spelt (a long line, a
+/// byte outside ASCII in its path, tabs, `HTTP/1.2`, HTTP/0.9's bare `GET /x`): the front
+/// judges it, and refuses what it would not serve. Taken for another protocol, it would be
+/// decided on the address alone and relayed unread, its `Host` and path unchecked. Protocols
+/// whose words look like a method (`EHLO host`, `get key`, `a001 LOGIN`) have no such target.
 pub fn request_line(first: &[u8]) -> Option<bool> {
     const MAX_LINE: usize = 8 * 1024;
     let Some(start) = first.iter().position(|b| *b != b'\r' && *b != b'\n') else {
-        return (first.len() >= MAX_LINE).then_some(false);
+        // Only empty lines so far: a server would wait for the request after them.
+        return (first.len() >= MAX_LINE).then_some(true);
     };
     let rest = &first[start..];
-    let end = rest.iter().position(|b| *b == b'\n');
-    let line = &rest[..end.unwrap_or(rest.len())];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    // A request line is printable text; its method a token (RFC 9110), then a space.
-    if line.iter().any(|b| !(0x20..0x7f).contains(b)) {
+    let method = rest.iter().take_while(|b| is_tchar(**b)).count();
+    if method == rest.len() {
+        // A token still arriving (or one as long as the window: the front refuses it).
+        return (rest.len() >= MAX_LINE).then_some(method > 0);
+    }
+    if method == 0 || !matches!(rest[method], b' ' | b'\t') {
         return Some(false);
     }
-    let method = line.iter().take_while(|b| is_tchar(**b)).count();
-    if method > MAX_METHOD || (method == 0 && !line.is_empty()) {
-        return Some(false);
-    }
-    if method < line.len() && line[method] != b' ' {
-        return Some(false);
-    }
-    match end {
-        Some(_) => Some(
-            [&b" HTTP/1.1"[..], b" HTTP/1.0", b" HTTP/2.0"]
-                .iter()
-                .any(|v| line.ends_with(v)),
-        ),
-        None if rest.len() >= MAX_LINE => Some(false),
+    let target = &rest[method..];
+    let target = &target[target
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(target.len())..];
+    match target.first() {
         None => None,
+        Some(b'/' | b'*') => Some(true),
+        Some(_) => {
+            let line_end = target.iter().position(|b| *b == b'\n');
+            let line = &target[..line_end.unwrap_or(target.len())];
+            let absolute = memchr::memmem::find(line, b"://").is_some();
+            let versioned = memchr::memmem::find(line, b"HTTP/").is_some();
+            if absolute || versioned {
+                Some(true)
+            } else if line_end.is_some() || rest.len() >= MAX_LINE {
+                Some(false)
+            } else {
+                None
+            }
+        }
     }
 }
 
@@ -237,7 +250,6 @@ mod tests {
         assert_eq!(sniffed(get).await.unwrap(), (Sniffed::Http, get.to_vec()));
         for other in [
             &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
-            b"AAAAAAAAAAAAAAAAAAAAAAAAA ",
             b"get key\r\n",
             b"*1\r\n$4\r\nPING\r\n",
         ] {
@@ -246,11 +258,25 @@ mod tests {
         // HTTP however its request line is spelt: the front judges it (a lower-case method is
         // refused there), never the address alone; empty lines before it are skipped, as
         // servers skip them.
+        let mut long = b"GET /".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 9000));
+        long.extend(b" HTTP/1.1\r\n");
+        let mut empty_lines = vec![b'\n'; 9000];
+        empty_lines.extend(b"GET /x HTTP/1.1\r\n");
         for http in [
             &b"get / HTTP/1.1\r\n"[..],
             b"\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
             b"\n\nPOST / HTTP/1.0\n",
             b"M-SEARCH * HTTP/1.1\r\n",
+            b"GET\t/x\tHTTP/1.1\r\n",
+            b"GET /x HTTP/1.2\r\n",
+            b"GET /x HTTP/1.1 \r\n",
+            b"GET /forbidden/x\r\n",
+            "GET /caf\u{e9} HTTP/1.1\r\n".as_bytes(),
+            b"GET http://blocked.test/x HTTP/1.1\r\n",
+            b"FOOOOOOOOOOOOOOOOOOOOO /x HTTP/1.1\r\n",
+            &long,
+            &empty_lines,
         ] {
             assert_eq!(sniffed(http).await.unwrap().0, Sniffed::Http, "{http:?}");
         }
@@ -291,7 +317,7 @@ mod tests {
     /// not for another protocol decided on the address alone.
     #[tokio::test]
     async fn a_request_line_that_stalls_is_http() {
-        for begun in [&b"GET"[..], b"\r\n", b"GET /forbidden/x HT"] {
+        for begun in [&b"GET"[..], b"\r\n", b"GET ", b"GET blocked"] {
             let (mut client, mut server) = tokio::io::duplex(1024);
             tokio::io::AsyncWriteExt::write_all(&mut client, begun)
                 .await
@@ -310,7 +336,7 @@ mod tests {
     fn late_speakers_are_told_by_their_first_bytes() {
         let hello = client_hello_for("api.example.test");
         #[rustfmt::skip]
-        let cases: [(&[u8], Option<bool>); 14] = [
+        let cases: [(&[u8], Option<bool>); 15] = [
             (&hello, Some(true)),
             (&hello[..1], Some(true)),
             (b"GET /x HTTP/1.1\r\nHost: a\r\n", Some(true)),
@@ -323,9 +349,11 @@ mod tests {
             (b"\x20\x00\x00\x01", Some(false)),
             // After empty lines too.
             (b"\r\nGET /x HTTP/1.1\r\n", Some(true)),
-            // Not told yet: a start whose line has not ended.
-            (b"GET /x HTT", None),
+            // Told by the target alone.
+            (b"GET /x HTT", Some(true)),
+            // Not told yet: a token, or a target not begun.
             (b"G", None),
+            (b"GET ", None),
             (b"\r\n", None),
             (b"", None),
         ];

@@ -102,9 +102,9 @@ impl Provider for Anthropic {
         if kind != Some("content_block_delta") {
             return;
         }
-        // Every kind of delta (text, tool input JSON, thinking, and any other), not its type
-        // or a thinking block's signature.
-        generated.add_all(event.get("delta"), &["type", "signature"]);
+        // Every kind of delta (text, tool input JSON, thinking, and any other), not its type,
+        // a thinking block's signature, or a citation (text quoted from the input).
+        generated.add_all(event.get("delta"), &["type", "signature", "citation"]);
     }
 }
 

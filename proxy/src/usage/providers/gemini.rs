@@ -136,10 +136,14 @@ impl Provider for Gemini {
         };
         for c in candidates {
             if let Some(parts) = c.pointer("/content/parts").and_then(Value::as_array) {
-                // Every kind of part: text, `functionCall` arguments, `executableCode`, inline
-                // data; not a thought's signature or a part's MIME type.
+                // Every kind of part: text, `functionCall` arguments, `executableCode`, code
+                // results; not a thought's signature, nor media (`inlineData`, `fileData`: an
+                // image is billed by the image, not by its base64 text).
                 for p in parts {
-                    generated.add_all(Some(p), &["thoughtSignature", "mimeType", "thought"]);
+                    generated.add_all(
+                        Some(p),
+                        &["thoughtSignature", "thought", "inlineData", "fileData"],
+                    );
                 }
             }
         }
@@ -197,11 +201,14 @@ mod tests {
             {"executableCode": {"language": "PYTHON", "code": "print(1)"}},
             {"text": "hi", "thoughtSignature": "c2lnbmF0dXJlLXNpZ25hdHVyZQ=="},
             {"thought": true},
+            // Arguments named like metadata are arguments all the same.
+            {"functionCall": {"name": "g", "args": {"thought": "abcd", "mimeType": "efgh"}}},
+            {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
         ]}}]});
         let mut g = Generated::default();
         Gemini.count_generated(&event, &mut g);
-        // "f" "Paris" "12" "PYTHON" "print(1)" "hi".
-        assert_eq!((g.bytes, g.deltas, g.digits), (24, 3, 3), "{g:?}");
+        // "f" "Paris" "12" "PYTHON" "print(1)" "hi" "g" "abcd" "efgh"; not the image.
+        assert_eq!((g.bytes, g.deltas, g.digits), (33, 4, 3), "{g:?}");
     }
 
     #[test]

@@ -196,8 +196,9 @@ impl Generated {
         }
     }
 
-    /// Counts every string and number inside `value`, at any depth, but under the members
-    /// named in `skip` (metadata: a role, an id, a signature), as one delta.
+    /// Counts every string and number inside `value`, at any depth, but under its own members
+    /// named in `skip` (metadata: a role, an id, a signature; only at its top, so that a
+    /// function's argument that happens to share such a name still counts), as one delta.
     ///
     /// SECURITY (budgets): a stream's guard sees only the output counted here, and a kind of
     /// output a reader names field by field is missed when a provider streams another (a
@@ -207,15 +208,22 @@ impl Generated {
     pub fn add_all(&mut self, value: Option<&Value>, skip: &[&str]) {
         let Some(value) = value else { return };
         let before = self.bytes;
+        let counted = match value {
+            Value::Object(members) => members
+                .iter()
+                .filter(|(name, _)| !skip.contains(&name.as_str()))
+                .fold(false, |any, (_, member)| self.walk(member) | any),
+            other => self.walk(other),
+        };
         // A delta that carries nothing (`{}` with a finish reason) is none.
-        if self.walk(value, skip) {
+        if counted {
             self.deltas += 1;
             self.nonempty += u64::from(self.bytes > before);
         }
     }
 
     /// Counts the strings and numbers under `value`; whether it held any.
-    fn walk(&mut self, value: &Value, skip: &[&str]) -> bool {
+    fn walk(&mut self, value: &Value) -> bool {
         match value {
             Value::String(s) => {
                 self.text(s);
@@ -231,11 +239,10 @@ impl Generated {
                 self.text(text);
                 true
             }
-            Value::Array(items) => items.iter().fold(false, |any, i| self.walk(i, skip) | any),
+            Value::Array(items) => items.iter().fold(false, |any, i| self.walk(i) | any),
             Value::Object(members) => members
-                .iter()
-                .filter(|(name, _)| !skip.contains(&name.as_str()))
-                .fold(false, |any, (_, member)| self.walk(member, skip) | any),
+                .values()
+                .fold(false, |any, member| self.walk(member) | any),
             Value::Bool(_) | Value::Null => false,
         }
     }

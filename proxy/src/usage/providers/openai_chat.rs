@@ -279,8 +279,19 @@ impl Provider for OpenAiChat {
             // Every kind of generated output counts (a kind left out would stream unguarded):
             // text, refusals, reasoning in both compatible spellings, audio (its base64 data
             // and its transcript), tool-call and legacy `function_call` arguments, and any
-            // other member a compatible API streams; not the delta's metadata.
-            generated.add_all(Some(delta), &["role", "id", "type", "index"]);
+            // other member a compatible API streams; not the delta's metadata, nor
+            // `reasoning_details` (OpenRouter's copy of `reasoning`) or `annotations` (URL
+            // citations of what was searched).
+            generated.add_all(
+                Some(delta),
+                &["role", "reasoning_details", "annotations", "tool_calls"],
+            );
+            // A tool call's name and arguments, not its index, id and type.
+            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                for call in calls {
+                    generated.add_all(Some(call), &["index", "id", "type"]);
+                }
+            }
         }
     }
 
@@ -445,13 +456,13 @@ pub(crate) mod tests {
         .expect("json");
         let mut g = Generated::default();
         OpenAiChat.count_generated(&event, &mut g);
-        // One delta a choice, every string in it counted.
+        // A delta a choice and one a tool call that carries anything, every string counted.
         assert_eq!(
             g,
             Generated {
                 bytes: 10,
-                deltas: 2,
-                nonempty: 2,
+                deltas: 3,
+                nonempty: 3,
                 ..Generated::default()
             }
         );
