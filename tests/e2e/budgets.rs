@@ -845,6 +845,27 @@ fn a_stream_within_its_budget_is_extended_and_finishes() {
     );
 }
 
+/// A proxy routing LLM calls to `mock`, priced, counting in `limiter` (`memory`, or `redis`
+/// on `redis`), acme's calls without `max_tokens` reserving `assumed` output tokens under a day
+/// ceiling of `day_micros`.
+fn day_capped_proxy(
+    mock: u16,
+    limiter: &str,
+    redis: &RedisServer,
+    assumed: u64,
+    day_micros: u64,
+) -> Proxy {
+    let mut spec = ProxySpec::default().with_prices();
+    if limiter == "redis" {
+        spec = spec.with_redis_limiter(redis.url(), Duration::from_secs(1));
+    }
+    spec.llm_route(mock);
+    let acme = spec.tenant("acme").limits();
+    acme.assumed_max_tokens = Some(assumed);
+    acme.cost_per_day_micros = Some(day_micros);
+    Proxy::start(spec)
+}
+
 /// A stream that arrives faster than the guard's extensions are answered ends with an
 /// extension still being asked for. It is reserved on the counters all the same, so the
 /// settlement waits for its answer and takes it into account: the tenant's counter holds exactly
@@ -855,15 +876,7 @@ fn an_extension_asked_for_as_a_stream_ends_is_settled_with_it() {
     let mock = start_mock();
     let redis = RedisServer::start();
     for limiter in ["memory", "redis"] {
-        let mut spec = ProxySpec::default().with_prices();
-        if limiter == "redis" {
-            spec = spec.with_redis_limiter(redis.url(), Duration::from_secs(1));
-        }
-        spec.llm_route(mock);
-        let acme = spec.tenant("acme").limits();
-        acme.assumed_max_tokens = Some(50);
-        acme.cost_per_day_micros = Some(50_000_000);
-        let proxy = Proxy::start(spec);
+        let proxy = day_capped_proxy(mock, limiter, &redis, 50, 50_000_000);
         let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
         let mut settled = 0;
         for _ in 0..3 {
@@ -901,15 +914,7 @@ fn a_whole_answer_at_once_is_cut_at_the_ceiling_not_passed_over_it() {
     let mock = start_mock();
     let redis = RedisServer::start();
     for limiter in ["memory", "redis"] {
-        let mut spec = ProxySpec::default().with_prices();
-        if limiter == "redis" {
-            spec = spec.with_redis_limiter(redis.url(), Duration::from_secs(1));
-        }
-        spec.llm_route(mock);
-        let acme = spec.tenant("acme").limits();
-        acme.assumed_max_tokens = Some(20);
-        acme.cost_per_day_micros = Some(3_000);
-        let proxy = Proxy::start(spec);
+        let proxy = day_capped_proxy(mock, limiter, &redis, 20, 3_000);
         let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
         let r = llm_chat(
             proxy.sidecar_port,

@@ -297,19 +297,24 @@ mod tests {
         assert_eq!(sniffed(&hello[..hello.len() / 2]).await, None);
     }
 
-    #[tokio::test]
-    async fn a_client_hello_that_stalls_is_told() {
-        let hello = client_hello_for("api.example.test");
+    /// Sniffs a client that sends `begun` and then nothing, its connection left open.
+    async fn sniffed_stalled(begun: &[u8]) -> Option<(Sniffed, Vec<u8>)> {
         let (mut client, mut server) = tokio::io::duplex(64 * 1024);
-        tokio::io::AsyncWriteExt::write_all(&mut client, &hello[..20])
+        tokio::io::AsyncWriteExt::write_all(&mut client, begun)
             .await
             .unwrap();
-        let got = sniff(
+        sniff(
             &mut server,
             Duration::from_millis(50),
             Duration::from_millis(50),
         )
-        .await;
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_that_stalls_is_told() {
+        let hello = client_hello_for("api.example.test");
+        let got = sniffed_stalled(&hello[..20]).await;
         assert_eq!(got, Some((Sniffed::StalledTls, hello[..20].to_vec())));
     }
 
@@ -318,16 +323,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_line_that_stalls_is_http() {
         for begun in [&b"GET"[..], b"\r\n", b"GET ", b"GET blocked"] {
-            let (mut client, mut server) = tokio::io::duplex(1024);
-            tokio::io::AsyncWriteExt::write_all(&mut client, begun)
-                .await
-                .unwrap();
-            let got = sniff(
-                &mut server,
-                Duration::from_millis(50),
-                Duration::from_millis(50),
-            )
-            .await;
+            let got = sniffed_stalled(begun).await;
             assert_eq!(got, Some((Sniffed::Http, begun.to_vec())), "{begun:?}");
         }
     }
