@@ -488,6 +488,20 @@ fn streams_running_at_sigterm_finish_or_are_cut_and_each_is_recorded_and_settled
         &body[..10]
     )
     .unwrap();
+    // Every connection accepted before the signal (on a loaded machine the half-sent ones can
+    // still wait in the listener's queue, where the drain closes them unseen).
+    let accepted = Instant::now();
+    while !proxy
+        .metrics()
+        .contains("tenant_proxy_connections_open{listener=\"sidecar\"} 6")
+    {
+        assert!(
+            accepted.elapsed() < Duration::from_secs(10),
+            "six connections never open: {}",
+            proxy.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(Duration::from_millis(300));
     proxy.sigterm();
     let sent = Instant::now();
