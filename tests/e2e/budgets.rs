@@ -471,9 +471,6 @@ fn streams_running_at_sigterm_finish_or_are_cut_and_each_is_recorded_and_settled
         }
         reader
     };
-    // Three 10-second streams, and one of a second that finishes within the drain time.
-    let long: Vec<_> = (0..3).map(|_| open(100)).collect();
-    let short = open(10);
     // A client half-way through its head, and one half-way through its body: the proxy cuts
     // both at the drain time, which is no fault of theirs.
     let mut half_head = std::net::TcpStream::connect(("127.0.0.1", proxy.sidecar_port)).unwrap();
@@ -488,8 +485,12 @@ fn streams_running_at_sigterm_finish_or_are_cut_and_each_is_recorded_and_settled
         &body[..10]
     )
     .unwrap();
-    // Every connection accepted before the signal (on a loaded machine the half-sent ones can
-    // still wait in the listener's queue, where the drain closes them unseen).
+    // Three 10-second streams, and one of a second that finishes within the drain time (the
+    // half-sent requests go first: on a loaded machine, sent last, one could still wait in the
+    // listener's queue at the signal, where the drain closes it unseen).
+    let long: Vec<_> = (0..3).map(|_| open(100)).collect();
+    let short = open(10);
+    // Every connection accepted before the signal.
     let accepted = Instant::now();
     while !proxy
         .metrics()
