@@ -596,7 +596,10 @@ fn the_admin_port_reads_heads_strictly_under_deadlines_and_a_connection_cap() {
             s.set_nonblocking(true).unwrap();
             let mut byte = [0u8; 64];
             match s.read(&mut byte) {
+                // Closed: with a FIN, or a reset when the proxy closed it before reading what
+                // it had been sent (the kernel's answer to unread bytes), as timing has it.
                 Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
                 Ok(n) => panic!("{i}: {}", String::from_utf8_lossy(&byte[..n])),
                 Err(e) => {
                     assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{i}");
