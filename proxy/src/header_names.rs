@@ -151,6 +151,12 @@ pub fn content_coded(headers: &HeaderMap) -> bool {
     content || framed
 }
 
+/// A token character (RFC 9110 `tchar`): what a method, a header name or a chunk extension's
+/// name is made of.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -206,13 +206,13 @@ impl ChunkedValidator {
             (ExtName | ExtNameEnd, b' ' | b'\t') => ExtNameEnd,
             (Size | ExtSeparator | ExtValueToken, b' ' | b'\t') => ExtSeparator,
             (ExtName | ExtNameEnd, b'=') => ExtValueStart,
-            (ExtName, b) if is_token(b) => ExtName,
+            (ExtName, b) if crate::header_names::is_tchar(b) => ExtName,
             (ExtNameStart, b' ' | b'\t') => ExtNameStart,
-            (ExtNameStart, b) if is_token(b) => ExtName,
+            (ExtNameStart, b) if crate::header_names::is_tchar(b) => ExtName,
             (ExtValueStart, b' ' | b'\t') => ExtValueStart,
             (ExtValueStart, b'"') => ExtValueQuoted,
-            (ExtValueStart, b) if is_token(b) => ExtValueToken,
-            (ExtValueToken, b) if is_token(b) => ExtValueToken,
+            (ExtValueStart, b) if crate::header_names::is_tchar(b) => ExtValueToken,
+            (ExtValueToken, b) if crate::header_names::is_tchar(b) => ExtValueToken,
             (ExtValueQuoted, b'"') => ExtSeparator,
             (ExtValueQuoted, b'\\') => ExtValueEscape,
             (ExtValueQuoted, b) if is_qdtext(b) => ExtValueQuoted,
@@ -238,10 +238,10 @@ impl ChunkedValidator {
             (DataLf, b'\n') => SizeStart,
             (DataLf, _) => return Err(ChunkError("chunk data does not end in CRLF")),
             (TrailerStart, b'\r') => FinalLf,
-            (TrailerStart, b) if is_token(b) => TrailerName,
+            (TrailerStart, b) if crate::header_names::is_tchar(b) => TrailerName,
             (TrailerStart, _) => return Err(ChunkError("a malformed trailer field")),
             (TrailerName, b':') => TrailerValue,
-            (TrailerName, b) if is_token(b) => TrailerName,
+            (TrailerName, b) if crate::header_names::is_tchar(b) => TrailerName,
             (TrailerName, _) => return Err(ChunkError("a malformed trailer field")),
             (TrailerValue, b'\r') => TrailerLf,
             (TrailerValue, b) if b == b'\t' || b >= 0x20 && b != 0x7f => TrailerValue,
@@ -267,10 +267,6 @@ fn hex(b: u8) -> u8 {
         b'a'..=b'f' => b - b'a' + 10,
         _ => b - b'A' + 10,
     }
-}
-
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn is_qdtext(b: u8) -> bool {

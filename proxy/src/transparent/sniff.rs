@@ -92,7 +92,10 @@ pub fn request_line(first: &[u8]) -> Option<bool> {
         return (first.len() >= MAX_LINE).then_some(true);
     };
     let rest = &first[start..];
-    let method = rest.iter().take_while(|b| is_tchar(**b)).count();
+    let method = rest
+        .iter()
+        .take_while(|b| crate::header_names::is_tchar(**b))
+        .count();
     if method == rest.len() {
         // A token still arriving (or one as long as the window: the front refuses it).
         return (rest.len() >= MAX_LINE).then_some(method > 0);
@@ -122,11 +125,6 @@ pub fn request_line(first: &[u8]) -> Option<bool> {
             }
         }
     }
-}
-
-/// A token character (RFC 9110 `tchar`).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Reads whatever is available into `buf`; 0 at end of stream or on an error.
