@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tenant_proxy::approvals::redis::RedisHolds;
 use tenant_proxy::approvals::store::{
     Caps, Change, Decided, HoldRecord, HoldState, HoldStore, MemoryHolds, OpenError, Renewal,
-    Transition, LEASE_MS,
+    Transition, DECIDED_PER_PENDING, LEASE_MS,
 };
 use tenant_proxy::redis_conn::RedisEndpoint;
 
@@ -257,6 +257,60 @@ async fn contract(store: &dyn HoldStore) {
     // A polled hold has no owner and no lease: it lives until its deadline.
     let p = store.get("globex", "l4").await.unwrap().unwrap();
     assert_eq!((p.lease_ms, p.record.owner), (None, None));
+
+    // Decided holds are bounded per tenant (an agent can open and hang up as fast as it
+    // sends): past `DECIDED_PER_PENDING` times its cap, its oldest go as it opens more, and
+    // another tenant's are untouched.
+    let t = now + 300_000;
+    let one = Caps {
+        per_tenant: 1,
+        global: 1000,
+    };
+    for n in 0..10u64 {
+        let id = format!("d{n}");
+        store
+            .open(&record("hooli", &id, t + n, None), None, one)
+            .await
+            .expect("one pending at a time");
+        let cancelled = store
+            .transition(
+                "hooli",
+                &id,
+                decide(HoldState::Pending, HoldState::Cancelled, t + n),
+            )
+            .await
+            .expect("reachable");
+        assert!(matches!(cancelled, Transition::Done(_)), "{cancelled:?}");
+    }
+    let mut kept = Vec::new();
+    for n in 0..10u64 {
+        if store
+            .get("hooli", &format!("d{n}"))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            kept.push(n);
+        }
+    }
+    assert_eq!(
+        kept,
+        [6, 7, 8, 9],
+        "the newest {DECIDED_PER_PENDING} are kept"
+    );
+    let l1 = store
+        .get("acme", "l1")
+        .await
+        .unwrap()
+        .expect("another tenant's stays");
+    assert_eq!(l1.state, HoldState::Approved);
+    // One left pending (the global count has a member again), which lets the oldest go.
+    store
+        .open(&record("hooli", "d10", t + 10, None), None, one)
+        .await
+        .expect("room for a pending one");
+    assert_eq!(store.get("hooli", "d6").await, Ok(None));
+    assert!(store.get("hooli", "d7").await.unwrap().is_some());
 }
 
 fn on_runtime(test: impl std::future::Future<Output = ()>) {

@@ -5,8 +5,12 @@
 //! A hold is a hash (`record`, `state`, `deadline`, `lease`, `decided`) at
 //! `tp:approval:{<tenant>}:hold:<id>`; a tenant's pending holds are a sorted set at
 //! `tp:approval:{<tenant>}:pending`, scored by when each stops counting (its deadline, or its
-//! owner's lease when that ends first). Both keys of a tenant share the `{tenant}` hash tag, so
-//! each script touches one Cluster slot. The global cap is one more sorted set,
+//! owner's lease when that ends first), and its decided (or orphaned) ones another at
+//! `tp:approval:{<tenant>}:decided`, scored by when each stops being kept, so that opening lets
+//! the oldest go past [`DECIDED_PER_PENDING`] times the tenant's cap, as the in-memory store does
+//! (an agent that opens holds and hangs up would otherwise fill Redis for a minute at whatever
+//! rate it can send). A tenant's keys share the `{tenant}` hash tag, so each script touches one
+//! Cluster slot. The global cap is one more sorted set,
 //! `tp:approvals:{approvals}:pending` (members `<tenant>/<id>`, same scores): a single key, so on
 //! a cluster it lives in one slot, on one master, which every replica's opening goes through
 //! (one small script per hold opened, one renewal a second per waiting hold). It is kept apart
@@ -29,7 +33,7 @@ use async_trait::async_trait;
 
 use super::store::{
     counts_until, retained_until, Caps, Change, Decided, HoldRecord, HoldState, HoldStatus,
-    HoldStore, OpenError, Renewal, StoreUnavailable, Transition, RETAIN_MS,
+    HoldStore, OpenError, Renewal, StoreUnavailable, Transition, DECIDED_PER_PENDING, RETAIN_MS,
 };
 use crate::redis_conn::{AsyncConn, RedisEndpoint, ScriptCall};
 
@@ -43,9 +47,17 @@ return 1
 "#;
 
 const OPEN: &str = r#"
--- KEYS[1] hold, KEYS[2] pending set. ARGV: id, record, deadline ms, now ms, cap, ttl ms,
--- lease ms ('' for a hold without an owner), score.
+-- KEYS[1] hold, KEYS[2] pending set, KEYS[3] decided set. ARGV: id, record, deadline ms, now ms,
+-- cap, ttl ms, lease ms ('' for a hold without an owner), score, decided cap, hold key prefix.
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
+-- The tenant's oldest decided holds go first once it keeps too many (their keys share the
+-- tenant's hash tag, so they are in this script's slot).
+local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[9]) + 1
+if over > 0 then
+  local gone = redis.call('ZPOPMIN', KEYS[3], over)
+  for i = 1, #gone, 2 do redis.call('DEL', ARGV[10] .. gone[i]) end
+end
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[2], 'state', 'pending', 'deadline', ARGV[3])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'lease', ARGV[7]) end
@@ -55,9 +67,18 @@ if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[6]) then redis.call('PEXPIRE', KE
 return 1
 "#;
 
+/// Enters a hold just decided (or orphaned) in its tenant's decided set, scored by when it
+/// stops being kept, so opening can let the oldest go (KEEP and TRANSITION begin with it).
+const DECIDED: &str = r#"
+local function decided(set, id, now, keep)
+  redis.call('ZADD', set, tonumber(now) + tonumber(keep), id)
+  if redis.call('PTTL', set) < tonumber(keep) then redis.call('PEXPIRE', set, keep) end
+end
+"#;
+
 const KEEP: &str = r#"
--- KEYS[1] hold, KEYS[2] pending set. ARGV: id, now ms, lease ms, decided json (if orphaned),
--- how long (ms) an orphaned hold is kept (never longer than it already is).
+-- KEYS[1] hold, KEYS[2] pending set, KEYS[3] decided set. ARGV: id, now ms, lease ms, decided
+-- json (if orphaned), how long (ms) an orphaned hold is kept (never longer than it already is).
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return {0, {}} end
 local code = 1
@@ -68,6 +89,7 @@ if st == 'pending' then
       redis.call('HSET', KEYS[1], 'state', 'orphaned', 'decided', ARGV[4])
       redis.call('ZREM', KEYS[2], ARGV[1])
       if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+      decided(KEYS[3], ARGV[1], ARGV[2], ARGV[5])
       code = 2
     else
       redis.call('HSET', KEYS[1], 'lease', ARGV[3])
@@ -82,9 +104,9 @@ return {code, redis.call('HGETALL', KEYS[1])}
 "#;
 
 const TRANSITION: &str = r#"
--- KEYS[1] hold, KEYS[2] pending set. ARGV: id, from, to, decided json, now ms, before deadline,
--- how long (ms) the hold is kept in its new state, and how long once orphaned (never longer
--- than it already is).
+-- KEYS[1] hold, KEYS[2] pending set, KEYS[3] decided set. ARGV: id, from, to, decided json, now
+-- ms, before deadline, how long (ms) the hold is kept in its new state, and how long once
+-- orphaned (never longer than it already is).
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return {0, ''} end
 if st ~= ARGV[2] then return {2, st} end
@@ -94,6 +116,7 @@ if st == 'pending' then
     redis.call('HSET', KEYS[1], 'state', 'orphaned', 'decided', ARGV[4])
     redis.call('ZREM', KEYS[2], ARGV[1])
     if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[8]) then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
+    decided(KEYS[3], ARGV[1], ARGV[5], ARGV[8])
     return {4, 'orphaned'}
   end
 end
@@ -102,8 +125,9 @@ if ARGV[6] == '1' and tonumber(ARGV[5]) > tonumber(redis.call('HGET', KEYS[1], '
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'decided', ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[3] ~= 'pending' and redis.call('PTTL', KEYS[1]) > tonumber(ARGV[7]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+if ARGV[3] ~= 'pending' then
+  if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[7]) then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
+  decided(KEYS[3], ARGV[1], ARGV[5], ARGV[7])
 end
 return {1, ARGV[3]}
 "#;
@@ -128,6 +152,12 @@ fn hold_key(tenant: &str, id: &str) -> String {
 
 fn pending_key(tenant: &str) -> String {
     format!("tp:approval:{{{tenant}}}:pending")
+}
+
+/// The tenant's decided holds, scored by when each stops being kept: the bound on how many a
+/// tenant keeps ([`DECIDED_PER_PENDING`]) is enforced on it.
+fn decided_key(tenant: &str) -> String {
+    format!("tp:approval:{{{tenant}}}:decided")
 }
 
 fn global_member(tenant: &str, id: &str) -> String {
@@ -184,8 +214,8 @@ impl RedisHolds {
             conn,
             global_open: redis::Script::new(GLOBAL_OPEN),
             open: redis::Script::new(OPEN),
-            keep: redis::Script::new(KEEP),
-            transition: redis::Script::new(TRANSITION),
+            keep: redis::Script::new(&format!("{DECIDED}{KEEP}")),
+            transition: redis::Script::new(&format!("{DECIDED}{TRANSITION}")),
             // Holds are not on the hot path; a slow Redis gets a little longer than counters.
             timeout: timeout.max(Duration::from_millis(500)),
         })
@@ -279,11 +309,13 @@ impl HoldStore for RedisHolds {
         if entered != 1 {
             return Err(OpenError::GlobalFull);
         }
-        let (hold, pending) = (
+        let (hold, pending, decided) = (
             hold_key(&record.tenant, &record.id),
             pending_key(&record.tenant),
+            decided_key(&record.tenant),
         );
-        let mut invocation = prepare(&self.open, &[&hold, &pending]).map_err(unavailable)?;
+        let mut invocation =
+            prepare(&self.open, &[&hold, &pending, &decided]).map_err(unavailable)?;
         invocation
             .arg(&record.id)
             .arg(json)
@@ -292,7 +324,9 @@ impl HoldStore for RedisHolds {
             .arg(caps.per_tenant)
             .arg(ttl)
             .arg(lease_ms.map(|l| l.to_string()).unwrap_or_default())
-            .arg(score);
+            .arg(score)
+            .arg(caps.per_tenant.saturating_mul(DECIDED_PER_PENDING).max(1))
+            .arg(hold_key(&record.tenant, ""));
         let opened = self.timed(invocation.run::<i64>(&mut conn)).await;
         match opened {
             Ok(1) => Ok(()),
@@ -335,8 +369,12 @@ impl HoldStore for RedisHolds {
             at_ms: now_ms,
         })
         .map_err(|e| StoreUnavailable(e.to_string()))?;
-        let (hold, pending) = (hold_key(tenant, id), pending_key(tenant));
-        let mut invocation = prepare(&self.keep, &[&hold, &pending])?;
+        let (hold, pending, decided) = (
+            hold_key(tenant, id),
+            pending_key(tenant),
+            decided_key(tenant),
+        );
+        let mut invocation = prepare(&self.keep, &[&hold, &pending, &decided])?;
         invocation
             .arg(id)
             .arg(now_ms)
@@ -380,8 +418,12 @@ impl HoldStore for RedisHolds {
         let mut conn = self.connection()?;
         let decided =
             serde_json::to_string(&change.decided).map_err(|e| StoreUnavailable(e.to_string()))?;
-        let (hold, pending) = (hold_key(tenant, id), pending_key(tenant));
-        let mut invocation = prepare(&self.transition, &[&hold, &pending])?;
+        let (hold, pending, decided_set) = (
+            hold_key(tenant, id),
+            pending_key(tenant),
+            decided_key(tenant),
+        );
+        let mut invocation = prepare(&self.transition, &[&hold, &pending, &decided_set])?;
         invocation
             .arg(id)
             .arg(change.from.as_str())
@@ -446,9 +488,13 @@ mod tests {
 
     #[test]
     fn a_tenants_keys_share_its_slot_and_the_global_set_has_its_own() {
-        let (hold, pending) = (hold_key("acme", "h1"), pending_key("acme"));
+        let (hold, pending, decided) = (
+            hold_key("acme", "h1"),
+            pending_key("acme"),
+            decided_key("acme"),
+        );
         assert_eq!(
-            one_slot([hold.as_str(), pending.as_str()]),
+            one_slot([hold.as_str(), pending.as_str(), decided.as_str()]),
             Ok(Some("acme"))
         );
         assert_eq!(one_slot([GLOBAL_KEY]), Ok(Some("approvals")));

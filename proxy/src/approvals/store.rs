@@ -31,7 +31,7 @@ pub const RETAIN_MS: u64 = 10 * 60 * 1000;
 /// deadline, up to a day, they grew the store without a bound.
 pub const CANCELLED_RETAIN_MS: u64 = 60 * 1000;
 
-/// The most holds a tenant keeps after their decision (in this process's store), as a
+/// The most holds a tenant keeps after their decision (in either store), as a
 /// multiple of its pending cap: past it, its oldest decided holds go first.
 pub const DECIDED_PER_PENDING: usize = 4;
 
