@@ -960,6 +960,57 @@ fn a_whole_answer_at_once_is_cut_at_the_ceiling_not_passed_over_it() {
     }
 }
 
+/// A ceiling field is the agent's word: a server may not read it (Ollama's OpenAI API ignores
+/// `max_completion_tokens` and takes `max_tokens: 0` for no limit; the mock's
+/// `x-mock-output-tokens` stands for such a server). A capped stream whose upstream runs past
+/// its ceiling is guarded as an uncapped one is and cut at the day's ceiling; trusted, one such
+/// stream spent twice the day. An honest capped stream is not held up.
+#[test]
+fn a_capped_stream_whose_upstream_ignores_the_cap_is_cut_at_the_ceiling() {
+    let mock = start_mock();
+    let redis = RedisServer::start();
+    for limiter in ["memory", "redis"] {
+        for body in [
+            r#"{"model":"gpt-4o-mini","stream":true,"max_completion_tokens":5,"messages":[]}"#,
+            r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":0,"messages":[]}"#,
+        ] {
+            // A day of its own for each (the first spends it): 600 micro-units, about 1,000
+            // output tokens.
+            redis.command("FLUSHALL");
+            let proxy = day_capped_proxy(mock, limiter, &redis, 200, 600);
+            let r = llm_chat(proxy.sidecar_port, body, "x-mock-output-tokens: 20000\r\n");
+            let text = r.body_text();
+            match r.status {
+                429 => {
+                    r.assert_refused(429, "budget_exhausted");
+                }
+                200 => assert!(
+                    text.contains("budget_exhausted") && !text.contains("[DONE]"),
+                    "{limiter} {body}: the stream must be cut: {}",
+                    &text[text.len().saturating_sub(400)..]
+                ),
+                other => panic!("{limiter} {body}: {other} {text}"),
+            }
+            let events = text.matches("data: ").count();
+            assert!(events < 2_000, "{limiter} {body}: {events} events passed");
+            let rec = proxy.audit_record("acme", &r.request_id());
+            assert_eq!(rec["stream_cut"], true, "{limiter} {body}: {rec}");
+        }
+        // A stream that stops at its ceiling (the mock's default: `max_tokens` tokens) ends
+        // whole, however close to it its estimate runs.
+        redis.command("FLUSHALL");
+        let proxy = day_capped_proxy(mock, limiter, &redis, 200, 600);
+        let honest = r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":40,"messages":[]}"#;
+        let r = llm_chat(proxy.sidecar_port, honest, "");
+        assert_eq!(r.status, 200, "{limiter}: {}", r.body_text());
+        assert!(
+            r.body_text().contains("[DONE]"),
+            "{limiter}: {}",
+            r.body_text()
+        );
+    }
+}
+
 #[test]
 fn run_tool_calls_and_wall_time_are_per_run_and_only_from_signed_tokens() {
     let origin = Origin::start();

@@ -108,6 +108,23 @@ impl Kind {
                  and answers would be scrubbed of every occurrence of it"
             ));
         }
+        // SECURITY: the scrubber finds an echo of a secret by its visible-ASCII runs; one with a
+        // space or a non-ASCII byte (a free-text client secret `abc def ghi`) was stored and
+        // sent, and its echo reached the agent whole. What is sent as written meets the rule a
+        // static value does (a service account's PEM key is never sent: it signs).
+        let spaced = match &kind {
+            Kind::Static => false,
+            Kind::AwsSigv4(k) => k.secrets().iter().any(|s| !visible_ascii(s)),
+            Kind::Token(t) => t.sent_secrets().iter().any(|s| !visible_ascii(s)),
+        };
+        if spaced {
+            return Err(
+                "a secret in this credential may hold only visible ASCII (no space, tab, \
+                 line break, control character or non-ASCII byte): answers that echo it could \
+                 not be scrubbed of it"
+                    .into(),
+            );
+        }
         Ok(kind)
     }
 
@@ -115,7 +132,7 @@ impl Kind {
         match name {
             // The response scrubber looks for echoes made of visible ASCII only (what it holds
             // back at a chunk's end must not depend on the secret), and a key needs nothing else.
-            KindName::Static if !value.expose().iter().all(u8::is_ascii_graphic) => Err(
+            KindName::Static if !visible_ascii(value.expose()) => Err(
                 "a static value may hold only visible ASCII (no space, tab, line break, control \
                  character or non-ASCII byte): store the key alone and write the rest around its \
                  handle, as in `Authorization: Bearer $CRED{name}`"
@@ -154,6 +171,11 @@ impl Kind {
     }
 }
 
+/// Whether every byte of `s` is visible ASCII (what the scrubber can find an echo of).
+fn visible_ascii(s: &[u8]) -> bool {
+    s.iter().all(u8::is_ascii_graphic)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +200,25 @@ mod tests {
             let err = Kind::parse(kind, &SecretValue::new(short.as_bytes().to_vec()))
                 .expect_err("a short secret");
             assert!(err.contains("shorter than 8 bytes"), "{short}: {err}");
+        }
+        // And every secret sent as written is visible ASCII, as a static value is.
+        for spaced in [
+            r#"{"token_url":"https://auth.example.com/t","client_id":"c","client_secret":"canary cs21 secretpart"}"#,
+            r#"{"token_url":"https://auth.example.com/t","client_id":"c","client_secret":"canary-secret-\u00e9"}"#,
+            r#"{"access_key_id":"AKIDEXAMPLE","secret_access_key":"wJalrXUtnFEMI/K7MDENG","session_token":"canary st22 part two","region":"us-east-1"}"#,
+            r#"{"access_key_id":"AKIDEXAMPLE","secret_access_key":"wJalrXUtn FEMI/K7MDENG","region":"us-east-1"}"#,
+        ] {
+            let kind = if spaced.contains("token_url") {
+                KindName::Oauth2ClientCredentials
+            } else {
+                KindName::AwsSigv4
+            };
+            let err = Kind::parse(kind, &SecretValue::new(spaced.as_bytes().to_vec()))
+                .expect_err("a secret with a space or a non-ASCII byte");
+            assert!(
+                err.contains("visible ASCII") && !err.contains("canary") && !err.contains("wJal"),
+                "{spaced}: {err}"
+            );
         }
         for short in [&b"e"[..], b"sk-1", b"sk-1234"] {
             let err = Kind::parse(KindName::Static, &SecretValue::new(short.to_vec()))

@@ -192,12 +192,23 @@ pub fn plan(
         .and_then(|c| c.mid_stream)
         .or(entry.ceilings.mid_stream)
         .unwrap_or_default();
-    // With `max_tokens` the reservation already covers the whole response (providers stop
-    // there), so only a call without one needs guarding as it streams.
-    let stream = (mode == MidStream::Cut && call.max_output_tokens.is_none()).then(|| {
-        let step_tokens = output.max(1);
+    // SECURITY (budgets): a ceiling field is the agent's word, and a server may not read it
+    // (Ollama's OpenAI API ignores `max_completion_tokens` and takes `max_tokens: 0` for no
+    // limit): trusted, one such stream spent twice a day's ceiling. So a capped stream is
+    // guarded too, from twice what its reservation covers (the output estimate may run over
+    // the true count, and an honest stream must not ask for more): a server that stops at the
+    // ceiling never reaches the guard, one that does not is extended or cut past it.
+    let stream = (mode == MidStream::Cut).then(|| {
+        // A capped stream past its guard is one whose server ignores the ceiling: its steps are
+        // what a call without one reserves, not a ceiling of a few tokens (each step may be a
+        // wait for the limiter's answer).
+        let step_tokens = output.max(assumed).max(1);
+        let covered_output = match call.max_output_tokens {
+            Some(_) => output.saturating_mul(2).saturating_add(CAPPED_GUARD_SLACK),
+            None => output,
+        };
         StreamPlan {
-            covered_output: output,
+            covered_output,
             step_tokens,
             step: Charge {
                 tokens: step_tokens,
@@ -214,6 +225,10 @@ pub fn plan(
         kind,
     })
 }
+
+/// Output tokens a capped stream's guard allows beyond twice its ceiling before asking for
+/// more (a ceiling of a few tokens against an estimate of at least one a delta).
+const CAPPED_GUARD_SLACK: u64 = 16;
 
 /// Whether LLM work the proxy cannot meter is refused for a caller under `tenant` and
 /// `workload` ceilings and a signed run's `run` budget: a token or cost ceiling applies to it,

@@ -186,7 +186,7 @@ mod tests {
                 "https://example.com/doc?token",
             ),
             ("https:alice:PW@example.com/doc", "https:example.com/doc"),
-            ("docs://u@host/a?x=1&y", "docs://host/a?x&y"),
+            ("docs://u@host/a?x=1&y", "docs://host/a?x&="),
             ("docs://host/a#access_token=s", "docs://host/a#"),
             ("docs://host/a?k=v#f", "docs://host/a?k#"),
             ("file:///srv/data/x", "file:///srv/data/x"),

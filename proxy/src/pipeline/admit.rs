@@ -650,9 +650,11 @@ async fn admit_http(
         // `CeilingFields::read_by`); a call that sets none of those is reserved and guarded as
         // one that sets no ceiling, whatever other APIs' fields it carries.
         let own_api = grant.call_api;
+        // A ceiling of 0 caps nothing: OpenAI refuses it, Ollama takes it for no limit.
         grant.max_output_tokens = read
             .llm
             .max_output_tokens
+            .filter(|&cap| cap > 0)
             .filter(|_| own_api.is_some_and(|api| read.llm.ceiling_fields.read_by(api)));
         grant.choices = read.llm.choices;
         background = read.llm.background;

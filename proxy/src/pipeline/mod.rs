@@ -650,6 +650,26 @@ fn drop_other_upgrades(req: &mut pingora::http::RequestHeader) -> pingora::Resul
     Ok(())
 }
 
+/// Joins an HTTP/2 request's `cookie` fields into one, `; `-separated, as RFC 9113 §8.2.3 asks
+/// before a request goes on as HTTP/1.1 (the proxy's upstream calls are): HTTP/2 clients split
+/// cookies into fields of their own, and many HTTP/1 servers read only the first `Cookie` line.
+/// Done before the request is decided, so checks see the one field the upstream will.
+fn join_cookies(req: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
+    let mut fields = req.headers.get_all(http::header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return Ok(());
+    }
+    let joined: Vec<u8> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    req.remove_header(&http::header::COOKIE);
+    req.insert_header(http::header::COOKIE, joined)
+}
+
 /// Whether a list result may show this item to the request's workload: the same decision a use
 /// of it would get. Anything missing denies.
 fn item_allowed(
@@ -810,6 +830,9 @@ impl ProxyHttp for TenantProxy {
         // that does not switch says `Connection: close`, so the client does not send another
         // request that nobody would read. Any other switch it offers is declined first.
         drop_other_upgrades(session.req_header_mut())?;
+        if session.is_http2() {
+            join_cookies(session.req_header_mut())?;
+        }
         if session.is_upgrade_req() && !session.is_http2() {
             session.set_keepalive(None);
         } else if session.get_keepalive().is_some() {

@@ -1013,3 +1013,28 @@ fn upstream_errors_say_whether_the_request_may_have_reached_the_upstream() {
     let closed = up(ErrorType::ConnectionClosed);
     assert_eq!(super::deny_for_error(&closed, false, true, true), None);
 }
+
+/// An HTTP/2 request's cookie fields reach the HTTP/1.1 upstream as one `Cookie` line.
+#[test]
+fn split_cookies_are_joined_into_one_field() {
+    let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+    req.append_header("cookie", "session=abc").unwrap();
+    req.append_header("x-other", "1").unwrap();
+    req.append_header("cookie", "csrf=xyz").unwrap();
+    super::join_cookies(&mut req).unwrap();
+    let cookies: Vec<&[u8]> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    assert_eq!(cookies, [&b"session=abc; csrf=xyz"[..]]);
+    // One field stays as it is; none stays none.
+    let mut one = RequestHeader::build("GET", b"/", None).unwrap();
+    one.append_header("cookie", "a=1").unwrap();
+    super::join_cookies(&mut one).unwrap();
+    assert_eq!(one.headers.get("cookie").unwrap().as_bytes(), b"a=1");
+    let mut none = RequestHeader::build("GET", b"/", None).unwrap();
+    super::join_cookies(&mut none).unwrap();
+    assert!(none.headers.get("cookie").is_none());
+}

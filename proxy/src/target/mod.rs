@@ -605,7 +605,9 @@ fn hex_value(digit: u8) -> Option<u8> {
 }
 
 /// The path with query values removed (`/v1/x?key=secret&b=1` → `/v1/x?key&b`): query strings
-/// may carry secrets, audit records must not.
+/// may carry secrets, audit records must not. SECURITY: an item without `=` is a value with no
+/// key (some APIs take a bare token as the whole query, `?<token>`), so it is recorded as `=`
+/// (`/v1/x?sk-…&b=1` → `/v1/x?=&b`), never as written.
 pub fn audit_path(path_and_query: &str) -> String {
     match path_and_query.split_once('?') {
         None => path_and_query.to_string(),
@@ -613,7 +615,7 @@ pub fn audit_path(path_and_query: &str) -> String {
             let keys: Vec<&str> = query
                 .split('&')
                 .filter(|kv| !kv.is_empty())
-                .map(|kv| kv.split('=').next().unwrap_or(""))
+                .map(|kv| kv.split_once('=').map_or("=", |(key, _)| key))
                 .collect();
             format!("{path}?{}", keys.join("&"))
         }
@@ -942,6 +944,14 @@ mod tests {
             ("example.com", 8080, "/a?k=v")
         );
         assert_eq!(d.audit_path, "/a?k");
+        // A value with no key (a bare token as the query) is never recorded as written.
+        for (query, recorded) in [
+            ("/a?sk-bare-token", "/a?="),
+            ("/a?sk-bare&k=v&&flag=", "/a?=&k&flag"),
+            ("/a?=v", "/a?"),
+        ] {
+            assert_eq!(audit_path(query), recorded, "{query}");
+        }
         let d = resolve(b"http://example.com", None, &[]).expect("ok");
         assert_eq!((d.port, d.upstream_path.as_str()), (80, "/"));
         let d = resolve(b"http://[::1]:9/x", Some(b"[::1]:9"), &[]).expect("ok");
@@ -1062,7 +1072,7 @@ mod tests {
         for (target, path, audit) in [
             (&b"http://a.example"[..], "/", "/"),
             (b"http://a.example?x=1", "/?x=1", "/?x"),
-            (b"https://a.example:8443?x=1&y", "/?x=1&y", "/?x&y"),
+            (b"https://a.example:8443?x=1&y", "/?x=1&y", "/?x&="),
         ] {
             let d = resolve(target, None, &[]).expect("root");
             assert_eq!(

@@ -320,6 +320,14 @@ impl TokenSource {
         self.fingerprint
     }
 
+    /// The secret parts sent as written (a client secret; a service account's key only signs).
+    pub fn sent_secrets(&self) -> Vec<&[u8]> {
+        match &self.grant {
+            Grant::ClientCredentials { client_secret, .. } => vec![client_secret.as_bytes()],
+            Grant::ServiceAccount { .. } => Vec::new(),
+        }
+    }
+
     /// The secret parts (scrubbed from responses that echo them).
     pub fn secrets(&self) -> Vec<&[u8]> {
         match &self.grant {

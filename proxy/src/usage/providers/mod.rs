@@ -119,10 +119,11 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn count_generated(&self, event: &Value, generated: &mut Generated);
 
     /// For a provider whose streams report usage only when asked: the request body `body` to
-    /// `path` rewritten to ask, or `None` when nothing needs to change (not a stream, already
+    /// `path` (normalized as calls are recognized, so every path that is metered as a call is
+    /// asked too) rewritten to ask, or `None` when nothing needs to change (not a stream, already
     /// asked, not a call that takes the option). The proxy asks on the agent's behalf so every
     /// streamed call can be metered.
-    fn request_stream_usage(&self, _path: &str, _body: &[u8]) -> Option<Vec<u8>> {
+    fn request_stream_usage(&self, _path: CallPath<'_>, _body: &[u8]) -> Option<Vec<u8>> {
         None
     }
 
@@ -454,15 +455,24 @@ pub(super) fn host_ends_with(host: &str, suffix: &str) -> bool {
         && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
-/// Folds a report whose input, output and cached-input counts are at `paths` (in that order)
-/// into `acc`, as OpenAI's APIs write them. An empty or unreadable report (`{}`, a negative or
-/// fractional count) is none.
-fn fold_counts(u: &Value, paths: [&[&str]; 3], acc: &mut Option<Usage>) {
-    let [Ok(input), Ok(output), Ok(cached)] = paths.map(|p| count(u, p)) else {
+/// Folds a report whose input, output, cached-input and total counts are at `paths` (in that
+/// order) into `acc`, as OpenAI's APIs write them. An empty or unreadable report (`{}`, a
+/// negative or fractional count) is none. SECURITY (budgets): so is one that gives its input but
+/// neither its output nor a total to tell it from (a compatible server's partial report): read
+/// as no output, a 200 KB answer was settled at its prompt; an embedding's report, whose total
+/// is its input, is whole.
+fn fold_counts(u: &Value, paths: [&[&str]; 4], acc: &mut Option<Usage>) {
+    let [Ok(input), Ok(mut output), Ok(cached), Ok(total)] = paths.map(|p| count(u, p)) else {
         return;
     };
     if input.is_none() && output.is_none() {
         return;
+    }
+    if output.is_none() {
+        match (input, total) {
+            (Some(i), Some(t)) if t >= i => output = Some(t - i),
+            _ => return,
+        }
     }
     let entry = acc.get_or_insert_with(Usage::default);
     if let Some(n) = input {

@@ -300,7 +300,7 @@ impl Provider for OpenAiChat {
     /// OpenAI-compatible APIs serve chat completions under other prefixes too (DeepSeek's
     /// `/chat/completions`, Gemini's `/v1beta/openai/chat/completions`) and take the same
     /// option; legacy completions, under `/v1/completions`.
-    fn request_stream_usage(&self, path: &str, body: &[u8]) -> Option<Vec<u8>> {
+    fn request_stream_usage(&self, path: CallPath<'_>, body: &[u8]) -> Option<Vec<u8>> {
         if !path.ends_with("/chat/completions") && !path.ends_with("/v1/completions") {
             return None;
         }
@@ -361,6 +361,7 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
             &["prompt_tokens"],
             &["completion_tokens"],
             &["prompt_tokens_details", "cached_tokens"],
+            &["total_tokens"],
         ],
         acc,
     );
@@ -371,6 +372,11 @@ pub(crate) mod tests {
     use super::*;
     use crate::usage::providers::request;
     use crate::usage::testing::{meter_json, meter_stream, u};
+
+    /// The body the provider would send to `path` (as the registry normalizes it).
+    fn ask_at(path: &str, body: &[u8]) -> Option<Vec<u8>> {
+        CallPath::with(path, |p| OpenAiChat.request_stream_usage(p, body))
+    }
 
     /// A stream as OpenAI sends it (shapes from the API reference): a role chunk, content, a
     /// tool call's arguments, the finish chunk, the usage chunk asked for, `[DONE]`.
@@ -424,6 +430,28 @@ pub(crate) mod tests {
             (
                 "cached count unreadable",
                 r#"{"usage":{"prompt_tokens":3,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":-1}}}"#,
+                None,
+            ),
+            // A partial report: the input alone is no report (the answer's output is unknown,
+            // not zero), unless a total tells the output.
+            (
+                "output missing",
+                r#"{"choices":[{"message":{"content":"long"}}],"usage":{"prompt_tokens":10}}"#,
+                None,
+            ),
+            (
+                "output null",
+                r#"{"usage":{"prompt_tokens":10,"completion_tokens":null}}"#,
+                None,
+            ),
+            (
+                "output from the total",
+                r#"{"usage":{"prompt_tokens":10,"completion_tokens":null,"total_tokens":15}}"#,
+                u(10, 0, 5),
+            ),
+            (
+                "a total below the input",
+                r#"{"usage":{"prompt_tokens":10,"total_tokens":5}}"#,
                 None,
             ),
         ];
@@ -544,18 +572,14 @@ pub(crate) mod tests {
     #[test]
     fn asking_for_usage_adds_one_member_and_changes_nothing_else() {
         let body = r#"{"model":"m","x":1e15,"y":[1.50,{"z":"\u00e9"}],"stream":true} "#;
-        let out = OpenAiChat
-            .request_stream_usage("/v1/chat/completions", body.as_bytes())
-            .expect("asked");
+        let out = ask_at("/v1/chat/completions", body.as_bytes()).expect("asked");
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"model":"m","x":1e15,"y":[1.50,{"z":"\u00e9"}],"stream":true,"stream_options":{"include_usage":true}} "#
         );
         // Options carried over (scalars; nothing nests in them), the last repeat winning.
         let body = r#"{"stream":true,"stream_options":{"include_usage":true},"stream_options":{"include_obfuscation":false,"include_usage":false,"n":{"a":1}}}"#;
-        let out = OpenAiChat
-            .request_stream_usage("/v1/chat/completions", body.as_bytes())
-            .expect("asked");
+        let out = ask_at("/v1/chat/completions", body.as_bytes()).expect("asked");
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v["stream_options"],
@@ -570,9 +594,7 @@ pub(crate) mod tests {
             r#"{{"stream":true,"stream_options":{{{}}}}}"#,
             many.join(",")
         );
-        let out = OpenAiChat
-            .request_stream_usage("/v1/chat/completions", body.as_bytes())
-            .expect("asked");
+        let out = ask_at("/v1/chat/completions", body.as_bytes()).expect("asked");
         let v: Value = serde_json::from_slice(&out).unwrap();
         let options = v["stream_options"].as_object().unwrap();
         assert_eq!(options.len(), MAX_OPTIONS + 1);
@@ -581,9 +603,7 @@ pub(crate) mod tests {
             r#"{{"stream":true,"stream_options":{{{},"include_usage":true}}}}"#,
             many.join(",")
         );
-        assert!(OpenAiChat
-            .request_stream_usage("/v1/chat/completions", body.as_bytes())
-            .is_none());
+        assert!(ask_at("/v1/chat/completions", body.as_bytes()).is_none());
     }
 
     /// SECURITY: a flag the quick read could not take (`"stream":1`) sent the body to a whole
@@ -595,8 +615,7 @@ pub(crate) mod tests {
         ) {
             return;
         }
-        let ask =
-            |body: &str| OpenAiChat.request_stream_usage("/v1/chat/completions", body.as_bytes());
+        let ask = |body: &str| ask_at("/v1/chat/completions", body.as_bytes());
         let warm = format!(r#"{{"stream":true,"p":"{}"}}"#, "a".repeat(8 << 20));
         assert!(ask(&warm).is_some());
         drop(warm);
@@ -622,7 +641,7 @@ pub(crate) mod tests {
 
     #[test]
     fn stream_usage_is_requested_only_when_missing() {
-        let ask = |path: &str, body: &str| OpenAiChat.request_stream_usage(path, body.as_bytes());
+        let ask = |path: &str, body: &str| ask_at(path, body.as_bytes());
         let with = ask("/v1/chat/completions", r#"{"model":"m","stream":true}"#).expect("changed");
         let v: Value = serde_json::from_slice(&with).expect("json");
         assert_eq!(v["stream_options"]["include_usage"], true);

@@ -117,6 +117,7 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
             &["input_tokens"],
             &["output_tokens"],
             &["input_tokens_details", "cached_tokens"],
+            &["total_tokens"],
         ],
         acc,
     );
@@ -255,8 +256,8 @@ pub(crate) mod tests {
 
     #[test]
     fn streams_need_no_usage_request() {
-        assert!(OpenAiResponses
-            .request_stream_usage("/v1/responses", br#"{"model":"m","stream":true}"#)
-            .is_none());
+        assert!(CallPath::with("/v1/responses", |p| OpenAiResponses
+            .request_stream_usage(p, br#"{"model":"m","stream":true}"#))
+        .is_none());
     }
 }

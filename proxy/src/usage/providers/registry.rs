@@ -380,11 +380,17 @@ pub fn key_header(name: &[u8]) -> Option<&'static str> {
 /// Asks a streaming request for its usage when its provider reports usage only on request:
 /// the rewritten body and the provider that asked (whose usage event is taken out of the
 /// response again), or `None` when nothing needs to change. `path` is the upstream path.
+///
+/// SECURITY: the path is read as calls are recognized ([`CallPath`]): a stream metered as a
+/// chat completion at `/v1/Chat/Completions/` (servers that ignore case and trailing slashes
+/// route it) but not asked for its usage reported none, and a reasoning model's hidden
+/// output went unbilled.
 pub fn request_stream_usage(path: &str, body: &[u8]) -> Option<(Vec<u8>, &'static dyn Provider)> {
-    let path = path.split('?').next().unwrap_or("");
-    PROVIDERS
-        .iter()
-        .find_map(|p| Some((p.request_stream_usage(path, body)?, *p)))
+    CallPath::with(path, |path| {
+        PROVIDERS
+            .iter()
+            .find_map(|p| Some((p.request_stream_usage(path, body)?, *p)))
+    })
 }
 
 #[cfg(test)]
@@ -717,6 +723,16 @@ mod tests {
             .contains("include_usage"));
         for path in ["/v1/responses", "/v1/messages", "/v1/files"] {
             assert!(request_stream_usage(path, body).is_none(), "{path}");
+        }
+        // Every spelling a server routes as the call the meter recognizes is asked too.
+        for path in [
+            "/v1/Chat/Completions",
+            "/v1/chat/completions/",
+            "//v1//chat/completions",
+            "/v1/chat/%63ompletions?x=1",
+            "/V1/COMPLETIONS",
+        ] {
+            assert!(request_stream_usage(path, body).is_some(), "{path}");
         }
     }
 
