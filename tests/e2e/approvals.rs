@@ -613,6 +613,135 @@ fn a_request_whose_token_was_revoked_while_held_is_refused_once_approved() {
     assert_eq!(request["credentials"], json!([]), "{request}");
 }
 
+/// A signed run closed while one of its requests waits for approval: once approved, the request
+/// is refused `run_closed` (as a fresh one is), never forwarded after the run's summary.
+#[test]
+fn a_request_whose_run_was_closed_while_held_is_refused_once_approved() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let approver = approver_token("globex", "gina", &[]);
+    let agent_token = token(TokenOpts {
+        tenant: "globex",
+        workload: "agent",
+        run_id: Some("run-held"),
+        ..Default::default()
+    });
+    let pay = format!("http://127.0.0.1:{}/pay/charge", origin.port);
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.shared_port);
+    let auth = format!("Proxy-Authorization: Bearer {agent_token}");
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| {
+            curl(&[
+                "-x",
+                &proxy_url,
+                "--proxy-header",
+                &auth,
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                r#"{"amount": 7}"#,
+                &pay,
+            ])
+        });
+        let holds = wait_holds(&proxy, "globex", &approver, 1);
+        let (code, out) =
+            proxy.admin_cli(&["run", "close", "--tenant", "globex", "--run", "run-held"]);
+        assert_eq!(code, 0, "{out}");
+        let id = holds[0]["id"].as_str().unwrap();
+        let r = api(
+            &proxy,
+            "POST",
+            &format!("/v1/tenants/globex/holds/{id}/approve"),
+            &approver,
+            Some("{}"),
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let (status, answer) = agent.join().unwrap();
+        assert_eq!(
+            (status, code_of(&answer).as_str()),
+            (403, "run_closed"),
+            "{answer}"
+        );
+    });
+    assert!(
+        origin
+            .requests()
+            .iter()
+            .all(|r| !r.target.starts_with("/pay")),
+        "the held request reached the upstream: {:?}",
+        origin.requests()
+    );
+}
+
+/// A request whose body is still arriving when a reload forbids where it goes is decided under
+/// the configuration it is complete under (nothing was decided before its body), and one of a
+/// run closed meanwhile is refused: the agent chooses how long its body takes.
+#[test]
+fn a_request_whose_body_arrives_after_a_reload_or_a_run_close_is_decided_then() {
+    use std::io::{BufReader, Write};
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let reloads = |proxy: &Proxy| {
+        metric_sum(
+            &proxy.metrics(),
+            "tenant_proxy_config_reloads_total",
+            "result",
+            "ok",
+        )
+    };
+    let agent_token = token(TokenOpts {
+        tenant: "globex",
+        workload: "agent",
+        run_id: Some("run-slow"),
+        ..Default::default()
+    });
+    let body = r#"{"note":"slow"}"#;
+    let head = |path: &str| {
+        format!(
+            "POST http://127.0.0.1:{port}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nProxy-Authorization: Bearer {agent_token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            body.len(),
+            &body[..4],
+            port = origin.port,
+        )
+    };
+    let send_rest = |mut conn: std::net::TcpStream| {
+        conn.write_all(&body.as_bytes()[4..]).unwrap();
+        read_response(&mut BufReader::new(conn)).unwrap()
+    };
+    // A forbid added while the body arrives.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", proxy.shared_port)).unwrap();
+    conn.write_all(head("/open/slow").as_bytes()).unwrap();
+    let before = reloads(&proxy);
+    std::fs::write(
+        proxy.path("policies/global/later.cedar"),
+        "@id(\"open-stopped\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { context.path like \"/open/slow*\" };\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reloads(&proxy) <= before {
+        assert!(Instant::now() < deadline, "no reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = send_rest(conn);
+    r.assert_refused(403, "policy_denied");
+    // A run closed while the body arrives (after the second its streams are looked at in).
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", proxy.shared_port)).unwrap();
+    conn.write_all(head("/open/fine").as_bytes()).unwrap();
+    let (code, out) = proxy.admin_cli(&["run", "close", "--tenant", "globex", "--run", "run-slow"]);
+    assert_eq!(code, 0, "{out}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = send_rest(conn);
+    r.assert_refused(403, "run_closed");
+    assert!(
+        origin
+            .requests()
+            .iter()
+            .all(|r| !r.target.starts_with("/open")),
+        "a request went out: {:?}",
+        origin.requests()
+    );
+}
+
 /// The `Bearer` scheme is matched in any case (RFC 9110), as on the proxy listeners and the
 /// admin port; another scheme, or no token, is still refused.
 #[test]

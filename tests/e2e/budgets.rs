@@ -1011,6 +1011,53 @@ fn a_capped_stream_whose_upstream_ignores_the_cap_is_cut_at_the_ceiling() {
     }
 }
 
+/// A reload that lowers the day's ceiling governs a stream already open: its next extensions
+/// are asked against the new ceiling, and it is cut, as a fresh call is refused.
+#[test]
+fn a_ceiling_lowered_by_a_reload_cuts_a_stream_already_open() {
+    let mock = start_mock();
+    let redis = RedisServer::start();
+    let proxy = day_capped_proxy(mock, "memory", &redis, 200, 1_000_000);
+    let reloads = |proxy: &Proxy| {
+        metric_sum(
+            &proxy.metrics(),
+            "tenant_proxy_config_reloads_total",
+            "result",
+            "ok",
+        )
+    };
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
+    std::thread::scope(|s| {
+        let stream = s.spawn(|| {
+            llm_chat(
+                proxy.sidecar_port,
+                body,
+                "x-mock-output-tokens: 4000\r\nx-mock-chunk-delay-ms: 2\r\n",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        let before = reloads(&proxy);
+        let mut lowered = proxy.tenants().clone();
+        lowered.tenant("acme").limits().cost_per_day_micros = Some(1);
+        proxy.write_tenants(&lowered);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while reloads(&proxy) <= before {
+            assert!(std::time::Instant::now() < deadline, "no reload");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let r = stream.join().unwrap();
+        let text = r.body_text();
+        assert_eq!(r.status, 200, "{text}");
+        assert!(
+            text.contains("budget_exhausted") && !text.contains("[DONE]"),
+            "the stream must be cut: {}",
+            &text[text.len().saturating_sub(400)..]
+        );
+        let rec = proxy.audit_record("acme", &r.request_id());
+        assert_eq!(rec["stream_cut"], true, "{rec}");
+    });
+}
+
 #[test]
 fn run_tool_calls_and_wall_time_are_per_run_and_only_from_signed_tokens() {
     let origin = Origin::start();

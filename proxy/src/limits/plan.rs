@@ -265,6 +265,76 @@ pub fn refuses_unmetered_for(config: &dyn LimitConfig, tenant: &TenantContext) -
     )
 }
 
+/// `keys` (a stream's quota keys, fixed at its admission) with the ceilings `config` gives
+/// them at unix second `now`: a reload that lowers (or raises) a day, month or run ceiling
+/// governs the extensions a stream still asks for, as it does a fresh call. Keys are neither
+/// added nor dropped, since the admission settles exactly the counters it reserved on: a
+/// ceiling the reload removed is unbounded, one it added is not this stream's. A tenant no
+/// longer configured keeps its keys (its identity ends the stream).
+pub fn ceilings_now(
+    config: &dyn LimitConfig,
+    tenant: &TenantContext,
+    keys: &[LimitKey],
+    now: i64,
+) -> Vec<LimitKey> {
+    use super::LimitKind::Quota;
+    let Some(entry) = config.tenant_limits(&tenant.tenant) else {
+        return keys.to_vec();
+    };
+    let run = match (&tenant.budget, tenant.run.signed) {
+        (Some(budget), true) => Some((tenant.run.id.as_str(), budget)),
+        _ => None,
+    };
+    let who = Subject {
+        tenant: &tenant.tenant,
+        workload: &tenant.workload,
+        run,
+    };
+    let workload = entry.workload_ceilings.get(&tenant.workload);
+    let current = keys_for(
+        who,
+        entry.ceilings,
+        workload,
+        entry.calendar,
+        now,
+        CallKind::Llm,
+    );
+    let same_window = |a: super::Window, b: super::Window| {
+        std::mem::discriminant(&a) == std::mem::discriminant(&b)
+    };
+    keys.iter()
+        .map(|key| {
+            let Quota {
+                measure, window, ..
+            } = key.kind
+            else {
+                return key.clone();
+            };
+            let ceiling = current
+                .iter()
+                .find_map(|c| match c.kind {
+                    Quota {
+                        measure: m,
+                        window: w,
+                        ceiling,
+                    } if c.scope == key.scope && m == measure && same_window(w, window) => {
+                        Some(ceiling)
+                    }
+                    _ => None,
+                })
+                .unwrap_or(u64::MAX);
+            LimitKey {
+                scope: key.scope.clone(),
+                kind: Quota {
+                    measure,
+                    window,
+                    ceiling,
+                },
+            }
+        })
+        .collect()
+}
+
 /// The tokens and cost of the usage an LLM response reported (cost 0 without prices).
 pub fn usage_charge(u: Usage, prices: Option<Prices>) -> Charge {
     Charge {

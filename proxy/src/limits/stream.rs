@@ -102,6 +102,17 @@ impl StreamGuard {
         }
     }
 
+    /// The keys the next extensions are asked on (the same counters, their ceilings as a
+    /// reload left them: [`super::plan::ceilings_now`]).
+    pub fn keys(&self) -> &[LimitKey] {
+        &self.keys
+    }
+
+    /// Asks the next extensions on `keys` (the same counters with the ceilings of now).
+    pub fn set_keys(&mut self, keys: Vec<LimitKey>) {
+        self.keys = keys.into();
+    }
+
     /// Extensions granted so far.
     pub fn granted(&self) -> Charge {
         self.granted

@@ -582,7 +582,7 @@ fn connect_refuses(scheme: Scheme, decision: &crate::policy::Decision) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn admit_http(
     fx: &dyn Effects,
-    snapshot: Arc<Snapshot>,
+    mut snapshot: Arc<Snapshot>,
     tenant: Arc<TenantContext>,
     who: &ResolvedIdentity,
     mut source: BodySource<'_>,
@@ -616,6 +616,7 @@ async fn admit_http(
     let mut background = false;
     // The models a gateway may answer with instead of the body's (its fallback lists).
     let mut fallback_models: Vec<String> = Vec::new();
+    let reading = std::time::Instant::now();
     let (body, hold) = match &mut source {
         BodySource::Session(session) => match fx.read_body(session, &tenant.tenant).await? {
             Some((bytes, hold)) => (Some(bytes), hold),
@@ -624,6 +625,30 @@ async fn admit_http(
         BodySource::Given(_, body) => (body.take(), None),
     };
     grant.body_hold = hold;
+    // SECURITY: a body may take as long as `client_body_timeout` to arrive, at a pace the agent
+    // chooses. Nothing was decided yet but where the request goes: a reload meanwhile (a forbid
+    // added, a credential unbound) decides it, as it does a fresh request's, and a run closed
+    // meanwhile refuses it, as it ends a stream of the run (looked at once the body took as
+    // long as a stream waits between looks, so a quick body costs no second round trip).
+    if let Some(now) = fx.reloaded_since(&snapshot) {
+        fx.still_accepted(who)?;
+        snapshot = now;
+        destination = http_destination(
+            source.header(),
+            (tunnel, captured, bound),
+            &snapshot,
+            config,
+            trail,
+        )?;
+        declared_provider(&mut destination, &snapshot);
+        trail.destination = Some(destination.clone());
+        if let Some(t) = tunnel {
+            tunnel_still_allowed(&snapshot, &tenant, t, fx.now(), trail)?;
+        }
+    }
+    if reading.elapsed() >= super::lapse::RECHECK {
+        fx.sight_run(&tenant, snapshot.token_leeway()).await?;
+    }
     // A tenant already over its request rate is refused now, before its body is decoded and
     // decided: a flood of requests that will be refused anyway costs little (and the connection
     // stays usable, its body having been read). Nothing is consumed; a request let through here
@@ -812,6 +837,8 @@ async fn admit_http(
             // token expired or was revoked, its key pulled, its workload removed. It is judged
             // again as a fresh request would be before any secret is put into it.
             fx.still_accepted(who)?;
+            // Its run may have been closed during the wait (on any replica).
+            fx.sight_run(&tenant, snapshot.token_leeway()).await?;
             // A reload during the wait: the request is decided again under the configuration
             // now, every question a fresh request is asked (its `http` question, the address
             // with the egress exceptions now, an MCP server's items, every credential use with
@@ -829,6 +856,16 @@ async fn admit_http(
                     fx.now(),
                 )
             });
+            // The tunnel it came in may have been withdrawn meanwhile (a `connect` forbid).
+            if let (Some(now), Some(t)) = (now.as_deref(), tunnel) {
+                if let Some((decision, shadow)) = tunnel_connect_refused(now, &tenant, t, fx.now())
+                {
+                    let refusal = PolicyRefusal::of(&decision);
+                    trail.decided(decision, now);
+                    trail.shadow = shadow;
+                    return Err(Deny::PolicyDenied(refusal));
+                }
+            }
             if let Some(asking_now) = &asking_now {
                 let (decision, _) = asking_now.http();
                 let decision =

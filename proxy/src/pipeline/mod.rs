@@ -1128,6 +1128,15 @@ impl ProxyHttp for TenantProxy {
                 // later request sent it: it is scrubbed of the secrets of the moment too.
                 let now = self.shared.snapshot.load();
                 if now.generation != stages.scrub_generation() {
+                    // A reload that lowered a ceiling governs what the stream still asks for.
+                    stages.guard_ceilings_now(|keys| {
+                        crate::limits::plan::ceilings_now(
+                            &now.tenants,
+                            &admitted.tenant,
+                            keys,
+                            crate::clock::unix_now_i64(),
+                        )
+                    });
                     let host = &admitted.permit.destination().host;
                     let echoes = self.shared.echoes(&now, &admitted.tenant.tenant, host);
                     if let Err(deny) = stages.look_for_secrets(now.generation, echoes) {

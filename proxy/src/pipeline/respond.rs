@@ -259,6 +259,18 @@ pub struct StageSetup<'a> {
 }
 
 impl Stages {
+    /// Asks the stream's next extensions (if it is guarded) on its keys as `now_of` gives them:
+    /// the same counters, their ceilings as a reload left them.
+    pub fn guard_ceilings_now(
+        &mut self,
+        now_of: impl FnOnce(&[crate::limits::LimitKey]) -> Vec<crate::limits::LimitKey>,
+    ) {
+        if let Some(guard) = self.guard.as_mut() {
+            let keys = now_of(guard.keys());
+            guard.set_keys(keys);
+        }
+    }
+
     /// The configuration generation whose secrets the response is scrubbed of.
     pub fn scrub_generation(&self) -> u64 {
         self.scrub_generation
