@@ -1008,6 +1008,14 @@ fn a_capped_stream_whose_upstream_ignores_the_cap_is_cut_at_the_ceiling() {
             "{limiter}: {}",
             r.body_text()
         );
+        // Nor does it reserve a step ahead (which would hold budget other calls need): what
+        // it reserved is its body and its ceiling.
+        let rec = proxy.audit_record("acme", &r.request_id());
+        let reserved = rec["reserved"]["tokens"].as_u64().unwrap();
+        assert!(
+            reserved <= honest.len() as u64 + 40,
+            "{limiter}: reserved {reserved}: {rec}"
+        );
     }
 }
 

@@ -32,7 +32,8 @@ pub const RETAIN_MS: u64 = 10 * 60 * 1000;
 pub const CANCELLED_RETAIN_MS: u64 = 60 * 1000;
 
 /// The most holds a tenant keeps after their decision (in either store), as a
-/// multiple of its pending cap: past it, its oldest decided holds go first.
+/// multiple of its pending cap: past it, the ones kept the shortest go first (cancelled before
+/// decided, then the oldest).
 pub const DECIDED_PER_PENDING: usize = 4;
 
 /// How long after its decision at `at_ms` a hold that is now `state` is kept.
@@ -358,15 +359,12 @@ impl HoldStore for MemoryHolds {
         // retention and the bound on each tenant's decided holds.
         holds.retain(|_, h| h.kept_until() > now);
         let decided_cap = caps.per_tenant.saturating_mul(DECIDED_PER_PENDING).max(1);
+        // The ones kept the shortest go first, as in Redis: a cancelled hold (nobody polls for
+        // it) before an approved one its agent may still be about to repeat.
         let mut decided: Vec<(u64, String)> = holds
             .values()
             .filter(|h| h.record.tenant == record.tenant && h.state != HoldState::Pending)
-            .map(|h| {
-                (
-                    h.decided.as_ref().map_or(0, |d| d.at_ms),
-                    h.record.id.clone(),
-                )
-            })
+            .map(|h| (h.kept_until(), h.record.id.clone()))
             .collect();
         if decided.len() >= decided_cap {
             decided.sort_unstable();

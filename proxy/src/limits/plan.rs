@@ -404,7 +404,7 @@ pub fn settlement(reserved: Charge, prices: Option<Prices>, ending: Ending) -> C
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::limits::{LimitKind, Measure};
+    use crate::limits::{LimitKind, Measure, Scope};
     use crate::target::Scheme;
 
     fn prices() -> Prices {
@@ -610,6 +610,71 @@ mod tests {
         assert_eq!(charge(Some(3)), 3);
         assert_eq!(charge(Some(0)), 0);
         assert_eq!(charge(None), 1);
+    }
+
+    /// A stream's quota keys take the ceilings of now: lowered, raised, removed (unbounded);
+    /// never a key more or less (the admission settles exactly what it reserved on).
+    #[test]
+    fn a_streams_keys_take_the_ceilings_of_now() {
+        let quota = |keys: &[LimitKey]| -> Vec<(Scope, Measure, u64)> {
+            keys.iter()
+                .filter_map(|k| match k.kind {
+                    LimitKind::Quota {
+                        measure, ceiling, ..
+                    } => Some((k.scope.clone(), measure, ceiling)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let tenant = run_context();
+        let now = 1_700_000_000;
+        let mut config = OneTenant::default();
+        config.ceilings.cost_per_day_micros = Some(1_000);
+        config.ceilings.cost_per_month_micros = Some(5_000);
+        let admitted = {
+            let who = Subject {
+                tenant: &tenant.tenant,
+                workload: &tenant.workload,
+                run: None,
+            };
+            let entry = config.tenant_limits(&tenant.tenant).unwrap();
+            keys_for(
+                who,
+                entry.ceilings,
+                None,
+                entry.calendar,
+                now,
+                CallKind::Llm,
+            )
+        };
+        let acme = Scope::Tenant(tenant.tenant.clone());
+        // Lowered and removed.
+        config.ceilings.cost_per_day_micros = Some(10);
+        config.ceilings.cost_per_month_micros = None;
+        let keys = ceilings_now(&config, &tenant, &admitted, now);
+        assert_eq!(keys.len(), admitted.len());
+        assert_eq!(
+            quota(&keys),
+            [
+                (acme.clone(), Measure::Cost, 10),
+                (acme.clone(), Measure::Cost, u64::MAX)
+            ]
+        );
+        // Raised; a ceiling added since (tokens a run) is not the stream's.
+        config.ceilings.cost_per_day_micros = Some(9_000);
+        config.ceilings.cost_per_month_micros = Some(90_000);
+        let keys = ceilings_now(&config, &tenant, &admitted, now);
+        assert_eq!(
+            quota(&keys),
+            [
+                (acme.clone(), Measure::Cost, 9_000),
+                (acme, Measure::Cost, 90_000)
+            ]
+        );
+        // A tenant no longer configured keeps its keys.
+        let mut other = run_context();
+        other.tenant = crate::ids::TenantId::new("gone").unwrap();
+        assert_eq!(ceilings_now(&config, &other, &admitted, now), admitted);
     }
 
     #[test]

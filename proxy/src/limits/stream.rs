@@ -63,6 +63,9 @@ pub struct StreamGuard {
     /// Steps an ask ahead asks for: doubled each time a chunk had to wait (an upstream faster
     /// than the steps are answered), so that it waits a few times, not once a step.
     ahead: u64,
+    /// An ask ahead was refused: none is made again until the ceilings change
+    /// ([`Self::set_keys`]); a chunk past the cover still asks for what it needs.
+    ahead_refused: bool,
 }
 
 /// The most steps one ask ahead asks for.
@@ -99,6 +102,7 @@ impl StreamGuard {
             pending: Vec::new(),
             refused: None,
             ahead: 1,
+            ahead_refused: false,
         }
     }
 
@@ -108,8 +112,12 @@ impl StreamGuard {
         &self.keys
     }
 
-    /// Asks the next extensions on `keys` (the same counters with the ceilings of now).
+    /// Asks the next extensions on `keys` (the same counters with the ceilings of now): a
+    /// raised ceiling may have room for an ask ahead that was refused.
     pub fn set_keys(&mut self, keys: Vec<LimitKey>) {
+        if *self.keys != *keys {
+            self.ahead_refused = false;
+        }
         self.keys = keys.into();
     }
 
@@ -150,9 +158,13 @@ impl StreamGuard {
                     self.covered = self.covered.saturating_add(tokens);
                     self.granted = self.granted.plus(self.step.times(p.steps));
                 }
-                // An ask ahead of more than one step that does not fit says nothing of what
-                // the stream needs: the next asks are one step, or sized to the need.
-                _ if p.ahead && p.steps > 1 => self.ahead = 1,
+                // An ask ahead that does not fit says nothing of what the stream needs (room
+                // may be freed, or a reload raise the ceiling, before it gets there): no more
+                // asks ahead, and a chunk past the cover asks for what it needs.
+                _ if p.ahead => {
+                    self.ahead = 1;
+                    self.ahead_refused = true;
+                }
                 code => {
                     self.refused = Some(match code {
                         REFUSED_RUN => CutReason::Budget("run"),
@@ -215,11 +227,15 @@ impl StreamGuard {
                 }
             };
         }
-        // Ask ahead, half a step before the cover runs out, so a granted extension is usually
-        // in place before it is needed; while one is in flight the stream is not held up.
+        // Ask ahead, half a step before the cover runs out (or half the cover, when that is
+        // less: a capped stream's guard starts at twice its ceiling, and an honest one never
+        // asks), so a granted extension is usually in place before it is needed; while one is
+        // in flight the stream is not held up.
+        let lead = (self.step_tokens / 2).min(self.covered / 2);
         if self.refused.is_none()
+            && !self.ahead_refused
             && self.pending.is_empty()
-            && output_estimate.saturating_add(self.step_tokens / 2) >= self.covered
+            && output_estimate.saturating_add(lead) >= self.covered
         {
             self.start_extension(self.ahead, true);
             self.take_outcomes();
@@ -522,9 +538,9 @@ mod tests {
         assert_eq!(guard.granted(), tokens(200), "second extension granted");
         assert_eq!(settle(&mut guard, 260).await, Verdict::Pass, "within 300");
         assert_eq!(
-            guard.refused(),
-            Some(CutReason::Budget("run")),
-            "a third extension does not fit"
+            (guard.refused(), guard.ahead_refused),
+            (None, true),
+            "a third extension asked ahead does not fit"
         );
         assert_eq!(guard.observe(300), Verdict::Pass, "exactly at the cover");
         assert_eq!(guard.observe(301), Verdict::Cut(CutReason::Budget("run")));
@@ -557,7 +573,7 @@ mod tests {
         let mut guard = StreamGuard::new(backend, vec![run_tokens(1)], 100, 100, tokens(100));
         assert_eq!(guard.observe(60), Verdict::Pass);
         assert_eq!(guard.finish().await, Charge::default());
-        assert_eq!(guard.refused(), Some(CutReason::Budget("run")));
+        assert!(guard.ahead_refused);
     }
 
     #[tokio::test]
@@ -576,14 +592,39 @@ mod tests {
             },
         );
         assert_eq!(settle(&mut guard, 40).await, Verdict::Pass);
-        assert_eq!(guard.refused(), Some(CutReason::Budget("run")));
+        // The ask ahead was refused: no more asks ahead, but nothing is cut by it.
+        assert_eq!((guard.refused(), guard.ahead_refused), (None, true));
+        assert_eq!(guard.observe(45), Verdict::Pass);
+        assert!(guard.pending.is_empty(), "no second ask ahead");
         assert_eq!(
             guard.observe(50),
             Verdict::Pass,
             "the reservation still covers 50"
         );
+        // Past the cover, the chunk asks for what it needs; refused, it is cut.
         assert_eq!(guard.observe(51), Verdict::Cut(CutReason::Budget("run")));
         assert_eq!(guard.granted(), Charge::default());
+    }
+
+    /// A ceiling raised after an ask ahead was refused (a reload, see `plan::ceilings_now`): the
+    /// stream goes on under it, the refusal having cut nothing.
+    #[tokio::test]
+    async fn a_raised_ceiling_lets_a_stream_go_on_after_a_refused_ask_ahead() {
+        let backend = Arc::new(MemoryBackend::default());
+        let mut guard = StreamGuard::new(backend, vec![run_tokens(1)], 50, 50, tokens(50));
+        assert_eq!(settle(&mut guard, 40).await, Verdict::Pass);
+        assert!(guard.ahead_refused);
+        guard.set_keys(vec![run_tokens(1_000)]);
+        assert!(
+            !guard.ahead_refused,
+            "asks ahead again under the new ceiling"
+        );
+        assert_eq!(settle(&mut guard, 51).await, Verdict::Pass);
+        assert_eq!(guard.refused(), None);
+        // The same ceilings again change nothing.
+        guard.ahead_refused = true;
+        guard.set_keys(vec![run_tokens(1_000)]);
+        assert!(guard.ahead_refused);
     }
 
     #[tokio::test]
@@ -611,8 +652,17 @@ mod tests {
         };
         let mut guard = StreamGuard::new(Arc::new(backend), vec![run_tokens(1_000)], 50, 50, step);
         assert_eq!(settle(&mut guard, 40).await, Verdict::Pass);
-        assert_eq!(guard.refused(), Some(CutReason::Unavailable));
-        assert_eq!(guard.observe(51), Verdict::Cut(CutReason::Unavailable));
+        assert!(guard.ahead_refused, "the ask ahead got no answer");
+        // Past the cover the chunk asks for what it needs: no answer (at once, or after its
+        // wait) cuts it.
+        let verdict = match guard.observe(51) {
+            Verdict::Wait(wait) => {
+                tokio::time::sleep(wait).await;
+                guard.after_wait(51)
+            }
+            other => other,
+        };
+        assert_eq!(verdict, Verdict::Cut(CutReason::Unavailable));
     }
 
     #[test]

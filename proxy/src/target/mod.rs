@@ -607,7 +607,8 @@ fn hex_value(digit: u8) -> Option<u8> {
 /// The path with query values removed (`/v1/x?key=secret&b=1` → `/v1/x?key&b`): query strings
 /// may carry secrets, audit records must not. SECURITY: an item without `=` is a value with no
 /// key (some APIs take a bare token as the whole query, `?<token>`), so it is recorded as `=`
-/// (`/v1/x?sk-…&b=1` → `/v1/x?=&b`), never as written.
+/// (`/v1/x?sk-…&b=1` → `/v1/x?=&b`), never as written; so is one whose `=`s are all at its end
+/// (a base64 token's padding, `?c2st…==`).
 pub fn audit_path(path_and_query: &str) -> String {
     match path_and_query.split_once('?') {
         None => path_and_query.to_string(),
@@ -615,7 +616,12 @@ pub fn audit_path(path_and_query: &str) -> String {
             let keys: Vec<&str> = query
                 .split('&')
                 .filter(|kv| !kv.is_empty())
-                .map(|kv| kv.split_once('=').map_or("=", |(key, _)| key))
+                .map(|kv| match kv.split_once('=') {
+                    // Base64 padding (`?c2st…==`) makes no `key=value` either.
+                    Some((_, rest)) if !rest.is_empty() && rest.bytes().all(|b| b == b'=') => "=",
+                    Some((key, _)) => key,
+                    None => "=",
+                })
                 .collect();
             format!("{path}?{}", keys.join("&"))
         }
@@ -949,6 +955,8 @@ mod tests {
             ("/a?sk-bare-token", "/a?="),
             ("/a?sk-bare&k=v&&flag=", "/a?=&k&flag"),
             ("/a?=v", "/a?"),
+            ("/a?c2stbGl2ZQ==&k=v", "/a?=&k"),
+            ("/a?flag=&k=v==", "/a?flag&k"),
         ] {
             assert_eq!(audit_path(query), recorded, "{query}");
         }

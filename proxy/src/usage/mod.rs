@@ -353,8 +353,28 @@ impl UsageMeter {
         }
     }
 
+    /// Deltas of generated content the stream carried so far, each at least one token: what a
+    /// capped stream's guard counts (a lower bound an honest stream never runs past its
+    /// ceiling with, where the byte estimate may run several times over). 0 for a JSON body.
+    pub fn output_deltas(&self) -> u64 {
+        match &self.framing {
+            Framing::Json { .. } => 0,
+            Framing::Sse { streamed, .. } | Framing::EventStream { streamed, .. } => {
+                streamed.content_deltas
+            }
+        }
+    }
+
     /// The usage read, once the body has ended.
     pub fn finish(&self) -> Option<Usage> {
+        // SECURITY (budgets): every call sends a prompt, so a report of no input (a partial
+        // one that gives the output alone, in any provider's shape) is no report: read as it
+        // stands, a 30 KB prompt was settled at nothing.
+        self.reported().filter(|u| u.input_tokens > 0)
+    }
+
+    /// The usage the body reported, as its readers read it.
+    fn reported(&self) -> Option<Usage> {
         match &self.framing {
             Framing::Json { body, scanned } => {
                 let (body, whole) = match scanned {

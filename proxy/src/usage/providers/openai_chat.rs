@@ -277,15 +277,23 @@ impl Provider for OpenAiChat {
                 continue;
             };
             // Every kind of generated output counts (a kind left out would stream unguarded):
-            // text, refusals, reasoning in both compatible spellings, audio (its base64 data
-            // and its transcript), tool-call and legacy `function_call` arguments, and any
-            // other member a compatible API streams; not the delta's metadata, nor
-            // `reasoning_details` (OpenRouter's copy of `reasoning`) or `annotations` (URL
-            // citations of what was searched).
+            // text, refusals, reasoning in both compatible spellings, tool-call and legacy
+            // `function_call` arguments, and any other member a compatible API streams; not
+            // the delta's metadata, nor `reasoning_details` (OpenRouter's copy of `reasoning`)
+            // or `annotations` (URL citations of what was searched).
             generated.add_all(
                 Some(delta),
-                &["role", "reasoning_details", "annotations", "tool_calls"],
+                &[
+                    "role",
+                    "reasoning_details",
+                    "annotations",
+                    "tool_calls",
+                    "audio",
+                ],
             );
+            // Audio by its transcript, not its base64 data: read as text, a second of speech
+            // was thousands of tokens, and an honest capped audio stream was cut.
+            generated.add_all(delta.get("audio"), &["data", "id", "expires_at"]);
             // A tool call's name and arguments, not its index, id and type.
             if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
                 for call in calls {
@@ -454,6 +462,22 @@ pub(crate) mod tests {
                 r#"{"usage":{"prompt_tokens":10,"total_tokens":5}}"#,
                 None,
             ),
+            // Nor is one without the input: every call sends a prompt.
+            (
+                "input missing",
+                r#"{"usage":{"completion_tokens":2000}}"#,
+                None,
+            ),
+            (
+                "input null",
+                r#"{"usage":{"prompt_tokens":null,"completion_tokens":2000,"total_tokens":9500}}"#,
+                None,
+            ),
+            (
+                "no input",
+                r#"{"usage":{"prompt_tokens":0,"completion_tokens":2000}}"#,
+                None,
+            ),
         ];
         for (name, body, want) in cases {
             assert_eq!(meter_json(&OpenAiChat, body), want, "{name}");
@@ -501,18 +525,18 @@ pub(crate) mod tests {
             &mut legacy,
         );
         assert_eq!((legacy.bytes, legacy.deltas), (8, 1), "{legacy:?}");
-        // Audio (data and transcript) and `reasoning` are output too.
+        // Audio (by its transcript, not its base64 data) and `reasoning` are output too.
         let mut audio = Generated::default();
         OpenAiChat.count_generated(
-            &serde_json::json!({"choices":[{"delta":{"audio":{"data":"AAAABBBB","transcript":"hi"},"reasoning":"why"}}]}),
+            &serde_json::json!({"choices":[{"delta":{"audio":{"id":"audio_1","data":"AAAABBBB","transcript":"hi"},"reasoning":"why"}}]}),
             &mut audio,
         );
         assert_eq!(
             audio,
             Generated {
-                bytes: 13,
-                deltas: 1,
-                nonempty: 1,
+                bytes: 5,
+                deltas: 2,
+                nonempty: 2,
                 ..Generated::default()
             }
         );
