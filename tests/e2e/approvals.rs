@@ -671,6 +671,27 @@ fn a_request_whose_run_was_closed_while_held_is_refused_once_approved() {
         "the held request reached the upstream: {:?}",
         origin.requests()
     );
+    // A fresh request of the closed run is refused, and its record says where it went.
+    let after = format!("http://127.0.0.1:{}/open/after?key=v", origin.port);
+    let (status, answer) = curl(&["-x", &proxy_url, "--proxy-header", &auth, &after]);
+    assert_eq!(
+        (status, code_of(&answer).as_str()),
+        (403, "run_closed"),
+        "{answer}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = proxy.audit_records("globex");
+        if let Some(r) = records
+            .iter()
+            .find(|r| r["reason"] == "run_closed" && r["path"] == "/open/after?key")
+        {
+            assert_eq!(r["host"], "127.0.0.1", "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{records:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A request whose body is still arriving when a reload forbids where it goes is decided under

@@ -739,3 +739,18 @@ fn run_prints_each_listener_with_its_identity_mode_and_the_admin_url() {
         proxy.admin_port
     ));
 }
+
+/// Trailers do not pass (pingora's HTTP/1 client reads none), so the `Trailer` field that
+/// announces them is removed too: a client would wait for fields that never come.
+#[test]
+fn a_trailer_field_is_not_passed_on_for_trailers_that_never_come() {
+    let origin = Origin::start();
+    let proxy = start(&origin);
+    let tok = token_for("acme", "researcher");
+    let url = format!("http://127.0.0.1:{}/acme/trailers/x", origin.port);
+    let r = forward_get(proxy.shared_port, &url, Some(&tok), "");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.body_text(), "hello");
+    assert_eq!(r.header("trailer"), None, "{:?}", r.headers);
+    assert_eq!(r.header("grpc-status"), None, "{:?}", r.headers);
+}

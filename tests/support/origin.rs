@@ -21,6 +21,7 @@ pub struct Recorded {
 /// An origin that records every request. Paths: `/slow/...` sleeps 3 s before answering,
 /// `/reset/...` closes the connection without a response, `/only100/...` sends `100 Continue`
 /// and closes, `/switch/...` answers `101` with no WebSocket handshake and reads on as HTTP,
+/// `/trailers/...` answers chunked with a `Trailer`-announced trailer (as gRPC does),
 /// `/echo/...` (and `/e404/...` with a
 /// 404) reflects the `Authorization` it got in a header and the body, as a careless upstream
 /// would, `/logged/...` the latest `Authorization` any request brought (a request log);
@@ -155,6 +156,14 @@ fn serve_recorded<S: Read + Write>(stream: S, seen: Arc<Mutex<Vec<Recorded>>>, c
                 .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
                 .is_err()
             {
+                return;
+            }
+            continue;
+        }
+        if target.contains("/trailers/") {
+            // A gRPC-style answer: chunked, its status in trailers it announces.
+            let resp = "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntrailer: grpc-status\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n";
+            if reader.get_mut().write_all(resp.as_bytes()).is_err() {
                 return;
             }
             continue;

@@ -397,7 +397,10 @@ pub async fn admit(
     };
     // A signed run's first request starts it (audited once across replicas); a closed run's
     // requests, and tunnels (an opaque one carries no request to refuse later), go no further.
-    fx.sight_run(&tenant, snapshot.token_leeway()).await?;
+    // A request is sighted once its destination is known, so a refusal records where it went.
+    if matches!(ask, Ask::Connect { .. }) {
+        fx.sight_run(&tenant, snapshot.token_leeway()).await?;
+    }
     match ask {
         Ask::Http { source, tunnel } => {
             admit_http(fx, snapshot, tenant, &who, source, tunnel, trail, observer).await
@@ -607,6 +610,7 @@ async fn admit_http(
     )?;
     declared_provider(&mut destination, &snapshot);
     trail.destination = Some(destination.clone());
+    fx.sight_run(&tenant, snapshot.token_leeway()).await?;
     if let Some(t) = tunnel {
         tunnel_still_allowed(&snapshot, &tenant, t, fx.now(), trail)?;
     }

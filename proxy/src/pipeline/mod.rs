@@ -1036,6 +1036,9 @@ impl ProxyHttp for TenantProxy {
         let had_length = upstream_response
             .headers
             .contains_key(http::header::CONTENT_LENGTH);
+        // Trailers do not pass (pingora's HTTP/1 client reads none): a `Trailer` field would
+        // announce fields that never come.
+        upstream_response.remove_header(&http::header::TRAILER);
         let built = {
             let Some((admitted, grant)) = ctx.http() else {
                 return Err(Error::explain(
