@@ -3,7 +3,8 @@
 //! - `POST …/chat/completions`: a chat completion with a `usage` block (prompt tokens ≈ body
 //!   length / 4, completion tokens = `max_tokens` or 16, or `x-mock-output-tokens` when a test
 //!   plays a model that ignores its budget); with `"stream": true`, an SSE stream of one chunk
-//!   per completion token (`x-mock-chunk-delay-ms` apart), a usage chunk when
+//!   per completion token (`x-mock-chunk-delay-ms` apart; `x-mock-tokens-per-delta: N` puts N
+//!   in each, as a server that batches its output does), a usage chunk when
 //!   `stream_options.include_usage` is set, then `[DONE]`, its lines ended by `\n` (or as
 //!   `x-mock-sse-line-end: cr | crlf` says; `x-mock-stream-whole: 1` writes the whole stream
 //!   as one body with its `Content-Length`, as a server that buffers its stream does);
@@ -279,10 +280,16 @@ fn respond(head: &Head, body: &[u8]) -> Vec<Vec<u8>> {
                 Some("crlf") => "\r\n",
                 _ => "\n",
             };
+            // `x-mock-tokens-per-delta`: that many tokens in each delta.
+            let per_delta = head
+                .header("x-mock-tokens-per-delta")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1);
             let parts = sse_chat(
                 &model,
                 prompt_tokens,
                 completion_tokens,
+                per_delta,
                 include_usage,
                 line_end,
             );
@@ -434,17 +441,23 @@ fn sse_chat(
     model: &str,
     prompt: u64,
     completion: u64,
+    per_delta: u64,
     include_usage: bool,
     line_end: &str,
 ) -> Vec<Vec<u8>> {
     let mut events = Vec::new();
-    // One chunk per completion token, as providers stream them.
+    // One chunk per completion token, as providers stream them (or `per_delta` tokens in each,
+    // as a server that batches its output does).
     let words = ["Hello", " from", " the", " mock."];
-    for i in 0..completion.max(1) {
-        let word = words[(i % 4) as usize];
+    let per_delta = per_delta.max(1);
+    let mut i = 0;
+    while i < completion.max(1) {
+        let n = per_delta.min(completion.max(1) - i);
+        let text: String = (i..i + n).map(|k| words[(k % 4) as usize]).collect();
+        i += n;
         events.push(json!({
             "id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
-            "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}]
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]
         }));
     }
     events.push(json!({

@@ -578,12 +578,14 @@ impl Stages {
     }
 
     /// What the stream guard counts: for a call whose ceiling field caps it, the deltas of
-    /// content (each at least a token: an honest stream stops at its ceiling, while the byte
-    /// estimate may run several times over, on audio, separators or indentation); otherwise
-    /// the output seen ([`Self::output_seen`]).
+    /// content (each at least a token) or half the byte estimate, whichever is more (an honest
+    /// stream stops at its ceiling, while the estimate may run up to four times over on
+    /// separators or indentation; a server that ignores the ceiling and packs many tokens in
+    /// each delta is still counted by its bytes); otherwise the output seen
+    /// ([`Self::output_seen`]).
     fn guard_seen(&self) -> u64 {
         match (&self.meter, self.guard_by_deltas) {
-            (Some(meter), true) => meter.output_deltas(),
+            (Some(meter), true) => meter.output_deltas().max(meter.output_estimate() / 2),
             _ => self.output_seen(),
         }
     }

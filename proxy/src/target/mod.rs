@@ -604,21 +604,33 @@ fn hex_value(digit: u8) -> Option<u8> {
     (digit as char).to_digit(16).map(|v| v as u8)
 }
 
+/// The longest query key recorded with nothing after its `=` (`?flag=`); a longer one is taken
+/// for a bare value with one `=` of base64 padding.
+const LONGEST_BARE_KEY: usize = 16;
+
 /// The path with query values removed (`/v1/x?key=secret&b=1` → `/v1/x?key&b`): query strings
 /// may carry secrets, audit records must not. SECURITY: an item without `=` is a value with no
 /// key (some APIs take a bare token as the whole query, `?<token>`), so it is recorded as `=`
 /// (`/v1/x?sk-…&b=1` → `/v1/x?=&b`), never as written; so is one whose `=`s are all at its end
-/// (a base64 token's padding, `?c2st…==`).
+/// (a base64 token's padding, `?c2st…==`, or a single `=` after more than
+/// [`LONGEST_BARE_KEY`] bytes). Items are separated by `&` and by `;` (which some servers take
+/// for `&`).
 pub fn audit_path(path_and_query: &str) -> String {
     match path_and_query.split_once('?') {
         None => path_and_query.to_string(),
         Some((path, query)) => {
             let keys: Vec<&str> = query
-                .split('&')
+                .split(['&', ';'])
                 .filter(|kv| !kv.is_empty())
                 .map(|kv| match kv.split_once('=') {
-                    // Base64 padding (`?c2st…==`) makes no `key=value` either.
-                    Some((_, rest)) if !rest.is_empty() && rest.bytes().all(|b| b == b'=') => "=",
+                    // Base64 padding (`?c2st…==`, `?c2st…=`) makes no `key=value` either: a
+                    // long item with nothing but `=` after its first one is taken for a value.
+                    Some((key, rest))
+                        if rest.bytes().all(|b| b == b'=')
+                            && (!rest.is_empty() || key.len() > LONGEST_BARE_KEY) =>
+                    {
+                        "="
+                    }
                     Some((key, _)) => key,
                     None => "=",
                 })
@@ -957,6 +969,8 @@ mod tests {
             ("/a?=v", "/a?"),
             ("/a?c2stbGl2ZQ==&k=v", "/a?=&k"),
             ("/a?flag=&k=v==", "/a?flag&k"),
+            ("/a?c2stbGl2ZS1QQURPTkUtMDEyMzQ1Njc4OTA=&k=v", "/a?=&k"),
+            ("/a?sk-live-semi-0001;a=1", "/a?=&a"),
         ] {
             assert_eq!(audit_path(query), recorded, "{query}");
         }

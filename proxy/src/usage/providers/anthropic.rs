@@ -158,7 +158,10 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
     if let Some(n) = long {
         entry.cache_write_long_input_tokens = n;
     }
+    // A later event's explicit 0 (compatible servers repeat `input_tokens: 0` in
+    // `message_delta`) takes nothing back from an input already reported.
     entry.input_tokens = input
+        .filter(|&n| n > 0 || base == 0)
         .unwrap_or(base)
         .saturating_add(entry.cached_input_tokens)
         .saturating_add(entry.cache_write_input_tokens);
@@ -167,6 +170,29 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A compatible server's `message_delta` that repeats `input_tokens: 0` takes nothing back
+    /// from the input `message_start` reported; a first report of 0 with a cache read stands.
+    #[test]
+    fn a_later_zero_input_takes_nothing_back() {
+        let mut acc = None;
+        fold(
+            &serde_json::json!({"type":"message_start","message":{"usage":{"input_tokens":10,"output_tokens":1}}}),
+            &mut acc,
+        );
+        fold(
+            &serde_json::json!({"type":"message_delta","usage":{"input_tokens":0,"output_tokens":200}}),
+            &mut acc,
+        );
+        let u = acc.expect("read");
+        assert_eq!((u.input_tokens, u.output_tokens), (10, 200));
+        let mut cached = None;
+        fold(
+            &serde_json::json!({"usage":{"input_tokens":0,"cache_read_input_tokens":7500,"output_tokens":5}}),
+            &mut cached,
+        );
+        assert_eq!(cached.expect("read").input_tokens, 7500);
+    }
     use crate::usage::providers::request;
     use crate::usage::testing::{meter_json, meter_stream, u};
     use crate::usage::HostedCalls;

@@ -223,6 +223,13 @@ impl Generated {
         }
     }
 
+    /// Counts one delta of output that carries no text (a chunk of audio data): at least a
+    /// token.
+    pub fn count_opaque(&mut self) {
+        self.deltas += 1;
+        self.nonempty += 1;
+    }
+
     /// Counts the strings and numbers under `value`; whether it held any.
     fn walk(&mut self, value: &Value) -> bool {
         match value {

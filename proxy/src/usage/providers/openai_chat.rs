@@ -292,8 +292,16 @@ impl Provider for OpenAiChat {
                 ],
             );
             // Audio by its transcript, not its base64 data: read as text, a second of speech
-            // was thousands of tokens, and an honest capped audio stream was cut.
-            generated.add_all(delta.get("audio"), &["data", "id", "expires_at"]);
+            // was thousands of tokens, and an honest capped audio stream was cut. A chunk of
+            // audio data alone is output all the same: at least a token.
+            if let Some(audio) = delta.get("audio") {
+                let before = generated.nonempty;
+                generated.add_all(Some(audio), &["data", "id", "expires_at"]);
+                let data = audio.get("data").and_then(Value::as_str);
+                if generated.nonempty == before && data.is_some_and(|d| !d.is_empty()) {
+                    generated.count_opaque();
+                }
+            }
             // A tool call's name and arguments, not its index, id and type.
             if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
                 for call in calls {
@@ -539,6 +547,16 @@ pub(crate) mod tests {
                 nonempty: 2,
                 ..Generated::default()
             }
+        );
+        // A chunk of audio data alone is a delta of output (at least a token), never nothing.
+        let mut data_only = Generated::default();
+        OpenAiChat.count_generated(
+            &serde_json::json!({"choices":[{"delta":{"audio":{"id":"audio_1","data":"AAAABBBB"}}}]}),
+            &mut data_only,
+        );
+        assert_eq!(
+            (data_only.bytes, data_only.deltas, data_only.nonempty),
+            (0, 1, 1)
         );
         let mut none = Generated::default();
         OpenAiChat.count_generated(
