@@ -195,20 +195,27 @@ pub fn plan(
     // SECURITY (budgets): a ceiling field is the agent's word, and a server may not read it
     // (Ollama's OpenAI API ignores `max_completion_tokens` and takes `max_tokens: 0` for no
     // limit): trusted, one such stream spent twice a day's ceiling. So a capped stream is
-    // guarded too, from twice what its reservation covers (the output estimate may run over
-    // the true count, and an honest stream must not ask for more): a server that stops at the
-    // ceiling never reaches the guard, one that does not is extended or cut past it.
+    // guarded too, from four times what its reservation covers (the output estimate may run
+    // that far over the true count, on separators or indentation, and an honest stream must
+    // neither be cut nor hold more than it reserved): a server that stops at the ceiling never
+    // reaches the guard, one that does not is extended or cut past it.
     let stream = (mode == MidStream::Cut).then(|| {
         // A capped stream past its guard is one whose server ignores the ceiling: its steps are
         // what a call without one reserves, not a ceiling of a few tokens (each step may be a
         // wait for the limiter's answer).
         let step_tokens = output.max(assumed).max(1);
-        let covered_output = match call.max_output_tokens {
-            Some(_) => output.saturating_mul(2).saturating_add(CAPPED_GUARD_SLACK),
-            None => output,
+        let (covered_output, ask_ahead_from) = match call.max_output_tokens {
+            Some(_) => {
+                let trusted = output
+                    .saturating_mul(CAPPED_GUARD_FACTOR)
+                    .saturating_add(CAPPED_GUARD_SLACK);
+                (trusted, trusted)
+            }
+            None => (output, 0),
         };
         StreamPlan {
             covered_output,
+            ask_ahead_from,
             step_tokens,
             step: Charge {
                 tokens: step_tokens,
@@ -226,8 +233,13 @@ pub fn plan(
     })
 }
 
-/// Output tokens a capped stream's guard allows beyond twice its ceiling before asking for
-/// more (a ceiling of a few tokens against an estimate of at least one a delta).
+/// How many times its ceiling a capped stream's output estimate may reach before its guard asks
+/// for more: the estimate (about four bytes a token) runs up to four times over on tokens of
+/// sixteen characters (separators, indentation).
+const CAPPED_GUARD_FACTOR: u64 = 4;
+
+/// Output tokens a capped stream's guard allows beyond that (a ceiling of a few tokens against
+/// an estimate of at least one a delta).
 const CAPPED_GUARD_SLACK: u64 = 16;
 
 /// Whether LLM work the proxy cannot meter is refused for a caller under `tenant` and

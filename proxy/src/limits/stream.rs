@@ -66,6 +66,8 @@ pub struct StreamGuard {
     /// An ask ahead was refused: none is made again until the ceilings change
     /// ([`Self::set_keys`]); a chunk past the cover still asks for what it needs.
     ahead_refused: bool,
+    /// No step is asked ahead before the estimate reaches this.
+    ask_ahead_from: u64,
 }
 
 /// The most steps one ask ahead asks for.
@@ -103,7 +105,16 @@ impl StreamGuard {
             refused: None,
             ahead: 1,
             ahead_refused: false,
+            ask_ahead_from: 0,
         }
+    }
+
+    /// Asks no step ahead before the output estimate reaches `estimate` (a capped stream's
+    /// guard, whose first cover is a few times its ceiling: an honest stream, which stops at
+    /// it, must not hold a step it will never use).
+    pub fn asking_ahead_from(mut self, estimate: u64) -> Self {
+        self.ask_ahead_from = estimate;
+        self
     }
 
     /// The keys the next extensions are asked on (the same counters, their ceilings as a
@@ -119,6 +130,11 @@ impl StreamGuard {
             self.ahead_refused = false;
         }
         self.keys = keys.into();
+    }
+
+    /// Whether an extension is being asked for (its answer not yet taken into account).
+    pub fn is_asking(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Extensions granted so far.
@@ -227,15 +243,13 @@ impl StreamGuard {
                 }
             };
         }
-        // Ask ahead, half a step before the cover runs out (or half the cover, when that is
-        // less: a capped stream's guard starts at twice its ceiling, and an honest one never
-        // asks), so a granted extension is usually in place before it is needed; while one is
-        // in flight the stream is not held up.
-        let lead = (self.step_tokens / 2).min(self.covered / 2);
+        // Ask ahead, half a step before the cover runs out, so a granted extension is usually
+        // in place before it is needed; while one is in flight the stream is not held up.
         if self.refused.is_none()
             && !self.ahead_refused
             && self.pending.is_empty()
-            && output_estimate.saturating_add(lead) >= self.covered
+            && output_estimate >= self.ask_ahead_from
+            && output_estimate.saturating_add(self.step_tokens / 2) >= self.covered
         {
             self.start_extension(self.ahead, true);
             self.take_outcomes();
@@ -324,8 +338,12 @@ pub fn cut_event(code: &str, message: &str, request_id: &str) -> Vec<u8> {
 /// What a streaming LLM response may extend its reservation by, one step at a time.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamPlan {
-    /// Output tokens the admission reserved.
+    /// Output tokens the guard lets pass before asking for more: what the admission reserved
+    /// (a capped stream's, a few times its ceiling: see `plan::plan`).
     pub covered_output: u64,
+    /// No step is asked ahead before the output estimate reaches this (a capped stream's
+    /// guard: an honest one never asks).
+    pub ask_ahead_from: u64,
     /// Output tokens per extension.
     pub step_tokens: u64,
     /// What one extension reserves.

@@ -213,9 +213,7 @@ pub struct Stages {
     /// An LLM call's response that no meter can read (compressed, or of a type that carries no
     /// usage the proxy reads): its usage is unknown, and counted so.
     unread: bool,
-    /// The guard counts deltas of content, not the byte estimate: a capped call's (see
-    /// [`Stages::guard_seen`]).
-    guard_by_deltas: bool,
+
     /// Of an LLM call's answer, when no ceiling field of its API caps its output, the bytes
     /// seen so far (see [`Stages::output_seen`]); `None` when they bound nothing.
     uncapped_bytes: Option<u64>,
@@ -387,14 +385,16 @@ impl Stages {
         if let (true, Some(plan), Some(admission)) = (guarded, grant.stream_plan, &grant.limits) {
             let keys = admission.quota_keys();
             if !keys.is_empty() {
-                stages.guard_by_deltas = grant.max_output_tokens.is_some();
-                stages.guard = Some(StreamGuard::new(
-                    setup.limits.clone(),
-                    keys,
-                    plan.covered_output,
-                    plan.step_tokens,
-                    plan.step,
-                ));
+                stages.guard = Some(
+                    StreamGuard::new(
+                        setup.limits.clone(),
+                        keys,
+                        plan.covered_output,
+                        plan.step_tokens,
+                        plan.step,
+                    )
+                    .asking_ahead_from(plan.ask_ahead_from),
+                );
                 if stages.cut_ends_with_event() {
                     resp.remove_header(&http::header::CONTENT_LENGTH);
                 }
@@ -490,7 +490,7 @@ impl Stages {
         if let (Some(seen), Some(b)) = (self.uncapped_bytes.as_mut(), body.as_ref()) {
             *seen += b.len() as u64;
         }
-        let seen = self.guard_seen();
+        let seen = self.output_seen();
         match self.guard.as_mut().map(|g| g.observe(seen)) {
             Some(Verdict::Cut(reason)) => Err(Cut::Budget(reason)),
             Some(Verdict::Wait(wait)) => {
@@ -512,7 +512,7 @@ impl Stages {
     ) -> Result<(), Cut> {
         // A chunk that waited for an extension goes on only if one covers it now.
         if std::mem::take(&mut self.waited) {
-            let seen = self.guard_seen();
+            let seen = self.output_seen();
             if let Some(Verdict::Cut(reason)) = self.guard.as_mut().map(|g| g.after_wait(seen)) {
                 *body = None;
                 return Err(Cut::Budget(reason));
@@ -575,19 +575,6 @@ impl Stages {
     /// The MCP list filter (what it hid, for the record).
     pub fn list_filter(&self) -> Option<&ListFilter> {
         self.list.as_ref()
-    }
-
-    /// What the stream guard counts: for a call whose ceiling field caps it, the deltas of
-    /// content (each at least a token) or half the byte estimate, whichever is more (an honest
-    /// stream stops at its ceiling, while the estimate may run up to four times over on
-    /// separators or indentation; a server that ignores the ceiling and packs many tokens in
-    /// each delta is still counted by its bytes); otherwise the output seen
-    /// ([`Self::output_seen`]).
-    fn guard_seen(&self) -> u64 {
-        match (&self.meter, self.guard_by_deltas) {
-            (Some(meter), true) => meter.output_deltas().max(meter.output_estimate() / 2),
-            _ => self.output_seen(),
-        }
     }
 
     /// Output tokens a streamed response carried as far as the proxy could tell (0 for a body

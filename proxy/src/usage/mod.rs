@@ -353,18 +353,6 @@ impl UsageMeter {
         }
     }
 
-    /// Deltas of generated content the stream carried so far, each at least one token: what a
-    /// capped stream's guard counts (a lower bound an honest stream never runs past its
-    /// ceiling with, where the byte estimate may run several times over). 0 for a JSON body.
-    pub fn output_deltas(&self) -> u64 {
-        match &self.framing {
-            Framing::Json { .. } => 0,
-            Framing::Sse { streamed, .. } | Framing::EventStream { streamed, .. } => {
-                streamed.content_deltas
-            }
-        }
-    }
-
     /// The usage read, once the body has ended.
     pub fn finish(&self) -> Option<Usage> {
         // SECURITY (budgets): every call sends a prompt, so a report of no input (a partial

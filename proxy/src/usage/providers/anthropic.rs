@@ -149,19 +149,19 @@ fn fold(v: &Value, acc: &mut Option<Usage>) {
         .input_tokens
         .saturating_sub(entry.cached_input_tokens)
         .saturating_sub(entry.cache_write_input_tokens);
-    if let Some(n) = read {
+    // A later event's explicit 0 (compatible servers repeat `input_tokens: 0` and the cache
+    // counts as 0 in `message_delta`) takes nothing back from what was already reported.
+    let kept = |new: Option<u64>, old: u64| new.filter(|&n| n > 0 || old == 0);
+    if let Some(n) = kept(read, entry.cached_input_tokens) {
         entry.cached_input_tokens = n;
     }
-    if let Some(n) = written {
+    if let Some(n) = kept(written, entry.cache_write_input_tokens) {
         entry.cache_write_input_tokens = n;
     }
-    if let Some(n) = long {
+    if let Some(n) = kept(long, entry.cache_write_long_input_tokens) {
         entry.cache_write_long_input_tokens = n;
     }
-    // A later event's explicit 0 (compatible servers repeat `input_tokens: 0` in
-    // `message_delta`) takes nothing back from an input already reported.
-    entry.input_tokens = input
-        .filter(|&n| n > 0 || base == 0)
+    entry.input_tokens = kept(input, base)
         .unwrap_or(base)
         .saturating_add(entry.cached_input_tokens)
         .saturating_add(entry.cache_write_input_tokens);
@@ -186,6 +186,25 @@ pub(crate) mod tests {
         );
         let u = acc.expect("read");
         assert_eq!((u.input_tokens, u.output_tokens), (10, 200));
+        // Nor do zeros of the cache counts (the input is all three).
+        let mut acc = None;
+        fold(
+            &serde_json::json!({"type":"message_start","message":{"usage":{"input_tokens":10,"cache_read_input_tokens":7500,"cache_creation_input_tokens":300,"output_tokens":1}}}),
+            &mut acc,
+        );
+        fold(
+            &serde_json::json!({"type":"message_delta","usage":{"input_tokens":0,"cache_read_input_tokens":0,"cache_creation_input_tokens":0,"output_tokens":200}}),
+            &mut acc,
+        );
+        let u = acc.expect("read");
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cached_input_tokens,
+                u.cache_write_input_tokens
+            ),
+            (7810, 7500, 300)
+        );
         let mut cached = None;
         fold(
             &serde_json::json!({"usage":{"input_tokens":0,"cache_read_input_tokens":7500,"output_tokens":5}}),

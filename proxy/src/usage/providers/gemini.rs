@@ -137,13 +137,19 @@ impl Provider for Gemini {
         for c in candidates {
             if let Some(parts) = c.pointer("/content/parts").and_then(Value::as_array) {
                 // Every kind of part: text, `functionCall` arguments, `executableCode`, code
-                // results; not a thought's signature, nor media (`inlineData`, `fileData`: an
-                // image is billed by the image, not by its base64 text).
+                // results; not a thought's signature, nor media's base64 text (`inlineData`,
+                // `fileData`: an image or audio is billed by its length, not its bytes), though
+                // a part of media alone is output all the same: at least a token.
                 for p in parts {
+                    let before = generated.nonempty;
                     generated.add_all(
                         Some(p),
                         &["thoughtSignature", "thought", "inlineData", "fileData"],
                     );
+                    let media = p.get("inlineData").or_else(|| p.get("fileData"));
+                    if generated.nonempty == before && media.is_some_and(Value::is_object) {
+                        generated.count_opaque();
+                    }
                 }
             }
         }
@@ -207,8 +213,9 @@ mod tests {
         ]}}]});
         let mut g = Generated::default();
         Gemini.count_generated(&event, &mut g);
-        // "f" "Paris" "12" "PYTHON" "print(1)" "hi" "g" "abcd" "efgh"; not the image.
-        assert_eq!((g.bytes, g.deltas, g.digits), (33, 4, 3), "{g:?}");
+        // "f" "Paris" "12" "PYTHON" "print(1)" "hi" "g" "abcd" "efgh"; the image as one
+        // delta (at least a token), not its base64 bytes.
+        assert_eq!((g.bytes, g.deltas, g.digits), (33, 5, 3), "{g:?}");
     }
 
     #[test]
