@@ -583,8 +583,15 @@ impl Stages {
     /// (an upper bound: every token is at least a byte).
     pub fn output_seen(&self) -> u64 {
         let estimate = self.meter.as_ref().map_or(0, UsageMeter::output_estimate);
+        // A metered stream's bytes stand for its output only once it has shown its shape and
+        // no content in it: before its first event is whole, a large first event (a Gemini
+        // image part) was counted by its base64 bytes and an honest answer cut at once.
+        let shown = self
+            .meter
+            .as_ref()
+            .is_none_or(UsageMeter::has_shown_its_shape);
         match self.uncapped_bytes {
-            Some(bytes) if estimate == 0 => bytes,
+            Some(bytes) if estimate == 0 && shown => bytes,
             _ => estimate,
         }
     }

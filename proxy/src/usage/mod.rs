@@ -128,6 +128,8 @@ struct Streamed {
     estimate: u64,
     /// Content deltas that carried text: each is at least one token.
     content_deltas: u64,
+    /// Events read whole (with content or not).
+    events: u64,
     /// Hosted tool calls the stream showed starting.
     hosted_calls: HostedCalls,
 }
@@ -158,6 +160,7 @@ fn read_event(
         p.usage_from_event(v, usage);
         p.count_generated(v, &mut generated);
     });
+    streamed.events += 1;
     streamed.estimate += generated.tokens();
     streamed.content_deltas += generated.nonempty;
     streamed.hosted_calls.add(generated.hosted_calls);
@@ -318,10 +321,9 @@ impl UsageMeter {
                 parser,
                 usage,
                 streamed,
-            } => parser.feed(chunk, &mut |m| {
-                if let Some(v) = event_stream_json(&m) {
-                    read_event(provider, &v, usage, streamed);
-                }
+            } => parser.feed(chunk, &mut |m| match event_stream_json(&m) {
+                Some(v) => read_event(provider, &v, usage, streamed),
+                None => streamed.events += 1,
             }),
         }
     }
@@ -344,12 +346,29 @@ impl UsageMeter {
     pub fn output_estimate(&self) -> u64 {
         match &self.framing {
             Framing::Json { .. } => 0,
+            // An event too large to read (a provider's image or audio part) is output all the
+            // same: at least a token.
             Framing::Sse {
-                usage, streamed, ..
-            }
-            | Framing::EventStream {
+                parser,
+                usage,
+                streamed,
+            } => (streamed.estimate + parser.oversized()).max(usage.map_or(0, |u| u.output_tokens)),
+            Framing::EventStream {
                 usage, streamed, ..
             } => streamed.estimate.max(usage.map_or(0, |u| u.output_tokens)),
+        }
+    }
+
+    /// Whether a stream has shown anything of its shape yet: an event read whole, or one too
+    /// large to read. Before, its bytes are a first event still arriving (a large one comes in
+    /// several reads), which says nothing of its output. A body that is no stream: `true`.
+    pub fn has_shown_its_shape(&self) -> bool {
+        match &self.framing {
+            Framing::Json { .. } => true,
+            Framing::Sse {
+                parser, streamed, ..
+            } => streamed.events > 0 || parser.oversized() > 0,
+            Framing::EventStream { streamed, .. } => streamed.events > 0,
         }
     }
 
@@ -485,6 +504,36 @@ mod tests {
     use providers::anthropic::tests::STREAM as ANTHROPIC;
     use providers::openai_chat::tests::STREAM as OPENAI_CHAT;
     use providers::openai_responses::tests::STREAM as OPENAI_RESPONSES;
+
+    /// A stream shows its shape once an event is whole, or once one is too large to read: before,
+    /// its bytes are a first event still arriving. A part too large to read (a Gemini image) is
+    /// output all the same: at least a token.
+    #[test]
+    fn a_large_first_event_shows_the_streams_shape_once_whole_or_too_large() {
+        let gemini = providers::registry::for_path(
+            "/v1beta/models/gemini-2.5-flash-image:streamGenerateContent",
+        );
+        assert!(gemini.is_some());
+        let image = "A".repeat(sse::MAX_EVENT + 10);
+        let event = format!(
+            "data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"inlineData\":{{\"mimeType\":\"image/png\",\"data\":\"{image}\"}}}}]}}}}]}}\n\n"
+        );
+        let mut m = UsageMeter::for_response("text/event-stream", gemini).unwrap();
+        m.feed(&event.as_bytes()[..1000]);
+        assert!(!m.has_shown_its_shape());
+        assert_eq!(m.output_estimate(), 0);
+        m.feed(&event.as_bytes()[1000..]);
+        assert!(m.has_shown_its_shape());
+        assert_eq!(m.output_estimate(), 1);
+        // A small media part read whole counts as one too.
+        let small = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"inlineData\":{\"mimeType\":\"image/png\",\"data\":\"iVBORw0KGgo=\"}}]}}]}\n\n";
+        let mut m = UsageMeter::for_response("text/event-stream", gemini).unwrap();
+        m.feed(small.as_bytes());
+        assert_eq!((m.has_shown_its_shape(), m.output_estimate()), (true, 1));
+        // A JSON body is no stream: its bytes stand for themselves.
+        let m = UsageMeter::for_response("application/json", gemini).unwrap();
+        assert!(m.has_shown_its_shape());
+    }
 
     /// An event-stream message larger than an SSE event may be is not read as a tree (a 2 MiB
     /// one of `[1,1,…]` made 150 MB): the stream's usage comes from its other messages.

@@ -13,6 +13,8 @@ pub struct SseParser {
     has_data: bool,
     overflow: bool,
     last_was_cr: bool,
+    /// Events skipped for their size.
+    skipped: u64,
 }
 
 impl SseParser {
@@ -20,6 +22,12 @@ impl SseParser {
     /// Bytes held for the line and the event in progress (their buffers' room).
     pub fn buffered(&self) -> usize {
         self.line.capacity() + self.data.capacity()
+    }
+
+    /// Events skipped for their size so far, the one in progress included (a provider's large
+    /// media part: output all the same, though not read).
+    pub fn oversized(&self) -> u64 {
+        self.skipped + u64::from(self.overflow)
     }
 
     pub fn feed(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(&[u8])) {
@@ -53,6 +61,7 @@ impl SseParser {
             if self.has_data && !self.overflow {
                 on_event(&self.data);
             }
+            self.skipped += u64::from(self.overflow);
             self.data.clear();
             self.has_data = false;
             self.overflow = false;
