@@ -584,14 +584,19 @@ impl Stages {
     pub fn output_seen(&self) -> u64 {
         let estimate = self.meter.as_ref().map_or(0, UsageMeter::output_estimate);
         // A metered stream's bytes stand for its output only once it has shown its shape and
-        // no content in it: before its first event is whole, a large first event (a Gemini
-        // image part) was counted by its base64 bytes and an honest answer cut at once.
-        let shown = self
-            .meter
-            .as_ref()
-            .is_none_or(UsageMeter::has_shown_its_shape);
+        // no content in it: before its first event is whole, a first event arriving in several
+        // reads (a Gemini image part) was counted by its base64 bytes and an honest answer cut
+        // at once. Bytes past twice an event's bound with no event whole (comments, lines that
+        // never end an event) show a shape no reader knows.
+        let shown = |bytes: u64| {
+            bytes > 2 * crate::usage::sse::MAX_EVENT as u64
+                || self
+                    .meter
+                    .as_ref()
+                    .is_none_or(UsageMeter::has_shown_its_shape)
+        };
         match self.uncapped_bytes {
-            Some(bytes) if estimate == 0 && shown => bytes,
+            Some(bytes) if estimate == 0 && shown(bytes) => bytes,
             _ => estimate,
         }
     }

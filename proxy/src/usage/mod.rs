@@ -311,10 +311,10 @@ impl UsageMeter {
                 usage,
                 streamed,
             } => parser.feed(chunk, &mut |data| {
-                if data != b"[DONE]" {
-                    if let Some(v) = members::bounded_event(data) {
-                        read_event(provider, &v, usage, streamed);
-                    }
+                match members::bounded_event(data).filter(|_| data != b"[DONE]") {
+                    Some(v) => read_event(provider, &v, usage, streamed),
+                    // Not JSON (a shape no reader knows): the stream has shown its shape.
+                    None => streamed.events += 1,
                 }
             }),
             Framing::EventStream {
@@ -346,22 +346,19 @@ impl UsageMeter {
     pub fn output_estimate(&self) -> u64 {
         match &self.framing {
             Framing::Json { .. } => 0,
-            // An event too large to read (a provider's image or audio part) is output all the
-            // same: at least a token.
             Framing::Sse {
-                parser,
-                usage,
-                streamed,
-            } => (streamed.estimate + parser.oversized()).max(usage.map_or(0, |u| u.output_tokens)),
-            Framing::EventStream {
+                usage, streamed, ..
+            }
+            | Framing::EventStream {
                 usage, streamed, ..
             } => streamed.estimate.max(usage.map_or(0, |u| u.output_tokens)),
         }
     }
 
-    /// Whether a stream has shown anything of its shape yet: an event read whole, or one too
-    /// large to read. Before, its bytes are a first event still arriving (a large one comes in
-    /// several reads), which says nothing of its output. A body that is no stream: `true`.
+    /// Whether a stream has shown anything of its shape yet: an event whole (read or not), or
+    /// one too large to read. Before, its bytes are a first event still arriving (a large one
+    /// comes in several reads), which says nothing of its output. A body that is no stream:
+    /// `true`.
     pub fn has_shown_its_shape(&self) -> bool {
         match &self.framing {
             Framing::Json { .. } => true,
@@ -506,8 +503,7 @@ mod tests {
     use providers::openai_responses::tests::STREAM as OPENAI_RESPONSES;
 
     /// A stream shows its shape once an event is whole, or once one is too large to read: before,
-    /// its bytes are a first event still arriving. A part too large to read (a Gemini image) is
-    /// output all the same: at least a token.
+    /// its bytes are a first event still arriving. A small media part read whole is a token.
     #[test]
     fn a_large_first_event_shows_the_streams_shape_once_whole_or_too_large() {
         let gemini = providers::registry::for_path(
@@ -524,7 +520,14 @@ mod tests {
         assert_eq!(m.output_estimate(), 0);
         m.feed(&event.as_bytes()[1000..]);
         assert!(m.has_shown_its_shape());
-        assert_eq!(m.output_estimate(), 1);
+        // Not read: nothing of it is known (the bytes stand for it, see `Stages::output_seen`).
+        assert_eq!(m.output_estimate(), 0);
+        // Any event whole shows the shape, JSON or not.
+        let mut m = UsageMeter::for_response("text/event-stream", gemini).unwrap();
+        m.feed(b"data: not json at all");
+        assert!(!m.has_shown_its_shape());
+        m.feed(b"\n\n");
+        assert!(m.has_shown_its_shape());
         // A small media part read whole counts as one too.
         let small = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"inlineData\":{\"mimeType\":\"image/png\",\"data\":\"iVBORw0KGgo=\"}}]}}]}\n\n";
         let mut m = UsageMeter::for_response("text/event-stream", gemini).unwrap();

@@ -24,8 +24,7 @@ impl SseParser {
         self.line.capacity() + self.data.capacity()
     }
 
-    /// Events skipped for their size so far, the one in progress included (a provider's large
-    /// media part: output all the same, though not read).
+    /// Events skipped for their size so far, the one in progress included.
     pub fn oversized(&self) -> u64 {
         self.skipped + u64::from(self.overflow)
     }
