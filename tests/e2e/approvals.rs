@@ -702,14 +702,6 @@ fn a_request_whose_body_arrives_after_a_reload_or_a_run_close_is_decided_then() 
     use std::io::{BufReader, Write};
     let origin = Origin::start();
     let proxy = Proxy::start(spec(origin.port));
-    let reloads = |proxy: &Proxy| {
-        metric_sum(
-            &proxy.metrics(),
-            "tenant_proxy_config_reloads_total",
-            "result",
-            "ok",
-        )
-    };
     let agent_token = token(TokenOpts {
         tenant: "globex",
         workload: "agent",
@@ -732,17 +724,13 @@ fn a_request_whose_body_arrives_after_a_reload_or_a_run_close_is_decided_then() 
     // A forbid added while the body arrives.
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", proxy.shared_port)).unwrap();
     conn.write_all(head("/open/slow").as_bytes()).unwrap();
-    let before = reloads(&proxy);
+    let before = proxy.reloads_ok();
     std::fs::write(
         proxy.path("policies/global/later.cedar"),
         "@id(\"open-stopped\")\nforbid (principal, action == TenantProxy::Action::\"http\", resource) when { context.path like \"/open/slow*\" };\n",
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reloads(&proxy) <= before {
-        assert!(Instant::now() < deadline, "no reload");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    proxy.wait_reload_after(before);
     let r = send_rest(conn);
     r.assert_refused(403, "policy_denied");
     // A run closed while the body arrives (after the second its streams are looked at in).
@@ -1003,15 +991,7 @@ fn an_mcp_tool_forbidden_by_a_reload_while_held_is_refused_once_approved() {
                "params": {"name": tool, "arguments": {"amount": 5}}})
     };
     let batch = json!([call(1, "add"), call(2, "transfer")]).to_string();
-    let reloads = |proxy: &Proxy| {
-        metric_sum(
-            &proxy.metrics(),
-            "tenant_proxy_config_reloads_total",
-            "result",
-            "ok",
-        )
-    };
-    let before = reloads(&proxy);
+    let before = proxy.reloads_ok();
     std::thread::scope(|s| {
         let agent = s.spawn(|| mcp_post(&proxy, &batch));
         let holds = wait_holds(&proxy, "acme", &alice, 1);
@@ -1020,11 +1000,7 @@ fn an_mcp_tool_forbidden_by_a_reload_while_held_is_refused_once_approved() {
             "@id(\"add-stopped\")\nforbid (principal, action == TenantProxy::Action::\"mcp_tool_call\", resource == TenantProxy::McpTool::\"add\");\n",
         )
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while reloads(&proxy) <= before {
-            assert!(Instant::now() < deadline, "no reload");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        proxy.wait_reload_after(before);
         let id = holds[0]["id"].as_str().unwrap();
         let r = api(
             &proxy,

@@ -1043,14 +1043,6 @@ fn a_ceiling_lowered_by_a_reload_cuts_a_stream_already_open() {
     let mock = start_mock();
     let redis = RedisServer::start();
     let proxy = day_capped_proxy(mock, "memory", &redis, 200, 1_000_000);
-    let reloads = |proxy: &Proxy| {
-        metric_sum(
-            &proxy.metrics(),
-            "tenant_proxy_config_reloads_total",
-            "result",
-            "ok",
-        )
-    };
     let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
     std::thread::scope(|s| {
         let stream = s.spawn(|| {
@@ -1061,15 +1053,11 @@ fn a_ceiling_lowered_by_a_reload_cuts_a_stream_already_open() {
             )
         });
         std::thread::sleep(Duration::from_millis(800));
-        let before = reloads(&proxy);
+        let before = proxy.reloads_ok();
         let mut lowered = proxy.tenants().clone();
         lowered.tenant("acme").limits().cost_per_day_micros = Some(1);
         proxy.write_tenants(&lowered);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while reloads(&proxy) <= before {
-            assert!(std::time::Instant::now() < deadline, "no reload");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        proxy.wait_reload_after(before);
         let r = stream.join().unwrap();
         let text = r.body_text();
         assert_eq!(r.status, 200, "{text}");

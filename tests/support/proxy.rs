@@ -294,6 +294,25 @@ impl Proxy {
         &self.tenants
     }
 
+    /// Configuration reloads that succeeded so far.
+    pub fn reloads_ok(&self) -> f64 {
+        metric_sum(
+            &self.metrics(),
+            "tenant_proxy_config_reloads_total",
+            "result",
+            "ok",
+        )
+    }
+
+    /// Waits (20 s at most) until more than `before` reloads succeeded.
+    pub fn wait_reload_after(&self, before: f64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.reloads_ok() <= before {
+            assert!(Instant::now() < deadline, "no reload");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Replaces the tenant file (the proxy reloads it).
     pub fn write_tenants(&self, tenants: &TenantFile) {
         tenants.write(&self.path("tenants.toml")).unwrap();

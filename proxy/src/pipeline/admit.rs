@@ -601,15 +601,20 @@ async fn admit_http(
     };
     let original = tunnel.and_then(|t| t.original).or(captured);
     let bound = who.source == crate::identity::IdentitySourceKind::Binding;
-    let mut destination = http_destination(
-        source.header(),
-        (tunnel, captured, bound),
-        &snapshot,
-        config,
-        trail,
-    )?;
-    declared_provider(&mut destination, &snapshot);
-    trail.destination = Some(destination.clone());
+    // Where it goes, as `snapshot` routes it (its provider declared), noted for the record.
+    let destination_under = |snapshot: &Snapshot, source: &BodySource<'_>, trail: &mut Trail| {
+        let mut destination = http_destination(
+            source.header(),
+            (tunnel, captured, bound),
+            snapshot,
+            config,
+            trail,
+        )?;
+        declared_provider(&mut destination, snapshot);
+        trail.destination = Some(destination.clone());
+        Ok::<_, Deny>(destination)
+    };
+    let mut destination = destination_under(&snapshot, &source, trail)?;
     fx.sight_run(&tenant, snapshot.token_leeway()).await?;
     if let Some(t) = tunnel {
         tunnel_still_allowed(&snapshot, &tenant, t, fx.now(), trail)?;
@@ -637,15 +642,7 @@ async fn admit_http(
     if let Some(now) = fx.reloaded_since(&snapshot) {
         fx.still_accepted(who)?;
         snapshot = now;
-        destination = http_destination(
-            source.header(),
-            (tunnel, captured, bound),
-            &snapshot,
-            config,
-            trail,
-        )?;
-        declared_provider(&mut destination, &snapshot);
-        trail.destination = Some(destination.clone());
+        destination = destination_under(&snapshot, &source, trail)?;
         if let Some(t) = tunnel {
             tunnel_still_allowed(&snapshot, &tenant, t, fx.now(), trail)?;
         }
