@@ -920,6 +920,24 @@ fn an_extension_asked_for_as_a_stream_ends_is_settled_with_it() {
     }
 }
 
+/// The stream `r` was cut for budget: before its head left (pingora sends the head with the
+/// first chunk), refused whole; after, ended with the error event and never `[DONE]`. `what`
+/// names the case in failures.
+fn assert_stream_cut(r: &Response, what: &str) {
+    let text = r.body_text();
+    match r.status {
+        429 => {
+            r.assert_refused(429, "budget_exhausted");
+        }
+        200 => assert!(
+            text.contains("budget_exhausted") && !text.contains("[DONE]"),
+            "{what}: the stream must be cut: {}",
+            &text[text.len().saturating_sub(400)..]
+        ),
+        other => panic!("{what}: {other} {text}"),
+    }
+}
+
 /// An upstream that sends a whole answer at once (a buffering gateway) far past what a call
 /// without `max_tokens` reserved: the chunk waits for an extension that covers it, and a ceiling
 /// with no room for one cuts the stream there. Passed on while the extension was still being
@@ -937,19 +955,7 @@ fn a_whole_answer_at_once_is_cut_at_the_ceiling_not_passed_over_it() {
             "x-mock-output-tokens: 20000\r\nx-mock-stream-whole: 1\r\n",
         );
         let text = r.body_text();
-        // Cut before its head left (pingora sends the head with the first chunk): refused
-        // whole; after: ended with the error event.
-        match r.status {
-            429 => {
-                r.assert_refused(429, "budget_exhausted");
-            }
-            200 => assert!(
-                text.contains("budget_exhausted") && !text.contains("[DONE]"),
-                "{limiter}: the stream must be cut: {}",
-                &text[text.len().saturating_sub(400)..]
-            ),
-            other => panic!("{limiter}: {other} {text}"),
-        }
+        assert_stream_cut(&r, limiter);
         // The ceiling (3,000 micro-units: 1,500 output tokens at most) stopped what
         // the client was given: well short of the answer's 20,000 events.
         let events = text.matches("data: ").count();
@@ -995,17 +1001,7 @@ fn a_capped_stream_whose_upstream_ignores_the_cap_is_cut_at_the_ceiling() {
                 &format!("x-mock-output-tokens: 20000\r\n{extra}"),
             );
             let text = r.body_text();
-            match r.status {
-                429 => {
-                    r.assert_refused(429, "budget_exhausted");
-                }
-                200 => assert!(
-                    text.contains("budget_exhausted") && !text.contains("[DONE]"),
-                    "{limiter} {body}: the stream must be cut: {}",
-                    &text[text.len().saturating_sub(400)..]
-                ),
-                other => panic!("{limiter} {body}: {other} {text}"),
-            }
+            assert_stream_cut(&r, &format!("{limiter} {body}"));
             // About 1,000 output tokens (250 words) to the day's ceiling: what passed is
             // bounded by it (and what the guard trusts a capped stream with).
             let words = text.matches("mock.").count();

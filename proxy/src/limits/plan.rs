@@ -110,11 +110,8 @@ pub fn plan(
         return Err(PlanError::UnknownTenant);
     };
     let workload = entry.workload_ceilings.get(&tenant.workload);
-    // Only a signed run id carries a budget, so an agent cannot start a fresh one.
-    let run = match (&tenant.budget, tenant.run.signed) {
-        (Some(budget), true) => Some((tenant.run.id.as_str(), budget)),
-        _ => None,
-    };
+    let who = subject(tenant);
+    let run = who.run;
     // SECURITY: work whose spend no response shows would pass every token and cost ceiling
     // unseen, so while one applies it is refused unless the tenant or workload allows it.
     // An LLM API's request the proxy does not know (see `Work::Unrecognized`) is an LLM call
@@ -155,11 +152,6 @@ pub fn plan(
             Some(prices)
         }
         _ => None,
-    };
-    let who = Subject {
-        tenant: &tenant.tenant,
-        workload: &tenant.workload,
-        run,
     };
     let keys = keys_for(who, entry.ceilings, workload, entry.calendar, now, kind);
     if kind == CallKind::Tool {
@@ -266,15 +258,25 @@ pub fn refuses_unmetered_for(config: &dyn LimitConfig, tenant: &TenantContext) -
     let Some(entry) = config.tenant_limits(&tenant.tenant) else {
         return false;
     };
-    let run = match (&tenant.budget, tenant.run.signed) {
-        (Some(budget), true) => Some(budget),
-        _ => None,
-    };
     refuses_unmetered(
         entry.ceilings,
         entry.workload_ceilings.get(&tenant.workload),
-        run,
+        subject(tenant).run.map(|(_, budget)| budget),
     )
+}
+
+/// Who `tenant`'s request is counted against. Only a signed run id carries a budget, so an
+/// agent cannot start a fresh one.
+fn subject(tenant: &TenantContext) -> Subject<'_> {
+    let run = match (&tenant.budget, tenant.run.signed) {
+        (Some(budget), true) => Some((tenant.run.id.as_str(), budget)),
+        _ => None,
+    };
+    Subject {
+        tenant: &tenant.tenant,
+        workload: &tenant.workload,
+        run,
+    }
 }
 
 /// `keys` (a stream's quota keys, fixed at its admission) with the ceilings `config` gives
@@ -293,18 +295,9 @@ pub fn ceilings_now(
     let Some(entry) = config.tenant_limits(&tenant.tenant) else {
         return keys.to_vec();
     };
-    let run = match (&tenant.budget, tenant.run.signed) {
-        (Some(budget), true) => Some((tenant.run.id.as_str(), budget)),
-        _ => None,
-    };
-    let who = Subject {
-        tenant: &tenant.tenant,
-        workload: &tenant.workload,
-        run,
-    };
     let workload = entry.workload_ceilings.get(&tenant.workload);
     let current = keys_for(
-        who,
+        subject(tenant),
         entry.ceilings,
         workload,
         entry.calendar,

@@ -534,14 +534,27 @@ fn tunnel_still_allowed(
     if !tunnel.connect_judged.due(snapshot.generation, now) {
         return Ok(());
     }
-    if let Some((decision, shadow)) = tunnel_connect_refused(snapshot, tenant, tunnel, now) {
-        let refusal = PolicyRefusal::of(&decision);
-        trail.decided(decision, snapshot);
-        trail.shadow = shadow;
-        return Err(Deny::PolicyDenied(refusal));
+    if let Some(refused) = tunnel_connect_refused(snapshot, tenant, tunnel, now) {
+        return Err(tunnel_withdrawn(refused, snapshot, trail));
     }
     tunnel.connect_judged.judged(snapshot.generation, now);
     Ok(())
+}
+
+/// The refusal of a request whose tunnel `snapshot`'s `connect` decision withdrew, noted for
+/// the record.
+fn tunnel_withdrawn(
+    (decision, shadow): (
+        crate::policy::Decision,
+        Option<crate::policy::shadow::ShadowDecision>,
+    ),
+    snapshot: &Snapshot,
+    trail: &mut Trail,
+) -> Deny {
+    let refusal = PolicyRefusal::of(&decision);
+    trail.decided(decision, snapshot);
+    trail.shadow = shadow;
+    Deny::PolicyDenied(refusal)
 }
 
 /// The tunnel's `connect` question asked now, and the decision when it refuses the tunnel: an
@@ -859,12 +872,8 @@ async fn admit_http(
             });
             // The tunnel it came in may have been withdrawn meanwhile (a `connect` forbid).
             if let (Some(now), Some(t)) = (now.as_deref(), tunnel) {
-                if let Some((decision, shadow)) = tunnel_connect_refused(now, &tenant, t, fx.now())
-                {
-                    let refusal = PolicyRefusal::of(&decision);
-                    trail.decided(decision, now);
-                    trail.shadow = shadow;
-                    return Err(Deny::PolicyDenied(refusal));
+                if let Some(refused) = tunnel_connect_refused(now, &tenant, t, fx.now()) {
+                    return Err(tunnel_withdrawn(refused, now, trail));
                 }
             }
             if let Some(asking_now) = &asking_now {

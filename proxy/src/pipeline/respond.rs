@@ -213,7 +213,6 @@ pub struct Stages {
     /// An LLM call's response that no meter can read (compressed, or of a type that carries no
     /// usage the proxy reads): its usage is unknown, and counted so.
     unread: bool,
-
     /// Of an LLM call's answer, when no ceiling field of its API caps its output, the bytes
     /// seen so far (see [`Stages::output_seen`]); `None` when they bound nothing.
     uncapped_bytes: Option<u64>,

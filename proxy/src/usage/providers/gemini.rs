@@ -141,15 +141,12 @@ impl Provider for Gemini {
                 // `fileData`: an image or audio is billed by its length, not its bytes), though
                 // a part of media alone is output all the same: at least a token.
                 for p in parts {
-                    let before = generated.nonempty;
-                    generated.add_all(
+                    let media = p.get("inlineData").or_else(|| p.get("fileData"));
+                    generated.add_part(
                         Some(p),
                         &["thoughtSignature", "thought", "inlineData", "fileData"],
+                        media.is_some_and(Value::is_object),
                     );
-                    let media = p.get("inlineData").or_else(|| p.get("fileData"));
-                    if generated.nonempty == before && media.is_some_and(Value::is_object) {
-                        generated.count_opaque();
-                    }
                 }
             }
         }

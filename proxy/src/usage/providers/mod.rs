@@ -223,11 +223,16 @@ impl Generated {
         }
     }
 
-    /// Counts one delta of output that carries no text (a chunk of audio data): at least a
-    /// token.
-    pub fn count_opaque(&mut self) {
-        self.deltas += 1;
-        self.nonempty += 1;
+    /// Counts a part as [`Self::add_all`] does; one whose only content is media (`media`: its
+    /// base64 data, skipped as no text) is one delta all the same, at least a token: a stream of
+    /// such parts went unguarded.
+    pub fn add_part(&mut self, part: Option<&Value>, skip: &[&str], media: bool) {
+        let before = self.nonempty;
+        self.add_all(part, skip);
+        if media && self.nonempty == before {
+            self.deltas += 1;
+            self.nonempty += 1;
+        }
     }
 
     /// Counts the strings and numbers under `value`; whether it held any.

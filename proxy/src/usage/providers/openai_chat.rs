@@ -295,12 +295,12 @@ impl Provider for OpenAiChat {
             // was thousands of tokens, and an honest capped audio stream was cut. A chunk of
             // audio data alone is output all the same: at least a token.
             if let Some(audio) = delta.get("audio") {
-                let before = generated.nonempty;
-                generated.add_all(Some(audio), &["data", "id", "expires_at"]);
                 let data = audio.get("data").and_then(Value::as_str);
-                if generated.nonempty == before && data.is_some_and(|d| !d.is_empty()) {
-                    generated.count_opaque();
-                }
+                generated.add_part(
+                    Some(audio),
+                    &["data", "id", "expires_at"],
+                    data.is_some_and(|d| !d.is_empty()),
+                );
             }
             // A tool call's name and arguments, not its index, id and type.
             if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
