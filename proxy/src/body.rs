@@ -474,6 +474,7 @@ pub fn classify(
     to: BodyDestination,
     cap: usize,
 ) -> Result<Classified, BodyError> {
+    refuse_foreign_charset(&body, headers)?;
     match to {
         BodyDestination::Mcp => Ok(Classified {
             body,
@@ -481,8 +482,18 @@ pub fn classify(
             decoded: false,
         }),
         BodyDestination::Other => {
-            refuse_method_override(&body, headers)?;
-            let llm = llm_request(&body).map_err(BodyError::Malformed)?;
+            // SECURITY: servers undo a request's `Content-Encoding` before they read a form or
+            // JSON (Express's body parsers inflate gzip, deflate and br by default; ASP.NET
+            // Core's request decompression too), so the checks read what they will read. The
+            // body goes on as it came: a server that takes the coding still gets it. A coding
+            // the proxy does not know, no framework undoes either.
+            let decoded = match readable_codings(headers)? {
+                Some(codings) => Some(decode_all(body.clone(), &codings, cap)?),
+                None => None,
+            };
+            let read = decoded.as_deref().unwrap_or(&body);
+            refuse_method_override(read, headers)?;
+            let llm = llm_request(read).map_err(BodyError::Malformed)?;
             Ok(Classified {
                 body,
                 llm,
@@ -491,6 +502,70 @@ pub fn classify(
         }
         BodyDestination::Llm => classify_llm(body, headers, cap),
     }
+}
+
+/// SECURITY: a body the proxy reads (JSON, a form, a multipart form, a body without a type,
+/// anything shaped like JSON) in a charset a server decodes other than as the proxy reads it
+/// (UTF-7's `+…-` runs turn ASCII into `","name":"wipe`; ISO-2022's escapes, EBCDIC, UTF-16)
+/// would be decided as one request and run as another (Express's JSON parser decodes the
+/// charset the type names): refused, `unsupported_media_type`.
+fn refuse_foreign_charset(body: &[u8], headers: &http::HeaderMap) -> Result<(), BodyError> {
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
+        return Ok(());
+    };
+    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let accepted = types
+        .all(|t| crate::charset::names_none_but(t.as_bytes(), crate::charset::ASCII_PRESERVING));
+    if accepted {
+        return Ok(());
+    }
+    let read = matches!(first, b'{' | b'[')
+        || match media_type(headers).as_deref() {
+            None | Some("" | "application/x-www-form-urlencoded") => true,
+            Some(t) => {
+                t.starts_with("multipart/") || t == "application/json" || t.ends_with("+json")
+            }
+        };
+    if !read {
+        return Ok(());
+    }
+    Err(BodyError::Unsupported(
+        "a body whose `Content-Type` names a charset other than UTF-8 (or US-ASCII, ISO-8859-1, \
+         windows-1252): the proxy reads it as UTF-8, and a server that decodes that charset \
+         would read another request than the one decided on; send it in UTF-8"
+            .into(),
+    ))
+}
+
+/// The codings of a request's `Content-Encoding` (see [`content_codings`]) when the proxy
+/// decodes every one of them: `None` without one, or when one is a coding it does not know.
+fn readable_codings(headers: &http::HeaderMap) -> Result<Option<Vec<Coding>>, BodyError> {
+    match content_codings(headers) {
+        Ok(codings) if codings.is_empty() => Ok(None),
+        Ok(codings) => Ok(Some(codings)),
+        Err(BodyError::Unsupported(_)) if !too_many_codings(headers) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the `Content-Encoding` lists more codings than are decoded ([`MAX_CODINGS`]).
+fn too_many_codings(headers: &http::HeaderMap) -> bool {
+    let listed: usize = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.split(',').filter(|t| !t.trim().is_empty()).count())
+        .sum();
+    listed > MAX_CODINGS
+}
+
+/// Undoes `codings` (in the order they were applied: the last first), bounded by `cap`.
+fn decode_all(body: Bytes, codings: &[Coding], cap: usize) -> Result<Bytes, BodyError> {
+    let mut bytes = body;
+    for coding in codings.iter().rev() {
+        bytes = Bytes::from(decode(&bytes, *coding, cap)?);
+    }
+    Ok(bytes)
 }
 
 /// SECURITY: a body that carries `_method` is run by web frameworks as that method, not the
@@ -503,8 +578,8 @@ pub fn classify(
 /// - a JSON object's top-level `_method` (Laravel reads JSON input as it reads forms);
 /// - in any ASCII case (`_METHOD`: ASP.NET Core's form collection ignores case).
 ///
-/// The name is looked for first, so bodies that do not carry it are not parsed; a
-/// `Content-Encoding` is not undone (frameworks do not undo it either).
+/// The name is looked for first, so bodies that do not carry it are not parsed. `body` is what
+/// the server reads: its `Content-Encoding` undone (see [`classify`]).
 fn refuse_method_override(body: &[u8], headers: &http::HeaderMap) -> Result<(), BodyError> {
     let name = crate::front::METHOD_PARAMETER;
     // Most bodies cannot spell it in any way a framework reads (as it is, `.method`,
@@ -677,11 +752,7 @@ fn classify_llm(
 ) -> Result<Classified, BodyError> {
     let codings = content_codings(headers)?;
     let decoded = !codings.is_empty();
-    let mut bytes = body;
-    // Codings are listed in the order they were applied: undo the last first.
-    for coding in codings.iter().rev() {
-        bytes = Bytes::from(decode(&bytes, *coding, cap)?);
-    }
+    let mut bytes = decode_all(body, &codings, cap)?;
     if bytes.starts_with(BOM) {
         bytes = bytes.slice(BOM.len()..);
     }
@@ -1034,6 +1105,23 @@ fn each_part(body: &[u8], boundary: &str, part: &mut PartVisitor<'_>) -> Result<
         };
         let head =
             std::str::from_utf8(head).map_err(|_| malformed("part headers that are not UTF-8"))?;
+        // SECURITY: a part's own charset decodes its value (busboy, hence multer, does): a
+        // `model` in ISO-2022-JP names another model than the bytes the proxy reads.
+        let foreign = head.split("\r\n").any(|line| {
+            line.split_once(':').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("content-type")
+                    && !crate::charset::names_none_but(
+                        value.as_bytes(),
+                        crate::charset::ASCII_PRESERVING,
+                    )
+            })
+        });
+        if foreign {
+            return Err(malformed(
+                "a part whose `Content-Type` names a charset other than UTF-8: a server would \
+                 decode its value to other text than the proxy reads",
+            ));
+        }
         let mut next = Vec::with_capacity(delimiter.len() + 2);
         next.extend_from_slice(b"\r\n");
         next.extend_from_slice(delimiter);
@@ -1272,6 +1360,108 @@ mod tests {
     }
 
     const CHAT: &[u8] = br#"{"model":"gpt-4o","max_tokens":7,"messages":[]}"#;
+
+    fn to(
+        to: BodyDestination,
+        body: Vec<u8>,
+        pairs: &[(&str, &str)],
+    ) -> Result<Classified, BodyError> {
+        classify(Bytes::from(body), &headers(pairs), to, 1 << 20)
+    }
+
+    /// A body the proxy reads, in a charset a server decodes otherwise (UTF-7 turns these bytes
+    /// into `","name":"wipe`), is refused toward every destination; an ASCII-preserving one, or
+    /// a body the proxy does not read (a CSV upload), passes.
+    #[test]
+    fn a_body_in_a_charset_a_server_reads_otherwise_is_refused() {
+        let hidden = br#"{"model":"cheap","x":"+ACIALAAiAG0AbwBkAGUAbAAiADoAIgBkAGUAYQBy-"}"#;
+        for dest in [
+            BodyDestination::Llm,
+            BodyDestination::Mcp,
+            BodyDestination::Other,
+        ] {
+            for content_type in [
+                "application/json; charset=utf-7",
+                "application/json; charset*=''utf-7",
+                "text/plain; charset=iso-2022-jp",
+                "application/x-www-form-urlencoded; charset=shift_jis",
+            ] {
+                let r = to(dest, hidden.to_vec(), &[("content-type", content_type)]);
+                assert!(
+                    matches!(r, Err(BodyError::Unsupported(_))),
+                    "{dest:?} {content_type}: {r:?}"
+                );
+            }
+            for content_type in [
+                "application/json",
+                "application/json; charset=UTF-8",
+                "application/json; charset=iso-8859-1",
+            ] {
+                let r = to(dest, CHAT.to_vec(), &[("content-type", content_type)]);
+                assert!(r.is_ok(), "{dest:?} {content_type}: {r:?}");
+            }
+        }
+        let csv = b"name,price\nfoo,1\n".to_vec();
+        assert!(to(
+            BodyDestination::Other,
+            csv,
+            &[("content-type", "text/csv; charset=windows-1250")]
+        )
+        .is_ok());
+        // A multipart part's own charset decodes its value too.
+        let part = "--b\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Type: text/plain; charset=iso-2022-jp\r\n\r\nwhisper-1\r\n--b--\r\n";
+        let r = to_llm(
+            part.into(),
+            &[("content-type", "multipart/form-data; boundary=b")],
+        );
+        assert!(matches!(r, Err(BodyError::Malformed(_))), "{r:?}");
+        let plain = part.replace("; charset=iso-2022-jp", "; charset=utf-8");
+        let r = to_llm(
+            plain.into(),
+            &[("content-type", "multipart/form-data; boundary=b")],
+        );
+        assert_eq!(r.unwrap().llm.model.as_deref(), Some("whisper-1"));
+    }
+
+    /// Toward any other destination a compressed body is read as the server will read it,
+    /// decoded (a method override or a model inside is seen), and forwarded as it came; a
+    /// coding the proxy does not know passes as it is (no framework undoes it either).
+    #[test]
+    fn a_compressed_body_to_another_destination_is_read_decoded_and_sent_as_it_came() {
+        let json = [
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ];
+        let r = to(
+            BodyDestination::Other,
+            gzip(br#"{"_method":"DELETE"}"#),
+            &json,
+        );
+        assert!(matches!(r, Err(BodyError::Malformed(_))), "{r:?}");
+        let form = [
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("content-encoding", "deflate"),
+        ];
+        let r = to(BodyDestination::Other, zlib(b"_method=DELETE"), &form);
+        assert!(matches!(r, Err(BodyError::Malformed(_))), "{r:?}");
+        let sent = gzip(br#"{"model":"dear"}"#);
+        let r = to(BodyDestination::Other, sent.clone(), &json).unwrap();
+        assert_eq!(r.llm.model.as_deref(), Some("dear"));
+        assert_eq!((&r.body[..], r.decoded), (&sent[..], false));
+        // Corrupt or a bomb: refused, as toward an LLM.
+        assert!(to(BodyDestination::Other, b"\x1f\x8bnot gzip".to_vec(), &json).is_err());
+        let bomb = gzip(&vec![b' '; 2 << 20]);
+        assert_eq!(
+            to(BodyDestination::Other, bomb, &json).unwrap_err(),
+            BodyError::TooLarge
+        );
+        let unknown = [
+            ("content-type", "application/octet-stream"),
+            ("content-encoding", "aes128gcm"),
+        ];
+        let r = to(BodyDestination::Other, b"\x00\x01opaque".to_vec(), &unknown).unwrap();
+        assert_eq!(&r.body[..], b"\x00\x01opaque");
+    }
 
     /// A form's or a multipart body's model list meets a JSON list's checks: at most 16
     /// distinct models (each is a decision and a line of the record; repeats are one), none

@@ -64,6 +64,7 @@ pub mod app;
 pub mod approvals;
 pub mod audit;
 pub mod body;
+pub mod charset;
 pub mod cli;
 pub mod clock;
 pub mod config;

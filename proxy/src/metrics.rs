@@ -3,6 +3,7 @@
 
 use std::sync::LazyLock;
 
+use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -436,7 +437,27 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         registry,
     };
-    let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+    for c in collectors(&m) {
+        m.registry.register(c)?;
+    }
+    // Families whose only labels are enum codes have every series from the start, at zero, so
+    // a dashboard or an alert on `rate()` sees them before their first event. (Families with a
+    // tenant label cannot: tenant ids are open-ended.)
+    for result in ["ok", "error"] {
+        m.config_reloads.with_label_values(&[result]);
+    }
+    for result in ["hit", "miss"] {
+        m.leaf_certificates.with_label_values(&[result]);
+    }
+    for reason in OVERLOAD_REASONS {
+        m.overload_refusals.with_label_values(&[reason]);
+    }
+    Ok(m)
+}
+
+/// Every family, as the registry takes them.
+fn collectors(m: &Metrics) -> Vec<Box<dyn prometheus::core::Collector>> {
+    vec![
         Box::new(m.requests.clone()),
         Box::new(m.request_duration.clone()),
         Box::new(m.upstream_duration.clone()),
@@ -486,23 +507,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(m.approval_holds_pending.clone()),
         Box::new(m.approval_outcomes.clone()),
         Box::new(m.approval_decision_duration.clone()),
-    ];
-    for c in collectors {
-        m.registry.register(c)?;
-    }
-    // Families whose only labels are enum codes have every series from the start, at zero, so
-    // a dashboard or an alert on `rate()` sees them before their first event. (Families with a
-    // tenant label cannot: tenant ids are open-ended.)
-    for result in ["ok", "error"] {
-        m.config_reloads.with_label_values(&[result]);
-    }
-    for result in ["hit", "miss"] {
-        m.leaf_certificates.with_label_values(&[result]);
-    }
-    for reason in OVERLOAD_REASONS {
-        m.overload_refusals.with_label_values(&[reason]);
-    }
-    Ok(m)
+    ]
 }
 
 /// Every `reason` of `tenant_proxy_overload_refusals_total`.
@@ -542,6 +547,59 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of every tenant `is_served` says is no longer served, so a deployment
+    /// that adds and removes tenants does not export (and keep in memory) their series until a
+    /// restart. Called with each configuration a reload loads.
+    ///
+    /// A gauge still above zero (a connection, tunnel or hold of the removed tenant still open, a
+    /// partition still failing) is kept: removing it would bring it back below zero when the
+    /// thing it counts ends. A removed tenant's request still in flight recreates its counters
+    /// from zero, which the next reload drops again.
+    pub fn forget_tenants(&self, is_served: impl Fn(&str) -> bool) {
+        let keep = |tenant: &str| tenant == TENANT_NONE || is_served(tenant);
+        for family in self.tenant_families() {
+            family.forget(&keep);
+        }
+    }
+
+    /// Every family labelled by tenant (a unit test checks none is missing).
+    fn tenant_families(&self) -> [&dyn TenantSeries; 32] {
+        [
+            &self.requests,
+            &self.request_duration,
+            &self.upstream_duration,
+            &self.upstream_errors,
+            &self.cost_ceiling_micros,
+            &self.audit_refusals,
+            &self.audit_partition_failing,
+            &self.audit_held_records,
+            &self.policy_decision_cache,
+            &self.credential_substitutions,
+            &self.credential_scrubbed,
+            &self.credential_token_grants,
+            &self.llm_tokens,
+            &self.llm_hosted_tool_calls,
+            &self.llm_cost_micros,
+            &self.stream_cuts,
+            &self.llm_usage_unknown,
+            &self.tunnels,
+            &self.tunnels_open,
+            &self.tunnel_bytes,
+            &self.tunnel_handshake_failures,
+            &self.tunnel_tls_handshakes,
+            &self.egress_refusals,
+            &self.mcp_tool_calls,
+            &self.mcp_tools_hidden,
+            &self.mcp_decisions,
+            &self.mcp_hidden,
+            &self.shadow_decisions,
+            &self.tenant_connections_open,
+            &self.approval_holds_pending,
+            &self.approval_outcomes,
+            &self.approval_decision_duration,
+        ]
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let dropped = crate::logging::dropped_lines();
@@ -555,6 +613,41 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out
+    }
+}
+
+/// A family whose series can be dropped by their `tenant` label.
+trait TenantSeries {
+    fn forget(&self, keep: &dyn Fn(&str) -> bool);
+    #[cfg(test)]
+    fn name(&self) -> String;
+}
+
+impl<T: MetricVecBuilder> TenantSeries for MetricVec<T> {
+    fn forget(&self, keep: &dyn Fn(&str) -> bool) {
+        use prometheus::core::Collector as _;
+        for family in self.collect() {
+            for series in family.get_metric() {
+                let labels: std::collections::HashMap<&str, &str> = series
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                let gone = labels.get("tenant").is_some_and(|tenant| !keep(tenant));
+                // 0 for a counter's or a histogram's series.
+                let open = series.get_gauge().get_value() != 0.0;
+                if gone && !open {
+                    // Err only when the series is already gone (a concurrent sweep).
+                    let _ = self.remove(&labels);
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn name(&self) -> String {
+        use prometheus::core::Collector as _;
+        self.desc().iter().map(|d| d.fq_name.clone()).collect()
     }
 }
 
@@ -636,6 +729,78 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// A reload that removes a tenant drops its series from every family labelled by tenant,
+    /// keeps the served tenants' and the unidentified (`none`) ones, and keeps a gauge of the
+    /// removed tenant that still counts something open.
+    #[test]
+    fn a_removed_tenants_series_are_dropped() {
+        let m = build().expect("metrics");
+        for tenant in ["acme", "gone", TENANT_NONE] {
+            m.requests.with_label_values(&[tenant, "allow", "ok"]).inc();
+            m.request_duration
+                .with_label_values(&[tenant])
+                .observe(0.01);
+            m.llm_cost_micros.with_label_values(&[tenant]).inc_by(5);
+            m.tunnels_open.with_label_values(&[tenant]).set(0);
+        }
+        m.tenant_connections_open
+            .with_label_values(&["gone"])
+            .set(1);
+        m.forget_tenants(|tenant| tenant == "acme");
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(
+            text.contains(r#"tenant_proxy_tenant_connections_open{tenant="gone"} 1"#),
+            "an open connection's gauge stays: {text}"
+        );
+        let gone: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.contains(r#"tenant="gone""#)
+                    && !l.starts_with("tenant_proxy_tenant_connections_open")
+            })
+            .collect();
+        assert!(gone.is_empty(), "{gone:?}");
+        for tenant in ["acme", TENANT_NONE] {
+            for family in [
+                "requests_total",
+                "request_duration_seconds_count",
+                "llm_cost_micros_total",
+                "tunnels_open",
+            ] {
+                let prefix = format!("tenant_proxy_{family}{{");
+                assert!(
+                    text.lines()
+                        .any(|l| l.starts_with(&prefix)
+                            && l.contains(&format!(r#"tenant="{tenant}""#))),
+                    "{family} of {tenant} kept: {text}"
+                );
+            }
+        }
+        // Once the connection closes, the next reload drops its gauge too.
+        m.tenant_connections_open
+            .with_label_values(&["gone"])
+            .set(0);
+        m.forget_tenants(|tenant| tenant == "acme");
+        assert!(!String::from_utf8(m.render())
+            .expect("utf8")
+            .contains(r#"tenant="gone""#));
+    }
+
+    /// `tenant_families` names every registered family with a `tenant` label.
+    #[test]
+    fn every_tenant_labelled_family_can_be_forgotten() {
+        let m = build().expect("metrics");
+        let labelled: std::collections::BTreeSet<String> = collectors(&m)
+            .iter()
+            .flat_map(|c| c.desc().into_iter())
+            .filter(|d| d.variable_labels.iter().any(|l| l == "tenant"))
+            .map(|d| d.fq_name.clone())
+            .collect();
+        let forgettable: std::collections::BTreeSet<String> =
+            m.tenant_families().iter().map(|f| f.name()).collect();
+        assert_eq!(labelled, forgettable);
     }
 
     #[test]

@@ -534,9 +534,13 @@ fn revocation_text(path: &Path) -> std::io::Result<String> {
     })
 }
 
-/// Publishes what the metrics show of a snapshot about to be served: its cost ceilings.
+/// Publishes what the metrics show of a snapshot about to be served: its cost ceilings, and no
+/// series of a tenant it no longer serves.
 fn publish_metrics(snapshot: &Snapshot) {
-    METRICS.publish_cost_ceilings(snapshot.tenants.tenants.iter().map(|(id, t)| {
+    let tenants = &snapshot.tenants.tenants;
+    let served: HashSet<&str> = tenants.keys().map(|id| id.as_str()).collect();
+    METRICS.forget_tenants(|tenant| served.contains(tenant));
+    METRICS.publish_cost_ceilings(tenants.iter().map(|(id, t)| {
         (
             id.as_str(),
             t.limits.cost_per_day_micros,

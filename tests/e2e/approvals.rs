@@ -696,12 +696,17 @@ fn a_request_whose_run_was_closed_while_held_is_refused_once_approved() {
 
 /// A request whose body is still arriving when a reload forbids where it goes is decided under
 /// the configuration it is complete under (nothing was decided before its body), and one of a
-/// run closed meanwhile is refused: the agent chooses how long its body takes.
+/// run closed, or of a token expired, meanwhile is refused: the agent chooses how long its body
+/// takes.
 #[test]
 fn a_request_whose_body_arrives_after_a_reload_or_a_run_close_is_decided_then() {
     use std::io::{BufReader, Write};
     let origin = Origin::start();
-    let proxy = Proxy::start(spec(origin.port));
+    let mut spec = spec(origin.port);
+    if let Some(token) = spec.tenants.token.as_mut() {
+        token.leeway = Some(Duration::from_secs(1));
+    }
+    let proxy = Proxy::start(spec);
     let agent_token = token(TokenOpts {
         tenant: "globex",
         workload: "agent",
@@ -709,7 +714,7 @@ fn a_request_whose_body_arrives_after_a_reload_or_a_run_close_is_decided_then() 
         ..Default::default()
     });
     let body = r#"{"note":"slow"}"#;
-    let head = |path: &str| {
+    let head_with = |path: &str, agent_token: &str| {
         format!(
             "POST http://127.0.0.1:{port}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nProxy-Authorization: Bearer {agent_token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
             body.len(),
@@ -717,6 +722,7 @@ fn a_request_whose_body_arrives_after_a_reload_or_a_run_close_is_decided_then() 
             port = origin.port,
         )
     };
+    let head = |path: &str| head_with(path, &agent_token);
     let send_rest = |mut conn: std::net::TcpStream| {
         conn.write_all(&body.as_bytes()[4..]).unwrap();
         read_response(&mut BufReader::new(conn)).unwrap()
@@ -741,6 +747,24 @@ fn a_request_whose_body_arrives_after_a_reload_or_a_run_close_is_decided_then() 
     std::thread::sleep(Duration::from_millis(1200));
     let r = send_rest(conn);
     r.assert_refused(403, "run_closed");
+    // A token that expires (past its leeway of a second) while the body arrives, no reload
+    // meanwhile: refused, its tenant's secret never put in.
+    let t = now();
+    let expiring = token(TokenOpts {
+        tenant: "globex",
+        workload: "agent",
+        issued_at: t - 299,
+        ttl_secs: 300,
+        ..Default::default()
+    });
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", proxy.shared_port)).unwrap();
+    conn.write_all(head_with("/open/expiring", &expiring).as_bytes())
+        .unwrap();
+    while now() <= t + 2 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = send_rest(conn);
+    r.assert_refused(407, "identity_invalid");
     assert!(
         origin
             .requests()

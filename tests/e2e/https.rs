@@ -574,6 +574,60 @@ fn opaque_tunnels_pass_bytes_and_are_audited_with_counts() {
     assert!(t["bytes_out"].as_u64().unwrap() > 500, "{t}");
 }
 
+/// A tunnel policy lets pass opaquely holds its client to the host it was decided on: a TLS
+/// SNI naming another site at the same address (here `llm.test`, where acme's credentials are
+/// bound and tunnels are intercepted) is cut before a byte reaches the server, recorded as
+/// `host_mismatch`; plain HTTP inside is read as HTTP, each request decided on its own `Host`.
+#[test]
+fn an_opaque_tunnel_holds_its_client_to_the_tunnels_host() {
+    let h = start_https(|_| {});
+    let authority = format!("pinned.test:{}", h.mock);
+    let (sock, status, text) = connect(h.proxy.sidecar_port, &authority, "");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        tls_over(sock, "llm.test", &h.origin_ca).is_err(),
+        "a ClientHello for another host passed the opaque tunnel"
+    );
+    let record = record_when_written(&h, |r| r["reason"] == "host_mismatch");
+    assert_eq!(record["method"], "CONNECT", "{record}");
+    assert_eq!(record["host"], "pinned.test", "{record}");
+    assert_eq!(record["decision"], "deny", "{record}");
+    assert!(h.proxy.metrics().contains(
+        r#"tenant_proxy_tunnel_handshake_failures_total{reason="sni_mismatch",tenant="acme"} 1"#
+    ));
+
+    // Its own name passes, upper case and with a trailing dot as well.
+    for sni in ["pinned.test", "PINNED.test."] {
+        let (sock, status, _) = connect(h.proxy.sidecar_port, &authority, "");
+        assert_eq!(status, 200);
+        let mut tls = tls_over(sock, sni, &h.origin_ca).unwrap();
+        let r = request_over(
+            &mut tls,
+            &format!("GET /pinned/echo HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(r.status, 200, "{sni}: {}", r.body_text());
+    }
+
+    // Plain HTTP inside: another host's `Host` is refused, and the tunnel's own host is asked
+    // of the `http` policy (which permits it only over HTTPS).
+    for (host, code) in [
+        ("llm.test", "host_mismatch"),
+        ("pinned.test", "policy_denied"),
+    ] {
+        let (mut sock, status, _) = connect(h.proxy.sidecar_port, &authority, "");
+        assert_eq!(status, 200);
+        write!(
+            sock,
+            "GET /pinned/echo HTTP/1.1\r\nHost: {host}:{}\r\nConnection: close\r\n\r\n",
+            h.mock
+        )
+        .unwrap();
+        let r = read_response(&mut BufReader::new(sock)).unwrap();
+        let body = r.json();
+        assert_eq!(body["error"]["code"], code, "{host}: {body}");
+    }
+}
+
 /// A host that keeps what it is sent (the recording origin's `/logged/`), over TLS as
 /// `kept.test`, where acme's credential `kept` is bound and policy would let a tunnel pass
 /// opaquely: what it kept from a substituted request must come back scrubbed, so the tunnel is

@@ -1288,6 +1288,27 @@ fn bodies_in_memory_and_connections_are_capped() {
         "connection_limit",
         "globex never counts against acme's connections"
     );
+    // A client that holds both tenants' tokens and one pool: globex's requests on acme's three
+    // connections count them against globex as well, so its own fourth is over its cap.
+    let mut open = open;
+    for (i, (_, reader)) in open.iter_mut().enumerate() {
+        reader
+            .get_mut()
+            .write_all(
+                format!(
+                    "GET {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nProxy-Authorization: Bearer {globex}\r\n\r\n",
+                    url(&format!("/globex/pooled-{i}")),
+                    origin.port
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        let r = read_response(reader).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (r, _) = keep(&globex, "/globex/conn-over");
+    r.assert_refused(429, "connection_limit");
     drop(open);
     std::thread::sleep(Duration::from_millis(300));
     let (r, _) = keep(&acme, "/acme/conn-after");

@@ -521,6 +521,65 @@ fn cost_ceiling_gauges_follow_the_tenant_file_per_tenant() {
     );
 }
 
+/// A tenant taken out of the tenant file leaves the metrics at the reload: none of its series
+/// stays exported until a restart, while the tenants still served keep theirs.
+#[test]
+fn a_removed_tenants_series_leave_the_metrics() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let globex = token_for("globex", "agent");
+    let shared = |path: &str| {
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, path),
+            Some(&globex),
+            "Connection: close\r\n",
+        )
+    };
+    assert_eq!(shared("/globex/y").status, 200);
+    assert_eq!(
+        forward_get(proxy.sidecar_port, &url(&origin, "/acme/x"), None, "").status,
+        200
+    );
+    let globex_series = |metrics: &str| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| l.contains(r#"tenant="globex""#))
+            .map(str::to_owned)
+            .collect()
+    };
+    // globex's connection has closed: its gauge is back at 0, so nothing of it stays open.
+    wait_for("globex's connection closed", || {
+        proxy
+            .metrics()
+            .contains("tenant_proxy_tenant_connections_open{tenant=\"globex\"} 0\n")
+    });
+    let before = proxy.metrics();
+    assert!(
+        globex_series(&before)
+            .iter()
+            .any(|l| l.starts_with("tenant_proxy_requests_total{")),
+        "{before}"
+    );
+
+    let reloads = proxy.reloads_ok();
+    let mut without_globex = proxy.tenants().clone();
+    without_globex.tenants.remove("globex");
+    proxy.write_tenants(&without_globex);
+    proxy.wait_reload_after(reloads);
+    let after = proxy.metrics();
+    assert_eq!(globex_series(&after), Vec::<String>::new());
+    assert!(
+        after.lines().any(
+            |l| l.starts_with("tenant_proxy_requests_total{") && l.contains(r#"tenant="acme""#)
+        ),
+        "{after}"
+    );
+    // Its token is refused now, and the refusal is counted without its name.
+    assert_eq!(shared("/globex/z").status, 407);
+    assert_eq!(globex_series(&proxy.metrics()), Vec::<String>::new());
+}
+
 /// Taking the workload a sidecar listener is bound to out of the tenant file cuts it off: the
 /// reload applies (refusing it would keep serving the workload the operator removed), the
 /// listener refuses every request with `identity_invalid`, on a kept-alive connection too, and

@@ -87,38 +87,6 @@ impl Framing {
     }
 }
 
-/// Whether `content_type` names no charset, or UTF-8. The filter reads bytes as UTF-8; a client
-/// decodes with the charset the response names, so in UTF-16 or EBCDIC it would read a list the
-/// filter found no line of.
-///
-/// SECURITY: every parameter a client may take for the charset counts: RFC 2231's `charset*`
-/// and `charset*0` too (Python's `email` reads `charset*=''utf-7`, and httpx decodes an event
-/// stream with it), and any other spelling of `charset` this reading does not take apart
-/// refuses the type.
-pub fn charset_is_utf8(content_type: &[u8]) -> bool {
-    let mut read = 0;
-    let all_utf8 = content_type.split(|b| *b == b';').skip(1).all(|param| {
-        let Some(eq) = param.iter().position(|b| *b == b'=') else {
-            return true;
-        };
-        let (name, value) = (param[..eq].trim_ascii(), param[eq + 1..].trim_ascii());
-        if !name.eq_ignore_ascii_case(b"charset") {
-            return true;
-        }
-        read += 1;
-        let value = value
-            .strip_prefix(b"\"")
-            .and_then(|v| v.strip_suffix(b"\""))
-            .unwrap_or(value);
-        value.eq_ignore_ascii_case(b"utf-8") || value.eq_ignore_ascii_case(b"utf8")
-    });
-    let named = content_type
-        .windows(b"charset".len())
-        .filter(|w| w.eq_ignore_ascii_case(b"charset"))
-        .count();
-    all_utf8 && named == read
-}
-
 /// Items removed from lists so far, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hidden {
@@ -962,36 +930,6 @@ mod tests {
         // Under `/`, every path is the server's.
         let mut f = ListFilter::new(Framing::Sse, Vec::new(), 1 << 20).with_endpoint("/", sealer());
         assert!(run(&mut f, &[b"event: endpoint\ndata: /messages?s=1\n\n"]).is_ok());
-    }
-
-    #[test]
-    fn only_utf8_or_no_charset_is_read() {
-        for ok in [
-            "text/event-stream",
-            "text/event-stream; charset=utf-8",
-            "application/json;charset=UTF-8",
-            "application/json; charset=\"utf-8\"",
-            "text/event-stream; charset=utf8; x=y",
-        ] {
-            assert!(charset_is_utf8(ok.as_bytes()), "{ok}");
-        }
-        for not in [
-            "text/event-stream; charset=utf-16",
-            "text/event-stream;charset=UTF-16BE",
-            "application/json; charset=\"utf-32\"",
-            "text/event-stream; x=y; Charset=cp500",
-            // RFC 2231's forms, which Python's `email` (and so httpx) reads as the charset.
-            "text/event-stream; charset*=''utf-7",
-            "text/event-stream; charset*0=utf-7",
-            "text/event-stream; charset*0*=''utf-7",
-            "text/event-stream; charset=utf-8; charset*=''utf-7",
-            // Any other spelling this reading does not take apart.
-            "text/event-stream; x=\"a;charset=utf-7\"",
-            "text/event-stream, charset=utf-7",
-            "text/event-stream; charset",
-        ] {
-            assert!(!charset_is_utf8(not.as_bytes()), "{not}");
-        }
     }
 
     #[test]

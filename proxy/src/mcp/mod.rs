@@ -300,7 +300,8 @@ pub fn response_filter(
         .flatten();
     let framing = content_type.and_then(|v| Framing::for_content_type(v.as_bytes()));
     if framing.is_some()
-        && !content_type.is_some_and(|v| list_filter::charset_is_utf8(v.as_bytes()))
+        && !content_type
+            .is_some_and(|v| crate::charset::names_none_but(v.as_bytes(), crate::charset::UTF8))
     {
         return Err(Unfilterable("the response's charset is not UTF-8"));
     }

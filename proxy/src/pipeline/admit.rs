@@ -649,18 +649,24 @@ async fn admit_http(
     grant.body_hold = hold;
     // SECURITY: a body may take as long as `client_body_timeout` to arrive, at a pace the agent
     // chooses. Nothing was decided yet but where the request goes: a reload meanwhile (a forbid
-    // added, a credential unbound) decides it, as it does a fresh request's, and a run closed
-    // meanwhile refuses it, as it ends a stream of the run (looked at once the body took as
-    // long as a stream waits between looks, so a quick body costs no second round trip).
-    if let Some(now) = fx.reloaded_since(&snapshot) {
+    // added, a credential unbound) decides it, as it does a fresh request's; an identity that
+    // lapsed meanwhile (its token expired or revoked, on this replica's list or the shared one,
+    // its certificate expired) and a run closed meanwhile refuse it, as they end a stream (looked
+    // at once the body took as long as a stream waits between looks, so a quick body costs
+    // nothing more).
+    let reloaded = fx.reloaded_since(&snapshot);
+    let slow = reading.elapsed() >= super::lapse::RECHECK;
+    if reloaded.is_some() || slow {
         fx.still_accepted(who)?;
+    }
+    if let Some(now) = reloaded {
         snapshot = now;
         destination = destination_under(&snapshot, &source, trail)?;
         if let Some(t) = tunnel {
             tunnel_still_allowed(&snapshot, &tenant, t, fx.now(), trail)?;
         }
     }
-    if reading.elapsed() >= super::lapse::RECHECK {
+    if slow {
         fx.sight_run(&tenant, snapshot.token_leeway()).await?;
     }
     // A tenant already over its request rate is refused now, before its body is decoded and

@@ -56,6 +56,13 @@ impl TenantCounts {
     }
 }
 
+impl TenantSlot {
+    /// The tenant this slot is held for.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+}
+
 impl Drop for TenantSlot {
     fn drop(&mut self) {
         let mut open = self.counts.open.lock().unwrap_or_else(|p| p.into_inner());

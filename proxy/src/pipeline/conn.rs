@@ -88,6 +88,9 @@ pub struct ConnFacts {
     /// The tenant this connection counts against, once known (its first identified request, or
     /// the tunnel that carries it).
     pub tenant_slot: OnceLock<Arc<TenantSlot>>,
+    /// The slots of the other tenants whose requests this connection carried since (a client
+    /// that holds several tenants' tokens and one pool of connections): each counts it too.
+    pub other_tenant_slots: std::sync::Mutex<Vec<TenantSlot>>,
     /// For a connection captured by a transparent listener, the address its client dialed:
     /// the only one its requests may be sent to (their `Host` must resolve to it).
     pub original: Option<std::net::SocketAddr>,

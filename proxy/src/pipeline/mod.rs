@@ -127,26 +127,40 @@ impl Effects for Shared {
         connection: Option<&ConnFacts>,
         tenant: &TenantId,
     ) -> Result<Option<TenantSlot>, Deny> {
-        // A connection is counted once: at its first identified request, or (a tunnel's) at its
-        // `CONNECT`. HTTP/2 connections inside tunnels were counted with the tunnel.
-        if connection.is_some_and(|c| c.tenant_slot.get().is_some()) {
+        // A connection is counted once for each tenant whose requests it carries: at its first
+        // identified request, or (a tunnel's) at its `CONNECT`. HTTP/2 connections inside
+        // tunnels were counted with the tunnel.
+        let open = |tenant: &TenantId| {
+            let max = self.config.limits.max_connections_per_tenant;
+            self.connections.try_open(tenant, max).ok_or_else(|| {
+                METRICS
+                    .overload_refusals
+                    .with_label_values(&["tenant_cap"])
+                    .inc();
+                Deny::ConnectionLimit(max)
+            })
+        };
+        let Some(facts) = connection else {
+            return open(tenant).map(Some);
+        };
+        let Some(first) = facts.tenant_slot.get() else {
+            let _ = facts.tenant_slot.set(Arc::new(open(tenant)?));
+            return Ok(None);
+        };
+        if first.tenant() == tenant {
             return Ok(None);
         }
-        let max = self.config.limits.max_connections_per_tenant;
-        let Some(slot) = self.connections.try_open(tenant, max) else {
-            METRICS
-                .overload_refusals
-                .with_label_values(&["tenant_cap"])
-                .inc();
-            return Err(Deny::ConnectionLimit(max));
-        };
-        match connection {
-            Some(facts) => {
-                let _ = facts.tenant_slot.set(Arc::new(slot));
-                Ok(None)
-            }
-            None => Ok(Some(slot)),
+        // SECURITY (cost axis): a connection that carries another tenant's request counts
+        // against that tenant as well, or one tenant's pooled connections would be counted
+        // against (and use up) the cap of the tenant that opened them.
+        let mut others = facts
+            .other_tenant_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !others.iter().any(|s| s.tenant() == tenant) {
+            others.push(open(tenant)?);
         }
+        Ok(None)
     }
 
     async fn sight_run(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny> {

@@ -281,9 +281,25 @@ async fn http(
     header: &RequestHeader,
     body: Option<&str>,
 ) -> (String, Trail) {
+    http_bytes(
+        fx,
+        snapshot,
+        header,
+        body.map(|b| Bytes::from(b.to_string())),
+    )
+    .await
+}
+
+/// [`http`] with a body that need not be text (a compressed one).
+async fn http_bytes(
+    fx: &dyn Effects,
+    snapshot: &Arc<Snapshot>,
+    header: &RequestHeader,
+    body: Option<Bytes>,
+) -> (String, Trail) {
     let mut trail = Trail::new(Arc::from("l"), String::new());
     let ask = Ask::Http {
-        source: BodySource::Given(header, body.map(|b| Bytes::from(b.to_string()))),
+        source: BodySource::Given(header, body),
         tunnel: None,
     };
     let got = admit::admit(
@@ -446,6 +462,12 @@ async fn a_header_read_by_one_value_has_one_reading_and_every_coding_counts() {
     }
     // A coding on a second line is a coding: the body cannot be scanned, toward a host where
     // acme's key is managed.
+    let gzipped = {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(br#"{"a":1}"#).unwrap();
+        Bytes::from(e.finish().unwrap())
+    };
     for codings in [
         &[
             ("content-encoding", "identity"),
@@ -461,7 +483,7 @@ async fn a_header_read_by_one_value_has_one_reading_and_every_coding_counts() {
         let mut headers = vec![json];
         headers.extend_from_slice(codings);
         let fx = Recording::new(&config, None);
-        let (code, _) = http(&fx, &snapshot, &post(&headers), Some("gzipped")).await;
+        let (code, _) = http_bytes(&fx, &snapshot, &post(&headers), Some(gzipped.clone())).await;
         assert_eq!(code, "credential_scan_incomplete", "{codings:?}");
     }
     let fx = Recording::new(&config, None);

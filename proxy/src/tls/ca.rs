@@ -815,6 +815,11 @@ impl TunnelCertResolver {
     pub fn accepts(&self, sni: Option<&str>) -> bool {
         sni.is_none_or(|s| normalize_name(s) == self.expected)
     }
+
+    /// Whether an SNI names `host` (a normalized `CONNECT` host), as [`Self::accepts`] reads it.
+    pub fn same_name(sni: &str, host: &str) -> bool {
+        normalize_name(sni) == host
+    }
 }
 
 impl ResolvesServerCert for TunnelCertResolver {

@@ -28,21 +28,25 @@ pub enum Sniffed {
     Other,
 }
 
-/// Reads from `stream` until its first bytes are recognized. Returns what they are and every
-/// byte read; `None` when the client closed (or failed) before sending a byte, or in the middle
-/// of its ClientHello.
+/// Reads from `stream`, after the bytes of it already read (`early`), until its first bytes are
+/// recognized. Returns what they are and every byte read; `None` when the client closed (or
+/// failed) before sending a byte, or in the middle of its ClientHello.
 /// `first_wait` bounds the wait for the first byte (after it, nothing is waited for: a client
 /// that sends nothing may be waiting for the server); `hello_wait` the whole ClientHello.
 pub async fn sniff<S: AsyncRead + Unpin>(
     stream: &mut S,
+    early: Vec<u8>,
     first_wait: Duration,
     hello_wait: Duration,
 ) -> Option<(Sniffed, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(1024);
-    match tokio::time::timeout(first_wait, read_some(stream, &mut buf)).await {
-        Err(_) => return Some((Sniffed::Other, buf)),
-        Ok(0) => return None,
-        Ok(_) => {}
+    let mut buf = early;
+    if buf.is_empty() {
+        buf.reserve(1024);
+        match tokio::time::timeout(first_wait, read_some(stream, &mut buf)).await {
+            Err(_) => return Some((Sniffed::Other, buf)),
+            Ok(0) => return None,
+            Ok(_) => {}
+        }
     }
     if buf[0] == TLS_HANDSHAKE {
         let hello = tokio::time::timeout(hello_wait, client_hello(stream, &mut buf)).await;
@@ -225,6 +229,7 @@ mod tests {
         let mut reader = bytes;
         sniff(
             &mut reader,
+            Vec::new(),
             Duration::from_millis(100),
             Duration::from_millis(100),
         )
@@ -303,6 +308,7 @@ mod tests {
             .unwrap();
         sniff(
             &mut server,
+            Vec::new(),
             Duration::from_millis(50),
             Duration::from_millis(50),
         )
@@ -366,6 +372,7 @@ mod tests {
         let (_client, mut server) = tokio::io::duplex(64);
         let got = sniff(
             &mut server,
+            Vec::new(),
             Duration::from_millis(50),
             Duration::from_millis(50),
         )

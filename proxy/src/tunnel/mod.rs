@@ -356,6 +356,56 @@ impl EgressApp {
         }
         trail.outcome = Outcome::Forwarded;
         if let Some((upstream, addr)) = upstream {
+            // A captured client that sent nothing within the sniffing's wait was taken for a
+            // protocol in which the server speaks first, and decided on the address alone.
+            let mut vet = (matches!(opened, Opened::CapturedOther(_)) && early.is_empty())
+                .then_some(crate::transparent::sniff::speaks_first_late as opaque::Vet);
+            let mut early = early;
+            if matches!(opened, Opened::Connect) {
+                match self.opaque_start(&mut stream, early, &head.host).await {
+                    OpaqueStart::Relay(first) => {
+                        vet = first
+                            .is_empty()
+                            .then_some(crate::transparent::sniff::speaks_first_late as opaque::Vet);
+                        early = first;
+                    }
+                    OpaqueStart::Closed => {
+                        trail.finish_tunnel(&self.shared.runs, 200).await;
+                        return;
+                    }
+                    OpaqueStart::SniMismatch => {
+                        self.sni_mismatch(trail).await;
+                        return;
+                    }
+                    OpaqueStart::Refused(deny) => {
+                        trail.refuse(deny);
+                        trail.finish_tunnel(&self.shared.runs, 0).await;
+                        return;
+                    }
+                    OpaqueStart::Http(first) => {
+                        // SECURITY: HTTP inside the tunnel is read as HTTP, each request
+                        // decided on its own `Host` and path, as in a tunnel policy does not
+                        // let pass: relayed unread, its `Host` could name any other site
+                        // served at the address.
+                        drop(upstream);
+                        let tunnel = Tunnel {
+                            id: trail.request_id.clone(),
+                            identity,
+                            host: head.host.clone(),
+                            port: head.port,
+                            original: None,
+                            scheme: Scheme::Http,
+                            connect_judged: ConnectJudged::new(
+                                generation,
+                                crate::clock::unix_now_i64(),
+                            ),
+                        };
+                        self.serve_plain(stream, &first, trail, tunnel, connection, shutdown)
+                            .await;
+                        return;
+                    }
+                }
+            }
             let idle = self.shared.config.egress.tunnel_idle_timeout;
             // SECURITY: an opaque tunnel carries no request to judge again, so it is watched
             // instead: it ends once its identity would no longer be accepted (revoked, expired,
@@ -366,10 +416,6 @@ impl EgressApp {
                 ask: lapse::opaque_again(tenant, head.host.clone(), head.port, addr),
             });
             let lapse = Box::pin(lapse::watch(self.shared.clone(), identity, question));
-            // A captured client that sent nothing within the sniffing's wait was taken for a
-            // protocol in which the server speaks first, and decided on the address alone.
-            let vet = (matches!(opened, Opened::CapturedOther(_)) && early.is_empty())
-                .then_some(crate::transparent::sniff::speaks_first_late as opaque::Vet);
             let (relayed, lapsed) = opaque::relay(stream, upstream, early, idle, lapse, vet).await;
             let (up, down) = (relayed.up, relayed.down);
             trail.bytes_in = up;
@@ -452,9 +498,7 @@ impl EgressApp {
                 trail.finish_tunnel(&self.shared.runs, 0).await;
             }
             (false, _) => {
-                trail.tunnel_mode = Some(TunnelMode::Plain);
-                trail.finish_tunnel(&self.shared.runs, 200).await;
-                let tunnel = Arc::new(Tunnel {
+                let tunnel = Tunnel {
                     id: trail.request_id.clone(),
                     identity,
                     host: head.host.clone(),
@@ -462,10 +506,56 @@ impl EgressApp {
                     original: opened.original(),
                     scheme: Scheme::Http,
                     connect_judged: ConnectJudged::new(generation, crate::clock::unix_now_i64()),
-                });
-                self.serve_inside(stream, &early, tunnel, connection, shutdown)
+                };
+                self.serve_plain(stream, &early, trail, tunnel, connection, shutdown)
                     .await
             }
+        }
+    }
+
+    /// Serves a tunnel whose client speaks plain HTTP: its record says so, and every request
+    /// inside runs the pipeline.
+    async fn serve_plain(
+        &self,
+        stream: Stream,
+        early: &[u8],
+        mut trail: Trail,
+        tunnel: Tunnel,
+        connection: Option<TenantSlot>,
+        shutdown: &ShutdownWatch,
+    ) {
+        trail.tunnel_mode = Some(TunnelMode::Plain);
+        trail.finish_tunnel(&self.shared.runs, 200).await;
+        self.serve_inside(stream, early, Arc::new(tunnel), connection, shutdown)
+            .await
+    }
+
+    /// Reads the first bytes of a `CONNECT` tunnel that policy lets pass opaquely (after its
+    /// `200`), to hold its client to the host the tunnel was decided on.
+    ///
+    /// SECURITY: every check (Cedar's `connect`, the hosts that must be intercepted, the
+    /// record) read the `CONNECT` host, but a TLS server picks the site it serves by the SNI:
+    /// an unchecked SNI would reach any other site at the same address (a CDN's, a shared
+    /// front end's), a forbidden one or one the tenant's credentials are bound to, unread.
+    async fn opaque_start(&self, stream: &mut Stream, early: Bytes, host: &str) -> OpaqueStart {
+        use crate::transparent::sniff::{sniff, Sniffed};
+        let wait = self.shared.config.egress.client_header_timeout;
+        let first_wait = transparent::FIRST_BYTE_WAIT;
+        let Some((sniffed, bytes)) = sniff(stream, early.into(), first_wait, wait).await else {
+            return OpaqueStart::Closed;
+        };
+        match sniffed {
+            Sniffed::Tls { sni: Some(sni) } if !TunnelCertResolver::same_name(&sni, host) => {
+                OpaqueStart::SniMismatch
+            }
+            // Without a name, the server serves the address's default site, which the
+            // tunnel was decided on.
+            Sniffed::Tls { .. } | Sniffed::Other => OpaqueStart::Relay(bytes.into()),
+            Sniffed::Http => OpaqueStart::Http(bytes),
+            Sniffed::UnreadableTls => OpaqueStart::Refused(Deny::InterceptionUnavailable(
+                "the client's TLS handshake is no ClientHello this proxy can read (malformed, or over 16 KiB): its server name cannot be checked against the tunnel's host".into(),
+            )),
+            Sniffed::StalledTls => OpaqueStart::Refused(Deny::RequestTimeout),
         }
     }
 
@@ -503,6 +593,7 @@ impl EgressApp {
                 .map(Arc::new)
                 .map(OnceLock::from)
                 .unwrap_or_default(),
+            ..ConnFacts::default()
         };
         let idle = self
             .shared
@@ -796,6 +887,21 @@ impl Opened {
             Opened::CapturedTls(a) | Opened::CapturedOther(a) => Some(a),
         }
     }
+}
+
+/// What a `CONNECT` tunnel that policy lets pass opaquely does with its client's first bytes
+/// ([`EgressApp::opaque_start`]).
+enum OpaqueStart {
+    /// Relayed, these bytes first (none: the client waits for the server to speak).
+    Relay(Bytes),
+    /// The client closed before it asked for anything.
+    Closed,
+    /// A ClientHello naming another host than the tunnel's.
+    SniMismatch,
+    /// Refused for this reason.
+    Refused(Deny),
+    /// Plain HTTP, these bytes first.
+    Http(Vec<u8>),
 }
 
 /// The first byte of a TLS record carrying a handshake message (a ClientHello opens every TLS

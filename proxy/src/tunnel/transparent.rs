@@ -31,7 +31,7 @@ use crate::transparent::sniff::{sniff, Sniffed};
 
 /// How long a captured client may take to send its first byte before it is taken for a
 /// protocol in which the server speaks first (and decided as one that is neither HTTP nor TLS).
-const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
+pub(super) const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
 
 impl EgressApp {
     /// Serves one captured connection.
@@ -49,8 +49,13 @@ impl EgressApp {
         let egress = &self.shared.config.egress;
         // A client that closes without sending a byte asked for nothing (the readiness probe
         // connects to every listener once): no record.
-        let Some((sniffed, early)) =
-            sniff(&mut stream, FIRST_BYTE_WAIT, egress.client_header_timeout).await
+        let Some((sniffed, early)) = sniff(
+            &mut stream,
+            Vec::new(),
+            FIRST_BYTE_WAIT,
+            egress.client_header_timeout,
+        )
+        .await
         else {
             return;
         };

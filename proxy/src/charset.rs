@@ -1,0 +1,107 @@
+//! The `charset` a `Content-Type` names, read as every client and server may read it.
+//!
+//! The proxy reads bodies as UTF-8. A peer that decodes a body with the charset its type names
+//! reads other text where that charset spells ASCII bytes differently (UTF-7's `+…-` runs,
+//! ISO-2022's escapes, EBCDIC, UTF-16): a JSON key, a tool name or a model the proxy never saw.
+
+/// UTF-8, as the charset of a body the proxy reads and a peer decodes (an MCP server's answer).
+pub const UTF8: &[&[u8]] = &[b"utf-8", b"utf8"];
+
+/// Charsets in which every byte the proxy reads as ASCII is that ASCII character, and every
+/// other byte a character no JSON or form syntax uses: a body read as UTF-8 has the same
+/// structure in them (a request body, which servers decode with its type's charset).
+pub const ASCII_PRESERVING: &[&[u8]] = &[
+    b"utf-8",
+    b"utf8",
+    b"us-ascii",
+    b"ascii",
+    b"iso-8859-1",
+    b"latin1",
+    b"windows-1252",
+];
+
+/// Whether `content_type` names no charset, or one of `accepted` (ASCII case ignored).
+///
+/// SECURITY: every parameter a peer may take for the charset counts: RFC 2231's `charset*`
+/// and `charset*0` too (Python's `email` reads `charset*=''utf-7`, and httpx decodes an event
+/// stream with it), and any other spelling of `charset` this reading does not take apart
+/// refuses the type.
+pub fn names_none_but(content_type: &[u8], accepted: &[&[u8]]) -> bool {
+    let mut read = 0;
+    let all_accepted = content_type.split(|b| *b == b';').skip(1).all(|param| {
+        let Some(eq) = param.iter().position(|b| *b == b'=') else {
+            return true;
+        };
+        let (name, value) = (param[..eq].trim_ascii(), param[eq + 1..].trim_ascii());
+        if !name.eq_ignore_ascii_case(b"charset") {
+            return true;
+        }
+        read += 1;
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        accepted.iter().any(|a| value.eq_ignore_ascii_case(a))
+    });
+    let named = content_type
+        .windows(b"charset".len())
+        .filter(|w| w.eq_ignore_ascii_case(b"charset"))
+        .count();
+    all_accepted && named == read
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_utf8_or_no_charset_is_read() {
+        for ok in [
+            "text/event-stream",
+            "text/event-stream; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/json; charset=\"utf-8\"",
+            "text/event-stream; charset=utf8; x=y",
+        ] {
+            assert!(names_none_but(ok.as_bytes(), UTF8), "{ok}");
+        }
+        for not in [
+            "text/event-stream; charset=utf-16",
+            "text/event-stream;charset=UTF-16BE",
+            "application/json; charset=\"utf-32\"",
+            "text/event-stream; x=y; Charset=cp500",
+            // RFC 2231's forms, which Python's `email` (and so httpx) reads as the charset.
+            "text/event-stream; charset*=''utf-7",
+            "text/event-stream; charset*0=utf-7",
+            "text/event-stream; charset*0*=''utf-7",
+            "text/event-stream; charset=utf-8; charset*=''utf-7",
+            // Any other spelling this reading does not take apart.
+            "text/event-stream; x=\"a;charset=utf-7\"",
+            "text/event-stream, charset=utf-7",
+            "text/event-stream; charset",
+        ] {
+            assert!(!names_none_but(not.as_bytes(), UTF8), "{not}");
+        }
+    }
+
+    #[test]
+    fn request_bodies_may_name_ascii_preserving_charsets_only() {
+        for ok in [
+            "application/x-www-form-urlencoded; charset=ISO-8859-1",
+            "application/json; charset=us-ascii",
+            "application/json; charset=\"windows-1252\"",
+        ] {
+            assert!(names_none_but(ok.as_bytes(), ASCII_PRESERVING), "{ok}");
+        }
+        for not in [
+            "application/json; charset=utf-7",
+            "application/json; charset=iso-2022-jp",
+            "application/json; charset=shift_jis",
+            "application/json; charset=gbk",
+            "application/json; charset=cp037",
+            "application/json; charset*=''utf-7",
+        ] {
+            assert!(!names_none_but(not.as_bytes(), ASCII_PRESERVING), "{not}");
+        }
+    }
+}
