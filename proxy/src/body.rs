@@ -352,6 +352,9 @@ pub struct LlmRequest {
     pub choices: Option<u64>,
     /// It asks to run in the background (`"background": true`, JSON bodies only).
     pub background: bool,
+    /// A hosted tool it offers that is billed other than by reported tokens (see
+    /// [`providers::request::Named::billed_tool`]; JSON bodies only).
+    pub billed_tool: Option<&'static str>,
 }
 
 /// Reads the model and the output ceiling (every provider's fields, see
@@ -382,6 +385,7 @@ pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
     read.other_models = named.other_models;
     read.fallback_models = named.fallback_models;
     read.background = named.background;
+    read.billed_tool = named.billed_tool;
     Ok(read)
 }
 
@@ -404,6 +408,7 @@ fn checked(
         ceiling_fields: CeilingFields::default(),
         choices,
         background: false,
+        billed_tool: None,
     })
 }
 
@@ -958,9 +963,17 @@ impl FormFields {
             // A gateway's model list (OpenRouter's `models`, LiteLLM's `fallbacks`): in a form,
             // each value is one more model, decided as the call's is.
             Some(Slot::ModelList) => self.add_other(value, true),
-            // Background calls are JSON's (the Responses API's); a form's field is another's.
-            // Secondary and other models are nested, never form fields.
-            Some(Slot::Background | Slot::SecondaryModel(_) | Slot::OtherModel) | None => Ok(()),
+            // Background calls and hosted tools are JSON's (the Responses API's, Gemini's); a
+            // form's field is another's. Secondary and other models are nested, never form
+            // fields.
+            Some(
+                Slot::Background
+                | Slot::ToolType
+                | Slot::BilledTool(_)
+                | Slot::SecondaryModel(_)
+                | Slot::OtherModel,
+            )
+            | None => Ok(()),
         }
     }
 

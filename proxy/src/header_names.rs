@@ -151,6 +151,16 @@ pub fn content_coded(headers: &HeaderMap) -> bool {
     content || framed
 }
 
+/// Whether a `Content-Type` line names a charset in which the proxy cannot read ASCII text as
+/// its bytes ([`crate::charset::ASCII_PRESERVING`]): UTF-16, UTF-7, EBCDIC, Python's
+/// `unicode_escape` (a client decoding `\x73k-…` reads `sk-…`), any other.
+pub fn foreign_charset(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .any(|t| !crate::charset::names_none_but(t.as_bytes(), crate::charset::ASCII_PRESERVING))
+}
+
 /// A token character (RFC 9110 `tchar`): what a method, a header name or a chunk extension's
 /// name is made of.
 pub fn is_tchar(b: u8) -> bool {

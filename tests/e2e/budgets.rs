@@ -1327,14 +1327,46 @@ fn work_the_proxy_cannot_meter_is_refused_while_spend_is_capped() {
         let message = r.json()["error"]["message"].as_str().unwrap().to_string();
         assert!(message.starts_with(what), "{path}: {message}");
     }
-    // A response run in the background answers before it spends.
-    let background = r#"{"model":"gpt-4o-mini","background":true,"input":"hi"}"#;
-    let r = llm_post(&proxy, "responses", background, None, "");
-    r.assert_refused(403, "unmetered_call");
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("a background response"));
+    // A response run in the background answers before it spends, one a gateway merges
+    // `extra_body` into too; hosted tools billed per image, container or grounded prompt spend
+    // what no response shows; a Gemini context cache is billed per hour stored.
+    for (path, body, what) in [
+        (
+            "responses",
+            r#"{"model":"gpt-4o-mini","background":true,"input":"hi"}"#,
+            "a background response",
+        ),
+        (
+            "responses",
+            r#"{"model":"gpt-4o-mini","input":"hi","extra_body":{"background":true}}"#,
+            "a background response",
+        ),
+        (
+            "responses",
+            r#"{"model":"gpt-4o-mini","input":"draw","tools":[{"type":"image_generation","model":"gpt-image-1"}]}"#,
+            "the image generation tool",
+        ),
+        (
+            "responses",
+            r#"{"model":"gpt-4o-mini","input":"run","tools":[{"type":"code_interpreter","container":{"type":"auto"}}]}"#,
+            "the code interpreter tool",
+        ),
+        (
+            "v1beta/models/gemini-2.5-flash:generateContent",
+            r#"{"contents":[],"tools":[{"google_search":{}}]}"#,
+            "grounding with Google Search",
+        ),
+        (
+            "v1beta/cachedContents",
+            r#"{"model":"models/gemini-2.5-pro","ttl":"2592000s","contents":[]}"#,
+            "a context cache",
+        ),
+    ] {
+        let r = llm_post(&proxy, path, body, None, "");
+        r.assert_refused(403, "unmetered_call");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.starts_with(what), "{path}: {message}");
+    }
     // A WebSocket session toward an LLM API, on a path that is a call otherwise too.
     let r = raw_request(
         proxy.sidecar_port,

@@ -140,6 +140,39 @@ print("embed", len(e.data[0].embedding), e.usage.prompt_tokens)
     assert!(!proxy.log().contains(AZURE_KEY));
 }
 
+/// Azure OpenAI's v1 API (`/openai/v1/…`) and its Responses API serve the deployment the
+/// body's `model` names: the call is the model that deployment maps to, for policy and prices,
+/// as one named in the path is (else an agent names a cheaper or allowed model there).
+#[test]
+fn azure_v1_calls_are_the_model_the_bodys_deployment_maps_to() {
+    let origin = ShapesOrigin::start();
+    let proxy = azure_proxy();
+    let out = python(
+        r#"
+import os, httpx
+c = httpx.Client(proxy=os.environ["PROXY"])
+for path in ["/openai/v1/chat/completions", "/openai/v1/chat/completions?api-version=preview"]:
+    r = c.post(os.environ["ENDPOINT"] + path, headers={"api-key": "$CRED{azure}"},
+               json={"model": "prod-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20})
+    print(r.status_code)
+"#,
+        &[
+            ("ENDPOINT", format!("http://127.0.0.1:{}", origin.port)),
+            ("PROXY", format!("http://127.0.0.1:{}", proxy.sidecar_port)),
+        ],
+    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["200", "200"]);
+    let recs = proxy.wait_audit_records("acme", 2);
+    for rec in &recs {
+        assert_eq!(
+            rec["model"], "gpt-35-turbo",
+            "the deployment's model: {rec}"
+        );
+        // azure_openai's table prices gpt-35-turbo (see the test above): 15 × 3 + 4 + 10 × 5.
+        assert_eq!(rec["settled"]["cost_micros"], 15 * 3 + 4 + 10 * 5, "{rec}");
+    }
+}
+
 #[test]
 fn azure_raw_keys_unmapped_deployments_and_unknown_shapes_fail_closed() {
     let origin = ShapesOrigin::start();

@@ -717,7 +717,7 @@ pub fn unreadable_encoding(status: u16, head_request: bool, headers: &HeaderMap)
     if crate::header_names::bodyless_answer(head_request, status) {
         return false;
     }
-    crate::header_names::content_coded(headers)
+    crate::header_names::content_coded(headers) || crate::header_names::foreign_charset(headers)
 }
 
 #[cfg(test)]
@@ -1204,6 +1204,29 @@ mod tests {
         ] {
             assert!(unreadable_encoding(200, false, &h(&[(k, v)])), "{k}: {v}");
             assert!(unreadable_encoding(500, false, &h(&[(k, v)])), "{k}: {v}");
+        }
+        // A charset a client decodes into other text than its bytes spell: a secret echoed in
+        // UTF-16, UTF-7 or Python's `unicode_escape` (`\x73k-…`) has none of its bytes.
+        for v in [
+            "text/plain; charset=utf-16",
+            "application/json; charset=utf-7",
+            "text/plain; charset=unicode_escape",
+            "text/plain; charset*=''utf-7",
+        ] {
+            assert!(
+                unreadable_encoding(200, false, &h(&[("content-type", v)])),
+                "{v}"
+            );
+        }
+        for v in [
+            "application/json",
+            "text/html; charset=UTF-8",
+            "text/plain; charset=iso-8859-1",
+        ] {
+            assert!(
+                !unreadable_encoding(200, false, &h(&[("content-type", v)])),
+                "{v}"
+            );
         }
         let gz = h(&[("content-encoding", "gzip")]);
         assert!(!unreadable_encoding(200, true, &gz));

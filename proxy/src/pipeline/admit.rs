@@ -634,8 +634,9 @@ async fn admit_http(
     }
 
     let mut grant = HttpGrant::default();
-    // The body asks the call to run in the background.
-    let mut background = false;
+    // What in the body makes the call work whose spend no response shows (run in the
+    // background, a hosted tool billed per image or container).
+    let mut unmetered_body: Option<&'static str> = None;
     // The models a gateway may answer with instead of the body's (its fallback lists).
     let mut fallback_models: Vec<String> = Vec::new();
     let reading = std::time::Instant::now();
@@ -702,7 +703,11 @@ async fn admit_http(
             .filter(|&cap| cap > 0)
             .filter(|_| own_api.is_some_and(|api| read.llm.ceiling_fields.read_by(api)));
         grant.choices = read.llm.choices;
-        background = read.llm.background;
+        unmetered_body = if read.llm.background {
+            Some("a background response")
+        } else {
+            read.llm.billed_tool
+        };
         fallback_models = read.llm.fallback_models;
         grant.body_decoded = read.decoded;
         trail.body_sha256 = Some(crate::lower_hex::of(&Sha256::digest(&read.body)));
@@ -727,6 +732,13 @@ async fn admit_http(
                 .llm_providers
                 .deployment_model(&destination, deployment),
         });
+    } else if registry::body_names_deployment(&destination.upstream_path) {
+        // Azure OpenAI's v1 and Responses APIs take the body's `model` for a deployment: it is
+        // the model its `deployments` entry maps it to, as one in the path is.
+        if let Some(deployment) = trail.model.take() {
+            let providers = &snapshot.tenants.llm_providers;
+            trail.model = Some(providers.deployment_model(&destination, deployment));
+        }
     }
 
     // The method is copied: the questions outlive the borrow of the request a hold needs.
@@ -795,7 +807,7 @@ async fn admit_http(
             &header.method,
             upgrade,
             grant.call_api,
-            background,
+            unmetered_body,
         ),
     };
     let mut plan =
@@ -930,7 +942,7 @@ async fn admit_http(
                 declared_provider(&mut there, now);
                 let call_api = registry::for_destination(&there);
                 let call = CallFacts {
-                    work: call_work(&there, &method, upgrade, call_api, background),
+                    work: call_work(&there, &method, upgrade, call_api, unmetered_body),
                     ..call
                 };
                 plan = crate::limits::plan::plan(&now.tenants, &tenant, &there, call, fx.now())?;
@@ -1536,17 +1548,18 @@ async fn admit_connect(
 }
 
 /// What a request is for metering ([`registry::work`]; `call_api`: its path's provider, looked
-/// up already), a call run in the background being work whose spend shows only later.
+/// up already), a call whose body asks for work whose spend no response shows (`unmetered`:
+/// run in the background, answering at once; a hosted tool billed per image, container or
+/// grounded prompt) being unmetered work.
 fn call_work(
     destination: &Destination,
     method: &http::Method,
     upgrade: bool,
     call_api: Option<&'static dyn Provider>,
-    background: bool,
+    unmetered: Option<&'static str>,
 ) -> Work {
     match registry::work(destination, method, upgrade, call_api.is_some()) {
-        // A call run in the background answers at once; what it spends shows only later.
-        Work::Call if background => Work::Unmetered("a background response"),
+        Work::Call => unmetered.map_or(Work::Call, Work::Unmetered),
         work => work,
     }
 }

@@ -312,7 +312,10 @@ impl Stages {
     ) -> Result<Self, Deny> {
         // Every line of a list header; one line of the type, or none (two types are no type
         // the meter or the stripper can rely on).
-        let encoded = crate::header_names::content_coded(&resp.headers);
+        // (A charset whose text is not its bytes is an encoding too: no secret or usage in it
+        // can be read.)
+        let encoded = crate::header_names::content_coded(&resp.headers)
+            || crate::header_names::foreign_charset(&resp.headers);
         let mut stages = Stages {
             success: resp.status.is_success(),
             scrub_generation: setup.admitted.snapshot.generation,

@@ -267,6 +267,27 @@ api = "openai_compatible"
             Some("azure_openai"),
         );
         assert_eq!(providers.model_for(&unmapped).as_deref(), Some("Other One"));
+        // Azure's v1 and Responses APIs name the deployment in the body's `model`.
+        for path in [
+            "/openai/v1/chat/completions",
+            "/openai/v1/responses",
+            "/openai/responses?api-version=2025-04-01-preview",
+            "/OpenAI//v1/Chat/Completions",
+        ] {
+            assert!(
+                super::super::registry::body_names_deployment(path),
+                "{path}"
+            );
+        }
+        for path in [
+            "/openai/deployments/prod-4o/chat/completions",
+            "/v1/chat/completions",
+        ] {
+            assert!(
+                !super::super::registry::body_names_deployment(path),
+                "{path}"
+            );
+        }
         assert_eq!(
             providers.model_for(&dest("llm.internal", "/v1/chat/completions", Some("vllm"))),
             None

@@ -46,6 +46,11 @@ const UNMETERED: &[(&str, &str)] = &[
     // itself, and its answer reports no usage.
     (":query", "an Agent Engine query"),
     (":streamquery", "an Agent Engine query"),
+    // A context cache is billed per token and hour of storage for as long as its `ttl`.
+    (
+        "/cachedcontents",
+        "a context cache (billed per token-hour stored)",
+    ),
 ];
 
 /// Gemini's JSON front ends take a field by its proto name as well as its JSON name

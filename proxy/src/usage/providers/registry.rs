@@ -127,6 +127,16 @@ pub fn deployment_of(path: &str) -> Option<String> {
     Some(name.to_string())
 }
 
+/// Whether a call's body names an Azure OpenAI deployment in its `model`: a path under
+/// `/openai/` that names none (Azure's v1 API, `/openai/v1/…`, and its Responses API,
+/// `/openai/responses`, serve the deployment the body's `model` names).
+pub fn body_names_deployment(path: &str) -> bool {
+    const AZURE: &str = "/openai/";
+    deployment_of(path).is_none()
+        && super::routed(path, AZURE)
+            .is_some_and(|p| super::find_ignore_case(&p, AZURE, false).is_some())
+}
+
 /// The provider a call to `destination` is, for policies (`context.provider`): the one that
 /// prices it (a route's `provider`, a declared or known API host), else the one whose API its
 /// path is.

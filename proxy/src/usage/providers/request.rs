@@ -42,6 +42,10 @@ pub struct Named {
     /// It asks to run in the background (the Responses API's `"background": true`): the call
     /// returns at once, and what it spends shows only in a later response.
     pub background: bool,
+    /// A hosted tool it offers the model that is billed other than by the tokens a response
+    /// reports (per image, container or grounded prompt): what the tool spends, no response
+    /// shows ([`BILLED_TOOLS`]).
+    pub billed_tool: Option<&'static str>,
 }
 
 /// The fields that ask for several completions in one call, in every provider's spelling.
@@ -80,6 +84,50 @@ const MODEL_LIST_FIELDS: [Field; 10] = [
 
 /// The field that asks a call to run in the background (the Responses API's).
 const BACKGROUND_FIELD: Field = &["background"];
+
+/// The object a gateway (LiteLLM) merges into the body it sends on.
+const GATEWAY_MERGED: &str = "extra_body";
+
+/// Hosted tools billed other than by the tokens a response reports, by the `type` a tool's
+/// object names (the Responses API's, Anthropic's: a prefix, their versions are dated). The
+/// hosted tools whose calls the proxy reads and prices (web and file search) are not here.
+const BILLED_TOOL_TYPES: [(&str, &str); 3] = [
+    (
+        "image_generation",
+        "the image generation tool (billed per image)",
+    ),
+    (
+        "code_interpreter",
+        "the code interpreter tool (billed per container)",
+    ),
+    (
+        "code_execution_",
+        "the code execution tool (billed per container hour)",
+    ),
+];
+
+/// Gemini's and Vertex AI's grounding tools (billed per grounded prompt or query), by the key
+/// of a tool's object, in JSON and proto spelling; and the chat search models' search (billed
+/// per call, never reported).
+const BILLED_TOOLS: [(Field, &str); 9] = [
+    (&["tools", EACH, "googleSearch"], GROUNDING),
+    (&["tools", EACH, "google_search"], GROUNDING),
+    (&["tools", EACH, "googleSearchRetrieval"], GROUNDING),
+    (&["tools", EACH, "google_search_retrieval"], GROUNDING),
+    (&["tools", EACH, "googleMaps"], GROUNDING),
+    (&["tools", EACH, "google_maps"], GROUNDING),
+    (&["tools", EACH, "enterpriseWebSearch"], GROUNDING),
+    (&["tools", EACH, "enterprise_web_search"], GROUNDING),
+    (
+        &["web_search_options"],
+        "a chat search model's web search (billed per call)",
+    ),
+];
+
+const GROUNDING: &str = "grounding with Google Search or Maps (billed per grounded prompt)";
+
+/// The `type` of a tool's object.
+const TOOL_TYPE: Field = &["tools", EACH, "type"];
 
 /// In a field's path: each element of an array (`["collaborators", EACH, "foundationModel"]`).
 pub const EACH: &str = "*";
@@ -125,6 +173,10 @@ pub enum Slot {
     /// Whether the call runs in the background (only JSON `true` says so: other APIs use the
     /// name for other things, such as an image's `"background": "transparent"`).
     Background,
+    /// A tool's `type`: one of [`BILLED_TOOL_TYPES`] or not.
+    ToolType,
+    /// A billed hosted tool, offered when present and not `null`.
+    BilledTool(&'static str),
 }
 
 /// The ceiling fields a body set, by their rank among every provider's ceiling fields.
@@ -214,6 +266,32 @@ impl Tree {
             tree.insert(field, Slot::ModelList);
         }
         tree.insert(BACKGROUND_FIELD, Slot::Background);
+        tree.insert(TOOL_TYPE, Slot::ToolType);
+        for (field, what) in BILLED_TOOLS {
+            tree.insert(field, Slot::BilledTool(what));
+        }
+        // SECURITY: LiteLLM merges `extra_body` into the body it sends on, so a ceiling, a
+        // number of completions or `background` there is the call's too. A ceiling there counts
+        // toward the largest (the reservation covers it) under a rank of its own, which no
+        // provider's API reads: alone, it caps nothing (see `CeilingFields::read_by`).
+        let top: Vec<(&'static str, Slot)> = tree
+            .root
+            .iter()
+            .filter(|n| n.children.is_empty())
+            .filter_map(|n| n.slot.map(|slot| (n.key, slot)))
+            .filter(|(_, slot)| {
+                matches!(slot, Slot::Ceiling(_) | Slot::Choices(_) | Slot::Background)
+            })
+            .collect();
+        for (key, slot) in top {
+            let slot = match slot {
+                Slot::Ceiling(_) => Slot::Ceiling(ceilings),
+                other => other,
+            };
+            if tree.insert(&[GATEWAY_MERGED, key], slot) && matches!(slot, Slot::Ceiling(_)) {
+                ceilings += 1;
+            }
+        }
         tree
     }
 
@@ -228,7 +306,7 @@ impl Tree {
     }
 
     /// Adds `field` holding `slot`; false when it is there already.
-    fn insert(&mut self, field: Field, slot: Slot) -> bool {
+    fn insert(&mut self, field: &[&'static str], slot: Slot) -> bool {
         let mut level = &mut self.root;
         for (depth, key) in field.iter().enumerate() {
             let at = match level.iter().position(|n| n.key == *key) {
@@ -296,6 +374,7 @@ fn read(tree: &Tree, body: &[u8]) -> Result<Named, serde_json::Error> {
         ceiling_fields: found.ceiling_fields,
         choices: found.choices,
         background: found.background,
+        billed_tool: found.billed_tool,
     })
 }
 
@@ -313,6 +392,7 @@ struct Found {
     ceiling_fields: CeilingFields,
     choices: Option<u64>,
     background: bool,
+    billed_tool: Option<&'static str>,
 }
 
 /// Keeps the larger of `best` and `value`.
@@ -406,6 +486,25 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                 Some(Slot::Background) => {
                     let v: Scalar = map.next_value()?;
                     self.found.background |= truthy(&v);
+                }
+                Some(Slot::ToolType) => {
+                    let v: Option<String> = map.next_value()?;
+                    let billed = v.and_then(|t| {
+                        BILLED_TOOL_TYPES
+                            .iter()
+                            .find(|(name, _)| match name.strip_suffix('_') {
+                                Some(_) => t.starts_with(name),
+                                None => t == *name,
+                            })
+                            .map(|(_, what)| *what)
+                    });
+                    self.found.billed_tool = self.found.billed_tool.or(billed);
+                }
+                Some(Slot::BilledTool(what)) => {
+                    let v: Option<IgnoredAny> = map.next_value()?;
+                    if v.is_some() {
+                        self.found.billed_tool = self.found.billed_tool.or(Some(what));
+                    }
                 }
                 None => map.next_value_seed(Nested {
                     nodes: &node.children,
@@ -888,8 +987,9 @@ mod tests {
         // `promptOverrideConfiguration`, `targetModelId`, `retrieveAndGenerateConfiguration`),
         // and the Responses API's hosted tools (`tools`).)
         // And the gateways' model lists (`models`, `fallbacks`, `context_window_fallback_dict`,
-        // `content_policy_fallbacks`, and LiteLLM's `extra_body` and `user_config`).
-        assert_eq!(FIELDS.root.len(), 25, "{:?}", FIELDS.root);
+        // `content_policy_fallbacks`, and LiteLLM's `extra_body` and `user_config`), and the
+        // chat search models' `web_search_options`.
+        assert_eq!(FIELDS.root.len(), 26, "{:?}", FIELDS.root);
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
@@ -909,6 +1009,7 @@ mod tests {
                 ceiling_fields: read.ceiling_fields,
                 choices: None,
                 background: false,
+                billed_tool: None,
             }
         );
         assert!(read
@@ -1023,6 +1124,68 @@ mod tests {
             );
         }
         assert!(read_json(br#"{"background":false,"background":true}"#).is_err());
+        // What a gateway merges into the call it makes is the call's: `extra_body`'s
+        // `background`, completions and ceilings too (its ceiling alone caps nothing).
+        let merged = read_json(
+            br#"{"model":"m","max_tokens":10,"extra_body":{"background":true,"n":8,"max_tokens":5000}}"#,
+        )
+        .expect("read");
+        assert!(merged.background);
+        assert_eq!(
+            (merged.choices, merged.max_output_tokens),
+            (Some(8), Some(5000))
+        );
+        let alone = read_json(br#"{"model":"m","extra_body":{"max_tokens":5000}}"#).expect("read");
+        assert_eq!(alone.max_output_tokens, Some(5000));
+        assert!(!alone
+            .ceiling_fields
+            .read_by(&super::super::openai_chat::OpenAiChat));
+        assert!(read_json(br#"{"model":"m","extra_body":{"n":1,"n":9}}"#).is_err());
+        // Hosted tools billed per image, container or grounded prompt are told; the ones the
+        // proxy prices per call, functions and nulls are not.
+        for (body, billed) in [
+            (
+                r#"{"model":"m","tools":[{"type":"web_search"},{"type":"image_generation","model":"gpt-image-1"}]}"#,
+                true,
+            ),
+            (
+                r#"{"model":"m","tools":[{"type":"code_interpreter","container":{"type":"auto"}}]}"#,
+                true,
+            ),
+            (
+                r#"{"model":"m","tools":[{"type":"code_execution_20250825","name":"code_execution"}]}"#,
+                true,
+            ),
+            (r#"{"contents":[],"tools":[{"googleSearch":{}}]}"#, true),
+            (
+                r#"{"contents":[],"tools":[{"google_search_retrieval":{"dynamic_retrieval_config":{}}}]}"#,
+                true,
+            ),
+            (
+                r#"{"model":"gpt-4o-search-preview","web_search_options":{}}"#,
+                true,
+            ),
+            (
+                r#"{"model":"m","tools":[{"type":"function","function":{"name":"image_generation"}}]}"#,
+                false,
+            ),
+            (
+                r#"{"model":"m","tools":[{"type":"web_search"},{"type":"file_search"}]}"#,
+                false,
+            ),
+            (
+                r#"{"contents":[],"tools":[{"googleSearch":null},{"codeExecution":{}}]}"#,
+                false,
+            ),
+            (r#"{"model":"m","tools":"none"}"#, false),
+        ] {
+            let got = read_json(body.as_bytes()).expect(body);
+            assert_eq!(got.billed_tool.is_some(), billed, "{body}");
+        }
+        assert!(read_json(
+            br#"{"model":"m","tools":[{"type":"function","type":"image_generation"}]}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -1049,8 +1212,8 @@ mod tests {
         assert!(read(r#"{"model":"a","mod\u0065l":"b"}"#).is_err());
         // Forms are flat: a nested field is no form field.
         // (`model`, `generationConfig`, `inferenceConfig`, `max_tokens`, then `n`, `best_of`,
-        // `generation_config`, the four gateway model lists, `extra_body`, `user_config` and
-        // `background`.)
-        assert_eq!(Tree::build(&[&Nesting]).root.len(), 14);
+        // `generation_config`, the four gateway model lists, `extra_body`, `user_config`,
+        // `background`, the hosted tools' `tools` and `web_search_options`.)
+        assert_eq!(Tree::build(&[&Nesting]).root.len(), 16);
     }
 }
