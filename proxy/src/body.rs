@@ -479,13 +479,15 @@ pub fn classify(
     to: BodyDestination,
     cap: usize,
 ) -> Result<Classified, BodyError> {
-    refuse_foreign_charset(&body, headers)?;
     match to {
-        BodyDestination::Mcp => Ok(Classified {
-            body,
-            llm: LlmRequest::default(),
-            decoded: false,
-        }),
+        BodyDestination::Mcp => {
+            refuse_foreign_charset(&body, headers)?;
+            Ok(Classified {
+                body,
+                llm: LlmRequest::default(),
+                decoded: false,
+            })
+        }
         BodyDestination::Other => {
             // SECURITY: servers undo a request's `Content-Encoding` before they read a form or
             // JSON (Express's body parsers inflate gzip, deflate and br by default; ASP.NET
@@ -497,6 +499,7 @@ pub fn classify(
                 None => None,
             };
             let read = decoded.as_deref().unwrap_or(&body);
+            refuse_foreign_charset(read, headers)?;
             refuse_method_override(read, headers)?;
             let llm = llm_request(read).map_err(BodyError::Malformed)?;
             Ok(Classified {
@@ -513,8 +516,24 @@ pub fn classify(
 /// anything shaped like JSON) in a charset a server decodes other than as the proxy reads it
 /// (UTF-7's `+…-` runs turn ASCII into `","name":"wipe`; ISO-2022's escapes, EBCDIC, UTF-16)
 /// would be decided as one request and run as another (Express's JSON parser decodes the
-/// charset the type names): refused, `unsupported_media_type`.
+/// charset the type names): refused, `unsupported_media_type`. So is a text body (JSON, a
+/// form, any `text/*`, none) that is UTF-16 or UTF-32 by its first bytes, without a charset:
+/// Python's `json.loads` reads it so (FastAPI, Starlette, Flask, hence vLLM), where the proxy
+/// finds no JSON object and so no `model`.
 fn refuse_foreign_charset(body: &[u8], headers: &http::HeaderMap) -> Result<(), BodyError> {
+    let media = media_type(headers);
+    let text = match media.as_deref() {
+        None | Some("" | "application/x-www-form-urlencoded" | "application/json") => true,
+        Some(t) => t.starts_with("text/") || t.ends_with("+json"),
+    };
+    if text && utf16_or_32(body) {
+        return Err(BodyError::Unsupported(
+            "a body in UTF-16 or UTF-32 (by its byte order mark, or a NUL in its first two \
+             bytes): the proxy reads bodies as UTF-8, and a server that detects the encoding \
+             would read another request than the one decided on; send it in UTF-8"
+                .into(),
+        ));
+    }
     let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(());
     };
@@ -525,7 +544,7 @@ fn refuse_foreign_charset(body: &[u8], headers: &http::HeaderMap) -> Result<(), 
         return Ok(());
     }
     let read = matches!(first, b'{' | b'[')
-        || match media_type(headers).as_deref() {
+        || match media.as_deref() {
             None | Some("" | "application/x-www-form-urlencoded") => true,
             Some(t) => {
                 t.starts_with("multipart/") || t == "application/json" || t.ends_with("+json")
@@ -540,6 +559,15 @@ fn refuse_foreign_charset(body: &[u8], headers: &http::HeaderMap) -> Result<(), 
          would read another request than the one decided on; send it in UTF-8"
             .into(),
     ))
+}
+
+/// Whether `body` is UTF-16 or UTF-32 as Python's `json.loads` tells (`json.detect_encoding`):
+/// a UTF-16 or UTF-32 byte order mark, or a NUL in either of its first two bytes.
+fn utf16_or_32(body: &[u8]) -> bool {
+    body.starts_with(&[0xFF, 0xFE])
+        || body.starts_with(&[0xFE, 0xFF])
+        || body.starts_with(&[0, 0, 0xFE, 0xFF])
+        || (body.len() >= 2 && (body[0] == 0 || body[1] == 0))
 }
 
 /// The codings of a request's `Content-Encoding` (see [`content_codings`]) when the proxy
@@ -758,6 +786,7 @@ fn classify_llm(
     let codings = content_codings(headers)?;
     let decoded = !codings.is_empty();
     let mut bytes = decode_all(body, &codings, cap)?;
+    refuse_foreign_charset(&bytes, headers)?;
     if bytes.starts_with(BOM) {
         bytes = bytes.slice(BOM.len()..);
     }
@@ -1414,6 +1443,33 @@ mod tests {
                 assert!(r.is_ok(), "{dest:?} {content_type}: {r:?}");
             }
         }
+        // UTF-16 or UTF-32 by its bytes, without a charset: Python's servers read it so.
+        let utf16: Vec<u8> = br#"{"model":"dear"}"#.iter().flat_map(|b| [*b, 0]).collect();
+        let mut bom = vec![0xFF, 0xFE];
+        bom.extend(&utf16);
+        for body in [utf16.clone(), bom] {
+            for content_type in ["application/json", "text/plain"] {
+                let r = to(
+                    BodyDestination::Other,
+                    body.clone(),
+                    &[("content-type", content_type)],
+                );
+                assert!(
+                    matches!(r, Err(BodyError::Unsupported(_))),
+                    "{content_type}: {r:?}"
+                );
+            }
+            let r = to(BodyDestination::Other, body.clone(), &[]);
+            assert!(matches!(r, Err(BodyError::Unsupported(_))), "{r:?}");
+        }
+        // A binary upload with NULs is no text body.
+        let binary = vec![0x08, 0x00, 0x12, 0x03];
+        assert!(to(
+            BodyDestination::Other,
+            binary,
+            &[("content-type", "application/octet-stream")]
+        )
+        .is_ok());
         let csv = b"name,price\nfoo,1\n".to_vec();
         assert!(to(
             BodyDestination::Other,

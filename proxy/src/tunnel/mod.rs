@@ -370,6 +370,11 @@ impl EgressApp {
                         early = first;
                     }
                     OpaqueStart::Closed => {
+                        // Cut by the proxy's drain before its client sent a byte: recorded as
+                        // the relays cut then are.
+                        if self.shared.drain.is_cut() {
+                            trail.refuse(Deny::Shutdown);
+                        }
                         trail.finish_tunnel(&self.shared.runs, 200).await;
                         return;
                     }

@@ -1116,11 +1116,6 @@ mod tests {
                 "/v1/projects/p/locations/l:evaluateInstances",
                 None,
             ),
-            (
-                "aiplatform.googleapis.com",
-                "/v1/projects/p/locations/l/cachedContents",
-                None,
-            ),
             ("api.mistral.ai", "/v1/ocr", None),
             ("openrouter.ai", "/api/v1/anything", None),
             ("acme.openai.azure.com", "/openai/assistants_v3/run", None),
@@ -1130,6 +1125,24 @@ mod tests {
             assert_eq!(
                 super::work(&d, &Method::POST, false, for_destination(&d).is_some()),
                 Work::Unrecognized(UNRECOGNIZED),
+                "{host}{path}"
+            );
+        }
+        // A context cache is billed per token and hour stored, whatever its body names.
+        for (host, path) in [
+            (
+                "aiplatform.googleapis.com",
+                "/v1/projects/p/locations/l/cachedContents",
+            ),
+            (
+                "generativelanguage.googleapis.com",
+                "/v1beta/cachedContents",
+            ),
+        ] {
+            let d = dest(host, path, None);
+            assert_eq!(
+                super::work(&d, &Method::POST, false, for_destination(&d).is_some()),
+                Work::Unmetered("a context cache (billed per token-hour stored)"),
                 "{host}{path}"
             );
         }

@@ -292,6 +292,15 @@ impl Tree {
                 ceilings += 1;
             }
         }
+        // And the hosted tools it offers (their models, the billed ones).
+        tree.insert(&[GATEWAY_MERGED, "tools", EACH, "model"], Slot::OtherModel);
+        tree.insert(&[GATEWAY_MERGED, "tools", EACH, "type"], Slot::ToolType);
+        for (field, what) in BILLED_TOOLS {
+            let merged: Vec<&'static str> = std::iter::once(GATEWAY_MERGED)
+                .chain(field.iter().copied())
+                .collect();
+            tree.insert(&merged, Slot::BilledTool(what));
+        }
         tree
     }
 
@@ -1186,6 +1195,20 @@ mod tests {
             br#"{"model":"m","tools":[{"type":"function","type":"image_generation"}]}"#
         )
         .is_err());
+        // In what a gateway merges into the call too.
+        for body in [
+            r#"{"model":"m","extra_body":{"tools":[{"type":"image_generation","model":"gpt-image-1"}]}}"#,
+            r#"{"model":"m","extra_body":{"web_search_options":{}}}"#,
+            r#"{"contents":[],"extra_body":{"tools":[{"googleSearch":{}}]}}"#,
+        ] {
+            let got = read_json(body.as_bytes()).expect(body);
+            assert!(got.billed_tool.is_some(), "{body}");
+        }
+        let got = read_json(
+            br#"{"model":"m","extra_body":{"tools":[{"type":"image_generation","model":"gpt-image-1"}]}}"#,
+        )
+        .expect("read");
+        assert_eq!(got.other_models, ["gpt-image-1"]);
     }
 
     #[test]
