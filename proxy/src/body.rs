@@ -512,15 +512,19 @@ pub fn classify(
     }
 }
 
-/// SECURITY: a body the proxy reads (JSON, a form, a multipart form, a body without a type,
-/// anything shaped like JSON) in a charset a server decodes other than as the proxy reads it
-/// (UTF-7's `+…-` runs turn ASCII into `","name":"wipe`; ISO-2022's escapes, EBCDIC, UTF-16)
-/// would be decided as one request and run as another (Express's JSON parser decodes the
-/// charset the type names): refused, `unsupported_media_type`. So is a text body (JSON, a
-/// form, any `text/*`, none) that is UTF-16 or UTF-32 by its first bytes, without a charset:
-/// Python's `json.loads` reads it so (FastAPI, Starlette, Flask, hence vLLM), where the proxy
-/// finds no JSON object and so no `model`.
+/// SECURITY: a body in a charset a server decodes other than as the proxy reads it (UTF-7's
+/// `+…-` runs turn ASCII into `","name":"wipe`; ISO-2022's escapes, EBCDIC, UTF-16) would be
+/// decided as one request and run as another: Express's JSON parser decodes the charset the
+/// type names, and an app may parse any type as JSON. Whatever its type: refused,
+/// `unsupported_media_type`, unless the charset keeps ASCII as it is
+/// ([`crate::charset::ASCII_PRESERVING`]). So is a text body (JSON, a form, any `text/*`, none)
+/// that is UTF-16 or UTF-32 by its first bytes, without a charset: Python's `json.loads` reads
+/// it so (FastAPI, Starlette, Flask, hence vLLM), where the proxy finds no JSON object and so
+/// no `model`. `body` is what the server reads (its `Content-Encoding` undone).
 fn refuse_foreign_charset(body: &[u8], headers: &http::HeaderMap) -> Result<(), BodyError> {
+    if body.is_empty() {
+        return Ok(());
+    }
     let media = media_type(headers);
     let text = match media.as_deref() {
         None | Some("" | "application/x-www-form-urlencoded" | "application/json") => true,
@@ -534,29 +538,18 @@ fn refuse_foreign_charset(body: &[u8], headers: &http::HeaderMap) -> Result<(), 
                 .into(),
         ));
     }
-    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
-        return Ok(());
-    };
-    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
-    let accepted = types
+    let accepted = headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
         .all(|t| crate::charset::names_none_but(t.as_bytes(), crate::charset::ASCII_PRESERVING));
     if accepted {
         return Ok(());
     }
-    let read = matches!(first, b'{' | b'[')
-        || match media.as_deref() {
-            None | Some("" | "application/x-www-form-urlencoded") => true,
-            Some(t) => {
-                t.starts_with("multipart/") || t == "application/json" || t.ends_with("+json")
-            }
-        };
-    if !read {
-        return Ok(());
-    }
     Err(BodyError::Unsupported(
-        "a body whose `Content-Type` names a charset other than UTF-8 (or US-ASCII, ISO-8859-1, \
-         windows-1252): the proxy reads it as UTF-8, and a server that decodes that charset \
-         would read another request than the one decided on; send it in UTF-8"
+        "a body whose `Content-Type` names a charset other than UTF-8, US-ASCII or a single-byte \
+         one that keeps ASCII (ISO-8859-*, windows-125*): the proxy reads it as UTF-8, and a \
+         server that decodes that charset would read another request than the one decided on; \
+         send it in UTF-8"
             .into(),
     ))
 }
@@ -1147,20 +1140,30 @@ fn each_part(body: &[u8], boundary: &str, part: &mut PartVisitor<'_>) -> Result<
         };
         let head =
             std::str::from_utf8(head).map_err(|_| malformed("part headers that are not UTF-8"))?;
-        // SECURITY: a part's own charset decodes its value (busboy, hence multer, does): a
-        // `model` in ISO-2022-JP names another model than the bytes the proxy reads.
-        let foreign = head.split("\r\n").any(|line| {
+        // SECURITY: a part's own charset decodes its value (busboy, hence multer, does), and so
+        // does its transfer encoding (Go's `mime/multipart` undoes quoted-printable): a `model`
+        // in ISO-2022-JP or `d=65ar` names another model than the bytes the proxy reads. Header
+        // lines folded onto the next (busboy reads them) are read unfolded.
+        let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+        let recoded = unfolded.split("\r\n").any(|line| {
             line.split_once(':').is_some_and(|(name, value)| {
-                name.trim().eq_ignore_ascii_case("content-type")
+                let name = name.trim();
+                let value = value.trim();
+                (name.eq_ignore_ascii_case("content-type")
                     && !crate::charset::names_none_but(
                         value.as_bytes(),
                         crate::charset::ASCII_PRESERVING,
-                    )
+                    ))
+                    || (name.eq_ignore_ascii_case("content-transfer-encoding")
+                        && !["7bit", "8bit", "binary"]
+                            .iter()
+                            .any(|plain| value.eq_ignore_ascii_case(plain)))
             })
         });
-        if foreign {
+        if recoded {
             return Err(malformed(
-                "a part whose `Content-Type` names a charset other than UTF-8: a server would \
+                "a part whose `Content-Type` names a charset other than UTF-8, or whose \
+                 `Content-Transfer-Encoding` is not `7bit`, `8bit` or `binary`: a server would \
                  decode its value to other text than the proxy reads",
             ));
         }
@@ -1477,6 +1480,55 @@ mod tests {
             &[("content-type", "text/csv; charset=windows-1250")]
         )
         .is_ok());
+        // Whatever the type, a charset that does not keep ASCII: an app may parse any type as
+        // JSON, in the charset the type names.
+        for content_type in [
+            "text/plain; charset=utf-7",
+            "application/octet-stream; charset=utf-16be",
+            "text/csv; charset=shift_jis",
+        ] {
+            let r = to(
+                BodyDestination::Other,
+                b"+AHsAIg-x".to_vec(),
+                &[("content-type", content_type)],
+            );
+            assert!(
+                matches!(r, Err(BodyError::Unsupported(_))),
+                "{content_type}: {r:?}"
+            );
+        }
+        // A compressed body is judged decoded.
+        let gz = gzip(br#"{"model":"cheap","x":"+ACIALAAiAG0AbwBkAGUAbAAiADoAIgBkAGUAYQBy-"}"#);
+        let r = to(
+            BodyDestination::Other,
+            gz,
+            &[
+                ("content-type", "text/plain; charset=utf-7"),
+                ("content-encoding", "gzip"),
+            ],
+        );
+        assert!(matches!(r, Err(BodyError::Unsupported(_))), "{r:?}");
+        // A part's charset on a folded line, or a transfer encoding a server undoes.
+        let multipart = [("content-type", "multipart/form-data; boundary=b")];
+        for head in [
+            "Content-Type: text/plain;\r\n charset=utf-16le",
+            "Content-Type: text/plain;\r\n\tcharset=utf-16le",
+            "Content-Transfer-Encoding: quoted-printable",
+            "Content-Transfer-Encoding: base64",
+        ] {
+            let part = format!("--b\r\nContent-Disposition: form-data; name=\"model\"\r\n{head}\r\n\r\nd=65ar\r\n--b--\r\n");
+            let r = to_llm(part.into(), &multipart);
+            assert!(matches!(r, Err(BodyError::Malformed(_))), "{head}: {r:?}");
+        }
+        let part = "--b\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Transfer-Encoding: 8bit\r\n\r\ndear\r\n--b--\r\n";
+        assert_eq!(
+            to_llm(part.into(), &multipart)
+                .unwrap()
+                .llm
+                .model
+                .as_deref(),
+            Some("dear")
+        );
         // A multipart part's own charset decodes its value too.
         let part = "--b\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Type: text/plain; charset=iso-2022-jp\r\n\r\nwhisper-1\r\n--b--\r\n";
         let r = to_llm(

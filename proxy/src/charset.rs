@@ -5,22 +5,70 @@
 //! ISO-2022's escapes, EBCDIC, UTF-16): a JSON key, a tool name or a model the proxy never saw.
 
 /// UTF-8, as the charset of a body the proxy reads and a peer decodes (an MCP server's answer).
-pub const UTF8: &[&[u8]] = &[b"utf-8", b"utf8"];
+pub const UTF8: &[&[u8]] = &[b"utf8"];
 
 /// Charsets in which every byte the proxy reads as ASCII is that ASCII character, and every
-/// other byte a character no JSON or form syntax uses: a body read as UTF-8 has the same
-/// structure in them (a request body, which servers decode with its type's charset).
+/// other byte a character no JSON or form syntax uses, so a body read as UTF-8 has the same
+/// structure in them (a request body, which servers decode with its type's charset), compared
+/// by [`spelled_alike`]: UTF-8, US-ASCII, and the single-byte ISO 8859 parts, Windows code pages
+/// 1250-1258 and KOI8 (ASCII below 0x80 in all of them).
 pub const ASCII_PRESERVING: &[&[u8]] = &[
-    b"utf-8",
     b"utf8",
-    b"us-ascii",
+    b"usascii",
     b"ascii",
-    b"iso-8859-1",
+    b"iso88591",
+    b"iso88592",
+    b"iso88593",
+    b"iso88594",
+    b"iso88595",
+    b"iso88596",
+    b"iso88597",
+    b"iso88598",
+    b"iso88599",
+    b"iso885910",
+    b"iso885911",
+    b"iso885913",
+    b"iso885914",
+    b"iso885915",
+    b"iso885916",
     b"latin1",
-    b"windows-1252",
+    b"latin2",
+    b"latin9",
+    b"l1",
+    b"windows1250",
+    b"windows1251",
+    b"windows1252",
+    b"windows1253",
+    b"windows1254",
+    b"windows1255",
+    b"windows1256",
+    b"windows1257",
+    b"windows1258",
+    b"cp1250",
+    b"cp1251",
+    b"cp1252",
+    b"cp1253",
+    b"cp1254",
+    b"cp1255",
+    b"cp1256",
+    b"cp1257",
+    b"cp1258",
+    b"koi8r",
+    b"koi8u",
 ];
 
-/// Whether `content_type` names no charset, or one of `accepted` (ASCII case ignored).
+/// Whether a charset's name is `name` (lowercase, letters and digits only) however it is
+/// spelled: ASCII case, `-`, `_`, `.`, spaces ignored (`ISO_8859-1`, `latin-1`, `UTF8`), as
+/// decoders' alias tables take them.
+fn spelled_alike(value: &[u8], name: &[u8]) -> bool {
+    let mut letters = value
+        .iter()
+        .filter(|b| !matches!(b, b'-' | b'_' | b'.' | b' '))
+        .map(u8::to_ascii_lowercase);
+    name.iter().all(|n| letters.next() == Some(*n)) && letters.next().is_none()
+}
+
+/// Whether `content_type` names no charset, or one of `accepted` (see [`spelled_alike`]).
 ///
 /// SECURITY: every parameter a peer may take for the charset counts: RFC 2231's `charset*`
 /// and `charset*0` too (Python's `email` reads `charset*=''utf-7`, and httpx decodes an event
@@ -41,7 +89,7 @@ pub fn names_none_but(content_type: &[u8], accepted: &[&[u8]]) -> bool {
             .strip_prefix(b"\"")
             .and_then(|v| v.strip_suffix(b"\""))
             .unwrap_or(value);
-        accepted.iter().any(|a| value.eq_ignore_ascii_case(a))
+        accepted.iter().any(|a| spelled_alike(value, a))
     });
     let named = content_type
         .windows(b"charset".len())
@@ -90,6 +138,12 @@ mod tests {
             "application/x-www-form-urlencoded; charset=ISO-8859-1",
             "application/json; charset=us-ascii",
             "application/json; charset=\"windows-1252\"",
+            "text/plain; charset=latin-1",
+            "text/plain; charset=ISO_8859-1",
+            "text/plain; charset=iso8859-1",
+            "text/plain; charset=cp1252",
+            "text/csv; charset=windows-1250",
+            "text/plain; charset=UTF8",
         ] {
             assert!(names_none_but(ok.as_bytes(), ASCII_PRESERVING), "{ok}");
         }
@@ -100,6 +154,10 @@ mod tests {
             "application/json; charset=gbk",
             "application/json; charset=cp037",
             "application/json; charset*=''utf-7",
+            "application/json; charset=utf-16be",
+            "application/json; charset=utf-8x",
+            "application/json; charset=x-utf-8",
+            "application/json; charset=",
         ] {
             assert!(!names_none_but(not.as_bytes(), ASCII_PRESERVING), "{not}");
         }

@@ -746,7 +746,7 @@ impl Deny {
             ),
             Deny::UnsupportedBody(why) => (
                 415,
-                format!("this body cannot be checked for an LLM destination, so it was not forwarded: {why}"),
+                format!("this body cannot be checked, so it was not forwarded: {why}"),
             ),
             Deny::ResourceDenied(uri, refusal) => (
                 403,

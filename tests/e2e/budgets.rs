@@ -1361,6 +1361,12 @@ fn work_the_proxy_cannot_meter_is_refused_while_spend_is_capped() {
             r#"{"model":"models/gemini-2.5-pro","ttl":"2592000s","contents":[]}"#,
             "a context cache",
         ),
+        // A model that searches on every call, asked for no search in its body.
+        (
+            "chat/completions",
+            r#"{"model":"gpt-4o-mini-search-preview","messages":[]}"#,
+            "a chat search model",
+        ),
     ] {
         let r = llm_post(&proxy, path, body, None, "");
         r.assert_refused(403, "unmetered_call");

@@ -626,6 +626,27 @@ fn an_opaque_tunnel_holds_its_client_to_the_tunnels_host() {
         let body = r.json();
         assert_eq!(body["error"]["code"], code, "{host}: {body}");
     }
+    // Whitespace before the method (which Python's `http.server` skips) is still HTTP, read as
+    // such: refused by the front, never relayed unread.
+    let (mut sock, status, _) = connect(h.proxy.sidecar_port, &authority, "");
+    assert_eq!(status, 200);
+    write!(
+        sock,
+        " GET /pinned/echo HTTP/1.1\r\nHost: llm.test:{}\r\nConnection: close\r\n\r\n",
+        h.mock
+    )
+    .unwrap();
+    let r = read_response(&mut BufReader::new(sock)).unwrap();
+    assert_eq!(r.status, 400, "{}", r.body_text());
+    // A TLS alert record before the ClientHello (Go's server skips warning alerts, then serves
+    // the hello's SNI) leaves no name the proxy can check: refused, nothing relayed.
+    let (mut sock, status, _) = connect(h.proxy.sidecar_port, &authority, "");
+    assert_eq!(status, 200);
+    sock.write_all(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x01, 0x5a])
+        .unwrap();
+    assert!(tls_over(sock, "llm.test", &h.origin_ca).is_err());
+    let record = record_when_written(&h, |r| r["reason"] == "interception_unavailable");
+    assert_eq!(record["host"], "pinned.test", "{record}");
 }
 
 /// A host that keeps what it is sent (the recording origin's `/logged/`), over TLS as

@@ -706,7 +706,12 @@ async fn admit_http(
         unmetered_body = if read.llm.background {
             Some("a background response")
         } else {
-            read.llm.billed_tool
+            read.llm.billed_tool.or_else(|| {
+                trail
+                    .model
+                    .as_deref()
+                    .and_then(crate::usage::providers::request::billed_model)
+            })
         };
         fallback_models = read.llm.fallback_models;
         grant.body_decoded = read.decoded;
@@ -1558,9 +1563,13 @@ fn call_work(
     call_api: Option<&'static dyn Provider>,
     unmetered: Option<&'static str>,
 ) -> Work {
-    match registry::work(destination, method, upgrade, call_api.is_some()) {
-        Work::Call => unmetered.map_or(Work::Call, Work::Unmetered),
-        work => work,
+    match (
+        registry::work(destination, method, upgrade, call_api.is_some()),
+        unmetered,
+    ) {
+        // A request the proxy does not know that names a model is a call too (see `plan`).
+        (Work::Call | Work::Unrecognized(_), Some(why)) => Work::Unmetered(why),
+        (work, _) => work,
     }
 }
 
@@ -1815,5 +1824,40 @@ impl Effects for DecideOnly<'_> {
 
     fn now(&self) -> i64 {
         self.now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a body asks that no response shows (run in the background, a billed hosted tool)
+    /// makes unmetered work of a call, on a path the proxy knows and on one of an LLM API it
+    /// does not know (a call all the same when its body names a model); other requests stay
+    /// what they are.
+    #[test]
+    fn a_bodys_unmetered_work_is_unmetered_on_known_and_unknown_call_paths() {
+        let post = http::Method::POST;
+        let what = "the image generation tool (billed per image)";
+        let why = Some(what);
+        for path in ["/v1/responses", "/v1/responses/compact"] {
+            let d = Destination::https_for_test("api.openai.com", path, None);
+            let api = registry::for_destination(&d);
+            assert_eq!(
+                call_work(&d, &post, false, api, why),
+                Work::Unmetered(what),
+                "{path}"
+            );
+            assert_ne!(
+                call_work(&d, &post, false, api, None),
+                Work::Unmetered(what),
+                "{path}"
+            );
+        }
+        let d = Destination::https_for_test("tools.example", "/v1/run", None);
+        assert_eq!(
+            call_work(&d, &post, false, registry::for_destination(&d), why),
+            Work::Other
+        );
     }
 }

@@ -18,7 +18,8 @@ pub enum Sniffed {
         sni: Option<String>,
     },
     /// A TLS record that is no ClientHello this proxy can read (malformed, refused by rustls,
-    /// or larger than [`MAX_CLIENT_HELLO`]): its server name cannot be known.
+    /// larger than [`MAX_CLIENT_HELLO`], another record type first, an SNI that is no host
+    /// name, or an encrypted ClientHello inside, ECH): its server name cannot be known.
     UnreadableTls,
     /// A ClientHello begun and not finished within the wait.
     StalledTls,
@@ -46,6 +47,21 @@ pub async fn sniff<S: AsyncRead + Unpin>(
             Err(_) => return Some((Sniffed::Other, buf)),
             Ok(0) => return None,
             Ok(_) => {}
+        }
+    }
+    // SECURITY: a TLS record of another type first (a warning alert, a ChangeCipherSpec, which
+    // some servers skip before the ClientHello) would take a TLS client for another protocol,
+    // its ClientHello then relayed unread.
+    if is_tls_record_type(buf[0]) && buf[0] != TLS_HANDSHAKE {
+        if buf.len() < 2 {
+            match tokio::time::timeout(hello_wait, read_some(stream, &mut buf)).await {
+                Ok(0) => return None,
+                Err(_) => return Some((Sniffed::StalledTls, buf)),
+                Ok(_) => {}
+            }
+        }
+        if buf[1] == TLS_MAJOR {
+            return Some((Sniffed::UnreadableTls, buf));
         }
     }
     if buf[0] == TLS_HANDSHAKE {
@@ -82,7 +98,9 @@ pub async fn sniff<S: AsyncRead + Unpin>(
 /// Whether `first` may start an HTTP request (the empty lines a server skips before it skipped
 /// too): a method token, a space or tab, then a target as servers take one (`/…`, `*`, or an
 /// absolute URL), or a line that names an HTTP version anywhere. `None` while that cannot be
-/// told yet.
+/// told yet. Whitespace is whatever any server splits a request line on (Python's
+/// `http.server` splits on every whitespace character: a vertical tab or form feed between
+/// the method and the target, and any before the method).
 ///
 /// SECURITY: what servers take for a request is HTTP here, however it is spelt (a long line, a
 /// byte outside ASCII in its path, tabs, `HTTP/1.2`, HTTP/0.9's bare `GET /x`): the front
@@ -91,7 +109,7 @@ pub async fn sniff<S: AsyncRead + Unpin>(
 /// whose words look like a method (`EHLO host`, `get key`, `a001 LOGIN`) have no such target.
 pub fn request_line(first: &[u8]) -> Option<bool> {
     const MAX_LINE: usize = 8 * 1024;
-    let Some(start) = first.iter().position(|b| *b != b'\r' && *b != b'\n') else {
+    let Some(start) = first.iter().position(|b| !is_line_space(*b)) else {
         // Only empty lines so far: a server would wait for the request after them.
         return (first.len() >= MAX_LINE).then_some(true);
     };
@@ -104,13 +122,13 @@ pub fn request_line(first: &[u8]) -> Option<bool> {
         // A token still arriving (or one as long as the window: the front refuses it).
         return (rest.len() >= MAX_LINE).then_some(method > 0);
     }
-    if method == 0 || !matches!(rest[method], b' ' | b'\t') {
+    if method == 0 || !is_line_space(rest[method]) || matches!(rest[method], b'\r' | b'\n') {
         return Some(false);
     }
     let target = &rest[method..];
     let target = &target[target
         .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
+        .position(|b| !is_line_space(*b) || matches!(b, b'\r' | b'\n'))
         .unwrap_or(target.len())..];
     match target.first() {
         None => None,
@@ -143,6 +161,102 @@ async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> u
     }
 }
 
+/// Whether a server may take `b` for whitespace in or before a request line: ASCII
+/// whitespace, and what Python's `str.split` splits on besides (`\x1c`–`\x1f`, and NEL and
+/// NBSP in the Latin-1 its `http.server` reads request lines as).
+fn is_line_space(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c | 0x1c..=0x1f | 0x85 | 0xa0
+    )
+}
+
+/// The first byte of a TLS record of any type (ChangeCipherSpec, alert, handshake,
+/// application data, heartbeat).
+fn is_tls_record_type(b: u8) -> bool {
+    (0x14..=0x18).contains(&b)
+}
+
+/// The first byte of every TLS version on the wire (SSL 3.0 to TLS 1.3's legacy field).
+const TLS_MAJOR: u8 = 0x03;
+
+/// The ClientHello extension that carries a server name (RFC 6066).
+const SERVER_NAME_EXTENSION: u16 = 0x0000;
+
+/// The ClientHello extension that carries an encrypted inner ClientHello (ECH): its server
+/// name is not the one the outer hello shows.
+const ECH_EXTENSION: u16 = 0xfe0d;
+
+/// The extension types of the ClientHello in `records` (TLS records as they came, its
+/// handshake message possibly split over several), `None` when they cannot be walked.
+pub fn hello_extensions(records: &[u8]) -> Option<Vec<u16>> {
+    // The handshake message, from the payloads of the handshake records.
+    let mut message = Vec::new();
+    let mut rest = records;
+    while rest.len() >= 5 && rest[0] == TLS_HANDSHAKE {
+        let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        let payload = rest.get(5..5 + len)?;
+        message.extend_from_slice(payload);
+        rest = &rest[5 + len..];
+    }
+    let (&kind, body) = message.split_first()?;
+    if kind != 0x01 {
+        return None;
+    }
+    let len = usize::from(*body.first()?) << 16
+        | usize::from(*body.get(1)?) << 8
+        | usize::from(*body.get(2)?);
+    let hello = body.get(3..3 + len)?;
+    // legacy_version, random, then the session id, cipher suites and compression methods.
+    let mut at = 2 + 32;
+    let skip = |at: &mut usize, width: usize| -> Option<()> {
+        let n = match width {
+            1 => usize::from(*hello.get(*at)?),
+            _ => usize::from(u16::from_be_bytes([*hello.get(*at)?, *hello.get(*at + 1)?])),
+        };
+        *at += width + n;
+        Some(())
+    };
+    skip(&mut at, 1)?;
+    skip(&mut at, 2)?;
+    skip(&mut at, 1)?;
+    let total = usize::from(u16::from_be_bytes([*hello.get(at)?, *hello.get(at + 1)?]));
+    let mut ext = hello.get(at + 2..at + 2 + total)?;
+    let mut kinds = Vec::new();
+    while ext.len() >= 4 {
+        kinds.push(u16::from_be_bytes([ext[0], ext[1]]));
+        let n = usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+        ext = ext.get(4 + n..)?;
+    }
+    Some(kinds)
+}
+
+/// The server name of the whole ClientHello in `records` (TLS records as they came): `None`
+/// when it cannot be read, or names no host this proxy can check (an SNI that is no host name,
+/// an encrypted inner hello).
+pub fn hello_name(records: &[u8]) -> Option<Option<String>> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = records;
+    while !rest.is_empty() {
+        match acceptor.read_tls(&mut rest) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+    let accepted = acceptor.accept().ok()??;
+    let sni = accepted
+        .client_hello()
+        .server_name()
+        .map(str::to_ascii_lowercase);
+    let extensions = hello_extensions(records)?;
+    if extensions.contains(&ECH_EXTENSION)
+        || (sni.is_none() && extensions.contains(&SERVER_NAME_EXTENSION))
+    {
+        return None;
+    }
+    Some(sni)
+}
+
 /// What the bytes of a TLS handshake record turned out to be.
 enum Hello {
     /// A whole ClientHello, with its server name if it has one.
@@ -171,6 +285,17 @@ async fn client_hello<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -
                     .client_hello()
                     .server_name()
                     .map(str::to_ascii_lowercase);
+                // SECURITY: rustls reads an SNI that is no host name (an IP address, which
+                // some servers take) as none, and an ECH hello's outer name is not the one
+                // its server serves: neither name can be checked.
+                let Some(extensions) = hello_extensions(buf) else {
+                    return Hello::Unreadable;
+                };
+                if extensions.contains(&ECH_EXTENSION)
+                    || (sni.is_none() && extensions.contains(&SERVER_NAME_EXTENSION))
+                {
+                    return Hello::Unreadable;
+                }
                 return Hello::Sni(sni);
             }
             Ok(None) => {}
@@ -193,36 +318,97 @@ async fn client_hello<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -
 /// does would be relayed on a decision about the address alone, its server name or `Host`
 /// never checked: it is refused instead.
 pub fn speaks_first_late(first: &[u8]) -> Option<bool> {
-    match first.first() {
-        None => None,
-        Some(&TLS_HANDSHAKE) => Some(true),
-        Some(_) => request_line(first),
+    match first {
+        [] => None,
+        [TLS_HANDSHAKE, ..] => Some(true),
+        [b] if is_tls_record_type(*b) => None,
+        [b, TLS_MAJOR, ..] if is_tls_record_type(*b) => Some(true),
+        _ => request_line(first),
     }
 }
 
 /// The first byte of a TLS handshake record (a ClientHello's).
 const TLS_HANDSHAKE: u8 = 0x16;
 
+/// A real ClientHello from rustls' client for `name` (or none, for an IP address).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn client_hello_for(name: &str) -> Vec<u8> {
+    let roots = rustls::RootCertStore::empty();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    /// A real ClientHello from rustls' client for `name` (or none, for an IP address).
-    fn client_hello_for(name: &str) -> Vec<u8> {
-        let roots = rustls::RootCertStore::empty();
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server).unwrap();
-        let mut out = Vec::new();
-        conn.write_tls(&mut out).unwrap();
+    /// `hello` (one record) with one more extension of type `kind`, its lengths fixed up.
+    fn with_extension(hello: &[u8], kind: u16) -> Vec<u8> {
+        let mut out = hello.to_vec();
+        // The server_name extension of an IP literal: one `host_name` entry, "192.0.2.1".
+        let data: Vec<u8> = if kind == 0x0000 {
+            let name = b"192.0.2.1";
+            let mut d = vec![0, (name.len() + 3) as u8, 0, 0, name.len() as u8];
+            d.extend_from_slice(name);
+            d
+        } else {
+            vec![0; 8]
+        };
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(&data);
+        let added = 4 + data.len();
+        let grow = |at: usize, width: usize, out: &mut Vec<u8>| {
+            let mut n = 0usize;
+            for i in 0..width {
+                n = n << 8 | usize::from(out[at + i]);
+            }
+            n += added;
+            for i in 0..width {
+                out[at + i] = (n >> (8 * (width - 1 - i))) as u8;
+            }
+        };
+        grow(3, 2, &mut out); // the record
+        grow(6, 3, &mut out); // the handshake message
+                              // The extensions' own length: after version, random, session id, suites, compression.
+        let mut at = 9 + 2 + 32;
+        at += 1 + usize::from(out[at]);
+        at += 2 + usize::from(u16::from_be_bytes([out[at], out[at + 1]]));
+        at += 1 + usize::from(out[at]);
+        grow(at, 2, &mut out);
         out
+    }
+
+    #[test]
+    fn a_hellos_extensions_are_walked() {
+        let hello = client_hello_for("api.example.test");
+        let kinds = hello_extensions(&hello).unwrap();
+        assert!(kinds.contains(&SERVER_NAME_EXTENSION), "{kinds:?}");
+        assert!(hello_extensions(&with_extension(&hello, 0xfe0d))
+            .unwrap()
+            .contains(&0xfe0d));
+        // Split over two records.
+        let message = &hello[5..];
+        let mut split = Vec::new();
+        for part in [&message[..40], &message[40..]] {
+            split.extend_from_slice(&[0x16, 0x03, 0x01]);
+            split.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            split.extend_from_slice(part);
+        }
+        assert_eq!(hello_extensions(&split), Some(kinds));
+        assert_eq!(hello_extensions(&hello[..20]), None);
     }
 
     async fn sniffed(bytes: &[u8]) -> Option<(Sniffed, Vec<u8>)> {
@@ -295,6 +481,31 @@ mod tests {
                 &unreadable[..8]
             );
         }
+        // Another TLS record first (a warning alert before the hello), an SNI that is an IP
+        // address, an ECH hello: no name to check.
+        let mut alert_first = vec![0x15, 0x03, 0x01, 0x00, 0x02, 0x01, 0x5a];
+        alert_first.extend(client_hello_for("api.example.test"));
+        assert_eq!(
+            sniffed(&alert_first).await.unwrap().0,
+            Sniffed::UnreadableTls
+        );
+        assert_eq!(
+            sniffed(b"\x14\x03\x03\x00\x01\x01").await.unwrap().0,
+            Sniffed::UnreadableTls
+        );
+        assert_eq!(
+            sniffed(&with_extension(&hello, 0xfe0d)).await.unwrap().0,
+            Sniffed::UnreadableTls
+        );
+        assert_eq!(
+            sniffed(&with_extension(&client_hello_for("192.0.2.1"), 0x0000))
+                .await
+                .unwrap()
+                .0,
+            Sniffed::UnreadableTls
+        );
+        // A protocol whose first byte merely falls in that range is not TLS.
+        assert_eq!(sniffed(b"\x15hello\r\n").await.unwrap().0, Sniffed::Other);
         assert_eq!(sniffed(b"").await, None);
         // A ClientHello cut short by the client's close: it asked for nothing.
         assert_eq!(sniffed(&hello[..hello.len() / 2]).await, None);
@@ -336,9 +547,15 @@ mod tests {
     fn late_speakers_are_told_by_their_first_bytes() {
         let hello = client_hello_for("api.example.test");
         #[rustfmt::skip]
-        let cases: [(&[u8], Option<bool>); 15] = [
+        let cases: [(&[u8], Option<bool>); 19] = [
             (&hello, Some(true)),
             (&hello[..1], Some(true)),
+            // Another TLS record first (an alert): told by its version byte.
+            (b"\x15", None),
+            (b"\x15\x03\x01\x00\x02", Some(true)),
+            // Whitespace a server splits request lines on.
+            (b" GET /x HTTP/1.1\r\n", Some(true)),
+            (b"GET\x0b/x HTTP/1.1\r\n", Some(true)),
             (b"GET /x HTTP/1.1\r\nHost: a\r\n", Some(true)),
             (b"POST / HTTP/1.0\n", Some(true)),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(true)),

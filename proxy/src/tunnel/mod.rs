@@ -20,6 +20,7 @@
 //!   `host:port` egress exception) opens such a **plain** tunnel only: TLS on it is cut off.
 
 pub mod head;
+mod hello_watch;
 pub mod io;
 mod opaque;
 mod transparent;
@@ -361,13 +362,16 @@ impl EgressApp {
             let mut vet = (matches!(opened, Opened::CapturedOther(_)) && early.is_empty())
                 .then_some(crate::transparent::sniff::speaks_first_late as opaque::Vet);
             let mut early = early;
+            let mut watch = None;
             if matches!(opened, Opened::Connect) {
                 match self.opaque_start(&mut stream, early, &head.host).await {
-                    OpaqueStart::Relay(first) => {
+                    OpaqueStart::Relay(first, tls) => {
                         vet = first
                             .is_empty()
                             .then_some(crate::transparent::sniff::speaks_first_late as opaque::Vet);
                         early = first;
+                        // A TLS client's handshake goes on being held to the host.
+                        watch = tls.then(|| hello_watch::HelloWatch::new(&head.host));
                     }
                     OpaqueStart::Closed => {
                         // Cut by the proxy's drain before its client sent a byte: recorded as
@@ -421,11 +425,18 @@ impl EgressApp {
                 ask: lapse::opaque_again(tenant, head.host.clone(), head.port, addr),
             });
             let lapse = Box::pin(lapse::watch(self.shared.clone(), identity, question));
-            let (relayed, lapsed) = opaque::relay(stream, upstream, early, idle, lapse, vet).await;
+            let (relayed, lapsed) =
+                opaque::relay(stream, upstream, early, idle, lapse, vet, watch).await;
             let (up, down) = (relayed.up, relayed.down);
             trail.bytes_in = up;
             trail.bytes_out = down;
-            if relayed.vetoed {
+            if relayed.hello_refused {
+                METRICS
+                    .tunnel_handshake_failures
+                    .with_label_values(&[trail.tenant_label(), "sni_mismatch"])
+                    .inc();
+                trail.refuse(Deny::HostMismatch);
+            } else if relayed.vetoed {
                 trail.refuse(Deny::InterceptionUnavailable(
                     "the captured client sent a TLS ClientHello or an HTTP request only after a silence that took it for a protocol in which the server speaks first: decided on the address alone, its server name or Host would go unchecked".into(),
                 ));
@@ -555,10 +566,11 @@ impl EgressApp {
             }
             // Without a name, the server serves the address's default site, which the
             // tunnel was decided on.
-            Sniffed::Tls { .. } | Sniffed::Other => OpaqueStart::Relay(bytes.into()),
+            Sniffed::Tls { .. } => OpaqueStart::Relay(bytes.into(), true),
+            Sniffed::Other => OpaqueStart::Relay(bytes.into(), false),
             Sniffed::Http => OpaqueStart::Http(bytes),
             Sniffed::UnreadableTls => OpaqueStart::Refused(Deny::InterceptionUnavailable(
-                "the client's TLS handshake is no ClientHello this proxy can read (malformed, or over 16 KiB): its server name cannot be checked against the tunnel's host".into(),
+                "the client's TLS handshake is no ClientHello this proxy can read (malformed, over 16 KiB, another TLS record first, an SNI that is no host name, or an encrypted inner hello): its server name cannot be checked against the tunnel's host".into(),
             )),
             Sniffed::StalledTls => OpaqueStart::Refused(Deny::RequestTimeout),
         }
@@ -897,8 +909,9 @@ impl Opened {
 /// What a `CONNECT` tunnel that policy lets pass opaquely does with its client's first bytes
 /// ([`EgressApp::opaque_start`]).
 enum OpaqueStart {
-    /// Relayed, these bytes first (none: the client waits for the server to speak).
-    Relay(Bytes),
+    /// Relayed, these bytes first (none: the client waits for the server to speak); `true`
+    /// when they are a TLS ClientHello, whose handshake is watched on.
+    Relay(Bytes, bool),
     /// The client closed before it asked for anything.
     Closed,
     /// A ClientHello naming another host than the tunnel's.

@@ -11,6 +11,8 @@ use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::hello_watch::{HelloWatch, Verdict};
+
 const BUF: usize = 16 * 1024;
 
 /// What a relay moved, and how it ended.
@@ -24,6 +26,9 @@ pub struct Relayed {
     pub client_failed: bool,
     /// The relay was stopped before the client's first bytes went up, as `vet` asked.
     pub vetoed: bool,
+    /// The relay was stopped because the client's handshake named another host than the
+    /// tunnel's after a retry (see [`super::hello_watch`]).
+    pub hello_refused: bool,
 }
 
 /// Tells what a client's first bytes are: `Some(true)` stops the relay, `Some(false)` lets
@@ -35,7 +40,9 @@ pub type Vet = fn(&[u8]) -> Option<bool>;
 ///
 /// With `vet`, the client's first bytes are held (the upstream's still flow down) until `vet`
 /// tells what they are: `Some(false)` lets them and the rest through, `Some(true)` ends the
-/// relay with nothing of them sent (`vetoed`), `None` waits for more of them.
+/// relay with nothing of them sent (`vetoed`), `None` waits for more of them. With `watch`, the
+/// client's bytes after its first ClientHello are held while the watch asks
+/// ([`HelloWatch`]).
 pub async fn relay<E: Future + Unpin>(
     mut client: Stream,
     mut upstream: TcpStream,
@@ -43,6 +50,7 @@ pub async fn relay<E: Future + Unpin>(
     idle: Duration,
     mut end: E,
     vet: Option<Vet>,
+    mut watch: Option<HelloWatch>,
 ) -> (Relayed, Option<E::Output>) {
     let (mut up, mut down) = (0u64, 0u64);
     if !early.is_empty() {
@@ -54,6 +62,7 @@ pub async fn relay<E: Future + Unpin>(
     let mut ended = None;
     let mut client_failed = false;
     let mut vetoed = false;
+    let mut hello_refused = false;
     // The client's first bytes while `vet` has not told what they are.
     let mut held: Option<Vec<u8>> = vet.map(|_| Vec::new());
     let mut from_client = vec![0u8; BUF];
@@ -87,6 +96,18 @@ pub async fn relay<E: Future + Unpin>(
                         }
                     }
                     let chunk = vetted.as_deref().unwrap_or(&from_client[..n]);
+                    let watched = match watch.as_mut().filter(|w| !w.done()) {
+                        Some(w) => match w.client_sent(chunk) {
+                            Verdict::Hold => continue,
+                            Verdict::Cut => {
+                                hello_refused = true;
+                                break;
+                            }
+                            Verdict::Pass(held) => Some(held),
+                        },
+                        None => None,
+                    };
+                    let chunk = watched.as_deref().unwrap_or(chunk);
                     if upstream.write_all(chunk).await.is_err() {
                         break;
                     }
@@ -106,6 +127,21 @@ pub async fn relay<E: Future + Unpin>(
                         break;
                     }
                     down += n as u64;
+                    if let Some(w) = watch.as_mut().filter(|w| !w.done()) {
+                        match w.server_sent(&from_upstream[..n]) {
+                            Verdict::Hold => {}
+                            Verdict::Cut => {
+                                hello_refused = true;
+                                break;
+                            }
+                            Verdict::Pass(held) => {
+                                if upstream.write_all(&held).await.is_err() {
+                                    break;
+                                }
+                                up += held.len() as u64;
+                            }
+                        }
+                    }
                 }
             },
             _ = tokio::time::sleep(idle) => break,
@@ -120,6 +156,7 @@ pub async fn relay<E: Future + Unpin>(
         down,
         client_failed,
         vetoed,
+        hello_refused,
     };
     (relayed, ended)
 }
@@ -160,6 +197,7 @@ mod tests {
                 Duration::from_secs(5),
                 std::future::pending::<()>(),
                 Some(crate::transparent::sniff::speaks_first_late as Vet),
+                None,
             ));
             let mut banner = [0u8; 12];
             client.read_exact(&mut banner).await.unwrap();

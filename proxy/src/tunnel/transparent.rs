@@ -102,7 +102,7 @@ impl EgressApp {
             Sniffed::Other => (address, Opened::CapturedOther(original)),
             Sniffed::UnreadableTls => {
                 let deny = Deny::InterceptionUnavailable(
-                    "the captured client's TLS handshake is no ClientHello this proxy can read (malformed, or over 16 KiB): its server name cannot be checked".into(),
+                    "the captured client's TLS handshake is no ClientHello this proxy can read (malformed, over 16 KiB, another TLS record first, an SNI that is no host name, or an encrypted inner hello): its server name cannot be checked".into(),
                 );
                 self.refuse_captured(Some(original), deny).await;
                 return;

@@ -91,7 +91,7 @@ const GATEWAY_MERGED: &str = "extra_body";
 /// Hosted tools billed other than by the tokens a response reports, by the `type` a tool's
 /// object names (the Responses API's, Anthropic's: a prefix, their versions are dated). The
 /// hosted tools whose calls the proxy reads and prices (web and file search) are not here.
-const BILLED_TOOL_TYPES: [(&str, &str); 3] = [
+const BILLED_TOOL_TYPES: [(&str, &str); 5] = [
     (
         "image_generation",
         "the image generation tool (billed per image)",
@@ -104,12 +104,18 @@ const BILLED_TOOL_TYPES: [(&str, &str); 3] = [
         "code_execution_",
         "the code execution tool (billed per container hour)",
     ),
+    // xAI's server-side tools, billed per call.
+    (
+        "code_execution",
+        "the code execution tool (billed per call)",
+    ),
+    ("x_search", "xAI's X search tool (billed per call)"),
 ];
 
 /// Gemini's and Vertex AI's grounding tools (billed per grounded prompt or query), by the key
-/// of a tool's object, in JSON and proto spelling; and the chat search models' search (billed
-/// per call, never reported).
-const BILLED_TOOLS: [(Field, &str); 9] = [
+/// of a tool's object, in JSON and proto spelling; the chat search models' search (billed per
+/// call, never reported); xAI's Live Search and OpenRouter's plugins.
+const BILLED_TOOLS: [(Field, &str); 12] = [
     (&["tools", EACH, "googleSearch"], GROUNDING),
     (&["tools", EACH, "google_search"], GROUNDING),
     (&["tools", EACH, "googleSearchRetrieval"], GROUNDING),
@@ -118,13 +124,42 @@ const BILLED_TOOLS: [(Field, &str); 9] = [
     (&["tools", EACH, "google_maps"], GROUNDING),
     (&["tools", EACH, "enterpriseWebSearch"], GROUNDING),
     (&["tools", EACH, "enterprise_web_search"], GROUNDING),
+    // Vertex AI's grounding with Vertex AI Search or a RAG corpus.
+    (&["tools", EACH, "retrieval"], GROUNDING),
     (
         &["web_search_options"],
         "a chat search model's web search (billed per call)",
     ),
+    // Billed per source searched; per web result and per parsed page.
+    (
+        &["search_parameters"],
+        "xAI's Live Search (billed per source)",
+    ),
+    (
+        &["plugins"],
+        "OpenRouter's plugins (web search and file parsing, billed per use)",
+    ),
 ];
 
-const GROUNDING: &str = "grounding with Google Search or Maps (billed per grounded prompt)";
+const GROUNDING: &str =
+    "grounding with Google Search, Maps or a search index (billed per grounded prompt)";
+
+/// Models that search (or run tools) on every call, billed per search beside their tokens,
+/// by a part of their name: OpenAI's chat search models, OpenRouter's `:online` variants,
+/// Groq's compound systems.
+pub fn billed_model(model: &str) -> Option<&'static str> {
+    let m = model.to_ascii_lowercase();
+    if m.contains("-search-preview") || m.contains("-search-api") {
+        return Some("a chat search model (billed per search)");
+    }
+    if m.ends_with(":online") {
+        return Some("an `:online` model (web search billed per result)");
+    }
+    if m.starts_with("groq/compound") || m.starts_with("compound-beta") || m == "compound" {
+        return Some("a compound model (its tools billed per use)");
+    }
+    None
+}
 
 /// The `type` of a tool's object.
 const TOOL_TYPE: Field = &["tools", EACH, "type"];
@@ -997,8 +1032,9 @@ mod tests {
         // and the Responses API's hosted tools (`tools`).)
         // And the gateways' model lists (`models`, `fallbacks`, `context_window_fallback_dict`,
         // `content_policy_fallbacks`, and LiteLLM's `extra_body` and `user_config`), and the
-        // chat search models' `web_search_options`.
-        assert_eq!(FIELDS.root.len(), 26, "{:?}", FIELDS.root);
+        // chat search models' `web_search_options`, xAI's `search_parameters`, OpenRouter's
+        // `plugins`.
+        assert_eq!(FIELDS.root.len(), 28, "{:?}", FIELDS.root);
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
@@ -1150,6 +1186,17 @@ mod tests {
             .ceiling_fields
             .read_by(&super::super::openai_chat::OpenAiChat));
         assert!(read_json(br#"{"model":"m","extra_body":{"n":1,"n":9}}"#).is_err());
+        for (model, billed) in [
+            ("gpt-4o-search-preview", true),
+            ("gpt-4o-mini-search-preview-2025-03-11", true),
+            ("gpt-5-search-api", true),
+            ("openai/gpt-4o-mini:online", true),
+            ("groq/compound-mini", true),
+            ("gpt-4o-mini", false),
+            ("text-search-ada", false),
+        ] {
+            assert_eq!(billed_model(model).is_some(), billed, "{model}");
+        }
         // Hosted tools billed per image, container or grounded prompt are told; the ones the
         // proxy prices per call, functions and nulls are not.
         for (body, billed) in [
@@ -1172,6 +1219,19 @@ mod tests {
             ),
             (
                 r#"{"model":"gpt-4o-search-preview","web_search_options":{}}"#,
+                true,
+            ),
+            (
+                r#"{"model":"grok-4","tools":[{"type":"code_execution"},{"type":"x_search"}]}"#,
+                true,
+            ),
+            (
+                r#"{"model":"grok-3","search_parameters":{"mode":"on"}}"#,
+                true,
+            ),
+            (r#"{"model":"m","plugins":[{"id":"web"}]}"#, true),
+            (
+                r#"{"contents":[],"tools":[{"retrieval":{"vertexAiSearch":{"datastore":"d"}}}]}"#,
                 true,
             ),
             (
@@ -1236,7 +1296,8 @@ mod tests {
         // Forms are flat: a nested field is no form field.
         // (`model`, `generationConfig`, `inferenceConfig`, `max_tokens`, then `n`, `best_of`,
         // `generation_config`, the four gateway model lists, `extra_body`, `user_config`,
-        // `background`, the hosted tools' `tools` and `web_search_options`.)
-        assert_eq!(Tree::build(&[&Nesting]).root.len(), 16);
+        // `background`, the hosted tools' `tools`, `web_search_options`, `search_parameters`
+        // and `plugins`.)
+        assert_eq!(Tree::build(&[&Nesting]).root.len(), 18);
     }
 }
