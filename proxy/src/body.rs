@@ -991,7 +991,7 @@ impl FormFields {
             Some(
                 Slot::Background
                 | Slot::ToolType
-                | Slot::BilledTool(_)
+                | Slot::BilledTool(..)
                 | Slot::SecondaryModel(_)
                 | Slot::OtherModel,
             )
@@ -1118,6 +1118,16 @@ fn each_part(body: &[u8], boundary: &str, part: &mut PartVisitor<'_>) -> Result<
     let malformed = |why: &str| format!("the multipart body cannot be read: {why}");
     let delimiter = format!("--{boundary}");
     let delimiter = delimiter.as_bytes();
+    // SECURITY: a delimiter after a bare LF or CR (not CRLF) is a part boundary to some parsers
+    // (Werkzeug, hence Flask; PHP) and part of the previous part's value to others: a part
+    // hidden there names a model one server reads and the proxy does not.
+    let loose = memchr::memmem::find_iter(body, delimiter)
+        .any(|at| at > 0 && !body[..at].ends_with(b"\r\n"));
+    if loose {
+        return Err(malformed(
+            "a boundary delimiter after a bare LF or CR, which servers split parts at differently",
+        ));
+    }
     let mut rest = body;
     // Anything before the first delimiter is a preamble.
     let start = find(rest, delimiter).ok_or_else(|| malformed("no boundary delimiter"))?;
@@ -1144,8 +1154,13 @@ fn each_part(body: &[u8], boundary: &str, part: &mut PartVisitor<'_>) -> Result<
         // does its transfer encoding (Go's `mime/multipart` undoes quoted-printable): a `model`
         // in ISO-2022-JP or `d=65ar` names another model than the bytes the proxy reads. Header
         // lines folded onto the next (busboy reads them) are read unfolded.
-        let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
-        let recoded = unfolded.split("\r\n").any(|line| {
+        // Line ends as lenient parsers take them (Go's and the part names' reader take a bare
+        // LF).
+        let unfolded = head
+            .replace("\r\n", "\n")
+            .replace("\n ", " ")
+            .replace("\n\t", " ");
+        let recoded = unfolded.split('\n').any(|line| {
             line.split_once(':').is_some_and(|(name, value)| {
                 let name = name.trim();
                 let value = value.trim();
@@ -1519,6 +1534,15 @@ mod tests {
             let part = format!("--b\r\nContent-Disposition: form-data; name=\"model\"\r\n{head}\r\n\r\nd=65ar\r\n--b--\r\n");
             let r = to_llm(part.into(), &multipart);
             assert!(matches!(r, Err(BodyError::Malformed(_))), "{head}: {r:?}");
+        }
+        // Headers after a bare LF, and a part hidden behind a delimiter after a bare LF or CR.
+        for body in [
+            "--b\r\nContent-Disposition: form-data; name=\"model\"\nContent-Transfer-Encoding: quoted-printable\r\n\r\nd=65ar\r\n--b--\r\n",
+            "--b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nhi\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ndear\r\n--b--\r\n",
+            "--b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nhi\r--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ndear\r\n--b--\r\n",
+        ] {
+            let r = to_llm(body.into(), &multipart);
+            assert!(matches!(r, Err(BodyError::Malformed(_))), "{body:?}: {r:?}");
         }
         let part = "--b\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Transfer-Encoding: 8bit\r\n\r\ndear\r\n--b--\r\n";
         assert_eq!(

@@ -1361,10 +1361,16 @@ fn work_the_proxy_cannot_meter_is_refused_while_spend_is_capped() {
             r#"{"model":"models/gemini-2.5-pro","ttl":"2592000s","contents":[]}"#,
             "a context cache",
         ),
-        // A model that searches on every call, asked for no search in its body.
+        // A model that searches on every call, asked for no search in its body, or one a
+        // gateway may answer with instead.
         (
             "chat/completions",
             r#"{"model":"gpt-4o-mini-search-preview","messages":[]}"#,
+            "a chat search model",
+        ),
+        (
+            "chat/completions",
+            r#"{"model":"gpt-4o-mini","fallbacks":["gpt-4o-search-preview"],"messages":[]}"#,
             "a chat search model",
         ),
     ] {

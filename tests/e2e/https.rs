@@ -610,33 +610,27 @@ fn an_opaque_tunnel_holds_its_client_to_the_tunnels_host() {
 
     // Plain HTTP inside: another host's `Host` is refused, and the tunnel's own host is asked
     // of the `http` policy (which permits it only over HTTPS).
-    for (host, code) in [
-        ("llm.test", "host_mismatch"),
-        ("pinned.test", "policy_denied"),
-    ] {
+    let plain_inside = |lead: &str, host: &str| {
         let (mut sock, status, _) = connect(h.proxy.sidecar_port, &authority, "");
         assert_eq!(status, 200);
         write!(
             sock,
-            "GET /pinned/echo HTTP/1.1\r\nHost: {host}:{}\r\nConnection: close\r\n\r\n",
+            "{lead}GET /pinned/echo HTTP/1.1\r\nHost: {host}:{}\r\nConnection: close\r\n\r\n",
             h.mock
         )
         .unwrap();
-        let r = read_response(&mut BufReader::new(sock)).unwrap();
-        let body = r.json();
+        read_response(&mut BufReader::new(sock)).unwrap()
+    };
+    for (host, code) in [
+        ("llm.test", "host_mismatch"),
+        ("pinned.test", "policy_denied"),
+    ] {
+        let body = plain_inside("", host).json();
         assert_eq!(body["error"]["code"], code, "{host}: {body}");
     }
     // Whitespace before the method (which Python's `http.server` skips) is still HTTP, read as
     // such: refused by the front, never relayed unread.
-    let (mut sock, status, _) = connect(h.proxy.sidecar_port, &authority, "");
-    assert_eq!(status, 200);
-    write!(
-        sock,
-        " GET /pinned/echo HTTP/1.1\r\nHost: llm.test:{}\r\nConnection: close\r\n\r\n",
-        h.mock
-    )
-    .unwrap();
-    let r = read_response(&mut BufReader::new(sock)).unwrap();
+    let r = plain_inside(" ", "llm.test");
     assert_eq!(r.status, 400, "{}", r.body_text());
     // A TLS alert record before the ClientHello (Go's server skips warning alerts, then serves
     // the hello's SNI) leaves no name the proxy can check: refused, nothing relayed.

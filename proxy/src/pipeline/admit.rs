@@ -706,12 +706,7 @@ async fn admit_http(
         unmetered_body = if read.llm.background {
             Some("a background response")
         } else {
-            read.llm.billed_tool.or_else(|| {
-                trail
-                    .model
-                    .as_deref()
-                    .and_then(crate::usage::providers::request::billed_model)
-            })
+            read.llm.billed_tool
         };
         fallback_models = read.llm.fallback_models;
         grant.body_decoded = read.decoded;
@@ -744,6 +739,16 @@ async fn admit_http(
             let providers = &snapshot.tenants.llm_providers;
             trail.model = Some(providers.deployment_model(&destination, deployment));
         }
+    }
+    // A model that searches on every call (billed per search, never reported) is unmetered
+    // work, whichever of the call's models it is: the path's, the body's, or one a gateway may
+    // answer with instead.
+    if unmetered_body.is_none() {
+        unmetered_body = trail
+            .model
+            .iter()
+            .chain(&trail.other_models)
+            .find_map(|m| crate::usage::providers::request::billed_model(m));
     }
 
     // The method is copied: the questions outlive the borrow of the request a hold needs.

@@ -25,6 +25,9 @@ pub enum Sniffed {
     StalledTls,
     /// What starts an HTTP/1 request (`METHOD SP`).
     Http,
+    /// A PROXY protocol header (v1 `PROXY …`, or v2's signature): a client claiming another
+    /// client's address to a server that strips it and reads what follows (TLS, HTTP).
+    ProxyHeader,
     /// Anything else, or nothing within the wait (a protocol where the server speaks first).
     Other,
 }
@@ -75,6 +78,20 @@ pub async fn sniff<S: AsyncRead + Unpin>(
             Ok(Hello::Closed) => None,
             Err(_) => Some((Sniffed::StalledTls, buf)),
         };
+    }
+    // SECURITY: a server that takes a PROXY protocol header strips it and reads what follows
+    // as it would have read the connection: a ClientHello or a request after it would go
+    // unread. No client of a proxy has one to send.
+    loop {
+        match proxy_header(&buf) {
+            Some(true) => return Some((Sniffed::ProxyHeader, buf)),
+            Some(false) => break,
+            None => {}
+        }
+        match tokio::time::timeout(hello_wait, read_some(stream, &mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
     }
     // An HTTP/1 request line, after any empty lines a server would skip; the front checks the
     // rest strictly (a lower-case method, say, is refused there, not relayed unread).
@@ -130,6 +147,10 @@ pub fn request_line(first: &[u8]) -> Option<bool> {
         .iter()
         .position(|b| !is_line_space(*b) || matches!(b, b'\r' | b'\n'))
         .unwrap_or(target.len())..];
+    // A known method: any target (`GET p`, which Python's `http.server` serves).
+    if HTTP_METHODS.iter().any(|m| rest[..method] == **m) {
+        return Some(true);
+    }
     match target.first() {
         None => None,
         Some(b'/' | b'*') => Some(true),
@@ -160,6 +181,26 @@ async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> u
         Err(_) => 0,
     }
 }
+
+/// Whether `first` starts a PROXY protocol header (v1's `PROXY ` or v2's 12-byte signature);
+/// `None` while its first bytes could still be one.
+fn proxy_header(first: &[u8]) -> Option<bool> {
+    const V1: &[u8] = b"PROXY ";
+    const V2: &[u8] = b"\r\n\r\n\x00\r\nQUIT\n";
+    for signature in [V1, V2] {
+        let n = first.len().min(signature.len());
+        if first[..n] == signature[..n] {
+            return (n == signature.len()).then_some(true);
+        }
+    }
+    Some(false)
+}
+
+/// The methods of HTTP (RFC 9110, and PATCH): a line that starts with one of them and a space
+/// is a request line to any server, whatever its target.
+const HTTP_METHODS: [&[u8]; 9] = [
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
+];
 
 /// Whether a server may take `b` for whitespace in or before a request line: ASCII
 /// whitespace, and what Python's `str.split` splits on besides (`\x1c`–`\x1f`, and NEL and
@@ -504,6 +545,23 @@ mod tests {
                 .0,
             Sniffed::UnreadableTls
         );
+        // A PROXY protocol header, v1 or v2, before anything.
+        assert_eq!(
+            sniffed(b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n\x16\x03\x01")
+                .await
+                .unwrap()
+                .0,
+            Sniffed::ProxyHeader
+        );
+        assert_eq!(
+            sniffed(b"\r\n\r\n\x00\r\nQUIT\n\x21\x11").await.unwrap().0,
+            Sniffed::ProxyHeader
+        );
+        // A known method and any target: HTTP.
+        assert_eq!(
+            sniffed(b"GET p\r\nHost: x\r\n\r\n").await.unwrap().0,
+            Sniffed::Http
+        );
         // A protocol whose first byte merely falls in that range is not TLS.
         assert_eq!(sniffed(b"\x15hello\r\n").await.unwrap().0, Sniffed::Other);
         assert_eq!(sniffed(b"").await, None);
@@ -547,7 +605,7 @@ mod tests {
     fn late_speakers_are_told_by_their_first_bytes() {
         let hello = client_hello_for("api.example.test");
         #[rustfmt::skip]
-        let cases: [(&[u8], Option<bool>); 19] = [
+        let cases: [(&[u8], Option<bool>); 20] = [
             (&hello, Some(true)),
             (&hello[..1], Some(true)),
             // Another TLS record first (an alert): told by its version byte.
@@ -570,7 +628,8 @@ mod tests {
             (b"GET /x HTT", Some(true)),
             // Not told yet: a token, or a target not begun.
             (b"G", None),
-            (b"GET ", None),
+            (b"GET ", Some(true)),
+            (b"EHLO ", None),
             (b"\r\n", None),
             (b"", None),
         ];

@@ -7,6 +7,8 @@
 //! handshake message tells whether it asks for a retry, so a second hello sent ahead of the
 //! server's answer cannot slip past either.
 
+use bytes::Bytes;
+
 use crate::tls::ca::TunnelCertResolver;
 use crate::transparent::sniff;
 
@@ -46,21 +48,29 @@ enum State {
 /// Watches one opaque tunnel's handshake (see the module).
 #[derive(Debug)]
 pub struct HelloWatch {
-    host: String,
+    /// The server name the first hello gave (normalized), or none.
+    name: Option<String>,
     server: Vec<u8>,
     client: Vec<u8>,
     state: State,
 }
 
 impl HelloWatch {
-    /// A watch for a tunnel to `host` (normalized) whose first ClientHello named it.
-    pub fn new(host: &str) -> Self {
-        Self {
-            host: host.to_owned(),
+    /// Splits a tunnel's first bytes (`early`, starting with a ClientHello the tunnel was
+    /// decided on) into that hello, which goes up now, and a watch holding what followed it
+    /// (a second hello sent ahead of the server's answer among it). `None` when the hello
+    /// cannot be read.
+    pub fn after_first_hello(early: &Bytes) -> Option<(Bytes, Self)> {
+        let hello = whole_hello(early)?;
+        let name = sniff::hello_name(hello)?;
+        let at = hello.len();
+        let watch = Self {
+            name,
             server: Vec::new(),
-            client: Vec::new(),
+            client: early[at..].to_vec(),
             state: State::ServerHello,
-        }
+        };
+        Some((early.slice(..at), watch))
     }
 
     /// Whether the watch has nothing more to check (bytes pass straight through).
@@ -124,14 +134,23 @@ impl HelloWatch {
         }
         match whole_hello(rest) {
             None => self.hold_or_cut(),
-            Some(records) => match sniff::hello_name(records) {
-                Some(Some(name)) if TunnelCertResolver::same_name(&name, &self.host) => {
-                    self.state = State::Done;
-                    Verdict::Pass(std::mem::take(&mut self.client))
+            // The same name as the first hello's (RFC 8446 §4.1.2: the second hello repeats
+            // the first but for its key shares), or none when that had none.
+            Some(records) => match (sniff::hello_name(records), &self.name) {
+                (Some(Some(second)), Some(first))
+                    if TunnelCertResolver::same_name(&second, first) =>
+                {
+                    self.pass()
                 }
+                (Some(None), None) => self.pass(),
                 _ => Verdict::Cut,
             },
         }
+    }
+
+    fn pass(&mut self) -> Verdict {
+        self.state = State::Done;
+        Verdict::Pass(std::mem::take(&mut self.client))
     }
 
     fn hold_or_cut(&self) -> Verdict {
@@ -227,13 +246,23 @@ mod tests {
         crate::transparent::sniff::client_hello_for(name)
     }
 
+    /// A watch after a first hello for `name`, and what that hello's write carried after it.
+    fn watch(name: &str, after: &[u8]) -> HelloWatch {
+        let mut early = hello(name);
+        let first = early.len();
+        early.extend_from_slice(after);
+        let (sent, watch) = HelloWatch::after_first_hello(&Bytes::from(early)).unwrap();
+        assert_eq!(sent.len(), first, "only the first hello goes up at once");
+        watch
+    }
+
     /// After a retry, a second hello for another host is cut, one for the tunnel's host (behind
     /// a ChangeCipherSpec) passes; without a retry the held bytes pass as they are.
     #[test]
     fn a_second_hello_after_a_retry_is_held_to_the_host() {
         let ccs = record(CHANGE_CIPHER_SPEC, &[1]);
         for (second, verdict_is_pass) in [("forbidden.test", false), ("pinned.test", true)] {
-            let mut w = HelloWatch::new("pinned.test");
+            let mut w = watch("pinned.test", b"");
             let mut bytes = ccs.clone();
             bytes.extend(hello(second));
             // Sent ahead of the server's answer: held.
@@ -252,8 +281,24 @@ mod tests {
                 ),
             }
         }
+        // A second hello sent in the same write as the first is held all the same, and cut
+        // once the server asks for a retry.
+        let mut w = watch("pinned.test", &hello("forbidden.test"));
+        assert_eq!(w.server_sent(&server_hello(HRR_RANDOM)), Verdict::Cut);
+        // A first hello without a name (an IP address): a second without one passes, one
+        // with a name is cut.
+        for (second, passes) in [("192.0.2.1", true), ("forbidden.test", false)] {
+            let mut w = watch("192.0.2.1", b"");
+            assert_eq!(w.server_sent(&server_hello(HRR_RANDOM)), Verdict::Hold);
+            let verdict = w.client_sent(&hello(second));
+            assert_eq!(
+                matches!(verdict, Verdict::Pass(_)),
+                passes,
+                "{second}: {verdict:?}"
+            );
+        }
         // A plain ServerHello: the held bytes go up, and nothing more is watched.
-        let mut w = HelloWatch::new("pinned.test");
+        let mut w = watch("pinned.test", b"");
         assert_eq!(w.client_sent(b"\x17\x03\x03\x00\x01x"), Verdict::Hold);
         assert_eq!(
             w.server_sent(&server_hello([7; 32])),
@@ -263,7 +308,7 @@ mod tests {
         assert_eq!(w.client_sent(b"more"), Verdict::Pass(b"more".to_vec()));
         // After a retry, an alert (which some servers skip) or data instead of a hello: cut.
         for first in [record(0x15, &[1, 0x5a]), record(0x17, b"x")] {
-            let mut w = HelloWatch::new("pinned.test");
+            let mut w = watch("pinned.test", b"");
             assert_eq!(w.server_sent(&server_hello(HRR_RANDOM)), Verdict::Hold);
             assert_eq!(w.client_sent(&first), Verdict::Cut);
         }

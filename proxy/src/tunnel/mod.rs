@@ -365,13 +365,11 @@ impl EgressApp {
             let mut watch = None;
             if matches!(opened, Opened::Connect) {
                 match self.opaque_start(&mut stream, early, &head.host).await {
-                    OpaqueStart::Relay(first, tls) => {
+                    OpaqueStart::Relay(first) => {
                         vet = first
                             .is_empty()
                             .then_some(crate::transparent::sniff::speaks_first_late as opaque::Vet);
                         early = first;
-                        // A TLS client's handshake goes on being held to the host.
-                        watch = tls.then(|| hello_watch::HelloWatch::new(&head.host));
                     }
                     OpaqueStart::Closed => {
                         // Cut by the proxy's drain before its client sent a byte: recorded as
@@ -411,6 +409,21 @@ impl EgressApp {
                         };
                         self.serve_plain(stream, &first, trail, tunnel, connection, shutdown)
                             .await;
+                        return;
+                    }
+                }
+            }
+            // A TLS client's handshake goes on being held to the name its first ClientHello gave
+            // (a `CONNECT`'s, checked above, or a captured one's, decided on): only the first
+            // hello goes up now, what came after it waits for the server's first answer.
+            if early.first() == Some(&TLS_HANDSHAKE_RECORD) {
+                match hello_watch::HelloWatch::after_first_hello(&early) {
+                    Some((first, watching)) => {
+                        early = first;
+                        watch = Some(watching);
+                    }
+                    None => {
+                        self.sni_mismatch(trail).await;
                         return;
                     }
                 }
@@ -566,8 +579,10 @@ impl EgressApp {
             }
             // Without a name, the server serves the address's default site, which the
             // tunnel was decided on.
-            Sniffed::Tls { .. } => OpaqueStart::Relay(bytes.into(), true),
-            Sniffed::Other => OpaqueStart::Relay(bytes.into(), false),
+            Sniffed::Tls { .. } | Sniffed::Other => OpaqueStart::Relay(bytes.into()),
+            Sniffed::ProxyHeader => OpaqueStart::Refused(Deny::InterceptionUnavailable(
+                transparent::PROXY_HEADER.into(),
+            )),
             Sniffed::Http => OpaqueStart::Http(bytes),
             Sniffed::UnreadableTls => OpaqueStart::Refused(Deny::InterceptionUnavailable(
                 "the client's TLS handshake is no ClientHello this proxy can read (malformed, over 16 KiB, another TLS record first, an SNI that is no host name, or an encrypted inner hello): its server name cannot be checked against the tunnel's host".into(),
@@ -909,9 +924,8 @@ impl Opened {
 /// What a `CONNECT` tunnel that policy lets pass opaquely does with its client's first bytes
 /// ([`EgressApp::opaque_start`]).
 enum OpaqueStart {
-    /// Relayed, these bytes first (none: the client waits for the server to speak); `true`
-    /// when they are a TLS ClientHello, whose handshake is watched on.
-    Relay(Bytes, bool),
+    /// Relayed, these bytes first (none: the client waits for the server to speak).
+    Relay(Bytes),
     /// The client closed before it asked for anything.
     Closed,
     /// A ClientHello naming another host than the tunnel's.

@@ -29,6 +29,9 @@ use crate::pipeline::PLAIN_KEEPALIVE_SECS;
 use crate::transparent::original::is_loop;
 use crate::transparent::sniff::{sniff, Sniffed};
 
+/// Why a connection that starts with a PROXY protocol header is refused.
+pub(super) const PROXY_HEADER: &str = "the client sent a PROXY protocol header, which a server that takes it strips before reading the rest (a ClientHello, a request) unchecked; no client of this proxy has one to send";
+
 /// How long a captured client may take to send its first byte before it is taken for a
 /// protocol in which the server speaks first (and decided as one that is neither HTTP nor TLS).
 pub(super) const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
@@ -105,6 +108,14 @@ impl EgressApp {
                     "the captured client's TLS handshake is no ClientHello this proxy can read (malformed, over 16 KiB, another TLS record first, an SNI that is no host name, or an encrypted inner hello): its server name cannot be checked".into(),
                 );
                 self.refuse_captured(Some(original), deny).await;
+                return;
+            }
+            Sniffed::ProxyHeader => {
+                self.refuse_captured(
+                    Some(original),
+                    Deny::InterceptionUnavailable(PROXY_HEADER.into()),
+                )
+                .await;
                 return;
             }
             Sniffed::StalledTls => {

@@ -115,29 +115,56 @@ const BILLED_TOOL_TYPES: [(&str, &str); 5] = [
 /// Gemini's and Vertex AI's grounding tools (billed per grounded prompt or query), by the key
 /// of a tool's object, in JSON and proto spelling; the chat search models' search (billed per
 /// call, never reported); xAI's Live Search and OpenRouter's plugins.
-const BILLED_TOOLS: [(Field, &str); 12] = [
-    (&["tools", EACH, "googleSearch"], GROUNDING),
-    (&["tools", EACH, "google_search"], GROUNDING),
-    (&["tools", EACH, "googleSearchRetrieval"], GROUNDING),
-    (&["tools", EACH, "google_search_retrieval"], GROUNDING),
-    (&["tools", EACH, "googleMaps"], GROUNDING),
-    (&["tools", EACH, "google_maps"], GROUNDING),
-    (&["tools", EACH, "enterpriseWebSearch"], GROUNDING),
-    (&["tools", EACH, "enterprise_web_search"], GROUNDING),
+const BILLED_TOOLS: [(Field, &str, Offered); 12] = [
+    (
+        &["tools", EACH, "googleSearch"],
+        GROUNDING,
+        Offered::NotNull,
+    ),
+    (
+        &["tools", EACH, "google_search"],
+        GROUNDING,
+        Offered::NotNull,
+    ),
+    (
+        &["tools", EACH, "googleSearchRetrieval"],
+        GROUNDING,
+        Offered::NotNull,
+    ),
+    (
+        &["tools", EACH, "google_search_retrieval"],
+        GROUNDING,
+        Offered::NotNull,
+    ),
+    (&["tools", EACH, "googleMaps"], GROUNDING, Offered::NotNull),
+    (&["tools", EACH, "google_maps"], GROUNDING, Offered::NotNull),
+    (
+        &["tools", EACH, "enterpriseWebSearch"],
+        GROUNDING,
+        Offered::NotNull,
+    ),
+    (
+        &["tools", EACH, "enterprise_web_search"],
+        GROUNDING,
+        Offered::NotNull,
+    ),
     // Vertex AI's grounding with Vertex AI Search or a RAG corpus.
-    (&["tools", EACH, "retrieval"], GROUNDING),
+    (&["tools", EACH, "retrieval"], GROUNDING, Offered::NotNull),
     (
         &["web_search_options"],
         "a chat search model's web search (billed per call)",
+        Offered::NotNull,
     ),
     // Billed per source searched; per web result and per parsed page.
     (
         &["search_parameters"],
         "xAI's Live Search (billed per source)",
+        Offered::ModeNotOff,
     ),
     (
         &["plugins"],
         "OpenRouter's plugins (web search and file parsing, billed per use)",
+        Offered::NotEmptyList,
     ),
 ];
 
@@ -149,20 +176,50 @@ const GROUNDING: &str =
 /// Groq's compound systems.
 pub fn billed_model(model: &str) -> Option<&'static str> {
     let m = model.to_ascii_lowercase();
+    // A gateway's prefixes (`openrouter/perplexity/…`, LiteLLM's `groq/groq/…`) before it.
+    let name = m.rsplit('/').next().unwrap_or(&m);
     if m.contains("-search-preview") || m.contains("-search-api") {
         return Some("a chat search model (billed per search)");
+    }
+    if m.contains("deep-research") {
+        return Some("a deep research model (its searches billed per call)");
     }
     if m.ends_with(":online") {
         return Some("an `:online` model (web search billed per result)");
     }
-    if m.starts_with("groq/compound") || m.starts_with("compound-beta") || m == "compound" {
+    if name.starts_with("compound") {
         return Some("a compound model (its tools billed per use)");
+    }
+    if name.starts_with("sonar") {
+        return Some("a Sonar model (billed per request for its searches)");
     }
     None
 }
 
 /// The `type` of a tool's object.
 const TOOL_TYPE: Field = &["tools", EACH, "type"];
+
+/// When a billed tool's field offers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Whenever it is not `null` (an empty object turns Google Search on).
+    NotNull,
+    /// Unless `null` or an empty list (OpenRouter's `plugins: []`).
+    NotEmptyList,
+    /// Unless `null` or `{"mode": "off"}` (xAI's `search_parameters`).
+    ModeNotOff,
+}
+
+impl Offered {
+    fn offers(self, value: &serde_json::Value) -> bool {
+        match self {
+            _ if value.is_null() => false,
+            Offered::NotNull => true,
+            Offered::NotEmptyList => value.as_array().is_none_or(|list| !list.is_empty()),
+            Offered::ModeNotOff => value.get("mode").and_then(|m| m.as_str()) != Some("off"),
+        }
+    }
+}
 
 /// In a field's path: each element of an array (`["collaborators", EACH, "foundationModel"]`).
 pub const EACH: &str = "*";
@@ -210,8 +267,8 @@ pub enum Slot {
     Background,
     /// A tool's `type`: one of [`BILLED_TOOL_TYPES`] or not.
     ToolType,
-    /// A billed hosted tool, offered when present and not `null`.
-    BilledTool(&'static str),
+    /// A billed hosted tool, offered when present and not free by its [`Offered`] rule.
+    BilledTool(&'static str, Offered),
 }
 
 /// The ceiling fields a body set, by their rank among every provider's ceiling fields.
@@ -302,8 +359,8 @@ impl Tree {
         }
         tree.insert(BACKGROUND_FIELD, Slot::Background);
         tree.insert(TOOL_TYPE, Slot::ToolType);
-        for (field, what) in BILLED_TOOLS {
-            tree.insert(field, Slot::BilledTool(what));
+        for (field, what, offered) in BILLED_TOOLS {
+            tree.insert(field, Slot::BilledTool(what, offered));
         }
         // SECURITY: LiteLLM merges `extra_body` into the body it sends on, so a ceiling, a
         // number of completions or `background` there is the call's too. A ceiling there counts
@@ -330,11 +387,11 @@ impl Tree {
         // And the hosted tools it offers (their models, the billed ones).
         tree.insert(&[GATEWAY_MERGED, "tools", EACH, "model"], Slot::OtherModel);
         tree.insert(&[GATEWAY_MERGED, "tools", EACH, "type"], Slot::ToolType);
-        for (field, what) in BILLED_TOOLS {
+        for (field, what, offered) in BILLED_TOOLS {
             let merged: Vec<&'static str> = std::iter::once(GATEWAY_MERGED)
                 .chain(field.iter().copied())
                 .collect();
-            tree.insert(&merged, Slot::BilledTool(what));
+            tree.insert(&merged, Slot::BilledTool(what, offered));
         }
         tree
     }
@@ -544,9 +601,10 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                     });
                     self.found.billed_tool = self.found.billed_tool.or(billed);
                 }
-                Some(Slot::BilledTool(what)) => {
-                    let v: Option<IgnoredAny> = map.next_value()?;
-                    if v.is_some() {
+                Some(Slot::BilledTool(what, offered)) => {
+                    // (Rare fields: read whole to tell whether they offer the tool.)
+                    let v: serde_json::Value = map.next_value()?;
+                    if offered.offers(&v) {
                         self.found.billed_tool = self.found.billed_tool.or(Some(what));
                     }
                 }
@@ -1192,6 +1250,9 @@ mod tests {
             ("gpt-5-search-api", true),
             ("openai/gpt-4o-mini:online", true),
             ("groq/compound-mini", true),
+            ("groq/groq/compound", true),
+            ("perplexity/sonar-pro", true),
+            ("openai/o4-mini-deep-research", true),
             ("gpt-4o-mini", false),
             ("text-search-ada", false),
         ] {
@@ -1230,6 +1291,15 @@ mod tests {
                 true,
             ),
             (r#"{"model":"m","plugins":[{"id":"web"}]}"#, true),
+            (r#"{"model":"m","plugins":[]}"#, false),
+            (
+                r#"{"model":"grok-3","search_parameters":{"mode":"off"}}"#,
+                false,
+            ),
+            (
+                r#"{"model":"grok-3","search_parameters":{"mode":"auto"}}"#,
+                true,
+            ),
             (
                 r#"{"contents":[],"tools":[{"retrieval":{"vertexAiSearch":{"datastore":"d"}}}]}"#,
                 true,
