@@ -525,12 +525,12 @@ fn refuse_foreign_charset(body: &[u8], headers: &http::HeaderMap) -> Result<(), 
     if body.is_empty() {
         return Ok(());
     }
-    let media = media_type(headers);
-    let text = match media.as_deref() {
+    // (The type is looked at only for a body that starts as UTF-16 would: most do not.)
+    let text = || match media_type(headers).as_deref() {
         None | Some("" | "application/x-www-form-urlencoded" | "application/json") => true,
         Some(t) => t.starts_with("text/") || t.ends_with("+json"),
     };
-    if text && utf16_or_32(body) {
+    if utf16_or_32(body) && text() {
         return Err(BodyError::Unsupported(
             "a body in UTF-16 or UTF-32 (by its byte order mark, or a NUL in its first two \
              bytes): the proxy reads bodies as UTF-8, and a server that detects the encoding \

@@ -359,6 +359,12 @@ async fn client_hello<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -
 /// does would be relayed on a decision about the address alone, its server name or `Host`
 /// never checked: it is refused instead.
 pub fn speaks_first_late(first: &[u8]) -> Option<bool> {
+    // A PROXY protocol header, as at once (servers wait many seconds for one).
+    match proxy_header(first) {
+        Some(true) => return Some(true),
+        None => return None,
+        Some(false) => {}
+    }
     match first {
         [] => None,
         [TLS_HANDSHAKE, ..] => Some(true),
@@ -605,12 +611,15 @@ mod tests {
     fn late_speakers_are_told_by_their_first_bytes() {
         let hello = client_hello_for("api.example.test");
         #[rustfmt::skip]
-        let cases: [(&[u8], Option<bool>); 20] = [
+        let cases: [(&[u8], Option<bool>); 22] = [
             (&hello, Some(true)),
             (&hello[..1], Some(true)),
             // Another TLS record first (an alert): told by its version byte.
             (b"\x15", None),
             (b"\x15\x03\x01\x00\x02", Some(true)),
+            // A PROXY protocol header, however late.
+            (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n", Some(true)),
+            (b"PROX", None),
             // Whitespace a server splits request lines on.
             (b" GET /x HTTP/1.1\r\n", Some(true)),
             (b"GET\x0b/x HTTP/1.1\r\n", Some(true)),

@@ -31,8 +31,18 @@ pub enum Verdict {
     Hold,
     /// Send these held client bytes up (the watch is done).
     Pass(Vec<u8>),
-    /// End the tunnel: the client named another host, or cannot be read.
-    Cut,
+    /// End the tunnel, for this reason.
+    Cut(Refusal),
+}
+
+/// Why a watched handshake ended its tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The second hello named another host than the first (or one when the first named none).
+    OtherName,
+    /// The handshake cannot be read: more than [`MAX_HELD`] held before the server's first
+    /// answer, another record than a hello after a retry, a hello this proxy cannot read.
+    Unreadable,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -110,7 +120,7 @@ impl HelloWatch {
         self.client.extend_from_slice(bytes);
         match self.state {
             State::SecondHello => self.judge(),
-            _ if self.client.len() > MAX_HELD => Verdict::Cut,
+            _ if self.client.len() > MAX_HELD => Verdict::Cut(Refusal::Unreadable),
             _ => Verdict::Hold,
         }
     }
@@ -130,7 +140,7 @@ impl HelloWatch {
             return self.hold_or_cut();
         }
         if rest[0] != HANDSHAKE {
-            return Verdict::Cut;
+            return Verdict::Cut(Refusal::Unreadable);
         }
         match whole_hello(rest) {
             None => self.hold_or_cut(),
@@ -143,7 +153,8 @@ impl HelloWatch {
                     self.pass()
                 }
                 (Some(None), None) => self.pass(),
-                _ => Verdict::Cut,
+                (None, _) => Verdict::Cut(Refusal::Unreadable),
+                _ => Verdict::Cut(Refusal::OtherName),
             },
         }
     }
@@ -155,7 +166,7 @@ impl HelloWatch {
 
     fn hold_or_cut(&self) -> Verdict {
         if self.client.len() > MAX_HELD {
-            Verdict::Cut
+            Verdict::Cut(Refusal::Unreadable)
         } else {
             Verdict::Hold
         }
@@ -276,7 +287,7 @@ mod tests {
                     assert_eq!(held, bytes);
                 }
                 other => assert!(
-                    !verdict_is_pass && other == Verdict::Cut,
+                    !verdict_is_pass && other == Verdict::Cut(Refusal::OtherName),
                     "{second}: {other:?}"
                 ),
             }
@@ -284,7 +295,10 @@ mod tests {
         // A second hello sent in the same write as the first is held all the same, and cut
         // once the server asks for a retry.
         let mut w = watch("pinned.test", &hello("forbidden.test"));
-        assert_eq!(w.server_sent(&server_hello(HRR_RANDOM)), Verdict::Cut);
+        assert_eq!(
+            w.server_sent(&server_hello(HRR_RANDOM)),
+            Verdict::Cut(Refusal::OtherName)
+        );
         // A first hello without a name (an IP address): a second without one passes, one
         // with a name is cut.
         for (second, passes) in [("192.0.2.1", true), ("forbidden.test", false)] {
@@ -310,7 +324,7 @@ mod tests {
         for first in [record(0x15, &[1, 0x5a]), record(0x17, b"x")] {
             let mut w = watch("pinned.test", b"");
             assert_eq!(w.server_sent(&server_hello(HRR_RANDOM)), Verdict::Hold);
-            assert_eq!(w.client_sent(&first), Verdict::Cut);
+            assert_eq!(w.client_sent(&first), Verdict::Cut(Refusal::Unreadable));
         }
     }
 }

@@ -443,12 +443,19 @@ impl EgressApp {
             let (up, down) = (relayed.up, relayed.down);
             trail.bytes_in = up;
             trail.bytes_out = down;
-            if relayed.hello_refused {
-                METRICS
-                    .tunnel_handshake_failures
-                    .with_label_values(&[trail.tenant_label(), "sni_mismatch"])
-                    .inc();
-                trail.refuse(Deny::HostMismatch);
+            if let Some(why) = relayed.hello_refused {
+                match why {
+                    hello_watch::Refusal::OtherName => {
+                        METRICS
+                            .tunnel_handshake_failures
+                            .with_label_values(&[trail.tenant_label(), "sni_mismatch"])
+                            .inc();
+                        trail.refuse(Deny::HostMismatch);
+                    }
+                    hello_watch::Refusal::Unreadable => trail.refuse(Deny::InterceptionUnavailable(
+                        "the client's TLS handshake after its first ClientHello cannot be read (more than 64 KiB before the server's first answer, another record than a second ClientHello after a retry, or a second ClientHello this proxy cannot read): its server name cannot be checked".into(),
+                    )),
+                }
             } else if relayed.vetoed {
                 trail.refuse(Deny::InterceptionUnavailable(
                     "the captured client sent a TLS ClientHello or an HTTP request only after a silence that took it for a protocol in which the server speaks first: decided on the address alone, its server name or Host would go unchecked".into(),

@@ -11,7 +11,7 @@ use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::hello_watch::{HelloWatch, Verdict};
+use super::hello_watch::{HelloWatch, Refusal, Verdict};
 
 const BUF: usize = 16 * 1024;
 
@@ -26,9 +26,9 @@ pub struct Relayed {
     pub client_failed: bool,
     /// The relay was stopped before the client's first bytes went up, as `vet` asked.
     pub vetoed: bool,
-    /// The relay was stopped because the client's handshake named another host than the
-    /// tunnel's after a retry (see [`super::hello_watch`]).
-    pub hello_refused: bool,
+    /// The relay was stopped because the client's handshake after its first hello named
+    /// another host, or could not be read (see [`super::hello_watch`]).
+    pub hello_refused: Option<Refusal>,
 }
 
 /// Tells what a client's first bytes are: `Some(true)` stops the relay, `Some(false)` lets
@@ -62,7 +62,10 @@ pub async fn relay<E: Future + Unpin>(
     let mut ended = None;
     let mut client_failed = false;
     let mut vetoed = false;
-    let mut hello_refused = false;
+    let mut hello_refused = None;
+    // The client closed its side while the watch held its bytes: the upstream's write side is
+    // shut once they went up.
+    let mut shut_up_when_passed = false;
     // The client's first bytes while `vet` has not told what they are.
     let mut held: Option<Vec<u8>> = vet.map(|_| Vec::new());
     let mut from_client = vec![0u8; BUF];
@@ -74,7 +77,11 @@ pub async fn relay<E: Future + Unpin>(
             r = client.read(&mut from_client), if client_open => match r {
                 Ok(0) => {
                     client_open = false;
-                    let _ = upstream.shutdown().await;
+                    if watch.as_ref().is_some_and(|w| !w.done()) {
+                        shut_up_when_passed = true;
+                    } else {
+                        let _ = upstream.shutdown().await;
+                    }
                 }
                 // A broken client connection (or one cut at shutdown, see `crate::drain`) takes
                 // nothing more: waiting on the upstream would only hold the tunnel's record.
@@ -99,8 +106,8 @@ pub async fn relay<E: Future + Unpin>(
                     let watched = match watch.as_mut().filter(|w| !w.done()) {
                         Some(w) => match w.client_sent(chunk) {
                             Verdict::Hold => continue,
-                            Verdict::Cut => {
-                                hello_refused = true;
+                            Verdict::Cut(why) => {
+                                hello_refused = Some(why);
                                 break;
                             }
                             Verdict::Pass(held) => Some(held),
@@ -130,8 +137,8 @@ pub async fn relay<E: Future + Unpin>(
                     if let Some(w) = watch.as_mut().filter(|w| !w.done()) {
                         match w.server_sent(&from_upstream[..n]) {
                             Verdict::Hold => {}
-                            Verdict::Cut => {
-                                hello_refused = true;
+                            Verdict::Cut(why) => {
+                                hello_refused = Some(why);
                                 break;
                             }
                             Verdict::Pass(held) => {
@@ -139,6 +146,9 @@ pub async fn relay<E: Future + Unpin>(
                                     break;
                                 }
                                 up += held.len() as u64;
+                                if shut_up_when_passed {
+                                    let _ = upstream.shutdown().await;
+                                }
                             }
                         }
                     }
@@ -220,5 +230,58 @@ mod tests {
                 assert_eq!(relayed.up, first.len() as u64);
             }
         }
+    }
+
+    /// A client that sends its hello and more, then closes its side before the server answers:
+    /// what was held goes up once the server's first answer comes, then the upstream's side is
+    /// closed (nothing held is lost).
+    #[tokio::test]
+    async fn held_bytes_go_up_after_the_clients_close() {
+        let hello = crate::transparent::sniff::client_hello_for("pinned.test");
+        let upstream_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (up_addr, proxy_addr) = (
+            upstream_side.local_addr().unwrap(),
+            proxy_side.local_addr().unwrap(),
+        );
+        let origin = tokio::spawn(async move {
+            let (mut s, _) = upstream_side.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // A ServerHello that asks for no retry.
+            let mut hello = vec![
+                0x16, 0x03, 0x03, 0x00, 0x2a, 0x02, 0x00, 0x00, 0x26, 0x03, 0x03,
+            ];
+            hello.extend_from_slice(&[7; 32]);
+            s.write_all(&hello).await.unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got).await;
+            got
+        });
+        let mut client = TcpStream::connect(proxy_addr).await.unwrap();
+        let (accepted, _) = proxy_side.accept().await.unwrap();
+        let upstream = TcpStream::connect(up_addr).await.unwrap();
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
+        let mut early = hello.clone();
+        early.extend_from_slice(b"\x17\x03\x03\x00\x02hi");
+        let (first, watch) = HelloWatch::after_first_hello(&Bytes::from(early)).unwrap();
+        let relay = tokio::spawn(relay(
+            stream,
+            upstream,
+            first,
+            Duration::from_secs(5),
+            std::future::pending::<()>(),
+            None,
+            Some(watch),
+        ));
+        client.write_all(b"\x17\x03\x03\x00\x02yo").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer).await;
+        let (relayed, _) = relay.await.unwrap();
+        let got = origin.await.unwrap();
+        let mut want = hello;
+        want.extend_from_slice(b"\x17\x03\x03\x00\x02hi\x17\x03\x03\x00\x02yo");
+        assert_eq!(got, want);
+        assert_eq!(relayed.hello_refused, None);
     }
 }

@@ -175,22 +175,28 @@ const GROUNDING: &str =
 /// by a part of their name: OpenAI's chat search models, OpenRouter's `:online` variants,
 /// Groq's compound systems.
 pub fn billed_model(model: &str) -> Option<&'static str> {
-    let m = model.to_ascii_lowercase();
+    // Asked of every call's models: compared in place, ignoring ASCII case, nothing copied.
+    let m = model.as_bytes();
+    let has = |part: &[u8]| m.windows(part.len()).any(|w| w.eq_ignore_ascii_case(part));
     // A gateway's prefixes (`openrouter/perplexity/…`, LiteLLM's `groq/groq/…`) before it.
-    let name = m.rsplit('/').next().unwrap_or(&m);
-    if m.contains("-search-preview") || m.contains("-search-api") {
+    let name = m.rsplit(|b| *b == b'/').next().unwrap_or(m);
+    let starts = |part: &[u8]| {
+        name.get(..part.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(part))
+    };
+    if has(b"-search-preview") || has(b"-search-api") {
         return Some("a chat search model (billed per search)");
     }
-    if m.contains("deep-research") {
+    if has(b"deep-research") {
         return Some("a deep research model (its searches billed per call)");
     }
-    if m.ends_with(":online") {
+    if m.len() >= 7 && m[m.len() - 7..].eq_ignore_ascii_case(b":online") {
         return Some("an `:online` model (web search billed per result)");
     }
-    if name.starts_with("compound") {
+    if starts(b"compound") {
         return Some("a compound model (its tools billed per use)");
     }
-    if name.starts_with("sonar") {
+    if starts(b"sonar") {
         return Some("a Sonar model (billed per request for its searches)");
     }
     None
@@ -511,6 +517,44 @@ fn keep<T>(best: &mut Option<(usize, T)>, rank: usize, value: Option<T>) {
     }
 }
 
+/// A tool's `type` (a string or `null`): what it is billed as when it is one of
+/// [`BILLED_TOOL_TYPES`]. Read in place (every tool of every call has one), nothing copied.
+struct BilledType;
+
+impl<'de> DeserializeSeed<'de> for BilledType {
+    type Value = Option<&'static str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BilledType {
+    type Value = Option<&'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a tool's type, a string")
+    }
+
+    fn visit_str<E: de::Error>(self, t: &str) -> Result<Self::Value, E> {
+        Ok(BILLED_TOOL_TYPES
+            .iter()
+            .find(|(name, _)| match name.strip_suffix('_') {
+                Some(_) => t.starts_with(name),
+                None => t == *name,
+            })
+            .map(|(_, what)| *what))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
 /// One JSON object: the fields of `nodes` in it, each at most once.
 struct Level<'t, 'f> {
     nodes: &'t [Node],
@@ -589,16 +633,7 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                     self.found.background |= truthy(&v);
                 }
                 Some(Slot::ToolType) => {
-                    let v: Option<String> = map.next_value()?;
-                    let billed = v.and_then(|t| {
-                        BILLED_TOOL_TYPES
-                            .iter()
-                            .find(|(name, _)| match name.strip_suffix('_') {
-                                Some(_) => t.starts_with(name),
-                                None => t == *name,
-                            })
-                            .map(|(_, what)| *what)
-                    });
+                    let billed = map.next_value_seed(BilledType)?;
                     self.found.billed_tool = self.found.billed_tool.or(billed);
                 }
                 Some(Slot::BilledTool(what, offered)) => {
@@ -1255,6 +1290,8 @@ mod tests {
             ("openai/o4-mini-deep-research", true),
             ("gpt-4o-mini", false),
             ("text-search-ada", false),
+            ("GPT-4O-SEARCH-PREVIEW", true),
+            ("x:ONLINE", true),
         ] {
             assert_eq!(billed_model(model).is_some(), billed, "{model}");
         }
