@@ -400,6 +400,9 @@ fn checked(
     if model.as_ref().is_some_and(|m| m.contains(',')) {
         return Err(SEVERAL_MODELS.into());
     }
+    if model.as_ref().is_some_and(|m| m.contains(char::is_control)) {
+        return Err(CONTROL_IN_MODEL.into());
+    }
     Ok(LlmRequest {
         model,
         other_models: Vec::new(),
@@ -424,8 +427,17 @@ fn checked_others(others: &[String]) -> Result<(), String> {
     if others.iter().any(|m| m.contains(',')) {
         return Err(SEVERAL_MODELS.into());
     }
+    if others.iter().any(|m| m.contains(char::is_control)) {
+        return Err(CONTROL_IN_MODEL.into());
+    }
     Ok(())
 }
+
+/// Why a model name with a control character (a line end, a NUL) is refused: no model's name
+/// has one, and one that swallowed the rest of a body (a multipart part read past its end) would
+/// go into records and logs.
+const CONTROL_IN_MODEL: &str = "a model name holds a control character (a line end, a NUL): no \
+     model's name has one";
 
 /// Why a model name with a comma is refused.
 ///
@@ -927,10 +939,12 @@ fn boundary(headers: &http::HeaderMap) -> Option<String> {
         .ok()?;
     value.split(';').skip(1).find_map(|param| {
         let (k, v) = param.split_once('=')?;
+        // A quoted boundary with an escape (`"a\"b"`) is read one way by one parser and another
+        // by the next: none.
         k.trim()
             .eq_ignore_ascii_case("boundary")
             .then(|| v.trim().trim_matches('"').to_string())
-            .filter(|b| !b.is_empty() && b.len() <= 70)
+            .filter(|b| !b.is_empty() && b.len() <= 70 && !b.contains('\\'))
     })
 }
 
@@ -1150,6 +1164,31 @@ fn each_part(body: &[u8], boundary: &str, part: &mut PartVisitor<'_>) -> Result<
         };
         let head =
             std::str::from_utf8(head).map_err(|_| malformed("part headers that are not UTF-8"))?;
+        // SECURITY: part headers in their one plain spelling, since parsers read every other
+        // differently (where a header ends, which line is which, what names a part): CRLF line
+        // ends only (Go ends headers at a bare LF, Werkzeug splits lines at a bare CR), no line
+        // folded onto the next (busboy and Go unfold it), no space before a colon (Werkzeug
+        // takes it), no RFC 2231 continuation of a name (`name*0`, which Go and Werkzeug join).
+        let plain = head.split("\r\n").all(|line| {
+            !line.contains(['\r', '\n'])
+                && !line.starts_with([' ', '\t'])
+                && line
+                    .split_once(':')
+                    .is_some_and(|(name, _)| !name.is_empty() && !name.ends_with([' ', '\t']))
+        }) || head.is_empty();
+        let continued = {
+            let lower = head.to_ascii_lowercase();
+            lower
+                .match_indices("name*")
+                .any(|(at, m)| lower[at + m.len()..].starts_with(|c: char| c.is_ascii_digit()))
+        };
+        if !plain || continued {
+            return Err(malformed(
+                "part headers spelled other than plainly (a bare CR or LF, a folded line, a space \
+                 before a colon, a name continued over `name*0`…): servers read such headers \
+                 differently",
+            ));
+        }
         // SECURITY: a part's own charset decodes its value (busboy, hence multer, does), and so
         // does its transfer encoding (Go's `mime/multipart` undoes quoted-printable): a `model`
         // in ISO-2022-JP or `d=65ar` names another model than the bytes the proxy reads. Header
@@ -1544,6 +1583,35 @@ mod tests {
             let r = to_llm(body.into(), &multipart);
             assert!(matches!(r, Err(BodyError::Malformed(_))), "{body:?}: {r:?}");
         }
+        // Part headers spelled other than plainly: a name continued over `name*0`, a folded
+        // line, a space before a colon, a bare CR, headers ended by a bare LF.
+        for body in [
+            "--b\r\nContent-Disposition: form-data; name*0=\"mo\"; name*1=\"del\"\r\n\r\ndear\r\n--b--\r\n",
+            "--b\r\nContent-Disposition: form-data;\r\n name=\"model\"\r\n\r\ndear\r\n--b--\r\n",
+            "--b\r\nContent-Disposition : form-data; name=\"model\"\r\n\r\ndear\r\n--b--\r\n",
+            "--b\r\nX-A: 1\rContent-Disposition: form-data; name=\"model\"\r\n\r\ndear\r\n--b--\r\n",
+            "--b\r\nContent-Disposition: form-data; name=\"model\"\n\ndear\r\n--b\r\nX-Pad: y\r\n\r\ngpt-4o-mini\r\n--b--\r\n",
+        ] {
+            let r = to_llm(body.into(), &multipart);
+            assert!(matches!(r, Err(BodyError::Malformed(_))), "{body:?}: {r:?}");
+        }
+        // A quoted boundary with an escape has two readings.
+        let r = to_llm(
+            "--a\\\"b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nm\r\n--a\\\"b--\r\n"
+                .into(),
+            &[("content-type", "multipart/form-data; boundary=\"a\\\"b\"")],
+        );
+        assert!(matches!(r, Err(BodyError::Malformed(_))), "{r:?}");
+        // A `;` inside a quoted filename is part of it.
+        let upload = "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"report; name=v2.txt\"\r\n\r\nx\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b--\r\n";
+        assert_eq!(
+            to_llm(upload.into(), &multipart)
+                .unwrap()
+                .llm
+                .model
+                .as_deref(),
+            Some("whisper-1")
+        );
         let part = "--b\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Transfer-Encoding: 8bit\r\n\r\ndear\r\n--b--\r\n";
         assert_eq!(
             to_llm(part.into(), &multipart)

@@ -27,7 +27,7 @@ pub fn each(head: &[u8], mut visit: impl FnMut(String) -> bool) {
         l.get(..20)
             .is_some_and(|p| p.eq_ignore_ascii_case("content-disposition:"))
     }) {
-        for param in line.split(';').skip(1) {
+        for param in params(line).into_iter().skip(1) {
             let Some((k, v)) = param.split_once('=') else {
                 continue;
             };
@@ -49,6 +49,27 @@ pub fn each(head: &[u8], mut visit: impl FnMut(String) -> bool) {
             }
         }
     }
+}
+
+/// `line` split at each `;` outside a quoted string (a `filename="a; name=b"` is one
+/// parameter, as Go's `mime` and Werkzeug read it).
+fn params(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                out.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&line[start..]);
+    out
 }
 
 /// A parameter value as a parser reads it: a quoted string unescaped (`\x` is `x`), anything

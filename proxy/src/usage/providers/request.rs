@@ -190,13 +190,15 @@ pub fn billed_model(model: &str) -> Option<&'static str> {
     if has(b"deep-research") {
         return Some("a deep research model (its searches billed per call)");
     }
-    if m.len() >= 7 && m[m.len() - 7..].eq_ignore_ascii_case(b":online") {
+    // OpenRouter's variants stack (`…:online:nitro`).
+    if has(b":online") {
         return Some("an `:online` model (web search billed per result)");
     }
     if starts(b"compound") {
         return Some("a compound model (its tools billed per use)");
     }
-    if starts(b"sonar") {
+    // Perplexity's, under any prefix (its older `llama-3.1-sonar-…-online` too).
+    if has(b"sonar") {
         return Some("a Sonar model (billed per request for its searches)");
     }
     None
@@ -1292,6 +1294,8 @@ mod tests {
             ("text-search-ada", false),
             ("GPT-4O-SEARCH-PREVIEW", true),
             ("x:ONLINE", true),
+            ("openai/gpt-4o-mini:online:nitro", true),
+            ("llama-3.1-sonar-large-128k-online", true),
         ] {
             assert_eq!(billed_model(model).is_some(), billed, "{model}");
         }
