@@ -400,7 +400,7 @@ fn checked(
     if model.as_ref().is_some_and(|m| m.contains(',')) {
         return Err(SEVERAL_MODELS.into());
     }
-    if model.as_ref().is_some_and(|m| m.contains(char::is_control)) {
+    if model.as_ref().is_some_and(|m| m.contains(is_control_char)) {
         return Err(CONTROL_IN_MODEL.into());
     }
     Ok(LlmRequest {
@@ -427,10 +427,15 @@ fn checked_others(others: &[String]) -> Result<(), String> {
     if others.iter().any(|m| m.contains(',')) {
         return Err(SEVERAL_MODELS.into());
     }
-    if others.iter().any(|m| m.contains(char::is_control)) {
+    if others.iter().any(|m| m.contains(is_control_char)) {
         return Err(CONTROL_IN_MODEL.into());
     }
     Ok(())
+}
+
+/// A control character, or one of Unicode's line and paragraph separators.
+fn is_control_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// Why a model name with a control character (a line end, a NUL) is refused: no model's name
@@ -937,15 +942,24 @@ fn boundary(headers: &http::HeaderMap) -> Option<String> {
         .ok()??
         .to_str()
         .ok()?;
-    value.split(';').skip(1).find_map(|param| {
-        let (k, v) = param.split_once('=')?;
-        // A quoted boundary with an escape (`"a\"b"`) is read one way by one parser and another
-        // by the next: none.
-        k.trim()
-            .eq_ignore_ascii_case("boundary")
-            .then(|| v.trim().trim_matches('"').to_string())
-            .filter(|b| !b.is_empty() && b.len() <= 70 && !b.contains('\\'))
-    })
+    // SECURITY: parameters split as parsers split them (a `;` inside quotes is the value's),
+    // and a boundary only of RFC 2046's characters: one with a quote, an escape or a `;` is
+    // read one way by one parser and another by the next (a part hidden from the proxy).
+    crate::part_names::params(value)?
+        .into_iter()
+        .skip(1)
+        .find_map(|param| {
+            let (k, v) = param.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("boundary")
+                .then(|| v.trim().trim_matches('"').to_string())
+        })
+        .filter(|b| !b.is_empty() && b.len() <= 70 && b.bytes().all(is_boundary_char))
+}
+
+/// A character RFC 2046 allows in a boundary (`bchars`).
+fn is_boundary_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&b)
 }
 
 /// The form fields that name the model or the output ceiling (the providers' top-level fields,
@@ -1169,19 +1183,28 @@ fn each_part(body: &[u8], boundary: &str, part: &mut PartVisitor<'_>) -> Result<
         // ends only (Go ends headers at a bare LF, Werkzeug splits lines at a bare CR), no line
         // folded onto the next (busboy and Go unfold it), no space before a colon (Werkzeug
         // takes it), no RFC 2231 continuation of a name (`name*0`, which Go and Werkzeug join).
+        // (A header's name is a token: Werkzeug strips any whitespace around it, a vertical
+        // tab or a no-break space too.)
         let plain = head.split("\r\n").all(|line| {
             !line.contains(['\r', '\n'])
-                && !line.starts_with([' ', '\t'])
-                && line
-                    .split_once(':')
-                    .is_some_and(|(name, _)| !name.is_empty() && !name.ends_with([' ', '\t']))
+                && line.split_once(':').is_some_and(|(name, _)| {
+                    !name.is_empty() && name.bytes().all(crate::header_names::is_tchar)
+                })
         }) || head.is_empty();
-        let continued = {
-            let lower = head.to_ascii_lowercase();
-            lower
-                .match_indices("name*")
-                .any(|(at, m)| lower[at + m.len()..].starts_with(|c: char| c.is_ascii_digit()))
+        let disposition = |line: &&str| {
+            line.get(..20)
+                .is_some_and(|p| p.eq_ignore_ascii_case("content-disposition:"))
         };
+        let continued = head.split("\r\n").filter(disposition).any(|line| {
+            crate::part_names::params(line).is_none_or(|params| {
+                params.iter().any(|p| {
+                    let key = p.split_once('=').map_or(*p, |(k, _)| k).trim();
+                    key.len() > 5
+                        && key[..5].eq_ignore_ascii_case("name*")
+                        && key[5..].starts_with(|c: char| c.is_ascii_digit())
+                })
+            })
+        });
         if !plain || continued {
             return Err(malformed(
                 "part headers spelled other than plainly (a bare CR or LF, a folded line, a space \
@@ -1602,6 +1625,37 @@ mod tests {
             &[("content-type", "multipart/form-data; boundary=\"a\\\"b\"")],
         );
         assert!(matches!(r, Err(BodyError::Malformed(_))), "{r:?}");
+        // A header name with other whitespace about it (Werkzeug strips it), quotes with two
+        // readings, a boundary with a `;` (quoted) or hidden in another parameter's quotes.
+        for body in [
+            "--b\r\nContent-Disposition\x0b: form-data; name=\"model\"\r\n\r\ndear\r\n--b--\r\n",
+            "--b\r\n\u{a0}Content-Disposition: form-data; name=\"model\"\r\n\r\ndear\r\n--b--\r\n",
+            "--b\r\nContent-Disposition: form-data; name=\"x; name=model\r\n\r\ndear\r\n--b--\r\n",
+            "--b\r\nContent-Disposition: form-data; x=a\"b; name=\"model\"\r\n\r\ndear\r\n--b--\r\n",
+        ] {
+            let r = to_llm(body.into(), &multipart);
+            assert!(matches!(r, Err(BodyError::Malformed(_))), "{body:?}: {r:?}");
+        }
+        for content_type in [
+            "multipart/form-data; boundary=\"a;b\"",
+            "multipart/form-data; x=\"; boundary=a\"; boundary=b",
+        ] {
+            let body = "--a\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-mini\r\n--a--\r\n";
+            let r = to_llm(body.into(), &[("content-type", content_type)]);
+            let model = r.as_ref().ok().and_then(|c| c.llm.model.as_deref());
+            assert_ne!(model, Some("gpt-4o-mini"), "{content_type}: {r:?}");
+        }
+        // A filename that spells `name*1` is a filename.
+        let upload = "--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"track name*1.png\"\r\n\r\nx\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ndall-e-2\r\n--b--\r\n";
+        assert_eq!(
+            to_llm(upload.into(), &multipart)
+                .unwrap()
+                .llm
+                .model
+                .as_deref(),
+            Some("dall-e-2")
+        );
+        assert!(llm_request(br#"{"model":"m\u2028x"}"#).is_err());
         // A `;` inside a quoted filename is part of it.
         let upload = "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"report; name=v2.txt\"\r\n\r\nx\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b--\r\n";
         assert_eq!(

@@ -27,7 +27,10 @@ pub fn each(head: &[u8], mut visit: impl FnMut(String) -> bool) {
         l.get(..20)
             .is_some_and(|p| p.eq_ignore_ascii_case("content-disposition:"))
     }) {
-        for param in params(line).into_iter().skip(1) {
+        // A line whose quotes do not pair as parsers read them is read as split at every `;`
+        // (the proxy refuses such a part anyway, see `body::each_part`).
+        let split = params(line).unwrap_or_else(|| line.split(';').collect());
+        for param in split.into_iter().skip(1) {
             let Some((k, v)) = param.split_once('=') else {
                 continue;
             };
@@ -52,24 +55,37 @@ pub fn each(head: &[u8], mut visit: impl FnMut(String) -> bool) {
 }
 
 /// `line` split at each `;` outside a quoted string (a `filename="a; name=b"` is one
-/// parameter, as Go's `mime` and Werkzeug read it).
-fn params(line: &str) -> Vec<&str> {
+/// parameter, as Go's `mime` and Werkzeug read it). `None` when its quotes have more than one
+/// reading: a quote that does not open a value (`x=a"b`), or one never closed.
+pub fn params(line: &str) -> Option<Vec<&str>> {
     let mut out = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
+    // The last character outside quotes that was not a space: a quote opens only after `=`.
+    let mut last = ' ';
     for (i, c) in line.char_indices() {
         match c {
             _ if escaped => escaped = false,
             '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
+            '"' if quoted => {
+                quoted = false;
+                last = '"';
+            }
+            '"' if last == '=' => quoted = true,
+            '"' => return None,
             ';' if !quoted => {
                 out.push(&line[start..i]);
                 start = i + 1;
+                last = ';';
             }
+            c if !quoted && !c.is_whitespace() => last = c,
             _ => {}
         }
     }
+    if quoted {
+        return None;
+    }
     out.push(&line[start..]);
-    out
+    Some(out)
 }
 
 /// A parameter value as a parser reads it: a quoted string unescaped (`\x` is `x`), anything
