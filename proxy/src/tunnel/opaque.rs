@@ -77,6 +77,13 @@ pub async fn relay<E: Future + Unpin>(
             r = client.read(&mut from_client), if client_open => match r {
                 Ok(0) => {
                     client_open = false;
+                    // The client closed before its first bytes could be told: no request or
+                    // handshake can follow them any more, so they go up as they came.
+                    if let Some(first) = held.take().filter(|first| !first.is_empty()) {
+                        if upstream.write_all(&first).await.is_ok() {
+                            up += first.len() as u64;
+                        }
+                    }
                     if watch.as_ref().is_some_and(|w| !w.done()) {
                         shut_up_when_passed = true;
                     } else {
@@ -283,5 +290,42 @@ mod tests {
         want.extend_from_slice(b"\x17\x03\x03\x00\x02hi\x17\x03\x03\x00\x02yo");
         assert_eq!(got, want);
         assert_eq!(relayed.hello_refused, None);
+    }
+
+    /// A late speaker that closes its side before its first bytes could be told: they go up as
+    /// they came (no request or handshake can follow them), not lost.
+    #[tokio::test]
+    async fn undecided_first_bytes_go_up_at_the_clients_close() {
+        let upstream_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (up_addr, proxy_addr) = (
+            upstream_side.local_addr().unwrap(),
+            proxy_side.local_addr().unwrap(),
+        );
+        let origin = tokio::spawn(async move {
+            let (mut s, _) = upstream_side.accept().await.unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got).await;
+            got
+        });
+        let mut client = TcpStream::connect(proxy_addr).await.unwrap();
+        let (accepted, _) = proxy_side.accept().await.unwrap();
+        let upstream = TcpStream::connect(up_addr).await.unwrap();
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
+        let relay = tokio::spawn(relay(
+            stream,
+            upstream,
+            Bytes::new(),
+            Duration::from_secs(5),
+            std::future::pending::<()>(),
+            Some(crate::transparent::sniff::speaks_first_late as Vet),
+            None,
+        ));
+        client.write_all(b"QUIT").await.unwrap();
+        client.shutdown().await.unwrap();
+        let _ = client.read_to_end(&mut Vec::new()).await;
+        let (relayed, _) = relay.await.unwrap();
+        assert!(!relayed.vetoed);
+        assert_eq!(origin.await.unwrap(), b"QUIT");
     }
 }

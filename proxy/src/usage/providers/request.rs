@@ -207,6 +207,12 @@ pub fn billed_model(model: &str) -> Option<&'static str> {
 /// The `type` of a tool's object.
 const TOOL_TYPE: Field = &["tools", EACH, "type"];
 
+/// xAI's `search_parameters`, as far as whether it searches: its `mode`.
+#[derive(serde::Deserialize)]
+struct ModeOnly {
+    mode: Option<String>,
+}
+
 /// When a billed tool's field offers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offered {
@@ -637,6 +643,14 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                 Some(Slot::ToolType) => {
                     let billed = map.next_value_seed(BilledType)?;
                     self.found.billed_tool = self.found.billed_tool.or(billed);
+                }
+                Some(Slot::BilledTool(what, Offered::ModeNotOff)) => {
+                    // Read as the fields it is: a `mode` given twice is refused, as any field
+                    // is (servers disagree on which copy wins).
+                    let v: Option<ModeOnly> = map.next_value()?;
+                    if v.is_some_and(|p| p.mode.as_deref() != Some("off")) {
+                        self.found.billed_tool = self.found.billed_tool.or(Some(what));
+                    }
                 }
                 Some(Slot::BilledTool(what, offered)) => {
                     // (Rare fields: read whole to tell whether they offer the tool.)
@@ -1281,6 +1295,10 @@ mod tests {
             .ceiling_fields
             .read_by(&super::super::openai_chat::OpenAiChat));
         assert!(read_json(br#"{"model":"m","extra_body":{"n":1,"n":9}}"#).is_err());
+        assert!(
+            read_json(br#"{"model":"m","search_parameters":{"mode":"auto","mode":"off"}}"#)
+                .is_err()
+        );
         for (model, billed) in [
             ("gpt-4o-search-preview", true),
             ("gpt-4o-mini-search-preview-2025-03-11", true),
@@ -1339,6 +1357,10 @@ mod tests {
             ),
             (
                 r#"{"model":"grok-3","search_parameters":{"mode":"auto"}}"#,
+                true,
+            ),
+            (
+                r#"{"model":"grok-3","search_parameters":{"sources":[{"type":"web"}]}}"#,
                 true,
             ),
             (
