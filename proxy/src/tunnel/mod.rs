@@ -423,7 +423,8 @@ impl EgressApp {
                         watch = Some(watching);
                     }
                     None => {
-                        self.sni_mismatch(trail).await;
+                        trail.refuse(Deny::InterceptionUnavailable(HANDSHAKE_UNREADABLE.into()));
+                        trail.finish_tunnel(&self.shared.runs, 0).await;
                         return;
                     }
                 }
@@ -452,9 +453,9 @@ impl EgressApp {
                             .inc();
                         trail.refuse(Deny::HostMismatch);
                     }
-                    hello_watch::Refusal::Unreadable => trail.refuse(Deny::InterceptionUnavailable(
-                        "the client's TLS handshake after its first ClientHello cannot be read (more than 64 KiB before the server's first answer, another record than a second ClientHello after a retry, or a second ClientHello this proxy cannot read): its server name cannot be checked".into(),
-                    )),
+                    hello_watch::Refusal::Unreadable => {
+                        trail.refuse(Deny::InterceptionUnavailable(HANDSHAKE_UNREADABLE.into()))
+                    }
                 }
             } else if relayed.vetoed {
                 trail.refuse(Deny::InterceptionUnavailable(
@@ -927,6 +928,9 @@ impl Opened {
         }
     }
 }
+
+/// Why an opaque tunnel whose client's handshake cannot be followed is refused.
+const HANDSHAKE_UNREADABLE: &str = "the client's TLS handshake cannot be read past its first ClientHello (more than 64 KiB before the server's first answer, another record than a second ClientHello after a retry, or a ClientHello this proxy cannot read): its server name cannot be checked";
 
 /// What a `CONNECT` tunnel that policy lets pass opaquely does with its client's first bytes
 /// ([`EgressApp::opaque_start`]).

@@ -183,6 +183,52 @@ pub async fn relay<E: Future + Unpin>(
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    /// A client, a relay and an origin on loopback. The origin waits `delay`, writes `first`,
+    /// then reads to the end and returns what came up; the relay starts with `early` sent up.
+    async fn relayed(
+        delay: Duration,
+        first: Vec<u8>,
+        early: Bytes,
+        vet: Option<Vet>,
+        watch: Option<HelloWatch>,
+    ) -> (
+        TcpStream,
+        JoinHandle<(Relayed, Option<()>)>,
+        JoinHandle<Vec<u8>>,
+    ) {
+        let upstream_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (up_addr, proxy_addr) = (
+            upstream_side.local_addr().unwrap(),
+            proxy_side.local_addr().unwrap(),
+        );
+        let origin = tokio::spawn(async move {
+            let (mut s, _) = upstream_side.accept().await.unwrap();
+            tokio::time::sleep(delay).await;
+            s.write_all(&first).await.unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got).await;
+            got
+        });
+        let client = TcpStream::connect(proxy_addr).await.unwrap();
+        let (accepted, _) = proxy_side.accept().await.unwrap();
+        let upstream = TcpStream::connect(up_addr).await.unwrap();
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
+        let relay = tokio::spawn(relay(
+            stream,
+            upstream,
+            early,
+            Duration::from_secs(5),
+            std::future::pending::<()>(),
+            vet,
+            watch,
+        ));
+        (client, relay, origin)
+    }
+
+    const LATE: Option<Vet> = Some(crate::transparent::sniff::speaks_first_late as Vet);
 
     /// A relay that vets the client's first bytes: the upstream's banner flows down before
     /// them, a ClientHello-like first byte stops the relay with nothing of it sent up, and
@@ -190,32 +236,9 @@ mod tests {
     #[tokio::test]
     async fn a_vetted_relay_holds_the_clients_first_bytes_until_told() {
         for (first, vetoed) in [(&b"\x16\x03\x01"[..], true), (&b"EHLO me\r\n"[..], false)] {
-            let upstream_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let proxy_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let (up_addr, proxy_addr) = (
-                upstream_side.local_addr().unwrap(),
-                proxy_side.local_addr().unwrap(),
-            );
-            let origin = tokio::spawn(async move {
-                let (mut s, _) = upstream_side.accept().await.unwrap();
-                s.write_all(b"220 banner\r\n").await.unwrap();
-                let mut got = Vec::new();
-                let _ = s.read_to_end(&mut got).await;
-                got
-            });
-            let mut client = TcpStream::connect(proxy_addr).await.unwrap();
-            let (accepted, _) = proxy_side.accept().await.unwrap();
-            let upstream = TcpStream::connect(up_addr).await.unwrap();
-            let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
-            let relay = tokio::spawn(relay(
-                stream,
-                upstream,
-                Bytes::new(),
-                Duration::from_secs(5),
-                std::future::pending::<()>(),
-                Some(crate::transparent::sniff::speaks_first_late as Vet),
-                None,
-            ));
+            let banner = b"220 banner\r\n".to_vec();
+            let (mut client, relay, origin) =
+                relayed(Duration::ZERO, banner, Bytes::new(), LATE, None).await;
             let mut banner = [0u8; 12];
             client.read_exact(&mut banner).await.unwrap();
             assert_eq!(&banner, b"220 banner\r\n");
@@ -245,41 +268,22 @@ mod tests {
     #[tokio::test]
     async fn held_bytes_go_up_after_the_clients_close() {
         let hello = crate::transparent::sniff::client_hello_for("pinned.test");
-        let upstream_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (up_addr, proxy_addr) = (
-            upstream_side.local_addr().unwrap(),
-            proxy_side.local_addr().unwrap(),
-        );
-        let origin = tokio::spawn(async move {
-            let (mut s, _) = upstream_side.accept().await.unwrap();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            // A ServerHello that asks for no retry.
-            let mut hello = vec![
-                0x16, 0x03, 0x03, 0x00, 0x2a, 0x02, 0x00, 0x00, 0x26, 0x03, 0x03,
-            ];
-            hello.extend_from_slice(&[7; 32]);
-            s.write_all(&hello).await.unwrap();
-            let mut got = Vec::new();
-            let _ = s.read_to_end(&mut got).await;
-            got
-        });
-        let mut client = TcpStream::connect(proxy_addr).await.unwrap();
-        let (accepted, _) = proxy_side.accept().await.unwrap();
-        let upstream = TcpStream::connect(up_addr).await.unwrap();
-        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
+        // A ServerHello that asks for no retry.
+        let mut server_hello = vec![
+            0x16, 0x03, 0x03, 0x00, 0x2a, 0x02, 0x00, 0x00, 0x26, 0x03, 0x03,
+        ];
+        server_hello.extend_from_slice(&[7; 32]);
         let mut early = hello.clone();
         early.extend_from_slice(b"\x17\x03\x03\x00\x02hi");
         let (first, watch) = HelloWatch::after_first_hello(&Bytes::from(early)).unwrap();
-        let relay = tokio::spawn(relay(
-            stream,
-            upstream,
+        let (mut client, relay, origin) = relayed(
+            Duration::from_millis(100),
+            server_hello,
             first,
-            Duration::from_secs(5),
-            std::future::pending::<()>(),
             None,
             Some(watch),
-        ));
+        )
+        .await;
         client.write_all(b"\x17\x03\x03\x00\x02yo").await.unwrap();
         client.shutdown().await.unwrap();
         let mut answer = Vec::new();
@@ -296,31 +300,8 @@ mod tests {
     /// they came (no request or handshake can follow them), not lost.
     #[tokio::test]
     async fn undecided_first_bytes_go_up_at_the_clients_close() {
-        let upstream_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy_side = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (up_addr, proxy_addr) = (
-            upstream_side.local_addr().unwrap(),
-            proxy_side.local_addr().unwrap(),
-        );
-        let origin = tokio::spawn(async move {
-            let (mut s, _) = upstream_side.accept().await.unwrap();
-            let mut got = Vec::new();
-            let _ = s.read_to_end(&mut got).await;
-            got
-        });
-        let mut client = TcpStream::connect(proxy_addr).await.unwrap();
-        let (accepted, _) = proxy_side.accept().await.unwrap();
-        let upstream = TcpStream::connect(up_addr).await.unwrap();
-        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(accepted));
-        let relay = tokio::spawn(relay(
-            stream,
-            upstream,
-            Bytes::new(),
-            Duration::from_secs(5),
-            std::future::pending::<()>(),
-            Some(crate::transparent::sniff::speaks_first_late as Vet),
-            None,
-        ));
+        let (mut client, relay, origin) =
+            relayed(Duration::ZERO, Vec::new(), Bytes::new(), LATE, None).await;
         client.write_all(b"QUIT").await.unwrap();
         client.shutdown().await.unwrap();
         let _ = client.read_to_end(&mut Vec::new()).await;

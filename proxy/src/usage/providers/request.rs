@@ -225,13 +225,19 @@ pub enum Offered {
 }
 
 impl Offered {
-    fn offers(self, value: &serde_json::Value) -> bool {
-        match self {
-            _ if value.is_null() => false,
-            Offered::NotNull => true,
-            Offered::NotEmptyList => value.as_array().is_none_or(|list| !list.is_empty()),
-            Offered::ModeNotOff => value.get("mode").and_then(|m| m.as_str()) != Some("off"),
-        }
+    /// Reads the field's value from `map` and tells whether it offers the tool. (Rare fields:
+    /// read whole.) `search_parameters` is read as the fields it is, so a `mode` given twice
+    /// is refused as any field is (servers disagree on which copy wins).
+    fn read<'de, A: MapAccess<'de>>(self, map: &mut A) -> Result<bool, A::Error> {
+        Ok(match self {
+            Offered::ModeNotOff => map
+                .next_value::<Option<ModeOnly>>()?
+                .is_some_and(|p| p.mode.as_deref() != Some("off")),
+            Offered::NotNull => !map.next_value::<serde_json::Value>()?.is_null(),
+            Offered::NotEmptyList => map
+                .next_value::<Option<serde_json::Value>>()?
+                .is_some_and(|v| v.as_array().is_none_or(|list| !list.is_empty())),
+        })
     }
 }
 
@@ -644,18 +650,8 @@ impl<'de> Visitor<'de> for Level<'_, '_> {
                     let billed = map.next_value_seed(BilledType)?;
                     self.found.billed_tool = self.found.billed_tool.or(billed);
                 }
-                Some(Slot::BilledTool(what, Offered::ModeNotOff)) => {
-                    // Read as the fields it is: a `mode` given twice is refused, as any field
-                    // is (servers disagree on which copy wins).
-                    let v: Option<ModeOnly> = map.next_value()?;
-                    if v.is_some_and(|p| p.mode.as_deref() != Some("off")) {
-                        self.found.billed_tool = self.found.billed_tool.or(Some(what));
-                    }
-                }
                 Some(Slot::BilledTool(what, offered)) => {
-                    // (Rare fields: read whole to tell whether they offer the tool.)
-                    let v: serde_json::Value = map.next_value()?;
-                    if offered.offers(&v) {
+                    if offered.read(&mut map)? {
                         self.found.billed_tool = self.found.billed_tool.or(Some(what));
                     }
                 }
