@@ -184,11 +184,15 @@ pub fn run(
     // grace period, a sleep after which every task still running is dropped unrecorded, is
     // none. `graceful_shutdown_timeout` still bounds how long its runtimes take to stop.
     let drain = crate::drain::Drain::new();
+    // Kept until every listener's connectors have read it (below), then removed.
+    let upstream_roots = ca_bundle(&static_config)?;
     let conf = ServerConf {
         threads: static_config.threads,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(static_config.graceful_shutdown_timeout.as_secs()),
-        ca_file: ca_bundle(&static_config)?,
+        ca_file: upstream_roots
+            .as_ref()
+            .map(|path| path.display().to_string()),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -274,6 +278,10 @@ pub fn run(
         });
         tracing::info!(listener = %listener.name, %addr, "proxy listening");
     }
+    // pingora read the bundle while building each listener's connectors; nothing reads it
+    // again, so it does not outlive the start (a file per start would pile up in the temp
+    // directory).
+    drop(upstream_roots);
 
     let admin = AdminApp::new(
         handle.clone(),
@@ -526,8 +534,9 @@ fn dialer(config: &StaticConfig) -> std::io::Result<Dialer> {
 }
 
 /// pingora trusts either the system roots or one CA file; with extra CAs configured we write a
-/// bundle of both so neither replaces the other.
-fn ca_bundle(config: &StaticConfig) -> anyhow::Result<Option<String>> {
+/// bundle of both so neither replaces the other. The file is private to the process (mode 0600
+/// in the temp directory) and removed when the returned path is dropped.
+fn ca_bundle(config: &StaticConfig) -> anyhow::Result<Option<tempfile::TempPath>> {
     if config.upstream.extra_ca_files.is_empty() {
         return Ok(None);
     }
@@ -544,10 +553,10 @@ fn ca_bundle(config: &StaticConfig) -> anyhow::Result<Option<String>> {
     let mut file = tempfile::Builder::new()
         .prefix("tenant-proxy-ca-")
         .suffix(".pem")
-        .tempfile()?;
+        .tempfile()
+        .context("writing the upstream CA bundle in the temp directory")?;
     file.write_all(&bundle)?;
-    let (_, path) = file.keep()?;
-    Ok(Some(path.display().to_string()))
+    Ok(Some(file.into_temp_path()))
 }
 
 /// Formats problems as one error listing every problem.
@@ -556,7 +565,6 @@ pub fn problems_error(problems: Vec<ConfigProblem>) -> anyhow::Error {
     anyhow::anyhow!("configuration rejected:\n{}", list.join("\n"))
 }
 
-/// The interception CA's leaf minter, when `[intercept]` is configured.
 /// Raises the soft open-file limit to the hard one and says so; warns when even the hard limit
 /// is below what the connection caps allow (accepts would then fail with `EMFILE` before the
 /// caps refuse as `overloaded`).
@@ -586,6 +594,7 @@ fn report_open_file_limit(config: &StaticConfig) {
     }
 }
 
+/// The interception CA's leaf minter, when `[intercept]` is configured.
 pub fn load_minter(static_config: &StaticConfig) -> anyhow::Result<Option<Arc<LeafMinter>>> {
     let Some(i) = &static_config.intercept else {
         return Ok(None);

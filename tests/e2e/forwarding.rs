@@ -614,9 +614,13 @@ fn route_to_tls_origin_verifies_with_extra_ca() {
         ..ProxySpec::default()
     };
 
-    // Trusted: system roots plus the test CA.
+    // Trusted: system roots plus the test CA. The proxy writes the two as one bundle for
+    // pingora, in its temp directory, and removes it once read: nothing piles up per start.
     spec.config.upstream.read_timeout = Some(Duration::from_secs(5));
     spec.config.upstream.extra_ca_files = vec![origin.ca.clone()];
+    let temp = tempfile::tempdir().unwrap();
+    spec.env
+        .push(("TMPDIR".into(), temp.path().display().to_string()));
     let proxy = Proxy::start(spec);
     let r = raw_request(
         proxy.sidecar_port,
@@ -630,6 +634,11 @@ fn route_to_tls_origin_verifies_with_extra_ca() {
         proxy.audit_record("acme", &r.request_id())["scheme"],
         "https"
     );
+    let left: Vec<_> = std::fs::read_dir(temp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the temp directory: {left:?}");
 
     // Not trusted: a 502 `upstream_tls`, never a fallback to plain text.
     let untrusted = Proxy::start(untrusted_spec);
