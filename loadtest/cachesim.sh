@@ -9,12 +9,13 @@
 #
 # ROW is a proxy row (`route`, `forward`, ...) or `bare-pingora`. LL_BYTES is the simulated last
 # level (default 2 MiB: this core's L2; the L3 the VM reports is shared with other guests).
+# CACHESIM_KEEP=DIR keeps the profiles for callgrind_annotate.
 # Needs valgrind and callgrind_annotate (apt-get install valgrind). Each run takes a few minutes;
 # every run is bounded by the loadtest's --duration-limit.
 set -euo pipefail
 
 if [ $# -lt 4 ]; then
-    sed -n '2,14p' "$0" >&2
+    sed -n '2,15p' "$0" >&2
     exit 2
 fi
 proxy_bin=$(realpath "$1")
@@ -26,8 +27,15 @@ for tool in valgrind callgrind_annotate python3; do
     command -v "$tool" > /dev/null || { echo "cachesim.sh: $tool is not on PATH" >&2; exit 1; }
 done
 
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+# CACHESIM_KEEP=DIR keeps the profiles there (DIR/6000/cg.PID, DIR/2000/cg.PID) for
+# `callgrind_annotate --inclusive=yes`, instead of removing them.
+if [ -n "${CACHESIM_KEEP:-}" ]; then
+    out=$(realpath -m "$CACHESIM_KEEP")
+    mkdir -p "$out"
+else
+    out=$(mktemp -d)
+    trap 'rm -rf "$out"' EXIT
+fi
 sim="--tool=callgrind --cache-sim=yes --I1=32768,8,64 --D1=49152,12,64 --LL=$ll,16,64"
 
 # The proxy rows start the proxy through --proxy-bin; bare pingora is started by the loadtest
