@@ -57,6 +57,8 @@ enum Way {
     Route,
     /// `POST http://127.0.0.1:PORT/v1/chat/completions`: a known LLM API path, forward mode.
     Forward,
+    /// `POST http://127.0.0.1:PORT{path}`, forward mode.
+    ForwardTo(&'static str),
 }
 
 /// POSTs `body` as globex with extra header lines; the response.
@@ -64,6 +66,7 @@ fn post(env: &Env, way: Way, body: &[u8], headers: &str) -> Response {
     let target = match way {
         Way::Route => "/llm/chat/completions".to_string(),
         Way::Forward => format!("http://127.0.0.1:{}/v1/chat/completions", env.origin.port),
+        Way::ForwardTo(path) => format!("http://127.0.0.1:{}{path}", env.origin.port),
     };
     let mut raw = format!(
         "POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nProxy-Authorization: Bearer {}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -210,6 +213,68 @@ fn a_hidden_model_is_seen_and_decided() {
     }
     // acme's partition holds none of it.
     assert!(env.proxy.audit_records("acme").is_empty());
+}
+
+/// The Audio API's paths are LLM calls on any host, as the chat and Images APIs' are: an
+/// OpenAI-compatible server that no route or `[[llm_provider]]` declares still has the model
+/// of its upload form read and decided, and the call reserved (globex has a cost ceiling).
+#[test]
+fn an_audio_calls_model_is_decided_on_any_host() {
+    let env = start();
+    let upload = |model: &str| {
+        format!(
+            "--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\r\n--XX\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n--XX--\r\n"
+        )
+        .into_bytes()
+    };
+    let form = "Content-Type: multipart/form-data; boundary=XX\r\n";
+    let json = "Content-Type: application/json\r\n";
+    let speech = |model: &str| format!(r#"{{"model":"{model}","input":"hi","voice":"alloy"}}"#);
+    for (path, dear, cheap, headers) in [
+        (
+            "/v1/audio/transcriptions",
+            upload("gpt-4o"),
+            upload("gpt-4o-mini"),
+            form,
+        ),
+        (
+            "/v1/audio/translations",
+            upload("gpt-4o"),
+            upload("gpt-4o-mini"),
+            form,
+        ),
+        (
+            "/v1/audio/speech",
+            speech("gpt-4o").into_bytes(),
+            speech("gpt-4o-mini").into_bytes(),
+            json,
+        ),
+    ] {
+        let r = post(&env, Way::ForwardTo(path), &dear, headers);
+        r.assert_refused(403, "policy_denied");
+        let record = env.proxy.audit_record("globex", &r.request_id());
+        assert_eq!(
+            (&record["model"], &record["policy_ids"]),
+            (
+                &Value::from("gpt-4o"),
+                &serde_json::json!(["free-plan-models"])
+            ),
+            "{path}: {record}"
+        );
+        let r = post(&env, Way::ForwardTo(path), &cheap, headers);
+        assert_eq!(r.status, 200, "{path}: {}", r.body_text());
+        let record = env.proxy.audit_record("globex", &r.request_id());
+        assert_eq!(record["model"], "gpt-4o-mini", "{path}: {record}");
+        assert!(
+            record["reserved"]["cost_micros"].as_u64().unwrap() > 0,
+            "{path}: the call is reserved against the ceiling: {record}"
+        );
+    }
+    assert_eq!(
+        env.origin.count(),
+        3,
+        "only the allowed calls were forwarded"
+    );
 }
 
 #[test]

@@ -6,7 +6,12 @@
 //!
 //! The Images API reports usage the same way (`gpt-image-1`) and is read here too: a call to it
 //! is an LLM call whether or not it names a model (the server's default is priced per image, so
-//! it is an unknown model to the price table, not a free call).
+//! it is an unknown model to the price table, not a free call). So is the Audio API: a
+//! transcription's `usage` has the same members (`gpt-4o-transcribe`; `whisper-1` reports
+//! seconds, no tokens, and is settled at its reservation), and speech answers with audio and no
+//! usage (settled at its reservation). Being calls, their paths make a host an LLM destination
+//! whatever declares it, so an upload form's `model` is read and decided on every
+//! OpenAI-compatible server, not only on the hosts a route or `[[llm_provider]]` names.
 
 use serde_json::Value;
 
@@ -15,8 +20,8 @@ use super::request::EACH;
 use super::{fold_counts, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::{HostedCalls, Usage};
 
-/// The OpenAI Responses API (`/v1/responses`, also under an Azure OpenAI deployment) and the
-/// Images API.
+/// The OpenAI Responses API (`/v1/responses`, also under an Azure OpenAI deployment), the
+/// Images API and the Audio API.
 #[derive(Debug, Clone, Copy)]
 pub struct OpenAiResponses;
 
@@ -25,6 +30,9 @@ const OPERATIONS: &[&str] = &[
     "images/generations",
     "images/edits",
     "images/variations",
+    "audio/transcriptions",
+    "audio/translations",
+    "audio/speech",
 ];
 
 const FIELDS: RequestFields = RequestFields {

@@ -1037,6 +1037,9 @@ mod tests {
             ("llm.internal", "/v1/chat/completions"),
             ("api.openai.com", "/v1/responses"),
         ("api.openai.com", "/v1/images/generations"),
+        ("llm.internal", "/v1/audio/transcriptions"),
+        ("llm.internal", "/v1/audio/speech"),
+        ("acme.openai.azure.com", "/openai/deployments/whisper/audio/translations"),
         ("acme.openai.azure.com", "/openai/deployments/img/images/edits"),
         (
             "us-east5-aiplatform.googleapis.com",
