@@ -41,16 +41,19 @@ pub fn check(
         check_files(s, &mut problems);
     }
     let tenants_file = match &static_config {
-        Some(s) => Some(s.tenants_file.clone()),
-        None => crate::config::tenants_file_named_by(config_path).ok(),
+        Some(s) => Ok(s.tenants_file.clone()),
+        None => crate::config::tenants_file_named_by(config_path),
     };
     let snapshot = match tenants_file {
-        Some(file) => Snapshot::check(&file, static_config.as_ref(), None, &mut problems),
-        None => {
+        Ok(file) => Snapshot::check(&file, static_config.as_ref(), None, &mut problems),
+        Err(why) => {
             problems.push(ConfigProblem::file(
                 config_path,
-                "the tenant file, its token keys, credentials and policies were not checked: \
-                 this file names no `tenants_file` that could be read",
+                format!(
+                    "the tenant file, its token keys, credentials and policies were not \
+                     checked: {}",
+                    why.message
+                ),
             ));
             None
         }
@@ -751,7 +754,8 @@ bind = ["api.openai.com"]
             has(
                 &problems,
                 "tenant-proxy.toml",
-                "the tenant file, its token keys, credentials and policies were not checked"
+                "the tenant file, its token keys, credentials and policies were not checked: \
+                 the file is not TOML"
             ),
             "{problems:#?}"
         );

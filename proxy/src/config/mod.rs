@@ -54,8 +54,12 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 pub fn tenants_file_named_by(config: &Path) -> Result<PathBuf, ConfigProblem> {
     let text = std::fs::read_to_string(config)
         .map_err(|e| ConfigProblem::file(config, format!("cannot read file: {e}")))?;
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|_| ConfigProblem::file(config, "the file is not TOML"))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|_| {
+        ConfigProblem::file(
+            config,
+            "the file is not TOML, so the `tenants_file` it names cannot be read from it",
+        )
+    })?;
     let name = table
         .get("tenants_file")
         .and_then(|v| v.as_str())
