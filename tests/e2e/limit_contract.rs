@@ -156,6 +156,7 @@ contract!(
     run_life_records_are_per_tenant_and_closing_one_leaves_the_other,
     a_run_is_summarized_once_after_its_latest_expiry,
     streams_are_extended_while_the_budget_lasts_then_cut_by_the_ceiling_that_ran_out,
+    a_days_counter_outlives_its_writes_and_a_stream_is_not_extended_past_it,
     concurrent_admissions_never_overshoot,
 );
 
@@ -867,6 +868,49 @@ async fn streams_are_extended_while_the_budget_lasts_then_cut_by_the_ceiling_tha
         Verdict::Cut(CutReason::Budget("day"))
     );
     assert_eq!(guard.granted(), Charge::default());
+}
+
+/// A day's counter is kept at least an hour past its last write, whatever the window's end
+/// says: a proxy whose clock is behind the counters' (Redis's) names a day that ended for them,
+/// and an expiry set in their past would drop the counter as it is written, every call counted
+/// from zero. A stream admitted in a day is held to it; asked for past the time its counter is
+/// kept (a stream an hour past midnight, a clock stepped forward), an extension is refused as
+/// the day's ceiling rather than counted from zero.
+async fn a_days_counter_outlives_its_writes_and_a_stream_is_not_extended_past_it(b: Backends) {
+    let backend = b.fresh().counters;
+    let day = Ceilings {
+        cost_per_day_micros: Some(1_000),
+        ..Default::default()
+    };
+    let (t, w) = (tenant("acme"), workload("bot"));
+    let two_days_ago = keys_for(
+        tenant_proxy::limits::Subject {
+            tenant: &t,
+            workload: &w,
+            run: None,
+        },
+        &day,
+        None,
+        &TenantCalendar::utc(),
+        unix_now_i64() - 2 * 86_400,
+        CallKind::Llm,
+    );
+    let a = backend.admit(&two_days_ago, cost(600)).await.unwrap();
+    assert_eq!(backend.read(&two_days_ago).await.unwrap(), vec![600]);
+    refused(backend.admit(&two_days_ago, cost(600)).await);
+    let mut guard = StreamGuard::new(backend.clone(), a.quota_keys(), 100, 100, cost(100));
+    assert_eq!(
+        observe_past_cover(&mut guard, 101).await,
+        Verdict::Cut(CutReason::Budget("day"))
+    );
+    assert_eq!(guard.granted(), Charge::default(), "nothing was asked for");
+    assert_eq!(backend.read(&two_days_ago).await.unwrap(), vec![600]);
+    // Today's day, admitted now, is extended as usual.
+    let today = keys("acme", "bot", &day, None, None, CallKind::Llm);
+    let a = backend.admit(&today, cost(100)).await.unwrap();
+    let mut guard = StreamGuard::new(backend.clone(), a.quota_keys(), 100, 100, cost(100));
+    assert_eq!(observe_settled(&mut guard, 60).await, Verdict::Pass);
+    assert_eq!(guard.granted(), cost(100));
 }
 
 /// Admission is atomic: many callers at once never get more than the ceiling allows.

@@ -11,7 +11,7 @@ use super::{
     run_life_key, Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind,
     RateHeadline, RunClaim, RunLedger, RunSighting, Scope, Slot,
 };
-use super::{LimiterUnavailable, RunEnd, RunRegistry};
+use super::{unix_ms, LimiterUnavailable, RunEnd, RunRegistry, QUOTA_KEPT_SECS};
 use crate::ids::TenantId;
 
 const SHARDS: usize = 64;
@@ -144,13 +144,6 @@ fn gcra(per_period: u32, period_secs: u32, burst: u32) -> (u64, u64) {
     (interval, tolerance)
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -258,11 +251,14 @@ impl MemoryBackend {
 
     fn expiry_ms(&self, key: &LimitKey, now_ms: i64) -> i64 {
         match key.kind {
-            LimitKind::Quota { window, .. } => window
-                .expires_at()
-                .map_or(now_ms.saturating_add(ms(self.run_ttl)), |s| {
-                    s.saturating_mul(1000)
-                }),
+            LimitKind::Quota { window, .. } => {
+                window
+                    .expires_at()
+                    .map_or(now_ms.saturating_add(ms(self.run_ttl)), |s| {
+                        s.saturating_mul(1000)
+                            .max(now_ms.saturating_add(QUOTA_KEPT_SECS * 1000))
+                    })
+            }
             _ => now_ms.saturating_add(ms(self.run_ttl)),
         }
     }

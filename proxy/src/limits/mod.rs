@@ -332,6 +332,8 @@ impl Window {
     }
 
     /// Unix second at which the window's counter may be dropped (`None`: the run key lifetime).
+    /// A backend keeps a counter at least [`QUOTA_KEPT_SECS`] past its last write as well, so a
+    /// clock behind the counters' never has one dropped as it is written.
     pub fn expires_at(self) -> Option<i64> {
         match self {
             Window::Run => None,
@@ -340,6 +342,18 @@ impl Window {
             Window::Month(p) => Some(p.ends_at + 86_400),
         }
     }
+}
+
+/// How long a day or month counter is kept past its last write, at least (past its window's
+/// end it is kept for [`Window::expires_at`]'s margin).
+pub const QUOTA_KEPT_SECS: i64 = 3_600;
+
+/// Unix milliseconds now, by the wall clock (calendar windows are wall-clock days).
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Amounts of each measure one request reserves or used.

@@ -85,8 +85,15 @@ end
 -- not cut halfway. So the checks above only read, and every key's first write below grows memory
 -- (SET, ZADD, HSET, INCRBY): a Redis out of memory refuses the whole admission at its first
 -- write, and nothing is counted (the request is refused `limiter_unavailable`).
+-- A counter is kept at least an hour (QUOTA_KEPT_SECS) past its write by Redis's clock: its window's end
+-- is the proxy's (the key names the proxy's day), and a proxy clock behind Redis's would have
+-- it deleted as it is written (an EXPIREAT in the past), every call counted from zero.
 local function expire(key, c)
-  if c > 0 then redis.call('EXPIREAT', key, c) else redis.call('EXPIRE', key, runttl) end
+  if c > 0 then
+    redis.call('EXPIREAT', key, math.max(c, math.floor(now / 1000000) + 3600))
+  else
+    redis.call('EXPIRE', key, runttl)
+  end
 end
 local out = {1}
 for i = 1, #KEYS do

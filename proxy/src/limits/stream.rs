@@ -272,6 +272,20 @@ impl StreamGuard {
     /// backend that answers at once (the in-memory one) answers here; any other is asked on a
     /// task of its own.
     fn start_extension(&mut self, steps: u64, ahead: bool) {
+        // SECURITY: a stream is held to the windows it was admitted in, whose counters are kept
+        // past their end only so long ([`Window::expires_at`]): asked later (a stream running
+        // an hour past midnight, or the clock stepped forward), an extension would find its
+        // day's counter gone and count from zero, the ceiling off for the rest of the stream.
+        // It is refused as that window's ceiling instead.
+        if let Some(over) = self.ended_window(super::unix_ms().div_euclid(1000)) {
+            self.pending.push(Pending {
+                steps,
+                ahead,
+                outcome: Arc::new(AtomicU8::new(over)),
+                task: None,
+            });
+            return;
+        }
         let state = Arc::new(AtomicU8::new(PENDING));
         let backend = self.backend.clone();
         let keys = self.keys.clone();
@@ -317,6 +331,22 @@ impl StreamGuard {
             outcome,
             task,
         });
+    }
+}
+
+impl StreamGuard {
+    /// The refusal of the first day or month window of the keys whose counter may be gone at
+    /// unix second `now`.
+    fn ended_window(&self, now: i64) -> Option<u8> {
+        self.keys.iter().find_map(|key| match key.kind {
+            LimitKind::Quota { window, .. } if window.expires_at().is_some_and(|e| e <= now) => {
+                Some(match window {
+                    Window::Month(_) => REFUSED_MONTH,
+                    _ => REFUSED_DAY,
+                })
+            }
+            _ => None,
+        })
     }
 }
 
