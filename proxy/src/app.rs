@@ -131,6 +131,7 @@ pub fn run(
     ready_file: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     pingora::tls::install_default_crypto_provider();
+    survive_file_size_limit()?;
     if let Some(path) = ready_file {
         // A file left by an earlier run must never pass for this one's.
         match std::fs::remove_file(path) {
@@ -534,6 +535,23 @@ fn dialer(config: &StaticConfig) -> std::io::Result<Dialer> {
         egress.max_dns_lookups_per_tenant,
         egress.dns_cache_ttl,
     ))
+}
+
+/// SECURITY (isolation): under a file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) the
+/// kernel ends the whole process with `SIGXFSZ` at the first write past it: one tenant's audit
+/// file growing past the limit would drop every tenant's connections and tear the record being
+/// written, again at each restart. With the signal handled (its handler stays for the life of
+/// the process, whichever runtime registered it), the write fails with `EFBIG` instead, which
+/// the audit writer takes as that tenant's partition failing (its requests refused, the others
+/// served).
+fn survive_file_size_limit() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let xfsz = SignalKind::from_raw(nix::sys::signal::Signal::SIGXFSZ as std::os::raw::c_int);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?
+        .block_on(async { signal(xfsz).map(drop) })
+        .context("handling SIGXFSZ")
 }
 
 /// pingora trusts either the system roots or one CA file; with extra CAs configured we write a

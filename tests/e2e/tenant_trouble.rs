@@ -159,6 +159,70 @@ fn one_tenants_full_partition_refuses_that_tenant_only() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// Under a file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`), the write that takes one
+/// tenant's audit file past it fails that tenant's partition, as a full disk does: the kernel's
+/// `SIGXFSZ` ended the whole process there (every tenant's connections dropped, the record
+/// torn, again at every restart). The other tenants are served and audited; what acme was
+/// answered is on disk or held, and its trail verifies.
+#[test]
+fn a_tenants_audit_file_past_the_size_limit_refuses_that_tenant_only() {
+    let origin = Origin::start();
+    let mut spec = ProxySpec::default();
+    spec.command_prefix = ["prlimit", "--fsize=65536", "--"]
+        .map(String::from)
+        .to_vec();
+    let proxy = Proxy::start(spec);
+    let globex = token_for("globex", "agent");
+    let mut answered = 0;
+    wait_for("acme's refusal", Duration::from_secs(60), || {
+        let r = forward_get(proxy.sidecar_port, &url(&origin, "/public/acme"), None, "");
+        if r.status == 200 {
+            answered += 1;
+            return false;
+        }
+        r.assert_refused(503, "audit_unavailable");
+        true
+    });
+    assert!(
+        answered > 20,
+        "acme's file filled: {answered} answered first"
+    );
+    for i in 0..5 {
+        let r = forward_get(
+            proxy.shared_port,
+            &url(&origin, &format!("/public/globex-{i}")),
+            Some(&globex),
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_eq!(
+            proxy.audit_record("globex", &r.request_id())["decision"],
+            "allow"
+        );
+    }
+    assert_eq!(
+        admin(&proxy, "GET", "/readyz").status,
+        200,
+        "the proxy lives"
+    );
+    let written = proxy
+        .audit_records("acme")
+        .iter()
+        .filter(|r| r["decision"] == "allow")
+        .count();
+    assert_eq!(
+        written as f64 + held_records(&proxy, "acme"),
+        f64::from(answered),
+        "every answer of acme's is written or held"
+    );
+    let (code, out) = proxy_cli(
+        proxy.dir.path(),
+        &["audit", "verify", proxy.path("audit").to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
 /// The value of the gauge `tenant_proxy_audit_held_records` for `tenant` (0 when absent).
 fn held_records(proxy: &Proxy, tenant: &str) -> f64 {
     metric_sum(
