@@ -167,11 +167,12 @@ fn one_tenants_full_partition_refuses_that_tenant_only() {
 #[test]
 fn a_tenants_audit_file_past_the_size_limit_refuses_that_tenant_only() {
     let origin = Origin::start();
-    let mut spec = ProxySpec::default();
-    spec.command_prefix = ["prlimit", "--fsize=65536", "--"]
-        .map(String::from)
-        .to_vec();
-    let proxy = Proxy::start(spec);
+    let proxy = Proxy::start(ProxySpec {
+        command_prefix: ["prlimit", "--fsize=65536", "--"]
+            .map(String::from)
+            .to_vec(),
+        ..ProxySpec::default()
+    });
     let globex = token_for("globex", "agent");
     let mut answered = 0;
     wait_for("acme's refusal", Duration::from_secs(60), || {
