@@ -174,9 +174,11 @@ pub fn run(
         snapshot.mcp_session_key_warning(&static_config.limiter),
         snapshot.revocation_file_warning(),
         snapshot.jwks_warning(),
-        snapshot.master_key_warning(),
     ];
-    let files = static_config.readable_secret_warnings();
+    let files = static_config
+        .readable_secret_warnings()
+        .into_iter()
+        .chain(snapshot.readable_secret_warnings());
     for warning in warnings.into_iter().flatten().chain(files) {
         tracing::warn!("{warning}");
     }
@@ -690,6 +692,45 @@ workloads = ["bot"]
         let (static_config, snapshot) = check(&dir.path().join("tenant-proxy.toml")).expect("good");
         assert_eq!(static_config.listeners.len(), 1);
         assert_eq!(snapshot.tenants.tenants.len(), 1);
+    }
+
+    /// Every secret file a configuration names is warned about when other users may read it:
+    /// the audit signing key (whoever reads it signs a checkpoint for a trail cut short) and
+    /// the MCP session key (whoever reads it seals a session id of any tenant's) too.
+    #[test]
+    fn secret_files_others_can_read_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let static_toml = GOOD_STATIC.replace(
+            "[audit]\ndir = \"audit\"",
+            "[audit]\ndir = \"audit\"\nsigning_key = \"audit.pem\"",
+        );
+        let tenants = format!("{GOOD_TENANTS}[mcp]\nsession_key_file = \"mcp.key\"\n");
+        let dir = config_dir(&static_toml, &tenants, GOOD_POLICY);
+        let (_, pem) = crate::audit::checkpoint::Signer::generate().expect("key");
+        std::fs::write(dir.path().join("audit.pem"), pem.as_bytes()).expect("key");
+        std::fs::write(dir.path().join("mcp.key"), "k".repeat(48)).expect("key");
+        let warnings = |dir: &tempfile::TempDir| {
+            let (s, snap) = check(&dir.path().join("tenant-proxy.toml")).expect("good");
+            let mut all = s.readable_secret_warnings();
+            all.extend(snap.readable_secret_warnings());
+            all
+        };
+        for (file, mode) in [("audit.pem", 0o640), ("mcp.key", 0o604)] {
+            let path = dir.path().join(file);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        let found = warnings(&dir);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(
+            found[0].contains("the audit checkpoint signing key"),
+            "{found:#?}"
+        );
+        assert!(found[1].contains("the MCP session key"), "{found:#?}");
+        for file in ["audit.pem", "mcp.key"] {
+            let path = dir.path().join(file);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        assert_eq!(warnings(&dir), Vec::<String>::new());
     }
 
     #[test]

@@ -44,18 +44,26 @@ pub struct Snapshot {
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 impl Snapshot {
-    /// The warning `check` prints and `run` logs when the vault's master key file can be read
-    /// by users other than its owner (see [`crate::config::readable_secret_warning`]).
-    pub fn master_key_warning(&self) -> Option<String> {
-        match &self.tenants.credential_source {
-            Some(crate::credentials::CredentialSource::Vault(store)) => match &store.master {
-                crate::credentials::vault::MasterKeySource::File(f) => {
-                    crate::config::readable_secret_warning("the vault's master key", f)
-                }
-                crate::credentials::vault::MasterKeySource::Env(_) => None,
-            },
-            _ => None,
+    /// The warnings `check` prints and `run` logs for the tenant file's secret files that users
+    /// other than their owner can read (see [`crate::config::readable_secret_warning`]): the
+    /// vault's master key, and the MCP session key (whoever reads it can seal a session id of
+    /// any tenant's).
+    pub fn readable_secret_warnings(&self) -> Vec<String> {
+        let mut files: Vec<(&str, &std::path::Path)> = Vec::new();
+        if let Some(crate::credentials::CredentialSource::Vault(store)) =
+            &self.tenants.credential_source
+        {
+            if let crate::credentials::vault::MasterKeySource::File(f) = &store.master {
+                files.push(("the vault's master key", f));
+            }
         }
+        if let Some(f) = &self.tenants.mcp.session_key.file {
+            files.push(("the MCP session key", f));
+        }
+        files
+            .into_iter()
+            .filter_map(|(what, path)| crate::config::readable_secret_warning(what, path))
+            .collect()
     }
 
     /// The warning `check` prints and `run` logs when day or month cost ceilings are counted in

@@ -221,12 +221,15 @@ impl Signer {
 
     /// Writes the public key to `DIR/_keys/<key_id>.pub` (so `audit verify` finds it).
     pub fn publish(&self, audit_dir: &Path) -> io::Result<()> {
+        use std::io::Write as _;
         let keys = audit_dir.join(KEYS_DIR);
-        fs::create_dir_all(&keys)?;
-        fs::write(
-            keys.join(format!("{}.pub", self.key_id)),
-            format!("{}\n", self.public_hex()),
-        )
+        super::layout::create_dirs(&keys)?;
+        super::layout::file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(keys.join(format!("{}.pub", self.key_id)))?
+            .write_all(format!("{}\n", self.public_hex()).as_bytes())
     }
 }
 

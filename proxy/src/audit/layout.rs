@@ -10,6 +10,30 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+/// The mode the trail's files are created with: read and written by the proxy's user, read by
+/// its group (an auditor, a log shipper), never by other users of the host, whatever the
+/// process's umask allows: records name tenants' paths, models and token ids.
+const FILE_MODE: u32 = 0o640;
+/// The mode of its directories, to the same end.
+const DIR_MODE: u32 = 0o750;
+
+/// Creates `dir` and its missing parents with [`DIR_MODE`].
+pub(super) fn create_dirs(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+/// Options that create a file of the trail with [`FILE_MODE`] (an existing file keeps its own).
+pub(super) fn file_options() -> fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = fs::OpenOptions::new();
+    options.mode(FILE_MODE);
+    options
+}
+
 /// The file of a tenant's signed checkpoints, inside its partition.
 pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
 

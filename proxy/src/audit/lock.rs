@@ -11,7 +11,7 @@
 //! lock and are never kept out. The kernel releases the lock when the process ends, however it
 //! ends.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{self, Read as _, Write as _};
 use std::path::Path;
 
@@ -52,7 +52,7 @@ impl DirLock {
             Err(TryLockError::Error(e)) => return Err(LockError::Io(e)),
         }
         let me = format!("pid {} on host `{}`\n", std::process::id(), hostname());
-        OpenOptions::new()
+        super::layout::file_options()
             .write(true)
             .create(true)
             .truncate(true)

@@ -59,7 +59,7 @@ const MAX_HELD_PER_TENANT: usize = 10_000;
 const RETRY_FIRST: usize = 16;
 
 pub(super) fn probe_writable(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
+    layout::create_dirs(dir)?;
     probe_file(&dir.join(".write-probe"))
 }
 
@@ -687,7 +687,7 @@ impl Writer {
     fn keep_lock(&mut self) -> bool {
         let dir = &self.settings.dir;
         if !self.lock.holds(dir) {
-            let taken = fs::create_dir_all(dir)
+            let taken = layout::create_dirs(dir)
                 .map_err(LockError::Io)
                 .and_then(|()| DirLock::take(dir));
             match taken {
@@ -1164,9 +1164,12 @@ fn open_at<'a>(
     if slot.as_ref().map(|(p, _)| *p) != Some(pos) {
         let path = pos.path(tenant_dir);
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)?;
+            layout::create_dirs(parent)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = layout::file_options()
+            .create(true)
+            .append(true)
+            .open(&path)?;
         *slot = Some((pos, file));
     }
     match slot {
@@ -1240,7 +1243,7 @@ fn keep_torn_tail(file: &File, path: &Path) -> io::Result<u64> {
     }
     let mut kept_path = path.as_os_str().to_owned();
     kept_path.push(".torn");
-    let mut kept = OpenOptions::new()
+    let mut kept = layout::file_options()
         .create(true)
         .append(true)
         .open(&kept_path)?;
@@ -1274,9 +1277,9 @@ fn keep_torn_tail(file: &File, path: &Path) -> io::Result<u64> {
 fn append_line(path: &PathBuf, line: &[u8], fsync: FsyncPolicy) -> io::Result<()> {
     let line = [line, b"\n"].concat();
     if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
+        layout::create_dirs(parent)?;
     }
-    let mut file = OpenOptions::new()
+    let mut file = layout::file_options()
         .create(true)
         .read(true)
         .append(true)
@@ -1389,6 +1392,35 @@ mod tests {
         assert_eq!((report.records, report.checkpoints), (13, 2));
         let report = verify_tenant(dir.path(), "globex", &Keys::published(dir.path()).into());
         assert_eq!((report.records, report.problem), (1, None));
+    }
+
+    /// The trail (records, checkpoints, the lock, the published key, their directories) is
+    /// created for the proxy's user and group only, whatever the umask lets other users read.
+    #[test]
+    fn other_users_of_the_host_cannot_read_the_trail() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("audit");
+        let mut w = writer(&root, 2_000);
+        w.write_batch(&batch("acme", 3), at("2026-11-28")).unwrap();
+        w.checkpoint_all();
+        let mut seen = 0;
+        let mut walk = vec![root.clone()];
+        while let Some(at) = walk.pop() {
+            for entry in fs::read_dir(&at).unwrap() {
+                let path = entry.unwrap().path();
+                let mode = fs::metadata(&path).unwrap().permissions().mode();
+                assert_eq!(mode & 0o007, 0, "{} is {:o}", path.display(), mode & 0o777);
+                seen += 1;
+                if path.is_dir() {
+                    walk.push(path);
+                }
+            }
+        }
+        assert!(
+            seen >= 7,
+            "records, checkpoints, lock, key and their directories: {seen}"
+        );
     }
 
     #[test]

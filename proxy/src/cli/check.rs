@@ -20,10 +20,12 @@ pub(super) fn check(config: &Path) -> ExitCode {
                 snap.mcp_session_key_warning(&s.limiter),
                 snap.revocation_file_warning(),
                 snap.jwks_warning(),
-                snap.master_key_warning(),
             ];
             let listeners = s.exposed_binding_warnings();
-            let files = s.readable_secret_warnings();
+            let files = s
+                .readable_secret_warnings()
+                .into_iter()
+                .chain(snap.readable_secret_warnings());
             for warning in warnings.into_iter().flatten().chain(listeners).chain(files) {
                 eprintln!("warning: {warning}");
             }

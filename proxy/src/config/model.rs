@@ -191,8 +191,8 @@ pub fn readable_secret_warning(what: &str, path: &std::path::Path) -> Option<Str
 
 impl StaticConfig {
     /// The warnings `check` prints and `run` logs for the secret files of this configuration
-    /// (the interception CA's key, listeners' TLS keys, the admin token) that other users of
-    /// the host may read.
+    /// (the interception CA's key, listeners' TLS keys, the admin token, the audit signing key)
+    /// that other users of the host may read.
     pub fn readable_secret_warnings(&self) -> Vec<String> {
         let mut files: Vec<(&str, &std::path::Path)> = Vec::new();
         if let Some(i) = &self.intercept {
@@ -205,6 +205,10 @@ impl StaticConfig {
         }
         if let Some(t) = &self.admin_token_file {
             files.push(("the admin token file", t));
+        }
+        if let Some(k) = &self.audit.signing_key {
+            // Whoever reads it can sign a checkpoint for a trail cut short.
+            files.push(("the audit checkpoint signing key", k));
         }
         files
             .into_iter()
