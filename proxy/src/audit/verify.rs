@@ -636,10 +636,6 @@ fn check_unsigned(
     }
     let first = covered + 1;
     let uncovered: Vec<&Entry> = entries.iter().filter(|e| e.seq > covered).collect();
-    let newest = entries
-        .iter()
-        .filter_map(|e| Some((e.logged?, e.seq)))
-        .max();
     let allowed = interval.saturating_add(grace);
     // Whole seconds, or milliseconds below a second.
     let show = |d: Duration| {
@@ -651,29 +647,41 @@ fn check_unsigned(
         humantime::format_duration(shown)
     };
     let stamp = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
-    if let Some((newest, newest_seq)) = newest {
-        let too_old = uncovered.iter().find_map(|e| {
-            let logged = e.logged?;
-            let age = Duration::try_from(newest - logged).ok()?;
-            (age > allowed).then_some((e, logged, age))
-        });
-        if let Some((e, logged, age)) = too_old {
-            return Err(finding(
-                Problem::Unsigned,
-                partition.at(e.file, e.line),
-                format!(
-                    "seq {first} to {} are covered by no checkpoint, yet seq {} was logged at {}, {} before the newest record (seq {newest_seq}, {}); the writer signs every {} ({source}) and when it stops, so at most {} (with {} grace) may be unsigned: checkpoints were removed",
-                    report.last_seq,
-                    e.seq,
-                    stamp(logged),
-                    show(age),
-                    stamp(newest),
-                    show(interval),
-                    show(allowed),
-                    show(grace),
-                ),
-            ));
+    // Each record is compared with the newest of those logged after it, not with the newest
+    // of all: after the wall clock stepped back (NTP, a VM resumed) an honest later record
+    // carries an earlier time than those before it (the writer signs what came before a step
+    // when it sees one, so an honest tail never spans it).
+    let mut newest: Option<(OffsetDateTime, u64)> = None;
+    let mut too_old = None;
+    for e in uncovered.iter().rev() {
+        let Some(logged) = e.logged else { continue };
+        if let Some((latest, latest_seq)) = newest {
+            if let Ok(age) = Duration::try_from(latest - logged) {
+                if age > allowed {
+                    too_old = Some((e, logged, age, latest, latest_seq));
+                }
+            }
         }
+        if newest.is_none_or(|(latest, _)| logged > latest) {
+            newest = Some((logged, e.seq));
+        }
+    }
+    if let Some((e, logged, age, newest, newest_seq)) = too_old {
+        return Err(finding(
+            Problem::Unsigned,
+            partition.at(e.file, e.line),
+            format!(
+                "seq {first} to {} are covered by no checkpoint, yet seq {} was logged at {}, {} before the newest record (seq {newest_seq}, {}); the writer signs every {} ({source}) and when it stops, so at most {} (with {} grace) may be unsigned: checkpoints were removed",
+                report.last_seq,
+                e.seq,
+                stamp(logged),
+                show(age),
+                stamp(newest),
+                show(interval),
+                show(allowed),
+                show(grace),
+            ),
+        ));
     }
     let span = uncovered.iter().filter_map(|e| e.logged).fold(
         None,
@@ -1047,14 +1055,19 @@ mod tests {
 
         /// `n` records, one every `step` seconds from 2026-11-28T10:00:00Z.
         fn timed(n: u64, step: i64) -> Self {
+            Self::at_offsets((0..n).map(|i| step * i as i64))
+        }
+
+        /// A record for each offset, in seconds from 2026-11-28T10:00:00Z.
+        fn at_offsets(offsets: impl IntoIterator<Item = i64>) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let (signer, _) = Signer::generate().unwrap();
             signer.publish(dir.path()).unwrap();
             let mut head = ChainHead::EMPTY;
             let mut lines = Vec::new();
             let start = OffsetDateTime::parse("2026-11-28T10:00:00Z", &Rfc3339).unwrap();
-            for i in 0..n {
-                let time = (start + time::Duration::seconds(step * i as i64))
+            for offset in offsets {
+                let time = (start + time::Duration::seconds(offset))
                     .format(&Rfc3339)
                     .unwrap();
                 let (line, h) = seal(&record("acme", &time), head).unwrap();
@@ -1338,6 +1351,22 @@ mod tests {
         lines.push(line);
         f.write_files(&lines);
         assert_eq!(reason(&f.verify()), Some(Problem::Modified));
+    }
+
+    /// The wall clock stepped back an hour after seq 60 (the writer signed up to there when it
+    /// saw the step): the records after it carry earlier times than those before, and are no
+    /// sign of checkpoints removed; removed, they still are.
+    #[test]
+    fn an_honest_trail_across_a_clock_stepped_back_verifies() {
+        // 60 records a minute apart (signed every minute), then 20 an hour earlier, in less
+        // than a minute.
+        let f = Fixture::at_offsets((0..60).map(|i| i * 60).chain((0..20).map(|i| i * 2)));
+        f.write_checkpoints(&f.checkpoints(&[10, 20, 30, 40, 50, 60]));
+        let r = f.verify();
+        assert_eq!(r.problem, None, "{:?}", r.notes);
+        assert_eq!((r.records, r.checkpoints), (80, 6));
+        f.write_checkpoints(&f.checkpoints(&[10, 20]));
+        assert_eq!(reason(&f.verify()), Some(Problem::Unsigned));
     }
 
     #[test]

@@ -176,6 +176,52 @@ impl Default for Health {
 /// lasts (sends take milliseconds; the send's own timeout is longer).
 pub(super) const STREAM_STALL: Duration = Duration::from_secs(1);
 
+/// Tells when the wall clock stepped: the time it moved since the last look is not the time
+/// the monotonic clock moved, by more than [`ClockWatch::STEP`].
+struct ClockWatch {
+    wall: SystemTime,
+    mono: Instant,
+}
+
+impl ClockWatch {
+    /// A difference below this is drift, or the time between the two reads.
+    const STEP: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Self {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    /// How far the wall clock stepped (`+1h`, `-10m`) since the last call, if it did.
+    fn stepped(&mut self) -> Option<String> {
+        self.step_to(SystemTime::now(), Instant::now())
+    }
+
+    /// [`Self::stepped`], the clocks reading `wall` and `mono` now.
+    fn step_to(&mut self, wall: SystemTime, mono: Instant) -> Option<String> {
+        let ran = mono.duration_since(self.mono);
+        let step = match wall.duration_since(self.wall) {
+            Ok(moved) if moved > ran + Self::STEP => Some(format!(
+                "+{}",
+                humantime::format_duration(Duration::from_secs((moved - ran).as_secs()))
+            )),
+            Ok(moved) if moved + Self::STEP < ran => Some(format!(
+                "-{}",
+                humantime::format_duration(Duration::from_secs((ran - moved).as_secs()))
+            )),
+            Ok(_) => None,
+            Err(back) => Some(format!(
+                "-{}",
+                humantime::format_duration(Duration::from_secs((back.duration() + ran).as_secs()))
+            )),
+        };
+        (self.wall, self.mono) = (wall, mono);
+        step
+    }
+}
+
 /// Milliseconds since the first call, on the monotonic clock; never 0.
 pub(super) fn mono_ms() -> u64 {
     static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
@@ -305,6 +351,7 @@ impl Writer {
         let _refuse_when_gone = RefuseOnExit(self.health.clone());
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut last_checkpoint = Instant::now();
+        let mut clock = ClockWatch::new();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             let first = if stopping {
@@ -331,6 +378,18 @@ impl Writer {
                             Ok(r) => batch.push(r),
                             Err(_) => break,
                         }
+                    }
+                    if let Some(step) = clock.stepped() {
+                        // Records on either side of a step of the wall clock (NTP, a VM
+                        // resumed) would be one unsigned tail spanning the step, which
+                        // `audit verify` reads as checkpoints removed: those before it are
+                        // signed first.
+                        tracing::warn!(
+                            step = %step,
+                            "the wall clock stepped; every chain is signed up to here"
+                        );
+                        self.checkpoint_all();
+                        last_checkpoint = Instant::now();
                     }
                     let n = batch.len();
                     self.write(std::mem::take(&mut batch), SystemTime::now());
@@ -1421,6 +1480,37 @@ mod tests {
             seen >= 7,
             "records, checkpoints, lock, key and their directories: {seen}"
         );
+    }
+
+    #[test]
+    fn a_step_of_the_wall_clock_is_told_from_time_passing() {
+        let mut watch = ClockWatch::new();
+        let (wall, mono) = (watch.wall, watch.mono);
+        let at = |secs: u64| mono + Duration::from_secs(secs);
+        // A minute passed on both clocks: no step.
+        assert_eq!(watch.step_to(wall + Duration::from_secs(60), at(60)), None);
+        // An hour forward in one second.
+        assert_eq!(
+            watch
+                .step_to(wall + Duration::from_secs(3_661), at(61))
+                .as_deref(),
+            Some("+1h")
+        );
+        // Back by an hour, and back by less than a second passed.
+        assert_eq!(
+            watch
+                .step_to(wall + Duration::from_secs(62), at(62))
+                .as_deref(),
+            Some("-1h")
+        );
+        assert_eq!(
+            watch
+                .step_to(wall + Duration::from_secs(52), at(92))
+                .as_deref(),
+            Some("-40s")
+        );
+        // A few seconds either way is drift.
+        assert_eq!(watch.step_to(wall + Duration::from_secs(84), at(120)), None);
     }
 
     #[test]
