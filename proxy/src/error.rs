@@ -357,7 +357,7 @@ impl Deny {
         match self {
             Deny::Limited(l) => {
                 if let Some(retry) = l.retry_after {
-                    let secs = retry.as_secs().max(1);
+                    let secs = crate::limits::whole_secs_up(retry);
                     headers.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
                 }
             }
@@ -515,7 +515,7 @@ impl Deny {
                     Scope::Workload(..) => "this workload",
                     Scope::Run(..) => "this run",
                 };
-                let retry = l.retry_after.map_or(0, |r| r.as_secs().max(1));
+                let retry = l.retry_after.map_or(0, crate::limits::whole_secs_up);
                 match l.key.kind {
                     LimitKind::Rate { per_period, period_secs, .. } => (
                         429,

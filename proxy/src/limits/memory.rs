@@ -421,7 +421,7 @@ impl MemoryBackend {
                         admission.headline = Some(RateHeadline {
                             limit: per_period,
                             remaining,
-                            reset_secs: Duration::from_nanos(new_tat - now).as_secs().max(1),
+                            reset_secs: super::whole_secs_up(Duration::from_nanos(new_tat - now)),
                         });
                     }
                     updates.push((i, State::Rate { tat: new_tat }));

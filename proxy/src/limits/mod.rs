@@ -650,6 +650,13 @@ impl Admission {
     }
 }
 
+/// Whole seconds to wait, at least one, rounded up: a client that waits the seconds it is told
+/// must find the wait over (rounded down, `1.9s` said `1`, and a client obeying it was refused
+/// again every other time).
+pub fn whole_secs_up(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 /// Values for the `X-RateLimit-*` response headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateHeadline {
@@ -848,6 +855,21 @@ pub struct Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_are_told_in_whole_seconds_rounded_up() {
+        for (wait, told) in [
+            (Duration::from_millis(1), 1),
+            (Duration::from_millis(999), 1),
+            (Duration::from_secs(1), 1),
+            (Duration::from_millis(1_001), 2),
+            (Duration::from_millis(1_900), 2),
+            (Duration::from_secs(60), 60),
+            (Duration::ZERO, 1),
+        ] {
+            assert_eq!(whole_secs_up(wait), told, "{wait:?}");
+        }
+    }
 
     fn tid(s: &str) -> TenantId {
         TenantId::new(s).expect("id")

@@ -1256,8 +1256,9 @@ fn decode(
                 match key.kind {
                     LimitKind::Rate { per_period, .. } => {
                         let remaining = u32::try_from(remaining.max(0)).unwrap_or(0);
-                        let reset_secs =
-                            (u64::try_from(second.max(0)).unwrap_or(0) / 1_000_000).max(1);
+                        let reset_secs = super::whole_secs_up(Duration::from_micros(
+                            u64::try_from(second.max(0)).unwrap_or(0),
+                        ));
                         if admission.headline.is_none_or(|h| remaining < h.remaining) {
                             admission.headline = Some(RateHeadline {
                                 limit: per_period,
