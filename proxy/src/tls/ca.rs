@@ -556,6 +556,17 @@ struct CachedLeaf {
     /// certificate well within its validity.
     renew_after: SystemTime,
     not_after: SystemTime,
+    /// Its `notBefore`: a leaf minted while the clock ran ahead is not valid yet once the clock
+    /// is set right, and clients refuse it until then.
+    not_before: SystemTime,
+}
+
+impl CachedLeaf {
+    /// Whether it is served at `now` rather than minted again: valid already, and not yet
+    /// half through its life.
+    fn fresh(&self, now: SystemTime) -> bool {
+        self.not_before <= now && now < self.renew_after
+    }
 }
 
 /// A cached leaf's key: the tenant whose tunnels it serves, and the host.
@@ -617,12 +628,21 @@ impl LeafMinter {
         tenant: &TenantId,
         name: &str,
     ) -> Result<Arc<CertifiedKey>, MintError> {
-        let now = SystemTime::now();
+        self.certified_key_at(tenant, name, SystemTime::now())
+    }
+
+    /// [`Self::certified_key`], the clock reading `now`.
+    fn certified_key_at(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        now: SystemTime,
+    ) -> Result<Arc<CertifiedKey>, MintError> {
         let key: LeafKey = (tenant.clone(), normalize_name(name).into_owned());
         let name = key.1.as_str();
         // Only valid, permitted names are ever cached, so a hit needs no further checks.
         if let Some(leaf) = self.cache.load().get(&key) {
-            if now < leaf.renew_after {
+            if leaf.fresh(now) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::METRICS
                     .leaf_certificates
@@ -646,7 +666,7 @@ impl LeafMinter {
             let mut map = HashMap::clone(old);
             // Two tunnels to a new host may mint at once; the first leaf stored wins, so all
             // of them end up serving one.
-            if map.get(&key).is_some_and(|l| now < l.renew_after) {
+            if map.get(&key).is_some_and(|l| l.fresh(now)) {
                 return map;
             }
             if !map.contains_key(&key) {
@@ -659,7 +679,7 @@ impl LeafMinter {
             .cache
             .load()
             .get(&key)
-            .filter(|l| now < l.renew_after)
+            .filter(|l| l.fresh(now))
             .map_or(minted.key, |l| Arc::clone(&l.key)))
     }
 
@@ -699,7 +719,8 @@ impl LeafMinter {
         let key =
             KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| fail(e.to_string()))?;
         let mut params = CertificateParams::default();
-        params.not_before = OffsetDateTime::from(now.checked_sub(CLOCK_SKEW).unwrap_or(now));
+        let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
+        params.not_before = OffsetDateTime::from(not_before);
         params.not_after = OffsetDateTime::from(not_after);
         params.serial_number = Some(random_serial());
         let mut dn = DistinguishedName::new();
@@ -732,6 +753,7 @@ impl LeafMinter {
             )),
             renew_after: now + lifetime / 2,
             not_after,
+            not_before,
         })
     }
 }
@@ -749,7 +771,7 @@ fn make_room(
     if map.len() < max {
         return;
     }
-    map.retain(|_, l| now < l.renew_after);
+    map.retain(|_, l| l.fresh(now));
     if map.len() < max {
         return;
     }
@@ -1136,6 +1158,30 @@ mod tests {
 
     /// A tenant never gets a leaf another tenant's tunnel made: the cache would otherwise tell
     /// it, by how fast its handshake is, where the other tenant goes.
+    /// A leaf minted while the clock ran a day ahead is not valid yet once the clock is set
+    /// right: the next tunnel gets a leaf minted anew, not that one (clients refused it until
+    /// the cached leaf's renewal, a day and a half later).
+    #[test]
+    fn a_leaf_minted_ahead_of_the_clock_is_not_served_once_it_is_set_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let minter = LeafMinter::new(make_ca(dir.path(), &[]), DEFAULT_LEAF_TTL, 16);
+        let now = SystemTime::now();
+        let ahead = minter
+            .certified_key_at(&acme(), "api.openai.com", now + Duration::from_secs(86_400))
+            .unwrap();
+        let set_right = minter
+            .certified_key_at(&acme(), "api.openai.com", now)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&ahead, &set_right));
+        assert_eq!(minter.stats(), (0, 2), "minted again");
+        verify(minter.ca().cert_der(), &set_right, "api.openai.com").unwrap();
+        // Served from the cache from then on.
+        let again = minter
+            .certified_key_at(&acme(), "api.openai.com", now)
+            .unwrap();
+        assert!(Arc::ptr_eq(&set_right, &again));
+    }
+
     #[test]
     fn leaves_are_cached_per_tenant() {
         let dir = tempfile::tempdir().unwrap();
@@ -1259,6 +1305,7 @@ mod tests {
                 now + Duration::from_secs(renew as u64)
             },
             not_after: now + Duration::from_secs(expiry),
+            not_before: now - Duration::from_secs(60),
         };
         let mut map = HashMap::from([
             ((acme(), "stale".to_owned()), leaf(-1, 100)),
