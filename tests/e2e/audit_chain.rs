@@ -330,6 +330,39 @@ fn chains_survive_restart_and_rotation_and_every_tamper_is_detected() {
     );
 }
 
+/// The wall clock steps while the proxy runs (NTP, a resumed VM): two hours back, then four
+/// forward, with records unsigned on both sides of each step (checkpoints every ten minutes).
+/// The writer signs what came before a step when it sees one, and verify reads an unsigned
+/// record against the records after it, so the honest trail verifies after each step, without
+/// waiting for the next checkpoint (it was `unsigned`: "checkpoints were removed").
+#[test]
+fn an_honest_trail_verifies_across_steps_of_the_wall_clock() {
+    let origin = Origin::start();
+    let clock = FakeClock::new();
+    let mut spec = ProxySpec::default();
+    spec.env.extend(clock.env());
+    spec.config.audit.checkpoint_interval = Some(Duration::from_secs(600));
+    let proxy = Proxy::start(spec);
+    let mut written = 0;
+    for step in [0, -7_200, 7_200] {
+        clock.step_to(step);
+        traffic(&proxy, &origin, 3, 0);
+        written += 3;
+        proxy.wait_audit_records("acme", written);
+        let (code, report) = verify(&proxy.path("audit"), &[]);
+        assert_eq!(
+            (code, reason(&report, "acme")),
+            (0, None),
+            "after the step to {step:+} s: {report}"
+        );
+    }
+    assert!(
+        proxy.log().contains("the wall clock stepped"),
+        "{}",
+        proxy.log()
+    );
+}
+
 #[test]
 fn kill_9_under_load_leaves_a_directory_that_verifies() {
     let origin = Origin::start();

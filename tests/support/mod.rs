@@ -2,7 +2,8 @@
 //! the current sources ([`binary`]), a proxy process on ports it picked itself ([`proxy`]),
 //! recording origins ([`origin`]), the loadtest mock ([`mock`]), the MCP server fixture
 //! ([`mcp`]), a real `redis-server` ([`redis`]), network namespaces ([`netns`]), workload
-//! tokens ([`tokens`]), an OAuth2 token endpoint ([`token_endpoint`]), raw HTTP and real
+//! tokens ([`tokens`]), an OAuth2 token endpoint ([`token_endpoint`]), a wall clock to step
+//! ([`fake_clock`]), raw HTTP and real
 //! clients ([`http`], [`node`]) and audit records ([`audit`]). The typed configuration files and
 //! held ports come from the load generator's library, which uses them too. Everything listens on
 //! 127.0.0.1 only (except the transparent-capture tests, on the private veth pair of a namespace
@@ -11,6 +12,7 @@
 mod audit;
 mod bedrock;
 mod binary;
+mod fake_clock;
 mod http;
 mod mcp;
 mod mock;
@@ -27,6 +29,7 @@ use std::path::{Path, PathBuf};
 pub use audit::*;
 pub use bedrock::*;
 pub use binary::*;
+pub use fake_clock::*;
 pub use http::*;
 pub use mcp::*;
 pub use mock::*;

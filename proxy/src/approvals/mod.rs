@@ -153,7 +153,6 @@ impl HoldEnd {
     }
 }
 
-/// Unix milliseconds now.
 /// Whether `hold` answers a polled repeat, at unix ms `now`, by `workload` of the request whose
 /// digest is `digest`: only a polled hold (a waiting one is forwarded by its waiter), of the
 /// workload that was held, for exactly the request that was held, and only while it is kept.
@@ -164,6 +163,7 @@ fn answers_repeat(hold: &HoldRecord, workload: &str, digest: &str, now: u64) -> 
         && now < hold.deadline_ms.saturating_add(store::RETAIN_MS)
 }
 
+/// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -452,6 +452,11 @@ impl Holds {
                 .await);
         }
         tokio::pin!(client_gone);
+        // The deadline is a wall-clock time replicas share; this waiter also keeps it by the
+        // monotonic clock, so a wall clock stepped back (NTP, a VM resumed) does not keep the
+        // hold (its slot among the pending, its body in memory) waiting that much longer.
+        let deadline_here = std::time::Instant::now()
+            + Duration::from_millis(record.deadline_ms.saturating_sub(now_ms()));
         let mut unreachable_since: Option<u64> = None;
         let mut looks: u32 = 0;
         loop {
@@ -493,7 +498,12 @@ impl Holds {
                     unreachable_since = None;
                     match h.state {
                         HoldState::Approved => return self.forward_once(record, h.decided).await,
-                        HoldState::Pending if now <= record.deadline_ms => continue,
+                        HoldState::Pending
+                            if now <= record.deadline_ms
+                                && std::time::Instant::now() <= deadline_here =>
+                        {
+                            continue
+                        }
                         HoldState::Pending => {
                             return Err(match self.expire(record).await {
                                 Some(other) => match other.state {
