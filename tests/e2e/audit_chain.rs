@@ -330,8 +330,8 @@ fn chains_survive_restart_and_rotation_and_every_tamper_is_detected() {
     );
 }
 
-/// The wall clock steps while the proxy runs (NTP, a resumed VM): two hours back, then four
-/// forward, with records unsigned on both sides of each step (checkpoints every ten minutes).
+/// The wall clock steps while the proxy runs (NTP, a resumed VM), with requests in flight: two hours back, then four forward, with records unsigned on both sides of each
+/// step (checkpoints every ten minutes).
 /// The writer signs what came before a step when it sees one, and verify reads an unsigned
 /// record against the records after it, so the honest trail verifies after each step, without
 /// waiting for the next checkpoint (it was `unsigned`: "checkpoints were removed").
@@ -345,9 +345,17 @@ fn an_honest_trail_verifies_across_steps_of_the_wall_clock() {
     let proxy = Proxy::start(spec);
     let mut written = 0;
     for step in [0, -7_200, 7_200] {
-        clock.step_to(step);
-        traffic(&proxy, &origin, 3, 0);
-        written += 3;
+        // Requests in flight across the step, on eight connections: records stamped before it
+        // are written after it is seen. (A token minted on the real clock is not valid yet on
+        // a clock set back, so the sidecar's tenant sends them.)
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| traffic(&proxy, &origin, 10, 0));
+            }
+            std::thread::sleep(Duration::from_millis(30));
+            clock.step_to(step);
+        });
+        written += 80;
         proxy.wait_audit_records("acme", written);
         let (code, report) = verify(&proxy.path("audit"), &[]);
         assert_eq!(

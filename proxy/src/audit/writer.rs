@@ -176,6 +176,9 @@ impl Default for Health {
 /// lasts (sends take milliseconds; the send's own timeout is longer).
 pub(super) const STREAM_STALL: Duration = Duration::from_secs(1);
 
+/// How long after a step of the wall clock every batch is signed as soon as it is written.
+const STEP_SETTLES: Duration = Duration::from_secs(1);
+
 /// Tells when the wall clock stepped: the time it moved since the last look is not the time
 /// the monotonic clock moved, by more than [`ClockWatch::STEP`].
 struct ClockWatch {
@@ -352,6 +355,7 @@ impl Writer {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut last_checkpoint = Instant::now();
         let mut clock = ClockWatch::new();
+        let mut signing_after_step: Option<Instant> = None;
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             let first = if stopping {
@@ -380,19 +384,25 @@ impl Writer {
                         }
                     }
                     if let Some(step) = clock.stepped() {
-                        // Records on either side of a step of the wall clock (NTP, a VM
-                        // resumed) would be one unsigned tail spanning the step, which
-                        // `audit verify` reads as checkpoints removed: those before it are
-                        // signed first.
                         tracing::warn!(
                             step = %step,
                             "the wall clock stepped; every chain is signed up to here"
                         );
-                        self.checkpoint_all();
-                        last_checkpoint = Instant::now();
+                        signing_after_step = Some(Instant::now() + STEP_SETTLES);
                     }
                     let n = batch.len();
                     self.write(std::mem::take(&mut batch), SystemTime::now());
+                    // Records on either side of a step of the wall clock (NTP, a VM resumed)
+                    // would be one unsigned tail spanning the step, which `audit verify` reads
+                    // as checkpoints removed: every batch written for a moment after a step is
+                    // signed at once, those stamped before it included (they are still in the
+                    // queue when the step is seen, or on their way into it).
+                    if signing_after_step.is_some_and(|until| Instant::now() < until) {
+                        self.checkpoint_all();
+                        last_checkpoint = Instant::now();
+                    } else {
+                        signing_after_step = None;
+                    }
                     METRICS.audit_queue_depth.sub(n as i64);
                 }
                 None if stopping => break,

@@ -85,9 +85,10 @@ end
 -- not cut halfway. So the checks above only read, and every key's first write below grows memory
 -- (SET, ZADD, HSET, INCRBY): a Redis out of memory refuses the whole admission at its first
 -- write, and nothing is counted (the request is refused `limiter_unavailable`).
--- A counter is kept at least an hour (QUOTA_KEPT_SECS) past its write by Redis's clock: its window's end
--- is the proxy's (the key names the proxy's day), and a proxy clock behind Redis's would have
--- it deleted as it is written (an EXPIREAT in the past), every call counted from zero.
+-- c is the window's end on Redis's clock (the proxy translates its own). A counter is kept at
+-- least an hour (QUOTA_KEPT_SECS) past its write as well, by Redis's clock: before the proxy
+-- knows the offset, a proxy clock behind Redis's would have it deleted as it is written (an
+-- EXPIREAT in the past), every call counted from zero.
 local function expire(key, c)
   if c > 0 then
     redis.call('EXPIREAT', key, math.max(c, math.floor(now / 1000000) + 3600))
@@ -360,6 +361,17 @@ impl RedisClock {
     /// (none) until the offset is known.
     fn deadline(&self, timeout: Duration) -> i64 {
         self.after(timeout * 2 + LATE_ADMISSION_SLACK).unwrap_or(0)
+    }
+
+    /// Unix second `at` of the local clock on Redis's (unchanged until the offset is known):
+    /// a day counter's expiry is the end of the proxy's day, which Redis must keep by its own
+    /// clock (a proxy hours behind Redis would have the counter dropped before its day ends).
+    fn on_redis(&self, at: i64) -> i64 {
+        let offset = self.offset_us.load(Ordering::Relaxed);
+        if offset == i64::MIN {
+            return at;
+        }
+        at.saturating_add(offset.div_euclid(1_000_000))
     }
 
     /// Redis's time (us) `wait` from now; `None` until the offset is known.
@@ -854,7 +866,7 @@ impl RedisBackend {
                     invocation
                         .arg(ceiling)
                         .arg(charge.of(measure))
-                        .arg(window.expires_at().unwrap_or(0));
+                        .arg(window.expires_at().map_or(0, |at| self.clock.on_redis(at)));
                 }
                 LimitKind::WallTime { max_secs } => {
                     invocation.arg(max_secs).arg(0).arg(0);
@@ -1323,6 +1335,19 @@ mod tests {
         // The first answer makes it answering again at once.
         a.mark(true);
         assert!(a.get());
+    }
+
+    /// A day counter's expiry is the proxy's day end, on Redis's clock: three hours ahead of
+    /// the proxy's, Redis keeps it three hours longer than the local time says.
+    #[test]
+    fn a_windows_expiry_is_put_on_redis_clock() {
+        let clock = RedisClock::default();
+        assert_eq!(clock.on_redis(1_000_000), 1_000_000, "not measured yet");
+        let sent = unix_us();
+        clock.measured(sent, sent + 10_800_000_000 + 500, sent + 1000);
+        assert_eq!(clock.on_redis(1_000_000), 1_010_800);
+        clock.measured(sent, sent - 10_800_000_000 + 500, sent + 1000);
+        assert_eq!(clock.on_redis(1_000_000), 989_200);
     }
 
     #[test]
