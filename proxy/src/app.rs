@@ -336,7 +336,8 @@ pub fn run(
         write_ready_file(path, &static_config)?;
     }
     // Where to point `HTTP_PROXY`, without reading the configuration.
-    print!("{}", startup_lines(&static_config));
+    // Best effort: stdout at its file-size limit, or closed, must not stop the start.
+    let _ = std::io::stdout().write_all(startup_lines(&static_config).as_bytes());
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(crate::drain::DrainOnSignal {
             drain,
@@ -695,38 +696,52 @@ workloads = ["bot"]
     }
 
     /// Every secret file a configuration names is warned about when other users may read it:
-    /// the audit signing key (whoever reads it signs a checkpoint for a trail cut short) and
-    /// the MCP session key (whoever reads it seals a session id of any tenant's) too.
+    /// the audit signing key (whoever reads it signs a checkpoint for a trail cut short), a
+    /// Redis password file, each mounted credential and the MCP session key (whoever reads it
+    /// seals a session id of any tenant's) too.
     #[test]
     fn secret_files_others_can_read_are_warned_about() {
         use std::os::unix::fs::PermissionsExt;
         let static_toml = GOOD_STATIC.replace(
             "[audit]\ndir = \"audit\"",
-            "[audit]\ndir = \"audit\"\nsigning_key = \"audit.pem\"",
+            "[audit]\ndir = \"audit\"\nsigning_key = \"audit.pem\"\n[limiter]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\nredis_password_file = \"redis.pass\"",
         );
-        let tenants = format!("{GOOD_TENANTS}[mcp]\nsession_key_file = \"mcp.key\"\n");
+        let tenants = format!(
+            "{GOOD_TENANTS}[mcp]\nsession_key_file = \"mcp.key\"\n[credentials]\nfiles_dir = \"secrets\"\n[[credentials.file]]\ntenant = \"acme\"\nname = \"openai\"\nbind = [\"api.openai.com\"]\n"
+        );
         let dir = config_dir(&static_toml, &tenants, GOOD_POLICY);
         let (_, pem) = crate::audit::checkpoint::Signer::generate().expect("key");
         std::fs::write(dir.path().join("audit.pem"), pem.as_bytes()).expect("key");
         std::fs::write(dir.path().join("mcp.key"), "k".repeat(48)).expect("key");
+        std::fs::write(dir.path().join("redis.pass"), "hunter2").expect("password");
+        std::fs::create_dir_all(dir.path().join("secrets/acme")).expect("mkdir");
+        std::fs::write(dir.path().join("secrets/acme/openai"), "sk-test-0123456789")
+            .expect("secret");
+        let secrets = [
+            ("audit.pem", "the audit checkpoint signing key"),
+            ("redis.pass", "the limiter's Redis password file"),
+            ("secrets/acme/openai", "a mounted credential"),
+            ("mcp.key", "the MCP session key"),
+        ];
         let warnings = |dir: &tempfile::TempDir| {
             let (s, snap) = check(&dir.path().join("tenant-proxy.toml")).expect("good");
             let mut all = s.readable_secret_warnings();
             all.extend(snap.readable_secret_warnings());
             all
         };
-        for (file, mode) in [("audit.pem", 0o640), ("mcp.key", 0o604)] {
+        for ((file, _), mode) in secrets.iter().zip([0o640, 0o604, 0o644, 0o604]) {
             let path = dir.path().join(file);
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
         }
         let found = warnings(&dir);
-        assert_eq!(found.len(), 2, "{found:#?}");
-        assert!(
-            found[0].contains("the audit checkpoint signing key"),
-            "{found:#?}"
-        );
-        assert!(found[1].contains("the MCP session key"), "{found:#?}");
-        for file in ["audit.pem", "mcp.key"] {
+        assert_eq!(found.len(), secrets.len(), "{found:#?}");
+        for ((file, what), warning) in secrets.iter().zip(&found) {
+            assert!(
+                warning.starts_with(what) && warning.contains(file),
+                "{found:#?}"
+            );
+        }
+        for (file, _) in secrets {
             let path = dir.path().join(file);
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         }

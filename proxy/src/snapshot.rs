@@ -46,23 +46,31 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 impl Snapshot {
     /// The warnings `check` prints and `run` logs for the tenant file's secret files that users
     /// other than their owner can read (see [`crate::config::readable_secret_warning`]): the
-    /// vault's master key, and the MCP session key (whoever reads it can seal a session id of
-    /// any tenant's).
+    /// vault's master key or each mounted credential, and the MCP session key (whoever reads it
+    /// can seal a session id of any tenant's).
     pub fn readable_secret_warnings(&self) -> Vec<String> {
-        let mut files: Vec<(&str, &std::path::Path)> = Vec::new();
-        if let Some(crate::credentials::CredentialSource::Vault(store)) =
-            &self.tenants.credential_source
-        {
-            if let crate::credentials::vault::MasterKeySource::File(f) = &store.master {
-                files.push(("the vault's master key", f));
+        let mut files: Vec<(&str, std::path::PathBuf)> = Vec::new();
+        match &self.tenants.credential_source {
+            Some(crate::credentials::CredentialSource::Vault(store)) => {
+                if let crate::credentials::vault::MasterKeySource::File(f) = &store.master {
+                    files.push(("the vault's master key", f.clone()));
+                }
             }
+            // Each mounted credential is a tenant's secret in plain text.
+            Some(crate::credentials::CredentialSource::Files(store)) => {
+                for c in &store.declared {
+                    let path = store.dir.join(c.tenant.as_str()).join(&c.name);
+                    files.push(("a mounted credential", path));
+                }
+            }
+            None => {}
         }
         if let Some(f) = &self.tenants.mcp.session_key.file {
-            files.push(("the MCP session key", f));
+            files.push(("the MCP session key", f.clone()));
         }
         files
             .into_iter()
-            .filter_map(|(what, path)| crate::config::readable_secret_warning(what, path))
+            .filter_map(|(what, path)| crate::config::readable_secret_warning(what, &path))
             .collect()
     }
 

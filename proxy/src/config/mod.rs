@@ -63,6 +63,11 @@ pub fn tenants_file_named_by(config: &Path) -> Result<PathBuf, ConfigProblem> {
     let name = table
         .get("tenants_file")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| ConfigProblem::file(config, "the file names no `tenants_file`"))?;
+        .ok_or_else(|| {
+            ConfigProblem::file(
+                config,
+                "the file names no `tenants_file` (a path, as a string)",
+            )
+        })?;
     Ok(relative_to(config, Path::new(name)))
 }

@@ -191,8 +191,8 @@ pub fn readable_secret_warning(what: &str, path: &std::path::Path) -> Option<Str
 
 impl StaticConfig {
     /// The warnings `check` prints and `run` logs for the secret files of this configuration
-    /// (the interception CA's key, listeners' TLS keys, the admin token, the audit signing key)
-    /// that other users of the host may read.
+    /// (the interception CA's key, listeners' TLS keys, the admin token, the audit signing key,
+    /// Redis password files) that other users of the host may read.
     pub fn readable_secret_warnings(&self) -> Vec<String> {
         let mut files: Vec<(&str, &std::path::Path)> = Vec::new();
         if let Some(i) = &self.intercept {
@@ -209,6 +209,19 @@ impl StaticConfig {
         if let Some(k) = &self.audit.signing_key {
             // Whoever reads it can sign a checkpoint for a trail cut short.
             files.push(("the audit checkpoint signing key", k));
+        }
+        if let crate::limits::settings::LimiterSettings::Redis(r) = &self.limiter {
+            if let Some(f) = r.endpoint.password_file() {
+                files.push(("the limiter's Redis password file", f));
+            }
+        }
+        if let Some(f) = self
+            .audit
+            .stream
+            .as_ref()
+            .and_then(|s| s.endpoint.password_file())
+        {
+            files.push(("the audit stream's Redis password file", f));
         }
         files
             .into_iter()

@@ -59,6 +59,9 @@ pub struct RedisEndpoint {
     /// PEM of the CA that signs the servers' certificates (`redis_ca_file`); `None`: the
     /// system's roots.
     ca_pem: Option<Vec<u8>>,
+    /// The file the password was read from (`redis_password_file`), for the warning about a
+    /// file other users can read.
+    password_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for RedisEndpoint {
@@ -76,6 +79,11 @@ impl fmt::Debug for RedisEndpoint {
 }
 
 impl RedisEndpoint {
+    /// The file the password was read from, if it came from one.
+    pub fn password_file(&self) -> Option<&std::path::Path> {
+        self.password_file.as_deref()
+    }
+
     /// An endpoint from one URL, without a password file or CA (tests and tools):
     /// `redis://host:port[/db]`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`.
     pub fn from_url(url: &str) -> Result<Self, String> {
@@ -151,6 +159,7 @@ impl RedisEndpoint {
             username: None,
             password: None,
             ca_pem: None,
+            password_file: None,
         }
     }
 

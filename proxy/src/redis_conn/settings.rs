@@ -162,6 +162,7 @@ impl RedisUrl {
             username,
             password,
             ca_pem: None,
+            password_file: None,
         }
     }
 }
@@ -299,6 +300,7 @@ impl RedisEndpointSpec {
         }
         let mut endpoint = url.into_endpoint(self.username.clone(), password);
         endpoint.ca_pem = ca_pem;
+        endpoint.password_file = self.password_file.as_deref().map(|f| p.path(f));
         Some(endpoint)
     }
 }
