@@ -113,6 +113,36 @@ fn replicas_share_one_ceiling_and_fail_closed_without_redis() {
 }
 
 /// `/readyz`'s status and body.
+/// The deadline an admission carries is Redis's time by the monotonic clock: a proxy whose wall
+/// clock steps back an hour (NTP, a VM resumed) goes on admitting at once (the deadline was
+/// put an hour into Redis's past until the next probe, and every call refused
+/// `limiter_unavailable`); one that steps forward charges nothing late.
+#[test]
+fn a_step_of_the_wall_clock_refuses_nothing_for_redis() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let clock = FakeClock::new();
+    let mut spec = ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_secs(1));
+    spec.tenant("acme").limits().requests_per_minute = Some(1000);
+    spec.env.extend(clock.env());
+    let proxy = Proxy::start(spec);
+    let url = format!("http://127.0.0.1:{}/acme/step", origin.port);
+    // A probe has measured Redis's clock (readiness waits for it).
+    assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+    for step in [-3_600, 3_600] {
+        clock.step_to(step);
+        for _ in 0..5 {
+            let r = forward_get(proxy.sidecar_port, &url, None, "");
+            assert_eq!(
+                r.status,
+                200,
+                "after a step of {step:+} s: {}",
+                r.body_text()
+            );
+        }
+    }
+}
+
 fn readiness(proxy: &Proxy) -> (u16, serde_json::Value) {
     let r = raw_request_to(
         proxy.admin_addr(),

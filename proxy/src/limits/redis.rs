@@ -327,14 +327,17 @@ async fn load_scripts(conn: &AsyncConn, timeout: Duration) {
     }
 }
 
-/// Redis's clock as this replica sees it: the offset from the local clock, measured by the
-/// probe (`TIME`, halfway through its round trip). An admission carries the latest Redis time
+/// Redis's clock as this replica sees it: the offset from the local monotonic clock, measured
+/// by the probe (`TIME`, halfway through its round trip). Monotonic, so a step of this host's
+/// wall clock (NTP, a VM resumed) does not move the deadlines it gives admissions (a step back
+/// put them in Redis's past until the next probe, and every admission was refused
+/// `limiter_unavailable` meanwhile). An admission carries the latest Redis time
 /// at which it may still apply, so one that Redis runs only after a stall, when the proxy has
 /// long refused the request, charges nothing: without it, a Redis paused for seconds ran every
 /// queued admission on resuming and spent a tenant's day on refused requests.
 #[derive(Debug)]
 struct RedisClock {
-    /// Redis time minus local time, in microseconds ([`i64::MIN`]: not measured yet).
+    /// Redis time minus [`mono_us`], in microseconds ([`i64::MIN`]: not measured yet).
     offset_us: AtomicI64,
 }
 
@@ -367,11 +370,10 @@ impl RedisClock {
     /// a day counter's expiry is the end of the proxy's day, which Redis must keep by its own
     /// clock (a proxy hours behind Redis would have the counter dropped before its day ends).
     fn on_redis(&self, at: i64) -> i64 {
-        let offset = self.offset_us.load(Ordering::Relaxed);
-        if offset == i64::MIN {
-            return at;
+        match self.after(Duration::ZERO) {
+            Some(redis_now) => at.saturating_add((redis_now - unix_us()).div_euclid(1_000_000)),
+            None => at,
         }
-        at.saturating_add(offset.div_euclid(1_000_000))
     }
 
     /// Redis's time (us) `wait` from now; `None` until the offset is known.
@@ -381,7 +383,7 @@ impl RedisClock {
             return None;
         }
         let wait = i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 4);
-        Some(unix_us().saturating_add(offset).saturating_add(wait))
+        Some(mono_us().saturating_add(offset).saturating_add(wait))
     }
 }
 
@@ -408,6 +410,13 @@ const SIGHTING_ANSWER_GRACE: Duration = Duration::from_millis(25);
 /// replica's estimate) may be this far apart. What remains: an answer lost after Redis ran the
 /// claim in time (the connection cut between), or later than this.
 const CLAIM_SLACK: Duration = Duration::from_secs(1);
+
+/// Microseconds since the first call, on the monotonic clock.
+fn mono_us() -> i64 {
+    static EPOCH: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    i64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(i64::MAX)
+}
 
 fn unix_us() -> i64 {
     std::time::SystemTime::now()
@@ -674,12 +683,12 @@ impl RedisBackend {
                                 };
                                 // Redis's clock is known before the first admission: until
                                 // then an admission carries no deadline.
-                                let sent = unix_us();
+                                let sent = mono_us();
                                 if let Some(Ok(answer)) =
                                     probe_once(&time, &mut probe, read_timeout).await
                                 {
                                     if let Some(redis_us) = time_us(&answer) {
-                                        clocked.measured(sent, redis_us, unix_us());
+                                        clocked.measured(sent, redis_us, mono_us());
                                     }
                                 }
                                 slot.store(Some(Arc::new(m)));
@@ -688,14 +697,14 @@ impl RedisBackend {
                                 let settle = redis::Script::new(SETTLE);
                                 loop {
                                     tokio::time::sleep(PROBE_INTERVAL).await;
-                                    let sent = unix_us();
+                                    let sent = mono_us();
                                     let answer =
                                         probe_once(&time, &mut probe, probe_timeout).await;
                                     let answered = matches!(answer, Some(Ok(_)));
                                     if let Some(redis_us) =
                                         answer.and_then(Result::ok).as_deref().and_then(time_us)
                                     {
-                                        clocked.measured(sent, redis_us, unix_us());
+                                        clocked.measured(sent, redis_us, mono_us());
                                     }
                                     probed.mark(answered);
                                     if answered {
@@ -1343,11 +1352,11 @@ mod tests {
     fn a_windows_expiry_is_put_on_redis_clock() {
         let clock = RedisClock::default();
         assert_eq!(clock.on_redis(1_000_000), 1_000_000, "not measured yet");
-        let sent = unix_us();
-        clock.measured(sent, sent + 10_800_000_000 + 500, sent + 1000);
-        assert_eq!(clock.on_redis(1_000_000), 1_010_800);
-        clock.measured(sent, sent - 10_800_000_000 + 500, sent + 1000);
-        assert_eq!(clock.on_redis(1_000_000), 989_200);
+        let sent = mono_us();
+        clock.measured(sent, unix_us() + 10_800_000_000 + 500, sent + 1000);
+        assert!((1_010_799..=1_010_800).contains(&clock.on_redis(1_000_000)));
+        clock.measured(sent, unix_us() - 10_800_000_000 + 500, sent + 1000);
+        assert!((989_199..=989_200).contains(&clock.on_redis(1_000_000)));
     }
 
     #[test]
@@ -1357,8 +1366,8 @@ mod tests {
         assert_eq!(clock.deadline(Duration::from_millis(50)), 0);
         assert_eq!(clock.after(Duration::from_millis(50)), None);
         // Redis's clock an hour ahead of this one.
-        let sent = unix_us();
-        clock.measured(sent, sent + 3_600_000_000 + 500, sent + 1000);
+        let sent = mono_us();
+        clock.measured(sent, unix_us() + 3_600_000_000 + 500, sent + 1000);
         let deadline = clock.deadline(Duration::from_millis(50));
         let expected = unix_us() + 3_600_000_000 + 1_100_000;
         assert!(
