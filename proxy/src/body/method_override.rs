@@ -50,22 +50,16 @@ fn form_has_method(body: &[u8]) -> bool {
     crate::form_pairs::lenient(body).any(|(k, _)| crate::front::is_method_parameter(&k))
 }
 
-/// Whether a multipart body, however it is framed, names a part the method field (see
-/// [`names_a_part_where`]).
-fn names_a_part(body: &[u8]) -> bool {
-    names_a_part_where(body, names_the_method)
-}
-
-/// Whether a multipart body, however it is framed, names a part a name `named` accepts: a
-/// `name="…"`, `name=…` or `name*=…''…` parameter, compared ignoring the parameter's case,
-/// its value without quotes or an RFC 5987 `charset'lang'` prefix.
+/// Whether a multipart body, however it is framed, names a part the method field: a
+/// `name="…"`, `name=…` or `name*=…''…` parameter with that value, compared ignoring the
+/// parameter's case.
 ///
 /// SECURITY (CPU): in time linear in the body. Each `name=` value runs to the next `;`, CR or
 /// LF, and a body with none of them and a `name=` every few bytes made every value run to the
 /// end (256 KiB took 11 s of a shared worker, before the policy was asked): the next separator
 /// and the last `'` before it are found once for all the values that end there, and of a value
 /// only its first bytes are read (the name a framework reads ends at a NUL or a `[`).
-pub(super) fn names_a_part_where(body: &[u8], named: impl Fn(&[u8]) -> bool) -> bool {
+fn names_a_part(body: &[u8]) -> bool {
     let lower = body.to_ascii_lowercase();
     // The separator the values seen so far end at, where the spaces before it begin, and the
     // last `'` before it (from where the first of those values began).
@@ -96,7 +90,7 @@ pub(super) fn names_a_part_where(body: &[u8], named: impl Fn(&[u8]) -> bool) -> 
         }
         let value = value.strip_prefix(b"\"").unwrap_or(value);
         let value = value.strip_suffix(b"\"").unwrap_or(value);
-        named(value)
+        names_the_method(value)
     })
 }
 

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use crate::usage::providers::{self, request::CeilingFields};
 use coding::{content_codings, decode_all, readable_codings};
 use form::{boundary, multipart, url_encoded};
-use method_override::{names_a_part_where, refuse_method_override};
+use method_override::refuse_method_override;
 
 pub use budget::{count_overload, BodyBudget, BodyHold};
 pub use read::{read_full, ReadBody};
@@ -111,9 +111,8 @@ pub struct LlmRequest {
 ///   might still accept, a `model` or ceiling of the wrong type, a field given twice, where
 ///   upstream parsers keep the last copy) is refused rather than forwarded unchecked.
 ///
-/// Other bodies (forms, uploads, arrays, text) name no model here and pass as they are;
-/// [`classify`] reads forms toward every destination, and toward an LLM destination reads the
-/// rest or refuses it.
+/// Other bodies (forms, uploads, arrays, text) name no model here and pass as they are; toward
+/// an LLM destination [`classify`] reads them too or refuses them.
 pub fn llm_request(body: &[u8]) -> Result<LlmRequest, String> {
     let body = body.strip_prefix(BOM).unwrap_or(body);
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
@@ -258,7 +257,7 @@ pub fn classify(
             let read = decoded.as_deref().unwrap_or(&body);
             refuse_foreign_charset(read, headers)?;
             refuse_method_override(read, headers)?;
-            let llm = other_request(read, headers)?;
+            let llm = llm_request(read).map_err(BodyError::Malformed)?;
             Ok(Classified {
                 body,
                 llm,
@@ -267,48 +266,6 @@ pub fn classify(
         }
         BodyDestination::Llm => classify_llm(body, headers, cap),
     }
-}
-
-/// What a body to a destination the proxy does not know for an LLM API names of an LLM call:
-/// a JSON object's model and ceilings, or a form's (URL-encoded or multipart), read as toward an
-/// LLM API.
-///
-/// SECURITY: an OpenAI-compatible server no route or `[[llm_provider]]` declares serves more
-/// paths than the proxy knows (`/audio/transcriptions` without `/v1`, `/v1/rerank`, vLLM's
-/// `/v1/score`), and reads a form's `model` as it reads a JSON one: a policy on `context.model`
-/// (a free plan's models) must see both. A multipart body that the strict reader cannot read
-/// (an upload to a tool, framed as that tool's parser accepts) passes unread, unless a part of
-/// it is named as a model field however it is framed: then it is refused, as it would be toward
-/// an LLM API, rather than forwarded with its model unseen.
-fn other_request(body: &[u8], headers: &http::HeaderMap) -> Result<LlmRequest, BodyError> {
-    match media_type(headers).as_deref() {
-        Some("application/x-www-form-urlencoded") => {
-            url_encoded(body).map_err(BodyError::Malformed)
-        }
-        Some("multipart/form-data") => {
-            let read = boundary(headers).map(|b| multipart(body, &b));
-            match read {
-                Some(Ok(read)) => Ok(read),
-                Some(Err(why)) if names_a_part_where(body, names_a_model_field) => {
-                    Err(BodyError::Malformed(why))
-                }
-                None if names_a_part_where(body, names_a_model_field) => Err(BodyError::Malformed(
-                    "a multipart body needs a `boundary` parameter".into(),
-                )),
-                _ => Ok(LlmRequest::default()),
-            }
-        }
-        _ => llm_request(body).map_err(BodyError::Malformed),
-    }
-}
-
-/// Whether a form field's name, as a part names it, is one a provider reads the model from.
-fn names_a_model_field(name: &[u8]) -> bool {
-    let name = String::from_utf8_lossy(name);
-    matches!(
-        providers::request::form_field(name.trim()),
-        Some(providers::request::Slot::Model(_))
-    )
 }
 
 /// SECURITY: a body in a charset a server decodes other than as the proxy reads it (UTF-7's

@@ -901,55 +901,6 @@ fn other_destinations_keep_their_bodies() {
     assert_eq!(mcp.llm, LlmRequest::default());
 }
 
-/// A form to a destination the proxy does not know for an LLM API names its model as a JSON
-/// body does (an undeclared OpenAI-compatible server's `/audio/transcriptions`, `/v1/rerank`
-/// read it): read, URL-encoded or multipart. A multipart body the strict reader cannot read
-/// passes unread (an upload to a tool), unless a part of it is named as a model field.
-#[test]
-fn a_forms_model_is_read_toward_any_destination() {
-    let form = [("content-type", "application/x-www-form-urlencoded")];
-    let multi = [("content-type", "multipart/form-data; boundary=XX")];
-    let model_part =
-        b"--XX\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o\r\n--XX--\r\n";
-    for (body, pairs) in [
-        (&b"model=gpt-4o&file=x"[..], &form[..]),
-        (&model_part[..], &multi[..]),
-    ] {
-        let read = to(BodyDestination::Other, body.to_vec(), pairs).unwrap();
-        assert_eq!(read.llm.model.as_deref(), Some("gpt-4o"));
-        assert_eq!(&read.body[..], body, "forwarded as it came");
-    }
-    // Named twice: refused, as toward an LLM API.
-    let twice = to(
-        BodyDestination::Other,
-        b"model=gpt-4o-mini&model=gpt-4o".to_vec(),
-        &form,
-    );
-    assert!(matches!(twice, Err(BodyError::Malformed(_))), "{twice:?}");
-    // Framed so the strict reader cannot read it (bare LF line ends): refused when a part is
-    // named as a model field, passed unread otherwise.
-    let hidden = b"--XX\nContent-Disposition: form-data; name=\"model\"\n\ngpt-4o\n--XX--\n";
-    let refused = to(BodyDestination::Other, hidden.to_vec(), &multi);
-    assert!(
-        matches!(refused, Err(BodyError::Malformed(_))),
-        "{refused:?}"
-    );
-    let no_boundary = to(
-        BodyDestination::Other,
-        model_part.to_vec(),
-        &[("content-type", "multipart/form-data")],
-    );
-    assert!(
-        matches!(no_boundary, Err(BodyError::Malformed(_))),
-        "{no_boundary:?}"
-    );
-    let upload =
-        b"--XX\nContent-Disposition: form-data; name=\"file\"; filename=\"a.csv\"\n\na,b\n--XX--\n";
-    let passed = to(BodyDestination::Other, upload.to_vec(), &multi).unwrap();
-    assert_eq!(passed.llm, LlmRequest::default());
-    assert_eq!(&passed.body[..], &upload[..]);
-}
-
 #[test]
 fn a_json_object_is_read_whatever_the_content_type_says() {
     // (llm_request is never shown the header: the body's shape decides.)
