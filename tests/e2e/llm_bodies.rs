@@ -5,7 +5,7 @@
 //! `Content-Encoding`. A recording origin shows what arrived; the audit record what was decided.
 //!
 //! Policies: the test set (`free-plan-models`: globex, on the free plan, may only name
-//! `gpt-4o-mini*`) plus a permit for the origin's `/v1/` paths in forward mode.
+//! `gpt-4o-mini*`) plus a permit for the origin's `/v1/` and `/audio/` paths in forward mode.
 
 use std::io::Write;
 
@@ -39,7 +39,7 @@ fn start_with(configure: impl FnOnce(&mut ProxySpec)) -> Env {
     let proxy = Proxy::start_prepared(spec, |dir| {
         std::fs::write(
                 dir.join("policies/global/llm-paths.cedar"),
-                "@id(\"origin-llm-paths\")\npermit (principal, action == TenantProxy::Action::\"http\", resource)\nwhen { context.host == \"127.0.0.1\" && context.path like \"/v1/*\" };\n",
+                "@id(\"origin-llm-paths\")\npermit (principal, action == TenantProxy::Action::\"http\", resource)\nwhen { context.host == \"127.0.0.1\" && (context.path like \"/v1/*\" || context.path like \"/audio/*\") };\n",
             )
             .unwrap();
     });
@@ -243,6 +243,13 @@ fn an_audio_calls_model_is_decided_on_any_host() {
             upload("gpt-4o-mini"),
             form,
         ),
+        // Unversioned, as speech servers serve it too.
+        (
+            "/audio/transcriptions",
+            upload("gpt-4o"),
+            upload("gpt-4o-mini"),
+            form,
+        ),
         (
             "/v1/audio/speech",
             speech("gpt-4o").into_bytes(),
@@ -272,7 +279,7 @@ fn an_audio_calls_model_is_decided_on_any_host() {
     }
     assert_eq!(
         env.origin.count(),
-        3,
+        4,
         "only the allowed calls were forwarded"
     );
 }

@@ -366,6 +366,14 @@ impl CallPath<'_> {
         versioned || self.deployment_operation() == Some(op)
     }
 
+    /// Whether the path ends with `operation` after any prefix (`/audio/transcriptions`,
+    /// `/openai/v1/audio/transcriptions`, `/api/audio/transcriptions`).
+    pub fn ends_with_operation(&self, operation: &str) -> bool {
+        self.0
+            .strip_suffix(operation.as_bytes())
+            .is_some_and(|head| head.ends_with(b"/"))
+    }
+
     /// What follows `/openai/deployments/<name>/` (its first occurrence), if anything.
     fn deployment_operation(&self) -> Option<&[u8]> {
         const DEPLOYMENTS: &[u8] = b"/openai/deployments/";

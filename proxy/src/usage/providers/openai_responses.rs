@@ -30,10 +30,13 @@ const OPERATIONS: &[&str] = &[
     "images/generations",
     "images/edits",
     "images/variations",
-    "audio/transcriptions",
-    "audio/translations",
-    "audio/speech",
 ];
+
+/// The Audio API's operations, recognized after any prefix, `/v1/` or not: an OpenAI-compatible
+/// speech server (faster-whisper, LocalAI, a gateway) serves them unversioned too, and no other
+/// API names a path so. Their upload forms name the model, which only an LLM destination's body
+/// is read for.
+const AUDIO_OPERATIONS: &[&str] = &["audio/transcriptions", "audio/translations", "audio/speech"];
 
 const FIELDS: RequestFields = RequestFields {
     // A hosted tool that runs a model of its own (`image_generation`'s `model`) uses it beside
@@ -57,6 +60,9 @@ impl Provider for OpenAiResponses {
 
     fn is_call(&self, path: &CallPath<'_>) -> bool {
         OPERATIONS.iter().any(|op| path.is_openai_operation(op))
+            || AUDIO_OPERATIONS
+                .iter()
+                .any(|op| path.ends_with_operation(op))
     }
 
     fn request_fields(&self) -> &'static RequestFields {

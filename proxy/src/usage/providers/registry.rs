@@ -1039,6 +1039,8 @@ mod tests {
         ("api.openai.com", "/v1/images/generations"),
         ("llm.internal", "/v1/audio/transcriptions"),
         ("llm.internal", "/v1/audio/speech"),
+        ("llm.internal", "/audio/transcriptions"),
+        ("llm.internal", "/api/Audio/Translations"),
         ("acme.openai.azure.com", "/openai/deployments/whisper/audio/translations"),
         ("acme.openai.azure.com", "/openai/deployments/img/images/edits"),
         (
