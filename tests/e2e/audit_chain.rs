@@ -371,6 +371,45 @@ fn an_honest_trail_verifies_across_steps_of_the_wall_clock() {
     );
 }
 
+/// `audit verify` on the trail of a proxy that is writing it: a checkpoint signed while verify
+/// reads (every 50 ms here) is never taken for records cut short (`truncated`), since the
+/// checkpoints are read before the records they cover.
+#[test]
+fn a_live_trail_verifies_while_it_is_written() {
+    let origin = Origin::start();
+    let mut spec = ProxySpec::default();
+    spec.config.audit.checkpoint_interval = Some(Duration::from_millis(50));
+    let proxy = Proxy::start(spec);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    traffic(&proxy, &origin, 5, 0);
+                }
+            });
+        }
+        // The traffic stops however this ends: a failed assertion must not leave the scope
+        // waiting on it.
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&done);
+        proxy.wait_audit_records("acme", 20);
+        for round in 0..15 {
+            let (code, report) = verify(&proxy.path("audit"), &[]);
+            assert_eq!(
+                (code, reason(&report, "acme")),
+                (0, None),
+                "round {round}: {report}"
+            );
+        }
+    });
+}
+
 #[test]
 fn kill_9_under_load_leaves_a_directory_that_verifies() {
     let origin = Origin::start();

@@ -277,12 +277,18 @@ fn unreadable(what: &Path, e: std::io::Error) -> Finding {
 
 /// The checks, in order: read the records into the chain, walk its links, then the checkpoints
 /// against it. The first problem ends the check; `report` holds what verified until then.
+///
+/// The checkpoints are read first: a running writer appends a record before the checkpoint
+/// that covers it, so every checkpoint read is covered by the records read after it (read the
+/// other way round, one signed in between named records not read yet: `truncated`, on an
+/// honest trail).
 fn check(
     tenant_dir: &Path,
     tenant: &str,
     trust: &Trust,
     report: &mut TenantReport,
 ) -> Result<(), Finding> {
+    let checkpoints = read_checkpoints(tenant_dir)?;
     let files = layout::record_files(tenant_dir).map_err(|e| unreadable(tenant_dir, e))?;
     let partition = Partition {
         dir: tenant_dir,
@@ -297,7 +303,17 @@ fn check(
             report.last_seq
         ));
     }
-    partition.check_checkpoints(&entries, trust, report)
+    partition.check_checkpoints(&entries, &checkpoints, trust, report)
+}
+
+/// The bytes of a partition's `checkpoints.jsonl` (none when it has none).
+fn read_checkpoints(tenant_dir: &Path) -> Result<Vec<u8>, Finding> {
+    let path = tenant_dir.join(CHECKPOINTS_FILE);
+    match fs::read(&path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(unreadable(&path, e)),
+    }
 }
 
 /// One tenant's partition: its directory, and its record files' names in chain order.
@@ -381,15 +397,10 @@ impl Partition<'_> {
     fn check_checkpoints(
         &self,
         entries: &[Entry],
+        text: &[u8],
         trust: &Trust,
         report: &mut TenantReport,
     ) -> Result<(), Finding> {
-        let path = self.dir.join(CHECKPOINTS_FILE);
-        let text = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(unreadable(&path, e)),
-        };
         let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
         if !lines.pop().unwrap_or_default().is_empty() {
             report.notes.push(format!(
