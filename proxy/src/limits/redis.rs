@@ -230,9 +230,9 @@ return {first, redis.call('HEXISTS', KEYS[1], 'closed_ms')}
 
 const END_RUN: &str = r#"
 -- Claims a run's summary. KEYS[1] the life hash; ARGV[1] 'closed' or 'expired', ARGV[2] run
--- ttl (s), ARGV[3] the latest time (Redis's, us) at which the claim may still apply, ARGV[4] the
--- caller's time (ms): a run has expired when its token has by the clock that judged the token,
--- not Redis's (a replica ahead of Redis asked again every second until Redis caught up). Returns
+-- ttl (s), ARGV[3] the latest time (Redis's, us) at which the claim may still apply. Whether
+-- the run has expired is Redis's clock's to say, the one clock every replica shares: by a
+-- replica's own, one running ahead would summarize a run the others still serve. Returns
 -- {0} taken, {2, expires_ms} not yet, {-1} too late (nothing applied, not even the close), or
 -- {1, start_ms (-1: none), end_ms, requests, refusals}.
 local t = redis.call('TIME')
@@ -248,7 +248,7 @@ end
 if redis.call('HEXISTS', KEYS[1], 'summarized') == 1 then return {0} end
 local v = redis.call('HMGET', KEYS[1], 'start_ms', 'expires_ms', 'requests', 'refusals', 'closed_ms')
 local exp = tonumber(v[2] or 0)
-if not v[5] and exp > tonumber(ARGV[4]) then return {2, exp} end
+if not v[5] and exp > now then return {2, exp} end
 redis.call('HSET', KEYS[1], 'summarized', now)
 return {1, tonumber(v[1] or -1), tonumber(v[5] or exp), tonumber(v[3] or 0), tonumber(v[4] or 0)}
 "#;
@@ -1221,8 +1221,7 @@ impl RunRegistry for RedisBackend {
                 RunEnd::Expired => "expired",
             })
             .arg(self.settings.run_ttl.as_secs().max(1))
-            .arg(deadline)
-            .arg(unix_us() / 1000);
+            .arg(deadline);
         let reply: Vec<i64> = self
             .invoke_within(&invocation, self.settings.timeout + CLAIM_SLACK * 2)
             .await?;

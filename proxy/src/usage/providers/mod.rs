@@ -366,12 +366,11 @@ impl CallPath<'_> {
         versioned || self.deployment_operation() == Some(op)
     }
 
-    /// Whether the path ends with `operation` after any prefix (`/audio/transcriptions`,
-    /// `/openai/v1/audio/transcriptions`, `/api/audio/transcriptions`).
-    pub fn ends_with_operation(&self, operation: &str) -> bool {
+    /// Whether the path is `operation` at the root, unversioned (`/audio/transcriptions`).
+    pub fn is_root_operation(&self, operation: &str) -> bool {
         self.0
-            .strip_suffix(operation.as_bytes())
-            .is_some_and(|head| head.ends_with(b"/"))
+            .strip_prefix(b"/")
+            .is_some_and(|rest| rest == operation.as_bytes())
     }
 
     /// What follows `/openai/deployments/<name>/` (its first occurrence), if anything.

@@ -32,10 +32,11 @@ const OPERATIONS: &[&str] = &[
     "images/variations",
 ];
 
-/// The Audio API's operations, recognized after any prefix, `/v1/` or not: an OpenAI-compatible
-/// speech server (faster-whisper, LocalAI, a gateway) serves them unversioned too, and no other
-/// API names a path so. Their upload forms name the model, which only an LLM destination's body
-/// is read for.
+/// The Audio API's operations, recognized as the others are (after `/v1/`) and also at the root,
+/// unversioned: an OpenAI-compatible speech server serves them so too, and a client whose base
+/// URL lacks `/v1` calls them so. Their upload forms name the model, which only an LLM
+/// destination's body is read for. (Not after any prefix: a tool's own resource of that name,
+/// `/api/meetings/42/audio/transcriptions`, would be priced as an LLM call.)
 const AUDIO_OPERATIONS: &[&str] = &["audio/transcriptions", "audio/translations", "audio/speech"];
 
 const FIELDS: RequestFields = RequestFields {
@@ -62,7 +63,7 @@ impl Provider for OpenAiResponses {
         OPERATIONS.iter().any(|op| path.is_openai_operation(op))
             || AUDIO_OPERATIONS
                 .iter()
-                .any(|op| path.ends_with_operation(op))
+                .any(|op| path.is_openai_operation(op) || path.is_root_operation(op))
     }
 
     fn request_fields(&self) -> &'static RequestFields {

@@ -1040,7 +1040,7 @@ mod tests {
         ("llm.internal", "/v1/audio/transcriptions"),
         ("llm.internal", "/v1/audio/speech"),
         ("llm.internal", "/audio/transcriptions"),
-        ("llm.internal", "/api/Audio/Translations"),
+        ("llm.internal", "/Audio/Translations"),
         ("acme.openai.azure.com", "/openai/deployments/whisper/audio/translations"),
         ("acme.openai.azure.com", "/openai/deployments/img/images/edits"),
         (
@@ -1095,6 +1095,8 @@ mod tests {
         for (host, path) in [
             ("tools.internal", "/search"),
             ("tools.internal", "/v1/my_batches"),
+            // A tool's own resource named like an audio operation, not at the root.
+            ("tools.internal", "/api/meetings/42/audio/transcriptions"),
         ] {
             assert_eq!(
                 work(host, Method::POST, path, false),
