@@ -85,21 +85,7 @@ fn one_tenants_full_partition_refuses_that_tenant_only() {
     let acme_seen = origin.matching("/public/acme").len();
 
     // globex is served and audited all along.
-    let mut globex_ids = Vec::new();
-    for i in 0..5 {
-        let r = forward_get(
-            proxy.shared_port,
-            &url(&origin, &format!("/public/globex-{i}")),
-            Some(&globex),
-            "",
-        );
-        assert_eq!(r.status, 200, "{}", r.body_text());
-        globex_ids.push(r.request_id());
-    }
-    for id in &globex_ids {
-        let record = proxy.audit_record("globex", id);
-        assert_eq!(record["decision"], "allow");
-    }
+    globex_is_served_and_audited(&proxy, &origin, &globex);
     assert_eq!(origin.matching("/public/globex-").len(), 5);
     // acme stays refused, and nothing of it reaches the origin.
     let refused = forward_get(
@@ -188,19 +174,7 @@ fn a_tenants_audit_file_past_the_size_limit_refuses_that_tenant_only() {
         answered > 20,
         "acme's file filled: {answered} answered first"
     );
-    for i in 0..5 {
-        let r = forward_get(
-            proxy.shared_port,
-            &url(&origin, &format!("/public/globex-{i}")),
-            Some(&globex),
-            "",
-        );
-        assert_eq!(r.status, 200, "{}", r.body_text());
-        assert_eq!(
-            proxy.audit_record("globex", &r.request_id())["decision"],
-            "allow"
-        );
-    }
+    globex_is_served_and_audited(&proxy, &origin, &globex);
     assert_eq!(
         admin(&proxy, "GET", "/readyz").status,
         200,
@@ -222,6 +196,23 @@ fn a_tenants_audit_file_past_the_size_limit_refuses_that_tenant_only() {
         "",
     );
     assert_eq!(code, 0, "{out}");
+}
+
+/// Five requests of globex (its token `globex`) are served, and each has its `allow` record.
+fn globex_is_served_and_audited(proxy: &Proxy, origin: &Origin, globex: &str) {
+    for i in 0..5 {
+        let r = forward_get(
+            proxy.shared_port,
+            &url(origin, &format!("/public/globex-{i}")),
+            Some(globex),
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_eq!(
+            proxy.audit_record("globex", &r.request_id())["decision"],
+            "allow"
+        );
+    }
 }
 
 /// The value of the gauge `tenant_proxy_audit_held_records` for `tenant` (0 when absent).
