@@ -169,17 +169,7 @@ pub fn run(
     static_config.admin_listen = bound_admin.addr;
     let static_config = Arc::new(static_config);
 
-    let warnings = [
-        snapshot.memory_limiter_warning(&static_config.limiter),
-        snapshot.mcp_session_key_warning(&static_config.limiter),
-        snapshot.revocation_file_warning(),
-        snapshot.jwks_warning(),
-    ];
-    let files = static_config
-        .readable_secret_warnings()
-        .into_iter()
-        .chain(snapshot.readable_secret_warnings());
-    for warning in warnings.into_iter().flatten().chain(files) {
+    for warning in configuration_warnings(&static_config, &snapshot) {
         tracing::warn!("{warning}");
     }
     let handle = Arc::new(SnapshotHandle::new(static_config.clone(), snapshot));
@@ -538,6 +528,24 @@ fn dialer(config: &StaticConfig) -> std::io::Result<Dialer> {
         egress.max_dns_lookups_per_tenant,
         egress.dns_cache_ttl,
     ))
+}
+
+/// What `check` prints and `run` logs about a configuration that loads but is risky: cost
+/// ceilings counted in memory, an MCP session key of one process, revocation lines that revoke
+/// something else, JWKS keys, secret files other users can read. (The admin token and listener
+/// bindings are warned about apart: `run` names them beside the listener it starts.)
+pub fn configuration_warnings(config: &StaticConfig, snapshot: &Snapshot) -> Vec<String> {
+    [
+        snapshot.memory_limiter_warning(&config.limiter),
+        snapshot.mcp_session_key_warning(&config.limiter),
+        snapshot.revocation_file_warning(),
+        snapshot.jwks_warning(),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(config.readable_secret_warnings())
+    .chain(snapshot.readable_secret_warnings())
+    .collect()
 }
 
 /// SECURITY (isolation): under a file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) the

@@ -15,6 +15,14 @@ pub fn unix_now_i64() -> i64 {
     i64::try_from(unix_now()).unwrap_or(i64::MAX)
 }
 
+/// Unix milliseconds now (0 if the clock is before 1970).
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// `t` as RFC 3339 (UTC), e.g. `2026-12-02T22:03:06.123456789Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     let t: time::OffsetDateTime = t.into();

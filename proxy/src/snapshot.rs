@@ -59,7 +59,7 @@ impl Snapshot {
             // Each mounted credential is a tenant's secret in plain text.
             Some(crate::credentials::CredentialSource::Files(store)) => {
                 for c in &store.declared {
-                    let path = store.dir.join(c.tenant.as_str()).join(&c.name);
+                    let path = crate::credentials::files::value_path(&store.dir, c);
                     files.push(("a mounted credential", path));
                 }
             }

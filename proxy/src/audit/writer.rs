@@ -204,24 +204,18 @@ impl ClockWatch {
 
     /// [`Self::stepped`], the clocks reading `wall` and `mono` now.
     fn step_to(&mut self, wall: SystemTime, mono: Instant) -> Option<String> {
-        let ran = mono.duration_since(self.mono);
-        let step = match wall.duration_since(self.wall) {
-            Ok(moved) if moved > ran + Self::STEP => Some(format!(
-                "+{}",
-                humantime::format_duration(Duration::from_secs((moved - ran).as_secs()))
-            )),
-            Ok(moved) if moved + Self::STEP < ran => Some(format!(
-                "-{}",
-                humantime::format_duration(Duration::from_secs((ran - moved).as_secs()))
-            )),
-            Ok(_) => None,
-            Err(back) => Some(format!(
-                "-{}",
-                humantime::format_duration(Duration::from_secs((back.duration() + ran).as_secs()))
-            )),
+        let nanos = |d: Duration| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX);
+        let moved = match wall.duration_since(self.wall) {
+            Ok(ahead) => nanos(ahead),
+            Err(back) => -nanos(back.duration()),
         };
+        let step = moved - nanos(mono.duration_since(self.mono));
         (self.wall, self.mono) = (wall, mono);
-        step
+        let size = Duration::from_secs(u64::try_from(step.unsigned_abs() / 1_000_000_000).ok()?);
+        (size > Self::STEP).then(|| {
+            let sign = if step > 0 { '+' } else { '-' };
+            format!("{sign}{}", humantime::format_duration(size))
+        })
     }
 }
 

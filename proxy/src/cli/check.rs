@@ -14,19 +14,12 @@ pub(super) fn check(config: &Path) -> ExitCode {
                 snap.tenants.tenants.len(),
                 snap.tenants.routes.len()
             );
-            let warnings = [
-                s.admin_token_warning(),
-                snap.memory_limiter_warning(&s.limiter),
-                snap.mcp_session_key_warning(&s.limiter),
-                snap.revocation_file_warning(),
-                snap.jwks_warning(),
-            ];
-            let listeners = s.exposed_binding_warnings();
-            let files = s
-                .readable_secret_warnings()
+            let warnings = s
+                .admin_token_warning()
                 .into_iter()
-                .chain(snap.readable_secret_warnings());
-            for warning in warnings.into_iter().flatten().chain(listeners).chain(files) {
+                .chain(crate::app::configuration_warnings(&s, &snap))
+                .chain(s.exposed_binding_warnings());
+            for warning in warnings {
                 eprintln!("warning: {warning}");
             }
             ExitCode::SUCCESS

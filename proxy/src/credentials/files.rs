@@ -51,6 +51,11 @@ impl CredentialStore for FilesStore {
     }
 }
 
+/// The file that holds the value of `credential`: `DIR/<tenant>/<name>`.
+pub fn value_path(dir: &Path, credential: &FileCredential) -> PathBuf {
+    dir.join(credential.tenant.as_str()).join(&credential.name)
+}
+
 /// Reads every declared credential's value from `dir`. A trailing newline is removed.
 pub fn load(dir: &Path, declared: &[FileCredential]) -> Result<CredentialSet, String> {
     let mut by_tenant: HashMap<TenantId, HashMap<String, Arc<Credential>>> = HashMap::new();
@@ -58,7 +63,7 @@ pub fn load(dir: &Path, declared: &[FileCredential]) -> Result<CredentialSet, St
         if !valid_name(&d.name) {
             return Err(format!("`{}` is not a credential name", d.name));
         }
-        let path = dir.join(d.tenant.as_str()).join(&d.name);
+        let path = value_path(dir, d);
         let mut value = std::fs::read(&path).map_err(|e| format!("`{}`: {e}", path.display()))?;
         while value.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             value.pop();

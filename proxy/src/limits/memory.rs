@@ -11,7 +11,8 @@ use super::{
     run_life_key, Admission, AdmitError, Charge, LimitBackend, LimitDeny, LimitKey, LimitKind,
     RateHeadline, RunClaim, RunLedger, RunSighting, Scope, Slot,
 };
-use super::{unix_ms, LimiterUnavailable, RunEnd, RunRegistry, QUOTA_KEPT_SECS};
+use super::{LimiterUnavailable, RunEnd, RunRegistry, QUOTA_KEPT_SECS};
+use crate::clock::unix_ms;
 use crate::ids::TenantId;
 
 const SHARDS: usize = 64;

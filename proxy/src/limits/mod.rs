@@ -348,14 +348,6 @@ impl Window {
 /// end it is kept for [`Window::expires_at`]'s margin).
 pub const QUOTA_KEPT_SECS: i64 = 3_600;
 
-/// Unix milliseconds now, by the wall clock (calendar windows are wall-clock days).
-pub(crate) fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Amounts of each measure one request reserves or used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Charge {

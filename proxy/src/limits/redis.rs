@@ -368,14 +368,13 @@ impl RedisClock {
         self.after(timeout * 2 + LATE_ADMISSION_SLACK).unwrap_or(0)
     }
 
-    /// Unix second `at` of the local clock on Redis's (unchanged until the offset is known):
-    /// a day counter's expiry is the end of the proxy's day, which Redis must keep by its own
-    /// clock (a proxy hours behind Redis would have the counter dropped before its day ends).
-    fn on_redis(&self, at: i64) -> i64 {
-        match self.after(Duration::ZERO) {
-            Some(redis_now) => at.saturating_add((redis_now - unix_us()).div_euclid(1_000_000)),
-            None => at,
-        }
+    /// Redis's clock minus this host's wall clock, in whole seconds (0 until measured): what
+    /// puts a unix second of this host on Redis's clock. A day counter's expiry is the end of
+    /// the proxy's day, which Redis must keep by its own clock (a proxy hours behind Redis would
+    /// have the counter dropped before its day ends).
+    fn wall_offset_secs(&self) -> i64 {
+        self.after(Duration::ZERO)
+            .map_or(0, |redis_now| (redis_now - unix_us()).div_euclid(1_000_000))
     }
 
     /// Redis's time (us) `wait` from now; `None` until the offset is known.
@@ -848,6 +847,8 @@ impl RedisBackend {
             .arg(millis(self.settings.lease_ttl))
             .arg(self.settings.run_ttl.as_secs().max(1))
             .arg(self.clock.deadline(self.settings.timeout));
+        // Read once for all the keys (two clock reads).
+        let to_redis_secs = self.clock.wall_offset_secs();
         for key in keys {
             invocation.arg(kind_code(&key.kind));
             match key.kind {
@@ -877,7 +878,7 @@ impl RedisBackend {
                     invocation
                         .arg(ceiling)
                         .arg(charge.of(measure))
-                        .arg(window.expires_at().map_or(0, |at| self.clock.on_redis(at)));
+                        .arg(window.expires_at().map_or(0, |at| at + to_redis_secs));
                 }
                 LimitKind::WallTime { max_secs } => {
                     invocation.arg(max_secs).arg(0).arg(0);
@@ -1348,17 +1349,27 @@ mod tests {
         assert!(a.get());
     }
 
+    /// The script keeps a counter the hour [`crate::limits::QUOTA_KEPT_SECS`] says past its write.
+    #[test]
+    fn the_admit_script_keeps_a_counter_as_long_as_the_proxy_says() {
+        let kept = format!(
+            "math.floor(now / 1000000) + {})",
+            crate::limits::QUOTA_KEPT_SECS
+        );
+        assert!(ADMIT.contains(&kept), "{kept}");
+    }
+
     /// A day counter's expiry is the proxy's day end, on Redis's clock: three hours ahead of
     /// the proxy's, Redis keeps it three hours longer than the local time says.
     #[test]
     fn a_windows_expiry_is_put_on_redis_clock() {
         let clock = RedisClock::default();
-        assert_eq!(clock.on_redis(1_000_000), 1_000_000, "not measured yet");
+        assert_eq!(clock.wall_offset_secs(), 0, "not measured yet");
         let sent = mono_us();
         clock.measured(sent, unix_us() + 10_800_000_000 + 500, sent + 1000);
-        assert!((1_010_799..=1_010_800).contains(&clock.on_redis(1_000_000)));
+        assert!((1_010_799..=1_010_800).contains(&(1_000_000 + clock.wall_offset_secs())));
         clock.measured(sent, unix_us() - 10_800_000_000 + 500, sent + 1000);
-        assert!((989_199..=989_200).contains(&clock.on_redis(1_000_000)));
+        assert!((989_199..=989_200).contains(&(1_000_000 + clock.wall_offset_secs())));
     }
 
     #[test]

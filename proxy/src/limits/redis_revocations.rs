@@ -22,6 +22,7 @@ use arc_swap::ArcSwap;
 
 use super::redis::Unavailable;
 use super::LimiterUnavailable;
+use crate::clock::unix_ms;
 use crate::redis_conn::{AsyncConn, ScriptCall};
 
 /// The sorted set of revoked ids.
@@ -72,16 +73,6 @@ pub struct SharedRevocations {
     /// Unix ms of the last successful read (0: never).
     read_at_ms: AtomicI64,
     on_unavailable: Unavailable,
-}
-
-fn unix_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0),
-    )
-    .unwrap_or(i64::MAX)
 }
 
 impl SharedRevocations {

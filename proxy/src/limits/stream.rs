@@ -277,7 +277,7 @@ impl StreamGuard {
         // an hour past midnight, or the clock stepped forward), an extension would find its
         // day's counter gone and count from zero, the ceiling off for the rest of the stream.
         // It is refused as that window's ceiling instead.
-        if let Some(over) = self.ended_window(super::unix_ms().div_euclid(1000)) {
+        if let Some(over) = self.ended_window(crate::clock::unix_now_i64()) {
             self.pending.push(Pending {
                 steps,
                 ahead,
@@ -306,14 +306,7 @@ impl StreamGuard {
             let result = match backend.admit(&keys, charge).await {
                 Ok(_) => GRANTED,
                 Err(AdmitError::Limited(deny)) => match deny.key.kind {
-                    LimitKind::Quota {
-                        window: Window::Day(_),
-                        ..
-                    } => REFUSED_DAY,
-                    LimitKind::Quota {
-                        window: Window::Month(_),
-                        ..
-                    } => REFUSED_MONTH,
+                    LimitKind::Quota { window, .. } => refused_for(window),
                     _ => REFUSED_RUN,
                 },
                 Err(AdmitError::Unavailable) => UNAVAILABLE,
@@ -332,21 +325,25 @@ impl StreamGuard {
             task,
         });
     }
-}
 
-impl StreamGuard {
     /// The refusal of the first day or month window of the keys whose counter may be gone at
     /// unix second `now`.
     fn ended_window(&self, now: i64) -> Option<u8> {
         self.keys.iter().find_map(|key| match key.kind {
             LimitKind::Quota { window, .. } if window.expires_at().is_some_and(|e| e <= now) => {
-                Some(match window {
-                    Window::Month(_) => REFUSED_MONTH,
-                    _ => REFUSED_DAY,
-                })
+                Some(refused_for(window))
             }
             _ => None,
         })
+    }
+}
+
+/// The outcome of an extension a quota of `window` refused.
+fn refused_for(window: Window) -> u8 {
+    match window {
+        Window::Run => REFUSED_RUN,
+        Window::Day(_) => REFUSED_DAY,
+        Window::Month(_) => REFUSED_MONTH,
     }
 }
 
