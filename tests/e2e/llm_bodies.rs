@@ -174,6 +174,69 @@ fn every_model_a_call_names_is_decided() {
     assert!(record.get("other_models").is_none(), "{record}");
 }
 
+/// A model a request addresses is decided whatever the request asks of it, not only for the
+/// calls the proxy meters: a Gemini long-running generation or batch names its model in the path
+/// (`…/models/{id}:{method}`), an Anthropic Message Batch in each of its requests. The tenant lets
+/// such work through (`unmetered_calls = "allow"`), so only the policy stands between it and a
+/// model its plan does not have.
+#[test]
+fn the_model_a_job_names_is_decided() {
+    let env = start_with(|spec| {
+        spec.tenants.llm_providers.push(config::LlmProvider::new(
+            "gateway",
+            &["127.0.0.1"],
+            "openai_compatible",
+        ));
+        spec.tenant("globex").limits().unmetered_calls = Some(config::Unmetered::Allow);
+    });
+    let json = "Content-Type: application/json\r\n";
+    for (path, body, model) in [
+        (
+            "/v1/models/gemini-2.5-pro:predictLongRunning",
+            &br#"{"instances":[{"prompt":"x"}]}"#[..],
+            Some("gemini-2.5-pro"),
+        ),
+        (
+            "/v1/models/gemini-2.5-pro:batchGenerateContent",
+            br#"{"batch":{}}"#,
+            Some("gemini-2.5-pro"),
+        ),
+        (
+            "/v1/messages/batches",
+            br#"{"requests":[{"custom_id":"a","params":{"model":"gpt-4o-mini"}},{"custom_id":"b","params":{"model":"claude-3-opus"}}]}"#,
+            None,
+        ),
+    ] {
+        let r = post(&env, Way::ForwardTo(path), body, json);
+        r.assert_refused(403, "policy_denied");
+        let record = env.proxy.audit_record("globex", &r.request_id());
+        assert_eq!(
+            record["policy_ids"],
+            serde_json::json!(["free-plan-models"]),
+            "{path}: {record}"
+        );
+        match model {
+            Some(model) => assert_eq!(record["model"], model, "{path}: {record}"),
+            None => assert!(
+                record["other_models"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m == "claude-3-opus")),
+                "{path}: {record}"
+            ),
+        }
+    }
+    assert_eq!(env.origin.count(), 0, "nothing refused was forwarded");
+    // A batch of models the plan has goes on.
+    let r = post(
+        &env,
+        Way::ForwardTo("/v1/messages/batches"),
+        br#"{"requests":[{"custom_id":"a","params":{"model":"gpt-4o-mini"}}]}"#,
+        json,
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(env.origin.count(), 1);
+}
+
 #[test]
 fn a_hidden_model_is_seen_and_decided() {
     let env = start();

@@ -442,6 +442,24 @@ fn the_free_plan_model_policy_applies_to_bedrock_models() {
     assert!(origin.requests().is_empty());
     let rec = proxy.audit_record("globex", &r.request_id());
     assert_eq!(rec["model"], MODEL, "{rec}");
+    // Every operation on the model is decided on it, not only the metered calls: a token count
+    // (free, so never refused for the tenant's ceilings) is refused by the plan's rule too.
+    let count = format!("/model/{}/count-tokens", MODEL.replace(':', "%3A"));
+    let r = post(
+        proxy.shared_port,
+        &count,
+        r#"{"input":{"converse":{"messages":[]}}}"#,
+        &format!("Proxy-Authorization: Bearer {globex}\r\n"),
+    );
+    r.assert_refused(403, "policy_denied");
+    assert!(origin.requests().is_empty());
+    let rec = proxy.audit_record("globex", &r.request_id());
+    assert_eq!(rec["model"], MODEL, "{rec}");
+    assert_eq!(
+        rec["policy_ids"],
+        serde_json::json!(["free-plan-models"]),
+        "{rec}"
+    );
 }
 
 /// An OpenAI call and a Bedrock call draw from one day budget: the ceiling is set so that both

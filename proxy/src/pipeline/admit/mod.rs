@@ -633,6 +633,8 @@ async fn admit_http(
         trail.model = Some(model);
     } else if let Some(model) = registry::model_from_path(&destination.upstream_path) {
         trail.model = Some(model);
+    } else if let Some(model) = registry::model_addressed(&destination) {
+        trail.model = Some(model);
     } else if let Some(named) =
         registry::model_from_query(&destination.upstream_path).map_err(Deny::BadRequest)?
     {

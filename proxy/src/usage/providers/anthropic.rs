@@ -11,6 +11,7 @@
 
 use serde_json::Value;
 
+use super::request::EACH;
 use super::{count, CallPath, Generated, KeyPositions, Provider, RequestFields};
 use crate::usage::Usage;
 
@@ -23,7 +24,9 @@ const VERTEX_MODELS: &str = "/publishers/anthropic/models/";
 const VERTEX_OPERATIONS: &[&str] = &[":rawpredict", ":streamrawpredict"];
 
 const FIELDS: RequestFields = RequestFields {
-    model: &[&["model"]],
+    // A Message Batch names a model in each of its requests (`requests[].params.model`): each
+    // is one of the call's models, decided by policy as any other.
+    model: &[&["model"], &["requests", EACH, "params", "model"]],
     ceilings: &[&["max_tokens"]],
 };
 

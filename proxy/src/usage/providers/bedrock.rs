@@ -237,6 +237,19 @@ impl Provider for Bedrock {
         Some(id.to_string())
     }
 
+    fn model_addressed(&self, path: &str) -> Option<String> {
+        let path = super::routed(path, "/model/")?;
+        let rest = path
+            .get(.."/model/".len())
+            .filter(|p| p.eq_ignore_ascii_case("/model/"))
+            .map(|_| &path["/model/".len()..])?;
+        let (id, op) = rest.trim_end_matches('/').rsplit_once('/')?;
+        // The runtime's operations are words joined by `-` (`count-tokens`,
+        // `invoke-with-bidirectional-stream`).
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'-';
+        (!id.is_empty() && !op.is_empty() && op.bytes().all(word)).then(|| id.to_string())
+    }
+
     fn request_fields(&self) -> &'static RequestFields {
         &FIELDS
     }

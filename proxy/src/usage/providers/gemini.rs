@@ -111,6 +111,19 @@ impl Provider for Gemini {
         (!model.is_empty() && !model.contains('/')).then(|| model.to_string())
     }
 
+    fn model_addressed(&self, path: &str) -> Option<String> {
+        let path = super::routed(path, "/models/")?;
+        let (head, op) = path.rsplit_once(':')?;
+        // A custom method's name is a word (`predictLongRunning`): an OpenAI fine-tuned model's
+        // id (`/v1/models/ft:gpt-4o:org::id`) is a resource, not a method on one.
+        if op.is_empty() || !op.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let at = super::find_ignore_case(head, "/models/", true)? + "/models/".len();
+        let model = &head[at..];
+        (!model.is_empty() && !model.contains(['/', ':'])).then(|| model.to_string())
+    }
+
     fn request_fields(&self) -> &'static RequestFields {
         &FIELDS
     }

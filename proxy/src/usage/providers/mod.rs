@@ -63,6 +63,15 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The model a request's path addresses whatever it asks of it (a Google API's custom
+    /// method on a model, `…/models/{id}:predict`; Bedrock's `/model/{id}/count-tokens`): the
+    /// model a policy decides on for requests that are not this provider's calls (jobs, other
+    /// generations, token counts). Asked only toward an LLM destination
+    /// ([`super::registry::model_addressed`]).
+    fn model_addressed(&self, _path: &str) -> Option<String> {
+        None
+    }
+
     /// Whether `path` is one of this provider's LLM calls, on any host. The path a response is
     /// metered by: each path belongs to at most one provider.
     fn is_call(&self, path: &CallPath<'_>) -> bool;

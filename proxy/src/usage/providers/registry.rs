@@ -159,6 +159,24 @@ pub fn model_from_path(path: &str) -> Option<String> {
     PROVIDERS.iter().find_map(|p| p.model_from_path(path))
 }
 
+/// The model `destination`'s path addresses when it is an LLM destination, whatever the request
+/// asks of it ([`Provider::model_addressed`]): Gemini's and Vertex AI's `…/models/{id}:{method}`
+/// for a method that is not a metered call (a batch, an embedding, a prediction, a token count),
+/// Bedrock's `/model/{id}/{operation}` likewise.
+///
+/// SECURITY: such a request uses that model (a batch of it, a video generation), and a policy
+/// on models must see it, as it sees a call's: a `forbid` on `context.model` would otherwise not
+/// fire for every operation the proxy does not meter. Not asked toward other destinations,
+/// where a path of that shape is some other API's resource.
+pub fn model_addressed(destination: &Destination) -> Option<String> {
+    if !is_llm_destination(destination) {
+        return None;
+    }
+    PROVIDERS
+        .iter()
+        .find_map(|p| p.model_addressed(&destination.upstream_path))
+}
+
 /// What a Realtime session's URL names: its model (OpenAI's `/v1/realtime?model=…`) or its Azure
 /// OpenAI deployment (`/openai/realtime?deployment=…`), the WebSocket's only place for either.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -573,6 +591,84 @@ mod tests {
 
     fn dest(host: &str, path: &str, provider: Option<&str>) -> Destination {
         Destination::https_for_test(host, path, provider)
+    }
+
+    /// The model a path addresses is what policy sees for every operation on it, not only the
+    /// metered calls; only toward LLM destinations, and a resource's id is no method.
+    #[test]
+    fn the_model_a_path_addresses_is_read_for_any_operation() {
+        let gemini = "generativelanguage.googleapis.com";
+        let vertex = "us-central1-aiplatform.googleapis.com";
+        let bedrock = "bedrock-runtime.us-east-1.amazonaws.com";
+        let cases = [
+            (
+                gemini,
+                "/v1beta/models/veo-3.0-generate-001:predictLongRunning",
+                Some("veo-3.0-generate-001"),
+            ),
+            (
+                gemini,
+                "/v1beta/models/gemini-2.5-pro:batchGenerateContent",
+                Some("gemini-2.5-pro"),
+            ),
+            (
+                gemini,
+                "/v1beta/models/imagen-4.0-ultra:predict",
+                Some("imagen-4.0-ultra"),
+            ),
+            (
+                gemini,
+                "/v1beta/Models/text-embedding-004:embedContent?key=k",
+                Some("text-embedding-004"),
+            ),
+            (gemini, "/v1beta/models/aqa:generateAnswer", Some("aqa")),
+            (
+                gemini,
+                "/v1beta/models/gemini-2.5-pro:countTokens",
+                Some("gemini-2.5-pro"),
+            ),
+            (
+                gemini,
+                "/v1beta/models/gemini-2.5-pro%3AasyncBatchEmbedContent",
+                Some("gemini-2.5-pro"),
+            ),
+            (
+                vertex,
+                "/v1/projects/p/locations/l/publishers/meta/models/llama-4:rawPredict",
+                Some("llama-4"),
+            ),
+            (
+                bedrock,
+                "/model/anthropic.claude-3-opus-20240229-v1:0/count-tokens",
+                Some("anthropic.claude-3-opus-20240229-v1:0"),
+            ),
+            (
+                bedrock,
+                "/model/amazon.nova-sonic-v1:0/invoke-with-bidirectional-stream",
+                Some("amazon.nova-sonic-v1:0"),
+            ),
+            // A model's own resource, a collection and a fine-tuned OpenAI model's id are no
+            // method on a model.
+            (gemini, "/v1beta/models/gemini-2.5-pro", None),
+            (gemini, "/v1beta/models", None),
+            (
+                "api.openai.com",
+                "/v1/models/ft:gpt-4o-mini:acme::abc123",
+                None,
+            ),
+            (gemini, "/v1beta/tunedModels/mine:generateContent", None),
+            (bedrock, "/model/", None),
+            (bedrock, "/foundation-models/anthropic.claude-v2", None),
+        ];
+        for (host, path, want) in cases {
+            let got = model_addressed(&dest(host, path, None));
+            assert_eq!(got.as_deref(), want, "{host}{path}");
+        }
+        // Toward a destination that is no LLM API, a path of that shape is that API's own.
+        let tool = dest("tools.internal", "/v1/models/churn:predict", None);
+        assert_eq!(model_addressed(&tool), None);
+        let routed = dest("tools.internal", "/v1/models/churn:predict", Some("google"));
+        assert_eq!(model_addressed(&routed).as_deref(), Some("churn"));
     }
 
     /// What `pricing::provider_for_host` answered before the registry: every host the same.

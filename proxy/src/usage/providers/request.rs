@@ -1138,8 +1138,18 @@ mod tests {
         // And the gateways' model lists (`models`, `fallbacks`, `context_window_fallback_dict`,
         // `content_policy_fallbacks`, and LiteLLM's `extra_body` and `user_config`), and the
         // chat search models' `web_search_options`, xAI's `search_parameters`, OpenRouter's
-        // `plugins`.
-        assert_eq!(FIELDS.root.len(), 28, "{:?}", FIELDS.root);
+        // `plugins`. And Anthropic's Message Batches (`requests`).
+        assert_eq!(FIELDS.root.len(), 29, "{:?}", FIELDS.root);
+        // Each model of a Message Batch is one of the call's models.
+        let read = read_json(
+            br#"{"requests":[{"custom_id":"a","params":{"model":"claude-3-opus-20240229"}},{"custom_id":"b","params":{"model":"claude-3-haiku"}}]}"#,
+        )
+        .expect("read");
+        assert_eq!(read.model, None);
+        assert_eq!(
+            read.other_models,
+            ["claude-3-haiku", "claude-3-opus-20240229"]
+        );
         assert_eq!(form_field("n"), Some(Slot::Choices(0)));
         assert_eq!(form_field("inferenceConfig"), None);
         let read = read_json(br#"{"inferenceConfig":{"maxTokens":64}}"#).expect("read");
