@@ -5,11 +5,16 @@
 //! out in one write per batch. Waking the writer and writing each line on its own cost a worker
 //! a futex wake-up and a context switch per request, more than formatting the line did.
 //!
-//! A full queue drops the line and counts it: the audit log, not this one, is the record of
-//! every decision, and a worker never waits for the log.
+//! A full queue (in lines, or in bytes: one line may be long) drops the line and counts it: the
+//! audit log, not this one, is the record of every decision, and a worker never waits for the
+//! log.
+//!
+//! A line is one event: a line break inside one (in a value the formatter writes as it is, such
+//! as an error's text quoting what a client sent) is written escaped, so no value can forge a
+//! line of its own.
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -36,6 +41,10 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 pub struct LineQueue {
     tx: SyncSender<Vec<u8>>,
     dropped: Arc<AtomicU64>,
+    /// Bytes of the lines queued and not yet taken by the writer.
+    queued_bytes: Arc<AtomicUsize>,
+    /// Most bytes queued at once.
+    max_bytes: usize,
 }
 
 /// Keeps the writer thread; dropping it writes what is queued (waiting up to [`STOP_WAIT`]),
@@ -47,22 +56,28 @@ pub struct WriterGuard {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Starts the thread writing lines, as queued (at most `capacity` waiting), to `out`.
+/// Starts the thread writing lines, as queued (at most `capacity` lines and `max_bytes` bytes
+/// waiting), to `out`.
 pub fn start<W: Write + Send + 'static>(
     out: W,
     capacity: usize,
+    max_bytes: usize,
 ) -> io::Result<(LineQueue, WriterGuard)> {
     let (tx, rx) = mpsc::sync_channel(capacity);
     let stop = Arc::new(AtomicBool::new(false));
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
     let thread = std::thread::Builder::new()
         .name("log writer".into())
         .spawn({
             let stop = stop.clone();
-            move || write_lines(&rx, out, &stop)
+            let queued_bytes = queued_bytes.clone();
+            move || write_lines(&rx, out, &stop, &queued_bytes)
         })?;
     let queue = LineQueue {
         tx,
         dropped: Arc::default(),
+        queued_bytes,
+        max_bytes,
     };
     let guard = WriterGuard {
         stop,
@@ -80,13 +95,48 @@ impl LineQueue {
     /// Queues one formatted line (with its newline), or drops and counts it when the queue is
     /// full.
     pub fn push(&self, line: Vec<u8>) {
+        let line = one_line(line);
+        let len = line.len();
+        // SECURITY: bounded in bytes as well as lines: lines as long as a request's head (its
+        // path escaped) would otherwise hold gigabytes while the log's reader is behind.
+        if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > self.max_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// `line` as one line: every CR, and every LF but a last one, written as `\r` and `\n`.
+///
+/// SECURITY: the text formatter writes some values as they are (an error's `Display`: a rejected
+/// client certificate's subject, which the client chose), so a line break in one would start a
+/// line that reads as another event (a forged `request … decision="allow"`). JSON lines escape
+/// their strings already; this changes nothing in them.
+fn one_line(line: Vec<u8>) -> Vec<u8> {
+    let body = line.strip_suffix(b"\n").unwrap_or(&line);
+    if memchr::memchr2(b'\n', b'\r', body).is_none() {
+        return line;
+    }
+    let mut out = Vec::with_capacity(line.len() + 16);
+    for &b in body {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+    if body.len() < line.len() {
+        out.push(b'\n');
+    }
+    out
 }
 
 /// One line on its way to the queue (the formatting layer writes each line in one call).
@@ -128,7 +178,12 @@ impl Drop for WriterGuard {
     }
 }
 
-fn write_lines<W: Write>(rx: &Receiver<Vec<u8>>, mut out: W, stop: &AtomicBool) {
+fn write_lines<W: Write>(
+    rx: &Receiver<Vec<u8>>,
+    mut out: W,
+    stop: &AtomicBool,
+    queued_bytes: &AtomicUsize,
+) {
     let mut batch = Vec::with_capacity(64 * 1024);
     loop {
         // The stop flag is read before the queue is drained, so nothing queued before the
@@ -136,6 +191,7 @@ fn write_lines<W: Write>(rx: &Receiver<Vec<u8>>, mut out: W, stop: &AtomicBool) 
         let stopping = stop.load(Ordering::Acquire);
         match rx.recv_timeout(IDLE_CHECK) {
             Ok(first) => {
+                queued_bytes.fetch_sub(first.len(), Ordering::AcqRel);
                 batch.extend_from_slice(&first);
                 if !stopping {
                     std::thread::sleep(LINGER);
@@ -147,6 +203,7 @@ fn write_lines<W: Write>(rx: &Receiver<Vec<u8>>, mut out: W, stop: &AtomicBool) 
             Err(RecvTimeoutError::Disconnected) => return,
         }
         while let Ok(line) = rx.try_recv() {
+            queued_bytes.fetch_sub(line.len(), Ordering::AcqRel);
             batch.extend_from_slice(&line);
             if batch.len() >= MAX_WRITE {
                 // A log that cannot be written (a closed pipe) is not a reason to stop serving.
@@ -188,7 +245,7 @@ mod tests {
     #[test]
     fn a_burst_of_lines_is_written_in_order_in_few_writes() {
         let sink = Sink::default();
-        let (queue, guard) = start(sink.clone(), 1024).unwrap();
+        let (queue, guard) = start(sink.clone(), 1024, 1 << 20).unwrap();
         for i in 0..500 {
             line(&queue, &format!("line {i}\n"));
         }
@@ -205,7 +262,7 @@ mod tests {
     #[test]
     fn a_line_alone_is_written_without_waiting_for_more() {
         let sink = Sink::default();
-        let (queue, _guard) = start(sink.clone(), 16).unwrap();
+        let (queue, _guard) = start(sink.clone(), 16, 1 << 20).unwrap();
         line(&queue, "lonely\n");
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while sink.bytes.lock().unwrap().is_empty() {
@@ -243,7 +300,7 @@ mod tests {
             gate: gate.clone(),
             sink: sink.clone(),
         };
-        let (queue, guard) = start(stuck, 4).unwrap();
+        let (queue, guard) = start(stuck, 4, 1 << 20).unwrap();
         line(&queue, "first\n");
         is_writing.recv().unwrap();
         for i in 0..20 {
@@ -254,5 +311,66 @@ mod tests {
         drop(guard);
         let text = String::from_utf8(sink.bytes.lock().unwrap().clone()).unwrap();
         assert_eq!(text, "first\nqueued 0\nqueued 1\nqueued 2\nqueued 3\n");
+    }
+
+    #[test]
+    fn a_line_break_inside_a_line_cannot_start_another() {
+        let sink = Sink::default();
+        let (queue, guard) = start(sink.clone(), 16, 1 << 20).unwrap();
+        line(
+            &queue,
+            "WARN refused error=bad cert CN=\nINFO request decision=\"allow\"\r\n",
+        );
+        line(&queue, "plain\n");
+        line(&queue, "no newline at all\r");
+        drop(guard);
+        let text = String::from_utf8(sink.bytes.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "WARN refused error=bad cert CN=\\nINFO request decision=\"allow\"\\r\nplain\nno newline at all\\r"
+        );
+        assert_eq!(text.lines().count(), 3);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_as_well_as_lines() {
+        // A writer that says when it is writing, then blocks until released, as in
+        // `a_full_queue_drops_and_counts_lines_instead_of_waiting`.
+        struct Stuck(mpsc::Sender<()>, Arc<Mutex<()>>, Sink);
+        impl Write for Stuck {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let _ = self.0.send(());
+                let _held = self.1.lock().unwrap();
+                self.2.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let gate = Arc::new(Mutex::new(()));
+        let sink = Sink::default();
+        let (writing, is_writing) = mpsc::channel();
+        let closed = gate.lock().unwrap();
+        let stuck = Stuck(writing, gate.clone(), sink.clone());
+        let (queue, guard) = start(stuck, 1024, 10_000).unwrap();
+        line(&queue, "first\n");
+        is_writing.recv().unwrap();
+        let long = format!("{}\n", "x".repeat(999));
+        for _ in 0..50 {
+            line(&queue, &long);
+        }
+        assert_eq!(
+            queue.dropped(),
+            40,
+            "10 lines of 1,000 bytes queued, the rest dropped"
+        );
+        drop(closed);
+        drop(guard);
+        assert_eq!(
+            sink.bytes.lock().unwrap().len(),
+            "first\n".len() + 10 * 1000
+        );
+        // Once written, the room is there again.
+        assert_eq!(queue.queued_bytes.load(Ordering::Acquire), 0);
     }
 }

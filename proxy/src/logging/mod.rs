@@ -134,6 +134,9 @@ fn is_own(target: &str) -> bool {
 
 /// Lines that may wait for the writer thread before new ones are dropped.
 const QUEUED_LINES: usize = 64 * 1024;
+/// Bytes of lines that may wait for it: a line is a few hundred bytes, but one whose request
+/// carried a long path may be a megabyte or more.
+const QUEUED_BYTES: usize = 32 << 20;
 
 /// The queue the logger writes to, once started (for its count of dropped lines).
 static QUEUE: OnceLock<lines::LineQueue> = OnceLock::new();
@@ -152,7 +155,7 @@ pub fn init(format: LogFormat, level: &str) -> Option<WriterGuard> {
         .and_then(|filter| EnvFilter::try_new(filter).ok())
         .unwrap_or_else(|| EnvFilter::new(level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (queue, guard) = match lines::start(std::io::stderr(), QUEUED_LINES) {
+    let (queue, guard) = match lines::start(std::io::stderr(), QUEUED_LINES, QUEUED_BYTES) {
         Ok(started) => started,
         Err(e) => {
             let _ = subscriber(format, filter, std::io::stderr, ansi).try_init();

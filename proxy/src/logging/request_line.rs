@@ -340,7 +340,8 @@ mod tests {
             ("info,tenant_proxy::pipeline::record=off", false),
         ] {
             let written = crate::logging::tests::Capture::default();
-            let (queue, guard) = crate::logging::lines::start(written.clone(), 16).expect("writer");
+            let (queue, guard) =
+                crate::logging::lines::start(written.clone(), 16, 1 << 20).expect("writer");
             let by_layer = logged_as(LogFormat::Text, directives, || {
                 log_request_to(Some(&(queue, LogFormat::Text)), &l);
             });
