@@ -540,6 +540,7 @@ pub fn configuration_warnings(config: &StaticConfig, snapshot: &Snapshot) -> Vec
         snapshot.mcp_session_key_warning(&config.limiter),
         snapshot.revocation_file_warning(),
         snapshot.jwks_warning(),
+        config.audit_queue_warning(),
     ]
     .into_iter()
     .flatten()
@@ -701,6 +702,27 @@ workloads = ["bot"]
         let (static_config, snapshot) = check(&dir.path().join("tenant-proxy.toml")).expect("good");
         assert_eq!(static_config.listeners.len(), 1);
         assert_eq!(snapshot.tenants.tenants.len(), 1);
+    }
+
+    /// An audit queue one tenant at its connection cap could fill is warned about.
+    #[test]
+    fn an_audit_queue_one_tenant_could_fill_is_warned_about() {
+        let warned = |queue: usize, per_tenant: u32| {
+            let static_toml = GOOD_STATIC.replace(
+                "[audit]\ndir = \"audit\"",
+                &format!("[limits]\nmax_connections_per_tenant = {per_tenant}\n[audit]\ndir = \"audit\"\nqueue_capacity = {queue}"),
+            );
+            let dir = config_dir(&static_toml, GOOD_TENANTS, GOOD_POLICY);
+            let (config, snapshot) = check(&dir.path().join("tenant-proxy.toml")).expect("good");
+            configuration_warnings(&config, &snapshot)
+                .into_iter()
+                .filter(|w| w.contains("queue_capacity"))
+                .count()
+        };
+        assert_eq!(warned(300, 1000), 1);
+        assert_eq!(warned(1999, 1000), 1);
+        assert_eq!(warned(2000, 1000), 0);
+        assert_eq!(warned(65_536, 2000), 0, "the defaults");
     }
 
     /// Every secret file a configuration names is warned about when other users may read it:

@@ -688,6 +688,11 @@ fn a_head_is_cut_at_its_size_cap_without_being_buffered_past_it() {
 /// A TLS recording origin for `llm.test`, and a proxy that intercepts tunnels to it (its CA
 /// made by `ca init`, the origin's CA trusted upstream).
 fn intercepting_proxy() -> (Origin, Proxy) {
+    intercepting_proxy_with(|_| {})
+}
+
+/// [`intercepting_proxy`], with the changes `configure` makes to the proxy's configuration.
+fn intercepting_proxy_with(configure: impl FnOnce(&mut ProxySpec)) -> (Origin, Proxy) {
     let ca = TestCa::new("e2e protocol origin CA").unwrap();
     let origin = Origin::start_tls(&ca.server(&["llm.test"]).unwrap());
     let origin_ca = ca.cert_pem.clone();
@@ -702,6 +707,7 @@ fn intercepting_proxy() -> (Origin, Proxy) {
         .insert("llm.test".into(), vec!["127.0.0.1".into()]);
     spec.config.upstream.extra_ca_files = vec!["origin-ca.pem".into()];
     spec.config.intercept = Some(config::Intercept::ca_in("ca"));
+    configure(&mut spec);
     let proxy = Proxy::start_prepared(spec, |dir| {
         std::fs::write(dir.join("origin-ca.pem"), &origin_ca).unwrap();
         let (code, out) = proxy_cli(
@@ -767,6 +773,75 @@ async fn h2_in_tunnel(proxy: &Proxy, authority: &str) -> h2::client::SendRequest
     let (send, connection) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(connection);
     send
+}
+
+/// Each HTTP/2 stream in flight counts as a connection of its tenant (and of its listener), as
+/// it holds an upstream connection of its own: one client connection cannot carry more
+/// requests at once than the tenant's cap allows connections. A stream that ends gives its slot
+/// back.
+#[test]
+fn http2_streams_in_flight_count_against_the_tenant_s_connections() {
+    let (origin, proxy) = intercepting_proxy_with(|spec| {
+        spec.config.limits.max_connections_per_tenant = Some(3);
+    });
+    let authority = format!("llm.test:{}", origin.port);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let send = h2_in_tunnel(&proxy, &authority).await;
+        // The tunnel is one of acme's three; two streams waiting for a slow answer (the origin
+        // sleeps 3 s) are the other two.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut send = send.clone().ready().await.unwrap();
+            let request = http::Request::post(format!("https://{authority}/slow/held"))
+                .header("content-type", "application/json")
+                .body(())
+                .unwrap();
+            let (response, mut stream) = send.send_request(request, false).unwrap();
+            stream
+                .send_data(bytes::Bytes::from_static(b"{}"), true)
+                .unwrap();
+            held.push(response);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let get = |send: h2::client::SendRequest<bytes::Bytes>| {
+            let authority = authority.clone();
+            async move {
+                let mut send = send.ready().await.unwrap();
+                let request = http::Request::get(format!("https://{authority}/v1/after"))
+                    .body(())
+                    .unwrap();
+                let (response, _) = send.send_request(request, true).unwrap();
+                let response = response.await.unwrap();
+                let status = response.status().as_u16();
+                let id = response.headers()["x-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                let mut body = response.into_body();
+                let mut text = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.unwrap();
+                    body.flow_control().release_capacity(chunk.len()).unwrap();
+                    text.extend_from_slice(&chunk);
+                }
+                (status, id, String::from_utf8_lossy(&text).into_owned())
+            }
+        };
+        let (status, id, body) = get(send.clone()).await;
+        assert_eq!(status, 429, "{body}");
+        assert!(body.contains("\"connection_limit\""), "{body}");
+        let rec = proxy.audit_record("acme", &id);
+        assert_eq!(rec["reason"], "connection_limit", "{rec}");
+        // Once the held streams end, their slots are free again.
+        for response in held {
+            assert_eq!(response.await.unwrap().status(), 200);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, _, body) = get(send.clone()).await;
+        assert_eq!(status, 200, "{body}");
+    });
+    assert!(origin.matching("/v1/after").len() == 1);
 }
 
 /// The upstream gets the body that was decided on, once: an HTTP/2 request that ends with a

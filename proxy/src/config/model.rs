@@ -190,6 +190,20 @@ pub fn readable_secret_warning(what: &str, path: &std::path::Path) -> Option<Str
 }
 
 impl StaticConfig {
+    /// A warning when one tenant could hold every audit slot: each connection, tunnel or HTTP/2
+    /// stream it has in flight holds one (a tunnel's `CONNECT` a second, for the tunnel's own
+    /// record), so a tenant at `max_connections_per_tenant` holds up to twice that many, and
+    /// while the queue is full every tenant's requests are refused `audit_unavailable`.
+    pub fn audit_queue_warning(&self) -> Option<String> {
+        let per_tenant = 2 * u64::from(self.limits.max_connections_per_tenant);
+        (u64::try_from(self.audit.queue_capacity).unwrap_or(u64::MAX) < per_tenant).then(|| {
+            format!(
+                "[audit] queue_capacity ({}) is below twice [limits] max_connections_per_tenant ({per_tenant}): one tenant with its connections, tunnels and HTTP/2 streams in flight could hold every audit slot, and every other tenant's requests would be refused `audit_unavailable`; raise the capacity or lower the cap",
+                self.audit.queue_capacity
+            )
+        })
+    }
+
     /// The warnings `check` prints and `run` logs for the secret files of this configuration
     /// (the interception CA's key, listeners' TLS keys, the admin token, the audit signing key,
     /// Redis password files) that other users of the host may read.

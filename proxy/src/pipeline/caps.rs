@@ -1,8 +1,10 @@
-//! Per-tenant caps on things a tenant holds open on this replica: tunnels and client
-//! connections. They are connections to this replica, so the count is local; it is touched once
-//! when one opens and once when it closes, never per request.
+//! Caps on things held open on this replica: a tenant's tunnels and client connections, and a
+//! listener's client connections. They are connections to this replica, so the count is local;
+//! it is touched once when one opens and once when it closes, and per request only for an
+//! HTTP/2 stream (which holds an upstream connection of its own, as a connection does).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::IntGaugeVec;
@@ -79,6 +81,70 @@ impl Drop for TenantSlot {
     }
 }
 
+/// What one listener has open: client connections, and the HTTP/2 streams in flight inside its
+/// intercepted tunnels (each holds an upstream connection, as a connection does), against
+/// `[limits] max_connections_per_listener`; mirrored in `tenant_proxy_connections_open`.
+#[derive(Debug, Clone)]
+pub struct ListenerCounts {
+    open: Arc<AtomicU32>,
+    listener: Arc<str>,
+}
+
+/// Holds one of a listener's slots until dropped.
+#[derive(Debug)]
+pub struct ListenerSlot {
+    counts: ListenerCounts,
+}
+
+impl ListenerCounts {
+    /// The counts of the listener named `listener`.
+    pub fn new(listener: &str) -> Self {
+        Self {
+            open: Arc::default(),
+            listener: Arc::from(listener),
+        }
+    }
+
+    /// Takes a slot unless `max` are open.
+    pub fn try_open(&self, max: u32) -> Option<ListenerSlot> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        self.report(taken.ok()? + 1);
+        Some(ListenerSlot {
+            counts: self.clone(),
+        })
+    }
+
+    fn report(&self, open: u32) {
+        crate::metrics::METRICS
+            .connections_open
+            .with_label_values(&[&self.listener])
+            .set(i64::from(open));
+    }
+}
+
+impl Drop for ListenerSlot {
+    fn drop(&mut self) {
+        let n = self
+            .counts
+            .open
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        self.counts.report(n);
+    }
+}
+
+/// What an HTTP/2 stream holds while it is in flight: a slot of its tunnel's listener and one of
+/// its tenant's connections (see [`ListenerCounts`]).
+#[derive(Debug)]
+pub struct StreamSlots {
+    pub listener: ListenerSlot,
+    pub tenant: TenantSlot,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -99,5 +165,18 @@ mod tests {
         drop(a1);
         assert_eq!(counts.open(&acme), 1);
         assert!(counts.try_open(&acme, 2).is_some());
+    }
+
+    #[test]
+    fn a_listener_has_its_cap_and_slots_come_back_when_dropped() {
+        let counts = ListenerCounts::new("caps-test");
+        let first = counts.try_open(2).unwrap();
+        let _second = counts.clone().try_open(2).unwrap();
+        assert!(
+            counts.try_open(2).is_none(),
+            "a clone counts the same listener"
+        );
+        drop(first);
+        assert!(counts.try_open(2).is_some());
     }
 }

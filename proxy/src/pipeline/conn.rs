@@ -35,6 +35,8 @@ pub struct Tunnel {
     pub scheme: crate::target::Scheme,
     /// When the tunnel's own `connect` question was last answered as it was at `CONNECT`.
     pub connect_judged: ConnectJudged,
+    /// The listener it was opened on: each HTTP/2 stream inside counts there while in flight.
+    pub listener: super::caps::ListenerCounts,
 }
 
 /// When a tunnel's `connect` question was last judged: the snapshot generation and the time

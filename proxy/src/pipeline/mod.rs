@@ -61,8 +61,8 @@ use crate::metrics::{Metrics, METRICS};
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::tls::ca::LeafMinter;
 use admit::{Ask, BodySource, Caller, Effects};
-use caps::{TenantCounts, TenantSlot};
-use conn::{front_conn, tunnel_of, ConnFacts};
+use caps::{StreamSlots, TenantCounts, TenantSlot};
+use conn::{front_conn, tunnel_of, ConnFacts, Tunnel};
 use ctx::RequestCtx;
 use record::{refusal_response, Outcome};
 use respond::{Cut, StageSetup, Stages};
@@ -161,6 +161,37 @@ impl Effects for Shared {
             others.push(open(tenant)?);
         }
         Ok(None)
+    }
+
+    fn count_stream(
+        &self,
+        tunnel: Option<&Tunnel>,
+        tenant: &TenantId,
+    ) -> Result<Option<StreamSlots>, Deny> {
+        // HTTP/2 is served only inside intercepted tunnels.
+        let Some(tunnel) = tunnel else {
+            return Err(Deny::Internal);
+        };
+        let limits = &self.config.limits;
+        let listener = tunnel
+            .listener
+            .try_open(limits.max_connections_per_listener)
+            .ok_or_else(|| {
+                METRICS
+                    .overload_refusals
+                    .with_label_values(&["listener_cap"])
+                    .inc();
+                Deny::Overloaded("client connections and HTTP/2 streams")
+            })?;
+        let max = limits.max_connections_per_tenant;
+        let tenant = self.connections.try_open(tenant, max).ok_or_else(|| {
+            METRICS
+                .overload_refusals
+                .with_label_values(&["tenant_cap"])
+                .inc();
+            Deny::ConnectionLimit(max)
+        })?;
+        Ok(Some(StreamSlots { listener, tenant }))
     }
 
     async fn sight_run(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny> {

@@ -14,8 +14,8 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use super::admit::{self, Admitted, Ask, BodySource, Caller, DecideOnly, Effects, Grant};
-use super::caps::TenantSlot;
-use super::conn::ConnFacts;
+use super::caps::{StreamSlots, TenantSlot};
+use super::conn::{ConnFacts, Tunnel};
 use super::record::{Trail, TunnelMode};
 use crate::audit::AuditSlot;
 use crate::body::BodyHold;
@@ -169,6 +169,10 @@ impl Effects for Recording<'_> {
         _: Option<&ConnFacts>,
         _: &TenantId,
     ) -> Result<Option<TenantSlot>, Deny> {
+        self.step("connection", Deny::ConnectionLimit(1))
+            .map(|_| None)
+    }
+    fn count_stream(&self, _: Option<&Tunnel>, _: &TenantId) -> Result<Option<StreamSlots>, Deny> {
         self.step("connection", Deny::ConnectionLimit(1))
             .map(|_| None)
     }

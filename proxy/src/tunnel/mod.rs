@@ -25,7 +25,6 @@ pub mod io;
 mod opaque;
 mod transparent;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -52,7 +51,7 @@ use crate::identity::ListenerKind;
 use crate::identity::{self, IdentityError, PeerCertificate, Presented};
 use crate::metrics::METRICS;
 use crate::pipeline::admit::{self, Admitted, Ask, Caller, Grant, TunnelGrant};
-use crate::pipeline::caps::TenantSlot;
+use crate::pipeline::caps::{ListenerCounts, ListenerSlot, TenantSlot};
 use crate::pipeline::conn::{Conn, ConnFacts, ConnectJudged, Tunnel};
 use crate::pipeline::lapse;
 use crate::pipeline::record::{write_refusal, Outcome, Trail, TunnelMode};
@@ -69,24 +68,8 @@ pub struct EgressApp {
     listener: Arc<ListenerSettings>,
     shared: Arc<Shared>,
     mtls: Option<Arc<MtlsServer>>,
-    /// Client connections open on this listener.
-    open: Arc<AtomicU32>,
-}
-
-/// Holds one of a listener's connection slots until dropped.
-struct ListenerSlot {
-    open: Arc<AtomicU32>,
-    listener: Arc<ListenerSettings>,
-}
-
-impl Drop for ListenerSlot {
-    fn drop(&mut self) {
-        let n = self.open.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
-        METRICS
-            .connections_open
-            .with_label_values(&[&self.listener.name])
-            .set(i64::from(n));
-    }
+    /// Client connections open on this listener (and the HTTP/2 streams in its tunnels).
+    open: ListenerCounts,
 }
 
 impl EgressApp {
@@ -98,6 +81,7 @@ impl EgressApp {
         mtls: Option<Arc<MtlsServer>>,
     ) -> Self {
         let proxy = TenantProxy::new(listener.clone(), shared.clone());
+        let open = ListenerCounts::new(&listener.name);
         let mut http = pingora::proxy::http_proxy(conf, proxy);
         // HTTP/2 only happens inside intercepted tunnels (negotiated by ALPN); an idle h2
         // connection is closed like an idle HTTP/1.1 tunnel.
@@ -113,7 +97,7 @@ impl EgressApp {
             listener: Arc::new(listener),
             shared,
             mtls,
-            open: Arc::new(AtomicU32::new(0)),
+            open,
         }
     }
 
@@ -126,20 +110,7 @@ impl EgressApp {
     /// Takes one of the listener's connection slots, unless it is full.
     fn try_open(&self) -> Option<ListenerSlot> {
         let max = self.shared.config.limits.max_connections_per_listener;
-        let taken = self
-            .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            });
-        let n = taken.ok()? + 1;
-        METRICS
-            .connections_open
-            .with_label_values(&[&self.listener.name])
-            .set(i64::from(n));
-        Some(ListenerSlot {
-            open: self.open.clone(),
-            listener: self.listener.clone(),
-        })
+        self.open.try_open(max)
     }
 }
 
@@ -402,6 +373,7 @@ impl EgressApp {
                             port: head.port,
                             original: None,
                             scheme: Scheme::Http,
+                            listener: self.open.clone(),
                             connect_judged: ConnectJudged::new(
                                 generation,
                                 crate::clock::unix_now_i64(),
@@ -501,6 +473,7 @@ impl EgressApp {
                     port: head.port,
                     original: opened.original(),
                     scheme: Scheme::Https,
+                    listener: self.open.clone(),
                     connect_judged: ConnectJudged::new(generation, crate::clock::unix_now_i64()),
                 });
                 let resolver = Arc::new(TunnelCertResolver::new(
@@ -542,6 +515,7 @@ impl EgressApp {
                     port: head.port,
                     original: opened.original(),
                     scheme: Scheme::Http,
+                    listener: self.open.clone(),
                     connect_judged: ConnectJudged::new(generation, crate::clock::unix_now_i64()),
                 };
                 self.serve_plain(stream, &early, trail, tunnel, connection, shutdown)

@@ -34,7 +34,7 @@ use pingora::protocols::tls::SslDigest;
 use pingora::proxy::Session;
 use sha2::{Digest, Sha256};
 
-use super::caps::TenantSlot;
+use super::caps::{StreamSlots, TenantSlot};
 use super::conn::{front_conn, ConnFacts, Tunnel};
 use super::decide::{self, with_other_models, Asking, McpTrail, Observer};
 use super::record::{Trail, TunnelMode};
@@ -229,6 +229,8 @@ pub struct HttpGrant {
     /// The provider whose call the destination's path is (its API reads the request and writes
     /// the response), looked up once for the admission and the response's meter.
     pub call_api: Option<&'static dyn Provider>,
+    /// An HTTP/2 stream's slots (see [`Effects::count_stream`]), held until the request ends.
+    pub stream: Option<StreamSlots>,
 }
 
 /// What an admitted tunnel carries.
@@ -264,6 +266,18 @@ pub trait Effects: Send + Sync {
         connection: Option<&ConnFacts>,
         tenant: &TenantId,
     ) -> Result<Option<TenantSlot>, Deny>;
+    /// Counts an HTTP/2 stream (inside `tunnel`, an intercepted one) as a connection of its
+    /// tenant and of the tunnel's listener, for as long as the request holds the slots.
+    ///
+    /// SECURITY (cost axis): each stream holds an upstream connection of its own (upstream
+    /// calls are HTTP/1.1), so a client with a hundred streams on each tunnel would otherwise
+    /// hold a hundred times the connections, descriptors and memory its caps allow, and take
+    /// them from every other tenant.
+    fn count_stream(
+        &self,
+        tunnel: Option<&Tunnel>,
+        tenant: &TenantId,
+    ) -> Result<Option<StreamSlots>, Deny>;
     /// Records a request of a signed run (`run_started` on its first); refuses a closed run.
     async fn sight_run(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny>;
     /// Whether the shared revocation list (beside the snapshot's file) names token id `jti`.
@@ -400,13 +414,20 @@ pub async fn admit(
             return Err(IdentityError::Revoked(Box::new(who)).into());
         }
     }
+    let mut stream = None;
     let connection = match &ask {
         // A request's connection is counted at its first identified request; a tunnel's for as
-        // long as the tunnel is open.
+        // long as the tunnel is open; an HTTP/2 stream's for as long as it is in flight.
         Ask::Http {
             source: BodySource::Session(session),
-            ..
-        } => fx.count_connection(front_conn(session).map(|c| c.context()), &tenant.tenant)?,
+            tunnel,
+        } => match front_conn(session) {
+            Some(conn) => fx.count_connection(Some(conn.context()), &tenant.tenant)?,
+            None => {
+                stream = fx.count_stream(*tunnel, &tenant.tenant)?;
+                None
+            }
+        },
         Ask::Http { .. } => None,
         Ask::Connect { .. } => fx.count_connection(None, &tenant.tenant)?,
     };
@@ -418,7 +439,12 @@ pub async fn admit(
     }
     match ask {
         Ask::Http { source, tunnel } => {
-            admit_http(fx, snapshot, tenant, &who, source, tunnel, trail, observer).await
+            let mut admitted =
+                admit_http(fx, snapshot, tenant, &who, source, tunnel, trail, observer).await?;
+            if let Grant::Http(grant) = &mut admitted.grant {
+                grant.stream = stream;
+            }
+            Ok(admitted)
         }
         Ask::Connect {
             host,
@@ -1016,6 +1042,10 @@ impl Effects for DecideOnly<'_> {
         _: Option<&ConnFacts>,
         _: &TenantId,
     ) -> Result<Option<TenantSlot>, Deny> {
+        Ok(None)
+    }
+
+    fn count_stream(&self, _: Option<&Tunnel>, _: &TenantId) -> Result<Option<StreamSlots>, Deny> {
         Ok(None)
     }
 
