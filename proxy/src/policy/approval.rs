@@ -203,18 +203,21 @@ fn meant_annotation(name: &str, value: &str, marked: bool) -> Option<&'static st
     {
         return Some(known);
     }
-    // A name that asks for a person's approval (`@requires_approval`, `@human_approval`), not
-    // one that records one or waives it (`@approved`, `@preapproved`, `@approval_exempt`).
-    let asks_for_approval = ["approval", "aproval"].iter().any(|a| bare.contains(a))
+    // A name that asks for a person's approval (`@requires_approval`, `@human_approval`,
+    // `@approve`), not one that records one or waives it (`@approved`, `@preapproved`,
+    // `@approval_exempt`).
+    let asks_for_approval = ["approv", "aprov"].iter().any(|a| bare.contains(a))
         && !["exempt", "skip", "waive", "approved", "approvedby"]
             .iter()
             .any(|w| bare.contains(w))
         && !["no", "pre", "auto", "non"]
             .iter()
             .any(|p| bare.starts_with(p));
+    // A bare annotation (`@requires_approval`, whose value is empty) is a flag set.
+    let value = value.trim().to_ascii_lowercase();
     let asks = matches!(
-        value.trim().to_ascii_lowercase().as_str(),
-        "required"
+        value.as_str(),
+        "" | "required"
             | "require"
             | "shadow"
             | "yes"
@@ -226,6 +229,12 @@ fn meant_annotation(name: &str, value: &str, marked: bool) -> Option<&'static st
             | "mandatory"
     );
     if asks_for_approval && asks {
+        return Some("approval");
+    }
+    // A requirement whose value is an approval (`@requires("approval")`,
+    // `@needs("human approval")`).
+    let requirement = ["requires", "require", "needs", "need", "must"].contains(&bare.as_str());
+    if requirement && ["approv", "aprov"].iter().any(|a| value.contains(a)) {
         return Some("approval");
     }
     if marked {
@@ -498,6 +507,15 @@ mod tests {
             (r#"@approval("required") @deciders("legal")"#, "`@approvers`"),
             (r#"@requires_approval("always")"#, "`@approval`"),
             (r#"@requires_approval(" true")"#, "`@approval`"),
+            // Bare flags, other forms of the word, a requirement naming it.
+            (r#"@requires_approval"#, "`@approval`"),
+            (r#"@require_approval"#, "`@approval`"),
+            (r#"@needs_approval"#, "`@approval`"),
+            (r#"@approve("required")"#, "`@approval`"),
+            (r#"@approve("yes")"#, "`@approval`"),
+            (r#"@approve"#, "`@approval`"),
+            (r#"@requires("approval")"#, "`@approval`"),
+            (r#"@needs("human approval")"#, "`@approval`"),
             (r#"@ID("x")"#, "`@id`"),
         ];
         for (annotations, meant) in misspelt {
@@ -528,6 +546,9 @@ mod tests {
             r#"@approval_exempt("yes")"#,
             r#"@approved("yes")"#,
             r#"@security_approved("true")"#,
+            r#"@approved"#,
+            r#"@requires("legal-review-ticket")"#,
+            r#"@description("payments need a person's approval upstream")"#,
         ] {
             let got = rule(&format!("{free} {permit}"));
             assert!(got.is_ok(), "{free}: {got:?}");
