@@ -80,6 +80,38 @@ fn policy_check_warns_about_a_policy_that_can_never_apply() {
     assert!(out.contains("1 warning(s)"), "{out}");
 }
 
+/// A global policy naming a workload the configuration does not have (a typo) never applies:
+/// `policy check --config` and `check` both warn at it, as they do in a tenant's directory,
+/// and neither fails for it.
+#[test]
+fn check_warns_about_a_global_policy_naming_no_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    ProxySpec::default().write_in(dir.path());
+    std::fs::write(
+        dir.path().join("policies/global/typo.cedar"),
+        "@id(\"no-admin-for-the-researcher\")\nforbid (principal == TenantProxy::Workload::\"acme/reseacher\", action == TenantProxy::Action::\"http\", resource)\n  when { context.path like \"/admin*\" };\n",
+    )
+    .unwrap();
+    for args in [
+        &["check", "--config", "tenant-proxy.toml"][..],
+        &[
+            "policy",
+            "check",
+            "policies",
+            "--config",
+            "tenant-proxy.toml",
+        ][..],
+    ] {
+        let (code, out) = proxy_cli(dir.path(), args, "");
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert!(
+            out.contains("`no-admin-for-the-researcher` names workload `reseacher`")
+                && out.contains("never applies"),
+            "{args:?}: {out}"
+        );
+    }
+}
+
 /// A tunnel is never held for approval, so a mark on a permit that allows one (a `connect` or
 /// `connect_opaque` permit, or one with no action in its scope) is a load error, as on a
 /// `forbid`, rather than a hold that silently never happens.

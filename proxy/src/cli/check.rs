@@ -14,11 +14,16 @@ pub(super) fn check(config: &Path) -> ExitCode {
                 snap.tenants.tenants.len(),
                 snap.tenants.routes.len()
             );
+            let policies = std::iter::once(&snap.policy).chain(&snap.shadow_policy);
+            let policy_warnings = policies
+                .flat_map(|engine| engine.warnings())
+                .map(|w| format!("policy: {w}"));
             let warnings = s
                 .admin_token_warning()
                 .into_iter()
                 .chain(crate::app::configuration_warnings(&s, &snap))
-                .chain(s.exposed_binding_warnings());
+                .chain(s.exposed_binding_warnings())
+                .chain(policy_warnings);
             for warning in warnings {
                 eprintln!("warning: {warning}");
             }

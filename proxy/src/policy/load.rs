@@ -408,6 +408,7 @@ fn compile(
     if let Some(v) = &validator {
         validate(v, &global, report);
         warn_unmatchable_literals(&global, report);
+        warn_unknown_global_principals(tenants, &global, report);
     }
     let mut compiled = HashMap::new();
     let mut sources = HashMap::new();
@@ -511,6 +512,7 @@ fn compile(
         mcp_prompt_type: names.mcp_prompt,
         authorizer: Authorizer::new(),
         schema,
+        warnings: Vec::new(),
         sources: Sources {
             dir: dir.to_path_buf(),
             schema: schema_hash?,
@@ -841,12 +843,13 @@ fn list_policy_dir(dir: &Path, report: &mut Report) -> Vec<Listed> {
         if is_cedar(&path) {
             match std::fs::read_to_string(&path) {
                 // SECURITY: an empty file is valid Cedar, and it is also what a file rewritten
-                // in place (`cat new > file`: truncated, then written) holds for a moment. Taken
-                // as it is, a reload in that moment would drop the file's forbids; refused, the
-                // last good policies stay until the file is whole.
-                Ok(text) if text.trim().is_empty() => out.push(Listed::Unreadable(
+                // in place (`cat new > file`: truncated, then written) holds for a moment, or
+                // its header comment alone when the write stopped after it (every shipped file
+                // opens with one). Taken as it is, a reload in that moment would drop the
+                // file's forbids; refused, the last good policies stay until the file is whole.
+                Ok(text) if holds_no_policy(&text) => out.push(Listed::Unreadable(
                     path,
-                    "the file is empty (one being rewritten in place?): delete a policy file to remove its policies, and replace files whole (write another, then rename it over)".into(),
+                    "the file holds no policy, only blanks or comments (one being rewritten in place?): delete a policy file to remove its policies, and replace files whole (write another, then rename it over)".into(),
                 )),
                 Ok(text) => {
                     let hash = content_hash(text.as_bytes());
@@ -858,6 +861,14 @@ fn list_policy_dir(dir: &Path, report: &mut Report) -> Vec<Listed> {
         }
     }
     out
+}
+
+/// Whether `text` is blank lines and `//` comments only (Cedar has no other comments).
+fn holds_no_policy(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with("//")
+    })
 }
 
 /// The files of a listing and their hashes, when every entry was read and none is a
@@ -1063,6 +1074,53 @@ fn warn_unknown_workloads(tenant: &TenantInfo, policies: &[Loaded], report: &mut
             l.id
         );
         warn_at(report, l, &format!("\"{}\"", uid.id().escaped()), message);
+    }
+}
+
+/// Warns about each global policy whose principal no request can be: a workload id that is not
+/// `tenant/workload` (`Workload::"support-bot"`), and, when the configuration names the tenants'
+/// workloads (`--config`, start, reload), a tenant it does not have (`Tenant::"Acme"`) or a
+/// workload its tenant does not have (`acme/reseacher`). A global forbid meant to hold for
+/// them would protect nothing, silently.
+fn warn_unknown_global_principals(
+    tenants: &[TenantInfo],
+    policies: &[Loaded],
+    report: &mut Report,
+) {
+    let configured = tenants.iter().any(|t| !t.workloads.is_empty());
+    for l in policies {
+        let Some(uid) = principal(l) else {
+            continue;
+        };
+        let id = uid.id().unescaped();
+        let never = match uid.type_name().to_string().as_str() {
+            "TenantProxy::Workload" => match id.split_once('/') {
+                None => Some(format!(
+                    "names workload `{id}`, which is no workload's id (they are `tenant/workload`)"
+                )),
+                Some((owner, workload)) if configured => {
+                    match tenants.iter().find(|t| t.id.as_str() == owner) {
+                        None => Some(format!(
+                            "names workload `{id}` of tenant `{owner}`, which the configuration does not have"
+                        )),
+                        Some(t) if !t.workloads.iter().any(|w| w.as_str() == workload) => {
+                            Some(format!(
+                                "names workload `{workload}`, which tenant `{owner}` does not have"
+                            ))
+                        }
+                        Some(_) => None,
+                    }
+                }
+                Some(_) => None,
+            },
+            "TenantProxy::Tenant" if configured => (!tenants.iter().any(|t| t.id.as_str() == id))
+                .then(|| format!("names tenant `{id}`, which the configuration does not have")),
+            _ => None,
+        };
+        if let Some(why) = never {
+            let message = format!("policy `{}` {why}: it never applies", l.id);
+            warn_at(report, l, &format!("\"{}\"", uid.id().escaped()), message);
+        }
     }
 }
 

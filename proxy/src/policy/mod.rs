@@ -273,6 +273,8 @@ pub struct PolicyEngine {
     schema: Schema,
     /// What the load read, for the next reload to reuse what did not change.
     sources: load::Sources,
+    /// The load's warnings (a policy that can never apply, say), as logged.
+    warnings: Vec<String>,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -325,7 +327,15 @@ impl PolicyEngine {
         for w in &checked.warnings {
             tracing::warn!(warning = %w, "policy warning");
         }
-        checked.result
+        checked.result.map(|mut engine| {
+            engine.warnings = checked.warnings.iter().map(ToString::to_string).collect();
+            engine
+        })
+    }
+
+    /// The warnings of the load that built this engine (`tenant-proxy check` prints them).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// What [`Self::reload`] does, returning the warnings instead of logging them.

@@ -515,6 +515,64 @@ fn a_policy_naming_another_tenant_in_a_tenants_directory_warns() {
     assert!(checked.result.is_ok(), "a warning, not a load problem");
 }
 
+/// A global policy whose principal no request can be is warned at: a workload id without its
+/// tenant, and, when the configuration names the tenants' workloads, a tenant or a workload it
+/// does not have. Without them (`policy check DIR`), only what the ids alone show.
+#[test]
+fn a_global_policy_naming_no_tenant_or_workload_warns() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::copy(SCHEMA, dir.join("schema.cedarschema")).expect("schema");
+    std::fs::create_dir_all(dir.join("tenants")).expect("mkdir");
+    write(
+        dir,
+        "global/base.cedar",
+        &format!(
+            "{GLOBAL}\n\
+             @id(\"typo\")\nforbid (principal == TenantProxy::Workload::\"acme/reseacher\", action == TenantProxy::Action::\"http\", resource);\n\
+             @id(\"case\")\nforbid (principal in TenantProxy::Tenant::\"Acme\", action == TenantProxy::Action::\"http\", resource);\n\
+             @id(\"no-tenant\")\nforbid (principal == TenantProxy::Workload::\"support-bot\", action == TenantProxy::Action::\"http\", resource);\n\
+             @id(\"gone\")\nforbid (principal == TenantProxy::Workload::\"initech/bot\", action == TenantProxy::Action::\"http\", resource);\n\
+             @id(\"fine\")\nforbid (principal == TenantProxy::Workload::\"acme/bot\", action == TenantProxy::Action::\"http\", resource) when {{ context.host == \"x\" }};\n\
+             @id(\"fine-tenant\")\nforbid (principal in TenantProxy::Tenant::\"globex\", action == TenantProxy::Action::\"http\", resource) when {{ context.host == \"x\" }};\n"
+        ),
+    );
+    let never = |tenants: &[TenantInfo]| {
+        let checked = PolicyEngine::check(dir, tenants);
+        assert!(checked.result.is_ok(), "{:?}", checked.result.err());
+        let mut ids: Vec<String> = checked
+            .warnings
+            .iter()
+            .filter(|w| w.message.contains("never applies"))
+            .map(|w| {
+                let id = w.message.split('`').nth(1).unwrap_or_default();
+                format!("{id}@{}", w.line.unwrap_or(0))
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    let configured = vec![
+        tenant("acme", "pro", &["bot"]),
+        tenant("globex", "free", &["agent"]),
+    ];
+    // The policies follow the global ones and a blank line, two lines each (`@id`, then the
+    // principal), warned at the principal's id.
+    let base = GLOBAL.lines().count() + 1;
+    let line = |n: usize| base + 2 + 2 * n;
+    assert_eq!(
+        never(&configured),
+        [
+            format!("case@{}", line(1)),
+            format!("gone@{}", line(3)),
+            format!("no-tenant@{}", line(2)),
+            format!("typo@{}", line(0)),
+        ]
+    );
+    let from_dirs = vec![tenant("acme", "", &[]), tenant("globex", "", &[])];
+    assert_eq!(never(&from_dirs), [format!("no-tenant@{}", line(2))]);
+}
+
 /// A policy that can never apply for a reason `check` can see is warned at: a workload its
 /// tenant does not have, and a host, scheme or method compared in a case no request has (hosts
 /// and schemes are lower case, methods upper case, when policies see them). The same in the

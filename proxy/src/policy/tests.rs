@@ -480,7 +480,13 @@ fn load_problems_are_reported_with_location() {
             // What a file rewritten in place holds for a moment: never taken for "no policies".
             "empty file",
             &[("global/a.cedar", "@id(\"x\") permit (principal, HTTP, resource);"), ("tenants/acme/f.cedar", " \n")],
-            &["tenants/acme/f.cedar: cannot read: the file is empty"],
+            &["tenants/acme/f.cedar: cannot read: the file holds no policy"],
+        ),
+        (
+            // The same, stopped after the file's header comment.
+            "comments only",
+            &[("global/a.cedar", "@id(\"x\") permit (principal, HTTP, resource);"), ("tenants/acme/f.cedar", "// acme's forbids\n  // reviewed by security\n\n")],
+            &["tenants/acme/f.cedar: cannot read: the file holds no policy"],
         ),
         (
             "template",
