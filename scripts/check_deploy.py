@@ -537,6 +537,61 @@ def catalogue(rs_path):
     return out
 
 
+def histogram_buckets(rs_path):
+    """{histogram name: its finite bucket bounds} from proxy/src/metrics.rs: a `.buckets(vec![…])`
+    or `.buckets(NAME)` after the histogram's name, NAME a `let NAME = vec![…];` of the file."""
+    src = open(rs_path, encoding="utf-8").read()
+    lists = {name: body for name, body in
+             re.findall(r'let ([a-z_]+) = vec!\[([^\]]*)\];', src)}
+    out = {}
+    for name, given in re.findall(
+            r'HistogramOpts::new\(\s*"(tenant_proxy_[a-z0-9_]+)".*?\.buckets\(\s*'
+            r'(vec!\[[^\]]*\]|[a-z_]+)', src, re.S):
+        body = given[len("vec!["):-1] if given.startswith("vec![") else lists.get(given)
+        if body is None:
+            continue
+        out[name] = sorted(float(b.replace("_", "")) for b in re.findall(r'[0-9][0-9_.]*', body))
+    return out
+
+
+def quantiles_compared_above(expr):
+    """(histogram, threshold) of each `histogram_quantile(…) > N` (or `>=`) in `expr`."""
+    out = []
+    for start in (m.end() for m in re.finditer(r'histogram_quantile\(', expr)):
+        depth, end = 1, start
+        while end < len(expr) and depth:
+            depth += {"(": 1, ")": -1}.get(expr[end], 0)
+            end += 1
+        inner = re.search(r'\b(tenant_proxy_[a-z0-9_]+)_bucket\b', expr[start:end])
+        above = re.match(r'\s*>=?\s*([0-9.]+)', expr[end:])
+        if inner and above:
+            out.append((inner.group(1), float(above.group(1))))
+    return out
+
+
+def check_buckets(rules_path, rules, buckets):
+    """An alert on a quantile above the largest finite bucket never fires (a quantile past it
+    reads as that bucket), and a test series with a bucket the proxy does not export tests
+    another histogram than the one the proxy has."""
+    for rule in rules:
+        for name, threshold in quantiles_compared_above(rule["expr"]):
+            if name in buckets and threshold >= buckets[name][-1]:
+                problem(f"{rules_path}: {rule.get('alert') or rule.get('record')}",
+                        f"compares a quantile of `{name}` with {threshold:g}, but its largest "
+                        f"finite bucket is {buckets[name][-1]:g}: it can never be above that")
+    tests_path = re.sub(r"\.yml$", "_test.yml", rules_path)
+    if not os.path.exists(tests_path):
+        return
+    for test in yaml.safe_load(open(tests_path, encoding="utf-8"))["tests"]:
+        for series in test.get("input_series", []):
+            m = re.match(r'(tenant_proxy_[a-z0-9_]+)_bucket\{.*\ble="([^"]+)"', series["series"])
+            if not m or m.group(1) not in buckets or m.group(2) == "+Inf":
+                continue
+            if float(m.group(2)) not in buckets[m.group(1)]:
+                problem(tests_path, f"`{m.group(1)}` has no bucket le=\"{m.group(2)}\" "
+                        f"(it has {', '.join(f'{b:g}' for b in buckets[m.group(1)])}, +Inf)")
+
+
 METRIC = re.compile(r'\b(tenant_proxy_[a-z0-9_]+)\b(\{[^}]*\})?')
 LABEL_NAMES_IN_SELECTOR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)')
 GROUPING = re.compile(r'\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)')
@@ -594,14 +649,20 @@ def check_metrics(rs_path, promtool, rule_files, dashboards):
     metrics = catalogue(rs_path)
     if len(metrics) < 20:
         problem(rs_path, f"found only {len(metrics)} metrics: the catalogue parser is out of date")
+    buckets = histogram_buckets(rs_path)
+    if len(buckets) < 4:
+        problem(rs_path, f"found buckets of only {len(buckets)} histograms: the parser is out of date")
     for path in rule_files:
         alerts = set()
+        rules = []
         for group in yaml.safe_load(open(path, encoding="utf-8"))["groups"]:
             for rule in group["rules"]:
                 check_expr(f"{path}: {rule.get('alert') or rule.get('record')}", rule["expr"], metrics)
+                rules.append(rule)
                 if "alert" in rule:
                     alerts.add(rule["alert"])
         check_alert_tests(path, alerts)
+        check_buckets(path, rules, buckets)
     exprs = []
     for path in dashboards:
         dash = json.load(open(path, encoding="utf-8"))

@@ -134,8 +134,12 @@ const TENANT_NONE: &str = "none";
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
+    // Up to five minutes: LLM calls (a long generation, a reasoning model) take a minute or
+    // more, and a p99 above the largest bucket reads as that bucket (an alert on it could
+    // never fire).
     let latency_buckets = vec![
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0, 120.0, 300.0,
     ];
     let m = Metrics {
         requests: IntCounterVec::new(
