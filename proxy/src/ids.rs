@@ -9,13 +9,27 @@ use std::str::FromStr;
 
 /// Why a string is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{value}` is not a valid {kind}: use 1-63 characters from a-z, 0-9, `-` and `_`, starting with a letter or digit")]
+#[error("`{value}` is not a valid {kind}: {why}")]
 pub struct InvalidId {
     kind: &'static str,
     value: String,
+    why: &'static str,
 }
 
-fn validate(kind: &'static str, value: &str) -> Result<(), InvalidId> {
+/// The tenant that metrics and log lines name a caller not identified yet (its refusals, the
+/// audit queue's refusals before the tenant is known): no tenant may have it, or its series and
+/// lines would merge with every unidentified caller's.
+pub const TENANT_NONE: &str = "none";
+
+fn validate(kind: &'static str, value: &str, reserved: &[&str]) -> Result<(), InvalidId> {
+    if reserved.contains(&value) {
+        return Err(InvalidId {
+            kind,
+            value: value.into(),
+            why:
+                "the name is reserved: metrics and log lines name callers not identified yet `none`",
+        });
+    }
     let bytes = value.as_bytes();
     let ok = !bytes.is_empty()
         && bytes.len() <= 63
@@ -30,12 +44,13 @@ fn validate(kind: &'static str, value: &str) -> Result<(), InvalidId> {
         Err(InvalidId {
             kind,
             value: value.chars().take(64).collect(),
+            why: "use 1-63 characters from a-z, 0-9, `-` and `_`, starting with a letter or digit",
         })
     }
 }
 
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, reserved: $reserved:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(Box<str>);
@@ -43,7 +58,7 @@ macro_rules! id_type {
         impl $name {
             /// Validates and wraps `value`.
             pub fn new(value: &str) -> Result<Self, InvalidId> {
-                validate($kind, value)?;
+                validate($kind, value, $reserved)?;
                 Ok(Self(value.into()))
             }
 
@@ -114,12 +129,14 @@ pub fn valid_run_id(s: &str) -> bool {
 id_type!(
     /// A tenant: the customer account every request is attributed to.
     TenantId,
-    "tenant id"
+    "tenant id",
+    reserved: &[TENANT_NONE]
 );
 id_type!(
     /// A workload within a tenant: one agent deployment (a sidecar, a service account).
     WorkloadId,
-    "workload id"
+    "workload id",
+    reserved: &[]
 );
 
 #[cfg(test)]
@@ -144,6 +161,12 @@ mod tests {
         ] {
             assert!(TenantId::new(bad).is_err(), "{bad}");
         }
+        // The name metrics and logs give callers not identified yet is no tenant's; a workload
+        // may have it.
+        let reserved = TenantId::new(TENANT_NONE).expect_err("reserved");
+        assert!(reserved.to_string().contains("reserved"), "{reserved}");
+        assert!(TenantId::new("none2").is_ok());
+        assert!(WorkloadId::new(TENANT_NONE).is_ok());
     }
 
     #[test]

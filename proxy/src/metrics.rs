@@ -130,7 +130,7 @@ pub struct Metrics {
     pub approval_decision_duration: HistogramVec,
 }
 
-const TENANT_NONE: &str = "none";
+use crate::ids::TENANT_NONE;
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
