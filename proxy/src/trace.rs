@@ -14,7 +14,8 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// Continues `traceparent` when it is valid version-00 syntax, else starts a new trace.
+    /// Continues `traceparent` when it is valid (version 00, or a later version read as 00
+    /// reads it, as W3C Trace Context asks), else starts a new trace.
     pub fn continue_or_start(traceparent: Option<&[u8]>) -> Self {
         if let Some((trace_id, parent, flags)) = traceparent.and_then(parse_traceparent) {
             return Self {
@@ -54,8 +55,11 @@ fn parse_traceparent(value: &[u8]) -> Option<(String, String, u8)> {
     let hex = |p: &str, len: usize| {
         p.len() == len && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     };
-    if version != "00"
-        || parts.next().is_some()
+    // A later version may add fields after these four (read as 00 reads them); `ff` is no
+    // version, and version 00 has exactly four.
+    if !hex(version, 2)
+        || version == "ff"
+        || (version == "00" && parts.next().is_some())
         || !hex(trace_id, 32)
         || !hex(parent, 16)
         || !hex(flags, 2)
@@ -100,9 +104,23 @@ mod tests {
             );
         }
 
+        // A later version is read as version 00 reads it, whatever fields follow.
+        for later in [
+            &b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..],
+            b"cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next",
+        ] {
+            let t = TraceContext::continue_or_start(Some(later));
+            assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+            assert!(t
+                .traceparent()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        }
+
         for bad in [
             &b"garbage"[..],
-            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
         ] {

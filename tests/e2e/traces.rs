@@ -336,3 +336,48 @@ fn an_unsampled_callers_trace_is_continued_but_not_exported() {
     assert!(origin.matching("/acme/s")[0].headers["traceparent"]
         .starts_with("00-11111111111111111111111111111111-"));
 }
+
+/// W3C trace context as a caller sends it, with no collector: a valid `traceparent` is
+/// continued with its `tracestate`; an invalid one (or two of them) starts a new trace, and the
+/// caller's `tracestate`, which belonged to it, is not sent on.
+#[test]
+fn a_trace_started_anew_drops_the_callers_tracestate() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let valid = format!("traceparent: 00-{trace_id}-00f067aa0ba902b7-01\r\n");
+    let cases = [
+        ("valid", valid.clone(), true),
+        (
+            "upper case",
+            "traceparent: 00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01\r\n".into(),
+            false,
+        ),
+        ("garbage", "traceparent: not-a-trace\r\n".into(), false),
+        ("two of them", format!("{valid}{valid}"), false),
+    ];
+    for (i, (name, traceparent, continued)) in cases.into_iter().enumerate() {
+        let path = format!("/acme/trace-{i}");
+        let r = raw_request(
+            proxy.sidecar_port,
+            &format!(
+                "GET http://127.0.0.1:{port}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{traceparent}tracestate: vendor=opaque\r\nConnection: close\r\n\r\n",
+                port = origin.port
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{name}: {}", r.body_text());
+        let seen = &origin.matching(&path)[0];
+        let sent = seen.headers["traceparent"].clone();
+        assert_eq!(
+            sent.split('-').nth(1) == Some(trace_id),
+            continued,
+            "{name}: {sent}"
+        );
+        assert_eq!(
+            seen.headers.get("tracestate").map(String::as_str),
+            continued.then_some("vendor=opaque"),
+            "{name}"
+        );
+    }
+}

@@ -130,6 +130,11 @@ pub fn upstream_request(
         upstream.remove_header(&BAGGAGE);
     }
     upstream.insert_header("traceparent", admitted.tenant.trace.traceparent())?;
+    // A `tracestate` belongs to the `traceparent` it came with: a trace started anew (none came,
+    // or one that was not valid) starts without the caller's vendor entries (W3C Trace Context).
+    if admitted.tenant.trace.parent_span_id.is_none() {
+        upstream.remove_header("tracestate");
+    }
     // LLM responses are metered as they stream, MCP lists filtered and echoed secrets scrubbed:
     // each needs the bytes as sent, so the upstream is asked for no compression (without
     // `Accept-Encoding` it could pick any), and a WebSocket for no extension (permessage-deflate

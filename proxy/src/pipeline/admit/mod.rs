@@ -390,7 +390,12 @@ pub async fn admit(
             Ask::Connect { header, ssl, .. } => (*header, *ssl),
         };
         let (who, refusal) = identify(caller, header, ssl, &snapshot)?;
-        let traceparent = header.headers.get("traceparent").map(|v| v.as_bytes());
+        // Two `traceparent` headers are no trace context (W3C: invalid), not the first one.
+        let mut sent = header.headers.get_all("traceparent").iter();
+        let traceparent = match (sent.next(), sent.next()) {
+            (Some(one), None) => Some(one.as_bytes()),
+            _ => None,
+        };
         let tenant = TenantContext::new(who.clone(), trail.request_id.clone(), traceparent);
         (who, Arc::new(tenant), refusal)
     };
