@@ -67,6 +67,8 @@ pub struct Metrics {
     /// Process log lines dropped because the log writer was behind (copied from the writer's
     /// own count when the metrics are rendered).
     pub log_lines_dropped: IntCounter,
+    /// Spans in exports to the trace collector that failed (refused, timed out, unreachable).
+    pub trace_spans_unexported: IntCounter,
     /// Refusal lines left out of the process log (one per tenant and reason per second).
     pub log_lines_suppressed: IntCounter,
     /// Admissions decided on local counters because the shared backend was unreachable.
@@ -283,6 +285,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tenant_proxy_log_lines_dropped_total",
             "Process log lines dropped because the log writer was behind",
         )?,
+        trace_spans_unexported: IntCounter::new(
+            "tenant_proxy_trace_spans_unexported_total",
+            "Spans in exports the trace collector refused, did not answer in time, or could not be reached for",
+        )?,
         log_lines_suppressed: IntCounter::new(
             "tenant_proxy_log_lines_suppressed_total",
             "Refusal lines left out of the process log: each worker logs one per tenant and reason per second (every refusal is audited)",
@@ -485,6 +491,7 @@ fn collectors(m: &Metrics) -> Vec<Box<dyn prometheus::core::Collector>> {
         Box::new(m.llm_hosted_tool_calls.clone()),
         Box::new(m.limiter_errors.clone()),
         Box::new(m.log_lines_dropped.clone()),
+        Box::new(m.trace_spans_unexported.clone()),
         Box::new(m.log_lines_suppressed.clone()),
         Box::new(m.limiter_fallback.clone()),
         Box::new(m.limiter_fallback_active.clone()),

@@ -381,3 +381,59 @@ fn a_trace_started_anew_drops_the_callers_tracestate() {
         );
     }
 }
+
+/// A collector that cannot be reached loses spans, and says so: counted in
+/// `tenant_proxy_trace_spans_unexported_total` and logged once (by kind and address, never the
+/// endpoint's URL), while requests are served as before.
+#[test]
+fn spans_a_collector_does_not_take_are_counted_and_logged() {
+    let origin = Origin::start();
+    let nothing_there = HeldPort::closed().unwrap();
+    let mut spec = ProxySpec::default();
+    spec.config.tracing = Some(config::Tracing {
+        otlp_endpoint: format!("http://127.0.0.1:{}/v1/traces", nothing_there.port),
+        service_name: None,
+    });
+    spec.env
+        .push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    let proxy = Proxy::start(spec);
+    for i in 0..3 {
+        let r = raw_request(
+            proxy.sidecar_port,
+            &format!(
+                "GET http://127.0.0.1:{port}/acme/lost-{i} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n",
+                port = origin.port
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let unexported = loop {
+        let metrics = proxy.metrics();
+        let n = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("tenant_proxy_trace_spans_unexported_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if n >= 3 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(unexported >= 3, "{unexported} spans counted as unexported");
+    let log = proxy.log();
+    assert_eq!(
+        log.matches("cannot export traces").count(),
+        1,
+        "logged once while it fails: {log}"
+    );
+    assert!(
+        log.contains(&format!("127.0.0.1:{}", nothing_there.port)),
+        "{log}"
+    );
+    assert!(
+        !log.contains("/v1/traces"),
+        "the error's kind, not its text: {log}"
+    );
+}

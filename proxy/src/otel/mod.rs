@@ -14,6 +14,7 @@
 
 pub mod settings;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
@@ -23,7 +24,8 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 
 pub use settings::{TracingSettings, TracingSpec};
@@ -47,6 +49,14 @@ pub fn init(settings: &TracingSettings) -> anyhow::Result<()> {
         .with_timeout(settings.timeout)
         .with_headers(Default::default())
         .build()?;
+    let collector = settings
+        .collector()
+        .map(|(host, port)| format!("{host}:{port}"));
+    let exporter = Reporting {
+        inner: exporter,
+        collector: collector.unwrap_or_default(),
+        failing: AtomicBool::new(false),
+    };
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(
@@ -62,6 +72,56 @@ pub fn init(settings: &TracingSettings) -> anyhow::Result<()> {
         tracing::info!(%host, port, "exporting traces over OTLP/HTTP");
     }
     Ok(())
+}
+
+/// The OTLP exporter, its failures counted (`tenant_proxy_trace_spans_unexported_total`) and
+/// logged when exports start failing and when they work again: the SDK reports them only
+/// through its own internal log, which this build leaves out, so a collector that refuses,
+/// hangs or is gone lost every span unseen. Only the error's kind and the collector's host and
+/// port are logged, never the error's text (it may quote the endpoint's URL).
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    collector: String,
+    failing: AtomicBool,
+}
+
+impl<E: SpanExporter> SpanExporter for Reporting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(collector = %self.collector, "trace export works again");
+                }
+            }
+            Err(e) => {
+                crate::metrics::METRICS.trace_spans_unexported.inc_by(spans);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    let kind = match e {
+                        OTelSdkError::AlreadyShutdown => "already shut down",
+                        OTelSdkError::Timeout(_) => "timed out",
+                        OTelSdkError::InternalFailure(_) => "refused or unreachable",
+                    };
+                    tracing::warn!(collector = %self.collector, error = kind, "cannot export traces; spans are lost until the collector takes them again (tenant_proxy_trace_spans_unexported_total)");
+                }
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: std::time::Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&mut self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// Whether spans are exported at all (callers skip building one when not).
