@@ -131,6 +131,7 @@ pub fn run(
     ready_file: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     pingora::tls::install_default_crypto_provider();
+    keep_secrets_out_of_core_dumps()?;
     survive_file_size_limit()?;
     if let Some(path) = ready_file {
         // A file left by an earlier run must never pass for this one's.
@@ -547,6 +548,19 @@ pub fn configuration_warnings(config: &StaticConfig, snapshot: &Snapshot) -> Vec
     .chain(config.readable_secret_warnings())
     .chain(snapshot.readable_secret_warnings())
     .collect()
+}
+
+/// SECURITY (secrets): the process holds every tenant's secrets (credential values, the
+/// interception CA's key, the audit signing key, tokens it obtained). A crash with core dumps on
+/// (`ulimit -c`, systemd-coredump, a container runtime's default) would write them all to disk,
+/// and a process of the same user could read its memory (`/proc/PID/mem`, `ptrace`). So the
+/// process is made non-dumpable (no core file; `/proc/PID/mem`, `environ` and `ptrace` for root
+/// or `CAP_SYS_PTRACE` only), and its core file size limit is set to 0, before any secret is
+/// loaded. Failing either, the start fails.
+fn keep_secrets_out_of_core_dumps() -> anyhow::Result<()> {
+    use nix::sys::resource::{setrlimit, Resource};
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).context("setting the core file size limit to 0")?;
+    nix::sys::prctl::set_dumpable(false).context("making the process non-dumpable")
 }
 
 /// SECURITY (isolation): under a file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) the

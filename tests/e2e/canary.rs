@@ -705,3 +705,22 @@ fn a_malformed_echo_at_the_default_level_logs_what_failed_and_no_secret() {
         "the log holds the canary ({found:?}):\n{log}"
     );
 }
+
+/// The process holds every tenant's secrets: it writes no core file (its core size limit is 0,
+/// however it was started), so a crash cannot put them on disk.
+#[test]
+fn a_crash_cannot_write_the_secrets_to_a_core_file() {
+    let proxy = Proxy::start(ProxySpec {
+        command_prefix: ["prlimit", "--core=unlimited:unlimited", "--"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "soft and hard: {core}");
+}
