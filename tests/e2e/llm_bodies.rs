@@ -235,6 +235,19 @@ fn the_model_a_job_names_is_decided() {
     );
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(env.origin.count(), 1);
+    // The model a path addresses is for policy and the record: work the tenant lets through
+    // unmetered (a long-running generation) and a token count (free) are not priced by it, so
+    // a model the price table does not have is no refusal.
+    for path in [
+        "/v1/models/gpt-4o-mini-video-preview:predictLongRunning",
+        "/v1/models/gpt-4o-mini-video-preview:countTokens",
+    ] {
+        let r = post(&env, Way::ForwardTo(path), br#"{"instances":[]}"#, json);
+        assert_eq!(r.status, 200, "{path}: {}", r.body_text());
+        let record = env.proxy.audit_record("globex", &r.request_id());
+        assert_eq!(record["model"], "gpt-4o-mini-video-preview", "{record}");
+    }
+    assert_eq!(env.origin.count(), 3);
 }
 
 #[test]

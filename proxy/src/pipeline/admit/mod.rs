@@ -656,6 +656,8 @@ async fn admit_http(
         trail.bytes_in = read.body.len() as u64;
         grant.body = Some(BufferedBody(read.body));
     }
+    // The model the call is planned (reserved and priced) by, when it is not the one policy sees.
+    let mut planned_with: Option<Option<String>> = None;
     // SECURITY: a provider that names the model in the path (an Azure OpenAI deployment, Gemini,
     // Bedrock) serves that model whatever the body names, so the agent could name a cheaper or
     // allowed one there: the path's model (an Azure deployment's mapped model, else its name)
@@ -665,7 +667,10 @@ async fn admit_http(
     } else if let Some(model) = registry::model_from_path(&destination.upstream_path) {
         trail.model = Some(model);
     } else if let Some(model) = registry::model_addressed(&destination) {
-        trail.model = Some(model);
+        // For policy and the record only: such a request is work the proxy does not meter
+        // (a job, a prediction) or a free one (a token count), planned as before, by what its
+        // body names.
+        planned_with = Some(trail.model.replace(model));
     } else if let Some(named) =
         registry::model_from_query(&destination.upstream_path).map_err(Deny::BadRequest)?
     {
@@ -750,7 +755,10 @@ async fn admit_http(
     let applied = decide_credentials(fx, &asking, header, &grant, named, &mut uses).await?;
     let credential_permits = uses.into_ids();
     let call = CallFacts {
-        model: trail.model.as_deref(),
+        model: match &planned_with {
+            Some(body_model) => body_model.as_deref(),
+            None => trail.model.as_deref(),
+        },
         fallback_models: &fallback_models,
         max_output_tokens: grant.max_output_tokens,
         choices: grant.choices,
