@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
+use tenant_proxy_loadtest::tls::TestCa;
 
 /// The default spec with the route `up` (`/up/`) to `origin`.
 fn with_route(origin: &Origin) -> ProxySpec {
@@ -762,4 +763,59 @@ fn a_trailer_field_is_not_passed_on_for_trailers_that_never_come() {
     assert_eq!(r.body_text(), "hello");
     assert_eq!(r.header("trailer"), None, "{:?}", r.headers);
     assert_eq!(r.header("grpc-status"), None, "{:?}", r.headers);
+}
+
+/// A host with `_` cannot be verified over TLS (no certificate may name it), and pingora would
+/// verify the name with its first `_` turned into `-`, another host: such an upstream is
+/// refused `upstream_tls` before any byte is sent, even when that other host's certificate is
+/// what answers.
+#[test]
+fn an_upstream_name_with_an_underscore_is_never_verified_as_another() {
+    let ca = TestCa::new("e2e underscore origin CA").unwrap();
+    let origin = Origin::start_tls(&ca.server(&["api-x.t.test"]).unwrap());
+    let mut spec = ProxySpec::default();
+    for host in ["api_x.t.test", "api-x.t.test"] {
+        spec.config
+            .egress
+            .hosts
+            .insert(host.into(), vec!["127.0.0.1".into()]);
+        let name = host.replace('.', "-");
+        spec.tenants.routes.push(config::Route::new(
+            &name,
+            &format!("/{name}/"),
+            format!("https://{host}:{}/", origin.port),
+        ));
+    }
+    spec.config.upstream.extra_ca_files = vec!["origin-ca.pem".into()];
+    let ca_pem = ca.cert_pem.clone();
+    let proxy = Proxy::start_prepared(spec, |dir| {
+        std::fs::write(dir.join("origin-ca.pem"), &ca_pem).unwrap();
+        std::fs::write(
+            dir.join("policies/global/t-test.cedar"),
+            "@id(\"t-test\")\npermit (principal, action == TenantProxy::Action::\"http\", resource)\nwhen { context.host like \"*.t.test\" };\n",
+        )
+        .unwrap();
+    });
+    let get = |route: &str| {
+        raw_request(
+            proxy.sidecar_port,
+            &format!("GET /{route}/acme/x HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap()
+    };
+    // The certificate's own name is served.
+    let r = get("api-x-t-test");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(origin.count(), 1);
+    // The name with `_` is refused, and nothing reaches the origin.
+    let r = get("api_x-t-test");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (502, "upstream_tls"),
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(origin.count(), 1, "nothing was sent to the other host");
+    let record = proxy.audit_record("acme", &r.request_id());
+    assert_eq!(record["reason"], "upstream_tls", "{record}");
 }

@@ -656,6 +656,12 @@ async fn drain_body(session: &mut Session, max: usize) {
     }
 }
 
+/// Whether pingora's TLS connector verifies an upstream certificate against `host` itself: not
+/// for an empty name (verification off) or one with `_` (its first label's is rewritten to `-`).
+fn sni_verifies_as_given(host: &str) -> bool {
+    !host.is_empty() && !host.contains('_')
+}
+
 /// `HTTP2-Settings`, which only an `h2c` upgrade sends.
 const HTTP2_SETTINGS: http::HeaderName = http::HeaderName::from_static("http2-settings");
 
@@ -935,6 +941,19 @@ impl ProxyHttp for TenantProxy {
                 "upstream_peer reached without a checked address",
             ));
         };
+        // SECURITY: pingora's TLS connector verifies the certificate against the name it is
+        // given with the first label's `_` turned into `-` (and sends that as SNI), so a host
+        // `api_x.example.com` would accept a certificate for `api-x.example.com`, another host,
+        // with the tenant's secret substituted; and an empty name turns verification off. No
+        // certificate can name a host with `_` (CA/Browser Forum rules), so such a host cannot
+        // be verified: refused as a certificate that cannot be, before any byte is sent.
+        if tls && !sni_verifies_as_given(&dest.host) {
+            ctx.trail.refuse(Deny::UpstreamTls);
+            return Err(Error::explain(
+                ErrorType::TLSHandshakeFailure,
+                "an upstream name no certificate can name",
+            ));
+        }
         let mut peer = HttpPeer::new(addr, tls, dest.host.clone());
         peer.group_key = upstream_pool_key(&admitted.tenant.tenant);
         let up = &self.shared.config.upstream;
