@@ -323,6 +323,11 @@ pub fn run(
         tracing::info!(%addr, "approvals API listening");
     }
 
+    server.add_service(pingora::services::background::background_service(
+        "secret echoes",
+        EchoSweeper(handle.clone()),
+    ));
+
     if let Some(path) = ready_file {
         write_ready_file(path, &static_config)?;
     }
@@ -479,6 +484,25 @@ impl pingora::services::background::BackgroundService for HoldsShutdown {
         // A value that was already true counts (`wait_for` checks it first).
         let _ = shutdown.wait_for(|stopping| *stopping).await;
         self.0.shut_down();
+    }
+}
+
+/// Sweeps the values responses are scrubbed of (see [`crate::credentials::echoes::Echoes::sweep`]):
+/// SECURITY: a rotated-out secret (or a replaced token) leaves memory once its window has
+/// passed, not at its tenant's next rotation.
+struct EchoSweeper(Arc<SnapshotHandle>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for EchoSweeper {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let every = crate::credentials::echoes::SWEEP_EVERY;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.0.echoes.sweep(std::time::Instant::now()),
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 

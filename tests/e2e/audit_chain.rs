@@ -127,8 +127,18 @@ fn rotating_spec() -> ProxySpec {
 }
 
 fn keygen(config_dir: &Path) -> PathBuf {
-    let (code, out) = proxy_cli(config_dir, &["audit", "keygen", "--out", "keys"], "");
-    assert_eq!(code, 0, "{out}");
+    // Under a umask that lets everyone in: the key's directory and file are the owner's alone.
+    let made = std::process::Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" audit keygen --out keys"])
+        .arg(proxy_bin())
+        .current_dir(config_dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&config_dir.join("keys")), 0o700);
+    assert_eq!(mode(&config_dir.join("keys/audit-signing-key.pem")), 0o600);
     let public = walk(&config_dir.join("keys"))
         .into_iter()
         .find(|p| p.extension().is_some_and(|e| e == "pub"))

@@ -242,8 +242,13 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
         }
         AuditCommand::Keygen { out } => {
             let (signer, pem) = checkpoint::Signer::generate()?;
-            std::fs::create_dir_all(&out)
-                .with_context(|| format!("creating `{}`", out.display()))?;
+            // The directory holds the signing key: not open to others, whatever the umask.
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(&out)
+            .with_context(|| format!("creating `{}`", out.display()))?;
             let key_path = out.join("audit-signing-key.pem");
             if key_path.exists() {
                 anyhow::bail!("`{}` exists; not overwriting a key", key_path.display());

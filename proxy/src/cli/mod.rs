@@ -196,7 +196,9 @@ pub(crate) fn lock_for_edit(file: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// Writes a private key file, readable by its owner only (mode 0600).
+/// Writes a private key file, readable by its owner only (mode 0600), durably: the file and its
+/// directory entry are synced before it returns, so a crash or power loss right after (between
+/// writing a new master key and the vault sealed with it, say) cannot leave an empty key.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -216,5 +218,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
             _ => anyhow::Error::new(e).context(format!("creating `{}`", path.display())),
         })?;
     f.write_all(bytes)?;
+    f.sync_all()
+        .with_context(|| format!("syncing `{}`", path.display()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing the directory `{}`", dir.display()))?;
     Ok(())
 }

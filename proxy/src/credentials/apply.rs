@@ -474,7 +474,7 @@ pub fn apply(
             });
         }
         if let Cow::Owned(new) = current {
-            out.body = Some(Bytes::from(new));
+            out.body = Some(handle::wiped_bytes(new));
         }
     }
     Ok(out)
@@ -517,12 +517,10 @@ fn apply_headers(
                 }
                 // Only escapes (`$$CRED{`): unescape every value.
                 for value in values {
-                    let replaced = Zeroizing::new(
-                        resolver
-                            .substitute(value.as_bytes(), Position::Header, Encoding::Raw)?
-                            .into_owned(),
-                    );
-                    set_headers.push((name.clone(), sensitive_value(&replaced)?));
+                    let replaced = resolver
+                        .substitute(value.as_bytes(), Position::Header, Encoding::Raw)?
+                        .into_owned();
+                    set_headers.push((name.clone(), sensitive_value(replaced)?));
                 }
             }
             if managed && !marked && name == http::header::SEC_WEBSOCKET_PROTOCOL {
@@ -564,13 +562,10 @@ fn apply_headers(
                 // A handle (or, toward an unmanaged destination, a handle with a literal, which
                 // the handle's binding refuses).
                 Holding::Literal | Holding::Handle => {
-                    // The substituted copy is wiped once the header value holds it.
-                    let replaced = Zeroizing::new(
-                        resolver
-                            .substitute(value.as_bytes(), Position::Header, Encoding::Raw)?
-                            .into_owned(),
-                    );
-                    set_headers.push((name.clone(), sensitive_value(&replaced)?));
+                    let replaced = resolver
+                        .substitute(value.as_bytes(), Position::Header, Encoding::Raw)?
+                        .into_owned();
+                    set_headers.push((name.clone(), sensitive_value(replaced)?));
                 }
             }
         }
@@ -581,8 +576,11 @@ fn apply_headers(
 /// A header value that holds a secret, marked sensitive: HTTP/2 then never adds it to the HPACK
 /// table (where it would outlive the request and shape later headers' compression), and its
 /// `Debug` form is redacted.
-fn sensitive_value(bytes: &[u8]) -> Result<HeaderValue, CredentialDeny> {
-    let mut v = HeaderValue::from_bytes(bytes).map_err(|_| CredentialDeny::Malformed("header"))?;
+/// A header value holding a substituted secret: it holds the bytes themselves (no copy), wiped
+/// once the last reference to the value is dropped (see [`handle::wiped_bytes`]).
+fn sensitive_value(bytes: Vec<u8>) -> Result<HeaderValue, CredentialDeny> {
+    let mut v = HeaderValue::from_maybe_shared(handle::wiped_bytes(bytes))
+        .map_err(|_| CredentialDeny::Malformed("header"))?;
     v.set_sensitive(true);
     Ok(v)
 }

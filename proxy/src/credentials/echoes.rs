@@ -35,6 +35,9 @@ use crate::ids::TenantId;
 /// for in responses. A replaced access token is looked for until it expires, at most as long.
 pub const RETIRED_FOR: Duration = Duration::from_secs(24 * 3600);
 
+/// How often [`Echoes::sweep`] runs.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// Most retired values kept per credential name (the oldest goes first). A token credential
 /// rebound retires two (its stored secret and its token), so this keeps four rebinds' worth.
 pub const MAX_RETIRED_PER_CREDENTIAL: usize = 8;
@@ -131,6 +134,20 @@ impl Retired {
         tenant.stamp = next_stamp();
     }
 
+    /// Drops every value whose window has passed at `now`: its buffers are zeroized as its last
+    /// reference goes. Without it a lapsed value stayed in memory until its tenant's next
+    /// rotation, however long after.
+    pub fn sweep(&self, now: Instant) {
+        self.tenants.retain(|_, tenant| {
+            let before = tenant.entries.len();
+            tenant.entries.retain(|e| e.until > now);
+            if tenant.entries.len() != before {
+                tenant.stamp = next_stamp();
+            }
+            !tenant.entries.is_empty()
+        });
+    }
+
     /// When `tenant`'s retired values last changed (0: never).
     fn stamp(&self, tenant: &TenantId) -> u64 {
         self.tenants.get(tenant).map_or(0, |t| t.stamp)
@@ -217,6 +234,18 @@ impl Echoes {
     /// Where retired values go.
     pub fn retired(&self) -> &Arc<Retired> {
         &self.retired
+    }
+
+    /// Drops what is no longer looked for at `now`: retired values past their window, and the
+    /// compiled sets holding one (built again, without it, when next asked for). Called every
+    /// [`SWEEP_EVERY`], so that a rotated-out secret leaves memory at most that long after its
+    /// window, whether or not its hosts are asked for again.
+    pub fn sweep(&self, now: Instant) {
+        self.retired.sweep(now);
+        self.sets.retain(|_, sets| {
+            sets.retain(|_, c| c.lapses.is_none_or(|l| now < l));
+            !sets.is_empty()
+        });
     }
 
     /// What a response from `host` to `tenant` is scrubbed of, under the snapshot whose
@@ -558,6 +587,29 @@ mod tests {
             scrubbed(&for_globex, text),
             "sk-acme-canary-1 $CRED{k} $CRED{k} $CRED{t} $CRED{t}"
         );
+    }
+
+    /// A value past its window is dropped by the sweep (its last reference gone, so zeroized),
+    /// with the compiled set holding it, though no response from its hosts asked again.
+    #[test]
+    fn the_sweep_drops_what_is_no_longer_looked_for() {
+        let echoes = Echoes::new(Arc::new(Retired::default()));
+        let acme = tid("acme");
+        let now = Instant::now();
+        let old = cred("acme", "k", "api.test", "sk-acme-old-value", Kind::Static);
+        echoes.retired().credential(old.clone(), now);
+        let set = CredentialSet::default();
+        let tokens = TokenCache::default();
+        assert!(echoes
+            .for_host(&set, 1, &tokens, &acme, "api.test")
+            .is_some());
+        assert_eq!(Arc::strong_count(&old), 2, "kept while looked for");
+        echoes.sweep(now + Duration::from_secs(60));
+        assert_eq!(Arc::strong_count(&old), 2, "still in its window");
+        echoes.sweep(now + RETIRED_FOR + Duration::from_secs(1));
+        assert_eq!(Arc::strong_count(&old), 1, "dropped once its window passed");
+        assert_eq!(echoes.retired().stamp(&acme), 0);
+        assert!(echoes.sets.is_empty(), "no compiled set holds it");
     }
 
     #[test]

@@ -111,6 +111,28 @@ pub fn scan(input: &[u8]) -> Result<Vec<Piece<'_>>, HandleError> {
     Ok(pieces)
 }
 
+/// A request's bytes with a secret substituted in (a body, a header value), as the `Bytes`
+/// handed to pingora: wiped once the last reference to them is dropped, as the secret's own
+/// buffer is. (What pingora and the TLS library copy them into on the way out is theirs.)
+pub fn wiped_bytes(bytes: Vec<u8>) -> bytes::Bytes {
+    bytes::Bytes::from_owner(WipedOnDrop(bytes))
+}
+
+/// Bytes zeroized when dropped (see [`wiped_bytes`]).
+struct WipedOnDrop(Vec<u8>);
+
+impl AsRef<[u8]> for WipedOnDrop {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for WipedOnDrop {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 /// Replaces every handle in `input` with what `resolve` returns for its name. Returns the input
 /// unchanged (borrowed, no allocation) when it has no marker at all.
 ///
