@@ -203,38 +203,91 @@ fn meant_annotation(name: &str, value: &str, marked: bool) -> Option<&'static st
     {
         return Some(known);
     }
-    // A name that asks for a person's approval (`@requires_approval`, `@human_approval`,
-    // `@approve`), not one that records one or waives it (`@approved`, `@preapproved`,
-    // `@approval_exempt`).
-    let asks_for_approval = ["approv", "aprov"].iter().any(|a| bare.contains(a))
-        && !["exempt", "skip", "waive", "approved", "approvedby"]
-            .iter()
-            .any(|w| bare.contains(w))
+    // A name about a person's approval or review (`@requires_approval`, `@human_review`,
+    // `@approve_by`, `@hitl`, `@sign_off`, `@requires_confirmation`), not one that records one
+    // or waives it (`@approved`, `@reviewed_by`, `@preapproved`, `@approval_exempt`).
+    let about_approval = [
+        "approv",
+        "aprov",
+        "review",
+        "signoff",
+        "hitl",
+        "humanintheloop",
+        "confirm",
+    ]
+    .iter()
+    .any(|a| bare.contains(a))
+        && ![
+            "exempt",
+            "skip",
+            "waive",
+            "approved",
+            "reviewed",
+            "confirmed",
+            "disapprov",
+        ]
+        .iter()
+        .any(|w| bare.contains(w))
         && !["no", "pre", "auto", "non"]
             .iter()
             .any(|p| bare.starts_with(p));
-    // A bare annotation (`@requires_approval`, whose value is empty) is a flag set.
     let value = value.trim().to_ascii_lowercase();
-    let asks = matches!(
+    // What says no: the only values a name asking for one may carry and still load.
+    let declines = matches!(
         value.as_str(),
-        "" | "required"
-            | "require"
-            | "shadow"
-            | "yes"
-            | "true"
-            | "1"
-            | "on"
-            | "always"
-            | "enabled"
-            | "mandatory"
+        "false" | "no" | "n" | "0" | "off" | "never" | "none" | "disabled" | "optional"
     );
-    if asks_for_approval && asks {
+    // A bare annotation (`@requires_approval`, whose value is empty) is a flag set; a value that
+    // says yes, or names who decides (`"security-team"`), asks.
+    let asks = value.is_empty()
+        || [
+            "requir",
+            "need",
+            "yes",
+            "true",
+            "on",
+            "always",
+            "enable",
+            "mandatory",
+            "shadow",
+            "human",
+            "manual",
+            "person",
+        ]
+        .iter()
+        .any(|a| value.starts_with(a))
+        || value == "y"
+        || value.parse::<u64>().is_ok_and(|n| n > 0);
+    // A name that says a person must decide (`@requires_approval_from`, `@approval_required_by`,
+    // `@needs_review`, `@must_confirm`) asks whatever its value, unless the value declines.
+    let requires = ["requir", "need", "must"].iter().any(|r| bare.contains(r));
+    if about_approval && ((requires && !declines) || asks) {
         return Some("approval");
     }
-    // A requirement whose value is an approval (`@requires("approval")`,
-    // `@needs("human approval")`).
-    let requirement = ["requires", "require", "needs", "need", "must"].contains(&bare.as_str());
-    if requirement && ["approv", "aprov"].iter().any(|a| value.contains(a)) {
+    // The verb itself (`@approve_by("security")`, `@approve("legal")`): who approves.
+    if bare.starts_with("approve") && !bare.starts_with("approved") && !declines {
+        return Some("approval");
+    }
+    // A requirement, gate or hold whose value is an approval or review
+    // (`@requires("approval")`, `@gate("human review")`), or that is set (`@hold("true")`).
+    let requirement = [
+        "requires",
+        "require",
+        "required",
+        "requirement",
+        "needs",
+        "need",
+        "must",
+        "gate",
+        "hold",
+    ]
+    .contains(&bare.as_str());
+    let names_approval = [
+        "approv", "aprov", "review", "sign-off", "signoff", "human", "person",
+    ]
+    .iter()
+    .any(|a| value.contains(a));
+    if requirement && (names_approval || (["gate", "hold"].contains(&bare.as_str()) && asks)) {
         return Some("approval");
     }
     if marked {
@@ -516,6 +569,26 @@ mod tests {
             (r#"@approve"#, "`@approval`"),
             (r#"@requires("approval")"#, "`@approval`"),
             (r#"@needs("human approval")"#, "`@approval`"),
+            // A name that says a person must decide asks whatever its value; a yes in any form;
+            // the verb; synonyms; a requirement, gate or hold naming one.
+            (r#"@requires_approval_from("security")"#, "`@approval`"),
+            (r#"@requires_approval("security-team")"#, "`@approval`"),
+            (r#"@approval_required_by("security")"#, "`@approval`"),
+            (r#"@approve_by("security")"#, "`@approval`"),
+            (r#"@requires_approval("needed")"#, "`@approval`"),
+            (r#"@requires_approval("y")"#, "`@approval`"),
+            (r#"@requires_approval("2")"#, "`@approval`"),
+            (r#"@requires_approval("required: security")"#, "`@approval`"),
+            (r#"@human_review("required")"#, "`@approval`"),
+            (r#"@requires_review"#, "`@approval`"),
+            (r#"@hitl("true")"#, "`@approval`"),
+            (r#"@human_in_the_loop"#, "`@approval`"),
+            (r#"@requires_confirmation"#, "`@approval`"),
+            (r#"@sign_off("required")"#, "`@approval`"),
+            (r#"@hold("true")"#, "`@approval`"),
+            (r#"@gate("approval")"#, "`@approval`"),
+            (r#"@required("approval")"#, "`@approval`"),
+            (r#"@requirement("human review")"#, "`@approval`"),
             (r#"@ID("x")"#, "`@id`"),
         ];
         for (annotations, meant) in misspelt {
@@ -547,7 +620,15 @@ mod tests {
             r#"@approved("yes")"#,
             r#"@security_approved("true")"#,
             r#"@approved"#,
-            r#"@requires("legal-review-ticket")"#,
+            r#"@requires_approval("false")"#,
+            r#"@human_review("optional")"#,
+            r#"@disapproval_rate("1")"#,
+            r#"@reviewed_by("bob")"#,
+            r#"@review_date("2026-12-01")"#,
+            r#"@hold_reason("incident 42")"#,
+            r#"@gate("canary")"#,
+            r#"@confirmed_by("alice")"#,
+            r#"@requires("python-3.12")"#,
             r#"@description("payments need a person's approval upstream")"#,
         ] {
             let got = rule(&format!("{free} {permit}"));
