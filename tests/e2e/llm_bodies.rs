@@ -206,6 +206,12 @@ fn the_model_a_job_names_is_decided() {
             br#"{"requests":[{"custom_id":"a","params":{"model":"gpt-4o-mini"}},{"custom_id":"b","params":{"model":"claude-3-opus"}}]}"#,
             None,
         ),
+        // A job that names its model in its API's own field: Bedrock's batch inference.
+        (
+            "/v1/model-invocation-job",
+            br#"{"jobName":"j","modelId":"anthropic.claude-3-opus-v1:0","inputDataConfig":{}}"#,
+            Some("anthropic.claude-3-opus-v1:0"),
+        ),
     ] {
         let r = post(&env, Way::ForwardTo(path), body, json);
         r.assert_refused(403, "policy_denied");

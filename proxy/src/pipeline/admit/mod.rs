@@ -689,6 +689,15 @@ async fn admit_http(
             trail.model = Some(providers.deployment_model(&destination, deployment));
         }
     }
+    // A job that names its model in a field of its API's own (Bedrock's batch inference
+    // `modelId`, a tuning job's `baseModel`), for policy and the record as a path's is.
+    if trail.model.is_none() {
+        let body = grant.body.as_ref().map(|b| b.0.as_ref());
+        if let Some(model) = body.and_then(|b| registry::job_model(&destination, b)) {
+            planned_with = Some(None);
+            trail.model = Some(model);
+        }
+    }
     // A model that searches on every call (billed per search, never reported) is unmetered
     // work, whichever of the call's models it is: the path's, the body's, or one a gateway may
     // answer with instead.

@@ -237,6 +237,23 @@ impl Provider for Bedrock {
         Some(id.to_string())
     }
 
+    fn job_model_fields(&self, path: &CallPath<'_>) -> &'static [&'static str] {
+        if [
+            "/async-invoke",
+            "/model-invocation-job",
+            "/provisioned-model-throughput",
+        ]
+        .iter()
+        .any(|end| path.ends_with(end))
+        {
+            &["modelId"]
+        } else if path.ends_with("/model-customization-jobs") {
+            &["baseModelIdentifier"]
+        } else {
+            &[]
+        }
+    }
+
     fn model_addressed(&self, path: &str) -> Option<String> {
         let path = super::routed(path, "/model/")?;
         let rest = path

@@ -111,6 +111,15 @@ impl Provider for Gemini {
         (!model.is_empty() && !model.contains('/')).then(|| model.to_string())
     }
 
+    fn job_model_fields(&self, path: &CallPath<'_>) -> &'static [&'static str] {
+        // A Vertex AI tuning job and a Gemini API tuned model name the model they start from.
+        if path.ends_with("/tuningjobs") || path.ends_with("/tunedmodels") {
+            &["baseModel", "base_model"]
+        } else {
+            &[]
+        }
+    }
+
     fn model_addressed(&self, path: &str) -> Option<String> {
         let path = super::routed(path, "/models/")?;
         let (head, op) = path.rsplit_once(':')?;

@@ -72,6 +72,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The top-level body fields that name the model a job of this provider's runs, for a
+    /// request to `path` that starts one (Bedrock's batch inference `modelId`, a Vertex AI
+    /// tuning job's `baseModel`): like [`Provider::model_addressed`], for policy and the record.
+    fn job_model_fields(&self, _path: &CallPath<'_>) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Whether `path` is one of this provider's LLM calls, on any host. The path a response is
     /// metered by: each path belongs to at most one provider.
     fn is_call(&self, path: &CallPath<'_>) -> bool;

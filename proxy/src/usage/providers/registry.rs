@@ -9,6 +9,7 @@ use super::openai_chat::OpenAiChat;
 use super::openai_responses::OpenAiResponses;
 use super::{CallPath, KeyPositions, Provider};
 use crate::target::Destination;
+use serde_json::Value;
 
 /// Every provider. The order is the precedence of their request fields (the first ceiling
 /// present counts) and the order their readers run in when a response's provider is unknown.
@@ -175,6 +176,25 @@ pub fn model_addressed(destination: &Destination) -> Option<String> {
     PROVIDERS
         .iter()
         .find_map(|p| p.model_addressed(&destination.upstream_path))
+}
+
+/// The model a job `body` (JSON) names in the field its API uses for it, when the path starts
+/// such a job ([`Provider::job_model_fields`]; on any host, as the work is recognized): for
+/// policy and the record, as [`model_addressed`]. Read only on those paths (their bodies are
+/// small and rare), so the field names, which other APIs use for other things, are read nowhere
+/// else.
+pub fn job_model(destination: &Destination, body: &[u8]) -> Option<String> {
+    let fields = CallPath::with(&destination.upstream_path, |path| {
+        PROVIDERS
+            .iter()
+            .map(|p| p.job_model_fields(&path))
+            .find(|f| !f.is_empty())
+    })?;
+    let object: serde_json::Map<String, Value> = serde_json::from_slice(body).ok()?;
+    fields
+        .iter()
+        .find_map(|f| object.get(*f).and_then(Value::as_str))
+        .map(str::to_string)
 }
 
 /// What a Realtime session's URL names: its model (OpenAI's `/v1/realtime?model=…`) or its Azure
@@ -663,6 +683,58 @@ mod tests {
         for (host, path, want) in cases {
             let got = model_addressed(&dest(host, path, None));
             assert_eq!(got.as_deref(), want, "{host}{path}");
+        }
+        // A job's model in its API's own field, on the paths that start such jobs only.
+        let bedrock_cp = "bedrock.us-east-1.amazonaws.com";
+        for (host, path, body, want) in [
+            (
+                bedrock_cp,
+                "/model-invocation-job",
+                r#"{"modelId":"anthropic.claude-opus-4-v1:0"}"#,
+                Some("anthropic.claude-opus-4-v1:0"),
+            ),
+            (
+                bedrock,
+                "/async-invoke",
+                r#"{"modelId":"amazon.nova-reel-v1:0","modelInput":{}}"#,
+                Some("amazon.nova-reel-v1:0"),
+            ),
+            (
+                bedrock_cp,
+                "/model-customization-jobs",
+                r#"{"baseModelIdentifier":"amazon.titan-text-express-v1"}"#,
+                Some("amazon.titan-text-express-v1"),
+            ),
+            (
+                vertex,
+                "/v1/projects/p/locations/l/tuningJobs",
+                r#"{"baseModel":"gemini-2.0-flash-001"}"#,
+                Some("gemini-2.0-flash-001"),
+            ),
+            (
+                gemini,
+                "/v1beta/tunedModels",
+                r#"{"base_model":"models/gemini-1.5-flash-001-tuning"}"#,
+                Some("models/gemini-1.5-flash-001-tuning"),
+            ),
+            // Another path, a field that is no string, a body that is no object: nothing.
+            (bedrock_cp, "/custom-models", r#"{"modelId":"x"}"#, None),
+            (
+                bedrock_cp,
+                "/model-invocation-job",
+                r#"{"modelId":7}"#,
+                None,
+            ),
+            (bedrock_cp, "/model-invocation-job", "[1]", None),
+            (
+                "tools.internal",
+                "/v1/things",
+                r#"{"modelId":"x","baseModel":"y"}"#,
+                None,
+            ),
+        ] {
+            let got = job_model(&dest(host, path, None), body.as_bytes());
+            assert_eq!(got.as_deref(), want, "{host}{path} {body}");
         }
         // Toward a destination that is no LLM API, a path of that shape is that API's own.
         let tool = dest("tools.internal", "/v1/models/churn:predict", None);
