@@ -775,10 +775,11 @@ async fn h2_in_tunnel(proxy: &Proxy, authority: &str) -> h2::client::SendRequest
     send
 }
 
-/// Each HTTP/2 stream in flight counts as a connection of its tenant (and of its listener), as
-/// it holds an upstream connection of its own: one client connection cannot carry more
-/// requests at once than the tenant's cap allows connections. A stream that ends gives its slot
-/// back.
+/// Each HTTP/2 stream in flight beyond a tunnel's first counts as a connection of its tenant
+/// (and of its listener), as it holds an upstream connection of its own: one client connection
+/// cannot carry more requests at once than the tenant's cap allows connections, and a tunnel
+/// with one request in flight counts as one connection, over HTTP/2 as over HTTP/1.1. A stream
+/// that ends gives its slot back.
 #[test]
 fn http2_streams_in_flight_count_against_the_tenant_s_connections() {
     let (origin, proxy) = intercepting_proxy_with(|spec| {
@@ -788,10 +789,11 @@ fn http2_streams_in_flight_count_against_the_tenant_s_connections() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let send = h2_in_tunnel(&proxy, &authority).await;
-        // The tunnel is one of acme's three; two streams waiting for a slow answer (the origin
-        // sleeps 3 s) are the other two.
+        // The tunnel is one of acme's three, and covers one request in flight (as an HTTP/1.1
+        // tunnel's connection does); of three streams waiting for a slow answer (the origin
+        // sleeps 3 s), the second and third are the other two.
         let mut held = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..3 {
             let mut send = send.clone().ready().await.unwrap();
             let request = http::Request::post(format!("https://{authority}/slow/held"))
                 .header("content-type", "application/json")

@@ -137,12 +137,32 @@ impl Drop for ListenerSlot {
     }
 }
 
-/// What an HTTP/2 stream holds while it is in flight: a slot of its tunnel's listener and one of
-/// its tenant's connections (see [`ListenerCounts`]).
+/// What an HTTP/2 stream holds while it is in flight: its place among its tunnel's streams and,
+/// unless it is the only one (the tunnel's own connection slots cover one request in flight, as
+/// an HTTP/1.1 tunnel's do), a slot of the tunnel's listener and one of its tenant's
+/// connections (see [`ListenerCounts`]).
 #[derive(Debug)]
 pub struct StreamSlots {
-    pub listener: ListenerSlot,
-    pub tenant: TenantSlot,
+    pub in_flight: StreamInFlight,
+    pub counted: Option<(ListenerSlot, TenantSlot)>,
+}
+
+/// One of a tunnel's HTTP/2 streams in flight, until dropped.
+#[derive(Debug)]
+pub struct StreamInFlight(Arc<AtomicU32>);
+
+impl StreamInFlight {
+    /// Counts a stream among `streams` (a tunnel's in flight); whether it is the only one.
+    pub fn enter(streams: &Arc<AtomicU32>) -> (Self, bool) {
+        let before = streams.fetch_add(1, Ordering::AcqRel);
+        (Self(streams.clone()), before == 0)
+    }
+}
+
+impl Drop for StreamInFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[cfg(test)]

@@ -35,8 +35,11 @@ pub struct Tunnel {
     pub scheme: crate::target::Scheme,
     /// When the tunnel's own `connect` question was last answered as it was at `CONNECT`.
     pub connect_judged: ConnectJudged,
-    /// The listener it was opened on: each HTTP/2 stream inside counts there while in flight.
+    /// The listener it was opened on: each HTTP/2 stream inside beyond one counts there while
+    /// in flight.
     pub listener: super::caps::ListenerCounts,
+    /// Its HTTP/2 streams in flight.
+    pub streams: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// When a tunnel's `connect` question was last judged: the snapshot generation and the time

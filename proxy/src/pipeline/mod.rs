@@ -172,6 +172,14 @@ impl Effects for Shared {
         let Some(tunnel) = tunnel else {
             return Err(Deny::Internal);
         };
+        // The tunnel's own slots cover one request in flight, as an HTTP/1.1 tunnel's do.
+        let (in_flight, alone) = caps::StreamInFlight::enter(&tunnel.streams);
+        if alone {
+            return Ok(Some(StreamSlots {
+                in_flight,
+                counted: None,
+            }));
+        }
         let limits = &self.config.limits;
         let listener = tunnel
             .listener
@@ -191,7 +199,10 @@ impl Effects for Shared {
                 .inc();
             Deny::ConnectionLimit(max)
         })?;
-        Ok(Some(StreamSlots { listener, tenant }))
+        Ok(Some(StreamSlots {
+            in_flight,
+            counted: Some((listener, tenant)),
+        }))
     }
 
     async fn sight_run(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny> {

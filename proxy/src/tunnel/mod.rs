@@ -374,6 +374,7 @@ impl EgressApp {
                             original: None,
                             scheme: Scheme::Http,
                             listener: self.open.clone(),
+                            streams: Arc::default(),
                             connect_judged: ConnectJudged::new(
                                 generation,
                                 crate::clock::unix_now_i64(),
@@ -474,6 +475,7 @@ impl EgressApp {
                     original: opened.original(),
                     scheme: Scheme::Https,
                     listener: self.open.clone(),
+                    streams: Arc::default(),
                     connect_judged: ConnectJudged::new(generation, crate::clock::unix_now_i64()),
                 });
                 let resolver = Arc::new(TunnelCertResolver::new(
@@ -516,6 +518,7 @@ impl EgressApp {
                     original: opened.original(),
                     scheme: Scheme::Http,
                     listener: self.open.clone(),
+                    streams: Arc::default(),
                     connect_judged: ConnectJudged::new(generation, crate::clock::unix_now_i64()),
                 };
                 self.serve_plain(stream, &early, trail, tunnel, connection, shutdown)
