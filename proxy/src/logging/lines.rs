@@ -45,6 +45,8 @@ pub struct LineQueue {
     queued_bytes: Arc<AtomicUsize>,
     /// Most bytes queued at once.
     max_bytes: usize,
+    /// Lines go to a terminal that shows the log's colours: ESC is left as it is.
+    keep_esc: bool,
 }
 
 /// Keeps the writer thread; dropping it writes what is queued (waiting up to [`STOP_WAIT`]),
@@ -78,6 +80,7 @@ pub fn start<W: Write + Send + 'static>(
         dropped: Arc::default(),
         queued_bytes,
         max_bytes,
+        keep_esc: false,
     };
     let guard = WriterGuard {
         stop,
@@ -87,6 +90,13 @@ pub fn start<W: Write + Send + 'static>(
 }
 
 impl LineQueue {
+    /// The queue for a terminal that shows the log's colours (`on`): ESC left as it is.
+    #[must_use]
+    pub fn with_terminal_colours(mut self, on: bool) -> Self {
+        self.keep_esc = on;
+        self
+    }
+
     /// Lines dropped because the queue was full (or the writer gone).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -95,7 +105,7 @@ impl LineQueue {
     /// Queues one formatted line (with its newline), or drops and counts it when the queue is
     /// full.
     pub fn push(&self, line: Vec<u8>) {
-        let line = one_line(line);
+        let line = one_line(line, self.keep_esc);
         let len = line.len();
         // SECURITY: bounded in bytes as well as lines: lines as long as a request's head (its
         // path escaped) would otherwise hold gigabytes while the log's reader is behind.
@@ -114,24 +124,48 @@ impl LineQueue {
     }
 }
 
-/// `line` as one line: every CR, and every LF but a last one, written as `\r` and `\n`.
+/// `line` as one line of plain text: every CR, and every LF but a last one, written as `\r` and
+/// `\n`; every other control character (C0 but tab, DEL, C1 such as NEL) and the Unicode line
+/// and paragraph separators as `\u` and four hex digits; and, unless `keep_esc` (a terminal
+/// that shows the log's own colours), ESC likewise.
 ///
 /// SECURITY: the text formatter writes some values as they are (an error's `Display`: a rejected
 /// client certificate's subject, which the client chose), so a line break in one would start a
-/// line that reads as another event (a forged `request … decision="allow"`). JSON lines escape
-/// their strings already; this changes nothing in them.
-fn one_line(line: Vec<u8>) -> Vec<u8> {
+/// line that reads as another event (a forged `request … decision="allow"`), for a reader that
+/// splits on any line break (VT, FF, NEL, U+2028 …), and a terminal escape could erase what
+/// precedes it. JSON lines escape their control characters already; their separators are
+/// written as the JSON escapes they are.
+fn one_line(line: Vec<u8>, keep_esc: bool) -> Vec<u8> {
     let body = line.strip_suffix(b"\n").unwrap_or(&line);
-    if memchr::memchr2(b'\n', b'\r', body).is_none() {
+    let escaped = |b: u8| (b < 0x20 && b != b'\t' && !(keep_esc && b == 0x1b)) || b == 0x7f;
+    // 0xC2 and 0xE2 lead the multi-byte ones (C1 controls, U+2028 and U+2029): rare in a line.
+    if !body.iter().any(|&b| escaped(b) || b == 0xC2 || b == 0xE2) {
         return line;
     }
     let mut out = Vec::with_capacity(line.len() + 16);
-    for &b in body {
-        match b {
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
+    let mut rest = body;
+    while let Some((&b, tail)) = rest.split_first() {
+        let (code, len) = match (b, tail) {
+            (b'\n', _) => {
+                out.extend_from_slice(b"\\n");
+                (None, 1)
+            }
+            (b'\r', _) => {
+                out.extend_from_slice(b"\\r");
+                (None, 1)
+            }
+            (b, _) if escaped(b) => (Some(u32::from(b)), 1),
+            (0xC2, [c1 @ 0x80..=0x9F, ..]) => (Some(u32::from(*c1)), 2),
+            (0xE2, [0x80, sep @ (0xA8 | 0xA9), ..]) => (Some(0x2000 + u32::from(*sep - 0x80)), 3),
+            (b, _) => {
+                out.push(b);
+                (None, 1)
+            }
+        };
+        if let Some(code) = code {
+            out.extend_from_slice(format!("\\u{code:04x}").as_bytes());
         }
+        rest = &rest[len..];
     }
     if body.len() < line.len() {
         out.push(b'\n');
@@ -330,6 +364,43 @@ mod tests {
             "WARN refused error=bad cert CN=\\nINFO request decision=\"allow\"\\r\nplain\nno newline at all\\r"
         );
         assert_eq!(text.lines().count(), 3);
+    }
+
+    /// Every other line break a reader may split on, and every control character, is escaped
+    /// too; ESC only where the log's own colours are not shown. Text that merely shares a lead
+    /// byte with them (`é`, `…`, `€`) is left alone.
+    #[test]
+    fn no_control_character_or_separator_reaches_the_log_raw() {
+        for (keep_esc, input, want) in [
+            (
+                false,
+                "a\u{b}b\u{c}c\u{1c}d\0e\u{7f}f\n",
+                "a\\u000bb\\u000cc\\u001cd\\u0000e\\u007ff\n",
+            ),
+            (
+                false,
+                "nel\u{85}ls\u{2028}ps\u{2029}end\n",
+                "nel\\u0085ls\\u2028ps\\u2029end\n",
+            ),
+            (
+                false,
+                "erase\u{1b}[2K\u{1b}[1Gforged\n",
+                "erase\\u001b[2K\\u001b[1Gforged\n",
+            ),
+            (
+                true,
+                "\u{1b}[32mINFO\u{1b}[0m ok\u{2028}\n",
+                "\u{1b}[32mINFO\u{1b}[0m ok\\u2028\n",
+            ),
+            (
+                false,
+                "caf\u{e9} \u{2026} \u{20ac} tab\there\n",
+                "caf\u{e9} \u{2026} \u{20ac} tab\there\n",
+            ),
+        ] {
+            let got = one_line(input.as_bytes().to_vec(), keep_esc);
+            assert_eq!(String::from_utf8(got).unwrap(), want, "{input:?}");
+        }
     }
 
     #[test]

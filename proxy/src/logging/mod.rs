@@ -156,7 +156,7 @@ pub fn init(format: LogFormat, level: &str) -> Option<WriterGuard> {
         .unwrap_or_else(|| EnvFilter::new(level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (queue, guard) = match lines::start(std::io::stderr(), QUEUED_LINES, QUEUED_BYTES) {
-        Ok(started) => started,
+        Ok((queue, guard)) => (queue.with_terminal_colours(ansi), guard),
         Err(e) => {
             let _ = subscriber(format, filter, std::io::stderr, ansi).try_init();
             tracing::error!(error = %e, "cannot start the log writer thread; writing from workers");
