@@ -69,6 +69,10 @@ pub struct Metrics {
     pub log_lines_dropped: IntCounter,
     /// Spans in exports to the trace collector that failed (refused, timed out, unreachable).
     pub trace_spans_unexported: IntCounter,
+    /// Sampled spans handed to the export queue.
+    pub trace_spans_ended: IntCounter,
+    /// Spans the trace collector took.
+    pub trace_spans_exported: IntCounter,
     /// Refusal lines left out of the process log (one per tenant and reason per second).
     pub log_lines_suppressed: IntCounter,
     /// Admissions decided on local counters because the shared backend was unreachable.
@@ -289,6 +293,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tenant_proxy_trace_spans_unexported_total",
             "Spans in exports the trace collector refused, did not answer in time, or could not be reached for",
         )?,
+        trace_spans_ended: IntCounter::new(
+            "tenant_proxy_trace_spans_ended_total",
+            "Sampled spans handed to the export queue",
+        )?,
+        trace_spans_exported: IntCounter::new(
+            "tenant_proxy_trace_spans_exported_total",
+            "Spans the trace collector took",
+        )?,
         log_lines_suppressed: IntCounter::new(
             "tenant_proxy_log_lines_suppressed_total",
             "Refusal lines left out of the process log: each worker logs one per tenant and reason per second (every refusal is audited)",
@@ -492,6 +504,8 @@ fn collectors(m: &Metrics) -> Vec<Box<dyn prometheus::core::Collector>> {
         Box::new(m.limiter_errors.clone()),
         Box::new(m.log_lines_dropped.clone()),
         Box::new(m.trace_spans_unexported.clone()),
+        Box::new(m.trace_spans_ended.clone()),
+        Box::new(m.trace_spans_exported.clone()),
         Box::new(m.log_lines_suppressed.clone()),
         Box::new(m.limiter_fallback.clone()),
         Box::new(m.limiter_fallback_active.clone()),

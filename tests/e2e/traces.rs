@@ -422,6 +422,22 @@ fn spans_a_collector_does_not_take_are_counted_and_logged() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert!(unexported >= 3, "{unexported} spans counted as unexported");
+    let metrics = proxy.metrics();
+    let count = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    assert!(
+        count("tenant_proxy_trace_spans_ended_total ").is_some_and(|n| n >= 3),
+        "{metrics}"
+    );
+    assert_eq!(
+        count("tenant_proxy_trace_spans_exported_total "),
+        Some(0),
+        "{metrics}"
+    );
     let log = proxy.log();
     assert_eq!(
         log.matches("cannot export traces").count(),

@@ -92,6 +92,7 @@ impl<E: SpanExporter> SpanExporter for Reporting<E> {
         let result = self.inner.export(batch).await;
         match &result {
             Ok(()) => {
+                crate::metrics::METRICS.trace_spans_exported.inc_by(spans);
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(collector = %self.collector, "trace export works again");
                 }
@@ -99,9 +100,17 @@ impl<E: SpanExporter> SpanExporter for Reporting<E> {
             Err(e) => {
                 crate::metrics::METRICS.trace_spans_unexported.inc_by(spans);
                 if !self.failing.swap(true, Ordering::Relaxed) {
+                    // (The HTTP client's timeout comes as an internal failure: told by its text,
+                    // which is not logged.)
                     let kind = match e {
                         OTelSdkError::AlreadyShutdown => "already shut down",
                         OTelSdkError::Timeout(_) => "timed out",
+                        OTelSdkError::InternalFailure(text)
+                            if text.to_ascii_lowercase().contains("timed out")
+                                || text.to_ascii_lowercase().contains("timeout") =>
+                        {
+                            "timed out"
+                        }
                         OTelSdkError::InternalFailure(_) => "refused or unreachable",
                     };
                     tracing::warn!(collector = %self.collector, error = kind, "cannot export traces; spans are lost until the collector takes them again (tenant_proxy_trace_spans_unexported_total)");
@@ -183,6 +192,12 @@ pub fn emit(span: FinishedSpan<'_>) {
         Some(parent) => Context::new().with_remote_span_context(parent),
         None => Context::new(),
     };
+    // Counted as the sampler decides (a continued trace's flag, else sampled): the spans ended,
+    // beside those exported and those whose export failed, show what a full export queue
+    // dropped while the collector was slow.
+    if span.trace.is_none_or(|t| t.flags & 1 == 1) {
+        crate::metrics::METRICS.trace_spans_ended.inc();
+    }
     // The span was built finished (its end time is set): dropping it ends and exports it.
     drop(tracer.build_with_context(builder, &cx));
 }
