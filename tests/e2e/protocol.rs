@@ -814,20 +814,8 @@ fn http2_streams_in_flight_count_against_the_tenant_s_connections() {
                     .body(())
                     .unwrap();
                 let (response, _) = send.send_request(request, true).unwrap();
-                let response = response.await.unwrap();
-                let status = response.status().as_u16();
-                let id = response.headers()["x-request-id"]
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                let mut body = response.into_body();
-                let mut text = Vec::new();
-                while let Some(chunk) = body.data().await {
-                    let chunk = chunk.unwrap();
-                    body.flow_control().release_capacity(chunk.len()).unwrap();
-                    text.extend_from_slice(&chunk);
-                }
-                (status, id, String::from_utf8_lossy(&text).into_owned())
+                let (status, id, body) = h2_answer(response).await;
+                (status, id, String::from_utf8_lossy(&body).into_owned())
             }
         };
         let (status, id, body) = get(send.clone()).await;
@@ -844,6 +832,24 @@ fn http2_streams_in_flight_count_against_the_tenant_s_connections() {
         assert_eq!(status, 200, "{body}");
     });
     assert!(origin.matching("/v1/after").len() == 1);
+}
+
+/// An HTTP/2 answer read whole: its status, request id and body.
+async fn h2_answer(response: h2::client::ResponseFuture) -> (u16, String, Vec<u8>) {
+    let response = response.await.unwrap();
+    let status = response.status().as_u16();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut answer = response.into_body();
+    let mut body = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk.unwrap();
+        answer.flow_control().release_capacity(chunk.len()).unwrap();
+        body.extend_from_slice(&chunk);
+    }
+    (status, id, body)
 }
 
 /// The upstream gets the body that was decided on, once: an HTTP/2 request that ends with a
@@ -974,19 +980,7 @@ fn http2_streams_meet_the_front_s_checks() {
         for request in [connect, many.body(()).unwrap()] {
             let mut send = send.clone().ready().await.unwrap();
             let (response, _) = send.send_request(request, true).unwrap();
-            let response = response.await.unwrap();
-            let status = response.status().as_u16();
-            let id = response.headers()["x-request-id"]
-                .to_str()
-                .unwrap()
-                .to_string();
-            let mut body = Vec::new();
-            let mut answer = response.into_body();
-            while let Some(chunk) = answer.data().await {
-                let chunk = chunk.unwrap();
-                answer.flow_control().release_capacity(chunk.len()).unwrap();
-                body.extend_from_slice(&chunk);
-            }
+            let (status, id, body) = h2_answer(response).await;
             let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
             answers.push((status, id, body));
         }

@@ -306,25 +306,27 @@ mod tests {
         assert_eq!(sink.bytes.lock().unwrap().as_slice(), b"lonely\n");
     }
 
+    /// A writer that says when it is writing, then blocks until its gate opens: the queue fills
+    /// behind it.
+    struct Stuck {
+        writing: mpsc::Sender<()>,
+        gate: Arc<Mutex<()>>,
+        sink: Sink,
+    }
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.writing.send(());
+            let _held = self.gate.lock().unwrap();
+            self.sink.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts_lines_instead_of_waiting() {
-        // A writer that says when it is writing, then blocks until released: the queue fills
-        // behind it.
-        struct Stuck {
-            writing: mpsc::Sender<()>,
-            gate: Arc<Mutex<()>>,
-            sink: Sink,
-        }
-        impl Write for Stuck {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                let _ = self.writing.send(());
-                let _held = self.gate.lock().unwrap();
-                self.sink.write(buf)
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         let gate = Arc::new(Mutex::new(()));
         let sink = Sink::default();
         let (writing, is_writing) = mpsc::channel();
@@ -405,24 +407,15 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded_in_bytes_as_well_as_lines() {
-        // A writer that says when it is writing, then blocks until released, as in
-        // `a_full_queue_drops_and_counts_lines_instead_of_waiting`.
-        struct Stuck(mpsc::Sender<()>, Arc<Mutex<()>>, Sink);
-        impl Write for Stuck {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                let _ = self.0.send(());
-                let _held = self.1.lock().unwrap();
-                self.2.write(buf)
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         let gate = Arc::new(Mutex::new(()));
         let sink = Sink::default();
         let (writing, is_writing) = mpsc::channel();
         let closed = gate.lock().unwrap();
-        let stuck = Stuck(writing, gate.clone(), sink.clone());
+        let stuck = Stuck {
+            writing,
+            gate: gate.clone(),
+            sink: sink.clone(),
+        };
         let (queue, guard) = start(stuck, 1024, 10_000).unwrap();
         line(&queue, "first\n");
         is_writing.recv().unwrap();

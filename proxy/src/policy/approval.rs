@@ -156,9 +156,11 @@ const READ_ANNOTATIONS: [&str; 5] = [
 ];
 
 /// Refuses an annotation that looks meant for one tenant-proxy reads: its name a near miss of
-/// one (`@Approval`, `@approver`, `@aproval_timeout`, `@approvalMode`, `@ID`); a name about
-/// approval whose value asks for one (`@requires_approval("true")`); beside `@approval`, a
-/// name about a hold's timeout, mode or approvers (`@timeout("1m")`, `@reviewers("x")`).
+/// one (`@Approval`, `@approver`, `@aproval_timeout`, `@approvalMode`, `@ID`); a name about a
+/// person deciding that neither records nor waives one, unless its value declines
+/// (`@requires_approval`, `@approval_by("x")`: see [`meant_annotation`]); a requirement, gate
+/// or hold naming one; beside `@approval`, a name about a hold's timeout, mode or approvers
+/// (`@timeout("1m")`, `@reviewers("x")`). Names starting `x_` are the team's own.
 ///
 /// SECURITY: Cedar accepts any annotation and the proxy ignores those it does not read, so a
 /// misspelt `@approval` would leave its permit allowing at once, and a misspelt `@approvers`
@@ -172,7 +174,7 @@ fn check_annotation_names(policy: &Policy) -> Result<(), String> {
         }
         if let Some(meant) = meant_annotation(name, value, marked) {
             return Err(format!(
-                "`@{name}` is not an annotation tenant-proxy reads: did you mean `@{meant}`? (annotation names are exact; a misspelt approval annotation would leave the permit without the hold it asks for)"
+                "`@{name}` is not an annotation tenant-proxy reads: did you mean `@{meant}`? (annotation names are exact; a misspelt approval annotation would leave the permit without the hold it asks for; name an annotation of your own `@x_{name}` to keep it)"
             ));
         }
     }
@@ -182,6 +184,10 @@ fn check_annotation_names(policy: &Policy) -> Result<(), String> {
 /// The annotation `@name(value)` looks meant for, if any (see [`check_annotation_names`]).
 fn meant_annotation(name: &str, value: &str, marked: bool) -> Option<&'static str> {
     let folded = name.to_ascii_lowercase().replace('-', "_");
+    // The prefix of a team's own annotations: never one the proxy reads.
+    if folded.starts_with("x_") {
+        return None;
+    }
     let bare = folded.replace('_', "");
     // A near miss: the same but for case and separators, or a letter or two off (one for
     // the short names, so that `@approved` stays free).
@@ -203,93 +209,6 @@ fn meant_annotation(name: &str, value: &str, marked: bool) -> Option<&'static st
     {
         return Some(known);
     }
-    // A name about a person's approval or review (`@requires_approval`, `@human_review`,
-    // `@approve_by`, `@hitl`, `@sign_off`, `@requires_confirmation`), not one that records one
-    // or waives it (`@approved`, `@reviewed_by`, `@preapproved`, `@approval_exempt`).
-    let about_approval = [
-        "approv",
-        "aprov",
-        "review",
-        "signoff",
-        "hitl",
-        "humanintheloop",
-        "confirm",
-    ]
-    .iter()
-    .any(|a| bare.contains(a))
-        && ![
-            "exempt",
-            "skip",
-            "waive",
-            "approved",
-            "reviewed",
-            "confirmed",
-            "disapprov",
-        ]
-        .iter()
-        .any(|w| bare.contains(w))
-        && !["no", "pre", "auto", "non"]
-            .iter()
-            .any(|p| bare.starts_with(p));
-    let value = value.trim().to_ascii_lowercase();
-    // What says no: the only values a name asking for one may carry and still load.
-    let declines = matches!(
-        value.as_str(),
-        "false" | "no" | "n" | "0" | "off" | "never" | "none" | "disabled" | "optional"
-    );
-    // A bare annotation (`@requires_approval`, whose value is empty) is a flag set; a value that
-    // says yes, or names who decides (`"security-team"`), asks.
-    let asks = value.is_empty()
-        || [
-            "requir",
-            "need",
-            "yes",
-            "true",
-            "on",
-            "always",
-            "enable",
-            "mandatory",
-            "shadow",
-            "human",
-            "manual",
-            "person",
-        ]
-        .iter()
-        .any(|a| value.starts_with(a))
-        || value == "y"
-        || value.parse::<u64>().is_ok_and(|n| n > 0);
-    // A name that says a person must decide (`@requires_approval_from`, `@approval_required_by`,
-    // `@needs_review`, `@must_confirm`) asks whatever its value, unless the value declines.
-    let requires = ["requir", "need", "must"].iter().any(|r| bare.contains(r));
-    if about_approval && ((requires && !declines) || asks) {
-        return Some("approval");
-    }
-    // The verb itself (`@approve_by("security")`, `@approve("legal")`): who approves.
-    if bare.starts_with("approve") && !bare.starts_with("approved") && !declines {
-        return Some("approval");
-    }
-    // A requirement, gate or hold whose value is an approval or review
-    // (`@requires("approval")`, `@gate("human review")`), or that is set (`@hold("true")`).
-    let requirement = [
-        "requires",
-        "require",
-        "required",
-        "requirement",
-        "needs",
-        "need",
-        "must",
-        "gate",
-        "hold",
-    ]
-    .contains(&bare.as_str());
-    let names_approval = [
-        "approv", "aprov", "review", "sign-off", "signoff", "human", "person",
-    ]
-    .iter()
-    .any(|a| value.contains(a));
-    if requirement && (names_approval || (["gate", "hold"].contains(&bare.as_str()) && asks)) {
-        return Some("approval");
-    }
     if marked {
         // Beside `@approval`: a hold's timeout, mode or approvers under another name.
         let family = [
@@ -309,12 +228,143 @@ fn meant_annotation(name: &str, value: &str, marked: bool) -> Option<&'static st
             ("approvergroups", "approvers"),
             ("deciders", "approvers"),
         ];
-        return family
-            .iter()
-            .find(|(name, _)| bare == *name)
-            .map(|(_, known)| *known);
+        if let Some((_, known)) = family.iter().find(|(name, _)| bare == *name) {
+            return Some(known);
+        }
     }
+    // A name about a person deciding (approval, review, sign-off, confirmation, consent, four
+    // eyes, a human in the loop) is the hold's, whatever its value, unless it records one or
+    // waives it: past tense (`@approved_by`, `@reviewed`), a record's suffix
+    // (`@approval_ticket`, `@review_date`, `@change_approval_id`), a waiver
+    // (`@approval_exempt`, `@preapproved`, `@no_review`). By name, not value: a value can say
+    // anything.
+    let about_deciding = [
+        "approv",
+        "aprov",
+        "review",
+        "signoff",
+        "hitl",
+        "humanintheloop",
+        "confirm",
+        "consent",
+        "foureyes",
+        "dualcontrol",
+        "makerchecker",
+        "twoperson",
+        "oversight",
+    ]
+    .iter()
+    .any(|a| bare.contains(a));
+    let value = value.trim().to_ascii_lowercase();
+    // What says no: the only values a name asking for a person may carry and still load.
+    let declines = matches!(
+        value.as_str(),
+        "false" | "no" | "n" | "0" | "off" | "never" | "none" | "disabled" | "optional"
+    );
+    if about_deciding && !records_or_waives(&snake_case(name), &bare) && !declines {
+        return Some("approval");
+    }
+    // A requirement, gate or hold that names a person deciding (`@requires("approval")`,
+    // `@gate("human review")`, `@wait_for("sign-off")`), and a gate or hold that is set at all
+    // (`@hold("finance")`, `@gate("true")`).
+    let requirement = [
+        "requires",
+        "require",
+        "required",
+        "requirement",
+        "needs",
+        "need",
+        "must",
+        "waitfor",
+        "gate",
+        "hold",
+    ]
+    .contains(&bare.as_str());
+    let names_deciding = [
+        "approv", "aprov", "review", "sign-off", "signoff", "human", "person", "consent",
+        "confirm", "authoriz",
+    ]
+    .iter()
+    .any(|a| value.contains(a));
+    let set = ["gate", "hold"].contains(&bare.as_str()) && !declines;
+    if requirement && (names_deciding || set) {
+        return Some("approval");
+    }
+    // A name that requires a person by another word (`@requires_authorization`,
+    // `@needs_human`).
+    let requires = ["requir", "need", "must"].iter().any(|r| bare.contains(r));
+    let person = ["authoriz", "human", "person", "manual"]
+        .iter()
+        .any(|a| bare.contains(a));
+    if requires && person && !declines {
+        return Some("approval");
+    }
+
     None
+}
+
+/// `name` in snake case: camel case split (`approvalStatus` is `approval_status`), `-` as `_`,
+/// lower case.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if c.is_ascii_uppercase() && prev_lower {
+            out.push('_');
+        }
+        prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        out.push(if c == '-' {
+            '_'
+        } else {
+            c.to_ascii_lowercase()
+        });
+    }
+    out
+}
+
+/// Whether an annotation named about a person deciding only records one or waives it (see
+/// [`meant_annotation`]): `folded` is the name lower-cased with `_` separators, `bare` without
+/// them.
+fn records_or_waives(folded: &str, bare: &str) -> bool {
+    const PAST: [&str; 5] = [
+        "approved",
+        "reviewed",
+        "confirmed",
+        "signedoff",
+        "consented",
+    ];
+    const RECORDS: [&str; 22] = [
+        "_at",
+        "_on",
+        "_date",
+        "_time",
+        "_id",
+        "_ticket",
+        "_status",
+        "_state",
+        "_notes",
+        "_note",
+        "_comment",
+        "_comments",
+        "_reference",
+        "_ref",
+        "_number",
+        "_rate",
+        "_year",
+        "_doc",
+        "_link",
+        "_url",
+        "_owner",
+        "_team",
+    ];
+    const WAIVERS: [&str; 5] = ["exempt", "skip", "waive", "disapprov", "optional"];
+    PAST.iter().any(|p| bare.contains(p))
+        || RECORDS.iter().any(|r| folded.ends_with(r))
+        || WAIVERS.iter().any(|w| bare.contains(w))
+        // A change-management record (`@change_approval("CAB-1234")`).
+        || ["no", "pre", "auto", "non", "change"]
+            .iter()
+            .any(|p| bare.starts_with(p))
 }
 
 /// Whether every action `policy`'s scope can match is one a request is held on.
@@ -589,6 +639,30 @@ mod tests {
             (r#"@gate("approval")"#, "`@approval`"),
             (r#"@required("approval")"#, "`@approval`"),
             (r#"@requirement("human review")"#, "`@approval`"),
+            // By name, whatever the value: nouns, groups, levels, other words for a person
+            // deciding.
+            (r#"@approval_by("security")"#, "`@approval`"),
+            (r#"@approval_group("finance")"#, "`@approval`"),
+            (r#"@approvals_from("finance")"#, "`@approval`"),
+            (r#"@reviewer("security")"#, "`@approval`"),
+            (r#"@reviewers("security")"#, "`@approval`"),
+            (r#"@review_by("security")"#, "`@approval`"),
+            (r#"@sign_off_by("cfo")"#, "`@approval`"),
+            (r#"@signoff("cfo")"#, "`@approval`"),
+            (r#"@gate("security")"#, "`@approval`"),
+            (r#"@hold("finance")"#, "`@approval`"),
+            (r#"@approval_level("2")"#, "`@approval`"),
+            (r#"@approval_workflow("payments")"#, "`@approval`"),
+            (r#"@four_eyes("true")"#, "`@approval`"),
+            (r#"@two_person_rule"#, "`@approval`"),
+            (r#"@dual_control"#, "`@approval`"),
+            (r#"@maker_checker"#, "`@approval`"),
+            (r#"@requires_consent"#, "`@approval`"),
+            (r#"@human_oversight("required")"#, "`@approval`"),
+            (r#"@wait_for("approval")"#, "`@approval`"),
+            (r#"@requires_authorization"#, "`@approval`"),
+            (r#"@confirm_by("security")"#, "`@approval`"),
+            (r#"@security_review("on file")"#, "`@approval`"),
             (r#"@ID("x")"#, "`@id`"),
         ];
         for (annotations, meant) in misspelt {
@@ -626,7 +700,24 @@ mod tests {
             r#"@reviewed_by("bob")"#,
             r#"@review_date("2026-12-01")"#,
             r#"@hold_reason("incident 42")"#,
-            r#"@gate("canary")"#,
+            r#"@x_gate("canary")"#,
+            r#"@x_requires_approval("true")"#,
+            r#"@change_approval("48213")"#,
+            r#"@approval_ticket("4521")"#,
+            r#"@approval_id("77")"#,
+            r#"@review_id("42")"#,
+            r#"@review_date("20250115")"#,
+            r#"@review_year("2025")"#,
+            r#"@confirmation_number("98765")"#,
+            r#"@approval_rate("5")"#,
+            r#"@review_status("ongoing")"#,
+            r#"@review_owner("oncall-security")"#,
+            r#"@reviewer_team("onboarding")"#,
+            r#"@review_notes("need to revisit in Q3")"#,
+            r#"@review_comment("human resources data")"#,
+            r#"@review_doc("requirements.md")"#,
+            r#"@approval_reference("true-up contract")"#,
+            r#"@reviewedAt("2025-01-01")"#,
             r#"@confirmed_by("alice")"#,
             r#"@requires("python-3.12")"#,
             r#"@description("payments need a person's approval upstream")"#,

@@ -53,6 +53,19 @@ const UNMETERED: &[(&str, &str)] = &[
     ("/retrieveandgeneratestream", "a knowledge-base answer"),
 ];
 
+/// A runtime path's model id and operation: `/model/{id}/{operation}` (routed, compared
+/// percent-decoded). The id may hold an escaped `/` (an inference profile's ARN): the operation
+/// is the last segment, whatever comes before it.
+fn model_and_operation(path: &str) -> Option<(String, String)> {
+    let path = super::routed(path, "/model/")?;
+    let rest = path
+        .get(.."/model/".len())
+        .filter(|p| p.eq_ignore_ascii_case("/model/"))
+        .map(|_| &path["/model/".len()..])?;
+    let (id, op) = rest.trim_end_matches('/').rsplit_once('/')?;
+    (!id.is_empty() && !op.is_empty()).then(|| (id.to_string(), op.to_string()))
+}
+
 /// Bedrock Agents' `InvokeAgent`: `/agents/{id}/agentAliases/{alias}/sessions/{session}/text`
 /// (paths are compared lowercased).
 const AGENT_ALIASES: &str = "/agentaliases/";
@@ -222,19 +235,11 @@ impl Provider for Bedrock {
     }
 
     fn model_from_path(&self, path: &str) -> Option<String> {
-        // The id may hold an escaped `/` (an inference profile's ARN): the operation is the
-        // last segment, whatever comes before it.
-        let path = super::routed(path, "/model/")?;
-        let rest = path
-            .get(.."/model/".len())
-            .filter(|p| p.eq_ignore_ascii_case("/model/"))
-            .map(|_| &path["/model/".len()..])?;
-        let (id, op) = rest.rsplit_once('/')?;
-        let op = format!("/{op}");
-        if id.is_empty() || !OPERATIONS.iter().any(|o| op.eq_ignore_ascii_case(o)) {
-            return None;
-        }
-        Some(id.to_string())
+        let (id, op) = model_and_operation(path)?;
+        OPERATIONS
+            .iter()
+            .any(|o| o[1..].eq_ignore_ascii_case(&op))
+            .then_some(id)
     }
 
     fn job_model_fields(&self, path: &CallPath<'_>) -> &'static [&'static str] {
@@ -255,16 +260,11 @@ impl Provider for Bedrock {
     }
 
     fn model_addressed(&self, path: &str) -> Option<String> {
-        let path = super::routed(path, "/model/")?;
-        let rest = path
-            .get(.."/model/".len())
-            .filter(|p| p.eq_ignore_ascii_case("/model/"))
-            .map(|_| &path["/model/".len()..])?;
-        let (id, op) = rest.trim_end_matches('/').rsplit_once('/')?;
+        let (id, op) = model_and_operation(path)?;
         // The runtime's operations are words joined by `-` (`count-tokens`,
         // `invoke-with-bidirectional-stream`).
         let word = |b: u8| b.is_ascii_alphanumeric() || b == b'-';
-        (!id.is_empty() && !op.is_empty() && op.bytes().all(word)).then(|| id.to_string())
+        op.bytes().all(word).then_some(id)
     }
 
     fn request_fields(&self) -> &'static RequestFields {
