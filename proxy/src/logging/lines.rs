@@ -105,7 +105,12 @@ impl LineQueue {
     /// Queues one formatted line (with its newline), or drops and counts it when the queue is
     /// full.
     pub fn push(&self, line: Vec<u8>) {
-        let line = one_line(line, self.keep_esc);
+        self.push_one_line(one_line(line, self.keep_esc));
+    }
+
+    /// [`Self::push`] for a line its writer made one line of plain text already (every value
+    /// escaped): nothing in it is looked at again.
+    pub fn push_one_line(&self, line: Vec<u8>) {
         let len = line.len();
         // SECURITY: bounded in bytes as well as lines: lines as long as a request's head (its
         // path escaped) would otherwise hold gigabytes while the log's reader is behind.

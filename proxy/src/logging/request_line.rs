@@ -63,7 +63,14 @@ fn log_request_to(direct: Option<&(LineQueue, LogFormat)>, line: &RequestLine<'_
     let Some((queue, format)) = direct else {
         return through_layer(line);
     };
-    queue.push(format_line(*format, &Timestamp::now(), line));
+    let formatted = format_line(*format, &Timestamp::now(), line);
+    match format {
+        // Every value is `Debug`-quoted (control characters and separators escaped) or a word
+        // of the proxy's own: already one line of plain text.
+        LogFormat::Text => queue.push_one_line(formatted),
+        // JSON leaves the Unicode separators raw inside strings.
+        LogFormat::Json => queue.push(formatted),
+    }
 }
 
 /// The same line, through `tracing`.
@@ -307,6 +314,14 @@ mod tests {
             let mut s = String::new();
             push_quoted(&mut s, &value);
             assert_eq!(s, format!("{value:?}"), "{value:?}");
+        }
+        // What makes a text line one line (it goes to the log unchecked): no control character
+        // and no line or paragraph separator comes out raw.
+        for c in (0u32..0x20).chain(0x7f..0xa0).chain([0x2028, 0x2029]) {
+            let c = char::from_u32(c).unwrap();
+            let mut s = String::new();
+            push_quoted(&mut s, &format!("a{c}b"));
+            assert!(!s.contains(c) || c == '\t', "{c:?} raw in {s}");
         }
     }
 

@@ -35,6 +35,7 @@ use crate::usage::{HostedCalls, UsageMeter};
 const PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
 const HOLD: http::HeaderName = http::HeaderName::from_static(crate::approvals::HOLD_HEADER);
 const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// The server's own session ids go upstream in place of the sealed ones the agent sent
 /// ([`crate::mcp::session`]), in the upstream request as it leaves (credentials already
@@ -132,8 +133,8 @@ pub fn upstream_request(
     upstream.insert_header("traceparent", admitted.tenant.trace.traceparent())?;
     // A `tracestate` belongs to the `traceparent` it came with: a trace started anew (none came,
     // or one that was not valid) starts without the caller's vendor entries (W3C Trace Context).
-    if admitted.tenant.trace.parent_span_id.is_none() {
-        upstream.remove_header("tracestate");
+    if admitted.tenant.trace.parent_span_id.is_none() && upstream.headers.contains_key(TRACESTATE) {
+        upstream.remove_header(&TRACESTATE);
     }
     // LLM responses are metered as they stream, MCP lists filtered and echoed secrets scrubbed:
     // each needs the bytes as sent, so the upstream is asked for no compression (without

@@ -170,12 +170,12 @@ pub fn model_from_path(path: &str) -> Option<String> {
 /// fire for every operation the proxy does not meter. Not asked toward other destinations,
 /// where a path of that shape is some other API's resource.
 pub fn model_addressed(destination: &Destination) -> Option<String> {
-    if !is_llm_destination(destination) {
-        return None;
-    }
+    // The path's shape first: most paths name no model and are passed over by a byte scan,
+    // where telling an LLM destination may normalize the path.
     PROVIDERS
         .iter()
         .find_map(|p| p.model_addressed(&destination.upstream_path))
+        .filter(|_| is_llm_destination(destination))
 }
 
 /// The model a job `body` (JSON) names in the field its API uses for it, when the path starts
