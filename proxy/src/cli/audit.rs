@@ -255,7 +255,16 @@ pub(super) fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             }
             write_private(&key_path, pem.as_bytes())?;
             let pub_path = out.join(format!("{}.pub", signer.key_id()));
-            std::fs::write(&pub_path, format!("{}\n", signer.public_hex()))?;
+            // Public, but what `audit verify --key` trusts: writable by its owner only.
+            std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().write(true).create_new(true),
+                0o644,
+            )
+            .open(&pub_path)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, format!("{}\n", signer.public_hex()).as_bytes())
+            })
+            .with_context(|| format!("writing `{}`", pub_path.display()))?;
             eprintln!(
                 "wrote signing key `{}` to `{}` and its public key to `{}`",
                 signer.key_id(),

@@ -101,13 +101,15 @@ impl<E: SpanExporter> SpanExporter for Reporting<E> {
                 crate::metrics::METRICS.trace_spans_unexported.inc_by(spans);
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     // (The HTTP client's timeout comes as an internal failure: told by its text,
-                    // which is not logged.)
+                    // reqwest's `Debug` with `source: TimedOut`, which is not logged. Not by
+                    // "timeout", which the collector's URL may hold.)
                     let kind = match e {
                         OTelSdkError::AlreadyShutdown => "already shut down",
                         OTelSdkError::Timeout(_) => "timed out",
                         OTelSdkError::InternalFailure(text)
-                            if text.to_ascii_lowercase().contains("timed out")
-                                || text.to_ascii_lowercase().contains("timeout") =>
+                            if ["timedout", "timed out"]
+                                .iter()
+                                .any(|t| text.to_ascii_lowercase().contains(t)) =>
                         {
                             "timed out"
                         }
@@ -192,14 +194,15 @@ pub fn emit(span: FinishedSpan<'_>) {
         Some(parent) => Context::new().with_remote_span_context(parent),
         None => Context::new(),
     };
-    // Counted as the sampler decides (a continued trace's flag, else sampled): the spans ended,
-    // beside those exported and those whose export failed, show what a full export queue
-    // dropped while the collector was slow.
-    if span.trace.is_none_or(|t| t.flags & 1 == 1) {
+    // The span was built finished (its end time is set): dropping it ends and exports it.
+    let built = tracer.build_with_context(builder, &cx);
+    // Counted as the sampler decided (`OTEL_TRACES_SAMPLER` included): the spans ended, beside
+    // those exported and those whose export failed, show what a full export queue dropped
+    // while the collector was slow.
+    if opentelemetry::trace::Span::span_context(&built).is_sampled() {
         crate::metrics::METRICS.trace_spans_ended.inc();
     }
-    // The span was built finished (its end time is set): dropping it ends and exports it.
-    drop(tracer.build_with_context(builder, &cx));
+    drop(built);
 }
 
 /// The caller's span, when the trace was continued.

@@ -137,31 +137,54 @@ impl Drop for ListenerSlot {
     }
 }
 
-/// What an HTTP/2 stream holds while it is in flight: its place among its tunnel's streams and,
-/// unless it is the only one (the tunnel's own connection slots cover one request in flight, as
-/// an HTTP/1.1 tunnel's do), a slot of the tunnel's listener and one of its tenant's
-/// connections (see [`ListenerCounts`]).
-#[derive(Debug)]
-pub struct StreamSlots {
-    pub in_flight: StreamInFlight,
-    pub counted: Option<(ListenerSlot, TenantSlot)>,
+/// A tunnel's HTTP/2 streams in flight and the slots they hold: one slot of the tunnel's
+/// listener and one of its tenant's connections for each stream beyond the first (the tunnel's
+/// own connection slots cover one request in flight, as an HTTP/1.1 tunnel's do). Kept at
+/// exactly that whichever streams end first: the slots are the tunnel's, not a stream's.
+#[derive(Debug, Default)]
+pub struct TunnelStreams(Mutex<StreamCount>);
+
+#[derive(Debug, Default)]
+struct StreamCount {
+    in_flight: u32,
+    slots: Vec<(ListenerSlot, TenantSlot)>,
 }
 
 /// One of a tunnel's HTTP/2 streams in flight, until dropped.
 #[derive(Debug)]
-pub struct StreamInFlight(Arc<AtomicU32>);
+pub struct StreamSlots(Arc<TunnelStreams>);
 
-impl StreamInFlight {
-    /// Counts a stream among `streams` (a tunnel's in flight); whether it is the only one.
-    pub fn enter(streams: &Arc<AtomicU32>) -> (Self, bool) {
-        let before = streams.fetch_add(1, Ordering::AcqRel);
-        (Self(streams.clone()), before == 0)
+impl TunnelStreams {
+    /// Counts a stream in flight; `take` gives the slots it needs when it is not the only one
+    /// (`Err`: refused, and nothing is counted).
+    pub fn enter<E>(
+        self: &Arc<Self>,
+        take: impl FnOnce() -> Result<(ListenerSlot, TenantSlot), E>,
+    ) -> Result<StreamSlots, E> {
+        let mut count = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if count.in_flight > 0 {
+            let slots = take()?;
+            count.slots.push(slots);
+        }
+        count.in_flight += 1;
+        Ok(StreamSlots(self.clone()))
+    }
+
+    /// Slots held, for tests.
+    #[cfg(test)]
+    fn held(&self) -> (u32, usize) {
+        let count = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (count.in_flight, count.slots.len())
     }
 }
 
-impl Drop for StreamInFlight {
+impl Drop for StreamSlots {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut count = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        count.in_flight = count.in_flight.saturating_sub(1);
+        // One slot fewer is needed, whichever stream ended (the first included).
+        let needed = count.in_flight.saturating_sub(1) as usize;
+        count.slots.truncate(needed);
     }
 }
 
@@ -185,6 +208,42 @@ mod tests {
         drop(a1);
         assert_eq!(counts.open(&acme), 1);
         assert!(counts.try_open(&acme, 2).is_some());
+    }
+
+    /// A tunnel's streams hold one slot each beyond the first, whichever ends first.
+    #[test]
+    fn a_tunnels_streams_hold_slots_for_all_but_one() {
+        let listener = ListenerCounts::new("streams-test");
+        let tenants = TenantCounts::new(&crate::metrics::METRICS.tunnels_open);
+        let acme = TenantId::new("acme").unwrap();
+        let take = || {
+            let l = listener.try_open(10).ok_or("listener")?;
+            let t = tenants.try_open(&acme, 10).ok_or("tenant")?;
+            Ok::<_, &str>((l, t))
+        };
+        let streams = Arc::new(TunnelStreams::default());
+        let a = streams.enter(take).unwrap();
+        assert_eq!(streams.held(), (1, 0), "the first is the tunnel's");
+        let b = streams.enter(take).unwrap();
+        let c = streams.enter(take).unwrap();
+        assert_eq!(streams.held(), (3, 2));
+        assert_eq!(tenants.open(&acme), 2);
+        // The first ends first: the two left hold one slot.
+        drop(a);
+        assert_eq!(streams.held(), (2, 1));
+        assert_eq!(tenants.open(&acme), 1);
+        let d = streams.enter(take).unwrap();
+        assert_eq!(streams.held(), (3, 2));
+        drop((b, c, d));
+        assert_eq!(streams.held(), (0, 0));
+        assert_eq!(tenants.open(&acme), 0);
+        // A refused stream counts nothing.
+        let only = streams.enter(take).unwrap();
+        assert!(streams
+            .enter(|| Err::<(ListenerSlot, TenantSlot), _>("full"))
+            .is_err());
+        assert_eq!(streams.held(), (1, 0));
+        drop(only);
     }
 
     #[test]

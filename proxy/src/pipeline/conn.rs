@@ -38,8 +38,8 @@ pub struct Tunnel {
     /// The listener it was opened on: each HTTP/2 stream inside beyond one counts there while
     /// in flight.
     pub listener: super::caps::ListenerCounts,
-    /// Its HTTP/2 streams in flight.
-    pub streams: Arc<std::sync::atomic::AtomicU32>,
+    /// Its HTTP/2 streams in flight, and the slots they hold.
+    pub streams: Arc<super::caps::TunnelStreams>,
 }
 
 /// When a tunnel's `connect` question was last judged: the snapshot generation and the time

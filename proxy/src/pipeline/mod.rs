@@ -173,36 +173,29 @@ impl Effects for Shared {
             return Err(Deny::Internal);
         };
         // The tunnel's own slots cover one request in flight, as an HTTP/1.1 tunnel's do.
-        let (in_flight, alone) = caps::StreamInFlight::enter(&tunnel.streams);
-        if alone {
-            return Ok(Some(StreamSlots {
-                in_flight,
-                counted: None,
-            }));
-        }
         let limits = &self.config.limits;
-        let listener = tunnel
-            .listener
-            .try_open(limits.max_connections_per_listener)
-            .ok_or_else(|| {
+        let take = || {
+            let listener = tunnel
+                .listener
+                .try_open(limits.max_connections_per_listener)
+                .ok_or_else(|| {
+                    METRICS
+                        .overload_refusals
+                        .with_label_values(&["listener_cap"])
+                        .inc();
+                    Deny::Overloaded("client connections and HTTP/2 streams")
+                })?;
+            let max = limits.max_connections_per_tenant;
+            let tenant = self.connections.try_open(tenant, max).ok_or_else(|| {
                 METRICS
                     .overload_refusals
-                    .with_label_values(&["listener_cap"])
+                    .with_label_values(&["tenant_cap"])
                     .inc();
-                Deny::Overloaded("client connections and HTTP/2 streams")
+                Deny::ConnectionLimit(max)
             })?;
-        let max = limits.max_connections_per_tenant;
-        let tenant = self.connections.try_open(tenant, max).ok_or_else(|| {
-            METRICS
-                .overload_refusals
-                .with_label_values(&["tenant_cap"])
-                .inc();
-            Deny::ConnectionLimit(max)
-        })?;
-        Ok(Some(StreamSlots {
-            in_flight,
-            counted: Some((listener, tenant)),
-        }))
+            Ok((listener, tenant))
+        };
+        tunnel.streams.enter(take).map(Some)
     }
 
     async fn sight_run(&self, tenant: &TenantContext, leeway: Duration) -> Result<(), Deny> {
