@@ -76,6 +76,9 @@ use connect::*;
 use credentials::*;
 use destination::*;
 
+/// The W3C trace context header a caller's trace is continued from.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 pub(super) use connect::{must_intercept, tunnel_connect_refused};
 pub(super) use destination::{declared_provider, egress_exceptions};
 #[cfg(test)]
@@ -391,7 +394,7 @@ pub async fn admit(
         };
         let (who, refusal) = identify(caller, header, ssl, &snapshot)?;
         // Two `traceparent` headers are no trace context (W3C: invalid), not the first one.
-        let mut sent = header.headers.get_all("traceparent").iter();
+        let mut sent = header.headers.get_all(&TRACEPARENT).iter();
         let traceparent = match (sent.next(), sent.next()) {
             (Some(one), None) => Some(one.as_bytes()),
             _ => None,
