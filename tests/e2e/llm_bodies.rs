@@ -231,6 +231,14 @@ fn the_model_a_job_names_is_decided() {
             ),
         }
     }
+    // A decoy `model` beside the job's own field: which one runs is the server's choice.
+    let r = post(
+        &env,
+        Way::ForwardTo("/v1/model-invocation-job"),
+        br#"{"model":"gpt-4o-mini","modelId":"anthropic.claude-3-opus-v1:0"}"#,
+        json,
+    );
+    r.assert_refused(400, "bad_request");
     assert_eq!(env.origin.count(), 0, "nothing refused was forwarded");
     // A batch of models the plan has goes on.
     let r = post(

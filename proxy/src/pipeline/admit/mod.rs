@@ -694,11 +694,22 @@ async fn admit_http(
     }
     // A job that names its model in a field of its API's own (Bedrock's batch inference
     // `modelId`, a tuning job's `baseModel`), for policy and the record as a path's is.
-    if trail.model.is_none() {
-        let body = grant.body.as_ref().map(|b| b.0.as_ref());
-        if let Some(model) = body.and_then(|b| registry::job_model(&destination, b)) {
-            planned_with = Some(None);
-            trail.model = Some(model);
+    // SECURITY: beside a `model` naming another (a decoy an API ignores), which one runs is the
+    // server's choice: refused, as two model fields of one body are.
+    let body = grant.body.as_ref().map(|b| b.0.as_ref());
+    if let Some(job) = body.and_then(|b| registry::job_model(&destination, b)) {
+        match trail.model.as_deref() {
+            Some(named) if named != job => {
+                return Err(Deny::BadRequest(format!(
+                    "the body names two models, `{named}` and `{job}`; which one a server uses \
+                     is its choice"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                planned_with = Some(None);
+                trail.model = Some(job);
+            }
         }
     }
     // A model that searches on every call (billed per search, never reported) is unmetered

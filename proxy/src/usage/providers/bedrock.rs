@@ -119,6 +119,18 @@ const KEY_POSITIONS: KeyPositions = KeyPositions {
     body: &[],
 };
 
+/// Bedrock's control plane, `bedrock.<region>.amazonaws.com` (and its FIPS spelling), where
+/// batch inference, customization jobs and provisioned throughput are created; ignoring ASCII
+/// case and a trailing dot.
+pub fn is_control_plane_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    let starts = |p: &str| {
+        host.get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p))
+    };
+    (starts("bedrock.") || starts("bedrock-fips.")) && super::host_ends_with(host, ".amazonaws.com")
+}
+
 /// `bedrock-runtime.<region>.amazonaws.com`, Bedrock Agents' `bedrock-agent-runtime.<region>…`,
 /// AgentCore's `bedrock-agentcore.<region>…` and Data Automation's
 /// `bedrock-data-automation-runtime.<region>…` (and their FIPS spellings), ignoring ASCII case

@@ -179,11 +179,26 @@ pub fn model_addressed(destination: &Destination) -> Option<String> {
 }
 
 /// The model a job `body` (JSON) names in the field its API uses for it, when the path starts
-/// such a job ([`Provider::job_model_fields`]; on any host, as the work is recognized): for
-/// policy and the record, as [`model_addressed`]. Read only on those paths (their bodies are
+/// such a job ([`Provider::job_model_fields`]) toward an LLM destination or Bedrock's control
+/// plane: for policy and the record, as [`model_addressed`]. Read only there (the bodies are
 /// small and rare), so the field names, which other APIs use for other things, are read nowhere
 /// else.
 pub fn job_model(destination: &Destination, body: &[u8]) -> Option<String> {
+    // Asked of every request with a body: a byte look at the last segment first (every job
+    // path's names a job, an invocation, throughput or a tuned model), then the rest.
+    let raw = super::without_query(&destination.upstream_path);
+    let last = raw.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    let may = raw.contains('%')
+        || ["job", "invoke", "throughput", "tuned"]
+            .iter()
+            .any(|w| super::find_ignore_case(last, w, false).is_some());
+    if !may {
+        return None;
+    }
+    if !is_llm_destination(destination) && !super::bedrock::is_control_plane_host(&destination.host)
+    {
+        return None;
+    }
     let fields = CallPath::with(&destination.upstream_path, |path| {
         PROVIDERS
             .iter()
@@ -728,8 +743,8 @@ mod tests {
             (bedrock_cp, "/model-invocation-job", "[1]", None),
             (
                 "tools.internal",
-                "/v1/things",
-                r#"{"modelId":"x","baseModel":"y"}"#,
+                "/api/v2/async-invoke",
+                r#"{"modelId":"churn-predictor"}"#,
                 None,
             ),
         ] {
