@@ -155,34 +155,88 @@ const READ_ANNOTATIONS: [&str; 5] = [
     "approval_mode",
 ];
 
-/// Refuses an annotation that looks meant for one tenant-proxy reads: its name a near miss of
-/// one (`@Approval`, `@approver`, `@aproval_timeout`, `@approvalMode`, `@ID`); a name about a
-/// person deciding that neither records nor waives one, unless its value declines
-/// (`@requires_approval`, `@approval_by("x")`: see [`meant_annotation`]); a requirement, gate
-/// or hold naming one; beside `@approval`, a name about a hold's timeout, mode or approvers
-/// (`@timeout("1m")`, `@reviewers("x")`). Names starting `x_` are the team's own.
+/// Names a team may give its own metadata on a permit (besides any name starting `x_`): what
+/// policies commonly carry, none of which reads as asking for a person.
+const METADATA_ANNOTATIONS: [&str; 40] = [
+    "description",
+    "doc",
+    "docs",
+    "owner",
+    "owners",
+    "team",
+    "contact",
+    "ticket",
+    "jira",
+    "issue",
+    "reference",
+    "link",
+    "url",
+    "severity",
+    "priority",
+    "rationale",
+    "reason",
+    "note",
+    "notes",
+    "comment",
+    "comments",
+    "tags",
+    "category",
+    "runbook",
+    "version",
+    "created",
+    "created_by",
+    "created_at",
+    "updated",
+    "updated_by",
+    "updated_at",
+    "reviewed_by",
+    "reviewed_at",
+    "approved_by",
+    "approved_at",
+    "source",
+    "control",
+    "compliance",
+    "environment",
+    "expires_at",
+];
+
+/// Refuses, on a permit, every annotation but those tenant-proxy reads, the metadata names of
+/// [`METADATA_ANNOTATIONS`] and names starting `x_`; and, on any policy, a near miss of one it
+/// reads (`@Approval`, `@approver`, `@aproval_timeout`, `@approvalMode`, `@ID`) or, beside
+/// `@approval`, a name about a hold's timeout, mode or approvers (`@timeout("1m")`,
+/// `@reviewers("x")`), with what it looks meant for.
 ///
 /// SECURITY: Cedar accepts any annotation and the proxy ignores those it does not read, so a
-/// misspelt `@approval` would leave its permit allowing at once, and a misspelt `@approvers`
-/// would let any approver of the tenant decide: a hold that silently never happens. Other
-/// annotations (`@owner`, `@ticket`, `@approved_by`) stay free.
+/// permit's annotation meant as a hold under any other wording (`@requires_approval`,
+/// `@four_eyes`, `@block_until_approved`, `@approval_by("security")`) would leave it allowing
+/// at once: no list of wordings foresees them all, so a permit carries only names known not to
+/// be one. A forbid may carry any (it never allows).
 fn check_annotation_names(policy: &Policy) -> Result<(), String> {
     let marked = policy.annotation("approval").is_some();
-    for (name, value) in policy.annotations() {
+    let permit = policy.effect() == Effect::Permit;
+    for (name, _) in policy.annotations() {
         if READ_ANNOTATIONS.contains(&name) {
             continue;
         }
-        if let Some(meant) = meant_annotation(name, value, marked) {
+        if let Some(meant) = meant_annotation(name, marked) {
             return Err(format!(
-                "`@{name}` is not an annotation tenant-proxy reads: did you mean `@{meant}`? (annotation names are exact; a misspelt approval annotation would leave the permit without the hold it asks for; name an annotation of your own `@x_{name}` to keep it)"
+                "`@{name}` is not an annotation tenant-proxy reads: did you mean `@{meant}`? (annotation names are exact; a misspelt approval annotation would leave the permit without the hold it asks for)"
+            ));
+        }
+        let own = name.starts_with("x_") || METADATA_ANNOTATIONS.contains(&name);
+        if permit && !own {
+            return Err(format!(
+                "`@{name}` is not an annotation tenant-proxy reads, and a permit carries only those (`@id`, `@approval`, `@approval_timeout`, `@approvers`, `@approval_mode`), metadata names (`@description`, `@owner`, `@ticket`, `@reviewed_by`, … see the README) and names starting `x_`: to hold requests for a person write `@approval(\"required\")`; to keep it as your own, name it `@x_{name}`"
             ));
         }
     }
     Ok(())
 }
 
-/// The annotation `@name(value)` looks meant for, if any (see [`check_annotation_names`]).
-fn meant_annotation(name: &str, value: &str, marked: bool) -> Option<&'static str> {
+/// The annotation a name looks meant for, if any: a near miss of one tenant-proxy reads, or
+/// beside `@approval` another name for a hold's timeout, mode or approvers (see
+/// [`check_annotation_names`]).
+fn meant_annotation(name: &str, marked: bool) -> Option<&'static str> {
     let folded = name.to_ascii_lowercase().replace('-', "_");
     // The prefix of a team's own annotations: never one the proxy reads.
     if folded.starts_with("x_") {
@@ -232,139 +286,7 @@ fn meant_annotation(name: &str, value: &str, marked: bool) -> Option<&'static st
             return Some(known);
         }
     }
-    // A name about a person deciding (approval, review, sign-off, confirmation, consent, four
-    // eyes, a human in the loop) is the hold's, whatever its value, unless it records one or
-    // waives it: past tense (`@approved_by`, `@reviewed`), a record's suffix
-    // (`@approval_ticket`, `@review_date`, `@change_approval_id`), a waiver
-    // (`@approval_exempt`, `@preapproved`, `@no_review`). By name, not value: a value can say
-    // anything.
-    let about_deciding = [
-        "approv",
-        "aprov",
-        "review",
-        "signoff",
-        "hitl",
-        "humanintheloop",
-        "confirm",
-        "consent",
-        "foureyes",
-        "dualcontrol",
-        "makerchecker",
-        "twoperson",
-        "oversight",
-    ]
-    .iter()
-    .any(|a| bare.contains(a));
-    let value = value.trim().to_ascii_lowercase();
-    // What says no: the only values a name asking for a person may carry and still load.
-    let declines = matches!(
-        value.as_str(),
-        "false" | "no" | "n" | "0" | "off" | "never" | "none" | "disabled" | "optional"
-    );
-    if about_deciding && !records_or_waives(&snake_case(name), &bare) && !declines {
-        return Some("approval");
-    }
-    // A requirement, gate or hold that names a person deciding (`@requires("approval")`,
-    // `@gate("human review")`, `@wait_for("sign-off")`), and a gate or hold that is set at all
-    // (`@hold("finance")`, `@gate("true")`).
-    let requirement = [
-        "requires",
-        "require",
-        "required",
-        "requirement",
-        "needs",
-        "need",
-        "must",
-        "waitfor",
-        "gate",
-        "hold",
-    ]
-    .contains(&bare.as_str());
-    let names_deciding = [
-        "approv", "aprov", "review", "sign-off", "signoff", "human", "person", "consent",
-        "confirm", "authoriz",
-    ]
-    .iter()
-    .any(|a| value.contains(a));
-    let set = ["gate", "hold"].contains(&bare.as_str()) && !declines;
-    if requirement && (names_deciding || set) {
-        return Some("approval");
-    }
-    // A name that requires a person by another word (`@requires_authorization`,
-    // `@needs_human`).
-    let requires = ["requir", "need", "must"].iter().any(|r| bare.contains(r));
-    let person = ["authoriz", "human", "person", "manual"]
-        .iter()
-        .any(|a| bare.contains(a));
-    if requires && person && !declines {
-        return Some("approval");
-    }
-
     None
-}
-
-/// `name` in snake case: camel case split (`approvalStatus` is `approval_status`), `-` as `_`,
-/// lower case.
-fn snake_case(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    let mut prev_lower = false;
-    for c in name.chars() {
-        if c.is_ascii_uppercase() && prev_lower {
-            out.push('_');
-        }
-        prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
-        out.push(if c == '-' {
-            '_'
-        } else {
-            c.to_ascii_lowercase()
-        });
-    }
-    out
-}
-
-/// Whether an annotation named about a person deciding only records one or waives it (see
-/// [`meant_annotation`]): `folded` is the name lower-cased with `_` separators, `bare` without
-/// them.
-fn records_or_waives(folded: &str, bare: &str) -> bool {
-    const PAST: [&str; 5] = [
-        "approved",
-        "reviewed",
-        "confirmed",
-        "signedoff",
-        "consented",
-    ];
-    const RECORDS: [&str; 22] = [
-        "_at",
-        "_on",
-        "_date",
-        "_time",
-        "_id",
-        "_ticket",
-        "_status",
-        "_state",
-        "_notes",
-        "_note",
-        "_comment",
-        "_comments",
-        "_reference",
-        "_ref",
-        "_number",
-        "_rate",
-        "_year",
-        "_doc",
-        "_link",
-        "_url",
-        "_owner",
-        "_team",
-    ];
-    const WAIVERS: [&str; 5] = ["exempt", "skip", "waive", "disapprov", "optional"];
-    PAST.iter().any(|p| bare.contains(p))
-        || RECORDS.iter().any(|r| folded.ends_with(r))
-        || WAIVERS.iter().any(|w| bare.contains(w))
-        // A change-management record (`@change_approval("CAB-1234")`).
-        || ["no", "pre", "auto", "non", "change"]
-            .iter()
-            .any(|p| bare.starts_with(p))
 }
 
 /// Whether every action `policy`'s scope can match is one a request is held on.
@@ -672,57 +594,50 @@ mod tests {
                 "{annotations}: {err}"
             );
         }
-        // Annotations of the authors' own stay free.
+        // On a permit, the metadata names and `x_` names are free, and nothing else: any other
+        // name might be a hold under a wording no list foresees.
         for free in [
             r#"@owner("payments-team")"#,
             r#"@ticket("SEC-123")"#,
             r#"@reviewed_by("alice")"#,
-            r#"@description("stripe writes")"#,
-            r#"@idea("x")"#,
+            r#"@description("payments need a person's approval upstream")"#,
             r#"@approved_by("alice")"#,
-            r#"@approved("2026-12-01")"#,
-            r#"@approval_ticket("SEC-9")"#,
-            r#"@approvalStatus("reviewed")"#,
-            r#"@timeout("1m")"#,
-            r#"@approval("required") @model("gpt-4o")"#,
-            r#"@approval("required") @rollout_mode("canary")"#,
-            r#"@approval("required") @owner_group("payments")"#,
-            r#"@preapproved("true")"#,
-            r#"@no_approval("true")"#,
-            r#"@auto_approve("true")"#,
-            r#"@approval_exempt("yes")"#,
-            r#"@approved("yes")"#,
-            r#"@security_approved("true")"#,
-            r#"@approved"#,
-            r#"@requires_approval("false")"#,
-            r#"@human_review("optional")"#,
-            r#"@disapproval_rate("1")"#,
-            r#"@reviewed_by("bob")"#,
-            r#"@review_date("2026-12-01")"#,
-            r#"@hold_reason("incident 42")"#,
+            r#"@approval("required") @rationale("wire transfers")"#,
             r#"@x_gate("canary")"#,
             r#"@x_requires_approval("true")"#,
-            r#"@change_approval("48213")"#,
-            r#"@approval_ticket("4521")"#,
-            r#"@approval_id("77")"#,
-            r#"@review_id("42")"#,
-            r#"@review_date("20250115")"#,
-            r#"@review_year("2025")"#,
-            r#"@confirmation_number("98765")"#,
-            r#"@approval_rate("5")"#,
-            r#"@review_status("ongoing")"#,
-            r#"@review_owner("oncall-security")"#,
-            r#"@reviewer_team("onboarding")"#,
-            r#"@review_notes("need to revisit in Q3")"#,
-            r#"@review_comment("human resources data")"#,
-            r#"@review_doc("requirements.md")"#,
-            r#"@approval_reference("true-up contract")"#,
-            r#"@reviewedAt("2025-01-01")"#,
-            r#"@confirmed_by("alice")"#,
-            r#"@requires("python-3.12")"#,
-            r#"@description("payments need a person's approval upstream")"#,
+            r#"@x_review_cycle("quarterly")"#,
         ] {
             let got = rule(&format!("{free} {permit}"));
+            assert!(got.is_ok(), "{free}: {got:?}");
+        }
+        for held_or_not in [
+            r#"@requires_approval"#,
+            r#"@block_until_approved"#,
+            r#"@four_eyes("true")"#,
+            r#"@change_requires_approval("true")"#,
+            r#"@approval_status("required")"#,
+            r#"@human_gate("true")"#,
+            r#"@ask_human"#,
+            r#"@requires_authorisation("manager")"#,
+            r#"@idea("x")"#,
+            r#"@approval("required") @approver_team("security")"#,
+        ] {
+            let err = rule(&format!("{held_or_not} {permit}")).expect_err(held_or_not);
+            assert!(
+                err.contains("is not an annotation tenant-proxy reads")
+                    && err.contains("@approval(\"required\")")
+                    && err.contains("`@x_"),
+                "{held_or_not}: {err}"
+            );
+        }
+        // A forbid never allows: any annotation of its own is free there.
+        let forbid = r#"forbid (principal, action == TenantProxy::Action::"http", resource);"#;
+        for free in [
+            r#"@idea("x")"#,
+            r#"@legal_hold("yes")"#,
+            r#"@review_cycle("q")"#,
+        ] {
+            let got = rule(&format!("{free} {forbid}"));
             assert!(got.is_ok(), "{free}: {got:?}");
         }
     }
