@@ -440,6 +440,56 @@ fn new_york_cost_ceilings(tenants: &mut config::TenantFile) {
     }
 }
 
+/// A settlement whose connection was cut after Redis ran it is sent again (the connection
+/// manager's second try): it gives back what the reservation did not use once, not twice, so
+/// the day's counter is what the call cost (before, twice the unused reservation came off and
+/// a tenant's spend went uncounted, past its ceiling).
+#[test]
+fn a_settlement_sent_twice_corrects_the_counters_once() {
+    let redis = RedisServer::start();
+    let cutter = SettlementCutter::start(&redis, 1);
+    let mock = start_mock();
+    let mut spec = ProxySpec::default()
+        .with_prices()
+        .with_redis_limiter(cutter.url(), Duration::from_secs(2));
+    spec.llm_route(mock);
+    new_york_cost_ceilings(&mut spec.tenants);
+    let proxy = Proxy::start(spec);
+    // Reserves max_tokens' worth (about 1,000 micro-units of the 2,000 a day), costs a few.
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":500,"messages":[{"role":"user","content":"hello"}]}"#;
+    let r = llm_chat(proxy.sidecar_port, body, "x-mock-output-tokens: 1\r\n");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let recs = proxy.wait_audit_records("acme", 1);
+    let spent = cost_spent(&recs);
+    assert!(spent > 0 && spent < 100, "{spent}");
+    // Settlements sent (a second send counted again), and a moment for the last one to run.
+    let settled = |sends: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cutter.sent() < sends {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {sends} settlement sends",
+                cutter.sent()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    settled(2);
+    assert_eq!(cutter.cut(), 1, "the first send's answer was cut");
+    let keys = redis.command("KEYS tp:{acme}:cost:d*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let counted = redis.command(&format!("GET {}", keys[0]));
+    assert_eq!(counted, vec![spent.to_string()], "counted once");
+    // The counter stays right: a second call still sees the first one's spend.
+    let r = llm_chat(proxy.sidecar_port, body, "x-mock-output-tokens: 1\r\n");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let recs = proxy.wait_audit_records("acme", 2);
+    settled(3);
+    let counted = redis.command(&format!("GET {}", keys[0]));
+    assert_eq!(counted, vec![cost_spent(&recs).to_string()]);
+}
+
 #[test]
 fn replicas_never_overshoot_a_cost_ceiling_under_64_concurrent_calls() {
     let redis = RedisServer::start();
@@ -749,6 +799,30 @@ fn a_redis_out_of_memory_refuses_an_admission_whole() {
     redis.command("CONFIG SET maxmemory 0");
     wait_readiness(&proxy, 200);
     assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+}
+
+/// A Redis that may evict keys would drop counters (a day's spend allowed again): the proxy says
+/// so when it connects; the harness's `noeviction` Redis gets no such line.
+#[test]
+fn a_redis_that_may_evict_keys_is_warned_about() {
+    let warning = "may evict keys (maxmemory-policy is not noeviction)";
+    let evicting = RedisServer::start_with(
+        vec!["--maxmemory-policy".into(), "allkeys-lru".into()],
+        Vec::new(),
+    );
+    let keeping = RedisServer::start();
+    let started = |redis: &RedisServer| {
+        Proxy::start(ProxySpec::default().with_redis_limiter(redis.url(), Duration::from_secs(1)))
+    };
+    let (warned, quiet) = (started(&evicting), started(&keeping));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !warned.log().contains(warning) {
+        assert!(Instant::now() < deadline, "{}", warned.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(warned.log().contains("allkeys-lru"));
+    assert!(quiet.log().contains("limiter connected to redis"));
+    assert!(!quiet.log().contains(warning), "{}", quiet.log());
 }
 
 /// A Redis that answers but refuses writes is no limiter: a demoted master (now a read-only

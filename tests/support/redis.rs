@@ -611,3 +611,94 @@ fn wait_for(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A TCP relay in front of a Redis server that, `cuts` times, lets a settlement run (a call
+/// naming a settlement's `:settled:` marker) and then closes its client's connection without
+/// the answer: a connection cut after Redis ran the call, which the client sends again.
+pub struct SettlementCutter {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SettlementCutter {
+    /// A relay to `redis` that cuts `cuts` settlements.
+    pub fn start(redis: &RedisServer, cuts: usize) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (left, cut) = (
+            Arc::new(AtomicUsize::new(cuts)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let redis_port = redis.port;
+        let done = cut.clone();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let seen = sent.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)) else {
+                    continue;
+                };
+                let cut_next = Arc::new(AtomicBool::new(false));
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (left, arm, seen) = (left.clone(), cut_next.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = std::io::Read::read(&mut from_client, &mut buf) {
+                        let settles = buf[..n].windows(9).any(|w| w == b":settled:");
+                        seen.fetch_add(usize::from(settles), Ordering::SeqCst);
+                        let take = |l: usize| l.checked_sub(1);
+                        if settles
+                            && left
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
+                                .is_ok()
+                        {
+                            arm.store(true, Ordering::SeqCst);
+                        }
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut from_server, mut to_client) = (server, client);
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = std::io::Read::read(&mut from_server, &mut buf) {
+                        if cut_next.load(Ordering::SeqCst) {
+                            // Redis ran it; its answer is lost with the connection.
+                            done.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if to_client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown(std::net::Shutdown::Both);
+                    let _ = from_server.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        SettlementCutter { port, cut, sent }
+    }
+
+    /// `redis://127.0.0.1:PORT` of the relay.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Settlement calls sent through the relay so far (a second send counted again).
+    pub fn sent(&self) -> usize {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Settlements cut so far.
+    pub fn cut(&self) -> usize {
+        self.cut.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -135,18 +135,43 @@ return figures(out)
 "#;
 
 const SETTLE: &str = r#"
--- Ends a request in one round trip. ARGV[1] lease id; then per key: kind, a, b.
+-- Ends a request in one round trip. ARGV[1] lease id, ARGV[2] the latest time (Redis's, us; 0:
+-- none) at which its corrections may still apply; then per key: kind, a, b. KEYS[1..n] (n the
+-- number of triples) are the request's keys; KEYS[n + 1], present when a correction is asked,
+-- is the settlement's marker.
 -- 2 concurrency: remove the lease; 3 tokens per minute: a = minute of the reservation,
 -- b = used - reserved; 4 quota: b = used - reserved. Counters never go below zero, and a counter
 -- that expired meanwhile is not recreated.
+-- Answers 1 (settled), 2 (too late: leases removed, nothing corrected), 3 (corrected before:
+-- leases removed, nothing corrected again).
+local n = (#ARGV - 2) / 3
 -- Leases first: their removal frees memory, and once a script has written, a Redis out of
 -- memory lets its later writes through, so a settlement (which corrects existing counters, and
 -- mostly lowers them) is not refused and its call charged its whole reservation.
-for i = 1, #KEYS do
-  if tonumber(ARGV[2 + (i - 1) * 3]) == 2 then redis.call('ZREM', KEYS[i], ARGV[1]) end
+local corrects = false
+for i = 1, n do
+  if tonumber(ARGV[3 + (i - 1) * 3]) == 2 then
+    redis.call('ZREM', KEYS[i], ARGV[1])
+  else
+    corrects = true
+  end
 end
-for i = 1, #KEYS do
-  local base = 1 + (i - 1) * 3
+if not corrects then return 1 end
+-- Corrections apply once. A call can be sent twice: its connection cut after Redis ran it, the
+-- client sends it again (the connection manager's second try, the cluster client's retries).
+-- A lease is removed twice harmlessly; a correction, mostly giving back what a reservation did
+-- not use, applied twice would count less than was spent. The marker says this one applied,
+-- for as long as a second send may still apply: until the deadline (and a second past it);
+-- after it, nothing is corrected (the reservations stand: counted over, never under).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local deadline = tonumber(ARGV[2])
+if deadline > 0 and now > deadline then return 2 end
+local keep = 600000
+if deadline > 0 then keep = math.floor((deadline - now) / 1000) + 1000 end
+if not redis.call('SET', KEYS[n + 1], '1', 'NX', 'PX', keep) then return 3 end
+for i = 1, n do
+  local base = 2 + (i - 1) * 3
   local kind = tonumber(ARGV[base + 1])
   local a = tonumber(ARGV[base + 2])
   local b = tonumber(ARGV[base + 3])
@@ -326,6 +351,41 @@ async fn load_scripts(conn: &AsyncConn, timeout: Duration) {
             tracing::warn!("cannot load the limiter's scripts into redis yet; calls load them");
             return;
         }
+    }
+}
+
+/// Warns when Redis may evict keys (its `maxmemory-policy` is not `noeviction`): an evicted
+/// counter starts from zero, so a day's or a run's spend is allowed again, with nothing else
+/// showing it. A Redis that does not let the proxy read its configuration (a managed service,
+/// an ACL without `CONFIG`) is not asked again.
+async fn warn_if_evicting(conn: &AsyncConn, timeout: Duration) {
+    let mut conn = conn.clone();
+    let mut config = redis::cmd("CONFIG");
+    config.arg("GET").arg("maxmemory-policy");
+    let asked = config.query_async::<Vec<String>>(&mut conn);
+    match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok(answer)) => {
+            if let Some(policy) = evicting_policy(&answer) {
+                tracing::warn!(
+                    policy,
+                    "the limiter's redis may evict keys (maxmemory-policy is not noeviction): an evicted counter starts from zero and a tenant's day, month or run budget is spent again; set maxmemory-policy noeviction"
+                );
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "cannot read the limiter's redis maxmemory-policy; it must be noeviction");
+        }
+        Err(_) => {}
+    }
+}
+
+/// The eviction policy a `CONFIG GET maxmemory-policy` answer names, when it may evict.
+fn evicting_policy(answer: &[String]) -> Option<&str> {
+    match answer {
+        [name, policy] if name == "maxmemory-policy" && policy != "noeviction" => {
+            Some(policy.as_str())
+        }
+        _ => None,
     }
 }
 
@@ -538,7 +598,8 @@ impl PendingReleases {
             }
             let released = match ScriptCall::new(script, &release.keys) {
                 Ok(mut call) => {
-                    call.arg(&release.lease_id);
+                    // Leases only: nothing is corrected, so no marker and no deadline.
+                    call.arg(&release.lease_id).arg(0);
                     for _ in &release.keys {
                         call.arg(2).arg(0).arg(0);
                     }
@@ -677,6 +738,7 @@ impl RedisBackend {
                                     tracing::warn!(error = %e, "cannot read the shared revocation list");
                                 }
                                 load_scripts(&m, read_timeout).await;
+                                warn_if_evicting(&m, read_timeout).await;
                                 let mut probe = m.clone();
                                 let probe_script = redis::Script::new(PROBE);
                                 let Ok(time) = ScriptCall::new(&probe_script, &[PROBE_KEY]) else {
@@ -958,17 +1020,23 @@ impl RedisBackend {
             .iter()
             .filter_map(|m| m.key.kind.measure().map(|measure| (m, measure)))
             .collect();
+        let marker = metered
+            .first()
+            .map(|(m, _)| settle_marker(m.key.scope.tenant(), &admission.lease_id));
         let names: Vec<String> = metered
             .iter()
             .map(|(m, _)| m.key.redis_name())
             .chain(admission.leases.iter().map(LimitKey::redis_name))
+            .chain(marker)
             .collect();
         // On failure a reservation stands until its window ends and a slot until its lease
         // expires: spend is over-, never under-counted.
         let result = match ScriptCall::new(&self.settle_script, &names).map_err(LimiterUnavailable)
         {
             Ok(mut invocation) => {
-                invocation.arg(&admission.lease_id);
+                invocation
+                    .arg(&admission.lease_id)
+                    .arg(self.clock.after(SETTLE_APPLIES_WITHIN).unwrap_or(0));
                 for (m, measure) in &metered {
                     let delta =
                         i64::try_from(i128::from(used.of(*measure)) - i128::from(m.reserved))
@@ -998,6 +1066,19 @@ impl RedisBackend {
             }
         }
     }
+}
+
+/// How long after it is sent a settlement may still correct counters (on Redis's clock). A
+/// settlement sent twice (see `SETTLE`) corrects once: its marker lives this long and a second
+/// past it. Longer than any call's time box, so that only a Redis stalled this long drops a
+/// correction (the reservations then stand: over-counted); short, because every settled
+/// request leaves its marker in Redis for that time.
+const SETTLE_APPLIES_WITHIN: Duration = Duration::from_secs(10);
+
+/// The key that marks a settlement applied (see `SETTLE`): the tenant's hash tag, so that it
+/// shares the request's keys' cluster slot.
+fn settle_marker(tenant: &TenantId, lease_id: &str) -> String {
+    format!("tp:{{{tenant}}}:settled:{lease_id}")
 }
 
 /// What a call's time box may run past its `timeout`: a starved runtime's late wake-up and
@@ -1267,16 +1348,18 @@ fn decode(
     lease_id: String,
     charge: Charge,
 ) -> Result<Admission, AdmitError> {
+    // SECURITY: only the script's own answers are read: admitted with two figures a key, or
+    // refused by one of the keys. Anything else (a bare `1` from whatever answered, an answer
+    // cut short) admits nothing: a figure filled in here would admit with nothing counted.
     match reply.first() {
-        Some(1) => {
+        Some(1) if reply.len() == 1 + 2 * keys.len() => {
             let mut admission = Admission {
                 lease_id,
                 reserved: charge,
                 ..Admission::default()
             };
             for (i, key) in keys.iter().enumerate() {
-                let remaining = reply.get(1 + 2 * i).copied().unwrap_or(0);
-                let second = reply.get(2 + 2 * i).copied().unwrap_or(0);
+                let (remaining, second) = (reply[1 + 2 * i], reply[2 + 2 * i]);
                 match key.kind {
                     LimitKind::Rate { per_period, .. } => {
                         let remaining = u32::try_from(remaining.max(0)).unwrap_or(0);
@@ -1301,16 +1384,12 @@ fn decode(
             }
             Ok(admission)
         }
-        Some(0) => {
-            let index = reply
-                .get(1)
-                .and_then(|i| usize::try_from(*i).ok())
-                .unwrap_or(1);
-            let retry_us = u64::try_from(reply.get(2).copied().unwrap_or(1_000_000).max(0))
-                .unwrap_or(1_000_000);
-            let key = keys
-                .get(index.saturating_sub(1))
+        Some(0) if reply.len() == 3 => {
+            let key = usize::try_from(reply[1])
+                .ok()
+                .and_then(|index| keys.get(index.checked_sub(1)?))
                 .ok_or(AdmitError::Unavailable)?;
+            let retry_us = u64::try_from(reply[2].max(0)).unwrap_or(1_000_000);
             Err(AdmitError::Limited(LimitDeny::for_key(
                 key,
                 crate::clock::unix_now_i64(),
@@ -1370,6 +1449,72 @@ mod tests {
         assert!((1_010_799..=1_010_800).contains(&(1_000_000 + clock.wall_offset_secs())));
         clock.measured(sent, unix_us() - 10_800_000_000 + 500, sent + 1000);
         assert!((989_199..=989_200).contains(&(1_000_000 + clock.wall_offset_secs())));
+    }
+
+    /// Only the admission script's own answers admit or refuse: whatever else answered (a bare
+    /// `1` from a server that is not Redis, an answer cut short, an index out of range) admits
+    /// nothing.
+    #[test]
+    fn an_answer_not_shaped_as_the_scripts_admits_nothing() {
+        let acme = TenantId::new("acme").unwrap();
+        let keys = [
+            LimitKey {
+                scope: super::super::Scope::Tenant(acme.clone()),
+                kind: LimitKind::Rate {
+                    per_period: 10,
+                    period_secs: 60,
+                    burst: 10,
+                },
+            },
+            LimitKey {
+                scope: super::super::Scope::Tenant(acme),
+                kind: LimitKind::Concurrency { max: 3 },
+            },
+        ];
+        let decoded = |reply: &[i64]| decode(&keys, reply, "lease".into(), Charge::default());
+        let admitted = decoded(&[1, 9, 6_000_000, -1, 0]).unwrap();
+        assert_eq!(admitted.leases.len(), 1);
+        assert_eq!(admitted.headline.unwrap().remaining, 9);
+        assert!(matches!(
+            decoded(&[0, 2, 1_000_000]),
+            Err(AdmitError::Limited(_))
+        ));
+        for garbage in [
+            &[1][..],
+            &[1, 9, 6_000_000],
+            &[1, 9, 6_000_000, -1, 0, 7],
+            &[0],
+            &[0, 2],
+            &[0, 3, 1_000_000],
+            &[0, 0, 1_000_000],
+            &[0, -1, 1_000_000],
+            &[2],
+            &[],
+        ] {
+            assert!(
+                matches!(decoded(garbage), Err(AdmitError::Unavailable)),
+                "{garbage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_policy_that_may_evict_is_warned_about() {
+        let answer = |p: &str| vec!["maxmemory-policy".to_string(), p.to_string()];
+        assert_eq!(evicting_policy(&answer("noeviction")), None);
+        assert_eq!(evicting_policy(&answer("allkeys-lru")), Some("allkeys-lru"));
+        assert_eq!(
+            evicting_policy(&answer("volatile-ttl")),
+            Some("volatile-ttl")
+        );
+        assert_eq!(evicting_policy(&[]), None);
+    }
+
+    /// A settlement's marker is the tenant's, so it shares the request's keys' cluster slot.
+    #[test]
+    fn a_settlements_marker_has_its_tenants_hash_tag() {
+        let acme = TenantId::new("acme").unwrap();
+        assert_eq!(settle_marker(&acme, "00ff"), "tp:{acme}:settled:00ff");
     }
 
     #[test]
