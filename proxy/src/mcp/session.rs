@@ -285,10 +285,16 @@ fn map_session_parameters(
     let mut mapped = String::with_capacity(path_and_query.len() + 32);
     mapped.push_str(path);
     mapped.push('?');
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            mapped.push('&');
-        }
+    // SECURITY: pairs end at `;` as well as `&`, as lenient servers read them (Rack before 3,
+    // CGI.pm, Python's `parse_qs(separator=';')`; see `form_pairs`): split on `&` only,
+    // `x=1;session_id=<another tenant's id>` went to such a server unchecked. Each separator is
+    // kept as it was.
+    let mut rest = query;
+    loop {
+        let (pair, separator) = match rest.find(['&', ';']) {
+            Some(at) => (&rest[..at], Some(&rest[at..=at])),
+            None => (rest, None),
+        };
         match pair.split_once('=') {
             Some((name, value)) if is_session_parameter(&decoded(name)) => {
                 mapped.push_str(name);
@@ -302,6 +308,9 @@ fn map_session_parameters(
             }
             _ => mapped.push_str(pair),
         }
+        let Some(separator) = separator else { break };
+        mapped.push_str(separator);
+        rest = &rest[pair.len() + 1..];
     }
     Ok(changed.then_some(mapped))
 }
@@ -515,6 +524,10 @@ mod tests {
             "/mcp/messages?%73essionId=ab",
             "/mcp/messages?session_id",
             "/mcp/messages?a=1&session=ab",
+            // After a `;`, as lenient servers split pairs.
+            "/mcp/messages?x=1;session_id=ab",
+            "/mcp/messages?x=1;sessionId",
+            "/mcp/messages?a=1&b=2;session=ab&c",
         ] {
             assert_eq!(
                 open_request(&acme, &http::HeaderMap::new(), url),
@@ -522,6 +535,14 @@ mod tests {
                 "{url}"
             );
         }
+        // Sealed after a `;`: opened in place, each separator kept.
+        let url = seal_endpoint(&acme, "/mcp/messages?v=1;sessionId=ab&x;y").unwrap();
+        assert!(url.starts_with("/mcp/messages?v=1;sessionId=tp1."), "{url}");
+        let opened = open_request(&acme, &http::HeaderMap::new(), &url).unwrap();
+        assert_eq!(
+            opened.upstream_path(&url).unwrap().as_deref(),
+            Some("/mcp/messages?v=1;sessionId=ab&x;y")
+        );
         // A query without session parameters goes as it is.
         assert_eq!(
             open_request(&acme, &http::HeaderMap::new(), "/mcp?profile=x").unwrap(),
