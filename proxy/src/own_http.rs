@@ -31,6 +31,7 @@ use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
 use crate::error::Deny;
@@ -44,6 +45,10 @@ pub const MAX_OPEN: u32 = 64;
 
 /// Of [`MAX_OPEN`], what one address may hold.
 pub const MAX_OPEN_PER_PEER: u32 = MAX_OPEN / 4;
+
+/// Largest request body these ports read (an approval's reason is at most 4 KiB; the admin
+/// port reads none).
+const MAX_BODY: u64 = 64 * 1024;
 
 /// Longest one write of an answer may wait for its client to read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,6 +158,54 @@ impl<A> Fronted<A> {
         self.slots().waiting.retain(|(id, _, _)| *id != me);
         next
     }
+
+    /// The request's whole body, read while the connection is listed as waiting (as for its
+    /// head: a body trickled a byte at a time is as idle as a head that is), at most
+    /// [`MAX_BODY`]; `None` when a new connection took its slot meanwhile.
+    ///
+    /// SECURITY: read by the application instead, a trickled body counted as being served and
+    /// was never evicted: an approver of one tenant, from a few addresses of its host (any
+    /// `127.x.y.z`, any of a host's IPv6 addresses), held every slot of the approvals API with
+    /// bodies sent a byte every half second, and the other tenants' approvers were refused.
+    async fn whole_body(
+        &self,
+        conn: &mut FrontConn<()>,
+        peer: IpAddr,
+    ) -> Option<Result<(), Violation>> {
+        let me = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let end = Arc::new(Notify::new());
+        self.slots().waiting.push_back((me, peer, end.clone()));
+        let body = async {
+            if expects_continue(conn.head_bytes())
+                && conn
+                    .stream_mut()
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                return Err(Violation::Truncated);
+            }
+            conn.buffer_body(MAX_BODY).await
+        };
+        let read = tokio::select! {
+            read = body => Some(read),
+            () = end.notified() => None,
+        };
+        self.slots().waiting.retain(|(id, _, _)| *id != me);
+        read
+    }
+}
+
+/// Whether a request head asks for `100 Continue` before its body is sent.
+fn expects_continue(head: &[u8]) -> bool {
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        let mut parts = line.splitn(2, |b| *b == b':');
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        name.eq_ignore_ascii_case(b"expect")
+            && value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+    })
 }
 
 impl<A> std::fmt::Debug for Fronted<A> {
@@ -203,6 +256,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Fronted<A> {
                 Ok(None) => return None,
                 Ok(Some(head)) if head.connect => Deny::ConnectUnsupported,
                 Ok(Some(_)) => {
+                    if let Err(violation) = self.whole_body(&mut conn, peer).await? {
+                        write_refusal(conn.stream_mut(), &violation.into(), &id).await;
+                        return None;
+                    }
                     // An HTTP/1.0 client expects the connection to end with the response
                     // (pingora's server keeps it open whatever the request's version).
                     let http10 = conn

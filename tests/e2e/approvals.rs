@@ -1586,3 +1586,49 @@ fn holds_live_in_a_tls_redis_with_an_acl_user_like_the_limiters_counters() {
         assert!(!proxy.log().contains(crate::redis_tls::PASSWORD));
     }
 }
+
+/// One tenant's approver trickling request bodies from several addresses of its host (any
+/// `127.x.y.z`) does not lock another tenant's approvers out of the API: a connection still
+/// sending its body waits as one still sending its head does, and gives its slot up to a new
+/// connection (before, it counted as being served and every slot was held).
+#[test]
+fn bodies_trickled_from_many_addresses_lock_no_approver_out() {
+    use std::io::Write as _;
+    let origin = Origin::start();
+    let proxy = Proxy::start(spec(origin.port));
+    let alice = approver_token("acme", "alice", &[]);
+    let bob = approver_token("globex", "bob", &[]);
+    let url = format!("http://127.0.0.1:{}/poll/delete-repo", origin.port);
+    let (status, hold, answer) = python_post(&proxy, &url, r#"{"repo": "acme/site"}"#, None);
+    assert_eq!(status, 202, "{answer}");
+    let api_addr = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.approvals_port()));
+    let mut trickled = Vec::new();
+    for last in 2..=5u8 {
+        for _ in 0..16 {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket
+                .bind(&std::net::SocketAddr::from(([127, 0, 0, last], 0)).into())
+                .unwrap();
+            socket.connect(&api_addr.into()).unwrap();
+            let mut s: std::net::TcpStream = socket.into();
+            s.write_all(
+                format!(
+                    "POST /v1/tenants/acme/holds/{hold}/approve HTTP/1.1\r\nHost: approvals\r\nAuthorization: Bearer {alice}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            trickled.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let r = api(&proxy, "GET", "/v1/tenants/globex/holds", &bob, None);
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+    // The hold was not approved by any of the bodies that never ended.
+    let holds = wait_holds(&proxy, "acme", &alice, 1);
+    assert_eq!(holds[0]["id"], hold.as_str(), "{holds:?}");
+    drop(trickled);
+}

@@ -272,6 +272,51 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
         }
     }
 
+    /// Reads the whole body of the request whose head [`Self::next_head`] returned into the
+    /// buffer, before anything reads it: at most `max` bytes, within the body deadline. For the
+    /// proxy's own ports, whose bodies are small: their front counts a connection still sending
+    /// its body as waiting, as it counts one still sending its head (see `own_http`).
+    pub async fn buffer_body(&mut self, max: u64) -> Result<(), Violation> {
+        let mut chunked = match &self.phase {
+            Phase::Length(n) if *n > max => return Err(self.poison(Violation::BodyTooLarge)),
+            Phase::Length(_) => None,
+            Phase::Chunked(v) => Some(v.clone()),
+            _ => return Ok(()),
+        };
+        let deadline = Instant::now() + self.limits.body_timeout;
+        // Body bytes the chunked check has seen.
+        let mut checked = self.releasable;
+        loop {
+            let whole = match (&self.phase, chunked.as_mut()) {
+                (Phase::Length(n), _) => (self.buf.len() - self.releasable) as u64 >= *n,
+                (_, Some(v)) => {
+                    let fed = v.feed(&self.buf[checked..]);
+                    checked = self.buf.len();
+                    match fed {
+                        Ok(Fed::Done(_)) => true,
+                        Ok(Fed::More) if v.declared_len() > max => {
+                            return Err(self.poison(Violation::BodyTooLarge))
+                        }
+                        Ok(Fed::More) => false,
+                        Err(e) => return Err(self.poison(Violation::Chunked(e))),
+                    }
+                }
+                _ => true,
+            };
+            if whole {
+                return Ok(());
+            }
+            if self.eof {
+                return Err(self.poison(Violation::Truncated));
+            }
+            match tokio::time::timeout_at(deadline, fill(&mut self.inner, &mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => self.eof = true,
+                Ok(Ok(_)) => {}
+                Err(_) => return Err(self.poison(Violation::BodyTimeout)),
+            }
+        }
+    }
+
     /// The bytes of the head [`Self::next_head`] returned or refused.
     pub fn head_bytes(&self) -> &[u8] {
         &self.buf[..self.releasable]
