@@ -223,13 +223,15 @@ impl Signer {
     pub fn publish(&self, audit_dir: &Path) -> io::Result<()> {
         use std::io::Write as _;
         let keys = audit_dir.join(KEYS_DIR);
-        super::layout::create_dirs(&keys)?;
-        super::layout::file_options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(keys.join(format!("{}.pub", self.key_id)))?
-            .write_all(format!("{}\n", self.public_hex()).as_bytes())
+        super::layout::create_dirs(audit_dir, &keys)?;
+        super::layout::open_regular(
+            super::layout::file_options()
+                .write(true)
+                .create(true)
+                .truncate(true),
+            &keys.join(format!("{}.pub", self.key_id)),
+        )?
+        .write_all(format!("{}\n", self.public_hex()).as_bytes())
     }
 }
 

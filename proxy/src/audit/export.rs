@@ -147,11 +147,10 @@ pub fn export(
         return Ok(summary);
     };
     let path = tenant_dir.join(CHECKPOINTS_FILE);
-    let is_file = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
-    let checkpoints = if is_file {
-        fs::read(&path)?
-    } else {
-        Vec::new()
+    let checkpoints = match layout::read_regular(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
     };
     let checkpoint_lines = || {
         checkpoints
@@ -203,7 +202,7 @@ fn for_each_record(
     mut f: impl FnMut(&[u8], u64) -> io::Result<()>,
 ) -> io::Result<()> {
     for pos in files {
-        let bytes = fs::read(pos.path(tenant_dir))?;
+        let bytes = layout::read_regular(&pos.path(tenant_dir))?;
         for line in bytes.split_inclusive(|b| *b == b'\n') {
             let Some(line) = line.strip_suffix(b"\n") else {
                 continue;

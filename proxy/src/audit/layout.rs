@@ -17,21 +17,106 @@ const FILE_MODE: u32 = 0o640;
 /// The mode of its directories, to the same end.
 const DIR_MODE: u32 = 0o750;
 
-/// Creates `dir` and its missing parents with [`DIR_MODE`].
-pub(super) fn create_dirs(dir: &Path) -> io::Result<()> {
+/// Creates `dir`, a directory at or below the audit directory `root`, and its missing parents
+/// with [`DIR_MODE`]; fails when a directory below `root` on the way is a symbolic link or
+/// not a directory (`root` itself, and what leads to it, are the operator's to place).
+///
+/// SECURITY: whoever can write the audit directory could link a partition (or a year or month
+/// in it) anywhere the proxy's user can write, and have one tenant's records written there.
+pub(super) fn create_dirs(root: &Path, dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
+    let mut builder = fs::DirBuilder::new();
+    builder.mode(DIR_MODE);
+    builder.recursive(true).create(root)?;
+    builder.recursive(false);
+    let below = dir.strip_prefix(root).map_err(|_| {
+        io::Error::other(format!("{} is not below {}", dir.display(), root.display()))
+    })?;
+    let mut at = root.to_path_buf();
+    for part in below.components() {
+        at.push(part);
+        match builder.create(&at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let kind = fs::symlink_metadata(&at)?.file_type();
+        if !kind.is_dir() {
+            return Err(io::Error::other(format!(
+                "{} is not a directory (a symbolic link or a file): the audit trail is never written through one",
+                at.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
-/// Options that create a file of the trail with [`FILE_MODE`] (an existing file keeps its own).
+/// Flags every open of a file inside the audit directory carries.
+///
+/// SECURITY: a symbolic link is not followed (`O_NOFOLLOW`): planted as a day file, the lock
+/// file or a public key, it had the proxy truncate and write any file its user can (its
+/// signing key, its configuration), or one tenant's records land in another's files. A FIFO
+/// does not block the open (`O_NONBLOCK`): planted as one tenant's day file, it stopped the
+/// writer thread, and with it every tenant's records, while requests were still served. What
+/// opens is then checked to be a regular file ([`open_regular`]).
+const SAFE_OPEN: i32 = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK;
+
+#[cfg(test)]
+thread_local! {
+    /// Set by a test that stands `/dev/full`, linked as a day file, in for a full disk: on its
+    /// thread, trail files open through links and may be devices.
+    pub(super) static FULL_DISK_BY_LINK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`SAFE_OPEN`], but for a test's stand-in for a full disk.
+fn safe_open() -> i32 {
+    #[cfg(test)]
+    if FULL_DISK_BY_LINK.get() {
+        return nix::libc::O_NONBLOCK;
+    }
+    SAFE_OPEN
+}
+
+/// Options that create a file of the trail with [`FILE_MODE`] (an existing file keeps its own),
+/// opened safely ([`SAFE_OPEN`]; use [`open_regular`]).
 pub(super) fn file_options() -> fs::OpenOptions {
     use std::os::unix::fs::OpenOptionsExt;
     let mut options = fs::OpenOptions::new();
-    options.mode(FILE_MODE);
+    options.mode(FILE_MODE).custom_flags(safe_open());
     options
+}
+
+/// Opens a file inside the audit directory with `options` (from [`file_options`] or
+/// [`reading`]): anything but a regular file (a FIFO, a device, a directory) is refused.
+pub(super) fn open_regular(options: &fs::OpenOptions, path: &Path) -> io::Result<fs::File> {
+    let file = options.open(path)?;
+    #[cfg(test)]
+    if FULL_DISK_BY_LINK.get() {
+        return Ok(file);
+    }
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// Options that read a file inside the audit directory safely (see [`SAFE_OPEN`]).
+pub(super) fn reading() -> fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = fs::OpenOptions::new();
+    options.read(true).custom_flags(safe_open());
+    options
+}
+
+/// The bytes of a regular file inside the audit directory (see [`open_regular`]).
+pub(super) fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    open_regular(&reading(), path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The file of a tenant's signed checkpoints, inside its partition.

@@ -46,19 +46,23 @@ impl DirLock {
         match handle.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let holder = File::open(&path).ok().and_then(|mut f| holder(&mut f));
+                let holder = super::layout::open_regular(&super::layout::reading(), &path)
+                    .ok()
+                    .and_then(|mut f| holder(&mut f));
                 return Err(LockError::Held(holder));
             }
             Err(TryLockError::Error(e)) => return Err(LockError::Io(e)),
         }
         let me = format!("pid {} on host `{}`\n", std::process::id(), hostname());
-        super::layout::file_options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .and_then(|mut file| file.write_all(me.as_bytes()))
-            .map_err(LockError::Io)?;
+        super::layout::open_regular(
+            super::layout::file_options()
+                .write(true)
+                .create(true)
+                .truncate(true),
+            &path,
+        )
+        .and_then(|mut file| file.write_all(me.as_bytes()))
+        .map_err(LockError::Io)?;
         Ok(Self { dir: handle })
     }
 

@@ -125,6 +125,10 @@ impl Keys {
                 let Some(id) = name.strip_suffix(".pub") else {
                     continue;
                 };
+                // Never a link or a FIFO (which would block the read for ever).
+                if !e.file_type().is_ok_and(|t| t.is_file()) {
+                    continue;
+                }
                 if let Ok(key) = checkpoint::read_public_key(&e.path()) {
                     if checkpoint::key_id(&key) == id {
                         keys.insert(id.to_string(), key);
@@ -309,7 +313,7 @@ fn check(
 /// The bytes of a partition's `checkpoints.jsonl` (none when it has none).
 fn read_checkpoints(tenant_dir: &Path) -> Result<Vec<u8>, Finding> {
     let path = tenant_dir.join(CHECKPOINTS_FILE);
-    match fs::read(&path) {
+    match layout::read_regular(&path) {
         Ok(b) => Ok(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(unreadable(&path, e)),
@@ -343,7 +347,7 @@ impl Partition<'_> {
         let mut torn: Option<String> = None;
         for (fi, pos) in files.iter().enumerate() {
             let path = pos.path(self.dir);
-            let bytes = fs::read(&path).map_err(|e| unreadable(&path, e))?;
+            let bytes = layout::read_regular(&path).map_err(|e| unreadable(&path, e))?;
             let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
             // After the last newline: empty for a complete file, else a torn line.
             let rest = lines.pop().unwrap_or_default();

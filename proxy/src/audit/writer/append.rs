@@ -2,7 +2,7 @@
 //! length the writer last left the file, a failed append cut back, and a file changed underneath
 //! the writer (removed, moved, written by another process) failing the partition.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 use std::time::SystemTime;
@@ -147,10 +147,11 @@ impl Writer {
                 // (the `unwritten audit record` lines logged at shutdown append to it).
                 let cut = file.set_len(segment.start).and_then(|()| {
                     segments[..i].iter().try_for_each(|done| {
-                        OpenOptions::new()
-                            .write(true)
-                            .open(done.pos.path(&tenant_dir))?
-                            .set_len(done.start)
+                        layout::open_regular(
+                            layout::file_options().write(true),
+                            &done.pos.path(&tenant_dir),
+                        )?
+                        .set_len(done.start)
                     })
                 });
                 if let Err(cut) = cut {
@@ -185,13 +186,10 @@ fn open_at<'a>(
 ) -> io::Result<&'a mut File> {
     if slot.as_ref().map(|(p, _)| *p) != Some(pos) {
         let path = pos.path(tenant_dir);
-        if let Some(parent) = path.parent() {
-            layout::create_dirs(parent)?;
+        if let Some(month) = path.parent() {
+            layout::create_dirs(tenant_dir.parent().unwrap_or(tenant_dir), month)?;
         }
-        let file = layout::file_options()
-            .create(true)
-            .append(true)
-            .open(&path)?;
+        let file = layout::open_regular(layout::file_options().create(true).append(true), &path)?;
         *slot = Some((pos, file));
     }
     match slot {

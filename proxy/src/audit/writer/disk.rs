@@ -2,9 +2,9 @@
 //! directory takes writes, recovering a partition's chain head (a torn tail cut off and kept
 //! beside the file), and the checkpoints file's last line and appends.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::Cursor;
 use crate::audit::chain::{self, ChainHead};
@@ -13,7 +13,7 @@ use crate::audit::layout::{self, FilePos};
 use crate::audit::{tail, FsyncPolicy};
 
 pub(in crate::audit) fn probe_writable(dir: &Path) -> io::Result<()> {
-    layout::create_dirs(dir)?;
+    layout::create_dirs(dir, dir)?;
     probe_file(&dir.join(".write-probe"))
 }
 
@@ -42,7 +42,14 @@ pub(in crate::audit) fn check_writable(dir: &Path) -> io::Result<()> {
 }
 
 fn probe_file(probe: &Path) -> io::Result<()> {
-    let written = File::create(probe).and_then(|mut f| {
+    let created = layout::open_regular(
+        layout::file_options()
+            .write(true)
+            .create(true)
+            .truncate(true),
+        probe,
+    );
+    let written = created.and_then(|mut f| {
         f.write_all(b"ok")?;
         f.sync_data()
     });
@@ -64,7 +71,7 @@ pub(super) struct LastCheckpoint {
 /// that is not a checkpoint still gives its hash (the next checkpoint links to what is there;
 /// `audit verify` reports the line).
 pub(super) fn last_checkpoint(path: &Path) -> io::Result<Option<LastCheckpoint>> {
-    let file = match File::open(path) {
+    let file = match layout::open_regular(&layout::reading(), path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -96,15 +103,12 @@ pub(super) fn recover(tenant_dir: &Path, today: FilePos) -> io::Result<Cursor> {
         });
     };
     let newest_path = newest.path(tenant_dir);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&newest_path)?;
+    let file = layout::open_regular(layout::reading().write(true), &newest_path)?;
     let len = keep_torn_tail(&file, &newest_path)?;
     let mut head = ChainHead::EMPTY;
     let mut head_pos = newest;
     for &pos in files.iter().rev() {
-        let f = File::open(pos.path(tenant_dir))?;
+        let f = layout::open_regular(&layout::reading(), &pos.path(tenant_dir))?;
         let complete = tail::complete_len(&f)?;
         if let Some(line) = tail::last_line(&f, complete)? {
             let link = chain::parse_link(&line).ok_or_else(|| {
@@ -145,10 +149,10 @@ fn keep_torn_tail(file: &File, path: &Path) -> io::Result<u64> {
     }
     let mut kept_path = path.as_os_str().to_owned();
     kept_path.push(".torn");
-    let mut kept = layout::file_options()
-        .create(true)
-        .append(true)
-        .open(&kept_path)?;
+    let mut kept = layout::open_regular(
+        layout::file_options().create(true).append(true),
+        Path::new(&kept_path),
+    )?;
     let mut at = complete;
     let mut buf = vec![0u8; 64 * 1024];
     while at < len {
@@ -176,16 +180,16 @@ fn keep_torn_tail(file: &File, path: &Path) -> io::Result<u64> {
 /// Appends `line` and its newline to `path`, after cutting a torn last line; a failed append is
 /// cut back. The partition's directory is created when it is gone (moved aside, removed), as a
 /// record's write creates it.
-pub(super) fn append_line(path: &PathBuf, line: &[u8], fsync: FsyncPolicy) -> io::Result<()> {
+pub(super) fn append_line(path: &Path, line: &[u8], fsync: FsyncPolicy) -> io::Result<()> {
     let line = [line, b"\n"].concat();
-    if let Some(parent) = path.parent() {
-        layout::create_dirs(parent)?;
+    // The checkpoints file is in its partition, directly below the audit directory.
+    if let Some(partition) = path.parent() {
+        layout::create_dirs(partition.parent().unwrap_or(partition), partition)?;
     }
-    let mut file = layout::file_options()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)?;
+    let mut file = layout::open_regular(
+        layout::file_options().create(true).read(true).append(true),
+        path,
+    )?;
     let len = tail::cut_torn_tail(&file)?;
     let appended = file.write_all(&line).and_then(|()| {
         if fsync == FsyncPolicy::Batch {

@@ -383,7 +383,7 @@ impl Writer {
     fn keep_lock(&mut self) -> bool {
         let dir = &self.settings.dir;
         if !self.lock.holds(dir) {
-            let taken = layout::create_dirs(dir)
+            let taken = layout::create_dirs(dir, dir)
                 .map_err(LockError::Io)
                 .and_then(|()| DirLock::take(dir));
             match taken {

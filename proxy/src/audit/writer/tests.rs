@@ -731,7 +731,9 @@ fn a_partition_that_failed_midway_is_cut_back_and_written_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = writer(dir.path(), 1 << 20);
     w.write(vec![named("acme", "a1")], at("2026-11-28"));
-    // Today's file becomes /dev/full: every write fails, as on a full disk.
+    // Today's file becomes /dev/full: every write fails, as on a full disk (a link the trail
+    // never follows but in such a test).
+    crate::audit::layout::FULL_DISK_BY_LINK.set(true);
     let path = dir.path().join("acme/2026/11/28.jsonl");
     let kept = fs::read(&path).unwrap();
     fs::remove_file(&path).unwrap();
@@ -750,6 +752,7 @@ fn a_partition_that_failed_midway_is_cut_back_and_written_once() {
     let mut torn = kept.clone();
     torn.extend_from_slice(b"{\"seq\":2,\"prev\":\"ab");
     fs::write(&path, &torn).unwrap();
+    crate::audit::layout::FULL_DISK_BY_LINK.set(false);
     w.held.get_mut("acme").unwrap().next_try = Instant::now();
     w.retry_held(Instant::now());
     assert!(w.held.is_empty());
@@ -934,4 +937,80 @@ fn a_writer_with_another_interval_states_it_at_once() {
     assert_eq!((restated.seq, restated.interval_ms), (2, Some(600_000)));
     let report = verify_tenant(dir.path(), "acme", &Keys::published(dir.path()).into());
     assert_eq!(report.problem, None, "{report:?}");
+}
+
+/// What whoever can write the audit directory plants there is never written through and
+/// blocks nothing: a partition linked elsewhere and a FIFO as a day file fail their own
+/// tenants only (the FIFO stopped the writer thread, every tenant's records with it), the
+/// files they lead to are untouched, and `verify` reports the FIFO rather than wait on it.
+#[test]
+fn links_and_fifos_planted_in_the_trail_are_never_written_through() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let side = tempfile::tempdir().unwrap();
+    let important = side.path().join("important.txt");
+    fs::write(&important, "KEEP").unwrap();
+    let mut w = writer(dir.path(), 1 << 20);
+    symlink(side.path(), dir.path().join("globex")).unwrap();
+    fs::create_dir_all(dir.path().join("initech")).unwrap();
+    symlink(&important, dir.path().join("initech/checkpoints.jsonl")).unwrap();
+    let month = dir.path().join("acme/2026/11");
+    fs::create_dir_all(&month).unwrap();
+    let fifo = month.join("28.jsonl");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let (done, wrote) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        w.write(
+            vec![
+                named("acme", "a1"),
+                named("globex", "g1"),
+                named("initech", "i1"),
+                named("hooli", "h1"),
+            ],
+            at("2026-11-28"),
+        );
+        w.checkpoint_all();
+        done.send(w).unwrap();
+    });
+    let w = wrote
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the writer went on");
+    assert_eq!(request_ids(dir.path(), "hooli"), ["h1"]);
+    let failing = w.health.failing.load();
+    assert!(
+        failing.contains("acme") && failing.contains("globex") && !failing.contains("hooli"),
+        "{failing:?}"
+    );
+    assert_eq!(fs::read_to_string(&important).unwrap(), "KEEP");
+    assert_eq!(
+        fs::read_dir(side.path()).unwrap().count(),
+        1,
+        "nothing written beside it"
+    );
+    // The lock file and a public key linked elsewhere are not written through either.
+    drop(w);
+    let lock = tempfile::tempdir().unwrap();
+    symlink(&important, lock.path().join(crate::audit::lock::LOCK_FILE)).unwrap();
+    assert!(DirLock::take(lock.path()).is_err());
+    let (signer, _) = Signer::generate().unwrap();
+    let keys = lock.path().join(crate::audit::layout::KEYS_DIR);
+    fs::create_dir_all(&keys).unwrap();
+    symlink(&important, keys.join(format!("{}.pub", signer.key_id()))).unwrap();
+    assert!(signer.publish(lock.path()).is_err());
+    assert_eq!(fs::read_to_string(&important).unwrap(), "KEEP");
+    // `verify` says the FIFO cannot be read, at once.
+    let (done, verified) = std::sync::mpsc::channel();
+    let root = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let report = verify_tenant(&root, "acme", &Keys::published(&root).into());
+        done.send(report.problem).unwrap();
+    });
+    let problem = verified
+        .recv_timeout(Duration::from_secs(20))
+        .expect("verify did not wait on the FIFO");
+    assert!(problem.is_some(), "the FIFO is reported");
 }
