@@ -87,17 +87,30 @@ pub(super) fn file_options() -> fs::OpenOptions {
 }
 
 /// Opens a file inside the audit directory with `options` (from [`file_options`] or
-/// [`reading`]): anything but a regular file (a FIFO, a device, a directory) is refused.
+/// [`reading`]): anything but a regular file (a FIFO, a device, a directory) is refused, and so
+/// is a file with another name (a hard link: it is another tenant's file, or one outside the
+/// trail, under this name; the trail never makes one).
 pub(super) fn open_regular(options: &fs::OpenOptions, path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::MetadataExt as _;
     let file = options.open(path)?;
     #[cfg(test)]
     if FULL_DISK_BY_LINK.get() {
         return Ok(file);
     }
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{} is not a regular file", path.display()),
+        ));
+    }
+    if meta.nlink() > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} has other names (hard links): the trail never makes them, so it may be another tenant's file or one outside the trail",
+                path.display()
+            ),
         ));
     }
     Ok(file)

@@ -120,6 +120,17 @@ pub(super) fn recover(tenant_dir: &Path, today: FilePos) -> io::Result<Cursor> {
                     ),
                 )
             })?;
+            // Another tenant's record (its file linked or copied here) is no head to chain on.
+            let tenant = tenant_dir.file_name().and_then(|n| n.to_str());
+            if tenant != Some(link.tenant.as_str()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the last audit record of `{}` names another tenant",
+                        pos.path(tenant_dir).display()
+                    ),
+                ));
+            }
             head = ChainHead {
                 seq: link.seq,
                 hash: chain::line_hash(&line),

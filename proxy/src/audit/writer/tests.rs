@@ -1002,6 +1002,36 @@ fn links_and_fifos_planted_in_the_trail_are_never_written_through() {
     symlink(&important, keys.join(format!("{}.pub", signer.key_id()))).unwrap();
     assert!(signer.publish(lock.path()).is_err());
     assert_eq!(fs::read_to_string(&important).unwrap(), "KEEP");
+    // A hard link to another tenant's day file, or to a file outside the trail: the partition
+    // fails, and neither file is written or cut.
+    let trail = tempfile::tempdir().unwrap();
+    let mut w = writer(trail.path(), 1 << 20);
+    w.write(vec![named("globex", "g1")], at("2026-11-28"));
+    let globex_day = trail.path().join("globex/2026/11/28.jsonl");
+    let globex_before = fs::read(&globex_day).unwrap();
+    fs::create_dir_all(trail.path().join("acme/2026/11")).unwrap();
+    fs::hard_link(&globex_day, trail.path().join("acme/2026/11/28.jsonl")).unwrap();
+    let torn = side.path().join("torn.txt");
+    fs::write(&torn, "KEEP\nNO-NEWLINE").unwrap();
+    fs::create_dir_all(trail.path().join("hooli/2026/11")).unwrap();
+    fs::hard_link(&torn, trail.path().join("hooli/2026/11/28.jsonl")).unwrap();
+    w.write(
+        vec![
+            named("acme", "a1"),
+            named("hooli", "h1"),
+            named("globex", "g2"),
+        ],
+        at("2026-11-28"),
+    );
+    let failing = w.health.failing.load();
+    assert!(
+        failing.contains("acme") && failing.contains("hooli") && !failing.contains("globex"),
+        "{failing:?}"
+    );
+    assert!(fs::read(&globex_day).unwrap().starts_with(&globex_before));
+    assert_eq!(request_ids(trail.path(), "globex"), ["g1", "g2"]);
+    assert_eq!(fs::read_to_string(&torn).unwrap(), "KEEP\nNO-NEWLINE");
+    drop(w);
     // `verify` says the FIFO cannot be read, at once.
     let (done, verified) = std::sync::mpsc::channel();
     let root = dir.path().to_path_buf();
