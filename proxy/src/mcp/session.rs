@@ -180,9 +180,13 @@ impl Binding<'_> {
 }
 
 /// Whether a query parameter names a session: `sessionId`, `session_id`, `session-id` or
-/// `session`, in any letter case.
+/// `session`, in any letter case, and as servers fold names: PHP reads `.`, a space (`+`) and an
+/// unclosed `[` in a name as `_`, and `sessionId[]` as `sessionId`.
 pub fn is_session_parameter(name: &str) -> bool {
-    let spelled: Vec<u8> = name.bytes().filter(|b| !matches!(b, b'_' | b'-')).collect();
+    let spelled: Vec<u8> = name
+        .bytes()
+        .filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' ' | b'+' | b'[' | b']'))
+        .collect();
     spelled.eq_ignore_ascii_case(b"sessionid") || spelled.eq_ignore_ascii_case(b"session")
 }
 
@@ -451,6 +455,11 @@ mod tests {
             "SESSION-ID",
             "session",
             "Session",
+            "session.id",
+            "session id",
+            "session+id",
+            "session[id",
+            "sessionId[]",
         ] {
             assert!(is_session_parameter(name), "{name}");
         }
