@@ -176,7 +176,9 @@ impl<A> Fronted<A> {
         let end = Arc::new(Notify::new());
         self.slots().waiting.push_back((me, peer, end.clone()));
         let body = async {
+            // A body too large is refused before the client is asked to send it.
             if expects_continue(conn.head_bytes())
+                && conn.declared_body_len().is_none_or(|n| n <= MAX_BODY)
                 && conn
                     .stream_mut()
                     .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -1627,6 +1627,15 @@ fn bodies_trickled_from_many_addresses_lock_no_approver_out() {
         let r = api(&proxy, "GET", "/v1/tenants/globex/holds", &bob, None);
         assert_eq!(r.status, 200, "{}", r.body_text());
     }
+    // A body over the ports' limit is refused before the client is asked to send it.
+    let r = raw_request(
+        proxy.approvals_port(),
+        &format!(
+            "POST /v1/tenants/acme/holds/{hold}/approve HTTP/1.1\r\nHost: approvals\r\nAuthorization: Bearer {alice}\r\nExpect: 100-continue\r\nContent-Length: 70000\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 413, "{}", r.body_text());
     // The hold was not approved by any of the bodies that never ended.
     let holds = wait_holds(&proxy, "acme", &alice, 1);
     assert_eq!(holds[0]["id"], hold.as_str(), "{holds:?}");

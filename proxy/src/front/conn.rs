@@ -272,6 +272,14 @@ impl<C: Send + Sync + 'static> FrontConn<C> {
         }
     }
 
+    /// The length the current request's head declares for its body (`Content-Length`), if any.
+    pub fn declared_body_len(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+
     /// Reads the whole body of the request whose head [`Self::next_head`] returned into the
     /// buffer, before anything reads it: at most `max` bytes, within the body deadline. For the
     /// proxy's own ports, whose bodies are small: their front counts a connection still sending
