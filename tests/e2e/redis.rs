@@ -447,7 +447,8 @@ fn new_york_cost_ceilings(tenants: &mut config::TenantFile) {
 #[test]
 fn a_settlement_sent_twice_corrects_the_counters_once() {
     let redis = RedisServer::start();
-    let cutter = SettlementCutter::start(&redis, 1);
+    let cutter = RedisRelay::start(&redis);
+    cutter.cut_settlements(1);
     let mock = start_mock();
     let mut spec = ProxySpec::default()
         .with_prices()
@@ -799,6 +800,45 @@ fn a_redis_out_of_memory_refuses_an_admission_whole() {
     redis.command("CONFIG SET maxmemory 0");
     wait_readiness(&proxy, 200);
     assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+}
+
+/// Replies out of step with their calls (a bulk length no reply fills, as from a reply cut
+/// short) leave a connection that never answers again, and the connection manager remakes only
+/// a closed one: the limiter makes every connection anew once its probes go unanswered, and
+/// serves again (before, every call was refused until Redis closed the connections).
+#[test]
+fn connections_whose_replies_fell_out_of_step_are_made_anew() {
+    let redis = RedisServer::start();
+    let relay = RedisRelay::start(&redis);
+    let mut spec = ProxySpec::default().with_redis_limiter(relay.url(), Duration::from_secs(1));
+    spec.tenant("acme").limits().requests_per_minute = Some(1000);
+    let proxy = Proxy::start(spec);
+    let origin = Origin::start();
+    let url = format!("http://127.0.0.1:{}/acme/steps", origin.port);
+    // Every worker thread makes its own connection on its first call: all of them are open
+    // before the replies go out of step.
+    for _ in 0..3 {
+        for _ in 0..20 {
+            assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    relay.put_replies_out_of_step();
+    let r = forward_get(proxy.sidecar_port, &url, None, "");
+    r.assert_refused(503, "limiter_unavailable");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if forward_get(proxy.sidecar_port, &url, None, "").status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", proxy.log());
+    }
+    assert!(
+        proxy.log().contains("making every connection anew"),
+        "{}",
+        proxy.log()
+    );
 }
 
 /// A Redis that may evict keys would drop counters (a day's spend allowed again): the proxy says

@@ -612,30 +612,42 @@ fn wait_for(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A TCP relay in front of a Redis server that, `cuts` times, lets a settlement run (a call
-/// naming a settlement's `:settled:` marker) and then closes its client's connection without
-/// the answer: a connection cut after Redis ran the call, which the client sends again.
-pub struct SettlementCutter {
+/// A TCP relay in front of a Redis server that misbehaves on demand: it cuts settlements (lets a
+/// call naming a settlement's `:settled:` marker run, then closes its client's connection
+/// without the answer, as a connection cut after Redis ran the call, which the client sends
+/// again), or puts every open connection's replies out of step with its calls (the next reply
+/// replaced by a bulk-string length no reply fills).
+pub struct RedisRelay {
     pub port: u16,
-    cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Settlements still to cut.
+    cuts: Arc<AtomicUsize>,
+    cut: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
+    /// Each open connection's "replace the next reply" flag.
+    open: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
 }
 
-impl SettlementCutter {
-    /// A relay to `redis` that cuts `cuts` settlements.
-    pub fn start(redis: &RedisServer, cuts: usize) -> Self {
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-        use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+impl RedisRelay {
+    /// A relay to `redis` that passes everything on until told otherwise.
+    pub fn start(redis: &RedisServer) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (left, cut) = (
-            Arc::new(AtomicUsize::new(cuts)),
-            Arc::new(AtomicUsize::new(0)),
-        );
+        let relay = RedisRelay {
+            port: listener.local_addr().unwrap().port(),
+            cuts: Arc::default(),
+            cut: Arc::default(),
+            sent: Arc::default(),
+            open: Arc::default(),
+        };
         let redis_port = redis.port;
-        let done = cut.clone();
-        let sent = Arc::new(AtomicUsize::new(0));
-        let seen = sent.clone();
+        let (cuts, cut, sent, open) = (
+            relay.cuts.clone(),
+            relay.cut.clone(),
+            relay.sent.clone(),
+            relay.open.clone(),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -643,17 +655,19 @@ impl SettlementCutter {
                     continue;
                 };
                 let cut_next = Arc::new(AtomicBool::new(false));
+                let garble_next = Arc::new(AtomicBool::new(false));
+                open.lock().unwrap().push(garble_next.clone());
                 let (mut from_client, mut to_server) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (left, arm, seen) = (left.clone(), cut_next.clone(), seen.clone());
+                let (cuts, arm, sent) = (cuts.clone(), cut_next.clone(), sent.clone());
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
                     while let Ok(n @ 1..) = std::io::Read::read(&mut from_client, &mut buf) {
                         let settles = buf[..n].windows(9).any(|w| w == b":settled:");
-                        seen.fetch_add(usize::from(settles), Ordering::SeqCst);
+                        sent.fetch_add(usize::from(settles), Ordering::SeqCst);
                         let take = |l: usize| l.checked_sub(1);
                         if settles
-                            && left
+                            && cuts
                                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
                                 .is_ok()
                         {
@@ -666,16 +680,21 @@ impl SettlementCutter {
                     let _ = to_server.shutdown(std::net::Shutdown::Both);
                 });
                 let (mut from_server, mut to_client) = (server, client);
-                let done = done.clone();
+                let cut = cut.clone();
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
                     while let Ok(n @ 1..) = std::io::Read::read(&mut from_server, &mut buf) {
                         if cut_next.load(Ordering::SeqCst) {
                             // Redis ran it; its answer is lost with the connection.
-                            done.fetch_add(1, Ordering::SeqCst);
+                            cut.fetch_add(1, Ordering::SeqCst);
                             break;
                         }
-                        if to_client.write_all(&buf[..n]).is_err() {
+                        let reply: &[u8] = if garble_next.swap(false, Ordering::SeqCst) {
+                            b"$999999999999\r\n"
+                        } else {
+                            &buf[..n]
+                        };
+                        if to_client.write_all(reply).is_err() {
                             break;
                         }
                     }
@@ -684,7 +703,19 @@ impl SettlementCutter {
                 });
             }
         });
-        SettlementCutter { port, cut, sent }
+        relay
+    }
+
+    /// Cuts the next `n` settlements.
+    pub fn cut_settlements(&self, n: usize) {
+        self.cuts.store(n, Ordering::SeqCst);
+    }
+
+    /// Replaces the next reply on every connection open now by a length no reply fills.
+    pub fn put_replies_out_of_step(&self) {
+        for next in self.open.lock().unwrap().iter() {
+            next.store(true, Ordering::SeqCst);
+        }
     }
 
     /// `redis://127.0.0.1:PORT` of the relay.
@@ -694,11 +725,11 @@ impl SettlementCutter {
 
     /// Settlement calls sent through the relay so far (a second send counted again).
     pub fn sent(&self) -> usize {
-        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+        self.sent.load(Ordering::SeqCst)
     }
 
     /// Settlements cut so far.
     pub fn cut(&self) -> usize {
-        self.cut.load(std::sync::atomic::Ordering::SeqCst)
+        self.cut.load(Ordering::SeqCst)
     }
 }

@@ -498,6 +498,15 @@ fn time_us(answer: &[String]) -> Option<i64> {
 /// outage (and its end) without a request paying for it, and knows Redis's clock.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Probes in a row that got no answer at all (no reply within the timeout, as against an error
+/// reply or a refused connection) before every connection to Redis is made anew. A connection
+/// whose replies have fallen out of step with its calls (a reply cut short, a length no reply
+/// fills) never answers again, and the connection manager remakes a connection only once it
+/// is closed: before, one such reply kept every call refused `limiter_unavailable` until Redis
+/// closed the connection, which by default it never does. A hung Redis meets new connections
+/// as hung, so remaking them costs nothing there.
+const SILENT_PROBES_BEFORE_RECONNECT: u32 = 5;
+
 /// Whether Redis answers: `/readyz`'s `limiter_connected`. Every call and the [`PROBE`]
 /// (every [`PROBE_INTERVAL`], from the backend's own thread; a cluster routes it to one master)
 /// report their outcome. Redis answers while the latest outcome is an answer, or while some
@@ -714,6 +723,8 @@ impl RedisBackend {
         let clocked = clock.clone();
         let pending = Arc::new(PendingReleases::default());
         let releases = pending.clone();
+        let local: Arc<LocalConns> = Arc::default();
+        let locals = local.clone();
         std::thread::Builder::new()
             .name("redis".into())
             .spawn(move || {
@@ -758,11 +769,21 @@ impl RedisBackend {
                                 probed.mark(true);
                                 tracing::info!("limiter connected to redis");
                                 let settle = redis::Script::new(SETTLE);
+                                let mut silent = 0;
                                 loop {
                                     tokio::time::sleep(PROBE_INTERVAL).await;
                                     let sent = mono_us();
                                     let answer =
                                         probe_once(&time, &mut probe, probe_timeout).await;
+                                    silent = if answer.is_none() { silent + 1 } else { 0 };
+                                    if silent >= SILENT_PROBES_BEFORE_RECONNECT {
+                                        tracing::warn!(
+                                            probes = silent,
+                                            "the limiter's redis connection has not answered its probes; making every connection anew"
+                                        );
+                                        locals.forget_all();
+                                        break;
+                                    }
                                     let answered = matches!(answer, Some(Ok(_)));
                                     if let Some(redis_us) =
                                         answer.and_then(Result::ok).as_deref().and_then(time_us)
@@ -788,7 +809,7 @@ impl RedisBackend {
             conn,
             answering,
             clock,
-            local: Arc::default(),
+            local,
             admit_script: redis::Script::new(ADMIT),
             settle_script: redis::Script::new(SETTLE),
             renew_script: Arc::new(redis::Script::new(RENEW)),

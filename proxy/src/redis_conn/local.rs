@@ -78,6 +78,8 @@ struct Local {
     /// Cleared when the task that made the connection is dropped, which happens when its runtime
     /// shuts down (and with it the connection's driver).
     alive: Arc<AtomicBool>,
+    /// Ends the task that made the connection (see [`LocalConns::forget_all`]).
+    retired: Arc<tokio::sync::Notify>,
 }
 
 /// Clears its flag when dropped.
@@ -127,6 +129,7 @@ impl LocalConns {
                     Ok(conn) => {
                         let alive = Arc::new(AtomicBool::new(true));
                         let guard = AliveGuard(alive.clone());
+                        let retired = Arc::new(tokio::sync::Notify::new());
                         this.ready.rcu(|m| {
                             let mut m = HashMap::clone(m);
                             m.insert(
@@ -134,16 +137,19 @@ impl LocalConns {
                                 Local {
                                     conn: conn.clone(),
                                     alive: alive.clone(),
+                                    retired: retired.clone(),
                                 },
                             );
                             m
                         });
                         this.done_connecting(id);
-                        // Lives as long as the runtime: its drop at the runtime's shutdown marks
-                        // the connection dead, and this thread makes a new one on its next
-                        // runtime (a thread may run several runtimes one after the other).
+                        drop(conn);
+                        // Lives as long as the runtime, or until the connection is let go:
+                        // its drop at the runtime's shutdown marks the connection dead, and this
+                        // thread makes a new one on its next runtime (a thread may run several
+                        // runtimes one after the other).
                         let _guard = guard;
-                        std::future::pending::<()>().await;
+                        retired.notified().await;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "no redis connection on this runtime yet; using the shared one");
@@ -155,6 +161,16 @@ impl LocalConns {
             });
         }
         None
+    }
+
+    /// Lets every thread's connection go: each thread makes a new one on its next call (the
+    /// shared connection serves it meanwhile). For connections that no longer answer (see the
+    /// limiter's probe).
+    pub fn forget_all(&self) {
+        let old = self.ready.swap(Arc::default());
+        for local in old.values() {
+            local.retired.notify_one();
+        }
     }
 
     fn done_connecting(&self, id: ThreadId) {
