@@ -1852,6 +1852,25 @@ fn a_session_presented_in_a_tunnel_to_another_host_is_refused_like_any_sni_misma
     assert_eq!(failures, 2.0);
 }
 
+/// A client that does not trust the proxy's CA fails its handshake inside an intercepted tunnel:
+/// the tunnel's record says so (`ended: client_tls_failed`), so it is not read as a tunnel that
+/// was used and closed.
+#[test]
+fn a_tunnel_whose_client_refused_the_proxy_ca_is_recorded_so() {
+    let h = start_https(|_| {});
+    let authority = format!("llm.test:{}", h.mock);
+    let (sock, status, text) = connect(h.proxy.sidecar_port, &authority, "");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        tls_over(sock, "llm.test", &h.origin_ca).is_err(),
+        "the client trusted the proxy's leaf without its CA"
+    );
+    let record = record_when_written(&h, |r| r["method"] == "CONNECT");
+    assert_eq!(record["tunnel"]["mode"], "intercept", "{record}");
+    assert_eq!(record["decision"], "allow", "{record}");
+    assert_eq!(record["ended"], "client_tls_failed", "{record}");
+}
+
 #[test]
 fn tls_sessions_never_resume_across_tenants_or_workloads() {
     let h = start_https(|_| {});

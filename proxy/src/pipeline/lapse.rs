@@ -70,6 +70,9 @@ pub enum Ended {
     InterceptionRequired,
     /// A WebSocket the proxy cannot meter, while a token or cost ceiling applies now.
     Unmetered,
+    /// An intercepted tunnel whose client's TLS handshake failed (most often: the client does
+    /// not trust the proxy's CA), so nothing went through it.
+    ClientTlsFailed,
 }
 
 impl Ended {
@@ -86,6 +89,7 @@ impl Ended {
             Ended::EgressWithdrawn => "egress_withdrawn",
             Ended::InterceptionRequired => "interception_required",
             Ended::Unmetered => "unmetered",
+            Ended::ClientTlsFailed => "client_tls_failed",
         }
     }
 }

@@ -702,6 +702,9 @@ impl EgressApp {
                         "client TLS handshake in an intercepted tunnel failed; does the client trust the proxy CA? see `tenant-proxy ca env`"
                     );
                 }
+                // The tunnel was allowed and opened (200), and the record says nothing went
+                // through it: a tunnel used and closed is told apart.
+                t.ended = Some(crate::pipeline::lapse::Ended::ClientTlsFailed);
                 t.finish_tunnel(&self.shared.runs, 200).await;
                 return;
             }
