@@ -87,30 +87,23 @@ pub(super) fn file_options() -> fs::OpenOptions {
 }
 
 /// Opens a file inside the audit directory with `options` (from [`file_options`] or
-/// [`reading`]): anything but a regular file (a FIFO, a device, a directory) is refused, and so
-/// is a file with another name (a hard link: it is another tenant's file, or one outside the
-/// trail, under this name; the trail never makes one).
+/// [`reading`]): anything but a regular file (a FIFO, a device, a directory) is refused.
+///
+/// A file with other names (hard links) is not: a `cp -al` snapshot of the trail gives every
+/// file one, and refusing them would refuse every tenant until the snapshot is gone. A link
+/// made by whoever writes the directory reaches only files that one may write already (the
+/// kernel's `protected_hardlinks`), and one to another tenant's file is refused by recovery
+/// (its last record names another tenant).
 pub(super) fn open_regular(options: &fs::OpenOptions, path: &Path) -> io::Result<fs::File> {
-    use std::os::unix::fs::MetadataExt as _;
     let file = options.open(path)?;
     #[cfg(test)]
     if FULL_DISK_BY_LINK.get() {
         return Ok(file);
     }
-    let meta = file.metadata()?;
-    if !meta.is_file() {
+    if !file.metadata()?.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{} is not a regular file", path.display()),
-        ));
-    }
-    if meta.nlink() > 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} has other names (hard links): the trail never makes them, so it may be another tenant's file or one outside the trail",
-                path.display()
-            ),
         ));
     }
     Ok(file)
@@ -229,23 +222,44 @@ fn digits(s: &str) -> Option<u32> {
 /// opened); names that this module does not produce are ignored.
 ///
 /// SECURITY: symbolic links are not followed, so a partition cannot lead a reader into
-/// another tenant's files.
+/// another tenant's files; a link in the place of a year, a month or a record file is an error
+/// (skipped, the records behind it read as missing, and `audit verify` said so without naming
+/// the link).
 pub fn record_files(tenant_dir: &Path) -> io::Result<Vec<FilePos>> {
+    let linked = |path: &Path| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is a symbolic link: the trail is never read through one",
+                path.display()
+            ),
+        )
+    };
     let mut out = Vec::new();
     for (year, kind) in entries(tenant_dir)? {
+        let year_dir = tenant_dir.join(&year);
+        if kind.is_symlink() && year.len() == 4 {
+            return Err(linked(&year_dir));
+        }
         if !kind.is_dir() {
             continue;
         }
-        let year_dir = tenant_dir.join(&year);
         for (month, kind) in entries(&year_dir)? {
+            let month_dir = year_dir.join(&month);
+            if kind.is_symlink() && month.len() == 2 {
+                return Err(linked(&month_dir));
+            }
             if !kind.is_dir() {
                 continue;
             }
-            for (file, kind) in entries(&year_dir.join(&month))? {
-                if kind.is_dir() || kind.is_symlink() {
+            for (file, kind) in entries(&month_dir)? {
+                if kind.is_dir() {
                     continue;
                 }
                 if let Some(pos) = FilePos::parse(&year, &month, &file) {
+                    if kind.is_symlink() {
+                        return Err(linked(&month_dir.join(&file)));
+                    }
                     out.push(pos);
                 }
             }

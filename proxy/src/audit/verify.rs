@@ -1598,6 +1598,23 @@ mod tests {
         assert_eq!(reason(&reports[0]), Some(Problem::Unreadable));
     }
 
+    /// A year, month or record file linked in its place is named as a link, not read past (the
+    /// records behind it read as missing).
+    #[test]
+    fn a_link_inside_a_partition_is_reported_as_one() {
+        let f = Fixture::timed(20, 5);
+        f.write_checkpoints(&f.checkpoints(&[10, 20]));
+        let trust: Trust = Keys::published(f.dir.path()).into();
+        let month = f.dir.path().join("acme/2026/11");
+        fs::rename(&month, f.dir.path().join("m11")).unwrap();
+        std::os::unix::fs::symlink("../../m11", &month).unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let reports = verify_dir(f.dir.path(), Some(&tenant), &trust).unwrap();
+        assert_eq!(reason(&reports[0]), Some(Problem::Unreadable));
+        let detail = &reports[0].problem.as_ref().unwrap().detail;
+        assert!(detail.contains("2026/11 is a symbolic link"), "{detail}");
+    }
+
     #[test]
     fn an_export_needs_its_checkpoints_too() {
         let f = Fixture::timed(40, 60);

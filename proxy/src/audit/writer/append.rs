@@ -101,7 +101,7 @@ impl Writer {
             // unseen. The partition fails instead (its requests are refused while it does), and
             // the retry writes into the file now at the path, going on from the chain's head,
             // so `audit verify` shows what is missing.
-            if !is_at(&path, &meta) {
+            if !is_at(&tenant_dir, &path, &meta) {
                 log.file = None;
                 log.reread = true;
                 return Err(io::Error::new(
@@ -165,11 +165,22 @@ impl Writer {
     }
 }
 
-/// Whether `path` names the very file `open` is (its device and inode): not when the path is
-/// gone or names another file.
-fn is_at(path: &Path, open: &fs::Metadata) -> bool {
+/// Whether `path` names the very file `open` is (its device and inode) without a symbolic link
+/// on the way from `tenant_dir` (the partition, its year and month directories, the file): not
+/// when the path is gone, names another file, or leads through a link (a partition moved out of
+/// the trail and linked back still led to the open file, and its records went on outside).
+fn is_at(tenant_dir: &Path, path: &Path, open: &fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt as _;
-    fs::metadata(path).is_ok_and(|at| at.dev() == open.dev() && at.ino() == open.ino())
+    for dir in path.ancestors().skip(1) {
+        if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+            return false;
+        }
+        if dir == tenant_dir {
+            break;
+        }
+    }
+    fs::symlink_metadata(path)
+        .is_ok_and(|at| at.is_file() && at.dev() == open.dev() && at.ino() == open.ino())
 }
 
 /// Bytes for one file, to be written at offset `start`.
