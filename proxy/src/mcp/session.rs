@@ -181,9 +181,16 @@ impl Binding<'_> {
 
 /// Whether a query parameter names a session: `sessionId`, `session_id`, `session-id` or
 /// `session`, in any letter case, and as servers fold names: PHP reads `.`, a space (`+`) and an
-/// unclosed `[` in a name as `_`, and `sessionId[]` as `sessionId`.
+/// unclosed `[` in a name as `_`; PHP, Rails and Node's `qs` read `sessionId[]`, `sessionId[0]`
+/// or `sessionId[a]` as (an array or object under) `sessionId`, which a lookup keyed by it
+/// turns back into the id. So a name is read up to its first `[`, separators left out.
 pub fn is_session_parameter(name: &str) -> bool {
-    let spelled: Vec<u8> = name
+    let base = match name.split_once('[') {
+        // `session[id` (PHP's `session_id`) has no `]` after its `[`.
+        Some((base, rest)) if rest.contains(']') => base,
+        _ => name,
+    };
+    let spelled: Vec<u8> = base
         .bytes()
         .filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' ' | b'+' | b'[' | b']'))
         .collect();
@@ -460,6 +467,10 @@ mod tests {
             "session+id",
             "session[id",
             "sessionId[]",
+            "sessionId[0]",
+            "session_id[a]",
+            "sessionId[][0]",
+            "session[id]",
         ] {
             assert!(is_session_parameter(name), "{name}");
         }
