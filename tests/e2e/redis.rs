@@ -841,6 +841,43 @@ fn connections_whose_replies_fell_out_of_step_are_made_anew() {
     );
 }
 
+/// The same on one worker's own connection, while the probe's shared one answers: that worker
+/// makes its connection anew after five calls in a row without a reply (before, every request
+/// it served was refused for good while `/readyz` said ready).
+#[test]
+fn a_workers_connection_whose_replies_fell_out_of_step_is_made_anew() {
+    let redis = RedisServer::start();
+    let relay = RedisRelay::start(&redis);
+    let mut spec = ProxySpec::default().with_redis_limiter(relay.url(), Duration::from_millis(300));
+    spec.config.server.threads = Some(1);
+    spec.tenant("acme").limits().requests_per_minute = Some(1000);
+    let proxy = Proxy::start(spec);
+    let origin = Origin::start();
+    let url = format!("http://127.0.0.1:{}/acme/one-worker", origin.port);
+    for _ in 0..3 {
+        for _ in 0..10 {
+            assert_eq!(forward_get(proxy.sidecar_port, &url, None, "").status, 200);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    relay.put_reply_out_of_step_for(b"tp:{acme}:");
+    let r = forward_get(proxy.sidecar_port, &url, None, "");
+    r.assert_refused(503, "limiter_unavailable");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while forward_get(proxy.sidecar_port, &url, None, "").status != 200 {
+        assert!(Instant::now() < deadline, "{}", proxy.log());
+    }
+    let log = proxy.log();
+    assert!(
+        log.contains("a worker's redis connection has not answered its calls"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("making every connection anew"),
+        "the probe's answered: {log}"
+    );
+}
+
 /// A Redis that may evict keys would drop counters (a day's spend allowed again): the proxy says
 /// so when it connects; the harness's `noeviction` Redis gets no such line.
 #[test]

@@ -625,6 +625,8 @@ pub struct RedisRelay {
     sent: Arc<AtomicUsize>,
     /// Each open connection's "replace the next reply" flag.
     open: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// Bytes whose next call (on whichever connection sends it) gets its reply replaced.
+    garble_call: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -640,13 +642,15 @@ impl RedisRelay {
             cut: Arc::default(),
             sent: Arc::default(),
             open: Arc::default(),
+            garble_call: Arc::default(),
         };
         let redis_port = redis.port;
-        let (cuts, cut, sent, open) = (
+        let (cuts, cut, sent, open, garble_call) = (
             relay.cuts.clone(),
             relay.cut.clone(),
             relay.sent.clone(),
             relay.open.clone(),
+            relay.garble_call.clone(),
         );
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -660,6 +664,7 @@ impl RedisRelay {
                 let (mut from_client, mut to_server) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (cuts, arm, sent) = (cuts.clone(), cut_next.clone(), sent.clone());
+                let (garble_call, garble_mine) = (garble_call.clone(), garble_next.clone());
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
                     while let Ok(n @ 1..) = std::io::Read::read(&mut from_client, &mut buf) {
@@ -673,6 +678,15 @@ impl RedisRelay {
                         {
                             arm.store(true, Ordering::SeqCst);
                         }
+                        let mut garbled = garble_call.lock().unwrap();
+                        if garbled
+                            .as_ref()
+                            .is_some_and(|p| buf[..n].windows(p.len()).any(|w| w == p))
+                        {
+                            *garbled = None;
+                            garble_mine.store(true, Ordering::SeqCst);
+                        }
+                        drop(garbled);
                         if to_server.write_all(&buf[..n]).is_err() {
                             break;
                         }
@@ -716,6 +730,12 @@ impl RedisRelay {
         for next in self.open.lock().unwrap().iter() {
             next.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Replaces the reply to the next call whose bytes hold `pattern` by a length no reply
+    /// fills (that one connection's replies fall out of step).
+    pub fn put_reply_out_of_step_for(&self, pattern: &[u8]) {
+        *self.garble_call.lock().unwrap() = Some(pattern.to_vec());
     }
 
     /// `redis://127.0.0.1:PORT` of the relay.

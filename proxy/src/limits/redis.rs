@@ -498,14 +498,15 @@ fn time_us(answer: &[String]) -> Option<i64> {
 /// outage (and its end) without a request paying for it, and knows Redis's clock.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Probes in a row that got no answer at all (no reply within the timeout, as against an error
-/// reply or a refused connection) before every connection to Redis is made anew. A connection
+/// Probes (or calls of one worker thread on its own connection) in a row that got no answer at
+/// all (no reply within the timeout, as against an error reply or a refused connection) before
+/// every connection to Redis (that thread's) is made anew. A connection
 /// whose replies have fallen out of step with its calls (a reply cut short, a length no reply
 /// fills) never answers again, and the connection manager remakes a connection only once it
 /// is closed: before, one such reply kept every call refused `limiter_unavailable` until Redis
 /// closed the connection, which by default it never does. A hung Redis meets new connections
 /// as hung, so remaking them costs nothing there.
-const SILENT_PROBES_BEFORE_RECONNECT: u32 = 5;
+const SILENT_CALLS_BEFORE_RECONNECT: u32 = 5;
 
 /// Whether Redis answers: `/readyz`'s `limiter_connected`. Every call and the [`PROBE`]
 /// (every [`PROBE_INTERVAL`], from the backend's own thread; a cluster routes it to one master)
@@ -776,7 +777,7 @@ impl RedisBackend {
                                     let answer =
                                         probe_once(&time, &mut probe, probe_timeout).await;
                                     silent = if answer.is_none() { silent + 1 } else { 0 };
-                                    if silent >= SILENT_PROBES_BEFORE_RECONNECT {
+                                    if silent >= SILENT_CALLS_BEFORE_RECONNECT {
                                         tracing::warn!(
                                             probes = silent,
                                             "the limiter's redis connection has not answered its probes; making every connection anew"
@@ -839,7 +840,7 @@ impl RedisBackend {
         let connect_timeout = self.settings.timeout.max(Duration::from_secs(2));
         Some(
             match self.local.here(&self.settings.endpoint, connect_timeout) {
-                Some(conn) => (conn, "this runtime's connection"),
+                Some(conn) => (conn, OWN_CONNECTION),
                 None => ((*shared).clone(), "the shared connection"),
             },
         )
@@ -865,6 +866,16 @@ impl RedisBackend {
             .ok_or_else(|| LimiterUnavailable("not connected".into()))?;
         let answer = answer_within(wait, call.run::<T>(&mut conn)).await;
         self.answering.mark(matches!(answer, Some(Ok(_))));
+        if which == OWN_CONNECTION
+            && self
+                .local
+                .note_reply(answer.is_some(), SILENT_CALLS_BEFORE_RECONNECT)
+        {
+            tracing::warn!(
+                calls = SILENT_CALLS_BEFORE_RECONNECT,
+                "a worker's redis connection has not answered its calls; making it anew"
+            );
+        }
         match answer {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => Err(LimiterUnavailable(format!("{e} ({which})"))),
@@ -1088,6 +1099,9 @@ impl RedisBackend {
         }
     }
 }
+
+/// How [`RedisBackend::conn_here`] names a worker thread's own connection.
+const OWN_CONNECTION: &str = "this runtime's connection";
 
 /// How long after it is sent a settlement may still correct counters (on Redis's clock). A
 /// settlement sent twice (see `SETTLE`) corrects once: its marker lives this long and a second

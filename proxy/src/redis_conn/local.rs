@@ -80,6 +80,8 @@ struct Local {
     alive: Arc<AtomicBool>,
     /// Ends the task that made the connection (see [`LocalConns::forget_all`]).
     retired: Arc<tokio::sync::Notify>,
+    /// Calls in a row that got no reply on it (see [`LocalConns::note_reply`]).
+    silent: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Clears its flag when dropped.
@@ -138,6 +140,7 @@ impl LocalConns {
                                     conn: conn.clone(),
                                     alive: alive.clone(),
                                     retired: retired.clone(),
+                                    silent: Arc::default(),
                                 },
                             );
                             m
@@ -171,6 +174,34 @@ impl LocalConns {
         for local in old.values() {
             local.retired.notify_one();
         }
+    }
+
+    /// Notes whether a call of this thread on its own connection got a reply; after `limit`
+    /// calls in a row without one the connection is let go, and the thread's next call makes a
+    /// new one (true then). A connection whose replies fell out of step with its calls never
+    /// answers again, and the connection manager remakes only a closed one.
+    pub fn note_reply(&self, replied: bool, limit: u32) -> bool {
+        let id = std::thread::current().id();
+        let ready = self.ready.load();
+        let Some(local) = ready.get(&id) else {
+            return false;
+        };
+        if replied {
+            local.silent.store(0, Ordering::Relaxed);
+            return false;
+        }
+        if local.silent.fetch_add(1, Ordering::Relaxed) + 1 < limit {
+            return false;
+        }
+        let retired = local.retired.clone();
+        drop(ready);
+        self.ready.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(&id);
+            m
+        });
+        retired.notify_one();
+        true
     }
 
     fn done_connecting(&self, id: ThreadId) {
