@@ -614,11 +614,12 @@ fn ca_bundle(config: &StaticConfig) -> anyhow::Result<Option<tempfile::TempPath>
     let system = std::env::var_os("SSL_CERT_FILE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
-    let mut bundle = std::fs::read(&system).unwrap_or_default();
+    let mut bundle = crate::whole_file::read(&system).unwrap_or_default();
     for f in &config.upstream.extra_ca_files {
         bundle.push(b'\n');
         bundle.extend(
-            std::fs::read(f).with_context(|| format!("reading CA file `{}`", f.display()))?,
+            crate::whole_file::read(f)
+                .with_context(|| format!("reading CA file `{}`", f.display()))?,
         );
     }
     let mut file = tempfile::Builder::new()

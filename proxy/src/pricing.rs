@@ -137,7 +137,7 @@ pub struct PriceTable {
 impl PriceTable {
     /// Reads and validates a price table file.
     pub fn load(path: &Path) -> Result<Self, Vec<String>> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::whole_file::read_to_string(path)
             .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
         Self::parse(&text, &path.display().to_string())
     }

@@ -302,7 +302,7 @@ impl Snapshot {
     /// credential file) must not keep a revoked token or a pulled key working until it is fixed.
     fn tightened(&self) -> Option<Snapshot> {
         let (config, verifier) = (self.tenants.token.as_ref()?, self.tokens.as_ref()?);
-        let keys = std::fs::read_to_string(&config.jwks_file)
+        let keys = crate::whole_file::read_to_string(&config.jwks_file)
             .ok()
             .and_then(|text| KeySet::named_in(&text));
         let revoked = config
@@ -428,7 +428,7 @@ fn load_tokens(
     reloading: bool,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<TokenVerifier> {
-    let keys = std::fs::read_to_string(&config.jwks_file)
+    let keys = crate::whole_file::read_to_string(&config.jwks_file)
         .map_err(|e| ConfigProblem::file(&config.jwks_file, format!("cannot read JWKS: {e}")))
         .and_then(|text| {
             KeySet::from_jwks_json(&text)
@@ -543,7 +543,7 @@ fn read_revocations(path: &Path) -> Result<HashSet<String>, ConfigProblem> {
 /// since: token ids are printable ASCII ([`crate::identity::token::valid_jti`]), so such a byte
 /// is read as U+FFFD, which no id holds, and every line naming an id still revokes it.
 fn revocation_text(path: &Path) -> std::io::Result<String> {
-    let bytes = std::fs::read(path)?;
+    let bytes = crate::whole_file::read(path)?;
     Ok(match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -584,7 +584,7 @@ pub struct SnapshotHandle {
 /// The SHA-256 of the static file as it is now (`None` when it cannot be read).
 fn static_file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
     use sha2::Digest as _;
-    std::fs::read(path)
+    crate::whole_file::read(path)
         .ok()
         .map(|b| sha2::Sha256::digest(b).into())
 }

@@ -40,10 +40,77 @@ fn replace_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::R
     Ok(())
 }
 
+/// The bytes of the regular file at `path` (through its symbolic links: a Kubernetes Secret or
+/// ConfigMap is one). Anything else is an error at once.
+///
+/// SECURITY: a FIFO where a watched file was (the revocation list, the admin token, a JWKS)
+/// blocked the reading thread for ever: the proxy's reloads stopped there, revocations were
+/// never applied, and `/readyz` still said the last reload was fine. The open does not block
+/// (`O_NONBLOCK`, which a regular file ignores) and a file that is not regular is refused.
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut file = open_regular(path)?;
+    let len = file.metadata()?.len();
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The regular file at `path`, opened for reading without blocking on anything else (see
+/// [`read`]).
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "`{}` is not a regular file (a FIFO, a device or a directory)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// [`read`] as UTF-8 text.
+pub fn read_to_string(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read(path)?).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("`{}` is not UTF-8 text: {}", path.display(), e.utf8_error()),
+        )
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A FIFO, a directory: refused at once, never waited on.
+    #[test]
+    fn only_a_regular_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("revoked.txt");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let err = read(&fifo).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(read_to_string(dir.path()).is_err());
+        let missing = read(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        let file = dir.path().join("f");
+        std::fs::write(&file, "text").unwrap();
+        std::os::unix::fs::symlink(&file, dir.path().join("link")).unwrap();
+        assert_eq!(read_to_string(&dir.path().join("link")).unwrap(), "text");
+    }
 
     #[test]
     fn a_replaced_file_holds_the_new_bytes_and_nothing_is_left_beside_it() {

@@ -281,3 +281,42 @@ fn a_revocation_file_linked_into_another_directory_reloads() {
     );
     wait_for("the revocation", &proxy, || status("after") == 407);
 }
+
+/// A FIFO where the revocation list was (a moment's mistake, or planted) is refused as a
+/// reload problem at once: the reloads go on, and the list put back is applied (before, the
+/// reload thread waited on the FIFO for ever and no revocation was applied again while
+/// `/readyz` still said the last reload was fine).
+#[test]
+fn a_fifo_in_place_of_the_revocation_list_stops_no_reload() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxySpec::default());
+    let tok = token(TokenOpts {
+        jti: Some("revoked-after-the-fifo"),
+        ..Default::default()
+    });
+    let status = |n: &str| {
+        forward_get(
+            proxy.shared_port,
+            &url(&origin, &format!("/acme/{n}")),
+            Some(&tok),
+            "",
+        )
+        .status
+    };
+    assert_eq!(status("before"), 200);
+    let list = proxy.path("revoked.txt");
+    std::fs::remove_file(&list).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&list)
+        .status()
+        .unwrap()
+        .success());
+    proxy.sighup();
+    wait_for("the FIFO refused as a reload problem", &proxy, || {
+        proxy.log().contains("not a regular file")
+    });
+    std::fs::remove_file(&list).unwrap();
+    replace(&list, "revoked-after-the-fifo\n");
+    proxy.sighup();
+    wait_for("the revocation", &proxy, || status("after") == 407);
+}

@@ -118,7 +118,7 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
                 jti,
                 not_before,
             } = *args;
-            let pem = std::fs::read_to_string(&key)
+            let pem = crate::whole_file::read_to_string(&key)
                 .with_context(|| format!("reading `{}`", key.display()))?;
             let ttl: Duration = humantime::parse_duration(&ttl)
                 .with_context(|| format!("`{ttl}` is not a duration"))?;
@@ -143,8 +143,9 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             let not_before = not_before
                 .map(|d| {
                     humantime::parse_duration(&d)
-                        .map(|d| now_unix + d.as_secs())
-                        .with_context(|| format!("`{d}` is not a duration"))
+                        .ok()
+                        .and_then(|d| now_unix.checked_add(d.as_secs()))
+                        .with_context(|| format!("`{d}` is not a duration from now"))
                 })
                 .transpose()?;
             if not_before.is_some_and(|nbf| nbf >= now_unix + ttl.as_secs()) {
@@ -193,7 +194,7 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             let key = token::generate_key(alg, &kid)?;
             // The JWKS is read, changed and written back: one keygen at a time.
             let _edit = super::lock_for_edit(&jwks)?;
-            let mut set: serde_json::Value = match std::fs::read_to_string(&jwks) {
+            let mut set: serde_json::Value = match crate::whole_file::read_to_string(&jwks) {
                 // A byte-order mark before it is no part of the JWKS, as where the proxy reads it
                 // (written back without one).
                 Ok(text) => serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))

@@ -67,7 +67,7 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// `Authorization` header). Problems name the file, never its content.
 pub fn read_token_file(path: &Path) -> Result<Zeroizing<String>, ConfigProblem> {
     let text = Zeroizing::new(
-        std::fs::read_to_string(path)
+        crate::whole_file::read_to_string(path)
             .map_err(|e| ConfigProblem::file(path, format!("cannot read the admin token: {e}")))?,
     );
     let token = text.trim();

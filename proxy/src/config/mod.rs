@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 /// Reads and parses a TOML file into `T`, reporting a syntax or type error with line and column.
 pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigProblem> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::whole_file::read_to_string(path)
         .map_err(|e| ConfigProblem::file(path, format!("cannot read file: {e}")))?;
     toml::from_str(&text).map_err(|e| {
         let location = e.span().map(|span| {
@@ -52,7 +52,7 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// type error, and tools that need only the tenants (`policy check --config`) run where the
 /// listeners' files do not exist.
 pub fn tenants_file_named_by(config: &Path) -> Result<PathBuf, ConfigProblem> {
-    let text = std::fs::read_to_string(config)
+    let text = crate::whole_file::read_to_string(config)
         .map_err(|e| ConfigProblem::file(config, format!("cannot read file: {e}")))?;
     let table: toml::Table = toml::from_str(&text).map_err(|_| {
         ConfigProblem::file(

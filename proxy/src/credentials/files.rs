@@ -64,7 +64,8 @@ pub fn load(dir: &Path, declared: &[FileCredential]) -> Result<CredentialSet, St
             return Err(format!("`{}` is not a credential name", d.name));
         }
         let path = value_path(dir, d);
-        let mut value = std::fs::read(&path).map_err(|e| format!("`{}`: {e}", path.display()))?;
+        let mut value =
+            crate::whole_file::read(&path).map_err(|e| format!("`{}`: {e}", path.display()))?;
         while value.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             value.pop();
         }

@@ -150,13 +150,12 @@ impl MasterKey {
 
     /// Reads a key file (base64 text).
     pub fn from_file(path: &Path) -> Result<Self, VaultError> {
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| VaultError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })?,
-            );
+        let text = Zeroizing::new(crate::whole_file::read_to_string(path).map_err(|source| {
+            VaultError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?);
         Self::from_base64(&text)
     }
 
@@ -327,7 +326,7 @@ pub struct Vault {
 impl Vault {
     /// Opens `path` with `master`, checking that the key fits. A missing file is an empty vault.
     pub fn open(path: &Path, master: MasterKey) -> Result<Self, VaultError> {
-        let file = match std::fs::read(path) {
+        let file = match crate::whole_file::read(path) {
             Ok(bytes) => {
                 serde_json::from_slice::<VaultFile>(&bytes).map_err(|e| VaultError::Format {
                     path: path.to_path_buf(),

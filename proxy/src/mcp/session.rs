@@ -54,7 +54,8 @@ impl SessionKey {
     /// not part of it).
     pub fn read(path: &Path) -> Result<Self, String> {
         let bytes = Zeroizing::new(
-            std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?,
+            crate::whole_file::read(path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?,
         );
         let key = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
         let key = key.strip_suffix(b"\r").unwrap_or(key);

@@ -662,7 +662,7 @@ impl Names {
 /// The schema and the hash of its bytes.
 fn read_schema(dir: &Path, report: &mut Report) -> (Option<Schema>, Option<ContentHash>) {
     let path = dir.join(SCHEMA_FILE);
-    let text = match std::fs::read_to_string(&path) {
+    let text = match crate::whole_file::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
             report.file(&path, format!("cannot read the schema: {e}"));
@@ -841,7 +841,7 @@ fn list_policy_dir(dir: &Path, report: &mut Report) -> Vec<Listed> {
             continue;
         }
         if is_cedar(&path) {
-            match std::fs::read_to_string(&path) {
+            match crate::whole_file::read_to_string(&path) {
                 // SECURITY: an empty file is valid Cedar, and it is also what a file rewritten
                 // in place (`cat new > file`: truncated, then written) holds for a moment, or
                 // its header comment alone when the write stopped after it (every shipped file

@@ -242,7 +242,7 @@ impl RedisEndpointSpec {
             }
             (Some(file), None) => {
                 let path = p.path(file);
-                match std::fs::read_to_string(&path) {
+                match crate::whole_file::read_to_string(&path) {
                     Ok(v) if !v.trim().is_empty() => Some(RedisPassword::new(v)),
                     Ok(_) => {
                         p.push(at("redis_password_file"), "the file is empty");
@@ -274,7 +274,7 @@ impl RedisEndpointSpec {
         }
         let ca_pem = self.ca_file.as_ref().and_then(|file| {
             let path = p.path(file);
-            match std::fs::read(&path) {
+            match crate::whole_file::read(&path) {
                 Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
                     Some(pem)
                 }

@@ -460,7 +460,7 @@ impl fmt::Debug for LocalCa {
 impl LocalCa {
     /// Reads the CA written by [`init`] (or any CA with a PKCS#8 key).
     pub fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<Self> {
-        let cert_pem = std::fs::read(cert_path)
+        let cert_pem = crate::whole_file::read(cert_path)
             .with_context(|| format!("reading the CA certificate `{}`", cert_path.display()))?;
         let key_pem = read_secret(key_path)
             .with_context(|| format!("reading the CA key `{}`", key_path.display()))?;
@@ -527,7 +527,7 @@ impl LocalCa {
 /// Reads a key file into memory that is wiped on drop, sized up front so no reallocation
 /// leaves a stray copy behind.
 fn read_secret(path: &Path) -> std::io::Result<Zeroizing<String>> {
-    let mut f = std::fs::File::open(path)?;
+    let mut f = crate::whole_file::open_regular(path)?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut text = Zeroizing::new(String::with_capacity(
         usize::try_from(len).unwrap_or(0).saturating_add(1),

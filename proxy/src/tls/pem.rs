@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 /// The whole file, wiped from memory when dropped (it may be a key).
 pub(crate) fn read_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    std::fs::read(path)
+    crate::whole_file::read(path)
         .map(Zeroizing::new)
         .with_context(|| format!("cannot read the {what} `{}`", path.display()))
 }
