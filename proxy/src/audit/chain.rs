@@ -34,7 +34,14 @@ pub fn seal<R: Fields + ?Sized>(
     record: &R,
     head: ChainHead,
 ) -> serde_json::Result<(Vec<u8>, ChainHead)> {
-    let seq = head.seq + 1;
+    // A head at the largest seq was written by someone else (a planted record): an error fails
+    // its tenant's partition (an overflow panicked the writer thread, every tenant's records
+    // with it).
+    let seq = head.seq.checked_add(1).ok_or_else(|| {
+        <serde_json::Error as serde::ser::Error>::custom(
+            "the chain's head is at the largest seq: its last record was not written by tenant-proxy",
+        )
+    })?;
     // Sized for a typical record, so the line is not grown (copied) several times.
     let mut line = Vec::with_capacity(1024);
     line.extend_from_slice(b"{\"seq\":");

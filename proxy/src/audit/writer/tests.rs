@@ -1066,3 +1066,42 @@ fn links_and_fifos_planted_in_the_trail_are_never_written_through() {
         .expect("verify did not wait on the FIFO");
     assert!(problem.is_some(), "the FIFO is reported");
 }
+
+/// A last record planted at the largest `seq` fails its own tenant's partition (an overflow
+/// panicked the writer thread, and every tenant was refused), and `verify` reports it at once
+/// (it looped over a range to 2^64).
+#[test]
+fn a_record_planted_at_the_largest_seq_fails_its_tenant_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 1 << 20);
+    w.write(
+        vec![named("acme", "a1"), named("acme", "a2")],
+        at("2026-11-28"),
+    );
+    drop(w);
+    let day = dir.path().join("acme/2026/11/28.jsonl");
+    let text = fs::read_to_string(&day).unwrap();
+    fs::write(
+        &day,
+        text.replace("{\"seq\":2,", "{\"seq\":18446744073709551615,"),
+    )
+    .unwrap();
+    let (done, wrote) = std::sync::mpsc::channel();
+    let root = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let mut w = writer(&root, 1 << 20);
+        w.write(
+            vec![named("acme", "a3"), named("globex", "g1")],
+            at("2026-11-28"),
+        );
+        let failing = w.health.failing.load().iter().cloned().collect::<Vec<_>>();
+        let report = verify_tenant(&root, "acme", &Keys::published(&root).into());
+        done.send((failing, report.problem)).unwrap();
+    });
+    let (failing, problem) = wrote
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the writer or verify went on");
+    assert_eq!(failing, ["acme"]);
+    assert_eq!(request_ids(dir.path(), "globex"), ["g1"]);
+    assert!(problem.is_some());
+}
