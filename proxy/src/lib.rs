@@ -101,6 +101,7 @@ pub mod reload;
 pub mod reload_status;
 pub mod runs;
 pub mod shares;
+pub mod shown;
 pub mod snapshot;
 mod stream_wrap;
 pub mod target;

@@ -73,9 +73,16 @@ pub(super) fn admin_call(port: &AdminPort, method: &str, path: &str) -> anyhow::
             .map(|v| (&v["error"]["message"], &v["error"]["code"]))
         {
             Some((serde_json::Value::String(m), serde_json::Value::String(c))) => {
-                anyhow::bail!("admin port: {m} ({c})")
+                anyhow::bail!(
+                    "admin port: {} ({})",
+                    crate::shown::shown(m),
+                    crate::shown::shown(c)
+                )
             }
-            _ => anyhow::bail!("admin port: {}", String::from_utf8_lossy(&body).trim()),
+            _ => anyhow::bail!(
+                "admin port: {}",
+                crate::shown::shown(String::from_utf8_lossy(&body).trim())
+            ),
         }
     }
     Ok(body)

@@ -4,6 +4,7 @@
 //! users of the machine could read it); mint one with `tenant-proxy token mint --audience
 //! tenant-proxy-approvals --workload <approver> [--scope <groups>]`.
 
+use crate::shown::shown;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,17 +104,18 @@ pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
             );
             let now = crate::approvals::now_ms();
             for h in &holds {
+                // Written by the agent: shown escaped (see `crate::shown`).
                 let dest = format!(
                     "{}{}",
-                    h["host"].as_str().unwrap_or("-"),
-                    h["path"].as_str().unwrap_or("")
+                    shown(h["host"].as_str().unwrap_or("-")),
+                    shown(h["path"].as_str().unwrap_or(""))
                 );
                 let left = h["deadline_ms"].as_u64().unwrap_or(0).saturating_sub(now) / 1000;
                 println!(
                     "{:<32}  {:<10}  {:<6}  {:<40}  {:>7}s",
-                    h["id"].as_str().unwrap_or("-"),
-                    h["workload"].as_str().unwrap_or("-"),
-                    h["method"].as_str().unwrap_or("-"),
+                    shown(h["id"].as_str().unwrap_or("-")),
+                    shown(h["workload"].as_str().unwrap_or("-")),
+                    shown(h["method"].as_str().unwrap_or("-")),
                     dest,
                     left
                 );
@@ -149,8 +151,8 @@ fn call(
     if status.split_whitespace().nth(1) != Some("200") {
         anyhow::bail!(
             "{} ({})",
-            answer["error"]["message"].as_str().unwrap_or("refused"),
-            answer["error"]["code"].as_str().unwrap_or("unknown")
+            shown(answer["error"]["message"].as_str().unwrap_or("refused")),
+            shown(answer["error"]["code"].as_str().unwrap_or("unknown"))
         );
     }
     Ok(answer)

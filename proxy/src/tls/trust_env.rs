@@ -5,6 +5,7 @@
 //! the CA and every non-intercepted host fails. So the variables that replace the roots get a
 //! bundle of the system roots plus the CA, and only Node's, which adds to its roots, gets the CA.
 
+use crate::shown::shown;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -177,14 +178,17 @@ pub fn render(ca: &Path, bundle: &Path, shell: Shell) -> String {
         }
     };
 
+    // SECURITY: a comment ends at a line break, and the rest of the line runs under `eval`: the
+    // paths in comments are shown escaped (the quoted values below may hold any byte).
+    let (ca_c, bundle_c, load_c) = (shown(&ca_s), shown(&bundle_s), shown(&load));
     let mut out = String::new();
     let _ = writeln!(out, "# tenant-proxy: trust the local interception CA.");
-    let _ = writeln!(out, "#   CA:     {ca_s}");
+    let _ = writeln!(out, "#   CA:     {ca_c}");
     let _ = writeln!(
         out,
-        "#   bundle: {bundle_s} (system roots + the CA; re-run after the system roots change)"
+        "#   bundle: {bundle_c} (system roots + the CA; re-run after the system roots change)"
     );
-    let _ = writeln!(out, "# Load with: {load}");
+    let _ = writeln!(out, "# Load with: {load_c}");
     for group in GROUPS {
         out.push('\n');
         for line in group.comment {
@@ -379,5 +383,24 @@ mod tests {
             .contains(r"set -gx SSL_CERT_FILE '/tmp/it\'s/bundle.pem'"));
         assert!(render(ca, bundle, Shell::Powershell)
             .contains("$env:SSL_CERT_FILE = '/tmp/it''s/bundle.pem'"));
+    }
+
+    /// A line break in a path ends no comment: under `eval`, the rest of the line ran.
+    #[test]
+    fn a_line_break_in_a_path_runs_nothing() {
+        let ca = Path::new("/tmp/evil\ntouch /tmp/PWNED;/ca.pem");
+        let bundle = Path::new("/tmp/evil\ntouch /tmp/PWNED;/bundle.pem");
+        for shell in [Shell::Sh, Shell::Fish, Shell::Powershell] {
+            let script = render(ca, bundle, shell);
+            // The header is comments to its end (a value's own line break stays inside its
+            // quotes, below).
+            let header: Vec<&str> = script.lines().take_while(|l| !l.is_empty()).collect();
+            assert_eq!(header.len(), 4, "{shell:?}: {script}");
+            assert!(
+                header.iter().all(|l| l.starts_with('#')),
+                "{shell:?}: {script}"
+            );
+            assert!(script.contains("evil\\u{000a}touch"), "{script}");
+        }
     }
 }
