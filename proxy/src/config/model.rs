@@ -174,17 +174,38 @@ impl StaticConfig {
     }
 }
 
-/// The warning for a file of secret material (`what`) that users other than its owner may
-/// read, if it is one: `cp`, an archive or a permissive umask leave keys group- or
-/// world-readable, and anyone on the host could then mint certificates or open the vault.
+/// The warning for a file of secret material (`what`) that users other than the proxy's may
+/// read or replace, if it is one: `cp`, an archive or a permissive umask leave keys group- or
+/// world-readable, a `chown` gives them to another user, a directory others may write lets
+/// them swap the file, and anyone on the host could then mint certificates or open the vault.
 pub fn readable_secret_warning(what: &str, path: &std::path::Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
-        format!(
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Some(format!(
             "{what} `{}` can be read by users other than its owner (mode {:o}): `chmod 600` it",
             path.display(),
             mode & 0o777
+        ));
+    }
+    // `/proc/self` belongs to the process's effective user.
+    let me = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
+    if me.is_some_and(|me| me != 0 && me != meta.uid()) {
+        return Some(format!(
+            "{what} `{}` belongs to another user (uid {}), who can read and replace it: `chown` it to the proxy's user",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    let dir = crate::whole_file::directory_of(path);
+    let dir_mode = std::fs::metadata(dir).ok()?.permissions().mode();
+    // Sticky (`/tmp`): others may add files, not replace this one.
+    (dir_mode & 0o022 != 0 && dir_mode & 0o1000 == 0).then(|| {
+        format!(
+            "{what} `{}` is in a directory other users can write (mode {:o}): they can replace it; `chmod go-w` the directory",
+            path.display(),
+            dir_mode & 0o777
         )
     })
 }
@@ -597,6 +618,16 @@ mod tests {
             assert_eq!(w.is_some(), warned, "{mode:o}: {w:?}");
         }
         assert!(readable_secret_warning("x", &dir.path().join("missing")).is_none());
+        // A directory others may write: they can swap the file.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let w = readable_secret_warning("the interception CA's key", &key).unwrap();
+        assert!(w.contains("directory other users can write"), "{w}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(
+            readable_secret_warning("x", &key).is_none(),
+            "sticky, as /tmp"
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     }
 
     fn testdata(name: &str) -> PathBuf {
