@@ -37,6 +37,31 @@ pub fn shown(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `text` (lines for a terminal: a table, a report) with each line [`shown`]; its own line
+/// breaks stay.
+pub fn lines_shown(text: &str) -> String {
+    text.split('\n').map(shown).collect::<Vec<_>>().join("\n")
+}
+
+/// `json` (serialized JSON, pretty or not) with the same characters written as JSON's own
+/// `\uXXXX` escapes: still the same JSON, shown safely (serde escapes only C0 controls). Its
+/// line breaks between members stay.
+pub fn json_shown(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(|c| c != '\n' && escaped(c)) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        if c != '\n' && escaped(c) {
+            // Every escaped character is in the Basic Multilingual Plane.
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +81,28 @@ mod tests {
         assert_eq!(shown("x\u{2028}y\u{7f}"), "x\\u{2028}y\\u{007f}");
         // Letters of every script stay as they are.
         assert_eq!(shown("café 東京 שלום"), "café 東京 שלום");
+    }
+
+    #[test]
+    fn a_tables_lines_stay_lines() {
+        assert_eq!(
+            lines_shown("acme ok\nglobex \u{1b}[2J\n"),
+            "acme ok\nglobex \\u{001b}[2J\n"
+        );
+    }
+
+    #[test]
+    fn json_stays_the_same_json() {
+        let value = serde_json::json!({"path": "/pay\u{202e}evil\u{9b}2J", "n": 1});
+        let pretty = serde_json::to_string_pretty(&value).unwrap();
+        let shown = json_shown(&pretty);
+        assert!(
+            !shown.contains('\u{202e}') && !shown.contains('\u{9b}'),
+            "{shown}"
+        );
+        assert!(shown.contains("\\u202e"), "{shown}");
+        let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back, value);
+        assert_eq!(shown.lines().count(), pretty.lines().count());
     }
 }

@@ -122,7 +122,10 @@ pub fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
             }
             println!("{} pending", holds.len());
         }
-        _ => println!("{}", serde_json::to_string_pretty(&answer)?),
+        _ => println!(
+            "{}",
+            crate::shown::json_shown(&serde_json::to_string_pretty(&answer)?)
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -146,8 +149,12 @@ fn call(
         body.len()
     )?;
     let (status, bytes) = super::admin::read_answer(stream, "the approvals API")?;
-    let answer: serde_json::Value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&bytes).trim()))?;
+    let answer: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "not JSON: {}",
+            shown(String::from_utf8_lossy(&bytes).trim())
+        )
+    })?;
     if status.split_whitespace().nth(1) != Some("200") {
         anyhow::bail!(
             "{} ({})",

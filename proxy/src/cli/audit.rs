@@ -87,9 +87,17 @@ pub(super) enum AuditCommand {
 /// Prints `reports` (a table, or JSON); exit 1 when any has a problem.
 fn render(reports: &[crate::audit::verify::TenantReport], json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(reports)?);
+        println!(
+            "{}",
+            crate::shown::json_shown(&serde_json::to_string_pretty(reports)?)
+        );
     } else {
-        print!("{}", crate::audit::verify::render_text(reports));
+        // Findings quote the trail (a tenant named in a record, a key id): whoever tampered
+        // with it wrote them, and could otherwise redraw the verifier's terminal.
+        print!(
+            "{}",
+            crate::shown::lines_shown(&crate::audit::verify::render_text(reports))
+        );
     }
     let clean = reports.iter().all(|r| r.problem.is_none());
     Ok(if clean {

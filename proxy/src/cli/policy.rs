@@ -207,9 +207,15 @@ pub(super) fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 Err(explain::ExplainError::Invalid(why)) => return Err(anyhow::Error::msg(why)),
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&explanation)?);
+                println!(
+                    "{}",
+                    crate::shown::json_shown(&serde_json::to_string_pretty(&explanation)?)
+                );
             } else {
-                print!("{}", explain::render_text(&explanation));
+                print!(
+                    "{}",
+                    crate::shown::lines_shown(&explain::render_text(&explanation))
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

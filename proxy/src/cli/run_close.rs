@@ -27,7 +27,10 @@ pub(super) fn close(
         .append_pair("tenant", tenant.as_str())
         .append_pair("run", run);
     let body = admin_call(&port, "POST", &format!("/runs/close?{}", query.finish()))?;
-    println!("{}", String::from_utf8_lossy(&body).trim());
+    println!(
+        "{}",
+        crate::shown::json_shown(String::from_utf8_lossy(&body).trim())
+    );
     if matches!(
         static_config.limiter,
         crate::limits::settings::LimiterSettings::Memory { .. }

@@ -26,11 +26,18 @@ pub(super) fn usage(
 ) -> anyhow::Result<ExitCode> {
     let report = read_usage(config, tenant, period, run, admin)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!(
+            "{}",
+            crate::shown::json_shown(&serde_json::to_string_pretty(&report)?)
+        );
     } else {
+        // What the admin port answered: shown escaped (see `crate::shown`).
         print!(
             "{}",
-            crate::limits::report::render_text(&report, crate::clock::unix_now_i64())
+            crate::shown::lines_shown(&crate::limits::report::render_text(
+                &report,
+                crate::clock::unix_now_i64()
+            ))
         );
     }
     Ok(ExitCode::SUCCESS)

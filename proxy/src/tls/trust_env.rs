@@ -225,8 +225,22 @@ fn export(shell: Shell, name: &str, value: &str) -> String {
             "set -gx {name} '{}'",
             value.replace('\\', "\\\\").replace('\'', "\\'")
         ),
-        Shell::Powershell => format!("$env:{name} = '{}'", value.replace('\'', "''")),
+        Shell::Powershell => format!("$env:{name} = '{}'", ps_quoted(value)),
     }
+}
+
+/// The inside of a PowerShell single-quoted string: each quote doubled, and PowerShell reads
+/// the typographic ones (`‘ ’ ‚ ‛`) as quotes too (a path holding `’` ended the string, and the
+/// rest ran under `Invoke-Expression`).
+fn ps_quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        if matches!(c, '\'' | '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}') {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Single-quoted for POSIX shells, where nothing inside single quotes is special but the quote.
@@ -383,6 +397,19 @@ mod tests {
             .contains(r"set -gx SSL_CERT_FILE '/tmp/it\'s/bundle.pem'"));
         assert!(render(ca, bundle, Shell::Powershell)
             .contains("$env:SSL_CERT_FILE = '/tmp/it''s/bundle.pem'"));
+    }
+
+    /// A typographic quote ends a PowerShell string as `'` does: doubled as well.
+    #[test]
+    fn powershell_doubles_every_quote_it_reads() {
+        let ca = Path::new("/tmp/x\u{2019}; Write-Output PWNED; \u{2019}/ca.pem");
+        let script = render(ca, ca, Shell::Powershell);
+        assert!(
+            script.contains(
+                "= '/tmp/x\u{2019}\u{2019}; Write-Output PWNED; \u{2019}\u{2019}/ca.pem'"
+            ),
+            "{script}"
+        );
     }
 
     /// A line break in a path ends no comment: under `eval`, the rest of the line ran.
