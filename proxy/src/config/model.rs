@@ -191,22 +191,36 @@ pub fn readable_secret_warning(what: &str, path: &std::path::Path) -> Option<Str
     }
     // `/proc/self` belongs to the process's effective user.
     let me = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
-    if me.is_some_and(|me| me != 0 && me != meta.uid()) {
+    if me.is_some_and(|me| me != meta.uid()) {
         return Some(format!(
             "{what} `{}` belongs to another user (uid {}), who can read and replace it: `chown` it to the proxy's user",
             path.display(),
             meta.uid()
         ));
     }
-    let dir = crate::whole_file::directory_of(path);
-    let dir_mode = std::fs::metadata(dir).ok()?.permissions().mode();
-    // Sticky (`/tmp`): others may add files, not replace this one.
-    (dir_mode & 0o022 != 0 && dir_mode & 0o1000 == 0).then(|| {
-        format!(
-            "{what} `{}` is in a directory other users can write (mode {:o}): they can replace it; `chmod go-w` the directory",
-            path.display(),
-            dir_mode & 0o777
-        )
+    // Where the file really is (a link followed), and every directory above it: one that
+    // others may write (unless sticky, as `/tmp`: others may add files there, not replace
+    // this one), or that a user other than root and the proxy's owns, lets them replace it.
+    let real = std::fs::canonicalize(path).ok()?;
+    real.ancestors().skip(1).find_map(|dir| {
+        let m = std::fs::metadata(dir).ok()?;
+        let mode = m.permissions().mode();
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Some(format!(
+                "{what} `{}` is below a directory other users can write (`{}`, mode {:o}): they can replace it; `chmod go-w` the directory",
+                path.display(),
+                dir.display(),
+                mode & 0o777
+            ));
+        }
+        (m.uid() != 0 && Some(m.uid()) != me).then(|| {
+            format!(
+                "{what} `{}` is below a directory another user owns (`{}`, uid {}): they can replace it",
+                path.display(),
+                dir.display(),
+                m.uid()
+            )
+        })
     })
 }
 
@@ -622,6 +636,36 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let w = readable_secret_warning("the interception CA's key", &key).unwrap();
         assert!(w.contains("directory other users can write"), "{w}");
+        // Through a link, and above the file's own directory.
+        let inner = dir.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let deep = inner.join("k.pem");
+        std::fs::write(&deep, "k").unwrap();
+        std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let safe = tempfile::tempdir().unwrap();
+        let link = safe.path().join("link.pem");
+        std::os::unix::fs::symlink(&deep, &link).unwrap();
+        for shown_as in [&deep, &link] {
+            let w = readable_secret_warning("a key", shown_as).unwrap();
+            assert!(w.contains("below a directory other users can write"), "{w}");
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(readable_secret_warning("a key", &deep).is_none());
+        // Another user's file (as root too: that user can replace it); only root can give one.
+        use std::os::unix::fs::MetadataExt as _;
+        if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+            return;
+        }
+        std::os::unix::fs::chown(&deep, Some(65534), None).unwrap();
+        let w = readable_secret_warning("a key", &deep).unwrap();
+        assert!(w.contains("belongs to another user (uid 65534)"), "{w}");
+        std::os::unix::fs::chown(&deep, Some(0), None).unwrap();
+        std::os::unix::fs::chown(&inner, Some(65534), None).unwrap();
+        let w = readable_secret_warning("a key", &deep).unwrap();
+        assert!(w.contains("below a directory another user owns"), "{w}");
+        std::os::unix::fs::chown(&inner, Some(0), None).unwrap();
+        assert!(readable_secret_warning("a key", &deep).is_none());
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(
             readable_secret_warning("x", &key).is_none(),
