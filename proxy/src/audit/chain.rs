@@ -88,6 +88,16 @@ pub fn parse_link(line: &[u8]) -> Option<Link> {
     })
 }
 
+/// `record`'s own fields as a JSON line with no place in a chain (`"seq":null`): what is logged
+/// of a record that cannot be sealed, so that it is not lost.
+pub fn unchained<R: Fields + ?Sized>(record: &R) -> serde_json::Result<Vec<u8>> {
+    let mut line = Vec::with_capacity(1024);
+    line.extend_from_slice(b"{\"seq\":null");
+    record.write_fields(&mut Members::after(&mut line))?;
+    line.push(b'}');
+    Ok(line)
+}
+
 /// A 64-hex-digit SHA-256.
 pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];

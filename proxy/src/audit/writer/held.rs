@@ -277,9 +277,17 @@ fn log_unwritten<'a>(
                 let line = String::from_utf8_lossy(&line);
                 tracing::error!(%tenant, %line, "unwritten audit record");
             }
-            Err(e) => {
-                tracing::error!(%tenant, error = %e, "unwritten audit record cannot be serialized")
-            }
+            // The chain's head is past sealing (a record planted at the largest seq): the
+            // record is logged without its place in the chain rather than lost.
+            Err(e) => match chain::unchained(record) {
+                Ok(line) => {
+                    let line = String::from_utf8_lossy(&line);
+                    tracing::error!(%tenant, %line, chained = false, error = %e, "unwritten audit record");
+                }
+                Err(e) => {
+                    tracing::error!(%tenant, error = %e, "unwritten audit record cannot be serialized")
+                }
+            },
         }
     }
     head

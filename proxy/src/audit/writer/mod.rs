@@ -493,6 +493,10 @@ impl Writer {
                     "the audit partition's records end before its last checkpoint: records it signed were removed or cut since (`tenant-proxy audit verify` reports which); new records go on from the last one left"
                 );
             }
+            // Signed up to the head at most: a checkpoint past it (records removed, or a line
+            // planted with a larger seq: the writer reads it unverified) held every later
+            // checkpoint back until the chain reached it, for ever at a seq near 2^64.
+            let checkpointed = checkpointed.min(cursor.head.seq);
             let mut log = TenantLog {
                 cursor,
                 file: None,

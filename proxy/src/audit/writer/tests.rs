@@ -1095,13 +1095,50 @@ fn a_record_planted_at_the_largest_seq_fails_its_tenant_only() {
             at("2026-11-28"),
         );
         let failing = w.health.failing.load().iter().cloned().collect::<Vec<_>>();
+        // Not lost at shutdown either: logged without its place in the chain.
+        let logged = logged_unwritten(|| w.write_held_before_exit());
         let report = verify_tenant(&root, "acme", &Keys::published(&root).into());
-        done.send((failing, report.problem)).unwrap();
+        done.send((failing, logged, report.problem)).unwrap();
     });
-    let (failing, problem) = wrote
+    let (failing, logged, problem) = wrote
         .recv_timeout(Duration::from_secs(20))
         .expect("the writer or verify went on");
     assert_eq!(failing, ["acme"]);
     assert_eq!(request_ids(dir.path(), "globex"), ["g1"]);
     assert!(problem.is_some());
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(
+        logged[0].starts_with("{\"seq\":null,") && logged[0].contains("a3"),
+        "{logged:?}"
+    );
+}
+
+/// A checkpoint line planted past the head (its seq near 2^64) holds no later checkpoint back:
+/// the writer signs its new records at the next checkpoint (it stopped signing that tenant for
+/// good), and `verify` reports the planted line.
+#[test]
+fn a_checkpoint_planted_past_the_head_holds_no_checkpoint_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = writer(dir.path(), 1 << 20);
+    w.write(vec![named("acme", "a1")], at("2026-11-28"));
+    w.checkpoint_all();
+    drop(w);
+    let lines = checkpoint_lines(dir.path(), "acme");
+    let planted = lines
+        .last()
+        .unwrap()
+        .replacen("\"seq\":1,", "\"seq\":18446744073709551615,", 1);
+    assert_ne!(&planted, lines.last().unwrap());
+    let file = dir.path().join("acme/checkpoints.jsonl");
+    let mut text = fs::read_to_string(&file).unwrap();
+    text.push_str(&planted);
+    text.push('\n');
+    fs::write(&file, text).unwrap();
+    let before = checkpoint_lines(dir.path(), "acme").len();
+    let mut w = writer(dir.path(), 1 << 20);
+    w.write(vec![named("acme", "a2")], at("2026-11-28"));
+    w.checkpoint_all();
+    let after = checkpoint_lines(dir.path(), "acme");
+    assert!(after.len() > before, "no checkpoint after the planted one");
+    assert_eq!(parsed(after.last().unwrap()).seq, 2);
 }
