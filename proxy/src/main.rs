@@ -17,7 +17,12 @@ fn main() -> ExitCode {
     match cli.run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // An error may quote what someone else wrote (a server's answer in a parse error, a
+            // file's content): shown escaped (see `tenant_proxy::shown`).
+            eprintln!(
+                "error: {}",
+                tenant_proxy::shown::lines_shown(&format!("{e:#}"))
+            );
             ExitCode::from(1)
         }
     }

@@ -854,3 +854,19 @@ fn a_shadow_policy_set_changes_no_response_and_is_audited() {
         serde_json::json!(["shadow-allow-all"])
     );
 }
+
+/// An error quoting what someone else wrote (here a configuration file named with a terminal
+/// escape and a bidi control) is printed escaped: a `usage` answer from a fake admin port
+/// quoted by a parse error drove the terminal.
+#[test]
+fn errors_quoting_others_text_are_printed_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "conf\u{1b}]0;PWNED\u{7}\u{202e}.toml";
+    let (code, out) = proxy_cli(dir.path(), &["check", "--config", name], "");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\u{202e}') && !out.contains('\u{7}'),
+        "{out:?}"
+    );
+    assert!(out.contains("\\u{001b}]0;PWNED"), "{out:?}");
+}

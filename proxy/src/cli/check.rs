@@ -24,15 +24,16 @@ pub(super) fn check(config: &Path) -> ExitCode {
                 .chain(crate::app::configuration_warnings(&s, &snap))
                 .chain(s.exposed_binding_warnings())
                 .chain(policy_warnings);
+            // Problems and warnings quote files others may have written: shown escaped.
             for warning in warnings {
-                eprintln!("warning: {warning}");
+                eprintln!("warning: {}", crate::shown::lines_shown(&warning));
             }
             ExitCode::SUCCESS
         }
         Err(problems) => {
             eprintln!("{} problem(s) found:", problems.len());
             for p in problems {
-                eprintln!("  {p}");
+                eprintln!("  {}", crate::shown::lines_shown(&p.to_string()));
             }
             ExitCode::from(1)
         }
