@@ -198,11 +198,36 @@ pub fn readable_secret_warning(what: &str, path: &std::path::Path) -> Option<Str
             meta.uid()
         ));
     }
-    // Where the file really is (a link followed), and every directory above it: one that
-    // others may write (unless sticky, as `/tmp`: others may add files there, not replace
-    // this one), or that a user other than root and the proxy's owns, lets them replace it.
+    // The path as given (its links, and the directories holding them) and where the file really
+    // is: a link another user owns can be pointed elsewhere by them; a directory others may
+    // write (unless sticky, as `/tmp`: others may add files there, not replace this one), or
+    // that a user other than root and the proxy's owns, lets them replace what is in it.
+    let given = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(path)
+    };
+    let foreign_link = given.ancestors().find_map(|p| {
+        let link = std::fs::symlink_metadata(p).ok()?;
+        (link.file_type().is_symlink() && link.uid() != 0 && Some(link.uid()) != me).then(|| {
+            format!(
+                "{what} `{}` is reached through a link another user owns (`{}`, uid {}): they can point it elsewhere",
+                path.display(),
+                p.display(),
+                link.uid()
+            )
+        })
+    });
+    if foreign_link.is_some() {
+        return foreign_link;
+    }
     let real = std::fs::canonicalize(path).ok()?;
-    real.ancestors().skip(1).find_map(|dir| {
+    let dirs: Vec<&std::path::Path> = given
+        .ancestors()
+        .skip(1)
+        .chain(real.ancestors().skip(1))
+        .collect();
+    dirs.into_iter().find_map(|dir| {
         let m = std::fs::metadata(dir).ok()?;
         let mode = m.permissions().mode();
         if mode & 0o022 != 0 && mode & 0o1000 == 0 {
@@ -652,6 +677,14 @@ mod tests {
         }
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         assert!(readable_secret_warning("a key", &deep).is_none());
+        // A link in a directory others may write, to a file in a safe one: the link can be
+        // replaced.
+        let ww = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(ww.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let swapped = ww.path().join("l.pem");
+        std::os::unix::fs::symlink(&deep, &swapped).unwrap();
+        let w = readable_secret_warning("a key", &swapped).unwrap();
+        assert!(w.contains("below a directory other users can write"), "{w}");
         // Another user's file (as root too: that user can replace it); only root can give one.
         use std::os::unix::fs::MetadataExt as _;
         if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
@@ -666,6 +699,12 @@ mod tests {
         assert!(w.contains("below a directory another user owns"), "{w}");
         std::os::unix::fs::chown(&inner, Some(0), None).unwrap();
         assert!(readable_secret_warning("a key", &deep).is_none());
+        // A link another user owns (in a safe directory): they can repoint it.
+        let link = safe.path().join("theirs.pem");
+        std::os::unix::fs::symlink(&deep, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
+        let w = readable_secret_warning("a key", &link).unwrap();
+        assert!(w.contains("a link another user owns"), "{w}");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(
             readable_secret_warning("x", &key).is_none(),
