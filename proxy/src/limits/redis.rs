@@ -21,7 +21,7 @@ use super::{
 use super::{LimiterUnavailable, RunEnd, RunRegistry};
 use crate::ids::TenantId;
 use crate::metrics::METRICS;
-use crate::redis_conn::local::{answer_within, LocalConns};
+use crate::redis_conn::local::{answer_within, LocalConns, Silence};
 use crate::redis_conn::{AsyncConn, RedisEndpoint, ScriptCall};
 
 const ADMIT: &str = r#"
@@ -500,12 +500,12 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Probes (or calls of one worker thread on its own connection) in a row that got no answer at
 /// all (no reply within the timeout, as against an error reply or a refused connection) before
-/// every connection to Redis (that thread's) is made anew. A connection
-/// whose replies have fallen out of step with its calls (a reply cut short, a length no reply
-/// fills) never answers again, and the connection manager remakes a connection only once it
-/// is closed: before, one such reply kept every call refused `limiter_unavailable` until Redis
-/// closed the connection, which by default it never does. A hung Redis meets new connections
-/// as hung, so remaking them costs nothing there.
+/// every connection to Redis (that thread's) is made anew. A connection whose replies have
+/// fallen out of step with its calls (a reply cut short, a length no reply fills) never answers
+/// again, and the connection manager remakes a connection only once it is closed: before, one
+/// such reply kept every call refused `limiter_unavailable` until Redis closed the connection,
+/// which by default it never does. A hung Redis meets new connections as hung, so remaking
+/// them costs nothing there.
 const SILENT_CALLS_BEFORE_RECONNECT: u32 = 5;
 
 /// Whether Redis answers: `/readyz`'s `limiter_connected`. Every call and the [`PROBE`]
@@ -831,17 +831,17 @@ impl RedisBackend {
         self.revocations.clone()
     }
 
-    /// The connection a call from this thread uses, and which it is (for the error a call that
-    /// fails logs): its runtime's own once made, the shared one until then. `None` while the
-    /// backend has not reached Redis yet.
-    fn conn_here(&self) -> Option<(AsyncConn, &'static str)> {
+    /// The connection a call from this thread uses: its runtime's own once made (with what
+    /// counts its calls without a reply), the shared one until then. `None` while the backend
+    /// has not reached Redis yet.
+    fn conn_here(&self) -> Option<(AsyncConn, Option<Silence>)> {
         // Only once the shared connection is up (the backend is ready) are local ones made.
         let shared = self.conn.load_full()?;
         let connect_timeout = self.settings.timeout.max(Duration::from_secs(2));
         Some(
             match self.local.here(&self.settings.endpoint, connect_timeout) {
-                Some(conn) => (conn, OWN_CONNECTION),
-                None => ((*shared).clone(), "the shared connection"),
+                Some((conn, silence)) => (conn, Some(silence)),
+                None => ((*shared).clone(), None),
             },
         )
     }
@@ -861,16 +861,19 @@ impl RedisBackend {
         call: &ScriptCall<'_>,
         wait: Duration,
     ) -> Result<T, LimiterUnavailable> {
-        let (mut conn, which) = self
+        let (mut conn, own) = self
             .conn_here()
             .ok_or_else(|| LimiterUnavailable("not connected".into()))?;
         let answer = answer_within(wait, call.run::<T>(&mut conn)).await;
         self.answering.mark(matches!(answer, Some(Ok(_))));
-        if which == OWN_CONNECTION
-            && self
-                .local
-                .note_reply(answer.is_some(), SILENT_CALLS_BEFORE_RECONNECT)
-        {
+        let which = match &own {
+            Some(_) => "this runtime's connection",
+            None => "the shared connection",
+        };
+        if own.as_ref().is_some_and(|own| {
+            self.local
+                .note_reply(own, answer.is_some(), SILENT_CALLS_BEFORE_RECONNECT)
+        }) {
             tracing::warn!(
                 calls = SILENT_CALLS_BEFORE_RECONNECT,
                 "a worker's redis connection has not answered its calls; making it anew"
@@ -1099,9 +1102,6 @@ impl RedisBackend {
         }
     }
 }
-
-/// How [`RedisBackend::conn_here`] names a worker thread's own connection.
-const OWN_CONNECTION: &str = "this runtime's connection";
 
 /// How long after it is sent a settlement may still correct counters (on Redis's clock). A
 /// settlement sent twice (see `SETTLE`) corrects once: its marker lives this long and a second

@@ -84,6 +84,14 @@ struct Local {
     silent: Arc<std::sync::atomic::AtomicU32>,
 }
 
+/// What [`LocalConns::note_reply`] counts a thread's own connection's calls without a reply on
+/// (handed out with the connection by [`LocalConns::here`]).
+#[derive(Debug, Clone)]
+pub struct Silence {
+    silent: Arc<std::sync::atomic::AtomicU32>,
+    retired: Arc<tokio::sync::Notify>,
+}
+
 /// Clears its flag when dropped.
 struct AliveGuard(Arc<AtomicBool>);
 
@@ -111,11 +119,15 @@ impl LocalConns {
         self: &Arc<Self>,
         endpoint: &RedisEndpoint,
         timeout: Duration,
-    ) -> Option<AsyncConn> {
+    ) -> Option<(AsyncConn, Silence)> {
         let id = std::thread::current().id();
         if let Some(local) = self.ready.load().get(&id) {
             if local.alive.load(Ordering::Acquire) {
-                return Some(local.conn.clone());
+                let silence = Silence {
+                    silent: local.silent.clone(),
+                    retired: local.retired.clone(),
+                };
+                return Some((local.conn.clone(), silence));
             }
         }
         let runtime = tokio::runtime::Handle::try_current().ok()?;
@@ -176,31 +188,31 @@ impl LocalConns {
         }
     }
 
-    /// Notes whether a call of this thread on its own connection got a reply; after `limit`
-    /// calls in a row without one the connection is let go, and the thread's next call makes a
-    /// new one (true then). A connection whose replies fell out of step with its calls never
-    /// answers again, and the connection manager remakes only a closed one.
-    pub fn note_reply(&self, replied: bool, limit: u32) -> bool {
-        let id = std::thread::current().id();
-        let ready = self.ready.load();
-        let Some(local) = ready.get(&id) else {
-            return false;
-        };
+    /// Notes whether a call on this thread's connection (its `own` silence, from
+    /// [`Self::here`]) got a reply; after `limit` calls in a row without one the connection is let go, and the
+    /// thread's next call makes a new one (true then). A connection whose replies fell out of
+    /// step with its calls never answers again, and the connection manager remakes only a
+    /// closed one.
+    pub fn note_reply(&self, own: &Silence, replied: bool, limit: u32) -> bool {
         if replied {
-            local.silent.store(0, Ordering::Relaxed);
+            own.silent.store(0, Ordering::Relaxed);
             return false;
         }
-        if local.silent.fetch_add(1, Ordering::Relaxed) + 1 < limit {
+        if own.silent.fetch_add(1, Ordering::Relaxed) + 1 < limit {
             return false;
         }
-        let retired = local.retired.clone();
-        drop(ready);
+        let id = std::thread::current().id();
         self.ready.rcu(|m| {
             let mut m = HashMap::clone(m);
-            m.remove(&id);
+            // Only this connection: the thread may have made another meanwhile.
+            if m.get(&id)
+                .is_some_and(|l| Arc::ptr_eq(&l.silent, &own.silent))
+            {
+                m.remove(&id);
+            }
             m
         });
-        retired.notify_one();
+        own.retired.notify_one();
         true
     }
 
