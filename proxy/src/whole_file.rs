@@ -48,22 +48,40 @@ fn replace_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::R
 /// never applied, and `/readyz` still said the last reload was fine. The open does not block
 /// (`O_NONBLOCK`, which a regular file ignores) and a file that is not regular is refused.
 pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_with(&reading(), path)
+}
+
+/// [`read`], opening with `options` (the audit trail's add `O_NOFOLLOW`).
+pub fn read_with(options: &std::fs::OpenOptions, path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
-    let mut file = open_regular(path)?;
+    let mut file = open_regular_with(options, path)?;
     let len = file.metadata()?.len();
     let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     file.read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
+/// Options that read a file without blocking on one that is not regular (see [`read`]).
+fn reading() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).custom_flags(nix::libc::O_NONBLOCK);
+    options
+}
+
 /// The regular file at `path`, opened for reading without blocking on anything else (see
 /// [`read`]).
 pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)?;
+    open_regular_with(&reading(), path)
+}
+
+/// The file at `path` opened with `options` (which should carry `O_NONBLOCK`), refused unless
+/// it is a regular file.
+pub fn open_regular_with(
+    options: &std::fs::OpenOptions,
+    path: &Path,
+) -> std::io::Result<std::fs::File> {
+    let file = options.open(path)?;
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

@@ -95,18 +95,11 @@ pub(super) fn file_options() -> fs::OpenOptions {
 /// kernel's `protected_hardlinks`), and one to another tenant's file is refused by recovery
 /// (its last record names another tenant).
 pub(super) fn open_regular(options: &fs::OpenOptions, path: &Path) -> io::Result<fs::File> {
-    let file = options.open(path)?;
     #[cfg(test)]
     if FULL_DISK_BY_LINK.get() {
-        return Ok(file);
+        return options.open(path);
     }
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    Ok(file)
+    crate::whole_file::open_regular_with(options, path)
 }
 
 /// Options that read a file inside the audit directory safely (see [`SAFE_OPEN`]).
@@ -119,10 +112,7 @@ pub(super) fn reading() -> fs::OpenOptions {
 
 /// The bytes of a regular file inside the audit directory (see [`open_regular`]).
 pub(super) fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    open_regular(&reading(), path)?.read_to_end(&mut bytes)?;
-    Ok(bytes)
+    crate::whole_file::read_with(&reading(), path)
 }
 
 /// The file of a tenant's signed checkpoints, inside its partition.
