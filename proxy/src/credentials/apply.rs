@@ -575,9 +575,8 @@ fn apply_headers(
 
 /// A header value that holds a secret, marked sensitive: HTTP/2 then never adds it to the HPACK
 /// table (where it would outlive the request and shape later headers' compression), and its
-/// `Debug` form is redacted.
-/// A header value holding a substituted secret: it holds the bytes themselves (no copy), wiped
-/// once the last reference to the value is dropped (see [`handle::wiped_bytes`]).
+/// `Debug` form is redacted. It holds the substituted bytes themselves (no copy), wiped once its
+/// last reference is dropped (see [`handle::wiped_bytes`]).
 fn sensitive_value(bytes: Vec<u8>) -> Result<HeaderValue, CredentialDeny> {
     let mut v = HeaderValue::from_maybe_shared(handle::wiped_bytes(bytes))
         .map_err(|_| CredentialDeny::Malformed("header"))?;
